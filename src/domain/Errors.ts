@@ -1,0 +1,73 @@
+/**
+ * The OpenAI error envelope `{"error":{"message","type","param","code"}}` as typed, yieldable errors.
+ *
+ * Each class is a `Schema.TaggedError` whose *encoded* form is the bare envelope (no `_tag`), so the HttpApi encoder
+ * writes exactly what the OpenAI SDKs parse, with the status code taken from the schema annotation.
+ */
+import { HttpApiSchema } from "@effect/platform"
+import { Schema } from "effect"
+
+export class ErrorBody extends Schema.Class<ErrorBody>("ErrorBody")({
+  message: Schema.String,
+  type: Schema.String,
+  param: Schema.NullOr(Schema.String),
+  code: Schema.NullOr(Schema.String)
+}) {}
+
+const Envelope = Schema.Struct({ error: ErrorBody })
+
+const fields = { error: ErrorBody }
+
+/** 400: a parameter or body the client sent is invalid. */
+export class InvalidRequest extends Schema.TaggedError<InvalidRequest>()("InvalidRequest", fields) {}
+/** 401: missing or unknown API key. */
+export class Unauthorized extends Schema.TaggedError<Unauthorized>()("Unauthorized", fields) {}
+/** 404: unknown (or not visible) resource, or an unknown route. */
+export class NotFound extends Schema.TaggedError<NotFound>()("NotFound", fields) {}
+/** 409: the request conflicts with the resource's state. */
+export class Conflict extends Schema.TaggedError<Conflict>()("Conflict", fields) {}
+/** 413: the upload is larger than the configured limit. */
+export class PayloadTooLarge extends Schema.TaggedError<PayloadTooLarge>()("PayloadTooLarge", fields) {}
+/** 500: a fault of the server itself (never a client mistake). */
+export class ServerError extends Schema.TaggedError<ServerError>()("ServerError", fields) {}
+
+export type ApiError = InvalidRequest | Unauthorized | NotFound | Conflict | PayloadTooLarge | ServerError
+
+const asEnvelope = <A extends { readonly error: ErrorBody }>(
+  cls: Schema.Schema<A, any> & (new(props: { readonly error: ErrorBody }) => A),
+  status: number
+) =>
+  Schema.transform(Envelope, Schema.typeSchema(cls), {
+    strict: true,
+    decode: (e) => new cls({ error: e.error }),
+    encode: (a) => ({ error: a.error })
+  }).annotations({ ...HttpApiSchema.annotations({ status }), identifier: `${cls.name}Error` })
+
+/** Schemas to use in `.addError(...)`: they encode to the envelope with the right status. */
+export const InvalidRequestSchema = asEnvelope(InvalidRequest, 400)
+export const UnauthorizedSchema = asEnvelope(Unauthorized, 401)
+export const NotFoundSchema = asEnvelope(NotFound, 404)
+export const ConflictSchema = asEnvelope(Conflict, 409)
+export const PayloadTooLargeSchema = asEnvelope(PayloadTooLarge, 413)
+export const ServerErrorSchema = asEnvelope(ServerError, 500)
+
+const body = (message: string, type: string, param: string | null, code: string | null) =>
+  ({ error: new ErrorBody({ message, type, param, code }) })
+
+export const invalidRequest = (message: string, param: string | null = null, code: string | null = null) =>
+  new InvalidRequest(body(message, "invalid_request_error", param, code))
+
+export const unauthorized = (message: string) =>
+  new Unauthorized(body(message, "authentication_error", null, "invalid_api_key"))
+
+export const notFound = (message: string, param: string | null = null) =>
+  new NotFound(body(message, "invalid_request_error", param, "not_found"))
+
+export const conflict = (message: string, param: string | null = null) =>
+  new Conflict(body(message, "invalid_request_error", param, "conflict"))
+
+export const payloadTooLarge = (message: string, param: string | null = null) =>
+  new PayloadTooLarge(body(message, "invalid_request_error", param, "file_too_large"))
+
+export const serverError = (message = "The server had an error while processing your request.") =>
+  new ServerError(body(message, "server_error", null, null))

@@ -1,0 +1,64 @@
+/** The wire shapes of the OpenAI Files API. */
+import { Schema } from "effect"
+
+/** Purposes a client may upload with. */
+export const UploadPurpose = Schema.Literal(
+  "batch",
+  "batch_output",
+  "fine-tune",
+  "assistants",
+  "vision",
+  "user_data",
+  "evals"
+)
+export type UploadPurpose = typeof UploadPurpose.Type
+
+/** Bounds of `expires_after[seconds]` (one hour to 30 days), as OpenAI. */
+export const MIN_EXPIRES_AFTER_SECONDS = 3600
+export const MAX_EXPIRES_AFTER_SECONDS = 2_592_000
+
+export class FileObject extends Schema.Class<FileObject>("FileObject")({
+  id: Schema.String,
+  object: Schema.Literal("file"),
+  bytes: Schema.Number,
+  created_at: Schema.Number,
+  expires_at: Schema.NullOr(Schema.Number),
+  filename: Schema.String,
+  purpose: Schema.String,
+  /** Deprecated by OpenAI but required: the Node SDK's `waitForProcessing()` polls until `processed`. */
+  status: Schema.Literal("uploaded", "processed", "error"),
+  status_details: Schema.NullOr(Schema.String)
+}) {}
+
+export class FileList extends Schema.Class<FileList>("FileList")({
+  object: Schema.Literal("list"),
+  data: Schema.Array(FileObject),
+  first_id: Schema.NullOr(Schema.String),
+  last_id: Schema.NullOr(Schema.String),
+  has_more: Schema.Boolean
+}) {}
+
+export class FileDeleted extends Schema.Class<FileDeleted>("FileDeleted")({
+  id: Schema.String,
+  object: Schema.Literal("file"),
+  deleted: Schema.Boolean
+}) {}
+
+export const SortOrder = Schema.Literal("asc", "desc")
+export type SortOrder = typeof SortOrder.Type
+
+/** Query of `GET /v1/files` (URL parameters are strings on the wire). */
+export class ListFilesParams extends Schema.Class<ListFilesParams>("ListFilesParams")({
+  purpose: Schema.optional(Schema.String),
+  limit: Schema.optional(Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 10_000))),
+  order: Schema.optional(SortOrder),
+  after: Schema.optional(Schema.String)
+}) {}
+
+/** The multipart fields of `POST /v1/files`, for the OpenAPI document (the handler parses the stream itself). */
+export const UploadFileForm = Schema.Struct({
+  file: Schema.String.annotations({ jsonSchema: { type: "string", format: "binary" } }),
+  purpose: UploadPurpose,
+  "expires_after[anchor]": Schema.optional(Schema.Literal("created_at")),
+  "expires_after[seconds]": Schema.optional(Schema.String)
+})

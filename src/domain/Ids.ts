@@ -1,0 +1,26 @@
+/** Identifier formats of the objects this service hands out, shaped like OpenAI's. */
+import { randomBytes } from "node:crypto"
+
+const BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+/** `n` random base62 characters (rejection sampling keeps them uniform). */
+const base62 = (n: number): string => {
+  let out = ""
+  while (out.length < n) {
+    for (const byte of randomBytes(n * 2)) {
+      if (byte < 248 && out.length < n) out += BASE62[byte % 62]
+    }
+  }
+  return out
+}
+
+const hex = (bytes: number): string => randomBytes(bytes).toString("hex")
+
+/** `file-` + 24 base62 characters. */
+export const fileId = (): string => `file-${base62(24)}`
+/** `batch_` + 32 hex characters. */
+export const batchId = (): string => `batch_${hex(16)}`
+/** `batch_req_` + 32 hex characters: the id of one line of an output or error file. */
+export const batchRequestId = (): string => `batch_req_${hex(16)}`
+/** `req_` + 32 hex characters: the `x-request-id` of a response. */
+export const requestId = (): string => `req_${hex(16)}`

@@ -1,0 +1,211 @@
+/**
+ * Files: metadata rows in SQL, bytes in the `BlobStore`. Owns expiry (expired files vanish from `get`/`list` at once
+ * and a background sweep deletes them) and the clean-up of bytes that lost their metadata in a crash.
+ */
+import { SqlClient } from "@effect/sql"
+import { Clock, Context, Data, Effect, Layer, Schedule, Scope, Stream } from "effect"
+import { AppConfig } from "../Config.js"
+import { FileObject, type SortOrder } from "../domain/Files.js"
+import { fileId } from "../domain/Ids.js"
+import { BlobStore, type StagedBlob } from "../storage/BlobStore.js"
+
+export class FileNotFound extends Data.TaggedError("FileNotFound")<{ readonly id: string }> {}
+/** The `after` cursor of a list names no file. */
+export class UnknownCursor extends Data.TaggedError("UnknownCursor")<{ readonly after: string }> {}
+
+export interface FileMetadata {
+  readonly filename: string
+  readonly purpose: string
+  /** Seconds after creation at which the file expires; none: never. */
+  readonly expiresAfterSeconds?: number | undefined
+}
+
+export interface ListFilesQuery {
+  readonly purpose?: string | undefined
+  readonly after?: string | undefined
+  readonly limit: number
+  readonly order: SortOrder
+}
+
+export interface FilePage {
+  readonly data: ReadonlyArray<FileObject>
+  readonly hasMore: boolean
+}
+
+export interface FileStoreShape {
+  /** Streams `content` to storage; the bytes disappear with the scope unless `commit`ted. */
+  readonly stage: <E>(content: Stream.Stream<Uint8Array, E>) => Effect.Effect<StagedBlob, E, Scope.Scope>
+  /** Publishes staged bytes as a new file. */
+  readonly commit: (staged: StagedBlob, meta: FileMetadata) => Effect.Effect<FileObject>
+  /** `stage` + `commit` in one step. */
+  readonly create: <E>(meta: FileMetadata, content: Stream.Stream<Uint8Array, E>) => Effect.Effect<FileObject, E>
+  readonly get: (id: string) => Effect.Effect<FileObject, FileNotFound>
+  readonly list: (query: ListFilesQuery) => Effect.Effect<FilePage, UnknownCursor>
+  /** The file's metadata and its bytes, streamed. */
+  readonly content: (id: string) => Effect.Effect<
+    { readonly file: FileObject; readonly stream: Stream.Stream<Uint8Array> },
+    FileNotFound
+  >
+  readonly remove: (id: string) => Effect.Effect<void, FileNotFound>
+  /** Deletes every expired file (metadata and bytes); returns how many. */
+  readonly sweepExpired: Effect.Effect<number>
+}
+
+export class FileStore extends Context.Tag("FileStore")<FileStore, FileStoreShape>() {}
+
+type FileRow = {
+  readonly id: string
+  readonly bytes: number | string
+  readonly created_at: number | string
+  readonly expires_at: number | string | null
+  readonly filename: string
+  readonly purpose: string
+}
+
+/** Postgres returns BIGINT as a string. */
+const toFileObject = (row: FileRow): FileObject =>
+  new FileObject({
+    id: row.id,
+    object: "file",
+    bytes: Number(row.bytes),
+    created_at: Number(row.created_at),
+    expires_at: row.expires_at === null ? null : Number(row.expires_at),
+    filename: row.filename,
+    purpose: row.purpose,
+    status: "processed",
+    status_details: null
+  })
+
+const nowSeconds = Effect.map(Clock.currentTimeMillis, (ms) => Math.floor(ms / 1000))
+
+const SWEEP_GROUP = 500
+
+export const make = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  const blobs = yield* BlobStore
+
+  const columns = sql.literal("id, bytes, created_at, expires_at, filename, purpose")
+  const live = (now: number) => sql`(expires_at IS NULL OR expires_at > ${now})`
+
+  const commit = (staged: StagedBlob, meta: FileMetadata) =>
+    Effect.gen(function*() {
+      const id = fileId()
+      const created_at = yield* nowSeconds
+      const row: FileRow = {
+        id,
+        bytes: staged.bytes,
+        created_at,
+        expires_at: meta.expiresAfterSeconds === undefined ? null : created_at + meta.expiresAfterSeconds,
+        filename: meta.filename,
+        purpose: meta.purpose
+      }
+      // Bytes first, then the row: a crash in between leaves unreferenced bytes, which the start-up clean-up
+      // removes; the opposite order could list a file whose bytes are missing.
+      yield* blobs.publish(staged, id)
+      yield* sql`INSERT INTO files ${sql.insert(row)}`.pipe(
+        Effect.tapError(() => blobs.remove(id)),
+        Effect.orDie
+      )
+      return toFileObject(row)
+    }).pipe(Effect.uninterruptible, Effect.withSpan("FileStore.commit"))
+
+  const create = <E>(meta: FileMetadata, content: Stream.Stream<Uint8Array, E>) =>
+    Effect.scoped(Effect.flatMap(blobs.stage(content), (staged) => commit(staged, meta))).pipe(
+      Effect.withSpan("FileStore.create")
+    )
+
+  const get = (id: string) =>
+    Effect.gen(function*() {
+      const now = yield* nowSeconds
+      const rows = yield* sql<FileRow>`SELECT ${columns} FROM files WHERE id = ${id} AND ${live(now)}`.pipe(
+        Effect.orDie
+      )
+      if (rows.length === 0) return yield* new FileNotFound({ id })
+      return toFileObject(rows[0]!)
+    }).pipe(Effect.withSpan("FileStore.get", { attributes: { id } }))
+
+  const list = (query: ListFilesQuery) =>
+    Effect.gen(function*() {
+      const now = yield* nowSeconds
+      const conditions = [live(now)]
+      if (query.purpose !== undefined) conditions.push(sql`purpose = ${query.purpose}`)
+      if (query.after !== undefined) {
+        const cursor = yield* sql<{ seq: number | string }>`SELECT seq FROM files WHERE id = ${query.after}`.pipe(
+          Effect.orDie
+        )
+        if (cursor.length === 0) return yield* new UnknownCursor({ after: query.after })
+        const seq = cursor[0]!.seq
+        conditions.push(query.order === "asc" ? sql`seq > ${seq}` : sql`seq < ${seq}`)
+      }
+      const direction = sql.literal(query.order === "asc" ? "ASC" : "DESC")
+      const rows = yield* sql<FileRow>`
+        SELECT ${columns} FROM files WHERE ${sql.and(conditions)}
+        ORDER BY seq ${direction} LIMIT ${query.limit + 1}`.pipe(Effect.orDie)
+      return {
+        data: rows.slice(0, query.limit).map(toFileObject),
+        hasMore: rows.length > query.limit
+      } satisfies FilePage
+    }).pipe(Effect.withSpan("FileStore.list"))
+
+  const content = (id: string) =>
+    Effect.map(get(id), (file) => ({ file, stream: blobs.read(id) })).pipe(Effect.withSpan("FileStore.content"))
+
+  const remove = (id: string) =>
+    Effect.gen(function*() {
+      const deleted = yield* sql<{ id: string }>`DELETE FROM files WHERE id = ${id} RETURNING id`.pipe(Effect.orDie)
+      if (deleted.length === 0) return yield* new FileNotFound({ id })
+      yield* blobs.remove(id)
+    }).pipe(Effect.uninterruptible, Effect.withSpan("FileStore.remove", { attributes: { id } }))
+
+  const sweepExpired = Effect.gen(function*() {
+    const now = yield* nowSeconds
+    let removed = 0
+    while (true) {
+      const expired = yield* sql<{ id: string }>`
+        SELECT id FROM files WHERE expires_at IS NOT NULL AND expires_at <= ${now} LIMIT ${SWEEP_GROUP}`
+      if (expired.length === 0) return removed
+      const ids = expired.map((r) => r.id)
+      yield* sql`DELETE FROM files WHERE ${sql.in("id", ids)}`
+      yield* Effect.forEach(ids, blobs.remove, { discard: true, concurrency: 8 })
+      removed += ids.length
+    }
+  }).pipe(Effect.orDie, Effect.withSpan("FileStore.sweepExpired"))
+
+  /** Bytes whose metadata row never got written (a crash between publish and insert) are removed. */
+  const removeOrphans = Effect.gen(function*() {
+    const keys = yield* blobs.keys
+    let removed = 0
+    for (let i = 0; i < keys.length; i += SWEEP_GROUP) {
+      const group = keys.slice(i, i + SWEEP_GROUP)
+      const known = new Set(
+        (yield* sql<{ id: string }>`SELECT id FROM files WHERE ${sql.in("id", group)}`).map((r) => r.id)
+      )
+      const orphans = group.filter((key) => !known.has(key))
+      yield* Effect.forEach(orphans, blobs.remove, { discard: true })
+      removed += orphans.length
+    }
+    if (removed > 0) yield* Effect.logWarning(`Removed ${removed} file blob(s) left without metadata by a crash`)
+  }).pipe(Effect.orDie, Effect.withSpan("FileStore.removeOrphans"))
+
+  return { service: { stage: blobs.stage, commit, create, get, list, content, remove, sweepExpired }, removeOrphans }
+})
+
+/**
+ * The live FileStore: cleans up after a crash once at start, then sweeps expired files every
+ * `fileSweepInterval` in a background fiber that lives as long as the layer.
+ */
+export const FileStoreLive: Layer.Layer<FileStore, never, SqlClient.SqlClient | BlobStore | AppConfig> = Layer
+  .scoped(
+    FileStore,
+    Effect.gen(function*() {
+      const { service, removeOrphans } = yield* make
+      const { fileSweepInterval } = yield* AppConfig
+      yield* removeOrphans
+      yield* service.sweepExpired.pipe(
+        Effect.catchAllCause((cause) => Effect.logError("File expiry sweep failed", cause)),
+        Effect.repeat(Schedule.spaced(fileSweepInterval)),
+        Effect.forkScoped
+      )
+      return FileStore.of(service)
+    })
+  )

@@ -1,0 +1,79 @@
+/**
+ * The HTTP surface, declared once with `HttpApi`: the OpenAPI document, the server and typed clients all derive
+ * from it. Every error is declared with its OpenAI envelope schema.
+ */
+import { HttpApi, HttpApiEndpoint, HttpApiGroup, HttpApiSchema, OpenApi } from "@effect/platform"
+import { Schema } from "effect"
+import {
+  ConflictSchema,
+  InvalidRequestSchema,
+  NotFoundSchema,
+  PayloadTooLargeSchema,
+  ServerErrorSchema,
+  UnauthorizedSchema
+} from "../domain/Errors.js"
+import { FileDeleted, FileList, FileObject, ListFilesParams, UploadFileForm } from "../domain/Files.js"
+
+const fileIdParam = HttpApiSchema.param("file_id", Schema.String)
+
+export class HealthGroup extends HttpApiGroup.make("health")
+  .add(
+    HttpApiEndpoint.get("health", "/health")
+      .addSuccess(Schema.Struct({ status: Schema.Literal("OK") }))
+      .annotate(OpenApi.Summary, "Liveness check")
+  )
+  .prefix("/v1")
+{}
+
+export class FilesGroup extends HttpApiGroup.make("files")
+  .add(
+    HttpApiEndpoint.post("upload", "/files")
+      .setPayload(HttpApiSchema.MultipartStream(UploadFileForm))
+      .addSuccess(FileObject)
+      .addError(PayloadTooLargeSchema)
+      .annotate(OpenApi.Summary, "Upload a file (multipart/form-data, streamed to storage)")
+  )
+  .add(
+    HttpApiEndpoint.get("list", "/files")
+      .setUrlParams(ListFilesParams)
+      .addSuccess(FileList)
+      .annotate(OpenApi.Summary, "List files, newest first by default")
+  )
+  .add(
+    HttpApiEndpoint.get("retrieve")`/files/${fileIdParam}`
+      .addSuccess(FileObject)
+      .addError(NotFoundSchema)
+      .annotate(OpenApi.Summary, "Retrieve a file's metadata")
+  )
+  .add(
+    HttpApiEndpoint.get("content")`/files/${fileIdParam}/content`
+      .addSuccess(HttpApiSchema.Uint8Array({ contentType: "application/octet-stream" }))
+      .addError(NotFoundSchema)
+      .annotate(OpenApi.Summary, "Download a file's bytes (streamed)")
+  )
+  .add(
+    HttpApiEndpoint.del("delete")`/files/${fileIdParam}`
+      .addSuccess(FileDeleted)
+      .addError(NotFoundSchema)
+      .annotate(OpenApi.Summary, "Delete a file and its bytes")
+  )
+  .prefix("/v1")
+  .annotate(OpenApi.Title, "Files")
+{}
+
+/**
+ * Errors declared at the API level can be produced by the API-wide middleware (decode failures, unknown routes,
+ * defects), which is what lets every response use the OpenAI envelope.
+ */
+export class OpenAIApi extends HttpApi.make("openai-batch")
+  .add(HealthGroup)
+  .add(FilesGroup)
+  .addError(InvalidRequestSchema)
+  .addError(UnauthorizedSchema)
+  .addError(NotFoundSchema)
+  .addError(ConflictSchema)
+  .addError(PayloadTooLargeSchema)
+  .addError(ServerErrorSchema)
+  .annotate(OpenApi.Title, "OpenAI-compatible Files and Batches")
+  .annotate(OpenApi.Version, "0.1.0")
+{}

@@ -1,0 +1,23 @@
+/**
+ * The HTTP application: the API with its handlers, the error envelope, the OpenAPI document and docs page. It
+ * needs the services the handlers use and an `HttpServer`; `main.ts` (or an embedding app) provides both.
+ */
+import { HttpApiBuilder, HttpApiScalar, HttpMiddleware } from "@effect/platform"
+import { Layer } from "effect"
+import { OpenAIApi } from "./Api.js"
+import { FilesHttpLive } from "./FilesHttp.js"
+import { HealthHttpLive } from "./HealthHttp.js"
+import { ErrorEnvelopeLive, sdkHeaders } from "./Middleware.js"
+
+/** The API with every group implemented (requires the services the handlers use). */
+export const ApiLive = HttpApiBuilder.api(OpenAIApi).pipe(
+  Layer.provide([HealthHttpLive, FilesHttpLive, ErrorEnvelopeLive])
+)
+
+/** Serves `ApiLive` plus `/openapi.json` and `/docs` on whatever `HttpServer` is provided. */
+export const HttpLive = HttpApiBuilder.serve((app) => HttpMiddleware.logger(sdkHeaders(app))).pipe(
+  Layer.provide(HttpApiScalar.layer({ path: "/docs" })),
+  Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
+  Layer.provide(HttpApiBuilder.middlewareCors()),
+  Layer.provide(ApiLive)
+)

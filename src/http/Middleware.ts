@@ -1,0 +1,100 @@
+/**
+ * Cross-cutting HTTP behaviour: every failure leaves in the OpenAI envelope, and every response carries the headers
+ * the SDKs read (`x-request-id`; `x-should-retry: false` on a 409 so a conflict is not retried).
+ */
+import {
+  HttpApiBuilder,
+  HttpApiError,
+  HttpApp,
+  HttpServerError,
+  HttpServerResponse,
+  Multipart
+} from "@effect/platform"
+import { Cause, Effect, Option } from "effect"
+import { type ApiError, invalidRequest, notFound, payloadTooLarge, serverError } from "../domain/Errors.js"
+import { requestId } from "../domain/Ids.js"
+import { OpenAIApi } from "./Api.js"
+
+/** `HttpApiDecodeError` → 400 naming the first offending parameter. */
+export const fromDecodeError = (e: HttpApiError.HttpApiDecodeError): ApiError => {
+  const issue = e.issues[0]
+  if (issue === undefined) return invalidRequest(e.message)
+  const param = issue.path.length > 0 ? issue.path.map(String).join(".") : null
+  const code = issue._tag === "Missing" ? "missing_required_parameter" : "invalid_value"
+  const message = issue._tag === "Missing" && param !== null
+    ? `Missing required parameter: '${param}'.`
+    : param === null
+    ? `Invalid request: ${issue.message}`
+    : `Invalid value for '${param}': ${issue.message}`
+  return invalidRequest(message, param, code)
+}
+
+/** A bad multipart body: a size limit is a 413, anything else a 400. */
+export const fromMultipartError = (e: Multipart.MultipartError): ApiError => {
+  switch (e.reason) {
+    case "FileTooLarge":
+    case "BodyTooLarge":
+      return payloadTooLarge("The upload is larger than this server accepts.", "file")
+    case "FieldTooLarge":
+      return invalidRequest("A form field of the upload is too large.", null, "field_too_large")
+    case "TooManyParts":
+      return invalidRequest("The upload has too many parts.", null, "too_many_parts")
+    default:
+      return invalidRequest("The multipart/form-data body could not be parsed.", null, "invalid_multipart")
+  }
+}
+
+/** Framework failures that are client mistakes or real faults, as OpenAI errors; typed API errors pass through. */
+const toApiError = (cause: Cause.Cause<unknown>): Option.Option<ApiError> => {
+  const failure = Cause.failureOption(cause)
+  if (Option.isSome(failure)) {
+    const e = failure.value
+    if (e instanceof HttpApiError.HttpApiDecodeError) return Option.some(fromDecodeError(e))
+    if (HttpServerError.isServerError(e) && e._tag === "RouteNotFound") {
+      return Option.some(notFound(`Invalid URL (${e.request.method} ${e.request.url})`))
+    }
+    if (e instanceof Multipart.MultipartError) return Option.some(fromMultipartError(e))
+    return Option.none()
+  }
+  const defect = Cause.dieOption(cause)
+  if (Option.isSome(defect)) {
+    const d = defect.value
+    if (HttpServerError.isServerError(d) && d._tag === "RequestError") {
+      return Option.some(
+        invalidRequest(
+          "We could not parse the body of your request. Send valid JSON (or multipart/form-data for uploads).",
+          null,
+          "invalid_body"
+        )
+      )
+    }
+    if (d instanceof Multipart.MultipartError) return Option.some(fromMultipartError(d))
+    return Option.some(serverError())
+  }
+  return Option.none() // interruption: nothing to answer
+}
+
+/** API-wide middleware: runs before error encoding, so what it fails with is encoded as an envelope. */
+export const ErrorEnvelopeLive = HttpApiBuilder.middleware(OpenAIApi, (app) =>
+  Effect.catchAllCause(app, (cause) =>
+    Option.match(toApiError(cause), {
+      onNone: () => Effect.failCause(cause),
+      onSome: (error) =>
+        (error._tag === "ServerError" ? Effect.logError("Unhandled fault while serving a request", cause) : Effect.void)
+          .pipe(Effect.zipRight(Effect.fail(error)))
+    })))
+
+/**
+ * Server-level middleware: response headers the OpenAI SDKs rely on. The wrapped app has already written its
+ * response when it returns, so the headers go in through a pre-response handler.
+ */
+export const sdkHeaders = <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
+  Effect.zipRight(
+    HttpApp.appendPreResponseHandler((_request, response) => {
+      const withId = HttpServerResponse.setHeader(response, "x-request-id", requestId())
+      return Effect.succeed(
+        response.status === 409 ? HttpServerResponse.setHeader(withId, "x-should-retry", "false") : withId
+      )
+    }),
+    app
+  )

@@ -1,0 +1,15 @@
+/**
+ * Public entry for embedding: the API definition, the HTTP layers, the services and their live layers. Compose
+ * them in your own Effect app, swap any of them (e.g. `FileStore`) for your own, or serve `HttpLive` on your server.
+ */
+export { AppConfig, appConfig, type AppConfigShape, defaults as configDefaults } from "./Config.js"
+export * as Errors from "./domain/Errors.js"
+export * as Files from "./domain/Files.js"
+export * as Ids from "./domain/Ids.js"
+export { FileNotFound, type FileStoreShape, FileStore, FileStoreLive, UnknownCursor } from "./files/FileStore.js"
+export { FilesGroup, HealthGroup, OpenAIApi } from "./http/Api.js"
+export { ApiLive, HttpLive } from "./http/Http.js"
+export { ErrorEnvelopeLive } from "./http/Middleware.js"
+export { AppLive, NodeServerLive, ServicesLive, StorageLive } from "./Layers.js"
+export { BlobStore, BlobStoreLocal, type BlobStoreShape, makeLocal as makeLocalBlobStore } from "./storage/BlobStore.js"
+export { layerSqlite, MigrationsLive, SqlLive } from "./storage/Sql.js"

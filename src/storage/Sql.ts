@@ -1,0 +1,30 @@
+/**
+ * The SQL layer: a `SqlClient` with every migration applied. SQLite (one file in `DATA_DIR`, WAL mode) is the
+ * default; the store code only talks to `SqlClient`, so another dialect is another layer here, not a rewrite.
+ */
+import { SqlClient } from "@effect/sql"
+import * as Migrator from "@effect/sql/Migrator"
+import { SqliteClient } from "@effect/sql-sqlite-node"
+import { Effect, Layer } from "effect"
+import { mkdirSync } from "node:fs"
+import * as Path from "node:path"
+import { AppConfig } from "../Config.js"
+import { migrations } from "./migrations.js"
+
+/** Applies every pending migration to the `SqlClient` it is given. */
+export const MigrationsLive = Layer.effectDiscard(
+  Migrator.make({})({ loader: Migrator.fromRecord(migrations) }).pipe(Effect.withSpan("Sql.migrate"))
+)
+
+/** SQLite at `filename` (`:memory:` works too), migrated. */
+export const layerSqlite = (filename: string): Layer.Layer<SqlClient.SqlClient, unknown> =>
+  MigrationsLive.pipe(Layer.provideMerge(SqliteClient.layer({ filename })))
+
+/** The database the configuration asks for: `DATA_DIR/batches.sqlite`. */
+export const SqlLive: Layer.Layer<SqlClient.SqlClient, unknown, AppConfig> = Layer.unwrapEffect(
+  Effect.gen(function*() {
+    const { dataDir } = yield* AppConfig
+    yield* Effect.sync(() => mkdirSync(dataDir, { recursive: true }))
+    return layerSqlite(Path.join(dataDir, "batches.sqlite"))
+  })
+)
