@@ -7,7 +7,7 @@ import { Clock, Context, Data, Effect, Layer, Schedule, Scope, Stream } from "ef
 import { AppConfig } from "../Config.js"
 import { FileObject, type SortOrder } from "../domain/Files.js"
 import { fileId } from "../domain/Ids.js"
-import { BlobStore, type StagedBlob } from "../storage/BlobStore.js"
+import { BlobStore, type StagedBlob, stageStream, type StagingWriter } from "../storage/BlobStore.js"
 
 export class FileNotFound extends Data.TaggedError("FileNotFound")<{ readonly id: string }> {}
 /** The `after` cursor of a list names no file. */
@@ -33,8 +33,8 @@ export interface FilePage {
 }
 
 export interface FileStoreShape {
-  /** Streams `content` to storage; the bytes disappear with the scope unless `commit`ted. */
-  readonly stage: <E>(content: Stream.Stream<Uint8Array, E>) => Effect.Effect<StagedBlob, E, Scope.Scope>
+  /** Opens a staging area for an upload; its bytes disappear with the scope unless `commit`ted. */
+  readonly openUpload: Effect.Effect<StagingWriter, never, Scope.Scope>
   /** Publishes staged bytes as a new file. */
   readonly commit: (staged: StagedBlob, meta: FileMetadata) => Effect.Effect<FileObject>
   /** `stage` + `commit` in one step. */
@@ -110,7 +110,7 @@ export const make = Effect.gen(function*() {
     }).pipe(Effect.uninterruptible, Effect.withSpan("FileStore.commit"))
 
   const create = <E>(meta: FileMetadata, content: Stream.Stream<Uint8Array, E>) =>
-    Effect.scoped(Effect.flatMap(blobs.stage(content), (staged) => commit(staged, meta))).pipe(
+    Effect.scoped(Effect.flatMap(stageStream(blobs, content), (staged) => commit(staged, meta))).pipe(
       Effect.withSpan("FileStore.create")
     )
 
@@ -187,7 +187,7 @@ export const make = Effect.gen(function*() {
     if (removed > 0) yield* Effect.logWarning(`Removed ${removed} file blob(s) left without metadata by a crash`)
   }).pipe(Effect.orDie, Effect.withSpan("FileStore.removeOrphans"))
 
-  return { service: { stage: blobs.stage, commit, create, get, list, content, remove, sweepExpired }, removeOrphans }
+  return { service: { openUpload: blobs.openStaging, commit, create, get, list, content, remove, sweepExpired }, removeOrphans }
 })
 
 /**

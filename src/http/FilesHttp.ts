@@ -1,6 +1,8 @@
 /** Handlers of the `files` group: HTTP in, `FileStore` calls out. */
-import { HttpApiBuilder, HttpServerRequest, HttpServerResponse, Multipart } from "@effect/platform"
-import { Effect, Either, Option, Stream } from "effect"
+import { HttpApiBuilder, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { NodeStream } from "@effect/platform-node"
+import { Effect, Either, identity, type Scope, Stream } from "effect"
+import { IncomingMessage } from "node:http"
 import { AppConfig } from "../Config.js"
 import { type ApiError, invalidRequest, notFound, payloadTooLarge } from "../domain/Errors.js"
 import {
@@ -11,9 +13,10 @@ import {
   UploadPurpose
 } from "../domain/Files.js"
 import { type FileMetadata, FileStore } from "../files/FileStore.js"
-import type { StagedBlob } from "../storage/BlobStore.js"
+import type { StagedBlob, StagingWriter } from "../storage/BlobStore.js"
 import { OpenAIApi } from "./Api.js"
-import { fromMultipartError } from "./Middleware.js"
+import { fromMultipartInvalid } from "./Middleware.js"
+import { parseFormData } from "./Multipart.js"
 
 /** Room for the form fields and part headers around the file, when comparing `Content-Length` to the limit. */
 const FORM_OVERHEAD_BYTES = 64 * 1024
@@ -84,15 +87,15 @@ export const parseUploadForm = (
 const tooLarge = (max: number) =>
   payloadTooLarge(`The file is larger than the maximum upload size of ${max} bytes.`, "file")
 
-/** Fails as soon as more than `max` bytes went through, before the offending chunk is written. */
-const limitBytes = (max: number) => <E>(content: Stream.Stream<Uint8Array, E>): Stream.Stream<Uint8Array, E | ApiError> =>
-  Stream.suspend(() => {
-    let seen = 0
-    return Stream.tap(content, (chunk) => {
-      seen += chunk.length
-      return seen > max ? Effect.fail(tooLarge(max)) : Effect.void
-    })
-  })
+/**
+ * The request body as a stream that, unlike `request.stream`, does not destroy the socket when we stop reading
+ * early (an oversize or invalid upload): Node then discards the rest of the body and the client gets our error
+ * response instead of a connection reset.
+ */
+const requestBody = (request: HttpServerRequest.HttpServerRequest): Stream.Stream<Uint8Array> =>
+  request.source instanceof IncomingMessage
+    ? Stream.orDie(NodeStream.fromReadable(() => request.source as IncomingMessage, identity, { closeOnDone: false }))
+    : Stream.orDie(request.stream)
 
 const fileNotFound = (id: string) => notFound(`No such File object: ${id}`, "file_id")
 
@@ -101,49 +104,50 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
     const files = yield* FileStore
     const { maxUploadBytes } = yield* AppConfig
 
-    const upload = (parts: Stream.Stream<Multipart.Part, Multipart.MultipartError>) =>
-      Effect.gen(function*() {
-        const request = yield* HttpServerRequest.HttpServerRequest
-        const declared = Number(request.headers["content-length"] ?? NaN)
-        if (declared > maxUploadBytes + FORM_OVERHEAD_BYTES) return yield* tooLarge(maxUploadBytes)
+    const formLimits = { maxParts: 32, maxFieldSize: 64 * 1024, maxTotalSize: maxUploadBytes + FORM_OVERHEAD_BYTES }
 
-        const fields = new Map<string, string>()
-        let file: { readonly staged: StagedBlob; readonly filename: string } | undefined
-        yield* Stream.runForEach(Stream.mapError(parts, fromMultipartError), (part) => {
-          if (Multipart.isField(part)) return Effect.sync(() => void fields.set(part.key, part.value))
-          if (Multipart.isFile(part) && part.key === "file") {
-            if (file !== undefined) {
-              return Effect.fail(invalidRequest("Upload exactly one 'file' part.", "file", "invalid_value"))
-            }
-            const content = part.content.pipe(Stream.mapError(fromMultipartError), limitBytes(maxUploadBytes))
-            return Effect.map(files.stage(content), (staged) => {
-              file = { staged, filename: baseName(part.name) }
+    const upload = Effect.gen(function*() {
+      const request = yield* HttpServerRequest.HttpServerRequest
+      const declared = Number(request.headers["content-length"] ?? NaN)
+      if (declared > maxUploadBytes + FORM_OVERHEAD_BYTES) return yield* tooLarge(maxUploadBytes)
+
+      const fields = new Map<string, string>()
+      let file: { readonly filename: string; staged?: StagedBlob } | undefined
+      let writer: StagingWriter | undefined // the open staging area while our file part streams in
+      let fileBytes = 0
+      const events = parseFormData(request.headers, formLimits, requestBody(request))
+      yield* Stream.runForEach(Stream.mapError(events, fromMultipartInvalid), (event): Effect.Effect<void, ApiError, Scope.Scope> => {
+        switch (event._tag) {
+          case "Field":
+            return Effect.sync(() => void fields.set(event.key, event.value))
+          case "FileStart":
+            // A file under another field name is skipped (its chunks are ignored, not stored).
+            if (event.key !== "file") return Effect.void
+            if (file !== undefined) return invalidRequest("Upload exactly one 'file' part.", "file", "invalid_value")
+            file = { filename: baseName(event.filename) }
+            return Effect.map(files.openUpload, (opened) => void (writer = opened))
+          case "FileChunk":
+            if (writer === undefined) return Effect.void
+            fileBytes += event.bytes.length
+            return fileBytes > maxUploadBytes ? tooLarge(maxUploadBytes) : writer.write(event.bytes)
+          case "FileEnd":
+            if (writer === undefined || file === undefined) return Effect.void
+            return Effect.map(writer.finish, (staged) => {
+              file!.staged = staged
+              writer = undefined
             })
-          }
-          // A file under another field name: not ours to keep, but it must be consumed for parsing to go on.
-          return Multipart.isFile(part)
-            ? Stream.runDrain(Stream.mapError(part.content, fromMultipartError))
-            : Effect.void
-        })
-        if (file === undefined && fields.has("file")) {
-          return yield* invalidRequest("'file' must be a file part with a filename, not a text field.", "file", "invalid_type")
         }
-        const meta = yield* parseUploadForm(fields, file?.filename)
-        return yield* files.commit(file!.staged, meta)
-      }).pipe(Effect.scoped, Effect.withSpan("Files.upload"))
+      })
+      if (file === undefined && fields.has("file")) {
+        return yield* invalidRequest("'file' must be a file part with a filename, not a text field.", "file", "invalid_type")
+      }
+      const meta = yield* parseUploadForm(fields, file?.filename)
+      return yield* files.commit(file!.staged!, meta)
+    }).pipe(Effect.scoped, Effect.withSpan("Files.upload"))
 
     return handlers
-      .handle("upload", ({ payload }) =>
-        upload(
-          // Exact limits are enforced while streaming; these only bound what the parser itself buffers.
-          Multipart.withLimitsStream(payload, {
-            maxParts: Option.some(32),
-            maxFieldSize: 64 * 1024,
-            maxFileSize: Option.none(),
-            maxTotalSize: Option.some(maxUploadBytes + FORM_OVERHEAD_BYTES),
-            fieldMimeTypes: []
-          })
-        ))
+      // The declared payload documents the form; the body is parsed by `parseFormData` (see there why).
+      .handle("upload", () => upload)
       .handle("list", ({ urlParams }) =>
         files.list({
           purpose: urlParams.purpose,

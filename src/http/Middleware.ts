@@ -7,13 +7,13 @@ import {
   HttpApiError,
   HttpApp,
   HttpServerError,
-  HttpServerResponse,
-  Multipart
+  HttpServerResponse
 } from "@effect/platform"
 import { Cause, Effect, Option } from "effect"
 import { type ApiError, invalidRequest, notFound, payloadTooLarge, serverError } from "../domain/Errors.js"
 import { requestId } from "../domain/Ids.js"
 import { OpenAIApi } from "./Api.js"
+import type { MultipartInvalid } from "./Multipart.js"
 
 /** `HttpApiDecodeError` → 400 naming the first offending parameter. */
 export const fromDecodeError = (e: HttpApiError.HttpApiDecodeError): ApiError => {
@@ -30,17 +30,20 @@ export const fromDecodeError = (e: HttpApiError.HttpApiDecodeError): ApiError =>
 }
 
 /** A bad multipart body: a size limit is a 413, anything else a 400. */
-export const fromMultipartError = (e: Multipart.MultipartError): ApiError => {
-  switch (e.reason) {
-    case "FileTooLarge":
-    case "BodyTooLarge":
+export const fromMultipartInvalid = (e: MultipartInvalid): ApiError => {
+  if (e.reason === "NotMultipart") {
+    return invalidRequest("The body must be multipart/form-data with a boundary.", null, "invalid_content_type")
+  }
+  switch (e.limit) {
+    case "MaxTotalSize":
+    case "MaxPartSize":
       return payloadTooLarge("The upload is larger than this server accepts.", "file")
-    case "FieldTooLarge":
+    case "MaxFieldSize":
       return invalidRequest("A form field of the upload is too large.", null, "field_too_large")
-    case "TooManyParts":
+    case "MaxParts":
       return invalidRequest("The upload has too many parts.", null, "too_many_parts")
     default:
-      return invalidRequest("The multipart/form-data body could not be parsed.", null, "invalid_multipart")
+      return invalidRequest(`The multipart/form-data body could not be parsed (${e.reason}).`, null, "invalid_multipart")
   }
 }
 
@@ -53,7 +56,6 @@ const toApiError = (cause: Cause.Cause<unknown>): Option.Option<ApiError> => {
     if (HttpServerError.isServerError(e) && e._tag === "RouteNotFound") {
       return Option.some(notFound(`Invalid URL (${e.request.method} ${e.request.url})`))
     }
-    if (e instanceof Multipart.MultipartError) return Option.some(fromMultipartError(e))
     return Option.none()
   }
   const defect = Cause.dieOption(cause)
@@ -68,7 +70,6 @@ const toApiError = (cause: Cause.Cause<unknown>): Option.Option<ApiError> => {
         )
       )
     }
-    if (d instanceof Multipart.MultipartError) return Option.some(fromMultipartError(d))
     return Option.some(serverError())
   }
   return Option.none() // interruption: nothing to answer

@@ -15,12 +15,19 @@ export interface StagedBlob {
   readonly bytes: number
 }
 
+/** An open staging area being written to. */
+export interface StagingWriter {
+  readonly write: (chunk: Uint8Array) => Effect.Effect<void>
+  /** Flushes to stable storage; the bytes can then be published. */
+  readonly finish: Effect.Effect<StagedBlob>
+}
+
 export interface BlobStoreShape {
   /**
-   * Writes `content` to the staging area. The staged bytes are removed when the surrounding scope closes, unless
-   * they were `publish`ed before; a failure or an interruption of the stream leaves nothing behind.
+   * Opens a staging area. Its bytes are removed when the surrounding scope closes, unless they were `publish`ed
+   * before: a failure or an interruption while writing leaves nothing behind.
    */
-  readonly stage: <E>(content: Stream.Stream<Uint8Array, E>) => Effect.Effect<StagedBlob, E, Scope.Scope>
+  readonly openStaging: Effect.Effect<StagingWriter, never, Scope.Scope>
   /** Makes staged bytes readable under `key`, atomically. */
   readonly publish: (staged: StagedBlob, key: string) => Effect.Effect<void>
   /** The bytes under `key`, streamed. */
@@ -34,6 +41,11 @@ export interface BlobStoreShape {
 export class BlobStore extends Context.Tag("BlobStore")<BlobStore, BlobStoreShape>() {}
 
 const CHUNK = FileSystem.KiB(64)
+
+/** Writes a whole stream to a new staging area (see `openStaging` for its lifetime). */
+export const stageStream = <E>(blobs: BlobStoreShape, content: Stream.Stream<Uint8Array, E>) =>
+  Effect.flatMap(blobs.openStaging, (writer) =>
+    Effect.zipRight(Stream.runForEach(content, writer.write), writer.finish))
 
 /**
  * Blobs as files under `root/blobs`, staged in `root/staging` (same file system, so publishing is a `rename`).
@@ -52,25 +64,23 @@ export const makeLocal = (root: string) =>
     const stagingPath = (token: string) => Path.join(staging, token)
     const removeQuietly = (path: string) => fs.remove(path).pipe(Effect.catchTag("SystemError", () => Effect.void))
 
-    const stage = <E>(content: Stream.Stream<Uint8Array, E>) =>
-      Effect.gen(function*() {
-        const token = randomUUID()
-        const path = stagingPath(token)
-        // Registered before the file exists so an interruption at any point removes it; after `publish` the
-        // staging path is gone and the removal is a no-op.
-        yield* Effect.addFinalizer(() => removeQuietly(path).pipe(Effect.orDie))
-        const bytes = yield* Effect.scoped(Effect.gen(function*() {
-          const file = yield* fs.open(path, { flag: "w" }).pipe(Effect.orDie)
-          let written = 0
-          yield* Stream.runForEach(content, (chunk) => {
-            written += chunk.length
-            return file.writeAll(chunk).pipe(Effect.orDie)
-          })
-          yield* file.sync.pipe(Effect.orDie)
-          return written
-        }))
-        return { token, bytes } satisfies StagedBlob
-      })
+    const openStaging = Effect.gen(function*() {
+      const token = randomUUID()
+      const path = stagingPath(token)
+      // Registered before the file exists so an interruption at any point removes it; after `publish` the
+      // staging path is gone and the removal is a no-op.
+      yield* Effect.addFinalizer(() => removeQuietly(path).pipe(Effect.orDie))
+      const file = yield* fs.open(path, { flag: "w" }).pipe(Effect.orDie)
+      let bytes = 0
+      return {
+        write: (chunk) => {
+          if (chunk.length === 0) return Effect.void // writeAll fails on an empty buffer
+          bytes += chunk.length
+          return file.writeAll(chunk).pipe(Effect.orDie)
+        },
+        finish: file.sync.pipe(Effect.orDie, Effect.map((): StagedBlob => ({ token, bytes })))
+      } satisfies StagingWriter
+    })
 
     const publish = (staged: StagedBlob, key: string) =>
       fs.rename(stagingPath(staged.token), blobPath(key)).pipe(Effect.orDie)
@@ -84,7 +94,7 @@ export const makeLocal = (root: string) =>
       Effect.orDie
     )
 
-    return BlobStore.of({ stage, publish, read, remove, keys })
+    return BlobStore.of({ openStaging, publish, read, remove, keys })
   })
 
 /** Local-disk blobs under `DATA_DIR/files`. */

@@ -1,0 +1,136 @@
+/** FileStore against real SQLite and real files in a scratch directory. */
+import { assert, describe, expect, it } from "@effect/vitest"
+import { Chunk, Effect, Exit, Fiber, Layer, Stream, TestClock } from "effect"
+import { writeFileSync } from "node:fs"
+import * as Path from "node:path"
+import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
+import { StorageLive } from "../src/Layers.js"
+import { configFor, eventually, storedBlobs, TestDataDir } from "./support/TestApp.js"
+
+const storeLayer = FileStoreLive.pipe(
+  Layer.provide(StorageLive),
+  Layer.provideMerge(configFor()),
+  Layer.provideMerge(TestDataDir.Default)
+)
+
+const bytesOf = (text: string) => new TextEncoder().encode(text)
+
+const readAll = (stream: Stream.Stream<Uint8Array>) =>
+  Effect.map(Stream.runCollect(stream), (chunks) => Buffer.concat(Chunk.toReadonlyArray(chunks)))
+
+const upload = (filename: string, purpose: string, body: Uint8Array, expiresAfterSeconds?: number) =>
+  Effect.flatMap(FileStore, (files) =>
+    files.create({ filename, purpose, expiresAfterSeconds }, Stream.make(body.subarray(0, 3), body.subarray(3))))
+
+describe("FileStore", () => {
+  it.scoped("round-trips metadata and bytes, including binary content", () =>
+    Effect.gen(function*() {
+      const files = yield* FileStore
+      const binary = new Uint8Array(256 * 1024).map((_, i) => (i * 7919) % 256)
+      const created = yield* upload("blob.bin", "user_data", binary)
+      expect(created).toMatchObject({ object: "file", bytes: binary.length, filename: "blob.bin", purpose: "user_data" })
+      expect(created.id).toMatch(/^file-[0-9A-Za-z]{24}$/)
+      expect(created.status).toBe("processed")
+      expect(created.expires_at).toBeNull()
+
+      expect(yield* files.get(created.id)).toEqual(created)
+      const { file, stream } = yield* files.content(created.id)
+      expect(file).toEqual(created)
+      expect(Buffer.compare(yield* readAll(stream), Buffer.from(binary))).toBe(0)
+    }).pipe(Effect.provide(storeLayer)))
+
+  it.scoped("lists newest first by default and pages with after/limit in both orders", () =>
+    Effect.gen(function*() {
+      const files = yield* FileStore
+      const ids: Array<string> = []
+      for (let i = 0; i < 7; i++) ids.push((yield* upload(`f${i}.jsonl`, i % 2 === 0 ? "batch" : "user_data", bytesOf(`${i}\n`))).id)
+
+      const all = yield* files.list({ limit: 100, order: "desc" })
+      expect(all.data.map((f) => f.id)).toEqual([...ids].reverse())
+      expect(all.hasMore).toBe(false)
+
+      const page1 = yield* files.list({ limit: 3, order: "asc" })
+      expect(page1.data.map((f) => f.id)).toEqual(ids.slice(0, 3))
+      expect(page1.hasMore).toBe(true)
+      const page2 = yield* files.list({ limit: 3, order: "asc", after: page1.data[2]!.id })
+      expect(page2.data.map((f) => f.id)).toEqual(ids.slice(3, 6))
+      expect(page2.hasMore).toBe(true)
+      const page3 = yield* files.list({ limit: 3, order: "asc", after: page2.data[2]!.id })
+      expect(page3.data.map((f) => f.id)).toEqual(ids.slice(6))
+      expect(page3.hasMore).toBe(false)
+
+      const desc2 = yield* files.list({ limit: 2, order: "desc", after: ids[4] })
+      expect(desc2.data.map((f) => f.id)).toEqual([ids[3], ids[2]])
+
+      const batchOnly = yield* files.list({ limit: 100, order: "asc", purpose: "batch" })
+      expect(batchOnly.data.map((f) => f.id)).toEqual([ids[0], ids[2], ids[4], ids[6]])
+      const exit = yield* Effect.exit(files.list({ limit: 2, order: "asc", after: "file-nope" }))
+      assert(Exit.isFailure(exit))
+    }).pipe(Effect.provide(storeLayer)))
+
+  it.scoped("remove deletes the metadata and the bytes", () =>
+    Effect.gen(function*() {
+      const files = yield* FileStore
+      const { path } = yield* TestDataDir
+      const created = yield* upload("gone.jsonl", "batch", bytesOf("{}\n"))
+      expect(storedBlobs(path).blobs).toContain(created.id)
+      yield* files.remove(created.id)
+      expect(storedBlobs(path).blobs).not.toContain(created.id)
+      expect((yield* Effect.flip(files.get(created.id)))._tag).toBe("FileNotFound")
+      expect((yield* Effect.flip(files.remove(created.id)))._tag).toBe("FileNotFound")
+    }).pipe(Effect.provide(storeLayer)))
+
+  it.scoped("expired files vanish from get and list at once, and the sweep deletes their bytes", () =>
+    Effect.gen(function*() {
+      const files = yield* FileStore
+      const { path } = yield* TestDataDir
+      const shortLived = yield* upload("short.jsonl", "batch", bytesOf("a\n"), 3600)
+      const kept = yield* upload("kept.jsonl", "batch", bytesOf("b\n"))
+      expect(shortLived.expires_at).toBe(shortLived.created_at + 3600)
+
+      yield* TestClock.adjust("3599 seconds")
+      expect((yield* files.get(shortLived.id)).id).toBe(shortLived.id)
+
+      yield* TestClock.adjust("2 seconds")
+      expect((yield* Effect.flip(files.get(shortLived.id)))._tag).toBe("FileNotFound")
+      expect((yield* Effect.flip(files.content(shortLived.id)))._tag).toBe("FileNotFound")
+      expect((yield* files.list({ limit: 10, order: "asc" })).data.map((f) => f.id)).toEqual([kept.id])
+
+      // The background sweep runs every `fileSweepInterval` (60 s by default) and removes the bytes.
+      yield* TestClock.adjust("60 seconds")
+      yield* eventually(() => expect(storedBlobs(path).blobs).toEqual([kept.id]))
+    }).pipe(Effect.provide(storeLayer)))
+
+  it.scoped("an interrupted or failed upload leaves no file and no bytes", () =>
+    Effect.gen(function*() {
+      const files = yield* FileStore
+      const { path } = yield* TestDataDir
+      const never = Stream.concat(Stream.make(bytesOf("partial")), Stream.never)
+      const fiber = yield* Effect.fork(files.create({ filename: "x.jsonl", purpose: "batch" }, never))
+      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 50)))
+      yield* Fiber.interrupt(fiber)
+      const failing = Stream.concat(Stream.make(bytesOf("partial")), Stream.fail("client went away"))
+      expect(yield* Effect.flip(files.create({ filename: "y.jsonl", purpose: "batch" }, failing))).toBe(
+        "client went away"
+      )
+      expect((yield* files.list({ limit: 10, order: "asc" })).data).toEqual([])
+      expect(storedBlobs(path)).toEqual({ blobs: [], staging: [] })
+    }).pipe(Effect.provide(storeLayer)))
+
+  it.scoped("at start, removes staged leftovers and bytes that never got metadata (a crash mid-upload)", () =>
+    Effect.gen(function*() {
+      const { path } = yield* TestDataDir
+      // Each `Effect.provide` of this layer is one start of the service on the same data directory.
+      const start = FileStoreLive.pipe(Layer.provide(StorageLive), Layer.provide(configFor()))
+      const kept = yield* upload("kept.jsonl", "batch", bytesOf("k\n")).pipe(Effect.provide(start))
+      // What a process killed mid-upload, or between publishing bytes and writing metadata, leaves behind:
+      writeFileSync(Path.join(path, "files", "staging", "half-written"), "partial")
+      writeFileSync(Path.join(path, "files", "blobs", "file-orphan"), "no metadata")
+
+      const listed = yield* Effect.flatMap(FileStore, (files) => files.list({ limit: 10, order: "asc" })).pipe(
+        Effect.provide(start)
+      )
+      expect(listed.data.map((f) => f.id)).toEqual([kept.id])
+      expect(storedBlobs(path)).toEqual({ blobs: [kept.id], staging: [] })
+    }).pipe(Effect.provide(TestDataDir.Default)))
+})

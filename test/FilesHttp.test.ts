@@ -1,0 +1,216 @@
+/** The Files API over real HTTP: round trips, pagination, and every error path with the exact OpenAI envelope. */
+import { describe, expect, layer } from "@effect/vitest"
+import { Effect } from "effect"
+import { createHash, randomBytes } from "node:crypto"
+import { request as httpRequest } from "node:http"
+import { baseUrl, storedBlobs, TestDataDir, testApp } from "./support/TestApp.js"
+
+const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex")
+
+const form = (fields: Record<string, string>, file?: { name: string; bytes: Uint8Array; field?: string }) => {
+  const body = new FormData()
+  if (file) body.append(file.field ?? "file", new Blob([file.bytes]), file.name)
+  for (const [k, v] of Object.entries(fields)) body.append(k, v)
+  return body
+}
+
+const call = (path: string, init?: RequestInit) =>
+  Effect.flatMap(baseUrl, (base) =>
+    Effect.promise(async () => {
+      const res = await fetch(`${base}${path}`, init)
+      const buffer = new Uint8Array(await res.arrayBuffer())
+      const text = new TextDecoder().decode(buffer)
+      let json: any = undefined
+      try {
+        json = JSON.parse(text)
+      } catch {
+        // not JSON
+      }
+      return { status: res.status, headers: res.headers, buffer, json }
+    }))
+
+const upload = (fields: Record<string, string>, file?: { name: string; bytes: Uint8Array; field?: string }) =>
+  call("/v1/files", { method: "POST", body: form(fields, file) })
+
+/** Every error is exactly `{"error":{message,type,param,code}}`. */
+const expectEnvelope = (
+  res: { status: number; json: any },
+  status: number,
+  error: { type?: string; param?: string | null; code?: string | null }
+) => {
+  expect(res.status).toBe(status)
+  expect(Object.keys(res.json)).toEqual(["error"])
+  expect(Object.keys(res.json.error).sort()).toEqual(["code", "message", "param", "type"])
+  expect(res.json.error.message).toEqual(expect.any(String))
+  expect(res.json.error).toMatchObject({ type: "invalid_request_error", ...error })
+}
+
+/** A raw HTTP request, for bodies `fetch` will not send (malformed multipart, chunked without a length). */
+const raw = (path: string, headers: Record<string, string>, chunks: ReadonlyArray<string | Uint8Array>) =>
+  Effect.flatMap(baseUrl, (base) =>
+    Effect.async<{ status: number; json: any }>((resume) => {
+      const req = httpRequest(`${base}${path}`, { method: "POST", headers }, (res) => {
+        let text = ""
+        res.setEncoding("utf8")
+        res.on("data", (c) => (text += c))
+        res.on("end", () => resume(Effect.succeed({ status: res.statusCode!, json: JSON.parse(text) })))
+      })
+      req.on("error", (e) => resume(Effect.die(e)))
+      for (const c of chunks) req.write(c)
+      req.end()
+    }))
+
+layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
+  it.effect("a 50 MB binary upload round-trips byte for byte", () =>
+    Effect.gen(function*() {
+      const bytes = randomBytes(50 * 1024 * 1024)
+      const created = yield* upload({ purpose: "user_data" }, { name: "big.bin", bytes })
+      expect(created.status).toBe(200)
+      expect(created.json).toMatchObject({ object: "file", bytes: bytes.length, filename: "big.bin", purpose: "user_data", status: "processed", status_details: null, expires_at: null })
+
+      const content = yield* call(`/v1/files/${created.json.id}/content`, { headers: { accept: "application/binary" } })
+      expect(content.status).toBe(200)
+      expect(content.headers.get("content-type")).toBe("application/octet-stream")
+      expect(content.buffer.length).toBe(bytes.length)
+      expect(sha256(content.buffer)).toBe(sha256(bytes))
+
+      const retrieved = yield* call(`/v1/files/${created.json.id}`)
+      expect(retrieved.json).toEqual(created.json)
+      expect(retrieved.headers.get("content-type")).toBe("application/json")
+      expect(retrieved.headers.get("x-request-id")).toMatch(/^req_[0-9a-f]{32}$/)
+
+      const deleted = yield* call(`/v1/files/${created.json.id}`, { method: "DELETE" })
+      expect(deleted.json).toEqual({ id: created.json.id, object: "file", deleted: true })
+      expectEnvelope(yield* call(`/v1/files/${created.json.id}`), 404, { param: "file_id", code: "not_found" })
+    }))
+
+  it.effect("a chunked upload without Content-Length, fields after the file, keeps every byte", () =>
+    Effect.gen(function*() {
+      const boundary = "openai-test-boundary"
+      const payload = randomBytes(300_000)
+      const res = yield* raw("/v1/files", { "content-type": `multipart/form-data; boundary=${boundary}`, "transfer-encoding": "chunked" }, [
+        `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="dir/sub/input.jsonl"\r\nContent-Type: application/jsonl\r\n\r\n`,
+        payload.subarray(0, 100_000),
+        payload.subarray(100_000),
+        `\r\n--${boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n`,
+        `--${boundary}\r\nContent-Disposition: form-data; name="expires_after[anchor]"\r\n\r\ncreated_at\r\n`,
+        `--${boundary}\r\nContent-Disposition: form-data; name="expires_after[seconds]"\r\n\r\n3600\r\n--${boundary}--\r\n`
+      ])
+      expect(res.status).toBe(200)
+      expect(res.json).toMatchObject({ filename: "input.jsonl", purpose: "batch", bytes: payload.length })
+      expect(res.json.expires_at).toBe(res.json.created_at + 3600)
+      const content = yield* call(`/v1/files/${res.json.id}/content`)
+      expect(sha256(content.buffer)).toBe(sha256(payload))
+    }))
+
+  it.effect("lists with purpose, limit, order and after, always with has_more and first/last ids", () =>
+    Effect.gen(function*() {
+      const purpose = "evals"
+      const ids: Array<string> = []
+      for (let i = 0; i < 5; i++) ids.push((yield* upload({ purpose }, { name: `e${i}.json`, bytes: new Uint8Array([i]) })).json.id)
+
+      const desc = yield* call(`/v1/files?purpose=${purpose}`)
+      expect(desc.json.object).toBe("list")
+      expect(desc.json.data.map((f: any) => f.id)).toEqual([...ids].reverse())
+      expect(desc.json).toMatchObject({ first_id: ids[4], last_id: ids[0], has_more: false })
+
+      const page = yield* call(`/v1/files?purpose=${purpose}&order=asc&limit=2&after=${ids[1]}`)
+      expect(page.json.data.map((f: any) => f.id)).toEqual([ids[2], ids[3]])
+      expect(page.json).toMatchObject({ first_id: ids[2], last_id: ids[3], has_more: true })
+
+      const empty = yield* call(`/v1/files?purpose=nothing-here`)
+      expect(empty.json).toEqual({ object: "list", data: [], first_id: null, last_id: null, has_more: false })
+    }))
+
+  it.effect("unknown ids are 404 on retrieve, content and delete", () =>
+    Effect.gen(function*() {
+      for (const [path, method] of [["/v1/files/file-missing", "GET"], ["/v1/files/file-missing/content", "GET"], ["/v1/files/file-missing", "DELETE"]] as const) {
+        const res = yield* call(path, { method })
+        expectEnvelope(res, 404, { param: "file_id", code: "not_found" })
+        expect(res.json.error.message).toBe("No such File object: file-missing")
+      }
+    }))
+
+  it.effect("bad upload parameters are 400s that store nothing", () =>
+    Effect.gen(function*() {
+      const { path } = yield* TestDataDir
+      const before = (yield* call("/v1/files")).json.data.length
+      const jsonl = { name: "in.jsonl", bytes: new TextEncoder().encode("{}\n") }
+
+      expectEnvelope(yield* upload({ purpose: "bogus" }, jsonl), 400, { param: "purpose", code: "invalid_value" })
+      expectEnvelope(yield* upload({}, jsonl), 400, { param: "purpose", code: "missing_required_parameter" })
+      expectEnvelope(yield* upload({ purpose: "batch" }), 400, { param: "file", code: "missing_required_parameter" })
+      expectEnvelope(yield* upload({ purpose: "batch", file: "not a file" }), 400, { param: "file" })
+      expectEnvelope(yield* upload({ purpose: "batch" }, { ...jsonl, name: "in.csv" }), 400, { param: "file", code: "invalid_file_format" })
+      expectEnvelope(yield* upload({ purpose: "batch", "expires_after[anchor]": "created_at", "expires_after[seconds]": "10" }, jsonl), 400, { param: "expires_after.seconds", code: "invalid_value" })
+      expectEnvelope(yield* upload({ purpose: "batch", "expires_after[seconds]": "7200" }, jsonl), 400, { param: "expires_after.anchor", code: "missing_required_parameter" })
+
+      expect((yield* call("/v1/files")).json.data.length).toBe(before)
+      expect(storedBlobs(path).staging).toEqual([])
+    }))
+
+  it.effect("malformed multipart, a non-multipart body, bad query parameters and unknown routes get the envelope", () =>
+    Effect.gen(function*() {
+      const garbage = yield* raw("/v1/files", { "content-type": "multipart/form-data; boundary=xyz", "content-length": "7" }, ["garbage"])
+      expectEnvelope(garbage, 400, {})
+      const truncated = yield* raw("/v1/files", { "content-type": "multipart/form-data; boundary=xyz" }, [
+        `--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\nno closing boundary`
+      ])
+      expectEnvelope(truncated, 400, {})
+      const notMultipart = yield* call("/v1/files", { method: "POST", headers: { "content-type": "application/json" }, body: "{}" })
+      expectEnvelope(notMultipart, 400, {})
+
+      expectEnvelope(yield* call("/v1/files?limit=0"), 400, { param: "limit", code: "invalid_value" })
+      expectEnvelope(yield* call("/v1/files?limit=abc"), 400, { param: "limit", code: "invalid_value" })
+      expectEnvelope(yield* call("/v1/files?order=sideways"), 400, { param: "order", code: "invalid_value" })
+      expectEnvelope(yield* call("/v1/files?after=file-unknown"), 400, { param: "after", code: "invalid_value" })
+      const unknown = yield* call("/v1/nothing-here")
+      expectEnvelope(unknown, 404, { code: "not_found" })
+      expect(unknown.json.error.message).toBe("Invalid URL (GET /v1/nothing-here)")
+    }))
+
+  it.effect("serves the OpenAPI document and a docs page", () =>
+    Effect.gen(function*() {
+      const spec = yield* call("/openapi.json")
+      expect(spec.status).toBe(200)
+      expect(Object.keys(spec.json.paths)).toEqual(expect.arrayContaining(["/v1/files", "/v1/files/{file_id}", "/v1/files/{file_id}/content", "/v1/health"]))
+      const docs = yield* call("/docs")
+      expect(docs.status).toBe(200)
+      expect(new TextDecoder().decode(docs.buffer)).toContain("<html")
+      expect((yield* call("/v1/health")).json).toEqual({ status: "OK" })
+    }))
+})
+
+describe("upload size limit", () => {
+  const limit = 64 * 1024
+  layer(testApp({ maxUploadBytes: limit }), { excludeTestServices: true })("MAX_UPLOAD_BYTES", (it) => {
+    it.effect("an upload of exactly the limit is accepted", () =>
+      Effect.gen(function*() {
+        const res = yield* upload({ purpose: "user_data" }, { name: "edge.bin", bytes: randomBytes(limit) })
+        expect(res.status).toBe(200)
+        expect(res.json.bytes).toBe(limit)
+      }))
+
+    it.effect("one byte over is a 413, with or without Content-Length, and leaves nothing behind", () =>
+      Effect.gen(function*() {
+        const { path } = yield* TestDataDir
+        const withLength = yield* upload({ purpose: "user_data" }, { name: "over.bin", bytes: randomBytes(limit + 1) })
+        expectEnvelope(withLength, 413, { param: "file" })
+
+        const boundary = "b0undary"
+        const chunked = yield* raw("/v1/files", { "content-type": `multipart/form-data; boundary=${boundary}`, "transfer-encoding": "chunked" }, [
+          `--${boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nuser_data\r\n`,
+          `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="over.bin"\r\n\r\n`,
+          randomBytes(limit + 1),
+          `\r\n--${boundary}--\r\n`
+        ])
+        expectEnvelope(chunked, 413, { param: "file" })
+        const declaredTooLarge = yield* raw("/v1/files", { "content-type": `multipart/form-data; boundary=${boundary}`, "content-length": String(10 * limit) }, [])
+        expectEnvelope(declaredTooLarge, 413, { param: "file" })
+
+        const listed = yield* call("/v1/files")
+        expect(listed.json.data.filter((f: any) => f.filename === "over.bin")).toEqual([])
+        expect(storedBlobs(path).staging).toEqual([])
+      }))
+  })
+})
