@@ -15,6 +15,8 @@ export interface AppConfigShape {
   readonly maxUploadBytes: number
   /** How often expired files are deleted from storage (`FILE_SWEEP_INTERVAL`, e.g. `60 seconds`). */
   readonly fileSweepInterval: Duration.Duration
+  /** On SIGINT/SIGTERM, how long open requests may take to finish before their connections are closed (`SHUTDOWN_TIMEOUT`). */
+  readonly shutdownTimeout: Duration.Duration
 }
 
 export const defaults: AppConfigShape = {
@@ -22,7 +24,8 @@ export const defaults: AppConfigShape = {
   host: "127.0.0.1",
   dataDir: "./.data",
   maxUploadBytes: 512 * 1024 * 1024,
-  fileSweepInterval: Duration.seconds(60)
+  fileSweepInterval: Duration.seconds(60),
+  shutdownTimeout: Duration.seconds(10)
 }
 
 const positiveInt = (name: string, fallback: number) =>
@@ -43,7 +46,8 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
     Config.withDefault(defaults.dataDir)
   ),
   maxUploadBytes: positiveInt("MAX_UPLOAD_BYTES", defaults.maxUploadBytes),
-  fileSweepInterval: Config.duration("FILE_SWEEP_INTERVAL").pipe(Config.withDefault(defaults.fileSweepInterval))
+  fileSweepInterval: Config.duration("FILE_SWEEP_INTERVAL").pipe(Config.withDefault(defaults.fileSweepInterval)),
+  shutdownTimeout: Config.duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(defaults.shutdownTimeout))
 })
 
 export class AppConfig extends Context.Tag("AppConfig")<AppConfig, AppConfigShape>() {

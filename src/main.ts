@@ -2,7 +2,7 @@
  * The server process: configuration from the environment, then the application until SIGINT/SIGTERM, which
  * interrupts it and closes every layer in reverse order (the server stops accepting and lets open requests end).
  */
-import { NodeRuntime } from "@effect/platform-node"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { ConfigError, Console, Effect, Layer } from "effect"
 import { AppConfig } from "./Config.js"
 import { AppLive } from "./Layers.js"

@@ -4,7 +4,7 @@
  * Each class is a `Schema.TaggedError` whose *encoded* form is the bare envelope (no `_tag`), so the HttpApi encoder
  * writes exactly what the OpenAI SDKs parse, with the status code taken from the schema annotation.
  */
-import { HttpApiSchema } from "@effect/platform"
+import * as HttpApiSchema from "@effect/platform/HttpApiSchema"
 import { Schema } from "effect"
 
 export class ErrorBody extends Schema.Class<ErrorBody>("ErrorBody")({

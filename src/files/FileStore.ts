@@ -2,7 +2,7 @@
  * Files: metadata rows in SQL, bytes in the `BlobStore`. Owns expiry (expired files vanish from `get`/`list` at once
  * and a background sweep deletes them) and the clean-up of bytes that lost their metadata in a crash.
  */
-import { SqlClient } from "@effect/sql"
+import * as SqlClient from "@effect/sql/SqlClient"
 import { Clock, Context, Data, Effect, Layer, Schedule, Scope, Stream } from "effect"
 import { AppConfig } from "../Config.js"
 import { FileObject, type SortOrder } from "../domain/Files.js"

@@ -1,6 +1,8 @@
 /** Handlers of the `files` group: HTTP in, `FileStore` calls out. */
-import { HttpApiBuilder, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { NodeStream } from "@effect/platform-node"
+import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import * as NodeStream from "@effect/platform-node/NodeStream"
 import { Effect, Either, identity, type Scope, Stream } from "effect"
 import { IncomingMessage } from "node:http"
 import { AppConfig } from "../Config.js"

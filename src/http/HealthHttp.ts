@@ -1,5 +1,5 @@
 /** Handler of the `health` group. */
-import { HttpApiBuilder } from "@effect/platform"
+import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import { Effect } from "effect"
 import { OpenAIApi } from "./Api.js"
 

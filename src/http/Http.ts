@@ -2,7 +2,9 @@
  * The HTTP application: the API with its handlers, the error envelope, the OpenAPI document and docs page. It
  * needs the services the handlers use and an `HttpServer`; `main.ts` (or an embedding app) provides both.
  */
-import { HttpApiBuilder, HttpApiScalar, HttpMiddleware } from "@effect/platform"
+import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
+import * as HttpApiScalar from "@effect/platform/HttpApiScalar"
+import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
 import { Layer } from "effect"
 import { OpenAIApi } from "./Api.js"
 import { FilesHttpLive } from "./FilesHttp.js"

@@ -2,13 +2,11 @@
  * Cross-cutting HTTP behaviour: every failure leaves in the OpenAI envelope, and every response carries the headers
  * the SDKs read (`x-request-id`; `x-should-retry: false` on a 409 so a conflict is not retried).
  */
-import {
-  HttpApiBuilder,
-  HttpApiError,
-  HttpApp,
-  HttpServerError,
-  HttpServerResponse
-} from "@effect/platform"
+import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
+import * as HttpApiError from "@effect/platform/HttpApiError"
+import * as HttpApp from "@effect/platform/HttpApp"
+import * as HttpServerError from "@effect/platform/HttpServerError"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Cause, Effect, Option } from "effect"
 import { type ApiError, invalidRequest, notFound, payloadTooLarge, serverError } from "../domain/Errors.js"
 import { requestId } from "../domain/Ids.js"

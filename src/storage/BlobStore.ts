@@ -2,8 +2,8 @@
  * Where the bytes of files live, addressed by key (the file id). Writes are staged and published atomically: a
  * reader never sees a half-written blob, and a crash or an interrupted upload leaves nothing published.
  */
-import { FileSystem } from "@effect/platform"
-import { NodeFileSystem } from "@effect/platform-node"
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
 import { Context, Effect, Layer, Scope, Stream } from "effect"
 import { randomUUID } from "node:crypto"
 import * as Path from "node:path"

@@ -2,9 +2,9 @@
  * The SQL layer: a `SqlClient` with every migration applied. SQLite (one file in `DATA_DIR`, WAL mode) is the
  * default; the store code only talks to `SqlClient`, so another dialect is another layer here, not a rewrite.
  */
-import { SqlClient } from "@effect/sql"
+import * as SqlClient from "@effect/sql/SqlClient"
 import * as Migrator from "@effect/sql/Migrator"
-import { SqliteClient } from "@effect/sql-sqlite-node"
+import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import { Effect, Layer } from "effect"
 import { mkdirSync } from "node:fs"
 import * as Path from "node:path"

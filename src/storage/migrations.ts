@@ -2,7 +2,7 @@
  * Schema migrations, run at start by `Migrator` (all pending ones in one transaction; on Postgres under a table
  * lock, so several nodes may start at once). Where SQLite and Postgres disagree, `onDialectOrElse` picks the branch.
  */
-import { SqlClient } from "@effect/sql"
+import * as SqlClient from "@effect/sql/SqlClient"
 import { Effect } from "effect"
 
 export const migrations = {

@@ -1,0 +1,82 @@
+/** The real server as a child process (`src/main.ts` through tsx), for restart, crash and shutdown tests. */
+import { type ChildProcess, spawn } from "node:child_process"
+import { createServer } from "node:net"
+import * as Path from "node:path"
+
+const root = Path.resolve(import.meta.dirname, "../..")
+
+/** A TCP port that was free a moment ago. */
+export const freePort = (): Promise<number> =>
+  new Promise((resolve, reject) => {
+    const probe = createServer()
+    probe.once("error", reject)
+    probe.listen(0, "127.0.0.1", () => {
+      const address = probe.address()
+      probe.close(() => resolve(typeof address === "object" && address ? address.port : 0))
+    })
+  })
+
+export interface ServerProcess {
+  readonly url: string
+  readonly child: ChildProcess
+  /** Everything the process wrote so far. */
+  readonly output: () => string
+  /** Sends `signal` and resolves with the exit code (or signal name) once the process is gone. */
+  readonly stop: (signal?: NodeJS.Signals) => Promise<number | string>
+}
+
+/** Runs `node --import tsx src/main.ts` with `env` on top of ours; resolves once `/v1/health` answers. */
+export const startServer = async (env: Record<string, string>, port?: number): Promise<ServerProcess> => {
+  const listenPort = port ?? (await freePort())
+  const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
+    cwd: root,
+    env: { ...process.env, HOST: "127.0.0.1", PORT: String(listenPort), ...env },
+    stdio: ["ignore", "pipe", "pipe"]
+  })
+  let output = ""
+  child.stdout!.on("data", (d) => (output += d))
+  child.stderr!.on("data", (d) => (output += d))
+  const exited = new Promise<number | string>((resolve) =>
+    child.once("exit", (code, signal) => resolve(code ?? signal ?? -1))
+  )
+  const url = `http://127.0.0.1:${listenPort}`
+  const deadline = Date.now() + 30_000
+  for (;;) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new Error(`server exited before it was ready:\n${output}`)
+    }
+    try {
+      if ((await fetch(`${url}/v1/health`, { signal: AbortSignal.timeout(2000) })).ok) break
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      child.kill("SIGKILL")
+      throw new Error(`server did not start in time:\n${output}`)
+    }
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  return {
+    url,
+    child,
+    output: () => output,
+    stop: (signal = "SIGTERM") => {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal)
+      return exited
+    }
+  }
+}
+
+/** Runs the server to completion (for start-up failures): exit code and output. */
+export const runServerToExit = (env: Record<string, string>): Promise<{ code: number | null; output: string }> =>
+  new Promise((resolve) => {
+    const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
+      cwd: root,
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    let output = ""
+    child.stdout!.on("data", (d) => (output += d))
+    child.stderr!.on("data", (d) => (output += d))
+    child.once("exit", (code) => resolve({ code, output }))
+  })
