@@ -2,7 +2,7 @@
  * Every knob of the service, read from the environment in one place. An invalid value fails the start with a
  * message naming the variable (Effect's `ConfigError` does that; `main.ts` prints it).
  */
-import { Config, Context, Duration, Layer } from "effect"
+import { Config, Context, Duration, Layer, Option, Redacted } from "effect"
 
 export interface AppConfigShape {
   /** TCP port of the HTTP server (`PORT`). */
@@ -17,6 +17,31 @@ export interface AppConfigShape {
   readonly fileSweepInterval: Duration.Duration
   /** On SIGINT/SIGTERM, how long open requests may take to finish before their connections are closed (`SHUTDOWN_TIMEOUT`). */
   readonly shutdownTimeout: Duration.Duration
+  /** Base URL of the OpenAI-compatible upstream, including its `/v1` (`INFERENCE_BASE_URL`). */
+  readonly inferenceBaseUrl: string
+  /** Bearer token for the upstream (`INFERENCE_API_KEY`); none: no Authorization header. */
+  readonly inferenceApiKey: Option.Option<Redacted.Redacted>
+  /** Time limit of one upstream attempt (`INFERENCE_TIMEOUT`). */
+  readonly inferenceTimeout: Duration.Duration
+  /** Attempts per request, the first included, on 429/5xx/network errors (`INFERENCE_MAX_ATTEMPTS`). */
+  readonly inferenceMaxAttempts: number
+  /** First retry delay; doubles each attempt, with jitter (`INFERENCE_RETRY_BASE_DELAY`). */
+  readonly inferenceRetryBaseDelay: Duration.Duration
+  /** Longest wait between two attempts, `Retry-After` included (`INFERENCE_RETRY_MAX_DELAY`). */
+  readonly inferenceRetryMaxDelay: Duration.Duration
+  /** Batches validated or run at the same time (`MAX_CONCURRENT_BATCHES`). */
+  readonly maxConcurrentBatches: number
+  /** Upstream requests in flight per batch, a sliding window (`MAX_CONCURRENT_REQUESTS_PER_BATCH`). */
+  readonly maxConcurrentRequestsPerBatch: number
+  /** Largest number of requests in one batch (`MAX_REQUESTS_PER_BATCH`). */
+  readonly maxRequestsPerBatch: number
+  /** Largest batch input file, in bytes (`MAX_BATCH_INPUT_BYTES`). */
+  readonly maxBatchInputBytes: number
+  /**
+   * What the `24h` completion window means (`COMPLETION_WINDOW`): the API accepts only `24h`, as OpenAI; a shorter
+   * duration here makes batches expire sooner (demos, tests).
+   */
+  readonly completionWindow: Duration.Duration
 }
 
 export const defaults: AppConfigShape = {
@@ -25,7 +50,18 @@ export const defaults: AppConfigShape = {
   dataDir: "./.data",
   maxUploadBytes: 512 * 1024 * 1024,
   fileSweepInterval: Duration.seconds(60),
-  shutdownTimeout: Duration.seconds(10)
+  shutdownTimeout: Duration.seconds(10),
+  inferenceBaseUrl: "http://127.0.0.1:8000/v1",
+  inferenceApiKey: Option.none(),
+  inferenceTimeout: Duration.minutes(10),
+  inferenceMaxAttempts: 5,
+  inferenceRetryBaseDelay: Duration.seconds(1),
+  inferenceRetryMaxDelay: Duration.seconds(60),
+  maxConcurrentBatches: 1,
+  maxConcurrentRequestsPerBatch: 32,
+  maxRequestsPerBatch: 50_000,
+  maxBatchInputBytes: 200 * 1024 * 1024,
+  completionWindow: Duration.hours(24)
 }
 
 const positiveInt = (name: string, fallback: number) =>
@@ -47,7 +83,28 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   ),
   maxUploadBytes: positiveInt("MAX_UPLOAD_BYTES", defaults.maxUploadBytes),
   fileSweepInterval: Config.duration("FILE_SWEEP_INTERVAL").pipe(Config.withDefault(defaults.fileSweepInterval)),
-  shutdownTimeout: Config.duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(defaults.shutdownTimeout))
+  shutdownTimeout: Config.duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(defaults.shutdownTimeout)),
+  inferenceBaseUrl: Config.url("INFERENCE_BASE_URL").pipe(
+    Config.map((url) => url.toString().replace(/\/+$/, "")),
+    Config.withDefault(defaults.inferenceBaseUrl)
+  ),
+  inferenceApiKey: Config.option(Config.redacted("INFERENCE_API_KEY")),
+  inferenceTimeout: Config.duration("INFERENCE_TIMEOUT").pipe(Config.withDefault(defaults.inferenceTimeout)),
+  inferenceMaxAttempts: positiveInt("INFERENCE_MAX_ATTEMPTS", defaults.inferenceMaxAttempts),
+  inferenceRetryBaseDelay: Config.duration("INFERENCE_RETRY_BASE_DELAY").pipe(
+    Config.withDefault(defaults.inferenceRetryBaseDelay)
+  ),
+  inferenceRetryMaxDelay: Config.duration("INFERENCE_RETRY_MAX_DELAY").pipe(
+    Config.withDefault(defaults.inferenceRetryMaxDelay)
+  ),
+  maxConcurrentBatches: positiveInt("MAX_CONCURRENT_BATCHES", defaults.maxConcurrentBatches),
+  maxConcurrentRequestsPerBatch: positiveInt(
+    "MAX_CONCURRENT_REQUESTS_PER_BATCH",
+    defaults.maxConcurrentRequestsPerBatch
+  ),
+  maxRequestsPerBatch: positiveInt("MAX_REQUESTS_PER_BATCH", defaults.maxRequestsPerBatch),
+  maxBatchInputBytes: positiveInt("MAX_BATCH_INPUT_BYTES", defaults.maxBatchInputBytes),
+  completionWindow: Config.duration("COMPLETION_WINDOW").pipe(Config.withDefault(defaults.completionWindow))
 })
 
 export class AppConfig extends Context.Tag("AppConfig")<AppConfig, AppConfigShape>() {

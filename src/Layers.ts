@@ -7,7 +7,10 @@ import * as HttpServer from "@effect/platform/HttpServer"
 import { Duration, Effect, Layer } from "effect"
 import { createServer } from "node:http"
 import { AppConfig } from "./Config.js"
+import { BatchRunnerLive } from "./batches/BatchRunner.js"
+import { BatchStoreLive } from "./batches/BatchStore.js"
 import { FileStoreLive } from "./files/FileStore.js"
+import { InferenceLive } from "./inference/Inference.js"
 import { HttpLive } from "./http/Http.js"
 import { BlobStoreLocal } from "./storage/BlobStore.js"
 import { SqlLive } from "./storage/Sql.js"
@@ -15,8 +18,11 @@ import { SqlLive } from "./storage/Sql.js"
 /** Storage: the SQL database (migrated) and the file bytes. */
 export const StorageLive = Layer.merge(SqlLive, BlobStoreLocal)
 
-/** Every service the HTTP handlers use, on the configured storage. */
-export const ServicesLive = FileStoreLive.pipe(Layer.provide(StorageLive))
+/** Every service the HTTP handlers use, on the configured storage and upstream. */
+export const ServicesLive = BatchRunnerLive.pipe(
+  Layer.provideMerge(Layer.mergeAll(FileStoreLive, BatchStoreLive, InferenceLive)),
+  Layer.provide(StorageLive)
+)
 
 /**
  * A Node HTTP server on the configured host and port. On shutdown it stops accepting at once and gives open

@@ -1,5 +1,5 @@
 /** Identifier formats of the objects this service hands out, shaped like OpenAI's. */
-import { randomBytes } from "node:crypto"
+import { createHash, randomBytes } from "node:crypto"
 
 const BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -18,6 +18,14 @@ const hex = (bytes: number): string => randomBytes(bytes).toString("hex")
 
 /** `file-` + 24 base62 characters. */
 export const fileId = (): string => `file-${base62(24)}`
+/** A file id derived from `seed`: the same seed always gives the same id (see `FileMetadata.id`). */
+export const derivedFileId = (seed: string): string => {
+  const digest = createHash("sha256").update(seed).digest()
+  let out = ""
+  for (let i = 0; out.length < 24; i++) out += BASE62[digest[i % digest.length]! % 62]
+  return `file-${out}`
+}
+
 /** `batch_` + 32 hex characters. */
 export const batchId = (): string => `batch_${hex(16)}`
 /** `batch_req_` + 32 hex characters: the id of one line of an output or error file. */

@@ -18,6 +18,11 @@ export interface FileMetadata {
   readonly purpose: string
   /** Seconds after creation at which the file expires; none: never. */
   readonly expiresAfterSeconds?: number | undefined
+  /**
+   * A fixed id instead of a new random one. Writing the same id again replaces that file, which makes producing
+   * a derived file (a batch's output) idempotent across retries and restarts.
+   */
+  readonly id?: string | undefined
 }
 
 export interface ListFilesQuery {
@@ -89,7 +94,7 @@ export const make = Effect.gen(function*() {
 
   const commit = (staged: StagedBlob, meta: FileMetadata) =>
     Effect.gen(function*() {
-      const id = fileId()
+      const id = meta.id ?? fileId()
       const created_at = yield* nowSeconds
       const row: FileRow = {
         id,
@@ -102,7 +107,12 @@ export const make = Effect.gen(function*() {
       // Bytes first, then the row: a crash in between leaves unreferenced bytes, which the start-up clean-up
       // removes; the opposite order could list a file whose bytes are missing.
       yield* blobs.publish(staged, id)
-      yield* sql`INSERT INTO files ${sql.insert(row)}`.pipe(
+      const insert = meta.id === undefined
+        ? sql`INSERT INTO files ${sql.insert(row)}`
+        : sql`INSERT INTO files ${sql.insert(row)} ON CONFLICT (id) DO UPDATE SET
+            bytes = excluded.bytes, created_at = excluded.created_at, expires_at = excluded.expires_at,
+            filename = excluded.filename, purpose = excluded.purpose`
+      yield* insert.pipe(
         Effect.tapError(() => blobs.remove(id)),
         Effect.orDie
       )

@@ -16,9 +16,11 @@ import {
   ServerErrorSchema,
   UnauthorizedSchema
 } from "../domain/Errors.js"
+import { Batch, BatchList, CreateBatchBody, ListBatchesParams } from "../domain/Batches.js"
 import { FileDeleted, FileList, FileObject, ListFilesParams, UploadFileForm } from "../domain/Files.js"
 
 const fileIdParam = HttpApiSchema.param("file_id", Schema.String)
+const batchIdParam = HttpApiSchema.param("batch_id", Schema.String)
 
 export class HealthGroup extends HttpApiGroup.make("health")
   .add(
@@ -65,6 +67,38 @@ export class FilesGroup extends HttpApiGroup.make("files")
   .annotate(OpenApi.Title, "Files")
 {}
 
+export class BatchesGroup extends HttpApiGroup.make("batches")
+  .add(
+    HttpApiEndpoint.post("create", "/batches")
+      .setPayload(CreateBatchBody)
+      .addSuccess(Batch)
+      .addError(NotFoundSchema)
+      .addError(ConflictSchema)
+      .annotate(OpenApi.Summary, "Create a batch from an uploaded JSONL file (purpose `batch`)")
+  )
+  .add(
+    HttpApiEndpoint.get("retrieve")`/batches/${batchIdParam}`
+      .addSuccess(Batch)
+      .addError(NotFoundSchema)
+      .annotate(OpenApi.Summary, "Retrieve a batch")
+  )
+  .add(
+    HttpApiEndpoint.post("cancel")`/batches/${batchIdParam}/cancel`
+      .addSuccess(Batch)
+      .addError(NotFoundSchema)
+      .addError(ConflictSchema)
+      .annotate(OpenApi.Summary, "Cancel a batch: in-flight requests are aborted, finished results are kept")
+  )
+  .add(
+    HttpApiEndpoint.get("list", "/batches")
+      .setUrlParams(ListBatchesParams)
+      .addSuccess(BatchList)
+      .annotate(OpenApi.Summary, "List batches, newest first")
+  )
+  .prefix("/v1")
+  .annotate(OpenApi.Title, "Batches")
+{}
+
 /**
  * Errors declared at the API level can be produced by the API-wide middleware (decode failures, unknown routes,
  * defects), which is what lets every response use the OpenAI envelope.
@@ -72,6 +106,7 @@ export class FilesGroup extends HttpApiGroup.make("files")
 export class OpenAIApi extends HttpApi.make("openai-batch")
   .add(HealthGroup)
   .add(FilesGroup)
+  .add(BatchesGroup)
   .addError(InvalidRequestSchema)
   .addError(UnauthorizedSchema)
   .addError(NotFoundSchema)

@@ -7,13 +7,14 @@ import * as HttpApiScalar from "@effect/platform/HttpApiScalar"
 import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
 import { Layer } from "effect"
 import { OpenAIApi } from "./Api.js"
+import { BatchesHttpLive } from "./BatchesHttp.js"
 import { FilesHttpLive } from "./FilesHttp.js"
 import { HealthHttpLive } from "./HealthHttp.js"
 import { ErrorEnvelopeLive, sdkHeaders } from "./Middleware.js"
 
 /** The API with every group implemented (requires the services the handlers use). */
 export const ApiLive = HttpApiBuilder.api(OpenAIApi).pipe(
-  Layer.provide([HealthHttpLive, FilesHttpLive, ErrorEnvelopeLive])
+  Layer.provide([HealthHttpLive, FilesHttpLive, BatchesHttpLive, ErrorEnvelopeLive])
 )
 
 /** Serves `ApiLive` plus `/openapi.json` and `/docs` on whatever `HttpServer` is provided. */

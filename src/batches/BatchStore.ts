@@ -1,0 +1,416 @@
+/**
+ * Batches and their per-request rows in SQL. Status changes are compare-and-set (a cancel can never be overwritten
+ * by a late `completed`), a request's outcome is written once (only a `pending` row can take one), and the counts
+ * and usage move only by the rows a write actually changed.
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import { Clock, Context, Data, Effect, Layer, Option } from "effect"
+import { Batch, type BatchError, type BatchStatus } from "../domain/Batches.js"
+import type { TokenUsage } from "./validation.js"
+
+export class BatchNotFound extends Data.TaggedError("BatchNotFound")<{ readonly id: string }> {}
+export class UnknownBatchCursor extends Data.TaggedError("UnknownBatchCursor")<{ readonly after: string }> {}
+
+export interface NewBatch {
+  readonly id: string
+  readonly endpoint: string
+  readonly inputFileId: string
+  readonly completionWindow: string
+  readonly expiresAfterSeconds: number
+  readonly metadata: Readonly<Record<string, string>> | null
+  readonly outputExpiresAfterSeconds: number | null
+  readonly idempotencyKey: string | null
+  /** Fingerprint of the create parameters, to tell an idempotent retry from a conflicting reuse of the key. */
+  readonly requestHash: string | null
+}
+
+/** What the runner needs to know of a batch beyond its wire shape. */
+export interface BatchRecord {
+  readonly batch: Batch
+  readonly outputExpiresAfterSeconds: number | null
+  readonly requestHash: string | null
+}
+
+export interface RequestRow {
+  readonly line: number
+  readonly customId: string
+  readonly resultId: string
+  readonly body: string
+}
+
+/** The final outcome of one request: an upstream response (any status) or an error without one. */
+export type RequestOutcome =
+  | {
+    readonly _tag: "Response"
+    readonly line: number
+    readonly statusCode: number
+    /** JSON text of the upstream body. */
+    readonly body: string
+    readonly requestId: string
+    readonly usage: TokenUsage
+  }
+  | { readonly _tag: "Error"; readonly line: number; readonly code: string; readonly message: string }
+
+export interface ResultRow {
+  readonly line: number
+  readonly customId: string
+  readonly resultId: string
+  readonly statusCode: number | null
+  readonly response: string | null
+  readonly requestId: string | null
+  readonly errorCode: string | null
+  readonly errorMessage: string | null
+}
+
+export type TimestampColumn =
+  | "in_progress_at"
+  | "finalizing_at"
+  | "completed_at"
+  | "failed_at"
+  | "expired_at"
+  | "cancelling_at"
+  | "cancelled_at"
+
+export interface TransitionPatch {
+  readonly model?: string
+  readonly total?: number
+  readonly errors?: ReadonlyArray<BatchError>
+  readonly outputFileId?: string | null
+  readonly errorFileId?: string | null
+}
+
+export interface BatchStoreShape {
+  /** Inserts a batch; with an idempotency key already used, returns the existing one instead (`created: false`). */
+  readonly create: (batch: NewBatch) => Effect.Effect<{ readonly record: BatchRecord; readonly created: boolean }>
+  readonly get: (id: string) => Effect.Effect<BatchRecord, BatchNotFound>
+  /** Newest first, after the batch `after`. */
+  readonly list: (query: { readonly after?: string | undefined; readonly limit: number }) => Effect.Effect<
+    { readonly data: ReadonlyArray<Batch>; readonly hasMore: boolean },
+    UnknownBatchCursor
+  >
+  /**
+   * Moves the batch to `to` if it is in one of `from`, stamping `stamp` with the current time; `None` when the
+   * batch was not in `from` (someone else moved it first).
+   */
+  readonly transition: (
+    id: string,
+    from: ReadonlyArray<BatchStatus>,
+    to: BatchStatus,
+    stamp: TimestampColumn | null,
+    patch?: TransitionPatch
+  ) => Effect.Effect<Option.Option<Batch>>
+  /** Batch ids in any of `statuses`, oldest first. */
+  readonly idsWithStatus: (statuses: ReadonlyArray<BatchStatus>) => Effect.Effect<ReadonlyArray<string>>
+  readonly insertRequests: (batchId: string, rows: ReadonlyArray<RequestRow>) => Effect.Effect<void>
+  readonly deleteRequests: (batchId: string) => Effect.Effect<void>
+  /** Up to `limit` requests still without an outcome, after line `afterLine`, in line order. */
+  readonly pendingRequests: (batchId: string, afterLine: number, limit: number) => Effect.Effect<ReadonlyArray<RequestRow>>
+  /** Stores outcomes in one transaction; rows that already had one are left alone. Returns how many were stored. */
+  readonly recordOutcomes: (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) => Effect.Effect<number>
+  /** Gives every request still pending the error `code`; returns how many. */
+  readonly failPending: (batchId: string, code: string, message: string) => Effect.Effect<number>
+  /** Up to `limit` finished rows after line `afterLine`, in line order: successes (2xx) or failures. */
+  readonly resultRows: (
+    batchId: string,
+    kind: "succeeded" | "failed",
+    afterLine: number,
+    limit: number
+  ) => Effect.Effect<ReadonlyArray<ResultRow>>
+}
+
+export class BatchStore extends Context.Tag("BatchStore")<BatchStore, BatchStoreShape>() {}
+
+type BatchRow = {
+  readonly id: string
+  readonly status: BatchStatus
+  readonly endpoint: string
+  readonly model: string | null
+  readonly input_file_id: string
+  readonly completion_window: string
+  readonly errors: string | null
+  readonly output_file_id: string | null
+  readonly error_file_id: string | null
+  readonly created_at: number | string
+  readonly in_progress_at: number | string | null
+  readonly expires_at: number | string
+  readonly finalizing_at: number | string | null
+  readonly completed_at: number | string | null
+  readonly failed_at: number | string | null
+  readonly expired_at: number | string | null
+  readonly cancelling_at: number | string | null
+  readonly cancelled_at: number | string | null
+  readonly total: number | string
+  readonly completed: number | string
+  readonly failed: number | string
+  readonly input_tokens: number | string
+  readonly cached_tokens: number | string
+  readonly output_tokens: number | string
+  readonly reasoning_tokens: number | string
+  readonly total_tokens: number | string
+  readonly metadata: string | null
+  readonly output_expires_after: number | string | null
+  readonly request_hash: string | null
+}
+
+/** Postgres returns BIGINT as a string. */
+const n = (v: number | string): number => Number(v)
+const nOrNull = (v: number | string | null): number | null => (v === null ? null : Number(v))
+
+const toRecord = (row: BatchRow): BatchRecord => ({
+  batch: new Batch({
+    id: row.id,
+    object: "batch",
+    endpoint: row.endpoint,
+    model: row.model,
+    errors: row.errors === null ? null : { object: "list", data: JSON.parse(row.errors) },
+    input_file_id: row.input_file_id,
+    completion_window: row.completion_window,
+    status: row.status,
+    output_file_id: row.output_file_id,
+    error_file_id: row.error_file_id,
+    created_at: n(row.created_at),
+    in_progress_at: nOrNull(row.in_progress_at),
+    expires_at: n(row.expires_at),
+    finalizing_at: nOrNull(row.finalizing_at),
+    completed_at: nOrNull(row.completed_at),
+    failed_at: nOrNull(row.failed_at),
+    expired_at: nOrNull(row.expired_at),
+    cancelling_at: nOrNull(row.cancelling_at),
+    cancelled_at: nOrNull(row.cancelled_at),
+    request_counts: { total: n(row.total), completed: n(row.completed), failed: n(row.failed) },
+    usage: {
+      input_tokens: n(row.input_tokens),
+      input_tokens_details: { cached_tokens: n(row.cached_tokens) },
+      output_tokens: n(row.output_tokens),
+      output_tokens_details: { reasoning_tokens: n(row.reasoning_tokens) },
+      total_tokens: n(row.total_tokens)
+    },
+    metadata: row.metadata === null ? null : JSON.parse(row.metadata)
+  }),
+  outputExpiresAfterSeconds: nOrNull(row.output_expires_after),
+  requestHash: row.request_hash
+})
+
+type ResultDbRow = {
+  readonly line: number | string
+  readonly custom_id: string
+  readonly result_id: string
+  readonly status_code: number | string | null
+  readonly response: string | null
+  readonly request_id: string | null
+  readonly error_code: string | null
+  readonly error_message: string | null
+}
+
+const nowSeconds = Effect.map(Clock.currentTimeMillis, (ms) => Math.floor(ms / 1000))
+
+/** Rows per INSERT statement (SQLite allows 32,766 bound parameters; 5 per row). */
+const INSERT_GROUP = 1000
+
+export const make = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+
+  const selectById = (id: string) => sql<BatchRow>`SELECT * FROM batches WHERE id = ${id}`
+
+  const get = (id: string) =>
+    Effect.gen(function*() {
+      const rows = yield* selectById(id).pipe(Effect.orDie)
+      if (rows.length === 0) return yield* new BatchNotFound({ id })
+      return toRecord(rows[0]!)
+    }).pipe(Effect.withSpan("BatchStore.get", { attributes: { id } }))
+
+  const create = (batch: NewBatch) =>
+    Effect.gen(function*() {
+      const created_at = yield* nowSeconds
+      const row = {
+        id: batch.id,
+        status: "validating",
+        endpoint: batch.endpoint,
+        input_file_id: batch.inputFileId,
+        completion_window: batch.completionWindow,
+        created_at,
+        expires_at: created_at + batch.expiresAfterSeconds,
+        metadata: batch.metadata === null ? null : JSON.stringify(batch.metadata),
+        output_expires_after: batch.outputExpiresAfterSeconds,
+        idempotency_key: batch.idempotencyKey,
+        request_hash: batch.requestHash
+      }
+      if (batch.idempotencyKey !== null) {
+        // ON CONFLICT keeps the first batch for a key even when two creates race.
+        const inserted = yield* sql<{ id: string }>`
+          INSERT INTO batches ${sql.insert(row)} ON CONFLICT (idempotency_key) DO NOTHING RETURNING id`
+        if (inserted.length === 0) {
+          const existing = yield* sql<BatchRow>`SELECT * FROM batches WHERE idempotency_key = ${batch.idempotencyKey}`
+          return { record: toRecord(existing[0]!), created: false }
+        }
+      } else {
+        yield* sql`INSERT INTO batches ${sql.insert(row)}`
+      }
+      return { record: toRecord((yield* selectById(batch.id))[0]!), created: true }
+    }).pipe(Effect.orDie, Effect.withSpan("BatchStore.create"))
+
+  const list = (query: { readonly after?: string | undefined; readonly limit: number }) =>
+    Effect.gen(function*() {
+      let where = sql`1 = 1`
+      if (query.after !== undefined) {
+        const cursor = yield* sql<{ seq: number | string }>`SELECT seq FROM batches WHERE id = ${query.after}`.pipe(
+          Effect.orDie
+        )
+        if (cursor.length === 0) return yield* new UnknownBatchCursor({ after: query.after })
+        where = sql`seq < ${cursor[0]!.seq}`
+      }
+      const rows = yield* sql<BatchRow>`
+        SELECT * FROM batches WHERE ${where} ORDER BY seq DESC LIMIT ${query.limit + 1}`.pipe(Effect.orDie)
+      return { data: rows.slice(0, query.limit).map((r) => toRecord(r).batch), hasMore: rows.length > query.limit }
+    }).pipe(Effect.withSpan("BatchStore.list"))
+
+  const transition = (
+    id: string,
+    from: ReadonlyArray<BatchStatus>,
+    to: BatchStatus,
+    stamp: TimestampColumn | null,
+    patch: TransitionPatch = {}
+  ) =>
+    Effect.gen(function*() {
+      const now = yield* nowSeconds
+      const set: Record<string, unknown> = { status: to }
+      if (stamp !== null) set[stamp] = now
+      if (patch.model !== undefined) set.model = patch.model
+      if (patch.total !== undefined) set.total = patch.total
+      if (patch.errors !== undefined) set.errors = JSON.stringify(patch.errors)
+      if (patch.outputFileId !== undefined) set.output_file_id = patch.outputFileId
+      if (patch.errorFileId !== undefined) set.error_file_id = patch.errorFileId
+      const rows = yield* sql<BatchRow>`
+        UPDATE batches SET ${sql.update(set)} WHERE id = ${id} AND ${sql.in("status", from)} RETURNING *`
+      return Option.map(Option.fromNullable(rows[0]), (row) => toRecord(row).batch)
+    }).pipe(Effect.orDie, Effect.withSpan("BatchStore.transition", { attributes: { id, to } }))
+
+  const idsWithStatus = (statuses: ReadonlyArray<BatchStatus>) =>
+    sql<{ id: string }>`SELECT id FROM batches WHERE ${sql.in("status", statuses)} ORDER BY seq`.pipe(
+      Effect.map((rows) => rows.map((r) => r.id)),
+      Effect.orDie
+    )
+
+  const insertRequests = (batchId: string, rows: ReadonlyArray<RequestRow>) =>
+    Effect.forEach(
+      chunks(rows, INSERT_GROUP),
+      (group) =>
+        sql`INSERT INTO batch_requests ${
+          sql.insert(group.map((r) => ({
+            batch_id: batchId,
+            line: r.line,
+            custom_id: r.customId,
+            result_id: r.resultId,
+            body: r.body
+          })))
+        }`,
+      { discard: true }
+    ).pipe(sql.withTransaction, Effect.orDie, Effect.withSpan("BatchStore.insertRequests"))
+
+  const deleteRequests = (batchId: string) =>
+    sql`DELETE FROM batch_requests WHERE batch_id = ${batchId}`.pipe(Effect.asVoid, Effect.orDie)
+
+  const pendingRequests = (batchId: string, afterLine: number, limit: number) =>
+    sql<{ line: number | string; custom_id: string; result_id: string; body: string }>`
+      SELECT line, custom_id, result_id, body FROM batch_requests
+      WHERE batch_id = ${batchId} AND state = 'pending' AND line > ${afterLine}
+      ORDER BY line LIMIT ${limit}`.pipe(
+      Effect.map((rows) =>
+        rows.map((r): RequestRow => ({ line: n(r.line), customId: r.custom_id, resultId: r.result_id, body: r.body }))
+      ),
+      Effect.orDie
+    )
+
+  const recordOutcomes = (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) =>
+    Effect.gen(function*() {
+      let completed = 0
+      let failed = 0
+      const usage = { input: 0, cached: 0, output: 0, reasoning: 0, total: 0 }
+      for (const o of outcomes) {
+        const set = o._tag === "Response"
+          ? { state: "done", status_code: o.statusCode, response: o.body, request_id: o.requestId }
+          : { state: "done", error_code: o.code, error_message: o.message }
+        const changed = yield* sql`
+          UPDATE batch_requests SET ${sql.update(set)}
+          WHERE batch_id = ${batchId} AND line = ${o.line} AND state = 'pending' RETURNING line`
+        if (changed.length === 0) continue
+        if (o._tag === "Response" && o.statusCode >= 200 && o.statusCode < 300) {
+          completed++
+          usage.input += o.usage.input
+          usage.cached += o.usage.cached
+          usage.output += o.usage.output
+          usage.reasoning += o.usage.reasoning
+          usage.total += o.usage.total
+        } else {
+          failed++
+        }
+      }
+      if (completed + failed > 0) {
+        yield* sql`UPDATE batches SET
+          completed = completed + ${completed}, failed = failed + ${failed},
+          input_tokens = input_tokens + ${usage.input}, cached_tokens = cached_tokens + ${usage.cached},
+          output_tokens = output_tokens + ${usage.output}, reasoning_tokens = reasoning_tokens + ${usage.reasoning},
+          total_tokens = total_tokens + ${usage.total}
+          WHERE id = ${batchId}`
+      }
+      return completed + failed
+    }).pipe(sql.withTransaction, Effect.orDie, Effect.withSpan("BatchStore.recordOutcomes"))
+
+  const failPending = (batchId: string, code: string, message: string) =>
+    Effect.gen(function*() {
+      const changed = yield* sql<{ line: number }>`
+        UPDATE batch_requests SET state = 'done', error_code = ${code}, error_message = ${message}
+        WHERE batch_id = ${batchId} AND state = 'pending' RETURNING line`
+      if (changed.length > 0) {
+        yield* sql`UPDATE batches SET failed = failed + ${changed.length} WHERE id = ${batchId}`
+      }
+      return changed.length
+    }).pipe(sql.withTransaction, Effect.orDie, Effect.withSpan("BatchStore.failPending"))
+
+  const resultRows = (batchId: string, kind: "succeeded" | "failed", afterLine: number, limit: number) => {
+    const outcome = kind === "succeeded"
+      ? sql`status_code >= 200 AND status_code < 300`
+      : sql`(status_code IS NULL OR status_code < 200 OR status_code >= 300)`
+    return sql<ResultDbRow>`
+      SELECT line, custom_id, result_id, status_code, response, request_id, error_code, error_message
+      FROM batch_requests
+      WHERE batch_id = ${batchId} AND state = 'done' AND line > ${afterLine} AND ${outcome}
+      ORDER BY line LIMIT ${limit}`.pipe(
+      Effect.map((rows) =>
+        rows.map((r): ResultRow => ({
+          line: n(r.line),
+          customId: r.custom_id,
+          resultId: r.result_id,
+          statusCode: nOrNull(r.status_code),
+          response: r.response,
+          requestId: r.request_id,
+          errorCode: r.error_code,
+          errorMessage: r.error_message
+        }))
+      ),
+      Effect.orDie
+    )
+  }
+
+  return BatchStore.of({
+    create,
+    get,
+    list,
+    transition,
+    idsWithStatus,
+    insertRequests,
+    deleteRequests,
+    pendingRequests,
+    recordOutcomes,
+    failPending,
+    resultRows
+  })
+})
+
+const chunks = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> => {
+  const out: Array<ReadonlyArray<A>> = []
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size))
+  return out
+}
+
+export const BatchStoreLive: Layer.Layer<BatchStore, never, SqlClient.SqlClient> = Layer.effect(BatchStore, make)

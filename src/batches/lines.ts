@@ -1,0 +1,68 @@
+/**
+ * Splits a byte stream into JSONL lines with their 1-based numbers, holding at most one line (bounded by
+ * `maxLineBytes`) in memory: an over-long line is reported, not buffered.
+ */
+import { Chunk, Stream } from "effect"
+
+export type JsonlLine =
+  | { readonly _tag: "Line"; readonly line: number; readonly text: string }
+  | { readonly _tag: "TooLong"; readonly line: number }
+
+const NEWLINE = 10
+
+export const jsonlLines = (maxLineBytes: number) => <E>(bytes: Stream.Stream<Uint8Array, E>): Stream.Stream<JsonlLine, E> =>
+  Stream.suspend(() => {
+    const decoder = new TextDecoder("utf-8")
+    let parts: Array<Uint8Array> = []
+    let partBytes = 0
+    let tooLong = false
+    let line = 0
+    let first = true
+
+    const emit = (out: Array<JsonlLine>) => {
+      line++
+      if (tooLong) {
+        out.push({ _tag: "TooLong", line })
+      } else {
+        let text = decoder.decode(parts.length === 1 ? parts[0] : Buffer.concat(parts))
+        if (first && text.charCodeAt(0) === 0xfeff) text = text.slice(1) // a UTF-8 byte order mark
+        if (text.endsWith("\r")) text = text.slice(0, -1)
+        out.push({ _tag: "Line", line, text })
+      }
+      first = false
+      parts = []
+      partBytes = 0
+      tooLong = false
+    }
+    const append = (piece: Uint8Array) => {
+      if (tooLong || piece.length === 0) return
+      partBytes += piece.length
+      if (partBytes > maxLineBytes) {
+        tooLong = true
+        parts = []
+      } else {
+        parts.push(piece)
+      }
+    }
+
+    const split = (chunk: Uint8Array): Array<JsonlLine> => {
+      const out: Array<JsonlLine> = []
+      let start = 0
+      for (let i = chunk.indexOf(NEWLINE); i !== -1; i = chunk.indexOf(NEWLINE, start)) {
+        append(chunk.subarray(start, i))
+        emit(out)
+        start = i + 1
+      }
+      append(chunk.subarray(start))
+      return out
+    }
+    const rest = (): Array<JsonlLine> => {
+      const out: Array<JsonlLine> = []
+      if (partBytes > 0 || tooLong) emit(out)
+      return out
+    }
+    return bytes.pipe(
+      Stream.mapConcatChunk((chunk) => Chunk.unsafeFromArray(split(chunk))),
+      Stream.concat(Stream.suspend(() => Stream.fromIterable(rest())))
+    )
+  })

@@ -1,0 +1,241 @@
+/**
+ * Pure validation of batch create parameters and of input file lines, with OpenAI's error codes and messages.
+ */
+import { BatchEndpoint, type CreateBatchBody } from "../domain/Batches.js"
+import { MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS } from "../domain/Files.js"
+
+export interface Problem {
+  readonly code: string
+  readonly message: string
+  readonly param: string | null
+}
+
+const endpoints: ReadonlyArray<string> = BatchEndpoint.literals
+
+export const MAX_METADATA_PAIRS = 16
+export const MAX_METADATA_KEY = 64
+export const MAX_METADATA_VALUE = 512
+
+/** The create parameters once checked: what a batch row is made of. */
+export interface ValidCreateBatch {
+  readonly inputFileId: string
+  readonly endpoint: BatchEndpoint
+  readonly completionWindow: "24h"
+  readonly metadata: Readonly<Record<string, string>> | null
+  readonly outputExpiresAfterSeconds: number | null
+  readonly idempotencyKey: string | null
+}
+
+const typeName = (v: unknown) => (v === null ? "null" : Array.isArray(v) ? "an array" : `a ${typeof v}`)
+
+/** Checks the values of `POST /v1/batches` (types were checked by the schema). */
+export const validateCreateBatch = (body: CreateBatchBody): Problem | ValidCreateBatch => {
+  if (!endpoints.includes(body.endpoint)) {
+    return {
+      code: "invalid_value",
+      param: "endpoint",
+      message: `Invalid value: '${body.endpoint}'. Supported values are: ${endpoints.map((e) => `'${e}'`).join(", ")}.`
+    }
+  }
+  if (body.completion_window !== "24h") {
+    return {
+      code: "invalid_value",
+      param: "completion_window",
+      message: `Invalid value: '${body.completion_window}'. Supported values are: '24h'.`
+    }
+  }
+  let metadata: Record<string, string> | null = null
+  if (body.metadata != null) {
+    const entries = Object.entries(body.metadata)
+    if (entries.length > MAX_METADATA_PAIRS) {
+      return {
+        code: "invalid_value",
+        param: "metadata",
+        message: `Invalid 'metadata': too many properties. Expected an object with at most ${MAX_METADATA_PAIRS} properties, but got ${entries.length}.`
+      }
+    }
+    metadata = {}
+    for (const [key, value] of entries) {
+      if (key.length > MAX_METADATA_KEY) {
+        return {
+          code: "invalid_value",
+          param: "metadata",
+          message: `Invalid 'metadata': key '${key.slice(0, 20)}…' is longer than ${MAX_METADATA_KEY} characters.`
+        }
+      }
+      if (typeof value !== "string") {
+        return {
+          code: "invalid_type",
+          param: `metadata.${key}`,
+          message: `Invalid type for 'metadata.${key}': expected a string, but got ${typeName(value)} instead.`
+        }
+      }
+      if (value.length > MAX_METADATA_VALUE) {
+        return {
+          code: "invalid_value",
+          param: `metadata.${key}`,
+          message: `Invalid 'metadata.${key}': string too long. Expected a string with maximum length ${MAX_METADATA_VALUE}, but got a string with length ${value.length} instead.`
+        }
+      }
+      metadata[key] = value
+    }
+  }
+  let outputExpiresAfterSeconds: number | null = null
+  if (body.output_expires_after != null) {
+    const { anchor, seconds } = body.output_expires_after
+    if (anchor !== "created_at") {
+      return {
+        code: "invalid_value",
+        param: "output_expires_after.anchor",
+        message: `Invalid value: '${anchor}'. Supported values are: 'created_at'.`
+      }
+    }
+    if (!Number.isInteger(seconds) || seconds < MIN_EXPIRES_AFTER_SECONDS || seconds > MAX_EXPIRES_AFTER_SECONDS) {
+      return {
+        code: "invalid_value",
+        param: "output_expires_after.seconds",
+        message: `Invalid 'output_expires_after.seconds': expected an integer between ${MIN_EXPIRES_AFTER_SECONDS} and ${MAX_EXPIRES_AFTER_SECONDS}.`
+      }
+    }
+    outputExpiresAfterSeconds = seconds
+  }
+  if (body.idempotency_key != null && (body.idempotency_key.length === 0 || body.idempotency_key.length > 256)) {
+    return {
+      code: "invalid_value",
+      param: "idempotency_key",
+      message: "Invalid 'idempotency_key': expected a non-empty string of at most 256 characters."
+    }
+  }
+  return {
+    inputFileId: body.input_file_id,
+    endpoint: body.endpoint as BatchEndpoint,
+    completionWindow: "24h",
+    metadata,
+    outputExpiresAfterSeconds,
+    idempotencyKey: body.idempotency_key ?? null
+  }
+}
+
+export const isProblem = (x: Problem | ValidCreateBatch): x is Problem => "code" in x
+
+/** A line that passed validation: what a request row is made of. */
+export interface ValidLine {
+  readonly customId: string
+  /** The request body, as JSON text, forwarded upstream as it is. */
+  readonly body: string
+  readonly model: string
+}
+
+/** Fields each endpoint's body must have, with the type they must be. */
+const requiredBodyFields: Record<BatchEndpoint, ReadonlyArray<readonly [string, "string" | "array" | "present"]>> = {
+  "/v1/chat/completions": [["model", "string"], ["messages", "array"]],
+  "/v1/completions": [["model", "string"], ["prompt", "present"]],
+  "/v1/embeddings": [["model", "string"], ["input", "present"]],
+  "/v1/responses": [["model", "string"], ["input", "present"]]
+}
+
+const endpointLabel: Record<BatchEndpoint, string> = {
+  "/v1/chat/completions": "Chat Completions",
+  "/v1/completions": "Completions",
+  "/v1/embeddings": "Embeddings",
+  "/v1/responses": "Responses"
+}
+
+const capitalized = (s: string) => s.charAt(0).toUpperCase() + s.slice(1)
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v)
+
+/** Checks one input line on its own (cross-line rules, such as duplicates, are the caller's). */
+export const validateLine = (text: string, endpoint: BatchEndpoint): ReadonlyArray<Problem> | ValidLine => {
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(text)
+  } catch {
+    parsed = undefined
+  }
+  if (!isObject(parsed)) {
+    return [{ code: "invalid_json_line", param: null, message: "This line is not parseable as valid JSON." }]
+  }
+  const problems: Array<Problem> = []
+  for (const field of ["custom_id", "method", "url", "body"] as const) {
+    if (parsed[field] === undefined || parsed[field] === null) {
+      problems.push({
+        code: "missing_required_parameter",
+        param: field,
+        message: `Missing required parameter: '${field}'.`
+      })
+    }
+  }
+  const { body, custom_id, method, url } = parsed
+  if (custom_id != null && typeof custom_id !== "string") {
+    problems.push({ code: "invalid_request", param: "custom_id", message: `Invalid type for 'custom_id': expected a string, but got ${typeName(custom_id)} instead.` })
+  }
+  if (method != null && method !== "POST") {
+    problems.push({ code: "invalid_request", param: "method", message: `Invalid value for 'method': only 'POST' is supported.` })
+  }
+  if (url != null) {
+    if (typeof url !== "string") {
+      problems.push({ code: "invalid_request", param: "url", message: `Invalid type for 'url': expected a string, but got ${typeName(url)} instead.` })
+    } else if (url !== endpoint) {
+      problems.push({ code: "invalid_url", param: "url", message: "The URL provided for this request does not match the batch endpoint." })
+    }
+  }
+  if (body != null && !isObject(body)) {
+    problems.push({ code: "invalid_request", param: "body", message: `Invalid type for 'body': expected an object, but got ${typeName(body)} instead.` })
+  }
+  if (isObject(body)) {
+    if (body.stream === true) {
+      problems.push({
+        code: "streaming_unsupported",
+        param: "body.stream",
+        message: `${endpointLabel[endpoint]}: Streaming is not supported in the Batch API.`
+      })
+    }
+    for (const [field, kind] of requiredBodyFields[endpoint]) {
+      const value = body[field]
+      if (value === undefined || value === null) {
+        problems.push({ code: "invalid_request", param: `body.${field}`, message: `${capitalized(field)} parameter is required.` })
+      } else if ((kind === "string" && typeof value !== "string") || (kind === "array" && !Array.isArray(value))) {
+        problems.push({
+          code: "invalid_request",
+          param: `body.${field}`,
+          message: `Invalid type for 'body.${field}': expected ${kind === "array" ? "an array" : "a string"}, but got ${typeName(value)} instead.`
+        })
+      }
+    }
+  }
+  if (problems.length > 0) return problems
+  return { customId: custom_id as string, body: JSON.stringify(body), model: (body as Record<string, unknown>).model as string }
+}
+
+export const isValidLine = (x: ReadonlyArray<Problem> | ValidLine): x is ValidLine => !Array.isArray(x)
+
+/** Token usage of one successful response, whatever the endpoint's naming. */
+export interface TokenUsage {
+  readonly input: number
+  readonly cached: number
+  readonly output: number
+  readonly reasoning: number
+  readonly total: number
+}
+
+export const zeroUsage: TokenUsage = { input: 0, cached: 0, output: 0, reasoning: 0, total: 0 }
+
+const num = (v: unknown): number => (typeof v === "number" && Number.isFinite(v) ? v : 0)
+
+/** Chat/completions/embeddings say `prompt_tokens`/`completion_tokens`; responses say `input_tokens`/`output_tokens`. */
+export const usageOf = (body: unknown): TokenUsage => {
+  if (!isObject(body) || !isObject(body.usage)) return zeroUsage
+  const u = body.usage
+  const input = num(u.input_tokens ?? u.prompt_tokens)
+  const output = num(u.output_tokens ?? u.completion_tokens)
+  const inputDetails = isObject(u.input_tokens_details) ? u.input_tokens_details : isObject(u.prompt_tokens_details) ? u.prompt_tokens_details : {}
+  const outputDetails = isObject(u.output_tokens_details) ? u.output_tokens_details : isObject(u.completion_tokens_details) ? u.completion_tokens_details : {}
+  return {
+    input,
+    cached: num(inputDetails.cached_tokens),
+    output,
+    reasoning: num(outputDetails.reasoning_tokens),
+    total: u.total_tokens === undefined ? input + output : num(u.total_tokens)
+  }
+}

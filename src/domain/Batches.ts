@@ -1,0 +1,121 @@
+/** The wire shapes of the OpenAI Batches API. */
+import { Schema } from "effect"
+
+/** Endpoints a batch may target. */
+export const BatchEndpoint = Schema.Literal(
+  "/v1/chat/completions",
+  "/v1/completions",
+  "/v1/embeddings",
+  "/v1/responses"
+)
+export type BatchEndpoint = typeof BatchEndpoint.Type
+
+export const BatchStatus = Schema.Literal(
+  "validating",
+  "failed",
+  "in_progress",
+  "finalizing",
+  "completed",
+  "expired",
+  "cancelling",
+  "cancelled"
+)
+export type BatchStatus = typeof BatchStatus.Type
+
+export const terminalStatuses: ReadonlyArray<BatchStatus> = ["failed", "completed", "expired", "cancelled"]
+/** Statuses a cancel request may move from. */
+export const cancellableStatuses: ReadonlyArray<BatchStatus> = ["validating", "in_progress", "finalizing"]
+
+export class BatchError extends Schema.Class<BatchError>("BatchError")({
+  code: Schema.String,
+  message: Schema.String,
+  param: Schema.NullOr(Schema.String),
+  line: Schema.NullOr(Schema.Number)
+}) {}
+
+export const BatchErrors = Schema.Struct({
+  object: Schema.Literal("list"),
+  data: Schema.Array(BatchError)
+})
+
+export const RequestCounts = Schema.Struct({
+  total: Schema.Number,
+  completed: Schema.Number,
+  failed: Schema.Number
+})
+
+export const BatchUsage = Schema.Struct({
+  input_tokens: Schema.Number,
+  input_tokens_details: Schema.Struct({ cached_tokens: Schema.Number }),
+  output_tokens: Schema.Number,
+  output_tokens_details: Schema.Struct({ reasoning_tokens: Schema.Number }),
+  total_tokens: Schema.Number
+})
+export type BatchUsage = typeof BatchUsage.Type
+
+/** Metadata: at most 16 string pairs, keys up to 64 characters, values up to 512. */
+export const Metadata = Schema.Record({ key: Schema.String, value: Schema.String })
+
+export class Batch extends Schema.Class<Batch>("Batch")({
+  id: Schema.String,
+  object: Schema.Literal("batch"),
+  endpoint: Schema.String,
+  model: Schema.NullOr(Schema.String),
+  errors: Schema.NullOr(BatchErrors),
+  input_file_id: Schema.String,
+  completion_window: Schema.String,
+  status: BatchStatus,
+  output_file_id: Schema.NullOr(Schema.String),
+  error_file_id: Schema.NullOr(Schema.String),
+  created_at: Schema.Number,
+  in_progress_at: Schema.NullOr(Schema.Number),
+  expires_at: Schema.NullOr(Schema.Number),
+  finalizing_at: Schema.NullOr(Schema.Number),
+  completed_at: Schema.NullOr(Schema.Number),
+  failed_at: Schema.NullOr(Schema.Number),
+  expired_at: Schema.NullOr(Schema.Number),
+  cancelling_at: Schema.NullOr(Schema.Number),
+  cancelled_at: Schema.NullOr(Schema.Number),
+  request_counts: RequestCounts,
+  usage: BatchUsage,
+  metadata: Schema.NullOr(Metadata)
+}) {}
+
+export class BatchList extends Schema.Class<BatchList>("BatchList")({
+  object: Schema.Literal("list"),
+  data: Schema.Array(Batch),
+  first_id: Schema.NullOr(Schema.String),
+  last_id: Schema.NullOr(Schema.String),
+  has_more: Schema.Boolean
+}) {}
+
+/**
+ * Body of `POST /v1/batches`. Types are checked here; allowed values (endpoint, window, metadata limits) are
+ * checked by `validateCreateBatch` so that the error names the parameter the way OpenAI does.
+ */
+export const CreateBatchBody = Schema.Struct({
+  input_file_id: Schema.String,
+  endpoint: Schema.String,
+  completion_window: Schema.String,
+  metadata: Schema.optional(Schema.NullOr(Schema.Record({ key: Schema.String, value: Schema.Unknown }))),
+  output_expires_after: Schema.optional(Schema.NullOr(Schema.Struct({
+    anchor: Schema.String,
+    seconds: Schema.Number
+  }))),
+  /** llama-stack's extension: the same key with the same parameters returns the same batch. */
+  idempotency_key: Schema.optional(Schema.NullOr(Schema.String))
+})
+export type CreateBatchBody = typeof CreateBatchBody.Type
+
+export class ListBatchesParams extends Schema.Class<ListBatchesParams>("ListBatchesParams")({
+  limit: Schema.optional(Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 100))),
+  after: Schema.optional(Schema.String)
+}) {}
+
+/** One line of an output or error file. */
+export interface ResultLine {
+  readonly id: string
+  readonly custom_id: string
+  readonly response: { readonly status_code: number; readonly request_id: string; readonly body: unknown } | null
+  readonly error: { readonly code: string; readonly message: string } | null
+}

@@ -1,0 +1,110 @@
+/** Handlers of the `batches` group: parameter checks and status changes here, the work in `BatchRunner`. */
+import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
+import { Duration, Effect, Option } from "effect"
+import { createHash } from "node:crypto"
+import { BatchRunner } from "../batches/BatchRunner.js"
+import { BatchStore } from "../batches/BatchStore.js"
+import { isProblem, validateCreateBatch } from "../batches/validation.js"
+import { AppConfig } from "../Config.js"
+import { BatchList, cancellableStatuses, type CreateBatchBody } from "../domain/Batches.js"
+import { conflict, invalidRequest, notFound } from "../domain/Errors.js"
+import { batchId } from "../domain/Ids.js"
+import { FileStore } from "../files/FileStore.js"
+import { OpenAIApi } from "./Api.js"
+
+const batchNotFound = (id: string) => notFound(`No batch found with id '${id}'.`, "batch_id")
+
+/** What makes two creates with the same idempotency key "the same request". */
+const fingerprint = (body: CreateBatchBody) =>
+  createHash("sha256").update(JSON.stringify([
+    body.input_file_id,
+    body.endpoint,
+    body.completion_window,
+    body.metadata ?? null,
+    body.output_expires_after ?? null
+  ])).digest("hex")
+
+export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handlers) =>
+  Effect.gen(function*() {
+    const store = yield* BatchStore
+    const runner = yield* BatchRunner
+    const files = yield* FileStore
+    const { completionWindow } = yield* AppConfig
+
+    const create = (body: CreateBatchBody) =>
+      Effect.gen(function*() {
+        const valid = validateCreateBatch(body)
+        if (isProblem(valid)) return yield* invalidRequest(valid.message, valid.param, valid.code)
+        const input = yield* files.get(valid.inputFileId).pipe(
+          Effect.catchTag("FileNotFound", ({ id }) => notFound(`No such File object: ${id}`, "input_file_id"))
+        )
+        if (input.purpose !== "batch") {
+          return yield* invalidRequest(
+            `File ${input.id} has purpose '${input.purpose}'; a batch input file must be uploaded with purpose 'batch'.`,
+            "input_file_id",
+            "invalid_value"
+          )
+        }
+        const requestHash = fingerprint(body)
+        const { created, record } = yield* store.create({
+          id: batchId(),
+          endpoint: valid.endpoint,
+          inputFileId: valid.inputFileId,
+          completionWindow: valid.completionWindow,
+          expiresAfterSeconds: Math.max(1, Math.round(Duration.toSeconds(completionWindow))),
+          metadata: valid.metadata,
+          outputExpiresAfterSeconds: valid.outputExpiresAfterSeconds,
+          idempotencyKey: valid.idempotencyKey,
+          requestHash
+        })
+        if (!created && record.requestHash !== requestHash) {
+          return yield* conflict(
+            "This idempotency_key was already used to create a batch with different parameters.",
+            "idempotency_key"
+          )
+        }
+        if (created) yield* runner.submit(record.batch.id)
+        return record.batch
+      }).pipe(Effect.withSpan("Batches.create"))
+
+    const cancel = (id: string) =>
+      Effect.gen(function*() {
+        const { batch } = yield* store.get(id)
+        if (batch.status === "cancelling" || batch.status === "cancelled") return batch
+        const moved = yield* store.transition(id, cancellableStatuses, "cancelling", "cancelling_at")
+        if (Option.isNone(moved)) {
+          const now = (yield* store.get(id)).batch
+          if (now.status === "cancelling" || now.status === "cancelled") return now
+          return yield* conflict(`Cannot cancel a batch with status '${now.status}'.`)
+        }
+        yield* runner.cancel(id)
+        return moved.value
+      }).pipe(
+        Effect.catchTag("BatchNotFound", () => batchNotFound(id)),
+        Effect.withSpan("Batches.cancel", { attributes: { id } })
+      )
+
+    return handlers
+      // Uninterruptible: a client that hangs up mid-call must not leave a batch created but never started.
+      .handle("create", ({ payload }) => create(payload), { uninterruptible: true })
+      .handle("retrieve", ({ path }) =>
+        store.get(path.batch_id).pipe(
+          Effect.map((r) => r.batch),
+          Effect.catchTag("BatchNotFound", ({ id }) => batchNotFound(id))
+        ))
+      .handle("cancel", ({ path }) => cancel(path.batch_id), { uninterruptible: true })
+      .handle("list", ({ urlParams }) =>
+        store.list({ after: urlParams.after, limit: urlParams.limit ?? 20 }).pipe(
+          Effect.map(({ data, hasMore }) =>
+            new BatchList({
+              object: "list",
+              data,
+              first_id: data[0]?.id ?? null,
+              last_id: data.at(-1)?.id ?? null,
+              has_more: hasMore
+            })
+          ),
+          Effect.catchTag("UnknownBatchCursor", ({ after }) =>
+            invalidRequest(`No batch found for the 'after' cursor: ${after}`, "after", "invalid_value"))
+        ))
+  }))

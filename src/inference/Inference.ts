@@ -1,0 +1,168 @@
+/**
+ * The OpenAI-compatible upstream: sends one request body to an endpoint and returns the upstream's status and JSON
+ * body as they are. Retries 429/5xx/network failures with exponential backoff and jitter, honouring `Retry-After`,
+ * never waiting past the caller's deadline; interrupting the caller aborts the HTTP request.
+ */
+import * as HttpClient from "@effect/platform/HttpClient"
+import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
+import { Clock, Context, Data, Duration, Effect, Layer, Option, Random, Redacted } from "effect"
+import { AppConfig } from "../Config.js"
+import type { BatchEndpoint } from "../domain/Batches.js"
+import { requestId } from "../domain/Ids.js"
+
+export interface UpstreamResponse {
+  readonly status: number
+  /** The upstream body as JSON text (a non-JSON body is wrapped in an OpenAI error envelope). */
+  readonly text: string
+  /** The same body, parsed. */
+  readonly json: unknown
+  readonly requestId: string
+}
+
+/** No response could be had: network failure or timeout, after every attempt. */
+export class UpstreamFailure extends Data.TaggedError("UpstreamFailure")<{
+  readonly code: "upstream_unreachable" | "upstream_timeout"
+  readonly message: string
+}> {}
+
+export interface SendOptions {
+  /** Epoch milliseconds after which no retry is scheduled (the batch's `expires_at`). */
+  readonly deadline?: number | undefined
+}
+
+export interface InferenceShape {
+  readonly send: (
+    endpoint: BatchEndpoint,
+    body: string,
+    options?: SendOptions
+  ) => Effect.Effect<UpstreamResponse, UpstreamFailure>
+  /** Model ids the upstream lists at `GET /models`; none when it does not answer that. */
+  readonly models: Effect.Effect<Option.Option<ReadonlySet<string>>>
+}
+
+export class Inference extends Context.Tag("Inference")<Inference, InferenceShape>() {}
+
+/** `Retry-After` (seconds or an HTTP date) or `retry-after-ms`, in milliseconds. */
+export const retryAfterMillis = (headers: Record<string, string | undefined>, now: number): Option.Option<number> => {
+  const ms = Number(headers["retry-after-ms"])
+  if (headers["retry-after-ms"] !== undefined && Number.isFinite(ms) && ms >= 0) return Option.some(ms)
+  const value = headers["retry-after"]
+  if (value === undefined) return Option.none()
+  const seconds = Number(value)
+  if (Number.isFinite(seconds) && seconds >= 0) return Option.some(seconds * 1000)
+  const date = Date.parse(value)
+  return Number.isNaN(date) ? Option.none() : Option.some(Math.max(0, date - now))
+}
+
+const isRetryableStatus = (status: number) => status === 408 || status === 429 || status >= 500
+
+/** The upstream's body as JSON text; anything else is wrapped so output lines always hold a JSON object. */
+const asJsonBody = (status: number, text: string): { text: string; json: unknown } => {
+  try {
+    const json = JSON.parse(text)
+    if (typeof json === "object" && json !== null) return { text, json }
+  } catch {
+    // not JSON
+  }
+  const json = {
+    error: {
+      message: text.length > 0 ? text.slice(0, 4096) : `Upstream answered ${status} with an empty body.`,
+      type: status >= 500 ? "server_error" : "upstream_error",
+      param: null,
+      code: null
+    }
+  }
+  return { text: JSON.stringify(json), json }
+}
+
+type Attempt =
+  | { readonly _tag: "Response"; readonly response: UpstreamResponse; readonly retryAfter: Option.Option<number> }
+  | { readonly _tag: "Failure"; readonly failure: UpstreamFailure }
+
+export const make = Effect.gen(function*() {
+  const config = yield* AppConfig
+  const http = yield* HttpClient.HttpClient
+  const base = config.inferenceBaseUrl
+  const authorize = Option.match(config.inferenceApiKey, {
+    onNone: () => (r: HttpClientRequest.HttpClientRequest) => r,
+    onSome: (key) => HttpClientRequest.bearerToken(Redacted.value(key))
+  })
+  const timeout = config.inferenceTimeout
+  const baseDelay = Duration.toMillis(config.inferenceRetryBaseDelay)
+  const maxDelay = Duration.toMillis(config.inferenceRetryMaxDelay)
+
+  /** `/v1/chat/completions` → `<base>/chat/completions` (the base URL carries the `/v1`). */
+  const urlFor = (endpoint: BatchEndpoint) => `${base}${endpoint.replace(/^\/v1/, "")}`
+
+  const attempt = (url: string, body: string): Effect.Effect<Attempt> =>
+    http.execute(authorize(HttpClientRequest.bodyText(HttpClientRequest.post(url), body, "application/json"))).pipe(
+      Effect.flatMap((res) =>
+        Effect.map(res.text, (text): Attempt => {
+          const parsed = asJsonBody(res.status, text)
+          return {
+            _tag: "Response",
+            response: { status: res.status, ...parsed, requestId: res.headers["x-request-id"] ?? requestId() },
+            retryAfter: retryAfterMillis(res.headers, Date.now())
+          }
+        })
+      ),
+      Effect.timeoutFail({
+        duration: timeout,
+        onTimeout: () =>
+          new UpstreamFailure({
+            code: "upstream_timeout",
+            message: `The upstream did not answer within ${Duration.format(timeout)}.`
+          })
+      }),
+      Effect.catchAll((error): Effect.Effect<Attempt> =>
+        Effect.succeed({
+          _tag: "Failure",
+          failure: error._tag === "UpstreamFailure"
+            ? error
+            : new UpstreamFailure({ code: "upstream_unreachable", message: `Upstream request failed: ${error.message}` })
+        })
+      )
+    )
+
+  const send = (endpoint: BatchEndpoint, body: string, options: SendOptions = {}) => {
+    const url = urlFor(endpoint)
+    const loop = (n: number): Effect.Effect<UpstreamResponse, UpstreamFailure> =>
+      Effect.gen(function*() {
+        const result = yield* attempt(url, body)
+        const retryable = result._tag === "Failure" || isRetryableStatus(result.response.status)
+        const final = result._tag === "Failure" ? Effect.fail(result.failure) : Effect.succeed(result.response)
+        if (!retryable || n >= config.inferenceMaxAttempts) return yield* final
+        const jitter = yield* Random.nextRange(0.8, 1.2)
+        const backoff = Math.min(maxDelay, baseDelay * 2 ** (n - 1) * jitter)
+        const delay = result._tag === "Response"
+          ? Math.min(maxDelay, Option.getOrElse(result.retryAfter, () => backoff))
+          : backoff
+        const now = yield* Clock.currentTimeMillis
+        if (options.deadline !== undefined && now + delay > options.deadline) return yield* final
+        yield* Effect.sleep(Duration.millis(delay))
+        return yield* loop(n + 1)
+      })
+    return loop(1).pipe(Effect.withSpan("Inference.send", { attributes: { endpoint } }))
+  }
+
+  const models = http.get(`${base}/models`).pipe(
+    Effect.flatMap((res): Effect.Effect<unknown, unknown> => (res.status === 200 ? res.json : Effect.fail(res.status))),
+    Effect.map((json) => {
+      const data = (json as { data?: unknown }).data
+      if (!Array.isArray(data)) return Option.none<ReadonlySet<string>>()
+      const ids = data.flatMap((m) => (typeof m?.id === "string" ? [m.id as string] : []))
+      return Option.some<ReadonlySet<string>>(new Set(ids))
+    }),
+    Effect.timeout(Duration.seconds(10)),
+    Effect.orElseSucceed(() => Option.none<ReadonlySet<string>>()),
+    Effect.withSpan("Inference.models")
+  )
+
+  return Inference.of({ send, models })
+})
+
+/** The HTTP upstream at `INFERENCE_BASE_URL`, over undici. */
+export const InferenceLive: Layer.Layer<Inference, never, AppConfig> = Layer.effect(Inference, make).pipe(
+  Layer.provide(NodeHttpClient.layerUndici)
+)
