@@ -25,7 +25,7 @@ export interface SimulatorOptions {
 }
 
 export interface SimulatorStats {
-  /** Requests received (every attempt counts). */
+  /** Inference requests received (every attempt counts; `GET /v1/models` does not). */
   requests: number
   inFlight: number
   maxInFlight: number
@@ -186,6 +186,10 @@ export const startSimulator = (options: SimulatorOptions = {}): Promise<Simulato
         })
     }
     server = createServer((req, res) => {
+      const chunks: Array<Buffer> = []
+      req.on("data", (c: Buffer) => chunks.push(c))
+      req.on("end", () => handle(req, res, Buffer.concat(chunks).toString("utf8"), sim))
+      if (req.method !== "POST") return // only inference requests are counted
       stats.requests++
       stats.inFlight++
       stats.maxInFlight = Math.max(stats.maxInFlight, stats.inFlight)
@@ -200,9 +204,6 @@ export const startSimulator = (options: SimulatorOptions = {}): Promise<Simulato
         if (!res.writableFinished) stats.aborted++
         finish()
       })
-      const chunks: Array<Buffer> = []
-      req.on("data", (c: Buffer) => chunks.push(c))
-      req.on("end", () => handle(req, res, Buffer.concat(chunks).toString("utf8"), sim))
     })
     server.keepAliveTimeout = 60_000
     server.listen(options.port ?? 0, "127.0.0.1", () => {

@@ -11,7 +11,21 @@
  * At most `maxConcurrentBatches` batches validate or run at once (a semaphore); finalizing is not limited, so a
  * cancel is never queued behind other batches.
  */
-import { Cause, Chunk, Clock, Context, Duration, Effect, FiberMap, Layer, Option, Schedule, Stream } from "effect"
+import {
+  Cause,
+  Chunk,
+  Clock,
+  Context,
+  Deferred,
+  Duration,
+  Effect,
+  FiberMap,
+  Layer,
+  Option,
+  Queue,
+  Schedule,
+  Stream
+} from "effect"
 import { AppConfig } from "../Config.js"
 import type { BatchEndpoint, BatchError, BatchStatus } from "../domain/Batches.js"
 import { batchRequestId, derivedFileId } from "../domain/Ids.js"
@@ -33,10 +47,9 @@ export interface BatchRunnerShape {
 
 export class BatchRunner extends Context.Tag("BatchRunner")<BatchRunner, BatchRunnerShape>() {}
 
-/** Requests read from the store at a time, and outcomes written per transaction (at the latest every 200 ms). */
+/** Requests read from the store at a time, and the most outcomes written in one transaction. */
 const PAGE = 1000
-const OUTCOME_GROUP = 200
-const FLUSH_EVERY = Duration.millis(200)
+const OUTCOME_GROUP = 500
 /** Validation errors kept in `errors.data`; the rest are summarized in one last entry. */
 const MAX_REPORTED_ERRORS = 1000
 const MAX_LINE_BYTES = 16 * 1024 * 1024
@@ -186,29 +199,36 @@ export const make = Effect.gen(function*() {
     )
 
   /**
-   * Sends every pending request. Outcomes are buffered and stored in groups; the buffer is flushed when the run
-   * ends for any reason, interruption included, so no finished outcome is lost to a cancel or an expiry.
+   * Sends every pending request, a sliding window of `maxConcurrentRequestsPerBatch`. Outcomes are stored by one
+   * writer fiber in groups (whatever arrived while the previous group was being written: one transaction per
+   * group, not per request), and a request's slot is freed only once its outcome is stored. So a crash can lose
+   * at most one unstored outcome per slot, and an interruption (cancel, expiry) aborts the calls in flight while
+   * the writer still stores every outcome already received.
    */
   const runRequests = (record: BatchRecord) =>
     Effect.scoped(Effect.gen(function*() {
       const { batch } = record
-      let buffer: Array<RequestOutcome> = []
-      const flush = Effect.suspend(() => {
-        if (buffer.length === 0) return Effect.void
-        const group = buffer
-        buffer = []
-        return Effect.asVoid(store.recordOutcomes(batch.id, group))
-      })
-      yield* Effect.addFinalizer(() => flush)
-      yield* flush.pipe(Effect.repeat(Schedule.spaced(FLUSH_EVERY)), Effect.forkScoped)
+      const queue = yield* Queue.unbounded<readonly [RequestOutcome, Deferred.Deferred<void>]>()
+      const write = (items: Iterable<readonly [RequestOutcome, Deferred.Deferred<void>]>) => {
+        const group = Array.from(items)
+        return group.length === 0 ? Effect.void : store.recordOutcomes(batch.id, group.map(([o]) => o)).pipe(
+          Effect.zipRight(Effect.forEach(group, ([, done]) => Deferred.succeed(done, undefined), { discard: true })),
+          Effect.uninterruptible
+        )
+      }
+      // Interruptible only while waiting: a group once taken is always written.
+      yield* Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(restore(Queue.takeBetween(queue, 1, OUTCOME_GROUP)), write)
+      ).pipe(Effect.forever, Effect.forkScoped)
+      // Runs before the writer is interrupted: outcomes still queued are stored too.
+      yield* Effect.addFinalizer(() => Effect.flatMap(Queue.takeAll(queue), write))
       const send = callUpstream(batch.endpoint as BatchEndpoint, batch.expires_at! * 1000)
       yield* pendingRows(batch.id).pipe(
         Stream.mapEffect(
           (row) =>
-            Effect.flatMap(send(row), (outcome) => {
-              buffer.push(outcome)
-              return buffer.length >= OUTCOME_GROUP ? flush : Effect.void
-            }),
+            Effect.flatMap(send(row), (outcome) =>
+              Effect.flatMap(Deferred.make<void>(), (stored) =>
+                Effect.zipRight(Queue.offer(queue, [outcome, stored] as const), Deferred.await(stored)))),
           { concurrency: config.maxConcurrentRequestsPerBatch, unordered: true }
         ),
         Stream.runDrain

@@ -26,12 +26,13 @@ export const terminalStatuses: ReadonlyArray<BatchStatus> = ["failed", "complete
 /** Statuses a cancel request may move from. */
 export const cancellableStatuses: ReadonlyArray<BatchStatus> = ["validating", "in_progress", "finalizing"]
 
-export class BatchError extends Schema.Class<BatchError>("BatchError")({
+export const BatchError = Schema.Struct({
   code: Schema.String,
   message: Schema.String,
   param: Schema.NullOr(Schema.String),
   line: Schema.NullOr(Schema.Number)
-}) {}
+})
+export type BatchError = typeof BatchError.Type
 
 export const BatchErrors = Schema.Struct({
   object: Schema.Literal("list"),

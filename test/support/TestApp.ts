@@ -1,13 +1,14 @@
 /** Shared test fixtures: a scratch data directory and the whole app served on a random local port. */
 import { HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
-import { Effect, Layer } from "effect"
+import { Context, Effect, Layer, Logger, LogLevel } from "effect"
 import { mkdtempSync, readdirSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import { AppConfig, type AppConfigShape } from "../../src/Config.js"
 import { HttpLive } from "../../src/http/Http.js"
 import { ServicesLive } from "../../src/Layers.js"
+import { type Simulator, type SimulatorOptions, startSimulator } from "../../scripts/simulator.js"
 
 /** A fresh directory, removed when the scope closes. */
 export const scratchDir = Effect.acquireRelease(
@@ -38,7 +39,23 @@ export const testApp = (overrides: Partial<AppConfigShape> = {}) =>
     Layer.provide(ServicesLive),
     Layer.provideMerge(NodeHttpServer.layerTest),
     Layer.provideMerge(configFor(overrides)),
-    Layer.provideMerge(TestDataDir.Default)
+    Layer.provideMerge(TestDataDir.Default),
+    Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
+  )
+
+/** The upstream simulator (`scripts/simulator.ts`) on a random port, for as long as the layer lives. */
+export class Upstream extends Context.Tag("test/Upstream")<Upstream, Simulator>() {
+  static readonly layer = (options: SimulatorOptions = {}) =>
+    Layer.scoped(
+      Upstream,
+      Effect.acquireRelease(Effect.promise(() => startSimulator(options)), (sim) => Effect.promise(() => sim.close()))
+    )
+}
+
+/** `testApp` whose inference upstream is a fresh simulator (exposed as `Upstream`). */
+export const testAppWithUpstream = (overrides: Partial<AppConfigShape> = {}, simulator: SimulatorOptions = {}) =>
+  Layer.unwrapEffect(Effect.map(Upstream, (sim) => testApp({ inferenceBaseUrl: sim.url, ...overrides }))).pipe(
+    Layer.provideMerge(Upstream.layer(simulator))
   )
 
 /** `http://127.0.0.1:<port>` of the server under test. */

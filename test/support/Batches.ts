@@ -1,0 +1,51 @@
+/** Helpers for batch tests driven through the official `openai` client. */
+import { Effect } from "effect"
+import OpenAI, { toFile } from "openai"
+import type { Batch } from "openai/resources/batches"
+
+export const sdk = (baseUrl: string) => new OpenAI({ baseURL: `${baseUrl}/v1`, apiKey: "sk-test", maxRetries: 0 })
+
+/** One input line for a chat completion whose prompt is `prompt` (simulator directives go in there). */
+export const chatLine = (customId: string, prompt: string, model = "sim-model") =>
+  JSON.stringify({
+    custom_id: customId,
+    method: "POST",
+    url: "/v1/chat/completions",
+    body: { model, messages: [{ role: "user", content: prompt }] }
+  })
+
+export const upload = (openai: OpenAI, lines: ReadonlyArray<string>, name = "input.jsonl") =>
+  Effect.promise(async () =>
+    openai.files.create({ file: await toFile(Buffer.from(lines.join("\n") + "\n"), name), purpose: "batch" })
+  )
+
+export const createBatch = (openai: OpenAI, fileId: string, extra: Partial<OpenAI.BatchCreateParams> = {}) =>
+  Effect.promise(() =>
+    openai.batches.create({ input_file_id: fileId, endpoint: "/v1/chat/completions", completion_window: "24h", ...extra })
+  )
+
+/** Polls until the batch satisfies `done` (real time). */
+export const waitFor = (openai: OpenAI, id: string, done: (b: Batch) => boolean, timeoutMs = 20_000) =>
+  Effect.promise(async () => {
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      const batch = await openai.batches.retrieve(id)
+      if (done(batch)) return batch
+      if (Date.now() > deadline) throw new Error(`batch ${id} stuck in ${batch.status}: ${JSON.stringify(batch)}`)
+      await new Promise((r) => setTimeout(r, 25))
+    }
+  })
+
+export const terminal = (b: Batch) => ["completed", "failed", "expired", "cancelled"].includes(b.status)
+
+/** The lines of a result file, parsed; none when the id is null. */
+export const readLines = (openai: OpenAI, fileId: string | null | undefined) =>
+  Effect.promise(async (): Promise<Array<any>> => {
+    if (!fileId) return []
+    const text = await (await openai.files.content(fileId)).text()
+    return text.split("\n").filter((l) => l !== "").map((l) => JSON.parse(l))
+  })
+
+/** Resolves with the SDK error a call rejects with. */
+export const failure = (call: () => Promise<unknown>) =>
+  Effect.promise(() => call().then(() => { throw new Error("expected the call to fail") }, (e) => e as any))
