@@ -1,0 +1,43 @@
+/** A server killed mid-batch (SIGKILL) and started again finishes the batch, repeating no stored request. */
+import { expect, it } from "@effect/vitest"
+import { Effect } from "effect"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import * as Path from "node:path"
+import { startSimulator } from "../scripts/simulator.js"
+import { chatLine, createBatch, readLines, sdk, terminal, upload, waitFor } from "./support/Batches.js"
+import { startServer } from "./support/ServerProcess.js"
+
+it.live("SIGKILL mid-batch, restart: every custom_id exactly once, upstream repeats bounded by the in-flight window", () =>
+  Effect.gen(function*() {
+    const sim = yield* Effect.acquireRelease(Effect.promise(() => startSimulator()), (s) => Effect.promise(() => s.close()))
+    const dataDir = yield* Effect.acquireRelease(
+      Effect.sync(() => mkdtempSync(Path.join(tmpdir(), "batch-resume-"))),
+      (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
+    )
+    const window = 4
+    const env = { DATA_DIR: dataDir, INFERENCE_BASE_URL: sim.url, MAX_CONCURRENT_REQUESTS_PER_BATCH: String(window) }
+    const total = 200
+    const first = yield* Effect.promise(() => startServer(env))
+    let openai = sdk(first.url)
+    const file = yield* upload(openai, Array.from({ length: total }, (_, i) => chatLine(`id-${i}`, `prompt ${i} [sleep:20]`)))
+    const batch = yield* createBatch(openai, file.id)
+    const before = yield* waitFor(openai, batch.id, (b) => b.request_counts!.completed >= 60)
+    yield* Effect.promise(() => first.stop("SIGKILL"))
+    expect(before.status).toBe("in_progress")
+
+    const second = yield* Effect.acquireRelease(Effect.promise(() => startServer(env)), (s) => Effect.promise(() => s.stop()))
+    openai = sdk(second.url)
+    const done = yield* waitFor(openai, batch.id, terminal, 30_000)
+    expect(done.status).toBe("completed")
+    expect(done.request_counts).toEqual({ total, completed: total, failed: 0 })
+    const output = yield* readLines(openai, done.output_file_id)
+    expect(output.map((l) => l.custom_id)).toEqual(Array.from({ length: total }, (_, i) => `id-${i}`))
+    expect(done.error_file_id).toBeNull()
+
+    // Only requests that were in a slot (sent, or answered but not yet stored) when the process died went twice.
+    const repeated = [...sim.stats.byPrompt.values()].filter((n) => n > 1).length
+    expect(sim.stats.byPrompt.size).toBe(total)
+    expect(repeated).toBeLessThanOrEqual(window)
+    expect(sim.stats.requests).toBe(total + repeated)
+  }).pipe(Effect.scoped))

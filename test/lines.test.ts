@@ -1,0 +1,35 @@
+/** The JSONL splitter: line numbers, CRLF, a byte order mark, lines split across chunks, over-long lines. */
+import { describe, expect, it } from "@effect/vitest"
+import { Chunk, Effect, Stream } from "effect"
+import { jsonlLines } from "../src/batches/lines.js"
+
+const split = (chunks: ReadonlyArray<string | Uint8Array>, max = 1024) =>
+  Stream.fromIterable(chunks.map((c) => (typeof c === "string" ? new TextEncoder().encode(c) : c))).pipe(
+    jsonlLines(max),
+    Stream.runCollect,
+    Effect.map(Chunk.toReadonlyArray)
+  )
+
+describe("jsonlLines", () => {
+  it.effect("numbers lines from 1 and handles CRLF, a BOM, split multi-byte characters and a missing last newline", () =>
+    Effect.gen(function*() {
+      const euro = new TextEncoder().encode("€") // 3 bytes, split across chunks below
+      const lines = yield* split(["\uFEFF{\"a\":1}\r\n\n{\"b\":", "2}\n\"", euro.subarray(0, 1), euro.subarray(1), "\""])
+      expect(lines).toEqual([
+        { _tag: "Line", line: 1, text: "{\"a\":1}" },
+        { _tag: "Line", line: 2, text: "" },
+        { _tag: "Line", line: 3, text: "{\"b\":2}" },
+        { _tag: "Line", line: 4, text: "\"€\"" }
+      ])
+    }))
+
+  it.effect("reports an over-long line without buffering it, and goes on", () =>
+    Effect.gen(function*() {
+      const lines = yield* split(["ok\n", "x".repeat(20), "x".repeat(20), "\nafter\n"], 30)
+      expect(lines).toEqual([
+        { _tag: "Line", line: 1, text: "ok" },
+        { _tag: "TooLong", line: 2 },
+        { _tag: "Line", line: 3, text: "after" }
+      ])
+    }))
+})
