@@ -5,7 +5,9 @@ import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Fiber, Layer, TestClock } from "effect"
 import { AppConfig } from "../src/Config.js"
-import { Inference, make, retryAfterMillis } from "../src/inference/Inference.js"
+import { Inference, InferenceLive, make, retryAfterMillis } from "../src/inference/Inference.js"
+import { startSimulator } from "../scripts/simulator.js"
+import { eventually } from "./support/TestApp.js"
 
 type Scripted = { status: number; headers?: Record<string, string>; body?: string } | "network-error"
 
@@ -97,6 +99,41 @@ describe("Inference", () => {
       expect(calls.n).toBe(2)
       expect(error).toMatchObject({ _tag: "UpstreamFailure", code: "upstream_unreachable" })
     }).pipe(Effect.provide(layer))
+  })
+
+  describe("over HTTP to the simulator", () => {
+    const live = (url: string) =>
+      InferenceLive.pipe(Layer.provide(AppConfig.layerWith({
+        inferenceBaseUrl: url,
+        inferenceTimeout: Duration.millis(300),
+        inferenceMaxAttempts: 2,
+        inferenceRetryBaseDelay: Duration.millis(10)
+      })))
+    const hang = (i: number) => `{"model":"sim-model","messages":[{"role":"user","content":"${i} [hang]"}]}`
+    const simulator = Effect.acquireRelease(Effect.promise(() => startSimulator()), (sim) => Effect.promise(() => sim.close()))
+
+    it.live("a silent upstream times out per attempt, is retried, then reported as upstream_timeout", () =>
+      Effect.gen(function*() {
+        const sim = yield* simulator
+        const error = yield* Effect.flatMap(Inference, (i) => i.send("/v1/chat/completions", hang(1))).pipe(
+          Effect.provide(live(sim.url)),
+          Effect.flip
+        )
+        expect(error).toMatchObject({ _tag: "UpstreamFailure", code: "upstream_timeout" })
+        expect(sim.stats.requests).toBe(2)
+      }).pipe(Effect.scoped))
+
+    it.live("interrupting a call aborts its HTTP request upstream", () =>
+      Effect.gen(function*() {
+        const sim = yield* simulator
+        yield* Effect.gen(function*() {
+          const inference = yield* Inference
+          const fiber = yield* Effect.fork(inference.send("/v1/chat/completions", hang(2)))
+          yield* eventually(() => expect(sim.stats.inFlight).toBe(1))
+          yield* Fiber.interrupt(fiber)
+          yield* eventually(() => expect(sim.stats.aborted).toBe(1))
+        }).pipe(Effect.provide(live(sim.url)))
+      }).pipe(Effect.scoped))
   })
 
   it("reads Retry-After as seconds, as an HTTP date, and retry-after-ms", () => {

@@ -16,9 +16,16 @@ export const MigrationsLive = Layer.effectDiscard(
   Migrator.make({})({ loader: Migrator.fromRecord(migrations) }).pipe(Effect.withSpan("Sql.migrate"))
 )
 
+/**
+ * WAL with `synchronous = NORMAL`: a commit is durable once it is in the write-ahead log, which survives a crash
+ * or kill of the process (what "nothing lost on restart" protects against); only an OS crash or power loss can
+ * drop the last commits. `FULL` would fsync on every commit and cap the runner at a few hundred writes a second.
+ */
+const SqlitePragmas = Layer.effectDiscard(Effect.flatMap(SqlClient.SqlClient, (sql) => sql`PRAGMA synchronous = NORMAL`))
+
 /** SQLite at `filename` (`:memory:` works too), migrated. */
 export const layerSqlite = (filename: string): Layer.Layer<SqlClient.SqlClient, unknown> =>
-  MigrationsLive.pipe(Layer.provideMerge(SqliteClient.layer({ filename })))
+  Layer.merge(MigrationsLive, SqlitePragmas).pipe(Layer.provideMerge(SqliteClient.layer({ filename })))
 
 /** The database the configuration asks for: `DATA_DIR/batches.sqlite`. */
 export const SqlLive: Layer.Layer<SqlClient.SqlClient, unknown, AppConfig> = Layer.unwrapEffect(

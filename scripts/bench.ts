@@ -1,0 +1,161 @@
+/**
+ * End-to-end benchmark (not a test): a 50,000-request chat batch against the simulator with zero latency.
+ *
+ *   npm run bench [-- --requests 50000 --concurrency 32]
+ *
+ * 1. Baseline: a plain undici client sends the same number of chat requests to the same simulator at the same
+ *    concurrency: the raw rate the upstream allows on this machine.
+ * 2. The service: upload the JSONL with the `openai` SDK, create the batch, poll `GET /v1/batches/{id}` every
+ *    50 ms, wait for `completed`, download the output file. Requests/s is measured over that whole span.
+ * Prints requests/s, the ratio to the baseline, the server's peak RSS (VmHWM) and the p99 of the polls.
+ * The server runs compiled (`dist/`) with the same node flags as `npm start`; simulator and server are separate
+ * processes, the driver is this one.
+ */
+import { execSync, spawn } from "node:child_process"
+import { createReadStream, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import * as Path from "node:path"
+import OpenAI from "openai"
+import { Agent, request } from "undici"
+import { freePort } from "../test/support/ServerProcess.js"
+
+const arg = (name: string, fallback: number) => {
+  const i = process.argv.indexOf(`--${name}`)
+  return i > 0 ? Number(process.argv[i + 1]) : fallback
+}
+const REQUESTS = arg("requests", 50_000)
+const CONCURRENCY = arg("concurrency", 32)
+const root = Path.resolve(import.meta.dirname, "..")
+
+const waitHealthy = async (url: string) => {
+  for (let i = 0; i < 300; i++) {
+    try {
+      if ((await fetch(url, { signal: AbortSignal.timeout(1000) })).status < 500) return
+    } catch {
+      // not yet
+    }
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  throw new Error(`${url} did not come up`)
+}
+
+const peakRssMb = (pid: number) =>
+  Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? NaN) / 1024
+
+const percentile = (values: Array<number>, p: number) => {
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN
+}
+
+const body = (i: number) => JSON.stringify({ model: "sim-model", messages: [{ role: "user", content: `request ${i}` }] })
+
+/** The raw rate: `REQUESTS` chat requests through undici at `CONCURRENCY`. */
+const baseline = async (simUrl: string) => {
+  const agent = new Agent({ connections: CONCURRENCY, keepAliveTimeout: 60_000 })
+  let next = 0
+  const started = performance.now()
+  await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
+    while (next < REQUESTS) {
+      const i = next++
+      const res = await request(`${simUrl}/chat/completions`, {
+        method: "POST",
+        body: body(i),
+        headers: { "content-type": "application/json" },
+        dispatcher: agent
+      })
+      await res.body.json()
+    }
+  }))
+  const seconds = (performance.now() - started) / 1000
+  await agent.close()
+  return REQUESTS / seconds
+}
+
+const main = async () => {
+  execSync("npx tsc -p tsconfig.build.json", { cwd: root, stdio: "inherit" })
+  const dir = mkdtempSync(Path.join(tmpdir(), "batch-bench-"))
+  const children: Array<ReturnType<typeof spawn>> = []
+  try {
+    const simPort = await freePort()
+    children.push(spawn(process.execPath, ["--import", "tsx", "scripts/simulator.ts", "--port", String(simPort)], { cwd: root, stdio: "ignore" }))
+    const simUrl = `http://127.0.0.1:${simPort}/v1`
+    await waitHealthy(`${simUrl}/models`)
+
+    const port = await freePort()
+    const server = spawn(process.execPath, ["--optimize-for-size", "dist/main.js"], {
+      cwd: root,
+      env: {
+        ...process.env,
+        PORT: String(port),
+        HOST: "127.0.0.1",
+        DATA_DIR: Path.join(dir, "data"),
+        INFERENCE_BASE_URL: simUrl,
+        MAX_CONCURRENT_REQUESTS_PER_BATCH: String(CONCURRENCY),
+        MAX_REQUESTS_PER_BATCH: String(Math.max(50_000, REQUESTS))
+      },
+      stdio: ["ignore", "ignore", "inherit"]
+    })
+    children.push(server)
+    const base = `http://127.0.0.1:${port}`
+    await waitHealthy(`${base}/v1/health`)
+
+    console.log(`baseline: undici → simulator, ${REQUESTS} requests at concurrency ${CONCURRENCY}…`)
+    const rawRate = await baseline(simUrl)
+    console.log(`  ${rawRate.toFixed(0)} requests/s`)
+
+    const input = Path.join(dir, "input.jsonl")
+    writeFileSync(
+      input,
+      Array.from({ length: REQUESTS }, (_, i) =>
+        `{"custom_id":"req-${i}","method":"POST","url":"/v1/chat/completions","body":${body(i)}}\n`).join("")
+    )
+    const openai = new OpenAI({ baseURL: `${base}/v1`, apiKey: "bench", maxRetries: 0 })
+    console.log(`service: upload → batch → completed → output downloaded…`)
+    const started = performance.now()
+    const file = await openai.files.create({ file: createReadStream(input), purpose: "batch" })
+    const batch = await openai.batches.create({ input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h" })
+    const polls: Array<number> = []
+    let status = batch
+    let lastLine = 0
+    while (!["completed", "failed", "expired", "cancelled"].includes(status.status)) {
+      await new Promise((r) => setTimeout(r, 50))
+      const t0 = performance.now()
+      status = await openai.batches.retrieve(batch.id)
+      polls.push(performance.now() - t0)
+      if (performance.now() - lastLine > 1000) {
+        lastLine = performance.now()
+        const c = status.request_counts!
+        process.stdout.write(`  ${status.status} ${c.completed + c.failed}/${c.total}\n`)
+      }
+    }
+    if (status.status !== "completed" || status.request_counts!.completed !== REQUESTS) {
+      throw new Error(`batch ended ${status.status}: ${JSON.stringify(status.request_counts)} ${JSON.stringify(status.errors)}`)
+    }
+    const output = await openai.files.content(status.output_file_id!)
+    let lines = 0
+    for await (const chunk of output.body as any as AsyncIterable<Uint8Array>) {
+      for (const byte of chunk) if (byte === 10) lines++
+    }
+    const seconds = (performance.now() - started) / 1000
+    if (lines !== REQUESTS) throw new Error(`output has ${lines} lines, expected ${REQUESTS}`)
+    const rate = REQUESTS / seconds
+    const rss = peakRssMb(server.pid!)
+    const p99 = percentile(polls, 99)
+    const ratio = rate / rawRate
+    console.log(`\nresults (${REQUESTS} requests, concurrency ${CONCURRENCY}):`)
+    console.log(`  end to end:          ${seconds.toFixed(1)} s, ${rate.toFixed(0)} requests/s`)
+    console.log(`  raw undici rate:     ${rawRate.toFixed(0)} requests/s`)
+    console.log(`  ratio:               ${ratio.toFixed(2)}   (target ≥ 0.5)`)
+    console.log(`  server peak RSS:     ${rss.toFixed(0)} MB   (target ≤ 250 MB)`)
+    console.log(`  GET /v1/batches/{id} p99: ${p99.toFixed(1)} ms over ${polls.length} polls   (target ≤ 50 ms)`)
+    if (ratio < 0.5 || rss > 250 || p99 > 50) process.exitCode = 1
+  } finally {
+    for (const child of children) child.kill("SIGTERM")
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+main().catch((error) => {
+  console.error(error)
+  process.exit(1)
+})
