@@ -8,16 +8,17 @@
  * 2. The service: upload the JSONL with the `openai` SDK, create the batch, poll `GET /v1/batches/{id}` every
  *    50 ms, wait for `completed`, download the output file. Requests/s is measured over that whole span.
  * Prints requests/s, the ratio to the baseline, the server's peak RSS (VmHWM) and the p99 of the polls.
- * The server runs compiled (`dist/`) with the same node flags as `npm start`; simulator and server are separate
+ * The server runs compiled (`dist/`) with the node flags of `npm start` (read from package.json); simulator and server are separate
  * processes, the driver is this one.
  */
 import { execSync, spawn } from "node:child_process"
-import { createReadStream, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { createReadStream, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import OpenAI from "openai"
 import { Agent, request } from "undici"
 import { freePort } from "../test/support/ServerProcess.js"
+import { memoryMb, root, startFlags, waitHealthy } from "./server-process.js"
 
 const arg = (name: string, fallback: number) => {
   const i = process.argv.indexOf(`--${name}`)
@@ -25,22 +26,6 @@ const arg = (name: string, fallback: number) => {
 }
 const REQUESTS = arg("requests", 50_000)
 const CONCURRENCY = arg("concurrency", 32)
-const root = Path.resolve(import.meta.dirname, "..")
-
-const waitHealthy = async (url: string) => {
-  for (let i = 0; i < 300; i++) {
-    try {
-      if ((await fetch(url, { signal: AbortSignal.timeout(1000) })).status < 500) return
-    } catch {
-      // not yet
-    }
-    await new Promise((r) => setTimeout(r, 100))
-  }
-  throw new Error(`${url} did not come up`)
-}
-
-const peakRssMb = (pid: number) =>
-  Number(/VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? NaN) / 1024
 
 const percentile = (values: Array<number>, p: number) => {
   const sorted = [...values].sort((a, b) => a - b)
@@ -82,7 +67,9 @@ const main = async () => {
     await waitHealthy(`${simUrl}/models`)
 
     const port = await freePort()
-    const server = spawn(process.execPath, ["--optimize-for-size", "dist/main.js"], {
+    // The node flags of `npm start`, plus BENCH_SERVER_FLAGS (e.g. "--cpu-prof" to profile the server).
+    const serverFlags = [...startFlags(), ...(process.env.BENCH_SERVER_FLAGS ?? "").split(" ").filter(Boolean)]
+    const server = spawn(process.execPath, [...serverFlags, "dist/main.js"], {
       cwd: root,
       env: {
         ...process.env,
@@ -93,7 +80,7 @@ const main = async () => {
         MAX_CONCURRENT_REQUESTS_PER_BATCH: String(CONCURRENCY),
         MAX_REQUESTS_PER_BATCH: String(Math.max(50_000, REQUESTS))
       },
-      stdio: ["ignore", "ignore", "inherit"]
+      stdio: ["ignore", process.env.BENCH_SERVER_STDOUT ? "inherit" : "ignore", "inherit"]
     })
     children.push(server)
     const base = `http://127.0.0.1:${port}`
@@ -125,7 +112,7 @@ const main = async () => {
       if (performance.now() - lastLine > 1000) {
         lastLine = performance.now()
         const c = status.request_counts!
-        process.stdout.write(`  ${status.status} ${c.completed + c.failed}/${c.total}\n`)
+        process.stdout.write(`  ${status.status} ${c.completed + c.failed}/${c.total}, server RSS ${memoryMb(server.pid!, "VmRSS").toFixed(0)} MB\n`)
       }
     }
     if (status.status !== "completed" || status.request_counts!.completed !== REQUESTS) {
@@ -139,7 +126,7 @@ const main = async () => {
     const seconds = (performance.now() - started) / 1000
     if (lines !== REQUESTS) throw new Error(`output has ${lines} lines, expected ${REQUESTS}`)
     const rate = REQUESTS / seconds
-    const rss = peakRssMb(server.pid!)
+    const rss = memoryMb(server.pid!, "VmHWM")
     const p99 = percentile(polls, 99)
     const ratio = rate / rawRate
     console.log(`\nresults (${REQUESTS} requests, concurrency ${CONCURRENCY}):`)

@@ -8,6 +8,7 @@
  *   [flaky:500x1]       the same with 500
  *   [sleep:250]         answer after 250 ms
  *   [hang]              never answer (until the client gives up)
+ *   [pretty]            answer with indented, multi-line JSON
  * Unknown models get a 404 `model_not_found`, like OpenAI.
  *
  *   npx tsx scripts/simulator.ts [--port 8000] [--latency 0]
@@ -128,8 +129,9 @@ export const startSimulator = (options: SimulatorOptions = {}): Promise<Simulato
   let server: Server
 
   const handle = (req: IncomingMessage, res: ServerResponse, raw: string, sim: Simulator) => {
+    let pretty = false
     const send = (status: number, json: unknown, headers: Record<string, string> = {}) => {
-      const text = JSON.stringify(json)
+      const text = pretty ? JSON.stringify(json, null, 2) : JSON.stringify(json)
       res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text), ...headers })
       res.end(text)
     }
@@ -145,6 +147,7 @@ export const startSimulator = (options: SimulatorOptions = {}): Promise<Simulato
       return send(400, errorBody(400, "Invalid JSON body"))
     }
     const prompt = promptOf(body)
+    pretty = prompt.includes("[pretty]")
     const seen = (stats.byPrompt.get(prompt) ?? 0) + 1
     stats.byPrompt.set(prompt, seen)
 

@@ -10,42 +10,30 @@
  */
 import { execSync, spawn } from "node:child_process"
 import { randomBytes } from "node:crypto"
-import { mkdtempSync, readFileSync, rmSync } from "node:fs"
+import { mkdtempSync, rmSync } from "node:fs"
 import { request } from "node:http"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import { freePort } from "../test/support/ServerProcess.js"
+import { memoryMb, root, startFlags, waitHealthy } from "./server-process.js"
 
 const mbArg = process.argv.indexOf("--mb")
 const megabytes = mbArg > 0 ? Number(process.argv[mbArg + 1]) : 200
-const root = Path.resolve(import.meta.dirname, "..")
-
-const peakRssMb = (pid: number): number => {
-  const status = readFileSync(`/proc/${pid}/status`, "utf8")
-  const kb = Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? NaN)
-  return kb / 1024
-}
 
 const main = async () => {
   execSync("npx tsc -p tsconfig.build.json", { cwd: root, stdio: "inherit" })
   const dataDir = mkdtempSync(Path.join(tmpdir(), "upload-bench-"))
   const port = await freePort()
-  // The same node flags as `npm start` (package.json); BENCH_NODE_FLAGS overrides them to compare.
-  const nodeFlags = (process.env.BENCH_NODE_FLAGS ?? "--optimize-for-size").split(" ").filter(Boolean)
+  // The node flags of `npm start`; BENCH_NODE_FLAGS replaces them, to compare.
+  const nodeFlags = process.env.BENCH_NODE_FLAGS?.split(" ").filter(Boolean) ?? startFlags()
   const server = spawn(process.execPath, [...nodeFlags, "dist/main.js"], {
     cwd: root,
     env: { ...process.env, DATA_DIR: dataDir, PORT: String(port), HOST: "127.0.0.1" },
     stdio: ["ignore", "ignore", "inherit"]
   })
   try {
-    for (;;) {
-      try {
-        if ((await fetch(`http://127.0.0.1:${port}/v1/health`, { signal: AbortSignal.timeout(1000) })).ok) break
-      } catch {
-        await new Promise((r) => setTimeout(r, 100))
-      }
-    }
-    const idle = peakRssMb(server.pid!)
+    await waitHealthy(`http://127.0.0.1:${port}/v1/health`)
+    const idle = memoryMb(server.pid!, "VmHWM")
     const total = megabytes * 1024 * 1024
     const chunk = randomBytes(1024 * 1024)
     const boundary = "bench-boundary"
@@ -74,7 +62,7 @@ const main = async () => {
     const seconds = (Date.now() - started) / 1000
     const file = JSON.parse(body)
     if (file.bytes !== total) throw new Error(`upload failed: ${body}`)
-    const peak = peakRssMb(server.pid!)
+    const peak = memoryMb(server.pid!, "VmHWM")
     console.log(`upload of ${megabytes} MB: ${seconds.toFixed(1)} s (${(megabytes / seconds).toFixed(0)} MB/s)`)
     console.log(`server peak RSS: ${peak.toFixed(0)} MB (idle before the upload: ${idle.toFixed(0)} MB), target < 150 MB`)
     if (peak >= 150) process.exitCode = 1

@@ -21,6 +21,7 @@ layer(testAppWithUpstream(fastRetries), { excludeTestServices: true })("batches 
       const openai = yield* client
       const sim = yield* Upstream
       const prompts = Array.from({ length: 12 }, (_, i) => `mixed ${i}`)
+      prompts[1] = "mixed 1 [pretty]" // a multi-line upstream body still makes one output line
       prompts[3] = "mixed 3 [fail:400]"
       prompts[5] = "mixed 5 [flaky:429x2]"
       prompts[8] = "mixed 8 [flaky:500x1]"
@@ -211,6 +212,23 @@ layer(testAppWithUpstream(fastRetries), { excludeTestServices: true })("batches 
       expect(new Set(all).size).toBe(all.length)
       for (const id of ids) yield* waitFor(openai, id, terminal)
     }))
+})
+
+layer(testAppWithUpstream({ ...fastRetries, maxRequestsPerBatch: 5000, maxConcurrentRequestsPerBatch: 16 }), { excludeTestServices: true })("large batches", (it) => {
+  it.effect("a batch spanning several pages of stored rows sends each request upstream exactly once", () =>
+    Effect.gen(function*() {
+      const openai = yield* client
+      const sim = yield* Upstream
+      sim.reset()
+      const count = 2500 // the runner reads pending rows 1,000 at a time
+      const file = yield* upload(openai, Array.from({ length: count }, (_, i) => chatLine(`big-${i}`, `big ${i}`)))
+      const done = yield* waitFor(openai, (yield* createBatch(openai, file.id)).id, terminal, 60_000)
+      expect(done.request_counts).toEqual({ total: count, completed: count, failed: 0 })
+      expect(sim.stats.requests).toBe(count)
+      expect([...sim.stats.byPrompt.values()].every((n) => n === 1)).toBe(true)
+      const output = yield* readLines(openai, done.output_file_id)
+      expect(output.map((l) => l.custom_id)).toEqual(Array.from({ length: count }, (_, i) => `big-${i}`))
+    }), 60_000)
 })
 
 describe("cancel and expiry", () => {

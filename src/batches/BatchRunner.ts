@@ -71,6 +71,15 @@ export const formatResultLine = (row: ResultRow): string =>
 
 const nowMillis = Clock.currentTimeMillis
 
+/**
+ * Resumes after the event loop has handled the I/O already waiting (a `setImmediate`): unlike `Effect.yieldNow`,
+ * which only lets other fibers run, this lets responses sitting in sockets be read first.
+ */
+const afterPendingIo = Effect.async<void>((resume) => {
+  const handle = setImmediate(() => resume(Effect.void))
+  return Effect.sync(() => clearImmediate(handle))
+})
+
 export const make = Effect.gen(function*() {
   const store = yield* BatchStore
   const files = yield* FileStore
@@ -178,12 +187,29 @@ export const make = Effect.gen(function*() {
 
   // ---- in_progress ---------------------------------------------------------------------------------------------
 
-  const pendingRows = (id: string): Stream.Stream<RequestRow> =>
-    Stream.paginateChunkEffect(0, (after: number) =>
-      Effect.map(store.pendingRequests(id, after, PAGE), (rows) => [
-        Chunk.unsafeFromArray(rows as Array<RequestRow>),
-        rows.length < PAGE ? Option.none() : Option.some(rows.at(-1)!.line)
-      ]))
+  /**
+   * The batch's pending rows, one at a time, read from the store a page at a time: shared by the workers, so
+   * each row is handed out once. `None` when every row has been handed out.
+   */
+  const pendingRowSource = (id: string) =>
+    Effect.map(Effect.makeSemaphore(1), (mutex) => {
+      let page: ReadonlyArray<RequestRow> = []
+      let index = 0
+      let exhausted = false
+      const fetchPage = Effect.suspend(() =>
+        Effect.map(store.pendingRequests(id, page.at(-1)?.line ?? 0, PAGE), (rows) => {
+          page = rows
+          index = 0
+          exhausted = rows.length < PAGE
+        })
+      )
+      const take = Effect.suspend((): Effect.Effect<Option.Option<RequestRow>> => {
+        if (index < page.length) return Effect.succeed(Option.some(page[index++]!))
+        if (exhausted) return Effect.succeed(Option.none())
+        return Effect.zipRight(fetchPage, take)
+      })
+      return mutex.withPermits(1)(take)
+    })
 
   const callUpstream = (endpoint: BatchEndpoint, deadline: number) => (row: RequestRow) =>
     inference.send(endpoint, row.body, { deadline }).pipe(
@@ -199,40 +225,52 @@ export const make = Effect.gen(function*() {
     )
 
   /**
-   * Sends every pending request, a sliding window of `maxConcurrentRequestsPerBatch`. Outcomes are stored by one
-   * writer fiber in groups (whatever arrived while the previous group was being written: one transaction per
-   * group, not per request), and a request's slot is freed only once its outcome is stored. So a crash can lose
-   * at most one unstored outcome per slot, and an interruption (cancel, expiry) aborts the calls in flight while
-   * the writer still stores every outcome already received.
+   * Sends every pending request through `maxConcurrentRequestsPerBatch` workers: a sliding window, each worker
+   * takes the next row as soon as its previous one is done. Outcomes are stored by one writer fiber in groups
+   * (whatever arrived while the previous group was being written: one transaction per group, not per request),
+   * and a worker moves on only once its outcome is stored. So a crash can lose at most one unstored outcome per
+   * worker, and an interruption (cancel, expiry) aborts the calls in flight while the writer still stores every
+   * outcome already received.
    */
   const runRequests = (record: BatchRecord) =>
     Effect.scoped(Effect.gen(function*() {
       const { batch } = record
-      const queue = yield* Queue.unbounded<readonly [RequestOutcome, Deferred.Deferred<void>]>()
-      const write = (items: Iterable<readonly [RequestOutcome, Deferred.Deferred<void>]>) => {
-        const group = Array.from(items)
-        return group.length === 0 ? Effect.void : store.recordOutcomes(batch.id, group.map(([o]) => o)).pipe(
+      type Stored = readonly [RequestOutcome, Deferred.Deferred<void>]
+      const queue = yield* Queue.unbounded<Stored>()
+      const write = (group: ReadonlyArray<Stored>) =>
+        group.length === 0 ? Effect.void : store.recordOutcomes(batch.id, group.map(([o]) => o)).pipe(
           Effect.zipRight(Effect.forEach(group, ([, done]) => Deferred.succeed(done, undefined), { discard: true })),
           Effect.uninterruptible
         )
-      }
-      // Interruptible only while waiting: a group once taken is always written.
-      yield* Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(restore(Queue.takeBetween(queue, 1, OUTCOME_GROUP)), write)
-      ).pipe(Effect.forever, Effect.forkScoped)
-      // Runs before the writer is interrupted: outcomes still queued are stored too.
-      yield* Effect.addFinalizer(() => Effect.flatMap(Queue.takeAll(queue), write))
-      const send = callUpstream(batch.endpoint as BatchEndpoint, batch.expires_at! * 1000)
-      yield* pendingRows(batch.id).pipe(
-        Stream.mapEffect(
-          (row) =>
-            Effect.flatMap(send(row), (outcome) =>
-              Effect.flatMap(Deferred.make<void>(), (stored) =>
-                Effect.zipRight(Queue.offer(queue, [outcome, stored] as const), Deferred.await(stored)))),
-          { concurrency: config.maxConcurrentRequestsPerBatch, unordered: true }
-        ),
-        Stream.runDrain
+      // Wait for one outcome, then let the event loop run a turn so that every response already received joins
+      // the group. Interruptible only while waiting: a group once taken is always written.
+      const takeGroup = Effect.flatMap(Queue.take(queue), (first) =>
+        Effect.zipRight(
+          afterPendingIo,
+          Effect.map(Queue.takeUpTo(queue, OUTCOME_GROUP - 1), (rest) => [first, ...rest])
+        ))
+      yield* Effect.uninterruptibleMask((restore) => Effect.flatMap(restore(takeGroup), write)).pipe(
+        Effect.forever,
+        Effect.forkScoped
       )
+      // Runs before the writer is interrupted: outcomes still queued are stored too.
+      yield* Effect.addFinalizer(() => Effect.flatMap(Queue.takeAll(queue), (rest) => write(Chunk.toReadonlyArray(rest))))
+      const send = callUpstream(batch.endpoint as BatchEndpoint, batch.expires_at! * 1000)
+      const nextRow = yield* pendingRowSource(batch.id)
+      const worker = Effect.gen(function*() {
+        for (;;) {
+          const row = yield* nextRow
+          if (Option.isNone(row)) return
+          const outcome = yield* send(row.value)
+          const stored = yield* Deferred.make<void>()
+          yield* Queue.offer(queue, [outcome, stored])
+          yield* Deferred.await(stored)
+        }
+      })
+      yield* Effect.all(Array.from({ length: config.maxConcurrentRequestsPerBatch }, () => worker), {
+        concurrency: "unbounded",
+        discard: true
+      })
     })).pipe(Effect.withSpan("BatchRunner.run", { attributes: { id: record.batch.id } }))
 
   // ---- finishing -----------------------------------------------------------------------------------------------

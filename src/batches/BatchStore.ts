@@ -321,18 +321,23 @@ export const make = Effect.gen(function*() {
       Effect.orDie
     )
 
+  /**
+   * One statement per outcome, all in one transaction. A single `UPDATE … FROM (VALUES …)` or `json_each` was
+   * tried: SQLite plans it as a scan of the batch's rows per outcome, a hundred times slower at 20k rows.
+   */
   const recordOutcomes = (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) =>
     Effect.gen(function*() {
       let completed = 0
       let failed = 0
       const usage = { input: 0, cached: 0, output: 0, reasoning: 0, total: 0 }
       for (const o of outcomes) {
-        const set = o._tag === "Response"
-          ? { state: "done", status_code: o.statusCode, response: o.body, request_id: o.requestId }
-          : { state: "done", error_code: o.code, error_message: o.message }
-        const changed = yield* sql`
-          UPDATE batch_requests SET ${sql.update(set)}
-          WHERE batch_id = ${batchId} AND line = ${o.line} AND state = 'pending' RETURNING line`
+        // Fixed statement texts (no generated SET list): prepared once, cheapest to run per row.
+        const changed = yield* (o._tag === "Response"
+          ? sql`UPDATE batch_requests SET state = 'done', status_code = ${o.statusCode}, response = ${o.body},
+              request_id = ${o.requestId}
+              WHERE batch_id = ${batchId} AND line = ${o.line} AND state = 'pending' RETURNING line`
+          : sql`UPDATE batch_requests SET state = 'done', error_code = ${o.code}, error_message = ${o.message}
+              WHERE batch_id = ${batchId} AND line = ${o.line} AND state = 'pending' RETURNING line`)
         if (changed.length === 0) continue
         if (o._tag === "Response" && o.statusCode >= 200 && o.statusCode < 300) {
           completed++
@@ -354,7 +359,13 @@ export const make = Effect.gen(function*() {
           WHERE id = ${batchId}`
       }
       return completed + failed
-    }).pipe(sql.withTransaction, Effect.orDie, Effect.withSpan("BatchStore.recordOutcomes"))
+    }).pipe(
+      sql.withTransaction,
+      // One span for the group, none for each of its statements (they cost more than the statements do).
+      Effect.withTracerEnabled(false),
+      Effect.orDie,
+      Effect.withSpan("BatchStore.recordOutcomes")
+    )
 
   const failPending = (batchId: string, code: string, message: string) =>
     Effect.gen(function*() {

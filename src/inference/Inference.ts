@@ -5,12 +5,11 @@
  */
 import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
-import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { Clock, Context, Data, Duration, Effect, Layer, Option, Random, Redacted } from "effect"
-import { Agent } from "undici"
 import { AppConfig } from "../Config.js"
 import type { BatchEndpoint } from "../domain/Batches.js"
 import { requestId } from "../domain/Ids.js"
+import * as UpstreamHttpClient from "./UpstreamHttpClient.js"
 
 export interface UpstreamResponse {
   readonly status: number
@@ -58,11 +57,16 @@ export const retryAfterMillis = (headers: Record<string, string | undefined>, no
 
 const isRetryableStatus = (status: number) => status === 408 || status === 429 || status >= 500
 
-/** The upstream's body as JSON text; anything else is wrapped so output lines always hold a JSON object. */
+/**
+ * The upstream's body as one line of JSON text (it is embedded as is in a JSONL line, so a pretty-printed body is
+ * compacted); anything else is wrapped so output lines always hold a JSON object.
+ */
 const asJsonBody = (status: number, text: string): { text: string; json: unknown } => {
   try {
     const json = JSON.parse(text)
-    if (typeof json === "object" && json !== null) return { text, json }
+    if (typeof json === "object" && json !== null) {
+      return { text: /[\r\n]/.test(text) ? JSON.stringify(json) : text, json }
+    }
   } catch {
     // not JSON
   }
@@ -91,8 +95,7 @@ type Attempt =
 
 export const make = Effect.gen(function*() {
   const config = yield* AppConfig
-  // No client spans or trace headers per upstream call: at thousands of calls a second they cost more than the call.
-  const http = (yield* HttpClient.HttpClient).pipe(HttpClient.withTracerDisabledWhen(() => true))
+  const http = yield* HttpClient.HttpClient
   const base = config.inferenceBaseUrl
   const authorize = Option.match(config.inferenceApiKey, {
     onNone: () => (r: HttpClientRequest.HttpClientRequest) => r,
@@ -167,28 +170,9 @@ export const make = Effect.gen(function*() {
   return Inference.of({ send, models })
 })
 
-/**
- * An undici dispatcher whose header and body timeouts are `INFERENCE_TIMEOUT`: enforced by undici itself rather
- * than by a timer fiber per call, which at thousands of calls a second is a measurable cost. The interceptor is
- * needed because the Effect client passes its own (infinite) timeouts with every request, overriding the Agent's.
- */
-const UpstreamDispatcher = Layer.scoped(
-  NodeHttpClient.Dispatcher,
-  Effect.flatMap(AppConfig, (config) => {
-    const timeout = Duration.toMillis(config.inferenceTimeout)
-    return Effect.acquireRelease(
-      Effect.sync(() => new Agent({ keepAliveTimeout: 30_000 })),
-      (agent) => Effect.promise(() => agent.destroy())
-    ).pipe(Effect.map((agent) =>
-      agent.compose((dispatch) => (options, handler) =>
-        dispatch({ ...options, headersTimeout: timeout, bodyTimeout: timeout }, handler)
-      )
-    ))
-  })
-)
-
 /** The HTTP upstream at `INFERENCE_BASE_URL`, over undici. */
 export const InferenceLive: Layer.Layer<Inference, never, AppConfig> = Layer.effect(Inference, make).pipe(
-  Layer.provide(NodeHttpClient.layerUndiciWithoutDispatcher),
-  Layer.provide(UpstreamDispatcher)
+  Layer.provide(Layer.unwrapEffect(
+    Effect.map(AppConfig, (config) => UpstreamHttpClient.layer(Duration.toMillis(config.inferenceTimeout)))
+  ))
 )
