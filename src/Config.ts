@@ -11,6 +11,8 @@ export interface AppConfigShape {
   readonly host: string
   /** Directory holding the SQLite database and the bytes of uploaded files (`DATA_DIR`). */
   readonly dataDir: string
+  /** `postgres://…` (`DATABASE_URL`): keep the metadata in Postgres instead of SQLite. */
+  readonly databaseUrl: Option.Option<Redacted.Redacted>
   /** Largest accepted upload, in bytes (`MAX_UPLOAD_BYTES`); larger uploads get a 413. */
   readonly maxUploadBytes: number
   /** How often expired files are deleted from storage (`FILE_SWEEP_INTERVAL`, e.g. `60 seconds`). */
@@ -48,6 +50,7 @@ export const defaults: AppConfigShape = {
   port: 8321,
   host: "127.0.0.1",
   dataDir: "./.data",
+  databaseUrl: Option.none(),
   maxUploadBytes: 512 * 1024 * 1024,
   fileSweepInterval: Duration.seconds(60),
   shutdownTimeout: Duration.seconds(10),
@@ -82,6 +85,13 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
     Config.withDefault(defaults.dataDir)
   ),
   maxUploadBytes: positiveInt("MAX_UPLOAD_BYTES", defaults.maxUploadBytes),
+  databaseUrl: Config.option(Config.string("DATABASE_URL").pipe(
+    Config.validate({
+      message: "Expected a postgres:// or postgresql:// URL",
+      validation: (url) => /^postgres(ql)?:\/\//.test(url)
+    }),
+    Config.map(Redacted.make)
+  )),
   fileSweepInterval: Config.duration("FILE_SWEEP_INTERVAL").pipe(Config.withDefault(defaults.fileSweepInterval)),
   shutdownTimeout: Config.duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(defaults.shutdownTimeout)),
   inferenceBaseUrl: Config.url("INFERENCE_BASE_URL").pipe(

@@ -1,14 +1,15 @@
 /** A server killed mid-batch (SIGKILL) and started again finishes the batch, repeating no stored request. */
-import { expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { describe, expect, it } from "@effect/vitest"
+import { Context, Effect, Layer, Option, Redacted } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import { startSimulator } from "../scripts/simulator.js"
 import { chatLine, createBatch, readLines, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import { startServer } from "./support/ServerProcess.js"
+import { backends, TestDatabase } from "./support/TestApp.js"
 
-it.live("SIGKILL mid-batch, restart: every custom_id exactly once, upstream repeats bounded by the in-flight window", () =>
+for (const backend of backends) describe(backend, () => it.live("SIGKILL mid-batch, restart: every custom_id exactly once, upstream repeats bounded by the in-flight window", () =>
   Effect.gen(function*() {
     const sim = yield* Effect.acquireRelease(Effect.promise(() => startSimulator()), (s) => Effect.promise(() => s.close()))
     const dataDir = yield* Effect.acquireRelease(
@@ -16,7 +17,13 @@ it.live("SIGKILL mid-batch, restart: every custom_id exactly once, upstream repe
       (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
     )
     const window = 4
-    const env = { DATA_DIR: dataDir, INFERENCE_BASE_URL: sim.url, MAX_CONCURRENT_REQUESTS_PER_BATCH: String(window) }
+    const database = Context.get(yield* Layer.build(TestDatabase.layer(backend)), TestDatabase)
+    const env = {
+      DATA_DIR: dataDir,
+      INFERENCE_BASE_URL: sim.url,
+      MAX_CONCURRENT_REQUESTS_PER_BATCH: String(window),
+      ...Option.match(database.url, { onNone: () => ({}), onSome: (url) => ({ DATABASE_URL: Redacted.value(url) }) })
+    }
     const total = 200
     const first = yield* Effect.promise(() => startServer(env))
     let openai = sdk(first.url)
@@ -40,4 +47,4 @@ it.live("SIGKILL mid-batch, restart: every custom_id exactly once, upstream repe
     expect(sim.stats.byPrompt.size).toBe(total)
     expect(repeated).toBeLessThanOrEqual(window)
     expect(sim.stats.requests).toBe(total + repeated)
-  }).pipe(Effect.scoped))
+  }).pipe(Effect.scoped)))

@@ -1,17 +1,18 @@
-/** FileStore against real SQLite and real files in a scratch directory. */
+/** FileStore against real SQLite and real PostgreSQL (a fresh schema), and real files in a scratch directory. */
 import { assert, describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Exit, Fiber, Layer, Stream, TestClock } from "effect"
 import { writeFileSync } from "node:fs"
 import * as Path from "node:path"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { StorageLive } from "../src/Layers.js"
-import { configFor, eventually, storedBlobs, TestDataDir } from "./support/TestApp.js"
+import { type Backend, backends, configFor, eventually, storedBlobs, TestDatabase, TestDataDir } from "./support/TestApp.js"
 
-const storeLayer = FileStoreLive.pipe(
-  Layer.provide(StorageLive),
-  Layer.provideMerge(configFor()),
-  Layer.provideMerge(TestDataDir.Default)
-)
+const storeLayerFor = (backend: Backend) =>
+  FileStoreLive.pipe(
+    Layer.provide(StorageLive),
+    Layer.provideMerge(configFor()),
+    Layer.provideMerge(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))
+  )
 
 const bytesOf = (text: string) => new TextEncoder().encode(text)
 
@@ -22,7 +23,9 @@ const upload = (filename: string, purpose: string, body: Uint8Array, expiresAfte
   Effect.flatMap(FileStore, (files) =>
     files.create({ filename, purpose, expiresAfterSeconds }, Stream.make(body.subarray(0, 3), body.subarray(3))))
 
-describe("FileStore", () => {
+for (const backend of backends) describe(`FileStore (${backend})`, () => {
+  const storeLayer = storeLayerFor(backend)
+
   it.scoped("round-trips metadata and bytes, including binary content", () =>
     Effect.gen(function*() {
       const files = yield* FileStore
@@ -132,5 +135,5 @@ describe("FileStore", () => {
       )
       expect(listed.data.map((f) => f.id)).toEqual([kept.id])
       expect(storedBlobs(path)).toEqual({ blobs: [kept.id], staging: [] })
-    }).pipe(Effect.provide(TestDataDir.Default)))
+    }).pipe(Effect.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))))
 })

@@ -118,7 +118,7 @@ describe("server process", () => {
     Effect.promise(async () => {
       const dataDir = scratch()
       try {
-        for (const [name, value] of [["PORT", "not-a-port"], ["MAX_UPLOAD_BYTES", "-5"], ["FILE_SWEEP_INTERVAL", "often"]]) {
+        for (const [name, value] of [["PORT", "not-a-port"], ["MAX_UPLOAD_BYTES", "-5"], ["FILE_SWEEP_INTERVAL", "often"], ["DATABASE_URL", "mysql://db/x"]]) {
           const { code, output } = await runServerToExit({ DATA_DIR: dataDir, [name]: value })
           expect(code).toBe(1)
           expect(output).toContain("Invalid configuration")

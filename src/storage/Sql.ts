@@ -1,11 +1,13 @@
 /**
  * The SQL layer: a `SqlClient` with every migration applied. SQLite (one file in `DATA_DIR`, WAL mode) is the
- * default; the store code only talks to `SqlClient`, so another dialect is another layer here, not a rewrite.
+ * default; `DATABASE_URL` selects Postgres. The store code only talks to `SqlClient` (with small
+ * `onDialectOrElse` branches where the dialects disagree), so a dialect is a layer here, not a rewrite.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import * as Migrator from "@effect/sql/Migrator"
+import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Option, type Redacted } from "effect"
 import { mkdirSync } from "node:fs"
 import * as Path from "node:path"
 import { AppConfig } from "../Config.js"
@@ -27,10 +29,15 @@ const SqlitePragmas = Layer.effectDiscard(Effect.flatMap(SqlClient.SqlClient, (s
 export const layerSqlite = (filename: string): Layer.Layer<SqlClient.SqlClient, unknown> =>
   Layer.merge(MigrationsLive, SqlitePragmas).pipe(Layer.provideMerge(SqliteClient.layer({ filename })))
 
-/** The database the configuration asks for: `DATA_DIR/batches.sqlite`. */
+/** Postgres at `url`, migrated (several nodes may start at once: the migrator locks its table). */
+export const layerPg = (url: Redacted.Redacted): Layer.Layer<SqlClient.SqlClient, unknown> =>
+  MigrationsLive.pipe(Layer.provideMerge(PgClient.layer({ url, applicationName: "effect-openai-batch" })))
+
+/** The database the configuration asks for: Postgres at `DATABASE_URL`, else `DATA_DIR/batches.sqlite`. */
 export const SqlLive: Layer.Layer<SqlClient.SqlClient, unknown, AppConfig> = Layer.unwrapEffect(
   Effect.gen(function*() {
-    const { dataDir } = yield* AppConfig
+    const { dataDir, databaseUrl } = yield* AppConfig
+    if (Option.isSome(databaseUrl)) return layerPg(databaseUrl.value)
     yield* Effect.sync(() => mkdirSync(dataDir, { recursive: true }))
     return layerSqlite(Path.join(dataDir, "batches.sqlite"))
   })

@@ -1,7 +1,10 @@
 /** Shared test fixtures: a scratch data directory and the whole app served on a random local port. */
 import { HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
-import { Context, Effect, Layer, Logger, LogLevel } from "effect"
+import * as Reactivity from "@effect/experimental/Reactivity"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import { Context, Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
+import { randomBytes } from "node:crypto"
 import { mkdtempSync, readdirSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
@@ -27,19 +30,61 @@ export const storedBlobs = (dataDir: string) => ({
   staging: readdirSync(Path.join(dataDir, "files", "staging"))
 })
 
+/** The SQL backends every store and runner suite runs against. */
+export type Backend = "sqlite" | "postgres"
+export const backends: ReadonlyArray<Backend> = ["sqlite", "postgres"]
+
+/** The machine's PostgreSQL (`TEST_DATABASE_URL` to use another); an unreachable server fails the tests. */
+const testDatabaseUrl = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test"
+
+const onTestDatabase = (statement: string) =>
+  Effect.flatMap(PgClient.make({ url: Redacted.make(testDatabaseUrl) }), (sql) => sql.unsafe(statement)).pipe(
+    Effect.scoped,
+    Effect.provide(Reactivity.layer)
+  )
+
+/**
+ * The database of a test: none for SQLite (it lives in `TestDataDir`); for Postgres a fresh schema in the test
+ * database, dropped when the layer closes, and a URL whose connections use it (through `search_path`), so test
+ * runs never see each other's tables. Every start of the app within the layer sees the same database.
+ */
+export class TestDatabase extends Context.Tag("test/TestDatabase")<TestDatabase, {
+  readonly url: Option.Option<Redacted.Redacted>
+}>() {
+  static readonly layer = (backend: Backend) =>
+    backend === "sqlite" ? Layer.succeed(TestDatabase, { url: Option.none() }) : Layer.scoped(
+      TestDatabase,
+      Effect.acquireRelease(
+        Effect.gen(function*() {
+          const schema = `test_${randomBytes(8).toString("hex")}`
+          yield* onTestDatabase(`CREATE SCHEMA ${schema}`)
+          const url = new URL(testDatabaseUrl)
+          url.searchParams.set("options", `-c search_path=${schema}`)
+          return { schema, url: Option.some(Redacted.make(url.toString())) }
+        }),
+        ({ schema }) => Effect.orDie(onTestDatabase(`DROP SCHEMA ${schema} CASCADE`))
+      ).pipe(Effect.orDie)
+    )
+}
+
+/** The test configuration: defaults, the scratch `DATA_DIR`, the test database, then `overrides`. */
 export const configFor = (overrides: Partial<AppConfigShape> = {}) =>
-  Layer.unwrapEffect(Effect.map(TestDataDir, ({ path }) => AppConfig.layerWith({ dataDir: path, ...overrides })))
+  Layer.unwrapEffect(Effect.gen(function*() {
+    const { path } = yield* TestDataDir
+    const { url } = yield* TestDatabase
+    return AppConfig.layerWith({ dataDir: path, databaseUrl: url, ...overrides })
+  }))
 
 /**
  * The real application (SQLite + local files in a scratch directory) on a random port, with an `HttpClient`
  * pointed at it, the `AppConfig` and the `TestDataDir` it uses.
  */
-export const testApp = (overrides: Partial<AppConfigShape> = {}) =>
+export const testApp = (overrides: Partial<AppConfigShape> = {}, backend: Backend = "sqlite") =>
   HttpLive.pipe(
     Layer.provide(ServicesLive),
     Layer.provideMerge(NodeHttpServer.layerTest),
     Layer.provideMerge(configFor(overrides)),
-    Layer.provideMerge(TestDataDir.Default),
+    Layer.provideMerge(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend))),
     Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
   )
 
@@ -53,8 +98,12 @@ export class Upstream extends Context.Tag("test/Upstream")<Upstream, Simulator>(
 }
 
 /** `testApp` whose inference upstream is a fresh simulator (exposed as `Upstream`). */
-export const testAppWithUpstream = (overrides: Partial<AppConfigShape> = {}, simulator: SimulatorOptions = {}) =>
-  Layer.unwrapEffect(Effect.map(Upstream, (sim) => testApp({ inferenceBaseUrl: sim.url, ...overrides }))).pipe(
+export const testAppWithUpstream = (
+  overrides: Partial<AppConfigShape> = {},
+  simulator: SimulatorOptions = {},
+  backend: Backend = "sqlite"
+) =>
+  Layer.unwrapEffect(Effect.map(Upstream, (sim) => testApp({ inferenceBaseUrl: sim.url, ...overrides }, backend))).pipe(
     Layer.provideMerge(Upstream.layer(simulator))
   )
 
