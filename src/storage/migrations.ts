@@ -5,16 +5,18 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Effect } from "effect"
 
+/** `seq` gives a total order of creation (timestamps have one-second resolution) for list cursors. */
+const seqColumn = (sql: SqlClient.SqlClient) =>
+  sql.onDialectOrElse({
+    pg: () => sql.literal("seq BIGSERIAL PRIMARY KEY"),
+    orElse: () => sql.literal("seq INTEGER PRIMARY KEY AUTOINCREMENT")
+  })
+
 export const migrations = {
   "0001_files": Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
-    // `seq` gives a total order of creation (created_at has one-second resolution) for list cursors.
-    const seq = sql.onDialectOrElse({
-      pg: () => sql.literal("seq BIGSERIAL PRIMARY KEY"),
-      orElse: () => sql.literal("seq INTEGER PRIMARY KEY AUTOINCREMENT")
-    })
     yield* sql`CREATE TABLE files (
-      ${seq},
+      ${seqColumn(sql)},
       id TEXT NOT NULL UNIQUE,
       bytes BIGINT NOT NULL,
       created_at BIGINT NOT NULL,
@@ -27,12 +29,8 @@ export const migrations = {
   }),
   "0002_batches": Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
-    const seq = sql.onDialectOrElse({
-      pg: () => sql.literal("seq BIGSERIAL PRIMARY KEY"),
-      orElse: () => sql.literal("seq INTEGER PRIMARY KEY AUTOINCREMENT")
-    })
     yield* sql`CREATE TABLE batches (
-      ${seq},
+      ${seqColumn(sql)},
       id TEXT NOT NULL UNIQUE,
       status TEXT NOT NULL,
       endpoint TEXT NOT NULL,
