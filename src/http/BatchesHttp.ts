@@ -11,6 +11,7 @@ import { conflict, invalidRequest, notFound } from "../domain/Errors.js"
 import { batchId } from "../domain/Ids.js"
 import { FileStore } from "../files/FileStore.js"
 import { OpenAIApi } from "./Api.js"
+import { listPage } from "../domain/List.js"
 
 const batchNotFound = (id: string) => notFound(`No batch found with id '${id}'.`, "batch_id")
 
@@ -95,15 +96,7 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
       .handle("cancel", ({ path }) => cancel(path.batch_id), { uninterruptible: true })
       .handle("list", ({ urlParams }) =>
         store.list({ after: urlParams.after, limit: urlParams.limit ?? 20 }).pipe(
-          Effect.map(({ data, hasMore }) =>
-            new BatchList({
-              object: "list",
-              data,
-              first_id: data[0]?.id ?? null,
-              last_id: data.at(-1)?.id ?? null,
-              has_more: hasMore
-            })
-          ),
+          Effect.map(({ data, hasMore }) => new BatchList(listPage(data, hasMore))),
           Effect.catchTag("UnknownBatchCursor", ({ after }) =>
             invalidRequest(`No batch found for the 'after' cursor: ${after}`, "after", "invalid_value"))
         ))

@@ -19,6 +19,7 @@ import type { StagedBlob, StagingWriter } from "../storage/BlobStore.js"
 import { OpenAIApi } from "./Api.js"
 import { fromMultipartInvalid } from "./Middleware.js"
 import { parseFormData } from "./Multipart.js"
+import { listPage } from "../domain/List.js"
 
 /** Room for the form fields and part headers around the file, when comparing `Content-Length` to the limit. */
 const FORM_OVERHEAD_BYTES = 64 * 1024
@@ -157,15 +158,7 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
           limit: urlParams.limit ?? 10_000,
           order: urlParams.order ?? "desc"
         }).pipe(
-          Effect.map(({ data, hasMore }) =>
-            new FileList({
-              object: "list",
-              data,
-              first_id: data[0]?.id ?? null,
-              last_id: data.at(-1)?.id ?? null,
-              has_more: hasMore
-            })
-          ),
+          Effect.map(({ data, hasMore }) => new FileList(listPage(data, hasMore))),
           Effect.catchTag("UnknownCursor", ({ after }) =>
             invalidRequest(`No such File object for the 'after' cursor: ${after}`, "after", "invalid_value"))
         ))
