@@ -3,6 +3,7 @@
  * message naming the variable (Effect's `ConfigError` does that; `main.ts` prints it).
  */
 import { Config, Context, Duration, Layer, Option, Redacted } from "effect"
+import { hostname } from "node:os"
 
 export interface AppConfigShape {
   /** TCP port of the HTTP server (`PORT`). */
@@ -13,6 +14,17 @@ export interface AppConfigShape {
   readonly dataDir: string
   /** `postgres://…` (`DATABASE_URL`): keep the metadata in Postgres instead of SQLite. */
   readonly databaseUrl: Option.Option<Redacted.Redacted>
+  /**
+   * Where file bytes live (`FILE_STORAGE`): `local` (files under `DATA_DIR`) or `sql` (chunks in the database, so
+   * every node reads every file). Default: `sql` with Postgres, `local` with SQLite.
+   */
+  readonly fileStorage: Option.Option<"local" | "sql">
+  /** This node's name in leases (`NODE_ID`); unique among live nodes, stable across restarts. Default `host:port`. */
+  readonly nodeId: string
+  /** How long a node's claim on work lasts without renewal (`LEASE_TTL`): the time before a dead node's work moves on. */
+  readonly leaseTtl: Duration.Duration
+  /** How often a node renews its leases, looks for work and notices cancels from other nodes (`HEARTBEAT_INTERVAL`). */
+  readonly heartbeatInterval: Duration.Duration
   /** Largest accepted upload, in bytes (`MAX_UPLOAD_BYTES`); larger uploads get a 413. */
   readonly maxUploadBytes: number
   /** How often expired files are deleted from storage (`FILE_SWEEP_INTERVAL`, e.g. `60 seconds`). */
@@ -51,6 +63,10 @@ export const defaults: AppConfigShape = {
   host: "127.0.0.1",
   dataDir: "./.data",
   databaseUrl: Option.none(),
+  fileStorage: Option.none(),
+  nodeId: `${hostname()}:8321`,
+  leaseTtl: Duration.seconds(15),
+  heartbeatInterval: Duration.seconds(1),
   maxUploadBytes: 512 * 1024 * 1024,
   fileSweepInterval: Duration.seconds(60),
   shutdownTimeout: Duration.seconds(10),
@@ -92,6 +108,10 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
     }),
     Config.map(Redacted.make)
   )),
+  fileStorage: Config.option(Config.literal("local", "sql")("FILE_STORAGE")),
+  nodeId: Config.option(Config.nonEmptyString("NODE_ID")),
+  leaseTtl: Config.duration("LEASE_TTL").pipe(Config.withDefault(defaults.leaseTtl)),
+  heartbeatInterval: Config.duration("HEARTBEAT_INTERVAL").pipe(Config.withDefault(defaults.heartbeatInterval)),
   fileSweepInterval: Config.duration("FILE_SWEEP_INTERVAL").pipe(Config.withDefault(defaults.fileSweepInterval)),
   shutdownTimeout: Config.duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(defaults.shutdownTimeout)),
   inferenceBaseUrl: Config.url("INFERENCE_BASE_URL").pipe(
@@ -115,7 +135,14 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   maxRequestsPerBatch: positiveInt("MAX_REQUESTS_PER_BATCH", defaults.maxRequestsPerBatch),
   maxBatchInputBytes: positiveInt("MAX_BATCH_INPUT_BYTES", defaults.maxBatchInputBytes),
   completionWindow: Config.duration("COMPLETION_WINDOW").pipe(Config.withDefault(defaults.completionWindow))
-})
+}).pipe(Config.map(({ nodeId, ...rest }) => ({
+  ...rest,
+  nodeId: Option.getOrElse(nodeId, () => `${hostname()}:${rest.port}`)
+})))
+
+/** Where file bytes live: `FILE_STORAGE`, by default in the database with Postgres and on local disk with SQLite. */
+export const fileStorageOf = (config: Pick<AppConfigShape, "fileStorage" | "databaseUrl">): "local" | "sql" =>
+  Option.getOrElse(config.fileStorage, () => (Option.isSome(config.databaseUrl) ? "sql" : "local"))
 
 export class AppConfig extends Context.Tag("AppConfig")<AppConfig, AppConfigShape>() {
   /** Reads the configuration from the environment. */

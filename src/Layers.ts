@@ -6,17 +6,23 @@ import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import * as HttpServer from "@effect/platform/HttpServer"
 import { Duration, Effect, Layer } from "effect"
 import { createServer } from "node:http"
-import { AppConfig } from "./Config.js"
+import { AppConfig, fileStorageOf } from "./Config.js"
 import { BatchRunnerLive } from "./batches/BatchRunner.js"
 import { BatchStoreLive } from "./batches/BatchStore.js"
 import { FileStoreLive } from "./files/FileStore.js"
 import { InferenceLive } from "./inference/Inference.js"
 import { HttpLive } from "./http/Http.js"
 import { BlobStoreLocal } from "./storage/BlobStore.js"
+import { BlobStoreSql } from "./storage/BlobStoreSql.js"
 import { SqlLive } from "./storage/Sql.js"
 
+/** The file bytes where `fileStorageOf` the configuration says. */
+export const BlobStoreLive = Layer.unwrapEffect(
+  Effect.map(AppConfig, (config) => (fileStorageOf(config) === "sql" ? BlobStoreSql : BlobStoreLocal))
+)
+
 /** Storage: the SQL database (migrated) and the file bytes. */
-export const StorageLive = Layer.merge(SqlLive, BlobStoreLocal)
+export const StorageLive = BlobStoreLive.pipe(Layer.provideMerge(SqlLive))
 
 /** Every service the HTTP handlers use, on the configured storage and upstream. */
 export const ServicesLive = BatchRunnerLive.pipe(

@@ -20,6 +20,7 @@ for (const backend of backends) describe(backend, () => it.live("SIGKILL mid-bat
     const database = Context.get(yield* Layer.build(TestDatabase.layer(backend)), TestDatabase)
     const env = {
       DATA_DIR: dataDir,
+      NODE_ID: "resume-node", // the same node restarted: it takes back its leases at once
       INFERENCE_BASE_URL: sim.url,
       MAX_CONCURRENT_REQUESTS_PER_BATCH: String(window),
       ...Option.match(database.url, { onNone: () => ({}), onSome: (url) => ({ DATABASE_URL: Redacted.value(url) }) })

@@ -1,18 +1,13 @@
 /** FileStore against real SQLite and real PostgreSQL (a fresh schema), and real files in a scratch directory. */
 import { assert, describe, expect, it } from "@effect/vitest"
-import { Chunk, Effect, Exit, Fiber, Layer, Stream, TestClock } from "effect"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { Chunk, Clock, Effect, Exit, Fiber, Layer, Option, Stream, TestClock } from "effect"
 import { writeFileSync } from "node:fs"
 import * as Path from "node:path"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
+import { AppConfig } from "../src/Config.js"
 import { StorageLive } from "../src/Layers.js"
-import { type Backend, backends, configFor, eventually, storedBlobs, TestDatabase, TestDataDir } from "./support/TestApp.js"
-
-const storeLayerFor = (backend: Backend) =>
-  FileStoreLive.pipe(
-    Layer.provide(StorageLive),
-    Layer.provideMerge(configFor()),
-    Layer.provideMerge(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))
-  )
+import { configFor, eventuallyEffect, storages, storedBlobs, TestDatabase, TestDataDir } from "./support/TestApp.js"
 
 const bytesOf = (text: string) => new TextEncoder().encode(text)
 
@@ -23,13 +18,19 @@ const upload = (filename: string, purpose: string, body: Uint8Array, expiresAfte
   Effect.flatMap(FileStore, (files) =>
     files.create({ filename, purpose, expiresAfterSeconds }, Stream.make(body.subarray(0, 3), body.subarray(3))))
 
-for (const backend of backends) describe(`FileStore (${backend})`, () => {
-  const storeLayer = storeLayerFor(backend)
+for (const { backend, fileStorage } of storages) describe(`FileStore (${backend}, ${fileStorage} bytes)`, () => {
+  const config = configFor({ fileStorage: Option.some(fileStorage) })
+  const storeLayer = FileStoreLive.pipe(
+    Layer.provideMerge(StorageLive),
+    Layer.provideMerge(config),
+    Layer.provideMerge(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))
+  )
 
   it.scoped("round-trips metadata and bytes, including binary content", () =>
     Effect.gen(function*() {
       const files = yield* FileStore
-      const binary = new Uint8Array(256 * 1024).map((_, i) => (i * 7919) % 256)
+      // Over two of the SQL storage's 512 KiB chunks, the last one partial.
+      const binary = new Uint8Array(1300 * 1024 + 7).map((_, i) => (i * 7919) % 256)
       const created = yield* upload("blob.bin", "user_data", binary)
       expect(created).toMatchObject({ object: "file", bytes: binary.length, filename: "blob.bin", purpose: "user_data" })
       expect(created.id).toMatch(/^file-[0-9A-Za-z]{24}$/)
@@ -74,11 +75,10 @@ for (const backend of backends) describe(`FileStore (${backend})`, () => {
   it.scoped("remove deletes the metadata and the bytes", () =>
     Effect.gen(function*() {
       const files = yield* FileStore
-      const { path } = yield* TestDataDir
       const created = yield* upload("gone.jsonl", "batch", bytesOf("{}\n"))
-      expect(storedBlobs(path).blobs).toContain(created.id)
+      expect((yield* storedBlobs).blobs).toContain(created.id)
       yield* files.remove(created.id)
-      expect(storedBlobs(path).blobs).not.toContain(created.id)
+      expect((yield* storedBlobs).blobs).not.toContain(created.id)
       expect((yield* Effect.flip(files.get(created.id)))._tag).toBe("FileNotFound")
       expect((yield* Effect.flip(files.remove(created.id)))._tag).toBe("FileNotFound")
     }).pipe(Effect.provide(storeLayer)))
@@ -86,7 +86,6 @@ for (const backend of backends) describe(`FileStore (${backend})`, () => {
   it.scoped("expired files vanish from get and list at once, and the sweep deletes their bytes", () =>
     Effect.gen(function*() {
       const files = yield* FileStore
-      const { path } = yield* TestDataDir
       const shortLived = yield* upload("short.jsonl", "batch", bytesOf("a\n"), 3600)
       const kept = yield* upload("kept.jsonl", "batch", bytesOf("b\n"))
       expect(shortLived.expires_at).toBe(shortLived.created_at + 3600)
@@ -101,13 +100,12 @@ for (const backend of backends) describe(`FileStore (${backend})`, () => {
 
       // The background sweep runs every `fileSweepInterval` (60 s by default) and removes the bytes.
       yield* TestClock.adjust("60 seconds")
-      yield* eventually(() => expect(storedBlobs(path).blobs).toEqual([kept.id]))
+      yield* eventuallyEffect(Effect.map(storedBlobs, (stored) => expect(stored.blobs).toEqual([kept.id])))
     }).pipe(Effect.provide(storeLayer)))
 
   it.scoped("an interrupted or failed upload leaves no file and no bytes", () =>
     Effect.gen(function*() {
       const files = yield* FileStore
-      const { path } = yield* TestDataDir
       const never = Stream.concat(Stream.make(bytesOf("partial")), Stream.never)
       const fiber = yield* Effect.fork(files.create({ filename: "x.jsonl", purpose: "batch" }, never))
       yield* Effect.promise(() => new Promise((r) => setTimeout(r, 50)))
@@ -117,23 +115,36 @@ for (const backend of backends) describe(`FileStore (${backend})`, () => {
         "client went away"
       )
       expect((yield* files.list({ limit: 10, order: "asc" })).data).toEqual([])
-      expect(storedBlobs(path)).toEqual({ blobs: [], staging: [] })
+      expect(yield* storedBlobs).toEqual({ blobs: [], staging: [] })
     }).pipe(Effect.provide(storeLayer)))
 
   it.scoped("at start, removes staged leftovers and bytes that never got metadata (a crash mid-upload)", () =>
     Effect.gen(function*() {
       const { path } = yield* TestDataDir
-      // Each `Effect.provide` of this layer is one start of the service on the same data directory.
-      const start = FileStoreLive.pipe(Layer.provide(StorageLive), Layer.provide(configFor()))
+      // Each `Effect.provide` of this layer is one start of the service on the same storage.
+      const start = FileStoreLive.pipe(Layer.provideMerge(StorageLive), Layer.provideMerge(config))
       const kept = yield* upload("kept.jsonl", "batch", bytesOf("k\n")).pipe(Effect.provide(start))
-      // What a process killed mid-upload, or between publishing bytes and writing metadata, leaves behind:
-      writeFileSync(Path.join(path, "files", "staging", "half-written"), "partial")
-      writeFileSync(Path.join(path, "files", "blobs", "file-orphan"), "no metadata")
+      // What a process killed mid-upload, or between publishing bytes and writing metadata, leaves behind.
+      if (fileStorage === "local") {
+        writeFileSync(Path.join(path, "files", "staging", "half-written"), "partial")
+        writeFileSync(Path.join(path, "files", "blobs", "file-orphan"), "no metadata")
+      } else {
+        yield* Effect.gen(function*() {
+          const sql = yield* SqlClient.SqlClient
+          const { nodeId } = yield* AppConfig
+          const longAgo = (yield* Clock.currentTimeMillis) - 3_600_000
+          yield* sql`INSERT INTO blob_staging ${sql.insert({ token: "half-written", owner: nodeId, created_at: longAgo })}`
+          yield* sql`INSERT INTO blob_chunks ${sql.insert({ token: "half-written", seq: 0, data: bytesOf("partial") })}`
+          yield* sql`INSERT INTO blobs ${sql.insert({ key: "file-orphan", token: "orphan", published_at: longAgo })}`
+          yield* sql`INSERT INTO blob_chunks ${sql.insert({ token: "orphan", seq: 0, data: bytesOf("no metadata") })}`
+        }).pipe(Effect.provide(start))
+      }
 
-      const listed = yield* Effect.flatMap(FileStore, (files) => files.list({ limit: 10, order: "asc" })).pipe(
-        Effect.provide(start)
-      )
+      const [listed, stored] = yield* Effect.all([
+        Effect.flatMap(FileStore, (files) => files.list({ limit: 10, order: "asc" })),
+        storedBlobs
+      ]).pipe(Effect.provide(start))
       expect(listed.data.map((f) => f.id)).toEqual([kept.id])
-      expect(storedBlobs(path)).toEqual({ blobs: [kept.id], staging: [] })
+      expect(stored).toEqual({ blobs: [kept.id], staging: [] })
     }).pipe(Effect.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))))
 })

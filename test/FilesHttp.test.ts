@@ -3,7 +3,7 @@ import { describe, expect, layer } from "@effect/vitest"
 import { Effect } from "effect"
 import { createHash, randomBytes } from "node:crypto"
 import { request as httpRequest } from "node:http"
-import { baseUrl, storedBlobs, TestDataDir, testApp } from "./support/TestApp.js"
+import { baseUrl, localBlobs, TestDataDir, testApp } from "./support/TestApp.js"
 
 const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex")
 
@@ -146,7 +146,7 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
       expectEnvelope(yield* upload({ purpose: "batch", "expires_after[seconds]": "7200" }, jsonl), 400, { param: "expires_after.anchor", code: "missing_required_parameter" })
 
       expect((yield* call("/v1/files")).json.data.length).toBe(before)
-      expect(storedBlobs(path).staging).toEqual([])
+      expect(localBlobs(path).staging).toEqual([])
     }))
 
   it.effect("malformed multipart, a non-multipart body, bad query parameters and unknown routes get the envelope", () =>
@@ -210,7 +210,7 @@ describe("upload size limit", () => {
 
         const listed = yield* call("/v1/files")
         expect(listed.json.data.filter((f: any) => f.filename === "over.bin")).toEqual([])
-        expect(storedBlobs(path).staging).toEqual([])
+        expect(localBlobs(path).staging).toEqual([])
       }))
   })
 })

@@ -27,11 +27,20 @@ import {
   Stream
 } from "effect"
 import { AppConfig } from "../Config.js"
-import type { BatchEndpoint, BatchError, BatchStatus } from "../domain/Batches.js"
+import { activeStatuses, type BatchEndpoint, type BatchError, type BatchStatus } from "../domain/Batches.js"
 import { batchRequestId, derivedFileId } from "../domain/Ids.js"
 import { FileStore } from "../files/FileStore.js"
 import { Inference } from "../inference/Inference.js"
-import { type BatchRecord, BatchStore, type RequestOutcome, type RequestRow, type ResultRow } from "./BatchStore.js"
+import {
+  type BatchRecord,
+  BatchStore,
+  type Lease,
+  type RequestOutcome,
+  type RequestRow,
+  type ResultRow,
+  type Slice,
+  type SliceBounds
+} from "./BatchStore.js"
 import { jsonlLines } from "./lines.js"
 import { isValidLine, usageOf, validateLine, zeroUsage } from "./validation.js"
 
@@ -49,6 +58,11 @@ export class BatchRunner extends Context.Tag("BatchRunner")<BatchRunner, BatchRu
 
 /** Requests read from the store at a time, and the most outcomes written in one transaction. */
 const PAGE = 1000
+/**
+ * Requests per slice, the unit of work a node claims: small enough that every node gets a share of one large
+ * batch, large enough that claiming costs nothing next to running it.
+ */
+const SLICE = 500
 const OUTCOME_GROUP = 500
 /** Validation errors kept in `errors.data`; the rest are summarized in one last entry. */
 const MAX_REPORTED_ERRORS = 1000
@@ -57,7 +71,6 @@ const MAX_LINE_BYTES = 16 * 1024 * 1024
 const EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 const CANCELLED_MESSAGE = "This request was not executed because the batch was cancelled."
 
-const ACTIVE: ReadonlyArray<BatchStatus> = ["validating", "in_progress", "finalizing", "cancelling"]
 
 /** One line of an output or error file, with the upstream body embedded as it was received (a JSON object). */
 export const formatResultLine = (row: ResultRow): string =>
@@ -87,6 +100,7 @@ export const make = Effect.gen(function*() {
   const config = yield* AppConfig
   const running = yield* FiberMap.make<string>()
   const permits = yield* Effect.makeSemaphore(config.maxConcurrentBatches)
+  const leaseTtlMs = Duration.toMillis(config.leaseTtl)
 
   const load = (id: string) => store.get(id).pipe(Effect.orDie)
 
@@ -128,6 +142,7 @@ export const make = Effect.gen(function*() {
       let model: { readonly name: string; readonly line: number } | undefined
       let count = 0
       let pending: Array<RequestRow> = []
+      const slices: Array<SliceBounds> = []
       const flushRows = Effect.suspend(() => {
         const rows = pending
         pending = []
@@ -162,6 +177,8 @@ export const make = Effect.gen(function*() {
             report({ code: "too_many_tasks", message: `The batch has more than ${config.maxRequestsPerBatch} requests, the most one batch may hold.`, param: null, line: item.line })
           }
           if (count > config.maxRequestsPerBatch) return Effect.void
+          if ((count - 1) % SLICE === 0) slices.push({ firstLine: item.line, lastLine: item.line })
+          else slices[slices.length - 1] = { firstLine: slices[slices.length - 1]!.firstLine, lastLine: item.line }
           pending.push({ line: item.line, customId: result.customId, resultId: batchRequestId(), body: result.body })
           return pending.length >= PAGE ? flushRows : Effect.void
         })
@@ -182,33 +199,89 @@ export const make = Effect.gen(function*() {
         }
         return yield* failValidation(batch.id, errors)
       }
-      yield* store.transition(batch.id, ["validating"], "in_progress", "in_progress_at", { model: model!.name, total: count })
+      yield* store.startRunning(batch.id, { model: model!.name, total: count }, slices)
     }).pipe(Effect.withSpan("BatchRunner.validate", { attributes: { id: record.batch.id } }))
 
   // ---- in_progress ---------------------------------------------------------------------------------------------
 
+  /** A lease for this node, from now for `leaseTtl`. */
+  const lease = Effect.map(nowMillis, (now): Lease => ({ owner: config.nodeId, now, until: now + leaseTtlMs }))
+
+  /** Slices this node holds, by batch: what the heartbeat checks its renewed leases against. */
+  const holdings = new Map<string, Set<number>>()
+  const hold = (id: string, slice: number) => {
+    const held = holdings.get(id) ?? new Set<number>()
+    holdings.set(id, held.add(slice))
+  }
+  const unhold = (id: string, slice: number) => holdings.get(id)?.delete(slice)
+
+  /** A claimed slice: done once every row handed out from it has its outcome stored. */
+  interface SliceProgress {
+    readonly slice: Slice
+    handedOut: boolean
+    outstanding: number
+    completed: boolean
+  }
+
+  /** Marks a slice done (once), forgetting it before the store does so the heartbeat never takes it for lost. */
+  const completeIfDone = (id: string, progress: SliceProgress) =>
+    Effect.suspend(() => {
+      if (progress.completed || !progress.handedOut || progress.outstanding > 0) return Effect.void
+      progress.completed = true
+      unhold(id, progress.slice.slice)
+      return store.completeSlice(id, progress.slice.slice)
+    })
+
   /**
-   * The batch's pending rows, one at a time, read from the store a page at a time: shared by the workers, so
-   * each row is handed out once. `None` when every row has been handed out.
+   * The pending rows of the slices this node claims of a batch, one at a time, shared by the workers (each row is
+   * handed out once): read a page at a time; when a slice is used up, the next free slice is claimed. `None` once
+   * no slice is left to claim. `claimed` tells whether any slice was.
    */
   const pendingRowSource = (id: string) =>
     Effect.map(Effect.makeSemaphore(1), (mutex) => {
+      let current: SliceProgress | undefined
       let page: ReadonlyArray<RequestRow> = []
       let index = 0
+      let afterLine = 0
+      let morePages = false
       let exhausted = false
+      let claimed = false
+      const nextSlice = Effect.gen(function*() {
+        if (current !== undefined) {
+          current.handedOut = true
+          yield* completeIfDone(id, current)
+        }
+        const slice = yield* Effect.flatMap(lease, (l) => store.claimSlice(id, l))
+        if (Option.isNone(slice)) {
+          exhausted = true
+          current = undefined
+          return
+        }
+        claimed = true
+        hold(id, slice.value.slice)
+        current = { slice: slice.value, handedOut: false, outstanding: 0, completed: false }
+        page = []
+        index = 0
+        afterLine = slice.value.firstLine - 1
+        morePages = true
+      })
       const fetchPage = Effect.suspend(() =>
-        Effect.map(store.pendingRequests(id, page.at(-1)?.line ?? 0, PAGE), (rows) => {
+        Effect.map(store.pendingRequests(id, afterLine, current!.slice.lastLine, PAGE), (rows) => {
           page = rows
           index = 0
-          exhausted = rows.length < PAGE
+          afterLine = rows.at(-1)?.line ?? afterLine
+          morePages = rows.length === PAGE
         })
       )
-      const take = Effect.suspend((): Effect.Effect<Option.Option<RequestRow>> => {
-        if (index < page.length) return Effect.succeed(Option.some(page[index++]!))
+      const take = Effect.suspend((): Effect.Effect<Option.Option<readonly [RequestRow, SliceProgress]>> => {
+        if (index < page.length) {
+          current!.outstanding++
+          return Effect.succeed(Option.some([page[index++]!, current!] as const))
+        }
         if (exhausted) return Effect.succeed(Option.none())
-        return Effect.zipRight(fetchPage, take)
+        return Effect.zipRight(current !== undefined && morePages ? fetchPage : nextSlice, take)
       })
-      return mutex.withPermits(1)(take)
+      return { next: mutex.withPermits(1)(take), claimed: () => claimed }
     })
 
   const callUpstream = (endpoint: BatchEndpoint, deadline: number) => (row: RequestRow) =>
@@ -225,21 +298,25 @@ export const make = Effect.gen(function*() {
     )
 
   /**
-   * Sends every pending request through `maxConcurrentRequestsPerBatch` workers: a sliding window, each worker
-   * takes the next row as soon as its previous one is done. Outcomes are stored by one writer fiber in groups
-   * (whatever arrived while the previous group was being written: one transaction per group, not per request),
-   * and a worker moves on only once its outcome is stored. So a crash can lose at most one unstored outcome per
-   * worker, and an interruption (cancel, expiry) aborts the calls in flight while the writer still stores every
-   * outcome already received.
+   * Sends the pending requests of every slice this node can claim through `maxConcurrentRequestsPerBatch`
+   * workers: a sliding window, each worker takes the next row as soon as its previous one is done. Outcomes are
+   * stored by one writer fiber in groups (whatever arrived while the previous group was being written: one
+   * transaction per group, not per request), and a worker moves on only once its outcome is stored. So a crash
+   * can lose at most one unstored outcome per worker, and an interruption (cancel, expiry) aborts the calls in
+   * flight while the writer still stores every outcome already received; the slices left unfinished are then
+   * released for any node to resume. Returns whether a slice was claimed at all.
    */
   const runRequests = (record: BatchRecord) =>
     Effect.scoped(Effect.gen(function*() {
       const { batch } = record
-      type Stored = readonly [RequestOutcome, Deferred.Deferred<void>]
+      type Stored = readonly [RequestOutcome, Deferred.Deferred<void>, SliceProgress]
       const queue = yield* Queue.unbounded<Stored>()
       const write = (group: ReadonlyArray<Stored>) =>
         group.length === 0 ? Effect.void : store.recordOutcomes(batch.id, group.map(([o]) => o)).pipe(
-          Effect.zipRight(Effect.forEach(group, ([, done]) => Deferred.succeed(done, undefined), { discard: true })),
+          Effect.zipRight(Effect.forEach(group, ([, done, progress]) => {
+            progress.outstanding--
+            return Effect.zipRight(Deferred.succeed(done, undefined), completeIfDone(batch.id, progress))
+          }, { discard: true })),
           Effect.uninterruptible
         )
       // Wait for one outcome, then let the event loop run a turn so that every response already received joins
@@ -249,21 +326,28 @@ export const make = Effect.gen(function*() {
           afterPendingIo,
           Effect.map(Queue.takeUpTo(queue, OUTCOME_GROUP - 1), (rest) => [first, ...rest])
         ))
+      // Finalizers run last-added first: queued outcomes are stored before the unfinished slices are released.
+      yield* Effect.addFinalizer(() =>
+        Effect.zipRight(
+          Effect.sync(() => holdings.delete(batch.id)),
+          store.releaseLeases({ owner: config.nodeId, batchId: batch.id })
+        )
+      )
       yield* Effect.uninterruptibleMask((restore) => Effect.flatMap(restore(takeGroup), write)).pipe(
         Effect.forever,
         Effect.forkScoped
       )
-      // Runs before the writer is interrupted: outcomes still queued are stored too.
       yield* Effect.addFinalizer(() => Effect.flatMap(Queue.takeAll(queue), (rest) => write(Chunk.toReadonlyArray(rest))))
       const send = callUpstream(batch.endpoint as BatchEndpoint, batch.expires_at! * 1000)
-      const nextRow = yield* pendingRowSource(batch.id)
+      const rows = yield* pendingRowSource(batch.id)
       const worker = Effect.gen(function*() {
         for (;;) {
-          const row = yield* nextRow
-          if (Option.isNone(row)) return
-          const outcome = yield* send(row.value)
+          const next = yield* rows.next
+          if (Option.isNone(next)) return
+          const [row, progress] = next.value
+          const outcome = yield* send(row)
           const stored = yield* Deferred.make<void>()
-          yield* Queue.offer(queue, [outcome, stored])
+          yield* Queue.offer(queue, [outcome, stored, progress])
           yield* Deferred.await(stored)
         }
       })
@@ -271,6 +355,7 @@ export const make = Effect.gen(function*() {
         concurrency: "unbounded",
         discard: true
       })
+      return rows.claimed()
     })).pipe(Effect.withSpan("BatchRunner.run", { attributes: { id: record.batch.id } }))
 
   // ---- finishing -----------------------------------------------------------------------------------------------
@@ -319,51 +404,85 @@ export const make = Effect.gen(function*() {
       yield* store.transition(id, from, to, `${to}_at`, { outputFileId, errorFileId })
     }).pipe(Effect.withSpan("BatchRunner.finish", { attributes: { id, to } }))
 
-  /** Validates and runs, racing the batch's expiry (which also ends a wait for a permit). */
-  const validateAndRun = (id: string) =>
+  /**
+   * Finishes a batch on this node: takes its batch-wide lease (false when another node holds it), waits until no
+   * node works on its slices any more (they stop at expiry, or on a cancel within a heartbeat; a dead node's lease
+   * runs out), then writes its files and moves it to `to`.
+   */
+  const finishUnderLease = (
+    id: string,
+    from: ReadonlyArray<BatchStatus>,
+    to: "completed" | "cancelled" | "expired",
+    pendingCode?: { readonly code: string; readonly message: string }
+  ) =>
     Effect.gen(function*() {
-      const expiresAt = (yield* load(id)).batch.expires_at! * 1000
-      const work = Effect.gen(function*() {
-        for (;;) {
-          const record = yield* load(id)
-          if (record.batch.status === "validating") yield* validate(record)
-          else if (record.batch.status === "in_progress") {
-            yield* runRequests(record)
-            yield* store.transition(id, ["in_progress"], "finalizing", "finalizing_at")
-          } else return
-        }
-      })
-      const remaining = expiresAt - (yield* nowMillis)
-      const expired = yield* permits.withPermits(1)(work).pipe(
-        Effect.as(false),
-        Effect.raceFirst(Effect.sleep(Duration.millis(Math.max(0, remaining))).pipe(Effect.as(true)))
+      if (!(yield* Effect.flatMap(lease, (l) => store.claimBatch(id, l)))) return false
+      yield* Effect.flatMap(nowMillis, (now) => store.liveSlices(id, now)).pipe(
+        Effect.repeat({ until: (live) => live === 0, schedule: Schedule.spaced(Duration.millis(100)) })
       )
-      if (expired) {
-        yield* finish(id, ["validating", "in_progress"], "expired", { code: "batch_expired", message: EXPIRED_MESSAGE })
-      }
+      yield* finish(id, from, to, pendingCode)
+      return true
     })
 
-  /** Moves a batch through its statuses until it reaches a terminal one. */
+  /** Batches this node is validating or running requests of: the ones a cancel from another node must stop. */
+  const working = new Set<string>()
+
+  /**
+   * This node's share of a batch that validates or runs, under a permit: validate it (holding its lease), or
+   * run the slices it can claim. False when there was nothing for this node to do.
+   */
+  const work = (record: BatchRecord) =>
+    permits.withPermits(1)(Effect.gen(function*() {
+      const id = record.batch.id
+      const current = yield* load(id) // the wait for the permit may have been long
+      if (current.batch.status === "validating") {
+        if (!(yield* Effect.flatMap(lease, (l) => store.claimBatch(id, l)))) return false
+        yield* validate(current)
+        return true
+      }
+      if (current.batch.status === "in_progress") return yield* runRequests(current)
+      return true
+    }).pipe(Effect.ensuring(Effect.sync(() => working.delete(record.batch.id))), (effect) =>
+      Effect.zipRight(Effect.sync(() => working.add(record.batch.id)), effect)))
+
+  /**
+   * Takes a batch as far as this node can: its share of validating and running (until `expires_at`), then
+   * finishing it when this node gets the lease. Ends when the batch is final or other nodes hold what is left.
+   */
   const drive = (id: string): Effect.Effect<void> =>
     Effect.gen(function*() {
       for (;;) {
-        const { batch } = yield* load(id)
+        const record = yield* load(id)
+        const { batch } = record
         switch (batch.status) {
           case "validating":
-          case "in_progress":
-            yield* validateAndRun(id)
+          case "in_progress": {
+            const remaining = batch.expires_at! * 1000 - (yield* nowMillis)
+            if (remaining <= 0) {
+              const expired = { code: "batch_expired", message: EXPIRED_MESSAGE }
+              if (!(yield* finishUnderLease(id, ["validating", "in_progress"], "expired", expired))) return
+              break
+            }
+            // The expiry also ends a wait for a permit; the next round then finishes the batch as expired.
+            const progressed = yield* work(record).pipe(
+              Effect.raceFirst(Effect.as(Effect.sleep(Duration.millis(remaining)), true))
+            )
+            if (!progressed) return
             break
+          }
           case "finalizing":
-            yield* finish(id, ["finalizing"], "completed")
+            if (!(yield* finishUnderLease(id, ["finalizing"], "completed"))) return
             break
-          case "cancelling":
-            yield* finish(id, ["cancelling"], "cancelled", { code: "batch_cancelled", message: CANCELLED_MESSAGE })
+          case "cancelling": {
+            const cancelled = { code: "batch_cancelled", message: CANCELLED_MESSAGE }
+            if (!(yield* finishUnderLease(id, ["cancelling"], "cancelled", cancelled))) return
             break
+          }
           default:
             return
         }
       }
-    })
+    }).pipe(Effect.ensuring(store.releaseLeases({ owner: config.nodeId, batchId: id })))
 
   /** A fault (not a client mistake) retries with backoff; if it persists, the batch fails with `internal_error`. */
   const supervised = (id: string) =>
@@ -372,7 +491,7 @@ export const make = Effect.gen(function*() {
       Effect.tapError((cause) => Effect.logError(`Batch ${id} hit a fault; retrying`, cause)),
       Effect.retry(Schedule.exponential(Duration.seconds(1)).pipe(Schedule.intersect(Schedule.recurs(4)))),
       Effect.catchAll((cause) =>
-        store.transition(id, ACTIVE, "failed", "failed_at", {
+        store.transition(id, activeStatuses, "failed", "failed_at", {
           errors: [{ code: "internal_error", message: `The batch could not be processed: ${Cause.pretty(cause).split("\n")[0]}`, param: null, line: null }]
         })
       ),
@@ -382,18 +501,38 @@ export const make = Effect.gen(function*() {
 
   const submit = (id: string) => Effect.asVoid(FiberMap.run(running, id, supervised(id), { onlyIfMissing: true }))
 
-  const cancel = (id: string) =>
+  /** Interrupts this node's work on a batch (finished outcomes are stored first) and drives it again. */
+  const restart = (id: string) =>
     Effect.gen(function*() {
-      yield* FiberMap.remove(running, id) // waits until the interrupted work has stored its finished outcomes
+      yield* FiberMap.remove(running, id)
       yield* FiberMap.run(running, id, supervised(id))
     })
 
-  // Resume whatever a previous process left unfinished.
-  const unfinished = yield* store.idsWithStatus(ACTIVE)
-  if (unfinished.length > 0) yield* Effect.logInfo(`Resuming ${unfinished.length} unfinished batch(es)`)
-  yield* Effect.forEach(unfinished, submit, { discard: true })
+  /**
+   * Every `heartbeatInterval`: renews this node's leases; stops its work on batches another node cancelled, and
+   * on slices whose lease was lost (taken over after a stall longer than `leaseTtl`); picks up work that is free
+   * (new batches created on other nodes, free slices, leases of dead nodes that ran out).
+   */
+  const heartbeat = Effect.gen(function*() {
+    const renewed = yield* Effect.flatMap(lease, store.renewLeases)
+    const held = new Set(renewed.map((r) => `${r.batchId}:${r.slice}`))
+    const lost = [...holdings].filter(([id, slices]) => [...slices].some((slice) => !held.has(`${id}:${slice}`)))
+    const statuses = yield* store.statuses([...working])
+    const cancelled = [...statuses].filter(([, status]) => status === "cancelling")
+    yield* Effect.forEach(new Set([...lost.map(([id]) => id), ...cancelled.map(([id]) => id)]), restart, { discard: true })
+    const free = yield* Effect.flatMap(nowMillis, (now) => store.claimable(now, 100))
+    yield* Effect.forEach(free, submit, { discard: true })
+  }).pipe(Effect.withSpan("BatchRunner.heartbeat"))
 
-  return BatchRunner.of({ submit, cancel })
+  // A restarted node frees at once what it held before it stopped, instead of waiting for the leases to run out.
+  yield* store.releaseAfterRestart(config.nodeId)
+  yield* heartbeat.pipe(
+    Effect.catchAllCause((cause) => Effect.logError("Heartbeat failed", cause)),
+    Effect.repeat(Schedule.spaced(config.heartbeatInterval)),
+    Effect.forkScoped
+  )
+
+  return BatchRunner.of({ submit, cancel: restart })
 })
 
 export const BatchRunnerLive: Layer.Layer<BatchRunner, never, BatchStore | FileStore | Inference | AppConfig> = Layer

@@ -5,7 +5,7 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Clock, Context, Data, Effect, Layer, Option } from "effect"
-import { Batch, type BatchError, type BatchStatus } from "../domain/Batches.js"
+import { activeStatuses, Batch, type BatchError, type BatchStatus, terminalStatuses } from "../domain/Batches.js"
 import type { TokenUsage } from "./validation.js"
 
 export class BatchNotFound extends Data.TaggedError("BatchNotFound")<{ readonly id: string }> {}
@@ -99,12 +99,17 @@ export interface BatchStoreShape {
     stamp: TimestampColumn | null,
     patch?: TransitionPatch
   ) => Effect.Effect<Option.Option<Batch>>
-  /** Batch ids in any of `statuses`, oldest first. */
-  readonly idsWithStatus: (statuses: ReadonlyArray<BatchStatus>) => Effect.Effect<ReadonlyArray<string>>
+  /** The current status of each of `ids` that exists. */
+  readonly statuses: (ids: ReadonlyArray<string>) => Effect.Effect<ReadonlyMap<string, BatchStatus>>
   readonly insertRequests: (batchId: string, rows: ReadonlyArray<RequestRow>) => Effect.Effect<void>
   readonly deleteRequests: (batchId: string) => Effect.Effect<void>
-  /** Up to `limit` requests still without an outcome, after line `afterLine`, in line order. */
-  readonly pendingRequests: (batchId: string, afterLine: number, limit: number) => Effect.Effect<ReadonlyArray<RequestRow>>
+  /** Up to `limit` requests still without an outcome, in lines `afterLine < line <= lastLine`, in line order. */
+  readonly pendingRequests: (
+    batchId: string,
+    afterLine: number,
+    lastLine: number,
+    limit: number
+  ) => Effect.Effect<ReadonlyArray<RequestRow>>
   /** Stores outcomes in one transaction; rows that already had one are left alone. Returns how many were stored. */
   readonly recordOutcomes: (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) => Effect.Effect<number>
   /** Gives every request still pending the error `code`; returns how many. */
@@ -116,6 +121,59 @@ export interface BatchStoreShape {
     afterLine: number,
     limit: number
   ) => Effect.Effect<ReadonlyArray<ResultRow>>
+
+  // ---- leases: which node works on what (see `BatchRunner`); times are epoch milliseconds ----
+
+  /**
+   * validating → in_progress, stamping `model` and `total`, creating the batch's slices and releasing its lease,
+   * in one transaction; false when the batch had left `validating` (a cancel came first).
+   */
+  readonly startRunning: (
+    id: string,
+    patch: { readonly model: string; readonly total: number },
+    slices: ReadonlyArray<SliceBounds>
+  ) => Effect.Effect<boolean>
+  /** Takes the batch-wide lease of an unfinished batch if it is free, expired or already `owner`'s. */
+  readonly claimBatch: (id: string, lease: Lease) => Effect.Effect<boolean>
+  /** Takes the first open slice of a running batch whose lease is free or expired. */
+  readonly claimSlice: (id: string, lease: Lease) => Effect.Effect<Option.Option<Slice>>
+  /**
+   * Marks a slice done (every one of its requests has an outcome); when it was the batch's last open slice, moves
+   * the batch to `finalizing` in the same transaction and returns true.
+   */
+  readonly completeSlice: (id: string, slice: number) => Effect.Effect<boolean>
+  /** How many slices of the batch some node holds a live lease on. */
+  readonly liveSlices: (id: string, now: number) => Effect.Effect<number>
+  /** Extends every lease `owner` holds; returns the slices still held (a lease taken over is missing). */
+  readonly renewLeases: (lease: Lease) => Effect.Effect<ReadonlyArray<{ readonly batchId: string; readonly slice: number }>>
+  /** Gives up the leases of `owner` (every owner when none), on one batch or all. */
+  readonly releaseLeases: (filter: { readonly owner?: string; readonly batchId?: string }) => Effect.Effect<void>
+  /**
+   * Frees the leases a previous run of node `owner` held. With SQLite, which one node uses at a time, every lease
+   * is freed: whatever node held it before is gone.
+   */
+  readonly releaseAfterRestart: (owner: string) => Effect.Effect<void>
+  /**
+   * Unfinished batches with work a node could claim at `now`, oldest first: a free batch-wide lease on one that
+   * validates, finishes or is past its expiry, or a free slice of one that runs.
+   */
+  readonly claimable: (now: number, limit: number) => Effect.Effect<ReadonlyArray<string>>
+}
+
+/** A node's claim: held by `owner` until `until`, taken at `now` (a lease with `until < now` is free). */
+export interface Lease {
+  readonly owner: string
+  readonly now: number
+  readonly until: number
+}
+
+export interface SliceBounds {
+  readonly firstLine: number
+  readonly lastLine: number
+}
+
+export interface Slice extends SliceBounds {
+  readonly slice: number
 }
 
 export class BatchStore extends Context.Tag("BatchStore")<BatchStore, BatchStoreShape>() {}
@@ -202,6 +260,7 @@ type ResultDbRow = {
   readonly error_message: string | null
 }
 
+
 const nowSeconds = Effect.map(Clock.currentTimeMillis, (ms) => Math.floor(ms / 1000))
 
 /** Rows per INSERT statement (SQLite allows 32,766 bound parameters; 5 per row). */
@@ -280,16 +339,22 @@ export const make = Effect.gen(function*() {
       if (patch.errors !== undefined) set.errors = JSON.stringify(patch.errors)
       if (patch.outputFileId !== undefined) set.output_file_id = patch.outputFileId
       if (patch.errorFileId !== undefined) set.error_file_id = patch.errorFileId
+      if (terminalStatuses.includes(to)) {
+        set.lease_owner = null
+        set.lease_until = null
+      }
       const rows = yield* sql<BatchRow>`
         UPDATE batches SET ${sql.update(set)} WHERE id = ${id} AND ${sql.in("status", from)} RETURNING *`
       return Option.map(Option.fromNullable(rows[0]), (row) => toRecord(row).batch)
     }).pipe(Effect.orDie, Effect.withSpan("BatchStore.transition", { attributes: { id, to } }))
 
-  const idsWithStatus = (statuses: ReadonlyArray<BatchStatus>) =>
-    sql<{ id: string }>`SELECT id FROM batches WHERE ${sql.in("status", statuses)} ORDER BY seq`.pipe(
-      Effect.map((rows) => rows.map((r) => r.id)),
-      Effect.orDie
-    )
+  const statuses = (ids: ReadonlyArray<string>) =>
+    (ids.length === 0
+      ? Effect.succeed(new Map<string, BatchStatus>())
+      : sql<{ id: string; status: BatchStatus }>`SELECT id, status FROM batches WHERE ${sql.in("id", ids)}`.pipe(
+        Effect.map((rows) => new Map(rows.map((r) => [r.id, r.status]))),
+        Effect.orDie
+      ))
 
   const insertRequests = (batchId: string, rows: ReadonlyArray<RequestRow>) =>
     Effect.forEach(
@@ -310,10 +375,10 @@ export const make = Effect.gen(function*() {
   const deleteRequests = (batchId: string) =>
     sql`DELETE FROM batch_requests WHERE batch_id = ${batchId}`.pipe(Effect.asVoid, Effect.orDie)
 
-  const pendingRequests = (batchId: string, afterLine: number, limit: number) =>
+  const pendingRequests = (batchId: string, afterLine: number, lastLine: number, limit: number) =>
     sql<{ line: number | string; custom_id: string; result_id: string; body: string }>`
       SELECT line, custom_id, result_id, body FROM batch_requests
-      WHERE batch_id = ${batchId} AND state = 'pending' AND line > ${afterLine}
+      WHERE batch_id = ${batchId} AND state = 'pending' AND line > ${afterLine} AND line <= ${lastLine}
       ORDER BY line LIMIT ${limit}`.pipe(
       Effect.map((rows) =>
         rows.map((r): RequestRow => ({ line: n(r.line), customId: r.custom_id, resultId: r.result_id, body: r.body }))
@@ -403,18 +468,153 @@ export const make = Effect.gen(function*() {
     )
   }
 
+  // ---- leases ----
+
+  /** Postgres: rows another node is claiming right now are skipped, not waited for (SQLite has one writer). */
+  const skipLocked = sql.onDialectOrElse({
+    pg: () => sql.literal("FOR UPDATE SKIP LOCKED"),
+    orElse: () => sql.literal("")
+  })
+  const free = (lease: Lease) => sql`(lease_until IS NULL OR lease_until < ${lease.now})`
+
+  const startRunning = (id: string, patch: { readonly model: string; readonly total: number }, slices: ReadonlyArray<SliceBounds>) =>
+    Effect.gen(function*() {
+      const now = yield* nowSeconds
+      const moved = yield* sql<{ id: string }>`
+        UPDATE batches SET status = 'in_progress', in_progress_at = ${now}, model = ${patch.model},
+          total = ${patch.total}, lease_owner = NULL, lease_until = NULL
+        WHERE id = ${id} AND status = 'validating' RETURNING id`
+      if (moved.length === 0) return false
+      yield* Effect.forEach(
+        chunks(slices.map((s, slice) => ({ batch_id: id, slice, first_line: s.firstLine, last_line: s.lastLine })), INSERT_GROUP),
+        (group) => sql`INSERT INTO batch_slices ${sql.insert(group)}`,
+        { discard: true }
+      )
+      return true
+    }).pipe(sql.withTransaction, Effect.orDie, Effect.withSpan("BatchStore.startRunning", { attributes: { id } }))
+
+  const claimBatch = (id: string, lease: Lease) =>
+    sql<{ id: string }>`
+      UPDATE batches SET lease_owner = ${lease.owner}, lease_until = ${lease.until}
+      WHERE id = (
+        SELECT id FROM batches WHERE id = ${id} AND ${sql.in("status", activeStatuses)}
+          AND (lease_owner = ${lease.owner} OR ${free(lease)})
+        ${skipLocked}
+      ) RETURNING id`.pipe(
+      Effect.map((rows) => rows.length > 0),
+      Effect.orDie,
+      Effect.withSpan("BatchStore.claimBatch", { attributes: { id } })
+    )
+
+  const claimSlice = (id: string, lease: Lease) =>
+    sql<{ slice: number | string; first_line: number | string; last_line: number | string }>`
+      UPDATE batch_slices SET owner = ${lease.owner}, lease_until = ${lease.until}
+      WHERE batch_id = ${id} AND slice = (
+        SELECT slice FROM batch_slices WHERE batch_id = ${id} AND state = 'open' AND ${free(lease)}
+        ORDER BY slice LIMIT 1 ${skipLocked}
+      ) RETURNING slice, first_line, last_line`.pipe(
+      Effect.map((rows) =>
+        Option.map(Option.fromNullable(rows[0]), (r): Slice => ({
+          slice: n(r.slice),
+          firstLine: n(r.first_line),
+          lastLine: n(r.last_line)
+        }))
+      ),
+      Effect.orDie,
+      Effect.withSpan("BatchStore.claimSlice", { attributes: { id } })
+    )
+
+  // Postgres: completions of a batch's last two slices on two nodes are serialized on the batch row, or each
+  // would still see the other's slice open and neither would move the batch on.
+  const lockBatch = (id: string) =>
+    sql.onDialectOrElse({
+      pg: () => sql`SELECT id FROM batches WHERE id = ${id} FOR UPDATE`,
+      orElse: () => Effect.succeed([])
+    })
+
+  const completeSlice = (id: string, slice: number) =>
+    Effect.gen(function*() {
+      yield* lockBatch(id)
+      yield* sql`UPDATE batch_slices SET state = 'done', owner = NULL, lease_until = NULL
+        WHERE batch_id = ${id} AND slice = ${slice}`
+      const now = yield* nowSeconds
+      const moved = yield* sql<{ id: string }>`
+        UPDATE batches SET status = 'finalizing', finalizing_at = ${now}
+        WHERE id = ${id} AND status = 'in_progress'
+          AND NOT EXISTS (SELECT 1 FROM batch_slices WHERE batch_id = ${id} AND state = 'open')
+        RETURNING id`
+      return moved.length > 0
+    }).pipe(sql.withTransaction, Effect.orDie, Effect.withSpan("BatchStore.completeSlice", { attributes: { id, slice } }))
+
+  const liveSlices = (id: string, now: number) =>
+    sql<{ live: number | string }>`
+      SELECT COUNT(*) AS live FROM batch_slices
+      WHERE batch_id = ${id} AND owner IS NOT NULL AND lease_until >= ${now}`.pipe(
+      Effect.map((rows) => n(rows[0]!.live)),
+      Effect.orDie
+    )
+
+  const renewLeases = (lease: Lease) =>
+    Effect.gen(function*() {
+      yield* sql`UPDATE batches SET lease_until = ${lease.until} WHERE lease_owner = ${lease.owner}`
+      const held = yield* sql<{ batch_id: string; slice: number | string }>`
+        UPDATE batch_slices SET lease_until = ${lease.until} WHERE owner = ${lease.owner} AND state = 'open'
+        RETURNING batch_id, slice`
+      return held.map((r) => ({ batchId: r.batch_id, slice: n(r.slice) }))
+    }).pipe(sql.withTransaction, Effect.orDie)
+
+  const releaseLeases = (filter: { readonly owner?: string; readonly batchId?: string }) =>
+    Effect.gen(function*() {
+      const batches = [sql`lease_owner IS NOT NULL`]
+      const slices = [sql`owner IS NOT NULL`]
+      if (filter.owner !== undefined) {
+        batches.push(sql`lease_owner = ${filter.owner}`)
+        slices.push(sql`owner = ${filter.owner}`)
+      }
+      if (filter.batchId !== undefined) {
+        batches.push(sql`id = ${filter.batchId}`)
+        slices.push(sql`batch_id = ${filter.batchId}`)
+      }
+      yield* sql`UPDATE batches SET lease_owner = NULL, lease_until = NULL WHERE ${sql.and(batches)}`
+      yield* sql`UPDATE batch_slices SET owner = NULL, lease_until = NULL WHERE ${sql.and(slices)}`
+    }).pipe(sql.withTransaction, Effect.orDie)
+
+  const releaseAfterRestart = (owner: string) =>
+    releaseLeases(sql.onDialectOrElse({ sqlite: () => ({}), orElse: () => ({ owner }) }))
+
+  const claimable = (now: number, limit: number) =>
+    sql<{ id: string }>`
+      SELECT id FROM batches b WHERE ${sql.in("status", activeStatuses)} AND (
+        ((status <> 'in_progress' OR expires_at * 1000 <= ${now}) AND (lease_until IS NULL OR lease_until < ${now}))
+        OR (status = 'in_progress' AND EXISTS (
+          SELECT 1 FROM batch_slices s WHERE s.batch_id = b.id AND s.state = 'open'
+            AND (s.lease_until IS NULL OR s.lease_until < ${now})))
+      ) ORDER BY seq LIMIT ${limit}`.pipe(
+      Effect.map((rows) => rows.map((r) => r.id)),
+      Effect.orDie
+    )
+
   return BatchStore.of({
     create,
     get,
     list,
     transition,
-    idsWithStatus,
+    statuses,
     insertRequests,
     deleteRequests,
     pendingRequests,
     recordOutcomes,
     failPending,
-    resultRows
+    resultRows,
+    startRunning,
+    claimBatch,
+    claimSlice,
+    completeSlice,
+    liveSlices,
+    renewLeases,
+    releaseLeases,
+    releaseAfterRestart,
+    claimable
   })
 })
 

@@ -23,6 +23,8 @@ export const BatchStatus = Schema.Literal(
 export type BatchStatus = typeof BatchStatus.Type
 
 export const terminalStatuses: ReadonlyArray<BatchStatus> = ["failed", "completed", "expired", "cancelled"]
+/** Statuses a batch still has work in. */
+export const activeStatuses: ReadonlyArray<BatchStatus> = ["validating", "in_progress", "finalizing", "cancelling"]
 /** Statuses a cancel request may move from. */
 export const cancellableStatuses: ReadonlyArray<BatchStatus> = ["validating", "in_progress", "finalizing"]
 

@@ -80,5 +80,42 @@ export const migrations = {
       PRIMARY KEY (batch_id, line)
     )`
     yield* sql`CREATE INDEX batch_requests_state ON batch_requests (batch_id, state, line)`
+  }),
+  "0003_leases": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // The batch-wide lease (validating, finishing): the node holding it and until when (epoch milliseconds).
+    yield* sql`ALTER TABLE batches ADD COLUMN lease_owner TEXT`
+    yield* sql`ALTER TABLE batches ADD COLUMN lease_until BIGINT`
+    // A running batch's requests in slices of consecutive lines, each claimed by one node at a time, so that
+    // every node can work on one large batch. state: 'open' until all its requests have an outcome, then 'done'.
+    yield* sql`CREATE TABLE batch_slices (
+      batch_id TEXT NOT NULL,
+      slice INTEGER NOT NULL,
+      first_line INTEGER NOT NULL,
+      last_line INTEGER NOT NULL,
+      state TEXT NOT NULL DEFAULT 'open',
+      owner TEXT,
+      lease_until BIGINT,
+      PRIMARY KEY (batch_id, slice)
+    )`
+    yield* sql`CREATE INDEX batch_slices_owner ON batch_slices (owner) WHERE owner IS NOT NULL`
+    // Batches already running when this migration is applied become one slice each.
+    yield* sql`INSERT INTO batch_slices (batch_id, slice, first_line, last_line)
+      SELECT r.batch_id, 0, MIN(r.line), MAX(r.line) FROM batch_requests r
+      JOIN batches b ON b.id = r.batch_id WHERE b.status = 'in_progress' GROUP BY r.batch_id`
+  }),
+  "0004_blobs": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const bytes = sql.onDialectOrElse({ pg: () => sql.literal("BYTEA"), orElse: () => sql.literal("BLOB") })
+    // File bytes in SQL (FILE_STORAGE=sql): a published key points at the token its chunks were staged under.
+    yield* sql`CREATE TABLE blobs (key TEXT PRIMARY KEY, token TEXT NOT NULL, published_at BIGINT NOT NULL)`
+    yield* sql`CREATE TABLE blob_chunks (
+      token TEXT NOT NULL,
+      seq INTEGER NOT NULL,
+      data ${bytes} NOT NULL,
+      PRIMARY KEY (token, seq)
+    )`
+    // Uploads being written, by node: what a restarted node removes of its own unfinished ones.
+    yield* sql`CREATE TABLE blob_staging (token TEXT PRIMARY KEY, owner TEXT NOT NULL, created_at BIGINT NOT NULL)`
   })
 } satisfies Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>>

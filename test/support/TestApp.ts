@@ -3,12 +3,13 @@ import { HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import * as Reactivity from "@effect/experimental/Reactivity"
 import * as PgClient from "@effect/sql-pg/PgClient"
+import * as SqlClient from "@effect/sql/SqlClient"
 import { Context, Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
 import { randomBytes } from "node:crypto"
 import { mkdtempSync, readdirSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
-import { AppConfig, type AppConfigShape } from "../../src/Config.js"
+import { AppConfig, type AppConfigShape, fileStorageOf } from "../../src/Config.js"
 import { HttpLive } from "../../src/http/Http.js"
 import { ServicesLive } from "../../src/Layers.js"
 import { type Simulator, type SimulatorOptions, startSimulator } from "../../scripts/simulator.js"
@@ -25,14 +26,32 @@ export class TestDataDir extends Effect.Service<TestDataDir>()("test/TestDataDir
 }) {}
 
 /** Names of the files under `dataDir/files/{blobs,staging}`: what a leak of bytes would leave. */
-export const storedBlobs = (dataDir: string) => ({
-  blobs: readdirSync(Path.join(dataDir, "files", "blobs")),
-  staging: readdirSync(Path.join(dataDir, "files", "staging"))
+export const localBlobs = (dataDir: string) => ({
+  blobs: readdirSync(Path.join(dataDir, "files", "blobs")).sort(),
+  staging: readdirSync(Path.join(dataDir, "files", "staging")).sort()
 })
+
+/** The published keys and staging areas of whichever file storage the configuration uses. */
+export const storedBlobs = Effect.gen(function*() {
+  const config = yield* AppConfig
+  if (fileStorageOf(config) === "local") return localBlobs(config.dataDir)
+  const sql = yield* SqlClient.SqlClient
+  const blobs = yield* sql<{ key: string }>`SELECT key FROM blobs ORDER BY key`
+  const staging = yield* sql<{ token: string }>`SELECT token FROM blob_staging ORDER BY token`
+  const chunks = yield* sql<{ token: string }>`SELECT DISTINCT token FROM blob_chunks
+    WHERE token NOT IN (SELECT token FROM blobs)`
+  return { blobs: blobs.map((r) => r.key), staging: [...staging, ...chunks].map((r) => r.token) }
+}).pipe(Effect.orDie)
 
 /** The SQL backends every store and runner suite runs against. */
 export type Backend = "sqlite" | "postgres"
 export const backends: ReadonlyArray<Backend> = ["sqlite", "postgres"]
+/** Backends with each file storage they are used with (SQLite: local disk by default; Postgres: SQL). */
+export const storages: ReadonlyArray<{ readonly backend: Backend; readonly fileStorage: "local" | "sql" }> = [
+  { backend: "sqlite", fileStorage: "local" },
+  { backend: "sqlite", fileStorage: "sql" },
+  { backend: "postgres", fileStorage: "sql" }
+]
 
 /** The machine's PostgreSQL (`TEST_DATABASE_URL` to use another); an unreachable server fails the tests. */
 const testDatabaseUrl = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test"
@@ -126,4 +145,15 @@ export const eventually = <A>(check: () => A, timeoutMs = 2000): Effect.Effect<A
         await new Promise((resolve) => setTimeout(resolve, 20))
       }
     }
+  })
+
+/** `eventually` for an effectful check (which fails by throwing, i.e. dying); waits in real time, not `Clock` time. */
+export const eventuallyEffect = <A, R>(check: Effect.Effect<A, never, R>, timeoutMs = 2000): Effect.Effect<A, never, R> =>
+  Effect.suspend(() => {
+    const deadline = Date.now() + timeoutMs
+    const attempt: Effect.Effect<A, never, R> = Effect.catchAllDefect(check, (defect) =>
+      Date.now() > deadline
+        ? Effect.die(defect)
+        : Effect.zipRight(Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 20))), attempt))
+    return attempt
   })

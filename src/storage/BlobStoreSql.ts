@@ -1,0 +1,135 @@
+/**
+ * File bytes as chunks in the SQL database (`FILE_STORAGE=sql`), so that every node of a cluster reads every
+ * file. A blob is written under a fresh staging token, a chunk at a time (never the whole file in memory), and
+ * published by pointing its key at the token in one transaction.
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import { Chunk, Clock, Effect, Layer, Option, Stream } from "effect"
+import { randomUUID } from "node:crypto"
+import { AppConfig } from "../Config.js"
+import { BlobStore, type StagedBlob, type StagingWriter } from "./BlobStore.js"
+
+/** Bytes per stored chunk: the most an upload or a download holds in memory at a time. */
+const CHUNK_BYTES = 512 * 1024
+/** Chunks read per query when streaming a blob out. */
+const READ_PAGE = 4
+/**
+ * A published key is reported by `keys` (as a candidate orphan) only once it is this old: its file row, written
+ * just after publishing, may still be on its way on another node.
+ */
+const ORPHAN_AGE_MS = 60_000
+/** Staging areas of other nodes older than this belong to uploads that died with their node. */
+const STALE_STAGING_MS = 24 * 60 * 60 * 1000
+
+type ChunkRow = { readonly seq: number | string; readonly data: Uint8Array }
+
+export const make = (nodeId: string) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+
+    const dropToken = (token: string) =>
+      Effect.zipRight(
+        sql`DELETE FROM blob_chunks WHERE token = ${token}`,
+        sql`DELETE FROM blob_staging WHERE token = ${token}`
+      ).pipe(sql.withTransaction, Effect.orDie)
+
+    // Uploads cut short by a crash of this node (with SQLite, the only node: all of them), and very old ones.
+    const now = yield* Clock.currentTimeMillis
+    const stale = yield* sql<{ token: string }>`SELECT token FROM blob_staging WHERE ${
+      sql.onDialectOrElse({
+        sqlite: () => sql`1 = 1`,
+        orElse: () => sql`owner = ${nodeId} OR created_at < ${now - STALE_STAGING_MS}`
+      })
+    }`.pipe(Effect.orDie)
+    yield* Effect.forEach(stale, (r) => dropToken(r.token), { discard: true })
+
+    const openStaging = Effect.gen(function*() {
+      const token = randomUUID()
+      let published = false
+      yield* Effect.addFinalizer(() => (published ? Effect.void : dropToken(token)))
+      yield* sql`INSERT INTO blob_staging ${
+        sql.insert({ token, owner: nodeId, created_at: yield* Clock.currentTimeMillis })
+      }`.pipe(Effect.orDie)
+      let buffer = new Uint8Array(CHUNK_BYTES)
+      let filled = 0
+      let seq = 0
+      let bytes = 0
+      const insertChunk = (data: Uint8Array) =>
+        sql`INSERT INTO blob_chunks ${sql.insert({ token, seq: seq++, data })}`.pipe(Effect.asVoid, Effect.orDie)
+      // A full buffer is handed to the driver as it is and replaced by a new one (the driver may still hold it).
+      const takeBuffer = () => {
+        const data = buffer.subarray(0, filled)
+        buffer = new Uint8Array(CHUNK_BYTES)
+        filled = 0
+        return data
+      }
+      const flush = Effect.suspend(() => (filled === 0 ? Effect.void : insertChunk(takeBuffer())))
+      const write = (chunk: Uint8Array): Effect.Effect<void> =>
+        Effect.suspend(() => {
+          bytes += chunk.length
+          let offset = 0
+          const steps: Array<Effect.Effect<void>> = []
+          while (offset < chunk.length) {
+            const n = Math.min(CHUNK_BYTES - filled, chunk.length - offset)
+            buffer.set(chunk.subarray(offset, offset + n), filled)
+            filled += n
+            offset += n
+            if (filled === CHUNK_BYTES) steps.push(insertChunk(takeBuffer()))
+          }
+          return Effect.all(steps, { discard: true })
+        })
+      return {
+        write,
+        finish: Effect.map(flush, (): StagedBlob => {
+          published = true // from here on the token is `publish`'s to keep or the caller's to drop
+          return { token, bytes }
+        })
+      } satisfies StagingWriter
+    })
+
+    const publish = (staged: StagedBlob, key: string) =>
+      Effect.gen(function*() {
+        const previous = yield* sql<{ token: string }>`SELECT token FROM blobs WHERE key = ${key}`
+        const published_at = yield* Clock.currentTimeMillis
+        yield* sql`INSERT INTO blobs ${sql.insert({ key, token: staged.token, published_at })}
+          ON CONFLICT (key) DO UPDATE SET token = excluded.token, published_at = excluded.published_at`
+        yield* sql`DELETE FROM blob_staging WHERE token = ${staged.token}`
+        for (const old of previous) yield* sql`DELETE FROM blob_chunks WHERE token = ${old.token}`
+      }).pipe(sql.withTransaction, Effect.orDie)
+
+    const read = (key: string): Stream.Stream<Uint8Array> =>
+      Stream.unwrap(Effect.map(
+        sql<{ token: string }>`SELECT token FROM blobs WHERE key = ${key}`.pipe(Effect.orDie),
+        (rows) =>
+          rows.length === 0 ? Stream.empty : Stream.paginateChunkEffect(-1, (after: number) =>
+            sql<ChunkRow>`SELECT seq, data FROM blob_chunks WHERE token = ${rows[0]!.token} AND seq > ${after}
+              ORDER BY seq LIMIT ${READ_PAGE}`.pipe(
+              Effect.orDie,
+              Effect.map((chunks) => [
+                chunks.map((c) => new Uint8Array(c.data.buffer, c.data.byteOffset, c.data.byteLength)),
+                chunks.length < READ_PAGE ? Option.none() : Option.some(Number(chunks.at(-1)!.seq))
+              ] as const),
+              Effect.map(([data, next]) => [Chunk.unsafeFromArray(data), next] as const)
+            ))
+      ))
+
+    const remove = (key: string) =>
+      Effect.gen(function*() {
+        const removed = yield* sql<{ token: string }>`DELETE FROM blobs WHERE key = ${key} RETURNING token`
+        for (const r of removed) yield* sql`DELETE FROM blob_chunks WHERE token = ${r.token}`
+      }).pipe(sql.withTransaction, Effect.orDie)
+
+    const keys = Effect.flatMap(Clock.currentTimeMillis, (now) =>
+      sql<{ key: string }>`SELECT key FROM blobs WHERE published_at < ${now - ORPHAN_AGE_MS}`).pipe(
+      Effect.map((rows) => rows.map((r) => r.key)),
+      Effect.orDie
+    )
+
+    return BlobStore.of({ openStaging, publish, read, remove, keys })
+  })
+
+/** SQL blobs in the application's database. */
+export const BlobStoreSql: Layer.Layer<BlobStore, never, SqlClient.SqlClient | AppConfig> = Layer.effect(
+  BlobStore,
+  Effect.flatMap(AppConfig, ({ nodeId }) => make(nodeId))
+)
