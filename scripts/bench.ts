@@ -1,13 +1,18 @@
 /**
  * End-to-end benchmark (not a test): a 50,000-request chat batch against the simulator with zero latency.
  *
- *   npm run bench [-- --requests 50000 --concurrency 32]
+ *   npm run bench [-- --requests 50000 --concurrency 32] [--pg] [--nodes 2]
+ *
+ * `--pg` runs the server on PostgreSQL (a scratch schema in `TEST_DATABASE_URL`, default the machine's
+ * postgres://postgres@127.0.0.1:5432/test, dropped afterwards; file bytes in SQL, the default there);
+ * `--nodes N` (implies `--pg`) runs N server nodes on that database, each with `--concurrency` upstream slots.
  *
  * 1. Baseline: a plain undici client sends the same number of chat requests to the same simulator at the same
  *    concurrency: the raw rate the upstream allows on this machine.
  * 2. The service: upload the JSONL with the `openai` SDK, create the batch, poll `GET /v1/batches/{id}` every
  *    50 ms, wait for `completed`, download the output file. Requests/s is measured over that whole span.
- * Prints requests/s, the ratio to the baseline, the server's peak RSS (VmHWM) and the p99 of the polls.
+ * Prints requests/s, the ratio to the baseline, each server's peak RSS (VmHWM) and the p99 of the polls (sent to
+ * the first node, which also gets the upload and the create).
  * The server runs compiled (`dist/`) with the node flags of `npm start` (read from package.json); simulator and server are separate
  * processes, the driver is this one.
  */
@@ -17,6 +22,8 @@ import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import OpenAI from "openai"
 import { Agent, request } from "undici"
+import { Effect } from "effect"
+import { createScratchSchema, dropScratchSchema } from "../test/support/Postgres.js"
 import { freePort } from "../test/support/ServerProcess.js"
 import { memoryMb, root, startFlags, waitHealthy } from "./server-process.js"
 
@@ -25,7 +32,11 @@ const arg = (name: string, fallback: number) => {
   return i > 0 ? Number(process.argv[i + 1]) : fallback
 }
 const REQUESTS = arg("requests", 50_000)
+const NODES = arg("nodes", 1)
+const PG = NODES > 1 || process.argv.includes("--pg")
+/** Upstream slots per node; the baseline uses as many as all nodes together. */
 const CONCURRENCY = arg("concurrency", 32)
+const TOTAL_CONCURRENCY = CONCURRENCY * NODES
 
 const percentile = (values: Array<number>, p: number) => {
   const sorted = [...values].sort((a, b) => a - b)
@@ -36,10 +47,10 @@ const body = (i: number) => JSON.stringify({ model: "sim-model", messages: [{ ro
 
 /** The raw rate: `REQUESTS` chat requests through undici at `CONCURRENCY`. */
 const baseline = async (simUrl: string) => {
-  const agent = new Agent({ connections: CONCURRENCY, keepAliveTimeout: 60_000 })
+  const agent = new Agent({ connections: TOTAL_CONCURRENCY, keepAliveTimeout: 60_000 })
   let next = 0
   const started = performance.now()
-  await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
+  await Promise.all(Array.from({ length: TOTAL_CONCURRENCY }, async () => {
     while (next < REQUESTS) {
       const i = next++
       const res = await request(`${simUrl}/chat/completions`, {
@@ -60,33 +71,42 @@ const main = async () => {
   execSync("npx tsc -p tsconfig.build.json", { cwd: root, stdio: "inherit" })
   const dir = mkdtempSync(Path.join(tmpdir(), "batch-bench-"))
   const children: Array<ReturnType<typeof spawn>> = []
+  const cleanups: Array<() => Promise<unknown>> = []
   try {
     const simPort = await freePort()
     children.push(spawn(process.execPath, ["--import", "tsx", "scripts/simulator.ts", "--port", String(simPort)], { cwd: root, stdio: "ignore" }))
     const simUrl = `http://127.0.0.1:${simPort}/v1`
     await waitHealthy(`${simUrl}/models`)
 
-    const port = await freePort()
+    const database = PG ? await Effect.runPromise(createScratchSchema("bench")) : undefined
+    if (database !== undefined) cleanups.push(() => Effect.runPromise(dropScratchSchema(database.schema)))
     // The node flags of `npm start`, plus BENCH_SERVER_FLAGS (e.g. "--cpu-prof" to profile the server).
     const serverFlags = [...startFlags(), ...(process.env.BENCH_SERVER_FLAGS ?? "").split(" ").filter(Boolean)]
-    const server = spawn(process.execPath, [...serverFlags, "dist/main.js"], {
-      cwd: root,
-      env: {
-        ...process.env,
-        PORT: String(port),
-        HOST: "127.0.0.1",
-        DATA_DIR: Path.join(dir, "data"),
-        INFERENCE_BASE_URL: simUrl,
-        MAX_CONCURRENT_REQUESTS_PER_BATCH: String(CONCURRENCY),
-        MAX_REQUESTS_PER_BATCH: String(Math.max(50_000, REQUESTS))
-      },
-      stdio: ["ignore", process.env.BENCH_SERVER_STDOUT ? "inherit" : "ignore", "inherit"]
-    })
-    children.push(server)
-    const base = `http://127.0.0.1:${port}`
-    await waitHealthy(`${base}/v1/health`)
+    const servers: Array<{ readonly base: string; readonly pid: number }> = []
+    for (let n = 0; n < NODES; n++) {
+      const port = await freePort()
+      const server = spawn(process.execPath, [...serverFlags, "dist/main.js"], {
+        cwd: root,
+        env: {
+          ...process.env,
+          PORT: String(port),
+          HOST: "127.0.0.1",
+          NODE_ID: `bench-${n + 1}`,
+          DATA_DIR: Path.join(dir, `data-${n + 1}`),
+          ...(database === undefined ? {} : { DATABASE_URL: database.url }),
+          INFERENCE_BASE_URL: simUrl,
+          MAX_CONCURRENT_REQUESTS_PER_BATCH: String(CONCURRENCY),
+          MAX_REQUESTS_PER_BATCH: String(Math.max(50_000, REQUESTS))
+        },
+        stdio: ["ignore", process.env.BENCH_SERVER_STDOUT ? "inherit" : "ignore", "inherit"]
+      })
+      children.push(server)
+      servers.push({ base: `http://127.0.0.1:${port}`, pid: server.pid! })
+    }
+    for (const { base } of servers) await waitHealthy(`${base}/v1/health`)
+    const { base } = servers[0]!
 
-    console.log(`baseline: undici → simulator, ${REQUESTS} requests at concurrency ${CONCURRENCY}…`)
+    console.log(`baseline: undici → simulator, ${REQUESTS} requests at concurrency ${TOTAL_CONCURRENCY}…`)
     const rawRate = await baseline(simUrl)
     console.log(`  ${rawRate.toFixed(0)} requests/s`)
 
@@ -112,7 +132,8 @@ const main = async () => {
       if (performance.now() - lastLine > 1000) {
         lastLine = performance.now()
         const c = status.request_counts!
-        process.stdout.write(`  ${status.status} ${c.completed + c.failed}/${c.total}, server RSS ${memoryMb(server.pid!, "VmRSS").toFixed(0)} MB\n`)
+        const rss = servers.map((s) => memoryMb(s.pid, "VmRSS").toFixed(0)).join(" + ")
+        process.stdout.write(`  ${status.status} ${c.completed + c.failed}/${c.total}, server RSS ${rss} MB\n`)
       }
     }
     if (status.status !== "completed" || status.request_counts!.completed !== REQUESTS) {
@@ -126,18 +147,22 @@ const main = async () => {
     const seconds = (performance.now() - started) / 1000
     if (lines !== REQUESTS) throw new Error(`output has ${lines} lines, expected ${REQUESTS}`)
     const rate = REQUESTS / seconds
-    const rss = memoryMb(server.pid!, "VmHWM")
+    const peaks = servers.map((s) => memoryMb(s.pid, "VmHWM"))
+    const rss = Math.max(...peaks)
     const p99 = percentile(polls, 99)
     const ratio = rate / rawRate
-    console.log(`\nresults (${REQUESTS} requests, concurrency ${CONCURRENCY}):`)
+    const setup = `${PG ? "PostgreSQL" : "SQLite"}, ${NODES} node(s) × concurrency ${CONCURRENCY}`
+    console.log(`\nresults (${REQUESTS} requests; ${setup}):`)
     console.log(`  end to end:          ${seconds.toFixed(1)} s, ${rate.toFixed(0)} requests/s`)
     console.log(`  raw undici rate:     ${rawRate.toFixed(0)} requests/s`)
     console.log(`  ratio:               ${ratio.toFixed(2)}   (target ≥ 0.5)`)
-    console.log(`  server peak RSS:     ${rss.toFixed(0)} MB   (target ≤ 250 MB)`)
+    console.log(`  server peak RSS:     ${peaks.map((p) => p.toFixed(0)).join(" / ")} MB   (target ≤ 250 MB)`)
     console.log(`  GET /v1/batches/{id} p99: ${p99.toFixed(1)} ms over ${polls.length} polls   (target ≤ 50 ms)`)
     if (ratio < 0.5 || rss > 250 || p99 > 50) process.exitCode = 1
   } finally {
     for (const child of children) child.kill("SIGTERM")
+    await Promise.all(children.map((child) => new Promise((resolve) => child.exitCode !== null ? resolve(null) : child.once("exit", resolve))))
+    for (const cleanup of cleanups) await cleanup()
     rmSync(dir, { recursive: true, force: true })
   }
 }

@@ -387,23 +387,56 @@ export const make = Effect.gen(function*() {
     )
 
   /**
-   * One statement per outcome, all in one transaction. A single `UPDATE … FROM (VALUES …)` or `json_each` was
-   * tried: SQLite plans it as a scan of the batch's rows per outcome, a hundred times slower at 20k rows.
+   * SQLite: one statement per outcome (all in the caller's transaction). A single `UPDATE … FROM (VALUES …)` or
+   * `json_each` was tried: SQLite plans it as a scan of the batch's rows per outcome, a hundred times slower at
+   * 20k rows. Statement texts are fixed (no generated SET list): prepared once, cheapest to run per row.
    */
-  const recordOutcomes = (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) =>
+  const storeOutcomesOneByOne = (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) =>
     Effect.gen(function*() {
-      let completed = 0
-      let failed = 0
-      const usage = { input: 0, cached: 0, output: 0, reasoning: 0, total: 0 }
+      const stored = new Set<number>()
       for (const o of outcomes) {
-        // Fixed statement texts (no generated SET list): prepared once, cheapest to run per row.
         const changed = yield* (o._tag === "Response"
           ? sql`UPDATE batch_requests SET state = 'done', status_code = ${o.statusCode}, response = ${o.body},
               request_id = ${o.requestId}
               WHERE batch_id = ${batchId} AND line = ${o.line} AND state = 'pending' RETURNING line`
           : sql`UPDATE batch_requests SET state = 'done', error_code = ${o.code}, error_message = ${o.message}
               WHERE batch_id = ${batchId} AND line = ${o.line} AND state = 'pending' RETURNING line`)
-        if (changed.length === 0) continue
+        if (changed.length > 0) stored.add(o.line)
+      }
+      return stored
+    })
+
+  /** Postgres: the whole group in one statement (a round trip per outcome would cost more than the update). */
+  const storeOutcomesAtOnce = (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) => {
+    const rows = JSON.stringify(outcomes.map((o) =>
+      o._tag === "Response"
+        ? { line: o.line, status_code: o.statusCode, response: o.body, request_id: o.requestId }
+        : { line: o.line, error_code: o.code, error_message: o.message }
+    ))
+    return Effect.map(
+      sql<{ line: number | string }>`
+        UPDATE batch_requests r SET state = 'done', status_code = v.status_code, response = v.response,
+          request_id = v.request_id, error_code = v.error_code, error_message = v.error_message
+        FROM json_to_recordset(${rows}::json)
+          AS v(line INTEGER, status_code INTEGER, response TEXT, request_id TEXT, error_code TEXT, error_message TEXT)
+        WHERE r.batch_id = ${batchId} AND r.line = v.line AND r.state = 'pending'
+        RETURNING r.line`,
+      (changed) => new Set(changed.map((r) => n(r.line)))
+    )
+  }
+
+  const recordOutcomes = (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) =>
+    Effect.gen(function*() {
+      const stored = yield* sql.onDialectOrElse({
+        pg: () => storeOutcomesAtOnce(batchId, outcomes),
+        orElse: () => storeOutcomesOneByOne(batchId, outcomes)
+      })
+      // Counts and usage move only by the rows this write changed (a row that already had an outcome is left).
+      let completed = 0
+      let failed = 0
+      const usage = { input: 0, cached: 0, output: 0, reasoning: 0, total: 0 }
+      for (const o of outcomes) {
+        if (!stored.has(o.line)) continue
         if (o._tag === "Response" && o.statusCode >= 200 && o.statusCode < 300) {
           completed++
           usage.input += o.usage.input
@@ -491,7 +524,15 @@ export const make = Effect.gen(function*() {
         { discard: true }
       )
       return true
-    }).pipe(sql.withTransaction, Effect.orDie, Effect.withSpan("BatchStore.startRunning", { attributes: { id } }))
+    }).pipe(
+      sql.withTransaction,
+      // Postgres plans by table statistics, which lag behind a bulk insert: with none yet, it takes the new
+      // batch's pending rows for a handful and joins each group of outcomes against all of them. Refreshed here,
+      // outcomes are written by primary-key lookups from the first group on.
+      Effect.tap((moved) => moved ? sql.onDialectOrElse({ pg: () => sql`ANALYZE batch_requests`, orElse: () => Effect.void }) : Effect.void),
+      Effect.orDie,
+      Effect.withSpan("BatchStore.startRunning", { attributes: { id } })
+    )
 
   const claimBatch = (id: string, lease: Lease) =>
     sql<{ id: string }>`

@@ -1,17 +1,15 @@
 /** Shared test fixtures: a scratch data directory and the whole app served on a random local port. */
 import { HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
-import * as Reactivity from "@effect/experimental/Reactivity"
-import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Context, Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
-import { randomBytes } from "node:crypto"
 import { mkdtempSync, readdirSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import { AppConfig, type AppConfigShape, fileStorageOf } from "../../src/Config.js"
 import { HttpLive } from "../../src/http/Http.js"
 import { ServicesLive } from "../../src/Layers.js"
+import { createScratchSchema, dropScratchSchema } from "./Postgres.js"
 import { type Simulator, type SimulatorOptions, startSimulator } from "../../scripts/simulator.js"
 
 /** A fresh directory, removed when the scope closes. */
@@ -53,15 +51,6 @@ export const storages: ReadonlyArray<{ readonly backend: Backend; readonly fileS
   { backend: "postgres", fileStorage: "sql" }
 ]
 
-/** The machine's PostgreSQL (`TEST_DATABASE_URL` to use another); an unreachable server fails the tests. */
-const testDatabaseUrl = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test"
-
-const onTestDatabase = (statement: string) =>
-  Effect.flatMap(PgClient.make({ url: Redacted.make(testDatabaseUrl) }), (sql) => sql.unsafe(statement)).pipe(
-    Effect.scoped,
-    Effect.provide(Reactivity.layer)
-  )
-
 /**
  * The database of a test: none for SQLite (it lives in `TestDataDir`); for Postgres a fresh schema in the test
  * database, dropped when the layer closes, and a URL whose connections use it (through `search_path`), so test
@@ -74,14 +63,8 @@ export class TestDatabase extends Context.Tag("test/TestDatabase")<TestDatabase,
     backend === "sqlite" ? Layer.succeed(TestDatabase, { url: Option.none() }) : Layer.scoped(
       TestDatabase,
       Effect.acquireRelease(
-        Effect.gen(function*() {
-          const schema = `test_${randomBytes(8).toString("hex")}`
-          yield* onTestDatabase(`CREATE SCHEMA ${schema}`)
-          const url = new URL(testDatabaseUrl)
-          url.searchParams.set("options", `-c search_path=${schema}`)
-          return { schema, url: Option.some(Redacted.make(url.toString())) }
-        }),
-        ({ schema }) => Effect.orDie(onTestDatabase(`DROP SCHEMA ${schema} CASCADE`))
+        Effect.map(createScratchSchema("test"), ({ schema, url }) => ({ schema, url: Option.some(Redacted.make(url)) })),
+        ({ schema }) => Effect.orDie(dropScratchSchema(schema))
       ).pipe(Effect.orDie)
     )
 }
