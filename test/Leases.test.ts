@@ -1,0 +1,127 @@
+/**
+ * The claims several nodes coordinate through, on BatchStore against real SQLite and real PostgreSQL: slices and
+ * batch leases go to one owner at a time, an expired lease moves on, and racing writers store an outcome once.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Layer, Option } from "effect"
+import { BatchStore, BatchStoreLive, type Lease, type RequestOutcome } from "../src/batches/BatchStore.js"
+import { SqlLive } from "../src/storage/Sql.js"
+import { backends, configFor, TestDatabase, TestDataDir } from "./support/TestApp.js"
+
+const storeFor = (backend: "sqlite" | "postgres") =>
+  BatchStoreLive.pipe(
+    Layer.provide(SqlLive),
+    Layer.provide(configFor()),
+    Layer.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))
+  )
+
+const lease = (owner: string, now = 1_000, ttl = 10_000): Lease => ({ owner, now, until: now + ttl })
+
+const ok = (line: number, text = `ok ${line}`): RequestOutcome => ({
+  _tag: "Response",
+  line,
+  statusCode: 200,
+  body: JSON.stringify({ text }),
+  requestId: `req_${line}`,
+  usage: { input: 1, cached: 0, output: 2, reasoning: 0, total: 3 }
+})
+
+/** A running batch of `lines` requests in slices of `perSlice` lines. */
+const runningBatch = (lines: number, perSlice: number) =>
+  Effect.gen(function*() {
+    const store = yield* BatchStore
+    const id = `batch_${Math.random().toString(16).slice(2)}`
+    yield* store.create({
+      id,
+      endpoint: "/v1/chat/completions",
+      inputFileId: "file-x",
+      completionWindow: "24h",
+      expiresAfterSeconds: 86400,
+      metadata: null,
+      outputExpiresAfterSeconds: null,
+      idempotencyKey: null,
+      requestHash: null
+    })
+    const rows = Array.from({ length: lines }, (_, i) => ({ line: i + 1, customId: `c${i + 1}`, resultId: `r${i + 1}`, body: "{}" }))
+    yield* store.insertRequests(id, rows)
+    const slices = Array.from({ length: Math.ceil(lines / perSlice) }, (_, s) => ({
+      firstLine: s * perSlice + 1,
+      lastLine: Math.min(lines, (s + 1) * perSlice)
+    }))
+    expect(yield* store.startRunning(id, { model: "m", total: lines }, slices)).toBe(true)
+    return id
+  })
+
+for (const backend of backends) describe(`leases (${backend})`, () => {
+  it.effect("concurrent claims get distinct slices; none is left twice", () =>
+    Effect.gen(function*() {
+      const store = yield* BatchStore
+      const id = yield* runningBatch(100, 10)
+      const claims = yield* Effect.all(
+        Array.from({ length: 12 }, (_, i) => store.claimSlice(id, lease(`node-${i}`))),
+        { concurrency: "unbounded" }
+      )
+      const got = claims.filter(Option.isSome).map((c) => c.value.slice)
+      expect(got.sort((a, b) => a - b)).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+      expect(claims.filter(Option.isNone)).toHaveLength(2)
+      expect(Option.getOrThrow(claims.find(Option.isSome)!)).toMatchObject({ firstLine: expect.any(Number), lastLine: expect.any(Number) })
+    }).pipe(Effect.provide(storeFor(backend))))
+
+  it.effect("an expired slice lease is taken over; the old owner's renewal no longer holds it", () =>
+    Effect.gen(function*() {
+      const store = yield* BatchStore
+      const id = yield* runningBatch(20, 10)
+      const a = Option.getOrThrow(yield* store.claimSlice(id, lease("a", 1_000, 5_000)))
+      expect(Option.getOrThrow(yield* store.claimSlice(id, lease("b", 2_000))).slice).not.toBe(a.slice)
+      expect(yield* store.claimSlice(id, lease("c", 3_000))).toEqual(Option.none()) // both live
+      expect(yield* store.claimable(3_000, 10)).not.toContain(id)
+      // a stalls past its lease: c takes its slice over, and a's next renewal shows it lost.
+      const taken = Option.getOrThrow(yield* store.claimSlice(id, lease("c", 7_000)))
+      expect(taken.slice).toBe(a.slice)
+      expect(yield* store.renewLeases(lease("a", 8_000))).toEqual([])
+      expect(yield* store.renewLeases(lease("c", 8_000))).toEqual([{ batchId: id, slice: a.slice }])
+      expect(yield* store.liveSlices(id, 8_000)).toBe(2)
+      yield* store.releaseLeases({ owner: "b" })
+      expect(yield* store.liveSlices(id, 8_000)).toBe(1)
+      expect(yield* store.claimable(8_000, 10)).toContain(id)
+    }).pipe(Effect.provide(storeFor(backend))))
+
+  it.effect("the batch lease has one holder until it expires or is released", () =>
+    Effect.gen(function*() {
+      const store = yield* BatchStore
+      const id = yield* runningBatch(5, 5)
+      expect(yield* store.claimBatch(id, lease("a", 1_000, 1_000))).toBe(true)
+      expect(yield* store.claimBatch(id, lease("b", 1_500))).toBe(false)
+      expect(yield* store.claimBatch(id, lease("a", 1_500, 1_000))).toBe(true) // its own: renewed to 2,500
+      expect(yield* store.claimBatch(id, lease("b", 3_000))).toBe(true) // a's ran out at 2,500
+      yield* store.releaseLeases({ owner: "b", batchId: id })
+      expect(yield* store.claimBatch(id, lease("c", 3_000))).toBe(true)
+    }).pipe(Effect.provide(storeFor(backend))))
+
+  it.effect("the last slices completed at once move the batch to finalizing exactly once", () =>
+    Effect.gen(function*() {
+      const store = yield* BatchStore
+      const id = yield* runningBatch(40, 10)
+      const moved = yield* Effect.all([0, 1, 2, 3].map((slice) => store.completeSlice(id, slice)), { concurrency: "unbounded" })
+      expect(moved.filter(Boolean)).toHaveLength(1)
+      expect((yield* store.get(id)).batch.status).toBe("finalizing")
+    }).pipe(Effect.provide(storeFor(backend))))
+
+  it.effect("two nodes storing the same request's outcome: the first is kept and counted once", () =>
+    Effect.gen(function*() {
+      const store = yield* BatchStore
+      const id = yield* runningBatch(3, 3)
+      const [first, second] = yield* Effect.all([
+        store.recordOutcomes(id, [ok(1, "from a"), ok(2, "from a")]),
+        store.recordOutcomes(id, [ok(2, "from b"), ok(3, "from b")])
+      ], { concurrency: "unbounded" })
+      expect(first + second).toBe(3)
+      const { batch } = yield* store.get(id)
+      expect(batch.request_counts).toEqual({ total: 3, completed: 3, failed: 0 })
+      expect(batch.usage.total_tokens).toBe(9)
+      const rows = yield* store.resultRows(id, "succeeded", 0, 10)
+      expect(rows.map((r) => r.customId)).toEqual(["c1", "c2", "c3"])
+      expect(yield* store.recordOutcomes(id, [ok(1, "late")])).toBe(0)
+      expect(JSON.parse((yield* store.resultRows(id, "succeeded", 0, 1))[0]!.response!)).toEqual({ text: "from a" })
+    }).pipe(Effect.provide(storeFor(backend))))
+})
