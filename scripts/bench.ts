@@ -80,8 +80,12 @@ const main = async () => {
 
     const database = PG ? await Effect.runPromise(createScratchSchema("bench")) : undefined
     if (database !== undefined) cleanups.push(() => Effect.runPromise(dropScratchSchema(database.schema)))
-    // The node flags of `npm start`, plus BENCH_SERVER_FLAGS (e.g. "--cpu-prof" to profile the server).
-    const serverFlags = [...startFlags(), ...(process.env.BENCH_SERVER_FLAGS ?? "").split(" ").filter(Boolean)]
+    // The node flags of `npm start` (BENCH_NODE_FLAGS replaces them, to compare), plus BENCH_SERVER_FLAGS (e.g.
+    // "--cpu-prof" to profile the server).
+    const serverFlags = [
+      ...(process.env.BENCH_NODE_FLAGS?.split(" ").filter(Boolean) ?? startFlags()),
+      ...(process.env.BENCH_SERVER_FLAGS ?? "").split(" ").filter(Boolean)
+    ]
     const servers: Array<{ readonly base: string; readonly pid: number }> = []
     for (let n = 0; n < NODES; n++) {
       const port = await freePort()
@@ -120,6 +124,8 @@ const main = async () => {
     console.log(`service: upload → batch → completed → output downloaded…`)
     const started = performance.now()
     const file = await openai.files.create({ file: createReadStream(input), purpose: "batch" })
+    // When each phase was first seen (by the polls, so to within a poll).
+    const phases: Array<[string, number]> = [["upload", started], ["validating", performance.now()]]
     const batch = await openai.batches.create({ input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h" })
     const polls: Array<number> = []
     let status = batch
@@ -128,6 +134,7 @@ const main = async () => {
       await new Promise((r) => setTimeout(r, 50))
       const t0 = performance.now()
       status = await openai.batches.retrieve(batch.id)
+      if (status.status !== phases.at(-1)![0]) phases.push([status.status, performance.now()])
       polls.push(performance.now() - t0)
       if (performance.now() - lastLine > 1000) {
         lastLine = performance.now()
@@ -139,11 +146,13 @@ const main = async () => {
     if (status.status !== "completed" || status.request_counts!.completed !== REQUESTS) {
       throw new Error(`batch ended ${status.status}: ${JSON.stringify(status.request_counts)} ${JSON.stringify(status.errors)}`)
     }
+    const downloadStarted = performance.now()
     const output = await openai.files.content(status.output_file_id!)
     let lines = 0
     for await (const chunk of output.body as any as AsyncIterable<Uint8Array>) {
       for (const byte of chunk) if (byte === 10) lines++
     }
+    phases.push(["download", downloadStarted], ["end", performance.now()])
     const seconds = (performance.now() - started) / 1000
     if (lines !== REQUESTS) throw new Error(`output has ${lines} lines, expected ${REQUESTS}`)
     const rate = REQUESTS / seconds
@@ -154,6 +163,8 @@ const main = async () => {
     const setup = `${PG ? "PostgreSQL" : "SQLite"}, ${NODES} node(s) × concurrency ${CONCURRENCY}`
     console.log(`\nresults (${REQUESTS} requests; ${setup}):`)
     console.log(`  end to end:          ${seconds.toFixed(1)} s, ${rate.toFixed(0)} requests/s`)
+    const spans = phases.slice(0, -1).map(([name, at], i) => `${name} ${((phases[i + 1]![1] - at) / 1000).toFixed(1)} s`)
+    console.log(`  phases:              ${spans.join(", ")}`)
     console.log(`  raw undici rate:     ${rawRate.toFixed(0)} requests/s`)
     console.log(`  ratio:               ${ratio.toFixed(2)}   (target ≥ 0.5)`)
     console.log(`  server peak RSS:     ${peaks.map((p) => p.toFixed(0)).join(" / ")} MB   (target ≤ 250 MB)`)

@@ -6,7 +6,12 @@
  * The server runs with `--optimize-for-size`, like `npm start`: without it V8 lets the young and old generations
  * grow by ~60 MB of short-lived garbage while bytes stream through (peak ~205 MB instead of ~120 MB).
  *
- *   npm run bench:upload [-- --mb 200]
+ * Then it downloads the file again and reports the peak after that too (bytes are streamed both ways).
+ *
+ *   npm run bench:upload [-- --mb 200] [--pg]
+ *
+ * `--pg` runs the server on PostgreSQL (a scratch schema, dropped afterwards), where file bytes are stored as chunks
+ * in the database (`FILE_STORAGE=sql`, the default there).
  */
 import { execSync, spawn } from "node:child_process"
 import { randomBytes } from "node:crypto"
@@ -14,21 +19,31 @@ import { mkdtempSync, rmSync } from "node:fs"
 import { request } from "node:http"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
+import { Effect } from "effect"
+import { createScratchSchema, dropScratchSchema } from "../test/support/Postgres.js"
 import { freePort } from "../test/support/ServerProcess.js"
 import { memoryMb, root, startFlags, waitHealthy } from "./server-process.js"
 
 const mbArg = process.argv.indexOf("--mb")
 const megabytes = mbArg > 0 ? Number(process.argv[mbArg + 1]) : 200
+const PG = process.argv.includes("--pg")
 
 const main = async () => {
   execSync("npx tsc -p tsconfig.build.json", { cwd: root, stdio: "inherit" })
   const dataDir = mkdtempSync(Path.join(tmpdir(), "upload-bench-"))
   const port = await freePort()
+  const database = PG ? await Effect.runPromise(createScratchSchema("bench")) : undefined
   // The node flags of `npm start`; BENCH_NODE_FLAGS replaces them, to compare.
   const nodeFlags = process.env.BENCH_NODE_FLAGS?.split(" ").filter(Boolean) ?? startFlags()
   const server = spawn(process.execPath, [...nodeFlags, "dist/main.js"], {
     cwd: root,
-    env: { ...process.env, DATA_DIR: dataDir, PORT: String(port), HOST: "127.0.0.1" },
+    env: {
+      ...process.env,
+      DATA_DIR: dataDir,
+      PORT: String(port),
+      HOST: "127.0.0.1",
+      ...(database === undefined ? {} : { DATABASE_URL: database.url })
+    },
     stdio: ["ignore", "ignore", "inherit"]
   })
   try {
@@ -63,11 +78,22 @@ const main = async () => {
     const file = JSON.parse(body)
     if (file.bytes !== total) throw new Error(`upload failed: ${body}`)
     const peak = memoryMb(server.pid!, "VmHWM")
-    console.log(`upload of ${megabytes} MB: ${seconds.toFixed(1)} s (${(megabytes / seconds).toFixed(0)} MB/s)`)
+    const storage = PG ? "PostgreSQL, bytes in SQL chunks" : "SQLite, bytes in local files"
+    console.log(`upload of ${megabytes} MB (${storage}): ${seconds.toFixed(1)} s (${(megabytes / seconds).toFixed(0)} MB/s)`)
     console.log(`server peak RSS: ${peak.toFixed(0)} MB (idle before the upload: ${idle.toFixed(0)} MB), target < 150 MB`)
-    if (peak >= 150) process.exitCode = 1
+
+    const downloadStarted = Date.now()
+    const response = await fetch(`http://127.0.0.1:${port}/v1/files/${file.id}/content`)
+    let received = 0
+    for await (const part of response.body as any as AsyncIterable<Uint8Array>) received += part.length
+    if (received !== total) throw new Error(`download returned ${received} bytes, expected ${total}`)
+    const afterDownload = memoryMb(server.pid!, "VmHWM")
+    console.log(`download: ${((Date.now() - downloadStarted) / 1000).toFixed(1)} s, server peak RSS since start: ${afterDownload.toFixed(0)} MB`)
+    if (afterDownload >= 150) process.exitCode = 1
   } finally {
     server.kill("SIGTERM")
+    await new Promise((resolve) => server.exitCode !== null ? resolve(null) : server.once("exit", resolve))
+    if (database !== undefined) await Effect.runPromise(dropScratchSchema(database.schema))
     rmSync(dataDir, { recursive: true, force: true })
   }
 }

@@ -273,15 +273,19 @@ export const make = Effect.gen(function*() {
           morePages = rows.length === PAGE
         })
       )
+      const handOut = () => {
+        current!.outstanding++
+        return Option.some([page[index++]!, current!] as const)
+      }
       const take = Effect.suspend((): Effect.Effect<Option.Option<readonly [RequestRow, SliceProgress]>> => {
-        if (index < page.length) {
-          current!.outstanding++
-          return Effect.succeed(Option.some([page[index++]!, current!] as const))
-        }
+        if (index < page.length) return Effect.succeed(handOut())
         if (exhausted) return Effect.succeed(Option.none())
         return Effect.zipRight(current !== undefined && morePages ? fetchPage : nextSlice, take)
       })
-      return { next: mutex.withPermits(1)(take), claimed: () => claimed }
+      const refill = mutex.withPermits(1)(take)
+      // A row of the page in hand is taken synchronously; only reading the next page or slice is serialized.
+      const next = Effect.suspend(() => (index < page.length ? Effect.succeed(handOut()) : refill))
+      return { next, claimed: () => claimed }
     })
 
   const callUpstream = (endpoint: BatchEndpoint, deadline: number) => (row: RequestRow) =>
