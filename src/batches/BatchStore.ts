@@ -72,8 +72,6 @@ export type TimestampColumn =
   | "cancelled_at"
 
 export interface TransitionPatch {
-  readonly model?: string
-  readonly total?: number
   readonly errors?: ReadonlyArray<BatchError>
   readonly outputFileId?: string | null
   readonly errorFileId?: string | null
@@ -334,8 +332,6 @@ export const make = Effect.gen(function*() {
       const now = yield* nowSeconds
       const set: Record<string, unknown> = { status: to }
       if (stamp !== null) set[stamp] = now
-      if (patch.model !== undefined) set.model = patch.model
-      if (patch.total !== undefined) set.total = patch.total
       if (patch.errors !== undefined) set.errors = JSON.stringify(patch.errors)
       if (patch.outputFileId !== undefined) set.output_file_id = patch.outputFileId
       if (patch.errorFileId !== undefined) set.error_file_id = patch.errorFileId
