@@ -87,6 +87,9 @@ describe("two nodes on one Postgres", () => {
       expect(repeatedPrompts([a, b])).toBe(0)
       expect(a.sim.stats.requests / TOTAL).toBeGreaterThan(0.2)
       expect(b.sim.stats.requests / TOTAL).toBeGreaterThan(0.2)
+      // MAX_CONCURRENT_REQUESTS_PER_BATCH holds per node.
+      expect(a.sim.stats.maxInFlight).toBeLessThanOrEqual(WINDOW)
+      expect(b.sim.stats.maxInFlight).toBeLessThanOrEqual(WINDOW)
 
       // 2. A cancel sent to A stops the work on B within 2 s.
       a.sim.reset()
