@@ -18,6 +18,8 @@ const storeFor = (backend: "sqlite" | "postgres") =>
 const lease = (owner: string, now = 1_000, ttl = 10_000): Lease => ({ owner, now, until: now + ttl })
 
 const ok = (line: number, text = `ok ${line}`): RequestOutcome => ({
+  customId: `c${line}`,
+  resultId: `r${line}`,
   _tag: "Response",
   line,
   statusCode: 200,

@@ -43,13 +43,22 @@ export type RequestOutcome =
   | {
     readonly _tag: "Response"
     readonly line: number
+    readonly customId: string
+    readonly resultId: string
     readonly statusCode: number
     /** JSON text of the upstream body. */
     readonly body: string
     readonly requestId: string
     readonly usage: TokenUsage
   }
-  | { readonly _tag: "Error"; readonly line: number; readonly code: string; readonly message: string }
+  | {
+    readonly _tag: "Error"
+    readonly line: number
+    readonly customId: string
+    readonly resultId: string
+    readonly code: string
+    readonly message: string
+  }
 
 export interface ResultRow {
   readonly line: number
@@ -263,8 +272,6 @@ const nowSeconds = Effect.map(Clock.currentTimeMillis, (ms) => Math.floor(ms / 1
 
 /** Rows per INSERT statement (SQLite allows 32,766 bound parameters; 5 per row). */
 const INSERT_GROUP = 1000
-/** Outcomes per UPDATE statement. */
-const OUTCOME_GROUP = 1000
 
 export const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
@@ -371,12 +378,20 @@ export const make = Effect.gen(function*() {
     ).pipe(sql.withTransaction, Effect.orDie, Effect.withSpan("BatchStore.insertRequests"))
 
   const deleteRequests = (batchId: string) =>
-    sql`DELETE FROM batch_requests WHERE batch_id = ${batchId}`.pipe(Effect.asVoid, Effect.orDie)
+    Effect.zipRight(
+      sql`DELETE FROM batch_results WHERE batch_id = ${batchId}`,
+      sql`DELETE FROM batch_requests WHERE batch_id = ${batchId}`
+    ).pipe(sql.withTransaction, Effect.asVoid, Effect.orDie)
+
+  /** A request is pending while it has no row in `batch_results`. */
+  const isPending = sql.literal(
+    "NOT EXISTS (SELECT 1 FROM batch_results o WHERE o.batch_id = r.batch_id AND o.line = r.line)"
+  )
 
   const pendingRequests = (batchId: string, afterLine: number, lastLine: number, limit: number) =>
     sql<{ line: number | string; custom_id: string; result_id: string; body: string }>`
-      SELECT line, custom_id, result_id, body FROM batch_requests
-      WHERE batch_id = ${batchId} AND state = 'pending' AND line > ${afterLine} AND line <= ${lastLine}
+      SELECT line, custom_id, result_id, body FROM batch_requests r
+      WHERE batch_id = ${batchId} AND line > ${afterLine} AND line <= ${lastLine} AND ${isPending}
       ORDER BY line LIMIT ${limit}`.pipe(
       Effect.map((rows) =>
         rows.map((r): RequestRow => ({ line: n(r.line), customId: r.custom_id, resultId: r.result_id, body: r.body }))
@@ -385,57 +400,42 @@ export const make = Effect.gen(function*() {
     )
 
   /**
-   * SQLite: the whole group in one statement that finds its rows by primary key (`line IN (…)`) and takes each
-   * column's value from a `CASE` on the line. (A join against `VALUES` or `json_each` is planned as a scan of the
-   * batch's rows per outcome: a hundred times slower at 20k rows.) The statement text depends only on the group's
-   * size, so it is prepared once per size.
+   * A group of outcomes as one JSON parameter, one row of `batch_results` each: a single statement whatever the
+   * group's size (prepared once), with no limit on bound parameters.
    */
-  const storeOutcomesByCase = (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) => {
-    const column = (value: (o: RequestOutcome) => string | number | null) =>
-      sql`CASE line ${sql.join(" ", false)(outcomes.map((o) => sql`WHEN ${o.line} THEN ${value(o)}`))} END`
-    const response = (o: RequestOutcome) => (o._tag === "Response" ? o : undefined)
-    const failure = (o: RequestOutcome) => (o._tag === "Error" ? o : undefined)
-    return Effect.map(
-      sql<{ line: number | string }>`
-        UPDATE batch_requests SET state = 'done',
-          status_code = ${column((o) => response(o)?.statusCode ?? null)},
-          response = ${column((o) => response(o)?.body ?? null)},
-          request_id = ${column((o) => response(o)?.requestId ?? null)},
-          error_code = ${column((o) => failure(o)?.code ?? null)},
-          error_message = ${column((o) => failure(o)?.message ?? null)}
-        WHERE batch_id = ${batchId} AND ${sql.in("line", outcomes.map((o) => o.line))} AND state = 'pending'
-        RETURNING line`,
-      (changed) => new Set(changed.map((r) => n(r.line)))
-    )
-  }
-
-  /** Postgres: the whole group in one statement (a round trip per outcome would cost more than the update). */
-  const storeOutcomesAtOnce = (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) => {
+  const storeGroup = (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) => {
     const rows = JSON.stringify(outcomes.map((o) =>
       o._tag === "Response"
-        ? { line: o.line, status_code: o.statusCode, response: o.body, request_id: o.requestId }
-        : { line: o.line, error_code: o.code, error_message: o.message }
+        ? { line: o.line, custom_id: o.customId, result_id: o.resultId, status_code: o.statusCode, response: o.body, request_id: o.requestId }
+        : { line: o.line, custom_id: o.customId, result_id: o.resultId, error_code: o.code, error_message: o.message }
     ))
-    return Effect.map(
-      sql<{ line: number | string }>`
-        UPDATE batch_requests r SET state = 'done', status_code = v.status_code, response = v.response,
-          request_id = v.request_id, error_code = v.error_code, error_message = v.error_message
-        FROM json_to_recordset(${rows}::json)
-          AS v(line INTEGER, status_code INTEGER, response TEXT, request_id TEXT, error_code TEXT, error_message TEXT)
-        WHERE r.batch_id = ${batchId} AND r.line = v.line AND r.state = 'pending'
-        RETURNING r.line`,
-      (changed) => new Set(changed.map((r) => n(r.line)))
-    )
+    const insert = sql.onDialectOrElse({
+      pg: () =>
+        sql<{ line: number | string }>`
+          INSERT INTO batch_results
+            (batch_id, line, custom_id, result_id, status_code, response, request_id, error_code, error_message)
+          SELECT ${batchId}, v.line, v.custom_id, v.result_id, v.status_code, v.response, v.request_id, v.error_code,
+            v.error_message
+          FROM json_to_recordset(${rows}::json) AS v(line INTEGER, custom_id TEXT, result_id TEXT,
+            status_code INTEGER, response TEXT, request_id TEXT, error_code TEXT, error_message TEXT)
+          ON CONFLICT DO NOTHING RETURNING line`,
+      orElse: () =>
+        sql<{ line: number | string }>`
+          INSERT INTO batch_results
+            (batch_id, line, custom_id, result_id, status_code, response, request_id, error_code, error_message)
+          SELECT ${batchId}, value ->> 'line', value ->> 'custom_id', value ->> 'result_id',
+            value ->> 'status_code', value ->> 'response', value ->> 'request_id', value ->> 'error_code',
+            value ->> 'error_message'
+          FROM json_each(${rows}) WHERE true
+          ON CONFLICT DO NOTHING RETURNING line`
+    })
+    return Effect.map(insert, (changed) => new Set(changed.map((r) => n(r.line))))
   }
 
   const recordOutcomes = (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) =>
     Effect.gen(function*() {
-      const storeGroup = sql.onDialectOrElse({ pg: () => storeOutcomesAtOnce, orElse: () => storeOutcomesByCase })
-      // At most OUTCOME_GROUP outcomes per statement: SQLite binds at most 32,766 parameters (6 per outcome here).
-      const stored = new Set<number>()
-      for (const group of chunks(outcomes, OUTCOME_GROUP)) {
-        for (const line of yield* storeGroup(batchId, group)) stored.add(line)
-      }
+      // An outcome is inserted only where the request has none yet (the primary key): written once.
+      const stored = yield* storeGroup(batchId, outcomes)
       // Counts and usage move only by the rows this write changed (a row that already had an outcome is left).
       let completed = 0
       let failed = 0
@@ -473,8 +473,10 @@ export const make = Effect.gen(function*() {
   const failPending = (batchId: string, code: string, message: string) =>
     Effect.gen(function*() {
       const changed = yield* sql<{ line: number }>`
-        UPDATE batch_requests SET state = 'done', error_code = ${code}, error_message = ${message}
-        WHERE batch_id = ${batchId} AND state = 'pending' RETURNING line`
+        INSERT INTO batch_results (batch_id, line, custom_id, result_id, error_code, error_message)
+        SELECT batch_id, line, custom_id, result_id, ${code}, ${message} FROM batch_requests r
+        WHERE batch_id = ${batchId} AND ${isPending}
+        ON CONFLICT DO NOTHING RETURNING line`
       if (changed.length > 0) {
         yield* sql`UPDATE batches SET failed = failed + ${changed.length} WHERE id = ${batchId}`
       }
@@ -487,8 +489,8 @@ export const make = Effect.gen(function*() {
       : sql`(status_code IS NULL OR status_code < 200 OR status_code >= 300)`
     return sql<ResultDbRow>`
       SELECT line, custom_id, result_id, status_code, response, request_id, error_code, error_message
-      FROM batch_requests
-      WHERE batch_id = ${batchId} AND state = 'done' AND line > ${afterLine} AND ${outcome}
+      FROM batch_results
+      WHERE batch_id = ${batchId} AND line > ${afterLine} AND ${outcome}
       ORDER BY line LIMIT ${limit}`.pipe(
       Effect.map((rows) =>
         rows.map((r): ResultRow => ({

@@ -13,10 +13,30 @@ import * as Path from "node:path"
 import { AppConfig } from "../Config.js"
 import { migrations } from "./migrations.js"
 
-/** Applies every pending migration to the `SqlClient` it is given. */
-export const MigrationsLive = Layer.effectDiscard(
-  Migrator.make({})({ loader: Migrator.fromRecord(migrations) }).pipe(Effect.withSpan("Sql.migrate"))
-)
+/** Any number, the same on every node: the advisory lock that serializes their migrations. */
+const MIGRATION_LOCK = 7_301_245_016
+
+/**
+ * Applies every pending migration to the `SqlClient` it is given. On Postgres, nodes starting at once take turns
+ * through an advisory lock held on a connection of its own: the migrator's own table lock comes too late, as two
+ * nodes can both find its table missing and race to create it.
+ */
+export const MigrationsLive = Layer.effectDiscard(Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  const migrate = Migrator.make({})({ loader: Migrator.fromRecord(migrations) })
+  yield* sql.onDialectOrElse({
+    pg: () =>
+      Effect.scoped(Effect.gen(function*() {
+        const connection = yield* sql.reserve
+        yield* connection.executeRaw(`SELECT pg_advisory_lock(${MIGRATION_LOCK})`, [])
+        yield* Effect.ensuring(
+          migrate,
+          Effect.ignore(connection.executeRaw(`SELECT pg_advisory_unlock(${MIGRATION_LOCK})`, []))
+        )
+      })),
+    orElse: () => migrate
+  })
+}).pipe(Effect.withSpan("Sql.migrate")))
 
 /**
  * WAL with `synchronous = NORMAL`: a commit is durable once it is in the write-ahead log, which survives a crash

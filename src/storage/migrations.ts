@@ -117,5 +117,30 @@ export const migrations = {
     )`
     // Uploads being written, by node: what a restarted node removes of its own unfinished ones.
     yield* sql`CREATE TABLE blob_staging (token TEXT PRIMARY KEY, owner TEXT NOT NULL, created_at BIGINT NOT NULL)`
+  }),
+  "0005_results": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // Outcomes move to a table of their own: a request row is written once and never grows, and a group of
+    // outcomes is one append in line order, instead of rewriting each request row (and its state index) in place.
+    // A request is pending while it has no row here; the primary key makes an outcome once-only.
+    yield* sql`CREATE TABLE batch_results (
+      batch_id TEXT NOT NULL,
+      line INTEGER NOT NULL,
+      custom_id TEXT NOT NULL,
+      result_id TEXT NOT NULL,
+      status_code INTEGER,
+      response TEXT,
+      request_id TEXT,
+      error_code TEXT,
+      error_message TEXT,
+      PRIMARY KEY (batch_id, line)
+    )`
+    yield* sql`INSERT INTO batch_results
+      SELECT batch_id, line, custom_id, result_id, status_code, response, request_id, error_code, error_message
+      FROM batch_requests WHERE state = 'done'`
+    yield* sql`DROP INDEX batch_requests_state`
+    for (const column of ["state", "status_code", "response", "request_id", "error_code", "error_message"]) {
+      yield* sql`ALTER TABLE batch_requests DROP COLUMN ${sql(column)}`
+    }
   })
 } satisfies Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>>

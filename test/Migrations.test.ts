@@ -1,0 +1,86 @@
+/**
+ * Upgrading a database in use: a batch half done under the previous schema (outcomes stored in its request rows)
+ * keeps every stored outcome and every pending request once the later migrations have run, on SQLite and PostgreSQL.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import * as Migrator from "@effect/sql/Migrator"
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
+import { Effect, Layer, Option, Redacted } from "effect"
+import * as Path from "node:path"
+import { make as makeBatchStore } from "../src/batches/BatchStore.js"
+import { migrations } from "../src/storage/migrations.js"
+import { layerPg } from "../src/storage/Sql.js"
+import { createScratchSchema, dropScratchSchema } from "./support/Postgres.js"
+import { type Backend, backends, TestDatabase, TestDataDir } from "./support/TestApp.js"
+
+const migrateUpTo = (last: keyof typeof migrations) =>
+  Migrator.make({})({
+    loader: Migrator.fromRecord(
+      Object.fromEntries(Object.entries(migrations).filter(([name]) => name <= last))
+    )
+  })
+
+const clientFor = (backend: Backend) =>
+  Layer.unwrapEffect(Effect.gen(function*() {
+    const { path } = yield* TestDataDir
+    const { url } = yield* TestDatabase
+    const client: Layer.Layer<SqlClient.SqlClient, unknown> = backend === "sqlite" || Option.isNone(url)
+      ? SqliteClient.layer({ filename: Path.join(path, "batches.sqlite") })
+      : PgClient.layer({ url: url.value })
+    return client
+  })).pipe(Layer.orDie, Layer.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend))))
+
+describe("migrations", () => {
+  for (const backend of backends) {
+    it.scoped(`${backend}: a running batch keeps its stored outcomes and pending requests across 0005_results`, () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* migrateUpTo("0004_blobs")
+        yield* sql`INSERT INTO batches (id, status, endpoint, input_file_id, completion_window, created_at, expires_at,
+          in_progress_at, total, completed, failed)
+          VALUES ('batch_old', 'in_progress', '/v1/chat/completions', 'file-x', '24h', 1, 86401, 2, 3, 1, 1)`
+        yield* sql`INSERT INTO batch_requests
+          (batch_id, line, custom_id, result_id, body, state, status_code, response, request_id) VALUES
+          ('batch_old', 1, 'a', 'r1', '{}', 'done', 200, '{"ok":1}', 'req_1')`
+        yield* sql`INSERT INTO batch_requests
+          (batch_id, line, custom_id, result_id, body, state, error_code, error_message) VALUES
+          ('batch_old', 2, 'b', 'r2', '{}', 'done', 'upstream_timeout', 'too slow')`
+        yield* sql`INSERT INTO batch_requests (batch_id, line, custom_id, result_id, body) VALUES
+          ('batch_old', 3, 'c', 'r3', '{"n":3}')`
+
+        yield* migrateUpTo("0005_results")
+        const store = yield* makeBatchStore
+        const succeeded = yield* store.resultRows("batch_old", "succeeded", 0, 10)
+        expect(succeeded.map((r) => [r.customId, r.statusCode, r.response, r.requestId])).toEqual([
+          ["a", 200, "{\"ok\":1}", "req_1"]
+        ])
+        const failed = yield* store.resultRows("batch_old", "failed", 0, 10)
+        expect(failed.map((r) => [r.customId, r.errorCode, r.errorMessage])).toEqual([["b", "upstream_timeout", "too slow"]])
+        const pending = yield* store.pendingRequests("batch_old", 0, 3, 10)
+        expect(pending).toEqual([{ line: 3, customId: "c", resultId: "r3", body: "{\"n\":3}" }])
+        // The pending request still takes exactly one outcome; the stored ones take none.
+        const outcome = (line: number, customId: string) => ({
+          _tag: "Error" as const,
+          line,
+          customId,
+          resultId: `r${line}`,
+          code: "batch_cancelled",
+          message: "cancelled"
+        })
+        expect(yield* store.recordOutcomes("batch_old", [outcome(1, "a"), outcome(3, "c")])).toBe(1)
+        expect((yield* store.get("batch_old")).batch.request_counts).toEqual({ total: 3, completed: 1, failed: 2 })
+      }).pipe(Effect.provide(clientFor(backend))))
+  }
+
+  it.scoped("postgres: nodes starting at once on an empty database all migrate it, one after another", () =>
+    Effect.gen(function*() {
+      for (let round = 0; round < 3; round++) {
+        const { schema, url } = yield* createScratchSchema("migrate")
+        yield* Effect.addFinalizer(() => Effect.orDie(dropScratchSchema(schema)))
+        const node = Effect.scoped(Layer.build(layerPg(Redacted.make(url))))
+        yield* Effect.all(Array.from({ length: 4 }, () => node), { concurrency: "unbounded" })
+      }
+    }), 30_000)
+})
