@@ -13,16 +13,15 @@
  */
 import {
   Cause,
-  Chunk,
   Clock,
   Context,
   Deferred,
   Duration,
   Effect,
+  FiberId,
   FiberMap,
   Layer,
   Option,
-  Queue,
   Schedule,
   Stream
 } from "effect"
@@ -56,14 +55,13 @@ export interface BatchRunnerShape {
 
 export class BatchRunner extends Context.Tag("BatchRunner")<BatchRunner, BatchRunnerShape>() {}
 
-/** Requests read from the store at a time, and the most outcomes written in one transaction. */
+/** Requests read from the store at a time, and result rows read at a time while writing the files. */
 const PAGE = 1000
 /**
  * Requests per slice, the unit of work a node claims: small enough that every node gets a share of one large
  * batch, large enough that claiming costs nothing next to running it.
  */
 const SLICE = 500
-const OUTCOME_GROUP = 500
 /** Validation errors kept in `errors.data`; the rest are summarized in one last entry. */
 const MAX_REPORTED_ERRORS = 1000
 const MAX_LINE_BYTES = 16 * 1024 * 1024
@@ -289,17 +287,34 @@ export const make = Effect.gen(function*() {
     })
 
   const callUpstream = (endpoint: BatchEndpoint, deadline: number) => (row: RequestRow) =>
-    inference.send(endpoint, row.body, { deadline }).pipe(
-      Effect.map((res): RequestOutcome => ({
+    Effect.match(inference.send(endpoint, row.body, { deadline }), {
+      onSuccess: (res): RequestOutcome => ({
         _tag: "Response",
         line: row.line,
+        customId: row.customId,
+        resultId: row.resultId,
         statusCode: res.status,
         body: res.text,
         requestId: res.requestId,
         usage: res.status >= 200 && res.status < 300 ? usageOf(res.json) : zeroUsage
-      })),
-      Effect.catchTag("UpstreamFailure", (e) => Effect.succeed<RequestOutcome>({ _tag: "Error", line: row.line, code: e.code, message: e.message }))
-    )
+      }),
+      onFailure: (e): RequestOutcome => ({
+        _tag: "Error",
+        line: row.line,
+        customId: row.customId,
+        resultId: row.resultId,
+        code: e.code,
+        message: e.message
+      })
+    })
+
+  /** Outcomes waiting for the next write, with the signal their workers wait on. */
+  interface OutcomeGroup {
+    readonly outcomes: Array<RequestOutcome>
+    readonly slices: Array<SliceProgress>
+    readonly stored: Deferred.Deferred<void>
+  }
+  const emptyGroup = (): OutcomeGroup => ({ outcomes: [], slices: [], stored: Deferred.unsafeMake(FiberId.none) })
 
   /**
    * Sends the pending requests of every slice this node can claim through `maxConcurrentRequestsPerBatch`
@@ -313,23 +328,31 @@ export const make = Effect.gen(function*() {
   const runRequests = (record: BatchRecord) =>
     Effect.scoped(Effect.gen(function*() {
       const { batch } = record
-      type Stored = readonly [RequestOutcome, Deferred.Deferred<void>, SliceProgress]
-      const queue = yield* Queue.unbounded<Stored>()
-      const write = (group: ReadonlyArray<Stored>) =>
-        group.length === 0 ? Effect.void : store.recordOutcomes(batch.id, group.map(([o]) => o)).pipe(
-          Effect.zipRight(Effect.forEach(group, ([, done, progress]) => {
-            progress.outstanding--
-            return Effect.zipRight(Deferred.succeed(done, undefined), completeIfDone(batch.id, progress))
-          }, { discard: true })),
+      let group = emptyGroup()
+      const arrived = yield* Effect.makeLatch(false)
+      const storeOutcome = (outcome: RequestOutcome, progress: SliceProgress) =>
+        Effect.suspend(() => {
+          const waiting = group
+          waiting.outcomes.push(outcome)
+          waiting.slices.push(progress)
+          arrived.unsafeOpen()
+          return Deferred.await(waiting.stored)
+        })
+      const writeGroup = Effect.suspend(() => {
+        const writing = group
+        if (writing.outcomes.length === 0) return Effect.void
+        group = emptyGroup()
+        return store.recordOutcomes(batch.id, writing.outcomes).pipe(
+          Effect.zipRight(Effect.suspend(() => {
+            for (const progress of writing.slices) progress.outstanding--
+            return Effect.forEach(new Set(writing.slices), (progress) => completeIfDone(batch.id, progress), {
+              discard: true
+            })
+          })),
+          Effect.zipRight(Deferred.succeed(writing.stored, undefined)),
           Effect.uninterruptible
         )
-      // Wait for one outcome, then let the event loop run a turn so that every response already received joins
-      // the group. Interruptible only while waiting: a group once taken is always written.
-      const takeGroup = Effect.flatMap(Queue.take(queue), (first) =>
-        Effect.zipRight(
-          afterPendingIo,
-          Effect.map(Queue.takeUpTo(queue, OUTCOME_GROUP - 1), (rest) => [first, ...rest])
-        ))
+      })
       // Finalizers run last-added first: queued outcomes are stored before the unfinished slices are released.
       yield* Effect.addFinalizer(() =>
         Effect.zipRight(
@@ -337,24 +360,17 @@ export const make = Effect.gen(function*() {
           store.releaseLeases({ owner: config.nodeId, batchId: batch.id })
         )
       )
-      yield* Effect.uninterruptibleMask((restore) => Effect.flatMap(restore(takeGroup), write)).pipe(
-        Effect.forever,
-        Effect.forkScoped
-      )
-      yield* Effect.addFinalizer(() => Effect.flatMap(Queue.takeAll(queue), (rest) => write(Chunk.toReadonlyArray(rest))))
+      // Wait for one outcome, then let the event loop run a turn so that every response already received joins
+      // the group. Interruptible only while waiting: a group once taken is always written.
+      yield* Effect.uninterruptibleMask((restore) =>
+        Effect.zipRight(restore(Effect.zipRight(Effect.zipRight(arrived.await, arrived.close), afterPendingIo)), writeGroup)
+      ).pipe(Effect.forever, Effect.forkScoped)
+      yield* Effect.addFinalizer(() => writeGroup)
       const send = callUpstream(batch.endpoint as BatchEndpoint, batch.expires_at! * 1000)
       const rows = yield* pendingRowSource(batch.id)
-      const worker = Effect.gen(function*() {
-        for (;;) {
-          const next = yield* rows.next
-          if (Option.isNone(next)) return
-          const [row, progress] = next.value
-          const outcome = yield* send(row)
-          const stored = yield* Deferred.make<void>()
-          yield* Queue.offer(queue, [outcome, stored, progress])
-          yield* Deferred.await(stored)
-        }
-      })
+      const worker: Effect.Effect<void> = Effect.flatMap(rows.next, (next) =>
+        Option.isNone(next) ? Effect.void : Effect.flatMap(send(next.value[0]), (outcome) =>
+          Effect.zipRight(storeOutcome(outcome, next.value[1]), worker)))
       yield* Effect.all(Array.from({ length: config.maxConcurrentRequestsPerBatch }, () => worker), {
         concurrency: "unbounded",
         discard: true

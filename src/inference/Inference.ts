@@ -3,11 +3,12 @@
  * body as they are. Retries 429/5xx/network failures with exponential backoff and jitter, honouring `Retry-After`,
  * never waiting past the caller's deadline; interrupting the caller aborts the HTTP request.
  */
+import * as HttpBody from "@effect/platform/HttpBody"
 import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import { Clock, Context, Data, Duration, Effect, Layer, Option, Random, Redacted } from "effect"
 import { AppConfig } from "../Config.js"
-import type { BatchEndpoint } from "../domain/Batches.js"
+import { BatchEndpoint } from "../domain/Batches.js"
 import { requestId } from "../domain/Ids.js"
 import * as UpstreamHttpClient from "./UpstreamHttpClient.js"
 
@@ -90,17 +91,17 @@ const isTimeout = (error: unknown): boolean => {
 }
 
 type Attempt =
-  | { readonly _tag: "Response"; readonly response: UpstreamResponse; readonly retryAfter: Option.Option<number> }
+  | {
+    readonly _tag: "Response"
+    readonly response: UpstreamResponse
+    readonly headers: Record<string, string | undefined>
+  }
   | { readonly _tag: "Failure"; readonly failure: UpstreamFailure }
 
 export const make = Effect.gen(function*() {
   const config = yield* AppConfig
   const http = yield* HttpClient.HttpClient
   const base = config.inferenceBaseUrl
-  const authorize = Option.match(config.inferenceApiKey, {
-    onNone: () => (r: HttpClientRequest.HttpClientRequest) => r,
-    onSome: (key) => HttpClientRequest.bearerToken(Redacted.value(key))
-  })
   const timeout = config.inferenceTimeout
   const baseDelay = Duration.toMillis(config.inferenceRetryBaseDelay)
   const maxDelay = Duration.toMillis(config.inferenceRetryMaxDelay)
@@ -108,20 +109,35 @@ export const make = Effect.gen(function*() {
   /** `/v1/chat/completions` → `<base>/chat/completions` (the base URL carries the `/v1`). */
   const urlFor = (endpoint: BatchEndpoint) => `${base}${endpoint.replace(/^\/v1/, "")}`
 
-  const attempt = (url: string, body: string): Effect.Effect<Attempt> =>
-    http.execute(authorize(HttpClientRequest.bodyText(HttpClientRequest.post(url), body, "application/json"))).pipe(
+  // One request per endpoint, built once (URL, JSON content type, credentials): a call only adds its body.
+  const templates = new Map(BatchEndpoint.literals.map((endpoint) => {
+    const request = HttpClientRequest.post(urlFor(endpoint)).pipe(
+      HttpClientRequest.setHeader("content-type", "application/json")
+    )
+    return [
+      endpoint,
+      Option.match(config.inferenceApiKey, {
+        onNone: () => request,
+        onSome: (key) => HttpClientRequest.bearerToken(request, Redacted.value(key))
+      })
+    ] as const
+  }))
+
+  const attempt = (request: HttpClientRequest.HttpClientRequest): Effect.Effect<Attempt> =>
+    http.execute(request).pipe(
       Effect.flatMap((res) =>
-        Effect.map(res.text, (text): Attempt => {
-          const parsed = asJsonBody(res.status, text)
-          return {
-            _tag: "Response",
-            response: { status: res.status, ...parsed, requestId: res.headers["x-request-id"] ?? requestId() },
-            retryAfter: retryAfterMillis(res.headers, Date.now())
-          }
-        })
+        Effect.map(res.text, (text): Attempt => ({
+          _tag: "Response",
+          response: {
+            status: res.status,
+            ...asJsonBody(res.status, text),
+            requestId: res.headers["x-request-id"] ?? requestId()
+          },
+          headers: res.headers
+        }))
       ),
-      Effect.catchAll((error): Effect.Effect<Attempt> =>
-        Effect.succeed({
+      Effect.catchAll((error) =>
+        Effect.succeed<Attempt>({
           _tag: "Failure",
           failure: isTimeout(error)
             ? new UpstreamFailure({
@@ -133,23 +149,28 @@ export const make = Effect.gen(function*() {
       )
     )
 
+  /** How long to wait before attempt `n + 1`: `Retry-After` when the upstream said, else exponential with jitter. */
+  const retryDelay = (result: Attempt, n: number) =>
+    Effect.map(Random.nextRange(0.8, 1.2), (jitter) => {
+      const backoff = Math.min(maxDelay, baseDelay * 2 ** (n - 1) * jitter)
+      if (result._tag === "Failure") return backoff
+      return Math.min(maxDelay, Option.getOrElse(retryAfterMillis(result.headers, Date.now()), () => backoff))
+    })
+
   const send = (endpoint: BatchEndpoint, body: string, options: SendOptions = {}) => {
-    const url = urlFor(endpoint)
+    const request = HttpClientRequest.setBody(templates.get(endpoint)!, HttpBody.raw(body))
     const loop = (n: number): Effect.Effect<UpstreamResponse, UpstreamFailure> =>
-      Effect.gen(function*() {
-        const result = yield* attempt(url, body)
-        const retryable = result._tag === "Failure" || isRetryableStatus(result.response.status)
+      Effect.flatMap(attempt(request), (result) => {
         const final = result._tag === "Failure" ? Effect.fail(result.failure) : Effect.succeed(result.response)
-        if (!retryable || n >= config.inferenceMaxAttempts) return yield* final
-        const jitter = yield* Random.nextRange(0.8, 1.2)
-        const backoff = Math.min(maxDelay, baseDelay * 2 ** (n - 1) * jitter)
-        const delay = result._tag === "Response"
-          ? Math.min(maxDelay, Option.getOrElse(result.retryAfter, () => backoff))
-          : backoff
-        const now = yield* Clock.currentTimeMillis
-        if (options.deadline !== undefined && now + delay > options.deadline) return yield* final
-        yield* Effect.sleep(Duration.millis(delay))
-        return yield* loop(n + 1)
+        const retryable = result._tag === "Failure" || isRetryableStatus(result.response.status)
+        if (!retryable || n >= config.inferenceMaxAttempts) return final
+        return Effect.gen(function*() {
+          const delay = yield* retryDelay(result, n)
+          const now = yield* Clock.currentTimeMillis
+          if (options.deadline !== undefined && now + delay > options.deadline) return yield* final
+          yield* Effect.sleep(Duration.millis(delay))
+          return yield* loop(n + 1)
+        })
       })
     return loop(1)
   }

@@ -72,6 +72,53 @@ class BufferedResponse extends Inspectable.Class implements HttpClientResponse.H
   }
 }
 
+type Resume = (effect: Effect.Effect<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>) => void
+
+/**
+ * Collects one response and resumes the calling fiber with it. undici keeps a connection's finished requests (and
+ * their handlers) queued until 256 have piled up, so once done the handler lets go of everything it held: the
+ * body, the headers and the fiber it resumed would otherwise live on and reach the old generation.
+ */
+class BufferingHandler implements Dispatcher.DispatchHandler {
+  private controller: Dispatcher.DispatchController | undefined
+  private aborted = false
+  private status = 0
+  private headers: IncomingHttpHeaders = {}
+  private chunks: Array<Buffer> = []
+  constructor(private request: HttpClientRequest.HttpClientRequest | undefined, private resume: Resume | undefined) {}
+  abort() {
+    this.aborted = true
+    this.controller?.abort(new Error("interrupted"))
+  }
+  private finish(effect: Effect.Effect<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>) {
+    const resume = this.resume
+    this.request = undefined
+    this.resume = undefined
+    this.controller = undefined
+    this.headers = {}
+    this.chunks = []
+    resume?.(effect)
+  }
+  onRequestStart(controller: Dispatcher.DispatchController) {
+    this.controller = controller
+    if (this.aborted) controller.abort(new Error("interrupted"))
+  }
+  onResponseStart(_c: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders) {
+    this.status = statusCode
+    this.headers = headers
+  }
+  onResponseData(_c: Dispatcher.DispatchController, chunk: Buffer) {
+    this.chunks.push(chunk)
+  }
+  onResponseEnd() {
+    const bytes = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks)
+    this.finish(Effect.succeed(new BufferedResponse(this.request!, this.status, this.headers, bytes)))
+  }
+  onResponseError(_c: Dispatcher.DispatchController, cause: Error) {
+    this.finish(Effect.fail(new HttpClientError.RequestError({ request: this.request!, reason: "Transport", cause })))
+  }
+}
+
 const requestBody = (body: HttpClientRequest.HttpClientRequest["body"]): string | Uint8Array | null | undefined => {
   switch (body._tag) {
     case "Empty":
@@ -101,11 +148,7 @@ export const make = (dispatcher: Dispatcher, timeoutMs: number): HttpClient.Http
         )
       }
       return Effect.async<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>((resume) => {
-        let controller: Dispatcher.DispatchController | undefined
-        let aborted = false
-        let status = 0
-        let headers: IncomingHttpHeaders = {}
-        const chunks: Array<Buffer> = []
+        const handler = new BufferingHandler(request, resume)
         dispatcher.dispatch({
           origin: url.right.origin,
           path: url.right.pathname + url.right.search,
@@ -114,30 +157,8 @@ export const make = (dispatcher: Dispatcher, timeoutMs: number): HttpClient.Http
           body,
           headersTimeout: timeoutMs,
           bodyTimeout: timeoutMs
-        }, {
-          onRequestStart(c) {
-            controller = c
-            if (aborted) c.abort(new Error("interrupted"))
-          },
-          onResponseStart(_c, statusCode, responseHeaders) {
-            status = statusCode
-            headers = responseHeaders
-          },
-          onResponseData(_c, chunk) {
-            chunks.push(chunk)
-          },
-          onResponseEnd() {
-            const bytes = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks)
-            resume(Effect.succeed(new BufferedResponse(request, status, headers, bytes)))
-          },
-          onResponseError(_c, cause) {
-            resume(Effect.fail(new HttpClientError.RequestError({ request, reason: "Transport", cause })))
-          }
-        })
-        return Effect.sync(() => {
-          aborted = true
-          controller?.abort(new Error("interrupted"))
-        })
+        }, handler)
+        return Effect.sync(() => handler.abort())
       })
     }),
     Effect.succeed
