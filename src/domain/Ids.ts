@@ -1,7 +1,22 @@
 /** Identifier formats of the objects this service hands out, shaped like OpenAI's. */
-import { createHash, randomBytes } from "node:crypto"
+import { createHash, randomFillSync } from "node:crypto"
 
 const BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+/**
+ * Random bytes from a pool refilled 4 KiB at a time: a call into the system's generator per id cost more than
+ * the rest of validating a line (one id per request).
+ */
+const pool = Buffer.alloc(4096)
+let used = pool.length
+const randomBytes = (n: number): Buffer => {
+  if (used + n > pool.length) {
+    randomFillSync(pool)
+    used = 0
+  }
+  used += n
+  return pool.subarray(used - n, used)
+}
 
 /** `n` random base62 characters (rejection sampling keeps them uniform). */
 const base62 = (n: number): string => {
