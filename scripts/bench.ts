@@ -1,11 +1,12 @@
 /**
  * End-to-end benchmark (not a test): a 50,000-request chat batch against the simulator with zero latency.
  *
- *   npm run bench [-- --requests 50000 --concurrency 32] [--pg] [--nodes 2]
+ *   npm run bench [-- --requests 50000 --concurrency 32] [--pg] [--nodes 2] [--latency 0]
  *
  * `--pg` runs the server on PostgreSQL (a scratch schema in `TEST_DATABASE_URL`, default the machine's
  * postgres://postgres@127.0.0.1:5432/test, dropped afterwards; file bytes in SQL, the default there);
  * `--nodes N` (implies `--pg`) runs N server nodes on that database, each with `--concurrency` upstream slots.
+ * `--latency MS` makes the simulator answer after MS milliseconds (a real model's latency), for the baseline too.
  *
  * 1. Baseline: a plain undici client sends the same number of chat requests to the same simulator at the same
  *    concurrency: the raw rate the upstream allows on this machine.
@@ -37,6 +38,7 @@ const PG = NODES > 1 || process.argv.includes("--pg")
 /** Upstream slots per node; the baseline uses as many as all nodes together. */
 const CONCURRENCY = arg("concurrency", 32)
 const TOTAL_CONCURRENCY = CONCURRENCY * NODES
+const LATENCY_MS = arg("latency", 0)
 
 const percentile = (values: Array<number>, p: number) => {
   const sorted = [...values].sort((a, b) => a - b)
@@ -74,7 +76,7 @@ const main = async () => {
   const cleanups: Array<() => Promise<unknown>> = []
   try {
     const simPort = await freePort()
-    children.push(spawn(process.execPath, ["--import", "tsx", "scripts/simulator.ts", "--port", String(simPort)], { cwd: root, stdio: "ignore" }))
+    children.push(spawn(process.execPath, ["--import", "tsx", "scripts/simulator.ts", "--port", String(simPort), "--latency", String(LATENCY_MS)], { cwd: root, stdio: "ignore" }))
     const simUrl = `http://127.0.0.1:${simPort}/v1`
     await waitHealthy(`${simUrl}/models`)
 
@@ -163,7 +165,7 @@ const main = async () => {
     const rss = Math.max(...peaks)
     const p99 = percentile(polls, 99)
     const ratio = rate / rawRate
-    const setup = `${PG ? "PostgreSQL" : "SQLite"}, ${NODES} node(s) × concurrency ${CONCURRENCY}`
+    const setup = `${PG ? "PostgreSQL" : "SQLite"}, ${NODES} node(s) × concurrency ${CONCURRENCY}, upstream latency ${LATENCY_MS} ms`
     console.log(`\nresults (${REQUESTS} requests; ${setup}):`)
     console.log(`  end to end:          ${seconds.toFixed(1)} s, ${rate.toFixed(0)} requests/s`)
     const spans = phases.slice(0, -1).map(([name, at], i) => `${name} ${((phases[i + 1]![1] - at) / 1000).toFixed(1)} s`)
