@@ -349,7 +349,10 @@ export const make = Effect.gen(function*() {
               discard: true
             })
           })),
-          Effect.zipRight(Deferred.succeed(writing.stored, undefined)),
+          // A failed write fails the workers waiting on it too, so the batch's run fails (and is retried) instead
+          // of waiting forever for outcomes nobody will store.
+          Effect.exit,
+          Effect.flatMap((exit) => Effect.zipRight(Deferred.done(writing.stored, exit), exit)),
           Effect.uninterruptible
         )
       })

@@ -1,0 +1,75 @@
+/**
+ * The runner under a storage fault: a failed write of outcomes must not leave the batch waiting forever. The run
+ * fails, is retried from the stored rows, and the batch completes with every request once.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Layer, Logger, LogLevel, Stream } from "effect"
+import { BatchRunner, BatchRunnerLive } from "../src/batches/BatchRunner.js"
+import { BatchStore, BatchStoreLive } from "../src/batches/BatchStore.js"
+import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
+import { InferenceLive } from "../src/inference/Inference.js"
+import { StorageLive } from "../src/Layers.js"
+import { chatLine } from "./support/Batches.js"
+import { configFor, eventuallyEffect, TestDatabase, TestDataDir, Upstream } from "./support/TestApp.js"
+
+/** The live BatchStore, except that its first write of outcomes fails (a defect, as a lost database would be). */
+const FlakyBatchStore = Layer.effect(
+  BatchStore,
+  Effect.map(BatchStore, (live) => {
+    let failures = 1
+    return BatchStore.of({
+      ...live,
+      recordOutcomes: (id, outcomes) =>
+        failures-- > 0 ? Effect.dieMessage("disk I/O error") : live.recordOutcomes(id, outcomes)
+    })
+  })
+).pipe(Layer.provide(BatchStoreLive))
+
+const runnerLayer = Layer.unwrapEffect(Effect.map(Upstream, (sim) =>
+  BatchRunnerLive.pipe(
+    Layer.provideMerge(Layer.mergeAll(FileStoreLive, FlakyBatchStore, InferenceLive)),
+    Layer.provide(StorageLive),
+    Layer.provide(configFor({ inferenceBaseUrl: sim.url, maxConcurrentRequestsPerBatch: 4 })),
+    // The fault is logged as an error by design; this test expects it.
+    Layer.provide(Logger.minimumLogLevel(LogLevel.None))
+  ))).pipe(
+    Layer.provideMerge(Layer.mergeAll(Upstream.layer(), TestDataDir.Default, TestDatabase.layer("sqlite")))
+  )
+
+describe("runner faults", () => {
+  it.live("a failed write of outcomes fails the run, which is retried and completes every request once", () =>
+    Effect.gen(function*() {
+      const files = yield* FileStore
+      const store = yield* BatchStore
+      const runner = yield* BatchRunner
+      const sim = yield* Upstream
+      const total = 20
+      const text = Array.from({ length: total }, (_, i) => chatLine(`id-${i}`, `prompt ${i}`)).join("\n") + "\n"
+      const input = yield* files.create({ filename: "in.jsonl", purpose: "batch" }, Stream.make(new TextEncoder().encode(text)))
+      const { record } = yield* store.create({
+        id: "batch_faulty",
+        endpoint: "/v1/chat/completions",
+        inputFileId: input.id,
+        completionWindow: "24h",
+        expiresAfterSeconds: 86400,
+        metadata: null,
+        outputExpiresAfterSeconds: null,
+        idempotencyKey: null,
+        requestHash: null
+      })
+      yield* runner.submit(record.batch.id)
+      const done = yield* eventuallyEffect(
+        Effect.map(Effect.orDie(store.get(record.batch.id)), ({ batch }) => {
+          expect(batch.status).toBe("completed")
+          return batch
+        }),
+        10_000
+      )
+      expect(done.request_counts).toEqual({ total, completed: total, failed: 0 })
+      const stored = yield* store.resultRows(record.batch.id, "succeeded", 0, 100)
+      expect(stored.map((r) => r.customId)).toEqual(Array.from({ length: total }, (_, i) => `id-${i}`))
+      // Only the group whose write failed was sent again: at most one window of requests.
+      expect(sim.stats.requests).toBeGreaterThanOrEqual(total)
+      expect(sim.stats.requests).toBeLessThanOrEqual(total + 4)
+    }).pipe(Effect.provide(runnerLayer)), 20_000)
+})
