@@ -176,7 +176,12 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
       expect(Object.keys(spec.json.paths)).toEqual(expect.arrayContaining(["/v1/files", "/v1/files/{file_id}", "/v1/files/{file_id}/content", "/v1/health"]))
       const docs = yield* call("/docs")
       expect(docs.status).toBe(200)
-      expect(new TextDecoder().decode(docs.buffer)).toContain("<html")
+      const html = new TextDecoder().decode(docs.buffer)
+      expect(html).toContain("<html")
+      // The spec is embedded and Scalar's script is served inline (the page works without internet access).
+      expect(html).toContain('"/v1/batches/{batch_id}/cancel"')
+      expect(html).not.toMatch(/<script[^>]+src=/)
+      expect(html.length).toBeGreaterThan(1_000_000)
       expect((yield* call("/v1/health")).json).toEqual({ status: "OK" })
     }))
 })

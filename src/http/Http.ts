@@ -3,11 +3,11 @@
  * needs the services the handlers use and an `HttpServer`; `main.ts` (or an embedding app) provides both.
  */
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
-import * as HttpApiScalar from "@effect/platform/HttpApiScalar"
 import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
 import { Layer } from "effect"
 import { OpenAIApi } from "./Api.js"
 import { BatchesHttpLive } from "./BatchesHttp.js"
+import { docsRoute } from "./Docs.js"
 import { FilesHttpLive } from "./FilesHttp.js"
 import { HealthHttpLive } from "./HealthHttp.js"
 import { ErrorEnvelopeLive, sdkHeaders } from "./Middleware.js"
@@ -19,7 +19,7 @@ export const ApiLive = HttpApiBuilder.api(OpenAIApi).pipe(
 
 /** Serves `ApiLive` plus `/openapi.json` and `/docs` on whatever `HttpServer` is provided. */
 export const HttpLive = HttpApiBuilder.serve((app) => HttpMiddleware.logger(sdkHeaders(app))).pipe(
-  Layer.provide(HttpApiScalar.layer({ path: "/docs" })),
+  Layer.provide(docsRoute("/docs")),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
   Layer.provide(HttpApiBuilder.middlewareCors()),
   Layer.provide(ApiLive)
