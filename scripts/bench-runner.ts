@@ -16,6 +16,7 @@ import { AppConfig } from "../src/Config.js"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { Inference } from "../src/inference/Inference.js"
 import { StorageLive } from "../src/Layers.js"
+import { newChatBatch } from "../test/support/Batches.js"
 
 const arg = (name: string, fallback: number) => {
   const i = process.argv.indexOf(`--${name}`)
@@ -67,17 +68,7 @@ const program = Effect.gen(function*() {
   const lines = Array.from({ length: REQUESTS }, (_, i) =>
     `{"custom_id":"req-${i}","method":"POST","url":"/v1/chat/completions","body":{"model":"sim-model","messages":[{"role":"user","content":"request ${i}"}]}}\n`).join("")
   const input = yield* files.create({ filename: "in.jsonl", purpose: "batch" }, Stream.make(new TextEncoder().encode(lines)))
-  const { record } = yield* store.create({
-    id: "batch_bench",
-    endpoint: "/v1/chat/completions",
-    inputFileId: input.id,
-    completionWindow: "24h",
-    expiresAfterSeconds: 86400,
-    metadata: null,
-    outputExpiresAfterSeconds: null,
-    idempotencyKey: null,
-    requestHash: null
-  })
+  const { record } = yield* store.create(newChatBatch("batch_bench", input.id))
   yield* runner.submit(record.batch.id)
   let status = record.batch.status
   while (status === "validating") {

@@ -6,6 +6,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Option } from "effect"
 import { BatchStore, BatchStoreLive, type Lease, type RequestOutcome } from "../src/batches/BatchStore.js"
 import { SqlLive } from "../src/storage/Sql.js"
+import { newChatBatch } from "./support/Batches.js"
 import { backends, configFor, TestDatabase, TestDataDir } from "./support/TestApp.js"
 
 const storeFor = (backend: "sqlite" | "postgres") =>
@@ -33,17 +34,7 @@ const runningBatch = (lines: number, perSlice: number) =>
   Effect.gen(function*() {
     const store = yield* BatchStore
     const id = `batch_${Math.random().toString(16).slice(2)}`
-    yield* store.create({
-      id,
-      endpoint: "/v1/chat/completions",
-      inputFileId: "file-x",
-      completionWindow: "24h",
-      expiresAfterSeconds: 86400,
-      metadata: null,
-      outputExpiresAfterSeconds: null,
-      idempotencyKey: null,
-      requestHash: null
-    })
+    yield* store.create(newChatBatch(id, "file-x"))
     const rows = Array.from({ length: lines }, (_, i) => ({ line: i + 1, customId: `c${i + 1}`, resultId: `r${i + 1}`, body: "{}" }))
     yield* store.insertRequests(id, rows)
     const slices = Array.from({ length: Math.ceil(lines / perSlice) }, (_, s) => ({

@@ -9,7 +9,7 @@ import { BatchStore, BatchStoreLive } from "../src/batches/BatchStore.js"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { InferenceLive } from "../src/inference/Inference.js"
 import { StorageLive } from "../src/Layers.js"
-import { chatLine } from "./support/Batches.js"
+import { chatLine, newChatBatch } from "./support/Batches.js"
 import { configFor, eventuallyEffect, TestDatabase, TestDataDir, Upstream } from "./support/TestApp.js"
 
 /** The live BatchStore, except that its first write of outcomes fails (a defect, as a lost database would be). */
@@ -46,17 +46,7 @@ describe("runner faults", () => {
       const total = 20
       const text = Array.from({ length: total }, (_, i) => chatLine(`id-${i}`, `prompt ${i}`)).join("\n") + "\n"
       const input = yield* files.create({ filename: "in.jsonl", purpose: "batch" }, Stream.make(new TextEncoder().encode(text)))
-      const { record } = yield* store.create({
-        id: "batch_faulty",
-        endpoint: "/v1/chat/completions",
-        inputFileId: input.id,
-        completionWindow: "24h",
-        expiresAfterSeconds: 86400,
-        metadata: null,
-        outputExpiresAfterSeconds: null,
-        idempotencyKey: null,
-        requestHash: null
-      })
+      const { record } = yield* store.create(newChatBatch("batch_faulty", input.id))
       yield* runner.submit(record.batch.id)
       const done = yield* eventuallyEffect(
         Effect.map(Effect.orDie(store.get(record.batch.id)), ({ batch }) => {

@@ -2,6 +2,7 @@
 import { Effect } from "effect"
 import OpenAI, { toFile } from "openai"
 import type { Batch } from "openai/resources/batches"
+import type { NewBatch } from "../../src/batches/BatchStore.js"
 
 export const sdk = (baseUrl: string) => new OpenAI({ baseURL: `${baseUrl}/v1`, apiKey: "sk-test", maxRetries: 0 })
 
@@ -49,3 +50,16 @@ export const readLines = (openai: OpenAI, fileId: string | null | undefined) =>
 /** Resolves with the SDK error a call rejects with. */
 export const failure = (call: () => Promise<unknown>) =>
   Effect.promise(() => call().then(() => { throw new Error("expected the call to fail") }, (e) => e as any))
+
+/** A chat-completions batch `id` over `inputFileId` with every option left out, for `BatchStore.create`. */
+export const newChatBatch = (id: string, inputFileId: string): NewBatch => ({
+  id,
+  endpoint: "/v1/chat/completions",
+  inputFileId,
+  completionWindow: "24h",
+  expiresAfterSeconds: 86400,
+  metadata: null,
+  outputExpiresAfterSeconds: null,
+  idempotencyKey: null,
+  requestHash: null
+})
