@@ -371,6 +371,8 @@ export const make = Effect.gen(function*() {
       yield* Effect.addFinalizer(() => writeGroup)
       const send = callUpstream(batch.endpoint as BatchEndpoint, batch.expires_at! * 1000)
       const rows = yield* pendingRowSource(batch.id)
+      // A worker takes a row, sends it, waits until its outcome is stored, and starts over (a recursive effect in
+      // tail position: the fiber's stack does not grow).
       const worker: Effect.Effect<void> = Effect.flatMap(rows.next, (next) =>
         Option.isNone(next) ? Effect.void : Effect.flatMap(send(next.value[0]), (outcome) =>
           Effect.zipRight(storeOutcome(outcome, next.value[1]), worker)))
