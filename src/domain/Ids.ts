@@ -10,6 +10,7 @@ const BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 const pool = Buffer.alloc(4096)
 let used = pool.length
 const randomBytes = (n: number): Buffer => {
+  if (n > pool.length) return randomFillSync(Buffer.alloc(n))
   if (used + n > pool.length) {
     randomFillSync(pool)
     used = 0

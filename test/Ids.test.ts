@@ -1,0 +1,18 @@
+/** Ids drawn from the pooled random source: the right shape, and never the same twice. */
+import { describe, expect, it } from "@effect/vitest"
+import { batchId, batchRequestId, fileId, requestId } from "../src/domain/Ids.js"
+
+describe("ids", () => {
+  it("have OpenAI's shapes and do not repeat across many pool refills", () => {
+    const seen = new Set<string>()
+    for (let i = 0; i < 5000; i++) {
+      const ids = [batchRequestId(), fileId(), batchId(), requestId()]
+      expect(ids[0]).toMatch(/^batch_req_[0-9a-f]{32}$/)
+      expect(ids[1]).toMatch(/^file-[0-9A-Za-z]{24}$/)
+      expect(ids[2]).toMatch(/^batch_[0-9a-f]{32}$/)
+      expect(ids[3]).toMatch(/^req_[0-9a-f]{32}$/)
+      for (const id of ids) seen.add(id)
+    }
+    expect(seen.size).toBe(20_000)
+  })
+})
