@@ -117,4 +117,16 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       expect(yield* store.recordOutcomes(id, [ok(1, "late")])).toBe(0)
       expect(JSON.parse((yield* store.resultRows(id, "succeeded", 0, 1))[0]!.response!)).toEqual({ text: "from a" })
     }).pipe(Effect.provide(storeFor(backend))))
+
+  it.effect("one group naming a line twice stores and counts it once (its first outcome)", () =>
+    Effect.gen(function*() {
+      const store = yield* BatchStore
+      const id = yield* runningBatch(3, 3)
+      expect(yield* store.recordOutcomes(id, [ok(2, "first"), ok(1), ok(2, "second"), ok(3)])).toBe(3)
+      const { batch } = yield* store.get(id)
+      expect(batch.request_counts).toEqual({ total: 3, completed: 3, failed: 0 })
+      expect(batch.usage.total_tokens).toBe(9)
+      const rows = yield* store.resultRows(id, "succeeded", 0, 10)
+      expect(rows.map((r) => [r.customId, JSON.parse(r.response!).text])).toEqual([["c1", "ok 1"], ["c2", "first"], ["c3", "ok 3"]])
+    }).pipe(Effect.provide(storeFor(backend))))
 })

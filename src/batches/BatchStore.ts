@@ -490,7 +490,10 @@ export const make = Effect.gen(function*() {
 
   /** Stores a group of outcomes; a request that already has one keeps it, and counts and usage move only by the new. */
   const recordOutcomes = (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) =>
-    sql.onDialectOrElse({ pg: () => recordOutcomesPg, orElse: () => recordOutcomesSqlite })(batchId, outcomes).pipe(
+    sql.onDialectOrElse({ pg: () => recordOutcomesPg, orElse: () => recordOutcomesSqlite })(
+      batchId,
+      oncePerLineInOrder(outcomes)
+    ).pipe(
       // One span for the group, none for each of its statements (they cost more than the statements do).
       Effect.withTracerEnabled(false),
       Effect.orDie,
@@ -691,6 +694,16 @@ export const make = Effect.gen(function*() {
     claimable
   })
 })
+
+/**
+ * The first outcome of each line, in line order: counts follow the rows inserted only if a group names each line
+ * once, and two nodes writing overlapping groups in the same order cannot deadlock on Postgres.
+ */
+const oncePerLineInOrder = (outcomes: ReadonlyArray<RequestOutcome>): ReadonlyArray<RequestOutcome> => {
+  const byLine = new Map<number, RequestOutcome>()
+  for (const o of outcomes) if (!byLine.has(o.line)) byLine.set(o.line, o)
+  return [...byLine.values()].sort((a, b) => a.line - b.line)
+}
 
 const chunks = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> => {
   const out: Array<ReadonlyArray<A>> = []

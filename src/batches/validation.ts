@@ -221,7 +221,9 @@ export interface TokenUsage {
 
 export const zeroUsage: TokenUsage = { input: 0, cached: 0, output: 0, reasoning: 0, total: 0 }
 
-const num = (v: unknown): number => (typeof v === "number" && Number.isFinite(v) ? v : 0)
+/** A token count as a whole, non-negative number (an upstream's odd value must not fail storing the outcome). */
+const num = (v: unknown): number =>
+  typeof v === "number" && Number.isFinite(v) && v > 0 ? Math.min(Math.floor(v), Number.MAX_SAFE_INTEGER) : 0
 
 /** Chat/completions/embeddings say `prompt_tokens`/`completion_tokens`; responses say `input_tokens`/`output_tokens`. */
 export const usageOf = (body: unknown): TokenUsage => {
