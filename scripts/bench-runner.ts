@@ -1,12 +1,19 @@
 /**
- * The runner's own cost, without HTTP (not a test): a batch of N requests through the real BatchRunner, BatchStore
- * and FileStore on SQLite, against an `Inference` that answers at once with a canned body. Prints requests/s of
- * the running phase, bytes allocated per request and the share of time spent in garbage collection.
+ * The runner's own cost without the HTTP API (not a test): a batch of N requests through the real BatchRunner,
+ * BatchStore and FileStore on SQLite, in this process. Prints the validating time, requests/s of the running phase
+ * and the share of that time spent in garbage collection.
  *
- *   npx tsx scripts/bench-runner.ts [--requests 20000] [--concurrency 32]
+ *   npx tsx scripts/bench-runner.ts [--requests 20000] [--concurrency 32] [--upstream] [--cpu-prof FILE]
+ *
+ * By default `Inference` answers at once with a canned body (the runner and store alone); `--upstream` sends every
+ * request over HTTP to the simulator in a child process instead (the live Inference and upstream client).
+ * `--cpu-prof FILE` writes a CPU profile of the running phase (open it in Chrome's DevTools). Node flags go before
+ * the script: `node --max-semi-space-size=4 --import tsx scripts/bench-runner.ts`.
  */
-import { Duration, Effect, Layer, Stream } from "effect"
-import { mkdtempSync, rmSync } from "node:fs"
+import { Duration, Effect, Layer, Option, Stream } from "effect"
+import { spawn } from "node:child_process"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { Session } from "node:inspector/promises"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import { PerformanceObserver } from "node:perf_hooks"
@@ -14,16 +21,20 @@ import { BatchRunner, BatchRunnerLive } from "../src/batches/BatchRunner.js"
 import { BatchStore, BatchStoreLive } from "../src/batches/BatchStore.js"
 import { AppConfig } from "../src/Config.js"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
-import { Inference } from "../src/inference/Inference.js"
+import { Inference, InferenceLive } from "../src/inference/Inference.js"
 import { StorageLive } from "../src/Layers.js"
+import { freePort } from "../test/support/ServerProcess.js"
 import { newChatBatch } from "../test/support/Batches.js"
+import { root, waitHealthy } from "./server-process.js"
 
-const arg = (name: string, fallback: number) => {
+const arg = (name: string) => {
   const i = process.argv.indexOf(`--${name}`)
-  return i > 0 ? Number(process.argv[i + 1]) : fallback
+  return i > 0 ? process.argv[i + 1] : undefined
 }
-const REQUESTS = arg("requests", 20_000)
-const CONCURRENCY = arg("concurrency", 32)
+const REQUESTS = Number(arg("requests") ?? 20_000)
+const CONCURRENCY = Number(arg("concurrency") ?? 32)
+const UPSTREAM = process.argv.includes("--upstream")
+const CPU_PROFILE = arg("cpu-prof")
 
 const answer = JSON.stringify({
   id: "chatcmpl-1",
@@ -40,26 +51,48 @@ const InstantInference = Layer.succeed(Inference, {
     Effect.promise(() => Promise.resolve()).pipe(
       Effect.as({ status: 200, text: answer, json: JSON.parse(answer), requestId: "req_1" })
     ),
-  models: Effect.succeed({ _tag: "None" } as any)
+  models: Effect.succeed(Option.none())
 })
 
-const dir = mkdtempSync(Path.join(tmpdir(), "bench-runner-"))
-const config = AppConfig.layerWith({
-  dataDir: dir,
-  maxConcurrentRequestsPerBatch: CONCURRENCY,
-  maxRequestsPerBatch: Math.max(50_000, REQUESTS),
-  heartbeatInterval: Duration.seconds(1)
-})
-const services = BatchRunnerLive.pipe(
-  Layer.provideMerge(Layer.mergeAll(FileStoreLive, BatchStoreLive, InstantInference)),
-  Layer.provide(StorageLive),
-  Layer.provide(config)
+/** The simulator in a child process, for as long as the scope lives; its base URL. */
+const simulator = Effect.acquireRelease(
+  Effect.promise(async () => {
+    const port = await freePort()
+    const child = spawn(process.execPath, ["--import", "tsx", "scripts/simulator.ts", "--port", String(port)], {
+      cwd: root,
+      stdio: "ignore"
+    })
+    const url = `http://127.0.0.1:${port}/v1`
+    await waitHealthy(`${url}/models`)
+    return { child, url }
+  }),
+  ({ child }) => Effect.sync(() => child.kill())
 )
+
+const dir = mkdtempSync(Path.join(tmpdir(), "bench-runner-"))
+const services = Layer.unwrapScoped(Effect.map(
+  UPSTREAM ? Effect.map(simulator, ({ url }) => url) : Effect.succeed("http://127.0.0.1:9/v1"),
+  (inferenceBaseUrl) =>
+    BatchRunnerLive.pipe(
+      Layer.provideMerge(Layer.mergeAll(FileStoreLive, BatchStoreLive, UPSTREAM ? InferenceLive : InstantInference)),
+      Layer.provide(StorageLive),
+      Layer.provide(AppConfig.layerWith({
+        dataDir: dir,
+        inferenceBaseUrl,
+        maxConcurrentRequestsPerBatch: CONCURRENCY,
+        maxRequestsPerBatch: Math.max(50_000, REQUESTS),
+        heartbeatInterval: Duration.seconds(1)
+      }))
+    )
+))
 
 let gcMs = 0
 new PerformanceObserver((list) => {
   for (const entry of list.getEntries()) gcMs += entry.duration
 }).observe({ entryTypes: ["gc"] })
+
+const profiler = new Session()
+profiler.connect()
 
 const program = Effect.gen(function*() {
   const files = yield* FileStore
@@ -69,25 +102,33 @@ const program = Effect.gen(function*() {
     `{"custom_id":"req-${i}","method":"POST","url":"/v1/chat/completions","body":{"model":"sim-model","messages":[{"role":"user","content":"request ${i}"}]}}\n`).join("")
   const input = yield* files.create({ filename: "in.jsonl", purpose: "batch" }, Stream.make(new TextEncoder().encode(lines)))
   const { record } = yield* store.create(newChatBatch("batch_bench", input.id))
+  const statusNow = Effect.map(Effect.orDie(store.get(record.batch.id)), ({ batch }) => batch.status)
+  const validationStarted = performance.now()
   yield* runner.submit(record.batch.id)
   let status = record.batch.status
   while (status === "validating") {
     yield* Effect.sleep(Duration.millis(5))
-    status = (yield* store.get(record.batch.id)).batch.status
+    status = yield* statusNow
+  }
+  console.log(`validating: ${((performance.now() - validationStarted) / 1000).toFixed(2)} s`)
+  if (CPU_PROFILE !== undefined) {
+    yield* Effect.promise(() => profiler.post("Profiler.enable").then(() => profiler.post("Profiler.start")))
   }
   const startedAt = performance.now()
   const gcBefore = gcMs
-  const heapBefore = process.memoryUsage().heapUsed
-  const allocatedBefore = (process as any).constrainedMemory ? 0 : 0
-  void allocatedBefore
   while (status === "in_progress") {
     yield* Effect.sleep(Duration.millis(5))
-    status = (yield* store.get(record.batch.id)).batch.status
+    status = yield* statusNow
   }
   const seconds = (performance.now() - startedAt) / 1000
   const gc = (gcMs - gcBefore) / 1000
   console.log(`running phase: ${REQUESTS} requests in ${seconds.toFixed(2)} s = ${(REQUESTS / seconds).toFixed(0)} requests/s`)
-  console.log(`garbage collection: ${gc.toFixed(2)} s (${((gc / seconds) * 100).toFixed(0)} %), heap ${((process.memoryUsage().heapUsed - heapBefore) / 1e6).toFixed(0)} MB since`)
+  console.log(`garbage collection: ${gc.toFixed(2)} s (${((gc / seconds) * 100).toFixed(0)} %)`)
+  if (CPU_PROFILE !== undefined) {
+    const { profile } = yield* Effect.promise(() => profiler.post("Profiler.stop"))
+    writeFileSync(CPU_PROFILE, JSON.stringify(profile))
+    console.log(`CPU profile of the running phase: ${CPU_PROFILE}`)
+  }
 })
 
 Effect.runPromise(Effect.scoped(Effect.flatMap(Layer.build(services), (context) => Effect.provide(program, context))))
