@@ -118,6 +118,18 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       expect(JSON.parse((yield* store.resultRows(id, "succeeded", 0, 1))[0]!.response!)).toEqual({ text: "from a" })
     }).pipe(Effect.provide(storeFor(backend))))
 
+  it.effect("a group larger than one INSERT statement is stored whole", () =>
+    Effect.gen(function*() {
+      const store = yield* BatchStore
+      const id = yield* runningBatch(150, 150)
+      const outcomes = Array.from({ length: 150 }, (_, i) => ok(150 - i))
+      expect(yield* store.recordOutcomes(id, outcomes)).toBe(150)
+      expect((yield* store.get(id)).batch.request_counts).toEqual({ total: 150, completed: 150, failed: 0 })
+      const rows = yield* store.resultRows(id, "succeeded", 0, 1000)
+      expect(rows.map((r) => r.line)).toEqual(Array.from({ length: 150 }, (_, i) => i + 1))
+      expect(yield* store.pendingRequests(id, 0, 150, 1000)).toEqual([])
+    }).pipe(Effect.provide(storeFor(backend))))
+
   it.effect("one group naming a line twice stores and counts it once (its first outcome)", () =>
     Effect.gen(function*() {
       const store = yield* BatchStore

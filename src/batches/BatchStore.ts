@@ -272,6 +272,8 @@ const nowSeconds = Effect.map(Clock.currentTimeMillis, (ms) => Math.floor(ms / 1
 
 /** Rows per INSERT statement (SQLite allows 32,766 bound parameters; 5 per row). */
 const INSERT_GROUP = 1000
+/** Outcomes per INSERT on SQLite (9 parameters each). */
+const SQLITE_OUTCOMES_PER_INSERT = 64
 
 export const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
@@ -399,36 +401,36 @@ export const make = Effect.gen(function*() {
       Effect.orDie
     )
 
-  /** The rows of `batch_results` for a group of outcomes, with what each adds to the batch's counts and usage. */
-  const outcomeRows = (outcomes: ReadonlyArray<RequestOutcome>) =>
-    JSON.stringify(outcomes.map((o) =>
-      o._tag === "Response"
-        ? {
-          line: o.line,
-          custom_id: o.customId,
-          result_id: o.resultId,
-          status_code: o.statusCode,
-          response: o.body,
-          request_id: o.requestId,
-          ok: o.statusCode >= 200 && o.statusCode < 300,
-          ...o.usage
-        }
-        : { line: o.line, custom_id: o.customId, result_id: o.resultId, error_code: o.code, error_message: o.message, ok: false }
-    ))
-
   /**
-   * SQLite: the group in one INSERT from a JSON parameter (one statement whatever the group's size, prepared once),
-   * then the counts and usage of the rows it actually inserted, in one transaction.
+   * SQLite: the text of an INSERT of `rows` outcomes with bound values, built once per size (groups are cut to at
+   * most SQLITE_OUTCOMES_PER_INSERT, so the statements stay few and prepared). Binding is cheaper than having
+   * SQLite take the values out of a JSON parameter: the runner alone went from ~38k to ~47k requests/s.
    */
+  const insertTexts = new Map<number, string>()
+  const insertText = (rows: number) => {
+    let text = insertTexts.get(rows)
+    if (text === undefined) {
+      text = `INSERT INTO batch_results
+        (batch_id, line, custom_id, result_id, status_code, response, request_id, error_code, error_message)
+        VALUES ${Array.from({ length: rows }, () => "(?, ?, ?, ?, ?, ?, ?, ?, ?)").join(", ")}
+        ON CONFLICT DO NOTHING RETURNING line`
+      insertTexts.set(rows, text)
+    }
+    return text
+  }
+
+  /** SQLite: the group, then the counts and usage of the rows it actually inserted, in one transaction. */
   const recordOutcomesSqlite = (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) =>
     Effect.gen(function*() {
-      const inserted = yield* sql<{ line: number }>`
-        INSERT INTO batch_results
-          (batch_id, line, custom_id, result_id, status_code, response, request_id, error_code, error_message)
-        SELECT ${batchId}, value ->> 'line', value ->> 'custom_id', value ->> 'result_id', value ->> 'status_code',
-          value ->> 'response', value ->> 'request_id', value ->> 'error_code', value ->> 'error_message'
-        FROM json_each(${outcomeRows(outcomes)}) WHERE true
-        ON CONFLICT DO NOTHING RETURNING line`
+      const inserted: Array<{ readonly line: number }> = []
+      for (const group of chunks(outcomes, SQLITE_OUTCOMES_PER_INSERT)) {
+        const params: Array<unknown> = []
+        for (const o of group) {
+          if (o._tag === "Response") params.push(batchId, o.line, o.customId, o.resultId, o.statusCode, o.body, o.requestId, null, null)
+          else params.push(batchId, o.line, o.customId, o.resultId, null, null, null, o.code, o.message)
+        }
+        inserted.push(...(yield* sql.unsafe<{ line: number }>(insertText(group.length), params)))
+      }
       const stored = new Set(inserted.map((r) => r.line))
       let completed = 0
       let failed = 0
@@ -456,6 +458,26 @@ export const make = Effect.gen(function*() {
       }
       return completed + failed
     }).pipe(sql.withTransaction)
+
+  /**
+   * Postgres: the rows of `batch_results` for a group of outcomes as one JSON parameter, with what each adds to the
+   * batch's counts and usage.
+   */
+  const outcomeRows = (outcomes: ReadonlyArray<RequestOutcome>) =>
+    JSON.stringify(outcomes.map((o) =>
+      o._tag === "Response"
+        ? {
+          line: o.line,
+          custom_id: o.customId,
+          result_id: o.resultId,
+          status_code: o.statusCode,
+          response: o.body,
+          request_id: o.requestId,
+          ok: o.statusCode >= 200 && o.statusCode < 300,
+          ...o.usage
+        }
+        : { line: o.line, custom_id: o.customId, result_id: o.resultId, error_code: o.code, error_message: o.message, ok: false }
+    ))
 
   /**
    * Postgres: the group, and the counts and usage of the rows actually inserted, in a single statement (atomic on
