@@ -40,7 +40,7 @@ import {
   type Slice,
   type SliceBounds
 } from "./BatchStore.js"
-import { jsonlLines } from "./lines.js"
+import { type JsonlLine, jsonlLines } from "./lines.js"
 import { isValidLine, usageOf, validateLine, zeroUsage } from "./validation.js"
 
 export interface BatchRunnerShape {
@@ -147,37 +147,43 @@ export const make = Effect.gen(function*() {
         return errors.length > 0 || rows.length === 0 ? Effect.void : store.insertRequests(batch.id, rows)
       })
 
+      /** Checks one line and, when it is valid, adds its request row to `pending` (cross-line rules included). */
+      const inspect = (item: JsonlLine): void => {
+        if (item._tag === "TooLong") {
+          report({ code: "invalid_request", message: `This line is longer than ${MAX_LINE_BYTES} bytes.`, param: null, line: item.line })
+          return
+        }
+        if (item.text.trim() === "") return
+        const result = validateLine(item.text, endpoint)
+        if (!isValidLine(result)) {
+          for (const p of result) report({ ...p, line: item.line })
+          return
+        }
+        if (customIds.has(result.customId)) {
+          report({ code: "duplicate_custom_id", message: `The custom_id '${result.customId}' is used more than once in this file.`, param: "custom_id", line: item.line })
+          return
+        }
+        customIds.add(result.customId)
+        if (model === undefined) model = { name: result.model, line: item.line }
+        else if (model.name !== result.model) {
+          report({ code: "model_mismatch", message: `All requests of a batch must use the same model: this line uses '${result.model}', line ${model.line} uses '${model.name}'.`, param: "body.model", line: item.line })
+          return
+        }
+        count++
+        if (count === config.maxRequestsPerBatch + 1) {
+          report({ code: "too_many_tasks", message: `The batch has more than ${config.maxRequestsPerBatch} requests, the most one batch may hold.`, param: null, line: item.line })
+        }
+        if (count > config.maxRequestsPerBatch) return
+        if ((count - 1) % SLICE === 0) slices.push({ firstLine: item.line, lastLine: item.line })
+        else slices[slices.length - 1] = { firstLine: slices[slices.length - 1]!.firstLine, lastLine: item.line }
+        pending.push({ line: item.line, customId: result.customId, resultId: batchRequestId(), body: result.body })
+      }
+
+      // The lines of each chunk of the file are checked in one go (an effect per line cost more than the checks).
       yield* content.value.stream.pipe(
         jsonlLines(MAX_LINE_BYTES),
-        Stream.runForEach((item) => {
-          if (item._tag === "TooLong") {
-            report({ code: "invalid_request", message: `This line is longer than ${MAX_LINE_BYTES} bytes.`, param: null, line: item.line })
-            return Effect.void
-          }
-          if (item.text.trim() === "") return Effect.void
-          const result = validateLine(item.text, endpoint)
-          if (!isValidLine(result)) {
-            for (const p of result) report({ ...p, line: item.line })
-            return Effect.void
-          }
-          if (customIds.has(result.customId)) {
-            report({ code: "duplicate_custom_id", message: `The custom_id '${result.customId}' is used more than once in this file.`, param: "custom_id", line: item.line })
-            return Effect.void
-          }
-          customIds.add(result.customId)
-          if (model === undefined) model = { name: result.model, line: item.line }
-          else if (model.name !== result.model) {
-            report({ code: "model_mismatch", message: `All requests of a batch must use the same model: this line uses '${result.model}', line ${model.line} uses '${model.name}'.`, param: "body.model", line: item.line })
-            return Effect.void
-          }
-          count++
-          if (count === config.maxRequestsPerBatch + 1) {
-            report({ code: "too_many_tasks", message: `The batch has more than ${config.maxRequestsPerBatch} requests, the most one batch may hold.`, param: null, line: item.line })
-          }
-          if (count > config.maxRequestsPerBatch) return Effect.void
-          if ((count - 1) % SLICE === 0) slices.push({ firstLine: item.line, lastLine: item.line })
-          else slices[slices.length - 1] = { firstLine: slices[slices.length - 1]!.firstLine, lastLine: item.line }
-          pending.push({ line: item.line, customId: result.customId, resultId: batchRequestId(), body: result.body })
+        Stream.runForEachChunk((items) => {
+          for (const item of items) inspect(item)
           return pending.length >= PAGE ? flushRows : Effect.void
         })
       )
