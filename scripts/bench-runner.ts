@@ -1,13 +1,13 @@
 /**
  * The runner's own cost without the HTTP API (not a test): a batch of N requests through the real BatchRunner,
  * BatchStore and FileStore on SQLite, in this process. Prints the validating time, requests/s of the running phase
- * and the share of that time spent in garbage collection.
+ * with the share of that time spent in garbage collection, and the finalizing time.
  *
  *   npx tsx scripts/bench-runner.ts [--requests 20000] [--concurrency 32] [--upstream] [--cpu-prof FILE]
  *
  * By default `Inference` answers at once with a canned body (the runner and store alone); `--upstream` sends every
  * request over HTTP to the simulator in a child process instead (the live Inference and upstream client).
- * `--cpu-prof FILE` writes a CPU profile of the running phase (open it in Chrome's DevTools). Node flags go before
+ * `--cpu-prof FILE` writes a CPU profile of the running and finalizing phases (open it in Chrome's DevTools). Node flags go before
  * the script: `node --max-semi-space-size=4 --import tsx scripts/bench-runner.ts`.
  */
 import { Duration, Effect, Layer, Option, Stream } from "effect"
@@ -124,6 +124,12 @@ const program = Effect.gen(function*() {
   const gc = (gcMs - gcBefore) / 1000
   console.log(`running phase: ${REQUESTS} requests in ${seconds.toFixed(2)} s = ${(REQUESTS / seconds).toFixed(0)} requests/s`)
   console.log(`garbage collection: ${gc.toFixed(2)} s (${((gc / seconds) * 100).toFixed(0)} %)`)
+  const finalizingStarted = performance.now()
+  while (status === "finalizing") {
+    yield* Effect.sleep(Duration.millis(5))
+    status = yield* statusNow
+  }
+  console.log(`finalizing: ${((performance.now() - finalizingStarted) / 1000).toFixed(2)} s (${status})`)
   if (CPU_PROFILE !== undefined) {
     const { profile } = yield* Effect.promise(() => profiler.post("Profiler.stop"))
     writeFileSync(CPU_PROFILE, JSON.stringify(profile))
