@@ -519,7 +519,8 @@ export const make = Effect.gen(function*() {
       // One span for the group, none for each of its statements (they cost more than the statements do).
       Effect.withTracerEnabled(false),
       Effect.orDie,
-      Effect.withSpan("BatchStore.recordOutcomes")
+      // Without a stack trace: capturing one per group cost more than the span.
+      Effect.withSpan("BatchStore.recordOutcomes", { captureStackTrace: false })
     )
 
   const failPending = (batchId: string, code: string, message: string) =>
