@@ -437,7 +437,7 @@ export const make = Effect.gen(function*() {
       const usage = { input: 0, cached: 0, output: 0, reasoning: 0, total: 0 }
       for (const o of outcomes) {
         if (!stored.has(o.line)) continue
-        if (o._tag === "Response" && o.statusCode >= 200 && o.statusCode < 300) {
+        if (succeeded(o)) {
           completed++
           usage.input += o.usage.input
           usage.cached += o.usage.cached
@@ -473,7 +473,7 @@ export const make = Effect.gen(function*() {
           status_code: o.statusCode,
           response: o.body,
           request_id: o.requestId,
-          ok: o.statusCode >= 200 && o.statusCode < 300,
+          ok: succeeded(o),
           ...o.usage
         }
         : { line: o.line, custom_id: o.customId, result_id: o.resultId, error_code: o.code, error_message: o.message, ok: false }
@@ -717,6 +717,10 @@ export const make = Effect.gen(function*() {
     claimable
   })
 })
+
+/** An upstream answer with a 2xx status: a line of the output file (anything else goes to the error file). */
+const succeeded = (o: RequestOutcome): o is Extract<RequestOutcome, { _tag: "Response" }> =>
+  o._tag === "Response" && o.statusCode >= 200 && o.statusCode < 300
 
 /**
  * The first outcome of each line, in line order: counts follow the rows inserted only if a group names each line
