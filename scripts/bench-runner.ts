@@ -12,7 +12,7 @@
  */
 import { Duration, Effect, Layer, Option, Stream } from "effect"
 import { spawn } from "node:child_process"
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { Session } from "node:inspector/promises"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
@@ -91,6 +91,16 @@ new PerformanceObserver((list) => {
   for (const entry of list.getEntries()) gcMs += entry.duration
 }).observe({ entryTypes: ["gc"] })
 
+/** CPU time of this process's main thread (Linux: /proc; NaN elsewhere), in milliseconds. */
+const mainThreadCpuMs = () => {
+  try {
+    const fields = readFileSync(`/proc/self/task/${process.pid}/stat`, "utf8").split(") ")[1]!.split(" ")
+    return (Number(fields[11]) + Number(fields[12])) * 10 // utime + stime, in clock ticks of 10 ms
+  } catch {
+    return NaN
+  }
+}
+
 const profiler = new Session()
 profiler.connect()
 
@@ -116,6 +126,9 @@ const program = Effect.gen(function*() {
   }
   const startedAt = performance.now()
   const gcBefore = gcMs
+  const cpuBefore = process.cpuUsage()
+  const mainBefore = mainThreadCpuMs()
+  const loopBefore = performance.eventLoopUtilization()
   while (status === "in_progress") {
     yield* Effect.sleep(Duration.millis(5))
     status = yield* statusNow
@@ -124,6 +137,14 @@ const program = Effect.gen(function*() {
   const gc = (gcMs - gcBefore) / 1000
   console.log(`running phase: ${REQUESTS} requests in ${seconds.toFixed(2)} s = ${(REQUESTS / seconds).toFixed(0)} requests/s`)
   console.log(`garbage collection: ${gc.toFixed(2)} s (${((gc / seconds) * 100).toFixed(0)} %)`)
+  const cpu = process.cpuUsage(cpuBefore)
+  const loop = performance.eventLoopUtilization(loopBefore)
+  const mainCpu = mainThreadCpuMs() - mainBefore
+  console.log(
+    `main thread: event loop busy ${(loop.utilization * 100).toFixed(0)} %, on CPU ${(mainCpu / 10 / seconds).toFixed(0)} % ` +
+      `(${(mainCpu * 1000 / REQUESTS).toFixed(0)} µs/request); every thread of this process: ` +
+      `${((cpu.user + cpu.system) / REQUESTS).toFixed(0)} µs/request`
+  )
   const finalizingStarted = performance.now()
   while (status === "finalizing") {
     yield* Effect.sleep(Duration.millis(5))
