@@ -130,6 +130,27 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       expect(yield* store.pendingRequests(id, 0, 150, 1000)).toEqual([])
     }).pipe(Effect.provide(storeFor(backend))))
 
+  it.effect("counts and usage: a 2xx answer completes, a non-2xx answer or an error fails and adds no usage", () =>
+    Effect.gen(function*() {
+      const store = yield* BatchStore
+      const id = yield* runningBatch(5, 5)
+      // The usage a refusal reports (none, from a real upstream) must not count either.
+      const refused: RequestOutcome = { ...(ok(2) as Extract<RequestOutcome, { _tag: "Response" }>), statusCode: 400 }
+      const lost: RequestOutcome = { _tag: "Error", line: 3, customId: "c3", resultId: "r3", code: "upstream_timeout", message: "slow" }
+      expect(yield* store.recordOutcomes(id, [ok(1), refused, lost])).toBe(3)
+      expect(yield* store.failPending(id, "batch_expired", "too late")).toBe(2)
+      const { batch } = yield* store.get(id)
+      expect(batch.request_counts).toEqual({ total: 5, completed: 1, failed: 4 })
+      expect(batch.usage).toMatchObject({ input_tokens: 1, output_tokens: 2, total_tokens: 3 })
+      const failed = yield* store.resultRows(id, "failed", 0, 10)
+      expect(failed.map((r) => [r.line, r.statusCode, r.errorCode])).toEqual([
+        [2, 400, null],
+        [3, null, "upstream_timeout"],
+        [4, null, "batch_expired"],
+        [5, null, "batch_expired"]
+      ])
+    }).pipe(Effect.provide(storeFor(backend))))
+
   it.effect("one group naming a line twice stores and counts it once (its first outcome)", () =>
     Effect.gen(function*() {
       const store = yield* BatchStore

@@ -34,7 +34,7 @@ const clientFor = (backend: Backend) =>
 
 describe("migrations", () => {
   for (const backend of backends) {
-    it.scoped(`${backend}: a running batch keeps its stored outcomes and pending requests across 0005_results`, () =>
+    it.scoped(`${backend}: a running batch keeps its stored outcomes, counts and pending requests across 0005 and 0006`, () =>
       Effect.gen(function*() {
         const sql = yield* SqlClient.SqlClient
         yield* migrateUpTo("0004_blobs")
@@ -50,7 +50,7 @@ describe("migrations", () => {
         yield* sql`INSERT INTO batch_requests (batch_id, line, custom_id, result_id, body) VALUES
           ('batch_old', 3, 'c', 'r3', '{"n":3}')`
 
-        yield* migrateUpTo("0005_results")
+        yield* migrateUpTo("0006_result_counts")
         const store = yield* makeBatchStore
         const succeeded = yield* store.resultRows("batch_old", "succeeded", 0, 10)
         expect(succeeded.map((r) => [r.customId, r.statusCode, r.response, r.requestId])).toEqual([

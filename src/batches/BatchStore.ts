@@ -6,7 +6,7 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Clock, Context, Data, Effect, Layer, Option } from "effect"
 import { activeStatuses, Batch, type BatchError, type BatchStatus, terminalStatuses } from "../domain/Batches.js"
-import type { TokenUsage } from "./validation.js"
+import { type TokenUsage, zeroUsage } from "./validation.js"
 
 export class BatchNotFound extends Data.TaggedError("BatchNotFound")<{ readonly id: string }> {}
 export class UnknownBatchCursor extends Data.TaggedError("UnknownBatchCursor")<{ readonly after: string }> {}
@@ -401,6 +401,10 @@ export const make = Effect.gen(function*() {
       Effect.orDie
     )
 
+  /** The columns of an outcome row, in the order `outcomeValues` gives them. */
+  const outcomeColumns = `batch_id, line, custom_id, result_id, status_code, response, request_id, error_code,
+    error_message, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens`
+
   /**
    * SQLite: the text of an INSERT of `rows` outcomes with bound values, built once per size (groups are cut to at
    * most SQLITE_OUTCOMES_PER_INSERT, so the statements stay few and prepared). Binding is cheaper than having
@@ -410,105 +414,57 @@ export const make = Effect.gen(function*() {
   const insertText = (rows: number) => {
     let text = insertTexts.get(rows)
     if (text === undefined) {
-      text = `INSERT INTO batch_results
-        (batch_id, line, custom_id, result_id, status_code, response, request_id, error_code, error_message)
-        VALUES ${Array.from({ length: rows }, () => "(?, ?, ?, ?, ?, ?, ?, ?, ?)").join(", ")}
-        ON CONFLICT DO NOTHING RETURNING line`
+      const values = `(${Array.from({ length: 14 }, () => "?").join(", ")})`
+      text = `INSERT INTO batch_results (${outcomeColumns})
+        VALUES ${Array.from({ length: rows }, () => values).join(", ")} ON CONFLICT DO NOTHING`
       insertTexts.set(rows, text)
     }
     return text
   }
 
-  /** SQLite: the group, then the counts and usage of the rows it actually inserted, in one transaction. */
-  const recordOutcomesSqlite = (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) =>
-    Effect.gen(function*() {
-      const inserted: Array<{ readonly line: number }> = []
-      for (const group of chunks(outcomes, SQLITE_OUTCOMES_PER_INSERT)) {
-        const params: Array<unknown> = []
-        for (const o of group) {
-          if (o._tag === "Response") params.push(batchId, o.line, o.customId, o.resultId, o.statusCode, o.body, o.requestId, null, null)
-          else params.push(batchId, o.line, o.customId, o.resultId, null, null, null, o.code, o.message)
-        }
-        inserted.push(...(yield* sql.unsafe<{ line: number }>(insertText(group.length), params)))
+  /**
+   * SQLite: one INSERT per SQLITE_OUTCOMES_PER_INSERT outcomes; the trigger of migration 0006 adds what it stored
+   * to the batch's counts and usage within the same statement, so a single INSERT needs no transaction around it.
+   */
+  const recordOutcomesSqlite = (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) => {
+    const inserts = chunks(outcomes, SQLITE_OUTCOMES_PER_INSERT).map((group) => {
+      const params: Array<unknown> = []
+      for (const o of group) {
+        const u = usageOfOutcome(o)
+        if (o._tag === "Response") params.push(batchId, o.line, o.customId, o.resultId, o.statusCode, o.body, o.requestId, null, null)
+        else params.push(batchId, o.line, o.customId, o.resultId, null, null, null, o.code, o.message)
+        params.push(u.input, u.cached, u.output, u.reasoning, u.total)
       }
-      const stored = new Set(inserted.map((r) => r.line))
-      let completed = 0
-      let failed = 0
-      const usage = { input: 0, cached: 0, output: 0, reasoning: 0, total: 0 }
-      for (const o of outcomes) {
-        if (!stored.has(o.line)) continue
-        if (succeeded(o)) {
-          completed++
-          usage.input += o.usage.input
-          usage.cached += o.usage.cached
-          usage.output += o.usage.output
-          usage.reasoning += o.usage.reasoning
-          usage.total += o.usage.total
-        } else {
-          failed++
-        }
-      }
-      if (completed + failed > 0) {
-        yield* sql`UPDATE batches SET
-          completed = completed + ${completed}, failed = failed + ${failed},
-          input_tokens = input_tokens + ${usage.input}, cached_tokens = cached_tokens + ${usage.cached},
-          output_tokens = output_tokens + ${usage.output}, reasoning_tokens = reasoning_tokens + ${usage.reasoning},
-          total_tokens = total_tokens + ${usage.total}
-          WHERE id = ${batchId}`
-      }
-      return completed + failed
-    }).pipe(sql.withTransaction)
+      return Effect.map(sql.unsafe(insertText(group.length), params).raw, (result) => (result as { changes: number }).changes)
+    })
+    if (inserts.length === 1) return inserts[0]!
+    return sql.withTransaction(Effect.map(Effect.all(inserts), (stored) => stored.reduce((a, b) => a + b, 0)))
+  }
 
   /**
-   * Postgres: the rows of `batch_results` for a group of outcomes as one JSON parameter, with what each adds to the
-   * batch's counts and usage.
+   * Postgres: the group as one JSON parameter, inserted by a single statement (one round trip); the trigger of
+   * migration 0006 adds the rows it inserted to the batch's counts and usage.
    */
-  const outcomeRows = (outcomes: ReadonlyArray<RequestOutcome>) =>
-    JSON.stringify(outcomes.map((o) =>
-      o._tag === "Response"
-        ? {
-          line: o.line,
-          custom_id: o.customId,
-          result_id: o.resultId,
-          status_code: o.statusCode,
-          response: o.body,
-          request_id: o.requestId,
-          ok: succeeded(o),
-          ...o.usage
-        }
-        : { line: o.line, custom_id: o.customId, result_id: o.resultId, error_code: o.code, error_message: o.message, ok: false }
-    ))
-
-  /**
-   * Postgres: the group, and the counts and usage of the rows actually inserted, in a single statement (atomic on
-   * its own): one round trip per group instead of four with a transaction around two statements.
-   */
-  const recordOutcomesPg = (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) =>
-    sql<{ stored: number | string }>`
-      WITH v AS (
-        SELECT * FROM json_to_recordset(${outcomeRows(outcomes)}::json) AS v(line INTEGER, custom_id TEXT,
-          result_id TEXT, status_code INTEGER, response TEXT, request_id TEXT, error_code TEXT, error_message TEXT,
-          ok BOOLEAN, input BIGINT, cached BIGINT, output BIGINT, reasoning BIGINT, total BIGINT)
-      ), inserted AS (
-        INSERT INTO batch_results
-          (batch_id, line, custom_id, result_id, status_code, response, request_id, error_code, error_message)
-        SELECT ${batchId}, line, custom_id, result_id, status_code, response, request_id, error_code, error_message
-        FROM v ON CONFLICT DO NOTHING RETURNING line
-      ), counted AS (
-        SELECT COUNT(*) FILTER (WHERE v.ok) AS completed, COUNT(*) FILTER (WHERE NOT v.ok) AS failed,
-          COALESCE(SUM(v.input) FILTER (WHERE v.ok), 0) AS input, COALESCE(SUM(v.cached) FILTER (WHERE v.ok), 0) AS cached,
-          COALESCE(SUM(v.output) FILTER (WHERE v.ok), 0) AS output,
-          COALESCE(SUM(v.reasoning) FILTER (WHERE v.ok), 0) AS reasoning,
-          COALESCE(SUM(v.total) FILTER (WHERE v.ok), 0) AS total
-        FROM v JOIN inserted USING (line)
-      ), updated AS (
-        UPDATE batches b SET completed = b.completed + c.completed, failed = b.failed + c.failed,
-          input_tokens = b.input_tokens + c.input, cached_tokens = b.cached_tokens + c.cached,
-          output_tokens = b.output_tokens + c.output, reasoning_tokens = b.reasoning_tokens + c.reasoning,
-          total_tokens = b.total_tokens + c.total
-        FROM counted c WHERE b.id = ${batchId} AND c.completed + c.failed > 0
+  const recordOutcomesPg = (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) => {
+    // The usage fields are named as in `TokenUsage`: input, cached, output, reasoning, total.
+    const rows = JSON.stringify(outcomes.map((o) => {
+      const usage = usageOfOutcome(o)
+      return o._tag === "Response"
+        ? { line: o.line, custom_id: o.customId, result_id: o.resultId, status_code: o.statusCode, response: o.body, request_id: o.requestId, ...usage }
+        : { line: o.line, custom_id: o.customId, result_id: o.resultId, error_code: o.code, error_message: o.message, ...usage }
+    }))
+    return sql<{ stored: number | string }>`
+      WITH inserted AS (
+        INSERT INTO batch_results (${sql.literal(outcomeColumns)})
+        SELECT ${batchId}, line, custom_id, result_id, status_code, response, request_id, error_code, error_message,
+          input, cached, output, reasoning, total
+        FROM json_to_recordset(${rows}::json) AS v(line INTEGER, custom_id TEXT, result_id TEXT, status_code INTEGER,
+          response TEXT, request_id TEXT, error_code TEXT, error_message TEXT, input BIGINT, cached BIGINT,
+          output BIGINT, reasoning BIGINT, total BIGINT)
+        ON CONFLICT DO NOTHING RETURNING 1
       )
-      SELECT completed + failed AS stored FROM counted`.pipe(Effect.map((rows) => n(rows[0]!.stored)))
+      SELECT COUNT(*) AS stored FROM inserted`.pipe(Effect.map((result) => n(result[0]!.stored)))
+  }
 
   /** Stores a group of outcomes; a request that already has one keeps it, and counts and usage move only by the new. */
   const recordOutcomes = (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) =>
@@ -523,18 +479,17 @@ export const make = Effect.gen(function*() {
       Effect.withSpan("BatchStore.recordOutcomes", { captureStackTrace: false })
     )
 
+  /** The trigger of migration 0006 counts the failures stored here. */
   const failPending = (batchId: string, code: string, message: string) =>
-    Effect.gen(function*() {
-      const changed = yield* sql<{ line: number }>`
-        INSERT INTO batch_results (batch_id, line, custom_id, result_id, error_code, error_message)
-        SELECT batch_id, line, custom_id, result_id, ${code}, ${message} FROM batch_requests r
-        WHERE batch_id = ${batchId} AND ${isPending}
-        ON CONFLICT DO NOTHING RETURNING line`
-      if (changed.length > 0) {
-        yield* sql`UPDATE batches SET failed = failed + ${changed.length} WHERE id = ${batchId}`
-      }
-      return changed.length
-    }).pipe(sql.withTransaction, Effect.orDie, Effect.withSpan("BatchStore.failPending"))
+    sql<{ line: number }>`
+      INSERT INTO batch_results (batch_id, line, custom_id, result_id, error_code, error_message)
+      SELECT batch_id, line, custom_id, result_id, ${code}, ${message} FROM batch_requests r
+      WHERE batch_id = ${batchId} AND ${isPending}
+      ON CONFLICT DO NOTHING RETURNING line`.pipe(
+      Effect.map((rows) => rows.length),
+      Effect.orDie,
+      Effect.withSpan("BatchStore.failPending")
+    )
 
   const resultRows = (batchId: string, kind: "succeeded" | "failed", afterLine: number, limit: number) => {
     const outcome = kind === "succeeded"
@@ -719,8 +674,8 @@ export const make = Effect.gen(function*() {
 })
 
 /** An upstream answer with a 2xx status: a line of the output file (anything else goes to the error file). */
-const succeeded = (o: RequestOutcome): o is Extract<RequestOutcome, { _tag: "Response" }> =>
-  o._tag === "Response" && o.statusCode >= 200 && o.statusCode < 300
+/** The token usage an outcome adds to its batch's: none for an error. */
+const usageOfOutcome = (o: RequestOutcome): TokenUsage => (o._tag === "Response" ? o.usage : zeroUsage)
 
 /**
  * The first outcome of each line, in line order: counts follow the rows inserted only if a group names each line

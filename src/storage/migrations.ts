@@ -142,5 +142,47 @@ export const migrations = {
     for (const column of ["state", "status_code", "response", "request_id", "error_code", "error_message"]) {
       yield* sql`ALTER TABLE batch_requests DROP COLUMN ${sql(column)}`
     }
+  }),
+  "0006_result_counts": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const usageColumns = ["input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "total_tokens"]
+    // Each outcome's token usage (zero for failures), and a trigger that adds every outcome inserted to its batch's
+    // `request_counts` and `usage`: the counts follow the rows by construction, and storing a group of outcomes is
+    // one INSERT (statements, not rows, are what a group write costs). Rows stored before keep their usage in the
+    // batch totals only (the trigger counts new rows).
+    for (const column of usageColumns) {
+      yield* sql`ALTER TABLE batch_results ADD COLUMN ${sql(column)} BIGINT NOT NULL DEFAULT 0`
+    }
+    yield* sql.onDialectOrElse({
+      // SQLite triggers run per row.
+      orElse: () =>
+        sql.unsafe(`CREATE TRIGGER batch_results_counts AFTER INSERT ON batch_results BEGIN
+          UPDATE batches SET
+            completed = completed + ok.v, failed = failed + 1 - ok.v,
+            ${usageColumns.map((c) => `${c} = ${c} + ok.v * NEW.${c}`).join(", ")}
+          FROM (SELECT COALESCE(NEW.status_code >= 200 AND NEW.status_code < 300, 0) AS v) AS ok
+          WHERE id = NEW.batch_id;
+        END`),
+      // Postgres: once per statement, over the rows it inserted (a group is one UPDATE of its batch, not one a row).
+      pg: () =>
+        Effect.zipRight(
+          sql.unsafe(`CREATE FUNCTION batch_results_counts() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+              UPDATE batches b SET
+                completed = b.completed + c.completed, failed = b.failed + c.failed,
+                ${usageColumns.map((c) => `${c} = b.${c} + c.${c}`).join(", ")}
+              FROM (
+                SELECT batch_id, COUNT(*) FILTER (WHERE ok) AS completed, COUNT(*) FILTER (WHERE NOT ok) AS failed,
+                  ${usageColumns.map((c) => `COALESCE(SUM(${c}) FILTER (WHERE ok), 0) AS ${c}`).join(", ")}
+                FROM (SELECT *, COALESCE(status_code >= 200 AND status_code < 300, false) AS ok FROM inserted) i
+                GROUP BY batch_id
+              ) c
+              WHERE b.id = c.batch_id;
+              RETURN NULL;
+            END $$`),
+          sql.unsafe(`CREATE TRIGGER batch_results_counts AFTER INSERT ON batch_results
+            REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION batch_results_counts()`)
+        )
+    })
   })
 } satisfies Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>>
