@@ -154,15 +154,19 @@ export const migrations = {
       yield* sql`ALTER TABLE batch_results ADD COLUMN ${sql(column)} BIGINT NOT NULL DEFAULT 0`
     }
     yield* sql.onDialectOrElse({
-      // SQLite triggers run per row.
+      // SQLite triggers run per row: one for successes (count and usage), one for failures (count).
       orElse: () =>
-        sql.unsafe(`CREATE TRIGGER batch_results_counts AFTER INSERT ON batch_results BEGIN
-          UPDATE batches SET
-            completed = completed + ok.v, failed = failed + 1 - ok.v,
-            ${usageColumns.map((c) => `${c} = ${c} + ok.v * NEW.${c}`).join(", ")}
-          FROM (SELECT COALESCE(NEW.status_code >= 200 AND NEW.status_code < 300, 0) AS v) AS ok
-          WHERE id = NEW.batch_id;
-        END`),
+        Effect.zipRight(
+          sql.unsafe(`CREATE TRIGGER batch_results_completed AFTER INSERT ON batch_results
+            WHEN NEW.status_code >= 200 AND NEW.status_code < 300 BEGIN
+              UPDATE batches SET completed = completed + 1, ${usageColumns.map((c) => `${c} = ${c} + NEW.${c}`).join(", ")}
+              WHERE id = NEW.batch_id;
+            END`),
+          sql.unsafe(`CREATE TRIGGER batch_results_failed AFTER INSERT ON batch_results
+            WHEN NEW.status_code IS NULL OR NEW.status_code < 200 OR NEW.status_code >= 300 BEGIN
+              UPDATE batches SET failed = failed + 1 WHERE id = NEW.batch_id;
+            END`)
+        ),
       // Postgres: once per statement, over the rows it inserted (a group is one UPDATE of its batch, not one a row).
       pg: () =>
         Effect.zipRight(
