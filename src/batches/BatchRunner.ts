@@ -29,7 +29,7 @@ import { AppConfig } from "../Config.js"
 import { activeStatuses, type BatchEndpoint, type BatchError, type BatchStatus } from "../domain/Batches.js"
 import { batchRequestId, derivedFileId } from "../domain/Ids.js"
 import { FileStore } from "../files/FileStore.js"
-import { Inference } from "../inference/Inference.js"
+import { Inference, type UpstreamFailure, type UpstreamResponse } from "../inference/Inference.js"
 import {
   type BatchRecord,
   BatchStore,
@@ -238,8 +238,9 @@ export const make = Effect.gen(function*() {
 
   /**
    * The pending rows of the slices this node claims of a batch, one at a time, shared by the workers (each row is
-   * handed out once): read a page at a time; when a slice is used up, the next free slice is claimed. `None` once
-   * no slice is left to claim. `claimed` tells whether any slice was.
+   * handed out once): read a page at a time; when a slice is used up, the next free slice is claimed. `takeNow`
+   * hands out a row of the page in hand (undefined when there is none); `next` also reads the next page or slice,
+   * one worker at a time, and gives `None` once no slice is left to claim. `claimed` tells whether any slice was.
    */
   const pendingRowSource = (id: string) =>
     Effect.map(Effect.makeSemaphore(1), (mutex) => {
@@ -277,42 +278,41 @@ export const make = Effect.gen(function*() {
           morePages = rows.length === PAGE
         })
       )
-      const handOut = () => {
+      const takeNow = (): readonly [RequestRow, SliceProgress] | undefined => {
+        if (index >= page.length) return undefined
         current!.outstanding++
-        return Option.some([page[index++]!, current!] as const)
+        return [page[index++]!, current!]
       }
       const take = Effect.suspend((): Effect.Effect<Option.Option<readonly [RequestRow, SliceProgress]>> => {
-        if (index < page.length) return Effect.succeed(handOut())
+        const taken = takeNow()
+        if (taken !== undefined) return Effect.succeed(Option.some(taken))
         if (exhausted) return Effect.succeed(Option.none())
         return Effect.zipRight(current !== undefined && morePages ? fetchPage : nextSlice, take)
       })
-      const refill = mutex.withPermits(1)(take)
-      // A row of the page in hand is taken synchronously; only reading the next page or slice is serialized.
-      const next = Effect.suspend(() => (index < page.length ? Effect.succeed(handOut()) : refill))
-      return { next, claimed: () => claimed }
+      // Only reading the next page or slice is serialized.
+      const next = mutex.withPermits(1)(take)
+      return { takeNow, next, claimed: () => claimed }
     })
 
-  const callUpstream = (endpoint: BatchEndpoint, deadline: number) => (row: RequestRow) =>
-    Effect.match(inference.send(endpoint, row.body, { deadline }), {
-      onSuccess: (res): RequestOutcome => ({
-        _tag: "Response",
-        line: row.line,
-        customId: row.customId,
-        resultId: row.resultId,
-        statusCode: res.status,
-        body: res.text,
-        requestId: res.requestId,
-        usage: res.status >= 200 && res.status < 300 ? usageOf(res.json) : zeroUsage
-      }),
-      onFailure: (e): RequestOutcome => ({
-        _tag: "Error",
-        line: row.line,
-        customId: row.customId,
-        resultId: row.resultId,
-        code: e.code,
-        message: e.message
-      })
-    })
+  const responseOutcome = (row: RequestRow, res: UpstreamResponse): RequestOutcome => ({
+    _tag: "Response",
+    line: row.line,
+    customId: row.customId,
+    resultId: row.resultId,
+    statusCode: res.status,
+    body: res.text,
+    requestId: res.requestId,
+    usage: res.status >= 200 && res.status < 300 ? usageOf(res.json) : zeroUsage
+  })
+
+  const errorOutcome = (row: RequestRow, e: UpstreamFailure): RequestOutcome => ({
+    _tag: "Error",
+    line: row.line,
+    customId: row.customId,
+    resultId: row.resultId,
+    code: e.code,
+    message: e.message
+  })
 
   /** Outcomes waiting for the next write, with the signal their workers wait on. */
   interface OutcomeGroup {
@@ -336,14 +336,14 @@ export const make = Effect.gen(function*() {
       const { batch } = record
       let group = emptyGroup()
       const arrived = yield* Effect.makeLatch(false)
-      const storeOutcome = (outcome: RequestOutcome, progress: SliceProgress) =>
-        Effect.suspend(() => {
-          const waiting = group
-          waiting.outcomes.push(outcome)
-          waiting.slices.push(progress)
-          arrived.unsafeOpen()
-          return Deferred.await(waiting.stored)
-        })
+      /** Adds an outcome to the next group (called when it arrives); the effect waits until the group is stored. */
+      const storeOutcome = (outcome: RequestOutcome, progress: SliceProgress) => {
+        const waiting = group
+        waiting.outcomes.push(outcome)
+        waiting.slices.push(progress)
+        arrived.unsafeOpen()
+        return Deferred.await(waiting.stored)
+      }
       const writeGroup = Effect.suspend(() => {
         const writing = group
         if (writing.outcomes.length === 0) return Effect.void
@@ -375,13 +375,22 @@ export const make = Effect.gen(function*() {
         Effect.zipRight(restore(Effect.zipRight(Effect.zipRight(arrived.await, arrived.close), afterPendingIo)), writeGroup)
       ).pipe(Effect.forever, Effect.forkScoped)
       yield* Effect.addFinalizer(() => writeGroup)
-      const send = callUpstream(batch.endpoint as BatchEndpoint, batch.expires_at! * 1000)
+      const endpoint = batch.endpoint as BatchEndpoint
+      const options = { deadline: batch.expires_at! * 1000 }
       const rows = yield* pendingRowSource(batch.id)
       // A worker takes a row, sends it, waits until its outcome is stored, and starts over (a recursive effect in
-      // tail position: the fiber's stack does not grow).
-      const worker: Effect.Effect<void> = Effect.flatMap(rows.next, (next) =>
-        Option.isNone(next) ? Effect.void : Effect.flatMap(send(next.value[0]), (outcome) =>
-          Effect.zipRight(storeOutcome(outcome, next.value[1]), worker)))
+      // tail position: the fiber's stack does not grow). Thousands of requests run a second, so the loop is kept to
+      // a few steps: a row of the page in hand is taken synchronously, an outcome is queued when it arrives.
+      const work = ([row, progress]: readonly [RequestRow, SliceProgress]) =>
+        Effect.matchEffect(inference.send(endpoint, row.body, options), {
+          onSuccess: (res) => Effect.zipRight(storeOutcome(responseOutcome(row, res), progress), worker),
+          onFailure: (e) => Effect.zipRight(storeOutcome(errorOutcome(row, e), progress), worker)
+        })
+      const worker: Effect.Effect<void> = Effect.suspend(() => {
+        const taken = rows.takeNow()
+        if (taken !== undefined) return work(taken)
+        return Effect.flatMap(rows.next, (next) => (Option.isNone(next) ? Effect.void : work(next.value)))
+      })
       yield* Effect.all(Array.from({ length: config.maxConcurrentRequestsPerBatch }, () => worker), {
         concurrency: "unbounded",
         discard: true

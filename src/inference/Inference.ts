@@ -5,7 +5,9 @@
  */
 import * as HttpBody from "@effect/platform/HttpBody"
 import * as HttpClient from "@effect/platform/HttpClient"
+import type * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
+import type * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import { Clock, Context, Data, Duration, Effect, Layer, Option, Random, Redacted } from "effect"
 import { AppConfig } from "../Config.js"
 import { BatchEndpoint } from "../domain/Batches.js"
@@ -90,6 +92,7 @@ const isTimeout = (error: unknown): boolean => {
   return false
 }
 
+/** What one attempt gave: an answer (with the headers a retry reads), or no answer at all. */
 type Attempt =
   | {
     readonly _tag: "Response"
@@ -123,31 +126,19 @@ export const make = Effect.gen(function*() {
     ] as const
   }))
 
-  const attempt = (request: HttpClientRequest.HttpClientRequest): Effect.Effect<Attempt> =>
-    http.execute(request).pipe(
-      Effect.flatMap((res) =>
-        Effect.map(res.text, (text): Attempt => ({
-          _tag: "Response",
-          response: {
-            status: res.status,
-            ...asJsonBody(res.status, text),
-            requestId: res.headers["x-request-id"] ?? requestId()
-          },
-          headers: res.headers
-        }))
-      ),
-      Effect.catchAll((error) =>
-        Effect.succeed<Attempt>({
-          _tag: "Failure",
-          failure: isTimeout(error)
-            ? new UpstreamFailure({
-              code: "upstream_timeout",
-              message: `The upstream did not answer within ${Duration.format(timeout)}.`
-            })
-            : new UpstreamFailure({ code: "upstream_unreachable", message: `Upstream request failed: ${error.message}` })
-        })
-      )
-    )
+  const answered = (res: HttpClientResponse.HttpClientResponse, text: string): UpstreamResponse => ({
+    status: res.status,
+    ...asJsonBody(res.status, text),
+    requestId: res.headers["x-request-id"] ?? requestId()
+  })
+
+  const unanswered = (error: HttpClientError.HttpClientError): UpstreamFailure =>
+    isTimeout(error)
+      ? new UpstreamFailure({
+        code: "upstream_timeout",
+        message: `The upstream did not answer within ${Duration.format(timeout)}.`
+      })
+      : new UpstreamFailure({ code: "upstream_unreachable", message: `Upstream request failed: ${error.message}` })
 
   /** How long to wait before attempt `n + 1`: `Retry-After` when the upstream said, else exponential with jitter. */
   const retryDelay = (result: Attempt, n: number) =>
@@ -159,19 +150,35 @@ export const make = Effect.gen(function*() {
 
   const send = (endpoint: BatchEndpoint, body: string, options: SendOptions = {}) => {
     const request = HttpClientRequest.setBody(templates.get(endpoint)!, HttpBody.raw(body))
-    const loop = (n: number): Effect.Effect<UpstreamResponse, UpstreamFailure> =>
-      Effect.flatMap(attempt(request), (result) => {
-        const final = result._tag === "Failure" ? Effect.fail(result.failure) : Effect.succeed(result.response)
-        const retryable = result._tag === "Failure" || isRetryableStatus(result.response.status)
-        if (!retryable || n >= config.inferenceMaxAttempts) return final
-        return Effect.gen(function*() {
-          const delay = yield* retryDelay(result, n)
-          const now = yield* Clock.currentTimeMillis
-          if (options.deadline !== undefined && now + delay > options.deadline) return yield* final
-          yield* Effect.sleep(Duration.millis(delay))
-          return yield* loop(n + 1)
-        })
+    /** After attempt `n` gave `result`: wait and try again, unless attempts or time (the deadline) are used up. */
+    const retry = (result: Attempt, n: number): Effect.Effect<UpstreamResponse, UpstreamFailure> => {
+      const final = result._tag === "Failure" ? Effect.fail(result.failure) : Effect.succeed(result.response)
+      if (n >= config.inferenceMaxAttempts) return final
+      return Effect.gen(function*() {
+        const delay = yield* retryDelay(result, n)
+        const now = yield* Clock.currentTimeMillis
+        if (options.deadline !== undefined && now + delay > options.deadline) return yield* final
+        yield* Effect.sleep(Duration.millis(delay))
+        return yield* loop(n + 1)
       })
+    }
+    // The usual case, an answer that needs no retry, is kept to a few steps: thousands of calls run a second.
+    const loop = (n: number): Effect.Effect<UpstreamResponse, UpstreamFailure> => {
+      const failed = (error: HttpClientError.HttpClientError) => retry({ _tag: "Failure", failure: unanswered(error) }, n)
+      return Effect.matchEffect(http.execute(request), {
+        onFailure: failed,
+        onSuccess: (res) =>
+          Effect.matchEffect(res.text, {
+            onFailure: failed,
+            onSuccess: (text) => {
+              const response = answered(res, text)
+              return isRetryableStatus(response.status)
+                ? retry({ _tag: "Response", response, headers: res.headers }, n)
+                : Effect.succeed(response)
+            }
+          })
+      })
+    }
     return loop(1)
   }
 
