@@ -15,10 +15,8 @@ import {
   Cause,
   Clock,
   Context,
-  Deferred,
   Duration,
   Effect,
-  FiberId,
   FiberMap,
   Layer,
   Option,
@@ -318,9 +316,10 @@ export const make = Effect.gen(function*() {
   interface OutcomeGroup {
     readonly outcomes: Array<RequestOutcome>
     readonly slices: Array<SliceProgress>
-    readonly stored: Deferred.Deferred<void>
+    /** The workers waiting for the write: resumed with its result (which fails them too when it failed). */
+    readonly waiting: Array<(result: Effect.Effect<void>) => void>
   }
-  const emptyGroup = (): OutcomeGroup => ({ outcomes: [], slices: [], stored: Deferred.unsafeMake(FiberId.none) })
+  const emptyGroup = (): OutcomeGroup => ({ outcomes: [], slices: [], waiting: [] })
 
   /**
    * Sends the pending requests of every slice this node can claim through `maxConcurrentRequestsPerBatch`
@@ -336,14 +335,17 @@ export const make = Effect.gen(function*() {
       const { batch } = record
       let group = emptyGroup()
       const arrived = yield* Effect.makeLatch(false)
-      /** Adds an outcome to the next group (called when it arrives); the effect waits until the group is stored. */
-      const storeOutcome = (outcome: RequestOutcome, progress: SliceProgress) => {
-        const waiting = group
-        waiting.outcomes.push(outcome)
-        waiting.slices.push(progress)
-        arrived.unsafeOpen()
-        return Deferred.await(waiting.stored)
-      }
+      /**
+       * Adds an outcome to the next group and waits until the group is written. A plain callback, not a `Deferred`:
+       * it runs for every request, and an interrupted worker needs no clean-up (a late resume is ignored).
+       */
+      const storeOutcome = (outcome: RequestOutcome, progress: SliceProgress) =>
+        Effect.async<void>((resume) => {
+          group.outcomes.push(outcome)
+          group.slices.push(progress)
+          group.waiting.push(resume)
+          arrived.unsafeOpen()
+        })
       const writeGroup = Effect.suspend(() => {
         const writing = group
         if (writing.outcomes.length === 0) return Effect.void
@@ -358,7 +360,12 @@ export const make = Effect.gen(function*() {
           // A failed write fails the workers waiting on it too, so the batch's run fails (and is retried) instead
           // of waiting forever for outcomes nobody will store.
           Effect.exit,
-          Effect.flatMap((exit) => Effect.zipRight(Deferred.done(writing.stored, exit), exit)),
+          Effect.flatMap((exit) =>
+            Effect.suspend(() => {
+              for (const resume of writing.waiting) resume(exit)
+              return exit
+            })
+          ),
           Effect.uninterruptible
         )
       })
