@@ -16,11 +16,24 @@ import type * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import * as HttpIncomingMessage from "@effect/platform/HttpIncomingMessage"
 import * as UrlParams from "@effect/platform/UrlParams"
-import { Effect, Inspectable, Layer, Option, Stream } from "effect"
+import { Effect, Either, Inspectable, Layer, Option, Stream } from "effect"
 import type { IncomingHttpHeaders } from "node:http"
 import { Agent, type Dispatcher } from "undici"
 
 const decoder = new TextDecoder()
+
+/**
+ * undici's response headers as platform `Headers`, in place: its names are already lower case, and repeated
+ * headers are joined as `Headers.fromInput` would (which copies every entry: thousands of responses a second).
+ */
+const asHeaders = (headers: IncomingHttpHeaders): Headers.Headers => {
+  for (const name in headers) {
+    const value = headers[name]
+    if (Array.isArray(value)) headers[name] = value.join(", ")
+    else if (value === undefined) delete headers[name]
+  }
+  return Headers.unsafeFromRecord(headers as Record<string, string>)
+}
 
 /** A response whose body has been read whole. */
 class BufferedResponse extends Inspectable.Class implements HttpClientResponse.HttpClientResponse {
@@ -35,7 +48,7 @@ class BufferedResponse extends Inspectable.Class implements HttpClientResponse.H
     readonly body: Uint8Array
   ) {
     super()
-    this.headers = Headers.fromInput(headers as Record<string, string | ReadonlyArray<string>>)
+    this.headers = asHeaders(headers)
   }
   private decodeError(cause: unknown): HttpClientError.ResponseError {
     return new HttpClientError.ResponseError({ request: this.request, response: this, reason: "Decode", cause })
@@ -133,10 +146,23 @@ const requestBody = (body: HttpClientRequest.HttpClientRequest["body"]): string 
 }
 
 /** An `HttpClient` over `dispatcher` with header and body timeouts of `timeoutMs` each. */
-export const make = (dispatcher: Dispatcher, timeoutMs: number): HttpClient.HttpClient =>
-  HttpClient.makeWith<never, never, HttpClientError.HttpClientError, never>(
+/** Where a request goes, parsed once per URL for the usual request without query parameters or hash. */
+type Target = Either.Either<{ readonly origin: string; readonly path: string }, Error>
+const targetOf = (url: URL) => ({ origin: url.origin, path: url.pathname + url.search })
+
+export const make = (dispatcher: Dispatcher, timeoutMs: number): HttpClient.HttpClient => {
+  const targets = new Map<string, Target>()
+  const target = (request: HttpClientRequest.HttpClientRequest): Target => {
+    const plain = request.urlParams.length === 0 && Option.isNone(request.hash)
+    const known = plain ? targets.get(request.url) : undefined
+    if (known !== undefined) return known
+    const parsed = Either.map(UrlParams.makeUrl(request.url, request.urlParams, request.hash), targetOf)
+    if (plain && targets.size < 64) targets.set(request.url, parsed)
+    return parsed
+  }
+  return HttpClient.makeWith<never, never, HttpClientError.HttpClientError, never>(
     Effect.flatMap((request) => {
-      const url = UrlParams.makeUrl(request.url, request.urlParams, request.hash)
+      const url = target(request)
       const body = requestBody(request.body)
       if (url._tag === "Left" || body === undefined) {
         return Effect.fail(
@@ -151,7 +177,7 @@ export const make = (dispatcher: Dispatcher, timeoutMs: number): HttpClient.Http
         const handler = new BufferingHandler(request, resume)
         dispatcher.dispatch({
           origin: url.right.origin,
-          path: url.right.pathname + url.right.search,
+          path: url.right.path,
           method: request.method,
           headers: request.headers,
           body,
@@ -163,6 +189,7 @@ export const make = (dispatcher: Dispatcher, timeoutMs: number): HttpClient.Http
     }),
     Effect.succeed
   )
+}
 
 /** A keep-alive undici agent, closed with the layer, under an `HttpClient` with `timeoutMs` timeouts. */
 export const layer = (timeoutMs: number): Layer.Layer<HttpClient.HttpClient> =>
