@@ -324,8 +324,9 @@ export const make = Effect.gen(function*() {
   /**
    * Sends the pending requests of every slice this node can claim through `maxConcurrentRequestsPerBatch`
    * workers: a sliding window, each worker takes the next row as soon as its previous one is done. Outcomes are
-   * stored by one writer fiber in groups (whatever arrived while the previous group was being written: one
-   * transaction per group, not per request), and a worker moves on only once its outcome is stored. So a crash
+   * stored by one writer fiber in groups (what arrived while the previous group was being written and the event
+   * loop turns after: one write per group, not per request), and a worker moves on only once its outcome is
+   * stored. So a crash
    * can lose at most one unstored outcome per worker, and an interruption (cancel, expiry) aborts the calls in
    * flight while the writer still stores every outcome already received; the slices left unfinished are then
    * released for any node to resume. Returns whether a slice was claimed at all.
@@ -376,10 +377,21 @@ export const make = Effect.gen(function*() {
           store.releaseLeases({ owner: config.nodeId, batchId: batch.id })
         )
       )
-      // Wait for one outcome, then let the event loop run a turn so that every response already received joins
-      // the group. Interruptible only while waiting: a group once taken is always written.
+      /**
+       * Lets the event loop run turns while they bring more outcomes, until every worker's is in: the responses
+       * already received join the group. A slow upstream's outcomes are written after one turn; a fast one's
+       * in groups of most of the window (each group write costs about as much as its statement, not its rows).
+       */
+      const gather: Effect.Effect<void> = Effect.suspend(() => {
+        const before = group.outcomes.length
+        return Effect.flatMap(afterPendingIo, () => {
+          const now = group.outcomes.length
+          return now > before && now < config.maxConcurrentRequestsPerBatch ? gather : Effect.void
+        })
+      })
+      // Wait for one outcome, gather, write. Interruptible only while waiting: a group once taken is always written.
       yield* Effect.uninterruptibleMask((restore) =>
-        Effect.zipRight(restore(Effect.zipRight(Effect.zipRight(arrived.await, arrived.close), afterPendingIo)), writeGroup)
+        Effect.zipRight(restore(Effect.zipRight(Effect.zipRight(arrived.await, arrived.close), gather)), writeGroup)
       ).pipe(Effect.forever, Effect.forkScoped)
       yield* Effect.addFinalizer(() => writeGroup)
       const endpoint = batch.endpoint as BatchEndpoint
