@@ -177,12 +177,14 @@ export const make = Effect.gen(function*() {
         pending.push({ line: item.line, customId: result.customId, resultId: batchRequestId(), body: result.body })
       }
 
-      // The lines of each chunk of the file are checked in one go (an effect per line cost more than the checks).
+      // The lines are checked a page at a time, in one go (an effect per line cost more than the checks); after
+      // each page is stored the event loop gets a turn, so that API calls never wait for more than a page.
       yield* content.value.stream.pipe(
         jsonlLines(MAX_LINE_BYTES),
+        Stream.rechunk(PAGE),
         Stream.runForEachChunk((items) => {
           for (const item of items) inspect(item)
-          return pending.length >= PAGE ? flushRows : Effect.void
+          return pending.length >= PAGE ? Effect.zipRight(flushRows, afterPendingIo) : Effect.void
         })
       )
       yield* flushRows
