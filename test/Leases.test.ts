@@ -6,7 +6,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Option } from "effect"
 import { BatchStore, BatchStoreLive, type Lease, type RequestOutcome } from "../src/batches/BatchStore.js"
 import { SqlLive } from "../src/storage/Sql.js"
-import { newChatBatch } from "./support/Batches.js"
+import { newChatBatch, storedLines } from "./support/Batches.js"
 import { backends, configFor, TestDatabase, TestDataDir } from "./support/TestApp.js"
 
 const storeFor = (backend: "sqlite" | "postgres") =>
@@ -112,10 +112,10 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       const { batch } = yield* store.get(id)
       expect(batch.request_counts).toEqual({ total: 3, completed: 3, failed: 0 })
       expect(batch.usage.total_tokens).toBe(9)
-      const rows = yield* store.resultRows(id, "succeeded", 0, 10)
-      expect(rows.map((r) => r.customId)).toEqual(["c1", "c2", "c3"])
+      const lines = yield* storedLines(store, id, "succeeded")
+      expect(lines.map((l) => l.custom_id)).toEqual(["c1", "c2", "c3"])
       expect(yield* store.recordOutcomes(id, [ok(1, "late")])).toBe(0)
-      expect(JSON.parse((yield* store.resultRows(id, "succeeded", 0, 1))[0]!.response!)).toEqual({ text: "from a" })
+      expect((yield* storedLines(store, id, "succeeded", 1))[0].response.body).toEqual({ text: "from a" })
     }).pipe(Effect.provide(storeFor(backend))))
 
   it.effect("a group larger than one INSERT statement is stored whole", () =>
@@ -125,8 +125,8 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       const outcomes = Array.from({ length: 150 }, (_, i) => ok(150 - i))
       expect(yield* store.recordOutcomes(id, outcomes)).toBe(150)
       expect((yield* store.get(id)).batch.request_counts).toEqual({ total: 150, completed: 150, failed: 0 })
-      const rows = yield* store.resultRows(id, "succeeded", 0, 1000)
-      expect(rows.map((r) => r.line)).toEqual(Array.from({ length: 150 }, (_, i) => i + 1))
+      const lines = yield* storedLines(store, id, "succeeded")
+      expect(lines.map((l) => l.custom_id)).toEqual(Array.from({ length: 150 }, (_, i) => `c${i + 1}`))
       expect(yield* store.pendingRequests(id, 0, 150, 1000)).toEqual([])
     }).pipe(Effect.provide(storeFor(backend))))
 
@@ -142,13 +142,34 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       const { batch } = yield* store.get(id)
       expect(batch.request_counts).toEqual({ total: 5, completed: 1, failed: 4 })
       expect(batch.usage).toMatchObject({ input_tokens: 1, output_tokens: 2, total_tokens: 3 })
-      const failed = yield* store.resultRows(id, "failed", 0, 10)
-      expect(failed.map((r) => [r.line, r.statusCode, r.errorCode])).toEqual([
-        [2, 400, null],
-        [3, null, "upstream_timeout"],
-        [4, null, "batch_expired"],
-        [5, null, "batch_expired"]
+      const failed = yield* storedLines(store, id, "failed")
+      expect(failed.map((l) => [l.custom_id, l.response?.status_code ?? null, l.error?.code ?? null])).toEqual([
+        ["c2", 400, null],
+        ["c3", null, "upstream_timeout"],
+        ["c4", null, "batch_expired"],
+        ["c5", null, "batch_expired"]
       ])
+    }).pipe(Effect.provide(storeFor(backend))))
+
+  it.effect("output and error lines: exact OpenAI format, any custom_id escaped, pages in line order", () =>
+    Effect.gen(function*() {
+      const store = yield* BatchStore
+      const id = yield* runningBatch(4, 4)
+      const odd = "quote \" backslash \\ tab \t newline \n ünïcødé 😀"
+      const answer: RequestOutcome = { ...(ok(1) as Extract<RequestOutcome, { _tag: "Response" }>), customId: odd, body: `{"a":[1,{"b":null}]}` }
+      const error: RequestOutcome = { _tag: "Error", line: 2, customId: "c2", resultId: "r2", code: "upstream_timeout", message: `said "no"\n` }
+      yield* store.recordOutcomes(id, [answer, error, ok(3), ok(4)])
+      const page = yield* store.resultLines(id, "succeeded", 0, 2)
+      expect(page.text).toBe(
+        `{"id":"r1","custom_id":${JSON.stringify(odd)},"response":{"status_code":200,"request_id":"req_1","body":{"a":[1,{"b":null}]}},"error":null}\n` +
+          `{"id":"r3","custom_id":"c3","response":{"status_code":200,"request_id":"req_3","body":{"text":"ok 3"}},"error":null}\n`
+      )
+      expect([page.count, page.lastLine]).toEqual([2, 3])
+      expect((yield* store.resultLines(id, "succeeded", page.lastLine, 2)).text).toContain(`"custom_id":"c4"`)
+      expect(yield* store.resultLines(id, "succeeded", 4, 2)).toEqual({ text: "", count: 0, lastLine: 0 })
+      expect((yield* store.resultLines(id, "failed", 0, 10)).text).toBe(
+        `{"id":"r2","custom_id":"c2","response":null,"error":{"code":"upstream_timeout","message":${JSON.stringify(`said "no"\n`)}}}\n`
+      )
     }).pipe(Effect.provide(storeFor(backend))))
 
   it.effect("one group naming a line twice stores and counts it once (its first outcome)", () =>
@@ -159,7 +180,7 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       const { batch } = yield* store.get(id)
       expect(batch.request_counts).toEqual({ total: 3, completed: 3, failed: 0 })
       expect(batch.usage.total_tokens).toBe(9)
-      const rows = yield* store.resultRows(id, "succeeded", 0, 10)
-      expect(rows.map((r) => [r.customId, JSON.parse(r.response!).text])).toEqual([["c1", "ok 1"], ["c2", "first"], ["c3", "ok 3"]])
+      const lines = yield* storedLines(store, id, "succeeded")
+      expect(lines.map((l) => [l.custom_id, l.response.body.text])).toEqual([["c1", "ok 1"], ["c2", "first"], ["c3", "ok 3"]])
     }).pipe(Effect.provide(storeFor(backend))))
 })

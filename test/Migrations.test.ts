@@ -12,6 +12,7 @@ import * as Path from "node:path"
 import { make as makeBatchStore } from "../src/batches/BatchStore.js"
 import { migrations } from "../src/storage/migrations.js"
 import { layerPg } from "../src/storage/Sql.js"
+import { storedLines } from "./support/Batches.js"
 import { createScratchSchema, dropScratchSchema } from "./support/Postgres.js"
 import { type Backend, backends, TestDatabase, TestDataDir } from "./support/TestApp.js"
 
@@ -52,12 +53,12 @@ describe("migrations", () => {
 
         yield* migrateUpTo("0006_result_counts")
         const store = yield* makeBatchStore
-        const succeeded = yield* store.resultRows("batch_old", "succeeded", 0, 10)
-        expect(succeeded.map((r) => [r.customId, r.statusCode, r.response, r.requestId])).toEqual([
-          ["a", 200, "{\"ok\":1}", "req_1"]
+        const succeeded = yield* storedLines(store, "batch_old", "succeeded")
+        expect(succeeded.map((l) => [l.custom_id, l.response.status_code, l.response.body, l.response.request_id])).toEqual([
+          ["a", 200, { ok: 1 }, "req_1"]
         ])
-        const failed = yield* store.resultRows("batch_old", "failed", 0, 10)
-        expect(failed.map((r) => [r.customId, r.errorCode, r.errorMessage])).toEqual([["b", "upstream_timeout", "too slow"]])
+        const failed = yield* storedLines(store, "batch_old", "failed")
+        expect(failed.map((l) => [l.custom_id, l.error.code, l.error.message])).toEqual([["b", "upstream_timeout", "too slow"]])
         const pending = yield* store.pendingRequests("batch_old", 0, 3, 10)
         expect(pending).toEqual([{ line: 3, customId: "c", resultId: "r3", body: "{\"n\":3}" }])
         // The pending request still takes exactly one outcome; the stored ones take none.

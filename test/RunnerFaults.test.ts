@@ -9,7 +9,7 @@ import { BatchStore, BatchStoreLive } from "../src/batches/BatchStore.js"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { InferenceLive } from "../src/inference/Inference.js"
 import { StorageLive } from "../src/Layers.js"
-import { chatLine, newChatBatch } from "./support/Batches.js"
+import { chatLine, newChatBatch, storedLines } from "./support/Batches.js"
 import { configFor, eventuallyEffect, TestDatabase, TestDataDir, Upstream } from "./support/TestApp.js"
 
 /** The live BatchStore, except that its first write of outcomes fails (a defect, as a lost database would be). */
@@ -56,8 +56,8 @@ describe("runner faults", () => {
         10_000
       )
       expect(done.request_counts).toEqual({ total, completed: total, failed: 0 })
-      const stored = yield* store.resultRows(record.batch.id, "succeeded", 0, 100)
-      expect(stored.map((r) => r.customId)).toEqual(Array.from({ length: total }, (_, i) => `id-${i}`))
+      const stored = yield* storedLines(store, record.batch.id, "succeeded")
+      expect(stored.map((l) => l.custom_id)).toEqual(Array.from({ length: total }, (_, i) => `id-${i}`))
       // Only the group whose write failed was sent again: at most one window of requests.
       expect(sim.stats.requests).toBeGreaterThanOrEqual(total)
       expect(sim.stats.requests).toBeLessThanOrEqual(total + 4)

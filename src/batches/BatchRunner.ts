@@ -34,7 +34,6 @@ import {
   type Lease,
   type RequestOutcome,
   type RequestRow,
-  type ResultRow,
   type Slice,
   type SliceBounds
 } from "./BatchStore.js"
@@ -67,16 +66,6 @@ const MAX_LINE_BYTES = 16 * 1024 * 1024
 const EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 const CANCELLED_MESSAGE = "This request was not executed because the batch was cancelled."
 
-
-/** One line of an output or error file, with the upstream body embedded as it was received (a JSON object). */
-export const formatResultLine = (row: ResultRow): string =>
-  row.statusCode !== null && row.response !== null
-    ? `{"id":${JSON.stringify(row.resultId)},"custom_id":${JSON.stringify(row.customId)},"response":{"status_code":${row.statusCode},"request_id":${
-      JSON.stringify(row.requestId)
-    },"body":${row.response}},"error":null}\n`
-    : `{"id":${JSON.stringify(row.resultId)},"custom_id":${JSON.stringify(row.customId)},"response":null,"error":${
-      JSON.stringify({ code: row.errorCode, message: row.errorMessage })
-    }}\n`
 
 const nowMillis = Clock.currentTimeMillis
 
@@ -424,9 +413,9 @@ export const make = Effect.gen(function*() {
   const resultStream = (id: string, kind: "succeeded" | "failed"): Stream.Stream<Uint8Array> => {
     const encoder = new TextEncoder()
     return Stream.paginateEffect(0, (after: number) =>
-      Effect.map(store.resultRows(id, kind, after, PAGE), (rows) => [
-        encoder.encode(rows.map(formatResultLine).join("")),
-        rows.length < PAGE ? Option.none() : Option.some(rows.at(-1)!.line)
+      Effect.map(store.resultLines(id, kind, after, PAGE), (page) => [
+        encoder.encode(page.text),
+        page.count < PAGE ? Option.none() : Option.some(page.lastLine)
       ]))
   }
 

@@ -60,15 +60,12 @@ export type RequestOutcome =
     readonly message: string
   }
 
-export interface ResultRow {
-  readonly line: number
-  readonly customId: string
-  readonly resultId: string
-  readonly statusCode: number | null
-  readonly response: string | null
-  readonly requestId: string | null
-  readonly errorCode: string | null
-  readonly errorMessage: string | null
+/** A page of an output or error file: JSONL lines, each ending with a newline. */
+export interface ResultLines {
+  readonly text: string
+  readonly count: number
+  /** The line number of the last outcome in the page (0 when it is empty). */
+  readonly lastLine: number
 }
 
 export type TimestampColumn =
@@ -121,13 +118,18 @@ export interface BatchStoreShape {
   readonly recordOutcomes: (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) => Effect.Effect<number>
   /** Gives every request still pending the error `code`; returns how many. */
   readonly failPending: (batchId: string, code: string, message: string) => Effect.Effect<number>
-  /** Up to `limit` finished rows after line `afterLine`, in line order: successes (2xx) or failures. */
-  readonly resultRows: (
+  /**
+   * The output file lines (`succeeded`: 2xx answers) or error file lines (every other outcome) of up to `limit`
+   * outcomes after line `afterLine`, in line order: `{"id","custom_id","response":{"status_code","request_id",
+   * "body"},"error":null}` with the upstream body embedded as stored, or `"response":null` and `"error":{"code",
+   * "message"}`.
+   */
+  readonly resultLines: (
     batchId: string,
     kind: "succeeded" | "failed",
     afterLine: number,
     limit: number
-  ) => Effect.Effect<ReadonlyArray<ResultRow>>
+  ) => Effect.Effect<ResultLines>
 
   // ---- leases: which node works on what (see `BatchRunner`); times are epoch milliseconds ----
 
@@ -256,16 +258,6 @@ const toRecord = (row: BatchRow): BatchRecord => ({
   requestHash: row.request_hash
 })
 
-type ResultDbRow = {
-  readonly line: number | string
-  readonly custom_id: string
-  readonly result_id: string
-  readonly status_code: number | string | null
-  readonly response: string | null
-  readonly request_id: string | null
-  readonly error_code: string | null
-  readonly error_message: string | null
-}
 
 
 const nowSeconds = Effect.map(Clock.currentTimeMillis, (ms) => Math.floor(ms / 1000))
@@ -491,27 +483,37 @@ export const make = Effect.gen(function*() {
       Effect.withSpan("BatchStore.failPending")
     )
 
-  const resultRows = (batchId: string, kind: "succeeded" | "failed", afterLine: number, limit: number) => {
+  /** A column as JSON text (a string, or null). */
+  const jsonText = (column: string) =>
+    sql.onDialectOrElse({ pg: () => `COALESCE(to_json(${column})::text, 'null')`, orElse: () => `json_quote(${column})` })
+
+  /**
+   * One output or error file line per row, built by the database: the page comes back as one string, instead of
+   * a row object per outcome to format here (finalizing 50,000 outcomes: less than half the time).
+   */
+  const resultLineText = sql.literal(`CASE WHEN status_code IS NOT NULL AND response IS NOT NULL
+    THEN '{"id":' || ${jsonText("result_id")} || ',"custom_id":' || ${jsonText("custom_id")} ||
+      ',"response":{"status_code":' || status_code || ',"request_id":' || ${jsonText("request_id")} ||
+      ',"body":' || response || '},"error":null}'
+    ELSE '{"id":' || ${jsonText("result_id")} || ',"custom_id":' || ${jsonText("custom_id")} ||
+      ',"response":null,"error":{"code":' || ${jsonText("error_code")} || ',"message":' ||
+      ${jsonText("error_message")} || '}}'
+    END`)
+
+  const resultLines = (batchId: string, kind: "succeeded" | "failed", afterLine: number, limit: number) => {
     const outcome = kind === "succeeded"
       ? sql`status_code >= 200 AND status_code < 300`
       : sql`(status_code IS NULL OR status_code < 200 OR status_code >= 300)`
-    return sql<ResultDbRow>`
-      SELECT line, custom_id, result_id, status_code, response, request_id, error_code, error_message
-      FROM batch_results
-      WHERE batch_id = ${batchId} AND line > ${afterLine} AND ${outcome}
-      ORDER BY line LIMIT ${limit}`.pipe(
-      Effect.map((rows) =>
-        rows.map((r): ResultRow => ({
-          line: n(r.line),
-          customId: r.custom_id,
-          resultId: r.result_id,
-          statusCode: nOrNull(r.status_code),
-          response: r.response,
-          requestId: r.request_id,
-          errorCode: r.error_code,
-          errorMessage: r.error_message
-        }))
-      ),
+    return sql<{ text: string | null; count: number | string; last_line: number | string | null }>`
+      SELECT string_agg(text, ${"\n"} ORDER BY line) AS text, COUNT(*) AS count, MAX(line) AS last_line FROM (
+        SELECT line, ${resultLineText} AS text FROM batch_results
+        WHERE batch_id = ${batchId} AND line > ${afterLine} AND ${outcome}
+        ORDER BY line LIMIT ${limit}
+      ) page`.pipe(
+      Effect.map(([page]): ResultLines => {
+        const count = n(page!.count)
+        return { text: count > 0 ? `${page!.text}\n` : "", count, lastLine: count > 0 ? n(page!.last_line!) : 0 }
+      }),
       Effect.orDie
     )
   }
@@ -660,7 +662,7 @@ export const make = Effect.gen(function*() {
     pendingRequests,
     recordOutcomes,
     failPending,
-    resultRows,
+    resultLines,
     startRunning,
     claimBatch,
     claimSlice,

@@ -2,7 +2,7 @@
 import { Effect } from "effect"
 import OpenAI, { toFile } from "openai"
 import type { Batch } from "openai/resources/batches"
-import type { NewBatch } from "../../src/batches/BatchStore.js"
+import type { BatchStoreShape, NewBatch } from "../../src/batches/BatchStore.js"
 
 export const sdk = (baseUrl: string) => new OpenAI({ baseURL: `${baseUrl}/v1`, apiKey: "sk-test", maxRetries: 0 })
 
@@ -63,3 +63,8 @@ export const newChatBatch = (id: string, inputFileId: string): NewBatch => ({
   idempotencyKey: null,
   requestHash: null
 })
+
+/** The lines the store gives for a batch's output (`succeeded`) or error file, parsed. */
+export const storedLines = (store: BatchStoreShape, id: string, kind: "succeeded" | "failed", limit = 1000) =>
+  Effect.map(store.resultLines(id, kind, 0, limit), (page): Array<any> =>
+    page.text.split("\n").filter((line) => line !== "").map((line) => JSON.parse(line)))
