@@ -1,7 +1,8 @@
 /**
  * The runner's own cost without the HTTP API (not a test): a batch of N requests through the real BatchRunner,
  * BatchStore and FileStore on SQLite, in this process. Prints the validating time, requests/s of the running phase
- * with the share of that time spent in garbage collection, and the finalizing time.
+ * with the share of that time spent in garbage collection, the main thread's CPU per request (and of every thread of
+ * the process: V8's collector helpers work beside it), and the finalizing time.
  *
  *   npx tsx scripts/bench-runner.ts [--requests 20000] [--concurrency 32] [--upstream] [--cpu-prof FILE]
  *
