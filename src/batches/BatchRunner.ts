@@ -303,7 +303,7 @@ export const make = Effect.gen(function*() {
     message: e.message
   })
 
-  /** Outcomes waiting for the next write, with the signal their workers wait on. */
+  /** Outcomes waiting for the next write, with the workers waiting for it. */
   interface OutcomeGroup {
     readonly outcomes: Array<RequestOutcome>
     readonly slices: Array<SliceProgress>

@@ -114,7 +114,10 @@ export interface BatchStoreShape {
     lastLine: number,
     limit: number
   ) => Effect.Effect<ReadonlyArray<RequestRow>>
-  /** Stores outcomes in one transaction; rows that already had one are left alone. Returns how many were stored. */
+  /**
+   * Stores outcomes together with what they add to the batch's counts and usage (a trigger does that within the
+   * same statement); requests that already had an outcome keep it. Returns how many were stored.
+   */
   readonly recordOutcomes: (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) => Effect.Effect<number>
   /** Gives every request still pending the error `code`; returns how many. */
   readonly failPending: (batchId: string, code: string, message: string) => Effect.Effect<number>
