@@ -267,7 +267,7 @@ const nowSeconds = Effect.map(Clock.currentTimeMillis, (ms) => Math.floor(ms / 1
 
 /** Rows per INSERT statement (SQLite allows 32,766 bound parameters; 5 per row). */
 const INSERT_GROUP = 1000
-/** Outcomes per INSERT on SQLite (9 parameters each). */
+/** Outcomes per INSERT on SQLite (14 parameters each). */
 const SQLITE_OUTCOMES_PER_INSERT = 64
 
 export const make = Effect.gen(function*() {
