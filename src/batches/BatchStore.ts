@@ -396,7 +396,7 @@ export const make = Effect.gen(function*() {
       Effect.orDie
     )
 
-  /** The columns of an outcome row, in the order `outcomeValues` gives them. */
+  /** The columns of an outcome row, in the order both dialects' inserts below give their values. */
   const outcomeColumns = `batch_id, line, custom_id, result_id, status_code, response, request_id, error_code,
     error_message, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens`
 
