@@ -1,6 +1,47 @@
-/** Token usage read from upstream answers: every endpoint's naming, and odd values made storable. */
+/** Input lines and upstream answers: request bodies forwarded as written, token usage in every endpoint's naming. */
 import { describe, expect, it } from "@effect/vitest"
-import { usageOf, zeroUsage } from "../src/batches/validation.js"
+import { isValidLine, jsonMemberText, usageOf, validateLine, zeroUsage } from "../src/batches/validation.js"
+
+describe("validateLine", () => {
+  it("keeps the request body exactly as the line has it: big integers, spacing, key order, escapes", () => {
+    const body = `{ "model" : "m",  "seed": 12345678901234567890, "messages":[{"role":"user","content":"a \\"q\\" \\u00e9 }]"}],"z":1.0e3 }`
+    const line = `{"custom_id":"c1","method":"POST","url":"/v1/chat/completions","body":${body}}`
+    const result = validateLine(line, "/v1/chat/completions")
+    expect(isValidLine(result) && result.body).toBe(body)
+    expect(isValidLine(result) && result.model).toBe("m")
+  })
+})
+
+/** A random JSON value (deterministic: a linear congruential generator seeded by the caller). */
+const randomJson = (next: () => number, depth: number): unknown => {
+  const pick = next() % (depth > 3 ? 4 : 6)
+  const strings = ["", "body", "b\\ody", "quote\"s", "}{][,:", "\\", "é€😀", "\u2028", "\n\t"]
+  switch (pick) {
+    case 0: return strings[next() % strings.length]
+    case 1: return [0, -1.5, 1e21, 12345678901234567890, 3.14159][next() % 5]
+    case 2: return [true, false, null][next() % 3]
+    case 3: return strings[next() % strings.length]! + String(next() % 100)
+    case 4: return Array.from({ length: next() % 4 }, () => randomJson(next, depth + 1))
+    default: return Object.fromEntries(Array.from({ length: next() % 5 }, () => [strings[next() % strings.length], randomJson(next, depth + 1)]))
+  }
+}
+
+describe("jsonMemberText", () => {
+  it("finds the member JSON.parse would read, in any valid object text", () => {
+    let seed = 42
+    const next = () => (seed = (seed * 1103515245 + 12345) % 2147483648)
+    const spaces = ["", " ", "\t", " \r\n "]
+    for (let i = 0; i < 2000; i++) {
+      const members = Array.from({ length: next() % 6 }, () => [["body", "b\\u006fdy", "other", "bod"][next() % 4]!, randomJson(next, 0)] as const)
+      const space = () => spaces[next() % spaces.length]!
+      const text = `${space()}{${space()}${members.map(([k, v]) => `"${k}"${space()}:${space()}${JSON.stringify(v)}${space()}`).join(`,${space()}`)}}${space()}`
+      const parsed = JSON.parse(text)
+      const found = jsonMemberText(text, "body")
+      if (!("body" in parsed)) expect(found).toBeUndefined()
+      else expect(JSON.parse(found!)).toEqual(parsed.body)
+    }
+  })
+})
 
 describe("usageOf", () => {
   it("reads chat/completions and responses naming alike", () => {

@@ -358,21 +358,44 @@ export const make = Effect.gen(function*() {
         Effect.orDie
       ))
 
-  const insertRequests = (batchId: string, rows: ReadonlyArray<RequestRow>) =>
-    Effect.forEach(
-      chunks(rows, INSERT_GROUP),
-      (group) =>
+  /**
+   * The text of `INSERT INTO table (columns) VALUES (?, …), … suffix` for `rows` rows, built once per shape: a
+   * group's values are bound as they are, with no statement to compile per group (SQLite; Postgres numbers its
+   * placeholders, and gets a single statement per group its own way).
+   */
+  const insertTexts = new Map<string, string>()
+  const insertText = (table: string, columns: ReadonlyArray<string>, rows: number, suffix = "") => {
+    const key = `${table} ${rows} ${suffix}`
+    let text = insertTexts.get(key)
+    if (text === undefined) {
+      const values = `(${columns.map(() => "?").join(", ")})`
+      text = `INSERT INTO ${table} (${columns.join(", ")}) VALUES ${Array.from({ length: rows }, () => values).join(", ")} ${suffix}`
+      insertTexts.set(key, text)
+    }
+    return text
+  }
+
+  const requestColumns = ["batch_id", "line", "custom_id", "result_id", "body"]
+
+  const insertRequestGroup = (batchId: string, group: ReadonlyArray<RequestRow>) =>
+    sql.onDialectOrElse({
+      pg: () =>
         sql`INSERT INTO batch_requests ${
-          sql.insert(group.map((r) => ({
-            batch_id: batchId,
-            line: r.line,
-            custom_id: r.customId,
-            result_id: r.resultId,
-            body: r.body
-          })))
+          sql.insert(group.map((r) => ({ batch_id: batchId, line: r.line, custom_id: r.customId, result_id: r.resultId, body: r.body })))
         }`,
-      { discard: true }
-    ).pipe(sql.withTransaction, Effect.orDie, Effect.withSpan("BatchStore.insertRequests"))
+      orElse: () => {
+        const params: Array<unknown> = []
+        for (const r of group) params.push(batchId, r.line, r.customId, r.resultId, r.body)
+        return sql.unsafe(insertText("batch_requests", requestColumns, group.length), params).raw
+      }
+    })
+
+  const insertRequests = (batchId: string, rows: ReadonlyArray<RequestRow>) =>
+    Effect.forEach(chunks(rows, INSERT_GROUP), (group) => insertRequestGroup(batchId, group), { discard: true }).pipe(
+      sql.withTransaction,
+      Effect.orDie,
+      Effect.withSpan("BatchStore.insertRequests")
+    )
 
   const deleteRequests = (batchId: string) =>
     Effect.zipRight(
@@ -397,29 +420,14 @@ export const make = Effect.gen(function*() {
     )
 
   /** The columns of an outcome row, in the order both dialects' inserts below give their values. */
-  const outcomeColumns = `batch_id, line, custom_id, result_id, status_code, response, request_id, error_code,
-    error_message, input_tokens, cached_tokens, output_tokens, reasoning_tokens, total_tokens`
+  const outcomeColumns = ["batch_id", "line", "custom_id", "result_id", "status_code", "response", "request_id",
+    "error_code", "error_message", "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens", "total_tokens"]
 
   /**
-   * SQLite: the text of an INSERT of `rows` outcomes with bound values, built once per size (groups are cut to at
-   * most SQLITE_OUTCOMES_PER_INSERT, so the statements stay few and prepared). Binding is cheaper than having
-   * SQLite take the values out of a JSON parameter: the runner alone went from ~38k to ~47k requests/s.
-   */
-  const insertTexts = new Map<number, string>()
-  const insertText = (rows: number) => {
-    let text = insertTexts.get(rows)
-    if (text === undefined) {
-      const values = `(${Array.from({ length: 14 }, () => "?").join(", ")})`
-      text = `INSERT INTO batch_results (${outcomeColumns})
-        VALUES ${Array.from({ length: rows }, () => values).join(", ")} ON CONFLICT DO NOTHING`
-      insertTexts.set(rows, text)
-    }
-    return text
-  }
-
-  /**
-   * SQLite: one INSERT per SQLITE_OUTCOMES_PER_INSERT outcomes; the trigger of migration 0006 adds what it stored
-   * to the batch's counts and usage within the same statement, so a single INSERT needs no transaction around it.
+   * SQLite: one INSERT per SQLITE_OUTCOMES_PER_INSERT outcomes (groups are cut to that size, so the statements
+   * stay few and prepared), values bound: cheaper than having SQLite take them out of a JSON parameter (the runner
+   * alone went from ~38k to ~47k requests/s). The trigger of migration 0006 adds what it stored to the batch's
+   * counts and usage within the same statement, so a single INSERT needs no transaction around it.
    */
   const recordOutcomesSqlite = (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) => {
     const inserts = chunks(outcomes, SQLITE_OUTCOMES_PER_INSERT).map((group) => {
@@ -430,7 +438,8 @@ export const make = Effect.gen(function*() {
         else params.push(batchId, o.line, o.customId, o.resultId, null, null, null, o.code, o.message)
         params.push(u.input, u.cached, u.output, u.reasoning, u.total)
       }
-      return Effect.map(sql.unsafe(insertText(group.length), params).raw, (result) => (result as { changes: number }).changes)
+      const text = insertText("batch_results", outcomeColumns, group.length, "ON CONFLICT DO NOTHING")
+      return Effect.map(sql.unsafe(text, params).raw, (result) => (result as { changes: number }).changes)
     })
     if (inserts.length === 1) return inserts[0]!
     return sql.withTransaction(Effect.map(Effect.all(inserts), (stored) => stored.reduce((a, b) => a + b, 0)))
@@ -450,7 +459,7 @@ export const make = Effect.gen(function*() {
     }))
     return sql<{ stored: number | string }>`
       WITH inserted AS (
-        INSERT INTO batch_results (${sql.literal(outcomeColumns)})
+        INSERT INTO batch_results (${sql.literal(outcomeColumns.join(", "))})
         SELECT ${batchId}, line, custom_id, result_id, status_code, response, request_id, error_code, error_message,
           input, cached, output, reasoning, total
         FROM json_to_recordset(${rows}::json) AS v(line INTEGER, custom_id TEXT, result_id TEXT, status_code INTEGER,
