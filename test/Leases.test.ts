@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Option } from "effect"
-import { BatchStore, BatchStoreLive, type Lease, type RequestOutcome } from "../src/batches/BatchStore.js"
+import { BatchStore, BatchStoreLive, type Lease, type RequestOutcome, type ResultLines } from "../src/batches/BatchStore.js"
 import { SqlLive } from "../src/storage/Sql.js"
 import { newChatBatch, storedLines } from "./support/Batches.js"
 import { backends, configFor, TestDatabase, TestDataDir } from "./support/TestApp.js"
@@ -159,15 +159,17 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       const answer: RequestOutcome = { ...(ok(1) as Extract<RequestOutcome, { _tag: "Response" }>), customId: odd, body: `{"a":[1,{"b":null}]}` }
       const error: RequestOutcome = { _tag: "Error", line: 2, customId: "c2", resultId: "r2", code: "upstream_timeout", message: `said "no"\n` }
       yield* store.recordOutcomes(id, [answer, error, ok(3), ok(4)])
+      const text = (page: ResultLines) => new TextDecoder().decode(page.bytes)
       const page = yield* store.resultLines(id, "succeeded", 0, 2)
-      expect(page.text).toBe(
+      expect(text(page)).toBe(
         `{"id":"r1","custom_id":${JSON.stringify(odd)},"response":{"status_code":200,"request_id":"req_1","body":{"a":[1,{"b":null}]}},"error":null}\n` +
           `{"id":"r3","custom_id":"c3","response":{"status_code":200,"request_id":"req_3","body":{"text":"ok 3"}},"error":null}\n`
       )
       expect([page.count, page.lastLine]).toEqual([2, 3])
-      expect((yield* store.resultLines(id, "succeeded", page.lastLine, 2)).text).toContain(`"custom_id":"c4"`)
-      expect(yield* store.resultLines(id, "succeeded", 4, 2)).toEqual({ text: "", count: 0, lastLine: 0 })
-      expect((yield* store.resultLines(id, "failed", 0, 10)).text).toBe(
+      expect(text(yield* store.resultLines(id, "succeeded", page.lastLine, 2))).toContain(`"custom_id":"c4"`)
+      const empty = yield* store.resultLines(id, "succeeded", 4, 2)
+      expect([empty.bytes.length, empty.count, empty.lastLine]).toEqual([0, 0, 0])
+      expect(text(yield* store.resultLines(id, "failed", 0, 10))).toBe(
         `{"id":"r2","custom_id":"c2","response":null,"error":{"code":"upstream_timeout","message":${JSON.stringify(`said "no"\n`)}}}\n`
       )
     }).pipe(Effect.provide(storeFor(backend))))

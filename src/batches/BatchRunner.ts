@@ -410,14 +410,12 @@ export const make = Effect.gen(function*() {
 
   // ---- finishing -----------------------------------------------------------------------------------------------
 
-  const resultStream = (id: string, kind: "succeeded" | "failed"): Stream.Stream<Uint8Array> => {
-    const encoder = new TextEncoder()
-    return Stream.paginateEffect(0, (after: number) =>
+  const resultStream = (id: string, kind: "succeeded" | "failed"): Stream.Stream<Uint8Array> =>
+    Stream.paginateEffect(0, (after: number) =>
       Effect.map(store.resultLines(id, kind, after, PAGE), (page) => [
-        encoder.encode(page.text),
+        page.bytes,
         page.count < PAGE ? Option.none() : Option.some(page.lastLine)
       ]))
-  }
 
   const writeResultFile = (record: BatchRecord, kind: "succeeded" | "failed") => {
     const id = record.batch.id

@@ -62,7 +62,8 @@ export type RequestOutcome =
 
 /** A page of an output or error file: JSONL lines, each ending with a newline. */
 export interface ResultLines {
-  readonly text: string
+  /** The lines in UTF-8, each ending with a newline (empty when the page is). */
+  readonly bytes: Uint8Array
   readonly count: number
   /** The line number of the last outcome in the page (0 when it is empty). */
   readonly lastLine: number
@@ -512,19 +513,30 @@ export const make = Effect.gen(function*() {
       ${jsonText("error_message")} || '}}'
     END`)
 
+  /**
+   * A page's lines joined, each with its newline: SQLite hands them over as bytes (a BLOB of the UTF-8 text it
+   * holds), so the page is neither decoded into a string nor encoded back for the file; Postgres sends text.
+   */
+  const pageBytes = sql.literal(sql.onDialectOrElse({
+    pg: () => `string_agg(text || E'\\n', '' ORDER BY line)`,
+    orElse: () => `CAST(string_agg(text || char(10), '' ORDER BY line) AS BLOB)`
+  }))
+  const encoder = new TextEncoder()
+
   const resultLines = (batchId: string, kind: "succeeded" | "failed", afterLine: number, limit: number) => {
     const outcome = kind === "succeeded"
       ? sql`status_code >= 200 AND status_code < 300`
       : sql`(status_code IS NULL OR status_code < 200 OR status_code >= 300)`
-    return sql<{ text: string | null; count: number | string; last_line: number | string | null }>`
-      SELECT string_agg(text, ${"\n"} ORDER BY line) AS text, COUNT(*) AS count, MAX(line) AS last_line FROM (
+    return sql<{ lines: string | Uint8Array | null; count: number | string; last_line: number | string | null }>`
+      SELECT ${pageBytes} AS lines, COUNT(*) AS count, MAX(line) AS last_line FROM (
         SELECT line, ${resultLineText} AS text FROM batch_results
         WHERE batch_id = ${batchId} AND line > ${afterLine} AND ${outcome}
         ORDER BY line LIMIT ${limit}
       ) page`.pipe(
       Effect.map(([page]): ResultLines => {
         const count = n(page!.count)
-        return { text: count > 0 ? `${page!.text}\n` : "", count, lastLine: count > 0 ? n(page!.last_line!) : 0 }
+        const lines = page!.lines ?? new Uint8Array(0)
+        return { bytes: typeof lines === "string" ? encoder.encode(lines) : lines, count, lastLine: count > 0 ? n(page!.last_line!) : 0 }
       }),
       Effect.orDie
     )

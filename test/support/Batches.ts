@@ -67,4 +67,4 @@ export const newChatBatch = (id: string, inputFileId: string): NewBatch => ({
 /** The lines the store gives for a batch's output (`succeeded`) or error file, parsed. */
 export const storedLines = (store: BatchStoreShape, id: string, kind: "succeeded" | "failed", limit = 1000) =>
   Effect.map(store.resultLines(id, kind, 0, limit), (page): Array<any> =>
-    page.text.split("\n").filter((line) => line !== "").map((line) => JSON.parse(line)))
+    new TextDecoder().decode(page.bytes).split("\n").filter((line) => line !== "").map((line) => JSON.parse(line)))
