@@ -54,7 +54,7 @@ export class BatchRunner extends Context.Tag("BatchRunner")<BatchRunner, BatchRu
 
 /** Requests read from the store at a time, and result rows read at a time while writing the files. */
 const PAGE = 1000
-/** Input lines validated and stored between two turns of the event loop (a few milliseconds of work). */
+/** Input lines validated between two turns of the event loop (a few milliseconds of work). */
 const VALIDATION_STEP = 250
 /**
  * Requests per slice, the unit of work a node claims: small enough that every node gets a share of one large
@@ -168,15 +168,16 @@ export const make = Effect.gen(function*() {
         pending.push({ line: item.line, customId: result.customId, resultId: batchRequestId(), body: result.body })
       }
 
-      // The lines are checked and their rows stored VALIDATION_STEP at a time, in one go (an effect per line cost
-      // more than the checks); after each step the event loop gets a turn, so that API calls never wait for more
-      // than a step (steps of 1,000 lines held polls up to ~60 ms).
+      // The lines are checked VALIDATION_STEP at a time, in one go (an effect per line cost more than the checks),
+      // and their rows stored a page at a time (a statement per step cost a third more time); after each step the
+      // event loop gets a turn, so that API calls never wait for more than a step (steps of a page held polls up to
+      // ~60 ms).
       yield* content.value.stream.pipe(
         jsonlLines(MAX_LINE_BYTES),
         Stream.rechunk(VALIDATION_STEP),
         Stream.runForEachChunk((items) => {
           for (const item of items) inspect(item)
-          return Effect.zipRight(flushRows, afterPendingIo)
+          return pending.length >= PAGE ? Effect.zipRight(flushRows, afterPendingIo) : afterPendingIo
         })
       )
       yield* flushRows

@@ -391,12 +391,14 @@ export const make = Effect.gen(function*() {
       }
     })
 
-  const insertRequests = (batchId: string, rows: ReadonlyArray<RequestRow>) =>
-    Effect.forEach(chunks(rows, INSERT_GROUP), (group) => insertRequestGroup(batchId, group), { discard: true }).pipe(
-      sql.withTransaction,
-      Effect.orDie,
-      Effect.withSpan("BatchStore.insertRequests")
-    )
+  const insertRequests = (batchId: string, rows: ReadonlyArray<RequestRow>) => {
+    const groups = chunks(rows, INSERT_GROUP)
+    // One statement is atomic on its own; only several need a transaction (two more statements and a span).
+    const insert = groups.length === 1
+      ? insertRequestGroup(batchId, groups[0]!)
+      : sql.withTransaction(Effect.forEach(groups, (group) => insertRequestGroup(batchId, group), { discard: true }))
+    return insert.pipe(Effect.asVoid, Effect.orDie, Effect.withSpan("BatchStore.insertRequests"))
+  }
 
   const deleteRequests = (batchId: string) =>
     Effect.zipRight(
