@@ -84,7 +84,7 @@ const asJsonBody = (status: number, text: string): { text: string; json: unknown
   return { text: JSON.stringify(json), json }
 }
 
-/** undici reports its header and body timeouts as errors with these codes, somewhere in the cause chain. */
+/** The upstream client reports its header and body timeouts with codes ending in TIMEOUT, somewhere in the cause chain. */
 const isTimeout = (error: unknown): boolean => {
   for (let e: any = error, depth = 0; e != null && depth < 5; e = e.cause, depth++) {
     if (typeof e.code === "string" && /TIMEOUT/.test(e.code)) return true
@@ -198,7 +198,7 @@ export const make = Effect.gen(function*() {
   return Inference.of({ send, models })
 })
 
-/** The HTTP upstream at `INFERENCE_BASE_URL`, over undici. */
+/** The HTTP upstream at `INFERENCE_BASE_URL`, over `Http1Agent`. */
 export const InferenceLive: Layer.Layer<Inference, never, AppConfig> = Layer.effect(Inference, make).pipe(
   Layer.provide(Layer.unwrapEffect(
     Effect.map(AppConfig, (config) => UpstreamHttpClient.layer(Duration.toMillis(config.inferenceTimeout)))
