@@ -4,6 +4,7 @@ import { Effect } from "effect"
 import * as net from "node:net"
 import * as tls from "node:tls"
 import { Http1Agent, type Http1Error, type Http1Request, type Http1Response } from "../src/inference/Http1Agent.js"
+import * as UpstreamHttpClient from "../src/inference/UpstreamHttpClient.js"
 
 /** A self-signed certificate for localhost and 127.0.0.1 (test only). */
 const CERT = `-----BEGIN CERTIFICATE-----
@@ -81,9 +82,9 @@ const scriptedServer = (answer: (n: number, socket: net.Socket) => void, secure 
     (server) => Effect.promise(() => server.close())
   )
 
-const agentFor = (options: { timeoutMs?: number; tls?: tls.ConnectionOptions } = {}) =>
+const agentFor = (options: { timeoutMs?: number; tls?: tls.ConnectionOptions; maxBodyBytes?: number } = {}) =>
   Effect.acquireRelease(
-    Effect.sync(() => new Http1Agent({ timeoutMs: options.timeoutMs ?? 5000, tls: options.tls })),
+    Effect.sync(() => new Http1Agent({ timeoutMs: options.timeoutMs ?? 5000, tls: options.tls, maxBodyBytes: options.maxBodyBytes ?? 1024 })),
     (agent) => Effect.sync(() => agent.close())
   )
 
@@ -174,6 +175,57 @@ describe("Http1Agent", () => {
       for (let i = 0; i < 3; i++) expect((yield* send(agent, server.url)).body.toString()).toBe("ok")
       expect(server.connections()).toBe(3)
       expect(server.requests.length).toBe(5) // 3 answered, 2 dropped and sent again
+    }))
+
+  it.live("a kept-alive connection that drops a request long after it went out: an error, not sent twice", () =>
+    Effect.gen(function*() {
+      // The upstream may have been working on it (a model killed mid-generation): sending it again could run it twice.
+      const server = yield* scriptedServer((n, socket) => {
+        if (n === 1) socket.write(`HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok`)
+        else setTimeout(() => socket.destroy(), 1200)
+      })
+      const agent = yield* agentFor()
+      yield* send(agent, server.url)
+      expect((yield* Effect.flip(send(agent, server.url))).code).toBe("CONNECTION_CLOSED")
+      expect(server.requests.length).toBe(2)
+    }).pipe(Effect.scoped))
+
+  it.scoped("both framings at once: the transfer coding wins and the connection is not reused", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer((_, socket) =>
+        socket.write(`HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n`))
+      const agent = yield* agentFor()
+      for (let i = 0; i < 2; i++) expect((yield* send(agent, server.url)).body.toString()).toBe("ok")
+      expect(server.connections()).toBe(2)
+    }))
+
+  it.scoped("an answer larger than the limit fails, whether announced or streamed", () =>
+    Effect.gen(function*() {
+      const big = "x".repeat(2000)
+      const answers = [`HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n${big}`, `HTTP/1.1 200 OK\r\n\r\n${big}`]
+      const server = yield* scriptedServer((_, socket) => socket.end(answers[server.connections() - 1]!))
+      const agent = yield* agentFor({ maxBodyBytes: 1024 })
+      for (let i = 0; i < answers.length; i++) expect((yield* Effect.flip(send(agent, server.url))).code).toBe("PROTOCOL")
+    }))
+
+  it.scoped("a header that would split the request fails the call, without opening a connection", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(() => {})
+      const agent = yield* agentFor()
+      const error = yield* Effect.flip(send(agent, server.url, { ...post(), headers: { authorization: "Bearer k\r\nx-evil: 1" } }))
+      expect(error.code).toBe("PROTOCOL")
+      expect(server.connections()).toBe(0)
+    }))
+
+  it.scoped("a POST without a body says content-length: 0; the HttpClient's bytes are the body's own", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer((_, socket) => socket.write(`HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n{"a":1}`))
+      const agent = yield* agentFor()
+      yield* send(agent, server.url, { ...post(), body: null })
+      expect(server.requests[0]).toContain("content-length: 0\r\n\r\n")
+      const response = yield* UpstreamHttpClient.make(agent).get(`${server.url}/v1/models`)
+      expect(new TextDecoder().decode(yield* response.arrayBuffer)).toBe(`{"a":1}`)
+      expect(yield* response.json).toEqual({ a: 1 })
     }))
 
   it.scoped("a connection that fails after part of the answer is an error, not sent again", () =>

@@ -9,8 +9,9 @@
  * Responses are framed by `content-length`, `transfer-encoding: chunked` or the end of the connection, as RFC 9112
  * says; informational (1xx) responses are skipped. A connection is reused when the response allows it, and idle
  * connections are dropped before the server's advertised keep-alive timeout. A request whose reused connection
- * turns out to be closed before any byte of the answer (the server timed it out as we sent) is sent again once on
- * a new connection, as browsers do; any other failure is the caller's to retry.
+ * turns out to be closed at once, before any byte of the answer (the server timed it out as we sent), is sent again
+ * once on a new connection, as browsers do; any other failure is the caller's to retry (a POST that may have
+ * reached a model is never sent twice here).
  */
 import * as net from "node:net"
 import * as tls from "node:tls"
@@ -52,9 +53,18 @@ export interface Http1AgentOptions {
   readonly idleTimeoutMs?: number
   /** For `https:` origins, e.g. `ca` for a private certificate authority. */
   readonly tls?: tls.ConnectionOptions | undefined
+  /** The largest answer body read; a larger one fails the request (default 256 MiB). */
+  readonly maxBodyBytes?: number
 }
 
 const MAX_HEAD_BYTES = 64 * 1024
+/**
+ * How soon after sending a failure on a reused connection still counts as the keep-alive race (the server closed
+ * the connection as the request went out), and so is sent again: later, the upstream may be working on it.
+ */
+const RACE_WINDOW_MS = 1000
+/** Methods whose requests are sent with a `content-length` even without a body (some proxies insist). */
+const bodyMethods = new Set(["POST", "PUT", "PATCH"])
 const CRLF = Buffer.from("\r\n")
 const HEAD_END = Buffer.from("\r\n\r\n")
 
@@ -71,8 +81,11 @@ type Body =
 interface Exchange {
   readonly request: Http1Request
   readonly callback: Http1Callback
-  /** Sent on a connection that had served a request before (see `Connection.reused`). */
+  /** Sent on a connection that had served a request before (see `Connection.served`). */
   readonly reused: boolean
+  readonly sentAt: number
+  /** Body bytes read so far. */
+  received: number
   /** Whether any byte of the answer arrived. */
   answered: boolean
   status: number
@@ -115,7 +128,7 @@ class Connection {
     const { request } = exchange
     const head = `${request.method} ${request.path} HTTP/1.1\r\nhost: ${this.pool.host}\r\n${this.pool.headerBlock(request.headers)}`
     const body = request.body
-    if (body === null) this.socket.write(`${head}\r\n`)
+    if (body === null) this.socket.write(bodyMethods.has(request.method) ? `${head}content-length: 0\r\n\r\n` : `${head}\r\n`)
     else if (typeof body === "string") this.socket.write(`${head}content-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
     else {
       this.socket.cork()
@@ -135,11 +148,10 @@ class Connection {
       this.pool.forget(this)
     }
     if (exchange === undefined) return
-    if (exchange.reused && !exchange.answered && error.code !== "ABORTED" && !error.code.endsWith("TIMEOUT")) {
-      this.pool.dispatch(exchange.request, exchange.callback, false)
-    } else {
-      exchange.callback(error)
-    }
+    const race = exchange.reused && !exchange.answered && performance.now() - exchange.sentAt < RACE_WINDOW_MS &&
+      (error.code === "SOCKET" || error.code === "CONNECTION_CLOSED")
+    if (race) this.pool.dispatch(exchange.request, exchange.callback, false)
+    else exchange.callback(error)
   }
 
   private onEnd() {
@@ -155,7 +167,7 @@ class Connection {
       return this.fail(new Http1Error("PROTOCOL", "The upstream sent data without a request"))
     }
     exchange.answered = true
-    exchange.deadline = Date.now() + this.pool.timeoutMs
+    exchange.deadline = performance.now() + this.pool.timeoutMs
     this.pending = this.pending === undefined ? chunk : Buffer.concat([this.pending, chunk])
     try {
       this.parse(exchange)
@@ -181,13 +193,13 @@ class Connection {
         continue
       }
       if (body._tag === "UntilClose") {
-        exchange.chunks.push(data)
+        this.collect(exchange, data)
         this.pending = undefined
         return
       }
       if (body._tag === "Length") {
         const piece = data.length <= body.remaining ? data : data.subarray(0, body.remaining)
-        exchange.chunks.push(piece)
+        this.collect(exchange, piece)
         body.remaining -= piece.length
         this.take(piece.length)
         if (body.remaining === 0) return this.complete(exchange, exchange.keepAlive)
@@ -196,7 +208,7 @@ class Connection {
       // Chunked: size line, data, CRLF, … a zero size, then trailer lines up to an empty one.
       if (body.state === "data") {
         const piece = data.length <= body.remaining ? data : data.subarray(0, body.remaining)
-        exchange.chunks.push(piece)
+        this.collect(exchange, piece)
         body.remaining -= piece.length
         this.take(piece.length)
         if (body.remaining === 0) body.state = "dataEnd"
@@ -213,7 +225,7 @@ class Connection {
         if (line !== "") throw new Http1Error("PROTOCOL", "A chunk of the upstream's response does not end with CRLF")
         body.state = "size"
       } else if (body.state === "size") {
-        const size = /^([0-9a-fA-F]+)[ \t]*(;.*)?$/.exec(line)
+        const size = /^([0-9a-fA-F]{1,12})[ \t]*(;.*)?$/.exec(line)
         if (size === null) throw new Http1Error("PROTOCOL", "Invalid chunk size in the upstream's response")
         body.remaining = parseInt(size[1]!, 16)
         body.state = body.remaining === 0 ? "trailers" : "data"
@@ -221,6 +233,14 @@ class Connection {
         return this.complete(exchange, exchange.keepAlive)
       }
     }
+  }
+
+  private collect(exchange: Exchange, piece: Buffer) {
+    exchange.received += piece.length
+    if (exchange.received > this.pool.maxBodyBytes) {
+      throw new Http1Error("PROTOCOL", `The upstream's answer is larger than ${this.pool.maxBodyBytes} bytes`)
+    }
+    exchange.chunks.push(piece)
   }
 
   /** Drops the first `n` bytes of `pending`. */
@@ -257,9 +277,15 @@ class Connection {
     } else if (coding !== undefined) {
       const chunked = /(^|,)\s*chunked\s*$/i.test(coding)
       exchange.body = chunked ? { _tag: "Chunked", state: "size", remaining: 0 } : { _tag: "UntilClose" }
+      // Both framings at once: the transfer coding wins, and the connection is not trusted after (RFC 9112 §6.3).
+      if (length !== undefined) exchange.keepAlive = false
     } else if (length !== undefined) {
-      if (!/^\d+$/.test(length)) throw new Http1Error("PROTOCOL", `Invalid content-length from the upstream: ${length}`)
-      exchange.body = { _tag: "Length", remaining: Number(length) }
+      if (!/^\d{1,15}$/.test(length)) throw new Http1Error("PROTOCOL", `Invalid content-length from the upstream: ${length}`)
+      const remaining = Number(length)
+      if (remaining > this.pool.maxBodyBytes) {
+        throw new Http1Error("PROTOCOL", `The upstream's answer is larger than ${this.pool.maxBodyBytes} bytes`)
+      }
+      exchange.body = { _tag: "Length", remaining }
     } else {
       exchange.body = { _tag: "UntilClose" }
     }
@@ -294,6 +320,7 @@ class Pool {
     private readonly url: URL,
     readonly timeoutMs: number,
     private readonly idleTimeoutMs: number,
+    readonly maxBodyBytes: number,
     readonly tls: tls.ConnectionOptions | undefined
   ) {
     this.host = url.host
@@ -316,18 +343,32 @@ class Pool {
     return block
   }
 
-  dispatch(request: Http1Request, callback: Http1Callback, mayReuse = true): Connection {
-    const now = Date.now()
+  /**
+   * Sends `request` on an idle connection (unless `mayReuse` is false) or a new one. When no connection can even
+   * be opened, `callback` gets the error on a later tick and there is no connection to return.
+   */
+  dispatch(request: Http1Request, callback: Http1Callback, mayReuse = true): Connection | undefined {
+    const now = performance.now()
     let connection: Connection | undefined
     while (mayReuse && (connection = this.idle.pop()) !== undefined && connection.idleUntil <= now) {
       connection.fail(new Http1Error("CONNECTION_CLOSED", "idle too long")) // its server may have closed it by now
     }
-    if (connection === undefined) connection = new Connection(this, this.url)
+    if (connection === undefined) {
+      try {
+        connection = new Connection(this, this.url)
+      } catch (cause) {
+        const error = new Http1Error("SOCKET", `Cannot connect to ${this.host}: ${String(cause)}`, { cause })
+        queueMicrotask(() => callback(error))
+        return undefined
+      }
+    }
     this.busy.add(connection)
     connection.send({
       request,
       callback,
       reused: connection.served,
+      sentAt: now,
+      received: 0,
       answered: false,
       status: 0,
       headers: {},
@@ -343,7 +384,7 @@ class Pool {
   release(connection: Connection, keepAliveMs: number | undefined) {
     this.busy.delete(connection)
     // A second before the server's own timeout, so that we never send on a connection it is closing.
-    connection.idleUntil = Date.now() + (keepAliveMs === undefined ? this.idleTimeoutMs : Math.max(0, keepAliveMs - 1000))
+    connection.idleUntil = performance.now() + (keepAliveMs === undefined ? this.idleTimeoutMs : Math.max(0, keepAliveMs - 1000))
     this.idle.push(connection)
   }
 
@@ -380,30 +421,64 @@ export class Http1Agent {
   private readonly timeoutMs: number
   private readonly idleTimeoutMs: number
   private readonly tls: tls.ConnectionOptions | undefined
+  private readonly maxBodyBytes: number
+  private closed = false
 
   constructor(options: Http1AgentOptions) {
     this.tls = options.tls
+    this.maxBodyBytes = options.maxBodyBytes ?? 256 * 1024 * 1024
     this.timeoutMs = options.timeoutMs
     this.idleTimeoutMs = options.idleTimeoutMs ?? 4000
     this.timer = setInterval(() => {
-      const now = Date.now()
+      const now = performance.now()
       for (const pool of this.pools.values()) pool.sweep(now)
     }, Math.min(1000, Math.max(10, this.timeoutMs / 2)))
     this.timer.unref()
   }
 
-  /**
-   * Sends `request` to `origin` (`http://host:port` or `https://…`); `callback` gets the whole response or the
-   * error, once. Returns a function that aborts the request (its connection is closed; the callback is not called).
-   */
-  request(origin: string, request: Http1Request, callback: Http1Callback): () => void {
+  /** The pool of `origin`, or why there cannot be one. */
+  private poolOf(origin: string): Pool | Http1Error {
+    if (this.closed) return new Http1Error("ABORTED", "The client was closed")
     let pool = this.pools.get(origin)
     if (pool === undefined) {
-      const url = new URL(origin)
-      if (url.protocol !== "http:" && url.protocol !== "https:") throw new Http1Error("PROTOCOL", `Unsupported protocol ${url.protocol}`)
-      pool = new Pool(url, this.timeoutMs, this.idleTimeoutMs, this.tls)
+      let url: URL
+      try {
+        url = new URL(origin)
+      } catch {
+        return new Http1Error("PROTOCOL", `Invalid origin ${origin}`)
+      }
+      if (url.protocol !== "http:" && url.protocol !== "https:") return new Http1Error("PROTOCOL", `Unsupported protocol ${url.protocol}`)
+      pool = new Pool(url, this.timeoutMs, this.idleTimeoutMs, this.maxBodyBytes, this.tls)
       this.pools.set(origin, pool)
     }
+    return pool
+  }
+
+  /**
+   * Sends `request` to `origin` (`http://host:port` or `https://…`); `callback` gets the whole response or the
+   * error, once, never before this returns. Returns a function that aborts the request (its connection is closed;
+   * the callback is not called).
+   */
+  request(origin: string, request: Http1Request, callback: Http1Callback): () => void {
+    const pool = this.poolOf(origin)
+    let invalid: Http1Error | undefined = pool instanceof Http1Error ? pool : undefined
+    if (invalid === undefined) {
+      try {
+        ;(pool as Pool).headerBlock(request.headers) // checked before a connection is taken
+      } catch (error) {
+        invalid = error as Http1Error
+      }
+    }
+    if (invalid !== undefined) {
+      const error = invalid
+      let aborted = false
+      queueMicrotask(() => aborted || callback(error))
+      return () => (aborted = true)
+    }
+    return this.send(pool as Pool, request, callback)
+  }
+
+  private send(pool: Pool, request: Http1Request, callback: Http1Callback): () => void {
     let done = false
     let connection = pool.dispatch(request, (error, response) => {
       if (done) return
@@ -414,12 +489,13 @@ export class Http1Agent {
       if (done) return
       done = true
       // The exchange may have moved to a new connection (a keep-alive race): find where it is now.
-      if (connection.exchange?.request !== request) connection = [...pool.busy].find((c) => c.exchange?.request === request) ?? connection
-      if (connection.exchange?.request === request) connection.fail(new Http1Error("ABORTED", "The request was aborted"))
+      if (connection?.exchange?.request !== request) connection = [...pool.busy].find((c) => c.exchange?.request === request)
+      connection?.fail(new Http1Error("ABORTED", "The request was aborted"))
     }
   }
 
   close() {
+    this.closed = true
     clearInterval(this.timer)
     for (const pool of this.pools.values()) pool.close()
     this.pools.clear()

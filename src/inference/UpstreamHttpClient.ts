@@ -61,7 +61,7 @@ class BufferedResponse extends Inspectable.Class implements HttpClientResponse.H
       }))
   }
   get arrayBuffer() {
-    return Effect.sync(() => this.body.slice().buffer as ArrayBuffer)
+    return Effect.sync(() => new Uint8Array(this.body).buffer) // a copy: the body may be a view of a larger buffer
   }
   get stream() {
     return Stream.succeed(this.body)
