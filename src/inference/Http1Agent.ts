@@ -198,20 +198,12 @@ class Connection {
         return
       }
       if (body._tag === "Length") {
-        const piece = data.length <= body.remaining ? data : data.subarray(0, body.remaining)
-        this.collect(exchange, piece)
-        body.remaining -= piece.length
-        this.take(piece.length)
-        if (body.remaining === 0) return this.complete(exchange, exchange.keepAlive)
+        if (this.consume(exchange, body, data) === 0) return this.complete(exchange, exchange.keepAlive)
         continue
       }
       // Chunked: size line, data, CRLF, … a zero size, then trailer lines up to an empty one.
       if (body.state === "data") {
-        const piece = data.length <= body.remaining ? data : data.subarray(0, body.remaining)
-        this.collect(exchange, piece)
-        body.remaining -= piece.length
-        this.take(piece.length)
-        if (body.remaining === 0) body.state = "dataEnd"
+        if (this.consume(exchange, body, data) === 0) body.state = "dataEnd"
         continue
       }
       const lineEnd = data.indexOf(CRLF)
@@ -233,6 +225,14 @@ class Connection {
         return this.complete(exchange, exchange.keepAlive)
       }
     }
+  }
+
+  /** Takes what `data` holds of the `remaining` bytes of a body or chunk into the answer; returns what is left. */
+  private consume(exchange: Exchange, body: { remaining: number }, data: Buffer): number {
+    const piece = data.length <= body.remaining ? data : data.subarray(0, body.remaining)
+    this.collect(exchange, piece)
+    this.take(piece.length)
+    return (body.remaining -= piece.length)
   }
 
   private collect(exchange: Exchange, piece: Buffer) {
