@@ -142,16 +142,20 @@ class Connection {
   fail(error: Http1Error) {
     const exchange = this.exchange
     this.exchange = undefined
-    if (!this.closed) {
-      this.closed = true
-      this.socket.destroy()
-      this.pool.forget(this)
-    }
+    this.close()
     if (exchange === undefined) return
     const race = exchange.reused && !exchange.answered && performance.now() - exchange.sentAt < RACE_WINDOW_MS &&
       (error.code === "SOCKET" || error.code === "CONNECTION_CLOSED")
     if (race) this.pool.dispatch(exchange.request, exchange.callback, false)
     else exchange.callback(error)
+  }
+
+  /** Destroys the socket (once) and takes the connection out of its pool. */
+  private close() {
+    if (this.closed) return
+    this.closed = true
+    this.socket.destroy()
+    this.pool.forget(this)
   }
 
   private onEnd() {
@@ -237,10 +241,15 @@ class Connection {
 
   private collect(exchange: Exchange, piece: Buffer) {
     exchange.received += piece.length
-    if (exchange.received > this.pool.maxBodyBytes) {
+    this.checkSize(exchange.received)
+    exchange.chunks.push(piece)
+  }
+
+  /** Fails the exchange (by throwing, see `parse`) when its answer has, or announces, more bytes than allowed. */
+  private checkSize(bytes: number) {
+    if (bytes > this.pool.maxBodyBytes) {
       throw new Http1Error("PROTOCOL", `The upstream's answer is larger than ${this.pool.maxBodyBytes} bytes`)
     }
-    exchange.chunks.push(piece)
   }
 
   /** Drops the first `n` bytes of `pending`. */
@@ -282,9 +291,7 @@ class Connection {
     } else if (length !== undefined) {
       if (!/^\d{1,15}$/.test(length)) throw new Http1Error("PROTOCOL", `Invalid content-length from the upstream: ${length}`)
       const remaining = Number(length)
-      if (remaining > this.pool.maxBodyBytes) {
-        throw new Http1Error("PROTOCOL", `The upstream's answer is larger than ${this.pool.maxBodyBytes} bytes`)
-      }
+      this.checkSize(remaining)
       exchange.body = { _tag: "Length", remaining }
     } else {
       exchange.body = { _tag: "UntilClose" }
@@ -300,11 +307,7 @@ class Connection {
     exchange.chunks = []
     // Bytes beyond the answer mean the connection is out of step: it is not reused.
     if (reusable && this.pending === undefined && !this.closed) this.pool.release(this, exchange.keepAliveMs)
-    else if (!this.closed) {
-      this.closed = true
-      this.socket.destroy()
-      this.pool.forget(this)
-    }
+    else this.close()
     exchange.callback(undefined, { status: exchange.status, headers: exchange.headers, body })
   }
 }
