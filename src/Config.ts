@@ -27,6 +27,8 @@ export interface AppConfigShape {
   readonly heartbeatInterval: Duration.Duration
   /** Largest accepted upload, in bytes (`MAX_UPLOAD_BYTES`); larger uploads get a 413. */
   readonly maxUploadBytes: number
+  /** Largest accepted JSON (any non-multipart) request body, in bytes (`MAX_JSON_BODY_BYTES`); larger get a 413. */
+  readonly maxJsonBodyBytes: number
   /** How often expired files are deleted from storage (`FILE_SWEEP_INTERVAL`, e.g. `60 seconds`). */
   readonly fileSweepInterval: Duration.Duration
   /** On SIGINT/SIGTERM, how long open requests may take to finish before their connections are closed (`SHUTDOWN_TIMEOUT`). */
@@ -35,8 +37,10 @@ export interface AppConfigShape {
   readonly inferenceBaseUrl: string
   /** Bearer token for the upstream (`INFERENCE_API_KEY`); none: no Authorization header. */
   readonly inferenceApiKey: Option.Option<Redacted.Redacted>
-  /** Time limit of one upstream attempt (`INFERENCE_TIMEOUT`). */
+  /** Time limit of one whole upstream attempt, headers and body (`INFERENCE_TIMEOUT`). */
   readonly inferenceTimeout: Duration.Duration
+  /** Largest upstream answer read, in bytes (`INFERENCE_MAX_RESPONSE_BYTES`); a larger one is an error line. */
+  readonly inferenceMaxResponseBytes: number
   /** Attempts per request, the first included, on 429/5xx/network errors (`INFERENCE_MAX_ATTEMPTS`). */
   readonly inferenceMaxAttempts: number
   /** First retry delay; doubles each attempt, with jitter (`INFERENCE_RETRY_BASE_DELAY`). */
@@ -68,11 +72,13 @@ export const defaults: AppConfigShape = {
   leaseTtl: Duration.seconds(15),
   heartbeatInterval: Duration.seconds(1),
   maxUploadBytes: 512 * 1024 * 1024,
+  maxJsonBodyBytes: 1024 * 1024,
   fileSweepInterval: Duration.seconds(60),
   shutdownTimeout: Duration.seconds(10),
   inferenceBaseUrl: "http://127.0.0.1:8000/v1",
   inferenceApiKey: Option.none(),
   inferenceTimeout: Duration.minutes(10),
+  inferenceMaxResponseBytes: 64 * 1024 * 1024,
   inferenceMaxAttempts: 5,
   inferenceRetryBaseDelay: Duration.seconds(1),
   inferenceRetryMaxDelay: Duration.seconds(60),
@@ -101,6 +107,7 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
     Config.withDefault(defaults.dataDir)
   ),
   maxUploadBytes: positiveInt("MAX_UPLOAD_BYTES", defaults.maxUploadBytes),
+  maxJsonBodyBytes: positiveInt("MAX_JSON_BODY_BYTES", defaults.maxJsonBodyBytes),
   databaseUrl: Config.option(Config.string("DATABASE_URL").pipe(
     Config.validate({
       message: "Expected a postgres:// or postgresql:// URL",
@@ -120,6 +127,7 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   ),
   inferenceApiKey: Config.option(Config.redacted("INFERENCE_API_KEY")),
   inferenceTimeout: Config.duration("INFERENCE_TIMEOUT").pipe(Config.withDefault(defaults.inferenceTimeout)),
+  inferenceMaxResponseBytes: positiveInt("INFERENCE_MAX_RESPONSE_BYTES", defaults.inferenceMaxResponseBytes),
   inferenceMaxAttempts: positiveInt("INFERENCE_MAX_ATTEMPTS", defaults.inferenceMaxAttempts),
   inferenceRetryBaseDelay: Config.duration("INFERENCE_RETRY_BASE_DELAY").pipe(
     Config.withDefault(defaults.inferenceRetryBaseDelay)
