@@ -14,4 +14,9 @@ const program = Layer.launch(AppLive.pipe(Layer.provide(AppConfig.layer))).pipe(
     ))
 )
 
+// Last resort: a fault that escapes every handler (a throw in a library's event callback) is logged, and the
+// server keeps serving everyone else instead of ending the process and every request in flight with it.
+process.on("uncaughtException", (error) => console.error("Uncaught exception; the server keeps running:", error))
+process.on("unhandledRejection", (reason) => console.error("Unhandled rejection; the server keeps running:", reason))
+
 NodeRuntime.runMain(program)

@@ -170,8 +170,9 @@ for (const backend of backends) describe(`batches (${backend})`, () => {
         expect([metadata.param, metadata.code]).toEqual(["metadata.tags", "invalid_type"])
         expect((yield* bad({ metadata: Object.fromEntries(Array.from({ length: 17 }, (_, i) => [`k${i}`, "v"])) })).param).toBe("metadata")
         expect((yield* bad({ output_expires_after: { anchor: "created_at", seconds: 5 } })).param).toBe("output_expires_after.seconds")
-        const missing = yield* bad({ input_file_id: "file-nope" })
-        expect([missing.status, missing.param]).toEqual([404, "input_file_id"])
+        // As OpenAI: an unknown input file is no 404 at create, the batch fails validation.
+        const missing = yield* createBatch(openai, "file-nope")
+        expect((yield* waitFor(openai, missing.id, terminal)).errors!.data![0]).toMatchObject({ code: "invalid_request", param: "input_file_id", line: null })
         const notBatch = yield* Effect.promise(async () => openai.files.create({ file: await toFile(Buffer.from("{}"), "x.jsonl"), purpose: "user_data" }))
         expect((yield* bad({ input_file_id: notBatch.id })).param).toBe("input_file_id")
         const noFile = yield* failure(() => openai.batches.create({ endpoint: "/v1/chat/completions", completion_window: "24h" } as any))

@@ -26,6 +26,7 @@ import {
 import { AppConfig } from "../Config.js"
 import { activeStatuses, type BatchEndpoint, type BatchError, type BatchStatus } from "../domain/Batches.js"
 import { batchRequestId, derivedFileId } from "../domain/Ids.js"
+import { echo } from "../domain/Text.js"
 import { FileStore } from "../files/FileStore.js"
 import { Inference, type UpstreamFailure, type UpstreamResponse } from "../inference/Inference.js"
 import {
@@ -61,8 +62,12 @@ const VALIDATION_STEP = 250
  * batch, large enough that claiming costs nothing next to running it.
  */
 const SLICE = 500
-/** Validation errors kept in `errors.data`; the rest are summarized in one last entry. */
+/**
+ * Validation errors kept in `errors.data`, by count and by size (every retrieve and list page carries them); the
+ * rest are summarized in one last entry.
+ */
 const MAX_REPORTED_ERRORS = 1000
+const MAX_REPORTED_ERROR_BYTES = 64 * 1024
 const MAX_LINE_BYTES = 16 * 1024 * 1024
 
 const EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
@@ -104,7 +109,7 @@ export const make = Effect.gen(function*() {
       if (Option.isNone(content)) {
         return yield* failValidation(batch.id, [{
           code: "invalid_request",
-          message: `Cannot find file ${batch.input_file_id}, or it was deleted.`,
+          message: `Cannot find file ${batch.input_file_id}, or organization does not have access to it.`,
           param: "input_file_id",
           line: null
         }])
@@ -121,9 +126,13 @@ export const make = Effect.gen(function*() {
 
       const errors: Array<BatchError> = []
       let omitted = 0
+      let errorBytes = 0
       const report = (e: BatchError) => {
-        if (errors.length < MAX_REPORTED_ERRORS) errors.push(e)
-        else omitted++
+        const size = JSON.stringify(e).length
+        if (errors.length < MAX_REPORTED_ERRORS && errorBytes + size <= MAX_REPORTED_ERROR_BYTES) {
+          errors.push(e)
+          errorBytes += size
+        } else omitted++
       }
       const customIds = new Set<string>()
       let model: { readonly name: string; readonly line: number } | undefined
@@ -149,13 +158,13 @@ export const make = Effect.gen(function*() {
           return
         }
         if (customIds.has(result.customId)) {
-          report({ code: "duplicate_custom_id", message: `The custom_id '${result.customId}' is used more than once in this file.`, param: "custom_id", line: item.line })
+          report({ code: "duplicate_custom_id", message: `The custom_id '${echo(result.customId)}' is used more than once in this file.`, param: "custom_id", line: item.line })
           return
         }
         customIds.add(result.customId)
         if (model === undefined) model = { name: result.model, line: item.line }
         else if (model.name !== result.model) {
-          report({ code: "model_mismatch", message: `All requests of a batch must use the same model: this line uses '${result.model}', line ${model.line} uses '${model.name}'.`, param: "body.model", line: item.line })
+          report({ code: "model_mismatch", message: `All requests of a batch must use the same model: this line uses '${echo(result.model)}', line ${model.line} uses '${echo(model.name)}'.`, param: "body.model", line: item.line })
           return
         }
         count++
@@ -187,7 +196,7 @@ export const make = Effect.gen(function*() {
       if (model !== undefined && errors.length === 0) {
         const known = yield* inference.models
         if (Option.isSome(known) && !known.value.has(model.name)) {
-          report({ code: "model_not_found", message: `The provided model '${model.name}' is not supported by the upstream.`, param: "body.model", line: model.line })
+          report({ code: "model_not_found", message: `The provided model '${echo(model.name)}' is not supported by the upstream.`, param: "body.model", line: model.line })
         }
       }
       if (errors.length > 0) {

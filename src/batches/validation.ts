@@ -3,6 +3,7 @@
  */
 import { BatchEndpoint, type CreateBatchBody } from "../domain/Batches.js"
 import { MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS } from "../domain/Files.js"
+import { echo, unstorableReason } from "../domain/Text.js"
 
 export interface Problem {
   readonly code: string
@@ -15,6 +16,8 @@ const endpoints: ReadonlyArray<string> = BatchEndpoint.literals
 export const MAX_METADATA_PAIRS = 16
 export const MAX_METADATA_KEY = 64
 export const MAX_METADATA_VALUE = 512
+/** The longest `body.model` accepted: the batch object repeats it in every retrieve and list. */
+export const MAX_MODEL_LENGTH = 256
 
 /** The create parameters once checked: what a batch row is made of. */
 export interface ValidCreateBatch {
@@ -34,18 +37,25 @@ export const validateCreateBatch = (body: CreateBatchBody): Problem | ValidCreat
     return {
       code: "invalid_value",
       param: "endpoint",
-      message: `Invalid value: '${body.endpoint}'. Supported values are: ${endpoints.map((e) => `'${e}'`).join(", ")}.`
+      message: `Invalid value: '${echo(body.endpoint)}'. Supported values are: ${endpoints.map((e) => `'${e}'`).join(", ")}.`
     }
   }
   if (body.completion_window !== "24h") {
     return {
       code: "invalid_value",
       param: "completion_window",
-      message: `Invalid value: '${body.completion_window}'. Supported values are: '24h'.`
+      message: `Invalid value: '${echo(body.completion_window)}'. Supported values are: '24h'.`
     }
   }
   let metadata: Record<string, string> | null = null
   if (body.metadata != null) {
+    if (!isObject(body.metadata)) {
+      return {
+        code: "invalid_type",
+        param: "metadata",
+        message: `Invalid type for 'metadata': expected an object, but got ${typeName(body.metadata)} instead.`
+      }
+    }
     const entries = Object.entries(body.metadata)
     if (entries.length > MAX_METADATA_PAIRS) {
       return {
@@ -54,14 +64,17 @@ export const validateCreateBatch = (body: CreateBatchBody): Problem | ValidCreat
         message: `Invalid 'metadata': too many properties. Expected an object with at most ${MAX_METADATA_PAIRS} properties, but got ${entries.length}.`
       }
     }
-    metadata = {}
     for (const [key, value] of entries) {
       if (key.length > MAX_METADATA_KEY) {
         return {
           code: "invalid_value",
           param: "metadata",
-          message: `Invalid 'metadata': key '${key.slice(0, 20)}…' is longer than ${MAX_METADATA_KEY} characters.`
+          message: `Invalid 'metadata': key '${key.slice(0, 20).toWellFormed()}…' is longer than ${MAX_METADATA_KEY} characters.`
         }
+      }
+      const keyProblem = key === "__proto__" ? "must not be '__proto__'" : unstorableReason(key)
+      if (keyProblem !== undefined) {
+        return { code: "invalid_value", param: "metadata", message: `Invalid 'metadata': a key ${keyProblem}.` }
       }
       if (typeof value !== "string") {
         return {
@@ -77,8 +90,12 @@ export const validateCreateBatch = (body: CreateBatchBody): Problem | ValidCreat
           message: `Invalid 'metadata.${key}': string too long. Expected a string with maximum length ${MAX_METADATA_VALUE}, but got a string with length ${value.length} instead.`
         }
       }
-      metadata[key] = value
+      const valueProblem = unstorableReason(value)
+      if (valueProblem !== undefined) {
+        return { code: "invalid_value", param: `metadata.${key}`, message: `Invalid 'metadata.${key}': the value ${valueProblem}.` }
+      }
     }
+    metadata = Object.fromEntries(entries) as Record<string, string>
   }
   let outputExpiresAfterSeconds: number | null = null
   if (body.output_expires_after != null) {
@@ -231,6 +248,8 @@ export const validateLine = (text: string, endpoint: BatchEndpoint): ReadonlyArr
   const { body, custom_id, method, url } = parsed
   if (custom_id != null && typeof custom_id !== "string") {
     problems.push({ code: "invalid_request", param: "custom_id", message: `Invalid type for 'custom_id': expected a string, but got ${typeName(custom_id)} instead.` })
+  } else if (typeof custom_id === "string" && unstorableReason(custom_id) !== undefined) {
+    problems.push({ code: "invalid_request", param: "custom_id", message: `Invalid 'custom_id': it ${unstorableReason(custom_id)}.` })
   }
   if (method != null && method !== "POST") {
     problems.push({ code: "invalid_request", param: "method", message: `Invalid value for 'method': only 'POST' is supported.` })
@@ -263,6 +282,10 @@ export const validateLine = (text: string, endpoint: BatchEndpoint): ReadonlyArr
           param: `body.${field}`,
           message: `Invalid type for 'body.${field}': expected ${kind === "array" ? "an array" : "a string"}, but got ${typeName(value)} instead.`
         })
+      } else if (typeof value === "string" && unstorableReason(value) !== undefined) {
+        problems.push({ code: "invalid_request", param: `body.${field}`, message: `Invalid 'body.${field}': it ${unstorableReason(value)}.` })
+      } else if (field === "model" && (value as string).length > MAX_MODEL_LENGTH) {
+        problems.push({ code: "invalid_request", param: "body.model", message: `Invalid 'body.model': longer than ${MAX_MODEL_LENGTH} characters.` })
       }
     }
   }

@@ -1,5 +1,6 @@
 /** The wire shapes of the OpenAI Batches API. */
 import { Schema } from "effect"
+import { StorableString } from "./Text.js"
 
 /** Endpoints a batch may target. */
 export const BatchEndpoint = Schema.Literal(
@@ -97,22 +98,25 @@ export class BatchList extends Schema.Class<BatchList>("BatchList")({
  * checked by `validateCreateBatch` so that the error names the parameter the way OpenAI does.
  */
 export const CreateBatchBody = Schema.Struct({
-  input_file_id: Schema.String,
+  input_file_id: StorableString,
   endpoint: Schema.String,
   completion_window: Schema.String,
-  metadata: Schema.optional(Schema.NullOr(Schema.Record({ key: Schema.String, value: Schema.Unknown }))),
+  /** Checked by `validateCreateBatch`: a `Schema.Record` would silently drop a `__proto__` key. */
+  metadata: Schema.optional(Schema.NullOr(Schema.Unknown.annotations({
+    jsonSchema: { type: "object", additionalProperties: { type: "string" }, maxProperties: 16 }
+  }))),
   output_expires_after: Schema.optional(Schema.NullOr(Schema.Struct({
     anchor: Schema.String,
     seconds: Schema.Number
   }))),
   /** llama-stack's extension: the same key with the same parameters returns the same batch. */
-  idempotency_key: Schema.optional(Schema.NullOr(Schema.String))
+  idempotency_key: Schema.optional(Schema.NullOr(StorableString))
 })
 export type CreateBatchBody = typeof CreateBatchBody.Type
 
 export class ListBatchesParams extends Schema.Class<ListBatchesParams>("ListBatchesParams")({
   limit: Schema.optional(Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 100))),
-  after: Schema.optional(Schema.String)
+  after: Schema.optional(StorableString)
 }) {}
 
 /** One line of an output or error file. */

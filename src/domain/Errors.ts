@@ -26,7 +26,7 @@ export class Unauthorized extends Schema.TaggedError<Unauthorized>()("Unauthoriz
 export class NotFound extends Schema.TaggedError<NotFound>()("NotFound", fields) {}
 /** 409: the request conflicts with the resource's state. */
 export class Conflict extends Schema.TaggedError<Conflict>()("Conflict", fields) {}
-/** 413: the upload is larger than the configured limit. */
+/** 413: the upload or request body is larger than the configured limit. */
 export class PayloadTooLarge extends Schema.TaggedError<PayloadTooLarge>()("PayloadTooLarge", fields) {}
 /** 500: a fault of the server itself (never a client mistake). */
 export class ServerError extends Schema.TaggedError<ServerError>()("ServerError", fields) {}
@@ -66,8 +66,8 @@ export const notFound = (message: string, param: string | null = null) =>
 export const conflict = (message: string, param: string | null = null) =>
   new Conflict(body(message, "invalid_request_error", param, "conflict"))
 
-export const payloadTooLarge = (message: string, param: string | null = null) =>
-  new PayloadTooLarge(body(message, "invalid_request_error", param, "file_too_large"))
+export const payloadTooLarge = (message: string, param: string | null = null, code = "file_too_large") =>
+  new PayloadTooLarge(body(message, "invalid_request_error", param, code))
 
 export const serverError = (message = "The server had an error while processing your request.") =>
   new ServerError(body(message, "server_error", null, null))

@@ -1,5 +1,6 @@
 /** The wire shapes of the OpenAI Files API. */
 import { Schema } from "effect"
+import { StorableString } from "./Text.js"
 
 /** Purposes a client may upload with. */
 export const UploadPurpose = Schema.Literal(
@@ -49,10 +50,10 @@ export type SortOrder = typeof SortOrder.Type
 
 /** Query of `GET /v1/files` (URL parameters are strings on the wire). */
 export class ListFilesParams extends Schema.Class<ListFilesParams>("ListFilesParams")({
-  purpose: Schema.optional(Schema.String),
+  purpose: Schema.optional(StorableString),
   limit: Schema.optional(Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 10_000))),
   order: Schema.optional(SortOrder),
-  after: Schema.optional(Schema.String)
+  after: Schema.optional(StorableString)
 }) {}
 
 /** The multipart fields of `POST /v1/files`, for the OpenAPI document (the handler parses the stream itself). */

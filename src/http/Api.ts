@@ -17,10 +17,11 @@ import {
   UnauthorizedSchema
 } from "../domain/Errors.js"
 import { Batch, BatchList, CreateBatchBody, ListBatchesParams } from "../domain/Batches.js"
+import { StorableString } from "../domain/Text.js"
 import { FileDeleted, FileList, FileObject, ListFilesParams, UploadFileForm } from "../domain/Files.js"
 
-const fileIdParam = HttpApiSchema.param("file_id", Schema.String)
-const batchIdParam = HttpApiSchema.param("batch_id", Schema.String)
+const fileIdParam = HttpApiSchema.param("file_id", StorableString)
+const batchIdParam = HttpApiSchema.param("batch_id", StorableString)
 
 export class HealthGroup extends HttpApiGroup.make("health")
   .add(

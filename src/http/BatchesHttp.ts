@@ -4,7 +4,7 @@ import { Duration, Effect, Option } from "effect"
 import { createHash } from "node:crypto"
 import { BatchRunner } from "../batches/BatchRunner.js"
 import { BatchStore } from "../batches/BatchStore.js"
-import { isProblem, validateCreateBatch } from "../batches/validation.js"
+import { isProblem, validateCreateBatch, type ValidCreateBatch } from "../batches/validation.js"
 import { AppConfig } from "../Config.js"
 import { BatchList, cancellableStatuses, type CreateBatchBody } from "../domain/Batches.js"
 import { conflict, invalidRequest, notFound } from "../domain/Errors.js"
@@ -15,14 +15,17 @@ import { listPage } from "../domain/List.js"
 
 const batchNotFound = (id: string) => notFound(`No batch found with id '${id}'.`, "batch_id")
 
-/** What makes two creates with the same idempotency key "the same request". */
-const fingerprint = (body: CreateBatchBody) =>
+/**
+ * What makes two creates with the same idempotency key "the same request": the checked parameters, metadata in
+ * key order (JSON objects are unordered: the same metadata sent with its keys in another order is the same).
+ */
+const fingerprint = (valid: ValidCreateBatch) =>
   createHash("sha256").update(JSON.stringify([
-    body.input_file_id,
-    body.endpoint,
-    body.completion_window,
-    body.metadata ?? null,
-    body.output_expires_after ?? null
+    valid.inputFileId,
+    valid.endpoint,
+    valid.completionWindow,
+    valid.metadata === null ? null : Object.fromEntries(Object.entries(valid.metadata).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))),
+    valid.outputExpiresAfterSeconds === null ? null : { anchor: "created_at", seconds: valid.outputExpiresAfterSeconds }
   ])).digest("hex")
 
 export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handlers) =>
@@ -36,17 +39,16 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
       Effect.gen(function*() {
         const valid = validateCreateBatch(body)
         if (isProblem(valid)) return yield* invalidRequest(valid.message, valid.param, valid.code)
-        const input = yield* files.get(valid.inputFileId).pipe(
-          Effect.catchTag("FileNotFound", ({ id }) => notFound(`No such File object: ${id}`, "input_file_id"))
-        )
-        if (input.purpose !== "batch") {
+        // A file that does not exist is not refused here: as OpenAI, the batch is created and fails validation.
+        const input = yield* Effect.option(files.get(valid.inputFileId))
+        if (Option.isSome(input) && input.value.purpose !== "batch") {
           return yield* invalidRequest(
-            `File ${input.id} has purpose '${input.purpose}'; a batch input file must be uploaded with purpose 'batch'.`,
+            `File ${input.value.id} has purpose '${input.value.purpose}'; a batch input file must be uploaded with purpose 'batch'.`,
             "input_file_id",
             "invalid_value"
           )
         }
-        const requestHash = fingerprint(body)
+        const requestHash = fingerprint(valid)
         const { created, record } = yield* store.create({
           id: batchId(),
           endpoint: valid.endpoint,

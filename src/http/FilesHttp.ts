@@ -2,9 +2,7 @@
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import * as NodeStream from "@effect/platform-node/NodeStream"
-import { Effect, Either, identity, type Scope, Stream } from "effect"
-import { IncomingMessage } from "node:http"
+import { Effect, Either, type Scope, Stream } from "effect"
 import { AppConfig } from "../Config.js"
 import { type ApiError, invalidRequest, notFound, payloadTooLarge } from "../domain/Errors.js"
 import {
@@ -18,8 +16,10 @@ import { type FileMetadata, FileStore } from "../files/FileStore.js"
 import type { StagedBlob, StagingWriter } from "../storage/BlobStore.js"
 import { OpenAIApi } from "./Api.js"
 import { fromMultipartInvalid } from "./Middleware.js"
-import { parseFormData } from "./Multipart.js"
+import { type FilenameInvalid, type MultipartInvalid, parseFormData } from "./Multipart.js"
+import { requestBody } from "./RequestBody.js"
 import { listPage } from "../domain/List.js"
+import { echo } from "../domain/Text.js"
 
 /** Room for the form fields and part headers around the file, when comparing `Content-Length` to the limit. */
 const FORM_OVERHEAD_BYTES = 64 * 1024
@@ -28,6 +28,33 @@ const purposes: ReadonlyArray<string> = UploadPurpose.literals
 
 /** The last path segment of a client-supplied file name (browsers and some clients send full paths). */
 export const baseName = (name: string): string => name.split(/[\\/]/).pop() ?? name
+
+/**
+ * Longest file name kept, in UTF-8 bytes: the name limit of common file systems, so the name of any real file fits.
+ * Longer is refused rather than cut: a cut name could lose its extension or differ from the one the client knows.
+ */
+export const MAX_FILENAME_BYTES = 255
+
+const invalidFilename = (message: string) => Either.left(invalidRequest(message, "file", "invalid_value"))
+
+/**
+ * The name a File object keeps for the name a client sent: its last path segment, exactly as sent otherwise,
+ * refused when empty (`filename=""`, a path ending in a separator), holding control characters (a NUL, a line
+ * break: nothing a file name shows), or too long.
+ */
+export const uploadFilename = (sent: string): Either.Either<string, ApiError> => {
+  const name = baseName(sent)
+  if (name === "") return invalidFilename("The file name is empty.")
+  if (/\p{Cc}/u.test(name)) return invalidFilename("The file name must not contain control characters.")
+  if (Buffer.byteLength(name) > MAX_FILENAME_BYTES) {
+    return invalidFilename(`The file name is longer than ${MAX_FILENAME_BYTES} bytes (in UTF-8).`)
+  }
+  return Either.right(name)
+}
+
+/** A form that cannot be read, or a file name that cannot be, as an OpenAI error. */
+const fromFormError = (e: MultipartInvalid | FilenameInvalid): ApiError =>
+  e._tag === "FilenameInvalid" ? invalidRequest(e.message, "file", "invalid_value") : fromMultipartInvalid(e)
 
 /**
  * Checks the text fields of an upload (they may arrive before or after the file) and the file's name.
@@ -49,7 +76,7 @@ export const parseUploadForm = (
   if (!purposes.includes(purpose)) {
     return Either.left(
       invalidRequest(
-        `Invalid value: '${purpose}'. Supported values are: ${purposes.map((p) => `'${p}'`).join(", ")}.`,
+        `Invalid value: '${echo(purpose)}'. Supported values are: ${purposes.map((p) => `'${p}'`).join(", ")}.`,
         "purpose",
         "invalid_value"
       )
@@ -66,7 +93,7 @@ export const parseUploadForm = (
       invalidRequest(
         anchor === undefined
           ? "Missing required parameter: 'expires_after[anchor]'."
-          : `Invalid value: '${anchor}'. Supported values are: 'created_at'.`,
+          : `Invalid value: '${echo(anchor)}'. Supported values are: 'created_at'.`,
         "expires_after.anchor",
         anchor === undefined ? "missing_required_parameter" : "invalid_value"
       )
@@ -78,7 +105,7 @@ export const parseUploadForm = (
       invalidRequest(
         seconds === undefined
           ? "Missing required parameter: 'expires_after[seconds]'."
-          : `Invalid value: '${seconds}'. 'expires_after[seconds]' must be an integer between ${MIN_EXPIRES_AFTER_SECONDS} and ${MAX_EXPIRES_AFTER_SECONDS}.`,
+          : `Invalid value: '${echo(seconds)}'. 'expires_after[seconds]' must be an integer between ${MIN_EXPIRES_AFTER_SECONDS} and ${MAX_EXPIRES_AFTER_SECONDS}.`,
         "expires_after.seconds",
         seconds === undefined ? "missing_required_parameter" : "invalid_value"
       )
@@ -89,16 +116,6 @@ export const parseUploadForm = (
 
 const tooLarge = (max: number) =>
   payloadTooLarge(`The file is larger than the maximum upload size of ${max} bytes.`, "file")
-
-/**
- * The request body as a stream that, unlike `request.stream`, does not destroy the socket when we stop reading
- * early (an oversize or invalid upload): Node then discards the rest of the body and the client gets our error
- * response instead of a connection reset.
- */
-const requestBody = (request: HttpServerRequest.HttpServerRequest): Stream.Stream<Uint8Array> =>
-  request.source instanceof IncomingMessage
-    ? Stream.orDie(NodeStream.fromReadable(() => request.source as IncomingMessage, identity, { closeOnDone: false }))
-    : Stream.orDie(request.stream)
 
 const fileNotFound = (id: string) => notFound(`No such File object: ${id}`, "file_id")
 
@@ -119,16 +136,19 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
       let writer: StagingWriter | undefined // the open staging area while our file part streams in
       let fileBytes = 0
       const events = parseFormData(request.headers, formLimits, requestBody(request))
-      yield* Stream.runForEach(Stream.mapError(events, fromMultipartInvalid), (event): Effect.Effect<void, ApiError, Scope.Scope> => {
+      yield* Stream.runForEach(Stream.mapError(events, fromFormError), (event): Effect.Effect<void, ApiError, Scope.Scope> => {
         switch (event._tag) {
           case "Field":
             return Effect.sync(() => void fields.set(event.key, event.value))
-          case "FileStart":
+          case "FileStart": {
             // A file under another field name is skipped (its chunks are ignored, not stored).
             if (event.key !== "file") return Effect.void
             if (file !== undefined) return invalidRequest("Upload exactly one 'file' part.", "file", "invalid_value")
-            file = { filename: baseName(event.filename) }
+            const filename = uploadFilename(event.filename)
+            if (Either.isLeft(filename)) return filename.left
+            file = { filename: filename.right }
             return Effect.map(files.openUpload, (opened) => void (writer = opened))
+          }
           case "FileChunk":
             if (writer === undefined) return Effect.void
             fileBytes += event.bytes.length

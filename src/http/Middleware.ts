@@ -12,6 +12,7 @@ import { type ApiError, invalidRequest, notFound, payloadTooLarge, serverError }
 import { requestId } from "../domain/Ids.js"
 import { OpenAIApi } from "./Api.js"
 import type { MultipartInvalid } from "./Multipart.js"
+import { BodyTooLarge, JsonTooDeep, MAX_JSON_DEPTH, tooLarge } from "./RequestBody.js"
 
 /** `HttpApiDecodeError` → 400 naming the first offending parameter. */
 export const fromDecodeError = (e: HttpApiError.HttpApiDecodeError): ApiError => {
@@ -45,6 +46,15 @@ export const fromMultipartInvalid = (e: MultipartInvalid): ApiError => {
   }
 }
 
+/** A body that could not be read: too large (413), too deep or not JSON (400). */
+const fromRequestError = (e: HttpServerError.RequestError): ApiError => {
+  if (e.cause instanceof BodyTooLarge) return tooLarge(e.cause.limit)
+  const message = e.cause instanceof JsonTooDeep
+    ? `The JSON body is nested more than ${MAX_JSON_DEPTH} levels deep.`
+    : "We could not parse the body of your request. Send valid JSON in UTF-8 (or multipart/form-data for uploads)."
+  return invalidRequest(message, null, "invalid_body")
+}
+
 /** Framework failures that are client mistakes or real faults, as OpenAI errors; typed API errors pass through. */
 const toApiError = (cause: Cause.Cause<unknown>): Option.Option<ApiError> => {
   const failure = Cause.failureOption(cause)
@@ -59,15 +69,7 @@ const toApiError = (cause: Cause.Cause<unknown>): Option.Option<ApiError> => {
   const defect = Cause.dieOption(cause)
   if (Option.isSome(defect)) {
     const d = defect.value
-    if (HttpServerError.isServerError(d) && d._tag === "RequestError") {
-      return Option.some(
-        invalidRequest(
-          "We could not parse the body of your request. Send valid JSON (or multipart/form-data for uploads).",
-          null,
-          "invalid_body"
-        )
-      )
-    }
+    if (HttpServerError.isServerError(d) && d._tag === "RequestError") return Option.some(fromRequestError(d))
     return Option.some(serverError())
   }
   return Option.none() // interruption: nothing to answer

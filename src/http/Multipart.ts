@@ -6,7 +6,7 @@
  * `multipasta` push parser from the body stream ourselves makes every outcome, including a truncated body, an
  * event or a failure, with backpressure for free: the next body chunk is read only when the events are consumed.
  */
-import { Data, Effect, Stream } from "effect"
+import { Data, Effect, Either, Stream } from "effect"
 import * as MP from "multipasta"
 
 export type FormEvent =
@@ -20,6 +20,9 @@ export class MultipartInvalid extends Data.TaggedError("MultipartInvalid")<{
   readonly limit?: string
 }> {}
 
+/** A form part's file name that cannot be read: not UTF-8, or a `filename*` that is not UTF-8 percent-encoding. */
+export class FilenameInvalid extends Data.TaggedError("FilenameInvalid")<{ readonly message: string }> {}
+
 export interface FormLimits {
   readonly maxParts: number
   readonly maxFieldSize: number
@@ -30,54 +33,159 @@ export interface FormLimits {
 export const isMultipartFormData = (contentType: string | undefined): boolean =>
   contentType !== undefined && /^multipart\/form-data\s*;(.*;)?\s*boundary=/i.test(contentType)
 
+/** What a form needs of a part's `Content-Disposition`: the field name and, for a file, its name as sent. */
+export interface Disposition {
+  readonly name: string
+  readonly filename: string | undefined
+}
+
+const invalidDisposition = () => new MultipartInvalid({ reason: "InvalidDisposition" })
+const filenameNotUtf8 = () =>
+  new FilenameInvalid({ message: "The filename in the Content-Disposition of a form part is not valid UTF-8." })
+const filenameStarInvalid = () =>
+  new FilenameInvalid({
+    message:
+      "The filename* in the Content-Disposition of a form part must be UTF-8'' followed by percent-encoded UTF-8 (RFC 8187)."
+  })
+
+const dispositionType = /^[ \t]*[!#$%&'*+.^\w`|~-]+[ \t]*/
+// `; name=value` with a token or quoted-string value; an empty `;` (a trailing one, or `;;`) is tolerated.
+const dispositionParameter = /;[ \t]*(?:([!#$%&'*+.^\w`|~-]+)[ \t]*=[ \t]*(?:"((?:[^"\\]|\\[^])*)"|([^ \t";]+))[ \t]*)?/y
+
+/**
+ * The text of a quoted parameter. Two conventions meet here: RFC 7230 quoted-pairs (`\"` from curl before 7.81 or
+ * with `--form-escape`, `\\` from Python's httpx) and the WHATWG form encoding (`"` as `%22`, CR as `%0D`, LF as
+ * `%0A`, from browsers, undici, the openai SDK and curl since 7.81), which the Fetch standard's multipart parser
+ * decodes back. As in Go's `mime` package, a backslash escapes only a special character: browsers send Windows paths
+ * (`C:\dir\f.jsonl`) unescaped, and `baseName` needs their separators.
+ */
+const unquote = (text: string): string =>
+  text.replace(/\\([()<>@,;:\\"/[\]?=])|%(0A|0D|22)/g, (_, escaped: string | undefined, hex: string) =>
+    escaped ?? String.fromCharCode(parseInt(hex, 16)))
+
+/** The parameters of a `Content-Disposition`, names lower-cased; `undefined` when it is malformed or repeats one. */
+const dispositionParameters = (header: string): ReadonlyMap<string, string> | undefined => {
+  const type = dispositionType.exec(header)
+  if (type === null) return undefined
+  const parameters = new Map<string, string>()
+  dispositionParameter.lastIndex = type[0].length
+  while (dispositionParameter.lastIndex < header.length) {
+    const match = dispositionParameter.exec(header)
+    if (match === null) return undefined
+    const [, name, quoted, token] = match
+    if (name === undefined) continue
+    const key = name.toLowerCase()
+    if (parameters.has(key)) return undefined
+    parameters.set(key, quoted === undefined ? token : unquote(quoted))
+  }
+  return parameters
+}
+
+/**
+ * An RFC 8187 `ext-value` (`charset'language'percent-encoded`) decoded, or `undefined`. Only UTF-8: RFC 8187 makes
+ * it the one charset senders may use, and multipasta, which runs first, percent-decodes as UTF-8 whatever the charset.
+ */
+const decodeExtValue = (value: string): string | undefined => {
+  const match = /^([^']*)'[^']*'(.*)$/s.exec(value)
+  if (match === null || match[1].toLowerCase() !== "utf-8") return undefined
+  try {
+    return decodeURIComponent(match[2])
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Reads a part's `Content-Disposition` (as multipasta hands it over: the header's bytes decoded as UTF-8).
+ * multipasta reads it too, but its grammar admits no character above U+00FF, so it loses the name of any file
+ * called `報告.jsonl` or `€.jsonl`. `filename*` wins over `filename` (RFC 6266, section 4.3). A U+FFFD in the value
+ * is what bytes that are not UTF-8 became: refused rather than stored as a name nobody sent.
+ */
+export const partDisposition = (
+  header: string | ReadonlyArray<string> | undefined
+): Either.Either<Disposition, MultipartInvalid | FilenameInvalid> => {
+  const parameters = typeof header === "string" ? dispositionParameters(header) : undefined
+  const name = parameters?.get("name")
+  if (parameters === undefined || name === undefined) return Either.left(invalidDisposition())
+  const extended = parameters.get("filename*")
+  const sent = extended ?? parameters.get("filename")
+  if (sent === undefined) return Either.right({ name, filename: undefined })
+  if (sent.includes("\uFFFD")) return Either.left(filenameNotUtf8())
+  const filename = extended === undefined ? sent : decodeExtValue(extended)
+  return filename === undefined ? Either.left(filenameStarInvalid()) : Either.right({ name, filename })
+}
+
 export const parseFormData = <E>(
   headers: Record<string, string>,
   limits: FormLimits,
   body: Stream.Stream<Uint8Array, E>
-): Stream.Stream<FormEvent, E | MultipartInvalid> =>
+): Stream.Stream<FormEvent, E | MultipartInvalid | FilenameInvalid> =>
   Stream.suspend(() => {
     if (!isMultipartFormData(headers["content-type"])) {
       return Stream.fail(new MultipartInvalid({ reason: "NotMultipart" }))
     }
     let events: Array<FormEvent> = []
-    let failure: MP.MultipartError | undefined
+    let failure: MultipartInvalid | FilenameInvalid | undefined
     let done = false
+    // `isFile` sees every part first, with the `info` later given to `onFile` or `onField`.
+    const dispositions = new WeakMap<MP.PartInfo, Disposition>()
     const parser = MP.make({
       headers,
       ...limits,
       // Any part with a filename is a file (no exception for JSON content types, unlike the platform default).
-      isFile: (info) => info.filename !== undefined,
-      onField: (info, value) => events.push({ _tag: "Field", key: info.name, value: MP.decodeField(info, value) }),
+      isFile: (info) => {
+        const disposition = partDisposition(info.headers["content-disposition"])
+        if (Either.isLeft(disposition)) {
+          failure ??= disposition.left
+          return false
+        }
+        dispositions.set(info, disposition.right)
+        return disposition.right.filename !== undefined
+      },
+      onField: (info, value) => {
+        const disposition = dispositions.get(info) // none when `isFile` refused the part: the form fails
+        if (disposition) events.push({ _tag: "Field", key: disposition.name, value: MP.decodeField(info, value) })
+      },
       onFile: (info) => {
-        events.push({ _tag: "FileStart", key: info.name, filename: info.filename ?? "" })
+        const { filename, name } = dispositions.get(info)! // `isFile` found a filename
+        events.push({ _tag: "FileStart", key: name, filename: filename! })
         return (chunk) => events.push(chunk === null ? { _tag: "FileEnd" } : { _tag: "FileChunk", bytes: chunk })
       },
       onError: (error) => {
-        failure ??= error
+        failure ??= new MultipartInvalid(
+          error._tag === "ReachedLimit" ? { reason: error._tag, limit: error.limit } : { reason: error._tag }
+        )
       },
       onDone: () => {
         done = true
       }
     })
-    const take = Effect.suspend(() => {
-      if (failure !== undefined) {
-        return Effect.fail(
-          new MultipartInvalid(
-            failure._tag === "ReachedLimit" ? { reason: failure._tag, limit: failure.limit } : { reason: failure._tag }
-          )
-        )
+    /**
+     * Runs a step of the parser. multipasta percent-decodes `filename*` itself, with a `decodeURIComponent` that
+     * throws on bad encoding before any callback of ours sees the part (and leaves the parser in no state to go on):
+     * that is the form's failure, not a defect.
+     */
+    const step = (f: () => void) => {
+      try {
+        f()
+      } catch (error) {
+        if (!(error instanceof URIError)) throw error
+        failure ??= filenameStarInvalid()
       }
+    }
+    const take = Effect.suspend(() => {
+      if (failure !== undefined) return Effect.fail(failure)
       const out = events
       events = []
       return Effect.succeed(out)
     })
     const end = Effect.suspend(() => {
-      parser.end()
-      if (!done) failure ??= { _tag: "EndNotReached" }
+      step(() => parser.end())
+      if (!done) failure ??= new MultipartInvalid({ reason: "EndNotReached" })
       return take
     })
     return body.pipe(
-      Stream.mapEffect((chunk) => Effect.suspend(() => (parser.write(chunk), take))),
+      Stream.mapEffect((chunk) => Effect.suspend(() => (step(() => parser.write(chunk)), take))),
       Stream.concat(Stream.fromEffect(end)),
       Stream.flattenIterables
     )

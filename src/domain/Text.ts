@@ -1,0 +1,32 @@
+/**
+ * Client text that is stored or echoed: what can be kept exactly, and how much of it an answer repeats.
+ */
+import { Schema } from "effect"
+
+/**
+ * Text every backend stores exactly: no NUL (PostgreSQL's `text` refuses it) and well-formed UTF-16 (a lone
+ * surrogate cannot be encoded as UTF-8, so it would come back as U+FFFD).
+ */
+export const isStorableText = (s: string): boolean => !s.includes("\u0000") && s.isWellFormed()
+
+/** Why `s` is not storable, for an error message (undefined when it is). */
+export const unstorableReason = (s: string): string | undefined =>
+  s.includes("\u0000")
+    ? "must not contain a NUL character"
+    : s.isWellFormed()
+    ? undefined
+    : "must be valid Unicode (it contains a lone surrogate)"
+
+/** A string the API accepts: any text that `isStorableText`. */
+export const StorableString = Schema.String.pipe(
+  Schema.filter((s) => unstorableReason(s) ?? true, { identifier: "StorableString" })
+)
+
+/** The most characters of a client's value that an error message repeats. */
+export const MAX_ECHO = 64
+
+/** `s` as an error message repeats it: at most `MAX_ECHO` characters, never a broken surrogate pair. */
+export const echo = (s: string): string => {
+  if (s.length <= MAX_ECHO) return s.toWellFormed()
+  return `${s.slice(0, MAX_ECHO).toWellFormed()}…`
+}

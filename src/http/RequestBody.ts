@@ -1,0 +1,131 @@
+/**
+ * Request bodies, bounded. Uploads stream multipart through `FilesHttp` (bounded by `MAX_UPLOAD_BYTES`); every
+ * other body is JSON, read whole but never past `MAX_JSON_BODY_BYTES`, with or without `Content-Length`. The
+ * platform's own reader has no limit by default (a 600 MB chunked body ended the process building one string), and
+ * with a limit it destroys the socket, so the client sees a reset instead of our 413.
+ */
+import * as HttpApp from "@effect/platform/HttpApp"
+import * as HttpServerError from "@effect/platform/HttpServerError"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import * as UrlParams from "@effect/platform/UrlParams"
+import * as NodeStream from "@effect/platform-node/NodeStream"
+import { Data, Effect, identity, Stream } from "effect"
+import { IncomingMessage } from "node:http"
+import { type ApiError, invalidRequest, payloadTooLarge } from "../domain/Errors.js"
+
+/** A JSON body nested deeper than any request of this API needs; deeper ones are refused before parsing. */
+export const MAX_JSON_DEPTH = 64
+
+/** The body is larger than `limit` bytes. */
+export class BodyTooLarge extends Data.TaggedError("BodyTooLarge")<{ readonly limit: number }> {}
+/** The body is JSON nested deeper than `MAX_JSON_DEPTH`. */
+export class JsonTooDeep extends Data.TaggedError("JsonTooDeep")<{}> {}
+
+/**
+ * The request body as a stream that, unlike `request.stream`, does not destroy the socket when we stop reading
+ * early (an oversize or invalid body): Node then discards the rest of the body and the client gets our error
+ * response instead of a connection reset.
+ */
+export const requestBody = (request: HttpServerRequest.HttpServerRequest): Stream.Stream<Uint8Array> =>
+  request.source instanceof IncomingMessage
+    ? Stream.orDie(NodeStream.fromReadable(() => request.source as IncomingMessage, identity, { closeOnDone: false }))
+    : Stream.orDie(request.stream)
+
+/**
+ * The whole body, or `BodyTooLarge` as soon as more than `maxBytes` arrived. The rest is then drained unread, so
+ * that the client, still sending, gets our 413 rather than a reset connection.
+ */
+const readAtMost = (request: HttpServerRequest.HttpServerRequest, maxBytes: number) =>
+  Effect.suspend(() => {
+    const parts: Array<Uint8Array> = []
+    let size = 0
+    return Stream.runForEach(requestBody(request), (chunk) => {
+      size += chunk.length
+      if (size > maxBytes) return Effect.fail(new BodyTooLarge({ limit: maxBytes }))
+      parts.push(chunk)
+      return Effect.void
+    }).pipe(
+      Effect.map(() => Buffer.concat(parts, size)),
+      Effect.tapError(() => Effect.sync(() => request.source instanceof IncomingMessage && request.source.resume()))
+    )
+  })
+
+const QUOTE = 34
+const BACKSLASH = 92
+
+/** Whether `text` opens more than `max` arrays or objects inside each other (strings are skipped). */
+export const nestedDeeperThan = (text: string, max: number): boolean => {
+  let depth = 0
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    if (c === QUOTE) {
+      for (i++; i < text.length && text.charCodeAt(i) !== QUOTE; i++) if (text.charCodeAt(i) === BACKSLASH) i++
+    } else if (c === 123 || c === 91) { // { [
+      if (++depth > max) return true
+    } else if (c === 125 || c === 93) depth-- // } ]
+  }
+  return false
+}
+
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true })
+
+/**
+ * `request` with its body readers (`text`, `json`, `arrayBuffer`, `urlParamsBody`) bounded by `maxBytes`; a body
+ * that is not UTF-8, or JSON nested deeper than `MAX_JSON_DEPTH`, is refused rather than decoded with losses or
+ * parsed into a value whose error message overflows the stack. Everything else is the request itself.
+ */
+export const bounded = (request: HttpServerRequest.HttpServerRequest, maxBytes: number) => {
+  const refuse = (cause: unknown) => new HttpServerError.RequestError({ request, reason: "Decode", cause })
+    const bytes = Effect.runSync(Effect.cached(Effect.mapError(readAtMost(request, maxBytes), refuse)))
+  const text = Effect.flatMap(bytes, (b) => Effect.try({ try: () => strictUtf8.decode(b), catch: refuse }))
+  const json = Effect.flatMap(text, (t) =>
+    nestedDeeperThan(t, MAX_JSON_DEPTH)
+      ? Effect.fail(refuse(new JsonTooDeep()))
+      : Effect.try({ try: () => (t === "" ? null : JSON.parse(t)), catch: refuse }))
+  const urlParamsBody = Effect.map(text, (t) => UrlParams.fromInput(new URLSearchParams(t)))
+  const arrayBuffer = Effect.map(bytes, (b) => b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer)
+  return Object.create(request, {
+    text: { value: text },
+    json: { value: json },
+    urlParamsBody: { value: urlParamsBody },
+    arrayBuffer: { value: arrayBuffer }
+  }) as HttpServerRequest.HttpServerRequest
+}
+
+/** The OpenAI envelope of `error` as a response, for answers given before the API's own encoder is reached. */
+const envelope = (error: ApiError, status: number) => HttpServerResponse.unsafeJson({ error: error.error }, { status })
+
+/** The one route whose body is not JSON: multipart uploads, streamed and bounded by their handler. */
+const isUpload = (request: HttpServerRequest.HttpServerRequest) =>
+  request.method === "POST" && request.url.split("?")[0] === "/v1/files"
+
+const hasBody = (request: HttpServerRequest.HttpServerRequest) =>
+  request.headers["transfer-encoding"] !== undefined || Number(request.headers["content-length"] ?? 0) > 0
+
+const isJson = (contentType: string | undefined) =>
+  contentType === undefined || /^application\/json\s*(;|$)/i.test(contentType)
+
+/**
+ * Server middleware: every body but an upload's must be JSON (415 otherwise: a form post from another site cannot
+ * reach a JSON endpoint without a preflight) and at most `maxBytes` (413 at once when `Content-Length` says more,
+ * else as soon as more arrives).
+ */
+export const boundBodies = (maxBytes: number) => <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
+  Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+    if (isUpload(request) || !hasBody(request)) return app
+    if (!isJson(request.headers["content-type"])) {
+      return Effect.succeed(envelope(
+        invalidRequest("Request bodies must be JSON (Content-Type: application/json).", null, "unsupported_media_type"),
+        415
+      ))
+    }
+    if (Number(request.headers["content-length"] ?? 0) > maxBytes) {
+      return Effect.succeed(envelope(tooLarge(maxBytes), 413))
+    }
+    return Effect.provideService(app, HttpServerRequest.HttpServerRequest, bounded(request, maxBytes))
+  })
+
+/** The 413 of a JSON body over the limit. */
+export const tooLarge = (maxBytes: number) =>
+  payloadTooLarge(`The request body is larger than the maximum of ${maxBytes} bytes.`, null, "request_too_large")
