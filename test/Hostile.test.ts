@@ -272,6 +272,32 @@ for (const backend of backends) {
           })
         ))
 
+      it.effect("broken uploads are 4xx and leave nothing listed", () =>
+        survives((base) =>
+          Effect.gen(function*() {
+            const before = (yield* send(base, "GET", "/v1/files?purpose=batch")).json.data.length
+            const part = (disposition: string, body: string) => `--b\r\nContent-Disposition: form-data; ${disposition}\r\n\r\n${body}\r\n`
+            const purpose = part('name="purpose"', "batch")
+            const file = (disposition: string) => part(`name="file"; ${disposition}`, "{}")
+            const uploads: ReadonlyArray<readonly [string, string]> = [
+              ["multipart/form-data; boundary=b", purpose + file(`filename*=UTF-8''%E0%A4%A.jsonl`) + "--b--\r\n"],
+              ["multipart/form-data; boundary=b", purpose + file(`filename*=UTF-8''%.jsonl`) + "--b--\r\n"],
+              ["multipart/form-data; boundary=b", purpose + file('filename="a.jsonl"')], // ends inside the form
+              ["multipart/form-data; boundary=b", purpose + file('filename="a.jsonl"') + file('filename="b.jsonl"') + "--b--\r\n"],
+              ["multipart/form-data; boundary=b", part('name="purpose"', "x".repeat(100_000)) + file('filename="a.jsonl"') + "--b--\r\n"],
+              ["multipart/form-data", purpose],
+              ["application/json", "{}"]
+            ]
+            for (const [type, body] of uploads) {
+              const answer = yield* send(base, "POST", "/v1/files", { headers: { "content-type": type }, body })
+              expect(answer.status, body.slice(0, 120)).toBeGreaterThanOrEqual(400)
+              expect(answer.status, body.slice(0, 120)).toBeLessThan(500)
+              expectEnvelope(answer, answer.status)
+            }
+            expect((yield* send(base, "GET", "/v1/files?purpose=batch")).json.data.length).toBe(before)
+          })
+        ))
+
       it.effect("unknown routes, bad methods and oversized headers are 4xx", () =>
         survives((base) =>
           Effect.gen(function*() {

@@ -4,12 +4,9 @@
 import { Schema } from "effect"
 
 /**
- * Text every backend stores exactly: no NUL (PostgreSQL's `text` refuses it) and well-formed UTF-16 (a lone
- * surrogate cannot be encoded as UTF-8, so it would come back as U+FFFD).
+ * Why `s` cannot be stored exactly by every backend, for an error message; undefined when it can. A NUL is refused
+ * by PostgreSQL's `text`, and a lone surrogate cannot be encoded as UTF-8 (it would come back as U+FFFD).
  */
-export const isStorableText = (s: string): boolean => !s.includes("\u0000") && s.isWellFormed()
-
-/** Why `s` is not storable, for an error message (undefined when it is). */
 export const unstorableReason = (s: string): string | undefined =>
   s.includes("\u0000")
     ? "must not contain a NUL character"
@@ -17,7 +14,7 @@ export const unstorableReason = (s: string): string | undefined =>
     ? undefined
     : "must be valid Unicode (it contains a lone surrogate)"
 
-/** A string the API accepts: any text that `isStorableText`. */
+/** A string the API accepts: any text that can be stored exactly. */
 export const StorableString = Schema.String.pipe(
   Schema.filter((s) => unstorableReason(s) ?? true, { identifier: "StorableString" })
 )
