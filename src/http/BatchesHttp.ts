@@ -12,8 +12,9 @@ import { batchId } from "../domain/Ids.js"
 import { FileStore } from "../files/FileStore.js"
 import { OpenAIApi } from "./Api.js"
 import { listPage } from "../domain/List.js"
+import { echo } from "../domain/Text.js"
 
-const batchNotFound = (id: string) => notFound(`No batch found with id '${id}'.`, "batch_id")
+const batchNotFound = (id: string) => notFound(`No batch found with id '${echo(id)}'.`, "batch_id")
 
 /**
  * What makes two creates with the same idempotency key "the same request": the checked parameters, metadata in
@@ -100,6 +101,6 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
         store.list({ after: urlParams.after, limit: urlParams.limit ?? 20 }).pipe(
           Effect.map(({ data, hasMore }) => new BatchList(listPage(data, hasMore))),
           Effect.catchTag("UnknownBatchCursor", ({ after }) =>
-            invalidRequest(`No batch found for the 'after' cursor: ${after}`, "after", "invalid_value"))
+            invalidRequest(`No batch found for the 'after' cursor: ${echo(after)}`, "after", "invalid_value"))
         ))
   }))

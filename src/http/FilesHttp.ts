@@ -117,7 +117,7 @@ export const parseUploadForm = (
 const tooLarge = (max: number) =>
   payloadTooLarge(`The file is larger than the maximum upload size of ${max} bytes.`, "file")
 
-const fileNotFound = (id: string) => notFound(`No such File object: ${id}`, "file_id")
+const fileNotFound = (id: string) => notFound(`No such File object: ${echo(id)}`, "file_id")
 
 export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers) =>
   Effect.gen(function*() {
@@ -180,7 +180,7 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
         }).pipe(
           Effect.map(({ data, hasMore }) => new FileList(listPage(data, hasMore))),
           Effect.catchTag("UnknownCursor", ({ after }) =>
-            invalidRequest(`No such File object for the 'after' cursor: ${after}`, "after", "invalid_value"))
+            invalidRequest(`No such File object for the 'after' cursor: ${echo(after)}`, "after", "invalid_value"))
         ))
       .handle("retrieve", ({ path }) =>
         files.get(path.file_id).pipe(Effect.catchTag("FileNotFound", ({ id }) => fileNotFound(id))))

@@ -10,6 +10,7 @@ import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Cause, Effect, Option } from "effect"
 import { type ApiError, invalidRequest, notFound, payloadTooLarge, serverError } from "../domain/Errors.js"
 import { requestId } from "../domain/Ids.js"
+import { echo } from "../domain/Text.js"
 import { OpenAIApi } from "./Api.js"
 import type { MultipartInvalid } from "./Multipart.js"
 import { BodyTooLarge, JsonTooDeep, MAX_JSON_DEPTH, tooLarge } from "./RequestBody.js"
@@ -62,7 +63,7 @@ const toApiError = (cause: Cause.Cause<unknown>): Option.Option<ApiError> => {
     const e = failure.value
     if (e instanceof HttpApiError.HttpApiDecodeError) return Option.some(fromDecodeError(e))
     if (HttpServerError.isServerError(e) && e._tag === "RouteNotFound") {
-      return Option.some(notFound(`Invalid URL (${e.request.method} ${e.request.url})`))
+      return Option.some(notFound(`Invalid URL (${e.request.method} ${echo(e.request.url)})`))
     }
     return Option.none()
   }
