@@ -8,25 +8,41 @@ import * as HttpApp from "@effect/platform/HttpApp"
 import * as HttpServerError from "@effect/platform/HttpServerError"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Cause, Effect, Option } from "effect"
-import { type ApiError, invalidRequest, notFound, payloadTooLarge, serverError } from "../domain/Errors.js"
+import { type ApiError, insufficientStorage, invalidRequest, notFound, payloadTooLarge, serverError } from "../domain/Errors.js"
 import { requestId } from "../domain/Ids.js"
 import { echo } from "../domain/Text.js"
+import { isCapacityFault } from "../storage/Faults.js"
 import { OpenAIApi } from "./Api.js"
 import type { MultipartInvalid } from "./Multipart.js"
 import { BodyTooLarge, JsonTooDeep, MAX_JSON_DEPTH, tooLarge } from "./RequestBody.js"
+
+/**
+ * The type a schema's "Expected …, actual …" message asks for, in a user's words (the schema's own text names
+ * internal types); undefined for other messages, such as a value outside a list of literals.
+ */
+const expectedType = (message: string): string | undefined => {
+  const primitive = /^Expected (string|number|boolean)\b/.exec(message)
+  if (primitive !== null) return `a ${primitive[1]}`
+  if (message.startsWith("Expected {")) return "an object"
+  if (message.startsWith("Expected ReadonlyArray")) return "an array"
+  return undefined
+}
 
 /** `HttpApiDecodeError` → 400 naming the first offending parameter. */
 export const fromDecodeError = (e: HttpApiError.HttpApiDecodeError): ApiError => {
   const issue = e.issues[0]
   if (issue === undefined) return invalidRequest(e.message)
   const param = issue.path.length > 0 ? issue.path.map(String).join(".") : null
-  const code = issue._tag === "Missing" ? "missing_required_parameter" : "invalid_value"
-  const message = issue._tag === "Missing" && param !== null
-    ? `Missing required parameter: '${param}'.`
-    : param === null
-    ? `Invalid request: ${issue.message}`
-    : `Invalid value for '${param}': ${issue.message}`
-  return invalidRequest(message, param, code)
+  if (issue._tag === "Missing" && param !== null) {
+    return invalidRequest(`Missing required parameter: '${param}'.`, param, "missing_required_parameter")
+  }
+  const type = issue._tag === "Type" ? expectedType(issue.message) : undefined
+  if (type !== undefined) {
+    const message = param === null ? `The request body must be ${type === "an object" ? "a JSON object" : type}.` : `Invalid type for '${param}': expected ${type}.`
+    return invalidRequest(message, param, "invalid_type")
+  }
+  const message = param === null ? `Invalid request: ${issue.message}` : `Invalid value for '${param}': ${issue.message}`
+  return invalidRequest(message, param, "invalid_value")
 }
 
 /** A bad multipart body: a size limit is a 413, anything else a 400. */
@@ -71,6 +87,8 @@ const toApiError = (cause: Cause.Cause<unknown>): Option.Option<ApiError> => {
   if (Option.isSome(defect)) {
     const d = defect.value
     if (HttpServerError.isServerError(d) && d._tag === "RequestError") return Option.some(fromRequestError(d))
+    // A full disk or database is the server's fault too, but one that passes: a 507 tells the client to retry later.
+    if (isCapacityFault(cause)) return Option.some(insufficientStorage())
     return Option.some(serverError())
   }
   return Option.none() // interruption: nothing to answer
@@ -82,7 +100,11 @@ export const ErrorEnvelopeLive = HttpApiBuilder.middleware(OpenAIApi, (app) =>
     Option.match(toApiError(cause), {
       onNone: () => Effect.failCause(cause),
       onSome: (error) =>
-        (error._tag === "ServerError" ? Effect.logError("Unhandled fault while serving a request", cause) : Effect.void)
+        (error._tag === "ServerError"
+          ? Effect.logError("Unhandled fault while serving a request", cause)
+          : error._tag === "InsufficientStorage"
+          ? Effect.logWarning("Storage full while serving a request", cause)
+          : Effect.void)
           .pipe(Effect.zipRight(Effect.fail(error)))
     })))
 

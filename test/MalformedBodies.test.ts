@@ -1,0 +1,201 @@
+/**
+ * Malformed JSON bodies on `POST /v1/batches` (and garbage on the body-less `POST /v1/batches/{id}/cancel`) over
+ * real HTTP: each is a 400 in OpenAI's exact envelope `{"error":{"message","type","param","code"}}`, never a 500 or
+ * a dropped connection, and the same keep-alive connection then still serves a GET.
+ *
+ * Codes: a body that is not JSON at all is `invalid_body` (param null); JSON that is not the create object (empty
+ * body, `[]`, `null`, a string…) is `invalid_type` (param null); a field of the wrong type is `invalid_type` naming
+ * the field, as OpenAI; a missing field `missing_required_parameter`.
+ */
+import { describe, expect, layer } from "@effect/vitest"
+import { Duration, Effect } from "effect"
+import { Agent, request as httpRequest } from "node:http"
+import { sdk, upload } from "./support/Batches.js"
+import { baseUrl, testApp } from "./support/TestApp.js"
+
+interface Answer {
+  readonly status: number
+  readonly headers: Record<string, string | Array<string> | undefined>
+  readonly text: string
+  readonly json: any
+  /** Whether the request went out on a connection an earlier request had used (keep-alive). */
+  readonly reusedSocket: boolean
+}
+
+/** One connection, kept alive: what a request leaves behind on it shows up in the next one. */
+const agent = new Agent({ keepAlive: true, maxSockets: 1 })
+
+/** A raw request; `body` as one write (with its Content-Length unless `headers` say otherwise) or as chunks. */
+const send = (
+  method: string,
+  path: string,
+  headers: Record<string, string>,
+  body?: string | Buffer | ReadonlyArray<string>
+) =>
+  Effect.flatMap(baseUrl, (base) =>
+    Effect.async<Answer>((resume) => {
+      const all = { ...headers }
+      if (typeof body === "string" || Buffer.isBuffer(body)) {
+        if (!Object.keys(all).some((k) => k.toLowerCase() === "transfer-encoding")) all["content-length"] = String(Buffer.byteLength(body))
+      }
+      const req = httpRequest(`${base}${path}`, { method, headers: all, agent }, (res) => {
+        const chunks: Array<Buffer> = []
+        res.on("data", (c: Buffer) => chunks.push(c))
+        res.on("end", () => {
+          const text = Buffer.concat(chunks).toString("utf8")
+          let json: any = undefined
+          try {
+            json = JSON.parse(text)
+          } catch {
+            // not JSON: the assertions say so
+          }
+          resume(Effect.succeed({ status: res.statusCode!, headers: res.headers, text, json, reusedSocket: req.reusedSocket }))
+        })
+      })
+      req.on("error", (e) => resume(Effect.die(e)))
+      if (Array.isArray(body)) for (const chunk of body) req.write(chunk)
+      else if (body !== undefined) req.write(body)
+      req.end()
+    }))
+
+const postJson = (body: string | Buffer | ReadonlyArray<string>, extra: Record<string, string> = {}) =>
+  send("POST", "/v1/batches", { "content-type": "application/json", ...extra }, body)
+
+/** Exactly OpenAI's envelope, as JSON, with the SDK's headers. */
+const expectEnvelope = (res: Answer, status: number, error: { param: string | null; code: string }) => {
+  expect(res.status, res.text).toBe(status)
+  expect(String(res.headers["content-type"])).toMatch(/^application\/json\b/)
+  expect(res.headers["x-request-id"]).toEqual(expect.any(String))
+  expect(res.json, res.text).toBeDefined()
+  expect(Object.keys(res.json)).toEqual(["error"])
+  expect(Object.keys(res.json.error).sort()).toEqual(["code", "message", "param", "type"])
+  expect(res.json.error.message).toEqual(expect.any(String))
+  expect(res.json.error.message.length).toBeGreaterThan(0)
+  expect(res.json.error).toMatchObject({ type: "invalid_request_error", ...error })
+}
+
+/** The server, and this very connection, still answer afterwards. */
+const expectStillServing = Effect.gen(function*() {
+  const res = yield* send("GET", "/v1/batches?limit=1", {})
+  expect(res.status, res.text).toBe(200)
+  expect(res.json).toMatchObject({ object: "list", data: expect.any(Array), has_more: expect.any(Boolean) })
+  expect(res.reusedSocket, "the GET went out on the connection the bad request used").toBe(true)
+})
+
+const body = (fields: Record<string, unknown>) =>
+  JSON.stringify({ input_file_id: "file-abc", endpoint: "/v1/chat/completions", completion_window: "24h", ...fields })
+
+/** Nothing upstream listens here: a batch's requests fail to connect and wait 10 s before trying again. */
+const noUpstream = { inferenceBaseUrl: "http://127.0.0.1:9/v1", inferenceRetryBaseDelay: Duration.seconds(10) }
+
+describe("malformed bodies", () => {
+  layer(testApp(noUpstream), { excludeTestServices: true })("POST /v1/batches", (it) => {
+    const notJson: ReadonlyArray<readonly [string, string]> = [
+      ["an unterminated object", "{"],
+      ["a body cut off after a key", `{"input_file_id":`],
+      ["plain text", "not json"],
+      ["a trailing comma", `{"input_file_id":"file-abc",}`],
+      ["two JSON values", `{"a":1}{"b":2}`],
+      ["single quotes", `{'input_file_id':'file-abc'}`]
+    ]
+    for (const [what, text] of notJson) {
+      it.effect(`not JSON (${what}): 400 invalid_body`, () =>
+        Effect.gen(function*() {
+          expectEnvelope(yield* postJson(text), 400, { param: null, code: "invalid_body" })
+          yield* expectStillServing
+        }))
+    }
+
+    it.effect("not JSON, sent chunked without a Content-Length: 400 invalid_body", () =>
+      Effect.gen(function*() {
+        expectEnvelope(yield* postJson([`{"input_file_id":`, ` "file-abc", "endpoint`], { "transfer-encoding": "chunked" }), 400, { param: null, code: "invalid_body" })
+        yield* expectStillServing
+      }))
+
+    const notAnObject: ReadonlyArray<readonly [string, string]> = [
+      ["an empty body", ""],
+      ["an array", "[]"],
+      ["null", "null"],
+      ["a string", `"str"`],
+      ["a number", "42"],
+      ["a boolean", "true"]
+    ]
+    for (const [what, text] of notAnObject) {
+      it.effect(`JSON but not an object (${what}): 400 invalid_type`, () =>
+        Effect.gen(function*() {
+          expectEnvelope(yield* postJson(text), 400, { param: null, code: "invalid_type" })
+          yield* expectStillServing
+        }))
+    }
+
+    const wrongTypes: ReadonlyArray<readonly [string, string, string, string]> = [
+      ["input_file_id a number", body({ input_file_id: 42 }), "input_file_id", "invalid_type"],
+      ["input_file_id null", body({ input_file_id: null }), "input_file_id", "invalid_type"],
+      ["endpoint a number", body({ endpoint: 7 }), "endpoint", "invalid_type"],
+      ["completion_window a number", body({ completion_window: 24 }), "completion_window", "invalid_type"],
+      ["metadata a string", body({ metadata: "m" }), "metadata", "invalid_type"],
+      ["a metadata value a number", body({ metadata: { a: 1 } }), "metadata.a", "invalid_type"],
+      ["output_expires_after a string", body({ output_expires_after: "1h" }), "output_expires_after", "invalid_type"],
+      ["every field missing", "{}", "input_file_id", "missing_required_parameter"]
+    ]
+    for (const [what, text, param, code] of wrongTypes) {
+      it.effect(`wrong field types (${what}): 400 ${code} naming ${param}`, () =>
+        Effect.gen(function*() {
+          expectEnvelope(yield* postJson(text), 400, { param, code })
+          yield* expectStillServing
+        }))
+    }
+
+    it.effect("the messages speak of the request, not of the server's schema", () =>
+      // A user reads these messages: they must not dump the server's internal schema (type names such as
+      // `StorableString`, `readonly` fields) at them.
+      Effect.gen(function*() {
+        const leaks: Array<string> = []
+        for (const text of ["", "[]", "null", `"str"`, body({ input_file_id: 42 }), body({ metadata: "m" }), body({ output_expires_after: "1h" })]) {
+          const res = yield* postJson(text)
+          expect(res.status).toBe(400)
+          if (/readonly|StorableString/.test(res.json.error.message)) leaks.push(`${JSON.stringify(text)} → ${res.json.error.message}`)
+        }
+        expect(leaks).toEqual([])
+      }))
+
+    it.effect("after all of that, a valid create still works", () =>
+      Effect.gen(function*() {
+        const openai = sdk(yield* baseUrl)
+        const file = yield* upload(openai, [JSON.stringify({ custom_id: "a", method: "POST", url: "/v1/chat/completions", body: { model: "m", messages: [] } })])
+        const res = yield* postJson(body({ input_file_id: file.id }))
+        expect(res.status, res.text).toBe(200)
+        expect(res.json).toMatchObject({ object: "batch", status: "validating", input_file_id: file.id })
+        yield* Effect.promise(() => openai.batches.cancel(res.json.id))
+      }))
+  })
+
+  layer(testApp(noUpstream), { excludeTestServices: true })("POST /v1/batches/{id}/cancel", (it) => {
+    it.effect("a garbage body on cancel is ignored: the batch is cancelled, and unknown ids are still 404s", () =>
+      Effect.gen(function*() {
+        const openai = sdk(yield* baseUrl)
+        const line = JSON.stringify({ custom_id: "a", method: "POST", url: "/v1/chat/completions", body: { model: "m", messages: [] } })
+        const ids: Array<string> = []
+        for (let i = 0; i < 4; i++) {
+          const file = yield* upload(openai, [line])
+          ids.push((yield* Effect.promise(() => openai.batches.create({ input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h" }))).id)
+        }
+        const shapes: ReadonlyArray<readonly [string, Record<string, string>, string | undefined]> = [
+          ["garbage JSON", { "content-type": "application/json" }, "{{{ not json"],
+          ["a JSON array", { "content-type": "application/json" }, "[1,2,3]"],
+          ["an empty JSON body (curl, the Python SDK)", { "content-type": "application/json", "content-length": "0" }, undefined],
+          ["no body and no content type (the Node SDK)", {}, undefined]
+        ]
+        for (const [i, [what, headers, text]] of shapes.entries()) {
+          const res = yield* send("POST", `/v1/batches/${ids[i]}/cancel`, headers, text)
+          expect(res.status, `${what}: ${res.text}`).toBe(200)
+          expect(res.json).toMatchObject({ id: ids[i], object: "batch", cancelling_at: expect.any(Number) })
+          expect(["cancelling", "cancelled"]).toContain(res.json.status)
+          yield* expectStillServing
+        }
+        const unknown = yield* send("POST", "/v1/batches/batch_nope/cancel", { "content-type": "application/json" }, "{{{")
+        expectEnvelope(unknown, 404, { param: "batch_id", code: "not_found" })
+        yield* expectStillServing
+      }))
+  })
+})
