@@ -2,7 +2,7 @@
  * Every knob of the service, read from the environment in one place. An invalid value fails the start with a
  * message naming the variable (Effect's `ConfigError` does that; `main.ts` prints it).
  */
-import { Config, Context, Duration, Layer, Option, Redacted } from "effect"
+import { Config, ConfigError, Context, Duration, Either, Layer, Option, Redacted } from "effect"
 import { hostname } from "node:os"
 
 export interface AppConfigShape {
@@ -68,7 +68,7 @@ export const defaults: AppConfigShape = {
   dataDir: "./.data",
   databaseUrl: Option.none(),
   fileStorage: Option.none(),
-  nodeId: `${hostname()}:8321`,
+  nodeId: `${hostname()}:8321`, // `layerWith` and the environment derive it from the port
   leaseTtl: Duration.seconds(15),
   heartbeatInterval: Duration.seconds(1),
   maxUploadBytes: 512 * 1024 * 1024,
@@ -89,64 +89,126 @@ export const defaults: AppConfigShape = {
   completionWindow: Duration.hours(24)
 }
 
-const positiveInt = (name: string, fallback: number) =>
-  Config.integer(name).pipe(
-    Config.validate({ message: "Expected a positive integer", validation: (n) => n > 0 }),
-    Config.withDefault(fallback)
-  )
+/** A rule of the configuration: what `variable` must be, checked on the whole configuration. */
+interface Rule {
+  readonly variable: string
+  readonly expected: string
+  readonly holds: (config: AppConfigShape) => boolean
+}
+
+type Numeric = { [K in keyof AppConfigShape]: AppConfigShape[K] extends number ? K : never }[keyof AppConfigShape]
+type Durations = { [K in keyof AppConfigShape]: AppConfigShape[K] extends Duration.Duration ? K : never }[keyof AppConfigShape]
+
+const positiveInt = (field: Numeric, variable: string): Rule => ({
+  variable,
+  expected: "a positive integer",
+  holds: (c) => Number.isSafeInteger(c[field]) && c[field] > 0
+})
+const positiveDuration = (field: Durations, variable: string): Rule => ({
+  variable,
+  expected: "a duration longer than zero",
+  holds: (c) => Duration.isDuration(c[field]) && Duration.greaterThan(c[field], Duration.zero)
+})
+const nonEmpty = (field: "host" | "dataDir" | "nodeId", variable: string): Rule => ({
+  variable,
+  expected: "a non-empty string",
+  holds: (c) => typeof c[field] === "string" && c[field].trim() !== ""
+})
+const isUrl = (text: string, protocols: RegExp) => URL.canParse(text) && protocols.test(new URL(text).protocol)
+
+/**
+ * Every rule, for the environment and for a configuration given in code alike (`AppConfig.layerWith`): the same
+ * mistakes are refused whichever way a value comes in.
+ */
+const rules: ReadonlyArray<Rule> = [
+  { variable: "PORT", expected: "a port number (0–65535)", holds: (c) => Number.isInteger(c.port) && c.port >= 0 && c.port <= 65535 },
+  nonEmpty("host", "HOST"),
+  nonEmpty("dataDir", "DATA_DIR"),
+  nonEmpty("nodeId", "NODE_ID"),
+  {
+    variable: "DATABASE_URL",
+    expected: "a postgres:// or postgresql:// URL",
+    holds: (c) => !Option.exists(c.databaseUrl, (url) => !/^postgres(ql)?:\/\//.test(Redacted.value(url)))
+  },
+  { variable: "FILE_STORAGE", expected: "local or sql", holds: (c) => !Option.exists(c.fileStorage, (s) => s !== "local" && s !== "sql") },
+  { variable: "INFERENCE_BASE_URL", expected: "an http:// or https:// URL", holds: (c) => isUrl(c.inferenceBaseUrl, /^https?:$/) },
+  positiveInt("maxUploadBytes", "MAX_UPLOAD_BYTES"),
+  positiveInt("maxJsonBodyBytes", "MAX_JSON_BODY_BYTES"),
+  positiveInt("inferenceMaxResponseBytes", "INFERENCE_MAX_RESPONSE_BYTES"),
+  positiveInt("inferenceMaxAttempts", "INFERENCE_MAX_ATTEMPTS"),
+  positiveInt("maxConcurrentBatches", "MAX_CONCURRENT_BATCHES"),
+  positiveInt("maxConcurrentRequestsPerBatch", "MAX_CONCURRENT_REQUESTS_PER_BATCH"),
+  positiveInt("maxRequestsPerBatch", "MAX_REQUESTS_PER_BATCH"),
+  positiveInt("maxBatchInputBytes", "MAX_BATCH_INPUT_BYTES"),
+  positiveDuration("leaseTtl", "LEASE_TTL"),
+  positiveDuration("heartbeatInterval", "HEARTBEAT_INTERVAL"),
+  positiveDuration("fileSweepInterval", "FILE_SWEEP_INTERVAL"),
+  positiveDuration("inferenceTimeout", "INFERENCE_TIMEOUT"),
+  positiveDuration("completionWindow", "COMPLETION_WINDOW"),
+  {
+    variable: "HEARTBEAT_INTERVAL",
+    expected: "a duration shorter than LEASE_TTL (leases are renewed every heartbeat, or they run out)",
+    holds: (c) => Duration.lessThan(c.heartbeatInterval, c.leaseTtl)
+  },
+  {
+    variable: "INFERENCE_RETRY_MAX_DELAY",
+    expected: "a duration no shorter than INFERENCE_RETRY_BASE_DELAY",
+    holds: (c) => Duration.greaterThanOrEqualTo(c.inferenceRetryMaxDelay, c.inferenceRetryBaseDelay)
+  }
+]
+
+/** The configuration when every rule holds, else the first broken one, naming its variable. */
+export const validateConfig = (config: AppConfigShape): Either.Either<AppConfigShape, ConfigError.ConfigError> => {
+  const broken = rules.find((rule) => !rule.holds(config))
+  return broken === undefined
+    ? Either.right(config)
+    : Either.left(ConfigError.InvalidData([broken.variable], `Expected ${broken.expected}`))
+}
+
+/** This node's default name in leases: unique per host and port, the same across restarts. */
+const defaultNodeId = (port: number) => `${hostname()}:${port}`
 
 /** The `Config` description of `AppConfigShape`, read from the environment (or any ConfigProvider). */
 export const appConfig: Config.Config<AppConfigShape> = Config.all({
-  port: Config.port("PORT").pipe(Config.withDefault(defaults.port)),
-  host: Config.string("HOST").pipe(
-    Config.validate({ message: "Expected a non-empty host name", validation: (s) => s.trim() !== "" }),
-    Config.withDefault(defaults.host)
-  ),
-  dataDir: Config.string("DATA_DIR").pipe(
-    Config.validate({ message: "Expected a non-empty path", validation: (s) => s.trim() !== "" }),
-    Config.withDefault(defaults.dataDir)
-  ),
-  maxUploadBytes: positiveInt("MAX_UPLOAD_BYTES", defaults.maxUploadBytes),
-  maxJsonBodyBytes: positiveInt("MAX_JSON_BODY_BYTES", defaults.maxJsonBodyBytes),
-  databaseUrl: Config.option(Config.string("DATABASE_URL").pipe(
-    Config.validate({
-      message: "Expected a postgres:// or postgresql:// URL",
-      validation: (url) => /^postgres(ql)?:\/\//.test(url)
-    }),
-    Config.map(Redacted.make)
-  )),
+  port: Config.integer("PORT").pipe(Config.withDefault(defaults.port)),
+  host: Config.string("HOST").pipe(Config.withDefault(defaults.host)),
+  dataDir: Config.string("DATA_DIR").pipe(Config.withDefault(defaults.dataDir)),
+  maxUploadBytes: Config.integer("MAX_UPLOAD_BYTES").pipe(Config.withDefault(defaults.maxUploadBytes)),
+  maxJsonBodyBytes: Config.integer("MAX_JSON_BODY_BYTES").pipe(Config.withDefault(defaults.maxJsonBodyBytes)),
+  databaseUrl: Config.option(Config.redacted("DATABASE_URL")),
   fileStorage: Config.option(Config.literal("local", "sql")("FILE_STORAGE")),
-  nodeId: Config.option(Config.nonEmptyString("NODE_ID")),
+  nodeId: Config.option(Config.string("NODE_ID")),
   leaseTtl: Config.duration("LEASE_TTL").pipe(Config.withDefault(defaults.leaseTtl)),
   heartbeatInterval: Config.duration("HEARTBEAT_INTERVAL").pipe(Config.withDefault(defaults.heartbeatInterval)),
   fileSweepInterval: Config.duration("FILE_SWEEP_INTERVAL").pipe(Config.withDefault(defaults.fileSweepInterval)),
   shutdownTimeout: Config.duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(defaults.shutdownTimeout)),
-  inferenceBaseUrl: Config.url("INFERENCE_BASE_URL").pipe(
-    Config.map((url) => url.toString().replace(/\/+$/, "")),
+  inferenceBaseUrl: Config.string("INFERENCE_BASE_URL").pipe(
+    Config.map((url) => url.replace(/\/+$/, "")),
     Config.withDefault(defaults.inferenceBaseUrl)
   ),
   inferenceApiKey: Config.option(Config.redacted("INFERENCE_API_KEY")),
   inferenceTimeout: Config.duration("INFERENCE_TIMEOUT").pipe(Config.withDefault(defaults.inferenceTimeout)),
-  inferenceMaxResponseBytes: positiveInt("INFERENCE_MAX_RESPONSE_BYTES", defaults.inferenceMaxResponseBytes),
-  inferenceMaxAttempts: positiveInt("INFERENCE_MAX_ATTEMPTS", defaults.inferenceMaxAttempts),
+  inferenceMaxResponseBytes: Config.integer("INFERENCE_MAX_RESPONSE_BYTES").pipe(
+    Config.withDefault(defaults.inferenceMaxResponseBytes)
+  ),
+  inferenceMaxAttempts: Config.integer("INFERENCE_MAX_ATTEMPTS").pipe(Config.withDefault(defaults.inferenceMaxAttempts)),
   inferenceRetryBaseDelay: Config.duration("INFERENCE_RETRY_BASE_DELAY").pipe(
     Config.withDefault(defaults.inferenceRetryBaseDelay)
   ),
   inferenceRetryMaxDelay: Config.duration("INFERENCE_RETRY_MAX_DELAY").pipe(
     Config.withDefault(defaults.inferenceRetryMaxDelay)
   ),
-  maxConcurrentBatches: positiveInt("MAX_CONCURRENT_BATCHES", defaults.maxConcurrentBatches),
-  maxConcurrentRequestsPerBatch: positiveInt(
-    "MAX_CONCURRENT_REQUESTS_PER_BATCH",
-    defaults.maxConcurrentRequestsPerBatch
+  maxConcurrentBatches: Config.integer("MAX_CONCURRENT_BATCHES").pipe(Config.withDefault(defaults.maxConcurrentBatches)),
+  maxConcurrentRequestsPerBatch: Config.integer("MAX_CONCURRENT_REQUESTS_PER_BATCH").pipe(
+    Config.withDefault(defaults.maxConcurrentRequestsPerBatch)
   ),
-  maxRequestsPerBatch: positiveInt("MAX_REQUESTS_PER_BATCH", defaults.maxRequestsPerBatch),
-  maxBatchInputBytes: positiveInt("MAX_BATCH_INPUT_BYTES", defaults.maxBatchInputBytes),
+  maxRequestsPerBatch: Config.integer("MAX_REQUESTS_PER_BATCH").pipe(Config.withDefault(defaults.maxRequestsPerBatch)),
+  maxBatchInputBytes: Config.integer("MAX_BATCH_INPUT_BYTES").pipe(Config.withDefault(defaults.maxBatchInputBytes)),
   completionWindow: Config.duration("COMPLETION_WINDOW").pipe(Config.withDefault(defaults.completionWindow))
-}).pipe(Config.map(({ nodeId, ...rest }) => ({
-  ...rest,
-  nodeId: Option.getOrElse(nodeId, () => `${hostname()}:${rest.port}`)
-})))
+}).pipe(
+  Config.map(({ nodeId, ...rest }) => ({ ...rest, nodeId: Option.getOrElse(nodeId, () => defaultNodeId(rest.port)) })),
+  Config.mapOrFail(validateConfig)
+)
 
 /** Where file bytes live: `FILE_STORAGE`, by default in the database with Postgres and on local disk with SQLite. */
 export const fileStorageOf = (config: Pick<AppConfigShape, "fileStorage" | "databaseUrl">): "local" | "sql" =>
@@ -154,11 +216,17 @@ export const fileStorageOf = (config: Pick<AppConfigShape, "fileStorage" | "data
 
 export class AppConfig extends Context.Tag("AppConfig")<AppConfig, AppConfigShape>() {
   /** Reads the configuration from the environment. */
-  static readonly layer: Layer.Layer<AppConfig, import("effect/ConfigError").ConfigError> = Layer.effect(
+  static readonly layer: Layer.Layer<AppConfig, ConfigError.ConfigError> = Layer.effect(
     AppConfig,
     appConfig
   )
-  /** A fixed configuration: the defaults with `overrides` on top (tests, embedding). */
-  static readonly layerWith = (overrides: Partial<AppConfigShape> = {}): Layer.Layer<AppConfig> =>
-    Layer.succeed(AppConfig, { ...defaults, ...overrides })
+  /**
+   * A configuration given in code (tests, embedding): the defaults with `overrides` on top, `nodeId` derived from
+   * the port unless given, checked by the same rules as the environment.
+   */
+  static readonly layerWith = (overrides: Partial<AppConfigShape> = {}): Layer.Layer<AppConfig, ConfigError.ConfigError> =>
+    Layer.effect(
+      AppConfig,
+      validateConfig({ ...defaults, nodeId: defaultNodeId(overrides.port ?? defaults.port), ...overrides })
+    )
 }

@@ -1,0 +1,52 @@
+/** The configuration: the same rules whether it comes from the environment or from code (`AppConfig.layerWith`). */
+import { describe, expect, it } from "@effect/vitest"
+import { ConfigProvider, Duration, Effect, Exit, Layer } from "effect"
+import { hostname } from "node:os"
+import { AppConfig, appConfig } from "../src/Config.js"
+
+const fromCode = (overrides: Parameters<typeof AppConfig.layerWith>[0]) =>
+  Effect.exit(Effect.provide(AppConfig, AppConfig.layerWith(overrides)))
+
+const fromEnv = (env: Record<string, string>) =>
+  Effect.exit(Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map(Object.entries(env)))))
+
+/** The message of a failed configuration, which must name the variable. */
+const failure = (exit: Exit.Exit<unknown, unknown>) => {
+  expect(Exit.isFailure(exit)).toBe(true)
+  return Exit.isFailure(exit) ? String(exit.cause) : ""
+}
+
+describe("configuration", () => {
+  it.effect("layerWith derives the node id from the port, as the environment does", () =>
+    Effect.gen(function*() {
+      const config = yield* Effect.provide(AppConfig, AppConfig.layerWith({ port: 9999 }))
+      expect(config.nodeId).toBe(`${hostname()}:9999`)
+      expect((yield* Effect.provide(AppConfig, AppConfig.layerWith({ port: 9999, nodeId: "mine" }))).nodeId).toBe("mine")
+      const env = yield* Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map([["PORT", "9999"]])))
+      expect(env.nodeId).toBe(`${hostname()}:9999`)
+    }))
+
+  it.effect("layerWith refuses what the environment refuses, naming the variable", () =>
+    Effect.gen(function*() {
+      const cases: ReadonlyArray<readonly [Parameters<typeof AppConfig.layerWith>[0], Record<string, string>, string]> = [
+        [{ maxConcurrentBatches: 0 }, { MAX_CONCURRENT_BATCHES: "0" }, "MAX_CONCURRENT_BATCHES"],
+        [{ port: -5 }, { PORT: "-5" }, "PORT"],
+        [{ maxJsonBodyBytes: 1.5 }, { MAX_JSON_BODY_BYTES: "-1" }, "MAX_JSON_BODY_BYTES"],
+        [{ dataDir: " " }, { DATA_DIR: " " }, "DATA_DIR"],
+        [{ inferenceBaseUrl: "ftp://x/v1" }, { INFERENCE_BASE_URL: "ftp://x/v1" }, "INFERENCE_BASE_URL"],
+        [{ heartbeatInterval: Duration.seconds(20) }, { HEARTBEAT_INTERVAL: "20 seconds" }, "HEARTBEAT_INTERVAL"],
+        [{ leaseTtl: Duration.zero }, { LEASE_TTL: "0 millis" }, "LEASE_TTL"]
+      ]
+      for (const [code, env, variable] of cases) {
+        expect(failure(yield* fromCode(code))).toContain(variable)
+        expect(failure(yield* fromEnv(env))).toContain(variable)
+      }
+    }))
+
+  it.effect("the defaults pass every rule", () =>
+    Effect.gen(function*() {
+      expect(Exit.isSuccess(yield* fromCode({}))).toBe(true)
+      expect(Exit.isSuccess(yield* fromEnv({}))).toBe(true)
+      expect(Exit.isSuccess(yield* Effect.exit(Layer.build(AppConfig.layerWith({ port: 0 })).pipe(Effect.scoped)))).toBe(true)
+    }))
+})
