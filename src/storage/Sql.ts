@@ -3,7 +3,9 @@
  * default; `DATABASE_URL` selects Postgres. The store code only talks to `SqlClient` (with small
  * `onDialectOrElse` branches where the dialects disagree), so a dialect is a layer here, not a rewrite.
  */
+import * as Reactivity from "@effect/experimental/Reactivity"
 import * as SqlClient from "@effect/sql/SqlClient"
+import type * as SqlConnection from "@effect/sql/SqlConnection"
 import * as Migrator from "@effect/sql/Migrator"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
@@ -49,9 +51,42 @@ const SqlitePragmas = Layer.effectDiscard(Effect.flatMap(SqlClient.SqlClient, (s
 export const layerSqlite = (filename: string): Layer.Layer<SqlClient.SqlClient, unknown> =>
   Layer.merge(MigrationsLive, SqlitePragmas).pipe(Layer.provideMerge(SqliteClient.layer({ filename })))
 
-/** Postgres at `url`, migrated (several nodes may start at once: the migrator locks its table). */
-export const layerPg = (url: Redacted.Redacted): Layer.Layer<SqlClient.SqlClient, unknown> =>
-  MigrationsLive.pipe(Layer.provideMerge(PgClient.layer({ url, applicationName: "effect-openai-batch" })))
+/** A connection whose statements, once sent, run to their end: an interrupted fiber waits for its statement. */
+const runToEnd = (connection: SqlConnection.Connection): SqlConnection.Connection => ({
+  execute: (sql, params, transformRows) => Effect.uninterruptible(connection.execute(sql, params, transformRows)),
+  executeRaw: (sql, params) => Effect.uninterruptible(connection.executeRaw(sql, params)),
+  executeValues: (sql, params) => Effect.uninterruptible(connection.executeValues(sql, params)),
+  executeUnprepared: (sql, params, transformRows) =>
+    Effect.uninterruptible(connection.executeUnprepared(sql, params, transformRows)),
+  executeStream: (sql, params, transformRows) => connection.executeStream(sql, params, transformRows)
+})
+
+/**
+ * The Postgres `SqlClient`: @effect/sql-pg's pool and compiler, each statement on a pooled connection held for it
+ * (or for its transaction) and never cancelled: a fiber interrupted during one waits for it to end (ours are short).
+ */
+const PgLive = (config: PgClient.PgClientConfig): Layer.Layer<SqlClient.SqlClient, unknown> =>
+  Layer.scoped(
+    SqlClient.SqlClient,
+    Effect.flatMap(PgClient.make(config), (pg) =>
+      SqlClient.make({
+        // Why: @effect/sql-pg cancels with `pg_cancel_backend(pid)`, which can land after the statement ended and its
+        // connection went back to the pool, cancelling another request's statement (issue 12).
+        acquirer: Effect.map(Effect.uninterruptible(pg.reserve), runToEnd),
+        compiler: PgClient.makeCompiler(),
+        spanAttributes: [["db.system.name", "postgresql"]]
+      }))
+  ).pipe(Layer.provide(Reactivity.layer))
+
+/**
+ * Postgres at `url`, migrated (several nodes may start at once: they take turns through an advisory lock); `maxConnections`
+ * bounds its pool (default 10).
+ */
+export const layerPg = (
+  url: Redacted.Redacted,
+  options: { readonly maxConnections?: number } = {}
+): Layer.Layer<SqlClient.SqlClient, unknown> =>
+  MigrationsLive.pipe(Layer.provideMerge(PgLive({ url, applicationName: "effect-openai-batch", ...options })))
 
 /** The database the configuration asks for: Postgres at `DATABASE_URL`, else `DATA_DIR/batches.sqlite`. */
 export const SqlLive: Layer.Layer<SqlClient.SqlClient, unknown, AppConfig> = Layer.unwrapEffect(
