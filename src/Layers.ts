@@ -7,12 +7,13 @@ import * as HttpServer from "@effect/platform/HttpServer"
 import { Duration, Effect, Layer } from "effect"
 import { createServer } from "node:http"
 import { AppConfig, fileStorageOf } from "./Config.js"
+import type * as SqlClient from "@effect/sql/SqlClient"
 import { BatchRunnerLive } from "./batches/BatchRunner.js"
-import { BatchStoreLive } from "./batches/BatchStore.js"
-import { FileStoreLive } from "./files/FileStore.js"
-import { InferenceLive } from "./inference/Inference.js"
+import { BatchStore, BatchStoreLive } from "./batches/BatchStore.js"
+import { FileStore, FileStoreLive } from "./files/FileStore.js"
+import { Inference, InferenceLive } from "./inference/Inference.js"
 import { HttpLive } from "./http/Http.js"
-import { BlobStoreLocal } from "./storage/BlobStore.js"
+import { type BlobStore, BlobStoreLocal } from "./storage/BlobStore.js"
 import { BlobStoreSql } from "./storage/BlobStoreSql.js"
 import { SqlLive } from "./storage/Sql.js"
 
@@ -24,11 +25,30 @@ export const BlobStoreLive = Layer.unwrapEffect(
 /** Storage: the SQL database (migrated) and the file bytes. */
 export const StorageLive = BlobStoreLive.pipe(Layer.provideMerge(SqlLive))
 
+/**
+ * The parts the services are built on, each its live layer unless given: replace any of them (a scripted
+ * `Inference`, your own `FileStore`, storage on a database of your own) and every service that uses it gets yours.
+ */
+export interface ServiceParts {
+  readonly storage?: Layer.Layer<SqlClient.SqlClient | BlobStore, unknown, AppConfig>
+  readonly inference?: Layer.Layer<Inference, unknown, AppConfig>
+  readonly fileStore?: Layer.Layer<FileStore, unknown, SqlClient.SqlClient | BlobStore | AppConfig>
+  readonly batchStore?: Layer.Layer<BatchStore, unknown, SqlClient.SqlClient>
+}
+
+/** Every service the HTTP handlers use (and the storage under them), built on `parts`. */
+export const makeServices = (parts: ServiceParts = {}) =>
+  BatchRunnerLive.pipe(
+    Layer.provideMerge(Layer.mergeAll(
+      parts.fileStore ?? FileStoreLive,
+      parts.batchStore ?? BatchStoreLive,
+      parts.inference ?? InferenceLive
+    )),
+    Layer.provide(parts.storage ?? StorageLive)
+  )
+
 /** Every service the HTTP handlers use, on the configured storage and upstream. */
-export const ServicesLive = BatchRunnerLive.pipe(
-  Layer.provideMerge(Layer.mergeAll(FileStoreLive, BatchStoreLive, InferenceLive)),
-  Layer.provide(StorageLive)
-)
+export const ServicesLive = makeServices()
 
 /**
  * A Node HTTP server on the configured host and port. On shutdown it stops accepting at once and gives open
@@ -47,11 +67,15 @@ export const NodeServerLive = Layer.unwrapEffect(
 )
 
 /**
- * The whole application on a Node HTTP server; needs only `AppConfig`. The services (migrations, crash clean-up)
+ * The whole application on a Node HTTP server, on `parts` (see `makeServices`); needs only `AppConfig`. The services (migrations, crash clean-up)
  * are built before the server starts listening: the platform attaches its request handler only once every layer
  * is up, and a connection accepted before that would never be answered.
  */
-export const AppLive = HttpLive.pipe(
-  HttpServer.withLogAddress,
-  Layer.provide(NodeServerLive.pipe(Layer.provideMerge(ServicesLive)))
-)
+export const makeApp = (parts: ServiceParts = {}) =>
+  HttpLive.pipe(
+    HttpServer.withLogAddress,
+    Layer.provide(NodeServerLive.pipe(Layer.provideMerge(makeServices(parts))))
+  )
+
+/** The whole application on its live parts. */
+export const AppLive = makeApp()

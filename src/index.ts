@@ -14,7 +14,16 @@ export { BatchesGroup, FilesGroup, HealthGroup, OpenAIApi } from "./http/Api.js"
 export { Inference, InferenceLive, type InferenceShape, UpstreamFailure } from "./inference/Inference.js"
 export { ApiLive, HttpLive } from "./http/Http.js"
 export { ErrorEnvelopeLive } from "./http/Middleware.js"
-export { AppLive, BlobStoreLive, NodeServerLive, ServicesLive, StorageLive } from "./Layers.js"
+export {
+  AppLive,
+  BlobStoreLive,
+  makeApp,
+  makeServices,
+  NodeServerLive,
+  type ServiceParts,
+  ServicesLive,
+  StorageLive
+} from "./Layers.js"
 export { BlobStore, BlobStoreLocal, type BlobStoreShape, makeLocal as makeLocalBlobStore } from "./storage/BlobStore.js"
 export { BlobStoreSql } from "./storage/BlobStoreSql.js"
 export { layerPg, layerSqlite, MigrationsLive, SqlLive } from "./storage/Sql.js"
