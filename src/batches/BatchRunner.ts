@@ -17,6 +17,7 @@ import {
   Context,
   Duration,
   Effect,
+  Exit,
   FiberMap,
   Layer,
   Option,
@@ -29,6 +30,7 @@ import { batchRequestId, derivedFileId } from "../domain/Ids.js"
 import { echo } from "../domain/Text.js"
 import { FileStore } from "../files/FileStore.js"
 import { Inference, type UpstreamFailure, type UpstreamResponse } from "../inference/Inference.js"
+import { isCapacityFault, type StorageFault, storageFault } from "../storage/Faults.js"
 import {
   type BatchRecord,
   BatchStore,
@@ -52,6 +54,25 @@ export interface BatchRunnerShape {
 }
 
 export class BatchRunner extends Context.Tag("BatchRunner")<BatchRunner, BatchRunnerShape>() {}
+
+/** How the runner retries a batch's work after a fault (see `supervised`). */
+export interface FaultRetryPolicy {
+  /** The wait after a first fault; it doubles with every retry. */
+  readonly baseDelay: Duration.DurationInput
+  /** Retries of faults other than storage faults before the batch fails with `internal_error`. */
+  readonly maxRetries: number
+  /** The longest wait between two retries while storage is full or unavailable (retried for as long as it lasts). */
+  readonly maxStorageDelay: Duration.DurationInput
+}
+
+/** The fault retry policy, read once when the runner starts: 1 s doubling, 4 retries, storage waits up to 30 s. */
+export class FaultRetry extends Context.Reference<FaultRetry>()("BatchRunner/FaultRetry", {
+  defaultValue: (): FaultRetryPolicy => ({
+    baseDelay: Duration.seconds(1),
+    maxRetries: 4,
+    maxStorageDelay: Duration.seconds(30)
+  })
+}) {}
 
 /** Requests read from the store at a time, and result rows read at a time while writing the files. */
 const PAGE = 1000
@@ -93,6 +114,7 @@ export const make = Effect.gen(function*() {
   const running = yield* FiberMap.make<string>()
   const permits = yield* Effect.makeSemaphore(config.maxConcurrentBatches)
   const leaseTtlMs = Duration.toMillis(config.leaseTtl)
+  const faultRetry = yield* FaultRetry
 
   const load = (id: string) => store.get(id).pipe(Effect.orDie)
 
@@ -489,6 +511,19 @@ export const make = Effect.gen(function*() {
   const working = new Set<string>()
 
   /**
+   * A validation cut short by a full disk deletes the request rows it stored at once, still under its lease,
+   * instead of at its retry: while the batch waits, the rest of the server gets that space back. Only while the
+   * batch is still `validating` (best effort: on a full disk the delete may fail too; the retry deletes them).
+   */
+  const giveBackValidationSpace = (id: string, cause: Cause.Cause<unknown>) =>
+    isCapacityFault(cause)
+      ? load(id).pipe(
+        Effect.flatMap(({ batch }) => batch.status === "validating" ? store.deleteRequests(id) : Effect.void),
+        Effect.catchAllCause(() => Effect.void)
+      )
+      : Effect.void
+
+  /**
    * This node's share of a batch that validates or runs, under a permit: validate it (holding its lease), or
    * run the slices it can claim. False when there was nothing for this node to do.
    */
@@ -498,7 +533,7 @@ export const make = Effect.gen(function*() {
       const current = yield* load(id) // the wait for the permit may have been long
       if (current.batch.status === "validating") {
         if (!(yield* Effect.flatMap(lease, (l) => store.claimBatch(id, l)))) return false
-        yield* validate(current)
+        yield* validate(current).pipe(Effect.onError((cause) => giveBackValidationSpace(id, cause)))
         return true
       }
       if (current.batch.status === "in_progress") return yield* runRequests(current)
@@ -545,20 +580,54 @@ export const make = Effect.gen(function*() {
       }
     }).pipe(Effect.ensuring(store.releaseLeases({ owner: config.nodeId, batchId: id })))
 
-  /** A fault (not a client mistake) retries with backoff; if it persists, the batch fails with `internal_error`. */
+  const baseDelayMs = Duration.toMillis(faultRetry.baseDelay)
+  const maxStorageDelayMs = Duration.toMillis(faultRetry.maxStorageDelay)
+  const storageState = (fault: StorageFault) => (fault === "capacity" ? "full" : "unavailable")
+
+  /**
+   * Drives a batch, retrying after a fault (a retry resumes from the stored rows; a validation starts over).
+   * A storage fault (`storage/Faults.ts`: disk or database full, database unreachable) is the server's, not the
+   * batch's: the batch waits, retried with a doubling wait capped at `maxStorageDelay`, for as long as the fault
+   * lasts (a retry after `expires_at` takes the expiry path), with one warning each time it starts waiting.
+   * Any other fault is retried `maxRetries` times (1, 2, 4, 8 s); if it persists, the batch fails with
+   * `internal_error`.
+   */
   const supervised = (id: string) =>
-    drive(id).pipe(
-      Effect.sandbox,
-      Effect.tapError((cause) => Effect.logError(`Batch ${id} hit a fault; retrying`, cause)),
-      Effect.retry(Schedule.exponential(Duration.seconds(1)).pipe(Schedule.intersect(Schedule.recurs(4)))),
-      Effect.catchAll((cause) =>
-        store.transition(id, activeStatuses, "failed", "failed_at", {
-          errors: [{ code: "internal_error", message: `The batch could not be processed: ${Cause.pretty(cause).split("\n")[0]}`, param: null, line: null }]
-        })
-      ),
-      Effect.asVoid,
-      Effect.annotateLogs("batch_id", id)
-    )
+    Effect.gen(function*() {
+      let faults = 0
+      let storageRetries = 0
+      let waitingFor: StorageFault | undefined
+      for (;;) {
+        const exit = yield* Effect.exit(drive(id))
+        if (Exit.isSuccess(exit)) {
+          if (waitingFor !== undefined) yield* Effect.logInfo(`Batch ${id} got through after storage was ${storageState(waitingFor)}`)
+          return
+        }
+        const cause = exit.cause
+        const storage = storageFault(cause)
+        if (storage !== undefined) {
+          if (storage !== waitingFor) {
+            storageRetries = 0
+            yield* Effect.logWarning(`Storage ${storageState(storage)}; batch ${id} waits`, cause)
+          } else {
+            yield* Effect.logDebug(`Storage still ${storageState(storage)}; batch ${id} keeps waiting`, cause)
+          }
+          waitingFor = storage
+          yield* Effect.sleep(Duration.millis(Math.min(baseDelayMs * 2 ** Math.min(storageRetries++, 30), maxStorageDelayMs)))
+          continue
+        }
+        waitingFor = undefined
+        const giveUp = faults >= faultRetry.maxRetries
+        yield* Effect.logError(`Batch ${id} hit a fault; ${giveUp ? "it fails" : "retrying"}`, cause)
+        if (giveUp) {
+          yield* store.transition(id, activeStatuses, "failed", "failed_at", {
+            errors: [{ code: "internal_error", message: `The batch could not be processed: ${Cause.pretty(cause).split("\n")[0]}`, param: null, line: null }]
+          })
+          return
+        }
+        yield* Effect.sleep(Duration.millis(baseDelayMs * 2 ** faults++))
+      }
+    }).pipe(Effect.annotateLogs("batch_id", id))
 
   const submit = (id: string) => Effect.asVoid(FiberMap.run(running, id, supervised(id), { onlyIfMissing: true }))
 

@@ -30,8 +30,17 @@ export class Conflict extends Schema.TaggedError<Conflict>()("Conflict", fields)
 export class PayloadTooLarge extends Schema.TaggedError<PayloadTooLarge>()("PayloadTooLarge", fields) {}
 /** 500: a fault of the server itself (never a client mistake). */
 export class ServerError extends Schema.TaggedError<ServerError>()("ServerError", fields) {}
+/** 507: the server is out of storage space (a full disk or database); the same request may succeed later. */
+export class InsufficientStorage extends Schema.TaggedError<InsufficientStorage>()("InsufficientStorage", fields) {}
 
-export type ApiError = InvalidRequest | Unauthorized | NotFound | Conflict | PayloadTooLarge | ServerError
+export type ApiError =
+  | InvalidRequest
+  | Unauthorized
+  | NotFound
+  | Conflict
+  | PayloadTooLarge
+  | ServerError
+  | InsufficientStorage
 
 const asEnvelope = <A extends { readonly error: ErrorBody }>(
   cls: Schema.Schema<A, any> & (new(props: { readonly error: ErrorBody }) => A),
@@ -50,6 +59,7 @@ export const NotFoundSchema = asEnvelope(NotFound, 404)
 export const ConflictSchema = asEnvelope(Conflict, 409)
 export const PayloadTooLargeSchema = asEnvelope(PayloadTooLarge, 413)
 export const ServerErrorSchema = asEnvelope(ServerError, 500)
+export const InsufficientStorageSchema = asEnvelope(InsufficientStorage, 507)
 
 const body = (message: string, type: string, param: string | null, code: string | null) =>
   ({ error: new ErrorBody({ message, type, param, code }) })
@@ -71,3 +81,6 @@ export const payloadTooLarge = (message: string, param: string | null = null, co
 
 export const serverError = (message = "The server had an error while processing your request.") =>
   new ServerError(body(message, "server_error", null, null))
+
+export const insufficientStorage = (message = "The server is out of storage space; try again later.") =>
+  new InsufficientStorage(body(message, "server_error", null, "insufficient_storage"))

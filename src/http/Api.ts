@@ -10,6 +10,7 @@ import * as OpenApi from "@effect/platform/OpenApi"
 import { Schema } from "effect"
 import {
   ConflictSchema,
+  InsufficientStorageSchema,
   InvalidRequestSchema,
   NotFoundSchema,
   PayloadTooLargeSchema,
@@ -114,6 +115,7 @@ export class OpenAIApi extends HttpApi.make("openai-batch")
   .addError(ConflictSchema)
   .addError(PayloadTooLargeSchema)
   .addError(ServerErrorSchema)
+  .addError(InsufficientStorageSchema)
   .annotate(OpenApi.Title, "OpenAI-compatible Files and Batches")
   .annotate(OpenApi.Version, "0.1.0")
 {}

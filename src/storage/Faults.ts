@@ -1,0 +1,105 @@
+/**
+ * Storage faults told apart from the rest: a full disk or database is a fault of the server, not of the batch or
+ * the request that met it, and it ends once space is freed. Pure: it only looks at the errors it is given.
+ *
+ * The driver's error is usually wrapped (an `SqlError` around a better-sqlite3 `SqliteError` or a pg
+ * `DatabaseError`, a platform `SystemError` around Node's errno error), so every error is followed down its
+ * `.cause` chain (and an `AggregateError`'s `.errors`).
+ *
+ *   capacity     no space to write: SQLite `SQLITE_FULL` (also what a full disk under the database gives, and
+ *                `SQLITE_IOERR_SHMSIZE`, a WAL index that could not grow), errno `ENOSPC` / `EDQUOT` (file
+ *                bytes on a full disk or over quota), PostgreSQL SQLSTATE `53100` (disk_full).
+ *   unavailable  the database cannot serve for now, only when met under an `SqlError`: PostgreSQL `53000`
+ *                (insufficient_resources), `53200` (out_of_memory), `53300` (too_many_connections), `08000`,
+ *                `08001`, `08003`, `08004`, `08006` (connection exceptions), `57P01`–`57P03` (shutting down,
+ *                starting up); a lost or refused connection (`ECONNREFUSED`, `ECONNRESET`, …, pg's "Connection
+ *                terminated…"); SQLite `SQLITE_NOMEM`.
+ *
+ * Not storage faults: other `SQLITE_IOERR_*` codes (a failing device, not a full one: SQLite reports a write
+ * that hit ENOSPC as `SQLITE_FULL`), `SQLITE_CORRUPT`, PostgreSQL `53400` (configuration_limit_exceeded, such as
+ * `temp_file_limit`: waiting does not help), and any message text outside an `SqlError`.
+ */
+import { Cause } from "effect"
+
+export type StorageFault = "capacity" | "unavailable"
+
+const capacityCodes = new Set(["SQLITE_FULL", "SQLITE_IOERR_SHMSIZE", "ENOSPC", "EDQUOT", "53100"])
+
+/** Codes that mean "unavailable" only when they come from the SQL client (a socket error elsewhere is not one). */
+const unavailableSqlCodes = new Set([
+  "SQLITE_NOMEM",
+  "53000",
+  "53200",
+  "53300",
+  "57P01",
+  "57P02",
+  "57P03",
+  "08000",
+  "08001",
+  "08003",
+  "08004",
+  "08006",
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "EPIPE",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "EAI_AGAIN"
+])
+
+/** pg's own errors for a lost connection carry no code. */
+const lostConnection = /^(Connection terminated|Client has encountered a connection error|timeout exceeded when trying to connect)/
+
+const MAX_DEPTH = 16
+
+const field = (u: object, key: string): unknown => {
+  try {
+    return (u as Record<string, unknown>)[key]
+  } catch {
+    return undefined
+  }
+}
+
+const worse = (a: StorageFault | undefined, b: StorageFault | undefined): StorageFault | undefined =>
+  a === "capacity" || b === "capacity" ? "capacity" : a ?? b
+
+const classify = (u: unknown, underSql: boolean, depth: number, seen: Set<unknown>): StorageFault | undefined => {
+  if (typeof u !== "object" || u === null || depth > MAX_DEPTH || seen.has(u)) return undefined
+  seen.add(u)
+  const sql = underSql || field(u, "_tag") === "SqlError"
+  const code = field(u, "code")
+  let found: StorageFault | undefined
+  if (typeof code === "string") {
+    if (capacityCodes.has(code)) return "capacity"
+    if (sql && unavailableSqlCodes.has(code)) found = "unavailable"
+  }
+  const message = field(u, "message")
+  if (sql && found === undefined && typeof message === "string" && lostConnection.test(message)) found = "unavailable"
+  found = worse(found, classify(field(u, "cause"), sql, depth + 1, seen))
+  const errors = field(u, "errors")
+  if (Array.isArray(errors)) {
+    for (const e of errors) found = worse(found, classify(e, sql, depth + 1, seen))
+  }
+  return found
+}
+
+/** The storage fault an error (a failure or a defect) is, following its `.cause` chain; none for anything else. */
+export const storageFaultOf = (error: unknown): StorageFault | undefined => classify(error, false, 0, new Set())
+
+/**
+ * The storage fault among a cause's failures and defects: `capacity` if any of them is one (a full disk tends to
+ * bring down other operations with it, whose errors say less), else `unavailable` if any is; none when no
+ * failure or defect is a storage fault (interruptions alone included).
+ */
+export const storageFault = (cause: Cause.Cause<unknown>): StorageFault | undefined => {
+  let found: StorageFault | undefined
+  for (const error of [...Cause.failures(cause), ...Cause.defects(cause)]) {
+    found = worse(found, storageFaultOf(error))
+    if (found === "capacity") return found
+  }
+  return found
+}
+
+/** Whether the cause holds a capacity fault: no space left to write (disk, quota or database full). */
+export const isCapacityFault = (cause: Cause.Cause<unknown>): boolean => storageFault(cause) === "capacity"
