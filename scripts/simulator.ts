@@ -9,6 +9,11 @@
  *   [sleep:250]         answer after 250 ms
  *   [hang]              never answer (until the client gives up)
  *   [pretty]            answer with indented, multi-line JSON
+ *   [bignum]            the answer's first member is `"big": [123456789012345678901234567890, 1.50, "…"]`, written
+ *                       as is (numbers `JSON.stringify` cannot write; a string with escapes and inner spaces)
+ *   [html]              answer 200 with an HTML page (`content-type: text/html`) instead of JSON
+ *   [trickle:100]       send the answer's head at once, then its body one byte every 100 ms
+ *   [big:40]            pad the answer's content so that the body is about 40 MiB (fractions work: [big:0.01])
  * Unknown models get a 404 `model_not_found`, like OpenAI.
  *
  *   npx tsx scripts/simulator.ts [--port 8000] [--latency 0]
@@ -116,9 +121,35 @@ const answer = (path: string, body: any, prompt: string) => {
   }
 }
 
+/** Lengthens the first text of `json` (message content, text, output text) until its JSON is about `bytes` long. */
+const pad = (json: any, bytes: number) => {
+  const missing = Math.max(0, bytes - JSON.stringify(json).length)
+  const filler = "lorem ipsum dolor sit amet ".repeat(Math.ceil(missing / 27)).slice(0, missing)
+  const choice = json.choices?.[0]
+  if (choice?.message !== undefined) choice.message.content += filler
+  else if (choice !== undefined) choice.text += filler
+  else if (json.output !== undefined) json.output[0].content[0].text += filler
+  else json.filler = filler
+}
+
 const errorBody = (status: number, message: string, code: string | null = null) => ({
   error: { message, type: status >= 500 ? "server_error" : "invalid_request_error", param: null, code }
 })
+
+/** What `[bignum]` adds: written by hand, as `JSON.stringify` would lose the big integer and the `1.50`. */
+export const BIGNUM_MEMBER = `"big": [123456789012345678901234567890, 1.50, "two  spaces\\t \\"q\\" \\u00e9 \\\\"]`
+/** The same member as a compact JSON text keeps it (whitespace inside the string kept). */
+export const BIGNUM_COMPACT = `"big":[123456789012345678901234567890,1.50,"two  spaces\\t \\"q\\" \\u00e9 \\\\"]`
+
+/** What `[html]` answers (with a 200), as a captive portal or a misrouted proxy would. */
+export const HTML_PAGE = [
+  "<!DOCTYPE html>",
+  "<html>",
+  "<head><title>Sign in</title></head>",
+  "<body><h1>Please sign in to continue</h1></body>",
+  "</html>",
+  ""
+].join("\n")
 
 const endpoints = new Set(["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"])
 
@@ -130,10 +161,33 @@ export const startSimulator = (options: SimulatorOptions = {}): Promise<Simulato
 
   const handle = (req: IncomingMessage, res: ServerResponse, raw: string, sim: Simulator) => {
     let pretty = false
+    let bignum = false
+    let trickleMs = 0
     const send = (status: number, json: unknown, headers: Record<string, string> = {}) => {
-      const text = pretty ? JSON.stringify(json, null, 2) : JSON.stringify(json)
-      res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text), ...headers })
-      res.end(text)
+      let text = pretty ? JSON.stringify(json, null, 2) : JSON.stringify(json)
+      if (bignum) {
+        const member = pretty
+          ? `\n  ${BIGNUM_MEMBER.replace("[", "[\n    ").replace(/, /g, ",\n    ").replace(/\]$/, "\n  ]")},`
+          : `${BIGNUM_MEMBER},`
+        text = `{${member}${text.slice(1)}`
+      }
+      write(status, text, { "content-type": "application/json", ...headers })
+    }
+    const write = (status: number, text: string, headers: Record<string, string>) => {
+      const bytes = Buffer.from(text)
+      res.writeHead(status, { "content-length": bytes.length, ...headers })
+      if (trickleMs <= 0) return res.end(bytes)
+      res.flushHeaders()
+      let at = 0
+      const timer = setInterval(() => {
+        if (res.destroyed) return clearInterval(timer)
+        res.write(bytes.subarray(at, ++at))
+        if (at >= bytes.length) {
+          clearInterval(timer)
+          res.end()
+        }
+      }, trickleMs)
+      res.on("close", () => clearInterval(timer))
     }
     const path = (req.url ?? "").split("?")[0]!
     if (req.method === "GET" && path === "/v1/models") {
@@ -148,6 +202,8 @@ export const startSimulator = (options: SimulatorOptions = {}): Promise<Simulato
     }
     const prompt = promptOf(body)
     pretty = prompt.includes("[pretty]")
+    bignum = prompt.includes("[bignum]")
+    trickleMs = Number(/\[trickle:(\d+)\]/.exec(prompt)?.[1] ?? 0)
     const seen = (stats.byPrompt.get(prompt) ?? 0) + 1
     stats.byPrompt.set(prompt, seen)
 
@@ -162,7 +218,11 @@ export const startSimulator = (options: SimulatorOptions = {}): Promise<Simulato
         const status = Number(flaky[1])
         return send(status, errorBody(status, `Injected transient ${status}`), status === 429 ? { "retry-after": String(retryAfter) } : {})
       }
-      send(200, answer(path, body, prompt), { "x-request-id": `req_sim_${stats.requests}` })
+      if (prompt.includes("[html]")) return write(200, HTML_PAGE, { "content-type": "text/html; charset=utf-8" })
+      const json = answer(path, body, prompt)
+      const big = /\[big:(\d+(?:\.\d+)?)\]/.exec(prompt)
+      if (big) pad(json, Math.round(Number(big[1]) * 1024 * 1024))
+      send(200, json, { "x-request-id": `req_sim_${stats.requests}` })
     }
     if (prompt.includes("[hang]")) return // never answered; the client aborts
     const sleep = /\[sleep:(\d+)\]/.exec(prompt)

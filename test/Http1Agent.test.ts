@@ -202,10 +202,42 @@ describe("Http1Agent", () => {
   it.scoped("an answer larger than the limit fails, whether announced or streamed", () =>
     Effect.gen(function*() {
       const big = "x".repeat(2000)
-      const answers = [`HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n${big}`, `HTTP/1.1 200 OK\r\n\r\n${big}`]
+      const answers = [
+        `HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n${big}`,
+        `HTTP/1.1 200 OK\r\n\r\n${big}`,
+        `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n${big}\r\n0\r\n\r\n`
+      ]
       const server = yield* scriptedServer((_, socket) => socket.end(answers[server.connections() - 1]!))
       const agent = yield* agentFor({ maxBodyBytes: 1024 })
-      for (let i = 0; i < answers.length; i++) expect((yield* Effect.flip(send(agent, server.url))).code).toBe("PROTOCOL")
+      for (let i = 0; i < answers.length; i++) {
+        expect((yield* Effect.flip(send(agent, server.url))).code).toBe("BODY_TOO_LARGE")
+      }
+    }))
+
+  it.live("an answer that passes the limit fails then, without waiting for its end", () =>
+    Effect.gen(function*() {
+      // Neither announced nor ended: 600-byte chunks, one every 20 ms, for as long as the connection lasts.
+      const server = yield* scriptedServer((_, socket) => {
+        socket.write(`HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n`)
+        const timer = setInterval(() => socket.write(`258\r\n${"y".repeat(600)}\r\n`), 20)
+        socket.on("close", () => clearInterval(timer))
+      })
+      const agent = yield* agentFor({ maxBodyBytes: 1024, timeoutMs: 10_000 })
+      const started = Date.now()
+      expect((yield* Effect.flip(send(agent, server.url))).code).toBe("BODY_TOO_LARGE")
+      expect(Date.now() - started).toBeLessThan(1000) // the second chunk passes the limit, after ~40 ms
+    }).pipe(Effect.scoped))
+
+  it.scoped("a large announced answer arriving in many pieces is read whole and exact", () =>
+    Effect.gen(function*() {
+      const body = Buffer.from(Array.from({ length: 300_000 }, (_, i) => String.fromCharCode(33 + (i * 7) % 90)).join(""))
+      const server = yield* scriptedServer((_, socket) => {
+        socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n`)
+        for (let at = 0; at < body.length; at += 40_000) socket.write(body.subarray(at, at + 40_000))
+      })
+      const agent = yield* agentFor({ maxBodyBytes: 1024 * 1024 })
+      for (let i = 0; i < 2; i++) expect((yield* send(agent, server.url)).body.equals(body)).toBe(true)
+      expect(server.connections()).toBe(1)
     }))
 
   it.scoped("a header that would split the request fails the call, without opening a connection", () =>
@@ -247,6 +279,21 @@ describe("Http1Agent", () => {
       const agent = yield* agentFor()
       for (let i = 0; i < answers.length; i++) expect((yield* Effect.flip(send(agent, server.url))).code).toBe("PROTOCOL")
     }))
+
+  it.live("the time limit bounds the whole exchange: an upstream that trickles its body times out too", () =>
+    Effect.gen(function*() {
+      // A byte every 30 ms of a 100-byte body: 3 s in all, never silent for long.
+      const server = yield* scriptedServer((_, socket) => {
+        socket.write(`HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n`)
+        const timer = setInterval(() => socket.write("z"), 30)
+        socket.on("close", () => clearInterval(timer))
+      })
+      const agent = yield* agentFor({ timeoutMs: 300 })
+      const started = Date.now()
+      const error = yield* Effect.flip(send(agent, server.url))
+      expect(error.code).toBe("BODY_TIMEOUT")
+      expect(Date.now() - started).toBeLessThan(1500)
+    }).pipe(Effect.scoped))
 
   it.live("a silent upstream times out (headers), an upstream that stops mid-body too (body)", () =>
     Effect.gen(function*() {

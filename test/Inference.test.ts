@@ -3,10 +3,10 @@ import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Fiber, Layer, TestClock } from "effect"
+import { Duration, Effect, Either, Fiber, Layer, TestClock } from "effect"
 import { AppConfig } from "../src/Config.js"
-import { Inference, InferenceLive, make, retryAfterMillis } from "../src/inference/Inference.js"
-import { startSimulator } from "../scripts/simulator.js"
+import { compactJson, Inference, InferenceLive, make, retryAfterMillis } from "../src/inference/Inference.js"
+import { BIGNUM_COMPACT, startSimulator } from "../scripts/simulator.js"
 import { eventually } from "./support/TestApp.js"
 
 type Scripted = { status: number; headers?: Record<string, string>; body?: string } | "network-error"
@@ -37,6 +37,25 @@ const scripted = (script: ReadonlyArray<Scripted>, maxAttempts = 5) => {
 
 const send = (options?: { deadline?: number }) =>
   Effect.flatMap(Inference, (inference) => inference.send("/v1/chat/completions", `{"model":"m"}`, options))
+
+/** A JSON value of every kind, strings with escapes, spaces, quotes, backslashes and non-ASCII (seeded). */
+const randomJson = (seed: number) => {
+  let state = seed
+  const next = (n: number) => (state = (state * 1103515245 + 12345) % 2147483648) % n
+  const pieces = [" ", "  ", "\"", "\\", "\\\"", "\n", "\t", "é", "😀", "a", "{", "}", "[", "]", ":", ",", "\u0001", "\\\\"]
+  const string = () => Array.from({ length: next(8) }, () => pieces[next(pieces.length)]).join("")
+  const value = (depth: number): unknown => {
+    switch (depth > 3 ? next(4) : next(7)) {
+      case 0: return string()
+      case 1: return next(2) === 0 ? next(1e9) - 5e8 : (next(1e6) - 5e5) / 1000
+      case 2: return [null, true, false][next(3)]
+      case 3: return ""
+      case 4: return Array.from({ length: next(4) }, () => value(depth + 1))
+      default: return Object.fromEntries(Array.from({ length: next(4) }, () => [string(), value(depth + 1)]))
+    }
+  }
+  return value(0)
+}
 
 describe("Inference", () => {
   it.effect("honours Retry-After on a 429, then returns the success", () => {
@@ -90,6 +109,75 @@ describe("Inference", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  it("compactJson takes out the whitespace between tokens and nothing else", () => {
+    expect(compactJson(`{\n  "a" : [ 1 ,\t2 ],\r\n  "b": "x  y"\n}\n`)).toBe(`{"a":[1,2],"b":"x  y"}`)
+    // Strings ending in backslashes, escaped quotes, whitespace and brackets inside strings.
+    expect(compactJson(`[ "\\\\" , "\\" ]" , "a \\\\\\" b" , " { } " ]`)).toBe(`["\\\\","\\" ]","a \\\\\\" b"," { } "]`)
+    // Numbers as written: no rounding, no exponent rewriting, no trailing zeros dropped.
+    const numbers = `{\n  "n": 123456789012345678901234567890,\n  "f": 1.50,\n  "e": 1E+400,\n  "z": -0.0\n}`
+    expect(compactJson(numbers)).toBe(`{"n":123456789012345678901234567890,"f":1.50,"e":1E+400,"z":-0.0}`)
+    expect(compactJson(`{"a":1}`)).toBe(`{"a":1}`)
+    expect(compactJson(`  \n`)).toBe(``)
+    // Against JSON.stringify on values it writes exactly, pretty-printed every way.
+    for (let seed = 1; seed <= 300; seed++) {
+      const json = randomJson(seed)
+      const compact = JSON.stringify(json)
+      for (const indent of [2, "\t", " \r\n "]) expect(compactJson(JSON.stringify(json, null, indent))).toBe(compact)
+    }
+  })
+
+  it.effect("a pretty-printed answer is compacted to one line without re-serializing: big numbers kept as written", () => {
+    const pretty = `{\n  ${BIGNUM_COMPACT.replace(":", ": ").replace(/,/g, ",\n    ")},\r\n  "id" : "x"\n}\n`
+    const { layer } = scripted([{ status: 200, body: pretty }])
+    return Effect.gen(function*() {
+      const res = yield* send()
+      expect(res.text).toBe(`{${BIGNUM_COMPACT},"id":"x"}`)
+      expect(res.text).toContain("123456789012345678901234567890")
+      expect(res.json).toEqual(JSON.parse(pretty))
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("a 2xx answer that is not a JSON object is invalid_upstream_response, not retried", () =>
+    Effect.gen(function*() {
+      const html = `<!DOCTYPE html>\n<html>\n<body>${"Please sign in. ".repeat(40)}</body></html>`
+      const bodies = [html, "", "null", "[1,2]", "42", `"text"`, `{"unterminated":`]
+      for (const [i, body] of bodies.entries()) {
+        const status = i === 1 ? 201 : 200
+        const { calls, layer } = scripted([{ status, body, headers: { "content-type": i === 0 ? "text/html" : "application/json" } }, { status: 200 }])
+        const error = yield* Effect.flip(send()).pipe(Effect.provide(layer))
+        expect(calls.n).toBe(1)
+        expect(error).toMatchObject({ _tag: "UpstreamFailure", code: "invalid_upstream_response" })
+        expect(error.message).toContain(`answered ${status}`)
+        if (i === 0) {
+          expect(error.message).toContain("(content-type text/html)")
+          expect(error.message).toContain("<!DOCTYPE html> <html> <body>Please sign in.")
+          expect(error.message.length).toBeLessThan(320)
+          expect(error.message.endsWith("…")).toBe(true)
+        } else if (i === 1) {
+          expect(error.message).toContain("empty body")
+        } else {
+          expect(error.message.endsWith(`: ${body}`)).toBe(true)
+        }
+      }
+    }))
+
+  it("the excerpt in the message never cuts a character in two", () =>
+    Effect.gen(function*() {
+      const { layer } = scripted([{ status: 200, body: `a${"😀".repeat(150)}` }])
+      const error = yield* Effect.flip(send()).pipe(Effect.provide(layer))
+      expect(error.message.endsWith(`${"😀".repeat(99)}…`)).toBe(true)
+      expect(error.message.isWellFormed()).toBe(true)
+    }).pipe(Effect.runPromise))
+
+  it.effect("a non-2xx answer that is not a JSON object is wrapped in an error envelope, as before", () => {
+    const { layer } = scripted([{ status: 400, body: "[1,2]" }])
+    return Effect.gen(function*() {
+      const res = yield* send()
+      expect(res.status).toBe(400)
+      expect(res.json).toEqual({ error: { message: "[1,2]", type: "upstream_error", param: null, code: null } })
+    }).pipe(Effect.provide(layer))
+  })
+
   it.effect("network errors are retried, then reported as upstream_unreachable", () => {
     const { calls, layer } = scripted(["network-error"], 2)
     return Effect.gen(function*() {
@@ -102,14 +190,16 @@ describe("Inference", () => {
   })
 
   describe("over HTTP to the simulator", () => {
-    const live = (url: string) =>
+    const live = (url: string, maxResponseBytes?: number) =>
       InferenceLive.pipe(Layer.provide(AppConfig.layerWith({
         inferenceBaseUrl: url,
         inferenceTimeout: Duration.millis(300),
         inferenceMaxAttempts: 2,
-        inferenceRetryBaseDelay: Duration.millis(10)
+        inferenceRetryBaseDelay: Duration.millis(10),
+        ...(maxResponseBytes === undefined ? {} : { inferenceMaxResponseBytes: maxResponseBytes })
       })))
-    const hang = (i: number) => `{"model":"sim-model","messages":[{"role":"user","content":"${i} [hang]"}]}`
+    const chat = (prompt: string) => `{"model":"sim-model","messages":[{"role":"user","content":"${prompt}"}]}`
+    const hang = (i: number) => chat(`${i} [hang]`)
     const simulator = Effect.acquireRelease(Effect.promise(() => startSimulator()), (sim) => Effect.promise(() => sim.close()))
 
     it.live("a silent upstream times out per attempt, is retried, then reported as upstream_timeout", () =>
@@ -121,6 +211,41 @@ describe("Inference", () => {
         )
         expect(error).toMatchObject({ _tag: "UpstreamFailure", code: "upstream_timeout" })
         expect(sim.stats.requests).toBe(2)
+      }).pipe(Effect.scoped))
+
+    it.live("an upstream that trickles its body times out per attempt like a silent one", () =>
+      Effect.gen(function*() {
+        const sim = yield* simulator
+        const started = Date.now()
+        // A byte every 20 ms: the answer would take about 8 s; each attempt has 300 ms.
+        const error = yield* Effect.flatMap(Inference, (i) => i.send("/v1/chat/completions", chat("t [trickle:20]"))).pipe(
+          Effect.provide(live(sim.url)),
+          Effect.flip
+        )
+        expect(error).toMatchObject({ _tag: "UpstreamFailure", code: "upstream_timeout" })
+        expect(sim.stats.requests).toBe(2)
+        expect(Date.now() - started).toBeLessThan(3000)
+      }).pipe(Effect.scoped))
+
+    it.live("an answer larger than INFERENCE_MAX_RESPONSE_BYTES is upstream_response_too_large, not retried", () =>
+      Effect.gen(function*() {
+        const sim = yield* simulator
+        const result = yield* Effect.flatMap(Inference, (i) => i.send("/v1/chat/completions", chat("b [big:0.1]"))).pipe(
+          Effect.provide(live(sim.url, 50_000)),
+          Effect.either
+        )
+        // Summed up: a failing run must not print a 100 KB answer.
+        const outcome = Either.match(result, {
+          onLeft: (e) => (e._tag === "UpstreamFailure" ? `${e.code}: ${e.message}` : String(e)),
+          onRight: (res) => `answered ${res.status} with ${res.text.length} characters`
+        })
+        expect(outcome).toMatch(/^upstream_response_too_large: .*50000 bytes/)
+        expect(sim.stats.requests).toBe(1)
+        // The same answer under the limit comes back whole.
+        const res = yield* Effect.flatMap(Inference, (i) => i.send("/v1/chat/completions", chat("b [big:0.1]"))).pipe(
+          Effect.provide(live(sim.url, 200_000))
+        )
+        expect([res.status, res.text.length > 100_000]).toEqual([200, true])
       }).pipe(Effect.scoped))
 
     it.live("interrupting a call aborts its HTTP request upstream", () =>

@@ -1,10 +1,11 @@
 /**
  * A lean HTTP/1.1 client for the upstream: keep-alive connections per origin (`http:` and `https:`), one request
- * at a time on each, the response read whole. It exists for speed: inference calls are small JSON exchanges at
- * thousands a second, and undici's general machinery (request objects, header validation, a WebAssembly parser
- * calling back per header, handler wrappers) cost ~60–75 µs of CPU per call where this costs ~30 (measured against
- * the simulator, the answer's JSON parse included in both). What it does not do, the upstream does not need:
- * pipelining, HTTP/2, proxies, compression (no `accept-encoding` is sent, so none comes back), upgrades.
+ * at a time on each, the response read whole (up to `maxBodyBytes`, checked as the bytes arrive). It exists for
+ * speed: inference calls are small JSON exchanges at thousands a second, and undici's general machinery (request
+ * objects, header validation, a WebAssembly parser calling back per header, handler wrappers) cost ~60–75 µs of CPU
+ * per call where this costs ~30 (measured against the simulator, the answer's JSON parse included in both). What it
+ * does not do, the upstream does not need: pipelining, HTTP/2, proxies, compression (no `accept-encoding` is sent,
+ * so none comes back), upgrades.
  *
  * Responses are framed by `content-length`, `transfer-encoding: chunked` or the end of the connection, as RFC 9112
  * says; informational (1xx) responses are skipped. A connection is reused when the response allows it, and idle
@@ -12,6 +13,14 @@
  * turns out to be closed at once, before any byte of the answer (the server timed it out as we sent), is sent again
  * once on a new connection, as browsers do; any other failure is the caller's to retry (a POST that may have
  * reached a model is never sent twice here).
+ *
+ * Time: `timeoutMs` bounds a whole exchange, from sending the request to the answer's last byte, so an upstream
+ * that trickles its body cannot hold a request longer than one that says nothing. One timer per agent checks the
+ * deadlines (about once a second), not a timer per request.
+ *
+ * Memory: an answer whose `content-length` is known and large is copied into one buffer of that size as it
+ * arrives (the socket's chunks are dropped at once); a small one arriving in one chunk is not copied at all; a
+ * chunked or close-delimited one is gathered in chunks and joined once at its end.
  */
 import * as net from "node:net"
 import * as tls from "node:tls"
@@ -32,10 +41,21 @@ export interface Http1Response {
   readonly body: Buffer
 }
 
-/** Why a request got no response; `code` says which kind (timeouts end in `TIMEOUT`). */
+/**
+ * Why a request got no response; `code` says which kind: timeouts end in `TIMEOUT` (`HEADERS_TIMEOUT`: no answer
+ * within the time limit; `BODY_TIMEOUT`: an answer begun but not finished within it), `BODY_TOO_LARGE` is an answer
+ * that has or announces more than `maxBodyBytes`.
+ */
 export class Http1Error extends Error {
   constructor(
-    readonly code: "HEADERS_TIMEOUT" | "BODY_TIMEOUT" | "CONNECTION_CLOSED" | "PROTOCOL" | "ABORTED" | "SOCKET",
+    readonly code:
+      | "HEADERS_TIMEOUT"
+      | "BODY_TIMEOUT"
+      | "BODY_TOO_LARGE"
+      | "CONNECTION_CLOSED"
+      | "PROTOCOL"
+      | "ABORTED"
+      | "SOCKET",
     message: string,
     options?: { readonly cause?: unknown }
   ) {
@@ -47,13 +67,19 @@ export class Http1Error extends Error {
 export type Http1Callback = (error: Http1Error | undefined, response?: Http1Response) => void
 
 export interface Http1AgentOptions {
-  /** Longest wait for the response head, and longest silence while reading the body (checked every second). */
+  /**
+   * Longest time one exchange may take, from sending the request to the last byte of the answer (headers and
+   * body; checked about every second, or twice per `timeoutMs` when that is shorter).
+   */
   readonly timeoutMs: number
   /** How long an idle connection is kept when the server does not say (`keep-alive: timeout=N`). */
   readonly idleTimeoutMs?: number
   /** For `https:` origins, e.g. `ca` for a private certificate authority. */
   readonly tls?: tls.ConnectionOptions | undefined
-  /** The largest answer body read; a larger one fails the request (default 256 MiB). */
+  /**
+   * The largest answer body read (default 256 MiB): one that announces more (`content-length`, a chunk size) fails
+   * at once, one that sends more fails as soon as it passes the limit, with `BODY_TOO_LARGE`.
+   */
   readonly maxBodyBytes?: number
 }
 
@@ -65,6 +91,8 @@ const MAX_HEAD_BYTES = 64 * 1024
 const RACE_WINDOW_MS = 1000
 /** Methods whose requests are sent with a `content-length` even without a body (some proxies insist). */
 const bodyMethods = new Set(["POST", "PUT", "PATCH"])
+/** Bodies announcing more bytes than this are copied into one buffer as they arrive instead of kept in chunks. */
+const PREALLOCATE_BYTES = 64 * 1024
 const CRLF = Buffer.from("\r\n")
 const HEAD_END = Buffer.from("\r\n\r\n")
 
@@ -84,6 +112,8 @@ interface Exchange {
   /** Sent on a connection that had served a request before (see `Connection.served`). */
   readonly reused: boolean
   readonly sentAt: number
+  /** When the whole exchange must be over (`performance.now()` time): the request's time limit. */
+  readonly deadline: number
   /** Body bytes read so far. */
   received: number
   /** Whether any byte of the answer arrived. */
@@ -91,10 +121,12 @@ interface Exchange {
   status: number
   headers: Record<string, string>
   body: Body | undefined
+  /** The body's bytes so far, when gathered in pieces (see `filled`). */
   chunks: Array<Buffer>
+  /** The whole body's buffer, allocated at its announced size when that is large; filled up to `received`. */
+  filled: Buffer | undefined
   keepAlive: boolean
   keepAliveMs: number | undefined
-  deadline: number
 }
 
 /** One socket to an origin, serving one exchange at a time. */
@@ -146,7 +178,7 @@ class Connection {
     if (exchange === undefined) return
     const race = exchange.reused && !exchange.answered && performance.now() - exchange.sentAt < RACE_WINDOW_MS &&
       (error.code === "SOCKET" || error.code === "CONNECTION_CLOSED")
-    if (race) this.pool.dispatch(exchange.request, exchange.callback, false)
+    if (race) this.pool.dispatch(exchange.request, exchange.callback, false, exchange.deadline)
     else exchange.callback(error)
   }
 
@@ -171,7 +203,6 @@ class Connection {
       return this.fail(new Http1Error("PROTOCOL", "The upstream sent data without a request"))
     }
     exchange.answered = true
-    exchange.deadline = performance.now() + this.pool.timeoutMs
     this.pending = this.pending === undefined ? chunk : Buffer.concat([this.pending, chunk])
     try {
       this.parse(exchange)
@@ -224,6 +255,7 @@ class Connection {
         const size = /^([0-9a-fA-F]{1,12})[ \t]*(;.*)?$/.exec(line)
         if (size === null) throw new Http1Error("PROTOCOL", "Invalid chunk size in the upstream's response")
         body.remaining = parseInt(size[1]!, 16)
+        this.checkSize(exchange.received + body.remaining)
         body.state = body.remaining === 0 ? "trailers" : "data"
       } else if (line === "") {
         return this.complete(exchange, exchange.keepAlive)
@@ -240,15 +272,17 @@ class Connection {
   }
 
   private collect(exchange: Exchange, piece: Buffer) {
+    const at = exchange.received
     exchange.received += piece.length
     this.checkSize(exchange.received)
-    exchange.chunks.push(piece)
+    if (exchange.filled !== undefined) piece.copy(exchange.filled, at)
+    else exchange.chunks.push(piece)
   }
 
   /** Fails the exchange (by throwing, see `parse`) when its answer has, or announces, more bytes than allowed. */
   private checkSize(bytes: number) {
     if (bytes > this.pool.maxBodyBytes) {
-      throw new Http1Error("PROTOCOL", `The upstream's answer is larger than ${this.pool.maxBodyBytes} bytes`)
+      throw new Http1Error("BODY_TOO_LARGE", `The upstream's answer is larger than ${this.pool.maxBodyBytes} bytes`)
     }
   }
 
@@ -293,6 +327,8 @@ class Connection {
       const remaining = Number(length)
       this.checkSize(remaining)
       exchange.body = { _tag: "Length", remaining }
+      // A large answer goes straight into one buffer of its size: no chunks held, no copy joining them at the end.
+      if (remaining > PREALLOCATE_BYTES) exchange.filled = Buffer.allocUnsafeSlow(remaining)
     } else {
       exchange.body = { _tag: "UntilClose" }
     }
@@ -303,8 +339,9 @@ class Connection {
   private complete(exchange: Exchange, reusable: boolean) {
     this.exchange = undefined
     this.served = true
-    const body = exchange.chunks.length === 1 ? exchange.chunks[0]! : Buffer.concat(exchange.chunks)
+    const body = exchange.filled ?? (exchange.chunks.length === 1 ? exchange.chunks[0]! : Buffer.concat(exchange.chunks))
     exchange.chunks = []
+    exchange.filled = undefined
     // Bytes beyond the answer mean the connection is out of step: it is not reused.
     if (reusable && this.pending === undefined && !this.closed) this.pool.release(this, exchange.keepAliveMs)
     else this.close()
@@ -347,10 +384,11 @@ class Pool {
   }
 
   /**
-   * Sends `request` on an idle connection (unless `mayReuse` is false) or a new one. When no connection can even
-   * be opened, `callback` gets the error on a later tick and there is no connection to return.
+   * Sends `request` on an idle connection (unless `mayReuse` is false) or a new one, to be over by `deadline`
+   * (default: `timeoutMs` from now). When no connection can even be opened, `callback` gets the error on a later
+   * tick and there is no connection to return.
    */
-  dispatch(request: Http1Request, callback: Http1Callback, mayReuse = true): Connection | undefined {
+  dispatch(request: Http1Request, callback: Http1Callback, mayReuse = true, deadline?: number): Connection | undefined {
     const now = performance.now()
     let connection: Connection | undefined
     while (mayReuse && (connection = this.idle.pop()) !== undefined && connection.idleUntil <= now) {
@@ -371,15 +409,16 @@ class Pool {
       callback,
       reused: connection.served,
       sentAt: now,
+      deadline: deadline ?? now + this.timeoutMs,
       received: 0,
       answered: false,
       status: 0,
       headers: {},
       body: undefined,
       chunks: [],
+      filled: undefined,
       keepAlive: false,
-      keepAliveMs: undefined,
-      deadline: now + this.timeoutMs
+      keepAliveMs: undefined
     })
     return connection
   }
@@ -397,14 +436,14 @@ class Pool {
     if (at >= 0) this.idle.splice(at, 1)
   }
 
-  /** Times out exchanges past their deadline and drops idle connections past theirs. */
+  /** Times out exchanges past their deadline (however much of the answer came) and drops idle connections past theirs. */
   sweep(now: number) {
     for (const connection of this.busy) {
       const exchange = connection.exchange
       if (exchange !== undefined && exchange.deadline <= now) {
         connection.fail(exchange.body === undefined
-          ? new Http1Error("HEADERS_TIMEOUT", "The upstream did not answer in time")
-          : new Http1Error("BODY_TIMEOUT", "The upstream stopped sending its answer"))
+          ? new Http1Error("HEADERS_TIMEOUT", `The upstream did not answer within ${this.timeoutMs} ms`)
+          : new Http1Error("BODY_TIMEOUT", `The upstream did not finish its answer within ${this.timeoutMs} ms`))
       }
     }
     for (const connection of [...this.idle]) {

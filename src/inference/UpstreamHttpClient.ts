@@ -7,8 +7,12 @@
  * `FinalizationRegistry` and reads the body through a promise and a cached effect; at thousands of calls a second
  * that cost more than half the throughput (measured: 3.8k calls/s against 9.4k/s for undici alone), and undici's own
  * per-call machinery costs twice what `Http1Agent` does. Here a call is one `Effect.async`, interruption closes the
- * request's connection, and header/body timeouts are the agent's (no timer fiber per call). Inference answers are
- * small JSON documents, so buffering them costs nothing.
+ * request's connection, and the time limit is the agent's (one deadline per attempt for the headers and the whole
+ * body, swept by the agent's timer: no timer fiber per call).
+ *
+ * Inference answers are usually small JSON documents, so buffering them costs little; the agent refuses one larger
+ * than `maxBodyBytes` as soon as it passes the limit (an `Http1Error` with code `BODY_TOO_LARGE` as the
+ * `RequestError`'s cause). A large answer is held once as bytes, until its text is read: then only as text.
  */
 import * as Cookies from "@effect/platform/Cookies"
 import * as Headers from "@effect/platform/Headers"
@@ -23,21 +27,38 @@ import { Http1Agent, type Http1Error, type Http1Response } from "./Http1Agent.js
 
 const decoder = new TextDecoder()
 
-/** A response whose body has been read whole. */
+/**
+ * A response whose body has been read whole. Its bytes are dropped once decoded (`text`, `json`): the text is kept
+ * instead, so a large answer is not held twice while it is parsed; the bytes asked for after that (`arrayBuffer`,
+ * `stream`) are the text encoded again.
+ */
 class BufferedResponse extends Inspectable.Class implements HttpClientResponse.HttpClientResponse {
   readonly [HttpClientResponse.TypeId]: HttpClientResponse.TypeId = HttpClientResponse.TypeId
   readonly [HttpIncomingMessage.TypeId]: HttpIncomingMessage.TypeId = HttpIncomingMessage.TypeId
   readonly headers: Headers.Headers
   readonly remoteAddress = Option.none<string>()
   readonly status: number
-  readonly body: Uint8Array
+  private bytes: Uint8Array | undefined
+  private decoded: string | undefined
   constructor(readonly request: HttpClientRequest.HttpClientRequest, response: Http1Response) {
     super()
     this.status = response.status
     // The agent's names are lower case and repeated headers joined, as `Headers.fromInput` would make them
     // (which copies every entry: thousands of responses a second).
     this.headers = Headers.unsafeFromRecord(response.headers)
-    this.body = response.body
+    this.bytes = response.body
+  }
+  /** The body as text, decoded once; the bytes are let go then. */
+  private textNow(): string {
+    if (this.decoded === undefined) {
+      this.decoded = decoder.decode(this.bytes)
+      this.bytes = undefined
+    }
+    return this.decoded
+  }
+  /** The body's bytes (encoded again from the text once that was read). */
+  private bytesNow(): Uint8Array {
+    return this.bytes ?? Buffer.from(this.decoded!)
   }
   private decodeError(cause: unknown): HttpClientError.ResponseError {
     return new HttpClientError.ResponseError({ request: this.request, response: this, reason: "Decode", cause })
@@ -47,7 +68,7 @@ class BufferedResponse extends Inspectable.Class implements HttpClientResponse.H
     return header === undefined ? Cookies.empty : Cookies.fromSetCookie(header.split(/,(?=[^;,]+=)/))
   }
   get text(): Effect.Effect<string> {
-    return Effect.sync(() => decoder.decode(this.body))
+    return Effect.sync(() => this.textNow())
   }
   get json(): Effect.Effect<unknown, HttpClientError.ResponseError> {
     return Effect.flatMap(this.text, (text) =>
@@ -61,10 +82,10 @@ class BufferedResponse extends Inspectable.Class implements HttpClientResponse.H
       }))
   }
   get arrayBuffer() {
-    return Effect.sync(() => new Uint8Array(this.body).buffer) // a copy: the body may be a view of a larger buffer
+    return Effect.sync(() => new Uint8Array(this.bytesNow()).buffer) // a copy: the body may be a view of a larger buffer
   }
   get stream() {
-    return Stream.succeed(this.body)
+    return Stream.suspend(() => Stream.succeed(this.bytesNow()))
   }
   get formData(): Effect.Effect<FormData, HttpClientError.ResponseError> {
     return Effect.fail(this.decodeError("form-data response bodies are not supported by the upstream client"))
@@ -133,13 +154,20 @@ export const make = (agent: Http1Agent): HttpClient.HttpClient => {
   )
 }
 
-/** A keep-alive `Http1Agent`, closed with the layer, under an `HttpClient` with `timeoutMs` timeouts. */
-export const layer = (timeoutMs: number): Layer.Layer<HttpClient.HttpClient> =>
+export interface LayerOptions {
+  /** Time limit of one attempt: from sending the request to the last byte of the answer. */
+  readonly timeoutMs: number
+  /** Largest answer body read; a larger one fails the request with `BODY_TOO_LARGE` as soon as it passes this. */
+  readonly maxBodyBytes: number
+}
+
+/** A keep-alive `Http1Agent`, closed with the layer, under an `HttpClient`. */
+export const layer = (options: LayerOptions): Layer.Layer<HttpClient.HttpClient> =>
   Layer.scoped(
     HttpClient.HttpClient,
     Effect.map(
       Effect.acquireRelease(
-        Effect.sync(() => new Http1Agent({ timeoutMs })),
+        Effect.sync(() => new Http1Agent({ timeoutMs: options.timeoutMs, maxBodyBytes: options.maxBodyBytes })),
         (agent) => Effect.sync(() => agent.close())
       ),
       make

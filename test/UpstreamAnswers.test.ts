@@ -1,0 +1,67 @@
+/**
+ * What the upstream answers, end to end (the official `openai` client → the server → the simulator): a
+ * pretty-printed answer with a number `JSON.stringify` cannot write, a 200 that is not JSON, an answer over
+ * `INFERENCE_MAX_RESPONSE_BYTES` and one that trickles past `INFERENCE_TIMEOUT`.
+ */
+import { describe, expect, layer } from "@effect/vitest"
+import { Duration, Effect } from "effect"
+import { BIGNUM_COMPACT } from "../scripts/simulator.js"
+import { chatLine, createBatch, readLines, sdk, terminal, upload, waitFor } from "./support/Batches.js"
+import { baseUrl, testAppWithUpstream, Upstream } from "./support/TestApp.js"
+
+const config = {
+  inferenceTimeout: Duration.seconds(1),
+  inferenceMaxResponseBytes: 64 * 1024,
+  inferenceMaxAttempts: 2,
+  inferenceRetryBaseDelay: Duration.millis(10),
+  maxConcurrentRequestsPerBatch: 8
+}
+
+describe("upstream answers", () => {
+  layer(testAppWithUpstream(config), { excludeTestServices: true })("end to end", (it) => {
+    it.effect("pretty JSON kept exactly, non-JSON 200, oversize and trickling answers as error lines", () =>
+      Effect.gen(function*() {
+        const openai = yield* Effect.map(baseUrl, sdk)
+        const sim = yield* Upstream
+        const prompts = {
+          plain: "plain",
+          pretty: "pretty [pretty] [bignum]",
+          html: "html [html]",
+          big: "big [big:0.5]", // about 512 KiB, over the 64 KiB limit
+          slow: "slow [trickle:50]" // a byte every 50 ms: about 20 s for the whole answer
+        }
+        const file = yield* upload(openai, Object.entries(prompts).map(([id, prompt]) => chatLine(id, prompt)))
+        const started = Date.now()
+        const batch = yield* createBatch(openai, file.id)
+        const done = yield* waitFor(openai, batch.id, terminal)
+        // Two attempts of about a second each for the trickling answer, far from the 20 s it would take.
+        expect(Date.now() - started).toBeLessThan(8000)
+        expect(done.status).toBe("completed")
+        expect(done.request_counts).toEqual({ total: 5, completed: 2, failed: 3 })
+
+        // The output file's text holds the pretty answer on one line, its numbers exactly as the upstream wrote them.
+        const outputText = yield* Effect.promise(async () => (await openai.files.content(done.output_file_id!)).text())
+        const outputLines = outputText.split("\n").filter((line) => line !== "")
+        expect(outputLines.length).toBe(2)
+        const prettyLine = outputLines.find((line) => line.includes(`"custom_id":"pretty"`))!
+        expect(prettyLine).toContain(`"body":{${BIGNUM_COMPACT},"id":"chatcmpl-`)
+        expect(prettyLine).not.toContain("e+29")
+        expect(JSON.parse(prettyLine).response.body.choices[0].message.content).toBe(`echo: ${prompts.pretty}`)
+
+        const errors = yield* readLines(openai, done.error_file_id)
+        const byId = Object.fromEntries(errors.map((line) => [line.custom_id, line]))
+        expect(Object.keys(byId).sort()).toEqual(["big", "html", "slow"])
+        for (const line of errors) expect(line.response).toBeNull()
+        expect(byId.html.error.code).toBe("invalid_upstream_response")
+        expect(byId.html.error.message).toContain("answered 200 (content-type text/html; charset=utf-8)")
+        expect(byId.html.error.message).toContain("<!DOCTYPE html> <html> <head><title>Sign in</title>")
+        expect(byId.big.error.code).toBe("upstream_response_too_large")
+        expect(byId.slow.error.code).toBe("upstream_timeout")
+
+        // Timeouts are retried; a non-JSON 200 and an oversize answer are not.
+        expect(sim.stats.byPrompt.get(prompts.slow)).toBe(2)
+        expect(sim.stats.byPrompt.get(prompts.html)).toBe(1)
+        expect(sim.stats.byPrompt.get(prompts.big)).toBe(1)
+      }))
+  })
+})
