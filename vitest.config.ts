@@ -1,8 +1,12 @@
+import { fileURLToPath } from "node:url"
 import { defineConfig } from "vitest/config"
 
 export default defineConfig({
+  // The examples import the package by name: here that is the source (scripts/check-package.sh runs them on the
+  // packed tarball).
+  resolve: { alias: { "effect-openai-batch": fileURLToPath(new URL("./src/index.ts", import.meta.url)) } },
   test: {
-    include: ["test/**/*.test.ts"],
+    include: ["test/**/*.test.ts", "examples/*/*.test.ts"],
     testTimeout: 60_000,
     hookTimeout: 60_000,
     pool: "forks"

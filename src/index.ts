@@ -11,7 +11,16 @@ export * as Files from "./domain/Files.js"
 export * as Ids from "./domain/Ids.js"
 export { FileNotFound, type FileStoreShape, FileStore, FileStoreLive, UnknownCursor } from "./files/FileStore.js"
 export { BatchesGroup, FilesGroup, HealthGroup, OpenAIApi } from "./http/Api.js"
-export { Inference, InferenceLive, type InferenceShape, UpstreamFailure } from "./inference/Inference.js"
+export {
+  Inference,
+  InferenceLive,
+  InferenceScripted,
+  type InferenceShape,
+  type ScriptedRequest,
+  scriptedAnswer,
+  UpstreamFailure,
+  type UpstreamResponse
+} from "./inference/Inference.js"
 export { ApiLive, HttpLive } from "./http/Http.js"
 export { ErrorEnvelopeLive } from "./http/Middleware.js"
 export {

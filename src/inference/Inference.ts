@@ -13,36 +13,14 @@ import * as HttpClient from "@effect/platform/HttpClient"
 import type * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import type * as HttpClientResponse from "@effect/platform/HttpClientResponse"
-import { Clock, Context, Data, Duration, Effect, Layer, Option, Random, Redacted } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Option, Random, Redacted } from "effect"
 import { AppConfig } from "../Config.js"
 import { BatchEndpoint } from "../domain/Batches.js"
 import { requestId } from "../domain/Ids.js"
+import { asJsonBody, retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "./answers.js"
 import * as UpstreamHttpClient from "./UpstreamHttpClient.js"
 
-export interface UpstreamResponse {
-  readonly status: number
-  /**
-   * The upstream body as one line of JSON text, always an object: as sent, with a pretty-printed body's whitespace
-   * taken out (strings and numbers kept byte for byte). A non-2xx body that is not a JSON object is wrapped in an
-   * OpenAI error envelope.
-   */
-  readonly text: string
-  /** The same body, parsed. */
-  readonly json: unknown
-  readonly requestId: string
-}
-
-/**
- * No usable response could be had:
- * - `upstream_unreachable`: a network failure, after every attempt;
- * - `upstream_timeout`: no complete answer within `INFERENCE_TIMEOUT` (headers and body), after every attempt;
- * - `upstream_response_too_large`: an answer larger than `INFERENCE_MAX_RESPONSE_BYTES` (not retried);
- * - `invalid_upstream_response`: a 2xx answer whose body is not a JSON object (not retried).
- */
-export class UpstreamFailure extends Data.TaggedError("UpstreamFailure")<{
-  readonly code: "upstream_unreachable" | "upstream_timeout" | "upstream_response_too_large" | "invalid_upstream_response"
-  readonly message: string
-}> {}
+export { compactJson, retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "./answers.js"
 
 export interface SendOptions {
   /** Epoch milliseconds after which no retry is scheduled (the batch's `expires_at`). */
@@ -61,117 +39,7 @@ export interface InferenceShape {
 
 export class Inference extends Context.Tag("Inference")<Inference, InferenceShape>() {}
 
-/** `Retry-After` (seconds or an HTTP date) or `retry-after-ms`, in milliseconds. */
-export const retryAfterMillis = (headers: Record<string, string | undefined>, now: number): Option.Option<number> => {
-  const ms = Number(headers["retry-after-ms"])
-  if (headers["retry-after-ms"] !== undefined && Number.isFinite(ms) && ms >= 0) return Option.some(ms)
-  const value = headers["retry-after"]
-  if (value === undefined) return Option.none()
-  const seconds = Number(value)
-  if (Number.isFinite(seconds) && seconds >= 0) return Option.some(seconds * 1000)
-  const date = Date.parse(value)
-  return Number.isNaN(date) ? Option.none() : Option.some(Math.max(0, date - now))
-}
-
 const isRetryableStatus = (status: number) => status === 408 || status === 429 || status >= 500
-
-const isJsonWhitespace = (c: number) => c === 32 || c === 10 || c === 13 || c === 9
-
-/**
- * `text` (valid JSON) without the whitespace between its tokens: strings, numbers and escapes are kept as written,
- * byte for byte (re-serializing would turn `123456789012345678901234567890` into `1.2345678901234568e+29`). One pass;
- * strings are skipped with `indexOf`, so a long string costs next to nothing. Text that is not JSON is not made
- * valid, but nothing in it is lost except whitespace outside what look like strings.
- */
-export const compactJson = (text: string): string => {
-  const n = text.length
-  const parts: Array<string> = []
-  let start = 0 // where the text kept since the last whitespace begins
-  let i = 0
-  while (i < n) {
-    const c = text.charCodeAt(i)
-    if (c === 34) {
-      // A string: its end is the next quote not escaped, i.e. after an even run of backslashes.
-      let from = i + 1
-      for (;;) {
-        const quote = text.indexOf("\"", from)
-        if (quote < 0) {
-          i = n
-          break
-        }
-        let backslash = quote - 1
-        while (text.charCodeAt(backslash) === 92) backslash--
-        if ((quote - 1 - backslash) % 2 === 0) {
-          i = quote + 1
-          break
-        }
-        from = quote + 1
-      }
-    } else if (isJsonWhitespace(c)) {
-      if (i > start) parts.push(text.slice(start, i))
-      do i++
-      while (i < n && isJsonWhitespace(text.charCodeAt(i)))
-      start = i
-    } else {
-      i++
-    }
-  }
-  if (start === 0) return text
-  if (start < n) parts.push(text.slice(start))
-  return parts.join("")
-}
-
-/** The first `max` characters of `text` for a message: whitespace runs as one space, no surrogate pair cut. */
-const excerpt = (text: string, max = 200): string => {
-  const flat = text.slice(0, max * 4).replace(/[\s\u0000-\u001f\u007f]+/g, " ").trim()
-  if (flat.length <= max && text.length <= max * 4) return flat
-  const code = flat.charCodeAt(max - 1)
-  return `${flat.slice(0, code >= 0xd800 && code <= 0xdbff ? max - 1 : max)}…`
-}
-
-/** `text` parsed, when it is a JSON object (not an array); else undefined. */
-const parseObject = (text: string): object | undefined => {
-  try {
-    const json = JSON.parse(text)
-    return typeof json === "object" && json !== null && !Array.isArray(json) ? json : undefined
-  } catch {
-    return undefined // not JSON
-  }
-}
-
-/**
- * The upstream's body as one line of JSON text holding an object (it is embedded as is in a JSONL line, so a
- * pretty-printed body is compacted, only when it has a line break: the usual compact body is used as it came).
- * A 2xx answer that is not a JSON object is an `invalid_upstream_response`; any other status's is wrapped in an
- * OpenAI error envelope, so that error lines always hold an object too.
- */
-const asJsonBody = (
-  status: number,
-  text: string,
-  headers: Record<string, string | undefined>
-): { text: string; json: unknown } | UpstreamFailure => {
-  const parsed = parseObject(text)
-  if (parsed !== undefined) return { text: /[\r\n]/.test(text) ? compactJson(text) : text, json: parsed }
-  if (status >= 200 && status < 300) {
-    const contentType = headers["content-type"]
-    const type = contentType === undefined ? "" : ` (content-type ${excerpt(contentType, 100)})`
-    return new UpstreamFailure({
-      code: "invalid_upstream_response",
-      message: text.length === 0
-        ? `The upstream answered ${status}${type} with an empty body, not a JSON object.`
-        : `The upstream answered ${status}${type} with a body that is not a JSON object: ${excerpt(text)}`
-    })
-  }
-  const json = {
-    error: {
-      message: text.length > 0 ? text.slice(0, 4096) : `Upstream answered ${status} with an empty body.`,
-      type: status >= 500 ? "server_error" : "upstream_error",
-      param: null,
-      code: null
-    }
-  }
-  return { text: JSON.stringify(json), json }
-}
 
 /**
  * What the upstream client's error code says, somewhere in the cause chain (`Http1Error`: timeouts end in TIMEOUT,
@@ -323,3 +191,34 @@ export const InferenceLive: Layer.Layer<Inference, never, AppConfig> = Layer.eff
       }))
   ))
 )
+
+/** One request as a scripted upstream sees it: the batch's endpoint and the line's body, as JSON text. */
+export interface ScriptedRequest {
+  readonly endpoint: BatchEndpoint
+  readonly body: string
+}
+
+/**
+ * A scripted upstream (the test layer of `Inference`), for tests and for apps that embed the service: `answer`
+ * gives each request's outcome, with no network; `models`, when given, is what it lists (a batch naming another
+ * model then fails validation with `model_not_found`). `scriptedAnswer` builds an answer.
+ */
+export const InferenceScripted = (
+  answer: (request: ScriptedRequest) => Effect.Effect<UpstreamResponse, UpstreamFailure>,
+  models?: ReadonlyArray<string>
+): Layer.Layer<Inference> =>
+  Layer.succeed(
+    Inference,
+    Inference.of({
+      send: (endpoint, body) => answer({ endpoint, body }),
+      models: Effect.succeed(models === undefined ? Option.none() : Option.some(new Set(models)))
+    })
+  )
+
+/** An answer with `status` and the JSON object `body`, as a scripted upstream gives it. */
+export const scriptedAnswer = (status: number, body: object): UpstreamResponse => ({
+  status,
+  text: JSON.stringify(body),
+  json: body,
+  requestId: requestId()
+})

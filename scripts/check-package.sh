@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# What a user of the package gets: packs this project, installs the tarball in an empty folder next to the pinned
+# Effect packages (as the README's Embedding section says), checks there is one copy of `effect`, starts
+# examples/embed/main.ts (the README's example) until it answers, and runs examples/embed's test (an Inference
+# swapped through the public entry). Needs the npm registry (or a warm npm cache).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d)
+server=""
+cleanup() {
+  [ -n "$server" ] && kill "$server" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cd "$root"
+tarball=$(npm pack --pack-destination "$work" 2>/dev/null | tail -n 1)
+cp examples/embed/package.json examples/embed/*.ts "$work"/
+cd "$work"
+npm pkg set "dependencies.effect-openai-batch=file:./$tarball"
+npm install --no-audit --no-fund --prefer-offline --loglevel=error
+
+copies=$(npm ls effect --all --parseable 2>/dev/null | sort -u | wc -l)
+if [ "$copies" != 1 ]; then
+  echo "expected one copy of effect, found $copies:"; npm ls effect --all; exit 1
+fi
+
+port=$((20000 + RANDOM % 20000))
+PORT=$port DATA_DIR="$work/data" npx tsx main.ts > server.log 2>&1 &
+server=$!
+healthy() { node -e "fetch('http://127.0.0.1:$port/v1/health').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"; }
+for _ in $(seq 1 100); do healthy && break; sleep 0.2; done
+healthy || { echo "the embedded server did not answer:"; cat server.log; exit 1; }
+echo "embedded server answered on port $port"
+
+npx vitest run
