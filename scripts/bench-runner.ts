@@ -20,6 +20,7 @@ import * as Path from "node:path"
 import { PerformanceObserver } from "node:perf_hooks"
 import { BatchRunner, BatchRunnerLive } from "../src/batches/BatchRunner.js"
 import { BatchStore, BatchStoreLive } from "../src/batches/BatchStore.js"
+import { WorkLeasesLive } from "../src/batches/WorkLeases.js"
 import { AppConfig } from "../src/Config.js"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { Inference, InferenceLive } from "../src/inference/Inference.js"
@@ -75,7 +76,7 @@ const services = Layer.unwrapScoped(Effect.map(
   UPSTREAM ? Effect.map(simulator, ({ url }) => url) : Effect.succeed("http://127.0.0.1:9/v1"),
   (inferenceBaseUrl) =>
     BatchRunnerLive.pipe(
-      Layer.provideMerge(Layer.mergeAll(FileStoreLive, BatchStoreLive, UPSTREAM ? InferenceLive : InstantInference)),
+      Layer.provideMerge(Layer.mergeAll(FileStoreLive, BatchStoreLive, WorkLeasesLive, UPSTREAM ? InferenceLive : InstantInference)),
       Layer.provide(StorageLive),
       Layer.provide(AppConfig.layerWith({
         dataDir: dir,

@@ -10,6 +10,7 @@ import { AppConfig, fileStorageOf } from "./Config.js"
 import type * as SqlClient from "@effect/sql/SqlClient"
 import { BatchRunnerLive } from "./batches/BatchRunner.js"
 import { BatchStore, BatchStoreLive } from "./batches/BatchStore.js"
+import { WorkLeases, WorkLeasesLive } from "./batches/WorkLeases.js"
 import { FileStore, FileStoreLive } from "./files/FileStore.js"
 import { Inference, InferenceLive } from "./inference/Inference.js"
 import { HttpLive } from "./http/Http.js"
@@ -34,6 +35,7 @@ export interface ServiceParts {
   readonly inference?: Layer.Layer<Inference, unknown, AppConfig>
   readonly fileStore?: Layer.Layer<FileStore, unknown, SqlClient.SqlClient | BlobStore | AppConfig>
   readonly batchStore?: Layer.Layer<BatchStore, unknown, SqlClient.SqlClient>
+  readonly workLeases?: Layer.Layer<WorkLeases, unknown, SqlClient.SqlClient>
 }
 
 /** Every service the HTTP handlers use (and the storage under them), built on `parts`. */
@@ -42,6 +44,7 @@ export const makeServices = (parts: ServiceParts = {}) =>
     Layer.provideMerge(Layer.mergeAll(
       parts.fileStore ?? FileStoreLive,
       parts.batchStore ?? BatchStoreLive,
+      parts.workLeases ?? WorkLeasesLive,
       parts.inference ?? InferenceLive
     )),
     Layer.provide(parts.storage ?? StorageLive)

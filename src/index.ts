@@ -3,8 +3,10 @@
  * them in your own Effect app, swap any of them (e.g. `FileStore`) for your own, or serve `HttpLive` on your server.
  */
 export { AppConfig, appConfig, type AppConfigShape, defaults as configDefaults } from "./Config.js"
-export { BatchRunner, BatchRunnerLive, type BatchRunnerShape } from "./batches/BatchRunner.js"
+export { BatchRunner, BatchRunnerLive, type BatchRunnerShape, FaultRetry } from "./batches/BatchRunner.js"
 export { BatchNotFound, BatchStore, BatchStoreLive, type BatchStoreShape } from "./batches/BatchStore.js"
+export { type Move, transitions } from "./batches/transitions.js"
+export { type Lease, WorkLeases, WorkLeasesLive, type WorkLeasesShape } from "./batches/WorkLeases.js"
 export * as Batches from "./domain/Batches.js"
 export * as Errors from "./domain/Errors.js"
 export * as Files from "./domain/Files.js"

@@ -1,16 +1,17 @@
 /**
- * The claims several nodes coordinate through, on BatchStore against real SQLite and real PostgreSQL: slices and
+ * The claims several nodes coordinate through, on WorkLeases and BatchStore against real SQLite and real PostgreSQL: slices and
  * batch leases go to one owner at a time, an expired lease moves on, and racing writers store an outcome once.
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Option } from "effect"
-import { BatchStore, BatchStoreLive, type Lease, type RequestOutcome, type ResultLines } from "../src/batches/BatchStore.js"
+import { BatchStore, BatchStoreLive, type RequestOutcome, type ResultLines } from "../src/batches/BatchStore.js"
+import { type Lease, WorkLeases, WorkLeasesLive } from "../src/batches/WorkLeases.js"
 import { SqlLive } from "../src/storage/Sql.js"
 import { newChatBatch, storedLines } from "./support/Batches.js"
 import { backends, configFor, TestDatabase, TestDataDir } from "./support/TestApp.js"
 
 const storeFor = (backend: "sqlite" | "postgres") =>
-  BatchStoreLive.pipe(
+  Layer.merge(BatchStoreLive, WorkLeasesLive).pipe(
     Layer.provide(SqlLive),
     Layer.provide(configFor()),
     Layer.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))
@@ -48,10 +49,10 @@ const runningBatch = (lines: number, perSlice: number) =>
 for (const backend of backends) describe(`leases (${backend})`, () => {
   it.effect("concurrent claims get distinct slices; none is left twice", () =>
     Effect.gen(function*() {
-      const store = yield* BatchStore
+      const leases = yield* WorkLeases
       const id = yield* runningBatch(100, 10)
       const claims = yield* Effect.all(
-        Array.from({ length: 12 }, (_, i) => store.claimSlice(id, lease(`node-${i}`))),
+        Array.from({ length: 12 }, (_, i) => leases.claimSlice(id, lease(`node-${i}`))),
         { concurrency: "unbounded" }
       )
       const got = claims.filter(Option.isSome).map((c) => c.value.slice)
@@ -62,33 +63,33 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
 
   it.effect("an expired slice lease is taken over; the old owner's renewal no longer holds it", () =>
     Effect.gen(function*() {
-      const store = yield* BatchStore
+      const leases = yield* WorkLeases
       const id = yield* runningBatch(20, 10)
-      const a = Option.getOrThrow(yield* store.claimSlice(id, lease("a", 1_000, 5_000)))
-      expect(Option.getOrThrow(yield* store.claimSlice(id, lease("b", 2_000))).slice).not.toBe(a.slice)
-      expect(yield* store.claimSlice(id, lease("c", 3_000))).toEqual(Option.none()) // both live
-      expect(yield* store.claimable(3_000, 10)).not.toContain(id)
+      const a = Option.getOrThrow(yield* leases.claimSlice(id, lease("a", 1_000, 5_000)))
+      expect(Option.getOrThrow(yield* leases.claimSlice(id, lease("b", 2_000))).slice).not.toBe(a.slice)
+      expect(yield* leases.claimSlice(id, lease("c", 3_000))).toEqual(Option.none()) // both live
+      expect(yield* leases.claimable(3_000, 10)).not.toContain(id)
       // a stalls past its lease: c takes its slice over, and a's next renewal shows it lost.
-      const taken = Option.getOrThrow(yield* store.claimSlice(id, lease("c", 7_000)))
+      const taken = Option.getOrThrow(yield* leases.claimSlice(id, lease("c", 7_000)))
       expect(taken.slice).toBe(a.slice)
-      expect(yield* store.renewLeases(lease("a", 8_000))).toEqual([])
-      expect(yield* store.renewLeases(lease("c", 8_000))).toEqual([{ batchId: id, slice: a.slice }])
-      expect(yield* store.liveSlices(id, 8_000)).toBe(2)
-      yield* store.releaseLeases({ owner: "b" })
-      expect(yield* store.liveSlices(id, 8_000)).toBe(1)
-      expect(yield* store.claimable(8_000, 10)).toContain(id)
+      expect(yield* leases.renewLeases(lease("a", 8_000))).toEqual([])
+      expect(yield* leases.renewLeases(lease("c", 8_000))).toEqual([{ batchId: id, slice: a.slice }])
+      expect(yield* leases.liveSlices(id, 8_000)).toBe(2)
+      yield* leases.releaseLeases({ owner: "b" })
+      expect(yield* leases.liveSlices(id, 8_000)).toBe(1)
+      expect(yield* leases.claimable(8_000, 10)).toContain(id)
     }).pipe(Effect.provide(storeFor(backend))))
 
   it.effect("the batch lease has one holder until it expires or is released", () =>
     Effect.gen(function*() {
-      const store = yield* BatchStore
+      const leases = yield* WorkLeases
       const id = yield* runningBatch(5, 5)
-      expect(yield* store.claimBatch(id, lease("a", 1_000, 1_000))).toBe(true)
-      expect(yield* store.claimBatch(id, lease("b", 1_500))).toBe(false)
-      expect(yield* store.claimBatch(id, lease("a", 1_500, 1_000))).toBe(true) // its own: renewed to 2,500
-      expect(yield* store.claimBatch(id, lease("b", 3_000))).toBe(true) // a's ran out at 2,500
-      yield* store.releaseLeases({ owner: "b", batchId: id })
-      expect(yield* store.claimBatch(id, lease("c", 3_000))).toBe(true)
+      expect(yield* leases.claimBatch(id, lease("a", 1_000, 1_000))).toBe(true)
+      expect(yield* leases.claimBatch(id, lease("b", 1_500))).toBe(false)
+      expect(yield* leases.claimBatch(id, lease("a", 1_500, 1_000))).toBe(true) // its own: renewed to 2,500
+      expect(yield* leases.claimBatch(id, lease("b", 3_000))).toBe(true) // a's ran out at 2,500
+      yield* leases.releaseLeases({ owner: "b", batchId: id })
+      expect(yield* leases.claimBatch(id, lease("c", 3_000))).toBe(true)
     }).pipe(Effect.provide(storeFor(backend))))
 
   it.effect("the last slices completed at once move the batch to finalizing exactly once", () =>

@@ -6,6 +6,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Logger, LogLevel, Stream } from "effect"
 import { BatchRunner, BatchRunnerLive } from "../src/batches/BatchRunner.js"
 import { BatchStore, BatchStoreLive } from "../src/batches/BatchStore.js"
+import { WorkLeasesLive } from "../src/batches/WorkLeases.js"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { InferenceLive } from "../src/inference/Inference.js"
 import { StorageLive } from "../src/Layers.js"
@@ -27,7 +28,7 @@ const FlakyBatchStore = Layer.effect(
 
 const runnerLayer = Layer.unwrapEffect(Effect.map(Upstream, (sim) =>
   BatchRunnerLive.pipe(
-    Layer.provideMerge(Layer.mergeAll(FileStoreLive, FlakyBatchStore, InferenceLive)),
+    Layer.provideMerge(Layer.mergeAll(FileStoreLive, FlakyBatchStore, WorkLeasesLive, InferenceLive)),
     Layer.provide(StorageLive),
     Layer.provide(configFor({ inferenceBaseUrl: sim.url, maxConcurrentRequestsPerBatch: 4 })),
     // The fault is logged as an error by design; this test expects it.

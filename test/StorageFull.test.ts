@@ -18,6 +18,7 @@ import { existsSync } from "node:fs"
 import type { Batch } from "openai/resources/batches"
 import { BatchRunner, BatchRunnerLive, FaultRetry } from "../src/batches/BatchRunner.js"
 import { BatchStore, BatchStoreLive } from "../src/batches/BatchStore.js"
+import { WorkLeasesLive } from "../src/batches/WorkLeases.js"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { InferenceLive } from "../src/inference/Inference.js"
 import { StorageLive } from "../src/Layers.js"
@@ -353,7 +354,7 @@ const storeWithFaults = (backend: string) =>
 const runnerLayer = (backend: "sqlite" | "postgres") =>
   Layer.unwrapEffect(Effect.map(Upstream, (sim) =>
     BatchRunnerLive.pipe(
-      Layer.provideMerge(Layer.mergeAll(FileStoreLive, storeWithFaults(backend), InferenceLive)),
+      Layer.provideMerge(Layer.mergeAll(FileStoreLive, storeWithFaults(backend), WorkLeasesLive, InferenceLive)),
       Layer.provide(StorageLive),
       Layer.provide(configFor({ inferenceBaseUrl: sim.url })),
       Layer.provide(fastRetries),

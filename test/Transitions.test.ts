@@ -4,53 +4,38 @@
  * `finalizing` or `in_progress` never overwrites a cancel), and a `cancelled` batch never moves again. On BatchStore
  * against real SQLite and real PostgreSQL.
  *
- * The calls below are the runner's own (src/batches/BatchRunner.ts): validation failure `["validating"] → failed`,
- * expiry `["validating","in_progress"] → expired`, completion `["finalizing"] → completed`, cancel finished
- * `["cancelling"] → cancelled`, `startRunning` (validating → in_progress) and `completeSlice` (last slice:
- * in_progress → finalizing); and the cancel handler's `cancellableStatuses → cancelling` (src/http/BatchesHttp.ts).
+ * The calls below are the moves of the transition table (src/batches/transitions.ts) that the runner makes:
+ * `validationFailed` (validating → failed), `expire` (validating, in_progress → expired), `complete` (finalizing →
+ * completed), `cancelDone` (cancelling → cancelled), `startRunning` (validating → in_progress) and `completeSlice`
+ * (last slice: in_progress → finalizing); and the cancel handler's `cancel` (validating, in_progress, finalizing →
+ * cancelling, src/http/BatchesHttp.ts). test/TransitionTable.test.ts tries every pair of statuses.
  */
 import { describe, expect, it } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Effect, Layer, Option } from "effect"
-import { BatchStore, BatchStoreLive, type Lease, type TimestampColumn } from "../src/batches/BatchStore.js"
-import { activeStatuses, type BatchStatus, cancellableStatuses } from "../src/domain/Batches.js"
+import { BatchStore, BatchStoreLive, type PlainMove } from "../src/batches/BatchStore.js"
+import { type Move, transitions } from "../src/batches/transitions.js"
+import { type Lease, WorkLeases, WorkLeasesLive } from "../src/batches/WorkLeases.js"
 import { SqlLive } from "../src/storage/Sql.js"
-import { newChatBatch } from "./support/Batches.js"
+import { validatingBatch } from "./support/Batches.js"
 import { backends, configFor, TestDatabase, TestDataDir } from "./support/TestApp.js"
 
 const storeFor = (backend: "sqlite" | "postgres") =>
-  BatchStoreLive.pipe(
+  Layer.merge(BatchStoreLive, WorkLeasesLive).pipe(
     Layer.provideMerge(SqlLive),
     Layer.provide(configFor()),
     Layer.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))
   )
 
-const allStatuses: ReadonlyArray<BatchStatus> = [
-  "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
-]
+/** The moves `transition` makes (the others are `startRunning` and `completeSlice`). */
+const plainMoves = (Object.keys(transitions) as Array<Move>).filter(
+  (move): move is PlainMove => move !== "startRunning" && move !== "lastSliceDone"
+)
 
-/** The moves the runner and the cancel handler make, each as `transition(id, from, to, stamp)` arguments. */
-const runnerMoves: ReadonlyArray<readonly [string, ReadonlyArray<BatchStatus>, BatchStatus, TimestampColumn]> = [
-  ["validation failed", ["validating"], "failed", "failed_at"],
-  ["expired", ["validating", "in_progress"], "expired", "expired_at"],
-  ["completed", ["finalizing"], "completed", "completed_at"]
-]
+/** The moves the runner makes with `transition` before a batch is final (the fault path is tried last). */
+const runnerMoves: ReadonlyArray<PlainMove> = ["validationFailed", "expire", "complete"]
 
 const lease = (owner: string, now = 1_000, ttl = 10_000): Lease => ({ owner, now, until: now + ttl })
-
-let counter = 0
-/** A new batch in `validating` with `lines` request rows (the state validation leaves before `startRunning`). */
-const validatingBatch = (lines: number) =>
-  Effect.gen(function*() {
-    const store = yield* BatchStore
-    const id = `batch_${process.pid}_${++counter}_${Math.random().toString(16).slice(2)}`
-    yield* store.create(newChatBatch(id, "file-x"))
-    yield* store.insertRequests(
-      id,
-      Array.from({ length: lines }, (_, i) => ({ line: i + 1, customId: `c${i + 1}`, resultId: `r${i + 1}`, body: "{}" }))
-    )
-    return id
-  })
 
 const slicesOf = (lines: number, perSlice: number) =>
   Array.from({ length: Math.ceil(lines / perSlice) }, (_, s) => ({
@@ -77,9 +62,8 @@ const finalizingBatch = Effect.gen(function*() {
   return id
 })
 
-/** What the cancel handler does: `cancellableStatuses → cancelling`. */
-const cancel = (id: string) =>
-  Effect.flatMap(BatchStore, (store) => store.transition(id, cancellableStatuses, "cancelling", "cancelling_at"))
+/** What the cancel handler does: move `cancel`. */
+const cancel = (id: string) => Effect.flatMap(BatchStore, (store) => store.transition(id, "cancel"))
 
 const batchOf = (id: string) => Effect.map(Effect.flatMap(BatchStore, (store) => store.get(id)), (r) => r.batch)
 
@@ -95,9 +79,9 @@ const expectNoRunnerMoveApplies = (id: string) =>
   Effect.gen(function*() {
     const store = yield* BatchStore
     const before = yield* batchOf(id)
-    for (const [what, from, to, stamp] of runnerMoves) {
-      const moved = yield* store.transition(id, from, to, stamp, { outputFileId: "file-late-output", errorFileId: "file-late-errors" })
-      expect(Option.isNone(moved), `${what}: ${before.status} → ${to} must not apply`).toBe(true)
+    for (const move of runnerMoves) {
+      const moved = yield* store.transition(id, move, { outputFileId: "file-late-output", errorFileId: "file-late-errors" })
+      expect(Option.isNone(moved), `${move}: ${before.status} → ${transitions[move].to} must not apply`).toBe(true)
     }
     const after = yield* batchOf(id)
     expect(after).toEqual(before)
@@ -114,7 +98,7 @@ for (const backend of backends) describe(`compare-and-set transitions (${backend
       // Validation finishing after the cancel: the batch must not start running.
       expect(yield* store.startRunning(id, { model: "m", total: 30 }, slicesOf(30, 10))).toBe(false)
       expect(yield* sliceCount(id)).toBe(0)
-      expect(yield* store.claimSlice(id, lease("node-a"))).toEqual(Option.none())
+      expect(yield* (yield* WorkLeases).claimSlice(id, lease("node-a"))).toEqual(Option.none())
       const batch = yield* expectNoRunnerMoveApplies(id)
       expect(batch).toMatchObject({
         status: "cancelling",
@@ -129,8 +113,8 @@ for (const backend of backends) describe(`compare-and-set transitions (${backend
         request_counts: { total: 0, completed: 0, failed: 0 }
       })
       expect(batch.cancelling_at).toEqual(expect.any(Number))
-      // A direct validating → in_progress transition is refused as well.
-      expect(yield* store.transition(id, ["validating"], "in_progress", "in_progress_at")).toEqual(Option.none())
+      // A second try at starting it is refused as well.
+      expect(yield* store.startRunning(id, { model: "m", total: 30 }, slicesOf(30, 10))).toBe(false)
       expect((yield* batchOf(id)).status).toBe("cancelling")
     }).pipe(Effect.provide(storeFor(backend))))
 
@@ -176,21 +160,19 @@ for (const backend of backends) describe(`compare-and-set transitions (${backend
         const id = yield* setup
         yield* cancel(id)
         const done = Option.getOrThrow(
-          yield* store.transition(id, ["cancelling"], "cancelled", "cancelled_at", { outputFileId: null, errorFileId: "file-errors" })
+          yield* store.transition(id, "cancelDone", { outputFileId: null, errorFileId: "file-errors" })
         )
         expect(done).toMatchObject({ status: "cancelled", error_file_id: "file-errors" })
         expect(done.cancelled_at).toEqual(expect.any(Number))
 
-        // Every move any code path makes (and every other status) is refused from `cancelled`.
-        for (const from of [["validating"], ["validating", "in_progress"], ["finalizing"], ["cancelling"], activeStatuses, cancellableStatuses] as const) {
-          for (const to of allStatuses) {
-            const moved = yield* store.transition(id, from, to, null, { outputFileId: "file-late" })
-            expect(Option.isNone(moved), `cancelled → ${to} (from ${from.join(",")})`).toBe(true)
-          }
+        // Every move any code path makes is refused from `cancelled`.
+        for (const move of plainMoves) {
+          const moved = yield* store.transition(id, move, { outputFileId: "file-late" })
+          expect(Option.isNone(moved), `cancelled → ${transitions[move].to} (${move})`).toBe(true)
         }
         expect(yield* store.startRunning(id, { model: "m", total: 10 }, slicesOf(10, 10))).toBe(false)
         expect(yield* store.completeSlice(id, 0)).toBe(false)
-        expect(yield* store.claimBatch(id, lease("node-z"))).toBe(false)
+        expect(yield* (yield* WorkLeases).claimBatch(id, lease("node-z"))).toBe(false)
         expect(yield* batchOf(id)).toEqual(done)
       }
     }).pipe(Effect.provide(storeFor(backend))))
@@ -202,7 +184,7 @@ for (const backend of backends) describe(`compare-and-set transitions (${backend
       for (let i = 0; i < 12; i++) ids.push(yield* finalizingBatch)
       const outcomes = yield* Effect.forEach(ids, (id) =>
         Effect.all([
-          store.transition(id, ["finalizing"], "completed", "completed_at", { outputFileId: "file-out" }),
+          store.transition(id, "complete", { outputFileId: "file-out" }),
           cancel(id)
         ], { concurrency: "unbounded" }), { concurrency: "unbounded" })
       for (const [i, [completed, cancelling]] of outcomes.entries()) {
@@ -221,11 +203,11 @@ for (const backend of backends) describe(`compare-and-set transitions (${backend
       const store = yield* BatchStore
       const id = yield* runningBatch(1)
       const first = Option.getOrThrow(yield* cancel(id))
-      expect(yield* cancel(id)).toEqual(Option.none()) // `cancelling` is not in cancellableStatuses
+      expect(yield* cancel(id)).toEqual(Option.none()) // `cancelling` is not among the cancel move's `from`
       expect((yield* batchOf(id)).cancelling_at).toBe(first.cancelling_at)
 
       const finished = yield* finalizingBatch
-      Option.getOrThrow(yield* store.transition(finished, ["finalizing"], "completed", "completed_at"))
+      Option.getOrThrow(yield* store.transition(finished, "complete"))
       expect(yield* cancel(finished)).toEqual(Option.none())
       expect(yield* batchOf(finished)).toMatchObject({ status: "completed", cancelling_at: null })
     }).pipe(Effect.provide(storeFor(backend))))
@@ -238,7 +220,7 @@ for (const backend of backends) describe(`compare-and-set transitions (${backend
       const id = yield* runningBatch(1)
       yield* cancel(id)
       const errors = [{ code: "internal_error", message: "fault", param: null, line: null }]
-      const failed = yield* store.transition(id, activeStatuses, "failed", "failed_at", { errors })
+      const failed = yield* store.transition(id, "fault", { errors })
       expect(Option.map(failed, (b) => b.status)).toEqual(Option.some("failed"))
     }).pipe(Effect.provide(storeFor(backend))))
 })

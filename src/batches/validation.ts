@@ -1,6 +1,7 @@
 /**
  * Pure validation of batch create parameters and of input file lines, with OpenAI's error codes and messages.
  */
+import { Schema } from "effect"
 import { BatchEndpoint, type CreateBatchBody } from "../domain/Batches.js"
 import { MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS } from "../domain/Files.js"
 import { echo, unstorableReason } from "../domain/Text.js"
@@ -12,6 +13,7 @@ export interface Problem {
 }
 
 const endpoints: ReadonlyArray<string> = BatchEndpoint.literals
+const isBatchEndpoint = Schema.is(BatchEndpoint)
 
 export const MAX_METADATA_PAIRS = 16
 export const MAX_METADATA_KEY = 64
@@ -33,7 +35,8 @@ const typeName = (v: unknown) => (v === null ? "null" : Array.isArray(v) ? "an a
 
 /** Checks the values of `POST /v1/batches` (types were checked by the schema). */
 export const validateCreateBatch = (body: CreateBatchBody): Problem | ValidCreateBatch => {
-  if (!endpoints.includes(body.endpoint)) {
+  const endpoint = body.endpoint
+  if (!isBatchEndpoint(endpoint)) {
     return {
       code: "invalid_value",
       param: "endpoint",
@@ -125,7 +128,7 @@ export const validateCreateBatch = (body: CreateBatchBody): Problem | ValidCreat
   }
   return {
     inputFileId: body.input_file_id,
-    endpoint: body.endpoint as BatchEndpoint,
+    endpoint,
     completionWindow: "24h",
     metadata,
     outputExpiresAfterSeconds,

@@ -26,8 +26,6 @@ export type BatchStatus = typeof BatchStatus.Type
 export const terminalStatuses: ReadonlyArray<BatchStatus> = ["failed", "completed", "expired", "cancelled"]
 /** Statuses a batch still has work in. */
 export const activeStatuses: ReadonlyArray<BatchStatus> = ["validating", "in_progress", "finalizing", "cancelling"]
-/** Statuses a cancel request may move from. */
-export const cancellableStatuses: ReadonlyArray<BatchStatus> = ["validating", "in_progress", "finalizing"]
 
 export const BatchError = Schema.Struct({
   code: Schema.String,
@@ -63,7 +61,7 @@ export const Metadata = Schema.Record({ key: Schema.String, value: Schema.String
 export class Batch extends Schema.Class<Batch>("Batch")({
   id: Schema.String,
   object: Schema.Literal("batch"),
-  endpoint: Schema.String,
+  endpoint: BatchEndpoint,
   model: Schema.NullOr(Schema.String),
   errors: Schema.NullOr(BatchErrors),
   input_file_id: Schema.String,
@@ -73,7 +71,7 @@ export class Batch extends Schema.Class<Batch>("Batch")({
   error_file_id: Schema.NullOr(Schema.String),
   created_at: Schema.Number,
   in_progress_at: Schema.NullOr(Schema.Number),
-  expires_at: Schema.NullOr(Schema.Number),
+  expires_at: Schema.Number,
   finalizing_at: Schema.NullOr(Schema.Number),
   completed_at: Schema.NullOr(Schema.Number),
   failed_at: Schema.NullOr(Schema.Number),
@@ -118,11 +116,3 @@ export class ListBatchesParams extends Schema.Class<ListBatchesParams>("ListBatc
   limit: Schema.optional(Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 100))),
   after: Schema.optional(StorableString)
 }) {}
-
-/** One line of an output or error file. */
-export interface ResultLine {
-  readonly id: string
-  readonly custom_id: string
-  readonly response: { readonly status_code: number; readonly request_id: string; readonly body: unknown } | null
-  readonly error: { readonly code: string; readonly message: string } | null
-}

@@ -1,4 +1,4 @@
-/** Handlers of the `batches` group: parameter checks and status changes here, the work in `BatchRunner`. */
+/** Handlers of the `batches` group: parameter checks and the cancel move here, the work in `BatchRunner`. */
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import { Duration, Effect, Option } from "effect"
 import { createHash } from "node:crypto"
@@ -6,7 +6,7 @@ import { BatchRunner } from "../batches/BatchRunner.js"
 import { BatchStore } from "../batches/BatchStore.js"
 import { isProblem, validateCreateBatch, type ValidCreateBatch } from "../batches/validation.js"
 import { AppConfig } from "../Config.js"
-import { BatchList, cancellableStatuses, type CreateBatchBody } from "../domain/Batches.js"
+import { BatchList, type CreateBatchBody } from "../domain/Batches.js"
 import { conflict, invalidRequest, notFound } from "../domain/Errors.js"
 import { batchId } from "../domain/Ids.js"
 import { FileStore } from "../files/FileStore.js"
@@ -75,13 +75,14 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
       Effect.gen(function*() {
         const { batch } = yield* store.get(id)
         if (batch.status === "cancelling" || batch.status === "cancelled") return batch
-        const moved = yield* store.transition(id, cancellableStatuses, "cancelling", "cancelling_at")
+        const moved = yield* store.transition(id, "cancel")
         if (Option.isNone(moved)) {
           const now = (yield* store.get(id)).batch
           if (now.status === "cancelling" || now.status === "cancelled") return now
           return yield* conflict(`Cannot cancel a batch with status '${now.status}'.`)
         }
-        yield* runner.cancel(id)
+        // Interrupts this node's work on it at once; other nodes notice at their next heartbeat.
+        yield* runner.restart(id)
         return moved.value
       }).pipe(
         Effect.catchTag("BatchNotFound", () => batchNotFound(id)),

@@ -2,7 +2,7 @@
 import { Effect } from "effect"
 import OpenAI, { toFile } from "openai"
 import type { Batch } from "openai/resources/batches"
-import type { BatchStoreShape, NewBatch } from "../../src/batches/BatchStore.js"
+import { BatchStore, type BatchStoreShape, type NewBatch, type RequestRow } from "../../src/batches/BatchStore.js"
 
 export const sdk = (baseUrl: string) => new OpenAI({ baseURL: `${baseUrl}/v1`, apiKey: "sk-test", maxRetries: 0 })
 
@@ -68,3 +68,18 @@ export const newChatBatch = (id: string, inputFileId: string): NewBatch => ({
 export const storedLines = (store: BatchStoreShape, id: string, kind: "succeeded" | "failed", limit = 1000) =>
   Effect.map(store.resultLines(id, kind, 0, limit), (page): Array<any> =>
     new TextDecoder().decode(page.bytes).split("\n").filter((line) => line !== "").map((line) => JSON.parse(line)))
+
+/** Request rows for lines 1…`count` (custom ids `c1`…, result ids `r1`…, empty bodies), for `BatchStore.insertRequests`. */
+export const requestRows = (count: number): Array<RequestRow> =>
+  Array.from({ length: count }, (_, i) => ({ line: i + 1, customId: `c${i + 1}`, resultId: `r${i + 1}`, body: "{}" }))
+
+let batches = 0
+/** A new batch in `validating` with `lines` request rows (the state validation leaves before `startRunning`); its id. */
+export const validatingBatch = (lines: number) =>
+  Effect.gen(function*() {
+    const store = yield* BatchStore
+    const id = `batch_${process.pid}_${++batches}_${Math.random().toString(16).slice(2)}`
+    yield* store.create(newChatBatch(id, "file-x"))
+    yield* store.insertRequests(id, requestRows(lines))
+    return id
+  })

@@ -1,0 +1,166 @@
+/**
+ * `WorkLeases`: which node works on what, in SQL. A node claims a batch-wide lease to validate or finish a batch,
+ * and slices of a running batch's requests to run them; a lease lasts until a time it renews (the heartbeat), and
+ * a lease whose time has passed is free for any node to take over. Claims never wait on each other: Postgres skips
+ * rows another node is claiming (`FOR UPDATE SKIP LOCKED`); SQLite has one writer. Times are epoch milliseconds.
+ *
+ * The slices themselves are created and marked done by `BatchStore` (`startRunning`, `completeSlice`), as parts of
+ * the status moves they belong to.
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as SqlSchema from "@effect/sql/SqlSchema"
+import { Clock, Context, Duration, Effect, Layer, Option, Schema } from "effect"
+import type { AppConfigShape } from "../Config.js"
+import { activeStatuses } from "../domain/Batches.js"
+import type { SliceBounds } from "./BatchStore.js"
+import { makeBatchSql, SqlInt } from "./sql.js"
+
+/** A node's claim: held by `owner` until `until`, taken at `now` (a lease with `until < now` is free). */
+export interface Lease {
+  readonly owner: string
+  readonly now: number
+  readonly until: number
+}
+
+/** A slice of a running batch's requests, numbered from 0 in line order. */
+export interface Slice extends SliceBounds {
+  readonly slice: number
+}
+
+export interface HeldSlice {
+  readonly batchId: string
+  readonly slice: number
+}
+
+export interface WorkLeasesShape {
+  /** Takes the batch-wide lease of an unfinished batch if it is free, expired or already `owner`'s. */
+  readonly claimBatch: (id: string, lease: Lease) => Effect.Effect<boolean>
+  /** Takes the first open slice of a running batch whose lease is free or expired. */
+  readonly claimSlice: (id: string, lease: Lease) => Effect.Effect<Option.Option<Slice>>
+  /** How many slices of the batch some node holds a live lease on. */
+  readonly liveSlices: (id: string, now: number) => Effect.Effect<number>
+  /** Extends every lease `owner` holds; returns the slices still held (a lease taken over is missing). */
+  readonly renewLeases: (lease: Lease) => Effect.Effect<ReadonlyArray<HeldSlice>>
+  /** Gives up the leases of `owner` (every owner when none), on one batch or all. */
+  readonly releaseLeases: (filter: { readonly owner?: string; readonly batchId?: string }) => Effect.Effect<void>
+  /**
+   * Frees the leases a previous run of node `owner` held. With SQLite, which one node uses at a time, every lease
+   * is freed: whatever node held it before is gone.
+   */
+  readonly releaseAfterRestart: (owner: string) => Effect.Effect<void>
+  /**
+   * Unfinished batches with work a node could claim at `now`, oldest first: a free batch-wide lease on one that
+   * validates, finishes or is past its expiry, or a free slice of one that runs.
+   */
+  readonly claimable: (now: number, limit: number) => Effect.Effect<ReadonlyArray<string>>
+}
+
+export class WorkLeases extends Context.Tag("WorkLeases")<WorkLeases, WorkLeasesShape>() {}
+
+/** A lease for this node (`nodeId`), from now for `leaseTtl`. */
+export const nodeLease = (config: Pick<AppConfigShape, "nodeId" | "leaseTtl">): Effect.Effect<Lease> =>
+  Effect.map(Clock.currentTimeMillis, (now) => ({ owner: config.nodeId, now, until: now + Duration.toMillis(config.leaseTtl) }))
+
+export const make = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  const dialect = makeBatchSql(sql)
+  const free = (lease: Lease) => sql`(lease_until IS NULL OR lease_until < ${lease.now})`
+
+  const claimBatch = (id: string, lease: Lease) =>
+    sql`
+      UPDATE batches SET lease_owner = ${lease.owner}, lease_until = ${lease.until}
+      WHERE id = (
+        SELECT id FROM batches WHERE id = ${id} AND ${sql.in("status", activeStatuses)}
+          AND (lease_owner = ${lease.owner} OR ${free(lease)})
+        ${dialect.skipLocked}
+      ) RETURNING id`.pipe(
+      Effect.map((rows) => rows.length > 0),
+      Effect.orDie,
+      Effect.withSpan("WorkLeases.claimBatch", { attributes: { id } })
+    )
+
+  const claimed = SqlSchema.findOne({
+    Request: Schema.Struct({ id: Schema.String, owner: Schema.String, now: Schema.Number, until: Schema.Number }),
+    Result: Schema.Struct({ slice: SqlInt, first_line: SqlInt, last_line: SqlInt }),
+    execute: ({ id, ...lease }) =>
+      sql`
+        UPDATE batch_slices SET owner = ${lease.owner}, lease_until = ${lease.until}
+        WHERE batch_id = ${id} AND slice = (
+          SELECT slice FROM batch_slices WHERE batch_id = ${id} AND state = 'open' AND ${free(lease)}
+          ORDER BY slice LIMIT 1 ${dialect.skipLocked}
+        ) RETURNING slice, first_line, last_line`
+  })
+
+  const claimSlice = (id: string, lease: Lease) =>
+    claimed({ id, ...lease }).pipe(
+      Effect.map(Option.map((r): Slice => ({ slice: r.slice, firstLine: r.first_line, lastLine: r.last_line }))),
+      Effect.orDie,
+      Effect.withSpan("WorkLeases.claimSlice", { attributes: { id } })
+    )
+
+  const live = SqlSchema.single({
+    Request: Schema.Struct({ id: Schema.String, now: Schema.Number }),
+    Result: Schema.Struct({ live: SqlInt }),
+    execute: ({ id, now }) =>
+      sql`SELECT COUNT(*) AS live FROM batch_slices WHERE batch_id = ${id} AND owner IS NOT NULL AND lease_until >= ${now}`
+  })
+
+  const liveSlices = (id: string, now: number) => live({ id, now }).pipe(Effect.map((r) => r.live), Effect.orDie)
+
+  const renewed = SqlSchema.findAll({
+    Request: Schema.Struct({ owner: Schema.String, until: Schema.Number }),
+    Result: Schema.Struct({ batch_id: Schema.String, slice: SqlInt }),
+    execute: ({ owner, until }) =>
+      sql`UPDATE batch_slices SET lease_until = ${until} WHERE owner = ${owner} AND state = 'open'
+        RETURNING batch_id, slice`
+  })
+
+  const renewLeases = (lease: Lease) =>
+    Effect.gen(function*() {
+      yield* sql`UPDATE batches SET lease_until = ${lease.until} WHERE lease_owner = ${lease.owner}`
+      const held = yield* renewed(lease)
+      return held.map((r): HeldSlice => ({ batchId: r.batch_id, slice: r.slice }))
+    }).pipe(sql.withTransaction, Effect.orDie)
+
+  const releaseLeases = (filter: { readonly owner?: string; readonly batchId?: string }) =>
+    Effect.gen(function*() {
+      const batches = [sql`lease_owner IS NOT NULL`]
+      const slices = [sql`owner IS NOT NULL`]
+      if (filter.owner !== undefined) {
+        batches.push(sql`lease_owner = ${filter.owner}`)
+        slices.push(sql`owner = ${filter.owner}`)
+      }
+      if (filter.batchId !== undefined) {
+        batches.push(sql`id = ${filter.batchId}`)
+        slices.push(sql`batch_id = ${filter.batchId}`)
+      }
+      yield* sql`UPDATE batches SET lease_owner = NULL, lease_until = NULL WHERE ${sql.and(batches)}`
+      yield* sql`UPDATE batch_slices SET owner = NULL, lease_until = NULL WHERE ${sql.and(slices)}`
+    }).pipe(sql.withTransaction, Effect.orDie)
+
+  const releaseAfterRestart = (owner: string) => releaseLeases(dialect.leasesFreedOnRestart(owner))
+
+  const claimable = (now: number, limit: number) =>
+    sql<{ id: string }>`
+      SELECT id FROM batches b WHERE ${sql.in("status", activeStatuses)} AND (
+        ((status <> 'in_progress' OR expires_at * 1000 <= ${now}) AND (lease_until IS NULL OR lease_until < ${now}))
+        OR (status = 'in_progress' AND EXISTS (
+          SELECT 1 FROM batch_slices s WHERE s.batch_id = b.id AND s.state = 'open'
+            AND (s.lease_until IS NULL OR s.lease_until < ${now})))
+      ) ORDER BY seq LIMIT ${limit}`.pipe(
+      Effect.map((rows) => rows.map((r) => r.id)),
+      Effect.orDie
+    )
+
+  return WorkLeases.of({
+    claimBatch,
+    claimSlice,
+    liveSlices,
+    renewLeases,
+    releaseLeases,
+    releaseAfterRestart,
+    claimable
+  })
+})
+
+export const WorkLeasesLive: Layer.Layer<WorkLeases, never, SqlClient.SqlClient> = Layer.effect(WorkLeases, make)

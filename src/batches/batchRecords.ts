@@ -1,0 +1,239 @@
+/**
+ * The `batches` table for `BatchStore`: create, read and list batches, and change their status, only by the moves
+ * of the transition table (`applyMove`, a compare-and-set on the status in SQL).
+ */
+import type * as SqlClient from "@effect/sql/SqlClient"
+import * as SqlSchema from "@effect/sql/SqlSchema"
+import type { Fragment } from "@effect/sql/Statement"
+import { Clock, Effect, Option, Schema } from "effect"
+import {
+  Batch,
+  BatchEndpoint,
+  BatchError,
+  type BatchStatus,
+  BatchStatus as BatchStatusSchema,
+  Metadata,
+  terminalStatuses
+} from "../domain/Batches.js"
+import {
+  BatchNotFound,
+  type BatchRecord,
+  type BatchStoreShape,
+  type NewBatch,
+  type PlainMove,
+  type SliceBounds,
+  type TransitionPatch,
+  UnknownBatchCursor
+} from "./BatchStore.js"
+import { type BatchSql, chunks, INSERT_GROUP, SqlInt } from "./sql.js"
+import { type Move, transitions } from "./transitions.js"
+
+/** A row of `batches`, as either database returns it (the columns the API does not show are left out). */
+const BatchRow = Schema.Struct({
+  id: Schema.String,
+  status: BatchStatusSchema,
+  endpoint: BatchEndpoint,
+  model: Schema.NullOr(Schema.String),
+  input_file_id: Schema.String,
+  completion_window: Schema.String,
+  errors: Schema.NullOr(Schema.parseJson(Schema.Array(BatchError))),
+  output_file_id: Schema.NullOr(Schema.String),
+  error_file_id: Schema.NullOr(Schema.String),
+  created_at: SqlInt,
+  in_progress_at: Schema.NullOr(SqlInt),
+  expires_at: SqlInt,
+  finalizing_at: Schema.NullOr(SqlInt),
+  completed_at: Schema.NullOr(SqlInt),
+  failed_at: Schema.NullOr(SqlInt),
+  expired_at: Schema.NullOr(SqlInt),
+  cancelling_at: Schema.NullOr(SqlInt),
+  cancelled_at: Schema.NullOr(SqlInt),
+  total: SqlInt,
+  completed: SqlInt,
+  failed: SqlInt,
+  input_tokens: SqlInt,
+  cached_tokens: SqlInt,
+  output_tokens: SqlInt,
+  reasoning_tokens: SqlInt,
+  total_tokens: SqlInt,
+  metadata: Schema.NullOr(Schema.parseJson(Metadata)),
+  output_expires_after: Schema.NullOr(SqlInt),
+  request_hash: Schema.NullOr(Schema.String)
+})
+
+const recordOf = (row: typeof BatchRow.Type): BatchRecord => ({
+  batch: new Batch({
+    id: row.id,
+    object: "batch",
+    endpoint: row.endpoint,
+    model: row.model,
+    errors: row.errors === null ? null : { object: "list", data: row.errors },
+    input_file_id: row.input_file_id,
+    completion_window: row.completion_window,
+    status: row.status,
+    output_file_id: row.output_file_id,
+    error_file_id: row.error_file_id,
+    created_at: row.created_at,
+    in_progress_at: row.in_progress_at,
+    expires_at: row.expires_at,
+    finalizing_at: row.finalizing_at,
+    completed_at: row.completed_at,
+    failed_at: row.failed_at,
+    expired_at: row.expired_at,
+    cancelling_at: row.cancelling_at,
+    cancelled_at: row.cancelled_at,
+    request_counts: { total: row.total, completed: row.completed, failed: row.failed },
+    usage: {
+      input_tokens: row.input_tokens,
+      input_tokens_details: { cached_tokens: row.cached_tokens },
+      output_tokens: row.output_tokens,
+      output_tokens_details: { reasoning_tokens: row.reasoning_tokens },
+      total_tokens: row.total_tokens
+    },
+    metadata: row.metadata
+  }),
+  outputExpiresAfterSeconds: row.output_expires_after,
+  requestHash: row.request_hash
+})
+
+const decodeRecords = (rows: ReadonlyArray<unknown>) =>
+  Effect.map(Schema.decodeUnknown(Schema.Array(BatchRow))(rows), (decoded) => decoded.map(recordOf))
+
+const nowSeconds = Effect.map(Clock.currentTimeMillis, (ms) => Math.floor(ms / 1000))
+
+type BatchRecords = Pick<
+  BatchStoreShape,
+  "create" | "get" | "list" | "statuses" | "transition" | "startRunning" | "completeSlice"
+>
+
+export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): BatchRecords => {
+  const selectWhere = (where: Fragment) =>
+    Effect.flatMap(sql`SELECT * FROM batches WHERE ${where}`, decodeRecords)
+
+  const get = (id: string) =>
+    selectWhere(sql`id = ${id}`).pipe(
+      Effect.orDie,
+      Effect.flatMap((records) => records.length === 0 ? Effect.fail(new BatchNotFound({ id })) : Effect.succeed(records[0]!)),
+      Effect.withSpan("BatchStore.get", { attributes: { id } })
+    )
+
+  const create = (batch: NewBatch) =>
+    Effect.gen(function*() {
+      const created_at = yield* nowSeconds
+      const row = {
+        id: batch.id,
+        status: "validating",
+        endpoint: batch.endpoint,
+        input_file_id: batch.inputFileId,
+        completion_window: batch.completionWindow,
+        created_at,
+        expires_at: created_at + batch.expiresAfterSeconds,
+        metadata: batch.metadata === null ? null : JSON.stringify(batch.metadata),
+        output_expires_after: batch.outputExpiresAfterSeconds,
+        idempotency_key: batch.idempotencyKey,
+        request_hash: batch.requestHash
+      }
+      if (batch.idempotencyKey !== null) {
+        // ON CONFLICT keeps the first batch for a key even when two creates race.
+        const inserted = yield* sql`
+          INSERT INTO batches ${sql.insert(row)} ON CONFLICT (idempotency_key) DO NOTHING RETURNING id`
+        if (inserted.length === 0) {
+          const existing = yield* selectWhere(sql`idempotency_key = ${batch.idempotencyKey}`)
+          return { record: existing[0]!, created: false }
+        }
+      } else {
+        yield* sql`INSERT INTO batches ${sql.insert(row)}`
+      }
+      return { record: (yield* selectWhere(sql`id = ${batch.id}`))[0]!, created: true }
+    }).pipe(Effect.orDie, Effect.withSpan("BatchStore.create"))
+
+  const seqOf = SqlSchema.findOne({
+    Request: Schema.String,
+    Result: Schema.Struct({ seq: SqlInt }),
+    execute: (id) => sql`SELECT seq FROM batches WHERE id = ${id}`
+  })
+
+  const list = (query: { readonly after?: string | undefined; readonly limit: number }) =>
+    Effect.gen(function*() {
+      let where = sql`1 = 1`
+      if (query.after !== undefined) {
+        const cursor = yield* Effect.orDie(seqOf(query.after))
+        if (Option.isNone(cursor)) return yield* new UnknownBatchCursor({ after: query.after })
+        where = sql`seq < ${cursor.value.seq}`
+      }
+      const records = yield* Effect.orDie(Effect.flatMap(
+        sql`SELECT * FROM batches WHERE ${where} ORDER BY seq DESC LIMIT ${query.limit + 1}`,
+        decodeRecords
+      ))
+      return { data: records.slice(0, query.limit).map((r) => r.batch), hasMore: records.length > query.limit }
+    }).pipe(Effect.withSpan("BatchStore.list"))
+
+  const statusesOf = SqlSchema.findAll({
+    Request: Schema.Array(Schema.String),
+    Result: Schema.Struct({ id: Schema.String, status: BatchStatusSchema }),
+    execute: (ids) => sql`SELECT id, status FROM batches WHERE ${sql.in("id", ids)}`
+  })
+
+  const statuses = (ids: ReadonlyArray<string>) =>
+    ids.length === 0
+      ? Effect.succeed(new Map<string, BatchStatus>())
+      : statusesOf(ids).pipe(Effect.map((rows) => new Map(rows.map((r) => [r.id, r.status]))), Effect.orDie)
+
+  /**
+   * The one place a batch's status changes: `move`'s compare-and-set (only from its `from` statuses, and only
+   * where `condition` holds too), its timestamp column, and `set`; a move to a final status frees the batch-wide
+   * lease. The batch as moved, or `None` when it was not in a `from` status (or `condition` did not hold).
+   */
+  const applyMove = (id: string, move: Move, set: Record<string, unknown>, condition: Fragment = sql`1 = 1`) =>
+    Effect.gen(function*() {
+      const { from, stamp, to } = transitions[move]
+      const changes: Record<string, unknown> = { ...set, status: to, [stamp]: yield* nowSeconds }
+      if (terminalStatuses.includes(to)) {
+        changes.lease_owner = null
+        changes.lease_until = null
+      }
+      const rows = yield* sql`
+        UPDATE batches SET ${sql.update(changes)}
+        WHERE id = ${id} AND ${sql.in("status", from)} AND ${condition} RETURNING *`
+      return Option.map(Option.fromNullable((yield* decodeRecords(rows))[0]), (record) => record.batch)
+    })
+
+  const transition = (id: string, move: PlainMove, patch: TransitionPatch = {}) => {
+    const set: Record<string, unknown> = {}
+    if (patch.errors !== undefined) set.errors = JSON.stringify(patch.errors)
+    if (patch.outputFileId !== undefined) set.output_file_id = patch.outputFileId
+    if (patch.errorFileId !== undefined) set.error_file_id = patch.errorFileId
+    return applyMove(id, move, set).pipe(
+      Effect.orDie,
+      Effect.withSpan("BatchStore.transition", { attributes: { id, move } })
+    )
+  }
+
+  const startRunning = (id: string, patch: { readonly model: string; readonly total: number }, slices: ReadonlyArray<SliceBounds>) =>
+    Effect.gen(function*() {
+      const set = { model: patch.model, total: patch.total, lease_owner: null, lease_until: null }
+      if (Option.isNone(yield* applyMove(id, "startRunning", set))) return false
+      yield* Effect.forEach(
+        chunks(slices.map((s, slice) => ({ batch_id: id, slice, first_line: s.firstLine, last_line: s.lastLine })), INSERT_GROUP),
+        (group) => sql`INSERT INTO batch_slices ${sql.insert(group)}`,
+        { discard: true }
+      )
+      return true
+    }).pipe(
+      sql.withTransaction,
+      Effect.tap((moved) => (moved ? dialect.refreshRequestStatistics() : Effect.void)),
+      Effect.orDie,
+      Effect.withSpan("BatchStore.startRunning", { attributes: { id } })
+    )
+
+  const completeSlice = (id: string, slice: number) =>
+    Effect.gen(function*() {
+      yield* dialect.lockBatchRow(id)
+      yield* sql`UPDATE batch_slices SET state = 'done', owner = NULL, lease_until = NULL
+        WHERE batch_id = ${id} AND slice = ${slice}`
+      const noSliceOpen = sql`NOT EXISTS (SELECT 1 FROM batch_slices WHERE batch_id = ${id} AND state = 'open')`
+      return Option.isSome(yield* applyMove(id, "lastSliceDone", {}, noSliceOpen))
+    }).pipe(sql.withTransaction, Effect.orDie, Effect.withSpan("BatchStore.completeSlice", { attributes: { id, slice } }))
+
+  return { create, get, list, statuses, transition, startRunning, completeSlice }
+}

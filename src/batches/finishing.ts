@@ -1,0 +1,98 @@
+/**
+ * Finishing a batch, on the one node that holds its batch-wide lease: once no node works on its slices any more,
+ * the requests left pending get their `batch_expired` or `batch_cancelled` error, the output and error files are
+ * written from the stored outcomes in line order (each only when it has lines), and the batch makes its final move
+ * with the files' ids.
+ */
+import { Duration, Effect, Option, Schedule, Stream } from "effect"
+import { AppConfig } from "../Config.js"
+import { derivedFileId } from "../domain/Ids.js"
+import { FileStore } from "../files/FileStore.js"
+import { type BatchRecord, BatchStore } from "./BatchStore.js"
+import { nodeLease, WorkLeases } from "./WorkLeases.js"
+
+/** Result rows read at a time while writing the files. */
+const PAGE = 1000
+
+/** The final moves, and the error the requests still pending get with each. */
+const pendingError = {
+  complete: undefined,
+  expire: {
+    code: "batch_expired",
+    message: "This request could not be executed before the completion window expired."
+  },
+  cancelDone: {
+    code: "batch_cancelled",
+    message: "This request was not executed because the batch was cancelled."
+  }
+} as const
+
+export type FinalMove = keyof typeof pendingError
+
+export interface Finishing {
+  /**
+   * Finishes the batch with `move` if this node gets its batch-wide lease (false when another node holds it):
+   * waits until no node works on its slices (they stop at expiry, or on a cancel within a heartbeat; a dead node's
+   * lease runs out), then writes its files and moves it.
+   */
+  readonly finish: (id: string, move: FinalMove) => Effect.Effect<boolean>
+}
+
+export const makeFinishing = Effect.gen(function*() {
+  const store = yield* BatchStore
+  const leases = yield* WorkLeases
+  const files = yield* FileStore
+  const config = yield* AppConfig
+
+  const load = (id: string) => Effect.orDie(store.get(id))
+
+  const resultStream = (id: string, kind: "succeeded" | "failed"): Stream.Stream<Uint8Array> =>
+    Stream.paginateEffect(0, (after: number) =>
+      Effect.map(store.resultLines(id, kind, after, PAGE), (page) => [
+        page.bytes,
+        page.count < PAGE ? Option.none() : Option.some(page.lastLine)
+      ]))
+
+  const writeResultFile = (record: BatchRecord, kind: "succeeded" | "failed") => {
+    const id = record.batch.id
+    return Effect.map(
+      files.create({
+        id: derivedFileId(`${id}:${kind}`),
+        filename: `${id}_${kind === "succeeded" ? "output" : "error"}.jsonl`,
+        purpose: "batch_output",
+        expiresAfterSeconds: record.outputExpiresAfterSeconds ?? undefined
+      }, resultStream(id, kind)),
+      (file) => file.id
+    )
+  }
+
+  /** Writes the output and error files (each only when it has lines) and makes `move`. */
+  const writeFilesAndMove = (id: string, move: FinalMove) =>
+    Effect.gen(function*() {
+      let record = yield* load(id)
+      const pending = pendingError[move]
+      if (record.batch.in_progress_at === null) {
+        // Never got past validation: there are no requests to report.
+        yield* store.deleteRequests(id)
+      } else if (pending !== undefined) {
+        yield* store.failPending(id, pending.code, pending.message)
+        record = yield* load(id)
+      }
+      const counts = record.batch.request_counts
+      const outputFileId = counts.completed > 0 ? yield* writeResultFile(record, "succeeded") : null
+      const errorFileId = counts.failed > 0 ? yield* writeResultFile(record, "failed") : null
+      yield* store.transition(id, move, { outputFileId, errorFileId })
+    }).pipe(Effect.withSpan("BatchRunner.finish", { attributes: { id, move } }))
+
+  const finish = (id: string, move: FinalMove) =>
+    Effect.gen(function*() {
+      if (!(yield* Effect.flatMap(nodeLease(config), (lease) => leases.claimBatch(id, lease)))) return false
+      yield* Effect.flatMap(nodeLease(config), (lease) => leases.liveSlices(id, lease.now)).pipe(
+        Effect.repeat({ until: (live) => live === 0, schedule: Schedule.spaced(Duration.millis(100)) })
+      )
+      yield* writeFilesAndMove(id, move)
+      return true
+    })
+
+  return { finish } satisfies Finishing
+})

@@ -1,0 +1,89 @@
+/**
+ * The heartbeat: every `heartbeatInterval` a node renews its leases, stops its work on batches cancelled on another
+ * node and on slices whose lease it lost (taken over after a stall longer than `leaseTtl`), and picks up work that
+ * is free (new batches created on other nodes, free slices, leases of dead nodes that ran out). `LocalWork` is what
+ * it checks: the batches and slices this node works on, as the phases tell it.
+ */
+import { Effect, Schedule } from "effect"
+import { AppConfig } from "../Config.js"
+import { BatchStore } from "./BatchStore.js"
+import { nodeLease, WorkLeases } from "./WorkLeases.js"
+
+/** The work this node does, for the heartbeat to check against the database. */
+export class LocalWork {
+  /** Batches this node is validating or running requests of (or waiting to): a cancel elsewhere must stop them. */
+  private readonly batches = new Set<string>()
+  /** Slices this node holds, by batch: a slice whose lease was not renewed was taken over. */
+  private readonly slices = new Map<string, Set<number>>()
+
+  /** `effect`, with the batch counted as this node's work while it runs. */
+  working<A, E, R>(id: string, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> {
+    return Effect.zipRight(
+      Effect.sync(() => this.batches.add(id)),
+      Effect.ensuring(effect, Effect.sync(() => this.batches.delete(id)))
+    )
+  }
+
+  holdSlice(id: string, slice: number): void {
+    const held = this.slices.get(id) ?? new Set<number>()
+    this.slices.set(id, held.add(slice))
+  }
+
+  /** Forgets a slice once done, before the store frees it, so that it is never taken for lost. */
+  dropSlice(id: string, slice: number): void {
+    this.slices.get(id)?.delete(slice)
+  }
+
+  dropSlices(id: string): void {
+    this.slices.delete(id)
+  }
+
+  workingOn(): ReadonlyArray<string> {
+    return [...this.batches]
+  }
+
+  /** Batches of which this node holds a slice that is not among `renewed`. */
+  lostBatches(renewed: ReadonlyArray<{ readonly batchId: string; readonly slice: number }>): ReadonlyArray<string> {
+    const held = new Set(renewed.map((r) => `${r.batchId}:${r.slice}`))
+    return [...this.slices].filter(([id, slices]) => [...slices].some((slice) => !held.has(`${id}:${slice}`))).map(
+      ([id]) => id
+    )
+  }
+}
+
+export interface HeartbeatActions {
+  /** Interrupts this node's work on a batch and drives it again (see `BatchRunner.restart`). */
+  readonly restart: (id: string) => Effect.Effect<void>
+  /** Starts driving a batch on this node, unless it already does. */
+  readonly submit: (id: string) => Effect.Effect<void>
+}
+
+/** One beat: renew, stop what was cancelled or lost, pick up free work. */
+export const beat = (local: LocalWork, actions: HeartbeatActions) =>
+  Effect.gen(function*() {
+    const store = yield* BatchStore
+    const leases = yield* WorkLeases
+    const config = yield* AppConfig
+    const renewed = yield* Effect.flatMap(nodeLease(config), leases.renewLeases)
+    const lost = local.lostBatches(renewed)
+    const statuses = yield* store.statuses(local.workingOn())
+    const cancelled = [...statuses].filter(([, status]) => status === "cancelling").map(([id]) => id)
+    yield* Effect.forEach(new Set([...lost, ...cancelled]), actions.restart, { discard: true })
+    const free = yield* Effect.flatMap(nodeLease(config), (lease) => leases.claimable(lease.now, 100))
+    yield* Effect.forEach(free, actions.submit, { discard: true })
+  }).pipe(Effect.withSpan("BatchRunner.heartbeat"))
+
+/**
+ * Frees at once what a previous run of this node held (instead of waiting for the leases to run out), then beats
+ * every `heartbeatInterval` for as long as the scope lasts, the first beat at once (resuming unfinished batches).
+ */
+export const startHeartbeat = (local: LocalWork, actions: HeartbeatActions) =>
+  Effect.gen(function*() {
+    const config = yield* AppConfig
+    yield* Effect.flatMap(WorkLeases, (leases) => leases.releaseAfterRestart(config.nodeId))
+    yield* beat(local, actions).pipe(
+      Effect.catchAllCause((cause) => Effect.logError("Heartbeat failed", cause)),
+      Effect.repeat(Schedule.spaced(config.heartbeatInterval)),
+      Effect.forkScoped
+    )
+  })

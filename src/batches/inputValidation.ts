@@ -1,0 +1,144 @@
+/**
+ * Validation of a batch's input file as a fold over its lines: `step(state, line)` checks one line (with
+ * `validateLine`) and the rules across lines (duplicate `custom_id`s, one model, at most `maxRequests` requests),
+ * giving the request rows, the problems with their 1-based lines, the slices and the model. Pure: no database and no
+ * Effect; the runner (`validating.ts`) feeds it the lines of the file stream and stores `takeRows` a page at a time.
+ *
+ * The state is the fold's accumulator, updated in place by `step` and returned: copying a set of 50,000 `custom_id`s
+ * per line would cost more than the checks.
+ */
+import type { BatchEndpoint, BatchError } from "../domain/Batches.js"
+import { echo } from "../domain/Text.js"
+import type { RequestRow, SliceBounds } from "./BatchStore.js"
+import type { JsonlLine } from "./lines.js"
+import { isValidLine, validateLine } from "./validation.js"
+
+/**
+ * Requests per slice, the unit of work a node claims: small enough that every node gets a share of one large
+ * batch, large enough that claiming costs nothing next to running it.
+ */
+export const SLICE = 500
+/**
+ * Problems kept in `errors.data`, by count and by size (every retrieve and list page carries them); the rest are
+ * counted in one last `too_many_errors` entry.
+ */
+export const MAX_REPORTED_ERRORS = 1000
+export const MAX_REPORTED_ERROR_BYTES = 64 * 1024
+
+export interface InputRules {
+  readonly endpoint: BatchEndpoint
+  /** More requests fail with `too_many_tasks`. */
+  readonly maxRequests: number
+  /** The longest line `jsonlLines` was given: what a `TooLong` line is told. */
+  readonly maxLineBytes: number
+  /** The `id` of each request's output line (random in the runner; a test may give its own). */
+  readonly resultId: () => string
+}
+
+export interface InputState {
+  readonly rules: InputRules
+  readonly errors: Array<BatchError>
+  errorBytes: number
+  /** Problems found beyond what `errors` keeps. */
+  omitted: number
+  readonly customIds: Set<string>
+  /** The model of the first valid request, and its line. */
+  model: { readonly name: string; readonly line: number } | undefined
+  /** Valid requests so far. */
+  count: number
+  /** Rows not yet taken by `takeRows`. */
+  rows: Array<RequestRow>
+  readonly slices: Array<SliceBounds>
+}
+
+export const initial = (rules: InputRules): InputState => ({
+  rules,
+  errors: [],
+  errorBytes: 0,
+  omitted: 0,
+  customIds: new Set(),
+  model: undefined,
+  count: 0,
+  rows: [],
+  slices: []
+})
+
+const report = (state: InputState, e: BatchError): InputState => {
+  const size = JSON.stringify(e).length
+  if (state.errors.length < MAX_REPORTED_ERRORS && state.errorBytes + size <= MAX_REPORTED_ERROR_BYTES) {
+    state.errors.push(e)
+    state.errorBytes += size
+  } else state.omitted++
+  return state
+}
+
+/** Checks one line and, when it is valid, adds its request row (cross-line rules included). */
+export const step = (state: InputState, item: JsonlLine): InputState => {
+  const { rules } = state
+  if (item._tag === "TooLong") {
+    return report(state, { code: "invalid_request", message: `This line is longer than ${rules.maxLineBytes} bytes.`, param: null, line: item.line })
+  }
+  if (item.text.trim() === "") return state
+  const result = validateLine(item.text, rules.endpoint)
+  if (!isValidLine(result)) {
+    for (const p of result) report(state, { ...p, line: item.line })
+    return state
+  }
+  if (state.customIds.has(result.customId)) {
+    return report(state, { code: "duplicate_custom_id", message: `The custom_id '${echo(result.customId)}' is used more than once in this file.`, param: "custom_id", line: item.line })
+  }
+  state.customIds.add(result.customId)
+  if (state.model === undefined) state.model = { name: result.model, line: item.line }
+  else if (state.model.name !== result.model) {
+    return report(state, { code: "model_mismatch", message: `All requests of a batch must use the same model: this line uses '${echo(result.model)}', line ${state.model.line} uses '${echo(state.model.name)}'.`, param: "body.model", line: item.line })
+  }
+  const count = ++state.count
+  if (count === rules.maxRequests + 1) {
+    report(state, { code: "too_many_tasks", message: `The batch has more than ${rules.maxRequests} requests, the most one batch may hold.`, param: null, line: item.line })
+  }
+  if (count > rules.maxRequests) return state
+  const { slices } = state
+  if ((count - 1) % SLICE === 0) slices.push({ firstLine: item.line, lastLine: item.line })
+  else slices[slices.length - 1] = { firstLine: slices[slices.length - 1]!.firstLine, lastLine: item.line }
+  state.rows.push({ line: item.line, customId: result.customId, resultId: rules.resultId(), body: result.body })
+  return state
+}
+
+/** How many rows `takeRows` would give. */
+export const rowsWaiting = (state: InputState): number => state.rows.length
+
+/** The rows validated since the last call, to store; none once a problem was found (the batch will fail). */
+export const takeRows = (state: InputState): ReadonlyArray<RequestRow> => {
+  const rows = state.rows
+  state.rows = []
+  return state.errors.length > 0 ? [] : rows
+}
+
+/** The model to look up in the upstream's list (`model_not_found`), when the file is valid so far. */
+export const modelToCheck = (state: InputState): string | undefined =>
+  state.errors.length === 0 ? state.model?.name : undefined
+
+export type InputVerdict =
+  | { readonly _tag: "Valid"; readonly model: string; readonly total: number; readonly slices: ReadonlyArray<SliceBounds> }
+  | { readonly _tag: "Invalid"; readonly errors: ReadonlyArray<BatchError> }
+
+/**
+ * The verdict once every line was folded in: valid (the model, how many requests, the slices), or the problems
+ * found, with `empty_file` when there was no request and `model_not_found` when `knownModels` (the upstream's
+ * list, if it has one) lacks the model.
+ */
+export const verdict = (state: InputState, knownModels?: ReadonlySet<string>): InputVerdict => {
+  const errors = [...state.errors]
+  if (state.count === 0 && errors.length === 0) {
+    errors.push({ code: "empty_file", message: "The input file is empty. Please ensure that the batch contains at least one request.", param: null, line: null })
+  }
+  const model = state.model
+  if (model !== undefined && errors.length === 0 && knownModels !== undefined && !knownModels.has(model.name)) {
+    errors.push({ code: "model_not_found", message: `The provided model '${echo(model.name)}' is not supported by the upstream.`, param: "body.model", line: model.line })
+  }
+  if (errors.length === 0) return { _tag: "Valid", model: model!.name, total: state.count, slices: state.slices }
+  if (state.omitted > 0) {
+    errors.push({ code: "too_many_errors", message: `${state.omitted} more problems were found and are not listed.`, param: null, line: null })
+  }
+  return { _tag: "Invalid", errors }
+}

@@ -1,0 +1,92 @@
+/**
+ * The `batch_results` table for `BatchStore`: one outcome per request, inserted only where the request has none
+ * yet (its primary key is the batch and the line), counted into the batch's `request_counts` and `usage` by the
+ * triggers of migration 0006 within the same statement; and the output and error files' lines, built from it by
+ * the database a page at a time.
+ */
+import type * as SqlClient from "@effect/sql/SqlClient"
+import * as SqlSchema from "@effect/sql/SqlSchema"
+import { Effect, Schema } from "effect"
+import type { BatchStoreShape, RequestOutcome, ResultLines } from "./BatchStore.js"
+import { type BatchSql, SqlInt } from "./sql.js"
+
+/**
+ * The first outcome of each line, in line order: counts follow the rows inserted only if a group names each line
+ * once, and two nodes writing overlapping groups in the same order cannot deadlock on Postgres.
+ */
+const oncePerLineInOrder = (outcomes: ReadonlyArray<RequestOutcome>): ReadonlyArray<RequestOutcome> => {
+  const byLine = new Map<number, RequestOutcome>()
+  for (const o of outcomes) if (!byLine.has(o.line)) byLine.set(o.line, o)
+  return [...byLine.values()].sort((a, b) => a.line - b.line)
+}
+
+/** A page of result lines: the bytes (SQLite) or text (Postgres) of the lines, how many, the last one's number. */
+const ResultPage = Schema.Struct({
+  lines: Schema.NullOr(Schema.Union(Schema.String, Schema.Uint8ArrayFromSelf)),
+  count: SqlInt,
+  last_line: Schema.NullOr(SqlInt)
+})
+
+export const makeOutcomes = (
+  sql: SqlClient.SqlClient,
+  dialect: BatchSql
+): Pick<BatchStoreShape, "recordOutcomes" | "failPending" | "resultLines"> => {
+  // The hot path (a statement per group of outcomes): no schema, no span per statement.
+  const recordOutcomes = (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) =>
+    dialect.insertOutcomes(batchId, oncePerLineInOrder(outcomes)).pipe(
+      // One span for the group, none for each of its statements (they cost more than the statements do).
+      Effect.withTracerEnabled(false),
+      Effect.orDie,
+      // Without a stack trace: capturing one per group cost more than the span.
+      Effect.withSpan("BatchStore.recordOutcomes", { captureStackTrace: false })
+    )
+
+  /** The trigger of migration 0006 counts the failures stored here. */
+  const failPending = (batchId: string, code: string, message: string) =>
+    sql<{ line: number }>`
+      INSERT INTO batch_results (batch_id, line, custom_id, result_id, error_code, error_message)
+      SELECT batch_id, line, custom_id, result_id, ${code}, ${message} FROM batch_requests r
+      WHERE batch_id = ${batchId} AND ${dialect.isPending}
+      ON CONFLICT DO NOTHING RETURNING line`.pipe(
+      Effect.map((rows) => rows.length),
+      Effect.orDie,
+      Effect.withSpan("BatchStore.failPending")
+    )
+
+  const encoder = new TextEncoder()
+  const resultPage = SqlSchema.single({
+    Request: Schema.Struct({
+      batchId: Schema.String,
+      kind: Schema.Literal("succeeded", "failed"),
+      afterLine: Schema.Number,
+      limit: Schema.Number
+    }),
+    Result: ResultPage,
+    execute: ({ afterLine, batchId, kind, limit }) => {
+      const outcome = kind === "succeeded"
+        ? sql`status_code >= 200 AND status_code < 300`
+        : sql`(status_code IS NULL OR status_code < 200 OR status_code >= 300)`
+      return sql`
+        SELECT ${dialect.pageBytes} AS lines, COUNT(*) AS count, MAX(line) AS last_line FROM (
+          SELECT line, ${dialect.resultLineText} AS text FROM batch_results
+          WHERE batch_id = ${batchId} AND line > ${afterLine} AND ${outcome}
+          ORDER BY line LIMIT ${limit}
+        ) page`
+    }
+  })
+
+  const resultLines = (batchId: string, kind: "succeeded" | "failed", afterLine: number, limit: number) =>
+    resultPage({ batchId, kind, afterLine, limit }).pipe(
+      Effect.map((page): ResultLines => {
+        const lines = page.lines ?? new Uint8Array(0)
+        return {
+          bytes: typeof lines === "string" ? encoder.encode(lines) : lines,
+          count: page.count,
+          lastLine: page.count > 0 ? page.last_line ?? 0 : 0
+        }
+      }),
+      Effect.orDie
+    )
+
+  return { recordOutcomes, failPending, resultLines }
+}

@@ -1,0 +1,135 @@
+/**
+ * The pending requests of a running batch that this node runs: the slices it claims, one after the other, read a
+ * page at a time, each row handed out once to the workers that share the source. A slice is marked done once every
+ * row handed out from it has its outcome stored (`stored`); when the scope closes, the slices left unfinished are
+ * released for any node to resume.
+ */
+import { Effect, Option, type Scope } from "effect"
+import { AppConfig } from "../Config.js"
+import { BatchStore, type RequestOutcome, type RequestRow } from "./BatchStore.js"
+import type { LocalWork } from "./heartbeat.js"
+import { nodeLease, type Slice, WorkLeases } from "./WorkLeases.js"
+
+/** Requests read from the store at a time. */
+const PAGE = 1000
+
+export interface PendingRows {
+  /** A row of the page in hand, handed out synchronously; undefined when the page is used up. */
+  readonly takeNow: () => RequestRow | undefined
+  /**
+   * The next row, reading the next page or claiming the next slice when needed (one caller at a time); `None`
+   * once no slice is left to claim.
+   */
+  readonly next: Effect.Effect<Option.Option<RequestRow>>
+  /** Counts outcomes as stored; completes the slices they finish. */
+  readonly stored: (outcomes: ReadonlyArray<RequestOutcome>) => Effect.Effect<void>
+  /** Whether any slice was claimed. */
+  readonly claimed: () => boolean
+}
+
+/** A claimed slice: done once all its rows were handed out and each has its outcome stored. */
+interface SliceProgress {
+  readonly slice: Slice
+  handedOut: boolean
+  outstanding: number
+}
+
+export const makePendingRows = (
+  id: string,
+  local: LocalWork
+): Effect.Effect<PendingRows, never, BatchStore | WorkLeases | AppConfig | Scope.Scope> =>
+  Effect.gen(function*() {
+    const store = yield* BatchStore
+    const leases = yield* WorkLeases
+    const config = yield* AppConfig
+    const mutex = yield* Effect.makeSemaphore(1)
+    // Released when the run ends, after its last outcomes are stored (the outcome writer, built later, is closed
+    // first): the slices left unfinished go back for any node to resume.
+    yield* Effect.addFinalizer(() =>
+      Effect.zipRight(
+        Effect.sync(() => local.dropSlices(id)),
+        leases.releaseLeases({ owner: config.nodeId, batchId: id })
+      )
+    )
+
+    /** Slices claimed and not yet completed: the one being read, and earlier ones with outcomes outstanding. */
+    let open: Array<SliceProgress> = []
+    let current: SliceProgress | undefined
+    let page: ReadonlyArray<RequestRow> = []
+    let index = 0
+    let afterLine = 0
+    let morePages = false
+    let exhausted = false
+    let claimed = false
+
+    /**
+     * Marks the slices that are done as such, once (they leave `open` at once), forgetting them here before the
+     * store does, so that the heartbeat never takes them for lost.
+     */
+    const completeDone = Effect.suspend(() => {
+      const done = open.filter((p) => p.handedOut && p.outstanding === 0)
+      if (done.length === 0) return Effect.void
+      open = open.filter((p) => !done.includes(p))
+      return Effect.forEach(done, (p) => {
+        local.dropSlice(id, p.slice.slice)
+        return store.completeSlice(id, p.slice.slice)
+      }, { discard: true })
+    })
+
+    const nextSlice = Effect.gen(function*() {
+      if (current !== undefined) {
+        current.handedOut = true
+        yield* completeDone
+      }
+      const slice = yield* Effect.flatMap(nodeLease(config), (lease) => leases.claimSlice(id, lease))
+      if (Option.isNone(slice)) {
+        exhausted = true
+        current = undefined
+        return
+      }
+      claimed = true
+      local.holdSlice(id, slice.value.slice)
+      current = { slice: slice.value, handedOut: false, outstanding: 0 }
+      open.push(current)
+      page = []
+      index = 0
+      afterLine = slice.value.firstLine - 1
+      morePages = true
+    })
+    const fetchPage = Effect.suspend(() =>
+      Effect.map(store.pendingRequests(id, afterLine, current!.slice.lastLine, PAGE), (rows) => {
+        page = rows
+        index = 0
+        afterLine = rows.at(-1)?.line ?? afterLine
+        morePages = rows.length === PAGE
+      })
+    )
+    const takeNow = (): RequestRow | undefined => {
+      if (index >= page.length) return undefined
+      current!.outstanding++
+      return page[index++]!
+    }
+    const take = Effect.suspend((): Effect.Effect<Option.Option<RequestRow>> => {
+      const taken = takeNow()
+      if (taken !== undefined) return Effect.succeed(Option.some(taken))
+      if (exhausted) return Effect.succeed(Option.none())
+      return Effect.zipRight(current !== undefined && morePages ? fetchPage : nextSlice, take)
+    })
+
+    const stored = (outcomes: ReadonlyArray<RequestOutcome>) =>
+      Effect.suspend(() => {
+        for (const o of outcomes) {
+          const progress = open.find((p) => o.line >= p.slice.firstLine && o.line <= p.slice.lastLine)
+          if (progress !== undefined) progress.outstanding--
+        }
+        return completeDone
+      })
+
+    return {
+      takeNow,
+      // Only reading the next page or slice is serialized.
+      next: mutex.withPermits(1)(take),
+      stored,
+      claimed: () => claimed
+    }
+  })

@@ -1,0 +1,42 @@
+/**
+ * The `batch_requests` table for `BatchStore`: one row per request, written by validation a page at a time and
+ * read back, a page at a time, as the requests still pending (without a row in `batch_results`).
+ */
+import type * as SqlClient from "@effect/sql/SqlClient"
+import { Effect } from "effect"
+import type { BatchStoreShape, RequestRow } from "./BatchStore.js"
+import { type BatchSql, chunks, INSERT_GROUP } from "./sql.js"
+
+export const makeRequestRows = (
+  sql: SqlClient.SqlClient,
+  dialect: BatchSql
+): Pick<BatchStoreShape, "insertRequests" | "deleteRequests" | "pendingRequests"> => {
+  const insertRequests = (batchId: string, rows: ReadonlyArray<RequestRow>) => {
+    const groups = chunks(rows, INSERT_GROUP)
+    // One statement is atomic on its own; only several need a transaction (two more statements and a span).
+    const insert = groups.length === 1
+      ? dialect.insertRequestGroup(batchId, groups[0]!)
+      : sql.withTransaction(Effect.forEach(groups, (group) => dialect.insertRequestGroup(batchId, group), { discard: true }))
+    return insert.pipe(Effect.asVoid, Effect.orDie, Effect.withSpan("BatchStore.insertRequests"))
+  }
+
+  const deleteRequests = (batchId: string) =>
+    Effect.zipRight(
+      sql`DELETE FROM batch_results WHERE batch_id = ${batchId}`,
+      sql`DELETE FROM batch_requests WHERE batch_id = ${batchId}`
+    ).pipe(sql.withTransaction, Effect.asVoid, Effect.orDie)
+
+  // On the hot path (a page per 1,000 requests run): mapped by hand, not decoded by a schema.
+  const pendingRequests = (batchId: string, afterLine: number, lastLine: number, limit: number) =>
+    sql<{ line: number | string; custom_id: string; result_id: string; body: string }>`
+      SELECT line, custom_id, result_id, body FROM batch_requests r
+      WHERE batch_id = ${batchId} AND line > ${afterLine} AND line <= ${lastLine} AND ${dialect.isPending}
+      ORDER BY line LIMIT ${limit}`.pipe(
+      Effect.map((rows) =>
+        rows.map((r): RequestRow => ({ line: Number(r.line), customId: r.custom_id, resultId: r.result_id, body: r.body }))
+      ),
+      Effect.orDie
+    )
+
+  return { insertRequests, deleteRequests, pendingRequests }
+}

@@ -1,0 +1,82 @@
+/**
+ * The running phase of a batch on this node: the pending requests of every slice it can claim
+ * (`pendingRows.ts`), sent through `maxConcurrentRequestsPerBatch` workers — a sliding window: each worker takes
+ * the next row as soon as its previous one is done — with outcomes stored in groups (`outcomeWriter.ts`).
+ *
+ * A worker moves on only once its outcome is stored, so a crash loses at most one unstored outcome per worker. An
+ * interruption (cancel, expiry, a lost slice) aborts the calls in flight; then, as the run's scope closes, the
+ * outcome writer stores every outcome already received, and the pending-row source releases the slices left
+ * unfinished for any node to resume (resources close in the reverse order of their making, and the writer is made
+ * from the source).
+ */
+import { Effect, Option } from "effect"
+import { AppConfig } from "../Config.js"
+import { Inference, type UpstreamFailure, type UpstreamResponse } from "../inference/Inference.js"
+import { type BatchRecord, BatchStore, type RequestOutcome, type RequestRow } from "./BatchStore.js"
+import type { LocalWork } from "./heartbeat.js"
+import { makeOutcomeWriter } from "./outcomeWriter.js"
+import { makePendingRows } from "./pendingRows.js"
+import { usageOf, zeroUsage } from "./validation.js"
+import { WorkLeases } from "./WorkLeases.js"
+
+const responseOutcome = (row: RequestRow, res: UpstreamResponse): RequestOutcome => ({
+  _tag: "Response",
+  line: row.line,
+  customId: row.customId,
+  resultId: row.resultId,
+  statusCode: res.status,
+  body: res.text,
+  requestId: res.requestId,
+  usage: res.status >= 200 && res.status < 300 ? usageOf(res.json) : zeroUsage
+})
+
+const errorOutcome = (row: RequestRow, e: UpstreamFailure): RequestOutcome => ({
+  _tag: "Error",
+  line: row.line,
+  customId: row.customId,
+  resultId: row.resultId,
+  code: e.code,
+  message: e.message
+})
+
+export interface Running {
+  /** Runs this node's share of the batch's requests; whether a slice was claimed at all. */
+  readonly run: (record: BatchRecord) => Effect.Effect<boolean>
+}
+
+export const makeRunning = (local: LocalWork) =>
+  Effect.gen(function*() {
+    const inference = yield* Inference
+    const config = yield* AppConfig
+    const context = yield* Effect.context<BatchStore | WorkLeases | AppConfig>()
+    const window = config.maxConcurrentRequestsPerBatch
+
+    const run = (record: BatchRecord) =>
+      Effect.gen(function*() {
+        const { batch } = record
+        const rows = yield* makePendingRows(batch.id, local)
+        const outcomes = yield* makeOutcomeWriter(batch.id, { window, afterWrite: rows.stored })
+        const options = { deadline: batch.expires_at * 1000 }
+        // A worker takes a row, sends it, waits until its outcome is stored, and starts over (a recursive effect
+        // in tail position: the fiber's stack does not grow). Thousands of requests run a second, so the loop is
+        // kept to a few steps: a row of the page in hand is taken synchronously, an outcome queued when it arrives.
+        const send = (row: RequestRow) =>
+          Effect.matchEffect(inference.send(batch.endpoint, row.body, options), {
+            onSuccess: (res) => Effect.zipRight(outcomes.store(responseOutcome(row, res)), worker),
+            onFailure: (e) => Effect.zipRight(outcomes.store(errorOutcome(row, e)), worker)
+          })
+        const worker: Effect.Effect<void> = Effect.suspend(() => {
+          const row = rows.takeNow()
+          if (row !== undefined) return send(row)
+          return Effect.flatMap(rows.next, (next) => (Option.isNone(next) ? Effect.void : send(next.value)))
+        })
+        yield* Effect.all(Array.from({ length: window }, () => worker), { concurrency: "unbounded", discard: true })
+        return rows.claimed()
+      }).pipe(
+        Effect.scoped,
+        Effect.provide(context),
+        Effect.withSpan("BatchRunner.run", { attributes: { id: record.batch.id } })
+      )
+
+    return { run } satisfies Running
+  })

@@ -1,0 +1,106 @@
+/**
+ * The validating phase of a batch whose batch-wide lease this node holds: streams the input file through the
+ * fold of `inputValidation.ts`, stores its request rows a page at a time, and moves the batch to `in_progress`
+ * (with its slices) or `failed` (with every problem found, and no row left).
+ */
+import { type Cause, Effect, Option, Stream } from "effect"
+import { AppConfig } from "../Config.js"
+import type { BatchError } from "../domain/Batches.js"
+import { batchRequestId } from "../domain/Ids.js"
+import { FileStore } from "../files/FileStore.js"
+import { Inference } from "../inference/Inference.js"
+import { isCapacityFault } from "../storage/Faults.js"
+import { type BatchRecord, BatchStore } from "./BatchStore.js"
+import { afterPendingIo } from "./eventLoop.js"
+import * as Input from "./inputValidation.js"
+import { jsonlLines } from "./lines.js"
+
+/** Request rows stored per statement. */
+const ROWS_PER_INSERT = 1000
+/** Input lines validated between two turns of the event loop (a few milliseconds of work). */
+const VALIDATION_STEP = 250
+const MAX_LINE_BYTES = 16 * 1024 * 1024
+
+export interface Validating {
+  /** Validates the batch and moves it on (a validation cut short, by a restart or a fault, starts over). */
+  readonly validate: (record: BatchRecord) => Effect.Effect<void>
+  /**
+   * After a validation cut short by `cause`: when it was a full disk, deletes the request rows it stored at once,
+   * still under its lease, instead of at its retry, so the rest of the server gets that space back while the batch
+   * waits. Only while the batch is still `validating` (best effort: on a full disk the delete may fail too; the
+   * retry deletes them).
+   */
+  readonly giveBackSpace: (id: string, cause: Cause.Cause<unknown>) => Effect.Effect<void>
+}
+
+export const makeValidating = Effect.gen(function*() {
+  const store = yield* BatchStore
+  const files = yield* FileStore
+  const inference = yield* Inference
+  const config = yield* AppConfig
+
+  const fail = (id: string, errors: ReadonlyArray<BatchError>) =>
+    Effect.zipRight(store.deleteRequests(id), store.transition(id, "validationFailed", { errors }))
+
+  const validate = (record: BatchRecord) =>
+    Effect.gen(function*() {
+      const { batch } = record
+      const content = yield* Effect.option(files.content(batch.input_file_id))
+      if (Option.isNone(content)) {
+        return yield* fail(batch.id, [{
+          code: "invalid_request",
+          message: `Cannot find file ${batch.input_file_id}, or organization does not have access to it.`,
+          param: "input_file_id",
+          line: null
+        }])
+      }
+      if (content.value.file.bytes > config.maxBatchInputBytes) {
+        return yield* fail(batch.id, [{
+          code: "file_too_large",
+          message: `The input file is ${content.value.file.bytes} bytes; the limit is ${config.maxBatchInputBytes} bytes.`,
+          param: "input_file_id",
+          line: null
+        }])
+      }
+      yield* store.deleteRequests(batch.id) // a validation cut short by a restart starts over
+
+      let state = Input.initial({
+        endpoint: batch.endpoint,
+        maxRequests: config.maxRequestsPerBatch,
+        maxLineBytes: MAX_LINE_BYTES,
+        resultId: batchRequestId
+      })
+      const storeRows = Effect.suspend(() => {
+        const rows = Input.takeRows(state)
+        return rows.length === 0 ? Effect.void : store.insertRequests(batch.id, rows)
+      })
+      // The lines are checked VALIDATION_STEP at a time, in one go (an effect per line cost more than the checks),
+      // and their rows stored a page at a time (a statement per step cost a third more time); after each step the
+      // event loop gets a turn, so that API calls never wait for more than a step (steps of a page held polls up to
+      // ~60 ms).
+      yield* content.value.stream.pipe(
+        jsonlLines(MAX_LINE_BYTES),
+        Stream.rechunk(VALIDATION_STEP),
+        Stream.runForEachChunk((items) => {
+          for (const item of items) state = Input.step(state, item)
+          return Input.rowsWaiting(state) >= ROWS_PER_INSERT ? Effect.zipRight(storeRows, afterPendingIo) : afterPendingIo
+        })
+      )
+      yield* storeRows
+      const model = Input.modelToCheck(state)
+      const known = model === undefined ? Option.none() : yield* inference.models
+      const verdict = Input.verdict(state, Option.getOrUndefined(known))
+      if (verdict._tag === "Invalid") return yield* fail(batch.id, verdict.errors)
+      yield* store.startRunning(batch.id, { model: verdict.model, total: verdict.total }, verdict.slices)
+    }).pipe(Effect.withSpan("BatchRunner.validate", { attributes: { id: record.batch.id } }))
+
+  const giveBackSpace = (id: string, cause: Cause.Cause<unknown>) =>
+    isCapacityFault(cause)
+      ? store.get(id).pipe(
+        Effect.flatMap(({ batch }) => batch.status === "validating" ? store.deleteRequests(id) : Effect.void),
+        Effect.catchAllCause(() => Effect.void)
+      )
+      : Effect.void
+
+  return { validate, giveBackSpace } satisfies Validating
+})

@@ -1,0 +1,159 @@
+/**
+ * The runner's parts on their own: the outcome writer (groups, waiting, a failed write, what a closing scope still
+ * writes) over a scripted store; the pending-row source over the real stores (SQLite and PostgreSQL); and the
+ * heartbeat's record of this node's work.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Deferred, Effect, Exit, Fiber, Layer, Option, Scope } from "effect"
+import { BatchStore, BatchStoreLive, type BatchStoreShape, type RequestOutcome } from "../src/batches/BatchStore.js"
+import { LocalWork } from "../src/batches/heartbeat.js"
+import { makeOutcomeWriter } from "../src/batches/outcomeWriter.js"
+import { makePendingRows } from "../src/batches/pendingRows.js"
+import { WorkLeases, WorkLeasesLive } from "../src/batches/WorkLeases.js"
+import { SqlLive } from "../src/storage/Sql.js"
+import { validatingBatch } from "./support/Batches.js"
+import { backends, configFor, TestDatabase, TestDataDir } from "./support/TestApp.js"
+
+const outcome = (line: number): RequestOutcome => ({
+  _tag: "Error",
+  line,
+  customId: `c${line}`,
+  resultId: `r${line}`,
+  code: "upstream_timeout",
+  message: "slow"
+})
+
+/** A store whose `recordOutcomes` records each group's lines and runs `write` (by default: succeeds). */
+const scriptedStore = (groups: Array<Array<number>>, write: (n: number) => Effect.Effect<void> = () => Effect.void) =>
+  Layer.succeed(BatchStore, {
+    recordOutcomes: (_id: string, outcomes: ReadonlyArray<RequestOutcome>) =>
+      Effect.suspend(() => {
+        groups.push(outcomes.map((o) => o.line))
+        return Effect.as(write(groups.length), outcomes.length)
+      })
+  } as unknown as BatchStoreShape)
+
+describe("outcome writer", () => {
+  it.live("outcomes arriving together are one write; each caller resumes once its group is stored", () =>
+    Effect.gen(function*() {
+      const groups: Array<Array<number>> = []
+      const afterWrite: Array<Array<number>> = []
+      const gate = yield* Deferred.make<void>()
+      yield* Effect.gen(function*() {
+        const writer = yield* makeOutcomeWriter("b", {
+          window: 32,
+          afterWrite: (outcomes) => Effect.sync(() => afterWrite.push(outcomes.map((o) => o.line)))
+        })
+        const callers = yield* Effect.forEach([1, 2, 3, 4, 5], (line) => Effect.fork(writer.store(outcome(line))))
+        yield* Effect.sleep("50 millis")
+        expect(groups).toEqual([[1, 2, 3, 4, 5]])
+        expect(yield* Effect.forEach(callers, (f) => f.poll)).toEqual(callers.map(() => Option.none())) // still waiting
+        yield* Deferred.succeed(gate, undefined)
+        yield* Effect.forEach(callers, Fiber.join)
+        expect(afterWrite).toEqual([[1, 2, 3, 4, 5]])
+      }).pipe(Effect.scoped, Effect.provide(scriptedStore(groups, () => Deferred.await(gate))))
+    }))
+
+  it.live("a failed write fails every caller of its group", () =>
+    Effect.gen(function*() {
+      const groups: Array<Array<number>> = []
+      const exits = yield* Effect.gen(function*() {
+        const writer = yield* makeOutcomeWriter("b", { window: 32, afterWrite: () => Effect.void })
+        return yield* Effect.forEach([1, 2], (line) => Effect.exit(writer.store(outcome(line))), { concurrency: "unbounded" })
+      }).pipe(Effect.scoped, Effect.provide(scriptedStore(groups, () => Effect.dieMessage("disk I/O error"))))
+      expect(groups).toEqual([[1, 2]])
+      expect(exits.every(Exit.isFailure)).toBe(true)
+    }))
+
+  it.live("closing the scope finishes the group being written, then writes what is queued, callers interrupted or not", () =>
+    Effect.gen(function*() {
+      const groups: Array<Array<number>> = []
+      const gate = yield* Deferred.make<void>()
+      const scope = yield* Scope.make()
+      const writer = yield* makeOutcomeWriter("b", { window: 32, afterWrite: () => Effect.void }).pipe(
+        Scope.extend(scope),
+        Effect.provide(scriptedStore(groups, (n) => (n === 1 ? Deferred.await(gate) : Effect.void)))
+      )
+      yield* Effect.fork(writer.store(outcome(1)))
+      yield* Effect.sleep("20 millis") // group [1] is being written, held at the gate
+      const second = yield* Effect.fork(writer.store(outcome(2)))
+      yield* Effect.sleep("20 millis")
+      yield* Fiber.interrupt(second)
+      yield* Effect.fork(Effect.zipRight(Effect.sleep("50 millis"), Deferred.succeed(gate, undefined)))
+      yield* Scope.close(scope, Exit.void)
+      expect(groups).toEqual([[1], [2]])
+    }))
+})
+
+describe("LocalWork", () => {
+  it.effect("counts a batch as worked on while its effect runs; a held slice missing from a renewal is lost", () =>
+    Effect.gen(function*() {
+      const local = new LocalWork()
+      const during = yield* local.working("b1", Effect.sync(() => local.workingOn()))
+      expect(during).toEqual(["b1"])
+      expect(local.workingOn()).toEqual([])
+      local.holdSlice("b1", 0)
+      local.holdSlice("b1", 1)
+      local.holdSlice("b2", 0)
+      expect(local.lostBatches([{ batchId: "b1", slice: 0 }, { batchId: "b1", slice: 1 }, { batchId: "b2", slice: 0 }])).toEqual([])
+      expect(local.lostBatches([{ batchId: "b1", slice: 0 }, { batchId: "b2", slice: 0 }])).toEqual(["b1"])
+      local.dropSlice("b1", 1) // done: no longer expected among the renewed
+      expect(local.lostBatches([{ batchId: "b1", slice: 0 }, { batchId: "b2", slice: 0 }])).toEqual([])
+      local.dropSlices("b2")
+      expect(local.lostBatches([{ batchId: "b1", slice: 0 }])).toEqual([])
+    }))
+})
+
+const storesFor = (backend: "sqlite" | "postgres") =>
+  Layer.merge(BatchStoreLive, WorkLeasesLive).pipe(
+    Layer.provide(SqlLive),
+    Layer.provideMerge(configFor()),
+    Layer.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))
+  )
+
+/** A running batch of 25 requests in slices of lines 1–10, 11–20, 21–25, of which lines 3 and 15 have outcomes. */
+const runningBatch = Effect.gen(function*() {
+  const store = yield* BatchStore
+  const id = yield* validatingBatch(25)
+  const slices = [{ firstLine: 1, lastLine: 10 }, { firstLine: 11, lastLine: 20 }, { firstLine: 21, lastLine: 25 }]
+  expect(yield* store.startRunning(id, { model: "m", total: 25 }, slices)).toBe(true)
+  yield* store.recordOutcomes(id, [outcome(3), outcome(15)])
+  return id
+})
+
+for (const backend of backends) describe(`pending rows (${backend})`, () => {
+  it.live("hands out each pending row once, slice after slice; the stored outcomes complete the slices and the batch", () =>
+    Effect.gen(function*() {
+      const store = yield* BatchStore
+      const id = yield* runningBatch
+      const rows = yield* makePendingRows(id, new LocalWork())
+      const taken: Array<number> = []
+      for (;;) {
+        const row = rows.takeNow() ?? Option.getOrUndefined(yield* rows.next)
+        if (row === undefined) break
+        taken.push(row.line)
+      }
+      expect(taken).toEqual(Array.from({ length: 25 }, (_, i) => i + 1).filter((line) => line !== 3 && line !== 15))
+      expect(rows.claimed()).toBe(true)
+      const outcomes = taken.map(outcome)
+      yield* store.recordOutcomes(id, outcomes.slice(0, 5)) // part of slice 0
+      yield* rows.stored(outcomes.slice(0, 5))
+      expect((yield* store.get(id)).batch.status).toBe("in_progress")
+      yield* store.recordOutcomes(id, outcomes.slice(5))
+      yield* rows.stored(outcomes.slice(5))
+      expect((yield* store.get(id)).batch.status).toBe("finalizing")
+    }).pipe(Effect.scoped, Effect.provide(storesFor(backend))))
+
+  it.live("closing its scope releases the slices it held for any node to resume", () =>
+    Effect.gen(function*() {
+      const leases = yield* WorkLeases
+      const id = yield* runningBatch
+      yield* Effect.scoped(Effect.gen(function*() {
+        const rows = yield* makePendingRows(id, new LocalWork())
+        expect(Option.map(yield* rows.next, (row) => row.line)).toEqual(Option.some(1))
+        expect(yield* leases.liveSlices(id, Date.now())).toBe(1)
+      }))
+      expect(yield* leases.liveSlices(id, Date.now())).toBe(0)
+      expect(yield* leases.claimable(Date.now(), 10)).toContain(id)
+    }).pipe(Effect.provide(storesFor(backend))))
+})

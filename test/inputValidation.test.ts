@@ -1,0 +1,94 @@
+/**
+ * The input file's validation as a pure fold (src/batches/inputValidation.ts), with no database and no Effect:
+ * rows, problems with their 1-based lines, the bounds on requests and on reported problems, slices, the model.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import * as Input from "../src/batches/inputValidation.js"
+import type { JsonlLine } from "../src/batches/lines.js"
+
+const request = (customId: string, model = "m") =>
+  JSON.stringify({ custom_id: customId, method: "POST", url: "/v1/chat/completions", body: { model, messages: [] } })
+
+const lines = (texts: ReadonlyArray<string>): Array<JsonlLine> =>
+  texts.map((text, i) => ({ _tag: "Line", line: i + 1, text }))
+
+const fold = (items: ReadonlyArray<JsonlLine>, maxRequests = 100) => {
+  let ids = 0
+  const rules = { endpoint: "/v1/chat/completions", maxRequests, maxLineBytes: 64, resultId: () => `r${++ids}` } as const
+  return items.reduce(Input.step, Input.initial(rules))
+}
+
+describe("input validation fold", () => {
+  it("gives a row per valid request, with its line, and the model; blank lines are skipped", () => {
+    const state = fold(lines([request("a"), "", request("b")]))
+    expect(Input.takeRows(state)).toEqual([
+      { line: 1, customId: "a", resultId: "r1", body: `{"model":"m","messages":[]}` },
+      { line: 3, customId: "b", resultId: "r2", body: `{"model":"m","messages":[]}` }
+    ])
+    expect(Input.takeRows(state)).toEqual([]) // taken once
+    expect(Input.modelToCheck(state)).toBe("m")
+    expect(Input.verdict(state)).toEqual({ _tag: "Valid", model: "m", total: 2, slices: [{ firstLine: 1, lastLine: 3 }] })
+  })
+
+  it("cuts the requests into slices of SLICE requests, by their lines", () => {
+    const texts = Array.from({ length: Input.SLICE * 2 + 1 }, (_, i) => request(`c${i}`))
+    const verdict = Input.verdict(fold(lines(texts), 10_000))
+    expect(verdict).toMatchObject({
+      _tag: "Valid",
+      total: Input.SLICE * 2 + 1,
+      slices: [
+        { firstLine: 1, lastLine: Input.SLICE },
+        { firstLine: Input.SLICE + 1, lastLine: Input.SLICE * 2 },
+        { firstLine: Input.SLICE * 2 + 1, lastLine: Input.SLICE * 2 + 1 }
+      ]
+    })
+  })
+
+  it("reports every problem with its line, across lines too, and gives no rows once one is found", () => {
+    const items: Array<JsonlLine> = [
+      ...lines([request("a"), "not json", request("a"), request("b", "other")]),
+      { _tag: "TooLong", line: 5 }
+    ]
+    const state = fold(items)
+    expect(Input.takeRows(state)).toEqual([])
+    expect(Input.modelToCheck(state)).toBeUndefined()
+    const verdict = Input.verdict(state)
+    expect(verdict._tag === "Invalid" && verdict.errors.map((e) => [e.line, e.code])).toEqual([
+      [2, "invalid_json_line"],
+      [3, "duplicate_custom_id"],
+      [4, "model_mismatch"],
+      [5, "invalid_request"]
+    ])
+  })
+
+  it("too_many_tasks on the first request past the limit; rows stop there", () => {
+    const state = fold(lines([request("a"), request("b"), request("c"), request("d")]), 2)
+    const verdict = Input.verdict(state)
+    expect(verdict._tag === "Invalid" && verdict.errors).toEqual([expect.objectContaining({ code: "too_many_tasks", line: 3 })])
+  })
+
+  it("keeps problems up to MAX_REPORTED_ERROR_BYTES and counts the rest in one too_many_errors entry", () => {
+    const total = Input.MAX_REPORTED_ERRORS + 5
+    const verdict = Input.verdict(fold(lines(Array.from({ length: total }, () => "{"))))
+    if (verdict._tag !== "Invalid") throw new Error("expected problems")
+    const listed = verdict.errors.slice(0, -1)
+    expect(listed.length).toBeLessThanOrEqual(Input.MAX_REPORTED_ERRORS)
+    expect(listed.reduce((bytes, e) => bytes + JSON.stringify(e).length, 0)).toBeLessThanOrEqual(Input.MAX_REPORTED_ERROR_BYTES)
+    expect(listed.map((e) => e.line)).toEqual(listed.map((_, i) => i + 1))
+    expect(verdict.errors.at(-1)).toMatchObject({
+      code: "too_many_errors",
+      message: `${total - listed.length} more problems were found and are not listed.`,
+      line: null
+    })
+  })
+
+  it("empty_file without requests; model_not_found when the upstream's list lacks the model", () => {
+    expect(Input.verdict(fold(lines(["", " "])))).toMatchObject({ _tag: "Invalid", errors: [{ code: "empty_file", line: null }] })
+    const state = fold(lines(["", request("a", "gpt-x")]))
+    expect(Input.verdict(state, new Set(["m"]))).toMatchObject({
+      _tag: "Invalid",
+      errors: [{ code: "model_not_found", param: "body.model", line: 2 }]
+    })
+    expect(Input.verdict(state, new Set(["gpt-x"]))).toMatchObject({ _tag: "Valid", model: "gpt-x" })
+  })
+})
