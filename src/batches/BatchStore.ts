@@ -161,7 +161,9 @@ export interface BatchStoreShape {
   readonly failPending: (batchId: string, code: string, message: string) => Effect.Effect<number>
   /**
    * The output file lines (`succeeded`: 2xx answers) or error file lines (every other outcome) of up to `limit`
-   * outcomes after line `afterLine`, in line order, in the JSONL format of OpenAI's files.
+   * outcomes after line `afterLine`, in line order, in the JSONL format of OpenAI's files. A page also stops once
+   * its upstream bodies pass `RESULT_PAGE_BYTES` (it always holds at least one line), so large answers are written
+   * a few at a time: the page is empty only when no line is left.
    */
   readonly resultLines: (
     batchId: string,

@@ -50,7 +50,7 @@ export const makeFinishing = Effect.gen(function*() {
     Stream.paginateEffect(0, (after: number) =>
       Effect.map(store.resultLines(id, kind, after, PAGE), (page) => [
         page.bytes,
-        page.count < PAGE ? Option.none() : Option.some(page.lastLine)
+        page.count === 0 ? Option.none() : Option.some(page.lastLine) // a page may stop early: bounded by bytes
       ]))
 
   const writeResultFile = (record: BatchRecord, kind: "succeeded" | "failed") => {

@@ -21,6 +21,12 @@ const oncePerLineInOrder = (outcomes: ReadonlyArray<RequestOutcome>): ReadonlyAr
 }
 
 /** A page of result lines: the bytes (SQLite) or text (Postgres) of the lines, how many, the last one's number. */
+/**
+ * The upstream bodies a page of result lines may hold before it stops (at least one line): a page of a thousand
+ * 40 MB answers would otherwise be one string of gigabytes.
+ */
+export const RESULT_PAGE_BYTES = 8 * 1024 * 1024
+
 const ResultPage = Schema.Struct({
   lines: Schema.NullOr(Schema.Union(Schema.String, Schema.Uint8ArrayFromSelf)),
   count: SqlInt,
@@ -66,11 +72,19 @@ export const makeOutcomes = (
       const outcome = kind === "succeeded"
         ? sql`status_code >= 200 AND status_code < 300`
         : sql`(status_code IS NULL OR status_code < 200 OR status_code >= 300)`
+      // The lines whose bodies before them stay under the budget: a running sum over lengths, then the text is
+      // built for those lines alone.
       return sql`
         SELECT ${dialect.pageBytes} AS lines, COUNT(*) AS count, MAX(line) AS last_line FROM (
           SELECT line, ${dialect.resultLineText} AS text FROM batch_results
-          WHERE batch_id = ${batchId} AND line > ${afterLine} AND ${outcome}
-          ORDER BY line LIMIT ${limit}
+          WHERE batch_id = ${batchId} AND line > ${afterLine} AND line <= (
+            SELECT MAX(line) FROM (
+              SELECT line, SUM(COALESCE(octet_length(response), 0)) OVER (ORDER BY line) - COALESCE(octet_length(response), 0) AS before
+              FROM batch_results WHERE batch_id = ${batchId} AND line > ${afterLine} AND ${outcome}
+              ORDER BY line LIMIT ${limit}
+            ) sized WHERE before < ${RESULT_PAGE_BYTES}
+          ) AND ${outcome}
+          ORDER BY line
         ) page`
     }
   })
