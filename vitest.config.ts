@@ -9,6 +9,9 @@ export default defineConfig({
     include: ["test/**/*.test.ts", "examples/*/*.test.ts"],
     testTimeout: 60_000,
     hookTimeout: 60_000,
-    pool: "forks"
+    pool: "forks",
+    // Both cores: most suites wait on servers, PostgreSQL and child processes, not on the CPU (one fork, vitest's
+    // default on two cores, took twice as long).
+    poolOptions: { forks: { minForks: 1, maxForks: 2 } }
   }
 })

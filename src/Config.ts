@@ -60,6 +60,22 @@ export interface AppConfigShape {
    * duration here makes batches expire sooner (demos, tests).
    */
   readonly completionWindow: Duration.Duration
+  /**
+   * API keys (`API_KEYS`): entries `KEY` or `KEY:PROJECT` (`KEY` may also be `sha256:<64 lowercase hex>`), each a
+   * secret. Keys naming the same project share it; a key without one is a project of its own.
+   */
+  readonly apiKeys: ReadonlyArray<Redacted.Redacted>
+  /** Operator keys (`ADMIN_API_KEYS`): they see and may act on every project's objects. */
+  readonly adminApiKeys: ReadonlyArray<Redacted.Redacted>
+  /** A file of key entries, one a line (`API_KEYS_FILE`), re-read on SIGHUP; see `auth/Auth.ts` for its lines. */
+  readonly apiKeysFile: Option.Option<string>
+  /** Origins that may call the API from a browser (`CORS_ORIGINS`, exact origins); none: no CORS headers at all. */
+  readonly corsOrigins: ReadonlyArray<string>
+  /**
+   * Serve without API keys on a non-loopback `HOST`, and answer any `Host` header (`ALLOW_UNAUTHENTICATED`): only
+   * behind something else that authenticates. Without keys and without it, the server serves loopback only.
+   */
+  readonly allowUnauthenticated: boolean
 }
 
 export const defaults: AppConfigShape = {
@@ -86,7 +102,12 @@ export const defaults: AppConfigShape = {
   maxConcurrentRequestsPerBatch: 32,
   maxRequestsPerBatch: 50_000,
   maxBatchInputBytes: 200 * 1024 * 1024,
-  completionWindow: Duration.hours(24)
+  completionWindow: Duration.hours(24),
+  apiKeys: [],
+  adminApiKeys: [],
+  apiKeysFile: Option.none(),
+  corsOrigins: [],
+  allowUnauthenticated: false
 }
 
 /** A rule of the configuration: what `variable` must be, checked on the whole configuration. */
@@ -115,6 +136,60 @@ const nonEmpty = (field: "host" | "dataDir" | "nodeId", variable: string): Rule 
   holds: (c) => typeof c[field] === "string" && c[field].trim() !== ""
 })
 const isUrl = (text: string, protocols: RegExp) => URL.canParse(text) && protocols.test(new URL(text).protocol)
+
+/** Whether requests need an API key: any key variable is set (a keys file counts even when it lists none). */
+export const keysConfigured = (config: Pick<AppConfigShape, "apiKeys" | "adminApiKeys" | "apiKeysFile">): boolean =>
+  config.apiKeys.length > 0 || config.adminApiKeys.length > 0 || Option.isSome(config.apiKeysFile)
+
+/** A loopback name or address: `localhost`, `127.0.0.0/8`, `::1` (bracketed or not). */
+export const isLoopbackName = (name: string): boolean => {
+  const n = name.toLowerCase()
+  return n === "localhost" || n === "::1" || n === "[::1]" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(n)
+}
+
+/** A project name as `API_KEYS` and the keys file give it. */
+export const PROJECT_NAME = /^[A-Za-z0-9_-]{1,64}$/
+
+/** The parts of a `KEY[:PROJECT]` entry (`KEY` possibly `sha256:<hex>`), or the reason it is not one (never echoing the key). */
+export const parseKeyEntry = (
+  entry: string
+): { readonly key: string; readonly project: string | undefined } | { readonly problem: string } => {
+  const hashed = /^sha256:([^:]*)(?::(.*))?$/s.exec(entry)
+  const colon = entry.lastIndexOf(":")
+  const [key, project] = hashed !== null
+    ? [`sha256:${hashed[1]!.trim()}`, hashed[2]?.trim()]
+    : colon < 0
+    ? [entry.trim(), undefined]
+    : [entry.slice(0, colon).trim(), entry.slice(colon + 1).trim()]
+  if (key === "" || key === "sha256:") return { problem: "an entry has an empty key" }
+  if (/[\s\p{Cc}]/u.test(key)) return { problem: "a key holds a space or a control character" }
+  if (hashed !== null && !/^sha256:[0-9a-f]{64}$/.test(key)) {
+    return { problem: "sha256: must be followed by the 64 lowercase hex digits of the key's SHA-256" }
+  }
+  if (project !== undefined && !PROJECT_NAME.test(project)) {
+    return { problem: "a project name must be 1–64 characters among A–Z, a–z, 0–9, _ and -" }
+  }
+  return { key, project }
+}
+
+/** An operator key (`ADMIN_API_KEYS`, or a keys file's `admin:` line): a key, or `sha256:<hex>`; never a project. */
+export const parseAdminKey = (entry: string): { readonly key: string } | { readonly problem: string } => {
+  const text = entry.trim()
+  if (text === "") return { problem: "an entry has an empty key" }
+  if (/[\s\p{Cc}]/u.test(text)) return { problem: "a key holds a space or a control character" }
+  if (text.startsWith("sha256:") && !/^sha256:[0-9a-f]{64}$/.test(text)) {
+    return { problem: "sha256: must be followed by the 64 lowercase hex digits of the key's SHA-256" }
+  }
+  return { key: text }
+}
+
+/** `text` split at commas, each entry trimmed, empty ones dropped. */
+export const commaList = (text: string): ReadonlyArray<string> =>
+  text.split(",").map((entry) => entry.trim()).filter((entry) => entry !== "")
+
+/** An exact origin (`https://app.example.com`, `http://localhost:3000`): scheme, host and port, nothing more. */
+const isOrigin = (text: string) =>
+  URL.canParse(text) && /^https?:$/.test(new URL(text).protocol) && new URL(text).origin === text
 
 /**
  * Every rule, for the environment and for a configuration given in code alike (`AppConfig.layerWith`): the same
@@ -151,6 +226,34 @@ const rules: ReadonlyArray<Rule> = [
     holds: (c) => Duration.lessThan(c.heartbeatInterval, c.leaseTtl)
   },
   {
+    variable: "API_KEYS",
+    expected: "comma-separated entries KEY or KEY:PROJECT (PROJECT: 1–64 of A–Z a–z 0–9 _ -; KEY without spaces, " +
+      "or sha256:<64 lowercase hex>)",
+    holds: (c) => c.apiKeys.every((entry) => !("problem" in parseKeyEntry(Redacted.value(entry))))
+  },
+  {
+    variable: "ADMIN_API_KEYS",
+    expected: "comma-separated keys without spaces (or sha256:<64 lowercase hex>)",
+    holds: (c) => c.adminApiKeys.every((key) => !("problem" in parseAdminKey(Redacted.value(key))))
+  },
+  {
+    variable: "API_KEYS_FILE",
+    expected: "a file path",
+    holds: (c) => !Option.exists(c.apiKeysFile, (path) => path.trim() === "")
+  },
+  {
+    variable: "CORS_ORIGINS",
+    expected: "comma-separated exact origins such as https://app.example.com (scheme, host, port unless the default; " +
+      "no path, no trailing slash, no *)",
+    holds: (c) => c.corsOrigins.every(isOrigin)
+  },
+  {
+    variable: "HOST",
+    expected: "a loopback address (127.0.0.1, localhost or ::1) when no API key is configured: set API_KEYS, " +
+      "ADMIN_API_KEYS or API_KEYS_FILE, or ALLOW_UNAUTHENTICATED=true to serve everyone on this interface without a key",
+    holds: (c) => keysConfigured(c) || c.allowUnauthenticated || isLoopbackName(c.host)
+  },
+  {
     variable: "INFERENCE_RETRY_MAX_DELAY",
     expected: "a duration no shorter than INFERENCE_RETRY_BASE_DELAY",
     holds: (c) => Duration.greaterThanOrEqualTo(c.inferenceRetryMaxDelay, c.inferenceRetryBaseDelay)
@@ -167,6 +270,10 @@ export const validateConfig = (config: AppConfigShape): Either.Either<AppConfigS
 
 /** This node's default name in leases: unique per host and port, the same across restarts. */
 const defaultNodeId = (port: number) => `${hostname()}:${port}`
+
+/** A comma-separated secret as its entries, each still a secret. */
+const redactedList = (text: Option.Option<Redacted.Redacted>): ReadonlyArray<Redacted.Redacted> =>
+  Option.match(text, { onNone: () => [], onSome: (t) => commaList(Redacted.value(t)).map((entry) => Redacted.make(entry)) })
 
 /** The `Config` description of `AppConfigShape`, read from the environment (or any ConfigProvider). */
 export const appConfig: Config.Config<AppConfigShape> = Config.all({
@@ -204,9 +311,19 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   ),
   maxRequestsPerBatch: Config.integer("MAX_REQUESTS_PER_BATCH").pipe(Config.withDefault(defaults.maxRequestsPerBatch)),
   maxBatchInputBytes: Config.integer("MAX_BATCH_INPUT_BYTES").pipe(Config.withDefault(defaults.maxBatchInputBytes)),
-  completionWindow: Config.duration("COMPLETION_WINDOW").pipe(Config.withDefault(defaults.completionWindow))
+  completionWindow: Config.duration("COMPLETION_WINDOW").pipe(Config.withDefault(defaults.completionWindow)),
+  apiKeys: Config.option(Config.redacted("API_KEYS")),
+  adminApiKeys: Config.option(Config.redacted("ADMIN_API_KEYS")),
+  apiKeysFile: Config.option(Config.string("API_KEYS_FILE")),
+  corsOrigins: Config.string("CORS_ORIGINS").pipe(Config.map(commaList), Config.withDefault(defaults.corsOrigins)),
+  allowUnauthenticated: Config.boolean("ALLOW_UNAUTHENTICATED").pipe(Config.withDefault(defaults.allowUnauthenticated))
 }).pipe(
-  Config.map(({ nodeId, ...rest }) => ({ ...rest, nodeId: Option.getOrElse(nodeId, () => defaultNodeId(rest.port)) })),
+  Config.map(({ adminApiKeys, apiKeys, nodeId, ...rest }) => ({
+    ...rest,
+    apiKeys: redactedList(apiKeys),
+    adminApiKeys: redactedList(adminApiKeys),
+    nodeId: Option.getOrElse(nodeId, () => defaultNodeId(rest.port))
+  })),
   Config.mapOrFail(validateConfig)
 )
 

@@ -8,6 +8,7 @@ import { Duration, Effect, Layer } from "effect"
 import { createServer } from "node:http"
 import { AppConfig, fileStorageOf } from "./Config.js"
 import type * as SqlClient from "@effect/sql/SqlClient"
+import { type Auth, AuthLive } from "./auth/Auth.js"
 import { BatchRunnerLive } from "./batches/BatchRunner.js"
 import { BatchStore, BatchStoreLive } from "./batches/BatchStore.js"
 import { WorkLeases, WorkLeasesLive } from "./batches/WorkLeases.js"
@@ -33,6 +34,7 @@ export const StorageLive = BlobStoreLive.pipe(Layer.provideMerge(SqlLive))
 export interface ServiceParts {
   readonly storage?: Layer.Layer<SqlClient.SqlClient | BlobStore, unknown, AppConfig>
   readonly inference?: Layer.Layer<Inference, unknown, AppConfig>
+  readonly auth?: Layer.Layer<Auth, unknown, AppConfig>
   readonly fileStore?: Layer.Layer<FileStore, unknown, SqlClient.SqlClient | BlobStore | AppConfig>
   readonly batchStore?: Layer.Layer<BatchStore, unknown, SqlClient.SqlClient>
   readonly workLeases?: Layer.Layer<WorkLeases, unknown, SqlClient.SqlClient>
@@ -47,7 +49,8 @@ export const makeServices = (parts: ServiceParts = {}) =>
       parts.workLeases ?? WorkLeasesLive,
       parts.inference ?? InferenceLive
     )),
-    Layer.provide(parts.storage ?? StorageLive)
+    Layer.provide(parts.storage ?? StorageLive),
+    Layer.provideMerge(parts.auth ?? AuthLive)
   )
 
 /** Every service the HTTP handlers use, on the configured storage and upstream. */

@@ -2,6 +2,7 @@
  * Public entry for embedding: the API definition, the HTTP layers, the services and their live layers. Compose
  * them in your own Effect app, swap any of them (e.g. `FileStore`) for your own, or serve `HttpLive` on your server.
  */
+export { audit, Auth, AuthLive, type AuthShape, AuthTest, type Caller, CurrentCaller, localCaller } from "./auth/Auth.js"
 export { AppConfig, appConfig, type AppConfigShape, defaults as configDefaults } from "./Config.js"
 export { BatchRunner, BatchRunnerLive, type BatchRunnerShape, FaultRetry } from "./batches/BatchRunner.js"
 export { BatchNotFound, BatchStore, BatchStoreLive, type BatchStoreShape } from "./batches/BatchStore.js"
@@ -25,6 +26,7 @@ export {
 } from "./inference/Inference.js"
 export { ApiLive, HttpLive } from "./http/Http.js"
 export { ErrorEnvelopeLive } from "./http/Middleware.js"
+export { Authenticated, AuthenticatedLive, secure, type SecurityOptions } from "./http/Security.js"
 export {
   AppLive,
   BlobStoreLive,

@@ -20,6 +20,7 @@ import {
 import { Batch, BatchList, CreateBatchBody, ListBatchesParams } from "../domain/Batches.js"
 import { StorableString } from "../domain/Text.js"
 import { FileDeleted, FileList, FileObject, ListFilesParams, UploadFileForm } from "../domain/Files.js"
+import { Authenticated } from "./Security.js"
 
 const fileIdParam = HttpApiSchema.param("file_id", StorableString)
 const batchIdParam = HttpApiSchema.param("batch_id", StorableString)
@@ -65,6 +66,7 @@ export class FilesGroup extends HttpApiGroup.make("files")
       .addError(NotFoundSchema)
       .annotate(OpenApi.Summary, "Delete a file and its bytes")
   )
+  .middleware(Authenticated)
   .prefix("/v1")
   .annotate(OpenApi.Title, "Files")
 {}
@@ -97,6 +99,7 @@ export class BatchesGroup extends HttpApiGroup.make("batches")
       .addSuccess(BatchList)
       .annotate(OpenApi.Summary, "List batches, newest first")
   )
+  .middleware(Authenticated)
   .prefix("/v1")
   .annotate(OpenApi.Title, "Batches")
 {}

@@ -5,6 +5,7 @@ import { createHash } from "node:crypto"
 import { BatchRunner } from "../batches/BatchRunner.js"
 import { BatchStore } from "../batches/BatchStore.js"
 import { isProblem, validateCreateBatch, type ValidCreateBatch } from "../batches/validation.js"
+import { audit } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
 import { BatchList, type CreateBatchBody } from "../domain/Batches.js"
 import { conflict, invalidRequest, notFound } from "../domain/Errors.js"
@@ -91,13 +92,17 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
 
     return handlers
       // Uninterruptible: a client that hangs up mid-call must not leave a batch created but never started.
-      .handle("create", ({ payload }) => create(payload), { uninterruptible: true })
+      .handle("create", ({ payload }) => Effect.tap(create(payload), (batch) => audit("batch.create", batch.id)), {
+        uninterruptible: true
+      })
       .handle("retrieve", ({ path }) =>
         store.get(path.batch_id).pipe(
           Effect.map((r) => r.batch),
           Effect.catchTag("BatchNotFound", ({ id }) => batchNotFound(id))
         ))
-      .handle("cancel", ({ path }) => cancel(path.batch_id), { uninterruptible: true })
+      .handle("cancel", ({ path }) => Effect.tap(cancel(path.batch_id), (batch) => audit("batch.cancel", batch.id)), {
+        uninterruptible: true
+      })
       .handle("list", ({ urlParams }) =>
         store.list({ after: urlParams.after, limit: urlParams.limit ?? 20 }).pipe(
           Effect.map(({ data, hasMore }) => new BatchList(listPage(data, hasMore))),

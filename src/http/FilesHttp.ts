@@ -3,6 +3,7 @@ import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Effect, Either, type Scope, Stream } from "effect"
+import { audit } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
 import { type ApiError, invalidRequest, notFound, payloadTooLarge } from "../domain/Errors.js"
 import {
@@ -170,7 +171,7 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
 
     return handlers
       // The declared payload documents the form; the body is parsed by `parseFormData` (see there why).
-      .handle("upload", () => upload)
+      .handle("upload", () => Effect.tap(upload, (file) => audit("file.upload", file.id)))
       .handle("list", ({ urlParams }) =>
         files.list({
           purpose: urlParams.purpose,
@@ -193,6 +194,7 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
         ))
       .handle("delete", ({ path }) =>
         files.remove(path.file_id).pipe(
+          Effect.zipRight(audit("file.delete", path.file_id)),
           Effect.as(new FileDeleted({ id: path.file_id, object: "file", deleted: true })),
           Effect.catchTag("FileNotFound", ({ id }) => fileNotFound(id))
         ))

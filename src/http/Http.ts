@@ -1,6 +1,7 @@
 /**
- * The HTTP application: the API with its handlers, the error envelope, the OpenAPI document and docs page. It
- * needs the services the handlers use and an `HttpServer`; `main.ts` (or an embedding app) provides both.
+ * The HTTP application: the API with its handlers, the error envelope, the OpenAPI document and docs page, behind
+ * the security middleware (Host, Origin and key checks, CORS). It needs the services the handlers use, `Auth` and
+ * an `HttpServer`; `main.ts` (or an embedding app) provides them.
  */
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
@@ -13,21 +14,25 @@ import { FilesHttpLive } from "./FilesHttp.js"
 import { HealthHttpLive } from "./HealthHttp.js"
 import { ErrorEnvelopeLive, sdkHeaders } from "./Middleware.js"
 import { boundBodies } from "./RequestBody.js"
+import { AuthenticatedLive, securityMiddleware } from "./Security.js"
 
-/** The API with every group implemented (requires the services the handlers use). */
+/** The API with every group implemented (requires the services the handlers use, and `Auth`). */
 export const ApiLive = HttpApiBuilder.api(OpenAIApi).pipe(
-  Layer.provide([HealthHttpLive, FilesHttpLive, BatchesHttpLive, ErrorEnvelopeLive])
+  Layer.provide([HealthHttpLive, FilesHttpLive, BatchesHttpLive, ErrorEnvelopeLive]),
+  Layer.provide(AuthenticatedLive)
 )
 
 /**
- * Serves `ApiLive` plus `/openapi.json` and `/docs` on whatever `HttpServer` is provided, with request bodies
- * bounded by `maxJsonBodyBytes`.
+ * Serves `ApiLive` plus `/openapi.json` and `/docs` on whatever `HttpServer` is provided: behind `secure` (inside
+ * `sdkHeaders`, so its refusals carry an `x-request-id` too; outside `boundBodies`, so a body is read only once the
+ * caller is known), with request bodies bounded by `maxJsonBodyBytes`. No CORS header unless `CORS_ORIGINS` says.
  */
-export const HttpLive = Layer.unwrapEffect(Effect.map(AppConfig, ({ maxJsonBodyBytes }) =>
-  HttpApiBuilder.serve((app) => HttpMiddleware.logger(sdkHeaders(boundBodies(maxJsonBodyBytes)(app))))
-)).pipe(
+export const HttpLive = Layer.unwrapEffect(Effect.gen(function*() {
+  const { maxJsonBodyBytes } = yield* AppConfig
+  const secure = yield* securityMiddleware
+  return HttpApiBuilder.serve((app) => HttpMiddleware.logger(sdkHeaders(secure(boundBodies(maxJsonBodyBytes)(app)))))
+})).pipe(
   Layer.provide(docsRoute("/docs")),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
-  Layer.provide(HttpApiBuilder.middlewareCors()),
   Layer.provide(ApiLive)
 )

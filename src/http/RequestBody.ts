@@ -7,12 +7,12 @@
 import * as HttpApp from "@effect/platform/HttpApp"
 import * as HttpServerError from "@effect/platform/HttpServerError"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
-import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as UrlParams from "@effect/platform/UrlParams"
 import * as NodeStream from "@effect/platform-node/NodeStream"
 import { Data, Effect, identity, Stream } from "effect"
 import { IncomingMessage } from "node:http"
-import { type ApiError, invalidRequest, payloadTooLarge } from "../domain/Errors.js"
+import { invalidRequest, payloadTooLarge } from "../domain/Errors.js"
+import { answer, envelope } from "./EarlyAnswer.js"
 
 /** A JSON body nested deeper than any request of this API needs; deeper ones are refused before parsing. */
 export const MAX_JSON_DEPTH = 64
@@ -93,9 +93,6 @@ export const bounded = (request: HttpServerRequest.HttpServerRequest, maxBytes: 
   }) as HttpServerRequest.HttpServerRequest
 }
 
-/** The OpenAI envelope of `error` as a response, for answers given before the API's own encoder is reached. */
-const envelope = (error: ApiError, status: number) => HttpServerResponse.unsafeJson({ error: error.error }, { status })
-
 /** The one route whose body is not JSON: multipart uploads, streamed and bounded by their handler. */
 const isUpload = (request: HttpServerRequest.HttpServerRequest) =>
   request.method === "POST" && request.url.split("?")[0] === "/v1/files"
@@ -115,13 +112,13 @@ export const boundBodies = (maxBytes: number) => <E, R>(app: HttpApp.Default<E, 
   Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
     if (isUpload(request) || !hasBody(request)) return app
     if (!isJson(request.headers["content-type"])) {
-      return Effect.succeed(envelope(
+      return answer(request, envelope(
         invalidRequest("Request bodies must be JSON (Content-Type: application/json).", null, "unsupported_media_type"),
         415
       ))
     }
     if (Number(request.headers["content-length"] ?? 0) > maxBytes) {
-      return Effect.succeed(envelope(tooLarge(maxBytes), 413))
+      return answer(request, envelope(tooLarge(maxBytes), 413))
     }
     return Effect.provideService(app, HttpServerRequest.HttpServerRequest, bounded(request, maxBytes))
   })

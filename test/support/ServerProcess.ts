@@ -67,8 +67,14 @@ export const startServer = async (env: Record<string, string>, port?: number): P
   }
 }
 
-/** Runs the server to completion (for start-up failures): exit code and output. */
-export const runServerToExit = (env: Record<string, string>): Promise<{ code: number | null; output: string }> =>
+/**
+ * Runs the server to completion (for start-up failures): exit code and output. With `timeoutMs`, a server still
+ * running then (one that started when it should have refused) is killed, and its code is null.
+ */
+export const runServerToExit = (
+  env: Record<string, string>,
+  timeoutMs?: number
+): Promise<{ code: number | null; output: string }> =>
   new Promise((resolve) => {
     const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
       cwd: root,
@@ -78,5 +84,9 @@ export const runServerToExit = (env: Record<string, string>): Promise<{ code: nu
     let output = ""
     child.stdout!.on("data", (d) => (output += d))
     child.stderr!.on("data", (d) => (output += d))
-    child.once("exit", (code) => resolve({ code, output }))
+    const timer = timeoutMs === undefined ? undefined : setTimeout(() => child.kill("SIGKILL"), timeoutMs)
+    child.once("exit", (code) => {
+      clearTimeout(timer)
+      resolve({ code, output })
+    })
   })

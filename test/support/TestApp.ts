@@ -6,6 +6,7 @@ import { Context, Effect, Layer, Logger, LogLevel, Option, Redacted } from "effe
 import { mkdtempSync, readdirSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
+import { type Auth, AuthLive } from "../../src/auth/Auth.js"
 import { AppConfig, type AppConfigShape, fileStorageOf } from "../../src/Config.js"
 import { HttpLive } from "../../src/http/Http.js"
 import { ServicesLive } from "../../src/Layers.js"
@@ -77,12 +78,19 @@ export const configFor = (overrides: Partial<AppConfigShape> = {}) =>
     return AppConfig.layerWith({ dataDir: path, databaseUrl: url, ...overrides })
   }))
 
+/** Options of a test app beyond its configuration. */
+export interface TestAppOptions {
+  /** The keys (e.g. `AuthTest({ apiKeys: […] })`); by default `AuthLive` on the test configuration (no key needed). */
+  readonly auth?: Layer.Layer<Auth, unknown, AppConfig>
+}
+
 /**
  * The real application (SQLite + local files in a scratch directory) on a random port, with an `HttpClient`
  * pointed at it, the `AppConfig` and the `TestDataDir` it uses.
  */
-export const testApp = (overrides: Partial<AppConfigShape> = {}, backend: Backend = "sqlite") =>
+export const testApp = (overrides: Partial<AppConfigShape> = {}, backend: Backend = "sqlite", options: TestAppOptions = {}) =>
   HttpLive.pipe(
+    Layer.provide(options.auth ?? AuthLive),
     Layer.provide(ServicesLive),
     Layer.provideMerge(NodeHttpServer.layerTest),
     Layer.provideMerge(configFor(overrides)),
@@ -103,9 +111,10 @@ export class Upstream extends Context.Tag("test/Upstream")<Upstream, Simulator>(
 export const testAppWithUpstream = (
   overrides: Partial<AppConfigShape> = {},
   simulator: SimulatorOptions = {},
-  backend: Backend = "sqlite"
+  backend: Backend = "sqlite",
+  options: TestAppOptions = {}
 ) =>
-  Layer.unwrapEffect(Effect.map(Upstream, (sim) => testApp({ inferenceBaseUrl: sim.url, ...overrides }, backend))).pipe(
+  Layer.unwrapEffect(Effect.map(Upstream, (sim) => testApp({ inferenceBaseUrl: sim.url, ...overrides }, backend, options))).pipe(
     Layer.provideMerge(Upstream.layer(simulator))
   )
 

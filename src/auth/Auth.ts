@@ -1,0 +1,256 @@
+/**
+ * API keys → the caller of a request: its project, whether it is an operator, and a short hash naming the key in
+ * logs. Keys come from `API_KEYS`, `ADMIN_API_KEYS` and `API_KEYS_FILE` (re-read on SIGHUP); with none of them set,
+ * no key is needed and every request is the `localCaller` (the server then serves loopback only, see
+ * `http/Security.ts`).
+ *
+ * Keys are held only as SHA-256 digests and compared with `timingSafeEqual` against every known digest, so neither
+ * the comparison nor the lookup stops early on a partial match. No key is ever logged or put in an error message:
+ * logs name a key by `keyHash`, the first 12 hex digits of its SHA-256.
+ *
+ * A keys file holds one entry a line: `KEY`, `KEY:PROJECT`, `sha256:<64 lowercase hex>[:PROJECT]` (the SHA-256 of
+ * the key's UTF-8 bytes, so that no secret sits on disk) or `admin:<KEY or sha256:hex>` (an operator key); blank
+ * lines and lines starting with `#` are ignored.
+ */
+import { ConfigError, Context, Effect, Layer, Option, Redacted, Ref, Runtime } from "effect"
+import { createHash, timingSafeEqual } from "node:crypto"
+import { readFile } from "node:fs/promises"
+import { AppConfig, type AppConfigShape, keysConfigured, parseAdminKey, parseKeyEntry } from "../Config.js"
+
+/** Who a request comes from. */
+export interface Caller {
+  /** The project whose objects the request sees and creates. */
+  readonly project: string
+  /** An operator key: sees and may act on every project's objects. */
+  readonly admin: boolean
+  /** The first 12 hex digits of the key's SHA-256: names the key in logs without revealing it. */
+  readonly keyHash: string
+}
+
+/** The caller of the request being served; provided by the HTTP security middleware (see `http/Security.ts`). */
+export class CurrentCaller extends Context.Tag("CurrentCaller")<CurrentCaller, Caller>() {}
+
+/** Every request's caller when no key is configured: one local project, with an operator's view of every project. */
+export const localCaller: Caller = { project: "default", admin: true, keyHash: "none" }
+
+/** What a (re)load found, for the log: never a key. */
+export interface KeysSummary {
+  readonly keys: number
+  readonly admins: number
+  readonly projects: number
+}
+
+export interface AuthShape {
+  /** Whether requests need a key: some key variable is set. Fixed for the life of the process. */
+  readonly required: boolean
+  /** The caller a key belongs to (the bearer token as sent), or none; when keys are not required, `localCaller`. */
+  readonly authenticate: (key: string) => Effect.Effect<Option.Option<Caller>>
+  /**
+   * Re-reads `API_KEYS_FILE` and puts its keys in use with those of the environment; a file that cannot be read or
+   * holds a bad line changes nothing and fails, naming the variable and the line. Without a file, nothing to do.
+   */
+  readonly reload: Effect.Effect<KeysSummary, ConfigError.ConfigError>
+  /** How many keys, operator keys and projects are in use now. */
+  readonly summary: Effect.Effect<KeysSummary>
+}
+
+export class Auth extends Context.Tag("Auth")<Auth, AuthShape>() {}
+
+const sha256 = (text: string): Buffer => createHash("sha256").update(text, "utf8").digest()
+
+/** The short hash that names `key` in logs (as `Caller.keyHash`): the first 12 hex digits of its SHA-256. */
+export const keyHash = (key: string): string => sha256(key).toString("hex").slice(0, 12)
+
+/** One key: where it was listed (for messages), its digest, and whose it is. */
+interface KeyEntry {
+  readonly where: string
+  readonly digest: Buffer
+  readonly caller: Caller
+}
+
+/** The entry of `key` (plain or `sha256:<hex>`), for `project` (else a project of its own). */
+const entryOf = (where: string, key: string, project: string | undefined, admin: boolean): KeyEntry => {
+  const digest = key.startsWith("sha256:") ? Buffer.from(key.slice("sha256:".length), "hex") : sha256(key)
+  const hash = digest.toString("hex").slice(0, 12)
+  return { where, digest, caller: { project: project ?? `key-${hash}`, admin, keyHash: hash } }
+}
+
+const invalid = (variable: string, message: string) => ConfigError.InvalidData([variable], message)
+
+/** The entries of the environment's variables (already checked by `Config`'s rules; checked again here). */
+const environmentEntries = (
+  config: Pick<AppConfigShape, "apiKeys" | "adminApiKeys">
+): Effect.Effect<ReadonlyArray<KeyEntry>, ConfigError.ConfigError> =>
+  Effect.suspend(() => {
+    const entries: Array<KeyEntry> = []
+    for (const [i, redacted] of config.apiKeys.entries()) {
+      const parsed = parseKeyEntry(Redacted.value(redacted))
+      if ("problem" in parsed) return Effect.fail(invalid("API_KEYS", `entry ${i + 1}: ${parsed.problem}`))
+      entries.push(entryOf(`API_KEYS entry ${i + 1}`, parsed.key, parsed.project, false))
+    }
+    for (const [i, redacted] of config.adminApiKeys.entries()) {
+      const parsed = parseAdminKey(Redacted.value(redacted))
+      if ("problem" in parsed) return Effect.fail(invalid("ADMIN_API_KEYS", `entry ${i + 1}: ${parsed.problem}`))
+      entries.push(entryOf(`ADMIN_API_KEYS entry ${i + 1}`, parsed.key, undefined, true))
+    }
+    return Effect.succeed(entries)
+  })
+
+/** The entries of a keys file's text, or the first bad line (by number, never by content). */
+export const parseKeysFile = (text: string): { readonly entries: ReadonlyArray<KeyEntry> } | { readonly problem: string } => {
+  const entries: Array<KeyEntry> = []
+  const lines = text.split("\n")
+  for (const [i, raw] of lines.entries()) {
+    const line = raw.trim()
+    if (line === "" || line.startsWith("#")) continue
+    const where = `API_KEYS_FILE line ${i + 1}`
+    if (line.startsWith("admin:")) {
+      const parsed = parseAdminKey(line.slice("admin:".length))
+      if ("problem" in parsed) return { problem: `line ${i + 1}: ${parsed.problem}` }
+      entries.push(entryOf(where, parsed.key, undefined, true))
+    } else {
+      const parsed = parseKeyEntry(line)
+      if ("problem" in parsed) return { problem: `line ${i + 1}: ${parsed.problem}` }
+      entries.push(entryOf(where, parsed.key, parsed.project, false))
+    }
+  }
+  return { entries }
+}
+
+/** The keys in use: every entry, each key once. */
+interface KeyTable {
+  readonly entries: ReadonlyArray<KeyEntry>
+}
+
+/** `entries` as a table, refused (naming `variable`) when one key is listed twice. */
+const tableOf = (entries: ReadonlyArray<KeyEntry>, variable: string): Effect.Effect<KeyTable, ConfigError.ConfigError> => {
+  const seen = new Map<string, string>()
+  for (const entry of entries) {
+    const hex = entry.digest.toString("hex")
+    const before = seen.get(hex)
+    if (before !== undefined) return Effect.fail(invalid(variable, `${entry.where} repeats the key of ${before}`))
+    seen.set(hex, entry.where)
+  }
+  return Effect.succeed({ entries })
+}
+
+const summaryOf = ({ entries }: KeyTable): KeysSummary => ({
+  keys: entries.length,
+  admins: entries.filter((e) => e.caller.admin).length,
+  projects: new Set(entries.filter((e) => !e.caller.admin).map((e) => e.caller.project)).size
+})
+
+/**
+ * The caller whose digest equals `digest`: every entry is compared, in constant time, whatever matches, so the time
+ * taken tells nothing about which key (or how much of one) was close.
+ */
+const lookup = (table: KeyTable, digest: Buffer): Option.Option<Caller> => {
+  let found: Caller | undefined
+  for (const entry of table.entries) {
+    if (timingSafeEqual(entry.digest, digest) && found === undefined) found = entry.caller
+  }
+  return Option.fromNullable(found)
+}
+
+/** Reads and parses the keys file at `path`, failing with a `ConfigError` naming `API_KEYS_FILE` (and the line). */
+const readKeysFile = (path: string): Effect.Effect<ReadonlyArray<KeyEntry>, ConfigError.ConfigError> =>
+  Effect.tryPromise({
+    try: () => readFile(path, "utf8"),
+    catch: (error) =>
+      invalid("API_KEYS_FILE", `cannot read ${path}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`)
+  }).pipe(Effect.flatMap((text) => {
+    const parsed = parseKeysFile(text)
+    return "problem" in parsed
+      ? Effect.fail(invalid("API_KEYS_FILE", `${path} ${parsed.problem}`))
+      : Effect.succeed(parsed.entries)
+  }))
+
+type KeySources = Pick<AppConfigShape, "apiKeys" | "adminApiKeys" | "apiKeysFile">
+
+/**
+ * The service for `sources`: their keys read now (a bad entry or file fails, as a `ConfigError`), and `reload`
+ * re-reading the file. Without any key, nobody needs one.
+ */
+export const makeAuth = (sources: KeySources): Effect.Effect<AuthShape, ConfigError.ConfigError> =>
+  Effect.gen(function*() {
+    const required = keysConfigured(sources)
+    const fromEnvironment = yield* environmentEntries(sources)
+    const load = Effect.gen(function*() {
+      const fromFile = Option.isSome(sources.apiKeysFile) ? yield* readKeysFile(sources.apiKeysFile.value) : []
+      const variable = Option.isSome(sources.apiKeysFile) ? "API_KEYS_FILE" : "API_KEYS"
+      return yield* tableOf([...fromEnvironment, ...fromFile], variable)
+    })
+    const table = yield* Ref.make(yield* load)
+    const reloading = yield* Effect.makeSemaphore(1)
+    return {
+      required,
+      authenticate: required
+        ? (key) => key === "" ? Effect.succeedNone : Effect.map(Ref.get(table), (keys) => lookup(keys, sha256(key)))
+        : () => Effect.succeed(Option.some(localCaller)),
+      reload: reloading.withPermits(1)(
+        Effect.flatMap(load, (loaded) => Effect.as(Ref.set(table, loaded), summaryOf(loaded)))
+      ),
+      summary: Effect.map(Ref.get(table), summaryOf)
+    }
+  })
+
+/** Logs what is loaded (counts only) and whether keys are needed at all. */
+const logLoaded = (auth: AuthShape) =>
+  auth.required
+    ? Effect.flatMap(auth.summary, (summary) => Effect.logInfo("API keys loaded").pipe(Effect.annotateLogs({ ...summary })))
+    : Effect.logInfo("No API key configured: requests need none")
+
+/**
+ * The keys of the configuration. With `API_KEYS_FILE`, SIGHUP re-reads the file without a restart: the new keys are
+ * in use once the log says so; a file that cannot be read or has a bad line keeps the previous keys and logs an
+ * error naming the line. A bad file at start fails the layer with a `ConfigError` (`main.ts` then exits with 1).
+ */
+export const AuthLive: Layer.Layer<Auth, ConfigError.ConfigError, AppConfig> = Layer.scoped(
+  Auth,
+  Effect.gen(function*() {
+    const config = yield* AppConfig
+    const auth = yield* makeAuth(config)
+    yield* logLoaded(auth)
+    if (Option.isSome(config.apiKeysFile)) {
+      const runtime = yield* Effect.runtime<never>()
+      const onHangup = () =>
+        Runtime.runFork(runtime)(auth.reload.pipe(
+          Effect.flatMap((summary) => Effect.logInfo("API keys reloaded").pipe(Effect.annotateLogs({ ...summary }))),
+          Effect.catchAll((error) =>
+            Effect.logError(`API_KEYS_FILE could not be reloaded; the previous keys stay in use: ${String(error)}`))
+        ))
+      yield* Effect.acquireRelease(
+        Effect.sync(() => process.on("SIGHUP", onHangup)),
+        () => Effect.sync(() => process.off("SIGHUP", onHangup))
+      )
+    }
+    return auth
+  })
+)
+
+/**
+ * Fixed keys, for tests and embedding: `apiKeys` in `API_KEYS` form (`KEY` or `KEY:PROJECT`), `adminApiKeys` as
+ * `ADMIN_API_KEYS`. With neither, keys are not required.
+ */
+export const AuthTest = (keys: { readonly apiKeys?: ReadonlyArray<string>; readonly adminApiKeys?: ReadonlyArray<string> } = {}) =>
+  Layer.effect(
+    Auth,
+    makeAuth({
+      apiKeys: (keys.apiKeys ?? []).map((k) => Redacted.make(k)),
+      adminApiKeys: (keys.adminApiKeys ?? []).map((k) => Redacted.make(k)),
+      apiKeysFile: Option.none()
+    })
+  )
+
+/**
+ * An audit line for `action` on `objectId` by the current caller, at Info level: project, key hash, action, object.
+ */
+export const audit = (action: string, objectId: string): Effect.Effect<void, never, CurrentCaller> =>
+  Effect.flatMap(CurrentCaller, (caller) =>
+    Effect.logInfo("audit").pipe(Effect.annotateLogs({
+      action,
+      project: caller.project,
+      key_hash: caller.keyHash,
+      admin: caller.admin,
+      object_id: objectId
+    })))

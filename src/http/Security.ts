@@ -1,0 +1,208 @@
+/**
+ * Who may reach the API, and from where. One server middleware (`secure`) answers, in this order:
+ *
+ * 1. **Host**: without API keys (and without `ALLOW_UNAUTHENTICATED`) only loopback names are served, so a page
+ *    whose DNS name was rebound to 127.0.0.1 (`Host: evil.example:8321`) gets nothing, not even the health check.
+ * 2. **Origin**: a browser request from another web origin is refused unless `CORS_ORIGINS` lists it. Browsers send
+ *    `Origin` on every cross-origin request but simple GETs, so a hostile page cannot make a logged-in or local
+ *    user's browser upload a file (a multipart form post needs no preflight) or cancel a batch (a bodiless POST);
+ *    listed origins get their CORS headers on every answer, errors included, and their preflights approved.
+ * 3. **Key**: with keys configured, every route but `/v1/health`, `/v1/ready`, `/docs` and `/openapi.json` needs
+ *    `Authorization: Bearer <key>`, unknown routes included (a 401 rather than a 404 tells a stranger nothing); the
+ *    caller is provided to the handlers as `CurrentCaller` (through the `Authenticated` API middleware, which the
+ *    Files and Batches groups declare).
+ *
+ * Its answers are OpenAI error envelopes; `sdkHeaders` (outside it) adds their `x-request-id`.
+ */
+import * as HttpApiMiddleware from "@effect/platform/HttpApiMiddleware"
+import * as HttpApiSecurity from "@effect/platform/HttpApiSecurity"
+import * as HttpApp from "@effect/platform/HttpApp"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import { Effect, Layer, Option, Redacted } from "effect"
+import { Auth, type AuthShape, type Caller, CurrentCaller, localCaller } from "../auth/Auth.js"
+import { AppConfig, isLoopbackName } from "../Config.js"
+import { invalidRequest, unauthorized, UnauthorizedSchema } from "../domain/Errors.js"
+import { echo } from "../domain/Text.js"
+import { answer, envelope } from "./EarlyAnswer.js"
+
+/** Routes anyone may read: liveness, readiness and the API's description. */
+export const PUBLIC_PATHS: ReadonlySet<string> = new Set(["/v1/health", "/v1/ready", "/docs", "/openapi.json"])
+
+/** Request headers a listed origin may send: the SDKs' own (`x-stainless-*` are added as a preflight asks). */
+const ALLOWED_HEADERS = ["authorization", "content-type", "openai-organization", "openai-project", "idempotency-key"]
+/** Response headers a listed origin's scripts may read (the SDKs read these). */
+const EXPOSED_HEADERS = "x-request-id, x-should-retry, retry-after, retry-after-ms"
+const ALLOWED_METHODS = "GET, POST, DELETE"
+
+export interface SecurityOptions {
+  readonly auth: AuthShape
+  /** Exact origins whose browser requests are served, with CORS headers (`CORS_ORIGINS`). */
+  readonly corsOrigins: ReadonlyArray<string>
+  /** Serve only loopback `Host` names: no keys and no `ALLOW_UNAUTHENTICATED`. */
+  readonly loopbackOnly: boolean
+}
+
+/** The name in a `Host` header (`[::1]` keeps its brackets), without the port; undefined when malformed. */
+export const hostName = (host: string): string | undefined => {
+  const match = /^(\[[0-9a-fA-F:.]*\]|[^:[\]]*)(?::\d{1,5})?$/.exec(host)
+  return match === null || match[1] === "" ? undefined : match[1]
+}
+
+/** Whether a `Host` header names this machine's loopback interface (`localhost`, `127.0.0.1`, `[::1]`, any port). */
+export const isLoopbackHost = (host: string | undefined): boolean => {
+  const name = host === undefined ? undefined : hostName(host)
+  return name !== undefined && isLoopbackName(name)
+}
+
+/** Whether `origin` is the origin the request was addressed to (the docs page calling its own server). */
+const sameOrigin = (origin: string, host: string | undefined) =>
+  host !== undefined && URL.canParse(origin) && new URL(origin).host === host.toLowerCase()
+
+/** What the router strips from a request target in absolute form (find-my-way's own pattern). */
+const ABSOLUTE_FORM = /^https?:\/\/(.*?)\//
+
+/**
+ * The authority a request was addressed to, and its path as the router reads it. A target in absolute form
+ * (`GET http://evil.example/v1/files`, as sent to proxies) names the authority itself, and then the `Host` header is
+ * ignored (RFC 9112 §3.2.2); its path is what the router routes, read the router's way (no other normalisation,
+ * so a path this module takes for a public one is one the router serves as that public route).
+ */
+export const requestTarget = (
+  request: HttpServerRequest.HttpServerRequest
+): { readonly authority: string | undefined; readonly path: string } => {
+  const target = request.url
+  const absolute = target.startsWith("/") ? null : ABSOLUTE_FORM.exec(target)
+  return {
+    authority: target.startsWith("/") ? request.headers.host : absolute?.[1],
+    path: (absolute === null ? target : target.replace(ABSOLUTE_FORM, "/")).split("?")[0]!
+  }
+}
+
+/** The key of an `Authorization: Bearer <key>` header; "" when there is none. */
+export const bearerKey = (authorization: string | undefined): string => {
+  const match = authorization === undefined ? null : /^Bearer +(\S+) *$/i.exec(authorization)
+  return match === null ? "" : match[1]!
+}
+
+/**
+ * A `Host` that is not a loopback name while the server runs without keys. 421 Misdirected Request (RFC 9110
+ * §15.5.20) says what happened: the request reached a server that does not answer for that authority. A 403 would
+ * say the resource exists and this caller may not have it; here no resource is served under that name at all, and
+ * the SDKs do not retry a 421.
+ */
+const misdirected = (host: string | undefined) =>
+  envelope(
+    invalidRequest(
+      `This server does not answer for the host '${echo(host ?? "")}': without API keys it serves only localhost, 127.0.0.1 and [::1].`,
+      null,
+      "misdirected_request"
+    ),
+    421
+  )
+
+/** A browser request from an origin `CORS_ORIGINS` does not list (including its preflight). */
+const foreignOrigin = (origin: string) =>
+  envelope(
+    invalidRequest(
+      `Requests from the web origin '${echo(origin)}' are not allowed; CORS_ORIGINS lists the origins that are.`,
+      null,
+      "origin_not_allowed"
+    ),
+    403
+  )
+
+/** The 401 of a missing or unknown key, exactly as OpenAI answers it. */
+const unauthenticated = () => envelope(unauthorized(), 401, { "www-authenticate": "Bearer" })
+
+/** The approval of a listed origin's preflight: its method and headers, the SDKs' `x-stainless-*` included. */
+const preflight = (origin: string, request: HttpServerRequest.HttpServerRequest) => {
+  const asked = (request.headers["access-control-request-headers"] ?? "").split(",").map((h) => h.trim().toLowerCase())
+  const headers = [...ALLOWED_HEADERS, ...asked.filter((h) => /^x-stainless-[a-z0-9-]+$/.test(h))]
+  return HttpServerResponse.empty({
+    status: 204,
+    headers: {
+      "access-control-allow-origin": origin,
+      "access-control-allow-methods": ALLOWED_METHODS,
+      "access-control-allow-headers": [...new Set(headers)].join(", "),
+      "access-control-max-age": "600",
+      ...(request.headers["access-control-request-private-network"] === "true"
+        ? { "access-control-allow-private-network": "true" }
+        : {}),
+      vary: "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
+    }
+  })
+}
+
+const isPreflight = (request: HttpServerRequest.HttpServerRequest) =>
+  request.method === "OPTIONS" && request.headers["access-control-request-method"] !== undefined
+
+/** `Vary: Origin` on every answer when CORS is configured, and the CORS headers on those to a listed origin. */
+const corsHeaders = (origin: string | undefined) =>
+  HttpApp.appendPreResponseHandler((_request, response) =>
+    Effect.succeed(HttpServerResponse.setHeaders(
+      response,
+      origin === undefined
+        ? { vary: "Origin" }
+        : { vary: "Origin", "access-control-allow-origin": origin, "access-control-expose-headers": EXPOSED_HEADERS }
+    ))
+  )
+
+/** Server middleware: the Host, Origin and key checks above, then `app` with the request's `CurrentCaller`. */
+export const secure = (options: SecurityOptions) => {
+  const listed: ReadonlySet<string> = new Set(options.corsOrigins)
+  const { auth } = options
+  return <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
+    Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+      const { headers } = request
+      const { authority, path } = requestTarget(request)
+      if (options.loopbackOnly && !isLoopbackHost(authority)) return answer(request, misdirected(authority))
+      const origin = headers.origin
+      const corsOrigin = origin !== undefined && listed.has(origin) ? origin : undefined
+      if (origin !== undefined && corsOrigin === undefined && !sameOrigin(origin, authority)) {
+        return answer(request, foreignOrigin(origin))
+      }
+      if (corsOrigin !== undefined && isPreflight(request)) return answer(request, preflight(corsOrigin, request))
+
+      const served: HttpApp.Default<E, R> = !auth.required
+        ? Effect.provideService(app, CurrentCaller, localCaller)
+        : PUBLIC_PATHS.has(path)
+        ? app
+        : Effect.flatMap(auth.authenticate(bearerKey(headers.authorization)), (caller: Option.Option<Caller>) =>
+          Option.isSome(caller)
+            ? Effect.provideService(app, CurrentCaller, caller.value)
+            : answer(request, unauthenticated()))
+      return listed.size > 0 ? Effect.zipRight(corsHeaders(corsOrigin), served) : served
+    })
+}
+
+/** `secure` as the configuration and the keys in use ask. */
+export const securityMiddleware = Effect.gen(function*() {
+  const { allowUnauthenticated, corsOrigins } = yield* AppConfig
+  const auth = yield* Auth
+  return secure({ auth, corsOrigins, loopbackOnly: !auth.required && !allowUnauthenticated })
+})
+
+/**
+ * The API middleware that gives the Files and Batches handlers their `CurrentCaller` (and documents the bearer key
+ * in the OpenAPI document). `secure` has already checked the key and provided the caller; served without `secure`
+ * (an app of its own around `ApiLive`), the key is checked here.
+ */
+export class Authenticated extends HttpApiMiddleware.Tag<Authenticated>()("Authenticated", {
+  failure: UnauthorizedSchema,
+  provides: CurrentCaller,
+  security: { bearer: HttpApiSecurity.bearer }
+}) {}
+
+export const AuthenticatedLive = Layer.effect(
+  Authenticated,
+  Effect.map(Auth, (auth) =>
+    Authenticated.of({
+      bearer: (token) =>
+        Effect.flatMap(Effect.serviceOption(CurrentCaller), (provided) =>
+          Option.isSome(provided)
+            ? Effect.succeed(provided.value)
+            : Effect.flatMap(auth.authenticate(Redacted.value(token).trim()), (caller) =>
+              Option.isSome(caller) ? Effect.succeed(caller.value) : Effect.fail(unauthorized())))
+    }))
+)
