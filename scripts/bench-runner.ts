@@ -22,6 +22,7 @@ import { BatchRunner, BatchRunnerLive } from "../src/batches/BatchRunner.js"
 import { BatchStore, BatchStoreLive } from "../src/batches/BatchStore.js"
 import { WorkLeasesLive } from "../src/batches/WorkLeases.js"
 import { AppConfig } from "../src/Config.js"
+import { BatchId } from "../src/domain/Ids.js"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { Inference, InferenceLive } from "../src/inference/Inference.js"
 import { StorageLive } from "../src/Layers.js"
@@ -113,7 +114,7 @@ const program = Effect.gen(function*() {
   const lines = Array.from({ length: REQUESTS }, (_, i) =>
     `{"custom_id":"req-${i}","method":"POST","url":"/v1/chat/completions","body":{"model":"sim-model","messages":[{"role":"user","content":"request ${i}"}]}}\n`).join("")
   const input = yield* files.create({ filename: "in.jsonl", purpose: "batch" }, Stream.make(new TextEncoder().encode(lines)))
-  const { record } = yield* store.create(newChatBatch("batch_bench", input.id))
+  const { record } = yield* store.create(newChatBatch(BatchId.make("batch_bench"), input.id))
   const statusNow = Effect.map(Effect.orDie(store.get(record.batch.id)), ({ batch }) => batch.status)
   const validationStarted = performance.now()
   yield* runner.submit(record.batch.id)

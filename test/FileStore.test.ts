@@ -6,6 +6,7 @@ import { writeFileSync } from "node:fs"
 import * as Path from "node:path"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { AppConfig } from "../src/Config.js"
+import { type FileId, FileId as FileIdSchema } from "../src/domain/Ids.js"
 import { StorageLive } from "../src/Layers.js"
 import { configFor, eventuallyEffect, storages, storedBlobs, TestDatabase, TestDataDir } from "./support/TestApp.js"
 
@@ -46,7 +47,7 @@ for (const { backend, fileStorage } of storages) describe(`FileStore (${backend}
   it.scoped("lists newest first by default and pages with after/limit in both orders", () =>
     Effect.gen(function*() {
       const files = yield* FileStore
-      const ids: Array<string> = []
+      const ids: Array<FileId> = []
       for (let i = 0; i < 7; i++) ids.push((yield* upload(`f${i}.jsonl`, i % 2 === 0 ? "batch" : "user_data", bytesOf(`${i}\n`))).id)
 
       const all = yield* files.list({ limit: 100, order: "desc" })
@@ -68,7 +69,7 @@ for (const { backend, fileStorage } of storages) describe(`FileStore (${backend}
 
       const batchOnly = yield* files.list({ limit: 100, order: "asc", purpose: "batch" })
       expect(batchOnly.data.map((f) => f.id)).toEqual([ids[0], ids[2], ids[4], ids[6]])
-      const exit = yield* Effect.exit(files.list({ limit: 2, order: "asc", after: "file-nope" }))
+      const exit = yield* Effect.exit(files.list({ limit: 2, order: "asc", after: FileIdSchema.make("file-nope") }))
       assert(Exit.isFailure(exit))
     }).pipe(Effect.provide(storeLayer)))
 

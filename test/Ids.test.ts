@@ -1,6 +1,10 @@
-/** Ids drawn from the pooled random source: the right shape, and never the same twice. */
+/**
+ * Ids drawn from the pooled random source: the right shape, and never the same twice; their brands: distinct types,
+ * plain strings on the wire.
+ */
 import { describe, expect, it } from "@effect/vitest"
-import { batchId, batchRequestId, fileId, requestId } from "../src/domain/Ids.js"
+import { Schema } from "effect"
+import { batchId, batchRequestId, FileId, fileId, requestId, StorableFileId } from "../src/domain/Ids.js"
 
 describe("ids", () => {
   it("have OpenAI's shapes and do not repeat across many pool refills", () => {
@@ -14,5 +18,15 @@ describe("ids", () => {
       for (const id of ids) seen.add(id)
     }
     expect(seen.size).toBe(20_000)
+  })
+
+  it("are distinct types, and plain strings when decoded or encoded", () => {
+    const takesFileId = (id: FileId) => id
+    // @ts-expect-error a batch id is not a file id
+    takesFileId(batchId())
+    expect(takesFileId(fileId())).toMatch(/^file-/)
+    expect(Schema.decodeUnknownSync(StorableFileId)("batch_x")).toBe("batch_x") // an unknown id is still an id
+    expect(() => Schema.decodeUnknownSync(StorableFileId)("a\u0000b")).toThrow("must not contain a NUL character")
+    expect(Schema.encodeSync(FileId)(FileId.make("file-x"))).toBe("file-x")
   })
 })

@@ -7,7 +7,8 @@ import { Effect, Layer, Option } from "effect"
 import { BatchStore, BatchStoreLive, type RequestOutcome, type ResultLines } from "../src/batches/BatchStore.js"
 import { type Lease, WorkLeases, WorkLeasesLive } from "../src/batches/WorkLeases.js"
 import { SqlLive } from "../src/storage/Sql.js"
-import { newChatBatch, storedLines } from "./support/Batches.js"
+import { BatchId, BatchRequestId, FileId } from "../src/domain/Ids.js"
+import { newChatBatch, requestRows, storedLines } from "./support/Batches.js"
 import { backends, configFor, TestDatabase, TestDataDir } from "./support/TestApp.js"
 
 const storeFor = (backend: "sqlite" | "postgres") =>
@@ -21,7 +22,7 @@ const lease = (owner: string, now = 1_000, ttl = 10_000): Lease => ({ owner, now
 
 const ok = (line: number, text = `ok ${line}`): RequestOutcome => ({
   customId: `c${line}`,
-  resultId: `r${line}`,
+  resultId: BatchRequestId.make(`r${line}`),
   _tag: "Response",
   line,
   statusCode: 200,
@@ -34,10 +35,9 @@ const ok = (line: number, text = `ok ${line}`): RequestOutcome => ({
 const runningBatch = (lines: number, perSlice: number) =>
   Effect.gen(function*() {
     const store = yield* BatchStore
-    const id = `batch_${Math.random().toString(16).slice(2)}`
-    yield* store.create(newChatBatch(id, "file-x"))
-    const rows = Array.from({ length: lines }, (_, i) => ({ line: i + 1, customId: `c${i + 1}`, resultId: `r${i + 1}`, body: "{}" }))
-    yield* store.insertRequests(id, rows)
+    const id = BatchId.make(`batch_${Math.random().toString(16).slice(2)}`)
+    yield* store.create(newChatBatch(id, FileId.make("file-x")))
+    yield* store.insertRequests(id, requestRows(lines))
     const slices = Array.from({ length: Math.ceil(lines / perSlice) }, (_, s) => ({
       firstLine: s * perSlice + 1,
       lastLine: Math.min(lines, (s + 1) * perSlice)
@@ -137,7 +137,7 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       const id = yield* runningBatch(5, 5)
       // The usage a refusal reports (none, from a real upstream) must not count either.
       const refused: RequestOutcome = { ...(ok(2) as Extract<RequestOutcome, { _tag: "Response" }>), statusCode: 400 }
-      const lost: RequestOutcome = { _tag: "Error", line: 3, customId: "c3", resultId: "r3", code: "upstream_timeout", message: "slow" }
+      const lost: RequestOutcome = { _tag: "Error", line: 3, customId: "c3", resultId: BatchRequestId.make("r3"), code: "upstream_timeout", message: "slow" }
       expect(yield* store.recordOutcomes(id, [ok(1), refused, lost])).toBe(3)
       expect(yield* store.failPending(id, "batch_expired", "too late")).toBe(2)
       const { batch } = yield* store.get(id)
@@ -158,7 +158,7 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       const id = yield* runningBatch(4, 4)
       const odd = "quote \" backslash \\ tab \t newline \n ünïcødé 😀"
       const answer: RequestOutcome = { ...(ok(1) as Extract<RequestOutcome, { _tag: "Response" }>), customId: odd, body: `{"a":[1,{"b":null}]}` }
-      const error: RequestOutcome = { _tag: "Error", line: 2, customId: "c2", resultId: "r2", code: "upstream_timeout", message: `said "no"\n` }
+      const error: RequestOutcome = { _tag: "Error", line: 2, customId: "c2", resultId: BatchRequestId.make("r2"), code: "upstream_timeout", message: `said "no"\n` }
       yield* store.recordOutcomes(id, [answer, error, ok(3), ok(4)])
       const text = (page: ResultLines) => new TextDecoder().decode(page.bytes)
       const page = yield* store.resultLines(id, "succeeded", 0, 2)

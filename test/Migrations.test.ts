@@ -10,6 +10,7 @@ import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import { Effect, Layer, Option, Redacted } from "effect"
 import * as Path from "node:path"
 import { make as makeBatchStore } from "../src/batches/BatchStore.js"
+import { BatchId, BatchRequestId } from "../src/domain/Ids.js"
 import { migrations } from "../src/storage/migrations.js"
 import { layerPg } from "../src/storage/Sql.js"
 import { storedLines } from "./support/Batches.js"
@@ -53,25 +54,26 @@ describe("migrations", () => {
 
         yield* migrateUpTo("0006_result_counts")
         const store = yield* makeBatchStore
-        const succeeded = yield* storedLines(store, "batch_old", "succeeded")
+        const old = BatchId.make("batch_old")
+        const succeeded = yield* storedLines(store, old, "succeeded")
         expect(succeeded.map((l) => [l.custom_id, l.response.status_code, l.response.body, l.response.request_id])).toEqual([
           ["a", 200, { ok: 1 }, "req_1"]
         ])
-        const failed = yield* storedLines(store, "batch_old", "failed")
+        const failed = yield* storedLines(store, old, "failed")
         expect(failed.map((l) => [l.custom_id, l.error.code, l.error.message])).toEqual([["b", "upstream_timeout", "too slow"]])
-        const pending = yield* store.pendingRequests("batch_old", 0, 3, 10)
+        const pending = yield* store.pendingRequests(old, 0, 3, 10)
         expect(pending).toEqual([{ line: 3, customId: "c", resultId: "r3", body: "{\"n\":3}" }])
         // The pending request still takes exactly one outcome; the stored ones take none.
         const outcome = (line: number, customId: string) => ({
           _tag: "Error" as const,
           line,
           customId,
-          resultId: `r${line}`,
+          resultId: BatchRequestId.make(`r${line}`),
           code: "batch_cancelled",
           message: "cancelled"
         })
-        expect(yield* store.recordOutcomes("batch_old", [outcome(1, "a"), outcome(3, "c")])).toBe(1)
-        expect((yield* store.get("batch_old")).batch.request_counts).toEqual({ total: 3, completed: 1, failed: 2 })
+        expect(yield* store.recordOutcomes(old, [outcome(1, "a"), outcome(3, "c")])).toBe(1)
+        expect((yield* store.get(old)).batch.request_counts).toEqual({ total: 3, completed: 1, failed: 2 })
       }).pipe(Effect.provide(clientFor(backend))))
   }
 

@@ -7,6 +7,7 @@ import { Effect, Layer } from "effect"
 import { BatchStore, BatchStoreLive, type RequestOutcome } from "../src/batches/BatchStore.js"
 import { RESULT_PAGE_BYTES } from "../src/batches/outcomes.js"
 import { zeroUsage } from "../src/batches/validation.js"
+import { BatchRequestId } from "../src/domain/Ids.js"
 import { SqlLive } from "../src/storage/Sql.js"
 import { validatingBatch } from "./support/Batches.js"
 import { backends, configFor, TestDatabase, TestDataDir } from "./support/TestApp.js"
@@ -23,7 +24,7 @@ const answer = (line: number, bytes: number): RequestOutcome => ({
   _tag: "Response",
   line,
   customId: `c${line}`,
-  resultId: `r${line}`,
+  resultId: BatchRequestId.make(`r${line}`),
   statusCode: 200,
   body: JSON.stringify({ line, pad: "x".repeat(bytes) }),
   requestId: `q${line}`,

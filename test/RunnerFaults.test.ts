@@ -7,6 +7,7 @@ import { Effect, Layer, Logger, LogLevel, Stream } from "effect"
 import { BatchRunner, BatchRunnerLive } from "../src/batches/BatchRunner.js"
 import { BatchStore, BatchStoreLive } from "../src/batches/BatchStore.js"
 import { WorkLeasesLive } from "../src/batches/WorkLeases.js"
+import { BatchId } from "../src/domain/Ids.js"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { InferenceLive } from "../src/inference/Inference.js"
 import { StorageLive } from "../src/Layers.js"
@@ -47,7 +48,7 @@ describe("runner faults", () => {
       const total = 20
       const text = Array.from({ length: total }, (_, i) => chatLine(`id-${i}`, `prompt ${i}`)).join("\n") + "\n"
       const input = yield* files.create({ filename: "in.jsonl", purpose: "batch" }, Stream.make(new TextEncoder().encode(text)))
-      const { record } = yield* store.create(newChatBatch("batch_faulty", input.id))
+      const { record } = yield* store.create(newChatBatch(BatchId.make("batch_faulty"), input.id))
       yield* runner.submit(record.batch.id)
       const done = yield* eventuallyEffect(
         Effect.map(Effect.orDie(store.get(record.batch.id)), ({ batch }) => {

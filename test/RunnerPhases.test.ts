@@ -10,6 +10,7 @@ import { LocalWork } from "../src/batches/heartbeat.js"
 import { makeOutcomeWriter } from "../src/batches/outcomeWriter.js"
 import { makePendingRows } from "../src/batches/pendingRows.js"
 import { WorkLeases, WorkLeasesLive } from "../src/batches/WorkLeases.js"
+import { BatchId, BatchRequestId } from "../src/domain/Ids.js"
 import { SqlLive } from "../src/storage/Sql.js"
 import { validatingBatch } from "./support/Batches.js"
 import { backends, configFor, TestDatabase, TestDataDir } from "./support/TestApp.js"
@@ -18,7 +19,7 @@ const outcome = (line: number): RequestOutcome => ({
   _tag: "Error",
   line,
   customId: `c${line}`,
-  resultId: `r${line}`,
+  resultId: BatchRequestId.make(`r${line}`),
   code: "upstream_timeout",
   message: "slow"
 })
@@ -26,7 +27,7 @@ const outcome = (line: number): RequestOutcome => ({
 /** A store whose `recordOutcomes` records each group's lines and runs `write` (by default: succeeds). */
 const scriptedStore = (groups: Array<Array<number>>, write: (n: number) => Effect.Effect<void> = () => Effect.void) =>
   Layer.succeed(BatchStore, {
-    recordOutcomes: (_id: string, outcomes: ReadonlyArray<RequestOutcome>) =>
+    recordOutcomes: (_id: BatchId, outcomes: ReadonlyArray<RequestOutcome>) =>
       Effect.suspend(() => {
         groups.push(outcomes.map((o) => o.line))
         return Effect.as(write(groups.length), outcomes.length)
@@ -40,7 +41,7 @@ describe("outcome writer", () => {
       const afterWrite: Array<Array<number>> = []
       const gate = yield* Deferred.make<void>()
       yield* Effect.gen(function*() {
-        const writer = yield* makeOutcomeWriter("b", {
+        const writer = yield* makeOutcomeWriter(BatchId.make("b"), {
           window: 32,
           afterWrite: (outcomes) => Effect.sync(() => afterWrite.push(outcomes.map((o) => o.line)))
         })
@@ -58,7 +59,7 @@ describe("outcome writer", () => {
     Effect.gen(function*() {
       const groups: Array<Array<number>> = []
       const exits = yield* Effect.gen(function*() {
-        const writer = yield* makeOutcomeWriter("b", { window: 32, afterWrite: () => Effect.void })
+        const writer = yield* makeOutcomeWriter(BatchId.make("b"), { window: 32, afterWrite: () => Effect.void })
         return yield* Effect.forEach([1, 2], (line) => Effect.exit(writer.store(outcome(line))), { concurrency: "unbounded" })
       }).pipe(Effect.scoped, Effect.provide(scriptedStore(groups, () => Effect.dieMessage("disk I/O error"))))
       expect(groups).toEqual([[1, 2]])
@@ -70,7 +71,7 @@ describe("outcome writer", () => {
       const groups: Array<Array<number>> = []
       const gate = yield* Deferred.make<void>()
       const scope = yield* Scope.make()
-      const writer = yield* makeOutcomeWriter("b", { window: 32, afterWrite: () => Effect.void }).pipe(
+      const writer = yield* makeOutcomeWriter(BatchId.make("b"), { window: 32, afterWrite: () => Effect.void }).pipe(
         Scope.extend(scope),
         Effect.provide(scriptedStore(groups, (n) => (n === 1 ? Deferred.await(gate) : Effect.void)))
       )
@@ -89,18 +90,19 @@ describe("LocalWork", () => {
   it.effect("counts a batch as worked on while its effect runs; a held slice missing from a renewal is lost", () =>
     Effect.gen(function*() {
       const local = new LocalWork()
-      const during = yield* local.working("b1", Effect.sync(() => local.workingOn()))
-      expect(during).toEqual(["b1"])
+      const [b1, b2] = [BatchId.make("b1"), BatchId.make("b2")]
+      const during = yield* local.working(b1, Effect.sync(() => local.workingOn()))
+      expect(during).toEqual([b1])
       expect(local.workingOn()).toEqual([])
-      local.holdSlice("b1", 0)
-      local.holdSlice("b1", 1)
-      local.holdSlice("b2", 0)
-      expect(local.lostBatches([{ batchId: "b1", slice: 0 }, { batchId: "b1", slice: 1 }, { batchId: "b2", slice: 0 }])).toEqual([])
-      expect(local.lostBatches([{ batchId: "b1", slice: 0 }, { batchId: "b2", slice: 0 }])).toEqual(["b1"])
-      local.dropSlice("b1", 1) // done: no longer expected among the renewed
-      expect(local.lostBatches([{ batchId: "b1", slice: 0 }, { batchId: "b2", slice: 0 }])).toEqual([])
-      local.dropSlices("b2")
-      expect(local.lostBatches([{ batchId: "b1", slice: 0 }])).toEqual([])
+      local.holdSlice(b1, 0)
+      local.holdSlice(b1, 1)
+      local.holdSlice(b2, 0)
+      expect(local.lostBatches([{ batchId: b1, slice: 0 }, { batchId: b1, slice: 1 }, { batchId: b2, slice: 0 }])).toEqual([])
+      expect(local.lostBatches([{ batchId: b1, slice: 0 }, { batchId: b2, slice: 0 }])).toEqual([b1])
+      local.dropSlice(b1, 1) // done: no longer expected among the renewed
+      expect(local.lostBatches([{ batchId: b1, slice: 0 }, { batchId: b2, slice: 0 }])).toEqual([])
+      local.dropSlices(b2)
+      expect(local.lostBatches([{ batchId: b1, slice: 0 }])).toEqual([])
     }))
 })
 

@@ -19,6 +19,7 @@ import type { Batch } from "openai/resources/batches"
 import { BatchRunner, BatchRunnerLive, FaultRetry } from "../src/batches/BatchRunner.js"
 import { BatchStore, BatchStoreLive } from "../src/batches/BatchStore.js"
 import { WorkLeasesLive } from "../src/batches/WorkLeases.js"
+import { BatchId } from "../src/domain/Ids.js"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { InferenceLive } from "../src/inference/Inference.js"
 import { StorageLive } from "../src/Layers.js"
@@ -364,7 +365,7 @@ const runnerLayer = (backend: "sqlite" | "postgres") =>
     )
 
 for (const backend of backends) describe(`runner supervision (${backend})`, () => {
-  const submitBatch = (id: string, total: number) =>
+  const submitBatch = (id: BatchId, total: number) =>
     Effect.gen(function*() {
       const files = yield* FileStore
       const store = yield* BatchStore
@@ -374,12 +375,12 @@ for (const backend of backends) describe(`runner supervision (${backend})`, () =
       yield* (yield* BatchRunner).submit(record.batch.id)
       return record.batch.id
     })
-  const statusOf = (id: string) => Effect.flatMap(BatchStore, (store) => Effect.orDie(store.get(id)))
+  const statusOf = (id: BatchId) => Effect.flatMap(BatchStore, (store) => Effect.orDie(store.get(id)))
 
   it.live("a storage fault keeps the batch validating for as long as it lasts; then it completes", () =>
     Effect.gen(function*() {
       fault = "full"
-      const id = yield* submitBatch("batch_storage_wait", 10)
+      const id = yield* submitBatch(BatchId.make("batch_storage_wait"), 10)
       yield* Effect.sleep(Duration.millis(4 * OTHER_FAULT_BUDGET_MS))
       expect((yield* statusOf(id)).batch.status).toBe("validating")
       fault = "none"
@@ -397,7 +398,7 @@ for (const backend of backends) describe(`runner supervision (${backend})`, () =
     Effect.gen(function*() {
       fault = "other"
       const started = Date.now()
-      const id = yield* submitBatch("batch_other_fault", 3)
+      const id = yield* submitBatch(BatchId.make("batch_other_fault"), 3)
       const failed = yield* eventuallyEffect(
         Effect.map(statusOf(id), ({ batch }) => {
           expect(batch.status).toBe("failed")

@@ -14,6 +14,7 @@ import { BatchStore, BatchStoreLive } from "../src/batches/BatchStore.js"
 import { type Move, transitions } from "../src/batches/transitions.js"
 import { WorkLeasesLive } from "../src/batches/WorkLeases.js"
 import { type BatchStatus, BatchStatus as BatchStatusSchema, terminalStatuses } from "../src/domain/Batches.js"
+import { type BatchId, FileId } from "../src/domain/Ids.js"
 import { SqlLive } from "../src/storage/Sql.js"
 import { validatingBatch } from "./support/Batches.js"
 import { backends, configFor, TestDatabase, TestDataDir } from "./support/TestApp.js"
@@ -32,7 +33,7 @@ const pair = (from: BatchStatus, to: BatchStatus) => `${from} → ${to}`
 const tablePairs = new Set(moves.flatMap((move) => transitions[move].from.map((from) => pair(from, transitions[move].to))))
 
 /** Makes `move` on batch `id` the way the code does: whether it applied. */
-const apply = (id: string, move: Move) =>
+const apply = (id: BatchId, move: Move) =>
   Effect.flatMap(BatchStore, (store) => {
     switch (move) {
       case "startRunning":
@@ -40,7 +41,7 @@ const apply = (id: string, move: Move) =>
       case "lastSliceDone":
         return store.completeSlice(id, 0)
       default:
-        return Effect.map(store.transition(id, move, { outputFileId: "file-out", errorFileId: "file-err" }), Option.isSome)
+        return Effect.map(store.transition(id, move, { outputFileId: FileId.make("file-out"), errorFileId: FileId.make("file-err") }), Option.isSome)
     }
   })
 

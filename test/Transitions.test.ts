@@ -16,6 +16,7 @@ import { Effect, Layer, Option } from "effect"
 import { BatchStore, BatchStoreLive, type PlainMove } from "../src/batches/BatchStore.js"
 import { type Move, transitions } from "../src/batches/transitions.js"
 import { type Lease, WorkLeases, WorkLeasesLive } from "../src/batches/WorkLeases.js"
+import { type BatchId, FileId } from "../src/domain/Ids.js"
 import { SqlLive } from "../src/storage/Sql.js"
 import { validatingBatch } from "./support/Batches.js"
 import { backends, configFor, TestDatabase, TestDataDir } from "./support/TestApp.js"
@@ -63,11 +64,11 @@ const finalizingBatch = Effect.gen(function*() {
 })
 
 /** What the cancel handler does: move `cancel`. */
-const cancel = (id: string) => Effect.flatMap(BatchStore, (store) => store.transition(id, "cancel"))
+const cancel = (id: BatchId) => Effect.flatMap(BatchStore, (store) => store.transition(id, "cancel"))
 
-const batchOf = (id: string) => Effect.map(Effect.flatMap(BatchStore, (store) => store.get(id)), (r) => r.batch)
+const batchOf = (id: BatchId) => Effect.map(Effect.flatMap(BatchStore, (store) => store.get(id)), (r) => r.batch)
 
-const sliceCount = (id: string) =>
+const sliceCount = (id: BatchId) =>
   Effect.flatMap(SqlClient.SqlClient, (sql) =>
     sql<{ n: number | string }>`SELECT COUNT(*) AS n FROM batch_slices WHERE batch_id = ${id}`).pipe(
     Effect.map((rows) => Number(rows[0]!.n)),
@@ -75,12 +76,12 @@ const sliceCount = (id: string) =>
   )
 
 /** Every runner move, tried on `id`: none may succeed, and the batch must read exactly as before. */
-const expectNoRunnerMoveApplies = (id: string) =>
+const expectNoRunnerMoveApplies = (id: BatchId) =>
   Effect.gen(function*() {
     const store = yield* BatchStore
     const before = yield* batchOf(id)
     for (const move of runnerMoves) {
-      const moved = yield* store.transition(id, move, { outputFileId: "file-late-output", errorFileId: "file-late-errors" })
+      const moved = yield* store.transition(id, move, { outputFileId: FileId.make("file-late-output"), errorFileId: FileId.make("file-late-errors") })
       expect(Option.isNone(moved), `${move}: ${before.status} → ${transitions[move].to} must not apply`).toBe(true)
     }
     const after = yield* batchOf(id)
@@ -160,14 +161,14 @@ for (const backend of backends) describe(`compare-and-set transitions (${backend
         const id = yield* setup
         yield* cancel(id)
         const done = Option.getOrThrow(
-          yield* store.transition(id, "cancelDone", { outputFileId: null, errorFileId: "file-errors" })
+          yield* store.transition(id, "cancelDone", { outputFileId: null, errorFileId: FileId.make("file-errors") })
         )
         expect(done).toMatchObject({ status: "cancelled", error_file_id: "file-errors" })
         expect(done.cancelled_at).toEqual(expect.any(Number))
 
         // Every move any code path makes is refused from `cancelled`.
         for (const move of plainMoves) {
-          const moved = yield* store.transition(id, move, { outputFileId: "file-late" })
+          const moved = yield* store.transition(id, move, { outputFileId: FileId.make("file-late") })
           expect(Option.isNone(moved), `cancelled → ${transitions[move].to} (${move})`).toBe(true)
         }
         expect(yield* store.startRunning(id, { model: "m", total: 10 }, slicesOf(10, 10))).toBe(false)
@@ -180,11 +181,11 @@ for (const backend of backends) describe(`compare-and-set transitions (${backend
   it.effect("a cancel racing the completion: exactly one wins, and the batch ends as the winner says", () =>
     Effect.gen(function*() {
       const store = yield* BatchStore
-      const ids: Array<string> = []
+      const ids: Array<BatchId> = []
       for (let i = 0; i < 12; i++) ids.push(yield* finalizingBatch)
       const outcomes = yield* Effect.forEach(ids, (id) =>
         Effect.all([
-          store.transition(id, "complete", { outputFileId: "file-out" }),
+          store.transition(id, "complete", { outputFileId: FileId.make("file-out") }),
           cancel(id)
         ], { concurrency: "unbounded" }), { concurrency: "unbounded" })
       for (const [i, [completed, cancelling]] of outcomes.entries()) {

@@ -5,6 +5,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as Input from "../src/batches/inputValidation.js"
 import type { JsonlLine } from "../src/batches/lines.js"
+import { BatchRequestId } from "../src/domain/Ids.js"
 
 const request = (customId: string, model = "m") =>
   JSON.stringify({ custom_id: customId, method: "POST", url: "/v1/chat/completions", body: { model, messages: [] } })
@@ -14,7 +15,7 @@ const lines = (texts: ReadonlyArray<string>): Array<JsonlLine> =>
 
 const fold = (items: ReadonlyArray<JsonlLine>, maxRequests = 100) => {
   let ids = 0
-  const rules = { endpoint: "/v1/chat/completions", maxRequests, maxLineBytes: 64, resultId: () => `r${++ids}` } as const
+  const rules = { endpoint: "/v1/chat/completions", maxRequests, maxLineBytes: 64, resultId: () => BatchRequestId.make(`r${++ids}`) } as const
   return items.reduce(Input.step, Input.initial(rules))
 }
 

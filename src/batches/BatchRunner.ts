@@ -16,6 +16,7 @@
  */
 import { Cause, Clock, Context, Duration, Effect, Exit, FiberMap, Layer } from "effect"
 import { AppConfig } from "../Config.js"
+import type { BatchId } from "../domain/Ids.js"
 import { FileStore } from "../files/FileStore.js"
 import { Inference } from "../inference/Inference.js"
 import { type StorageFault, storageFault } from "../storage/Faults.js"
@@ -28,13 +29,13 @@ import { nodeLease, WorkLeases } from "./WorkLeases.js"
 
 export interface BatchRunnerShape {
   /** Starts or resumes work on a batch (no-op when it is already being worked on here). */
-  readonly submit: (id: string) => Effect.Effect<void>
+  readonly submit: (id: BatchId) => Effect.Effect<void>
   /**
    * Interrupts this node's work on a batch (aborting its in-flight upstream requests; finished outcomes are
    * stored first) and drives it again from its stored status. How a cancel takes effect: once the batch is marked
    * `cancelling`, driving it again writes its files and marks it `cancelled`.
    */
-  readonly restart: (id: string) => Effect.Effect<void>
+  readonly restart: (id: BatchId) => Effect.Effect<void>
 }
 
 export class BatchRunner extends Context.Tag("BatchRunner")<BatchRunner, BatchRunnerShape>() {}
@@ -63,14 +64,14 @@ export const make = Effect.gen(function*() {
   const leases = yield* WorkLeases
   const config = yield* AppConfig
   const faultRetry = yield* FaultRetry
-  const fibers = yield* FiberMap.make<string>()
+  const fibers = yield* FiberMap.make<BatchId>()
   const permits = yield* Effect.makeSemaphore(config.maxConcurrentBatches)
   const local = new LocalWork()
   const validating = yield* makeValidating
   const running = yield* makeRunning(local)
   const finishing = yield* makeFinishing
 
-  const load = (id: string) => store.get(id).pipe(Effect.orDie)
+  const load = (id: BatchId) => store.get(id).pipe(Effect.orDie)
 
   /**
    * This node's share of a batch that validates or runs, under a permit: validate it (holding its batch-wide
@@ -96,7 +97,7 @@ export const make = Effect.gen(function*() {
    * Takes a batch as far as this node can: its share of validating and running (until `expires_at`), then
    * finishing it when this node gets the lease. Ends when the batch is final or other nodes hold what is left.
    */
-  const drive = (id: string): Effect.Effect<void> =>
+  const drive = (id: BatchId): Effect.Effect<void> =>
     Effect.gen(function*() {
       for (;;) {
         const record = yield* load(id)
@@ -140,7 +141,7 @@ export const make = Effect.gen(function*() {
    * Any other fault is retried `maxRetries` times (1, 2, 4, 8 s); if it persists, the batch fails with
    * `internal_error`.
    */
-  const supervised = (id: string) =>
+  const supervised = (id: BatchId) =>
     Effect.gen(function*() {
       let faults = 0
       let storageRetries = 0
@@ -177,9 +178,9 @@ export const make = Effect.gen(function*() {
       }
     }).pipe(Effect.annotateLogs("batch_id", id))
 
-  const submit = (id: string) => Effect.asVoid(FiberMap.run(fibers, id, supervised(id), { onlyIfMissing: true }))
+  const submit = (id: BatchId) => Effect.asVoid(FiberMap.run(fibers, id, supervised(id), { onlyIfMissing: true }))
 
-  const restart = (id: string) =>
+  const restart = (id: BatchId) =>
     Effect.gen(function*() {
       yield* FiberMap.remove(fibers, id)
       yield* FiberMap.run(fibers, id, supervised(id))

@@ -14,6 +14,7 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Context, Data, Effect, Layer, type Option } from "effect"
 import type { Batch, BatchEndpoint, BatchError, BatchStatus } from "../domain/Batches.js"
+import type { BatchId, BatchRequestId, FileId } from "../domain/Ids.js"
 import { makeBatchRecords } from "./batchRecords.js"
 import { makeOutcomes } from "./outcomes.js"
 import { makeRequestRows } from "./requestRows.js"
@@ -21,13 +22,13 @@ import { makeBatchSql } from "./sql.js"
 import type { Move } from "./transitions.js"
 import type { TokenUsage } from "./validation.js"
 
-export class BatchNotFound extends Data.TaggedError("BatchNotFound")<{ readonly id: string }> {}
-export class UnknownBatchCursor extends Data.TaggedError("UnknownBatchCursor")<{ readonly after: string }> {}
+export class BatchNotFound extends Data.TaggedError("BatchNotFound")<{ readonly id: BatchId }> {}
+export class UnknownBatchCursor extends Data.TaggedError("UnknownBatchCursor")<{ readonly after: BatchId }> {}
 
 export interface NewBatch {
-  readonly id: string
+  readonly id: BatchId
   readonly endpoint: BatchEndpoint
-  readonly inputFileId: string
+  readonly inputFileId: FileId
   readonly completionWindow: string
   readonly expiresAfterSeconds: number
   readonly metadata: Readonly<Record<string, string>> | null
@@ -48,7 +49,7 @@ export interface BatchRecord {
 export interface RequestRow {
   readonly line: number
   readonly customId: string
-  readonly resultId: string
+  readonly resultId: BatchRequestId
   /** The request body, as JSON text. */
   readonly body: string
 }
@@ -59,7 +60,7 @@ export type RequestOutcome =
     readonly _tag: "Response"
     readonly line: number
     readonly customId: string
-    readonly resultId: string
+    readonly resultId: BatchRequestId
     readonly statusCode: number
     /** JSON text of the upstream body. */
     readonly body: string
@@ -70,7 +71,7 @@ export type RequestOutcome =
     readonly _tag: "Error"
     readonly line: number
     readonly customId: string
-    readonly resultId: string
+    readonly resultId: BatchRequestId
     readonly code: string
     readonly message: string
   }
@@ -93,8 +94,8 @@ export interface SliceBounds {
 /** What a move writes besides the status and its timestamp. */
 export interface TransitionPatch {
   readonly errors?: ReadonlyArray<BatchError>
-  readonly outputFileId?: string | null
-  readonly errorFileId?: string | null
+  readonly outputFileId?: FileId | null
+  readonly errorFileId?: FileId | null
 }
 
 /** The moves `transition` makes; the other two have conditions of their own (`startRunning`, `completeSlice`). */
@@ -105,14 +106,14 @@ export interface BatchStoreShape {
 
   /** Inserts a batch; with an idempotency key already used, returns the existing one instead (`created: false`). */
   readonly create: (batch: NewBatch) => Effect.Effect<{ readonly record: BatchRecord; readonly created: boolean }>
-  readonly get: (id: string) => Effect.Effect<BatchRecord, BatchNotFound>
+  readonly get: (id: BatchId) => Effect.Effect<BatchRecord, BatchNotFound>
   /** Newest first, after the batch `after`. */
-  readonly list: (query: { readonly after?: string | undefined; readonly limit: number }) => Effect.Effect<
+  readonly list: (query: { readonly after?: BatchId | undefined; readonly limit: number }) => Effect.Effect<
     { readonly data: ReadonlyArray<Batch>; readonly hasMore: boolean },
     UnknownBatchCursor
   >
   /** The current status of each of `ids` that exists. */
-  readonly statuses: (ids: ReadonlyArray<string>) => Effect.Effect<ReadonlyMap<string, BatchStatus>>
+  readonly statuses: (ids: ReadonlyArray<BatchId>) => Effect.Effect<ReadonlyMap<BatchId, BatchStatus>>
 
   // ---- status changes: the moves of the transition table (`transitions.ts`), compare-and-set ----
 
@@ -120,14 +121,14 @@ export interface BatchStoreShape {
    * Makes `move` if the batch is in one of its `from` statuses, stamping its column with the current time (a move
    * to a final status also frees the batch-wide lease); `None` when it was not (someone else moved it first).
    */
-  readonly transition: (id: string, move: PlainMove, patch?: TransitionPatch) => Effect.Effect<Option.Option<Batch>>
+  readonly transition: (id: BatchId, move: PlainMove, patch?: TransitionPatch) => Effect.Effect<Option.Option<Batch>>
   /**
    * Move `startRunning` (validating → in_progress), stamping `model` and `total`, creating the batch's slices and
    * freeing its batch-wide lease, in one transaction; false when the batch had left `validating` (a cancel came
    * first).
    */
   readonly startRunning: (
-    id: string,
+    id: BatchId,
     patch: { readonly model: string; readonly total: number },
     slices: ReadonlyArray<SliceBounds>
   ) => Effect.Effect<boolean>
@@ -135,16 +136,16 @@ export interface BatchStoreShape {
    * Marks a slice done (every one of its requests has an outcome) and frees it; when it was the batch's last open
    * slice, makes move `lastSliceDone` (in_progress → finalizing) in the same transaction and returns true.
    */
-  readonly completeSlice: (id: string, slice: number) => Effect.Effect<boolean>
+  readonly completeSlice: (id: BatchId, slice: number) => Effect.Effect<boolean>
 
   // ---- request rows ----
 
-  readonly insertRequests: (batchId: string, rows: ReadonlyArray<RequestRow>) => Effect.Effect<void>
+  readonly insertRequests: (batchId: BatchId, rows: ReadonlyArray<RequestRow>) => Effect.Effect<void>
   /** Deletes a batch's request rows and outcomes (a validation that starts over, or one that failed). */
-  readonly deleteRequests: (batchId: string) => Effect.Effect<void>
+  readonly deleteRequests: (batchId: BatchId) => Effect.Effect<void>
   /** Up to `limit` requests still without an outcome, in lines `afterLine < line <= lastLine`, in line order. */
   readonly pendingRequests: (
-    batchId: string,
+    batchId: BatchId,
     afterLine: number,
     lastLine: number,
     limit: number
@@ -156,9 +157,9 @@ export interface BatchStoreShape {
    * Stores outcomes together with what they add to the batch's counts and usage (a trigger does that within the
    * same statement); requests that already had an outcome keep it. Returns how many were stored.
    */
-  readonly recordOutcomes: (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) => Effect.Effect<number>
+  readonly recordOutcomes: (batchId: BatchId, outcomes: ReadonlyArray<RequestOutcome>) => Effect.Effect<number>
   /** Gives every request still pending the error `code`; returns how many. */
-  readonly failPending: (batchId: string, code: string, message: string) => Effect.Effect<number>
+  readonly failPending: (batchId: BatchId, code: string, message: string) => Effect.Effect<number>
   /**
    * The output file lines (`succeeded`: 2xx answers) or error file lines (every other outcome) of up to `limit`
    * outcomes after line `afterLine`, in line order, in the JSONL format of OpenAI's files. A page also stops once
@@ -166,7 +167,7 @@ export interface BatchStoreShape {
    * a few at a time: the page is empty only when no line is left.
    */
   readonly resultLines: (
-    batchId: string,
+    batchId: BatchId,
     kind: "succeeded" | "failed",
     afterLine: number,
     limit: number

@@ -12,6 +12,7 @@ import * as SqlSchema from "@effect/sql/SqlSchema"
 import { Clock, Context, Duration, Effect, Layer, Option, Schema } from "effect"
 import type { AppConfigShape } from "../Config.js"
 import { activeStatuses } from "../domain/Batches.js"
+import { BatchId } from "../domain/Ids.js"
 import type { SliceBounds } from "./BatchStore.js"
 import { makeBatchSql, SqlInt } from "./sql.js"
 
@@ -28,21 +29,21 @@ export interface Slice extends SliceBounds {
 }
 
 export interface HeldSlice {
-  readonly batchId: string
+  readonly batchId: BatchId
   readonly slice: number
 }
 
 export interface WorkLeasesShape {
   /** Takes the batch-wide lease of an unfinished batch if it is free, expired or already `owner`'s. */
-  readonly claimBatch: (id: string, lease: Lease) => Effect.Effect<boolean>
+  readonly claimBatch: (id: BatchId, lease: Lease) => Effect.Effect<boolean>
   /** Takes the first open slice of a running batch whose lease is free or expired. */
-  readonly claimSlice: (id: string, lease: Lease) => Effect.Effect<Option.Option<Slice>>
+  readonly claimSlice: (id: BatchId, lease: Lease) => Effect.Effect<Option.Option<Slice>>
   /** How many slices of the batch some node holds a live lease on. */
-  readonly liveSlices: (id: string, now: number) => Effect.Effect<number>
+  readonly liveSlices: (id: BatchId, now: number) => Effect.Effect<number>
   /** Extends every lease `owner` holds; returns the slices still held (a lease taken over is missing). */
   readonly renewLeases: (lease: Lease) => Effect.Effect<ReadonlyArray<HeldSlice>>
   /** Gives up the leases of `owner` (every owner when none), on one batch or all. */
-  readonly releaseLeases: (filter: { readonly owner?: string; readonly batchId?: string }) => Effect.Effect<void>
+  readonly releaseLeases: (filter: { readonly owner?: string; readonly batchId?: BatchId }) => Effect.Effect<void>
   /**
    * Frees the leases a previous run of node `owner` held. With SQLite, which one node uses at a time, every lease
    * is freed: whatever node held it before is gone.
@@ -52,7 +53,7 @@ export interface WorkLeasesShape {
    * Unfinished batches with work a node could claim at `now`, oldest first: a free batch-wide lease on one that
    * validates, finishes or is past its expiry, or a free slice of one that runs.
    */
-  readonly claimable: (now: number, limit: number) => Effect.Effect<ReadonlyArray<string>>
+  readonly claimable: (now: number, limit: number) => Effect.Effect<ReadonlyArray<BatchId>>
 }
 
 export class WorkLeases extends Context.Tag("WorkLeases")<WorkLeases, WorkLeasesShape>() {}
@@ -66,7 +67,7 @@ export const make = Effect.gen(function*() {
   const dialect = makeBatchSql(sql)
   const free = (lease: Lease) => sql`(lease_until IS NULL OR lease_until < ${lease.now})`
 
-  const claimBatch = (id: string, lease: Lease) =>
+  const claimBatch = (id: BatchId, lease: Lease) =>
     sql`
       UPDATE batches SET lease_owner = ${lease.owner}, lease_until = ${lease.until}
       WHERE id = (
@@ -80,7 +81,7 @@ export const make = Effect.gen(function*() {
     )
 
   const claimed = SqlSchema.findOne({
-    Request: Schema.Struct({ id: Schema.String, owner: Schema.String, now: Schema.Number, until: Schema.Number }),
+    Request: Schema.Struct({ id: BatchId, owner: Schema.String, now: Schema.Number, until: Schema.Number }),
     Result: Schema.Struct({ slice: SqlInt, first_line: SqlInt, last_line: SqlInt }),
     execute: ({ id, ...lease }) =>
       sql`
@@ -91,7 +92,7 @@ export const make = Effect.gen(function*() {
         ) RETURNING slice, first_line, last_line`
   })
 
-  const claimSlice = (id: string, lease: Lease) =>
+  const claimSlice = (id: BatchId, lease: Lease) =>
     claimed({ id, ...lease }).pipe(
       Effect.map(Option.map((r): Slice => ({ slice: r.slice, firstLine: r.first_line, lastLine: r.last_line }))),
       Effect.orDie,
@@ -99,17 +100,17 @@ export const make = Effect.gen(function*() {
     )
 
   const live = SqlSchema.single({
-    Request: Schema.Struct({ id: Schema.String, now: Schema.Number }),
+    Request: Schema.Struct({ id: BatchId, now: Schema.Number }),
     Result: Schema.Struct({ live: SqlInt }),
     execute: ({ id, now }) =>
       sql`SELECT COUNT(*) AS live FROM batch_slices WHERE batch_id = ${id} AND owner IS NOT NULL AND lease_until >= ${now}`
   })
 
-  const liveSlices = (id: string, now: number) => live({ id, now }).pipe(Effect.map((r) => r.live), Effect.orDie)
+  const liveSlices = (id: BatchId, now: number) => live({ id, now }).pipe(Effect.map((r) => r.live), Effect.orDie)
 
   const renewed = SqlSchema.findAll({
     Request: Schema.Struct({ owner: Schema.String, until: Schema.Number }),
-    Result: Schema.Struct({ batch_id: Schema.String, slice: SqlInt }),
+    Result: Schema.Struct({ batch_id: BatchId, slice: SqlInt }),
     execute: ({ owner, until }) =>
       sql`UPDATE batch_slices SET lease_until = ${until} WHERE owner = ${owner} AND state = 'open'
         RETURNING batch_id, slice`
@@ -122,7 +123,7 @@ export const make = Effect.gen(function*() {
       return held.map((r): HeldSlice => ({ batchId: r.batch_id, slice: r.slice }))
     }).pipe(sql.withTransaction, Effect.orDie)
 
-  const releaseLeases = (filter: { readonly owner?: string; readonly batchId?: string }) =>
+  const releaseLeases = (filter: { readonly owner?: string; readonly batchId?: BatchId }) =>
     Effect.gen(function*() {
       const batches = [sql`lease_owner IS NOT NULL`]
       const slices = [sql`owner IS NOT NULL`]
@@ -141,7 +142,7 @@ export const make = Effect.gen(function*() {
   const releaseAfterRestart = (owner: string) => releaseLeases(dialect.leasesFreedOnRestart(owner))
 
   const claimable = (now: number, limit: number) =>
-    sql<{ id: string }>`
+    sql<{ id: BatchId }>`
       SELECT id FROM batches b WHERE ${sql.in("status", activeStatuses)} AND (
         ((status <> 'in_progress' OR expires_at * 1000 <= ${now}) AND (lease_until IS NULL OR lease_until < ${now}))
         OR (status = 'in_progress' AND EXISTS (

@@ -15,6 +15,7 @@ import {
   Metadata,
   terminalStatuses
 } from "../domain/Batches.js"
+import { BatchId, FileId } from "../domain/Ids.js"
 import {
   BatchNotFound,
   type BatchRecord,
@@ -30,15 +31,15 @@ import { type Move, transitions } from "./transitions.js"
 
 /** A row of `batches`, as either database returns it (the columns the API does not show are left out). */
 const BatchRow = Schema.Struct({
-  id: Schema.String,
+  id: BatchId,
   status: BatchStatusSchema,
   endpoint: BatchEndpoint,
   model: Schema.NullOr(Schema.String),
-  input_file_id: Schema.String,
+  input_file_id: FileId,
   completion_window: Schema.String,
   errors: Schema.NullOr(Schema.parseJson(Schema.Array(BatchError))),
-  output_file_id: Schema.NullOr(Schema.String),
-  error_file_id: Schema.NullOr(Schema.String),
+  output_file_id: Schema.NullOr(FileId),
+  error_file_id: Schema.NullOr(FileId),
   created_at: SqlInt,
   in_progress_at: Schema.NullOr(SqlInt),
   expires_at: SqlInt,
@@ -110,7 +111,7 @@ export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): B
   const selectWhere = (where: Fragment) =>
     Effect.flatMap(sql`SELECT * FROM batches WHERE ${where}`, decodeRecords)
 
-  const get = (id: string) =>
+  const get = (id: BatchId) =>
     selectWhere(sql`id = ${id}`).pipe(
       Effect.orDie,
       Effect.flatMap((records) => records.length === 0 ? Effect.fail(new BatchNotFound({ id })) : Effect.succeed(records[0]!)),
@@ -148,12 +149,12 @@ export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): B
     }).pipe(Effect.orDie, Effect.withSpan("BatchStore.create"))
 
   const seqOf = SqlSchema.findOne({
-    Request: Schema.String,
+    Request: BatchId,
     Result: Schema.Struct({ seq: SqlInt }),
     execute: (id) => sql`SELECT seq FROM batches WHERE id = ${id}`
   })
 
-  const list = (query: { readonly after?: string | undefined; readonly limit: number }) =>
+  const list = (query: { readonly after?: BatchId | undefined; readonly limit: number }) =>
     Effect.gen(function*() {
       let where = sql`1 = 1`
       if (query.after !== undefined) {
@@ -169,14 +170,14 @@ export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): B
     }).pipe(Effect.withSpan("BatchStore.list"))
 
   const statusesOf = SqlSchema.findAll({
-    Request: Schema.Array(Schema.String),
-    Result: Schema.Struct({ id: Schema.String, status: BatchStatusSchema }),
+    Request: Schema.Array(BatchId),
+    Result: Schema.Struct({ id: BatchId, status: BatchStatusSchema }),
     execute: (ids) => sql`SELECT id, status FROM batches WHERE ${sql.in("id", ids)}`
   })
 
-  const statuses = (ids: ReadonlyArray<string>) =>
+  const statuses = (ids: ReadonlyArray<BatchId>) =>
     ids.length === 0
-      ? Effect.succeed(new Map<string, BatchStatus>())
+      ? Effect.succeed(new Map<BatchId, BatchStatus>())
       : statusesOf(ids).pipe(Effect.map((rows) => new Map(rows.map((r) => [r.id, r.status]))), Effect.orDie)
 
   /**
@@ -184,7 +185,7 @@ export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): B
    * where `condition` holds too), its timestamp column, and `set`; a move to a final status frees the batch-wide
    * lease. The batch as moved, or `None` when it was not in a `from` status (or `condition` did not hold).
    */
-  const applyMove = (id: string, move: Move, set: Record<string, unknown>, condition: Fragment = sql`1 = 1`) =>
+  const applyMove = (id: BatchId, move: Move, set: Record<string, unknown>, condition: Fragment = sql`1 = 1`) =>
     Effect.gen(function*() {
       const { from, stamp, to } = transitions[move]
       const changes: Record<string, unknown> = { ...set, status: to, [stamp]: yield* nowSeconds }
@@ -198,7 +199,7 @@ export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): B
       return Option.map(Option.fromNullable((yield* decodeRecords(rows))[0]), (record) => record.batch)
     })
 
-  const transition = (id: string, move: PlainMove, patch: TransitionPatch = {}) => {
+  const transition = (id: BatchId, move: PlainMove, patch: TransitionPatch = {}) => {
     const set: Record<string, unknown> = {}
     if (patch.errors !== undefined) set.errors = JSON.stringify(patch.errors)
     if (patch.outputFileId !== undefined) set.output_file_id = patch.outputFileId
@@ -209,7 +210,7 @@ export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): B
     )
   }
 
-  const startRunning = (id: string, patch: { readonly model: string; readonly total: number }, slices: ReadonlyArray<SliceBounds>) =>
+  const startRunning = (id: BatchId, patch: { readonly model: string; readonly total: number }, slices: ReadonlyArray<SliceBounds>) =>
     Effect.gen(function*() {
       const set = { model: patch.model, total: patch.total, lease_owner: null, lease_until: null }
       if (Option.isNone(yield* applyMove(id, "startRunning", set))) return false
@@ -226,7 +227,7 @@ export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): B
       Effect.withSpan("BatchStore.startRunning", { attributes: { id } })
     )
 
-  const completeSlice = (id: string, slice: number) =>
+  const completeSlice = (id: BatchId, slice: number) =>
     Effect.gen(function*() {
       yield* dialect.lockBatchRow(id)
       yield* sql`UPDATE batch_slices SET state = 'done', owner = NULL, lease_until = NULL

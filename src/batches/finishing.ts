@@ -6,7 +6,7 @@
  */
 import { Duration, Effect, Option, Schedule, Stream } from "effect"
 import { AppConfig } from "../Config.js"
-import { derivedFileId } from "../domain/Ids.js"
+import { type BatchId, derivedFileId } from "../domain/Ids.js"
 import { FileStore } from "../files/FileStore.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
 import { nodeLease, WorkLeases } from "./WorkLeases.js"
@@ -35,7 +35,7 @@ export interface Finishing {
    * waits until no node works on its slices (they stop at expiry, or on a cancel within a heartbeat; a dead node's
    * lease runs out), then writes its files and moves it.
    */
-  readonly finish: (id: string, move: FinalMove) => Effect.Effect<boolean>
+  readonly finish: (id: BatchId, move: FinalMove) => Effect.Effect<boolean>
 }
 
 export const makeFinishing = Effect.gen(function*() {
@@ -44,9 +44,9 @@ export const makeFinishing = Effect.gen(function*() {
   const files = yield* FileStore
   const config = yield* AppConfig
 
-  const load = (id: string) => Effect.orDie(store.get(id))
+  const load = (id: BatchId) => Effect.orDie(store.get(id))
 
-  const resultStream = (id: string, kind: "succeeded" | "failed"): Stream.Stream<Uint8Array> =>
+  const resultStream = (id: BatchId, kind: "succeeded" | "failed"): Stream.Stream<Uint8Array> =>
     Stream.paginateEffect(0, (after: number) =>
       Effect.map(store.resultLines(id, kind, after, PAGE), (page) => [
         page.bytes,
@@ -67,7 +67,7 @@ export const makeFinishing = Effect.gen(function*() {
   }
 
   /** Writes the output and error files (each only when it has lines) and makes `move`. */
-  const writeFilesAndMove = (id: string, move: FinalMove) =>
+  const writeFilesAndMove = (id: BatchId, move: FinalMove) =>
     Effect.gen(function*() {
       let record = yield* load(id)
       const pending = pendingError[move]
@@ -84,7 +84,7 @@ export const makeFinishing = Effect.gen(function*() {
       yield* store.transition(id, move, { outputFileId, errorFileId })
     }).pipe(Effect.withSpan("BatchRunner.finish", { attributes: { id, move } }))
 
-  const finish = (id: string, move: FinalMove) =>
+  const finish = (id: BatchId, move: FinalMove) =>
     Effect.gen(function*() {
       if (!(yield* Effect.flatMap(nodeLease(config), (lease) => leases.claimBatch(id, lease)))) return false
       yield* Effect.flatMap(nodeLease(config), (lease) => leases.liveSlices(id, lease.now)).pipe(

@@ -6,44 +6,45 @@
  */
 import { Effect, Schedule } from "effect"
 import { AppConfig } from "../Config.js"
+import type { BatchId } from "../domain/Ids.js"
 import { BatchStore } from "./BatchStore.js"
 import { nodeLease, WorkLeases } from "./WorkLeases.js"
 
 /** The work this node does, for the heartbeat to check against the database. */
 export class LocalWork {
   /** Batches this node is validating or running requests of (or waiting to): a cancel elsewhere must stop them. */
-  private readonly batches = new Set<string>()
+  private readonly batches = new Set<BatchId>()
   /** Slices this node holds, by batch: a slice whose lease was not renewed was taken over. */
-  private readonly slices = new Map<string, Set<number>>()
+  private readonly slices = new Map<BatchId, Set<number>>()
 
   /** `effect`, with the batch counted as this node's work while it runs. */
-  working<A, E, R>(id: string, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> {
+  working<A, E, R>(id: BatchId, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> {
     return Effect.zipRight(
       Effect.sync(() => this.batches.add(id)),
       Effect.ensuring(effect, Effect.sync(() => this.batches.delete(id)))
     )
   }
 
-  holdSlice(id: string, slice: number): void {
+  holdSlice(id: BatchId, slice: number): void {
     const held = this.slices.get(id) ?? new Set<number>()
     this.slices.set(id, held.add(slice))
   }
 
   /** Forgets a slice once done, before the store frees it, so that it is never taken for lost. */
-  dropSlice(id: string, slice: number): void {
+  dropSlice(id: BatchId, slice: number): void {
     this.slices.get(id)?.delete(slice)
   }
 
-  dropSlices(id: string): void {
+  dropSlices(id: BatchId): void {
     this.slices.delete(id)
   }
 
-  workingOn(): ReadonlyArray<string> {
+  workingOn(): ReadonlyArray<BatchId> {
     return [...this.batches]
   }
 
   /** Batches of which this node holds a slice that is not among `renewed`. */
-  lostBatches(renewed: ReadonlyArray<{ readonly batchId: string; readonly slice: number }>): ReadonlyArray<string> {
+  lostBatches(renewed: ReadonlyArray<{ readonly batchId: BatchId; readonly slice: number }>): ReadonlyArray<BatchId> {
     const held = new Set(renewed.map((r) => `${r.batchId}:${r.slice}`))
     return [...this.slices].filter(([id, slices]) => [...slices].some((slice) => !held.has(`${id}:${slice}`))).map(
       ([id]) => id
@@ -53,9 +54,9 @@ export class LocalWork {
 
 export interface HeartbeatActions {
   /** Interrupts this node's work on a batch and drives it again (see `BatchRunner.restart`). */
-  readonly restart: (id: string) => Effect.Effect<void>
+  readonly restart: (id: BatchId) => Effect.Effect<void>
   /** Starts driving a batch on this node, unless it already does. */
-  readonly submit: (id: string) => Effect.Effect<void>
+  readonly submit: (id: BatchId) => Effect.Effect<void>
 }
 
 /** One beat: renew, stop what was cancelled or lost, pick up free work. */

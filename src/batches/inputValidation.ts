@@ -8,6 +8,7 @@
  * per line would cost more than the checks.
  */
 import type { BatchEndpoint, BatchError } from "../domain/Batches.js"
+import type { BatchRequestId } from "../domain/Ids.js"
 import { echo } from "../domain/Text.js"
 import type { RequestRow, SliceBounds } from "./BatchStore.js"
 import type { JsonlLine } from "./lines.js"
@@ -32,7 +33,7 @@ export interface InputRules {
   /** The longest line `jsonlLines` was given: what a `TooLong` line is told. */
   readonly maxLineBytes: number
   /** The `id` of each request's output line (random in the runner; a test may give its own). */
-  readonly resultId: () => string
+  readonly resultId: () => BatchRequestId
 }
 
 export interface InputState {

@@ -6,6 +6,7 @@
  * still queued is written, so an interrupted run still stores every outcome it received.
  */
 import { Effect, Fiber, type Scope } from "effect"
+import type { BatchId } from "../domain/Ids.js"
 import { BatchStore, type RequestOutcome } from "./BatchStore.js"
 import { afterPendingIo } from "./eventLoop.js"
 
@@ -35,7 +36,7 @@ interface OutcomeGroup {
 const emptyGroup = (): OutcomeGroup => ({ outcomes: [], waiting: [] })
 
 export const makeOutcomeWriter = (
-  batchId: string,
+  batchId: BatchId,
   options: OutcomeWriterOptions
 ): Effect.Effect<OutcomeWriter, never, BatchStore | Scope.Scope> =>
   Effect.gen(function*() {

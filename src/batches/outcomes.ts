@@ -7,6 +7,7 @@
 import type * as SqlClient from "@effect/sql/SqlClient"
 import * as SqlSchema from "@effect/sql/SqlSchema"
 import { Effect, Schema } from "effect"
+import { BatchId } from "../domain/Ids.js"
 import type { BatchStoreShape, RequestOutcome, ResultLines } from "./BatchStore.js"
 import { type BatchSql, SqlInt } from "./sql.js"
 
@@ -20,13 +21,13 @@ const oncePerLineInOrder = (outcomes: ReadonlyArray<RequestOutcome>): ReadonlyAr
   return [...byLine.values()].sort((a, b) => a.line - b.line)
 }
 
-/** A page of result lines: the bytes (SQLite) or text (Postgres) of the lines, how many, the last one's number. */
 /**
  * The upstream bodies a page of result lines may hold before it stops (at least one line): a page of a thousand
  * 40 MB answers would otherwise be one string of gigabytes.
  */
 export const RESULT_PAGE_BYTES = 8 * 1024 * 1024
 
+/** A page of result lines: the bytes (SQLite) or text (Postgres) of the lines, how many, the last one's number. */
 const ResultPage = Schema.Struct({
   lines: Schema.NullOr(Schema.Union(Schema.String, Schema.Uint8ArrayFromSelf)),
   count: SqlInt,
@@ -38,7 +39,7 @@ export const makeOutcomes = (
   dialect: BatchSql
 ): Pick<BatchStoreShape, "recordOutcomes" | "failPending" | "resultLines"> => {
   // The hot path (a statement per group of outcomes): no schema, no span per statement.
-  const recordOutcomes = (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) =>
+  const recordOutcomes = (batchId: BatchId, outcomes: ReadonlyArray<RequestOutcome>) =>
     dialect.insertOutcomes(batchId, oncePerLineInOrder(outcomes)).pipe(
       // One span for the group, none for each of its statements (they cost more than the statements do).
       Effect.withTracerEnabled(false),
@@ -48,7 +49,7 @@ export const makeOutcomes = (
     )
 
   /** The trigger of migration 0006 counts the failures stored here. */
-  const failPending = (batchId: string, code: string, message: string) =>
+  const failPending = (batchId: BatchId, code: string, message: string) =>
     sql<{ line: number }>`
       INSERT INTO batch_results (batch_id, line, custom_id, result_id, error_code, error_message)
       SELECT batch_id, line, custom_id, result_id, ${code}, ${message} FROM batch_requests r
@@ -62,7 +63,7 @@ export const makeOutcomes = (
   const encoder = new TextEncoder()
   const resultPage = SqlSchema.single({
     Request: Schema.Struct({
-      batchId: Schema.String,
+      batchId: BatchId,
       kind: Schema.Literal("succeeded", "failed"),
       afterLine: Schema.Number,
       limit: Schema.Number
@@ -89,7 +90,7 @@ export const makeOutcomes = (
     }
   })
 
-  const resultLines = (batchId: string, kind: "succeeded" | "failed", afterLine: number, limit: number) =>
+  const resultLines = (batchId: BatchId, kind: "succeeded" | "failed", afterLine: number, limit: number) =>
     resultPage({ batchId, kind, afterLine, limit }).pipe(
       Effect.map((page): ResultLines => {
         const lines = page.lines ?? new Uint8Array(0)

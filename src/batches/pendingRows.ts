@@ -6,6 +6,7 @@
  */
 import { Effect, Option, type Scope } from "effect"
 import { AppConfig } from "../Config.js"
+import type { BatchId } from "../domain/Ids.js"
 import { BatchStore, type RequestOutcome, type RequestRow } from "./BatchStore.js"
 import type { LocalWork } from "./heartbeat.js"
 import { nodeLease, type Slice, WorkLeases } from "./WorkLeases.js"
@@ -35,7 +36,7 @@ interface SliceProgress {
 }
 
 export const makePendingRows = (
-  id: string,
+  id: BatchId,
   local: LocalWork
 ): Effect.Effect<PendingRows, never, BatchStore | WorkLeases | AppConfig | Scope.Scope> =>
   Effect.gen(function*() {

@@ -4,6 +4,7 @@
  */
 import type * as SqlClient from "@effect/sql/SqlClient"
 import { Effect } from "effect"
+import type { BatchId, BatchRequestId } from "../domain/Ids.js"
 import type { BatchStoreShape, RequestRow } from "./BatchStore.js"
 import { type BatchSql, chunks, INSERT_GROUP } from "./sql.js"
 
@@ -11,7 +12,7 @@ export const makeRequestRows = (
   sql: SqlClient.SqlClient,
   dialect: BatchSql
 ): Pick<BatchStoreShape, "insertRequests" | "deleteRequests" | "pendingRequests"> => {
-  const insertRequests = (batchId: string, rows: ReadonlyArray<RequestRow>) => {
+  const insertRequests = (batchId: BatchId, rows: ReadonlyArray<RequestRow>) => {
     const groups = chunks(rows, INSERT_GROUP)
     // One statement is atomic on its own; only several need a transaction (two more statements and a span).
     const insert = groups.length === 1
@@ -20,15 +21,15 @@ export const makeRequestRows = (
     return insert.pipe(Effect.asVoid, Effect.orDie, Effect.withSpan("BatchStore.insertRequests"))
   }
 
-  const deleteRequests = (batchId: string) =>
+  const deleteRequests = (batchId: BatchId) =>
     Effect.zipRight(
       sql`DELETE FROM batch_results WHERE batch_id = ${batchId}`,
       sql`DELETE FROM batch_requests WHERE batch_id = ${batchId}`
     ).pipe(sql.withTransaction, Effect.asVoid, Effect.orDie)
 
   // On the hot path (a page per 1,000 requests run): mapped by hand, not decoded by a schema.
-  const pendingRequests = (batchId: string, afterLine: number, lastLine: number, limit: number) =>
-    sql<{ line: number | string; custom_id: string; result_id: string; body: string }>`
+  const pendingRequests = (batchId: BatchId, afterLine: number, lastLine: number, limit: number) =>
+    sql<{ line: number | string; custom_id: string; result_id: BatchRequestId; body: string }>`
       SELECT line, custom_id, result_id, body FROM batch_requests r
       WHERE batch_id = ${batchId} AND line > ${afterLine} AND line <= ${lastLine} AND ${dialect.isPending}
       ORDER BY line LIMIT ${limit}`.pipe(

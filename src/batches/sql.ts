@@ -4,6 +4,7 @@
  */
 import type * as SqlClient from "@effect/sql/SqlClient"
 import { Effect, Schema } from "effect"
+import type { BatchId } from "../domain/Ids.js"
 import type { RequestOutcome, RequestRow } from "./BatchStore.js"
 import { type TokenUsage, zeroUsage } from "./validation.js"
 
@@ -48,11 +49,11 @@ export const makeBatchSql = (sql: SqlClient.SqlClient) => {
 
   /** One INSERT of up to INSERT_GROUP request rows. */
   const insertRequestGroup = sql.onDialectOrElse({
-    pg: () => (batchId: string, group: ReadonlyArray<RequestRow>) =>
+    pg: () => (batchId: BatchId, group: ReadonlyArray<RequestRow>) =>
       sql`INSERT INTO batch_requests ${
         sql.insert(group.map((r) => ({ batch_id: batchId, line: r.line, custom_id: r.customId, result_id: r.resultId, body: r.body })))
       }`,
-    orElse: () => (batchId: string, group: ReadonlyArray<RequestRow>) => {
+    orElse: () => (batchId: BatchId, group: ReadonlyArray<RequestRow>) => {
       const params: Array<unknown> = []
       for (const r of group) params.push(batchId, r.line, r.customId, r.resultId, r.body)
       return sql.unsafe(insertText("batch_requests", requestColumns, group.length), params).raw
@@ -65,7 +66,7 @@ export const makeBatchSql = (sql: SqlClient.SqlClient) => {
    * alone went from ~38k to ~47k requests/s). The trigger of migration 0006 adds what it stored to the batch's
    * counts and usage within the same statement, so a single INSERT needs no transaction around it.
    */
-  const insertOutcomesSqlite = (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) => {
+  const insertOutcomesSqlite = (batchId: BatchId, outcomes: ReadonlyArray<RequestOutcome>) => {
     const inserts = chunks(outcomes, SQLITE_OUTCOMES_PER_INSERT).map((group) => {
       const params: Array<unknown> = []
       for (const o of group) {
@@ -85,7 +86,7 @@ export const makeBatchSql = (sql: SqlClient.SqlClient) => {
    * Postgres: the group as one JSON parameter, inserted by a single statement (one round trip); the trigger of
    * migration 0006 adds the rows it inserted to the batch's counts and usage.
    */
-  const insertOutcomesPg = (batchId: string, outcomes: ReadonlyArray<RequestOutcome>) => {
+  const insertOutcomesPg = (batchId: BatchId, outcomes: ReadonlyArray<RequestOutcome>) => {
     // The usage fields are named as in `TokenUsage`: input, cached, output, reasoning, total.
     const rows = JSON.stringify(outcomes.map((o) => {
       const usage = usageOfOutcome(o)
@@ -157,7 +158,7 @@ export const makeBatchSql = (sql: SqlClient.SqlClient) => {
      * Postgres: completions of a batch's last two slices on two nodes are serialized on the batch row, or each
      * would still see the other's slice open and neither would move the batch on (SQLite has one writer).
      */
-    lockBatchRow: (id: string) =>
+    lockBatchRow: (id: BatchId) =>
       sql.onDialectOrElse({
         pg: () => Effect.asVoid(sql`SELECT id FROM batches WHERE id = ${id} FOR UPDATE`),
         orElse: () => Effect.void

@@ -6,7 +6,7 @@
 import { type Cause, Effect, Option, Stream } from "effect"
 import { AppConfig } from "../Config.js"
 import type { BatchError } from "../domain/Batches.js"
-import { batchRequestId } from "../domain/Ids.js"
+import { type BatchId, batchRequestId } from "../domain/Ids.js"
 import { FileStore } from "../files/FileStore.js"
 import { Inference } from "../inference/Inference.js"
 import { isCapacityFault } from "../storage/Faults.js"
@@ -30,7 +30,7 @@ export interface Validating {
    * waits. Only while the batch is still `validating` (best effort: on a full disk the delete may fail too; the
    * retry deletes them).
    */
-  readonly giveBackSpace: (id: string, cause: Cause.Cause<unknown>) => Effect.Effect<void>
+  readonly giveBackSpace: (id: BatchId, cause: Cause.Cause<unknown>) => Effect.Effect<void>
 }
 
 export const makeValidating = Effect.gen(function*() {
@@ -39,7 +39,7 @@ export const makeValidating = Effect.gen(function*() {
   const inference = yield* Inference
   const config = yield* AppConfig
 
-  const fail = (id: string, errors: ReadonlyArray<BatchError>) =>
+  const fail = (id: BatchId, errors: ReadonlyArray<BatchError>) =>
     Effect.zipRight(store.deleteRequests(id), store.transition(id, "validationFailed", { errors }))
 
   const validate = (record: BatchRecord) =>
@@ -94,7 +94,7 @@ export const makeValidating = Effect.gen(function*() {
       yield* store.startRunning(batch.id, { model: verdict.model, total: verdict.total }, verdict.slices)
     }).pipe(Effect.withSpan("BatchRunner.validate", { attributes: { id: record.batch.id } }))
 
-  const giveBackSpace = (id: string, cause: Cause.Cause<unknown>) =>
+  const giveBackSpace = (id: BatchId, cause: Cause.Cause<unknown>) =>
     isCapacityFault(cause)
       ? store.get(id).pipe(
         Effect.flatMap(({ batch }) => batch.status === "validating" ? store.deleteRequests(id) : Effect.void),

@@ -4,6 +4,7 @@
 import { Schema } from "effect"
 import { BatchEndpoint, type CreateBatchBody } from "../domain/Batches.js"
 import { MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS } from "../domain/Files.js"
+import type { FileId } from "../domain/Ids.js"
 import { echo, unstorableReason } from "../domain/Text.js"
 
 export interface Problem {
@@ -23,7 +24,7 @@ export const MAX_MODEL_LENGTH = 256
 
 /** The create parameters once checked: what a batch row is made of. */
 export interface ValidCreateBatch {
-  readonly inputFileId: string
+  readonly inputFileId: FileId
   readonly endpoint: BatchEndpoint
   readonly completionWindow: "24h"
   readonly metadata: Readonly<Record<string, string>> | null

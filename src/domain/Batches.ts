@@ -1,5 +1,6 @@
 /** The wire shapes of the OpenAI Batches API. */
 import { Schema } from "effect"
+import { BatchId, FileId, StorableBatchId, StorableFileId } from "./Ids.js"
 import { StorableString } from "./Text.js"
 
 /** Endpoints a batch may target. */
@@ -59,16 +60,16 @@ export type BatchUsage = typeof BatchUsage.Type
 export const Metadata = Schema.Record({ key: Schema.String, value: Schema.String })
 
 export class Batch extends Schema.Class<Batch>("Batch")({
-  id: Schema.String,
+  id: BatchId,
   object: Schema.Literal("batch"),
   endpoint: BatchEndpoint,
   model: Schema.NullOr(Schema.String),
   errors: Schema.NullOr(BatchErrors),
-  input_file_id: Schema.String,
+  input_file_id: FileId,
   completion_window: Schema.String,
   status: BatchStatus,
-  output_file_id: Schema.NullOr(Schema.String),
-  error_file_id: Schema.NullOr(Schema.String),
+  output_file_id: Schema.NullOr(FileId),
+  error_file_id: Schema.NullOr(FileId),
   created_at: Schema.Number,
   in_progress_at: Schema.NullOr(Schema.Number),
   expires_at: Schema.Number,
@@ -96,7 +97,7 @@ export class BatchList extends Schema.Class<BatchList>("BatchList")({
  * checked by `validateCreateBatch` so that the error names the parameter the way OpenAI does.
  */
 export const CreateBatchBody = Schema.Struct({
-  input_file_id: StorableString,
+  input_file_id: StorableFileId,
   endpoint: Schema.String,
   completion_window: Schema.String,
   /** Checked by `validateCreateBatch`: a `Schema.Record` would silently drop a `__proto__` key. */
@@ -114,5 +115,5 @@ export type CreateBatchBody = typeof CreateBatchBody.Type
 
 export class ListBatchesParams extends Schema.Class<ListBatchesParams>("ListBatchesParams")({
   limit: Schema.optional(Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 100))),
-  after: Schema.optional(StorableString)
+  after: Schema.optional(StorableBatchId)
 }) {}

@@ -1,5 +1,6 @@
 /** The wire shapes of the OpenAI Files API. */
 import { Schema } from "effect"
+import { FileId, StorableFileId } from "./Ids.js"
 import { StorableString } from "./Text.js"
 
 /** Purposes a client may upload with. */
@@ -19,7 +20,7 @@ export const MIN_EXPIRES_AFTER_SECONDS = 3600
 export const MAX_EXPIRES_AFTER_SECONDS = 2_592_000
 
 export class FileObject extends Schema.Class<FileObject>("FileObject")({
-  id: Schema.String,
+  id: FileId,
   object: Schema.Literal("file"),
   bytes: Schema.Number,
   created_at: Schema.Number,
@@ -40,7 +41,7 @@ export class FileList extends Schema.Class<FileList>("FileList")({
 }) {}
 
 export class FileDeleted extends Schema.Class<FileDeleted>("FileDeleted")({
-  id: Schema.String,
+  id: FileId,
   object: Schema.Literal("file"),
   deleted: Schema.Boolean
 }) {}
@@ -53,7 +54,7 @@ export class ListFilesParams extends Schema.Class<ListFilesParams>("ListFilesPar
   purpose: Schema.optional(StorableString),
   limit: Schema.optional(Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 10_000))),
   order: Schema.optional(SortOrder),
-  after: Schema.optional(StorableString)
+  after: Schema.optional(StorableFileId)
 }) {}
 
 /** The multipart fields of `POST /v1/files`, for the OpenAPI document (the handler parses the stream itself). */

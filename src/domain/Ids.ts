@@ -1,5 +1,30 @@
-/** Identifier formats of the objects this service hands out, shaped like OpenAI's. */
+/**
+ * Identifier formats of the objects this service hands out, shaped like OpenAI's, and their brands: a file id, a
+ * batch id and a result line id are distinct types, so one cannot be passed where another is expected. A brand is
+ * a type only (its schema checks and changes nothing at run time); ids enter branded from the generators below,
+ * from rows typed with the brands, and at the HTTP edge through `StorableFileId`/`StorableBatchId`.
+ */
+import { Schema } from "effect"
 import { createHash, randomFillSync } from "node:crypto"
+import { StorableString } from "./Text.js"
+
+/** A file id (`file-…`). */
+export const FileId = Schema.String.pipe(Schema.brand("FileId"))
+export type FileId = typeof FileId.Type
+/** A batch id (`batch_…`). */
+export const BatchId = Schema.String.pipe(Schema.brand("BatchId"))
+export type BatchId = typeof BatchId.Type
+/** The id of one line of an output or error file (`batch_req_…`). */
+export const BatchRequestId = Schema.String.pipe(Schema.brand("BatchRequestId"))
+export type BatchRequestId = typeof BatchRequestId.Type
+
+/**
+ * A file id as a client sends it (path parameter, cursor, `input_file_id`): any `StorableString`, branded (an
+ * unknown id is just not found).
+ */
+export const StorableFileId = StorableString.pipe(Schema.compose(FileId))
+/** A batch id as a client sends it (path parameter, cursor): a `StorableString`, branded. */
+export const StorableBatchId = StorableString.pipe(Schema.compose(BatchId))
 
 const BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -32,19 +57,21 @@ const base62 = (n: number): string => {
 
 const hex = (bytes: number): string => randomBytes(bytes).toString("hex")
 
+// The generators mint their ids by assertion: a brand's `make` would check each (one per request line).
+
 /** `file-` + 24 base62 characters. */
-export const fileId = (): string => `file-${base62(24)}`
+export const fileId = (): FileId => `file-${base62(24)}` as FileId
 /** A file id derived from `seed`: the same seed always gives the same id (see `FileMetadata.id`). */
-export const derivedFileId = (seed: string): string => {
+export const derivedFileId = (seed: string): FileId => {
   const digest = createHash("sha256").update(seed).digest()
   let out = ""
   for (let i = 0; out.length < 24; i++) out += BASE62[digest[i % digest.length]! % 62]
-  return `file-${out}`
+  return `file-${out}` as FileId
 }
 
 /** `batch_` + 32 hex characters. */
-export const batchId = (): string => `batch_${hex(16)}`
+export const batchId = (): BatchId => `batch_${hex(16)}` as BatchId
 /** `batch_req_` + 32 hex characters: the id of one line of an output or error file. */
-export const batchRequestId = (): string => `batch_req_${hex(16)}`
+export const batchRequestId = (): BatchRequestId => `batch_req_${hex(16)}` as BatchRequestId
 /** `req_` + 32 hex characters: the `x-request-id` of a response. */
 export const requestId = (): string => `req_${hex(16)}`

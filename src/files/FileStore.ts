@@ -6,12 +6,12 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import { Clock, Context, Data, Effect, Layer, Schedule, Scope, Stream } from "effect"
 import { AppConfig } from "../Config.js"
 import { FileObject, type SortOrder } from "../domain/Files.js"
-import { fileId } from "../domain/Ids.js"
+import { type FileId, fileId } from "../domain/Ids.js"
 import { BlobStore, type StagedBlob, stageStream, type StagingWriter } from "../storage/BlobStore.js"
 
-export class FileNotFound extends Data.TaggedError("FileNotFound")<{ readonly id: string }> {}
+export class FileNotFound extends Data.TaggedError("FileNotFound")<{ readonly id: FileId }> {}
 /** The `after` cursor of a list names no file. */
-export class UnknownCursor extends Data.TaggedError("UnknownCursor")<{ readonly after: string }> {}
+export class UnknownCursor extends Data.TaggedError("UnknownCursor")<{ readonly after: FileId }> {}
 
 export interface FileMetadata {
   readonly filename: string
@@ -22,12 +22,12 @@ export interface FileMetadata {
    * A fixed id instead of a new random one. Writing the same id again replaces that file, which makes producing
    * a derived file (a batch's output) idempotent across retries and restarts.
    */
-  readonly id?: string | undefined
+  readonly id?: FileId | undefined
 }
 
 export interface ListFilesQuery {
   readonly purpose?: string | undefined
-  readonly after?: string | undefined
+  readonly after?: FileId | undefined
   readonly limit: number
   readonly order: SortOrder
 }
@@ -44,14 +44,14 @@ export interface FileStoreShape {
   readonly commit: (staged: StagedBlob, meta: FileMetadata) => Effect.Effect<FileObject>
   /** `stage` + `commit` in one step. */
   readonly create: <E>(meta: FileMetadata, content: Stream.Stream<Uint8Array, E>) => Effect.Effect<FileObject, E>
-  readonly get: (id: string) => Effect.Effect<FileObject, FileNotFound>
+  readonly get: (id: FileId) => Effect.Effect<FileObject, FileNotFound>
   readonly list: (query: ListFilesQuery) => Effect.Effect<FilePage, UnknownCursor>
   /** The file's metadata and its bytes, streamed. */
-  readonly content: (id: string) => Effect.Effect<
+  readonly content: (id: FileId) => Effect.Effect<
     { readonly file: FileObject; readonly stream: Stream.Stream<Uint8Array> },
     FileNotFound
   >
-  readonly remove: (id: string) => Effect.Effect<void, FileNotFound>
+  readonly remove: (id: FileId) => Effect.Effect<void, FileNotFound>
   /** Deletes every expired file (metadata and bytes); returns how many. */
   readonly sweepExpired: Effect.Effect<number>
 }
@@ -59,7 +59,7 @@ export interface FileStoreShape {
 export class FileStore extends Context.Tag("FileStore")<FileStore, FileStoreShape>() {}
 
 type FileRow = {
-  readonly id: string
+  readonly id: FileId
   readonly bytes: number | string
   readonly created_at: number | string
   readonly expires_at: number | string | null
@@ -124,7 +124,7 @@ export const make = Effect.gen(function*() {
       Effect.withSpan("FileStore.create")
     )
 
-  const get = (id: string) =>
+  const get = (id: FileId) =>
     Effect.gen(function*() {
       const now = yield* nowSeconds
       const rows = yield* sql<FileRow>`SELECT ${columns} FROM files WHERE id = ${id} AND ${live(now)}`.pipe(
@@ -157,12 +157,12 @@ export const make = Effect.gen(function*() {
       } satisfies FilePage
     }).pipe(Effect.withSpan("FileStore.list"))
 
-  const content = (id: string) =>
+  const content = (id: FileId) =>
     Effect.map(get(id), (file) => ({ file, stream: blobs.read(id) })).pipe(Effect.withSpan("FileStore.content"))
 
-  const remove = (id: string) =>
+  const remove = (id: FileId) =>
     Effect.gen(function*() {
-      const deleted = yield* sql<{ id: string }>`DELETE FROM files WHERE id = ${id} RETURNING id`.pipe(Effect.orDie)
+      const deleted = yield* sql<{ id: FileId }>`DELETE FROM files WHERE id = ${id} RETURNING id`.pipe(Effect.orDie)
       if (deleted.length === 0) return yield* new FileNotFound({ id })
       yield* blobs.remove(id)
     }).pipe(Effect.uninterruptible, Effect.withSpan("FileStore.remove", { attributes: { id } }))

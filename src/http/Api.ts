@@ -18,12 +18,12 @@ import {
   UnauthorizedSchema
 } from "../domain/Errors.js"
 import { Batch, BatchList, CreateBatchBody, ListBatchesParams } from "../domain/Batches.js"
-import { StorableString } from "../domain/Text.js"
+import { StorableBatchId, StorableFileId } from "../domain/Ids.js"
 import { FileDeleted, FileList, FileObject, ListFilesParams, UploadFileForm } from "../domain/Files.js"
 import { Authenticated } from "./Security.js"
 
-const fileIdParam = HttpApiSchema.param("file_id", StorableString)
-const batchIdParam = HttpApiSchema.param("batch_id", StorableString)
+const fileIdParam = HttpApiSchema.param("file_id", StorableFileId)
+const batchIdParam = HttpApiSchema.param("batch_id", StorableBatchId)
 
 export class HealthGroup extends HttpApiGroup.make("health")
   .add(

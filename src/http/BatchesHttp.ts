@@ -9,7 +9,7 @@ import { audit } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
 import { BatchList, type CreateBatchBody } from "../domain/Batches.js"
 import { conflict, invalidRequest, notFound } from "../domain/Errors.js"
-import { batchId } from "../domain/Ids.js"
+import { type BatchId, batchId } from "../domain/Ids.js"
 import { FileStore } from "../files/FileStore.js"
 import { OpenAIApi } from "./Api.js"
 import { listPage } from "../domain/List.js"
@@ -72,7 +72,7 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
         return record.batch
       }).pipe(Effect.withSpan("Batches.create"))
 
-    const cancel = (id: string) =>
+    const cancel = (id: BatchId) =>
       Effect.gen(function*() {
         const { batch } = yield* store.get(id)
         if (batch.status === "cancelling" || batch.status === "cancelled") return batch

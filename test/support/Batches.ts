@@ -3,6 +3,7 @@ import { Effect } from "effect"
 import OpenAI, { toFile } from "openai"
 import type { Batch } from "openai/resources/batches"
 import { BatchStore, type BatchStoreShape, type NewBatch, type RequestRow } from "../../src/batches/BatchStore.js"
+import { BatchId, BatchRequestId, FileId } from "../../src/domain/Ids.js"
 
 export const sdk = (baseUrl: string) => new OpenAI({ baseURL: `${baseUrl}/v1`, apiKey: "sk-test", maxRetries: 0 })
 
@@ -52,7 +53,7 @@ export const failure = (call: () => Promise<unknown>) =>
   Effect.promise(() => call().then(() => { throw new Error("expected the call to fail") }, (e) => e as any))
 
 /** A chat-completions batch `id` over `inputFileId` with every option left out, for `BatchStore.create`. */
-export const newChatBatch = (id: string, inputFileId: string): NewBatch => ({
+export const newChatBatch = (id: BatchId, inputFileId: FileId): NewBatch => ({
   id,
   endpoint: "/v1/chat/completions",
   inputFileId,
@@ -65,21 +66,21 @@ export const newChatBatch = (id: string, inputFileId: string): NewBatch => ({
 })
 
 /** The lines the store gives for a batch's output (`succeeded`) or error file, parsed. */
-export const storedLines = (store: BatchStoreShape, id: string, kind: "succeeded" | "failed", limit = 1000) =>
+export const storedLines = (store: BatchStoreShape, id: BatchId, kind: "succeeded" | "failed", limit = 1000) =>
   Effect.map(store.resultLines(id, kind, 0, limit), (page): Array<any> =>
     new TextDecoder().decode(page.bytes).split("\n").filter((line) => line !== "").map((line) => JSON.parse(line)))
 
 /** Request rows for lines 1…`count` (custom ids `c1`…, result ids `r1`…, empty bodies), for `BatchStore.insertRequests`. */
 export const requestRows = (count: number): Array<RequestRow> =>
-  Array.from({ length: count }, (_, i) => ({ line: i + 1, customId: `c${i + 1}`, resultId: `r${i + 1}`, body: "{}" }))
+  Array.from({ length: count }, (_, i) => ({ line: i + 1, customId: `c${i + 1}`, resultId: BatchRequestId.make(`r${i + 1}`), body: "{}" }))
 
 let batches = 0
 /** A new batch in `validating` with `lines` request rows (the state validation leaves before `startRunning`); its id. */
 export const validatingBatch = (lines: number) =>
   Effect.gen(function*() {
     const store = yield* BatchStore
-    const id = `batch_${process.pid}_${++batches}_${Math.random().toString(16).slice(2)}`
-    yield* store.create(newChatBatch(id, "file-x"))
+    const id = BatchId.make(`batch_${process.pid}_${++batches}_${Math.random().toString(16).slice(2)}`)
+    yield* store.create(newChatBatch(id, FileId.make("file-x")))
     yield* store.insertRequests(id, requestRows(lines))
     return id
   })
