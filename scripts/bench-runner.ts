@@ -113,9 +113,9 @@ const program = Effect.gen(function*() {
   const runner = yield* BatchRunner
   const lines = Array.from({ length: REQUESTS }, (_, i) =>
     `{"custom_id":"req-${i}","method":"POST","url":"/v1/chat/completions","body":{"model":"sim-model","messages":[{"role":"user","content":"request ${i}"}]}}\n`).join("")
-  const input = yield* files.create({ filename: "in.jsonl", purpose: "batch" }, Stream.make(new TextEncoder().encode(lines)))
+  const input = yield* files.create({ filename: "in.jsonl", purpose: "batch", project: "default" }, Stream.make(new TextEncoder().encode(lines)))
   const { record } = yield* store.create(newChatBatch(BatchId.make("batch_bench"), input.id))
-  const statusNow = Effect.map(Effect.orDie(store.get(record.batch.id)), ({ batch }) => batch.status)
+  const statusNow = Effect.map(Effect.orDie(store.get(record.batch.id, "all")), ({ batch }) => batch.status)
   const validationStarted = performance.now()
   yield* runner.submit(record.batch.id)
   let status = record.batch.status

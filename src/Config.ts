@@ -55,6 +55,12 @@ export interface AppConfigShape {
   readonly maxRequestsPerBatch: number
   /** Largest batch input file, in bytes (`MAX_BATCH_INPUT_BYTES`). */
   readonly maxBatchInputBytes: number
+  /** Batches of one project not yet finished, at most (`MAX_ACTIVE_BATCHES_PER_PROJECT`); a create beyond: 429. */
+  readonly maxActiveBatchesPerProject: Option.Option<number>
+  /** Requests in one project's unfinished batches, at most (`MAX_ENQUEUED_REQUESTS_PER_PROJECT`); checked at validation. */
+  readonly maxEnqueuedRequestsPerProject: Option.Option<number>
+  /** Bytes of one project's files, at most (`MAX_FILE_BYTES_PER_PROJECT`); an upload beyond: 413 (output files count, unrefused). */
+  readonly maxFileBytesPerProject: Option.Option<number>
   /**
    * What the `24h` completion window means (`COMPLETION_WINDOW`): the API accepts only `24h`, as OpenAI; a shorter
    * duration here makes batches expire sooner (demos, tests).
@@ -102,6 +108,9 @@ export const defaults: AppConfigShape = {
   maxConcurrentRequestsPerBatch: 32,
   maxRequestsPerBatch: 50_000,
   maxBatchInputBytes: 200 * 1024 * 1024,
+  maxActiveBatchesPerProject: Option.none(),
+  maxEnqueuedRequestsPerProject: Option.none(),
+  maxFileBytesPerProject: Option.none(),
   completionWindow: Duration.hours(24),
   apiKeys: [],
   adminApiKeys: [],
@@ -124,6 +133,12 @@ const positiveInt = (field: Numeric, variable: string): Rule => ({
   variable,
   expected: "a positive integer",
   holds: (c) => Number.isSafeInteger(c[field]) && c[field] > 0
+})
+type OptionalNumeric = { [K in keyof AppConfigShape]: AppConfigShape[K] extends Option.Option<number> ? K : never }[keyof AppConfigShape]
+const optionalPositiveInt = (field: OptionalNumeric, variable: string): Rule => ({
+  variable,
+  expected: "a positive integer (or unset: no limit)",
+  holds: (c) => !Option.exists(c[field], (n) => !Number.isSafeInteger(n) || n <= 0)
 })
 const positiveDuration = (field: Durations, variable: string): Rule => ({
   variable,
@@ -215,6 +230,9 @@ const rules: ReadonlyArray<Rule> = [
   positiveInt("maxConcurrentRequestsPerBatch", "MAX_CONCURRENT_REQUESTS_PER_BATCH"),
   positiveInt("maxRequestsPerBatch", "MAX_REQUESTS_PER_BATCH"),
   positiveInt("maxBatchInputBytes", "MAX_BATCH_INPUT_BYTES"),
+  optionalPositiveInt("maxActiveBatchesPerProject", "MAX_ACTIVE_BATCHES_PER_PROJECT"),
+  optionalPositiveInt("maxEnqueuedRequestsPerProject", "MAX_ENQUEUED_REQUESTS_PER_PROJECT"),
+  optionalPositiveInt("maxFileBytesPerProject", "MAX_FILE_BYTES_PER_PROJECT"),
   positiveDuration("leaseTtl", "LEASE_TTL"),
   positiveDuration("heartbeatInterval", "HEARTBEAT_INTERVAL"),
   positiveDuration("fileSweepInterval", "FILE_SWEEP_INTERVAL"),
@@ -311,6 +329,9 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   ),
   maxRequestsPerBatch: Config.integer("MAX_REQUESTS_PER_BATCH").pipe(Config.withDefault(defaults.maxRequestsPerBatch)),
   maxBatchInputBytes: Config.integer("MAX_BATCH_INPUT_BYTES").pipe(Config.withDefault(defaults.maxBatchInputBytes)),
+  maxActiveBatchesPerProject: Config.option(Config.integer("MAX_ACTIVE_BATCHES_PER_PROJECT")),
+  maxEnqueuedRequestsPerProject: Config.option(Config.integer("MAX_ENQUEUED_REQUESTS_PER_PROJECT")),
+  maxFileBytesPerProject: Config.option(Config.integer("MAX_FILE_BYTES_PER_PROJECT")),
   completionWindow: Config.duration("COMPLETION_WINDOW").pipe(Config.withDefault(defaults.completionWindow)),
   apiKeys: Config.option(Config.redacted("API_KEYS")),
   adminApiKeys: Config.option(Config.redacted("ADMIN_API_KEYS")),

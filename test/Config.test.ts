@@ -1,6 +1,6 @@
 /** The configuration: the same rules whether it comes from the environment or from code (`AppConfig.layerWith`). */
 import { describe, expect, it } from "@effect/vitest"
-import { ConfigProvider, Duration, Effect, Exit, Layer } from "effect"
+import { ConfigProvider, Duration, Effect, Exit, Layer, Option } from "effect"
 import { hostname } from "node:os"
 import { AppConfig, appConfig } from "../src/Config.js"
 
@@ -35,12 +35,27 @@ describe("configuration", () => {
         [{ dataDir: " " }, { DATA_DIR: " " }, "DATA_DIR"],
         [{ inferenceBaseUrl: "ftp://x/v1" }, { INFERENCE_BASE_URL: "ftp://x/v1" }, "INFERENCE_BASE_URL"],
         [{ heartbeatInterval: Duration.seconds(20) }, { HEARTBEAT_INTERVAL: "20 seconds" }, "HEARTBEAT_INTERVAL"],
-        [{ leaseTtl: Duration.zero }, { LEASE_TTL: "0 millis" }, "LEASE_TTL"]
+        [{ leaseTtl: Duration.zero }, { LEASE_TTL: "0 millis" }, "LEASE_TTL"],
+        [{ maxActiveBatchesPerProject: Option.some(0) }, { MAX_ACTIVE_BATCHES_PER_PROJECT: "0" }, "MAX_ACTIVE_BATCHES_PER_PROJECT"],
+        [{ maxEnqueuedRequestsPerProject: Option.some(-1) }, { MAX_ENQUEUED_REQUESTS_PER_PROJECT: "-1" }, "MAX_ENQUEUED_REQUESTS_PER_PROJECT"],
+        [{ maxFileBytesPerProject: Option.some(1.5) }, { MAX_FILE_BYTES_PER_PROJECT: "lots" }, "MAX_FILE_BYTES_PER_PROJECT"]
       ]
       for (const [code, env, variable] of cases) {
         expect(failure(yield* fromCode(code))).toContain(variable)
         expect(failure(yield* fromEnv(env))).toContain(variable)
       }
+    }))
+
+  it.effect("the per-project limits are off unless set", () =>
+    Effect.gen(function*() {
+      const none = yield* Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map()))
+      expect([none.maxActiveBatchesPerProject, none.maxEnqueuedRequestsPerProject, none.maxFileBytesPerProject])
+        .toEqual([Option.none(), Option.none(), Option.none()])
+      const set = yield* Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map([
+        ["MAX_ACTIVE_BATCHES_PER_PROJECT", "3"], ["MAX_ENQUEUED_REQUESTS_PER_PROJECT", "1000"], ["MAX_FILE_BYTES_PER_PROJECT", "4096"]
+      ])))
+      expect([set.maxActiveBatchesPerProject, set.maxEnqueuedRequestsPerProject, set.maxFileBytesPerProject])
+        .toEqual([Option.some(3), Option.some(1000), Option.some(4096)])
     }))
 
   it.effect("the defaults pass every rule", () =>

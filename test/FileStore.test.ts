@@ -17,7 +17,7 @@ const readAll = (stream: Stream.Stream<Uint8Array>) =>
 
 const upload = (filename: string, purpose: string, body: Uint8Array, expiresAfterSeconds?: number) =>
   Effect.flatMap(FileStore, (files) =>
-    files.create({ filename, purpose, expiresAfterSeconds }, Stream.make(body.subarray(0, 3), body.subarray(3))))
+    files.create({ filename, purpose, project: "default", expiresAfterSeconds }, Stream.make(body.subarray(0, 3), body.subarray(3))))
 
 for (const { backend, fileStorage } of storages) describe(`FileStore (${backend}, ${fileStorage} bytes)`, () => {
   const config = configFor({ fileStorage: Option.some(fileStorage) })
@@ -38,8 +38,8 @@ for (const { backend, fileStorage } of storages) describe(`FileStore (${backend}
       expect(created.status).toBe("processed")
       expect(created.expires_at).toBeNull()
 
-      expect(yield* files.get(created.id)).toEqual(created)
-      const { file, stream } = yield* files.content(created.id)
+      expect(yield* files.get(created.id, "all")).toEqual(created)
+      const { file, stream } = yield* files.content(created.id, "all")
       expect(file).toEqual(created)
       expect(Buffer.compare(yield* readAll(stream), Buffer.from(binary))).toBe(0)
     }).pipe(Effect.provide(storeLayer)))
@@ -50,26 +50,26 @@ for (const { backend, fileStorage } of storages) describe(`FileStore (${backend}
       const ids: Array<FileId> = []
       for (let i = 0; i < 7; i++) ids.push((yield* upload(`f${i}.jsonl`, i % 2 === 0 ? "batch" : "user_data", bytesOf(`${i}\n`))).id)
 
-      const all = yield* files.list({ limit: 100, order: "desc" })
+      const all = yield* files.list({ visibility: "all",  limit: 100, order: "desc" })
       expect(all.data.map((f) => f.id)).toEqual([...ids].reverse())
       expect(all.hasMore).toBe(false)
 
-      const page1 = yield* files.list({ limit: 3, order: "asc" })
+      const page1 = yield* files.list({ visibility: "all",  limit: 3, order: "asc" })
       expect(page1.data.map((f) => f.id)).toEqual(ids.slice(0, 3))
       expect(page1.hasMore).toBe(true)
-      const page2 = yield* files.list({ limit: 3, order: "asc", after: page1.data[2]!.id })
+      const page2 = yield* files.list({ visibility: "all",  limit: 3, order: "asc", after: page1.data[2]!.id })
       expect(page2.data.map((f) => f.id)).toEqual(ids.slice(3, 6))
       expect(page2.hasMore).toBe(true)
-      const page3 = yield* files.list({ limit: 3, order: "asc", after: page2.data[2]!.id })
+      const page3 = yield* files.list({ visibility: "all",  limit: 3, order: "asc", after: page2.data[2]!.id })
       expect(page3.data.map((f) => f.id)).toEqual(ids.slice(6))
       expect(page3.hasMore).toBe(false)
 
-      const desc2 = yield* files.list({ limit: 2, order: "desc", after: ids[4] })
+      const desc2 = yield* files.list({ visibility: "all",  limit: 2, order: "desc", after: ids[4] })
       expect(desc2.data.map((f) => f.id)).toEqual([ids[3], ids[2]])
 
-      const batchOnly = yield* files.list({ limit: 100, order: "asc", purpose: "batch" })
+      const batchOnly = yield* files.list({ visibility: "all",  limit: 100, order: "asc", purpose: "batch" })
       expect(batchOnly.data.map((f) => f.id)).toEqual([ids[0], ids[2], ids[4], ids[6]])
-      const exit = yield* Effect.exit(files.list({ limit: 2, order: "asc", after: FileIdSchema.make("file-nope") }))
+      const exit = yield* Effect.exit(files.list({ visibility: "all",  limit: 2, order: "asc", after: FileIdSchema.make("file-nope") }))
       assert(Exit.isFailure(exit))
     }).pipe(Effect.provide(storeLayer)))
 
@@ -78,10 +78,10 @@ for (const { backend, fileStorage } of storages) describe(`FileStore (${backend}
       const files = yield* FileStore
       const created = yield* upload("gone.jsonl", "batch", bytesOf("{}\n"))
       expect((yield* storedBlobs).blobs).toContain(created.id)
-      yield* files.remove(created.id)
+      yield* files.remove(created.id, "all")
       expect((yield* storedBlobs).blobs).not.toContain(created.id)
-      expect((yield* Effect.flip(files.get(created.id)))._tag).toBe("FileNotFound")
-      expect((yield* Effect.flip(files.remove(created.id)))._tag).toBe("FileNotFound")
+      expect((yield* Effect.flip(files.get(created.id, "all")))._tag).toBe("FileNotFound")
+      expect((yield* Effect.flip(files.remove(created.id, "all")))._tag).toBe("FileNotFound")
     }).pipe(Effect.provide(storeLayer)))
 
   it.scoped("expired files vanish from get and list at once, and the sweep deletes their bytes", () =>
@@ -92,12 +92,12 @@ for (const { backend, fileStorage } of storages) describe(`FileStore (${backend}
       expect(shortLived.expires_at).toBe(shortLived.created_at + 3600)
 
       yield* TestClock.adjust("3599 seconds")
-      expect((yield* files.get(shortLived.id)).id).toBe(shortLived.id)
+      expect((yield* files.get(shortLived.id, "all")).id).toBe(shortLived.id)
 
       yield* TestClock.adjust("2 seconds")
-      expect((yield* Effect.flip(files.get(shortLived.id)))._tag).toBe("FileNotFound")
-      expect((yield* Effect.flip(files.content(shortLived.id)))._tag).toBe("FileNotFound")
-      expect((yield* files.list({ limit: 10, order: "asc" })).data.map((f) => f.id)).toEqual([kept.id])
+      expect((yield* Effect.flip(files.get(shortLived.id, "all")))._tag).toBe("FileNotFound")
+      expect((yield* Effect.flip(files.content(shortLived.id, "all")))._tag).toBe("FileNotFound")
+      expect((yield* files.list({ visibility: "all",  limit: 10, order: "asc" })).data.map((f) => f.id)).toEqual([kept.id])
 
       // The background sweep runs every `fileSweepInterval` (60 s by default) and removes the bytes.
       yield* TestClock.adjust("60 seconds")
@@ -108,14 +108,14 @@ for (const { backend, fileStorage } of storages) describe(`FileStore (${backend}
     Effect.gen(function*() {
       const files = yield* FileStore
       const never = Stream.concat(Stream.make(bytesOf("partial")), Stream.never)
-      const fiber = yield* Effect.fork(files.create({ filename: "x.jsonl", purpose: "batch" }, never))
+      const fiber = yield* Effect.fork(files.create({ filename: "x.jsonl", purpose: "batch", project: "default" }, never))
       yield* Effect.promise(() => new Promise((r) => setTimeout(r, 50)))
       yield* Fiber.interrupt(fiber)
       const failing = Stream.concat(Stream.make(bytesOf("partial")), Stream.fail("client went away"))
-      expect(yield* Effect.flip(files.create({ filename: "y.jsonl", purpose: "batch" }, failing))).toBe(
+      expect(yield* Effect.flip(files.create({ filename: "y.jsonl", purpose: "batch", project: "default" }, failing))).toBe(
         "client went away"
       )
-      expect((yield* files.list({ limit: 10, order: "asc" })).data).toEqual([])
+      expect((yield* files.list({ visibility: "all",  limit: 10, order: "asc" })).data).toEqual([])
       expect(yield* storedBlobs).toEqual({ blobs: [], staging: [] })
     }).pipe(Effect.provide(storeLayer)))
 
@@ -142,7 +142,7 @@ for (const { backend, fileStorage } of storages) describe(`FileStore (${backend}
       }
 
       const [listed, stored] = yield* Effect.all([
-        Effect.flatMap(FileStore, (files) => files.list({ limit: 10, order: "asc" })),
+        Effect.flatMap(FileStore, (files) => files.list({ visibility: "all",  limit: 10, order: "asc" })),
         storedBlobs
       ]).pipe(Effect.provide(start))
       expect(listed.data.map((f) => f.id)).toEqual([kept.id])

@@ -98,7 +98,7 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       const id = yield* runningBatch(40, 10)
       const moved = yield* Effect.all([0, 1, 2, 3].map((slice) => store.completeSlice(id, slice)), { concurrency: "unbounded" })
       expect(moved.filter(Boolean)).toHaveLength(1)
-      expect((yield* store.get(id)).batch.status).toBe("finalizing")
+      expect((yield* store.get(id, "all")).batch.status).toBe("finalizing")
     }).pipe(Effect.provide(storeFor(backend))))
 
   it.effect("two nodes storing the same request's outcome: the first is kept and counted once", () =>
@@ -110,7 +110,7 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
         store.recordOutcomes(id, [ok(2, "from b"), ok(3, "from b")])
       ], { concurrency: "unbounded" })
       expect(first + second).toBe(3)
-      const { batch } = yield* store.get(id)
+      const { batch } = yield* store.get(id, "all")
       expect(batch.request_counts).toEqual({ total: 3, completed: 3, failed: 0 })
       expect(batch.usage.total_tokens).toBe(9)
       const lines = yield* storedLines(store, id, "succeeded")
@@ -125,7 +125,7 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       const id = yield* runningBatch(150, 150)
       const outcomes = Array.from({ length: 150 }, (_, i) => ok(150 - i))
       expect(yield* store.recordOutcomes(id, outcomes)).toBe(150)
-      expect((yield* store.get(id)).batch.request_counts).toEqual({ total: 150, completed: 150, failed: 0 })
+      expect((yield* store.get(id, "all")).batch.request_counts).toEqual({ total: 150, completed: 150, failed: 0 })
       const lines = yield* storedLines(store, id, "succeeded")
       expect(lines.map((l) => l.custom_id)).toEqual(Array.from({ length: 150 }, (_, i) => `c${i + 1}`))
       expect(yield* store.pendingRequests(id, 0, 150, 1000)).toEqual([])
@@ -140,7 +140,7 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       const lost: RequestOutcome = { _tag: "Error", line: 3, customId: "c3", resultId: BatchRequestId.make("r3"), code: "upstream_timeout", message: "slow" }
       expect(yield* store.recordOutcomes(id, [ok(1), refused, lost])).toBe(3)
       expect(yield* store.failPending(id, "batch_expired", "too late")).toBe(2)
-      const { batch } = yield* store.get(id)
+      const { batch } = yield* store.get(id, "all")
       expect(batch.request_counts).toEqual({ total: 5, completed: 1, failed: 4 })
       expect(batch.usage).toMatchObject({ input_tokens: 1, output_tokens: 2, total_tokens: 3 })
       const failed = yield* storedLines(store, id, "failed")
@@ -180,7 +180,7 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       const store = yield* BatchStore
       const id = yield* runningBatch(3, 3)
       expect(yield* store.recordOutcomes(id, [ok(2, "first"), ok(1), ok(2, "second"), ok(3)])).toBe(3)
-      const { batch } = yield* store.get(id)
+      const { batch } = yield* store.get(id, "all")
       expect(batch.request_counts).toEqual({ total: 3, completed: 3, failed: 0 })
       expect(batch.usage.total_tokens).toBe(9)
       const lines = yield* storedLines(store, id, "succeeded")

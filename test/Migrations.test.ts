@@ -10,10 +10,10 @@ import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import { Effect, Layer, Option, Redacted } from "effect"
 import * as Path from "node:path"
 import { make as makeBatchStore } from "../src/batches/BatchStore.js"
-import { BatchId, BatchRequestId } from "../src/domain/Ids.js"
+import { BatchId, BatchRequestId, FileId } from "../src/domain/Ids.js"
 import { migrations } from "../src/storage/migrations.js"
 import { layerPg } from "../src/storage/Sql.js"
-import { storedLines } from "./support/Batches.js"
+import { newChatBatch, storedLines } from "./support/Batches.js"
 import { createScratchSchema, dropScratchSchema } from "./support/Postgres.js"
 import { type Backend, backends, TestDatabase, TestDataDir } from "./support/TestApp.js"
 
@@ -52,7 +52,7 @@ describe("migrations", () => {
         yield* sql`INSERT INTO batch_requests (batch_id, line, custom_id, result_id, body) VALUES
           ('batch_old', 3, 'c', 'r3', '{"n":3}')`
 
-        yield* migrateUpTo("0006_result_counts")
+        yield* migrateUpTo("0007_projects") // the store reads every column up to the last migration
         const store = yield* makeBatchStore
         const old = BatchId.make("batch_old")
         const succeeded = yield* storedLines(store, old, "succeeded")
@@ -73,7 +73,34 @@ describe("migrations", () => {
           message: "cancelled"
         })
         expect(yield* store.recordOutcomes(old, [outcome(1, "a"), outcome(3, "c")])).toBe(1)
-        expect((yield* store.get(old)).batch.request_counts).toEqual({ total: 3, completed: 1, failed: 2 })
+        expect((yield* store.get(old, "all")).batch.request_counts).toEqual({ total: 3, completed: 1, failed: 2 })
+      }).pipe(Effect.provide(clientFor(backend))))
+  }
+
+  for (const backend of backends) {
+    it.scoped(`${backend}: 0007 puts every existing file and batch in project 'default', idempotency keys included`, () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* migrateUpTo("0006_result_counts")
+        yield* sql`INSERT INTO files (id, bytes, created_at, filename, purpose) VALUES ('file-old', 3, 1, 'a.jsonl', 'batch')`
+        yield* sql`INSERT INTO batches (id, status, endpoint, input_file_id, completion_window, created_at, expires_at,
+          idempotency_key, request_hash) VALUES ('batch_old', 'validating', '/v1/chat/completions', 'file-old', '24h', 1,
+          86401, 'key-1', 'hash-1')`
+
+        yield* migrateUpTo("0007_projects")
+        expect(yield* sql`SELECT id, project FROM files`).toEqual([{ id: "file-old", project: "default" }])
+        const store = yield* makeBatchStore
+        const old = BatchId.make("batch_old")
+        expect((yield* store.get(old, { project: "default" })).project).toBe("default")
+        expect((yield* Effect.flip(store.get(old, { project: "projA" })))._tag).toBe("BatchNotFound")
+        const page = yield* store.list({ visibility: { project: "default" }, limit: 10 })
+        expect(page.data.map((b) => b.id)).toEqual([old])
+        // The old idempotency key is project 'default''s: a retry there finds the batch, another project's is new.
+        const retry = { ...newChatBatch(BatchId.make("batch_retry"), FileId.make("file-old")), idempotencyKey: "key-1" }
+        const again = yield* store.create(retry)
+        expect([again.created, again.record.batch.id]).toEqual([false, old])
+        const elsewhere = yield* store.create({ ...retry, project: "projA" })
+        expect([elsewhere.created, elsewhere.record.project]).toEqual([true, "projA"])
       }).pipe(Effect.provide(clientFor(backend))))
   }
 

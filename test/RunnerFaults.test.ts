@@ -47,11 +47,11 @@ describe("runner faults", () => {
       const sim = yield* Upstream
       const total = 20
       const text = Array.from({ length: total }, (_, i) => chatLine(`id-${i}`, `prompt ${i}`)).join("\n") + "\n"
-      const input = yield* files.create({ filename: "in.jsonl", purpose: "batch" }, Stream.make(new TextEncoder().encode(text)))
+      const input = yield* files.create({ filename: "in.jsonl", purpose: "batch", project: "default" }, Stream.make(new TextEncoder().encode(text)))
       const { record } = yield* store.create(newChatBatch(BatchId.make("batch_faulty"), input.id))
       yield* runner.submit(record.batch.id)
       const done = yield* eventuallyEffect(
-        Effect.map(Effect.orDie(store.get(record.batch.id)), ({ batch }) => {
+        Effect.map(Effect.orDie(store.get(record.batch.id, "all")), ({ batch }) => {
           expect(batch.status).toBe("completed")
           return batch
         }),

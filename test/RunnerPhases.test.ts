@@ -140,10 +140,10 @@ for (const backend of backends) describe(`pending rows (${backend})`, () => {
       const outcomes = taken.map(outcome)
       yield* store.recordOutcomes(id, outcomes.slice(0, 5)) // part of slice 0
       yield* rows.stored(outcomes.slice(0, 5))
-      expect((yield* store.get(id)).batch.status).toBe("in_progress")
+      expect((yield* store.get(id, "all")).batch.status).toBe("in_progress")
       yield* store.recordOutcomes(id, outcomes.slice(5))
       yield* rows.stored(outcomes.slice(5))
-      expect((yield* store.get(id)).batch.status).toBe("finalizing")
+      expect((yield* store.get(id, "all")).batch.status).toBe("finalizing")
     }).pipe(Effect.scoped, Effect.provide(storesFor(backend))))
 
   it.live("closing its scope releases the slices it held for any node to resume", () =>

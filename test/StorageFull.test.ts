@@ -370,12 +370,12 @@ for (const backend of backends) describe(`runner supervision (${backend})`, () =
       const files = yield* FileStore
       const store = yield* BatchStore
       const text = Array.from({ length: total }, (_, i) => chatLine(`id-${i}`, `prompt ${i}`)).join("\n") + "\n"
-      const input = yield* files.create({ filename: "in.jsonl", purpose: "batch" }, Stream.make(new TextEncoder().encode(text)))
+      const input = yield* files.create({ filename: "in.jsonl", purpose: "batch", project: "default" }, Stream.make(new TextEncoder().encode(text)))
       const { record } = yield* store.create(newChatBatch(id, input.id))
       yield* (yield* BatchRunner).submit(record.batch.id)
       return record.batch.id
     })
-  const statusOf = (id: BatchId) => Effect.flatMap(BatchStore, (store) => Effect.orDie(store.get(id)))
+  const statusOf = (id: BatchId) => Effect.flatMap(BatchStore, (store) => Effect.orDie(store.get(id, "all")))
 
   it.live("a storage fault keeps the batch validating for as long as it lasts; then it completes", () =>
     Effect.gen(function*() {

@@ -63,7 +63,7 @@ const batchIn = (status: BatchStatus) =>
     const store = yield* BatchStore
     const id = yield* validatingBatch(2)
     for (const move of pathTo[status]) expect(yield* apply(id, move), `${move} on the way to ${status}`).toBe(true)
-    const { batch } = yield* store.get(id)
+    const { batch } = yield* store.get(id, "all")
     expect(batch.status).toBe(status)
     return batch
   })
@@ -108,7 +108,7 @@ for (const backend of backends) describe(`transition table (${backend})`, () => 
           const { from, stamp, to } = transitions[move]
           const before = yield* batchIn(status)
           const applied = yield* apply(before.id, move)
-          const after = (yield* store.get(before.id)).batch
+          const after = (yield* store.get(before.id, "all")).batch
           if (from.includes(status)) {
             expect(applied, `${move}: ${pair(status, to)} must apply`).toBe(true)
             expect(after.status).toBe(to)

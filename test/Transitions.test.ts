@@ -59,14 +59,14 @@ const finalizingBatch = Effect.gen(function*() {
   const id = yield* runningBatch(2)
   expect(yield* store.completeSlice(id, 0)).toBe(false)
   expect(yield* store.completeSlice(id, 1)).toBe(true)
-  expect((yield* store.get(id)).batch.status).toBe("finalizing")
+  expect((yield* store.get(id, "all")).batch.status).toBe("finalizing")
   return id
 })
 
 /** What the cancel handler does: move `cancel`. */
 const cancel = (id: BatchId) => Effect.flatMap(BatchStore, (store) => store.transition(id, "cancel"))
 
-const batchOf = (id: BatchId) => Effect.map(Effect.flatMap(BatchStore, (store) => store.get(id)), (r) => r.batch)
+const batchOf = (id: BatchId) => Effect.map(Effect.flatMap(BatchStore, (store) => store.get(id, "all")), (r) => r.batch)
 
 const sliceCount = (id: BatchId) =>
   Effect.flatMap(SqlClient.SqlClient, (sql) =>

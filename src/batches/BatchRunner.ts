@@ -71,7 +71,7 @@ export const make = Effect.gen(function*() {
   const running = yield* makeRunning(local)
   const finishing = yield* makeFinishing
 
-  const load = (id: BatchId) => store.get(id).pipe(Effect.orDie)
+  const load = (id: BatchId) => store.get(id, "all").pipe(Effect.orDie)
 
   /**
    * This node's share of a batch that validates or runs, under a permit: validate it (holding its batch-wide

@@ -15,6 +15,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import { Context, Data, Effect, Layer, type Option } from "effect"
 import type { Batch, BatchEndpoint, BatchError, BatchStatus } from "../domain/Batches.js"
 import type { BatchId, BatchRequestId, FileId } from "../domain/Ids.js"
+import type { Visibility } from "../domain/Projects.js"
 import { makeBatchRecords } from "./batchRecords.js"
 import { makeOutcomes } from "./outcomes.js"
 import { makeRequestRows } from "./requestRows.js"
@@ -27,12 +28,15 @@ export class UnknownBatchCursor extends Data.TaggedError("UnknownBatchCursor")<{
 
 export interface NewBatch {
   readonly id: BatchId
+  /** The project the batch (and its output and error files) belongs to. */
+  readonly project: string
   readonly endpoint: BatchEndpoint
   readonly inputFileId: FileId
   readonly completionWindow: string
   readonly expiresAfterSeconds: number
   readonly metadata: Readonly<Record<string, string>> | null
   readonly outputExpiresAfterSeconds: number | null
+  /** Unique within the batch's project. */
   readonly idempotencyKey: string | null
   /** Fingerprint of the create parameters, to tell an idempotent retry from a conflicting reuse of the key. */
   readonly requestHash: string | null
@@ -41,6 +45,7 @@ export interface NewBatch {
 /** What the runner needs to know of a batch beyond its wire shape. */
 export interface BatchRecord {
   readonly batch: Batch
+  readonly project: string
   readonly outputExpiresAfterSeconds: number | null
   readonly requestHash: string | null
 }
@@ -104,14 +109,26 @@ export type PlainMove = Exclude<Move, "startRunning" | "lastSliceDone">
 export interface BatchStoreShape {
   // ---- batches ----
 
-  /** Inserts a batch; with an idempotency key already used, returns the existing one instead (`created: false`). */
+  /**
+   * Inserts a batch; with an idempotency key its project already used, returns the existing one instead
+   * (`created: false`).
+   */
   readonly create: (batch: NewBatch) => Effect.Effect<{ readonly record: BatchRecord; readonly created: boolean }>
-  readonly get: (id: BatchId) => Effect.Effect<BatchRecord, BatchNotFound>
-  /** Newest first, after the batch `after`. */
-  readonly list: (query: { readonly after?: BatchId | undefined; readonly limit: number }) => Effect.Effect<
+  /** A batch `visibility` does not see is `BatchNotFound`, exactly as one that does not exist. */
+  readonly get: (id: BatchId, visibility: Visibility) => Effect.Effect<BatchRecord, BatchNotFound>
+  /** The batches `visibility` sees, newest first, after the batch `after` (one it does not see is unknown). */
+  readonly list: (query: {
+    readonly visibility: Visibility
+    readonly after?: BatchId | undefined
+    readonly limit: number
+  }) => Effect.Effect<
     { readonly data: ReadonlyArray<Batch>; readonly hasMore: boolean },
     UnknownBatchCursor
   >
+  /** How many of `project`'s batches are not finished (not completed, failed, expired or cancelled). */
+  readonly activeBatches: (project: string) => Effect.Effect<number>
+  /** The requests of `project`'s batches past validation and not finished, but those of batch `except`. */
+  readonly enqueuedRequests: (project: string, except: BatchId) => Effect.Effect<number>
   /** The current status of each of `ids` that exists. */
   readonly statuses: (ids: ReadonlyArray<BatchId>) => Effect.Effect<ReadonlyMap<BatchId, BatchStatus>>
 

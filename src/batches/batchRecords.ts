@@ -16,6 +16,7 @@ import {
   terminalStatuses
 } from "../domain/Batches.js"
 import { BatchId, FileId } from "../domain/Ids.js"
+import type { Visibility } from "../domain/Projects.js"
 import {
   BatchNotFound,
   type BatchRecord,
@@ -59,7 +60,8 @@ const BatchRow = Schema.Struct({
   total_tokens: SqlInt,
   metadata: Schema.NullOr(Schema.parseJson(Metadata)),
   output_expires_after: Schema.NullOr(SqlInt),
-  request_hash: Schema.NullOr(Schema.String)
+  request_hash: Schema.NullOr(Schema.String),
+  project: Schema.String
 })
 
 const recordOf = (row: typeof BatchRow.Type): BatchRecord => ({
@@ -93,6 +95,7 @@ const recordOf = (row: typeof BatchRow.Type): BatchRecord => ({
     },
     metadata: row.metadata
   }),
+  project: row.project,
   outputExpiresAfterSeconds: row.output_expires_after,
   requestHash: row.request_hash
 })
@@ -100,19 +103,26 @@ const recordOf = (row: typeof BatchRow.Type): BatchRecord => ({
 const decodeRecords = (rows: ReadonlyArray<unknown>) =>
   Effect.map(Schema.decodeUnknown(Schema.Array(BatchRow))(rows), (decoded) => decoded.map(recordOf))
 
+/**
+ * The `idempotency_key` column's value: the key scoped by its project (the column is unique across projects), with
+ * the project's length first so that no two (project, key) pairs give the same text.
+ */
+export const scopedIdempotencyKey = (project: string, key: string) => `${project.length}:${project}:${key}`
+
 const nowSeconds = Effect.map(Clock.currentTimeMillis, (ms) => Math.floor(ms / 1000))
 
 type BatchRecords = Pick<
   BatchStoreShape,
-  "create" | "get" | "list" | "statuses" | "transition" | "startRunning" | "completeSlice"
+  "create" | "get" | "list" | "activeBatches" | "enqueuedRequests" | "statuses" | "transition" | "startRunning" | "completeSlice"
 >
 
 export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): BatchRecords => {
   const selectWhere = (where: Fragment) =>
     Effect.flatMap(sql`SELECT * FROM batches WHERE ${where}`, decodeRecords)
+  const visible = (visibility: Visibility) => visibility === "all" ? sql`1 = 1` : sql`project = ${visibility.project}`
 
-  const get = (id: BatchId) =>
-    selectWhere(sql`id = ${id}`).pipe(
+  const get = (id: BatchId, visibility: Visibility) =>
+    selectWhere(sql`id = ${id} AND ${visible(visibility)}`).pipe(
       Effect.orDie,
       Effect.flatMap((records) => records.length === 0 ? Effect.fail(new BatchNotFound({ id })) : Effect.succeed(records[0]!)),
       Effect.withSpan("BatchStore.get", { attributes: { id } })
@@ -121,8 +131,10 @@ export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): B
   const create = (batch: NewBatch) =>
     Effect.gen(function*() {
       const created_at = yield* nowSeconds
+      const idempotencyKey = batch.idempotencyKey === null ? null : scopedIdempotencyKey(batch.project, batch.idempotencyKey)
       const row = {
         id: batch.id,
+        project: batch.project,
         status: "validating",
         endpoint: batch.endpoint,
         input_file_id: batch.inputFileId,
@@ -131,15 +143,15 @@ export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): B
         expires_at: created_at + batch.expiresAfterSeconds,
         metadata: batch.metadata === null ? null : JSON.stringify(batch.metadata),
         output_expires_after: batch.outputExpiresAfterSeconds,
-        idempotency_key: batch.idempotencyKey,
+        idempotency_key: idempotencyKey,
         request_hash: batch.requestHash
       }
-      if (batch.idempotencyKey !== null) {
+      if (idempotencyKey !== null) {
         // ON CONFLICT keeps the first batch for a key even when two creates race.
         const inserted = yield* sql`
           INSERT INTO batches ${sql.insert(row)} ON CONFLICT (idempotency_key) DO NOTHING RETURNING id`
         if (inserted.length === 0) {
-          const existing = yield* selectWhere(sql`idempotency_key = ${batch.idempotencyKey}`)
+          const existing = yield* selectWhere(sql`idempotency_key = ${idempotencyKey}`)
           return { record: existing[0]!, created: false }
         }
       } else {
@@ -148,19 +160,20 @@ export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): B
       return { record: (yield* selectWhere(sql`id = ${batch.id}`))[0]!, created: true }
     }).pipe(Effect.orDie, Effect.withSpan("BatchStore.create"))
 
-  const seqOf = SqlSchema.findOne({
-    Request: BatchId,
-    Result: Schema.Struct({ seq: SqlInt }),
-    execute: (id) => sql`SELECT seq FROM batches WHERE id = ${id}`
-  })
+  const seqOf = (id: BatchId, visibility: Visibility) =>
+    SqlSchema.findOne({
+      Request: BatchId,
+      Result: Schema.Struct({ seq: SqlInt }),
+      execute: (id) => sql`SELECT seq FROM batches WHERE id = ${id} AND ${visible(visibility)}`
+    })(id)
 
-  const list = (query: { readonly after?: BatchId | undefined; readonly limit: number }) =>
+  const list = (query: { readonly visibility: Visibility; readonly after?: BatchId | undefined; readonly limit: number }) =>
     Effect.gen(function*() {
-      let where = sql`1 = 1`
+      let where = visible(query.visibility)
       if (query.after !== undefined) {
-        const cursor = yield* Effect.orDie(seqOf(query.after))
+        const cursor = yield* Effect.orDie(seqOf(query.after, query.visibility))
         if (Option.isNone(cursor)) return yield* new UnknownBatchCursor({ after: query.after })
-        where = sql`seq < ${cursor.value.seq}`
+        where = sql`${where} AND seq < ${cursor.value.seq}`
       }
       const records = yield* Effect.orDie(Effect.flatMap(
         sql`SELECT * FROM batches WHERE ${where} ORDER BY seq DESC LIMIT ${query.limit + 1}`,
@@ -168,6 +181,17 @@ export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): B
       ))
       return { data: records.slice(0, query.limit).map((r) => r.batch), hasMore: records.length > query.limit }
     }).pipe(Effect.withSpan("BatchStore.list"))
+
+  const unfinished = sql.in("status", BatchStatusSchema.literals.filter((s) => !terminalStatuses.includes(s)))
+  const countOne = (query: Effect.Effect<ReadonlyArray<{ readonly n: number | string | null }>, unknown>) =>
+    Effect.map(Effect.orDie(query), (rows) => Number(rows[0]?.n ?? 0))
+
+  const activeBatches = (project: string) =>
+    countOne(sql`SELECT COUNT(*) AS n FROM batches WHERE project = ${project} AND ${unfinished}`)
+
+  // `total` is 0 until a batch passes validation (`startRunning` sets it): batches still validating add nothing.
+  const enqueuedRequests = (project: string, except: BatchId) =>
+    countOne(sql`SELECT SUM(total) AS n FROM batches WHERE project = ${project} AND ${unfinished} AND id <> ${except}`)
 
   const statusesOf = SqlSchema.findAll({
     Request: Schema.Array(BatchId),
@@ -236,5 +260,5 @@ export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): B
       return Option.isSome(yield* applyMove(id, "lastSliceDone", {}, noSliceOpen))
     }).pipe(sql.withTransaction, Effect.orDie, Effect.withSpan("BatchStore.completeSlice", { attributes: { id, slice } }))
 
-  return { create, get, list, statuses, transition, startRunning, completeSlice }
+  return { create, get, list, activeBatches, enqueuedRequests, statuses, transition, startRunning, completeSlice }
 }

@@ -44,7 +44,7 @@ export const makeFinishing = Effect.gen(function*() {
   const files = yield* FileStore
   const config = yield* AppConfig
 
-  const load = (id: BatchId) => Effect.orDie(store.get(id))
+  const load = (id: BatchId) => Effect.orDie(store.get(id, "all"))
 
   const resultStream = (id: BatchId, kind: "succeeded" | "failed"): Stream.Stream<Uint8Array> =>
     Stream.paginateEffect(0, (after: number) =>
@@ -60,6 +60,7 @@ export const makeFinishing = Effect.gen(function*() {
         id: derivedFileId(`${id}:${kind}`),
         filename: `${id}_${kind === "succeeded" ? "output" : "error"}.jsonl`,
         purpose: "batch_output",
+        project: record.project, // the batch's: its results belong to whoever may see the batch
         expiresAfterSeconds: record.outputExpiresAfterSeconds ?? undefined
       }, resultStream(id, kind)),
       (file) => file.id

@@ -45,7 +45,8 @@ export const makeValidating = Effect.gen(function*() {
   const validate = (record: BatchRecord) =>
     Effect.gen(function*() {
       const { batch } = record
-      const content = yield* Effect.option(files.content(batch.input_file_id))
+      // A batch reads only its own project's files: another project's is missing, as one that does not exist.
+      const content = yield* Effect.option(files.content(batch.input_file_id, { project: record.project }))
       if (Option.isNone(content)) {
         return yield* fail(batch.id, [{
           code: "invalid_request",
@@ -91,12 +92,26 @@ export const makeValidating = Effect.gen(function*() {
       const known = model === undefined ? Option.none() : yield* inference.models
       const verdict = Input.verdict(state, Option.getOrUndefined(known))
       if (verdict._tag === "Invalid") return yield* fail(batch.id, verdict.errors)
+      if (Option.isSome(config.maxEnqueuedRequestsPerProject)) {
+        // Best effort across batches validated at the same moment: each counts only those already running.
+        const max = config.maxEnqueuedRequestsPerProject.value
+        const enqueued = yield* store.enqueuedRequests(record.project, batch.id)
+        if (enqueued + verdict.total > max) {
+          return yield* fail(batch.id, [{
+            code: "request_limit_exceeded",
+            message: `The batch has ${verdict.total} requests and this project's unfinished batches hold ${enqueued}: ` +
+              `together more than the ${max} requests a project may have enqueued. Try again once some have finished.`,
+            param: null,
+            line: null
+          }])
+        }
+      }
       yield* store.startRunning(batch.id, { model: verdict.model, total: verdict.total }, verdict.slices)
     }).pipe(Effect.withSpan("BatchRunner.validate", { attributes: { id: record.batch.id } }))
 
   const giveBackSpace = (id: BatchId, cause: Cause.Cause<unknown>) =>
     isCapacityFault(cause)
-      ? store.get(id).pipe(
+      ? store.get(id, "all").pipe(
         Effect.flatMap(({ batch }) => batch.status === "validating" ? store.deleteRequests(id) : Effect.void),
         Effect.catchAllCause(() => Effect.void)
       )

@@ -28,6 +28,8 @@ export class NotFound extends Schema.TaggedError<NotFound>()("NotFound", fields)
 export class Conflict extends Schema.TaggedError<Conflict>()("Conflict", fields) {}
 /** 413: the upload or request body is larger than the configured limit. */
 export class PayloadTooLarge extends Schema.TaggedError<PayloadTooLarge>()("PayloadTooLarge", fields) {}
+/** 429: a limit on how much a project may have at once (`MAX_ACTIVE_BATCHES_PER_PROJECT`). */
+export class RateLimited extends Schema.TaggedError<RateLimited>()("RateLimited", fields) {}
 /** 500: a fault of the server itself (never a client mistake). */
 export class ServerError extends Schema.TaggedError<ServerError>()("ServerError", fields) {}
 /** 507: the server is out of storage space (a full disk or database); the same request may succeed later. */
@@ -58,6 +60,7 @@ export const UnauthorizedSchema = asEnvelope(Unauthorized, 401)
 export const NotFoundSchema = asEnvelope(NotFound, 404)
 export const ConflictSchema = asEnvelope(Conflict, 409)
 export const PayloadTooLargeSchema = asEnvelope(PayloadTooLarge, 413)
+export const RateLimitedSchema = asEnvelope(RateLimited, 429)
 export const ServerErrorSchema = asEnvelope(ServerError, 500)
 export const InsufficientStorageSchema = asEnvelope(InsufficientStorage, 507)
 
@@ -79,6 +82,9 @@ export const conflict = (message: string, param: string | null = null) =>
 
 export const payloadTooLarge = (message: string, param: string | null = null, code = "file_too_large") =>
   new PayloadTooLarge(body(message, "invalid_request_error", param, code))
+
+/** 429 in OpenAI's words for a rate limit (type `requests`, code `rate_limit_exceeded`). */
+export const rateLimited = (message: string) => new RateLimited(body(message, "requests", null, "rate_limit_exceeded"))
 
 export const serverError = (message = "The server had an error while processing your request.") =>
   new ServerError(body(message, "server_error", null, null))

@@ -7,6 +7,7 @@ import { Clock, Context, Data, Effect, Layer, Schedule, Scope, Stream } from "ef
 import { AppConfig } from "../Config.js"
 import { FileObject, type SortOrder } from "../domain/Files.js"
 import { type FileId, fileId } from "../domain/Ids.js"
+import type { Visibility } from "../domain/Projects.js"
 import { BlobStore, type StagedBlob, stageStream, type StagingWriter } from "../storage/BlobStore.js"
 
 export class FileNotFound extends Data.TaggedError("FileNotFound")<{ readonly id: FileId }> {}
@@ -16,6 +17,8 @@ export class UnknownCursor extends Data.TaggedError("UnknownCursor")<{ readonly 
 export interface FileMetadata {
   readonly filename: string
   readonly purpose: string
+  /** The project the file belongs to. */
+  readonly project: string
   /** Seconds after creation at which the file expires; none: never. */
   readonly expiresAfterSeconds?: number | undefined
   /**
@@ -26,6 +29,7 @@ export interface FileMetadata {
 }
 
 export interface ListFilesQuery {
+  readonly visibility: Visibility
   readonly purpose?: string | undefined
   readonly after?: FileId | undefined
   readonly limit: number
@@ -44,14 +48,18 @@ export interface FileStoreShape {
   readonly commit: (staged: StagedBlob, meta: FileMetadata) => Effect.Effect<FileObject>
   /** `stage` + `commit` in one step. */
   readonly create: <E>(meta: FileMetadata, content: Stream.Stream<Uint8Array, E>) => Effect.Effect<FileObject, E>
-  readonly get: (id: FileId) => Effect.Effect<FileObject, FileNotFound>
+  /** A file `visibility` does not see is `FileNotFound`, exactly as one that does not exist. */
+  readonly get: (id: FileId, visibility: Visibility) => Effect.Effect<FileObject, FileNotFound>
+  /** The files `visibility` sees; an `after` cursor it does not see is an `UnknownCursor`. */
   readonly list: (query: ListFilesQuery) => Effect.Effect<FilePage, UnknownCursor>
+  /** The bytes of `project`'s files (not expired), output files included. */
+  readonly projectBytes: (project: string) => Effect.Effect<number>
   /** The file's metadata and its bytes, streamed. */
-  readonly content: (id: FileId) => Effect.Effect<
+  readonly content: (id: FileId, visibility: Visibility) => Effect.Effect<
     { readonly file: FileObject; readonly stream: Stream.Stream<Uint8Array> },
     FileNotFound
   >
-  readonly remove: (id: FileId) => Effect.Effect<void, FileNotFound>
+  readonly remove: (id: FileId, visibility: Visibility) => Effect.Effect<void, FileNotFound>
   /** Deletes every expired file (metadata and bytes); returns how many. */
   readonly sweepExpired: Effect.Effect<number>
 }
@@ -65,6 +73,7 @@ type FileRow = {
   readonly expires_at: number | string | null
   readonly filename: string
   readonly purpose: string
+  readonly project: string
 }
 
 /** Postgres returns BIGINT as a string. */
@@ -89,8 +98,9 @@ export const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   const blobs = yield* BlobStore
 
-  const columns = sql.literal("id, bytes, created_at, expires_at, filename, purpose")
+  const columns = sql.literal("id, bytes, created_at, expires_at, filename, purpose, project")
   const live = (now: number) => sql`(expires_at IS NULL OR expires_at > ${now})`
+  const visible = (visibility: Visibility) => visibility === "all" ? sql`1 = 1` : sql`project = ${visibility.project}`
 
   const commit = (staged: StagedBlob, meta: FileMetadata) =>
     Effect.gen(function*() {
@@ -102,7 +112,8 @@ export const make = Effect.gen(function*() {
         created_at,
         expires_at: meta.expiresAfterSeconds === undefined ? null : created_at + meta.expiresAfterSeconds,
         filename: meta.filename,
-        purpose: meta.purpose
+        purpose: meta.purpose,
+        project: meta.project
       }
       // Bytes first, then the row: a crash in between leaves unreferenced bytes, which the start-up clean-up
       // removes; the opposite order could list a file whose bytes are missing.
@@ -111,7 +122,7 @@ export const make = Effect.gen(function*() {
         ? sql`INSERT INTO files ${sql.insert(row)}`
         : sql`INSERT INTO files ${sql.insert(row)} ON CONFLICT (id) DO UPDATE SET
             bytes = excluded.bytes, created_at = excluded.created_at, expires_at = excluded.expires_at,
-            filename = excluded.filename, purpose = excluded.purpose`
+            filename = excluded.filename, purpose = excluded.purpose, project = excluded.project`
       yield* insert.pipe(
         Effect.tapError(() => blobs.remove(id)),
         Effect.orDie
@@ -124,10 +135,11 @@ export const make = Effect.gen(function*() {
       Effect.withSpan("FileStore.create")
     )
 
-  const get = (id: FileId) =>
+  const get = (id: FileId, visibility: Visibility) =>
     Effect.gen(function*() {
       const now = yield* nowSeconds
-      const rows = yield* sql<FileRow>`SELECT ${columns} FROM files WHERE id = ${id} AND ${live(now)}`.pipe(
+      const rows = yield* sql<FileRow>`
+        SELECT ${columns} FROM files WHERE id = ${id} AND ${live(now)} AND ${visible(visibility)}`.pipe(
         Effect.orDie
       )
       if (rows.length === 0) return yield* new FileNotFound({ id })
@@ -137,12 +149,11 @@ export const make = Effect.gen(function*() {
   const list = (query: ListFilesQuery) =>
     Effect.gen(function*() {
       const now = yield* nowSeconds
-      const conditions = [live(now)]
+      const conditions = [live(now), visible(query.visibility)]
       if (query.purpose !== undefined) conditions.push(sql`purpose = ${query.purpose}`)
       if (query.after !== undefined) {
-        const cursor = yield* sql<{ seq: number | string }>`SELECT seq FROM files WHERE id = ${query.after}`.pipe(
-          Effect.orDie
-        )
+        const cursor = yield* sql<{ seq: number | string }>`
+          SELECT seq FROM files WHERE id = ${query.after} AND ${visible(query.visibility)}`.pipe(Effect.orDie)
         if (cursor.length === 0) return yield* new UnknownCursor({ after: query.after })
         const seq = cursor[0]!.seq
         conditions.push(query.order === "asc" ? sql`seq > ${seq}` : sql`seq < ${seq}`)
@@ -157,12 +168,21 @@ export const make = Effect.gen(function*() {
       } satisfies FilePage
     }).pipe(Effect.withSpan("FileStore.list"))
 
-  const content = (id: FileId) =>
-    Effect.map(get(id), (file) => ({ file, stream: blobs.read(id) })).pipe(Effect.withSpan("FileStore.content"))
-
-  const remove = (id: FileId) =>
+  const projectBytes = (project: string) =>
     Effect.gen(function*() {
-      const deleted = yield* sql<{ id: FileId }>`DELETE FROM files WHERE id = ${id} RETURNING id`.pipe(Effect.orDie)
+      const now = yield* nowSeconds
+      const rows = yield* sql<{ n: number | string | null }>`
+        SELECT SUM(bytes) AS n FROM files WHERE project = ${project} AND ${live(now)}`
+      return Number(rows[0]?.n ?? 0)
+    }).pipe(Effect.orDie, Effect.withSpan("FileStore.projectBytes"))
+
+  const content = (id: FileId, visibility: Visibility) =>
+    Effect.map(get(id, visibility), (file) => ({ file, stream: blobs.read(id) })).pipe(Effect.withSpan("FileStore.content"))
+
+  const remove = (id: FileId, visibility: Visibility) =>
+    Effect.gen(function*() {
+      const deleted = yield* sql<{ id: FileId }>`
+        DELETE FROM files WHERE id = ${id} AND ${visible(visibility)} RETURNING id`.pipe(Effect.orDie)
       if (deleted.length === 0) return yield* new FileNotFound({ id })
       yield* blobs.remove(id)
     }).pipe(Effect.uninterruptible, Effect.withSpan("FileStore.remove", { attributes: { id } }))
@@ -197,7 +217,7 @@ export const make = Effect.gen(function*() {
     if (removed > 0) yield* Effect.logWarning(`Removed ${removed} file blob(s) left without metadata by a crash`)
   }).pipe(Effect.orDie, Effect.withSpan("FileStore.removeOrphans"))
 
-  return { service: { openUpload: blobs.openStaging, commit, create, get, list, content, remove, sweepExpired }, removeOrphans }
+  return { service: { openUpload: blobs.openStaging, commit, create, get, list, projectBytes, content, remove, sweepExpired }, removeOrphans }
 })
 
 /**

@@ -14,6 +14,7 @@ import {
   InvalidRequestSchema,
   NotFoundSchema,
   PayloadTooLargeSchema,
+  RateLimitedSchema,
   ServerErrorSchema,
   UnauthorizedSchema
 } from "../domain/Errors.js"
@@ -78,6 +79,7 @@ export class BatchesGroup extends HttpApiGroup.make("batches")
       .addSuccess(Batch)
       .addError(NotFoundSchema)
       .addError(ConflictSchema)
+      .addError(RateLimitedSchema)
       .annotate(OpenApi.Summary, "Create a batch from an uploaded JSONL file (purpose `batch`)")
   )
   .add(

@@ -5,11 +5,12 @@ import { createHash } from "node:crypto"
 import { BatchRunner } from "../batches/BatchRunner.js"
 import { BatchStore } from "../batches/BatchStore.js"
 import { isProblem, validateCreateBatch, type ValidCreateBatch } from "../batches/validation.js"
-import { audit } from "../auth/Auth.js"
+import { audit, type Caller, CurrentCaller } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
 import { BatchList, type CreateBatchBody } from "../domain/Batches.js"
-import { conflict, invalidRequest, notFound } from "../domain/Errors.js"
+import { conflict, invalidRequest, notFound, rateLimited } from "../domain/Errors.js"
 import { type BatchId, batchId } from "../domain/Ids.js"
+import { type Visibility, visibilityOf } from "../domain/Projects.js"
 import { FileStore } from "../files/FileStore.js"
 import { OpenAIApi } from "./Api.js"
 import { listPage } from "../domain/List.js"
@@ -35,14 +36,16 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
     const store = yield* BatchStore
     const runner = yield* BatchRunner
     const files = yield* FileStore
-    const { completionWindow } = yield* AppConfig
+    const { completionWindow, maxActiveBatchesPerProject } = yield* AppConfig
 
-    const create = (body: CreateBatchBody) =>
+    const create = (body: CreateBatchBody, caller: Caller) =>
       Effect.gen(function*() {
         const valid = validateCreateBatch(body)
         if (isProblem(valid)) return yield* invalidRequest(valid.message, valid.param, valid.code)
-        // A file that does not exist is not refused here: as OpenAI, the batch is created and fails validation.
-        const input = yield* Effect.option(files.get(valid.inputFileId))
+        // The batch belongs to the caller's project (an operator's too) and reads only that project's files. A file
+        // that does not exist, or is another project's, is not refused here: as OpenAI, the batch is created and
+        // fails validation ("Cannot find file …, or organization does not have access to it.").
+        const input = yield* Effect.option(files.get(valid.inputFileId, { project: caller.project }))
         if (Option.isSome(input) && input.value.purpose !== "batch") {
           return yield* invalidRequest(
             `File ${input.value.id} has purpose '${input.value.purpose}'; a batch input file must be uploaded with purpose 'batch'.`,
@@ -50,9 +53,20 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
             "invalid_value"
           )
         }
+        if (Option.isSome(maxActiveBatchesPerProject)) {
+          const max = maxActiveBatchesPerProject.value
+          const active = yield* store.activeBatches(caller.project)
+          if (active >= max) {
+            return yield* rateLimited(
+              `This project has ${active} batches not yet finished, the most it may have at once (${max}). ` +
+                "Wait for one to finish, or cancel one, and try again."
+            )
+          }
+        }
         const requestHash = fingerprint(valid)
         const { created, record } = yield* store.create({
           id: batchId(),
+          project: caller.project,
           endpoint: valid.endpoint,
           inputFileId: valid.inputFileId,
           completionWindow: valid.completionWindow,
@@ -72,13 +86,13 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
         return record.batch
       }).pipe(Effect.withSpan("Batches.create"))
 
-    const cancel = (id: BatchId) =>
+    const cancel = (id: BatchId, visibility: Visibility) =>
       Effect.gen(function*() {
-        const { batch } = yield* store.get(id)
+        const { batch } = yield* store.get(id, visibility)
         if (batch.status === "cancelling" || batch.status === "cancelled") return batch
         const moved = yield* store.transition(id, "cancel")
         if (Option.isNone(moved)) {
-          const now = (yield* store.get(id)).batch
+          const now = (yield* store.get(id, visibility)).batch
           if (now.status === "cancelling" || now.status === "cancelled") return now
           return yield* conflict(`Cannot cancel a batch with status '${now.status}'.`)
         }
@@ -92,19 +106,22 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
 
     return handlers
       // Uninterruptible: a client that hangs up mid-call must not leave a batch created but never started.
-      .handle("create", ({ payload }) => Effect.tap(create(payload), (batch) => audit("batch.create", batch.id)), {
-        uninterruptible: true
-      })
+      .handle("create", ({ payload }) =>
+        Effect.flatMap(CurrentCaller, (caller) => create(payload, caller)).pipe(
+          Effect.tap((batch) => audit("batch.create", batch.id))
+        ), { uninterruptible: true })
       .handle("retrieve", ({ path }) =>
-        store.get(path.batch_id).pipe(
+        Effect.flatMap(CurrentCaller, (caller) => store.get(path.batch_id, visibilityOf(caller))).pipe(
           Effect.map((r) => r.batch),
           Effect.catchTag("BatchNotFound", ({ id }) => batchNotFound(id))
         ))
-      .handle("cancel", ({ path }) => Effect.tap(cancel(path.batch_id), (batch) => audit("batch.cancel", batch.id)), {
-        uninterruptible: true
-      })
+      .handle("cancel", ({ path }) =>
+        Effect.flatMap(CurrentCaller, (caller) => cancel(path.batch_id, visibilityOf(caller))).pipe(
+          Effect.tap((batch) => audit("batch.cancel", batch.id))
+        ), { uninterruptible: true })
       .handle("list", ({ urlParams }) =>
-        store.list({ after: urlParams.after, limit: urlParams.limit ?? 20 }).pipe(
+        Effect.flatMap(CurrentCaller, (caller) =>
+          store.list({ visibility: visibilityOf(caller), after: urlParams.after, limit: urlParams.limit ?? 20 })).pipe(
           Effect.map(({ data, hasMore }) => new BatchList(listPage(data, hasMore))),
           Effect.catchTag("UnknownBatchCursor", ({ after }) =>
             invalidRequest(`No batch found for the 'after' cursor: ${echo(after)}`, "after", "invalid_value"))

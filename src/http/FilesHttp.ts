@@ -2,8 +2,8 @@
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import { Effect, Either, type Scope, Stream } from "effect"
-import { audit } from "../auth/Auth.js"
+import { Effect, Either, Option, type Scope, Stream } from "effect"
+import { audit, CurrentCaller } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
 import { type ApiError, invalidRequest, notFound, payloadTooLarge } from "../domain/Errors.js"
 import {
@@ -13,6 +13,7 @@ import {
   MIN_EXPIRES_AFTER_SECONDS,
   UploadPurpose
 } from "../domain/Files.js"
+import { visibilityOf } from "../domain/Projects.js"
 import { type FileMetadata, FileStore } from "../files/FileStore.js"
 import type { StagedBlob, StagingWriter } from "../storage/BlobStore.js"
 import { OpenAIApi } from "./Api.js"
@@ -53,6 +54,9 @@ export const uploadFilename = (sent: string): Either.Either<string, ApiError> =>
   return Either.right(name)
 }
 
+/** What an upload's form gives of a file's metadata (the project is the caller's). */
+export type UploadFields = Omit<FileMetadata, "project" | "id">
+
 /** A form that cannot be read, or a file name that cannot be, as an OpenAI error. */
 const fromFormError = (e: MultipartInvalid | FilenameInvalid): ApiError =>
   e._tag === "FilenameInvalid" ? invalidRequest(e.message, "file", "invalid_value") : fromMultipartInvalid(e)
@@ -64,7 +68,7 @@ const fromFormError = (e: MultipartInvalid | FilenameInvalid): ApiError =>
 export const parseUploadForm = (
   fields: ReadonlyMap<string, string>,
   filename: string | undefined
-): Either.Either<FileMetadata, ApiError> => {
+): Either.Either<UploadFields, ApiError> => {
   if (filename === undefined) {
     return Either.left(
       invalidRequest("Missing required parameter: 'file' (a file part with a filename).", "file", "missing_required_parameter")
@@ -118,12 +122,20 @@ export const parseUploadForm = (
 const tooLarge = (max: number) =>
   payloadTooLarge(`The file is larger than the maximum upload size of ${max} bytes.`, "file")
 
+const overQuota = (max: number, room: number) =>
+  payloadTooLarge(
+    `The file does not fit in this project's storage: its files may take ${max} bytes in all, ` +
+      `and ${Math.max(0, room)} bytes are left. Delete files to make room.`,
+    "file",
+    "storage_quota_exceeded"
+  )
+
 const fileNotFound = (id: string) => notFound(`No such File object: ${echo(id)}`, "file_id")
 
 export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers) =>
   Effect.gen(function*() {
     const files = yield* FileStore
-    const { maxUploadBytes } = yield* AppConfig
+    const { maxFileBytesPerProject, maxUploadBytes } = yield* AppConfig
 
     const formLimits = { maxParts: 32, maxFieldSize: 64 * 1024, maxTotalSize: maxUploadBytes + FORM_OVERHEAD_BYTES }
 
@@ -131,6 +143,10 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
       const request = yield* HttpServerRequest.HttpServerRequest
       const declared = Number(request.headers["content-length"] ?? NaN)
       if (declared > maxUploadBytes + FORM_OVERHEAD_BYTES) return yield* tooLarge(maxUploadBytes)
+      const { project } = yield* CurrentCaller // an operator's uploads too belong to its own project
+      // What the project's files may still take (the output files the server writes count, but are never refused).
+      const quota = Option.getOrElse(maxFileBytesPerProject, () => Infinity)
+      const room = quota === Infinity ? Infinity : quota - (yield* files.projectBytes(project))
 
       const fields = new Map<string, string>()
       let file: { readonly filename: string; staged?: StagedBlob } | undefined
@@ -153,7 +169,9 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
           case "FileChunk":
             if (writer === undefined) return Effect.void
             fileBytes += event.bytes.length
-            return fileBytes > maxUploadBytes ? tooLarge(maxUploadBytes) : writer.write(event.bytes)
+            if (fileBytes > maxUploadBytes) return tooLarge(maxUploadBytes)
+            if (fileBytes > room) return overQuota(quota, room)
+            return writer.write(event.bytes)
           case "FileEnd":
             if (writer === undefined || file === undefined) return Effect.void
             return Effect.map(writer.finish, (staged) => {
@@ -166,14 +184,15 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
         return yield* invalidRequest("'file' must be a file part with a filename, not a text field.", "file", "invalid_type")
       }
       const meta = yield* parseUploadForm(fields, file?.filename)
-      return yield* files.commit(file!.staged!, meta)
+      return yield* files.commit(file!.staged!, { ...meta, project })
     }).pipe(Effect.scoped, Effect.withSpan("Files.upload"))
 
     return handlers
       // The declared payload documents the form; the body is parsed by `parseFormData` (see there why).
       .handle("upload", () => Effect.tap(upload, (file) => audit("file.upload", file.id)))
       .handle("list", ({ urlParams }) =>
-        files.list({
+        Effect.flatMap(CurrentCaller, (caller) => files.list({
+          visibility: visibilityOf(caller),
           purpose: urlParams.purpose,
           after: urlParams.after,
           limit: urlParams.limit ?? 10_000,
@@ -182,18 +201,18 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
           Effect.map(({ data, hasMore }) => new FileList(listPage(data, hasMore))),
           Effect.catchTag("UnknownCursor", ({ after }) =>
             invalidRequest(`No such File object for the 'after' cursor: ${echo(after)}`, "after", "invalid_value"))
-        ))
+        )))
       .handle("retrieve", ({ path }) =>
-        files.get(path.file_id).pipe(Effect.catchTag("FileNotFound", ({ id }) => fileNotFound(id))))
+        Effect.flatMap(CurrentCaller, (caller) => files.get(path.file_id, visibilityOf(caller))).pipe(Effect.catchTag("FileNotFound", ({ id }) => fileNotFound(id))))
       .handle("content", ({ path }) =>
-        files.content(path.file_id).pipe(
+        Effect.flatMap(CurrentCaller, (caller) => files.content(path.file_id, visibilityOf(caller))).pipe(
           Effect.map(({ file, stream }) =>
             HttpServerResponse.stream(stream, { contentType: "application/octet-stream", contentLength: file.bytes })
           ),
           Effect.catchTag("FileNotFound", ({ id }) => fileNotFound(id))
         ))
       .handle("delete", ({ path }) =>
-        files.remove(path.file_id).pipe(
+        Effect.flatMap(CurrentCaller, (caller) => files.remove(path.file_id, visibilityOf(caller))).pipe(
           Effect.zipRight(audit("file.delete", path.file_id)),
           Effect.as(new FileDeleted({ id: path.file_id, object: "file", deleted: true })),
           Effect.catchTag("FileNotFound", ({ id }) => fileNotFound(id))

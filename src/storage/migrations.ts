@@ -188,5 +188,20 @@ export const migrations = {
             REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION batch_results_counts()`)
         )
     })
+  }),
+  "0007_projects": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // Every file and batch belongs to a project (see `domain/Projects.ts`); rows from before belong to 'default'.
+    yield* sql`ALTER TABLE files ADD COLUMN project TEXT NOT NULL DEFAULT 'default'`
+    yield* sql`ALTER TABLE batches ADD COLUMN project TEXT NOT NULL DEFAULT 'default'`
+    // What the lists of one project filter and order on.
+    yield* sql`CREATE INDEX files_project_seq ON files (project, seq)`
+    yield* sql`CREATE INDEX files_project_purpose_seq ON files (project, purpose, seq)`
+    yield* sql`CREATE INDEX batches_project_seq ON batches (project, seq)`
+    // What the per-project limits count: a project's unfinished batches.
+    yield* sql`CREATE INDEX batches_project_status ON batches (project, status)`
+    // Idempotency keys are per project: the column (UNIQUE since 0002) holds the key scoped by its project, as
+    // `scopedIdempotencyKey` in `batches/batchRecords.ts` writes it ('default' is 7 characters long).
+    yield* sql`UPDATE batches SET idempotency_key = '7:default:' || idempotency_key WHERE idempotency_key IS NOT NULL`
   })
 } satisfies Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>>

@@ -55,6 +55,7 @@ export const failure = (call: () => Promise<unknown>) =>
 /** A chat-completions batch `id` over `inputFileId` with every option left out, for `BatchStore.create`. */
 export const newChatBatch = (id: BatchId, inputFileId: FileId): NewBatch => ({
   id,
+  project: "default",
   endpoint: "/v1/chat/completions",
   inputFileId,
   completionWindow: "24h",
