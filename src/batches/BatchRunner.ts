@@ -11,8 +11,9 @@
  *
  * Status moves are those of the transition table (`transitions.ts`). The heartbeat (`heartbeat.ts`) renews this
  * node's leases, restarts its work on batches cancelled on another node or whose slices it lost, and submits free
- * work. At most `maxConcurrentBatches` batches validate or run at once on a node (a semaphore); finishing is not
- * limited, so a cancel is never queued behind other batches. `supervised` retries a batch after a fault.
+ * work. At most `maxConcurrentBatches` batches validate or run at once on a node, their permits shared round-robin
+ * by project (`fairPermits.ts`: a running batch gives its permit back after a slice when another project waits);
+ * finishing is not limited, so a cancel is never queued behind other batches. `supervised` retries a batch after a fault.
  */
 import { Cause, Clock, Context, Duration, Effect, Exit, FiberMap, Layer } from "effect"
 import { AppConfig } from "../Config.js"
@@ -21,6 +22,7 @@ import { FileStore } from "../files/FileStore.js"
 import { Inference } from "../inference/Inference.js"
 import { type StorageFault, storageFault } from "../storage/Faults.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
+import { makeFairPermits } from "./fairPermits.js"
 import { makeFinishing } from "./finishing.js"
 import { LocalWork, startHeartbeat } from "./heartbeat.js"
 import { makeRunning } from "./running.js"
@@ -65,7 +67,7 @@ export const make = Effect.gen(function*() {
   const config = yield* AppConfig
   const faultRetry = yield* FaultRetry
   const fibers = yield* FiberMap.make<BatchId>()
-  const permits = yield* Effect.makeSemaphore(config.maxConcurrentBatches)
+  const permits = makeFairPermits(config.maxConcurrentBatches)
   const local = new LocalWork()
   const validating = yield* makeValidating
   const running = yield* makeRunning(local)
@@ -74,13 +76,14 @@ export const make = Effect.gen(function*() {
   const load = (id: BatchId) => store.get(id, "all").pipe(Effect.orDie)
 
   /**
-   * This node's share of a batch that validates or runs, under a permit: validate it (holding its batch-wide
-   * lease), or run the slices it can claim. False when there was nothing for this node to do.
+   * This node's share of a batch that validates or runs, under a permit taken in its project's turn: validate it
+   * (holding its batch-wide lease), or run the slices it can claim, up to the end of a slice when another project
+   * waits for the permit (`drive` then queues again). False when there was nothing for this node to do.
    */
   const validateOrRun = (record: BatchRecord) =>
     local.working(
       record.batch.id,
-      permits.withPermits(1)(Effect.gen(function*() {
+      permits.withPermit(record.project, Effect.gen(function*() {
         const id = record.batch.id
         const current = yield* load(id) // the wait for the permit may have been long
         if (current.batch.status === "validating") {
@@ -88,7 +91,9 @@ export const make = Effect.gen(function*() {
           yield* validating.validate(current).pipe(Effect.onError((cause) => validating.giveBackSpace(id, cause)))
           return true
         }
-        if (current.batch.status === "in_progress") return yield* running.run(current)
+        if (current.batch.status === "in_progress") {
+          return yield* running.run(current, () => permits.othersWaiting(record.project))
+        }
         return true
       }))
     )

@@ -2,7 +2,7 @@
  * The pending requests of a running batch that this node runs: the slices it claims, one after the other, read a
  * page at a time, each row handed out once to the workers that share the source. A slice is marked done once every
  * row handed out from it has its outcome stored (`stored`); when the scope closes, the slices left unfinished are
- * released for any node to resume.
+ * released for any node to resume. A source may end after a slice (`stopAfterSlice`), to give its permit back.
  */
 import { Effect, Option, type Scope } from "effect"
 import { AppConfig } from "../Config.js"
@@ -37,7 +37,9 @@ interface SliceProgress {
 
 export const makePendingRows = (
   id: BatchId,
-  local: LocalWork
+  local: LocalWork,
+  /** Asked when a slice is used up: true ends the source there (another project waits for this run's permit). */
+  stopAfterSlice: () => boolean = () => false
 ): Effect.Effect<PendingRows, never, BatchStore | WorkLeases | AppConfig | Scope.Scope> =>
   Effect.gen(function*() {
     const store = yield* BatchStore
@@ -82,7 +84,9 @@ export const makePendingRows = (
         current.handedOut = true
         yield* completeDone
       }
-      const slice = yield* Effect.flatMap(nodeLease(config), (lease) => leases.claimSlice(id, lease))
+      const slice = current !== undefined && stopAfterSlice()
+        ? Option.none()
+        : yield* Effect.flatMap(nodeLease(config), (lease) => leases.claimSlice(id, lease))
       if (Option.isNone(slice)) {
         exhausted = true
         current = undefined

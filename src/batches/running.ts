@@ -40,8 +40,11 @@ const errorOutcome = (row: RequestRow, e: UpstreamFailure): RequestOutcome => ({
 })
 
 export interface Running {
-  /** Runs this node's share of the batch's requests; whether a slice was claimed at all. */
-  readonly run: (record: BatchRecord) => Effect.Effect<boolean>
+  /**
+   * Runs this node's share of the batch's requests, or only up to the end of a slice once `stopAfterSlice` says
+   * so; whether a slice was claimed at all.
+   */
+  readonly run: (record: BatchRecord, stopAfterSlice?: () => boolean) => Effect.Effect<boolean>
 }
 
 export const makeRunning = (local: LocalWork) =>
@@ -51,10 +54,10 @@ export const makeRunning = (local: LocalWork) =>
     const context = yield* Effect.context<BatchStore | WorkLeases | AppConfig>()
     const window = config.maxConcurrentRequestsPerBatch
 
-    const run = (record: BatchRecord) =>
+    const run = (record: BatchRecord, stopAfterSlice?: () => boolean) =>
       Effect.gen(function*() {
         const { batch } = record
-        const rows = yield* makePendingRows(batch.id, local)
+        const rows = yield* makePendingRows(batch.id, local, stopAfterSlice)
         const outcomes = yield* makeOutcomeWriter(batch.id, { window, afterWrite: rows.stored })
         const options = { deadline: batch.expires_at * 1000 }
         // A worker takes a row, sends it, waits until its outcome is stored, and starts over (a recursive effect
