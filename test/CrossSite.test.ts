@@ -6,40 +6,17 @@
  */
 import { describe, expect, layer } from "@effect/vitest"
 import { Effect, Redacted } from "effect"
-import * as Http from "node:http"
 import * as Net from "node:net"
 import { AuthTest } from "../src/auth/Auth.js"
+import { type RawAnswer, rawRequest } from "./support/RawHttp.js"
 import { baseUrl, testApp } from "./support/TestApp.js"
 
-interface Answer {
-  readonly status: number
-  readonly headers: Http.IncomingHttpHeaders
-  readonly text: string
-  readonly json: any
-}
+type Answer = RawAnswer
 
 /** One request, exactly as given (a `host` header replaces the one Node would send). */
 const send = (method: string, path: string, headers: Record<string, string> = {}, body?: string | Buffer) =>
   Effect.flatMap(baseUrl, (base) =>
-    Effect.async<Answer>((resume) => {
-      const url = new URL(base)
-      const req = Http.request({ host: url.hostname, port: url.port, method, path, headers, agent: false }, (res) => {
-        const chunks: Array<Buffer> = []
-        res.on("data", (c: Buffer) => chunks.push(c))
-        res.on("end", () => {
-          const text = Buffer.concat(chunks).toString("utf8")
-          let json: unknown
-          try {
-            json = JSON.parse(text)
-          } catch {
-            // not JSON
-          }
-          resume(Effect.succeed({ status: res.statusCode!, headers: res.headers, text, json }))
-        })
-      })
-      req.on("error", (e) => resume(Effect.die(e)))
-      req.end(body)
-    }))
+    Effect.orDie(rawRequest(base, { method, path, headers, ...(body === undefined ? {} : { body }) })))
 
 /** The status line of the answer to `text` written as is on a fresh connection (for what `node:http` will not send). */
 const sendRaw = (text: string) =>

@@ -7,51 +7,23 @@ import { describe, expect, layer } from "@effect/vitest"
 import { Context, Effect, Layer, Option, Redacted } from "effect"
 import { createHash } from "node:crypto"
 import { mkdtempSync, readFileSync, rmSync } from "node:fs"
-import { request as httpRequest } from "node:http"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import { type Simulator, startSimulator } from "../scripts/simulator.js"
 import { chatLine, sdk, terminal, waitFor } from "./support/Batches.js"
+import { type RawAnswer, rawRequest } from "./support/RawHttp.js"
 import { type ServerProcess, startServer } from "./support/ServerProcess.js"
 import { backends, TestDatabase } from "./support/TestApp.js"
 
-interface Answer {
-  readonly status: number
-  readonly text: string
-  readonly json: any
-}
+type Answer = RawAnswer
 
-/** One raw HTTP request: any path bytes, headers and body (chunks sent with chunked encoding unless a length is set). */
+/** One raw request: any path bytes, headers and body (chunks sent with chunked encoding unless a length is set). */
 const send = (
   base: string,
   method: string,
   path: string,
   options: { headers?: Record<string, string>; body?: string | Uint8Array | ReadonlyArray<Uint8Array> } = {}
-) =>
-  Effect.async<Answer, Error>((resume) => {
-    const { hostname, port } = new URL(base)
-    const req = httpRequest({ hostname, port, method, path, headers: options.headers, timeout: 20_000 }, (res) => {
-      const chunks: Array<Buffer> = []
-      res.on("data", (c) => chunks.push(c))
-      res.on("end", () => {
-        const text = Buffer.concat(chunks).toString("utf8")
-        let json: any = undefined
-        try {
-          json = JSON.parse(text)
-        } catch {
-          // not JSON
-        }
-        resume(Effect.succeed({ status: res.statusCode!, text, json }))
-      })
-    })
-    req.on("timeout", () => req.destroy(new Error(`no answer in 20 s: ${method} ${path.slice(0, 80)}`)))
-    req.on("error", (e) => resume(Effect.fail(e)))
-    const body = options.body
-    if (Array.isArray(body)) {
-      for (const chunk of body) req.write(chunk)
-    } else if (body !== undefined) req.write(body as string | Uint8Array)
-    req.end()
-  })
+) => rawRequest(base, { method, path, ...options })
 
 const json = (value: unknown) => ({ headers: { "content-type": "application/json" }, body: JSON.stringify(value) })
 const rawJson = (text: string | Uint8Array) => ({ headers: { "content-type": "application/json" }, body: text })

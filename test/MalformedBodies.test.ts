@@ -9,54 +9,31 @@
  */
 import { describe, expect, layer } from "@effect/vitest"
 import { Duration, Effect } from "effect"
-import { Agent, request as httpRequest } from "node:http"
+import { Agent } from "node:http"
 import { sdk, upload } from "./support/Batches.js"
+import { type RawAnswer, rawRequest } from "./support/RawHttp.js"
 import { baseUrl, testApp } from "./support/TestApp.js"
 
-interface Answer {
-  readonly status: number
-  readonly headers: Record<string, string | Array<string> | undefined>
-  readonly text: string
-  readonly json: any
-  /** Whether the request went out on a connection an earlier request had used (keep-alive). */
-  readonly reusedSocket: boolean
-}
+type Answer = RawAnswer
 
 /** One connection, kept alive: what a request leaves behind on it shows up in the next one. */
 const agent = new Agent({ keepAlive: true, maxSockets: 1 })
 
-/** A raw request; `body` as one write (with its Content-Length unless `headers` say otherwise) or as chunks. */
+/** A raw request on the kept-alive connection; `body` as one write (with its Content-Length unless `headers` say
+ * otherwise) or as chunks. */
 const send = (
   method: string,
   path: string,
   headers: Record<string, string>,
   body?: string | Buffer | ReadonlyArray<string>
 ) =>
-  Effect.flatMap(baseUrl, (base) =>
-    Effect.async<Answer>((resume) => {
-      const all = { ...headers }
-      if (typeof body === "string" || Buffer.isBuffer(body)) {
-        if (!Object.keys(all).some((k) => k.toLowerCase() === "transfer-encoding")) all["content-length"] = String(Buffer.byteLength(body))
-      }
-      const req = httpRequest(`${base}${path}`, { method, headers: all, agent }, (res) => {
-        const chunks: Array<Buffer> = []
-        res.on("data", (c: Buffer) => chunks.push(c))
-        res.on("end", () => {
-          const text = Buffer.concat(chunks).toString("utf8")
-          let json: any = undefined
-          try {
-            json = JSON.parse(text)
-          } catch {
-            // not JSON: the assertions say so
-          }
-          resume(Effect.succeed({ status: res.statusCode!, headers: res.headers, text, json, reusedSocket: req.reusedSocket }))
-        })
-      })
-      req.on("error", (e) => resume(Effect.die(e)))
-      if (Array.isArray(body)) for (const chunk of body) req.write(chunk)
-      else if (body !== undefined) req.write(body)
-      req.end()
-    }))
+  Effect.flatMap(baseUrl, (base) => {
+    const all = { ...headers }
+    if (typeof body === "string" || Buffer.isBuffer(body)) {
+      if (!Object.keys(all).some((k) => k.toLowerCase() === "transfer-encoding")) all["content-length"] = String(Buffer.byteLength(body))
+    }
+    return Effect.orDie(rawRequest(base, { method, path, headers: all, agent, ...(body === undefined ? {} : { body }) }))
+  })
 
 const postJson = (body: string | Buffer | ReadonlyArray<string>, extra: Record<string, string> = {}) =>
   send("POST", "/v1/batches", { "content-type": "application/json", ...extra }, body)
