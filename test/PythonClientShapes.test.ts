@@ -323,15 +323,19 @@ const expectApiError = (res: Answer, status: number) => {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
+/** One kept-alive connection to the server under test, as httpx keeps one; closed with the test's scope. */
+const pythonConnection = Effect.gen(function*() {
+  const base = new URL(yield* baseUrl)
+  const conn = new RawConnection(base.hostname, Number(base.port))
+  yield* Effect.addFinalizer(() => Effect.sync(() => conn.close()))
+  return { host: base.host, run: (request: Buffer) => Effect.promise(() => conn.send(request)) }
+})
+
 describe("the Python openai client's requests", () => {
   layer(testAppWithUpstream({ maxConcurrentRequestsPerBatch: 2 }), { excludeTestServices: true })("openai-python 1.109.1 on httpx", (it) => {
     it.scoped("files: create (purpose before file), retrieve, list(purpose=), content (Accept: application/binary), delete", () =>
       Effect.gen(function*() {
-        const base = new URL(yield* baseUrl)
-        const host = base.host
-        const conn = new RawConnection(base.hostname, Number(base.port))
-        yield* Effect.addFinalizer(() => Effect.sync(() => conn.close()))
-        const run = (request: Buffer) => Effect.promise(() => conn.send(request))
+        const { host, run } = yield* pythonConnection
 
         const bytes = Buffer.from([chatLine("py-1", "from python"), chatLine("py-2", "café ☕")].join("\n") + "\n")
         const created = parsed(yield* run(filesCreate(host, "x.jsonl", bytes)))
@@ -376,11 +380,7 @@ describe("the Python openai client's requests", () => {
 
     it.scoped("batches: create (exact body of each httpx), list(limit=2) and its after= page, retrieve, content of the output", () =>
       Effect.gen(function*() {
-        const base = new URL(yield* baseUrl)
-        const host = base.host
-        const conn = new RawConnection(base.hostname, Number(base.port))
-        yield* Effect.addFinalizer(() => Effect.sync(() => conn.close()))
-        const run = (request: Buffer) => Effect.promise(() => conn.send(request))
+        const { host, run } = yield* pythonConnection
 
         const lines = [chatLine("py-a", "python a"), chatLine("py-b", "python b"), chatLine("py-c", "python c [fail:400]")]
         const file = parsed(yield* run(filesCreate(host, "batch.jsonl", Buffer.from(lines.join("\n") + "\n"))))
@@ -457,11 +457,7 @@ describe("the Python openai client's requests", () => {
 
     it.scoped("batches.cancel: a POST with Content-Type application/json, Content-Length 0 and no body; a 409 is not retried", () =>
       Effect.gen(function*() {
-        const base = new URL(yield* baseUrl)
-        const host = base.host
-        const conn = new RawConnection(base.hostname, Number(base.port))
-        yield* Effect.addFinalizer(() => Effect.sync(() => conn.close()))
-        const run = (request: Buffer) => Effect.promise(() => conn.send(request))
+        const { host, run } = yield* pythonConnection
 
         const lines = Array.from({ length: 4 }, (_, i) => chatLine(`hang-${i}`, `hang ${i} [hang]`))
         const file = parsed(yield* run(filesCreate(host, "hang.jsonl", Buffer.from(lines.join("\n") + "\n"))))
