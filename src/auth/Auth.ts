@@ -15,7 +15,8 @@
 import { ConfigError, Context, Effect, Layer, Option, Redacted, Ref, Runtime } from "effect"
 import { createHash, timingSafeEqual } from "node:crypto"
 import { readFile } from "node:fs/promises"
-import { AppConfig, type AppConfigShape, keysConfigured, parseAdminKey, parseKeyEntry } from "../Config.js"
+import { AppConfig, type AppConfigShape, keysConfigured } from "../Config.js"
+import { parseAdminKey, parseKeyEntry } from "./keyEntries.js"
 
 /** Who a request comes from. */
 export interface Caller {
