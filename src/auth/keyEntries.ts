@@ -4,7 +4,7 @@
  */
 
 /** A project name as `API_KEYS` and the keys file give it. */
-export const PROJECT_NAME = /^[A-Za-z0-9_-]{1,64}$/
+const PROJECT_NAME = /^[A-Za-z0-9_-]{1,64}$/
 
 /** The parts of a `KEY[:PROJECT]` entry (`KEY` possibly `sha256:<hex>`), or the reason it is not one (never echoing the key). */
 export const parseKeyEntry = (
