@@ -267,6 +267,13 @@ for (const backend of backends) {
               expectEnvelope(answer, answer.status)
             }
             expect((yield* send(base, "GET", "/v1/files?purpose=batch")).json.data.length).toBe(before)
+            // A request line in absolute form (as sent to proxies) is routed by its path: an upload is an upload.
+            const absolute = yield* send(base, "POST", `${base}/v1/files`, {
+              headers: { "content-type": "multipart/form-data; boundary=b" },
+              body: purpose + file('filename="abs.jsonl"') + "--b--\r\n"
+            })
+            expect(absolute.status, absolute.text).toBe(200)
+            expect(absolute.json.filename).toBe("abs.jsonl")
           })
         ))
 

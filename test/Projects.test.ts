@@ -11,7 +11,7 @@ import { describe, expect, layer } from "@effect/vitest"
 import { Duration, Effect, Option } from "effect"
 import OpenAI, { toFile } from "openai"
 import { AuthTest } from "../src/auth/Auth.js"
-import { chatLine, failure, readLines, terminal, upload, waitFor } from "./support/Batches.js"
+import { chatLine, createBatch, failure, readLines, terminal, upload, waitFor } from "./support/Batches.js"
 import { backends, baseUrl, testApp, testAppWithUpstream, Upstream } from "./support/TestApp.js"
 
 const KEYS = { a1: "sk-proj-a-1-4e7d2c", a2: "sk-proj-a-2-91bf06", b: "sk-proj-b-d3a85e", admin: "sk-operator-77c1f0" }
@@ -232,7 +232,10 @@ describe("projects", () => {
         Effect.gen(function*() {
           const { a1, a2, admin, b } = yield* clients
           const first = yield* hangingBatch(a1)
-          yield* hangingBatch(a2)
+          const hanging = yield* upload(a2, [chatLine("h", "wait [hang]")])
+          const second = yield* createBatch(a2, hanging.id, { idempotency_key: "retry-me" } as any)
+          // At the limit, a retry of a create already made is no new batch: it gets its batch back.
+          expect((yield* createBatch(a2, hanging.id, { idempotency_key: "retry-me" } as any)).id).toBe(second.id)
           const input = yield* upload(a1, [chatLine("x", "quick")])
           const refused = yield* failure(() => a1.batches.create({ input_file_id: input.id, endpoint: "/v1/chat/completions", completion_window: "24h" }))
           expect(refused).toBeInstanceOf(OpenAI.RateLimitError)

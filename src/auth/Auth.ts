@@ -16,6 +16,7 @@ import { ConfigError, Context, Effect, Layer, Option, Redacted, Ref, Runtime } f
 import { createHash, timingSafeEqual } from "node:crypto"
 import { readFile } from "node:fs/promises"
 import { AppConfig, type AppConfigShape, keysConfigured } from "../Config.js"
+import { DEFAULT_PROJECT } from "../domain/Projects.js"
 import { parseAdminKey, parseKeyEntry } from "./keyEntries.js"
 
 /** Who a request comes from. */
@@ -32,7 +33,7 @@ export interface Caller {
 export class CurrentCaller extends Context.Tag("CurrentCaller")<CurrentCaller, Caller>() {}
 
 /** Every request's caller when no key is configured: one local project, with an operator's view of every project. */
-export const localCaller: Caller = { project: "default", admin: true, keyHash: "none" }
+export const localCaller: Caller = { project: DEFAULT_PROJECT, admin: true, keyHash: "none" }
 
 /** What a (re)load found, for the log: never a key. */
 export interface KeysSummary {

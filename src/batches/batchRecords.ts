@@ -113,7 +113,7 @@ const nowSeconds = Effect.map(Clock.currentTimeMillis, (ms) => Math.floor(ms / 1
 
 type BatchRecords = Pick<
   BatchStoreShape,
-  "create" | "get" | "list" | "activeBatches" | "enqueuedRequests" | "statuses" | "transition" | "startRunning" | "completeSlice"
+  "create" | "get" | "list" | "idempotentBatch" | "activeBatches" | "enqueuedRequests" | "statuses" | "transition" | "startRunning" | "completeSlice"
 >
 
 export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): BatchRecords => {
@@ -185,6 +185,12 @@ export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): B
   const unfinished = sql.in("status", BatchStatusSchema.literals.filter((s) => !terminalStatuses.includes(s)))
   const countOne = (query: Effect.Effect<ReadonlyArray<{ readonly n: number | string | null }>, unknown>) =>
     Effect.map(Effect.orDie(query), (rows) => Number(rows[0]?.n ?? 0))
+
+  const idempotentBatch = (project: string, key: string) =>
+    Effect.map(
+      Effect.orDie(selectWhere(sql`idempotency_key = ${scopedIdempotencyKey(project, key)}`)),
+      (rows) => Option.fromNullable(rows[0])
+    )
 
   const activeBatches = (project: string) =>
     countOne(sql`SELECT COUNT(*) AS n FROM batches WHERE project = ${project} AND ${unfinished}`)
@@ -260,5 +266,5 @@ export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): B
       return Option.isSome(yield* applyMove(id, "lastSliceDone", {}, noSliceOpen))
     }).pipe(sql.withTransaction, Effect.orDie, Effect.withSpan("BatchStore.completeSlice", { attributes: { id, slice } }))
 
-  return { create, get, list, activeBatches, enqueuedRequests, statuses, transition, startRunning, completeSlice }
+  return { create, get, list, idempotentBatch, activeBatches, enqueuedRequests, statuses, transition, startRunning, completeSlice }
 }

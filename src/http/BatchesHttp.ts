@@ -53,7 +53,11 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
             "invalid_value"
           )
         }
-        if (Option.isSome(maxActiveBatchesPerProject)) {
+        // The quota is for new batches: a retry with an idempotency key already used gets its batch (or a 409).
+        const replay = valid.idempotencyKey === null
+          ? Option.none()
+          : yield* store.idempotentBatch(caller.project, valid.idempotencyKey)
+        if (Option.isSome(maxActiveBatchesPerProject) && Option.isNone(replay)) {
           const max = maxActiveBatchesPerProject.value
           const active = yield* store.activeBatches(caller.project)
           if (active >= max) {

@@ -13,6 +13,7 @@ import { Data, Effect, identity, Stream } from "effect"
 import { IncomingMessage } from "node:http"
 import { invalidRequest, payloadTooLarge } from "../domain/Errors.js"
 import { answer, envelope } from "./EarlyAnswer.js"
+import { requestTarget } from "./Security.js"
 
 /** A JSON body nested deeper than any request of this API needs; deeper ones are refused before parsing. */
 export const MAX_JSON_DEPTH = 64
@@ -77,7 +78,7 @@ const strictUtf8 = new TextDecoder("utf-8", { fatal: true })
  */
 export const bounded = (request: HttpServerRequest.HttpServerRequest, maxBytes: number) => {
   const refuse = (cause: unknown) => new HttpServerError.RequestError({ request, reason: "Decode", cause })
-    const bytes = Effect.runSync(Effect.cached(Effect.mapError(readAtMost(request, maxBytes), refuse)))
+  const bytes = Effect.runSync(Effect.cached(Effect.mapError(readAtMost(request, maxBytes), refuse)))
   const text = Effect.flatMap(bytes, (b) => Effect.try({ try: () => strictUtf8.decode(b), catch: refuse }))
   const json = Effect.flatMap(text, (t) =>
     nestedDeeperThan(t, MAX_JSON_DEPTH)
@@ -95,7 +96,7 @@ export const bounded = (request: HttpServerRequest.HttpServerRequest, maxBytes: 
 
 /** The one route whose body is not JSON: multipart uploads, streamed and bounded by their handler. */
 const isUpload = (request: HttpServerRequest.HttpServerRequest) =>
-  request.method === "POST" && request.url.split("?")[0] === "/v1/files"
+  request.method === "POST" && requestTarget(request).path === "/v1/files"
 
 const hasBody = (request: HttpServerRequest.HttpServerRequest) =>
   request.headers["transfer-encoding"] !== undefined || Number(request.headers["content-length"] ?? 0) > 0
