@@ -5,7 +5,7 @@
 import type * as SqlClient from "@effect/sql/SqlClient"
 import * as SqlSchema from "@effect/sql/SqlSchema"
 import type { Fragment } from "@effect/sql/Statement"
-import { Clock, Effect, Option, Schema } from "effect"
+import { Effect, Option, Schema } from "effect"
 import {
   Batch,
   BatchEndpoint,
@@ -17,6 +17,7 @@ import {
 } from "../domain/Batches.js"
 import { BatchId, FileId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
+import { nowSeconds, visibleTo } from "../storage/Sql.js"
 import {
   BatchNotFound,
   type BatchRecord,
@@ -109,8 +110,6 @@ const decodeRecords = (rows: ReadonlyArray<unknown>) =>
  */
 export const scopedIdempotencyKey = (project: string, key: string) => `${project.length}:${project}:${key}`
 
-const nowSeconds = Effect.map(Clock.currentTimeMillis, (ms) => Math.floor(ms / 1000))
-
 type BatchRecords = Pick<
   BatchStoreShape,
   "create" | "get" | "list" | "idempotentBatch" | "activeBatches" | "enqueuedRequests" | "statuses" | "transition" | "startRunning" | "completeSlice"
@@ -119,7 +118,7 @@ type BatchRecords = Pick<
 export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): BatchRecords => {
   const selectWhere = (where: Fragment) =>
     Effect.flatMap(sql`SELECT * FROM batches WHERE ${where}`, decodeRecords)
-  const visible = (visibility: Visibility) => visibility === "all" ? sql`1 = 1` : sql`project = ${visibility.project}`
+  const visible = (visibility: Visibility) => visibleTo(sql, visibility)
 
   const get = (id: BatchId, visibility: Visibility) =>
     selectWhere(sql`id = ${id} AND ${visible(visibility)}`).pipe(

@@ -3,12 +3,13 @@
  * and a background sweep deletes them) and the clean-up of bytes that lost their metadata in a crash.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Clock, Context, Data, Effect, Layer, Schedule, Scope, Stream } from "effect"
+import { Context, Data, Effect, Layer, Schedule, Scope, Stream } from "effect"
 import { AppConfig } from "../Config.js"
 import { FileObject, type SortOrder } from "../domain/Files.js"
 import { type FileId, fileId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
 import { BlobStore, type StagedBlob, stageStream, type StagingWriter } from "../storage/BlobStore.js"
+import { nowSeconds, visibleTo } from "../storage/Sql.js"
 
 export class FileNotFound extends Data.TaggedError("FileNotFound")<{ readonly id: FileId }> {}
 /** The `after` cursor of a list names no file. */
@@ -90,8 +91,6 @@ const toFileObject = (row: FileRow): FileObject =>
     status_details: null
   })
 
-const nowSeconds = Effect.map(Clock.currentTimeMillis, (ms) => Math.floor(ms / 1000))
-
 const SWEEP_GROUP = 500
 
 export const make = Effect.gen(function*() {
@@ -100,7 +99,7 @@ export const make = Effect.gen(function*() {
 
   const columns = sql.literal("id, bytes, created_at, expires_at, filename, purpose, project")
   const live = (now: number) => sql`(expires_at IS NULL OR expires_at > ${now})`
-  const visible = (visibility: Visibility) => visibility === "all" ? sql`1 = 1` : sql`project = ${visibility.project}`
+  const visible = (visibility: Visibility) => visibleTo(sql, visibility)
 
   const commit = (staged: StagedBlob, meta: FileMetadata) =>
     Effect.gen(function*() {

@@ -9,10 +9,11 @@ import type * as SqlConnection from "@effect/sql/SqlConnection"
 import * as Migrator from "@effect/sql/Migrator"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
-import { Effect, Layer, Option, type Redacted } from "effect"
+import { Clock, Effect, Layer, Option, type Redacted } from "effect"
 import { mkdirSync } from "node:fs"
 import * as Path from "node:path"
 import { AppConfig } from "../Config.js"
+import type { Visibility } from "../domain/Projects.js"
 import { migrations } from "./migrations.js"
 
 /** Any number, the same on every node: the advisory lock that serializes their migrations. */
@@ -97,3 +98,10 @@ export const SqlLive: Layer.Layer<SqlClient.SqlClient, unknown, AppConfig> = Lay
     return layerSqlite(Path.join(dataDir, "batches.sqlite"))
   })
 )
+
+/** Now, in whole seconds since the epoch: how the tables store times (`created_at`, `expires_at`, …). */
+export const nowSeconds = Effect.map(Clock.currentTimeMillis, (ms) => Math.floor(ms / 1000))
+
+/** The rows a caller with `visibility` may see, as a condition on a table's `project` column. */
+export const visibleTo = (sql: SqlClient.SqlClient, visibility: Visibility) =>
+  visibility === "all" ? sql`1 = 1` : sql`project = ${visibility.project}`
