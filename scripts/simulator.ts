@@ -1,13 +1,15 @@
 /**
  * An OpenAI-compatible upstream simulator for tests, the demo and the benchmark: `/v1/chat/completions`,
- * `/v1/completions`, `/v1/embeddings`, `/v1/responses` and `/v1/models`, with settable latency and failure injection.
+ * `/v1/completions`, `/v1/embeddings`, `/v1/responses` and `/v1/models`, with settable latency and failure injection,
+ * a vLLM-like queue (at most `maxRunning` requests processed at once, the others wait) and vLLM's queue gauges at
+ * `GET /metrics` (`vllm:num_requests_running`, `vllm:num_requests_waiting`; Prometheus text format 0.0.4).
  *
  * Failures are injected by directives inside the prompt text (the last message's content, `prompt` or `input`):
  *   [fail:400]          answer 400 with an OpenAI error body (any status works: [fail:404], [fail:500]…)
  *   [flaky:429x2]       answer 429 (with `Retry-After: 0.05`) to the first 2 attempts of this prompt, then succeed
  *   [flaky:500x1]       the same with 500
  *   [sleep:250]         answer after 250 ms
- *   [hang]              never answer (until the client gives up)
+ *   [hang]              never answer (until the client gives up; with `maxRunning`, it holds its slot until then)
  *   [pretty]            answer with indented, multi-line JSON
  *   [bignum]            the answer's first member is `"big": [123456789012345678901234567890, 1.50, "…"]`, written
  *                       as is (numbers `JSON.stringify` cannot write; a string with escapes and inner spaces)
@@ -16,18 +18,39 @@
  *   [big:40]            pad the answer's content so that the body is about 40 MiB (fractions work: [big:0.01])
  * Unknown models get a 404 `model_not_found`, like OpenAI.
  *
- *   npx tsx scripts/simulator.ts [--port 8000] [--latency 0]
+ * Overload and outages, set at run time on the `Simulator` (or as options): `capacity` answers 429
+ * `rate_limit_exceeded` at once (no Retry-After) to a request arriving while more than `capacity` are in flight;
+ * `failAll` answers every inference request at once with its status (and `Retry-After` when given); `stop()` closes
+ * the socket and every connection (connection refused) and `start()` listens again on the same port.
+ *
+ * Options (`startSimulator`): port, latencyMs, models, retryAfterSeconds, maxRunning, capacity, tls ({ key, cert }:
+ * HTTPS, the `url` then starts with `https://`).
+ *
+ *   npx tsx scripts/simulator.ts [--port 8000] [--latency 0] [--models sim-model,other] [--max-running N]
+ *                                [--capacity N]
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
+import { createServer as createHttpsServer } from "node:https"
 import type { AddressInfo } from "node:net"
+import { answer, BIGNUM_MEMBER, errorBody, HTML_PAGE, pad, promptOf } from "./simulator-answers.js"
+import { makeQueue, METRICS_CONTENT_TYPE, metricsText } from "./simulator-queue.js"
+
+export { BIGNUM_COMPACT, BIGNUM_MEMBER, HTML_PAGE } from "./simulator-answers.js"
 
 export interface SimulatorOptions {
   readonly port?: number
   /** Added to every answer, in milliseconds. */
   readonly latencyMs?: number
+  /** The models served (default `["sim-model"]`); the first one names the `/metrics` gauges. */
   readonly models?: ReadonlyArray<string>
   /** Seconds sent in `Retry-After` with injected 429s. */
   readonly retryAfterSeconds?: number
+  /** At most this many inference requests processed at once (latency and sleeps counting); the others wait, FIFO. */
+  readonly maxRunning?: number
+  /** A request arriving while more than this many are in flight (itself included) is answered 429 at once. */
+  readonly capacity?: number
+  /** Serve HTTPS with this key and certificate (PEM). */
+  readonly tls?: { readonly key: string; readonly cert: string }
 }
 
 export interface SimulatorStats {
@@ -35,131 +58,65 @@ export interface SimulatorStats {
   requests: number
   inFlight: number
   maxInFlight: number
+  /** Requests being processed (their latency counting); at most `maxRunning`. */
+  running: number
+  /** Requests waiting for a processing slot (only with `maxRunning`), and the most seen since start or `reset()`. */
+  waiting: number
+  maxWaiting: number
+  /** Requests answered at once by `capacity` (429) or `failAll`. */
+  rejected: number
   /** Requests whose client went away before the answer. */
   aborted: number
-  /** How many times each prompt was received. */
+  /** How many times each prompt was received (rejected attempts included). */
   readonly byPrompt: Map<string, number>
+  /** Inference requests per `body.model` (rejected attempts included). */
+  readonly byModel: Map<string, number>
 }
 
 export interface Simulator {
+  /** `http(s)://127.0.0.1:<port>/v1`. */
   readonly url: string
+  /** `http(s)://127.0.0.1:<port>/metrics` (vLLM serves it at the root). */
+  readonly metricsUrl: string
   readonly stats: SimulatorStats
   latencyMs: number
+  /** See `SimulatorOptions.maxRunning`; raising it (or `undefined`) starts waiting requests at once. */
+  maxRunning: number | undefined
+  /** See `SimulatorOptions.capacity`. */
+  capacity: number | undefined
+  /** While set, every inference request is answered at once with this status (and `retry-after` when given). */
+  failAll: { status: number; retryAfter?: string } | undefined
   readonly reset: () => void
+  /** Closes the listening socket and every open connection (clients get connection refused); stats are kept. */
+  readonly stop: () => Promise<void>
+  /** Listens again, on the same port, after `stop()`. */
+  readonly start: () => Promise<void>
   readonly close: () => Promise<void>
 }
 
-const promptOf = (body: any): string => {
-  if (Array.isArray(body?.messages)) {
-    const last = body.messages.at(-1)?.content
-    return typeof last === "string" ? last : JSON.stringify(last ?? "")
-  }
-  const text = body?.prompt ?? body?.input
-  return typeof text === "string" ? text : JSON.stringify(text ?? "")
-}
-
-const tokens = (text: string) => Math.max(1, Math.ceil(text.length / 4))
-
-const answer = (path: string, body: any, prompt: string) => {
-  const model = body.model
-  const created = Math.floor(Date.now() / 1000)
-  const reply = `echo: ${prompt}`
-  const usage = { prompt_tokens: tokens(prompt), completion_tokens: tokens(reply) }
-  switch (path) {
-    case "/v1/chat/completions":
-      return {
-        id: `chatcmpl-${created}`,
-        object: "chat.completion",
-        created,
-        model,
-        choices: [{ index: 0, message: { role: "assistant", content: reply }, finish_reason: "stop" }],
-        usage: {
-          ...usage,
-          total_tokens: usage.prompt_tokens + usage.completion_tokens,
-          prompt_tokens_details: { cached_tokens: 0 },
-          completion_tokens_details: { reasoning_tokens: 0 }
-        }
-      }
-    case "/v1/completions":
-      return {
-        id: `cmpl-${created}`,
-        object: "text_completion",
-        created,
-        model,
-        choices: [{ index: 0, text: reply, finish_reason: "stop" }],
-        usage: { ...usage, total_tokens: usage.prompt_tokens + usage.completion_tokens }
-      }
-    case "/v1/embeddings": {
-      const inputs = Array.isArray(body.input) ? body.input : [body.input]
-      return {
-        object: "list",
-        model,
-        data: inputs.map((_: unknown, index: number) => ({
-          object: "embedding",
-          index,
-          embedding: Array.from({ length: 8 }, (_, i) => ((prompt.length + i) % 10) / 10)
-        })),
-        usage: { prompt_tokens: usage.prompt_tokens, total_tokens: usage.prompt_tokens }
-      }
-    }
-    default:
-      return {
-        id: `resp_${created}`,
-        object: "response",
-        created_at: created,
-        status: "completed",
-        model,
-        output: [{ type: "message", role: "assistant", content: [{ type: "output_text", text: reply }] }],
-        usage: {
-          input_tokens: usage.prompt_tokens,
-          input_tokens_details: { cached_tokens: 0 },
-          output_tokens: usage.completion_tokens,
-          output_tokens_details: { reasoning_tokens: 0 },
-          total_tokens: usage.prompt_tokens + usage.completion_tokens
-        }
-      }
-  }
-}
-
-/** Lengthens the first text of `json` (message content, text, output text) until its JSON is about `bytes` long. */
-const pad = (json: any, bytes: number) => {
-  const missing = Math.max(0, bytes - JSON.stringify(json).length)
-  const filler = "lorem ipsum dolor sit amet ".repeat(Math.ceil(missing / 27)).slice(0, missing)
-  const choice = json.choices?.[0]
-  if (choice?.message !== undefined) choice.message.content += filler
-  else if (choice !== undefined) choice.text += filler
-  else if (json.output !== undefined) json.output[0].content[0].text += filler
-  else json.filler = filler
-}
-
-const errorBody = (status: number, message: string, code: string | null = null) => ({
-  error: { message, type: status >= 500 ? "server_error" : "invalid_request_error", param: null, code }
-})
-
-/** What `[bignum]` adds: written by hand, as `JSON.stringify` would lose the big integer and the `1.50`. */
-export const BIGNUM_MEMBER = `"big": [123456789012345678901234567890, 1.50, "two  spaces\\t \\"q\\" \\u00e9 \\\\"]`
-/** The same member as a compact JSON text keeps it (whitespace inside the string kept). */
-export const BIGNUM_COMPACT = `"big":[123456789012345678901234567890,1.50,"two  spaces\\t \\"q\\" \\u00e9 \\\\"]`
-
-/** What `[html]` answers (with a 200), as a captive portal or a misrouted proxy would. */
-export const HTML_PAGE = [
-  "<!DOCTYPE html>",
-  "<html>",
-  "<head><title>Sign in</title></head>",
-  "<body><h1>Please sign in to continue</h1></body>",
-  "</html>",
-  ""
-].join("\n")
-
 const endpoints = new Set(["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"])
 
-export const startSimulator = (options: SimulatorOptions = {}): Promise<Simulator> => {
+export const startSimulator = async (options: SimulatorOptions = {}): Promise<Simulator> => {
   const models = new Set(options.models ?? ["sim-model"])
+  const metricsModel = [...models][0] ?? "sim-model"
   const retryAfter = options.retryAfterSeconds ?? 0.05
-  const stats: SimulatorStats = { requests: 0, inFlight: 0, maxInFlight: 0, aborted: 0, byPrompt: new Map() }
-  let server: Server
+  const stats: SimulatorStats = {
+    requests: 0,
+    inFlight: 0,
+    maxInFlight: 0,
+    running: 0,
+    waiting: 0,
+    maxWaiting: 0,
+    rejected: 0,
+    aborted: 0,
+    byPrompt: new Map(),
+    byModel: new Map()
+  }
+  const queue = makeQueue(stats, options.maxRunning)
+  const scheme = options.tls === undefined ? "http" : "https"
+  let port = options.port ?? 0
 
-  const handle = (req: IncomingMessage, res: ServerResponse, raw: string, sim: Simulator) => {
+  const handle = (req: IncomingMessage, res: ServerResponse, raw: string, overCapacity: boolean) => {
     let pretty = false
     let bignum = false
     let trickleMs = 0
@@ -193,6 +150,9 @@ export const startSimulator = (options: SimulatorOptions = {}): Promise<Simulato
     if (req.method === "GET" && path === "/v1/models") {
       return send(200, { object: "list", data: [...models].map((id) => ({ id, object: "model", owned_by: "simulator" })) })
     }
+    if (req.method === "GET" && path === "/metrics") {
+      return write(200, metricsText(metricsModel, stats), { "content-type": METRICS_CONTENT_TYPE })
+    }
     if (req.method !== "POST" || !endpoints.has(path)) return send(404, errorBody(404, `Unknown route ${req.method} ${path}`))
     let body: any
     try {
@@ -201,11 +161,22 @@ export const startSimulator = (options: SimulatorOptions = {}): Promise<Simulato
       return send(400, errorBody(400, "Invalid JSON body"))
     }
     const prompt = promptOf(body)
+    const seen = (stats.byPrompt.get(prompt) ?? 0) + 1
+    stats.byPrompt.set(prompt, seen)
+    const model = String(body?.model)
+    stats.byModel.set(model, (stats.byModel.get(model) ?? 0) + 1)
+
+    const refusal: Simulator["failAll"] = sim.failAll ?? (overCapacity ? { status: 429 } : undefined)
+    if (refusal !== undefined) {
+      stats.rejected++
+      const status = refusal.status
+      const message = sim.failAll === undefined ? `Over capacity (${sim.capacity} requests in flight)` : `Injected outage ${status}`
+      const headers: Record<string, string> = refusal.retryAfter === undefined ? {} : { "retry-after": refusal.retryAfter }
+      return send(status, errorBody(status, message, status === 429 ? "rate_limit_exceeded" : null), headers)
+    }
     pretty = prompt.includes("[pretty]")
     bignum = prompt.includes("[bignum]")
     trickleMs = Number(/\[trickle:(\d+)\]/.exec(prompt)?.[1] ?? 0)
-    const seen = (stats.byPrompt.get(prompt) ?? 0) + 1
-    stats.byPrompt.set(prompt, seen)
 
     const respond = () => {
       if (!models.has(body.model)) {
@@ -224,56 +195,94 @@ export const startSimulator = (options: SimulatorOptions = {}): Promise<Simulato
       if (big) pad(json, Math.round(Number(big[1]) * 1024 * 1024))
       send(200, json, { "x-request-id": `req_sim_${stats.requests}` })
     }
-    if (prompt.includes("[hang]")) return // never answered; the client aborts
-    const sleep = /\[sleep:(\d+)\]/.exec(prompt)
-    const delay = sim.latencyMs + (sleep ? Number(sleep[1]) : 0)
-    if (delay > 0) setTimeout(respond, delay)
-    else respond()
+    const processing = () => {
+      if (prompt.includes("[hang]")) return // never answered; the client aborts
+      const sleep = /\[sleep:(\d+)\]/.exec(prompt)
+      const delay = sim.latencyMs + (sleep ? Number(sleep[1]) : 0)
+      if (delay > 0) setTimeout(respond, delay)
+      else respond()
+    }
+    if (res.destroyed) return // the client already went away
+    const release = queue.enter(processing)
+    res.once("finish", release)
+    res.once("close", release)
   }
 
-  return new Promise((resolve) => {
-    const sim: Simulator = {
-      url: "",
-      stats,
-      latencyMs: options.latencyMs ?? 0,
-      reset: () => {
-        stats.requests = 0
-        stats.maxInFlight = stats.inFlight
-        stats.aborted = 0
-        stats.byPrompt.clear()
-      },
-      close: () =>
-        new Promise((done) => {
-          server.closeAllConnections()
-          server.close(() => done())
-        })
+  const onRequest = (req: IncomingMessage, res: ServerResponse) => {
+    const chunks: Array<Buffer> = []
+    req.on("data", (c: Buffer) => chunks.push(c))
+    // `capacity` is judged on arrival (this request counted), not once the body is in.
+    let overCapacity = false
+    req.on("end", () => handle(req, res, Buffer.concat(chunks).toString("utf8"), overCapacity))
+    if (req.method !== "POST") return // only inference requests are counted
+    stats.requests++
+    stats.inFlight++
+    stats.maxInFlight = Math.max(stats.maxInFlight, stats.inFlight)
+    overCapacity = sim.capacity !== undefined && stats.inFlight > sim.capacity
+    let finished = false
+    const finish = () => {
+      if (finished) return
+      finished = true
+      stats.inFlight--
     }
-    server = createServer((req, res) => {
-      const chunks: Array<Buffer> = []
-      req.on("data", (c: Buffer) => chunks.push(c))
-      req.on("end", () => handle(req, res, Buffer.concat(chunks).toString("utf8"), sim))
-      if (req.method !== "POST") return // only inference requests are counted
-      stats.requests++
-      stats.inFlight++
-      stats.maxInFlight = Math.max(stats.maxInFlight, stats.inFlight)
-      let finished = false
-      const finish = () => {
-        if (finished) return
-        finished = true
-        stats.inFlight--
-      }
-      res.on("finish", finish)
-      res.on("close", () => {
-        if (!res.writableFinished) stats.aborted++
-        finish()
+    res.on("finish", finish)
+    res.on("close", () => {
+      if (!res.writableFinished) stats.aborted++
+      finish()
+    })
+  }
+  // An HTTPS server is an HTTP server over TLS: the same handler, connection tracking and keep-alive settings.
+  const server: Server =
+    options.tls === undefined ? createHttpServer(onRequest) : (createHttpsServer(options.tls, onRequest) as unknown as Server)
+  server.keepAliveTimeout = 60_000
+  const listen = () =>
+    new Promise<void>((resolve, reject) => {
+      server.once("error", reject)
+      server.listen(port, "127.0.0.1", () => {
+        server.off("error", reject)
+        port = (server.address() as AddressInfo).port
+        resolve()
       })
     })
-    server.keepAliveTimeout = 60_000
-    server.listen(options.port ?? 0, "127.0.0.1", () => {
-      const { port } = server.address() as AddressInfo
-      resolve(Object.assign(sim, { url: `http://127.0.0.1:${port}/v1` }))
+  const shut = () =>
+    new Promise<void>((done) => {
+      server.closeAllConnections()
+      server.close(() => done())
     })
-  })
+
+  const sim: Simulator = {
+    get url() {
+      return `${scheme}://127.0.0.1:${port}/v1`
+    },
+    get metricsUrl() {
+      return `${scheme}://127.0.0.1:${port}/metrics`
+    },
+    stats,
+    latencyMs: options.latencyMs ?? 0,
+    get maxRunning() {
+      return queue.limit
+    },
+    set maxRunning(limit) {
+      queue.limit = limit
+    },
+    capacity: options.capacity,
+    failAll: undefined,
+    reset: () => {
+      stats.requests = 0
+      stats.maxInFlight = stats.inFlight
+      stats.maxWaiting = stats.waiting
+      stats.rejected = 0
+      stats.aborted = 0
+      stats.byPrompt.clear()
+      stats.byModel.clear()
+    },
+    // `server.close` on a server not listening would wait forever for a 'close' event.
+    stop: () => (server.listening ? shut() : Promise.resolve()),
+    start: () => (server.listening ? Promise.resolve() : listen()),
+    close: () => (server.listening ? shut() : Promise.resolve())
+  }
+  await listen()
+  return sim
 }
 
 const isMain = process.argv[1] !== undefined && import.meta.url.endsWith(process.argv[1].replace(/^.*\/scripts\//, "scripts/"))
@@ -282,7 +291,16 @@ if (isMain) {
     const i = process.argv.indexOf(`--${name}`)
     return i > 0 ? process.argv[i + 1] : undefined
   }
-  startSimulator({ port: Number(arg("port") ?? 8000), latencyMs: Number(arg("latency") ?? 0) }).then((sim) => {
-    console.log(`simulator listening on ${sim.url} (models: sim-model)`)
+  const number = (name: string) => (arg(name) === undefined ? undefined : Number(arg(name)))
+  const models = (arg("models") ?? "sim-model").split(",").map((m) => m.trim()).filter((m) => m !== "")
+  startSimulator({
+    port: Number(arg("port") ?? 8000),
+    latencyMs: Number(arg("latency") ?? 0),
+    models,
+    ...(number("max-running") === undefined ? {} : { maxRunning: number("max-running")! }),
+    ...(number("capacity") === undefined ? {} : { capacity: number("capacity")! })
+  }).then((sim) => {
+    const queue = sim.maxRunning === undefined ? "" : `, max running: ${sim.maxRunning}`
+    console.log(`simulator listening on ${sim.url} (models: ${models.join(", ")}${queue})`)
   })
 }
