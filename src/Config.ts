@@ -2,9 +2,10 @@
  * Every knob of the service, read from the environment in one place. An invalid value fails the start with a
  * message naming the variable (Effect's `ConfigError` does that; `main.ts` prints it).
  */
-import { Config, ConfigError, Context, Duration, Either, Layer, Option, Redacted } from "effect"
+import { Config, type ConfigError, Context, Duration, Layer, Option, Redacted } from "effect"
 import { hostname } from "node:os"
-import { parseAdminKey, parseKeyEntry } from "./auth/keyEntries.js"
+import { commaList, validateConfig } from "./configRules.js"
+import type { UpstreamEntry } from "./upstreams/UpstreamSpec.js"
 
 export interface AppConfigShape {
   /** TCP port of the HTTP server (`PORT`). */
@@ -42,6 +43,16 @@ export interface AppConfigShape {
   readonly inferenceTimeout: Duration.Duration
   /** Largest upstream answer read, in bytes (`INFERENCE_MAX_RESPONSE_BYTES`); a larger one is an error line. */
   readonly inferenceMaxResponseBytes: number
+  /** The shortcut upstream's (and the file's default) adaptive concurrency ceiling (`INFERENCE_MAX_CONCURRENCY`). */
+  readonly inferenceMaxConcurrency: number
+  /** Its floor (`INFERENCE_MIN_CONCURRENCY`): overload never shrinks the limit below it. */
+  readonly inferenceMinConcurrency: number
+  /** Several upstreams, routed by model (`UPSTREAMS_FILE`, YAML or JSON; see `upstreams/UpstreamSpec.ts`). */
+  readonly upstreamsFile: Option.Option<string>
+  /** The same entries given in code (embedding, tests); they take precedence over the file. */
+  readonly upstreams: Option.Option<ReadonlyArray<UpstreamEntry>>
+  /** How often an upstream that is down is probed (`UPSTREAM_PROBE_INTERVAL`). */
+  readonly upstreamProbeInterval: Duration.Duration
   /** Attempts per request, the first included, on 429/5xx/network errors (`INFERENCE_MAX_ATTEMPTS`). */
   readonly inferenceMaxAttempts: number
   /** First retry delay; doubles each attempt, with jitter (`INFERENCE_RETRY_BASE_DELAY`). */
@@ -102,6 +113,11 @@ export const defaults: AppConfigShape = {
   inferenceApiKey: Option.none(),
   inferenceTimeout: Duration.minutes(10),
   inferenceMaxResponseBytes: 64 * 1024 * 1024,
+  inferenceMaxConcurrency: 256,
+  inferenceMinConcurrency: 1,
+  upstreamsFile: Option.none(),
+  upstreams: Option.none(),
+  upstreamProbeInterval: Duration.seconds(2),
   inferenceMaxAttempts: 5,
   inferenceRetryBaseDelay: Duration.seconds(1),
   inferenceRetryMaxDelay: Duration.seconds(60),
@@ -120,136 +136,7 @@ export const defaults: AppConfigShape = {
   allowUnauthenticated: false
 }
 
-/** A rule of the configuration: what `variable` must be, checked on the whole configuration. */
-interface Rule {
-  readonly variable: string
-  readonly expected: string
-  readonly holds: (config: AppConfigShape) => boolean
-}
-
-type Numeric = { [K in keyof AppConfigShape]: AppConfigShape[K] extends number ? K : never }[keyof AppConfigShape]
-type Durations = { [K in keyof AppConfigShape]: AppConfigShape[K] extends Duration.Duration ? K : never }[keyof AppConfigShape]
-
-const positiveInt = (field: Numeric, variable: string): Rule => ({
-  variable,
-  expected: "a positive integer",
-  holds: (c) => Number.isSafeInteger(c[field]) && c[field] > 0
-})
-type OptionalNumeric = { [K in keyof AppConfigShape]: AppConfigShape[K] extends Option.Option<number> ? K : never }[keyof AppConfigShape]
-const optionalPositiveInt = (field: OptionalNumeric, variable: string): Rule => ({
-  variable,
-  expected: "a positive integer (or unset: no limit)",
-  holds: (c) => !Option.exists(c[field], (n) => !Number.isSafeInteger(n) || n <= 0)
-})
-const positiveDuration = (field: Durations, variable: string): Rule => ({
-  variable,
-  expected: "a duration longer than zero",
-  holds: (c) => Duration.isDuration(c[field]) && Duration.greaterThan(c[field], Duration.zero)
-})
-const nonEmpty = (field: "host" | "dataDir" | "nodeId", variable: string): Rule => ({
-  variable,
-  expected: "a non-empty string",
-  holds: (c) => typeof c[field] === "string" && c[field].trim() !== ""
-})
-const isUrl = (text: string, protocols: RegExp) => URL.canParse(text) && protocols.test(new URL(text).protocol)
-
-/** Whether requests need an API key: any key variable is set (a keys file counts even when it lists none). */
-export const keysConfigured = (config: Pick<AppConfigShape, "apiKeys" | "adminApiKeys" | "apiKeysFile">): boolean =>
-  config.apiKeys.length > 0 || config.adminApiKeys.length > 0 || Option.isSome(config.apiKeysFile)
-
-/** A loopback name or address: `localhost`, `127.0.0.0/8`, `::1` (bracketed or not). */
-export const isLoopbackName = (name: string): boolean => {
-  const n = name.toLowerCase()
-  return n === "localhost" || n === "::1" || n === "[::1]" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(n)
-}
-
-/** `text` split at commas, each entry trimmed, empty ones dropped. */
-export const commaList = (text: string): ReadonlyArray<string> =>
-  text.split(",").map((entry) => entry.trim()).filter((entry) => entry !== "")
-
-/** An exact origin (`https://app.example.com`, `http://localhost:3000`): scheme, host and port, nothing more. */
-const isOrigin = (text: string) =>
-  URL.canParse(text) && /^https?:$/.test(new URL(text).protocol) && new URL(text).origin === text
-
-/**
- * Every rule, for the environment and for a configuration given in code alike (`AppConfig.layerWith`): the same
- * mistakes are refused whichever way a value comes in.
- */
-const rules: ReadonlyArray<Rule> = [
-  { variable: "PORT", expected: "a port number (0–65535)", holds: (c) => Number.isInteger(c.port) && c.port >= 0 && c.port <= 65535 },
-  nonEmpty("host", "HOST"),
-  nonEmpty("dataDir", "DATA_DIR"),
-  nonEmpty("nodeId", "NODE_ID"),
-  {
-    variable: "DATABASE_URL",
-    expected: "a postgres:// or postgresql:// URL",
-    holds: (c) => !Option.exists(c.databaseUrl, (url) => !/^postgres(ql)?:\/\//.test(Redacted.value(url)))
-  },
-  { variable: "FILE_STORAGE", expected: "local or sql", holds: (c) => !Option.exists(c.fileStorage, (s) => s !== "local" && s !== "sql") },
-  { variable: "INFERENCE_BASE_URL", expected: "an http:// or https:// URL", holds: (c) => isUrl(c.inferenceBaseUrl, /^https?:$/) },
-  positiveInt("maxUploadBytes", "MAX_UPLOAD_BYTES"),
-  positiveInt("maxJsonBodyBytes", "MAX_JSON_BODY_BYTES"),
-  positiveInt("inferenceMaxResponseBytes", "INFERENCE_MAX_RESPONSE_BYTES"),
-  positiveInt("inferenceMaxAttempts", "INFERENCE_MAX_ATTEMPTS"),
-  positiveInt("maxConcurrentBatches", "MAX_CONCURRENT_BATCHES"),
-  positiveInt("maxConcurrentRequestsPerBatch", "MAX_CONCURRENT_REQUESTS_PER_BATCH"),
-  positiveInt("maxRequestsPerBatch", "MAX_REQUESTS_PER_BATCH"),
-  positiveInt("maxBatchInputBytes", "MAX_BATCH_INPUT_BYTES"),
-  optionalPositiveInt("maxActiveBatchesPerProject", "MAX_ACTIVE_BATCHES_PER_PROJECT"),
-  optionalPositiveInt("maxEnqueuedRequestsPerProject", "MAX_ENQUEUED_REQUESTS_PER_PROJECT"),
-  optionalPositiveInt("maxFileBytesPerProject", "MAX_FILE_BYTES_PER_PROJECT"),
-  positiveDuration("leaseTtl", "LEASE_TTL"),
-  positiveDuration("heartbeatInterval", "HEARTBEAT_INTERVAL"),
-  positiveDuration("fileSweepInterval", "FILE_SWEEP_INTERVAL"),
-  positiveDuration("inferenceTimeout", "INFERENCE_TIMEOUT"),
-  positiveDuration("completionWindow", "COMPLETION_WINDOW"),
-  {
-    variable: "HEARTBEAT_INTERVAL",
-    expected: "a duration shorter than LEASE_TTL (leases are renewed every heartbeat, or they run out)",
-    holds: (c) => Duration.lessThan(c.heartbeatInterval, c.leaseTtl)
-  },
-  {
-    variable: "API_KEYS",
-    expected: "comma-separated entries KEY or KEY:PROJECT (PROJECT: 1–64 of A–Z a–z 0–9 _ -; KEY without spaces, " +
-      "or sha256:<64 lowercase hex>)",
-    holds: (c) => c.apiKeys.every((entry) => !("problem" in parseKeyEntry(Redacted.value(entry))))
-  },
-  {
-    variable: "ADMIN_API_KEYS",
-    expected: "comma-separated keys without spaces (or sha256:<64 lowercase hex>)",
-    holds: (c) => c.adminApiKeys.every((key) => !("problem" in parseAdminKey(Redacted.value(key))))
-  },
-  {
-    variable: "API_KEYS_FILE",
-    expected: "a file path",
-    holds: (c) => !Option.exists(c.apiKeysFile, (path) => path.trim() === "")
-  },
-  {
-    variable: "CORS_ORIGINS",
-    expected: "comma-separated exact origins such as https://app.example.com (scheme, host, port unless the default; " +
-      "no path, no trailing slash, no *)",
-    holds: (c) => c.corsOrigins.every(isOrigin)
-  },
-  {
-    variable: "HOST",
-    expected: "a loopback address (127.0.0.1, localhost or ::1) when no API key is configured: set API_KEYS, " +
-      "ADMIN_API_KEYS or API_KEYS_FILE, or ALLOW_UNAUTHENTICATED=true to serve everyone on this interface without a key",
-    holds: (c) => keysConfigured(c) || c.allowUnauthenticated || isLoopbackName(c.host)
-  },
-  {
-    variable: "INFERENCE_RETRY_MAX_DELAY",
-    expected: "a duration no shorter than INFERENCE_RETRY_BASE_DELAY",
-    holds: (c) => Duration.greaterThanOrEqualTo(c.inferenceRetryMaxDelay, c.inferenceRetryBaseDelay)
-  }
-]
-
-/** The configuration when every rule holds, else the first broken one, naming its variable. */
-export const validateConfig = (config: AppConfigShape): Either.Either<AppConfigShape, ConfigError.ConfigError> => {
-  const broken = rules.find((rule) => !rule.holds(config))
-  return broken === undefined
-    ? Either.right(config)
-    : Either.left(ConfigError.InvalidData([broken.variable], `Expected ${broken.expected}`))
-}
+export { isLoopbackName, keysConfigured, validateConfig } from "./configRules.js"
 
 /** This node's default name in leases: unique per host and port, the same across restarts. */
 const defaultNodeId = (port: number) => `${hostname()}:${port}`
@@ -282,6 +169,14 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
     Config.withDefault(defaults.inferenceMaxResponseBytes)
   ),
   inferenceMaxAttempts: Config.integer("INFERENCE_MAX_ATTEMPTS").pipe(Config.withDefault(defaults.inferenceMaxAttempts)),
+  inferenceMaxConcurrency: Config.integer("INFERENCE_MAX_CONCURRENCY").pipe(
+    Config.withDefault(defaults.inferenceMaxConcurrency)
+  ),
+  inferenceMinConcurrency: Config.integer("INFERENCE_MIN_CONCURRENCY").pipe(
+    Config.withDefault(defaults.inferenceMinConcurrency)
+  ),
+  upstreamsFile: Config.option(Config.string("UPSTREAMS_FILE")),
+  upstreamProbeInterval: Config.duration("UPSTREAM_PROBE_INTERVAL").pipe(Config.withDefault(defaults.upstreamProbeInterval)),
   inferenceRetryBaseDelay: Config.duration("INFERENCE_RETRY_BASE_DELAY").pipe(
     Config.withDefault(defaults.inferenceRetryBaseDelay)
   ),
@@ -306,6 +201,7 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
 }).pipe(
   Config.map(({ adminApiKeys, apiKeys, nodeId, ...rest }) => ({
     ...rest,
+    upstreams: Option.none(),
     apiKeys: redactedList(apiKeys),
     adminApiKeys: redactedList(adminApiKeys),
     nodeId: Option.getOrElse(nodeId, () => defaultNodeId(rest.port))
