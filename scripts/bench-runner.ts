@@ -11,7 +11,7 @@
  * `--cpu-prof FILE` writes a CPU profile of the running and finalizing phases (open it in Chrome's DevTools). Node flags go before
  * the script: `node --max-semi-space-size=4 --import tsx scripts/bench-runner.ts`.
  */
-import { Duration, Effect, Layer, Option, Stream } from "effect"
+import { Duration, Effect, Layer, Stream } from "effect"
 import { spawn } from "node:child_process"
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { Session } from "node:inspector/promises"
@@ -54,7 +54,9 @@ const InstantInference = Layer.succeed(Inference, {
     Effect.promise(() => Promise.resolve()).pipe(
       Effect.as({ status: 200, text: answer, json: JSON.parse(answer), requestId: "req_1" })
     ),
-  models: Effect.succeed(Option.none())
+  models: Effect.succeed({ data: [], complete: false }),
+  reachable: () => Effect.void,
+  unreachable: () => Effect.never
 })
 
 /** The simulator in a child process, for as long as the scope lives; its base URL. */

@@ -104,6 +104,7 @@ const main = async () => {
           ...(database === undefined ? {} : { DATABASE_URL: database.url }),
           INFERENCE_BASE_URL: simUrl,
           MAX_CONCURRENT_REQUESTS_PER_BATCH: String(CONCURRENCY),
+          INFERENCE_MAX_CONCURRENCY: String(CONCURRENCY),
           MAX_REQUESTS_PER_BATCH: String(Math.max(50_000, REQUESTS))
         },
         stdio: ["ignore", process.env.BENCH_SERVER_STDOUT ? "inherit" : "ignore", "inherit"]

@@ -9,27 +9,39 @@ import { compactJson, Inference, InferenceLive, make, retryAfterMillis } from ".
 import { BIGNUM_COMPACT, startSimulator } from "../scripts/simulator.js"
 import { eventually } from "./support/TestApp.js"
 
-type Scripted = { status: number; headers?: Record<string, string>; body?: string } | "network-error"
+/** An answer, or no answer: the connection refused (never sent) or lost after sending. */
+type Scripted = { status: number; headers?: Record<string, string>; body?: string } | "refused" | "lost"
 
-/** An Inference whose upstream answers `script` in order (the last answer repeats); `calls` counts attempts. */
+/**
+ * An Inference whose upstream answers `script` in order (the last answer repeats); `calls` counts attempts. Its
+ * `GET /models` answers 404, uncounted. The upstream's limit is 1, its floor: an overload answer counts as an attempt.
+ */
 const scripted = (script: ReadonlyArray<Scripted>, maxAttempts = 5) => {
-  const calls = { n: 0, urls: [] as Array<string> }
+  const calls = { n: 0, urls: [] as Array<string>, probes: 0 }
   const client = HttpClient.make((request, url) => {
+    if (request.method === "GET") {
+      calls.probes++
+      return Effect.succeed(HttpClientResponse.fromWeb(request, new Response("", { status: 404 })))
+    }
     const answer = script[Math.min(calls.n, script.length - 1)]!
     calls.n++
     calls.urls.push(url.toString())
-    if (answer === "network-error") {
-      return Effect.fail(new HttpClientError.RequestError({ request, reason: "Transport", description: "ECONNREFUSED" }))
+    if (answer === "refused" || answer === "lost") {
+      // As the undici client reports them: a cause with the kind (see UpstreamHttpClient.failureKind).
+      const cause = Object.assign(new Error(answer), { kind: answer === "refused" ? "connect" : "transport" })
+      return Effect.fail(new HttpClientError.RequestError({ request, reason: "Transport", description: answer, cause }))
     }
     return Effect.succeed(HttpClientResponse.fromWeb(request, new Response(answer.body ?? `{"ok":true}`, { status: answer.status, headers: answer.headers ?? {} })))
   })
-  const layer = Layer.effect(Inference, make).pipe(
+  const layer = Layer.scoped(Inference, make).pipe(
     Layer.provide(Layer.succeed(HttpClient.HttpClient, client)),
     Layer.provide(AppConfig.layerWith({
       inferenceBaseUrl: "http://upstream.test/v1",
       inferenceMaxAttempts: maxAttempts,
+      inferenceMaxConcurrency: 1,
       inferenceRetryBaseDelay: Duration.seconds(1),
-      inferenceRetryMaxDelay: Duration.seconds(60)
+      inferenceRetryMaxDelay: Duration.seconds(60),
+      upstreamProbeInterval: Duration.seconds(2)
     }))
   )
   return { calls, layer }
@@ -178,14 +190,45 @@ describe("Inference", () => {
     }).pipe(Effect.provide(layer))
   })
 
-  it.effect("network errors are retried, then reported as upstream_unreachable", () => {
-    const { calls, layer } = scripted(["network-error"], 2)
+  it.effect("a connection lost after sending is retried, then reported as upstream_unreachable", () => {
+    const { calls, layer } = scripted(["lost"], 2)
     return Effect.gen(function*() {
       const fiber = yield* Effect.fork(send())
       yield* TestClock.adjust("2 seconds")
       const error = yield* Effect.flip(Fiber.join(fiber))
       expect(calls.n).toBe(2)
       expect(error).toMatchObject({ _tag: "UpstreamFailure", code: "upstream_unreachable" })
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("a refused connection pauses the call, uncounted, until a probe gets an answer; then it goes through", () => {
+    const { calls, layer } = scripted(["refused", "refused", { status: 200, body: `{"id":"late"}` }], 1)
+    return Effect.gen(function*() {
+      yield* TestClock.adjust("1 millis") // the start-up probe
+      const probes = calls.probes
+      const fiber = yield* Effect.fork(send())
+      yield* Effect.yieldNow()
+      expect(calls.n).toBe(1)
+      // Down: no call goes out, whatever the time, only probes (every 2 s); here the probe's 404 is an answer.
+      yield* TestClock.adjust("2 seconds")
+      expect(calls.probes).toBe(probes + 1)
+      // Up again: the call is sent again; refused again, down again; the next probe lets it through.
+      yield* TestClock.adjust("2 seconds")
+      const res = yield* Fiber.join(fiber)
+      expect(res.json).toEqual({ id: "late" })
+      expect(calls.n).toBe(3) // one attempt allowed, three sent: a refusal is not an attempt
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("a run of 5xx takes the upstream down: calls wait for it instead of spending their attempts", () => {
+    const { calls, layer } = scripted([...Array.from({ length: 10 }, () => ({ status: 502 })), { status: 200 }], 2)
+    return Effect.gen(function*() {
+      // Five calls at once, two attempts each: ten 502s would fail them all, were the run of failures not an outage.
+      const fibers = yield* Effect.forEach(Array.from({ length: 5 }), () => Effect.fork(send()))
+      yield* TestClock.adjust("1 minute")
+      const results = yield* Effect.forEach(fibers, Fiber.join)
+      expect(results.map((r) => r.status)).toEqual([200, 200, 200, 200, 200])
+      expect(calls.n).toBeGreaterThan(10)
     }).pipe(Effect.provide(layer))
   })
 

@@ -12,7 +12,8 @@
  * Status moves are those of the transition table (`transitions.ts`). The heartbeat (`heartbeat.ts`) renews this
  * node's leases, restarts its work on batches cancelled on another node or whose slices it lost, and submits free
  * work. At most `maxConcurrentBatches` batches validate or run at once on a node, their permits shared round-robin
- * by project (`fairPermits.ts`: a running batch gives its permit back after a slice when another project waits);
+ * by project (`fairPermits.ts`: a running batch gives its permit back after a slice when another project waits, and
+ * at once when its upstream goes down: it waits for it to come back without a permit);
  * finishing is not limited, so a cancel is never queued behind other batches. `supervised` retries a batch after a fault.
  */
 import { Cause, Clock, Context, Duration, Effect, Exit, FiberMap, Layer } from "effect"
@@ -66,6 +67,7 @@ export const make = Effect.gen(function*() {
   const leases = yield* WorkLeases
   const config = yield* AppConfig
   const faultRetry = yield* FaultRetry
+  const inference = yield* Inference
   const fibers = yield* FiberMap.make<BatchId>()
   const permits = makeFairPermits(config.maxConcurrentBatches)
   const local = new LocalWork()
@@ -115,8 +117,10 @@ export const make = Effect.gen(function*() {
               if (!(yield* finishing.finish(id, "expire"))) return
               break
             }
-            // The expiry also ends a wait for a permit; the next round then finishes the batch as expired.
-            const progressed = yield* validateOrRun(record).pipe(
+            // A running batch whose upstream is down waits for it without a permit. The expiry also ends these
+            // waits; the next round then finishes the batch as expired.
+            const upstream = batch.status === "in_progress" ? inference.reachable(batch.model) : Effect.void
+            const progressed = yield* Effect.zipRight(upstream, validateOrRun(record)).pipe(
               Effect.raceFirst(Effect.as(Effect.sleep(Duration.millis(remaining)), true))
             )
             if (!progressed) return

@@ -4,7 +4,7 @@
  * the next row as soon as its previous one is done — with outcomes stored in groups (`outcomeWriter.ts`).
  *
  * A worker moves on only once its outcome is stored, so a crash loses at most one unstored outcome per worker. An
- * interruption (cancel, expiry, a lost slice) aborts the calls in flight; then, as the run's scope closes, the
+ * interruption (cancel, expiry, a lost slice, the upstream going down) aborts the calls in flight; then, as the run's scope closes, the
  * outcome writer stores every outcome already received, and the pending-row source releases the slices left
  * unfinished for any node to resume (resources close in the reverse order of their making, and the writer is made
  * from the source).
@@ -59,7 +59,7 @@ export const makeRunning = (local: LocalWork) =>
         const { batch } = record
         const rows = yield* makePendingRows(batch.id, local, stopAfterSlice)
         const outcomes = yield* makeOutcomeWriter(batch.id, { window, afterWrite: rows.stored })
-        const options = { deadline: batch.expires_at * 1000 }
+        const options = { deadline: batch.expires_at * 1000, model: batch.model, project: record.project }
         // A worker takes a row, sends it, waits until its outcome is stored, and starts over (a recursive effect
         // in tail position: the fiber's stack does not grow). Thousands of requests run a second, so the loop is
         // kept to a few steps: a row of the page in hand is taken synchronously, an outcome queued when it arrives.
@@ -73,7 +73,11 @@ export const makeRunning = (local: LocalWork) =>
           if (row !== undefined) return send(row)
           return Effect.flatMap(rows.next, (next) => (Option.isNone(next) ? Effect.void : send(next.value)))
         })
-        yield* Effect.all(Array.from({ length: window }, () => worker), { concurrency: "unbounded", discard: true })
+        // An outage of the upstream ends the run at once (its calls wait anyway): the batch gives its permit back
+        // to batches whose upstreams answer, and `drive` waits for the upstream before running it again.
+        yield* Effect.all(Array.from({ length: window }, () => worker), { concurrency: "unbounded", discard: true }).pipe(
+          Effect.raceFirst(inference.unreachable(batch.model))
+        )
         return rows.claimed()
       }).pipe(
         Effect.scoped,

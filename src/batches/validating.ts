@@ -89,8 +89,10 @@ export const makeValidating = Effect.gen(function*() {
       )
       yield* storeRows
       const model = Input.modelToCheck(state)
-      const known = model === undefined ? Option.none() : yield* inference.models
-      const verdict = Input.verdict(state, Option.getOrUndefined(known))
+      // Checked only against a complete list (an upstream serving any model that gives none may serve it).
+      const list = model === undefined ? undefined : yield* inference.models
+      const known = list?.complete ? new Set(list.data.map((m) => m.id)) : undefined
+      const verdict = Input.verdict(state, known)
       if (verdict._tag === "Invalid") return yield* fail(batch.id, verdict.errors)
       if (Option.isSome(config.maxEnqueuedRequestsPerProject)) {
         // Best effort across batches validated at the same moment: each counts only those already running.

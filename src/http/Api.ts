@@ -35,6 +35,24 @@ export class HealthGroup extends HttpApiGroup.make("health")
   .prefix("/v1")
 {}
 
+const Model = Schema.Struct({
+  id: Schema.String,
+  object: Schema.Literal("model"),
+  created: Schema.Int,
+  owned_by: Schema.String
+})
+
+export class ModelsGroup extends HttpApiGroup.make("models")
+  .add(
+    HttpApiEndpoint.get("list", "/models")
+      .addSuccess(Schema.Struct({ object: Schema.Literal("list"), data: Schema.Array(Model) }))
+      .annotate(OpenApi.Summary, "The models batches may name, each with the upstream serving it (`owned_by`)")
+  )
+  .middleware(Authenticated)
+  .prefix("/v1")
+  .annotate(OpenApi.Title, "Models")
+{}
+
 export class FilesGroup extends HttpApiGroup.make("files")
   .add(
     HttpApiEndpoint.post("upload", "/files")
@@ -112,6 +130,7 @@ export class BatchesGroup extends HttpApiGroup.make("batches")
  */
 export class OpenAIApi extends HttpApi.make("openai-batch")
   .add(HealthGroup)
+  .add(ModelsGroup)
   .add(FilesGroup)
   .add(BatchesGroup)
   .addError(InvalidRequestSchema)

@@ -12,13 +12,14 @@ import { BatchesHttpLive } from "./BatchesHttp.js"
 import { docsRoute } from "./Docs.js"
 import { FilesHttpLive } from "./FilesHttp.js"
 import { HealthHttpLive } from "./HealthHttp.js"
+import { ModelsHttpLive } from "./ModelsHttp.js"
 import { ErrorEnvelopeLive, sdkHeaders } from "./Middleware.js"
 import { boundBodies } from "./RequestBody.js"
 import { AuthenticatedLive, securityMiddleware } from "./Security.js"
 
 /** The API with every group implemented (requires the services the handlers use, and `Auth`). */
 export const ApiLive = HttpApiBuilder.api(OpenAIApi).pipe(
-  Layer.provide([HealthHttpLive, FilesHttpLive, BatchesHttpLive, ErrorEnvelopeLive]),
+  Layer.provide([HealthHttpLive, ModelsHttpLive, FilesHttpLive, BatchesHttpLive, ErrorEnvelopeLive]),
   Layer.provide(AuthenticatedLive)
 )
 

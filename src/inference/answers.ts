@@ -22,10 +22,16 @@ export interface UpstreamResponse {
  * - `upstream_unreachable`: a network failure, after every attempt;
  * - `upstream_timeout`: no complete answer within `INFERENCE_TIMEOUT` (headers and body), after every attempt;
  * - `upstream_response_too_large`: an answer larger than `INFERENCE_MAX_RESPONSE_BYTES` (not retried);
- * - `invalid_upstream_response`: a 2xx answer whose body is not a JSON object (not retried).
+ * - `invalid_upstream_response`: a 2xx answer whose body is not a JSON object (not retried);
+ * - `model_not_found`: no upstream serves the batch's model (any more: the upstreams changed since it was validated).
  */
 export class UpstreamFailure extends Data.TaggedError("UpstreamFailure")<{
-  readonly code: "upstream_unreachable" | "upstream_timeout" | "upstream_response_too_large" | "invalid_upstream_response"
+  readonly code:
+    | "upstream_unreachable"
+    | "upstream_timeout"
+    | "upstream_response_too_large"
+    | "invalid_upstream_response"
+    | "model_not_found"
   readonly message: string
 }> {}
 

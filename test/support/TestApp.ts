@@ -82,6 +82,8 @@ export const configFor = (overrides: Partial<AppConfigShape> = {}) =>
 export interface TestAppOptions {
   /** The keys (e.g. `AuthTest({ apiKeys: […] })`); by default `AuthLive` on the test configuration (no key needed). */
   readonly auth?: Layer.Layer<Auth, unknown, AppConfig>
+  /** The lowest level logged (default: warnings). */
+  readonly logLevel?: LogLevel.LogLevel
 }
 
 /**
@@ -95,7 +97,7 @@ export const testApp = (overrides: Partial<AppConfigShape> = {}, backend: Backen
     Layer.provideMerge(NodeHttpServer.layerTest),
     Layer.provideMerge(configFor(overrides)),
     Layer.provideMerge(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend))),
-    Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
+    Layer.provide(Logger.minimumLogLevel(options.logLevel ?? LogLevel.Warning))
   )
 
 /** The upstream simulator (`scripts/simulator.ts`) on a random port, for as long as the layer lives. */

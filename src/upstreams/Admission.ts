@@ -1,0 +1,147 @@
+/**
+ * Who may send to an upstream now, for every batch on this node: a call goes out only while the upstream is up,
+ * not paused by a `Retry-After`, under its adaptive limit (`adaptiveLimit.ts`) and, with load-aware dispatch, while
+ * the server's waiting queue has room (`LoadGauge`). Calls that must wait are served in turn by project
+ * (round-robin, as the batch permits of `batches/fairPermits.ts`) and, within a project, earliest deadline
+ * (the batch's `expires_at`) first.
+ *
+ * The usual case — nobody waiting, room under the limit — takes the permit synchronously: thousands of calls a
+ * second pass here.
+ */
+import { type Clock, Deferred, Duration, Effect } from "effect"
+import type { AdaptiveLimit } from "./adaptiveLimit.js"
+
+/** Who asks: the batch's project, and its deadline (epoch ms). */
+export interface Ticket {
+  readonly project: string
+  readonly deadline: number
+}
+
+/** What the load-aware dispatch says (`loadWatch.ts`); `openGauge` when the upstream has none. */
+export interface LoadGauge {
+  /** Whether the server's queue is full: hold new calls. */
+  readonly full: () => boolean
+  readonly sent: () => void
+  readonly finished: () => void
+}
+
+export const openGauge: LoadGauge = { full: () => false, sent: () => {}, finished: () => {} }
+
+interface Waiter {
+  readonly deadline: number
+  readonly granted: Deferred.Deferred<number>
+}
+
+export class Admission {
+  /** Calls in flight (holding a permit). */
+  inflight = 0
+  private down = false
+  private pausedUntil = 0
+  /** Projects in the order they first waited: the round. */
+  private readonly ring: Array<string> = []
+  private readonly ringIndex = new Map<string, number>()
+  /** Each project's waiters, earliest deadline first. */
+  private readonly queues = new Map<string, Array<Waiter>>()
+  private lastServed = -1
+  private waiting = 0
+
+  constructor(
+    readonly limit: AdaptiveLimit,
+    private readonly clock: Clock.Clock,
+    readonly gauge: LoadGauge = openGauge
+  ) {}
+
+  private open(): boolean {
+    return !this.down && this.inflight < this.limit.current && !this.gauge.full() &&
+      this.clock.unsafeCurrentTimeMillis() >= this.pausedUntil
+  }
+
+  private grant(): number {
+    this.inflight++
+    this.gauge.sent()
+    return this.limit.generation
+  }
+
+  /** `project`'s place in the round (taking the next one the first time). */
+  private indexOf(project: string): number {
+    let index = this.ringIndex.get(project)
+    if (index === undefined) {
+      index = this.ring.push(project) - 1
+      this.ringIndex.set(project, index)
+      this.queues.set(project, [])
+    }
+    return index
+  }
+
+  /** Grants a permit to the first waiter of the next project in the round that has one. */
+  private serveNext(): void {
+    for (let step = 1; step <= this.ring.length; step++) {
+      const index = (this.lastServed + step) % this.ring.length
+      const waiter = this.queues.get(this.ring[index]!)!.shift()
+      if (waiter === undefined) continue
+      this.waiting--
+      this.lastServed = index
+      Deferred.unsafeDone(waiter.granted, Effect.succeed(this.grant()))
+      return
+    }
+  }
+
+  /** Hands permits to waiters, in turn, while the upstream is open. */
+  pump(): void {
+    while (this.waiting > 0 && this.open()) this.serveNext()
+  }
+
+  /** Waits for a permit in `ticket`'s turn; the limit's generation when granted (give it back with `release`). */
+  acquire(ticket: Ticket): Effect.Effect<number> {
+    return Effect.suspend(() => {
+      if (this.waiting === 0 && this.open()) {
+        this.lastServed = this.indexOf(ticket.project)
+        return Effect.succeed(this.grant())
+      }
+      return Effect.flatMap(Deferred.make<number>(), (granted) => {
+        const waiter: Waiter = { deadline: ticket.deadline, granted }
+        this.indexOf(ticket.project)
+        const queue = this.queues.get(ticket.project)!
+        let at = queue.length // usually the last: a batch's calls share one deadline
+        while (at > 0 && queue[at - 1]!.deadline > ticket.deadline) at--
+        queue.splice(at, 0, waiter)
+        this.waiting++
+        this.pump()
+        const q = queue
+        // Interrupted while waiting: leave the queue, or give back the permit granted meanwhile.
+        return Effect.onInterrupt(Deferred.await(granted), () =>
+          Effect.sync(() => {
+            const index = q.indexOf(waiter)
+            if (index === -1) return this.release()
+            q.splice(index, 1)
+            this.waiting--
+          }))
+      })
+    })
+  }
+
+  /** Gives a permit back. */
+  release(): void {
+    this.inflight--
+    this.gauge.finished()
+    if (this.waiting > 0) this.pump()
+  }
+
+  /** No call goes out before `until` (epoch ms, on the Effect clock; a later pause already set stays). */
+  pauseUntil(until: number): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      if (until <= this.pausedUntil) return Effect.void
+      this.pausedUntil = until
+      const wait = until - this.clock.unsafeCurrentTimeMillis()
+      // The waiters are let go when the pause ends (a daemon: the call that paused may be interrupted meanwhile;
+      // interruptible, though forked where a verdict runs uninterruptibly).
+      const wake = Effect.zipRight(Effect.sleep(Duration.millis(wait)), Effect.sync(() => this.pump()))
+      return Effect.asVoid(Effect.forkDaemon(Effect.interruptible(wake)))
+    })
+  }
+
+  setDown(down: boolean): void {
+    this.down = down
+    if (!down) this.pump()
+  }
+}

@@ -1,0 +1,328 @@
+/**
+ * One upstream on this node: its calls pass its `Admission` (adaptive limit, `Retry-After` pauses, load-aware
+ * holding, outages), and each attempt's result is judged here, feeding that state back:
+ *
+ *   answer 2xx/4xx          final; a success grows the limit; resets the run of failures
+ *   429                     overload: limit halved, `Retry-After` pauses the whole upstream; sent again
+ *   503                     the same, and a failure in the run
+ *   408, other 5xx          a failure in the run; retried (`INFERENCE_MAX_ATTEMPTS`)
+ *   timeout                 overload and a failure in the run; retried
+ *   connection lost         a failure in the run; retried
+ *   never connected         the upstream is down (refused, DNS, TLS, proxy)
+ *
+ * A run of `OUTAGE_AFTER` failures with no success between also takes it down (and, back up, one more failure
+ * before a success). While it is down no call goes out:
+ * the batches using it pause (their calls wait, none is failed or counted as an attempt) and a probe
+ * (`GET /models`, every `UPSTREAM_PROBE_INTERVAL`) brings it back up as soon as the server answers anything but a
+ * 5xx. An overload answer is sent again without counting as an attempt while the limit can still shrink: at the
+ * floor, the upstream refuses even one call at a time, and attempts count.
+ */
+import * as HttpBody from "@effect/platform/HttpBody"
+import type * as HttpClient from "@effect/platform/HttpClient"
+import * as HttpClientError from "@effect/platform/HttpClientError"
+import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
+import type * as HttpClientResponse from "@effect/platform/HttpClientResponse"
+import { Cause, Deferred, Duration, Effect, Exit, Option, Redacted, type Scope } from "effect"
+import { BatchEndpoint } from "../domain/Batches.js"
+import { requestId } from "../domain/Ids.js"
+import { asJsonBody, retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "../inference/answers.js"
+import { type FailureKind, failureKind } from "../inference/UpstreamHttpClient.js"
+import { Admission, openGauge, type Ticket } from "./Admission.js"
+import { AdaptiveLimit } from "./adaptiveLimit.js"
+import { makeLoadWatch } from "./loadWatch.js"
+import type { UpstreamSpec } from "./UpstreamSpec.js"
+
+/** Failures in a row (5xx, timeouts, lost connections, with no answer between) that make an outage. */
+export const OUTAGE_AFTER = 5
+/** Increases of the limit are logged at most this often (decreases always). */
+const RAISE_LOG_INTERVAL_MS = 1000
+
+/** What one attempt gave: an answer (with the headers a retry reads), or no usable answer. */
+export type Attempt =
+  | { readonly _tag: "Response"; readonly response: UpstreamResponse; readonly headers: Record<string, string | undefined> }
+  | { readonly _tag: "Failure"; readonly failure: UpstreamFailure; readonly kind: FailureKind | "answer" }
+
+/** What to do after an attempt: keep its result, send again without counting an attempt, or retry (counted). */
+export type Verdict = "final" | "again" | "retry"
+
+export interface Upstream {
+  readonly spec: UpstreamSpec
+  readonly admission: Admission
+  /** One attempt, in `ticket`'s turn, and what to do next. */
+  readonly attempt: (endpoint: BatchEndpoint, body: string, ticket: Ticket) => Effect.Effect<readonly [Attempt, Verdict]>
+  /** The model ids its `GET /models` listed last (none before it answered). */
+  readonly listed: () => Option.Option<ReadonlyArray<string>>
+  /** Asks its `GET /models` again (at most every 30 s). */
+  readonly refreshListed: Effect.Effect<void>
+  readonly isDown: () => boolean
+  /** Completes once it is up (at once when it is). */
+  readonly awaitUp: Effect.Effect<void>
+  /** Completes once it goes down. */
+  readonly awaitDown: Effect.Effect<void>
+}
+
+export interface UpstreamOptions {
+  readonly http: HttpClient.HttpClient
+  readonly maxResponseBytes: number
+  readonly probeInterval: Duration.Duration
+  /** Longest `Retry-After` pause honoured. */
+  readonly maxPause: Duration.Duration
+}
+
+const LIST_TTL_MS = 30_000
+
+export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effect.Effect<Upstream, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const { http } = options
+    const clock = yield* Effect.clock
+    const scope = yield* Effect.scope
+    const limit = new AdaptiveLimit(spec.minConcurrency, spec.maxConcurrency)
+    let admission: Admission | undefined
+    const pump = () => admission?.pump()
+    const gauge = yield* Option.match(spec.loadAware, {
+      onNone: () => Effect.succeed(openGauge),
+      onSome: ({ maxWaiting, metricsUrl }) => makeLoadWatch({ upstream: spec.name, metricsUrl, maxWaiting, http, changed: pump })
+    })
+    admission = new Admission(limit, clock, gauge)
+    const gate = admission
+    const log = Effect.annotateLogs("upstream", spec.name)
+
+    const authorized = (request: HttpClientRequest.HttpClientRequest) =>
+      HttpClientRequest.setHeaders(
+        Option.match(spec.apiKey, {
+          onNone: () => request,
+          onSome: (key) => HttpClientRequest.bearerToken(request, Redacted.value(key))
+        }),
+        spec.headers
+      )
+    const urlFor = (endpoint: string) => `${spec.baseUrl}${endpoint.replace(/^\/v1/, "")}`
+    // One request per endpoint, built once: a call only adds its body.
+    const templates = new Map(BatchEndpoint.literals.map((endpoint) => [
+      endpoint,
+      authorized(HttpClientRequest.post(urlFor(endpoint)).pipe(HttpClientRequest.setHeader("content-type", "application/json")))
+    ] as const))
+
+    // --- up and down -------------------------------------------------------------------------------------------
+    let down = false
+    let downSince = 0
+    let failuresInRow = 0
+    let upSignal = yield* Deferred.make<void>()
+    let downSignal = yield* Deferred.make<void>()
+    yield* Deferred.succeed(upSignal, undefined)
+
+    const markUp = Effect.suspend(() => {
+      if (!down) return Effect.void
+      down = false
+      // On probation: until a call succeeds, one more failure takes it down again (the calls that failed before
+      // the outage must not spend their last attempts on an upstream still failing).
+      failuresInRow = OUTAGE_AFTER - 1
+      gate.setDown(false)
+      const seconds = Math.round((clock.unsafeCurrentTimeMillis() - downSince) / 1000)
+      return Effect.gen(function*() {
+        downSignal = yield* Deferred.make<void>()
+        yield* Deferred.succeed(upSignal, undefined)
+        yield* Effect.logInfo(`Upstream ${spec.name} is up again after ${seconds} s; paused batches resume`)
+      })
+    })
+
+    /** `GET /models`, listing what it answered when it could (`None` when it did not answer at all). */
+    let listed = Option.none<ReadonlyArray<string>>()
+    let listedAt = 0
+    const askModels = http.get(`${spec.baseUrl}/models`, { headers: authorized(HttpClientRequest.get("")).headers }).pipe(
+      Effect.flatMap((res) =>
+        Effect.map(res.text, (text) => {
+          if (res.status === 200) {
+            try {
+              const data = JSON.parse(text)?.data
+              if (Array.isArray(data)) {
+                listed = Option.some(data.flatMap((m) => (typeof m?.id === "string" ? [m.id as string] : [])))
+                listedAt = clock.unsafeCurrentTimeMillis()
+              }
+            } catch {
+              // not a model list: nothing learned
+            }
+          }
+          return res.status
+        })
+      ),
+      Effect.timeout(Duration.min(spec.timeout, Duration.seconds(10))),
+      Effect.exit
+    )
+
+    const probe: Effect.Effect<void> = Effect.gen(function*() {
+      for (;;) {
+        yield* Effect.sleep(options.probeInterval)
+        const answer = yield* askModels
+        if (Exit.isSuccess(answer) && answer.value < 500) return yield* markUp
+        yield* Effect.logDebug(`Upstream ${spec.name} still down (${Exit.isSuccess(answer) ? `status ${answer.value}` : "no answer"})`)
+      }
+    })
+
+    const markDown = (reason: string) =>
+      Effect.suspend(() => {
+        if (down) return Effect.void
+        down = true
+        downSince = clock.unsafeCurrentTimeMillis()
+        gate.setDown(true)
+        return Effect.gen(function*() {
+          upSignal = yield* Deferred.make<void>()
+          yield* Deferred.succeed(downSignal, undefined)
+          yield* Effect.logWarning(
+            `Upstream ${spec.name} is down (${reason}); batches using it pause, probing every ${Duration.format(options.probeInterval)}`
+          )
+          // Interruptible: a verdict (where an outage is noticed) runs uninterruptibly, and a fork inherits that.
+          yield* Effect.forkIn(Effect.interruptible(log(probe)), scope)
+        })
+      })
+
+    // --- the adaptive limit ------------------------------------------------------------------------------------
+    let lastRaiseLog = 0
+    const overloaded = (generation: number, why: string) =>
+      Effect.suspend(() => {
+        const before = limit.current
+        if (!limit.overloaded(generation)) return Effect.void
+        return Effect.logWarning(`Upstream ${spec.name}: concurrency limit ${before} → ${limit.current} (${why})`)
+      })
+    const succeeded = Effect.suspend(() => {
+      failuresInRow = 0
+      if (!limit.succeeded(gate.inflight)) return Effect.void
+      const now = clock.unsafeCurrentTimeMillis()
+      if (limit.current < limit.ceiling && now - lastRaiseLog < RAISE_LOG_INTERVAL_MS) return Effect.void
+      lastRaiseLog = now
+      return Effect.logInfo(`Upstream ${spec.name}: concurrency limit raised to ${limit.current}`)
+    })
+    /** A failure in the run; `again` when the upstream is (now) down, else `retry`. */
+    const failedInRow = (reason: string): Effect.Effect<Verdict> =>
+      Effect.suspend(() => {
+        if (down) return Effect.succeed("again" as const)
+        if (++failuresInRow < OUTAGE_AFTER) return Effect.succeed("retry" as const)
+        return Effect.as(markDown(`${OUTAGE_AFTER} failures in a row, the last: ${reason}`), "again" as const)
+      })
+    const pauseFor = (headers: Record<string, string | undefined>) =>
+      Option.match(retryAfterMillis(headers, clock.unsafeCurrentTimeMillis()), {
+        onNone: () => Effect.void,
+        onSome: (ms) =>
+          gate.pauseUntil(clock.unsafeCurrentTimeMillis() + Math.min(ms, Duration.toMillis(options.maxPause)))
+      })
+
+    // --- one attempt -------------------------------------------------------------------------------------------
+    const reported404 = new Set<string>()
+    const answeredWell = new Set<string>()
+    /** A 404 before any success on that endpoint: most likely a base URL without its `/v1`; said once. */
+    const misrouted = (endpoint: string, response: UpstreamResponse) => {
+      const code = (response.json as { error?: { code?: unknown } })?.error?.code
+      if (answeredWell.has(endpoint) || reported404.has(endpoint) || code === "model_not_found") return Effect.void
+      reported404.add(endpoint)
+      return Effect.logError(
+        `Upstream ${spec.name} answered 404 to POST ${urlFor(endpoint)}: it does not serve that path. Check its base ` +
+          `URL (${spec.baseUrl}): it must include the API's version path, as in http://host:8000/v1.`
+      )
+    }
+
+    const judge = (endpoint: string, attempt: Attempt, generation: number): Effect.Effect<Verdict> => {
+      if (attempt._tag === "Failure") {
+        switch (attempt.kind) {
+          case "connect":
+            return Effect.as(markDown(attempt.failure.message), "again")
+          case "timeout":
+            return Effect.zipRight(overloaded(generation, "timeout"), failedInRow(attempt.failure.message))
+          case "transport":
+            return failedInRow(attempt.failure.message)
+          default:
+            return Effect.as(succeeded, "final") // an answer, unusable: not the upstream's health
+        }
+      }
+      const { headers, response } = attempt
+      const status = response.status
+      if (status === 429 || status === 503) {
+        const atFloor = limit.atFloor
+        return pauseFor(headers).pipe(
+          Effect.zipRight(overloaded(generation, `status ${status}`)),
+          Effect.zipRight(status === 503 ? failedInRow("status 503") : Effect.succeed<Verdict>("retry")),
+          Effect.map((verdict): Verdict => (verdict === "again" || !atFloor ? "again" : "retry"))
+        )
+      }
+      if (status === 408 || status >= 500) return failedInRow(`status ${status}`)
+      if (status === 404) return Effect.as(Effect.zipRight(succeeded, misrouted(endpoint, response)), "final" as const)
+      if (status < 300 && !answeredWell.has(endpoint)) answeredWell.add(endpoint)
+      return Effect.as(succeeded, "final")
+    }
+
+    const noAnswer = (error: Parameters<typeof failureKind>[0]): Attempt => {
+      const kind = failureKind(error)
+      const message = kind === "too_large"
+        ? `The upstream's answer is larger than ${options.maxResponseBytes} bytes (INFERENCE_MAX_RESPONSE_BYTES).`
+        : kind === "timeout"
+        ? `The upstream did not answer in full within ${Duration.format(spec.timeout)}.`
+        : `Upstream request failed: ${error.message}`
+      const code = kind === "too_large" ? "upstream_response_too_large" : kind === "timeout" ? "upstream_timeout" : "upstream_unreachable"
+      return { _tag: "Failure", kind, failure: new UpstreamFailure({ code, message }) }
+    }
+    const answered = (res: HttpClientResponse.HttpClientResponse, text: string): Attempt => {
+      const body = asJsonBody(res.status, text, res.headers)
+      if (body instanceof UpstreamFailure) return { _tag: "Failure", kind: "answer", failure: body }
+      const response = { status: res.status, text: body.text, json: body.json, requestId: res.headers["x-request-id"] ?? requestId() }
+      return { _tag: "Response", response, headers: res.headers }
+    }
+
+    const attempt = (endpoint: BatchEndpoint, body: string, ticket: Ticket) => {
+      const request = HttpClientRequest.setBody(templates.get(endpoint)!, HttpBody.raw(body))
+      const call = Effect.matchEffect(http.execute(request), {
+        onFailure: (error) => Effect.succeed(noAnswer(error)),
+        onSuccess: (res) =>
+          Effect.match(res.text, { onFailure: noAnswer, onSuccess: (text) => answered(res, text) })
+      })
+      // The permit is given back however the call ends; the verdict is reached before, while the call still counts.
+      return Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(restore(gate.acquire(ticket)), (generation) =>
+          Effect.flatMap(
+            Effect.onInterrupt(restore(call), () => Effect.sync(() => gate.release())),
+            (result) =>
+              Effect.map(judge(endpoint, result, generation), (verdict) => {
+                gate.release()
+                return [result, verdict] as const
+              })
+          ))
+      )
+    }
+
+    // --- start-up probe ----------------------------------------------------------------------------------------
+    const startUp = Effect.gen(function*() {
+      const answer = yield* askModels
+      const named = spec.models.includes("*") ? "" : `; serves ${spec.models.join(", ")}`
+      if (Exit.isFailure(answer)) {
+        const error = Cause.squash(answer.cause)
+        const reason = String((error as Error)?.message ?? error).split("\n")[0]
+        if (HttpClientError.isHttpClientError(error) && failureKind(error) === "connect") {
+          return yield* markDown(`unreachable at ${spec.baseUrl}: ${reason}`)
+        }
+        return yield* Effect.logWarning(`Upstream ${spec.name} did not answer GET ${spec.baseUrl}/models: ${reason}${named}`)
+      }
+      const status = answer.value
+      if (status === 404) {
+        return yield* Effect.logError(
+          `Upstream ${spec.name} answered 404 to GET ${spec.baseUrl}/models: check its base URL (it must include the ` +
+            `API's version path, as in http://host:8000/v1)${named}`
+        )
+      }
+      const models = Option.match(listed, {
+        onNone: () => `GET /models answered ${status}`,
+        onSome: (ids) => `lists ${ids.length} model(s): ${ids.slice(0, 20).join(", ")}${ids.length > 20 ? ", …" : ""}`
+      })
+      yield* Effect.logInfo(`Upstream ${spec.name} at ${spec.baseUrl} is up; ${models}${named}`)
+    })
+    yield* Effect.forkIn(log(startUp), scope)
+
+    return {
+      spec,
+      admission: gate,
+      attempt,
+      listed: () => listed,
+      refreshListed: Effect.suspend(() =>
+        clock.unsafeCurrentTimeMillis() - listedAt < LIST_TTL_MS || down ? Effect.void : Effect.asVoid(askModels)
+      ),
+      isDown: () => down,
+      awaitUp: Effect.suspend(() => Deferred.await(upSignal)),
+      awaitDown: Effect.suspend(() => Deferred.await(downSignal))
+    } satisfies Upstream
+  })

@@ -1,0 +1,165 @@
+/**
+ * Which upstreams the service sends to: the entries of `UPSTREAMS_FILE` (YAML or JSON, `upstreams:` a list; see
+ * the README's Upstreams section), or given in code (`AppConfig.upstreams`, the same entries), or else the
+ * one-upstream shortcut `INFERENCE_BASE_URL`/`INFERENCE_API_KEY` serving every model. Entries are checked here, at
+ * start, with messages naming the entry and the field: a typo in a field name is an error, not ignored.
+ */
+import { ConfigError, Duration, Effect, Either, Option, ParseResult, Redacted, Schema } from "effect"
+import { readFile } from "node:fs/promises"
+import { parse as parseYaml } from "yaml"
+import type { AppConfigShape } from "../Config.js"
+
+const HttpUrl = Schema.String.pipe(
+  Schema.filter((text) => (URL.canParse(text) && /^https?:$/.test(new URL(text).protocol)) || "an http:// or https:// URL")
+)
+
+/** One upstream as written in the file (and as given in code). */
+export const UpstreamEntry = Schema.Struct({
+  name: Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, {
+    message: () => "a name of 1–64 of A–Z a–z 0–9 . _ - (starting with a letter or digit)"
+  })),
+  base_url: HttpUrl,
+  api_key: Schema.optional(Schema.String),
+  api_key_env: Schema.optional(Schema.String),
+  models: Schema.NonEmptyArray(Schema.String.pipe(Schema.minLength(1))),
+  max_concurrency: Schema.optional(Schema.Int.pipe(Schema.positive())),
+  min_concurrency: Schema.optional(Schema.Int.pipe(Schema.positive())),
+  timeout: Schema.optional(Schema.String),
+  headers: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.String })),
+  metrics_url: Schema.optional(HttpUrl),
+  max_waiting: Schema.optional(Schema.Int.pipe(Schema.positive()))
+})
+export type UpstreamEntry = typeof UpstreamEntry.Type
+
+const UpstreamsFile = Schema.Struct({ upstreams: Schema.NonEmptyArray(UpstreamEntry) })
+
+/** An upstream, resolved: defaults applied, its key read. */
+export interface UpstreamSpec {
+  readonly name: string
+  /** Up to and including the API's version path (`…/v1`), without a trailing slash. */
+  readonly baseUrl: string
+  readonly apiKey: Option.Option<Redacted.Redacted>
+  /** Model names it serves, or `"*"`: any model its own `GET /models` lists (any model while it gives no list). */
+  readonly models: ReadonlyArray<string>
+  /** The adaptive limit's ceiling and floor: requests in flight on this node. */
+  readonly maxConcurrency: number
+  readonly minConcurrency: number
+  /** Time limit of one attempt. */
+  readonly timeout: Duration.Duration
+  /** Sent with every request (after the JSON content type and the bearer token, which they may override). */
+  readonly headers: Readonly<Record<string, string>>
+  /** Load-aware dispatch: hold new requests while the server's waiting queue would pass `maxWaiting`. */
+  readonly loadAware: Option.Option<{ readonly metricsUrl: string; readonly maxWaiting: number }>
+}
+
+type Defaults = Pick<AppConfigShape, "inferenceMaxConcurrency" | "inferenceMinConcurrency" | "inferenceTimeout">
+
+/** An entry resolved against the defaults and the environment, or what is wrong with it. */
+const resolveEntry = (
+  entry: UpstreamEntry,
+  defaults: Defaults,
+  env: Record<string, string | undefined>
+): Either.Either<UpstreamSpec, string> => {
+  const problem = (text: string) => Either.left(`upstream '${entry.name}': ${text}`)
+  if (entry.api_key !== undefined && entry.api_key_env !== undefined) return problem("give api_key or api_key_env, not both")
+  let apiKey = Option.none<Redacted.Redacted>()
+  if (entry.api_key_env !== undefined) {
+    const value = env[entry.api_key_env]
+    if (value === undefined || value === "") return problem(`api_key_env names ${entry.api_key_env}, which is not set`)
+    apiKey = Option.some(Redacted.make(value))
+  } else if (entry.api_key !== undefined) {
+    apiKey = Option.some(Redacted.make(entry.api_key))
+  }
+  const maxConcurrency = entry.max_concurrency ?? Math.max(defaults.inferenceMaxConcurrency, entry.min_concurrency ?? 1)
+  const minConcurrency = entry.min_concurrency ?? Math.min(defaults.inferenceMinConcurrency, maxConcurrency)
+  if (minConcurrency > maxConcurrency) return problem("min_concurrency is larger than max_concurrency")
+  const timeout = entry.timeout === undefined ? Option.some(defaults.inferenceTimeout) : Duration.decodeUnknown(entry.timeout)
+  if (Option.isNone(timeout) || !Duration.greaterThan(timeout.value, Duration.zero)) {
+    return problem(`timeout '${entry.timeout}' is not a positive duration such as "10 minutes"`)
+  }
+  if ((entry.metrics_url === undefined) !== (entry.max_waiting === undefined)) {
+    return problem("load-aware dispatch needs both metrics_url and max_waiting")
+  }
+  return Either.right({
+    name: entry.name,
+    baseUrl: entry.base_url.replace(/\/+$/, ""),
+    apiKey,
+    models: entry.models,
+    maxConcurrency,
+    minConcurrency,
+    timeout: timeout.value,
+    headers: entry.headers ?? {},
+    loadAware: entry.metrics_url === undefined
+      ? Option.none()
+      : Option.some({ metricsUrl: entry.metrics_url, maxWaiting: entry.max_waiting! })
+  })
+}
+
+/** Entries resolved, names unique; the problems otherwise (each naming its entry). */
+export const resolveEntries = (
+  entries: ReadonlyArray<unknown>,
+  defaults: Defaults,
+  env: Record<string, string | undefined> = process.env
+): Either.Either<ReadonlyArray<UpstreamSpec>, string> => {
+  const decoded = Schema.decodeUnknownEither(UpstreamsFile, { onExcessProperty: "error", errors: "all" })({ upstreams: entries })
+  if (Either.isLeft(decoded)) {
+    return Either.left(ParseResult.ArrayFormatter.formatErrorSync(decoded.left)
+      .map((issue) => `${issue.path.join(".")}: ${issue.message}`).join("; "))
+  }
+  const specs: Array<UpstreamSpec> = []
+  for (const entry of decoded.right.upstreams) {
+    if (specs.some((s) => s.name === entry.name)) return Either.left(`two upstreams are named '${entry.name}'`)
+    const spec = resolveEntry(entry, defaults, env)
+    if (Either.isLeft(spec)) return Either.left(spec.left)
+    specs.push(spec.right)
+  }
+  return Either.right(specs)
+}
+
+/** The text of an upstreams file (YAML, of which JSON is a subset) as its entries. */
+export const parseUpstreamsFile = (text: string): Either.Either<ReadonlyArray<unknown>, string> => {
+  let document: unknown
+  try {
+    document = parseYaml(text)
+  } catch (error) {
+    return Either.left(`not YAML or JSON: ${(error as Error).message.split("\n")[0]}`)
+  }
+  const list = (document as { upstreams?: unknown } | null)?.upstreams
+  return Array.isArray(list) ? Either.right(list) : Either.left("expected an object with a list under `upstreams`")
+}
+
+/** The shortcut: `INFERENCE_BASE_URL` serving every model. */
+const shortcut = (config: AppConfigShape): UpstreamSpec => ({
+  name: "default",
+  baseUrl: config.inferenceBaseUrl,
+  apiKey: config.inferenceApiKey,
+  models: ["*"],
+  maxConcurrency: config.inferenceMaxConcurrency,
+  minConcurrency: Math.min(config.inferenceMinConcurrency, config.inferenceMaxConcurrency),
+  timeout: config.inferenceTimeout,
+  headers: {},
+  loadAware: Option.none()
+})
+
+/**
+ * The upstreams of `config`: its `upstreams` entries, else those of `UPSTREAMS_FILE`, else the shortcut. A
+ * problem fails with a `ConfigError` naming the variable (the start then stops with that message).
+ */
+export const upstreamSpecs = (config: AppConfigShape): Effect.Effect<ReadonlyArray<UpstreamSpec>, ConfigError.ConfigError> =>
+  Effect.gen(function*() {
+    if (Option.isSome(config.upstreams)) {
+      return yield* Either.mapLeft(
+        resolveEntries(config.upstreams.value, config),
+        (problem) => ConfigError.InvalidData(["upstreams"], problem)
+      )
+    }
+    if (Option.isNone(config.upstreamsFile)) return [shortcut(config)]
+    const path = config.upstreamsFile.value
+    const invalid = (problem: string) => ConfigError.InvalidData(["UPSTREAMS_FILE"], `${path}: ${problem}`)
+    const text = yield* Effect.tryPromise({
+      try: () => readFile(path, "utf8"),
+      catch: (error) => invalid(`cannot be read (${(error as Error).message})`)
+    })
+    const entries = yield* Either.mapLeft(parseUpstreamsFile(text), invalid)
+    return yield* Either.mapLeft(resolveEntries(entries, config), invalid)
+  })

@@ -1,0 +1,84 @@
+/**
+ * Load-aware dispatch for vLLM-style servers: reads `vllm:num_requests_waiting` from the server's Prometheus
+ * endpoint every second, and says the server is full (`Admission` then holds new calls) while its waiting queue,
+ * as last read plus the calls sent since minus those finished since, reaches `maxWaiting`. Counting the calls in
+ * between keeps the queue bounded between two readings, however fast calls go out; a finished call frees a place
+ * that a waiting request or a new call takes. So batch work never floods an interactive server's queue.
+ *
+ * One metric is read from the text format with a regular expression: a Prometheus parser library would parse the
+ * whole exposition (hundreds of series on vLLM) every second for that one number.
+ */
+import * as HttpClient from "@effect/platform/HttpClient"
+import { Duration, Effect, type Scope } from "effect"
+import type { LoadGauge } from "./Admission.js"
+
+const POLL_INTERVAL = Duration.seconds(1)
+const METRIC = /^vllm:num_requests_waiting(?:\{[^}]*\})?\s+([0-9.eE+-]+)/gm
+
+/** The sum of `vllm:num_requests_waiting` over its series (one per model), if the text has it. */
+export const waitingRequests = (text: string): number | undefined => {
+  let total: number | undefined
+  for (const match of text.matchAll(METRIC)) {
+    const value = Number(match[1])
+    if (Number.isFinite(value)) total = (total ?? 0) + value
+  }
+  return total
+}
+
+export const makeLoadWatch = (options: {
+  readonly upstream: string
+  readonly metricsUrl: string
+  readonly maxWaiting: number
+  readonly http: HttpClient.HttpClient
+  /** Told after each reading (the admission may now let calls go). */
+  readonly changed: () => void
+}): Effect.Effect<LoadGauge, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    /** The last reading; undefined while unknown (the metrics do not answer): no holding then. */
+    let read: number | undefined
+    let sent = 0
+    let finished = 0
+    let failing = false
+
+    const poll = options.http.get(options.metricsUrl).pipe(
+      Effect.flatMap((res): Effect.Effect<string, unknown> => (res.status === 200 ? res.text : Effect.fail(`status ${res.status}`))),
+      Effect.flatMap((text) => {
+        const waiting = waitingRequests(text)
+        return waiting === undefined ? Effect.fail("no vllm:num_requests_waiting in the answer") : Effect.succeed(waiting)
+      }),
+      Effect.timeout(POLL_INTERVAL),
+      Effect.matchEffect({
+        onSuccess: (waiting) =>
+          Effect.suspend(() => {
+            read = waiting
+            sent = 0
+            finished = 0
+            const recovered = failing
+            failing = false
+            options.changed()
+            return recovered ? Effect.logInfo(`Upstream ${options.upstream}: load metrics readable again`) : Effect.void
+          }),
+        onFailure: (error: unknown) =>
+          Effect.suspend(() => {
+            read = undefined
+            options.changed()
+            if (failing) return Effect.void
+            failing = true
+            return Effect.logWarning(
+              `Upstream ${options.upstream}: cannot read ${options.metricsUrl} (${String(error)}); sending without load awareness until it answers`
+            )
+          })
+      })
+    )
+    yield* Effect.forkScoped(Effect.forever(Effect.zipRight(poll, Effect.sleep(POLL_INTERVAL))))
+
+    return {
+      full: () => read !== undefined && read + sent - finished >= options.maxWaiting,
+      sent: () => {
+        sent++
+      },
+      finished: () => {
+        finished++
+      }
+    }
+  })

@@ -1,0 +1,107 @@
+/** The adaptive limit (AIMD) and the admission of calls to an upstream: limit, order, pauses, outages. */
+import { describe, expect, it } from "@effect/vitest"
+import { Clock, Duration, Effect, Fiber, TestClock } from "effect"
+import { AdaptiveLimit } from "../src/upstreams/adaptiveLimit.js"
+import { Admission, type LoadGauge } from "../src/upstreams/Admission.js"
+
+describe("AdaptiveLimit", () => {
+  it("halves once per window of calls on overload, down to the floor, and grows back one per window", () => {
+    const limit = new AdaptiveLimit(2, 16)
+    expect(limit.current).toBe(16)
+    const generation = limit.generation
+    // Sixteen calls sent together all see the overload: one decrease.
+    for (let i = 0; i < 16; i++) limit.overloaded(generation)
+    expect(limit.current).toBe(8)
+    limit.overloaded(limit.generation)
+    limit.overloaded(limit.generation)
+    limit.overloaded(limit.generation)
+    expect(limit.current).toBe(2)
+    expect(limit.atFloor).toBe(true)
+    // Growth: +1 after `limit` successes while the limit is in use.
+    limit.succeeded(2)
+    expect(limit.current).toBe(2)
+    limit.succeeded(2)
+    expect(limit.current).toBe(3)
+    for (let i = 0; i < 3; i++) limit.succeeded(3)
+    expect(limit.current).toBe(4)
+    // Successes of an upstream used at less than half its limit say nothing: no growth.
+    for (let i = 0; i < 100; i++) limit.succeeded(1)
+    expect(limit.current).toBe(4)
+    for (let i = 0; i < 1000; i++) limit.succeeded(16)
+    expect(limit.current).toBe(16)
+  })
+})
+
+describe("Admission", () => {
+  const make = (ceiling: number, gauge?: LoadGauge) =>
+    Effect.map(Effect.clock, (clock: Clock.Clock) => new Admission(new AdaptiveLimit(1, ceiling), clock, gauge))
+
+  it.effect("at most `limit` calls hold a permit; waiters are served by project in turn, earliest deadline first", () =>
+    Effect.gen(function*() {
+      const admission = yield* make(1)
+      yield* admission.acquire({ project: "a", deadline: 0 })
+      const order: Array<string> = []
+      const wait = (project: string, deadline: number, name: string) =>
+        Effect.fork(Effect.map(admission.acquire({ project, deadline }), () => order.push(name)))
+      const fibers = [
+        yield* wait("a", 300, "a-late"),
+        yield* wait("a", 100, "a-early"),
+        yield* wait("a", 200, "a-middle"),
+        yield* wait("b", 500, "b-1"),
+        yield* wait("b", 600, "b-2")
+      ]
+      yield* Effect.yieldNow()
+      expect(order).toEqual([])
+      for (let i = 0; i < fibers.length; i++) {
+        admission.release()
+        yield* Effect.yieldNow()
+      }
+      yield* Fiber.joinAll(fibers)
+      // The last served was a (the first permit): b's turn first, then a's earliest, and so on.
+      expect(order).toEqual(["b-1", "a-early", "b-2", "a-middle", "a-late"])
+    }))
+
+  it.effect("an interrupted waiter leaves the queue; one granted meanwhile gives its permit back", () =>
+    Effect.gen(function*() {
+      const admission = yield* make(1)
+      yield* admission.acquire({ project: "a", deadline: 0 })
+      const waiter = yield* Effect.fork(admission.acquire({ project: "a", deadline: 0 }))
+      yield* Effect.yieldNow()
+      yield* Fiber.interrupt(waiter)
+      admission.release()
+      expect(admission.inflight).toBe(0)
+      yield* admission.acquire({ project: "b", deadline: 0 })
+      expect(admission.inflight).toBe(1)
+    }))
+
+  it.effect("a pause holds every call until it ends; down holds them until up", () =>
+    Effect.gen(function*() {
+      const admission = yield* make(8)
+      const now = yield* Clock.currentTimeMillis
+      yield* admission.pauseUntil(now + 30_000)
+      const paused = yield* Effect.fork(admission.acquire({ project: "a", deadline: 0 }))
+      yield* TestClock.adjust(Duration.seconds(29))
+      expect(paused.unsafePoll()).toBeNull()
+      yield* TestClock.adjust(Duration.seconds(1))
+      yield* Fiber.join(paused)
+      admission.setDown(true)
+      const held = yield* Effect.fork(admission.acquire({ project: "a", deadline: 0 }))
+      yield* TestClock.adjust(Duration.hours(1))
+      expect(held.unsafePoll()).toBeNull()
+      admission.setDown(false)
+      yield* Fiber.join(held)
+      expect(admission.inflight).toBe(2)
+    }))
+
+  it.effect("a full load gauge holds calls until it says there is room", () =>
+    Effect.gen(function*() {
+      let full = true
+      const admission = yield* make(8, { full: () => full, sent: () => {}, finished: () => {} })
+      const held = yield* Effect.fork(admission.acquire({ project: "a", deadline: 0 }))
+      yield* Effect.yieldNow()
+      expect(held.unsafePoll()).toBeNull()
+      full = false
+      admission.pump()
+      yield* Fiber.join(held)
+    }))
+})

@@ -1,0 +1,493 @@
+/** The upstream HttpClient (undici's dispatch API) against scripted servers: framing, keep-alive, limits, aborts, TLS, proxies. */
+import * as HttpBody from "@effect/platform/HttpBody"
+import * as HttpClient from "@effect/platform/HttpClient"
+import type * as HttpClientError from "@effect/platform/HttpClientError"
+import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Fiber } from "effect"
+import { readFileSync } from "node:fs"
+import * as net from "node:net"
+import * as tls from "node:tls"
+import { Agent, type Dispatcher, EnvHttpProxyAgent } from "undici"
+import * as UpstreamHttpClient from "../src/inference/UpstreamHttpClient.js"
+import { freePort } from "./support/ServerProcess.js"
+import { testProxy } from "./support/Proxy.js"
+
+/** A self-signed certificate for localhost and 127.0.0.1 (test only). */
+const CERT = readFileSync(new URL("./fixtures/tls/localhost.crt", import.meta.url), "utf8")
+const KEY = readFileSync(new URL("./fixtures/tls/localhost.key", import.meta.url), "utf8")
+
+interface Scripted {
+  readonly url: string
+  /** Connections accepted so far (an aborted request's client connects again at once: undici 7.30). */
+  readonly connections: () => number
+  /** Connections that have ended so far. */
+  readonly closed: () => number
+  /** Requests received so far (their heads and bodies as text). */
+  readonly requests: Array<string>
+}
+
+/**
+ * A server that answers each request with `answer(n, socket)` (n counts requests on that connection from 1), after
+ * reading the request's head and content-length body. `answer` writes whatever it likes, or nothing.
+ */
+const scriptedServer = (answer: (n: number, socket: net.Socket) => void, secure = false) =>
+  Effect.acquireRelease(
+    Effect.async<Scripted & { readonly close: () => Promise<void> }>((resume) => {
+      let connections = 0
+      let closed = 0
+      const requests: Array<string> = []
+      const sockets = new Set<net.Socket>()
+      const onConnection = (socket: net.Socket) => {
+        let buffered = Buffer.alloc(0)
+        let n = 0
+        socket.on("data", (chunk) => {
+          buffered = Buffer.concat([buffered, chunk])
+          for (;;) {
+            const end = buffered.indexOf("\r\n\r\n")
+            if (end < 0) return
+            const head = buffered.toString("latin1", 0, end)
+            const length = Number(/content-length: (\d+)/i.exec(head)?.[1] ?? 0)
+            if (buffered.length < end + 4 + length) return
+            requests.push(buffered.toString("utf8", 0, end + 4 + length))
+            buffered = buffered.subarray(end + 4 + length)
+            answer(++n, socket)
+          }
+        })
+      }
+      const server = secure ? tls.createServer({ cert: CERT, key: KEY }, onConnection) : net.createServer(onConnection)
+      server.on("tlsClientError", () => {})
+      // Counted as TCP connections, so that a TLS handshake the client gives up is one too.
+      server.on("connection", (socket: net.Socket) => {
+        connections++
+        sockets.add(socket)
+        socket.on("close", () => (closed++, sockets.delete(socket)))
+        socket.on("error", () => {})
+      })
+      server.listen(0, "127.0.0.1", () => {
+        const { port } = server.address() as net.AddressInfo
+        resume(Effect.succeed({
+          url: `${secure ? "https" : "http"}://127.0.0.1:${port}`,
+          connections: () => connections,
+          closed: () => closed,
+          requests,
+          close: () =>
+            new Promise<void>((done) => {
+              for (const socket of sockets) socket.destroy()
+              server.close(() => done())
+            })
+        }))
+      })
+    }),
+    (server) => Effect.promise(() => server.close())
+  )
+
+const ok = (_: number, socket: net.Socket) => socket.write(`HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok`)
+
+/** A dispatcher for the test's scope (the module's own, or one given), destroyed with it. */
+const scopedDispatcher = (make?: () => Dispatcher) =>
+  make === undefined
+    ? UpstreamHttpClient.dispatcher
+    : Effect.acquireRelease(Effect.sync(make), (d) => Effect.promise(() => d.destroy()))
+
+const clientFor = (options: { timeoutMs?: number; maxBodyBytes?: number; dispatcher?: () => Dispatcher } = {}) =>
+  Effect.map(scopedDispatcher(options.dispatcher), (d) =>
+    UpstreamHttpClient.make(d, { timeoutMs: options.timeoutMs ?? 5000, maxBodyBytes: options.maxBodyBytes ?? 1024 }))
+
+/**
+ * Connections that back-to-back calls use at most: undici's pool opens a second one when a call comes in the turn
+ * its previous answer ended (it releases the connection a turn later), then reuses both.
+ */
+const SEQUENTIAL_CONNECTIONS = 2
+
+const json = `{"id":"chatcmpl-1","choices":[{"message":{"content":"héllo 😀"}}]}`
+
+/** A POST as Inference sends it (a template's headers, a raw body). */
+const post = (client: HttpClient.HttpClient, base: string, body: string | null = `{"model":"m"}`) =>
+  client.execute(
+    HttpClientRequest.post(`${base}/v1/chat/completions`).pipe(
+      HttpClientRequest.setHeader("content-type", "application/json"),
+      HttpClientRequest.bearerToken("k"),
+      body === null ? (r) => r : HttpClientRequest.setBody(HttpBody.raw(body))
+    )
+  )
+const bodyOf = (client: HttpClient.HttpClient, base: string) => Effect.flatMap(post(client, base), (r) => r.text)
+/** The kind and message of the failure of a call. */
+const failureOf = <A>(call: Effect.Effect<A, HttpClientError.HttpClientError>) =>
+  Effect.map(Effect.flip(call), (error) => ({ kind: UpstreamHttpClient.failureKind(error), message: error.message }))
+
+/** Writes `text` in pieces of random sizes, each in its own turn, so the client sees it split anywhere. */
+const writeInPieces = async (socket: net.Socket, text: string, seed: number) => {
+  const bytes = Buffer.from(text)
+  let state = seed
+  for (let at = 0; at < bytes.length;) {
+    state = (state * 1103515245 + 12345) % 2147483648
+    const size = 1 + (state % 7)
+    socket.write(bytes.subarray(at, at + size))
+    at += size
+    await new Promise((resolve) => setTimeout(resolve, 1))
+  }
+}
+const waitUntil = (condition: () => boolean, ms = 2000) =>
+  Effect.promise(async () => {
+    for (const end = Date.now() + ms; !condition() && Date.now() < end;) await new Promise((r) => setTimeout(r, 5))
+    return condition()
+  })
+
+describe("UpstreamHttpClient", () => {
+  it.scoped("sends the request as given, reads an answer split anywhere, keeps the connection alive", () =>
+    Effect.gen(function*() {
+      let seed = 1
+      const server = yield* scriptedServer((_, socket) => {
+        void writeInPieces(socket, `HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Request-Id: req_7\r\nContent-Length: ${Buffer.byteLength(json)}\r\n\r\n${json}`, seed++)
+      })
+      const client = yield* clientFor()
+      for (let i = 0; i < 3; i++) {
+        const response = yield* post(client, server.url)
+        expect([response.status, response.headers["x-request-id"], response.headers["content-type"], yield* response.text])
+          .toEqual([200, "req_7", "application/json", json])
+      }
+      const [head, body] = server.requests[0]!.split("\r\n\r\n")
+      const lines = head!.split("\r\n")
+      expect(lines[0]).toBe("POST /v1/chat/completions HTTP/1.1")
+      expect(lines).toEqual(expect.arrayContaining([`host: ${server.url.slice(7)}`, "content-type: application/json", "authorization: Bearer k", "content-length: 13"]))
+      expect(body).toBe(`{"model":"m"}`)
+      expect(server.connections()).toBeLessThanOrEqual(SEQUENTIAL_CONNECTIONS) // kept alive
+    }))
+
+  it.scoped("reads chunked answers (extensions, trailers) after skipping informational ones; repeated headers joined", () =>
+    Effect.gen(function*() {
+      const body = Buffer.from(json)
+      const chunked = `HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n` +
+        `5;ext=1\r\n${body.subarray(0, 5)}\r\n${(body.length - 5).toString(16)}\r\n${body.subarray(5)}\r\n0\r\nX-Trailer: t\r\n\r\n`
+      let seed = 7
+      const server = yield* scriptedServer((_, socket) => void writeInPieces(socket, chunked, seed++))
+      const client = yield* clientFor()
+      for (let i = 0; i < 3; i++) {
+        const response = yield* post(client, server.url)
+        expect([response.status, response.headers["set-cookie"], yield* response.text]).toEqual([201, "a=1, b=2", json])
+        expect(response.cookies.cookies).toHaveProperty("b")
+      }
+      expect(server.connections()).toBeLessThanOrEqual(SEQUENTIAL_CONNECTIONS)
+    }))
+
+  it.scoped("a body ended by the connection, and connection: close, are read whole and not reused", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer((n, socket) => {
+        if (n > 1) return
+        socket.end(server.connections() % 2 === 0
+          ? `HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok`
+          : `HTTP/1.0 200 OK\r\n\r\nuntil the end`)
+      })
+      const client = yield* clientFor()
+      expect(yield* bodyOf(client, server.url)).toBe("until the end")
+      expect(yield* bodyOf(client, server.url)).toBe("ok")
+      expect(server.connections()).toBe(2)
+    }))
+
+  it.live("an idle kept-alive connection the server closed is not used again", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer((_, socket) => {
+        ok(0, socket)
+        setTimeout(() => socket.end(), 30) // the server's idle timeout, shorter than the client's
+      })
+      const client = yield* clientFor()
+      expect(yield* bodyOf(client, server.url)).toBe("ok")
+      yield* waitUntil(() => server.closed() >= 1)
+      expect(yield* bodyOf(client, server.url)).toBe("ok")
+      expect([server.connections(), server.requests.length]).toEqual([2, 2])
+    }).pipe(Effect.scoped))
+
+  it.scoped("an answer larger than the limit fails, whether announced, chunked or ended by the connection", () =>
+    Effect.gen(function*() {
+      const big = "x".repeat(2000)
+      const answers = [
+        `HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n${big}`,
+        `HTTP/1.1 200 OK\r\n\r\n${big}`,
+        `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7d0\r\n${big}\r\n0\r\n\r\n`
+      ]
+      const server = yield* scriptedServer((_, socket) => socket.end(answers[server.requests.length - 1]!))
+      const client = yield* clientFor({ maxBodyBytes: 1024 })
+      for (let i = 0; i < answers.length; i++) {
+        expect(yield* failureOf(post(client, server.url))).toEqual({
+          kind: "too_large",
+          message: expect.stringContaining("larger than 1024 bytes")
+        })
+      }
+    }))
+
+  it.live("an answer that passes the limit fails then, without waiting for its end, and its connection is closed", () =>
+    Effect.gen(function*() {
+      // Neither announced nor ended: 600-byte chunks, one every 20 ms, for as long as the connection lasts.
+      const server = yield* scriptedServer((_, socket) => {
+        socket.write(`HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n`)
+        const timer = setInterval(() => socket.write(`258\r\n${"y".repeat(600)}\r\n`), 20)
+        socket.on("close", () => clearInterval(timer))
+      })
+      const client = yield* clientFor({ maxBodyBytes: 1024, timeoutMs: 10_000 })
+      const started = Date.now()
+      expect((yield* failureOf(post(client, server.url))).kind).toBe("too_large")
+      expect(Date.now() - started).toBeLessThan(1000) // the second chunk passes the limit, after ~40 ms
+      expect(yield* waitUntil(() => server.closed() >= 1)).toBe(true)
+    }).pipe(Effect.scoped))
+
+  it.scoped("a large announced answer arriving in many pieces is read whole and exact", () =>
+    Effect.gen(function*() {
+      const body = Buffer.from(Array.from({ length: 300_000 }, (_, i) => String.fromCharCode(33 + (i * 7) % 90)).join(""))
+      const server = yield* scriptedServer((_, socket) => {
+        socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n`)
+        for (let at = 0; at < body.length; at += 40_000) socket.write(body.subarray(at, at + 40_000))
+      })
+      const client = yield* clientFor({ maxBodyBytes: 1024 * 1024 })
+      for (let i = 0; i < 3; i++) {
+        const response = yield* post(client, server.url)
+        expect(Buffer.from(yield* response.arrayBuffer).equals(body)).toBe(true)
+      }
+      expect(server.connections()).toBeLessThanOrEqual(SEQUENTIAL_CONNECTIONS)
+    }))
+
+  it.scoped("a POST without a body says content-length: 0; the bytes read after the text are the body's own", () =>
+    Effect.gen(function*() {
+      const text = `{"a":"héllo 😀"}`
+      const server = yield* scriptedServer((_, socket) => socket.write(`HTTP/1.1 200 OK\r\nContent-Length: ${Buffer.byteLength(text)}\r\n\r\n${text}`))
+      const client = yield* clientFor()
+      const response = yield* post(client, server.url, null)
+      expect(server.requests[0]).toContain("content-length: 0\r\n")
+      expect(yield* response.json).toEqual({ a: "héllo 😀" }) // the bytes are dropped here…
+      expect(new TextDecoder().decode(yield* response.arrayBuffer)).toBe(text) // …and encoded again
+    }))
+
+  it.scoped("a HEAD answer's content-length announces no body: none read, none held against the limit", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer((_, socket) => socket.write(`HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n`))
+      const client = yield* clientFor({ maxBodyBytes: 1024 })
+      const response = yield* client.execute(HttpClientRequest.head(`${server.url}/v1/models`))
+      expect([response.status, response.headers["content-length"], yield* response.text]).toEqual([200, "100000", ""])
+    }))
+
+  it.scoped("a header that would split the request fails the call without opening a connection", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(ok)
+      const client = yield* clientFor()
+      const failure = yield* failureOf(client.execute(
+        HttpClientRequest.post(`${server.url}/v1/x`).pipe(HttpClientRequest.setHeader("authorization", "Bearer k\r\nx-evil: 1"))
+      ))
+      expect(failure.kind).toBe("connect") // never sent
+      expect(server.connections()).toBe(0)
+    }))
+
+  it.scoped("malformed answers and connections failing mid-answer are transport errors, sent once", () =>
+    Effect.gen(function*() {
+      const answers = [
+        (s: net.Socket) => s.write("HTTP/2 200\r\n\r\n"),
+        (s: net.Socket) => s.write("HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"),
+        (s: net.Socket) => s.write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
+        // Both framings at once (a smuggling risk): refused, where the old client let the transfer coding win.
+        (s: net.Socket) => s.write("HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+        (s: net.Socket) => (s.write(`HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial`), setTimeout(() => s.destroy(), 20)),
+        (s: net.Socket) => (s.write(`HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial`), setTimeout(() => s.resetAndDestroy(), 20)),
+        (s: net.Socket) => s.destroy(),
+        (s: net.Socket) => s.resetAndDestroy()
+      ]
+      const server = yield* scriptedServer((_, socket) => answers[server.requests.length - 1]!(socket))
+      const client = yield* clientFor()
+      const failures = []
+      for (let i = 0; i < answers.length; i++) failures.push(yield* failureOf(post(client, server.url)))
+      expect(failures.map((f) => f.kind)).toEqual(answers.map(() => "transport"))
+      expect(failures[4]!.message).toContain("UND_ERR_SOCKET")
+      expect(failures[5]!.message).toContain("ECONNRESET")
+      expect(server.requests.length).toBe(answers.length)
+    }))
+
+  it.live("the time limit bounds the whole attempt: an upstream that trickles its body times out too", () =>
+    Effect.gen(function*() {
+      // A byte every 30 ms of a 100-byte body: 3 s in all, never silent for long.
+      const server = yield* scriptedServer((_, socket) => {
+        socket.write(`HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n`)
+        const timer = setInterval(() => socket.write("z"), 30)
+        socket.on("close", () => clearInterval(timer))
+      })
+      const client = yield* clientFor({ timeoutMs: 300 })
+      const started = Date.now()
+      expect(yield* failureOf(post(client, server.url))).toEqual({ kind: "timeout", message: expect.stringContaining("within 300 ms") })
+      expect(Date.now() - started).toBeGreaterThanOrEqual(290)
+      expect(Date.now() - started).toBeLessThan(1000)
+      expect(yield* waitUntil(() => server.closed() >= 1)).toBe(true) // its connection is closed
+    }).pipe(Effect.scoped))
+
+  it.live("a silent upstream times out, an upstream that stops mid-body too", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer((_, socket) => {
+        if (server.connections() === 2) socket.write(`HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc`)
+      })
+      const client = yield* clientFor({ timeoutMs: 200 })
+      const started = Date.now()
+      expect((yield* failureOf(post(client, server.url))).kind).toBe("timeout")
+      expect((yield* failureOf(post(client, server.url))).kind).toBe("timeout")
+      expect(Date.now() - started).toBeLessThan(1500)
+    }).pipe(Effect.scoped))
+
+  it.live("interrupting a call aborts its request: the upstream sees the connection close", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(() => {})
+      const client = yield* clientFor()
+      const fiber = yield* Effect.fork(post(client, server.url))
+      expect(yield* waitUntil(() => server.requests.length === 1)).toBe(true)
+      yield* Fiber.interrupt(fiber)
+      expect(yield* waitUntil(() => server.closed() >= 1)).toBe(true)
+    }).pipe(Effect.scoped))
+
+  it.live("a call interrupted before it had a connection is dropped unsent; the connection is kept", () =>
+    Effect.gen(function*() {
+      // A relay that holds each connection 300 ms before joining it to the TLS server: the handshake waits that long.
+      const server = yield* scriptedServer(ok, true)
+      const relay = yield* Effect.acquireRelease(
+        Effect.promise(() =>
+          new Promise<net.Server>((resolve) => {
+            const relay = net.createServer((socket) => {
+              socket.on("error", () => {})
+              socket.pause()
+              setTimeout(() => {
+                const upstream = net.connect(Number(new URL(server.url).port), "127.0.0.1", () => {
+                  socket.pipe(upstream).pipe(socket)
+                  socket.resume()
+                })
+                upstream.on("error", () => socket.destroy())
+                socket.on("close", () => upstream.destroy())
+              }, 300)
+            })
+            relay.listen(0, "127.0.0.1", () => resolve(relay))
+          })
+        ),
+        (relay) => Effect.promise(() => new Promise((done) => relay.close(done)))
+      )
+      const client = yield* clientFor({ dispatcher: () => new Agent({ connect: { ca: CERT } }) })
+      const url = `https://127.0.0.1:${(relay.address() as net.AddressInfo).port}`
+      const fiber = yield* Effect.fork(post(client, url))
+      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 100)))
+      const started = Date.now()
+      yield* Fiber.interrupt(fiber)
+      expect(Date.now() - started).toBeLessThan(50) // at once, not when the connection is made
+      expect(yield* waitUntil(() => server.connections() === 1)).toBe(true)
+      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 200)))
+      expect([server.requests.length, server.closed()]).toEqual([0, 0])
+      expect(yield* bodyOf(client, url)).toBe("ok") // on that connection
+      expect(server.connections()).toBe(1)
+    }).pipe(Effect.scoped))
+
+  it.scoped("speaks TLS to https origins the dispatcher trusts", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer(ok, true)
+      const trusting = yield* clientFor({ dispatcher: () => new Agent({ connect: { ca: CERT } }) })
+      for (let i = 0; i < 3; i++) expect(yield* bodyOf(trusting, server.url)).toBe("ok")
+      expect(server.connections()).toBeLessThanOrEqual(SEQUENTIAL_CONNECTIONS)
+      const untrusting = yield* clientFor()
+      expect(yield* failureOf(post(untrusting, server.url))).toEqual({
+        kind: "connect",
+        message: expect.stringContaining("DEPTH_ZERO_SELF_SIGNED_CERT")
+      })
+    }))
+
+  it.scoped("failureKind: refused, unknown name, connect timeout, TLS name mismatch, a proxy refusing are connect failures", () =>
+    Effect.gen(function*() {
+      const client = yield* clientFor({ timeoutMs: 10_000 })
+      const refused = yield* failureOf(post(client, `http://127.0.0.1:${yield* Effect.promise(freePort)}`))
+      expect(refused).toEqual({ kind: "connect", message: expect.stringContaining("ECONNREFUSED") })
+      const unknown = yield* failureOf(post(client, "http://upstream.invalid"))
+      expect(unknown).toEqual({ kind: "connect", message: expect.stringMatching(/ENOTFOUND|EAI_AGAIN/) })
+
+      const silent = yield* scriptedServer(() => {}) // accepts, never speaks TLS
+      const impatient = yield* clientFor({ dispatcher: () => new Agent({ connect: { timeout: 100 } }) })
+      const handshake = yield* failureOf(post(impatient, silent.url.replace("http:", "https:")))
+      expect(handshake).toEqual({ kind: "connect", message: expect.stringContaining("UND_ERR_CONNECT_TIMEOUT") })
+
+      const server = yield* scriptedServer(ok, true)
+      const trusting = yield* clientFor({ dispatcher: () => new Agent({ connect: { ca: CERT, servername: "elsewhere.test" } }) })
+      const mismatch = yield* failureOf(post(trusting, server.url.replace("127.0.0.1", "localhost")))
+      expect(mismatch).toEqual({ kind: "connect", message: expect.stringContaining("ERR_TLS_CERT_ALTNAME_INVALID") })
+
+      const proxy = yield* testProxy({ refuse: 403 })
+      const proxied = yield* clientFor({
+        dispatcher: () => new EnvHttpProxyAgent({ httpProxy: proxy.url, httpsProxy: proxy.url, noProxy: "", proxyTunnel: false })
+      })
+      expect(yield* failureOf(post(proxied, "https://upstream.test"))).toEqual({ kind: "connect", message: expect.stringContaining("(403)") })
+      expect(proxy.connects).toEqual(["upstream.test:443"])
+      const auth = yield* testProxy({ refuse: 407 })
+      const unauthorized = yield* clientFor({
+        dispatcher: () => new EnvHttpProxyAgent({ httpProxy: auth.url, noProxy: "", proxyTunnel: false })
+      })
+      expect(yield* failureOf(post(unauthorized, "http://upstream.test"))).toEqual({ kind: "connect", message: expect.stringContaining("407") })
+    }))
+
+  it.scoped("without proxy variables the dispatcher is a plain Agent; a lower-case one counts too", () =>
+    Effect.gen(function*() {
+      const plain = yield* Effect.scoped(Effect.zipRight(proxyVariables({}), UpstreamHttpClient.dispatcher))
+      expect(plain).toBeInstanceOf(Agent)
+      const proxied = yield* Effect.scoped(
+        Effect.zipRight(proxyVariables({ https_proxy: "http://127.0.0.1:9" }), UpstreamHttpClient.dispatcher)
+      )
+      expect(proxied).toBeInstanceOf(EnvHttpProxyAgent)
+    }))
+
+  it.live("clients sharing a dispatcher keep their own time limits; the layer gives a client too", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer((n, socket) => setTimeout(() => ok(n, socket), 300))
+      const dispatcher = yield* UpstreamHttpClient.dispatcher
+      const quick = UpstreamHttpClient.make(dispatcher, { timeoutMs: 100, maxBodyBytes: 1024 })
+      const patient = UpstreamHttpClient.make(dispatcher, { timeoutMs: 5000, maxBodyBytes: 1024 })
+      const [early, late] = yield* Effect.all([failureOf(post(quick, server.url)), bodyOf(patient, server.url)], {
+        concurrency: 2
+      })
+      expect([early.kind, late]).toEqual(["timeout", "ok"])
+      const layered = yield* Effect.provide(
+        Effect.flatMap(HttpClient.HttpClient, (client) => bodyOf(client, server.url)),
+        UpstreamHttpClient.layer({ timeoutMs: 5000, maxBodyBytes: 1024 })
+      )
+      expect(layered).toBe("ok")
+    }).pipe(Effect.scoped))
+
+  it.scoped("HTTP_PROXY / HTTPS_PROXY: http calls go to the proxy in absolute form, https ones through CONNECT", () =>
+    Effect.gen(function*() {
+      const proxy = yield* testProxy()
+      const plain = yield* scriptedServer(ok)
+      const secure = yield* scriptedServer(ok, true)
+      yield* proxyVariables({ HTTP_PROXY: proxy.url, HTTPS_PROXY: proxy.url })
+      const dispatcher = yield* UpstreamHttpClient.dispatcher
+      expect(dispatcher).toBeInstanceOf(EnvHttpProxyAgent)
+      const client = UpstreamHttpClient.make(dispatcher, { timeoutMs: 5000, maxBodyBytes: 1024 })
+      for (let i = 0; i < 2; i++) expect(yield* bodyOf(client, plain.url)).toBe("ok")
+      expect(proxy.requests).toEqual([`${plain.url}/v1/chat/completions`, `${plain.url}/v1/chat/completions`])
+      // The tunnel reaches the https server, whose certificate this dispatcher does not trust.
+      expect((yield* failureOf(post(client, secure.url))).message).toContain("DEPTH_ZERO_SELF_SIGNED_CERT")
+      expect(proxy.connects).toEqual([secure.url.slice(8)])
+      expect(secure.connections()).toBe(1)
+      // The same through a dispatcher that trusts it: the call succeeds through the tunnel, kept alive.
+      const trusting = UpstreamHttpClient.make(
+        yield* scopedDispatcher(() => new EnvHttpProxyAgent({ proxyTunnel: false, requestTls: { ca: CERT } })),
+        { timeoutMs: 5000, maxBodyBytes: 1024 }
+      )
+      for (let i = 0; i < 3; i++) expect(yield* bodyOf(trusting, secure.url)).toBe("ok")
+      expect(proxy.connects.length).toBeLessThanOrEqual(1 + SEQUENTIAL_CONNECTIONS)
+      expect(new Set(proxy.connects)).toEqual(new Set([secure.url.slice(8)]))
+      expect(proxy.requests.length).toBe(2) // the https calls were not sent in the clear
+    }))
+})
+
+/** Sets exactly these proxy variables (the others unset, lower-case ones included) for the scope. */
+const proxyVariables = (values: Partial<Record<"HTTP_PROXY" | "HTTPS_PROXY" | "http_proxy" | "https_proxy", string>>) =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const names = ["HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"] as const
+      const saved = names.map((name) => [name, process.env[name]] as const)
+      for (const name of names) delete process.env[name]
+      Object.assign(process.env, values)
+      return saved
+    }),
+    (saved) =>
+      Effect.sync(() => {
+        for (const [name, value] of saved) {
+          if (value === undefined) delete process.env[name]
+          else process.env[name] = value
+        }
+      })
+  )

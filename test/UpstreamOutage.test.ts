@@ -1,0 +1,98 @@
+/**
+ * Outages lose nothing: while an upstream is unreachable the batches using it pause (no line fails, their permit
+ * goes to batches of other upstreams) and resume by themselves once a probe gets through; only the expiry ends
+ * them, with their finished results kept.
+ */
+import { expect, layer } from "@effect/vitest"
+import { Duration, Effect } from "effect"
+import { chatLine, createBatch, readLines, sdk, terminal, upload, waitFor } from "./support/Batches.js"
+import { baseUrl } from "./support/TestApp.js"
+import { logged, LogLines, Simulators, testAppWithUpstreams } from "./support/Upstreams.js"
+
+const client = Effect.map(baseUrl, sdk)
+const runBatch = (n: number, model: string, prefix: string) =>
+  Effect.gen(function*() {
+    const openai = yield* client
+    const file = yield* upload(openai, Array.from({ length: n }, (_, i) => chatLine(`${prefix}-${i}`, `${prefix} ${i}`, model)))
+    return yield* createBatch(openai, file.id)
+  })
+const sleep = (ms: number) => Effect.promise(() => new Promise((resolve) => setTimeout(resolve, ms)))
+
+const twoUpstreams = (overrides = {}) =>
+  testAppWithUpstreams(
+    { main: { models: ["model-a"], latencyMs: 20 }, other: { models: ["model-b"] } },
+    ({ main, other }) => [
+      { name: "main", base_url: main!.url, models: ["model-a"] },
+      { name: "other", base_url: other!.url, models: ["model-b"] }
+    ],
+    { maxConcurrentBatches: 1, maxConcurrentRequestsPerBatch: 8, upstreamProbeInterval: Duration.millis(300), ...overrides }
+  )
+
+layer(twoUpstreams(), { excludeTestServices: true })("an upstream down for 30 s", (it) => {
+  it.effect("mid-batch: the batch pauses, another upstream's batch runs meanwhile, and every line completes", () =>
+    Effect.gen(function*() {
+      const { main } = yield* Simulators
+      const logs = yield* LogLines
+      const openai = yield* client
+      const batch = yield* runBatch(1000, "model-a", "m")
+      yield* waitFor(openai, batch.id, (b) => (b.request_counts?.completed ?? 0) >= 200)
+      yield* Effect.promise(() => main!.stop())
+      yield* sleep(1000)
+      const paused = yield* Effect.promise(() => openai.batches.retrieve(batch.id))
+      expect(paused.status).toBe("in_progress")
+      expect(paused.request_counts?.failed).toBe(0)
+
+      // With one batch permit, a batch of the other upstream still runs while the first waits.
+      const other = yield* runBatch(20, "model-b", "o")
+      expect((yield* waitFor(openai, other.id, terminal, 10_000)).status).toBe("completed")
+
+      yield* sleep(29_000)
+      const still = yield* Effect.promise(() => openai.batches.retrieve(batch.id))
+      expect([still.status, still.request_counts?.failed]).toEqual(["in_progress", 0])
+      yield* Effect.promise(() => main!.start())
+      const done = yield* waitFor(openai, batch.id, terminal, 20_000)
+      expect(done.status).toBe("completed")
+      expect(done.request_counts).toEqual({ total: 1000, completed: 1000, failed: 0 })
+      expect(done.error_file_id).toBeNull()
+      const output = yield* readLines(openai, done.output_file_id)
+      expect(output).toHaveLength(1000)
+      expect(new Set(output.map((l) => l.custom_id)).size).toBe(1000)
+      expect(logged(logs, /Upstream main is down/)).toHaveLength(1)
+      expect(logged(logs, /Upstream main is up again after 3\d s/)).toHaveLength(1)
+    }), { timeout: 60_000 })
+
+  it.effect("down when the batch is created: it waits without failing a line, then completes", () =>
+    Effect.gen(function*() {
+      const { main } = yield* Simulators
+      const openai = yield* client
+      yield* Effect.promise(() => main!.stop())
+      const batch = yield* runBatch(50, "model-a", "d")
+      yield* sleep(2000)
+      const waiting = yield* Effect.promise(() => openai.batches.retrieve(batch.id))
+      expect(waiting.status).toBe("in_progress")
+      expect(waiting.request_counts).toEqual({ total: 50, completed: 0, failed: 0 })
+      yield* Effect.promise(() => main!.start())
+      const done = yield* waitFor(openai, batch.id, terminal, 20_000)
+      expect(done.request_counts).toEqual({ total: 50, completed: 50, failed: 0 })
+    }), { timeout: 30_000 })
+})
+
+layer(twoUpstreams({ completionWindow: Duration.seconds(4) }), { excludeTestServices: true })("an upstream that never comes back", (it) => {
+  it.effect("the batch expires with its finished results kept and the rest batch_expired", () =>
+    Effect.gen(function*() {
+      const { main } = yield* Simulators
+      const openai = yield* client
+      const batch = yield* runBatch(400, "model-a", "e")
+      yield* waitFor(openai, batch.id, (b) => (b.request_counts?.completed ?? 0) >= 50)
+      yield* Effect.promise(() => main!.stop())
+      const done = yield* waitFor(openai, batch.id, terminal, 15_000)
+      expect(done.status).toBe("expired")
+      const output = yield* readLines(openai, done.output_file_id)
+      const errors = yield* readLines(openai, done.error_file_id)
+      expect(output.length).toBeGreaterThanOrEqual(50)
+      expect(output.every((l) => l.response.status_code === 200)).toBe(true)
+      expect(output.length + errors.length).toBe(400)
+      expect(new Set(errors.map((l) => l.error.code))).toEqual(new Set(["batch_expired"]))
+      expect(done.request_counts).toEqual({ total: 400, completed: output.length, failed: errors.length })
+    }), { timeout: 30_000 })
+})

@@ -1,0 +1,87 @@
+/** The upstreams file: YAML and JSON, defaults, keys from the environment, and clear errors for mistakes. */
+import { describe, expect, it } from "@effect/vitest"
+import { ConfigError, Duration, Effect, Either, Option, Redacted } from "effect"
+import { mkdtempSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import * as Path from "node:path"
+import { defaults } from "../src/Config.js"
+import { parseUpstreamsFile, resolveEntries, upstreamSpecs } from "../src/upstreams/UpstreamSpec.js"
+
+const YAML = `
+upstreams:
+  - name: vllm-llama
+    base_url: http://10.0.0.5:8000/v1/
+    models: [meta-llama/Llama-3.1-8B-Instruct]
+    max_concurrency: 64
+    api_key_env: VLLM_KEY
+    headers: { x-team: batch }
+    timeout: 2 minutes
+    metrics_url: http://10.0.0.5:8000/metrics
+    max_waiting: 32
+  - name: openai
+    base_url: https://api.openai.com/v1
+    api_key: sk-test
+    models: ["*"]
+`
+
+const resolve = (entries: ReadonlyArray<unknown>, env: Record<string, string> = {}) =>
+  resolveEntries(entries, defaults, env)
+const problem = (entries: ReadonlyArray<unknown>, env: Record<string, string> = {}) =>
+  Either.getLeft(resolve(entries, env)).pipe(Option.getOrElse(() => "no problem"))
+const minimal = { name: "a", base_url: "http://127.0.0.1:8000/v1", models: ["m"] }
+
+describe("UpstreamSpec", () => {
+  it("reads the YAML example, with defaults and the key from its variable", () => {
+    const entries = Either.getOrThrow(parseUpstreamsFile(YAML))
+    const [vllm, openai] = Either.getOrThrow(resolve(entries, { VLLM_KEY: "secret-1" }))
+    expect(vllm).toMatchObject({
+      name: "vllm-llama",
+      baseUrl: "http://10.0.0.5:8000/v1",
+      models: ["meta-llama/Llama-3.1-8B-Instruct"],
+      maxConcurrency: 64,
+      minConcurrency: 1,
+      headers: { "x-team": "batch" },
+      loadAware: Option.some({ metricsUrl: "http://10.0.0.5:8000/metrics", maxWaiting: 32 })
+    })
+    expect(Duration.toMillis(vllm!.timeout)).toBe(120_000)
+    expect(Option.map(vllm!.apiKey, Redacted.value)).toEqual(Option.some("secret-1"))
+    expect(openai).toMatchObject({ models: ["*"], maxConcurrency: defaults.inferenceMaxConcurrency, loadAware: Option.none() })
+    expect(Duration.toMillis(openai!.timeout)).toBe(Duration.toMillis(defaults.inferenceTimeout))
+    // JSON is read the same way.
+    expect(Either.getOrThrow(parseUpstreamsFile(JSON.stringify({ upstreams: [minimal] })))).toEqual([minimal])
+  })
+
+  it("says what is wrong, naming the entry and the field", () => {
+    expect(problem([{ ...minimal, max_concurency: 3 }])).toContain("max_concurency")
+    expect(problem([{ ...minimal, base_url: "ftp://x" }])).toContain("http:// or https://")
+    expect(problem([{ ...minimal, models: [] }])).toContain("models")
+    expect(problem([minimal, minimal])).toBe("two upstreams are named 'a'")
+    expect(problem([{ ...minimal, api_key_env: "NOPE" }])).toBe("upstream 'a': api_key_env names NOPE, which is not set")
+    expect(problem([{ ...minimal, api_key: "k", api_key_env: "K" }], { K: "v" })).toContain("not both")
+    expect(problem([{ ...minimal, min_concurrency: 8, max_concurrency: 4 }])).toContain("min_concurrency is larger")
+    expect(problem([{ ...minimal, timeout: "soon" }])).toContain("timeout 'soon'")
+    expect(problem([{ ...minimal, max_waiting: 3 }])).toContain("both metrics_url and max_waiting")
+    expect(Either.getLeft(parseUpstreamsFile("upstreams: [unclosed"))).toEqual(Option.some(expect.stringContaining("not YAML or JSON")))
+    expect(Either.getLeft(parseUpstreamsFile("models: []"))).toEqual(Option.some(expect.stringContaining("under `upstreams`")))
+  })
+
+  it.effect("UPSTREAMS_FILE is read at start; a problem is a ConfigError naming the variable and the file", () =>
+    Effect.gen(function*() {
+      const dir = mkdtempSync(Path.join(tmpdir(), "upstreams-"))
+      const good = Path.join(dir, "good.yaml")
+      writeFileSync(good, YAML.replace("api_key_env: VLLM_KEY", "api_key: k"))
+      const specs = yield* upstreamSpecs({ ...defaults, upstreamsFile: Option.some(good) })
+      expect(specs.map((s) => s.name)).toEqual(["vllm-llama", "openai"])
+      const bad = Path.join(dir, "bad.yaml")
+      writeFileSync(bad, "upstreams:\n  - name: x\n")
+      const error = yield* Effect.flip(upstreamSpecs({ ...defaults, upstreamsFile: Option.some(bad) }))
+      expect(ConfigError.isConfigError(error)).toBe(true)
+      expect(String(error)).toContain("UPSTREAMS_FILE")
+      expect(String(error)).toContain(bad)
+      const missing = yield* Effect.flip(upstreamSpecs({ ...defaults, upstreamsFile: Option.some(Path.join(dir, "none.yaml")) }))
+      expect(String(missing)).toContain("cannot be read")
+      // Without a file: the shortcut, one upstream serving every model.
+      const [shortcut] = yield* upstreamSpecs(defaults)
+      expect(shortcut).toMatchObject({ name: "default", baseUrl: defaults.inferenceBaseUrl, models: ["*"] })
+    }))
+})

@@ -1,0 +1,52 @@
+/** A test app over several simulators routed by `upstreams` entries, with the app's log lines recorded. */
+import { Context, Effect, Layer, Logger, LogLevel, Option } from "effect"
+import type { AppConfigShape } from "../../src/Config.js"
+import type { UpstreamEntry } from "../../src/upstreams/UpstreamSpec.js"
+import { type Simulator, type SimulatorOptions, startSimulator } from "../../scripts/simulator.js"
+import { type Backend, testApp } from "./TestApp.js"
+
+/** The simulators of a test, by name. */
+export class Simulators extends Context.Tag("test/Simulators")<Simulators, Record<string, Simulator>>() {}
+
+/** The app's log lines (level and message), as they are written. */
+export class LogLines extends Context.Tag("test/LogLines")<LogLines, Array<{ level: string; message: string }>>() {}
+
+const simulators = (options: Record<string, SimulatorOptions>) =>
+  Layer.scoped(
+    Simulators,
+    Effect.map(
+      Effect.forEach(Object.entries(options), ([name, o]) =>
+        Effect.map(
+          Effect.acquireRelease(Effect.promise(() => startSimulator(o)), (sim) => Effect.promise(() => sim.close())),
+          (sim) => [name, sim] as const
+        )),
+      (entries) => Object.fromEntries(entries)
+    )
+  )
+
+/**
+ * `testApp` whose upstreams are the simulators `sims` (started first, each with its options), routed by the
+ * entries `upstreams` gives for them; info lines and above are recorded in `LogLines`.
+ */
+export const testAppWithUpstreams = (
+  sims: Record<string, SimulatorOptions>,
+  upstreams: (sims: Record<string, Simulator>) => ReadonlyArray<UpstreamEntry>,
+  overrides: Partial<AppConfigShape> = {},
+  backend: Backend = "sqlite"
+) => {
+  const lines: Array<{ level: string; message: string }> = []
+  const recorder = Logger.make(({ logLevel, message }) => {
+    lines.push({ level: logLevel.label, message: Array.isArray(message) ? message.map(String).join(" ") : String(message) })
+  })
+  return Layer.unwrapEffect(Effect.map(Simulators, (all) =>
+    testApp({ upstreams: Option.some(upstreams(all)), ...overrides }, backend, { logLevel: LogLevel.Info }).pipe(
+      Layer.provide(Logger.replace(Logger.defaultLogger, recorder))
+    ))).pipe(
+      Layer.provideMerge(simulators(sims)),
+      Layer.merge(Layer.succeed(LogLines, lines))
+    )
+}
+
+/** Log lines whose message matches `pattern`. */
+export const logged = (lines: ReadonlyArray<{ message: string }>, pattern: RegExp) =>
+  lines.filter((l) => pattern.test(l.message)).map((l) => l.message)
