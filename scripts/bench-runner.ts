@@ -4,7 +4,7 @@
  * with the share of that time spent in garbage collection, the main thread's CPU per request (and of every thread of
  * the process: V8's collector helpers work beside it), and the finalizing time.
  *
- *   npx tsx scripts/bench-runner.ts [--requests 20000] [--concurrency 32] [--upstream] [--cpu-prof FILE]
+ *   npx tsx scripts/bench-runner.ts [--requests 20000] [--concurrency 32] [--upstream [--latency MS]] [--cpu-prof FILE]
  *
  * By default `Inference` answers at once with a canned body (the runner and store alone); `--upstream` sends every
  * request over HTTP to the simulator in a child process instead (the live Inference and upstream client).
@@ -38,6 +38,7 @@ const REQUESTS = Number(arg("requests") ?? 20_000)
 const CONCURRENCY = Number(arg("concurrency") ?? 32)
 const UPSTREAM = process.argv.includes("--upstream")
 const CPU_PROFILE = arg("cpu-prof")
+const LATENCY_MS = arg("latency") ?? "0"
 
 const answer = JSON.stringify({
   id: "chatcmpl-1",
@@ -63,7 +64,7 @@ const InstantInference = Layer.succeed(Inference, {
 const simulator = Effect.acquireRelease(
   Effect.promise(async () => {
     const port = await freePort()
-    const child = spawn(process.execPath, ["--import", "tsx", "scripts/simulator.ts", "--port", String(port)], {
+    const child = spawn(process.execPath, ["--import", "tsx", "scripts/simulator.ts", "--port", String(port), "--latency", LATENCY_MS], {
       cwd: root,
       stdio: "ignore"
     })
@@ -85,6 +86,7 @@ const services = Layer.unwrapScoped(Effect.map(
         dataDir: dir,
         inferenceBaseUrl,
         maxConcurrentRequestsPerBatch: CONCURRENCY,
+        inferenceMaxConcurrency: CONCURRENCY,
         maxRequestsPerBatch: Math.max(50_000, REQUESTS),
         heartbeatInterval: Duration.seconds(1)
       }))

@@ -91,13 +91,18 @@ export class Admission {
     while (this.waiting > 0 && this.open()) this.serveNext()
   }
 
+  /** A permit now if one is free and nobody waits: the limit's generation (give it back with `release`). */
+  tryAcquire(ticket: Ticket): number | undefined {
+    if (this.waiting > 0 || !this.open()) return undefined
+    this.lastServed = this.indexOf(ticket.project)
+    return this.grant()
+  }
+
   /** Waits for a permit in `ticket`'s turn; the limit's generation when granted (give it back with `release`). */
   acquire(ticket: Ticket): Effect.Effect<number> {
     return Effect.suspend(() => {
-      if (this.waiting === 0 && this.open()) {
-        this.lastServed = this.indexOf(ticket.project)
-        return Effect.succeed(this.grant())
-      }
+      const now = this.tryAcquire(ticket)
+      if (now !== undefined) return Effect.succeed(now)
       return Effect.flatMap(Deferred.make<number>(), (granted) => {
         const waiter: Waiter = { deadline: ticket.deadline, granted }
         this.indexOf(ticket.project)

@@ -183,14 +183,16 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
         if (!limit.overloaded(generation)) return Effect.void
         return Effect.logWarning(`Upstream ${spec.name}: concurrency limit ${before} → ${limit.current} (${why})`)
       })
-    const succeeded = Effect.suspend(() => {
+    /** A success: the run of failures ends, the limit may grow; a log line when it is to be said. */
+    const succeededNow = (): Effect.Effect<void> | undefined => {
       failuresInRow = 0
-      if (!limit.succeeded(gate.inflight)) return Effect.void
+      if (!limit.succeeded(gate.inflight)) return undefined
       const now = clock.unsafeCurrentTimeMillis()
-      if (limit.current < limit.ceiling && now - lastRaiseLog < RAISE_LOG_INTERVAL_MS) return Effect.void
+      if (limit.current < limit.ceiling && now - lastRaiseLog < RAISE_LOG_INTERVAL_MS) return undefined
       lastRaiseLog = now
       return Effect.logInfo(`Upstream ${spec.name}: concurrency limit raised to ${limit.current}`)
-    })
+    }
+    const succeeded = Effect.suspend(() => succeededNow() ?? Effect.void)
     /** A failure in the run; `again` when the upstream is (now) down, else `retry`. */
     const failedInRow = (reason: string): Effect.Effect<Verdict> =>
       Effect.suspend(() => {
@@ -219,7 +221,8 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       )
     }
 
-    const judge = (endpoint: string, attempt: Attempt, generation: number): Effect.Effect<Verdict> => {
+    /** The verdict on an attempt: at once for the usual answer (thousands a second), an effect when there is more to do. */
+    const judge = (endpoint: string, attempt: Attempt, generation: number): Verdict | Effect.Effect<Verdict> => {
       if (attempt._tag === "Failure") {
         switch (attempt.kind) {
           case "connect":
@@ -245,7 +248,8 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       if (status === 408 || status >= 500) return failedInRow(`status ${status}`)
       if (status === 404) return Effect.as(Effect.zipRight(succeeded, misrouted(endpoint, response)), "final" as const)
       if (status < 300 && !answeredWell.has(endpoint)) answeredWell.add(endpoint)
-      return Effect.as(succeeded, "final")
+      const log = succeededNow()
+      return log === undefined ? "final" : Effect.as(log, "final")
     }
 
     const noAnswer = (error: Parameters<typeof failureKind>[0]): Attempt => {
@@ -265,6 +269,8 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       return { _tag: "Response", response, headers: res.headers }
     }
 
+    const release = Effect.sync(() => gate.release())
+    const releaseOnInterrupt = () => release
     const attempt = (endpoint: BatchEndpoint, body: string, ticket: Ticket) => {
       const request = HttpClientRequest.setBody(templates.get(endpoint)!, HttpBody.raw(body))
       const call = Effect.matchEffect(http.execute(request), {
@@ -273,17 +279,24 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
           Effect.match(res.text, { onFailure: noAnswer, onSuccess: (text) => answered(res, text) })
       })
       // The permit is given back however the call ends; the verdict is reached before, while the call still counts.
-      return Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(restore(gate.acquire(ticket)), (generation) =>
-          Effect.flatMap(
-            Effect.onInterrupt(restore(call), () => Effect.sync(() => gate.release())),
-            (result) =>
-              Effect.map(judge(endpoint, result, generation), (verdict) => {
-                gate.release()
-                return [result, verdict] as const
-              })
-          ))
-      )
+      const send = (generation: number) =>
+        Effect.flatMap(Effect.onInterrupt(call, releaseOnInterrupt), (result) => {
+          const verdict = judge(endpoint, result, generation)
+          if (typeof verdict === "string") {
+            gate.release()
+            return Effect.succeed([result, verdict] as const)
+          }
+          return Effect.map(verdict, (v) => {
+            gate.release()
+            return [result, v] as const
+          })
+        })
+      return Effect.uninterruptibleMask((restore) => {
+        const granted = gate.tryAcquire(ticket) // the usual case: a permit at once, no effect to wait on
+        return granted === undefined
+          ? Effect.flatMap(restore(gate.acquire(ticket)), (generation) => restore(send(generation)))
+          : restore(send(granted))
+      })
     }
 
     // --- start-up probe ----------------------------------------------------------------------------------------
