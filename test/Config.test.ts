@@ -1,6 +1,6 @@
 /** The configuration: the same rules whether it comes from the environment or from code (`AppConfig.layerWith`). */
 import { describe, expect, it } from "@effect/vitest"
-import { ConfigProvider, Duration, Effect, Exit, Layer, Option } from "effect"
+import { ConfigProvider, Duration, Effect, Exit, Layer, Option, Redacted } from "effect"
 import { hostname } from "node:os"
 import { AppConfig, appConfig } from "../src/Config.js"
 
@@ -34,6 +34,9 @@ describe("configuration", () => {
         [{ maxJsonBodyBytes: 1.5 }, { MAX_JSON_BODY_BYTES: "-1" }, "MAX_JSON_BODY_BYTES"],
         [{ dataDir: " " }, { DATA_DIR: " " }, "DATA_DIR"],
         [{ inferenceBaseUrl: "ftp://x/v1" }, { INFERENCE_BASE_URL: "ftp://x/v1" }, "INFERENCE_BASE_URL"],
+        [{ inferenceBaseUrl: "http://u:p@x/v1" }, { INFERENCE_BASE_URL: "http://x/v1?key=k" }, "INFERENCE_BASE_URL"],
+        [{ inferenceApiKey: Option.some(Redacted.make("sk-1\n")) }, { INFERENCE_API_KEY: " sk-1" }, "INFERENCE_API_KEY"],
+        [{ inferenceMinConcurrency: 9, inferenceMaxConcurrency: 4 }, { INFERENCE_MAX_CONCURRENCY: "0" }, "INFERENCE_M"],
         [{ heartbeatInterval: Duration.seconds(20) }, { HEARTBEAT_INTERVAL: "20 seconds" }, "HEARTBEAT_INTERVAL"],
         [{ leaseTtl: Duration.zero }, { LEASE_TTL: "0 millis" }, "LEASE_TTL"],
         [{ maxActiveBatchesPerProject: Option.some(0) }, { MAX_ACTIVE_BATCHES_PER_PROJECT: "0" }, "MAX_ACTIVE_BATCHES_PER_PROJECT"],

@@ -3,7 +3,7 @@ import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Either, Fiber, Layer, TestClock } from "effect"
+import { Clock, Duration, Effect, Either, Fiber, Layer, Option, TestClock } from "effect"
 import { AppConfig } from "../src/Config.js"
 import { compactJson, Inference, InferenceLive, make, retryAfterMillis } from "../src/inference/Inference.js"
 import { BIGNUM_COMPACT, startSimulator } from "../scripts/simulator.js"
@@ -220,15 +220,69 @@ describe("Inference", () => {
     }).pipe(Effect.provide(layer))
   })
 
-  it.effect("a run of 5xx takes the upstream down: calls wait for it instead of spending their attempts", () => {
-    const { calls, layer } = scripted([...Array.from({ length: 10 }, () => ({ status: 502 })), { status: 200 }], 2)
+  it.effect("an upstream answering 5xx to everything for 30 s: the calls not yet counted wait for it instead of failing", () => {
+    // Every call, probes included, gets a 502 for the first 30 s, then answers.
+    const client = HttpClient.make((request) =>
+      Effect.map(Clock.currentTimeMillis, (now) =>
+        HttpClientResponse.fromWeb(request, new Response(`{"ok":true}`, { status: now < 30_000 ? 502 : 200 }))))
+    const layer = Layer.scoped(Inference, make).pipe(
+      Layer.provide(Layer.succeed(HttpClient.HttpClient, client)),
+      Layer.provide(AppConfig.layerWith({ inferenceMaxAttempts: 1, inferenceMaxConcurrency: 1, upstreamProbeInterval: Duration.seconds(2) }))
+    )
     return Effect.gen(function*() {
-      // Five calls at once, two attempts each: ten 502s would fail them all, were the run of failures not an outage.
-      const fibers = yield* Effect.forEach(Array.from({ length: 5 }), () => Effect.fork(send()))
+      // Eight calls, one attempt each, one at a time: the first four failures count; the fifth in a row is an
+      // outage, and the calls from then on wait for the upstream to answer again.
+      const fibers = yield* Effect.forEach(Array.from({ length: 8 }), () => Effect.fork(send()))
       yield* TestClock.adjust("1 minute")
-      const results = yield* Effect.forEach(fibers, Fiber.join)
-      expect(results.map((r) => r.status)).toEqual([200, 200, 200, 200, 200])
-      expect(calls.n).toBeGreaterThan(10)
+      const statuses = (yield* Effect.forEach(fibers, Fiber.join)).map((r) => r.status).sort()
+      expect(statuses).toEqual([200, 200, 200, 200, 502, 502, 502, 502])
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("a call that always gets a 5xx fails after its attempts, though its failures take the upstream down", () => {
+    const { calls, layer } = scripted([{ status: 500 }], 5)
+    return Effect.gen(function*() {
+      const fiber = yield* Effect.fork(send())
+      yield* TestClock.adjust("10 minutes")
+      const res = yield* Fiber.join(fiber)
+      expect(res.status).toBe(500)
+      expect(calls.n).toBe(6) // five attempts, the fifth (an outage then) sent again once the probe answered
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("a batch's upstream is picked once the lists of upstreams serving any model are known", () => {
+    // Two upstreams serving "*": the first lists model-a only, and answers its GET /models late.
+    const posts: Array<string> = []
+    const client = HttpClient.make((request, url) =>
+      Effect.gen(function*() {
+        const first = url.host === "first.test"
+        if (request.method === "GET") {
+          if (first) yield* Effect.sleep("5 seconds")
+          const data = [{ id: first ? "model-a" : "model-b" }]
+          return HttpClientResponse.fromWeb(request, new Response(JSON.stringify({ data }), { status: 200 }))
+        }
+        posts.push(url.host)
+        return HttpClientResponse.fromWeb(request, new Response(`{"ok":true}`, { status: 200 }))
+      }))
+    const layer = Layer.scoped(Inference, make).pipe(
+      Layer.provide(Layer.succeed(HttpClient.HttpClient, client)),
+      Layer.provide(AppConfig.layerWith({
+        upstreams: Option.some([
+          { name: "first", base_url: "http://first.test/v1", models: ["*"] },
+          { name: "second", base_url: "http://second.test/v1", models: ["*"] }
+        ])
+      }))
+    )
+    return Effect.gen(function*() {
+      const inference = yield* Inference
+      // As a batch resumed at start does: wait for its upstream, then send.
+      const fiber = yield* Effect.fork(Effect.zipRight(
+        inference.reachable("model-b"),
+        inference.send("/v1/chat/completions", `{"model":"model-b"}`, { model: "model-b" })
+      ))
+      yield* TestClock.adjust("5 seconds")
+      yield* Fiber.join(fiber)
+      expect(posts).toEqual(["second.test"])
     }).pipe(Effect.provide(layer))
   })
 

@@ -61,6 +61,13 @@ describe("UpstreamSpec", () => {
     expect(problem([{ ...minimal, min_concurrency: 8, max_concurrency: 4 }])).toContain("min_concurrency is larger")
     expect(problem([{ ...minimal, timeout: "soon" }])).toContain("timeout 'soon'")
     expect(problem([{ ...minimal, max_waiting: 3 }])).toContain("both metrics_url and max_waiting")
+    // What undici would refuse on every call (the upstream would seem down for good), and secrets in logged URLs.
+    expect(problem([{ ...minimal, api_key: "sk-abc\n" }])).toContain("without line breaks")
+    expect(problem([{ ...minimal, api_key_env: "K" }], { K: "sk-abc\r\n" })).toContain("K holds a line break")
+    expect(problem([{ ...minimal, headers: { "x-team": "a\nb" } }])).toContain("header value")
+    expect(problem([{ ...minimal, headers: { "bad name": "v" } }])).toContain("headers.bad name")
+    expect(problem([{ ...minimal, base_url: "http://user:pw@host/v1" }])).toContain("without user:password@")
+    expect(problem([{ ...minimal, base_url: "http://host/v1?key=x" }])).toContain("without ?query")
     expect(Either.getLeft(parseUpstreamsFile("upstreams: [unclosed"))).toEqual(Option.some(expect.stringContaining("not YAML or JSON")))
     expect(Either.getLeft(parseUpstreamsFile("models: []"))).toEqual(Option.some(expect.stringContaining("under `upstreams`")))
   })

@@ -55,10 +55,13 @@ export interface InferenceShape {
 
 export class Inference extends Context.Tag("Inference")<Inference, InferenceShape>() {}
 
-/** Whether `upstream` serves `model`: named, or `"*"` with `model` in its list (or no list to go by). */
-const serves = (upstream: Upstream, model: string) =>
+/** Whether `upstream` is known to serve `model`: it names it, or serves `"*"` and its list has it. */
+const knownToServe = (upstream: Upstream, model: string) =>
   upstream.spec.models.includes(model) ||
-  (upstream.spec.models.includes("*") && Option.match(upstream.listed(), { onNone: () => true, onSome: (ids) => ids.includes(model) }))
+  (upstream.spec.models.includes("*") && Option.exists(upstream.listed(), (ids) => ids.includes(model)))
+
+/** Whether `upstream` serves any model and gives no list to go by (it was not reached yet). */
+const servesUnlisted = (upstream: Upstream) => upstream.spec.models.includes("*") && Option.isNone(upstream.listed())
 
 /** The Inference over the configured upstreams, each with the `HttpClient` that `clientFor` gives it. */
 export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClient) =>
@@ -70,20 +73,28 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
         http: clientFor(spec),
         maxResponseBytes: config.inferenceMaxResponseBytes,
         probeInterval: config.upstreamProbeInterval,
-        maxPause: config.inferenceRetryMaxDelay
+        maxPause: config.inferenceRetryMaxDelay,
+        listChanged: () => routes.clear()
       }))
     const baseDelay = Duration.toMillis(config.inferenceRetryBaseDelay)
     const maxDelay = Duration.toMillis(config.inferenceRetryMaxDelay)
 
-    /** Routes by model, remembered (forgotten whenever the lists are asked again). */
+    /**
+     * The upstream serving `model`: the first known to serve it, else the first serving any model that gives no
+     * list yet. Remembered only when known (forgotten whenever an upstream's list changes).
+     */
     const routes = new Map<string, Upstream | undefined>()
     const route = (model: string | null | undefined): Upstream | undefined => {
       const name = model ?? ""
       if (routes.has(name)) return routes.get(name)
-      const found = upstreams.find((u) => serves(u, name))
-      routes.set(name, found)
-      return found
+      const known = upstreams.find((u) => knownToServe(u, name))
+      if (known !== undefined || !upstreams.some(servesUnlisted)) routes.set(name, known)
+      return known ?? upstreams.find(servesUnlisted)
     }
+    /** Every upstream serving any model has had its start-up probe: their lists are known when they give one. */
+    const listsKnown = Effect.forEach(upstreams, (u) => (u.spec.models.includes("*") ? u.started : Effect.void), {
+      discard: true
+    })
 
     /** How long to wait before attempt `n + 1`: `Retry-After` when the upstream said, else exponential with jitter. */
     const retryDelay = (result: Attempt, n: number) =>
@@ -93,7 +104,8 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
         return Math.min(maxDelay, Option.getOrElse(retryAfterMillis(result.headers, Date.now()), () => backoff))
       })
 
-    const send = (endpoint: BatchEndpoint, body: string, options: SendOptions = {}) => {
+    // Routed when run, not when built: the lists may be known only by then.
+    const send = (endpoint: BatchEndpoint, body: string, options: SendOptions = {}) => Effect.suspend(() => {
       const upstream = route(options.model)
       if (upstream === undefined) {
         return Effect.fail(new UpstreamFailure({
@@ -120,14 +132,13 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
         Effect.flatMap(upstream.attempt(endpoint, body, ticket), ([result, verdict]) =>
           verdict === "final" ? final(result) : verdict === "again" ? loop(n) : retry(result, n))
       return loop(1)
-    }
+    })
 
     const models = Effect.gen(function*() {
       yield* Effect.forEach(upstreams, (u) => (u.spec.models.includes("*") ? u.refreshListed : Effect.void), {
         concurrency: "unbounded",
         discard: true
       })
-      routes.clear()
       const data: Array<{ id: string; ownedBy: string }> = []
       const seen = new Set<string>()
       let complete = true
@@ -146,7 +157,7 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
     return Inference.of({
       send,
       models,
-      reachable: (model) => route(model)?.awaitUp ?? Effect.void,
+      reachable: (model) => Effect.zipRight(listsKnown, Effect.suspend(() => route(model)?.awaitUp ?? Effect.void)),
       unreachable: (model) => route(model)?.awaitDown ?? Effect.never
     })
   })

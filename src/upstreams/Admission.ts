@@ -8,7 +8,7 @@
  * The usual case — nobody waiting, room under the limit — takes the permit synchronously: thousands of calls a
  * second pass here.
  */
-import { type Clock, Deferred, Duration, Effect } from "effect"
+import { type Clock, Deferred, Duration, Effect, FiberId } from "effect"
 import type { AdaptiveLimit } from "./adaptiveLimit.js"
 
 /** Who asks: the batch's project, and its deadline (epoch ms). */
@@ -100,28 +100,27 @@ export class Admission {
 
   /** Waits for a permit in `ticket`'s turn; the limit's generation when granted (give it back with `release`). */
   acquire(ticket: Ticket): Effect.Effect<number> {
-    return Effect.suspend(() => {
+    // Queued and given its clean-up in one uninterruptible step; only the wait itself is interruptible.
+    return Effect.uninterruptibleMask((restore) => {
       const now = this.tryAcquire(ticket)
       if (now !== undefined) return Effect.succeed(now)
-      return Effect.flatMap(Deferred.make<number>(), (granted) => {
-        const waiter: Waiter = { deadline: ticket.deadline, granted }
-        this.indexOf(ticket.project)
-        const queue = this.queues.get(ticket.project)!
-        let at = queue.length // usually the last: a batch's calls share one deadline
-        while (at > 0 && queue[at - 1]!.deadline > ticket.deadline) at--
-        queue.splice(at, 0, waiter)
-        this.waiting++
-        this.pump()
-        const q = queue
-        // Interrupted while waiting: leave the queue, or give back the permit granted meanwhile.
-        return Effect.onInterrupt(Deferred.await(granted), () =>
-          Effect.sync(() => {
-            const index = q.indexOf(waiter)
-            if (index === -1) return this.release()
-            q.splice(index, 1)
-            this.waiting--
-          }))
-      })
+      const granted = Deferred.unsafeMake<number>(FiberId.none)
+      const waiter: Waiter = { deadline: ticket.deadline, granted }
+      this.indexOf(ticket.project)
+      const queue = this.queues.get(ticket.project)!
+      let at = queue.length // usually the last: a batch's calls share one deadline
+      while (at > 0 && queue[at - 1]!.deadline > ticket.deadline) at--
+      queue.splice(at, 0, waiter)
+      this.waiting++
+      this.pump()
+      // Interrupted while waiting: leave the queue, or give back the permit granted meanwhile.
+      return Effect.onInterrupt(restore(Deferred.await(granted)), () =>
+        Effect.sync(() => {
+          const index = queue.indexOf(waiter)
+          if (index === -1) return this.release()
+          queue.splice(index, 1)
+          this.waiting--
+        }))
     })
   }
 

@@ -10,11 +10,11 @@
  *   connection lost         a failure in the run; retried
  *   never connected         the upstream is down (refused, DNS, TLS, proxy)
  *
- * A run of `OUTAGE_AFTER` failures with no success between also takes it down (and, back up, one more failure
- * before a success). While it is down no call goes out:
- * the batches using it pause (their calls wait, none is failed or counted as an attempt) and a probe
- * (`GET /models`, every `UPSTREAM_PROBE_INTERVAL`) brings it back up as soon as the server answers anything but a
- * 5xx. An overload answer is sent again without counting as an attempt while the limit can still shrink: at the
+ * A run of `OUTAGE_AFTER` failures with no success between also takes it down. While it is down no call goes out:
+ * the batches using it pause (their calls wait; none is failed, and only the failures before the outage was noticed
+ * count as attempts) and a probe (`GET /models`, every `UPSTREAM_PROBE_INTERVAL`) brings it back up as soon as the
+ * server answers anything but a 5xx; a new run of failures starts then, so a request that keeps failing while the
+ * server answers its probes fails after its attempts. An overload answer is sent again without counting as an attempt while the limit can still shrink: at the
  * floor, the upstream refuses even one call at a time, and attempts count.
  */
 import * as HttpBody from "@effect/platform/HttpBody"
@@ -22,7 +22,7 @@ import type * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import type * as HttpClientResponse from "@effect/platform/HttpClientResponse"
-import { Cause, Deferred, Duration, Effect, Exit, Option, Redacted, type Scope } from "effect"
+import { Cause, Deferred, Duration, Effect, Exit, FiberRef, HashMap, List, Option, Redacted, type Scope } from "effect"
 import { BatchEndpoint } from "../domain/Batches.js"
 import { requestId } from "../domain/Ids.js"
 import { asJsonBody, retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "../inference/answers.js"
@@ -52,6 +52,8 @@ export interface Upstream {
   readonly attempt: (endpoint: BatchEndpoint, body: string, ticket: Ticket) => Effect.Effect<readonly [Attempt, Verdict]>
   /** The model ids its `GET /models` listed last (none before it answered). */
   readonly listed: () => Option.Option<ReadonlyArray<string>>
+  /** Completes once the start-up probe has had its answer (or none): its list is known if it gives one. */
+  readonly started: Effect.Effect<void>
   /** Asks its `GET /models` again (at most every 30 s). */
   readonly refreshListed: Effect.Effect<void>
   readonly isDown: () => boolean
@@ -67,6 +69,8 @@ export interface UpstreamOptions {
   readonly probeInterval: Duration.Duration
   /** Longest `Retry-After` pause honoured. */
   readonly maxPause: Duration.Duration
+  /** Told when its `GET /models` gave a (new) list: routes by model may change. */
+  readonly listChanged: () => void
 }
 
 const LIST_TTL_MS = 30_000
@@ -85,7 +89,12 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     })
     admission = new Admission(limit, clock, gauge)
     const gate = admission
-    const log = Effect.annotateLogs("upstream", spec.name)
+    /** Its own log context: lines about the upstream are not the batch's that happened to notice (nor its spans). */
+    const log = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+      effect.pipe(
+        Effect.locally(FiberRef.currentLogAnnotations, HashMap.make(["upstream", spec.name] as [string, unknown])),
+        Effect.locally(FiberRef.currentLogSpan, List.empty())
+      )
 
     const authorized = (request: HttpClientRequest.HttpClientRequest) =>
       HttpClientRequest.setHeaders(
@@ -113,15 +122,13 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     const markUp = Effect.suspend(() => {
       if (!down) return Effect.void
       down = false
-      // On probation: until a call succeeds, one more failure takes it down again (the calls that failed before
-      // the outage must not spend their last attempts on an upstream still failing).
-      failuresInRow = OUTAGE_AFTER - 1
+      failuresInRow = 0
       gate.setDown(false)
       const seconds = Math.round((clock.unsafeCurrentTimeMillis() - downSince) / 1000)
       return Effect.gen(function*() {
         downSignal = yield* Deferred.make<void>()
         yield* Deferred.succeed(upSignal, undefined)
-        yield* Effect.logInfo(`Upstream ${spec.name} is up again after ${seconds} s; paused batches resume`)
+        yield* log(Effect.logInfo(`Upstream ${spec.name} is up again after ${seconds} s; paused batches resume`))
       })
     })
 
@@ -131,12 +138,13 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     const askModels = http.get(`${spec.baseUrl}/models`, { headers: authorized(HttpClientRequest.get("")).headers }).pipe(
       Effect.flatMap((res) =>
         Effect.map(res.text, (text) => {
+          listedAt = clock.unsafeCurrentTimeMillis() // asked: not again before LIST_TTL_MS, list or not
           if (res.status === 200) {
             try {
               const data = JSON.parse(text)?.data
               if (Array.isArray(data)) {
                 listed = Option.some(data.flatMap((m) => (typeof m?.id === "string" ? [m.id as string] : [])))
-                listedAt = clock.unsafeCurrentTimeMillis()
+                options.listChanged()
               }
             } catch {
               // not a model list: nothing learned
@@ -167,9 +175,9 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
         return Effect.gen(function*() {
           upSignal = yield* Deferred.make<void>()
           yield* Deferred.succeed(downSignal, undefined)
-          yield* Effect.logWarning(
+          yield* log(Effect.logWarning(
             `Upstream ${spec.name} is down (${reason}); batches using it pause, probing every ${Duration.format(options.probeInterval)}`
-          )
+          ))
           // Interruptible: a verdict (where an outage is noticed) runs uninterruptibly, and a fork inherits that.
           yield* Effect.forkIn(Effect.interruptible(log(probe)), scope)
         })
@@ -181,7 +189,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       Effect.suspend(() => {
         const before = limit.current
         if (!limit.overloaded(generation)) return Effect.void
-        return Effect.logWarning(`Upstream ${spec.name}: concurrency limit ${before} → ${limit.current} (${why})`)
+        return log(Effect.logWarning(`Upstream ${spec.name}: concurrency limit ${before} → ${limit.current} (${why})`))
       })
     /** A success: the run of failures ends, the limit may grow; a log line when it is to be said. */
     const succeededNow = (): Effect.Effect<void> | undefined => {
@@ -190,7 +198,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       const now = clock.unsafeCurrentTimeMillis()
       if (limit.current < limit.ceiling && now - lastRaiseLog < RAISE_LOG_INTERVAL_MS) return undefined
       lastRaiseLog = now
-      return Effect.logInfo(`Upstream ${spec.name}: concurrency limit raised to ${limit.current}`)
+      return log(Effect.logInfo(`Upstream ${spec.name}: concurrency limit raised to ${limit.current}`))
     }
     const succeeded = Effect.suspend(() => succeededNow() ?? Effect.void)
     /** A failure in the run; `again` when the upstream is (now) down, else `retry`. */
@@ -215,10 +223,10 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       const code = (response.json as { error?: { code?: unknown } })?.error?.code
       if (answeredWell.has(endpoint) || reported404.has(endpoint) || code === "model_not_found") return Effect.void
       reported404.add(endpoint)
-      return Effect.logError(
+      return log(Effect.logError(
         `Upstream ${spec.name} answered 404 to POST ${urlFor(endpoint)}: it does not serve that path. Check its base ` +
           `URL (${spec.baseUrl}): it must include the API's version path, as in http://host:8000/v1.`
-      )
+      ))
     }
 
     /** The verdict on an attempt: at once for the usual answer (thousands a second), an effect when there is more to do. */
@@ -279,23 +287,23 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
           Effect.match(res.text, { onFailure: noAnswer, onSuccess: (text) => answered(res, text) })
       })
       // The permit is given back however the call ends; the verdict is reached before, while the call still counts.
-      const send = (generation: number) =>
-        Effect.flatMap(Effect.onInterrupt(call, releaseOnInterrupt), (result) => {
-          const verdict = judge(endpoint, result, generation)
-          if (typeof verdict === "string") {
-            gate.release()
-            return Effect.succeed([result, verdict] as const)
-          }
-          return Effect.map(verdict, (v) => {
-            gate.release()
-            return [result, v] as const
-          })
-        })
+      // Only the wait for a permit and the call itself are interruptible: the release on interruption is in place
+      // before the call starts, and a verdict (which may take the upstream down) always runs to its end.
       return Effect.uninterruptibleMask((restore) => {
         const granted = gate.tryAcquire(ticket) // the usual case: a permit at once, no effect to wait on
-        return granted === undefined
-          ? Effect.flatMap(restore(gate.acquire(ticket)), (generation) => restore(send(generation)))
-          : restore(send(granted))
+        const permit = granted === undefined ? restore(gate.acquire(ticket)) : Effect.succeed(granted)
+        return Effect.flatMap(permit, (generation) =>
+          Effect.flatMap(Effect.onInterrupt(restore(call), releaseOnInterrupt), (result) => {
+            const verdict = judge(endpoint, result, generation)
+            if (typeof verdict === "string") {
+              gate.release()
+              return Effect.succeed([result, verdict] as const)
+            }
+            return Effect.map(verdict, (v) => {
+              gate.release()
+              return [result, v] as const
+            })
+          }))
       })
     }
 
@@ -324,13 +332,15 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       })
       yield* Effect.logInfo(`Upstream ${spec.name} at ${spec.baseUrl} is up; ${models}${named}`)
     })
-    yield* Effect.forkIn(log(startUp), scope)
+    const started = yield* Deferred.make<void>()
+    yield* Effect.forkIn(log(Effect.ensuring(startUp, Deferred.succeed(started, undefined))), scope)
 
     return {
       spec,
       admission: gate,
       attempt,
       listed: () => listed,
+      started: Deferred.await(started),
       refreshListed: Effect.suspend(() =>
         clock.unsafeCurrentTimeMillis() - listedAt < LIST_TTL_MS || down ? Effect.void : Effect.asVoid(askModels)
       ),

@@ -9,8 +9,23 @@ import { readFile } from "node:fs/promises"
 import { parse as parseYaml } from "yaml"
 import type { AppConfigShape } from "../Config.js"
 
+/** An http(s) URL with no credentials in it (they would be logged with it: keys go in api_key or headers). */
 const HttpUrl = Schema.String.pipe(
-  Schema.filter((text) => (URL.canParse(text) && /^https?:$/.test(new URL(text).protocol)) || "an http:// or https:// URL")
+  Schema.filter((text) => isHttpUrl(text) || "an http:// or https:// URL"),
+  Schema.filter((text) => !hasCredentials(text) || "a URL without user:password@ (give the key in api_key, api_key_env or headers)")
+)
+const BaseUrl = HttpUrl.pipe(
+  Schema.filter((text) => (new URL(text).search === "" && new URL(text).hash === "") || "a base URL without ?query or #fragment")
+)
+
+const isHttpUrl = (text: string) => URL.canParse(text) && /^https?:$/.test(new URL(text).protocol)
+const hasCredentials = (text: string) => URL.canParse(text) && (new URL(text).username !== "" || new URL(text).password !== "")
+
+/** What an HTTP header value may not hold (undici refuses it, and the upstream would seem down for good). */
+export const badHeaderValue = (value: string): boolean => /[\u0000-\u0008\u000a-\u001f\u007f]/.test(value) || value.trim() !== value
+const HeaderName = Schema.String.pipe(Schema.pattern(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, { message: () => "a header name (letters, digits, - and a few signs)" }))
+const HeaderValue = Schema.String.pipe(
+  Schema.filter((value) => !badHeaderValue(value) || "a header value without line breaks, control characters or surrounding spaces")
 )
 
 /** One upstream as written in the file (and as given in code). */
@@ -18,14 +33,14 @@ export const UpstreamEntry = Schema.Struct({
   name: Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, {
     message: () => "a name of 1–64 of A–Z a–z 0–9 . _ - (starting with a letter or digit)"
   })),
-  base_url: HttpUrl,
-  api_key: Schema.optional(Schema.String),
+  base_url: BaseUrl,
+  api_key: Schema.optional(HeaderValue),
   api_key_env: Schema.optional(Schema.String),
   models: Schema.NonEmptyArray(Schema.String.pipe(Schema.minLength(1))),
   max_concurrency: Schema.optional(Schema.Int.pipe(Schema.positive())),
   min_concurrency: Schema.optional(Schema.Int.pipe(Schema.positive())),
   timeout: Schema.optional(Schema.String),
-  headers: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.String })),
+  headers: Schema.optional(Schema.Record({ key: HeaderName, value: HeaderValue })),
   metrics_url: Schema.optional(HttpUrl),
   max_waiting: Schema.optional(Schema.Int.pipe(Schema.positive()))
 })
@@ -66,6 +81,9 @@ const resolveEntry = (
   if (entry.api_key_env !== undefined) {
     const value = env[entry.api_key_env]
     if (value === undefined || value === "") return problem(`api_key_env names ${entry.api_key_env}, which is not set`)
+    if (badHeaderValue(value)) {
+      return problem(`${entry.api_key_env} holds a line break, a control character or surrounding spaces (a trailing newline from a file?)`)
+    }
     apiKey = Option.some(Redacted.make(value))
   } else if (entry.api_key !== undefined) {
     apiKey = Option.some(Redacted.make(entry.api_key))
