@@ -8,7 +8,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 server=""
 cleanup() {
-  [ -n "$server" ] && kill "$server" 2>/dev/null || true
+  # The server runs in a session of its own: killing its group ends npx and the node process it started.
+  [ -n "$server" ] && kill -- "-$server" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -26,7 +27,7 @@ if [ "$copies" != 1 ]; then
 fi
 
 port=$((20000 + RANDOM % 20000))
-PORT=$port DATA_DIR="$work/data" npx tsx main.ts > server.log 2>&1 &
+PORT=$port DATA_DIR="$work/data" setsid npx tsx main.ts > server.log 2>&1 &
 server=$!
 healthy() { node -e "fetch('http://127.0.0.1:$port/v1/health').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"; }
 for _ in $(seq 1 100); do healthy && break; sleep 0.2; done
