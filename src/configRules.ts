@@ -5,7 +5,7 @@
 import { ConfigError, Duration, Either, Option, Redacted } from "effect"
 import { parseAdminKey, parseKeyEntry } from "./auth/keyEntries.js"
 import type { AppConfigShape } from "./Config.js"
-import { badHeaderValue } from "./upstreams/UpstreamSpec.js"
+import { badHeaderValue, isPlainBaseUrl } from "./upstreams/UpstreamSpec.js"
 
 /** A rule of the configuration: what `variable` must be, checked on the whole configuration. */
 interface Rule {
@@ -38,12 +38,6 @@ const nonEmpty = (field: "host" | "dataDir" | "nodeId", variable: string): Rule 
   expected: "a non-empty string",
   holds: (c) => typeof c[field] === "string" && c[field].trim() !== ""
 })
-const isUrl = (text: string, protocols: RegExp) => URL.canParse(text) && protocols.test(new URL(text).protocol)
-/** No credentials, query or fragment: the base URL is logged, and paths are appended to it. */
-const isPlainBase = (text: string) => {
-  const url = new URL(text)
-  return url.username === "" && url.password === "" && url.search === "" && url.hash === ""
-}
 
 /** Whether requests need an API key: any key variable is set (a keys file counts even when it lists none). */
 export const keysConfigured = (config: Pick<AppConfigShape, "apiKeys" | "adminApiKeys" | "apiKeysFile">): boolean =>
@@ -81,7 +75,7 @@ const rules: ReadonlyArray<Rule> = [
   {
     variable: "INFERENCE_BASE_URL",
     expected: "an http:// or https:// URL without user:password@, ?query or #fragment (the key goes in INFERENCE_API_KEY)",
-    holds: (c) => isUrl(c.inferenceBaseUrl, /^https?:$/) && isPlainBase(c.inferenceBaseUrl)
+    holds: (c) => isPlainBaseUrl(c.inferenceBaseUrl)
   },
   {
     variable: "INFERENCE_API_KEY",

@@ -5,17 +5,9 @@
  */
 import { expect, layer } from "@effect/vitest"
 import { Duration, Effect } from "effect"
-import { chatLine, createBatch, readLines, sdk, terminal, upload, waitFor } from "./support/Batches.js"
-import { baseUrl } from "./support/TestApp.js"
-import { logged, LogLines, Simulators, testAppWithUpstreams } from "./support/Upstreams.js"
+import { readLines, terminal, waitFor } from "./support/Batches.js"
+import { client, createModelBatch, logged, LogLines, Simulators, testAppWithUpstreams } from "./support/Upstreams.js"
 
-const client = Effect.map(baseUrl, sdk)
-const runBatch = (n: number, model: string, prefix: string) =>
-  Effect.gen(function*() {
-    const openai = yield* client
-    const file = yield* upload(openai, Array.from({ length: n }, (_, i) => chatLine(`${prefix}-${i}`, `${prefix} ${i}`, model)))
-    return yield* createBatch(openai, file.id)
-  })
 const sleep = (ms: number) => Effect.promise(() => new Promise((resolve) => setTimeout(resolve, ms)))
 
 const twoUpstreams = (overrides = {}) =>
@@ -34,7 +26,7 @@ layer(twoUpstreams(), { excludeTestServices: true })("an upstream down for 30 s"
       const { main } = yield* Simulators
       const logs = yield* LogLines
       const openai = yield* client
-      const batch = yield* runBatch(1000, "model-a", "m")
+      const batch = yield* createModelBatch(1000, "model-a", "m")
       yield* waitFor(openai, batch.id, (b) => (b.request_counts?.completed ?? 0) >= 200)
       yield* Effect.promise(() => main!.stop())
       yield* sleep(1000)
@@ -43,7 +35,7 @@ layer(twoUpstreams(), { excludeTestServices: true })("an upstream down for 30 s"
       expect(paused.request_counts?.failed).toBe(0)
 
       // With one batch permit, a batch of the other upstream still runs while the first waits.
-      const other = yield* runBatch(20, "model-b", "o")
+      const other = yield* createModelBatch(20, "model-b", "o")
       expect((yield* waitFor(openai, other.id, terminal, 10_000)).status).toBe("completed")
 
       yield* sleep(29_000)
@@ -66,7 +58,7 @@ layer(twoUpstreams(), { excludeTestServices: true })("an upstream down for 30 s"
       const { main } = yield* Simulators
       const openai = yield* client
       yield* Effect.promise(() => main!.stop())
-      const batch = yield* runBatch(50, "model-a", "d")
+      const batch = yield* createModelBatch(50, "model-a", "d")
       yield* sleep(2000)
       const waiting = yield* Effect.promise(() => openai.batches.retrieve(batch.id))
       expect(waiting.status).toBe("in_progress")
@@ -82,7 +74,7 @@ layer(twoUpstreams({ completionWindow: Duration.seconds(4) }), { excludeTestServ
     Effect.gen(function*() {
       const { main } = yield* Simulators
       const openai = yield* client
-      const batch = yield* runBatch(400, "model-a", "e")
+      const batch = yield* createModelBatch(400, "model-a", "e")
       yield* waitFor(openai, batch.id, (b) => (b.request_counts?.completed ?? 0) >= 50)
       yield* Effect.promise(() => main!.stop())
       const done = yield* waitFor(openai, batch.id, terminal, 15_000)

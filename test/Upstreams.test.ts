@@ -4,20 +4,9 @@
  */
 import { expect, layer } from "@effect/vitest"
 import { Effect } from "effect"
-import { chatLine, createBatch, readLines, sdk, terminal, upload, waitFor } from "./support/Batches.js"
-import { baseUrl } from "./support/TestApp.js"
-import { logged, LogLines, Simulators, testAppWithUpstreams } from "./support/Upstreams.js"
+import { readLines, terminal, waitFor } from "./support/Batches.js"
+import { client, createModelBatch, logged, LogLines, Simulators, testAppWithUpstreams } from "./support/Upstreams.js"
 
-const client = Effect.map(baseUrl, sdk)
-const lines = (n: number, model: string, prefix = "r") =>
-  Array.from({ length: n }, (_, i) => chatLine(`${prefix}-${i}`, `${prefix} ${i}`, model))
-
-const runBatch = (n: number, model: string, prefix = "r") =>
-  Effect.gen(function*() {
-    const openai = yield* client
-    const file = yield* upload(openai, lines(n, model, prefix))
-    return yield* createBatch(openai, file.id)
-  })
 
 layer(
   testAppWithUpstreams(
@@ -40,11 +29,11 @@ layer(
         ["model-b", "model", "sim-b"],
         ["model-b2", "model", "sim-b"]
       ])
-      const [a, b] = [yield* runBatch(40, "model-a", "a"), yield* runBatch(30, "model-b2", "b")]
+      const [a, b] = [yield* createModelBatch(40, "model-a", "a"), yield* createModelBatch(30, "model-b2", "b")]
       for (const batch of [a, b]) expect((yield* waitFor(openai, batch.id, terminal)).status).toBe("completed")
       expect(Object.fromEntries(sims.a!.stats.byModel)).toEqual({ "model-a": 40 })
       expect(Object.fromEntries(sims.b!.stats.byModel)).toEqual({ "model-b2": 30 })
-      const unknown = yield* runBatch(2, "model-c", "c")
+      const unknown = yield* createModelBatch(2, "model-c", "c")
       const failed = yield* waitFor(openai, unknown.id, terminal)
       expect(failed.status).toBe("failed")
       expect(failed.errors?.data?.[0]).toMatchObject({ code: "model_not_found", line: 1, param: "body.model" })
@@ -55,7 +44,7 @@ layer(
       const sims = yield* Simulators
       const openai = yield* client
       sims.a!.reset()
-      const batches = [yield* runBatch(60, "model-a", "x"), yield* runBatch(60, "model-a", "y"), yield* runBatch(60, "model-a", "z")]
+      const batches = [yield* createModelBatch(60, "model-a", "x"), yield* createModelBatch(60, "model-a", "y"), yield* createModelBatch(60, "model-a", "z")]
       for (const batch of batches) expect((yield* waitFor(openai, batch.id, terminal)).status).toBe("completed")
       // Three batches with windows of 16 each: never more than max_concurrency (4) at the simulator.
       expect(sims.a!.stats.maxInFlight).toBe(4)
@@ -76,7 +65,7 @@ layer(
       const { storm } = yield* Simulators
       const logs = yield* LogLines
       const openai = yield* client
-      const batch = yield* runBatch(300, "sim-model", "s")
+      const batch = yield* createModelBatch(300, "sim-model", "s")
       const done = yield* waitFor(openai, batch.id, terminal, 30_000)
       expect(done.status).toBe("completed")
       expect(done.request_counts).toEqual({ total: 300, completed: 300, failed: 0 })
@@ -91,7 +80,7 @@ layer(
       storm!.capacity = undefined
       storm!.latencyMs = 5
       storm!.reset()
-      const calm = yield* runBatch(1500, "sim-model", "c")
+      const calm = yield* createModelBatch(1500, "sim-model", "c")
       expect((yield* waitFor(openai, calm.id, terminal, 60_000)).status).toBe("completed")
       expect(storm!.stats.maxInFlight).toBe(16)
       expect(logged(logs, /stormy: concurrency limit raised to 16/).length).toBeGreaterThan(0)
@@ -110,7 +99,7 @@ layer(
     Effect.gen(function*() {
       const { vllm } = yield* Simulators
       const openai = yield* client
-      const batch = yield* runBatch(40, "sim-model", "l")
+      const batch = yield* createModelBatch(40, "sim-model", "l")
       const done = yield* waitFor(openai, batch.id, terminal, 30_000)
       expect(done.request_counts).toEqual({ total: 40, completed: 40, failed: 0 })
       expect(vllm!.stats.maxWaiting).toBeLessThanOrEqual(2)

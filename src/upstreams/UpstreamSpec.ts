@@ -15,11 +15,16 @@ const HttpUrl = Schema.String.pipe(
   Schema.filter((text) => !hasCredentials(text) || "a URL without user:password@ (give the key in api_key, api_key_env or headers)")
 )
 const BaseUrl = HttpUrl.pipe(
-  Schema.filter((text) => (new URL(text).search === "" && new URL(text).hash === "") || "a base URL without ?query or #fragment")
+  Schema.filter((text) => !hasQueryOrFragment(text) || "a base URL without ?query or #fragment")
 )
 
 const isHttpUrl = (text: string) => URL.canParse(text) && /^https?:$/.test(new URL(text).protocol)
 const hasCredentials = (text: string) => URL.canParse(text) && (new URL(text).username !== "" || new URL(text).password !== "")
+const hasQueryOrFragment = (text: string) => URL.canParse(text) && (new URL(text).search !== "" || new URL(text).hash !== "")
+
+/** A base URL as an upstream's must be (the `INFERENCE_BASE_URL` shortcut's too): http(s), nothing but a path after the host. */
+export const isPlainBaseUrl = (text: string): boolean =>
+  isHttpUrl(text) && !hasCredentials(text) && !hasQueryOrFragment(text)
 
 /** What an HTTP header value may not hold (undici refuses it, and the upstream would seem down for good). */
 export const badHeaderValue = (value: string): boolean => /[\u0000-\u0008\u000a-\u001f\u007f]/.test(value) || value.trim() !== value

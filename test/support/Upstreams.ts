@@ -3,7 +3,8 @@ import { Context, Effect, Layer, Logger, LogLevel, Option } from "effect"
 import type { AppConfigShape } from "../../src/Config.js"
 import type { UpstreamEntry } from "../../src/upstreams/UpstreamSpec.js"
 import { type Simulator, type SimulatorOptions, startSimulator } from "../../scripts/simulator.js"
-import { type Backend, testApp } from "./TestApp.js"
+import { chatLine, createBatch, sdk, upload } from "./Batches.js"
+import { type Backend, baseUrl, testApp } from "./TestApp.js"
 
 /** The simulators of a test, by name. */
 export class Simulators extends Context.Tag("test/Simulators")<Simulators, Record<string, Simulator>>() {}
@@ -50,3 +51,14 @@ export const testAppWithUpstreams = (
 /** Log lines whose message matches `pattern`. */
 export const logged = (lines: ReadonlyArray<{ message: string }>, pattern: RegExp) =>
   lines.filter((l) => pattern.test(l.message)).map((l) => l.message)
+
+/** The official client, pointed at the app under test. */
+export const client = Effect.map(baseUrl, sdk)
+
+/** Uploads `n` chat lines for `model` (custom ids `prefix-i`) and creates their batch, through the official client. */
+export const createModelBatch = (n: number, model: string, prefix: string) =>
+  Effect.gen(function*() {
+    const openai = yield* client
+    const file = yield* upload(openai, Array.from({ length: n }, (_, i) => chatLine(`${prefix}-${i}`, `${prefix} ${i}`, model)))
+    return yield* createBatch(openai, file.id)
+  })
