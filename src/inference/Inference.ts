@@ -17,7 +17,7 @@ import { AppConfig } from "../Config.js"
 import type { BatchEndpoint } from "../domain/Batches.js"
 import { requestId } from "../domain/Ids.js"
 import { type Attempt, makeUpstream, type Upstream } from "../upstreams/Upstream.js"
-import { type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
+import { servesAnyModel, type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
 import { retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "./answers.js"
 import * as UpstreamHttpClient from "./UpstreamHttpClient.js"
 
@@ -58,10 +58,10 @@ export class Inference extends Context.Tag("Inference")<Inference, InferenceShap
 /** Whether `upstream` is known to serve `model`: it names it, or serves `"*"` and its list has it. */
 const knownToServe = (upstream: Upstream, model: string) =>
   upstream.spec.models.includes(model) ||
-  (upstream.spec.models.includes("*") && Option.exists(upstream.listed(), (ids) => ids.includes(model)))
+  (servesAnyModel(upstream.spec) && Option.exists(upstream.listed(), (ids) => ids.includes(model)))
 
 /** Whether `upstream` serves any model and gives no list to go by (it was not reached yet). */
-const servesUnlisted = (upstream: Upstream) => upstream.spec.models.includes("*") && Option.isNone(upstream.listed())
+const servesUnlisted = (upstream: Upstream) => servesAnyModel(upstream.spec) && Option.isNone(upstream.listed())
 
 /** The Inference over the configured upstreams, each with the `HttpClient` that `clientFor` gives it. */
 export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClient) =>
@@ -92,7 +92,7 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
       return known ?? upstreams.find(servesUnlisted)
     }
     /** Every upstream serving any model has had its start-up probe: their lists are known when they give one. */
-    const listsKnown = Effect.forEach(upstreams, (u) => (u.spec.models.includes("*") ? u.started : Effect.void), {
+    const listsKnown = Effect.forEach(upstreams, (u) => (servesAnyModel(u.spec) ? u.started : Effect.void), {
       discard: true
     })
 
@@ -135,7 +135,7 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
     })
 
     const models = Effect.gen(function*() {
-      yield* Effect.forEach(upstreams, (u) => (u.spec.models.includes("*") ? u.refreshListed : Effect.void), {
+      yield* Effect.forEach(upstreams, (u) => (servesAnyModel(u.spec) ? u.refreshListed : Effect.void), {
         concurrency: "unbounded",
         discard: true
       })
@@ -143,7 +143,7 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
       const seen = new Set<string>()
       let complete = true
       for (const u of upstreams) {
-        const listed = u.spec.models.includes("*") ? u.listed() : Option.some([])
+        const listed = servesAnyModel(u.spec) ? u.listed() : Option.some([])
         if (Option.isNone(listed)) complete = false
         for (const id of [...u.spec.models.filter((m) => m !== "*"), ...Option.getOrElse(listed, () => [])]) {
           if (seen.has(id)) continue

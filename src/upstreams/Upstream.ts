@@ -30,7 +30,7 @@ import { type FailureKind, failureKind } from "../inference/UpstreamHttpClient.j
 import { Admission, openGauge, type Ticket } from "./Admission.js"
 import { AdaptiveLimit } from "./adaptiveLimit.js"
 import { makeLoadWatch } from "./loadWatch.js"
-import type { UpstreamSpec } from "./UpstreamSpec.js"
+import { servesAnyModel, type UpstreamSpec } from "./UpstreamSpec.js"
 
 /** Failures in a row (5xx, timeouts, lost connections, with no answer between) that make an outage. */
 export const OUTAGE_AFTER = 5
@@ -310,7 +310,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     // --- start-up probe ----------------------------------------------------------------------------------------
     const startUp = Effect.gen(function*() {
       const answer = yield* askModels
-      const named = spec.models.includes("*") ? "" : `; serves ${spec.models.join(", ")}`
+      const named = servesAnyModel(spec) ? "" : `; serves ${spec.models.join(", ")}`
       if (Exit.isFailure(answer)) {
         const error = Cause.squash(answer.cause)
         const reason = String((error as Error)?.message ?? error).split("\n")[0]

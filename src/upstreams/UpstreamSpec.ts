@@ -72,6 +72,9 @@ export interface UpstreamSpec {
   readonly loadAware: Option.Option<{ readonly metricsUrl: string; readonly maxWaiting: number }>
 }
 
+/** Whether the upstream serves any model (`"*"`): what it serves is then what its own `GET /models` lists. */
+export const servesAnyModel = (spec: UpstreamSpec): boolean => spec.models.includes("*")
+
 type Defaults = Pick<AppConfigShape, "inferenceMaxConcurrency" | "inferenceMinConcurrency" | "inferenceTimeout">
 
 /** An entry resolved against the defaults and the environment, or what is wrong with it. */
