@@ -9,7 +9,7 @@ import { chatLine, createBatch, readLines, sdk, terminal, upload, waitFor } from
 import { startServer } from "./support/ServerProcess.js"
 import { backends, TestDatabase } from "./support/TestApp.js"
 
-for (const backend of backends) describe(backend, () => it.live("SIGKILL mid-batch, restart: every custom_id exactly once, upstream repeats bounded by the in-flight window", () =>
+for (const backend of backends) describe(backend, () => it.live("SIGKILL mid-batch, restart: every custom_id exactly once, upstream repeats bounded by twice the window", () =>
   Effect.gen(function*() {
     const sim = yield* Effect.acquireRelease(Effect.promise(() => startSimulator()), (s) => Effect.promise(() => s.close()))
     const dataDir = yield* Effect.acquireRelease(
@@ -43,9 +43,9 @@ for (const backend of backends) describe(backend, () => it.live("SIGKILL mid-bat
     expect(output.map((l) => l.custom_id)).toEqual(Array.from({ length: total }, (_, i) => `id-${i}`))
     expect(done.error_file_id).toBeNull()
 
-    // Only requests that were in a slot (sent, or answered but not yet stored) when the process died went twice.
+    // Only requests a worker held when the process died went twice: one in flight, one answered but not yet stored.
     const repeated = [...sim.stats.byPrompt.values()].filter((n) => n > 1).length
     expect(sim.stats.byPrompt.size).toBe(total)
-    expect(repeated).toBeLessThanOrEqual(window)
+    expect(repeated).toBeLessThanOrEqual(2 * window)
     expect(sim.stats.requests).toBe(total + repeated)
   }).pipe(Effect.scoped)))

@@ -9,8 +9,10 @@ import { BatchStore, BatchStoreLive, type BatchStoreShape, type RequestOutcome }
 import { LocalWork } from "../src/batches/heartbeat.js"
 import { makeOutcomeWriter } from "../src/batches/outcomeWriter.js"
 import { makePendingRows } from "../src/batches/pendingRows.js"
+import { makeRunning } from "../src/batches/running.js"
 import { WorkLeases, WorkLeasesLive } from "../src/batches/WorkLeases.js"
 import { BatchId, BatchRequestId } from "../src/domain/Ids.js"
+import { InferenceScripted } from "../src/inference/Inference.js"
 import { SqlLive } from "../src/storage/Sql.js"
 import { validatingBatch } from "./support/Batches.js"
 import { backends, configFor, TestDatabase, TestDataDir } from "./support/TestApp.js"
@@ -45,7 +47,7 @@ describe("outcome writer", () => {
           window: 32,
           afterWrite: (outcomes) => Effect.sync(() => afterWrite.push(outcomes.map((o) => o.line)))
         })
-        const callers = yield* Effect.forEach([1, 2, 3, 4, 5], (line) => Effect.fork(writer.store(outcome(line))))
+        const callers = yield* Effect.forEach([1, 2, 3, 4, 5], (line) => Effect.fork(writer.queueNow(outcome(line))))
         yield* Effect.sleep("50 millis")
         expect(groups).toEqual([[1, 2, 3, 4, 5]])
         expect(yield* Effect.forEach(callers, (f) => f.poll)).toEqual(callers.map(() => Option.none())) // still waiting
@@ -60,7 +62,7 @@ describe("outcome writer", () => {
       const groups: Array<Array<number>> = []
       const exits = yield* Effect.gen(function*() {
         const writer = yield* makeOutcomeWriter(BatchId.make("b"), { window: 32, afterWrite: () => Effect.void })
-        return yield* Effect.forEach([1, 2], (line) => Effect.exit(writer.store(outcome(line))), { concurrency: "unbounded" })
+        return yield* Effect.forEach([1, 2], (line) => Effect.exit(writer.queueNow(outcome(line))), { concurrency: "unbounded" })
       }).pipe(Effect.scoped, Effect.provide(scriptedStore(groups, () => Effect.dieMessage("disk I/O error"))))
       expect(groups).toEqual([[1, 2]])
       expect(exits.every(Exit.isFailure)).toBe(true)
@@ -75,9 +77,9 @@ describe("outcome writer", () => {
         Scope.extend(scope),
         Effect.provide(scriptedStore(groups, (n) => (n === 1 ? Deferred.await(gate) : Effect.void)))
       )
-      yield* Effect.fork(writer.store(outcome(1)))
+      yield* Effect.fork(writer.queueNow(outcome(1)))
       yield* Effect.sleep("20 millis") // group [1] is being written, held at the gate
-      const second = yield* Effect.fork(writer.store(outcome(2)))
+      const second = yield* Effect.fork(writer.queueNow(outcome(2)))
       yield* Effect.sleep("20 millis")
       yield* Fiber.interrupt(second)
       yield* Effect.fork(Effect.zipRight(Effect.sleep("50 millis"), Deferred.succeed(gate, undefined)))
@@ -106,10 +108,10 @@ describe("LocalWork", () => {
     }))
 })
 
-const storesFor = (backend: "sqlite" | "postgres") =>
+const storesFor = (backend: "sqlite" | "postgres", config: Parameters<typeof configFor>[0] = {}) =>
   Layer.merge(BatchStoreLive, WorkLeasesLive).pipe(
     Layer.provide(SqlLive),
-    Layer.provideMerge(configFor()),
+    Layer.provideMerge(configFor(config)),
     Layer.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))
   )
 
@@ -158,4 +160,29 @@ for (const backend of backends) describe(`pending rows (${backend})`, () => {
       expect(yield* leases.liveSlices(id, Date.now())).toBe(0)
       expect(yield* leases.claimable(Date.now(), 10)).toContain(id)
     }).pipe(Effect.provide(storesFor(backend))))
+})
+
+describe("running", () => {
+  it.live("a worker sends its next request while its outcome is stored, and holds no more than that one unstored", () =>
+    Effect.gen(function*() {
+      const store = yield* BatchStore
+      const id = yield* runningBatch
+      const gate = yield* Deferred.make<void>()
+      const held = Layer.succeed(BatchStore, {
+        ...store,
+        recordOutcomes: (batchId, outcomes) => Effect.zipRight(Deferred.await(gate), store.recordOutcomes(batchId, outcomes))
+      })
+      let sent = 0
+      const answer = { status: 200, text: "{}", json: {}, requestId: "req_1" }
+      const running = yield* makeRunning(new LocalWork()).pipe(
+        Effect.provide(Layer.merge(held, InferenceScripted(() => Effect.sync(() => (sent++, answer)))))
+      )
+      const run = yield* Effect.fork(running.run(yield* store.get(id, "all")))
+      yield* Effect.sleep("100 millis")
+      expect(sent).toBe(2) // the first outcome is held in its write; the second request went out meanwhile, not a third
+      yield* Deferred.succeed(gate, undefined)
+      yield* Fiber.join(run)
+      expect(sent).toBe(23)
+      expect((yield* store.get(id, "all")).batch).toMatchObject({ status: "finalizing", request_counts: { total: 25, completed: 23, failed: 2 } })
+    }).pipe(Effect.scoped, Effect.provide(storesFor("sqlite", { maxConcurrentRequestsPerBatch: 1 }))))
 })

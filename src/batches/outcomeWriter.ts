@@ -1,5 +1,5 @@
 /**
- * The outcome writer of a batch's run: `store(outcome)` queues an outcome and waits until it is stored. One writer
+ * The outcome writer of a batch's run: `queueNow(outcome)` queues an outcome and gives the wait until it is stored. One writer
  * fiber stores them in groups: what arrived while the previous group was being written, plus what the event loop
  * turns after it bring in (one statement per group, not per request, and the counts move in the same statement).
  * A scoped resource: when the scope closes, the writer is stopped (a group being written is finished) and what is
@@ -12,28 +12,37 @@ import { afterPendingIo } from "./eventLoop.js"
 
 export interface OutcomeWriter {
   /**
-   * Queues `outcome` for the next group and waits until the group is written; fails when the write fails (so the
-   * run fails, and is retried, instead of waiting forever). An interrupted caller needs no clean-up: its outcome
-   * is still written.
+   * Queues `outcome` for the next group at once (not when the returned effect runs), and gives the wait until its
+   * group is written, which fails when the write fails (so the run fails, and is retried, instead of waiting
+   * forever). An interrupted waiter needs no clean-up: its outcome is still written.
    */
-  readonly store: (outcome: RequestOutcome) => Effect.Effect<void>
+  readonly queueNow: (outcome: RequestOutcome) => Effect.Effect<void>
 }
 
 export interface OutcomeWriterOptions {
-  /** How many callers may wait at once (the run's window): gathering stops once they are all in. */
+  /** How many outcomes may be queued at once (the run's window): gathering stops once they are all in. */
   readonly window: number
-  /** Runs after each group is stored, before its callers resume (slice bookkeeping); its failure fails them. */
+  /** Runs after each group is stored, before its waiters resume (slice bookkeeping); its failure fails them. */
   readonly afterWrite: (outcomes: ReadonlyArray<RequestOutcome>) => Effect.Effect<void>
 }
 
-/** Outcomes waiting for the next write, with the callers waiting for it. */
-interface OutcomeGroup {
-  readonly outcomes: Array<RequestOutcome>
-  /** The callers' resumptions, called with the write's result (which fails them too when it failed). */
-  readonly waiting: Array<(result: Effect.Effect<void>) => void>
+/**
+ * The write's result for one queued outcome, once known, and the resumption of whoever waits for it. A plain
+ * callback, not a `Deferred`: this is made for every request, and an interrupted waiter needs no clean-up (a late
+ * resume is ignored).
+ */
+interface Receipt {
+  written: Effect.Effect<void> | undefined
+  resume: ((written: Effect.Effect<void>) => void) | undefined
 }
 
-const emptyGroup = (): OutcomeGroup => ({ outcomes: [], waiting: [] })
+/** Outcomes waiting for the next write, with their receipts. */
+interface OutcomeGroup {
+  readonly outcomes: Array<RequestOutcome>
+  readonly receipts: Array<Receipt>
+}
+
+const emptyGroup = (): OutcomeGroup => ({ outcomes: [], receipts: [] })
 
 export const makeOutcomeWriter = (
   batchId: BatchId,
@@ -44,16 +53,16 @@ export const makeOutcomeWriter = (
     let group = emptyGroup()
     const arrived = yield* Effect.makeLatch(false)
 
-    /**
-     * A plain callback, not a `Deferred`: this runs for every request, and an interrupted caller needs no clean-up
-     * (a late resume is ignored).
-     */
-    const store = (outcome: RequestOutcome) =>
-      Effect.async<void>((resume) => {
-        group.outcomes.push(outcome)
-        group.waiting.push(resume)
-        arrived.unsafeOpen()
+    const queueNow = (outcome: RequestOutcome): Effect.Effect<void> => {
+      const receipt: Receipt = { written: undefined, resume: undefined }
+      group.outcomes.push(outcome)
+      group.receipts.push(receipt)
+      arrived.unsafeOpen()
+      return Effect.async<void>((resume) => {
+        if (receipt.written !== undefined) resume(receipt.written)
+        else receipt.resume = resume
       })
+    }
 
     const writeGroup = Effect.suspend(() => {
       const writing = group
@@ -64,7 +73,10 @@ export const makeOutcomeWriter = (
         Effect.exit,
         Effect.flatMap((exit) =>
           Effect.suspend(() => {
-            for (const resume of writing.waiting) resume(exit)
+            for (const receipt of writing.receipts) {
+              receipt.written = exit
+              receipt.resume?.(exit)
+            }
             return exit
           })
         ),
@@ -73,7 +85,7 @@ export const makeOutcomeWriter = (
     })
 
     /**
-     * Lets the event loop run turns while they bring more outcomes, until every caller's is in: the responses
+     * Lets the event loop run turns while they bring more outcomes, until the window's are all in: the responses
      * already received join the group. A slow upstream's outcomes are written after one turn; a fast one's in
      * groups of most of the window (each group write costs about as much as its statement, not its rows).
      */
@@ -94,5 +106,5 @@ export const makeOutcomeWriter = (
       Effect.forkDaemon(Effect.interruptible(writer)),
       (fiber) => Effect.zipRight(Fiber.interrupt(fiber), writeGroup)
     )
-    return { store }
+    return { queueNow }
   })

@@ -1,10 +1,10 @@
 /**
  * The running phase of a batch on this node: the pending requests of every slice it can claim
  * (`pendingRows.ts`), sent through `maxConcurrentRequestsPerBatch` workers — a sliding window: each worker takes
- * the next row as soon as its previous one is done — with outcomes stored in groups (`outcomeWriter.ts`).
+ * the next row as soon as its previous one is answered — with outcomes stored in groups (`outcomeWriter.ts`).
  *
- * A worker moves on only once its outcome is stored, so a crash loses at most one unstored outcome per worker. An
- * interruption (cancel, expiry, a lost slice, the upstream going down) aborts the calls in flight; then, as the run's scope closes, the
+ * A worker holds at most one outcome not yet stored, so a crash makes at most two requests per worker run again
+ * (one in flight, one answered). An interruption (cancel, expiry, a lost slice, the upstream going down) aborts the calls in flight; then, as the run's scope closes, the
  * outcome writer stores every outcome already received, and the pending-row source releases the slices left
  * unfinished for any node to resume (resources close in the reverse order of their making, and the writer is made
  * from the source).
@@ -60,22 +60,28 @@ export const makeRunning = (local: LocalWork) =>
         const rows = yield* makePendingRows(batch.id, local, stopAfterSlice)
         const outcomes = yield* makeOutcomeWriter(batch.id, { window, afterWrite: rows.stored })
         const options = { deadline: batch.expires_at * 1000, model: batch.model, project: record.project }
-        // A worker takes a row, sends it, waits until its outcome is stored, and starts over (a recursive effect
-        // in tail position: the fiber's stack does not grow). Thousands of requests run a second, so the loop is
-        // kept to a few steps: a row of the page in hand is taken synchronously, an outcome queued when it arrives.
-        const send = (row: RequestRow) =>
+        // A worker takes a row, sends it, queues its outcome, waits until its previous outcome is stored (by then,
+        // one upstream call later, it nearly always is) and starts over: the store stays off the requests' path,
+        // and a crash loses at most two outcomes per worker. A recursive effect in tail position (the fiber's stack
+        // does not grow); thousands of requests run a second, so the loop is kept to a few steps: a row of the
+        // page in hand is taken synchronously, an outcome queued when it arrives.
+        const next = (outcome: RequestOutcome, previous: Effect.Effect<void>) => {
+          const stored = outcomes.queueNow(outcome)
+          return Effect.zipRight(previous, Effect.suspend(() => worker(stored)))
+        }
+        const send = (row: RequestRow, previous: Effect.Effect<void>) =>
           Effect.matchEffect(inference.send(batch.endpoint, row.body, options), {
-            onSuccess: (res) => Effect.zipRight(outcomes.store(responseOutcome(row, res)), worker),
-            onFailure: (e) => Effect.zipRight(outcomes.store(errorOutcome(row, e)), worker)
+            onSuccess: (res) => next(responseOutcome(row, res), previous),
+            onFailure: (e) => next(errorOutcome(row, e), previous)
           })
-        const worker: Effect.Effect<void> = Effect.suspend(() => {
+        const worker = (previous: Effect.Effect<void>): Effect.Effect<void> => {
           const row = rows.takeNow()
-          if (row !== undefined) return send(row)
-          return Effect.flatMap(rows.next, (next) => (Option.isNone(next) ? Effect.void : send(next.value)))
-        })
+          if (row !== undefined) return send(row, previous)
+          return Effect.flatMap(rows.next, (next) => (Option.isNone(next) ? previous : send(next.value, previous)))
+        }
         // An outage of the upstream ends the run at once (its calls wait anyway): the batch gives its permit back
         // to batches whose upstreams answer, and `drive` waits for the upstream before running it again.
-        yield* Effect.all(Array.from({ length: window }, () => worker), { concurrency: "unbounded", discard: true }).pipe(
+        yield* Effect.all(Array.from({ length: window }, () => Effect.suspend(() => worker(Effect.void))), { concurrency: "unbounded", discard: true }).pipe(
           Effect.raceFirst(inference.unreachable(batch.model))
         )
         return rows.claimed()
