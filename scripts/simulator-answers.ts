@@ -1,16 +1,31 @@
 /** The simulator's answers: successful bodies per endpoint, OpenAI error bodies and the texts of `[bignum]` and `[html]`. */
 
-/** The prompt text of a request: the last message's content, `prompt` or `input` (where directives are read). */
+/**
+ * The prompt text of a request (where directives are read): the last message's content, `prompt`, `input`, or a
+ * rerank/score request's `query` / `text_1`.
+ */
 export const promptOf = (body: any): string => {
   if (Array.isArray(body?.messages)) {
     const last = body.messages.at(-1)?.content
     return typeof last === "string" ? last : JSON.stringify(last ?? "")
   }
-  const text = body?.prompt ?? body?.input
+  const text = body?.prompt ?? body?.input ?? body?.query ?? body?.text_1
   return typeof text === "string" ? text : JSON.stringify(text ?? "")
 }
 
 const tokens = (text: string) => Math.max(1, Math.ceil(text.length / 4))
+
+/** `[cached:N]` and `[reasoning:N]` in the prompt: the usage details an answer reports (0 without). */
+const details = (prompt: string) => ({
+  cached: Number(/\[cached:(\d+)\]/.exec(prompt)?.[1] ?? 0),
+  reasoning: Number(/\[reasoning:(\d+)\]/.exec(prompt)?.[1] ?? 0)
+})
+
+/** A few of OpenAI's moderation categories, all false, with low scores. */
+const CATEGORIES = ["harassment", "hate", "self-harm", "sexual", "violence"]
+
+/** A 1×1 transparent PNG, as `b64_json`. */
+const PIXEL_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
 
 /** The successful answer to `body` on `path` (an echo of the prompt, with usage). */
 export const answer = (path: string, body: any, prompt: string) => {
@@ -18,6 +33,7 @@ export const answer = (path: string, body: any, prompt: string) => {
   const created = Math.floor(Date.now() / 1000)
   const reply = `echo: ${prompt}`
   const usage = { prompt_tokens: tokens(prompt), completion_tokens: tokens(reply) }
+  const { cached, reasoning } = details(prompt)
   switch (path) {
     case "/v1/chat/completions":
       return {
@@ -29,8 +45,8 @@ export const answer = (path: string, body: any, prompt: string) => {
         usage: {
           ...usage,
           total_tokens: usage.prompt_tokens + usage.completion_tokens,
-          prompt_tokens_details: { cached_tokens: 0 },
-          completion_tokens_details: { reasoning_tokens: 0 }
+          prompt_tokens_details: { cached_tokens: cached },
+          completion_tokens_details: { reasoning_tokens: reasoning }
         }
       }
     case "/v1/completions":
@@ -55,6 +71,54 @@ export const answer = (path: string, body: any, prompt: string) => {
         usage: { prompt_tokens: usage.prompt_tokens, total_tokens: usage.prompt_tokens }
       }
     }
+    case "/v1/moderations": {
+      const inputs = Array.isArray(body.input) ? body.input : [body.input]
+      return {
+        id: `modr-${created}`,
+        model,
+        results: inputs.map(() => ({
+          flagged: false,
+          categories: Object.fromEntries(CATEGORIES.map((c) => [c, false])),
+          category_scores: Object.fromEntries(CATEGORIES.map((c) => [c, 0.0001]))
+        }))
+      }
+    }
+    case "/v1/images/generations": {
+      const n = Number.isInteger(body.n) && body.n > 0 ? Math.min(body.n, 4) : 1
+      const output = 272 * n
+      return {
+        created,
+        data: Array.from({ length: n }, () => ({ b64_json: PIXEL_PNG })),
+        usage: {
+          input_tokens: usage.prompt_tokens,
+          input_tokens_details: { text_tokens: usage.prompt_tokens, image_tokens: 0 },
+          output_tokens: output,
+          total_tokens: usage.prompt_tokens + output
+        }
+      }
+    }
+    case "/v1/rerank": { // vLLM's (Jina/Cohere-style) rerank
+      const documents: Array<unknown> = Array.isArray(body.documents) ? body.documents : []
+      return {
+        id: `rerank-${created}`,
+        model,
+        usage: { total_tokens: usage.prompt_tokens + documents.length },
+        results: documents.map((document, index) => ({
+          index,
+          document: { text: typeof document === "string" ? document : JSON.stringify(document) },
+          relevance_score: 1 / (index + 1)
+        }))
+      }
+    }
+    case "/v1/score": // vLLM's score
+      return {
+        id: `score-${created}`,
+        object: "list",
+        created,
+        model,
+        data: [{ index: 0, object: "score", score: 0.5 }],
+        usage: { prompt_tokens: usage.prompt_tokens, total_tokens: usage.prompt_tokens }
+      }
     default:
       return {
         id: `resp_${created}`,
@@ -65,9 +129,9 @@ export const answer = (path: string, body: any, prompt: string) => {
         output: [{ type: "message", role: "assistant", content: [{ type: "output_text", text: reply }] }],
         usage: {
           input_tokens: usage.prompt_tokens,
-          input_tokens_details: { cached_tokens: 0 },
+          input_tokens_details: { cached_tokens: cached },
           output_tokens: usage.completion_tokens,
-          output_tokens_details: { reasoning_tokens: 0 },
+          output_tokens_details: { reasoning_tokens: reasoning },
           total_tokens: usage.prompt_tokens + usage.completion_tokens
         }
       }

@@ -1,6 +1,7 @@
 /**
  * An OpenAI-compatible upstream simulator for tests, the demo and the benchmark: `/v1/chat/completions`,
- * `/v1/completions`, `/v1/embeddings`, `/v1/responses` and `/v1/models`, with settable latency and failure injection,
+ * `/v1/completions`, `/v1/embeddings`, `/v1/responses`, `/v1/moderations`, `/v1/images/generations`, vLLM's
+ * `/v1/rerank` and `/v1/score`, and `/v1/models`, with settable latency and failure injection,
  * a vLLM-like queue (at most `maxRunning` requests processed at once, the others wait) and vLLM's queue gauges at
  * `GET /metrics` (`vllm:num_requests_running`, `vllm:num_requests_waiting`; Prometheus text format 0.0.4).
  *
@@ -16,7 +17,9 @@
  *   [html]              answer 200 with an HTML page (`content-type: text/html`) instead of JSON
  *   [trickle:100]       send the answer's head at once, then its body one byte every 100 ms
  *   [big:40]            pad the answer's content so that the body is about 40 MiB (fractions work: [big:0.01])
- * Unknown models get a 404 `model_not_found`, like OpenAI.
+ *   [cached:7]          report 7 cached input tokens in the usage details (chat and responses answers)
+ *   [reasoning:9]       report 9 reasoning output tokens in the same way
+ * Unknown models get a 404 `model_not_found`, like OpenAI; a moderation naming none is answered by the first model.
  *
  * Overload and outages, set at run time on the `Simulator` (or as options): `capacity` answers 429
  * `rate_limit_exceeded` at once (no Retry-After) to a request arriving while more than `capacity` are in flight;
@@ -24,7 +27,7 @@
  * the socket and every connection (connection refused) and `start()` listens again on the same port.
  *
  * Options (`startSimulator`): port, latencyMs, models, retryAfterSeconds, maxRunning, capacity, tls ({ key, cert }:
- * HTTPS, the `url` then starts with `https://`).
+ * HTTPS, the `url` then starts with `https://`), keepBodies (every inference request's body text in `stats.bodies`).
  *
  *   npx tsx scripts/simulator.ts [--port 8000] [--latency 0] [--models sim-model,other] [--max-running N]
  *                                [--capacity N]
@@ -51,6 +54,8 @@ export interface SimulatorOptions {
   readonly capacity?: number
   /** Serve HTTPS with this key and certificate (PEM). */
   readonly tls?: { readonly key: string; readonly cert: string }
+  /** Keep the body text of every inference request received, in `stats.bodies` (tests of what is forwarded). */
+  readonly keepBodies?: boolean
 }
 
 export interface SimulatorStats {
@@ -71,6 +76,8 @@ export interface SimulatorStats {
   readonly byPrompt: Map<string, number>
   /** Inference requests per `body.model` (rejected attempts included). */
   readonly byModel: Map<string, number>
+  /** With `keepBodies`: each inference request's path and body text, in arrival order. */
+  readonly bodies: Array<{ readonly path: string; readonly body: string }>
 }
 
 export interface Simulator {
@@ -94,7 +101,16 @@ export interface Simulator {
   readonly close: () => Promise<void>
 }
 
-const endpoints = new Set(["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"])
+const endpoints = new Set([
+  "/v1/chat/completions",
+  "/v1/completions",
+  "/v1/embeddings",
+  "/v1/responses",
+  "/v1/moderations",
+  "/v1/images/generations",
+  "/v1/rerank",
+  "/v1/score"
+])
 
 export const startSimulator = async (options: SimulatorOptions = {}): Promise<Simulator> => {
   const models = new Set(options.models ?? ["sim-model"])
@@ -110,7 +126,8 @@ export const startSimulator = async (options: SimulatorOptions = {}): Promise<Si
     rejected: 0,
     aborted: 0,
     byPrompt: new Map(),
-    byModel: new Map()
+    byModel: new Map(),
+    bodies: []
   }
   const queue = makeQueue(stats, options.maxRunning)
   const scheme = options.tls === undefined ? "http" : "https"
@@ -160,6 +177,8 @@ export const startSimulator = async (options: SimulatorOptions = {}): Promise<Si
     } catch {
       return send(400, errorBody(400, "Invalid JSON body"))
     }
+    if (options.keepBodies) stats.bodies.push({ path, body: raw })
+    if (path === "/v1/moderations" && typeof body === "object" && body !== null && body.model === undefined) body.model = metricsModel
     const prompt = promptOf(body)
     const seen = (stats.byPrompt.get(prompt) ?? 0) + 1
     stats.byPrompt.set(prompt, seen)
@@ -275,6 +294,7 @@ export const startSimulator = async (options: SimulatorOptions = {}): Promise<Si
       stats.aborted = 0
       stats.byPrompt.clear()
       stats.byModel.clear()
+      stats.bodies.length = 0
     },
     // `server.close` on a server not listening would wait forever for a 'close' event.
     stop: () => (server.listening ? shut() : Promise.resolve()),

@@ -53,6 +53,15 @@ export interface AppConfigShape {
   readonly upstreams: Option.Option<ReadonlyArray<UpstreamEntry>>
   /** How often an upstream that is down is probed (`UPSTREAM_PROBE_INTERVAL`). */
   readonly upstreamProbeInterval: Duration.Duration
+  /**
+   * Paths accepted as batch endpoints beside OpenAI's (`EXTRA_BATCH_ENDPOINTS`, comma-separated, each `/v1/…`, e.g.
+   * vLLM's `/v1/rerank`): `model` required, the body passed through.
+   */
+  readonly extraBatchEndpoints: ReadonlyArray<string>
+  /** Where answers come from (`INFERENCE_MODE`): the upstreams, the upstreams with each answer recorded, or recordings only. */
+  readonly inferenceMode: "live" | "record" | "replay"
+  /** The recordings' directory (`INFERENCE_RECORDINGS`), needed by `record` and `replay`. */
+  readonly inferenceRecordings: Option.Option<string>
   /** Attempts per request, the first included, on 429/5xx/network errors (`INFERENCE_MAX_ATTEMPTS`). */
   readonly inferenceMaxAttempts: number
   /** First retry delay; doubles each attempt, with jitter (`INFERENCE_RETRY_BASE_DELAY`). */
@@ -118,6 +127,9 @@ export const defaults: AppConfigShape = {
   upstreamsFile: Option.none(),
   upstreams: Option.none(),
   upstreamProbeInterval: Duration.seconds(2),
+  extraBatchEndpoints: [],
+  inferenceMode: "live",
+  inferenceRecordings: Option.none(),
   inferenceMaxAttempts: 5,
   inferenceRetryBaseDelay: Duration.seconds(1),
   inferenceRetryMaxDelay: Duration.seconds(60),
@@ -177,6 +189,12 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   ),
   upstreamsFile: Config.option(Config.string("UPSTREAMS_FILE")),
   upstreamProbeInterval: Config.duration("UPSTREAM_PROBE_INTERVAL").pipe(Config.withDefault(defaults.upstreamProbeInterval)),
+  extraBatchEndpoints: Config.string("EXTRA_BATCH_ENDPOINTS").pipe(
+    Config.map(commaList),
+    Config.withDefault(defaults.extraBatchEndpoints)
+  ),
+  inferenceMode: Config.literal("live", "record", "replay")("INFERENCE_MODE").pipe(Config.withDefault(defaults.inferenceMode)),
+  inferenceRecordings: Config.option(Config.string("INFERENCE_RECORDINGS")),
   inferenceRetryBaseDelay: Config.duration("INFERENCE_RETRY_BASE_DELAY").pipe(
     Config.withDefault(defaults.inferenceRetryBaseDelay)
   ),

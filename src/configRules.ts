@@ -53,6 +53,14 @@ export const isLoopbackName = (name: string): boolean => {
 export const commaList = (text: string): ReadonlyArray<string> =>
   text.split(",").map((entry) => entry.trim()).filter((entry) => entry !== "")
 
+const MAX_EXTRA_ENDPOINTS = 32
+const MAX_ENDPOINT_LENGTH = 100
+
+/** A path the batch API may target: `/v1/` and segments of URL-safe characters, none of them `.` or `..`. */
+const isEndpointPath = (path: string) =>
+  path.length <= MAX_ENDPOINT_LENGTH && /^\/v1(\/[A-Za-z0-9._-]+)+$/.test(path) &&
+  !path.split("/").some((segment) => segment === "." || segment === "..")
+
 /** An exact origin (`https://app.example.com`, `http://localhost:3000`): scheme, host and port, nothing more. */
 const isOrigin = (text: string) =>
   URL.canParse(text) && /^https?:$/.test(new URL(text).protocol) && new URL(text).origin === text
@@ -107,6 +115,19 @@ const rules: ReadonlyArray<Rule> = [
     holds: (c) => c.inferenceMinConcurrency <= c.inferenceMaxConcurrency
   },
   { variable: "UPSTREAMS_FILE", expected: "a file path", holds: (c) => !Option.exists(c.upstreamsFile, (path) => path.trim() === "") },
+  {
+    variable: "EXTRA_BATCH_ENDPOINTS",
+    expected: `comma-separated paths under /v1/ such as /v1/rerank (letters, digits, - _ . and /; at most ` +
+      `${MAX_EXTRA_ENDPOINTS}, each at most ${MAX_ENDPOINT_LENGTH} characters)`,
+    holds: (c) => c.extraBatchEndpoints.length <= MAX_EXTRA_ENDPOINTS && c.extraBatchEndpoints.every(isEndpointPath)
+  },
+  {
+    variable: "INFERENCE_MODE",
+    expected: "live, record or replay (record and replay need INFERENCE_RECORDINGS, the recordings' directory)",
+    holds: (c) =>
+      ["live", "record", "replay"].includes(c.inferenceMode) &&
+      (c.inferenceMode === "live" || Option.exists(c.inferenceRecordings, (dir) => dir.trim() !== ""))
+  },
   {
     variable: "HEARTBEAT_INTERVAL",
     expected: "a duration shorter than LEASE_TTL (leases are renewed every heartbeat, or they run out)",

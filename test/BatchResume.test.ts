@@ -1,4 +1,7 @@
-/** A server killed mid-batch (SIGKILL) and started again finishes the batch, repeating no stored request. */
+/**
+ * A server killed mid-batch (SIGKILL) and started again finishes the batch, repeating no stored request and counting
+ * no token twice.
+ */
 import { describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Layer, Option, Redacted } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
@@ -9,7 +12,7 @@ import { chatLine, createBatch, readLines, sdk, terminal, upload, waitFor } from
 import { startServer } from "./support/ServerProcess.js"
 import { backends, TestDatabase } from "./support/TestApp.js"
 
-for (const backend of backends) describe(backend, () => it.live("SIGKILL mid-batch, restart: every custom_id exactly once, upstream repeats bounded by twice the window", () =>
+for (const backend of backends) describe(backend, () => it.live("SIGKILL mid-batch, restart: every custom_id exactly once, usage as an uninterrupted run's, upstream repeats bounded by twice the window", () =>
   Effect.gen(function*() {
     const sim = yield* Effect.acquireRelease(Effect.promise(() => startSimulator()), (s) => Effect.promise(() => s.close()))
     const dataDir = yield* Effect.acquireRelease(
@@ -28,7 +31,9 @@ for (const backend of backends) describe(backend, () => it.live("SIGKILL mid-bat
     const total = 200
     const first = yield* Effect.promise(() => startServer(env))
     let openai = sdk(first.url)
-    const file = yield* upload(openai, Array.from({ length: total }, (_, i) => chatLine(`id-${i}`, `prompt ${i} [sleep:20]`)))
+    // Every answer reports cached and reasoning tokens of its own.
+    const prompt = (i: number) => `prompt ${i} [sleep:20] [cached:${i % 5}] [reasoning:${i % 3}]`
+    const file = yield* upload(openai, Array.from({ length: total }, (_, i) => chatLine(`id-${i}`, prompt(i))))
     const batch = yield* createBatch(openai, file.id)
     const before = yield* waitFor(openai, batch.id, (b) => b.request_counts!.completed >= 60)
     yield* Effect.promise(() => first.stop("SIGKILL"))
@@ -48,4 +53,13 @@ for (const backend of backends) describe(backend, () => it.live("SIGKILL mid-bat
     expect(sim.stats.byPrompt.size).toBe(total)
     expect(repeated).toBeLessThanOrEqual(2 * window)
     expect(sim.stats.requests).toBe(total + repeated)
+
+    // No token counted twice: the sums of what the answers reported, as a run of the same file without a crash.
+    const sum = (f: (i: number) => number) => Array.from({ length: total }, (_, i) => f(i)).reduce((a, b) => a + b, 0)
+    expect(done.usage!.input_tokens_details.cached_tokens).toBe(sum((i) => i % 5))
+    expect(done.usage!.output_tokens_details.reasoning_tokens).toBe(sum((i) => i % 3))
+    expect(done.usage!.input_tokens).toBe(output.reduce((n, l) => n + l.response.body.usage.prompt_tokens, 0))
+    const uninterrupted = yield* waitFor(openai, (yield* createBatch(openai, file.id)).id, terminal, 30_000)
+    expect(uninterrupted.status).toBe("completed")
+    expect(done.usage).toEqual(uninterrupted.usage)
   }).pipe(Effect.scoped)))

@@ -41,7 +41,11 @@ describe("configuration", () => {
         [{ leaseTtl: Duration.zero }, { LEASE_TTL: "0 millis" }, "LEASE_TTL"],
         [{ maxActiveBatchesPerProject: Option.some(0) }, { MAX_ACTIVE_BATCHES_PER_PROJECT: "0" }, "MAX_ACTIVE_BATCHES_PER_PROJECT"],
         [{ maxEnqueuedRequestsPerProject: Option.some(-1) }, { MAX_ENQUEUED_REQUESTS_PER_PROJECT: "-1" }, "MAX_ENQUEUED_REQUESTS_PER_PROJECT"],
-        [{ maxFileBytesPerProject: Option.some(1.5) }, { MAX_FILE_BYTES_PER_PROJECT: "lots" }, "MAX_FILE_BYTES_PER_PROJECT"]
+        [{ maxFileBytesPerProject: Option.some(1.5) }, { MAX_FILE_BYTES_PER_PROJECT: "lots" }, "MAX_FILE_BYTES_PER_PROJECT"],
+        [{ extraBatchEndpoints: ["/rerank"] }, { EXTRA_BATCH_ENDPOINTS: "/v1/rerank, /v1/../admin" }, "EXTRA_BATCH_ENDPOINTS"],
+        [{ extraBatchEndpoints: ["/v1/re rank"] }, { EXTRA_BATCH_ENDPOINTS: "/v1/rerank?x=1" }, "EXTRA_BATCH_ENDPOINTS"],
+        [{ inferenceMode: "replay" }, { INFERENCE_MODE: "record" }, "INFERENCE_MODE"],
+        [{ inferenceMode: "rewind" as "live" }, { INFERENCE_MODE: "rewind", INFERENCE_RECORDINGS: "/tmp/r" }, "INFERENCE_MODE"]
       ]
       for (const [code, env, variable] of cases) {
         expect(failure(yield* fromCode(code))).toContain(variable)
@@ -59,6 +63,14 @@ describe("configuration", () => {
       ])))
       expect([set.maxActiveBatchesPerProject, set.maxEnqueuedRequestsPerProject, set.maxFileBytesPerProject])
         .toEqual([Option.some(3), Option.some(1000), Option.some(4096)])
+    }))
+
+  it.effect("EXTRA_BATCH_ENDPOINTS is a comma-separated list of paths under /v1/", () =>
+    Effect.gen(function*() {
+      const env = yield* Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map([
+        ["EXTRA_BATCH_ENDPOINTS", " /v1/rerank, /v1/score,,/v1/classify "]
+      ])))
+      expect(env.extraBatchEndpoints).toEqual(["/v1/rerank", "/v1/score", "/v1/classify"])
     }))
 
   it.effect("the defaults pass every rule", () =>

@@ -148,7 +148,7 @@ export interface BatchStoreShape {
    */
   readonly startRunning: (
     id: BatchId,
-    patch: { readonly model: string; readonly total: number },
+    patch: { readonly model: string | null; readonly total: number },
     slices: ReadonlyArray<SliceBounds>
   ) => Effect.Effect<boolean>
   /**

@@ -239,7 +239,7 @@ export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): B
     )
   }
 
-  const startRunning = (id: BatchId, patch: { readonly model: string; readonly total: number }, slices: ReadonlyArray<SliceBounds>) =>
+  const startRunning = (id: BatchId, patch: { readonly model: string | null; readonly total: number }, slices: ReadonlyArray<SliceBounds>) =>
     Effect.gen(function*() {
       const set = { model: patch.model, total: patch.total, lease_owner: null, lease_until: null }
       if (Option.isNone(yield* applyMove(id, "startRunning", set))) return false

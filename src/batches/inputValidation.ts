@@ -43,8 +43,8 @@ export interface InputState {
   /** Problems found beyond what `errors` keeps. */
   omitted: number
   readonly customIds: Set<string>
-  /** The model of the first valid request, and its line. */
-  model: { readonly name: string; readonly line: number } | undefined
+  /** The model of the first valid request (null: none named, as a moderation may leave it out), and its line. */
+  model: { readonly name: string | null; readonly line: number } | undefined
   /** Valid requests so far. */
   count: number
   /** Rows not yet taken by `takeRows`. */
@@ -73,6 +73,8 @@ const report = (state: InputState, e: BatchError): InputState => {
   return state
 }
 
+const modelText = (model: string | null) => (model === null ? "none" : `'${echo(model)}'`)
+
 /** Checks one line and, when it is valid, adds its request row (cross-line rules included). */
 export const step = (state: InputState, item: JsonlLine): InputState => {
   const { rules } = state
@@ -91,7 +93,7 @@ export const step = (state: InputState, item: JsonlLine): InputState => {
   state.customIds.add(result.customId)
   if (state.model === undefined) state.model = { name: result.model, line: item.line }
   else if (state.model.name !== result.model) {
-    return report(state, { code: "model_mismatch", message: `All requests of a batch must use the same model: this line uses '${echo(result.model)}', line ${state.model.line} uses '${echo(state.model.name)}'.`, param: "body.model", line: item.line })
+    return report(state, { code: "model_mismatch", message: `All requests of a batch must use the same model: this line uses ${modelText(result.model)}, line ${state.model.line} uses ${modelText(state.model.name)}.`, param: "body.model", line: item.line })
   }
   const count = ++state.count
   if (count === rules.maxRequests + 1) {
@@ -117,10 +119,10 @@ export const takeRows = (state: InputState): ReadonlyArray<RequestRow> => {
 
 /** The model to look up in the upstream's list (`model_not_found`), when the file is valid so far. */
 export const modelToCheck = (state: InputState): string | undefined =>
-  state.errors.length === 0 ? state.model?.name : undefined
+  state.errors.length === 0 ? state.model?.name ?? undefined : undefined
 
 export type InputVerdict =
-  | { readonly _tag: "Valid"; readonly model: string; readonly total: number; readonly slices: ReadonlyArray<SliceBounds> }
+  | { readonly _tag: "Valid"; readonly model: string | null; readonly total: number; readonly slices: ReadonlyArray<SliceBounds> }
   | { readonly _tag: "Invalid"; readonly errors: ReadonlyArray<BatchError> }
 
 /**
@@ -134,7 +136,7 @@ export const verdict = (state: InputState, knownModels?: ReadonlySet<string>): I
     errors.push({ code: "empty_file", message: "The input file is empty. Please ensure that the batch contains at least one request.", param: null, line: null })
   }
   const model = state.model
-  if (model !== undefined && errors.length === 0 && knownModels !== undefined && !knownModels.has(model.name)) {
+  if (model?.name != null && errors.length === 0 && knownModels !== undefined && !knownModels.has(model.name)) {
     errors.push({ code: "model_not_found", message: `The provided model '${echo(model.name)}' is not supported by the upstream.`, param: "body.model", line: model.line })
   }
   if (errors.length === 0) return { _tag: "Valid", model: model!.name, total: state.count, slices: state.slices }

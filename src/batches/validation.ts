@@ -2,7 +2,7 @@
  * Pure validation of batch create parameters and of input file lines, with OpenAI's error codes and messages.
  */
 import { Schema } from "effect"
-import { BatchEndpoint, type CreateBatchBody } from "../domain/Batches.js"
+import { type BatchEndpoint, type CreateBatchBody, StandardEndpoint } from "../domain/Batches.js"
 import { MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS } from "../domain/Files.js"
 import type { FileId } from "../domain/Ids.js"
 import { echo, unstorableReason } from "../domain/Text.js"
@@ -13,8 +13,7 @@ export interface Problem {
   readonly param: string | null
 }
 
-const endpoints: ReadonlyArray<string> = BatchEndpoint.literals
-const isBatchEndpoint = Schema.is(BatchEndpoint)
+const isStandardEndpoint = Schema.is(StandardEndpoint)
 
 export const MAX_METADATA_PAIRS = 16
 export const MAX_METADATA_KEY = 64
@@ -34,10 +33,14 @@ export interface ValidCreateBatch {
 
 const typeName = (v: unknown) => (v === null ? "null" : Array.isArray(v) ? "an array" : `a ${typeof v}`)
 
-/** Checks the values of `POST /v1/batches` (types were checked by the schema). */
-export const validateCreateBatch = (body: CreateBatchBody): Problem | ValidCreateBatch => {
+/**
+ * Checks the values of `POST /v1/batches` (types were checked by the schema); `extraEndpoints` are the paths
+ * accepted beside OpenAI's (`EXTRA_BATCH_ENDPOINTS`).
+ */
+export const validateCreateBatch = (body: CreateBatchBody, extraEndpoints: ReadonlyArray<string> = []): Problem | ValidCreateBatch => {
   const endpoint = body.endpoint
-  if (!isBatchEndpoint(endpoint)) {
+  if (!isStandardEndpoint(endpoint) && !extraEndpoints.includes(endpoint)) {
+    const endpoints = [...StandardEndpoint.literals, ...extraEndpoints.filter((e) => !isStandardEndpoint(e))]
     return {
       code: "invalid_value",
       param: "endpoint",
@@ -144,22 +147,32 @@ export interface ValidLine {
   readonly customId: string
   /** The request body, as JSON text exactly as the line has it: forwarded upstream as it is. */
   readonly body: string
-  readonly model: string
+  /** Null only where the endpoint lets the body leave it out (moderations). */
+  readonly model: string | null
 }
 
+type FieldKind = "string" | "array" | "present"
+
 /** Fields each endpoint's body must have, with the type they must be. */
-const requiredBodyFields: Record<BatchEndpoint, ReadonlyArray<readonly [string, "string" | "array" | "present"]>> = {
+const requiredBodyFields: Record<StandardEndpoint, ReadonlyArray<readonly [string, FieldKind]>> = {
   "/v1/chat/completions": [["model", "string"], ["messages", "array"]],
   "/v1/completions": [["model", "string"], ["prompt", "present"]],
   "/v1/embeddings": [["model", "string"], ["input", "present"]],
-  "/v1/responses": [["model", "string"], ["input", "present"]]
+  "/v1/responses": [["model", "string"], ["input", "present"]],
+  // The model is optional, as on OpenAI (its default moderation model); when given, it must be a string.
+  "/v1/moderations": [["input", "present"]],
+  "/v1/images/generations": [["model", "string"], ["prompt", "string"]]
 }
+/** An allowlisted endpoint's body is passed through: only the model, which picks the upstream, is required. */
+const extraEndpointFields: ReadonlyArray<readonly [string, FieldKind]> = [["model", "string"]]
 
-const endpointLabel: Record<BatchEndpoint, string> = {
+const endpointLabel: Record<StandardEndpoint, string> = {
   "/v1/chat/completions": "Chat Completions",
   "/v1/completions": "Completions",
   "/v1/embeddings": "Embeddings",
-  "/v1/responses": "Responses"
+  "/v1/responses": "Responses",
+  "/v1/moderations": "Moderations",
+  "/v1/images/generations": "Images"
 }
 
 const capitalized = (s: string) => s.charAt(0).toUpperCase() + s.slice(1)
@@ -228,6 +241,24 @@ export const jsonMemberText = (text: string, name: string): string | undefined =
   return found
 }
 
+/** What is wrong with the value of body field `field`, which must be of `kind`, if anything. */
+const fieldProblem = (field: string, kind: FieldKind, value: unknown): Problem | undefined => {
+  if ((kind === "string" && typeof value !== "string") || (kind === "array" && !Array.isArray(value))) {
+    return {
+      code: "invalid_request",
+      param: `body.${field}`,
+      message: `Invalid type for 'body.${field}': expected ${kind === "array" ? "an array" : "a string"}, but got ${typeName(value)} instead.`
+    }
+  }
+  if (typeof value === "string" && unstorableReason(value) !== undefined) {
+    return { code: "invalid_request", param: `body.${field}`, message: `Invalid 'body.${field}': it ${unstorableReason(value)}.` }
+  }
+  if (field === "model" && (value as string).length > MAX_MODEL_LENGTH) {
+    return { code: "invalid_request", param: "body.model", message: `Invalid 'body.model': longer than ${MAX_MODEL_LENGTH} characters.` }
+  }
+  return undefined
+}
+
 /** Checks one input line on its own (cross-line rules, such as duplicates, are the caller's). */
 export const validateLine = (text: string, endpoint: BatchEndpoint): ReadonlyArray<Problem> | ValidLine => {
   let parsed: unknown
@@ -269,32 +300,32 @@ export const validateLine = (text: string, endpoint: BatchEndpoint): ReadonlyArr
     problems.push({ code: "invalid_request", param: "body", message: `Invalid type for 'body': expected an object, but got ${typeName(body)} instead.` })
   }
   if (isObject(body)) {
+    const standard = isStandardEndpoint(endpoint)
     if (body.stream === true) {
       problems.push({
         code: "streaming_unsupported",
         param: "body.stream",
-        message: `${endpointLabel[endpoint]}: Streaming is not supported in the Batch API.`
+        message: `${standard ? endpointLabel[endpoint] : endpoint}: Streaming is not supported in the Batch API.`
       })
     }
-    for (const [field, kind] of requiredBodyFields[endpoint]) {
+    const required = standard ? requiredBodyFields[endpoint] : extraEndpointFields
+    for (const [field, kind] of required) {
       const value = body[field]
       if (value === undefined || value === null) {
         problems.push({ code: "invalid_request", param: `body.${field}`, message: `${capitalized(field)} parameter is required.` })
-      } else if ((kind === "string" && typeof value !== "string") || (kind === "array" && !Array.isArray(value))) {
-        problems.push({
-          code: "invalid_request",
-          param: `body.${field}`,
-          message: `Invalid type for 'body.${field}': expected ${kind === "array" ? "an array" : "a string"}, but got ${typeName(value)} instead.`
-        })
-      } else if (typeof value === "string" && unstorableReason(value) !== undefined) {
-        problems.push({ code: "invalid_request", param: `body.${field}`, message: `Invalid 'body.${field}': it ${unstorableReason(value)}.` })
-      } else if (field === "model" && (value as string).length > MAX_MODEL_LENGTH) {
-        problems.push({ code: "invalid_request", param: "body.model", message: `Invalid 'body.model': longer than ${MAX_MODEL_LENGTH} characters.` })
+      } else {
+        const problem = fieldProblem(field, kind, value)
+        if (problem !== undefined) problems.push(problem)
       }
+    }
+    if (body.model != null && !required.some(([field]) => field === "model")) {
+      const problem = fieldProblem("model", "string", body.model)
+      if (problem !== undefined) problems.push(problem)
     }
   }
   if (problems.length > 0) return problems
-  return { customId: custom_id as string, body: jsonMemberText(text, "body")!, model: (body as Record<string, unknown>).model as string }
+  const model = (body as Record<string, unknown>).model
+  return { customId: custom_id as string, body: jsonMemberText(text, "body")!, model: typeof model === "string" ? model : null }
 }
 
 export const isValidLine = (x: ReadonlyArray<Problem> | ValidLine): x is ValidLine => !Array.isArray(x)

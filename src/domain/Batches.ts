@@ -3,14 +3,20 @@ import { Schema } from "effect"
 import { BatchId, FileId, StorableBatchId, StorableFileId } from "./Ids.js"
 import { StorableString } from "./Text.js"
 
-/** Endpoints a batch may target. */
-export const BatchEndpoint = Schema.Literal(
+/** The endpoints of OpenAI's Batch API that this service runs (`validation.ts` knows each body's required fields). */
+export const StandardEndpoint = Schema.Literal(
   "/v1/chat/completions",
   "/v1/completions",
   "/v1/embeddings",
-  "/v1/responses"
+  "/v1/responses",
+  "/v1/moderations",
+  "/v1/images/generations"
 )
-export type BatchEndpoint = typeof BatchEndpoint.Type
+export type StandardEndpoint = typeof StandardEndpoint.Type
+
+/** A batch's endpoint: a standard one, or a path the server's `EXTRA_BATCH_ENDPOINTS` lists. */
+export const BatchEndpoint = Schema.String
+export type BatchEndpoint = string
 
 export const BatchStatus = Schema.Literal(
   "validating",

@@ -36,11 +36,11 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
     const store = yield* BatchStore
     const runner = yield* BatchRunner
     const files = yield* FileStore
-    const { completionWindow, maxActiveBatchesPerProject } = yield* AppConfig
+    const { completionWindow, extraBatchEndpoints, maxActiveBatchesPerProject } = yield* AppConfig
 
     const create = (body: CreateBatchBody, caller: Caller) =>
       Effect.gen(function*() {
-        const valid = validateCreateBatch(body)
+        const valid = validateCreateBatch(body, extraBatchEndpoints)
         if (isProblem(valid)) return yield* invalidRequest(valid.message, valid.param, valid.code)
         // The batch belongs to the caller's project (an operator's too) and reads only that project's files. A file
         // that does not exist, or is another project's, is not refused here: as OpenAI, the batch is created and

@@ -81,14 +81,16 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
 
     /**
      * The upstream serving `model`: the first known to serve it, else the first serving any model that gives no
-     * list yet. Remembered only when known (forgotten whenever an upstream's list changes).
+     * list yet. Remembered only when known (forgotten whenever an upstream's list changes). A request naming no
+     * model (a moderation may leave it out, for the upstream's default) goes to the first serving any model, else
+     * to the first upstream.
      */
     const routes = new Map<string, Upstream | undefined>()
     const route = (model: string | null | undefined): Upstream | undefined => {
-      const name = model ?? ""
-      if (routes.has(name)) return routes.get(name)
-      const known = upstreams.find((u) => knownToServe(u, name))
-      if (known !== undefined || !upstreams.some(servesUnlisted)) routes.set(name, known)
+      if (model == null) return upstreams.find((u) => servesAnyModel(u.spec)) ?? upstreams[0]
+      if (routes.has(model)) return routes.get(model)
+      const known = upstreams.find((u) => knownToServe(u, model))
+      if (known !== undefined || !upstreams.some(servesUnlisted)) routes.set(model, known)
       return known ?? upstreams.find(servesUnlisted)
     }
     /** Every upstream serving any model has had its start-up probe: their lists are known when they give one. */

@@ -23,7 +23,8 @@ export interface UpstreamResponse {
  * - `upstream_timeout`: no complete answer within `INFERENCE_TIMEOUT` (headers and body), after every attempt;
  * - `upstream_response_too_large`: an answer larger than `INFERENCE_MAX_RESPONSE_BYTES` (not retried);
  * - `invalid_upstream_response`: a 2xx answer whose body is not a JSON object (not retried);
- * - `model_not_found`: no upstream serves the batch's model (any more: the upstreams changed since it was validated).
+ * - `model_not_found`: no upstream serves the batch's model (any more: the upstreams changed since it was validated);
+ * - `replay_miss`: replaying recordings (`INFERENCE_MODE=replay`), none was made of this request.
  */
 export class UpstreamFailure extends Data.TaggedError("UpstreamFailure")<{
   readonly code:
@@ -32,6 +33,7 @@ export class UpstreamFailure extends Data.TaggedError("UpstreamFailure")<{
     | "upstream_response_too_large"
     | "invalid_upstream_response"
     | "model_not_found"
+    | "replay_miss"
   readonly message: string
 }> {}
 

@@ -105,11 +105,16 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
         spec.headers
       )
     const urlFor = (endpoint: string) => `${spec.baseUrl}${endpoint.replace(/^\/v1/, "")}`
-    // One request per endpoint, built once: a call only adds its body.
-    const templates = new Map(BatchEndpoint.literals.map((endpoint) => [
-      endpoint,
-      authorized(HttpClientRequest.post(urlFor(endpoint)).pipe(HttpClientRequest.setHeader("content-type", "application/json")))
-    ] as const))
+    // One request per endpoint, built at its first call: a call only adds its body.
+    const templates = new Map<string, HttpClientRequest.HttpClientRequest>()
+    const templateFor = (endpoint: BatchEndpoint) => {
+      let template = templates.get(endpoint)
+      if (template === undefined) {
+        template = authorized(HttpClientRequest.post(urlFor(endpoint)).pipe(HttpClientRequest.setHeader("content-type", "application/json")))
+        templates.set(endpoint, template)
+      }
+      return template
+    }
 
     // --- up and down -------------------------------------------------------------------------------------------
     let down = false
@@ -280,7 +285,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     const release = Effect.sync(() => gate.release())
     const releaseOnInterrupt = () => release
     const attempt = (endpoint: BatchEndpoint, body: string, ticket: Ticket) => {
-      const request = HttpClientRequest.setBody(templates.get(endpoint)!, HttpBody.raw(body))
+      const request = HttpClientRequest.setBody(templateFor(endpoint), HttpBody.raw(body))
       const call = Effect.matchEffect(http.execute(request), {
         onFailure: (error) => Effect.succeed(noAnswer(error)),
         onSuccess: (res) =>
