@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What a user of the package gets: packs this project, installs the tarball in an empty folder next to the pinned
 # Effect packages (as the README's Embedding section says), checks there is one copy of `effect`, starts
-# examples/embed/main.ts (the README's example) until it answers, and runs examples/embed's test (an Inference
-# swapped through the public entry). Needs the npm registry (or a warm npm cache).
+# examples/embed/main.ts (the README's example) until it answers, and runs the examples' tests: examples/embed's (an
+# Inference swapped through the public entry) and examples/replay's (a batch on committed recordings, no network).
+# Needs the npm registry (or a warm npm cache).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
@@ -17,6 +18,7 @@ trap cleanup EXIT
 cd "$root"
 tarball=$(npm pack --pack-destination "$work" 2>/dev/null | tail -n 1)
 cp examples/embed/package.json examples/embed/*.ts "$work"/
+mkdir "$work/replay" && cp -r examples/replay/replay.test.ts examples/replay/recordings "$work/replay/"
 cd "$work"
 npm pkg set "dependencies.effect-openai-batch=file:./$tarball"
 npm install --no-audit --no-fund --prefer-offline --loglevel=error

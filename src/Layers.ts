@@ -13,7 +13,8 @@ import { BatchRunnerLive } from "./batches/BatchRunner.js"
 import { BatchStore, BatchStoreLive } from "./batches/BatchStore.js"
 import { WorkLeases, WorkLeasesLive } from "./batches/WorkLeases.js"
 import { FileStore, FileStoreLive } from "./files/FileStore.js"
-import { Inference, InferenceLive } from "./inference/Inference.js"
+import type { Inference } from "./inference/Inference.js"
+import { InferenceFromConfig } from "./inference/Recordings.js"
 import { HttpLive } from "./http/Http.js"
 import { type BlobStore, BlobStoreLocal } from "./storage/BlobStore.js"
 import { BlobStoreSql } from "./storage/BlobStoreSql.js"
@@ -47,7 +48,7 @@ export const makeServices = (parts: ServiceParts = {}) =>
       parts.fileStore ?? FileStoreLive,
       parts.batchStore ?? BatchStoreLive,
       parts.workLeases ?? WorkLeasesLive,
-      parts.inference ?? InferenceLive
+      parts.inference ?? InferenceFromConfig
     )),
     Layer.provide(parts.storage ?? StorageLive),
     Layer.provideMerge(parts.auth ?? AuthLive)

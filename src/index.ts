@@ -24,6 +24,16 @@ export {
   UpstreamFailure,
   type UpstreamResponse
 } from "./inference/Inference.js"
+export {
+  DEFAULT_MAX_RECORDING_BYTES,
+  InferenceFromConfig,
+  InferenceRecord,
+  InferenceReplay,
+  recordingKey,
+  type RecordingKey,
+  recordingPath,
+  type RecordingsOptions
+} from "./inference/Recordings.js"
 export { ApiLive, HttpLive } from "./http/Http.js"
 export { ErrorEnvelopeLive } from "./http/Middleware.js"
 export { Authenticated, AuthenticatedLive, secure, type SecurityOptions } from "./http/Security.js"

@@ -1,0 +1,352 @@
+/**
+ * Record and replay of upstream answers, as `Inference` layers (`INFERENCE_MODE=record|replay` with
+ * `INFERENCE_RECORDINGS=<dir>`, or embedded: `InferenceRecord(dir)`, `InferenceReplay(dir)`).
+ *
+ * An answer is keyed by its endpoint, the body's model and the SHA-256 of the endpoint with the canonical body
+ * (keys sorted, no whitespace): the same request written in another key order or spacing finds the same answer.
+ * Each answer is one pretty JSON file, `<dir>/<endpoint slug>/<hash>.json`, rather than rows of one SQLite file:
+ * a recording is read by people and reviewed in diffs, two branches that record different requests merge
+ * without conflict, and replay reads one small file per request. Nothing but the request id is kept of the
+ * answer's headers, and nothing of the request's (no API key, no `Authorization`): recordings are safe to commit.
+ */
+import { ConfigError, Effect, Layer, Option } from "effect"
+import { createHash, randomBytes } from "node:crypto"
+import * as fs from "node:fs/promises"
+import * as Path from "node:path"
+import { AppConfig, defaults } from "../Config.js"
+import { Inference, InferenceLive, type ModelList, UpstreamFailure, type UpstreamResponse } from "./Inference.js"
+
+/** What a recording is found by. */
+export interface RecordingKey {
+  readonly endpoint: string
+  /** The body's `model`; null when it has none (or not a string). */
+  readonly model: string | null
+  /** SHA-256 (hex) of the endpoint and the canonical body. */
+  readonly hash: string
+}
+
+export interface RecordingsOptions {
+  /**
+   * Largest recording file read (replay; default `DEFAULT_MAX_RECORDING_BYTES`); a larger one fails its line with
+   * `upstream_response_too_large`. The recorder writes an answer whose pretty file would pass it on one line.
+   */
+  readonly maxFileBytes?: number
+}
+
+/** Four times the default `INFERENCE_MAX_RESPONSE_BYTES`: pretty-printing an answer about doubles it. */
+export const DEFAULT_MAX_RECORDING_BYTES = 4 * defaults.inferenceMaxResponseBytes
+
+/** Where `INFERENCE_MODE` and `INFERENCE_RECORDINGS` go in configuration errors. */
+const RECORDINGS_VARIABLE = "INFERENCE_RECORDINGS"
+
+const isRecord = (value: unknown): value is Record<string, unknown> =>
+  typeof value === "object" && value !== null && !Array.isArray(value)
+
+/** `value` with every object's keys sorted, recursively (objects without a prototype: `__proto__` stays a key). */
+const sortKeys = (value: unknown): unknown => {
+  if (Array.isArray(value)) return value.map(sortKeys)
+  if (!isRecord(value)) return value
+  const sorted: Record<string, unknown> = Object.create(null)
+  for (const key of Object.keys(value).sort()) sorted[key] = sortKeys(value[key])
+  return sorted
+}
+
+/** `text` parsed; undefined when it is not JSON. */
+const parseJson = (text: string): { readonly json: unknown } | undefined => {
+  try {
+    return { json: JSON.parse(text) }
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * The key of a request: `body` as the input line has it, hashed in canonical form (a body that is not JSON, as
+ * its text). Numbers are compared as parsed: `1.50` and `1.5` are the same request.
+ */
+export const recordingKey = (endpoint: string, body: string): RecordingKey => {
+  const parsed = parseJson(body)
+  const canonical = parsed === undefined ? body : JSON.stringify(sortKeys(parsed.json))
+  const model = parsed !== undefined && isRecord(parsed.json) && typeof parsed.json.model === "string"
+    ? parsed.json.model
+    : null
+  // The endpoint as a JSON string holds no line break: no endpoint and body can be read as another pair.
+  const hash = createHash("sha256").update(`${JSON.stringify(endpoint)}\n${canonical}`).digest("hex")
+  return { endpoint, model, hash }
+}
+
+/** The folder of an endpoint's recordings: `/v1/chat/completions` → `chat_completions` (never `.` or `..`). */
+export const endpointSlug = (endpoint: string): string =>
+  endpoint.replace(/^\/+/, "").replace(/^v1\//, "").replace(/[^A-Za-z0-9-]+/g, "_") || "_"
+
+/** `<dir>/<endpoint slug>/<hash>.json`; the model is in the file and in the hash (model names may hold `/`). */
+export const recordingPath = (dir: string, key: RecordingKey): string =>
+  Path.join(dir, endpointSlug(key.endpoint), `${key.hash}.json`)
+
+/**
+ * A recording's file text, deterministic: pretty JSON (2 spaces, a final line break), keys in a fixed order. The
+ * answer is kept as JSON under `body` when it comes back byte for byte from it (`JSON.stringify` of the parsed
+ * text is the text), else verbatim under `body_text` (numbers `JSON.stringify` would rewrite, keys it reorders).
+ * The request is kept for reading, its keys sorted; a file that would pass `maxBytes` pretty is written on one line.
+ */
+export const recordingText = (
+  key: RecordingKey,
+  body: string,
+  response: UpstreamResponse,
+  maxBytes = DEFAULT_MAX_RECORDING_BYTES
+): string => {
+  const request = parseJson(body)
+  const answer = parseJson(response.text)
+  const exact = answer !== undefined && JSON.stringify(answer.json) === response.text
+  const recording = {
+    endpoint: key.endpoint,
+    model: key.model,
+    ...(request === undefined ? { request_text: body } : { request: sortKeys(request.json) }),
+    status: response.status,
+    request_id: response.requestId,
+    ...(exact ? { body: answer.json } : { body_text: response.text })
+  }
+  const pretty = `${JSON.stringify(recording, null, 2)}\n`
+  return Buffer.byteLength(pretty) <= maxBytes ? pretty : `${JSON.stringify(recording)}\n`
+}
+
+/** The answer a recording's file text holds, or what is wrong with it. */
+export const answerFromRecording = (text: string): UpstreamResponse | { readonly problem: string } => {
+  const file = parseJson(text)
+  if (file === undefined || !isRecord(file.json)) return { problem: "it is not a JSON object" }
+  const { status, request_id: requestId, body, body_text: bodyText } = file.json
+  if (typeof status !== "number" || !Number.isInteger(status) || status < 100 || status > 599) {
+    return { problem: "its `status` is not an HTTP status" }
+  }
+  if (typeof requestId !== "string") return { problem: "its `request_id` is not a string" }
+  if (body !== undefined) {
+    if (!isRecord(body)) return { problem: "its `body` is not a JSON object" }
+    return { status, text: JSON.stringify(body), json: body, requestId }
+  }
+  const parsed = typeof bodyText === "string" ? parseJson(bodyText) : undefined
+  if (parsed === undefined || !isRecord(parsed.json)) return { problem: "it has neither `body` nor a JSON object in `body_text`" }
+  return { status, text: bodyText as string, json: parsed.json, requestId }
+}
+
+const messageOf = (error: unknown) => (error instanceof Error ? error.message : String(error))
+
+/** Writes `text` at `path` through a temporary file and a rename: a reader sees the whole file or none. */
+const writeAtomically = async (path: string, text: string): Promise<void> => {
+  await fs.mkdir(Path.dirname(path), { recursive: true })
+  const temp = Path.join(Path.dirname(path), `.${Path.basename(path)}.${process.pid}-${randomBytes(4).toString("hex")}.tmp`)
+  try {
+    await fs.writeFile(temp, text)
+    await fs.rename(temp, path)
+  } catch (error) {
+    await fs.rm(temp, { force: true })
+    throw error
+  }
+}
+
+type Read =
+  | { readonly _tag: "Missing" }
+  | { readonly _tag: "TooLarge"; readonly size: number }
+  | { readonly _tag: "Failed"; readonly message: string }
+  | { readonly _tag: "Read"; readonly text: string }
+
+/** The file at `path` if it is at most `maxBytes`; never rejects. */
+const readBounded = async (path: string, maxBytes: number): Promise<Read> => {
+  let handle: fs.FileHandle | undefined
+  try {
+    handle = await fs.open(path, "r")
+    const { size } = await handle.stat()
+    if (size > maxBytes) return { _tag: "TooLarge", size }
+    return { _tag: "Read", text: await handle.readFile("utf8") }
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code
+    return code === "ENOENT" || code === "ENOTDIR" ? { _tag: "Missing" } : { _tag: "Failed", message: messageOf(error) }
+  } finally {
+    await handle?.close()
+  }
+}
+
+/** The model named by a recording file, from its first bytes (the recorder writes `endpoint`, then `model`). */
+const modelOfFile = async (path: string): Promise<string | null> => {
+  const handle = await fs.open(path, "r")
+  try {
+    const { buffer, bytesRead } = await handle.read(Buffer.alloc(4096), 0, 4096, 0)
+    const head = buffer.subarray(0, bytesRead).toString("utf8")
+    const match = /^\{\s*"endpoint":\s*"(?:[^"\\]|\\.)*",\s*"model":\s*("(?:[^"\\]|\\.)*")/.exec(head)
+    return match === null ? null : JSON.parse(match[1]!)
+  } finally {
+    await handle.close()
+  }
+}
+
+/** The models named in the recordings under `dir` (unreadable files are left out). */
+const recordedModels = (dir: string): Effect.Effect<ReadonlyArray<string>> =>
+  Effect.promise(async () => {
+    const folders = await fs.readdir(dir, { withFileTypes: true }).catch(() => [])
+    const files: Array<string> = []
+    for (const folder of folders.filter((entry) => entry.isDirectory())) {
+      const names = await fs.readdir(Path.join(dir, folder.name)).catch(() => [])
+      for (const name of names) if (name.endsWith(".json") && !name.startsWith(".")) files.push(Path.join(dir, folder.name, name))
+    }
+    const models = new Set<string>()
+    for (let i = 0; i < files.length; i += 64) {
+      const batch = await Promise.all(files.slice(i, i + 64).map((file) => modelOfFile(file).catch(() => null)))
+      for (const model of batch) if (model !== null) models.add(model)
+    }
+    return [...models].sort()
+  })
+
+/** Fails with a `ConfigError` naming `INFERENCE_RECORDINGS` unless files can be written under `dir` (made if missing). */
+const checkWritable = (dir: string) =>
+  Effect.tryPromise({
+    try: async () => {
+      await fs.mkdir(dir, { recursive: true })
+      const probe = Path.join(dir, `.write-check-${process.pid}-${randomBytes(4).toString("hex")}`)
+      await fs.writeFile(probe, "")
+      await fs.rm(probe, { force: true })
+    },
+    catch: (error) => ConfigError.InvalidData([RECORDINGS_VARIABLE], `Cannot write recordings under ${dir}: ${messageOf(error)}`)
+  })
+
+/** Fails with a `ConfigError` unless `dir` is a directory: a mistyped path is found at start, not line by line. */
+const checkDirectory = (dir: string) =>
+  Effect.tryPromise({
+    try: () => fs.stat(dir),
+    catch: (error) => ConfigError.InvalidData([RECORDINGS_VARIABLE], `Cannot read recordings from ${dir}: ${messageOf(error)}`)
+  }).pipe(Effect.filterOrFail(
+    (stat) => stat.isDirectory(),
+    () => ConfigError.InvalidData([RECORDINGS_VARIABLE], `Cannot read recordings from ${dir}: not a directory`)
+  ))
+
+/**
+ * Records every answer of the `Inference` in context (the live one) under `dir`, then returns it unchanged. An
+ * answer is any HTTP status the inner Inference finally gives (after its retries); failures (timeouts, lost
+ * connections) are not recorded. Fails to build, with a `ConfigError`, when `dir` cannot be written.
+ *
+ * A write failing later (disk full) does not fail the line: the answer was paid for and is the batch's result.
+ * It is logged (a warning at the first failure, with the path and the reason; the count when the layer closes),
+ * and replay names each missing key with `replay_miss`.
+ */
+export const InferenceRecord = (
+  dir: string,
+  options: RecordingsOptions = {}
+): Layer.Layer<Inference, ConfigError.ConfigError, Inference> =>
+  Layer.scoped(
+    Inference,
+    Effect.gen(function*() {
+      const inner = yield* Inference
+      yield* checkWritable(dir)
+      const maxBytes = options.maxFileBytes ?? DEFAULT_MAX_RECORDING_BYTES
+      let failures = 0
+      yield* Effect.addFinalizer(() =>
+        failures === 0
+          ? Effect.void
+          : Effect.logWarning(`${failures === 1 ? "1 answer" : `${failures} answers`} could not be recorded under ${dir}`)
+      )
+      const record = (endpoint: string, body: string, response: UpstreamResponse) =>
+        Effect.suspend(() => {
+          const key = recordingKey(endpoint, body)
+          const path = recordingPath(dir, key)
+          const text = recordingText(key, body, response, maxBytes)
+          return Effect.flatMap(Effect.promise(() => writeAtomically(path, text).then(() => undefined, messageOf)), (error) => {
+            if (error === undefined) return Effect.void
+            failures++
+            return failures > 1 ? Effect.void : Effect.logWarning(
+              `Could not record an answer at ${path} (${error}); the answer is kept in the batch, the recording is missing`
+            )
+          })
+        }).pipe(Effect.uninterruptible) // an answer that arrived is recorded, even as its batch is cancelled
+      return Inference.of({
+        ...inner,
+        send: (endpoint, body, sendOptions) =>
+          Effect.tap(inner.send(endpoint, body, sendOptions), (response) => record(endpoint, body, response))
+      })
+    })
+  )
+
+/** `replay_miss`: no recording of this request; the message names its key and the file looked for. */
+const replayMiss = (key: RecordingKey, path: string) =>
+  new UpstreamFailure({
+    code: "replay_miss",
+    message: `No recording for ${key.endpoint}, model ${key.model ?? "(none)"}, hash ${key.hash} (looked for ${path}).`
+  })
+
+/**
+ * Answers from the recordings under `dir` only, never the network: the recorded status, body text (byte for
+ * byte) and request id. A request with no recording fails with `replay_miss`, its key in the message; an
+ * unreadable or malformed recording with `invalid_upstream_response`, one over `maxFileBytes` with
+ * `upstream_response_too_large`. Upstreams are always up. `models` lists the models recorded, as an incomplete
+ * list: validation rejects no model by it, each line finds its recording or misses. Fails to build, with a
+ * `ConfigError`, when `dir` is not a directory.
+ */
+export const InferenceReplay = (
+  dir: string,
+  options: RecordingsOptions = {}
+): Layer.Layer<Inference, ConfigError.ConfigError> =>
+  Layer.effect(
+    Inference,
+    Effect.gen(function*() {
+      yield* checkDirectory(dir)
+      const maxBytes = options.maxFileBytes ?? DEFAULT_MAX_RECORDING_BYTES
+      // Scanning every file's head costs a moment per thousand recordings: once a minute at most.
+      const models = yield* Effect.cachedWithTTL(
+        Effect.map(recordedModels(dir), (ids): ModelList => ({
+          data: ids.map((id) => ({ id, ownedBy: "recordings" })),
+          complete: false
+        })),
+        "1 minute"
+      )
+      const invalid = (path: string, problem: string) =>
+        new UpstreamFailure({ code: "invalid_upstream_response", message: `The recording ${path} is unusable: ${problem}.` })
+      return Inference.of({
+        send: (endpoint, body) =>
+          Effect.suspend(() => {
+            const key = recordingKey(endpoint, body)
+            const path = recordingPath(dir, key)
+            return Effect.flatMap(Effect.promise(() => readBounded(path, maxBytes)), (read) => {
+              switch (read._tag) {
+                case "Missing":
+                  return Effect.fail(replayMiss(key, path))
+                case "TooLarge":
+                  return Effect.fail(new UpstreamFailure({
+                    code: "upstream_response_too_large",
+                    message: `The recording ${path} is ${read.size} bytes, more than the ${maxBytes} read for one answer.`
+                  }))
+                case "Failed":
+                  return Effect.fail(invalid(path, read.message))
+                case "Read": {
+                  const answer = answerFromRecording(read.text)
+                  return "problem" in answer ? Effect.fail(invalid(path, answer.problem)) : Effect.succeed(answer)
+                }
+              }
+            })
+          }),
+        models,
+        reachable: () => Effect.void,
+        unreachable: () => Effect.never
+      })
+    })
+  )
+
+/**
+ * The `Inference` the configuration asks for: `INFERENCE_MODE=live` the upstreams (`InferenceLive`), `record` the
+ * upstreams recorded under `INFERENCE_RECORDINGS`, `replay` the recordings only (the upstreams are not built:
+ * not even their model lists are fetched). A recording file may be 4 × `INFERENCE_MAX_RESPONSE_BYTES`.
+ */
+export const InferenceFromConfig: Layer.Layer<Inference, ConfigError.ConfigError, AppConfig> = Layer.unwrapEffect(
+  Effect.map(AppConfig, (config) => {
+    const mode = config.inferenceMode
+    if (mode === "live") return InferenceLive
+    const dir = config.inferenceRecordings
+    // `validateConfig` already refuses this; a configuration built by hand may not have been through it.
+    if (Option.isNone(dir)) {
+      return Layer.fail(ConfigError.MissingData(
+        [RECORDINGS_VARIABLE],
+        `INFERENCE_MODE=${mode} needs ${RECORDINGS_VARIABLE}, the directory of the recordings`
+      ))
+    }
+    const options = { maxFileBytes: 4 * config.inferenceMaxResponseBytes }
+    return mode === "record"
+      ? InferenceRecord(dir.value, options).pipe(Layer.provide(InferenceLive))
+      : InferenceReplay(dir.value, options)
+  })
+)
