@@ -1,0 +1,137 @@
+/**
+ * Responsiveness under load (not a test): how fast the API answers reads while batches run.
+ *
+ *   npm run bench:load [-- --batches 20 --requests 2000 --running 4 --clients 50 --seconds 60 --latency 20] [--pg]
+ *
+ * Starts the simulator (answers after `--latency` ms) and the compiled server with the node flags of `npm start`
+ * (MAX_CONCURRENT_BATCHES = `--running`), uploads `--batches` input files of `--requests` chat requests each and
+ * creates their batches, then `--clients` clients poll for `--seconds`: each in a loop, one of
+ * `GET /v1/batches/{id}` (a random batch of the run), `GET /v1/batches` and `GET /v1/files`. Prints p50, p99 and
+ * the slowest of each route and of all, the errors (any non-200 or failed request), how many batches finished
+ * meanwhile, and the server's peak RSS. Target (SQLite): p99 ≤ 50 ms, max ≤ 250 ms, no errors; the exit code says.
+ */
+import { execSync, spawn } from "node:child_process"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import * as Path from "node:path"
+import OpenAI, { toFile } from "openai"
+import { Agent, request } from "undici"
+import { Effect } from "effect"
+import { createScratchSchema, dropScratchSchema } from "../test/support/Postgres.js"
+import { freePort } from "../test/support/ServerProcess.js"
+import { memoryMb, root, startFlags, waitHealthy } from "./server-process.js"
+
+const arg = (name: string, fallback: number) => {
+  const i = process.argv.indexOf(`--${name}`)
+  return i > 0 ? Number(process.argv[i + 1]) : fallback
+}
+const BATCHES = arg("batches", 20)
+const REQUESTS = arg("requests", 2000)
+const RUNNING = arg("running", 4)
+const CLIENTS = arg("clients", 50)
+const SECONDS = arg("seconds", 60)
+const LATENCY_MS = arg("latency", 20)
+const PG = process.argv.includes("--pg")
+
+const percentile = (sorted: ReadonlyArray<number>, p: number) =>
+  sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN
+
+const inputFile = (batch: number) =>
+  Array.from({ length: REQUESTS }, (_, i) =>
+    JSON.stringify({
+      custom_id: `b${batch}-${i}`,
+      method: "POST",
+      url: "/v1/chat/completions",
+      body: { model: "sim-model", messages: [{ role: "user", content: `batch ${batch} request ${i}` }] }
+    })).join("\n") + "\n"
+
+const main = async () => {
+  execSync("npx tsc -p tsconfig.build.json", { cwd: root, stdio: "inherit" })
+  const dir = mkdtempSync(Path.join(tmpdir(), "bench-load-"))
+  const children: Array<ReturnType<typeof spawn>> = []
+  const database = PG ? await Effect.runPromise(createScratchSchema("benchload")) : undefined
+  try {
+    const simPort = await freePort()
+    children.push(spawn(process.execPath, ["--import", "tsx", "scripts/simulator.ts", "--port", String(simPort), "--latency", String(LATENCY_MS)], { cwd: root, stdio: "ignore" }))
+    const simUrl = `http://127.0.0.1:${simPort}/v1`
+    await waitHealthy(`${simUrl}/models`)
+    const port = await freePort()
+    const server = spawn(process.execPath, [...startFlags(), "dist/main.js"], {
+      cwd: root,
+      env: {
+        ...process.env,
+        PORT: String(port),
+        HOST: "127.0.0.1",
+        DATA_DIR: Path.join(dir, "data"),
+        ...(database === undefined ? {} : { DATABASE_URL: database.url }),
+        INFERENCE_BASE_URL: simUrl,
+        MAX_CONCURRENT_BATCHES: String(RUNNING),
+        LOG_LEVEL: "warning"
+      },
+      stdio: ["ignore", "ignore", "inherit"]
+    })
+    children.push(server)
+    const base = `http://127.0.0.1:${port}`
+    await waitHealthy(`${base}/v1/health`)
+
+    const openai = new OpenAI({ baseURL: `${base}/v1`, apiKey: "bench", maxRetries: 0 })
+    console.log(`${BATCHES} batches × ${REQUESTS} requests (${RUNNING} at once, upstream latency ${LATENCY_MS} ms; ${PG ? "PostgreSQL" : "SQLite"})…`)
+    const ids: Array<string> = []
+    for (let b = 0; b < BATCHES; b++) {
+      const file = await openai.files.create({ file: await toFile(Buffer.from(inputFile(b)), `load-${b}.jsonl`), purpose: "batch" })
+      ids.push((await openai.batches.create({ input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h" })).id)
+    }
+
+    console.log(`${CLIENTS} clients polling for ${SECONDS} s…`)
+    const routes = ["GET /v1/batches/{id}", "GET /v1/batches", "GET /v1/files"] as const
+    const times = new Map<string, Array<number>>(routes.map((r) => [r, []]))
+    const errors = new Map<string, number>()
+    const agent = new Agent({ connections: CLIENTS, keepAliveTimeout: 60_000 })
+    const end = performance.now() + SECONDS * 1000
+    await Promise.all(Array.from({ length: CLIENTS }, async () => {
+      while (performance.now() < end) {
+        const route = routes[Math.floor(Math.random() * routes.length)]!
+        const path = route === "GET /v1/batches/{id}"
+          ? `/v1/batches/${ids[Math.floor(Math.random() * ids.length)]}`
+          : route === "GET /v1/batches" ? "/v1/batches?limit=20" : "/v1/files"
+        const started = performance.now()
+        try {
+          const res = await request(`${base}${path}`, { dispatcher: agent, headers: { authorization: "Bearer bench" } })
+          await res.body.arrayBuffer()
+          times.get(route)!.push(performance.now() - started)
+          if (res.statusCode !== 200) errors.set(`${route} ${res.statusCode}`, (errors.get(`${route} ${res.statusCode}`) ?? 0) + 1)
+        } catch (error) {
+          const key = `${route} ${(error as Error).message}`
+          errors.set(key, (errors.get(key) ?? 0) + 1)
+        }
+      }
+    }))
+    await agent.close()
+
+    const finished = (await Promise.all(ids.map((id) => openai.batches.retrieve(id))))
+      .filter((b) => ["completed", "failed", "expired", "cancelled"].includes(b.status)).length
+    const all = [...times.values()].flat().sort((a, b) => a - b)
+    console.log(`\nresults (${all.length} GETs, ${(all.length / SECONDS).toFixed(0)}/s; ${finished}/${BATCHES} batches finished meanwhile):`)
+    for (const [route, list] of [...times, ["all", all] as const]) {
+      const sorted = [...list].sort((a, b) => a - b)
+      console.log(`  ${route.padEnd(22)} p50 ${percentile(sorted, 50).toFixed(1)} ms, p99 ${percentile(sorted, 99).toFixed(1)} ms, max ${(sorted.at(-1) ?? NaN).toFixed(1)} ms (${sorted.length})`)
+    }
+    const errorCount = [...errors.values()].reduce((a, b) => a + b, 0)
+    console.log(`  errors: ${errorCount}${errorCount > 0 ? ` (${[...errors].map(([k, n]) => `${k}: ${n}`).join(", ")})` : ""}`)
+    console.log(`  server peak RSS: ${memoryMb(server.pid!, "VmHWM").toFixed(0)} MB`)
+    const p99 = percentile(all, 99)
+    const max = all.at(-1) ?? Infinity
+    console.log(`  target: p99 ≤ 50 ms (${p99 <= 50 ? "met" : "NOT met"}), max ≤ 250 ms (${max <= 250 ? "met" : "NOT met"}), no errors (${errorCount === 0 ? "met" : "NOT met"})`)
+    if (p99 > 50 || max > 250 || errorCount > 0) process.exitCode = 1
+  } finally {
+    for (const child of children) child.kill("SIGTERM")
+    await Promise.all(children.map((child) => new Promise((resolve) => child.exitCode !== null ? resolve(null) : child.once("exit", resolve))))
+    if (database !== undefined) await Effect.runPromise(dropScratchSchema(database.schema))
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+main().catch((error) => {
+  console.error(error)
+  process.exit(1)
+})
