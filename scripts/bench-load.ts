@@ -56,7 +56,9 @@ const main = async () => {
     const simUrl = `http://127.0.0.1:${simPort}/v1`
     await waitHealthy(`${simUrl}/models`)
     const port = await freePort()
-    const server = spawn(process.execPath, [...startFlags(), "dist/main.js"], {
+    // BENCH_SERVER_FLAGS adds node flags (e.g. "--cpu-prof" to profile the server).
+    const flags = [...startFlags(), ...(process.env.BENCH_SERVER_FLAGS ?? "").split(" ").filter(Boolean)]
+    const server = spawn(process.execPath, [...flags, "dist/main.js"], {
       cwd: root,
       env: {
         ...process.env,
