@@ -40,7 +40,7 @@ export const makeLoadWatch = (options: {
     let finished = 0
     let failing = false
 
-    const poll = options.http.get(options.metricsUrl).pipe(
+    const readWaiting = (sentBefore: number) => options.http.get(options.metricsUrl).pipe(
       Effect.flatMap((res): Effect.Effect<string, unknown> => (res.status === 200 ? res.text : Effect.fail(`status ${res.status}`))),
       Effect.flatMap((text) => {
         const waiting = waitingRequests(text)
@@ -51,7 +51,7 @@ export const makeLoadWatch = (options: {
         onSuccess: (waiting) =>
           Effect.suspend(() => {
             read = waiting
-            sent = 0
+            sent -= sentBefore
             finished = 0
             const recovered = failing
             failing = false
@@ -70,6 +70,13 @@ export const makeLoadWatch = (options: {
           })
       })
     )
+    // A reading is the server's queue at some moment during the poll: the calls sent during the poll stay counted
+    // (some may be in the reading already: counted twice, the safe side), the calls finished before it are
+    // forgotten (subtracting them again could count the queue short, and overfill it).
+    const poll = Effect.suspend(() => {
+      const sentBefore = sent
+      return readWaiting(sentBefore)
+    })
     yield* Effect.forkScoped(Effect.forever(Effect.zipRight(poll, Effect.sleep(POLL_INTERVAL))))
 
     return {

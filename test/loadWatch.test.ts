@@ -1,0 +1,31 @@
+/** The load watch's estimate of a vLLM server's waiting queue between two readings of its metrics. */
+import { describe, expect, it } from "@effect/vitest"
+import * as HttpClient from "@effect/platform/HttpClient"
+import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
+import { Deferred, Effect } from "effect"
+import { makeLoadWatch } from "../src/upstreams/loadWatch.js"
+
+describe("load watch", () => {
+  it.live("calls sent while a reading is on its way still count once it arrives: the queue is never counted short", () =>
+    Effect.gen(function*() {
+      const answer = yield* Deferred.make<void>()
+      let readings = 0
+      const http = HttpClient.make((request) =>
+        Effect.zipRight(
+          Effect.sync(() => readings++),
+          Effect.as(Deferred.await(answer), HttpClientResponse.fromWeb(request, new Response("vllm:num_requests_waiting 1\n")))
+        ))
+      const gauge = yield* makeLoadWatch({ upstream: "u", metricsUrl: "http://vllm/metrics", maxWaiting: 2, http, changed: () => {} })
+      yield* Effect.sleep("20 millis") // the first reading is asked for, not answered
+      expect(readings).toBe(1)
+      expect(gauge.full()).toBe(false) // nothing known yet: no holding
+      gauge.sent() // two calls go out while the server prepares its answer, which may not count them
+      gauge.sent()
+      yield* Deferred.succeed(answer, undefined)
+      yield* Effect.sleep("20 millis")
+      expect(gauge.full()).toBe(true) // 1 waiting + 2 sent meanwhile ≥ 2
+      gauge.finished() // a call finished after the reading frees a place
+      gauge.finished()
+      expect(gauge.full()).toBe(false)
+    }).pipe(Effect.scoped))
+})
