@@ -12,6 +12,11 @@ export interface AppConfigShape {
   readonly port: number
   /** Interface the HTTP server binds to (`HOST`). */
   readonly host: string
+  /**
+   * A port of its own for `GET /metrics` (`METRICS_PORT`), on `HOST`, without a key; the main port then does not
+   * serve them. None: `/metrics` on the main port (an operator key needed when keys are configured).
+   */
+  readonly metricsPort: Option.Option<number>
   /** Directory holding the SQLite database and the bytes of uploaded files (`DATA_DIR`). */
   readonly dataDir: string
   /** `postgres://…` (`DATABASE_URL`): keep the metadata in Postgres instead of SQLite. */
@@ -35,6 +40,15 @@ export interface AppConfigShape {
   readonly fileSweepInterval: Duration.Duration
   /** On SIGINT/SIGTERM, how long open requests may take to finish before their connections are closed (`SHUTDOWN_TIMEOUT`). */
   readonly shutdownTimeout: Duration.Duration
+  /**
+   * On SIGINT/SIGTERM, how long the node keeps serving with `/v1/ready` answering 503 before it stops accepting
+   * (`SHUTDOWN_DELAY`): time for a load balancer to take it out of rotation. Zero: it stops accepting at once.
+   */
+  readonly shutdownDelay: Duration.Duration
+  /** Log lines as JSON objects, one a line, or Effect's pretty format (`LOG_FORMAT`; default: pretty on a terminal). */
+  readonly logFormat: "json" | "pretty"
+  /** The least severe lines written (`LOG_LEVEL`); request lines of health and readiness probes are `debug`. */
+  readonly logLevel: "trace" | "debug" | "info" | "warning" | "error"
   /** Base URL of the OpenAI-compatible upstream, including its `/v1` (`INFERENCE_BASE_URL`). */
   readonly inferenceBaseUrl: string
   /** Bearer token for the upstream (`INFERENCE_API_KEY`); none: no Authorization header. */
@@ -108,6 +122,7 @@ export interface AppConfigShape {
 export const defaults: AppConfigShape = {
   port: 8321,
   host: "127.0.0.1",
+  metricsPort: Option.none(),
   dataDir: "./.data",
   databaseUrl: Option.none(),
   fileStorage: Option.none(),
@@ -118,6 +133,9 @@ export const defaults: AppConfigShape = {
   maxJsonBodyBytes: 1024 * 1024,
   fileSweepInterval: Duration.seconds(60),
   shutdownTimeout: Duration.seconds(10),
+  shutdownDelay: Duration.zero,
+  logFormat: process.stdout.isTTY === true ? "pretty" : "json",
+  logLevel: "info",
   inferenceBaseUrl: "http://127.0.0.1:8000/v1",
   inferenceApiKey: Option.none(),
   inferenceTimeout: Duration.minutes(10),
@@ -161,6 +179,7 @@ const redactedList = (text: Option.Option<Redacted.Redacted>): ReadonlyArray<Red
 export const appConfig: Config.Config<AppConfigShape> = Config.all({
   port: Config.integer("PORT").pipe(Config.withDefault(defaults.port)),
   host: Config.string("HOST").pipe(Config.withDefault(defaults.host)),
+  metricsPort: Config.option(Config.integer("METRICS_PORT")),
   dataDir: Config.string("DATA_DIR").pipe(Config.withDefault(defaults.dataDir)),
   maxUploadBytes: Config.integer("MAX_UPLOAD_BYTES").pipe(Config.withDefault(defaults.maxUploadBytes)),
   maxJsonBodyBytes: Config.integer("MAX_JSON_BODY_BYTES").pipe(Config.withDefault(defaults.maxJsonBodyBytes)),
@@ -171,6 +190,9 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   heartbeatInterval: Config.duration("HEARTBEAT_INTERVAL").pipe(Config.withDefault(defaults.heartbeatInterval)),
   fileSweepInterval: Config.duration("FILE_SWEEP_INTERVAL").pipe(Config.withDefault(defaults.fileSweepInterval)),
   shutdownTimeout: Config.duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(defaults.shutdownTimeout)),
+  shutdownDelay: Config.duration("SHUTDOWN_DELAY").pipe(Config.withDefault(defaults.shutdownDelay)),
+  logFormat: Config.literal("json", "pretty")("LOG_FORMAT").pipe(Config.withDefault(defaults.logFormat)),
+  logLevel: Config.literal("trace", "debug", "info", "warning", "error")("LOG_LEVEL").pipe(Config.withDefault(defaults.logLevel)),
   inferenceBaseUrl: Config.string("INFERENCE_BASE_URL").pipe(
     Config.map((url) => url.replace(/\/+$/, "")),
     Config.withDefault(defaults.inferenceBaseUrl)

@@ -3,7 +3,6 @@
  * once (layers are memoized by reference), and what remains open is only `AppConfig`.
  */
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
-import * as HttpServer from "@effect/platform/HttpServer"
 import { Duration, Effect, Layer } from "effect"
 import { createServer } from "node:http"
 import { AppConfig, fileStorageOf } from "./Config.js"
@@ -16,6 +15,11 @@ import { FileStore, FileStoreLive } from "./files/FileStore.js"
 import type { Inference } from "./inference/Inference.js"
 import { InferenceFromConfig } from "./inference/Recordings.js"
 import { HttpLive } from "./http/Http.js"
+import { MetricsServerLive } from "./http/MetricsHttp.js"
+import { type Metrics, MetricsLive } from "./observability/Metrics.js"
+import { TracingLive } from "./observability/Tracing.js"
+import { ServerLifecycleLive } from "./observability/Lifecycle.js"
+import { type Readiness, ReadinessLive } from "./observability/Readiness.js"
 import { type BlobStore, BlobStoreLocal } from "./storage/BlobStore.js"
 import { BlobStoreSql } from "./storage/BlobStoreSql.js"
 import { SqlLive } from "./storage/Sql.js"
@@ -39,6 +43,8 @@ export interface ServiceParts {
   readonly fileStore?: Layer.Layer<FileStore, unknown, SqlClient.SqlClient | BlobStore | AppConfig>
   readonly batchStore?: Layer.Layer<BatchStore, unknown, SqlClient.SqlClient>
   readonly workLeases?: Layer.Layer<WorkLeases, unknown, SqlClient.SqlClient>
+  readonly readiness?: Layer.Layer<Readiness, unknown, SqlClient.SqlClient | AppConfig>
+  readonly metrics?: Layer.Layer<Metrics, unknown, AppConfig>
 }
 
 /** Every service the HTTP handlers use (and the storage under them), built on `parts`. */
@@ -48,10 +54,12 @@ export const makeServices = (parts: ServiceParts = {}) =>
       parts.fileStore ?? FileStoreLive,
       parts.batchStore ?? BatchStoreLive,
       parts.workLeases ?? WorkLeasesLive,
-      parts.inference ?? InferenceFromConfig
+      parts.inference ?? InferenceFromConfig,
+      parts.readiness ?? ReadinessLive
     )),
     Layer.provide(parts.storage ?? StorageLive),
-    Layer.provideMerge(parts.auth ?? AuthLive)
+    Layer.provideMerge(parts.auth ?? AuthLive),
+    Layer.provideMerge(parts.metrics ?? MetricsLive)
   )
 
 /** Every service the HTTP handlers use, on the configured storage and upstream. */
@@ -76,13 +84,19 @@ export const NodeServerLive = Layer.unwrapEffect(
 /**
  * The whole application on a Node HTTP server, on `parts` (see `makeServices`); needs only `AppConfig`. The services (migrations, crash clean-up)
  * are built before the server starts listening: the platform attaches its request handler only once every layer
- * is up, and a connection accepted before that would never be answered.
+ * is up, and a connection accepted before that would never be answered. The lifecycle lines come last (the
+ * listening line once the app serves), so their shutdown step comes first: readiness turns 503 before the server
+ * stops accepting.
  */
 export const makeApp = (parts: ServiceParts = {}) =>
-  HttpLive.pipe(
-    HttpServer.withLogAddress,
+  ServerLifecycleLive.pipe(
+    Layer.provide(HttpLive),
+    Layer.merge(MetricsServerLive),
     Layer.provide(NodeServerLive.pipe(Layer.provideMerge(makeServices(parts))))
   )
 
-/** The whole application on its live parts. */
-export const AppLive = makeApp()
+/**
+ * The whole application on its live parts, traced when the `OTEL_*` variables name an endpoint
+ * (`observability/Tracing.ts`; built first, so it is released last: the spans of the shutdown are flushed).
+ */
+export const AppLive = makeApp().pipe(Layer.provide(TracingLive))

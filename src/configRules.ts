@@ -71,6 +71,12 @@ const isOrigin = (text: string) =>
  */
 const rules: ReadonlyArray<Rule> = [
   { variable: "PORT", expected: "a port number (0–65535)", holds: (c) => Number.isInteger(c.port) && c.port >= 0 && c.port <= 65535 },
+  {
+    variable: "METRICS_PORT",
+    expected: "a port number (0–65535) other than PORT",
+    holds: (c) =>
+      !Option.exists(c.metricsPort, (p) => !Number.isInteger(p) || p < 0 || p > 65535 || (p !== 0 && p === c.port))
+  },
   nonEmpty("host", "HOST"),
   nonEmpty("dataDir", "DATA_DIR"),
   nonEmpty("nodeId", "NODE_ID"),
@@ -113,6 +119,13 @@ const rules: ReadonlyArray<Rule> = [
     variable: "INFERENCE_MIN_CONCURRENCY",
     expected: "an integer no larger than INFERENCE_MAX_CONCURRENCY",
     holds: (c) => c.inferenceMinConcurrency <= c.inferenceMaxConcurrency
+  },
+  { variable: "SHUTDOWN_DELAY", expected: "a duration (0 seconds: stop accepting at once)", holds: (c) => Duration.isDuration(c.shutdownDelay) },
+  { variable: "LOG_FORMAT", expected: "json or pretty", holds: (c) => c.logFormat === "json" || c.logFormat === "pretty" },
+  {
+    variable: "LOG_LEVEL",
+    expected: "trace, debug, info, warning or error",
+    holds: (c) => ["trace", "debug", "info", "warning", "error"].includes(c.logLevel)
   },
   { variable: "UPSTREAMS_FILE", expected: "a file path", holds: (c) => !Option.exists(c.upstreamsFile, (path) => path.trim() === "") },
   {

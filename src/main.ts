@@ -3,11 +3,24 @@
  * interrupts it and closes every layer in reverse order (the server stops accepting and lets open requests end).
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import { ConfigError, Console, Effect, Layer } from "effect"
+import { Cause, ConfigError, Console, Effect, Layer, Option } from "effect"
 import { AppConfig } from "./Config.js"
 import { AppLive } from "./Layers.js"
+import { LoggingLive } from "./observability/Logging.js"
 
-const program = Layer.launch(AppLive.pipe(Layer.provide(AppConfig.layer))).pipe(
+/** A fault that ends the server (a port in use, a database unreachable at start), logged in the configured format. */
+const logFault = (cause: Cause.Cause<unknown>) =>
+  Cause.isInterruptedOnly(cause) || Option.exists(Cause.failureOption(cause), ConfigError.isConfigError)
+    ? Effect.void
+    : Effect.logError("The server stopped on a fault", cause)
+
+// Logs go through `LOG_FORMAT`'s logger from the start to the last line: provided around the whole program (and
+// runMain's own pretty logger and error report disabled, or each line would be written twice).
+const program = Layer.launch(AppLive).pipe(
+  Effect.onInterrupt(() => Effect.annotateLogs(Effect.logInfo("Shutdown finished"), "event", "server.shutdown_finished")),
+  Effect.tapErrorCause(logFault),
+  Effect.provide(LoggingLive),
+  Effect.provide(AppConfig.layer),
   Effect.catchIf(ConfigError.isConfigError, (error) =>
     Console.error(`Invalid configuration: ${String(error)}`).pipe(
       Effect.zipRight(Effect.sync(() => process.exit(1)))
@@ -19,4 +32,4 @@ const program = Layer.launch(AppLive.pipe(Layer.provide(AppConfig.layer))).pipe(
 process.on("uncaughtException", (error) => console.error("Uncaught exception; the server keeps running:", error))
 process.on("unhandledRejection", (reason) => console.error("Unhandled rejection; the server keeps running:", reason))
 
-NodeRuntime.runMain(program)
+NodeRuntime.runMain(program, { disablePrettyLogger: true, disableErrorReporting: true })

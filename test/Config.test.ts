@@ -45,7 +45,10 @@ describe("configuration", () => {
         [{ extraBatchEndpoints: ["/rerank"] }, { EXTRA_BATCH_ENDPOINTS: "/v1/rerank, /v1/../admin" }, "EXTRA_BATCH_ENDPOINTS"],
         [{ extraBatchEndpoints: ["/v1/re rank"] }, { EXTRA_BATCH_ENDPOINTS: "/v1/rerank?x=1" }, "EXTRA_BATCH_ENDPOINTS"],
         [{ inferenceMode: "replay" }, { INFERENCE_MODE: "record" }, "INFERENCE_MODE"],
-        [{ inferenceMode: "rewind" as "live" }, { INFERENCE_MODE: "rewind", INFERENCE_RECORDINGS: "/tmp/r" }, "INFERENCE_MODE"]
+        [{ inferenceMode: "rewind" as "live" }, { INFERENCE_MODE: "rewind", INFERENCE_RECORDINGS: "/tmp/r" }, "INFERENCE_MODE"],
+        [{ logFormat: "xml" as "json" }, { LOG_FORMAT: "xml" }, "LOG_FORMAT"],
+        [{ logLevel: "verbose" as "info" }, { LOG_LEVEL: "verbose" }, "LOG_LEVEL"],
+        [{ shutdownDelay: 5 as unknown as Duration.Duration }, { SHUTDOWN_DELAY: "soon" }, "SHUTDOWN_DELAY"]
       ]
       for (const [code, env, variable] of cases) {
         expect(failure(yield* fromCode(code))).toContain(variable)

@@ -16,11 +16,13 @@
  * at once when its upstream goes down: it waits for it to come back without a permit);
  * finishing is not limited, so a cancel is never queued behind other batches. `supervised` retries a batch after a fault.
  */
-import { Cause, Clock, Context, Duration, Effect, Exit, FiberMap, Layer } from "effect"
+import { Cause, Clock, Context, Duration, Effect, Exit, FiberMap, Layer, Option } from "effect"
 import { AppConfig } from "../Config.js"
 import type { BatchId } from "../domain/Ids.js"
 import { FileStore } from "../files/FileStore.js"
 import { Inference } from "../inference/Inference.js"
+import * as BatchLines from "../observability/batchLines.js"
+import { batchWork } from "../observability/Tracing.js"
 import { type StorageFault, storageFault } from "../storage/Faults.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
 import { makeFairPermits } from "./fairPermits.js"
@@ -178,16 +180,22 @@ export const make = Effect.gen(function*() {
         const giveUp = faults >= faultRetry.maxRetries
         yield* Effect.logError(`Batch ${id} hit a fault; ${giveUp ? "it fails" : "retrying"}`, cause)
         if (giveUp) {
-          yield* store.transition(id, "fault", {
+          const failed = yield* store.transition(id, "fault", {
             errors: [{ code: "internal_error", message: `The batch could not be processed: ${Cause.pretty(cause).split("\n")[0]}`, param: null, line: null }]
           })
+          if (Option.isSome(failed)) yield* BatchLines.finished(failed.value)
           return
         }
         yield* Effect.sleep(Duration.millis(baseDelayMs * 2 ** faults++))
       }
-    }).pipe(Effect.annotateLogs("batch_id", id))
+    }).pipe(BatchLines.batchAnnotations(id), batchWork(id))
 
   const submit = (id: BatchId) => Effect.asVoid(FiberMap.run(fibers, id, supervised(id), { onlyIfMissing: true }))
+
+  /** The heartbeat's pick-up of free work, logged when this node was not driving the batch yet. */
+  const pickUp = (id: BatchId, atStart: boolean) =>
+    Effect.flatMap(FiberMap.has(fibers, id), (driving) =>
+      driving ? Effect.void : Effect.zipRight(BatchLines.pickedUp(id, atStart), submit(id)))
 
   const restart = (id: BatchId) =>
     Effect.gen(function*() {
@@ -195,7 +203,7 @@ export const make = Effect.gen(function*() {
       yield* FiberMap.run(fibers, id, supervised(id))
     })
 
-  yield* startHeartbeat(local, { restart, submit })
+  yield* startHeartbeat(local, { restart, pickUp })
 
   return BatchRunner.of({ submit, restart })
 })

@@ -16,6 +16,7 @@ import { Context, Data, Effect, Layer, type Option } from "effect"
 import type { Batch, BatchEndpoint, BatchError, BatchStatus } from "../domain/Batches.js"
 import type { BatchId, BatchRequestId, FileId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
+import { Metrics } from "../observability/Metrics.js"
 import { makeBatchRecords } from "./batchRecords.js"
 import { makeOutcomes } from "./outcomes.js"
 import { makeRequestRows } from "./requestRows.js"
@@ -133,6 +134,8 @@ export interface BatchStoreShape {
   readonly enqueuedRequests: (project: string, except: BatchId) => Effect.Effect<number>
   /** The current status of each of `ids` that exists. */
   readonly statuses: (ids: ReadonlyArray<BatchId>) => Effect.Effect<ReadonlyMap<BatchId, BatchStatus>>
+  /** How many batches (of every project, on every node) are in each unfinished status; a status with none is absent. */
+  readonly activeByStatus: Effect.Effect<ReadonlyMap<BatchStatus, number>>
 
   // ---- status changes: the moves of the transition table (`transitions.ts`), compare-and-set ----
 
@@ -197,9 +200,10 @@ export class BatchStore extends Context.Tag("BatchStore")<BatchStore, BatchStore
 
 export const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
+  const metrics = yield* Metrics
   const dialect = makeBatchSql(sql)
   return BatchStore.of({
-    ...makeBatchRecords(sql, dialect),
+    ...makeBatchRecords(sql, dialect, metrics.batchMoved),
     ...makeRequestRows(sql, dialect),
     ...makeOutcomes(sql, dialect)
   })

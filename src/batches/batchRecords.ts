@@ -112,10 +112,18 @@ export const scopedIdempotencyKey = (project: string, key: string) => `${project
 
 type BatchRecords = Pick<
   BatchStoreShape,
-  "create" | "get" | "list" | "idempotentBatch" | "activeBatches" | "enqueuedRequests" | "statuses" | "transition" | "startRunning" | "completeSlice"
+  "create" | "get" | "list" | "idempotentBatch" | "activeBatches" | "enqueuedRequests" | "statuses" | "transition" | "startRunning" | "completeSlice" | "activeByStatus"
 >
 
-export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): BatchRecords => {
+/**
+ * The `batches` table's operations; `moved` is told of every status change made here, once it is committed (the
+ * metrics: queue wait, finished batches and their durations).
+ */
+export const makeBatchRecords = (
+  sql: SqlClient.SqlClient,
+  dialect: BatchSql,
+  moved: (batch: Batch) => void = () => {}
+): BatchRecords => {
   const selectWhere = (where: Fragment) =>
     Effect.flatMap(sql`SELECT * FROM batches WHERE ${where}`, decodeRecords)
   const visible = (visibility: Visibility) => visibleTo(sql, visibility)
@@ -198,6 +206,12 @@ export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): B
   const enqueuedRequests = (project: string, except: BatchId) =>
     countOne(sql`SELECT SUM(total) AS n FROM batches WHERE project = ${project} AND ${unfinished} AND id <> ${except}`)
 
+  const activeByStatus = Effect.map(
+    Effect.orDie(sql<{ readonly status: string; readonly n: number | string }>`
+      SELECT status, COUNT(*) AS n FROM batches WHERE ${unfinished} GROUP BY status`),
+    (rows) => new Map(rows.map((r): [BatchStatus, number] => [r.status as BatchStatus, Number(r.n)]))
+  )
+
   const statusesOf = SqlSchema.findAll({
     Request: Schema.Array(BatchId),
     Result: Schema.Struct({ id: BatchId, status: BatchStatusSchema }),
@@ -235,6 +249,10 @@ export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): B
     if (patch.errorFileId !== undefined) set.error_file_id = patch.errorFileId
     return applyMove(id, move, set).pipe(
       Effect.orDie,
+      Effect.map((batch) => {
+        if (Option.isSome(batch)) moved(batch.value)
+        return batch
+      }),
       Effect.withSpan("BatchStore.transition", { attributes: { id, move } })
     )
   }
@@ -242,16 +260,22 @@ export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): B
   const startRunning = (id: BatchId, patch: { readonly model: string | null; readonly total: number }, slices: ReadonlyArray<SliceBounds>) =>
     Effect.gen(function*() {
       const set = { model: patch.model, total: patch.total, lease_owner: null, lease_until: null }
-      if (Option.isNone(yield* applyMove(id, "startRunning", set))) return false
+      const batch = yield* applyMove(id, "startRunning", set)
+      if (Option.isNone(batch)) return batch
       yield* Effect.forEach(
         chunks(slices.map((s, slice) => ({ batch_id: id, slice, first_line: s.firstLine, last_line: s.lastLine })), INSERT_GROUP),
         (group) => sql`INSERT INTO batch_slices ${sql.insert(group)}`,
         { discard: true }
       )
-      return true
+      return batch
     }).pipe(
       sql.withTransaction,
-      Effect.tap((moved) => (moved ? dialect.refreshRequestStatistics() : Effect.void)),
+      Effect.map((batch) => {
+        if (Option.isNone(batch)) return false
+        moved(batch.value)
+        return true
+      }),
+      Effect.tap((started) => (started ? dialect.refreshRequestStatistics() : Effect.void)),
       Effect.orDie,
       Effect.withSpan("BatchStore.startRunning", { attributes: { id } })
     )
@@ -265,5 +289,17 @@ export const makeBatchRecords = (sql: SqlClient.SqlClient, dialect: BatchSql): B
       return Option.isSome(yield* applyMove(id, "lastSliceDone", {}, noSliceOpen))
     }).pipe(sql.withTransaction, Effect.orDie, Effect.withSpan("BatchStore.completeSlice", { attributes: { id, slice } }))
 
-  return { create, get, list, idempotentBatch, activeBatches, enqueuedRequests, statuses, transition, startRunning, completeSlice }
+  return {
+    create,
+    get,
+    list,
+    idempotentBatch,
+    activeBatches,
+    enqueuedRequests,
+    statuses,
+    transition,
+    startRunning,
+    completeSlice,
+    activeByStatus
+  }
 }

@@ -8,6 +8,9 @@ import { Duration, Effect, Option, Schedule, Stream } from "effect"
 import { AppConfig } from "../Config.js"
 import { type BatchId, derivedFileId } from "../domain/Ids.js"
 import { FileStore } from "../files/FileStore.js"
+import * as BatchLines from "../observability/batchLines.js"
+import { Inference } from "../inference/Inference.js"
+import { Metrics } from "../observability/Metrics.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
 import { nodeLease, WorkLeases } from "./WorkLeases.js"
 
@@ -43,6 +46,8 @@ export const makeFinishing = Effect.gen(function*() {
   const leases = yield* WorkLeases
   const files = yield* FileStore
   const config = yield* AppConfig
+  const inference = yield* Inference
+  const metrics = yield* Metrics
 
   const load = (id: BatchId) => Effect.orDie(store.get(id, "all"))
 
@@ -76,14 +81,18 @@ export const makeFinishing = Effect.gen(function*() {
         // Never got past validation: there are no requests to report.
         yield* store.deleteRequests(id)
       } else if (pending !== undefined) {
-        yield* store.failPending(id, pending.code, pending.message)
+        const ended = yield* store.failPending(id, pending.code, pending.message)
+        const { endpoint, model } = record.batch
+        metrics.requests(endpoint, model, inference.upstreamName?.(model) ?? "unknown")
+          .ended(move === "expire" ? "expired" : "cancelled", ended)
         record = yield* load(id)
       }
       const counts = record.batch.request_counts
       const outputFileId = counts.completed > 0 ? yield* writeResultFile(record, "succeeded") : null
       const errorFileId = counts.failed > 0 ? yield* writeResultFile(record, "failed") : null
-      yield* store.transition(id, move, { outputFileId, errorFileId })
-    }).pipe(Effect.withSpan("BatchRunner.finish", { attributes: { id, move } }))
+      const moved = yield* store.transition(id, move, { outputFileId, errorFileId })
+      if (Option.isSome(moved)) yield* BatchLines.finished(moved.value)
+    }).pipe(Effect.withSpan("BatchRunner.finish", { attributes: { "batch.id": id, move } }))
 
   const finish = (id: BatchId, move: FinalMove) =>
     Effect.gen(function*() {

@@ -55,12 +55,15 @@ export class LocalWork {
 export interface HeartbeatActions {
   /** Interrupts this node's work on a batch and drives it again (see `BatchRunner.restart`). */
   readonly restart: (id: BatchId) => Effect.Effect<void>
-  /** Starts driving a batch on this node, unless it already does. */
-  readonly submit: (id: BatchId) => Effect.Effect<void>
+  /**
+   * Starts driving a batch with free work on this node, unless it already does (`atStart`: found by the first beat,
+   * so unfinished when the node started; the log says which).
+   */
+  readonly pickUp: (id: BatchId, atStart: boolean) => Effect.Effect<void>
 }
 
 /** One beat: renew, stop what was cancelled or lost, pick up free work. */
-export const beat = (local: LocalWork, actions: HeartbeatActions) =>
+export const beat = (local: LocalWork, actions: HeartbeatActions, atStart = false) =>
   Effect.gen(function*() {
     const store = yield* BatchStore
     const leases = yield* WorkLeases
@@ -71,7 +74,7 @@ export const beat = (local: LocalWork, actions: HeartbeatActions) =>
     const cancelled = [...statuses].filter(([, status]) => status === "cancelling").map(([id]) => id)
     yield* Effect.forEach(new Set([...lost, ...cancelled]), actions.restart, { discard: true })
     const free = yield* Effect.flatMap(nodeLease(config), (lease) => leases.claimable(lease.now, 100))
-    yield* Effect.forEach(free, actions.submit, { discard: true })
+    yield* Effect.forEach(free, (id) => actions.pickUp(id, atStart), { discard: true })
   }).pipe(Effect.withSpan("BatchRunner.heartbeat"))
 
 /**
@@ -82,7 +85,9 @@ export const startHeartbeat = (local: LocalWork, actions: HeartbeatActions) =>
   Effect.gen(function*() {
     const config = yield* AppConfig
     yield* Effect.flatMap(WorkLeases, (leases) => leases.releaseAfterRestart(config.nodeId))
-    yield* beat(local, actions).pipe(
+    let atStart = true // until a beat gets through
+    yield* Effect.suspend(() => beat(local, actions, atStart)).pipe(
+      Effect.tap(() => Effect.sync(() => (atStart = false))),
       Effect.catchAllCause((cause) => Effect.logError("Heartbeat failed", cause)),
       Effect.repeat(Schedule.spaced(config.heartbeatInterval)),
       Effect.forkScoped

@@ -12,6 +12,7 @@
 import { Effect, Option } from "effect"
 import { AppConfig } from "../Config.js"
 import { Inference, type UpstreamFailure, type UpstreamResponse } from "../inference/Inference.js"
+import { Metrics } from "../observability/Metrics.js"
 import { type BatchRecord, BatchStore, type RequestOutcome, type RequestRow } from "./BatchStore.js"
 import type { LocalWork } from "./heartbeat.js"
 import { makeOutcomeWriter } from "./outcomeWriter.js"
@@ -19,7 +20,7 @@ import { makePendingRows } from "./pendingRows.js"
 import { usageOf, zeroUsage } from "./validation.js"
 import { WorkLeases } from "./WorkLeases.js"
 
-const responseOutcome = (row: RequestRow, res: UpstreamResponse): RequestOutcome => ({
+const responseOutcome = (row: RequestRow, res: UpstreamResponse): Extract<RequestOutcome, { readonly _tag: "Response" }> => ({
   _tag: "Response",
   line: row.line,
   customId: row.customId,
@@ -51,6 +52,7 @@ export const makeRunning = (local: LocalWork) =>
   Effect.gen(function*() {
     const inference = yield* Inference
     const config = yield* AppConfig
+    const metrics = yield* Metrics
     const context = yield* Effect.context<BatchStore | WorkLeases | AppConfig>()
     const window = config.maxConcurrentRequestsPerBatch
 
@@ -60,6 +62,8 @@ export const makeRunning = (local: LocalWork) =>
         const rows = yield* makePendingRows(batch.id, local, stopAfterSlice)
         const outcomes = yield* makeOutcomeWriter(batch.id, { window, afterWrite: rows.stored })
         const options = { deadline: batch.expires_at * 1000, model: batch.model, project: record.project }
+        // Each outcome is counted with a plain call (no effect): thousands of requests run a second.
+        const tally = metrics.requests(batch.endpoint, batch.model, inference.upstreamName?.(batch.model) ?? "unknown")
         // A worker takes a row, sends it, queues its outcome, waits until its previous outcome is stored (by then,
         // one upstream call later, it nearly always is) and starts over: the store stays off the requests' path,
         // and a crash loses at most two outcomes per worker. A recursive effect in tail position (the fiber's stack
@@ -71,8 +75,15 @@ export const makeRunning = (local: LocalWork) =>
         }
         const send = (row: RequestRow, previous: Effect.Effect<void>) =>
           Effect.matchEffect(inference.send(batch.endpoint, row.body, options), {
-            onSuccess: (res) => next(responseOutcome(row, res), previous),
-            onFailure: (e) => next(errorOutcome(row, e), previous)
+            onSuccess: (res) => {
+              const outcome = responseOutcome(row, res)
+              tally.answered(res.status, outcome.usage)
+              return next(outcome, previous)
+            },
+            onFailure: (e) => {
+              tally.noResponse()
+              return next(errorOutcome(row, e), previous)
+            }
           })
         const worker = (previous: Effect.Effect<void>): Effect.Effect<void> => {
           const row = rows.takeNow()
@@ -88,7 +99,7 @@ export const makeRunning = (local: LocalWork) =>
       }).pipe(
         Effect.scoped,
         Effect.provide(context),
-        Effect.withSpan("BatchRunner.run", { attributes: { id: record.batch.id } })
+        Effect.withSpan("BatchRunner.run", { attributes: { "batch.id": record.batch.id } })
       )
 
     return { run } satisfies Running

@@ -9,6 +9,7 @@ import type { BatchError } from "../domain/Batches.js"
 import { type BatchId, batchRequestId } from "../domain/Ids.js"
 import { FileStore } from "../files/FileStore.js"
 import { Inference } from "../inference/Inference.js"
+import * as BatchLines from "../observability/batchLines.js"
 import { isCapacityFault } from "../storage/Faults.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
 import { afterPendingIo } from "./eventLoop.js"
@@ -40,7 +41,9 @@ export const makeValidating = Effect.gen(function*() {
   const config = yield* AppConfig
 
   const fail = (id: BatchId, errors: ReadonlyArray<BatchError>) =>
-    Effect.zipRight(store.deleteRequests(id), store.transition(id, "validationFailed", { errors }))
+    Effect.zipRight(store.deleteRequests(id), store.transition(id, "validationFailed", { errors })).pipe(
+      Effect.tap((moved) => (Option.isSome(moved) ? BatchLines.validationFailed(id, errors) : Effect.void))
+    )
 
   const validate = (record: BatchRecord) =>
     Effect.gen(function*() {
@@ -108,8 +111,10 @@ export const makeValidating = Effect.gen(function*() {
           }])
         }
       }
-      yield* store.startRunning(batch.id, { model: verdict.model, total: verdict.total }, verdict.slices)
-    }).pipe(Effect.withSpan("BatchRunner.validate", { attributes: { id: record.batch.id } }))
+      if (yield* store.startRunning(batch.id, { model: verdict.model, total: verdict.total }, verdict.slices)) {
+        yield* BatchLines.validated(batch.id, verdict.total, verdict.model)
+      }
+    }).pipe(Effect.withSpan("BatchRunner.validate", { attributes: { "batch.id": record.batch.id } }))
 
   const giveBackSpace = (id: BatchId, cause: Cause.Cause<unknown>) =>
     isCapacityFault(cause)

@@ -21,6 +21,7 @@ import {
 import { Batch, BatchList, CreateBatchBody, ListBatchesParams } from "../domain/Batches.js"
 import { StorableBatchId, StorableFileId } from "../domain/Ids.js"
 import { FileDeleted, FileList, FileObject, ListFilesParams, UploadFileForm } from "../domain/Files.js"
+import { NotReadySchema, ReadySchema } from "../observability/Readiness.js"
 import { Authenticated } from "./Security.js"
 
 const fileIdParam = HttpApiSchema.param("file_id", StorableFileId)
@@ -31,6 +32,12 @@ export class HealthGroup extends HttpApiGroup.make("health")
     HttpApiEndpoint.get("health", "/health")
       .addSuccess(Schema.Struct({ status: Schema.Literal("OK") }))
       .annotate(OpenApi.Summary, "Liveness check")
+  )
+  .add(
+    HttpApiEndpoint.get("ready", "/ready")
+      .addSuccess(ReadySchema)
+      .addError(NotReadySchema)
+      .annotate(OpenApi.Summary, "Readiness check: 503 with the reasons while the database does not answer or the node shuts down")
   )
   .prefix("/v1")
 {}

@@ -12,6 +12,7 @@ import { conflict, invalidRequest, notFound, rateLimited } from "../domain/Error
 import { type BatchId, batchId } from "../domain/Ids.js"
 import { type Visibility, visibilityOf } from "../domain/Projects.js"
 import { FileStore } from "../files/FileStore.js"
+import * as BatchLines from "../observability/batchLines.js"
 import { OpenAIApi } from "./Api.js"
 import { listPage } from "../domain/List.js"
 import { echo } from "../domain/Text.js"
@@ -86,7 +87,10 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
             "idempotency_key"
           )
         }
-        if (created) yield* runner.submit(record.batch.id)
+        if (created) {
+          yield* BatchLines.created(record.batch, record.project)
+          yield* runner.submit(record.batch.id)
+        }
         return record.batch
       }).pipe(Effect.withSpan("Batches.create"))
 

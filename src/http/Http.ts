@@ -4,17 +4,19 @@
  * an `HttpServer`; `main.ts` (or an embedding app) provides them.
  */
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
-import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
 import { Effect, Layer } from "effect"
 import { AppConfig } from "../Config.js"
+import { Metrics } from "../observability/Metrics.js"
 import { OpenAIApi } from "./Api.js"
 import { BatchesHttpLive } from "./BatchesHttp.js"
 import { docsRoute } from "./Docs.js"
 import { FilesHttpLive } from "./FilesHttp.js"
 import { HealthHttpLive } from "./HealthHttp.js"
+import { httpMetrics, metricsRoute } from "./MetricsHttp.js"
 import { ModelsHttpLive } from "./ModelsHttp.js"
 import { ErrorEnvelopeLive, sdkHeaders } from "./Middleware.js"
 import { boundBodies } from "./RequestBody.js"
+import { requestLog } from "./RequestLog.js"
 import { AuthenticatedLive, securityMiddleware } from "./Security.js"
 
 /** The API with every group implemented (requires the services the handlers use, and `Auth`). */
@@ -24,16 +26,20 @@ export const ApiLive = HttpApiBuilder.api(OpenAIApi).pipe(
 )
 
 /**
- * Serves `ApiLive` plus `/openapi.json` and `/docs` on whatever `HttpServer` is provided: behind `secure` (inside
- * `sdkHeaders`, so its refusals carry an `x-request-id` too; outside `boundBodies`, so a body is read only once the
- * caller is known), with request bodies bounded by `maxJsonBodyBytes`. No CORS header unless `CORS_ORIGINS` says.
+ * Serves `ApiLive` plus `/openapi.json`, `/docs` and `/metrics` (`MetricsHttp.ts`; each request counted there) on
+ * whatever `HttpServer` is provided: inside `requestLog` (the
+ * request id, one log line per request), behind `secure` (inside `sdkHeaders`, so its refusals carry an
+ * `x-request-id` too; outside `boundBodies`, so a body is read only once the caller is known), with request bodies
+ * bounded by `maxJsonBodyBytes`. No CORS header unless `CORS_ORIGINS` says.
  */
 export const HttpLive = Layer.unwrapEffect(Effect.gen(function*() {
   const { maxJsonBodyBytes } = yield* AppConfig
   const secure = yield* securityMiddleware
-  return HttpApiBuilder.serve((app) => HttpMiddleware.logger(sdkHeaders(secure(boundBodies(maxJsonBodyBytes)(app)))))
+  const measured = httpMetrics(yield* Metrics)
+  return HttpApiBuilder.serve((app) => requestLog(measured(sdkHeaders(secure(boundBodies(maxJsonBodyBytes)(app))))))
 })).pipe(
   Layer.provide(docsRoute("/docs")),
+  Layer.provide(metricsRoute),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
   Layer.provide(ApiLive)
 )

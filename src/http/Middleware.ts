@@ -7,14 +7,14 @@ import * as HttpApiError from "@effect/platform/HttpApiError"
 import * as HttpApp from "@effect/platform/HttpApp"
 import * as HttpServerError from "@effect/platform/HttpServerError"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import { Cause, Effect, Option } from "effect"
+import { Cause, Effect, FiberRef, Option } from "effect"
 import { type ApiError, insufficientStorage, invalidRequest, notFound, payloadTooLarge, serverError } from "../domain/Errors.js"
-import { requestId } from "../domain/Ids.js"
 import { echo } from "../domain/Text.js"
 import { isCapacityFault } from "../storage/Faults.js"
 import { OpenAIApi } from "./Api.js"
 import type { MultipartInvalid } from "./Multipart.js"
 import { BodyTooLarge, JsonTooDeep, MAX_JSON_DEPTH, tooLarge } from "./RequestBody.js"
+import { currentRequest, requestIdFrom } from "./RequestLog.js"
 
 /**
  * The type a schema's "Expected …, actual …" message asks for, in a user's words (the schema's own text names
@@ -110,15 +110,17 @@ export const ErrorEnvelopeLive = HttpApiBuilder.middleware(OpenAIApi, (app) =>
 
 /**
  * Server-level middleware: response headers the OpenAI SDKs rely on. The wrapped app has already written its
- * response when it returns, so the headers go in through a pre-response handler.
+ * response when it returns, so the headers go in through a pre-response handler. The `x-request-id` is the one
+ * `requestLog` chose (the caller's own when it sent a sane one), so a response can be found in the logs.
  */
 export const sdkHeaders = <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
   Effect.zipRight(
-    HttpApp.appendPreResponseHandler((_request, response) => {
-      const withId = HttpServerResponse.setHeader(response, "x-request-id", requestId())
-      return Effect.succeed(
-        response.status === 409 ? HttpServerResponse.setHeader(withId, "x-should-retry", "false") : withId
-      )
-    }),
+    HttpApp.appendPreResponseHandler((request, response) =>
+      Effect.map(FiberRef.get(currentRequest), (info) => {
+        const id = info?.id ?? requestIdFrom(request.headers["x-request-id"])
+        const withId = HttpServerResponse.setHeader(response, "x-request-id", id)
+        return response.status === 409 ? HttpServerResponse.setHeader(withId, "x-should-retry", "false") : withId
+      })
+    ),
     app
   )

@@ -25,6 +25,7 @@ import { AppConfig, isLoopbackName } from "../Config.js"
 import { invalidRequest, unauthorized, UnauthorizedSchema } from "../domain/Errors.js"
 import { echo } from "../domain/Text.js"
 import { answer, envelope } from "./EarlyAnswer.js"
+import { noteProject } from "./RequestLog.js"
 
 /** Routes anyone may read: liveness, readiness and the API's description. */
 export const PUBLIC_PATHS: ReadonlySet<string> = new Set(["/v1/health", "/v1/ready", "/docs", "/openapi.json"])
@@ -164,13 +165,14 @@ export const secure = (options: SecurityOptions) => {
       }
       if (corsOrigin !== undefined && isPreflight(request)) return answer(request, preflight(corsOrigin, request))
 
+      // The caller's project also goes into the request's log line (`noteProject`).
       const served: HttpApp.Default<E, R> = !auth.required
-        ? Effect.provideService(app, CurrentCaller, localCaller)
+        ? Effect.zipRight(noteProject(localCaller.project), Effect.provideService(app, CurrentCaller, localCaller))
         : PUBLIC_PATHS.has(path)
         ? app
         : Effect.flatMap(auth.authenticate(bearerKey(headers.authorization)), (caller: Option.Option<Caller>) =>
           Option.isSome(caller)
-            ? Effect.provideService(app, CurrentCaller, caller.value)
+            ? Effect.zipRight(noteProject(caller.value.project), Effect.provideService(app, CurrentCaller, caller.value))
             : answer(request, unauthenticated()))
       return listed.size > 0 ? Effect.zipRight(corsHeaders(corsOrigin), served) : served
     })

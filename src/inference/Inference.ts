@@ -16,6 +16,7 @@ import { Clock, type ConfigError, Context, Duration, Effect, Layer, Option, Rand
 import { AppConfig } from "../Config.js"
 import type { BatchEndpoint } from "../domain/Batches.js"
 import { requestId } from "../domain/Ids.js"
+import { makeFractionPicker, type TracedCall, traceUpstreamCall, UpstreamCallTracing, upstreamIdentity } from "../observability/Tracing.js"
 import { type Attempt, makeUpstream, type Upstream } from "../upstreams/Upstream.js"
 import { servesAnyModel, type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
 import { retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "./answers.js"
@@ -51,6 +52,8 @@ export interface InferenceShape {
   readonly reachable: (model: string | null) => Effect.Effect<void>
   /** Completes when the upstream serving `model` goes down (never for one that stays up). */
   readonly unreachable: (model: string | null) => Effect.Effect<void>
+  /** The name of the upstream serving `model` now (the metrics' `upstream` label); undefined when none does. */
+  readonly upstreamName?: (model: string | null) => string | undefined
 }
 
 export class Inference extends Context.Tag("Inference")<Inference, InferenceShape>() {}
@@ -78,6 +81,8 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
       }))
     const baseDelay = Duration.toMillis(config.inferenceRetryBaseDelay)
     const maxDelay = Duration.toMillis(config.inferenceRetryMaxDelay)
+    /** Which calls get a span (`observability/Tracing.ts`); undefined when none does: a call then costs one test. */
+    const pickTraced = makeFractionPicker((yield* UpstreamCallTracing).fraction)
 
     /**
      * The upstream serving `model`: the first known to serve it, else the first serving any model that gives no
@@ -115,24 +120,29 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
           message: `No upstream serves the model '${String(options.model).slice(0, 64)}'.`
         }))
       }
-      const ticket = { project: options.project ?? "", deadline: options.deadline ?? Number.MAX_SAFE_INTEGER }
+      const ticket = { project: options.project ?? "", deadline: options.deadline ?? Number.MAX_SAFE_INTEGER, model: options.model }
       const final = (result: Attempt) =>
         result._tag === "Failure" ? Effect.fail(result.failure) : Effect.succeed(result.response)
       /** After attempt `n` gave `result`: wait and try again, unless attempts or time (the deadline) are used up. */
-      const retry = (result: Attempt, n: number): Effect.Effect<UpstreamResponse, UpstreamFailure> => {
+      const retry = (result: Attempt, n: number, traced?: TracedCall): Effect.Effect<UpstreamResponse, UpstreamFailure> => {
         if (n >= config.inferenceMaxAttempts) return final(result)
         return Effect.gen(function*() {
           const delay = yield* retryDelay(result, n)
           const now = yield* Clock.currentTimeMillis
           if (options.deadline !== undefined && now + delay > options.deadline) return yield* final(result)
+          traced?.retried(n, result._tag === "Failure" ? result.failure.code : `status ${result.response.status}`)
           yield* Effect.sleep(Duration.millis(delay))
-          return yield* loop(n + 1)
+          return yield* loop(n + 1, traced)
         })
       }
       // The usual case, an answer that needs no retry, is kept to a few steps: thousands of calls run a second.
-      const loop = (n: number): Effect.Effect<UpstreamResponse, UpstreamFailure> =>
-        Effect.flatMap(upstream.attempt(endpoint, body, ticket), ([result, verdict]) =>
-          verdict === "final" ? final(result) : verdict === "again" ? loop(n) : retry(result, n))
+      const loop = (n: number, traced?: TracedCall): Effect.Effect<UpstreamResponse, UpstreamFailure> =>
+        Effect.flatMap(upstream.attempt(endpoint, body, ticket, traced?.traceparent), ([result, verdict]) =>
+          verdict === "final" ? final(result) : verdict === "again" ? loop(n, traced) : retry(result, n, traced))
+      if (pickTraced !== undefined && pickTraced()) {
+        const identity = upstreamIdentity(upstream.spec.name, upstream.spec.baseUrl)
+        return traceUpstreamCall(identity, endpoint, options.model, body, (traced) => loop(1, traced))
+      }
       return loop(1)
     })
 
@@ -160,7 +170,8 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
       send,
       models,
       reachable: (model) => Effect.zipRight(listsKnown, Effect.suspend(() => route(model)?.awaitUp ?? Effect.void)),
-      unreachable: (model) => route(model)?.awaitDown ?? Effect.never
+      unreachable: (model) => route(model)?.awaitDown ?? Effect.never,
+      upstreamName: (model) => route(model)?.spec.name
     })
   })
 
@@ -210,7 +221,8 @@ export const InferenceScripted = (
         complete: models !== undefined
       }),
       reachable: () => Effect.void,
-      unreachable: () => Effect.never
+      unreachable: () => Effect.never,
+      upstreamName: () => "scripted"
     })
   )
 

@@ -322,7 +322,8 @@ export const InferenceReplay = (
           }),
         models,
         reachable: () => Effect.void,
-        unreachable: () => Effect.never
+        unreachable: () => Effect.never,
+        upstreamName: () => "recordings"
       })
     })
   )

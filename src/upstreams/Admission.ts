@@ -11,10 +11,11 @@
 import { type Clock, Deferred, Duration, Effect, FiberId } from "effect"
 import type { AdaptiveLimit } from "./adaptiveLimit.js"
 
-/** Who asks: the batch's project, and its deadline (epoch ms). */
+/** Who asks: the batch's project, and its deadline (epoch ms); its model, for the metrics. */
 export interface Ticket {
   readonly project: string
   readonly deadline: number
+  readonly model?: string | null | undefined
 }
 
 /** What the load-aware dispatch says (`loadWatch.ts`); `openGauge` when the upstream has none. */

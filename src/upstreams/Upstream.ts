@@ -30,6 +30,7 @@ import { type FailureKind, failureKind } from "../inference/UpstreamHttpClient.j
 import { Admission, openGauge, type Ticket } from "./Admission.js"
 import { AdaptiveLimit } from "./adaptiveLimit.js"
 import { makeLoadWatch } from "./loadWatch.js"
+import { Metrics } from "../observability/Metrics.js"
 import { servesAnyModel, type UpstreamSpec } from "./UpstreamSpec.js"
 
 /** Failures in a row (5xx, timeouts, lost connections, with no answer between) that make an outage. */
@@ -48,8 +49,8 @@ export type Verdict = "final" | "again" | "retry"
 export interface Upstream {
   readonly spec: UpstreamSpec
   readonly admission: Admission
-  /** One attempt, in `ticket`'s turn, and what to do next. */
-  readonly attempt: (endpoint: BatchEndpoint, body: string, ticket: Ticket) => Effect.Effect<readonly [Attempt, Verdict]>
+  /** One attempt, in `ticket`'s turn, and what to do next; a traced call sends its `traceparent` along. */
+  readonly attempt: (endpoint: BatchEndpoint, body: string, ticket: Ticket, traceparent?: string) => Effect.Effect<readonly [Attempt, Verdict]>
   /** The model ids its `GET /models` listed last (none before it answered). */
   readonly listed: () => Option.Option<ReadonlyArray<string>>
   /** Completes once the start-up probe has had its answer (or none): its list is known if it gives one. */
@@ -89,6 +90,10 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     })
     admission = new Admission(limit, clock, gauge)
     const gate = admission
+    const metrics = yield* Metrics
+    const observeAttempt = metrics.attempts(spec.name)
+    const untrack = metrics.upstream(spec.name, { inflight: () => gate.inflight, limit: () => limit.current })
+    yield* Effect.addFinalizer(() => Effect.sync(untrack))
     /** Its own log context: lines about the upstream are not the batch's that happened to notice (nor its spans). */
     const log = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
       effect.pipe(
@@ -284,8 +289,9 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
 
     const release = Effect.sync(() => gate.release())
     const releaseOnInterrupt = () => release
-    const attempt = (endpoint: BatchEndpoint, body: string, ticket: Ticket) => {
-      const request = HttpClientRequest.setBody(templateFor(endpoint), HttpBody.raw(body))
+    const attempt = (endpoint: BatchEndpoint, body: string, ticket: Ticket, traceparent?: string) => {
+      const template = traceparent === undefined ? templateFor(endpoint) : HttpClientRequest.setHeader(templateFor(endpoint), "traceparent", traceparent)
+      const request = HttpClientRequest.setBody(template, HttpBody.raw(body))
       const call = Effect.matchEffect(http.execute(request), {
         onFailure: (error) => Effect.succeed(noAnswer(error)),
         onSuccess: (res) =>
@@ -297,8 +303,10 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       return Effect.uninterruptibleMask((restore) => {
         const granted = gate.tryAcquire(ticket) // the usual case: a permit at once, no effect to wait on
         const permit = granted === undefined ? restore(gate.acquire(ticket)) : Effect.succeed(granted)
-        return Effect.flatMap(permit, (generation) =>
-          Effect.flatMap(Effect.onInterrupt(restore(call), releaseOnInterrupt), (result) => {
+        return Effect.flatMap(permit, (generation) => {
+          const sent = performance.now()
+          return Effect.flatMap(Effect.onInterrupt(restore(call), releaseOnInterrupt), (result) => {
+            observeAttempt(ticket.model, (performance.now() - sent) / 1000)
             const verdict = judge(endpoint, result, generation)
             if (typeof verdict === "string") {
               gate.release()
@@ -308,7 +316,8 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
               gate.release()
               return [result, v] as const
             })
-          }))
+          })
+        })
       })
     }
 

@@ -21,6 +21,8 @@ export interface ServerProcess {
   readonly child: ChildProcess
   /** Everything the process wrote so far. */
   readonly output: () => string
+  /** What it wrote to stdout alone (its log lines). */
+  readonly stdout: () => string
   /** Sends `signal` and resolves with the exit code (or signal name) once the process is gone. */
   readonly stop: (signal?: NodeJS.Signals) => Promise<number | string>
 }
@@ -34,7 +36,11 @@ export const startServer = async (env: Record<string, string>, port?: number): P
     stdio: ["ignore", "pipe", "pipe"]
   })
   let output = ""
-  child.stdout!.on("data", (d) => (output += d))
+  let stdout = ""
+  child.stdout!.on("data", (d) => {
+    output += d
+    stdout += d
+  })
   child.stderr!.on("data", (d) => (output += d))
   const exited = new Promise<number | string>((resolve) =>
     child.once("exit", (code, signal) => resolve(code ?? signal ?? -1))
@@ -60,6 +66,7 @@ export const startServer = async (env: Record<string, string>, port?: number): P
     url,
     child,
     output: () => output,
+    stdout: () => stdout,
     stop: (signal = "SIGTERM") => {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal)
       return exited

@@ -1,0 +1,209 @@
+/**
+ * `GET /metrics`: this node's metrics (`observability/Metrics.ts`) in Prometheus' text format, and the HTTP figures
+ * every request adds to them (`httpMetrics`).
+ *
+ * Where they are served:
+ *
+ * - without `METRICS_PORT`, on the main port (`metricsRoute`): with API keys configured only to an operator key
+ *   (`ADMIN_API_KEYS`, `admin:` lines of the keys file): no key or an unknown one gets the 401 of `secure`, a
+ *   project's key a 403 (the route is documented: its existence is no secret, the key lacks the right). Without
+ *   keys it is open like every route (the server then serves loopback only);
+ * - with `METRICS_PORT`, on a listener of its own on `HOST` (`MetricsServerLive`), without a key (without keys
+ *   configured, loopback `Host` names only, as on the main port), and not on the main port (404 there).
+ *
+ * `batch_batches_active` is counted in the database at each scrape (bounded by a timeout; left out when the
+ * database does not answer, rather than stale).
+ */
+import * as HttpApi from "@effect/platform/HttpApi"
+import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
+import type * as HttpApp from "@effect/platform/HttpApp"
+import * as HttpServerError from "@effect/platform/HttpServerError"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import { Duration, Effect, Layer, Option, Runtime } from "effect"
+import { createServer, type ServerResponse } from "node:http"
+import { Auth, CurrentCaller } from "../auth/Auth.js"
+import { BatchStore } from "../batches/BatchStore.js"
+import { AppConfig, keysConfigured } from "../Config.js"
+import { ErrorBody, unauthorized } from "../domain/Errors.js"
+import { CONTENT_TYPE, Metrics, type MetricsShape } from "../observability/Metrics.js"
+import { OpenAIApi } from "./Api.js"
+import { envelope } from "./EarlyAnswer.js"
+import { isLoopbackHost, requestTarget } from "./Security.js"
+
+/** Where the metrics are served. */
+export const METRICS_PATH = "/metrics"
+
+/** Routes served beside the `HttpApi`'s endpoints (`Http.ts`). */
+const OTHER_ROUTES = ["/docs", "/openapi.json", METRICS_PATH]
+
+/** The `route` label of a request no route matched. */
+export const UNMATCHED = "unmatched"
+
+/** A router pattern (`/v1/batches/:batch_id`) as the `route` label writes it (`/v1/batches/{batch_id}`). */
+const routeLabel = (pattern: string) => pattern.replace(/:([A-Za-z0-9_]+)/g, "{$1}")
+
+/**
+ * The route pattern of a path, from the API's endpoints and the routes beside them (the label of requests the
+ * router never saw: refused by `secure`, say); undefined when none matches. Parameters match one non-empty segment.
+ */
+export const makeRouteMatcher = (patterns: ReadonlyArray<string>) => {
+  const exact = new Map<string, string>()
+  const withParams: Array<{ readonly segments: ReadonlyArray<string>; readonly label: string }> = []
+  for (const pattern of patterns) {
+    if (pattern.includes("/:")) withParams.push({ segments: pattern.split("/"), label: routeLabel(pattern) })
+    else exact.set(pattern, pattern)
+  }
+  return (path: string): string | undefined => {
+    const known = exact.get(path)
+    if (known !== undefined || withParams.length === 0) return known
+    const segments = path.split("/")
+    for (const p of withParams) {
+      if (p.segments.length !== segments.length) continue
+      let i = 0
+      while (i < segments.length && (p.segments[i] === segments[i] || (p.segments[i]!.startsWith(":") && segments[i] !== ""))) i++
+      if (i === segments.length) return p.label
+    }
+    return undefined
+  }
+}
+
+const apiPatterns = (): ReadonlyArray<string> => {
+  const patterns: Array<string> = [...OTHER_ROUTES]
+  HttpApi.reflect(OpenAIApi, { onGroup: () => {}, onEndpoint: ({ endpoint }) => patterns.push(endpoint.path) })
+  return patterns
+}
+
+/**
+ * Server middleware: counts each request (`batch_http_requests_total`) and its time until the response is ready
+ * (`batch_http_request_duration_seconds`), labelled with the route pattern the router matched (it sets `http.route`
+ * on the request's span), else the API route the path matches, else `unmatched`: never a raw path, so label values
+ * stay bounded.
+ */
+export const httpMetrics = (metrics: MetricsShape) => {
+  const routeOf = makeRouteMatcher(apiPatterns())
+  const labels = new Map<string, string>()
+  const label = (pattern: string) => {
+    let l = labels.get(pattern)
+    if (l === undefined) {
+      l = routeLabel(pattern)
+      labels.set(pattern, l)
+    }
+    return l
+  }
+  return <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
+    Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+      const started = performance.now()
+      return Effect.onExit(app, (exit) =>
+        Effect.map(Effect.option(Effect.currentSpan), (span) => {
+          const matched = Option.isSome(span) ? span.value.attributes.get("http.route") : undefined
+          const route = typeof matched === "string"
+            ? label(matched)
+            : routeOf(requestTarget(request).path) ?? UNMATCHED
+          const status = HttpServerError.exitResponse(exit).status
+          metrics.httpRequest(request.method, route, status, (performance.now() - started) / 1000)
+        }))
+    })
+}
+
+/** How long a scrape waits for the database's count of active batches. */
+const ACTIVE_COUNT_TIMEOUT = Duration.seconds(5)
+
+/** The metrics text, the active batches counted now (left out when the database does not answer in time). */
+export const makeScrape = Effect.gen(function*() {
+  const metrics = yield* Metrics
+  const store = yield* BatchStore
+  const active = store.activeByStatus.pipe(
+    Effect.timeoutFail({ duration: ACTIVE_COUNT_TIMEOUT, onTimeout: () => "timed out" }),
+    Effect.catchAllCause((cause) =>
+      Effect.as(Effect.logWarning("Metrics: the active batches could not be counted", cause), undefined)
+    )
+  )
+  return Effect.flatMap(active, metrics.render)
+})
+
+/** The 403 of a project's key asking for the metrics. */
+const operatorsOnly = () =>
+  envelope(
+    {
+      error: new ErrorBody({
+        message: "The metrics are served to operator keys only (ADMIN_API_KEYS).",
+        type: "invalid_request_error",
+        param: null,
+        code: "insufficient_permissions"
+      })
+    },
+    403
+  )
+
+/** `GET /metrics` on the main port, unless `METRICS_PORT` gives them a port of their own. */
+export const metricsRoute = HttpApiBuilder.Router.use((router) =>
+  Effect.gen(function*() {
+    const { metricsPort } = yield* AppConfig
+    if (Option.isSome(metricsPort)) return
+    const auth = yield* Auth
+    const scrape = yield* makeScrape
+    const served = Effect.map(scrape, (text) => HttpServerResponse.text(text, { contentType: CONTENT_TYPE }))
+    yield* router.get(
+      METRICS_PATH,
+      Effect.flatMap(Effect.serviceOption(CurrentCaller), (caller) => {
+        if (!auth.required || Option.exists(caller, (c) => c.admin)) return served
+        // `secure` has checked the key and provided the caller; served without it, no caller is no key.
+        return Effect.succeed(
+          Option.isSome(caller) ? operatorsOnly() : envelope(unauthorized(), 401, { "www-authenticate": "Bearer" })
+        )
+      })
+    )
+  })
+)
+
+/**
+ * The metrics on `METRICS_PORT` (nothing without it): a small Node HTTP listener of its own on `HOST` answering
+ * `GET /metrics` (and `HEAD`) without a key, 404 on any other path; closed with the app.
+ */
+export const MetricsServerLive: Layer.Layer<never, unknown, AppConfig | BatchStore> = Layer.scopedDiscard(
+  Effect.gen(function*() {
+    const config = yield* AppConfig
+    if (Option.isNone(config.metricsPort)) return
+    const scrape = yield* makeScrape
+    const run = Runtime.runPromise(yield* Effect.runtime<never>())
+    const loopbackOnly = !keysConfigured(config) && !config.allowUnauthenticated
+    const plain = (res: ServerResponse, status: number, text: string, headers: Record<string, string> = {}) => {
+      res.writeHead(status, { "content-type": "text/plain; charset=utf-8", ...headers })
+      res.end(text)
+    }
+    const server = createServer((req, res) => {
+      const path = (req.url ?? "/").split("?")[0]
+      if (loopbackOnly && !isLoopbackHost(req.headers.host)) return plain(res, 421, "This server answers only for localhost.\n")
+      if (path !== METRICS_PATH) return plain(res, 404, `Not found; the metrics are at ${METRICS_PATH}.\n`)
+      if (req.method !== "GET" && req.method !== "HEAD") return plain(res, 405, "Method not allowed.\n", { allow: "GET, HEAD" })
+      run(scrape).then(
+        (text) => {
+          res.writeHead(200, { "content-type": CONTENT_TYPE, "content-length": Buffer.byteLength(text) })
+          res.end(req.method === "HEAD" ? undefined : text)
+        },
+        () => plain(res, 500, "The metrics could not be gathered.\n")
+      )
+    })
+    const port = config.metricsPort.value
+    yield* Effect.acquireRelease(
+      Effect.async<void, Error>((resume) => {
+        const failed = (error: Error) => resume(Effect.fail(error))
+        server.once("error", failed)
+        server.listen(port, config.host, () => {
+          server.off("error", failed)
+          resume(Effect.void)
+        })
+      }),
+      () =>
+        Effect.async<void>((resume) => {
+          server.close(() => resume(Effect.void))
+          server.closeAllConnections()
+        })
+    )
+    const address = server.address()
+    const bound = typeof address === "object" && address !== null ? address.port : port
+    const host = config.host.includes(":") ? `[${config.host}]` : config.host
+    yield* Effect.logInfo(`Metrics served at http://${host}:${bound}${METRICS_PATH}`)
+  })
+)

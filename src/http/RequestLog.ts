@@ -1,0 +1,99 @@
+/**
+ * One log line per HTTP request, and the request's id. The id is the caller's `x-request-id` when it is a sane one
+ * (bounded, safe characters: it goes into logs and a response header as it is), else a fresh `req_…`; every line
+ * logged while the request is served carries it as `request_id`, and `sdkHeaders` echoes it in the response.
+ *
+ * The line is written once the response is (status, duration, the route pattern the router matched rather than the
+ * path with its ids, and the caller's project once `secure` knows it). Health and readiness probes and metrics
+ * scrapes are logged at debug level: a line every few seconds would drown the rest.
+ */
+import type * as HttpApp from "@effect/platform/HttpApp"
+import * as HttpServerError from "@effect/platform/HttpServerError"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import { Duration, Effect, FiberRef, Option } from "effect"
+import { requestId } from "../domain/Ids.js"
+import { echo } from "../domain/Text.js"
+
+/** An incoming `x-request-id` taken as is: 1–128 letters, digits and `- _ . : + / = @`. */
+const SANE_REQUEST_ID = /^[A-Za-z0-9._:+/=@-]{1,128}$/
+
+/** The request's id: the caller's `x-request-id` when sane, else a new one. */
+export const requestIdFrom = (header: string | undefined): string =>
+  header !== undefined && SANE_REQUEST_ID.test(header) ? header : requestId()
+
+/** What is known of the request being served: its id, and the caller's project once authenticated. */
+export interface RequestInfo {
+  readonly id: string
+  readonly project: string | undefined
+}
+
+/** The request being served (set by `requestLog`; undefined outside it). */
+export const currentRequest: FiberRef.FiberRef<RequestInfo | undefined> = FiberRef.unsafeMake<RequestInfo | undefined>(
+  undefined
+)
+
+/** Records the caller's project for the request line (`secure` calls it once the key is checked). */
+export const noteProject = (project: string): Effect.Effect<void> =>
+  FiberRef.update(currentRequest, (info) => (info === undefined ? info : { ...info, project }))
+
+/** Polled every few seconds (probes of load balancers and orchestrators, Prometheus scrapes): their lines are debug. */
+const POLLED: ReadonlySet<string> = new Set(["/v1/health", "/v1/ready", "/metrics"])
+
+export interface RequestLine {
+  readonly method: string
+  /** The matched route pattern (`/v1/batches/:batch_id`); undefined when no route matched. */
+  readonly route: string | undefined
+  /** The path as requested, without its query. */
+  readonly path: string
+  readonly status: number
+  readonly durationMs: number
+  readonly project: string | undefined
+}
+
+/** The message and fields of a request's line. */
+export const requestLine = (line: RequestLine) => ({
+  message: `${line.method} ${line.route ?? line.path} ${line.status} ${line.durationMs} ms`,
+  fields: {
+    event: "http.request",
+    method: line.method,
+    ...(line.route === undefined ? {} : { route: line.route }),
+    path: line.path,
+    status: line.status,
+    duration_ms: line.durationMs,
+    ...(line.project === undefined ? {} : { project: line.project })
+  }
+})
+
+/**
+ * The route the router matched: it sets `http.route` on the request's span (the platform's tracer middleware
+ * makes one per request, whichever tracer is installed; none when tracing is disabled for the request).
+ */
+const matchedRoute = Effect.map(Effect.option(Effect.currentSpan), (span) => {
+  const route = Option.isSome(span) ? span.value.attributes.get("http.route") : undefined
+  return typeof route === "string" ? route : undefined
+})
+
+/** Server middleware: the request id for everything inside, and the request's line once it is answered. */
+export const requestLog = <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
+  Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+    const id = requestIdFrom(request.headers["x-request-id"])
+    return Effect.gen(function*() {
+      const [duration, exit] = yield* Effect.timed(Effect.exit(app))
+      const info = yield* FiberRef.get(currentRequest)
+      const path = echo(request.url.split("?")[0]!)
+      const { fields, message } = requestLine({
+        method: request.method,
+        route: yield* matchedRoute,
+        path,
+        status: HttpServerError.exitResponse(exit).status,
+        durationMs: Math.round(Duration.toMillis(duration) * 10) / 10,
+        project: info?.project
+      })
+      const log = POLLED.has(path) ? Effect.logDebug(message) : Effect.logInfo(message)
+      yield* Effect.annotateLogs(log, fields)
+      return yield* exit
+    }).pipe(
+      Effect.locally(currentRequest, { id, project: undefined }),
+      Effect.annotateLogs("request_id", id)
+    )
+  })

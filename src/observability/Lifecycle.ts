@@ -1,0 +1,64 @@
+/**
+ * The server's own lifecycle lines, and the first step of its shutdown. Built once the server listens (after the
+ * HTTP app), so released first: on SIGINT/SIGTERM, readiness turns 503 before the server stops accepting, and
+ * `SHUTDOWN_DELAY` (when set) keeps the node serving meanwhile, for a load balancer to see it go.
+ */
+import * as HttpServer from "@effect/platform/HttpServer"
+import { Duration, Effect, Layer, Option } from "effect"
+import { AppConfig, type AppConfigShape } from "../Config.js"
+import { type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
+import { describeDatabase, Readiness } from "./Readiness.js"
+
+/** How an upstream reads in the listening line: `default at http://127.0.0.1:8000/v1 (*)`. */
+const upstreamText = (spec: Pick<UpstreamSpec, "name" | "baseUrl" | "models">) =>
+  `${spec.name} at ${spec.baseUrl} (${spec.models.join(", ")})`
+
+/** The listening line: where, on which database, to which upstreams (each also logs its state once probed). */
+export const listeningLine = (
+  address: string,
+  config: Pick<AppConfigShape, "databaseUrl" | "dataDir" | "nodeId" | "inferenceMode" | "inferenceRecordings">,
+  upstreams: ReadonlyArray<Pick<UpstreamSpec, "name" | "baseUrl" | "models">>
+) => {
+  const database = describeDatabase(config)
+  const inference = config.inferenceMode === "replay"
+    ? `answers replayed from ${Option.getOrElse(config.inferenceRecordings, () => "?")}`
+    : `${upstreams.length === 1 ? "upstream" : "upstreams"} ${upstreams.map(upstreamText).join("; ")}`
+  return {
+    message: `Listening on ${address} (${database}; ${inference})`,
+    fields: {
+      event: "server.listening",
+      address,
+      node_id: config.nodeId,
+      backend: Option.isSome(config.databaseUrl) ? "postgresql" : "sqlite",
+      database,
+      inference_mode: config.inferenceMode,
+      upstreams: upstreams.map((u) => ({ name: u.name, base_url: u.baseUrl, models: u.models }))
+    }
+  }
+}
+
+/** What happens once a shutdown starts, in the order it happens. */
+export const shutdownLine = (config: Pick<AppConfigShape, "shutdownDelay" | "shutdownTimeout">) => {
+  const delay = Duration.greaterThan(config.shutdownDelay, Duration.zero)
+    ? `still serving for ${Duration.format(config.shutdownDelay)}, then no new connection`
+    : "no new connection"
+  return `Shutting down: /v1/ready answers 503; ${delay}; open requests get ${Duration.format(config.shutdownTimeout)} to finish`
+}
+
+/** Logs the listening line now, and on release the shutdown line, after readiness has turned 503. */
+export const ServerLifecycleLive: Layer.Layer<never, never, HttpServer.HttpServer | AppConfig | Readiness> = Layer
+  .scopedDiscard(Effect.gen(function*() {
+    const config = yield* AppConfig
+    const readiness = yield* Readiness
+    const server = yield* HttpServer.HttpServer
+    const upstreams = yield* Effect.orElseSucceed(upstreamSpecs(config), () => [])
+    const { fields, message } = listeningLine(HttpServer.formatAddress(server.address), config, upstreams)
+    yield* Effect.annotateLogs(Effect.logInfo(message), fields)
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function*() {
+        yield* readiness.drain
+        yield* Effect.annotateLogs(Effect.logInfo(shutdownLine(config)), "event", "server.shutdown_started")
+        if (Duration.greaterThan(config.shutdownDelay, Duration.zero)) yield* Effect.sleep(config.shutdownDelay)
+      })
+    )
+  }))

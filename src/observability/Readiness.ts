@@ -1,0 +1,140 @@
+/**
+ * Whether this node should be sent traffic (`GET /v1/ready`), as opposed to whether it runs at all (`/v1/health`):
+ * its database answers a trivial query within 2 s, and it is not shutting down. Its migrations have run: the
+ * service is built after the database layer, which migrates, and the server listens only once every service is up.
+ *
+ * On SIGINT/SIGTERM the server's shutdown (`Lifecycle.ts`) calls `drain` before anything else, so readiness turns
+ * 503 first; then the node drains as before (`SHUTDOWN_DELAY`, if set, is how long it keeps serving meanwhile).
+ */
+import * as HttpApiSchema from "@effect/platform/HttpApiSchema"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { SqlError } from "@effect/sql/SqlError"
+import { Cause, Context, Duration, Effect, Layer, Option, Redacted, Ref, Schema } from "effect"
+import * as Path from "node:path"
+import { AppConfig, type AppConfigShape } from "../Config.js"
+
+/** How long the database gets to answer a readiness query. */
+const DATABASE_TIMEOUT = Duration.seconds(2)
+
+export const NotReadyReason = Schema.Struct({
+  code: Schema.Literal("draining", "database_unreachable"),
+  message: Schema.String
+})
+export type NotReadyReason = typeof NotReadyReason.Type
+
+/** Not ready, and why. */
+export class NotReady extends Schema.TaggedError<NotReady>()("NotReady", { reasons: Schema.Array(NotReadyReason) }) {}
+
+/** `200 {"status":"ready"}`. */
+export const ReadySchema = Schema.Struct({ status: Schema.Literal("ready") })
+
+/** `503 {"status":"not_ready","reasons":[{"code","message"}]}`: what a person reading the probe's answer needs. */
+export const NotReadySchema = Schema.transform(
+  Schema.Struct({ status: Schema.Literal("not_ready"), reasons: Schema.Array(NotReadyReason) }),
+  Schema.typeSchema(NotReady),
+  {
+    strict: true,
+    decode: (body) => new NotReady({ reasons: body.reasons }),
+    encode: (error) => ({ status: "not_ready" as const, reasons: error.reasons })
+  }
+).annotations({ ...HttpApiSchema.annotations({ status: 503 }), identifier: "NotReady" })
+
+export interface ReadinessShape {
+  /** Succeeds when the node is ready; else fails with what is wrong. */
+  readonly check: Effect.Effect<void, NotReady>
+  /** The node is shutting down: not ready from now on. */
+  readonly drain: Effect.Effect<void>
+}
+
+export class Readiness extends Context.Tag("Readiness")<Readiness, ReadinessShape>() {}
+
+const draining: NotReadyReason = {
+  code: "draining",
+  message: "This node is shutting down: it finishes its open requests and takes no new ones."
+}
+
+/** Ready until drained, with no database to ask (tests, apps that check their storage themselves). */
+export const ReadinessTest: Layer.Layer<Readiness> = Layer.effect(
+  Readiness,
+  Effect.map(Ref.make(false), (drained) => ({
+    check: Effect.flatMap(Ref.get(drained), (d) => (d ? Effect.fail(new NotReady({ reasons: [draining] })) : Effect.void)),
+    drain: Ref.set(drained, true)
+  }))
+)
+
+/** The database in words, never with its credentials: `SQLite at ./.data/batches.sqlite`, `PostgreSQL at host:5432/db`. */
+export const describeDatabase = (config: Pick<AppConfigShape, "databaseUrl" | "dataDir">): string =>
+  Option.match(config.databaseUrl, {
+    onNone: () => `SQLite at ${Path.join(config.dataDir, "batches.sqlite")}`,
+    onSome: (url) => {
+      const parsed = URL.canParse(Redacted.value(url)) ? new URL(Redacted.value(url)) : undefined
+      return parsed === undefined ? "PostgreSQL" : `PostgreSQL at ${parsed.host}${parsed.pathname}`
+    }
+  })
+
+/** The parts of `DATABASE_URL` that must never reach a log or an answer: the URL itself and its password. */
+const databaseSecrets = (config: Pick<AppConfigShape, "databaseUrl">): ReadonlyArray<string> =>
+  Option.match(config.databaseUrl, {
+    onNone: () => [],
+    onSome: (url) => {
+      const text = Redacted.value(url)
+      const password = URL.canParse(text) ? new URL(text).password : ""
+      return [text, password, password === "" ? "" : decodeURIComponent(password)].filter((s) => s.length >= 3)
+    }
+  })
+
+/**
+ * The first line of what a failed query says, without secrets: the driver's own error (a `SqlError` wraps it),
+ * whatever part of `DATABASE_URL` it might repeat replaced by `***`, at most 300 characters.
+ */
+export const faultLine = (cause: Cause.Cause<unknown>, secrets: ReadonlyArray<string>): string => {
+  const error = Cause.squash(cause)
+  const inner = error instanceof SqlError && error.cause !== undefined ? error.cause : error
+  let line = String(inner instanceof Error ? inner.message : inner).split("\n")[0]!
+  for (const secret of secrets) line = line.replaceAll(secret, "***")
+  return line.slice(0, 300)
+}
+
+/** Readiness on the configured database (`SELECT 1`, 2 s), with its changes logged (database lost, back). */
+export const ReadinessLive: Layer.Layer<Readiness, never, SqlClient.SqlClient | AppConfig> = Layer.effect(
+  Readiness,
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const config = yield* AppConfig
+    const database = describeDatabase(config)
+    const secrets = databaseSecrets(config)
+    const drained = yield* Ref.make(false)
+    const databaseDown = yield* Ref.make(false)
+
+    // Disconnected: a Postgres statement is never interrupted (`storage/Sql.ts`), so the probe answers at the
+    // timeout while the query ends in the background.
+    const ask = sql`SELECT 1`.pipe(
+      Effect.disconnect,
+      Effect.timeoutFail({
+        duration: DATABASE_TIMEOUT,
+        onTimeout: () => new Error(`no answer within ${Duration.format(DATABASE_TIMEOUT)}`)
+      })
+    )
+
+    const checkDatabase = Effect.gen(function*() {
+      const exit = yield* Effect.exit(ask)
+      const down = exit._tag === "Failure"
+      const was = yield* Ref.getAndSet(databaseDown, down)
+      if (!down) {
+        if (was) yield* Effect.logInfo(`Ready again: ${database} answers`)
+        return
+      }
+      const reason: NotReadyReason = {
+        code: "database_unreachable",
+        message: `${database} does not answer: ${faultLine(exit.cause, secrets)}`
+      }
+      if (!was) yield* Effect.logWarning(`Not ready: ${reason.message}`)
+      return yield* new NotReady({ reasons: [reason] })
+    })
+
+    return Readiness.of({
+      check: Effect.flatMap(Ref.get(drained), (d) => (d ? Effect.fail(new NotReady({ reasons: [draining] })) : checkDatabase)),
+      drain: Ref.set(drained, true)
+    })
+  })
+)

@@ -1,0 +1,86 @@
+/**
+ * A batch's lifecycle lines, one per event (never per request): created, validated or failed validation, picked
+ * up by a node, finished. Each carries `batch_id` and the figures an operator asks about; the messages read on
+ * their own in the pretty format, the fields are for queries on the JSON one.
+ */
+import { Effect, FiberRef, HashMap } from "effect"
+import type { Batch, BatchError } from "../domain/Batches.js"
+import type { BatchId } from "../domain/Ids.js"
+
+/**
+ * `effect` (a batch's own fiber) logging with the batch's id as its one annotation: the fiber is forked by the
+ * request that created or cancelled the batch, and would otherwise carry that request's `request_id` for as long as
+ * the batch runs.
+ */
+export const batchAnnotations = (id: BatchId) => <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.locally(effect, FiberRef.currentLogAnnotations, HashMap.set(HashMap.empty<string, unknown>(), "batch_id", id))
+
+/** Errors of a failed validation quoted in its line, and the length each message is cut to. */
+const QUOTED_ERRORS = 3
+const MAX_ERROR_MESSAGE = 200
+
+/** A line of `event` (`batch.created`, …: one field to select a kind of line by). */
+const line = (id: BatchId, event: string, message: string, fields: Record<string, unknown> = {}) =>
+  Effect.logInfo(message).pipe(Effect.annotateLogs({ event, batch_id: id, ...fields }))
+
+const cut = (text: string, max: number) => (text.length <= max ? text : `${text.slice(0, max)}…`)
+
+export const created = (batch: Batch, project: string) =>
+  line(batch.id, "batch.created", `Batch created for ${batch.endpoint}`, {
+    endpoint: batch.endpoint,
+    project,
+    input_file_id: batch.input_file_id
+  })
+
+export const validated = (id: BatchId, total: number, model: string | null) =>
+  line(id, "batch.validated", `Batch validated: ${total} request(s)${model === null ? "" : ` for ${model}`}`, { lines: total, model })
+
+/** The first errors, each as `line N: code: message` (messages cut short: they may quote the input). */
+export const validationErrors = (errors: ReadonlyArray<BatchError>) =>
+  errors.slice(0, QUOTED_ERRORS).map((e) =>
+    `${e.line === null ? "" : `line ${e.line}: `}${e.code}: ${cut(e.message, MAX_ERROR_MESSAGE)}`
+  )
+
+export const validationFailed = (id: BatchId, errors: ReadonlyArray<BatchError>) => {
+  const first = validationErrors(errors)
+  const more = errors.length > first.length ? ` (and ${errors.length - first.length} more)` : ""
+  return line(id, "batch.validation_failed", `Batch failed validation: ${first.join("; ")}${more}`, {
+    status: "failed",
+    error_count: errors.length, errors: first
+  })
+}
+
+/**
+ * This node starts working on a batch it was not: at start, an unfinished one (a restart resumes it); later, work
+ * another node left (it died, or created the batch and has slices to share).
+ */
+export const pickedUp = (id: BatchId, atStart: boolean) =>
+  atStart
+    ? line(id, "batch.picked_up", "Batch resumed: unfinished when this node started", { reason: "restart" })
+    : line(id, "batch.picked_up", "Batch picked up: work left free by another node", { reason: "free_work" })
+
+/** Seconds from the batch's creation to its final status (the stamp of that status, else now). */
+export const durationSeconds = (batch: Batch, nowSeconds: number) =>
+  (batch.completed_at ?? batch.failed_at ?? batch.expired_at ?? batch.cancelled_at ?? nowSeconds) - batch.created_at
+
+export const finished = (batch: Batch) =>
+  Effect.flatMap(Effect.clockWith((clock) => clock.currentTimeMillis), (now) => {
+    const { completed, failed, total } = batch.request_counts
+    const seconds = durationSeconds(batch, Math.floor(now / 1000))
+    return line(
+      batch.id,
+      "batch.finished",
+      `Batch ${batch.status}: ${completed} of ${total} succeeded, ${failed} failed, ${batch.usage.total_tokens} tokens, in ${seconds} s`,
+      {
+        status: batch.status,
+        total,
+        completed,
+        failed,
+        input_tokens: batch.usage.input_tokens,
+        output_tokens: batch.usage.output_tokens,
+        total_tokens: batch.usage.total_tokens,
+        duration_s: seconds,
+        ...(batch.errors === null ? {} : { errors: validationErrors(batch.errors.data) })
+      }
+    )
+  })

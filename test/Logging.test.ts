@@ -1,0 +1,256 @@
+/**
+ * The logs an operator reads: the real server process writes one JSON object a line (the default when stdout is
+ * not a terminal), with the lifecycle of a batch under its `batch_id`, one line per HTTP request under its
+ * `request_id` (the caller's `x-request-id` when it sent a sane one), and no secret anywhere; `LOG_FORMAT=pretty`
+ * and `LOG_LEVEL=debug` change the format and let the probes' lines through. The JSON logger itself: annotations at
+ * the top level, the current span's ids.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { Cause, Effect, Layer, Logger } from "effect"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import * as Path from "node:path"
+import OpenAI from "openai"
+import { type Simulator, startSimulator } from "../scripts/simulator.js"
+import { requestIdFrom } from "../src/http/RequestLog.js"
+import { jsonLineLogger } from "../src/observability/Logging.js"
+import { chatLine, createBatch, sdk, terminal, upload, waitFor } from "./support/Batches.js"
+import { type ServerProcess, startServer } from "./support/ServerProcess.js"
+
+const API_KEY = "sk-log-test-client-key-0123456789"
+const UPSTREAM_KEY = "sk-log-test-upstream-key-9876543210"
+
+/** The process's stdout, each line parsed (a line that is not JSON fails the test). */
+const jsonLines = (server: ServerProcess): Array<Record<string, any>> =>
+  server.stdout().split("\n").filter((line) => line !== "").map((line) => {
+    try {
+      return JSON.parse(line)
+    } catch {
+      throw new Error(`not a JSON line: ${line}`)
+    }
+  })
+
+describe("the logs of the server process", () => {
+  let sim: Simulator
+  let server: ServerProcess
+  let dataDir: string
+  let lines: Array<Record<string, any>>
+  let batch: OpenAI.Batch
+  let createRequestId: string | null
+  let oddIdAnswer: string | null
+
+  beforeAll(async () => {
+    sim = await startSimulator()
+    dataDir = mkdtempSync(Path.join(tmpdir(), "batch-logs-"))
+    server = await startServer({
+      DATA_DIR: dataDir,
+      INFERENCE_BASE_URL: sim.url,
+      INFERENCE_API_KEY: UPSTREAM_KEY,
+      API_KEYS: `${API_KEY}:projL`
+    })
+    const openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: API_KEY, maxRetries: 0 })
+    const file = await Effect.runPromise(upload(openai, [
+      chatLine("a", "hello"),
+      chatLine("b", "[fail:400] refused"),
+      chatLine("c", "world")
+    ]))
+    const created = await openai.batches.create(
+      { input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h" },
+      { headers: { "x-request-id": "create-req-1" } }
+    ).withResponse()
+    createRequestId = created.response.headers.get("x-request-id")
+    batch = await Effect.runPromise(waitFor(openai, created.data.id, terminal))
+    // A request id that is not sane (spaces, too long) is replaced by one of the server's own.
+    const odd = await fetch(`${server.url}/v1/batches/${batch.id}`, {
+      headers: { authorization: `Bearer ${API_KEY}`, "x-request-id": `bad id ${"x".repeat(200)}` }
+    })
+    oddIdAnswer = odd.headers.get("x-request-id")
+    expect(await server.stop("SIGTERM")).toBe(0)
+    lines = jsonLines(server)
+  }, 60_000)
+
+  afterAll(async () => {
+    await server?.stop("SIGKILL")
+    await sim?.close()
+    if (dataDir) rmSync(dataDir, { recursive: true, force: true })
+  })
+
+  const event = (name: string) => lines.filter((l) => l.event === name)
+
+  it("are JSON objects, one a line, each with its time, level and message", () => {
+    expect(lines.length).toBeGreaterThan(5)
+    for (const line of lines) {
+      expect(line).toMatchObject({ timestamp: expect.any(String), level: expect.any(String), message: expect.any(String) })
+      expect(Date.parse(line.timestamp)).not.toBeNaN()
+    }
+  })
+
+  it("say where the server listens, on which database, to which upstream, and when it shuts down", () => {
+    expect(event("server.listening")).toEqual([expect.objectContaining({
+      level: "INFO",
+      address: server.url,
+      backend: "sqlite",
+      upstreams: [{ name: "default", base_url: sim.url, models: ["*"] }]
+    })])
+    const order = lines.map((l) => l.event).filter((e) => e?.startsWith("server."))
+    expect(order).toEqual(["server.listening", "server.shutdown_started", "server.shutdown_finished"])
+  })
+
+  it("follow the batch from creation to its end under its batch_id, with its counts and usage", () => {
+    expect(event("batch.created")).toEqual([expect.objectContaining({
+      batch_id: batch.id,
+      request_id: "create-req-1", // logged while serving the create
+      project: "projL",
+      endpoint: "/v1/chat/completions",
+      input_file_id: batch.input_file_id
+    })])
+    expect(event("batch.validated")).toEqual([expect.objectContaining({ batch_id: batch.id, lines: 3, model: "sim-model" })])
+    const [finished] = event("batch.finished")
+    expect(event("batch.finished")).toHaveLength(1)
+    expect(finished).toMatchObject({
+      batch_id: batch.id,
+      status: "completed",
+      total: 3,
+      completed: 2,
+      failed: 1,
+      total_tokens: batch.usage!.total_tokens,
+      duration_s: expect.any(Number)
+    })
+    expect(batch.request_counts).toEqual({ total: 3, completed: 2, failed: 1 })
+    // The batch's own lines do not carry the id of the request that created it, long over by then.
+    expect(finished!.request_id).toBeUndefined()
+  })
+
+  it("have one line per request, under the caller's x-request-id, with the route, status, duration and project", () => {
+    expect(createRequestId).toBe("create-req-1")
+    const create = lines.filter((l) => l.event === "http.request" && l.request_id === "create-req-1")
+    expect(create).toEqual([expect.objectContaining({
+      level: "INFO",
+      method: "POST",
+      route: "/v1/batches",
+      path: "/v1/batches",
+      status: 200,
+      project: "projL",
+      duration_ms: expect.any(Number),
+      trace_id: expect.stringMatching(/^[0-9a-f]{32}$/)
+    })])
+    expect(oddIdAnswer).toMatch(/^req_[0-9a-f]{32}$/)
+    expect(lines.filter((l) => l.request_id === oddIdAnswer)).toEqual([expect.objectContaining({
+      event: "http.request",
+      method: "GET",
+      route: "/v1/batches/:batch_id",
+      path: `/v1/batches/${batch.id}`,
+      status: 200
+    })])
+    // Health probes (the test harness polled /v1/health until the server answered) are debug lines: not at info.
+    expect(lines.filter((l) => l.path === "/v1/health")).toEqual([])
+  })
+
+  it("never hold the API key or the upstream's key", () => {
+    expect(server.output()).not.toContain(API_KEY)
+    expect(server.output()).not.toContain(UPSTREAM_KEY)
+  })
+})
+
+describe("the logs across a restart", () => {
+  it.live("a batch unfinished when the server stopped is logged as resumed by the next start, under its batch_id", () =>
+    Effect.promise(async () => {
+      const sim = await startSimulator()
+      const dataDir = mkdtempSync(Path.join(tmpdir(), "batch-logs-"))
+      try {
+        const first = await startServer({ DATA_DIR: dataDir, INFERENCE_BASE_URL: sim.url })
+        const openai = sdk(first.url)
+        const file = await Effect.runPromise(upload(openai, [chatLine("slow", "[sleep:1500] take your time")]))
+        const batch = await Effect.runPromise(createBatch(openai, file.id))
+        await Effect.runPromise(waitFor(openai, batch.id, (b) => b.status === "in_progress"))
+        expect(await first.stop("SIGTERM")).toBe(0)
+        expect(jsonLines(first).filter((l) => l.event === "batch.picked_up")).toEqual([]) // created here: not picked up
+
+        const second = await startServer({ DATA_DIR: dataDir, INFERENCE_BASE_URL: sim.url })
+        const done = await Effect.runPromise(waitFor(sdk(second.url), batch.id, terminal))
+        expect(await second.stop("SIGTERM")).toBe(0)
+        const lines = jsonLines(second)
+        expect(lines.filter((l) => l.event === "batch.picked_up")).toEqual([
+          expect.objectContaining({ batch_id: batch.id, reason: "restart", message: expect.stringContaining("resumed") })
+        ])
+        expect(lines.filter((l) => l.event === "batch.finished")).toEqual([
+          expect.objectContaining({ batch_id: batch.id, status: done.status, completed: 1 })
+        ])
+      } finally {
+        await sim.close()
+        rmSync(dataDir, { recursive: true, force: true })
+      }
+    }), 60_000)
+})
+
+describe("LOG_FORMAT and LOG_LEVEL", () => {
+  it.live("pretty lines, and the probes' lines at debug level", () =>
+    Effect.promise(async () => {
+      const dataDir = mkdtempSync(Path.join(tmpdir(), "batch-logs-"))
+      try {
+        const server = await startServer({ DATA_DIR: dataDir, LOG_FORMAT: "pretty", LOG_LEVEL: "debug" })
+        await fetch(`${server.url}/v1/ready`)
+        expect(await server.stop()).toBe(0)
+        const out = server.stdout()
+        expect(() => JSON.parse(out.split("\n")[0]!)).toThrow()
+        expect(out).toMatch(/DEBUG .*GET \/v1\/ready 200/)
+        expect(out).toMatch(/INFO .*Listening on http:\/\/127\.0\.0\.1:\d+/)
+      } finally {
+        rmSync(dataDir, { recursive: true, force: true })
+      }
+    }), 60_000)
+})
+
+describe("the JSON line logger", () => {
+  const capture = () => {
+    const written: Array<string> = []
+    const layer = Logger.replace(Logger.defaultLogger, Logger.map(jsonLineLogger, (line) => void written.push(line)))
+    return { written, layer: layer as Layer.Layer<never> }
+  }
+
+  it.effect("lifts the annotations to the top level and adds the current span's ids", () =>
+    Effect.gen(function*() {
+      const { layer, written } = capture()
+      const span = yield* Effect.logWarning("disk almost full").pipe(
+        Effect.annotateLogs({ batch_id: "batch_1", level: "not-a-level" }),
+        Effect.zipRight(Effect.currentSpan),
+        Effect.withSpan("phase"),
+        Effect.provide(layer)
+      )
+      expect(written).toHaveLength(1)
+      const line = JSON.parse(written[0]!)
+      expect(line).toMatchObject({
+        level: "WARN", // an annotation never overwrites a field of the line
+        message: "disk almost full",
+        batch_id: "batch_1",
+        trace_id: span.traceId,
+        span_id: span.spanId
+      })
+    }))
+
+  it.effect("keeps a cause, and writes one line however odd the values", () =>
+    Effect.gen(function*() {
+      const { layer, written } = capture()
+      const circular: Record<string, unknown> = { name: "loop" }
+      circular.self = circular
+      yield* Effect.logError("failed", Cause.fail(new Error("boom"))).pipe(
+        Effect.annotateLogs({ odd: circular, big: 10n }),
+        Effect.provide(layer)
+      )
+      expect(written[0]!.split("\n")).toHaveLength(1)
+      const line = JSON.parse(written[0]!)
+      expect(line).toMatchObject({ level: "ERROR", message: "failed", cause: expect.stringContaining("Error: boom") })
+      expect(line.big).toBe("10")
+      expect(line.trace_id).toBeUndefined()
+    }))
+})
+
+describe("the request id", () => {
+  it("is the caller's when sane, else a new one", () => {
+    expect(requestIdFrom("create-req-1")).toBe("create-req-1")
+    expect(requestIdFrom("4bf92f3577b34da6a3ce929d0e0e4736")).toBe("4bf92f3577b34da6a3ce929d0e0e4736")
+    for (const bad of [undefined, "", "has space", "x".repeat(129), "line\nbreak", "quote\"d", "ünïcode"]) {
+      expect(requestIdFrom(bad)).toMatch(/^req_[0-9a-f]{32}$/)
+    }
+  })
+})

@@ -1,0 +1,140 @@
+/**
+ * `GET /v1/ready`: 200 while the database answers, 503 with the reason while it does not (PostgreSQL cut off by a
+ * TCP forwarder in front of the shared server, then restored), and 503 as soon as a shutdown starts; `/v1/health`
+ * stays the liveness check throughout.
+ */
+import { describe, expect, it, layer } from "@effect/vitest"
+import { Context, Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import * as Path from "node:path"
+import { AuthTest } from "../src/auth/Auth.js"
+import { createScratchSchema, dropScratchSchema, testDatabaseUrl } from "./support/Postgres.js"
+import { startServer } from "./support/ServerProcess.js"
+import { startForwarder, type TcpForwarder } from "./support/TcpForwarder.js"
+import { baseUrl, eventuallyEffect, testApp } from "./support/TestApp.js"
+
+const get = (path: string) =>
+  Effect.flatMap(baseUrl, (base) =>
+    Effect.promise(async () => {
+      const res = await fetch(`${base}${path}`)
+      return { status: res.status, body: await res.json() as any }
+    }))
+
+layer(testApp({}, "sqlite", { auth: AuthTest({ apiKeys: ["sk-ready-test:projR"] }) }))("readiness on SQLite", (it) => {
+  it.effect("is 200 {status: ready}, with no key needed, beside the unchanged liveness check", () =>
+    Effect.gen(function*() {
+      expect(yield* get("/v1/ready")).toEqual({ status: 200, body: { status: "ready" } })
+      expect(yield* get("/v1/health")).toEqual({ status: 200, body: { status: "OK" } })
+    }))
+})
+
+/** A password in the URL (ignored by the test server, which trusts local connections): it must never be shown. */
+const PASSWORD = "pw-never-shown-7731"
+
+/** The shared PostgreSQL behind a forwarder this test controls, on a scratch schema. */
+class ProxiedPostgres extends Context.Tag("test/ProxiedPostgres")<ProxiedPostgres, {
+  readonly forwarder: TcpForwarder
+  readonly url: string
+}>() {
+  static readonly layer = Layer.scoped(
+    ProxiedPostgres,
+    Effect.gen(function*() {
+      const { url } = yield* Effect.acquireRelease(
+        Effect.orDie(createScratchSchema("ready")),
+        ({ schema }) => Effect.orDie(dropScratchSchema(schema))
+      )
+      const target = new URL(testDatabaseUrl)
+      const forwarder = yield* Effect.acquireRelease(
+        Effect.promise(() => startForwarder({ host: target.hostname, port: Number(target.port || 5432) })),
+        (f) => Effect.promise(() => f.close())
+      )
+      const proxied = new URL(url)
+      proxied.host = `127.0.0.1:${forwarder.port}`
+      proxied.password = PASSWORD
+      return { forwarder, url: proxied.toString() }
+    })
+  )
+}
+
+/** Every line the app logs, at every level, as text. */
+const logged: Array<string> = []
+const recorder = Logger.make(({ annotations, logLevel, message }) =>
+  void logged.push(`${logLevel.label} ${String(message)} ${JSON.stringify(Object.fromEntries(annotations))}`)
+)
+
+const proxiedApp = Layer.unwrapEffect(
+  Effect.map(ProxiedPostgres, ({ url }) =>
+    testApp({ databaseUrl: Option.some(Redacted.make(url)) }, "sqlite", { logLevel: LogLevel.All }))
+).pipe(
+  Layer.provideMerge(ProxiedPostgres.layer),
+  Layer.provide(Logger.replace(Logger.defaultLogger, recorder))
+)
+
+layer(proxiedApp, { timeout: 60_000 })("readiness on PostgreSQL", (it) => {
+  it.effect("turns 503 while the database is unreachable, saying so without its password, and 200 once it is back", () =>
+    Effect.gen(function*() {
+      const { forwarder } = yield* ProxiedPostgres
+      expect(yield* get("/v1/ready")).toEqual({ status: 200, body: { status: "ready" } })
+
+      forwarder.cut()
+      const down = yield* eventuallyEffect(
+        Effect.tap(get("/v1/ready"), (res) => Effect.sync(() => expect(res.status).toBe(503))),
+        5000
+      )
+      expect(down.body.status).toBe("not_ready")
+      expect(down.body.reasons).toHaveLength(1)
+      expect(down.body.reasons[0].code).toBe("database_unreachable")
+      expect(down.body.reasons[0].message).toMatch(new RegExp(`^PostgreSQL at 127\\.0\\.0\\.1:${forwarder.port}/\\w+ does not answer: .+`))
+      expect(JSON.stringify(down.body)).not.toContain(PASSWORD)
+      expect(yield* get("/v1/health")).toEqual({ status: 200, body: { status: "OK" } }) // alive all the same
+
+      forwarder.restore()
+      yield* eventuallyEffect(
+        Effect.tap(get("/v1/ready"), (res) => Effect.sync(() => expect(res).toEqual({ status: 200, body: { status: "ready" } }))),
+        10_000
+      )
+      // Logged once each way, and the password nowhere (the heartbeat's faults meanwhile included).
+      expect(logged.filter((l) => l.includes("Not ready: PostgreSQL at"))).toHaveLength(1)
+      expect(logged.filter((l) => l.includes("Ready again: PostgreSQL at"))).toHaveLength(1)
+      expect(logged.join("\n")).not.toContain(PASSWORD)
+    }), 30_000)
+})
+
+describe("readiness of the server process", () => {
+  it.live("turns 503 as soon as SIGTERM arrives, while the node still serves (SHUTDOWN_DELAY), then the node stops", () =>
+    Effect.promise(async () => {
+      const dataDir = mkdtempSync(Path.join(tmpdir(), "batch-ready-"))
+      try {
+        const server = await startServer({ DATA_DIR: dataDir, SHUTDOWN_DELAY: "3 seconds", LOG_FORMAT: "json" })
+        const ready = async () => {
+          const res = await fetch(`${server.url}/v1/ready`)
+          return { status: res.status, body: await res.json() as any }
+        }
+        expect(await ready()).toEqual({ status: 200, body: { status: "ready" } })
+
+        const signalled = Date.now()
+        server.child.kill("SIGTERM")
+        let answer = await ready()
+        while (answer.status === 200 && Date.now() - signalled < 2000) answer = await ready()
+        expect(answer.status).toBe(503)
+        expect(answer.body).toEqual({ status: "not_ready", reasons: [{ code: "draining", message: expect.any(String) }] })
+        expect((await fetch(`${server.url}/v1/health`)).status).toBe(200) // still serving meanwhile
+
+        // Not `stop()`: a second signal ends the process at once (runMain listens for the first only).
+        const code = await new Promise((resolve) =>
+          server.child.exitCode !== null
+            ? resolve(server.child.exitCode)
+            : server.child.once("exit", (exitCode, signal) => resolve(exitCode ?? signal)))
+        expect(code).toBe(0)
+        const events = server.stdout().split("\n").filter((l) => l !== "").map((l) => JSON.parse(l).event)
+        expect(events.filter((e) => e?.startsWith("server."))).toEqual([
+          "server.listening",
+          "server.shutdown_started",
+          "server.shutdown_finished"
+        ])
+      } finally {
+        rmSync(dataDir, { recursive: true, force: true })
+      }
+    }), 60_000)
+})

@@ -1,0 +1,56 @@
+/**
+ * A plain TCP forwarder in front of a server (e.g. the machine's PostgreSQL), that a test can cut and restore: the
+ * server "goes away" for whoever connects through it, without stopping the server everyone else uses.
+ */
+import * as net from "node:net"
+
+export interface TcpForwarder {
+  /** The local port to connect to instead of the target's. */
+  readonly port: number
+  /** Ends every open connection, and ends new ones as soon as they are accepted (as a lost server would). */
+  readonly cut: () => void
+  /** Forwards again. */
+  readonly restore: () => void
+  readonly close: () => Promise<void>
+}
+
+/** Listens on a random local port and forwards each connection to `host:port`. */
+export const startForwarder = (target: { readonly host: string; readonly port: number }): Promise<TcpForwarder> => {
+  const open = new Set<net.Socket>()
+  let cut = false
+  const track = (socket: net.Socket) => {
+    open.add(socket)
+    socket.on("close", () => open.delete(socket))
+    socket.on("error", () => socket.destroy())
+  }
+  const server = net.createServer((client) => {
+    track(client)
+    if (cut) return void client.destroy()
+    const upstream = net.connect(target.port, target.host)
+    track(upstream)
+    client.pipe(upstream).pipe(client)
+    client.on("close", () => upstream.destroy())
+    upstream.on("close", () => client.destroy())
+  })
+  return new Promise((resolve, reject) => {
+    server.once("error", reject)
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address()
+      resolve({
+        port: typeof address === "object" && address !== null ? address.port : 0,
+        cut: () => {
+          cut = true
+          for (const socket of open) socket.destroy()
+        },
+        restore: () => {
+          cut = false
+        },
+        close: () =>
+          new Promise((done) => {
+            for (const socket of open) socket.destroy()
+            server.close(() => done())
+          })
+      })
+    })
+  })
+}
