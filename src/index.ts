@@ -39,16 +39,12 @@ export { requestIdFrom, requestLog } from "./http/RequestLog.js"
 export { ServerLifecycleLive } from "./observability/Lifecycle.js"
 export { jsonLineLogger, loggerLayer, LoggingLive } from "./observability/Logging.js"
 export { httpMetrics, metricsRoute, MetricsServerLive } from "./http/MetricsHttp.js"
-export {
-  makeMetrics,
-  Metrics,
-  MetricsLive,
-  MetricsNone,
-  type MetricsShape,
-  MetricsTest
-} from "./observability/Metrics.js"
+export { Metrics, MetricsLive, MetricsNone, type MetricsShape, MetricsTest } from "./observability/Metrics.js"
+export { makeMetrics } from "./observability/metricsRegistry.js"
 export { NotReady, Readiness, ReadinessLive, type ReadinessShape, ReadinessTest } from "./observability/Readiness.js"
-export { layerUpstreamCallTracing, layerWith as layerTracing, TracingLive, tracingSettings, type TracingSettings, UpstreamCallTracing } from "./observability/Tracing.js"
+export { layerWith as layerTracing, TracingLive } from "./observability/Tracing.js"
+export { tracingSettings, type TracingSettings } from "./observability/tracingSettings.js"
+export { layerUpstreamCallTracing, UpstreamCallTracing } from "./observability/upstreamCallSpans.js"
 export { ErrorEnvelopeLive } from "./http/Middleware.js"
 export { Authenticated, AuthenticatedLive, secure, type SecurityOptions } from "./http/Security.js"
 export {

@@ -14,7 +14,7 @@ import { AppConfig } from "../src/Config.js"
 import { HttpLive } from "../src/http/Http.js"
 import { MetricsServerLive } from "../src/http/MetricsHttp.js"
 import { ServicesLive } from "../src/Layers.js"
-import { makeMetrics, MAX_MODELS } from "../src/observability/Metrics.js"
+import { makeMetrics, MAX_MODELS } from "../src/observability/metricsRegistry.js"
 import { chatLine, createBatch, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import { freePort } from "./support/ServerProcess.js"
 import { backends, baseUrl, configFor, testApp, testAppWithUpstream, TestDatabase, TestDataDir } from "./support/TestApp.js"
@@ -221,7 +221,7 @@ describe("metrics", () => {
           expect(sum(after, "batch_batches_active")).toBe(0)
 
           // Each poll counted under the route pattern, never the batch's own path.
-          const route = { method: "GET", route: "/v1/batches/{batch_id}" }
+          const route = { method: "GET", route: "/v1/batches/:batch_id" }
           expect(delta("batch_http_requests_total", { ...route, status: "200" })).toBe(polls)
           expect(delta("batch_http_request_duration_seconds_count", route)).toBe(polls)
           expect(delta("batch_http_requests_total", { method: "POST", route: "/v1/batches", status: "200" })).toBe(1)
@@ -305,8 +305,12 @@ describe("metrics", () => {
           expect(project.status).toBe(403)
           expect(JSON.parse(project.text).error).toMatchObject({ type: "invalid_request_error", code: "insufficient_permissions" })
           expect(project.text).not.toContain("batch_")
+          // A request refused before routing is counted under the route asked for, in the router's form.
+          expect((yield* get(`${yield* baseUrl}/v1/batches/batch_abc`)).status).toBe(401)
           const admin = yield* scrape({ authorization: `Bearer ${KEYS.admin}` })
           expect(admin.types.get("batch_requests_total")).toBe("counter")
+          const refused = { method: "GET", route: "/v1/batches/:batch_id", status: "401" }
+          expect(sum(admin, "batch_http_requests_total", refused)).toBe(1)
         }))
     }
   )

@@ -15,13 +15,8 @@ import OpenAI, { toFile } from "openai"
 import { startSimulator } from "../scripts/simulator.js"
 import { AppConfig } from "../src/Config.js"
 import { Inference, make } from "../src/inference/Inference.js"
-import {
-  DEFAULT_UPSTREAM_CALLS,
-  layerUpstreamCallTracing,
-  makeFractionPicker,
-  parseHeaders,
-  tracingSettings
-} from "../src/observability/Tracing.js"
+import { DEFAULT_UPSTREAM_CALLS, parseHeaders, tracingSettings } from "../src/observability/tracingSettings.js"
+import { layerUpstreamCallTracing, makeFractionPicker } from "../src/observability/upstreamCallSpans.js"
 import { chatLine } from "./support/Batches.js"
 import { type CollectedSpan, startCollector } from "./support/OtlpCollector.js"
 import { runServerToExit, startServer } from "./support/ServerProcess.js"

@@ -1,6 +1,6 @@
 /**
- * `GET /metrics`: this node's metrics (`observability/Metrics.ts`) in Prometheus' text format, and the HTTP figures
- * every request adds to them (`httpMetrics`).
+ * `GET /metrics`: this node's metrics (`observability/Metrics.ts`, on `observability/metricsRegistry.ts`) in
+ * Prometheus' text format, and the HTTP figures every request adds to them (`httpMetrics`).
  *
  * Where they are served:
  *
@@ -26,7 +26,8 @@ import { Auth, CurrentCaller } from "../auth/Auth.js"
 import { BatchStore } from "../batches/BatchStore.js"
 import { AppConfig, keysConfigured } from "../Config.js"
 import { ErrorBody, unauthorized } from "../domain/Errors.js"
-import { CONTENT_TYPE, Metrics, type MetricsShape } from "../observability/Metrics.js"
+import { Metrics, type MetricsShape } from "../observability/Metrics.js"
+import { CONTENT_TYPE } from "../observability/metricsRegistry.js"
 import { OpenAIApi } from "./Api.js"
 import { envelope } from "./EarlyAnswer.js"
 import { isLoopbackHost, requestTarget } from "./Security.js"
@@ -40,18 +41,16 @@ const OTHER_ROUTES = ["/docs", "/openapi.json", METRICS_PATH]
 /** The `route` label of a request no route matched. */
 export const UNMATCHED = "unmatched"
 
-/** A router pattern (`/v1/batches/:batch_id`) as the `route` label writes it (`/v1/batches/{batch_id}`). */
-const routeLabel = (pattern: string) => pattern.replace(/:([A-Za-z0-9_]+)/g, "{$1}")
-
 /**
  * The route pattern of a path, from the API's endpoints and the routes beside them (the label of requests the
- * router never saw: refused by `secure`, say); undefined when none matches. Parameters match one non-empty segment.
+ * router never saw: refused by `secure`, say), in the router's form (`/v1/batches/:batch_id`, as the request logs
+ * and span names write it); undefined when none matches. Parameters match one non-empty segment.
  */
 export const makeRouteMatcher = (patterns: ReadonlyArray<string>) => {
   const exact = new Map<string, string>()
-  const withParams: Array<{ readonly segments: ReadonlyArray<string>; readonly label: string }> = []
+  const withParams: Array<{ readonly segments: ReadonlyArray<string>; readonly pattern: string }> = []
   for (const pattern of patterns) {
-    if (pattern.includes("/:")) withParams.push({ segments: pattern.split("/"), label: routeLabel(pattern) })
+    if (pattern.includes("/:")) withParams.push({ segments: pattern.split("/"), pattern })
     else exact.set(pattern, pattern)
   }
   return (path: string): string | undefined => {
@@ -62,7 +61,7 @@ export const makeRouteMatcher = (patterns: ReadonlyArray<string>) => {
       if (p.segments.length !== segments.length) continue
       let i = 0
       while (i < segments.length && (p.segments[i] === segments[i] || (p.segments[i]!.startsWith(":") && segments[i] !== ""))) i++
-      if (i === segments.length) return p.label
+      if (i === segments.length) return p.pattern
     }
     return undefined
   }
@@ -82,24 +81,13 @@ const apiPatterns = (): ReadonlyArray<string> => {
  */
 export const httpMetrics = (metrics: MetricsShape) => {
   const routeOf = makeRouteMatcher(apiPatterns())
-  const labels = new Map<string, string>()
-  const label = (pattern: string) => {
-    let l = labels.get(pattern)
-    if (l === undefined) {
-      l = routeLabel(pattern)
-      labels.set(pattern, l)
-    }
-    return l
-  }
   return <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
     Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
       const started = performance.now()
       return Effect.onExit(app, (exit) =>
         Effect.map(Effect.option(Effect.currentSpan), (span) => {
           const matched = Option.isSome(span) ? span.value.attributes.get("http.route") : undefined
-          const route = typeof matched === "string"
-            ? label(matched)
-            : routeOf(requestTarget(request).path) ?? UNMATCHED
+          const route = typeof matched === "string" ? matched : routeOf(requestTarget(request).path) ?? UNMATCHED
           const status = HttpServerError.exitResponse(exit).status
           metrics.httpRequest(request.method, route, status, (performance.now() - started) / 1000)
         }))

@@ -16,7 +16,7 @@ import { Clock, type ConfigError, Context, Duration, Effect, Layer, Option, Rand
 import { AppConfig } from "../Config.js"
 import type { BatchEndpoint } from "../domain/Batches.js"
 import { requestId } from "../domain/Ids.js"
-import { makeFractionPicker, type TracedCall, traceUpstreamCall, UpstreamCallTracing, upstreamIdentity } from "../observability/Tracing.js"
+import { makeFractionPicker, type TracedCall, traceUpstreamCall, UpstreamCallTracing, upstreamIdentity } from "../observability/upstreamCallSpans.js"
 import { type Attempt, makeUpstream, type Upstream } from "../upstreams/Upstream.js"
 import { servesAnyModel, type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
 import { retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "./answers.js"
@@ -81,7 +81,7 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
       }))
     const baseDelay = Duration.toMillis(config.inferenceRetryBaseDelay)
     const maxDelay = Duration.toMillis(config.inferenceRetryMaxDelay)
-    /** Which calls get a span (`observability/Tracing.ts`); undefined when none does: a call then costs one test. */
+    /** Which calls get a span (`observability/upstreamCallSpans.ts`); undefined when none does: a call then costs one test. */
     const pickTraced = makeFractionPicker((yield* UpstreamCallTracing).fraction)
 
     /**
