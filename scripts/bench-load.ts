@@ -88,8 +88,11 @@ const main = async () => {
     const routes = ["GET /v1/batches/{id}", "GET /v1/batches", "GET /v1/files"] as const
     const times = new Map<string, Array<number>>(routes.map((r) => [r, []]))
     const errors = new Map<string, number>()
+    /** When (seconds into the polling) each GET slower than 250 ms started: where the stalls are. */
+    const slow: Array<readonly [number, number]> = []
     const agent = new Agent({ connections: CLIENTS, keepAliveTimeout: 60_000 })
-    const end = performance.now() + SECONDS * 1000
+    const pollStart = performance.now()
+    const end = pollStart + SECONDS * 1000
     await Promise.all(Array.from({ length: CLIENTS }, async () => {
       while (performance.now() < end) {
         const route = routes[Math.floor(Math.random() * routes.length)]!
@@ -100,7 +103,9 @@ const main = async () => {
         try {
           const res = await request(`${base}${path}`, { dispatcher: agent, headers: { authorization: "Bearer bench" } })
           await res.body.arrayBuffer()
-          times.get(route)!.push(performance.now() - started)
+          const took = performance.now() - started
+          times.get(route)!.push(took)
+          if (took > 250) slow.push([(started - pollStart) / 1000, took])
           if (res.statusCode !== 200) errors.set(`${route} ${res.statusCode}`, (errors.get(`${route} ${res.statusCode}`) ?? 0) + 1)
         } catch (error) {
           const key = `${route} ${(error as Error).message}`
@@ -117,6 +122,12 @@ const main = async () => {
     for (const [route, list] of [...times, ["all", all] as const]) {
       const sorted = [...list].sort((a, b) => a - b)
       console.log(`  ${route.padEnd(22)} p50 ${percentile(sorted, 50).toFixed(1)} ms, p99 ${percentile(sorted, 99).toFixed(1)} ms, max ${(sorted.at(-1) ?? NaN).toFixed(1)} ms (${sorted.length})`)
+    }
+    if (slow.length > 0) {
+      const bySecond = new Map<number, Array<number>>()
+      for (const [at, took] of slow) bySecond.set(Math.floor(at), [...(bySecond.get(Math.floor(at)) ?? []), took])
+      const seconds = [...bySecond].map(([at, list]) => `${at} s: ${list.length} (max ${Math.max(...list).toFixed(0)} ms)`)
+      console.log(`  GETs over 250 ms, by the second they started in: ${seconds.join(", ")}`)
     }
     const errorCount = [...errors.values()].reduce((a, b) => a + b, 0)
     console.log(`  errors: ${errorCount}${errorCount > 0 ? ` (${[...errors].map(([k, n]) => `${k}: ${n}`).join(", ")})` : ""}`)
