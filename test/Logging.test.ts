@@ -14,6 +14,7 @@ import OpenAI from "openai"
 import { type Simulator, startSimulator } from "../scripts/simulator.js"
 import { requestIdFrom } from "../src/http/RequestLog.js"
 import { jsonLineLogger } from "../src/observability/Logging.js"
+import * as BatchLines from "../src/observability/batchLines.js"
 import { chatLine, createBatch, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import { type ServerProcess, startServer } from "./support/ServerProcess.js"
 
@@ -253,4 +254,20 @@ describe("the request id", () => {
       expect(requestIdFrom(bad)).toMatch(/^req_[0-9a-f]{32}$/)
     }
   })
+})
+
+describe("a batch's lines", () => {
+  it.effect("quote what a client chose cut short, its control characters escaped: no line bloated, none forged", () =>
+    Effect.gen(function*() {
+      const written: Array<string> = []
+      const layer = Logger.replace(Logger.defaultLogger, Logger.map(jsonLineLogger, (line) => void written.push(line))) as Layer.Layer<never>
+      const fileId = `file-x\n[17:00:00.000] ERROR (#1): forged${"y".repeat(500_000)}`
+      const batch = { id: "batch_1", endpoint: "/v1/chat/completions", input_file_id: fileId }
+      yield* BatchLines.created(batch as any, "p").pipe(Effect.provide(layer))
+      yield* BatchLines.validated("batch_1" as any, 3, "model\nERROR forged").pipe(Effect.provide(layer))
+      const [created, validated] = written.map((line) => JSON.parse(line))
+      expect(written.join("").length).toBeLessThan(2000)
+      expect(created.input_file_id).toBe(`${fileId.slice(0, 64).replace("\n", "\\u000a")}…`)
+      expect(validated.message).toBe("Batch validated: 3 request(s) for model\\u000aERROR forged") // one line in any format
+    }))
 })

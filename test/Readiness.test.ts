@@ -71,7 +71,7 @@ const proxiedApp = Layer.unwrapEffect(
   Layer.provide(Logger.replace(Logger.defaultLogger, recorder))
 )
 
-layer(proxiedApp, { timeout: 60_000 })("readiness on PostgreSQL", (it) => {
+layer(proxiedApp, { timeout: 60_000, excludeTestServices: true })("readiness on PostgreSQL", (it) => {
   it.effect("turns 503 while the database is unreachable, saying so without its password, and 200 once it is back", () =>
     Effect.gen(function*() {
       const { forwarder } = yield* ProxiedPostgres

@@ -87,7 +87,7 @@ describe("tracing", () => {
       // A caller whose own trace was not sampled: nothing of this request is exported.
       expect((await fetch(`${url}/v1/files`, { headers: { traceparent: `00-${unsampledTrace}-${parentId}-00` } })).status).toBe(200)
       const openai = client(url)
-      const traced = client(url, { traceparent: `00-${traceId}-${parentId}-01` })
+      const traced = client(url, { traceparent: `00-${traceId}-${parentId}-01`, "api-key": "sk-azure-style" })
       const batch = await runBatch(openai, Array.from({ length: requests }, (_, i) => chatLine(`r${i}`, `prompt ${i}`)), traced)
       expect(batch.request_counts).toMatchObject({ total: requests, completed: requests })
       await stop() // flushes what is still queued
@@ -103,6 +103,8 @@ describe("tracing", () => {
       // No key in any span (the client sends `Authorization: Bearer sk-test`; headers are recorded, that one redacted).
       expect(create.attributes["http.request.header.authorization"]).toBe("<redacted>")
       expect(JSON.stringify(spans)).not.toContain("sk-test")
+      expect(create.attributes["http.request.header.api-key"]).toBe("<redacted>") // Azure's key header too
+      expect(JSON.stringify(spans)).not.toContain("sk-azure-style")
 
       // The batch's work: a trace of its own, linked to the create request's trace, with every phase under it.
       const root = one(spans, "BatchRunner.batch", batch.id)

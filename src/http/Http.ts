@@ -3,6 +3,7 @@
  * the security middleware (Host, Origin and key checks, CORS). It needs the services the handlers use, `Auth` and
  * an `HttpServer`; `main.ts` (or an embedding app) provides them.
  */
+import * as Headers from "@effect/platform/Headers"
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import { Effect, Layer } from "effect"
 import { AppConfig } from "../Config.js"
@@ -25,6 +26,9 @@ export const ApiLive = HttpApiBuilder.api(OpenAIApi).pipe(
   Layer.provide(AuthenticatedLive)
 )
 
+/** Headers holding credentials, beside the platform's own list (`authorization`, `cookie`, `x-api-key`…). */
+const CREDENTIAL_HEADERS = ["api-key", "proxy-authorization", "x-goog-api-key", "openai-api-key", "x-auth-token"]
+
 /**
  * Serves `ApiLive` plus `/openapi.json`, `/docs` and `/metrics` (`MetricsHttp.ts`; each request counted there) on
  * whatever `HttpServer` is provided: inside `requestLog` (the
@@ -38,6 +42,8 @@ export const HttpLive = Layer.unwrapEffect(Effect.gen(function*() {
   const measured = httpMetrics(yield* Metrics)
   return HttpApiBuilder.serve((app) => requestLog(measured(sdkHeaders(secure(boundBodies(maxJsonBodyBytes)(app))))))
 })).pipe(
+  // The server spans record the request headers: these carry keys too (Azure's `api-key`, proxies, gateways).
+  Layer.locallyWith(Headers.currentRedactedNames, (names) => [...names, ...CREDENTIAL_HEADERS]),
   Layer.provide(docsRoute("/docs")),
   Layer.provide(metricsRoute),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),

@@ -10,7 +10,7 @@
 import type * as HttpApp from "@effect/platform/HttpApp"
 import * as HttpServerError from "@effect/platform/HttpServerError"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
-import { Duration, Effect, FiberRef, Option } from "effect"
+import { Cause, Duration, Effect, Exit, FiberRef, Option } from "effect"
 import { requestId } from "../domain/Ids.js"
 import { echo } from "../domain/Text.js"
 
@@ -89,7 +89,10 @@ export const requestLog = <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E,
         durationMs: Math.round(Duration.toMillis(duration) * 10) / 10,
         project: info?.project
       })
-      const log = POLLED.has(path) ? Effect.logDebug(message) : Effect.logInfo(message)
+      // A fault no handler turned into an answer (outside the API's routes: /metrics, /docs) is logged with its cause.
+      const log = Exit.isFailure(exit) && !Cause.isInterruptedOnly(exit.cause)
+        ? Effect.logError(message, exit.cause)
+        : POLLED.has(path) ? Effect.logDebug(message) : Effect.logInfo(message)
       yield* Effect.annotateLogs(log, fields)
       return yield* exit
     }).pipe(

@@ -11,10 +11,12 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
 import { Cause, Context, Duration, Effect, Layer, Option, Redacted, Ref, Schema } from "effect"
 import * as Path from "node:path"
-import { AppConfig, type AppConfigShape } from "../Config.js"
+import { AppConfig, type AppConfigShape, keysConfigured } from "../Config.js"
 
 /** How long the database gets to answer a readiness query. */
 const DATABASE_TIMEOUT = Duration.seconds(2)
+/** How long one answer of the database check is shared. */
+const CHECK_TTL = Duration.seconds(1)
 
 export const NotReadyReason = Schema.Struct({
   code: Schema.Literal("draining", "database_unreachable"),
@@ -103,6 +105,7 @@ export const ReadinessLive: Layer.Layer<Readiness, never, SqlClient.SqlClient | 
     const config = yield* AppConfig
     const database = describeDatabase(config)
     const secrets = databaseSecrets(config)
+    const exposed = keysConfigured(config)
     const drained = yield* Ref.make(false)
     const databaseDown = yield* Ref.make(false)
 
@@ -124,16 +127,17 @@ export const ReadinessLive: Layer.Layer<Readiness, never, SqlClient.SqlClient | 
         if (was) yield* Effect.logInfo(`Ready again: ${database} answers`)
         return
       }
-      const reason: NotReadyReason = {
-        code: "database_unreachable",
-        message: `${database} does not answer: ${faultLine(exit.cause, secrets)}`
-      }
-      if (!was) yield* Effect.logWarning(`Not ready: ${reason.message}`)
-      return yield* new NotReady({ reasons: [reason] })
+      const detail = `${database} does not answer: ${faultLine(exit.cause, secrets)}`
+      if (!was) yield* Effect.logWarning(`Not ready: ${detail}`)
+      // Anyone may ask (no key): where the database is and what it says stay in the log once keys guard the rest.
+      const message = exposed ? "The database does not answer (the server's log says why)." : detail
+      return yield* new NotReady({ reasons: [{ code: "database_unreachable", message }] })
     })
+    // One query at a time, its answer shared for a second: probes from anyone cannot pile queries on the database.
+    const sharedCheck = yield* Effect.cachedWithTTL(Effect.either(checkDatabase), CHECK_TTL)
 
     return Readiness.of({
-      check: Effect.flatMap(Ref.get(drained), (d) => (d ? Effect.fail(new NotReady({ reasons: [draining] })) : checkDatabase)),
+      check: Effect.flatMap(Ref.get(drained), (d) => (d ? Effect.fail(new NotReady({ reasons: [draining] })) : Effect.flatten(sharedCheck))),
       drain: Ref.set(drained, true)
     })
   })

@@ -23,22 +23,33 @@ const MAX_ERROR_MESSAGE = 200
 const line = (id: BatchId, event: string, message: string, fields: Record<string, unknown> = {}) =>
   Effect.logInfo(message).pipe(Effect.annotateLogs({ event, batch_id: id, ...fields }))
 
-const cut = (text: string, max: number) => (text.length <= max ? text : `${text.slice(0, max)}…`)
+/**
+ * A value a client chose (a file id, a model, a message quoting the input), fit for a log line: cut to `max`
+ * characters and its control characters escaped, so that it can neither bloat a line nor forge another one in the
+ * pretty format.
+ */
+export const clientText = (text: string, max = 64) =>
+  (text.length <= max ? text : `${text.slice(0, max)}…`).toWellFormed().replace(
+    /[\u0000-\u001f\u007f\u2028\u2029]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`
+  )
 
 export const created = (batch: Batch, project: string) =>
   line(batch.id, "batch.created", `Batch created for ${batch.endpoint}`, {
     endpoint: batch.endpoint,
     project,
-    input_file_id: batch.input_file_id
+    input_file_id: clientText(batch.input_file_id)
   })
 
-export const validated = (id: BatchId, total: number, model: string | null) =>
-  line(id, "batch.validated", `Batch validated: ${total} request(s)${model === null ? "" : ` for ${model}`}`, { lines: total, model })
+export const validated = (id: BatchId, total: number, model: string | null) => {
+  const name = model === null ? null : clientText(model, 256)
+  return line(id, "batch.validated", `Batch validated: ${total} request(s)${name === null ? "" : ` for ${name}`}`, { lines: total, model: name })
+}
 
 /** The first errors, each as `line N: code: message` (messages cut short: they may quote the input). */
 export const validationErrors = (errors: ReadonlyArray<BatchError>) =>
   errors.slice(0, QUOTED_ERRORS).map((e) =>
-    `${e.line === null ? "" : `line ${e.line}: `}${e.code}: ${cut(e.message, MAX_ERROR_MESSAGE)}`
+    `${e.line === null ? "" : `line ${e.line}: `}${e.code}: ${clientText(e.message, MAX_ERROR_MESSAGE)}`
   )
 
 export const validationFailed = (id: BatchId, errors: ReadonlyArray<BatchError>) => {
