@@ -101,6 +101,28 @@ layer(proxiedApp, { timeout: 60_000, excludeTestServices: true })("readiness on 
     }), 30_000)
 })
 
+const keyedApp = Layer.unwrapEffect(
+  Effect.map(ProxiedPostgres, ({ url }) =>
+    testApp({ databaseUrl: Option.some(Redacted.make(url)), apiKeys: [Redacted.make("sk-ready-keyed:projK")] }))
+).pipe(Layer.provideMerge(ProxiedPostgres.layer))
+
+layer(keyedApp, { timeout: 60_000, excludeTestServices: true })("readiness on PostgreSQL with API keys", (it) => {
+  it.effect("tells an anonymous caller what is wrong, not where the database is nor what it said", () =>
+    Effect.gen(function*() {
+      const { forwarder } = yield* ProxiedPostgres
+      forwarder.cut()
+      const down = yield* eventuallyEffect(
+        Effect.tap(get("/v1/ready"), (res) => Effect.sync(() => expect(res.status).toBe(503))),
+        5000
+      )
+      expect(down.body.reasons).toEqual([
+        { code: "database_unreachable", message: "The database does not answer (the server's log says why)." }
+      ])
+      expect(JSON.stringify(down.body)).not.toContain(String(forwarder.port))
+      forwarder.restore()
+    }), 30_000)
+})
+
 describe("readiness of the server process", () => {
   it.live("turns 503 as soon as SIGTERM arrives, while the node still serves (SHUTDOWN_DELAY), then the node stops", () =>
     Effect.promise(async () => {

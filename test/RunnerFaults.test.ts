@@ -10,6 +10,7 @@ import { WorkLeasesLive } from "../src/batches/WorkLeases.js"
 import { BatchId } from "../src/domain/Ids.js"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { InferenceLive } from "../src/inference/Inference.js"
+import { Metrics, MetricsTest } from "../src/observability/Metrics.js"
 import { StorageLive } from "../src/Layers.js"
 import { chatLine, newChatBatch, storedLines } from "./support/Batches.js"
 import { configFor, eventuallyEffect, TestDatabase, TestDataDir, Upstream } from "./support/TestApp.js"
@@ -35,7 +36,7 @@ const runnerLayer = Layer.unwrapEffect(Effect.map(Upstream, (sim) =>
     // The fault is logged as an error by design; this test expects it.
     Layer.provide(Logger.minimumLogLevel(LogLevel.None))
   ))).pipe(
-    Layer.provideMerge(Layer.mergeAll(Upstream.layer(), TestDataDir.Default, TestDatabase.layer("sqlite")))
+    Layer.provideMerge(Layer.mergeAll(Upstream.layer(), TestDataDir.Default, TestDatabase.layer("sqlite"), MetricsTest))
   )
 
 describe("runner faults", () => {
@@ -64,5 +65,8 @@ describe("runner faults", () => {
       // the failed group, one in flight or queued after it), a window of 4.
       expect(sim.stats.requests).toBeGreaterThanOrEqual(total)
       expect(sim.stats.requests).toBeLessThanOrEqual(total + 2 * 4)
+      // The metrics count each request once, as stored: not the answers of the group whose write failed.
+      const metrics = yield* (yield* Metrics).render(undefined)
+      expect(/^batch_requests_total\{[^}]*outcome="success"[^}]*\} (\d+)$/m.exec(metrics)?.[1]).toBe(String(total))
     }).pipe(Effect.provide(runnerLayer)), 20_000)
 })

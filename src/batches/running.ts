@@ -20,7 +20,7 @@ import { makePendingRows } from "./pendingRows.js"
 import { usageOf, zeroUsage } from "./validation.js"
 import { WorkLeases } from "./WorkLeases.js"
 
-const responseOutcome = (row: RequestRow, res: UpstreamResponse): Extract<RequestOutcome, { readonly _tag: "Response" }> => ({
+const responseOutcome = (row: RequestRow, res: UpstreamResponse): RequestOutcome => ({
   _tag: "Response",
   line: row.line,
   customId: row.customId,
@@ -60,10 +60,19 @@ export const makeRunning = (local: LocalWork) =>
       Effect.gen(function*() {
         const { batch } = record
         const rows = yield* makePendingRows(batch.id, local, stopAfterSlice)
-        const outcomes = yield* makeOutcomeWriter(batch.id, { window, afterWrite: rows.stored })
-        const options = { deadline: batch.expires_at * 1000, model: batch.model, project: record.project }
-        // Each outcome is counted with a plain call (no effect): thousands of requests run a second.
+        // Outcomes are counted once stored (a group whose write failed is sent again, and counted then), each with a
+        // plain call: thousands of requests run a second.
         const tally = metrics.requests(batch.endpoint, batch.model, inference.upstreamName?.(batch.model) ?? "unknown")
+        const stored = (written: ReadonlyArray<RequestOutcome>) =>
+          Effect.suspend(() => {
+            for (const outcome of written) {
+              if (outcome._tag === "Response") tally.answered(outcome.statusCode, outcome.usage)
+              else tally.noResponse()
+            }
+            return rows.stored(written)
+          })
+        const outcomes = yield* makeOutcomeWriter(batch.id, { window, afterWrite: stored })
+        const options = { deadline: batch.expires_at * 1000, model: batch.model, project: record.project }
         // A worker takes a row, sends it, queues its outcome, waits until its previous outcome is stored (by then,
         // one upstream call later, it nearly always is) and starts over: the store stays off the requests' path,
         // and a crash loses at most two outcomes per worker. A recursive effect in tail position (the fiber's stack
@@ -75,15 +84,8 @@ export const makeRunning = (local: LocalWork) =>
         }
         const send = (row: RequestRow, previous: Effect.Effect<void>) =>
           Effect.matchEffect(inference.send(batch.endpoint, row.body, options), {
-            onSuccess: (res) => {
-              const outcome = responseOutcome(row, res)
-              tally.answered(res.status, outcome.usage)
-              return next(outcome, previous)
-            },
-            onFailure: (e) => {
-              tally.noResponse()
-              return next(errorOutcome(row, e), previous)
-            }
+            onSuccess: (res) => next(responseOutcome(row, res), previous),
+            onFailure: (e) => next(errorOutcome(row, e), previous)
           })
         const worker = (previous: Effect.Effect<void>): Effect.Effect<void> => {
           const row = rows.takeNow()
