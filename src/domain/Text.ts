@@ -22,8 +22,8 @@ export const StorableString = Schema.String.pipe(
 /** The most characters of a client's value that an error message repeats. */
 export const MAX_ECHO = 64
 
-/** `s` as an error message repeats it: at most `MAX_ECHO` characters, never a broken surrogate pair. */
-export const echo = (s: string): string => {
-  if (s.length <= MAX_ECHO) return s.toWellFormed()
-  return `${s.slice(0, MAX_ECHO).toWellFormed()}…`
+/** `s` as an error message repeats it: at most `max` (`MAX_ECHO`) characters, never a broken surrogate pair. */
+export const echo = (s: string, max = MAX_ECHO): string => {
+  if (s.length <= max) return s.toWellFormed()
+  return `${s.slice(0, max).toWellFormed()}…`
 }

@@ -6,6 +6,7 @@
 import { Effect, FiberRef, HashMap } from "effect"
 import type { Batch, BatchError } from "../domain/Batches.js"
 import type { BatchId } from "../domain/Ids.js"
+import { echo, MAX_ECHO } from "../domain/Text.js"
 
 /**
  * `effect` (a batch's own fiber) logging with the batch's id as its one annotation: the fiber is forked by the
@@ -28,8 +29,8 @@ const line = (id: BatchId, event: string, message: string, fields: Record<string
  * characters and its control characters escaped, so that it can neither bloat a line nor forge another one in the
  * pretty format.
  */
-export const clientText = (text: string, max = 64) =>
-  (text.length <= max ? text : `${text.slice(0, max)}…`).toWellFormed().replace(
+export const clientText = (text: string, max = MAX_ECHO) =>
+  echo(text, max).replace(
     /[\u0000-\u001f\u007f\u2028\u2029]/g,
     (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`
   )

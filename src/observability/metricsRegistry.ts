@@ -204,26 +204,24 @@ export const makeMetrics = (options: { readonly processWide: boolean }): Metrics
       if (upstreams.get(name) === gauges) upstreams.delete(name)
     }
   }
-  new Gauge({
-    name: "batch_upstream_inflight",
-    help: "Calls this node has in flight to each upstream.",
-    labelNames: ["upstream"] as const,
-    registers,
-    collect() {
-      this.reset()
-      for (const [name, gauges] of upstreams) this.set({ upstream: name }, gauges.inflight())
-    }
-  })
-  new Gauge({
-    name: "batch_upstream_concurrency_limit",
-    help: "Each upstream's adaptive concurrency limit on this node (AIMD, between min_concurrency and max_concurrency).",
-    labelNames: ["upstream"] as const,
-    registers,
-    collect() {
-      this.reset()
-      for (const [name, gauges] of upstreams) this.set({ upstream: name }, gauges.limit())
-    }
-  })
+  /** A gauge per upstream, read from its admission at each scrape. */
+  const upstreamGauge = (name: string, help: string, read: (gauges: UpstreamGauges) => number) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ["upstream"] as const,
+      registers,
+      collect() {
+        this.reset()
+        for (const [upstream, gauges] of upstreams) this.set({ upstream }, read(gauges))
+      }
+    })
+  upstreamGauge("batch_upstream_inflight", "Calls this node has in flight to each upstream.", (g) => g.inflight())
+  upstreamGauge(
+    "batch_upstream_concurrency_limit",
+    "Each upstream's adaptive concurrency limit on this node (AIMD, between min_concurrency and max_concurrency).",
+    (g) => g.limit()
+  )
 
   // --- batches ---
   const active = new Gauge({
