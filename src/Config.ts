@@ -117,6 +117,14 @@ export interface AppConfigShape {
    * behind something else that authenticates. Without keys and without it, the server serves loopback only.
    */
   readonly allowUnauthenticated: boolean
+  /** Where batch events are posted (`WEBHOOK_URL`), for every project without a webhook of its own (keys file). */
+  readonly webhookUrl: Option.Option<string>
+  /** The secret that signs them (`WEBHOOK_SECRET`, `whsec_<base64>`), needed with `WEBHOOK_URL`. */
+  readonly webhookSecret: Option.Option<Redacted.Redacted>
+  /** The wait after a first failed delivery (`WEBHOOK_RETRY_BASE_DELAY`); it doubles with each attempt, with jitter. */
+  readonly webhookRetryBaseDelay: Duration.Duration
+  /** How long an event is retried before its delivery gives up (`WEBHOOK_RETRY_FOR`). */
+  readonly webhookRetryFor: Duration.Duration
 }
 
 export const defaults: AppConfigShape = {
@@ -163,7 +171,11 @@ export const defaults: AppConfigShape = {
   adminApiKeys: [],
   apiKeysFile: Option.none(),
   corsOrigins: [],
-  allowUnauthenticated: false
+  allowUnauthenticated: false,
+  webhookUrl: Option.none(),
+  webhookSecret: Option.none(),
+  webhookRetryBaseDelay: Duration.seconds(5),
+  webhookRetryFor: Duration.hours(72)
 }
 
 export { isLoopbackName, keysConfigured, validateConfig } from "./configRules.js"
@@ -237,7 +249,11 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   adminApiKeys: Config.option(Config.redacted("ADMIN_API_KEYS")),
   apiKeysFile: Config.option(Config.string("API_KEYS_FILE")),
   corsOrigins: Config.string("CORS_ORIGINS").pipe(Config.map(commaList), Config.withDefault(defaults.corsOrigins)),
-  allowUnauthenticated: Config.boolean("ALLOW_UNAUTHENTICATED").pipe(Config.withDefault(defaults.allowUnauthenticated))
+  allowUnauthenticated: Config.boolean("ALLOW_UNAUTHENTICATED").pipe(Config.withDefault(defaults.allowUnauthenticated)),
+  webhookUrl: Config.option(Config.string("WEBHOOK_URL")),
+  webhookSecret: Config.option(Config.redacted("WEBHOOK_SECRET")),
+  webhookRetryBaseDelay: Config.duration("WEBHOOK_RETRY_BASE_DELAY").pipe(Config.withDefault(defaults.webhookRetryBaseDelay)),
+  webhookRetryFor: Config.duration("WEBHOOK_RETRY_FOR").pipe(Config.withDefault(defaults.webhookRetryFor))
 }).pipe(
   Config.map(({ adminApiKeys, apiKeys, nodeId, ...rest }) => ({
     ...rest,

@@ -10,8 +10,10 @@ import type * as SqlClient from "@effect/sql/SqlClient"
 import { type Auth, AuthLive } from "./auth/Auth.js"
 import { BatchRunnerLive } from "./batches/BatchRunner.js"
 import { BatchStore, BatchStoreLive } from "./batches/BatchStore.js"
+import { RerunLive } from "./batches/rerun.js"
 import { WorkLeases, WorkLeasesLive } from "./batches/WorkLeases.js"
 import { FileStore, FileStoreLive } from "./files/FileStore.js"
+import { UploadsLive } from "./files/Uploads.js"
 import type { Inference } from "./inference/Inference.js"
 import { InferenceFromConfig } from "./inference/Recordings.js"
 import { HttpLive } from "./http/Http.js"
@@ -23,6 +25,8 @@ import { type Readiness, ReadinessLive } from "./observability/Readiness.js"
 import { type BlobStore, BlobStoreLocal } from "./storage/BlobStore.js"
 import { BlobStoreSql } from "./storage/BlobStoreSql.js"
 import { SqlLive } from "./storage/Sql.js"
+import { WebhooksLive } from "./webhooks/Webhooks.js"
+import { WebhookTargetsLive } from "./webhooks/WebhookTargets.js"
 
 /** The file bytes where `fileStorageOf` the configuration says. */
 export const BlobStoreLive = Layer.unwrapEffect(
@@ -49,15 +53,17 @@ export interface ServiceParts {
 
 /** Every service the HTTP handlers use (and the storage under them), built on `parts`. */
 export const makeServices = (parts: ServiceParts = {}) =>
-  BatchRunnerLive.pipe(
+  Layer.mergeAll(BatchRunnerLive, RerunLive, UploadsLive).pipe(
     Layer.provideMerge(Layer.mergeAll(
       parts.fileStore ?? FileStoreLive,
       parts.batchStore ?? BatchStoreLive,
       parts.workLeases ?? WorkLeasesLive,
       parts.inference ?? InferenceFromConfig,
-      parts.readiness ?? ReadinessLive
+      parts.readiness ?? ReadinessLive,
+      WebhooksLive
     )),
     Layer.provide(parts.storage ?? StorageLive),
+    Layer.provide(WebhookTargetsLive),
     Layer.provideMerge(parts.auth ?? AuthLive),
     Layer.provideMerge(parts.metrics ?? MetricsLive)
   )

@@ -6,6 +6,7 @@ import { ConfigError, Duration, Either, Option, Redacted } from "effect"
 import { parseAdminKey, parseKeyEntry } from "./auth/keyEntries.js"
 import type { AppConfigShape } from "./Config.js"
 import { badHeaderValue, isPlainBaseUrl } from "./upstreams/UpstreamSpec.js"
+import { secretProblem, urlProblem } from "./webhooks/signing.js"
 
 /** A rule of the configuration: what `variable` must be, checked on the whole configuration. */
 interface Rule {
@@ -178,7 +179,21 @@ const rules: ReadonlyArray<Rule> = [
     variable: "INFERENCE_RETRY_MAX_DELAY",
     expected: "a duration no shorter than INFERENCE_RETRY_BASE_DELAY",
     holds: (c) => Duration.greaterThanOrEqualTo(c.inferenceRetryMaxDelay, c.inferenceRetryBaseDelay)
-  }
+  },
+  {
+    variable: "WEBHOOK_URL",
+    expected: "an http:// or https:// URL without user:password@ or #fragment, set together with WEBHOOK_SECRET",
+    holds: (c) =>
+      Option.isSome(c.webhookUrl) === Option.isSome(c.webhookSecret) &&
+      !Option.exists(c.webhookUrl, (url) => urlProblem(url) !== undefined)
+  },
+  {
+    variable: "WEBHOOK_SECRET",
+    expected: "whsec_ followed by base64, as OpenAI's webhook secrets (the base64 decodes to the HMAC key)",
+    holds: (c) => !Option.exists(c.webhookSecret, (secret) => secretProblem(Redacted.value(secret)) !== undefined)
+  },
+  positiveDuration("webhookRetryBaseDelay", "WEBHOOK_RETRY_BASE_DELAY"),
+  positiveDuration("webhookRetryFor", "WEBHOOK_RETRY_FOR")
 ]
 
 /** The configuration when every rule holds, else the first broken one, naming its variable. */

@@ -13,7 +13,9 @@ export * as Errors from "./domain/Errors.js"
 export * as Files from "./domain/Files.js"
 export * as Ids from "./domain/Ids.js"
 export { FileNotFound, type FileStoreShape, FileStore, FileStoreLive, UnknownCursor } from "./files/FileStore.js"
-export { BatchesGroup, FilesGroup, HealthGroup, OpenAIApi } from "./http/Api.js"
+export { Uploads, UploadsLive, type UploadsShape } from "./files/Uploads.js"
+export * as UploadObjects from "./domain/Uploads.js"
+export { BatchesGroup, FilesGroup, HealthGroup, OpenAIApi, UploadsGroup, WebhooksGroup } from "./http/Api.js"
 export {
   Inference,
   InferenceLive,
@@ -60,3 +62,12 @@ export {
 export { BlobStore, BlobStoreLocal, type BlobStoreShape, makeLocal as makeLocalBlobStore } from "./storage/BlobStore.js"
 export { BlobStoreSql } from "./storage/BlobStoreSql.js"
 export { layerPg, layerSqlite, MigrationsLive, SqlLive } from "./storage/Sql.js"
+export { DeliveryPolicy, Webhooks, WebhooksLive, type WebhooksShape } from "./webhooks/Webhooks.js"
+export {
+  type WebhookTarget,
+  WebhookTargets,
+  WebhookTargetsLive,
+  type WebhookTargetsShape,
+  WebhookTargetsTest
+} from "./webhooks/WebhookTargets.js"
+export * as WebhookObjects from "./domain/Webhooks.js"

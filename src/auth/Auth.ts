@@ -10,14 +10,15 @@
  *
  * A keys file holds one entry a line: `KEY`, `KEY:PROJECT`, `sha256:<64 lowercase hex>[:PROJECT]` (the SHA-256 of
  * the key's UTF-8 bytes, so that no secret sits on disk) or `admin:<KEY or sha256:hex>` (an operator key); blank
- * lines and lines starting with `#` are ignored.
+ * lines and lines starting with `#` are ignored. A line `webhook:<PROJECT> <URL> <whsec_…>` gives a project a
+ * webhook of its own (`webhooks/WebhookTargets.ts`), in place of `WEBHOOK_URL` for its batches.
  */
 import { ConfigError, Context, Effect, Layer, Option, Redacted, Ref, Runtime } from "effect"
 import { createHash, timingSafeEqual } from "node:crypto"
 import { readFile } from "node:fs/promises"
 import { AppConfig, type AppConfigShape, keysConfigured } from "../Config.js"
 import { DEFAULT_PROJECT } from "../domain/Projects.js"
-import { parseAdminKey, parseKeyEntry } from "./keyEntries.js"
+import { parseAdminKey, parseKeyEntry, parseWebhookEntry, type WebhookEntry } from "./keyEntries.js"
 
 /** Who a request comes from. */
 export interface Caller {
@@ -54,6 +55,8 @@ export interface AuthShape {
   readonly reload: Effect.Effect<KeysSummary, ConfigError.ConfigError>
   /** How many keys, operator keys and projects are in use now. */
   readonly summary: Effect.Effect<KeysSummary>
+  /** The webhook the keys file gives `project` (its `webhook:` line), as now loaded; none without one. */
+  readonly webhookOf: (project: string) => Effect.Effect<Option.Option<WebhookEntry>>
 }
 
 export class Auth extends Context.Tag("Auth")<Auth, AuthShape>() {}
@@ -98,15 +101,29 @@ const environmentEntries = (
     return Effect.succeed(entries)
   })
 
+/** What a keys file lists: its keys, and the projects' own webhooks. */
+interface KeysFile {
+  readonly entries: ReadonlyArray<KeyEntry>
+  readonly webhooks: ReadonlyArray<WebhookEntry>
+}
+
 /** The entries of a keys file's text, or the first bad line (by number, never by content). */
-export const parseKeysFile = (text: string): { readonly entries: ReadonlyArray<KeyEntry> } | { readonly problem: string } => {
+export const parseKeysFile = (text: string): KeysFile | { readonly problem: string } => {
   const entries: Array<KeyEntry> = []
+  const webhooks: Array<WebhookEntry> = []
   const lines = text.split("\n")
   for (const [i, raw] of lines.entries()) {
     const line = raw.trim()
     if (line === "" || line.startsWith("#")) continue
     const where = `API_KEYS_FILE line ${i + 1}`
-    if (line.startsWith("admin:")) {
+    if (line.startsWith("webhook:")) {
+      const parsed = parseWebhookEntry(line.slice("webhook:".length))
+      if ("problem" in parsed) return { problem: `line ${i + 1}: ${parsed.problem}` }
+      if (webhooks.some((w) => w.project === parsed.project)) {
+        return { problem: `line ${i + 1}: a second webhook line for project ${parsed.project}` }
+      }
+      webhooks.push(parsed)
+    } else if (line.startsWith("admin:")) {
       const parsed = parseAdminKey(line.slice("admin:".length))
       if ("problem" in parsed) return { problem: `line ${i + 1}: ${parsed.problem}` }
       entries.push(entryOf(where, parsed.key, undefined, true))
@@ -116,16 +133,21 @@ export const parseKeysFile = (text: string): { readonly entries: ReadonlyArray<K
       entries.push(entryOf(where, parsed.key, parsed.project, false))
     }
   }
-  return { entries }
+  return { entries, webhooks }
 }
 
-/** The keys in use: every entry, each key once. */
+/** The keys in use: every entry, each key once; and the projects' own webhooks. */
 interface KeyTable {
   readonly entries: ReadonlyArray<KeyEntry>
+  readonly webhooks: ReadonlyMap<string, WebhookEntry>
 }
 
 /** `entries` as a table, refused (naming `variable`) when one key is listed twice. */
-const tableOf = (entries: ReadonlyArray<KeyEntry>, variable: string): Effect.Effect<KeyTable, ConfigError.ConfigError> => {
+const tableOf = (
+  entries: ReadonlyArray<KeyEntry>,
+  webhooks: ReadonlyArray<WebhookEntry>,
+  variable: string
+): Effect.Effect<KeyTable, ConfigError.ConfigError> => {
   const seen = new Map<string, string>()
   for (const entry of entries) {
     const hex = entry.digest.toString("hex")
@@ -133,7 +155,7 @@ const tableOf = (entries: ReadonlyArray<KeyEntry>, variable: string): Effect.Eff
     if (before !== undefined) return Effect.fail(invalid(variable, `${entry.where} repeats the key of ${before}`))
     seen.set(hex, entry.where)
   }
-  return Effect.succeed({ entries })
+  return Effect.succeed({ entries, webhooks: new Map(webhooks.map((w) => [w.project, w])) })
 }
 
 const summaryOf = ({ entries }: KeyTable): KeysSummary => ({
@@ -155,7 +177,7 @@ const lookup = (table: KeyTable, digest: Buffer): Option.Option<Caller> => {
 }
 
 /** Reads and parses the keys file at `path`, failing with a `ConfigError` naming `API_KEYS_FILE` (and the line). */
-const readKeysFile = (path: string): Effect.Effect<ReadonlyArray<KeyEntry>, ConfigError.ConfigError> =>
+const readKeysFile = (path: string): Effect.Effect<KeysFile, ConfigError.ConfigError> =>
   Effect.tryPromise({
     try: () => readFile(path, "utf8"),
     catch: (error) =>
@@ -164,7 +186,7 @@ const readKeysFile = (path: string): Effect.Effect<ReadonlyArray<KeyEntry>, Conf
     const parsed = parseKeysFile(text)
     return "problem" in parsed
       ? Effect.fail(invalid("API_KEYS_FILE", `${path} ${parsed.problem}`))
-      : Effect.succeed(parsed.entries)
+      : Effect.succeed(parsed)
   }))
 
 type KeySources = Pick<AppConfigShape, "apiKeys" | "adminApiKeys" | "apiKeysFile">
@@ -178,9 +200,9 @@ export const makeAuth = (sources: KeySources): Effect.Effect<AuthShape, ConfigEr
     const required = keysConfigured(sources)
     const fromEnvironment = yield* environmentEntries(sources)
     const load = Effect.gen(function*() {
-      const fromFile = Option.isSome(sources.apiKeysFile) ? yield* readKeysFile(sources.apiKeysFile.value) : []
+      const file = Option.isSome(sources.apiKeysFile) ? yield* readKeysFile(sources.apiKeysFile.value) : undefined
       const variable = Option.isSome(sources.apiKeysFile) ? "API_KEYS_FILE" : "API_KEYS"
-      return yield* tableOf([...fromEnvironment, ...fromFile], variable)
+      return yield* tableOf([...fromEnvironment, ...(file?.entries ?? [])], file?.webhooks ?? [], variable)
     })
     const table = yield* Ref.make(yield* load)
     const reloading = yield* Effect.makeSemaphore(1)
@@ -192,7 +214,8 @@ export const makeAuth = (sources: KeySources): Effect.Effect<AuthShape, ConfigEr
       reload: reloading.withPermits(1)(
         Effect.flatMap(load, (loaded) => Effect.as(Ref.set(table, loaded), summaryOf(loaded)))
       ),
-      summary: Effect.map(Ref.get(table), summaryOf)
+      summary: Effect.map(Ref.get(table), summaryOf),
+      webhookOf: (project) => Effect.map(Ref.get(table), (keys) => Option.fromNullable(keys.webhooks.get(project)))
     }
   })
 

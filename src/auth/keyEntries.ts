@@ -2,6 +2,7 @@
  * The forms of key entries in `API_KEYS`, `ADMIN_API_KEYS` and the keys file (see README's Security section): read
  * at start by the configuration's rules and again by `Auth` on every reload. A problem never repeats the key.
  */
+import { secretProblem, urlProblem } from "../webhooks/signing.js"
 
 /** A project name as `API_KEYS` and the keys file give it. */
 const PROJECT_NAME = /^[A-Za-z0-9_-]{1,64}$/
@@ -37,4 +38,26 @@ export const parseAdminKey = (entry: string): { readonly key: string } | { reado
     return { problem: "sha256: must be followed by the 64 lowercase hex digits of the key's SHA-256" }
   }
   return { key: text }
+}
+
+/** A project's own webhook, from a keys file's `webhook:<project> <url> <whsec_…>` line. */
+export interface WebhookEntry {
+  readonly project: string
+  readonly url: string
+  readonly secret: string
+}
+
+/**
+ * The parts of a `webhook:` line's text after `webhook:` (`<project> <url> <whsec_…>`, separated by spaces), or the
+ * reason it is not one (never echoing the URL, which may hold a token, nor the secret).
+ */
+export const parseWebhookEntry = (text: string): WebhookEntry | { readonly problem: string } => {
+  const parts = text.trim().split(/\s+/)
+  if (parts.length !== 3) return { problem: "a webhook line must be webhook:<project> <url> <whsec_…>" }
+  const [project, url, secret] = parts as [string, string, string]
+  if (!PROJECT_NAME.test(project)) {
+    return { problem: "a project name must be 1–64 characters among A–Z, a–z, 0–9, _ and -" }
+  }
+  const problem = urlProblem(url) ?? secretProblem(secret)
+  return problem === undefined ? { project, url, secret } : { problem }
 }

@@ -3,10 +3,11 @@
  *
  * - batches and their status (`batchRecords.ts`): create, get, list; every status change is a move of the
  *   transition table (`transitions.ts`), applied compare-and-set, so a cancel is never overwritten by a late
- *   `completed`;
+ *   `completed`; a final move writes its webhook event (`webhooks/deliveries.ts`) in the same transaction;
  * - request rows (`requestRows.ts`): one per input line, written by validation, read back a page at a time;
  * - outcomes and result lines (`outcomes.ts`): an outcome is inserted once per request (the primary key), counted
- *   by triggers in the same statement, and the output and error files' lines are built by the database.
+ *   by triggers in the same statement, and the output and error files' lines are built by the database;
+ * - results while a batch runs (`partialResults.ts`): those lines up to the first request not finished yet.
  *
  * Claims on batches and slices (which node works on what) are `WorkLeases`'. SQL that differs between the two
  * databases is in `sql.ts`.
@@ -17,8 +18,11 @@ import type { Batch, BatchEndpoint, BatchError, BatchStatus } from "../domain/Ba
 import type { BatchId, BatchRequestId, FileId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
 import { Metrics } from "../observability/Metrics.js"
+import { makeOutbox } from "../webhooks/deliveries.js"
+import { WebhookTargets } from "../webhooks/WebhookTargets.js"
 import { makeBatchRecords } from "./batchRecords.js"
 import { makeOutcomes } from "./outcomes.js"
+import { makePartialResults, type SettledResults } from "./partialResults.js"
 import { makeRequestRows } from "./requestRows.js"
 import { makeBatchSql } from "./sql.js"
 import type { Move } from "./transitions.js"
@@ -194,6 +198,17 @@ export interface BatchStoreShape {
     afterLine: number,
     limit: number
   ) => Effect.Effect<ResultLines>
+  /**
+   * Results while a batch runs (`partialResults.ts`): of the output (`succeeded`) or error file lines after line
+   * `afterLine`, those before the batch's first request still without an outcome (every one when none is left), at
+   * most `limit`; their bytes are exactly the final file's, read a page at a time.
+   */
+  readonly settledResults: (
+    batchId: BatchId,
+    kind: "succeeded" | "failed",
+    afterLine: number,
+    limit: number
+  ) => Effect.Effect<SettledResults>
 }
 
 export class BatchStore extends Context.Tag("BatchStore")<BatchStore, BatchStoreShape>() {}
@@ -202,10 +217,12 @@ export const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   const metrics = yield* Metrics
   const dialect = makeBatchSql(sql)
+  const outcomes = makeOutcomes(sql, dialect)
   return BatchStore.of({
-    ...makeBatchRecords(sql, dialect, metrics.batchMoved),
+    ...makeBatchRecords(sql, dialect, metrics.batchMoved, makeOutbox(sql, yield* WebhookTargets)),
     ...makeRequestRows(sql, dialect),
-    ...makeOutcomes(sql, dialect)
+    ...outcomes,
+    ...makePartialResults(sql, dialect, outcomes.resultLines)
   })
 })
 

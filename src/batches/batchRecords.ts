@@ -3,6 +3,7 @@
  * of the transition table (`applyMove`, a compare-and-set on the status in SQL).
  */
 import type * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
 import * as SqlSchema from "@effect/sql/SqlSchema"
 import type { Fragment } from "@effect/sql/Statement"
 import { Effect, Option, Schema } from "effect"
@@ -117,12 +118,15 @@ type BatchRecords = Pick<
 
 /**
  * The `batches` table's operations; `moved` is told of every status change made here, once it is committed (the
- * metrics: queue wait, finished batches and their durations).
+ * metrics: queue wait, finished batches and their durations); `finalMoved` runs inside the transaction of every
+ * move to a final status (the webhook outbox, `webhooks/deliveries.ts`): the status and what it writes are
+ * committed together or not at all.
  */
 export const makeBatchRecords = (
   sql: SqlClient.SqlClient,
   dialect: BatchSql,
-  moved: (batch: Batch) => void = () => {}
+  moved: (batch: Batch) => void = () => {},
+  finalMoved: (batch: Batch, project: string) => Effect.Effect<void, SqlError> = () => Effect.void
 ): BatchRecords => {
   const selectWhere = (where: Fragment) =>
     Effect.flatMap(sql`SELECT * FROM batches WHERE ${where}`, decodeRecords)
@@ -226,21 +230,27 @@ export const makeBatchRecords = (
   /**
    * The one place a batch's status changes: `move`'s compare-and-set (only from its `from` statuses, and only
    * where `condition` holds too), its timestamp column, and `set`; a move to a final status frees the batch-wide
-   * lease. The batch as moved, or `None` when it was not in a `from` status (or `condition` did not hold).
+   * lease and, in the same transaction, writes what `finalMoved` writes (its event). The batch as moved, or `None`
+   * when it was not in a `from` status (or `condition` did not hold).
    */
-  const applyMove = (id: BatchId, move: Move, set: Record<string, unknown>, condition: Fragment = sql`1 = 1`) =>
-    Effect.gen(function*() {
-      const { from, stamp, to } = transitions[move]
+  const applyMove = (id: BatchId, move: Move, set: Record<string, unknown>, condition: Fragment = sql`1 = 1`) => {
+    const { from, stamp, to } = transitions[move]
+    const final = terminalStatuses.includes(to)
+    const moveIt = Effect.gen(function*() {
       const changes: Record<string, unknown> = { ...set, status: to, [stamp]: yield* nowSeconds }
-      if (terminalStatuses.includes(to)) {
+      if (final) {
         changes.lease_owner = null
         changes.lease_until = null
       }
       const rows = yield* sql`
         UPDATE batches SET ${sql.update(changes)}
         WHERE id = ${id} AND ${sql.in("status", from)} AND ${condition} RETURNING *`
-      return Option.map(Option.fromNullable((yield* decodeRecords(rows))[0]), (record) => record.batch)
+      const record = Option.fromNullable((yield* decodeRecords(rows))[0])
+      if (final && Option.isSome(record)) yield* finalMoved(record.value.batch, record.value.project)
+      return Option.map(record, (r) => r.batch)
     })
+    return final ? sql.withTransaction(moveIt) : moveIt
+  }
 
   const transition = (id: BatchId, move: PlainMove, patch: TransitionPatch = {}) => {
     const set: Record<string, unknown> = {}

@@ -18,7 +18,7 @@ import { nodeLease, WorkLeases } from "./WorkLeases.js"
 const PAGE = 1000
 
 /** The final moves, and the error the requests still pending get with each. */
-const pendingError = {
+export const pendingError = {
   complete: undefined,
   expire: {
     code: "batch_expired",

@@ -27,6 +27,12 @@ const oncePerLineInOrder = (outcomes: ReadonlyArray<RequestOutcome>): ReadonlyAr
  */
 export const RESULT_PAGE_BYTES = 8 * 1024 * 1024
 
+/** The outcomes (`batch_results` rows) of the output file (`succeeded`: 2xx answers) or of the error file (the others). */
+export const outcomeIs = (sql: SqlClient.SqlClient, kind: "succeeded" | "failed") =>
+  kind === "succeeded"
+    ? sql`status_code >= 200 AND status_code < 300`
+    : sql`(status_code IS NULL OR status_code < 200 OR status_code >= 300)`
+
 /** A page of result lines: the bytes (SQLite) or text (Postgres) of the lines, how many, the last one's number. */
 const ResultPage = Schema.Struct({
   lines: Schema.NullOr(Schema.Union(Schema.String, Schema.Uint8ArrayFromSelf)),
@@ -70,9 +76,7 @@ export const makeOutcomes = (
     }),
     Result: ResultPage,
     execute: ({ afterLine, batchId, kind, limit }) => {
-      const outcome = kind === "succeeded"
-        ? sql`status_code >= 200 AND status_code < 300`
-        : sql`(status_code IS NULL OR status_code < 200 OR status_code >= 300)`
+      const outcome = outcomeIs(sql, kind)
       // The lines whose bodies before them stay under the budget: a running sum over lengths, then the text is
       // built for those lines alone.
       return sql`

@@ -20,7 +20,8 @@ import { jsonlLines } from "./lines.js"
 const ROWS_PER_INSERT = 1000
 /** Input lines validated between two turns of the event loop (a few milliseconds of work). */
 const VALIDATION_STEP = 250
-const MAX_LINE_BYTES = 16 * 1024 * 1024
+/** The longest input line read; a longer one is reported (`invalid_request`), not buffered. */
+export const MAX_LINE_BYTES = 16 * 1024 * 1024
 
 export interface Validating {
   /** Validates the batch and moves it on (a validation cut short, by a restart or a fault, starts over). */

@@ -37,7 +37,10 @@ const typeName = (v: unknown) => (v === null ? "null" : Array.isArray(v) ? "an a
  * Checks the values of `POST /v1/batches` (types were checked by the schema); `extraEndpoints` are the paths
  * accepted beside OpenAI's (`EXTRA_BATCH_ENDPOINTS`).
  */
-export const validateCreateBatch = (body: CreateBatchBody, extraEndpoints: ReadonlyArray<string> = []): Problem | ValidCreateBatch => {
+export const validateCreateBatch = (
+  body: CreateBatchBody & { readonly input_file_id: FileId },
+  extraEndpoints: ReadonlyArray<string> = []
+): Problem | ValidCreateBatch => {
   const endpoint = body.endpoint
   if (!isStandardEndpoint(endpoint) && !extraEndpoints.includes(endpoint)) {
     const endpoints = [...StandardEndpoint.literals, ...extraEndpoints.filter((e) => !isStandardEndpoint(e))]
@@ -183,7 +186,7 @@ const QUOTE = 34
 const BACKSLASH = 92
 
 /** The index just past the string whose opening quote is at `start`. */
-const afterString = (text: string, start: number): number => {
+export const afterString = (text: string, start: number): number => {
   let end = text.indexOf('"', start + 1)
   for (;;) {
     let backslashes = 0
@@ -193,15 +196,15 @@ const afterString = (text: string, start: number): number => {
   }
 }
 
-const isJsonSpace = (c: number) => c === 32 || c === 9 || c === 10 || c === 13
+export const isJsonSpace = (c: number) => c === 32 || c === 9 || c === 10 || c === 13
 
-const skipSpace = (text: string, at: number): number => {
+export const skipSpace = (text: string, at: number): number => {
   while (isJsonSpace(text.charCodeAt(at))) at++
   return at
 }
 
 /** The index just past the value starting at `start` (a string, object, array, number or literal). */
-const afterValue = (text: string, start: number): number => {
+export const afterValue = (text: string, start: number): number => {
   const first = text.charCodeAt(start)
   if (first === QUOTE) return afterString(text, start)
   if (first === 123 || first === 91) { // { or [

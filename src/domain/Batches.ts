@@ -1,5 +1,6 @@
 /** The wire shapes of the OpenAI Batches API. */
-import { Schema } from "effect"
+import { ParseResult, Schema } from "effect"
+import * as AST from "effect/SchemaAST"
 import { BatchId, FileId, StorableBatchId, StorableFileId } from "./Ids.js"
 import { StorableString } from "./Text.js"
 
@@ -98,26 +99,78 @@ export class BatchList extends Schema.Class<BatchList>("BatchList")({
   has_more: Schema.Boolean
 }) {}
 
-/**
- * Body of `POST /v1/batches`. Types are checked here; allowed values (endpoint, window, metadata limits) are
- * checked by `validateCreateBatch` so that the error names the parameter the way OpenAI does.
- */
-export const CreateBatchBody = Schema.Struct({
-  input_file_id: StorableFileId,
+/** Checked by `validateCreateBatch`: a `Schema.Record` would silently drop a `__proto__` key. */
+const MetadataParam = Schema.optional(Schema.NullOr(Schema.Unknown.annotations({
+  jsonSchema: { type: "object", additionalProperties: { type: "string" }, maxProperties: 16 }
+})))
+
+/** llama-stack's extension: the same key with the same parameters returns the same batch. */
+const IdempotencyKeyParam = Schema.optional(Schema.NullOr(StorableString))
+
+const CreateBatchFields = Schema.Struct({
+  /** Required, as on OpenAI, unless `requests` is given (`CreateBatchBody`; `inputOf` in `batches/inlineInput.ts`). */
+  input_file_id: Schema.optional(StorableFileId).annotations({
+    description: "The uploaded input file (purpose `batch`); required unless `requests` is given"
+  }),
   endpoint: Schema.String,
   completion_window: Schema.String,
-  /** Checked by `validateCreateBatch`: a `Schema.Record` would silently drop a `__proto__` key. */
-  metadata: Schema.optional(Schema.NullOr(Schema.Unknown.annotations({
-    jsonSchema: { type: "object", additionalProperties: { type: "string" }, maxProperties: 16 }
-  }))),
+  metadata: MetadataParam,
   output_expires_after: Schema.optional(Schema.NullOr(Schema.Struct({
     anchor: Schema.String,
     seconds: Schema.Number
   }))),
-  /** llama-stack's extension: the same key with the same parameters returns the same batch. */
-  idempotency_key: Schema.optional(Schema.NullOr(StorableString))
+  idempotency_key: IdempotencyKeyParam,
+  /** The inline-requests extension: the input lines as objects, stored as the batch's input file. */
+  requests: Schema.optional(Schema.NullOr(Schema.Array(Schema.Unknown.annotations({
+    jsonSchema: {
+      type: "object",
+      required: ["custom_id", "method", "url", "body"],
+      properties: {
+        custom_id: { type: "string" },
+        method: { type: "string", enum: ["POST"] },
+        url: { type: "string" },
+        body: { type: "object" }
+      }
+    }
+  }))).annotations({
+    description: "(extension) The input lines as objects, instead of input_file_id: stored as the input file"
+  }))
+})
+
+const isObject = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
+
+/**
+ * A body with neither `input_file_id` nor `requests` fails on `input_file_id` before anything else, as it did
+ * when `input_file_id` was simply required: an OpenAI client sees the same error as from OpenAI.
+ */
+const namesItsInput = Schema.Unknown.pipe(Schema.filter((body) =>
+  !isObject(body) || body.input_file_id !== undefined || (body.requests !== undefined && body.requests !== null) ||
+  new ParseResult.Pointer("input_file_id", body, new ParseResult.Missing(new AST.Type(AST.stringKeyword)))
+))
+
+/**
+ * Body of `POST /v1/batches`. Types are checked here; allowed values (endpoint, window, metadata limits) are
+ * checked by `validateCreateBatch` so that the error names the parameter the way OpenAI does. Its JSON schema (the
+ * OpenAPI document's) is the fields'.
+ */
+export const CreateBatchBody = Schema.compose(namesItsInput, CreateBatchFields, { strict: false }).annotations({
+  [AST.SurrogateAnnotationId]: CreateBatchFields.ast
 })
 export type CreateBatchBody = typeof CreateBatchBody.Type
+
+/** What a rerun reruns: failed requests, those a window's end or a cancel left unrun. */
+export const RerunKind = Schema.Literal("error", "expired", "cancelled")
+export type RerunKind = typeof RerunKind.Type
+
+/** Body of `POST /v1/batches/{batch_id}/retry` (an extension), which may be empty. */
+export const RetryBatchBody = Schema.NullOr(Schema.Struct({
+  /** Which requests to rerun; all three kinds when left out. */
+  only: Schema.optional(Schema.Array(RerunKind)),
+  /** Replaces the original's metadata (to which `retry_of` is added). */
+  metadata: MetadataParam,
+  idempotency_key: IdempotencyKeyParam
+}))
+export type RetryBatchBody = typeof RetryBatchBody.Type
 
 export class ListBatchesParams extends Schema.Class<ListBatchesParams>("ListBatchesParams")({
   limit: Schema.optional(Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 100))),

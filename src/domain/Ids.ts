@@ -17,6 +17,12 @@ export type BatchId = typeof BatchId.Type
 /** The id of one line of an output or error file (`batch_req_…`). */
 export const BatchRequestId = Schema.String.pipe(Schema.brand("BatchRequestId"))
 export type BatchRequestId = typeof BatchRequestId.Type
+/** An upload id (`upload_…`, the Uploads API). */
+export const UploadId = Schema.String.pipe(Schema.brand("UploadId"))
+export type UploadId = typeof UploadId.Type
+/** The id of one part of an upload (`part_…`). */
+export const UploadPartId = Schema.String.pipe(Schema.brand("UploadPartId"))
+export type UploadPartId = typeof UploadPartId.Type
 
 /**
  * A file id as a client sends it (path parameter, cursor, `input_file_id`): any `StorableString`, branded (an
@@ -25,6 +31,8 @@ export type BatchRequestId = typeof BatchRequestId.Type
 export const StorableFileId = StorableString.pipe(Schema.compose(FileId))
 /** A batch id as a client sends it (path parameter, cursor): a `StorableString`, branded. */
 export const StorableBatchId = StorableString.pipe(Schema.compose(BatchId))
+/** An upload id as a client sends it (path parameter): a `StorableString`, branded. */
+export const StorableUploadId = StorableString.pipe(Schema.compose(UploadId))
 
 const BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -69,9 +77,16 @@ export const derivedFileId = (seed: string): FileId => {
   return `file-${out}` as FileId
 }
 
+/** `upload_` + 24 base62 characters. */
+export const uploadId = (): UploadId => `upload_${base62(24)}` as UploadId
+/** `part_` + 24 base62 characters. */
+export const uploadPartId = (): UploadPartId => `part_${base62(24)}` as UploadPartId
+
 /** `batch_` + 32 hex characters. */
 export const batchId = (): BatchId => `batch_${hex(16)}` as BatchId
 /** `batch_req_` + 32 hex characters: the id of one line of an output or error file. */
 export const batchRequestId = (): BatchRequestId => `batch_req_${hex(16)}` as BatchRequestId
 /** `req_` + 32 hex characters: the `x-request-id` of a response. */
 export const requestId = (): string => `req_${hex(16)}`
+/** `evt_` + 32 hex characters: a webhook event's id (its `webhook-id`). */
+export const eventId = (): string => `evt_${hex(16)}`

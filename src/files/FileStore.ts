@@ -53,7 +53,10 @@ export interface FileStoreShape {
   readonly get: (id: FileId, visibility: Visibility) => Effect.Effect<FileObject, FileNotFound>
   /** The files `visibility` sees; an `after` cursor it does not see is an `UnknownCursor`. */
   readonly list: (query: ListFilesQuery) => Effect.Effect<FilePage, UnknownCursor>
-  /** The bytes of `project`'s files (not expired), output files included. */
+  /**
+   * The bytes of `project`'s files (not expired), output files included, and of its pending uploads (what they
+   * will take once completed: see `Uploads`).
+   */
   readonly projectBytes: (project: string) => Effect.Effect<number>
   /** The file's metadata and its bytes, streamed. */
   readonly content: (id: FileId, visibility: Visibility) => Effect.Effect<
@@ -171,7 +174,12 @@ export const make = Effect.gen(function*() {
     Effect.gen(function*() {
       const now = yield* nowSeconds
       const rows = yield* sql<{ n: number | string | null }>`
-        SELECT SUM(bytes) AS n FROM files WHERE project = ${project} AND ${live(now)}`
+        SELECT SUM(bytes) AS n FROM (
+          SELECT bytes FROM files WHERE project = ${project} AND ${live(now)}
+          UNION ALL
+          SELECT bytes FROM uploads WHERE project = ${project}
+            AND (status = 'completing' OR (status = 'pending' AND expires_at > ${now}))
+        ) stored`
       return Number(rows[0]?.n ?? 0)
     }).pipe(Effect.orDie, Effect.withSpan("FileStore.projectBytes"))
 
@@ -200,14 +208,18 @@ export const make = Effect.gen(function*() {
     }
   }).pipe(Effect.orDie, Effect.withSpan("FileStore.sweepExpired"))
 
-  /** Bytes whose metadata row never got written (a crash between publish and insert) are removed. */
+  /**
+   * Bytes whose metadata row never got written (a crash between publish and insert) are removed. The parts of
+   * uploads (`Uploads`) are blobs too, listed in `upload_parts`.
+   */
   const removeOrphans = Effect.gen(function*() {
     const keys = yield* blobs.keys
     let removed = 0
     for (let i = 0; i < keys.length; i += SWEEP_GROUP) {
       const group = keys.slice(i, i + SWEEP_GROUP)
       const known = new Set(
-        (yield* sql<{ id: string }>`SELECT id FROM files WHERE ${sql.in("id", group)}`).map((r) => r.id)
+        (yield* sql<{ id: string }>`SELECT id FROM files WHERE ${sql.in("id", group)}
+          UNION ALL SELECT id FROM upload_parts WHERE ${sql.in("id", group)}`).map((r) => r.id)
       )
       const orphans = group.filter((key) => !known.has(key))
       yield* Effect.forEach(orphans, blobs.remove, { discard: true })
@@ -219,6 +231,15 @@ export const make = Effect.gen(function*() {
   return { service: { openUpload: blobs.openStaging, commit, create, get, list, projectBytes, content, remove, sweepExpired }, removeOrphans }
 })
 
+/** Runs `sweep` now and then every `fileSweepInterval`, in a fiber that lives as long as the scope; failures are logged. */
+export const sweepEvery = <A>(sweep: Effect.Effect<A>, failure: string) =>
+  Effect.flatMap(AppConfig, ({ fileSweepInterval }) =>
+    sweep.pipe(
+      Effect.catchAllCause((cause) => Effect.logError(failure, cause)),
+      Effect.repeat(Schedule.spaced(fileSweepInterval)),
+      Effect.forkScoped
+    ))
+
 /**
  * The live FileStore: cleans up after a crash once at start, then sweeps expired files every
  * `fileSweepInterval` in a background fiber that lives as long as the layer.
@@ -228,13 +249,8 @@ export const FileStoreLive: Layer.Layer<FileStore, never, SqlClient.SqlClient | 
     FileStore,
     Effect.gen(function*() {
       const { service, removeOrphans } = yield* make
-      const { fileSweepInterval } = yield* AppConfig
       yield* removeOrphans
-      yield* service.sweepExpired.pipe(
-        Effect.catchAllCause((cause) => Effect.logError("File expiry sweep failed", cause)),
-        Effect.repeat(Schedule.spaced(fileSweepInterval)),
-        Effect.forkScoped
-      )
+      yield* sweepEvery(service.sweepExpired, "File expiry sweep failed")
       return FileStore.of(service)
     })
   )

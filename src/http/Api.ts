@@ -18,14 +18,18 @@ import {
   ServerErrorSchema,
   UnauthorizedSchema
 } from "../domain/Errors.js"
-import { Batch, BatchList, CreateBatchBody, ListBatchesParams } from "../domain/Batches.js"
-import { StorableBatchId, StorableFileId } from "../domain/Ids.js"
+import { Batch, BatchList, CreateBatchBody, ListBatchesParams, RetryBatchBody } from "../domain/Batches.js"
+import { BatchResultsParams } from "../domain/BatchResults.js"
+import { StorableBatchId, StorableFileId, StorableUploadId } from "../domain/Ids.js"
 import { FileDeleted, FileList, FileObject, ListFilesParams, UploadFileForm } from "../domain/Files.js"
+import { CompleteUploadBody, CreateUploadBody, Upload, UploadPart, UploadPartForm } from "../domain/Uploads.js"
+import { ListWebhookDeliveriesParams, WebhookDeliveryList } from "../domain/Webhooks.js"
 import { NotReadySchema, ReadySchema } from "../observability/Readiness.js"
 import { Authenticated } from "./Security.js"
 
 const fileIdParam = HttpApiSchema.param("file_id", StorableFileId)
 const batchIdParam = HttpApiSchema.param("batch_id", StorableBatchId)
+const uploadIdParam = HttpApiSchema.param("upload_id", StorableUploadId)
 
 export class HealthGroup extends HttpApiGroup.make("health")
   .add(
@@ -104,8 +108,12 @@ export class BatchesGroup extends HttpApiGroup.make("batches")
       .addSuccess(Batch)
       .addError(NotFoundSchema)
       .addError(ConflictSchema)
+      .addError(PayloadTooLargeSchema)
       .addError(RateLimitedSchema)
-      .annotate(OpenApi.Summary, "Create a batch from an uploaded JSONL file (purpose `batch`)")
+      .annotate(
+        OpenApi.Summary,
+        "Create a batch from an uploaded JSONL file (purpose `batch`), or (extension) from `requests` given inline"
+      )
   )
   .add(
     HttpApiEndpoint.get("retrieve")`/batches/${batchIdParam}`
@@ -121,6 +129,31 @@ export class BatchesGroup extends HttpApiGroup.make("batches")
       .annotate(OpenApi.Summary, "Cancel a batch: in-flight requests are aborted, finished results are kept")
   )
   .add(
+    HttpApiEndpoint.post("retry")`/batches/${batchIdParam}/retry`
+      .setPayload(RetryBatchBody)
+      .addSuccess(Batch)
+      .addError(NotFoundSchema)
+      .addError(ConflictSchema)
+      .addError(PayloadTooLargeSchema)
+      .addError(RateLimitedSchema)
+      .annotate(
+        OpenApi.Summary,
+        "(extension) Rerun a finished batch's requests that failed, expired or were cancelled (`only` picks which): " +
+          "a new batch of their input lines, its metadata naming the original (`retry_of`)"
+      )
+  )
+  .add(
+    HttpApiEndpoint.get("results")`/batches/${batchIdParam}/results`
+      .setUrlParams(BatchResultsParams)
+      .addSuccess(HttpApiSchema.Text({ contentType: "application/jsonl" }))
+      .addError(NotFoundSchema)
+      .annotate(
+        OpenApi.Summary,
+        "(extension) The output (or error) file lines finished so far, in line order, up to the first request " +
+          "not finished yet; header `x-last-line`: the last input line included, to pass as `after` next time"
+      )
+  )
+  .add(
     HttpApiEndpoint.get("list", "/batches")
       .setUrlParams(ListBatchesParams)
       .addSuccess(BatchList)
@@ -129,6 +162,53 @@ export class BatchesGroup extends HttpApiGroup.make("batches")
   .middleware(Authenticated)
   .prefix("/v1")
   .annotate(OpenApi.Title, "Batches")
+{}
+
+export class UploadsGroup extends HttpApiGroup.make("uploads")
+  .add(
+    HttpApiEndpoint.post("create", "/uploads")
+      .setPayload(CreateUploadBody)
+      .addSuccess(Upload)
+      .annotate(OpenApi.Summary, "Start an upload of a large file in parts (it takes parts for an hour)")
+  )
+  .add(
+    HttpApiEndpoint.post("addPart")`/uploads/${uploadIdParam}/parts`
+      .setPayload(HttpApiSchema.MultipartStream(UploadPartForm))
+      .addSuccess(UploadPart)
+      .addError(NotFoundSchema)
+      .annotate(OpenApi.Summary, "Add a part (multipart field `data`, at most 64 MB, streamed to storage); parts may be sent in parallel")
+  )
+  .add(
+    HttpApiEndpoint.post("complete")`/uploads/${uploadIdParam}/complete`
+      .setPayload(CompleteUploadBody)
+      .addSuccess(Upload)
+      .addError(NotFoundSchema)
+      .annotate(OpenApi.Summary, "Assemble the parts, in the order of `part_ids`, into a File (checked against `md5` when given)")
+  )
+  .add(
+    HttpApiEndpoint.post("cancel")`/uploads/${uploadIdParam}/cancel`
+      .addSuccess(Upload)
+      .addError(NotFoundSchema)
+      .annotate(OpenApi.Summary, "Cancel an upload: its parts are deleted")
+  )
+  .middleware(Authenticated)
+  .prefix("/v1")
+  .annotate(OpenApi.Title, "Uploads")
+{}
+
+export class WebhooksGroup extends HttpApiGroup.make("webhooks")
+  .add(
+    HttpApiEndpoint.get("deliveries", "/webhook_deliveries")
+      .setUrlParams(ListWebhookDeliveriesParams)
+      .addSuccess(WebhookDeliveryList)
+      .annotate(
+        OpenApi.Summary,
+        "(extension) The webhook events of the caller's batches and their delivery: status, attempts, last answer; newest first"
+      )
+  )
+  .middleware(Authenticated)
+  .prefix("/v1")
+  .annotate(OpenApi.Title, "Webhooks")
 {}
 
 /**
@@ -140,6 +220,8 @@ export class OpenAIApi extends HttpApi.make("openai-batch")
   .add(ModelsGroup)
   .add(FilesGroup)
   .add(BatchesGroup)
+  .add(WebhooksGroup)
+  .add(UploadsGroup)
   .addError(InvalidRequestSchema)
   .addError(UnauthorizedSchema)
   .addError(NotFoundSchema)

@@ -37,22 +37,36 @@ export const baseName = (name: string): string => name.split(/[\\/]/).pop() ?? n
  */
 export const MAX_FILENAME_BYTES = 255
 
-const invalidFilename = (message: string) => Either.left(invalidRequest(message, "file", "invalid_value"))
+const invalidFilename = (message: string, param: string) => Either.left(invalidRequest(message, param, "invalid_value"))
 
 /**
  * The name a File object keeps for the name a client sent: its last path segment, exactly as sent otherwise,
  * refused when empty (`filename=""`, a path ending in a separator), holding control characters (a NUL, a line
- * break: nothing a file name shows), or too long.
+ * break: nothing a file name shows), or too long. A refusal names `param`.
  */
-export const uploadFilename = (sent: string): Either.Either<string, ApiError> => {
+export const uploadFilename = (sent: string, param = "file"): Either.Either<string, ApiError> => {
   const name = baseName(sent)
-  if (name === "") return invalidFilename("The file name is empty.")
-  if (/\p{Cc}/u.test(name)) return invalidFilename("The file name must not contain control characters.")
+  if (name === "") return invalidFilename("The file name is empty.", param)
+  if (/\p{Cc}/u.test(name)) return invalidFilename("The file name must not contain control characters.", param)
   if (Buffer.byteLength(name) > MAX_FILENAME_BYTES) {
-    return invalidFilename(`The file name is longer than ${MAX_FILENAME_BYTES} bytes (in UTF-8).`)
+    return invalidFilename(`The file name is longer than ${MAX_FILENAME_BYTES} bytes (in UTF-8).`, param)
   }
   return Either.right(name)
 }
+
+/** OpenAI's words for a value outside the `supported` ones. */
+export const unsupportedValue = (value: string, supported: ReadonlyArray<string>, param: string) =>
+  invalidRequest(
+    `Invalid value: '${echo(value)}'. Supported values are: ${supported.map((p) => `'${p}'`).join(", ")}.`,
+    param,
+    "invalid_value"
+  )
+
+/** OpenAI's refusal of a file for the Batch API whose name is not `.jsonl` (naming `param`); undefined when fine. */
+export const batchFormatRefusal = (purpose: string, filename: string, param: string): ApiError | undefined =>
+  purpose === "batch" && !filename.toLowerCase().endsWith(".jsonl")
+    ? invalidRequest("Invalid file format for Batch API. Must be .jsonl", param, "invalid_file_format")
+    : undefined
 
 /** What an upload's form gives of a file's metadata (the project is the caller's). */
 export type UploadFields = Omit<FileMetadata, "project" | "id">
@@ -78,18 +92,9 @@ export const parseUploadForm = (
   if (purpose === undefined) {
     return Either.left(invalidRequest("Missing required parameter: 'purpose'.", "purpose", "missing_required_parameter"))
   }
-  if (!purposes.includes(purpose)) {
-    return Either.left(
-      invalidRequest(
-        `Invalid value: '${echo(purpose)}'. Supported values are: ${purposes.map((p) => `'${p}'`).join(", ")}.`,
-        "purpose",
-        "invalid_value"
-      )
-    )
-  }
-  if (purpose === "batch" && !filename.toLowerCase().endsWith(".jsonl")) {
-    return Either.left(invalidRequest("Invalid file format for Batch API. Must be .jsonl", "file", "invalid_file_format"))
-  }
+  if (!purposes.includes(purpose)) return Either.left(unsupportedValue(purpose, purposes, "purpose"))
+  const refusal = batchFormatRefusal(purpose, filename, "file")
+  if (refusal !== undefined) return Either.left(refusal)
   const anchor = fields.get("expires_after[anchor]")
   const seconds = fields.get("expires_after[seconds]")
   if (anchor === undefined && seconds === undefined) return Either.right({ filename, purpose })
@@ -122,11 +127,12 @@ export const parseUploadForm = (
 const tooLarge = (max: number) =>
   payloadTooLarge(`The file is larger than the maximum upload size of ${max} bytes.`, "file")
 
-const overQuota = (max: number, room: number) =>
+/** The 413 of a file that does not fit in its project's storage quota (`param`: what made the file). */
+export const overQuota = (max: number, room: number, param: string | null = "file") =>
   payloadTooLarge(
     `The file does not fit in this project's storage: its files may take ${max} bytes in all, ` +
       `and ${Math.max(0, room)} bytes are left. Delete files to make room.`,
-    "file",
+    param,
     "storage_quota_exceeded"
   )
 

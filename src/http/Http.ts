@@ -15,14 +15,16 @@ import { FilesHttpLive } from "./FilesHttp.js"
 import { HealthHttpLive } from "./HealthHttp.js"
 import { httpMetrics, metricsRoute } from "./MetricsHttp.js"
 import { ModelsHttpLive } from "./ModelsHttp.js"
+import { UploadsHttpLive } from "./UploadsHttp.js"
 import { ErrorEnvelopeLive, sdkHeaders } from "./Middleware.js"
 import { boundBodies } from "./RequestBody.js"
 import { requestLog } from "./RequestLog.js"
 import { AuthenticatedLive, securityMiddleware } from "./Security.js"
+import { WebhooksHttpLive } from "./WebhooksHttp.js"
 
 /** The API with every group implemented (requires the services the handlers use, and `Auth`). */
 export const ApiLive = HttpApiBuilder.api(OpenAIApi).pipe(
-  Layer.provide([HealthHttpLive, ModelsHttpLive, FilesHttpLive, BatchesHttpLive, ErrorEnvelopeLive]),
+  Layer.provide([HealthHttpLive, ModelsHttpLive, FilesHttpLive, BatchesHttpLive, WebhooksHttpLive, UploadsHttpLive, ErrorEnvelopeLive]),
   Layer.provide(AuthenticatedLive)
 )
 

@@ -1,6 +1,7 @@
 /**
- * Request bodies, bounded. Uploads stream multipart through `FilesHttp` (bounded by `MAX_UPLOAD_BYTES`); every
- * other body is JSON, read whole but never past `MAX_JSON_BODY_BYTES`, with or without `Content-Length`. The
+ * Request bodies, bounded. Uploads stream multipart through `FilesHttp` (bounded by `MAX_UPLOAD_BYTES`) and
+ * `UploadsHttp` (parts, bounded by 64 MB); every other body is JSON, read whole but never past
+ * `MAX_JSON_BODY_BYTES`, with or without `Content-Length`. The
  * platform's own reader has no limit by default (a 600 MB chunked body ended the process building one string), and
  * with a limit it destroys the socket, so the client sees a reset instead of our 413.
  */
@@ -94,9 +95,12 @@ export const bounded = (request: HttpServerRequest.HttpServerRequest, maxBytes: 
   }) as HttpServerRequest.HttpServerRequest
 }
 
-/** The one route whose body is not JSON: multipart uploads, streamed and bounded by their handler. */
-const isUpload = (request: HttpServerRequest.HttpServerRequest) =>
-  request.method === "POST" && requestTarget(request).path === "/v1/files"
+/** The routes whose body is not JSON: multipart uploads of files and of upload parts, streamed and bounded by their handlers. */
+const isUpload = (request: HttpServerRequest.HttpServerRequest) => {
+  if (request.method !== "POST") return false
+  const path = requestTarget(request).path
+  return path === "/v1/files" || /^\/v1\/uploads\/[^/]+\/parts$/.test(path)
+}
 
 const hasBody = (request: HttpServerRequest.HttpServerRequest) =>
   request.headers["transfer-encoding"] !== undefined || Number(request.headers["content-length"] ?? 0) > 0

@@ -60,6 +60,8 @@ export interface MetricsShape {
   readonly batchMoved: (batch: MovedBatch) => void
   /** One HTTP request answered (`route`: the matched route pattern, bounded). */
   readonly httpRequest: (method: string, route: string, status: number, seconds: number) => void
+  /** A webhook attempt this node made: delivered, to be retried, or the last (the delivery gave up). */
+  readonly webhookDelivery: (outcome: "delivered" | "retry" | "failed") => void
   /**
    * The metrics in the text exposition format, with `batch_batches_active` set from `active` (unfinished batches
    * by status; `undefined` when they could not be read: the gauge is left out rather than stale).
@@ -77,6 +79,7 @@ export const noopMetrics: MetricsShape = {
   upstream: () => () => {},
   batchMoved: () => {},
   httpRequest: () => {},
+  webhookDelivery: () => {},
   render: () => Effect.succeed("")
 }
 

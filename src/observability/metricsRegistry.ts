@@ -14,6 +14,7 @@
  *   batch_queue_wait_seconds                            histogram: created → in_progress (validation included)
  *   batch_duration_seconds{status}                      histogram: created → final status
  *   batch_http_requests_total{method,route,status}, batch_http_request_duration_seconds{method,route}
+ *   batch_webhook_deliveries_total{outcome}            webhook attempts this node made: delivered, retry, failed
  *
  * The request path's figures are plain numbers (`Tally`, `TokenCell`), copied into the prom-client counters only
  * when the registry is read (their `collect`); upstream gauges are read from the admission's state at scrape time.
@@ -284,6 +285,17 @@ export const makeMetrics = (options: { readonly processWide: boolean }): Metrics
     httpDuration.observe({ method: m, route }, seconds)
   }
 
+  // --- webhooks ---
+  const webhookDeliveries = new Counter({
+    name: "batch_webhook_deliveries_total",
+    help: "Webhook attempts this node made, by outcome: delivered (a 2xx answer), retry (another answer, a timeout " +
+      "or a connection error; tried again later) and failed (the delivery gave up).",
+    labelNames: ["outcome"] as const,
+    registers
+  })
+  for (const outcome of ["delivered", "retry", "failed"] as const) webhookDeliveries.inc({ outcome }, 0)
+  const webhookDelivery = (outcome: "delivered" | "retry" | "failed") => webhookDeliveries.inc({ outcome })
+
   const render = (counts: ReadonlyMap<string, number> | undefined) =>
     Effect.promise(async () => {
       active.reset()
@@ -294,5 +306,5 @@ export const makeMetrics = (options: { readonly processWide: boolean }): Metrics
       return options.processWide ? `${own}\n${await processMetrics().metrics()}` : own
     })
 
-  return { requests, attempts, upstream, batchMoved, httpRequest, render }
+  return { requests, attempts, upstream, batchMoved, httpRequest, webhookDelivery, render }
 }

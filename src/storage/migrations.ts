@@ -203,5 +203,62 @@ export const migrations = {
     // Idempotency keys are per project: the column (UNIQUE since 0002) holds the key scoped by its project, as
     // `scopedIdempotencyKey` in `batches/batchRecords.ts` writes it ('default' is 7 characters long).
     yield* sql`UPDATE batches SET idempotency_key = '7:default:' || idempotency_key WHERE idempotency_key IS NOT NULL`
+  }),
+  "0008_uploads": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // The Uploads API (`files/Uploads.ts`): a file sent in parts. status: pending, completing (a complete is
+    // assembling it, claimed by `completing_owner`), completed (`file_id` set), cancelled or expired.
+    yield* sql`CREATE TABLE uploads (
+      id TEXT PRIMARY KEY,
+      project TEXT NOT NULL,
+      status TEXT NOT NULL,
+      bytes BIGINT NOT NULL,
+      filename TEXT NOT NULL,
+      purpose TEXT NOT NULL,
+      mime_type TEXT NOT NULL,
+      file_expires_after INTEGER,
+      created_at BIGINT NOT NULL,
+      expires_at BIGINT NOT NULL,
+      file_id TEXT,
+      completing_owner TEXT
+    )`
+    // What the sweep looks for (pending ones past their hour) and the quota counts (a project's pending ones).
+    yield* sql`CREATE INDEX uploads_status_expires_at ON uploads (status, expires_at)`
+    yield* sql`CREATE INDEX uploads_project_status ON uploads (project, status)`
+    // Each part's bytes are a blob under the part's id.
+    yield* sql`CREATE TABLE upload_parts (
+      id TEXT PRIMARY KEY,
+      upload_id TEXT NOT NULL,
+      bytes BIGINT NOT NULL,
+      created_at BIGINT NOT NULL
+    )`
+    yield* sql`CREATE INDEX upload_parts_upload_id ON upload_parts (upload_id)`
+  }),
+  "0009_webhooks": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // The outbox of batch events (`webhooks/`): a row is written in the transaction of the batch's final move, then
+    // delivered by whichever node claims it (`claimed_by` until `claimed_until`, epoch ms). `body` is the event as
+    // signed on every attempt; `next_attempt_ms` is the next attempt's time while `pending` (epoch ms); retries end
+    // `WEBHOOK_RETRY_FOR` after `created_at` (unix s, the final status's time).
+    yield* sql`CREATE TABLE webhook_deliveries (
+      ${seqColumn(sql)},
+      id TEXT NOT NULL UNIQUE,
+      type TEXT NOT NULL,
+      batch_id TEXT NOT NULL,
+      project TEXT NOT NULL,
+      url TEXT NOT NULL,
+      body TEXT NOT NULL,
+      status TEXT NOT NULL DEFAULT 'pending',
+      attempts INTEGER NOT NULL DEFAULT 0,
+      last_status_code INTEGER,
+      last_error TEXT,
+      created_at BIGINT NOT NULL,
+      next_attempt_ms BIGINT,
+      delivered_at BIGINT,
+      claimed_by TEXT,
+      claimed_until BIGINT
+    )`
+    yield* sql`CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_ms) WHERE status = 'pending'`
+    yield* sql`CREATE INDEX webhook_deliveries_project_seq ON webhook_deliveries (project, seq)`
   })
 } satisfies Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>>

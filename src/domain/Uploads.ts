@@ -1,0 +1,66 @@
+/** The wire shapes of the OpenAI Uploads API (a large file sent in parts, then assembled into a File). */
+import { Schema } from "effect"
+import { FileObject } from "./Files.js"
+import { UploadId, UploadPartId } from "./Ids.js"
+import { StorableString } from "./Text.js"
+
+/** Most bytes one upload may announce, as OpenAI (also bounded by `MAX_UPLOAD_BYTES`). */
+export const MAX_UPLOAD_TOTAL_BYTES = 8 * 1024 ** 3
+/** Most bytes one part may hold, as OpenAI. */
+export const MAX_PART_BYTES = 64 * 1024 ** 2
+/** Most parts one upload may hold (stored, and named in a complete). */
+export const MAX_PARTS_PER_UPLOAD = 10_000
+/** An upload takes parts, and can be completed, for this long after its creation. */
+export const UPLOAD_LIFETIME_SECONDS = 3600
+
+/** The MIME types an upload may announce. */
+export const UploadMimeType = Schema.Literal("text/jsonl", "application/jsonl", "application/json", "text/plain")
+
+export const UploadStatus = Schema.Literal("pending", "completed", "cancelled", "expired")
+export type UploadStatus = typeof UploadStatus.Type
+
+export class Upload extends Schema.Class<Upload>("Upload")({
+  id: UploadId,
+  object: Schema.Literal("upload"),
+  bytes: Schema.Number,
+  created_at: Schema.Number,
+  filename: Schema.String,
+  purpose: Schema.String,
+  status: UploadStatus,
+  expires_at: Schema.Number,
+  /** The File the upload became, once `completed`. */
+  file: Schema.NullOr(FileObject)
+}) {}
+
+export class UploadPart extends Schema.Class<UploadPart>("UploadPart")({
+  id: UploadPartId,
+  object: Schema.Literal("upload.part"),
+  created_at: Schema.Number,
+  upload_id: UploadId
+}) {}
+
+/**
+ * Body of `POST /v1/uploads`. Types are checked here; values (bounds, MIME types, purposes, the file name) by
+ * `validateCreateUpload`, so that each error names its parameter the way OpenAI does.
+ */
+export const CreateUploadBody = Schema.Struct({
+  bytes: Schema.Number,
+  filename: StorableString,
+  mime_type: Schema.String,
+  purpose: Schema.String,
+  /** The expiry of the File the upload becomes (not of the upload, which always lasts an hour). */
+  expires_after: Schema.optional(Schema.NullOr(Schema.Struct({ anchor: Schema.String, seconds: Schema.Number })))
+})
+export type CreateUploadBody = typeof CreateUploadBody.Type
+
+/** Body of `POST /v1/uploads/{id}/complete`: the parts in the file's order, and optionally the file's MD5. */
+export const CompleteUploadBody = Schema.Struct({
+  part_ids: Schema.Array(StorableString),
+  md5: Schema.optional(Schema.NullOr(Schema.String))
+})
+export type CompleteUploadBody = typeof CompleteUploadBody.Type
+
+/** The multipart field of `POST /v1/uploads/{id}/parts`, for the OpenAPI document (the handler streams the body). */
+export const UploadPartForm = Schema.Struct({
+  data: Schema.String.annotations({ jsonSchema: { type: "string", format: "binary" } })
+})

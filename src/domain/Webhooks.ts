@@ -1,0 +1,38 @@
+/** The wire shapes of the webhook deliveries list (`GET /v1/webhook_deliveries`, an extension). */
+import { Schema } from "effect"
+import { StorableString } from "./Text.js"
+
+export const DeliveryStatus = Schema.Literal("pending", "delivered", "failed")
+export type DeliveryStatus = typeof DeliveryStatus.Type
+
+/** One event's delivery: its attempts so far and where it stands. Times in unix seconds. */
+export class WebhookDelivery extends Schema.Class<WebhookDelivery>("WebhookDelivery")({
+  /** The event's id (`evt_…`), sent as `webhook-id` on every attempt. */
+  id: Schema.String,
+  object: Schema.Literal("webhook_delivery"),
+  type: Schema.String,
+  batch_id: Schema.String,
+  /** Where the last attempt went (or the first will), without its query string. */
+  url: Schema.String,
+  status: DeliveryStatus,
+  attempts: Schema.Number,
+  last_status_code: Schema.NullOr(Schema.Number),
+  last_error: Schema.NullOr(Schema.String),
+  created_at: Schema.Number,
+  /** When the next attempt is due; null once delivered or given up. */
+  next_attempt_at: Schema.NullOr(Schema.Number),
+  delivered_at: Schema.NullOr(Schema.Number)
+}) {}
+
+export class WebhookDeliveryList extends Schema.Class<WebhookDeliveryList>("WebhookDeliveryList")({
+  object: Schema.Literal("list"),
+  data: Schema.Array(WebhookDelivery),
+  first_id: Schema.NullOr(Schema.String),
+  last_id: Schema.NullOr(Schema.String),
+  has_more: Schema.Boolean
+}) {}
+
+export class ListWebhookDeliveriesParams extends Schema.Class<ListWebhookDeliveriesParams>("ListWebhookDeliveriesParams")({
+  limit: Schema.optional(Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 100))),
+  after: Schema.optional(StorableString)
+}) {}

@@ -1,0 +1,42 @@
+/** The rows of the `uploads` table (migration 0008) and the Upload objects a client sees of them. */
+import type { FileObject } from "../domain/Files.js"
+import type { FileId, UploadId } from "../domain/Ids.js"
+import { Upload, type UploadStatus } from "../domain/Uploads.js"
+
+/** An upload's status as stored: the wire's, and `completing` while a complete assembles it. */
+export type StoredStatus = UploadStatus | "completing"
+
+export type UploadRow = {
+  readonly id: UploadId
+  readonly project: string
+  readonly status: StoredStatus
+  readonly bytes: number | string
+  readonly filename: string
+  readonly purpose: string
+  readonly mime_type: string
+  readonly file_expires_after: number | string | null
+  readonly created_at: number | string
+  readonly expires_at: number | string
+  readonly file_id: FileId | null
+  readonly completing_owner: string | null
+}
+
+/** The status a client sees (and is told in errors): `completing` is still `pending`, a pending one past its hour `expired`. */
+export const shownStatus = (row: UploadRow, now: number): StoredStatus =>
+  row.status === "pending" && Number(row.expires_at) <= now ? "expired" : row.status
+
+/** The Upload object a client sees of a row (Postgres returns BIGINT as a string). */
+export const toUpload = (row: UploadRow, now: number, file: FileObject | null = null): Upload => {
+  const status = shownStatus(row, now)
+  return new Upload({
+    id: row.id,
+    object: "upload",
+    bytes: Number(row.bytes),
+    created_at: Number(row.created_at),
+    filename: row.filename,
+    purpose: row.purpose,
+    status: status === "completing" ? "pending" : status,
+    expires_at: Number(row.expires_at),
+    file
+  })
+}

@@ -1,0 +1,208 @@
+/** Handlers of the `uploads` group (OpenAI's Uploads API): parameter checks and part streaming here, the work in `Uploads`. */
+import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import { Effect, Either, Option, type Scope, Stream } from "effect"
+import { audit, type Caller, CurrentCaller } from "../auth/Auth.js"
+import { AppConfig } from "../Config.js"
+import { type ApiError, invalidRequest, notFound, payloadTooLarge } from "../domain/Errors.js"
+import { MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS, UploadPurpose } from "../domain/Files.js"
+import type { UploadId } from "../domain/Ids.js"
+import { visibilityOf } from "../domain/Projects.js"
+import { echo } from "../domain/Text.js"
+import {
+  type CompleteUploadBody,
+  type CreateUploadBody,
+  MAX_PART_BYTES,
+  MAX_PARTS_PER_UPLOAD,
+  MAX_UPLOAD_TOTAL_BYTES,
+  UploadMimeType
+} from "../domain/Uploads.js"
+import { FileStore } from "../files/FileStore.js"
+import { type NewUpload, type PartWriter, type StagedPart, type UploadClosed, Uploads } from "../files/Uploads.js"
+import { OpenAIApi } from "./Api.js"
+import { batchFormatRefusal, overQuota, unsupportedValue, uploadFilename } from "./FilesHttp.js"
+import { fromMultipartInvalid } from "./Middleware.js"
+import { type FilenameInvalid, type MultipartInvalid, parseFormData } from "./Multipart.js"
+import { requestBody } from "./RequestBody.js"
+
+/** Room for the part headers around the `data` bytes, when comparing `Content-Length` to the limit. */
+const FORM_OVERHEAD_BYTES = 64 * 1024
+const formLimits = { maxParts: 8, maxFieldSize: 64 * 1024, maxTotalSize: MAX_PART_BYTES + FORM_OVERHEAD_BYTES }
+
+/** The checked parameters of `POST /v1/uploads` (the project is the caller's); `maxBytes` bounds `bytes`. */
+export const parseCreateUpload = (
+  body: CreateUploadBody,
+  maxBytes: number
+): Either.Either<Omit<NewUpload, "project">, ApiError> => {
+  if (!Number.isInteger(body.bytes) || body.bytes < 1 || body.bytes > maxBytes) {
+    return Either.left(
+      invalidRequest(`Invalid 'bytes': expected an integer between 1 and ${maxBytes}.`, "bytes", "invalid_value")
+    )
+  }
+  const filename = uploadFilename(body.filename, "filename")
+  if (Either.isLeft(filename)) return Either.left(filename.left)
+  const mimeTypes: ReadonlyArray<string> = UploadMimeType.literals
+  if (!mimeTypes.includes(body.mime_type)) return Either.left(unsupportedValue(body.mime_type, mimeTypes, "mime_type"))
+  const purposes: ReadonlyArray<string> = UploadPurpose.literals
+  if (!purposes.includes(body.purpose)) return Either.left(unsupportedValue(body.purpose, purposes, "purpose"))
+  const format = batchFormatRefusal(body.purpose, filename.right, "filename")
+  if (format !== undefined) return Either.left(format)
+  const upload = { bytes: body.bytes, filename: filename.right, purpose: body.purpose, mimeType: body.mime_type }
+  if (body.expires_after == null) return Either.right(upload)
+  const { anchor, seconds } = body.expires_after
+  if (anchor !== "created_at") return Either.left(unsupportedValue(anchor, ["created_at"], "expires_after.anchor"))
+  if (!Number.isInteger(seconds) || seconds < MIN_EXPIRES_AFTER_SECONDS || seconds > MAX_EXPIRES_AFTER_SECONDS) {
+    return Either.left(invalidRequest(
+      `Invalid 'expires_after.seconds': expected an integer between ${MIN_EXPIRES_AFTER_SECONDS} and ${MAX_EXPIRES_AFTER_SECONDS}.`,
+      "expires_after.seconds",
+      "invalid_value"
+    ))
+  }
+  return Either.right({ ...upload, fileExpiresAfterSeconds: seconds })
+}
+
+/** The checked parameters of `POST /v1/uploads/{id}/complete` (which parts exist is the service's to say). */
+export const parseCompleteUpload = (
+  body: CompleteUploadBody
+): Either.Either<{ readonly partIds: ReadonlyArray<string>; readonly md5: string | undefined }, ApiError> => {
+  if (body.part_ids.length === 0 || body.part_ids.length > MAX_PARTS_PER_UPLOAD) {
+    return Either.left(invalidRequest(
+      `Invalid 'part_ids': expected between 1 and ${MAX_PARTS_PER_UPLOAD} part ids, in the file's order.`,
+      "part_ids",
+      "invalid_value"
+    ))
+  }
+  if (body.md5 != null && !/^[0-9a-f]{32}$/i.test(body.md5)) {
+    return Either.left(
+      invalidRequest("Invalid 'md5': expected the MD5 of the file as 32 hexadecimal digits.", "md5", "invalid_value")
+    )
+  }
+  return Either.right({ partIds: body.part_ids, md5: body.md5 ?? undefined })
+}
+
+const uploadNotFound = (id: string) => notFound(`No such Upload object: ${echo(id)}`, "upload_id")
+
+const closedBecause: Record<UploadClosed["status"], string> = {
+  pending: "it is pending",
+  completing: "it is being completed",
+  completed: "it is already completed",
+  cancelled: "it was cancelled",
+  expired: "it expired (an upload takes parts and can be completed for an hour after its creation)"
+}
+
+/** The 400 of an action on an upload that no longer allows it. */
+const closed = (action: string) => (e: UploadClosed) =>
+  invalidRequest(`Cannot ${action} upload ${e.id}: ${closedBecause[e.status]}.`)
+
+const partTooLarge = payloadTooLarge(`A part may hold at most ${MAX_PART_BYTES} bytes.`, "data")
+
+/** A part's form that cannot be read, as an OpenAI error (a bad file name too: the part's name is not kept). */
+const fromFormError = (e: MultipartInvalid | FilenameInvalid): ApiError =>
+  e._tag === "FilenameInvalid" ? invalidRequest(e.message, "data", "invalid_value") : fromMultipartInvalid(e)
+
+export const UploadsHttpLive = HttpApiBuilder.group(OpenAIApi, "uploads", (handlers) =>
+  Effect.gen(function*() {
+    const uploads = yield* Uploads
+    const files = yield* FileStore
+    const { maxFileBytesPerProject, maxUploadBytes } = yield* AppConfig
+    const maxBytes = Math.min(MAX_UPLOAD_TOTAL_BYTES, maxUploadBytes)
+
+    const create = (body: CreateUploadBody, caller: Caller) =>
+      Effect.gen(function*() {
+        const upload = yield* parseCreateUpload(body, maxBytes)
+        // A pending upload holds its bytes in the project's quota from the start (`FileStore.projectBytes`).
+        if (Option.isSome(maxFileBytesPerProject)) {
+          const quota = maxFileBytesPerProject.value
+          const room = quota - (yield* files.projectBytes(caller.project))
+          if (upload.bytes > room) return yield* overQuota(quota, room, "bytes")
+        }
+        return yield* uploads.create({ ...upload, project: caller.project })
+      })
+
+    /** Streams the form's one `data` file part into a new part's storage, then adds it to the upload. */
+    const addPart = (id: UploadId, caller: Caller) =>
+      Effect.gen(function*() {
+        const request = yield* HttpServerRequest.HttpServerRequest
+        if (Number(request.headers["content-length"] ?? NaN) > MAX_PART_BYTES + FORM_OVERHEAD_BYTES) return yield* partTooLarge
+        const visibility = visibilityOf(caller)
+        // Checked before a byte is stored: a closed or unknown upload gets its answer at once.
+        const room = yield* uploads.partRoom(id, visibility)
+        let writer: PartWriter | undefined // the open part while the `data` file streams in
+        let part: StagedPart | undefined
+        let opened = false
+        let bytes = 0
+        const events = parseFormData(request.headers, formLimits, requestBody(request))
+        yield* Stream.runForEach(Stream.mapError(events, fromFormError), (event): Effect.Effect<void, ApiError, Scope.Scope> => {
+          switch (event._tag) {
+            case "Field":
+              return event.key === "data"
+                ? invalidRequest("'data' must be a file part (with a filename), not a text field.", "data", "invalid_type")
+                : Effect.void
+            case "FileStart":
+              if (event.key !== "data") return Effect.void // other files are skipped, not stored
+              if (opened) return invalidRequest("Send exactly one 'data' part.", "data", "invalid_value")
+              opened = true
+              return Effect.map(uploads.openPart, (w) => void (writer = w))
+            case "FileChunk":
+              if (writer === undefined) return Effect.void
+              bytes += event.bytes.length
+              if (bytes > MAX_PART_BYTES) return partTooLarge
+              if (bytes > room) {
+                return invalidRequest(
+                  `This part would take the parts of upload ${id} past its bytes (parts named in no complete included).`,
+                  "data",
+                  "invalid_value"
+                )
+              }
+              return writer.write(event.bytes)
+            case "FileEnd":
+              if (writer === undefined) return Effect.void
+              return Effect.map(writer.finish, (finished) => {
+                part = finished
+                writer = undefined
+              })
+          }
+        })
+        if (part === undefined) {
+          return yield* invalidRequest("Missing required parameter: 'data' (a file part).", "data", "missing_required_parameter")
+        }
+        return yield* uploads.addPart(id, visibility, part)
+      }).pipe(Effect.scoped)
+
+    return handlers
+      .handle("create", ({ payload }) =>
+        Effect.flatMap(CurrentCaller, (caller) => create(payload, caller)).pipe(
+          Effect.tap((upload) => audit("upload.create", upload.id)),
+          Effect.withSpan("Uploads.http.create")
+        ))
+      // The declared payload documents the form; the body is parsed by `parseFormData` (see there why).
+      .handle("addPart", ({ path }) =>
+        Effect.flatMap(CurrentCaller, (caller) => addPart(path.upload_id, caller)).pipe(
+          Effect.catchTags({
+            UploadNotFound: ({ id }) => uploadNotFound(id),
+            UploadClosed: closed("add a part to"),
+            PartRefused: ({ message }) => invalidRequest(message, "data", "invalid_value")
+          }),
+          Effect.withSpan("Uploads.http.addPart")
+        ))
+      .handle("complete", ({ path, payload }) =>
+        Effect.gen(function*() {
+          const { md5, partIds } = yield* parseCompleteUpload(payload)
+          const caller = yield* CurrentCaller
+          return yield* uploads.complete(path.upload_id, visibilityOf(caller), partIds, md5)
+        }).pipe(
+          Effect.catchTags({
+            UploadNotFound: ({ id }) => uploadNotFound(id),
+            UploadClosed: closed("complete"),
+            PartsMismatch: ({ message, param }) => invalidRequest(message, param, "invalid_value")
+          }),
+          Effect.tap((upload) => audit("upload.complete", upload.id)),
+          Effect.withSpan("Uploads.http.complete")
+        ))
+      .handle("cancel", ({ path }) =>
+        Effect.flatMap(CurrentCaller, (caller) => uploads.cancel(path.upload_id, visibilityOf(caller))).pipe(
+          Effect.catchTags({ UploadNotFound: ({ id }) => uploadNotFound(id), UploadClosed: closed("cancel") }),
+          Effect.tap((upload) => audit("upload.cancel", upload.id)),
+          Effect.withSpan("Uploads.http.cancel")
+        ), { uninterruptible: true })
+  }))

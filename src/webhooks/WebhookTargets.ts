@@ -1,0 +1,55 @@
+/**
+ * `WebhookTargets`: where a project's batch events go and what signs them. A project's own webhook (a keys file's
+ * `webhook:` line, re-read on SIGHUP with the keys) replaces the global one (`WEBHOOK_URL`, `WEBHOOK_SECRET`) for
+ * its batches; with neither, its batches send no events.
+ *
+ * A `Context.Reference`: where the live layer is not provided (a store tested alone, an app embedding the stores
+ * without it), no project has a webhook.
+ */
+import { Context, Effect, Layer, Option, Redacted } from "effect"
+import { Auth } from "../auth/Auth.js"
+import { AppConfig } from "../Config.js"
+
+export interface WebhookTarget {
+  readonly url: string
+  /** `whsec_<base64>`: its decoded base64 is the HMAC key (`signing.ts`). */
+  readonly secret: Redacted.Redacted
+}
+
+export interface WebhookTargetsShape {
+  /** Where `project`'s events go now; none when it has no webhook. */
+  readonly targetOf: (project: string) => Effect.Effect<Option.Option<WebhookTarget>>
+}
+
+const none: WebhookTargetsShape = { targetOf: () => Effect.succeedNone }
+
+export class WebhookTargets extends Context.Reference<WebhookTargets>()("WebhookTargets", {
+  defaultValue: (): WebhookTargetsShape => none
+}) {}
+
+/** The targets of the configuration: the keys file's per-project webhooks, else `WEBHOOK_URL`. */
+export const WebhookTargetsLive: Layer.Layer<WebhookTargets, never, AppConfig | Auth> = Layer.effect(
+  WebhookTargets,
+  Effect.gen(function*() {
+    const { webhookSecret, webhookUrl } = yield* AppConfig
+    const auth = yield* Auth
+    const global: Option.Option<WebhookTarget> = Option.zipWith(webhookUrl, webhookSecret, (url, secret) => ({ url, secret }))
+    return {
+      targetOf: (project) =>
+        Effect.map(auth.webhookOf(project), (own) =>
+          Option.orElse(Option.map(own, (w): WebhookTarget => ({ url: w.url, secret: Redacted.make(w.secret) })), () => global))
+    }
+  })
+)
+
+/** Fixed targets, for tests: `byProject`, else `global`. */
+export const WebhookTargetsTest = (targets: {
+  readonly global?: { readonly url: string; readonly secret: string }
+  readonly byProject?: Readonly<Record<string, { readonly url: string; readonly secret: string }>>
+}): Layer.Layer<WebhookTargets> =>
+  Layer.succeed(WebhookTargets, {
+    targetOf: (project) => {
+      const target = targets.byProject?.[project] ?? targets.global
+      return Effect.succeed(Option.map(Option.fromNullable(target), (t) => ({ url: t.url, secret: Redacted.make(t.secret) })))
+    }
+  })

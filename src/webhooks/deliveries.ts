@@ -1,0 +1,205 @@
+/**
+ * The `webhook_deliveries` table (migration 0009): the outbox of batch events and the record of their attempts.
+ *
+ * - `makeOutbox`: the event row of a batch's final move, written by `BatchStore`'s one move function inside the
+ *   move's own transaction, so that a final status and its event are committed together or not at all;
+ * - claims: a node takes due rows for itself until a time (epoch ms), as `WorkLeases` does with work: Postgres
+ *   skips rows another node is claiming (`FOR UPDATE SKIP LOCKED`), SQLite has one writer; a claim whose time
+ *   passed (its node died mid-attempt) is free again, and a restarted node frees its own at once;
+ * - `settle`: an attempt's result, written only while the claim is still the node's own;
+ * - `list`: what `GET /v1/webhook_deliveries` shows, newest first, one project's or all.
+ */
+import type * as SqlClient from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
+import { Clock, Data, Effect, Option, Schema } from "effect"
+import { type Batch, terminalStatuses } from "../domain/Batches.js"
+import { eventId } from "../domain/Ids.js"
+import type { Visibility } from "../domain/Projects.js"
+import { DeliveryStatus, WebhookDelivery } from "../domain/Webhooks.js"
+import { makeBatchSql, SqlInt } from "../batches/sql.js"
+import { visibleTo } from "../storage/Sql.js"
+import { eventBody, eventTypes, shownUrl } from "./signing.js"
+import type { WebhookTargetsShape } from "./WebhookTargets.js"
+
+export class UnknownDeliveryCursor extends Data.TaggedError("UnknownDeliveryCursor")<{ readonly after: string }> {}
+
+/**
+ * The outbox: for a batch that just made its final move (inside that move's transaction), the event row, when its
+ * project has a webhook; nothing otherwise.
+ */
+export const makeOutbox = (sql: SqlClient.SqlClient, targets: WebhookTargetsShape) =>
+(batch: Batch, project: string): Effect.Effect<void, SqlError> =>
+  Effect.gen(function*() {
+    const status = batch.status
+    if (!terminalStatuses.includes(status)) return
+    const target = yield* targets.targetOf(project)
+    if (Option.isNone(target)) return
+    const type = eventTypes[status as keyof typeof eventTypes]
+    const createdAt = batch.completed_at ?? batch.failed_at ?? batch.expired_at ?? batch.cancelled_at ?? batch.created_at
+    const id = eventId()
+    yield* sql`INSERT INTO webhook_deliveries ${
+      sql.insert({
+        id,
+        type,
+        batch_id: batch.id,
+        project,
+        url: target.value.url,
+        body: eventBody({ id, type, createdAt, batchId: batch.id }),
+        created_at: createdAt,
+        next_attempt_ms: yield* Clock.currentTimeMillis
+      })
+    }`
+  })
+
+/** A row a node claimed for an attempt. */
+export interface ClaimedDelivery {
+  readonly id: string
+  readonly type: string
+  readonly batchId: string
+  readonly project: string
+  /** The event as sent on every attempt (the signature covers it). */
+  readonly body: string
+  /** Attempts made before this one. */
+  readonly attempts: number
+  /** Unix seconds: the event's time, from which `WEBHOOK_RETRY_FOR` runs. */
+  readonly createdAt: number
+}
+
+/** A node's claim: `owner` until `until` (epoch ms), taken at `now`. */
+export interface DeliveryClaim {
+  readonly owner: string
+  readonly now: number
+  readonly until: number
+}
+
+/** What a turn at a claimed delivery came to, as stored. */
+export interface Settlement {
+  readonly status: DeliveryStatus
+  /** Where the attempt went; null when nothing was sent (no webhook configured for the project on this node). */
+  readonly sentTo: string | null
+  readonly statusCode: number | null
+  readonly error: string | null
+  /** While `pending`: when the next attempt is due (epoch ms). */
+  readonly nextAttemptMs: number | null
+  /** Once `delivered`: when (unix s). */
+  readonly deliveredAt: number | null
+}
+
+const ClaimedRow = Schema.Struct({
+  id: Schema.String,
+  type: Schema.String,
+  batch_id: Schema.String,
+  project: Schema.String,
+  body: Schema.String,
+  attempts: SqlInt,
+  created_at: SqlInt
+})
+
+const DeliveryRow = Schema.Struct({
+  id: Schema.String,
+  type: Schema.String,
+  batch_id: Schema.String,
+  url: Schema.String,
+  status: DeliveryStatus,
+  attempts: SqlInt,
+  last_status_code: Schema.NullOr(SqlInt),
+  last_error: Schema.NullOr(Schema.String),
+  created_at: SqlInt,
+  next_attempt_ms: Schema.NullOr(SqlInt),
+  delivered_at: Schema.NullOr(SqlInt)
+})
+
+const deliveryOf = (row: typeof DeliveryRow.Type) =>
+  new WebhookDelivery({
+    id: row.id,
+    object: "webhook_delivery",
+    type: row.type,
+    batch_id: row.batch_id,
+    url: shownUrl(row.url),
+    status: row.status,
+    attempts: row.attempts,
+    last_status_code: row.last_status_code,
+    last_error: row.last_error,
+    created_at: row.created_at,
+    next_attempt_at: row.status === "pending" && row.next_attempt_ms !== null ? Math.ceil(row.next_attempt_ms / 1000) : null,
+    delivered_at: row.delivered_at
+  })
+
+/** What a settled turn writes (a turn that sent nothing counts no attempt and keeps the URL). */
+const settledColumns = (settlement: Settlement): Record<string, unknown> => ({
+  status: settlement.status,
+  ...(settlement.sentTo === null ? {} : { url: settlement.sentTo }),
+  last_status_code: settlement.statusCode,
+  last_error: settlement.error,
+  next_attempt_ms: settlement.nextAttemptMs,
+  delivered_at: settlement.deliveredAt
+})
+
+export const makeDeliveries = (sql: SqlClient.SqlClient) => {
+  const dialect = makeBatchSql(sql)
+  const decodeClaimed = Schema.decodeUnknown(Schema.Array(ClaimedRow))
+  const decodeDeliveries = Schema.decodeUnknown(Schema.Array(DeliveryRow))
+
+  /** Up to `limit` pending rows due at `claim.now` and claimed by nobody (or by a claim that ran out), now `claim`'s. */
+  const claimDue = (claim: DeliveryClaim, limit: number) =>
+    sql`
+      UPDATE webhook_deliveries SET claimed_by = ${claim.owner}, claimed_until = ${claim.until}
+      WHERE id IN (
+        SELECT id FROM webhook_deliveries
+        WHERE status = 'pending' AND next_attempt_ms <= ${claim.now}
+          AND (claimed_until IS NULL OR claimed_until < ${claim.now})
+        ORDER BY next_attempt_ms LIMIT ${limit} ${dialect.skipLocked}
+      ) RETURNING id, type, batch_id, project, body, attempts, created_at`.pipe(
+      Effect.flatMap(decodeClaimed),
+      Effect.map((rows) =>
+        rows.map((r): ClaimedDelivery => ({
+          id: r.id,
+          type: r.type,
+          batchId: r.batch_id,
+          project: r.project,
+          body: r.body,
+          attempts: r.attempts,
+          createdAt: r.created_at
+        }))
+      ),
+      Effect.orDie
+    )
+
+  /** Stores a turn's result and frees the row, if `claim` still holds it (false when another node took it over). */
+  const settle = (id: string, claim: DeliveryClaim, settlement: Settlement) =>
+    sql`
+      UPDATE webhook_deliveries SET attempts = attempts + ${settlement.sentTo === null ? 0 : 1},
+        ${sql.update({ ...settledColumns(settlement), claimed_by: null, claimed_until: null })}
+      WHERE id = ${id} AND claimed_by = ${claim.owner} AND claimed_until = ${claim.until} RETURNING id`.pipe(
+      Effect.map((rows) => rows.length > 0),
+      Effect.orDie
+    )
+
+  /** Frees the claims a previous run of node `owner` held (with SQLite, every claim: one node uses it at a time). */
+  const releaseAfterRestart = (owner: string) => {
+    const freed = dialect.leasesFreedOnRestart(owner)
+    const whose = freed.owner === undefined ? sql`claimed_by IS NOT NULL` : sql`claimed_by = ${freed.owner}`
+    return sql`UPDATE webhook_deliveries SET claimed_by = NULL, claimed_until = NULL WHERE ${whose}`.pipe(Effect.orDie)
+  }
+
+  /** The deliveries `visibility` sees, newest first, after the event `after` (one it does not see is unknown). */
+  const list = (query: { readonly visibility: Visibility; readonly after?: string | undefined; readonly limit: number }) =>
+    Effect.gen(function*() {
+      let where = visibleTo(sql, query.visibility)
+      if (query.after !== undefined) {
+        const cursor = yield* Effect.orDie(sql<{ seq: number | string }>`
+          SELECT seq FROM webhook_deliveries WHERE id = ${query.after} AND ${where}`)
+        if (cursor.length === 0) return yield* new UnknownDeliveryCursor({ after: query.after })
+        where = sql`${where} AND seq < ${Number(cursor[0]!.seq)}`
+      }
+      const rows = yield* Effect.orDie(Effect.flatMap(
+        sql`SELECT * FROM webhook_deliveries WHERE ${where} ORDER BY seq DESC LIMIT ${query.limit + 1}`,
+        decodeDeliveries
+      ))
+      return { data: rows.slice(0, query.limit).map(deliveryOf), hasMore: rows.length > query.limit }
+    })
+
+  return { claimDue, settle, releaseAfterRestart, list }
+}
+
+export type Deliveries = ReturnType<typeof makeDeliveries>

@@ -1,0 +1,68 @@
+/**
+ * Webhook events as OpenAI sends them, signed per Standard Webhooks (https://www.standardwebhooks.com): the event
+ * body, the `webhook-*` headers of one attempt, and the checks of a webhook's URL and secret (`WEBHOOK_URL`,
+ * `WEBHOOK_SECRET`, a keys file's `webhook:` lines). Pure: no service, no clock.
+ */
+import { createHmac } from "node:crypto"
+
+/** The events a batch's final status sends, by that status. */
+export const eventTypes = {
+  completed: "batch.completed",
+  failed: "batch.failed",
+  cancelled: "batch.cancelled",
+  expired: "batch.expired"
+} as const
+export type EventType = (typeof eventTypes)[keyof typeof eventTypes]
+
+/** The event's JSON body: only the batch's id, as OpenAI's (receivers fetch the batch). */
+export const eventBody = (event: {
+  readonly id: string
+  readonly type: EventType
+  readonly createdAt: number
+  readonly batchId: string
+}): string =>
+  JSON.stringify({ id: event.id, object: "event", type: event.type, created_at: event.createdAt, data: { id: event.batchId } })
+
+const SECRET = /^whsec_([A-Za-z0-9+/]+={0,2})$/
+
+/**
+ * The HMAC key of a `whsec_<base64>` secret (its base64 part decoded), or undefined when `text` is not one: the
+ * base64 must be canonical (what decodes is what was written) and decode to at least one byte.
+ */
+export const signingKey = (text: string): Buffer | undefined => {
+  const base64 = SECRET.exec(text)?.[1]
+  if (base64 === undefined || base64.length % 4 !== 0) return undefined
+  const key = Buffer.from(base64, "base64")
+  return key.length > 0 && key.toString("base64") === base64 ? key : undefined
+}
+
+/** Why `text` is not a webhook secret, for a message that never repeats it; undefined when it is one. */
+export const secretProblem = (text: string): string | undefined =>
+  signingKey(text) === undefined ? "a webhook secret must be whsec_ followed by base64 (as OpenAI's: whsec_…=)" : undefined
+
+/** Why `url` cannot receive webhooks, for a message that never repeats it (a query may hold a token); undefined when it can. */
+export const urlProblem = (url: string): string | undefined => {
+  if (!URL.canParse(url)) return "a webhook URL must be an absolute http:// or https:// URL"
+  const parsed = new URL(url)
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") return "a webhook URL must start with http:// or https://"
+  if (parsed.username !== "" || parsed.password !== "") return "a webhook URL must not hold user:password@"
+  if (parsed.hash !== "") return "a webhook URL must not have a #fragment"
+  return undefined
+}
+
+/** `url` as the deliveries list shows it: without its query, which may hold a token (`?…` in its place). */
+export const shownUrl = (url: string): string => {
+  const query = url.indexOf("?")
+  return query < 0 ? url : `${url.slice(0, query)}?…`
+}
+
+/** `v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">`: the `webhook-signature` of one attempt. */
+export const signature = (key: Buffer, id: string, timestamp: number, body: string): string =>
+  `v1,${createHmac("sha256", key).update(`${id}.${timestamp}.${body}`).digest("base64")}`
+
+/** The signing headers of one attempt at `timestamp` (unix seconds): the same `webhook-id` on every attempt. */
+export const webhookHeaders = (key: Buffer, id: string, timestamp: number, body: string): Record<string, string> => ({
+  "webhook-id": id,
+  "webhook-timestamp": String(timestamp),
+  "webhook-signature": signature(key, id, timestamp, body)
+})

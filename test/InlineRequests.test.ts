@@ -1,0 +1,181 @@
+/**
+ * Inline requests (an extension): `POST /v1/batches` with `requests: [...]` instead of `input_file_id`, through the
+ * official `openai` client (and raw HTTP for a body the client cannot write). The requests become an ordinary input
+ * file (listed, downloadable), validated as a file is (line = position + 1); the body is bounded by
+ * `MAX_JSON_BODY_BYTES` and the file by the project's storage quota; exactly one of `input_file_id` and `requests`.
+ * On SQLite and PostgreSQL.
+ */
+import { describe, expect, layer } from "@effect/vitest"
+import { Duration, Effect, Option } from "effect"
+import type OpenAI from "openai"
+import { chatLine, failure, readLines, sdk, terminal, upload, waitFor } from "./support/Batches.js"
+import { rawRequest } from "./support/RawHttp.js"
+import { backends, baseUrl, testAppWithUpstream, Upstream } from "./support/TestApp.js"
+
+const MAX_JSON_BODY_BYTES = 16 * 1024
+
+const settings = {
+  inferenceRetryBaseDelay: Duration.millis(10),
+  inferenceMaxAttempts: 2,
+  maxJsonBodyBytes: MAX_JSON_BODY_BYTES,
+  maxFileBytesPerProject: Option.some(64 * 1024)
+}
+
+const chat = (customId: string, prompt: string) => JSON.parse(chatLine(customId, prompt))
+
+/** `POST /v1/batches` with `requests`, through the SDK (which has no such parameter). */
+const postInline = (openai: OpenAI, requests: unknown, extra: Record<string, unknown> = {}) =>
+  openai.batches.create({ endpoint: "/v1/chat/completions", completion_window: "24h", requests, ...extra } as any)
+const createInline = (openai: OpenAI, requests: ReadonlyArray<unknown>, extra: Record<string, unknown> = {}) =>
+  Effect.promise(() => postInline(openai, requests, extra))
+
+const fileText = (openai: OpenAI, id: string) => Effect.promise(async () => (await openai.files.content(id)).text())
+
+for (const backend of backends) describe(`inline requests (${backend})`, () => {
+  layer(testAppWithUpstream(settings, { keepBodies: true }, backend), { excludeTestServices: true })("inline", (it) => {
+    it.effect("3 requests inline: stored as a listed, downloadable input file, and the batch runs", () =>
+      Effect.gen(function*() {
+        const openai = sdk(yield* baseUrl)
+        const requests = [chat("a", "first"), chat("b", "second [fail:400]"), chat("c", "third")]
+        const created = yield* createInline(openai, requests, { metadata: { via: "inline" } })
+        expect(created).toMatchObject({ object: "batch", status: "validating", endpoint: "/v1/chat/completions", metadata: { via: "inline" } })
+        expect(Object.keys(created)).not.toContain("requests")
+
+        const file = yield* Effect.promise(() => openai.files.retrieve(created.input_file_id))
+        expect(file).toMatchObject({ object: "file", purpose: "batch", filename: `${created.id}_inline.jsonl`, status: "processed" })
+        const text = yield* fileText(openai, created.input_file_id)
+        expect(text).toBe(requests.map((r) => JSON.stringify(r)).join("\n") + "\n")
+        expect(file.bytes).toBe(Buffer.byteLength(text))
+        const listed = yield* Effect.promise(() => openai.files.list({ purpose: "batch" }))
+        expect(listed.data.map((f) => f.id)).toContain(created.input_file_id)
+
+        const done = yield* waitFor(openai, created.id, terminal)
+        expect(done.status).toBe("completed")
+        expect(done.request_counts).toEqual({ total: 3, completed: 2, failed: 1 })
+        expect((yield* readLines(openai, done.output_file_id)).map((l) => l.custom_id)).toEqual(["a", "c"])
+        expect((yield* readLines(openai, done.error_file_id)).map((l) => l.custom_id)).toEqual(["b"])
+      }))
+
+    it.effect("each request is kept as written: big integers and strings exact, whitespace between tokens dropped", () =>
+      Effect.gen(function*() {
+        const base = yield* baseUrl
+        const openai = sdk(base)
+        const sim = yield* Upstream
+        // What `JSON.stringify` cannot write: an integer beyond 2^53, an escaped string with inner spaces, a line
+        // break between tokens (a JSONL line cannot hold one).
+        const body = `{"endpoint":"/v1/chat/completions","completion_window":"24h","requests":[
+          {"custom_id": "big", "method": "POST", "url": "/v1/chat/completions",
+           "body": {"model": "sim-model", "seed": 12345678901234567891,
+                    "messages": [{"role": "user", "content": "keep \\"this\\"  as\\u0020is"}]}}
+        ]}`
+        const answer = yield* rawRequest(base, {
+          method: "POST",
+          path: "/v1/batches",
+          headers: { "content-type": "application/json" },
+          body
+        })
+        expect(answer.status).toBe(200)
+        const line = '{"custom_id":"big","method":"POST","url":"/v1/chat/completions","body":{"model":"sim-model",' +
+          '"seed":12345678901234567891,"messages":[{"role":"user","content":"keep \\"this\\"  as\\u0020is"}]}}\n'
+        expect(yield* fileText(openai, answer.json.input_file_id)).toBe(line)
+        const done = yield* waitFor(openai, answer.json.id, terminal)
+        expect(done.status).toBe("completed")
+        const sent = sim.stats.bodies.find((b) => b.body.includes('"seed":12345678901234567891'))
+        expect(sent).toBeDefined()
+      }))
+
+    it.effect("a bad request fails the batch with its position + 1 as the line, as in a file", () =>
+      Effect.gen(function*() {
+        const openai = sdk(yield* baseUrl)
+        const sim = yield* Upstream
+        const before = sim.stats.requests
+        const requests = [
+          chat("ok", "fine"),
+          { custom_id: "no-body", method: "POST", url: "/v1/chat/completions" },
+          chat("ok", "duplicate"),
+          "not an object"
+        ]
+        const created = yield* createInline(openai, requests)
+        const done = yield* waitFor(openai, created.id, terminal)
+        expect(done.status).toBe("failed")
+        expect(done.errors!.data!.map((e) => [e.code, e.line, e.param])).toEqual([
+          ["missing_required_parameter", 2, "body"],
+          ["duplicate_custom_id", 3, "custom_id"],
+          ["invalid_json_line", 4, null]
+        ])
+        expect(sim.stats.requests).toBe(before)
+      }))
+
+    it.effect("exactly one of input_file_id and requests: both or neither is a 400 naming the parameter", () =>
+      Effect.gen(function*() {
+        const openai = sdk(yield* baseUrl)
+        const file = yield* upload(openai, [chatLine("x", "x")])
+        const both = yield* failure(() => postInline(openai, [chat("a", "a")], { input_file_id: file.id }))
+        expect(both.status).toBe(400)
+        expect(both.error).toEqual({
+          message: "Give either 'input_file_id' or 'requests' (the requests inline), not both.",
+          type: "invalid_request_error",
+          param: "requests",
+          code: "invalid_value"
+        })
+        // Neither: exactly what an OpenAI client got before the extension.
+        const neither = yield* failure(() => openai.batches.create({ endpoint: "/v1/chat/completions", completion_window: "24h" } as any))
+        expect(neither.status).toBe(400)
+        expect(neither.error).toEqual({
+          message: "Missing required parameter: 'input_file_id'.",
+          type: "invalid_request_error",
+          param: "input_file_id",
+          code: "missing_required_parameter"
+        })
+        // …even when other parameters are missing too.
+        const nothing = yield* failure(() => openai.batches.create({} as any))
+        expect(nothing.error).toEqual(neither.error)
+        const empty = yield* failure(() => postInline(openai, []))
+        expect(empty.status).toBe(400)
+        expect(empty.error.param).toBe("requests")
+        const notArray = yield* failure(() => postInline(openai, { a: 1 }))
+        expect(notArray.status).toBe(400)
+        expect(notArray.error.param).toBe("requests")
+        // A bad create parameter is checked before anything is stored.
+        const before = (yield* Effect.promise(() => openai.files.list())).data.length
+        const badWindow = yield* failure(() => postInline(openai, [chat("a", "a")], { completion_window: "1h" }))
+        expect(badWindow.error.param).toBe("completion_window")
+        expect((yield* Effect.promise(() => openai.files.list())).data.length).toBe(before)
+      }))
+
+    it.effect("a body over MAX_JSON_BODY_BYTES is a 413; a file over the project's storage quota too; nothing stored", () =>
+      Effect.gen(function*() {
+        const openai = sdk(yield* baseUrl)
+        const before = (yield* Effect.promise(() => openai.files.list())).data.length
+        const tooLarge = yield* failure(() => postInline(openai, [chat("a", "x".repeat(MAX_JSON_BODY_BYTES))]))
+        expect(tooLarge.status).toBe(413)
+        expect(tooLarge.error.type).toBe("invalid_request_error")
+        // Within the body limit, beyond what the project's quota leaves.
+        const filler = yield* upload(openai, ["y".repeat(60 * 1024)], "filler.jsonl")
+        const overQuota = yield* failure(() => postInline(openai, [chat("a", "x".repeat(8 * 1024))]))
+        expect(overQuota.status).toBe(413)
+        expect(overQuota.error).toMatchObject({ param: "requests", code: "storage_quota_exceeded" })
+        yield* Effect.promise(() => openai.files.delete(filler.id))
+        expect((yield* Effect.promise(() => openai.files.list())).data.length).toBe(before)
+      }))
+
+    it.effect("an idempotency key gives the same batch for the same requests (one input file), a 409 for others", () =>
+      Effect.gen(function*() {
+        const openai = sdk(yield* baseUrl)
+        const inlineFiles = Effect.map(
+          Effect.promise(() => openai.files.list({ purpose: "batch" })),
+          (page) => page.data.filter((f) => f.filename.endsWith("_inline.jsonl")).length
+        )
+        const before = yield* inlineFiles
+        const requests = [chat("k1", "keyed")]
+        const first = yield* createInline(openai, requests, { idempotency_key: "inline-key" })
+        const again = yield* createInline(openai, requests, { idempotency_key: "inline-key" })
+        expect(again.id).toBe(first.id)
+        expect(again.input_file_id).toBe(first.input_file_id)
+        const other = yield* failure(() => postInline(openai, [chat("k2", "other")], { idempotency_key: "inline-key" }))
+        expect(other.status).toBe(409)
+        expect(other.error.param).toBe("idempotency_key")
+        expect(yield* inlineFiles).toBe(before + 1)
+      }))
+  })
+})

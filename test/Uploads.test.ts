@@ -1,0 +1,369 @@
+/**
+ * The Uploads API through the official `openai` client (`uploads.create`, `uploads.parts.create`,
+ * `uploads.complete`, `uploads.cancel`), on SQLite with file bytes on disk, SQLite with bytes in SQL chunks, and
+ * PostgreSQL: parts sent in parallel (one streamed chunked) become an ordinary File that runs as a batch input; a
+ * wrong byte total, an unknown part, an md5 mismatch leave the upload pending; cancel and completion delete the
+ * parts, and a closed upload refuses parts, completes and cancels; another project's upload is an unknown id; an
+ * upload expires an hour after its creation; a restart keeps an upload and its parts; bad parameters are 400s
+ * naming the parameter.
+ */
+import { describe, expect, it, layer } from "@effect/vitest"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { Duration, Effect, Layer, Option, Stream } from "effect"
+import { createHash } from "node:crypto"
+import { createReadStream, writeFileSync } from "node:fs"
+import * as Path from "node:path"
+import OpenAI, { toFile } from "openai"
+import { AuthTest } from "../src/auth/Auth.js"
+import { AppConfig } from "../src/Config.js"
+import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
+import { Uploads, UploadsLive } from "../src/files/Uploads.js"
+import { StorageLive } from "../src/Layers.js"
+import { chatLine, createBatch, failure, readLines, terminal, waitFor } from "./support/Batches.js"
+import {
+  baseUrl,
+  configFor,
+  eventuallyEffect,
+  storages,
+  storedBlobs,
+  TestDatabase,
+  TestDataDir,
+  testApp,
+  testAppWithUpstream
+} from "./support/TestApp.js"
+
+const KEYS = { a: "sk-uploads-a-5f1c", b: "sk-uploads-b-93e0" }
+const auth = AuthTest({ apiKeys: [`${KEYS.a}:projA`, `${KEYS.b}:projB`] })
+
+const clients = Effect.map(baseUrl, (base) => {
+  const client = (apiKey: string) => new OpenAI({ baseURL: `${base}/v1`, apiKey, maxRetries: 0 })
+  return { a: client(KEYS.a), b: client(KEYS.b), stranger: client("sk-unknown") }
+})
+
+const md5 = (bytes: Uint8Array) => createHash("md5").update(bytes).digest("hex")
+
+const createUpload = (openai: OpenAI, bytes: number, extra: Partial<OpenAI.Uploads.UploadCreateParams> = {}) =>
+  Effect.promise(() =>
+    openai.uploads.create({ bytes, filename: "input.jsonl", mime_type: "text/jsonl", purpose: "batch", ...extra })
+  )
+
+const sendPartPromise = async (openai: OpenAI, uploadId: string, bytes: Uint8Array) =>
+  openai.uploads.parts.create(uploadId, { data: await toFile(bytes, "part") })
+const sendPart = (openai: OpenAI, uploadId: string, bytes: Uint8Array) =>
+  Effect.promise(() => sendPartPromise(openai, uploadId, bytes))
+
+/** The keys of stored part bytes (and staging areas left behind) in the app's storage. */
+const partBlobs = Effect.map(storedBlobs, ({ blobs, staging }) => ({
+  parts: blobs.filter((key) => key.startsWith("part_")),
+  staging
+}))
+
+const sql = (text: string) => Effect.flatMap(SqlClient.SqlClient, (client) => client.unsafe(text)).pipe(Effect.orDie)
+
+const UNKNOWN_UPLOAD = "upload_000000000000000000000000"
+
+describe("uploads", () => {
+  for (const { backend, fileStorage } of storages) {
+    // `StorageLive` is the very layer the app is built on (shared by reference), so the tests see its storage.
+    // The sweep waits (the default minute), so what is gone went with the request that deleted it.
+    const app = StorageLive.pipe(Layer.provideMerge(testAppWithUpstream(
+      { fileStorage: Option.some(fileStorage), maxConcurrentRequestsPerBatch: 8 },
+      {},
+      backend,
+      { auth }
+    )))
+    const sweeping = StorageLive.pipe(Layer.provideMerge(testApp(
+      { fileStorage: Option.some(fileStorage), fileSweepInterval: Duration.millis(100) },
+      backend,
+      { auth }
+    )))
+
+    layer(app, { excludeTestServices: true })(`${backend}, ${fileStorage} file bytes`, (it) => {
+      it.effect("five parts sent in parallel become an ordinary file, which runs as a batch input", () =>
+        Effect.gen(function*() {
+          const { a } = yield* clients
+          const { path } = yield* TestDataDir
+          const input = Buffer.from(
+            Array.from({ length: 300 }, (_, i) => chatLine(`line-${i}`, `prompt ${i}`)).join("\n") + "\n"
+          )
+          const upload = yield* createUpload(a, input.length)
+          expect(upload).toEqual({
+            id: expect.stringMatching(/^upload_[0-9A-Za-z]{24}$/),
+            object: "upload",
+            bytes: input.length,
+            created_at: expect.any(Number),
+            filename: "input.jsonl",
+            purpose: "batch",
+            status: "pending",
+            expires_at: upload.created_at + 3600,
+            file: null
+          })
+
+          // Cut anywhere (mid-line), sent at once; the last one streamed by the SDK (chunked, no Content-Length).
+          const cuts = [0, 1, 7000, 7001, 20_000, input.length]
+          const pieces = cuts.slice(1).map((end, i) => input.subarray(cuts[i], end))
+          writeFileSync(Path.join(path, "last-part"), pieces[4]!)
+          const parts = yield* Effect.all([
+            ...pieces.slice(0, 4).map((piece) => sendPart(a, upload.id, piece)),
+            Effect.promise(() => a.uploads.parts.create(upload.id, { data: createReadStream(Path.join(path, "last-part")) }))
+          ], { concurrency: "unbounded" })
+          for (const part of parts) {
+            expect(part).toEqual({
+              id: expect.stringMatching(/^part_[0-9A-Za-z]{24}$/),
+              object: "upload.part",
+              created_at: expect.any(Number),
+              upload_id: upload.id
+            })
+          }
+          const unused = yield* sendPart(a, upload.id, Buffer.from("named in no complete"))
+          expect((yield* partBlobs).parts).toHaveLength(6)
+
+          const completed = yield* Effect.promise(() =>
+            a.uploads.complete(upload.id, { part_ids: parts.map((p) => p.id), md5: md5(input) }))
+          expect(completed).toEqual({ ...upload, status: "completed", file: expect.any(Object) })
+          const file = completed.file!
+          expect(file).toEqual({
+            id: expect.stringMatching(/^file-/),
+            object: "file",
+            bytes: input.length,
+            created_at: expect.any(Number),
+            expires_at: null,
+            filename: "input.jsonl",
+            purpose: "batch",
+            status: "processed",
+            status_details: null
+          })
+          // An ordinary file: retrieved, listed, downloaded byte for byte; every part's bytes are gone.
+          expect(yield* Effect.promise(() => a.files.retrieve(file.id))).toEqual(file)
+          expect((yield* Effect.promise(() => a.files.list({ purpose: "batch" }))).data.map((f) => f.id)).toContain(file.id)
+          const content = yield* Effect.promise(async () => Buffer.from(await (await a.files.content(file.id)).arrayBuffer()))
+          expect(content.equals(input)).toBe(true)
+          expect(yield* partBlobs).toEqual({ parts: [], staging: [] })
+
+          // Closed now: no parts, no second complete, no cancel.
+          const late = yield* failure(() => sendPartPromise(a, upload.id, Buffer.from("late")))
+          expect([late.status, late.error.message]).toEqual([400, `Cannot add a part to upload ${upload.id}: it is already completed.`])
+          const again = yield* failure(() => a.uploads.complete(upload.id, { part_ids: [unused.id] }))
+          expect([again.status, again.error.message]).toEqual([400, `Cannot complete upload ${upload.id}: it is already completed.`])
+          expect((yield* failure(() => a.uploads.cancel(upload.id))).status).toBe(400)
+
+          const batch = yield* createBatch(a, file.id)
+          const done = yield* waitFor(a, batch.id, terminal)
+          expect([done.status, done.request_counts]).toEqual(["completed", { total: 300, completed: 300, failed: 0 }])
+          const output = yield* readLines(a, done.output_file_id)
+          expect(output.map((l) => l.custom_id)).toEqual(Array.from({ length: 300 }, (_, i) => `line-${i}`))
+        }), { timeout: 30_000 })
+
+      it.effect("a wrong byte total, an unknown or repeated part and an md5 mismatch are 400s; the upload stays completable", () =>
+        Effect.gen(function*() {
+          const { a } = yield* clients
+          const filesBefore = (yield* Effect.promise(() => a.files.list())).data.length
+          const bytes = Buffer.from(chatLine("only", "hello") + "\n")
+          const upload = yield* createUpload(a, bytes.length, { expires_after: { anchor: "created_at", seconds: 7200 } })
+          const first = yield* sendPart(a, upload.id, bytes.subarray(0, 10))
+          const second = yield* sendPart(a, upload.id, bytes.subarray(10))
+
+          const short = yield* failure(() => a.uploads.complete(upload.id, { part_ids: [second.id] }))
+          expect([short.status, short.param, short.error.message]).toEqual([
+            400,
+            "part_ids",
+            `The parts add up to ${bytes.length - 10} bytes, but upload ${upload.id} was created with bytes ${bytes.length}.`
+          ])
+          const twice = yield* failure(() => a.uploads.complete(upload.id, { part_ids: [first.id, first.id, second.id] }))
+          expect([twice.status, twice.param]).toEqual([400, "part_ids"])
+          const unknown = yield* failure(() => a.uploads.complete(upload.id, { part_ids: [first.id, "part_nope"] }))
+          expect([unknown.status, unknown.param, unknown.error.message]).toEqual([
+            400,
+            "part_ids",
+            `Upload ${upload.id} has no part 'part_nope'.`
+          ])
+          // In the wrong order the bytes add up, but not to the file the md5 describes.
+          const swapped = yield* failure(() =>
+            a.uploads.complete(upload.id, { part_ids: [second.id, first.id], md5: md5(bytes) }))
+          expect([swapped.status, swapped.param]).toEqual([400, "md5"])
+          expect(swapped.error.message).toMatch(/^The MD5 of the parts \([0-9a-f]{32}\) does not match the md5 given/)
+          const malformed = yield* failure(() => a.uploads.complete(upload.id, { part_ids: [first.id], md5: "xyz" }))
+          expect([malformed.status, malformed.param]).toEqual([400, "md5"])
+          const none = yield* failure(() => a.uploads.complete(upload.id, { part_ids: [] }))
+          expect([none.status, none.param]).toEqual([400, "part_ids"])
+          expect((yield* Effect.promise(() => a.files.list())).data).toHaveLength(filesBefore) // none of that made a file
+
+          const completed = yield* Effect.promise(() =>
+            a.uploads.complete(upload.id, { part_ids: [first.id, second.id], md5: md5(bytes).toUpperCase() }))
+          expect(completed.status).toBe("completed")
+          expect(completed.file!.expires_at).toBe(completed.file!.created_at + 7200) // `expires_after` is the File's
+          expect(yield* Effect.promise(async () => (await a.files.content(completed.file!.id)).text())).toBe(bytes.toString())
+        }))
+
+      it.effect("cancel deletes the parts; a cancelled upload takes no part and no complete, and cancels again", () =>
+        Effect.gen(function*() {
+          const { a } = yield* clients
+          const upload = yield* createUpload(a, 8, { purpose: "user_data", filename: "notes.txt", mime_type: "text/plain" })
+          const part = yield* sendPart(a, upload.id, Buffer.from("12345678"))
+          expect((yield* partBlobs).parts).toContain(part.id)
+
+          const cancelled = yield* Effect.promise(() => a.uploads.cancel(upload.id))
+          expect(cancelled).toEqual({ ...upload, status: "cancelled", file: null })
+          expect((yield* partBlobs).parts).not.toContain(part.id)
+          const late = yield* failure(() => sendPartPromise(a, upload.id, Buffer.from("x")))
+          expect([late.status, late.error.message]).toEqual([400, `Cannot add a part to upload ${upload.id}: it was cancelled.`])
+          expect((yield* failure(() => a.uploads.complete(upload.id, { part_ids: [part.id] }))).status).toBe(400)
+          expect(yield* Effect.promise(() => a.uploads.cancel(upload.id))).toEqual(cancelled)
+        }))
+
+      it.effect("another project's upload answers exactly as an unknown one; no key, no upload", () =>
+        Effect.gen(function*() {
+          const { a, b, stranger } = yield* clients
+          const upload = yield* createUpload(a, 4)
+          const part = yield* sendPart(a, upload.id, Buffer.from("abcd"))
+          const calls: ReadonlyArray<(id: string) => Promise<unknown>> = [
+            (id) => sendPartPromise(b, id, Buffer.from("abcd")),
+            (id) => b.uploads.complete(id, { part_ids: [part.id] }),
+            (id) => b.uploads.cancel(id)
+          ]
+          for (const call of calls) {
+            const other = yield* failure(() => call(upload.id))
+            const unknown = yield* failure(() => call(UNKNOWN_UPLOAD))
+            expect([other.status, unknown.status]).toEqual([404, 404])
+            expect(JSON.stringify(other.error)).toBe(JSON.stringify(unknown.error).replaceAll(UNKNOWN_UPLOAD, upload.id))
+          }
+          expect((yield* failure(() => stranger.uploads.create({
+            bytes: 4,
+            filename: "x.jsonl",
+            mime_type: "text/jsonl",
+            purpose: "batch"
+          }))).status).toBe(401)
+          // Untouched by all that: the owner completes it.
+          const completed = yield* Effect.promise(() => a.uploads.complete(upload.id, { part_ids: [part.id] }))
+          expect(completed.status).toBe("completed")
+          expect((yield* failure(() => b.files.retrieve(completed.file!.id))).status).toBe(404)
+        }))
+    })
+
+    layer(sweeping, { excludeTestServices: true })(`${backend}, ${fileStorage} file bytes, swept`, (it) => {
+      it.effect("an upload expires an hour after its creation: closed at once, then its parts are swept", () =>
+        Effect.gen(function*() {
+          const { a } = yield* clients
+          const upload = yield* createUpload(a, 4)
+          const part = yield* sendPart(a, upload.id, Buffer.from("abcd"))
+          yield* sql(`UPDATE uploads SET expires_at = created_at - 1 WHERE id = '${upload.id}'`) // an hour later
+
+          const late = yield* failure(() => sendPartPromise(a, upload.id, Buffer.from("x")))
+          expect([late.status, late.error.message]).toEqual([
+            400,
+            `Cannot add a part to upload ${upload.id}: it expired (an upload takes parts and can be completed for an hour after its creation).`
+          ])
+          expect((yield* failure(() => a.uploads.complete(upload.id, { part_ids: [part.id] }))).status).toBe(400)
+          expect((yield* failure(() => a.uploads.cancel(upload.id))).status).toBe(400)
+          // The sweep (every FILE_SWEEP_INTERVAL, here 100 ms) stores the status and deletes the parts.
+          yield* eventuallyEffect(Effect.gen(function*() {
+            const rows = yield* sql(`SELECT status FROM uploads WHERE id = '${upload.id}'`)
+            expect(rows).toEqual([{ status: "expired" }])
+            expect((yield* partBlobs).parts).not.toContain(part.id)
+          }))
+        }))
+    })
+
+    it.effect(`${backend}, ${fileStorage} file bytes: a restart keeps an upload, its parts, and gives back a completion cut short`, () =>
+      Effect.gen(function*() {
+        // The services alone, started twice on the same database and data directory.
+        const start = UploadsLive.pipe(
+          Layer.provideMerge(FileStoreLive),
+          Layer.provideMerge(StorageLive),
+          Layer.provideMerge(configFor({ fileStorage: Option.some(fileStorage) }))
+        )
+        const bytes = Buffer.from("first half|second half\n")
+        const { id, parts } = yield* Effect.gen(function*() {
+          const uploads = yield* Uploads
+          const upload = yield* uploads.create({ project: "p", bytes: bytes.length, filename: "f.jsonl", purpose: "batch", mimeType: "text/jsonl" })
+          const parts = []
+          for (const piece of [bytes.subarray(0, 11), bytes.subarray(11)]) {
+            const part = yield* Effect.scoped(Effect.gen(function*() {
+              const writer = yield* uploads.openPart
+              yield* writer.write(piece)
+              return yield* uploads.addPart(upload.id, { project: "p" }, yield* writer.finish)
+            }))
+            parts.push(part.id)
+          }
+          // A crash in the middle of a complete leaves its claim behind.
+          const { nodeId } = yield* AppConfig
+          yield* sql(`UPDATE uploads SET status = 'completing', completing_owner = '${nodeId}' WHERE id = '${upload.id}'`)
+          return { id: upload.id, parts }
+        }).pipe(Effect.provide(start))
+
+        const content = yield* Effect.gen(function*() {
+          const completed = yield* Effect.flatMap(Uploads, (uploads) => uploads.complete(id, { project: "p" }, parts, md5(bytes)))
+          const { stream } = yield* Effect.flatMap(FileStore, (files) => files.content(completed.file!.id, { project: "p" }))
+          return Buffer.concat(yield* Stream.runCollect(stream).pipe(Effect.map((c) => Array.from(c))))
+        }).pipe(Effect.provide(start))
+        expect(content.toString()).toBe(bytes.toString())
+      }).pipe(Effect.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))))
+  }
+
+  // Parameters are checked before anything is stored: one backend is enough.
+  const limited = testApp({ maxUploadBytes: 1024 * 1024, maxFileBytesPerProject: Option.some(600_000) }, "sqlite", { auth })
+  layer(StorageLive.pipe(Layer.provideMerge(limited)), { excludeTestServices: true })("bad parameters", (it) => {
+    it.effect("each bad create parameter is a 400 naming it; bytes beyond the project's quota a 413", () =>
+      Effect.gen(function*() {
+        const { a } = yield* clients
+        const good = { bytes: 10, filename: "in.jsonl", mime_type: "text/jsonl", purpose: "batch" } as const
+        const cases: ReadonlyArray<[Record<string, unknown>, string, string]> = [
+          [{ bytes: 0 }, "bytes", "invalid_value"],
+          [{ bytes: 1.5 }, "bytes", "invalid_value"],
+          [{ bytes: 1024 * 1024 + 1 }, "bytes", "invalid_value"], // MAX_UPLOAD_BYTES
+          [{ bytes: "10" }, "bytes", "invalid_type"],
+          [{ mime_type: "image/png" }, "mime_type", "invalid_value"],
+          [{ purpose: "nope" }, "purpose", "invalid_value"],
+          [{ filename: "in.csv" }, "filename", "invalid_file_format"],
+          [{ filename: "" }, "filename", "invalid_value"],
+          [{ filename: "a\nb.jsonl" }, "filename", "invalid_value"],
+          [{ expires_after: { anchor: "last_active_at", seconds: 3600 } }, "expires_after.anchor", "invalid_value"],
+          [{ expires_after: { anchor: "created_at", seconds: 60 } }, "expires_after.seconds", "invalid_value"],
+          [{ purpose: undefined }, "purpose", "missing_required_parameter"]
+        ]
+        for (const [change, param, code] of cases) {
+          const e = yield* failure(() => a.uploads.create({ ...good, ...change } as any))
+          expect([JSON.stringify(change), e.status, e.param, e.code]).toEqual([JSON.stringify(change), 400, param, code])
+        }
+        const mime = yield* failure(() => a.uploads.create({ ...good, mime_type: "image/png" }))
+        expect(mime.error.message).toBe(
+          "Invalid value: 'image/png'. Supported values are: 'text/jsonl', 'application/jsonl', 'application/json', 'text/plain'."
+        )
+
+        // A pending upload holds its bytes in the project's quota: a file beyond the rest is refused.
+        const held = yield* Effect.promise(() => a.uploads.create({ ...good, bytes: 599_000 }))
+        const over = yield* failure(() => a.uploads.create({ ...good, bytes: 1001 }))
+        expect([over.status, over.param, over.code]).toEqual([413, "bytes", "storage_quota_exceeded"])
+        const file = yield* failure(async () =>
+          a.files.create({ file: await toFile(Buffer.alloc(1001), "f.jsonl"), purpose: "batch" }))
+        expect([file.status, file.code]).toEqual([413, "storage_quota_exceeded"])
+        yield* Effect.promise(() => a.uploads.cancel(held.id))
+        expect((yield* Effect.promise(() => a.uploads.create({ ...good, bytes: 1001 }))).status).toBe("pending")
+      }))
+
+    it.effect("a part must be one 'data' file of at most 64 MB", () =>
+      Effect.gen(function*() {
+        const { a } = yield* clients
+        const base = yield* baseUrl
+        const upload = yield* createUpload(a, 10)
+        const post = (form: FormData) =>
+          Effect.promise(async () => {
+            const response = await fetch(`${base}/v1/uploads/${upload.id}/parts`, {
+              method: "POST",
+              headers: { authorization: `Bearer ${KEYS.a}` },
+              body: form
+            })
+            return { status: response.status, error: ((await response.json()) as any).error }
+          })
+        const text = new FormData()
+        text.set("data", "not a file")
+        expect(yield* post(text)).toMatchObject({ status: 400, error: { param: "data", code: "invalid_type" } })
+        const none = new FormData()
+        none.set("other", new Blob(["x"]), "x.bin")
+        expect(yield* post(none)).toMatchObject({ status: 400, error: { param: "data", code: "missing_required_parameter" } })
+        const big = yield* failure(() => sendPartPromise(a, upload.id, Buffer.alloc(64 * 1024 * 1024 + 1)))
+        expect([big.status, big.param]).toEqual([413, "data"])
+        expect(yield* partBlobs).toEqual({ parts: [], staging: [] })
+      }), { timeout: 30_000 })
+  })
+})

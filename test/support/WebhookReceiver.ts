@@ -1,0 +1,53 @@
+/** A webhook receiver on a local port for tests: it records every request and answers as told. */
+import { Effect } from "effect"
+import { createServer, type IncomingHttpHeaders } from "node:http"
+import type { AddressInfo } from "node:net"
+
+export interface Received {
+  readonly headers: Record<string, string>
+  readonly body: string
+}
+
+/** How to answer the `n`-th request (from 1): a status, a body, and how long to wait before answering. */
+export type Answer = (n: number, request: Received) => { readonly status: number; readonly body?: string; readonly delayMs?: number }
+
+export interface Receiver {
+  /** `http://127.0.0.1:<port>/hook`. */
+  readonly url: string
+  readonly port: number
+  /** Every request so far, in arrival order. */
+  readonly received: Array<Received>
+  /** How it answers from now on (default: 200). */
+  answer: Answer
+}
+
+const flat = (headers: IncomingHttpHeaders): Record<string, string> =>
+  Object.fromEntries(Object.entries(headers).map(([name, value]) => [name, Array.isArray(value) ? value.join(", ") : value ?? ""]))
+
+/** A receiver on `port` (0: any free one), closed with the scope. */
+export const webhookReceiver = (port = 0, answer: Answer = () => ({ status: 200 })) =>
+  Effect.acquireRelease(
+    Effect.async<{ readonly receiver: Receiver; readonly close: () => void }>((resume) => {
+      const received: Array<Received> = []
+      const receiver: Receiver = { url: "", port: 0, received, answer }
+      const server = createServer((req, res) => {
+        const chunks: Array<Buffer> = []
+        req.on("data", (chunk: Buffer) => chunks.push(chunk))
+        req.on("end", () => {
+          const request = { headers: flat(req.headers), body: Buffer.concat(chunks).toString("utf8") }
+          received.push(request)
+          const { body = "", delayMs = 0, status } = receiver.answer(received.length, request)
+          setTimeout(() => res.writeHead(status, { "content-type": "text/plain" }).end(body), delayMs)
+        })
+      })
+      server.listen(port, "127.0.0.1", () => {
+        const bound = (server.address() as AddressInfo).port
+        Object.assign(receiver, { url: `http://127.0.0.1:${bound}/hook`, port: bound })
+        resume(Effect.succeed({ receiver, close: () => {
+          server.close()
+          server.closeAllConnections()
+        } }))
+      })
+    }),
+    ({ close }) => Effect.sync(close)
+  ).pipe(Effect.map(({ receiver }) => receiver))
