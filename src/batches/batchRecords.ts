@@ -31,6 +31,7 @@ import {
 } from "./BatchStore.js"
 import { type BatchSql, chunks, INSERT_GROUP, SqlInt } from "./sql.js"
 import { type Move, transitions } from "./transitions.js"
+import { trusted } from "../domain/List.js"
 
 /** A row of `batches`, as either database returns it (the columns the API does not show are left out). */
 const BatchRow = Schema.Struct({
@@ -96,14 +97,16 @@ const recordOf = (row: typeof BatchRow.Type): BatchRecord => ({
       total_tokens: row.total_tokens
     },
     metadata: row.metadata
-  }),
+  }, trusted),
   project: row.project,
   outputExpiresAfterSeconds: row.output_expires_after,
   requestHash: row.request_hash
 })
 
-const decodeRecords = (rows: ReadonlyArray<unknown>) =>
-  Effect.map(Schema.decodeUnknown(Schema.Array(BatchRow))(rows), (decoded) => decoded.map(recordOf))
+/** Built once: a schema made per call compiles its parser again on every read. */
+const decodeRows = Schema.decodeUnknown(Schema.Array(BatchRow))
+
+const decodeRecords = (rows: ReadonlyArray<unknown>) => Effect.map(decodeRows(rows), (decoded) => decoded.map(recordOf))
 
 /**
  * The `idempotency_key` column's value: the key scoped by its project (the column is unique across projects), with

@@ -10,6 +10,7 @@ import { type FileId, fileId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
 import { BlobStore, type StagedBlob, stageStream, type StagingWriter } from "../storage/BlobStore.js"
 import { nowSeconds, visibleTo } from "../storage/Sql.js"
+import { trusted } from "../domain/List.js"
 
 export class FileNotFound extends Data.TaggedError("FileNotFound")<{ readonly id: FileId }> {}
 /** The `after` cursor of a list names no file. */
@@ -92,7 +93,7 @@ const toFileObject = (row: FileRow): FileObject =>
     purpose: row.purpose,
     status: "processed",
     status_details: null
-  })
+  }, trusted)
 
 const SWEEP_GROUP = 500
 

@@ -22,8 +22,9 @@ import * as BatchLines from "../observability/batchLines.js"
 import { OpenAIApi } from "./Api.js"
 import { overQuota } from "./FilesHttp.js"
 import { batchResults } from "./BatchResultsHttp.js"
-import { listPage } from "../domain/List.js"
+import { listPage, trusted } from "../domain/List.js"
 import { echo } from "../domain/Text.js"
+import { storedJson } from "./StoredResponse.js"
 
 const batchNotFound = (id: string) => notFound(`No batch found with id '${echo(id)}'.`, "batch_id")
 
@@ -217,7 +218,7 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
         ), { uninterruptible: true })
       .handle("retrieve", ({ path }) =>
         Effect.flatMap(CurrentCaller, (caller) => store.get(path.batch_id, visibilityOf(caller))).pipe(
-          Effect.map((r) => r.batch),
+          Effect.map((r) => storedJson(r.batch)),
           Effect.catchTag("BatchNotFound", ({ id }) => batchNotFound(id))
         ))
       .handle("cancel", ({ path }) =>
@@ -235,7 +236,7 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
       .handle("list", ({ urlParams }) =>
         Effect.flatMap(CurrentCaller, (caller) =>
           store.list({ visibility: visibilityOf(caller), after: urlParams.after, limit: urlParams.limit ?? 20 })).pipe(
-          Effect.map(({ data, hasMore }) => new BatchList(listPage(data, hasMore))),
+          Effect.map(({ data, hasMore }) => storedJson(new BatchList(listPage(data, hasMore), trusted))),
           Effect.catchTag("UnknownBatchCursor", ({ after }) =>
             invalidRequest(`No batch found for the 'after' cursor: ${echo(after)}`, "after", "invalid_value"))
         ))

@@ -20,8 +20,9 @@ import { OpenAIApi } from "./Api.js"
 import { fromMultipartInvalid } from "./Middleware.js"
 import { type FilenameInvalid, type MultipartInvalid, parseFormData } from "./Multipart.js"
 import { requestBody } from "./RequestBody.js"
-import { listPage } from "../domain/List.js"
+import { listPage, trusted } from "../domain/List.js"
 import { echo } from "../domain/Text.js"
+import { storedJson } from "./StoredResponse.js"
 
 /** Room for the form fields and part headers around the file, when comparing `Content-Length` to the limit. */
 const FORM_OVERHEAD_BYTES = 64 * 1024
@@ -204,12 +205,15 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
           limit: urlParams.limit ?? 10_000,
           order: urlParams.order ?? "desc"
         }).pipe(
-          Effect.map(({ data, hasMore }) => new FileList(listPage(data, hasMore))),
+          Effect.map(({ data, hasMore }) => storedJson(new FileList(listPage(data, hasMore), trusted))),
           Effect.catchTag("UnknownCursor", ({ after }) =>
             invalidRequest(`No such File object for the 'after' cursor: ${echo(after)}`, "after", "invalid_value"))
         )))
       .handle("retrieve", ({ path }) =>
-        Effect.flatMap(CurrentCaller, (caller) => files.get(path.file_id, visibilityOf(caller))).pipe(Effect.catchTag("FileNotFound", ({ id }) => fileNotFound(id))))
+        Effect.flatMap(CurrentCaller, (caller) => files.get(path.file_id, visibilityOf(caller))).pipe(
+          Effect.map(storedJson),
+          Effect.catchTag("FileNotFound", ({ id }) => fileNotFound(id))
+        ))
       .handle("content", ({ path }) =>
         Effect.flatMap(CurrentCaller, (caller) => files.content(path.file_id, visibilityOf(caller))).pipe(
           Effect.map(({ file, stream }) =>

@@ -1,0 +1,70 @@
+/**
+ * The reads clients poll send their objects without the endpoint's encoder (`http/StoredResponse.ts`): their bytes
+ * must be exactly what the encoder writes, or an SDK would see a changed shape.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Schema } from "effect"
+import { Batch, BatchList } from "../src/domain/Batches.js"
+import { FileList, FileObject } from "../src/domain/Files.js"
+import { listPage, trusted } from "../src/domain/List.js"
+
+const batch = (id: string, full: boolean) =>
+  new Batch({
+    id: id as Batch["id"],
+    object: "batch",
+    endpoint: "/v1/chat/completions",
+    model: full ? "m" : null,
+    errors: full ? { object: "list", data: [{ code: "invalid_json", message: "Line 3 is not JSON.", param: null, line: 3 }] } : null,
+    input_file_id: "file-in" as Batch["input_file_id"],
+    completion_window: "24h",
+    status: full ? "completed" : "validating",
+    output_file_id: full ? "file-out" as Batch["input_file_id"] : null,
+    error_file_id: null,
+    created_at: 1_700_000_000,
+    in_progress_at: full ? 1_700_000_001 : null,
+    expires_at: 1_700_086_400,
+    finalizing_at: full ? 1_700_000_002 : null,
+    completed_at: full ? 1_700_000_003 : null,
+    failed_at: null,
+    expired_at: null,
+    cancelling_at: null,
+    cancelled_at: null,
+    request_counts: { total: 3, completed: 2, failed: 1 },
+    usage: {
+      input_tokens: 10,
+      input_tokens_details: { cached_tokens: 4 },
+      output_tokens: 5,
+      output_tokens_details: { reasoning_tokens: 1 },
+      total_tokens: 15
+    },
+    metadata: full ? { team: "a", "k\"ey": "v\n" } : null
+  }, trusted)
+
+const file = (id: string) =>
+  new FileObject({
+    id: id as FileObject["id"],
+    object: "file",
+    bytes: 12,
+    created_at: 1_700_000_000,
+    expires_at: null,
+    filename: "in.jsonl",
+    purpose: "batch",
+    status: "processed",
+    status_details: null
+  }, trusted)
+
+describe("stored objects sent as they are", () => {
+  it("a batch, a batch list, a file and a file list give the encoder's bytes", () => {
+    const cases: ReadonlyArray<readonly [unknown, Schema.Schema<any, any>]> = [
+      [batch("batch_a", true), Batch],
+      [batch("batch_b", false), Batch],
+      [new BatchList(listPage([batch("batch_a", true), batch("batch_b", false)], true), trusted), BatchList],
+      [file("file-a"), FileObject],
+      [new FileList(listPage([file("file-a"), file("file-b")], false), trusted), FileList],
+      [new FileList(listPage([], false), trusted), FileList]
+    ]
+    for (const [value, schema] of cases) {
+      expect(JSON.stringify(value)).toBe(JSON.stringify(Schema.encodeSync(schema)(value)))
+    }
+  })
+})
