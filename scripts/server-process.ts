@@ -2,15 +2,10 @@
 import { readFileSync } from "node:fs"
 import * as Path from "node:path"
 
-export const root = Path.resolve(import.meta.dirname, "..")
+/** The node flags `npm start` runs the server with (shared with the CLI's `serve`). */
+export { startFlags } from "../src/cli/serve.js"
 
-/** The node flags `npm start` runs the server with, read from package.json so benchmarks never drift from it. */
-export const startFlags = (): Array<string> => {
-  const start: string = JSON.parse(readFileSync(Path.join(root, "package.json"), "utf8")).scripts.start
-  const flags = /\bnode\s+(.*?)\s*dist\/main\.js/.exec(start)?.[1]
-  if (flags === undefined) throw new Error(`cannot find the node command in the start script: ${start}`)
-  return flags.split(/\s+/).filter(Boolean)
-}
+export const root = Path.resolve(import.meta.dirname, "..")
 
 /** Resolves once `url` answers (any status below 500). */
 export const waitHealthy = async (url: string) => {

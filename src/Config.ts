@@ -123,6 +123,8 @@ export interface AppConfigShape {
   readonly webhookSecret: Option.Option<Redacted.Redacted>
   /** The wait after a first failed delivery (`WEBHOOK_RETRY_BASE_DELAY`); it doubles with each attempt, with jitter. */
   readonly webhookRetryBaseDelay: Duration.Duration
+  /** The longest wait between two delivery attempts (`WEBHOOK_RETRY_MAX_DELAY`): the doubling stops there. */
+  readonly webhookRetryMaxDelay: Duration.Duration
   /** How long an event is retried before its delivery gives up (`WEBHOOK_RETRY_FOR`). */
   readonly webhookRetryFor: Duration.Duration
 }
@@ -175,6 +177,7 @@ export const defaults: AppConfigShape = {
   webhookUrl: Option.none(),
   webhookSecret: Option.none(),
   webhookRetryBaseDelay: Duration.seconds(5),
+  webhookRetryMaxDelay: Duration.hours(1),
   webhookRetryFor: Duration.hours(72)
 }
 
@@ -253,6 +256,7 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   webhookUrl: Config.option(Config.string("WEBHOOK_URL")),
   webhookSecret: Config.option(Config.redacted("WEBHOOK_SECRET")),
   webhookRetryBaseDelay: Config.duration("WEBHOOK_RETRY_BASE_DELAY").pipe(Config.withDefault(defaults.webhookRetryBaseDelay)),
+  webhookRetryMaxDelay: Config.duration("WEBHOOK_RETRY_MAX_DELAY").pipe(Config.withDefault(defaults.webhookRetryMaxDelay)),
   webhookRetryFor: Config.duration("WEBHOOK_RETRY_FOR").pipe(Config.withDefault(defaults.webhookRetryFor))
 }).pipe(
   Config.map(({ adminApiKeys, apiKeys, nodeId, ...rest }) => ({

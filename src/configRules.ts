@@ -193,6 +193,11 @@ const rules: ReadonlyArray<Rule> = [
     holds: (c) => !Option.exists(c.webhookSecret, (secret) => secretProblem(Redacted.value(secret)) !== undefined)
   },
   positiveDuration("webhookRetryBaseDelay", "WEBHOOK_RETRY_BASE_DELAY"),
+  {
+    variable: "WEBHOOK_RETRY_MAX_DELAY",
+    expected: "a duration no shorter than WEBHOOK_RETRY_BASE_DELAY",
+    holds: (c) => Duration.greaterThanOrEqualTo(c.webhookRetryMaxDelay, c.webhookRetryBaseDelay)
+  },
   positiveDuration("webhookRetryFor", "WEBHOOK_RETRY_FOR")
 ]
 

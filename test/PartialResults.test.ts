@@ -3,12 +3,18 @@
  * generic `get`, on SQLite and PostgreSQL: polled during a 5,000-request batch whose lines finish out of order and
  * partly fail, the windows a poller collects grow monotonically and, concatenated, are the final output and error
  * files byte for byte; a line finished after a later one is never skipped (windows stop at the first unfinished
- * line); `after` and `limit`; another project's batch is a 404 like an unknown one; bad parameters a 400 naming them.
+ * line); `x-next-after` moves on when a window of the kind is empty; `after` and `limit`; a read that fails is a
+ * 500, never a 200 cut short; another project's batch is a 404 like an unknown one; bad parameters a 400 naming them.
  */
 import { describe, expect, layer } from "@effect/vitest"
-import { Duration, Effect } from "effect"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { SqlError } from "@effect/sql/SqlError"
+import { Duration, Effect, Layer, LogLevel } from "effect"
 import OpenAI from "openai"
 import { AuthTest } from "../src/auth/Auth.js"
+import { BatchStore, make as makeBatchStore } from "../src/batches/BatchStore.js"
+import { makePartialResults } from "../src/batches/partialResults.js"
+import { makeBatchSql } from "../src/batches/sql.js"
 import { chatLine, createBatch, failure, terminal, upload, waitFor } from "./support/Batches.js"
 import { backends, baseUrl, testAppWithUpstream } from "./support/TestApp.js"
 
@@ -29,9 +35,17 @@ const clients = Effect.map(baseUrl, (base) => {
 interface Window {
   readonly status: number
   readonly contentType: string | null
+  readonly contentLength: string | null
   readonly lastLine: number
-  readonly text: string
+  readonly nextAfter: number
+  readonly bytes: Buffer
+  /** The input line numbers of its lines (custom ids are `l<line>`). */
+  readonly lines: Array<number>
 }
+
+/** The input line numbers of a file's lines (custom ids are `l<line>`). */
+const linesOf = (text: string): Array<number> =>
+  text.split("\n").filter((l) => l !== "").map((l) => Number(JSON.parse(l).custom_id.slice(1)))
 
 /**
  * One call of the extension, as a user makes it with the SDK (`asResponse`: the SDK would parse
@@ -40,50 +54,65 @@ interface Window {
 const results = (openai: OpenAI, id: string, query: Record<string, unknown> = {}) =>
   Effect.promise(async (): Promise<Window> => {
     const response = await openai.get(`/batches/${id}/results`, { query }).asResponse()
+    const bytes = Buffer.from(await response.arrayBuffer())
     return {
       status: response.status,
       contentType: response.headers.get("content-type"),
+      contentLength: response.headers.get("content-length"),
       lastLine: Number(response.headers.get("x-last-line")),
-      text: await response.text()
+      nextAfter: Number(response.headers.get("x-next-after")),
+      bytes,
+      lines: linesOf(bytes.toString())
     }
   })
 
-/** The input line numbers of a window's lines (custom ids are `l<line>`). */
-const linesOf = (text: string): Array<number> =>
-  text.split("\n").filter((l) => l !== "").map((l) => Number(JSON.parse(l).custom_id.slice(1)))
+/** What a window shows the poller: `[its lines, x-last-line, x-next-after]`. */
+const seen = (window: Window) => [window.lines, window.lastLine, window.nextAfter]
 
 const fileText = (openai: OpenAI, fileId: string | null | undefined) =>
   Effect.promise(async () => (fileId ? Buffer.from(await (await openai.files.content(fileId)).arrayBuffer()) : Buffer.alloc(0)))
 
 /**
- * Polls `kind` from line 0 until the batch is final and a window comes back empty, checking each window: lines
- * after `after`, in order, the last one `x-last-line` (or `after` echoed when empty). Returns what was collected
- * and how many windows with lines were served while the batch was still `in_progress`.
+ * What every window must be: a 200 of `application/jsonl` with its length, lines after `after` in order (at most
+ * `limit`), the last one `x-last-line` (0 when none), and `x-next-after` never behind either.
  */
-const pollUntilDone = (openai: OpenAI, id: string, kind: "output" | "error", limit?: number) =>
+const expectWindow = (window: Window, after: number, limit: number | undefined) => {
+  expect([window.status, window.contentType, window.contentLength]).toEqual([200, "application/jsonl", String(window.bytes.length)])
+  window.lines.forEach((line, i) => expect(line).toBeGreaterThan(i === 0 ? after : window.lines[i - 1]!))
+  expect(window.lastLine).toBe(window.lines.at(-1) ?? 0)
+  expect(window.nextAfter).toBeGreaterThanOrEqual(Math.max(after, window.lastLine))
+  if (limit !== undefined) expect(window.lines.length).toBeLessThanOrEqual(limit)
+}
+
+/**
+ * Polls both kinds from line 0 (output windows of at most `outputLimit` lines), each resuming from its
+ * `x-next-after`, until the batch is final and both windows come back empty, checking each window. Returns, per
+ * kind, what was collected, the last `after`, and how many windows with lines were served while it was `in_progress`.
+ */
+const pollUntilDone = (openai: OpenAI, id: string, outputLimit: number) =>
   Effect.gen(function*() {
-    let after = 0
-    let whileRunning = 0
-    const collected: Array<Buffer> = []
+    const kinds = ([["output", outputLimit], ["error", undefined]] as const).map(([kind, limit]) =>
+      ({ kind, limit, after: 0, whileRunning: 0, collected: [] as Array<Buffer> }))
     for (;;) {
       const before = yield* Effect.promise(() => openai.batches.retrieve(id))
-      const window = yield* results(openai, id, { kind, after, ...(limit === undefined ? {} : { limit }) })
-      expect(window.status).toBe(200)
-      expect(window.contentType).toBe("application/jsonl")
-      const lines = linesOf(window.text)
-      if (lines.length === 0) {
-        expect(window.lastLine).toBe(after)
-        if (terminal(before)) return { bytes: Buffer.concat(collected), whileRunning }
-      } else {
-        expect(lines[0]).toBeGreaterThan(after)
-        for (let i = 1; i < lines.length; i++) expect(lines[i]).toBeGreaterThan(lines[i - 1]!)
-        expect(window.lastLine).toBe(lines.at(-1))
-        if (limit !== undefined) expect(lines.length).toBeLessThanOrEqual(limit)
-        if (before.status === "in_progress") whileRunning++
+      let empty = true
+      for (const state of kinds) {
+        const { after, kind, limit } = state
+        const window = yield* results(openai, id, { kind, after, ...(limit === undefined ? {} : { limit }) })
+        expectWindow(window, after, limit)
+        if (window.lines.length > 0) {
+          empty = false
+          if (before.status === "in_progress") state.whileRunning++
+        }
+        state.collected.push(window.bytes)
+        state.after = window.nextAfter
       }
-      collected.push(Buffer.from(window.text))
-      after = window.lastLine
-      yield* Effect.sleep(Duration.millis(40))
+      if (empty && terminal(before)) {
+        const [output, error] = kinds.map((k) => ({ bytes: Buffer.concat(k.collected), after: k.after, whileRunning: k.whileRunning }))
+        return { output: output!, error: error! }
+      }
+      // Between polls, as a poller would: the server, the simulator and this loop share one thread.
+      yield* Effect.sleep(Duration.millis(50))
     }
   })
 
@@ -92,76 +121,79 @@ const prompt = (n: number) =>
   n % 97 === 0 ? `p${n} [sleep:60]` : n % 50 === 0 ? `p${n} [fail:400]` : n % 333 === 0 ? `p${n} [fail:422]` : `p${n}`
 
 for (const backend of backends) describe(`results while a batch runs (${backend})`, () => {
-  layer(testAppWithUpstream(config, { latencyMs: 2 }, backend, { auth }), { excludeTestServices: true })("extension", (it) => {
+  layer(testAppWithUpstream(config, {}, backend, { auth }), { excludeTestServices: true })("extension", (it) => {
     it.effect("polled during a 5,000-request batch, output and error windows add up to the final files, byte for byte", () =>
       Effect.gen(function*() {
         const { a } = yield* clients
         const total = 5000
         const file = yield* upload(a, Array.from({ length: total }, (_, i) => chatLine(`l${i + 1}`, prompt(i + 1))))
         const batch = yield* createBatch(a, file.id)
-        const [output, errors] = yield* Effect.all([
-          pollUntilDone(a, batch.id, "output", 700),
-          pollUntilDone(a, batch.id, "error")
-        ], { concurrency: 2 })
+        const polled = yield* pollUntilDone(a, batch.id, 700)
         const done = yield* waitFor(a, batch.id, terminal)
         expect(done.status).toBe("completed")
         expect(done.request_counts!.failed).toBe(Array.from({ length: total }, (_, i) => prompt(i + 1)).filter((p) => p.includes("fail")).length)
-        expect(output.bytes.equals(yield* fileText(a, done.output_file_id))).toBe(true)
-        expect(errors.bytes.equals(yield* fileText(a, done.error_file_id))).toBe(true)
-        expect(linesOf(output.bytes.toString()).length).toBe(done.request_counts!.completed)
+        expect(polled.output.bytes.equals(yield* fileText(a, done.output_file_id))).toBe(true)
+        expect(polled.error.bytes.equals(yield* fileText(a, done.error_file_id))).toBe(true)
+        expect(linesOf(polled.output.bytes.toString()).length).toBe(done.request_counts!.completed)
+        // Both pollers end at the last line, the output one although line 5,000 is an error line.
+        expect([polled.output.after, polled.error.after]).toEqual([total, total])
         // The windows were served while the batch ran, not only once it was over.
-        expect(output.whileRunning).toBeGreaterThan(1)
+        expect(polled.output.whileRunning).toBeGreaterThan(1)
       }), { timeout: 60_000 })
 
-    it.effect("a line that finishes after later ones holds the window back until it is done; after and limit", () =>
+    it.effect("a line that finishes after later ones (here by a cancel) holds the window back until it is done; x-next-after; after and limit", () =>
       Effect.gen(function*() {
         const { a } = yield* clients
-        const file = yield* upload(a, [chatLine("l1", "one"), chatLine("l2", "two [sleep:700]"), chatLine("l3", "three"), chatLine("l4", "four [fail:400]"), chatLine("l5", "five")])
+        // Line 2 never answers: it is "done" only once the batch is cancelled (batch_cancelled), after lines 3 to 5.
+        const file = yield* upload(a, [chatLine("l1", "one"), chatLine("l2", "two [hang]"), chatLine("l3", "three"), chatLine("l4", "four [fail:400]"), chatLine("l5", "five")])
         const batch = yield* createBatch(a, file.id)
-        // Lines 1, 3, 4 and 5 are done; line 2 is not: only line 1 is served, and nothing after it yet.
         yield* waitFor(a, batch.id, (b) => b.request_counts!.completed + b.request_counts!.failed === 4)
+        // Only line 1 is served, and nothing after it yet; the error poller moves on past line 1 (final, not an error).
         const early = yield* results(a, batch.id)
-        expect([linesOf(early.text), early.lastLine]).toEqual([[1], 1])
-        const errorsEarly = yield* results(a, batch.id, { kind: "error" })
-        expect([linesOf(errorsEarly.text), errorsEarly.lastLine]).toEqual([[], 0])
-        const resumed = yield* results(a, batch.id, { after: 1 })
-        expect([resumed.text, resumed.lastLine]).toEqual(["", 1])
+        expectWindow(early, 0, undefined)
+        expect(seen(early)).toEqual([[1], 1, 1])
+        expect(seen(yield* results(a, batch.id, { kind: "error" }))).toEqual([[], 0, 1])
+        expect(seen(yield* results(a, batch.id, { after: 1 }))).toEqual([[], 0, 1])
 
-        const done = yield* waitFor(a, batch.id, terminal)
-        const rest = yield* results(a, batch.id, { after: 1 })
-        expect([linesOf(rest.text), rest.lastLine]).toEqual([[2, 3, 5], 5])
-        expect(early.text + rest.text).toBe((yield* fileText(a, done.output_file_id)).toString())
-        const errorsDone = yield* results(a, batch.id, { kind: "error", after: 0 })
-        expect([linesOf(errorsDone.text), errorsDone.lastLine]).toEqual([[4], 4])
-        expect(errorsDone.text).toBe((yield* fileText(a, done.error_file_id)).toString())
-
-        const limited = yield* results(a, batch.id, { limit: 2 })
-        expect([linesOf(limited.text), limited.lastLine]).toEqual([[1, 2], 2])
-        const next = yield* results(a, batch.id, { after: limited.lastLine, limit: 2 })
-        expect([linesOf(next.text), next.lastLine]).toEqual([[3, 5], 5])
-        // Past the last line: nothing, and `after` echoed so that a poller stays where it is.
-        for (const after of [5, 100]) {
-          const past = yield* results(a, batch.id, { after })
-          expect([past.text, past.lastLine]).toEqual(["", after])
-        }
-      }), { timeout: 30_000 })
-
-    it.effect("a cancelled batch: the window stops at the request in flight, then holds its batch_cancelled line", () =>
-      Effect.gen(function*() {
-        const { a } = yield* clients
-        const file = yield* upload(a, [chatLine("l1", "one"), chatLine("l2", "two [hang]"), chatLine("l3", "three")])
-        const batch = yield* createBatch(a, file.id)
-        yield* waitFor(a, batch.id, (b) => b.request_counts!.completed === 2)
-        expect(linesOf((yield* results(a, batch.id)).text)).toEqual([1])
         yield* Effect.promise(() => a.batches.cancel(batch.id))
         const done = yield* waitFor(a, batch.id, terminal)
         expect(done.status).toBe("cancelled")
-        const output = yield* results(a, batch.id)
-        const errors = yield* results(a, batch.id, { kind: "error" })
-        expect([linesOf(output.text), output.lastLine, linesOf(errors.text), errors.lastLine]).toEqual([[1, 3], 3, [2], 2])
-        expect(JSON.parse(errors.text).error.code).toBe("batch_cancelled")
-        expect(output.text).toBe((yield* fileText(a, done.output_file_id)).toString())
-        expect(errors.text).toBe((yield* fileText(a, done.error_file_id)).toString())
+        const rest = yield* results(a, batch.id, { after: 1 })
+        expect(seen(rest)).toEqual([[3, 5], 5, 5])
+        expect(Buffer.concat([early.bytes, rest.bytes]).equals(yield* fileText(a, done.output_file_id))).toBe(true)
+        const errors = yield* results(a, batch.id, { kind: "error", after: 1 })
+        expect(seen(errors)).toEqual([[2, 4], 4, 5])
+        expect(JSON.parse(errors.bytes.toString().split("\n")[0]!).error.code).toBe("batch_cancelled")
+        expect(errors.bytes.equals(yield* fileText(a, done.error_file_id))).toBe(true)
+        // No error line after 4, yet the poller moves on to the last line.
+        expect(seen(yield* results(a, batch.id, { kind: "error", after: 4 }))).toEqual([[], 0, 5])
+
+        // With `limit`, a full window goes on from its last line (lines of the kind may follow).
+        const limited = yield* results(a, batch.id, { limit: 2 })
+        expectWindow(limited, 0, 2)
+        expect(seen(limited)).toEqual([[1, 3], 3, 3])
+        expect(seen(yield* results(a, batch.id, { after: limited.nextAfter, limit: 2 }))).toEqual([[5], 5, 5])
+        // Past the last line: nothing (x-last-line 0), and `after` echoed in x-next-after: a poller stays where it is.
+        for (const after of [5, 100]) {
+          const past = yield* results(a, batch.id, { after })
+          expectWindow(past, after, undefined)
+          expect(seen(past)).toEqual([[], 0, after])
+        }
+      }), { timeout: 30_000 })
+
+    it.effect("answers past 8 MiB: a response is one page, its x-last-line and x-next-after its last line", () =>
+      Effect.gen(function*() {
+        const { a } = yield* clients
+        // A page stops once 8 MiB of answers come before a line: after line 1's, lines 2 and 3 wait for the next.
+        const file = yield* upload(a, [chatLine("l1", "one [big:8.01]"), chatLine("l2", "two"), chatLine("l3", "three")])
+        const batch = yield* createBatch(a, file.id)
+        const done = yield* waitFor(a, batch.id, terminal)
+        const first = yield* results(a, batch.id)
+        expectWindow(first, 0, undefined)
+        expect(seen(first)).toEqual([[1], 1, 1])
+        const second = yield* results(a, batch.id, { after: first.nextAfter })
+        expect(seen(second)).toEqual([[2, 3], 3, 3])
+        expect(Buffer.concat([first.bytes, second.bytes]).equals(yield* fileText(a, done.output_file_id))).toBe(true)
       }))
 
     it.effect("another project's batch is a 404 exactly as an unknown one; without a key, a 401", () =>
@@ -178,7 +210,7 @@ for (const backend of backends) describe(`results while a batch runs (${backend}
         expect(other.error).toMatchObject({ type: "invalid_request_error", param: "batch_id" })
         const anonymous = yield* Effect.promise(() => fetch(`${a.baseURL}/batches/${batch.id}/results`))
         expect(anonymous.status).toBe(401)
-        expect(linesOf((yield* results(a, batch.id)).text)).toEqual([1])
+        expect((yield* results(a, batch.id)).lines).toEqual([1])
       }))
 
     it.effect("a bad kind, after or limit is a 400 naming it", () =>
@@ -202,3 +234,29 @@ for (const backend of backends) describe(`results while a batch runs (${backend}
       }))
   })
 })
+
+/**
+ * A store whose page reads fail (as when the database connection drops or a statement times out between the
+ * window and its lines): the window is found, its lines cannot be read.
+ */
+const pageReadsFail = Layer.effect(BatchStore, Effect.gen(function*() {
+  const store = yield* makeBatchStore
+  const sql = yield* SqlClient.SqlClient
+  const lost = () => Effect.die(new SqlError({ cause: new Error("Connection terminated unexpectedly"), message: "connection lost" }))
+  return { ...store, ...makePartialResults(sql, makeBatchSql(sql), lost) }
+}))
+
+layer(testAppWithUpstream(config, {}, "sqlite", { auth, batchStore: pageReadsFail, logLevel: LogLevel.None }), { excludeTestServices: true })(
+  "results while a batch runs, when reading the lines fails",
+  (it) => {
+    it.effect("the client gets a 500 in the error envelope, not a 200 with fewer lines", () =>
+      Effect.gen(function*() {
+        const { a } = yield* clients
+        const file = yield* upload(a, [chatLine("l1", "one"), chatLine("l2", "two")])
+        const batch = yield* createBatch(a, file.id)
+        expect((yield* waitFor(a, batch.id, terminal)).request_counts!.completed).toBe(2)
+        const error = yield* failure(() => a.get(`/batches/${batch.id}/results`).asResponse())
+        expect([error.status, error.error?.type]).toEqual([500, "server_error"])
+      }))
+  }
+)

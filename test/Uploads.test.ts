@@ -4,61 +4,20 @@
  * PostgreSQL: parts sent in parallel (one streamed chunked) become an ordinary File that runs as a batch input; a
  * wrong byte total, an unknown part, an md5 mismatch leave the upload pending; cancel and completion delete the
  * parts, and a closed upload refuses parts, completes and cancels; another project's upload is an unknown id; an
- * upload expires an hour after its creation; a restart keeps an upload and its parts; bad parameters are 400s
- * naming the parameter.
+ * upload expires an hour after its creation; a restart keeps an upload and its parts; parts added at once are
+ * each checked against the others. Bounds and bad parameters: `UploadsLimits.test.ts`; faults: `UploadsFaults.test.ts`.
  */
 import { describe, expect, it, layer } from "@effect/vitest"
-import * as SqlClient from "@effect/sql/SqlClient"
-import { Duration, Effect, Layer, Option, Stream } from "effect"
-import { createHash } from "node:crypto"
+import { Duration, Effect, Exit, Layer, Option, Stream } from "effect"
 import { createReadStream, writeFileSync } from "node:fs"
 import * as Path from "node:path"
-import OpenAI, { toFile } from "openai"
-import { AuthTest } from "../src/auth/Auth.js"
 import { AppConfig } from "../src/Config.js"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { Uploads, UploadsLive } from "../src/files/Uploads.js"
 import { StorageLive } from "../src/Layers.js"
 import { chatLine, createBatch, failure, readLines, terminal, waitFor } from "./support/Batches.js"
-import {
-  baseUrl,
-  configFor,
-  eventuallyEffect,
-  storages,
-  storedBlobs,
-  TestDatabase,
-  TestDataDir,
-  testApp,
-  testAppWithUpstream
-} from "./support/TestApp.js"
-
-const KEYS = { a: "sk-uploads-a-5f1c", b: "sk-uploads-b-93e0" }
-const auth = AuthTest({ apiKeys: [`${KEYS.a}:projA`, `${KEYS.b}:projB`] })
-
-const clients = Effect.map(baseUrl, (base) => {
-  const client = (apiKey: string) => new OpenAI({ baseURL: `${base}/v1`, apiKey, maxRetries: 0 })
-  return { a: client(KEYS.a), b: client(KEYS.b), stranger: client("sk-unknown") }
-})
-
-const md5 = (bytes: Uint8Array) => createHash("md5").update(bytes).digest("hex")
-
-const createUpload = (openai: OpenAI, bytes: number, extra: Partial<OpenAI.Uploads.UploadCreateParams> = {}) =>
-  Effect.promise(() =>
-    openai.uploads.create({ bytes, filename: "input.jsonl", mime_type: "text/jsonl", purpose: "batch", ...extra })
-  )
-
-const sendPartPromise = async (openai: OpenAI, uploadId: string, bytes: Uint8Array) =>
-  openai.uploads.parts.create(uploadId, { data: await toFile(bytes, "part") })
-const sendPart = (openai: OpenAI, uploadId: string, bytes: Uint8Array) =>
-  Effect.promise(() => sendPartPromise(openai, uploadId, bytes))
-
-/** The keys of stored part bytes (and staging areas left behind) in the app's storage. */
-const partBlobs = Effect.map(storedBlobs, ({ blobs, staging }) => ({
-  parts: blobs.filter((key) => key.startsWith("part_")),
-  staging
-}))
-
-const sql = (text: string) => Effect.flatMap(SqlClient.SqlClient, (client) => client.unsafe(text)).pipe(Effect.orDie)
+import { configFor, eventuallyEffect, storages, TestDatabase, TestDataDir, testApp, testAppWithUpstream } from "./support/TestApp.js"
+import { auth, clients, createUpload, md5, partBlobs, sendPart, sendPartPromise, sql } from "./support/Uploads.js"
 
 const UNKNOWN_UPLOAD = "upload_000000000000000000000000"
 
@@ -264,25 +223,29 @@ describe("uploads", () => {
         }))
     })
 
+    // The services alone, on the test's database and data directory (started twice: a restart).
+    const start = UploadsLive.pipe(
+      Layer.provideMerge(FileStoreLive),
+      Layer.provideMerge(StorageLive),
+      Layer.provideMerge(configFor({ fileStorage: Option.some(fileStorage) }))
+    )
+    const stagePart = (piece: Uint8Array) =>
+      Effect.flatMap(Uploads, (uploads) =>
+        Effect.gen(function*() {
+          const writer = yield* uploads.openPart
+          yield* writer.write(piece)
+          return yield* writer.finish
+        }))
+
     it.effect(`${backend}, ${fileStorage} file bytes: a restart keeps an upload, its parts, and gives back a completion cut short`, () =>
       Effect.gen(function*() {
-        // The services alone, started twice on the same database and data directory.
-        const start = UploadsLive.pipe(
-          Layer.provideMerge(FileStoreLive),
-          Layer.provideMerge(StorageLive),
-          Layer.provideMerge(configFor({ fileStorage: Option.some(fileStorage) }))
-        )
         const bytes = Buffer.from("first half|second half\n")
         const { id, parts } = yield* Effect.gen(function*() {
           const uploads = yield* Uploads
           const upload = yield* uploads.create({ project: "p", bytes: bytes.length, filename: "f.jsonl", purpose: "batch", mimeType: "text/jsonl" })
           const parts = []
           for (const piece of [bytes.subarray(0, 11), bytes.subarray(11)]) {
-            const part = yield* Effect.scoped(Effect.gen(function*() {
-              const writer = yield* uploads.openPart
-              yield* writer.write(piece)
-              return yield* uploads.addPart(upload.id, { project: "p" }, yield* writer.finish)
-            }))
+            const part = yield* Effect.scoped(Effect.flatMap(stagePart(piece), (staged) => uploads.addPart(upload.id, { project: "p" }, staged)))
             parts.push(part.id)
           }
           // A crash in the middle of a complete leaves its claim behind.
@@ -298,72 +261,23 @@ describe("uploads", () => {
         }).pipe(Effect.provide(start))
         expect(content.toString()).toBe(bytes.toString())
       }).pipe(Effect.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))))
+
+    it.effect(`${backend}, ${fileStorage} file bytes: parts added at once are each checked against the others`, () =>
+      Effect.scoped(Effect.gen(function*() {
+        const uploads = yield* Uploads
+        // 10 bytes: its parts may hold 20 (as much again for parts sent twice), so two of eight 8-byte parts fit.
+        const upload = yield* uploads.create({ project: "p", bytes: 10, filename: "f.jsonl", purpose: "batch", mimeType: "text/jsonl" })
+        const staged = yield* Effect.forEach(Array.from({ length: 8 }), () => stagePart(Buffer.from("12345678")))
+        const added = yield* Effect.forEach(staged, (part) => Effect.exit(uploads.addPart(upload.id, { project: "p" }, part)), {
+          concurrency: "unbounded"
+        })
+        expect(added.filter(Exit.isSuccess)).toHaveLength(2)
+        expect(yield* sql(`SELECT parts_bytes, parts_count FROM uploads WHERE id = '${upload.id}'`)).toEqual([
+          { parts_bytes: backend === "postgres" ? "16" : 16, parts_count: 2 }
+        ])
+        expect(yield* sql(`SELECT COUNT(*) AS n FROM upload_parts WHERE upload_id = '${upload.id}'`)).toEqual([
+          { n: backend === "postgres" ? "2" : 2 }
+        ])
+      })).pipe(Effect.provide(start), Effect.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))))
   }
-
-  // Parameters are checked before anything is stored: one backend is enough.
-  const limited = testApp({ maxUploadBytes: 1024 * 1024, maxFileBytesPerProject: Option.some(600_000) }, "sqlite", { auth })
-  layer(StorageLive.pipe(Layer.provideMerge(limited)), { excludeTestServices: true })("bad parameters", (it) => {
-    it.effect("each bad create parameter is a 400 naming it; bytes beyond the project's quota a 413", () =>
-      Effect.gen(function*() {
-        const { a } = yield* clients
-        const good = { bytes: 10, filename: "in.jsonl", mime_type: "text/jsonl", purpose: "batch" } as const
-        const cases: ReadonlyArray<[Record<string, unknown>, string, string]> = [
-          [{ bytes: 0 }, "bytes", "invalid_value"],
-          [{ bytes: 1.5 }, "bytes", "invalid_value"],
-          [{ bytes: 1024 * 1024 + 1 }, "bytes", "invalid_value"], // MAX_UPLOAD_BYTES
-          [{ bytes: "10" }, "bytes", "invalid_type"],
-          [{ mime_type: "image/png" }, "mime_type", "invalid_value"],
-          [{ purpose: "nope" }, "purpose", "invalid_value"],
-          [{ filename: "in.csv" }, "filename", "invalid_file_format"],
-          [{ filename: "" }, "filename", "invalid_value"],
-          [{ filename: "a\nb.jsonl" }, "filename", "invalid_value"],
-          [{ expires_after: { anchor: "last_active_at", seconds: 3600 } }, "expires_after.anchor", "invalid_value"],
-          [{ expires_after: { anchor: "created_at", seconds: 60 } }, "expires_after.seconds", "invalid_value"],
-          [{ purpose: undefined }, "purpose", "missing_required_parameter"]
-        ]
-        for (const [change, param, code] of cases) {
-          const e = yield* failure(() => a.uploads.create({ ...good, ...change } as any))
-          expect([JSON.stringify(change), e.status, e.param, e.code]).toEqual([JSON.stringify(change), 400, param, code])
-        }
-        const mime = yield* failure(() => a.uploads.create({ ...good, mime_type: "image/png" }))
-        expect(mime.error.message).toBe(
-          "Invalid value: 'image/png'. Supported values are: 'text/jsonl', 'application/jsonl', 'application/json', 'text/plain'."
-        )
-
-        // A pending upload holds its bytes in the project's quota: a file beyond the rest is refused.
-        const held = yield* Effect.promise(() => a.uploads.create({ ...good, bytes: 599_000 }))
-        const over = yield* failure(() => a.uploads.create({ ...good, bytes: 1001 }))
-        expect([over.status, over.param, over.code]).toEqual([413, "bytes", "storage_quota_exceeded"])
-        const file = yield* failure(async () =>
-          a.files.create({ file: await toFile(Buffer.alloc(1001), "f.jsonl"), purpose: "batch" }))
-        expect([file.status, file.code]).toEqual([413, "storage_quota_exceeded"])
-        yield* Effect.promise(() => a.uploads.cancel(held.id))
-        expect((yield* Effect.promise(() => a.uploads.create({ ...good, bytes: 1001 }))).status).toBe("pending")
-      }))
-
-    it.effect("a part must be one 'data' file of at most 64 MB", () =>
-      Effect.gen(function*() {
-        const { a } = yield* clients
-        const base = yield* baseUrl
-        const upload = yield* createUpload(a, 10)
-        const post = (form: FormData) =>
-          Effect.promise(async () => {
-            const response = await fetch(`${base}/v1/uploads/${upload.id}/parts`, {
-              method: "POST",
-              headers: { authorization: `Bearer ${KEYS.a}` },
-              body: form
-            })
-            return { status: response.status, error: ((await response.json()) as any).error }
-          })
-        const text = new FormData()
-        text.set("data", "not a file")
-        expect(yield* post(text)).toMatchObject({ status: 400, error: { param: "data", code: "invalid_type" } })
-        const none = new FormData()
-        none.set("other", new Blob(["x"]), "x.bin")
-        expect(yield* post(none)).toMatchObject({ status: 400, error: { param: "data", code: "missing_required_parameter" } })
-        const big = yield* failure(() => sendPartPromise(a, upload.id, Buffer.alloc(64 * 1024 * 1024 + 1)))
-        expect([big.status, big.param]).toEqual([413, "data"])
-        expect(yield* partBlobs).toEqual({ parts: [], staging: [] })
-      }), { timeout: 30_000 })
-  })
 })

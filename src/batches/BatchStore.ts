@@ -201,7 +201,8 @@ export interface BatchStoreShape {
   /**
    * Results while a batch runs (`partialResults.ts`): of the output (`succeeded`) or error file lines after line
    * `afterLine`, those before the batch's first request still without an outcome (every one when none is left), at
-   * most `limit`; their bytes are exactly the final file's, read a page at a time.
+   * most `limit` and one page of `resultLines` (read whole: a failed read fails the call); their bytes are exactly
+   * the final file's. With them, the `afterLine` of the next call.
    */
   readonly settledResults: (
     batchId: BatchId,

@@ -122,14 +122,14 @@ type BatchRecords = Pick<
 /**
  * The `batches` table's operations; `moved` is told of every status change made here, once it is committed (the
  * metrics: queue wait, finished batches and their durations); `finalMoved` runs inside the transaction of every
- * move to a final status (the webhook outbox, `webhooks/deliveries.ts`): the status and what it writes are
- * committed together or not at all.
+ * move to a final status, with the time the move stamped (the webhook outbox, `webhooks/deliveries.ts`): the
+ * status and what it writes are committed together or not at all.
  */
 export const makeBatchRecords = (
   sql: SqlClient.SqlClient,
   dialect: BatchSql,
   moved: (batch: Batch) => void = () => {},
-  finalMoved: (batch: Batch, project: string) => Effect.Effect<void, SqlError> = () => Effect.void
+  finalMoved: (batch: Batch, project: string, at: number) => Effect.Effect<void, SqlError> = () => Effect.void
 ): BatchRecords => {
   const selectWhere = (where: Fragment) =>
     Effect.flatMap(sql`SELECT * FROM batches WHERE ${where}`, decodeRecords)
@@ -240,7 +240,8 @@ export const makeBatchRecords = (
     const { from, stamp, to } = transitions[move]
     const final = terminalStatuses.includes(to)
     const moveIt = Effect.gen(function*() {
-      const changes: Record<string, unknown> = { ...set, status: to, [stamp]: yield* nowSeconds }
+      const at = yield* nowSeconds
+      const changes: Record<string, unknown> = { ...set, status: to, [stamp]: at }
       if (final) {
         changes.lease_owner = null
         changes.lease_until = null
@@ -249,7 +250,7 @@ export const makeBatchRecords = (
         UPDATE batches SET ${sql.update(changes)}
         WHERE id = ${id} AND ${sql.in("status", from)} AND ${condition} RETURNING *`
       const record = Option.fromNullable((yield* decodeRecords(rows))[0])
-      if (final && Option.isSome(record)) yield* finalMoved(record.value.batch, record.value.project)
+      if (final && Option.isSome(record)) yield* finalMoved(record.value.batch, record.value.project, at)
       return Option.map(record, (r) => r.batch)
     })
     return final ? sql.withTransaction(moveIt) : moveIt

@@ -10,6 +10,9 @@ export type JsonlLine =
 
 const NEWLINE = 10
 
+/** The longest input line read; a longer one is reported (`invalid_request`), not buffered. */
+export const MAX_LINE_BYTES = 16 * 1024 * 1024
+
 export const jsonlLines = (maxLineBytes: number) => <E>(bytes: Stream.Stream<Uint8Array, E>): Stream.Stream<JsonlLine, E> =>
   Stream.suspend(() => {
     const decoder = new TextDecoder("utf-8")

@@ -11,26 +11,40 @@
  * line), so a window there is final: resuming after its last line misses nothing and repeats nothing. Windows grow
  * as that first unfinished line moves on; once none is left (the batch's files are written, or about to be), they
  * reach the end.
+ *
+ * A response is one page of `resultLines`, read whole before it is answered: a read that fails then fails the
+ * request (an error status), where a streamed body would already have sent a 200 and its `x-last-line`, and a cut
+ * body would look complete.
  */
 import type * as SqlClient from "@effect/sql/SqlClient"
-import { Effect, Option, Stream } from "effect"
+import { Effect } from "effect"
 import type { BatchId } from "../domain/Ids.js"
-import type { BatchStoreShape, ResultLines } from "./BatchStore.js"
+import type { BatchStoreShape } from "./BatchStore.js"
 import { outcomeIs } from "./outcomes.js"
 import type { BatchSql } from "./sql.js"
-
-/** Result lines read at a time while a window streams (as the final files are written). */
-const PAGE = 1000
 
 /** Past every line (lines are SQL `INTEGER`s): the bound of a window when no line is unfinished. */
 const NO_LINE = 2_147_483_647
 
-/** The lines of a window: how many, the last one's input line (0 when none), and their bytes, read a page at a time. */
+/** A response's lines, and where the next one starts. */
 export interface SettledResults {
+  /** The lines in UTF-8, each ending with a newline (empty when there are none). */
+  readonly bytes: Uint8Array
   readonly count: number
+  /** The input line of the last line included; 0 when none. */
   readonly lastLine: number
-  readonly bytes: Stream.Stream<Uint8Array>
+  /**
+   * The `afterLine` of the next call: the last line included, or, once every line of the kind in the window is
+   * included, the line before the first unfinished request (the batch's last outcome when none is unfinished).
+   * Every line of the kind up to it is final and was included (here or before `afterLine`), so a poller of a kind
+   * that has few lines still moves on, and its next window scans only what is new. Never below `afterLine`.
+   */
+  readonly nextAfter: number
 }
+
+const EMPTY = new Uint8Array(0)
+
+const toNumber = (value: number | string | null): number | null => (value === null ? null : Number(value))
 
 export const makePartialResults = (
   sql: SqlClient.SqlClient,
@@ -41,14 +55,17 @@ export const makePartialResults = (
    * One statement, so the first unfinished line and the lines below it are read from the same snapshot. The first
    * unfinished line is looked for only where one can be: in an open slice (a slice is marked done once every one
    * of its lines has an outcome) of a batch not completed, expired or cancelled (those get their last outcomes
-   * before their final status); none found, every line counts. It bounds the range scanned, so a window costs
-   * about the lines between `afterLine` and it, not the batch.
+   * before their final status); none found, every line counts, up to the batch's last outcome. It bounds the
+   * range scanned, so a window costs about the lines between `afterLine` and it, not the batch.
    */
   const window = (batchId: BatchId, kind: "succeeded" | "failed", afterLine: number, limit: number) =>
-    sql<{ count: number | string; last_line: number | string | null }>`
-      SELECT COUNT(*) AS count, MAX(line) AS last_line FROM (
-        SELECT line FROM batch_results
-        WHERE batch_id = ${batchId} AND line > ${afterLine} AND line < COALESCE((
+    sql<{
+      count: number | string
+      first_pending: number | string | null
+      last_outcome: number | string | null
+    }>`
+      WITH bound AS (
+        SELECT (
           SELECT line FROM batch_requests r
           WHERE r.batch_id = ${batchId} AND r.line > ${afterLine}
             AND r.line >= (SELECT MIN(first_line) FROM batch_slices WHERE batch_id = ${batchId} AND state = 'open')
@@ -57,31 +74,43 @@ export const makePartialResults = (
             )
             AND ${dialect.isPending}
           ORDER BY line LIMIT 1
-        ), ${NO_LINE}) AND ${outcomeIs(sql, kind)}
+        ) AS first_pending
+      )
+      SELECT COUNT(*) AS count, (SELECT first_pending FROM bound) AS first_pending,
+        (SELECT MAX(line) FROM batch_results WHERE batch_id = ${batchId}) AS last_outcome
+      FROM (
+        SELECT line FROM batch_results
+        WHERE batch_id = ${batchId} AND line > ${afterLine}
+          AND line < COALESCE((SELECT first_pending FROM bound), ${NO_LINE}) AND ${outcomeIs(sql, kind)}
         ORDER BY line LIMIT ${limit}
       ) settled`.pipe(
-      Effect.map(([row]) => ({ count: Number(row!.count), lastLine: Number(row!.last_line ?? 0) })),
+      Effect.map(([row]) => ({
+        count: Number(row!.count),
+        firstPending: toNumber(row!.first_pending),
+        lastOutcome: toNumber(row!.last_outcome) ?? 0
+      })),
       Effect.orDie
     )
 
   /**
    * The window's lines are the first `count` lines of their kind after `afterLine` (they are all there, and none
-   * can be added among them), so reading pages of `resultLines` from `afterLine` until `count` lines gives exactly
-   * them.
+   * can be added among them), so one page of `resultLines` from `afterLine` holds the first of them: all `count`,
+   * or fewer when their answers pass the page's byte bound. Memory is bounded by that page: at most `limit`
+   * lines, their upstream bodies up to `RESULT_PAGE_BYTES` (8 MiB; or one line, when a single answer is larger,
+   * as in the final files), plus each line's envelope (ids, status, error message).
    */
-  const pages = (batchId: BatchId, kind: "succeeded" | "failed", afterLine: number, count: number) =>
-    Stream.paginateEffect({ after: afterLine, left: count }, ({ after, left }) =>
-      Effect.map(resultLines(batchId, kind, after, Math.min(PAGE, left)), (page: ResultLines) => {
-        const rest = left - page.count
-        return [page.bytes, rest > 0 && page.count > 0 ? Option.some({ after: page.lastLine, left: rest }) : Option.none()]
-      }))
-
   const settledResults = (batchId: BatchId, kind: "succeeded" | "failed", afterLine: number, limit: number) =>
-    Effect.map(window(batchId, kind, afterLine, limit), ({ count, lastLine }): SettledResults => ({
-      count,
-      lastLine,
-      bytes: count === 0 ? Stream.empty : pages(batchId, kind, afterLine, count)
-    })).pipe(Effect.withSpan("BatchStore.settledResults"))
+    Effect.gen(function*() {
+      const { count, firstPending, lastOutcome } = yield* window(batchId, kind, afterLine, limit)
+      const page = count === 0 ? { bytes: EMPTY, count: 0, lastLine: 0 } : yield* resultLines(batchId, kind, afterLine, count)
+      // Cut by `limit` or by bytes, lines of the kind may follow the page's last; otherwise none before `scanned`.
+      const wholeWindow = page.count === count && count < limit
+      const scanned = firstPending === null ? lastOutcome : firstPending - 1
+      return {
+        ...page,
+        nextAfter: Math.max(afterLine, page.lastLine, wholeWindow ? scanned : 0)
+      } satisfies SettledResults
+    }).pipe(Effect.withSpan("BatchStore.settledResults"))
 
   return { settledResults }
 }

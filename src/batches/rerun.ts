@@ -14,8 +14,7 @@ import type { BatchId, FileId } from "../domain/Ids.js"
 import { FileStore } from "../files/FileStore.js"
 import type { BatchRecord } from "./BatchStore.js"
 import { pendingError } from "./finishing.js"
-import { type JsonlLine, jsonlLines } from "./lines.js"
-import { MAX_LINE_BYTES } from "./validating.js"
+import { type JsonlLine, jsonlLines, MAX_LINE_BYTES } from "./lines.js"
 import { MAX_METADATA_PAIRS, type Problem } from "./validation.js"
 
 /** The metadata key naming the batch a rerun reruns. */

@@ -14,14 +14,12 @@ import { isCapacityFault } from "../storage/Faults.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
 import { afterPendingIo } from "./eventLoop.js"
 import * as Input from "./inputValidation.js"
-import { jsonlLines } from "./lines.js"
+import { jsonlLines, MAX_LINE_BYTES } from "./lines.js"
 
 /** Request rows stored per statement. */
 const ROWS_PER_INSERT = 1000
 /** Input lines validated between two turns of the event loop (a few milliseconds of work). */
 const VALIDATION_STEP = 250
-/** The longest input line read; a longer one is reported (`invalid_request`), not buffered. */
-export const MAX_LINE_BYTES = 16 * 1024 * 1024
 
 export interface Validating {
   /** Validates the batch and moves it on (a validation cut short, by a restart or a fault, starts over). */

@@ -26,7 +26,7 @@ export const BatchResultsParams = Schema.Struct({
     description: "`output` (default): the output file's lines (2xx answers); `error`: the error file's"
   })),
   after: Schema.optional(
-    Count(0, MAX_LINE, "Only lines whose input line number is greater (default 0): the last `x-last-line` received")
+    Count(0, MAX_LINE, "Only lines whose input line number is greater (default 0): the last `x-next-after` received")
   ),
   limit: Schema.optional(
     Count(1, MAX_RESULT_LINES, `At most this many lines (1–${MAX_RESULT_LINES}, default ${DEFAULT_RESULT_LINES})`)

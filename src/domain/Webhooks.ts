@@ -12,8 +12,13 @@ export class WebhookDelivery extends Schema.Class<WebhookDelivery>("WebhookDeliv
   object: Schema.Literal("webhook_delivery"),
   type: Schema.String,
   batch_id: Schema.String,
-  /** Where the last attempt went (or the first will), without its query string. */
-  url: Schema.String,
+  /**
+   * Where the last attempt went (or the first will), without its query string; null for a project's key when it
+   * is the server's webhook (`WEBHOOK_URL` is the operator's: its path may hold a token).
+   */
+  url: Schema.NullOr(Schema.String),
+  /** Whose webhook `url` is: `server` (`WEBHOOK_URL`) or `project` (the project's own, in the keys file). */
+  target: Schema.Literal("server", "project"),
   status: DeliveryStatus,
   attempts: Schema.Number,
   last_status_code: Schema.NullOr(Schema.Number),

@@ -56,7 +56,7 @@ export interface FileStoreShape {
   readonly list: (query: ListFilesQuery) => Effect.Effect<FilePage, UnknownCursor>
   /**
    * The bytes of `project`'s files (not expired), output files included, and of its pending uploads (what they
-   * will take once completed: see `Uploads`).
+   * will take once completed, or what their parts hold when more: see `Uploads`).
    */
   readonly projectBytes: (project: string) => Effect.Effect<number>
   /** The file's metadata and its bytes, streamed. */
@@ -178,7 +178,7 @@ export const make = Effect.gen(function*() {
         SELECT SUM(bytes) AS n FROM (
           SELECT bytes FROM files WHERE project = ${project} AND ${live(now)}
           UNION ALL
-          SELECT bytes FROM uploads WHERE project = ${project}
+          SELECT CASE WHEN parts_bytes > bytes THEN parts_bytes ELSE bytes END FROM uploads WHERE project = ${project}
             AND (status = 'completing' OR (status = 'pending' AND expires_at > ${now}))
         ) stored`
       return Number(rows[0]?.n ?? 0)

@@ -1,24 +1,24 @@
 /**
  * Uploads (OpenAI's Uploads API): a file sent in parts, possibly in parallel, then assembled into an ordinary File.
  * Metadata rows in SQL (`uploads`, `upload_parts`); each part's bytes are a blob of the `BlobStore` under its part
- * id. Completing streams the named parts, in order, into a new file through `FileStore`: never whole in memory.
+ * id. Completing streams the named parts, in order, into a new file through `FileStore` (`uploadAssembly.ts`):
+ * never whole in memory, in a fiber of the service's scope that the request only waits for.
  *
  * Statuses as stored: `pending` (takes parts), `completing` (a complete is assembling it: it takes no parts, no
- * second complete and no cancel; shown as `pending`), `completed`, `cancelled`, `expired`. A pending upload past its
+ * cancel and no complete of other parts; shown as `pending`), `completed`, `cancelled`, `expired`. A pending upload past its
  * hour shows as `expired` at once; the sweep (every `FILE_SWEEP_INTERVAL`, beside the files' own) stores that and
  * deletes the parts of every upload that takes no more.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Context, Data, Effect, Exit, Layer, type Scope, Stream } from "effect"
-import { createHash } from "node:crypto"
+import { Context, Data, Deferred, Duration, Effect, Exit, Layer, Option, type Scope } from "effect"
 import { AppConfig } from "../Config.js"
 import { type UploadId, uploadId, type UploadPartId, uploadPartId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
-import { echo } from "../domain/Text.js"
 import { MAX_PART_BYTES, MAX_PARTS_PER_UPLOAD, type Upload, UPLOAD_LIFETIME_SECONDS, UploadPart } from "../domain/Uploads.js"
 import { BlobStore } from "../storage/BlobStore.js"
 import { nowSeconds, visibleTo } from "../storage/Sql.js"
 import { FileStore, sweepEvery } from "./FileStore.js"
+import { makeAssembly, PartsMismatch, partIdsDigest } from "./uploadAssembly.js"
 import { shownStatus, type StoredStatus, toUpload, type UploadRow } from "./uploadRows.js"
 
 export class UploadNotFound extends Data.TaggedError("UploadNotFound")<{ readonly id: UploadId }> {}
@@ -26,11 +26,6 @@ export class UploadNotFound extends Data.TaggedError("UploadNotFound")<{ readonl
 export class UploadClosed extends Data.TaggedError("UploadClosed")<{ readonly id: UploadId; readonly status: StoredStatus }> {}
 /** A part the upload has no room for (too many parts, or bytes far beyond the upload's). */
 export class PartRefused extends Data.TaggedError("PartRefused")<{ readonly message: string }> {}
-/** The parts a complete names do not make the upload; `param` names what is wrong. */
-export class PartsMismatch extends Data.TaggedError("PartsMismatch")<{
-  readonly message: string
-  readonly param: "part_ids" | "md5"
-}> {}
 
 export interface NewUpload {
   readonly project: string
@@ -54,17 +49,32 @@ export interface PartWriter {
   readonly finish: Effect.Effect<StagedPart>
 }
 
+/** How many more bytes of parts an upload may take: by its own bound, and by its project's quota. */
+export interface PartRoom {
+  readonly upload: number
+  /** Infinity without `MAX_FILE_BYTES_PER_PROJECT`. */
+  readonly quota: number
+}
+
 export interface UploadsShape {
   readonly create: (upload: NewUpload) => Effect.Effect<Upload>
-  /** How many bytes of parts the upload may still take (its `bytes` plus one part's maximum, for retried parts). */
-  readonly partRoom: (id: UploadId, visibility: Visibility) => Effect.Effect<number, UploadNotFound | UploadClosed | PartRefused>
+  /**
+   * How many bytes of parts the upload may still take: its `bytes` plus a slack for retried parts (as much again,
+   * at most one part's maximum), and what its project's quota leaves (an upload counts as the larger of its `bytes`
+   * and its parts' bytes: see `FileStore.projectBytes`).
+   */
+  readonly partRoom: (id: UploadId, visibility: Visibility) => Effect.Effect<PartRoom, UploadNotFound | UploadClosed | PartRefused>
   /** Opens a part's storage; its bytes disappear with the scope unless `addPart` added them to an upload. */
   readonly openPart: Effect.Effect<PartWriter, never, Scope.Scope>
   readonly addPart: (id: UploadId, visibility: Visibility, part: StagedPart) => Effect.Effect<
     UploadPart,
     UploadNotFound | UploadClosed | PartRefused
   >
-  /** Assembles the named parts, in order, into a File (checked against `md5` when given); the parts are then deleted. */
+  /**
+   * Assembles the named parts, in order, into a File (checked against `md5` when given); the parts are then deleted.
+   * The assembly goes on when the caller is interrupted (a client hanging up). A complete naming the same parts
+   * while it runs waits for its outcome, and after it completed gets the completed upload again (idempotent).
+   */
   readonly complete: (
     id: UploadId,
     visibility: Visibility,
@@ -81,20 +91,24 @@ export class Uploads extends Context.Tag("Uploads")<Uploads, UploadsShape>() {}
 
 /** A completion claimed by a node that stopped answering is given up this long after the upload's expiry. */
 const STALE_COMPLETION_SECONDS = 24 * 3600
+/** Bytes of parts an upload may hold beyond its own, for parts sent again: as much again, at most one part. */
+const partsSlack = (bytes: number) => Math.min(MAX_PART_BYTES, bytes)
 const SWEEP_GROUP = 100
+/** How often a complete waiting for another node's assembly of the same parts looks at the upload again. */
+const COMPLETION_POLL = Duration.millis(500)
 
 export const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   const blobs = yield* BlobStore
   const files = yield* FileStore
-  const { nodeId } = yield* AppConfig
+  const { maxFileBytesPerProject, nodeId } = yield* AppConfig
+  const assembly = yield* makeAssembly
+  const scope = yield* Effect.scope
 
   const columns = sql.literal(
-    "id, project, status, bytes, filename, purpose, mime_type, file_expires_after, created_at, expires_at, file_id, completing_owner"
+    "id, project, status, bytes, parts_bytes, parts_count, filename, purpose, mime_type, file_expires_after, created_at, expires_at, file_id, completing_owner, part_ids_digest"
   )
   const visible = (visibility: Visibility) => visibleTo(sql, visibility)
-  // On Postgres a part's insert locks its upload row, so a complete claiming the upload at that moment sees the part.
-  const lockUpload = sql.onDialectOrElse({ pg: () => sql.literal("FOR SHARE"), orElse: () => sql.literal("") })
 
   const read = (id: UploadId, visibility: Visibility) =>
     Effect.flatMap(
@@ -124,6 +138,8 @@ export const make = Effect.gen(function*() {
         project: upload.project,
         status: "pending",
         bytes: upload.bytes,
+        parts_bytes: 0,
+        parts_count: 0,
         filename: upload.filename,
         purpose: upload.purpose,
         mime_type: upload.mimeType,
@@ -131,7 +147,8 @@ export const make = Effect.gen(function*() {
         created_at,
         expires_at: created_at + UPLOAD_LIFETIME_SECONDS,
         file_id: null,
-        completing_owner: null
+        completing_owner: null,
+        part_ids_digest: null
       }
       yield* sql`INSERT INTO uploads ${sql.insert(row)}`.pipe(Effect.orDie)
       return toUpload(row, created_at)
@@ -142,16 +159,19 @@ export const make = Effect.gen(function*() {
       const row = yield* read(id, visibility)
       const status = shownStatus(row, yield* nowSeconds)
       if (status !== "pending") return yield* new UploadClosed({ id, status })
-      const [stored] = yield* sql<{ n: number | string; total: number | string }>`
-        SELECT COUNT(*) AS n, COALESCE(SUM(bytes), 0) AS total FROM upload_parts WHERE upload_id = ${id}`.pipe(Effect.orDie)
-      if (Number(stored!.n) >= MAX_PARTS_PER_UPLOAD) {
+      if (Number(row.parts_count) >= MAX_PARTS_PER_UPLOAD) {
         return yield* new PartRefused({ message: `Upload ${id} already has ${MAX_PARTS_PER_UPLOAD} parts, the most an upload may have.` })
       }
-      const room = Number(row.bytes) + MAX_PART_BYTES - Number(stored!.total)
+      const bytes = Number(row.bytes)
+      const held = Number(row.parts_bytes)
+      const room = bytes + partsSlack(bytes) - held
       if (room <= 0) {
-        return yield* new PartRefused({ message: `The parts of upload ${id} already hold ${stored!.total} bytes; it was created for ${row.bytes}.` })
+        return yield* new PartRefused({ message: `The parts of upload ${id} already hold ${held} bytes; it was created for ${bytes}.` })
       }
-      return room
+      if (Option.isNone(maxFileBytesPerProject)) return { upload: room, quota: Infinity }
+      // The project is charged max(bytes, parts' bytes) for this upload: parts grow it only past `bytes`.
+      const free = maxFileBytesPerProject.value - (yield* files.projectBytes(row.project))
+      return { upload: room, quota: free + Math.max(bytes, held) - held }
     }).pipe(Effect.withSpan("Uploads.partRoom", { attributes: { id } }))
 
   /** Removes a part's bytes unless its row says it belongs to an upload. */
@@ -179,104 +199,92 @@ export const make = Effect.gen(function*() {
   const addPart = (id: UploadId, visibility: Visibility, part: StagedPart) =>
     Effect.gen(function*() {
       const now = yield* nowSeconds
-      // The conditions of `partRoom` again, in the insert: parts arriving in parallel are each checked against the
-      // others, and a complete or cancel that moved first wins.
-      const inserted = yield* sql<{ id: UploadPartId }>`
-        INSERT INTO upload_parts (id, upload_id, bytes, created_at)
-        SELECT ${part.id}, u.id, ${part.bytes}, ${now} FROM uploads u
-        WHERE u.id = ${id} AND u.status = 'pending' AND u.expires_at > ${now} AND ${visible(visibility)}
-          AND (SELECT COUNT(*) FROM upload_parts p WHERE p.upload_id = u.id) < ${MAX_PARTS_PER_UPLOAD}
-          AND (SELECT COALESCE(SUM(p.bytes), 0) FROM upload_parts p WHERE p.upload_id = u.id) + ${part.bytes}
-            <= u.bytes + ${MAX_PART_BYTES}
-        ${lockUpload}
-        RETURNING id`.pipe(Effect.orDie)
-      if (inserted.length === 0) {
+      // The bounds of `partRoom` again, in an update of the upload's row: on Postgres it locks the row, so parts
+      // arriving in parallel (and a complete or cancel, which update it too) take turns, each seeing the others.
+      const added = yield* Effect.gen(function*() {
+        const counted = yield* sql<{ id: UploadId }>`
+          UPDATE uploads SET parts_bytes = parts_bytes + ${part.bytes}, parts_count = parts_count + 1
+          WHERE id = ${id} AND status = 'pending' AND expires_at > ${now} AND ${visible(visibility)}
+            AND parts_count < ${MAX_PARTS_PER_UPLOAD}
+            AND parts_bytes + ${part.bytes} <= bytes + bytes AND parts_bytes + ${part.bytes} <= bytes + ${MAX_PART_BYTES}
+          RETURNING id`
+        if (counted.length === 0) return false
+        yield* sql`INSERT INTO upload_parts ${sql.insert({ id: part.id, upload_id: id, bytes: part.bytes, created_at: now })}`
+        return true
+      }).pipe(sql.withTransaction, Effect.orDie)
+      if (!added) {
         yield* partRoom(id, visibility)
         return yield* new PartRefused({ message: `Upload ${id} has no room for a part of ${part.bytes} bytes.` })
       }
       return new UploadPart({ id: part.id, object: "upload.part", created_at: now, upload_id: id })
     }).pipe(Effect.uninterruptible, Effect.withSpan("Uploads.addPart", { attributes: { id } }))
 
-  /** The named parts, checked: each the upload's, none twice, adding up to its bytes. */
-  const namedParts = (row: UploadRow, partIds: ReadonlyArray<string>) =>
-    Effect.gen(function*() {
-      const stored = yield* sql<{ id: UploadPartId; bytes: number | string }>`
-        SELECT id, bytes FROM upload_parts WHERE upload_id = ${row.id}`.pipe(Effect.orDie)
-      const sizes = new Map(stored.map((p) => [p.id as string, Number(p.bytes)]))
-      const seen = new Set<string>()
-      let total = 0
-      for (const partId of partIds) {
-        const size = sizes.get(partId)
-        if (size === undefined) {
-          return yield* new PartsMismatch({ message: `Upload ${row.id} has no part '${echo(partId)}'.`, param: "part_ids" })
-        }
-        if (seen.has(partId)) {
-          return yield* new PartsMismatch({ message: `Part '${echo(partId)}' is named more than once.`, param: "part_ids" })
-        }
-        seen.add(partId)
-        total += size
-      }
-      if (total !== Number(row.bytes)) {
-        return yield* new PartsMismatch({
-          message: `The parts add up to ${total} bytes, but upload ${row.id} was created with bytes ${row.bytes}.`,
-          param: "part_ids"
-        })
-      }
-      return partIds as ReadonlyArray<UploadPartId>
-    })
+  /** Completions running on this node, by upload, each in a fiber of the service's scope: a client hanging up stops none. */
+  const running = new Map<UploadId, Deferred.Deferred<Upload, PartsMismatch>>()
 
-  /** Streams the parts into a new file's staging area, then publishes it and marks the upload completed, together. */
-  const assemble = (row: UploadRow, partIds: ReadonlyArray<UploadPartId>, md5: string | undefined) =>
-    Effect.scoped(Effect.gen(function*() {
-      const writer = yield* files.openUpload
-      const hash = createHash("md5")
-      for (const partId of partIds) {
-        yield* Stream.runForEach(blobs.read(partId), (chunk) => {
-          hash.update(chunk)
-          return writer.write(chunk)
-        })
-      }
-      const staged = yield* writer.finish
-      const digest = hash.digest("hex")
-      if (md5 !== undefined && digest !== md5.toLowerCase()) {
-        return yield* new PartsMismatch({
-          message: `The MD5 of the parts (${digest}) does not match the md5 given (${echo(md5)}).`,
-          param: "md5"
-        })
-      }
-      // One transaction: the file is listed exactly when the upload says it is completed.
-      return yield* Effect.gen(function*() {
-        const file = yield* files.commit(staged, {
-          filename: row.filename,
-          purpose: row.purpose,
-          project: row.project,
-          expiresAfterSeconds: row.file_expires_after === null ? undefined : Number(row.file_expires_after)
-        })
-        const done = yield* sql`UPDATE uploads SET status = 'completed', file_id = ${file.id}, completing_owner = NULL
-          WHERE id = ${row.id} AND status = 'completing' RETURNING id`
-        // The claim is this fiber's until it ends (only this node's restart releases it): losing it is a bug.
-        if (done.length === 0) return yield* Effect.dieMessage(`Upload ${row.id} lost its completion claim`)
-        return file
-      }).pipe(sql.withTransaction, Effect.catchTag("SqlError", Effect.die))
-    }))
-
-  const complete = (id: UploadId, visibility: Visibility, partIds: ReadonlyArray<string>, md5: string | undefined) =>
+  /** Starts the assembly of an upload this node just claimed; its outcome goes to every complete that waits for it. */
+  const startAssembly = (row: UploadRow, partIds: ReadonlyArray<string>, md5: string | undefined, now: number) =>
     Effect.gen(function*() {
-      const now = yield* nowSeconds
-      const claimed = yield* sql<UploadRow>`
-        UPDATE uploads SET status = 'completing', completing_owner = ${nodeId}
-        WHERE id = ${id} AND status = 'pending' AND expires_at > ${now} AND ${visible(visibility)}
-        RETURNING ${columns}`.pipe(Effect.orDie)
-      if (claimed.length === 0) return yield* refusal(id, visibility)
-      const row = claimed[0]!
-      // Any failure or interruption (a client gone mid-assembly) gives the upload back, pending, to complete again.
-      const file = yield* Effect.flatMap(namedParts(row, partIds), (parts) => assemble(row, parts, md5)).pipe(
+      const outcome = yield* Deferred.make<Upload, PartsMismatch>()
+      running.set(row.id, outcome)
+      yield* assembly(row, partIds, md5).pipe(
+        Effect.interruptible, // forked from the claim's uninterruptible region: the node stopping still stops it
+        // A failure, or the node stopping, gives the upload back, pending, to complete again.
         Effect.onExit((exit) =>
           Exit.isSuccess(exit) ? Effect.void : sql`UPDATE uploads SET status = 'pending', completing_owner = NULL
-            WHERE id = ${id} AND status = 'completing'`.pipe(Effect.orDie))
+            WHERE id = ${row.id} AND status = 'completing'`.pipe(Effect.orDie)),
+        // The upload is completed whatever happens now: parts left by a failure here go with the sweep.
+        Effect.tap(() =>
+          discardParts(row.id).pipe(
+            Effect.catchAllCause((cause) => Effect.logWarning(`Parts of completed upload ${row.id} left for the sweep`, cause))
+          )),
+        Effect.map((file) => toUpload({ ...row, status: "completed", file_id: file.id }, now, file)),
+        Effect.onExit((exit) =>
+          Effect.zipRight(Deferred.done(outcome, exit), Effect.sync(() => running.get(row.id) === outcome && running.delete(row.id)))),
+        Effect.forkIn(scope)
       )
-      yield* discardParts(id)
-      return toUpload({ ...row, status: "completed", file_id: file.id }, now, file)
+      return outcome
+    })
+
+  /**
+   * A complete that could not claim the upload: the same part ids as the complete that claimed it wait for its
+   * outcome, or get the completed upload (a client's retry); anything else is refused.
+   */
+  const awaitCompletion = (id: UploadId, visibility: Visibility, partIds: ReadonlyArray<string>, md5: string | undefined) =>
+    Effect.gen(function*() {
+      const row = yield* read(id, visibility)
+      const now = yield* nowSeconds
+      const status = shownStatus(row, now)
+      const same = row.part_ids_digest === partIdsDigest(partIds)
+      if (status === "pending") return yield* complete(id, visibility, partIds, md5) // given back a moment ago
+      if (status === "completed" && same) {
+        const file = yield* files.get(row.file_id!, visibility).pipe(Effect.orElseSucceed(() => null))
+        return toUpload(row, now, file)
+      }
+      if (status !== "completing" || !same) return yield* new UploadClosed({ id, status })
+      const local = running.get(id)
+      if (local !== undefined) return yield* Deferred.await(local)
+      // Being completed by another node (or by this one, a moment before it registers): the row tells the outcome.
+      return yield* Effect.zipRight(Effect.sleep(COMPLETION_POLL), complete(id, visibility, partIds, md5))
+    })
+
+  const complete = (
+    id: UploadId,
+    visibility: Visibility,
+    partIds: ReadonlyArray<string>,
+    md5: string | undefined
+  ): Effect.Effect<Upload, UploadNotFound | UploadClosed | PartsMismatch> =>
+    Effect.gen(function*() {
+      const now = yield* nowSeconds
+      // Claimed and started together: a client gone at that moment leaves no claim without its assembly.
+      const started = yield* Effect.uninterruptible(Effect.gen(function*() {
+        const claimed = yield* sql<UploadRow>`
+          UPDATE uploads SET status = 'completing', completing_owner = ${nodeId}, part_ids_digest = ${partIdsDigest(partIds)}
+          WHERE id = ${id} AND status = 'pending' AND expires_at > ${now} AND ${visible(visibility)}
+          RETURNING ${columns}`.pipe(Effect.orDie)
+        return claimed.length === 0 ? undefined : yield* startAssembly(claimed[0]!, partIds, md5, now)
+      }))
+      return yield* (started === undefined ? awaitCompletion(id, visibility, partIds, md5) : Deferred.await(started))
     }).pipe(Effect.withSpan("Uploads.complete", { attributes: { id } }))
 
   const cancel = (id: UploadId, visibility: Visibility) =>

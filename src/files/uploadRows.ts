@@ -11,6 +11,8 @@ export type UploadRow = {
   readonly project: string
   readonly status: StoredStatus
   readonly bytes: number | string
+  readonly parts_bytes: number | string
+  readonly parts_count: number | string
   readonly filename: string
   readonly purpose: string
   readonly mime_type: string
@@ -19,6 +21,8 @@ export type UploadRow = {
   readonly expires_at: number | string
   readonly file_id: FileId | null
   readonly completing_owner: string | null
+  /** The `partIdsDigest` of the part ids of the complete that claimed it (or completed it). */
+  readonly part_ids_digest: string | null
 }
 
 /** The status a client sees (and is told in errors): `completing` is still `pending`, a pending one past its hour `expired`. */

@@ -150,7 +150,8 @@ export class BatchesGroup extends HttpApiGroup.make("batches")
       .annotate(
         OpenApi.Summary,
         "(extension) The output (or error) file lines finished so far, in line order, up to the first request " +
-          "not finished yet; header `x-last-line`: the last input line included, to pass as `after` next time"
+          "not finished yet (one page: at most `limit` lines and 8 MiB of answers); headers `x-last-line`: the last " +
+          "input line included (0 when none), `x-next-after`: the `after` of the next call"
       )
   )
   .add(

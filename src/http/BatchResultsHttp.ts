@@ -1,7 +1,9 @@
 /**
  * The handler of `GET /v1/batches/{id}/results` (an extension: results while a batch runs), in the `batches` group:
- * a window of the output or error file's lines (`BatchStore.settledResults`, see `batches/partialResults.ts`),
- * streamed, with the last input line it holds in `x-last-line`.
+ * a window of the output or error file's lines (`BatchStore.settledResults`, see `batches/partialResults.ts`), read
+ * whole before the answer (one page, bounded), sent with its length, the last input line it holds in
+ * `x-last-line` and where to go on from in `x-next-after`. A read that fails is an error status, never a 200 cut
+ * short that a poller would take for the whole window.
  */
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Effect } from "effect"
@@ -10,21 +12,25 @@ import { type BatchResultsParams, DEFAULT_RESULT_LINES } from "../domain/BatchRe
 import type { BatchId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
 
-/** The header naming the last input line a response holds. */
+/** The header naming the last input line a response holds (0 when it holds none). */
 export const LAST_LINE_HEADER = "x-last-line"
+/** The header naming the `after` of the next call: it moves on even when a window of the kind holds no line. */
+export const NEXT_AFTER_HEADER = "x-next-after"
 
 /** The response for `query` on batch `id` (`BatchNotFound` when `visibility` does not see it). */
 export const batchResults = (store: BatchStoreShape) =>
 (id: BatchId, visibility: Visibility, query: BatchResultsParams) =>
   Effect.gen(function*() {
     yield* store.get(id, visibility)
-    const after = query.after ?? 0
     const kind = query.kind === "error" ? "failed" : "succeeded"
-    const window = yield* store.settledResults(id, kind, after, query.limit ?? DEFAULT_RESULT_LINES)
-    return HttpServerResponse.stream(window.bytes, {
+    const window = yield* store.settledResults(id, kind, query.after ?? 0, query.limit ?? DEFAULT_RESULT_LINES)
+    return HttpServerResponse.uint8Array(window.bytes, {
       contentType: "application/jsonl",
-      // With no line, `after` itself: a poller passes `x-last-line` back as `after` whatever it got, and an empty
-      // window must not send it back to line 0.
-      headers: { [LAST_LINE_HEADER]: String(window.count > 0 ? window.lastLine : after) }
+      headers: {
+        // Also when 0: the platform sets it only for a body that is not empty (an empty one would go chunked).
+        "content-length": String(window.bytes.length),
+        [LAST_LINE_HEADER]: String(window.lastLine),
+        [NEXT_AFTER_HEADER]: String(window.nextAfter)
+      }
     })
   }).pipe(Effect.withSpan("Batches.results", { attributes: { id } }))

@@ -2,7 +2,7 @@
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import { Effect, Either, Option, type Scope, Stream } from "effect"
+import { Effect, Either, Option } from "effect"
 import { audit, CurrentCaller } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
 import { type ApiError, invalidRequest, notFound, payloadTooLarge } from "../domain/Errors.js"
@@ -15,17 +15,11 @@ import {
 } from "../domain/Files.js"
 import { visibilityOf } from "../domain/Projects.js"
 import { type FileMetadata, FileStore } from "../files/FileStore.js"
-import type { StagedBlob, StagingWriter } from "../storage/BlobStore.js"
 import { OpenAIApi } from "./Api.js"
-import { fromMultipartInvalid } from "./Middleware.js"
-import { type FilenameInvalid, type MultipartInvalid, parseFormData } from "./Multipart.js"
-import { requestBody } from "./RequestBody.js"
+import { readFileForm } from "./fileField.js"
 import { listPage, trusted } from "../domain/List.js"
 import { echo } from "../domain/Text.js"
 import { storedJson } from "./StoredResponse.js"
-
-/** Room for the form fields and part headers around the file, when comparing `Content-Length` to the limit. */
-const FORM_OVERHEAD_BYTES = 64 * 1024
 
 const purposes: ReadonlyArray<string> = UploadPurpose.literals
 
@@ -71,10 +65,6 @@ export const batchFormatRefusal = (purpose: string, filename: string, param: str
 
 /** What an upload's form gives of a file's metadata (the project is the caller's). */
 export type UploadFields = Omit<FileMetadata, "project" | "id">
-
-/** A form that cannot be read, or a file name that cannot be, as an OpenAI error. */
-const fromFormError = (e: MultipartInvalid | FilenameInvalid): ApiError =>
-  e._tag === "FilenameInvalid" ? invalidRequest(e.message, "file", "invalid_value") : fromMultipartInvalid(e)
 
 /**
  * Checks the text fields of an upload (they may arrive before or after the file) and the file's name.
@@ -144,54 +134,30 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
     const files = yield* FileStore
     const { maxFileBytesPerProject, maxUploadBytes } = yield* AppConfig
 
-    const formLimits = { maxParts: 32, maxFieldSize: 64 * 1024, maxTotalSize: maxUploadBytes + FORM_OVERHEAD_BYTES }
-
     const upload = Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
-      const declared = Number(request.headers["content-length"] ?? NaN)
-      if (declared > maxUploadBytes + FORM_OVERHEAD_BYTES) return yield* tooLarge(maxUploadBytes)
       const { project } = yield* CurrentCaller // an operator's uploads too belong to its own project
       // What the project's files may still take (the output files the server writes count, but are never refused).
       const quota = Option.getOrElse(maxFileBytesPerProject, () => Infinity)
       const room = quota === Infinity ? Infinity : quota - (yield* files.projectBytes(project))
-
-      const fields = new Map<string, string>()
-      let file: { readonly filename: string; staged?: StagedBlob } | undefined
-      let writer: StagingWriter | undefined // the open staging area while our file part streams in
-      let fileBytes = 0
-      const events = parseFormData(request.headers, formLimits, requestBody(request))
-      yield* Stream.runForEach(Stream.mapError(events, fromFormError), (event): Effect.Effect<void, ApiError, Scope.Scope> => {
-        switch (event._tag) {
-          case "Field":
-            return Effect.sync(() => void fields.set(event.key, event.value))
-          case "FileStart": {
-            // A file under another field name is skipped (its chunks are ignored, not stored).
-            if (event.key !== "file") return Effect.void
-            if (file !== undefined) return invalidRequest("Upload exactly one 'file' part.", "file", "invalid_value")
-            const filename = uploadFilename(event.filename)
-            if (Either.isLeft(filename)) return filename.left
-            file = { filename: filename.right }
-            return Effect.map(files.openUpload, (opened) => void (writer = opened))
-          }
-          case "FileChunk":
-            if (writer === undefined) return Effect.void
-            fileBytes += event.bytes.length
-            if (fileBytes > maxUploadBytes) return tooLarge(maxUploadBytes)
-            if (fileBytes > room) return overQuota(quota, room)
-            return writer.write(event.bytes)
-          case "FileEnd":
-            if (writer === undefined || file === undefined) return Effect.void
-            return Effect.map(writer.finish, (staged) => {
-              file!.staged = staged
-              writer = undefined
-            })
-        }
+      const form = yield* readFileForm(request, {
+        field: "file",
+        maxFileBytes: maxUploadBytes,
+        maxParts: 32,
+        tooLarge: tooLarge(maxUploadBytes),
+        open: (sent) =>
+          Effect.gen(function*() {
+            const filename = yield* uploadFilename(sent)
+            const writer = yield* files.openUpload
+            return { write: writer.write, finish: Effect.map(writer.finish, (staged) => ({ staged, filename })) }
+          }),
+        refuse: (bytes) => (bytes > room ? overQuota(quota, room) : undefined)
       })
-      if (file === undefined && fields.has("file")) {
+      if (form.stored === undefined && form.fields.has("file")) {
         return yield* invalidRequest("'file' must be a file part with a filename, not a text field.", "file", "invalid_type")
       }
-      const meta = yield* parseUploadForm(fields, file?.filename)
-      return yield* files.commit(file!.staged!, { ...meta, project })
+      const meta = yield* parseUploadForm(form.fields, form.stored?.filename)
+      return yield* files.commit(form.stored!.staged, { ...meta, project })
     }).pipe(Effect.scoped, Effect.withSpan("Files.upload"))
 
     return handlers

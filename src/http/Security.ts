@@ -32,8 +32,11 @@ export const PUBLIC_PATHS: ReadonlySet<string> = new Set(["/v1/health", "/v1/rea
 
 /** Request headers a listed origin may send: the SDKs' own (`x-stainless-*` are added as a preflight asks). */
 const ALLOWED_HEADERS = ["authorization", "content-type", "openai-organization", "openai-project", "idempotency-key"]
-/** Response headers a listed origin's scripts may read (the SDKs read these; `x-last-line`, the results extension's). */
-const EXPOSED_HEADERS = "x-request-id, x-should-retry, retry-after, retry-after-ms, x-last-line"
+/**
+ * Response headers a listed origin's scripts may read (the SDKs read these; `x-last-line` and `x-next-after`, the
+ * results extension's).
+ */
+const EXPOSED_HEADERS = "x-request-id, x-should-retry, retry-after, retry-after-ms, x-last-line, x-next-after"
 const ALLOWED_METHODS = "GET, POST, DELETE"
 
 export interface SecurityOptions {

@@ -1,7 +1,7 @@
 /** Handlers of the `uploads` group (OpenAI's Uploads API): parameter checks and part streaming here, the work in `Uploads`. */
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
-import { Effect, Either, Option, type Scope, Stream } from "effect"
+import { Effect, Either, Option } from "effect"
 import { audit, type Caller, CurrentCaller } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
 import { type ApiError, invalidRequest, notFound, payloadTooLarge } from "../domain/Errors.js"
@@ -18,16 +18,10 @@ import {
   UploadMimeType
 } from "../domain/Uploads.js"
 import { FileStore } from "../files/FileStore.js"
-import { type NewUpload, type PartWriter, type StagedPart, type UploadClosed, Uploads } from "../files/Uploads.js"
+import { type NewUpload, type UploadClosed, Uploads } from "../files/Uploads.js"
 import { OpenAIApi } from "./Api.js"
 import { batchFormatRefusal, overQuota, unsupportedValue, uploadFilename } from "./FilesHttp.js"
-import { fromMultipartInvalid } from "./Middleware.js"
-import { type FilenameInvalid, type MultipartInvalid, parseFormData } from "./Multipart.js"
-import { requestBody } from "./RequestBody.js"
-
-/** Room for the part headers around the `data` bytes, when comparing `Content-Length` to the limit. */
-const FORM_OVERHEAD_BYTES = 64 * 1024
-const formLimits = { maxParts: 8, maxFieldSize: 64 * 1024, maxTotalSize: MAX_PART_BYTES + FORM_OVERHEAD_BYTES }
+import { readFileForm } from "./fileField.js"
 
 /** The checked parameters of `POST /v1/uploads` (the project is the caller's); `maxBytes` bounds `bytes`. */
 export const parseCreateUpload = (
@@ -96,10 +90,6 @@ const closed = (action: string) => (e: UploadClosed) =>
 
 const partTooLarge = payloadTooLarge(`A part may hold at most ${MAX_PART_BYTES} bytes.`, "data")
 
-/** A part's form that cannot be read, as an OpenAI error (a bad file name too: the part's name is not kept). */
-const fromFormError = (e: MultipartInvalid | FilenameInvalid): ApiError =>
-  e._tag === "FilenameInvalid" ? invalidRequest(e.message, "data", "invalid_value") : fromMultipartInvalid(e)
-
 export const UploadsHttpLive = HttpApiBuilder.group(OpenAIApi, "uploads", (handlers) =>
   Effect.gen(function*() {
     const uploads = yield* Uploads
@@ -123,50 +113,34 @@ export const UploadsHttpLive = HttpApiBuilder.group(OpenAIApi, "uploads", (handl
     const addPart = (id: UploadId, caller: Caller) =>
       Effect.gen(function*() {
         const request = yield* HttpServerRequest.HttpServerRequest
-        if (Number(request.headers["content-length"] ?? NaN) > MAX_PART_BYTES + FORM_OVERHEAD_BYTES) return yield* partTooLarge
         const visibility = visibilityOf(caller)
         // Checked before a byte is stored: a closed or unknown upload gets its answer at once.
         const room = yield* uploads.partRoom(id, visibility)
-        let writer: PartWriter | undefined // the open part while the `data` file streams in
-        let part: StagedPart | undefined
-        let opened = false
-        let bytes = 0
-        const events = parseFormData(request.headers, formLimits, requestBody(request))
-        yield* Stream.runForEach(Stream.mapError(events, fromFormError), (event): Effect.Effect<void, ApiError, Scope.Scope> => {
-          switch (event._tag) {
-            case "Field":
-              return event.key === "data"
-                ? invalidRequest("'data' must be a file part (with a filename), not a text field.", "data", "invalid_type")
-                : Effect.void
-            case "FileStart":
-              if (event.key !== "data") return Effect.void // other files are skipped, not stored
-              if (opened) return invalidRequest("Send exactly one 'data' part.", "data", "invalid_value")
-              opened = true
-              return Effect.map(uploads.openPart, (w) => void (writer = w))
-            case "FileChunk":
-              if (writer === undefined) return Effect.void
-              bytes += event.bytes.length
-              if (bytes > MAX_PART_BYTES) return partTooLarge
-              if (bytes > room) {
-                return invalidRequest(
-                  `This part would take the parts of upload ${id} past its bytes (parts named in no complete included).`,
-                  "data",
-                  "invalid_value"
-                )
-              }
-              return writer.write(event.bytes)
-            case "FileEnd":
-              if (writer === undefined) return Effect.void
-              return Effect.map(writer.finish, (finished) => {
-                part = finished
-                writer = undefined
-              })
+        const form = yield* readFileForm(request, {
+          field: "data",
+          maxFileBytes: MAX_PART_BYTES,
+          maxParts: 8,
+          tooLarge: partTooLarge,
+          open: () => uploads.openPart, // the part's name as sent is not kept
+          refuse: (bytes) => {
+            if (bytes > room.upload) {
+              return invalidRequest(
+                `This part would take the parts of upload ${id} past its bytes (parts named in no complete included).`,
+                "data",
+                "invalid_value"
+              )
+            }
+            // Finite only with a quota configured.
+            return bytes > room.quota ? overQuota(Option.getOrThrow(maxFileBytesPerProject), room.quota, "data") : undefined
           }
         })
-        if (part === undefined) {
+        if (form.fields.has("data")) {
+          return yield* invalidRequest("'data' must be a file part (with a filename), not a text field.", "data", "invalid_type")
+        }
+        if (form.stored === undefined) {
           return yield* invalidRequest("Missing required parameter: 'data' (a file part).", "data", "missing_required_parameter")
         }
-        return yield* uploads.addPart(id, visibility, part)
+        return yield* uploads.addPart(id, visibility, form.stored)
       }).pipe(Effect.scoped)
 
     return handlers

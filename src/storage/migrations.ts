@@ -208,11 +208,15 @@ export const migrations = {
     const sql = yield* SqlClient.SqlClient
     // The Uploads API (`files/Uploads.ts`): a file sent in parts. status: pending, completing (a complete is
     // assembling it, claimed by `completing_owner`), completed (`file_id` set), cancelled or expired.
+    // `parts_bytes`/`parts_count`: what its parts hold, kept by the insert of each part (their bound, and the quota's).
+    // `part_ids_digest`: the part ids its complete named (a repeated complete naming them waits for it, or gets it).
     yield* sql`CREATE TABLE uploads (
       id TEXT PRIMARY KEY,
       project TEXT NOT NULL,
       status TEXT NOT NULL,
       bytes BIGINT NOT NULL,
+      parts_bytes BIGINT NOT NULL DEFAULT 0,
+      parts_count INTEGER NOT NULL DEFAULT 0,
       filename TEXT NOT NULL,
       purpose TEXT NOT NULL,
       mime_type TEXT NOT NULL,
@@ -220,7 +224,8 @@ export const migrations = {
       created_at BIGINT NOT NULL,
       expires_at BIGINT NOT NULL,
       file_id TEXT,
-      completing_owner TEXT
+      completing_owner TEXT,
+      part_ids_digest TEXT
     )`
     // What the sweep looks for (pending ones past their hour) and the quota counts (a project's pending ones).
     yield* sql`CREATE INDEX uploads_status_expires_at ON uploads (status, expires_at)`
@@ -239,7 +244,9 @@ export const migrations = {
     // The outbox of batch events (`webhooks/`): a row is written in the transaction of the batch's final move, then
     // delivered by whichever node claims it (`claimed_by` until `claimed_until`, epoch ms). `body` is the event as
     // signed on every attempt; `next_attempt_ms` is the next attempt's time while `pending` (epoch ms); retries end
-    // `WEBHOOK_RETRY_FOR` after `created_at` (unix s, the final status's time).
+    // `WEBHOOK_RETRY_FOR` after `created_at` (unix s, the final status's time). `target` says whose webhook `url` is
+    // (`server`: WEBHOOK_URL, shown to operators only; `project`: the keys file's line); `turns` counts the worker's
+    // turns at the row, sent or not (the backoff grows with it), `attempts` only those that sent the event.
     yield* sql`CREATE TABLE webhook_deliveries (
       ${seqColumn(sql)},
       id TEXT NOT NULL UNIQUE,
@@ -247,8 +254,10 @@ export const migrations = {
       batch_id TEXT NOT NULL,
       project TEXT NOT NULL,
       url TEXT NOT NULL,
+      target TEXT NOT NULL,
       body TEXT NOT NULL,
       status TEXT NOT NULL DEFAULT 'pending',
+      turns INTEGER NOT NULL DEFAULT 0,
       attempts INTEGER NOT NULL DEFAULT 0,
       last_status_code INTEGER,
       last_error TEXT,
@@ -260,5 +269,7 @@ export const migrations = {
     )`
     yield* sql`CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_ms) WHERE status = 'pending'`
     yield* sql`CREATE INDEX webhook_deliveries_project_seq ON webhook_deliveries (project, seq)`
+    // What the sweep of old settled rows looks for.
+    yield* sql`CREATE INDEX webhook_deliveries_created_at ON webhook_deliveries (created_at)`
   })
 } satisfies Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>>

@@ -12,6 +12,8 @@ import { AppConfig } from "../Config.js"
 
 export interface WebhookTarget {
   readonly url: string
+  /** Whose webhook it is: the server's (`WEBHOOK_URL`, the operator's) or the project's own (its keys file line). */
+  readonly kind: "server" | "project"
   /** `whsec_<base64>`: its decoded base64 is the HMAC key (`signing.ts`). */
   readonly secret: Redacted.Redacted
 }
@@ -33,11 +35,11 @@ export const WebhookTargetsLive: Layer.Layer<WebhookTargets, never, AppConfig | 
   Effect.gen(function*() {
     const { webhookSecret, webhookUrl } = yield* AppConfig
     const auth = yield* Auth
-    const global: Option.Option<WebhookTarget> = Option.zipWith(webhookUrl, webhookSecret, (url, secret) => ({ url, secret }))
+    const global: Option.Option<WebhookTarget> = Option.zipWith(webhookUrl, webhookSecret, (url, secret) => ({ url, secret, kind: "server" }))
     return {
       targetOf: (project) =>
         Effect.map(auth.webhookOf(project), (own) =>
-          Option.orElse(Option.map(own, (w): WebhookTarget => ({ url: w.url, secret: Redacted.make(w.secret) })), () => global))
+          Option.orElse(Option.map(own, (w): WebhookTarget => ({ url: w.url, secret: Redacted.make(w.secret), kind: "project" })), () => global))
     }
   })
 )
@@ -49,7 +51,12 @@ export const WebhookTargetsTest = (targets: {
 }): Layer.Layer<WebhookTargets> =>
   Layer.succeed(WebhookTargets, {
     targetOf: (project) => {
-      const target = targets.byProject?.[project] ?? targets.global
-      return Effect.succeed(Option.map(Option.fromNullable(target), (t) => ({ url: t.url, secret: Redacted.make(t.secret) })))
+      const own = targets.byProject?.[project]
+      const target = own ?? targets.global
+      return Effect.succeed(Option.map(Option.fromNullable(target), (t): WebhookTarget => ({
+        url: t.url,
+        secret: Redacted.make(t.secret),
+        kind: own === undefined ? "server" : "project"
+      })))
     }
   })

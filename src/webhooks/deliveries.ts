@@ -6,8 +6,10 @@
  * - claims: a node takes due rows for itself until a time (epoch ms), as `WorkLeases` does with work: Postgres
  *   skips rows another node is claiming (`FOR UPDATE SKIP LOCKED`), SQLite has one writer; a claim whose time
  *   passed (its node died mid-attempt) is free again, and a restarted node frees its own at once;
- * - `settle`: an attempt's result, written only while the claim is still the node's own;
- * - `list`: what `GET /v1/webhook_deliveries` shows, newest first, one project's or all.
+ * - `settle`: a turn's result, written only while the claim is still the node's own;
+ * - `list`: what `GET /v1/webhook_deliveries` shows, newest first, one project's or all (the server's webhook URL
+ *   to operators only);
+ * - `removeSettled`: the sweep of delivered and failed rows past their keeping time.
  */
 import type * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
@@ -19,23 +21,22 @@ import { DeliveryStatus, WebhookDelivery } from "../domain/Webhooks.js"
 import { makeBatchSql, SqlInt } from "../batches/sql.js"
 import { visibleTo } from "../storage/Sql.js"
 import { eventBody, eventTypes, shownUrl } from "./signing.js"
-import type { WebhookTargetsShape } from "./WebhookTargets.js"
+import type { WebhookTarget, WebhookTargetsShape } from "./WebhookTargets.js"
 
 export class UnknownDeliveryCursor extends Data.TaggedError("UnknownDeliveryCursor")<{ readonly after: string }> {}
 
 /**
- * The outbox: for a batch that just made its final move (inside that move's transaction), the event row, when its
- * project has a webhook; nothing otherwise.
+ * The outbox: for a batch that just made its final move at `at` (unix s, the time the move stamped; inside that
+ * move's transaction), the event row, when its project has a webhook; nothing otherwise.
  */
 export const makeOutbox = (sql: SqlClient.SqlClient, targets: WebhookTargetsShape) =>
-(batch: Batch, project: string): Effect.Effect<void, SqlError> =>
+(batch: Batch, project: string, at: number): Effect.Effect<void, SqlError> =>
   Effect.gen(function*() {
     const status = batch.status
     if (!terminalStatuses.includes(status)) return
     const target = yield* targets.targetOf(project)
     if (Option.isNone(target)) return
     const type = eventTypes[status as keyof typeof eventTypes]
-    const createdAt = batch.completed_at ?? batch.failed_at ?? batch.expired_at ?? batch.cancelled_at ?? batch.created_at
     const id = eventId()
     yield* sql`INSERT INTO webhook_deliveries ${
       sql.insert({
@@ -44,8 +45,9 @@ export const makeOutbox = (sql: SqlClient.SqlClient, targets: WebhookTargetsShap
         batch_id: batch.id,
         project,
         url: target.value.url,
-        body: eventBody({ id, type, createdAt, batchId: batch.id }),
-        created_at: createdAt,
+        target: target.value.kind,
+        body: eventBody({ id, type, createdAt: at, batchId: batch.id }),
+        created_at: at,
         next_attempt_ms: yield* Clock.currentTimeMillis
       })
     }`
@@ -59,10 +61,15 @@ export interface ClaimedDelivery {
   readonly project: string
   /** The event as sent on every attempt (the signature covers it). */
   readonly body: string
-  /** Attempts made before this one. */
+  /** Attempts made before this one (turns that sent the event). */
   readonly attempts: number
+  /** Turns before this one, sent or not (nothing is sent while no webhook is configured): the backoff's exponent. */
+  readonly turns: number
   /** Unix seconds: the event's time, from which `WEBHOOK_RETRY_FOR` runs. */
   readonly createdAt: number
+  /** The last turn's result, kept when the delivery is given up without a turn of its own. */
+  readonly lastStatusCode: number | null
+  readonly lastError: string | null
 }
 
 /** A node's claim: `owner` until `until` (epoch ms), taken at `now`. */
@@ -75,8 +82,8 @@ export interface DeliveryClaim {
 /** What a turn at a claimed delivery came to, as stored. */
 export interface Settlement {
   readonly status: DeliveryStatus
-  /** Where the attempt went; null when nothing was sent (no webhook configured for the project on this node). */
-  readonly sentTo: string | null
+  /** Where the attempt went; null when nothing was sent (no webhook configured, or given up before sending). */
+  readonly sentTo: Pick<WebhookTarget, "url" | "kind"> | null
   readonly statusCode: number | null
   readonly error: string | null
   /** While `pending`: when the next attempt is due (epoch ms). */
@@ -92,7 +99,10 @@ const ClaimedRow = Schema.Struct({
   project: Schema.String,
   body: Schema.String,
   attempts: SqlInt,
-  created_at: SqlInt
+  turns: SqlInt,
+  created_at: SqlInt,
+  last_status_code: Schema.NullOr(SqlInt),
+  last_error: Schema.NullOr(Schema.String)
 })
 
 const DeliveryRow = Schema.Struct({
@@ -100,6 +110,7 @@ const DeliveryRow = Schema.Struct({
   type: Schema.String,
   batch_id: Schema.String,
   url: Schema.String,
+  target: Schema.Literal("server", "project"),
   status: DeliveryStatus,
   attempts: SqlInt,
   last_status_code: Schema.NullOr(SqlInt),
@@ -109,13 +120,15 @@ const DeliveryRow = Schema.Struct({
   delivered_at: Schema.NullOr(SqlInt)
 })
 
-const deliveryOf = (row: typeof DeliveryRow.Type) =>
+/** A row as `GET /v1/webhook_deliveries` shows it; the server's webhook URL (the operator's) to `operator` only. */
+const deliveryOf = (row: typeof DeliveryRow.Type, operator: boolean) =>
   new WebhookDelivery({
     id: row.id,
     object: "webhook_delivery",
     type: row.type,
     batch_id: row.batch_id,
-    url: shownUrl(row.url),
+    url: row.target === "server" && !operator ? null : shownUrl(row.url),
+    target: row.target,
     status: row.status,
     attempts: row.attempts,
     last_status_code: row.last_status_code,
@@ -128,7 +141,7 @@ const deliveryOf = (row: typeof DeliveryRow.Type) =>
 /** What a settled turn writes (a turn that sent nothing counts no attempt and keeps the URL). */
 const settledColumns = (settlement: Settlement): Record<string, unknown> => ({
   status: settlement.status,
-  ...(settlement.sentTo === null ? {} : { url: settlement.sentTo }),
+  ...(settlement.sentTo === null ? {} : { url: settlement.sentTo.url, target: settlement.sentTo.kind }),
   last_status_code: settlement.statusCode,
   last_error: settlement.error,
   next_attempt_ms: settlement.nextAttemptMs,
@@ -149,7 +162,7 @@ export const makeDeliveries = (sql: SqlClient.SqlClient) => {
         WHERE status = 'pending' AND next_attempt_ms <= ${claim.now}
           AND (claimed_until IS NULL OR claimed_until < ${claim.now})
         ORDER BY next_attempt_ms LIMIT ${limit} ${dialect.skipLocked}
-      ) RETURNING id, type, batch_id, project, body, attempts, created_at`.pipe(
+      ) RETURNING id, type, batch_id, project, body, attempts, turns, created_at, last_status_code, last_error`.pipe(
       Effect.flatMap(decodeClaimed),
       Effect.map((rows) =>
         rows.map((r): ClaimedDelivery => ({
@@ -159,7 +172,10 @@ export const makeDeliveries = (sql: SqlClient.SqlClient) => {
           project: r.project,
           body: r.body,
           attempts: r.attempts,
-          createdAt: r.created_at
+          turns: r.turns,
+          createdAt: r.created_at,
+          lastStatusCode: r.last_status_code,
+          lastError: r.last_error
         }))
       ),
       Effect.orDie
@@ -168,7 +184,7 @@ export const makeDeliveries = (sql: SqlClient.SqlClient) => {
   /** Stores a turn's result and frees the row, if `claim` still holds it (false when another node took it over). */
   const settle = (id: string, claim: DeliveryClaim, settlement: Settlement) =>
     sql`
-      UPDATE webhook_deliveries SET attempts = attempts + ${settlement.sentTo === null ? 0 : 1},
+      UPDATE webhook_deliveries SET attempts = attempts + ${settlement.sentTo === null ? 0 : 1}, turns = turns + 1,
         ${sql.update({ ...settledColumns(settlement), claimed_by: null, claimed_until: null })}
       WHERE id = ${id} AND claimed_by = ${claim.owner} AND claimed_until = ${claim.until} RETURNING id`.pipe(
       Effect.map((rows) => rows.length > 0),
@@ -196,10 +212,15 @@ export const makeDeliveries = (sql: SqlClient.SqlClient) => {
         sql`SELECT * FROM webhook_deliveries WHERE ${where} ORDER BY seq DESC LIMIT ${query.limit + 1}`,
         decodeDeliveries
       ))
-      return { data: rows.slice(0, query.limit).map(deliveryOf), hasMore: rows.length > query.limit }
+      const operator = query.visibility === "all"
+      return { data: rows.slice(0, query.limit).map((row) => deliveryOf(row, operator)), hasMore: rows.length > query.limit }
     })
 
-  return { claimDue, settle, releaseAfterRestart, list }
+  /** Deletes the delivered and failed rows of events older than `before` (unix s); pending ones stay. */
+  const removeSettled = (before: number) =>
+    sql`DELETE FROM webhook_deliveries WHERE status <> 'pending' AND created_at < ${before}`.pipe(Effect.asVoid, Effect.orDie)
+
+  return { claimDue, settle, releaseAfterRestart, list, removeSettled }
 }
 
 export type Deliveries = ReturnType<typeof makeDeliveries>

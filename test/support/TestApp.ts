@@ -9,7 +9,7 @@ import * as Path from "node:path"
 import { type Auth, AuthLive } from "../../src/auth/Auth.js"
 import { AppConfig, type AppConfigShape, fileStorageOf } from "../../src/Config.js"
 import { HttpLive } from "../../src/http/Http.js"
-import { ServicesLive } from "../../src/Layers.js"
+import { makeServices, type ServiceParts, ServicesLive } from "../../src/Layers.js"
 import { createScratchSchema, dropScratchSchema } from "./Postgres.js"
 import { type Simulator, type SimulatorOptions, startSimulator } from "../../scripts/simulator.js"
 
@@ -84,6 +84,8 @@ export interface TestAppOptions {
   readonly auth?: Layer.Layer<Auth, unknown, AppConfig>
   /** The lowest level logged (default: warnings). */
   readonly logLevel?: LogLevel.LogLevel
+  /** A `BatchStore` of the test's own (e.g. one whose reads fail); by default the live one. */
+  readonly batchStore?: ServiceParts["batchStore"]
 }
 
 /**
@@ -93,7 +95,7 @@ export interface TestAppOptions {
 export const testApp = (overrides: Partial<AppConfigShape> = {}, backend: Backend = "sqlite", options: TestAppOptions = {}) =>
   HttpLive.pipe(
     Layer.provide(options.auth ?? AuthLive),
-    Layer.provide(ServicesLive),
+    Layer.provide(options.batchStore ? makeServices({ batchStore: options.batchStore }) : ServicesLive),
     Layer.provideMerge(NodeHttpServer.layerTest),
     Layer.provideMerge(configFor(overrides)),
     Layer.provideMerge(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend))),

@@ -6,10 +6,20 @@ import type { AddressInfo } from "node:net"
 export interface Received {
   readonly headers: Record<string, string>
   readonly body: string
+  /** When the request had arrived whole (epoch ms). */
+  readonly at: number
 }
 
-/** How to answer the `n`-th request (from 1): a status, a body, and how long to wait before answering. */
-export type Answer = (n: number, request: Received) => { readonly status: number; readonly body?: string; readonly delayMs?: number }
+/**
+ * How to answer the `n`-th request (from 1): a status, a body, how long to wait before answering; `stall`: send
+ * the status and the body, then never end the answer (until the receiver closes).
+ */
+export type Answer = (n: number, request: Received) => {
+  readonly status: number
+  readonly body?: string
+  readonly delayMs?: number
+  readonly stall?: boolean
+}
 
 export interface Receiver {
   /** `http://127.0.0.1:<port>/hook`. */
@@ -21,11 +31,13 @@ export interface Receiver {
   answer: Answer
 }
 
+const ok: Answer = () => ({ status: 200 })
+
 const flat = (headers: IncomingHttpHeaders): Record<string, string> =>
   Object.fromEntries(Object.entries(headers).map(([name, value]) => [name, Array.isArray(value) ? value.join(", ") : value ?? ""]))
 
 /** A receiver on `port` (0: any free one), closed with the scope. */
-export const webhookReceiver = (port = 0, answer: Answer = () => ({ status: 200 })) =>
+export const webhookReceiver = (port = 0, answer: Answer = ok) =>
   Effect.acquireRelease(
     Effect.async<{ readonly receiver: Receiver; readonly close: () => void }>((resume) => {
       const received: Array<Received> = []
@@ -34,10 +46,15 @@ export const webhookReceiver = (port = 0, answer: Answer = () => ({ status: 200 
         const chunks: Array<Buffer> = []
         req.on("data", (chunk: Buffer) => chunks.push(chunk))
         req.on("end", () => {
-          const request = { headers: flat(req.headers), body: Buffer.concat(chunks).toString("utf8") }
+          const request = { headers: flat(req.headers), body: Buffer.concat(chunks).toString("utf8"), at: Date.now() }
           received.push(request)
-          const { body = "", delayMs = 0, status } = receiver.answer(received.length, request)
-          setTimeout(() => res.writeHead(status, { "content-type": "text/plain" }).end(body), delayMs)
+          const { body = "", delayMs = 0, stall = false, status } = receiver.answer(received.length, request)
+          setTimeout(() => {
+            res.writeHead(status, { "content-type": "text/plain" })
+            if (!stall) return void res.end(body)
+            res.flushHeaders()
+            if (body !== "") res.write(body)
+          }, delayMs)
         })
       })
       server.listen(port, "127.0.0.1", () => {
@@ -51,3 +68,7 @@ export const webhookReceiver = (port = 0, answer: Answer = () => ({ status: 200 
     }),
     ({ close }) => Effect.sync(close)
   ).pipe(Effect.map(({ receiver }) => receiver))
+
+/** Has `receiver` answer with `answer` until the scope closes, then with 200 again (for the tests after). */
+export const answering = (receiver: Receiver, answer: Answer) =>
+  Effect.acquireRelease(Effect.sync(() => void (receiver.answer = answer)), () => Effect.sync(() => void (receiver.answer = ok)))

@@ -1,0 +1,96 @@
+/**
+ * The CLI's calls to an OpenAI-compatible Files + Batches API, through the official `openai` client (so it works
+ * against this server and any other), each interruptible (Ctrl-C aborts the request) and failing with a
+ * `CliFailure` that says what went wrong in a sentence.
+ */
+import { createReadStream } from "node:fs"
+import * as Path from "node:path"
+import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError, toStreamingFile } from "openai"
+import type { Batch, BatchCreateParams } from "openai/resources/batches"
+import type { FileObject } from "openai/resources/files"
+import { Context, Effect, Layer } from "effect"
+import { CliFailure, EXIT_FAILED } from "./failure.js"
+import { streamingFetch } from "./streamingFetch.js"
+
+/** Where `npm start` serves (the server's default `HOST` and `PORT`). */
+export const DEFAULT_BASE_URL = "http://127.0.0.1:8321/v1"
+
+export interface Connection {
+  readonly baseUrl: string
+  /** None: the server runs without keys (a placeholder is sent, as the client needs one). */
+  readonly apiKey: string | undefined
+}
+
+/** Which requests `retry` reruns (`only` of `POST /v1/batches/{id}/retry`). */
+export type RerunKind = "error" | "expired" | "cancelled"
+
+export interface BatchApiShape {
+  readonly baseUrl: string
+  /** Streams the file up as a `batch` file: never whole in memory. */
+  readonly upload: (path: string) => Effect.Effect<FileObject, CliFailure>
+  readonly create: (params: BatchCreateParams) => Effect.Effect<Batch, CliFailure>
+  readonly retrieve: (id: string) => Effect.Effect<Batch, CliFailure>
+  /** The newest `limit` batches. */
+  readonly list: (limit: number) => Effect.Effect<ReadonlyArray<Batch>, CliFailure>
+  readonly cancel: (id: string) => Effect.Effect<Batch, CliFailure>
+  /** The rerun extension: a new batch of the requests that did not succeed. */
+  readonly retry: (id: string, only: ReadonlyArray<RerunKind>) => Effect.Effect<Batch, CliFailure>
+  /** A file's bytes, as they arrive. */
+  readonly content: (fileId: string) => Effect.Effect<ReadableStream<Uint8Array>, CliFailure>
+}
+
+export class BatchApi extends Context.Tag("cli/BatchApi")<BatchApi, BatchApiShape>() {}
+
+/** What a failed call tells the user: the server's own message, or why it could not be reached. */
+const explain = (what: string, connection: Connection) => (error: unknown): CliFailure => {
+  const message = error instanceof APIConnectionTimeoutError
+    ? `${what}: ${connection.baseUrl} did not answer in time`
+    : error instanceof APIConnectionError
+    ? `${what}: cannot reach ${connection.baseUrl} (${causeOf(error)}); start a server with \`openai-batch serve\`, ` +
+      "or point --base-url (or OPENAI_BASE_URL) at one"
+    : error instanceof APIError
+    ? `${what}: ${error.message}${error.code ? ` (${error.code})` : ""}` +
+      (error.status === 401 && connection.apiKey === undefined ? "; give a key with --api-key or OPENAI_API_KEY" : "")
+    : `${what}: ${error instanceof Error ? error.message : String(error)}`
+  return new CliFailure({ exitCode: EXIT_FAILED, message })
+}
+
+const causeOf = (error: APIConnectionError): string => {
+  const cause = error.cause as { code?: string; message?: string } | undefined
+  return cause?.code ?? cause?.message ?? error.message
+}
+
+export const make = (connection: Connection): BatchApiShape => {
+  const client = new OpenAI({ baseURL: connection.baseUrl, apiKey: connection.apiKey ?? "none", fetch: streamingFetch })
+  const call = <A>(what: string, f: (signal: AbortSignal) => Promise<A>) =>
+    Effect.tryPromise({ try: f, catch: explain(what, connection) })
+
+  return {
+    baseUrl: connection.baseUrl,
+    upload: (path) =>
+      call(`uploading ${path}`, (signal) =>
+        client.files.create(
+          { file: toStreamingFile(createReadStream(path), Path.basename(path)), purpose: "batch" },
+          // A stream cannot be sent twice: no automatic retry.
+          { signal, maxRetries: 0 }
+        )),
+    create: (params) => call("creating the batch", (signal) => client.batches.create(params, { signal })),
+    retrieve: (id) => call(`reading batch ${id}`, (signal) => client.batches.retrieve(id, { signal })),
+    list: (limit) => call("listing batches", (signal) => client.batches.list({ limit }, { signal }).then((page) => page.data)),
+    cancel: (id) => call(`cancelling batch ${id}`, (signal) => client.batches.cancel(id, { signal })),
+    retry: (id, only) =>
+      call(`rerunning batch ${id}`, (signal) =>
+        client.post<Batch>(`/batches/${encodeURIComponent(id)}/retry`, {
+          ...(only.length > 0 ? { body: { only } } : {}),
+          signal
+        })),
+    content: (fileId) =>
+      call(`downloading file ${fileId}`, async (signal) => {
+        const response = await client.files.content(fileId, { signal })
+        if (response.body === null) throw new Error("the answer has no body")
+        return response.body
+      })
+  }
+}
+
+export const layer = (connection: Connection): Layer.Layer<BatchApi> => Layer.sync(BatchApi, () => make(connection))

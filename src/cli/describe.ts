@@ -1,0 +1,90 @@
+/**
+ * The CLI's text for batches at rest: a validation problem's line, `status`'s details, `list`'s table and the
+ * summary a watch ends with. Pure; times are Unix seconds, as on the wire.
+ */
+import type { Batch, BatchError } from "openai/resources/batches"
+import { count, countsOf, duration, tokens } from "./progress.js"
+
+/** `line 3: invalid_json_line: This line is not parseable as valid JSON.` (`file:` for a problem of no line). */
+export const problemLine = (e: BatchError): string =>
+  `${e.line == null ? "file" : `line ${e.line}`}: ${e.code ?? "error"}: ${e.message ?? ""}`
+
+/** `5m ago`. */
+export const ago = (seconds: number, now: number): string => `${duration(now - seconds)} ago`
+
+/** When the batch finished (any way), if it did. */
+const endedAt = (b: Batch): number | undefined =>
+  (b.completed_at ?? b.failed_at ?? b.cancelled_at ?? b.expired_at) || undefined
+
+/** How long it ran from its creation to its end (or to `now` while it runs). */
+export const runTime = (b: Batch, now: number): number => (endedAt(b) ?? now) - b.created_at
+
+/** Each phase that began, and how long it took (to the next one, or to `now`). */
+const phases = (b: Batch, now: number): string => {
+  const marks = [
+    ["validating", b.created_at],
+    ["in_progress", b.in_progress_at],
+    ["finalizing", b.finalizing_at],
+    ["cancelling", b.cancelling_at]
+  ].filter((m): m is [string, number] => typeof m[1] === "number" && m[1] > 0).sort((x, y) => x[1] - y[1])
+  const end = endedAt(b) ?? now
+  return marks.map(([name, at], i) => `${name} ${duration((marks[i + 1]?.[1] ?? end) - at)}`).join(", ")
+}
+
+const date = (seconds: number) => new Date(seconds * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC")
+
+/** `status`'s text: one fact a line, then the validation problems, if any. */
+export const describeBatch = (b: Batch, now: number): ReadonlyArray<string> => {
+  const c = countsOf(b)
+  const usage = b.usage
+  const rows: Array<[string, string | undefined]> = [
+    ["endpoint", b.endpoint],
+    ["model", b.model ?? undefined],
+    ["input file", b.input_file_id],
+    ["requests", c.total === 0 ? undefined : `${count(c.total)}: ${count(c.completed)} completed, ${count(c.failed)} failed`],
+    [
+      "tokens",
+      usage && usage.total_tokens > 0
+        ? `${tokens(usage.total_tokens)} (input ${tokens(usage.input_tokens)}, output ${tokens(usage.output_tokens)})`
+        : undefined
+    ],
+    ["created", `${date(b.created_at)} (${ago(b.created_at, now)})`],
+    ["phases", `${phases(b, now)}${endedAt(b) === undefined ? " so far" : ""}`],
+    ["expires", b.expires_at && endedAt(b) === undefined ? date(b.expires_at) : undefined],
+    ["output file", b.output_file_id ?? undefined],
+    ["error file", b.error_file_id ?? undefined],
+    ["metadata", b.metadata && Object.keys(b.metadata).length > 0 ? Object.entries(b.metadata).map(([k, v]) => `${k}=${v}`).join(", ") : undefined]
+  ]
+  const problems = b.errors?.data ?? []
+  return [
+    `${b.id}: ${b.status}`,
+    ...rows.filter((r): r is [string, string] => r[1] !== undefined).map(([k, v]) => `  ${k.padEnd(12)}${v}`),
+    ...(problems.length > 0 ? ["  problems:", ...problems.map((e) => `    ${problemLine(e)}`)] : [])
+  ]
+}
+
+/** `list`'s table: a header and a row per batch, columns aligned. */
+export const listLines = (batches: ReadonlyArray<Batch>, now: number): ReadonlyArray<string> => {
+  const rows = [
+    ["ID", "STATUS", "DONE/TOTAL", "FAILED", "TOKENS", "CREATED", "ENDPOINT"],
+    ...batches.map((b) => {
+      const c = countsOf(b)
+      return [b.id, b.status, `${count(c.done)}/${count(c.total)}`, count(c.failed), tokens(b.usage?.total_tokens ?? 0), ago(b.created_at, now), b.endpoint]
+    })
+  ]
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)))
+  return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join("  "))
+}
+
+/** The line a watch ends with: `batch_… completed in 12s: 980 succeeded, 20 failed, 31.4k tokens`. */
+export const summaryLine = (b: Batch, now: number): string => {
+  const c = countsOf(b)
+  return `${b.id} ${b.status} in ${duration(runTime(b, now))}: ${count(c.completed)} succeeded, ${count(c.failed)} failed` +
+    (c.total > c.done ? `, ${count(c.total - c.done)} not run` : "") + `, ${tokens(b.usage?.total_tokens ?? 0)} tokens`
+}
+
+/** Whether every request of the batch succeeded: the only outcome a watch exits 0 for. */
+export const allSucceeded = (b: Batch): boolean => {
+  const c = countsOf(b)
+  return b.status === "completed" && c.failed === 0 && c.completed === c.total
+}

@@ -1,0 +1,88 @@
+/**
+ * `download`, and `watch`'s last step: saving a finished batch's output and error files as `DIR/<batch_id>_output.jsonl` and `DIR/<batch_id>_error.jsonl`:
+ * each streamed to a temporary name beside its target and renamed once complete, so a file under the final name is
+ * always whole (an interrupted download leaves nothing behind).
+ */
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as Path from "node:path"
+import type { Batch } from "openai/resources/batches"
+import { Effect, Stream } from "effect"
+import { BatchApi } from "./BatchApi.js"
+import { problemLine } from "./describe.js"
+import { failed } from "./failure.js"
+import { type Mode, printJson, say, sayAll } from "./output.js"
+import { isTerminal } from "./progress.js"
+
+export interface Saved {
+  readonly path: string
+  readonly lines: number
+}
+
+export interface SavedResults {
+  readonly output: Saved | undefined
+  readonly error: Saved | undefined
+}
+
+const NEWLINE = 10
+
+/** Streams file `fileId` to `path`, counting its lines. */
+const save = (fileId: string, path: string) =>
+  Effect.gen(function*() {
+    const api = yield* BatchApi
+    const fs = yield* FileSystem.FileSystem
+    const body = yield* api.content(fileId)
+    const partial = `${path}.${process.pid}.partial`
+    let lines = 0
+    let last = NEWLINE
+    yield* Stream.fromReadableStream(() => body, (e) => failed(`downloading file ${fileId}: ${String(e)}`)).pipe(
+      Stream.tap((chunk) =>
+        Effect.sync(() => {
+          for (let i = chunk.indexOf(NEWLINE); i !== -1; i = chunk.indexOf(NEWLINE, i + 1)) lines++
+          if (chunk.length > 0) last = chunk[chunk.length - 1]!
+        })
+      ),
+      Stream.run(fs.sink(partial)),
+      Effect.zipRight(fs.rename(partial, path)),
+      Effect.mapError((e) => (e._tag === "CliFailure" ? e : failed(`writing ${path}: ${e.message}`))),
+      Effect.onError(() => Effect.ignore(fs.remove(partial)))
+    )
+    return { path, lines: last === NEWLINE ? lines : lines + 1 } satisfies Saved
+  })
+
+/** Saves the files the batch has (none while it runs, or when it failed validation) into `dir`, made if missing. */
+export const saveResults = (batch: Batch, dir: string) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    if (batch.output_file_id || batch.error_file_id) {
+      yield* fs.makeDirectory(dir, { recursive: true }).pipe(Effect.mapError((e) => failed(`creating ${dir}: ${e.message}`)))
+    }
+    const target = (kind: string) => Path.join(dir, `${batch.id}_${kind}.jsonl`)
+    const output = batch.output_file_id ? yield* save(batch.output_file_id, target("output")) : undefined
+    const error = batch.error_file_id ? yield* save(batch.error_file_id, target("error")) : undefined
+    return { output, error } satisfies SavedResults
+  })
+
+/** Where the files went, as `download --json` and the end of a `--json` watch print it. */
+export const savedJson = (saved: SavedResults) => ({
+  output_path: saved.output?.path ?? null,
+  output_lines: saved.output?.lines ?? 0,
+  error_path: saved.error?.path ?? null,
+  error_lines: saved.error?.lines ?? 0
+})
+
+/** The `download` command: a finished batch's files into `dir` (a batch still running has none yet: exit 1). */
+export const download = (id: string, dir: string, mode: Mode) =>
+  Effect.gen(function*() {
+    const batch = yield* (yield* BatchApi).retrieve(id)
+    if (!isTerminal(batch.status)) {
+      return yield* failed(`${batch.id} is ${batch.status}: its files are written when it ends (\`openai-batch watch ${batch.id}\` waits for that).`)
+    }
+    const saved = yield* saveResults(batch, dir)
+    if (mode === "json") return yield* printJson({ id: batch.id, status: batch.status, ...savedJson(saved) })
+    if (saved.output) yield* say(`output: ${saved.output.path} (${saved.output.lines} lines)`)
+    if (saved.error) yield* say(`errors: ${saved.error.path} (${saved.error.lines} lines)`)
+    if (!saved.output && !saved.error) {
+      yield* sayAll((batch.errors?.data ?? []).map(problemLine))
+      return yield* failed(`${batch.id} is ${batch.status} and has no output or error file.`)
+    }
+  })

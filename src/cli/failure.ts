@@ -1,0 +1,19 @@
+/**
+ * How a command ends other than with success: the exit code, and what to tell the user on stderr (nothing when the
+ * command already said it, as a watch's summary does).
+ */
+import { Data } from "effect"
+
+/** 1: the server refused or failed, or a batch did not succeed in full. */
+export const EXIT_FAILED = 1
+/** 2: nothing was done: the input file or the command line is wrong. */
+export const EXIT_INVALID = 2
+/** 130: stopped by Ctrl-C (128 + SIGINT), as shells report it. */
+export const EXIT_INTERRUPTED = 130
+
+export class CliFailure extends Data.TaggedError("CliFailure")<{
+  readonly exitCode: number
+  readonly message?: string
+}> {}
+
+export const failed = (message: string) => new CliFailure({ exitCode: EXIT_FAILED, message })

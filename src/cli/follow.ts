@@ -1,0 +1,37 @@
+/**
+ * What `submit --watch`, `watch` and `retry --watch` do once a batch exists: watch it to its end, save its output
+ * and error files, say how it went, and exit 0 only when every request succeeded.
+ */
+import { Effect } from "effect"
+import { allSucceeded, problemLine, summaryLine } from "./describe.js"
+import { savedJson, saveResults } from "./download.js"
+import { CliFailure, EXIT_FAILED } from "./failure.js"
+import { printJson, say } from "./output.js"
+import { watch, type WatchSettings } from "./watch.js"
+
+export interface FollowSettings extends WatchSettings {
+  /** Where the output and error files go. */
+  readonly out: string
+}
+
+export const follow = (id: string, settings: FollowSettings) =>
+  Effect.gen(function*() {
+    const batch = yield* watch(id, settings)
+    const saved = yield* saveResults(batch, settings.out)
+    if (settings.mode === "json") {
+      yield* printJson({
+        id: batch.id,
+        status: batch.status,
+        request_counts: batch.request_counts ?? null,
+        usage: batch.usage ?? null,
+        errors: batch.errors?.data ?? [],
+        ...savedJson(saved)
+      })
+    } else {
+      yield* say(summaryLine(batch, Date.now() / 1000))
+      for (const problem of batch.errors?.data ?? []) yield* say(problemLine(problem))
+      if (saved.output) yield* say(`output: ${saved.output.path} (${saved.output.lines} lines)`)
+      if (saved.error) yield* say(`errors: ${saved.error.path} (${saved.error.lines} lines)`)
+    }
+    if (!allSucceeded(batch)) return yield* new CliFailure({ exitCode: EXIT_FAILED })
+  })

@@ -1,0 +1,79 @@
+/**
+ * `submit`'s check of the input file before anything is uploaded: the file streamed through the server's own
+ * splitter (`lines.ts`) and validation fold (`inputValidation.ts`), so the problems have the codes, messages and
+ * line numbers the server would give. Memory stays bounded: one line at a time, the rows the fold makes dropped
+ * as they come; only the set of `custom_id`s grows, as on the server.
+ *
+ * What depends on the server's settings and upstreams is left to it: the model list (`model_not_found`), the input
+ * size limit (`file_too_large`) and a `MAX_REQUESTS_PER_BATCH` other than the default.
+ */
+import * as FileSystem from "@effect/platform/FileSystem"
+import type { BatchError } from "openai/resources/batches"
+import { Effect, Option, Stream } from "effect"
+import { defaults } from "../Config.js"
+import * as Input from "../batches/inputValidation.js"
+import { type JsonlLine, jsonlLines, MAX_LINE_BYTES } from "../batches/lines.js"
+import { batchRequestId } from "../domain/Ids.js"
+import { CliFailure, EXIT_INVALID } from "./failure.js"
+
+export const DEFAULT_ENDPOINT = "/v1/chat/completions"
+
+export interface LocalCheck {
+  /** The endpoint the file was checked against (and the batch will be created for). */
+  readonly endpoint: string
+  /** Valid requests found. */
+  readonly requests: number
+  /** Every problem, as the server would list them in the failed batch's `errors.data`; empty when none. */
+  readonly problems: ReadonlyArray<BatchError>
+}
+
+const isObject = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
+
+/** The `url` of the file's first request, when it names one: the endpoint a file is meant for. */
+const firstUrl = (lines: Stream.Stream<JsonlLine, CliFailure>) =>
+  lines.pipe(
+    Stream.filter((l) => l._tag === "TooLong" || l.text.trim() !== ""),
+    Stream.runHead,
+    Effect.map(Option.flatMap((l) => {
+      if (l._tag === "TooLong") return Option.none()
+      try {
+        const parsed: unknown = JSON.parse(l.text)
+        return isObject(parsed) && typeof parsed.url === "string" ? Option.some(parsed.url) : Option.none()
+      } catch {
+        return Option.none()
+      }
+    }))
+  )
+
+/**
+ * Checks `path` against `endpoint`, or, when none is given, against the `url` of its first request (else
+ * `/v1/chat/completions`).
+ */
+export const checkFile = (path: string, endpoint: Option.Option<string>) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const lines = fs.stream(path).pipe(
+      Stream.mapError((e) => new CliFailure({ exitCode: EXIT_INVALID, message: `cannot read ${path}: ${e.message}` })),
+      jsonlLines(MAX_LINE_BYTES)
+    )
+    const chosen = Option.isSome(endpoint)
+      ? endpoint.value
+      : Option.getOrElse(yield* firstUrl(lines), () => DEFAULT_ENDPOINT)
+    let state = Input.initial({
+      endpoint: chosen,
+      maxRequests: defaults.maxRequestsPerBatch,
+      maxLineBytes: MAX_LINE_BYTES,
+      resultId: batchRequestId
+    })
+    yield* Stream.runForEachChunk(lines, (items) =>
+      Effect.sync(() => {
+        for (const item of items) state = Input.step(state, item)
+        Input.takeRows(state) // not stored here: dropped as they come
+      }))
+    const verdict = Input.verdict(state)
+    return {
+      endpoint: chosen,
+      requests: state.count,
+      problems: verdict._tag === "Invalid" ? verdict.errors : []
+    } satisfies LocalCheck
+  })

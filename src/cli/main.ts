@@ -1,0 +1,221 @@
+#!/usr/bin/env node
+/**
+ * `openai-batch`: the command line (`@effect/cli`) over any OpenAI-compatible Files + Batches API. This file wires
+ * the commands to their modules and maps how a command ended to the exit code: 0 done (a watched batch: every
+ * request succeeded), 1 a refusal or failure (of the server, or of requests of a watched batch), 2 nothing done (the
+ * input file or the command line is wrong), 130 stopped by Ctrl-C.
+ */
+import * as Args from "@effect/cli/Args"
+import * as Command from "@effect/cli/Command"
+import * as Options from "@effect/cli/Options"
+import * as ValidationError from "@effect/cli/ValidationError"
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import { readFileSync } from "node:fs"
+import { Cause, Config, Duration, Effect, Exit, HashMap, Option, Redacted } from "effect"
+import { BatchApi, DEFAULT_BASE_URL, layer as batchApiLayer, type RerunKind } from "./BatchApi.js"
+import { describeBatch, listLines } from "./describe.js"
+import { download } from "./download.js"
+import { CliFailure, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID } from "./failure.js"
+import { follow } from "./follow.js"
+import { modeOf, printJson, say, sayAll } from "./output.js"
+import { serve } from "./serve.js"
+import { retry, submit } from "./submit.js"
+
+// Accepted by the top command and by each subcommand, so before or after the subcommand's name alike.
+const connection = {
+  baseUrl: Options.text("base-url").pipe(
+    Options.withPseudoName("URL"),
+    Options.withDescription(`The API's base URL, /v1 included (else OPENAI_BASE_URL, else ${DEFAULT_BASE_URL})`),
+    Options.optional
+  ),
+  apiKey: Options.redacted("api-key").pipe(Options.withPseudoName("KEY"), Options.withDescription("The API key (else OPENAI_API_KEY)"), Options.optional)
+}
+type ConnectionFlags = { readonly baseUrl: Option.Option<string>; readonly apiKey: Option.Option<Redacted.Redacted> }
+
+const json = Options.boolean("json").pipe(Options.withDescription("Print JSON objects, one a line, instead of text"))
+const out = Options.directory("out").pipe(
+  Options.withPseudoName("DIR"),
+  Options.withDescription("Where <batch_id>_output.jsonl and <batch_id>_error.jsonl are written (made if missing)"),
+  Options.withDefault(".")
+)
+const interval = Options.float("interval").pipe(
+  Options.withPseudoName("SECONDS"),
+  Options.withDescription("Seconds between two polls of the batch while watching"),
+  Options.filterMap((s) => (s > 0 ? Option.some(Duration.millis(s * 1000)) : Option.none()), "--interval must be above 0"),
+  Options.withDefault(Duration.seconds(1))
+)
+const watchFlag = Options.boolean("watch").pipe(
+  Options.withDescription("Watch the batch until it ends, then write its output and error files to --out")
+)
+const batchId = Args.text({ name: "BATCH_ID" })
+
+const top = Command.make("openai-batch", connection, () =>
+  Effect.fail(new CliFailure({ exitCode: EXIT_INVALID, message: "Give a command: submit, status, list, watch, cancel, download, retry or serve (--help says more)." })))
+
+const fromEnv = (name: string) =>
+  Config.option(Config.string(name)).pipe(Effect.map(Option.filter((value) => value !== "")), Effect.orDie)
+
+/** Provides the API named by the flags (the subcommand's, else the top command's), else the environment, else the default. */
+const withApi = <A, E, R>(own: ConnectionFlags, effect: Effect.Effect<A, E, R>) =>
+  Effect.gen(function*() {
+    const parent = yield* top
+    const baseUrl = Option.firstSomeOf([own.baseUrl, parent.baseUrl, yield* fromEnv("OPENAI_BASE_URL")])
+    const apiKey = Option.firstSomeOf([
+      Option.map(own.apiKey, Redacted.value),
+      Option.map(parent.apiKey, Redacted.value),
+      yield* fromEnv("OPENAI_API_KEY")
+    ])
+    return yield* Effect.provide(
+      effect,
+      batchApiLayer({ baseUrl: Option.getOrElse(baseUrl, () => DEFAULT_BASE_URL), apiKey: Option.getOrUndefined(apiKey) })
+    )
+  })
+
+const submitCommand = Command.make(
+  "submit",
+  {
+    ...connection,
+    file: Args.file({ name: "FILE.jsonl", exists: "yes" }),
+    endpoint: Options.text("endpoint").pipe(
+      Options.withPseudoName("PATH"),
+      Options.withDescription("The batch's endpoint (default: the url of the file's first request, else /v1/chat/completions)"),
+      Options.optional
+    ),
+    metadata: Options.keyValueMap(Options.text("metadata").pipe(Options.withPseudoName("KEY=VALUE"))).pipe(Options.withDescription("A metadata pair key=value (repeatable)"), Options.optional),
+    watch: watchFlag,
+    out,
+    json,
+    interval
+  },
+  (o) =>
+    withApi(o, submit({
+      file: o.file,
+      endpoint: o.endpoint,
+      metadata: Option.match(o.metadata, { onNone: () => ({}), onSome: (m) => Object.fromEntries(HashMap.toEntries(m)) }),
+      watch: o.watch,
+      out: o.out,
+      mode: modeOf(o.json),
+      interval: o.interval
+    }))
+).pipe(Command.withDescription("Check a JSONL file of requests, upload it and create its batch; --watch follows it to its end"))
+
+const statusCommand = Command.make("status", { ...connection, batchId, json }, (o) =>
+  withApi(o, Effect.flatMap(BatchApi, (api) => api.retrieve(o.batchId)).pipe(
+    Effect.flatMap((batch) => (o.json ? printJson(batch) : sayAll(describeBatch(batch, Date.now() / 1000))))
+  ))).pipe(Command.withDescription("Show a batch: status, counts, tokens, phases, files, problems"))
+
+const listCommand = Command.make(
+  "list",
+  {
+    ...connection,
+    limit: Options.integer("limit").pipe(Options.withPseudoName("N"), Options.withDescription("How many batches, newest first (1–100)"), Options.withDefault(20)),
+    json
+  },
+  (o) =>
+    withApi(o, Effect.flatMap(BatchApi, (api) => api.list(o.limit)).pipe(
+      Effect.flatMap((batches) =>
+        o.json
+          ? Effect.forEach(batches, printJson, { discard: true })
+          : sayAll(batches.length === 0 ? ["No batches."] : listLines(batches, Date.now() / 1000))
+      )
+    ))
+).pipe(Command.withDescription("List the newest batches"))
+
+const watchCommand = Command.make("watch", { ...connection, batchId, out, json, interval }, (o) =>
+  withApi(o, follow(o.batchId, { mode: modeOf(o.json), interval: o.interval, out: o.out }))).pipe(
+    Command.withDescription("Show a batch's progress until it ends, then write its output and error files to --out")
+  )
+
+const cancelCommand = Command.make("cancel", { ...connection, batchId, json }, (o) =>
+  withApi(o, Effect.flatMap(BatchApi, (api) => api.cancel(o.batchId)).pipe(
+    Effect.flatMap((batch) => (o.json ? printJson(batch) : say(`${batch.id}: ${batch.status}`)))
+  ))).pipe(Command.withDescription("Cancel a batch: requests in flight are stopped, finished results kept"))
+
+const downloadCommand = Command.make("download", { ...connection, batchId, out, json }, (o) =>
+  withApi(o, download(o.batchId, o.out, modeOf(o.json)))).pipe(
+    Command.withDescription("Write a finished batch's output and error files to --out")
+  )
+
+const retryCommand = Command.make(
+  "retry",
+  {
+    ...connection,
+    batchId,
+    only: Options.choice("only", ["error", "expired", "cancelled"] as const).pipe(
+      Options.withDescription("Which requests to rerun (repeatable; default all three): failed, expired, cancelled"),
+      Options.repeated
+    ),
+    watch: watchFlag,
+    out,
+    json,
+    interval
+  },
+  (o) =>
+    withApi(o, retry(o.batchId, o.only as ReadonlyArray<RerunKind>, { watch: o.watch, out: o.out, mode: modeOf(o.json), interval: o.interval }))
+).pipe(Command.withDescription("Rerun a finished batch's requests that failed, expired or were cancelled, as a new batch"))
+
+const serveCommand = Command.make("serve", {}, () =>
+  Effect.flatMap(serve, (code) => (code === 0 ? Effect.void : Effect.fail(new CliFailure({ exitCode: code }))))).pipe(
+    Command.withDescription("Start the server, as `npm start` does, with the same environment variables")
+  )
+
+const command = top.pipe(
+  Command.withDescription("Submit JSONL batches to an OpenAI-compatible Batch API, watch them run, fetch the results"),
+  Command.withSubcommands([
+    submitCommand,
+    statusCommand,
+    listCommand,
+    watchCommand,
+    cancelCommand,
+    downloadCommand,
+    retryCommand,
+    serveCommand
+  ])
+)
+
+const version: string = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")).version
+
+const cli = Command.run(command, { name: "openai-batch", version })
+
+/** The exit code of how the program ended; says why on stderr unless the command already did. */
+const exitCode = (exit: Exit.Exit<void, unknown>): number => {
+  if (Exit.isSuccess(exit)) return 0
+  if (Cause.isInterruptedOnly(exit.cause)) return EXIT_INTERRUPTED
+  const failure = Cause.failureOption(exit.cause)
+  if (Option.isSome(failure)) {
+    const error = failure.value
+    if (error instanceof CliFailure) {
+      if (error.message) console.error(error.message)
+      return error.exitCode
+    }
+    // @effect/cli has printed what was wrong with the command line.
+    if (ValidationError.isValidationError(error)) return EXIT_INVALID
+  }
+  console.error(Cause.pretty(exit.cause))
+  return EXIT_FAILED
+}
+
+// A reader that closed the pipe early (`openai-batch list | head -1`) ends the command quietly, as other tools do.
+process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+  if (error.code !== "EPIPE") throw error
+  process.exit(0)
+})
+
+// Holds the process open while the program runs (a wait on a signal alone would not).
+const keepAlive = setInterval(() => {}, 2 ** 31 - 1)
+const fiber = Effect.runFork(Effect.suspend(() => cli(process.argv)).pipe(Effect.provide(NodeContext.layer)))
+// Ctrl-C where no command answers it itself (a watch asks, `serve` passes it on) interrupts the command, so that what
+// it holds is let go (a request aborted, a half-written file removed); a second one ends the process at once.
+let interrupted = false
+const onSigint = () => {
+  if (process.listenerCount("SIGINT") > 1) return
+  if (interrupted) process.exit(EXIT_INTERRUPTED)
+  interrupted = true
+  fiber.unsafeInterruptAsFork(fiber.id())
+}
+process.on("SIGINT", onSigint)
+fiber.addObserver((exit) => {
+  clearInterval(keepAlive)
+  process.off("SIGINT", onSigint)
+  process.exitCode = exitCode(exit)
+})

@@ -1,0 +1,35 @@
+/**
+ * The `fetch` the CLI gives the `openai` client, on undici's `request`: Node's own `fetch` (and undici's) keeps
+ * every chunk of a streamed request body until the request ends — measured: a 107 MB upload held 107 MB of
+ * buffers — so a large input file would end up whole in memory. `request` lets each chunk go once it is sent.
+ */
+import { Readable } from "node:stream"
+import { type Dispatcher, request } from "undici"
+
+const toBody = (body: RequestInit["body"]): string | Uint8Array | Readable | null => {
+  if (body == null) return null
+  if (typeof body === "string" || body instanceof Uint8Array) return body
+  if (body instanceof ReadableStream) return Readable.fromWeb(body as import("node:stream/web").ReadableStream)
+  throw new TypeError(`unsupported request body: ${Object.prototype.toString.call(body)}`)
+}
+
+export const streamingFetch = async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
+  const url = input instanceof Request ? input.url : String(input)
+  const method = (init?.method ?? "GET").toUpperCase() as Dispatcher.HttpMethod
+  const answer = await request(url, {
+    method,
+    headers: Object.fromEntries(new Headers(init?.headers)),
+    body: toBody(init?.body),
+    ...(init?.signal ? { signal: init.signal } : {})
+  })
+  const headers = new Headers()
+  for (const [name, value] of Object.entries(answer.headers)) {
+    for (const v of Array.isArray(value) ? value : value === undefined ? [] : [value]) headers.append(name, v)
+  }
+  const empty = answer.statusCode === 204 || answer.statusCode === 304 || method === "HEAD"
+  if (empty) answer.body.resume()
+  return new Response(empty ? null : (Readable.toWeb(answer.body) as ReadableStream<Uint8Array>), {
+    status: answer.statusCode,
+    headers
+  })
+}

@@ -1,0 +1,59 @@
+/**
+ * `submit`: the file checked locally (nothing is uploaded when a line has a problem: exit 2), then streamed up, the
+ * batch created and its id printed; with `--watch`, followed to its end. `retry` shares the part after the create.
+ */
+import type { Batch, BatchCreateParams } from "openai/resources/batches"
+import { Effect, type Option } from "effect"
+import { BatchApi, type RerunKind } from "./BatchApi.js"
+import { problemLine } from "./describe.js"
+import { CliFailure, EXIT_INVALID } from "./failure.js"
+import { follow, type FollowSettings } from "./follow.js"
+import { checkFile } from "./localValidation.js"
+import { note, printJson, say } from "./output.js"
+import { count } from "./progress.js"
+
+export interface AfterCreate extends FollowSettings {
+  readonly watch: boolean
+}
+
+/** Prints the new batch (its id, or its object with --json) and, with --watch, follows it. */
+const created = (batch: Batch, after: AfterCreate) =>
+  Effect.zipRight(
+    after.mode === "json" ? printJson(batch) : say(batch.id),
+    after.watch ? follow(batch.id, after) : Effect.void
+  )
+
+export interface SubmitOptions extends AfterCreate {
+  readonly file: string
+  readonly endpoint: Option.Option<string>
+  readonly metadata: Readonly<Record<string, string>>
+}
+
+export const submit = (options: SubmitOptions) =>
+  Effect.gen(function*() {
+    const api = yield* BatchApi
+    const check = yield* checkFile(options.file, options.endpoint)
+    if (check.problems.length > 0) {
+      for (const problem of check.problems) yield* options.mode === "json" ? printJson(problem) : say(problemLine(problem))
+      return yield* new CliFailure({
+        exitCode: EXIT_INVALID,
+        message: `${options.file}: ${check.problems.length} problem${check.problems.length === 1 ? "" : "s"} ` +
+          `for ${check.endpoint} (the server would fail the batch with the same); nothing was uploaded.`
+      })
+    }
+    const requests = `${count(check.requests)} request${check.requests === 1 ? "" : "s"}`
+    yield* note(`${options.file}: ${requests} for ${check.endpoint}, no problems found; uploading…`)
+    const file = yield* api.upload(options.file)
+    const batch = yield* api.create({
+      input_file_id: file.id,
+      // Any path the server accepts (its EXTRA_BATCH_ENDPOINTS too), not only the client's list.
+      endpoint: check.endpoint as BatchCreateParams["endpoint"],
+      completion_window: "24h",
+      ...(Object.keys(options.metadata).length > 0 ? { metadata: options.metadata } : {})
+    })
+    yield* note(`uploaded ${file.id} (${count(file.bytes)} bytes), created ${batch.id}`)
+    yield* created(batch, options)
+  })
+
+export const retry = (id: string, only: ReadonlyArray<RerunKind>, after: AfterCreate) =>
+  Effect.flatMap(BatchApi, (api) => api.retry(id, only)).pipe(Effect.flatMap((batch) => created(batch, after)))

@@ -1,0 +1,130 @@
+/**
+ * Watching a batch until it ends: its object polled every `interval`, shown as a live bar on a terminal, as plain
+ * lines elsewhere, or as JSON objects. Ctrl-C stops the wait at once (a poll in flight is aborted); on a terminal it
+ * asks whether to cancel the batch, elsewhere (nobody to answer) it stops watching and says how to cancel.
+ */
+import * as Prompt from "@effect/cli/Prompt"
+import type { Batch } from "openai/resources/batches"
+import { type Duration, Effect, Either, Option, Queue } from "effect"
+import { BatchApi } from "./BatchApi.js"
+import { CliFailure, EXIT_INTERRUPTED } from "./failure.js"
+import { columns, interactive, type Mode, note, printJson, say, write } from "./output.js"
+import { addSample, barLine, countsOf, isTerminal, plainLine, plainLineDue, type Printed, rate, type Sample } from "./progress.js"
+
+export interface WatchSettings {
+  readonly mode: Mode
+  readonly interval: Duration.Duration
+}
+
+interface Display {
+  readonly show: (batch: Batch, perSecond: number | undefined, now: number) => Effect.Effect<void>
+  /** Ends the live line, before anything else is written. */
+  readonly settle: Effect.Effect<void>
+}
+
+const CLEAR_LINE = "\r\x1b[2K"
+
+const makeDisplay = (mode: Mode, started: number): Display => {
+  switch (mode) {
+    case "tty": {
+      let drawn = false
+      return {
+        show: (batch, perSecond) =>
+          Effect.suspend(() => {
+            drawn = true
+            return write(CLEAR_LINE + barLine(batch, perSecond, columns()))
+          }),
+        settle: Effect.suspend(() => (drawn ? Effect.sync(() => (drawn = false)).pipe(Effect.zipRight(write("\n"))) : Effect.void))
+      }
+    }
+    case "plain": {
+      let last: Printed | undefined
+      return {
+        show: (batch, perSecond, now) =>
+          Effect.suspend(() => {
+            if (!plainLineDue(last, batch, now)) return Effect.void
+            last = { status: batch.status, done: countsOf(batch).done, at: now }
+            return say(plainLine(batch, perSecond, (now - started) / 1000))
+          }),
+        settle: Effect.void
+      }
+    }
+    case "json": {
+      let last: string | undefined
+      return {
+        show: (batch) =>
+          Effect.suspend(() => {
+            const seen = `${batch.status} ${countsOf(batch).done}`
+            if (seen === last) return Effect.void
+            last = seen
+            return printJson(batch)
+          }),
+        settle: Effect.void
+      }
+    }
+  }
+}
+
+/** Each Ctrl-C (SIGINT) as an item in a queue while the scope lasts (`main.ts` then leaves the command running). */
+const sigints = Effect.acquireRelease(
+  Effect.gen(function*() {
+    const queue = yield* Queue.sliding<void>(1)
+    const onSigint = () => Queue.unsafeOffer(queue, undefined)
+    process.on("SIGINT", onSigint)
+    return { queue, onSigint }
+  }),
+  ({ onSigint }) => Effect.sync(() => process.off("SIGINT", onSigint))
+)
+
+const stopped = (id: string) =>
+  new CliFailure({
+    exitCode: EXIT_INTERRUPTED,
+    message: `Stopped watching ${id}; the batch keeps running. Watch it again with \`openai-batch watch ${id}\`, ` +
+      `or cancel it with \`openai-batch cancel ${id}\`.`
+  })
+
+/** After a Ctrl-C: on a terminal, asks whether to cancel (and does); elsewhere, or at a second Ctrl-C, stops. */
+const onCtrlC = (id: string) =>
+  Effect.gen(function*() {
+    if (!interactive()) return yield* stopped(id)
+    const cancel = yield* Prompt.confirm({ message: `Cancel batch ${id}?`, initial: false }).pipe(
+      Effect.catchTag("QuitException", () => Effect.zipRight(write("\n"), stopped(id)))
+    )
+    if (!cancel) return
+    const batch = yield* Effect.either((yield* BatchApi).cancel(id))
+    yield* Either.match(batch, {
+      onLeft: (e) => note(e.message ?? `cancelling ${id} failed`),
+      onRight: (b) => note(`${id} is ${b.status}: requests in flight are stopped, finished results kept.`)
+    })
+  })
+
+/** Watches batch `id` until it ends, and gives its last object. */
+export const watch = (id: string, settings: WatchSettings) =>
+  Effect.scoped(Effect.gen(function*() {
+    const api = yield* BatchApi
+    const { queue } = yield* sigints
+    const started = Date.now()
+    const display = makeDisplay(settings.mode, started)
+    let samples: ReadonlyArray<Sample> = []
+    const poll = Effect.gen(function*() {
+      const batch = yield* api.retrieve(id)
+      const now = Date.now()
+      samples = addSample(samples, { at: now, done: countsOf(batch).done })
+      yield* display.show(batch, rate(samples), now)
+      if (isTerminal(batch.status)) return Option.some(batch)
+      yield* Effect.sleep(settings.interval)
+      return Option.none<Batch>()
+    })
+    const loop = Effect.gen(function*() {
+      for (;;) {
+        const outcome = yield* Effect.raceFirst(Effect.map(poll, Either.right), Effect.map(Queue.take(queue), Either.left))
+        if (Either.isRight(outcome) && Option.isSome(outcome.right)) return outcome.right.value
+        if (Either.isLeft(outcome)) {
+          yield* display.settle
+          yield* onCtrlC(id)
+        }
+      }
+    })
+    // The live line is ended however the watch ends, so that what follows starts on a line of its own.
+    return yield* Effect.ensuring(loop, display.settle)
+  }))

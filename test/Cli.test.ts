@@ -1,0 +1,317 @@
+/**
+ * The `openai-batch` command line, run as a user runs it (the compiled `bin`, a child process, off a terminal)
+ * against the real server process and the upstream simulator: exit codes, the files written, the plain-output transcript of a 1,000-line
+ * batch, local validation giving the server's own problems before anything is uploaded, `--json`, Ctrl-C while
+ * watching, and `serve`.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
+import { type ChildProcess, spawn } from "node:child_process"
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import * as Path from "node:path"
+import OpenAI, { toFile } from "openai"
+import { type Simulator, startSimulator } from "../scripts/simulator.js"
+import { problemLine } from "../src/cli/describe.js"
+import { chatLine, terminal, waitFor } from "./support/Batches.js"
+import { type CompiledCli, compileCli } from "./support/CompiledCli.js"
+import { freePort, type ServerProcess, startServer } from "./support/ServerProcess.js"
+
+const root = Path.resolve(import.meta.dirname, "..")
+const KEY = "sk-cli-test-key-0123456789abcdef"
+
+interface Run {
+  readonly code: number | null
+  readonly stdout: string
+  readonly stderr: string
+}
+
+/** `openai-batch …args`; `whileRunning` may act on the process as its output arrives. */
+const runCli = (
+  main: string,
+  args: ReadonlyArray<string>,
+  env: Record<string, string>,
+  whileRunning?: (child: ChildProcess, stdout: string) => void
+): Promise<Run> =>
+  new Promise((resolve) => {
+    const child = spawn(process.execPath, [main, ...args], {
+      cwd: root,
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    let stdout = ""
+    let stderr = ""
+    child.stdout!.on("data", (d) => {
+      stdout += d
+      whileRunning?.(child, stdout)
+    })
+    child.stderr!.on("data", (d) => (stderr += d))
+    child.once("exit", (code) => resolve({ code, stdout, stderr }))
+  })
+
+const linesOf = (text: string) => text.split("\n").filter((l) => l !== "")
+const fileLines = (path: string): Array<any> => linesOf(readFileSync(path, "utf8")).map((l) => JSON.parse(l))
+
+describe("the openai-batch command line", () => {
+  let sim: Simulator
+  let server: ServerProcess
+  let scratch: string
+  let openai: OpenAI
+  let env: Record<string, string>
+  let compiled: CompiledCli
+  const cli = (args: ReadonlyArray<string>, extraEnv: Record<string, string> = {}, whileRunning?: (child: ChildProcess, stdout: string) => void) =>
+    runCli(compiled.main, args, { ...env, ...extraEnv }, whileRunning)
+  const inputFile = (name: string, lines: ReadonlyArray<string>, eol = "\n") => {
+    const path = Path.join(scratch, name)
+    writeFileSync(path, lines.join(eol) + eol)
+    return path
+  }
+  /** A batch of `lines`, created with the SDK. */
+  const sdkBatch = async (lines: ReadonlyArray<string>) => {
+    const file = await openai.files.create({ file: await toFile(Buffer.from(lines.join("\n") + "\n"), "sdk.jsonl"), purpose: "batch" })
+    return openai.batches.create({ input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h" })
+  }
+  /** A running batch of `count` requests that sleep far longer than the tests, but for the first `quick`, once those are done. */
+  const slowBatch = async (count: number, quick: number) => {
+    const batch = await sdkBatch(Array.from({ length: count }, (_, i) => chatLine(`slow-${i}`, i < quick ? `quick ${i}` : `slow ${i} [sleep:60000]`)))
+    return Effect.runPromise(waitFor(openai, batch.id, (b) => b.status === "in_progress" && (b.request_counts?.completed ?? 0) >= quick))
+  }
+  let failingBatchId: string | undefined
+
+  beforeAll(async () => {
+    compiled = compileCli()
+    sim = await startSimulator({ latencyMs: 2 })
+    scratch = mkdtempSync(Path.join(tmpdir(), "batch-cli-"))
+    server = await startServer({ DATA_DIR: Path.join(scratch, "data"), INFERENCE_BASE_URL: sim.url, API_KEYS: `${KEY}:cli` })
+    openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: KEY, maxRetries: 0 })
+    env = { OPENAI_BASE_URL: `${server.url}/v1`, OPENAI_API_KEY: KEY }
+  })
+
+  afterAll(async () => {
+    await server?.stop()
+    await sim?.close()
+    rmSync(scratch, { recursive: true, force: true })
+    compiled?.remove()
+  })
+
+  it.live("submit --watch of 1,000 lines, some failing, off a terminal: plain progress lines, both files, exit 1", () =>
+    Effect.promise(async () => {
+      const failing = new Set(Array.from({ length: 20 }, (_, k) => `req-${k * 50 + 49}`))
+      const file = inputFile("thousand.jsonl", Array.from({ length: 1000 }, (_, i) =>
+        chatLine(`req-${i}`, failing.has(`req-${i}`) ? `refuse ${i} [fail:400]` : `hello ${i}`)))
+      const out = Path.join(scratch, "out-1000")
+      const run = await cli(["submit", file, "--watch", "--out", out, "--interval", "0.2"])
+      expect(run.code, run.stderr).toBe(1)
+      expect(run.stderr).toContain("1,000 requests for /v1/chat/completions, no problems found")
+      expect(run.stdout).not.toMatch(/\x1b\[/) // no terminal escapes in a pipe
+
+      // The transcript: the id, progress lines (the status never going back), the summary, the files.
+      const [id, ...rest] = linesOf(run.stdout)
+      expect(id).toMatch(/^batch_[0-9a-f]+$/)
+      failingBatchId = id
+      const progress = rest.filter((l) => l.startsWith("["))
+      expect(rest.slice(0, progress.length)).toEqual(progress)
+      const order = ["validating", "in_progress", "finalizing", "completed"]
+      const statuses = progress.map((line) => {
+        const match = new RegExp(`^\\[\\d+s\\] ${id} (\\w+)(?: \\d[\\d,]*/1,000 \\(\\d+%\\), \\d+ failed, .*tokens)?$`).exec(line)
+        expect(match, line).not.toBeNull()
+        return order.indexOf(match![1]!)
+      })
+      expect(statuses).toEqual([...statuses].sort((a, b) => a - b))
+      expect(progress[0]).toMatch(new RegExp(`^\\[0s\\] ${id} (validating|in_progress)`))
+      expect(progress.at(-1)).toMatch(new RegExp(`^\\[\\d+s\\] ${id} completed 1,000/1,000 \\(100%\\), 20 failed, .*[\\d.]+k tokens$`))
+      const outputPath = Path.join(out, `${id}_output.jsonl`)
+      const errorPath = Path.join(out, `${id}_error.jsonl`)
+      expect(rest.slice(progress.length)).toEqual([
+        expect.stringMatching(new RegExp(`^${id} completed in \\d+s: 980 succeeded, 20 failed, [\\d.]+k tokens$`)),
+        `output: ${outputPath} (980 lines)`,
+        `errors: ${errorPath} (20 lines)`
+      ])
+
+      const output = fileLines(outputPath)
+      const errors = fileLines(errorPath)
+      expect(output.length).toBe(980)
+      expect(errors.map((l) => l.custom_id).sort()).toEqual([...failing].sort())
+      expect(errors.every((l) => l.response.status_code === 400)).toBe(true)
+      expect(output.every((l) => l.response.status_code === 200 && !failing.has(l.custom_id))).toBe(true)
+    }), 180_000)
+
+  it.live("a batch whose every request succeeds exits 0; --json prints objects; flags beat the environment", () =>
+    Effect.promise(async () => {
+      const file = inputFile("clean.jsonl", Array.from({ length: 20 }, (_, i) => chatLine(`ok-${i}`, `fine ${i}`)))
+      const out = Path.join(scratch, "out-clean")
+      // The server and key from flags, before and after the subcommand; the environment points elsewhere.
+      const run = await cli(
+        ["--base-url", `${server.url}/v1`, "submit", file, "--api-key", KEY, "--watch", "--json", "--metadata", "team=cli", "--metadata", "run=a=b", "--out", out, "--interval", "0.2"],
+        { OPENAI_BASE_URL: "http://127.0.0.1:9/v1", OPENAI_API_KEY: "sk-wrong" }
+      )
+      expect(run.code, run.stderr).toBe(0)
+      const objects = linesOf(run.stdout).map((l) => JSON.parse(l))
+      const [created, ...later] = objects
+      expect(created).toMatchObject({ object: "batch", metadata: { team: "cli", run: "a=b" }, endpoint: "/v1/chat/completions" })
+      const summary = later.at(-1)
+      expect(later.slice(0, -1).every((b) => b.object === "batch" && b.id === created.id)).toBe(true)
+      expect(later.at(-2)).toMatchObject({ status: "completed", request_counts: { total: 20, completed: 20, failed: 0 } })
+      expect(summary).toMatchObject({
+        id: created.id,
+        status: "completed",
+        output_path: Path.join(out, `${created.id}_output.jsonl`),
+        output_lines: 20,
+        error_path: null,
+        error_lines: 0
+      })
+      expect(fileLines(summary.output_path).map((l) => l.custom_id)).toEqual(Array.from({ length: 20 }, (_, i) => `ok-${i}`))
+    }), 180_000)
+
+  it.live("a bad file: the server's own problems, line by line, exit 2, and nothing uploaded", () =>
+    Effect.promise(async () => {
+      const lines = [
+        chatLine("a", "fine"),
+        "",
+        "{not json",
+        chatLine("a", "again"),
+        JSON.stringify({ custom_id: "c", method: "GET", url: "/v1/chat/completions", body: { model: "sim-model", messages: [] } }),
+        JSON.stringify({ custom_id: "d", method: "POST", url: "/v1/embeddings", body: { model: "sim-model", input: "x" } }),
+        JSON.stringify({ custom_id: "e", method: "POST", url: "/v1/chat/completions" }),
+        JSON.stringify({ custom_id: "f", method: "POST", url: "/v1/chat/completions", body: { model: "sim-model", messages: [], stream: true } }),
+        chatLine("g", "other model", "another-model"),
+        chatLine("h", "fine")
+      ]
+      const file = inputFile("bad.jsonl", lines, "\r\n")
+      const filesBefore = (await openai.files.list()).data.map((f) => f.id)
+      const [text, json] = await Promise.all([cli(["submit", file, "--watch"]), cli(["submit", file, "--json"])])
+      expect(text.code).toBe(2)
+      expect(json.code).toBe(2)
+      expect(text.stderr).toContain("nothing was uploaded")
+      expect((await openai.files.list()).data.map((f) => f.id)).toEqual(filesBefore)
+
+      // The same file through the server: its failed batch lists the same problems.
+      const uploaded = await openai.files.create({ file: await toFile(readFileSync(file), "bad.jsonl"), purpose: "batch" })
+      const created = await openai.batches.create({ input_file_id: uploaded.id, endpoint: "/v1/chat/completions", completion_window: "24h" })
+      const failed = await Effect.runPromise(waitFor(openai, created.id, terminal))
+      expect(failed.status).toBe("failed")
+      const serverProblems = failed.errors!.data!
+      expect(new Set(serverProblems.map((e) => e.code))).toEqual(new Set([
+        "invalid_json_line", "duplicate_custom_id", "invalid_request", "invalid_url", "missing_required_parameter", "streaming_unsupported", "model_mismatch"
+      ]))
+      expect(linesOf(text.stdout)).toEqual(serverProblems.map(problemLine))
+      expect(linesOf(json.stdout).map((l) => JSON.parse(l))).toEqual(serverProblems)
+    }), 180_000)
+
+  it.live("status, list, download, cancel: their outputs and exit codes", () =>
+    Effect.promise(async () => {
+      const finished = await sdkBatch([chatLine("done", "quick")]).then((b) => Effect.runPromise(waitFor(openai, b.id, terminal)))
+      const batch = await slowBatch(40, 4)
+      const id = batch.id
+      const out = Path.join(scratch, "out-cancel")
+      const [status, statusJson, list, listJson, early, unknown, noKey] = await Promise.all([
+        cli(["status", id]),
+        cli(["status", id, "--json"]),
+        cli(["list"]),
+        cli(["list", "--json", "--limit", "2"]),
+        cli(["download", id, "--out", out]),
+        cli(["status", "batch_0123456789abcdef0123456789abcdef"]),
+        cli(["status", id], { OPENAI_API_KEY: "" })
+      ])
+      expect(status.code, status.stderr).toBe(0)
+      expect(linesOf(status.stdout)).toEqual(expect.arrayContaining([
+        `${id}: in_progress`,
+        "  requests    40: 4 completed, 0 failed",
+        expect.stringMatching(/^ {2}phases {6}validating \d+s, in_progress \d+s so far$/)
+      ]))
+      expect(statusJson.code).toBe(0)
+      expect(JSON.parse(statusJson.stdout)).toMatchObject({ id, object: "batch", status: "in_progress" })
+      expect(list.code).toBe(0)
+      expect(linesOf(list.stdout)[0]).toMatch(/^ID +STATUS +DONE\/TOTAL +FAILED +TOKENS +CREATED +ENDPOINT$/)
+      expect(linesOf(list.stdout)[1]).toMatch(new RegExp(`^${id} +in_progress +4/40 +0 +\\d+ +\\S+ ago +/v1/chat/completions$`))
+      expect(listJson.code).toBe(0)
+      const listed = linesOf(listJson.stdout).map((l) => JSON.parse(l))
+      expect(listed.map((b) => b.id)).toEqual([id, finished.id]) // newest first
+      expect(early.code).toBe(1)
+      expect(early.stderr).toContain(`${id} is in_progress: its files are written when it ends`)
+      expect(unknown.code).toBe(1)
+      expect(unknown.stderr).toMatch(/404/)
+      expect(noKey.code).toBe(1)
+      expect(noKey.stderr).toContain("401")
+      expect(noKey.stderr).toContain("give a key with --api-key or OPENAI_API_KEY")
+
+      const cancel = await cli(["cancel", id])
+      expect(cancel.code, cancel.stderr).toBe(0)
+      expect(cancel.stdout).toMatch(new RegExp(`^${id}: (cancelling|cancelled)\\n$`))
+      await Effect.runPromise(waitFor(openai, id, terminal))
+      const [again, tooLate, download] = await Promise.all([
+        cli(["cancel", id]),
+        cli(["cancel", finished.id]),
+        cli(["download", id, "--out", out])
+      ])
+      expect(again.code).toBe(0) // cancelling a cancelled batch changes nothing
+      expect(again.stdout).toBe(`${id}: cancelled\n`)
+      expect(tooLate.code).toBe(1)
+      expect(tooLate.stderr).toContain(`cancelling batch ${finished.id}: 409 Cannot cancel a batch with status 'completed'.`)
+      expect(download.code, download.stderr).toBe(0)
+      expect(linesOf(download.stdout)).toEqual([
+        `output: ${Path.join(out, `${id}_output.jsonl`)} (4 lines)`,
+        `errors: ${Path.join(out, `${id}_error.jsonl`)} (36 lines)`
+      ])
+      expect(fileLines(Path.join(out, `${id}_error.jsonl`)).every((l) => l.error?.code === "batch_cancelled")).toBe(true)
+    }), 180_000)
+
+  it.live("Ctrl-C while watching off a terminal stops watching, says how to cancel, and leaves the batch running", () =>
+    Effect.promise(async () => {
+      const batch = await slowBatch(10, 1)
+      let sent = false
+      const run = await cli(["watch", batch.id, "--interval", "0.2"], {}, (child, stdout) => {
+        if (!sent && stdout.includes("in_progress")) {
+          sent = true
+          child.kill("SIGINT")
+        }
+      })
+      expect(run.code).toBe(130)
+      expect(run.stderr).toContain(`Stopped watching ${batch.id}; the batch keeps running.`)
+      expect(run.stderr).toContain(`openai-batch cancel ${batch.id}`)
+      expect((await openai.batches.retrieve(batch.id)).status).toBe("in_progress")
+      await openai.batches.cancel(batch.id)
+    }), 180_000)
+
+  it.live("retry reruns the failed requests as a new batch", () =>
+    Effect.promise(async () => {
+      expect(failingBatchId).toBeDefined()
+      const out = Path.join(scratch, "out-retry")
+      const run = await cli(["retry", failingBatchId!, "--only", "error", "--watch", "--out", out, "--interval", "0.2"])
+      expect(run.code, run.stderr).toBe(1) // the same 20 fail again
+      const [id] = linesOf(run.stdout)
+      expect(id).not.toBe(failingBatchId)
+      expect((await openai.batches.retrieve(id!)).metadata).toMatchObject({ retry_of: failingBatchId })
+      expect(linesOf(run.stdout).slice(-1)).toEqual([`errors: ${Path.join(out, `${id}_error.jsonl`)} (20 lines)`])
+    }), 180_000)
+
+  it.live("serve starts the server as npm start does, passes SIGTERM on, and exits with its code", () =>
+    Effect.promise(async () => {
+      const port = await freePort()
+      const serveEnv = { PORT: String(port), HOST: "127.0.0.1", DATA_DIR: Path.join(scratch, "serve-data"), INFERENCE_BASE_URL: sim.url }
+      let up = false
+      const child = spawn(process.execPath, [compiled.main, "serve"], {
+        cwd: root,
+        env: { ...process.env, ...serveEnv },
+        stdio: ["ignore", "pipe", "pipe"]
+      })
+      const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)))
+      const [bad] = await Promise.all([
+        cli(["serve"], { ...serveEnv, PORT: "not-a-port" }),
+        (async () => {
+          const deadline = Date.now() + 60_000
+          while (!up && Date.now() < deadline) {
+            up = await fetch(`http://127.0.0.1:${port}/v1/health`).then((r) => r.ok, () => false)
+            if (!up) await new Promise((r) => setTimeout(r, 200))
+          }
+        })()
+      ])
+      expect(up).toBe(true)
+      child.kill("SIGTERM")
+      expect(await exited).toBe(0)
+      expect(await fetch(`http://127.0.0.1:${port}/v1/health`).then(() => "answered", () => "refused")).toBe("refused")
+      expect(bad.code).toBe(1)
+      expect(bad.stderr).toContain("Invalid configuration")
+      expect(bad.stderr).toContain("PORT")
+    }), 180_000)
+})

@@ -1,0 +1,184 @@
+/**
+ * The webhook delivery worker alone (`webhooks/Webhooks.ts`), over rows written straight into its table: the backoff
+ * grows with every turn, even one that sends nothing (no webhook configured), up to `WEBHOOK_RETRY_MAX_DELAY`; a
+ * row claimed past its time is failed without another attempt; a result whose claim was lost is not stored nor
+ * counted as delivered; old settled rows are swept; a connection failure never quotes the URL. On both backends.
+ */
+import { describe, expect, it, layer } from "@effect/vitest"
+import * as HttpClientError from "@effect/platform/HttpClientError"
+import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { Context, Duration, Effect, Layer, Logger } from "effect"
+import { eventId } from "../src/domain/Ids.js"
+import { Metrics, noopMetrics } from "../src/observability/Metrics.js"
+import { SqlLive } from "../src/storage/Sql.js"
+import { noAnswer } from "../src/webhooks/posting.js"
+import { eventBody } from "../src/webhooks/signing.js"
+import { WebhooksLive } from "../src/webhooks/Webhooks.js"
+import { WebhookTargetsTest } from "../src/webhooks/WebhookTargets.js"
+import { backends, configFor, eventually, eventuallyEffect, TestDatabase, TestDataDir } from "./support/TestApp.js"
+import { answering, type Receiver, webhookReceiver } from "./support/WebhookReceiver.js"
+import { SECRET } from "./support/Webhooks.js"
+
+/** Every line the worker logs (info and up), and every delivery it counts. */
+const logged: Array<{ readonly level: string; readonly message: string; readonly annotations: Record<string, unknown> }> = []
+const counted: Array<string> = []
+const recorder = Logger.make(({ annotations, logLevel, message }) =>
+  void logged.push({ level: logLevel.label, message: String(message), annotations: Object.fromEntries(annotations) }))
+const linesOf = (id: string, event: string) => logged.filter((l) => l.annotations.event_id === id && l.annotations.event === event)
+
+/** The receiver, and the projects' webhooks (changed by the tests, read by the worker on each turn). */
+class Hook extends Context.Tag("test/Hook")<Hook, {
+  readonly receiver: Receiver
+  readonly byProject: Record<string, { readonly url: string; readonly secret: string }>
+}>() {}
+
+const worker = (backend: "sqlite" | "postgres") =>
+  Layer.unwrapScoped(Effect.gen(function*() {
+    const receiver = yield* webhookReceiver()
+    const byProject: Record<string, { readonly url: string; readonly secret: string }> = {}
+    return WebhooksLive.pipe(
+      Layer.provide(WebhookTargetsTest({ byProject })),
+      Layer.provide(Layer.succeed(Metrics, { ...noopMetrics, webhookDelivery: (outcome) => void counted.push(outcome) })),
+      Layer.provideMerge(SqlLive),
+      Layer.provideMerge(configFor({
+        webhookRetryBaseDelay: Duration.millis(50),
+        webhookRetryMaxDelay: Duration.millis(200),
+        heartbeatInterval: Duration.millis(20),
+        fileSweepInterval: Duration.millis(100)
+      })),
+      Layer.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend))),
+      Layer.provide(Logger.replace(Logger.defaultLogger, recorder)),
+      Layer.merge(Layer.succeed(Hook, { receiver, byProject }))
+    )
+  }))
+
+const DAY_S = 24 * 3600
+const nowS = () => Math.floor(Date.now() / 1000)
+
+/** A row as `makeOutbox` writes it (then as earlier turns left it), for `project`'s webhook; its id. */
+const insertEvent = (row: {
+  readonly project: string
+  readonly createdAt: number
+  readonly status?: "pending" | "delivered" | "failed"
+  readonly attempts?: number
+  readonly lastStatusCode?: number
+  readonly lastError?: string
+}) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const { receiver } = yield* Hook
+    const id = eventId()
+    const batchId = `batch_${id.slice(4)}`
+    const status = row.status ?? "pending"
+    yield* sql`INSERT INTO webhook_deliveries ${
+      sql.insert({
+        id,
+        type: "batch.completed",
+        batch_id: batchId,
+        project: row.project,
+        url: receiver.url,
+        target: "project",
+        body: eventBody({ id, type: "batch.completed", createdAt: row.createdAt, batchId }),
+        status,
+        turns: row.attempts ?? 0,
+        attempts: row.attempts ?? 0,
+        last_status_code: row.lastStatusCode ?? null,
+        last_error: row.lastError ?? null,
+        created_at: row.createdAt,
+        next_attempt_ms: status === "pending" ? Date.now() : null
+      })
+    }`
+    return id
+  }).pipe(Effect.orDie)
+
+const rowOf = (id: string) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const [row] = yield* sql<Record<string, unknown>>`
+      SELECT status, turns, attempts, last_status_code, last_error, next_attempt_ms, claimed_by FROM webhook_deliveries WHERE id = ${id}`
+    return row === undefined ? undefined : {
+      status: row.status,
+      turns: Number(row.turns),
+      attempts: Number(row.attempts),
+      last_status_code: row.last_status_code === null ? null : Number(row.last_status_code),
+      last_error: row.last_error,
+      next_attempt_ms: row.next_attempt_ms === null ? null : Number(row.next_attempt_ms),
+      claimed_by: row.claimed_by
+    }
+  }).pipe(Effect.orDie)
+
+const sentFor = (receiver: Receiver, id: string) => receiver.received.filter((r) => r.headers["webhook-id"] === id)
+
+for (const backend of backends) {
+  layer(worker(backend), { excludeTestServices: true, timeout: 30_000 })(`${backend}: the webhook worker`, (it) => {
+    it.effect("no webhook for the project: nothing sent, but each turn waits longer (up to WEBHOOK_RETRY_MAX_DELAY); sent once it is back", () =>
+      Effect.gen(function*() {
+        const { byProject, receiver } = yield* Hook
+        const start = Date.now()
+        const id = yield* insertEvent({ project: "lost", createdAt: nowS() })
+        const row = yield* eventuallyEffect(Effect.tap(rowOf(id), (r) => Effect.sync(() => expect(r!.turns).toBeGreaterThanOrEqual(6))), 10_000)
+        const now = Date.now()
+        // The waits before the 6th turn: 50 ms doubling (±20 %), at most 200 ms: 40 + 80 + 160 + 200 + 200 ms at least.
+        expect(now - start).toBeGreaterThanOrEqual(600)
+        expect(row!.next_attempt_ms! - now).toBeLessThanOrEqual(200)
+        expect(row).toMatchObject({ status: "pending", attempts: 0, last_error: "no webhook is configured for project lost" })
+        expect(linesOf(id, "webhook.retry").length).toBeGreaterThanOrEqual(6)
+
+        byProject.lost = { url: receiver.url, secret: SECRET }
+        yield* eventuallyEffect(Effect.tap(rowOf(id), (r) => Effect.sync(() => expect(r).toMatchObject({ status: "delivered", attempts: 1 }))), 5_000)
+        expect(sentFor(receiver, id)).toHaveLength(1)
+      }))
+
+    it.effect("a row claimed past WEBHOOK_RETRY_FOR (an earlier turn's result never stored) is failed without another attempt", () =>
+      Effect.gen(function*() {
+        const { byProject, receiver } = yield* Hook
+        byProject.late = { url: receiver.url, secret: SECRET }
+        const failedBefore = counted.filter((o) => o === "failed").length
+        const id = yield* insertEvent({ project: "late", createdAt: nowS() - 73 * 3600, attempts: 7, lastStatusCode: 503, lastError: "HTTP 503: busy" })
+        yield* eventuallyEffect(Effect.tap(rowOf(id), (r) => Effect.sync(() => expect(r!.status).toBe("failed"))), 5_000)
+        expect(yield* rowOf(id)).toMatchObject({ attempts: 7, last_status_code: 503, last_error: "HTTP 503: busy", next_attempt_ms: null, claimed_by: null })
+        expect(sentFor(receiver, id)).toHaveLength(0)
+        expect(linesOf(id, "webhook.failed")).toMatchObject([{ level: "ERROR" }])
+        expect(counted.filter((o) => o === "failed").length).toBe(failedBefore + 1)
+      }))
+
+    it.scoped("a result whose claim another node took over is neither stored nor counted: a webhook.claim_lost line", () =>
+      Effect.gen(function*() {
+        const { byProject, receiver } = yield* Hook
+        byProject.slow = { url: receiver.url, secret: SECRET }
+        yield* answering(receiver, () => ({ status: 200, delayMs: 500 }))
+        const deliveredBefore = counted.filter((o) => o === "delivered").length
+        const id = yield* insertEvent({ project: "slow", createdAt: nowS() })
+        yield* eventually(() => expect(sentFor(receiver, id)).toHaveLength(1), 5_000)
+        const sql = yield* SqlClient.SqlClient
+        yield* sql`UPDATE webhook_deliveries SET claimed_by = 'another-node', claimed_until = ${Date.now() + 3_600_000} WHERE id = ${id}`.pipe(Effect.orDie)
+        yield* eventually(() => expect(linesOf(id, "webhook.claim_lost")).toMatchObject([{ level: "WARN" }]), 5_000)
+        expect(linesOf(id, "webhook.delivered")).toHaveLength(0)
+        expect(counted.filter((o) => o === "delivered").length).toBe(deliveredBefore)
+        expect(yield* rowOf(id)).toMatchObject({ status: "pending", attempts: 0, claimed_by: "another-node" })
+      }))
+
+    it.effect("delivered and failed rows are deleted 30 days after their event; younger ones stay", () =>
+      Effect.gen(function*() {
+        const old = yield* Effect.all([
+          insertEvent({ project: "history", createdAt: nowS() - 31 * DAY_S, status: "delivered", attempts: 1 }),
+          insertEvent({ project: "history", createdAt: nowS() - 31 * DAY_S, status: "failed", attempts: 9 })
+        ])
+        const young = yield* insertEvent({ project: "history", createdAt: nowS() - 29 * DAY_S, status: "delivered", attempts: 1 })
+        yield* eventuallyEffect(Effect.tap(Effect.forEach(old, rowOf), (rows) => Effect.sync(() => expect(rows).toEqual([undefined, undefined]))), 5_000)
+        expect(yield* rowOf(young)).toMatchObject({ status: "delivered" })
+      }))
+  })
+}
+
+describe("what a failed connection is told as", () => {
+  it("its code, else the kinds of error: never a message, which may quote the URL's token", () => {
+    const request = HttpClientRequest.post("https://hooks.example.com/x?token=hunter2")
+    const error = (cause: unknown) => new HttpClientError.RequestError({ request, reason: "Transport", cause })
+    expect(noAnswer(error(Object.assign(new Error("connect ECONNREFUSED"), { code: "ECONNREFUSED" })))).toBe("connection failed: ECONNREFUSED")
+    const told = noAnswer(error(new TypeError("fetch to https://hooks.example.com/x?token=hunter2 failed")))
+    expect(told).toBe("connection failed: Transport, TypeError")
+    expect(noAnswer("hunter2")).toBe("connection failed: unknown error")
+  })
+})
