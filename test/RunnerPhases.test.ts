@@ -89,7 +89,7 @@ describe("outcome writer", () => {
 })
 
 describe("LocalWork", () => {
-  it.effect("counts a batch as worked on while its effect runs; a held slice missing from a renewal is lost", () =>
+  it.effect("counts a batch as worked on while its effect runs; a held slice missing from a renewal is lost, unless claimed while it ran", () =>
     Effect.gen(function*() {
       const local = new LocalWork()
       const [b1, b2] = [BatchId.make("b1"), BatchId.make("b2")]
@@ -105,6 +105,11 @@ describe("LocalWork", () => {
       expect(local.lostBatches([{ batchId: b1, slice: 0 }, { batchId: b2, slice: 0 }])).toEqual([])
       local.dropSlices(b2)
       expect(local.lostBatches([{ batchId: b1, slice: 0 }])).toEqual([])
+      // A slice claimed while a renewal ran is missing from it without being lost (the renewal began before).
+      const before = local.heldSlices()
+      local.holdSlice(b1, 2)
+      expect(local.lostBatches([{ batchId: b1, slice: 0 }], before)).toEqual([])
+      expect(local.lostBatches([{ batchId: b1, slice: 0 }])).toEqual([b1])
     }))
 })
 

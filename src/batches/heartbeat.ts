@@ -43,12 +43,23 @@ export class LocalWork {
     return [...this.batches]
   }
 
-  /** Batches of which this node holds a slice that is not among `renewed`. */
-  lostBatches(renewed: ReadonlyArray<{ readonly batchId: BatchId; readonly slice: number }>): ReadonlyArray<BatchId> {
-    const held = new Set(renewed.map((r) => `${r.batchId}:${r.slice}`))
-    return [...this.slices].filter(([id, slices]) => [...slices].some((slice) => !held.has(`${id}:${slice}`))).map(
-      ([id]) => id
-    )
+  /** The slices held now, to take before a renewal (see `lostBatches`). */
+  heldSlices(): ReadonlySet<string> {
+    return new Set([...this.slices].flatMap(([id, slices]) => [...slices].map((slice) => `${id}:${slice}`)))
+  }
+
+  /**
+   * Batches of which this node holds a slice that is not among `renewed`: one held since before the renewal began
+   * (`before`), as a slice claimed while the renewal ran may be missing from it without being lost.
+   */
+  lostBatches(
+    renewed: ReadonlyArray<{ readonly batchId: BatchId; readonly slice: number }>,
+    before: ReadonlySet<string> = this.heldSlices()
+  ): ReadonlyArray<BatchId> {
+    const kept = new Set(renewed.map((r) => `${r.batchId}:${r.slice}`))
+    return [...this.slices].filter(([id, slices]) =>
+      [...slices].some((slice) => before.has(`${id}:${slice}`) && !kept.has(`${id}:${slice}`))
+    ).map(([id]) => id)
   }
 }
 
@@ -68,8 +79,9 @@ export const beat = (local: LocalWork, actions: HeartbeatActions, atStart = fals
     const store = yield* BatchStore
     const leases = yield* WorkLeases
     const config = yield* AppConfig
+    const before = local.heldSlices()
     const renewed = yield* Effect.flatMap(nodeLease(config), leases.renewLeases)
-    const lost = local.lostBatches(renewed)
+    const lost = local.lostBatches(renewed, before)
     const statuses = yield* store.statuses(local.workingOn())
     const cancelled = [...statuses].filter(([, status]) => status === "cancelling").map(([id]) => id)
     yield* Effect.forEach(new Set([...lost, ...cancelled]), actions.restart, { discard: true })
