@@ -20,7 +20,7 @@ import { Agent, request } from "undici"
 import { Effect } from "effect"
 import { createScratchSchema, dropScratchSchema } from "../test/support/Postgres.js"
 import { freePort } from "../test/support/ServerProcess.js"
-import { memoryMb, root, startFlags, waitHealthy } from "./server-process.js"
+import { memoryMb, root, startFlags, waitHealthy, stopChildren } from "./server-process.js"
 
 const arg = (name: string, fallback: number) => {
   const i = process.argv.indexOf(`--${name}`)
@@ -143,8 +143,7 @@ const main = async () => {
     console.log(`  target: p99 ≤ 50 ms (${p99 <= 50 ? "met" : "NOT met"}), max ≤ 250 ms (${max <= 250 ? "met" : "NOT met"}), no errors (${errorCount === 0 ? "met" : "NOT met"})`)
     if (p99 > 50 || max > 250 || errorCount > 0) process.exitCode = 1
   } finally {
-    for (const child of children) child.kill("SIGTERM")
-    await Promise.all(children.map((child) => new Promise((resolve) => child.exitCode !== null ? resolve(null) : child.once("exit", resolve))))
+    await stopChildren(children)
     if (database !== undefined) await Effect.runPromise(dropScratchSchema(database.schema))
     rmSync(dir, { recursive: true, force: true })
   }

@@ -18,7 +18,7 @@ import { Effect } from "effect"
 import OpenAI from "openai"
 import { createScratchSchema, dropScratchSchema } from "../test/support/Postgres.js"
 import { freePort } from "../test/support/ServerProcess.js"
-import { memoryMb, root, startFlags, waitHealthy } from "./server-process.js"
+import { memoryMb, root, startFlags, waitHealthy, stopChildren } from "./server-process.js"
 
 const arg = (name: string, fallback: number) => {
   const i = process.argv.indexOf(`--${name}`)
@@ -117,8 +117,7 @@ const main = async () => {
     console.log(`  server peak RSS since start: ${memoryMb(server.pid!, "VmHWM").toFixed(0)} MB`)
     if (uploadPeak >= 200) process.exitCode = 1
   } finally {
-    for (const child of children) child.kill("SIGTERM")
-    await Promise.all(children.map((child) => new Promise((resolve) => child.exitCode !== null ? resolve(null) : child.once("exit", resolve))))
+    await stopChildren(children)
     if (database !== undefined) await Effect.runPromise(dropScratchSchema(database.schema))
     rmSync(dir, { recursive: true, force: true })
   }

@@ -28,7 +28,7 @@ import { Agent, request } from "undici"
 import { Effect } from "effect"
 import { createScratchSchema, dropScratchSchema } from "../test/support/Postgres.js"
 import { freePort } from "../test/support/ServerProcess.js"
-import { memoryMb, root, startFlags, waitHealthy } from "./server-process.js"
+import { memoryMb, root, startFlags, waitHealthy, stopChildren } from "./server-process.js"
 
 const arg = (name: string, fallback: number) => {
   const i = process.argv.indexOf(`--${name}`)
@@ -186,8 +186,7 @@ const main = async () => {
     console.log(`  slowest poll by status seen: ${slowest.join(", ")}`)
     if (ratio < 0.5 || rss > 250 || p99 > 50) process.exitCode = 1
   } finally {
-    for (const child of children) child.kill("SIGTERM")
-    await Promise.all(children.map((child) => new Promise((resolve) => child.exitCode !== null ? resolve(null) : child.once("exit", resolve))))
+    await stopChildren(children)
     for (const cleanup of cleanups) await cleanup()
     rmSync(dir, { recursive: true, force: true })
   }

@@ -1,4 +1,5 @@
-/** What the benchmarks share: the compiled server's node flags, waiting for it, and reading its memory. */
+/** What the benchmarks share: the compiled server's node flags, waiting for it, reading its memory, stopping it. */
+import type { ChildProcess } from "node:child_process"
 import { readFileSync } from "node:fs"
 import * as Path from "node:path"
 
@@ -23,3 +24,9 @@ export const waitHealthy = async (url: string) => {
 /** A process's peak (`VmHWM`) or current (`VmRSS`) resident set size, in MB. */
 export const memoryMb = (pid: number, field: "VmHWM" | "VmRSS"): number =>
   Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1] ?? NaN) / 1024
+
+/** Stops the benchmark's child processes (SIGTERM) and waits until each has exited. */
+export const stopChildren = (children: ReadonlyArray<ChildProcess>) => {
+  for (const child of children) child.kill("SIGTERM")
+  return Promise.all(children.map((child) => new Promise((resolve) => child.exitCode !== null ? resolve(null) : child.once("exit", resolve))))
+}
