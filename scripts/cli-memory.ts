@@ -11,7 +11,7 @@ import { createWriteStream, mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import { freePort } from "../test/support/ServerProcess.js"
-import { memoryMb, root, startFlags, waitHealthy } from "./server-process.js"
+import { memoryMb, root, startFlags, stopChildren, waitHealthy } from "./server-process.js"
 
 const arg = (name: string, fallback: number) => {
   const i = process.argv.indexOf(`--${name}`)
@@ -77,7 +77,7 @@ const main = async () => {
     console.log(`${LINES} requests, ${(TOTAL / 1024 / 1024).toFixed(0)} MiB: exit ${code} in ` +
       `${((performance.now() - started) / 1000).toFixed(1)} s; CLI peak RSS ${peak.toFixed(0)} MB`)
   } finally {
-    for (const child of children) child.kill("SIGTERM")
+    await stopChildren(children)
     rmSync(dir, { recursive: true, force: true })
   }
 }

@@ -74,7 +74,8 @@ export const make = (connection: Connection): BatchApiShape => {
           // A stream cannot be sent twice: no automatic retry.
           { signal, maxRetries: 0 }
         )),
-    create: (params) => call("creating the batch", (signal) => client.batches.create(params, { signal })),
+    // Not repeated by the client: a create whose answer was lost would make a second batch.
+    create: (params) => call("creating the batch", (signal) => client.batches.create(params, { signal, maxRetries: 0 })),
     retrieve: (id) => call(`reading batch ${id}`, (signal) => client.batches.retrieve(id, { signal })),
     list: (limit) => call("listing batches", (signal) => client.batches.list({ limit }, { signal }).then((page) => page.data)),
     cancel: (id) => call(`cancelling batch ${id}`, (signal) => client.batches.cancel(id, { signal })),
@@ -82,7 +83,8 @@ export const make = (connection: Connection): BatchApiShape => {
       call(`rerunning batch ${id}`, (signal) =>
         client.post<Batch>(`/batches/${encodeURIComponent(id)}/retry`, {
           ...(only.length > 0 ? { body: { only } } : {}),
-          signal
+          signal,
+          maxRetries: 0
         })),
     content: (fileId) =>
       call(`downloading file ${fileId}`, async (signal) => {

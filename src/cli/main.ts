@@ -195,10 +195,11 @@ const exitCode = (exit: Exit.Exit<void, unknown>): number => {
   return EXIT_FAILED
 }
 
-// A reader that closed the pipe early (`openai-batch list | head -1`) ends the command quietly, as other tools do.
+// A reader that closed the pipe early (`openai-batch list | head -1`) ends the command quietly, with the code of a
+// tool ended by SIGPIPE (128 + 13): never 0, which would say a watched batch succeeded in full.
 process.stdout.on("error", (error: NodeJS.ErrnoException) => {
   if (error.code !== "EPIPE") throw error
-  process.exit(0)
+  process.exit(141)
 })
 
 // Holds the process open while the program runs (a wait on a signal alone would not).

@@ -9,8 +9,8 @@ export type Mode = "tty" | "plain" | "json"
 
 export const modeOf = (json: boolean): Mode => (json ? "json" : process.stdout.isTTY ? "tty" : "plain")
 
-/** Ctrl-C may ask a question only when someone can answer it. */
-export const interactive = (): boolean => process.stdin.isTTY === true && process.stdout.isTTY === true
+/** Ctrl-C may ask a question only when someone can answer it, and not inside a stream of JSON objects. */
+export const interactive = (mode: Mode): boolean => mode !== "json" && process.stdin.isTTY === true && process.stdout.isTTY === true
 
 export const say = (line: string) => Console.log(line)
 export const sayAll = (lines: ReadonlyArray<string>) => Effect.forEach(lines, say, { discard: true })

@@ -84,9 +84,9 @@ const stopped = (id: string) =>
   })
 
 /** After a Ctrl-C: on a terminal, asks whether to cancel (and does); elsewhere, or at a second Ctrl-C, stops. */
-const onCtrlC = (id: string) =>
+const onCtrlC = (id: string, mode: Mode) =>
   Effect.gen(function*() {
-    if (!interactive()) return yield* stopped(id)
+    if (!interactive(mode)) return yield* stopped(id)
     const cancel = yield* Prompt.confirm({ message: `Cancel batch ${id}?`, initial: false }).pipe(
       Effect.catchTag("QuitException", () => Effect.zipRight(write("\n"), stopped(id)))
     )
@@ -121,7 +121,7 @@ export const watch = (id: string, settings: WatchSettings) =>
         if (Either.isRight(outcome) && Option.isSome(outcome.right)) return outcome.right.value
         if (Either.isLeft(outcome)) {
           yield* display.settle
-          yield* onCtrlC(id)
+          yield* onCtrlC(id, settings.mode)
         }
       }
     })
