@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What a user of the package gets: packs this project, installs the tarball in an empty folder next to the pinned
-# Effect packages (as the README's Embedding section says), checks there is one copy of `effect`, starts
+# Effect packages (as the README's Embedding section says), checks there is one copy of `effect`, runs the installed
+# `openai-batch` bin (`--version`, `--help`: a wrong path in `bin` or a missing shebang fails here), starts
 # examples/embed/main.ts (the README's example) until it answers, and runs the examples' tests: examples/embed's (an
 # Inference swapped through the public entry) and examples/replay's (a batch on committed recordings, no network).
 # Needs the npm registry (or a warm npm cache).
@@ -27,6 +28,18 @@ copies=$(npm ls effect --all --parseable 2>/dev/null | sort -u | wc -l)
 if [ "$copies" != 1 ]; then
   echo "expected one copy of effect, found $copies:"; npm ls effect --all; exit 1
 fi
+
+# As `npx openai-batch` runs it: through the link npm made in node_modules/.bin, never fetched from the registry.
+expected=$(node -p "require('./node_modules/effect-openai-batch/package.json').version")
+version=$(npx --no-install openai-batch --version 2>&1) || { echo "openai-batch --version failed: $version"; exit 1; }
+if [ "$version" != "$expected" ]; then
+  echo "openai-batch --version printed '$version', expected '$expected'"; exit 1
+fi
+help=$(npx --no-install openai-batch --help 2>&1) || { echo "openai-batch --help failed: $help"; exit 1; }
+for command in submit watch download serve; do
+  grep -q "$command" <<<"$help" || { echo "openai-batch --help does not list $command:"; echo "$help"; exit 1; }
+done
+echo "openai-batch $version runs from the installed bin"
 
 port=$((20000 + RANDOM % 20000))
 PORT=$port DATA_DIR="$work/data" setsid npx tsx main.ts > server.log 2>&1 &

@@ -5,6 +5,7 @@
 import { Config, type ConfigError, Context, Duration, Layer, Option, Redacted } from "effect"
 import { hostname } from "node:os"
 import { commaList, validateConfig } from "./configRules.js"
+import { OPENAI_MAX_REQUESTS_PER_BATCH } from "./domain/Batches.js"
 import type { UpstreamEntry } from "./upstreams/UpstreamSpec.js"
 
 export interface AppConfigShape {
@@ -163,7 +164,7 @@ export const defaults: AppConfigShape = {
   inferenceRetryMaxDelay: Duration.seconds(60),
   maxConcurrentBatches: 1,
   maxConcurrentRequestsPerBatch: 32,
-  maxRequestsPerBatch: 50_000,
+  maxRequestsPerBatch: OPENAI_MAX_REQUESTS_PER_BATCH,
   maxBatchInputBytes: 200 * 1024 * 1024,
   maxActiveBatchesPerProject: Option.none(),
   maxEnqueuedRequestsPerProject: Option.none(),

@@ -1,8 +1,9 @@
 /**
  * The `openai-batch` command line, run as a user runs it (the compiled `bin`, a child process, off a terminal)
- * against the real server process and the upstream simulator: exit codes, the files written, the plain-output transcript of a 1,000-line
- * batch, local validation giving the server's own problems before anything is uploaded, `--json`, Ctrl-C while
- * watching, and `serve`.
+ * against the real server process and the upstream simulator: exit codes, the files written, the plain-output
+ * transcript of a 1,000-line batch, local validation giving the server's own problems before anything is uploaded,
+ * `--json`, a watch riding out a lost connection (and giving up), a failed submit leaving nothing behind, Ctrl-C
+ * while watching, and `serve`. `cliCalls.test.ts` has what only a scripted server can do.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
@@ -16,6 +17,7 @@ import { problemLine } from "../src/cli/describe.js"
 import { chatLine, terminal, waitFor } from "./support/Batches.js"
 import { type CompiledCli, compileCli } from "./support/CompiledCli.js"
 import { freePort, type ServerProcess, startServer } from "./support/ServerProcess.js"
+import { startForwarder, type TcpForwarder } from "./support/TcpForwarder.js"
 
 const root = Path.resolve(import.meta.dirname, "..")
 const KEY = "sk-cli-test-key-0123456789abcdef"
@@ -26,16 +28,20 @@ interface Run {
   readonly stderr: string
 }
 
-/** `openai-batch …args`; `whileRunning` may act on the process as its output arrives. */
+/**
+ * `openai-batch …args` in `cwd` (where a watch without `--out` writes its files); `whileRunning` may act on the
+ * process as its output arrives.
+ */
 const runCli = (
   main: string,
+  cwd: string,
   args: ReadonlyArray<string>,
   env: Record<string, string>,
-  whileRunning?: (child: ChildProcess, stdout: string) => void
+  whileRunning?: (child: ChildProcess, stdout: string, stderr: string) => void
 ): Promise<Run> =>
   new Promise((resolve) => {
     const child = spawn(process.execPath, [main, ...args], {
-      cwd: root,
+      cwd,
       env: { ...process.env, ...env },
       stdio: ["ignore", "pipe", "pipe"]
     })
@@ -43,9 +49,12 @@ const runCli = (
     let stderr = ""
     child.stdout!.on("data", (d) => {
       stdout += d
-      whileRunning?.(child, stdout)
+      whileRunning?.(child, stdout, stderr)
     })
-    child.stderr!.on("data", (d) => (stderr += d))
+    child.stderr!.on("data", (d) => {
+      stderr += d
+      whileRunning?.(child, stdout, stderr)
+    })
     child.once("exit", (code) => resolve({ code, stdout, stderr }))
   })
 
@@ -59,8 +68,8 @@ describe("the openai-batch command line", () => {
   let openai: OpenAI
   let env: Record<string, string>
   let compiled: CompiledCli
-  const cli = (args: ReadonlyArray<string>, extraEnv: Record<string, string> = {}, whileRunning?: (child: ChildProcess, stdout: string) => void) =>
-    runCli(compiled.main, args, { ...env, ...extraEnv }, whileRunning)
+  const cli = (args: ReadonlyArray<string>, extraEnv: Record<string, string> = {}, whileRunning?: (child: ChildProcess, stdout: string, stderr: string) => void) =>
+    runCli(compiled.main, scratch, args, { ...env, ...extraEnv }, whileRunning)
   const inputFile = (name: string, lines: ReadonlyArray<string>, eol = "\n") => {
     const path = Path.join(scratch, name)
     writeFileSync(path, lines.join(eol) + eol)
@@ -254,6 +263,77 @@ describe("the openai-batch command line", () => {
         `errors: ${Path.join(out, `${id}_error.jsonl`)} (36 lines)`
       ])
       expect(fileLines(Path.join(out, `${id}_error.jsonl`)).every((l) => l.error?.code === "batch_cancelled")).toBe(true)
+    }), 180_000)
+
+  it.live("a watch rides out a lost server (said once, then reconnected; files and exit 0), and gives up after --retry-for", () =>
+    Effect.promise(async () => {
+      // Each watch goes through a forwarder that drops every connection once the batch runs, as a restarting server
+      // would: the first gets it back once the watch said so, the second never does. `submit --watch`, so that no
+      // batch can end before its watch has started, however slow the machine.
+      const target = { host: "127.0.0.1", port: Number(new URL(server.url).port) }
+      const [riding, lost] = await Promise.all([startForwarder(target), startForwarder(target)])
+      const via = (forwarder: TcpForwarder) => ({ OPENAI_BASE_URL: `http://127.0.0.1:${forwarder.port}/v1` })
+      try {
+        const held = inputFile("held.jsonl", Array.from({ length: 6 }, (_, i) => chatLine(`held-${i}`, `held ${i} [sleep:2500]`)))
+        const single = inputFile("single.jsonl", [chatLine("single", "alone [sleep:2500]")])
+        const out = Path.join(scratch, "out-ride")
+        let givingUp: Promise<Run> | undefined
+        const rides = await cli(["submit", held, "--watch", "--interval", "0.2", "--out", out], via(riding), (_child, stdout, stderr) => {
+          if (givingUp === undefined && stdout.includes(" in_progress")) {
+            riding.cut()
+            // Meanwhile a second batch (it waits for the first: one runs at a time), watched through a lost connection.
+            givingUp = cli(["submit", single, "--watch", "--interval", "0.2", "--retry-for", "1", "--out", out], via(lost), (_c, own) => {
+              if (/^\[/m.test(own)) lost.cut()
+            })
+          }
+          if (stderr.includes("server unavailable")) riding.restore()
+        })
+        const givesUp = await givingUp!
+
+        expect(rides.code, rides.stderr).toBe(0)
+        expect(linesOf(rides.stderr).slice(2)).toEqual([
+          expect.stringMatching(/^server unavailable \(.+\); retrying for up to 10m00s…$/),
+          "reconnected"
+        ])
+        const id = linesOf(rides.stdout)[0]!
+        expect(linesOf(rides.stdout).slice(-2)).toEqual([
+          expect.stringMatching(new RegExp(`^${id} completed in \\d+s: 6 succeeded, 0 failed`)),
+          `output: ${Path.join(out, `${id}_output.jsonl`)} (6 lines)`
+        ])
+        expect(fileLines(Path.join(out, `${id}_output.jsonl`)).map((l) => l.custom_id).sort()).toEqual(
+          Array.from({ length: 6 }, (_, i) => `held-${i}`)
+        )
+
+        expect(givesUp.code).toBe(1)
+        const other = linesOf(givesUp.stdout)[0]!
+        const stderr = linesOf(givesUp.stderr)
+        expect(stderr.filter((l) => l.startsWith("server unavailable"))).toEqual([
+          expect.stringMatching(/^server unavailable \(.+\); retrying for up to 1s…$/) // once, not at each try
+        ])
+        expect(stderr.slice(-1)).toEqual([
+          `Gave up after retrying for 1s (--retry-for). Batch ${other} is not affected: \`openai-batch watch ${other}\` picks it up again.`
+        ])
+      } finally {
+        await Promise.all([riding.close(), lost.close()])
+      }
+    }), 180_000)
+
+  it.live("a failed submit leaves nothing behind: a refused create deletes the upload; --max-requests is checked locally", () =>
+    Effect.promise(async () => {
+      const file = inputFile("three.jsonl", [chatLine("one", "1"), chatLine("two", "2"), chatLine("three", "3")])
+      const [refused, tooMany] = await Promise.all([
+        cli(["submit", file, "--metadata", `note=${"x".repeat(513)}`]),
+        cli(["submit", file, "--max-requests", "2", "--watch", "--out", Path.join(scratch, "out-too-many")])
+      ])
+      expect(refused.code).toBe(1)
+      expect(refused.stdout).toBe("")
+      const refusal = linesOf(refused.stderr)
+      expect(refusal[1]).toMatch(/^the batch was not created: file-\S+ \(uploaded for it\) is deleted$/)
+      expect(refusal[2]).toMatch(/^creating the batch: 400 Invalid 'metadata\.note': string too long/)
+      expect(tooMany.code).toBe(2)
+      expect(tooMany.stdout).toBe("line 3: too_many_tasks: The batch has more than 2 requests, the most one batch may hold.\n")
+      expect(tooMany.stderr).toContain("nothing was uploaded")
+      expect((await openai.files.list()).data.filter((f) => f.filename === "three.jsonl")).toEqual([])
     }), 180_000)
 
   it.live("Ctrl-C while watching off a terminal stops watching, says how to cancel, and leaves the batch running", () =>

@@ -8,7 +8,7 @@ import * as Path from "node:path"
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError, toStreamingFile } from "openai"
 import type { Batch, BatchCreateParams } from "openai/resources/batches"
 import type { FileObject } from "openai/resources/files"
-import { Context, Effect, Layer } from "effect"
+import { Context, Duration, Effect, Layer } from "effect"
 import { CliFailure, EXIT_FAILED } from "./failure.js"
 import { streamingFetch } from "./streamingFetch.js"
 
@@ -19,7 +19,18 @@ export interface Connection {
   readonly baseUrl: string
   /** None: the server runs without keys (a placeholder is sent, as the client needs one). */
   readonly apiKey: string | undefined
+  /** How long a call but the upload may wait for its answer (default: the client's 10 minutes). */
+  readonly timeout?: Duration.Duration
 }
+
+/**
+ * The upload's overall timeout: none in effect (the longest timer Node keeps; a longer one would fire at once). The
+ * client's timer runs until the answer's headers arrive, and those come after the last byte of the file went up: a
+ * large file on a slow link would be cut at 10 minutes however well it was moving. What bounds it instead are
+ * undici's inactivity timers (`streamingFetch.ts`): connecting, a send that makes no progress, and the wait for the
+ * answer once the file is sent.
+ */
+const NO_OVERALL_TIMEOUT_MS = 2 ** 31 - 1
 
 /** Which requests `retry` reruns (`only` of `POST /v1/batches/{id}/retry`). */
 export type RerunKind = "error" | "expired" | "cancelled"
@@ -30,16 +41,29 @@ export interface BatchApiShape {
   readonly upload: (path: string) => Effect.Effect<FileObject, CliFailure>
   readonly create: (params: BatchCreateParams) => Effect.Effect<Batch, CliFailure>
   readonly retrieve: (id: string) => Effect.Effect<Batch, CliFailure>
+  /** `retrieve` tried once: for a watch, which has its own policy of trying again (`patience.ts`). */
+  readonly poll: (id: string) => Effect.Effect<Batch, CliFailure>
   /** The newest `limit` batches. */
   readonly list: (limit: number) => Effect.Effect<ReadonlyArray<Batch>, CliFailure>
   readonly cancel: (id: string) => Effect.Effect<Batch, CliFailure>
   /** The rerun extension: a new batch of the requests that did not succeed. */
   readonly retry: (id: string, only: ReadonlyArray<RerunKind>) => Effect.Effect<Batch, CliFailure>
-  /** A file's bytes, as they arrive. */
+  /** A file's bytes, as they arrive; tried once (saving a file has its own policy of trying again). */
   readonly content: (fileId: string) => Effect.Effect<ReadableStream<Uint8Array>, CliFailure>
+  readonly deleteFile: (fileId: string) => Effect.Effect<void, CliFailure>
 }
 
 export class BatchApi extends Context.Tag("cli/BatchApi")<BatchApi, BatchApiShape>() {}
+
+/** Why a failure may pass if the call is made again: the server unreachable or busy for now. */
+const transience = (error: unknown): string | undefined =>
+  error instanceof APIConnectionTimeoutError
+    ? "no answer in time"
+    : error instanceof APIConnectionError
+    ? causeOf(error)
+    : error instanceof APIError && error.status !== undefined && (error.status === 408 || error.status === 429 || error.status >= 500)
+    ? error.message.slice(0, 200)
+    : undefined
 
 /** What a failed call tells the user: the server's own message, or why it could not be reached. */
 const explain = (what: string, connection: Connection) => (error: unknown): CliFailure => {
@@ -52,16 +76,24 @@ const explain = (what: string, connection: Connection) => (error: unknown): CliF
     ? `${what}: ${error.message}${error.code ? ` (${error.code})` : ""}` +
       (error.status === 401 && connection.apiKey === undefined ? "; give a key with --api-key or OPENAI_API_KEY" : "")
     : `${what}: ${error instanceof Error ? error.message : String(error)}`
-  return new CliFailure({ exitCode: EXIT_FAILED, message })
+  const transient = transience(error)
+  const answered = error instanceof APIError && error.status !== undefined
+  return new CliFailure({ exitCode: EXIT_FAILED, message, answered, ...(transient === undefined ? {} : { transient }) })
 }
 
+/** `ECONNREFUSED`, `other side closed`: the system's code, else (undici's codes say less) the message. */
 const causeOf = (error: APIConnectionError): string => {
   const cause = error.cause as { code?: string; message?: string } | undefined
-  return cause?.code ?? cause?.message ?? error.message
+  return (cause?.code?.startsWith("UND_ERR") ? cause.message : cause?.code) ?? cause?.message ?? error.message
 }
 
 export const make = (connection: Connection): BatchApiShape => {
-  const client = new OpenAI({ baseURL: connection.baseUrl, apiKey: connection.apiKey ?? "none", fetch: streamingFetch })
+  const client = new OpenAI({
+    baseURL: connection.baseUrl,
+    apiKey: connection.apiKey ?? "none",
+    fetch: streamingFetch,
+    ...(connection.timeout ? { timeout: Duration.toMillis(connection.timeout) } : {})
+  })
   const call = <A>(what: string, f: (signal: AbortSignal) => Promise<A>) =>
     Effect.tryPromise({ try: f, catch: explain(what, connection) })
 
@@ -72,11 +104,12 @@ export const make = (connection: Connection): BatchApiShape => {
         client.files.create(
           { file: toStreamingFile(createReadStream(path), Path.basename(path)), purpose: "batch" },
           // A stream cannot be sent twice: no automatic retry.
-          { signal, maxRetries: 0 }
+          { signal, maxRetries: 0, timeout: NO_OVERALL_TIMEOUT_MS }
         )),
     // Not repeated by the client: a create whose answer was lost would make a second batch.
     create: (params) => call("creating the batch", (signal) => client.batches.create(params, { signal, maxRetries: 0 })),
     retrieve: (id) => call(`reading batch ${id}`, (signal) => client.batches.retrieve(id, { signal })),
+    poll: (id) => call(`reading batch ${id}`, (signal) => client.batches.retrieve(id, { signal, maxRetries: 0 })),
     list: (limit) => call("listing batches", (signal) => client.batches.list({ limit }, { signal }).then((page) => page.data)),
     cancel: (id) => call(`cancelling batch ${id}`, (signal) => client.batches.cancel(id, { signal })),
     retry: (id, only) =>
@@ -88,10 +121,11 @@ export const make = (connection: Connection): BatchApiShape => {
         })),
     content: (fileId) =>
       call(`downloading file ${fileId}`, async (signal) => {
-        const response = await client.files.content(fileId, { signal })
+        const response = await client.files.content(fileId, { signal, maxRetries: 0 })
         if (response.body === null) throw new Error("the answer has no body")
         return response.body
-      })
+      }),
+    deleteFile: (fileId) => call(`deleting file ${fileId}`, (signal) => client.files.delete(fileId, { signal })).pipe(Effect.asVoid)
   }
 }
 

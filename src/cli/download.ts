@@ -1,7 +1,8 @@
 /**
  * `download`, and `watch`'s last step: saving a finished batch's output and error files as `DIR/<batch_id>_output.jsonl` and `DIR/<batch_id>_error.jsonl`:
  * each streamed to a temporary name beside its target and renamed once complete, so a file under the final name is
- * always whole (an interrupted download leaves nothing behind).
+ * always whole (an interrupted download leaves nothing behind). A download cut by the server going away starts over
+ * once it is back (`patience.ts`).
  */
 import * as FileSystem from "@effect/platform/FileSystem"
 import * as Path from "node:path"
@@ -9,8 +10,9 @@ import type { Batch } from "openai/resources/batches"
 import { Effect, Stream } from "effect"
 import { BatchApi } from "./BatchApi.js"
 import { problemLine } from "./describe.js"
-import { failed } from "./failure.js"
-import { type Mode, printJson, say, sayAll } from "./output.js"
+import { CliFailure, EXIT_FAILED, failed } from "./failure.js"
+import { type Mode, note, printJson, sayAll } from "./output.js"
+import { type Patience, patiently } from "./patience.js"
 import { isTerminal } from "./progress.js"
 
 export interface Saved {
@@ -25,6 +27,12 @@ export interface SavedResults {
 
 const NEWLINE = 10
 
+/** A body that stops arriving half-way: the connection was lost, which may pass. */
+const cut = (fileId: string) => (e: unknown) => {
+  const reason = e instanceof Error ? e.message : String(e)
+  return new CliFailure({ exitCode: EXIT_FAILED, message: `downloading file ${fileId}: ${reason}`, transient: reason })
+}
+
 /** Streams file `fileId` to `path`, counting its lines. */
 const save = (fileId: string, path: string) =>
   Effect.gen(function*() {
@@ -34,7 +42,7 @@ const save = (fileId: string, path: string) =>
     const partial = `${path}.${process.pid}.partial`
     let lines = 0
     let last = NEWLINE
-    yield* Stream.fromReadableStream(() => body, (e) => failed(`downloading file ${fileId}: ${String(e)}`)).pipe(
+    yield* Stream.fromReadableStream(() => body, cut(fileId)).pipe(
       Stream.tap((chunk) =>
         Effect.sync(() => {
           for (let i = chunk.indexOf(NEWLINE); i !== -1; i = chunk.indexOf(NEWLINE, i + 1)) lines++
@@ -49,18 +57,29 @@ const save = (fileId: string, path: string) =>
     return { path, lines: last === NEWLINE ? lines : lines + 1 } satisfies Saved
   })
 
-/** Saves the files the batch has (none while it runs, or when it failed validation) into `dir`, made if missing. */
-export const saveResults = (batch: Batch, dir: string) =>
+/**
+ * Saves the files the batch has (none while it runs, or when it failed validation) into `dir`, made if missing; a
+ * download the server cuts is made again, with `patience`.
+ */
+export const saveResults = (batch: Batch, dir: string, patience: Patience) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     if (batch.output_file_id || batch.error_file_id) {
       yield* fs.makeDirectory(dir, { recursive: true }).pipe(Effect.mapError((e) => failed(`creating ${dir}: ${e.message}`)))
     }
     const target = (kind: string) => Path.join(dir, `${batch.id}_${kind}.jsonl`)
-    const output = batch.output_file_id ? yield* save(batch.output_file_id, target("output")) : undefined
-    const error = batch.error_file_id ? yield* save(batch.error_file_id, target("error")) : undefined
+    const patientSave = (fileId: string, path: string) =>
+      patiently(save(fileId, path), patience, `Nothing was written to ${path}; \`openai-batch download ${batch.id}\` tries again.`)
+    const output = batch.output_file_id ? yield* patientSave(batch.output_file_id, target("output")) : undefined
+    const error = batch.error_file_id ? yield* patientSave(batch.error_file_id, target("error")) : undefined
     return { output, error } satisfies SavedResults
   })
+
+/** Where the files went, in words: `output: DIR/…_output.jsonl (980 lines)`, `errors: …`. */
+export const savedLines = (saved: SavedResults): ReadonlyArray<string> => [
+  ...(saved.output ? [`output: ${saved.output.path} (${saved.output.lines} lines)`] : []),
+  ...(saved.error ? [`errors: ${saved.error.path} (${saved.error.lines} lines)`] : [])
+]
 
 /** Where the files went, as `download --json` and the end of a `--json` watch print it. */
 export const savedJson = (saved: SavedResults) => ({
@@ -71,16 +90,15 @@ export const savedJson = (saved: SavedResults) => ({
 })
 
 /** The `download` command: a finished batch's files into `dir` (a batch still running has none yet: exit 1). */
-export const download = (id: string, dir: string, mode: Mode) =>
+export const download = (id: string, dir: string, mode: Mode, patience: Pick<Patience, "retryFor">) =>
   Effect.gen(function*() {
     const batch = yield* (yield* BatchApi).retrieve(id)
     if (!isTerminal(batch.status)) {
       return yield* failed(`${batch.id} is ${batch.status}: its files are written when it ends (\`openai-batch watch ${batch.id}\` waits for that).`)
     }
-    const saved = yield* saveResults(batch, dir)
+    const saved = yield* saveResults(batch, dir, { ...patience, tell: note })
     if (mode === "json") return yield* printJson({ id: batch.id, status: batch.status, ...savedJson(saved) })
-    if (saved.output) yield* say(`output: ${saved.output.path} (${saved.output.lines} lines)`)
-    if (saved.error) yield* say(`errors: ${saved.error.path} (${saved.error.lines} lines)`)
+    yield* sayAll(savedLines(saved))
     if (!saved.output && !saved.error) {
       yield* sayAll((batch.errors?.data ?? []).map(problemLine))
       return yield* failed(`${batch.id} is ${batch.status} and has no output or error file.`)

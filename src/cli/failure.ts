@@ -14,6 +14,13 @@ export const EXIT_INTERRUPTED = 130
 export class CliFailure extends Data.TaggedError("CliFailure")<{
   readonly exitCode: number
   readonly message?: string
+  /**
+   * Set when the failure may pass by itself (the connection lost or refused, a timeout, a 408, 429 or 5xx): why, in
+   * a few words. A watch tries such a call again (`patience.ts`); anything else (a 404, a 401) is final.
+   */
+  readonly transient?: string
+  /** Set when the server answered (with an error status): the call was refused, not lost on the way. */
+  readonly answered?: boolean
 }> {}
 
 export const failed = (message: string) => new CliFailure({ exitCode: EXIT_FAILED, message })

@@ -4,9 +4,9 @@
  */
 import { Effect } from "effect"
 import { allSucceeded, problemLine, summaryLine } from "./describe.js"
-import { savedJson, saveResults } from "./download.js"
+import { savedJson, savedLines, saveResults } from "./download.js"
 import { CliFailure, EXIT_FAILED } from "./failure.js"
-import { printJson, say } from "./output.js"
+import { note, printJson, say, sayAll } from "./output.js"
 import { watch, type WatchSettings } from "./watch.js"
 
 export interface FollowSettings extends WatchSettings {
@@ -17,7 +17,7 @@ export interface FollowSettings extends WatchSettings {
 export const follow = (id: string, settings: FollowSettings) =>
   Effect.gen(function*() {
     const batch = yield* watch(id, settings)
-    const saved = yield* saveResults(batch, settings.out)
+    const saved = yield* saveResults(batch, settings.out, { retryFor: settings.retryFor, tell: note })
     if (settings.mode === "json") {
       yield* printJson({
         id: batch.id,
@@ -29,9 +29,7 @@ export const follow = (id: string, settings: FollowSettings) =>
       })
     } else {
       yield* say(summaryLine(batch, Date.now() / 1000))
-      for (const problem of batch.errors?.data ?? []) yield* say(problemLine(problem))
-      if (saved.output) yield* say(`output: ${saved.output.path} (${saved.output.lines} lines)`)
-      if (saved.error) yield* say(`errors: ${saved.error.path} (${saved.error.lines} lines)`)
+      yield* sayAll([...(batch.errors?.data ?? []).map(problemLine), ...savedLines(saved)])
     }
     if (!allSucceeded(batch)) return yield* new CliFailure({ exitCode: EXIT_FAILED })
   })

@@ -4,19 +4,22 @@
  * line numbers the server would give. Memory stays bounded: one line at a time, the rows the fold makes dropped
  * as they come; only the set of `custom_id`s grows, as on the server.
  *
- * What depends on the server's settings and upstreams is left to it: the model list (`model_not_found`), the input
- * size limit (`file_too_large`) and a `MAX_REQUESTS_PER_BATCH` other than the default.
+ * What depends on the server's settings and upstreams is left to it: the model list (`model_not_found`) and the input
+ * size limit (`file_too_large`). Its most requests a batch (`MAX_REQUESTS_PER_BATCH`) is the caller's to give
+ * (`submit --max-requests`, OpenAI's limit by default).
  */
 import * as FileSystem from "@effect/platform/FileSystem"
 import type { BatchError } from "openai/resources/batches"
 import { Effect, Option, Stream } from "effect"
-import { defaults } from "../Config.js"
 import * as Input from "../batches/inputValidation.js"
 import { type JsonlLine, jsonlLines, MAX_LINE_BYTES } from "../batches/lines.js"
+import { OPENAI_MAX_REQUESTS_PER_BATCH } from "../domain/Batches.js"
 import { batchRequestId } from "../domain/Ids.js"
 import { CliFailure, EXIT_INVALID } from "./failure.js"
 
 export const DEFAULT_ENDPOINT = "/v1/chat/completions"
+/** The most requests a batch may hold when the server's own limit is not given: OpenAI's. */
+export const DEFAULT_MAX_REQUESTS = OPENAI_MAX_REQUESTS_PER_BATCH
 
 export interface LocalCheck {
   /** The endpoint the file was checked against (and the batch will be created for). */
@@ -47,9 +50,9 @@ const firstUrl = (lines: Stream.Stream<JsonlLine, CliFailure>) =>
 
 /**
  * Checks `path` against `endpoint`, or, when none is given, against the `url` of its first request (else
- * `/v1/chat/completions`).
+ * `/v1/chat/completions`), with at most `maxRequests` requests.
  */
-export const checkFile = (path: string, endpoint: Option.Option<string>) =>
+export const checkFile = (path: string, endpoint: Option.Option<string>, maxRequests: number) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const lines = fs.stream(path).pipe(
@@ -61,7 +64,7 @@ export const checkFile = (path: string, endpoint: Option.Option<string>) =>
       : Option.getOrElse(yield* firstUrl(lines), () => DEFAULT_ENDPOINT)
     let state = Input.initial({
       endpoint: chosen,
-      maxRequests: defaults.maxRequestsPerBatch,
+      maxRequests,
       maxLineBytes: MAX_LINE_BYTES,
       resultId: batchRequestId
     })

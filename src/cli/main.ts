@@ -17,7 +17,9 @@ import { describeBatch, listLines } from "./describe.js"
 import { download } from "./download.js"
 import { CliFailure, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID } from "./failure.js"
 import { follow } from "./follow.js"
+import { DEFAULT_MAX_REQUESTS } from "./localValidation.js"
 import { modeOf, printJson, say, sayAll } from "./output.js"
+import { DEFAULT_RETRY_FOR } from "./patience.js"
 import { serve } from "./serve.js"
 import { retry, submit } from "./submit.js"
 
@@ -43,6 +45,15 @@ const interval = Options.float("interval").pipe(
   Options.withDescription("Seconds between two polls of the batch while watching"),
   Options.filterMap((s) => (s > 0 ? Option.some(Duration.millis(s * 1000)) : Option.none()), "--interval must be above 0"),
   Options.withDefault(Duration.seconds(1))
+)
+const retryFor = Options.float("retry-for").pipe(
+  Options.withPseudoName("SECONDS"),
+  Options.withDescription(
+    "While watching or downloading, how long to keep retrying when the server cannot be reached or answers 408, 429 " +
+      `or 5xx, before giving up (0: never retry; default ${Duration.toSeconds(DEFAULT_RETRY_FOR)})`
+  ),
+  Options.filterMap((s) => (s >= 0 ? Option.some(Duration.millis(s * 1000)) : Option.none()), "--retry-for must be 0 or more"),
+  Options.withDefault(DEFAULT_RETRY_FOR)
 )
 const watchFlag = Options.boolean("watch").pipe(
   Options.withDescription("Watch the batch until it ends, then write its output and error files to --out")
@@ -82,20 +93,29 @@ const submitCommand = Command.make(
       Options.optional
     ),
     metadata: Options.keyValueMap(Options.text("metadata").pipe(Options.withPseudoName("KEY=VALUE"))).pipe(Options.withDescription("A metadata pair key=value (repeatable)"), Options.optional),
+    maxRequests: Options.integer("max-requests").pipe(
+      Options.withPseudoName("N"),
+      Options.withDescription(`The most requests the server takes in a batch: its MAX_REQUESTS_PER_BATCH (default ${DEFAULT_MAX_REQUESTS}, OpenAI's)`),
+      Options.filterMap((n) => (n > 0 ? Option.some(n) : Option.none()), "--max-requests must be above 0"),
+      Options.withDefault(DEFAULT_MAX_REQUESTS)
+    ),
     watch: watchFlag,
     out,
     json,
-    interval
+    interval,
+    retryFor
   },
   (o) =>
     withApi(o, submit({
       file: o.file,
       endpoint: o.endpoint,
       metadata: Option.match(o.metadata, { onNone: () => ({}), onSome: (m) => Object.fromEntries(HashMap.toEntries(m)) }),
+      maxRequests: o.maxRequests,
       watch: o.watch,
       out: o.out,
       mode: modeOf(o.json),
-      interval: o.interval
+      interval: o.interval,
+      retryFor: o.retryFor
     }))
 ).pipe(Command.withDescription("Check a JSONL file of requests, upload it and create its batch; --watch follows it to its end"))
 
@@ -121,8 +141,8 @@ const listCommand = Command.make(
     ))
 ).pipe(Command.withDescription("List the newest batches"))
 
-const watchCommand = Command.make("watch", { ...connection, batchId, out, json, interval }, (o) =>
-  withApi(o, follow(o.batchId, { mode: modeOf(o.json), interval: o.interval, out: o.out }))).pipe(
+const watchCommand = Command.make("watch", { ...connection, batchId, out, json, interval, retryFor }, (o) =>
+  withApi(o, follow(o.batchId, { mode: modeOf(o.json), interval: o.interval, out: o.out, retryFor: o.retryFor }))).pipe(
     Command.withDescription("Show a batch's progress until it ends, then write its output and error files to --out")
   )
 
@@ -131,8 +151,8 @@ const cancelCommand = Command.make("cancel", { ...connection, batchId, json }, (
     Effect.flatMap((batch) => (o.json ? printJson(batch) : say(`${batch.id}: ${batch.status}`)))
   ))).pipe(Command.withDescription("Cancel a batch: requests in flight are stopped, finished results kept"))
 
-const downloadCommand = Command.make("download", { ...connection, batchId, out, json }, (o) =>
-  withApi(o, download(o.batchId, o.out, modeOf(o.json)))).pipe(
+const downloadCommand = Command.make("download", { ...connection, batchId, out, json, retryFor }, (o) =>
+  withApi(o, download(o.batchId, o.out, modeOf(o.json), { retryFor: o.retryFor }))).pipe(
     Command.withDescription("Write a finished batch's output and error files to --out")
   )
 
@@ -148,10 +168,17 @@ const retryCommand = Command.make(
     watch: watchFlag,
     out,
     json,
-    interval
+    interval,
+    retryFor
   },
   (o) =>
-    withApi(o, retry(o.batchId, o.only as ReadonlyArray<RerunKind>, { watch: o.watch, out: o.out, mode: modeOf(o.json), interval: o.interval }))
+    withApi(o, retry(o.batchId, o.only as ReadonlyArray<RerunKind>, {
+      watch: o.watch,
+      out: o.out,
+      mode: modeOf(o.json),
+      interval: o.interval,
+      retryFor: o.retryFor
+    }))
 ).pipe(Command.withDescription("Rerun a finished batch's requests that failed, expired or were cancelled, as a new batch"))
 
 const serveCommand = Command.make("serve", {}, () =>

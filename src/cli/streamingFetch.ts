@@ -6,6 +6,14 @@
 import { Readable } from "node:stream"
 import { type Dispatcher, request } from "undici"
 
+/**
+ * What bounds a call once connected (undici's connect timeout, 10 s, bounds the connecting): no progress for this
+ * long. `headersTimeout` ends a request whose body stops going out (the socket stays full) or whose answer has not
+ * begun this long after the body was sent; `bodyTimeout`, an answer that stops arriving. They are undici's defaults,
+ * made explicit because they are all that bounds an upload, which has no overall timeout (`BatchApi.ts`).
+ */
+const INACTIVITY_MS = 300_000
+
 const toBody = (body: RequestInit["body"]): string | Uint8Array | Readable | null => {
   if (body == null) return null
   if (typeof body === "string" || body instanceof Uint8Array) return body
@@ -20,6 +28,8 @@ export const streamingFetch = async (input: string | URL | Request, init?: Reque
     method,
     headers: Object.fromEntries(new Headers(init?.headers)),
     body: toBody(init?.body),
+    headersTimeout: INACTIVITY_MS,
+    bodyTimeout: INACTIVITY_MS,
     ...(init?.signal ? { signal: init.signal } : {})
   })
   const headers = new Headers()

@@ -1,9 +1,11 @@
 /**
  * `submit`: the file checked locally (nothing is uploaded when a line has a problem: exit 2), then streamed up, the
- * batch created and its id printed; with `--watch`, followed to its end. `retry` shares the part after the create.
+ * batch created and its id printed; with `--watch`, followed to its end. A file whose batch the server refused is
+ * deleted again, so that a failed submit leaves nothing behind. `retry` shares the part after the create.
  */
 import type { Batch, BatchCreateParams } from "openai/resources/batches"
-import { Effect, type Option } from "effect"
+import type { FileObject } from "openai/resources/files"
+import { Cause, Effect, Either, Option } from "effect"
 import { BatchApi, type RerunKind } from "./BatchApi.js"
 import { problemLine } from "./describe.js"
 import { CliFailure, EXIT_INVALID } from "./failure.js"
@@ -27,12 +29,32 @@ export interface SubmitOptions extends AfterCreate {
   readonly file: string
   readonly endpoint: Option.Option<string>
   readonly metadata: Readonly<Record<string, string>>
+  /** The most requests the server takes in a batch (its `MAX_REQUESTS_PER_BATCH`). */
+  readonly maxRequests: number
 }
+
+/**
+ * After a failed create: deletes the upload when the server refused the batch (best effort: the refusal is what the
+ * user hears of). When no answer came (the connection lost, a timeout, Ctrl-C), the batch may exist and need its
+ * input: the file stays, and the user is told which it is.
+ */
+const discard = (file: FileObject) => (failure: Cause.Cause<CliFailure>) =>
+  Option.match(Cause.failureOption(failure), {
+    onSome: (e) => e.answered === true,
+    onNone: () => false
+  })
+    ? Effect.flatMap(BatchApi, (api) => Effect.either(api.deleteFile(file.id))).pipe(
+      Effect.flatMap(Either.match({
+        onLeft: (e) => note(`the batch was not created, and ${file.id} (uploaded for it) is left: ${e.message ?? "its delete failed"}`),
+        onRight: () => note(`the batch was not created: ${file.id} (uploaded for it) is deleted`)
+      }))
+    )
+    : note(`no answer to the create: a batch may exist for ${file.id} (kept); \`openai-batch list\` shows it`)
 
 export const submit = (options: SubmitOptions) =>
   Effect.gen(function*() {
     const api = yield* BatchApi
-    const check = yield* checkFile(options.file, options.endpoint)
+    const check = yield* checkFile(options.file, options.endpoint, options.maxRequests)
     if (check.problems.length > 0) {
       for (const problem of check.problems) yield* options.mode === "json" ? printJson(problem) : say(problemLine(problem))
       return yield* new CliFailure({
@@ -50,7 +72,7 @@ export const submit = (options: SubmitOptions) =>
       endpoint: check.endpoint as BatchCreateParams["endpoint"],
       completion_window: "24h",
       ...(Object.keys(options.metadata).length > 0 ? { metadata: options.metadata } : {})
-    })
+    }).pipe(Effect.onError(discard(file)))
     yield* note(`uploaded ${file.id} (${count(file.bytes)} bytes), created ${batch.id}`)
     yield* created(batch, options)
   })

@@ -1,7 +1,9 @@
 /**
  * Watching a batch until it ends: its object polled every `interval`, shown as a live bar on a terminal, as plain
  * lines elsewhere, or as JSON objects. Ctrl-C stops the wait at once (a poll in flight is aborted); on a terminal it
- * asks whether to cancel the batch, elsewhere (nobody to answer) it stops watching and says how to cancel.
+ * asks whether to cancel the batch, elsewhere (nobody to answer) it stops watching and says how to cancel. Once the
+ * batch was seen, a poll that fails for a reason that may pass (the server restarting, the connection lost) is made
+ * again for a while (`patience.ts`); a first poll that fails ends the watch at once (a wrong URL or id, most likely).
  */
 import * as Prompt from "@effect/cli/Prompt"
 import type { Batch } from "openai/resources/batches"
@@ -9,9 +11,10 @@ import { type Duration, Effect, Either, Option, Queue } from "effect"
 import { BatchApi } from "./BatchApi.js"
 import { CliFailure, EXIT_INTERRUPTED } from "./failure.js"
 import { columns, interactive, type Mode, note, printJson, say, write } from "./output.js"
+import { type Patience, patiently } from "./patience.js"
 import { addSample, barLine, countsOf, isTerminal, plainLine, plainLineDue, type Printed, rate, type Sample } from "./progress.js"
 
-export interface WatchSettings {
+export interface WatchSettings extends Pick<Patience, "retryFor"> {
   readonly mode: Mode
   readonly interval: Duration.Duration
 }
@@ -106,8 +109,12 @@ export const watch = (id: string, settings: WatchSettings) =>
     const started = Date.now()
     const display = makeDisplay(settings.mode, started)
     let samples: ReadonlyArray<Sample> = []
+    const patience: Patience = { retryFor: settings.retryFor, tell: (line) => Effect.zipRight(display.settle, note(line)) }
+    const afterGivingUp = `Batch ${id} is not affected: \`openai-batch watch ${id}\` picks it up again.`
+    let seen = false
     const poll = Effect.gen(function*() {
-      const batch = yield* api.retrieve(id)
+      const batch = yield* (seen ? patiently(api.poll(id), patience, afterGivingUp) : api.retrieve(id))
+      seen = true
       const now = Date.now()
       samples = addSample(samples, { at: now, done: countsOf(batch).done })
       yield* display.show(batch, rate(samples), now)

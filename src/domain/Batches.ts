@@ -19,6 +19,9 @@ export type StandardEndpoint = typeof StandardEndpoint.Type
 export const BatchEndpoint = Schema.String
 export type BatchEndpoint = string
 
+/** OpenAI's most requests in one batch: the server's default `MAX_REQUESTS_PER_BATCH`, the CLI's `--max-requests`. */
+export const OPENAI_MAX_REQUESTS_PER_BATCH = 50_000
+
 export const BatchStatus = Schema.Literal(
   "validating",
   "failed",

@@ -1,0 +1,149 @@
+/**
+ * The CLI's calls against a scripted server, for what the real one cannot be made to do on demand: answer a poll
+ * with a 503 or a 404, cut a download half-way, take its time over an upload. What a user notices: a watch that
+ * rides out a passing failure and stops at a final one, a file that is whole or absent, an upload that is not cut
+ * by the client's overall timeout.
+ */
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import { describe, expect, it } from "@effect/vitest"
+import { Console, Duration, Effect, Exit, Layer } from "effect"
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
+import type { AddressInfo } from "node:net"
+import { tmpdir } from "node:os"
+import * as Path from "node:path"
+import type { Batch } from "openai/resources/batches"
+import { layer as batchApiLayer, make as makeBatchApi } from "../src/cli/BatchApi.js"
+import { saveResults } from "../src/cli/download.js"
+import { watch } from "../src/cli/watch.js"
+
+type Handler = (req: IncomingMessage, res: ServerResponse, nth: number) => void
+
+/** A server answering each request with `handle` (told how many came before); its base URL, `/v1` included. */
+const scriptedServer = Effect.acquireRelease(
+  Effect.sync(() => {
+    let handle: Handler = (_req, res) => res.writeHead(500).end()
+    let requests = 0
+    const server = createServer((req, res) => handle(req, res, requests++))
+    return { server, set: (h: Handler) => ((handle = h), (requests = 0)), count: () => requests }
+  }).pipe(Effect.tap(({ server }) => Effect.async<void>((resume) => void server.listen(0, "127.0.0.1", () => resume(Effect.void))))),
+  ({ server }) => Effect.async<void>((resume) => void server.close(() => resume(Effect.void)).closeAllConnections())
+).pipe(Effect.map((s) => ({ ...s, url: `http://127.0.0.1:${(s.server.address() as AddressInfo).port}/v1` })))
+
+const batch = (status: Batch["status"], more: Partial<Batch> = {}): Batch => ({
+  id: "batch_abc",
+  object: "batch",
+  endpoint: "/v1/chat/completions",
+  input_file_id: "file-in",
+  completion_window: "24h",
+  status,
+  created_at: 1_750_000_000,
+  request_counts: { total: 2, completed: status === "completed" ? 2 : 0, failed: 0 },
+  ...more
+})
+
+const json = (res: ServerResponse, status: number, body: unknown) =>
+  res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(body))
+
+const apiError = (res: ServerResponse, status: number, message: string) =>
+  json(res, status, { error: { message, type: "invalid_request_error", param: null, code: null } })
+
+/** `effect` with what it writes to stdout and stderr (`Console`) kept in `lines` instead. */
+const recorded = <A, E, R>(effect: Effect.Effect<A, E, R>, lines: Array<string>) =>
+  Console.consoleWith((console) =>
+    Effect.withConsole(effect, {
+      ...console,
+      log: (...args: ReadonlyArray<unknown>) => Effect.sync(() => void lines.push(args.join(" "))),
+      error: (...args: ReadonlyArray<unknown>) => Effect.sync(() => void lines.push(args.join(" ")))
+    })
+  )
+
+const fastWatch = { mode: "plain", interval: Duration.millis(20), retryFor: Duration.seconds(20) } as const
+
+describe("the CLI's calls against a scripted server", () => {
+  it.scopedLive("a watch retries a poll answered 503 and says so once; a 404 (the batch is gone) ends it at once", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer
+      const api = Layer.merge(batchApiLayer({ baseUrl: server.url, apiKey: undefined }), NodeContext.layer)
+      const answers: ReadonlyArray<(res: ServerResponse) => void> = [
+        (res) => json(res, 200, batch("in_progress")),
+        (res) => apiError(res, 503, "restarting"),
+        (res) => json(res, 200, batch("completed"))
+      ]
+      server.set((_req, res, nth) => answers[Math.min(nth, answers.length - 1)]!(res))
+      const notes: Array<string> = []
+      const ended = yield* recorded(watch("batch_abc", fastWatch), notes).pipe(Effect.provide(api))
+      expect(ended.status).toBe("completed")
+      expect(notes.filter((l) => !l.startsWith("["))).toEqual([
+        "server unavailable (503 restarting); retrying for up to 20s…",
+        "reconnected"
+      ])
+
+      server.set((_req, res, nth) => (nth === 0 ? json(res, 200, batch("in_progress")) : apiError(res, 404, "No batch found with id 'batch_abc'.")))
+      const gone = yield* Effect.exit(recorded(watch("batch_abc", fastWatch), []).pipe(Effect.provide(api)))
+      expect(Exit.isFailure(gone) && JSON.stringify(gone.cause)).toContain("404 No batch found")
+      expect(server.count()).toBe(2) // not asked again: a 404 does not pass
+    }))
+
+  it.scopedLive("a download cut half-way never leaves a partial file under its name, and is made again", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer
+      const dir = mkdtempSync(Path.join(tmpdir(), "cli-calls-"))
+      yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(dir, { recursive: true, force: true })))
+      const body = Array.from({ length: 2000 }, (_, i) => JSON.stringify({ id: `line-${i}`, custom_id: `r${i}` })).join("\n") + "\n"
+      /** The first `cuts` answers stop half-way through the body (the connection dropped). */
+      const cutting = (cuts: number): Handler => (_req, res, nth) => {
+        res.writeHead(200, { "content-type": "application/octet-stream", "content-length": String(body.length) })
+        if (nth >= cuts) return void res.end(body)
+        res.write(body.slice(0, body.length / 2), () => res.destroy())
+      }
+      const finished = batch("completed", { output_file_id: "file-out" })
+      const save = (retryFor: Duration.Duration, notes: Array<string>) =>
+        saveResults(finished, dir, { retryFor, tell: (line) => Effect.sync(() => void notes.push(line)) }).pipe(
+          Effect.provide(batchApiLayer({ baseUrl: server.url, apiKey: undefined })),
+          Effect.provide(NodeContext.layer)
+        )
+      const target = Path.join(dir, "batch_abc_output.jsonl")
+
+      server.set(cutting(Infinity))
+      const failed = yield* Effect.exit(save(Duration.zero, []))
+      expect(Exit.isFailure(failed)).toBe(true)
+      expect(readdirSync(dir)).toEqual([]) // neither the file nor its partial
+
+      writeFileSync(target, "an older copy\n")
+      server.set(cutting(1))
+      const notes: Array<string> = []
+      const saved = yield* save(Duration.seconds(20), notes)
+      expect(saved.output).toEqual({ path: target, lines: 2000 })
+      expect(readFileSync(target, "utf8")).toBe(body)
+      expect(readdirSync(dir)).toEqual(["batch_abc_output.jsonl"])
+      expect(notes).toEqual([expect.stringMatching(/^server unavailable \(.+\); retrying for up to 20s…$/), "reconnected"])
+    }))
+
+  it.scopedLive("an upload is not bounded by the client's overall timeout (only by inactivity); other calls are", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer
+      const dir = mkdtempSync(Path.join(tmpdir(), "cli-calls-"))
+      yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(dir, { recursive: true, force: true })))
+      const input = Path.join(dir, "input.jsonl")
+      writeFileSync(input, "x".repeat(256 * 1024))
+      // The answer comes 600 ms after the request began, as for a large file on a slow link: with a client timeout
+      // of 200 ms standing for its 10 minutes.
+      server.set((req, res) => {
+        let bytes = 0
+        req.on("data", (chunk: Buffer) => (bytes += chunk.length))
+        req.on("end", () =>
+          setTimeout(() =>
+            req.url?.startsWith("/v1/files")
+              ? json(res, 200, { id: "file-up", object: "file", bytes, created_at: 1, filename: "input.jsonl", purpose: "batch", status: "processed" })
+              : json(res, 200, batch("in_progress")), 600))
+      })
+      const api = makeBatchApi({ baseUrl: server.url, apiKey: undefined, timeout: Duration.millis(200) })
+      const file = yield* api.upload(input)
+      expect(file.id).toBe("file-up")
+      expect(file.bytes).toBeGreaterThan(256 * 1024) // the whole form came
+      const poll = yield* Effect.flip(api.poll("batch_abc"))
+      expect(poll.message).toContain("did not answer in time")
+      expect(poll.transient).toBe("no answer in time")
+    }))
+})
