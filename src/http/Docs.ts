@@ -2,12 +2,20 @@
  * `/docs`: the Scalar API reference of the OpenAPI document. The platform's `HttpApiScalar` embeds Scalar's 3.4 MB
  * script in a module whose import alone costs every server ~13 MB of heap; here the script is loaded on the first
  * request for the page, so only a server whose docs somebody opens pays for it.
+ *
+ * The page shares its origin with the `/ui` dashboard, whose API key sits in `localStorage`: it gets a
+ * Content-Security-Policy that runs only its own two inline scripts (by their SHA-256, computed once with the
+ * page), fetches only from this server, and loads no fonts or images from elsewhere (Scalar's default fonts come
+ * from its CDN: turned off). What Scalar needs beside: `'wasm-unsafe-eval'` (it compiles a WebAssembly module
+ * when it loads the document; JavaScript's `eval` and `new Function` stay refused, and it copes without them) and
+ * `style-src 'unsafe-inline'` (it injects its styles at run time).
  */
 import * as HttpApi from "@effect/platform/HttpApi"
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as OpenApi from "@effect/platform/OpenApi"
 import { Effect } from "effect"
+import { createHash } from "node:crypto"
 import { createRequire } from "node:module"
 import * as Path from "node:path"
 
@@ -22,19 +30,49 @@ const scalarScript = Effect.sync(() => {
 const scriptSafeJson = (value: unknown) =>
   JSON.stringify(value).replace(/</g, "\\u003c").replace(/[\u2028\u2029]/g, (c) => (c === "\u2028" ? "\\u2028" : "\\u2029"))
 
-const page = (spec: OpenApi.OpenAPISpec, script: string) => `<!doctype html>
+/** Scalar's settings: no fonts from its CDN (the page's own system fonts instead, and it works offline). */
+const CONFIGURATION = { _integration: "html", withDefaultFonts: false }
+
+/** A CSP source allowing exactly this inline script. */
+const hashSource = (script: string) => `'sha256-${createHash("sha256").update(script).digest("base64")}'`
+
+/** The page's policy, given its inline scripts; `data:` images: its icon, and Scalar's own drawn ones. */
+const policy = (scripts: ReadonlyArray<string>) =>
+  [
+    "default-src 'none'",
+    `script-src ${scripts.map(hashSource).join(" ")} 'wasm-unsafe-eval'`,
+    "style-src 'unsafe-inline'",
+    "img-src 'self' data:",
+    "connect-src 'self'",
+    "base-uri 'none'",
+    "form-action 'self'",
+    "frame-ancestors 'none'"
+  ].join("; ")
+
+const page = (spec: OpenApi.OpenAPISpec, script: string) => {
+  const configure = `document.getElementById('api-reference').dataset.configuration = ${
+    JSON.stringify(JSON.stringify(CONFIGURATION))
+  }`
+  const html = `<!doctype html>
 <html>
   <head>
     <meta charset="utf-8" />
     <title>${spec.info.title.replace(/&/g, "&amp;").replace(/</g, "&lt;")}</title>
     <meta name="viewport" content="width=device-width, initial-scale=1" />
+    <link rel="icon" href="data:," />
   </head>
   <body>
     <script id="api-reference" type="application/json">${scriptSafeJson(spec)}</script>
-    <script>document.getElementById('api-reference').dataset.configuration = JSON.stringify({"_integration":"html"})</script>
+    <script>${configure}</script>
     <script>${script}</script>
   </body>
 </html>`
+  return HttpServerResponse.html(html).pipe(HttpServerResponse.setHeaders({
+    "content-security-policy": policy([configure, script]),
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer"
+  }))
+}
 
 /** Serves the docs page of the `HttpApi` being built at `path`. */
 export const docsRoute = (path: `/${string}`) =>
@@ -42,7 +80,7 @@ export const docsRoute = (path: `/${string}`) =>
     Effect.gen(function*() {
       const { api } = yield* HttpApi.Api
       const spec = OpenApi.fromApi(api)
-      const html = yield* Effect.cached(Effect.map(scalarScript, (script) => HttpServerResponse.html(page(spec, script))))
+      const html = yield* Effect.cached(Effect.map(scalarScript, (script) => page(spec, script)))
       yield* router.get(path, html)
     })
   )

@@ -8,6 +8,7 @@ import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import { Effect, Layer } from "effect"
 import { AppConfig } from "../Config.js"
 import { Metrics } from "../observability/Metrics.js"
+import { dashboardRoute } from "../ui/DashboardHttp.js"
 import { OpenAIApi } from "./Api.js"
 import { BatchesHttpLive } from "./BatchesHttp.js"
 import { docsRoute } from "./Docs.js"
@@ -32,7 +33,8 @@ export const ApiLive = HttpApiBuilder.api(OpenAIApi).pipe(
 const CREDENTIAL_HEADERS = ["api-key", "proxy-authorization", "x-goog-api-key", "openai-api-key", "x-auth-token"]
 
 /**
- * Serves `ApiLive` plus `/openapi.json`, `/docs` and `/metrics` (`MetricsHttp.ts`; each request counted there) on
+ * Serves `ApiLive` plus `/openapi.json`, `/docs`, the `/ui` dashboard (`ui/DashboardHttp.ts`) and `/metrics`
+ * (`MetricsHttp.ts`; each request counted there) on
  * whatever `HttpServer` is provided: inside `requestLog` (the
  * request id, one log line per request), behind `secure` (inside `sdkHeaders`, so its refusals carry an
  * `x-request-id` too; outside `boundBodies`, so a body is read only once the caller is known), with request bodies
@@ -47,6 +49,7 @@ export const HttpLive = Layer.unwrapEffect(Effect.gen(function*() {
   // The server spans record the request headers: these carry keys too (Azure's `api-key`, proxies, gateways).
   Layer.locallyWith(Headers.currentRedactedNames, (names) => [...names, ...CREDENTIAL_HEADERS]),
   Layer.provide(docsRoute("/docs")),
+  Layer.provide(dashboardRoute),
   Layer.provide(metricsRoute),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
   Layer.provide(ApiLive)

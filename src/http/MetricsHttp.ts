@@ -28,6 +28,7 @@ import { AppConfig, keysConfigured } from "../Config.js"
 import { ErrorBody, unauthorized } from "../domain/Errors.js"
 import { Metrics, type MetricsShape } from "../observability/Metrics.js"
 import { CONTENT_TYPE } from "../observability/metricsRegistry.js"
+import { DASHBOARD_ROUTES } from "../ui/DashboardHttp.js"
 import { OpenAIApi } from "./Api.js"
 import { envelope } from "./EarlyAnswer.js"
 import { isLoopbackHost, requestTarget } from "./Security.js"
@@ -36,7 +37,7 @@ import { isLoopbackHost, requestTarget } from "./Security.js"
 export const METRICS_PATH = "/metrics"
 
 /** Routes served beside the `HttpApi`'s endpoints (`Http.ts`). */
-const OTHER_ROUTES = ["/docs", "/openapi.json", METRICS_PATH]
+const OTHER_ROUTES = ["/docs", "/openapi.json", METRICS_PATH, ...DASHBOARD_ROUTES]
 
 /** The `route` label of a request no route matched. */
 export const UNMATCHED = "unmatched"

@@ -7,10 +7,10 @@
  *    `Origin` on every cross-origin request but simple GETs, so a hostile page cannot make a logged-in or local
  *    user's browser upload a file (a multipart form post needs no preflight) or cancel a batch (a bodiless POST);
  *    listed origins get their CORS headers on every answer, errors included, and their preflights approved.
- * 3. **Key**: with keys configured, every route but `/v1/health`, `/v1/ready`, `/docs` and `/openapi.json` needs
- *    `Authorization: Bearer <key>`, unknown routes included (a 401 rather than a 404 tells a stranger nothing); the
- *    caller is provided to the handlers as `CurrentCaller` (through the `Authenticated` API middleware, which the
- *    Files and Batches groups declare).
+ * 3. **Key**: with keys configured, every route but `/v1/health`, `/v1/ready`, `/docs`, `/openapi.json` and the
+ *    `/ui` dashboard needs `Authorization: Bearer <key>`, unknown routes included (a 401 rather than a 404 tells a
+ *    stranger nothing); the caller is provided to the handlers as `CurrentCaller` (through the `Authenticated` API
+ *    middleware, which the Files and Batches groups declare).
  *
  * Its answers are OpenAI error envelopes; `sdkHeaders` (outside it) adds their `x-request-id`.
  */
@@ -24,11 +24,15 @@ import { Auth, type AuthShape, type Caller, CurrentCaller, localCaller } from ".
 import { AppConfig, isLoopbackName } from "../Config.js"
 import { invalidRequest, unauthorized, UnauthorizedSchema } from "../domain/Errors.js"
 import { echo } from "../domain/Text.js"
+import { isDashboardPath } from "../ui/DashboardHttp.js"
 import { answer, envelope } from "./EarlyAnswer.js"
 import { noteProject } from "./RequestLog.js"
 
 /** Routes anyone may read: liveness, readiness and the API's description. */
 export const PUBLIC_PATHS: ReadonlySet<string> = new Set(["/v1/health", "/v1/ready", "/docs", "/openapi.json"])
+
+/** …and the dashboard's page and files (`ui/DashboardHttp.ts`), which hold no data: the page's API calls need a key. */
+const isPublicPath = (path: string) => PUBLIC_PATHS.has(path) || isDashboardPath(path)
 
 /** Request headers a listed origin may send: the SDKs' own (`x-stainless-*` are added as a preflight asks). */
 const ALLOWED_HEADERS = ["authorization", "content-type", "openai-organization", "openai-project", "idempotency-key"]
@@ -171,7 +175,7 @@ export const secure = (options: SecurityOptions) => {
       // The caller's project also goes into the request's log line (`noteProject`).
       const served: HttpApp.Default<E, R> = !auth.required
         ? Effect.zipRight(noteProject(localCaller.project), Effect.provideService(app, CurrentCaller, localCaller))
-        : PUBLIC_PATHS.has(path)
+        : isPublicPath(path)
         ? app
         : Effect.flatMap(auth.authenticate(bearerKey(headers.authorization)), (caller: Option.Option<Caller>) =>
           Option.isSome(caller)

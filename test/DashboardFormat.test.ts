@@ -1,0 +1,50 @@
+/**
+ * The dashboard's figures (`ui/format.js`, a plain ES module of the page, loaded here as Node loads any): a unit is
+ * chosen after rounding, so a count just under a boundary never reads `1000k` or `1024 KB`.
+ */
+import { describe, expect, it } from "vitest"
+
+/** The page's formatters (typed by their JSDoc for `tsc -p ui`; this project's `tsc` reads no JavaScript). */
+const format: {
+  readonly tokens: (n: number) => string
+  readonly bytes: (n: number) => string
+  readonly transferred: (received: number, total: number | null) => string
+} = await import(new URL("../ui/format.js", import.meta.url).href)
+
+describe("the dashboard's figures", () => {
+  it("writes token counts with the unit their rounded value fits", () => {
+    const cases: Array<[number, string]> = [
+      [0, "0"],
+      [999, "999"],
+      [1000, "1k"],
+      [12_345, "12.3k"],
+      [999_949, "999.9k"],
+      [999_950, "1M"],
+      [999_999, "1M"],
+      [1_000_000, "1M"],
+      [4_560_000, "4.56M"]
+    ]
+    expect(cases.map(([n]) => [n, format.tokens(n)])).toEqual(cases)
+  })
+
+  it("writes sizes in powers of 1024 with the unit their rounded value fits", () => {
+    const cases: Array<[number, string]> = [
+      [0, "0 B"],
+      [1023, "1023 B"],
+      [1024, "1 KB"],
+      [12_700, "12.4 KB"],
+      [1_048_524, "1023.9 KB"],
+      [1_048_575, "1 MB"],
+      [1_048_576, "1 MB"],
+      [1024 ** 3 - 1, "1 GB"],
+      [1024 ** 5, "1024 TB"]
+    ]
+    expect(cases.map(([n]) => [n, format.bytes(n)])).toEqual(cases)
+  })
+
+  it("writes a download's progress with its share when the size is known", () => {
+    expect(format.transferred(512, 2048)).toBe("512 B of 2 KB (25%)")
+    expect(format.transferred(3 * 1024 * 1024, null)).toBe("3 MB")
+    expect(format.transferred(10, 5)).toBe("10 B")
+  })
+})

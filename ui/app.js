@@ -1,0 +1,194 @@
+// @ts-check
+/**
+ * The dashboard's entry: hash routes to views, the refresh loop, and the API key dialog.
+ *
+ * A view is `{ el, refresh, title, every }`: `refresh` reads what it shows and resolves with whether it may still
+ * change. The open view is refreshed every `every` ms (2 s by default) while that is true and the tab is visible
+ * (a hidden tab polls nothing, and is refreshed at once when it shows again); after a failure, less often (see
+ * `nextDelay`). Refreshes never overlap: a view that wants one now (after "More", a cancel, an upload) asks
+ * through its context's `refresh`, which waits for the one under way. Each view gets a signal that aborts when it
+ * is left, so a call that hangs cannot hold the next view up.
+ */
+import { ApiError, askKeyAgain, forgetKey, KEY_PATTERN, keyDeclined, onKeyChange, setKeyPrompt, storedKey } from "./api.js"
+import { batchListView } from "./batchList.js"
+import { batchPageView } from "./batchPage.js"
+import { notice, showError } from "./dom.js"
+import { filesView } from "./files.js"
+
+const POLL_MS = 2000
+/** The longest wait between refreshes while they fail. */
+const MAX_BACKOFF_MS = 60_000
+
+/**
+ * @typedef {{ el: HTMLElement, refresh: () => Promise<boolean>, title: string, every?: number }} View
+ * @typedef {{ signal: AbortSignal, refresh: () => void }} ViewContext what a view is given: its calls' signal, and
+ *   a way to be refreshed now
+ */
+
+const byId = (/** @type {string} */ id) => /** @type {HTMLElement} */ (document.getElementById(id))
+
+/** The view the location's hash names: `#/`, `#/files`, `#/batches/ID`. @param {string} hash @param {ViewContext} context @returns {View} */
+const viewFor = (hash, context) => {
+  const path = hash.replace(/^#/, "")
+  const batch = /^\/batches\/([^/]+)$/.exec(path)
+  if (batch !== null) {
+    try {
+      return batchPageView(decodeURIComponent(batch[1] ?? ""), context)
+    } catch {
+      // a malformed escape: the list instead
+    }
+  }
+  return path === "/files" ? filesView(context) : batchListView(context)
+}
+
+/**
+ * The wait before the next refresh: the view's pace; after failures in a row, twice as long at each, up to a
+ * minute, and at least what the server asked for (`retry-after` on a 429 or 503).
+ * @param {number} every
+ * @param {number} failures
+ * @param {unknown} error the last failure
+ */
+const nextDelay = (every, failures, error) => {
+  if (failures === 0) return every
+  const asked = error instanceof ApiError ? error.retryAfterMs ?? 0 : 0
+  return Math.max(Math.min(MAX_BACKOFF_MS, every * 2 ** failures), asked)
+}
+
+/** @type {View | null} */
+let view = null
+/** Aborts the calls of the open view when it is left. */
+let leaving = new AbortController()
+/** Whether the open view asked to be refreshed again. */
+let live = false
+/** Failed refreshes in a row, and the last one's error. */
+let failures = 0
+/** @type {unknown} */
+let lastError = null
+/** @type {ReturnType<typeof setTimeout> | undefined} */
+let timer
+/** The refresh under way, if any. @type {Promise<void> | null} */
+let running = null
+/** Whether a refresh was asked for while one was under way: it runs as soon as that one ends. */
+let again = false
+
+/** Refreshes the open view now (or once the refresh under way ends), then schedules the next one. */
+const refresh = () => {
+  clearTimeout(timer)
+  if (view === null) return
+  if (running !== null) {
+    again = true
+    return
+  }
+  again = false
+  const refreshed = view
+  running = refreshed.refresh().then(
+    (more) => {
+      if (refreshed !== view) return
+      live = more
+      failures = 0
+      notice(null)
+    },
+    (error) => {
+      // A view left meanwhile: its calls were aborted, and its errors are nobody's concern.
+      if (refreshed !== view) return
+      // Keep trying (the server may be back at the next turn), unless what the view shows does not exist.
+      live = !(error instanceof ApiError && error.status === 404)
+      failures++
+      lastError = error
+      showError(error)
+    }
+  ).finally(() => {
+    running = null
+    if (refreshed !== view || again) refresh()
+    else if (live && !document.hidden) timer = setTimeout(refresh, nextDelay(refreshed.every ?? POLL_MS, failures, lastError))
+  })
+}
+
+const route = () => {
+  leaving.abort()
+  leaving = new AbortController()
+  view = viewFor(location.hash, { signal: leaving.signal, refresh })
+  live = false
+  failures = 0
+  document.title = `${view.title} · openai-batch`
+  byId("view").replaceChildren(view.el)
+  const section = location.hash.startsWith("#/files") ? "files" : "batches"
+  for (const link of document.querySelectorAll("nav a")) {
+    if (link instanceof HTMLElement) link.classList.toggle("active", link.dataset.nav === section)
+  }
+  notice(null)
+  refresh()
+}
+
+document.addEventListener("visibilitychange", () => {
+  if (document.hidden) clearTimeout(timer)
+  else if (live) refresh()
+})
+
+/**
+ * The key dialog: resolves with the key typed, or null when cancelled. A key an HTTP header cannot carry is
+ * refused here, with a word why.
+ */
+const askForKey = (/** @type {string} */ reason) =>
+  new Promise((resolve) => {
+    const dialog = /** @type {HTMLDialogElement} */ (byId("key-dialog"))
+    const form = /** @type {HTMLFormElement} */ (byId("key-form"))
+    const input = /** @type {HTMLInputElement} */ (byId("key-input"))
+    const problem = byId("key-problem")
+    byId("key-reason").textContent = reason
+    input.value = ""
+    problem.hidden = true
+    /** @param {string | null} key */
+    const done = (key) => {
+      form.removeEventListener("submit", submitted)
+      byId("key-cancel").removeEventListener("click", cancelled)
+      dialog.removeEventListener("cancel", cancelled)
+      dialog.close()
+      resolve(key)
+    }
+    const submitted = (/** @type {Event} */ event) => {
+      event.preventDefault()
+      const key = input.value.trim()
+      if (key === "") return
+      if (KEY_PATTERN.test(key)) return done(key)
+      problem.textContent = "An API key is printable ASCII (letters, digits, punctuation), without spaces."
+      problem.hidden = false
+      input.select()
+    }
+    const cancelled = (/** @type {Event} */ event) => {
+      event.preventDefault()
+      done(null)
+    }
+    form.addEventListener("submit", submitted)
+    byId("key-cancel").addEventListener("click", cancelled)
+    dialog.addEventListener("cancel", cancelled)
+    dialog.showModal()
+    input.focus()
+  })
+
+/** The header's button: "Forget key" while one is kept, "Enter key" after the prompt was declined. */
+const keyButton = () => {
+  const button = byId("key-button")
+  const update = () => {
+    const kept = storedKey() !== null
+    button.textContent = kept ? "Forget key" : "Enter key"
+    button.hidden = !kept && !keyDeclined()
+  }
+  button.addEventListener("click", async () => {
+    if (storedKey() !== null) {
+      forgetKey()
+      notice("The key was forgotten: this browser keeps none now.")
+      return
+    }
+    if (await askKeyAgain()) route()
+    update()
+  })
+  onKeyChange(update)
+  return update
+}
+
+setKeyPrompt(askForKey)
+const updateKeyButton = keyButton()
+addEventListener("hashchange", route)
+route()
+updateKeyButton()

@@ -1,0 +1,236 @@
+// @ts-check
+/**
+ * A batch's page (`#/batches/ID`): status, progress, counts, tokens, the time each phase took, its files (saved
+ * through the API with the key), validation problems, metadata, and a cancel button while it can be cancelled.
+ * Refreshed until the batch ends.
+ */
+import { ApiError, batchUrl, fileUrl, json, postJson } from "./api.js"
+import { downloadButton, fill, h, headings, messageOf, progressBar, say, setStatus } from "./dom.js"
+import { bytes, count, dateTime, duration, endedAt, nowSeconds, runTime, tokens } from "./format.js"
+
+/**
+ * @typedef {import("./api.js").Batch} Batch
+ * @typedef {import("./api.js").BatchError} BatchError
+ * @typedef {import("./api.js").FileObject} FileObject
+ * @typedef {import("./dom.js").Child} Child
+ */
+
+const CANCELLABLE = ["validating", "in_progress", "finalizing"]
+const ENDED = ["completed", "failed", "expired", "cancelled"]
+/** Problems listed at most (a file may have thousands; the count says how many more). */
+const MAX_PROBLEMS = 200
+
+/**
+ * The phases the batch went through, in order, each with when it began and how long it took (until the next one,
+ * or until now for the one it is in); the end as a last phase of no length.
+ * @param {Batch} b
+ * @returns {Array<{ name: string, at: number, took: number | null, current: boolean }>}
+ */
+const phases = (b) => {
+  const end = endedAt(b)
+  /** @type {Array<[string, number | null]>} */
+  const marks = [
+    ["validating", b.created_at],
+    ["in_progress", b.in_progress_at],
+    ["finalizing", b.finalizing_at],
+    ["cancelling", b.cancelling_at]
+  ]
+  const begun = marks.filter((m) => typeof m[1] === "number" && m[1] > 0)
+    .map(([name, at]) => ({ name, at: /** @type {number} */ (at) }))
+    .sort((x, y) => x.at - y.at)
+  const steps = begun.map((p, i) => {
+    const next = begun[i + 1]?.at ?? end
+    return { ...p, took: (next ?? nowSeconds()) - p.at, current: next === null }
+  })
+  return end === null ? steps : [...steps, { name: b.status, at: end, took: null, current: false }]
+}
+
+/** `612 of 1,000 done (61%): 600 succeeded, 12 failed`. @param {Batch} b */
+const countsText = (b) => {
+  const { total, completed, failed } = b.request_counts
+  if (total === 0) return b.status === "validating" ? "Validating the input file…" : "No requests ran."
+  const done = completed + failed
+  return `${count(done)} of ${count(total)} done (${Math.floor((100 * done) / total)}%): ` +
+    `${count(completed)} succeeded, ${count(failed)} failed`
+}
+
+/** A `<dl>` row. @param {string} term @param {Child | Child[]} value */
+const row = (term, value) => [h("dt", {}, term), h("dd", {}, value)]
+
+/** `1.2k input (300 cached)`. @param {number} n @param {string} what @param {number | undefined} part @param {string} partName */
+const tokenLine = (n, what, part, partName) =>
+  h("span", { className: "line" }, `${tokens(n)} ${what}${part ? ` (${tokens(part)} ${partName})` : ""}`)
+
+/** The "Details" list. @param {Batch} b */
+const facts = (b) => {
+  const usage = b.usage
+  const running = endedAt(b) === null
+  return [
+    row("Created", dateTime(b.created_at)),
+    row("Duration", `${duration(runTime(b))}${running ? " so far" : ""}`),
+    row("Tokens", usage && usage.total_tokens > 0
+      ? [
+        tokenLine(usage.input_tokens, "input", usage.input_tokens_details?.cached_tokens, "cached"),
+        tokenLine(usage.output_tokens, "output", usage.output_tokens_details?.reasoning_tokens, "reasoning"),
+        h("span", { className: "line" }, `${tokens(usage.total_tokens)} in all`)
+      ]
+      : "none yet"),
+    row("Window", b.completion_window),
+    b.expires_at && running ? row("Expires", dateTime(b.expires_at)) : []
+  ].flat()
+}
+
+/** The "Timing" table's rows. @param {Batch} b */
+const timingRows = (b) =>
+  phases(b).map((p) => {
+    const name = h("span")
+    setStatus(name, p.name)
+    const took = p.took === null ? "" : `${duration(p.took)}${p.current ? " so far" : ""}`
+    return h("tr", { className: p.current ? "current" : "" },
+      h("td", {}, name),
+      h("td", {}, dateTime(p.at)),
+      h("td", { className: "num" }, took))
+  })
+
+/** The validation problems, as a list. @param {BatchError[]} errors */
+const problemList = (errors) => [
+  h("h2", {}, `Problems (${count(errors.length)})`),
+  h("ol", {}, errors.slice(0, MAX_PROBLEMS).map((e) =>
+    h("li", {},
+      h("span", { className: "where" }, e.line === null ? "file" : `line ${e.line}`), " ",
+      h("code", {}, e.code), " ",
+      e.message,
+      e.param ? h("span", { className: "sub" }, ` (${e.param})`) : null))),
+  errors.length > MAX_PROBLEMS ? h("p", { className: "sub" }, `and ${count(errors.length - MAX_PROBLEMS)} more`) : null
+]
+
+/**
+ * A file's row: name, size and a button that saves it (`null` file: it could not be read).
+ * @param {Batch} b
+ * @param {string} label
+ * @param {string | null} id
+ * @param {string} kind
+ * @param {FileObject | null | undefined} file
+ */
+const fileRow = (b, label, id, kind, file) => {
+  const head = h("th", { scope: "row" }, label)
+  if (id === null) {
+    return h("tr", {}, head, h("td", { className: "sub", colSpan: 3 }, ENDED.includes(b.status) ? "none" : "when the batch ends"))
+  }
+  const name = file?.filename ?? `${b.id}_${kind}.jsonl`
+  return h("tr", {},
+    head,
+    h("td", { className: "name" }, file === null ? `${id} (deleted)` : name, h("span", { className: "sub" }, id)),
+    h("td", { className: "num" }, file ? bytes(file.bytes) : ""),
+    h("td", {}, file === null ? null : downloadButton(id, name, { dataset: { file: kind } })))
+}
+
+/** @param {string} batchId @param {import("./app.js").ViewContext} context */
+export function batchPageView(batchId, { signal, refresh: refreshNow }) {
+  const status = h("span")
+  const cancel = h("button", { type: "button", className: "danger", hidden: true }, "Cancel batch")
+  const cancelSaid = h("span", { className: "said" })
+  const subtitle = h("p", { className: "sub" })
+  const bar = progressBar()
+  const countsLine = h("p", { className: "counts" })
+  const details = h("dl", { className: "facts" })
+  const timing = h("tbody")
+  const files = h("tbody")
+  const problems = h("section", { className: "problems", hidden: true })
+  const metadata = h("section", { hidden: true })
+
+  const el = h(
+    "section",
+    { className: "batch" },
+    h("p", { className: "crumbs" }, h("a", { href: "#/" }, "← Batches")),
+    h("div", { className: "heading" },
+      h("h1", {}, h("code", { className: "id" }, batchId)), status, h("span", { className: "grow" }), cancelSaid, cancel),
+    subtitle,
+    h("div", { className: "big" }, bar.el),
+    countsLine,
+    h("div", { className: "columns" },
+      h("section", {}, h("h2", {}, "Details"), details),
+      h("section", {}, h("h2", {}, "Timing"), h("table", { className: "timing" }, headings(["Phase", "Began", "Took"]), timing))),
+    h("section", {}, h("h2", {}, "Files"), h("table", { className: "files" }, files)),
+    problems,
+    metadata
+  )
+
+  /** File objects by id, read once each (null: it could not be read). @type {Map<string, FileObject | null>} */
+  const fileObjects = new Map()
+  /** The files' rows by id, made once: a refresh keeps a download's progress line. @type {Map<string, HTMLElement>} */
+  const fileRows = new Map()
+  /** @type {Batch | null} */
+  let current = null
+
+  /** @param {string} id */
+  const readFile = async (id) => {
+    if (fileObjects.has(id)) return
+    try {
+      fileObjects.set(id, await json(fileUrl(id), { signal }))
+    } catch (error) {
+      if (!(error instanceof ApiError) || error.status !== 404) throw error
+      fileObjects.set(id, null)
+    }
+  }
+
+  /** @param {Batch} b */
+  const render = (b) => {
+    current = b
+    setStatus(status, b.status)
+    cancel.hidden = !CANCELLABLE.includes(b.status)
+    subtitle.textContent = [b.endpoint, b.model].filter(Boolean).join(" · ")
+    bar.update(b.request_counts)
+    countsLine.textContent = countsText(b)
+    fill(details, facts(b))
+    fill(timing, timingRows(b))
+    /** @type {Array<[string, string | null, string]>} */
+    const kinds = [
+      ["Input", b.input_file_id, "input"],
+      ["Output", b.output_file_id, "output"],
+      ["Errors", b.error_file_id, "error"]
+    ]
+    fill(files, kinds.map(([label, id, kind]) => {
+      if (id === null) return fileRow(b, label, id, kind, undefined)
+      const made = fileRows.get(id) ?? fileRow(b, label, id, kind, fileObjects.get(id))
+      fileRows.set(id, made)
+      return made
+    }))
+    const errors = b.errors?.data ?? []
+    problems.hidden = errors.length === 0
+    fill(problems, problemList(errors))
+    const pairs = Object.entries(b.metadata ?? {})
+    metadata.hidden = pairs.length === 0
+    fill(metadata, h("h2", {}, "Metadata"), h("dl", { className: "facts metadata" }, pairs.flatMap(([k, v]) => row(k, v))))
+  }
+
+  // The page shows the batch through its refresh, which waits for one under way: a poll's older answer never
+  // lands after the cancel's.
+  cancel.addEventListener("click", async () => {
+    const question = `Cancel batch ${batchId}? Requests in flight are stopped; finished results are kept.`
+    if (current === null || !confirm(question)) return
+    cancel.disabled = true
+    say(cancelSaid, "Cancelling…")
+    try {
+      await postJson(`${batchUrl(batchId)}/cancel`, {})
+      say(cancelSaid, "")
+      refreshNow()
+    } catch (error) {
+      say(cancelSaid, messageOf(error), true)
+    } finally {
+      cancel.disabled = false
+    }
+  })
+
+  /** Reads the batch (and its files not read yet); true while it may still change. */
+  const refresh = async () => {
+    /** @type {Batch} */
+    const b = await json(batchUrl(batchId), { signal })
+    const ids = [b.input_file_id, b.output_file_id, b.error_file_id].filter((id) => id !== null)
+    await Promise.all(ids.map((id) => readFile(/** @type {string} */ (id))))
+    render(b)
+    return !ENDED.includes(b.status)
+  }
+
+  return { el, refresh, title: `Batch ${batchId}` }
+}

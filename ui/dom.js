@@ -1,0 +1,145 @@
+// @ts-check
+/**
+ * Building the page with DOM APIs only. Every value from the server (file names, metadata, error messages are
+ * other people's text) becomes a text node or a property: nothing here parses HTML.
+ */
+import { download } from "./api.js"
+import { transferred } from "./format.js"
+
+/**
+ * @typedef {Record<string, unknown> & { dataset?: Record<string, string>, attrs?: Record<string, string> }} Props
+ * @typedef {Node | string | number | null | undefined | false} Child
+ */
+
+/**
+ * `h("td", { className: "num", dataset: { label: "Failed" } }, "3")`: an element with properties (`onclick` and
+ * other `on…` functions become listeners; `attrs` are set as attributes: `aria-*`, `role`) and children (strings
+ * become text nodes; null, undefined and false are left out).
+ * @template {keyof HTMLElementTagNameMap} K
+ * @param {K} tag
+ * @param {Props} [props]
+ * @param {...(Child | Child[])} children
+ * @returns {HTMLElementTagNameMap[K]}
+ */
+export function h(tag, props = {}, ...children) {
+  const el = document.createElement(tag)
+  for (const [name, value] of Object.entries(props)) {
+    if (value === undefined || value === null) continue
+    if (name === "dataset") Object.assign(el.dataset, value)
+    else if (name === "attrs") {
+      for (const [a, v] of Object.entries(/** @type {Record<string, string>} */ (value))) el.setAttribute(a, v)
+    } else if (name.startsWith("on") && typeof value === "function") {
+      el.addEventListener(name.slice(2), /** @type {EventListener} */ (value))
+    }
+    else /** @type {any} */ (el)[name] = value
+  }
+  append(el, children)
+  return el
+}
+
+/**
+ * @param {Element} el
+ * @param {Array<Child | Child[]>} children
+ */
+const append = (el, children) => {
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue
+    el.append(typeof child === "number" ? String(child) : child)
+  }
+}
+
+/**
+ * Replaces the children of `el`.
+ * @param {Element} el
+ * @param {...(Child | Child[])} children
+ */
+export function fill(el, ...children) {
+  el.replaceChildren()
+  append(el, children)
+}
+
+/**
+ * A progress bar (`role=progressbar`) of requests done: the succeeded part, then the failed part. `update` sets
+ * both widths, the percentage and the spoken text.
+ */
+export function progressBar() {
+  const ok = h("span", { className: "ok" })
+  const bad = h("span", { className: "bad" })
+  const el = h("div", { className: "bar", attrs: { role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100" } }, ok, bad)
+  /** @param {{ total: number, completed: number, failed: number }} counts */
+  const update = ({ total, completed, failed }) => {
+    const share = (/** @type {number} */ n) => (total > 0 ? Math.min(100, (100 * n) / total) : 0)
+    ok.style.width = `${share(completed)}%`
+    bad.style.width = `${Math.min(share(failed), 100 - share(completed))}%`
+    const percent = Math.floor(share(completed + failed))
+    el.setAttribute("aria-valuenow", String(percent))
+    const spoken = total > 0 ? `${percent}%: ${completed + failed} of ${total} done, ${failed} failed` : "not started"
+    el.setAttribute("aria-valuetext", spoken)
+    el.classList.toggle("empty", total === 0)
+  }
+  return { el, update }
+}
+
+/** A table's header row. @param {string[]} names */
+export const headings = (names) => h("thead", {}, h("tr", {}, names.map((n) => h("th", { scope: "col" }, n))))
+
+/** The batch statuses that have a style of their own. */
+const STATUSES = ["validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"]
+
+/**
+ * A status badge: its text, and a class from the known statuses only.
+ * @param {HTMLElement} el
+ * @param {string} status
+ */
+export function setStatus(el, status) {
+  el.textContent = status.replace("_", " ")
+  el.className = `status ${STATUSES.includes(status) ? `s-${status}` : ""}`
+}
+
+const noticeEl = () => /** @type {HTMLElement} */ (document.getElementById("notice"))
+
+/**
+ * Shows a problem above the page (an API error's message), or hides it with null.
+ * @param {string | null} message
+ */
+export function notice(message) {
+  const el = noticeEl()
+  el.textContent = message ?? ""
+  el.hidden = message === null
+}
+
+/** What went wrong, in words (an `ApiError`'s message is the envelope's). @param {unknown} error */
+export const messageOf = (error) => (error instanceof Error ? error.message : String(error))
+
+/** Shows why something failed. @param {unknown} error */
+export const showError = (error) => notice(messageOf(error))
+
+/**
+ * A form's own status line: what a submit did, or why it failed.
+ * @param {HTMLElement} el
+ * @param {string} text
+ * @param {boolean} [failed]
+ */
+export function say(el, text, failed = false) {
+  el.textContent = text
+  el.classList.toggle("error", failed)
+}
+
+/**
+ * A "Download" button saving a file's content as `name`, with a line saying how far it got, then how it went.
+ * @param {string} fileId
+ * @param {string} name
+ * @param {Props} [props] the button's
+ */
+export function downloadButton(fileId, name, props = {}) {
+  const said = h("span", { className: "said" })
+  const button = h("button", { type: "button", ...props }, "Download")
+  button.addEventListener("click", () => {
+    button.disabled = true
+    say(said, "Downloading…")
+    download(fileId, name, (received, total) => say(said, `Downloading… ${transferred(received, total)}`))
+      .then(() => say(said, ""), (error) => say(said, messageOf(error), true))
+      .finally(() => (button.disabled = false))
+  })
+  return h("span", { className: "download" }, button, said)
+}

@@ -1,0 +1,68 @@
+// @ts-check
+/**
+ * Numbers, sizes and times as the page shows them. The same figures as the command line's (`src/cli/progress.ts`,
+ * `describe.ts`): done = completed + failed, a batch's run time from its creation to its end. A unit is chosen
+ * after rounding, so 999,999 is `1M` (not `1000k`) and 1,048,575 bytes `1 MB` (not `1024 KB`).
+ */
+
+/** @typedef {import("./api.js").Batch} Batch */
+
+const integer = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 })
+
+/** `12,345`. @param {number} n */
+export const count = (n) => integer.format(n)
+
+/** @param {string} s */
+const trim = (s) => s.replace(/\.0+$/, "")
+
+/** `950`, `12.3k`, `4.56M`. @param {number} n */
+export const tokens = (n) => {
+  if (n < 1000) return String(n)
+  const thousands = (n / 1000).toFixed(1)
+  return Number(thousands) < 1000 ? `${trim(thousands)}k` : `${trim((n / 1_000_000).toFixed(2))}M`
+}
+
+const BYTE_UNITS = ["B", "KB", "MB", "GB", "TB"]
+
+/** `512 B`, `12.4 KB`, `3.1 MB` (powers of 1024). @param {number} n */
+export const bytes = (n) => {
+  const shown = (/** @type {number} */ unit) => (n / 1024 ** unit).toFixed(1)
+  let unit = 0
+  while (unit < BYTE_UNITS.length - 1 && Number(shown(unit)) >= 1024) unit++
+  return unit === 0 ? `${n} B` : `${trim(shown(unit))} ${BYTE_UNITS[unit]}`
+}
+
+/** `1.5 MB of 12 MB (12%)`, or `1.5 MB` when the size is not known. @param {number} received @param {number | null} total */
+export const transferred = (received, total) =>
+  total === null || total <= 0 || received > total
+    ? bytes(received)
+    : `${bytes(received)} of ${bytes(total)} (${Math.floor((100 * received) / total)}%)`
+
+/** `45s`, `3m05s`, `2h04m`, `3d02h`. @param {number} seconds */
+export const duration = (seconds) => {
+  const s = Math.max(0, Math.round(seconds))
+  if (s < 60) return `${s}s`
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`
+  if (s < 86400) return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`
+  return `${Math.floor(s / 86400)}d${String(Math.floor((s % 86400) / 3600)).padStart(2, "0")}h`
+}
+
+/** Now, in Unix seconds (the API's unit). */
+export const nowSeconds = () => Date.now() / 1000
+
+/** `5m ago`. @param {number} at Unix seconds */
+export const ago = (at) => `${duration(nowSeconds() - at)} ago`
+
+/** A local date and time: `2025-03-14 09:26:53`. @param {number} at Unix seconds */
+export const dateTime = (at) => {
+  const d = new Date(at * 1000)
+  const two = (/** @type {number} */ n) => String(n).padStart(2, "0")
+  const date = `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())}`
+  return `${date} ${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`
+}
+
+/** When the batch ended, any way, if it did. @param {Batch} b */
+export const endedAt = (b) => b.completed_at ?? b.failed_at ?? b.cancelled_at ?? b.expired_at ?? null
+
+/** From its creation to its end, or to now while it runs. @param {Batch} b */
+export const runTime = (b) => (endedAt(b) ?? nowSeconds()) - b.created_at
