@@ -2,7 +2,8 @@
 # What a user of the package gets: packs this project, installs the tarball in an empty folder next to the pinned
 # Effect packages (as the README's Embedding section says), checks there is one copy of `effect`, runs the installed
 # `openai-batch` bin (`--version`, `--help`: a wrong path in `bin` or a missing shebang fails here), starts
-# examples/embed/main.ts (the README's example) until it answers, and runs the examples' tests: examples/embed's (an
+# examples/embed/main.ts (the README's example) until it answers, asks it for the dashboard (`/ui`, `/ui/app.js`:
+# a package without its ui/ folder fails here), and runs the examples' tests: examples/embed's (an
 # Inference swapped through the public entry) and examples/replay's (a batch on committed recordings, no network).
 # Needs the npm registry (or a warm npm cache).
 set -euo pipefail
@@ -48,5 +49,11 @@ healthy() { node -e "fetch('http://127.0.0.1:$port/v1/health').then((r) => proce
 for _ in $(seq 1 100); do healthy && break; sleep 0.2; done
 healthy || { echo "the embedded server did not answer:"; cat server.log; exit 1; }
 echo "embedded server answered on port $port"
+# The dashboard, from the installed package's ui/ folder (a `files` list without it fails here).
+for path in /ui /ui/app.js; do
+  node -e "fetch('http://127.0.0.1:$port$path').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))" \
+    || { echo "the embedded server did not serve $path:"; cat server.log; exit 1; }
+done
+echo "embedded server served the dashboard"
 
 npx vitest run
