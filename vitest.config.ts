@@ -7,11 +7,20 @@ export default defineConfig({
   resolve: { alias: { "effect-openai-batch": fileURLToPath(new URL("./src/index.ts", import.meta.url)) } },
   test: {
     include: ["test/**/*.test.ts", "examples/*/*.test.ts"],
+    // Compiles `src/` once for the tests that start the server as a child process (test/support/CompiledCopy.ts).
+    globalSetup: ["test/support/globalSetup.ts"],
+    // Before each file: @effect/vitest's `it.effect` back (an earlier file's `layer(...)` replaces it; see below).
+    setupFiles: ["test/support/freshIt.ts"],
     testTimeout: 60_000,
     hookTimeout: 60_000,
     pool: "forks",
-    // Both cores: most suites wait on servers, PostgreSQL and child processes, not on the CPU (one fork, vitest's
-    // default on two cores, took twice as long).
-    poolOptions: { forks: { minForks: 1, maxForks: 2 } }
+    // Three forks on two cores: most suites wait on servers, PostgreSQL, child processes and timers part of the time
+    // (one fork, vitest's default on two cores, took twice as long). Each fork runs its files one after another
+    // without a fresh process per file (`isolate: false`): loading Effect, the SQL clients and the app again for
+    // every file cost about 2 s of CPU each. Every test builds its own app: the modules loaded are shared, and
+    // vitest's `it` (`freshIt.ts`).
+    // As many forks at least as at most: with isolation off, a fork stopped for being idle could be handed a file as
+    // it went ("Terminating worker thread", the run lost, forks left running).
+    poolOptions: { forks: { minForks: 3, maxForks: 3, isolate: false } }
   }
 })

@@ -9,12 +9,14 @@ import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import { type Simulator, startSimulator } from "../scripts/simulator.js"
+import { SLICE } from "../src/batches/inputValidation.js"
 import { chatLine, createBatch, readLines, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import { type ServerProcess, startServer } from "./support/ServerProcess.js"
 import { eventually, TestDatabase } from "./support/TestApp.js"
 
 const WINDOW = 8
-const TOTAL = 5000
+/** Four slices: each node's share is one slice or more, a quarter of the batch at least. */
+const TOTAL = 4 * SLICE
 
 interface Node {
   readonly name: string
@@ -45,6 +47,8 @@ const cluster = Effect.gen(function*() {
             INFERENCE_BASE_URL: sim.url,
             MAX_CONCURRENT_REQUESTS_PER_BATCH: String(WINDOW),
             MAX_CONCURRENT_BATCHES: "1",
+            // The other node learns of a new batch at its next heartbeat: soon, so that it gets its share.
+            HEARTBEAT_INTERVAL: "200 millis",
             LEASE_TTL: "3 seconds"
           })
         ),
@@ -55,7 +59,7 @@ const cluster = Effect.gen(function*() {
   return yield* Effect.all([start("node-a"), start("node-b")], { concurrency: 2 })
 })
 
-/** Every prompt of a 5,000-request batch is unique, so the simulators can tell repeats apart. */
+/** Every prompt of a large batch is unique, so the simulators can tell repeats apart. */
 const bigBatch = (tag: string) => Array.from({ length: TOTAL }, (_, i) => chatLine(`${tag}-${i}`, `${tag} prompt ${i}`))
 
 const sleep = (ms: number) => Effect.promise(() => new Promise((resolve) => setTimeout(resolve, ms)))
@@ -75,7 +79,7 @@ describe("two nodes on one Postgres", () => {
       const openai = sdk(a.server.url)
       const viaB = sdk(b.server.url)
 
-      // 1. One 5,000-request batch, created on A, is worked on by both nodes.
+      // 1. One batch of four slices, created on A, is worked on by both nodes.
       const file = yield* upload(openai, bigBatch("share"))
       const batch = yield* createBatch(openai, file.id)
       const done = yield* waitFor(viaB, batch.id, terminal, 60_000)
@@ -112,11 +116,12 @@ describe("two nodes on one Postgres", () => {
       expect(new Set(notRun.map((l) => l.error.code))).toEqual(new Set(["batch_cancelled"]))
       expect(kept.length).toBe(cancelled.request_counts!.completed)
 
-      // 3. B dies (SIGKILL) mid-batch: A takes over its slices once their leases run out.
+      // 3. B dies (SIGKILL) mid-batch, in the middle of its first slice: A takes over its slices once their leases
+      // run out.
       a.sim.reset()
       b.sim.reset()
       const survivor = yield* createBatch(openai, (yield* upload(openai, bigBatch("failover"))).id)
-      yield* eventually(() => expect(b.sim.stats.requests).toBeGreaterThan(500), 20_000)
+      yield* eventually(() => expect(b.sim.stats.requests).toBeGreaterThan(200), 20_000)
       yield* Effect.promise(() => b.server.stop("SIGKILL"))
       const finished = yield* waitFor(openai, survivor.id, terminal, 60_000)
       expect(finished.status).toBe("completed")

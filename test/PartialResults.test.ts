@@ -1,6 +1,6 @@
 /**
  * Results while a batch runs (`GET /v1/batches/{id}/results`, an extension), through the official `openai` client's
- * generic `get`, on SQLite and PostgreSQL: polled during a 5,000-request batch whose lines finish out of order and
+ * generic `get`, on SQLite and PostgreSQL: polled during a 2,000-request batch whose lines finish out of order and
  * partly fail, the windows a poller collects grow monotonically and, concatenated, are the final output and error
  * files byte for byte; a line finished after a later one is never skipped (windows stop at the first unfinished
  * line); `x-next-after` moves on when a window of the kind is empty; `after` and `limit`; a read that fails is a
@@ -122,20 +122,20 @@ const prompt = (n: number) =>
 
 for (const backend of backends) describe(`results while a batch runs (${backend})`, () => {
   layer(testAppWithUpstream(config, {}, backend, { auth }), { excludeTestServices: true })("extension", (it) => {
-    it.effect("polled during a 5,000-request batch, output and error windows add up to the final files, byte for byte", () =>
+    it.effect("polled during a 2,000-request batch, output and error windows add up to the final files, byte for byte", () =>
       Effect.gen(function*() {
         const { a } = yield* clients
-        const total = 5000
+        const total = 2000 // four of the runner's slices
         const file = yield* upload(a, Array.from({ length: total }, (_, i) => chatLine(`l${i + 1}`, prompt(i + 1))))
         const batch = yield* createBatch(a, file.id)
-        const polled = yield* pollUntilDone(a, batch.id, 700)
+        const polled = yield* pollUntilDone(a, batch.id, 300)
         const done = yield* waitFor(a, batch.id, terminal)
         expect(done.status).toBe("completed")
         expect(done.request_counts!.failed).toBe(Array.from({ length: total }, (_, i) => prompt(i + 1)).filter((p) => p.includes("fail")).length)
         expect(polled.output.bytes.equals(yield* fileText(a, done.output_file_id))).toBe(true)
         expect(polled.error.bytes.equals(yield* fileText(a, done.error_file_id))).toBe(true)
         expect(linesOf(polled.output.bytes.toString()).length).toBe(done.request_counts!.completed)
-        // Both pollers end at the last line, the output one although line 5,000 is an error line.
+        // Both pollers end at the last line, the output one although line 2,000 is an error line.
         expect([polled.output.after, polled.error.after]).toEqual([total, total])
         // The windows were served while the batch ran, not only once it was over.
         expect(polled.output.whileRunning).toBeGreaterThan(1)

@@ -73,15 +73,16 @@ describe("PostgreSQL downloads cut short by their clients", () => {
    * The loop of the issue (`npm run bench:pg-downloads` runs it 5,000 times), with the large downloads dropped
    * after their first bytes (a 100 KiB file, where the race came most often). Before the fix 0–13 of these 300
    * iterations failed, depending on timing: the tests above are the ones that fail every time. The server is a
-   * child process: sharing the test's event loop, the race came a hundred times more rarely.
+   * child process: sharing the test's event loop, the race came a hundred times more rarely. A few whole downloads
+   * then (the race needs a download cut short): they too are answered in full.
    */
   it.scopedLive("never make the requests after them fail", () =>
     Effect.gen(function*() {
       const server = yield* pgServer
       const aborted = yield* Effect.promise(() => downloadLoop(server.url, { iterations: 300, abort: true, largeBytes: 100 * 1024 }))
       expect(Object.fromEntries(aborted.failures)).toEqual({})
-      const whole = yield* Effect.promise(() => downloadLoop(server.url, { iterations: 20, abort: false }))
+      const whole = yield* Effect.promise(() => downloadLoop(server.url, { iterations: 5, abort: false }))
       expect(Object.fromEntries(whole.failures)).toEqual({})
       expect(server.output()).not.toContain("canceling statement")
-    }), 30_000)
+    }), 60_000) // about 10 s alone; a busy machine (other suites' forks) has taken 40
 })
