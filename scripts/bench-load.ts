@@ -1,12 +1,12 @@
 /**
  * Responsiveness under load (not a test): how fast the API answers reads while batches run.
  *
- *   npm run bench:load [-- --batches 20 --requests 2000 --running 4 --clients 50 --seconds 60 --latency 20] [--pg]
+ *   npm run bench:load [-- --batches 20 --requests 2000 --running 4 --clients 50 --seconds 60 --latency 20 --pause 0] [--pg]
  *
  * Starts the simulator (answers after `--latency` ms) and the compiled server with the node flags of `npm start`
  * (MAX_CONCURRENT_BATCHES = `--running`), uploads `--batches` input files of `--requests` chat requests each and
  * creates their batches, then `--clients` clients connect (one request each, not counted) and poll for `--seconds`:
- * each in a loop, one of
+ * each in a loop, `--pause` ms apart (0: back to back, the server's throughput then sets the latency), one of
  * `GET /v1/batches/{id}` (a random batch of the run), `GET /v1/batches` and `GET /v1/files`. Prints p50, p99 and
  * the slowest of each route and of all, the errors (any non-200 or failed request), how many batches finished
  * meanwhile, and the server's peak RSS. Target (SQLite): p99 ≤ 50 ms, max ≤ 250 ms, no errors; the exit code says.
@@ -32,6 +32,7 @@ const RUNNING = arg("running", 4)
 const CLIENTS = arg("clients", 50)
 const SECONDS = arg("seconds", 60)
 const LATENCY_MS = arg("latency", 20)
+const PAUSE_MS = arg("pause", 0)
 const PG = process.argv.includes("--pg")
 
 const percentile = (sorted: ReadonlyArray<number>, p: number) =>
@@ -85,7 +86,7 @@ const main = async () => {
       ids.push((await openai.batches.create({ input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h" })).id)
     }
 
-    console.log(`${CLIENTS} clients polling for ${SECONDS} s…`)
+    console.log(`${CLIENTS} clients polling for ${SECONDS} s, ${PAUSE_MS > 0 ? `~${PAUSE_MS} ms apart` : "back to back"}…`)
     const routes = ["GET /v1/batches/{id}", "GET /v1/batches", "GET /v1/files"] as const
     const times = new Map<string, Array<number>>(routes.map((r) => [r, []]))
     const errors = new Map<string, number>()
@@ -99,8 +100,10 @@ const main = async () => {
     console.log(`  ${CLIENTS} clients connected in ${(performance.now() - connecting).toFixed(0)} ms (not counted below)`)
     const pollStart = performance.now()
     const end = pollStart + SECONDS * 1000
+    const pause = () => new Promise((resolve) => setTimeout(resolve, PAUSE_MS * (0.5 + Math.random())))
     await Promise.all(Array.from({ length: CLIENTS }, async () => {
       while (performance.now() < end) {
+        if (PAUSE_MS > 0) await pause()
         const route = routes[Math.floor(Math.random() * routes.length)]!
         const path = route === "GET /v1/batches/{id}"
           ? `/v1/batches/${ids[Math.floor(Math.random() * ids.length)]}`
