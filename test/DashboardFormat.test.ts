@@ -2,7 +2,9 @@
  * The dashboard's figures (`ui/format.js`, a plain ES module of the page, loaded here as Node loads any): a unit is
  * chosen after rounding, so a count just under a boundary never reads `1000k` or `1024 KB`.
  */
+import { readFileSync } from "node:fs"
 import { describe, expect, it } from "vitest"
+import { StandardEndpoint } from "../src/domain/Batches.js"
 
 /** The page's formatters (typed by their JSDoc for `tsc -p ui`; this project's `tsc` reads no JavaScript). */
 const format: {
@@ -46,5 +48,13 @@ describe("the dashboard's figures", () => {
     expect(format.transferred(512, 2048)).toBe("512 B of 2 KB (25%)")
     expect(format.transferred(3 * 1024 * 1024, null)).toBe("3 MB")
     expect(format.transferred(10, 5)).toBe("10 B")
+  })
+})
+
+describe("the dashboard's endpoint list", () => {
+  it("is the server's list of standard endpoints", () => {
+    const source = readFileSync(new URL("../ui/files.js", import.meta.url), "utf8")
+    const list = /const ENDPOINTS = \[([^\]]*)\]/.exec(source)?.[1]
+    expect(list?.match(/"[^"]*"/g)?.map((quoted) => JSON.parse(quoted))).toEqual([...StandardEndpoint.literals])
   })
 })

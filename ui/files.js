@@ -17,7 +17,10 @@ const PAGE = 50
 const MAX_PAGE = 10_000
 /** How often the list is read again. */
 const EVERY_MS = 5000
-/** The endpoints of OpenAI's Batch API this server runs (`StandardEndpoint` in `src/domain/Batches.ts`). */
+/**
+ * The endpoints of OpenAI's Batch API this server runs: `StandardEndpoint` in `src/domain/Batches.ts`, which the page
+ * cannot import (test/DashboardFormat.test.ts checks the two lists are the same).
+ */
 const ENDPOINTS = [
   "/v1/chat/completions",
   "/v1/completions",

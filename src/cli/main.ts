@@ -21,7 +21,7 @@ import { DEFAULT_MAX_REQUESTS } from "./localValidation.js"
 import { modeOf, printJson, say, sayAll } from "./output.js"
 import { DEFAULT_RETRY_FOR } from "./patience.js"
 import { serve } from "./serve.js"
-import { retry, submit } from "./submit.js"
+import { type AfterCreate, retry, submit } from "./submit.js"
 
 // Accepted by the top command and by each subcommand, so before or after the subcommand's name alike.
 const connection = {
@@ -59,6 +59,15 @@ const watchFlag = Options.boolean("watch").pipe(
   Options.withDescription("Watch the batch until it ends, then write its output and error files to --out")
 )
 const batchId = Args.text({ name: "BATCH_ID" })
+/** What `submit` and `retry` do once their batch is created (`--watch` and how). */
+const afterCreateOptions = { watch: watchFlag, out, json, interval, retryFor }
+const afterCreate = (o: Omit<AfterCreate, "mode"> & { readonly json: boolean }): AfterCreate => ({
+  watch: o.watch,
+  out: o.out,
+  mode: modeOf(o.json),
+  interval: o.interval,
+  retryFor: o.retryFor
+})
 
 const top = Command.make("openai-batch", connection, () =>
   Effect.fail(new CliFailure({ exitCode: EXIT_INVALID, message: "Give a command: submit, status, list, watch, cancel, download, retry or serve (--help says more)." })))
@@ -99,11 +108,7 @@ const submitCommand = Command.make(
       Options.filterMap((n) => (n > 0 ? Option.some(n) : Option.none()), "--max-requests must be above 0"),
       Options.withDefault(DEFAULT_MAX_REQUESTS)
     ),
-    watch: watchFlag,
-    out,
-    json,
-    interval,
-    retryFor
+    ...afterCreateOptions
   },
   (o) =>
     withApi(o, submit({
@@ -111,11 +116,7 @@ const submitCommand = Command.make(
       endpoint: o.endpoint,
       metadata: Option.match(o.metadata, { onNone: () => ({}), onSome: (m) => Object.fromEntries(HashMap.toEntries(m)) }),
       maxRequests: o.maxRequests,
-      watch: o.watch,
-      out: o.out,
-      mode: modeOf(o.json),
-      interval: o.interval,
-      retryFor: o.retryFor
+      ...afterCreate(o)
     }))
 ).pipe(Command.withDescription("Check a JSONL file of requests, upload it and create its batch; --watch follows it to its end"))
 
@@ -165,20 +166,10 @@ const retryCommand = Command.make(
       Options.withDescription("Which requests to rerun (repeatable; default all three): failed, expired, cancelled"),
       Options.repeated
     ),
-    watch: watchFlag,
-    out,
-    json,
-    interval,
-    retryFor
+    ...afterCreateOptions
   },
   (o) =>
-    withApi(o, retry(o.batchId, o.only as ReadonlyArray<RerunKind>, {
-      watch: o.watch,
-      out: o.out,
-      mode: modeOf(o.json),
-      interval: o.interval,
-      retryFor: o.retryFor
-    }))
+    withApi(o, retry(o.batchId, o.only as ReadonlyArray<RerunKind>, afterCreate(o)))
 ).pipe(Command.withDescription("Rerun a finished batch's requests that failed, expired or were cancelled, as a new batch"))
 
 const serveCommand = Command.make("serve", {}, () =>
