@@ -42,6 +42,10 @@ const CALL_TIMEOUT_MS = 30_000
 const HOSTILE = "<img src=x onerror=document.body.dataset.pwned=1>"
 
 /** No script failed, the CSP refused nothing, and no hostile text ran as HTML. */
+/** A test's steps in the shared page, given the test server's base URL. */
+const inPage = (steps: (base: string, browser: BrowserPage["Type"]) => Promise<void>) =>
+  Effect.flatMap(Effect.all([baseUrl, BrowserPage]), ([base, browser]) => Effect.promise(() => steps(base, browser)))
+
 const expectClean = async ({ page, problems }: BrowserPage["Type"]) => {
   expect(problems).toEqual([])
   expect(await violations(page)).toEqual([])
@@ -128,301 +132,281 @@ describe("the dashboard", () => {
     { excludeTestServices: true, timeout: 60_000 }
   )("in headless Chromium, with API keys on", (it) => {
     it.effect("asks for a key it can send, uploads, starts a batch, shows it reach 100 % and saves its output", () =>
-      Effect.gen(function*() {
-        const base = yield* baseUrl
-        const browser = yield* BrowserPage
+      inPage(async (base, browser) => {
         const { page } = browser
-        yield* Effect.promise(async () => {
-          await page.goto(`${base}/ui`)
-          // No key kept: the first call's 401 opens the dialog.
-          const dialog = page.locator("#key-dialog")
-          await poll(() => dialog.isVisible()).toBe(true)
-          expect(await page.locator("#key-reason").textContent()).toBe("This server needs an API key.")
-          // A key no header can carry is refused in the dialog, which stays open.
-          await page.locator("#key-input").fill(UNSENDABLE)
-          await page.locator("#key-input").press("Enter")
-          expect(await page.locator("#key-problem").textContent()).toContain("printable ASCII")
-          expect(await dialog.isVisible()).toBe(true)
-          // Dismissed, it stays closed (no prompt at every refresh) until the header's "Enter key".
-          await page.getByRole("button", { name: "Cancel" }).click()
-          await poll(() => noticeOf(page)).toContain("Enter an API key to go on.")
-          expect(await dialog.isVisible()).toBe(false)
-          await page.getByRole("button", { name: "Enter key" }).click()
-          await poll(() => dialog.isVisible()).toBe(true)
-          expect(await page.locator("#key-problem").isVisible()).toBe(false)
-          // A wrong key is refused by the server and asked for again.
-          await page.locator("#key-input").fill("sk-wrong")
-          await page.locator("#key-input").press("Enter")
-          await poll(() => page.locator("#key-reason").textContent()).toBe("The server refused this key.")
-          await page.locator("#key-input").fill(KEY)
-          await page.getByRole("button", { name: "Use this key" }).click()
-          await poll(() => page.locator("main .empty").isVisible()).toBe(true)
-          expect(await dialog.isVisible()).toBe(false)
-          expect(page.url()).toBe(`${base}/ui`)
-          expect(await page.evaluate(() => localStorage.getItem("openai-batch.api-key"))).toBe(KEY)
-          expect(await page.locator("#key-button").textContent()).toBe("Forget key")
+        await page.goto(`${base}/ui`)
+        // No key kept: the first call's 401 opens the dialog.
+        const dialog = page.locator("#key-dialog")
+        await poll(() => dialog.isVisible()).toBe(true)
+        expect(await page.locator("#key-reason").textContent()).toBe("This server needs an API key.")
+        // A key no header can carry is refused in the dialog, which stays open.
+        await page.locator("#key-input").fill(UNSENDABLE)
+        await page.locator("#key-input").press("Enter")
+        expect(await page.locator("#key-problem").textContent()).toContain("printable ASCII")
+        expect(await dialog.isVisible()).toBe(true)
+        // Dismissed, it stays closed (no prompt at every refresh) until the header's "Enter key".
+        await page.getByRole("button", { name: "Cancel" }).click()
+        await poll(() => noticeOf(page)).toContain("Enter an API key to go on.")
+        expect(await dialog.isVisible()).toBe(false)
+        await page.getByRole("button", { name: "Enter key" }).click()
+        await poll(() => dialog.isVisible()).toBe(true)
+        expect(await page.locator("#key-problem").isVisible()).toBe(false)
+        // A wrong key is refused by the server and asked for again.
+        await page.locator("#key-input").fill("sk-wrong")
+        await page.locator("#key-input").press("Enter")
+        await poll(() => page.locator("#key-reason").textContent()).toBe("The server refused this key.")
+        await page.locator("#key-input").fill(KEY)
+        await page.getByRole("button", { name: "Use this key" }).click()
+        await poll(() => page.locator("main .empty").isVisible()).toBe(true)
+        expect(await dialog.isVisible()).toBe(false)
+        expect(page.url()).toBe(`${base}/ui`)
+        expect(await page.evaluate(() => localStorage.getItem("openai-batch.api-key"))).toBe(KEY)
+        expect(await page.locator("#key-button").textContent()).toBe("Forget key")
 
-          const lines = Array.from({ length: 24 }, (_, i) => chatLine(`req-${i}`, `question ${i}`))
-          const id = await startBatch(page, file("requests.jsonl", lines), "project=demo\nowner=data-team")
-          await shown(page, () => statusOf(page)).toBe("completed")
-          const bar = page.locator(".big [role=progressbar]")
-          expect(await bar.getAttribute("aria-valuenow")).toBe("100")
-          await poll(() => barFill(page, ".big .bar")).toBeCloseTo(1, 2)
-          expect(await page.locator(".counts").textContent()).toBe("24 of 24 done (100%): 24 succeeded, 0 failed")
-          expect(await page.locator("table.timing").textContent()).toContain("in progress")
-          expect(await page.locator(".metadata").textContent()).toBe("projectdemoownerdata-team")
-          await shot(page, "batch", "full")
+        const lines = Array.from({ length: 24 }, (_, i) => chatLine(`req-${i}`, `question ${i}`))
+        const id = await startBatch(page, file("requests.jsonl", lines), "project=demo\nowner=data-team")
+        await shown(page, () => statusOf(page)).toBe("completed")
+        const bar = page.locator(".big [role=progressbar]")
+        expect(await bar.getAttribute("aria-valuenow")).toBe("100")
+        await poll(() => barFill(page, ".big .bar")).toBeCloseTo(1, 2)
+        expect(await page.locator(".counts").textContent()).toBe("24 of 24 done (100%): 24 succeeded, 0 failed")
+        expect(await page.locator("table.timing").textContent()).toContain("in progress")
+        expect(await page.locator(".metadata").textContent()).toBe("projectdemoownerdata-team")
+        await shot(page, "batch", "full")
 
-          // The output, saved through the page (fetched with the key, saved as a Blob under its name), its
-          // progress shown meanwhile: bytes of the size the server gave.
-          const output = page.locator("button[data-file=output]")
-          await recordTexts(page, "button[data-file=output] + .said")
-          const [download] = await Promise.all([page.waitForEvent("download"), output.click()])
-          expect(download.suggestedFilename()).toBe(`${id}_output.jsonl`)
-          const saved = readFileSync((await download.path())!, "utf8").split("\n").filter((l) => l !== "").map((l) => JSON.parse(l))
-          expect(saved.map((l) => l.custom_id).sort()).toEqual(lines.map((_, i) => `req-${i}`).sort())
-          expect(saved.every((l) => l.response.status_code === 200 && l.error === null)).toBe(true)
-          const size = (await page.locator("table.files tr", { has: output }).locator(".num").textContent())!
-          expect(await recordedTexts(page)).toContain(`Downloading… ${size} of ${size} (100%)`)
+        // The output, saved through the page (fetched with the key, saved as a Blob under its name), its
+        // progress shown meanwhile: bytes of the size the server gave.
+        const output = page.locator("button[data-file=output]")
+        await recordTexts(page, "button[data-file=output] + .said")
+        const [download] = await Promise.all([page.waitForEvent("download"), output.click()])
+        expect(download.suggestedFilename()).toBe(`${id}_output.jsonl`)
+        const saved = readFileSync((await download.path())!, "utf8").split("\n").filter((l) => l !== "").map((l) => JSON.parse(l))
+        expect(saved.map((l) => l.custom_id).sort()).toEqual(lines.map((_, i) => `req-${i}`).sort())
+        expect(saved.every((l) => l.response.status_code === 200 && l.error === null)).toBe(true)
+        const size = (await page.locator("table.files tr", { has: output }).locator(".num").textContent())!
+        expect(await recordedTexts(page)).toContain(`Downloading… ${size} of ${size} (100%)`)
 
-          // The list shows it done, at 100 %.
-          await page.locator("nav a", { hasText: "Batches" }).click()
-          const rows = page.locator("table.batches tbody tr")
-          await poll(() => rows.count()).toBe(1)
-          expect(await page.locator("table.batches tbody tr .status").textContent()).toBe("completed")
-          await poll(() => barFill(page, "table.batches .bar")).toBeCloseTo(1, 2)
-          expect(await page.locator("table.batches tbody tr").textContent()).toContain("24/24")
-          await expectClean(browser)
-        })
+        // The list shows it done, at 100 %.
+        await page.locator("nav a", { hasText: "Batches" }).click()
+        const rows = page.locator("table.batches tbody tr")
+        await poll(() => rows.count()).toBe(1)
+        expect(await page.locator("table.batches tbody tr .status").textContent()).toBe("completed")
+        await poll(() => barFill(page, "table.batches .bar")).toBeCloseTo(1, 2)
+        expect(await page.locator("table.batches tbody tr").textContent()).toContain("24/24")
+        await expectClean(browser)
       }))
 
     it.effect("cancels a slow batch (a poll answered late does not undo it); the lists follow what is made elsewhere", () =>
-      Effect.gen(function*() {
-        const base = yield* baseUrl
-        const browser = yield* BrowserPage
+      inPage(async (base, browser) => {
         const { page } = browser
-        yield* Effect.promise(async () => {
-          // A kept key no header can carry (typed before the dialog checked keys): asked for again.
-          await openWithKey(page, base, UNSENDABLE)
-          await poll(() => page.locator("#key-dialog").isVisible()).toBe(true)
-          expect(await page.locator("#key-reason").textContent()).toContain("This key cannot be sent")
-          await page.locator("#key-input").fill(KEY)
-          await page.locator("#key-input").press("Enter")
-          await poll(() => listLoaded(page)).toBe(true)
-          expect(await page.evaluate(() => localStorage.getItem("openai-batch.api-key"))).toBe(KEY)
+        // A kept key no header can carry (typed before the dialog checked keys): asked for again.
+        await openWithKey(page, base, UNSENDABLE)
+        await poll(() => page.locator("#key-dialog").isVisible()).toBe(true)
+        expect(await page.locator("#key-reason").textContent()).toContain("This key cannot be sent")
+        await page.locator("#key-input").fill(KEY)
+        await page.locator("#key-input").press("Enter")
+        await poll(() => listLoaded(page)).toBe(true)
+        expect(await page.evaluate(() => localStorage.getItem("openai-batch.api-key"))).toBe(KEY)
 
-          // 12 requests answer at once, 18 sleep far longer than the test: the batch sits at 40 %.
-          const lines = Array.from({ length: 30 }, (_, i) => chatLine(`slow-${i}`, i < 12 ? `quick ${i}` : `slow ${i} [sleep:60000]`))
-          const id = await startBatch(page, file("slow.jsonl", lines), "project=demo")
-          await shown(page, () => page.locator(".counts").textContent()).toMatch(/^12 of 30 done \(40%\)/)
-          expect(await statusOf(page)).toBe("in progress")
-          await poll(() => barFill(page, ".big .bar")).toBeCloseTo(0.4, 2)
+        // 12 requests answer at once, 18 sleep far longer than the test: the batch sits at 40 %.
+        const lines = Array.from({ length: 30 }, (_, i) => chatLine(`slow-${i}`, i < 12 ? `quick ${i}` : `slow ${i} [sleep:60000]`))
+        const id = await startBatch(page, file("slow.jsonl", lines), "project=demo")
+        await shown(page, () => page.locator(".counts").textContent()).toMatch(/^12 of 30 done \(40%\)/)
+        expect(await statusOf(page)).toBe("in progress")
+        await poll(() => barFill(page, ".big .bar")).toBeCloseTo(0.4, 2)
 
-          // The list, live: a batch created through the API elsewhere shows up without a reload.
-          await page.locator("nav a", { hasText: "Batches" }).click()
-          const rows = page.locator("table.batches tbody tr")
-          await poll(() => rows.first().textContent()).toContain(id)
-          const before = await rows.count()
-          const openai = new OpenAI({ baseURL: `${base}/v1`, apiKey: KEY, maxRetries: 0 })
-          const elsewhere = upload(openai, [chatLine("x-0", "elsewhere")], "elsewhere.jsonl")
-          const other = await Effect.runPromise(Effect.flatMap(elsewhere, (f) => createBatch(openai, f.id)))
-          await shown(page, () => rows.count()).toBe(before + 1)
-          await poll(() => rows.first().textContent()).toContain(other.id)
-          await poll(() => rows.first().locator(".status").textContent()).toBe("completed")
-          await shot(page, "batches", { height: 420 })
+        // The list, live: a batch created through the API elsewhere shows up without a reload.
+        await page.locator("nav a", { hasText: "Batches" }).click()
+        const rows = page.locator("table.batches tbody tr")
+        await poll(() => rows.first().textContent()).toContain(id)
+        const before = await rows.count()
+        const openai = new OpenAI({ baseURL: `${base}/v1`, apiKey: KEY, maxRetries: 0 })
+        const elsewhere = upload(openai, [chatLine("x-0", "elsewhere")], "elsewhere.jsonl")
+        const other = await Effect.runPromise(Effect.flatMap(elsewhere, (f) => createBatch(openai, f.id)))
+        await shown(page, () => rows.count()).toBe(before + 1)
+        await poll(() => rows.first().textContent()).toContain(other.id)
+        await poll(() => rows.first().locator(".status").textContent()).toBe("completed")
+        await shot(page, "batches", { height: 420 })
 
-          // A hidden tab polls nothing, however long; shown again, it refreshes at once.
-          let polls = 0
-          const counted = (r: { url: () => string }) => void (r.url().includes("/v1/batches") && polls++)
-          page.on("request", counted)
-          const setHidden = (hidden: boolean) =>
-            page.evaluate((h) => {
-              Object.defineProperty(document, "hidden", { value: h, configurable: true })
-              Object.defineProperty(document, "visibilityState", { value: h ? "hidden" : "visible", configurable: true })
-              document.dispatchEvent(new Event("visibilitychange"))
-            }, hidden)
-          await setHidden(true)
-          polls = 0
-          await page.clock.fastForward(60_000)
-          await page.waitForTimeout(100)
-          expect(polls).toBe(0)
-          await setHidden(false)
-          await poll(() => polls, 1000).toBeGreaterThan(0)
-          page.off("request", counted)
+        // A hidden tab polls nothing, however long; shown again, it refreshes at once.
+        let polls = 0
+        const counted = (r: { url: () => string }) => void (r.url().includes("/v1/batches") && polls++)
+        page.on("request", counted)
+        const setHidden = (hidden: boolean) =>
+          page.evaluate((h) => {
+            Object.defineProperty(document, "hidden", { value: h, configurable: true })
+            Object.defineProperty(document, "visibilityState", { value: h ? "hidden" : "visible", configurable: true })
+            document.dispatchEvent(new Event("visibilitychange"))
+          }, hidden)
+        await setHidden(true)
+        polls = 0
+        await page.clock.fastForward(60_000)
+        await page.waitForTimeout(100)
+        expect(polls).toBe(0)
+        await setHidden(false)
+        await poll(() => polls, 1000).toBeGreaterThan(0)
+        page.off("request", counted)
 
-          // The files page, live too (every 5 s): a file uploaded elsewhere shows up.
-          await page.locator("nav a", { hasText: "Files" }).click()
-          const fileRows = page.locator("table.files-list tbody tr")
-          await poll(() => page.locator("table.files-list").textContent()).toContain("elsewhere.jsonl")
-          await Effect.runPromise(upload(openai, [chatLine("n-0", "later")], "later.jsonl"))
-          await shown(page, () => fileRows.first().textContent(), FILES_POLL_MS).toContain("later.jsonl")
-          await fileRows.filter({ hasText: "slow.jsonl" }).getByRole("button", { name: "Start batch" }).click()
-          await poll(() => page.locator("#start-batch").textContent()).toContain("slow.jsonl")
-          await shot(page, "files")
+        // The files page, live too (every 5 s): a file uploaded elsewhere shows up.
+        await page.locator("nav a", { hasText: "Files" }).click()
+        const fileRows = page.locator("table.files-list tbody tr")
+        await poll(() => page.locator("table.files-list").textContent()).toContain("elsewhere.jsonl")
+        await Effect.runPromise(upload(openai, [chatLine("n-0", "later")], "later.jsonl"))
+        await shown(page, () => fileRows.first().textContent(), FILES_POLL_MS).toContain("later.jsonl")
+        await fileRows.filter({ hasText: "slow.jsonl" }).getByRole("button", { name: "Start batch" }).click()
+        await poll(() => page.locator("#start-batch").textContent()).toContain("slow.jsonl")
+        await shot(page, "files")
 
-          // Cancel, with the button (after its confirmation), while a poll read before it is answered after it.
-          await page.goto(`${base}/ui#/batches/${id}`)
-          await poll(() => page.getByRole("button", { name: "Cancel batch" }).isVisible()).toBe(true)
-          let fetched!: () => void
-          let release!: () => void
-          const polled = new Promise<void>((resolve) => (fetched = resolve))
-          const held = new Promise<void>((resolve) => (release = resolve))
-          await page.route(`${base}/v1/batches/${id}`, async (route) => {
-            const answer = await route.fetch()
-            fetched()
-            await held
-            await route.fulfill({ response: answer })
-          }, { times: 1 })
-          await page.clock.fastForward(POLL_MS)
-          await polled
-          await recordTexts(page, ".heading .status")
-          let asked = ""
-          page.once("dialog", (d) => {
-            asked = d.message()
-            void d.accept()
-          })
-          await Promise.all([
-            page.waitForResponse((r) => r.url().endsWith("/cancel")),
-            page.getByRole("button", { name: "Cancel batch" }).click()
-          ])
-          // The cancel's answer taken in (its "Cancelling…" cleared), the older poll's answer comes.
-          await poll(() => page.locator(".heading .said").textContent()).toBe("")
-          release()
-          await shown(page, () => statusOf(page)).toBe("cancelled")
-          const statuses = await recordedTexts(page)
-          expect(statuses.slice(statuses.findIndex((s) => s.startsWith("cancel")))).not.toContain("in progress")
-          expect(asked).toContain(id)
-          expect(await page.getByRole("button", { name: "Cancel batch" }).isVisible()).toBe(false)
-          expect(await page.locator("table.timing").textContent()).toContain("cancelling")
-          expect(await page.locator(".counts").textContent()).toMatch(/^30 of 30 done|^12 of 30 done/)
-          await expectClean(browser)
+        // Cancel, with the button (after its confirmation), while a poll read before it is answered after it.
+        await page.goto(`${base}/ui#/batches/${id}`)
+        await poll(() => page.getByRole("button", { name: "Cancel batch" }).isVisible()).toBe(true)
+        let fetched!: () => void
+        let release!: () => void
+        const polled = new Promise<void>((resolve) => (fetched = resolve))
+        const held = new Promise<void>((resolve) => (release = resolve))
+        await page.route(`${base}/v1/batches/${id}`, async (route) => {
+          const answer = await route.fetch()
+          fetched()
+          await held
+          await route.fulfill({ response: answer })
+        }, { times: 1 })
+        await page.clock.fastForward(POLL_MS)
+        await polled
+        await recordTexts(page, ".heading .status")
+        let asked = ""
+        page.once("dialog", (d) => {
+          asked = d.message()
+          void d.accept()
         })
+        await Promise.all([
+          page.waitForResponse((r) => r.url().endsWith("/cancel")),
+          page.getByRole("button", { name: "Cancel batch" }).click()
+        ])
+        // The cancel's answer taken in (its "Cancelling…" cleared), the older poll's answer comes.
+        await poll(() => page.locator(".heading .said").textContent()).toBe("")
+        release()
+        await shown(page, () => statusOf(page)).toBe("cancelled")
+        const statuses = await recordedTexts(page)
+        expect(statuses.slice(statuses.findIndex((s) => s.startsWith("cancel")))).not.toContain("in progress")
+        expect(asked).toContain(id)
+        expect(await page.getByRole("button", { name: "Cancel batch" }).isVisible()).toBe(false)
+        expect(await page.locator("table.timing").textContent()).toContain("cancelling")
+        expect(await page.locator(".counts").textContent()).toMatch(/^30 of 30 done|^12 of 30 done/)
+        await expectClean(browser)
       }))
 
     it.effect("a hung call holds nothing up: another view opens at once, and after 30 s it fails and polling goes on; failures back off", () =>
-      Effect.gen(function*() {
-        const base = yield* baseUrl
-        const browser = yield* BrowserPage
+      inPage(async (base, browser) => {
         const { page } = browser
-        yield* Effect.promise(async () => {
-          await openWithKey(page, base)
-          await poll(() => listLoaded(page)).toBe(true)
-          const lists = `${base}/v1/batches?*`
-          let asked = 0
-          // The server takes the calls and never answers.
-          await page.route(lists, () => void asked++)
-          await page.clock.fastForward(POLL_MS)
-          await poll(() => asked).toBe(1)
-          // Left, the view's call is dropped: the files page loads at once.
-          await page.locator("nav a", { hasText: "Files" }).click()
-          await poll(() => listLoaded(page)).toBe(true)
-          // Staying, the call fails at its time limit, said so, and the next refresh (after a back-off) gets through.
-          await page.locator("nav a", { hasText: "Batches" }).click()
-          await poll(() => asked).toBe(2)
-          await page.clock.fastForward(CALL_TIMEOUT_MS)
-          await poll(() => noticeOf(page)).toBe("The server did not answer within 30 s.")
-          await page.unroute(lists)
-          await shown(page, () => page.locator("#notice").isVisible()).toBe(false)
-          expect(await listLoaded(page)).toBe(true)
+        await openWithKey(page, base)
+        await poll(() => listLoaded(page)).toBe(true)
+        const lists = `${base}/v1/batches?*`
+        let asked = 0
+        // The server takes the calls and never answers.
+        await page.route(lists, () => void asked++)
+        await page.clock.fastForward(POLL_MS)
+        await poll(() => asked).toBe(1)
+        // Left, the view's call is dropped: the files page loads at once.
+        await page.locator("nav a", { hasText: "Files" }).click()
+        await poll(() => listLoaded(page)).toBe(true)
+        // Staying, the call fails at its time limit, said so, and the next refresh (after a back-off) gets through.
+        await page.locator("nav a", { hasText: "Batches" }).click()
+        await poll(() => asked).toBe(2)
+        await page.clock.fastForward(CALL_TIMEOUT_MS)
+        await poll(() => noticeOf(page)).toBe("The server did not answer within 30 s.")
+        await page.unroute(lists)
+        await shown(page, () => page.locator("#notice").isVisible()).toBe(false)
+        expect(await listLoaded(page)).toBe(true)
 
-          // A 503 asking for 20 s: the next call comes after 20 s, not at the next 2 s turn.
-          asked = 0
-          await page.route(lists, (route) => {
-            asked++
-            return route.fulfill({
-              status: 503,
-              headers: { "retry-after": "20" },
-              json: { error: { message: "Overloaded, try later.", type: "server_error", param: null, code: null } }
-            })
+        // A 503 asking for 20 s: the next call comes after 20 s, not at the next 2 s turn.
+        asked = 0
+        await page.route(lists, (route) => {
+          asked++
+          return route.fulfill({
+            status: 503,
+            headers: { "retry-after": "20" },
+            json: { error: { message: "Overloaded, try later.", type: "server_error", param: null, code: null } }
           })
-          await page.clock.fastForward(POLL_MS)
-          await poll(() => noticeOf(page)).toBe("Overloaded, try later.")
-          await page.clock.fastForward(19_000)
-          await page.waitForTimeout(200)
-          expect(asked).toBe(1)
-          await page.clock.fastForward(2000)
-          await poll(() => asked).toBe(2)
-          await page.unroute(lists)
-          await shown(page, () => page.locator("#notice").isVisible()).toBe(false)
-          await expectClean(browser)
         })
+        await page.clock.fastForward(POLL_MS)
+        await poll(() => noticeOf(page)).toBe("Overloaded, try later.")
+        await page.clock.fastForward(19_000)
+        await page.waitForTimeout(200)
+        expect(asked).toBe(1)
+        await page.clock.fastForward(2000)
+        await poll(() => asked).toBe(2)
+        await page.unroute(lists)
+        await shown(page, () => page.locator("#notice").isVisible()).toBe(false)
+        await expectClean(browser)
       }))
 
     it.effect("shows validation problems, hostile names and metadata as text, offers a file's own endpoint, fits a phone", () =>
-      Effect.gen(function*() {
-        const base = yield* baseUrl
-        const browser = yield* BrowserPage
+      inPage(async (base, browser) => {
         const { page } = browser
-        yield* Effect.promise(async () => {
-          await page.unrouteAll({ behavior: "ignoreErrors" }) // what a failed test before may have left
-          await openWithKey(page, base)
-          // A server with EXTRA_BATCH_ENDPOINTS runs more than the picker lists: the file's own is offered.
-          const rerank = JSON.stringify({ custom_id: "r-1", method: "POST", url: "/v1/rerank", body: { model: "m", query: "q" } })
-          await uploadThroughPage(page, file("rerank.jsonl", [rerank]))
-          expect(await page.locator("#batch-endpoint").inputValue()).toBe("/v1/rerank")
+        await page.unrouteAll({ behavior: "ignoreErrors" }) // what a failed test before may have left
+        await openWithKey(page, base)
+        // A server with EXTRA_BATCH_ENDPOINTS runs more than the picker lists: the file's own is offered.
+        const rerank = JSON.stringify({ custom_id: "r-1", method: "POST", url: "/v1/rerank", body: { model: "m", query: "q" } })
+        await uploadThroughPage(page, file("rerank.jsonl", [rerank]))
+        expect(await page.locator("#batch-endpoint").inputValue()).toBe("/v1/rerank")
 
-          const input = file(`${HOSTILE}.jsonl`, [chatLine("ok-1", "fine"), "{not json"])
-          const id = await startBatch(page, input, `project=demo\nnote=${HOSTILE}`)
-          await shown(page, () => statusOf(page)).toBe("failed")
-          expect(await page.locator(".problems li").first().textContent()).toContain("line 2")
-          expect(await page.locator(".problems").textContent()).toContain("invalid_json_line")
-          // The metadata and the file's name are text: the <img> is shown, never made (so its onerror never runs).
-          expect(await page.locator(".metadata").textContent()).toContain(HOSTILE)
-          expect(await page.locator("table.files").textContent()).toContain(`${HOSTILE}.jsonl`)
-          expect(await page.locator("main img").count()).toBe(0)
+        const input = file(`${HOSTILE}.jsonl`, [chatLine("ok-1", "fine"), "{not json"])
+        const id = await startBatch(page, input, `project=demo\nnote=${HOSTILE}`)
+        await shown(page, () => statusOf(page)).toBe("failed")
+        expect(await page.locator(".problems li").first().textContent()).toContain("line 2")
+        expect(await page.locator(".problems").textContent()).toContain("invalid_json_line")
+        // The metadata and the file's name are text: the <img> is shown, never made (so its onerror never runs).
+        expect(await page.locator(".metadata").textContent()).toContain(HOSTILE)
+        expect(await page.locator("table.files").textContent()).toContain(`${HOSTILE}.jsonl`)
+        expect(await page.locator("main img").count()).toBe(0)
 
-          await page.locator("nav a", { hasText: "Files" }).click()
-          const hostileRow = page.locator("table.files-list tbody tr", { hasText: `${HOSTILE}.jsonl` })
-          await poll(() => hostileRow.count()).toBe(1)
-          // A listed file's "Start batch" opens the form for it.
-          await hostileRow.getByRole("button", { name: "Start batch" }).click()
-          await poll(() => page.locator("#start-batch").textContent()).toContain(`${HOSTILE}.jsonl`)
-          expect(await page.locator("main img").count()).toBe(0)
+        await page.locator("nav a", { hasText: "Files" }).click()
+        const hostileRow = page.locator("table.files-list tbody tr", { hasText: `${HOSTILE}.jsonl` })
+        await poll(() => hostileRow.count()).toBe(1)
+        // A listed file's "Start batch" opens the form for it.
+        await hostileRow.getByRole("button", { name: "Start batch" }).click()
+        await poll(() => page.locator("#start-batch").textContent()).toContain(`${HOSTILE}.jsonl`)
+        expect(await page.locator("main img").count()).toBe(0)
 
-          await page.setViewportSize(PHONE)
-          for (const [hash, ready] of [["#/", "table.batches"], ["#/files", "table.files-list"], [`#/batches/${id}`, ".problems"]]) {
-            await page.goto(`${base}/ui${hash}`)
-            await poll(() => page.locator(`${ready}:not([hidden])`).count()).toBe(1)
-            expect(await overflows(page), hash).toBe(false)
-          }
-          await page.goto(`${base}/ui#/`)
-          await poll(() => page.locator("table.batches tbody tr").count()).toBeGreaterThan(0)
-          // The table turned into cards: one batch a card, its labels beside its values.
-          expect(await page.locator("table.batches thead").isVisible()).toBe(false)
-          expect(await page.locator("table.batches tbody tr").first().evaluate((tr) => getComputedStyle(tr).display)).not.toBe("table-row")
-          await shot(page, "phone")
+        await page.setViewportSize(PHONE)
+        for (const [hash, ready] of [["#/", "table.batches"], ["#/files", "table.files-list"], [`#/batches/${id}`, ".problems"]]) {
+          await page.goto(`${base}/ui${hash}`)
+          await poll(() => page.locator(`${ready}:not([hidden])`).count()).toBe(1)
+          expect(await overflows(page), hash).toBe(false)
+        }
+        await page.goto(`${base}/ui#/`)
+        await poll(() => page.locator("table.batches tbody tr").count()).toBeGreaterThan(0)
+        // The table turned into cards: one batch a card, its labels beside its values.
+        expect(await page.locator("table.batches thead").isVisible()).toBe(false)
+        expect(await page.locator("table.batches tbody tr").first().evaluate((tr) => getComputedStyle(tr).display)).not.toBe("table-row")
+        await shot(page, "phone")
 
-          // "Forget key" removes it from the browser; the next refresh asks again.
-          await page.getByRole("button", { name: "Forget key" }).click()
-          expect(await page.evaluate(() => localStorage.getItem("openai-batch.api-key"))).toBeNull()
-          await shown(page, () => page.locator("#key-dialog").isVisible()).toBe(true)
-          await expectClean(browser)
-          await page.setViewportSize(DESKTOP)
-        })
+        // "Forget key" removes it from the browser; the next refresh asks again.
+        await page.getByRole("button", { name: "Forget key" }).click()
+        expect(await page.evaluate(() => localStorage.getItem("openai-batch.api-key"))).toBeNull()
+        await shown(page, () => page.locator("#key-dialog").isVisible()).toBe(true)
+        await expectClean(browser)
+        await page.setViewportSize(DESKTOP)
       }))
 
     it.effect("/docs renders the API reference under its Content-Security-Policy, fetching nothing from elsewhere", () =>
-      Effect.gen(function*() {
-        const base = yield* baseUrl
-        const { page, problems } = yield* BrowserPage
-        yield* Effect.promise(async () => {
-          const elsewhere: Array<string> = []
-          const noted = (r: { url: () => string }) => void (!r.url().startsWith(`${base}/`) && !r.url().startsWith("data:") && elsewhere.push(r.url()))
-          page.on("request", noted)
-          await page.goto(`${base}/docs`)
-          await poll(() => page.getByRole("heading", { name: "OpenAI-compatible Files and Batches" }).isVisible()).toBe(true)
-          await poll(() => page.getByText("Liveness check").first().isVisible()).toBe(true)
-          // An operation opened from the sidebar: its parameters and answers drawn.
-          await page.getByText("Batches", { exact: true }).first().click()
-          await page.getByText("Retrieve a batch").first().click()
-          await poll(() => page.getByRole("heading", { name: "Retrieve a batch" }).isVisible()).toBe(true)
-          await poll(() => page.getByText("Path Parameters").first().isVisible()).toBe(true)
-          page.off("request", noted)
-          expect(elsewhere).toEqual([])
-          expect(problems).toEqual([])
-          // Scalar probes for `new Function` (and copes without it): the one thing the policy refuses.
-          expect((await violations(page)).filter((v) => v !== "script-src eval")).toEqual([])
-        })
+      inPage(async (base, { page, problems }) => {
+        const elsewhere: Array<string> = []
+        const noted = (r: { url: () => string }) => void (!r.url().startsWith(`${base}/`) && !r.url().startsWith("data:") && elsewhere.push(r.url()))
+        page.on("request", noted)
+        await page.goto(`${base}/docs`)
+        await poll(() => page.getByRole("heading", { name: "OpenAI-compatible Files and Batches" }).isVisible()).toBe(true)
+        await poll(() => page.getByText("Liveness check").first().isVisible()).toBe(true)
+        // An operation opened from the sidebar: its parameters and answers drawn.
+        await page.getByText("Batches", { exact: true }).first().click()
+        await page.getByText("Retrieve a batch").first().click()
+        await poll(() => page.getByRole("heading", { name: "Retrieve a batch" }).isVisible()).toBe(true)
+        await poll(() => page.getByText("Path Parameters").first().isVisible()).toBe(true)
+        page.off("request", noted)
+        expect(elsewhere).toEqual([])
+        expect(problems).toEqual([])
+        // Scalar probes for `new Function` (and copes without it): the one thing the policy refuses.
+        expect((await violations(page)).filter((v) => v !== "script-src eval")).toEqual([])
       }))
   })
 })
