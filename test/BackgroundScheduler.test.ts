@@ -1,0 +1,78 @@
+/**
+ * The scheduler batch work runs on: the event loop stays free for the API while background fibers have work queued,
+ * and the background work still gets its share while other work floods the loop.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Fiber } from "effect"
+import { batchWorkSlices, makeBackgroundScheduler, sliceLength } from "../src/batches/backgroundScheduler.js"
+
+const busy = (ms: number) => {
+  const until = performance.now() + ms
+  while (performance.now() < until) {
+    // a CPU-bound step, as parsing and storing an upstream's answer
+  }
+}
+
+/** `steps` steps of `stepMs` of CPU, each one a task of its own (the fiber yields between them). */
+const cpuWork = (steps: number, stepMs: number) =>
+  Effect.forEach(Array.from({ length: steps }), () => Effect.zipRight(Effect.sync(() => busy(stepMs)), Effect.yieldNow()), { discard: true })
+
+/** How late a 2 ms timer fires at worst while `work` runs: what an HTTP request arriving meanwhile would wait. */
+const worstTimerDelay = <A>(work: Effect.Effect<A>) =>
+  Effect.gen(function*() {
+    let worst = 0
+    let expected = performance.now() + 2
+    const timer = setInterval(() => {
+      const now = performance.now()
+      worst = Math.max(worst, now - expected)
+      expected = now + 2
+    }, 2)
+    yield* Effect.ensuring(work, Effect.sync(() => clearInterval(timer)))
+    // A timer that never got to fire at all was late by the whole run.
+    return Math.max(worst, performance.now() - expected)
+  })
+
+describe("background scheduler", () => {
+  it("a slice is 8 ms, or a third of the loop's time when the rest of a turn took longer, up to 40 ms", () => {
+    expect(sliceLength(batchWorkSlices, 0)).toBe(8)
+    expect(sliceLength(batchWorkSlices, 10)).toBe(8)
+    expect(sliceLength(batchWorkSlices, 40)).toBeCloseTo(20)
+    expect(sliceLength(batchWorkSlices, 5_000)).toBe(40)
+  })
+
+  it.live("the event loop turns between slices while background fibers have 400 ms of work queued", () =>
+    Effect.gen(function*() {
+      const scheduler = makeBackgroundScheduler(batchWorkSlices)
+      // Four fibers, as a batch's workers: 400 steps of 1 ms in all.
+      const work = Effect.all(Array.from({ length: 4 }, () => cpuWork(100, 1)), { concurrency: "unbounded", discard: true })
+      const started = performance.now()
+      const worst = yield* worstTimerDelay(Effect.withScheduler(work, scheduler))
+      const took = performance.now() - started
+      expect(took).toBeGreaterThan(390) // the work was done
+      // A turn holds one slice of at most 40 ms (8 ms here: nothing else waits), plus a step begun at its end;
+      // on the default scheduler the timer waits for the whole 400 ms.
+      expect(worst).toBeLessThan(100)
+    }))
+
+  it.live("background work keeps a share of the loop while other work floods it", () =>
+    Effect.gen(function*() {
+      const scheduler = makeBackgroundScheduler(batchWorkSlices)
+      // The flood: 10 ms of CPU on every turn of the loop, for as long as the background work runs.
+      let flooding = true
+      let floodTurns = 0
+      const flood = () => {
+        if (!flooding) return
+        floodTurns++
+        busy(10)
+        setImmediate(flood)
+      }
+      setImmediate(flood)
+      const started = performance.now()
+      const fiber = yield* Effect.fork(Effect.withScheduler(cpuWork(100, 1), scheduler))
+      yield* Fiber.join(fiber).pipe(Effect.ensuring(Effect.sync(() => (flooding = false))))
+      const took = performance.now() - started
+      expect(floodTurns).toBeGreaterThan(5) // the flood ran meanwhile
+      // 100 ms of work at ~8 ms per turn of ~18 ms: ~230 ms; starved, it would never end.
+      expect(took).toBeLessThan(2_000)
+    }))
+})
