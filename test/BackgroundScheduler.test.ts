@@ -3,7 +3,7 @@
  * and the background work still gets its share while other work floods the loop.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Fiber } from "effect"
+import { Deferred, Effect, Fiber } from "effect"
 import { batchWorkSlices, makeBackgroundScheduler, sliceLength } from "../src/batches/backgroundScheduler.js"
 
 const busy = (ms: number) => {
@@ -52,6 +52,52 @@ describe("background scheduler", () => {
       // A turn holds one slice of at most 40 ms (8 ms here: nothing else waits), plus a step begun at its end;
       // on the default scheduler the timer waits for the whole 400 ms.
       expect(worst).toBeLessThan(100)
+    }))
+
+  it.live("after an idle spell the first slice is the short one: the idle time is not taken for a busy loop", () =>
+    Effect.gen(function*() {
+      const scheduler = makeBackgroundScheduler(batchWorkSlices)
+      yield* Effect.withScheduler(cpuWork(1, 0), scheduler) // a slice, then 100 ms of nothing
+      yield* Effect.sleep("100 millis")
+      let steps = 0
+      let stepsInFirstSlice = -1
+      const work = Effect.forEach(Array.from({ length: 60 }), () =>
+        Effect.zipRight(Effect.sync(() => {
+          // Step 0 runs on the test's own turn; step 1 is the first of a slice: this runs right after that slice.
+          if (steps++ === 1) setImmediate(() => (stepsInFirstSlice = steps - 1))
+          busy(1)
+        }), Effect.yieldNow()), { discard: true })
+      yield* Effect.withScheduler(work, scheduler)
+      // 8 ms of 1 ms steps (and the step begun at its end); a slice measured from the last one would be 40 ms.
+      expect(stepsInFirstSlice).toBeGreaterThan(0)
+      expect(stepsInFirstSlice).toBeLessThan(20)
+    }))
+
+  it.live("a permit a batch fiber releases reaches the API's fiber waiting for it at once, not behind the batch work", () =>
+    Effect.gen(function*() {
+      const scheduler = makeBackgroundScheduler(batchWorkSlices)
+      // The one SQLite connection, as the SQL client guards it.
+      const connection = yield* Effect.makeSemaphore(1)
+      const done = yield* Deferred.make<void>()
+      let releasedAt = 0
+      // A batch transaction holds the connection until `done`, while 100 batch fibers keep the queue full.
+      const transaction = yield* Effect.fork(Effect.withScheduler(
+        connection.withPermits(1)(Deferred.await(done)).pipe(Effect.zipRight(Effect.sync(() => (releasedAt = performance.now())))),
+        scheduler
+      ))
+      yield* Effect.sleep("20 millis")
+      const backlog = yield* Effect.fork(Effect.withScheduler(
+        Effect.all(Array.from({ length: 100 }, () => cpuWork(5, 1)), { concurrency: "unbounded", discard: true }),
+        scheduler
+      ))
+      const request = yield* Effect.fork(connection.withPermits(1)(Effect.sync(() => performance.now())))
+      yield* Effect.sleep("20 millis")
+      yield* Deferred.succeed(done, undefined)
+      const acquiredAt = yield* Fiber.join(request)
+      yield* Fiber.join(transaction)
+      yield* Fiber.join(backlog)
+      // Woken on the default scheduler: within the same turn. Behind the queue it took ~100 ms (a task per fiber).
+      expect(acquiredAt - releasedAt).toBeLessThan(20)
     }))
 
   it.live("background work keeps a share of the loop while other work floods it", () =>

@@ -9,7 +9,7 @@
  * grows with the time the rest of the turn took (`share`), up to `maxSliceMs`, so that a flood of requests slows
  * the batches but never stops them. Measured with `npm run bench:load` (README, Performance).
  */
-import { FiberRef, type Scheduler } from "effect"
+import { FiberRef, Scheduler } from "effect"
 
 export interface BackgroundSchedulerOptions {
   /** The run of background work per turn of the event loop while little else waits, in ms. */
@@ -37,11 +37,15 @@ export const makeBackgroundScheduler = (options: BackgroundSchedulerOptions): Sc
     const until = start + sliceLength(options, start - lastSliceEnd)
     // Tasks queued by the tasks run are pushed onto the same array: they run in this slice if there is time left.
     let i = 0
-    for (let now = start; i < queue.length && now < until; now = performance.now()) queue[i++]!()
-    queue = i === queue.length ? [] : queue.slice(i)
-    lastSliceEnd = performance.now()
-    if (queue.length > 0) setImmediate(drain)
-    else scheduled = false
+    try {
+      for (let now = start; i < queue.length && now < until; now = performance.now()) queue[i++]!()
+    } finally {
+      // A fiber's run catches its defects; should any other task throw, the queue is still left consistent.
+      queue = i === queue.length ? [] : queue.slice(i)
+      lastSliceEnd = performance.now()
+      if (queue.length > 0) setImmediate(drain)
+      else scheduled = false
+    }
   }
 
   return {
@@ -50,10 +54,19 @@ export const makeBackgroundScheduler = (options: BackgroundSchedulerOptions): Sc
       fiber.currentOpCount > fiber.getFiberRef(FiberRef.currentMaxOpsBeforeYield)
         ? fiber.getFiberRef(FiberRef.currentSchedulingPriority)
         : false,
-    scheduleTask: (task) => {
+    scheduleTask: (task, priority, fiber) => {
+      // Only a fiber's own continuation (its `run`) waits in the queue. Anything else a background fiber schedules
+      // is a small hand-over — a semaphore or latch waking its waiters, an interruption sent to a child — and may
+      // concern an API request's fiber (one waiting for the SQLite connection a batch transaction held): it runs
+      // at once, on the default scheduler.
+      if (fiber === undefined || task !== (fiber as unknown as { readonly run: unknown }).run) {
+        return Scheduler.defaultScheduler.scheduleTask(task, priority, fiber)
+      }
       queue.push(task)
       if (!scheduled) {
         scheduled = true
+        // The loop was idle until now: the rest of this turn starts here, not at the last slice's end.
+        lastSliceEnd = performance.now()
         setImmediate(drain)
       }
     }
