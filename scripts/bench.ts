@@ -6,7 +6,8 @@
  * `--pg` runs the server on PostgreSQL (a scratch schema in `TEST_DATABASE_URL`, default the machine's
  * postgres://postgres@127.0.0.1:5432/test, dropped afterwards; file bytes in SQL, the default there);
  * `--nodes N` (implies `--pg`) runs N server nodes on that database, each with `--concurrency` upstream slots.
- * `--latency MS` makes the simulator answer after MS milliseconds (a real model's latency), for the baseline too.
+ * `--latency MS` makes the simulator answer after MS milliseconds (a real model's latency), for the baseline too;
+ * the running phase's rate is then also given as a share of window ÷ latency (the most any client could reach).
  *
  * 1. Baseline: a plain undici client sends the same number of chat requests to the same simulator at the same
  *    concurrency: the raw rate the upstream allows on this machine.
@@ -178,6 +179,17 @@ const main = async () => {
     const spans = phases.slice(0, -1).map(([name, at], i) => `${name} ${((phases[i + 1]![1] - at) / 1000).toFixed(1)} s`)
     console.log(`  phases:              ${spans.join(", ")}`)
     console.log(`  raw undici rate:     ${rawRate.toFixed(0)} requests/s (before ${rawBefore.toFixed(0)}, after ${rawAfter.toFixed(0)})`)
+    // With a real latency the bound is the window: at most TOTAL_CONCURRENCY requests answered per latency.
+    const running = phases.findIndex(([name]) => name === "in_progress")
+    if (LATENCY_MS > 0 && running >= 0) {
+      const runningSeconds = (phases[running + 1]![1] - phases[running]![1]) / 1000
+      const bound = TOTAL_CONCURRENCY / (LATENCY_MS / 1000)
+      const runningRate = REQUESTS / runningSeconds
+      console.log(
+        `  running phase:       ${runningRate.toFixed(0)} requests/s = ${(runningRate / bound).toFixed(3)} of window ÷ latency ` +
+          `(${bound.toFixed(0)}/s; target ≥ 0.95), raw undici ${(rawRate / bound).toFixed(3)} of it`
+      )
+    }
     console.log(`  ratio:               ${ratio.toFixed(2)}   (target ≥ 0.5)`)
     console.log(`  server peak RSS:     ${peaks.map((p) => p.toFixed(0)).join(" / ")} MB   (target ≤ 250 MB)`)
     console.log(`  GET /v1/batches/{id} p99: ${p99.toFixed(1)} ms over ${polls.length} polls   (target ≤ 50 ms)`)
