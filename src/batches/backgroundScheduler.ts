@@ -58,7 +58,8 @@ export const makeBackgroundScheduler = (options: BackgroundSchedulerOptions): Sc
       // Only a fiber's own continuation (its `run`) waits in the queue. Anything else a background fiber schedules
       // is a small hand-over — a semaphore or latch waking its waiters, an interruption sent to a child — and may
       // concern an API request's fiber (one waiting for the SQLite connection a batch transaction held): it runs
-      // at once, on the default scheduler.
+      // at once, on the default scheduler. (`run` is Effect's `FiberRuntime.run`, an internal detail: were it renamed,
+      // every task would take the default path, which is still correct, only without the priority.)
       if (fiber === undefined || task !== (fiber as unknown as { readonly run: unknown }).run) {
         return Scheduler.defaultScheduler.scheduleTask(task, priority, fiber)
       }
