@@ -4,7 +4,6 @@
  * upstream answer costs 2 ms of CPU and 64 of them are in flight: on Effect's default scheduler a poll waited for
  * the whole window's work (~130 ms a turn).
  */
-import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { describe, expect, layer } from "@effect/vitest"
 import { Effect, Layer, Logger, LogLevel } from "effect"
 import { type UpstreamResponse, InferenceScripted } from "../src/inference/Inference.js"
@@ -12,7 +11,7 @@ import { HttpLive } from "../src/http/Http.js"
 import { AuthLive } from "../src/auth/Auth.js"
 import { makeServices } from "../src/Layers.js"
 import { chatLine, createBatch, sdk, upload, waitFor } from "./support/Batches.js"
-import { baseUrl, configFor, TestDatabase, TestDataDir } from "./support/TestApp.js"
+import { baseUrl, configFor, TestDatabase, TestDataDir, TestHttpServer } from "./support/TestApp.js"
 
 const ANSWER = JSON.stringify({
   id: "chatcmpl-1",
@@ -38,7 +37,7 @@ const cpuBoundUpstream = InferenceScripted(() =>
 const app = HttpLive.pipe(
   Layer.provide(AuthLive),
   Layer.provide(makeServices({ inference: cpuBoundUpstream })),
-  Layer.provideMerge(NodeHttpServer.layerTest),
+  Layer.provideMerge(TestHttpServer),
   Layer.provideMerge(configFor({ maxConcurrentRequestsPerBatch: 64 })),
   Layer.provideMerge(Layer.merge(TestDataDir.Default, TestDatabase.layer("sqlite"))),
   Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))

@@ -4,7 +4,6 @@
  * on SIGHUP (the function, and once a real server process), the start refused on a bad file or a non-loopback HOST
  * without keys, and audit lines that name the key by its hash only.
  */
-import { NodeHttpServer } from "@effect/platform-node"
 import { describe, expect, it, layer } from "@effect/vitest"
 import { ConfigProvider, Effect, Exit, HashMap, Layer, Logger, LogLevel, Option, Redacted } from "effect"
 import { createHash } from "node:crypto"
@@ -19,7 +18,7 @@ import { ApiLive, HttpLive } from "../src/http/Http.js"
 import { ServicesLive } from "../src/Layers.js"
 import { chatLine } from "./support/Batches.js"
 import { runServerToExit, startServer } from "./support/ServerProcess.js"
-import { baseUrl, configFor, TestDatabase, TestDataDir, Upstream } from "./support/TestApp.js"
+import { baseUrl, configFor, TestDatabase, TestDataDir, Upstream, TestHttpServer } from "./support/TestApp.js"
 
 const sha256 = (key: string) => createHash("sha256").update(key, "utf8").digest("hex")
 
@@ -60,7 +59,7 @@ const keyedApp = Layer.unwrapEffect(Effect.map(Upstream, (sim) =>
   HttpLive.pipe(
     Layer.provide(AuthLive),
     Layer.provide(ServicesLive),
-    Layer.provideMerge(NodeHttpServer.layerTest),
+    Layer.provideMerge(TestHttpServer),
     Layer.provideMerge(configFor({
       inferenceBaseUrl: sim.url,
       apiKeys: [`${KEYS.alpha1}:projA`, ` ${KEYS.alpha2} : projA `, `${KEYS.beta}:projB`, KEYS.solo].map((k) => Redacted.make(k)),
@@ -225,7 +224,7 @@ const bareApi = HttpApiBuilder.serve().pipe(
   Layer.provide(ApiLive),
   Layer.provide(AuthTest({ apiKeys: [`${KEYS.beta}:projB`] })),
   Layer.provide(ServicesLive),
-  Layer.provideMerge(NodeHttpServer.layerTest),
+  Layer.provideMerge(TestHttpServer),
   Layer.provideMerge(configFor()),
   Layer.provideMerge(Layer.merge(TestDataDir.Default, TestDatabase.layer("sqlite"))),
   Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))

@@ -5,7 +5,6 @@
  * `MAX_MODELS` models). Access: an operator key when keys are configured; `METRICS_PORT` serves them on a port of
  * their own, not on the main one.
  */
-import { NodeHttpServer } from "@effect/platform-node"
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Duration, Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
 import { request as httpRequest } from "node:http"
@@ -17,7 +16,7 @@ import { ServicesLive } from "../src/Layers.js"
 import { makeMetrics, MAX_MODELS } from "../src/observability/metricsRegistry.js"
 import { chatLine, createBatch, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import { freePort } from "./support/ServerProcess.js"
-import { backends, baseUrl, configFor, testApp, testAppWithUpstream, TestDatabase, TestDataDir } from "./support/TestApp.js"
+import { backends, baseUrl, configFor, testApp, testAppWithUpstream, TestDatabase, TestDataDir, TestHttpServer } from "./support/TestApp.js"
 
 // --- the text format ------------------------------------------------------------------------------------------
 
@@ -320,7 +319,7 @@ describe("metrics", () => {
     Layer.unwrapEffect(Effect.map(Effect.promise(freePort), (metricsPort) =>
       Layer.merge(HttpLive, MetricsServerLive).pipe(
         Layer.provide(ServicesLive),
-        Layer.provideMerge(NodeHttpServer.layerTest),
+        Layer.provideMerge(TestHttpServer),
         Layer.provideMerge(configFor({ metricsPort: Option.some(metricsPort), ...overrides })),
         Layer.provideMerge(Layer.merge(TestDataDir.Default, TestDatabase.layer("sqlite"))),
         Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))

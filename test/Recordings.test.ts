@@ -3,7 +3,6 @@
  * done-when of the feature: a 200-line batch recorded against the simulator, replayed with the simulator gone,
  * gives the same output file byte for byte (but the generated line ids); a changed line, exactly one `replay_miss`.
  */
-import { NodeHttpServer } from "@effect/platform-node"
 import { describe, expect, it } from "@effect/vitest"
 import { ConfigError, Effect, Exit, Layer, Logger, LogLevel, Option, Redacted } from "effect"
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs"
@@ -22,7 +21,7 @@ import {
 import { makeServices } from "../src/Layers.js"
 import { BIGNUM_COMPACT, startSimulator } from "../scripts/simulator.js"
 import { chatLine, createBatch, sdk, terminal, upload, waitFor } from "./support/Batches.js"
-import { baseUrl, configFor, scratchDir, TestDatabase, TestDataDir } from "./support/TestApp.js"
+import { baseUrl, configFor, scratchDir, TestDatabase, TestDataDir, TestHttpServer } from "./support/TestApp.js"
 
 const CHAT = "/v1/chat/completions"
 const chatBody = (prompt: string, model = "sim-model") => JSON.stringify({ model, messages: [{ role: "user", content: prompt }] })
@@ -221,7 +220,7 @@ describe("replay without a network", () => {
 const appOn = (inference: Layer.Layer<Inference, unknown, AppConfig>, overrides: Partial<AppConfigShape> = {}) =>
   HttpLive.pipe(
     Layer.provide(makeServices({ inference })),
-    Layer.provideMerge(NodeHttpServer.layerTest),
+    Layer.provideMerge(TestHttpServer),
     Layer.provideMerge(configFor({ maxConcurrentRequestsPerBatch: 16, ...overrides })),
     Layer.provideMerge(Layer.merge(TestDataDir.Default, TestDatabase.layer("sqlite"))),
     Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))

@@ -1,9 +1,10 @@
 /** Shared test fixtures: a scratch data directory and the whole app served on a random local port. */
 import { HttpServer } from "@effect/platform"
-import { NodeHttpServer } from "@effect/platform-node"
+import { NodeHttpClient, NodeHttpServer } from "@effect/platform-node"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Context, Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
 import { mkdtempSync, readdirSync, rmSync } from "node:fs"
+import { createServer } from "node:http"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import { type Auth, AuthLive } from "../../src/auth/Auth.js"
@@ -89,6 +90,22 @@ export interface TestAppOptions {
 }
 
 /**
+ * `NodeHttpServer.layerTest` (a server on a random port, an `HttpClient` pointed at it), except that closing it
+ * closes the connections still open: the `openai` client keeps its sockets alive for ~3 s after its last request,
+ * and the server's `close()` waited for them at every test app's teardown.
+ */
+export const TestHttpServer = Layer.unwrapEffect(Effect.sync(() => {
+  const server = createServer()
+  // Built after the server, so released before it: the server's `close()` then finds no connection to wait for.
+  const closeConnections = Layer.scopedDiscard(Effect.addFinalizer(() => Effect.sync(() => server.closeAllConnections())))
+  return HttpServer.layerTestClient.pipe(
+    Layer.provide(NodeHttpClient.layerWithoutAgent),
+    Layer.provide(NodeHttpClient.makeAgentLayer({ keepAlive: false })),
+    Layer.provideMerge(closeConnections.pipe(Layer.provideMerge(NodeHttpServer.layer(() => server, { port: 0 }))))
+  )
+}))
+
+/**
  * The real application (SQLite + local files in a scratch directory) on a random port, with an `HttpClient`
  * pointed at it, the `AppConfig` and the `TestDataDir` it uses.
  */
@@ -96,7 +113,7 @@ export const testApp = (overrides: Partial<AppConfigShape> = {}, backend: Backen
   HttpLive.pipe(
     Layer.provide(options.auth ?? AuthLive),
     Layer.provide(options.batchStore ? makeServices({ batchStore: options.batchStore }) : ServicesLive),
-    Layer.provideMerge(NodeHttpServer.layerTest),
+    Layer.provideMerge(TestHttpServer),
     Layer.provideMerge(configFor(overrides)),
     Layer.provideMerge(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend))),
     Layer.provide(Logger.minimumLogLevel(options.logLevel ?? LogLevel.Warning))
