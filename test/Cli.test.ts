@@ -2,8 +2,8 @@
  * The `openai-batch` command line, run as a user runs it (the compiled `bin`, a child process, off a terminal)
  * against the real server process and the upstream simulator: exit codes, the files written, the plain-output
  * transcript of a 1,000-line batch, local validation giving the server's own problems before anything is uploaded,
- * `--json`, a watch riding out a lost connection (and giving up), a failed submit leaving nothing behind, Ctrl-C
- * while watching, and `serve`. `cliCalls.test.ts` has what only a scripted server can do.
+ * `--json`, a failed submit leaving nothing behind, Ctrl-C while watching, a watch riding out a lost connection (and
+ * giving up), and `serve`. `cliCalls.test.ts` has what only a scripted server can do.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
@@ -86,6 +86,13 @@ describe("the openai-batch command line", () => {
     return Effect.runPromise(waitFor(openai, batch.id, (b) => b.status === "in_progress" && (b.request_counts?.completed ?? 0) >= quick))
   }
   let failingBatchId: string | undefined
+  /**
+   * For two pairs of adjacent tests, which vitest runs together: most of their time is a child process starting or a
+   * batch sleeping, and neither disturbs the other (a failed submit creates no batch; `serve` runs a server of its
+   * own). Any other two would: the server runs one batch at a time, and the tests assert on the files and batches
+   * they find.
+   */
+  const alongside = { timeout: 180_000, concurrent: true }
 
   beforeAll(async () => {
     compiled = compileCli()
@@ -244,15 +251,12 @@ describe("the openai-batch command line", () => {
       expect(noKey.stderr).toContain("401")
       expect(noKey.stderr).toContain("give a key with --api-key or OPENAI_API_KEY")
 
-      const cancel = await cli(["cancel", id])
+      // The refused cancel of the finished batch alongside, not to leave a core idle while one CLI starts.
+      const [cancel, tooLate] = await Promise.all([cli(["cancel", id]), cli(["cancel", finished.id])])
       expect(cancel.code, cancel.stderr).toBe(0)
       expect(cancel.stdout).toMatch(new RegExp(`^${id}: (cancelling|cancelled)\\n$`))
       await Effect.runPromise(waitFor(openai, id, terminal))
-      const [again, tooLate, download] = await Promise.all([
-        cli(["cancel", id]),
-        cli(["cancel", finished.id]),
-        cli(["download", id, "--out", out])
-      ])
+      const [again, download] = await Promise.all([cli(["cancel", id]), cli(["download", id, "--out", out])])
       expect(again.code).toBe(0) // cancelling a cancelled batch changes nothing
       expect(again.stdout).toBe(`${id}: cancelled\n`)
       expect(tooLate.code).toBe(1)
@@ -263,6 +267,53 @@ describe("the openai-batch command line", () => {
         `errors: ${Path.join(out, `${id}_error.jsonl`)} (36 lines)`
       ])
       expect(fileLines(Path.join(out, `${id}_error.jsonl`)).every((l) => l.error?.code === "batch_cancelled")).toBe(true)
+    }), 180_000)
+
+  it.live("a failed submit leaves nothing behind: a refused create deletes the upload; --max-requests is checked locally", () =>
+    Effect.promise(async () => {
+      const file = inputFile("three.jsonl", [chatLine("one", "1"), chatLine("two", "2"), chatLine("three", "3")])
+      const [refused, tooMany] = await Promise.all([
+        cli(["submit", file, "--metadata", `note=${"x".repeat(513)}`]),
+        cli(["submit", file, "--max-requests", "2", "--watch", "--out", Path.join(scratch, "out-too-many")])
+      ])
+      expect(refused.code).toBe(1)
+      expect(refused.stdout).toBe("")
+      const refusal = linesOf(refused.stderr)
+      expect(refusal[1]).toMatch(/^the batch was not created: file-\S+ \(uploaded for it\) is deleted$/)
+      expect(refusal[2]).toMatch(/^creating the batch: 400 Invalid 'metadata\.note': string too long/)
+      expect(tooMany.code).toBe(2)
+      expect(tooMany.stdout).toBe("line 3: too_many_tasks: The batch has more than 2 requests, the most one batch may hold.\n")
+      expect(tooMany.stderr).toContain("nothing was uploaded")
+      expect((await openai.files.list()).data.filter((f) => f.filename === "three.jsonl")).toEqual([])
+    }), alongside)
+
+  it.live("Ctrl-C while watching off a terminal stops watching, says how to cancel, and leaves the batch running", () =>
+    Effect.promise(async () => {
+      const batch = await slowBatch(10, 1)
+      let sent = false
+      const run = await cli(["watch", batch.id, "--interval", "0.2"], {}, (child, stdout) => {
+        if (!sent && stdout.includes("in_progress")) {
+          sent = true
+          child.kill("SIGINT")
+        }
+      })
+      expect(run.code).toBe(130)
+      expect(run.stderr).toContain(`Stopped watching ${batch.id}; the batch keeps running.`)
+      expect(run.stderr).toContain(`openai-batch cancel ${batch.id}`)
+      expect((await openai.batches.retrieve(batch.id)).status).toBe("in_progress")
+      await openai.batches.cancel(batch.id)
+    }), alongside)
+
+  it.live("retry reruns the failed requests as a new batch", () =>
+    Effect.promise(async () => {
+      expect(failingBatchId).toBeDefined()
+      const out = Path.join(scratch, "out-retry")
+      const run = await cli(["retry", failingBatchId!, "--only", "error", "--watch", "--out", out, "--interval", "0.2"])
+      expect(run.code, run.stderr).toBe(1) // the same 20 fail again
+      const [id] = linesOf(run.stdout)
+      expect(id).not.toBe(failingBatchId)
+      expect((await openai.batches.retrieve(id!)).metadata).toMatchObject({ retry_of: failingBatchId })
+      expect(linesOf(run.stdout).slice(-1)).toEqual([`errors: ${Path.join(out, `${id}_error.jsonl`)} (20 lines)`])
     }), 180_000)
 
   it.live("a watch rides out a lost server (said once, then reconnected; files and exit 0), and gives up after --retry-for", () =>
@@ -316,54 +367,7 @@ describe("the openai-batch command line", () => {
       } finally {
         await Promise.all([riding.close(), lost.close()])
       }
-    }), 180_000)
-
-  it.live("a failed submit leaves nothing behind: a refused create deletes the upload; --max-requests is checked locally", () =>
-    Effect.promise(async () => {
-      const file = inputFile("three.jsonl", [chatLine("one", "1"), chatLine("two", "2"), chatLine("three", "3")])
-      const [refused, tooMany] = await Promise.all([
-        cli(["submit", file, "--metadata", `note=${"x".repeat(513)}`]),
-        cli(["submit", file, "--max-requests", "2", "--watch", "--out", Path.join(scratch, "out-too-many")])
-      ])
-      expect(refused.code).toBe(1)
-      expect(refused.stdout).toBe("")
-      const refusal = linesOf(refused.stderr)
-      expect(refusal[1]).toMatch(/^the batch was not created: file-\S+ \(uploaded for it\) is deleted$/)
-      expect(refusal[2]).toMatch(/^creating the batch: 400 Invalid 'metadata\.note': string too long/)
-      expect(tooMany.code).toBe(2)
-      expect(tooMany.stdout).toBe("line 3: too_many_tasks: The batch has more than 2 requests, the most one batch may hold.\n")
-      expect(tooMany.stderr).toContain("nothing was uploaded")
-      expect((await openai.files.list()).data.filter((f) => f.filename === "three.jsonl")).toEqual([])
-    }), 180_000)
-
-  it.live("Ctrl-C while watching off a terminal stops watching, says how to cancel, and leaves the batch running", () =>
-    Effect.promise(async () => {
-      const batch = await slowBatch(10, 1)
-      let sent = false
-      const run = await cli(["watch", batch.id, "--interval", "0.2"], {}, (child, stdout) => {
-        if (!sent && stdout.includes("in_progress")) {
-          sent = true
-          child.kill("SIGINT")
-        }
-      })
-      expect(run.code).toBe(130)
-      expect(run.stderr).toContain(`Stopped watching ${batch.id}; the batch keeps running.`)
-      expect(run.stderr).toContain(`openai-batch cancel ${batch.id}`)
-      expect((await openai.batches.retrieve(batch.id)).status).toBe("in_progress")
-      await openai.batches.cancel(batch.id)
-    }), 180_000)
-
-  it.live("retry reruns the failed requests as a new batch", () =>
-    Effect.promise(async () => {
-      expect(failingBatchId).toBeDefined()
-      const out = Path.join(scratch, "out-retry")
-      const run = await cli(["retry", failingBatchId!, "--only", "error", "--watch", "--out", out, "--interval", "0.2"])
-      expect(run.code, run.stderr).toBe(1) // the same 20 fail again
-      const [id] = linesOf(run.stdout)
-      expect(id).not.toBe(failingBatchId)
-      expect((await openai.batches.retrieve(id!)).metadata).toMatchObject({ retry_of: failingBatchId })
-      expect(linesOf(run.stdout).slice(-1)).toEqual([`errors: ${Path.join(out, `${id}_error.jsonl`)} (20 lines)`])
-    }), 180_000)
+    }), alongside)
 
   it.live("serve starts the server as npm start does, passes SIGTERM on, and exits with its code", () =>
     Effect.promise(async () => {
@@ -382,7 +386,7 @@ describe("the openai-batch command line", () => {
           const deadline = Date.now() + 60_000
           while (!up && Date.now() < deadline) {
             up = await fetch(`http://127.0.0.1:${port}/v1/health`).then((r) => r.ok, () => false)
-            if (!up) await new Promise((r) => setTimeout(r, 200))
+            if (!up) await new Promise((r) => setTimeout(r, 50))
           }
         })()
       ])
@@ -393,5 +397,5 @@ describe("the openai-batch command line", () => {
       expect(bad.code).toBe(1)
       expect(bad.stderr).toContain("Invalid configuration")
       expect(bad.stderr).toContain("PORT")
-    }), 180_000)
+    }), alongside)
 })

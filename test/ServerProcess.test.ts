@@ -39,7 +39,9 @@ const waitFor = async (check: () => boolean, what: string, timeoutMs = 10_000) =
   }
 }
 
-describe("server process", () => {
+// Concurrent: each test has its own data directory and port, and most of its time is a child process starting or
+// shutting down.
+describe.concurrent("server process", () => {
   it.live("a restart (graceful or SIGKILL) keeps every uploaded file, byte for byte", () =>
     Effect.promise(async () => {
       const dataDir = scratch()
@@ -96,7 +98,8 @@ describe("server process", () => {
         await waitFor(() => stagingFiles(dataDir).length === 2, "both uploads to start")
         const started = Date.now()
         const exit = server.stop("SIGTERM")
-        await new Promise((r) => setTimeout(r, 300))
+        // The upload ends once the shutdown has started, not before (a fixed sleep could be either on a busy machine).
+        await waitFor(() => server.stdout().includes('"event":"server.shutdown_started"'), "the shutdown to start")
         finishing.req.end(`\r\n--stalled-boundary--\r\n`)
         expect(await finishing.response).toBe(200)
         expect(await exit).toBe(0)
