@@ -215,8 +215,8 @@ for (const backend of backends) {
   })
 }
 
-// Attempts limited to 300 ms; a 2 s base delay keeps a pending delivery in view for seconds between attempts.
-layer(app("sqlite", { webhookRetryBaseDelay: Duration.seconds(2) }, Duration.millis(300)), { excludeTestServices: true, timeout: 60_000 })(
+// Attempts limited to 300 ms; a 1 s base delay keeps a pending delivery in view for 20 polls between attempts.
+layer(app("sqlite", { webhookRetryBaseDelay: Duration.seconds(1) }, Duration.millis(300)), { excludeTestServices: true, timeout: 60_000 })(
   "a receiver that hangs",
   (it) => {
     it.scoped("an attempt without an answer within the time limit is retried", () =>
