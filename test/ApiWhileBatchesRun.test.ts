@@ -12,6 +12,7 @@ import { AuthLive } from "../src/auth/Auth.js"
 import { makeServices } from "../src/Layers.js"
 import { chatLine, createBatch, sdk, upload, waitFor } from "./support/Batches.js"
 import { baseUrl, configFor, TestDatabase, TestDataDir, TestHttpServer } from "./support/TestApp.js"
+import { busyFor } from "./support/Cpu.js"
 
 const ANSWER = JSON.stringify({
   id: "chatcmpl-1",
@@ -20,17 +21,10 @@ const ANSWER = JSON.stringify({
   usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 }
 })
 
-const busy = (ms: number) => {
-  const until = performance.now() + ms
-  while (performance.now() < until) {
-    // an answer's CPU cost, all of it on the event loop
-  }
-}
-
 /** An upstream whose every answer takes 2 ms of CPU and no time otherwise. */
 const cpuBoundUpstream = InferenceScripted(() =>
   Effect.sync((): UpstreamResponse => {
-    busy(2)
+    busyFor(2)
     return { status: 200, text: ANSWER, json: JSON.parse(ANSWER), requestId: "req_1" }
   }), ["sim-model"])
 

@@ -5,17 +5,11 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Deferred, Effect, Fiber } from "effect"
 import { batchWorkSlices, makeBackgroundScheduler, sliceLength } from "../src/batches/backgroundScheduler.js"
-
-const busy = (ms: number) => {
-  const until = performance.now() + ms
-  while (performance.now() < until) {
-    // a CPU-bound step, as parsing and storing an upstream's answer
-  }
-}
+import { busyFor } from "./support/Cpu.js"
 
 /** `steps` steps of `stepMs` of CPU, each one a task of its own (the fiber yields between them). */
 const cpuWork = (steps: number, stepMs: number) =>
-  Effect.forEach(Array.from({ length: steps }), () => Effect.zipRight(Effect.sync(() => busy(stepMs)), Effect.yieldNow()), { discard: true })
+  Effect.forEach(Array.from({ length: steps }), () => Effect.zipRight(Effect.sync(() => busyFor(stepMs)), Effect.yieldNow()), { discard: true })
 
 /** How late a 2 ms timer fires at worst while `work` runs: what an HTTP request arriving meanwhile would wait. */
 const worstTimerDelay = <A>(work: Effect.Effect<A>) =>
@@ -65,7 +59,7 @@ describe("background scheduler", () => {
         Effect.zipRight(Effect.sync(() => {
           // Step 0 runs on the test's own turn; step 1 is the first of a slice: this runs right after that slice.
           if (steps++ === 1) setImmediate(() => (stepsInFirstSlice = steps - 1))
-          busy(1)
+          busyFor(1)
         }), Effect.yieldNow()), { discard: true })
       yield* Effect.withScheduler(work, scheduler)
       // 8 ms of 1 ms steps (and the step begun at its end); a slice measured from the last one would be 40 ms.
@@ -109,7 +103,7 @@ describe("background scheduler", () => {
       const flood = () => {
         if (!flooding) return
         floodTurns++
-        busy(10)
+        busyFor(10)
         setImmediate(flood)
       }
       setImmediate(flood)
