@@ -78,7 +78,10 @@ export const ServicesLive = makeServices()
  */
 export const NodeServerLive = Layer.unwrapEffect(
   Effect.map(AppConfig, ({ host, port, shutdownTimeout }) => {
-    const server = createServer()
+    // Idle connections are kept longer than the clients and proxies in front keep theirs (load balancers 60 s,
+    // Python's httpx 5 s): with Node's 5 s, a client could reuse a connection the server was just closing and get a
+    // reset. Idle connections do not hold a shutdown back: `close()` ends them at once.
+    const server = createServer({ keepAliveTimeout: 65_000 })
     // Built after the server, so released before it: the timer runs while `server.close()` waits.
     const closeLingeringConnections = Layer.scopedDiscard(Effect.addFinalizer(() =>
       Effect.sync(() => setTimeout(() => server.closeAllConnections(), Duration.toMillis(shutdownTimeout)).unref())
