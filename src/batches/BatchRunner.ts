@@ -15,7 +15,6 @@
  * by project (`fairPermits.ts`: a running batch gives its permit back after a slice when another project waits, and
  * at once when its upstream goes down: it waits for it to come back without a permit);
  * finishing is not limited, so a cancel is never queued behind other batches. `supervised` retries a batch after a fault.
- * All of it runs on the background scheduler (`backgroundScheduler.ts`), in slices between the API's requests.
  */
 import { Cause, Clock, Context, Duration, Effect, Exit, FiberMap, Layer, Option } from "effect"
 import { AppConfig } from "../Config.js"
@@ -26,7 +25,6 @@ import * as BatchLines from "../observability/batchLines.js"
 import { batchWork } from "../observability/Tracing.js"
 import { type StorageFault, storageFault } from "../storage/Faults.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
-import { batchWorkSlices, makeBackgroundScheduler } from "./backgroundScheduler.js"
 import { makeFairPermits } from "./fairPermits.js"
 import { makeFinishing } from "./finishing.js"
 import { LocalWork, startHeartbeat } from "./heartbeat.js"
@@ -75,8 +73,6 @@ export const make = Effect.gen(function*() {
   const fibers = yield* FiberMap.make<BatchId>()
   const permits = makeFairPermits(config.maxConcurrentBatches)
   const local = new LocalWork()
-  // Batch work yields to the API's requests on the event loop (`backgroundScheduler.ts`).
-  const background = makeBackgroundScheduler(batchWorkSlices)
   const validating = yield* makeValidating
   const running = yield* makeRunning(local)
   const finishing = yield* makeFinishing
@@ -192,7 +188,7 @@ export const make = Effect.gen(function*() {
         }
         yield* Effect.sleep(Duration.millis(baseDelayMs * 2 ** faults++))
       }
-    }).pipe(BatchLines.batchAnnotations(id), batchWork(id), Effect.withScheduler(background))
+    }).pipe(BatchLines.batchAnnotations(id), batchWork(id))
 
   const submit = (id: BatchId) => Effect.asVoid(FiberMap.run(fibers, id, supervised(id), { onlyIfMissing: true }))
 
