@@ -23,7 +23,11 @@ describe("the node server", () => {
     it.effect("an idle keep-alive connection is still served after 6 s, and the server says it keeps them 65 s", () =>
       Effect.gen(function*() {
         const base = yield* baseUrl
-        const agent = new Agent({ keepAlive: true, maxSockets: 1 })
+        // One socket, destroyed however the test ends.
+        const agent = yield* Effect.acquireRelease(
+          Effect.sync(() => new Agent({ keepAlive: true, maxSockets: 1 })),
+          (agent) => Effect.sync(() => agent.destroy())
+        )
         const first = yield* rawRequest(base, { method: "GET", path: "/", agent })
         expect(first.status).toBe(200)
         expect(first.headers["keep-alive"]).toBe("timeout=65")
@@ -31,7 +35,6 @@ describe("the node server", () => {
         const second = yield* rawRequest(base, { method: "GET", path: "/", agent })
         expect(second.status).toBe(200)
         expect(second.reusedSocket).toBe(true)
-        agent.destroy()
-      }), 20_000)
+      }).pipe(Effect.scoped), 20_000)
   })
 })
