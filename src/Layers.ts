@@ -16,6 +16,7 @@ import { FileStore, FileStoreLive } from "./files/FileStore.js"
 import { UploadsLive } from "./files/Uploads.js"
 import type { Inference } from "./inference/Inference.js"
 import { InferenceFromConfig } from "./inference/Recordings.js"
+import { holdEarlyRequests } from "./http/holdEarlyRequests.js"
 import { HttpLive } from "./http/Http.js"
 import { MetricsServerLive } from "./http/MetricsHttp.js"
 import { type Metrics, MetricsLive } from "./observability/Metrics.js"
@@ -24,6 +25,7 @@ import { ServerLifecycleLive } from "./observability/Lifecycle.js"
 import { type Readiness, ReadinessLive } from "./observability/Readiness.js"
 import { type BlobStore, BlobStoreLocal } from "./storage/BlobStore.js"
 import { BlobStoreSql } from "./storage/BlobStoreSql.js"
+import { SchedulerLive } from "./Scheduler.js"
 import { SqlLive } from "./storage/Sql.js"
 import { WebhooksLive } from "./webhooks/Webhooks.js"
 import { WebhookTargetsLive } from "./webhooks/WebhookTargets.js"
@@ -74,7 +76,8 @@ export const ServicesLive = makeServices()
 /**
  * A Node HTTP server on the configured host and port. On shutdown it stops accepting at once and gives open
  * requests `shutdownTimeout` to finish; then their connections are closed, which interrupts their handlers (an
- * upload cut short that way leaves no file behind).
+ * upload cut short that way leaves no file behind). A request sent while the app is still starting (the socket
+ * listens before the handler is attached) is answered once it is.
  */
 export const NodeServerLive = Layer.unwrapEffect(
   Effect.map(AppConfig, ({ host, port, shutdownTimeout }) => {
@@ -82,6 +85,7 @@ export const NodeServerLive = Layer.unwrapEffect(
     // Python's httpx 5 s): with Node's 5 s, a client could reuse a connection the server was just closing and get a
     // reset. Idle connections do not hold a shutdown back: `close()` ends them at once.
     const server = createServer({ keepAliveTimeout: 65_000 })
+    holdEarlyRequests(server)
     // Built after the server, so released before it: the timer runs while `server.close()` waits.
     const closeLingeringConnections = Layer.scopedDiscard(Effect.addFinalizer(() =>
       Effect.sync(() => setTimeout(() => server.closeAllConnections(), Duration.toMillis(shutdownTimeout)).unref())
@@ -95,13 +99,14 @@ export const NodeServerLive = Layer.unwrapEffect(
  * are built before the server starts listening: the platform attaches its request handler only once every layer
  * is up, and a connection accepted before that would never be answered. The lifecycle lines come last (the
  * listening line once the app serves), so their shutdown step comes first: readiness turns 503 before the server
- * stops accepting.
+ * stops accepting. Every fiber runs on `SchedulerLive`'s scheduler (sockets are read between the batches' steps).
  */
 export const makeApp = (parts: ServiceParts = {}) =>
   ServerLifecycleLive.pipe(
     Layer.provide(HttpLive),
     Layer.merge(MetricsServerLive),
-    Layer.provide(NodeServerLive.pipe(Layer.provideMerge(makeServices(parts))))
+    Layer.provide(NodeServerLive.pipe(Layer.provideMerge(makeServices(parts)))),
+    Layer.provide(SchedulerLive)
   )
 
 /**

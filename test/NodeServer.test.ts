@@ -1,11 +1,12 @@
 /**
  * The Node HTTP server `npm start` runs (`NodeServerLive`): idle keep-alive connections outlive those of the clients
  * and proxies in front of it, so none of them reuses a connection the server is closing (Node's default kept them
- * 5 s, Python's httpx keeps its own 5 s, load balancers 60 s).
+ * 5 s, Python's httpx keeps its own 5 s, load balancers 60 s); a request sent while the app is still starting is
+ * answered once it has started.
  */
 import * as HttpServer from "@effect/platform/HttpServer"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import { describe, expect, layer } from "@effect/vitest"
+import { describe, expect, it, layer } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import { Agent } from "node:http"
 import { AppConfig } from "../src/Config.js"
@@ -37,4 +38,21 @@ describe("the node server", () => {
         expect(second.reusedSocket).toBe(true)
       }).pipe(Effect.scoped), 20_000)
   })
+
+  it.scopedLive("a request sent after the socket listens but before the app's handler is attached is answered once it is", () =>
+    Effect.gen(function*() {
+      let early: Promise<number | string> | undefined
+      // Built between the server and the app's handler: sends a request and lets it arrive with no handler there.
+      const requestWhileStarting = Layer.effectDiscard(Effect.gen(function*() {
+        const url = HttpServer.formatAddress((yield* HttpServer.HttpServer).address)
+        early = fetch(url, { signal: AbortSignal.timeout(5_000) }).then((res) => res.status, (e) => String(e))
+        yield* Effect.sleep("300 millis")
+      }))
+      yield* Layer.build(HttpServer.serve(HttpServerResponse.text("ok")).pipe(
+        Layer.provide(requestWhileStarting),
+        Layer.provideMerge(NodeServerLive),
+        Layer.provide(AppConfig.layerWith({ host: "127.0.0.1", port: 0 }))
+      ))
+      expect(yield* Effect.promise(() => early!)).toBe(200)
+    }), 20_000)
 })

@@ -11,6 +11,7 @@ import { type Auth, AuthLive } from "../../src/auth/Auth.js"
 import { AppConfig, type AppConfigShape, fileStorageOf } from "../../src/Config.js"
 import { HttpLive } from "../../src/http/Http.js"
 import { makeServices, type ServiceParts, ServicesLive } from "../../src/Layers.js"
+import { SchedulerLive } from "../../src/Scheduler.js"
 import { createScratchSchema, dropScratchSchema } from "./Postgres.js"
 import { type Simulator, type SimulatorOptions, startSimulator } from "../../scripts/simulator.js"
 
@@ -107,7 +108,7 @@ export const TestHttpServer = Layer.unwrapEffect(Effect.sync(() => {
 
 /**
  * The real application (SQLite + local files in a scratch directory) on a random port, with an `HttpClient`
- * pointed at it, the `AppConfig` and the `TestDataDir` it uses.
+ * pointed at it, the `AppConfig` and the `TestDataDir` it uses; on the server's scheduler, as `makeApp` runs it.
  */
 export const testApp = (overrides: Partial<AppConfigShape> = {}, backend: Backend = "sqlite", options: TestAppOptions = {}) =>
   HttpLive.pipe(
@@ -116,7 +117,8 @@ export const testApp = (overrides: Partial<AppConfigShape> = {}, backend: Backen
     Layer.provideMerge(TestHttpServer),
     Layer.provideMerge(configFor(overrides)),
     Layer.provideMerge(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend))),
-    Layer.provide(Logger.minimumLogLevel(options.logLevel ?? LogLevel.Warning))
+    Layer.provide(Logger.minimumLogLevel(options.logLevel ?? LogLevel.Warning)),
+    Layer.provide(SchedulerLive)
   )
 
 /** The upstream simulator (`scripts/simulator.ts`) on a random port, for as long as the layer lives. */
