@@ -73,7 +73,7 @@ const main = async () => {
         MAX_CONCURRENT_BATCHES: String(RUNNING),
         LOG_LEVEL: "warning"
       },
-      stdio: ["ignore", "ignore", "inherit"]
+      stdio: ["ignore", process.env.BENCH_SERVER_STDOUT ? "inherit" : "ignore", "inherit"]
     })
     children.push(server)
     const base = `http://127.0.0.1:${port}`
