@@ -95,11 +95,12 @@ export const NodeServerLive = Layer.unwrapEffect(
 )
 
 /**
- * The whole application on a Node HTTP server, on `parts` (see `makeServices`); needs only `AppConfig`. The services (migrations, crash clean-up)
- * are built before the server starts listening: the platform attaches its request handler only once every layer
- * is up, and a connection accepted before that would never be answered. The lifecycle lines come last (the
- * listening line once the app serves), so their shutdown step comes first: readiness turns 503 before the server
- * stops accepting. Every fiber runs on `SchedulerLive`'s scheduler (sockets are read between the batches' steps).
+ * The whole application on a Node HTTP server, on `parts` (see `makeServices`); needs only `AppConfig`. The
+ * services (migrations, crash clean-up) are built before the server starts listening: the platform attaches its
+ * request handler only once every layer is up, and a request that arrives before that waits for it
+ * (`NodeServerLive` holds it). The lifecycle lines come last (the listening line once the app serves), so their
+ * shutdown step comes first: readiness turns 503 before the server stops accepting. Every fiber runs on
+ * `SchedulerLive`'s scheduler (sockets are read between the batches' steps).
  */
 export const makeApp = (parts: ServiceParts = {}) =>
   ServerLifecycleLive.pipe(

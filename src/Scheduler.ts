@@ -3,8 +3,8 @@
  * that woke it, instead of from the microtask queue (Effect's default, which runs up to 2,048 chained microtask
  * turns before it lets Node poll its sockets). With batches running, hundreds of fibers wake each other all the time;
  * on microtasks a request's socket waited behind all of that, here every turn of the event loop reads the sockets
- * first. Measured (`npm run bench:load -- --pause 200`, README's Performance): the GETs' p50 while batches run
- * halved and the batches ran faster, as did the zero-latency benchmark's running phase (~10 %).
+ * first. Measured (README's Performance): the zero-latency benchmark's running phase 8–19 % shorter in alternating
+ * runs; reads while batches run moved less than the runs' noise.
  */
 import { Layer, Scheduler } from "effect"
 
