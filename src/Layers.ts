@@ -97,10 +97,12 @@ export const NodeServerLive = Layer.unwrapEffect(
 /**
  * The whole application on a Node HTTP server, on `parts` (see `makeServices`); needs only `AppConfig`. The
  * services (migrations, crash clean-up) are built before the server starts listening: the platform attaches its
- * request handler only once every layer is up, and a request that arrives before that waits for it
+ * request handler only once `HttpLive` is built, and a request that arrives before that waits for it
  * (`NodeServerLive` holds it). The lifecycle lines come last (the listening line once the app serves), so their
- * shutdown step comes first: readiness turns 503 before the server stops accepting. Every fiber runs on
- * `SchedulerLive`'s scheduler (sockets are read between the batches' steps).
+ * shutdown step comes first: readiness turns 503 before the server stops accepting. The services, the server and
+ * their fibers run on `SchedulerLive`'s scheduler (sockets are read between the batches' steps); it is provided
+ * last, so built first (what is provided around the app, such as `TracingLive`, is built before it and keeps
+ * Effect's default).
  */
 export const makeApp = (parts: ServiceParts = {}) =>
   ServerLifecycleLive.pipe(

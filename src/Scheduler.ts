@@ -1,9 +1,9 @@
 /**
- * The scheduler the server's fibers run on: a fiber's next steps run from `setImmediate`, in the turn after the one
- * that woke it, instead of from the microtask queue (Effect's default, which runs up to 2,048 chained microtask
- * turns before it lets Node poll its sockets). With batches running, hundreds of fibers wake each other all the time;
- * on microtasks a request's socket waited behind all of that, here every turn of the event loop reads the sockets
- * first. Measured (README's Performance): the zero-latency benchmark's running phase 8–19 % shorter in alternating
+ * The scheduler the server's fibers run on: a woken fiber's next steps run from `setImmediate` (after the sockets of
+ * the event loop's turn are read; a fiber woken by another fiber's step waits for the next turn) instead of from a
+ * microtask (Effect's default, where each fiber goes on from microtasks for up to 2,048 turns before it leaves room
+ * for Node to poll). With batches running, hundreds of fibers wake each other all the time, so on microtasks the
+ * queue rarely emptied and a request's bytes waited behind that work; here every turn reads the sockets first. Measured (README's Performance): the zero-latency benchmark's running phase 8–19 % shorter in alternating
  * runs; reads while batches run moved less than the runs' noise.
  */
 import { Layer, Scheduler } from "effect"

@@ -1,6 +1,6 @@
 /**
- * The server's scheduler: fibers that keep waking each other (a batch's workers) leave Node room to read its
- * sockets between their steps, so a request is not left waiting behind the batch work.
+ * The server's scheduler: a fiber that keeps going (as a batch's workers do, waking each other) leaves Node room to
+ * read its sockets between its steps, and `makeApp` runs what it builds on it.
  */
 import { expect, it } from "@effect/vitest"
 import { Effect, Layer, Option } from "effect"

@@ -1,8 +1,10 @@
 import { Effect } from "effect"
 
 /**
- * Resumes after the event loop has handled the I/O already waiting (a `setImmediate`): unlike `Effect.yieldNow`,
- * which only lets other fibers run, this lets responses sitting in sockets be read first.
+ * Resumes after the event loop has handled the I/O already waiting (a `setImmediate`), whatever the scheduler:
+ * `Effect.yieldNow` does the same only on the server's (`Scheduler.ts`), on Effect's default it lets other fibers
+ * run and nothing else. On the server's scheduler the fiber then goes on one turn later (its resumption is itself
+ * run from a `setImmediate`).
  */
 export const afterPendingIo = Effect.async<void>((resume) => {
   const handle = setImmediate(() => resume(Effect.void))

@@ -86,7 +86,7 @@ export const makeOutcomeWriter = (
 
     /**
      * Lets the event loop run turns while they bring more outcomes, until the window's are all in: the responses
-     * already received join the group. A slow upstream's outcomes are written after one turn; a fast one's in
+     * already received join the group. A slow upstream's outcomes are written after a turn or two; a fast one's in
      * groups of most of the window (each group write costs about as much as its statement, not its rows).
      */
     const gather: Effect.Effect<void> = Effect.suspend(() => {
