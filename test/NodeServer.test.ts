@@ -8,8 +8,9 @@ import * as HttpServer from "@effect/platform/HttpServer"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Effect, Layer } from "effect"
-import { Agent } from "node:http"
+import { Agent, createServer, request as httpRequest } from "node:http"
 import { AppConfig } from "../src/Config.js"
+import { holdEarlyRequests } from "../src/http/holdEarlyRequests.js"
 import { NodeServerLive } from "../src/Layers.js"
 import { rawRequest } from "./support/RawHttp.js"
 import { baseUrl } from "./support/TestApp.js"
@@ -55,4 +56,38 @@ describe("the node server", () => {
       ))
       expect(yield* Effect.promise(() => early!)).toBe(200)
     }), 20_000)
+
+  it.scopedLive("a held request whose client left meanwhile is not handed to the handler; the others are, in order", () =>
+    Effect.gen(function*() {
+      const server = yield* Effect.acquireRelease(
+        Effect.async<ReturnType<typeof createServer>>((resume) => {
+          const server = createServer()
+          holdEarlyRequests(server)
+          server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
+        }),
+        (server) => Effect.sync(() => server.closeAllConnections()).pipe(Effect.zipRight(Effect.async<void>((resume) => {
+          server.close(() => resume(Effect.void))
+        })))
+      )
+      const { port } = server.address() as { port: number }
+      const send = (path: string) => {
+        const req = httpRequest({ host: "127.0.0.1", port, path })
+        req.on("error", () => {})
+        req.end()
+        return req
+      }
+      send("/first")
+      const gone = send("/gone")
+      send("/last")
+      yield* Effect.sleep("200 millis") // all three held
+      gone.destroy()
+      yield* Effect.sleep("100 millis")
+      const handled: Array<string> = []
+      server.on("request", (req, res) => {
+        handled.push(req.url!)
+        res.end()
+      })
+      yield* Effect.sleep("100 millis")
+      expect(handled).toEqual(["/first", "/last"])
+    }))
 })
