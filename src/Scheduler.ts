@@ -3,8 +3,9 @@
  * the event loop's turn are read; a fiber woken by another fiber's step waits for the next turn) instead of from a
  * microtask (Effect's default, where each fiber goes on from microtasks for up to 2,048 turns before it leaves room
  * for Node to poll). With batches running, hundreds of fibers wake each other all the time, so on microtasks the
- * queue rarely emptied and a request's bytes waited behind that work; here every turn reads the sockets first. Measured (README's Performance): the zero-latency benchmark's running phase 8–19 % shorter in alternating
- * runs; reads while batches run moved less than the runs' noise.
+ * queue rarely emptied and a request's bytes waited behind that work; here every turn reads the sockets first.
+ * Measured (README's Performance): the zero-latency benchmark's running phase 8–19 % shorter in alternating runs;
+ * reads while batches run were no better.
  */
 import { Layer, Scheduler } from "effect"
 
