@@ -59,7 +59,8 @@ const main = async () => {
     const simUrl = `http://127.0.0.1:${simPort}/v1`
     await waitHealthy(`${simUrl}/models`)
     const port = await freePort()
-    // BENCH_SERVER_FLAGS adds node flags (e.g. "--cpu-prof" to profile the server).
+    // BENCH_SERVER_FLAGS adds node flags (e.g. "--cpu-prof" to profile the server); BENCH_SERVER_STDOUT=1 shows its
+    // stdout (e.g. with "--trace-gc").
     const flags = [...startFlags(), ...(process.env.BENCH_SERVER_FLAGS ?? "").split(" ").filter(Boolean)]
     const server = spawn(process.execPath, [...flags, "dist/main.js"], {
       cwd: root,
