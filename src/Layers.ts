@@ -17,6 +17,7 @@ import { UploadsLive } from "./files/Uploads.js"
 import type { Inference } from "./inference/Inference.js"
 import { InferenceFromConfig } from "./inference/Recordings.js"
 import { holdEarlyRequests } from "./http/holdEarlyRequests.js"
+import { lingerAfterEarlyAnswers } from "./http/lingerAfterEarlyAnswers.js"
 import { HttpLive } from "./http/Http.js"
 import { MetricsServerLive } from "./http/MetricsHttp.js"
 import { type Metrics, MetricsLive } from "./observability/Metrics.js"
@@ -77,7 +78,8 @@ export const ServicesLive = makeServices()
  * A Node HTTP server on the configured host and port. On shutdown it stops accepting at once and gives open
  * requests `shutdownTimeout` to finish; then their connections are closed, which interrupts their handlers (an
  * upload cut short that way leaves no file behind). A request sent while the app is still starting (the socket
- * listens before the handler is attached) is answered once it is.
+ * listens before the handler is attached) is answered once it is; an answer given before the request's body was
+ * read reaches the client even when the connection closes after it.
  */
 export const NodeServerLive = Layer.unwrapEffect(
   Effect.map(AppConfig, ({ host, port, shutdownTimeout }) => {
@@ -85,6 +87,7 @@ export const NodeServerLive = Layer.unwrapEffect(
     // Python's httpx 5 s): with Node's 5 s, a client could reuse a connection the server was just closing and get a
     // reset. Idle connections do not hold a shutdown back: `close()` ends them at once.
     const server = createServer({ keepAliveTimeout: 65_000 })
+    lingerAfterEarlyAnswers(server)
     holdEarlyRequests(server)
     // Built after the server, so released before it: the timer runs while `server.close()` waits.
     const closeLingeringConnections = Layer.scopedDiscard(Effect.addFinalizer(() =>

@@ -2,18 +2,56 @@
  * The Node HTTP server `npm start` runs (`NodeServerLive`): idle keep-alive connections outlive those of the clients
  * and proxies in front of it, so none of them reuses a connection the server is closing (Node's default kept them
  * 5 s, Python's httpx keeps its own 5 s, load balancers 60 s); a request sent while the app is still starting is
- * answered once it has started.
+ * answered once it has started; an answer given before the body was read reaches a client still sending it.
  */
 import * as HttpServer from "@effect/platform/HttpServer"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Effect, Layer } from "effect"
-import { Agent, createServer, request as httpRequest } from "node:http"
+import { Effect, Layer, Schedule } from "effect"
+import { Agent, createServer, request as httpRequest, type Server } from "node:http"
+import { connect, type Socket } from "node:net"
 import { AppConfig } from "../src/Config.js"
 import { holdEarlyRequests } from "../src/http/holdEarlyRequests.js"
+import { lingerAfterEarlyAnswers } from "../src/http/lingerAfterEarlyAnswers.js"
 import { NodeServerLive } from "../src/Layers.js"
 import { rawRequest } from "./support/RawHttp.js"
 import { baseUrl } from "./support/TestApp.js"
+
+/** A server on 127.0.0.1 with `setup` applied before it listens, closed with the scope. */
+const nodeServer = (setup: (server: Server) => void) =>
+  Effect.acquireRelease(
+    Effect.async<Server>((resume) => {
+      const server = createServer()
+      setup(server)
+      server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
+    }),
+    (server) => Effect.sync(() => server.closeAllConnections()).pipe(Effect.zipRight(Effect.async<void>((resume) => {
+      server.close(() => resume(Effect.void))
+    })))
+  )
+
+/**
+ * A client that sends `Connection: close` and a chunked body of `mb` MB, and reads nothing before `answer` is
+ * awaited: `answer` is everything the server sent until it closed its side, or the error that ended the connection.
+ */
+const slowReader = (port: number, mb: number, options: { allowHalfOpen?: boolean } = {}) => {
+  const socket = connect({ port, host: "127.0.0.1", ...options }).pause()
+  const ended = new Promise<string>((resolve, reject) => {
+    let text = ""
+    socket.on("data", (d) => (text += d))
+    socket.on("error", reject)
+    socket.on("end", () => resolve(text))
+  })
+  ended.catch(() => {}) // awaited by `answer`, maybe only later
+  socket.write(`POST / HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n`)
+  sendMb(socket, mb)
+  return { socket, answer: Effect.tryPromise(() => (socket.resume(), ended)) }
+}
+
+const sendMb = (socket: Socket, mb: number) => {
+  const chunk = Buffer.alloc(1024 * 1024, 0x5b).toString("latin1")
+  for (let i = 0; i < mb; i++) socket.write(`${(1024 * 1024).toString(16)}\r\n${chunk}\r\n`)
+}
 
 const server = HttpServer.serve(HttpServerResponse.text("ok")).pipe(
   Layer.provideMerge(NodeServerLive),
@@ -38,7 +76,47 @@ describe("the node server", () => {
         expect(second.status).toBe(200)
         expect(second.reusedSocket).toBe(true)
       }).pipe(Effect.scoped), 20_000)
+
+    // The app answers without reading the body; without the lingering, the megabyte sent after the answer resets
+    // the closed connection and the client never reads the answer (EPIPE).
+    it.effect("a client still sending its body after the answer, on a closing connection, reads the answer", () =>
+      Effect.gen(function*() {
+        const { port } = new URL(yield* baseUrl)
+        const { socket, answer } = yield* Effect.acquireRelease(
+          Effect.sync(() => slowReader(Number(port), 2)),
+          ({ socket }) => Effect.sync(() => socket.destroy())
+        )
+        yield* Effect.sleep("300 millis") // answered, and its write side closed
+        sendMb(socket, 1)
+        socket.end("0\r\n\r\n")
+        yield* Effect.sleep("100 millis")
+        const text = yield* answer
+        expect(text).toMatch(/^HTTP\/1\.1 200 OK\r\n/)
+        expect(text.endsWith("\r\n\r\nok")).toBe(true)
+      }).pipe(Effect.scoped), 20_000)
   })
+
+  it.scopedLive("a lingering connection whose body never ends is closed by the server after the linger time", () =>
+    Effect.gen(function*() {
+      const server = yield* nodeServer((server) => {
+        lingerAfterEarlyAnswers(server, 200)
+        server.on("request", (_req, res) => res.writeHead(413, { "content-length": 9 }).end("too large"))
+      })
+      const { port } = server.address() as { port: number }
+      // Half-open allowed: the client does not close its side when the server closes its own.
+      const { answer } = yield* Effect.acquireRelease(
+        Effect.sync(() => slowReader(port, 2, { allowHalfOpen: true })),
+        ({ socket }) => Effect.sync(() => socket.destroy())
+      )
+      const text = yield* answer
+      expect(text).toMatch(/^HTTP\/1\.1 413 /)
+      expect(text.endsWith("\r\n\r\ntoo large")).toBe(true)
+      const openConnections = Effect.async<number>((resume) => {
+        server.getConnections((_, n) => resume(Effect.succeed(n)))
+      })
+      // The client never ends its body nor closes: only the linger time closes the server's side (else a timeout).
+      yield* openConnections.pipe(Effect.repeat({ until: (n) => n === 0, schedule: Schedule.spaced("50 millis") }))
+    }), 20_000)
 
   it.scopedLive("a request sent after the socket listens but before the app's handler is attached is answered once it is", () =>
     Effect.gen(function*() {
@@ -59,16 +137,7 @@ describe("the node server", () => {
 
   it.scopedLive("a held request whose client left meanwhile is not handed to the handler; the others are, in order", () =>
     Effect.gen(function*() {
-      const server = yield* Effect.acquireRelease(
-        Effect.async<ReturnType<typeof createServer>>((resume) => {
-          const server = createServer()
-          holdEarlyRequests(server)
-          server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
-        }),
-        (server) => Effect.sync(() => server.closeAllConnections()).pipe(Effect.zipRight(Effect.async<void>((resume) => {
-          server.close(() => resume(Effect.void))
-        })))
-      )
+      const server = yield* nodeServer(holdEarlyRequests)
       const { port } = server.address() as { port: number }
       const send = (path: string) => {
         const req = httpRequest({ host: "127.0.0.1", port, path })
