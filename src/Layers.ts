@@ -103,7 +103,7 @@ export const NodeServerLive = Layer.unwrapEffect(
  * request handler only once `HttpLive` is built, and a request that arrives before that waits for it
  * (`NodeServerLive` holds it). The lifecycle lines come last (the listening line once the app serves), so their
  * shutdown step comes first: readiness turns 503 before the server stops accepting. The services, the server and
- * their fibers run on `SchedulerLive`'s scheduler (sockets are read between the batches' steps); it is provided
+ * their fibers run on `SchedulerLive`'s scheduler (sockets are read between the batches' steps, requests first); it is provided
  * last, so built first (what is provided around the app, such as `TracingLive`, is built before it and keeps
  * Effect's default).
  */

@@ -59,7 +59,7 @@ export {
   ServicesLive,
   StorageLive
 } from "./Layers.js"
-export { ioFirstScheduler, SchedulerLive } from "./Scheduler.js"
+export { inBackground, ioFirstScheduler, REQUEST_PRIORITY, SchedulerLive, serverScheduler } from "./Scheduler.js"
 export { BlobStore, BlobStoreLocal, type BlobStoreShape, makeLocal as makeLocalBlobStore } from "./storage/BlobStore.js"
 export { BlobStoreSql } from "./storage/BlobStoreSql.js"
 export { layerPg, layerSqlite, MigrationsLive, SqlLive } from "./storage/Sql.js"

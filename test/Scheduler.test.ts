@@ -1,15 +1,19 @@
 /**
  * The server's scheduler: a fiber that keeps going (as a batch's workers do, waking each other) leaves Node room to
- * read its sockets between its steps, and `makeApp` runs what it builds on it.
+ * read its sockets between its steps; a request's steps are not held behind such fibers; `makeApp` runs what it
+ * builds on it, its requests first and the batches they start in the background.
  */
+import { NodeHttpServer } from "@effect/platform-node"
 import { expect, it } from "@effect/vitest"
-import { Effect, Layer, Option } from "effect"
+import { Effect, FiberRef, Layer, Logger, LogLevel, Option } from "effect"
 import { createConnection, createServer, type Socket } from "node:net"
 import { AppConfig } from "../src/Config.js"
-import { InferenceScripted } from "../src/inference/Inference.js"
-import { makeApp } from "../src/Layers.js"
-import { SchedulerLive } from "../src/Scheduler.js"
-import { TestDataDir } from "./support/TestApp.js"
+import { HttpLive } from "../src/http/Http.js"
+import { Inference, InferenceScripted, scriptedAnswer } from "../src/inference/Inference.js"
+import { makeApp, makeServices } from "../src/Layers.js"
+import { BACKGROUND_PRIORITY, REQUEST_PRIORITY, SchedulerLive } from "../src/Scheduler.js"
+import { chatLine, sdk, terminal, waitFor } from "./support/Batches.js"
+import { baseUrl, TestDataDir } from "./support/TestApp.js"
 
 /** A connected pair of local sockets, and whether the server side has received anything. */
 const socketPair = Effect.acquireRelease(
@@ -76,3 +80,62 @@ it.scoped("an app built with makeApp runs what it is provided to on the server's
       Layer.provide(TestDataDir.Default)
     ))
   ))
+
+/**
+ * Ten background fibers stepping forever (yielding, as batch workers wake each other), and a fiber at `priority`
+ * taking 20 steps: how many steps the background fibers took meanwhile.
+ */
+const backgroundStepsDuring = (priority: number) =>
+  Effect.gen(function*() {
+    let steps = 0
+    for (let i = 0; i < 10; i++) {
+      yield* Effect.forkScoped(Effect.forever(Effect.zipRight(Effect.sync(() => steps++), Effect.yieldNow())))
+    }
+    yield* Effect.yieldNow() // the background fibers are under way
+    const before = steps
+    for (let i = 0; i < 20; i++) yield* Effect.withSchedulingPriority(Effect.yieldNow(), priority)
+    return steps - before
+  })
+
+it.scoped("on the server's scheduler, a request's steps are not held behind background work; background steps are", () =>
+  Effect.gen(function*() {
+    expect(yield* backgroundStepsDuring(REQUEST_PRIORITY)).toBeLessThan(10)
+    // At the background's priority each step waits for a turn of the others (the reason for the one above).
+    expect(yield* backgroundStepsDuring(BACKGROUND_PRIORITY)).toBeGreaterThanOrEqual(100)
+  }).pipe(Effect.provide(SchedulerLive)))
+
+it.scoped("HttpLive answers at REQUEST_PRIORITY; a batch a request created runs at BACKGROUND_PRIORITY", () =>
+  Effect.gen(function*() {
+    const seen = { models: [] as Array<number>, calls: [] as Array<number> }
+    const priority = FiberRef.get(FiberRef.currentSchedulingPriority)
+    const answer = scriptedAnswer(200, {
+      object: "chat.completion",
+      choices: [{ index: 0, message: { role: "assistant", content: "ok" } }],
+      usage: { prompt_tokens: 1, completion_tokens: 1, total_tokens: 2 }
+    })
+    // A scripted upstream that notes the priority of the fibers calling it.
+    const recording = Layer.succeed(Inference, Inference.of({
+      send: () => Effect.map(priority, (p) => (seen.calls.push(p), answer)),
+      models: Effect.map(priority, (p) => (seen.models.push(p), { data: [{ id: "sim-model", ownedBy: "scripted" }], complete: true })),
+      reachable: () => Effect.void,
+      unreachable: () => Effect.never,
+      upstreamName: () => "scripted"
+    }))
+    const app = yield* Layer.build(HttpLive.pipe(
+      Layer.provide(makeServices({ inference: recording })),
+      Layer.provideMerge(NodeHttpServer.layerTest),
+      Layer.provide(Layer.unwrapEffect(Effect.map(TestDataDir, ({ path }) => AppConfig.layerWith({ dataDir: path })))),
+      Layer.provide(TestDataDir.Default),
+      Layer.provide(Logger.minimumLogLevel(LogLevel.Warning)),
+      Layer.provide(SchedulerLive)
+    ))
+    const openai = sdk(yield* Effect.provide(baseUrl, app))
+    yield* Effect.promise(() => openai.models.list())
+    const file = yield* Effect.promise(() =>
+      openai.files.create({ file: new File([[chatLine("a", "one"), chatLine("b", "two")].join("\n")], "in.jsonl"), purpose: "batch" }))
+    const created = yield* Effect.promise(() =>
+      openai.batches.create({ input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h" }))
+    expect((yield* waitFor(openai, created.id, terminal)).status).toBe("completed")
+    expect(seen.models).toEqual([REQUEST_PRIORITY, BACKGROUND_PRIORITY]) // GET /v1/models, then the batch's validation
+    expect(seen.calls).toEqual([BACKGROUND_PRIORITY, BACKGROUND_PRIORITY])
+  }))

@@ -24,6 +24,7 @@ import { Inference } from "../inference/Inference.js"
 import * as BatchLines from "../observability/batchLines.js"
 import { batchWork } from "../observability/Tracing.js"
 import { type StorageFault, storageFault } from "../storage/Faults.js"
+import { inBackground } from "../Scheduler.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
 import { makeFairPermits } from "./fairPermits.js"
 import { makeFinishing } from "./finishing.js"
@@ -190,7 +191,8 @@ export const make = Effect.gen(function*() {
       }
     }).pipe(BatchLines.batchAnnotations(id), batchWork(id))
 
-  const submit = (id: BatchId) => Effect.asVoid(FiberMap.run(fibers, id, supervised(id), { onlyIfMissing: true }))
+  // Often called from a request, whose priority the batch's fiber would inherit.
+  const submit = (id: BatchId) => Effect.asVoid(FiberMap.run(fibers, id, inBackground(supervised(id)), { onlyIfMissing: true }))
 
   /** The heartbeat's pick-up of free work, logged when this node was not driving the batch yet. */
   const pickUp = (id: BatchId, atStart: boolean) =>
@@ -200,7 +202,7 @@ export const make = Effect.gen(function*() {
   const restart = (id: BatchId) =>
     Effect.gen(function*() {
       yield* FiberMap.remove(fibers, id)
-      yield* FiberMap.run(fibers, id, supervised(id))
+      yield* FiberMap.run(fibers, id, inBackground(supervised(id)))
     })
 
   yield* startHeartbeat(local, { restart, pickUp })

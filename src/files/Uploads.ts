@@ -17,6 +17,7 @@ import type { Visibility } from "../domain/Projects.js"
 import { MAX_PART_BYTES, MAX_PARTS_PER_UPLOAD, type Upload, UPLOAD_LIFETIME_SECONDS, UploadPart } from "../domain/Uploads.js"
 import { BlobStore } from "../storage/BlobStore.js"
 import { nowSeconds, visibleTo } from "../storage/Sql.js"
+import { inBackground } from "../Scheduler.js"
 import { FileStore, sweepEvery } from "./FileStore.js"
 import { makeAssembly, PartsMismatch, partIdsDigest } from "./uploadAssembly.js"
 import { shownStatus, type StoredStatus, toUpload, type UploadRow } from "./uploadRows.js"
@@ -241,6 +242,7 @@ export const make = Effect.gen(function*() {
         Effect.map((file) => toUpload({ ...row, status: "completed", file_id: file.id }, now, file)),
         Effect.onExit((exit) =>
           Effect.zipRight(Deferred.done(outcome, exit), Effect.sync(() => running.get(row.id) === outcome && running.delete(row.id)))),
+        inBackground,
         Effect.forkIn(scope)
       )
       return outcome

@@ -8,6 +8,7 @@ import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import { Effect, Layer } from "effect"
 import { AppConfig } from "../Config.js"
 import { Metrics } from "../observability/Metrics.js"
+import { requestsFirst } from "../Scheduler.js"
 import { dashboardRoute } from "../ui/DashboardHttp.js"
 import { OpenAIApi } from "./Api.js"
 import { BatchesHttpLive } from "./BatchesHttp.js"
@@ -38,9 +39,10 @@ const CREDENTIAL_HEADERS = ["api-key", "proxy-authorization", "x-goog-api-key", 
  * whatever `HttpServer` is provided: inside `requestLog` (the
  * request id, one log line per request), behind `secure` (inside `sdkHeaders`, so its refusals carry an
  * `x-request-id` too; outside `boundBodies`, so a body is read only once the caller is known), with request bodies
- * bounded by `maxJsonBodyBytes`. No CORS header unless `CORS_ORIGINS` says.
+ * bounded by `maxJsonBodyBytes`. No CORS header unless `CORS_ORIGINS` says. Its handlers run at `REQUEST_PRIORITY`
+ * (on `SchedulerLive`'s scheduler, ahead of the batches' work).
  */
-export const HttpLive = Layer.unwrapEffect(Effect.gen(function*() {
+export const HttpLive = requestsFirst(Layer.unwrapEffect(Effect.gen(function*() {
   const { maxJsonBodyBytes } = yield* AppConfig
   const secure = yield* securityMiddleware
   const measured = httpMetrics(yield* Metrics)
@@ -53,4 +55,4 @@ export const HttpLive = Layer.unwrapEffect(Effect.gen(function*() {
   Layer.provide(metricsRoute),
   Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
   Layer.provide(ApiLive)
-)
+))
