@@ -87,13 +87,14 @@ export const NodeServerLive = Layer.unwrapEffect(
     // Python's httpx 5 s): with Node's 5 s, a client could reuse a connection the server was just closing and get a
     // reset. Idle connections do not hold a shutdown back: `close()` ends them at once.
     const server = createServer({ keepAliveTimeout: 65_000 })
+    // In this order: the held requests go to the first request listener attached after `holdEarlyRequests`'.
     lingerAfterEarlyAnswers(server)
     holdEarlyRequests(server)
     // Built after the server, so released before it: the timer runs while `server.close()` waits.
-    const closeLingeringConnections = Layer.scopedDiscard(Effect.addFinalizer(() =>
+    const closeRemainingConnections = Layer.scopedDiscard(Effect.addFinalizer(() =>
       Effect.sync(() => setTimeout(() => server.closeAllConnections(), Duration.toMillis(shutdownTimeout)).unref())
     ))
-    return closeLingeringConnections.pipe(Layer.provideMerge(NodeHttpServer.layer(() => server, { host, port })))
+    return closeRemainingConnections.pipe(Layer.provideMerge(NodeHttpServer.layer(() => server, { host, port })))
   })
 )
 

@@ -5,9 +5,10 @@
  * microtasks for up to 2,048 turns before it leaves room for Node to poll). With batches running, hundreds of fibers
  * wake each other all the time, so on microtasks the queue rarely emptied and a request's bytes waited behind that
  * work; here every turn reads the sockets first. HTTP requests run at `REQUEST_PRIORITY` (`HttpLive` gives its
- * handlers that one), from microtasks: a request read in a turn is answered in that turn, instead of waiting a turn
- * of batch work at each of its steps. Work a request starts and leaves running goes back to priority 0
- * (`inBackground`): a forked fiber inherits its parent's.
+ * handlers that one, and every fiber its layers fork), from microtasks: each of a request's steps runs as soon as it
+ * is woken instead of a turn of batch work later (what wakes it from a background fiber, such as a SQLite permit
+ * released by a batch, still waits for one). Work a request starts and leaves running, or that is long and needs
+ * no hurry, goes back to priority 0 (`inBackground`): a forked fiber inherits its parent's.
  * Measured (README's Performance): the zero-latency benchmark's running phase 8–19 % shorter in alternating runs;
  * with requests first, reads while batches run answered at 1.3–1.6 times the rate back to back, and in half the
  * median time when polled.

@@ -96,12 +96,28 @@ describe("the node server", () => {
       }).pipe(Effect.scoped), 20_000)
   })
 
-  it.scopedLive("a lingering connection whose body never ends is closed by the server after the linger time", () =>
-    Effect.gen(function*() {
-      const server = yield* nodeServer((server) => {
-        lingerAfterEarlyAnswers(server, 200)
-        server.on("request", (_req, res) => res.writeHead(413, { "content-length": 9 }).end("too large"))
+  /** A server answering 413 at the first chunk of a body, whose reader then stops, as a refused upload's does. */
+  const refusingServer = (linger: { idleMs: number; maxMs?: number }) =>
+    nodeServer((server) => {
+      lingerAfterEarlyAnswers(server, linger)
+      server.on("request", (req, res) => {
+        req.once("data", () => {
+          req.pause()
+          res.writeHead(413, { "content-length": 9 }).end("too large")
+        })
       })
+    })
+
+  const openConnections = (server: Server) =>
+    Effect.async<number>((resume) => {
+      server.getConnections((_, n) => resume(Effect.succeed(n)))
+    })
+  const allClosed = (server: Server) =>
+    openConnections(server).pipe(Effect.repeat({ until: (n) => n === 0, schedule: Schedule.spaced("50 millis") }))
+
+  it.scopedLive("a lingering connection whose body stops arriving is closed by the server after the idle time", () =>
+    Effect.gen(function*() {
+      const server = yield* refusingServer({ idleMs: 200 })
       const { port } = server.address() as { port: number }
       // Half-open allowed: the client does not close its side when the server closes its own.
       const { answer } = yield* Effect.acquireRelease(
@@ -111,11 +127,23 @@ describe("the node server", () => {
       const text = yield* answer
       expect(text).toMatch(/^HTTP\/1\.1 413 /)
       expect(text.endsWith("\r\n\r\ntoo large")).toBe(true)
-      const openConnections = Effect.async<number>((resume) => {
-        server.getConnections((_, n) => resume(Effect.succeed(n)))
-      })
-      // The client never ends its body nor closes: only the linger time closes the server's side (else a timeout).
-      yield* openConnections.pipe(Effect.repeat({ until: (n) => n === 0, schedule: Schedule.spaced("50 millis") }))
+      // The client never ends its body nor closes: only the idle time closes the server's side (else a timeout).
+      yield* allClosed(server)
+    }), 20_000)
+
+  it.scopedLive("the rest of a body whose reader stopped is read and dropped: the connection closes once it has ended", () =>
+    Effect.gen(function*() {
+      // Idle time far beyond the test's: only the end of the body can close the connection in time.
+      const server = yield* refusingServer({ idleMs: 60_000 })
+      const { port } = server.address() as { port: number }
+      const { socket, answer } = yield* Effect.acquireRelease(
+        Effect.sync(() => slowReader(port, 2, { allowHalfOpen: true })),
+        ({ socket }) => Effect.sync(() => socket.destroy())
+      )
+      expect(yield* answer).toMatch(/^HTTP\/1\.1 413 /)
+      sendMb(socket, 2)
+      socket.write("0\r\n\r\n")
+      yield* allClosed(server)
     }), 20_000)
 
   it.scopedLive("a request sent after the socket listens but before the app's handler is attached is answered once it is", () =>

@@ -24,6 +24,7 @@ import { overQuota } from "./FilesHttp.js"
 import { batchResults } from "./BatchResultsHttp.js"
 import { listPage, trusted } from "../domain/List.js"
 import { echo } from "../domain/Text.js"
+import { inBackground } from "../Scheduler.js"
 import { storedJson } from "./StoredResponse.js"
 
 const batchNotFound = (id: string) => notFound(`No batch found with id '${echo(id)}'.`, "batch_id")
@@ -172,8 +173,10 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
         }, extraBatchEndpoints)
         if (isProblem(valid)) return yield* invalidRequest(valid.message, valid.param, valid.code)
         if ((yield* rerun.count(id, kinds)) === 0) return yield* conflict(nothingToRerun(id, kinds))
+        // A whole file written within the request: at the background's priority, so that it leaves the event loop
+        // turns between its steps (on Effect's microtasks synchronous storage could hold the loop for long).
         const writeInput = (batch: BatchId) =>
-          Effect.flatMap(roomOf(caller.project), ({ quota, room }) =>
+          inBackground(Effect.flatMap(roomOf(caller.project), ({ quota, room }) =>
             rerun.writeInput(original, kinds, {
               id: valid.inputFileId,
               filename: rerunFilename(batch),
@@ -185,7 +188,7 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
                   conflict(`Batch ${id}'s input file ${file} no longer exists (deleted or expired): its lines cannot be rerun.`),
                 InputTooLarge: () => overQuota(quota, room, null)
               })
-            ))
+            )))
         return yield* insert(caller, valid, fingerprint(valid, `retry:${id}:${kinds.join(",")}`), writeInput)
       }).pipe(
         Effect.catchTag("BatchNotFound", () => batchNotFound(id)),

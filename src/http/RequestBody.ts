@@ -26,8 +26,8 @@ export class JsonTooDeep extends Data.TaggedError("JsonTooDeep")<{}> {}
 
 /**
  * The request body as a stream that, unlike `request.stream`, does not destroy the socket when we stop reading
- * early (an oversize or invalid body): Node then discards the rest of the body and the client gets our error
- * response instead of a connection reset.
+ * early (an oversize or invalid body): the rest of the body is then read and dropped (`readAtMost` below;
+ * `lingerAfterEarlyAnswers` on the Node server) and the client gets our error response instead of a connection reset.
  */
 export const requestBody = (request: HttpServerRequest.HttpServerRequest): Stream.Stream<Uint8Array> =>
   request.source instanceof IncomingMessage
