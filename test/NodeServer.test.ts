@@ -131,6 +131,20 @@ describe("the node server", () => {
       yield* allClosed(server)
     }), 20_000)
 
+  it.scopedLive("a lingering connection whose body keeps trickling in is closed by the server after the longest linger", () =>
+    Effect.gen(function*() {
+      // An idle time the trickle never reaches: only the longest linger closes the connection in time.
+      const server = yield* refusingServer({ idleMs: 60_000, maxMs: 300 })
+      const { port } = server.address() as { port: number }
+      const { socket, answer } = yield* Effect.acquireRelease(
+        Effect.sync(() => slowReader(port, 2, { allowHalfOpen: true })),
+        ({ socket }) => Effect.sync(() => socket.destroy())
+      )
+      expect(yield* answer).toMatch(/^HTTP\/1\.1 413 /)
+      const trickle = setInterval(() => socket.writable && socket.write("1\r\nx\r\n"), 50)
+      yield* Effect.ensuring(allClosed(server), Effect.sync(() => clearInterval(trickle)))
+    }), 20_000)
+
   it.scopedLive("the rest of a body whose reader stopped is read and dropped: the connection closes once it has ended", () =>
     Effect.gen(function*() {
       // Idle time far beyond the test's: only the end of the body can close the connection in time.

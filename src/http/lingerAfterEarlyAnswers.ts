@@ -21,13 +21,12 @@ export const lingerAfterEarlyAnswers = (server: Server, { idleMs = 5_000, maxMs 
       const socket = request.socket
       if (!socket.listeners("finish").includes(socket.destroy)) return
       socket.off("finish", socket.destroy)
-      const until = Date.now() + maxMs
-      const timer = setTimeout(() => socket.destroy(), idleMs).unref()
-      request.on("data", () => {
-        if (Date.now() + idleMs < until) timer.refresh()
-      })
+      const idle = setTimeout(() => socket.destroy(), idleMs).unref()
+      const cap = setTimeout(() => socket.destroy(), maxMs).unref()
+      request.on("data", () => idle.refresh())
       finished(request, () => {
-        clearTimeout(timer)
+        clearTimeout(idle)
+        clearTimeout(cap)
         socket.destroySoon()
       })
     })
