@@ -7,21 +7,12 @@ import type { SqlError } from "@effect/sql/SqlError"
 import * as SqlSchema from "@effect/sql/SqlSchema"
 import type { Fragment } from "@effect/sql/Statement"
 import { Effect, Option, Schema } from "effect"
-import {
-  Batch,
-  BatchEndpoint,
-  BatchError,
-  type BatchStatus,
-  BatchStatus as BatchStatusSchema,
-  Metadata,
-  terminalStatuses
-} from "../domain/Batches.js"
-import { BatchId, FileId } from "../domain/Ids.js"
+import { type Batch, type BatchStatus, BatchStatus as BatchStatusSchema, terminalStatuses } from "../domain/Batches.js"
+import { BatchId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
 import { nowSeconds, visibleTo } from "../storage/Sql.js"
 import {
   BatchNotFound,
-  type BatchRecord,
   type BatchStoreShape,
   type NewBatch,
   type PlainMove,
@@ -30,83 +21,12 @@ import {
   UnknownBatchCursor
 } from "./BatchStore.js"
 import { type BatchSql, chunks, INSERT_GROUP, SqlInt } from "./sql.js"
+import { batchRecordOf } from "./batchRow.js"
 import { type Move, transitions } from "./transitions.js"
-import { trusted } from "../domain/List.js"
 
-/** A row of `batches`, as either database returns it (the columns the API does not show are left out). */
-const BatchRow = Schema.Struct({
-  id: BatchId,
-  status: BatchStatusSchema,
-  endpoint: BatchEndpoint,
-  model: Schema.NullOr(Schema.String),
-  input_file_id: FileId,
-  completion_window: Schema.String,
-  errors: Schema.NullOr(Schema.parseJson(Schema.Array(BatchError))),
-  output_file_id: Schema.NullOr(FileId),
-  error_file_id: Schema.NullOr(FileId),
-  created_at: SqlInt,
-  in_progress_at: Schema.NullOr(SqlInt),
-  expires_at: SqlInt,
-  finalizing_at: Schema.NullOr(SqlInt),
-  completed_at: Schema.NullOr(SqlInt),
-  failed_at: Schema.NullOr(SqlInt),
-  expired_at: Schema.NullOr(SqlInt),
-  cancelling_at: Schema.NullOr(SqlInt),
-  cancelled_at: Schema.NullOr(SqlInt),
-  total: SqlInt,
-  completed: SqlInt,
-  failed: SqlInt,
-  input_tokens: SqlInt,
-  cached_tokens: SqlInt,
-  output_tokens: SqlInt,
-  reasoning_tokens: SqlInt,
-  total_tokens: SqlInt,
-  metadata: Schema.NullOr(Schema.parseJson(Metadata)),
-  output_expires_after: Schema.NullOr(SqlInt),
-  request_hash: Schema.NullOr(Schema.String),
-  project: Schema.String
-})
-
-const recordOf = (row: typeof BatchRow.Type): BatchRecord => ({
-  batch: new Batch({
-    id: row.id,
-    object: "batch",
-    endpoint: row.endpoint,
-    model: row.model,
-    errors: row.errors === null ? null : { object: "list", data: row.errors },
-    input_file_id: row.input_file_id,
-    completion_window: row.completion_window,
-    status: row.status,
-    output_file_id: row.output_file_id,
-    error_file_id: row.error_file_id,
-    created_at: row.created_at,
-    in_progress_at: row.in_progress_at,
-    expires_at: row.expires_at,
-    finalizing_at: row.finalizing_at,
-    completed_at: row.completed_at,
-    failed_at: row.failed_at,
-    expired_at: row.expired_at,
-    cancelling_at: row.cancelling_at,
-    cancelled_at: row.cancelled_at,
-    request_counts: { total: row.total, completed: row.completed, failed: row.failed },
-    usage: {
-      input_tokens: row.input_tokens,
-      input_tokens_details: { cached_tokens: row.cached_tokens },
-      output_tokens: row.output_tokens,
-      output_tokens_details: { reasoning_tokens: row.reasoning_tokens },
-      total_tokens: row.total_tokens
-    },
-    metadata: row.metadata
-  }, trusted),
-  project: row.project,
-  outputExpiresAfterSeconds: row.output_expires_after,
-  requestHash: row.request_hash
-})
-
-/** Built once: a schema made per call compiles its parser again on every read. */
-const decodeRows = Schema.decodeUnknown(Schema.Array(BatchRow))
-
-const decodeRecords = (rows: ReadonlyArray<unknown>) => Effect.map(decodeRows(rows), (decoded) => decoded.map(recordOf))
+/** The records of rows of `batches` (`batchRow.ts`); a row that does not fit is a defect. */
+const decodeRecords = (rows: ReadonlyArray<unknown>) =>
+  Effect.sync(() => rows.map((row) => batchRecordOf(row as Record<string, unknown>)))
 
 /**
  * The `idempotency_key` column's value: the key scoped by its project (the column is unique across projects), with

@@ -1,0 +1,100 @@
+/**
+ * A row of `batches`, as either database returns it, read into a `BatchRecord`, column by column: each column's
+ * type is checked (a row that does not fit throws `MalformedBatchRow`, which the stores turn into a defect) and
+ * integers come as numbers from SQLite and as text from PostgreSQL (BIGINT).
+ *
+ * Why not a `Schema.Struct` of the row: every poll reads rows (a batch list, twenty of them), and Schema's struct
+ * and union decoding cost ~12 µs and ~20 KB of garbage per 30-column row; under load that was a quarter of all the
+ * server allocated (`npm run bench:load`, README's Performance). The JSON columns still go through their schemas.
+ */
+import { Schema } from "effect"
+import { Batch, BatchError, type BatchStatus, BatchStatus as BatchStatusSchema, Metadata } from "../domain/Batches.js"
+import type { BatchId, FileId } from "../domain/Ids.js"
+import { trusted } from "../domain/List.js"
+import type { BatchRecord } from "./BatchStore.js"
+
+/** A `batches` row whose columns do not have the types the table gives them. */
+export class MalformedBatchRow extends Error {
+  constructor(column: string, value: unknown) {
+    super(`Malformed row in batches: column ${column} holds ${JSON.stringify(value)?.slice(0, 100)}`)
+    this.name = "MalformedBatchRow"
+  }
+}
+
+type Row = Record<string, unknown>
+
+const text = (row: Row, column: string): string => {
+  const value = row[column]
+  if (typeof value !== "string") throw new MalformedBatchRow(column, value)
+  return value
+}
+const textOrNull = (row: Row, column: string): string | null => (row[column] === null ? null : text(row, column))
+
+/** An integer column: a number from SQLite, its decimal text from PostgreSQL. */
+const integer = (row: Row, column: string): number => {
+  const value = row[column]
+  const n = typeof value === "number" ? value : typeof value === "string" && value !== "" ? Number(value) : NaN
+  if (!Number.isSafeInteger(n)) throw new MalformedBatchRow(column, value)
+  return n
+}
+const integerOrNull = (row: Row, column: string): number | null => (row[column] === null ? null : integer(row, column))
+
+const statuses: ReadonlySet<unknown> = new Set(BatchStatusSchema.literals)
+const status = (row: Row): BatchStatus => {
+  const value = row.status
+  if (!statuses.has(value)) throw new MalformedBatchRow("status", value)
+  return value as BatchStatus
+}
+
+/** A JSON column read with its schema (built once: a schema made per call compiles its parser again). */
+const jsonColumn = <A>(schema: Schema.Schema<A, string>) => {
+  const decode = Schema.decodeUnknownEither(schema)
+  return (row: Row, column: string): A | null => {
+    if (row[column] === null) return null
+    const decoded = decode(row[column])
+    if (decoded._tag === "Left") throw new MalformedBatchRow(column, row[column])
+    return decoded.right
+  }
+}
+const errorsColumn = jsonColumn(Schema.parseJson(Schema.Array(BatchError)))
+const metadataColumn = jsonColumn(Schema.parseJson(Metadata))
+
+/** The record a row of `batches` holds; throws `MalformedBatchRow` when a column does not fit. */
+export const batchRecordOf = (row: Row): BatchRecord => {
+  const errors = errorsColumn(row, "errors")
+  return {
+    batch: new Batch({
+      id: text(row, "id") as BatchId,
+      object: "batch",
+      endpoint: text(row, "endpoint"),
+      model: textOrNull(row, "model"),
+      errors: errors === null ? null : { object: "list", data: errors },
+      input_file_id: text(row, "input_file_id") as FileId,
+      completion_window: text(row, "completion_window"),
+      status: status(row),
+      output_file_id: textOrNull(row, "output_file_id") as FileId | null,
+      error_file_id: textOrNull(row, "error_file_id") as FileId | null,
+      created_at: integer(row, "created_at"),
+      in_progress_at: integerOrNull(row, "in_progress_at"),
+      expires_at: integer(row, "expires_at"),
+      finalizing_at: integerOrNull(row, "finalizing_at"),
+      completed_at: integerOrNull(row, "completed_at"),
+      failed_at: integerOrNull(row, "failed_at"),
+      expired_at: integerOrNull(row, "expired_at"),
+      cancelling_at: integerOrNull(row, "cancelling_at"),
+      cancelled_at: integerOrNull(row, "cancelled_at"),
+      request_counts: { total: integer(row, "total"), completed: integer(row, "completed"), failed: integer(row, "failed") },
+      usage: {
+        input_tokens: integer(row, "input_tokens"),
+        input_tokens_details: { cached_tokens: integer(row, "cached_tokens") },
+        output_tokens: integer(row, "output_tokens"),
+        output_tokens_details: { reasoning_tokens: integer(row, "reasoning_tokens") },
+        total_tokens: integer(row, "total_tokens")
+      },
+      metadata: metadataColumn(row, "metadata")
+    }, trusted),
+    project: text(row, "project"),
+    outputExpiresAfterSeconds: integerOrNull(row, "output_expires_after"),
+    requestHash: textOrNull(row, "request_hash")
+  }
+}

@@ -1,0 +1,104 @@
+/**
+ * A `batches` row read into a record (`batches/batchRow.ts`): as SQLite gives it (integers as numbers) and as
+ * PostgreSQL does (BIGINT as text), the same batch; a row whose columns do not fit is refused, naming the column.
+ * (The stores read real rows of both databases in `Batches.test.ts`, `MultiNode.test.ts` and the others.)
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Schema } from "effect"
+import { Batch } from "../src/domain/Batches.js"
+import { batchRecordOf, MalformedBatchRow } from "../src/batches/batchRow.js"
+
+const sqliteRow = {
+  id: "batch_1",
+  status: "completed",
+  endpoint: "/v1/chat/completions",
+  model: "m",
+  input_file_id: "file-in",
+  completion_window: "24h",
+  errors: JSON.stringify([{ code: "invalid_json", message: "Line 3 is not JSON.", param: null, line: 3 }]),
+  output_file_id: "file-out",
+  error_file_id: null,
+  created_at: 1_700_000_000,
+  in_progress_at: 1_700_000_001,
+  expires_at: 1_700_086_400,
+  finalizing_at: 1_700_000_002,
+  completed_at: 1_700_000_003,
+  failed_at: null,
+  expired_at: null,
+  cancelling_at: null,
+  cancelled_at: null,
+  total: 3,
+  completed: 2,
+  failed: 1,
+  input_tokens: 10,
+  cached_tokens: 4,
+  output_tokens: 20,
+  reasoning_tokens: 5,
+  total_tokens: 30,
+  metadata: JSON.stringify({ team: "a" }),
+  output_expires_after: 3600,
+  request_hash: "h",
+  project: "p",
+  // Columns the API does not show are ignored.
+  seq: 7,
+  idempotency_key: null,
+  lease_owner: null
+}
+
+/** PostgreSQL returns BIGINT columns as text. */
+const postgresRow = Object.fromEntries(
+  Object.entries(sqliteRow).map(([column, value]) => [column, typeof value === "number" ? String(value) : value])
+)
+
+describe("batchRecordOf", () => {
+  it("reads a SQLite row and a PostgreSQL row into the same record, every field of the batch in place", () => {
+    const record = batchRecordOf(sqliteRow)
+    expect(batchRecordOf(postgresRow)).toEqual(record)
+    expect(record.project).toBe("p")
+    expect(record.outputExpiresAfterSeconds).toBe(3600)
+    expect(record.requestHash).toBe("h")
+    const encoded = Schema.encodeSync(Batch)(record.batch)
+    expect(encoded).toMatchObject({
+      id: "batch_1",
+      object: "batch",
+      status: "completed",
+      model: "m",
+      errors: { object: "list", data: [{ code: "invalid_json", message: "Line 3 is not JSON.", param: null, line: 3 }] },
+      output_file_id: "file-out",
+      error_file_id: null,
+      created_at: 1_700_000_000,
+      completed_at: 1_700_000_003,
+      failed_at: null,
+      request_counts: { total: 3, completed: 2, failed: 1 },
+      usage: {
+        input_tokens: 10,
+        input_tokens_details: { cached_tokens: 4 },
+        output_tokens: 20,
+        output_tokens_details: { reasoning_tokens: 5 },
+        total_tokens: 30
+      },
+      metadata: { team: "a" }
+    })
+    expect(encoded).not.toHaveProperty("seq")
+  })
+
+  it("keeps null columns null", () => {
+    const { batch } = batchRecordOf({ ...sqliteRow, errors: null, metadata: null, model: null, output_file_id: null, completed_at: null })
+    expect([batch.errors, batch.metadata, batch.model, batch.output_file_id, batch.completed_at]).toEqual([null, null, null, null, null])
+  })
+
+  it.each([
+    ["status", "done"],
+    ["created_at", "soon"],
+    ["created_at", 1.5],
+    ["total", null],
+    ["completed_at", ""],
+    ["id", 7],
+    ["project", undefined],
+    ["errors", "not json"],
+    ["metadata", JSON.stringify({ team: 1 })]
+  ])("refuses a row whose %s holds %j, naming the column", (column, value) => {
+    expect(() => batchRecordOf({ ...sqliteRow, [column]: value })).toThrow(MalformedBatchRow)
+    expect(() => batchRecordOf({ ...sqliteRow, [column]: value })).toThrow(`column ${column}`)
+  })
+})
