@@ -87,10 +87,16 @@ describe("batchRecordOf", () => {
     expect([batch.errors, batch.metadata, batch.model, batch.output_file_id, batch.completed_at]).toEqual([null, null, null, null, null])
   })
 
+  it("reads token sums past 2^53 (an upstream may report anything) instead of failing the batch's reads", () => {
+    const huge = { ...sqliteRow, input_tokens: 2 ** 60, total_tokens: 2 ** 60 }
+    expect(batchRecordOf(huge).batch.usage.input_tokens).toBe(2 ** 60)
+    expect(batchRecordOf({ ...postgresRow, input_tokens: "1152921504606846976" }).batch.usage.input_tokens).toBe(2 ** 60)
+  })
+
   it.each([
     ["status", "done"],
     ["created_at", "soon"],
-    ["created_at", 1.5],
+    ["created_at", Infinity],
     ["total", null],
     ["completed_at", ""],
     ["id", 7],

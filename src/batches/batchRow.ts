@@ -30,11 +30,14 @@ const text = (row: Row, column: string): string => {
 }
 const textOrNull = (row: Row, column: string): string | null => (row[column] === null ? null : text(row, column))
 
-/** An integer column: a number from SQLite, its decimal text from PostgreSQL. */
+/**
+ * An integer column: a number from SQLite, its decimal text from PostgreSQL. Any finite number is taken, as a
+ * JavaScript number: token sums past 2^53 (an upstream may report anything) lose precision but stay readable.
+ */
 const integer = (row: Row, column: string): number => {
   const value = row[column]
-  const n = typeof value === "number" ? value : typeof value === "string" && value !== "" ? Number(value) : NaN
-  if (!Number.isSafeInteger(n)) throw new MalformedBatchRow(column, value)
+  const n = typeof value === "number" ? value : typeof value === "string" && value.trim() !== "" ? Number(value) : NaN
+  if (!Number.isFinite(n)) throw new MalformedBatchRow(column, value)
   return n
 }
 const integerOrNull = (row: Row, column: string): number | null => (row[column] === null ? null : integer(row, column))
