@@ -20,13 +20,12 @@ import {
   type TransitionPatch,
   UnknownBatchCursor
 } from "./BatchStore.js"
-import { type BatchSql, chunks, INSERT_GROUP, SqlInt } from "./sql.js"
 import { batchRecordOf } from "./batchRow.js"
+import { type BatchSql, chunks, INSERT_GROUP, SqlInt } from "./sql.js"
 import { type Move, transitions } from "./transitions.js"
 
 /** The records of rows of `batches` (`batchRow.ts`); a row that does not fit is a defect. */
-const decodeRecords = (rows: ReadonlyArray<unknown>) =>
-  Effect.sync(() => rows.map((row) => batchRecordOf(row as Record<string, unknown>)))
+const decodeRecords = (rows: ReadonlyArray<Record<string, unknown>>) => Effect.sync(() => rows.map(batchRecordOf))
 
 /**
  * The `idempotency_key` column's value: the key scoped by its project (the column is unique across projects), with

@@ -16,7 +16,8 @@ import type { BatchRecord } from "./BatchStore.js"
 /** A `batches` row whose columns do not have the types the table gives them. */
 export class MalformedBatchRow extends Error {
   constructor(column: string, value: unknown) {
-    super(`Malformed row in batches: column ${column} holds ${JSON.stringify(value)?.slice(0, 100)}`)
+    const shown = typeof value === "string" ? JSON.stringify(value.slice(0, 100)) : String(value) // no throw on a bigint
+    super(`Malformed row in batches: column ${column} holds ${shown}`)
     this.name = "MalformedBatchRow"
   }
 }
@@ -31,16 +32,18 @@ const text = (row: Row, column: string): string => {
 const textOrNull = (row: Row, column: string): string | null => (row[column] === null ? null : text(row, column))
 
 /**
- * An integer column: a number from SQLite, its decimal text from PostgreSQL. Any finite number is taken, as a
- * JavaScript number: token sums past 2^53 (an upstream may report anything) lose precision but stay readable.
+ * A numeric column (the table's integers): a number from SQLite, decimal text from PostgreSQL's BIGINT. Any finite
+ * number is taken, as a JavaScript number: token sums past 2^53 (an upstream may report anything) lose precision
+ * but stay readable. NaN and ±Infinity, which neither database returns for these columns, are refused (the Schema
+ * decoder used before took them).
  */
-const integer = (row: Row, column: string): number => {
+const sqlNumber = (row: Row, column: string): number => {
   const value = row[column]
   const n = typeof value === "number" ? value : typeof value === "string" && value.trim() !== "" ? Number(value) : NaN
   if (!Number.isFinite(n)) throw new MalformedBatchRow(column, value)
   return n
 }
-const integerOrNull = (row: Row, column: string): number | null => (row[column] === null ? null : integer(row, column))
+const sqlNumberOrNull = (row: Row, column: string): number | null => (row[column] === null ? null : sqlNumber(row, column))
 
 const statuses: ReadonlySet<unknown> = new Set(BatchStatusSchema.literals)
 const status = (row: Row): BatchStatus => {
@@ -77,27 +80,27 @@ export const batchRecordOf = (row: Row): BatchRecord => {
       status: status(row),
       output_file_id: textOrNull(row, "output_file_id") as FileId | null,
       error_file_id: textOrNull(row, "error_file_id") as FileId | null,
-      created_at: integer(row, "created_at"),
-      in_progress_at: integerOrNull(row, "in_progress_at"),
-      expires_at: integer(row, "expires_at"),
-      finalizing_at: integerOrNull(row, "finalizing_at"),
-      completed_at: integerOrNull(row, "completed_at"),
-      failed_at: integerOrNull(row, "failed_at"),
-      expired_at: integerOrNull(row, "expired_at"),
-      cancelling_at: integerOrNull(row, "cancelling_at"),
-      cancelled_at: integerOrNull(row, "cancelled_at"),
-      request_counts: { total: integer(row, "total"), completed: integer(row, "completed"), failed: integer(row, "failed") },
+      created_at: sqlNumber(row, "created_at"),
+      in_progress_at: sqlNumberOrNull(row, "in_progress_at"),
+      expires_at: sqlNumber(row, "expires_at"),
+      finalizing_at: sqlNumberOrNull(row, "finalizing_at"),
+      completed_at: sqlNumberOrNull(row, "completed_at"),
+      failed_at: sqlNumberOrNull(row, "failed_at"),
+      expired_at: sqlNumberOrNull(row, "expired_at"),
+      cancelling_at: sqlNumberOrNull(row, "cancelling_at"),
+      cancelled_at: sqlNumberOrNull(row, "cancelled_at"),
+      request_counts: { total: sqlNumber(row, "total"), completed: sqlNumber(row, "completed"), failed: sqlNumber(row, "failed") },
       usage: {
-        input_tokens: integer(row, "input_tokens"),
-        input_tokens_details: { cached_tokens: integer(row, "cached_tokens") },
-        output_tokens: integer(row, "output_tokens"),
-        output_tokens_details: { reasoning_tokens: integer(row, "reasoning_tokens") },
-        total_tokens: integer(row, "total_tokens")
+        input_tokens: sqlNumber(row, "input_tokens"),
+        input_tokens_details: { cached_tokens: sqlNumber(row, "cached_tokens") },
+        output_tokens: sqlNumber(row, "output_tokens"),
+        output_tokens_details: { reasoning_tokens: sqlNumber(row, "reasoning_tokens") },
+        total_tokens: sqlNumber(row, "total_tokens")
       },
       metadata: metadataColumn(row, "metadata")
     }, trusted),
     project: text(row, "project"),
-    outputExpiresAfterSeconds: integerOrNull(row, "output_expires_after"),
+    outputExpiresAfterSeconds: sqlNumberOrNull(row, "output_expires_after"),
     requestHash: textOrNull(row, "request_hash")
   }
 }
