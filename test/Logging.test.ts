@@ -6,13 +6,16 @@
  * the top level, the current span's ids.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { Cause, Effect, Layer, Logger } from "effect"
+import type * as HttpApp from "@effect/platform/HttpApp"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import { Cause, Effect, Exit, Layer, Logger, LogLevel } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import OpenAI from "openai"
 import { type Simulator, startSimulator } from "../scripts/simulator.js"
-import { requestIdFrom } from "../src/http/RequestLog.js"
+import { noteProject, requestIdFrom, requestLog } from "../src/http/RequestLog.js"
 import { jsonLineLogger } from "../src/observability/Logging.js"
 import * as BatchLines from "../src/observability/batchLines.js"
 import { chatLine, createBatch, sdk, terminal, upload, waitFor } from "./support/Batches.js"
@@ -254,6 +257,50 @@ describe("the request id", () => {
       expect(requestIdFrom(bad)).toMatch(/^req_[0-9a-f]{32}$/)
     }
   })
+})
+
+describe("a request's line", () => {
+  /** `app` served through `requestLog` for a GET of `path` (the route set on the request's span, as the router does). */
+  const serve = (path: string, app: HttpApp.Default<unknown>, minimum: LogLevel.LogLevel) =>
+    Effect.gen(function*() {
+      const written: Array<Record<string, any>> = []
+      const layer = Logger.replace(Logger.defaultLogger, Logger.map(jsonLineLogger, (line) => void written.push(JSON.parse(line))))
+      const routed = Effect.zipRight(Effect.annotateCurrentSpan("http.route", path), Effect.zipRight(noteProject("projR"), app))
+      const exit = yield* requestLog(routed).pipe(
+        Effect.withSpan("http.server GET"),
+        Effect.provideService(HttpServerRequest.HttpServerRequest, HttpServerRequest.fromWeb(new Request(`http://localhost${path}?x=1`))),
+        Effect.provide(Layer.merge(layer, Logger.minimumLogLevel(minimum))),
+        Effect.exit
+      )
+      return { exit, written }
+    })
+
+  it.effect("a fault no handler answered: an error line with its cause and status 500; the fault goes on", () =>
+    Effect.gen(function*() {
+      const { exit, written } = yield* serve("/docs", Effect.die(new Error("renderer broke")), LogLevel.Info)
+      expect(Exit.isFailure(exit)).toBe(true)
+      expect(written).toHaveLength(1)
+      expect(written[0]).toMatchObject({
+        level: "ERROR",
+        message: expect.stringMatching(/^GET \/docs 500 [0-9.]+ ms$/),
+        event: "http.request",
+        route: "/docs",
+        path: "/docs",
+        status: 500,
+        project: "projR",
+        cause: expect.stringContaining("renderer broke")
+      })
+    }))
+
+  it.effect("an answer: an info line; a probe's is debug, left out at info and written at debug", () =>
+    Effect.gen(function*() {
+      const ok = Effect.succeed(HttpServerResponse.text("ok"))
+      const answered = yield* serve("/v1/files", ok, LogLevel.Info)
+      expect(answered.written).toMatchObject([{ level: "INFO", route: "/v1/files", status: 200, project: "projR" }])
+      expect(answered.written[0]!.cause).toBeUndefined()
+      expect((yield* serve("/v1/health", ok, LogLevel.Info)).written).toEqual([])
+      expect((yield* serve("/v1/health", ok, LogLevel.Debug)).written).toMatchObject([{ level: "DEBUG", path: "/v1/health", status: 200 }])
+    }))
 })
 
 describe("a batch's lines", () => {

@@ -31,6 +31,7 @@ import { CONTENT_TYPE } from "../observability/metricsRegistry.js"
 import { DASHBOARD_ROUTES } from "../ui/DashboardHttp.js"
 import { OpenAIApi } from "./Api.js"
 import { envelope } from "./EarlyAnswer.js"
+import { matchedRoute } from "./RequestLog.js"
 import { isLoopbackHost, requestTarget } from "./Security.js"
 
 /** Where the metrics are served. */
@@ -86,11 +87,11 @@ export const httpMetrics = (metrics: MetricsShape) => {
     Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
       const started = performance.now()
       return Effect.onExit(app, (exit) =>
-        Effect.map(Effect.option(Effect.currentSpan), (span) => {
-          const matched = Option.isSome(span) ? span.value.attributes.get("http.route") : undefined
-          const route = typeof matched === "string" ? matched : routeOf(requestTarget(request).path) ?? UNMATCHED
+        Effect.withFiberRuntime<void>((fiber) => {
+          const route = matchedRoute(fiber.currentContext) ?? routeOf(requestTarget(request).path) ?? UNMATCHED
           const status = HttpServerError.exitResponse(exit).status
           metrics.httpRequest(request.method, route, status, (performance.now() - started) / 1000)
+          return Effect.void
         }))
     })
 }
