@@ -1,7 +1,7 @@
 /**
  * Responsiveness under load (not a test): how fast the API answers reads while batches run.
  *
- *   npm run bench:load [-- --batches 20 --requests 2000 --running 4 --clients 50 --seconds 60 --latency 20 --pause 0] [--pg]
+ *   npm run bench:load [-- --batches 20 --requests 2000 --running 4 --clients 50 --seconds 60 --latency 20 --pause 0] [--pg] [--split]
  *
  * Starts the simulator (answers after `--latency` ms) and the compiled server with the node flags of `npm start`
  * (MAX_CONCURRENT_BATCHES = `--running`), uploads `--batches` input files of `--requests` chat requests each and
@@ -10,11 +10,13 @@
  * `GET /v1/batches/{id}` (a random batch of the run), `GET /v1/batches` and `GET /v1/files`. Prints p50, p99 and
  * the slowest of each route and of all, the errors (any non-200 or failed request), how many batches finished
  * meanwhile (and, when they all ended before the polling did, the figures of the GETs sent while they ran), and the
- * server's peak RSS. Target (SQLite): p99 ≤ 50 ms, max ≤ 250 ms, no errors; the exit code says.
+ * server's peak RSS. Target (SQLite): p99 ≤ 50 ms, max ≤ 250 ms, no errors; the exit code says. `--split`: the
+ * server polled runs no batch (`MAX_CONCURRENT_BATCHES=0`), and a second one on the same database, at the lowest
+ * OS priority (nice 19), runs them all.
  */
 import { execSync, spawn } from "node:child_process"
 import { mkdtempSync, rmSync } from "node:fs"
-import { tmpdir } from "node:os"
+import { setPriority, tmpdir } from "node:os"
 import * as Path from "node:path"
 import OpenAI, { toFile } from "openai"
 import { Agent, request } from "undici"
@@ -35,6 +37,7 @@ const SECONDS = arg("seconds", 60)
 const LATENCY_MS = arg("latency", 20)
 const PAUSE_MS = arg("pause", 0)
 const PG = process.argv.includes("--pg")
+const SPLIT = process.argv.includes("--split")
 
 const percentile = (sorted: ReadonlyArray<number>, p: number) =>
   sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN
@@ -62,26 +65,33 @@ const main = async () => {
     // BENCH_SERVER_FLAGS adds node flags (e.g. "--cpu-prof" to profile the server); BENCH_SERVER_STDOUT=1 shows its
     // stdout (e.g. with "--trace-gc").
     const flags = [...startFlags(), ...(process.env.BENCH_SERVER_FLAGS ?? "").split(" ").filter(Boolean)]
-    const server = spawn(process.execPath, [...flags, "dist/main.js"], {
-      cwd: root,
-      env: {
-        ...process.env,
-        PORT: String(port),
-        HOST: "127.0.0.1",
-        DATA_DIR: Path.join(dir, "data"),
-        ...(database === undefined ? {} : { DATABASE_URL: database.url }),
-        INFERENCE_BASE_URL: simUrl,
-        MAX_CONCURRENT_BATCHES: String(RUNNING),
-        LOG_LEVEL: "warning"
-      },
-      stdio: ["ignore", process.env.BENCH_SERVER_STDOUT ? "inherit" : "ignore", "inherit"]
-    })
-    children.push(server)
+    const startNode = (nodePort: number, maxConcurrentBatches: number) => {
+      const node = spawn(process.execPath, [...flags, "dist/main.js"], {
+        cwd: root,
+        env: {
+          ...process.env,
+          PORT: String(nodePort),
+          HOST: "127.0.0.1",
+          DATA_DIR: Path.join(dir, "data"),
+          ...(database === undefined ? {} : { DATABASE_URL: database.url }),
+          INFERENCE_BASE_URL: simUrl,
+          MAX_CONCURRENT_BATCHES: String(maxConcurrentBatches),
+          LOG_LEVEL: "warning"
+        },
+        stdio: ["ignore", process.env.BENCH_SERVER_STDOUT ? "inherit" : "ignore", "inherit"]
+      })
+      children.push(node)
+      return node
+    }
+    const server = startNode(port, SPLIT ? 0 : RUNNING)
     const base = `http://127.0.0.1:${port}`
     await waitHealthy(`${base}/v1/health`)
+    const worker = SPLIT ? startNode(await freePort(), RUNNING) : undefined
+    if (worker !== undefined) setPriority(worker.pid!, 19)
 
     const openai = new OpenAI({ baseURL: `${base}/v1`, apiKey: "bench", maxRetries: 0 })
-    console.log(`${BATCHES} batches × ${REQUESTS} requests (${RUNNING} at once, upstream latency ${LATENCY_MS} ms; ${PG ? "PostgreSQL" : "SQLite"})…`)
+    const where = SPLIT ? "; run by a second server at nice 19" : ""
+    console.log(`${BATCHES} batches × ${REQUESTS} requests (${RUNNING} at once, upstream latency ${LATENCY_MS} ms; ${PG ? "PostgreSQL" : "SQLite"}${where})…`)
     const ids: Array<string> = []
     for (let b = 0; b < BATCHES; b++) {
       const file = await openai.files.create({ file: await toFile(Buffer.from(inputFile(b)), `load-${b}.jsonl`), purpose: "batch" })
@@ -164,7 +174,7 @@ const main = async () => {
     }
     const errorCount = [...errors.values()].reduce((a, b) => a + b, 0)
     console.log(`  errors: ${errorCount}${errorCount > 0 ? ` (${[...errors].map(([k, n]) => `${k}: ${n}`).join(", ")})` : ""}`)
-    console.log(`  server peak RSS: ${memoryMb(server.pid!, "VmHWM").toFixed(0)} MB`)
+    console.log(`  server peak RSS: ${memoryMb(server.pid!, "VmHWM").toFixed(0)} MB${worker === undefined ? "" : `; the batches' server: ${memoryMb(worker.pid!, "VmHWM").toFixed(0)} MB`}`)
     const p99 = percentile(all, 99)
     const max = all.at(-1) ?? Infinity
     console.log(`  target: p99 ≤ 50 ms (${p99 <= 50 ? "met" : "NOT met"}), max ≤ 250 ms (${max <= 250 ? "met" : "NOT met"}), no errors (${errorCount === 0 ? "met" : "NOT met"})`)

@@ -83,7 +83,10 @@ export interface AppConfigShape {
   readonly inferenceRetryBaseDelay: Duration.Duration
   /** Longest wait between two attempts, `Retry-After` included (`INFERENCE_RETRY_MAX_DELAY`). */
   readonly inferenceRetryMaxDelay: Duration.Duration
-  /** Batches validated or run at the same time (`MAX_CONCURRENT_BATCHES`). */
+  /**
+   * Batches validated or run at the same time (`MAX_CONCURRENT_BATCHES`); 0 for a node that serves the API and
+   * leaves every batch's work to the other nodes on its database.
+   */
   readonly maxConcurrentBatches: number
   /** Upstream requests in flight per batch, a sliding window (`MAX_CONCURRENT_REQUESTS_PER_BATCH`). */
   readonly maxConcurrentRequestsPerBatch: number

@@ -23,6 +23,11 @@ const positiveInt = (field: Numeric, variable: string): Rule => ({
   expected: "a positive integer",
   holds: (c) => Number.isSafeInteger(c[field]) && c[field] > 0
 })
+const countFromZero = (field: Numeric, variable: string, zero: string): Rule => ({
+  variable,
+  expected: `a positive integer, or 0 (${zero})`,
+  holds: (c) => Number.isSafeInteger(c[field]) && c[field] >= 0
+})
 type OptionalNumeric = { [K in keyof AppConfigShape]: AppConfigShape[K] extends Option.Option<number> ? K : never }[keyof AppConfigShape]
 const optionalPositiveInt = (field: OptionalNumeric, variable: string): Rule => ({
   variable,
@@ -103,7 +108,7 @@ const rules: ReadonlyArray<Rule> = [
   positiveInt("inferenceMaxAttempts", "INFERENCE_MAX_ATTEMPTS"),
   positiveInt("inferenceMaxConcurrency", "INFERENCE_MAX_CONCURRENCY"),
   positiveInt("inferenceMinConcurrency", "INFERENCE_MIN_CONCURRENCY"),
-  positiveInt("maxConcurrentBatches", "MAX_CONCURRENT_BATCHES"),
+  countFromZero("maxConcurrentBatches", "MAX_CONCURRENT_BATCHES", "this node runs no batch: other nodes do"),
   positiveInt("maxConcurrentRequestsPerBatch", "MAX_CONCURRENT_REQUESTS_PER_BATCH"),
   positiveInt("maxRequestsPerBatch", "MAX_REQUESTS_PER_BATCH"),
   positiveInt("maxBatchInputBytes", "MAX_BATCH_INPUT_BYTES"),

@@ -210,8 +210,16 @@ export const make = Effect.gen(function*() {
   return BatchRunner.of({ submit, restart })
 })
 
+/**
+ * The runner of a node that runs no batch (`MAX_CONCURRENT_BATCHES=0`, an API-only node): what it creates or
+ * cancels is left to the nodes that run batches, which pick it up at their next heartbeat (a cancelled batch they
+ * work on, they stop and finish).
+ */
+const handedOff = BatchRunner.of({ submit: () => Effect.void, restart: () => Effect.void })
+
+/** The runner, or `handedOff` on a node configured to run no batch. */
 export const BatchRunnerLive: Layer.Layer<
   BatchRunner,
   never,
   BatchStore | WorkLeases | FileStore | Inference | AppConfig
-> = Layer.scoped(BatchRunner, make)
+> = Layer.scoped(BatchRunner, Effect.flatMap(AppConfig, (config) => config.maxConcurrentBatches === 0 ? Effect.succeed(handedOff) : make))

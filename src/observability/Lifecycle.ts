@@ -16,15 +16,19 @@ const upstreamText = (spec: Pick<UpstreamSpec, "name" | "baseUrl" | "models">) =
 /** The listening line: where, on which database, to which upstreams (each also logs its state once probed). */
 export const listeningLine = (
   address: string,
-  config: Pick<AppConfigShape, "databaseUrl" | "dataDir" | "nodeId" | "inferenceMode" | "inferenceRecordings">,
+  config: Pick<
+    AppConfigShape,
+    "databaseUrl" | "dataDir" | "nodeId" | "inferenceMode" | "inferenceRecordings" | "maxConcurrentBatches"
+  >,
   upstreams: ReadonlyArray<Pick<UpstreamSpec, "name" | "baseUrl" | "models">>
 ) => {
   const database = describeDatabase(config)
   const inference = config.inferenceMode === "replay"
     ? `answers replayed from ${Option.getOrElse(config.inferenceRecordings, () => "?")}`
     : `${upstreams.length === 1 ? "upstream" : "upstreams"} ${upstreams.map(upstreamText).join("; ")}`
+  const runsBatches = config.maxConcurrentBatches > 0
   return {
-    message: `Listening on ${address} (${database}; ${inference})`,
+    message: `Listening on ${address} (${database}; ${inference}${runsBatches ? "" : "; runs no batch: other nodes do"})`,
     fields: {
       event: "server.listening",
       address,
@@ -32,6 +36,7 @@ export const listeningLine = (
       backend: Option.isSome(config.databaseUrl) ? "postgresql" : "sqlite",
       database,
       inference_mode: config.inferenceMode,
+      runs_batches: runsBatches,
       upstreams: upstreams.map((u) => ({ name: u.name, base_url: u.baseUrl, models: u.models }))
     }
   }

@@ -6,6 +6,7 @@
 import * as Reactivity from "@effect/experimental/Reactivity"
 import * as SqlClient from "@effect/sql/SqlClient"
 import type * as SqlConnection from "@effect/sql/SqlConnection"
+import * as Statement from "@effect/sql/Statement"
 import * as Migrator from "@effect/sql/Migrator"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
@@ -48,9 +49,31 @@ export const MigrationsLive = Layer.effectDiscard(Effect.gen(function*() {
  */
 const SqlitePragmas = Layer.effectDiscard(Effect.flatMap(SqlClient.SqlClient, (sql) => sql`PRAGMA synchronous = NORMAL`))
 
+/**
+ * @effect/sql-sqlite-node's connection, its transactions begun with `BEGIN IMMEDIATE`. Why: another process may
+ * write to the same file (an API-only node beside one that runs the batches, `MAX_CONCURRENT_BATCHES=0`), and a
+ * transaction begun with `BEGIN` takes the write lock only at its first write, which then fails at once with
+ * `SQLITE_BUSY` if the other process wrote since the transaction's first read; `IMMEDIATE` takes the lock first,
+ * waiting for the other's commit (better-sqlite3's busy timeout, 5 s). Within one process nothing changes: its one
+ * connection already runs one transaction at a time.
+ */
+const SqliteLive = (filename: string): Layer.Layer<SqlClient.SqlClient, unknown> =>
+  Layer.scoped(
+    SqlClient.SqlClient,
+    Effect.flatMap(SqliteClient.make({ filename }), (sqlite) =>
+      SqlClient.make({
+        // The connection, once no transaction holds it (as the library's own client takes it).
+        acquirer: sqlite.reserve,
+        transactionAcquirer: sqlite.reserve,
+        compiler: Statement.makeCompilerSqlite(),
+        spanAttributes: [["db.system.name", "sqlite"]],
+        beginTransaction: "BEGIN IMMEDIATE"
+      }))
+  ).pipe(Layer.provide(Reactivity.layer))
+
 /** SQLite at `filename` (`:memory:` works too), migrated. */
 export const layerSqlite = (filename: string): Layer.Layer<SqlClient.SqlClient, unknown> =>
-  Layer.merge(MigrationsLive, SqlitePragmas).pipe(Layer.provideMerge(SqliteClient.layer({ filename })))
+  Layer.merge(MigrationsLive, SqlitePragmas).pipe(Layer.provideMerge(SqliteLive(filename)))
 
 /** A connection whose statements, once sent, run to their end: an interrupted fiber waits for its statement. */
 const runToEnd = (connection: SqlConnection.Connection): SqlConnection.Connection => ({

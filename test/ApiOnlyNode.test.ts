@@ -1,0 +1,133 @@
+/**
+ * An API-only node (`MAX_CONCURRENT_BATCHES=0`) beside a node that runs the batches, two server processes on one
+ * SQLite file and one data directory, each with its own upstream simulator: what is created or cancelled through
+ * the API-only node is run or stopped by the other, the API-only node never calls an upstream, and the two write
+ * to the same file at once without a fault (its transactions begin with `BEGIN IMMEDIATE`).
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import { describe, expect, it } from "@effect/vitest"
+import { Context, Effect, Either, Layer } from "effect"
+import { spawn } from "node:child_process"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import * as Path from "node:path"
+import { startSimulator } from "../scripts/simulator.js"
+import { layerSqlite } from "../src/storage/Sql.js"
+import { chatLine, createBatch, readLines, sdk, terminal, upload, waitFor } from "./support/Batches.js"
+import { startServer } from "./support/ServerProcess.js"
+import { eventually, eventuallyEffect } from "./support/TestApp.js"
+
+const LINES = 600
+const batchLines = (tag: string) => Array.from({ length: LINES }, (_, i) => chatLine(`${tag}-${i}`, `${tag} prompt ${i}`))
+
+const tempDir = Effect.acquireRelease(
+  Effect.sync(() => mkdtempSync(Path.join(tmpdir(), "batch-api-only-"))),
+  (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
+)
+
+/** Two nodes started at once on a fresh data directory (so their migrations race on the new file). */
+const nodes = Effect.gen(function*() {
+  const dataDir = yield* tempDir
+  const start = (name: string, maxConcurrentBatches: string) =>
+    Effect.gen(function*() {
+      const sim = yield* Effect.acquireRelease(
+        Effect.promise(() => startSimulator({ latencyMs: 5 })),
+        (s) => Effect.promise(() => s.close())
+      )
+      const server = yield* Effect.acquireRelease(
+        Effect.promise(() =>
+          startServer({
+            DATA_DIR: dataDir,
+            NODE_ID: name,
+            LOG_FORMAT: "json",
+            INFERENCE_BASE_URL: sim.url,
+            MAX_CONCURRENT_BATCHES: maxConcurrentBatches,
+            MAX_CONCURRENT_REQUESTS_PER_BATCH: "16",
+            // The working node learns of a new batch or a cancel at its next heartbeat.
+            HEARTBEAT_INTERVAL: "200 millis"
+          })
+        ),
+        (s) => Effect.promise(() => s.stop("SIGKILL"))
+      )
+      return { sim, server }
+    })
+  return yield* Effect.all([start("api", "0"), start("worker", "4")], { concurrency: 2 })
+})
+
+describe("an API-only node beside a node that runs the batches, on one SQLite file", () => {
+  it.live("leaves every batch to the other node (cancels included) and writes beside it without a fault", () =>
+    Effect.gen(function*() {
+      const [api, worker] = yield* nodes
+      const openai = sdk(api.server.url)
+      const listening = JSON.parse(api.server.stdout().split("\n").find((l) => l.includes("server.listening"))!)
+      expect(listening.runs_batches).toBe(false)
+      expect(listening.message).toContain("runs no batch")
+
+      // Uploads and batches created through the API node while the other node writes their outcomes to the file.
+      const ids: Array<string> = []
+      for (let i = 0; i < 6; i++) {
+        const file = yield* upload(openai, batchLines(`b${i}`))
+        ids.push((yield* createBatch(openai, file.id)).id)
+      }
+      const done = yield* Effect.forEach(ids, (id) => waitFor(openai, id, terminal, 60_000), { concurrency: 6 })
+      for (const [i, batch] of done.entries()) {
+        expect(batch.status).toBe("completed")
+        expect(batch.request_counts).toEqual({ total: LINES, completed: LINES, failed: 0 })
+        const output = yield* readLines(openai, batch.output_file_id)
+        expect(output.map((l) => l.custom_id)).toEqual(Array.from({ length: LINES }, (_, j) => `b${i}-${j}`))
+      }
+      expect(api.sim.stats.requests).toBe(0)
+      expect(worker.sim.stats.requests).toBe(6 * LINES)
+
+      // A cancel sent to the API node stops the other node's work on the batch, which ends cancelled.
+      worker.sim.latencyMs = 50
+      const running = yield* createBatch(openai, (yield* upload(openai, batchLines("cancel"))).id)
+      yield* eventually(() => expect(worker.sim.stats.requests).toBeGreaterThan(6 * LINES + 20), 10_000)
+      yield* Effect.promise(() => openai.batches.cancel(running.id))
+      const cancelled = yield* waitFor(openai, running.id, terminal, 10_000)
+      expect(cancelled.status).toBe("cancelled")
+      expect(cancelled.request_counts!.completed).toBeLessThan(LINES)
+      const kept = yield* readLines(openai, cancelled.output_file_id)
+      const notRun = yield* readLines(openai, cancelled.error_file_id)
+      expect(new Set([...kept, ...notRun].map((l) => l.custom_id)).size).toBe(LINES)
+      expect(api.sim.stats.requests).toBe(0)
+      // Nor does the API node pick up, validate or finish a batch (writing its files): the other node does all.
+      const events = (node: typeof api) => node.server.stdout().split("\n").filter((l) => l.includes('"event":"batch.'))
+      expect(events(api).filter((l) => !l.includes('"event":"batch.created"'))).toEqual([])
+      expect(events(worker).filter((l) => l.includes('"event":"batch.finished"'))).toHaveLength(7)
+      for (const node of [api, worker]) expect(node.server.output()).not.toMatch(/SQLITE_BUSY|"level":"(ERROR|FATAL)"/)
+    }).pipe(Effect.scoped), 120_000)
+})
+
+/** Another process writing to `file` in short transactions, one after the other, until killed. */
+const otherWriter = (file: string) =>
+  Effect.acquireRelease(
+    Effect.sync(() =>
+      spawn(process.execPath, ["-e", `
+        const db = new (require("better-sqlite3"))(${JSON.stringify(file)})
+        const insert = db.prepare("INSERT INTO other (n) VALUES (1)")
+        for (;;) db.transaction(() => insert.run()).immediate()
+      `], { cwd: Path.resolve(import.meta.dirname, ".."), stdio: "ignore" })
+    ),
+    (child) => Effect.sync(() => child.kill("SIGKILL"))
+  )
+
+describe("SQLite written by two processes", () => {
+  it.live("a transaction that reads then writes gets through while the other process writes", () =>
+    Effect.gen(function*() {
+      const file = Path.join(yield* tempDir, "shared.sqlite")
+      const sql = Context.get(yield* Layer.build(layerSqlite(file)), SqlClient.SqlClient)
+      yield* sql`CREATE TABLE mine (n INTEGER)`
+      yield* sql`CREATE TABLE other (n INTEGER)`
+      yield* otherWriter(file)
+      const written = Effect.orDie(sql<{ n: number }>`SELECT count(*) AS n FROM other`)
+      yield* eventuallyEffect(Effect.map(written, ([row]) => expect(row.n).toBeGreaterThan(100)), 10_000)
+      const readThenWrite = sql.withTransaction(Effect.gen(function*() {
+        const [{ n }] = yield* sql<{ n: number }>`SELECT count(*) AS n FROM other`
+        yield* sql`INSERT INTO mine (n) VALUES (${n})`
+      }))
+      const outcomes = yield* Effect.forEach(Array.from({ length: 200 }), () => Effect.either(readThenWrite))
+      expect(outcomes.filter(Either.isLeft).map((e) => String(e.left.cause))).toEqual([])
+      expect((yield* sql<{ n: number }>`SELECT count(*) AS n FROM mine`)[0].n).toBe(200)
+    }).pipe(Effect.scoped), 60_000)
+})
