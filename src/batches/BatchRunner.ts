@@ -15,6 +15,7 @@
  * by project (`fairPermits.ts`: a running batch gives its permit back after a slice when another project waits, and
  * at once when its upstream goes down: it waits for it to come back without a permit);
  * finishing is not limited, so a cancel is never queued behind other batches. `supervised` retries a batch after a fault.
+ * A node with `maxConcurrentBatches` 0 does none of this (`handedOff`): the nodes that run batches pick its work up.
  */
 import { Cause, Clock, Context, Duration, Effect, Exit, FiberMap, Layer, Option } from "effect"
 import { AppConfig } from "../Config.js"
