@@ -86,8 +86,12 @@ const main = async () => {
     const server = startNode(port, SPLIT ? 0 : RUNNING)
     const base = `http://127.0.0.1:${port}`
     await waitHealthy(`${base}/v1/health`)
-    const worker = SPLIT ? startNode(await freePort(), RUNNING) : undefined
-    if (worker !== undefined) setPriority(worker.pid!, 19)
+    const workerPort = await freePort()
+    const worker = SPLIT ? startNode(workerPort, RUNNING) : undefined
+    if (worker !== undefined) {
+      setPriority(worker.pid!, 19)
+      await waitHealthy(`http://127.0.0.1:${workerPort}/v1/health`)
+    }
 
     const openai = new OpenAI({ baseURL: `${base}/v1`, apiKey: "bench", maxRetries: 0 })
     const where = SPLIT ? "; run by a second server at nice 19" : ""

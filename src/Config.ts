@@ -273,6 +273,12 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   Config.mapOrFail(validateConfig)
 )
 
+/**
+ * Whether this node runs batches (and delivers their webhooks); one with `MAX_CONCURRENT_BATCHES=0` serves the API
+ * only and leaves that work to the others on its database.
+ */
+export const runsBatches = (config: Pick<AppConfigShape, "maxConcurrentBatches">) => config.maxConcurrentBatches > 0
+
 /** Where file bytes live: `FILE_STORAGE`, by default in the database with Postgres and on local disk with SQLite. */
 export const fileStorageOf = (config: Pick<AppConfigShape, "fileStorage" | "databaseUrl">): "local" | "sql" =>
   Option.getOrElse(config.fileStorage, () => (Option.isSome(config.databaseUrl) ? "sql" : "local"))

@@ -29,7 +29,7 @@ describe("configuration", () => {
   it.effect("layerWith refuses what the environment refuses, naming the variable", () =>
     Effect.gen(function*() {
       const cases: ReadonlyArray<readonly [Parameters<typeof AppConfig.layerWith>[0], Record<string, string>, string]> = [
-        [{ maxConcurrentBatches: -1 }, { MAX_CONCURRENT_BATCHES: "1.5" }, "MAX_CONCURRENT_BATCHES"],
+        [{ maxConcurrentBatches: 1.5 }, { MAX_CONCURRENT_BATCHES: "-1" }, "MAX_CONCURRENT_BATCHES"],
         [{ port: -5 }, { PORT: "-5" }, "PORT"],
         [{ maxJsonBodyBytes: 1.5 }, { MAX_JSON_BODY_BYTES: "-1" }, "MAX_JSON_BODY_BYTES"],
         [{ dataDir: " " }, { DATA_DIR: " " }, "DATA_DIR"],

@@ -2,7 +2,7 @@
 import { assert, describe, expect, it } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Chunk, Clock, Effect, Exit, Fiber, Layer, Option, Stream, TestClock } from "effect"
-import { writeFileSync } from "node:fs"
+import { mkdirSync, utimesSync, writeFileSync } from "node:fs"
 import * as Path from "node:path"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { AppConfig } from "../src/Config.js"
@@ -119,16 +119,27 @@ for (const { backend, fileStorage } of storages) describe(`FileStore (${backend}
       expect(yield* storedBlobs).toEqual({ blobs: [], staging: [] })
     }).pipe(Effect.provide(storeLayer)))
 
-  it.scoped("at start, removes staged leftovers and bytes that never got metadata (a crash mid-upload)", () =>
+  it.scoped("at start, removes its staged leftovers and old bytes that never got metadata (a crash mid-upload), not another node's", () =>
     Effect.gen(function*() {
       const { path } = yield* TestDataDir
       // Each `Effect.provide` of this layer is one start of the service on the same storage.
       const start = FileStoreLive.pipe(Layer.provideMerge(StorageLive), Layer.provideMerge(config))
       const kept = yield* upload("kept.jsonl", "batch", bytesOf("k\n")).pipe(Effect.provide(start))
       // What a process killed mid-upload, or between publishing bytes and writing metadata, leaves behind.
+      const othersStaging = Path.join(path, "files", "staging", "other-node")
       if (fileStorage === "local") {
-        writeFileSync(Path.join(path, "files", "staging", "half-written"), "partial")
+        const { nodeId } = yield* Effect.provide(AppConfig, config)
+        const longAgo = new Date(Date.now() - 2 * 86_400_000)
+        writeFileSync(Path.join(path, "files", "staging", encodeURIComponent(nodeId), "half-written"), "partial")
         writeFileSync(Path.join(path, "files", "blobs", "file-orphan"), "no metadata")
+        utimesSync(Path.join(path, "files", "blobs", "file-orphan"), longAgo, longAgo)
+        // Another node sharing the directory: its upload under way, its file row on its way, and what it left
+        // when it died two days ago.
+        mkdirSync(othersStaging, { recursive: true })
+        writeFileSync(Path.join(othersStaging, "uploading"), "partial")
+        writeFileSync(Path.join(othersStaging, "died-with-its-node"), "partial")
+        utimesSync(Path.join(othersStaging, "died-with-its-node"), longAgo, longAgo)
+        writeFileSync(Path.join(path, "files", "blobs", "file-just-published"), "row on its way")
       } else {
         yield* Effect.gen(function*() {
           const sql = yield* SqlClient.SqlClient
@@ -146,6 +157,10 @@ for (const { backend, fileStorage } of storages) describe(`FileStore (${backend}
         storedBlobs
       ]).pipe(Effect.provide(start))
       expect(listed.data.map((f) => f.id)).toEqual([kept.id])
-      expect(stored).toEqual({ blobs: [kept.id], staging: [] })
+      if (fileStorage === "local") {
+        expect(stored).toEqual({ blobs: ["file-just-published", kept.id].sort(), staging: ["other-node/uploading"] })
+      } else {
+        expect(stored).toEqual({ blobs: [kept.id], staging: [] })
+      }
     }).pipe(Effect.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))))
 })

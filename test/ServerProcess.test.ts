@@ -3,34 +3,18 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { randomBytes } from "node:crypto"
 import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs"
-import { request } from "node:http"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import OpenAI, { toFile } from "openai"
-import { runServerToExit, startServer } from "./support/ServerProcess.js"
+import { runServerToExit, STALLED_UPLOAD_END, stalledUpload, startServer } from "./support/ServerProcess.js"
+import { filesUnder } from "./support/TestApp.js"
 
 const scratch = () => mkdtempSync(Path.join(tmpdir(), "batch-proc-"))
-const stagingFiles = (dataDir: string) => readdirSync(Path.join(dataDir, "files", "staging"))
+const stagingFiles = (dataDir: string) => filesUnder(Path.join(dataDir, "files", "staging"))
 const blobFiles = (dataDir: string) => readdirSync(Path.join(dataDir, "files", "blobs"))
 const sdk = (url: string) => new OpenAI({ baseURL: `${url}/v1`, apiKey: "sk-test", maxRetries: 0 })
 
 /** Starts a chunked upload, sends `bytes`, and keeps the request open (the client "hangs" mid-upload). */
-const stalledUpload = (url: string, bytes: Uint8Array) => {
-  const boundary = "stalled-boundary"
-  const req = request(`${url}/v1/files`, {
-    method: "POST",
-    headers: { "content-type": `multipart/form-data; boundary=${boundary}`, "transfer-encoding": "chunked" }
-  })
-  const response = new Promise<number | "aborted">((resolve) => {
-    req.on("response", (res) => resolve(res.statusCode!))
-    req.on("error", () => resolve("aborted"))
-  })
-  req.write(`--${boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n`)
-  req.write(`--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n\r\n`)
-  req.write(bytes)
-  return { req, response }
-}
-
 const waitFor = async (check: () => boolean, what: string, timeoutMs = 10_000) => {
   const deadline = Date.now() + timeoutMs
   while (!check()) {
@@ -71,14 +55,16 @@ describe.concurrent("server process", () => {
     Effect.promise(async () => {
       const dataDir = scratch()
       try {
-        let server = await startServer({ DATA_DIR: dataDir })
+        // The same node (NODE_ID) restarted: it removes what it left in its staging directory.
+        const node = { DATA_DIR: dataDir, NODE_ID: "node-a" }
+        let server = await startServer(node)
         const { req } = stalledUpload(server.url, randomBytes(2 * 1024 * 1024))
         await waitFor(() => stagingFiles(dataDir).some((f) => statSync(Path.join(dataDir, "files", "staging", f)).size > 0), "bytes to reach the staging area")
         await server.stop("SIGKILL")
         req.destroy()
         expect(stagingFiles(dataDir).length).toBe(1) // what the crash left behind...
 
-        server = await startServer({ DATA_DIR: dataDir })
+        server = await startServer(node)
         expect((await sdk(server.url).files.list()).data).toEqual([])
         expect(stagingFiles(dataDir)).toEqual([]) // ...is gone after the restart
         expect(blobFiles(dataDir)).toEqual([])
@@ -100,7 +86,7 @@ describe.concurrent("server process", () => {
         const exit = server.stop("SIGTERM")
         // The upload ends once the shutdown has started, not before (a fixed sleep could be either on a busy machine).
         await waitFor(() => server.stdout().includes('"event":"server.shutdown_started"'), "the shutdown to start")
-        finishing.req.end(`\r\n--stalled-boundary--\r\n`)
+        finishing.req.end(STALLED_UPLOAD_END)
         expect(await finishing.response).toBe(200)
         expect(await exit).toBe(0)
         expect(Date.now() - started).toBeLessThan(6_000)

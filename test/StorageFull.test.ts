@@ -165,6 +165,12 @@ describe("storage faults are classified", () => {
     expect(storageFaultOf(refused)).toBeUndefined() // an upstream's refused connection is not the database's
   })
 
+  it("SQLite: a write lock another process held past the busy timeout is unavailable, under an SqlError", () => {
+    const busy = Object.assign(new Error("database is locked"), { code: "SQLITE_BUSY" })
+    expect(storageFaultOf(new SqlError({ cause: busy, message: "Failed to execute statement" }))).toBe("unavailable")
+    expect(storageFaultOf(busy)).toBeUndefined()
+  })
+
   it("other faults are not storage faults; capacity wins in a cause that holds several", () => {
     const sqlError = (code: string) => new SqlError({ cause: Object.assign(new Error(code), { code }), message: "x" })
     expect(storageFaultOf(sqlError("SQLITE_IOERR_WRITE"))).toBeUndefined() // a failing device, not a full one

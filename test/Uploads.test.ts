@@ -237,10 +237,10 @@ describe("uploads", () => {
           return yield* writer.finish
         }))
 
-    it.effect(`${backend}, ${fileStorage} file bytes: a restart keeps an upload, its parts, and gives back a completion cut short`, () =>
+    it.effect(`${backend}, ${fileStorage} file bytes: a restart keeps an upload, its parts, and gives back a completion cut short (not another node's)`, () =>
       Effect.gen(function*() {
         const bytes = Buffer.from("first half|second half\n")
-        const { id, parts } = yield* Effect.gen(function*() {
+        const { id, others, parts } = yield* Effect.gen(function*() {
           const uploads = yield* Uploads
           const upload = yield* uploads.create({ project: "p", bytes: bytes.length, filename: "f.jsonl", purpose: "batch", mimeType: "text/jsonl" })
           const parts = []
@@ -251,10 +251,14 @@ describe("uploads", () => {
           // A crash in the middle of a complete leaves its claim behind.
           const { nodeId } = yield* AppConfig
           yield* sql(`UPDATE uploads SET status = 'completing', completing_owner = '${nodeId}' WHERE id = '${upload.id}'`)
-          return { id: upload.id, parts }
+          // Another node sharing the database completes an upload of its own meanwhile.
+          const others = yield* uploads.create({ project: "p", bytes: 1, filename: "o.jsonl", purpose: "batch", mimeType: "text/jsonl" })
+          yield* sql(`UPDATE uploads SET status = 'completing', completing_owner = 'other-node' WHERE id = '${others.id}'`)
+          return { id: upload.id, parts, others: others.id }
         }).pipe(Effect.provide(start))
 
         const content = yield* Effect.gen(function*() {
+          expect(yield* sql(`SELECT status FROM uploads WHERE id = '${others}'`)).toEqual([{ status: "completing" }])
           const completed = yield* Effect.flatMap(Uploads, (uploads) => uploads.complete(id, { project: "p" }, parts, md5(bytes)))
           const { stream } = yield* Effect.flatMap(FileStore, (files) => files.content(completed.file!.id, { project: "p" }))
           return Buffer.concat(yield* Stream.runCollect(stream).pipe(Effect.map((c) => Array.from(c))))

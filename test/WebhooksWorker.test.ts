@@ -9,6 +9,7 @@ import * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Context, Duration, Effect, Layer, Logger } from "effect"
+import type { AppConfigShape } from "../src/Config.js"
 import { eventId } from "../src/domain/Ids.js"
 import { Metrics, noopMetrics } from "../src/observability/Metrics.js"
 import { SqlLive } from "../src/storage/Sql.js"
@@ -33,7 +34,7 @@ class Hook extends Context.Tag("test/Hook")<Hook, {
   readonly byProject: Record<string, { readonly url: string; readonly secret: string }>
 }>() {}
 
-const worker = (backend: "sqlite" | "postgres") =>
+const worker = (backend: "sqlite" | "postgres", overrides: Partial<AppConfigShape> = {}) =>
   Layer.unwrapScoped(Effect.gen(function*() {
     const receiver = yield* webhookReceiver()
     const byProject: Record<string, { readonly url: string; readonly secret: string }> = {}
@@ -45,7 +46,8 @@ const worker = (backend: "sqlite" | "postgres") =>
         webhookRetryBaseDelay: Duration.millis(50),
         webhookRetryMaxDelay: Duration.millis(200),
         heartbeatInterval: Duration.millis(20),
-        fileSweepInterval: Duration.millis(100)
+        fileSweepInterval: Duration.millis(100),
+        ...overrides
       })),
       Layer.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend))),
       Layer.provide(Logger.replace(Logger.defaultLogger, recorder)),
@@ -181,4 +183,17 @@ describe("what a failed connection is told as", () => {
     expect(told).toBe("connection failed: Transport, TypeError")
     expect(noAnswer("hunter2")).toBe("connection failed: unknown error")
   })
+})
+
+layer(worker("sqlite", { maxConcurrentBatches: 0 }), { excludeTestServices: true, timeout: 30_000 })("the webhook worker of an API-only node", (it) => {
+  // On SQLite the node that runs batches frees every claim when it starts: an API-only node beside it must hold none.
+  it.effect("claims and sends nothing: the node that runs batches delivers their events", () =>
+    Effect.gen(function*() {
+      const { byProject, receiver } = yield* Hook
+      byProject.api = { url: receiver.url, secret: SECRET }
+      const id = yield* insertEvent({ project: "api", createdAt: nowS() })
+      yield* Effect.sleep(Duration.millis(500)) // 25 heartbeats
+      expect(yield* rowOf(id)).toMatchObject({ status: "pending", turns: 0, attempts: 0, claimed_by: null })
+      expect(sentFor(receiver, id)).toEqual([])
+    }))
 })

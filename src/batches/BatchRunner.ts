@@ -18,7 +18,7 @@
  * A node with `maxConcurrentBatches` 0 does none of this (`handedOff`): the nodes that run batches pick its work up.
  */
 import { Cause, Clock, Context, Duration, Effect, Exit, FiberMap, Layer, Option } from "effect"
-import { AppConfig } from "../Config.js"
+import { AppConfig, runsBatches } from "../Config.js"
 import type { BatchId } from "../domain/Ids.js"
 import { FileStore } from "../files/FileStore.js"
 import { Inference } from "../inference/Inference.js"
@@ -121,9 +121,10 @@ export const make = Effect.gen(function*() {
               if (!(yield* finishing.finish(id, "expire"))) return
               break
             }
-            // A running batch whose upstream is down waits for it without a permit. The expiry also ends these
-            // waits; the next round then finishes the batch as expired.
-            const upstream = batch.status === "in_progress" ? inference.reachable(batch.model) : Effect.void
+            // A running batch whose upstream is down waits for it without a permit, counted as this node's work
+            // (so that a cancel from another node stops the wait). The expiry also ends these waits; the next round
+            // then finishes the batch as expired.
+            const upstream = batch.status === "in_progress" ? local.working(id, inference.reachable(batch.model)) : Effect.void
             const progressed = yield* Effect.zipRight(upstream, validateOrRun(record)).pipe(
               Effect.raceFirst(Effect.as(Effect.sleep(Duration.millis(remaining)), true))
             )
@@ -223,4 +224,4 @@ export const BatchRunnerLive: Layer.Layer<
   BatchRunner,
   never,
   BatchStore | WorkLeases | FileStore | Inference | AppConfig
-> = Layer.scoped(BatchRunner, Effect.flatMap(AppConfig, (config) => config.maxConcurrentBatches === 0 ? Effect.succeed(handedOff) : make))
+> = Layer.scoped(BatchRunner, Effect.flatMap(AppConfig, (config) => runsBatches(config) ? make : Effect.succeed(handedOff)))

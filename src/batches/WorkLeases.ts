@@ -2,7 +2,7 @@
  * `WorkLeases`: which node works on what, in SQL. A node claims a batch-wide lease to validate or finish a batch,
  * and slices of a running batch's requests to run them; a lease lasts until a time it renews (the heartbeat), and
  * a lease whose time has passed is free for any node to take over. Claims never wait on each other: Postgres skips
- * rows another node is claiming (`FOR UPDATE SKIP LOCKED`); SQLite has one writer. Times are epoch milliseconds.
+ * rows another node is claiming (`FOR UPDATE SKIP LOCKED`); SQLite runs one write at a time. Times are epoch milliseconds.
  *
  * The slices themselves are created and marked done by `BatchStore` (`startRunning`, `completeSlice`), as parts of
  * the status moves they belong to.
@@ -45,8 +45,8 @@ export interface WorkLeasesShape {
   /** Gives up the leases of `owner` (every owner when none), on one batch or all. */
   readonly releaseLeases: (filter: { readonly owner?: string; readonly batchId?: BatchId }) => Effect.Effect<void>
   /**
-   * Frees the leases a previous run of node `owner` held. With SQLite, which one node uses at a time, every lease
-   * is freed: whatever node held it before is gone.
+   * Frees the leases a previous run of node `owner` held. With SQLite every lease is freed: only one node on the file
+   * runs batches (API-only nodes beside it hold no lease), so whatever node held one before is gone.
    */
   readonly releaseAfterRestart: (owner: string) => Effect.Effect<void>
   /**

@@ -156,7 +156,8 @@ export const makeBatchSql = (sql: SqlClient.SqlClient) => {
 
     /**
      * Postgres: completions of a batch's last two slices on two nodes are serialized on the batch row, or each
-     * would still see the other's slice open and neither would move the batch on (SQLite has one writer).
+     * would still see the other's slice open and neither would move the batch on (SQLite runs one write
+     * transaction at a time: they begin `IMMEDIATE`).
      */
     lockBatchRow: (id: BatchId) =>
       sql.onDialectOrElse({
@@ -164,15 +165,15 @@ export const makeBatchSql = (sql: SqlClient.SqlClient) => {
         orElse: () => Effect.void
       }),
 
-    /** Postgres: rows another node is claiming right now are skipped, not waited for (SQLite has one writer). */
+    /** Postgres: rows another node is claiming right now are skipped, not waited for (SQLite runs one write at a time). */
     skipLocked: sql.onDialectOrElse({
       pg: () => sql.literal("FOR UPDATE SKIP LOCKED"),
       orElse: () => sql.literal("")
     }),
 
     /**
-     * Whose leases a node restarting as `owner` frees: its own; with SQLite, which one node uses at a time, every
-     * lease (whatever node held it before is gone).
+     * Whose leases a node restarting as `owner` frees: its own; with SQLite, on which one node runs batches (API-only
+     * nodes beside it hold no lease nor claim), every lease (whatever node held it before is gone).
      */
     leasesFreedOnRestart: (owner: string): { readonly owner?: string } =>
       sql.onDialectOrElse({ sqlite: () => ({}), orElse: () => ({ owner }) })

@@ -321,11 +321,12 @@ export const make = Effect.gen(function*() {
     }
   }).pipe(Effect.orDie, Effect.withSpan("Uploads.sweep"))
 
-  /** Completions this node was running when it stopped (with SQLite, the only node: all of them) are given back. */
+  /**
+   * Completions this node was running when it stopped are given back; another node's are its own (on SQLite too:
+   * an API-only node beside the one that runs batches completes uploads), and go stale if it died.
+   */
   const releaseOwnClaims = sql`UPDATE uploads SET status = 'pending', completing_owner = NULL
-    WHERE status = 'completing' AND ${
-    sql.onDialectOrElse({ sqlite: () => sql`1 = 1`, orElse: () => sql`completing_owner = ${nodeId}` })
-  }`.pipe(Effect.orDie)
+    WHERE status = 'completing' AND completing_owner = ${nodeId}`.pipe(Effect.orDie)
 
   return {
     service: Uploads.of({ create, partRoom, openPart, addPart, complete, cancel, sweep }),

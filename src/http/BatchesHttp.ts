@@ -59,7 +59,8 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
         : conflict("This idempotency_key was already used to create a batch with different parameters.", "idempotency_key")
 
     /**
-     * Creates the batch `valid` describes and starts it; with an idempotency key its project used before, gives the
+     * Creates the batch `valid` describes and hands it to this node's runner (on an API-only node, to the nodes that
+     * run batches); with an idempotency key its project used before, gives the
      * batch made then (`requestHash` tells the same request from another). `writeInput` writes the input file
      * (`valid.inputFileId`) of inline requests or a rerun once a batch is to be made; it is removed if none is.
      */

@@ -5,7 +5,7 @@
  */
 import * as HttpServer from "@effect/platform/HttpServer"
 import { Duration, Effect, Layer, Option } from "effect"
-import { AppConfig, type AppConfigShape } from "../Config.js"
+import { AppConfig, type AppConfigShape, runsBatches } from "../Config.js"
 import { type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
 import { describeDatabase, Readiness } from "./Readiness.js"
 
@@ -26,9 +26,9 @@ export const listeningLine = (
   const inference = config.inferenceMode === "replay"
     ? `answers replayed from ${Option.getOrElse(config.inferenceRecordings, () => "?")}`
     : `${upstreams.length === 1 ? "upstream" : "upstreams"} ${upstreams.map(upstreamText).join("; ")}`
-  const runsBatches = config.maxConcurrentBatches > 0
+  const runs = runsBatches(config)
   return {
-    message: `Listening on ${address} (${database}; ${inference}${runsBatches ? "" : "; runs no batch: other nodes do"})`,
+    message: `Listening on ${address} (${database}; ${inference}${runs ? "" : "; runs no batch: other nodes do"})`,
     fields: {
       event: "server.listening",
       address,
@@ -36,7 +36,7 @@ export const listeningLine = (
       backend: Option.isSome(config.databaseUrl) ? "postgresql" : "sqlite",
       database,
       inference_mode: config.inferenceMode,
-      runs_batches: runsBatches,
+      runs_batches: runs,
       upstreams: upstreams.map((u) => ({ name: u.name, base_url: u.baseUrl, models: u.models }))
     }
   }

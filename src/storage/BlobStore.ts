@@ -4,7 +4,7 @@
  */
 import * as FileSystem from "@effect/platform/FileSystem"
 import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
-import { Context, Effect, Layer, Scope, Stream } from "effect"
+import { Context, Effect, Layer, Option, Scope, Stream } from "effect"
 import { randomUUID } from "node:crypto"
 import * as Path from "node:path"
 import { AppConfig } from "../Config.js"
@@ -34,7 +34,10 @@ export interface BlobStoreShape {
   readonly read: (key: string) => Stream.Stream<Uint8Array>
   /** Removes the bytes under `key`; removing a missing key is not an error. */
   readonly remove: (key: string) => Effect.Effect<void>
-  /** Every published key (to find bytes that lost their metadata in a crash). */
+  /**
+   * Every published key older than `ORPHAN_AGE_MS` (to find bytes that lost their metadata in a crash; a younger
+   * one's row may still be on its way on another node).
+   */
   readonly keys: Effect.Effect<ReadonlyArray<string>>
 }
 
@@ -52,15 +55,41 @@ export const stageStream = <E>(blobs: BlobStoreShape, content: Stream.Stream<Uin
     Effect.zipRight(Stream.runForEach(content, writer.write), writer.finish))
 
 /**
- * Blobs as files under `root/blobs`, staged in `root/staging` (same file system, so publishing is a `rename`).
- * The staging directory belongs to this process: whatever a killed process left there is removed at start.
+ * A published blob is reported by `keys` (as a candidate orphan) only once it is this old: its file row, written
+ * just after publishing, may still be on its way on another node.
  */
-export const makeLocal = (root: string) =>
+export const ORPHAN_AGE_MS = 60_000
+/** Staging areas of other nodes older than this belong to uploads that died with their node. */
+export const STALE_STAGING_MS = 24 * 60 * 60 * 1000
+
+/**
+ * Blobs as files under `root/blobs`, staged in `root/staging/<node id>` (same file system, so publishing is a
+ * `rename`). Each node sharing `root` stages in a directory of its own (an API-only node beside the one that runs
+ * batches): at start, a node removes what a killed run of it left in its own, and from the others' only what is
+ * older than `STALE_STAGING_MS` (left by a node that died for good).
+ */
+export const makeLocal = (root: string, nodeId = "node") =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const blobs = Path.join(root, "blobs")
-    const staging = Path.join(root, "staging")
+    const stagingRoot = Path.join(root, "staging")
+    const staging = Path.join(stagingRoot, encodeURIComponent(nodeId))
+    const olderThan = (path: string, ms: number, now: number) =>
+      fs.stat(path).pipe(Effect.map((info) => Option.exists(info.mtime, (at) => at.getTime() < now - ms)), Effect.orElseSucceed(() => false))
     yield* fs.remove(staging, { recursive: true }).pipe(Effect.ignore)
+    const now = Date.now() // the file system's clock, which its times are on (not Effect's `Clock`)
+    // Each entry on its own: one that another node removed meanwhile, or none at all (a new `root`), is no fault.
+    for (const name of yield* fs.readDirectory(stagingRoot).pipe(Effect.orElseSucceed(() => []))) {
+      const path = Path.join(stagingRoot, name)
+      yield* Effect.ignore(Effect.gen(function*() {
+        // A file right under `staging/` was staged by an earlier version (every node stops for an upgrade).
+        if ((yield* fs.stat(path)).type !== "Directory") return yield* fs.remove(path)
+        for (const entry of yield* fs.readDirectory(path)) {
+          const stale = yield* olderThan(Path.join(path, entry), STALE_STAGING_MS, now)
+          if (stale) yield* Effect.ignore(fs.remove(Path.join(path, entry)))
+        }
+      }))
+    }
     yield* fs.makeDirectory(blobs, { recursive: true })
     yield* fs.makeDirectory(staging, { recursive: true })
 
@@ -93,10 +122,12 @@ export const makeLocal = (root: string) =>
 
     const remove = (key: string) => removeQuietly(blobPath(key)).pipe(Effect.orDie)
 
-    const keys = fs.readDirectory(blobs).pipe(
-      Effect.map((names) => names.map(decodeURIComponent)),
-      Effect.orDie
-    )
+    const keys = Effect.gen(function*() {
+      const now = Date.now() // the file system's clock, which its times are on (not Effect's `Clock`)
+      const names = yield* fs.readDirectory(blobs)
+      const old = yield* Effect.filter(names, (name) => olderThan(Path.join(blobs, name), ORPHAN_AGE_MS, now), { concurrency: 16 })
+      return old.map(decodeURIComponent)
+    }).pipe(Effect.orDie)
 
     return BlobStore.of({ openStaging, publish, read, remove, keys })
   })
@@ -104,5 +135,5 @@ export const makeLocal = (root: string) =>
 /** Local-disk blobs under `DATA_DIR/files`. */
 export const BlobStoreLocal: Layer.Layer<BlobStore, never, AppConfig> = Layer.effect(
   BlobStore,
-  Effect.flatMap(AppConfig, ({ dataDir }) => makeLocal(Path.join(dataDir, "files"))).pipe(Effect.orDie)
+  Effect.flatMap(AppConfig, ({ dataDir, nodeId }) => makeLocal(Path.join(dataDir, "files"), nodeId)).pipe(Effect.orDie)
 ).pipe(Layer.provide(NodeFileSystem.layer))

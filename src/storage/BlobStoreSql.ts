@@ -7,7 +7,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import { Chunk, Clock, Effect, Layer, Option, Stream } from "effect"
 import { randomUUID } from "node:crypto"
 import { AppConfig } from "../Config.js"
-import { BlobStore, type StagedBlob, type StagingWriter } from "./BlobStore.js"
+import { BlobStore, ORPHAN_AGE_MS, STALE_STAGING_MS, type StagedBlob, type StagingWriter } from "./BlobStore.js"
 
 /** Bytes per stored chunk: the most an upload or a download holds in memory at a time. */
 const CHUNK_BYTES = 512 * 1024
@@ -17,13 +17,6 @@ const CHUNK_BYTES = 512 * 1024
  * is read as pieces of this size instead, whose strings die young.
  */
 const PG_READ_PIECE = 48 * 1024
-/**
- * A published key is reported by `keys` (as a candidate orphan) only once it is this old: its file row, written
- * just after publishing, may still be on its way on another node.
- */
-const ORPHAN_AGE_MS = 60_000
-/** Staging areas of other nodes older than this belong to uploads that died with their node. */
-const STALE_STAGING_MS = 24 * 60 * 60 * 1000
 
 type ChunkRow = { readonly seq: number | string; readonly data: Uint8Array }
 
@@ -37,14 +30,11 @@ export const make = (nodeId: string) =>
         sql`DELETE FROM blob_staging WHERE token = ${token}`
       ).pipe(sql.withTransaction, Effect.orDie)
 
-    // Uploads cut short by a crash of this node (with SQLite, the only node: all of them), and very old ones.
+    // Uploads cut short by a crash of this node, and very old ones (of a node that died); another node's live ones
+    // are left alone (on SQLite too: an API-only node may share the file).
     const now = yield* Clock.currentTimeMillis
-    const stale = yield* sql<{ token: string }>`SELECT token FROM blob_staging WHERE ${
-      sql.onDialectOrElse({
-        sqlite: () => sql`1 = 1`,
-        orElse: () => sql`owner = ${nodeId} OR created_at < ${now - STALE_STAGING_MS}`
-      })
-    }`.pipe(Effect.orDie)
+    const stale = yield* sql<{ token: string }>`SELECT token FROM blob_staging
+      WHERE owner = ${nodeId} OR created_at < ${now - STALE_STAGING_MS}`.pipe(Effect.orDie)
     yield* Effect.forEach(stale, (r) => dropToken(r.token), { discard: true })
 
     const openStaging = Effect.gen(function*() {

@@ -13,7 +13,8 @@
  *                (insufficient_resources), `53200` (out_of_memory), `53300` (too_many_connections), `08000`,
  *                `08001`, `08003`, `08004`, `08006` (connection exceptions), `57P01`–`57P03` (shutting down,
  *                starting up); a lost or refused connection (`ECONNREFUSED`, `ECONNRESET`, …, pg's "Connection
- *                terminated…"); SQLite `SQLITE_NOMEM`.
+ *                terminated…"); SQLite `SQLITE_NOMEM`, `SQLITE_BUSY` (another process on the file held its write
+ *                lock past the busy timeout).
  *
  * Not storage faults: other `SQLITE_IOERR_*` codes (a failing device, not a full one: SQLite reports a write
  * that hit ENOSPC as `SQLITE_FULL`), `SQLITE_CORRUPT`, PostgreSQL `53400` (configuration_limit_exceeded, such as
@@ -28,6 +29,7 @@ const capacityCodes = new Set(["SQLITE_FULL", "SQLITE_IOERR_SHMSIZE", "ENOSPC", 
 /** Codes that mean "unavailable" only when they come from the SQL client (a socket error elsewhere is not one). */
 const unavailableSqlCodes = new Set([
   "SQLITE_NOMEM",
+  "SQLITE_BUSY",
   "53000",
   "53200",
   "53300",

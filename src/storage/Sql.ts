@@ -5,9 +5,9 @@
  */
 import * as Reactivity from "@effect/experimental/Reactivity"
 import * as SqlClient from "@effect/sql/SqlClient"
+import * as Migrator from "@effect/sql/Migrator"
 import type * as SqlConnection from "@effect/sql/SqlConnection"
 import * as Statement from "@effect/sql/Statement"
-import * as Migrator from "@effect/sql/Migrator"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import { Clock, Effect, Layer, Option, type Redacted } from "effect"
@@ -62,7 +62,7 @@ const SqliteLive = (filename: string): Layer.Layer<SqlClient.SqlClient, unknown>
     SqlClient.SqlClient,
     Effect.flatMap(SqliteClient.make({ filename }), (sqlite) =>
       SqlClient.make({
-        // The connection, once no transaction holds it (as the library's own client takes it).
+        // The connection once no transaction holds it, held for the statement (which runs synchronously anyway).
         acquirer: sqlite.reserve,
         transactionAcquirer: sqlite.reserve,
         compiler: Statement.makeCompilerSqlite(),

@@ -1,8 +1,8 @@
 /**
- * `Webhooks`: the delivery of batch events, on every node. The events themselves are written by `BatchStore` in
- * the transaction of each final move (the outbox, `deliveries.ts`); here a worker claims the rows that are due
- * (so that of several nodes exactly one makes each attempt), posts each, signed (`signing.ts`), to its project's
- * webhook (`WebhookTargets.ts`) with a time limit, and stores what came of it:
+ * `Webhooks`: the delivery of batch events, on every node that runs batches. The events themselves are written by
+ * `BatchStore` in the transaction of each final move (the outbox, `deliveries.ts`); here a worker claims the rows
+ * that are due (so that of several nodes exactly one makes each attempt), posts each, signed (`signing.ts`), to its
+ * project's webhook (`WebhookTargets.ts`) with a time limit, and stores what came of it:
  *
  * - a 2xx answer: `delivered`;
  * - any other answer, a timeout, a connection error: another attempt after `WEBHOOK_RETRY_BASE_DELAY`, doubling
@@ -18,7 +18,7 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Clock, Context, Duration, Effect, FiberSet, Layer, Option, Random, Redacted } from "effect"
-import { AppConfig } from "../Config.js"
+import { AppConfig, runsBatches } from "../Config.js"
 import { sweepEvery } from "../files/FileStore.js"
 import { dispatcher } from "../inference/UpstreamHttpClient.js"
 import { Metrics } from "../observability/Metrics.js"
@@ -170,6 +170,9 @@ export const make = Effect.gen(function*() {
       return due.length < room
     })
 
+  // Not on an API-only node: on SQLite, the node that runs batches frees every claim when it starts (see
+  // `releaseAfterRestart`), so an API-only node beside it must hold none.
+  if (!runsBatches(config)) return Webhooks.of({ list: deliveries.list })
   // A restarted node frees its own claims at once; then it looks for due events every heartbeat (at once again
   // while it finds as many as it has room for).
   yield* deliveries.releaseAfterRestart(config.nodeId)

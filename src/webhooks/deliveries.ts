@@ -4,7 +4,7 @@
  * - `makeOutbox`: the event row of a batch's final move, written by `BatchStore`'s one move function inside the
  *   move's own transaction, so that a final status and its event are committed together or not at all;
  * - claims: a node takes due rows for itself until a time (epoch ms), as `WorkLeases` does with work: Postgres
- *   skips rows another node is claiming (`FOR UPDATE SKIP LOCKED`), SQLite has one writer; a claim whose time
+ *   skips rows another node is claiming (`FOR UPDATE SKIP LOCKED`), SQLite runs one write at a time; a claim whose time
  *   passed (its node died mid-attempt) is free again, and a restarted node frees its own at once;
  * - `settle`: a turn's result, written only while the claim is still the node's own;
  * - `list`: what `GET /v1/webhook_deliveries` shows, newest first, one project's or all (the server's webhook URL
@@ -191,7 +191,10 @@ export const makeDeliveries = (sql: SqlClient.SqlClient) => {
       Effect.orDie
     )
 
-  /** Frees the claims a previous run of node `owner` held (with SQLite, every claim: one node uses it at a time). */
+  /**
+   * Frees the claims a previous run of node `owner` held (with SQLite, every claim: only one node on the file runs
+   * batches and delivers their events; API-only nodes beside it hold none).
+   */
   const releaseAfterRestart = (owner: string) => {
     const freed = dialect.leasesFreedOnRestart(owner)
     const whose = freed.owner === undefined ? sql`claimed_by IS NOT NULL` : sql`claimed_by = ${freed.owner}`

@@ -4,6 +4,7 @@
  * `src/main.ts`; elsewhere (the benchmarks), `src/main.ts` through tsx.
  */
 import { type ChildProcess, spawn } from "node:child_process"
+import { request } from "node:http"
 import { createServer } from "node:net"
 import * as Path from "node:path"
 
@@ -113,3 +114,25 @@ export const runServerToExit = (
       resolve({ code, output })
     })
   })
+
+/**
+ * A `POST /v1/files` whose multipart body stops after `bytes` of the file: `req.end(STALLED_UPLOAD_END)` finishes
+ * it; `response` is its status, or "aborted" when the connection is lost.
+ */
+export const stalledUpload = (url: string, bytes: Uint8Array) => {
+  const req = request(`${url}/v1/files`, {
+    method: "POST",
+    headers: { "content-type": `multipart/form-data; boundary=${STALLED_BOUNDARY}`, "transfer-encoding": "chunked" }
+  })
+  const response = new Promise<number | "aborted">((resolve) => {
+    req.on("response", (res) => resolve(res.statusCode!))
+    req.on("error", () => resolve("aborted"))
+  })
+  req.write(`--${STALLED_BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n`)
+  req.write(`--${STALLED_BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n\r\n`)
+  req.write(bytes)
+  return { req, response }
+}
+const STALLED_BOUNDARY = "stalled-boundary"
+/** What finishes a `stalledUpload`'s body. */
+export const STALLED_UPLOAD_END = `\r\n--${STALLED_BOUNDARY}--\r\n`

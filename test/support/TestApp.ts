@@ -3,7 +3,7 @@ import { HttpServer } from "@effect/platform"
 import { NodeHttpClient, NodeHttpServer } from "@effect/platform-node"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Context, Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
-import { mkdtempSync, readdirSync, rmSync } from "node:fs"
+import { mkdtempSync, readdirSync, rmSync, statSync } from "node:fs"
 import { createServer } from "node:http"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
@@ -26,10 +26,17 @@ export class TestDataDir extends Effect.Service<TestDataDir>()("test/TestDataDir
   scoped: Effect.map(scratchDir, (path) => ({ path }))
 }) {}
 
-/** Names of the files under `dataDir/files/{blobs,staging}`: what a leak of bytes would leave. */
+/** The files under `dir`, at any depth (paths relative to it). */
+export const filesUnder = (dir: string) =>
+  readdirSync(dir, { recursive: true, encoding: "utf8" }).filter((name) => statSync(Path.join(dir, name)).isFile()).sort()
+
+/**
+ * Names of the files under `dataDir/files/blobs` and of those under `dataDir/files/staging` (in each node's
+ * directory): what a leak of bytes would leave.
+ */
 export const localBlobs = (dataDir: string) => ({
   blobs: readdirSync(Path.join(dataDir, "files", "blobs")).sort(),
-  staging: readdirSync(Path.join(dataDir, "files", "staging")).sort()
+  staging: filesUnder(Path.join(dataDir, "files", "staging"))
 })
 
 /** The published keys and staging areas of whichever file storage the configuration uses. */
