@@ -16,7 +16,7 @@
  */
 import { execSync, spawn } from "node:child_process"
 import { mkdtempSync, rmSync } from "node:fs"
-import { setPriority, tmpdir } from "node:os"
+import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import OpenAI, { toFile } from "openai"
 import { Agent, request } from "undici"
@@ -65,8 +65,10 @@ const main = async () => {
     // BENCH_SERVER_FLAGS adds node flags (e.g. "--cpu-prof" to profile the server); BENCH_SERVER_STDOUT=1 shows its
     // stdout (e.g. with "--trace-gc").
     const flags = [...startFlags(), ...(process.env.BENCH_SERVER_FLAGS ?? "").split(" ").filter(Boolean)]
-    const startNode = (nodePort: number, maxConcurrentBatches: number) => {
-      const node = spawn(process.execPath, [...flags, "dist/main.js"], {
+    // The batches' node under `nice -n 19` (every thread of it, as the README's deployment starts it).
+    const startNode = (nodePort: number, maxConcurrentBatches: number, niced = false) => {
+      const command = [process.execPath, ...flags, "dist/main.js"]
+      const node = spawn(niced ? "nice" : command[0]!, niced ? ["-n", "19", ...command] : command.slice(1), {
         cwd: root,
         env: {
           ...process.env,
@@ -87,11 +89,8 @@ const main = async () => {
     const base = `http://127.0.0.1:${port}`
     await waitHealthy(`${base}/v1/health`)
     const workerPort = await freePort()
-    const worker = SPLIT ? startNode(workerPort, RUNNING) : undefined
-    if (worker !== undefined) {
-      setPriority(worker.pid!, 19)
-      await waitHealthy(`http://127.0.0.1:${workerPort}/v1/health`)
-    }
+    const worker = SPLIT ? startNode(workerPort, RUNNING, true) : undefined
+    if (worker !== undefined) await waitHealthy(`http://127.0.0.1:${workerPort}/v1/health`)
 
     const openai = new OpenAI({ baseURL: `${base}/v1`, apiKey: "bench", maxRetries: 0 })
     const where = SPLIT ? "; run by a second server at nice 19" : ""

@@ -78,6 +78,8 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       yield* leases.releaseLeases({ owner: "b" })
       expect(yield* leases.liveSlices(id, 8_000)).toBe(1)
       expect(yield* leases.claimable(8_000, 10)).toContain(id)
+      // Left out when the node asking drives it already: the page then shows newer batches.
+      expect(yield* leases.claimable(8_000, 10, [id])).not.toContain(id)
     }).pipe(Effect.provide(storeFor(backend))))
 
   it.effect("the batch lease has one holder until it expires or is released", () =>

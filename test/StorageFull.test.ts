@@ -166,9 +166,11 @@ describe("storage faults are classified", () => {
   })
 
   it("SQLite: a write lock another process held past the busy timeout is unavailable, under an SqlError", () => {
-    const busy = Object.assign(new Error("database is locked"), { code: "SQLITE_BUSY" })
-    expect(storageFaultOf(new SqlError({ cause: busy, message: "Failed to execute statement" }))).toBe("unavailable")
-    expect(storageFaultOf(busy)).toBeUndefined()
+    for (const code of ["SQLITE_BUSY", "SQLITE_BUSY_SNAPSHOT"]) {
+      const busy = Object.assign(new Error("database is locked"), { code })
+      expect(storageFaultOf(new SqlError({ cause: busy, message: "Failed to execute statement" }))).toBe("unavailable")
+      expect(storageFaultOf(busy)).toBeUndefined()
+    }
   })
 
   it("other faults are not storage faults; capacity wins in a cause that holds several", () => {

@@ -157,6 +157,8 @@ export const make = Effect.gen(function*() {
    */
   const supervised = (id: BatchId) =>
     Effect.gen(function*() {
+      // A wait before a retry counts as this node's work on the batch: a cancel from another node ends it.
+      const backOff = (ms: number) => local.working(id, Effect.sleep(Duration.millis(ms)))
       let faults = 0
       let storageRetries = 0
       let waitingFor: StorageFault | undefined
@@ -176,7 +178,7 @@ export const make = Effect.gen(function*() {
             yield* Effect.logDebug(`Storage still ${storageState(storage)}; batch ${id} keeps waiting`, cause)
           }
           waitingFor = storage
-          yield* Effect.sleep(Duration.millis(Math.min(baseDelayMs * 2 ** Math.min(storageRetries++, 30), maxStorageDelayMs)))
+          yield* backOff(Math.min(baseDelayMs * 2 ** Math.min(storageRetries++, 30), maxStorageDelayMs))
           continue
         }
         waitingFor = undefined
@@ -189,7 +191,7 @@ export const make = Effect.gen(function*() {
           if (Option.isSome(failed)) yield* BatchLines.finished(failed.value)
           return
         }
-        yield* Effect.sleep(Duration.millis(baseDelayMs * 2 ** faults++))
+        yield* backOff(baseDelayMs * 2 ** faults++)
       }
     }).pipe(BatchLines.batchAnnotations(id), batchWork(id))
 
@@ -207,7 +209,7 @@ export const make = Effect.gen(function*() {
       yield* FiberMap.run(fibers, id, inBackground(supervised(id)))
     })
 
-  yield* startHeartbeat(local, { restart, pickUp })
+  yield* startHeartbeat(local, { restart, pickUp, driving: () => Array.from(fibers, ([id]) => id) })
 
   return BatchRunner.of({ submit, restart })
 })

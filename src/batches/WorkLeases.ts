@@ -51,9 +51,10 @@ export interface WorkLeasesShape {
   readonly releaseAfterRestart: (owner: string) => Effect.Effect<void>
   /**
    * Unfinished batches with work a node could claim at `now`, oldest first: a free batch-wide lease on one that
-   * validates, finishes or is past its expiry, or a free slice of one that runs.
+   * validates, finishes or is past its expiry, or a free slice of one that runs; those in `except` left out (the
+   * node's own, waiting for a permit: they would fill the page, hiding newer batches).
    */
-  readonly claimable: (now: number, limit: number) => Effect.Effect<ReadonlyArray<BatchId>>
+  readonly claimable: (now: number, limit: number, except?: ReadonlyArray<BatchId>) => Effect.Effect<ReadonlyArray<BatchId>>
 }
 
 export class WorkLeases extends Context.Tag("WorkLeases")<WorkLeases, WorkLeasesShape>() {}
@@ -141,9 +142,10 @@ export const make = Effect.gen(function*() {
 
   const releaseAfterRestart = (owner: string) => releaseLeases(dialect.leasesFreedOnRestart(owner))
 
-  const claimable = (now: number, limit: number) =>
+  const claimable = (now: number, limit: number, except: ReadonlyArray<BatchId> = []) =>
     sql<{ id: BatchId }>`
-      SELECT id FROM batches b WHERE ${sql.in("status", activeStatuses)} AND (
+      SELECT id FROM batches b WHERE ${sql.in("status", activeStatuses)}
+      AND ${except.length === 0 ? sql`1 = 1` : sql`NOT ${sql.in("id", except)}`} AND (
         ((status <> 'in_progress' OR expires_at * 1000 <= ${now}) AND (lease_until IS NULL OR lease_until < ${now}))
         OR (status = 'in_progress' AND EXISTS (
           SELECT 1 FROM batch_slices s WHERE s.batch_id = b.id AND s.state = 'open'

@@ -71,6 +71,8 @@ export interface HeartbeatActions {
    * so unfinished when the node started; the log says which).
    */
   readonly pickUp: (id: BatchId, atStart: boolean) => Effect.Effect<void>
+  /** The batches this node drives now (working on them or waiting for a permit): no need to pick them up. */
+  readonly driving: () => ReadonlyArray<BatchId>
 }
 
 /** One beat: renew, stop what was cancelled or lost, pick up free work. */
@@ -85,7 +87,7 @@ export const beat = (local: LocalWork, actions: HeartbeatActions, atStart = fals
     const statuses = yield* store.statuses(local.workingOn())
     const cancelled = [...statuses].filter(([, status]) => status === "cancelling").map(([id]) => id)
     yield* Effect.forEach(new Set([...lost, ...cancelled]), actions.restart, { discard: true })
-    const free = yield* Effect.flatMap(nodeLease(config), (lease) => leases.claimable(lease.now, 100))
+    const free = yield* Effect.flatMap(nodeLease(config), (lease) => leases.claimable(lease.now, 100, actions.driving()))
     yield* Effect.forEach(free, (id) => actions.pickUp(id, atStart), { discard: true })
   }).pipe(Effect.withSpan("BatchRunner.heartbeat"))
 

@@ -5,7 +5,7 @@
 import * as FileSystem from "@effect/platform/FileSystem"
 import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
 import { Context, Effect, Layer, Option, Scope, Stream } from "effect"
-import { randomUUID } from "node:crypto"
+import { createHash, randomUUID } from "node:crypto"
 import * as Path from "node:path"
 import { AppConfig } from "../Config.js"
 
@@ -63,6 +63,15 @@ export const ORPHAN_AGE_MS = 60_000
 export const STALE_STAGING_MS = 24 * 60 * 60 * 1000
 
 /**
+ * A node's staging directory name: its id, encoded so that no id names another directory (`.`, `..`, a slash)
+ * nor a name too long for the file system (a long id by its hash).
+ */
+export const stagingDirName = (nodeId: string) => {
+  const encoded = encodeURIComponent(nodeId).replace(/\./g, "%2E")
+  return encoded.length <= 100 ? encoded : `sha256-${createHash("sha256").update(nodeId).digest("hex")}`
+}
+
+/**
  * Blobs as files under `root/blobs`, staged in `root/staging/<node id>` (same file system, so publishing is a
  * `rename`). Each node sharing `root` stages in a directory of its own (an API-only node beside the one that runs
  * batches): at start, a node removes what a killed run of it left in its own, and from the others' only what is
@@ -73,7 +82,7 @@ export const makeLocal = (root: string, nodeId = "node") =>
     const fs = yield* FileSystem.FileSystem
     const blobs = Path.join(root, "blobs")
     const stagingRoot = Path.join(root, "staging")
-    const staging = Path.join(stagingRoot, encodeURIComponent(nodeId))
+    const staging = Path.join(stagingRoot, stagingDirName(nodeId))
     const olderThan = (path: string, ms: number, now: number) =>
       fs.stat(path).pipe(Effect.map((info) => Option.exists(info.mtime, (at) => at.getTime() < now - ms)), Effect.orElseSucceed(() => false))
     yield* fs.remove(staging, { recursive: true }).pipe(Effect.ignore)
@@ -115,8 +124,12 @@ export const makeLocal = (root: string, nodeId = "node") =>
       } satisfies StagingWriter
     })
 
+    // Stamped with the time of publishing first (a rename keeps the file's times): `keys` tells a blob's age from it.
     const publish = (staged: StagedBlob, key: string) =>
-      fs.rename(stagingPath(staged.token), blobPath(key)).pipe(Effect.orDie)
+      Effect.suspend(() => {
+        const now = new Date()
+        return Effect.zipRight(fs.utimes(stagingPath(staged.token), now, now), fs.rename(stagingPath(staged.token), blobPath(key)))
+      }).pipe(Effect.orDie)
 
     const read = (key: string) => fs.stream(blobPath(key), { chunkSize: CHUNK }).pipe(Stream.orDie)
 

@@ -13,8 +13,8 @@
  *                (insufficient_resources), `53200` (out_of_memory), `53300` (too_many_connections), `08000`,
  *                `08001`, `08003`, `08004`, `08006` (connection exceptions), `57P01`–`57P03` (shutting down,
  *                starting up); a lost or refused connection (`ECONNREFUSED`, `ECONNRESET`, …, pg's "Connection
- *                terminated…"); SQLite `SQLITE_NOMEM`, `SQLITE_BUSY` (another process on the file held its write
- *                lock past the busy timeout).
+ *                terminated…"); SQLite `SQLITE_NOMEM`, `SQLITE_BUSY` and its extended codes (another process on
+ *                the file held its write lock past the busy timeout).
  *
  * Not storage faults: other `SQLITE_IOERR_*` codes (a failing device, not a full one: SQLite reports a write
  * that hit ENOSPC as `SQLITE_FULL`), `SQLITE_CORRUPT`, PostgreSQL `53400` (configuration_limit_exceeded, such as
@@ -74,7 +74,7 @@ const classify = (u: unknown, underSql: boolean, depth: number, seen: Set<unknow
   let found: StorageFault | undefined
   if (typeof code === "string") {
     if (capacityCodes.has(code)) return "capacity"
-    if (sql && unavailableSqlCodes.has(code)) found = "unavailable"
+    if (sql && (unavailableSqlCodes.has(code) || code.startsWith("SQLITE_BUSY_"))) found = "unavailable"
   }
   const message = field(u, "message")
   if (sql && found === undefined && typeof message === "string" && lostConnection.test(message)) found = "unavailable"
