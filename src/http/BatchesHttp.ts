@@ -60,9 +60,9 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
 
     /**
      * Creates the batch `valid` describes and hands it to this node's runner (on an API-only node, to the nodes that
-     * run batches); with an idempotency key its project used before, gives the
-     * batch made then (`requestHash` tells the same request from another). `writeInput` writes the input file
-     * (`valid.inputFileId`) of inline requests or a rerun once a batch is to be made; it is removed if none is.
+     * run batches); with an idempotency key its project used before, gives the batch made then (`requestHash` tells
+     * the same request from another). `writeInput` writes the input file (`valid.inputFileId`) of inline requests
+     * or a rerun once a batch is to be made; it is removed if none is.
      */
     const insert = (
       caller: Caller,

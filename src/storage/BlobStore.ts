@@ -84,7 +84,10 @@ export const makeLocal = (root: string, nodeId = "node") =>
     const stagingRoot = Path.join(root, "staging")
     const staging = Path.join(stagingRoot, stagingDirName(nodeId))
     const olderThan = (path: string, ms: number, now: number) =>
-      fs.stat(path).pipe(Effect.map((info) => Option.exists(info.mtime, (at) => at.getTime() < now - ms)), Effect.orElseSucceed(() => false))
+      fs.stat(path).pipe(
+        Effect.map((info) => Option.exists(info.mtime, (at) => at.getTime() < now - ms)),
+        Effect.orElseSucceed(() => false)
+      )
     yield* fs.remove(staging, { recursive: true }).pipe(Effect.ignore)
     const now = Date.now() // the file system's clock, which its times are on (not Effect's `Clock`)
     // Each entry on its own: one that another node removed meanwhile, or none at all (a new `root`), is no fault.
@@ -128,7 +131,8 @@ export const makeLocal = (root: string, nodeId = "node") =>
     const publish = (staged: StagedBlob, key: string) =>
       Effect.suspend(() => {
         const now = new Date()
-        return Effect.zipRight(fs.utimes(stagingPath(staged.token), now, now), fs.rename(stagingPath(staged.token), blobPath(key)))
+        const path = stagingPath(staged.token)
+        return Effect.zipRight(fs.utimes(path, now, now), fs.rename(path, blobPath(key)))
       }).pipe(Effect.orDie)
 
     const read = (key: string) => fs.stream(blobPath(key), { chunkSize: CHUNK }).pipe(Stream.orDie)
@@ -138,7 +142,8 @@ export const makeLocal = (root: string, nodeId = "node") =>
     const keys = Effect.gen(function*() {
       const now = Date.now() // the file system's clock, which its times are on (not Effect's `Clock`)
       const names = yield* fs.readDirectory(blobs)
-      const old = yield* Effect.filter(names, (name) => olderThan(Path.join(blobs, name), ORPHAN_AGE_MS, now), { concurrency: 16 })
+      const isOld = (name: string) => olderThan(Path.join(blobs, name), ORPHAN_AGE_MS, now)
+      const old = yield* Effect.filter(names, isOld, { concurrency: 16 })
       return old.map(decodeURIComponent)
     }).pipe(Effect.orDie)
 
