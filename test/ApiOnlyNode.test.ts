@@ -1,13 +1,13 @@
 /**
  * An API-only node (`MAX_CONCURRENT_BATCHES=0`) beside a node that runs the batches, two server processes on one
- * SQLite file and one data directory, each with its own upstream simulator: what is created or cancelled through
+ * SQLite file and one data directory (or one PostgreSQL database), each with its own upstream simulator: what is created or cancelled through
  * the API-only node is run or stopped by the other (a cancel also while the batch waits for its upstream), the
  * API-only node never sends an inference request, a restart of either leaves what the other has under way alone,
  * and the two write to the same file at once without a fault (its transactions begin with `BEGIN IMMEDIATE`).
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Effect, Either, Layer } from "effect"
+import { Context, Effect, Either, Layer, Option, Redacted } from "effect"
 import { spawn } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import { mkdtempSync, rmSync } from "node:fs"
@@ -17,7 +17,7 @@ import { startSimulator } from "../scripts/simulator.js"
 import { layerSqlite } from "../src/storage/Sql.js"
 import { chatLine, createBatch, readLines, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import { freePort, STALLED_UPLOAD_END, stalledUpload, startServer } from "./support/ServerProcess.js"
-import { eventually, eventuallyEffect, filesUnder } from "./support/TestApp.js"
+import { type Backend, backends, eventually, eventuallyEffect, filesUnder, TestDatabase } from "./support/TestApp.js"
 
 const LINES = 600
 const batchLines = (tag: string) => Array.from({ length: LINES }, (_, i) => chatLine(`${tag}-${i}`, `${tag} prompt ${i}`))
@@ -27,9 +27,14 @@ const tempDir = Effect.acquireRelease(
   (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
 )
 
-/** Two nodes started at once on a fresh data directory (so their migrations race on the new file). */
-const nodes = Effect.gen(function*() {
+/**
+ * Two nodes started at once on a fresh database (so their migrations race): one SQLite file in a data directory
+ * they share, or a PostgreSQL schema.
+ */
+const nodes = (backend: Backend = "sqlite") => Effect.gen(function*() {
   const dataDir = yield* tempDir
+  const database = Context.get(yield* Layer.build(TestDatabase.layer(backend)), TestDatabase)
+  const databaseUrl = Option.match(database.url, { onNone: () => ({}), onSome: (url) => ({ DATABASE_URL: Redacted.value(url) }) })
   const start = (name: string, maxConcurrentBatches: string) =>
     Effect.gen(function*() {
       const sim = yield* Effect.acquireRelease(
@@ -37,6 +42,7 @@ const nodes = Effect.gen(function*() {
         (s) => Effect.promise(() => s.close())
       )
       const env = {
+        ...databaseUrl,
         DATA_DIR: dataDir,
         NODE_ID: name,
         LOG_FORMAT: "json",
@@ -61,10 +67,10 @@ const nodes = Effect.gen(function*() {
   return { api, worker, dataDir }
 })
 
-describe("an API-only node beside a node that runs the batches, on one SQLite file", () => {
-  it.live("leaves every batch to the other node (cancels included) and writes beside it without a fault", () =>
+describe("an API-only node beside a node that runs the batches", () => {
+  it.live.each(backends)("%s: leaves every batch to the other node (cancels included) and writes beside it without a fault", (backend) =>
     Effect.gen(function*() {
-      const { api, worker } = yield* nodes
+      const { api, worker } = yield* nodes(backend)
       const openai = sdk(api.server().url)
       const listening = yield* eventually(() => {
         const line = api.server().stdout().split("\n").find((l) => l.includes('"event":"server.listening"'))
@@ -121,9 +127,9 @@ describe("an API-only node beside a node that runs the batches, on one SQLite fi
       for (const node of [api, worker]) expect(node.server().output()).not.toMatch(/SQLITE_BUSY|"level":"(ERROR|FATAL)"/)
     }).pipe(Effect.scoped), 120_000)
 
-  it.live("a restart of the node that runs the batches leaves an upload under way on the API node alone", () =>
+  it.live("sqlite: a restart of the node that runs the batches leaves an upload under way on the API node alone", () =>
     Effect.gen(function*() {
-      const { api, worker, dataDir } = yield* nodes
+      const { api, worker, dataDir } = yield* nodes()
       const openai = sdk(api.server().url)
       const running = yield* createBatch(openai, (yield* upload(openai, batchLines("kept"))).id)
       const bytes = randomBytes(512 * 1024)
