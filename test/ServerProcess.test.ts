@@ -2,19 +2,20 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { randomBytes } from "node:crypto"
-import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from "node:fs"
+import { spawn } from "node:child_process"
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import OpenAI, { toFile } from "openai"
-import { runServerToExit, STALLED_UPLOAD_END, stalledUpload, startServer } from "./support/ServerProcess.js"
+import { compiledCopy, freePort, runServerToExit, STALLED_UPLOAD_END, stalledUpload, startServer } from "./support/ServerProcess.js"
 import { filesUnder } from "./support/TestApp.js"
 
+const root = Path.resolve(import.meta.dirname, "..")
 const scratch = () => mkdtempSync(Path.join(tmpdir(), "batch-proc-"))
 const stagingFiles = (dataDir: string) => filesUnder(Path.join(dataDir, "files", "staging"))
 const blobFiles = (dataDir: string) => readdirSync(Path.join(dataDir, "files", "blobs"))
 const sdk = (url: string) => new OpenAI({ baseURL: `${url}/v1`, apiKey: "sk-test", maxRetries: 0 })
 
-/** Starts a chunked upload, sends `bytes`, and keeps the request open (the client "hangs" mid-upload). */
 const waitFor = async (check: () => boolean, what: string, timeoutMs = 10_000) => {
   const deadline = Date.now() + timeoutMs
   while (!check()) {
@@ -99,6 +100,44 @@ describe.concurrent("server process", () => {
         expect(blobFiles(dataDir)).toEqual([listed[0]!.id])
         await server.stop()
       } finally {
+        rmSync(dataDir, { recursive: true, force: true })
+      }
+    }))
+
+  it.live("npm start's server gets the SIGTERM npm passes on to its script's shell, and shuts down", () =>
+    Effect.promise(async () => {
+      const dataDir = scratch()
+      let group: number | undefined
+      try {
+        // The start script after its build step, run as npm runs it (`sh -c`), on this run's compiled `dist/`: a
+        // shell that ran node as its child would die of the signal and leave the server running, unstopped.
+        const start: string = JSON.parse(readFileSync(Path.join(root, "package.json"), "utf8")).scripts.start
+        const command = start.replace(/^npm run build && /, "")
+        const port = await freePort()
+        // In a process group of its own, so that whatever it leaves running is killed at the end (`finally`).
+        const shell = spawn("sh", ["-c", command], {
+          cwd: compiledCopy() ?? root,
+          env: { ...process.env, HOST: "127.0.0.1", PORT: String(port), DATA_DIR: dataDir, LOG_FORMAT: "json" },
+          stdio: ["ignore", "pipe", "inherit"],
+          detached: true
+        })
+        group = shell.pid
+        let stdout = ""
+        shell.stdout!.on("data", (d) => (stdout += d))
+        const exited = new Promise<number | null>((resolve) => shell.once("exit", (code) => resolve(code)))
+        await waitFor(() => stdout.includes('"event":"server.listening"'), "the server to listen", 30_000)
+        shell.kill("SIGTERM")
+        expect(await exited).toBe(0)
+        expect(stdout).toContain('"event":"server.shutdown_finished"')
+        expect(await fetch(`http://127.0.0.1:${port}/v1/health`).then(() => "answered", () => "refused")).toBe("refused")
+      } finally {
+        if (group !== undefined) {
+          try {
+            process.kill(-group, "SIGKILL")
+          } catch {
+            // the group is gone already: nothing was left running
+          }
+        }
         rmSync(dataDir, { recursive: true, force: true })
       }
     }))
