@@ -5,6 +5,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Option } from "effect"
 import { BatchStore, BatchStoreLive, type RequestOutcome, type ResultLines } from "../src/batches/BatchStore.js"
+import { beat, LocalWork } from "../src/batches/heartbeat.js"
 import { type Lease, WorkLeases, WorkLeasesLive } from "../src/batches/WorkLeases.js"
 import { SqlLive } from "../src/storage/Sql.js"
 import { BatchId, BatchRequestId, FileId } from "../src/domain/Ids.js"
@@ -188,4 +189,30 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       const lines = yield* storedLines(store, id, "succeeded")
       expect(lines.map((l) => [l.custom_id, l.response.body.text])).toEqual([["c1", "ok 1"], ["c2", "first"], ["c3", "ok 3"]])
     }).pipe(Effect.provide(storeFor(backend))))
+})
+
+describe("the heartbeat's pick-up", () => {
+  it.effect("finds a new batch behind more than a page (100) of batches the node drives already, waiting for a permit", () =>
+    Effect.gen(function*() {
+      const store = yield* BatchStore
+      const driven: Array<BatchId> = []
+      for (let i = 0; i < 101; i++) {
+        const id = BatchId.make(`batch_driven_${String(i).padStart(3, "0")}`)
+        yield* store.create(newChatBatch(id, FileId.make("file-x")))
+        driven.push(id)
+      }
+      const newer = BatchId.make("batch_newer")
+      yield* store.create(newChatBatch(newer, FileId.make("file-x")))
+      const pickedUp: Array<BatchId> = []
+      yield* beat(new LocalWork(), {
+        restart: () => Effect.void,
+        pickUp: (id) => Effect.sync(() => void pickedUp.push(id)),
+        driving: () => driven
+      })
+      expect(pickedUp).toEqual([newer])
+    }).pipe(Effect.provide(Layer.merge(BatchStoreLive, WorkLeasesLive).pipe(
+      Layer.provide(SqlLive),
+      Layer.provideMerge(configFor()), // the heartbeat reads the node's id and lease time
+      Layer.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer("sqlite")))
+    ))))
 })
