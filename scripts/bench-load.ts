@@ -88,8 +88,8 @@ const main = async () => {
     const server = startNode(port, SPLIT ? 0 : RUNNING)
     const base = `http://127.0.0.1:${port}`
     await waitHealthy(`${base}/v1/health`)
-    const workerPort = await freePort()
-    const worker = SPLIT ? startNode(workerPort, RUNNING, true) : undefined
+    const workerPort = SPLIT ? await freePort() : undefined
+    const worker = workerPort === undefined ? undefined : startNode(workerPort, RUNNING, true)
     if (worker !== undefined) await waitHealthy(`http://127.0.0.1:${workerPort}/v1/health`)
 
     const openai = new OpenAI({ baseURL: `${base}/v1`, apiKey: "bench", maxRetries: 0 })

@@ -83,13 +83,14 @@ export const makeLocal = (root: string, nodeId = "node") =>
     const blobs = Path.join(root, "blobs")
     const stagingRoot = Path.join(root, "staging")
     const staging = Path.join(stagingRoot, stagingDirName(nodeId))
-    const olderThan = (path: string, ms: number, now: number) =>
+    /** Whether the file at `path` was last written more than `ms` ago (false when it is gone). */
+    const olderThan = (path: string, ms: number) =>
       fs.stat(path).pipe(
-        Effect.map((info) => Option.exists(info.mtime, (at) => at.getTime() < now - ms)),
+        // Against the file system's clock, which its times are on (not Effect's `Clock`).
+        Effect.map((info) => Option.exists(info.mtime, (at) => at.getTime() < Date.now() - ms)),
         Effect.orElseSucceed(() => false)
       )
     yield* fs.remove(staging, { recursive: true }).pipe(Effect.ignore)
-    const now = Date.now() // the file system's clock, which its times are on (not Effect's `Clock`)
     // Each entry on its own: one that another node removed meanwhile, or none at all (a new `root`), is no fault.
     for (const name of yield* fs.readDirectory(stagingRoot).pipe(Effect.orElseSucceed(() => []))) {
       const path = Path.join(stagingRoot, name)
@@ -97,8 +98,7 @@ export const makeLocal = (root: string, nodeId = "node") =>
         // A file right under `staging/` was staged by an earlier version (every node stops for an upgrade).
         if ((yield* fs.stat(path)).type !== "Directory") return yield* fs.remove(path)
         for (const entry of yield* fs.readDirectory(path)) {
-          const stale = yield* olderThan(Path.join(path, entry), STALE_STAGING_MS, now)
-          if (stale) yield* Effect.ignore(fs.remove(Path.join(path, entry)))
+          if (yield* olderThan(Path.join(path, entry), STALE_STAGING_MS)) yield* Effect.ignore(fs.remove(Path.join(path, entry)))
         }
       }))
     }
@@ -140,9 +140,8 @@ export const makeLocal = (root: string, nodeId = "node") =>
     const remove = (key: string) => removeQuietly(blobPath(key)).pipe(Effect.orDie)
 
     const keys = Effect.gen(function*() {
-      const now = Date.now() // the file system's clock, which its times are on (not Effect's `Clock`)
       const names = yield* fs.readDirectory(blobs)
-      const isOld = (name: string) => olderThan(Path.join(blobs, name), ORPHAN_AGE_MS, now)
+      const isOld = (name: string) => olderThan(Path.join(blobs, name), ORPHAN_AGE_MS)
       const old = yield* Effect.filter(names, isOld, { concurrency: 16 })
       return old.map(decodeURIComponent)
     }).pipe(Effect.orDie)
