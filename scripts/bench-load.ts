@@ -9,10 +9,11 @@
  * each in a loop, `--pause` ms apart (0: back to back, the server's throughput then sets the latency), one of
  * `GET /v1/batches/{id}` (a random batch of the run), `GET /v1/batches` and `GET /v1/files`. Prints p50, p99 and
  * the slowest of each route and of all, the errors (any non-200 or failed request), how many batches finished
- * meanwhile (and, when they all ended before the polling did, the figures of the GETs sent while they ran), and the
- * server's peak RSS. Target (SQLite): p99 ≤ 50 ms, max ≤ 250 ms, no errors; the exit code says. `--split`: the
- * server polled runs no batch (`MAX_CONCURRENT_BATCHES=0`), and a second one on the same database, at the lowest
- * OS priority (nice 19), runs them all.
+ * meanwhile (and, when they all ended before the polling did, the figures of the GETs sent while they ran and of
+ * those sent from a second after: the API alone), and the server's peak RSS. Target (SQLite): p99 ≤ 50 ms,
+ * max ≤ 250 ms, no errors; the exit code says. `--split`: the server polled runs no batch
+ * (`MAX_CONCURRENT_BATCHES=0`), and a second one on the same database, at the lowest OS priority (nice 19), runs
+ * them all.
  */
 import { execSync, spawn } from "node:child_process"
 import { mkdtempSync, rmSync } from "node:fs"
@@ -168,6 +169,14 @@ const main = async () => {
         `  ${"while batches ran".padEnd(22)} p50 ${percentile(during, 50).toFixed(1)} ms, p99 ${percentile(during, 99).toFixed(1)} ms, ` +
           `max ${(during.at(-1) ?? NaN).toFixed(1)} ms (${during.length}; the last batch ended ${allDoneAt.toFixed(0)} s in)`
       )
+      // A second after the last batch ended: the API alone, the floor the batches' work adds to.
+      const after = samples.filter(([at]) => at >= allDoneAt + 1).map(([, took]) => took).sort((a, b) => a - b)
+      if (after.length > 0) {
+        console.log(
+          `  ${"after they ended".padEnd(22)} p50 ${percentile(after, 50).toFixed(1)} ms, p99 ${percentile(after, 99).toFixed(1)} ms, ` +
+            `max ${(after.at(-1) ?? NaN).toFixed(1)} ms (${after.length}; the API alone)`
+        )
+      }
     }
     if (slow.length > 0) {
       const bySecond = new Map<number, Array<number>>()
