@@ -28,6 +28,7 @@ import { type BlobStore, BlobStoreLocal } from "./storage/BlobStore.js"
 import { BlobStoreSql } from "./storage/BlobStoreSql.js"
 import { SchedulerLive } from "./Scheduler.js"
 import { SqlLive } from "./storage/Sql.js"
+import { SqliteRunnerLockLive } from "./storage/SqliteRunnerLock.js"
 import { WebhooksLive } from "./webhooks/Webhooks.js"
 import { WebhookTargetsLive } from "./webhooks/WebhookTargets.js"
 
@@ -65,6 +66,8 @@ export const makeServices = (parts: ServiceParts = {}) =>
       parts.readiness ?? ReadinessLive,
       WebhooksLive
     )),
+    // Before the services that free what a previous run held: on SQLite, only once no other process runs batches.
+    Layer.provideMerge(SqliteRunnerLockLive),
     Layer.provide(parts.storage ?? StorageLive),
     Layer.provide(WebhookTargetsLive),
     Layer.provideMerge(parts.auth ?? AuthLive),

@@ -63,6 +63,7 @@ export { inBackground, ioFirstScheduler, REQUEST_PRIORITY, SchedulerLive, server
 export { BlobStore, BlobStoreLocal, type BlobStoreShape, makeLocal as makeLocalBlobStore } from "./storage/BlobStore.js"
 export { BlobStoreSql } from "./storage/BlobStoreSql.js"
 export { layerPg, layerSqlite, MigrationsLive, SqlLive } from "./storage/Sql.js"
+export { BatchesRunElsewhere, SqliteRunnerLockLive } from "./storage/SqliteRunnerLock.js"
 export { DeliveryPolicy, Webhooks, WebhooksLive, type WebhooksShape } from "./webhooks/Webhooks.js"
 export {
   type WebhookTarget,

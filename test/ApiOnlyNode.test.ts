@@ -16,7 +16,7 @@ import * as Path from "node:path"
 import { startSimulator } from "../scripts/simulator.js"
 import { layerSqlite } from "../src/storage/Sql.js"
 import { chatLine, createBatch, readLines, sdk, terminal, upload, waitFor } from "./support/Batches.js"
-import { freePort, STALLED_UPLOAD_END, stalledUpload, startServer } from "./support/ServerProcess.js"
+import { freePort, runServerToExit, STALLED_UPLOAD_END, stalledUpload, startServer } from "./support/ServerProcess.js"
 import { type Backend, backends, eventually, eventuallyEffect, filesUnder, TestDatabase } from "./support/TestApp.js"
 
 const LINES = 600
@@ -149,6 +149,47 @@ describe("an API-only node beside a node that runs the batches", () => {
       const output = yield* readLines(openai, done.output_file_id)
       expect(new Set(output.map((l) => l.custom_id)).size).toBe(LINES)
     }).pipe(Effect.scoped), 60_000)
+
+  it.live("sqlite: a second node that runs batches on the file does not start, and the first runs on alone", () =>
+    Effect.gen(function*() {
+      const { api, worker, dataDir } = yield* nodes()
+      const openai = sdk(api.server().url)
+      // A batch the worker is in the middle of while the second node tries to start (~5 s: it waits for the lock).
+      worker.sim.latencyMs = 150
+      const running = yield* createBatch(openai, (yield* upload(openai, batchLines("alone"))).id)
+      yield* eventually(() => expect(worker.sim.stats.requests).toBeGreaterThan(20), 10_000)
+      const sim = yield* Effect.acquireRelease(Effect.promise(() => startSimulator()), (s) => Effect.promise(() => s.close()))
+      const env = {
+        DATA_DIR: dataDir,
+        NODE_ID: "second",
+        INFERENCE_BASE_URL: sim.url,
+        MAX_CONCURRENT_BATCHES: "2",
+        HEARTBEAT_INTERVAL: "200 millis",
+        HOST: "127.0.0.1",
+        PORT: String(yield* Effect.promise(freePort))
+      }
+      const refused = yield* Effect.promise(() => runServerToExit(env, 30_000))
+      expect(refused.code).toBe(1)
+      expect(refused.output).toContain(`Another process runs batches on the SQLite database ${Path.join(dataDir, "batches.sqlite")}`)
+      expect(refused.output).toContain("MAX_CONCURRENT_BATCHES=0")
+      // It took nothing from the worker: every line sent once, by the worker alone.
+      const done = yield* waitFor(openai, running.id, terminal, 30_000)
+      expect(done.request_counts).toEqual({ total: LINES, completed: LINES, failed: 0 })
+      expect(sim.stats.requests).toBe(0)
+      expect(worker.sim.stats.byPrompt.size).toBe(LINES)
+      expect([...worker.sim.stats.byPrompt.values()].every((n) => n === 1)).toBe(true)
+
+      // Killed, the worker holds the lock no more: the second node starts and runs batches.
+      yield* Effect.promise(() => worker.server().stop("SIGKILL"))
+      const second = yield* Effect.acquireRelease(
+        Effect.promise(() => startServer({ ...env, LOG_FORMAT: "json" }, Number(env.PORT))),
+        (s) => Effect.promise(() => s.stop("SIGKILL"))
+      )
+      const next = yield* createBatch(openai, (yield* upload(openai, batchLines("next"))).id)
+      expect((yield* waitFor(openai, next.id, terminal, 30_000)).status).toBe("completed")
+      expect(sim.stats.requests).toBe(LINES)
+      expect(second.stdout()).toContain('"runs_batches":true')
+    }).pipe(Effect.scoped), 90_000)
 })
 
 /** Another process writing to `file` in short transactions, one after the other, until killed. */

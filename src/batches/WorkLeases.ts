@@ -45,8 +45,9 @@ export interface WorkLeasesShape {
   /** Gives up the leases of `owner` (every owner when none), on one batch or all. */
   readonly releaseLeases: (filter: { readonly owner?: string; readonly batchId?: BatchId }) => Effect.Effect<void>
   /**
-   * Frees the leases a previous run of node `owner` held. With SQLite every lease is freed: only one node on the file
-   * runs batches (API-only nodes beside it hold no lease), so whatever node held one before is gone.
+   * Frees the leases a previous run of node `owner` held. With SQLite every lease is freed: only one process on the
+   * file runs batches (`storage/SqliteRunnerLock.ts` sees to it; API-only nodes beside it hold no lease), so whatever
+   * node held one before is gone.
    */
   readonly releaseAfterRestart: (owner: string) => Effect.Effect<void>
   /**
