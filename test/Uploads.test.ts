@@ -8,18 +8,27 @@
  * each checked against the others. Bounds and bad parameters: `UploadsLimits.test.ts`; faults: `UploadsFaults.test.ts`.
  */
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Duration, Effect, Exit, Layer, Option, Stream } from "effect"
+import { Duration, Effect, Exit, Fiber, Layer, Option, Stream } from "effect"
 import { createReadStream, writeFileSync } from "node:fs"
 import * as Path from "node:path"
 import { AppConfig } from "../src/Config.js"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
+import { partIdsDigest } from "../src/files/uploadAssembly.js"
 import { Uploads, UploadsLive } from "../src/files/Uploads.js"
 import { StorageLive } from "../src/Layers.js"
+import { BlobStore } from "../src/storage/BlobStore.js"
 import { chatLine, createBatch, failure, readLines, terminal, waitFor } from "./support/Batches.js"
 import { configFor, eventuallyEffect, storages, TestDatabase, TestDataDir, testApp, testAppWithUpstream } from "./support/TestApp.js"
 import { auth, clients, createUpload, md5, partBlobs, sendPart, sendPartPromise, sql } from "./support/Uploads.js"
 
 const UNKNOWN_UPLOAD = "upload_000000000000000000000000"
+
+/** The bytes under the live storage, each read starting a second late (an assembly that takes its time). */
+const slowPartReads = Layer.effect(
+  BlobStore,
+  Effect.map(BlobStore, (blobs) =>
+    BlobStore.of({ ...blobs, read: (id) => Stream.concat(Stream.drain(Stream.fromEffect(Effect.sleep("1 second"))), blobs.read(id)) }))
+)
 
 describe("uploads", () => {
   for (const { backend, fileStorage } of storages) {
@@ -253,7 +262,8 @@ describe("uploads", () => {
           yield* sql(`UPDATE uploads SET status = 'completing', completing_owner = '${nodeId}' WHERE id = '${upload.id}'`)
           // Another node sharing the database completes an upload of its own meanwhile.
           const others = yield* uploads.create({ project: "p", bytes: 1, filename: "o.jsonl", purpose: "batch", mimeType: "text/jsonl" })
-          yield* sql(`UPDATE uploads SET status = 'completing', completing_owner = 'other-node' WHERE id = '${others.id}'`)
+          yield* sql(`UPDATE uploads SET status = 'completing', completing_owner = 'other-node',
+            completing_until = ${Date.now() + 60_000} WHERE id = '${others.id}'`)
           return { id: upload.id, parts, others: others.id }
         }).pipe(Effect.provide(start))
 
@@ -265,6 +275,95 @@ describe("uploads", () => {
         }).pipe(Effect.provide(start))
         expect(content.toString()).toBe(bytes.toString())
       }).pipe(Effect.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))))
+
+    it.live(`${backend}, ${fileStorage} file bytes: a completion left by a node that died is taken over by the next complete; a live one is waited for`, () =>
+      Effect.gen(function*() {
+        const uploads = yield* Uploads
+        const bytes = Buffer.from("first half|second half\n")
+        const withParts = Effect.gen(function*() {
+          const upload = yield* uploads.create({ project: "p", bytes: bytes.length, filename: "f.jsonl", purpose: "batch", mimeType: "text/jsonl" })
+          const parts: Array<string> = []
+          for (const piece of [bytes.subarray(0, 11), bytes.subarray(11)]) {
+            const part = yield* Effect.scoped(Effect.flatMap(stagePart(piece), (staged) => uploads.addPart(upload.id, { project: "p" }, staged)))
+            parts.push(part.id)
+          }
+          return { id: upload.id, parts }
+        })
+        /** A complete of `parts` claimed by `owner` until `until` (epoch ms), as that node's complete leaves it. */
+        const claimedBy = (id: string, parts: ReadonlyArray<string>, owner: string, until: number) =>
+          sql(`UPDATE uploads SET status = 'completing', completing_owner = '${owner}', completing_until = ${until},
+            part_ids_digest = '${partIdsDigest(parts)}' WHERE id = '${id}'`)
+
+        // A node that died in the middle of a complete: its claim has not been renewed for a while.
+        const left = yield* withParts
+        yield* claimedBy(left.id, left.parts, "gone-node", Date.now() - 1_000)
+        const completed = yield* uploads.complete(left.id, { project: "p" }, left.parts, md5(bytes))
+        expect(completed.status).toBe("completed")
+        const { stream } = yield* Effect.flatMap(FileStore, (files) => files.content(completed.file!.id, { project: "p" }))
+        expect(Buffer.concat(yield* Stream.runCollect(stream).pipe(Effect.map((c) => Array.from(c)))).toString()).toBe(bytes.toString())
+
+        // A node at work on one (its claim renewed): a complete of the same parts waits for it, others are refused.
+        const live = yield* withParts
+        yield* claimedBy(live.id, live.parts, "busy-node", Date.now() + 60_000)
+        expect(yield* Effect.timeout(uploads.complete(live.id, { project: "p" }, live.parts, undefined), "1200 millis").pipe(Effect.flip))
+          .toMatchObject({ _tag: "TimeoutException" })
+        expect(yield* Effect.flip(uploads.complete(live.id, { project: "p" }, [...live.parts].reverse(), undefined)))
+          .toMatchObject({ _tag: "UploadClosed", status: "completing" })
+
+        // Left by a node that died, past its hour: expired, at once and for the sweep.
+        const expired = yield* withParts
+        yield* claimedBy(expired.id, expired.parts, "gone-node", Date.now() - 1_000)
+        yield* sql(`UPDATE uploads SET expires_at = ${Math.floor(Date.now() / 1000) - 1} WHERE id = '${expired.id}'`)
+        expect(yield* Effect.flip(uploads.complete(expired.id, { project: "p" }, expired.parts, undefined)))
+          .toMatchObject({ _tag: "UploadClosed", status: "expired" })
+        yield* uploads.sweep
+        expect(yield* sql(`SELECT status FROM uploads WHERE id IN ('${expired.id}', '${live.id}') ORDER BY status`)).toEqual([
+          { status: "completing" },
+          { status: "expired" }
+        ])
+      }).pipe(Effect.scoped, Effect.provide(start), Effect.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))))
+
+    it.live(`${backend}, ${fileStorage} file bytes: a long completion keeps its claim, renewed every heartbeat; one taken over makes no file`, () =>
+      Effect.gen(function*() {
+        const uploads = yield* Uploads
+        const bytes = Buffer.from("one part\n")
+        const upload = yield* uploads.create({ project: "p", bytes: bytes.length, filename: "f.jsonl", purpose: "batch", mimeType: "text/jsonl" })
+        const part = yield* Effect.scoped(Effect.flatMap(stagePart(bytes), (staged) => uploads.addPart(upload.id, { project: "p" }, staged)))
+        const completing = yield* Effect.fork(uploads.complete(upload.id, { project: "p" }, [part.id], undefined))
+        // Past the 300 ms a claim lasts unrenewed, the assembly still reading its part (a second).
+        yield* Effect.sleep("700 millis")
+        const [row] = (yield* sql(`SELECT status, completing_until FROM uploads WHERE id = '${upload.id}'`)) as Array<any>
+        expect(row!.status).toBe("completing")
+        expect(Number(row!.completing_until)).toBeGreaterThan(Date.now())
+        expect((yield* Fiber.join(completing)).status).toBe("completed")
+
+        // A node whose claim another node took over (it lapsed while this one stalled) makes no file of it, and
+        // leaves the upload to that node.
+        const other = yield* uploads.create({ project: "p", bytes: bytes.length, filename: "g.jsonl", purpose: "batch", mimeType: "text/jsonl" })
+        const otherPart = yield* Effect.scoped(Effect.flatMap(stagePart(bytes), (staged) => uploads.addPart(other.id, { project: "p" }, staged)))
+        const files = yield* Effect.map(FileStore, (store) => store.list({ visibility: { project: "p" }, limit: 100, order: "desc" }))
+        const before = (yield* files).data.length
+        const waiting = yield* Effect.fork(uploads.complete(other.id, { project: "p" }, [otherPart.id], undefined))
+        yield* Effect.sleep("200 millis")
+        yield* sql(`UPDATE uploads SET completing_owner = 'taker', completing_until = ${Date.now() + 60_000} WHERE id = '${other.id}'`)
+        yield* Effect.sleep("1500 millis") // its assembly done meanwhile
+        expect(yield* sql(`SELECT status, completing_owner FROM uploads WHERE id = '${other.id}'`)).toEqual([
+          { status: "completing", completing_owner: "taker" }
+        ])
+        expect((yield* files).data.length).toBe(before)
+        yield* Fiber.interrupt(waiting) // it waits for the taker's outcome
+      }).pipe(
+        Effect.provide(UploadsLive.pipe(
+          Layer.provideMerge(FileStoreLive),
+          Layer.provideMerge(slowPartReads.pipe(Layer.provideMerge(StorageLive))),
+          Layer.provideMerge(configFor({
+            fileStorage: Option.some(fileStorage),
+            leaseTtl: Duration.millis(300),
+            heartbeatInterval: Duration.millis(50)
+          }))
+        )),
+        Effect.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))
+      ))
 
     it.effect(`${backend}, ${fileStorage} file bytes: parts added at once are each checked against the others`, () =>
       Effect.scoped(Effect.gen(function*() {

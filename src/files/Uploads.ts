@@ -5,12 +5,14 @@
  * never whole in memory, in a fiber of the service's scope that the request only waits for.
  *
  * Statuses as stored: `pending` (takes parts), `completing` (a complete is assembling it: it takes no parts, no
- * cancel and no complete of other parts; shown as `pending`), `completed`, `cancelled`, `expired`. A pending upload past its
- * hour shows as `expired` at once; the sweep (every `FILE_SWEEP_INTERVAL`, beside the files' own) stores that and
- * deletes the parts of every upload that takes no more.
+ * cancel and no complete of other parts; shown as `pending`), `completed`, `cancelled`, `expired`. A completing
+ * upload is claimed by its node until `completing_until`, which the node renews every `HEARTBEAT_INTERVAL` by
+ * `LEASE_TTL`: a claim left by a node that died lapses, and the next complete (on any node) takes it over. A pending
+ * upload past its hour, or one whose claim lapsed, shows as `expired` at once; the sweep (every
+ * `FILE_SWEEP_INTERVAL`, beside the files' own) stores that and deletes the parts of every upload that takes no more.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Context, Data, Deferred, Duration, Effect, Exit, Layer, Option, type Scope } from "effect"
+import { Clock, Context, Data, Deferred, Duration, Effect, Exit, Layer, Option, Schedule, type Scope } from "effect"
 import { AppConfig } from "../Config.js"
 import { type UploadId, uploadId, type UploadPartId, uploadPartId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
@@ -19,8 +21,8 @@ import { BlobStore } from "../storage/BlobStore.js"
 import { nowSeconds, visibleTo } from "../storage/Sql.js"
 import { inBackground } from "../Scheduler.js"
 import { FileStore, sweepEvery } from "./FileStore.js"
-import { makeAssembly, PartsMismatch, partIdsDigest } from "./uploadAssembly.js"
-import { shownStatus, type StoredStatus, toUpload, type UploadRow } from "./uploadRows.js"
+import { type CompletionTakenOver, makeAssembly, PartsMismatch, partIdsDigest } from "./uploadAssembly.js"
+import { claimLapsed, shownStatus, type StoredStatus, toUpload, type UploadRow } from "./uploadRows.js"
 
 export class UploadNotFound extends Data.TaggedError("UploadNotFound")<{ readonly id: UploadId }> {}
 /** The upload takes no parts, complete or cancel: it is `status` (`completing`: being completed right now). */
@@ -90,8 +92,6 @@ export interface UploadsShape {
 
 export class Uploads extends Context.Tag("Uploads")<Uploads, UploadsShape>() {}
 
-/** A completion claimed by a node that stopped answering is given up this long after the upload's expiry. */
-const STALE_COMPLETION_SECONDS = 24 * 3600
 /** Bytes of parts an upload may hold beyond its own, for parts sent again: as much again, at most one part. */
 const partsSlack = (bytes: number) => Math.min(MAX_PART_BYTES, bytes)
 const SWEEP_GROUP = 100
@@ -102,12 +102,12 @@ export const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   const blobs = yield* BlobStore
   const files = yield* FileStore
-  const { maxFileBytesPerProject, nodeId } = yield* AppConfig
+  const { maxFileBytesPerProject, nodeId, leaseTtl } = yield* AppConfig
   const assembly = yield* makeAssembly
   const scope = yield* Effect.scope
 
   const columns = sql.literal(
-    "id, project, status, bytes, parts_bytes, parts_count, filename, purpose, mime_type, file_expires_after, created_at, expires_at, file_id, completing_owner, part_ids_digest"
+    "id, project, status, bytes, parts_bytes, parts_count, filename, purpose, mime_type, file_expires_after, created_at, expires_at, file_id, completing_owner, completing_until, part_ids_digest"
   )
   const visible = (visibility: Visibility) => visibleTo(sql, visibility)
 
@@ -149,6 +149,7 @@ export const make = Effect.gen(function*() {
         expires_at: created_at + UPLOAD_LIFETIME_SECONDS,
         file_id: null,
         completing_owner: null,
+        completing_until: null,
         part_ids_digest: null
       }
       yield* sql`INSERT INTO uploads ${sql.insert(row)}`.pipe(Effect.orDie)
@@ -221,19 +222,22 @@ export const make = Effect.gen(function*() {
     }).pipe(Effect.uninterruptible, Effect.withSpan("Uploads.addPart", { attributes: { id } }))
 
   /** Completions running on this node, by upload, each in a fiber of the service's scope: a client hanging up stops none. */
-  const running = new Map<UploadId, Deferred.Deferred<Upload, PartsMismatch>>()
+  const running = new Map<UploadId, Deferred.Deferred<Upload, PartsMismatch | CompletionTakenOver>>()
+  /** A claim taken at `nowMs` holds until then, and as long again from each renewal (`renewClaims`). */
+  const claimUntil = (nowMs: number) => nowMs + Duration.toMillis(leaseTtl)
 
   /** Starts the assembly of an upload this node just claimed; its outcome goes to every complete that waits for it. */
   const startAssembly = (row: UploadRow, partIds: ReadonlyArray<string>, md5: string | undefined, now: number) =>
     Effect.gen(function*() {
-      const outcome = yield* Deferred.make<Upload, PartsMismatch>()
+      const outcome = yield* Deferred.make<Upload, PartsMismatch | CompletionTakenOver>()
       running.set(row.id, outcome)
       yield* assembly(row, partIds, md5).pipe(
         Effect.interruptible, // forked from the claim's uninterruptible region: the node stopping still stops it
-        // A failure, or the node stopping, gives the upload back, pending, to complete again.
+        // A failure, or the node stopping, gives the upload back, pending, to complete again (unless its claim
+        // lapsed and another node took it over: then it is that node's).
         Effect.onExit((exit) =>
-          Exit.isSuccess(exit) ? Effect.void : sql`UPDATE uploads SET status = 'pending', completing_owner = NULL
-            WHERE id = ${row.id} AND status = 'completing'`.pipe(Effect.orDie)),
+          Exit.isSuccess(exit) ? Effect.void : sql`UPDATE uploads SET status = 'pending', completing_owner = NULL,
+            completing_until = NULL WHERE id = ${row.id} AND status = 'completing' AND completing_owner = ${nodeId}`.pipe(Effect.orDie)),
         // The upload is completed whatever happens now: parts left by a failure here go with the sweep.
         Effect.tap(() =>
           discardParts(row.id).pipe(
@@ -250,7 +254,8 @@ export const make = Effect.gen(function*() {
 
   /**
    * A complete that could not claim the upload: the same part ids as the complete that claimed it wait for its
-   * outcome, or get the completed upload (a client's retry); anything else is refused.
+   * outcome, or get the completed upload (a client's retry); anything else is refused. A claim that lapsed (its
+   * node died) is taken over, as if the upload were pending.
    */
   const awaitCompletion = (id: UploadId, visibility: Visibility, partIds: ReadonlyArray<string>, md5: string | undefined) =>
     Effect.gen(function*() {
@@ -263,12 +268,27 @@ export const make = Effect.gen(function*() {
         const file = yield* files.get(row.file_id!, visibility).pipe(Effect.orElseSucceed(() => null))
         return toUpload(row, now, file)
       }
-      if (status !== "completing" || !same) return yield* new UploadClosed({ id, status })
+      // Left by a node that died (and not expired since: `shownStatus`): taken over below, whatever parts it named.
+      const lapsed = status === "completing" && claimLapsed(row, yield* Clock.currentTimeMillis)
+      if (status !== "completing" || !(same || lapsed)) return yield* new UploadClosed({ id, status })
       const local = running.get(id)
-      if (local !== undefined) return yield* Deferred.await(local)
-      // Being completed by another node (or by this one, a moment before it registers): the row tells the outcome.
+      if (local !== undefined) return yield* awaitOutcome(local, id, visibility, partIds, md5)
+      // Being completed by another node (or by this one, a moment before it registers), or left by one that died:
+      // the row tells the outcome, or the claim is taken over.
       return yield* Effect.zipRight(Effect.sleep(COMPLETION_POLL), complete(id, visibility, partIds, md5))
     })
+
+  /** The outcome of this node's assembly; if another node took the claim over meanwhile, that node's. */
+  const awaitOutcome = (
+    outcome: Deferred.Deferred<Upload, PartsMismatch | CompletionTakenOver>,
+    id: UploadId,
+    visibility: Visibility,
+    partIds: ReadonlyArray<string>,
+    md5: string | undefined
+  ): Effect.Effect<Upload, UploadNotFound | UploadClosed | PartsMismatch> =>
+    Deferred.await(outcome).pipe(
+      Effect.catchTag("CompletionTakenOver", () => awaitCompletion(id, visibility, partIds, md5))
+    )
 
   const complete = (
     id: UploadId,
@@ -277,16 +297,21 @@ export const make = Effect.gen(function*() {
     md5: string | undefined
   ): Effect.Effect<Upload, UploadNotFound | UploadClosed | PartsMismatch> =>
     Effect.gen(function*() {
-      const now = yield* nowSeconds
+      const nowMs = yield* Clock.currentTimeMillis
+      const now = Math.floor(nowMs / 1000)
       // Claimed and started together: a client gone at that moment leaves no claim without its assembly.
       const started = yield* Effect.uninterruptible(Effect.gen(function*() {
         const claimed = yield* sql<UploadRow>`
-          UPDATE uploads SET status = 'completing', completing_owner = ${nodeId}, part_ids_digest = ${partIdsDigest(partIds)}
-          WHERE id = ${id} AND status = 'pending' AND expires_at > ${now} AND ${visible(visibility)}
+          UPDATE uploads SET status = 'completing', completing_owner = ${nodeId}, completing_until = ${claimUntil(nowMs)},
+            part_ids_digest = ${partIdsDigest(partIds)}
+          WHERE id = ${id} AND expires_at > ${now} AND ${visible(visibility)} AND (status = 'pending'
+            OR (status = 'completing' AND (completing_until IS NULL OR completing_until < ${nowMs})))
           RETURNING ${columns}`.pipe(Effect.orDie)
         return claimed.length === 0 ? undefined : yield* startAssembly(claimed[0]!, partIds, md5, now)
       }))
-      return yield* (started === undefined ? awaitCompletion(id, visibility, partIds, md5) : Deferred.await(started))
+      return yield* (started === undefined
+        ? awaitCompletion(id, visibility, partIds, md5)
+        : awaitOutcome(started, id, visibility, partIds, md5))
     }).pipe(Effect.withSpan("Uploads.complete", { attributes: { id } }))
 
   const cancel = (id: UploadId, visibility: Visibility) =>
@@ -306,10 +331,11 @@ export const make = Effect.gen(function*() {
     }).pipe(Effect.uninterruptible, Effect.withSpan("Uploads.cancel", { attributes: { id } }))
 
   const sweep = Effect.gen(function*() {
-    const now = yield* nowSeconds
-    yield* sql`UPDATE uploads SET status = 'expired', completing_owner = NULL
-      WHERE (status = 'pending' AND expires_at <= ${now})
-        OR (status = 'completing' AND expires_at <= ${now - STALE_COMPLETION_SECONDS})`
+    const nowMs = yield* Clock.currentTimeMillis
+    const now = Math.floor(nowMs / 1000)
+    yield* sql`UPDATE uploads SET status = 'expired', completing_owner = NULL, completing_until = NULL
+      WHERE expires_at <= ${now} AND (status = 'pending'
+        OR (status = 'completing' AND (completing_until IS NULL OR completing_until < ${nowMs})))`
     let swept = 0
     while (true) {
       const closed = yield* sql<{ upload_id: UploadId }>`
@@ -323,24 +349,43 @@ export const make = Effect.gen(function*() {
 
   /**
    * Completions this node was running when it stopped are given back; another node's are its own (on SQLite too:
-   * an API-only node beside the one that runs batches completes uploads), and go stale if it died.
+   * an API-only node beside the one that runs batches completes uploads), and lapse if it died.
    */
-  const releaseOwnClaims = sql`UPDATE uploads SET status = 'pending', completing_owner = NULL
+  const releaseOwnClaims = sql`UPDATE uploads SET status = 'pending', completing_owner = NULL, completing_until = NULL
     WHERE status = 'completing' AND completing_owner = ${nodeId}`.pipe(Effect.orDie)
+
+  /** Extends the claims of the completions this node is running (those it holds still). */
+  const renewClaims = Effect.suspend(() => {
+    const ids = [...running.keys()]
+    if (ids.length === 0) return Effect.void
+    return Effect.flatMap(Clock.currentTimeMillis, (nowMs) =>
+      sql`UPDATE uploads SET completing_until = ${claimUntil(nowMs)}
+        WHERE ${sql.in("id", ids)} AND status = 'completing' AND completing_owner = ${nodeId}`)
+  }).pipe(Effect.asVoid)
 
   return {
     service: Uploads.of({ create, partRoom, openPart, addPart, complete, cancel, sweep }),
-    releaseOwnClaims
+    releaseOwnClaims,
+    renewClaims
   }
 })
 
-/** The live service: gives back this node's interrupted completions at start, then sweeps with the files' sweep. */
+/**
+ * The live service: gives back this node's interrupted completions at start, renews the claims of those it runs
+ * every `HEARTBEAT_INTERVAL`, and sweeps with the files' sweep.
+ */
 export const UploadsLive: Layer.Layer<Uploads, never, SqlClient.SqlClient | BlobStore | FileStore | AppConfig> = Layer
   .scoped(
     Uploads,
     Effect.gen(function*() {
-      const { service, releaseOwnClaims } = yield* make
+      const { service, releaseOwnClaims, renewClaims } = yield* make
       yield* releaseOwnClaims
+      const { heartbeatInterval } = yield* AppConfig
+      yield* renewClaims.pipe(
+        Effect.catchAllCause((cause) => Effect.logWarning("Renewing upload completions' claims failed", cause)),
+        Effect.repeat(Schedule.spaced(heartbeatInterval)),
+        Effect.forkScoped
+      )
       yield* sweepEvery(service.sweep, "Upload expiry sweep failed")
       return service
     })

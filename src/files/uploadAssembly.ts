@@ -1,12 +1,14 @@
 /**
  * The assembly of a claimed upload (`Uploads.complete`): the named parts checked, then streamed, in order, into a
- * new file through `FileStore` (never whole in memory), published together with the upload's move to `completed`.
+ * new file through `FileStore` (never whole in memory), published together with the upload's move to `completed`,
+ * which only the claim's holder makes (a node whose claim another took over leaves no file behind).
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Data, Effect, Exit, Stream } from "effect"
 import { createHash } from "node:crypto"
 import type { FileObject } from "../domain/Files.js"
-import { fileId, type UploadPartId } from "../domain/Ids.js"
+import { AppConfig } from "../Config.js"
+import { fileId, type UploadId, type UploadPartId } from "../domain/Ids.js"
 import { echo } from "../domain/Text.js"
 import { BlobStore } from "../storage/BlobStore.js"
 import { FileStore } from "./FileStore.js"
@@ -18,6 +20,12 @@ export class PartsMismatch extends Data.TaggedError("PartsMismatch")<{
   readonly param: "part_ids" | "md5"
 }> {}
 
+/**
+ * This node's claim on the upload lapsed (it did not renew it in time) and another node took it over: the upload
+ * is that node's to complete, and this node's file is not made.
+ */
+export class CompletionTakenOver extends Data.TaggedError("CompletionTakenOver")<{ readonly id: UploadId }> {}
+
 /** What identifies a complete's request: its part ids, in order (stored with the claim, kept once completed). */
 export const partIdsDigest = (partIds: ReadonlyArray<string>): string =>
   createHash("sha256").update(JSON.stringify(partIds)).digest("hex")
@@ -27,6 +35,7 @@ export const makeAssembly = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   const blobs = yield* BlobStore
   const files = yield* FileStore
+  const { nodeId } = yield* AppConfig
 
   /** The named parts, checked: each the upload's, none twice, adding up to its bytes. */
   const namedParts = (row: UploadRow, partIds: ReadonlyArray<string>) =>
@@ -87,10 +96,9 @@ export const makeAssembly = Effect.gen(function*() {
           project: row.project,
           expiresAfterSeconds: row.file_expires_after === null ? undefined : Number(row.file_expires_after)
         })
-        const done = yield* sql`UPDATE uploads SET status = 'completed', file_id = ${file.id}, completing_owner = NULL
-          WHERE id = ${row.id} AND status = 'completing' RETURNING id`
-        // The claim is this fiber's until it ends (only this node's restart releases it): losing it is a bug.
-        if (done.length === 0) return yield* Effect.dieMessage(`Upload ${row.id} lost its completion claim`)
+        const done = yield* sql`UPDATE uploads SET status = 'completed', file_id = ${file.id}, completing_owner = NULL,
+          completing_until = NULL WHERE id = ${row.id} AND status = 'completing' AND completing_owner = ${nodeId} RETURNING id`
+        if (done.length === 0) return yield* new CompletionTakenOver({ id: row.id })
         return file
       }).pipe(
         sql.withTransaction,
@@ -101,6 +109,10 @@ export const makeAssembly = Effect.gen(function*() {
       )
     }))
 
-  return (row: UploadRow, partIds: ReadonlyArray<string>, md5: string | undefined): Effect.Effect<FileObject, PartsMismatch> =>
+  return (
+    row: UploadRow,
+    partIds: ReadonlyArray<string>,
+    md5: string | undefined
+  ): Effect.Effect<FileObject, PartsMismatch | CompletionTakenOver> =>
     Effect.flatMap(namedParts(row, partIds), (parts) => assemble(row, parts, md5))
 })

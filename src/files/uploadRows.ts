@@ -21,13 +21,25 @@ export type UploadRow = {
   readonly expires_at: number | string
   readonly file_id: FileId | null
   readonly completing_owner: string | null
+  /** Until when (epoch ms) the claim of a `completing` upload holds; its node renews it while it assembles. */
+  readonly completing_until: number | string | null
   /** The `partIdsDigest` of the part ids of the complete that claimed it (or completed it). */
   readonly part_ids_digest: string | null
 }
 
-/** The status a client sees (and is told in errors): `completing` is still `pending`, a pending one past its hour `expired`. */
+/**
+ * Whether the upload is `completing` under a claim that lapsed at `nowMs`: its node stopped renewing it (it died), or
+ * it was claimed before claims had a time (migration 0010). Such an upload is pending again.
+ */
+export const claimLapsed = (row: UploadRow, nowMs: number): boolean =>
+  row.status === "completing" && (row.completing_until === null || Number(row.completing_until) < nowMs)
+
+/**
+ * The status as it stands at `now` (unix seconds): a pending upload past its hour is `expired`, and so is one whose
+ * completion's claim lapsed. A client sees `completing` as `pending` (`toUpload`).
+ */
 export const shownStatus = (row: UploadRow, now: number): StoredStatus =>
-  row.status === "pending" && Number(row.expires_at) <= now ? "expired" : row.status
+  (row.status === "pending" || claimLapsed(row, now * 1000)) && Number(row.expires_at) <= now ? "expired" : row.status
 
 /** The Upload object a client sees of a row (Postgres returns BIGINT as a string). */
 export const toUpload = (row: UploadRow, now: number, file: FileObject | null = null): Upload => {

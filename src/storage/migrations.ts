@@ -271,5 +271,11 @@ export const migrations = {
     yield* sql`CREATE INDEX webhook_deliveries_project_seq ON webhook_deliveries (project, seq)`
     // What the sweep of old settled rows looks for.
     yield* sql`CREATE INDEX webhook_deliveries_created_at ON webhook_deliveries (created_at)`
+  }),
+  "0010_upload_claims": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // A completing upload's claim lasts until `completing_until` (epoch ms), which its node renews while it
+    // assembles: a claim left by a node that died is taken over by the next complete once that time has passed.
+    yield* sql`ALTER TABLE uploads ADD COLUMN completing_until BIGINT`
   })
 } satisfies Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>>
