@@ -150,11 +150,12 @@ describe("an API-only node beside a node that runs the batches", () => {
       expect(new Set(output.map((l) => l.custom_id)).size).toBe(LINES)
     }).pipe(Effect.scoped), 60_000)
 
-  it.live("sqlite: a second node that runs batches on the file does not start, and the first runs on alone", () =>
+  it.live("sqlite: a second node that runs batches on the file does not start, and the first runs on alone; one started as it stops waits for it", () =>
     Effect.gen(function*() {
       const { api, worker, dataDir } = yield* nodes()
       const openai = sdk(api.server().url)
-      // A batch the worker is in the middle of while the second node tries to start (~5 s: it waits for the lock).
+      // A batch the worker is in the middle of while the second node tries to start (~6 s: it waits for the lock
+      // as long as a node may take to stop, SHUTDOWN_TIMEOUT and 5 s).
       worker.sim.latencyMs = 150
       const running = yield* createBatch(openai, (yield* upload(openai, batchLines("alone"))).id)
       yield* eventually(() => expect(worker.sim.stats.requests).toBeGreaterThan(20), 10_000)
@@ -165,11 +166,14 @@ describe("an API-only node beside a node that runs the batches", () => {
         INFERENCE_BASE_URL: sim.url,
         MAX_CONCURRENT_BATCHES: "2",
         HEARTBEAT_INTERVAL: "200 millis",
+        SHUTDOWN_TIMEOUT: "1 second",
+        LOG_FORMAT: "json",
         HOST: "127.0.0.1",
         PORT: String(yield* Effect.promise(freePort))
       }
       const refused = yield* Effect.promise(() => runServerToExit(env, 30_000))
       expect(refused.code).toBe(1)
+      expect(refused.output).toContain("waiting up to 6s for it to stop")
       expect(refused.output).toContain(`Another process runs batches on the SQLite database ${Path.join(dataDir, "batches.sqlite")}`)
       expect(refused.output).toContain("MAX_CONCURRENT_BATCHES=0")
       // It took nothing from the worker: every line sent once, by the worker alone.
@@ -179,12 +183,14 @@ describe("an API-only node beside a node that runs the batches", () => {
       expect(worker.sim.stats.byPrompt.size).toBe(LINES)
       expect([...worker.sim.stats.byPrompt.values()].every((n) => n === 1)).toBe(true)
 
-      // Killed, the worker holds the lock no more: the second node starts and runs batches.
-      yield* Effect.promise(() => worker.server().stop("SIGKILL"))
-      const second = yield* Effect.acquireRelease(
-        Effect.promise(() => startServer({ ...env, LOG_FORMAT: "json" }, Number(env.PORT))),
-        (s) => Effect.promise(() => s.stop("SIGKILL"))
-      )
+      // Started as the worker stops (SIGTERM a moment later), the second node waits for it, then runs batches.
+      const [second] = yield* Effect.all([
+        Effect.acquireRelease(
+          Effect.promise(() => startServer(env, Number(env.PORT))),
+          (s) => Effect.promise(() => s.stop("SIGKILL"))
+        ),
+        Effect.delay(Effect.promise(() => worker.server().stop("SIGTERM")), "1 second")
+      ], { concurrency: 2 })
       const next = yield* createBatch(openai, (yield* upload(openai, batchLines("next"))).id)
       expect((yield* waitFor(openai, next.id, terminal, 30_000)).status).toBe("completed")
       expect(sim.stats.requests).toBe(LINES)

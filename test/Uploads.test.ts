@@ -302,6 +302,11 @@ describe("uploads", () => {
         const { stream } = yield* Effect.flatMap(FileStore, (files) => files.content(completed.file!.id, { project: "p" }))
         expect(Buffer.concat(yield* Stream.runCollect(stream).pipe(Effect.map((c) => Array.from(c)))).toString()).toBe(bytes.toString())
 
+        // Or cancelled, as a pending one.
+        const dropped = yield* withParts
+        yield* claimedBy(dropped.id, dropped.parts, "gone-node", Date.now() - 1_000)
+        expect((yield* uploads.cancel(dropped.id, { project: "p" })).status).toBe("cancelled")
+
         // A node at work on one (its claim renewed): a complete of the same parts waits for it, others are refused.
         const live = yield* withParts
         yield* claimedBy(live.id, live.parts, "busy-node", Date.now() + 60_000)
@@ -361,6 +366,34 @@ describe("uploads", () => {
             leaseTtl: Duration.millis(300),
             heartbeatInterval: Duration.millis(50)
           }))
+        )),
+        Effect.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))
+      ))
+
+    it.live(`${backend}, ${fileStorage} file bytes: a node never takes over its own completion, though its claim lapsed`, () =>
+      Effect.gen(function*() {
+        const uploads = yield* Uploads
+        const bytes = Buffer.from("first half|second half\n")
+        const upload = yield* uploads.create({ project: "p", bytes: bytes.length, filename: "f.jsonl", purpose: "batch", mimeType: "text/jsonl" })
+        const parts: Array<string> = []
+        for (const piece of [bytes.subarray(0, 11), bytes.subarray(11)]) {
+          const part = yield* Effect.scoped(Effect.flatMap(stagePart(piece), (staged) => uploads.addPart(upload.id, { project: "p" }, staged)))
+          parts.push(part.id)
+        }
+        const completing = yield* Effect.fork(uploads.complete(upload.id, { project: "p" }, parts, md5(bytes)))
+        // Its claim lapses while its parts are read (a second each), as when the node stalls past LEASE_TTL.
+        yield* Effect.sleep("300 millis")
+        yield* sql(`UPDATE uploads SET completing_until = ${Date.now() - 1_000} WHERE id = '${upload.id}'`)
+        expect(yield* Effect.flip(uploads.complete(upload.id, { project: "p" }, [...parts].reverse(), undefined)))
+          .toMatchObject({ _tag: "UploadClosed", status: "completing" })
+        const completed = yield* Fiber.join(completing)
+        const { stream } = yield* Effect.flatMap(FileStore, (files) => files.content(completed.file!.id, { project: "p" }))
+        expect(Buffer.concat(yield* Stream.runCollect(stream).pipe(Effect.map((c) => Array.from(c)))).toString()).toBe(bytes.toString())
+      }).pipe(
+        Effect.provide(UploadsLive.pipe(
+          Layer.provideMerge(FileStoreLive),
+          Layer.provideMerge(slowPartReads.pipe(Layer.provideMerge(StorageLive))),
+          Layer.provideMerge(configFor({ fileStorage: Option.some(fileStorage) }))
         )),
         Effect.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))
       ))

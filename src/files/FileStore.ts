@@ -3,7 +3,7 @@
  * and a background sweep deletes them) and the clean-up of bytes that lost their metadata in a crash.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Context, Data, Effect, Layer, Schedule, Scope, Stream } from "effect"
+import { Clock, Context, Data, Effect, Layer, Schedule, Scope, Stream } from "effect"
 import { AppConfig } from "../Config.js"
 import { FileObject, type SortOrder } from "../domain/Files.js"
 import { type FileId, fileId } from "../domain/Ids.js"
@@ -173,13 +173,15 @@ export const make = Effect.gen(function*() {
 
   const projectBytes = (project: string) =>
     Effect.gen(function*() {
-      const now = yield* nowSeconds
+      const nowMs = yield* Clock.currentTimeMillis
+      const now = Math.floor(nowMs / 1000)
+      // Uploads that may still become files: pending ones in their hour, completing ones in it or under a live claim.
       const rows = yield* sql<{ n: number | string | null }>`
         SELECT SUM(bytes) AS n FROM (
           SELECT bytes FROM files WHERE project = ${project} AND ${live(now)}
           UNION ALL
           SELECT CASE WHEN parts_bytes > bytes THEN parts_bytes ELSE bytes END FROM uploads WHERE project = ${project}
-            AND (status = 'completing' OR (status = 'pending' AND expires_at > ${now}))
+            AND ((status IN ('pending', 'completing') AND expires_at > ${now}) OR (status = 'completing' AND completing_until >= ${nowMs}))
         ) stored`
       return Number(rows[0]?.n ?? 0)
     }).pipe(Effect.orDie, Effect.withSpan("FileStore.projectBytes"))

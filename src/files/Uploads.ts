@@ -7,9 +7,10 @@
  * Statuses as stored: `pending` (takes parts), `completing` (a complete is assembling it: it takes no parts, no
  * cancel and no complete of other parts; shown as `pending`), `completed`, `cancelled`, `expired`. A completing
  * upload is claimed by its node until `completing_until`, which the node renews every `HEARTBEAT_INTERVAL` by
- * `LEASE_TTL`: a claim left by a node that died lapses, and the next complete (on any node) takes it over. A pending
- * upload past its hour, or one whose claim lapsed, shows as `expired` at once; the sweep (every
- * `FILE_SWEEP_INTERVAL`, beside the files' own) stores that and deletes the parts of every upload that takes no more.
+ * `LEASE_TTL`: a claim left by a node that died lapses, and the next complete (on any node) takes it over, or a
+ * cancel cancels it. A pending upload past its hour, and a completing one past it whose claim lapsed, shows as
+ * `expired` at once; the sweep (every `FILE_SWEEP_INTERVAL`, beside the files' own) stores that and deletes the parts
+ * of every upload that takes no more.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Clock, Context, Data, Deferred, Duration, Effect, Exit, Layer, Option, Schedule, type Scope } from "effect"
@@ -244,8 +245,9 @@ export const make = Effect.gen(function*() {
             Effect.catchAllCause((cause) => Effect.logWarning(`Parts of completed upload ${row.id} left for the sweep`, cause))
           )),
         Effect.map((file) => toUpload({ ...row, status: "completed", file_id: file.id }, now, file)),
+        // Out of `running` before its outcome is known: a complete that sees it still there waits for it.
         Effect.onExit((exit) =>
-          Effect.zipRight(Deferred.done(outcome, exit), Effect.sync(() => running.get(row.id) === outcome && running.delete(row.id)))),
+          Effect.zipRight(Effect.sync(() => running.get(row.id) === outcome && running.delete(row.id)), Deferred.done(outcome, exit))),
         inBackground,
         Effect.forkIn(scope)
       )
@@ -268,11 +270,14 @@ export const make = Effect.gen(function*() {
         const file = yield* files.get(row.file_id!, visibility).pipe(Effect.orElseSucceed(() => null))
         return toUpload(row, now, file)
       }
+      // This node's own run is never taken over here (its claim lapses only if this node stalls).
+      const local = running.get(id)
+      if (local !== undefined) {
+        return yield* (same ? awaitOutcome(local, id, visibility, partIds, md5) : new UploadClosed({ id, status: "completing" }))
+      }
       // Left by a node that died (and not expired since: `shownStatus`): taken over below, whatever parts it named.
       const lapsed = status === "completing" && claimLapsed(row, yield* Clock.currentTimeMillis)
       if (status !== "completing" || !(same || lapsed)) return yield* new UploadClosed({ id, status })
-      const local = running.get(id)
-      if (local !== undefined) return yield* awaitOutcome(local, id, visibility, partIds, md5)
       // Being completed by another node (or by this one, a moment before it registers), or left by one that died:
       // the row tells the outcome, or the claim is taken over.
       return yield* Effect.zipRight(Effect.sleep(COMPLETION_POLL), complete(id, visibility, partIds, md5))
@@ -299,8 +304,9 @@ export const make = Effect.gen(function*() {
     Effect.gen(function*() {
       const nowMs = yield* Clock.currentTimeMillis
       const now = Math.floor(nowMs / 1000)
-      // Claimed and started together: a client gone at that moment leaves no claim without its assembly.
-      const started = yield* Effect.uninterruptible(Effect.gen(function*() {
+      // Claimed and started together: a client gone at that moment leaves no claim without its assembly. Not while
+      // this node runs a complete of it (whose claim may have lapsed if the node stalled): that one is waited for.
+      const started = running.has(id) ? undefined : yield* Effect.uninterruptible(Effect.gen(function*() {
         const claimed = yield* sql<UploadRow>`
           UPDATE uploads SET status = 'completing', completing_owner = ${nodeId}, completing_until = ${claimUntil(nowMs)},
             part_ids_digest = ${partIdsDigest(partIds)}
@@ -316,10 +322,13 @@ export const make = Effect.gen(function*() {
 
   const cancel = (id: UploadId, visibility: Visibility) =>
     Effect.gen(function*() {
-      const now = yield* nowSeconds
+      const nowMs = yield* Clock.currentTimeMillis
+      const now = Math.floor(nowMs / 1000)
+      // A completion left by a node that died is no longer under way: the upload cancels as a pending one.
       const moved = yield* sql<UploadRow>`
-        UPDATE uploads SET status = 'cancelled'
-        WHERE id = ${id} AND status = 'pending' AND expires_at > ${now} AND ${visible(visibility)}
+        UPDATE uploads SET status = 'cancelled', completing_owner = NULL, completing_until = NULL
+        WHERE id = ${id} AND expires_at > ${now} AND ${visible(visibility)} AND (status = 'pending'
+          OR (status = 'completing' AND (completing_until IS NULL OR completing_until < ${nowMs})))
         RETURNING ${columns}`.pipe(Effect.orDie)
       if (moved.length === 0) {
         const row = yield* read(id, visibility)

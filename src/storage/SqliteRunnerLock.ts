@@ -4,14 +4,15 @@
  * take them from the first while it works: requests sent twice, webhooks delivered twice. A node that runs batches
  * therefore holds an exclusive lock on `<database file>.runner-lock`, a SQLite file of its own locked by SQLite:
  * the operating system lets go of it when the process ends, even killed, so a restart never finds it stale. A
- * second such node waits for it for SQLite's busy timeout (5 s: a predecessor still stopping), then fails to start
- * and says what to do instead. API-only nodes (`MAX_CONCURRENT_BATCHES=0`) take no lock; PostgreSQL needs none
- * (its leases are per node), nor does an in-memory SQLite database (no other process can open it).
+ * second such node waits for it as long as a predecessor may take to stop (`SHUTDOWN_TIMEOUT` and 5 s), trying
+ * again every 250 ms, then fails to start and says what to do instead. API-only nodes (`MAX_CONCURRENT_BATCHES=0`)
+ * take no lock; PostgreSQL needs none (its leases are per node), nor does an in-memory SQLite database (no other
+ * process can open it).
  */
 import * as Reactivity from "@effect/experimental/Reactivity"
 import * as SqlClient from "@effect/sql/SqlClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
-import { Data, Effect, Layer } from "effect"
+import { Clock, Data, Duration, Effect, Either, Layer } from "effect"
 import { AppConfig, runsBatches } from "../Config.js"
 
 /** Another process runs batches on this SQLite database. */
@@ -32,19 +33,33 @@ const isBusy = (error: unknown) => {
   return typeof code === "string" && code.startsWith("SQLITE_BUSY")
 }
 
-/** Holds the lock of `database` for as long as the scope lasts; fails at once if another connection holds it. */
-const holdLock = (database: string) =>
+/** How often a node waiting for the lock tries again. */
+const RETRY_EVERY = Duration.millis(250)
+
+/** Holds the lock of `database` for as long as the scope lasts, once another process lets go of it within `patience`. */
+const holdLock = (database: string, patience: Duration.Duration) =>
   Effect.gen(function*() {
     // Its own connection, closed with the scope: closing it (or the process ending) is what lets go of the lock.
     const lock = yield* SqliteClient.make({ filename: lockFileOf(database), disableWAL: true })
+    // Tried again from a timer, not waited for by SQLite: its busy timeout would block the event loop meanwhile.
+    yield* lock`PRAGMA busy_timeout = 0`
     // In exclusive locking mode a connection keeps the locks it took: the lock outlives the transaction.
     yield* lock`PRAGMA locking_mode = EXCLUSIVE`
-    yield* lock`BEGIN EXCLUSIVE`
-    yield* lock`COMMIT`
-  }).pipe(
-    Effect.catchTag("SqlError", (error) => isBusy(error) ? new BatchesRunElsewhere({ database }) : Effect.die(error)),
-    Effect.provide(Reactivity.layer)
-  )
+    const take = Effect.zipRight(lock`BEGIN EXCLUSIVE`, lock`COMMIT`)
+    const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(patience)
+    for (let attempt = 0;; attempt++) {
+      const taken = yield* Effect.either(take)
+      if (Either.isRight(taken)) return
+      if (!isBusy(taken.left)) return yield* Effect.die(taken.left)
+      if ((yield* Clock.currentTimeMillis) >= deadline) return yield* new BatchesRunElsewhere({ database })
+      if (attempt === 0) {
+        yield* Effect.logWarning(
+          `Another process runs batches on ${database}; waiting up to ${Duration.format(patience)} for it to stop`
+        )
+      }
+      yield* Effect.sleep(RETRY_EVERY)
+    }
+  }).pipe(Effect.catchTag("SqlError", Effect.die), Effect.provide(Reactivity.layer))
 
 /** The file of the SQLite database `sql` is on; undefined on another database, "" for an in-memory one. */
 const sqliteFile = (sql: SqlClient.SqlClient) =>
@@ -58,9 +73,10 @@ const sqliteFile = (sql: SqlClient.SqlClient) =>
 export const SqliteRunnerLockLive: Layer.Layer<never, BatchesRunElsewhere, SqlClient.SqlClient | AppConfig> = Layer
   .scopedDiscard(
     Effect.gen(function*() {
-      if (!runsBatches(yield* AppConfig)) return
+      const config = yield* AppConfig
+      if (!runsBatches(config)) return
       const database = yield* Effect.orDie(sqliteFile(yield* SqlClient.SqlClient))
       if (database === undefined || database === "") return
-      yield* holdLock(database)
+      yield* holdLock(database, Duration.sum(config.shutdownTimeout, Duration.seconds(5)))
     })
   )
