@@ -1,33 +1,29 @@
 /**
  * Uploads (OpenAI's Uploads API): a file sent in parts, possibly in parallel, then assembled into an ordinary File.
  * Metadata rows in SQL (`uploads`, `upload_parts`); each part's bytes are a blob of the `BlobStore` under its part
- * id. Completing streams the named parts, in order, into a new file through `FileStore` (`uploadAssembly.ts`):
- * never whole in memory, in a fiber of the service's scope that the request only waits for.
+ * id. Completing (`uploadCompletion.ts`) streams the named parts, in order, into a new file through `FileStore`
+ * (`uploadAssembly.ts`): never whole in memory, in a fiber of the service's scope that the request only waits for.
  *
- * Statuses as stored: `pending` (takes parts), `completing` (a complete is assembling it: it takes no parts, no
- * cancel and no complete of other parts; shown as `pending`), `completed`, `cancelled`, `expired`. A completing
- * upload is claimed by its node until `completing_until`, which the node renews every `HEARTBEAT_INTERVAL` by
- * `LEASE_TTL`: a claim left by a node that died lapses, and the next complete (on any node) takes it over, or a
- * cancel cancels it. A pending upload past its hour, and a completing one past it whose claim lapsed, shows as
- * `expired` at once; the sweep (every `FILE_SWEEP_INTERVAL`, beside the files' own) stores that and deletes the parts
- * of every upload that takes no more.
+ * Statuses as stored: `pending` (takes parts), `completing` (a complete is assembling it, under a claim renewed like
+ * a lease: it takes no parts, no cancel and no complete of other parts until the claim lapses; shown as `pending`),
+ * `completed`, `cancelled`, `expired`. A pending upload past its hour, and a completing one past it whose claim
+ * lapsed, shows as `expired` at once; the sweep (every `FILE_SWEEP_INTERVAL`, beside the files' own) stores that and
+ * deletes the parts of every upload that takes no more.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Clock, Context, Data, Deferred, Duration, Effect, Exit, Layer, Option, Schedule, type Scope } from "effect"
+import { Clock, Context, Data, Effect, Layer, Option, Schedule, type Scope } from "effect"
 import { AppConfig } from "../Config.js"
 import { type UploadId, uploadId, type UploadPartId, uploadPartId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
 import { MAX_PART_BYTES, MAX_PARTS_PER_UPLOAD, type Upload, UPLOAD_LIFETIME_SECONDS, UploadPart } from "../domain/Uploads.js"
 import { BlobStore } from "../storage/BlobStore.js"
 import { nowSeconds, visibleTo } from "../storage/Sql.js"
-import { inBackground } from "../Scheduler.js"
 import { FileStore, sweepEvery } from "./FileStore.js"
-import { type CompletionTakenOver, makeAssembly, PartsMismatch, partIdsDigest } from "./uploadAssembly.js"
-import { claimLapsed, shownStatus, type StoredStatus, toUpload, type UploadRow } from "./uploadRows.js"
+import type { PartsMismatch } from "./uploadAssembly.js"
+import { makeCompletion } from "./uploadCompletion.js"
+import { shownStatus, toUpload, UploadClosed, UploadNotFound, type UploadRow } from "./uploadRows.js"
 
-export class UploadNotFound extends Data.TaggedError("UploadNotFound")<{ readonly id: UploadId }> {}
-/** The upload takes no parts, complete or cancel: it is `status` (`completing`: being completed right now). */
-export class UploadClosed extends Data.TaggedError("UploadClosed")<{ readonly id: UploadId; readonly status: StoredStatus }> {}
+export { UploadClosed, UploadNotFound } from "./uploadRows.js"
 /** A part the upload has no room for (too many parts, or bytes far beyond the upload's). */
 export class PartRefused extends Data.TaggedError("PartRefused")<{ readonly message: string }> {}
 
@@ -96,16 +92,12 @@ export class Uploads extends Context.Tag("Uploads")<Uploads, UploadsShape>() {}
 /** Bytes of parts an upload may hold beyond its own, for parts sent again: as much again, at most one part. */
 const partsSlack = (bytes: number) => Math.min(MAX_PART_BYTES, bytes)
 const SWEEP_GROUP = 100
-/** How often a complete waiting for another node's assembly of the same parts looks at the upload again. */
-const COMPLETION_POLL = Duration.millis(500)
 
 export const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   const blobs = yield* BlobStore
   const files = yield* FileStore
-  const { maxFileBytesPerProject, nodeId, leaseTtl } = yield* AppConfig
-  const assembly = yield* makeAssembly
-  const scope = yield* Effect.scope
+  const { maxFileBytesPerProject } = yield* AppConfig
 
   const columns = sql.literal(
     "id, project, status, bytes, parts_bytes, parts_count, filename, purpose, mime_type, file_expires_after, created_at, expires_at, file_id, completing_owner, completing_until, part_ids_digest"
@@ -131,6 +123,8 @@ export const make = Effect.gen(function*() {
       const removed = yield* sql<{ id: string }>`DELETE FROM upload_parts WHERE upload_id = ${id} RETURNING id`
       yield* Effect.forEach(removed, (part) => blobs.remove(part.id), { discard: true, concurrency: 8 })
     }).pipe(Effect.orDie, Effect.uninterruptible)
+
+  const { complete, releaseOwnClaims, renewClaims } = yield* makeCompletion({ columns, discardParts, read, visible })
 
   const create = (upload: NewUpload) =>
     Effect.gen(function*() {
@@ -222,104 +216,6 @@ export const make = Effect.gen(function*() {
       return new UploadPart({ id: part.id, object: "upload.part", created_at: now, upload_id: id })
     }).pipe(Effect.uninterruptible, Effect.withSpan("Uploads.addPart", { attributes: { id } }))
 
-  /** Completions running on this node, by upload, each in a fiber of the service's scope: a client hanging up stops none. */
-  const running = new Map<UploadId, Deferred.Deferred<Upload, PartsMismatch | CompletionTakenOver>>()
-  /** A claim taken at `nowMs` holds until then, and as long again from each renewal (`renewClaims`). */
-  const claimUntil = (nowMs: number) => nowMs + Duration.toMillis(leaseTtl)
-
-  /** Starts the assembly of an upload this node just claimed; its outcome goes to every complete that waits for it. */
-  const startAssembly = (row: UploadRow, partIds: ReadonlyArray<string>, md5: string | undefined, now: number) =>
-    Effect.gen(function*() {
-      const outcome = yield* Deferred.make<Upload, PartsMismatch | CompletionTakenOver>()
-      running.set(row.id, outcome)
-      yield* assembly(row, partIds, md5).pipe(
-        Effect.interruptible, // forked from the claim's uninterruptible region: the node stopping still stops it
-        // A failure, or the node stopping, gives the upload back, pending, to complete again (unless its claim
-        // lapsed and another node took it over: then it is that node's).
-        Effect.onExit((exit) =>
-          Exit.isSuccess(exit) ? Effect.void : sql`UPDATE uploads SET status = 'pending', completing_owner = NULL,
-            completing_until = NULL WHERE id = ${row.id} AND status = 'completing' AND completing_owner = ${nodeId}`.pipe(Effect.orDie)),
-        // The upload is completed whatever happens now: parts left by a failure here go with the sweep.
-        Effect.tap(() =>
-          discardParts(row.id).pipe(
-            Effect.catchAllCause((cause) => Effect.logWarning(`Parts of completed upload ${row.id} left for the sweep`, cause))
-          )),
-        Effect.map((file) => toUpload({ ...row, status: "completed", file_id: file.id }, now, file)),
-        // Out of `running` before its outcome is known: a complete that sees it still there waits for it.
-        Effect.onExit((exit) =>
-          Effect.zipRight(Effect.sync(() => running.get(row.id) === outcome && running.delete(row.id)), Deferred.done(outcome, exit))),
-        inBackground,
-        Effect.forkIn(scope)
-      )
-      return outcome
-    })
-
-  /**
-   * A complete that could not claim the upload: the same part ids as the complete that claimed it wait for its
-   * outcome, or get the completed upload (a client's retry); anything else is refused. A claim that lapsed (its
-   * node died) is taken over, as if the upload were pending.
-   */
-  const awaitCompletion = (id: UploadId, visibility: Visibility, partIds: ReadonlyArray<string>, md5: string | undefined) =>
-    Effect.gen(function*() {
-      const row = yield* read(id, visibility)
-      const now = yield* nowSeconds
-      const status = shownStatus(row, now)
-      const same = row.part_ids_digest === partIdsDigest(partIds)
-      if (status === "pending") return yield* complete(id, visibility, partIds, md5) // given back a moment ago
-      if (status === "completed" && same) {
-        const file = yield* files.get(row.file_id!, visibility).pipe(Effect.orElseSucceed(() => null))
-        return toUpload(row, now, file)
-      }
-      // This node's own run is never taken over here (its claim lapses only if this node stalls).
-      const local = running.get(id)
-      if (local !== undefined) {
-        return yield* (same ? awaitOutcome(local, id, visibility, partIds, md5) : new UploadClosed({ id, status: "completing" }))
-      }
-      // Left by a node that died (and not expired since: `shownStatus`): taken over below, whatever parts it named.
-      const lapsed = status === "completing" && claimLapsed(row, yield* Clock.currentTimeMillis)
-      if (status !== "completing" || !(same || lapsed)) return yield* new UploadClosed({ id, status })
-      // Being completed by another node (or by this one, a moment before it registers), or left by one that died:
-      // the row tells the outcome, or the claim is taken over.
-      return yield* Effect.zipRight(Effect.sleep(COMPLETION_POLL), complete(id, visibility, partIds, md5))
-    })
-
-  /** The outcome of this node's assembly; if another node took the claim over meanwhile, that node's. */
-  const awaitOutcome = (
-    outcome: Deferred.Deferred<Upload, PartsMismatch | CompletionTakenOver>,
-    id: UploadId,
-    visibility: Visibility,
-    partIds: ReadonlyArray<string>,
-    md5: string | undefined
-  ): Effect.Effect<Upload, UploadNotFound | UploadClosed | PartsMismatch> =>
-    Deferred.await(outcome).pipe(
-      Effect.catchTag("CompletionTakenOver", () => awaitCompletion(id, visibility, partIds, md5))
-    )
-
-  const complete = (
-    id: UploadId,
-    visibility: Visibility,
-    partIds: ReadonlyArray<string>,
-    md5: string | undefined
-  ): Effect.Effect<Upload, UploadNotFound | UploadClosed | PartsMismatch> =>
-    Effect.gen(function*() {
-      const nowMs = yield* Clock.currentTimeMillis
-      const now = Math.floor(nowMs / 1000)
-      // Claimed and started together: a client gone at that moment leaves no claim without its assembly. Not while
-      // this node runs a complete of it (whose claim may have lapsed if the node stalled): that one is waited for.
-      const started = running.has(id) ? undefined : yield* Effect.uninterruptible(Effect.gen(function*() {
-        const claimed = yield* sql<UploadRow>`
-          UPDATE uploads SET status = 'completing', completing_owner = ${nodeId}, completing_until = ${claimUntil(nowMs)},
-            part_ids_digest = ${partIdsDigest(partIds)}
-          WHERE id = ${id} AND expires_at > ${now} AND ${visible(visibility)} AND (status = 'pending'
-            OR (status = 'completing' AND (completing_until IS NULL OR completing_until < ${nowMs})))
-          RETURNING ${columns}`.pipe(Effect.orDie)
-        return claimed.length === 0 ? undefined : yield* startAssembly(claimed[0]!, partIds, md5, now)
-      }))
-      return yield* (started === undefined
-        ? awaitCompletion(id, visibility, partIds, md5)
-        : awaitOutcome(started, id, visibility, partIds, md5))
-    }).pipe(Effect.withSpan("Uploads.complete", { attributes: { id } }))
-
   const cancel = (id: UploadId, visibility: Visibility) =>
     Effect.gen(function*() {
       const nowMs = yield* Clock.currentTimeMillis
@@ -355,22 +251,6 @@ export const make = Effect.gen(function*() {
       swept += closed.length
     }
   }).pipe(Effect.orDie, Effect.withSpan("Uploads.sweep"))
-
-  /**
-   * Completions this node was running when it stopped are given back; another node's are its own (on SQLite too:
-   * an API-only node beside the one that runs batches completes uploads), and lapse if it died.
-   */
-  const releaseOwnClaims = sql`UPDATE uploads SET status = 'pending', completing_owner = NULL, completing_until = NULL
-    WHERE status = 'completing' AND completing_owner = ${nodeId}`.pipe(Effect.orDie)
-
-  /** Extends the claims of the completions this node is running (those it holds still). */
-  const renewClaims = Effect.suspend(() => {
-    const ids = [...running.keys()]
-    if (ids.length === 0) return Effect.void
-    return Effect.flatMap(Clock.currentTimeMillis, (nowMs) =>
-      sql`UPDATE uploads SET completing_until = ${claimUntil(nowMs)}
-        WHERE ${sql.in("id", ids)} AND status = 'completing' AND completing_owner = ${nodeId}`)
-  }).pipe(Effect.asVoid)
 
   return {
     service: Uploads.of({ create, partRoom, openPart, addPart, complete, cancel, sweep }),

@@ -1,10 +1,15 @@
-/** The rows of the `uploads` table (migration 0008) and the Upload objects a client sees of them. */
+/** The rows of the `uploads` table (migrations 0008, 0010), the Upload objects a client sees of them, and the errors that name their status. */
 import type { FileObject } from "../domain/Files.js"
+import { Data } from "effect"
 import type { FileId, UploadId } from "../domain/Ids.js"
 import { Upload, type UploadStatus } from "../domain/Uploads.js"
 
 /** An upload's status as stored: the wire's, and `completing` while a complete assembles it. */
 export type StoredStatus = UploadStatus | "completing"
+
+export class UploadNotFound extends Data.TaggedError("UploadNotFound")<{ readonly id: UploadId }> {}
+/** The upload takes no parts, complete or cancel: it is `status` (`completing`: being completed right now). */
+export class UploadClosed extends Data.TaggedError("UploadClosed")<{ readonly id: UploadId; readonly status: StoredStatus }> {}
 
 export type UploadRow = {
   readonly id: UploadId
