@@ -21,7 +21,7 @@ import { nowSeconds, visibleTo } from "../storage/Sql.js"
 import { FileStore, sweepEvery } from "./FileStore.js"
 import type { PartsMismatch } from "./uploadAssembly.js"
 import { makeCompletion } from "./uploadCompletion.js"
-import { shownStatus, toUpload, UploadClosed, UploadNotFound, type UploadRow } from "./uploadRows.js"
+import { claimLapsedSql, shownStatus, toUpload, UploadClosed, UploadNotFound, type UploadRow } from "./uploadRows.js"
 
 export { UploadClosed, UploadNotFound } from "./uploadRows.js"
 /** A part the upload has no room for (too many parts, or bytes far beyond the upload's). */
@@ -223,8 +223,7 @@ export const make = Effect.gen(function*() {
       // A completion left by a node that died is no longer under way: the upload cancels as a pending one.
       const moved = yield* sql<UploadRow>`
         UPDATE uploads SET status = 'cancelled', completing_owner = NULL, completing_until = NULL
-        WHERE id = ${id} AND expires_at > ${now} AND ${visible(visibility)} AND (status = 'pending'
-          OR (status = 'completing' AND (completing_until IS NULL OR completing_until < ${nowMs})))
+        WHERE id = ${id} AND expires_at > ${now} AND ${visible(visibility)} AND (status = 'pending' OR ${claimLapsedSql(sql, nowMs)})
         RETURNING ${columns}`.pipe(Effect.orDie)
       if (moved.length === 0) {
         const row = yield* read(id, visibility)
@@ -239,8 +238,7 @@ export const make = Effect.gen(function*() {
     const nowMs = yield* Clock.currentTimeMillis
     const now = Math.floor(nowMs / 1000)
     yield* sql`UPDATE uploads SET status = 'expired', completing_owner = NULL, completing_until = NULL
-      WHERE expires_at <= ${now} AND (status = 'pending'
-        OR (status = 'completing' AND (completing_until IS NULL OR completing_until < ${nowMs})))`
+      WHERE expires_at <= ${now} AND (status = 'pending' OR ${claimLapsedSql(sql, nowMs)})`
     let swept = 0
     while (true) {
       const closed = yield* sql<{ upload_id: UploadId }>`

@@ -18,7 +18,7 @@ import { nowSeconds } from "../storage/Sql.js"
 import { inBackground } from "../Scheduler.js"
 import { FileStore } from "./FileStore.js"
 import { type CompletionTakenOver, makeAssembly, type PartsMismatch, partIdsDigest } from "./uploadAssembly.js"
-import { claimLapsed, shownStatus, toUpload, UploadClosed, type UploadNotFound, type UploadRow } from "./uploadRows.js"
+import { claimLapsed, claimLapsedSql, shownStatus, toUpload, UploadClosed, type UploadNotFound, type UploadRow } from "./uploadRows.js"
 
 /** How often a complete waiting for another node's assembly of the same parts looks at the upload again. */
 const COMPLETION_POLL = Duration.millis(500)
@@ -130,8 +130,7 @@ export const makeCompletion = ({ columns, discardParts, read, visible }: UploadR
           const claimed = yield* sql<UploadRow>`
             UPDATE uploads SET status = 'completing', completing_owner = ${nodeId}, completing_until = ${claimUntil(nowMs)},
               part_ids_digest = ${partIdsDigest(partIds)}
-            WHERE id = ${id} AND expires_at > ${now} AND ${visible(visibility)} AND (status = 'pending'
-              OR (status = 'completing' AND (completing_until IS NULL OR completing_until < ${nowMs})))
+            WHERE id = ${id} AND expires_at > ${now} AND ${visible(visibility)} AND (status = 'pending' OR ${claimLapsedSql(sql, nowMs)})
             RETURNING ${columns}`.pipe(Effect.orDie)
           return claimed.length === 0 ? undefined : yield* startAssembly(claimed[0]!, partIds, md5, now)
         }))

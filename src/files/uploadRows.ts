@@ -1,5 +1,6 @@
 /** The rows of the `uploads` table (migrations 0008, 0010), the Upload objects a client sees of them, and the errors that name their status. */
 import type { FileObject } from "../domain/Files.js"
+import type * as SqlClient from "@effect/sql/SqlClient"
 import { Data } from "effect"
 import type { FileId, UploadId } from "../domain/Ids.js"
 import { Upload, type UploadStatus } from "../domain/Uploads.js"
@@ -38,6 +39,10 @@ export type UploadRow = {
  */
 export const claimLapsed = (row: UploadRow, nowMs: number): boolean =>
   row.status === "completing" && (row.completing_until === null || Number(row.completing_until) < nowMs)
+
+/** `claimLapsed` as a condition on the `uploads` table's row. */
+export const claimLapsedSql = (sql: SqlClient.SqlClient, nowMs: number) =>
+  sql`(status = 'completing' AND (completing_until IS NULL OR completing_until < ${nowMs}))`
 
 /**
  * The status as it stands at `now` (unix seconds): a pending upload past its hour is `expired`, and so is one whose
