@@ -10,6 +10,7 @@ import { type FileId, fileId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
 import { BlobStore, type StagedBlob, stageStream, type StagingWriter } from "../storage/BlobStore.js"
 import { nowSeconds, visibleTo } from "../storage/Sql.js"
+import { claimLapsedSql } from "./uploadRows.js"
 import { trusted } from "../domain/List.js"
 
 export class FileNotFound extends Data.TaggedError("FileNotFound")<{ readonly id: FileId }> {}
@@ -181,7 +182,8 @@ export const make = Effect.gen(function*() {
           SELECT bytes FROM files WHERE project = ${project} AND ${live(now)}
           UNION ALL
           SELECT CASE WHEN parts_bytes > bytes THEN parts_bytes ELSE bytes END FROM uploads WHERE project = ${project}
-            AND ((status IN ('pending', 'completing') AND expires_at > ${now}) OR (status = 'completing' AND completing_until >= ${nowMs}))
+            AND ((status IN ('pending', 'completing') AND expires_at > ${now})
+              OR (status = 'completing' AND NOT ${claimLapsedSql(sql, nowMs)}))
         ) stored`
       return Number(rows[0]?.n ?? 0)
     }).pipe(Effect.orDie, Effect.withSpan("FileStore.projectBytes"))

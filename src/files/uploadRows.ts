@@ -1,7 +1,10 @@
-/** The rows of the `uploads` table (migrations 0008, 0010), the Upload objects a client sees of them, and the errors that name their status. */
-import type { FileObject } from "../domain/Files.js"
+/**
+ * The rows of the `uploads` table (migrations 0008, 0010), the Upload objects a client sees of them, and the errors
+ * that name their status.
+ */
 import type * as SqlClient from "@effect/sql/SqlClient"
 import { Data } from "effect"
+import type { FileObject } from "../domain/Files.js"
 import type { FileId, UploadId } from "../domain/Ids.js"
 import { Upload, type UploadStatus } from "../domain/Uploads.js"
 
