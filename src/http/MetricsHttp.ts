@@ -14,7 +14,6 @@
  * `batch_batches_active` is counted in the database at each scrape (bounded by a timeout; left out when the
  * database does not answer, rather than stale).
  */
-import * as HttpApi from "@effect/platform/HttpApi"
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import type * as HttpApp from "@effect/platform/HttpApp"
 import * as HttpServerError from "@effect/platform/HttpServerError"
@@ -28,70 +27,27 @@ import { AppConfig, keysConfigured } from "../Config.js"
 import { ErrorBody, unauthorized } from "../domain/Errors.js"
 import { Metrics, type MetricsShape } from "../observability/Metrics.js"
 import { CONTENT_TYPE } from "../observability/metricsRegistry.js"
-import { DASHBOARD_ROUTES } from "../ui/DashboardHttp.js"
-import { OpenAIApi } from "./Api.js"
 import { envelope } from "./EarlyAnswer.js"
-import { matchedRoute } from "./RequestLog.js"
-import { isLoopbackHost, requestTarget } from "./Security.js"
-
-/** Where the metrics are served. */
-export const METRICS_PATH = "/metrics"
-
-/** Routes served beside the `HttpApi`'s endpoints (`Http.ts`). */
-const OTHER_ROUTES = ["/docs", "/openapi.json", METRICS_PATH, ...DASHBOARD_ROUTES]
+import { METRICS_PATH, requestTarget, routeOf } from "./Routes.js"
+import { isLoopbackHost } from "./Security.js"
 
 /** The `route` label of a request no route matched. */
 export const UNMATCHED = "unmatched"
 
 /**
- * The route pattern of a path, from the API's endpoints and the routes beside them (the label of requests the
- * router never saw: refused by `secure`, say), in the router's form (`/v1/batches/:batch_id`, as the request logs
- * and span names write it); undefined when none matches. Parameters match one non-empty segment.
- */
-export const makeRouteMatcher = (patterns: ReadonlyArray<string>) => {
-  const exact = new Map<string, string>()
-  const withParams: Array<{ readonly segments: ReadonlyArray<string>; readonly pattern: string }> = []
-  for (const pattern of patterns) {
-    if (pattern.includes("/:")) withParams.push({ segments: pattern.split("/"), pattern })
-    else exact.set(pattern, pattern)
-  }
-  return (path: string): string | undefined => {
-    const known = exact.get(path)
-    if (known !== undefined || withParams.length === 0) return known
-    const segments = path.split("/")
-    for (const p of withParams) {
-      if (p.segments.length !== segments.length) continue
-      let i = 0
-      while (i < segments.length && (p.segments[i] === segments[i] || (p.segments[i]!.startsWith(":") && segments[i] !== ""))) i++
-      if (i === segments.length) return p.pattern
-    }
-    return undefined
-  }
-}
-
-const apiPatterns = (): ReadonlyArray<string> => {
-  const patterns: Array<string> = [...OTHER_ROUTES]
-  HttpApi.reflect(OpenAIApi, { onGroup: () => {}, onEndpoint: ({ endpoint }) => patterns.push(endpoint.path) })
-  return patterns
-}
-
-/**
  * Server middleware: counts each request (`batch_http_requests_total`) and its time until the response is ready
- * (`batch_http_request_duration_seconds`), labelled with the route pattern the router matched (it sets `http.route`
- * on the request's span), else the API route the path matches, else `unmatched`: never a raw path, so label values
- * stay bounded.
+ * (`batch_http_request_duration_seconds`), labelled with the route its path matches (`routeOf`), else `unmatched`:
+ * never a raw path, so label values stay bounded.
  */
 export const httpMetrics = (metrics: MetricsShape) => {
-  const routeOf = makeRouteMatcher(apiPatterns())
   return <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
     Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
       const started = performance.now()
       return Effect.onExit(app, (exit) =>
-        Effect.withFiberRuntime<void>((fiber) => {
-          const route = matchedRoute(fiber.currentContext) ?? routeOf(requestTarget(request).path) ?? UNMATCHED
+        Effect.sync(() => {
+          const route = routeOf(requestTarget(request).path) ?? UNMATCHED
           const status = HttpServerError.exitResponse(exit).status
           metrics.httpRequest(request.method, route, status, (performance.now() - started) / 1000)
-          return Effect.void
         }))
     })
 }

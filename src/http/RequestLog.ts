@@ -3,7 +3,7 @@
  * (bounded, safe characters: it goes into logs and a response header as it is), else a fresh `req_…`; every line
  * logged while the request is served carries it as `request_id`, and `sdkHeaders` echoes it in the response.
  *
- * The line is written once the response is (status, duration, the route pattern the router matched rather than the
+ * The line is written once the response is (status, duration, the route pattern its path matches rather than the
  * path with its ids, and the caller's project once `secure` knows it). Health and readiness probes and metrics
  * scrapes are logged at debug level: a line every few seconds would drown the rest.
  */
@@ -11,9 +11,10 @@ import type * as HttpApp from "@effect/platform/HttpApp"
 import * as HttpServerError from "@effect/platform/HttpServerError"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import type * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import { Cause, Context, Effect, Exit, FiberRef, LogLevel, Option, Tracer } from "effect"
+import { Cause, Effect, Exit, FiberRef, HashMap, LogLevel } from "effect"
 import { requestId } from "../domain/Ids.js"
 import { echo } from "../domain/Text.js"
+import { requestTarget, routeOf } from "./Routes.js"
 
 /** An incoming `x-request-id` taken as is: 1–128 letters, digits and `- _ . : + / = @`. */
 const SANE_REQUEST_ID = /^[A-Za-z0-9._:+/=@-]{1,128}$/
@@ -22,10 +23,13 @@ const SANE_REQUEST_ID = /^[A-Za-z0-9._:+/=@-]{1,128}$/
 export const requestIdFrom = (header: string | undefined): string =>
   header !== undefined && SANE_REQUEST_ID.test(header) ? header : requestId()
 
-/** What is known of the request being served: its id, and the caller's project once authenticated. */
+/**
+ * What is known of the request being served: its id, and the caller's project once authenticated (`noteProject`
+ * writes it in place: the object is the request's own, made by `requestLog`).
+ */
 export interface RequestInfo {
   readonly id: string
-  readonly project: string | undefined
+  project: string | undefined
 }
 
 /** The request being served (set by `requestLog`; undefined outside it). */
@@ -35,16 +39,18 @@ export const currentRequest: FiberRef.FiberRef<RequestInfo | undefined> = FiberR
 
 /** Records the caller's project for the request line (`secure` calls it once the key is checked). */
 export const noteProject = (project: string): Effect.Effect<void> =>
-  FiberRef.update(currentRequest, (info) => (info === undefined ? info : { ...info, project }))
+  Effect.map(FiberRef.get(currentRequest), (info) => {
+    if (info !== undefined) info.project = project
+  })
 
 /** Polled every few seconds (probes of load balancers and orchestrators, Prometheus scrapes): their lines are debug. */
 const POLLED: ReadonlySet<string> = new Set(["/v1/health", "/v1/ready", "/metrics"])
 
 export interface RequestLine {
   readonly method: string
-  /** The matched route pattern (`/v1/batches/:batch_id`); undefined when no route matched. */
+  /** The route pattern the path matches (`/v1/batches/:batch_id`, `routeOf`); undefined when none does. */
   readonly route: string | undefined
-  /** The path as requested, without its query. */
+  /** The path as the router reads it, without its query. */
   readonly path: string
   readonly status: number
   readonly durationMs: number
@@ -66,16 +72,6 @@ export const requestLine = (line: RequestLine) => ({
 })
 
 /**
- * The route pattern the router matched (`/v1/batches/:batch_id`): it sets `http.route` on the request's span (the
- * platform's tracer middleware makes one per request, whichever tracer is installed); undefined without one.
- */
-export const matchedRoute = (context: Context.Context<never>): string | undefined => {
-  const span = Context.getOption(context, Tracer.ParentSpan)
-  const route = Option.isSome(span) && span.value._tag === "Span" ? span.value.attributes.get("http.route") : undefined
-  return typeof route === "string" ? route : undefined
-}
-
-/**
  * The request's line, built only when its level is logged (a probe's debug line usually is not), from the fiber's
  * state read directly rather than through Effect steps: written as a chain of steps (timed, exit, the current span,
  * the line), this middleware took ~40 % of a `/v1/health`'s CPU and a third of a single batch's GET.
@@ -86,15 +82,15 @@ const writeLine = <E>(
   started: number
 ) =>
   Effect.withFiberRuntime<void>((fiber) => {
-    const path = echo(request.url.split("?")[0]!)
+    const { path } = requestTarget(request)
     // A fault no handler turned into an answer (outside the API's routes: /metrics, /docs) is logged with its cause.
     const fault = Exit.isFailure(exit) && !Cause.isInterruptedOnly(exit.cause) ? exit.cause : undefined
     const level = fault !== undefined ? LogLevel.Error : POLLED.has(path) ? LogLevel.Debug : LogLevel.Info
     if (LogLevel.lessThan(level, fiber.getFiberRef(FiberRef.currentMinimumLogLevel))) return Effect.void
     const { fields, message } = requestLine({
       method: request.method,
-      route: matchedRoute(fiber.currentContext),
-      path,
+      route: routeOf(path),
+      path: echo(path),
       status: HttpServerError.exitResponse(exit).status,
       durationMs: Math.round((performance.now() - started) * 10) / 10,
       project: fiber.getFiberRef(currentRequest)?.project
@@ -102,13 +98,17 @@ const writeLine = <E>(
     return Effect.annotateLogs(Effect.logWithLevel(level, message, ...(fault === undefined ? [] : [fault])), fields)
   })
 
-/** Server middleware: the request id for everything inside, and the request's line once it is answered. */
+/**
+ * Server middleware: the request id for everything inside, and the request's line once it is answered. The id is set
+ * on the request's fiber rather than scoped to `app`: server middleware runs on a fiber of the request's own (the
+ * platform forks one per request), which ends with it, and scoping each value costs ~20 runtime steps.
+ */
 export const requestLog = <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
   Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
     const id = requestIdFrom(request.headers["x-request-id"])
     const started = performance.now()
-    return Effect.onExit(app, (exit) => writeLine(request, exit, started)).pipe(
-      Effect.locally(currentRequest, { id, project: undefined }),
-      Effect.annotateLogs("request_id", id)
+    return FiberRef.set(currentRequest, { id, project: undefined }).pipe(
+      Effect.zipRight(FiberRef.update(FiberRef.currentLogAnnotations, HashMap.set<string, unknown>("request_id", id))),
+      Effect.zipRight(Effect.onExit(app, (exit) => writeLine(request, exit, started)))
     )
   })

@@ -27,6 +27,7 @@ import { echo } from "../domain/Text.js"
 import { isDashboardPath } from "../ui/DashboardHttp.js"
 import { answer, envelope } from "./EarlyAnswer.js"
 import { noteProject } from "./RequestLog.js"
+import { requestTarget } from "./Routes.js"
 
 /** Routes anyone may read: liveness, readiness and the API's description. */
 export const PUBLIC_PATHS: ReadonlySet<string> = new Set(["/v1/health", "/v1/ready", "/docs", "/openapi.json"])
@@ -66,26 +67,6 @@ export const isLoopbackHost = (host: string | undefined): boolean => {
 /** Whether `origin` is the origin the request was addressed to (the docs page calling its own server). */
 const sameOrigin = (origin: string, host: string | undefined) =>
   host !== undefined && URL.canParse(origin) && new URL(origin).host === host.toLowerCase()
-
-/** What the router strips from a request target in absolute form (find-my-way's own pattern). */
-const ABSOLUTE_FORM = /^https?:\/\/(.*?)\//
-
-/**
- * The authority a request was addressed to, and its path as the router reads it. A target in absolute form
- * (`GET http://evil.example/v1/files`, as sent to proxies) names the authority itself, and then the `Host` header is
- * ignored (RFC 9112 §3.2.2); its path is what the router routes, read the router's way (no other normalisation,
- * so a path this module takes for a public one is one the router serves as that public route).
- */
-export const requestTarget = (
-  request: HttpServerRequest.HttpServerRequest
-): { readonly authority: string | undefined; readonly path: string } => {
-  const target = request.url
-  const absolute = target.startsWith("/") ? null : ABSOLUTE_FORM.exec(target)
-  return {
-    authority: target.startsWith("/") ? request.headers.host : absolute?.[1],
-    path: (absolute === null ? target : target.replace(ABSOLUTE_FORM, "/")).split("?")[0]!
-  }
-}
 
 /** The key of an `Authorization: Bearer <key>` header; "" when there is none. */
 export const bearerKey = (authorization: string | undefined): string => {
