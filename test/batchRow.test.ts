@@ -6,7 +6,10 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Schema } from "effect"
 import { Batch } from "../src/domain/Batches.js"
-import { batchRecordOf, MalformedBatchRow } from "../src/batches/batchRow.js"
+import { BATCH_COLUMNS, batchRecordOf as recordOfValues, MalformedBatchRow } from "../src/batches/batchRow.js"
+
+/** A row given as its columns by name, read as the stores read it: its values in the order of `BATCH_COLUMNS`. */
+const batchRecordOf = (row: Record<string, unknown>) => recordOfValues(BATCH_COLUMNS.map((column) => row[column]))
 
 /** Every column a distinct value, so that two columns swapped show. */
 const sqliteRow = {
@@ -39,17 +42,13 @@ const sqliteRow = {
   metadata: JSON.stringify({ team: "a" }),
   output_expires_after: 3600,
   request_hash: "h",
-  project: "p",
-  // Columns the API does not show are ignored.
-  seq: 7,
-  idempotency_key: null,
-  lease_owner: null
+  project: "p"
 }
 
 /** PostgreSQL returns its BIGINT columns (times, tokens) as text; the INTEGER ones as numbers. */
 const BIGINT_COLUMNS = new Set(["created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at", "failed_at",
   "expired_at", "cancelling_at", "cancelled_at", "input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens",
-  "total_tokens", "seq"])
+  "total_tokens"])
 const postgresRow = Object.fromEntries(
   Object.entries(sqliteRow).map(([column, value]) => [column, BIGINT_COLUMNS.has(column) ? String(value) : value])
 )

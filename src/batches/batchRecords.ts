@@ -20,12 +20,12 @@ import {
   type TransitionPatch,
   UnknownBatchCursor
 } from "./BatchStore.js"
-import { batchRecordOf } from "./batchRow.js"
+import { BATCH_COLUMNS, batchRecordOf } from "./batchRow.js"
 import { type BatchSql, chunks, INSERT_GROUP, SqlInt } from "./sql.js"
 import { type Move, transitions } from "./transitions.js"
 
-/** The records of rows of `batches` (`batchRow.ts`); a row that does not fit is a defect. */
-const decodeRecords = (rows: ReadonlyArray<Record<string, unknown>>) => Effect.sync(() => rows.map(batchRecordOf))
+/** The records of rows of `batches` (`batchRow.ts`: their `BATCH_COLUMNS`); a row that does not fit is a defect. */
+const decodeRecords = (rows: ReadonlyArray<ReadonlyArray<unknown>>) => Effect.sync(() => rows.map(batchRecordOf))
 
 /**
  * The `idempotency_key` column's value: the key scoped by its project (the column is unique across projects), with
@@ -50,8 +50,9 @@ export const makeBatchRecords = (
   moved: (batch: Batch) => void = () => {},
   finalMoved: (batch: Batch, project: string, at: number) => Effect.Effect<void, SqlError> = () => Effect.void
 ): BatchRecords => {
+  const columns = sql.literal(BATCH_COLUMNS.join(", "))
   const selectWhere = (where: Fragment) =>
-    Effect.flatMap(sql`SELECT * FROM batches WHERE ${where}`, decodeRecords)
+    Effect.flatMap(sql`SELECT ${columns} FROM batches WHERE ${where}`.values, decodeRecords)
   const visible = (visibility: Visibility) => visibleTo(sql, visibility)
 
   const get = (id: BatchId, visibility: Visibility) =>
@@ -109,7 +110,7 @@ export const makeBatchRecords = (
         where = sql`${where} AND seq < ${cursor.value.seq}`
       }
       const records = yield* Effect.orDie(Effect.flatMap(
-        sql`SELECT * FROM batches WHERE ${where} ORDER BY seq DESC LIMIT ${query.limit + 1}`,
+        sql`SELECT ${columns} FROM batches WHERE ${where} ORDER BY seq DESC LIMIT ${query.limit + 1}`.values,
         decodeRecords
       ))
       return { data: records.slice(0, query.limit).map((r) => r.batch), hasMore: records.length > query.limit }
@@ -167,7 +168,7 @@ export const makeBatchRecords = (
       }
       const rows = yield* sql`
         UPDATE batches SET ${sql.update(changes)}
-        WHERE id = ${id} AND ${sql.in("status", from)} AND ${condition} RETURNING *`
+        WHERE id = ${id} AND ${sql.in("status", from)} AND ${condition} RETURNING ${columns}`.values
       const record = Option.fromNullable((yield* decodeRecords(rows))[0])
       if (final && Option.isSome(record)) yield* finalMoved(record.value.batch, record.value.project, at)
       return Option.map(record, (r) => r.batch)
