@@ -10,6 +10,7 @@ import { Effect, Option, Schema } from "effect"
 import { type Batch, type BatchStatus, BatchStatus as BatchStatusSchema, terminalStatuses } from "../domain/Batches.js"
 import { BatchId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
+import { polledReadSpan } from "../observability/Tracing.js"
 import { nowSeconds, visibleTo } from "../storage/Sql.js"
 import {
   BatchNotFound,
@@ -59,7 +60,7 @@ export const makeBatchRecords = (
     selectWhere(sql`id = ${id} AND ${visible(visibility)}`).pipe(
       Effect.orDie,
       Effect.flatMap((records) => records.length === 0 ? Effect.fail(new BatchNotFound({ id })) : Effect.succeed(records[0]!)),
-      Effect.withSpan("BatchStore.get", { attributes: { id } })
+      Effect.withSpan("BatchStore.get", polledReadSpan({ id }))
     )
 
   const create = (batch: NewBatch) =>
@@ -114,7 +115,7 @@ export const makeBatchRecords = (
         decodeRecords
       ))
       return { data: records.slice(0, query.limit).map((r) => r.batch), hasMore: records.length > query.limit }
-    }).pipe(Effect.withSpan("BatchStore.list"))
+    }).pipe(Effect.withSpan("BatchStore.list", polledReadSpan()))
 
   const unfinished = sql.in("status", BatchStatusSchema.literals.filter((s) => !terminalStatuses.includes(s)))
   const countOne = (query: Effect.Effect<ReadonlyArray<{ readonly n: number | string | null }>, unknown>) =>

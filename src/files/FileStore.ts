@@ -8,6 +8,7 @@ import { AppConfig } from "../Config.js"
 import { FileObject, type SortOrder } from "../domain/Files.js"
 import { type FileId, fileId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
+import { polledReadSpan } from "../observability/Tracing.js"
 import { BlobStore, type StagedBlob, stageStream, type StagingWriter } from "../storage/BlobStore.js"
 import { nowSeconds, visibleTo } from "../storage/Sql.js"
 import { claimLapsedSql } from "./uploadRows.js"
@@ -148,7 +149,7 @@ export const make = Effect.gen(function*() {
       )
       if (rows.length === 0) return yield* new FileNotFound({ id })
       return toFileObject(rows[0]!)
-    }).pipe(Effect.withSpan("FileStore.get", { attributes: { id } }))
+    }).pipe(Effect.withSpan("FileStore.get", polledReadSpan({ id })))
 
   const list = (query: ListFilesQuery) =>
     Effect.gen(function*() {
@@ -170,7 +171,7 @@ export const make = Effect.gen(function*() {
         data: rows.slice(0, query.limit).map(toFileObject),
         hasMore: rows.length > query.limit
       } satisfies FilePage
-    }).pipe(Effect.withSpan("FileStore.list"))
+    }).pipe(Effect.withSpan("FileStore.list", polledReadSpan()))
 
   const projectBytes = (project: string) =>
     Effect.gen(function*() {
