@@ -23,11 +23,19 @@ import { auth, clients, createUpload, md5, partBlobs, sendPart, sendPartPromise,
 
 const UNKNOWN_UPLOAD = "upload_000000000000000000000000"
 
+/** How many reads of `slowPartReads` have started. */
+let slowReadsStarted = 0
 /** The bytes under the live storage, each read starting a second late (an assembly that takes its time). */
 const slowPartReads = Layer.effect(
   BlobStore,
   Effect.map(BlobStore, (blobs) =>
-    BlobStore.of({ ...blobs, read: (id) => Stream.concat(Stream.drain(Stream.fromEffect(Effect.sleep("1 second"))), blobs.read(id)) }))
+    BlobStore.of({
+      ...blobs,
+      read: (id) => {
+        const late = Effect.zipRight(Effect.sync(() => slowReadsStarted++), Effect.sleep("1 second"))
+        return Stream.concat(Stream.drain(Stream.fromEffect(late)), blobs.read(id))
+      }
+    }))
 )
 
 describe("uploads", () => {
@@ -328,7 +336,7 @@ describe("uploads", () => {
         ])
       }).pipe(Effect.scoped, Effect.provide(start), Effect.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))))
 
-    it.live(`${backend}, ${fileStorage} file bytes: a long completion keeps its claim, renewed every heartbeat; one taken over makes no file`, () =>
+    it.live(`${backend}, ${fileStorage} file bytes: a long completion keeps its claim, renewed every heartbeat; one taken over stops, and makes no file`, () =>
       Effect.gen(function*() {
         const uploads = yield* Uploads
         const bytes = Buffer.from("one part\n")
@@ -342,16 +350,19 @@ describe("uploads", () => {
         expect(Number(row!.completing_until)).toBeGreaterThan(Date.now())
         expect((yield* Fiber.join(completing)).status).toBe("completed")
 
-        // A node whose claim another node took over (it lapsed while this one stalled) makes no file of it, and
-        // leaves the upload to that node.
-        const other = yield* uploads.create({ project: "p", bytes: bytes.length, filename: "g.jsonl", purpose: "batch", mimeType: "text/jsonl" })
-        const otherPart = yield* Effect.scoped(Effect.flatMap(stagePart(bytes), (staged) => uploads.addPart(other.id, { project: "p" }, staged)))
+        // A node whose claim another node took over (it lapsed while this one stalled) stops its assembly at its
+        // next renewal, makes no file of it, and leaves the upload to that node.
+        const other = yield* uploads.create({ project: "p", bytes: 3 * bytes.length, filename: "g.jsonl", purpose: "batch", mimeType: "text/jsonl" })
+        const otherParts = yield* Effect.forEach([1, 2, 3], () =>
+          Effect.scoped(Effect.flatMap(stagePart(bytes), (staged) => uploads.addPart(other.id, { project: "p" }, staged))))
         const files = yield* Effect.map(FileStore, (store) => store.list({ visibility: { project: "p" }, limit: 100, order: "desc" }))
         const before = (yield* files).data.length
-        const waiting = yield* Effect.fork(uploads.complete(other.id, { project: "p" }, [otherPart.id], undefined))
+        const readsBefore = slowReadsStarted
+        const waiting = yield* Effect.fork(uploads.complete(other.id, { project: "p" }, otherParts.map((p) => p.id), undefined))
         yield* Effect.sleep("200 millis")
         yield* sql(`UPDATE uploads SET completing_owner = 'taker', completing_until = ${Date.now() + 60_000} WHERE id = '${other.id}'`)
-        yield* Effect.sleep("1500 millis") // its assembly done meanwhile
+        yield* Effect.sleep("1500 millis") // its second part would be read by now (the first took a second)
+        expect(slowReadsStarted - readsBefore).toBe(1)
         expect(yield* sql(`SELECT status, completing_owner FROM uploads WHERE id = '${other.id}'`)).toEqual([
           { status: "completing", completing_owner: "taker" }
         ])

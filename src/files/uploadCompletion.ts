@@ -5,7 +5,8 @@
  * A claim is the upload's move to `completing` by this node (`completing_owner`) until `completing_until` (epoch
  * ms), which the node renews every `HEARTBEAT_INTERVAL` by `LEASE_TTL` while the assembly runs (`renewClaims`). A
  * claim left by a node that died lapses, and the next complete, on any node, takes the upload over; only the
- * claim's holder marks the upload completed or gives it back, pending. A node never takes over its own run.
+ * claim's holder marks the upload completed or gives it back, pending. A node never takes over its own run; one
+ * whose claim another node took (it stalled past its lease) stops its assembly at the next renewal.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { Fragment } from "@effect/sql/Statement"
@@ -17,7 +18,7 @@ import type { Upload } from "../domain/Uploads.js"
 import { nowSeconds } from "../storage/Sql.js"
 import { inBackground } from "../Scheduler.js"
 import { FileStore } from "./FileStore.js"
-import { type CompletionTakenOver, makeAssembly, type PartsMismatch, partIdsDigest } from "./uploadAssembly.js"
+import { CompletionTakenOver, makeAssembly, type PartsMismatch, partIdsDigest } from "./uploadAssembly.js"
 import { claimLapsed, claimLapsedSql, shownStatus, toUpload, UploadClosed, type UploadNotFound, type UploadRow } from "./uploadRows.js"
 
 /** How often a complete waiting for another node's assembly of the same parts looks at the upload again. */
@@ -42,8 +43,14 @@ export const makeCompletion = ({ columns, discardParts, read, visible }: UploadR
     const assembly = yield* makeAssembly
     const scope: Scope.Scope = yield* Effect.scope
 
-    /** Completions running on this node, by upload, each in a fiber of the service's scope: a client hanging up stops none. */
-    const running = new Map<UploadId, Deferred.Deferred<Upload, PartsMismatch | CompletionTakenOver>>()
+    /**
+     * Completions running on this node, by upload, each in a fiber of the service's scope (a client hanging up stops
+     * none): its outcome, and what tells its assembly that the claim is lost (`renewClaims`).
+     */
+    const running = new Map<UploadId, {
+      readonly outcome: Deferred.Deferred<Upload, PartsMismatch | CompletionTakenOver>
+      readonly lost: Deferred.Deferred<void>
+    }>()
     /** A claim taken at `nowMs` holds until then, and as long again from each renewal (`renewClaims`). */
     const claimUntil = (nowMs: number) => nowMs + Duration.toMillis(leaseTtl)
 
@@ -51,8 +58,13 @@ export const makeCompletion = ({ columns, discardParts, read, visible }: UploadR
     const startAssembly = (row: UploadRow, partIds: ReadonlyArray<string>, md5: string | undefined, now: number) =>
       Effect.gen(function*() {
         const outcome = yield* Deferred.make<Upload, PartsMismatch | CompletionTakenOver>()
-        running.set(row.id, outcome)
-        yield* assembly(row, partIds, md5).pipe(
+        const lost = yield* Deferred.make<void>()
+        const entry = { outcome, lost }
+        running.set(row.id, entry)
+        // Its last step (the file and the upload's move, together) is not cut short: a claim lost meanwhile ends in
+        // that step's own check.
+        const takenOver = Effect.zipRight(Deferred.await(lost), Effect.fail(new CompletionTakenOver({ id: row.id })))
+        yield* Effect.raceFirst(assembly(row, partIds, md5), takenOver).pipe(
           Effect.interruptible, // forked from the claim's uninterruptible region: the node stopping still stops it
           // A failure, or the node stopping, gives the upload back, pending, to complete again (unless its claim
           // lapsed and another node took it over: then it is that node's).
@@ -67,7 +79,7 @@ export const makeCompletion = ({ columns, discardParts, read, visible }: UploadR
           Effect.map((file) => toUpload({ ...row, status: "completed", file_id: file.id }, now, file)),
           // Out of `running` before its outcome is known: a complete that sees it still there waits for it.
           Effect.onExit((exit) =>
-            Effect.zipRight(Effect.sync(() => running.get(row.id) === outcome && running.delete(row.id)), Deferred.done(outcome, exit))),
+            Effect.zipRight(Effect.sync(() => running.get(row.id) === entry && running.delete(row.id)), Deferred.done(outcome, exit))),
           inBackground,
           Effect.forkIn(scope)
         )
@@ -88,7 +100,7 @@ export const makeCompletion = ({ columns, discardParts, read, visible }: UploadR
         // This node's own run: waited for, never taken over (its claim lapses only if this node stalls).
         const local = running.get(id)
         if (local !== undefined) {
-          return yield* (same ? awaitOutcome(local, id, visibility, partIds, md5) : new UploadClosed({ id, status: "completing" }))
+          return yield* (same ? awaitOutcome(local.outcome, id, visibility, partIds, md5) : new UploadClosed({ id, status: "completing" }))
         }
         if (status === "pending") return yield* complete(id, visibility, partIds, md5) // given back a moment ago
         if (status === "completed" && same) {
@@ -146,13 +158,25 @@ export const makeCompletion = ({ columns, discardParts, read, visible }: UploadR
     const releaseOwnClaims = sql`UPDATE uploads SET status = 'pending', completing_owner = NULL, completing_until = NULL
       WHERE status = 'completing' AND completing_owner = ${nodeId}`.pipe(Effect.orDie)
 
-    /** Extends the claims of the completions this node is running (those it holds still). */
+    /**
+     * Extends the claims of the completions this node is running, and stops the assemblies of those it no longer
+     * holds (taken over, or done a moment ago: then the assembly has already returned, and the signal is not heard).
+     */
     const renewClaims = Effect.suspend(() => {
-      const ids = [...running.keys()]
-      if (ids.length === 0) return Effect.void
+      const entries = [...running]
+      if (entries.length === 0) return Effect.void
       return Effect.flatMap(Clock.currentTimeMillis, (nowMs) =>
-        sql`UPDATE uploads SET completing_until = ${claimUntil(nowMs)}
-          WHERE ${sql.in("id", ids)} AND status = 'completing' AND completing_owner = ${nodeId}`)
+        Effect.flatMap(
+          sql<{ id: string }>`UPDATE uploads SET completing_until = ${claimUntil(nowMs)}
+            WHERE ${sql.in("id", entries.map(([id]) => id))} AND status = 'completing' AND completing_owner = ${nodeId}
+            RETURNING id`,
+          (renewed) => {
+            const held = new Set(renewed.map((row) => row.id))
+            return Effect.forEach(entries, ([id, { lost }]) => held.has(id) ? Effect.void : Deferred.succeed(lost, undefined), {
+              discard: true
+            })
+          }
+        ))
     }).pipe(Effect.asVoid)
 
     return { complete, releaseOwnClaims, renewClaims }
