@@ -16,6 +16,7 @@ import { FileStore, FileStoreLive } from "./files/FileStore.js"
 import { UploadsLive } from "./files/Uploads.js"
 import type { Inference } from "./inference/Inference.js"
 import { InferenceFromConfig } from "./inference/Recordings.js"
+import { awaitHandlers } from "./http/awaitHandlers.js"
 import { holdEarlyRequests } from "./http/holdEarlyRequests.js"
 import { lingerAfterEarlyAnswers } from "./http/lingerAfterEarlyAnswers.js"
 import { HttpLive } from "./http/Http.js"
@@ -77,10 +78,14 @@ export const makeServices = (parts: ServiceParts = {}) =>
 /** Every service the HTTP handlers use, on the configured storage and upstream. */
 export const ServicesLive = makeServices()
 
+/** How long a shutdown waits for the handlers it interrupted to clean up (`awaitHandlers`). */
+const HANDLER_CLEAN_UP = Duration.seconds(5)
+
 /**
  * A Node HTTP server on the configured host and port. On shutdown it stops accepting at once and gives open
  * requests `shutdownTimeout` to finish; then their connections are closed, which interrupts their handlers (an
- * upload cut short that way leaves no file behind). A request sent while the app is still starting (the socket
+ * upload cut short that way leaves no file behind, nor staged bytes: the release waits, up to `HANDLER_CLEAN_UP`, for
+ * the handlers so interrupted to finish). A request sent while the app is still starting (the socket
  * listens before the handler is attached) is answered once it is; an answer given before the request's body was
  * read reaches the client even when the connection closes after it.
  */
@@ -97,7 +102,9 @@ export const NodeServerLive = Layer.unwrapEffect(
     const closeRemainingConnections = Layer.scopedDiscard(Effect.addFinalizer(() =>
       Effect.sync(() => setTimeout(() => server.closeAllConnections(), Duration.toMillis(shutdownTimeout)).unref())
     ))
-    return closeRemainingConnections.pipe(Layer.provideMerge(NodeHttpServer.layer(() => server, { host, port })))
+    return closeRemainingConnections.pipe(
+      Layer.provideMerge(NodeHttpServer.layer(() => server, { host, port }).pipe(awaitHandlers(HANDLER_CLEAN_UP)))
+    )
   })
 )
 

@@ -2,12 +2,13 @@
  * The Node HTTP server `npm start` runs (`NodeServerLive`): idle keep-alive connections outlive those of the clients
  * and proxies in front of it, so none of them reuses a connection the server is closing (Node's default kept them
  * 5 s, Python's httpx keeps its own 5 s, load balancers 60 s); a request sent while the app is still starting is
- * answered once it has started; an answer given before the body was read reaches a client still sending it.
+ * answered once it has started; an answer given before the body was read reaches a client still sending it; a
+ * shutdown that cuts a request short waits for its handler's clean-up.
  */
 import * as HttpServer from "@effect/platform/HttpServer"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Effect, Layer, Schedule } from "effect"
+import { Context, Deferred, Duration, Effect, Exit, Layer, Schedule, Scope } from "effect"
 import { Agent, createServer, request as httpRequest, type Server } from "node:http"
 import { connect, type Socket } from "node:net"
 import { AppConfig } from "../src/Config.js"
@@ -201,4 +202,31 @@ describe("the node server", () => {
       yield* Effect.sleep("100 millis")
       expect(handled).toEqual(["/first", "/last"])
     }))
+
+  it.live("a shutdown that cuts a request short waits for its handler's clean-up", () =>
+    Effect.gen(function*() {
+      let cleanedUp = false
+      const started = yield* Deferred.make<void>()
+      // A handler that never answers, and whose clean-up takes its time (an upload removing its staged bytes);
+      // interruptible, as the router makes the API's handlers.
+      const handler = Effect.zipRight(Deferred.succeed(started, undefined), Effect.never).pipe(
+        Effect.onInterrupt(() => Effect.zipRight(Effect.sleep("300 millis"), Effect.sync(() => void (cleanedUp = true)))),
+        Effect.interruptible
+      ) as Effect.Effect<HttpServerResponse.HttpServerResponse>
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(
+        HttpServer.serve(handler).pipe(
+          Layer.provideMerge(NodeServerLive),
+          Layer.provide(AppConfig.layerWith({ host: "127.0.0.1", port: 0, shutdownTimeout: Duration.millis(100) }))
+        ),
+        scope
+      )
+      const { port } = Context.get(context, HttpServer.HttpServer).address as { port: number }
+      const req = httpRequest({ host: "127.0.0.1", port, path: "/" })
+      req.on("error", () => {})
+      req.end()
+      yield* Deferred.await(started)
+      yield* Scope.close(scope, Exit.void) // its connection closed after 100 ms, which interrupts the handler
+      expect(cleanedUp).toBe(true)
+    }), 20_000)
 })
