@@ -61,8 +61,9 @@ export const makeCompletion = ({ columns, discardParts, read, visible }: UploadR
         const lost = yield* Deferred.make<void>()
         const entry = { outcome, lost }
         running.set(row.id, entry)
-        // Its last step (the file and the upload's move, together) is not cut short: a claim lost meanwhile ends in
-        // that step's own check.
+        // Its last step (the file and the upload's move, together) is not cut short, and a renewal sees the claim
+        // lost only once that step has committed: a signal then may end the race as taken over though this node
+        // completed the upload, and the completes waiting read the completed upload from its row (`awaitOutcome`).
         const takenOver = Effect.zipRight(Deferred.await(lost), Effect.fail(new CompletionTakenOver({ id: row.id })))
         yield* Effect.raceFirst(assembly(row, partIds, md5), takenOver).pipe(
           Effect.interruptible, // forked from the claim's uninterruptible region: the node stopping still stops it
