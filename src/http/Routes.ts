@@ -38,7 +38,7 @@ export const requestTarget = (
  * The route pattern a path matches among `patterns`; undefined when none does. A parameter (`:batch_id`) matches one
  * non-empty segment, a final `*` whatever follows its slash.
  */
-export const makeRouteMatcher = (patterns: ReadonlyArray<string>) => {
+const makeRouteMatcher = (patterns: ReadonlyArray<string>) => {
   const exact = new Map<string, string>()
   const withParams: Array<{ readonly segments: ReadonlyArray<string>; readonly pattern: string }> = []
   const prefixes: Array<{ readonly prefix: string; readonly pattern: string }> = []
