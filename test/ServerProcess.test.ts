@@ -7,7 +7,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } 
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import OpenAI, { toFile } from "openai"
-import { compiledCopy, freePort, runServerToExit, STALLED_UPLOAD_END, stalledUpload, startServer } from "./support/ServerProcess.js"
+import { compiledCopy, freePort, runServerToExit, type ServerProcess, STALLED_UPLOAD_END, stalledUpload, startServer } from "./support/ServerProcess.js"
 import { filesUnder } from "./support/TestApp.js"
 
 const root = Path.resolve(import.meta.dirname, "..")
@@ -30,8 +30,9 @@ describe.concurrent("server process", () => {
   it.live("a restart (graceful or SIGKILL) keeps every uploaded file, byte for byte", () =>
     Effect.promise(async () => {
       const dataDir = scratch()
+      let server: ServerProcess | undefined
       try {
-        let server = await startServer({ DATA_DIR: dataDir })
+        server = await startServer({ DATA_DIR: dataDir })
         const binary = randomBytes(3 * 1024 * 1024)
         const a = await sdk(server.url).files.create({ file: await toFile(binary, "a.bin"), purpose: "user_data" })
         const b = await sdk(server.url).files.create({ file: await toFile(Buffer.from("{}\n"), "b.jsonl"), purpose: "batch" })
@@ -48,6 +49,7 @@ describe.concurrent("server process", () => {
         expect(content.equals(binary)).toBe(true)
         await server.stop()
       } finally {
+        await server?.stop("SIGKILL") // a test that failed midway leaves no server running
         rmSync(dataDir, { recursive: true, force: true })
       }
     }))
@@ -55,10 +57,11 @@ describe.concurrent("server process", () => {
   it.live("an upload killed by SIGKILL leaves no listed file and no bytes after the restart", () =>
     Effect.promise(async () => {
       const dataDir = scratch()
+      let server: ServerProcess | undefined
       try {
         // The same node (NODE_ID) restarted: it removes what it left in its staging directory.
         const node = { DATA_DIR: dataDir, NODE_ID: "node-a" }
-        let server = await startServer(node)
+        server = await startServer(node)
         const { req } = stalledUpload(server.url, randomBytes(2 * 1024 * 1024))
         await waitFor(() => stagingFiles(dataDir).some((f) => statSync(Path.join(dataDir, "files", "staging", f)).size > 0), "bytes to reach the staging area")
         await server.stop("SIGKILL")
@@ -71,6 +74,7 @@ describe.concurrent("server process", () => {
         expect(blobFiles(dataDir)).toEqual([])
         await server.stop()
       } finally {
+        await server?.stop("SIGKILL") // a test that failed midway leaves no server running
         rmSync(dataDir, { recursive: true, force: true })
       }
     }))
@@ -78,15 +82,17 @@ describe.concurrent("server process", () => {
   it.live("SIGTERM lets an upload that finishes in time complete, and cuts a stalled one after SHUTDOWN_TIMEOUT", () =>
     Effect.promise(async () => {
       const dataDir = scratch()
+      let server: ServerProcess | undefined
       try {
-        let server = await startServer({ DATA_DIR: dataDir, SHUTDOWN_TIMEOUT: "2 seconds" })
+        server = await startServer({ DATA_DIR: dataDir, SHUTDOWN_TIMEOUT: "2 seconds" })
         const finishing = stalledUpload(server.url, randomBytes(512 * 1024))
         const stalled = stalledUpload(server.url, randomBytes(1024 * 1024))
         await waitFor(() => stagingFiles(dataDir).length === 2, "both uploads to start")
         const started = Date.now()
-        const exit = server.stop("SIGTERM")
+        const stopping = server
+        const exit = stopping.stop("SIGTERM")
         // The upload ends once the shutdown has started, not before (a fixed sleep could be either on a busy machine).
-        await waitFor(() => server.stdout().includes('"event":"server.shutdown_started"'), "the shutdown to start")
+        await waitFor(() => stopping.stdout().includes('"event":"server.shutdown_started"'), "the shutdown to start")
         finishing.req.end(STALLED_UPLOAD_END)
         expect(await finishing.response).toBe(200)
         expect(await exit).toBe(0)
@@ -100,6 +106,7 @@ describe.concurrent("server process", () => {
         expect(blobFiles(dataDir)).toEqual([listed[0]!.id])
         await server.stop()
       } finally {
+        await server?.stop("SIGKILL") // a test that failed midway leaves no server running
         rmSync(dataDir, { recursive: true, force: true })
       }
     }))
