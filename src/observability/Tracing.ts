@@ -7,7 +7,8 @@
  * What is traced:
  * - every HTTP request, by `@effect/platform`'s server middleware (it continues an incoming W3C `traceparent`, or
  *   B3); here the span is named `{method} {route}` (`GET /v1/batches/:batch_id`) once the router has matched, and an
- *   incoming `traceparent` whose sampled flag is off is honoured;
+ *   incoming `traceparent` whose sampled flag is off is honoured (with tracing off, only a request that continues a
+ *   caller's trace gets its span: `requestSpansOnlyInTraces`);
  * - a batch's work on this node: a root span `BatchRunner.batch` (`batch.id`) per drive, linked to the span that
  *   started it (the create or cancel request), with the phases `BatchRunner.validate`, `BatchRunner.run` (one per
  *   run of its slices) and `BatchRunner.finish` under it, and the storage spans under those;
