@@ -62,6 +62,7 @@ export {
 export { inBackground, ioFirstScheduler, REQUEST_PRIORITY, SchedulerLive, serverScheduler } from "./Scheduler.js"
 export { BlobStore, BlobStoreLocal, type BlobStoreShape, makeLocal as makeLocalBlobStore } from "./storage/BlobStore.js"
 export { BlobStoreSql } from "./storage/BlobStoreSql.js"
+export { ReadConnection, type ReadConnectionShape, type ReadValues, sqliteReadConnection } from "./storage/ReadConnection.js"
 export { layerPg, layerSqlite, MigrationsLive, SqlLive } from "./storage/Sql.js"
 export { BatchesRunElsewhere, SqliteRunnerLockLive } from "./storage/SqliteRunnerLock.js"
 export { DeliveryPolicy, Webhooks, WebhooksLive, type WebhooksShape } from "./webhooks/Webhooks.js"

@@ -21,6 +21,7 @@ import { Metrics } from "../observability/Metrics.js"
 import { makeOutbox } from "../webhooks/deliveries.js"
 import { WebhookTargets } from "../webhooks/WebhookTargets.js"
 import { makeBatchRecords } from "./batchRecords.js"
+import { readValuesOf } from "../storage/ReadConnection.js"
 import { makeOutcomes } from "./outcomes.js"
 import { makePartialResults, type SettledResults } from "./partialResults.js"
 import { makeRequestRows } from "./requestRows.js"
@@ -220,7 +221,7 @@ export const make = Effect.gen(function*() {
   const dialect = makeBatchSql(sql)
   const outcomes = makeOutcomes(sql, dialect)
   return BatchStore.of({
-    ...makeBatchRecords(sql, dialect, metrics.batchMoved, makeOutbox(sql, yield* WebhookTargets)),
+    ...makeBatchRecords(sql, dialect, yield* readValuesOf, metrics.batchMoved, makeOutbox(sql, yield* WebhookTargets)),
     ...makeRequestRows(sql, dialect),
     ...outcomes,
     ...makePartialResults(sql, dialect, outcomes.resultLines)

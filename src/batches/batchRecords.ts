@@ -11,6 +11,7 @@ import { type Batch, type BatchStatus, BatchStatus as BatchStatusSchema, termina
 import { BatchId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
 import { polledReadSpan } from "../observability/Tracing.js"
+import type { ReadValues } from "../storage/ReadConnection.js"
 import { nowSeconds, visibleTo } from "../storage/Sql.js"
 import {
   BatchNotFound,
@@ -22,7 +23,7 @@ import {
   UnknownBatchCursor
 } from "./BatchStore.js"
 import { BATCH_COLUMNS, batchRecordOf } from "./batchRow.js"
-import { type BatchSql, chunks, INSERT_GROUP, SqlInt } from "./sql.js"
+import { type BatchSql, chunks, INSERT_GROUP } from "./sql.js"
 import { type Move, transitions } from "./transitions.js"
 
 /** The records of rows of `batches` (`batchRow.ts`: their `BATCH_COLUMNS`); a row that does not fit is a defect. */
@@ -48,12 +49,13 @@ type BatchRecords = Pick<
 export const makeBatchRecords = (
   sql: SqlClient.SqlClient,
   dialect: BatchSql,
+  readValues: ReadValues,
   moved: (batch: Batch) => void = () => {},
   finalMoved: (batch: Batch, project: string, at: number) => Effect.Effect<void, SqlError> = () => Effect.void
 ): BatchRecords => {
   const columns = sql.literal(BATCH_COLUMNS.join(", "))
   const selectWhere = (where: Fragment) =>
-    Effect.flatMap(sql`SELECT ${columns} FROM batches WHERE ${where}`.values, decodeRecords)
+    Effect.flatMap(readValues(sql`SELECT ${columns} FROM batches WHERE ${where}`), decodeRecords)
   const visible = (visibility: Visibility) => visibleTo(sql, visibility)
 
   const get = (id: BatchId, visibility: Visibility) =>
@@ -95,12 +97,12 @@ export const makeBatchRecords = (
       return { record: (yield* selectWhere(sql`id = ${batch.id}`))[0]!, created: true }
     }).pipe(Effect.orDie, Effect.withSpan("BatchStore.create"))
 
+  /** The `seq` of a batch the caller may see (a list cursor), as a number: Postgres gives a BIGINT as text. */
   const seqOf = (id: BatchId, visibility: Visibility) =>
-    SqlSchema.findOne({
-      Request: BatchId,
-      Result: Schema.Struct({ seq: SqlInt }),
-      execute: (id) => sql`SELECT seq FROM batches WHERE id = ${id} AND ${visible(visibility)}`
-    })(id)
+    Effect.map(
+      readValues(sql`SELECT seq FROM batches WHERE id = ${id} AND ${visible(visibility)}`),
+      (rows) => rows.length === 0 ? Option.none() : Option.some(Number(rows[0]![0]))
+    )
 
   const list = (query: { readonly visibility: Visibility; readonly after?: BatchId | undefined; readonly limit: number }) =>
     Effect.gen(function*() {
@@ -108,10 +110,10 @@ export const makeBatchRecords = (
       if (query.after !== undefined) {
         const cursor = yield* Effect.orDie(seqOf(query.after, query.visibility))
         if (Option.isNone(cursor)) return yield* new UnknownBatchCursor({ after: query.after })
-        where = sql`${where} AND seq < ${cursor.value.seq}`
+        where = sql`${where} AND seq < ${cursor.value}`
       }
       const records = yield* Effect.orDie(Effect.flatMap(
-        sql`SELECT ${columns} FROM batches WHERE ${where} ORDER BY seq DESC LIMIT ${query.limit + 1}`.values,
+        readValues(sql`SELECT ${columns} FROM batches WHERE ${where} ORDER BY seq DESC LIMIT ${query.limit + 1}`),
         decodeRecords
       ))
       return { data: records.slice(0, query.limit).map((r) => r.batch), hasMore: records.length > query.limit }

@@ -11,6 +11,7 @@ import type { Visibility } from "../domain/Projects.js"
 import { polledReadSpan } from "../observability/Tracing.js"
 import { BlobStore, type StagedBlob, stageStream, type StagingWriter } from "../storage/BlobStore.js"
 import { nowSeconds, visibleTo } from "../storage/Sql.js"
+import { readValuesOf } from "../storage/ReadConnection.js"
 import { claimLapsedSql } from "./uploadRows.js"
 import { trusted } from "../domain/List.js"
 
@@ -114,6 +115,7 @@ const SWEEP_GROUP = 500
 export const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   const blobs = yield* BlobStore
+  const readValues = yield* readValuesOf
 
   const columns = sql.literal(FILE_COLUMNS)
   const live = (now: number) => sql`(expires_at IS NULL OR expires_at > ${now})`
@@ -155,10 +157,8 @@ export const make = Effect.gen(function*() {
   const get = (id: FileId, visibility: Visibility) =>
     Effect.gen(function*() {
       const now = yield* nowSeconds
-      const rows = yield* sql`
-        SELECT ${columns} FROM files WHERE id = ${id} AND ${live(now)} AND ${visible(visibility)}`.values.pipe(
-        Effect.orDie
-      )
+      const rows = yield* readValues(sql`
+        SELECT ${columns} FROM files WHERE id = ${id} AND ${live(now)} AND ${visible(visibility)}`).pipe(Effect.orDie)
       if (rows.length === 0) return yield* new FileNotFound({ id })
       return toFileObject(fileRowOf(rows[0]!))
     }).pipe(Effect.withSpan("FileStore.get", polledReadSpan({ id })))
@@ -169,16 +169,16 @@ export const make = Effect.gen(function*() {
       const conditions = [live(now), visible(query.visibility)]
       if (query.purpose !== undefined) conditions.push(sql`purpose = ${query.purpose}`)
       if (query.after !== undefined) {
-        const cursor = yield* sql<{ seq: number | string }>`
-          SELECT seq FROM files WHERE id = ${query.after} AND ${visible(query.visibility)}`.pipe(Effect.orDie)
+        const cursor = yield* readValues(sql`
+          SELECT seq FROM files WHERE id = ${query.after} AND ${visible(query.visibility)}`).pipe(Effect.orDie)
         if (cursor.length === 0) return yield* new UnknownCursor({ after: query.after })
-        const seq = cursor[0]!.seq
+        const seq = cursor[0]![0]
         conditions.push(query.order === "asc" ? sql`seq > ${seq}` : sql`seq < ${seq}`)
       }
       const direction = sql.literal(query.order === "asc" ? "ASC" : "DESC")
-      const rows = yield* sql`
+      const rows = yield* readValues(sql`
         SELECT ${columns} FROM files WHERE ${sql.and(conditions)}
-        ORDER BY seq ${direction} LIMIT ${query.limit + 1}`.values.pipe(Effect.orDie)
+        ORDER BY seq ${direction} LIMIT ${query.limit + 1}`).pipe(Effect.orDie)
       return {
         data: rows.slice(0, query.limit).map((values) => toFileObject(fileRowOf(values))),
         hasMore: rows.length > query.limit

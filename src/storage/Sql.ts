@@ -16,6 +16,7 @@ import * as Path from "node:path"
 import { AppConfig } from "../Config.js"
 import type { Visibility } from "../domain/Projects.js"
 import { migrations } from "./migrations.js"
+import { sqliteReadConnection } from "./ReadConnection.js"
 
 /** Any number, the same on every node: the advisory lock that serializes their migrations. */
 const MIGRATION_LOCK = 7_301_245_016
@@ -71,9 +72,15 @@ const SqliteLive = (filename: string): Layer.Layer<SqlClient.SqlClient, unknown>
       }))
   ).pipe(Layer.provide(Reactivity.layer))
 
-/** SQLite at `filename` (`:memory:` works too), migrated. */
-export const layerSqlite = (filename: string): Layer.Layer<SqlClient.SqlClient, unknown> =>
-  Layer.merge(MigrationsLive, SqlitePragmas).pipe(Layer.provideMerge(SqliteLive(filename)))
+/**
+ * SQLite at `filename` (`:memory:` works too), migrated; for a file, with the `ReadConnection` of its polled reads
+ * too (opened once the migrations have made the file; another connection to `:memory:` would be another database).
+ * Its type names only the `SqlClient`: the stores use a `ReadConnection` when there is one.
+ */
+export const layerSqlite = (filename: string): Layer.Layer<SqlClient.SqlClient, unknown> => {
+  const migrated = Layer.merge(MigrationsLive, SqlitePragmas).pipe(Layer.provideMerge(SqliteLive(filename)))
+  return filename === ":memory:" ? migrated : Layer.provideMerge(sqliteReadConnection(filename), migrated)
+}
 
 /** A connection whose statements, once sent, run to their end: an interrupted fiber waits for its statement. */
 const runToEnd = (connection: SqlConnection.Connection): SqlConnection.Connection => ({

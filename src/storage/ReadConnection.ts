@@ -1,0 +1,82 @@
+/**
+ * The reads clients poll (a batch, the batch list, a file, the file list) on a connection of their own. Why: each
+ * `@effect/sql` statement costs ~120 steps of Effect's runtime (its span, scope, connection permit and prepared
+ * statement cache), more than a third of a poll's; on SQLite these reads run instead as one synchronous call on a
+ * read-only connection to the same file. It sees what is committed (WAL gives each read a snapshot), never another
+ * fiber's transaction in progress, and does not wait for one to end. A read made inside a transaction still goes
+ * through the transaction's connection, so that it sees the transaction's own writes.
+ *
+ * `layerSqlite` provides it for a database file; PostgreSQL, an in-memory SQLite database and storage of your own
+ * do without it: `readValuesOf` then runs the statement through the `SqlClient` as any other.
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import { SqlError } from "@effect/sql/SqlError"
+import type * as Statement from "@effect/sql/Statement"
+import Database from "better-sqlite3"
+import { Context, Effect, Layer, Option } from "effect"
+
+type Rows = ReadonlyArray<ReadonlyArray<unknown>>
+
+/** Runs a read statement, giving its rows as arrays of their columns (what `statement.values` gives). */
+export type ReadValues = (statement: Statement.Statement<unknown>) => Effect.Effect<Rows, SqlError>
+
+export interface ReadConnectionShape {
+  readonly values: ReadValues
+}
+
+export class ReadConnection extends Context.Tag("ReadConnection")<ReadConnection, ReadConnectionShape>() {}
+
+/** Prepared statements kept per connection: the polled reads are a handful of texts; a cursor or filter adds a few. */
+const PREPARED_LIMIT = 64
+
+/** A read-only connection to the SQLite database `filename` (which must exist: open it after its migrations). */
+export const sqliteReadConnection = (filename: string): Layer.Layer<ReadConnection, SqlError> =>
+  Layer.scoped(
+    ReadConnection,
+    Effect.gen(function*() {
+      const db = yield* Effect.acquireRelease(
+        Effect.try({
+          try: () => new Database(filename, { readonly: true, fileMustExist: true }),
+          catch: (cause) => new SqlError({ cause, message: "Failed to open the read connection" })
+        }),
+        (db) => Effect.sync(() => db.close())
+      )
+      const prepared = new Map<string, Database.Statement>()
+      const prepare = (text: string) => {
+        let statement = prepared.get(text)
+        if (statement === undefined) {
+          if (prepared.size >= PREPARED_LIMIT) prepared.clear()
+          statement = db.prepare(text).raw(true)
+          prepared.set(text, statement)
+        }
+        return statement
+      }
+      return {
+        values: (statement) =>
+          Effect.try({
+            try: () => {
+              const [text, params] = statement.compile()
+              return prepare(text).all(...params) as Rows
+            },
+            catch: (cause) => new SqlError({ cause, message: "Failed to execute statement" })
+          })
+      }
+    })
+  )
+
+/**
+ * How the stores run their polled reads: on the `ReadConnection` when there is one and the fiber is in no
+ * transaction, else through the `SqlClient` (`statement.values`).
+ */
+export const readValuesOf: Effect.Effect<ReadValues> = Effect.map(
+  Effect.serviceOption(ReadConnection),
+  (connection): ReadValues =>
+    Option.match(connection, {
+      onNone: () => (statement) => statement.values,
+      onSome: ({ values }) => (statement) =>
+        Effect.flatMap(
+          Effect.serviceOption(SqlClient.TransactionConnection),
+          (transaction) => Option.isSome(transaction) ? statement.values : values(statement)
+        )
+    })
+)

@@ -1,0 +1,70 @@
+/**
+ * The polled reads' own connection (`storage/ReadConnection.ts`) on a SQLite file: a read made while another fiber's
+ * transaction is open neither waits for it nor sees its uncommitted rows, sees them once committed, and a read made
+ * inside a transaction sees that transaction's own writes. Without a `ReadConnection` (an in-memory database) the
+ * reads go through the `SqlClient`.
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import { describe, expect, it } from "@effect/vitest"
+import { Context, Deferred, Duration, Effect, Fiber, Layer, Option } from "effect"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import * as Path from "node:path"
+import { ReadConnection, readValuesOf } from "../src/storage/ReadConnection.js"
+import { layerSqlite } from "../src/storage/Sql.js"
+
+const tempFile = Effect.acquireRelease(
+  Effect.sync(() => mkdtempSync(Path.join(tmpdir(), "batch-reads-"))),
+  (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
+).pipe(Effect.map((dir) => Path.join(dir, "reads.sqlite")))
+
+/** A migrated SQLite database at `filename`, a table `t (n)` in it, and the stores' way of reading. */
+const database = (filename: string) =>
+  Effect.gen(function*() {
+    const context = yield* Layer.build(layerSqlite(filename))
+    const sql = Context.get(context, SqlClient.SqlClient)
+    yield* sql`CREATE TABLE t (n INTEGER)`
+    const readValues = yield* Effect.provide(readValuesOf, context)
+    const numbers = Effect.map(
+      Effect.orDie(readValues(sql`SELECT n FROM t ORDER BY n`)),
+      (rows) => rows.map(([n]) => n)
+    )
+    return { context, sql, numbers }
+  })
+
+describe("ReadConnection", () => {
+  it.live("a read neither waits for a transaction in progress nor sees its rows until it commits", () =>
+    Effect.gen(function*() {
+      const { numbers, sql } = yield* database(yield* tempFile)
+      yield* sql`INSERT INTO t (n) VALUES (1)`
+      const inserted = yield* Deferred.make<void>()
+      const commit = yield* Deferred.make<void>()
+      const transaction = yield* sql.withTransaction(Effect.gen(function*() {
+        yield* sql`INSERT INTO t (n) VALUES (2)`
+        yield* Deferred.succeed(inserted, undefined)
+        yield* Deferred.await(commit)
+      })).pipe(Effect.fork)
+      yield* Deferred.await(inserted)
+      // Through the SqlClient this read would wait for the transaction's connection: the timeout would end it.
+      const during = yield* numbers.pipe(Effect.timeout(Duration.seconds(2)), Effect.option)
+      expect(during).toEqual(Option.some([1]))
+      yield* Deferred.succeed(commit, undefined)
+      yield* Fiber.join(transaction)
+      expect(yield* numbers).toEqual([1, 2])
+    }).pipe(Effect.scoped))
+
+  it.live("a read inside a transaction sees the transaction's own writes", () =>
+    Effect.gen(function*() {
+      const { numbers, sql } = yield* database(yield* tempFile)
+      const seen = yield* sql.withTransaction(Effect.zipRight(sql`INSERT INTO t (n) VALUES (3)`, numbers))
+      expect(seen).toEqual([3])
+    }).pipe(Effect.scoped))
+
+  it.live("an in-memory database has none: its reads go through the SqlClient", () =>
+    Effect.gen(function*() {
+      const { context, numbers, sql } = yield* database(":memory:")
+      expect(Context.getOption(context, ReadConnection)).toEqual(Option.none())
+      yield* sql`INSERT INTO t (n) VALUES (4)`
+      expect(yield* numbers).toEqual([4])
+    }).pipe(Effect.scoped))
+})
