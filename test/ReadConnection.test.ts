@@ -18,18 +18,21 @@ const tempFile = Effect.acquireRelease(
   (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
 ).pipe(Effect.map((dir) => Path.join(dir, "reads.sqlite")))
 
-/** A migrated SQLite database at `filename`, a table `t (n)` in it, and the stores' way of reading. */
+/** The numbers of table `t`, read as a store on `sql` reads them, with what `context` provides. */
+const numbersOf = (sql: SqlClient.SqlClient, context: Context.Context<never>) =>
+  Effect.gen(function*() {
+    const readValues = yield* Effect.provide(readValuesOf(sql), context)
+    const rows = yield* Effect.orDie(readValues(sql`SELECT n FROM t ORDER BY n`))
+    return rows.map(([n]) => n)
+  })
+
+/** A migrated SQLite database at `filename`, a table `t (n)` in it, and the stores' way of reading it. */
 const database = (filename: string) =>
   Effect.gen(function*() {
     const context = yield* Layer.build(layerSqlite(filename))
     const sql = Context.get(context, SqlClient.SqlClient)
     yield* sql`CREATE TABLE t (n INTEGER)`
-    const readValues = yield* Effect.provide(readValuesOf, context)
-    const numbers = Effect.map(
-      Effect.orDie(readValues(sql`SELECT n FROM t ORDER BY n`)),
-      (rows) => rows.map(([n]) => n)
-    )
-    return { context, sql, numbers }
+    return { context, sql, numbers: numbersOf(sql, context) }
   })
 
 describe("ReadConnection", () => {
@@ -60,11 +63,24 @@ describe("ReadConnection", () => {
       expect(seen).toEqual([3])
     }).pipe(Effect.scoped))
 
-  it.live("an in-memory database has none: its reads go through the SqlClient", () =>
+  it.live("a database in memory or temporary (\"\") has none: its reads go through the SqlClient", () =>
     Effect.gen(function*() {
-      const { context, numbers, sql } = yield* database(":memory:")
-      expect(Context.getOption(context, ReadConnection)).toEqual(Option.none())
-      yield* sql`INSERT INTO t (n) VALUES (4)`
-      expect(yield* numbers).toEqual([4])
+      for (const filename of [":memory:", ""]) {
+        const { context, numbers, sql } = yield* database(filename)
+        expect(Context.getOption(context, ReadConnection)).toEqual(Option.none())
+        yield* sql`INSERT INTO t (n) VALUES (4)`
+        expect(yield* numbers).toEqual([4])
+      }
+    }).pipe(Effect.scoped))
+
+  it.live("a store given another SqlClient reads its own database, not the connection's file", () =>
+    Effect.gen(function*() {
+      const file = yield* database(yield* tempFile)
+      yield* file.sql`INSERT INTO t (n) VALUES (1)`
+      // An embedder's second database, built where the first one's ReadConnection is in context.
+      const memory = yield* database(":memory:").pipe(Effect.provide(file.context))
+      yield* memory.sql`INSERT INTO t (n) VALUES (2)`
+      expect(yield* numbersOf(memory.sql, Context.merge(file.context, memory.context))).toEqual([2])
+      expect(yield* file.numbers).toEqual([1])
     }).pipe(Effect.scoped))
 })

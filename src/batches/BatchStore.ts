@@ -221,7 +221,7 @@ export const make = Effect.gen(function*() {
   const dialect = makeBatchSql(sql)
   const outcomes = makeOutcomes(sql, dialect)
   return BatchStore.of({
-    ...makeBatchRecords(sql, dialect, yield* readValuesOf, metrics.batchMoved, makeOutbox(sql, yield* WebhookTargets)),
+    ...makeBatchRecords(sql, dialect, yield* readValuesOf(sql), metrics.batchMoved, makeOutbox(sql, yield* WebhookTargets)),
     ...makeRequestRows(sql, dialect),
     ...outcomes,
     ...makePartialResults(sql, dialect, outcomes.resultLines)

@@ -115,7 +115,7 @@ const SWEEP_GROUP = 500
 export const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   const blobs = yield* BlobStore
-  const readValues = yield* readValuesOf
+  const readValues = yield* readValuesOf(sql)
 
   const columns = sql.literal(FILE_COLUMNS)
   const live = (now: number) => sql`(expires_at IS NULL OR expires_at > ${now})`

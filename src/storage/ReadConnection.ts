@@ -6,8 +6,9 @@
  * fiber's transaction in progress, and does not wait for one to end. A read made inside a transaction still goes
  * through the transaction's connection, so that it sees the transaction's own writes.
  *
- * `layerSqlite` provides it for a database file; PostgreSQL, an in-memory SQLite database and storage of your own
- * do without it: `readValuesOf` then runs the statement through the `SqlClient` as any other.
+ * `layerSqlite` provides it for a database file; PostgreSQL, an in-memory or temporary SQLite database and storage of
+ * your own do without it: `readValuesOf` then runs the statement through the `SqlClient` as any other, as it does
+ * for a store given another `SqlClient` than the one the connection reads the file of.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
@@ -21,6 +22,8 @@ type Rows = ReadonlyArray<ReadonlyArray<unknown>>
 export type ReadValues = (statement: Statement.Statement<unknown>) => Effect.Effect<Rows, SqlError>
 
 export interface ReadConnectionShape {
+  /** The client whose database this connection reads: the stores given another one read through theirs. */
+  readonly client: SqlClient.SqlClient
   readonly values: ReadValues
 }
 
@@ -29,54 +32,67 @@ export class ReadConnection extends Context.Tag("ReadConnection")<ReadConnection
 /** Prepared statements kept per connection: the polled reads are a handful of texts; a cursor or filter adds a few. */
 const PREPARED_LIMIT = 64
 
-/** A read-only connection to the SQLite database `filename` (which must exist: open it after its migrations). */
-export const sqliteReadConnection = (filename: string): Layer.Layer<ReadConnection, SqlError> =>
-  Layer.scoped(
-    ReadConnection,
-    Effect.gen(function*() {
-      const db = yield* Effect.acquireRelease(
-        Effect.try({
-          try: () => new Database(filename, { readonly: true, fileMustExist: true }),
-          catch: (cause) => new SqlError({ cause, message: "Failed to open the read connection" })
-        }),
-        (db) => Effect.sync(() => db.close())
-      )
-      const prepared = new Map<string, Database.Statement>()
-      const prepare = (text: string) => {
-        let statement = prepared.get(text)
-        if (statement === undefined) {
-          if (prepared.size >= PREPARED_LIMIT) prepared.clear()
-          statement = db.prepare(text).raw(true)
-          prepared.set(text, statement)
-        }
-        return statement
-      }
-      return {
-        values: (statement) =>
-          Effect.try({
-            try: () => {
-              const [text, params] = statement.compile()
-              return prepare(text).all(...params) as Rows
-            },
-            catch: (cause) => new SqlError({ cause, message: "Failed to execute statement" })
-          })
-      }
-    })
-  )
+/** The file of the SQLite database `sql` is connected to, as SQLite names it: `""` for one in memory or temporary. */
+export const sqliteFile = (sql: SqlClient.SqlClient) =>
+  Effect.map(sql<{ file: string }>`SELECT file FROM pragma_database_list WHERE name = 'main'`, (rows) => rows[0]?.file ?? "")
 
 /**
- * How the stores run their polled reads: on the `ReadConnection` when there is one and the fiber is in no
- * transaction, else through the `SqlClient` (`statement.values`).
+ * A read-only connection to the file of the SQLite database of the `SqlClient` (build it once the migrations have
+ * made the file); none for a database in memory or temporary, which no other connection can open.
  */
-export const readValuesOf: Effect.Effect<ReadValues> = Effect.map(
-  Effect.serviceOption(ReadConnection),
-  (connection): ReadValues =>
-    Option.match(connection, {
-      onNone: () => (statement) => statement.values,
-      onSome: ({ values }) => (statement) =>
-        Effect.flatMap(
-          Effect.serviceOption(SqlClient.TransactionConnection),
-          (transaction) => Option.isSome(transaction) ? statement.values : values(statement)
-        )
-    })
+export const sqliteReadConnection: Layer.Layer<never, SqlError, SqlClient.SqlClient> = Layer.unwrapEffect(
+  Effect.gen(function*() {
+    const client = yield* SqlClient.SqlClient
+    const file = yield* sqliteFile(client)
+    return file === "" ? Layer.empty : Layer.scoped(ReadConnection, openReadConnection(client, file))
+  })
 )
+
+const openReadConnection = (client: SqlClient.SqlClient, filename: string) =>
+  Effect.gen(function*() {
+    const db = yield* Effect.acquireRelease(
+      Effect.try({
+        try: () => new Database(filename, { readonly: true, fileMustExist: true }),
+        catch: (cause) => new SqlError({ cause, message: "Failed to open the read connection" })
+      }),
+      (db) => Effect.sync(() => db.close())
+    )
+    const prepared = new Map<string, Database.Statement>()
+    const prepare = (text: string) => {
+      let statement = prepared.get(text)
+      if (statement === undefined) {
+        if (prepared.size >= PREPARED_LIMIT) prepared.clear()
+        statement = db.prepare(text).raw(true)
+        prepared.set(text, statement)
+      }
+      return statement
+    }
+    return ReadConnection.of({
+      client,
+      values: (statement) =>
+        Effect.try({
+          try: () => {
+            const [text, params] = statement.compile()
+            return prepare(text).all(...params) as Rows
+          },
+          catch: (cause) => new SqlError({ cause, message: "Failed to execute statement" })
+        })
+    })
+  })
+
+/**
+ * How a store on `sql` runs its polled reads: on the `ReadConnection` when there is one for `sql` and the fiber is in
+ * no transaction, else through `sql` (`statement.values`).
+ */
+export const readValuesOf = (sql: SqlClient.SqlClient): Effect.Effect<ReadValues> =>
+  Effect.map(
+    Effect.serviceOption(ReadConnection),
+    (connection): ReadValues =>
+      Option.isSome(connection) && connection.value.client === sql
+        ? (statement) =>
+          Effect.flatMap(
+            Effect.serviceOption(SqlClient.TransactionConnection),
+            (transaction) => Option.isSome(transaction) ? statement.values : connection.value.values(statement)
+          )
+        : (statement) => statement.values
+  )

@@ -73,14 +73,15 @@ const SqliteLive = (filename: string): Layer.Layer<SqlClient.SqlClient, unknown>
   ).pipe(Layer.provide(Reactivity.layer))
 
 /**
- * SQLite at `filename` (`:memory:` works too), migrated; for a file, with the `ReadConnection` of its polled reads
- * too (opened once the migrations have made the file; another connection to `:memory:` would be another database).
+ * SQLite at `filename` (`:memory:` and `""` work too), migrated; for a file, with the `ReadConnection` of its polled
+ * reads too (opened once the migrations have made the file; a database in memory has no file to open again).
  * Its type names only the `SqlClient`: the stores use a `ReadConnection` when there is one.
  */
-export const layerSqlite = (filename: string): Layer.Layer<SqlClient.SqlClient, unknown> => {
-  const migrated = Layer.merge(MigrationsLive, SqlitePragmas).pipe(Layer.provideMerge(SqliteLive(filename)))
-  return filename === ":memory:" ? migrated : Layer.provideMerge(sqliteReadConnection(filename), migrated)
-}
+export const layerSqlite = (filename: string): Layer.Layer<SqlClient.SqlClient, unknown> =>
+  Layer.merge(MigrationsLive, SqlitePragmas).pipe(
+    Layer.provideMerge(SqliteLive(filename)),
+    (migrated) => Layer.provideMerge(sqliteReadConnection, migrated)
+  )
 
 /** A connection whose statements, once sent, run to their end: an interrupted fiber waits for its statement. */
 const runToEnd = (connection: SqlConnection.Connection): SqlConnection.Connection => ({

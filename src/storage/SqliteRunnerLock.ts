@@ -14,6 +14,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import { Clock, Data, Duration, Effect, Either, Layer } from "effect"
 import { AppConfig, runsBatches } from "../Config.js"
+import { sqliteFile } from "./ReadConnection.js"
 
 /** Another process runs batches on this SQLite database. */
 export class BatchesRunElsewhere extends Data.TaggedError("BatchesRunElsewhere")<{ readonly database: string }> {
@@ -62,12 +63,8 @@ const holdLock = (database: string, patience: Duration.Duration) =>
   }).pipe(Effect.catchTag("SqlError", Effect.die), Effect.provide(Reactivity.layer))
 
 /** The file of the SQLite database `sql` is on; undefined on another database, "" for an in-memory one. */
-const sqliteFile = (sql: SqlClient.SqlClient) =>
-  sql.onDialectOrElse({
-    sqlite: () =>
-      Effect.map(sql<{ file: string }>`SELECT file FROM pragma_database_list WHERE name = 'main'`, (rows) => rows[0]?.file ?? ""),
-    orElse: () => Effect.succeed(undefined)
-  })
+const sqliteFileOf = (sql: SqlClient.SqlClient) =>
+  sql.onDialectOrElse({ sqlite: () => sqliteFile(sql), orElse: () => Effect.succeed(undefined) })
 
 /** Takes the lock when this node runs batches on a SQLite file, for the layer's lifetime (see above). */
 export const SqliteRunnerLockLive: Layer.Layer<never, BatchesRunElsewhere, SqlClient.SqlClient | AppConfig> = Layer
@@ -75,7 +72,7 @@ export const SqliteRunnerLockLive: Layer.Layer<never, BatchesRunElsewhere, SqlCl
     Effect.gen(function*() {
       const config = yield* AppConfig
       if (!runsBatches(config)) return
-      const database = yield* Effect.orDie(sqliteFile(yield* SqlClient.SqlClient))
+      const database = yield* Effect.orDie(sqliteFileOf(yield* SqlClient.SqlClient))
       if (database === undefined || database === "") return
       yield* holdLock(database, Duration.sum(config.shutdownTimeout, Duration.seconds(5)))
     })
