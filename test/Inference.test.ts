@@ -239,14 +239,17 @@ describe("Inference", () => {
     }).pipe(Effect.provide(layer))
   })
 
-  it.effect("a call that always gets a 5xx fails after its attempts, though its failures take the upstream down", () => {
+  it.effect("a call that always gets a 5xx fails after its attempts, and its own failures never take the upstream down", () => {
     const { calls, layer } = scripted([{ status: 500 }], 5)
     return Effect.gen(function*() {
+      const inference = yield* Inference
       const fiber = yield* Effect.fork(send())
+      const down = yield* Effect.fork(inference.unreachable("m"))
       yield* TestClock.adjust("10 minutes")
       const res = yield* Fiber.join(fiber)
       expect(res.status).toBe(500)
-      expect(calls.n).toBe(6) // five attempts, the fifth (an outage then) sent again once the probe answered
+      expect(calls.n).toBe(5) // its five attempts, none of them sent again
+      expect(down.unsafePoll()).toBeNull() // a batch running it would have been paused (and the request sent anew)
     }).pipe(Effect.provide(layer))
   })
 

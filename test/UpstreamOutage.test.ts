@@ -5,7 +5,7 @@
  */
 import { expect, layer } from "@effect/vitest"
 import { Duration, Effect } from "effect"
-import { readLines, terminal, waitFor } from "./support/Batches.js"
+import { chatLine, createBatch, readLines, terminal, upload, waitFor } from "./support/Batches.js"
 import { client, createModelBatch, logged, LogLines, Simulators, testAppWithUpstreams } from "./support/Upstreams.js"
 
 const sleep = (ms: number) => Effect.promise(() => new Promise((resolve) => setTimeout(resolve, ms)))
@@ -84,6 +84,27 @@ layer(twoUpstreams(), { excludeTestServices: true })("an upstream down for longe
       yield* Effect.promise(() => main!.start())
       const done = yield* waitFor(openai, batch.id, terminal, 20_000)
       expect(done.request_counts).toEqual({ total: 50, completed: 50, failed: 0 })
+    }), { timeout: 30_000 })
+
+  it.effect("a request that keeps getting a 500 alone fails after its attempts; the upstream is never taken down", () =>
+    Effect.gen(function*() {
+      const { main } = yield* Simulators
+      const logs = yield* LogLines
+      const openai = yield* client
+      const downBefore = logged(logs, /Upstream main is down/).length
+      const prompt = "[fail:500] poison"
+      const file = yield* upload(openai, [chatLine("poison", prompt, "model-a")])
+      const poison = yield* createBatch(openai, file.id)
+      const done = yield* waitFor(openai, poison.id, terminal, 20_000)
+      expect([done.status, done.request_counts]).toEqual(["completed", { total: 1, completed: 0, failed: 1 }])
+      const [line] = yield* readLines(openai, done.error_file_id)
+      expect(line.custom_id).toBe("poison")
+      expect(line.response.status_code).toBe(500)
+      expect(main!.stats.byPrompt.get(prompt)).toBe(5) // INFERENCE_MAX_ATTEMPTS, none sent again after a pause
+      expect(logged(logs, /Upstream main is down/)).toHaveLength(downBefore)
+      // With the one batch permit free again, the next batch on that upstream runs.
+      const next = yield* createModelBatch(20, "model-a", "n")
+      expect((yield* waitFor(openai, next.id, terminal, 10_000)).request_counts).toEqual({ total: 20, completed: 20, failed: 0 })
     }), { timeout: 30_000 })
 })
 

@@ -11,7 +11,10 @@
 import { type Clock, Deferred, Duration, Effect, FiberId } from "effect"
 import type { AdaptiveLimit } from "./adaptiveLimit.js"
 
-/** Who asks: the batch's project, and its deadline (epoch ms); its model, for the metrics. */
+/**
+ * Who asks: the batch's project, and its deadline (epoch ms); its model, for the metrics. One per request, its
+ * retries included: the upstream tells its failures apart by it.
+ */
 export interface Ticket {
   readonly project: string
   readonly deadline: number

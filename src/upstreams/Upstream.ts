@@ -10,12 +10,13 @@
  *   connection lost         a failure in the run; retried
  *   never connected         the upstream is down (refused, DNS, TLS, proxy)
  *
- * A run of `OUTAGE_AFTER` failures with no success between also takes it down. While it is down no call goes out:
- * the batches using it pause (their calls wait; none is failed, and only the failures before the outage was noticed
- * count as attempts) and a probe (`GET /models`, every `UPSTREAM_PROBE_INTERVAL`) brings it back up as soon as the
- * server answers anything but a 5xx; a new run of failures starts then, so a request that keeps failing while the
- * server answers its probes fails after its attempts. An overload answer is sent again without counting as an attempt while the limit can still shrink: at the
- * floor, the upstream refuses even one call at a time, and attempts count.
+ * A run of failures of `OUTAGE_AFTER` different requests with no success between also takes it down; one request's
+ * own retries count once, so a request that keeps failing alone (its body makes the server fail) fails after its
+ * attempts instead of taking the upstream down again and again. While it is down no call goes out: the batches using
+ * it pause (their calls wait; none is failed, and only the failures before the outage was noticed count as attempts)
+ * and a probe (`GET /models`, every `UPSTREAM_PROBE_INTERVAL`) brings it back up as soon as the server answers
+ * anything but a 5xx. An overload answer is sent again without counting as an attempt while the limit can still
+ * shrink: at the floor, the upstream refuses even one call at a time, and attempts count.
  */
 import * as HttpBody from "@effect/platform/HttpBody"
 import type * as HttpClient from "@effect/platform/HttpClient"
@@ -33,7 +34,7 @@ import { makeLoadWatch } from "./loadWatch.js"
 import { Metrics } from "../observability/Metrics.js"
 import { servesAnyModel, type UpstreamSpec } from "./UpstreamSpec.js"
 
-/** Failures in a row (5xx, timeouts, lost connections, with no answer between) that make an outage. */
+/** Requests failing in a row (5xx, timeouts, lost connections, with no answer between) that make an outage. */
 export const OUTAGE_AFTER = 5
 /** Increases of the limit are logged at most this often (decreases always). */
 const RAISE_LOG_INTERVAL_MS = 1000
@@ -124,7 +125,8 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     // --- up and down -------------------------------------------------------------------------------------------
     let down = false
     let downSince = 0
-    let failuresInRow = 0
+    /** The requests (their tickets: one per request, its retries included) failing since the last success. */
+    const failingInRow = new Set<Ticket>()
     let upSignal = yield* Deferred.make<void>()
     let downSignal = yield* Deferred.make<void>()
     yield* Deferred.succeed(upSignal, undefined)
@@ -132,7 +134,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     const markUp = Effect.suspend(() => {
       if (!down) return Effect.void
       down = false
-      failuresInRow = 0
+      failingInRow.clear()
       gate.setDown(false)
       const seconds = Math.round((clock.unsafeCurrentTimeMillis() - downSince) / 1000)
       return Effect.gen(function*() {
@@ -203,7 +205,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       })
     /** A success: the run of failures ends, the limit may grow; a log line when it is to be said. */
     const succeededNow = (): Effect.Effect<void> | undefined => {
-      failuresInRow = 0
+      if (failingInRow.size > 0) failingInRow.clear()
       if (!limit.succeeded(gate.inflight)) return undefined
       const now = clock.unsafeCurrentTimeMillis()
       if (limit.current < limit.ceiling && now - lastRaiseLog < RAISE_LOG_INTERVAL_MS) return undefined
@@ -211,12 +213,12 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       return log(Effect.logInfo(`Upstream ${spec.name}: concurrency limit raised to ${limit.current}`))
     }
     const succeeded = Effect.suspend(() => succeededNow() ?? Effect.void)
-    /** A failure in the run; `again` when the upstream is (now) down, else `retry`. */
-    const failedInRow = (reason: string): Effect.Effect<Verdict> =>
+    /** A failure of `ticket`'s request in the run; `again` when the upstream is (now) down, else `retry`. */
+    const failedInRow = (ticket: Ticket, reason: string): Effect.Effect<Verdict> =>
       Effect.suspend(() => {
         if (down) return Effect.succeed("again" as const)
-        if (++failuresInRow < OUTAGE_AFTER) return Effect.succeed("retry" as const)
-        return Effect.as(markDown(`${OUTAGE_AFTER} failures in a row, the last: ${reason}`), "again" as const)
+        if (failingInRow.add(ticket).size < OUTAGE_AFTER) return Effect.succeed("retry" as const)
+        return Effect.as(markDown(`${OUTAGE_AFTER} requests failing in a row, the last: ${reason}`), "again" as const)
       })
     const pauseFor = (headers: Record<string, string | undefined>) =>
       Option.match(retryAfterMillis(headers, clock.unsafeCurrentTimeMillis()), {
@@ -240,15 +242,15 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     }
 
     /** The verdict on an attempt: at once for the usual answer (thousands a second), an effect when there is more to do. */
-    const judge = (endpoint: string, attempt: Attempt, generation: number): Verdict | Effect.Effect<Verdict> => {
+    const judge = (endpoint: string, ticket: Ticket, attempt: Attempt, generation: number): Verdict | Effect.Effect<Verdict> => {
       if (attempt._tag === "Failure") {
         switch (attempt.kind) {
           case "connect":
             return Effect.as(markDown(attempt.failure.message), "again")
           case "timeout":
-            return Effect.zipRight(overloaded(generation, "timeout"), failedInRow(attempt.failure.message))
+            return Effect.zipRight(overloaded(generation, "timeout"), failedInRow(ticket, attempt.failure.message))
           case "transport":
-            return failedInRow(attempt.failure.message)
+            return failedInRow(ticket, attempt.failure.message)
           default:
             return Effect.as(succeeded, "final") // an answer, unusable: not the upstream's health
         }
@@ -259,11 +261,11 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
         const atFloor = limit.atFloor
         return pauseFor(headers).pipe(
           Effect.zipRight(overloaded(generation, `status ${status}`)),
-          Effect.zipRight(status === 503 ? failedInRow("status 503") : Effect.succeed<Verdict>("retry")),
+          Effect.zipRight(status === 503 ? failedInRow(ticket, "status 503") : Effect.succeed<Verdict>("retry")),
           Effect.map((verdict): Verdict => (verdict === "again" || !atFloor ? "again" : "retry"))
         )
       }
-      if (status === 408 || status >= 500) return failedInRow(`status ${status}`)
+      if (status === 408 || status >= 500) return failedInRow(ticket, `status ${status}`)
       if (status === 404) return Effect.as(Effect.zipRight(succeeded, misrouted(endpoint, response)), "final" as const)
       if (status < 300 && !answeredWell.has(endpoint)) answeredWell.add(endpoint)
       const log = succeededNow()
@@ -307,7 +309,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
           const sent = performance.now()
           return Effect.flatMap(Effect.onInterrupt(restore(call), releaseOnInterrupt), (result) => {
             observeAttempt(ticket.model, (performance.now() - sent) / 1000)
-            const verdict = judge(endpoint, result, generation)
+            const verdict = judge(endpoint, ticket, result, generation)
             if (typeof verdict === "string") {
               gate.release()
               return Effect.succeed([result, verdict] as const)
