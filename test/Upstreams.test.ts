@@ -4,13 +4,14 @@
  */
 import { expect, layer } from "@effect/vitest"
 import { Effect } from "effect"
+import { NotFoundError } from "openai"
 import { readLines, terminal, waitFor } from "./support/Batches.js"
 import { client, createModelBatch, logged, LogLines, Simulators, testAppWithUpstreams } from "./support/Upstreams.js"
 
 
 layer(
   testAppWithUpstreams(
-    { a: { models: ["model-a"], latencyMs: 5 }, b: { models: ["model-b", "model-b2"], latencyMs: 5 } },
+    { a: { models: ["model-a"], latencyMs: 5 }, b: { models: ["model-b", "model-b2", "org/model-b3"], latencyMs: 5 } },
     ({ a, b }) => [
       { name: "sim-a", base_url: a!.url, models: ["model-a"], max_concurrency: 4 },
       { name: "sim-b", base_url: b!.url, models: ["*"] }
@@ -27,8 +28,23 @@ layer(
       expect(listed.data.map((m) => [m.id, m.object, m.owned_by])).toEqual([
         ["model-a", "model", "sim-a"],
         ["model-b", "model", "sim-b"],
-        ["model-b2", "model", "sim-b"]
+        ["model-b2", "model", "sim-b"],
+        ["org/model-b3", "model", "sim-b"]
       ])
+      // Retrieved one by one, as OpenAI's `models.retrieve` (which sends a slash in an id encoded)…
+      const retrieved = yield* Effect.promise(() => openai.models.retrieve("org/model-b3"))
+      expect([retrieved.id, retrieved.object, retrieved.owned_by]).toEqual(["org/model-b3", "model", "sim-b"])
+      // … and as the Python client sends it: as it is.
+      const plain = yield* Effect.promise(() => fetch(`${openai.baseURL}/models/org/model-b3`).then((r) => r.json()))
+      expect(plain).toMatchObject({ id: "org/model-b3", owned_by: "sim-b" })
+      const missing = yield* Effect.promise(() => openai.models.retrieve("model-c").then(() => undefined, (e: unknown) => e))
+      expect(missing).toBeInstanceOf(NotFoundError)
+      expect((missing as NotFoundError).error).toEqual({
+        message: "The model 'model-c' does not exist",
+        type: "invalid_request_error",
+        param: "model",
+        code: "model_not_found"
+      })
       const [a, b] = [yield* createModelBatch(40, "model-a", "a"), yield* createModelBatch(30, "model-b2", "b")]
       for (const batch of [a, b]) expect((yield* waitFor(openai, batch.id, terminal)).status).toBe("completed")
       expect(Object.fromEntries(sims.a!.stats.byModel)).toEqual({ "model-a": 40 })

@@ -77,6 +77,10 @@ export const unauthorized = (message = "Incorrect API key provided.") =>
 export const notFound = (message: string, param: string | null = null) =>
   new NotFound(body(message, "invalid_request_error", param, "not_found"))
 
+/** OpenAI's answer to a model it does not serve. */
+export const modelNotFound = (model: string) =>
+  new NotFound(body(`The model '${model}' does not exist`, "invalid_request_error", "model", "model_not_found"))
+
 export const conflict = (message: string, param: string | null = null) =>
   new Conflict(body(message, "invalid_request_error", param, "conflict"))
 

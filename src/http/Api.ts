@@ -59,6 +59,15 @@ export class ModelsGroup extends HttpApiGroup.make("models")
       .addSuccess(Schema.Struct({ object: Schema.Literal("list"), data: Schema.Array(Model) }))
       .annotate(OpenApi.Summary, "The models batches may name, each with the upstream serving it (`owned_by`)")
   )
+  .add(
+    // A wildcard: model ids hold slashes (`meta-llama/Llama-3.1-8B`), sent encoded by the JS SDK and as they are by
+    // the Python one.
+    HttpApiEndpoint.get("retrieve", "/models/*")
+      .setPath(Schema.Struct({ "*": Schema.String }))
+      .addSuccess(Model)
+      .addError(NotFoundSchema)
+      .annotate(OpenApi.Summary, "A model batches may name, with the upstream serving it; 404 `model_not_found` else")
+  )
   .middleware(Authenticated)
   .prefix("/v1")
   .annotate(OpenApi.Title, "Models")
