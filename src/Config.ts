@@ -211,7 +211,11 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   shutdownTimeout: Config.duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(defaults.shutdownTimeout)),
   shutdownDelay: Config.duration("SHUTDOWN_DELAY").pipe(Config.withDefault(defaults.shutdownDelay)),
   logFormat: Config.literal("json", "pretty")("LOG_FORMAT").pipe(Config.withDefault(defaults.logFormat)),
-  logLevel: Config.literal("trace", "debug", "info", "warning", "error")("LOG_LEVEL").pipe(Config.withDefault(defaults.logLevel)),
+  // In any case, and `warn` for `warning` (its lines print as `WARN`; other tools name it so): the rules check the rest.
+  logLevel: Config.string("LOG_LEVEL").pipe(
+    Config.map((text) => (text.trim().toLowerCase() === "warn" ? "warning" : text.trim().toLowerCase()) as AppConfigShape["logLevel"]),
+    Config.withDefault(defaults.logLevel)
+  ),
   inferenceBaseUrl: Config.string("INFERENCE_BASE_URL").pipe(
     Config.map((url) => url.replace(/\/+$/, "")),
     Config.withDefault(defaults.inferenceBaseUrl)

@@ -130,7 +130,7 @@ const rules: ReadonlyArray<Rule> = [
   { variable: "LOG_FORMAT", expected: "json or pretty", holds: (c) => c.logFormat === "json" || c.logFormat === "pretty" },
   {
     variable: "LOG_LEVEL",
-    expected: "trace, debug, info, warning or error",
+    expected: "trace, debug, info, warning (or warn) or error",
     holds: (c) => ["trace", "debug", "info", "warning", "error"].includes(c.logLevel)
   },
   { variable: "UPSTREAMS_FILE", expected: "a file path", holds: (c) => !Option.exists(c.upstreamsFile, (path) => path.trim() === "") },

@@ -56,6 +56,14 @@ describe("configuration", () => {
       }
     }))
 
+  it.effect("LOG_LEVEL is read in any case, warn standing for warning", () =>
+    Effect.gen(function*() {
+      for (const [text, level] of [["WARN", "warning"], ["warn", "warning"], ["Info", "info"], [" error ", "error"]]) {
+        const env = yield* Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map([["LOG_LEVEL", text!]])))
+        expect(env.logLevel).toBe(level)
+      }
+    }))
+
   it.effect("the per-project limits are off unless set", () =>
     Effect.gen(function*() {
       const none = yield* Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map()))
