@@ -43,6 +43,9 @@ describe("the server with an upstreams file", () => {
       "  - name: misrouted",
       `    base_url: ${plain.url.replace(/\/v1$/, "")}`,
       "    models: [model-c]",
+      "  - name: typo",
+      `    base_url: ${plain.url}`,
+      "    models: [model-aa]",
       ""
     ].join("\n"))
     server = await startServer({
@@ -66,14 +69,16 @@ describe("the server with an upstreams file", () => {
       expect(server.output()).toMatch(/Upstream plain at http:\/\/127\.0\.0\.1:\d+\/v1 is up; lists 1 model\(s\): model-a; serves model-a/)
       expect(server.output()).toMatch(/Upstream secure at https:\/\/localhost:\d+\/v1 is up; lists 1 model\(s\): model-b/)
       expect(server.output()).toMatch(/Upstream misrouted answered 404 to GET http:\/\/127\.0\.0\.1:\d+\/models: check its base URL/)
+      expect(server.output()).toMatch(/Upstream typo does not list 'model-aa', which its entry names/)
     }, 10_000))
+    expect(server.output()).not.toMatch(/Upstream (plain|secure) does not list/)
     expect(server.output()).not.toContain("sk-upstream-secret")
   })
 
   it("routes each model to its upstream; the https one through the proxy", async () => {
     const openai = sdk(server.url)
     const listed = await openai.models.list()
-    expect(listed.data.map((m) => `${m.id}@${m.owned_by}`)).toEqual(["model-a@plain", "model-b@secure", "model-c@misrouted"])
+    expect(listed.data.map((m) => `${m.id}@${m.owned_by}`)).toEqual(["model-a@plain", "model-b@secure", "model-c@misrouted", "model-aa@typo"])
     const run = (model: string, n: number) =>
       Effect.runPromise(Effect.gen(function*() {
         const file = yield* upload(openai, Array.from({ length: n }, (_, i) => chatLine(`${model}-${i}`, `hello ${i}`, model)))

@@ -347,6 +347,18 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
         onSome: (ids) => `lists ${ids.length} model(s): ${ids.slice(0, 20).join(", ")}${ids.length > 20 ? ", …" : ""}`
       })
       yield* Effect.logInfo(`Upstream ${spec.name} at ${spec.baseUrl} is up; ${models}${named}`)
+      // The file's names are taken as they are (a server may answer to names it does not list), but most often one
+      // it does not list is a typo: every request naming it would come back a 404.
+      const unlisted = Option.match(listed, {
+        onNone: () => [],
+        onSome: (ids) => spec.models.filter((m) => m !== "*" && !ids.includes(m))
+      })
+      if (unlisted.length > 0) {
+        yield* Effect.logWarning(
+          `Upstream ${spec.name} does not list ${unlisted.map((m) => `'${m}'`).join(", ")}, which its entry names: ` +
+            `requests naming ${unlisted.length === 1 ? "it" : "them"} may be refused by the server (check the spelling)`
+        )
+      }
     })
     const started = yield* Deferred.make<void>()
     yield* Effect.forkIn(log(Effect.ensuring(startUp, Deferred.succeed(started, undefined))), scope)
