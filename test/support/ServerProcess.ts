@@ -44,9 +44,24 @@ const serverArgs = () => {
   return copy === undefined ? ["--import", "tsx", "src/main.ts"] : [Path.join(copy, "dist", "main.js")]
 }
 
-/** Runs the server (`serverArgs`) with `env` on top of ours; resolves once `/v1/health` answers. */
+/** The port was taken between `freePort` and the server's listen (by another test's process). */
+class PortTaken extends Error {}
+
+/**
+ * Runs the server (`serverArgs`) with `env` on top of ours; resolves once `/v1/health` answers. Without a `port`, on
+ * a free one, and on another if a process running beside the tests took it before the server listened.
+ */
 export const startServer = async (env: Record<string, string>, port?: number): Promise<ServerProcess> => {
-  const listenPort = port ?? (await freePort())
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await startOn(env, port ?? (await freePort()))
+    } catch (error) {
+      if (!(error instanceof PortTaken) || port !== undefined || attempt >= 5) throw error
+    }
+  }
+}
+
+const startOn = async (env: Record<string, string>, listenPort: number): Promise<ServerProcess> => {
   const child = spawn(process.execPath, serverArgs(), {
     cwd: root,
     env: { ...process.env, HOST: "127.0.0.1", PORT: String(listenPort), ...env },
@@ -66,7 +81,8 @@ export const startServer = async (env: Record<string, string>, port?: number): P
   const deadline = Date.now() + 30_000
   for (;;) {
     if (child.exitCode !== null || child.signalCode !== null) {
-      throw new Error(`server exited before it was ready:\n${output}`)
+      const Failure = output.includes("EADDRINUSE") ? PortTaken : Error
+      throw new Failure(`server exited before it was ready:\n${output}`)
     }
     try {
       if ((await fetch(`${url}/v1/health`, { signal: AbortSignal.timeout(2000) })).ok) break
