@@ -1,6 +1,6 @@
 /** The adaptive limit (AIMD) and the admission of calls to an upstream: limit, order, pauses, outages. */
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Duration, Effect, Fiber, TestClock } from "effect"
+import { Clock, Duration, Effect, Fiber, Option, TestClock } from "effect"
 import { AdaptiveLimit } from "../src/upstreams/adaptiveLimit.js"
 import { Admission, type LoadGauge } from "../src/upstreams/Admission.js"
 
@@ -91,6 +91,25 @@ describe("Admission", () => {
       admission.setDown(false)
       yield* Fiber.join(held)
       expect(admission.inflight).toBe(2)
+    }))
+
+  it.effect("a pause ends though its timer fires before the admission's clock reads the pause's end", () =>
+    Effect.gen(function*() {
+      // A clock of 10 ms ticks (as Date.now's whole milliseconds against a timer's fractions): 3 ms into a tick, a
+      // pause to 55 sets a timer of 55 ms, which fires when this clock still reads 50.
+      const clock = yield* Effect.clock
+      const ticks: Clock.Clock = Object.assign(Object.create(clock), {
+        unsafeCurrentTimeMillis: () => Math.floor(clock.unsafeCurrentTimeMillis() / 10) * 10
+      })
+      const admission = new Admission(new AdaptiveLimit(1, 8), ticks)
+      yield* TestClock.adjust(Duration.millis(3))
+      yield* admission.pauseUntil(55)
+      const paused = yield* Effect.fork(admission.acquire({ project: "a", deadline: 0 }))
+      yield* TestClock.adjust(Duration.millis(55))
+      expect(paused.unsafePoll()).toBeNull()
+      yield* TestClock.adjust(Duration.millis(10))
+      expect(Option.isSome(yield* Fiber.poll(paused))).toBe(true)
+      expect(admission.inflight).toBe(1)
     }))
 
   it.effect("a full load gauge holds calls until it says there is room", () =>

@@ -140,10 +140,13 @@ export class Admission {
     return Effect.suspend(() => {
       if (until <= this.pausedUntil) return Effect.void
       this.pausedUntil = until
-      const wait = until - this.clock.unsafeCurrentTimeMillis()
       // The waiters are let go when the pause ends (a daemon: the call that paused may be interrupted meanwhile;
-      // interruptible, though forked where a verdict runs uninterruptibly).
-      const wake = Effect.zipRight(Effect.sleep(Duration.millis(wait)), Effect.sync(() => this.pump()))
+      // interruptible, though forked where a verdict runs uninterruptibly). A timer may fire a little before the
+      // clock reads its time: then it sleeps again for what is left, as nothing else may come to let them go.
+      const wake: Effect.Effect<void> = Effect.suspend(() => {
+        const left = until - this.clock.unsafeCurrentTimeMillis()
+        return left > 0 ? Effect.zipRight(Effect.sleep(Duration.millis(left)), wake) : Effect.sync(() => this.pump())
+      })
       return Effect.asVoid(Effect.forkDaemon(Effect.interruptible(wake)))
     })
   }
