@@ -253,6 +253,18 @@ describe("Inference", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  it.effect("a send counts on from the attempts its caller says were used, and records those it counts", () => {
+    const { calls, layer } = scripted([{ status: 500 }], 5)
+    return Effect.gen(function*() {
+      const inference = yield* Inference
+      const attempts = { used: 3 } // three used by sends an outage interrupted
+      const fiber = yield* Effect.fork(inference.send("/v1/chat/completions", `{"model":"m"}`, { attempts }))
+      yield* TestClock.adjust("10 minutes")
+      expect((yield* Fiber.join(fiber)).status).toBe(500)
+      expect([calls.n, attempts.used]).toEqual([2, 5])
+    }).pipe(Effect.provide(layer))
+  })
+
   it.effect("a batch's upstream is picked once the lists of upstreams serving any model are known", () => {
     // Two upstreams serving "*": the first lists model-a only, and answers its GET /models late.
     const posts: Array<string> = []

@@ -182,7 +182,7 @@ describe("running", () => {
       const running = yield* makeRunning(new LocalWork()).pipe(
         Effect.provide(Layer.merge(held, InferenceScripted(() => Effect.sync(() => (sent++, answer)))))
       )
-      const run = yield* Effect.fork(running.run(yield* store.get(id, "all")))
+      const run = yield* Effect.fork(running.run(yield* store.get(id, "all"), new Map()))
       yield* Effect.sleep("100 millis")
       expect(sent).toBe(2) // the first outcome is held in its write; the second request went out meanwhile, not a third
       yield* Deferred.succeed(gate, undefined)

@@ -106,6 +106,29 @@ layer(twoUpstreams(), { excludeTestServices: true })("an upstream down for longe
       const next = yield* createModelBatch(20, "model-a", "n")
       expect((yield* waitFor(openai, next.id, terminal, 10_000)).request_counts).toEqual({ total: 20, completed: 20, failed: 0 })
     }), { timeout: 30_000 })
+
+  it.effect("requests that keep getting a 500 together fail after their attempts, though they take the upstream down", () =>
+    Effect.gen(function*() {
+      const { main } = yield* Simulators
+      const logs = yield* LogLines
+      const openai = yield* client
+      const downBefore = logged(logs, /Upstream main is down/).length
+      // Six lines the server fails (more than make an outage) among good ones, in one window of eight.
+      const lines = Array.from({ length: 16 }, (_, i) =>
+        i % 2 === 0 && i < 12 ? chatLine(`bad-${i}`, `[fail:500] bad ${i}`, "model-a") : chatLine(`good-${i}`, `good ${i}`, "model-a"))
+      const batch = yield* createBatch(openai, (yield* upload(openai, lines)).id)
+      const done = yield* waitFor(openai, batch.id, terminal, 25_000)
+      expect([done.status, done.request_counts]).toEqual(["completed", { total: 16, completed: 10, failed: 6 }])
+      const failed = yield* readLines(openai, done.error_file_id)
+      expect(failed.map((l) => l.custom_id).sort()).toEqual(["bad-0", "bad-10", "bad-2", "bad-4", "bad-6", "bad-8"])
+      const sends = Array.from({ length: 6 }, (_, k) => main!.stats.byPrompt.get(`[fail:500] bad ${2 * k}`) ?? 0)
+      const downs = logged(logs, /Upstream main is down/).length - downBefore
+      // Each counted its five attempts across the outages its failures made; at most one more call per outage,
+      // judged after the upstream was noticed down (which does not count).
+      expect(downs).toBeGreaterThanOrEqual(1)
+      for (const n of sends) expect(n).toBeGreaterThanOrEqual(5)
+      for (const n of sends) expect(n).toBeLessThanOrEqual(5 + downs)
+    }), { timeout: 30_000 })
 })
 
 layer(twoUpstreams({ completionWindow: Duration.seconds(4) }), { excludeTestServices: true })("an upstream that never comes back", (it) => {

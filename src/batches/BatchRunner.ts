@@ -30,7 +30,7 @@ import { type BatchRecord, BatchStore } from "./BatchStore.js"
 import { makeFairPermits } from "./fairPermits.js"
 import { makeFinishing } from "./finishing.js"
 import { LocalWork, startHeartbeat } from "./heartbeat.js"
-import { makeRunning } from "./running.js"
+import { type AttemptsByLine, makeRunning } from "./running.js"
 import { makeValidating } from "./validating.js"
 import { nodeLease, WorkLeases } from "./WorkLeases.js"
 
@@ -86,7 +86,7 @@ export const make = Effect.gen(function*() {
    * (holding its batch-wide lease), or run the slices it can claim, up to the end of a slice when another project
    * waits for the permit (`drive` then queues again). False when there was nothing for this node to do.
    */
-  const validateOrRun = (record: BatchRecord) =>
+  const validateOrRun = (record: BatchRecord, attempts: AttemptsByLine) =>
     local.working(
       record.batch.id,
       permits.withPermit(record.project, Effect.gen(function*() {
@@ -98,7 +98,7 @@ export const make = Effect.gen(function*() {
           return true
         }
         if (current.batch.status === "in_progress") {
-          return yield* running.run(current, () => permits.othersWaiting(record.project))
+          return yield* running.run(current, attempts, () => permits.othersWaiting(record.project))
         }
         return true
       }))
@@ -110,6 +110,7 @@ export const make = Effect.gen(function*() {
    */
   const drive = (id: BatchId): Effect.Effect<void> =>
     Effect.gen(function*() {
+      const attempts: AttemptsByLine = new Map()
       for (;;) {
         const record = yield* load(id)
         const { batch } = record
@@ -125,7 +126,7 @@ export const make = Effect.gen(function*() {
             // (so that a cancel from another node stops the wait). The expiry also ends these waits; the next round
             // then finishes the batch as expired.
             const upstream = batch.status === "in_progress" ? local.working(id, inference.reachable(batch.model)) : Effect.void
-            const progressed = yield* Effect.zipRight(upstream, validateOrRun(record)).pipe(
+            const progressed = yield* Effect.zipRight(upstream, validateOrRun(record, attempts)).pipe(
               Effect.raceFirst(Effect.as(Effect.sleep(Duration.millis(remaining)), true))
             )
             if (!progressed) return

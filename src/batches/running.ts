@@ -11,7 +11,7 @@
  */
 import { Effect, Option } from "effect"
 import { AppConfig } from "../Config.js"
-import { Inference, type UpstreamFailure, type UpstreamResponse } from "../inference/Inference.js"
+import { type AttemptsUsed, Inference, type UpstreamFailure, type UpstreamResponse } from "../inference/Inference.js"
 import { Metrics } from "../observability/Metrics.js"
 import { type BatchRecord, BatchStore, type RequestOutcome, type RequestRow } from "./BatchStore.js"
 import type { LocalWork } from "./heartbeat.js"
@@ -40,12 +40,19 @@ const errorOutcome = (row: RequestRow, e: UpstreamFailure): RequestOutcome => ({
   message: e.message
 })
 
+/**
+ * The attempts used by the batch's requests sent on this node and not yet answered for good, by line: kept across
+ * runs (one ends when its upstream goes down, and its calls in flight are sent again by the next), for as long as
+ * the node works on the batch.
+ */
+export type AttemptsByLine = Map<number, AttemptsUsed>
+
 export interface Running {
   /**
    * Runs this node's share of the batch's requests, or only up to the end of a slice once `stopAfterSlice` says
    * so; whether a slice was claimed at all.
    */
-  readonly run: (record: BatchRecord, stopAfterSlice?: () => boolean) => Effect.Effect<boolean>
+  readonly run: (record: BatchRecord, attempts: AttemptsByLine, stopAfterSlice?: () => boolean) => Effect.Effect<boolean>
 }
 
 export const makeRunning = (local: LocalWork) =>
@@ -56,7 +63,7 @@ export const makeRunning = (local: LocalWork) =>
     const context = yield* Effect.context<BatchStore | WorkLeases | AppConfig>()
     const window = config.maxConcurrentRequestsPerBatch
 
-    const run = (record: BatchRecord, stopAfterSlice?: () => boolean) =>
+    const run = (record: BatchRecord, attempts: AttemptsByLine, stopAfterSlice?: () => boolean) =>
       Effect.gen(function*() {
         const { batch } = record
         const rows = yield* makePendingRows(batch.id, local, stopAfterSlice)
@@ -82,11 +89,20 @@ export const makeRunning = (local: LocalWork) =>
           const stored = outcomes.queueNow(outcome)
           return Effect.zipRight(previous, Effect.suspend(() => worker(stored)))
         }
-        const send = (row: RequestRow, previous: Effect.Effect<void>) =>
-          Effect.matchEffect(inference.send(batch.endpoint, row.body, options), {
-            onSuccess: (res) => next(responseOutcome(row, res), previous),
-            onFailure: (e) => next(errorOutcome(row, e), previous)
+        const send = (row: RequestRow, previous: Effect.Effect<void>) => {
+          let used = attempts.get(row.line)
+          if (used === undefined) attempts.set(row.line, used = { used: 0 })
+          return Effect.matchEffect(inference.send(batch.endpoint, row.body, { ...options, attempts: used }), {
+            onSuccess: (res) => {
+              attempts.delete(row.line)
+              return next(responseOutcome(row, res), previous)
+            },
+            onFailure: (e) => {
+              attempts.delete(row.line)
+              return next(errorOutcome(row, e), previous)
+            }
           })
+        }
         const worker = (previous: Effect.Effect<void>): Effect.Effect<void> => {
           const row = rows.takeNow()
           if (row !== undefined) return send(row, previous)

@@ -31,6 +31,18 @@ export interface SendOptions {
   readonly model?: string | null | undefined
   /** The batch's project: calls waiting for an upstream are served round-robin by project. */
   readonly project?: string | undefined
+  /**
+   * The attempts this request has used, which the caller keeps across sends an outage interrupted (a run ends when
+   * its upstream goes down): the send counts on from there and records each attempt it counts. Without it, requests
+   * failing together often enough to look like an outage (a server failing those bodies while it answers its
+   * probes) would start over after each one, and never fail.
+   */
+  readonly attempts?: AttemptsUsed | undefined
+}
+
+/** How many attempts a request has used (counted ones: not a call sent again because its upstream was down). */
+export interface AttemptsUsed {
+  used: number
 }
 
 /** The models batches may name. */
@@ -125,6 +137,7 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
         result._tag === "Failure" ? Effect.fail(result.failure) : Effect.succeed(result.response)
       /** After attempt `n` gave `result`: wait and try again, unless attempts or time (the deadline) are used up. */
       const retry = (result: Attempt, n: number, traced?: TracedCall): Effect.Effect<UpstreamResponse, UpstreamFailure> => {
+        if (options.attempts !== undefined) options.attempts.used = n
         if (n >= config.inferenceMaxAttempts) return final(result)
         return Effect.gen(function*() {
           const delay = yield* retryDelay(result, n)
@@ -139,11 +152,12 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
       const loop = (n: number, traced?: TracedCall): Effect.Effect<UpstreamResponse, UpstreamFailure> =>
         Effect.flatMap(upstream.attempt(endpoint, body, ticket, traced?.traceparent), ([result, verdict]) =>
           verdict === "final" ? final(result) : verdict === "again" ? loop(n, traced) : retry(result, n, traced))
+      const first = Math.min(options.attempts?.used ?? 0, config.inferenceMaxAttempts - 1) + 1
       if (pickTraced !== undefined && pickTraced()) {
         const identity = upstreamIdentity(upstream.spec.name, upstream.spec.baseUrl)
-        return traceUpstreamCall(identity, endpoint, options.model, body, (traced) => loop(1, traced))
+        return traceUpstreamCall(identity, endpoint, options.model, body, (traced) => loop(first, traced))
       }
-      return loop(1)
+      return loop(first)
     })
 
     const models = Effect.gen(function*() {
