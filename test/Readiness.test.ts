@@ -101,6 +101,28 @@ layer(proxiedApp, { timeout: 60_000, excludeTestServices: true })("readiness on 
     }), 30_000)
 })
 
+layer(proxiedApp, { timeout: 60_000, excludeTestServices: true })("a PostgreSQL that hangs", (it) => {
+  it.effect("requests fail in bounded time instead of waiting for it, and all is well once it answers again", () =>
+    Effect.gen(function*() {
+      const { forwarder } = yield* ProxiedPostgres
+      expect((yield* get("/v1/batches")).status).toBe(200)
+      forwarder.stall() // connections accepted, never answered
+      yield* get("/v1/batches") // may fail at once, on a connection just lost: the next ones need new connections
+      const started = Date.now()
+      const list = yield* get("/v1/batches")
+      expect(list.status).toBeGreaterThanOrEqual(500)
+      expect(list.body.error).toMatchObject({ type: expect.any(String), message: expect.any(String) })
+      expect(Date.now() - started).toBeLessThan(15_000)
+      expect((yield* get("/v1/ready")).status).toBe(503)
+      forwarder.restore()
+      yield* eventuallyEffect(
+        Effect.tap(get("/v1/ready"), (res) => Effect.sync(() => expect(res.status).toBe(200))),
+        15_000
+      )
+      expect((yield* get("/v1/batches")).status).toBe(200)
+    }), 45_000)
+})
+
 const keyedApp = Layer.unwrapEffect(
   Effect.map(ProxiedPostgres, ({ url }) =>
     testApp({ databaseUrl: Option.some(Redacted.make(url)), apiKeys: [Redacted.make("sk-ready-keyed:projK")] }))

@@ -10,7 +10,7 @@ import type * as SqlConnection from "@effect/sql/SqlConnection"
 import * as Statement from "@effect/sql/Statement"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
-import { Clock, Effect, Layer, Option, type Redacted } from "effect"
+import { Clock, Duration, Effect, Layer, Option, type Redacted } from "effect"
 import { mkdirSync } from "node:fs"
 import * as Path from "node:path"
 import { AppConfig } from "../Config.js"
@@ -111,6 +111,13 @@ const PgLive = (config: PgClient.PgClientConfig): Layer.Layer<SqlClient.SqlClien
   ).pipe(Layer.provide(Reactivity.layer))
 
 /**
+ * How long a new connection may take to be made. Why: without a bound, a server that accepts connections and never
+ * answers (hung, or behind a stalled network) holds every request waiting for a connection, and the connections
+ * being made, for ever: the node would neither answer nor come back once the server does, nor finish a shutdown.
+ */
+const PG_CONNECT_TIMEOUT = Duration.seconds(5)
+
+/**
  * Postgres at `url`, migrated (several nodes may start at once: they take turns through an advisory lock); `maxConnections`
  * bounds its pool (default 10).
  */
@@ -118,7 +125,12 @@ export const layerPg = (
   url: Redacted.Redacted,
   options: { readonly maxConnections?: number } = {}
 ): Layer.Layer<SqlClient.SqlClient, unknown> =>
-  MigrationsLive.pipe(Layer.provideMerge(PgLive({ url, applicationName: "effect-openai-batch", ...options })))
+  MigrationsLive.pipe(Layer.provideMerge(PgLive({
+    url,
+    applicationName: "effect-openai-batch",
+    connectTimeout: PG_CONNECT_TIMEOUT,
+    ...options
+  })))
 
 /** The database the configuration asks for: Postgres at `DATABASE_URL`, else `DATA_DIR/batches.sqlite`. */
 export const SqlLive: Layer.Layer<SqlClient.SqlClient, unknown, AppConfig> = Layer.unwrapEffect(

@@ -9,6 +9,8 @@ export interface TcpForwarder {
   readonly port: number
   /** Ends every open connection, and ends new ones as soon as they are accepted (as a lost server would). */
   readonly cut: () => void
+  /** Ends every open connection, and keeps new ones open without forwarding a byte (a server that hangs). */
+  readonly stall: () => void
   /** Forwards again. */
   readonly restore: () => void
   readonly close: () => Promise<void>
@@ -17,7 +19,7 @@ export interface TcpForwarder {
 /** Listens on a random local port and forwards each connection to `host:port`. */
 export const startForwarder = (target: { readonly host: string; readonly port: number }): Promise<TcpForwarder> => {
   const open = new Set<net.Socket>()
-  let cut = false
+  let mode: "forward" | "cut" | "stall" = "forward"
   const track = (socket: net.Socket) => {
     open.add(socket)
     socket.on("close", () => open.delete(socket))
@@ -25,7 +27,8 @@ export const startForwarder = (target: { readonly host: string; readonly port: n
   }
   const server = net.createServer((client) => {
     track(client)
-    if (cut) return void client.destroy()
+    if (mode === "cut") return void client.destroy()
+    if (mode === "stall") return
     const upstream = net.connect(target.port, target.host)
     track(upstream)
     client.pipe(upstream).pipe(client)
@@ -39,11 +42,15 @@ export const startForwarder = (target: { readonly host: string; readonly port: n
       resolve({
         port: typeof address === "object" && address !== null ? address.port : 0,
         cut: () => {
-          cut = true
+          mode = "cut"
+          for (const socket of open) socket.destroy()
+        },
+        stall: () => {
+          mode = "stall"
           for (const socket of open) socket.destroy()
         },
         restore: () => {
-          cut = false
+          mode = "forward"
         },
         close: () =>
           new Promise((done) => {
