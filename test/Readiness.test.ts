@@ -4,10 +4,12 @@
  * stays the liveness check throughout.
  */
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Context, Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
+import { Context, Deferred, Effect, Fiber, Layer, Logger, LogLevel, Option, Redacted } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
+import * as Reactivity from "@effect/experimental/Reactivity"
+import * as PgClient from "@effect/sql-pg/PgClient"
 import { AuthTest } from "../src/auth/Auth.js"
 import { createScratchSchema, dropScratchSchema, testDatabaseUrl } from "./support/Postgres.js"
 import { startServer } from "./support/ServerProcess.js"
@@ -36,6 +38,8 @@ const PASSWORD = "pw-never-shown-7731"
 class ProxiedPostgres extends Context.Tag("test/ProxiedPostgres")<ProxiedPostgres, {
   readonly forwarder: TcpForwarder
   readonly url: string
+  /** The same schema, not through the forwarder. */
+  readonly direct: string
 }>() {
   static readonly layer = Layer.scoped(
     ProxiedPostgres,
@@ -52,7 +56,7 @@ class ProxiedPostgres extends Context.Tag("test/ProxiedPostgres")<ProxiedPostgre
       const proxied = new URL(url)
       proxied.host = `127.0.0.1:${forwarder.port}`
       proxied.password = PASSWORD
-      return { forwarder, url: proxied.toString() }
+      return { forwarder, url: proxied.toString(), direct: url }
     })
   )
 }
@@ -121,6 +125,34 @@ layer(proxiedApp, { timeout: 60_000, excludeTestServices: true })("a PostgreSQL 
       )
       expect((yield* get("/v1/batches")).status).toBe(200)
     }), 45_000)
+
+  it.effect("a scrape answers within its 5 s while a lock holds the batches table, the active batches left out", () =>
+    Effect.gen(function*() {
+      const { direct } = yield* ProxiedPostgres
+      // Another client holds the lock in a transaction until the scrape is done.
+      const sql = yield* PgClient.make({ url: Redacted.make(direct) }).pipe(Effect.provide(Reactivity.layer))
+      const locked = yield* Deferred.make<void>()
+      const release = yield* Deferred.make<void>()
+      const holder = yield* Effect.fork(sql.withTransaction(Effect.gen(function*() {
+        yield* sql`LOCK TABLE batches IN ACCESS EXCLUSIVE MODE`
+        yield* Deferred.succeed(locked, undefined)
+        yield* Deferred.await(release)
+      })))
+      yield* Deferred.await(locked)
+      const started = Date.now()
+      const scrape = yield* Effect.flatMap(baseUrl, (base) =>
+        Effect.promise(async () => {
+          const res = await fetch(`${base}/metrics`)
+          return { status: res.status, text: await res.text() }
+        }))
+      const took = Date.now() - started
+      yield* Deferred.succeed(release, undefined)
+      yield* Fiber.join(holder)
+      expect(scrape.status).toBe(200)
+      expect(took).toBeLessThan(8000)
+      expect(scrape.text).toContain("batch_http_requests_total")
+      expect(scrape.text).not.toMatch(/^batch_batches_active\{/m)
+    }).pipe(Effect.scoped), 30_000)
 })
 
 const keyedApp = Layer.unwrapEffect(

@@ -59,7 +59,10 @@ const ACTIVE_COUNT_TIMEOUT = Duration.seconds(5)
 export const makeScrape = Effect.gen(function*() {
   const metrics = yield* Metrics
   const store = yield* BatchStore
+  // Disconnected: a Postgres statement is never interrupted (`storage/Sql.ts`), so the scrape answers at the timeout
+  // while the count ends in the background.
   const active = store.activeByStatus.pipe(
+    Effect.disconnect,
     Effect.timeoutFail({ duration: ACTIVE_COUNT_TIMEOUT, onTimeout: () => "timed out" }),
     Effect.catchAllCause((cause) =>
       Effect.as(Effect.logWarning("Metrics: the active batches could not be counted", cause), undefined)
