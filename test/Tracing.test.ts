@@ -83,7 +83,9 @@ describe("tracing", () => {
     const parentId = "00f067aa0ba902b7"
     const unsampledTrace = "5a8c1e2f3b4d5e6f708192a3b4c5d6e7"
     const requests = 400
-    return withTracedServer({ OTEL_EXPORTER_OTLP_PROTOCOL: "http/json", OTEL_SERVICE_NAME: "batch-under-test" }, async ({ url, collector, stop }) => {
+    // A heartbeat every 100 ms: the periodic work runs many times while the batch does.
+    const env = { OTEL_EXPORTER_OTLP_PROTOCOL: "http/json", OTEL_SERVICE_NAME: "batch-under-test", HEARTBEAT_INTERVAL: "100 millis" }
+    return withTracedServer(env, async ({ url, collector, stop }) => {
       // A caller whose own trace was not sampled: nothing of this request is exported.
       expect((await fetch(`${url}/v1/files`, { headers: { traceparent: `00-${unsampledTrace}-${parentId}-00` } })).status).toBe(200)
       const openai = client(url)
@@ -124,6 +126,12 @@ describe("tracing", () => {
       // Nor is every outcome group's write traced, nor the heartbeat.
       expect(named(spans, "BatchStore.recordOutcomes").length).toBeLessThanOrEqual(calls.length + 1)
       expect(named(spans, "BatchRunner.heartbeat")).toEqual([])
+      // Nor the webhook worker's look for due deliveries (every heartbeat too): the statements that are traces of
+      // their own are the start's (once or twice each), none made every second.
+      expect(named(spans, "Webhooks.claimDue")).toEqual([])
+      const rootStatements = spans.filter((s) => s.name === "sql.execute" && s.parentSpanId === undefined)
+        .map((s) => String(s.attributes["db.query.text"]))
+      expect(rootStatements.filter((text) => rootStatements.filter((t) => t === text).length > 2)).toEqual([])
     })
   }, 120_000)
 

@@ -51,7 +51,7 @@ export const polledReadSpan = (attributes: Record<string, unknown> = {}) => ({ a
 // --- the layer ----------------------------------------------------------------------------------------------------
 
 /** Root spans never traced unless the sampler is `always_on`: periodic work of every node, a trace a second. */
-const UNTRACED_ROOTS: ReadonlySet<string> = new Set(["BatchRunner.heartbeat"])
+const UNTRACED_ROOTS: ReadonlySet<string> = new Set(["BatchRunner.heartbeat", "Webhooks.claimDue"])
 /** Spans sampled at the upstream calls' fraction unless the sampler is `always_on`: a span per ~20 requests. */
 const PER_GROUP_SPANS: ReadonlySet<string> = new Set(["BatchStore.recordOutcomes"])
 

@@ -159,7 +159,8 @@ export const make = Effect.gen(function*() {
       if (room <= 0) return true
       const now = yield* Clock.currentTimeMillis
       const claim: DeliveryClaim = { owner: config.nodeId, now, until: now + claimMs }
-      const due = yield* deliveries.claimDue(claim, room)
+      // A root span of its own (it runs every heartbeat on every node): `Tracing.ts` leaves it untraced.
+      const due = yield* Effect.withSpan(deliveries.claimDue(claim, room), "Webhooks.claimDue")
       for (const delivery of due) {
         inFlight++
         yield* FiberSet.run(running, attempt(delivery, claim).pipe(
