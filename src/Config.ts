@@ -213,7 +213,10 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   logFormat: Config.literal("json", "pretty")("LOG_FORMAT").pipe(Config.withDefault(defaults.logFormat)),
   // In any case, and `warn` for `warning` (its lines print as `WARN`; other tools name it so): the rules check the rest.
   logLevel: Config.string("LOG_LEVEL").pipe(
-    Config.map((text) => (text.trim().toLowerCase() === "warn" ? "warning" : text.trim().toLowerCase()) as AppConfigShape["logLevel"]),
+    Config.map((text) => {
+      const level = text.trim().toLowerCase()
+      return (level === "warn" ? "warning" : level) as AppConfigShape["logLevel"]
+    }),
     Config.withDefault(defaults.logLevel)
   ),
   inferenceBaseUrl: Config.string("INFERENCE_BASE_URL").pipe(

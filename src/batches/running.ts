@@ -92,15 +92,13 @@ export const makeRunning = (local: LocalWork) =>
         const send = (row: RequestRow, previous: Effect.Effect<void>) => {
           let used = attempts.get(row.line)
           if (used === undefined) attempts.set(row.line, used = { used: 0 })
+          const answered = (outcome: RequestOutcome) => {
+            attempts.delete(row.line)
+            return next(outcome, previous)
+          }
           return Effect.matchEffect(inference.send(batch.endpoint, row.body, { ...options, attempts: used }), {
-            onSuccess: (res) => {
-              attempts.delete(row.line)
-              return next(responseOutcome(row, res), previous)
-            },
-            onFailure: (e) => {
-              attempts.delete(row.line)
-              return next(errorOutcome(row, e), previous)
-            }
+            onSuccess: (res) => answered(responseOutcome(row, res)),
+            onFailure: (e) => answered(errorOutcome(row, e))
           })
         }
         const worker = (previous: Effect.Effect<void>): Effect.Effect<void> => {
