@@ -184,6 +184,11 @@ describe("the logs across a restart", () => {
         expect(lines.filter((l) => l.event === "batch.finished")).toEqual([
           expect.objectContaining({ batch_id: batch.id, status: done.status, completed: 1 })
         ])
+        // The pick-up is the first line of the batch's work on this node: in its trace, not the heartbeat's.
+        const [pickedUp] = lines.filter((l) => l.event === "batch.picked_up")
+        const [finished] = lines.filter((l) => l.event === "batch.finished")
+        expect(pickedUp.trace_id).toBeDefined()
+        expect(pickedUp.trace_id).toBe(finished.trace_id)
       } finally {
         await sim.close()
         rmSync(dataDir, { recursive: true, force: true })

@@ -156,8 +156,10 @@ export const make = Effect.gen(function*() {
    * Any other fault is retried `maxRetries` times (1, 2, 4, 8 s); if it persists, the batch fails with
    * `internal_error`.
    */
-  const supervised = (id: BatchId) =>
+  /** `drive`, retried after a fault; `announce` first, as the first line of the batch's work on this node. */
+  const supervised = (id: BatchId, announce: Effect.Effect<void> = Effect.void) =>
     Effect.gen(function*() {
+      yield* announce
       // A wait before a retry counts as this node's work on the batch: a cancel from another node ends it.
       const backOff = (ms: number) => local.working(id, Effect.sleep(Duration.millis(ms)))
       let faults = 0
@@ -197,12 +199,16 @@ export const make = Effect.gen(function*() {
     }).pipe(BatchLines.batchAnnotations(id), batchWork(id))
 
   // Often called from a request, whose priority the batch's fiber would inherit.
-  const submit = (id: BatchId) => Effect.asVoid(FiberMap.run(fibers, id, inBackground(supervised(id)), { onlyIfMissing: true }))
+  const start = (id: BatchId, announce?: Effect.Effect<void>) =>
+    Effect.asVoid(FiberMap.run(fibers, id, inBackground(supervised(id, announce)), { onlyIfMissing: true }))
+  const submit = (id: BatchId) => start(id)
 
-  /** The heartbeat's pick-up of free work, logged when this node was not driving the batch yet. */
+  /**
+   * The heartbeat's pick-up of free work, logged when this node was not driving the batch yet: by the batch's fiber,
+   * so that the line is in the batch's trace (the heartbeat's is never exported).
+   */
   const pickUp = (id: BatchId, atStart: boolean) =>
-    Effect.flatMap(FiberMap.has(fibers, id), (driving) =>
-      driving ? Effect.void : Effect.zipRight(BatchLines.pickedUp(id, atStart), submit(id)))
+    Effect.flatMap(FiberMap.has(fibers, id), (driving) => driving ? Effect.void : start(id, BatchLines.pickedUp(id, atStart)))
 
   const restart = (id: BatchId) =>
     Effect.gen(function*() {
