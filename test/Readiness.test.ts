@@ -92,6 +92,7 @@ layer(proxiedApp, { timeout: 60_000, excludeTestServices: true })("readiness on 
       expect(down.body.reasons[0].message).toMatch(new RegExp(`^PostgreSQL at 127\\.0\\.0\\.1:${forwarder.port}/\\w+ does not answer: .+`))
       expect(JSON.stringify(down.body)).not.toContain(PASSWORD)
       expect(yield* get("/v1/health")).toEqual({ status: 200, body: { status: "OK" } }) // alive all the same
+      yield* Effect.sleep("2500 millis") // a few heartbeats fail meanwhile
 
       forwarder.restore()
       yield* eventuallyEffect(
@@ -101,6 +102,10 @@ layer(proxiedApp, { timeout: 60_000, excludeTestServices: true })("readiness on 
       // Logged once each way, and the password nowhere (the heartbeat's faults meanwhile included).
       expect(logged.filter((l) => l.includes("Not ready: PostgreSQL at"))).toHaveLength(1)
       expect(logged.filter((l) => l.includes("Ready again: PostgreSQL at"))).toHaveLength(1)
+      // The heartbeat failed every second meanwhile: said once, with its cause, then once when it works again.
+      yield* eventuallyEffect(Effect.sync(() => expect(logged.filter((l) => l.includes("Heartbeat works again"))).toHaveLength(1)), 5000)
+      expect(logged.filter((l) => l.includes("Heartbeat failed"))).toHaveLength(1)
+      expect(logged.filter((l) => l.includes("Heartbeat still failing"))).toEqual([])
       expect(logged.join("\n")).not.toContain(PASSWORD)
     }), 30_000)
 })

@@ -7,6 +7,7 @@
 import { Effect, Schedule } from "effect"
 import { AppConfig } from "../Config.js"
 import type { BatchId } from "../domain/Ids.js"
+import { makeFailureRun } from "../observability/failureRuns.js"
 import { BatchStore } from "./BatchStore.js"
 import { nodeLease, WorkLeases } from "./WorkLeases.js"
 
@@ -100,9 +101,10 @@ export const startHeartbeat = (local: LocalWork, actions: HeartbeatActions) =>
     const config = yield* AppConfig
     yield* Effect.flatMap(WorkLeases, (leases) => leases.releaseAfterRestart(config.nodeId))
     let atStart = true // until a beat gets through
+    const failures = makeFailureRun("Heartbeat")
     yield* Effect.suspend(() => beat(local, actions, atStart)).pipe(
-      Effect.tap(() => Effect.sync(() => (atStart = false))),
-      Effect.catchAllCause((cause) => Effect.logError("Heartbeat failed", cause)),
+      Effect.tap(() => Effect.zipRight(Effect.sync(() => (atStart = false)), failures.succeeded)),
+      Effect.catchAllCause(failures.failed),
       Effect.repeat(Schedule.spaced(config.heartbeatInterval)),
       Effect.forkScoped
     )

@@ -21,6 +21,7 @@ import { Clock, Context, Duration, Effect, FiberSet, Layer, Option, Random, Reda
 import { AppConfig, runsBatches } from "../Config.js"
 import { sweepEvery } from "../files/FileStore.js"
 import { dispatcher } from "../inference/UpstreamHttpClient.js"
+import { makeFailureRun } from "../observability/failureRuns.js"
 import { Metrics } from "../observability/Metrics.js"
 import { type ClaimedDelivery, type DeliveryClaim, makeDeliveries, type Settlement } from "./deliveries.js"
 import { makePoster } from "./posting.js"
@@ -182,8 +183,10 @@ export const make = Effect.gen(function*() {
     "Webhook deliveries sweep failed"
   )
   const running = yield* FiberSet.make()
+  const failures = makeFailureRun("Looking for webhook deliveries")
   yield* claimRound(running).pipe(
-    Effect.catchAllCause((cause) => Effect.as(Effect.logError("Looking for webhook deliveries failed", cause), true)),
+    Effect.tap(() => failures.succeeded),
+    Effect.catchAllCause((cause) => Effect.as(failures.failed(cause), true)),
     Effect.flatMap((idle) => (idle ? Effect.sleep(config.heartbeatInterval) : Effect.void)),
     Effect.forever,
     Effect.forkScoped

@@ -1,0 +1,28 @@
+/** A periodic task's failures in a row, logged once, then once a minute while they go on, then when it works again. */
+import { expect, it } from "@effect/vitest"
+import { Cause, Effect, Logger, TestClock } from "effect"
+import { FAILURE_RUN_REMINDER_MS, makeFailureRun } from "../src/observability/failureRuns.js"
+
+it.effect("a run of failures: the first with its cause, a reminder a minute, a line when it works again", () =>
+  Effect.gen(function*() {
+    const lines: Array<string> = []
+    const logger = Logger.replace(Logger.defaultLogger, Logger.make(({ cause, logLevel, message }) =>
+      void lines.push(`${logLevel.label} ${String(message)}${Cause.isEmpty(cause) ? "" : " +cause"}`)))
+    const run = makeFailureRun("Heartbeat")
+    yield* Effect.gen(function*() {
+      yield* run.succeeded // no run yet: nothing said
+      for (let second = 0; second < 150; second++) {
+        yield* run.failed(Cause.fail(new Error(`connection refused ${second}`)))
+        yield* TestClock.adjust("1 second")
+      }
+      yield* run.succeeded
+      yield* run.succeeded
+    }).pipe(Effect.provide(logger))
+    expect(FAILURE_RUN_REMINDER_MS).toBe(60_000)
+    expect(lines).toEqual([
+      "ERROR Heartbeat failed +cause",
+      "ERROR Heartbeat still failing: 61 times in 60 s; the last: Error: connection refused 60",
+      "ERROR Heartbeat still failing: 121 times in 120 s; the last: Error: connection refused 120",
+      "INFO Heartbeat works again, after 150 failure(s) in 150 s"
+    ])
+  }))
