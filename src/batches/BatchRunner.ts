@@ -154,9 +154,8 @@ export const make = Effect.gen(function*() {
    * batch's: the batch waits, retried with a doubling wait capped at `maxStorageDelay`, for as long as the fault
    * lasts (a retry after `expires_at` takes the expiry path), with one warning each time it starts waiting.
    * Any other fault is retried `maxRetries` times (1, 2, 4, 8 s); if it persists, the batch fails with
-   * `internal_error`.
+   * `internal_error`. `announce` runs first, once: the first line of the batch's work on this node.
    */
-  /** `drive`, retried after a fault; `announce` first, as the first line of the batch's work on this node. */
   const supervised = (id: BatchId, announce: Effect.Effect<void> = Effect.void) =>
     Effect.gen(function*() {
       yield* announce
