@@ -29,6 +29,7 @@ import { type BlobStore, BlobStoreLocal } from "./storage/BlobStore.js"
 import { BlobStoreSql } from "./storage/BlobStoreSql.js"
 import { SchedulerLive } from "./Scheduler.js"
 import { SqlLive } from "./storage/Sql.js"
+import { NodeIdLockLive } from "./storage/NodeIdLock.js"
 import { SqliteRunnerLockLive } from "./storage/SqliteRunnerLock.js"
 import { WebhooksLive } from "./webhooks/Webhooks.js"
 import { WebhookTargetsLive } from "./webhooks/WebhookTargets.js"
@@ -38,14 +39,18 @@ export const BlobStoreLive = Layer.unwrapEffect(
   Effect.map(AppConfig, (config) => (fileStorageOf(config) === "sql" ? BlobStoreSql : BlobStoreLocal))
 )
 
-/** Storage: the SQL database (migrated) and the file bytes. */
-export const StorageLive = BlobStoreLive.pipe(Layer.provideMerge(SqlLive))
+/**
+ * Storage: the SQL database (migrated) and the file bytes; on a SQLite file, only once no other process runs under
+ * this node's id (`NodeIdLockLive`), as the blob store frees what an earlier run of the node left staged.
+ */
+export const StorageLive = BlobStoreLive.pipe(Layer.provide(NodeIdLockLive), Layer.provideMerge(SqlLive))
 
 /**
  * The parts the services are built on, each its live layer unless given: replace any of them (a scripted
  * `Inference`, your own `FileStore`, storage on a database of your own) and every service that uses it gets yours.
  */
 export interface ServiceParts {
+  /** A storage of your own on a SQLite file other processes open too should take `NodeIdLockLive` first, as `StorageLive` does. */
   readonly storage?: Layer.Layer<SqlClient.SqlClient | BlobStore, unknown, AppConfig>
   readonly inference?: Layer.Layer<Inference, unknown, AppConfig>
   readonly auth?: Layer.Layer<Auth, unknown, AppConfig>

@@ -2,7 +2,8 @@
  * An API-only node (`MAX_CONCURRENT_BATCHES=0`) beside a node that runs the batches, two server processes on one
  * SQLite file and one data directory (or one PostgreSQL database), each with its own upstream simulator: what is created or cancelled through
  * the API-only node is run or stopped by the other (a cancel also while the batch waits for its upstream), the
- * API-only node never sends an inference request, a restart of either leaves what the other has under way alone,
+ * API-only node never sends an inference request, a restart of either leaves what the other has under way alone (and
+ * a second process under either's `NODE_ID` does not start),
  * and the two write to the same file at once without a fault (its transactions begin with `BEGIN IMMEDIATE`).
  */
 import * as SqlClient from "@effect/sql/SqlClient"
@@ -148,6 +149,38 @@ describe("an API-only node beside a node that runs the batches", () => {
       expect(done.request_counts).toEqual({ total: LINES, completed: LINES, failed: 0 })
       const output = yield* readLines(openai, done.output_file_id)
       expect(new Set(output.map((l) => l.custom_id)).size).toBe(LINES)
+    }).pipe(Effect.scoped), 60_000)
+
+  it.live("sqlite: a second process under a node's NODE_ID does not start, and leaves the node's upload under way alone", () =>
+    Effect.gen(function*() {
+      const { api, dataDir } = yield* nodes()
+      const bytes = randomBytes(256 * 1024)
+      const { req, response } = stalledUpload(api.server().url, bytes)
+      const staged = () => filesUnder(Path.join(dataDir, "files", "staging")).filter((f) => f.startsWith("api/"))
+      yield* eventually(() => expect(staged()).toHaveLength(1), 10_000)
+      // An API-only process (it takes no runner lock), as the API node is: only the node id is in its way.
+      const sim = yield* Effect.acquireRelease(Effect.promise(() => startSimulator()), (s) => Effect.promise(() => s.close()))
+      const env = {
+        DATA_DIR: dataDir,
+        NODE_ID: "api",
+        INFERENCE_BASE_URL: sim.url,
+        MAX_CONCURRENT_BATCHES: "0",
+        SHUTDOWN_TIMEOUT: "1 second",
+        LOG_FORMAT: "json",
+        HOST: "127.0.0.1",
+        PORT: String(yield* Effect.promise(freePort))
+      }
+      const refused = yield* Effect.promise(() => runServerToExit(env, 30_000))
+      expect(refused.code).toBe(1)
+      expect(refused.output).toContain("waiting up to 6s for it to stop")
+      expect(refused.output).toContain(`Another process runs as NODE_ID 'api' on the SQLite database ${Path.join(dataDir, "batches.sqlite")}`)
+      expect(staged()).toHaveLength(1)
+      req.end(STALLED_UPLOAD_END)
+      expect(yield* Effect.promise(() => response)).toBe(200)
+      const openai = sdk(api.server().url)
+      const [file] = (yield* Effect.promise(() => openai.files.list({ order: "desc", limit: 1 }))).data
+      const content = Buffer.from(yield* Effect.promise(async () => (await openai.files.content(file!.id)).arrayBuffer()))
+      expect(content.equals(bytes)).toBe(true)
     }).pipe(Effect.scoped), 60_000)
 
   it.live("sqlite: a second node that runs batches on the file does not start, and the first runs on alone; one started as it stops waits for it", () =>

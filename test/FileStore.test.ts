@@ -8,7 +8,7 @@ import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { AppConfig } from "../src/Config.js"
 import { type FileId, FileId as FileIdSchema } from "../src/domain/Ids.js"
 import { StorageLive } from "../src/Layers.js"
-import { stagingDirName } from "../src/storage/BlobStore.js"
+import { fileNameOfNodeId } from "../src/storage/BlobStore.js"
 import { configFor, eventuallyEffect, storages, storedBlobs, TestDatabase, TestDataDir } from "./support/TestApp.js"
 
 const bytesOf = (text: string) => new TextEncoder().encode(text)
@@ -131,7 +131,7 @@ for (const { backend, fileStorage } of storages) describe(`FileStore (${backend}
       if (fileStorage === "local") {
         const { nodeId } = yield* Effect.provide(AppConfig, config)
         const longAgo = new Date(Date.now() - 2 * 86_400_000)
-        writeFileSync(Path.join(path, "files", "staging", stagingDirName(nodeId), "half-written"), "partial")
+        writeFileSync(Path.join(path, "files", "staging", fileNameOfNodeId(nodeId), "half-written"), "partial")
         writeFileSync(Path.join(path, "files", "blobs", "file-orphan"), "no metadata")
         utimesSync(Path.join(path, "files", "blobs", "file-orphan"), longAgo, longAgo)
         // Another node sharing the directory: its upload under way, its file row on its way, and what it left
@@ -168,13 +168,13 @@ for (const { backend, fileStorage } of storages) describe(`FileStore (${backend}
 
 describe("a node's staging directory", () => {
   it("is named by its id, encoded so that no id names another directory or one too long for the file system", () => {
-    expect(stagingDirName("host:8321")).toBe("host%3A8321")
-    expect(stagingDirName("..")).toBe("%2E%2E")
-    expect(stagingDirName(".")).toBe("%2E")
-    expect(stagingDirName("a/../b")).toBe("a%2F%2E%2E%2Fb")
-    const long = stagingDirName("n".repeat(300))
+    expect(fileNameOfNodeId("host:8321")).toBe("host%3A8321")
+    expect(fileNameOfNodeId("..")).toBe("%2E%2E")
+    expect(fileNameOfNodeId(".")).toBe("%2E")
+    expect(fileNameOfNodeId("a/../b")).toBe("a%2F%2E%2E%2Fb")
+    const long = fileNameOfNodeId("n".repeat(300))
     expect(long).toMatch(/^sha256-[0-9a-f]{64}$/)
-    expect(stagingDirName("n".repeat(300))).toBe(long)
-    expect(stagingDirName("m".repeat(300))).not.toBe(long)
+    expect(fileNameOfNodeId("n".repeat(300))).toBe(long)
+    expect(fileNameOfNodeId("m".repeat(300))).not.toBe(long)
   })
 })

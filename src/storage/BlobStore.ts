@@ -63,10 +63,10 @@ export const ORPHAN_AGE_MS = 60_000
 export const STALE_STAGING_MS = 24 * 60 * 60 * 1000
 
 /**
- * A node's staging directory name: its id, encoded so that no id names another directory (`.`, `..`, a slash)
- * nor a name too long for the file system (a long id by its hash).
+ * A node's id as a file name (its staging directory, its lock file: `NodeIdLock.ts`): encoded so that no id names
+ * another directory (`.`, `..`, a slash) nor a name too long for the file system (a long id by its hash).
  */
-export const stagingDirName = (nodeId: string) => {
+export const fileNameOfNodeId = (nodeId: string) => {
   const encoded = encodeURIComponent(nodeId).replace(/\./g, "%2E")
   return encoded.length <= 100 ? encoded : `sha256-${createHash("sha256").update(nodeId).digest("hex")}`
 }
@@ -82,7 +82,7 @@ export const makeLocal = (root: string, nodeId = "node") =>
     const fs = yield* FileSystem.FileSystem
     const blobs = Path.join(root, "blobs")
     const stagingRoot = Path.join(root, "staging")
-    const staging = Path.join(stagingRoot, stagingDirName(nodeId))
+    const staging = Path.join(stagingRoot, fileNameOfNodeId(nodeId))
     /** Whether the file at `path` was last written more than `ms` ago (false when it is gone). */
     const olderThan = (path: string, ms: number) =>
       fs.stat(path).pipe(

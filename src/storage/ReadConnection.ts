@@ -32,9 +32,20 @@ export class ReadConnection extends Context.Tag("ReadConnection")<ReadConnection
 /** Prepared statements kept per connection: the polled reads are a handful of texts; a cursor or filter adds a few. */
 const PREPARED_LIMIT = 64
 
+/** What `sqliteFile` found, per client (asked once: several layers built at start want it). */
+const filesOf = new WeakMap<SqlClient.SqlClient, string>()
+
 /** The file of the SQLite database `sql` is connected to, as SQLite names it: `""` for one in memory or temporary. */
 export const sqliteFile = (sql: SqlClient.SqlClient) =>
-  Effect.map(sql<{ file: string }>`SELECT file FROM pragma_database_list WHERE name = 'main'`, (rows) => rows[0]?.file ?? "")
+  Effect.suspend(() => {
+    const known = filesOf.get(sql)
+    if (known !== undefined) return Effect.succeed(known)
+    return Effect.map(sql<{ file: string }>`SELECT file FROM pragma_database_list WHERE name = 'main'`, (rows) => {
+      const file = rows[0]?.file ?? ""
+      filesOf.set(sql, file)
+      return file
+    })
+  })
 
 /**
  * A read-only connection to the file of the SQLite database of the `SqlClient` (build it once the migrations have
