@@ -1,0 +1,137 @@
+/**
+ * One process per `NODE_ID` on PostgreSQL (`storage/NodeIdLock.ts`, `nodeIdLockPg.ts`): a second server process under
+ * the id of a running one does not start and takes nothing from it; a node starting under the id of a session that
+ * has run no statement for longer than `LEASE_TTL` (its process gone with its machine) ends that session and starts;
+ * a live holder keeps its id (it shows it is alive every heartbeat); and a holder whose session is ended under it
+ * takes its id again. (SQLite's lock file: `ApiOnlyNode.test.ts`.)
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import { describe, expect, it } from "@effect/vitest"
+import { Context, Duration, Effect, Exit, Layer, Option, Redacted } from "effect"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import * as Path from "node:path"
+import { startSimulator } from "../scripts/simulator.js"
+import { AppConfig } from "../src/Config.js"
+import { NodeIdInUse, NodeIdLockLive } from "../src/storage/NodeIdLock.js"
+import { layerPg } from "../src/storage/Sql.js"
+import { chatLine, createBatch, sdk, terminal, upload, waitFor } from "./support/Batches.js"
+import { freePort, runServerToExit, startServer } from "./support/ServerProcess.js"
+import { eventuallyEffect, TestDatabase } from "./support/TestApp.js"
+
+const LINES = 400
+
+/** A fresh PostgreSQL schema's URL, for the test's scope. */
+const schemaUrl = Effect.map(Layer.build(TestDatabase.layer("postgres")), (context) =>
+  Option.getOrThrow(Context.get(context, TestDatabase).url))
+
+/** The sessions holding `nodeId`'s lock in the schema of `sql`. */
+const holders = (nodeId: string) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    sql<{ pid: number }>`SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2
+      AND classid = hashtext(current_schema())::oid AND objid = hashtext(${nodeId})::oid`).pipe(
+    Effect.map((rows) => rows.map((r) => r.pid)),
+    Effect.orDie
+  )
+
+/** The node-id lock of `nodeId` as a node on `url` takes it, with short heartbeats and patience. */
+const lockOf = (url: Redacted.Redacted, nodeId: string, leaseTtl = Duration.seconds(2)) =>
+  NodeIdLockLive.pipe(
+    Layer.provide(layerPg(url)),
+    Layer.provide(AppConfig.layerWith({
+      nodeId,
+      leaseTtl,
+      heartbeatInterval: Duration.millis(200),
+      shutdownTimeout: Duration.millis(500) // patience: 5.5 s
+    }))
+  )
+
+describe("one process per NODE_ID on PostgreSQL", () => {
+  it.live("a second server process under a running node's NODE_ID does not start, and takes none of its work", () =>
+    Effect.gen(function*() {
+      const url = Redacted.value(yield* schemaUrl)
+      const dataDir = yield* Effect.acquireRelease(
+        Effect.sync(() => mkdtempSync(Path.join(tmpdir(), "batch-node-id-"))),
+        (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
+      )
+      const simulator = Effect.acquireRelease(
+        Effect.promise(() => startSimulator({ latencyMs: 100 })),
+        (s) => Effect.promise(() => s.close())
+      )
+      const sim = yield* simulator
+      const env = {
+        DATABASE_URL: url,
+        DATA_DIR: dataDir,
+        NODE_ID: "node-1",
+        INFERENCE_BASE_URL: sim.url,
+        MAX_CONCURRENT_REQUESTS_PER_BATCH: "8",
+        HEARTBEAT_INTERVAL: "200 millis",
+        SHUTDOWN_TIMEOUT: "1 second",
+        LOG_FORMAT: "json"
+      }
+      const first = yield* Effect.acquireRelease(Effect.promise(() => startServer(env)), (s) => Effect.promise(() => s.stop("SIGKILL")))
+      const openai = sdk(first.url)
+      const lines = Array.from({ length: LINES }, (_, i) => chatLine(`once-${i}`, `once prompt ${i}`))
+      const running = yield* createBatch(openai, (yield* upload(openai, lines)).id)
+      yield* eventuallyEffect(Effect.sync(() => expect(sim.stats.requests).toBeGreaterThan(10)), 10_000)
+
+      const other = yield* simulator
+      const port = yield* Effect.promise(freePort)
+      const refused = yield* Effect.promise(() =>
+        runServerToExit({ ...env, INFERENCE_BASE_URL: other.url, HOST: "127.0.0.1", PORT: String(port) }, 30_000))
+      expect(refused.code).toBe(1)
+      expect(refused.output).toContain("waiting up to 6s for it to stop")
+      expect(refused.output).toContain("Another process runs as NODE_ID 'node-1' on this PostgreSQL database and schema (held by PostgreSQL session")
+      // It took nothing: every line sent once, by the first node alone.
+      const done = yield* waitFor(openai, running.id, terminal, 60_000)
+      expect(done.request_counts).toEqual({ total: LINES, completed: LINES, failed: 0 })
+      expect(other.stats.requests).toBe(0)
+      expect(sim.stats.byPrompt.size).toBe(LINES)
+      expect([...sim.stats.byPrompt.values()].every((n) => n === 1)).toBe(true)
+    }).pipe(Effect.scoped), 90_000)
+
+  it.live("a holder silent for longer than LEASE_TTL is taken for gone: its session is ended and the id taken over", () =>
+    Effect.gen(function*() {
+      const url = yield* schemaUrl
+      // A process that took the id and then went quiet (its machine gone): its session stays, idle.
+      const gone = yield* Effect.scoped(Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const connection = yield* sql.reserve
+        yield* connection.execute("SELECT pg_try_advisory_lock(hashtext(current_schema()), hashtext($1))", ["quiet"], undefined)
+        const [silent] = yield* holders("quiet")
+        const started = Date.now()
+        yield* Layer.build(lockOf(url, "quiet")) // LEASE_TTL 2 s
+        const took = Date.now() - started
+        expect(took).toBeGreaterThan(1_000)
+        expect(took).toBeLessThan(5_500) // not refused at the end of its patience
+        const [holder] = yield* holders("quiet")
+        expect(holder).not.toBe(silent)
+        return yield* Effect.exit(connection.execute("SELECT 1", [], undefined))
+      })).pipe(Effect.provide(layerPg(url)))
+      expect(Exit.isFailure(gone)).toBe(true) // its session was ended
+    }).pipe(Effect.scoped), 30_000)
+
+  it.live("a live holder keeps its id past LEASE_TTL, and takes it again when its session is ended under it", () =>
+    Effect.gen(function*() {
+      const url = yield* schemaUrl
+      const sql = yield* Effect.provide(SqlClient.SqlClient, yield* Layer.build(layerPg(url)))
+      yield* Layer.build(lockOf(url, "alive", Duration.seconds(1)))
+      const [pid] = yield* Effect.provideService(holders("alive"), SqlClient.SqlClient, sql)
+      // A second node under the same id, waiting past LEASE_TTL: the holder shows it is alive, so it is refused.
+      const second = yield* Effect.flip(Effect.scoped(Layer.build(lockOf(url, "alive", Duration.seconds(1)))))
+      expect(second).toBeInstanceOf(NodeIdInUse)
+      expect(yield* Effect.provideService(holders("alive"), SqlClient.SqlClient, sql)).toEqual([pid])
+
+      // Its session ended (by an operator, or a server restart): it holds its id again, on a new session.
+      yield* Effect.orDie(sql`SELECT pg_terminate_backend(${pid!})`)
+      const again = yield* eventuallyEffect(
+        Effect.map(Effect.provideService(holders("alive"), SqlClient.SqlClient, sql), (pids) => {
+          expect(pids).toHaveLength(1)
+          expect(pids[0]).not.toBe(pid)
+          return pids[0]
+        }),
+        5_000
+      )
+      expect(again).toBeDefined()
+    }).pipe(Effect.scoped), 30_000)
+})
