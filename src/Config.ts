@@ -23,6 +23,12 @@ export interface AppConfigShape {
   /** `postgres://…` (`DATABASE_URL`): keep the metadata in Postgres instead of SQLite. */
   readonly databaseUrl: Option.Option<Redacted.Redacted>
   /**
+   * How long a PostgreSQL statement may go unanswered (`DATABASE_STATEMENT_TIMEOUT`) before it fails and its
+   * connection is closed: a server that hangs, or a network that stops carrying an open connection. Migrations are
+   * exempt.
+   */
+  readonly databaseStatementTimeout: Duration.Duration
+  /**
    * Where file bytes live (`FILE_STORAGE`): `local` (files under `DATA_DIR`) or `sql` (chunks in the database, so
    * every node reads every file). Default: `sql` with Postgres, `local` with SQLite.
    */
@@ -139,6 +145,7 @@ export const defaults: AppConfigShape = {
   metricsPort: Option.none(),
   dataDir: "./.data",
   databaseUrl: Option.none(),
+  databaseStatementTimeout: Duration.seconds(60), // far above any statement of ours on a server that answers
   fileStorage: Option.none(),
   nodeId: `${hostname()}:8321`, // `layerWith` and the environment derive it from the port
   leaseTtl: Duration.seconds(15),
@@ -203,6 +210,9 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   maxUploadBytes: Config.integer("MAX_UPLOAD_BYTES").pipe(Config.withDefault(defaults.maxUploadBytes)),
   maxJsonBodyBytes: Config.integer("MAX_JSON_BODY_BYTES").pipe(Config.withDefault(defaults.maxJsonBodyBytes)),
   databaseUrl: Config.option(Config.redacted("DATABASE_URL")),
+  databaseStatementTimeout: Config.duration("DATABASE_STATEMENT_TIMEOUT").pipe(
+    Config.withDefault(defaults.databaseStatementTimeout)
+  ),
   fileStorage: Config.option(Config.literal("local", "sql")("FILE_STORAGE")),
   nodeId: Config.option(Config.string("NODE_ID")),
   leaseTtl: Config.duration("LEASE_TTL").pipe(Config.withDefault(defaults.leaseTtl)),

@@ -116,6 +116,7 @@ const rules: ReadonlyArray<Rule> = [
   optionalPositiveInt("maxEnqueuedRequestsPerProject", "MAX_ENQUEUED_REQUESTS_PER_PROJECT"),
   optionalPositiveInt("maxFileBytesPerProject", "MAX_FILE_BYTES_PER_PROJECT"),
   positiveDuration("leaseTtl", "LEASE_TTL"),
+  positiveDuration("databaseStatementTimeout", "DATABASE_STATEMENT_TIMEOUT"),
   positiveDuration("heartbeatInterval", "HEARTBEAT_INTERVAL"),
   positiveDuration("fileSweepInterval", "FILE_SWEEP_INTERVAL"),
   positiveDuration("inferenceTimeout", "INFERENCE_TIMEOUT"),

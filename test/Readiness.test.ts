@@ -4,13 +4,14 @@
  * stays the liveness check throughout.
  */
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Context, Deferred, Effect, Fiber, Layer, Logger, LogLevel, Option, Redacted } from "effect"
+import { Context, Deferred, Duration, Effect, Fiber, Layer, Logger, LogLevel, Option, Redacted } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import * as Reactivity from "@effect/experimental/Reactivity"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import { AuthTest } from "../src/auth/Auth.js"
+import type { AppConfigShape } from "../src/Config.js"
 import { createScratchSchema, dropScratchSchema, testDatabaseUrl } from "./support/Postgres.js"
 import { startServer } from "./support/ServerProcess.js"
 import { startForwarder, type TcpForwarder } from "./support/TcpForwarder.js"
@@ -67,15 +68,15 @@ const recorder = Logger.make(({ annotations, logLevel, message }) =>
   void logged.push(`${logLevel.label} ${String(message)} ${JSON.stringify(Object.fromEntries(annotations))}`)
 )
 
-const proxiedApp = Layer.unwrapEffect(
+const proxiedApp = (overrides: Partial<AppConfigShape> = {}) => Layer.unwrapEffect(
   Effect.map(ProxiedPostgres, ({ url }) =>
-    testApp({ databaseUrl: Option.some(Redacted.make(url)) }, "sqlite", { logLevel: LogLevel.All }))
+    testApp({ databaseUrl: Option.some(Redacted.make(url)), ...overrides }, "sqlite", { logLevel: LogLevel.All }))
 ).pipe(
   Layer.provideMerge(ProxiedPostgres.layer),
   Layer.provide(Logger.replace(Logger.defaultLogger, recorder))
 )
 
-layer(proxiedApp, { timeout: 60_000, excludeTestServices: true })("readiness on PostgreSQL", (it) => {
+layer(proxiedApp(), { timeout: 60_000, excludeTestServices: true })("readiness on PostgreSQL", (it) => {
   it.effect("turns 503 while the database is unreachable, saying so without its password, and 200 once it is back", () =>
     Effect.gen(function*() {
       const { forwarder } = yield* ProxiedPostgres
@@ -110,7 +111,9 @@ layer(proxiedApp, { timeout: 60_000, excludeTestServices: true })("readiness on 
     }), 30_000)
 })
 
-layer(proxiedApp, { timeout: 60_000, excludeTestServices: true })("a PostgreSQL that hangs", (it) => {
+const STATEMENT_TIMEOUT_MS = 2000
+
+layer(proxiedApp({ databaseStatementTimeout: Duration.millis(STATEMENT_TIMEOUT_MS) }), { timeout: 60_000, excludeTestServices: true })("a PostgreSQL that hangs", (it) => {
   it.effect("requests fail in bounded time instead of waiting for it, and all is well once it answers again", () =>
     Effect.gen(function*() {
       const { forwarder } = yield* ProxiedPostgres
@@ -129,6 +132,27 @@ layer(proxiedApp, { timeout: 60_000, excludeTestServices: true })("a PostgreSQL 
         15_000
       )
       expect((yield* get("/v1/batches")).status).toBe(200)
+    }), 45_000)
+
+  it.effect("a statement on an open connection that stops answering fails after DATABASE_STATEMENT_TIMEOUT, and its connection is dropped", () =>
+    Effect.gen(function*() {
+      const { forwarder } = yield* ProxiedPostgres
+      expect((yield* get("/v1/batches")).status).toBe(200) // on a pooled connection, open
+      forwarder.freeze() // open connections kept, not a byte carried; new ones never answered
+      const started = Date.now()
+      const list = yield* get("/v1/batches")
+      const took = Date.now() - started
+      expect(list.status).toBeGreaterThanOrEqual(500)
+      expect(list.body.error).toMatchObject({ type: expect.any(String), message: expect.any(String) })
+      expect(took).toBeGreaterThanOrEqual(STATEMENT_TIMEOUT_MS - 100)
+      expect(took).toBeLessThan(15_000)
+      // Once the network carries connections again, new ones serve (the frozen ones were dropped, not lent again).
+      forwarder.restore()
+      yield* eventuallyEffect(
+        Effect.tap(get("/v1/batches"), (res) => Effect.sync(() => expect(res.status).toBe(200))),
+        15_000
+      )
+      for (let i = 0; i < 12; i++) expect((yield* get("/v1/batches")).status).toBe(200)
     }), 45_000)
 
   it.effect("a scrape answers within its 5 s while a lock holds the batches table, the active batches left out", () =>

@@ -10,12 +10,13 @@ import type * as SqlConnection from "@effect/sql/SqlConnection"
 import * as Statement from "@effect/sql/Statement"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
-import { Clock, Duration, Effect, Layer, Option, type Redacted } from "effect"
+import { Clock, Duration, Effect, Layer, Option, Redacted } from "effect"
 import { mkdirSync } from "node:fs"
 import * as Path from "node:path"
-import { AppConfig } from "../Config.js"
+import { AppConfig, defaults } from "../Config.js"
 import type { Visibility } from "../domain/Projects.js"
 import { migrations } from "./migrations.js"
+import { makePool, type PoolOptions, type StatementBound } from "./pgPool.js"
 import { sqliteReadConnection } from "./ReadConnection.js"
 
 /** Any number, the same on every node: the advisory lock that serializes their migrations. */
@@ -94,13 +95,14 @@ const runToEnd = (connection: SqlConnection.Connection): SqlConnection.Connectio
 })
 
 /**
- * The Postgres `SqlClient`: @effect/sql-pg's pool and compiler, each statement on a pooled connection held for it
- * (or for its transaction) and never cancelled: a fiber interrupted during one waits for it to end (ours are short).
+ * The Postgres `SqlClient`: @effect/sql-pg's client and compiler over our pool (`pgPool.ts`: statements held to
+ * `bound`), each statement on a pooled connection held for it (or for its transaction) and never cancelled: a fiber
+ * interrupted during one waits for it to end (ours are short, and the bound ends those the server never answers).
  */
-const PgLive = (config: PgClient.PgClientConfig): Layer.Layer<SqlClient.SqlClient, unknown> =>
+const PgLive = (options: PoolOptions, bound: StatementBound): Layer.Layer<SqlClient.SqlClient, unknown> =>
   Layer.scoped(
     SqlClient.SqlClient,
-    Effect.flatMap(PgClient.make(config), (pg) =>
+    Effect.flatMap(PgClient.fromPool({ acquire: makePool(options, bound), applicationName: options.applicationName }), (pg) =>
       SqlClient.make({
         // Why: @effect/sql-pg cancels with `pg_cancel_backend(pid)`, which can land after the statement ended and its
         // connection went back to the pool, cancelling another request's statement (issue 12).
@@ -118,25 +120,34 @@ const PgLive = (config: PgClient.PgClientConfig): Layer.Layer<SqlClient.SqlClien
 const PG_CONNECT_TIMEOUT = Duration.seconds(5)
 
 /**
- * Postgres at `url`, migrated (several nodes may start at once: they take turns through an advisory lock); `maxConnections`
- * bounds its pool (default 10).
+ * Postgres at `url`, migrated (several nodes may start at once: they take turns through an advisory lock);
+ * `maxConnections` bounds its pool (default 10); once migrated, a statement left unanswered for `statementTimeout`
+ * fails and closes its connection (`pgPool.ts`).
  */
 export const layerPg = (
   url: Redacted.Redacted,
-  options: { readonly maxConnections?: number } = {}
-): Layer.Layer<SqlClient.SqlClient, unknown> =>
-  MigrationsLive.pipe(Layer.provideMerge(PgLive({
-    url,
-    applicationName: "effect-openai-batch",
-    connectTimeout: PG_CONNECT_TIMEOUT,
-    ...options
-  })))
+  options: { readonly maxConnections?: number; readonly statementTimeout?: Duration.Duration } = {}
+): Layer.Layer<SqlClient.SqlClient, unknown> => {
+  const bound: StatementBound = { ms: 0 } // off while migrating
+  const boundOnceMigrated = Layer.effectDiscard(Effect.sync(() => {
+    bound.ms = Duration.toMillis(options.statementTimeout ?? defaults.databaseStatementTimeout)
+  }))
+  return boundOnceMigrated.pipe(
+    Layer.provideMerge(MigrationsLive),
+    Layer.provideMerge(PgLive({
+      url: Redacted.value(url),
+      applicationName: "effect-openai-batch",
+      connectTimeout: PG_CONNECT_TIMEOUT,
+      maxConnections: options.maxConnections
+    }, bound))
+  )
+}
 
 /** The database the configuration asks for: Postgres at `DATABASE_URL`, else `DATA_DIR/batches.sqlite`. */
 export const SqlLive: Layer.Layer<SqlClient.SqlClient, unknown, AppConfig> = Layer.unwrapEffect(
   Effect.gen(function*() {
-    const { dataDir, databaseUrl } = yield* AppConfig
-    if (Option.isSome(databaseUrl)) return layerPg(databaseUrl.value)
+    const { dataDir, databaseStatementTimeout, databaseUrl } = yield* AppConfig
+    if (Option.isSome(databaseUrl)) return layerPg(databaseUrl.value, { statementTimeout: databaseStatementTimeout })
     yield* Effect.sync(() => mkdirSync(dataDir, { recursive: true }))
     return layerSqlite(Path.join(dataDir, "batches.sqlite"))
   })

@@ -5,8 +5,9 @@
  * server's TCP keepalive gives up (two hours by default), so the holder shows it is alive: it runs a statement on
  * the lock's connection every `HEARTBEAT_INTERVAL`, and a node starting under the id ends a holder's session that
  * has been silent for longer than `LEASE_TTL` (by then its leases have lapsed too) and takes the lock. A holder
- * whose session ends under it (the server restarted, or ended it) takes the lock again as soon as it can, or says,
- * once a minute, that another process holds its id.
+ * whose session ends under it (the server restarted, or ended it) or stops answering (`pgPool.ts` closes its
+ * connection) takes the lock again as soon as it can (ending its own session left behind once that has been silent
+ * for `LEASE_TTL`), or says, once a minute, that another process holds its id.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import type * as SqlConnection from "@effect/sql/SqlConnection"
@@ -84,29 +85,43 @@ export const holdOnPostgres = <E>(
       return yield* Exit.as(taken, Option.none<Held>())
     })
 
-    // At start: the lock, or a wait for its holder to stop; a silent holder's session is ended.
+    /**
+     * One try: the lock; else, when its holder has been silent for longer than `LEASE_TTL` (its process taken for
+     * gone: a machine that died, or this node's own session left behind by a network that stopped carrying it), that
+     * session ended (the lock is free once it has gone); else the holder (none: it let go since).
+     */
+    const attempt = Effect.gen(function*() {
+      const held = yield* tryTake
+      if (Option.isSome(held)) return { _tag: "Taken", held: held.value } as const
+      const holder = yield* holderNow
+      if (holder === undefined || holder.silent_s === null || holder.silent_s <= Duration.toSeconds(config.leaseTtl)) {
+        return { _tag: "HeldBy", holder } as const
+      }
+      // A session of another role may not be ended by this one: it is waited for as a live one.
+      const ended = yield* Effect.either(sql.unsafe(`SELECT pg_terminate_backend($1)`, [holder.pid]))
+      if (Either.isLeft(ended)) return { _tag: "HeldBy", holder } as const
+      yield* Effect.logWarning(
+        `NODE_ID '${nodeId}' was held by a session silent for longer than LEASE_TTL (${describeHolder(holder)}): ` +
+          "its process was taken for gone, its session ended, and the id is taken over"
+      )
+      return { _tag: "Ended" } as const
+    })
+
+    // At start: the lock, or a wait for its holder to stop.
     const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(patience)
     let first: Held | undefined
-    for (let attempt = 0; first === undefined; attempt++) {
-      first = Option.getOrUndefined(yield* Effect.orDie(tryTake))
-      if (first !== undefined) break
-      const holder = yield* Effect.orDie(holderNow)
-      if (holder !== undefined && holder.silent_s !== null && holder.silent_s > Duration.toSeconds(config.leaseTtl)) {
-        yield* Effect.logWarning(
-          `NODE_ID '${nodeId}' is held by a session silent for longer than LEASE_TTL (${describeHolder(holder)}): ` +
-            "its process is taken for gone, its session ended, and the id taken over"
-        )
-        yield* Effect.orDie(sql.unsafe(`SELECT pg_terminate_backend($1)`, [holder.pid]))
-      } else if ((yield* Clock.currentTimeMillis) >= deadline) {
-        return yield* Effect.fail(messages.refused(describeHolder(holder)))
-      } else if (attempt === 0) {
-        yield* Effect.logWarning(messages.waiting)
-      }
-      yield* Effect.sleep(RETRY_EVERY)
+    for (let n = 0; first === undefined; n++) {
+      const tried = yield* Effect.orDie(attempt)
+      if (tried._tag === "Taken") first = tried.held
+      else if (tried._tag === "HeldBy") {
+        if ((yield* Clock.currentTimeMillis) >= deadline) return yield* Effect.fail(messages.refused(describeHolder(tried.holder)))
+        if (n === 0) yield* Effect.logWarning(messages.waiting)
+        yield* Effect.sleep(RETRY_EVERY)
+      } else yield* Effect.sleep(RETRY_EVERY)
     }
 
-    // Held: shown alive every heartbeat (a statement that does not come back is not waited for at shutdown); taken
-    // again when the session ends under it.
+    // Held: shown alive every heartbeat (a statement that does not come back is not waited for at shutdown; the
+    // statement bound of `pgPool.ts` ends it); taken again when the session ends under it.
     const lost = makeFailureRun(`Holding NODE_ID '${nodeId}'`)
     const hold = ({ connection, scope }: Held) =>
       Effect.disconnect(connection.execute("SELECT 1", [], undefined)).pipe(
@@ -114,23 +129,24 @@ export const holdOnPostgres = <E>(
         Effect.ignore,
         Effect.zipRight(Scope.close(scope, Exit.void)),
         Effect.zipRight(Effect.logWarning(
-          `This node lost its hold on NODE_ID '${nodeId}' (its database session ended); taking it again`
+          `This node lost its hold on NODE_ID '${nodeId}' (its database session ended or stopped answering); taking it again`
         ))
       )
     const takeAgain = Effect.gen(function*() {
       yield* Effect.sleep(config.heartbeatInterval)
-      const again = yield* Effect.either(tryTake)
-      if (Either.isLeft(again)) return // the database is away: readiness says so
-      if (Option.isSome(again.right)) {
+      const tried = yield* Effect.either(attempt)
+      if (Either.isLeft(tried)) return // the database is away: readiness says so
+      if (tried.right._tag === "Taken") {
         yield* lost.succeeded
         yield* Effect.logInfo(`This node holds its NODE_ID '${nodeId}' again`)
-        return yield* hold(again.right.value)
+        return yield* hold(tried.right.held)
       }
-      const holder = Option.getOrUndefined(yield* Effect.option(holderNow))
-      yield* lost.failed(Cause.fail(
-        `another process holds it (${describeHolder(holder)}): it started under this node's id while this node was ` +
-          "cut off from the database; stop one of them"
-      ))
+      if (tried.right._tag === "HeldBy") {
+        yield* lost.failed(Cause.fail(
+          `another process holds it (${describeHolder(tried.right.holder)}): it started under this node's id while ` +
+            "this node was cut off from the database; stop one of them"
+        ))
+      }
     })
     yield* hold(first).pipe(
       Effect.zipRight(Effect.forever(takeAgain)),

@@ -11,6 +11,11 @@ export interface TcpForwarder {
   readonly cut: () => void
   /** Ends every open connection, and keeps new ones open without forwarding a byte (a server that hangs). */
   readonly stall: () => void
+  /**
+   * Keeps every open connection open, and new ones too, without forwarding another byte: a network that stops
+   * carrying them while each end's packets are still acknowledged (only a time limit of the client ends its wait).
+   */
+  readonly freeze: () => void
   /** Forwards again. */
   readonly restore: () => void
   readonly close: () => Promise<void>
@@ -19,6 +24,8 @@ export interface TcpForwarder {
 /** Listens on a random local port and forwards each connection to `host:port`. */
 export const startForwarder = (target: { readonly host: string; readonly port: number }): Promise<TcpForwarder> => {
   const open = new Set<net.Socket>()
+  /** Each forwarded connection's two sockets. */
+  const pairs = new Set<readonly [net.Socket, net.Socket]>()
   let mode: "forward" | "cut" | "stall" = "forward"
   const track = (socket: net.Socket) => {
     open.add(socket)
@@ -32,7 +39,9 @@ export const startForwarder = (target: { readonly host: string; readonly port: n
     const upstream = net.connect(target.port, target.host)
     track(upstream)
     client.pipe(upstream).pipe(client)
-    client.on("close", () => upstream.destroy())
+    const pair = [client, upstream] as const
+    pairs.add(pair)
+    client.on("close", () => (pairs.delete(pair), upstream.destroy()))
     upstream.on("close", () => client.destroy())
   })
   return new Promise((resolve, reject) => {
@@ -48,6 +57,15 @@ export const startForwarder = (target: { readonly host: string; readonly port: n
         stall: () => {
           mode = "stall"
           for (const socket of open) socket.destroy()
+        },
+        freeze: () => {
+          mode = "stall"
+          for (const [client, upstream] of pairs) {
+            client.unpipe(upstream)
+            upstream.unpipe(client)
+            client.pause()
+            upstream.pause()
+          }
         },
         restore: () => {
           mode = "forward"

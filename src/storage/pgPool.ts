@@ -1,0 +1,80 @@
+/**
+ * The `pg` pool under @effect/sql-pg, made here (`PgClient.fromPool`) rather than by `PgClient.make` for one reason:
+ * a statement the server never answers (a server that hangs, or a network that stops carrying an open connection's
+ * packets while the far end still acknowledges them) would hold its request and its connection until TCP gives up,
+ * many minutes later, and shutdowns and interrupted requests wait for their statements (`Sql.ts`: never
+ * cancelled). Here a statement left unanswered for `DATABASE_STATEMENT_TIMEOUT` closes its connection: it fails, and
+ * the pool drops the connection instead of lending it again. Migrations are exempt (one may rightly take long on a
+ * large database): the bound is set once they are done. New connections are bounded by `connectionTimeoutMillis`.
+ */
+import { SqlError } from "@effect/sql/SqlError"
+import { Duration, Effect, type Scope } from "effect"
+import * as Pg from "pg"
+
+/** The time a statement may wait for its answer, in milliseconds; 0 while it is off. */
+export interface StatementBound {
+  ms: number
+}
+
+type Callback = (error: Error | null, result: unknown) => void
+
+/** A `pg` client whose statements (those given a callback, as @effect/sql-pg gives them) are held to `bound`. */
+const boundedClient = (bound: StatementBound): typeof Pg.Client => {
+  const query = Pg.Client.prototype.query as (this: Pg.Client, ...args: Array<unknown>) => unknown
+  class BoundedClient extends Pg.Client {}
+  Object.defineProperty(BoundedClient.prototype, "query", {
+    value: function(this: Pg.Client, ...args: Array<unknown>) {
+      const callback = args[args.length - 1]
+      const ms = bound.ms
+      if (ms <= 0 || typeof callback !== "function") return query.apply(this, args)
+      const timer = setTimeout(() => {
+        // Closing the socket fails the statement, and the client with it (the pool then drops it).
+        const { connection } = this as unknown as { readonly connection: { readonly stream: { destroy: (e: Error) => void } } }
+        connection.stream.destroy(new Error(`PostgreSQL did not answer a statement within ${ms} ms; its connection is closed`))
+      }, ms)
+      args[args.length - 1] = ((error, result) => {
+        clearTimeout(timer)
+        ;(callback as Callback)(error, result)
+      }) satisfies Callback
+      return query.apply(this, args)
+    }
+  })
+  return BoundedClient
+}
+
+export interface PoolOptions {
+  readonly url: string
+  readonly applicationName: string
+  readonly connectTimeout: Duration.Duration
+  readonly maxConnections?: number | undefined
+}
+
+/**
+ * A pool whose statements are held to `bound`, ended with the scope; fails unless the server answers a first
+ * statement within `connectTimeout` (as `PgClient.make` does).
+ */
+export const makePool = (options: PoolOptions, bound: StatementBound): Effect.Effect<Pg.Pool, SqlError, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const pool = new Pg.Pool({
+        connectionString: options.url,
+        application_name: options.applicationName,
+        connectionTimeoutMillis: Duration.toMillis(options.connectTimeout),
+        max: options.maxConnections,
+        Client: boundedClient(bound)
+      })
+      pool.on("error", () => {}) // an idle connection lost: the pool drops it, the next statement opens another
+      return pool
+    }),
+    (pool) => Effect.promise(() => pool.end()).pipe(Effect.interruptible, Effect.timeoutOption(Duration.seconds(1)))
+  ).pipe(
+    Effect.tap((pool) =>
+      Effect.tryPromise({
+        try: () => pool.query("SELECT 1"),
+        catch: (cause) => new SqlError({ cause, message: "PgClient: Failed to connect" })
+      }).pipe(Effect.timeoutFail({
+        duration: options.connectTimeout,
+        onTimeout: () => new SqlError({ cause: new Error("Connection timed out"), message: "PgClient: Connection timed out" })
+      }))
+    )
+  )
