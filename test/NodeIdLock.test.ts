@@ -7,7 +7,7 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Duration, Effect, Exit, Layer, Option, Redacted } from "effect"
+import { Context, Duration, Effect, Exit, Fiber, Layer, Option, Redacted, Scope } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
@@ -16,7 +16,9 @@ import { AppConfig } from "../src/Config.js"
 import { NodeIdInUse, NodeIdLockLive } from "../src/storage/NodeIdLock.js"
 import { layerPg } from "../src/storage/Sql.js"
 import { chatLine, createBatch, sdk, terminal, upload, waitFor } from "./support/Batches.js"
+import { testDatabaseUrl } from "./support/Postgres.js"
 import { freePort, runServerToExit, startServer } from "./support/ServerProcess.js"
+import { startForwarder } from "./support/TcpForwarder.js"
 import { eventuallyEffect, TestDatabase } from "./support/TestApp.js"
 
 const LINES = 400
@@ -24,6 +26,19 @@ const LINES = 400
 /** A fresh PostgreSQL schema's URL, for the test's scope. */
 const schemaUrl = Effect.map(Layer.build(TestDatabase.layer("postgres")), (context) =>
   Option.getOrThrow(Context.get(context, TestDatabase).url))
+
+/** A fresh schema's URL through a TCP forwarder in front of PostgreSQL (for the test's scope), and the forwarder. */
+const forwardedSchema = Effect.gen(function*() {
+  const url = yield* schemaUrl
+  const target = new URL(testDatabaseUrl)
+  const forwarder = yield* Effect.acquireRelease(
+    Effect.promise(() => startForwarder({ host: target.hostname, port: Number(target.port || 5432) })),
+    (f) => Effect.promise(() => f.close())
+  )
+  const forwarded = new URL(Redacted.value(url))
+  forwarded.host = `127.0.0.1:${forwarder.port}`
+  return { direct: url, forwarded: Redacted.make(forwarded.toString()), forwarder }
+})
 
 /** The sessions holding `nodeId`'s lock in the schema of `sql`. */
 const holders = (nodeId: string) =>
@@ -133,5 +148,55 @@ describe("one process per NODE_ID on PostgreSQL", () => {
         5_000
       )
       expect(again).toBeDefined()
+    }).pipe(Effect.scoped), 30_000)
+
+  it.live("a silent holder with a live lease is not taken over: its node works (its heartbeat renews leases on other connections)", () =>
+    Effect.gen(function*() {
+      const url = yield* schemaUrl
+      const refused = yield* Effect.scoped(Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const connection = yield* sql.reserve
+        yield* connection.execute("SELECT pg_try_advisory_lock(hashtext(current_schema()), hashtext($1))", ["leased"], undefined)
+        yield* sql`INSERT INTO batch_slices (batch_id, slice, first_line, last_line, owner, lease_until)
+          VALUES ('batch_x', 0, 1, 500, 'leased', ${Date.now() + 60_000})`
+        return yield* Effect.flip(Layer.build(lockOf(url, "leased", Duration.seconds(1))))
+      })).pipe(Effect.provide(layerPg(url)))
+      expect(refused).toBeInstanceOf(NodeIdInUse)
+    }).pipe(Effect.scoped), 30_000)
+
+  it.live("a holder whose lock connection stops answering while the rest works moves its hold to a new session, and keeps its id", () =>
+    Effect.gen(function*() {
+      const { direct, forwarded, forwarder } = yield* forwardedSchema
+      const sql = Context.get(yield* Layer.build(layerPg(direct)), SqlClient.SqlClient)
+      const holdersNow = Effect.provideService(holders("stuck"), SqlClient.SqlClient, sql)
+      yield* Layer.build(lockOf(forwarded, "stuck", Duration.seconds(3))) // pings answered within 1 s, or moved
+      const [old] = yield* holdersNow
+      const [{ port }] = yield* Effect.orDie(sql<{ port: number }>`SELECT client_port AS port FROM pg_stat_activity WHERE pid = ${old!}`)
+      forwarder.freezeConnection(port) // that connection alone: the node's others go on working
+      // A node started under the id meanwhile, past LEASE_TTL: the holder is never silent that long, so it is refused.
+      const second = yield* Effect.fork(Effect.flip(Effect.scoped(Layer.build(lockOf(direct, "stuck", Duration.seconds(3))))))
+      const moved = yield* eventuallyEffect(
+        Effect.map(holdersNow, (pids) => {
+          expect(pids).toHaveLength(1)
+          expect(pids[0]).not.toBe(old)
+          return pids[0]!
+        }),
+        5_000
+      )
+      const stillThere = yield* Effect.orDie(sql<{ pid: number }>`SELECT pid FROM pg_stat_activity WHERE pid = ${old!}`)
+      expect(stillThere).toEqual([]) // its old session ended
+      expect(yield* Fiber.join(second)).toBeInstanceOf(NodeIdInUse)
+      expect(yield* holdersNow).toEqual([moved])
+    }).pipe(Effect.scoped), 30_000)
+
+  it.live("letting go of a held id whose connection stops answering takes about a second: a shutdown is not held up", () =>
+    Effect.gen(function*() {
+      const { forwarded, forwarder } = yield* forwardedSchema
+      const scope = yield* Scope.make()
+      yield* Scope.extend(Layer.build(lockOf(forwarded, "stopping")), scope)
+      forwarder.freeze()
+      const started = Date.now()
+      yield* Effect.uninterruptible(Scope.close(scope, Exit.void)) // as a shutdown closes it
+      expect(Date.now() - started).toBeLessThan(5_000)
     }).pipe(Effect.scoped), 30_000)
 })

@@ -21,6 +21,13 @@ export const sqliteFileOf = (sql: SqlClient.SqlClient): Effect.Effect<string | u
     orElse: () => Effect.succeed(undefined)
   })
 
+/**
+ * The wall clock, for the waits and beats of these locks: they are about other processes and a database's sessions,
+ * in real time, whatever clock the app runs on (a test's `TestClock` would stop them, or run them thousands of
+ * times at one adjustment).
+ */
+export const wallClock = Clock.make()
+
 /** How long a process waits for a lock: as long as a predecessor may take to stop (`SHUTDOWN_TIMEOUT` and 5 s). */
 export const patienceFor = (config: AppConfigShape) => Duration.sum(config.shutdownTimeout, Duration.seconds(5))
 
@@ -60,4 +67,4 @@ export const holdFileLock = <E>(
       if (attempt === 0) yield* Effect.logWarning(messages.waiting)
       yield* Effect.sleep(RETRY_EVERY)
     }
-  }).pipe(Effect.catchTag("SqlError", Effect.die), Effect.provide(Reactivity.layer))
+  }).pipe(Effect.catchTag("SqlError", Effect.die), Effect.provide(Reactivity.layer), Effect.withClock(wallClock))

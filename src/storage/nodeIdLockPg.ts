@@ -2,39 +2,50 @@
  * A node's id held on PostgreSQL (`NodeIdLock.ts`): a session advisory lock keyed by the schema and the id, taken on a
  * connection of its own that the node keeps for its lifetime. PostgreSQL lets go of it when the session ends (the
  * process stopped, or killed: its socket closes). A session whose process died with its machine lingers until the
- * server's TCP keepalive gives up (two hours by default), so the holder shows it is alive: it runs a statement on
- * the lock's connection every `HEARTBEAT_INTERVAL`, and a node starting under the id ends a holder's session that
- * has been silent for longer than `LEASE_TTL` (by then its leases have lapsed too) and takes the lock. A holder
- * whose session ends under it (the server restarted, or ended it) or stops answering (`pgPool.ts` closes its
- * connection) takes the lock again as soon as it can (ending its own session left behind once that has been silent
- * for `LEASE_TTL`), or says, once a minute, that another process holds its id.
+ * server's TCP keepalive gives up (two hours by default), so:
+ *
+ * - the holder shows it is alive: a statement on the lock's connection every `HEARTBEAT_INTERVAL`. One unanswered
+ *   for a third of `LEASE_TTL` (that one connection stuck while the others work) moves the hold to a new session:
+ *   it waits for the lock there, in the queue, then ends its old session;
+ * - a node starting under a held id ends the holder's session only when it has been silent for longer than
+ *   `LEASE_TTL` and no lease of that id is live (a node that works renews its leases every heartbeat), then takes
+ *   the lock; otherwise it waits as long as a predecessor may take to stop, and is refused;
+ * - a holder whose session ends under it (the server restarted, or an operator ended it) takes the lock again as soon
+ *   as it can, or says, once a minute, that another process holds its id.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import type * as SqlConnection from "@effect/sql/SqlConnection"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Cause, Clock, Duration, Effect, Either, ExecutionStrategy, Exit, Option, Schedule, Scope } from "effect"
+import { Cause, Clock, Duration, Effect, Either, ExecutionStrategy, Exit, Fiber, Option, Scope } from "effect"
 import type { AppConfigShape } from "../Config.js"
 import { makeFailureRun } from "../observability/failureRuns.js"
+import { wallClock } from "./fileLock.js"
 
 /** The lock's keys: the schema's and the id's hashes (nodes of another schema on the database are others). */
 const KEYS = "hashtext(current_schema()), hashtext($1)"
-const TRY_LOCK = `SELECT pg_try_advisory_lock(${KEYS}) AS taken`
+const TRY_LOCK = `SELECT pg_try_advisory_lock(${KEYS}) AS taken, pg_backend_pid() AS pid`
+/** Waits for the lock (in PostgreSQL's queue: first in line when its holder lets go). */
+const WAIT_FOR_LOCK = `SELECT pg_advisory_lock(${KEYS}), true AS taken, pg_backend_pid() AS pid`
 /** The session holding the lock of an id, and for how long it has run no statement. */
 const HOLDER = `SELECT l.pid, host(a.client_addr) AS client, EXTRACT(EPOCH FROM now() - a.state_change)::float8 AS silent_s
   FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
   WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
     AND (l.classid, l.objid) = (SELECT k[1]::oid, k[2]::oid FROM (SELECT ARRAY[${KEYS}] AS k) keys)`
+/** Whether the node under an id holds a live lease (`batches/WorkLeases.ts`: epoch milliseconds). */
+const LIVE_LEASES = `SELECT (EXISTS (SELECT 1 FROM batches WHERE lease_owner = $1 AND lease_until > $2)
+  OR EXISTS (SELECT 1 FROM batch_slices WHERE owner = $1 AND lease_until > $2)) AS live`
 
 /** How often a node waiting for the lock tries again. */
 const RETRY_EVERY = Duration.millis(250)
 /** How long a lock's release may take when its connection is let go (a stalled server: not for ever). */
 const UNLOCK_LIMIT = Duration.seconds(1)
 
-/** The lock on a connection of this node's, and the scope that keeps the connection. */
+/** The lock on a connection of this node's, the scope that keeps the connection, and its session. */
 interface Held {
   readonly connection: SqlConnection.Connection
   readonly scope: Scope.CloseableScope
+  readonly pid: number
 }
 
 interface Holder {
@@ -45,15 +56,20 @@ interface Holder {
 }
 
 /** Who holds the id, said for a person: the session and where it comes from. */
-export const describeHolder = (holder: Holder | undefined) =>
-  holder === undefined
-    ? "a session that let go of it since"
-    : `PostgreSQL session ${holder.pid}${holder.client === null ? "" : ` from ${holder.client}`}` +
-      (holder.silent_s === null ? "" : `, last active ${Math.round(holder.silent_s)} s ago`)
+export const describeHolder = (holder: Holder) =>
+  `PostgreSQL session ${holder.pid}${holder.client === null ? "" : ` from ${holder.client}`}` +
+  (holder.silent_s === null ? "" : `, last active ${Math.round(holder.silent_s)} s ago`)
+
+/** What one try for the lock gave. */
+type Attempt =
+  | { readonly _tag: "Taken"; readonly held: Held }
+  | { readonly _tag: "HeldBy"; readonly holder: Holder }
+  | { readonly _tag: "Free" } // let go of between the try and the look: try again
+  | { readonly _tag: "Ended" } // its silent holder's session ended: try again
 
 /**
  * Holds `nodeId` on the PostgreSQL database of `sql` for as long as the scope lasts (see above); fails with what
- * `refused` makes of the holder when another process keeps it past `config`'s patience.
+ * `refused` makes of the holder when another process keeps it past `patience`.
  */
 export const holdOnPostgres = <E>(
   sql: SqlClient.SqlClient,
@@ -64,74 +80,104 @@ export const holdOnPostgres = <E>(
   Effect.gen(function*() {
     const nodeId = config.nodeId
     const layerScope = yield* Effect.scope
-    const holderNow = Effect.map(sql.unsafe<Holder>(HOLDER, [nodeId]), (rows) => rows[0])
+    const pingLimit = Duration.millis(Math.max(100, Duration.toMillis(config.leaseTtl) / 3))
 
-    /** The lock on a connection of its own, kept open in a scope of its own; none when another session has it. */
-    const tryTake: Effect.Effect<Option.Option<Held>, SqlError> = Effect.gen(function*() {
-      const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
-      const taken = yield* Effect.exit(Effect.gen(function*() {
-        const connection = yield* Scope.extend(sql.reserve, scope)
-        const [row] = yield* connection.execute(TRY_LOCK, [nodeId], undefined)
-        return row?.taken === true ? Option.some(connection) : Option.none()
-      }))
-      if (Exit.isSuccess(taken) && Option.isSome(taken.value)) {
-        const connection = taken.value.value
-        // Let go of on a connection going back to the pool (the session lives on there); within a bound, as the server
-        // may not answer.
-        yield* Scope.addFinalizer(scope, unlock(connection))
-        return Option.some<Held>({ connection, scope })
-      }
-      yield* Scope.close(scope, Exit.void)
-      return yield* Exit.as(taken, Option.none<Held>())
-    })
+    /** `statement` (a try for the lock, or a wait for it) on a connection of its own, kept in a scope of its own when it took the lock. */
+    const lockOn = (statement: string): Effect.Effect<Option.Option<Held>, SqlError> =>
+      Effect.gen(function*() {
+        const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
+        const taken = yield* Effect.exit(Effect.gen(function*() {
+          const connection = yield* Scope.extend(sql.reserve, scope)
+          const [row] = yield* connection.execute(statement, [nodeId], undefined)
+          return row?.taken === true ? Option.some<Held>({ connection, scope, pid: Number(row.pid) }) : Option.none()
+        }))
+        if (Exit.isSuccess(taken) && Option.isSome(taken.value)) {
+          // Let go of on a connection going back to the pool (its session lives on there).
+          yield* Scope.addFinalizer(scope, unlock(taken.value.value.connection))
+          return taken.value
+        }
+        yield* Scope.close(scope, Exit.void)
+        return yield* taken
+      })
 
-    /**
-     * One try: the lock; else, when its holder has been silent for longer than `LEASE_TTL` (its process taken for
-     * gone: a machine that died, or this node's own session left behind by a network that stopped carrying it), that
-     * session ended (the lock is free once it has gone); else the holder (none: it let go since).
-     */
-    const attempt = Effect.gen(function*() {
-      const held = yield* tryTake
-      if (Option.isSome(held)) return { _tag: "Taken", held: held.value } as const
-      const holder = yield* holderNow
-      if (holder === undefined || holder.silent_s === null || holder.silent_s <= Duration.toSeconds(config.leaseTtl)) {
-        return { _tag: "HeldBy", holder } as const
-      }
+    const attempt: Effect.Effect<Attempt, SqlError> = Effect.gen(function*() {
+      const held = yield* lockOn(TRY_LOCK)
+      if (Option.isSome(held)) return { _tag: "Taken", held: held.value }
+      const [holder] = yield* sql.unsafe<Holder>(HOLDER, [nodeId])
+      if (holder === undefined) return { _tag: "Free" }
+      if (holder.silent_s === null || holder.silent_s <= Duration.toSeconds(config.leaseTtl)) return { _tag: "HeldBy", holder }
+      const [leases] = yield* sql.unsafe<{ live: boolean }>(LIVE_LEASES, [nodeId, yield* Clock.currentTimeMillis])
+      if (leases?.live === true) return { _tag: "HeldBy", holder }
       // A session of another role may not be ended by this one: it is waited for as a live one.
-      const ended = yield* Effect.either(sql.unsafe(`SELECT pg_terminate_backend($1)`, [holder.pid]))
-      if (Either.isLeft(ended)) return { _tag: "HeldBy", holder } as const
+      if (Either.isLeft(yield* Effect.either(sql.unsafe(`SELECT pg_terminate_backend($1)`, [holder.pid])))) {
+        return { _tag: "HeldBy", holder }
+      }
       yield* Effect.logWarning(
-        `NODE_ID '${nodeId}' was held by a session silent for longer than LEASE_TTL (${describeHolder(holder)}): ` +
-          "its process was taken for gone, its session ended, and the id is taken over"
+        `NODE_ID '${nodeId}' was held by a session silent for longer than LEASE_TTL, with no live lease ` +
+          `(${describeHolder(holder)}): its process was taken for gone, its session ended, and the id is taken over`
       )
-      return { _tag: "Ended" } as const
+      return { _tag: "Ended" }
     })
 
     // At start: the lock, or a wait for its holder to stop.
     const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(patience)
     let first: Held | undefined
-    for (let n = 0; first === undefined; n++) {
+    for (let waited = false; first === undefined;) {
       const tried = yield* Effect.orDie(attempt)
       if (tried._tag === "Taken") first = tried.held
-      else if (tried._tag === "HeldBy") {
-        if ((yield* Clock.currentTimeMillis) >= deadline) return yield* Effect.fail(messages.refused(describeHolder(tried.holder)))
-        if (n === 0) yield* Effect.logWarning(messages.waiting)
+      else {
+        if (tried._tag === "HeldBy") {
+          if ((yield* Clock.currentTimeMillis) >= deadline) return yield* Effect.fail(messages.refused(describeHolder(tried.holder)))
+          if (!waited) yield* Effect.logWarning(messages.waiting)
+          waited = true
+        }
         yield* Effect.sleep(RETRY_EVERY)
-      } else yield* Effect.sleep(RETRY_EVERY)
+      }
     }
 
-    // Held: shown alive every heartbeat (a statement that does not come back is not waited for at shutdown; the
-    // statement bound of `pgPool.ts` ends it); taken again when the session ends under it.
+    /**
+     * Moves the hold off a session that stopped answering: waits for the lock on a new connection (first in line),
+     * then ends the old session, which lets go of it. The old connection is let go of once its statement is over
+     * (`pgPool.ts` ends it): lent again before, it would hold up the next statement.
+     */
+    const moveHold = (old: Held, stuck: Fiber.Fiber<unknown, unknown>) =>
+      Effect.gen(function*() {
+        yield* Effect.forkDaemon(Effect.zipRight(Fiber.await(stuck), Scope.close(old.scope, Exit.void)))
+        const waiting = yield* Effect.forkDaemon(lockOn(WAIT_FOR_LOCK)) // not waited for by a shutdown either
+        yield* Effect.ignore(sql.unsafe(`SELECT pg_terminate_backend($1)`, [old.pid]))
+        return yield* Effect.flatten(Fiber.join(waiting)) // a wait that does not end: DATABASE_STATEMENT_TIMEOUT
+      })
+
+    /** Holds on `held`, shown alive every heartbeat, for as long as it can (its session lost: a warning, and it ends). */
+    const hold = (start: Held) =>
+      Effect.gen(function*() {
+        let held = start
+        for (;;) {
+          // A daemon: a statement that does not come back holds up neither the hold nor a shutdown.
+          const ping = yield* Effect.forkDaemon(held.connection.execute("SELECT 1", [], undefined))
+          const answered = yield* Effect.either(Effect.timeout(Fiber.join(ping), pingLimit))
+          if (Either.isRight(answered)) {
+            yield* Effect.sleep(config.heartbeatInterval)
+            continue
+          }
+          if (answered.left._tag === "TimeoutException") {
+            yield* Effect.logWarning(
+              `The database session holding NODE_ID '${nodeId}' did not answer within ${Duration.format(pingLimit)}; ` +
+                "moving the hold to a new one"
+            )
+            const moved = yield* Effect.either(moveHold(held, ping))
+            if (Either.isRight(moved)) {
+              held = moved.right
+              continue
+            }
+          } else yield* Scope.close(held.scope, Exit.void)
+          return yield* Effect.logWarning(
+            `This node lost its hold on NODE_ID '${nodeId}' (its database session ended); taking it again`
+          )
+        }
+      })
+
     const lost = makeFailureRun(`Holding NODE_ID '${nodeId}'`)
-    const hold = ({ connection, scope }: Held) =>
-      Effect.disconnect(connection.execute("SELECT 1", [], undefined)).pipe(
-        Effect.repeat(Schedule.spaced(config.heartbeatInterval)),
-        Effect.ignore,
-        Effect.zipRight(Scope.close(scope, Exit.void)),
-        Effect.zipRight(Effect.logWarning(
-          `This node lost its hold on NODE_ID '${nodeId}' (its database session ended or stopped answering); taking it again`
-        ))
-      )
     const takeAgain = Effect.gen(function*() {
       yield* Effect.sleep(config.heartbeatInterval)
       const tried = yield* Effect.either(attempt)
@@ -154,8 +200,14 @@ export const holdOnPostgres = <E>(
       Effect.interruptible,
       Effect.forkIn(layerScope)
     )
-  })
+  }).pipe(Effect.withClock(wallClock)) // beats and silences are the database's, in real time
 
-/** Lets go of the lock on `connection`, within `UNLOCK_LIMIT` (without waiting for a statement that never ends). */
+/**
+ * Lets go of the lock on `connection`, within `UNLOCK_LIMIT`. Interruptible: it runs as a finalizer, and a statement
+ * that never ends would otherwise hold a shutdown up.
+ */
 const unlock = (connection: SqlConnection.Connection) =>
-  Effect.ignore(Effect.timeout(Effect.disconnect(connection.execute("SELECT pg_advisory_unlock_all()", [], undefined)), UNLOCK_LIMIT))
+  Effect.ignore(Effect.timeout(
+    Effect.interruptible(Effect.disconnect(connection.execute("SELECT pg_advisory_unlock_all()", [], undefined))),
+    UNLOCK_LIMIT
+  ))

@@ -16,9 +16,19 @@ export interface TcpForwarder {
    * carrying them while each end's packets are still acknowledged (only a time limit of the client ends its wait).
    */
   readonly freeze: () => void
+  /** Freezes the one open connection whose socket to the target has this local port (the target sees it as the client's port). */
+  readonly freezeConnection: (targetSidePort: number) => void
   /** Forwards again. */
   readonly restore: () => void
   readonly close: () => Promise<void>
+}
+
+/** Stops carrying a connection's bytes either way, its sockets left open. */
+const freezePair = ([client, upstream]: readonly [net.Socket, net.Socket]) => {
+  client.unpipe(upstream)
+  upstream.unpipe(client)
+  client.pause()
+  upstream.pause()
 }
 
 /** Listens on a random local port and forwards each connection to `host:port`. */
@@ -60,12 +70,10 @@ export const startForwarder = (target: { readonly host: string; readonly port: n
         },
         freeze: () => {
           mode = "stall"
-          for (const [client, upstream] of pairs) {
-            client.unpipe(upstream)
-            upstream.unpipe(client)
-            client.pause()
-            upstream.pause()
-          }
+          for (const pair of pairs) freezePair(pair)
+        },
+        freezeConnection: (targetSidePort) => {
+          for (const pair of pairs) if (pair[1].localPort === targetSidePort) freezePair(pair)
         },
         restore: () => {
           mode = "forward"
