@@ -50,9 +50,9 @@ const holders = (nodeId: string) =>
   )
 
 /** The node-id lock of `nodeId` as a node on `url` takes it, with short heartbeats and patience. */
-const lockOf = (url: Redacted.Redacted, nodeId: string, leaseTtl = Duration.seconds(2)) =>
+const lockOf = (url: Redacted.Redacted, nodeId: string, leaseTtl = Duration.seconds(2), statementTimeout?: Duration.Duration) =>
   NodeIdLockLive.pipe(
-    Layer.provide(layerPg(url)),
+    Layer.provide(layerPg(url, statementTimeout === undefined ? {} : { statementTimeout })),
     Layer.provide(AppConfig.layerWith({
       nodeId,
       leaseTtl,
@@ -199,4 +199,29 @@ describe("one process per NODE_ID on PostgreSQL", () => {
       yield* Effect.uninterruptible(Scope.close(scope, Exit.void)) // as a shutdown closes it
       expect(Date.now() - started).toBeLessThan(5_000)
     }).pipe(Effect.scoped), 30_000)
+
+  it.live("after the database was away, a holder that could not end its own stuck session ends it and holds its id again", () =>
+    Effect.gen(function*() {
+      const { direct, forwarded, forwarder } = yield* forwardedSchema
+      const sql = Context.get(yield* Layer.build(layerPg(direct)), SqlClient.SqlClient)
+      const holdersNow = Effect.provideService(holders("away"), SqlClient.SqlClient, sql)
+      // Its node works: a live lease of its id (a session of another process would not be ended).
+      yield* Effect.orDie(sql`INSERT INTO batch_slices (batch_id, slice, first_line, last_line, owner, lease_until)
+        VALUES ('batch_y', 0, 1, 500, 'away', ${Date.now() + 120_000})`)
+      yield* Layer.build(lockOf(forwarded, "away", Duration.seconds(3), Duration.seconds(2)))
+      const [old] = yield* holdersNow
+      forwarder.freeze() // every connection, and new ones: the database is away for the node (not for PostgreSQL)
+      yield* Effect.sleep("6 seconds")
+      expect(yield* holdersNow).toEqual([old]) // its old session, kept open by PostgreSQL
+      forwarder.restore()
+      const now = yield* eventuallyEffect(
+        Effect.map(holdersNow, (pids) => {
+          expect(pids).toHaveLength(1)
+          expect(pids[0]).not.toBe(old)
+          return pids[0]!
+        }),
+        10_000
+      )
+      expect(now).toBeDefined()
+    }).pipe(Effect.scoped), 40_000)
 })

@@ -5,7 +5,8 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Duration, Effect, Layer, Option, type Redacted } from "effect"
+import { Context, Deferred, Duration, Effect, Fiber, Layer, Option, type Redacted } from "effect"
+import { storageFault } from "../src/storage/Faults.js"
 import { layerPg } from "../src/storage/Sql.js"
 import { TestDatabase } from "./support/TestApp.js"
 
@@ -39,5 +40,34 @@ describe("statements held to DATABASE_STATEMENT_TIMEOUT on PostgreSQL", () => {
       const sql = yield* clientOn(url, Duration.seconds(60))
       const migrated = yield* sql<{ name: string }>`SELECT name FROM effect_sql_migrations ORDER BY migration_id`
       expect(migrated.length).toBeGreaterThan(5)
+    }).pipe(Effect.scoped), 30_000)
+
+  it.live("one waiting for a lock past it is a storage fault to wait out, and its server process is ended: it never commits", () =>
+    Effect.gen(function*() {
+      const url = yield* freshSchema
+      const other = yield* clientOn(url, Duration.seconds(60))
+      yield* other`CREATE TABLE counter (v INTEGER NOT NULL)`
+      yield* other`INSERT INTO counter VALUES (0)`
+      const bounded = yield* clientOn(url, Duration.millis(500))
+      // Another session holds the row until told to let go.
+      const release = yield* Deferred.make<void>()
+      const locked = yield* Deferred.make<void>()
+      const holder = yield* Effect.fork(other.withTransaction(Effect.gen(function*() {
+        yield* other`SELECT v FROM counter FOR UPDATE`
+        yield* Deferred.succeed(locked, undefined)
+        yield* Deferred.await(release)
+      })))
+      yield* Deferred.await(locked)
+      const [failure, waitingAfter] = yield* Effect.gen(function*() {
+        const failure = yield* Effect.flip(Effect.sandbox(bounded`UPDATE counter SET v = v + 1`))
+        // Its server process is gone, not left waiting for the lock.
+        yield* Effect.sleep("1 second")
+        const [waiting] = yield* Effect.orDie(other<{ n: number }>`SELECT count(*)::int AS n FROM pg_stat_activity
+          WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE counter%'`)
+        return [failure, waiting!.n] as const
+      }).pipe(Effect.ensuring(Effect.zipRight(Deferred.succeed(release, undefined), Fiber.await(holder))))
+      expect(storageFault(failure)).toBe("unavailable") // a batch waits and retries, as for a database that is down
+      expect(waitingAfter).toBe(0)
+      expect(yield* other<{ v: number }>`SELECT v FROM counter`).toEqual([{ v: 0 }]) // the timed-out update never committed
     }).pipe(Effect.scoped), 30_000)
 })

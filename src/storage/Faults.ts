@@ -11,8 +11,8 @@
  *                bytes on a full disk or over quota), PostgreSQL SQLSTATE `53100` (disk_full).
  *   unavailable  the database cannot serve for now, only when met under an `SqlError`: PostgreSQL `53000`
  *                (insufficient_resources), `53200` (out_of_memory), `53300` (too_many_connections), `08000`,
- *                `08001`, `08003`, `08004`, `08006` (connection exceptions), `57P01`–`57P03` (shutting down,
- *                starting up); a lost or refused connection (`ECONNREFUSED`, `ECONNRESET`, …, pg's "Connection
+ *                `08001`, `08003`, `08004`, `08006` (connection exceptions), `57014` (a statement timed out:
+ *                `DATABASE_STATEMENT_TIMEOUT`, or the server's own), `57P01`–`57P03` (shutting down, starting up); a lost or refused connection (`ECONNREFUSED`, `ECONNRESET`, …, pg's "Connection
  *                terminated…"); SQLite `SQLITE_NOMEM`, `SQLITE_BUSY` and its extended codes (another process on
  *                the file held its write lock past the busy timeout).
  *
@@ -33,6 +33,7 @@ const unavailableSqlCodes = new Set([
   "53000",
   "53200",
   "53300",
+  "57014",
   "57P01",
   "57P02",
   "57P03",

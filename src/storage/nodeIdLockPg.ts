@@ -11,7 +11,8 @@
  *   `LEASE_TTL` and no lease of that id is live (a node that works renews its leases every heartbeat), then takes
  *   the lock; otherwise it waits as long as a predecessor may take to stop, and is refused;
  * - a holder whose session ends under it (the server restarted, or an operator ended it) takes the lock again as soon
- *   as it can, or says, once a minute, that another process holds its id.
+ *   as it can (ending its own session left behind, if that still holds it), or says, once a minute, that another
+ *   process holds its id.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import type * as SqlConnection from "@effect/sql/SqlConnection"
@@ -100,21 +101,34 @@ export const holdOnPostgres = <E>(
         return yield* taken
       })
 
+    /**
+     * This node's own sessions it moved its hold off but could not end (the database was away): one found holding
+     * the lock is ended whatever its silence and leases (its node is this one, and works on).
+     */
+    const abandoned = new Set<number>()
+
     const attempt: Effect.Effect<Attempt, SqlError> = Effect.gen(function*() {
       const held = yield* lockOn(TRY_LOCK)
-      if (Option.isSome(held)) return { _tag: "Taken", held: held.value }
+      if (Option.isSome(held)) {
+        abandoned.clear()
+        return { _tag: "Taken", held: held.value }
+      }
       const [holder] = yield* sql.unsafe<Holder>(HOLDER, [nodeId])
       if (holder === undefined) return { _tag: "Free" }
-      if (holder.silent_s === null || holder.silent_s <= Duration.toSeconds(config.leaseTtl)) return { _tag: "HeldBy", holder }
-      const [leases] = yield* sql.unsafe<{ live: boolean }>(LIVE_LEASES, [nodeId, yield* Clock.currentTimeMillis])
-      if (leases?.live === true) return { _tag: "HeldBy", holder }
+      if (!abandoned.has(holder.pid)) {
+        if (holder.silent_s === null || holder.silent_s <= Duration.toSeconds(config.leaseTtl)) return { _tag: "HeldBy", holder }
+        const [leases] = yield* sql.unsafe<{ live: boolean }>(LIVE_LEASES, [nodeId, yield* Clock.currentTimeMillis])
+        if (leases?.live === true) return { _tag: "HeldBy", holder }
+      }
       // A session of another role may not be ended by this one: it is waited for as a live one.
       if (Either.isLeft(yield* Effect.either(sql.unsafe(`SELECT pg_terminate_backend($1)`, [holder.pid])))) {
         return { _tag: "HeldBy", holder }
       }
       yield* Effect.logWarning(
-        `NODE_ID '${nodeId}' was held by a session silent for longer than LEASE_TTL, with no live lease ` +
-          `(${describeHolder(holder)}): its process was taken for gone, its session ended, and the id is taken over`
+        abandoned.has(holder.pid)
+          ? `NODE_ID '${nodeId}' was still held by this node's session left behind (${describeHolder(holder)}): ended`
+          : `NODE_ID '${nodeId}' was held by a session silent for longer than LEASE_TTL, with no live lease ` +
+            `(${describeHolder(holder)}): its process was taken for gone, its session ended, and the id is taken over`
       )
       return { _tag: "Ended" }
     })
@@ -142,10 +156,13 @@ export const holdOnPostgres = <E>(
      */
     const moveHold = (old: Held, stuck: Fiber.Fiber<unknown, unknown>) =>
       Effect.gen(function*() {
+        abandoned.add(old.pid)
         yield* Effect.forkDaemon(Effect.zipRight(Fiber.await(stuck), Scope.close(old.scope, Exit.void)))
         const waiting = yield* Effect.forkDaemon(lockOn(WAIT_FOR_LOCK)) // not waited for by a shutdown either
         yield* Effect.ignore(sql.unsafe(`SELECT pg_terminate_backend($1)`, [old.pid]))
-        return yield* Effect.flatten(Fiber.join(waiting)) // a wait that does not end: DATABASE_STATEMENT_TIMEOUT
+        const moved = yield* Effect.flatten(Fiber.join(waiting)) // a wait that does not end: DATABASE_STATEMENT_TIMEOUT
+        abandoned.delete(old.pid) // it let go: it is over
+        return moved
       })
 
     /** Holds on `held`, shown alive every heartbeat, for as long as it can (its session lost: a warning, and it ends). */

@@ -3,8 +3,10 @@
  * a statement the server never answers (a server that hangs, or a network that stops carrying an open connection's
  * packets while the far end still acknowledges them) would hold its request and its connection until TCP gives up,
  * many minutes later, and shutdowns and interrupted requests wait for their statements (`Sql.ts`: never
- * cancelled). Here a statement left unanswered for `DATABASE_STATEMENT_TIMEOUT` closes its connection: it fails, and
- * the pool drops the connection instead of lending it again. Migrations are exempt (one may rightly take long on a
+ * cancelled). Here a statement left unanswered for `DATABASE_STATEMENT_TIMEOUT` closes its connection: it fails as
+ * a statement timeout (`57014`: waited out and retried like a database that is down), the pool drops the connection
+ * instead of lending it again, and the server process behind it is ended when the server can be reached (its
+ * statement does not go on, nor commit). Migrations are exempt (one may rightly take long on a
  * large database): the bound is set once they are done. New connections are bounded by `connectionTimeoutMillis`.
  */
 import { SqlError } from "@effect/sql/SqlError"
@@ -18,8 +20,14 @@ export interface StatementBound {
 
 type Callback = (error: Error | null, result: unknown) => void
 
-/** A `pg` client whose statements (those given a callback, as @effect/sql-pg gives them) are held to `bound`. */
-const boundedClient = (bound: StatementBound): typeof Pg.Client => {
+/**
+ * A `pg` client whose statements (those given a callback, as @effect/sql-pg gives them) are held to `bound`. One
+ * left unanswered fails with code `57014` (a statement timed out: the stores wait and retry, as for a database
+ * that is down) and its connection is closed; `endSession` then ends its server process, through another
+ * connection, when the server can be reached: a statement waiting for a lock would otherwise go on there, keep its
+ * connection slot, and could still commit.
+ */
+const boundedClient = (bound: StatementBound, endSession: (pid: number) => void): typeof Pg.Client => {
   const query = Pg.Client.prototype.query as (this: Pg.Client, ...args: Array<unknown>) => unknown
   class BoundedClient extends Pg.Client {}
   Object.defineProperty(BoundedClient.prototype, "query", {
@@ -29,8 +37,16 @@ const boundedClient = (bound: StatementBound): typeof Pg.Client => {
       if (ms <= 0 || typeof callback !== "function") return query.apply(this, args)
       const timer = setTimeout(() => {
         // Closing the socket fails the statement, and the client with it (the pool then drops it).
-        const { connection } = this as unknown as { readonly connection: { readonly stream: { destroy: (e: Error) => void } } }
-        connection.stream.destroy(new Error(`PostgreSQL did not answer a statement within ${ms} ms; its connection is closed`))
+        const client = this as unknown as {
+          readonly processID?: number
+          readonly connection: { readonly stream: { destroy: (e: Error) => void } }
+        }
+        const error = Object.assign(
+          new Error(`PostgreSQL did not answer a statement within ${ms} ms; its connection is closed`),
+          { code: "57014" }
+        )
+        client.connection.stream.destroy(error)
+        if (client.processID !== undefined) endSession(client.processID)
       }, ms)
       args[args.length - 1] = ((error, result) => {
         clearTimeout(timer)
@@ -56,12 +72,14 @@ export interface PoolOptions {
 export const makePool = (options: PoolOptions, bound: StatementBound): Effect.Effect<Pg.Pool, SqlError, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.sync(() => {
-      const pool = new Pg.Pool({
+      // Best effort, and bounded like any statement: the server may be the one that does not answer.
+      const endSession = (pid: number) => void pool.query("SELECT pg_terminate_backend($1)", [pid], () => {})
+      const pool: Pg.Pool = new Pg.Pool({
         connectionString: options.url,
         application_name: options.applicationName,
         connectionTimeoutMillis: Duration.toMillis(options.connectTimeout),
         max: options.maxConnections,
-        Client: boundedClient(bound)
+        Client: boundedClient(bound, endSession)
       })
       pool.on("error", () => {}) // an idle connection lost: the pool drops it, the next statement opens another
       return pool

@@ -23,8 +23,12 @@ export interface TcpForwarder {
   readonly close: () => Promise<void>
 }
 
+const frozen = new WeakSet<readonly [net.Socket, net.Socket]>()
+
 /** Stops carrying a connection's bytes either way, its sockets left open. */
-const freezePair = ([client, upstream]: readonly [net.Socket, net.Socket]) => {
+const freezePair = (pair: readonly [net.Socket, net.Socket]) => {
+  frozen.add(pair)
+  const [client, upstream] = pair
   client.unpipe(upstream)
   upstream.unpipe(client)
   client.pause()
@@ -51,7 +55,8 @@ export const startForwarder = (target: { readonly host: string; readonly port: n
     client.pipe(upstream).pipe(client)
     const pair = [client, upstream] as const
     pairs.add(pair)
-    client.on("close", () => (pairs.delete(pair), upstream.destroy()))
+    // A frozen connection's far end never hears of its client going away, as across a network that stopped.
+    client.on("close", () => (pairs.delete(pair), frozen.has(pair) || upstream.destroy()))
     upstream.on("close", () => client.destroy())
   })
   return new Promise((resolve, reject) => {
