@@ -68,6 +68,28 @@ const nodes = (backend: Backend = "sqlite") => Effect.gen(function*() {
   return { api, worker, dataDir }
 })
 
+/**
+ * A second server process on `dataDir` (its own simulator; `env` on top), which waits for a lock as long as a
+ * predecessor may take to stop (SHUTDOWN_TIMEOUT 1 s and 5 s), then is refused: its output, simulator and environment.
+ */
+const refusedProcess = (dataDir: string, env: Record<string, string>) =>
+  Effect.gen(function*() {
+    const sim = yield* Effect.acquireRelease(Effect.promise(() => startSimulator()), (s) => Effect.promise(() => s.close()))
+    const full: Record<string, string> = {
+      DATA_DIR: dataDir,
+      INFERENCE_BASE_URL: sim.url,
+      SHUTDOWN_TIMEOUT: "1 second",
+      LOG_FORMAT: "json",
+      HOST: "127.0.0.1",
+      PORT: String(yield* Effect.promise(freePort)),
+      ...env
+    }
+    const refused = yield* Effect.promise(() => runServerToExit(full, 30_000))
+    expect(refused.code).toBe(1)
+    expect(refused.output).toContain("waiting up to 6s for it to stop")
+    return { output: refused.output, sim, env: full }
+  })
+
 describe("an API-only node beside a node that runs the batches", () => {
   it.live.each(backends)("%s: leaves every batch to the other node (cancels included) and writes beside it without a fault", (backend) =>
     Effect.gen(function*() {
@@ -159,20 +181,7 @@ describe("an API-only node beside a node that runs the batches", () => {
       const staged = () => filesUnder(Path.join(dataDir, "files", "staging")).filter((f) => f.startsWith("api/"))
       yield* eventually(() => expect(staged()).toHaveLength(1), 10_000)
       // An API-only process (it takes no runner lock), as the API node is: only the node id is in its way.
-      const sim = yield* Effect.acquireRelease(Effect.promise(() => startSimulator()), (s) => Effect.promise(() => s.close()))
-      const env = {
-        DATA_DIR: dataDir,
-        NODE_ID: "api",
-        INFERENCE_BASE_URL: sim.url,
-        MAX_CONCURRENT_BATCHES: "0",
-        SHUTDOWN_TIMEOUT: "1 second",
-        LOG_FORMAT: "json",
-        HOST: "127.0.0.1",
-        PORT: String(yield* Effect.promise(freePort))
-      }
-      const refused = yield* Effect.promise(() => runServerToExit(env, 30_000))
-      expect(refused.code).toBe(1)
-      expect(refused.output).toContain("waiting up to 6s for it to stop")
+      const refused = yield* refusedProcess(dataDir, { NODE_ID: "api", MAX_CONCURRENT_BATCHES: "0" })
       expect(refused.output).toContain(`Another process runs as NODE_ID 'api' on the SQLite database ${Path.join(dataDir, "batches.sqlite")}`)
       expect(staged()).toHaveLength(1)
       req.end(STALLED_UPLOAD_END)
@@ -192,21 +201,8 @@ describe("an API-only node beside a node that runs the batches", () => {
       worker.sim.latencyMs = 150
       const running = yield* createBatch(openai, (yield* upload(openai, batchLines("alone"))).id)
       yield* eventually(() => expect(worker.sim.stats.requests).toBeGreaterThan(20), 10_000)
-      const sim = yield* Effect.acquireRelease(Effect.promise(() => startSimulator()), (s) => Effect.promise(() => s.close()))
-      const env = {
-        DATA_DIR: dataDir,
-        NODE_ID: "second",
-        INFERENCE_BASE_URL: sim.url,
-        MAX_CONCURRENT_BATCHES: "2",
-        HEARTBEAT_INTERVAL: "200 millis",
-        SHUTDOWN_TIMEOUT: "1 second",
-        LOG_FORMAT: "json",
-        HOST: "127.0.0.1",
-        PORT: String(yield* Effect.promise(freePort))
-      }
-      const refused = yield* Effect.promise(() => runServerToExit(env, 30_000))
-      expect(refused.code).toBe(1)
-      expect(refused.output).toContain("waiting up to 6s for it to stop")
+      const refused = yield* refusedProcess(dataDir, { NODE_ID: "second", MAX_CONCURRENT_BATCHES: "2", HEARTBEAT_INTERVAL: "200 millis" })
+      const { sim, env } = refused
       expect(refused.output).toContain(`Another process runs batches on the SQLite database ${Path.join(dataDir, "batches.sqlite")}`)
       expect(refused.output).toContain("MAX_CONCURRENT_BATCHES=0")
       // It took nothing from the worker: every line sent once, by the worker alone.

@@ -49,6 +49,31 @@ const holders = (nodeId: string) =>
     Effect.orDie
   )
 
+/** A session that takes `nodeId`'s lock and then goes quiet (a process whose machine is gone): its connection. */
+const silentHolder = (nodeId: string) =>
+  Effect.gen(function*() {
+    const connection = yield* (yield* SqlClient.SqlClient).reserve
+    yield* connection.execute("SELECT pg_try_advisory_lock(hashtext(current_schema()), hashtext($1))", [nodeId], undefined)
+    return connection
+  })
+
+/** A live lease of `nodeId`'s (a slice it works on), as a working node renews every heartbeat. */
+const liveLease = (nodeId: string, batchId: string) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    Effect.orDie(sql`INSERT INTO batch_slices (batch_id, slice, first_line, last_line, owner, lease_until)
+      VALUES (${batchId}, 0, 1, 500, ${nodeId}, ${Date.now() + 120_000})`))
+
+/** Once one session holds the id and it is not `old`'s (within `ms`): its pid. */
+const heldAnew = (holdersNow: Effect.Effect<ReadonlyArray<number>>, old: number | undefined, ms: number) =>
+  eventuallyEffect(
+    Effect.map(holdersNow, (pids) => {
+      expect(pids).toHaveLength(1)
+      expect(pids[0]).not.toBe(old)
+      return pids[0]!
+    }),
+    ms
+  )
+
 /** The node-id lock of `nodeId` as a node on `url` takes it, with short heartbeats and patience. */
 const lockOf = (url: Redacted.Redacted, nodeId: string, leaseTtl = Duration.seconds(2), statementTimeout?: Duration.Duration) =>
   NodeIdLockLive.pipe(
@@ -110,9 +135,7 @@ describe("one process per NODE_ID on PostgreSQL", () => {
       const url = yield* schemaUrl
       // A process that took the id and then went quiet (its machine gone): its session stays, idle.
       const gone = yield* Effect.scoped(Effect.gen(function*() {
-        const sql = yield* SqlClient.SqlClient
-        const connection = yield* sql.reserve
-        yield* connection.execute("SELECT pg_try_advisory_lock(hashtext(current_schema()), hashtext($1))", ["quiet"], undefined)
+        const connection = yield* silentHolder("quiet")
         const [silent] = yield* holders("quiet")
         const started = Date.now()
         yield* Layer.build(lockOf(url, "quiet")) // LEASE_TTL 2 s
@@ -139,26 +162,15 @@ describe("one process per NODE_ID on PostgreSQL", () => {
 
       // Its session ended (by an operator, or a server restart): it holds its id again, on a new session.
       yield* Effect.orDie(sql`SELECT pg_terminate_backend(${pid!})`)
-      const again = yield* eventuallyEffect(
-        Effect.map(Effect.provideService(holders("alive"), SqlClient.SqlClient, sql), (pids) => {
-          expect(pids).toHaveLength(1)
-          expect(pids[0]).not.toBe(pid)
-          return pids[0]
-        }),
-        5_000
-      )
-      expect(again).toBeDefined()
+      yield* heldAnew(Effect.provideService(holders("alive"), SqlClient.SqlClient, sql), pid, 5_000)
     }).pipe(Effect.scoped), 30_000)
 
   it.live("a silent holder with a live lease is not taken over: its node works (its heartbeat renews leases on other connections)", () =>
     Effect.gen(function*() {
       const url = yield* schemaUrl
       const refused = yield* Effect.scoped(Effect.gen(function*() {
-        const sql = yield* SqlClient.SqlClient
-        const connection = yield* sql.reserve
-        yield* connection.execute("SELECT pg_try_advisory_lock(hashtext(current_schema()), hashtext($1))", ["leased"], undefined)
-        yield* sql`INSERT INTO batch_slices (batch_id, slice, first_line, last_line, owner, lease_until)
-          VALUES ('batch_x', 0, 1, 500, 'leased', ${Date.now() + 60_000})`
+        yield* silentHolder("leased")
+        yield* liveLease("leased", "batch_x")
         return yield* Effect.flip(Layer.build(lockOf(url, "leased", Duration.seconds(1))))
       })).pipe(Effect.provide(layerPg(url)))
       expect(refused).toBeInstanceOf(NodeIdInUse)
@@ -175,14 +187,7 @@ describe("one process per NODE_ID on PostgreSQL", () => {
       forwarder.freezeConnection(port) // that connection alone: the node's others go on working
       // A node started under the id meanwhile, past LEASE_TTL: the holder is never silent that long, so it is refused.
       const second = yield* Effect.fork(Effect.flip(Effect.scoped(Layer.build(lockOf(direct, "stuck", Duration.seconds(3))))))
-      const moved = yield* eventuallyEffect(
-        Effect.map(holdersNow, (pids) => {
-          expect(pids).toHaveLength(1)
-          expect(pids[0]).not.toBe(old)
-          return pids[0]!
-        }),
-        5_000
-      )
+      const moved = yield* heldAnew(holdersNow, old, 5_000)
       const stillThere = yield* Effect.orDie(sql<{ pid: number }>`SELECT pid FROM pg_stat_activity WHERE pid = ${old!}`)
       expect(stillThere).toEqual([]) // its old session ended
       expect(yield* Fiber.join(second)).toBeInstanceOf(NodeIdInUse)
@@ -206,22 +211,13 @@ describe("one process per NODE_ID on PostgreSQL", () => {
       const sql = Context.get(yield* Layer.build(layerPg(direct)), SqlClient.SqlClient)
       const holdersNow = Effect.provideService(holders("away"), SqlClient.SqlClient, sql)
       // Its node works: a live lease of its id (a session of another process would not be ended).
-      yield* Effect.orDie(sql`INSERT INTO batch_slices (batch_id, slice, first_line, last_line, owner, lease_until)
-        VALUES ('batch_y', 0, 1, 500, 'away', ${Date.now() + 120_000})`)
+      yield* Effect.provideService(liveLease("away", "batch_y"), SqlClient.SqlClient, sql)
       yield* Layer.build(lockOf(forwarded, "away", Duration.seconds(3), Duration.seconds(2)))
       const [old] = yield* holdersNow
       forwarder.freeze() // every connection, and new ones: the database is away for the node (not for PostgreSQL)
       yield* Effect.sleep("6 seconds")
       expect(yield* holdersNow).toEqual([old]) // its old session, kept open by PostgreSQL
       forwarder.restore()
-      const now = yield* eventuallyEffect(
-        Effect.map(holdersNow, (pids) => {
-          expect(pids).toHaveLength(1)
-          expect(pids[0]).not.toBe(old)
-          return pids[0]!
-        }),
-        10_000
-      )
-      expect(now).toBeDefined()
+      yield* heldAnew(holdersNow, old, 10_000)
     }).pipe(Effect.scoped), 40_000)
 })
