@@ -40,8 +40,8 @@ export const BlobStoreLive = Layer.unwrapEffect(
 )
 
 /**
- * Storage: the SQL database (migrated) and the file bytes; on a SQLite file, only once no other process runs under
- * this node's id (`NodeIdLockLive`), as the blob store frees what an earlier run of the node left staged.
+ * Storage: the SQL database (migrated) and the file bytes, once no other process runs under this node's id
+ * (`NodeIdLockLive`), as the blob store frees what an earlier run of the node left staged.
  */
 export const StorageLive = BlobStoreLive.pipe(Layer.provide(NodeIdLockLive), Layer.provideMerge(SqlLive))
 
@@ -50,7 +50,7 @@ export const StorageLive = BlobStoreLive.pipe(Layer.provide(NodeIdLockLive), Lay
  * `Inference`, your own `FileStore`, storage on a database of your own) and every service that uses it gets yours.
  */
 export interface ServiceParts {
-  /** A storage of your own on a SQLite file other processes open too should take `NodeIdLockLive` first, as `StorageLive` does. */
+  /** A storage of your own on a database other processes use too should take `NodeIdLockLive` first, as `StorageLive` does. */
   readonly storage?: Layer.Layer<SqlClient.SqlClient | BlobStore, unknown, AppConfig>
   readonly inference?: Layer.Layer<Inference, unknown, AppConfig>
   readonly auth?: Layer.Layer<Auth, unknown, AppConfig>

@@ -37,8 +37,8 @@ const isBusy = (error: unknown) => {
   return typeof code === "string" && code.startsWith("SQLITE_BUSY")
 }
 
-/** How often a process waiting for the lock tries again. */
-const RETRY_EVERY = Duration.millis(250)
+/** How often a process waiting for a lock tries again. */
+export const LOCK_RETRY_EVERY = Duration.millis(250)
 
 /**
  * Holds the lock on `file` for as long as the scope lasts, once another process lets go of it within `patience`
@@ -65,6 +65,6 @@ export const holdFileLock = <E>(
       if (!isBusy(taken.left)) return yield* Effect.die(taken.left)
       if ((yield* Clock.currentTimeMillis) >= deadline) return yield* Effect.fail(messages.refused())
       if (attempt === 0) yield* Effect.logWarning(messages.waiting)
-      yield* Effect.sleep(RETRY_EVERY)
+      yield* Effect.sleep(LOCK_RETRY_EVERY)
     }
   }).pipe(Effect.catchTag("SqlError", Effect.die), Effect.provide(Reactivity.layer), Effect.withClock(wallClock))

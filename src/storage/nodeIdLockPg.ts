@@ -20,7 +20,7 @@ import type { SqlError } from "@effect/sql/SqlError"
 import { Cause, Clock, Duration, Effect, Either, ExecutionStrategy, Exit, Fiber, Option, Scope } from "effect"
 import type { AppConfigShape } from "../Config.js"
 import { makeFailureRun } from "../observability/failureRuns.js"
-import { wallClock } from "./fileLock.js"
+import { LOCK_RETRY_EVERY, wallClock } from "./fileLock.js"
 
 /** The lock's keys: the schema's and the id's hashes (nodes of another schema on the database are others). */
 const KEYS = "hashtext(current_schema()), hashtext($1)"
@@ -37,8 +37,6 @@ const HOLDER = `SELECT l.pid, host(a.client_addr) AS client, EXTRACT(EPOCH FROM 
 const LIVE_LEASES = `SELECT (EXISTS (SELECT 1 FROM batches WHERE lease_owner = $1 AND lease_until > $2)
   OR EXISTS (SELECT 1 FROM batch_slices WHERE owner = $1 AND lease_until > $2)) AS live`
 
-/** How often a node waiting for the lock tries again. */
-const RETRY_EVERY = Duration.millis(250)
 /** How long a lock's release may take when its connection is let go (a stalled server: not for ever). */
 const UNLOCK_LIMIT = Duration.seconds(1)
 
@@ -145,7 +143,7 @@ export const holdOnPostgres = <E>(
           if (!waited) yield* Effect.logWarning(messages.waiting)
           waited = true
         }
-        yield* Effect.sleep(RETRY_EVERY)
+        yield* Effect.sleep(LOCK_RETRY_EVERY)
       }
     }
 
