@@ -99,6 +99,9 @@ export const holdOnPostgres = <E>(
         return yield* taken
       })
 
+    /** Ends the database session `pid` (its lock let go of once it has gone). */
+    const endSession = (pid: number) => sql.unsafe(`SELECT pg_terminate_backend($1)`, [pid])
+
     /**
      * This node's own sessions it moved its hold off but could not end (the database was away): one found holding
      * the lock is ended whatever its silence and leases (its node is this one, and works on).
@@ -119,7 +122,7 @@ export const holdOnPostgres = <E>(
         if (leases?.live === true) return { _tag: "HeldBy", holder }
       }
       // A session of another role may not be ended by this one: it is waited for as a live one.
-      if (Either.isLeft(yield* Effect.either(sql.unsafe(`SELECT pg_terminate_backend($1)`, [holder.pid])))) {
+      if (Either.isLeft(yield* Effect.either(endSession(holder.pid)))) {
         return { _tag: "HeldBy", holder }
       }
       yield* Effect.logWarning(
@@ -157,7 +160,7 @@ export const holdOnPostgres = <E>(
         abandoned.add(old.pid)
         yield* Effect.forkDaemon(Effect.zipRight(Fiber.await(stuck), Scope.close(old.scope, Exit.void)))
         const waiting = yield* Effect.forkDaemon(lockOn(WAIT_FOR_LOCK)) // not waited for by a shutdown either
-        yield* Effect.ignore(sql.unsafe(`SELECT pg_terminate_backend($1)`, [old.pid]))
+        yield* Effect.ignore(endSession(old.pid))
         const moved = yield* Effect.flatten(Fiber.join(waiting)) // a wait that does not end: DATABASE_STATEMENT_TIMEOUT
         abandoned.delete(old.pid) // it let go: it is over
         return moved
