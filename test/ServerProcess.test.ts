@@ -111,7 +111,7 @@ describe.concurrent("server process", () => {
       }
     }))
 
-  it.live("npm start's server gets the SIGTERM npm passes on to its script's shell, and shuts down", () =>
+  it.live("npm start's server serves the dashboard and docs, gets the SIGTERM npm passes on to its script's shell, and shuts down", () =>
     Effect.promise(async () => {
       const dataDir = scratch()
       let group: number | undefined
@@ -133,6 +133,10 @@ describe.concurrent("server process", () => {
         shell.stdout!.on("data", (d) => (stdout += d))
         const exited = new Promise<number | null>((resolve) => shell.once("exit", (code) => resolve(code)))
         await waitFor(() => stdout.includes('"event":"server.listening"'), "the server to listen", 30_000)
+        // The files the built server reads beside its code: the dashboard's (`ui/`) and the docs page's script.
+        for (const path of ["/ui", "/ui/app.js", "/docs"]) {
+          expect([path, (await fetch(`http://127.0.0.1:${port}${path}`)).status]).toEqual([path, 200])
+        }
         shell.kill("SIGTERM")
         expect(await exited).toBe(0)
         expect(stdout).toContain('"event":"server.shutdown_finished"')

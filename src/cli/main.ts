@@ -11,6 +11,7 @@ import * as Options from "@effect/cli/Options"
 import * as ValidationError from "@effect/cli/ValidationError"
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import { readFileSync } from "node:fs"
+import * as Path from "node:path"
 import { Cause, Config, Duration, Effect, Exit, HashMap, Option, Redacted } from "effect"
 import { BatchApi, DEFAULT_BASE_URL, layer as batchApiLayer, type RerunKind } from "./BatchApi.js"
 import { describeBatch, listLines } from "./describe.js"
@@ -20,6 +21,7 @@ import { follow } from "./follow.js"
 import { DEFAULT_MAX_REQUESTS } from "./localValidation.js"
 import { modeOf, printJson, say, sayAll } from "./output.js"
 import { DEFAULT_RETRY_FOR } from "./patience.js"
+import { packageRoot } from "../packageRoot.js"
 import { serve } from "./serve.js"
 import { type AfterCreate, retry, submit } from "./submit.js"
 
@@ -191,7 +193,7 @@ const command = top.pipe(
   ])
 )
 
-const version: string = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")).version
+const version: string = JSON.parse(readFileSync(Path.join(packageRoot(), "package.json"), "utf8")).version
 
 const cli = Command.run(command, { name: "openai-batch", version })
 

@@ -11,11 +11,10 @@ import { constants } from "node:os"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
 import { Effect } from "effect"
+import { packageRoot } from "../packageRoot.js"
 import { failed } from "./failure.js"
 
-const here = fileURLToPath(import.meta.url)
-/** The package root, from `src/cli` or `dist/cli` alike. */
-const root = Path.resolve(Path.dirname(here), "../..")
+const root = packageRoot()
 
 /** The node flags `npm start` runs the server with, read from package.json (the benchmarks use them too). */
 export const startFlags = (): Array<string> => {
@@ -29,8 +28,8 @@ const forwarded: ReadonlyArray<NodeJS.Signals> = ["SIGINT", "SIGTERM", "SIGHUP"]
 
 /** Runs the server until it exits; gives its exit code (128 + the signal's number when a signal ended it). */
 export const serve = Effect.async<number, ReturnType<typeof failed>>((resume) => {
-  const fromSource = here.endsWith(".ts")
-  const entry = Path.join(Path.dirname(here), "..", fromSource ? "main.ts" : "main.js")
+  const fromSource = fileURLToPath(import.meta.url).endsWith(".ts")
+  const entry = Path.join(root, fromSource ? "src/main.ts" : "dist/main.js")
   // From source, the CLI's own `--import tsx` loads the server's TypeScript too.
   const child = spawn(process.execPath, [...(fromSource ? process.execArgv : []), ...startFlags(), entry], {
     stdio: ["ignore", "inherit", "inherit"],

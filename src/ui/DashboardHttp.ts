@@ -16,9 +16,12 @@ import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Effect, Option, SynchronizedRef } from "effect"
 import { createHash } from "node:crypto"
 import { readFile } from "node:fs/promises"
+import * as Path from "node:path"
+import { pathToFileURL } from "node:url"
 import { notFound, serverError } from "../domain/Errors.js"
 import { echo } from "../domain/Text.js"
 import { envelope } from "../http/EarlyAnswer.js"
+import { packageRoot } from "../packageRoot.js"
 
 /** Where the page is served; its files are under `${DASHBOARD_PATH}/`. */
 export const DASHBOARD_PATH = "/ui"
@@ -49,11 +52,8 @@ const ASSETS: Readonly<Record<string, string>> = {
   "files.js": JS
 }
 
-/**
- * The folder of the files: the package's `ui/`, two levels up from this module both as `src/ui/DashboardHttp.ts`
- * (tsx, vitest) and as `dist/ui/DashboardHttp.js` (`npm start`, the packed package; `tsc` copies no other files).
- */
-const ASSETS_DIR = new URL("../../ui/", import.meta.url)
+/** The folder of the files: the package's `ui/` (`tsc` and the bundler copy no other files into `dist/`). */
+const ASSETS_DIR = pathToFileURL(Path.join(packageRoot(), "ui") + Path.sep)
 
 /**
  * Headers of every `/ui` answer. Nothing inline (no `unsafe-inline`): the page's scripts and styles are its own
