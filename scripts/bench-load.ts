@@ -15,7 +15,7 @@
  * (`MAX_CONCURRENT_BATCHES=0`), and a second one on the same database, at the lowest OS priority (nice 19), runs
  * them all.
  */
-import { execSync, spawn } from "node:child_process"
+import { spawn } from "node:child_process"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
@@ -24,7 +24,7 @@ import { Agent, request } from "undici"
 import { Effect } from "effect"
 import { createScratchSchema, dropScratchSchema } from "../test/support/Postgres.js"
 import { freePort } from "../test/support/ServerProcess.js"
-import { memoryMb, root, startFlags, stopChildren, waitHealthy } from "./server-process.js"
+import { buildPrograms, memoryMb, root, startFlags, stopChildren, waitHealthy } from "./server-process.js"
 
 const arg = (name: string, fallback: number) => {
   const i = process.argv.indexOf(`--${name}`)
@@ -53,7 +53,7 @@ const inputFile = (batch: number) =>
     })).join("\n") + "\n"
 
 const main = async () => {
-  execSync("npx tsc -p tsconfig.build.json", { cwd: root, stdio: "inherit" })
+  buildPrograms()
   const dir = mkdtempSync(Path.join(tmpdir(), "bench-load-"))
   const children: Array<ReturnType<typeof spawn>> = []
   const database = PG ? await Effect.runPromise(createScratchSchema("benchload")) : undefined

@@ -9,7 +9,7 @@
  *
  * `--pg` runs the server on PostgreSQL (a scratch schema, dropped afterwards), file bytes in SQL chunks.
  */
-import { execSync, spawn } from "node:child_process"
+import { spawn } from "node:child_process"
 import { createHash } from "node:crypto"
 import { createReadStream, createWriteStream, mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -18,7 +18,7 @@ import { Effect } from "effect"
 import OpenAI from "openai"
 import { createScratchSchema, dropScratchSchema } from "../test/support/Postgres.js"
 import { freePort } from "../test/support/ServerProcess.js"
-import { memoryMb, root, startFlags, stopChildren, waitHealthy } from "./server-process.js"
+import { buildPrograms, memoryMb, root, startFlags, stopChildren, waitHealthy } from "./server-process.js"
 
 const arg = (name: string, fallback: number) => {
   const i = process.argv.indexOf(`--${name}`)
@@ -50,7 +50,7 @@ const writeInput = async (path: string) => {
 }
 
 const main = async () => {
-  execSync("npx tsc -p tsconfig.build.json", { cwd: root, stdio: "inherit" })
+  buildPrograms()
   const dir = mkdtempSync(Path.join(tmpdir(), "uploads-bench-"))
   const children: Array<ReturnType<typeof spawn>> = []
   const database = PG ? await Effect.runPromise(createScratchSchema("bench")) : undefined

@@ -20,7 +20,7 @@
  * The server runs compiled (`dist/`) with the node flags of `npm start` (read from package.json); simulator and server are separate
  * processes, the driver is this one.
  */
-import { execSync, spawn } from "node:child_process"
+import { spawn } from "node:child_process"
 import { createReadStream, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
@@ -29,7 +29,7 @@ import { Agent, request } from "undici"
 import { Effect } from "effect"
 import { createScratchSchema, dropScratchSchema } from "../test/support/Postgres.js"
 import { freePort } from "../test/support/ServerProcess.js"
-import { memoryMb, root, startFlags, stopChildren, waitHealthy } from "./server-process.js"
+import { buildPrograms, memoryMb, root, startFlags, stopChildren, waitHealthy } from "./server-process.js"
 
 const arg = (name: string, fallback: number) => {
   const i = process.argv.indexOf(`--${name}`)
@@ -73,7 +73,7 @@ const baseline = async (simUrl: string) => {
 }
 
 const main = async () => {
-  execSync("npx tsc -p tsconfig.build.json", { cwd: root, stdio: "inherit" })
+  buildPrograms()
   const dir = mkdtempSync(Path.join(tmpdir(), "batch-bench-"))
   const children: Array<ReturnType<typeof spawn>> = []
   const cleanups: Array<() => Promise<unknown>> = []

@@ -6,12 +6,12 @@
  *
  *   npm run bench:cli [-- --mb 100 --lines 50000]
  */
-import { execSync, spawn } from "node:child_process"
+import { spawn } from "node:child_process"
 import { createWriteStream, mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import { freePort } from "../test/support/ServerProcess.js"
-import { memoryMb, root, startFlags, stopChildren, waitHealthy } from "./server-process.js"
+import { buildPrograms, memoryMb, root, startFlags, stopChildren, waitHealthy } from "./server-process.js"
 
 const arg = (name: string, fallback: number) => {
   const i = process.argv.indexOf(`--${name}`)
@@ -35,7 +35,7 @@ const writeInput = async (path: string) => {
 }
 
 const main = async () => {
-  execSync("npx tsc -p tsconfig.build.json", { cwd: root, stdio: "inherit" })
+  buildPrograms()
   const dir = mkdtempSync(Path.join(tmpdir(), "cli-bench-"))
   const children: Array<ReturnType<typeof spawn>> = []
   try {

@@ -1,5 +1,8 @@
-/** What the benchmarks share: the compiled server's node flags, waiting for it, reading its memory, stopping it. */
-import type { ChildProcess } from "node:child_process"
+/**
+ * What the benchmarks share: building the programs, the server's node flags, waiting for it, reading its memory,
+ * stopping it.
+ */
+import { type ChildProcess, execSync } from "node:child_process"
 import { readFileSync } from "node:fs"
 import * as Path from "node:path"
 
@@ -7,6 +10,9 @@ import * as Path from "node:path"
 export { startFlags } from "../src/cli/serve.js"
 
 export const root = Path.resolve(import.meta.dirname, "..")
+
+/** `npm run build`: the bundled `dist/main.js` and `dist/cli/main.js` that `npm start` and the bin run. */
+export const buildPrograms = () => execSync("npm run build --silent", { cwd: root, stdio: "inherit" })
 
 /** Resolves once `url` answers (any status below 500). */
 export const waitHealthy = async (url: string) => {

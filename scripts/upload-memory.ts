@@ -14,7 +14,7 @@
  * `--pg` runs the server on PostgreSQL (a scratch schema, dropped afterwards), where file bytes are stored as chunks
  * in the database (`FILE_STORAGE=sql`, the default there).
  */
-import { execSync, spawn } from "node:child_process"
+import { spawn } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import { mkdtempSync, rmSync } from "node:fs"
 import { request } from "node:http"
@@ -23,14 +23,14 @@ import * as Path from "node:path"
 import { Effect } from "effect"
 import { createScratchSchema, dropScratchSchema } from "../test/support/Postgres.js"
 import { freePort } from "../test/support/ServerProcess.js"
-import { memoryMb, root, startFlags, waitHealthy } from "./server-process.js"
+import { buildPrograms, memoryMb, root, startFlags, waitHealthy } from "./server-process.js"
 
 const mbArg = process.argv.indexOf("--mb")
 const megabytes = mbArg > 0 ? Number(process.argv[mbArg + 1]) : 200
 const PG = process.argv.includes("--pg")
 
 const main = async () => {
-  execSync("npx tsc -p tsconfig.build.json", { cwd: root, stdio: "inherit" })
+  buildPrograms()
   const dataDir = mkdtempSync(Path.join(tmpdir(), "upload-bench-"))
   const port = await freePort()
   const database = PG ? await Effect.runPromise(createScratchSchema("bench")) : undefined
