@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What a user of the package gets: packs this project, installs the tarball in an empty folder next to the pinned
 # Effect packages (as the README's Embedding section says), checks there is one copy of `effect`, runs the installed
-# `openai-batch` bin (`--version`, `--help`: a wrong path in `bin` or a missing shebang fails here), starts
+# `openai-batch` bin (`--version`, `--help`: a wrong path in `bin` or a missing shebang fails here; `serve`: the
+# bundled server answers and drains on SIGTERM), starts
 # examples/embed/main.ts (the README's example) until it answers, asks it for the dashboard (`/ui`, `/ui/app.js`:
 # a package without its ui/ folder fails here), and runs the examples' tests: examples/embed's (an
 # Inference swapped through the public entry) and examples/replay's (a batch on committed recordings, no network).
@@ -41,6 +42,21 @@ for command in submit watch download serve; do
   grep -q "$command" <<<"$help" || { echo "openai-batch --help does not list $command:"; echo "$help"; exit 1; }
 done
 echo "openai-batch $version runs from the installed bin"
+
+# The bundled server as the installed bin's `serve` starts it: it answers, serves the dashboard from the package's
+# ui/ folder, and a SIGTERM to the bin drains it and ends both with code 0.
+serve_port=$((20000 + RANDOM % 20000))
+PORT=$serve_port DATA_DIR="$work/serve-data" ./node_modules/.bin/openai-batch serve > serve.log 2>&1 &
+serve_pid=$!
+answers() { node -e "fetch('http://127.0.0.1:$serve_port$1').then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"; }
+for _ in $(seq 1 100); do answers /v1/health && break; sleep 0.2; done
+answers /v1/health && answers /ui || { echo "openai-batch serve did not answer /v1/health and /ui:"; cat serve.log; kill -9 $serve_pid; exit 1; }
+kill -TERM $serve_pid
+code=0; wait $serve_pid || code=$?
+if [ "$code" != 0 ] || ! grep -q "Shutdown finished" serve.log; then
+  echo "openai-batch serve did not shut down cleanly on SIGTERM (exit $code):"; cat serve.log; exit 1
+fi
+echo "openai-batch serve ran the installed server and drained it on SIGTERM"
 
 port=$((20000 + RANDOM % 20000))
 PORT=$port DATA_DIR="$work/data" setsid npx tsx main.ts > server.log 2>&1 &

@@ -17,6 +17,7 @@ import { UploadsLive } from "./files/Uploads.js"
 import type { Inference } from "./inference/Inference.js"
 import { InferenceFromConfig } from "./inference/Recordings.js"
 import { awaitHandlers } from "./http/awaitHandlers.js"
+import { closeWhenAnswered } from "./http/closeWhenAnswered.js"
 import { holdEarlyRequests } from "./http/holdEarlyRequests.js"
 import { lingerAfterEarlyAnswers } from "./http/lingerAfterEarlyAnswers.js"
 import { HttpLive } from "./http/Http.js"
@@ -98,14 +99,18 @@ export const NodeServerLive = Layer.unwrapEffect(
   Effect.map(AppConfig, ({ host, port, shutdownTimeout }) => {
     // Idle connections are kept longer than the clients and proxies in front keep theirs (load balancers 60 s,
     // Python's httpx 5 s): with Node's 5 s, a client could reuse a connection the server was just closing and get a
-    // reset. Idle connections do not hold a shutdown back: `close()` ends them at once.
+    // reset. Nor do they hold a shutdown back: `close()` ends the idle ones at once, `closeWhenAnswered` the others.
     const server = createServer({ keepAliveTimeout: 65_000 })
     // In this order: the held requests go to the first request listener attached after `holdEarlyRequests`'.
     lingerAfterEarlyAnswers(server)
+    const closeAsAnswered = closeWhenAnswered(server)
     holdEarlyRequests(server)
     // Built after the server, so released before it: the timer runs while `server.close()` waits.
     const closeRemainingConnections = Layer.scopedDiscard(Effect.addFinalizer(() =>
-      Effect.sync(() => setTimeout(() => server.closeAllConnections(), Duration.toMillis(shutdownTimeout)).unref())
+      Effect.sync(() => {
+        closeAsAnswered()
+        setTimeout(() => server.closeAllConnections(), Duration.toMillis(shutdownTimeout)).unref()
+      })
     ))
     return closeRemainingConnections.pipe(
       Layer.provideMerge(NodeHttpServer.layer(() => server, { host, port }).pipe(awaitHandlers(HANDLER_CLEAN_UP)))

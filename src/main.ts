@@ -3,7 +3,8 @@
  * interrupts it and closes every layer in reverse order (the server stops accepting and lets open requests end).
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import { Cause, ConfigError, Console, Effect, Layer, Option } from "effect"
+import { Cause, ConfigError, Console, Effect, Layer, Option, Runtime } from "effect"
+import { constants } from "node:os"
 import { AppConfig } from "./Config.js"
 import { AppLive } from "./Layers.js"
 import { LoggingLive } from "./observability/Logging.js"
@@ -14,9 +15,37 @@ const logFault = (cause: Cause.Cause<unknown>) =>
     ? Effect.void
     : Effect.logError("The server stopped on a fault", cause)
 
+/** Signals this close after the first are the same stop, sent twice. */
+const REPEAT_WINDOW_MS = 1_000
+
+/**
+ * The signals after the first. runMain stops listening once it has begun the shutdown, so a second SIGINT ended the
+ * process undrained. A Ctrl-C under `npm start` is two SIGINTs milliseconds apart (the terminal's to the server, and
+ * the one npm passes on): repeats within a second are that same stop, and change nothing. A later one is an operator
+ * who will not wait: said, then the process ends at once (what it leaves unfinished resumes at the next start).
+ */
+const stopAtOnceOnALaterSignal = Effect.gen(function*() {
+  const runSync = Runtime.runSync(yield* Effect.runtime<never>())
+  let first: number | undefined
+  const onSignal = (signal: NodeJS.Signals) => {
+    const now = Date.now()
+    if (first === undefined) first = now // runMain's own listener begins the shutdown
+    else if (now - first >= REPEAT_WINDOW_MS) {
+      runSync(Effect.annotateLogs(
+        Effect.logWarning(`${signal} again during the shutdown: stopping at once; unfinished work resumes at the next start`),
+        "event",
+        "server.stopped_at_once"
+      ))
+      process.exit(128 + constants.signals[signal])
+    }
+  }
+  process.on("SIGINT", onSignal)
+  process.on("SIGTERM", onSignal)
+})
+
 // Logs go through `LOG_FORMAT`'s logger from the start to the last line: provided around the whole program (and
 // runMain's own pretty logger and error report disabled, or each line would be written twice).
-const program = Layer.launch(AppLive).pipe(
+const program = Effect.zipRight(stopAtOnceOnALaterSignal, Layer.launch(AppLive)).pipe(
   Effect.onInterrupt(() => Effect.annotateLogs(Effect.logInfo("Shutdown finished"), "event", "server.shutdown_finished")),
   Effect.tapErrorCause(logFault),
   Effect.provide(LoggingLive),

@@ -3,7 +3,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { randomBytes } from "node:crypto"
 import { spawn } from "node:child_process"
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs"
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import OpenAI, { toFile } from "openai"
@@ -111,6 +111,50 @@ describe.concurrent("server process", () => {
       }
     }))
 
+  it.live("Ctrl-C under npm start (two SIGINTs ms apart) drains once, and ends as its last request is answered; a SIGINT a second or more later stops at once", () =>
+    Effect.promise(async () => {
+      const dataDir = scratch()
+      let server: ServerProcess | undefined
+      try {
+        // The terminal's SIGINT and the one npm passes on: the upload under way still completes, and all ends cleanly.
+        server = await startServer({ DATA_DIR: dataDir, SHUTDOWN_TIMEOUT: "5 seconds", LOG_FORMAT: "json" })
+        const finishing = stalledUpload(server.url, randomBytes(256 * 1024))
+        await waitFor(() => stagingFiles(dataDir).length === 1, "the upload to start")
+        const stopping = server
+        const exit = stopping.stop("SIGINT")
+        await new Promise((r) => setTimeout(r, 20))
+        stopping.child.kill("SIGINT")
+        await waitFor(() => stopping.stdout().includes('"event":"server.shutdown_started"'), "the shutdown to start")
+        await new Promise((r) => setTimeout(r, 200))
+        finishing.req.end(STALLED_UPLOAD_END)
+        const answered = Date.now()
+        expect(await finishing.response).toBe(200)
+        expect(await exit).toBe(0)
+        // Once answered, its keep-alive connection was closed: the shutdown did not wait out SHUTDOWN_TIMEOUT for it.
+        expect(Date.now() - answered).toBeLessThan(3_000)
+        expect(stopping.stdout()).toContain('"event":"server.shutdown_finished"')
+        expect(stopping.stdout()).not.toContain("server.stopped_at_once")
+
+        // An operator who will not wait: a second Ctrl-C later ends the process at once, and says so.
+        server = await startServer({ DATA_DIR: dataDir, SHUTDOWN_TIMEOUT: "30 seconds", LOG_FORMAT: "json" })
+        const stalled = stalledUpload(server.url, randomBytes(256 * 1024))
+        await waitFor(() => stagingFiles(dataDir).length === 1, "the upload to start")
+        const insisted = server
+        const ended = insisted.stop("SIGINT")
+        await waitFor(() => insisted.stdout().includes('"event":"server.shutdown_started"'), "the shutdown to start")
+        await new Promise((r) => setTimeout(r, 1_100))
+        const started = Date.now()
+        insisted.child.kill("SIGINT")
+        expect(await ended).toBe(130)
+        expect(Date.now() - started).toBeLessThan(2_000)
+        expect(insisted.stdout()).toContain('"event":"server.stopped_at_once"')
+        expect(await stalled.response).toBe("aborted")
+      } finally {
+        await server?.stop("SIGKILL") // a test that failed midway leaves no server running
+        rmSync(dataDir, { recursive: true, force: true })
+      }
+    }))
+
   it.live("npm start's server serves the dashboard and docs, gets the SIGTERM npm passes on to its script's shell, and shuts down", () =>
     Effect.promise(async () => {
       const dataDir = scratch()
@@ -150,6 +194,40 @@ describe.concurrent("server process", () => {
           }
         }
         rmSync(dataDir, { recursive: true, force: true })
+      }
+    }))
+
+  it.live("copied out of its package (no package.json above it), the built server starts; /ui says its files are missing", () =>
+    Effect.promise(async () => {
+      const copy = compiledCopy()
+      if (copy === undefined) throw new Error("no built copy of src/: vitest's globalSetup makes it")
+      // As a container's runtime stage may copy it: dist/ and node_modules/, no package.json, outside the checkout.
+      const dir = scratch()
+      try {
+        mkdirSync(Path.join(dir, "dist"))
+        copyFileSync(Path.join(copy, "dist", "main.js"), Path.join(dir, "dist", "main.js"))
+        symlinkSync(Path.join(root, "node_modules"), Path.join(dir, "node_modules"), "dir")
+        const port = await freePort()
+        const server = spawn(process.execPath, [Path.join(dir, "dist", "main.js")], {
+          env: { ...process.env, HOST: "127.0.0.1", PORT: String(port), DATA_DIR: Path.join(dir, "data"), LOG_FORMAT: "json" },
+          stdio: "ignore"
+        })
+        try {
+          const url = `http://127.0.0.1:${port}`
+          let health: number | undefined
+          await waitFor(() => {
+            fetch(`${url}/v1/health`).then((r) => (health = r.status), () => {})
+            return health === 200 || server.exitCode !== null
+          }, "the server to answer", 30_000)
+          expect(server.exitCode).toBe(null)
+          const ui = await fetch(`${url}/ui`)
+          expect(ui.status).toBe(500)
+          expect(((await ui.json()) as { error: { type: string } }).error.type).toBe("server_error")
+        } finally {
+          server.kill("SIGKILL")
+        }
+      } finally {
+        rmSync(dir, { recursive: true, force: true })
       }
     }))
 

@@ -52,8 +52,6 @@ const ASSETS: Readonly<Record<string, string>> = {
   "files.js": JS
 }
 
-/** The folder of the files: the package's `ui/` (`tsc` and the bundler copy no other files into `dist/`). */
-const ASSETS_DIR = pathToFileURL(Path.join(packageRoot(), "ui") + Path.sep)
 
 /**
  * Headers of every `/ui` answer. Nothing inline (no `unsafe-inline`): the page's scripts and styles are its own
@@ -91,8 +89,10 @@ export const cachedSuccess = <A, E, R>(load: Effect.Effect<A, E, R>) =>
   })
 
 const loadAssets = Effect.tryPromise(async () => {
+  // The package's `ui/` (`tsc` and the bundler copy no other files into `dist/`), looked up when first needed.
+  const dir = pathToFileURL(Path.join(packageRoot(), "ui") + Path.sep)
   const entries = await Promise.all(Object.entries(ASSETS).map(async ([name, contentType]) => {
-    const body = await readFile(new URL(name, ASSETS_DIR))
+    const body = await readFile(new URL(name, dir))
     const etag = `"${createHash("sha256").update(body).digest("base64url").slice(0, 22)}"`
     return [name, { body: new Uint8Array(body), contentType, etag }] as const
   }))

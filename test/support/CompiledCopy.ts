@@ -24,7 +24,9 @@ const sources = (dir: string): Array<string> =>
 
 const hashOf = (files: ReadonlyArray<string>) => {
   const hash = createHash("sha256").update(esbuildVersion)
-  for (const file of [...files, Path.join(root, "scripts", "bundle.ts"), Path.join(root, "package.json")]) {
+  // The bundles hold the packages' code too: the lock file says which versions are installed.
+  const inputs = ["scripts/bundle.ts", "package.json", "package-lock.json", "tsconfig.json"].map((f) => Path.join(root, f))
+  for (const file of [...files, ...inputs]) {
     hash.update(file).update(readFileSync(file))
   }
   return hash.digest("hex").slice(0, 16)
