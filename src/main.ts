@@ -9,11 +9,31 @@ import { AppConfig } from "./Config.js"
 import { AppLive } from "./Layers.js"
 import { LoggingLive } from "./observability/Logging.js"
 
+/** Why the socket could not listen, for the faults an operator fixes in the configuration. */
+const LISTEN_FAULTS: Readonly<Record<string, string>> = {
+  EADDRINUSE: "another process listens there; set PORT to a free port",
+  EACCES: "not allowed (a port below 1024 needs privileges); set PORT to another",
+  EADDRNOTAVAIL: "no such address on this machine; set HOST to one of its addresses"
+}
+
+/** A listen that failed for a reason in `LISTEN_FAULTS`: one line naming the address, the code and what to change. */
+export const listenFaultLine = (cause: Cause.Cause<unknown>): Option.Option<string> =>
+  Option.flatMap(Cause.failureOption(cause), (error) => {
+    const failure = error as { readonly _tag?: unknown; readonly cause?: { code?: unknown; address?: unknown; port?: unknown } }
+    const code = failure._tag === "ServeError" ? failure.cause?.code : undefined
+    return typeof code === "string" && code in LISTEN_FAULTS
+      ? Option.some(`Cannot listen on ${failure.cause!.address}:${failure.cause!.port}: ${LISTEN_FAULTS[code]} (${code})`)
+      : Option.none()
+  })
+
 /** A fault that ends the server (a port in use, a database unreachable at start), logged in the configured format. */
 const logFault = (cause: Cause.Cause<unknown>) =>
   Cause.isInterruptedOnly(cause) || Option.exists(Cause.failureOption(cause), ConfigError.isConfigError)
     ? Effect.void
-    : Effect.logError("The server stopped on a fault", cause)
+    : Option.match(listenFaultLine(cause), {
+      onSome: (line) => Effect.annotateLogs(Effect.logError(line), "event", "server.listen_failed"),
+      onNone: () => Effect.logError("The server stopped on a fault", cause)
+    })
 
 /** Signals this close after the first are the same stop, sent twice. */
 const REPEAT_WINDOW_MS = 1_000

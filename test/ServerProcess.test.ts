@@ -5,6 +5,7 @@ import { randomBytes } from "node:crypto"
 import { spawn } from "node:child_process"
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync } from "node:fs"
 import { tmpdir } from "node:os"
+import { type AddressInfo, createServer } from "node:net"
 import * as Path from "node:path"
 import OpenAI, { toFile } from "openai"
 import { compiledCopy, freePort, runServerToExit, type ServerProcess, STALLED_UPLOAD_END, stalledUpload, startServer } from "./support/ServerProcess.js"
@@ -228,6 +229,28 @@ describe.concurrent("server process", () => {
         }
       } finally {
         rmSync(dir, { recursive: true, force: true })
+      }
+    }))
+
+  it.live("a port another process listens on stops the start with one line saying so, no stack trace", () =>
+    Effect.promise(async () => {
+      const dataDir = scratch()
+      const taken = createServer().listen(0, "127.0.0.1")
+      try {
+        await new Promise((resolve) => taken.once("listening", resolve))
+        const port = (taken.address() as AddressInfo).port
+        const run = await runServerToExit({ DATA_DIR: dataDir, HOST: "127.0.0.1", PORT: String(port), LOG_FORMAT: "json" })
+        expect(run.code).toBe(1)
+        const failed = run.output.split("\n").filter((l) => l.includes('"level":"ERROR"')).map((l) => JSON.parse(l))
+        expect(failed).toHaveLength(1)
+        expect(failed[0].event).toBe("server.listen_failed")
+        expect(failed[0].message).toBe(
+          `Cannot listen on 127.0.0.1:${port}: another process listens there; set PORT to a free port (EADDRINUSE)`
+        )
+        expect(failed[0].cause).toBeUndefined()
+      } finally {
+        taken.close()
+        rmSync(dataDir, { recursive: true, force: true })
       }
     }))
 
