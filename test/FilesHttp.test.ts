@@ -169,7 +169,14 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
 
       expectEnvelope(yield* call("/v1/files?limit=0"), 400, { param: "limit", code: "invalid_value" })
       expectEnvelope(yield* call("/v1/files?limit=abc"), 400, { param: "limit", code: "invalid_value" })
-      expectEnvelope(yield* call("/v1/files?order=sideways"), 400, { param: "order", code: "invalid_value" })
+      // Digits only: `0x10`, `1e1` and ` 5` are not counts (Number() would read them as 16, 10 and 5).
+      for (const limit of ["0x10", "1e1", "%205", "5.0"]) {
+        expectEnvelope(yield* call(`/v1/files?limit=${limit}`), 400, { param: "limit", code: "invalid_value" })
+      }
+      expect((yield* call("/v1/files?limit=16")).status).toBe(200)
+      const sideways = yield* call("/v1/files?order=sideways")
+      expectEnvelope(sideways, 400, { param: "order", code: "invalid_value" })
+      expect(sideways.json.error.message).toContain("expected 'asc' or 'desc'")
       expectEnvelope(yield* call("/v1/files?after=file-unknown"), 400, { param: "after", code: "invalid_value" })
       const unknown = yield* call("/v1/nothing-here")
       expectEnvelope(unknown, 404, { code: "not_found" })

@@ -144,6 +144,9 @@ for (const backend of backends) {
               expectEnvelope(yield* send(base, "GET", `/v1/files?${query}`), 400)
             }
             expectEnvelope(yield* send(base, "GET", "/v1/batches?after=x%00"), 400)
+            for (const list of ["/v1/batches", "/v1/webhook_deliveries"]) {
+              for (const limit of ["0x10", "1e1", "101"]) expectEnvelope(yield* send(base, "GET", `${list}?limit=${limit}`), 400)
+            }
             const create = (extra: Record<string, unknown>) =>
               send(base, "POST", "/v1/batches", json({ input_file_id: inputFileId, endpoint: "/v1/chat/completions", completion_window: "24h", ...extra }))
             for (const extra of [

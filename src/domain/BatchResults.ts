@@ -1,5 +1,6 @@
 /** The query of `GET /v1/batches/{id}/results` (an extension: results while a batch runs). */
 import { Schema } from "effect"
+import { Count } from "./List.js"
 
 /** Lines one response holds at most (`limit`), and when `limit` is left out. */
 export const MAX_RESULT_LINES = 10_000
@@ -7,17 +8,6 @@ export const DEFAULT_RESULT_LINES = 1_000
 
 /** The largest input line number (lines are SQL `INTEGER`s). */
 const MAX_LINE = 2_147_483_647
-
-/**
- * A whole number written in plain digits (not `1e3`, `0x10` or ` 5`), within `min`…`max`; `description` goes on
- * the string, what the OpenAPI document shows of a query parameter.
- */
-const Count = (min: number, max: number, description: string) =>
-  Schema.compose(
-    Schema.String.pipe(Schema.pattern(/^[0-9]+$/, { message: () => "expected a whole number in digits" }))
-      .annotations({ description }),
-    Schema.NumberFromString
-  ).pipe(Schema.between(min, max))
 
 /** A plain struct, not a class: the OpenAPI document lists a struct's fields as query parameters. */
 export const BatchResultsParams = Schema.Struct({

@@ -1,5 +1,6 @@
 /** The wire shapes of the OpenAI Batches API. */
 import { ParseResult, Schema } from "effect"
+import { Count } from "./List.js"
 import * as AST from "effect/SchemaAST"
 import { BatchId, FileId, StorableBatchId, StorableFileId } from "./Ids.js"
 import { StorableString } from "./Text.js"
@@ -176,6 +177,6 @@ export const RetryBatchBody = Schema.NullOr(Schema.Struct({
 export type RetryBatchBody = typeof RetryBatchBody.Type
 
 export class ListBatchesParams extends Schema.Class<ListBatchesParams>("ListBatchesParams")({
-  limit: Schema.optional(Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 100))),
+  limit: Schema.optional(Count(1, 100, "At most this many batches (1–100, default 20)")),
   after: Schema.optional(StorableBatchId)
 }) {}

@@ -1,5 +1,6 @@
 /** The wire shapes of the OpenAI Files API. */
 import { Schema } from "effect"
+import { Count } from "./List.js"
 import { FileId, StorableFileId } from "./Ids.js"
 import { StorableString } from "./Text.js"
 
@@ -46,13 +47,15 @@ export class FileDeleted extends Schema.Class<FileDeleted>("FileDeleted")({
   deleted: Schema.Boolean
 }) {}
 
-export const SortOrder = Schema.Literal("asc", "desc")
+export const SortOrder = Schema.Literal("asc", "desc").annotations({
+  message: () => ({ message: "expected 'asc' or 'desc'", override: true })
+})
 export type SortOrder = typeof SortOrder.Type
 
 /** Query of `GET /v1/files` (URL parameters are strings on the wire). */
 export class ListFilesParams extends Schema.Class<ListFilesParams>("ListFilesParams")({
   purpose: Schema.optional(StorableString),
-  limit: Schema.optional(Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 10_000))),
+  limit: Schema.optional(Count(1, 10_000, "At most this many files (1–10,000, default 10,000)")),
   order: Schema.optional(SortOrder),
   after: Schema.optional(StorableFileId)
 }) {}

@@ -1,3 +1,5 @@
+import { Schema } from "effect"
+
 /** The fields of an OpenAI list page (`GET /v1/files`, `GET /v1/batches`): ids of its ends and whether more follow. */
 export const listPage = <A extends { readonly id: string }>(data: ReadonlyArray<A>, hasMore: boolean) => ({
   object: "list" as const,
@@ -12,3 +14,14 @@ export const listPage = <A extends { readonly id: string }>(data: ReadonlyArray<
  * class's own check would validate every field again on each read (the response encoder checks them once more).
  */
 export const trusted = { disableValidation: true } as const
+
+/**
+ * A whole number written in plain digits (not `1e3`, `0x10` or ` 5`), within `min`…`max`, as query parameters such as
+ * `limit` are; `description` goes on the string, what the OpenAPI document shows of a query parameter.
+ */
+export const Count = (min: number, max: number, description: string) =>
+  Schema.compose(
+    Schema.String.pipe(Schema.pattern(/^[0-9]+$/, { message: () => "expected a whole number in digits" }))
+      .annotations({ description }),
+    Schema.NumberFromString
+  ).pipe(Schema.between(min, max))

@@ -1,5 +1,6 @@
 /** The wire shapes of the webhook deliveries list (`GET /v1/webhook_deliveries`, an extension). */
 import { Schema } from "effect"
+import { Count } from "./List.js"
 import { StorableString } from "./Text.js"
 
 export const DeliveryStatus = Schema.Literal("pending", "delivered", "failed")
@@ -38,6 +39,6 @@ export class WebhookDeliveryList extends Schema.Class<WebhookDeliveryList>("Webh
 }) {}
 
 export class ListWebhookDeliveriesParams extends Schema.Class<ListWebhookDeliveriesParams>("ListWebhookDeliveriesParams")({
-  limit: Schema.optional(Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 100))),
+  limit: Schema.optional(Count(1, 100, "At most this many deliveries (1–100, default 20)")),
   after: Schema.optional(StorableString)
 }) {}
