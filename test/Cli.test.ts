@@ -269,13 +269,20 @@ describe("the openai-batch command line", () => {
       expect(fileLines(Path.join(out, `${id}_error.jsonl`)).every((l) => l.error?.code === "batch_cancelled")).toBe(true)
     }), 180_000)
 
-  it.live("a failed submit leaves nothing behind: a refused create deletes the upload; --max-requests is checked locally", () =>
+  it.live("a failed submit leaves nothing behind: a refused create deletes the upload; --max-requests, --metadata and --limit are checked locally", () =>
     Effect.promise(async () => {
       const file = inputFile("three.jsonl", [chatLine("one", "1"), chatLine("two", "2"), chatLine("three", "3")])
-      const [refused, tooMany] = await Promise.all([
+      const [refused, tooMany, noKey, noValue, tooLong] = await Promise.all([
         cli(["submit", file, "--metadata", `note=${"x".repeat(513)}`]),
-        cli(["submit", file, "--max-requests", "2", "--watch", "--out", Path.join(scratch, "out-too-many")])
+        cli(["submit", file, "--max-requests", "2", "--watch", "--out", Path.join(scratch, "out-too-many")]),
+        cli(["submit", file, "--metadata", "=x"]),
+        cli(["submit", file, "--metadata", "novalue"]),
+        cli(["list", "--limit", "500"])
       ])
+      // A command line the server would refuse, or would read wrong, is refused before anything is sent (exit 2).
+      expect([noKey.code, noKey.stderr]).toEqual([2, expect.stringContaining("--metadata takes KEY=VALUE, with a key before the '=': got '=x'")])
+      expect([noValue.code, noValue.stderr]).toEqual([2, expect.stringContaining("got 'novalue'")])
+      expect([tooLong.code, tooLong.stderr]).toEqual([2, expect.stringContaining("--limit must be from 1 to 100")])
       expect(refused.code).toBe(1)
       expect(refused.stdout).toBe("")
       const refusal = linesOf(refused.stderr)

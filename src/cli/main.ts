@@ -7,12 +7,13 @@
  */
 import * as Args from "@effect/cli/Args"
 import * as Command from "@effect/cli/Command"
+import * as HelpDoc from "@effect/cli/HelpDoc"
 import * as Options from "@effect/cli/Options"
 import * as ValidationError from "@effect/cli/ValidationError"
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import { readFileSync } from "node:fs"
 import * as Path from "node:path"
-import { Cause, Config, Duration, Effect, Exit, HashMap, Option, Redacted } from "effect"
+import { Cause, Config, Duration, Effect, Either, Exit, Option, Redacted } from "effect"
 import { BatchApi, DEFAULT_BASE_URL, layer as batchApiLayer, type RerunKind } from "./BatchApi.js"
 import { describeBatch, listLines } from "./describe.js"
 import { download } from "./download.js"
@@ -93,6 +94,17 @@ const withApi = <A, E, R>(own: ConnectionFlags, effect: Effect.Effect<A, E, R>) 
     )
   })
 
+/** `--metadata` pairs as an object: each `KEY=VALUE` with a key (the value may be empty, or hold `=`). */
+export const metadataOf = (pairs: ReadonlyArray<string>): Either.Either<Record<string, string>, string> => {
+  const metadata: Record<string, string> = {}
+  for (const pair of pairs) {
+    const at = pair.indexOf("=")
+    if (at <= 0) return Either.left(`--metadata takes KEY=VALUE, with a key before the '=': got '${pair}'`)
+    metadata[pair.slice(0, at)] = pair.slice(at + 1)
+  }
+  return Either.right(metadata)
+}
+
 const submitCommand = Command.make(
   "submit",
   {
@@ -103,7 +115,17 @@ const submitCommand = Command.make(
       Options.withDescription("The batch's endpoint (default: the url of the file's first request, else /v1/chat/completions)"),
       Options.optional
     ),
-    metadata: Options.keyValueMap(Options.text("metadata").pipe(Options.withPseudoName("KEY=VALUE"))).pipe(Options.withDescription("A metadata pair key=value (repeatable)"), Options.optional),
+    metadata: Options.text("metadata").pipe(
+      Options.withPseudoName("KEY=VALUE"),
+      Options.withDescription("A metadata pair key=value (repeatable)"),
+      Options.repeated,
+      Options.mapEffect((pairs) =>
+        Either.match(metadataOf(pairs), {
+          onLeft: (problem) => Effect.fail(ValidationError.invalidValue(HelpDoc.p(problem))),
+          onRight: Effect.succeed
+        })
+      )
+    ),
     maxRequests: Options.integer("max-requests").pipe(
       Options.withPseudoName("N"),
       Options.withDescription(`The most requests the server takes in a batch: its MAX_REQUESTS_PER_BATCH (default ${DEFAULT_MAX_REQUESTS}, OpenAI's)`),
@@ -116,7 +138,7 @@ const submitCommand = Command.make(
     withApi(o, submit({
       file: o.file,
       endpoint: o.endpoint,
-      metadata: Option.match(o.metadata, { onNone: () => ({}), onSome: (m) => Object.fromEntries(HashMap.toEntries(m)) }),
+      metadata: o.metadata,
       maxRequests: o.maxRequests,
       ...afterCreate(o)
     }))
@@ -131,7 +153,12 @@ const listCommand = Command.make(
   "list",
   {
     ...connection,
-    limit: Options.integer("limit").pipe(Options.withPseudoName("N"), Options.withDescription("How many batches, newest first (1–100)"), Options.withDefault(20)),
+    limit: Options.integer("limit").pipe(
+      Options.withPseudoName("N"),
+      Options.withDescription("How many batches, newest first (1–100)"),
+      Options.filterMap((n) => (n >= 1 && n <= 100 ? Option.some(n) : Option.none()), "--limit must be from 1 to 100"),
+      Options.withDefault(20)
+    ),
     json
   },
   (o) =>
@@ -166,12 +193,13 @@ const retryCommand = Command.make(
     batchId,
     only: Options.choice("only", ["error", "expired", "cancelled"] as const).pipe(
       Options.withDescription("Which requests to rerun (repeatable; default all three): failed, expired, cancelled"),
-      Options.repeated
+      Options.repeated,
+      Options.optional
     ),
     ...afterCreateOptions
   },
   (o) =>
-    withApi(o, retry(o.batchId, o.only as ReadonlyArray<RerunKind>, afterCreate(o)))
+    withApi(o, retry(o.batchId, Option.getOrElse(o.only, () => []) as ReadonlyArray<RerunKind>, afterCreate(o)))
 ).pipe(Command.withDescription("Rerun a finished batch's requests that failed, expired or were cancelled, as a new batch"))
 
 const serveCommand = Command.make("serve", {}, () =>
