@@ -3,6 +3,8 @@ import { describe, expect, layer } from "@effect/vitest"
 import { Effect } from "effect"
 import { createHash, randomBytes } from "node:crypto"
 import { request as httpRequest } from "node:http"
+import { gunzipSync } from "node:zlib"
+import { request as undiciRequest } from "undici"
 import { baseUrl, localBlobs, TestDataDir, testApp } from "./support/TestApp.js"
 
 const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex")
@@ -196,6 +198,19 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
       expect(html).toContain('"/v1/batches/{batch_id}/cancel"')
       expect(html).not.toMatch(/<script[^>]+src=/)
       expect(html.length).toBeGreaterThan(1_000_000)
+      // Gzipped for a client that takes it (fetch above did, and undid it), whole for one that does not.
+      const sent = (acceptEncoding: string) =>
+        Effect.flatMap(baseUrl, (base) => Effect.promise(() => undiciRequest(`${base}/docs`, { headers: { "accept-encoding": acceptEncoding } })))
+      const zipped = yield* sent("gzip, deflate, br")
+      expect([zipped.statusCode, zipped.headers["content-encoding"], zipped.headers.vary]).toEqual([200, "gzip", "accept-encoding"])
+      const unzipped = gunzipSync(Buffer.from(yield* Effect.promise(() => zipped.body.arrayBuffer()))).toString("utf8")
+      expect(unzipped).toBe(html)
+      expect(Number(zipped.headers["content-length"])).toBeLessThan(html.length / 2)
+      for (const refused of ["identity", "gzip;q=0, identity"]) {
+        const whole = yield* sent(refused)
+        expect(whole.headers["content-encoding"]).toBeUndefined()
+        expect(yield* Effect.promise(() => whole.body.text())).toBe(html)
+      }
       expect((yield* call("/v1/health")).json).toEqual({ status: "OK" })
     }))
 })
