@@ -87,7 +87,7 @@ const main = async () => {
       const path = Path.join(demoDir, name)
       const response = await openai.files.content(id)
       await pipeline(Readable.fromWeb(response.body as any), createWriteStream(path))
-      return `${path}   (${id}, or GET ${base}/v1/files/${id}/content)`
+      return `${path}   (${id})`
     }
     console.log(`output file: ${await download(batch.output_file_id, "output.jsonl")}`)
     console.log(`error file:  ${await download(batch.error_file_id, "errors.jsonl")}`)
