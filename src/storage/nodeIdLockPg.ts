@@ -27,6 +27,10 @@ const KEYS = "hashtext(current_schema()), hashtext($1)"
 const TRY_LOCK = `SELECT pg_try_advisory_lock(${KEYS}) AS taken, pg_backend_pid() AS pid`
 /** Waits for the lock (in PostgreSQL's queue: first in line when its holder lets go). */
 const WAIT_FOR_LOCK = `SELECT pg_advisory_lock(${KEYS}), true AS taken, pg_backend_pid() AS pid`
+/** Whether the session `$1` waits for an advisory lock (is in a lock's queue). */
+const QUEUED = `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE pid = $1 AND locktype = 'advisory' AND NOT granted) AS queued`
+/** How often `QUEUED` is asked while a moved hold's wait reaches the queue. */
+const QUEUE_CHECK_EVERY = Duration.millis(20)
 /** The session holding the lock of an id, and for how long it has run no statement. */
 const HOLDER = `SELECT l.pid, host(a.client_addr) AS client, EXTRACT(EPOCH FROM now() - a.state_change)::float8 AS silent_s
   FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
@@ -81,13 +85,18 @@ export const holdOnPostgres = <E>(
     const layerScope = yield* Effect.scope
     const pingLimit = Duration.millis(Math.max(100, Duration.toMillis(config.leaseTtl) / 3))
 
-    /** `statement` (a try for the lock, or a wait for it) on a connection of its own, kept in a scope of its own when it took the lock. */
-    const lockOn = (statement: string): Effect.Effect<Option.Option<Held>, SqlError> =>
+    /**
+     * `take` (a try for the lock, or a wait for it) on a connection of its own, kept in a scope of its own when it took
+     * the lock.
+     */
+    const lockOn = (
+      take: (connection: SqlConnection.Connection) => Effect.Effect<ReadonlyArray<Record<string, unknown>>, SqlError>
+    ): Effect.Effect<Option.Option<Held>, SqlError> =>
       Effect.gen(function*() {
         const scope = yield* Scope.fork(layerScope, ExecutionStrategy.sequential)
         const taken = yield* Effect.exit(Effect.gen(function*() {
           const connection = yield* Scope.extend(sql.reserve, scope)
-          const [row] = yield* connection.execute(statement, [nodeId], undefined)
+          const [row] = yield* take(connection)
           return row?.taken === true ? Option.some<Held>({ connection, scope, pid: Number(row.pid) }) : Option.none()
         }))
         if (Exit.isSuccess(taken) && Option.isSome(taken.value)) {
@@ -109,7 +118,7 @@ export const holdOnPostgres = <E>(
     const abandoned = new Set<number>()
 
     const attempt: Effect.Effect<Attempt, SqlError> = Effect.gen(function*() {
-      const held = yield* lockOn(TRY_LOCK)
+      const held = yield* lockOn((connection) => connection.execute(TRY_LOCK, [nodeId], undefined))
       if (Option.isSome(held)) {
         abandoned.clear()
         return { _tag: "Taken", held: held.value }
@@ -150,18 +159,38 @@ export const holdOnPostgres = <E>(
       }
     }
 
+    /** Until the session `pid` waits in a lock's queue (at most `pingLimit`: then it is taken to be there). */
+    const queued = (pid: number) =>
+      Effect.gen(function*() {
+        const until = (yield* Clock.currentTimeMillis) + Duration.toMillis(pingLimit)
+        while ((yield* Clock.currentTimeMillis) < until) {
+          const [row] = yield* sql.unsafe<{ queued: boolean }>(QUEUED, [pid])
+          if (row?.queued === true) return
+          yield* Effect.sleep(QUEUE_CHECK_EVERY)
+        }
+      })
+
     /**
-     * Moves the hold off a session that stopped answering: waits for the lock on a new connection (first in line),
-     * then ends the old session, which lets go of it. The old connection is let go of once its statement is over
-     * (`pgPool.ts` ends it): lent again before, it would hold up the next statement.
+     * Moves the hold off a session that stopped answering: waits for the lock on a new connection, and once that wait
+     * is in the lock's queue (first in line), ends the old session, which lets go of it. Ended before, the lock was
+     * free for a moment, and a node starting under the id meanwhile took it from this one, which works on. The old
+     * connection is let go of once its statement is over (`pgPool.ts` ends it): lent again before, it would hold up
+     * the next statement.
      */
     const moveHold = (old: Held, stuck: Fiber.Fiber<unknown, unknown>) =>
       Effect.gen(function*() {
         abandoned.add(old.pid)
         yield* Effect.forkDaemon(Effect.zipRight(Fiber.await(stuck), Scope.close(old.scope, Exit.void)))
-        const waiting = yield* Effect.forkDaemon(lockOn(WAIT_FOR_LOCK)) // not waited for by a shutdown either
-        yield* Effect.ignore(endSession(old.pid))
-        const moved = yield* Effect.flatten(Fiber.join(waiting)) // a wait that does not end: DATABASE_STATEMENT_TIMEOUT
+        const waitThenEnd = (connection: SqlConnection.Connection) =>
+          Effect.gen(function*() {
+            const [own] = yield* connection.execute("SELECT pg_backend_pid() AS pid", [], undefined)
+            const waiting = yield* Effect.fork(connection.execute(WAIT_FOR_LOCK, [nodeId], undefined))
+            yield* Effect.ignore(queued(Number(own?.pid))) // the database away: ending the old session fails too
+            yield* Effect.ignore(endSession(old.pid))
+            return yield* Fiber.join(waiting) // a wait that does not end: DATABASE_STATEMENT_TIMEOUT
+          })
+        const moving = yield* Effect.forkDaemon(lockOn(waitThenEnd)) // not waited for by a shutdown either
+        const moved = yield* Effect.flatten(Fiber.join(moving))
         abandoned.delete(old.pid) // it let go: it is over
         return moved
       })
