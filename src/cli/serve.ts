@@ -2,7 +2,8 @@
  * `serve`: the server exactly as `npm start` runs it: `node <the start script's flags> dist/main.js` (`src/main.ts`
  * through tsx when the CLI itself runs from source), in the same environment, its output passed through. The
  * child runs in a process group of its own, and every SIGINT, SIGTERM and SIGHUP the CLI gets is passed on once
- * (a Ctrl-C reaches the server once, not twice: a second would cut its graceful shutdown short). The CLI exits
+ * (a Ctrl-C reaches the server once, not twice: a signal repeated a second or more into its shutdown stops it at
+ * once, `src/main.ts`). The CLI exits
  * with the server's exit code.
  */
 import { spawn } from "node:child_process"
