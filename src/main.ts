@@ -17,7 +17,7 @@ const LISTEN_FAULTS: Readonly<Record<string, string>> = {
 }
 
 /** A listen that failed for a reason in `LISTEN_FAULTS`: one line naming the address, the code and what to change. */
-export const listenFaultLine = (cause: Cause.Cause<unknown>): Option.Option<string> =>
+const listenFaultLine = (cause: Cause.Cause<unknown>): Option.Option<string> =>
   Option.flatMap(Cause.failureOption(cause), (error) => {
     const failure = error as { readonly _tag?: unknown; readonly cause?: { code?: unknown; address?: unknown; port?: unknown } }
     const code = failure._tag === "ServeError" ? failure.cause?.code : undefined

@@ -95,7 +95,7 @@ const withApi = <A, E, R>(own: ConnectionFlags, effect: Effect.Effect<A, E, R>) 
   })
 
 /** `--metadata` pairs as an object: each `KEY=VALUE` with a key (the value may be empty, or hold `=`). */
-export const metadataOf = (pairs: ReadonlyArray<string>): Either.Either<Record<string, string>, string> => {
+const metadataOf = (pairs: ReadonlyArray<string>): Either.Either<Record<string, string>, string> => {
   const metadata: Record<string, string> = {}
   for (const pair of pairs) {
     const at = pair.indexOf("=")

@@ -73,13 +73,15 @@ const page = (spec: OpenApi.OpenAPISpec, script: string) => {
   return { html, csp: policy([configure, script]) }
 }
 
-/** Whether an `Accept-Encoding` header takes gzip (named, or `*`, with a q above 0). */
-export const acceptsGzip = (header: string | undefined): boolean =>
-  (header ?? "").split(",").some((part) => {
-    const [coding, ...params] = part.split(";").map((p) => p.trim().toLowerCase())
+/** Whether an `Accept-Encoding` header takes gzip: named with a q above 0, or else `*` so. */
+const acceptsGzip = (header: string | undefined): boolean => {
+  const qualities = new Map((header ?? "").split(",").map((part) => {
+    const [coding = "", ...params] = part.split(";").map((p) => p.trim().toLowerCase())
     const q = params.find((p) => p.startsWith("q="))
-    return (coding === "gzip" || coding === "*") && (q === undefined || Number(q.slice(2)) > 0)
-  })
+    return [coding, q === undefined ? 1 : Number(q.slice(2))] as const
+  }))
+  return (qualities.get("gzip") ?? qualities.get("*") ?? 0) > 0
+}
 
 /** The page as sent: its bytes, also gzipped (3.4 MB of script is ~0.9 MB so), and its policy. */
 const pageBodies = (spec: OpenApi.OpenAPISpec) =>
