@@ -176,6 +176,9 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
         expectEnvelope(yield* call(`/v1/files?limit=${limit}`), 400, { param: "limit", code: "invalid_value" })
       }
       expect((yield* call("/v1/files?limit=16")).status).toBe(200)
+      const twice = yield* call("/v1/files?limit=5&limit=6")
+      expectEnvelope(twice, 400, { param: "limit", code: "invalid_type" })
+      expect(twice.json.error.message).toBe("Invalid type for 'limit': expected a string, but got an array instead.")
       const sideways = yield* call("/v1/files?order=sideways")
       expectEnvelope(sideways, 400, { param: "order", code: "invalid_value" })
       expect(sideways.json.error.message).toContain("expected 'asc' or 'desc'")

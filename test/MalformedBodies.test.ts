@@ -115,6 +115,14 @@ describe("malformed bodies", () => {
       ["output_expires_after a string", body({ output_expires_after: "1h" }), "output_expires_after", "invalid_type"],
       ["every field missing", "{}", "input_file_id", "missing_required_parameter"]
     ]
+    it.effect("a wrong type's message says what was expected and what came, as OpenAI's does", () =>
+      Effect.gen(function*() {
+        const messageOf = (text: string) => Effect.map(postJson(text), (r) => r.json.error.message)
+        expect(yield* messageOf(body({ input_file_id: 42 }))).toBe("Invalid type for 'input_file_id': expected a string, but got a number instead.")
+        expect(yield* messageOf(body({ endpoint: ["/v1/chat/completions"] }))).toBe("Invalid type for 'endpoint': expected a string, but got an array instead.")
+        expect(yield* messageOf(body({ metadata: "m" }))).toBe("Invalid type for 'metadata': expected an object, but got a string instead.")
+      }))
+
     for (const [what, text, param, code] of wrongTypes) {
       it.effect(`wrong field types (${what}): 400 ${code} naming ${param}`, () =>
         Effect.gen(function*() {

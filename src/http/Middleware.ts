@@ -28,6 +28,29 @@ const expectedType = (message: string): string | undefined => {
   return undefined
 }
 
+/**
+ * What a schema's "…, actual X" message was given, in a user's words (`an array` for a query parameter given more
+ * than once); undefined when the message says no more than the value.
+ */
+const actualType = (message: string): string | undefined => {
+  const actual = /, actual (.)/.exec(message)?.[1]
+  switch (actual) {
+    case "[":
+      return "an array"
+    case "{":
+      return "an object"
+    case "\"":
+      return "a string"
+    case "t":
+    case "f":
+      return "a boolean"
+    case "n":
+      return "null"
+    default:
+      return actual !== undefined && /[-\d]/.test(actual) ? "a number" : undefined
+  }
+}
+
 /** `HttpApiDecodeError` → 400 naming the first offending parameter. */
 export const fromDecodeError = (e: HttpApiError.HttpApiDecodeError): ApiError => {
   const issue = e.issues[0]
@@ -38,7 +61,10 @@ export const fromDecodeError = (e: HttpApiError.HttpApiDecodeError): ApiError =>
   }
   const type = issue._tag === "Type" ? expectedType(issue.message) : undefined
   if (type !== undefined) {
-    const message = param === null ? `The request body must be ${type === "an object" ? "a JSON object" : type}.` : `Invalid type for '${param}': expected ${type}.`
+    const got = actualType(issue.message)
+    const message = param === null
+      ? `The request body must be ${type === "an object" ? "a JSON object" : type}.`
+      : `Invalid type for '${param}': expected ${type}${got === undefined ? "" : `, but got ${got} instead`}.`
     return invalidRequest(message, param, "invalid_type")
   }
   const message = param === null ? `Invalid request: ${issue.message}` : `Invalid value for '${param}': ${issue.message}`
