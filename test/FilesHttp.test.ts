@@ -193,6 +193,9 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
       const spec = yield* call("/openapi.json")
       expect(spec.status).toBe(200)
       expect(Object.keys(spec.json.paths)).toEqual(expect.arrayContaining(["/v1/files", "/v1/files/{file_id}", "/v1/files/{file_id}/content", "/v1/health"]))
+      // The models route's wildcard is documented as OpenAI's `{model}`.
+      expect(Object.keys(spec.json.paths)).not.toContain("/v1/models/*")
+      expect(spec.json.paths["/v1/models/{model}"].get.parameters.map((p: { name: string }) => p.name)).toEqual(["model"])
       const docs = yield* call("/docs")
       expect(docs.status).toBe(200)
       const html = new TextDecoder().decode(docs.buffer)

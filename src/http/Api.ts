@@ -73,6 +73,19 @@ export class ModelsGroup extends HttpApiGroup.make("models")
   .annotate(OpenApi.Title, "Models")
 {}
 
+/**
+ * The models route's wildcard, in the OpenAPI document, as the `{model}` parameter OpenAI's own document names (the
+ * router needs the wildcard; a document's `*` path and parameter read as a mistake).
+ */
+const modelPathNamed = (spec: Record<string, any>): Record<string, any> => {
+  const { "/v1/models/*": wildcard, ...paths } = spec.paths ?? {}
+  if (wildcard?.get === undefined) return spec
+  const parameters = (wildcard.get.parameters ?? []).map((p: Record<string, unknown>) =>
+    p.name === "*" ? { ...p, name: "model", description: "The model's id; it may hold slashes (`meta-llama/Llama-3.1-8B`)." } : p
+  )
+  return { ...spec, paths: { ...paths, "/v1/models/{model}": { ...wildcard, get: { ...wildcard.get, parameters } } } }
+}
+
 export class FilesGroup extends HttpApiGroup.make("files")
   .add(
     HttpApiEndpoint.post("upload", "/files")
@@ -239,6 +252,7 @@ export class OpenAIApi extends HttpApi.make("openai-batch")
   .addError(PayloadTooLargeSchema)
   .addError(ServerErrorSchema)
   .addError(InsufficientStorageSchema)
+  .annotate(OpenApi.Transform, modelPathNamed)
   .annotate(OpenApi.Title, "OpenAI-compatible Files and Batches")
   .annotate(OpenApi.Version, "0.1.0")
 {}
