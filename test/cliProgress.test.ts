@@ -81,6 +81,9 @@ describe("progress lines", () => {
 
   it("writes plain lines at each status change, while counts move at most every few seconds, and a heartbeat", () => {
     expect(plainLine(batch(), 48.2, 12.3)).toBe("[12s] batch_abc in_progress 612/1,000 (61%), 12 failed, 48.2/s, ETA 8s, 31.4k tokens")
+    // A cancel counts what it stops as failed at once: no rate then.
+    const cancelled = batch({ status: "cancelled", request_counts: { total: 1000, completed: 612, failed: 388 } })
+    expect(plainLine(cancelled, 900, 13)).toBe("[13s] batch_abc cancelled 1,000/1,000 (100%), 388 failed, 31.4k tokens")
     expect(plainLine(batch({ status: "validating", request_counts: { total: 0, completed: 0, failed: 0 } }), undefined, 0))
       .toBe("[0s] batch_abc validating")
     const b = batch()
@@ -150,6 +153,8 @@ describe("batches at rest", () => {
     expect(allSucceeded(batch({ status: "completed", request_counts: { total: 5, completed: 5, failed: 0 } }))).toBe(true)
     const cancelled = batch({ status: "cancelled", cancelled_at: T0 + 4, request_counts: { total: 10, completed: 4, failed: 0 } })
     expect(summaryLine(cancelled, T0 + 9)).toBe("batch_abc cancelled in 4s: 4 succeeded, 0 failed, 6 not run, 31.4k tokens")
+    const quick = { ...done, completed_at: done.created_at }
+    expect(summaryLine(quick, T0 + 20)).toBe("batch_abc completed in under 1s: 988 succeeded, 12 failed, 31.4k tokens")
     expect(allSucceeded(cancelled)).toBe(false)
   })
 })

@@ -76,10 +76,14 @@ export const listLines = (batches: ReadonlyArray<Batch>, now: number): ReadonlyA
   return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join("  "))
 }
 
-/** The line a watch ends with: `batch_… completed in 12s: 980 succeeded, 20 failed, 31.4k tokens`. */
+/**
+ * The line a watch ends with: `batch_… completed in 12s: 980 succeeded, 20 failed, 31.4k tokens`. The stamps are
+ * whole seconds, so a batch whose stamps are equal ran "under 1s" (not "0s", beside a watch's `[1s]` line).
+ */
 export const summaryLine = (b: Batch, now: number): string => {
   const c = countsOf(b)
-  return `${b.id} ${b.status} in ${duration(runTime(b, now))}: ${count(c.completed)} succeeded, ${count(c.failed)} failed` +
+  const ran = runTime(b, now)
+  return `${b.id} ${b.status} in ${ran < 1 ? "under 1s" : duration(ran)}: ${count(c.completed)} succeeded, ${count(c.failed)} failed` +
     (c.total > c.done ? `, ${count(c.total - c.done)} not run` : "") + `, ${tokens(b.usage?.total_tokens ?? 0)} tokens`
 }
 

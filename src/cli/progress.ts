@@ -82,12 +82,15 @@ export const bar = (fraction: number, width: number): string => {
 
 const percent = (c: Counts) => (c.total === 0 ? 0 : Math.floor((c.done / c.total) * 100))
 
-/** The figures after the counts: failed, rate, ETA, tokens (the ETA only while requests run). */
+/**
+ * The figures after the counts: failed, rate, ETA, tokens. The rate and the ETA only while requests run: a cancel
+ * counts the requests it stops as failed at once, which a rate would show as a burst of work.
+ */
 const figures = (batch: Batch, perSec: number | undefined): Array<string> => {
   const c = countsOf(batch)
   const parts = [`${count(c.failed)} failed`]
-  if (perSec !== undefined) parts.push(perSecond(perSec))
   if (batch.status === "in_progress") {
+    if (perSec !== undefined) parts.push(perSecond(perSec))
     const eta = etaSeconds(c.total - c.done, perSec)
     parts.push(`ETA ${eta === undefined ? "?" : duration(eta)}`)
   }
