@@ -64,7 +64,7 @@ export { BlobStore, BlobStoreLocal, type BlobStoreShape, makeLocal as makeLocalB
 export { BlobStoreSql } from "./storage/BlobStoreSql.js"
 export { ReadConnection, type ReadConnectionShape, type ReadValues, sqliteReadConnection } from "./storage/ReadConnection.js"
 export { layerPg, layerSqlite, MigrationsLive, SqlLive } from "./storage/Sql.js"
-export { NodeIdInUse, NodeIdLockLive } from "./storage/NodeIdLock.js"
+export { NodeIdInUse, NodeIdLockLive, NodeIdTakenOver, OnNodeIdTakenOver } from "./storage/NodeIdLock.js"
 export { BatchesRunElsewhere, SqliteRunnerLockLive } from "./storage/SqliteRunnerLock.js"
 export { DeliveryPolicy, Webhooks, WebhooksLive, type WebhooksShape } from "./webhooks/Webhooks.js"
 export {

@@ -1,13 +1,15 @@
 /**
- * The server process: configuration from the environment, then the application until SIGINT/SIGTERM, which
- * interrupts it and closes every layer in reverse order (the server stops accepting and lets open requests end).
+ * The server process: configuration from the environment, then the application until SIGINT/SIGTERM (or until
+ * another process takes its NODE_ID: `launch`), which interrupts it and closes every layer in reverse order (the
+ * server stops accepting and lets open requests end).
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import { Cause, ConfigError, Console, Effect, Layer, Option, Runtime } from "effect"
+import { Cause, ConfigError, Console, Deferred, Effect, Layer, Option, Runtime } from "effect"
 import { constants } from "node:os"
 import { AppConfig } from "./Config.js"
 import { AppLive } from "./Layers.js"
 import { LoggingLive } from "./observability/Logging.js"
+import { NodeIdTakenOver, OnNodeIdTakenOver } from "./storage/NodeIdLock.js"
 
 /** Why the socket could not listen, for the faults an operator fixes in the configuration. */
 const LISTEN_FAULTS: Readonly<Record<string, string>> = {
@@ -28,7 +30,8 @@ const listenFaultLine = (cause: Cause.Cause<unknown>): Option.Option<string> =>
 
 /** A fault that ends the server (a port in use, a database unreachable at start), logged in the configured format. */
 const logFault = (cause: Cause.Cause<unknown>) =>
-  Cause.isInterruptedOnly(cause) || Option.exists(Cause.failureOption(cause), ConfigError.isConfigError)
+  Cause.isInterruptedOnly(cause) ||
+    Option.exists(Cause.failureOption(cause), (e) => ConfigError.isConfigError(e) || e instanceof NodeIdTakenOver)
     ? Effect.void
     : Option.match(listenFaultLine(cause), {
       onSome: (line) => Effect.annotateLogs(Effect.logError(line), "event", "server.listen_failed"),
@@ -63,9 +66,26 @@ const stopAtOnceOnALaterSignal = Effect.gen(function*() {
   process.on("SIGTERM", onSignal)
 })
 
+/**
+ * The application until it is interrupted, or until another process takes this node's id (`NodeIdTakenOver`: it
+ * started under it while this node was cut off from PostgreSQL): said at once, then the node stops as at SIGTERM and
+ * exits 1. Its work goes on in the other process; both under one id would send the same requests twice.
+ */
+const launch = Effect.gen(function*() {
+  const takenOver = yield* Deferred.make<never, NodeIdTakenOver>()
+  const stop = (error: NodeIdTakenOver) =>
+    Effect.annotateLogs(Effect.logError(`${error.message} This process stops.`), "event", "server.node_id_taken_over").pipe(
+      Effect.zipRight(Deferred.fail(takenOver, error))
+    )
+  return yield* Layer.launch(AppLive).pipe(
+    Effect.provideService(OnNodeIdTakenOver, (error) => Effect.asVoid(stop(error))),
+    Effect.raceFirst(Deferred.await(takenOver))
+  )
+})
+
 // Logs go through `LOG_FORMAT`'s logger from the start to the last line: provided around the whole program (and
 // runMain's own pretty logger and error report disabled, or each line would be written twice).
-const program = Effect.zipRight(stopAtOnceOnALaterSignal, Layer.launch(AppLive)).pipe(
+const program = Effect.zipRight(stopAtOnceOnALaterSignal, launch).pipe(
   Effect.onInterrupt(() => Effect.annotateLogs(Effect.logInfo("Shutdown finished"), "event", "server.shutdown_finished")),
   Effect.tapErrorCause(logFault),
   Effect.provide(LoggingLive),

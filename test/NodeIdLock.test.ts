@@ -130,6 +130,48 @@ describe("one process per NODE_ID on PostgreSQL", () => {
       expect([...sim.stats.byPrompt.values()].every((n) => n === 1)).toBe(true)
     }).pipe(Effect.scoped), 90_000)
 
+  it.live("a server cut off for longer than LEASE_TTL, whose id another process took meanwhile, stops once it is back, saying why", () =>
+    Effect.gen(function*() {
+      const { direct, forwarded, forwarder } = yield* forwardedSchema
+      const dataDir = yield* Effect.acquireRelease(
+        Effect.sync(() => mkdtempSync(Path.join(tmpdir(), "batch-node-id-"))),
+        (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
+      )
+      const sim = yield* Effect.acquireRelease(Effect.promise(() => startSimulator()), (s) => Effect.promise(() => s.close()))
+      const server = yield* Effect.acquireRelease(
+        Effect.promise(() =>
+          startServer({
+            DATABASE_URL: Redacted.value(forwarded),
+            DATA_DIR: dataDir,
+            NODE_ID: "cut-off",
+            INFERENCE_BASE_URL: sim.url,
+            LEASE_TTL: "2 seconds",
+            HEARTBEAT_INTERVAL: "200 millis",
+            DATABASE_STATEMENT_TIMEOUT: "2 seconds",
+            SHUTDOWN_TIMEOUT: "1 second",
+            LOG_FORMAT: "json"
+          })
+        ),
+        (s) => Effect.promise(() => s.stop("SIGKILL"))
+      )
+      const sql = Context.get(yield* Layer.build(layerPg(direct)), SqlClient.SqlClient)
+      const holdersNow = Effect.provideService(holders("cut-off"), SqlClient.SqlClient, sql)
+      const [old] = yield* holdersNow
+      forwarder.freeze() // the database away for the server, longer than LEASE_TTL
+      // Another process starts under its id meanwhile: the server's session is silent, so it is taken for gone.
+      yield* Layer.build(lockOf(direct, "cut-off"))
+      const [taker] = yield* holdersNow
+      expect(taker).not.toBe(old)
+      const exited = new Promise<number | null>((resolve) => server.child.once("exit", (code) => resolve(code)))
+      forwarder.restore()
+      const code = yield* Effect.promise(() => exited).pipe(Effect.timeout("20 seconds"))
+      expect(code).toBe(1)
+      const line = server.stdout().split("\n").find((l) => l.includes('"event":"server.node_id_taken_over"'))
+      expect(line).toBeDefined()
+      expect(JSON.parse(line!).message).toContain(`Another process took NODE_ID 'cut-off' (held by PostgreSQL session ${taker}`)
+      expect(yield* holdersNow).toEqual([taker]) // the other process keeps it
+    }).pipe(Effect.scoped), 40_000)
+
   it.live("a holder silent for longer than LEASE_TTL is taken for gone: its session is ended and the id taken over", () =>
     Effect.gen(function*() {
       const url = yield* schemaUrl

@@ -9,7 +9,7 @@
  * in-memory database it needs none (no other process can open it).
  */
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Data, Duration, Effect, Layer } from "effect"
+import { Context, Data, Duration, Effect, Layer } from "effect"
 import { AppConfig } from "../Config.js"
 import { fileNameOfNodeId } from "./BlobStore.js"
 import { holdFileLock, patienceFor, sqliteFileOf } from "./fileLock.js"
@@ -24,6 +24,24 @@ export class NodeIdInUse extends Data.TaggedError("NodeIdInUse")<{ readonly node
   }
 }
 
+/** Another process took this node's id while the node was cut off from its PostgreSQL database for a while. */
+export class NodeIdTakenOver extends Data.TaggedError("NodeIdTakenOver")<{ readonly nodeId: string; readonly holder: string }> {
+  override get message() {
+    return `Another process took NODE_ID '${this.nodeId}' (held by ${this.holder}) while this node was cut off from ` +
+      "the database for longer than LEASE_TTL: two processes under one id would work on the same requests. Each " +
+      "process needs a NODE_ID of its own."
+  }
+}
+
+/**
+ * What a node does once it finds its id taken over (`NodeIdTakenOver`), besides an error logged once a minute. The
+ * server (`main.ts`) stops: its work goes on in the other process. By default nothing more, for an app embedding the
+ * service to decide (provide this reference to stop it, as `main.ts` does).
+ */
+export class OnNodeIdTakenOver extends Context.Reference<OnNodeIdTakenOver>()("NodeIdLock/OnNodeIdTakenOver", {
+  defaultValue: () => (_: NodeIdTakenOver): Effect.Effect<void> => Effect.void
+}) {}
+
 /** The lock file of `nodeId` on a SQLite database file. */
 export const nodeLockFileOf = (database: string, nodeId: string) => `${database}.node-${fileNameOfNodeId(nodeId)}.lock`
 
@@ -37,9 +55,11 @@ export const NodeIdLockLive: Layer.Layer<never, NodeIdInUse, SqlClient.SqlClient
     const waiting = (where: string) =>
       `Another process runs as NODE_ID '${nodeId}' on ${where}; waiting up to ${Duration.format(patience)} for it to stop`
     if (sql.onDialectOrElse({ pg: () => true, orElse: () => false })) {
+      const onTakenOver = yield* OnNodeIdTakenOver
       return yield* holdOnPostgres(sql, config, patience, {
         waiting: waiting("this PostgreSQL database"),
-        refused: (holder) => new NodeIdInUse({ nodeId, where: `this PostgreSQL database and schema (held by ${holder})` })
+        refused: (holder) => new NodeIdInUse({ nodeId, where: `this PostgreSQL database and schema (held by ${holder})` }),
+        takenOver: (holder) => onTakenOver(new NodeIdTakenOver({ nodeId, holder }))
       })
     }
     const database = yield* sqliteFileOf(sql)

@@ -11,8 +11,9 @@
  *   `LEASE_TTL` and no lease of that id is live (a node that works renews its leases every heartbeat), then takes
  *   the lock; otherwise it waits as long as a predecessor may take to stop, and is refused;
  * - a holder whose session ends under it (the server restarted, or an operator ended it) takes the lock again as soon
- *   as it can (ending its own session left behind, if that still holds it), or says, once a minute, that another
- *   process holds its id.
+ *   as it can (ending its own session left behind, if that still holds it). Another process holding its id by then
+ *   started under it while this node was cut off (for longer than `LEASE_TTL`): `takenOver` is told, once, and this
+ *   node says once a minute that another process holds its id.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import type * as SqlConnection from "@effect/sql/SqlConnection"
@@ -78,7 +79,12 @@ export const holdOnPostgres = <E>(
   sql: SqlClient.SqlClient,
   config: AppConfigShape,
   patience: Duration.Duration,
-  messages: { readonly waiting: string; readonly refused: (holder: string) => E }
+  messages: {
+    readonly waiting: string
+    readonly refused: (holder: string) => E
+    /** Run once, when another process is found holding the id this node held (see `OnNodeIdTakenOver`). */
+    readonly takenOver: (holder: string) => Effect.Effect<void>
+  }
 ): Effect.Effect<void, E, Scope.Scope> =>
   Effect.gen(function*() {
     const nodeId = config.nodeId
@@ -225,6 +231,7 @@ export const holdOnPostgres = <E>(
       })
 
     const lost = makeFailureRun(`Holding NODE_ID '${nodeId}'`)
+    let toldTakenOver = false
     const takeAgain = Effect.gen(function*() {
       yield* Effect.sleep(config.heartbeatInterval)
       const tried = yield* Effect.either(attempt)
@@ -235,6 +242,10 @@ export const holdOnPostgres = <E>(
         return yield* hold(tried.right.held)
       }
       if (tried.right._tag === "HeldBy") {
+        if (!toldTakenOver) {
+          toldTakenOver = true
+          yield* messages.takenOver(describeHolder(tried.right.holder))
+        }
         yield* lost.failed(Cause.fail(
           `another process holds it (${describeHolder(tried.right.holder)}): it started under this node's id while ` +
             "this node was cut off from the database; stop one of them"
