@@ -30,10 +30,12 @@ layer(smallPool, { excludeTestServices: true })("an interrupted PostgreSQL state
   it.effect("never cancels the statement that took its connection over", () =>
     Effect.gen(function*() {
       const sql = yield* SqlClient.SqlClient
-      const busy = yield* Effect.fork(sql`SELECT pg_sleep(0.6)`)
-      const interrupted = yield* Effect.fork(sql`SELECT pg_sleep(0.25)`)
+      // The interrupt is sent ~120 ms in, well before the interrupted statement ends (0.5 s) even on a busy machine
+      // (with 0.25 s, a late interrupt once found it done: its fiber then succeeded).
+      const busy = yield* Effect.fork(sql`SELECT pg_sleep(0.9)`)
+      const interrupted = yield* Effect.fork(sql`SELECT pg_sleep(0.5)`)
       yield* Effect.sleep("100 millis")
-      const next = yield* Effect.fork(sql<{ value: string }>`SELECT 'next' AS value FROM pg_sleep(0.6)`)
+      const next = yield* Effect.fork(sql<{ value: string }>`SELECT 'next' AS value FROM pg_sleep(0.8)`)
       yield* Effect.sleep("20 millis")
       yield* Fiber.interruptFork(interrupted)
       expect(yield* Fiber.join(next)).toEqual([{ value: "next" }])
