@@ -4,7 +4,7 @@
  */
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { Duration, Effect, Layer } from "effect"
-import { createServer } from "node:http"
+import { createServer, type Server } from "node:http"
 import { AppConfig, fileStorageOf } from "./Config.js"
 import type * as SqlClient from "@effect/sql/SqlClient"
 import { type Auth, AuthLive } from "./auth/Auth.js"
@@ -33,7 +33,7 @@ import { SqlLive } from "./storage/Sql.js"
 import { NodeIdLockLive } from "./storage/NodeIdLock.js"
 import { SqliteRunnerLockLive } from "./storage/SqliteRunnerLock.js"
 import { WebhooksLive } from "./webhooks/Webhooks.js"
-import { WebhookTargetsLive } from "./webhooks/WebhookTargets.js"
+import { type WebhookTargets, WebhookTargetsLive } from "./webhooks/WebhookTargets.js"
 
 /** The file bytes where `fileStorageOf` the configuration says. */
 export const BlobStoreLive = Layer.unwrapEffect(
@@ -60,6 +60,8 @@ export interface ServiceParts {
   readonly workLeases?: Layer.Layer<WorkLeases, unknown, SqlClient.SqlClient>
   readonly readiness?: Layer.Layer<Readiness, unknown, SqlClient.SqlClient | AppConfig>
   readonly metrics?: Layer.Layer<Metrics, unknown, AppConfig>
+  /** Where batch events are sent (`WebhookTargetsTest` fixes them). */
+  readonly webhookTargets?: Layer.Layer<WebhookTargets, unknown, AppConfig | Auth>
 }
 
 /** Every service the HTTP handlers use (and the storage under them), built on `parts`. */
@@ -76,7 +78,7 @@ export const makeServices = (parts: ServiceParts = {}) =>
     // Before the services that free what a previous run held: on SQLite, only once no other process runs batches.
     Layer.provideMerge(SqliteRunnerLockLive),
     Layer.provide(parts.storage ?? StorageLive),
-    Layer.provide(WebhookTargetsLive),
+    Layer.provide(parts.webhookTargets ?? WebhookTargetsLive),
     Layer.provideMerge(parts.auth ?? AuthLive),
     Layer.provideMerge(parts.metrics ?? MetricsLive)
   )
@@ -96,27 +98,47 @@ const HANDLER_CLEAN_UP = Duration.seconds(5)
  * read reaches the client even when the connection closes after it.
  */
 export const NodeServerLive = Layer.unwrapEffect(
-  Effect.map(AppConfig, ({ host, port, shutdownTimeout }) => {
-    // Idle connections are kept longer than the clients and proxies in front keep theirs (load balancers 60 s,
-    // Python's httpx 5 s): with Node's 5 s, a client could reuse a connection the server was just closing and get a
-    // reset. Nor do they hold a shutdown back: `close()` ends the idle ones at once, `closeWhenAnswered` the others.
-    const server = createServer({ keepAliveTimeout: 65_000 })
-    // In this order: the held requests go to the first request listener attached after `holdEarlyRequests`'.
-    lingerAfterEarlyAnswers(server)
-    const closeAsAnswered = closeWhenAnswered(server)
-    holdEarlyRequests(server)
-    // Built after the server, so released before it: the timer runs while `server.close()` waits.
-    const closeRemainingConnections = Layer.scopedDiscard(Effect.addFinalizer(() =>
-      Effect.sync(() => {
-        closeAsAnswered()
-        setTimeout(() => server.closeAllConnections(), Duration.toMillis(shutdownTimeout)).unref()
-      })
-    ))
-    return closeRemainingConnections.pipe(
-      Layer.provideMerge(NodeHttpServer.layer(() => server, { host, port }).pipe(awaitHandlers(HANDLER_CLEAN_UP)))
-    )
-  })
+  Effect.map(AppConfig, ({ host, port, shutdownTimeout }) => makeNodeServer({ host, port, shutdownTimeout }))
 )
+
+export interface NodeServerOptions {
+  readonly host?: string | undefined
+  readonly port: number
+  /** How long open requests may take to finish at shutdown before their connections are closed. */
+  readonly shutdownTimeout: Duration.DurationInput
+  /**
+   * The Node server to listen with, with no request listener of its own (the layer attaches the app's). By default
+   * a new one whose idle connections are kept 65 s.
+   */
+  readonly server?: Server | undefined
+}
+
+/**
+ * `NodeServerLive` on the options given instead of `AppConfig`'s, for an app that embeds the service. The server and
+ * its listeners are made as the layer is built (a server given should be built on once).
+ */
+export const makeNodeServer = (options: NodeServerOptions) => Layer.unwrapEffect(Effect.sync(() => {
+  // Idle connections are kept longer than the clients and proxies in front keep theirs (load balancers 60 s,
+  // Python's httpx 5 s): with Node's 5 s, a client could reuse a connection the server was just closing and get a
+  // reset. Nor do they hold a shutdown back: `close()` ends the idle ones at once, `closeWhenAnswered` the others.
+  const server = options.server ?? createServer({ keepAliveTimeout: 65_000 })
+  // In this order: the held requests go to the first request listener attached after `holdEarlyRequests`'.
+  lingerAfterEarlyAnswers(server)
+  const closeAsAnswered = closeWhenAnswered(server)
+  holdEarlyRequests(server)
+  // Built after the server, so released before it: the timer runs while `server.close()` waits.
+  const closeRemainingConnections = Layer.scopedDiscard(Effect.addFinalizer(() =>
+    Effect.sync(() => {
+      closeAsAnswered()
+      setTimeout(() => server.closeAllConnections(), Duration.toMillis(options.shutdownTimeout)).unref()
+    })
+  ))
+  return closeRemainingConnections.pipe(
+    Layer.provideMerge(
+      NodeHttpServer.layer(() => server, { host: options.host, port: options.port }).pipe(awaitHandlers(HANDLER_CLEAN_UP))
+    )
+  )
+}))
 
 /**
  * The whole application on a Node HTTP server, on `parts` (see `makeServices`); needs only `AppConfig`. The

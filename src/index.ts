@@ -5,20 +5,23 @@
 export { audit, Auth, AuthLive, type AuthShape, AuthTest, type Caller, CurrentCaller, localCaller } from "./auth/Auth.js"
 export { AppConfig, appConfig, type AppConfigShape, defaults as configDefaults } from "./Config.js"
 export { BatchRunner, BatchRunnerLive, type BatchRunnerShape, FaultRetry } from "./batches/BatchRunner.js"
-export { BatchNotFound, BatchStore, BatchStoreLive, type BatchStoreShape } from "./batches/BatchStore.js"
+export { BatchNotFound, BatchStore, BatchStoreLive, type BatchStoreShape, type NewBatch } from "./batches/BatchStore.js"
+export { Rerun, RerunLive, type RerunShape } from "./batches/rerun.js"
 export { type Move, transitions } from "./batches/transitions.js"
 export { type Lease, WorkLeases, WorkLeasesLive, type WorkLeasesShape } from "./batches/WorkLeases.js"
 export * as Batches from "./domain/Batches.js"
 export * as Errors from "./domain/Errors.js"
 export * as Files from "./domain/Files.js"
 export * as Ids from "./domain/Ids.js"
-export { FileNotFound, type FileStoreShape, FileStore, FileStoreLive, UnknownCursor } from "./files/FileStore.js"
+export { type FileMetadata, FileNotFound, type FileStoreShape, FileStore, FileStoreLive, UnknownCursor } from "./files/FileStore.js"
+export { DEFAULT_PROJECT, type Visibility, visibilityOf } from "./domain/Projects.js"
 export { Uploads, UploadsLive, type UploadsShape } from "./files/Uploads.js"
 export * as UploadObjects from "./domain/Uploads.js"
 export { BatchesGroup, FilesGroup, HealthGroup, OpenAIApi, UploadsGroup, WebhooksGroup } from "./http/Api.js"
 export {
   Inference,
   InferenceLive,
+  InferenceOverHttpClient,
   InferenceScripted,
   type InferenceShape,
   type ScriptedRequest,
@@ -53,8 +56,10 @@ export {
   AppLive,
   BlobStoreLive,
   makeApp,
+  makeNodeServer,
   makeServices,
   NodeServerLive,
+  type NodeServerOptions,
   type ServiceParts,
   ServicesLive,
   StorageLive

@@ -5,7 +5,7 @@ import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import { describe, expect, it } from "@effect/vitest"
 import { Clock, Duration, Effect, Either, Fiber, Layer, Option, TestClock } from "effect"
 import { AppConfig } from "../src/Config.js"
-import { compactJson, Inference, InferenceLive, make, retryAfterMillis } from "../src/inference/Inference.js"
+import { compactJson, Inference, InferenceLive, InferenceOverHttpClient, retryAfterMillis } from "../src/inference/Inference.js"
 import { BIGNUM_COMPACT, startSimulator } from "../scripts/simulator.js"
 import { eventually } from "./support/TestApp.js"
 
@@ -33,7 +33,7 @@ const scripted = (script: ReadonlyArray<Scripted>, maxAttempts = 5) => {
     }
     return Effect.succeed(HttpClientResponse.fromWeb(request, new Response(answer.body ?? `{"ok":true}`, { status: answer.status, headers: answer.headers ?? {} })))
   })
-  const layer = Layer.scoped(Inference, make).pipe(
+  const layer = InferenceOverHttpClient.pipe(
     Layer.provide(Layer.succeed(HttpClient.HttpClient, client)),
     Layer.provide(AppConfig.layerWith({
       inferenceBaseUrl: "http://upstream.test/v1",
@@ -225,7 +225,7 @@ describe("Inference", () => {
     const client = HttpClient.make((request) =>
       Effect.map(Clock.currentTimeMillis, (now) =>
         HttpClientResponse.fromWeb(request, new Response(`{"ok":true}`, { status: now < 30_000 ? 502 : 200 }))))
-    const layer = Layer.scoped(Inference, make).pipe(
+    const layer = InferenceOverHttpClient.pipe(
       Layer.provide(Layer.succeed(HttpClient.HttpClient, client)),
       Layer.provide(AppConfig.layerWith({ inferenceMaxAttempts: 1, inferenceMaxConcurrency: 1, upstreamProbeInterval: Duration.seconds(2) }))
     )
@@ -279,7 +279,7 @@ describe("Inference", () => {
         posts.push(url.host)
         return HttpClientResponse.fromWeb(request, new Response(`{"ok":true}`, { status: 200 }))
       }))
-    const layer = Layer.scoped(Inference, make).pipe(
+    const layer = InferenceOverHttpClient.pipe(
       Layer.provide(Layer.succeed(HttpClient.HttpClient, client)),
       Layer.provide(AppConfig.layerWith({
         upstreams: Option.some([

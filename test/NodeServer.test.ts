@@ -14,7 +14,7 @@ import { connect, type Socket } from "node:net"
 import { AppConfig } from "../src/Config.js"
 import { holdEarlyRequests } from "../src/http/holdEarlyRequests.js"
 import { lingerAfterEarlyAnswers } from "../src/http/lingerAfterEarlyAnswers.js"
-import { NodeServerLive } from "../src/Layers.js"
+import { makeNodeServer, NodeServerLive } from "../src/Layers.js"
 import { rawRequest } from "./support/RawHttp.js"
 import { baseUrl } from "./support/TestApp.js"
 
@@ -175,6 +175,23 @@ describe("the node server", () => {
         Layer.provideMerge(NodeServerLive),
         Layer.provide(AppConfig.layerWith({ host: "127.0.0.1", port: 0 }))
       ))
+      expect(yield* Effect.promise(() => early!)).toBe(200)
+    }), 20_000)
+
+  it.scopedLive("makeNodeServer on an app's own Node server holds a request sent while the app starts the same way", () =>
+    Effect.gen(function*() {
+      const own = createServer()
+      let early: Promise<number | string> | undefined
+      const requestWhileStarting = Layer.effectDiscard(Effect.gen(function*() {
+        const url = HttpServer.formatAddress((yield* HttpServer.HttpServer).address)
+        early = fetch(url, { signal: AbortSignal.timeout(5_000) }).then((res) => res.status, (e) => String(e))
+        yield* Effect.sleep("300 millis")
+      }))
+      yield* Layer.build(HttpServer.serve(HttpServerResponse.text("ok")).pipe(
+        Layer.provide(requestWhileStarting),
+        Layer.provideMerge(makeNodeServer({ server: own, host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" }))
+      ))
+      expect(own.listening).toBe(true) // the server given is the one serving
       expect(yield* Effect.promise(() => early!)).toBe(200)
     }), 20_000)
 

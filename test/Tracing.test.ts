@@ -14,7 +14,7 @@ import * as Path from "node:path"
 import OpenAI, { toFile } from "openai"
 import { startSimulator } from "../scripts/simulator.js"
 import { AppConfig } from "../src/Config.js"
-import { Inference, make } from "../src/inference/Inference.js"
+import { Inference, InferenceOverHttpClient } from "../src/inference/Inference.js"
 import { DEFAULT_UPSTREAM_CALLS, parseHeaders, tracingSettings } from "../src/observability/tracingSettings.js"
 import { layerUpstreamCallTracing, makeFractionPicker } from "../src/observability/upstreamCallSpans.js"
 import { chatLine } from "./support/Batches.js"
@@ -333,7 +333,7 @@ describe("upstream call spans", () => {
   }
 
   const inference = (http: HttpClient.HttpClient, fraction: number) =>
-    Layer.scoped(Inference, make).pipe(
+    InferenceOverHttpClient.pipe(
       Layer.provide(Layer.succeed(HttpClient.HttpClient, http)),
       Layer.provide(layerUpstreamCallTracing(fraction)),
       Layer.provide(AppConfig.layerWith({ inferenceBaseUrl: "http://vllm.internal:8000/v1", upstreamProbeInterval: Duration.seconds(60) }))
@@ -375,7 +375,7 @@ describe("upstream call spans", () => {
       expect(spans.filter((s) => s.kind === "client")).toEqual([])
       expect(seen).toEqual([undefined, undefined, undefined])
     }).pipe(
-      Effect.provide(Layer.scoped(Inference, make).pipe(
+      Effect.provide(InferenceOverHttpClient.pipe(
         Layer.provide(Layer.succeed(HttpClient.HttpClient, http)),
         Layer.provide(AppConfig.layerWith({ inferenceBaseUrl: "http://vllm.internal:8000/v1", upstreamProbeInterval: Duration.seconds(60) }))
       )),

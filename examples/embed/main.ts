@@ -3,12 +3,18 @@
  * environment here only so that a check can run it on a free port.
  */
 import { NodeRuntime } from "@effect/platform-node"
-import { Layer } from "effect"
-import { AppConfig, AppLive } from "effect-openai-batch"
+import { Effect, Layer } from "effect"
+import { AppConfig, AppLive, LoggingLive } from "effect-openai-batch"
 
 const config = AppConfig.layerWith({
   port: Number(process.env.PORT ?? 8321),
   dataDir: process.env.DATA_DIR ?? ".data"
 })
 
-Layer.launch(AppLive.pipe(Layer.provide(config))).pipe(NodeRuntime.runMain)
+// The service's log lines (LOG_FORMAT: JSON off a terminal), instead of runMain's pretty logger: with both, every
+// line would be written twice.
+Layer.launch(AppLive).pipe(
+  Effect.provide(LoggingLive),
+  Effect.provide(config),
+  NodeRuntime.runMain({ disablePrettyLogger: true })
+)

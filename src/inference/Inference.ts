@@ -193,6 +193,13 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
 export const make = Effect.flatMap(HttpClientTag, (http) => makeWith(() => http))
 
 /**
+ * `make` as a layer: the real routing, probes, retries and outage handling over an `HttpClient` you give (a test's
+ * fake that answers, refuses connections, or returns 429s), where `InferenceScripted` skips all of them.
+ */
+export const InferenceOverHttpClient: Layer.Layer<Inference, ConfigError.ConfigError, AppConfig | HttpClient.HttpClient> =
+  Layer.scoped(Inference, make)
+
+/**
  * The configured upstreams over undici (`UpstreamHttpClient.ts`): one keep-alive dispatcher (honouring
  * `HTTP_PROXY`/`HTTPS_PROXY`/`NO_PROXY`), a client per upstream with its time limit and `INFERENCE_MAX_RESPONSE_BYTES`.
  * Fails with a `ConfigError` when the upstreams file is wrong.

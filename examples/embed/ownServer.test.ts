@@ -1,0 +1,42 @@
+/**
+ * An app that serves the batch API on a Node server of its own, beside a route of its own: the route is behind the
+ * same API key check, and a request sent while the app is still starting is answered once it has started.
+ */
+import { HttpApiBuilder, HttpServer, HttpServerResponse } from "@effect/platform"
+import { expect, it } from "@effect/vitest"
+import { Effect, Layer, Logger, LogLevel, Redacted } from "effect"
+import { AppConfig, HttpLive, makeNodeServer, ServicesLive } from "effect-openai-batch"
+import { mkdtempSync } from "node:fs"
+import { createServer } from "node:http"
+import { tmpdir } from "node:os"
+import * as Path from "node:path"
+
+const hello = HttpApiBuilder.Router.use((router) => router.get("/hello", HttpServerResponse.text("hello")))
+
+it.live("the API and a route of the app's own on the app's Node server, behind the API key", () =>
+  Effect.gen(function*() {
+    const server = createServer()
+    let early: Promise<string> | undefined
+    // Built once the socket listens, before the app's handler is attached: a request sent then waits for it.
+    const requestWhileStarting = Layer.effectDiscard(Effect.gen(function*() {
+      const url = HttpServer.formatAddress((yield* HttpServer.HttpServer).address)
+      early = fetch(`${url}/hello`, { headers: { authorization: "Bearer sk-app" }, signal: AbortSignal.timeout(5_000) })
+        .then((res) => res.text(), (e) => String(e))
+      yield* Effect.sleep("200 millis")
+    }))
+    const context = yield* Layer.build(HttpLive.pipe(
+      Layer.provide(hello),
+      Layer.provide(ServicesLive),
+      Layer.provide(requestWhileStarting),
+      Layer.provideMerge(makeNodeServer({ server, host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" })),
+      Layer.provide(AppConfig.layerWith({ dataDir: mkdtempSync(Path.join(tmpdir(), "own-server-")), apiKeys: [Redacted.make("sk-app")] })),
+      Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
+    ))
+    const url = HttpServer.formatAddress((yield* Effect.provide(HttpServer.HttpServer, context)).address)
+    expect(yield* Effect.promise(() => early!)).toBe("hello")
+    const withKey = yield* Effect.promise(() => fetch(`${url}/hello`, { headers: { authorization: "Bearer sk-app" } }))
+    expect([withKey.status, yield* Effect.promise(() => withKey.text())]).toEqual([200, "hello"])
+    expect((yield* Effect.promise(() => fetch(`${url}/hello`))).status).toBe(401)
+    const files = yield* Effect.promise(() => fetch(`${url}/v1/files`, { headers: { authorization: "Bearer sk-app" } }))
+    expect(files.status).toBe(200)
+  }).pipe(Effect.scoped), 20_000)
