@@ -77,9 +77,10 @@ const launch = Effect.gen(function*() {
     Effect.annotateLogs(Effect.logError(`${error.message} This process stops.`), "event", "server.node_id_taken_over").pipe(
       Effect.zipRight(Deferred.fail(takenOver, error))
     )
-  return yield* Layer.launch(AppLive).pipe(
-    Effect.provideService(OnNodeIdTakenOver, (error) => Effect.asVoid(stop(error))),
-    Effect.raceFirst(Deferred.await(takenOver))
+  // `Layer.launch` with its wait for ever made a wait for the takeover, in the same fiber: the layers are released
+  // before the program ends either way (a race's loser was released after it, the last lines out of order).
+  return yield* Effect.scoped(Effect.zipRight(Layer.build(AppLive), Deferred.await(takenOver))).pipe(
+    Effect.provideService(OnNodeIdTakenOver, (error) => Effect.asVoid(stop(error)))
   )
 })
 
