@@ -211,6 +211,11 @@ for (const backend of backends) {
             expect(JSON.stringify(failed).length).toBeLessThan(70 * 1024)
             expect(data.at(-1)!.code).toBe("too_many_errors")
             expect(data.at(-1)!.message).toBe(`${3000 - (data.length - 1)} more problems were found and are not listed.`)
+            // An input_file_id of 1 MB would be repeated by every retrieve and list of its batch: refused at once.
+            const longId = yield* send(server.url, "POST", "/v1/batches", json({ input_file_id: `file-${huge.slice(0, 900_000)}`, endpoint: "/v1/chat/completions", completion_window: "24h" }))
+            expectEnvelope(longId, 400, "invalid_value")
+            expect(longId.json.error.param).toBe("input_file_id")
+            expect(longId.text.length).toBeLessThan(1024)
             const page = yield* send(server.url, "GET", "/v1/batches?limit=100")
             expect(page.text.length).toBeLessThan(200 * 1024)
           })

@@ -7,6 +7,7 @@ import { type Cause, Effect, Option, Stream } from "effect"
 import { AppConfig } from "../Config.js"
 import type { BatchError } from "../domain/Batches.js"
 import { type BatchId, batchRequestId } from "../domain/Ids.js"
+import { echo } from "../domain/Text.js"
 import { FileStore } from "../files/FileStore.js"
 import { Inference } from "../inference/Inference.js"
 import * as BatchLines from "../observability/batchLines.js"
@@ -52,7 +53,7 @@ export const makeValidating = Effect.gen(function*() {
       if (Option.isNone(content)) {
         return yield* fail(batch.id, [{
           code: "invalid_request",
-          message: `Cannot find file ${batch.input_file_id}, or organization does not have access to it.`,
+          message: `Cannot find file ${echo(batch.input_file_id)}, or organization does not have access to it.`,
           param: "input_file_id",
           line: null
         }])

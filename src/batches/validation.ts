@@ -21,6 +21,12 @@ export const MAX_METADATA_VALUE = 512
 /** The longest `body.model` accepted: the batch object repeats it in every retrieve and list. */
 export const MAX_MODEL_LENGTH = 256
 
+/**
+ * The longest `input_file_id` accepted (OpenAI's ids have ~30 characters): the batch object repeats it in every
+ * retrieve and list, and a file of so long an id cannot exist here.
+ */
+export const MAX_INPUT_FILE_ID_LENGTH = 256
+
 /** The create parameters once checked: what a batch row is made of. */
 export interface ValidCreateBatch {
   readonly inputFileId: FileId
@@ -41,6 +47,13 @@ export const validateCreateBatch = (
   body: CreateBatchBody & { readonly input_file_id: FileId },
   extraEndpoints: ReadonlyArray<string> = []
 ): Problem | ValidCreateBatch => {
+  if (body.input_file_id.length > MAX_INPUT_FILE_ID_LENGTH) {
+    return {
+      code: "invalid_value",
+      param: "input_file_id",
+      message: `Invalid 'input_file_id': expected a string of at most ${MAX_INPUT_FILE_ID_LENGTH} characters, but got one of ${body.input_file_id.length}.`
+    }
+  }
   const endpoint = body.endpoint
   if (!isStandardEndpoint(endpoint) && !extraEndpoints.includes(endpoint)) {
     const endpoints = [...StandardEndpoint.literals, ...extraEndpoints.filter((e) => !isStandardEndpoint(e))]
