@@ -153,8 +153,9 @@ export const makeNodeServer = (options: NodeServerOptions) => Layer.unwrapEffect
 export const makeApp = (parts: ServiceParts = {}) =>
   ServerLifecycleLive.pipe(
     Layer.provide(HttpLive),
-    Layer.merge(MetricsServerLive),
-    Layer.provide(NodeServerLive.pipe(Layer.provideMerge(makeServices(parts)))),
+    // The metrics' own port (when set) listens before the server is built: a build failing beside HttpLive's, on
+    // SchedulerLive, hung instead of ending the process.
+    Layer.provide(NodeServerLive.pipe(Layer.provide(MetricsServerLive), Layer.provideMerge(makeServices(parts)))),
     Layer.provide(SchedulerLive)
   )
 

@@ -11,20 +11,24 @@ import { AppLive } from "./Layers.js"
 import { LoggingLive } from "./observability/Logging.js"
 import { NodeIdTakenOver, OnNodeIdTakenOver } from "./storage/NodeIdLock.js"
 
-/** Why the socket could not listen, for the faults an operator fixes in the configuration. */
-const LISTEN_FAULTS: Readonly<Record<string, string>> = {
-  EADDRINUSE: "another process listens there; set PORT to a free port",
-  EACCES: "not allowed (a port below 1024 needs privileges); set PORT to another",
-  EADDRNOTAVAIL: "no such address on this machine; set HOST to one of its addresses"
+/** Why a socket could not listen, for the faults an operator fixes in the configuration (`port`: its variable). */
+const LISTEN_FAULTS: Readonly<Record<string, (port: string) => string>> = {
+  EADDRINUSE: (port) => `another process listens there; set ${port} to a free port`,
+  EACCES: (port) => `not allowed (a port below 1024 needs privileges); set ${port} to another`,
+  EADDRNOTAVAIL: () => "no such address on this machine; set HOST to one of its addresses"
 }
+
+/** The variable of the port each listener's failure names: the server's (`ServeError`) or the metrics' own. */
+const PORT_VARIABLES: Readonly<Record<string, string>> = { ServeError: "PORT", MetricsListenFailed: "METRICS_PORT" }
 
 /** A listen that failed for a reason in `LISTEN_FAULTS`: one line naming the address, the code and what to change. */
 const listenFaultLine = (cause: Cause.Cause<unknown>): Option.Option<string> =>
   Option.flatMap(Cause.failureOption(cause), (error) => {
     const failure = error as { readonly _tag?: unknown; readonly cause?: { code?: unknown; address?: unknown; port?: unknown } }
-    const code = failure._tag === "ServeError" ? failure.cause?.code : undefined
+    const variable = typeof failure._tag === "string" ? PORT_VARIABLES[failure._tag] : undefined
+    const code = variable === undefined ? undefined : failure.cause?.code
     return typeof code === "string" && code in LISTEN_FAULTS
-      ? Option.some(`Cannot listen on ${failure.cause!.address}:${failure.cause!.port}: ${LISTEN_FAULTS[code]} (${code})`)
+      ? Option.some(`Cannot listen on ${failure.cause!.address}:${failure.cause!.port}: ${LISTEN_FAULTS[code]!(variable!)} (${code})`)
       : Option.none()
   })
 

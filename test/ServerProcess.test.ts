@@ -232,20 +232,22 @@ describe.concurrent("server process", () => {
       }
     }))
 
-  it.live("a port another process listens on stops the start with one line saying so, no stack trace", () =>
+  // METRICS_PORT: its listener used to fail while the app's was being built, and the process hung, serving nothing.
+  it.live.each(["PORT", "METRICS_PORT"])("a %s another process listens on stops the start with one line saying so, no stack trace", (variable) =>
     Effect.promise(async () => {
       const dataDir = scratch()
       const taken = createServer().listen(0, "127.0.0.1")
       try {
         await new Promise((resolve) => taken.once("listening", resolve))
         const port = (taken.address() as AddressInfo).port
-        const run = await runServerToExit({ DATA_DIR: dataDir, HOST: "127.0.0.1", PORT: String(port), LOG_FORMAT: "json" })
+        const ports = variable === "PORT" ? { PORT: String(port) } : { PORT: String(await freePort()), METRICS_PORT: String(port) }
+        const run = await runServerToExit({ DATA_DIR: dataDir, HOST: "127.0.0.1", ...ports, LOG_FORMAT: "json" }, 20_000)
         expect(run.code).toBe(1)
         const failed = run.output.split("\n").filter((l) => l.includes('"level":"ERROR"')).map((l) => JSON.parse(l))
         expect(failed).toHaveLength(1)
         expect(failed[0].event).toBe("server.listen_failed")
         expect(failed[0].message).toBe(
-          `Cannot listen on 127.0.0.1:${port}: another process listens there; set PORT to a free port (EADDRINUSE)`
+          `Cannot listen on 127.0.0.1:${port}: another process listens there; set ${variable} to a free port (EADDRINUSE)`
         )
         expect(failed[0].cause).toBeUndefined()
       } finally {

@@ -19,7 +19,7 @@ import type * as HttpApp from "@effect/platform/HttpApp"
 import * as HttpServerError from "@effect/platform/HttpServerError"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import { Duration, Effect, Layer, Option, Runtime } from "effect"
+import { Data, Duration, Effect, Layer, Option, Runtime } from "effect"
 import { createServer, type ServerResponse } from "node:http"
 import { Auth, CurrentCaller } from "../auth/Auth.js"
 import { BatchStore } from "../batches/BatchStore.js"
@@ -110,6 +110,9 @@ export const metricsRoute = HttpApiBuilder.Router.use((router) =>
  * The metrics on `METRICS_PORT` (nothing without it): a small Node HTTP listener of its own on `HOST` answering
  * `GET /metrics` (and `HEAD`) without a key, 404 on any other path; closed with the app.
  */
+/** `METRICS_PORT` could not be listened on (the error of Node's `listen`: its `code`, `address` and `port`). */
+export class MetricsListenFailed extends Data.TaggedError("MetricsListenFailed")<{ readonly cause: Error }> {}
+
 export const MetricsServerLive: Layer.Layer<never, unknown, AppConfig | BatchStore> = Layer.scopedDiscard(
   Effect.gen(function*() {
     const config = yield* AppConfig
@@ -136,8 +139,8 @@ export const MetricsServerLive: Layer.Layer<never, unknown, AppConfig | BatchSto
     })
     const port = config.metricsPort.value
     yield* Effect.acquireRelease(
-      Effect.async<void, Error>((resume) => {
-        const failed = (error: Error) => resume(Effect.fail(error))
+      Effect.async<void, MetricsListenFailed>((resume) => {
+        const failed = (error: Error) => resume(Effect.fail(new MetricsListenFailed({ cause: error })))
         server.once("error", failed)
         server.listen(port, config.host, () => {
           server.off("error", failed)
