@@ -68,6 +68,28 @@ describe("input validation fold", () => {
     expect(verdict._tag === "Invalid" && verdict.errors).toEqual([expect.objectContaining({ code: "too_many_tasks", line: 3 })])
   })
 
+  it("an embeddings batch holds at most 50,000 inputs in all, counted as OpenAI counts them", () => {
+    const embedding = (customId: string, input: unknown) =>
+      JSON.stringify({ custom_id: customId, method: "POST", url: "/v1/embeddings", body: { model: "e", input } })
+    const embeddings = (texts: ReadonlyArray<string>) => {
+      const rules = { endpoint: "/v1/embeddings", maxRequests: 100, maxLineBytes: 1 << 20, resultId: () => BatchRequestId.make("r") } as const
+      return Input.verdict(lines(texts).reduce(Input.step, Input.initial(rules)))
+    }
+    const texts = (n: number) => Array.from({ length: n }, (_, i) => `t${i}`)
+    // Two lines of 25,000 texts: at the limit. One more input, a single text, on a third line: past it.
+    expect(embeddings([embedding("a", texts(25_000)), embedding("b", texts(25_000))])).toMatchObject({ _tag: "Valid", total: 2 })
+    const over = embeddings([embedding("a", texts(25_000)), embedding("b", texts(25_000)), embedding("c", "one more")])
+    expect(over._tag === "Invalid" && over.errors).toEqual([{
+      code: "too_many_tasks",
+      message: "The batch has more than 50000 embedding inputs in all, the most one batch may hold.",
+      param: "body.input",
+      line: 3
+    }])
+    // A list of tokens is one input; a list of token lists is one input each.
+    expect(embeddings([embedding("a", Array(49_999).fill([1, 2])), embedding("b", [1, 2, 3])])._tag).toBe("Valid")
+    expect(embeddings([embedding("a", Array(50_000).fill([1, 2])), embedding("b", [1, 2, 3])])._tag).toBe("Invalid")
+  })
+
   it("keeps problems up to MAX_REPORTED_ERROR_BYTES and counts the rest in one too_many_errors entry", () => {
     const total = Input.MAX_REPORTED_ERRORS + 5
     const verdict = Input.verdict(fold(lines(Array.from({ length: total }, () => "{"))))

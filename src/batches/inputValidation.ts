@@ -1,6 +1,7 @@
 /**
  * Validation of a batch's input file as a fold over its lines: `step(state, line)` checks one line (with
- * `validateLine`) and the rules across lines (duplicate `custom_id`s, one model, at most `maxRequests` requests),
+ * `validateLine`) and the rules across lines (duplicate `custom_id`s, one model, at most `maxRequests` requests and
+ * `MAX_EMBEDDING_INPUTS` embedding inputs),
  * giving the request rows, the problems with their 1-based lines, the slices and the model. Pure: no database and no
  * Effect; the runner (`validating.ts`) feeds it the lines of the file stream and stores `takeRows` a page at a time.
  *
@@ -12,7 +13,7 @@ import type { BatchRequestId } from "../domain/Ids.js"
 import { echo } from "../domain/Text.js"
 import type { RequestRow, SliceBounds } from "./BatchStore.js"
 import type { JsonlLine } from "./lines.js"
-import { isValidLine, validateLine } from "./validation.js"
+import { isValidLine, MAX_EMBEDDING_INPUTS, validateLine } from "./validation.js"
 
 /**
  * Requests per slice, the unit of work a node claims: small enough that every node gets a share of one large
@@ -47,6 +48,8 @@ export interface InputState {
   model: { readonly name: string | null; readonly line: number } | undefined
   /** Valid requests so far. */
   count: number
+  /** Their embeddings inputs (`MAX_EMBEDDING_INPUTS` at most). */
+  inputs: number
   /** Rows not yet taken by `takeRows`. */
   rows: Array<RequestRow>
   readonly slices: Array<SliceBounds>
@@ -60,6 +63,7 @@ export const initial = (rules: InputRules): InputState => ({
   customIds: new Set(),
   model: undefined,
   count: 0,
+  inputs: 0,
   rows: [],
   slices: []
 })
@@ -94,6 +98,11 @@ export const step = (state: InputState, item: JsonlLine): InputState => {
   if (state.model === undefined) state.model = { name: result.model, line: item.line }
   else if (state.model.name !== result.model) {
     return report(state, { code: "model_mismatch", message: `All requests of a batch must use the same model: this line uses ${modelText(result.model)}, line ${state.model.line} uses ${modelText(state.model.name)}.`, param: "body.model", line: item.line })
+  }
+  const inputs = state.inputs
+  state.inputs += result.inputs
+  if (inputs <= MAX_EMBEDDING_INPUTS && state.inputs > MAX_EMBEDDING_INPUTS) {
+    report(state, { code: "too_many_tasks", message: `The batch has more than ${MAX_EMBEDDING_INPUTS} embedding inputs in all, the most one batch may hold.`, param: "body.input", line: item.line })
   }
   const count = ++state.count
   if (count === rules.maxRequests + 1) {

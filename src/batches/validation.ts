@@ -165,7 +165,19 @@ export interface ValidLine {
   readonly body: string
   /** Null only where the endpoint lets the body leave it out (moderations). */
   readonly model: string | null
+  /** How many inputs an embeddings request embeds (0 on other endpoints): a batch holds at most `MAX_EMBEDDING_INPUTS`. */
+  readonly inputs: number
 }
+
+/** The most inputs an embeddings batch may hold in all, as on OpenAI. */
+export const MAX_EMBEDDING_INPUTS = 50_000
+
+/**
+ * The inputs of an embeddings body's `input`: one text or one list of tokens, or an array of either (each one
+ * input).
+ */
+export const embeddingInputs = (input: unknown): number =>
+  Array.isArray(input) && input.length > 0 && (typeof input[0] === "string" || Array.isArray(input[0])) ? input.length : 1
 
 type FieldKind = "string" | "array" | "present"
 
@@ -340,8 +352,13 @@ export const validateLine = (text: string, endpoint: BatchEndpoint): ReadonlyArr
     }
   }
   if (problems.length > 0) return problems
-  const model = (body as Record<string, unknown>).model
-  return { customId: custom_id as string, body: jsonMemberText(text, "body")!, model: typeof model === "string" ? model : null }
+  const { input, model } = body as Record<string, unknown>
+  return {
+    customId: custom_id as string,
+    body: jsonMemberText(text, "body")!,
+    model: typeof model === "string" ? model : null,
+    inputs: endpoint === "/v1/embeddings" ? embeddingInputs(input) : 0
+  }
 }
 
 export const isValidLine = (x: ReadonlyArray<Problem> | ValidLine): x is ValidLine => !Array.isArray(x)
