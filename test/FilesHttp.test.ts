@@ -166,6 +166,14 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
         `--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\nno closing boundary`
       ])
       expectEnvelope(truncated, 400, {})
+      // A text field sent twice: which value was meant is unknown (the last one was taken silently).
+      const purposeTwice = yield* raw("/v1/files", { "content-type": "multipart/form-data; boundary=xyz" }, [
+        `--xyz\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n` +
+        `--xyz\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n` +
+        `--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n{}\n\r\n--xyz--\r\n`
+      ])
+      expectEnvelope(purposeTwice, 400, { param: "purpose", code: "invalid_value" })
+      expect(purposeTwice.json.error.message).toBe("The 'purpose' field was sent more than once; send it once.")
       const notMultipart = yield* call("/v1/files", { method: "POST", headers: { "content-type": "application/json" }, body: "{}" })
       expectEnvelope(notMultipart, 400, {})
 

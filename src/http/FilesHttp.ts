@@ -72,8 +72,14 @@ export type UploadFields = Omit<FileMetadata, "project" | "id">
  */
 export const parseUploadForm = (
   fields: ReadonlyMap<string, string>,
-  filename: string | undefined
+  filename: string | undefined,
+  repeated: ReadonlySet<string> = new Set()
 ): Either.Either<UploadFields, ApiError> => {
+  // Which of two values was meant is anyone's guess: the last one was taken silently.
+  const twice = ["purpose", "expires_after[anchor]", "expires_after[seconds]"].find((name) => repeated.has(name))
+  if (twice !== undefined) {
+    return Either.left(invalidRequest(`The '${twice}' field was sent more than once; send it once.`, twice.replace(/\[(\w+)\]/, ".$1"), "invalid_value"))
+  }
   if (filename === undefined) {
     return Either.left(
       invalidRequest("Missing required parameter: 'file' (a file part with a filename).", "file", "missing_required_parameter")
@@ -156,7 +162,7 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
       if (form.stored === undefined && form.fields.has("file")) {
         return yield* invalidRequest("'file' must be a file part with a filename, not a text field.", "file", "invalid_type")
       }
-      const meta = yield* parseUploadForm(form.fields, form.stored?.filename)
+      const meta = yield* parseUploadForm(form.fields, form.stored?.filename, form.repeated)
       return yield* files.commit(form.stored!.staged, { ...meta, project })
     }).pipe(Effect.scoped, Effect.withSpan("Files.upload"))
 

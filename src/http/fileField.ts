@@ -34,6 +34,8 @@ export interface FileFieldOptions<A> {
 export interface FileForm<A> {
   /** The text fields (a text field under the file's name included: the caller says how wrong that is). */
   readonly fields: ReadonlyMap<string, string>
+  /** The text fields sent more than once (`fields` has the last value of each). */
+  readonly repeated: ReadonlySet<string>
   /** What the file's writer finished with; none without a file under the field's name. */
   readonly stored: A | undefined
 }
@@ -54,6 +56,7 @@ export const readFileForm = <A>(
     const limits = { maxParts: options.maxParts, maxFieldSize: 64 * 1024, maxTotalSize: maxFileBytes + FORM_OVERHEAD_BYTES }
     if (Number(request.headers["content-length"] ?? NaN) > limits.maxTotalSize) return yield* tooLarge
     const fields = new Map<string, string>()
+    const repeated = new Set<string>()
     let opened = false
     let stored: A | undefined
     let writer: FileWriter<A> | undefined // open while the file streams in
@@ -62,7 +65,10 @@ export const readFileForm = <A>(
     yield* Stream.runForEach(events, (event): Effect.Effect<void, ApiError, Scope.Scope> => {
       switch (event._tag) {
         case "Field":
-          return Effect.sync(() => void fields.set(event.key, event.value))
+          return Effect.sync(() => {
+            if (fields.has(event.key)) repeated.add(event.key)
+            fields.set(event.key, event.value)
+          })
         case "FileStart": {
           if (event.key !== field) return Effect.void // its chunks are ignored, not stored
           if (opened) return invalidRequest(`Send exactly one '${field}' part.`, field, "invalid_value")
@@ -83,5 +89,5 @@ export const readFileForm = <A>(
           })
       }
     })
-    return { fields, stored }
+    return { fields, repeated, stored }
   })
