@@ -5,21 +5,8 @@
  * a vLLM-like queue (at most `maxRunning` requests processed at once, the others wait) and vLLM's queue gauges at
  * `GET /metrics` (`vllm:num_requests_running`, `vllm:num_requests_waiting`; Prometheus text format 0.0.4).
  *
- * Failures are injected by directives inside the prompt text (the last message's content, `prompt` or `input`):
- *   [fail:400]          answer 400 with an OpenAI error body (any status works: [fail:404], [fail:500]…)
- *   [flaky:429x2]       answer 429 (with `Retry-After: 0.05`) to the first 2 attempts of this prompt, then succeed
- *   [flaky:500x1]       the same with 500
- *   [sleep:250]         answer after 250 ms
- *   [hang]              never answer (until the client gives up; with `maxRunning`, it holds its slot until then)
- *   [pretty]            answer with indented, multi-line JSON
- *   [bignum]            the answer's first member is `"big": [123456789012345678901234567890, 1.50, "…"]`, written
- *                       as is (numbers `JSON.stringify` cannot write; a string with escapes and inner spaces)
- *   [html]              answer 200 with an HTML page (`content-type: text/html`) instead of JSON
- *   [trickle:100]       send the answer's head at once, then its body one byte every 100 ms
- *   [big:40]            pad the answer's content so that the body is about 40 MiB (fractions work: [big:0.01])
- *   [cached:7]          report 7 cached input tokens in the usage details (chat and responses answers)
- *   [reasoning:9]       report 9 reasoning output tokens in the same way
- * Unknown models get a 404 `model_not_found`, like OpenAI; a moderation naming none is answered by the first model.
+ * Failures are injected by directives inside the prompt text (`DIRECTIVES` below, which `--help` prints). Unknown
+ * models get a 404 `model_not_found`, like OpenAI; a moderation naming none is answered by the first model.
  *
  * Overload and outages, set at run time on the `Simulator` (or as options): `capacity` answers 429
  * `rate_limit_exceeded` at once (no Retry-After) to a request arriving while more than `capacity` are in flight;
@@ -29,12 +16,12 @@
  * Options (`startSimulator`): port, latencyMs, models, retryAfterSeconds, maxRunning, capacity, tls ({ key, cert }:
  * HTTPS, the `url` then starts with `https://`), keepBodies (every inference request's body text in `stats.bodies`).
  *
- *   npx tsx scripts/simulator.ts [--port 8000] [--latency 0] [--models sim-model,other] [--max-running N]
- *                                [--capacity N]
+ *   npm run simulator -- [--port 8000] [--latency 0] [--models sim-model,other] [--max-running N] [--capacity N]
  */
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
 import { createServer as createHttpsServer } from "node:https"
 import type { AddressInfo } from "node:net"
+import { parseArgs } from "node:util"
 import { answer, BIGNUM_MEMBER, errorBody, HTML_PAGE, pad, promptOf } from "./simulator-answers.js"
 import { makeQueue, METRICS_CONTENT_TYPE, metricsText } from "./simulator-queue.js"
 
@@ -305,22 +292,80 @@ export const startSimulator = async (options: SimulatorOptions = {}): Promise<Si
   return sim
 }
 
+/** The failures a prompt's text asks for (the last message's content, `prompt` or `input`). */
+const DIRECTIVES = `  [fail:400]      answer 400 with an OpenAI error body (any status works: [fail:404], [fail:503]…)
+  [flaky:429x2]   answer 429 (with Retry-After: 0.05) to the first 2 attempts of this prompt, then succeed
+  [flaky:500x1]   the same with 500
+  [sleep:250]     answer after 250 ms
+  [hang]          never answer (until the client gives up; with --max-running, it holds its slot until then)
+  [pretty]        answer with indented, multi-line JSON
+  [bignum]        the answer's first member is "big": [123456789012345678901234567890, 1.50, "…"], written as is
+                  (numbers JSON.stringify cannot write; a string with escapes and inner spaces)
+  [html]          answer 200 with an HTML page (content-type: text/html) instead of JSON
+  [trickle:100]   send the answer's head at once, then its body one byte every 100 ms
+  [big:40]        pad the answer's content so that the body is about 40 MiB (fractions work: [big:0.01])
+  [cached:7]      report 7 cached input tokens in the usage details (chat and responses answers)
+  [reasoning:9]   report 9 reasoning output tokens in the same way`
+
+const USAGE = `Usage: npm run simulator -- [options]   (from the repository: node --import tsx scripts/simulator.ts)
+
+An OpenAI-compatible upstream for tests and demos: chat, completions, embeddings, responses, moderations, images,
+rerank and score, /v1/models, and vLLM's queue gauges at /metrics.
+
+Options:
+  --port N          the port on 127.0.0.1 (8000)
+  --latency MS      answer every request after MS milliseconds (0)
+  --models A,B      the models it serves (sim-model); others get a 404 model_not_found
+  --max-running N   process at most N requests at once, the others wait (vLLM's queue)
+  --capacity N      answer 429 at once to a request arriving while more than N are in flight
+  -h, --help        this text
+
+Failures, asked for inside a prompt's text:
+${DIRECTIVES}`
+
 const isMain = process.argv[1] !== undefined && import.meta.url.endsWith(process.argv[1].replace(/^.*\/scripts\//, "scripts/"))
 if (isMain) {
-  const arg = (name: string) => {
-    const i = process.argv.indexOf(`--${name}`)
-    return i > 0 ? process.argv[i + 1] : undefined
+  const fail = (message: string, code: number) => {
+    console.error(message)
+    process.exit(code)
   }
-  const number = (name: string) => (arg(name) === undefined ? undefined : Number(arg(name)))
-  const models = (arg("models") ?? "sim-model").split(",").map((m) => m.trim()).filter((m) => m !== "")
+  const options = (() => {
+    try {
+      return parseArgs({
+        options: {
+          port: { type: "string", default: "8000" },
+          latency: { type: "string", default: "0" },
+          models: { type: "string", default: "sim-model" },
+          "max-running": { type: "string" },
+          capacity: { type: "string" },
+          help: { type: "boolean", short: "h" }
+        }
+      }).values
+    } catch (error) {
+      return fail(`${(error as Error).message}\n\n${USAGE}`, 2)
+    }
+  })()
+  if (options.help) fail(USAGE, 0)
+  const count = (name: string, text: string | undefined) => {
+    if (text === undefined) return undefined
+    if (!/^\d+$/.test(text)) fail(`--${name} takes a whole number, not '${text}'.`, 2)
+    return Number(text)
+  }
+  const models = options.models.split(",").map((m) => m.trim()).filter((m) => m !== "")
+  const maxRunning = count("max-running", options["max-running"])
+  const capacity = count("capacity", options.capacity)
   startSimulator({
-    port: Number(arg("port") ?? 8000),
-    latencyMs: Number(arg("latency") ?? 0),
+    port: count("port", options.port)!,
+    latencyMs: count("latency", options.latency)!,
     models,
-    ...(number("max-running") === undefined ? {} : { maxRunning: number("max-running")! }),
-    ...(number("capacity") === undefined ? {} : { capacity: number("capacity")! })
-  }).then((sim) => {
-    const queue = sim.maxRunning === undefined ? "" : `, max running: ${sim.maxRunning}`
-    console.log(`simulator listening on ${sim.url} (models: ${models.join(", ")}${queue})`)
-  })
+    ...(maxRunning === undefined ? {} : { maxRunning }),
+    ...(capacity === undefined ? {} : { capacity })
+  }).then(
+    (sim) => {
+      const queue = sim.maxRunning === undefined ? "" : `, max running: ${sim.maxRunning}`
+      console.log(`simulator listening on ${sim.url} (models: ${models.join(", ")}${queue})`)
+    },
+    (error: NodeJS.ErrnoException) =>
+      fail(error.code === "EADDRINUSE" ? `Port ${options.port} is in use; pick another with --port.` : String(error), 1)
+  )
 }

@@ -101,6 +101,24 @@ const program = Effect.zipRight(stopAtOnceOnALaterSignal, launch).pipe(
     ))
 )
 
+/** What `--help` says: the server takes no argument (a mistyped `--port` would otherwise be ignored silently). */
+const USAGE = `Usage: node dist/main.js   (npm start, openai-batch serve)
+
+The OpenAI-compatible Files and Batches server. It takes no arguments: it is configured by environment variables,
+among them PORT (8321), HOST (127.0.0.1), DATA_DIR (.data), DATABASE_URL (PostgreSQL; SQLite in DATA_DIR without
+it), INFERENCE_BASE_URL or UPSTREAMS_FILE (the upstreams), API_KEYS, LOG_FORMAT and LOG_LEVEL. The README's
+Configuration section lists them all.`
+
+const args = process.argv.slice(2)
+if (args.length > 0) {
+  if (args.every((a) => a === "--help" || a === "-h")) {
+    console.log(USAGE)
+    process.exit(0)
+  }
+  console.error(`Unexpected argument ${args[0]}.\n\n${USAGE}`)
+  process.exit(2)
+}
+
 // Last resort: a fault that escapes every handler (a throw in a library's event callback) is logged, and the
 // server keeps serving everyone else instead of ending the process and every request in flight with it.
 process.on("uncaughtException", (error) => console.error("Uncaught exception; the server keeps running:", error))
