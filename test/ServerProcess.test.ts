@@ -256,6 +256,27 @@ describe.concurrent("server process", () => {
       }
     }))
 
+  it.live("--help says it is configured by environment; any other argument is refused with exit 2 (nothing started)", () =>
+    Effect.promise(async () => {
+      const copy = compiledCopy()
+      const entry = copy === undefined ? ["--import", "tsx", "src/main.ts"] : [Path.join(copy, "dist", "main.js")]
+      const run = (args: ReadonlyArray<string>) =>
+        new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+          const child = spawn(process.execPath, [...entry, ...args], { cwd: Path.resolve(import.meta.dirname, "..") })
+          let out = ""
+          let err = ""
+          child.stdout.on("data", (d) => (out += d))
+          child.stderr.on("data", (d) => (err += d))
+          child.on("exit", (code) => resolve({ code, out, err }))
+        })
+      const help = await run(["--help"])
+      expect(help.code).toBe(0)
+      expect(help.out).toContain("configured by environment variables")
+      const wrong = await run(["--port", "9000"])
+      expect(wrong.code).toBe(2)
+      expect(wrong.err).toContain("Unexpected argument --port.")
+    }))
+
   it.live("invalid configuration fails at start with a message naming the variable", () =>
     Effect.promise(async () => {
       const dataDir = scratch()
