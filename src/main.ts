@@ -9,7 +9,9 @@ import { constants } from "node:os"
 import { AppConfig } from "./Config.js"
 import { AppLive } from "./Layers.js"
 import { LoggingLive } from "./observability/Logging.js"
-import { NodeIdTakenOver, OnNodeIdTakenOver } from "./storage/NodeIdLock.js"
+import { describeDatabase } from "./observability/Readiness.js"
+import { NodeIdInUse, NodeIdTakenOver, OnNodeIdTakenOver } from "./storage/NodeIdLock.js"
+import { BatchesRunElsewhere } from "./storage/SqliteRunnerLock.js"
 
 /** Why a socket could not listen, for the faults an operator fixes in the configuration (`port`: its variable). */
 const LISTEN_FAULTS: Readonly<Record<string, (port: string) => string>> = {
@@ -32,15 +34,41 @@ const listenFaultLine = (cause: Cause.Cause<unknown>): Option.Option<string> =>
       : Option.none()
   })
 
+/** The innermost message of an error's `cause` chain: what the driver said (`connect ECONNREFUSED 10.0.0.5:5432`). */
+const rootMessage = (error: unknown): string => {
+  let at: unknown = error
+  while (at instanceof Error && at.cause instanceof Error) at = at.cause
+  return at instanceof Error ? at.message : String(at)
+}
+
+/**
+ * A start that failed for a reason said in one line: another process under the node's id or running the batches of
+ * the SQLite file (their messages say what to do), or a database that cannot be opened or reached.
+ */
+const startFaultLine = (cause: Cause.Cause<unknown>) =>
+  Effect.map(AppConfig, (config) =>
+    Option.flatMap(Cause.failureOption(cause), (error): Option.Option<string> => {
+      if (error instanceof NodeIdInUse || error instanceof BatchesRunElsewhere) return Option.some(error.message)
+      if ((error as { readonly _tag?: unknown })._tag !== "SqlError") return Option.none()
+      const driver = rootMessage(error)
+      const said = (error as Error).message === driver ? driver : `${(error as Error).message}: ${driver}`
+      const setting = Option.isSome(config.databaseUrl) ? "DATABASE_URL" : "DATA_DIR"
+      return Option.some(`Cannot use the database (${describeDatabase(config)}; see ${setting}): ${said}`)
+    }))
+
 /** A fault that ends the server (a port in use, a database unreachable at start), logged in the configured format. */
 const logFault = (cause: Cause.Cause<unknown>) =>
-  Cause.isInterruptedOnly(cause) ||
-    Option.exists(Cause.failureOption(cause), (e) => ConfigError.isConfigError(e) || e instanceof NodeIdTakenOver)
-    ? Effect.void
-    : Option.match(listenFaultLine(cause), {
-      onSome: (line) => Effect.annotateLogs(Effect.logError(line), "event", "server.listen_failed"),
-      onNone: () => Effect.logError("The server stopped on a fault", cause)
-    })
+  Effect.gen(function*() {
+    if (
+      Cause.isInterruptedOnly(cause) ||
+      Option.exists(Cause.failureOption(cause), (e) => ConfigError.isConfigError(e) || e instanceof NodeIdTakenOver)
+    ) return
+    const listen = listenFaultLine(cause)
+    if (Option.isSome(listen)) return yield* Effect.annotateLogs(Effect.logError(listen.value), "event", "server.listen_failed")
+    const start = yield* startFaultLine(cause)
+    if (Option.isSome(start)) return yield* Effect.annotateLogs(Effect.logError(start.value), "event", "server.start_failed")
+    yield* Effect.logError("The server stopped on a fault", cause)
+  })
 
 /** Signals this close after the first are the same stop, sent twice. */
 const REPEAT_WINDOW_MS = 1_000

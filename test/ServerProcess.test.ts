@@ -256,6 +256,32 @@ describe.concurrent("server process", () => {
       }
     }))
 
+  it.live("a database it cannot reach at start stops it with one line naming the database and the variable, no password", () =>
+    Effect.promise(async () => {
+      const dataDir = scratch()
+      try {
+        const closed = await freePort()
+        const run = await runServerToExit({
+          DATA_DIR: dataDir,
+          HOST: "127.0.0.1",
+          PORT: String(await freePort()),
+          DATABASE_URL: `postgres://postgres:s3cret@127.0.0.1:${closed}/test`,
+          LOG_FORMAT: "json"
+        })
+        expect(run.code).toBe(1)
+        const failed = run.output.split("\n").filter((l) => l.includes('"level":"ERROR"')).map((l) => JSON.parse(l))
+        expect(failed).toHaveLength(1)
+        expect(failed[0].event).toBe("server.start_failed")
+        expect(failed[0].message).toBe(
+          `Cannot use the database (PostgreSQL at 127.0.0.1:${closed}/test; see DATABASE_URL): PgClient: Failed to connect: ` +
+            `connect ECONNREFUSED 127.0.0.1:${closed}`
+        )
+        expect(run.output).not.toContain("s3cret")
+      } finally {
+        rmSync(dataDir, { recursive: true, force: true })
+      }
+    }))
+
   it.live("--help says it is configured by environment; any other argument is refused with exit 2 (nothing started)", () =>
     Effect.promise(async () => {
       const copy = compiledCopy()
