@@ -7,6 +7,7 @@ import { expect, layer } from "@effect/vitest"
 import { Duration, Effect } from "effect"
 import { chatLine, createBatch, readLines, terminal, upload, waitFor } from "./support/Batches.js"
 import { client, createModelBatch, logged, LogLines, Simulators, testAppWithUpstreams } from "./support/Upstreams.js"
+import { baseUrl } from "./support/TestApp.js"
 
 const sleep = (ms: number) => Effect.promise(() => new Promise((resolve) => setTimeout(resolve, ms)))
 
@@ -34,6 +35,13 @@ const twoUpstreams = (overrides = {}) =>
     { maxConcurrentBatches: 1, maxConcurrentRequestsPerBatch: 8, upstreamProbeInterval: Duration.millis(300), ...outlasted, ...overrides }
   )
 
+/** `batch_upstream_up` by upstream, as `/metrics` gives it. */
+const upGauge = Effect.flatMap(baseUrl, (url) =>
+  Effect.promise(async () => {
+    const text = await (await fetch(`${url}/metrics`)).text()
+    return Object.fromEntries([...text.matchAll(/^batch_upstream_up\{upstream="(\w+)"\} (\d)$/gm)].map((m) => [m[1], Number(m[2])]))
+  }))
+
 layer(twoUpstreams(), { excludeTestServices: true })("an upstream down for longer than a lease and a retry budget", (it) => {
   it.effect("mid-batch: the batch pauses, another upstream's batch runs meanwhile, and every line completes", () =>
     Effect.gen(function*() {
@@ -48,6 +56,9 @@ layer(twoUpstreams(), { excludeTestServices: true })("an upstream down for longe
       const paused = yield* Effect.promise(() => openai.batches.retrieve(batch.id))
       expect(paused.status).toBe("in_progress")
       expect(paused.request_counts?.failed).toBe(0)
+      // An outage an operator can alert on: the gauge, and the down line's event.
+      expect(yield* upGauge).toEqual({ main: 0, other: 1 })
+      expect(logs.filter((l) => l.event === "upstream.down").map((l) => l.message)).toEqual([expect.stringMatching(/^Upstream main is down/)])
 
       // With one batch permit, a batch of the other upstream still runs while the first waits.
       const other = yield* createModelBatch(20, "model-b", "o")
@@ -66,6 +77,8 @@ layer(twoUpstreams(), { excludeTestServices: true })("an upstream down for longe
       expect(output).toHaveLength(1000)
       expect(new Set(output.map((l) => l.custom_id)).size).toBe(1000)
       expect(logged(logs, /Upstream main is down/)).toHaveLength(1)
+      expect(yield* upGauge).toEqual({ main: 1, other: 1 })
+      expect(logs.filter((l) => l.event === "upstream.up").map((l) => l.message)).toEqual([expect.stringMatching(/^Upstream main is up again/)])
       const upAgain = logged(logs, /Upstream main is up again after \d+ s/)
       expect(upAgain).toHaveLength(1)
       expect(Math.abs(Number(/after (\d+) s/.exec(upAgain[0]!)![1]) - outage)).toBeLessThanOrEqual(1)

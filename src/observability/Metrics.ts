@@ -36,6 +36,8 @@ export interface RequestTally {
 export interface UpstreamGauges {
   readonly inflight: () => number
   readonly limit: () => number
+  /** Whether the upstream is up (false from the call that found it down until a probe succeeds). */
+  readonly up: () => boolean
 }
 
 /** What a status move tells (the batch as moved: its status and timestamps, epoch seconds). */

@@ -10,7 +10,8 @@
  *                                                       answer), cancelled / expired (never sent: ended by the batch)
  *   batch_tokens_total{model,type}                      tokens of the successful answers: input, output, cached, reasoning
  *   batch_upstream_request_duration_seconds{upstream,model}  histogram, one observation per attempt (each retry too)
- *   batch_upstream_inflight{upstream}, batch_upstream_concurrency_limit{upstream}   gauges, read at scrape time
+ *   batch_upstream_up{upstream}, batch_upstream_inflight{upstream}, batch_upstream_concurrency_limit{upstream}
+ *                                                                                   gauges, read at scrape time
  *   batch_queue_wait_seconds                            histogram: created → in_progress (validation included)
  *   batch_duration_seconds{status}                      histogram: created → final status
  *   batch_http_requests_total{method,route,status}, batch_http_request_duration_seconds{method,route}
@@ -217,6 +218,11 @@ export const makeMetrics = (options: { readonly processWide: boolean }): Metrics
         for (const [upstream, gauges] of upstreams) this.set({ upstream }, read(gauges))
       }
     })
+  upstreamGauge(
+    "batch_upstream_up",
+    "1 while this node finds the upstream up, 0 while it is down (the batches using it paused, probes every 2 s).",
+    (g) => (g.up() ? 1 : 0)
+  )
   upstreamGauge("batch_upstream_inflight", "Calls this node has in flight to each upstream.", (g) => g.inflight())
   upstreamGauge(
     "batch_upstream_concurrency_limit",

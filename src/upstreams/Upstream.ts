@@ -93,7 +93,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     const gate = admission
     const metrics = yield* Metrics
     const observeAttempt = metrics.attempts(spec.name)
-    const untrack = metrics.upstream(spec.name, { inflight: () => gate.inflight, limit: () => limit.current })
+    const untrack = metrics.upstream(spec.name, { inflight: () => gate.inflight, limit: () => limit.current, up: () => !down })
     yield* Effect.addFinalizer(() => Effect.sync(untrack))
     /** Its own log context: lines about the upstream are not the batch's that happened to notice (nor its spans). */
     const log = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
@@ -140,7 +140,10 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       return Effect.gen(function*() {
         downSignal = yield* Deferred.make<void>()
         yield* Deferred.succeed(upSignal, undefined)
-        yield* log(Effect.logInfo(`Upstream ${spec.name} is up again after ${seconds} s; paused batches resume`))
+        yield* log(Effect.annotateLogs(
+          Effect.logInfo(`Upstream ${spec.name} is up again after ${seconds} s; paused batches resume`),
+          { event: "upstream.up", down_s: seconds }
+        ))
       })
     })
 
@@ -187,8 +190,12 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
         return Effect.gen(function*() {
           upSignal = yield* Deferred.make<void>()
           yield* Deferred.succeed(downSignal, undefined)
-          yield* log(Effect.logWarning(
-            `Upstream ${spec.name} is down (${reason}); batches using it pause, probing every ${Duration.format(options.probeInterval)}`
+          yield* log(Effect.annotateLogs(
+            Effect.logWarning(
+              `Upstream ${spec.name} is down (${reason}); batches using it pause, probing every ${Duration.format(options.probeInterval)}`
+            ),
+            "event",
+            "upstream.down"
           ))
           // Interruptible: a verdict (where an outage is noticed) runs uninterruptibly, and a fork inherits that.
           yield* Effect.forkIn(Effect.interruptible(log(probe)), scope)

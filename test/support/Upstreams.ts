@@ -1,5 +1,5 @@
 /** A test app over several simulators routed by `upstreams` entries, with the app's log lines recorded. */
-import { Context, Effect, Layer, Logger, LogLevel, Option } from "effect"
+import { Context, Effect, HashMap, Layer, Logger, LogLevel, Option } from "effect"
 import type { AppConfigShape } from "../../src/Config.js"
 import type { UpstreamEntry } from "../../src/upstreams/UpstreamSpec.js"
 import { type Simulator, type SimulatorOptions, startSimulator } from "../../scripts/simulator.js"
@@ -9,8 +9,8 @@ import { type Backend, baseUrl, testApp } from "./TestApp.js"
 /** The simulators of a test, by name. */
 export class Simulators extends Context.Tag("test/Simulators")<Simulators, Record<string, Simulator>>() {}
 
-/** The app's log lines (level and message), as they are written. */
-export class LogLines extends Context.Tag("test/LogLines")<LogLines, Array<{ level: string; message: string }>>() {}
+/** The app's log lines (level, message and `event` annotation), as they are written. */
+export class LogLines extends Context.Tag("test/LogLines")<LogLines, Array<{ level: string; message: string; event?: unknown }>>() {}
 
 const simulators = (options: Record<string, SimulatorOptions>) =>
   Layer.scoped(
@@ -35,9 +35,13 @@ export const testAppWithUpstreams = (
   overrides: Partial<AppConfigShape> = {},
   backend: Backend = "sqlite"
 ) => {
-  const lines: Array<{ level: string; message: string }> = []
-  const recorder = Logger.make(({ logLevel, message }) => {
-    lines.push({ level: logLevel.label, message: Array.isArray(message) ? message.map(String).join(" ") : String(message) })
+  const lines: Array<{ level: string; message: string; event?: unknown }> = []
+  const recorder = Logger.make(({ annotations, logLevel, message }) => {
+    lines.push({
+      level: logLevel.label,
+      message: Array.isArray(message) ? message.map(String).join(" ") : String(message),
+      event: Option.getOrUndefined(HashMap.get(annotations, "event"))
+    })
   })
   return Layer.unwrapEffect(Effect.map(Simulators, (all) =>
     testApp({ upstreams: Option.some(upstreams(all)), ...overrides }, backend, { logLevel: LogLevel.Info }).pipe(
