@@ -52,7 +52,8 @@ describe("UpstreamSpec", () => {
   })
 
   it("says what is wrong, naming the entry and the field", () => {
-    expect(problem([{ ...minimal, max_concurency: 3 }])).toContain("max_concurency")
+    expect(problem([{ ...minimal, max_concurency: 3 }])).toMatch(/^upstream 'a': max_concurency: /)
+    expect(problem([{ base_url: "http://127.0.0.1:8000/v1", models: ["m"] }])).toMatch(/^upstreams\.0\.name: /) // no name to go by
     expect(problem([{ ...minimal, base_url: "ftp://x" }])).toContain("http:// or https://")
     expect(problem([{ ...minimal, models: [] }])).toContain("models")
     expect(problem([minimal, minimal])).toBe("two upstreams are named 'a'")

@@ -129,8 +129,15 @@ export const resolveEntries = (
 ): Either.Either<ReadonlyArray<UpstreamSpec>, string> => {
   const decoded = Schema.decodeUnknownEither(UpstreamsFile, { onExcessProperty: "error", errors: "all" })({ upstreams: entries })
   if (Either.isLeft(decoded)) {
+    // `upstreams.0.max_concurency` said as `upstream 'vllm': max_concurency` when the entry has a name.
+    const where = (path: ReadonlyArray<PropertyKey>) => {
+      const name = (entries[Number(path[1])] as { name?: unknown } | null)?.name
+      return path[0] === "upstreams" && typeof name === "string" && path.length > 2
+        ? `upstream '${name}': ${path.slice(2).join(".")}`
+        : path.join(".")
+    }
     return Either.left(ParseResult.ArrayFormatter.formatErrorSync(decoded.left)
-      .map((issue) => `${issue.path.join(".")}: ${issue.message}`).join("; "))
+      .map((issue) => `${where(issue.path)}: ${issue.message}`).join("; "))
   }
   const specs: Array<UpstreamSpec> = []
   for (const entry of decoded.right.upstreams) {
