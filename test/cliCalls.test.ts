@@ -85,6 +85,18 @@ describe("the CLI's calls against a scripted server", () => {
       expect(server.count()).toBe(2) // not asked again: a 404 does not pass
     }))
 
+  it.scopedLive("a base URL without /v1 that gets the server's unknown-route 404 is told to add it; a missing batch is not", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer
+      const root = server.url.replace(/\/v1$/, "")
+      server.set((req, res) => apiError(res, 404, `Invalid URL (GET ${req.url})`))
+      const noV1 = yield* Effect.flip(makeBatchApi({ baseUrl: root, apiKey: undefined }).retrieve("batch_abc"))
+      expect(noV1.message).toContain(`; the base URL is the API's, /v1 included (${root}/v1?)`)
+      server.set((_req, res) => apiError(res, 404, "No batch found with id 'batch_abc'."))
+      const missing = yield* Effect.flip(makeBatchApi({ baseUrl: server.url, apiKey: undefined }).retrieve("batch_abc"))
+      expect(missing.message).not.toContain("/v1 included")
+    }))
+
   it.scopedLive("a download cut half-way never leaves a partial file under its name, and is made again", () =>
     Effect.gen(function*() {
       const server = yield* scriptedServer

@@ -74,7 +74,8 @@ const explain = (what: string, connection: Connection) => (error: unknown): CliF
       "or point --base-url (or OPENAI_BASE_URL) at one"
     : error instanceof APIError
     ? `${what}: ${error.message}${error.code ? ` (${error.code})` : ""}` +
-      (error.status === 401 && connection.apiKey === undefined ? "; give a key with --api-key or OPENAI_API_KEY" : "")
+      (error.status === 401 && connection.apiKey === undefined ? "; give a key with --api-key or OPENAI_API_KEY" : "") +
+      (error.status === 404 && error.message.includes("Invalid URL") && !/\/v1\/?$/.test(connection.baseUrl) ? `; the base URL is the API's, /v1 included (${connection.baseUrl.replace(/\/$/, "")}/v1?)` : "")
     : `${what}: ${error instanceof Error ? error.message : String(error)}`
   const transient = transience(error)
   const answered = error instanceof APIError && error.status !== undefined
