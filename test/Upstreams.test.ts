@@ -5,7 +5,7 @@
 import { expect, layer } from "@effect/vitest"
 import { Effect } from "effect"
 import { NotFoundError } from "openai"
-import { readLines, terminal, waitFor } from "./support/Batches.js"
+import { chatLine, createBatch, readLines, terminal, upload, waitFor } from "./support/Batches.js"
 import { client, createModelBatch, logged, LogLines, Simulators, testAppWithUpstreams } from "./support/Upstreams.js"
 
 
@@ -101,6 +101,18 @@ layer(
       expect(storm!.stats.maxInFlight).toBe(16)
       expect(logged(logs, /stormy: concurrency limit raised to 16/).length).toBeGreaterThan(0)
     }), { timeout: 90_000 })
+
+  it.effect("one request refused again and again halves the limit once, not at each of its retries", () =>
+    Effect.gen(function*() {
+      const logs = yield* LogLines
+      const openai = yield* client
+      const decreases = () => logged(logs, /stormy: concurrency limit \d+ → \d+/)
+      const before = decreases().length
+      const file = yield* upload(openai, [chatLine("flaky", "[flaky:429x3] again and again", "sim-model")])
+      const done = yield* waitFor(openai, (yield* createBatch(openai, file.id)).id, terminal, 20_000)
+      expect(done.request_counts).toEqual({ total: 1, completed: 1, failed: 0 })
+      expect(decreases().slice(before)).toEqual([expect.stringMatching(/concurrency limit 16 → 8 \(status 429\)/)])
+    }), { timeout: 30_000 })
 })
 
 layer(

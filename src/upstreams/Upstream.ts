@@ -204,10 +204,16 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
 
     // --- the adaptive limit ------------------------------------------------------------------------------------
     let lastRaiseLog = 0
-    const overloaded = (generation: number, why: string) =>
+    /**
+     * The requests whose overload signal decreased the limit: a request's retries, each started under the newer
+     * generation, would otherwise halve it again and again (one flaky request took 64 to 16).
+     */
+    const decreasedBy = new WeakSet<Ticket>()
+    const overloaded = (ticket: Ticket, generation: number, why: string) =>
       Effect.suspend(() => {
         const before = limit.current
-        if (!limit.overloaded(generation)) return Effect.void
+        if (decreasedBy.has(ticket) || !limit.overloaded(generation)) return Effect.void
+        decreasedBy.add(ticket)
         return log(Effect.logWarning(`Upstream ${spec.name}: concurrency limit ${before} → ${limit.current} (${why})`))
       })
     /** A success: the run of failures ends, the limit may grow; a log line when it is to be said. */
@@ -255,7 +261,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
           case "connect":
             return Effect.as(markDown(attempt.failure.message), "again")
           case "timeout":
-            return Effect.zipRight(overloaded(generation, "timeout"), failedInRow(ticket, attempt.failure.message))
+            return Effect.zipRight(overloaded(ticket, generation, "timeout"), failedInRow(ticket, attempt.failure.message))
           case "transport":
             return failedInRow(ticket, attempt.failure.message)
           default:
@@ -267,7 +273,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       if (status === 429 || status === 503) {
         const atFloor = limit.atFloor
         return pauseFor(headers).pipe(
-          Effect.zipRight(overloaded(generation, `status ${status}`)),
+          Effect.zipRight(overloaded(ticket, generation, `status ${status}`)),
           Effect.zipRight(status === 503 ? failedInRow(ticket, "status 503") : Effect.succeed<Verdict>("retry")),
           Effect.map((verdict): Verdict => (verdict === "again" || !atFloor ? "again" : "retry"))
         )
