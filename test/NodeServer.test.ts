@@ -161,10 +161,13 @@ describe("the node server", () => {
       yield* allClosed(server)
     }), 20_000)
 
-  it.scopedLive("a request sent after the socket listens but before the app's handler is attached is answered once it is", () =>
+  /**
+   * The status of a request sent once `server` listens but before the app's handler is attached (a layer built
+   * between the two sends it and lets it arrive with no handler there).
+   */
+  const earlyRequestStatus = (server: Layer.Layer<HttpServer.HttpServer>) =>
     Effect.gen(function*() {
       let early: Promise<number | string> | undefined
-      // Built between the server and the app's handler: sends a request and lets it arrive with no handler there.
       const requestWhileStarting = Layer.effectDiscard(Effect.gen(function*() {
         const url = HttpServer.formatAddress((yield* HttpServer.HttpServer).address)
         early = fetch(url, { signal: AbortSignal.timeout(5_000) }).then((res) => res.status, (e) => String(e))
@@ -172,27 +175,23 @@ describe("the node server", () => {
       }))
       yield* Layer.build(HttpServer.serve(HttpServerResponse.text("ok")).pipe(
         Layer.provide(requestWhileStarting),
-        Layer.provideMerge(NodeServerLive),
-        Layer.provide(AppConfig.layerWith({ host: "127.0.0.1", port: 0 }))
+        Layer.provideMerge(server)
       ))
-      expect(yield* Effect.promise(() => early!)).toBe(200)
+      return yield* Effect.promise(() => early!)
+    })
+
+  it.scopedLive("a request sent after the socket listens but before the app's handler is attached is answered once it is", () =>
+    Effect.gen(function*() {
+      const server = NodeServerLive.pipe(Layer.provide(AppConfig.layerWith({ host: "127.0.0.1", port: 0 })))
+      expect(yield* earlyRequestStatus(Layer.orDie(server))).toBe(200)
     }), 20_000)
 
   it.scopedLive("makeNodeServer on an app's own Node server holds a request sent while the app starts the same way", () =>
     Effect.gen(function*() {
       const own = createServer()
-      let early: Promise<number | string> | undefined
-      const requestWhileStarting = Layer.effectDiscard(Effect.gen(function*() {
-        const url = HttpServer.formatAddress((yield* HttpServer.HttpServer).address)
-        early = fetch(url, { signal: AbortSignal.timeout(5_000) }).then((res) => res.status, (e) => String(e))
-        yield* Effect.sleep("300 millis")
-      }))
-      yield* Layer.build(HttpServer.serve(HttpServerResponse.text("ok")).pipe(
-        Layer.provide(requestWhileStarting),
-        Layer.provideMerge(makeNodeServer({ server: own, host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" }))
-      ))
+      const server = makeNodeServer({ server: own, host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" })
+      expect(yield* earlyRequestStatus(Layer.orDie(server))).toBe(200)
       expect(own.listening).toBe(true) // the server given is the one serving
-      expect(yield* Effect.promise(() => early!)).toBe(200)
     }), 20_000)
 
   it.scopedLive("a held request whose client left meanwhile is not handed to the handler; the others are, in order", () =>
