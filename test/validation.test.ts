@@ -1,6 +1,7 @@
 /** Input lines and upstream answers: request bodies forwarded as written, token usage in every endpoint's naming. */
 import { describe, expect, it } from "@effect/vitest"
-import { isValidLine, jsonMemberText, usageOf, validateLine, zeroUsage } from "../src/batches/validation.js"
+import { jsonMemberText } from "../src/batches/jsonText.js"
+import { isValidLine, usageOf, validateLine, zeroUsage } from "../src/batches/validation.js"
 
 describe("validateLine", () => {
   it("keeps the request body exactly as the line has it: big integers, spacing, key order, escapes", () => {

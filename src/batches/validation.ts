@@ -6,6 +6,7 @@ import { type BatchEndpoint, type CreateBatchBody, StandardEndpoint } from "../d
 import { MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS } from "../domain/Files.js"
 import type { FileId } from "../domain/Ids.js"
 import { echo, unstorableReason } from "../domain/Text.js"
+import { jsonMemberText } from "./jsonText.js"
 
 export interface Problem {
   readonly code: string
@@ -206,68 +207,6 @@ const endpointLabel: Record<StandardEndpoint, string> = {
 const capitalized = (s: string) => s.charAt(0).toUpperCase() + s.slice(1)
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v)
-
-const QUOTE = 34
-const BACKSLASH = 92
-
-/** The index just past the string whose opening quote is at `start`. */
-export const afterString = (text: string, start: number): number => {
-  let end = text.indexOf('"', start + 1)
-  for (;;) {
-    let backslashes = 0
-    while (text.charCodeAt(end - 1 - backslashes) === BACKSLASH) backslashes++
-    if (backslashes % 2 === 0) return end + 1
-    end = text.indexOf('"', end + 1)
-  }
-}
-
-export const isJsonSpace = (c: number) => c === 32 || c === 9 || c === 10 || c === 13
-
-export const skipSpace = (text: string, at: number): number => {
-  while (isJsonSpace(text.charCodeAt(at))) at++
-  return at
-}
-
-/** The index just past the value starting at `start` (a string, object, array, number or literal). */
-export const afterValue = (text: string, start: number): number => {
-  const first = text.charCodeAt(start)
-  if (first === QUOTE) return afterString(text, start)
-  if (first === 123 || first === 91) { // { or [
-    let depth = 0
-    for (let at = start; ; at++) {
-      const c = text.charCodeAt(at)
-      if (c === QUOTE) at = afterString(text, at) - 1
-      else if (c === 123 || c === 91) depth++
-      else if ((c === 125 || c === 93) && --depth === 0) return at + 1
-    }
-  }
-  let at = start
-  for (let c = first; c !== 44 && c !== 125 && c !== 93 && !isJsonSpace(c) && at < text.length; c = text.charCodeAt(++at));
-  return at
-}
-
-/**
- * The text of member `name` of the JSON object `text` exactly as written (the last one when repeated, as
- * `JSON.parse` reads it), or undefined. `text` must be JSON that `JSON.parse` accepted and whose value is an object.
- * This is how a request body is forwarded as it is: parsing and printing it again would round numbers beyond 2^53
- * (seeds, token ids) and drop anything else `JSON.parse` normalizes.
- */
-export const jsonMemberText = (text: string, name: string): string | undefined => {
-  let found: string | undefined
-  let at = skipSpace(text, text.indexOf("{") + 1)
-  while (text.charCodeAt(at) === QUOTE) {
-    const keyEnd = afterString(text, at)
-    const raw = text.slice(at + 1, keyEnd - 1)
-    const key = raw.includes("\\") ? JSON.parse(text.slice(at, keyEnd)) as string : raw
-    const valueStart = skipSpace(text, skipSpace(text, keyEnd) + 1) // past the colon
-    const valueEnd = afterValue(text, valueStart)
-    if (key === name) found = text.slice(valueStart, valueEnd)
-    at = skipSpace(text, valueEnd)
-    if (text.charCodeAt(at) !== 44) break // a comma: another member follows
-    at = skipSpace(text, at + 1)
-  }
-  return found
-}
 
 /** What is wrong with the value of body field `field`, which must be of `kind`, if anything. */
 const fieldProblem = (field: string, kind: FieldKind, value: unknown): Problem | undefined => {
