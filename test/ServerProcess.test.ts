@@ -8,7 +8,7 @@ import { tmpdir } from "node:os"
 import { type AddressInfo, createServer } from "node:net"
 import * as Path from "node:path"
 import OpenAI, { toFile } from "openai"
-import { compiledCopy, freePort, runServerToExit, type ServerProcess, STALLED_UPLOAD_END, stalledUpload, startServer } from "./support/ServerProcess.js"
+import { compiledCopy, freePort, runServerToExit, serverArgs, type ServerProcess, STALLED_UPLOAD_END, stalledUpload, startServer } from "./support/ServerProcess.js"
 import { filesUnder } from "./support/TestApp.js"
 
 const root = Path.resolve(import.meta.dirname, "..")
@@ -284,11 +284,9 @@ describe.concurrent("server process", () => {
 
   it.live("--help says it is configured by environment; any other argument is refused with exit 2 (nothing started)", () =>
     Effect.promise(async () => {
-      const copy = compiledCopy()
-      const entry = copy === undefined ? ["--import", "tsx", "src/main.ts"] : [Path.join(copy, "dist", "main.js")]
       const run = (args: ReadonlyArray<string>) =>
         new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
-          const child = spawn(process.execPath, [...entry, ...args], { cwd: Path.resolve(import.meta.dirname, "..") })
+          const child = spawn(process.execPath, [...serverArgs(), ...args], { cwd: Path.resolve(import.meta.dirname, "..") })
           let out = ""
           let err = ""
           child.stdout.on("data", (d) => (out += d))

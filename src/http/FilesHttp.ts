@@ -73,7 +73,7 @@ export type UploadFields = Omit<FileMetadata, "project" | "id">
 export const parseUploadForm = (
   fields: ReadonlyMap<string, string>,
   filename: string | undefined,
-  repeated: ReadonlySet<string> = new Set()
+  repeated: ReadonlySet<string>
 ): Either.Either<UploadFields, ApiError> => {
   // Which of two values was meant is anyone's guess: the last one was taken silently.
   const twice = ["purpose", "expires_after[anchor]", "expires_after[seconds]"].find((name) => repeated.has(name))

@@ -39,7 +39,7 @@ export const COMPILED_COPY_ENV = "OPENAI_BATCH_COMPILED_COPY"
 export const compiledCopy = (): string | undefined => process.env[COMPILED_COPY_ENV]
 
 /** The server's command line: plain node on the compiled copy's entry point, or tsx on the source. */
-const serverArgs = () => {
+export const serverArgs = () => {
   const copy = compiledCopy()
   return copy === undefined ? ["--import", "tsx", "src/main.ts"] : [Path.join(copy, "dist", "main.js")]
 }
