@@ -52,6 +52,14 @@ export interface AppConfigShape {
    * (`SHUTDOWN_DELAY`): time for a load balancer to take it out of rotation. Zero: it stops accepting at once.
    */
   readonly shutdownDelay: Duration.Duration
+  /**
+   * Result pages (`GET /v1/batches/{id}/results`) a node holds at once (`RESULT_PAGES_AT_ONCE`), each up to 8 MiB
+   * of answers (or one larger answer), from their read until their client has taken them: the memory slow readers
+   * can pin. A request waits up to twice `resultStallTimeout` for one, then gets a 503.
+   */
+  readonly resultPagesAtOnce: number
+  /** A client that takes none of its result page for this long is cut off, the page let go (`RESULT_STALL_TIMEOUT`). */
+  readonly resultStallTimeout: Duration.Duration
   /** Log lines as JSON objects, one a line, or Effect's pretty format (`LOG_FORMAT`; default: pretty on a terminal). */
   readonly logFormat: "json" | "pretty"
   /** The least severe lines written (`LOG_LEVEL`); request lines of health and readiness probes are `debug`. */
@@ -155,6 +163,8 @@ export const defaults: AppConfigShape = {
   fileSweepInterval: Duration.seconds(60),
   shutdownTimeout: Duration.seconds(10),
   shutdownDelay: Duration.zero,
+  resultPagesAtOnce: 8,
+  resultStallTimeout: Duration.seconds(30),
   logFormat: process.stdout.isTTY === true ? "pretty" : "json",
   logLevel: "info",
   inferenceBaseUrl: "http://127.0.0.1:8000/v1",
@@ -220,6 +230,8 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   fileSweepInterval: Config.duration("FILE_SWEEP_INTERVAL").pipe(Config.withDefault(defaults.fileSweepInterval)),
   shutdownTimeout: Config.duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(defaults.shutdownTimeout)),
   shutdownDelay: Config.duration("SHUTDOWN_DELAY").pipe(Config.withDefault(defaults.shutdownDelay)),
+  resultPagesAtOnce: Config.integer("RESULT_PAGES_AT_ONCE").pipe(Config.withDefault(defaults.resultPagesAtOnce)),
+  resultStallTimeout: Config.duration("RESULT_STALL_TIMEOUT").pipe(Config.withDefault(defaults.resultStallTimeout)),
   logFormat: Config.literal("json", "pretty")("LOG_FORMAT").pipe(Config.withDefault(defaults.logFormat)),
   // In any case, and `warn` for `warning` (its lines print as `WARN`; other tools name it so): the rules check the rest.
   logLevel: Config.string("LOG_LEVEL").pipe(

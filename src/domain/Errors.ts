@@ -32,6 +32,8 @@ export class PayloadTooLarge extends Schema.TaggedError<PayloadTooLarge>()("Payl
 export class RateLimited extends Schema.TaggedError<RateLimited>()("RateLimited", fields) {}
 /** 500: a fault of the server itself (never a client mistake). */
 export class ServerError extends Schema.TaggedError<ServerError>()("ServerError", fields) {}
+/** 503: the server is too busy for this request now; the same request may succeed after its `Retry-After`. */
+export class ServiceUnavailable extends Schema.TaggedError<ServiceUnavailable>()("ServiceUnavailable", fields) {}
 /** 507: the server is out of storage space (a full disk or database); the same request may succeed later. */
 export class InsufficientStorage extends Schema.TaggedError<InsufficientStorage>()("InsufficientStorage", fields) {}
 
@@ -62,6 +64,7 @@ export const ConflictSchema = asEnvelope(Conflict, 409)
 export const PayloadTooLargeSchema = asEnvelope(PayloadTooLarge, 413)
 export const RateLimitedSchema = asEnvelope(RateLimited, 429)
 export const ServerErrorSchema = asEnvelope(ServerError, 500)
+export const ServiceUnavailableSchema = asEnvelope(ServiceUnavailable, 503)
 export const InsufficientStorageSchema = asEnvelope(InsufficientStorage, 507)
 
 const body = (message: string, type: string, param: string | null, code: string | null) =>
@@ -92,6 +95,10 @@ export const rateLimited = (message: string) => new RateLimited(body(message, "r
 
 export const serverError = (message = "The server had an error while processing your request.") =>
   new ServerError(body(message, "server_error", null, null))
+
+/** 503 in the words OpenAI's own overloaded answers use (type `server_error`), with a code saying why. */
+export const serviceUnavailable = (message: string) =>
+  new ServiceUnavailable(body(message, "server_error", null, "server_busy"))
 
 export const insufficientStorage = (message = "The server is out of storage space; try again later.") =>
   new InsufficientStorage(body(message, "server_error", null, "insufficient_storage"))

@@ -15,6 +15,7 @@ import {
   NotFoundSchema,
   PayloadTooLargeSchema,
   RateLimitedSchema,
+  ServiceUnavailableSchema,
   ServerErrorSchema,
   UnauthorizedSchema
 } from "../domain/Errors.js"
@@ -169,6 +170,7 @@ export class BatchesGroup extends HttpApiGroup.make("batches")
       .setUrlParams(BatchResultsParams)
       .addSuccess(HttpApiSchema.Text({ contentType: "application/jsonl" }))
       .addError(NotFoundSchema)
+      .addError(ServiceUnavailableSchema)
       .annotate(
         OpenApi.Summary,
         "(extension) The output (or error) file lines finished so far, in line order, up to the first request " +

@@ -21,7 +21,7 @@ import { FileStore } from "../files/FileStore.js"
 import * as BatchLines from "../observability/batchLines.js"
 import { OpenAIApi } from "./Api.js"
 import { overQuota } from "./FilesHttp.js"
-import { batchResults } from "./BatchResultsHttp.js"
+import { batchResults, makeResultPages } from "./BatchResultsHttp.js"
 import { listPage, trusted } from "../domain/List.js"
 import { echo } from "../domain/Text.js"
 import { inBackground } from "../Scheduler.js"
@@ -48,9 +48,10 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
     const store = yield* BatchStore
     const runner = yield* BatchRunner
     const files = yield* FileStore
-    const results = batchResults(store)
     const rerun = yield* Rerun
-    const { completionWindow, extraBatchEndpoints, maxActiveBatchesPerProject, maxFileBytesPerProject } = yield* AppConfig
+    const config = yield* AppConfig
+    const { completionWindow, extraBatchEndpoints, maxActiveBatchesPerProject, maxFileBytesPerProject } = config
+    const results = batchResults(store, yield* makeResultPages(config.resultPagesAtOnce, config.resultStallTimeout))
 
     /** The 409 of an idempotency key used before, unless `record` was made by the same request. */
     const sameRequest = (record: BatchRecord, requestHash: string) =>

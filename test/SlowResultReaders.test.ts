@@ -1,0 +1,110 @@
+/**
+ * Result pages and slow readers (`GET /v1/batches/{id}/results`): a page stays in memory until its client has taken
+ * it, so a node holds at most `RESULT_PAGES_AT_ONCE` of them. Here one, with a stall timeout of 1 s: a client that
+ * never reads its page is cut off after the stall timeout and the next request gets the page; while a client reads
+ * its page slowly, the next request waits twice the stall timeout, then gets a 503 in the error envelope with
+ * `Retry-After`, and the page once that reader is gone. Raw sockets play the slow clients (a client that reads
+ * nothing, or 16 KiB every 50 ms); pages of 16 MiB, past what the loopback's buffers take in.
+ */
+import { describe, expect, layer } from "@effect/vitest"
+import { Duration, Effect } from "effect"
+import { connect, type Socket } from "node:net"
+import { chatLine, createBatch, sdk, terminal, upload, waitFor } from "./support/Batches.js"
+import { baseUrl, testAppWithUpstream } from "./support/TestApp.js"
+
+const STALL_MS = 1000
+
+/** A finished batch whose output page is one answer of 16 MiB; its results path. */
+const bigPage = Effect.gen(function*() {
+  const openai = sdk(yield* baseUrl)
+  const file = yield* upload(openai, [chatLine("l1", "one [big:16]")])
+  const batch = yield* createBatch(openai, file.id)
+  expect((yield* waitFor(openai, batch.id, terminal)).status).toBe("completed")
+  return `/v1/batches/${batch.id}/results`
+})
+
+/**
+ * A client that asks for `path` and reads `reading` bytes of its answer every 50 ms (0: none, ever); `take` reads the
+ * rest at full speed and gives how many bytes came in all, head included, once the connection ends.
+ */
+const slowClient = (base: string, path: string, reading: number) => {
+  const url = new URL(base)
+  const socket: Socket = connect({ host: url.hostname, port: Number(url.port) })
+  let received = 0
+  const ended = new Promise<void>((resolve) => socket.once("close", () => resolve()))
+  socket.on("error", () => {})
+  socket.pause()
+  socket.write(`GET ${path} HTTP/1.1\r\nhost: ${url.host}\r\n\r\n`)
+  const timer = reading > 0
+    ? setInterval(() => {
+      received += socket.read(reading)?.length ?? 0
+    }, 50)
+    : undefined
+  return {
+    drop: () => {
+      clearInterval(timer)
+      socket.destroy()
+    },
+    take: async () => {
+      clearInterval(timer)
+      socket.on("data", (chunk: Buffer) => received += chunk.length)
+      socket.resume()
+      await ended
+      return received
+    }
+  }
+}
+
+const get = (base: string, path: string) =>
+  Effect.promise(async () => {
+    const started = performance.now()
+    const response = await fetch(`${base}${path}`)
+    const body = Buffer.from(await response.arrayBuffer())
+    return { response, body, ms: performance.now() - started }
+  })
+
+describe("result pages held by slow readers", () => {
+  layer(
+    testAppWithUpstream({ resultPagesAtOnce: 1, resultStallTimeout: Duration.millis(STALL_MS) }),
+    { excludeTestServices: true }
+  )("one page at a time, a stall timeout of 1 s", (it) => {
+    it.effect("a client that never reads is cut off after the stall timeout; the next request then gets the page", () =>
+      Effect.gen(function*() {
+        const base = yield* baseUrl
+        const path = yield* bigPage
+        const stalled = slowClient(base, path, 0)
+        yield* Effect.sleep(Duration.millis(200))
+        const next = yield* get(base, path)
+        expect([next.response.status, next.body.length]).toEqual([200, Number(next.response.headers.get("content-length"))])
+        expect(next.body.length).toBeGreaterThan(16 * 1024 * 1024)
+        // It waited for the stalled client's page to be let go.
+        expect(next.ms).toBeGreaterThan(STALL_MS * 0.7)
+        // The stalled client's connection was closed before all of its page came.
+        expect(yield* Effect.promise(() => stalled.take())).toBeLessThan(next.body.length)
+      }), { timeout: 30_000 })
+
+    it.effect("while a client reads its page slowly, the next request waits twice the stall timeout, then gets a 503 with Retry-After", () =>
+      Effect.gen(function*() {
+        const base = yield* baseUrl
+        const path = yield* bigPage
+        const slow = slowClient(base, path, 16 * 1024)
+        yield* Effect.sleep(Duration.millis(200))
+        const refused = yield* get(base, path)
+        expect(refused.response.status).toBe(503)
+        expect(refused.response.headers.get("retry-after")).toBe("1")
+        expect(JSON.parse(refused.body.toString())).toEqual({
+          error: {
+            message: "Too many result pages are being sent at once (1); try again in a second.",
+            type: "server_error",
+            param: null,
+            code: "server_busy"
+          }
+        })
+        expect(refused.ms).toBeGreaterThan(2 * STALL_MS * 0.9)
+        slow.drop()
+        const served = yield* get(base, path)
+        expect(served.response.status).toBe(200)
+        expect(served.ms).toBeLessThan(STALL_MS)
+      }), { timeout: 30_000 })
+  })
+})
