@@ -4,11 +4,11 @@
  * server stops accepting and lets open requests end).
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import { Cause, ConfigError, Console, Deferred, Effect, Layer, Option, Runtime } from "effect"
+import { Cause, ConfigError, Deferred, Effect, Layer, Option, Runtime } from "effect"
 import { constants } from "node:os"
-import { AppConfig } from "./Config.js"
+import { AppConfig, defaults } from "./Config.js"
 import { AppLive } from "./Layers.js"
-import { LoggingLive } from "./observability/Logging.js"
+import { LoggingLive, loggerLayer } from "./observability/Logging.js"
 import { describeDatabase } from "./observability/Readiness.js"
 import { NodeIdInUse, NodeIdTakenOver, OnNodeIdTakenOver } from "./storage/NodeIdLock.js"
 import { BatchesRunElsewhere } from "./storage/SqliteRunnerLock.js"
@@ -116,6 +116,15 @@ const launch = Effect.gen(function*() {
   )
 })
 
+/**
+ * The logger of a configuration that could not be read: `LOG_FORMAT` as set when that value is valid, else its
+ * default (JSON when stdout is not a terminal), so that a log shipper reads this line as it reads the others.
+ */
+const configFaultLogging = loggerLayer(
+  process.env.LOG_FORMAT === "json" || process.env.LOG_FORMAT === "pretty" ? process.env.LOG_FORMAT : defaults.logFormat,
+  "error"
+)
+
 // Logs go through `LOG_FORMAT`'s logger from the start to the last line: provided around the whole program (and
 // runMain's own pretty logger and error report disabled, or each line would be written twice).
 const program = Effect.zipRight(stopAtOnceOnALaterSignal, launch).pipe(
@@ -124,7 +133,8 @@ const program = Effect.zipRight(stopAtOnceOnALaterSignal, launch).pipe(
   Effect.provide(LoggingLive),
   Effect.provide(AppConfig.layer),
   Effect.catchIf(ConfigError.isConfigError, (error) =>
-    Console.error(`Invalid configuration: ${String(error)}`).pipe(
+    Effect.annotateLogs(Effect.logError(`Invalid configuration: ${String(error)}`), "event", "server.config_invalid").pipe(
+      Effect.provide(configFaultLogging),
       Effect.zipRight(Effect.sync(() => process.exit(1)))
     ))
 )

@@ -402,7 +402,8 @@ describe("the openai-batch command line", () => {
       expect(await exited).toBe(0)
       expect(await fetch(`http://127.0.0.1:${port}/v1/health`).then(() => "answered", () => "refused")).toBe("refused")
       expect(bad.code).toBe(1)
-      expect(bad.stderr).toContain("Invalid configuration")
-      expect(bad.stderr).toContain("PORT")
+      // The server's log line, on its stdout as its other lines.
+      expect(bad.stdout).toContain("Invalid configuration")
+      expect(bad.stdout).toContain("PORT")
     }), alongside)
 })

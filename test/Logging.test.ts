@@ -96,8 +96,12 @@ describe("the logs of the server process", () => {
       level: "INFO",
       address: server.url,
       backend: "sqlite",
-      upstreams: [{ name: "default", base_url: sim.url, models: ["*"] }]
+      upstreams: [{ name: "default", base_url: sim.url, models: ["*"], max_concurrency: 256 }],
+      api_keys: true,
+      tracing: null,
+      default_webhook: false
     })])
+    expect(event("server.listening")[0]!.message).toContain("; API keys required")
     const order = lines.map((l) => l.event).filter((e) => e?.startsWith("server."))
     expect(order).toEqual(["server.listening", "server.shutdown_started", "server.shutdown_finished"])
   })

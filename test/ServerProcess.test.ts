@@ -314,6 +314,11 @@ describe.concurrent("server process", () => {
           expect(output).toContain(invalid[i]![0])
         })
         expect(existsSync(Path.join(dataDir, "batches.sqlite"))).toBe(false)
+        // With LOG_FORMAT=json, a log line as the others: a shipper reads it.
+        const json = await runServerToExit({ DATA_DIR: dataDir, PORT: "not-a-port", LOG_FORMAT: "json" })
+        expect(json.code).toBe(1)
+        expect(JSON.parse(json.output.trim())).toMatchObject({ level: "ERROR", event: "server.config_invalid" })
+        expect(JSON.parse(json.output.trim()).message).toContain("Invalid configuration: (Invalid data at PORT")
       } finally {
         rmSync(dataDir, { recursive: true, force: true })
       }

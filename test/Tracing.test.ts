@@ -28,7 +28,13 @@ const ERROR = 2
 /** Runs `body` with a collector, the simulator and the server exporting to the collector with `env`. */
 const withTracedServer = (
   env: Record<string, string>,
-  body: (ctx: { url: string; upstreamUrl: string; collector: Awaited<ReturnType<typeof startCollector>>; stop: () => Promise<unknown> }) => Promise<void>
+  body: (ctx: {
+    url: string
+    upstreamUrl: string
+    collector: Awaited<ReturnType<typeof startCollector>>
+    stop: () => Promise<unknown>
+    stdout: () => string
+  }) => Promise<void>
 ) =>
   Effect.promise(async () => {
     const dataDir = mkdtempSync(Path.join(tmpdir(), "batch-trace-"))
@@ -43,7 +49,7 @@ const withTracedServer = (
       ...env
     })
     try {
-      await body({ url: server.url, upstreamUrl: simulator.url, collector, stop: () => server.stop("SIGTERM") })
+      await body({ url: server.url, upstreamUrl: simulator.url, collector, stop: () => server.stop("SIGTERM"), stdout: server.stdout })
     } finally {
       await server.stop("SIGTERM")
       await simulator.close()
@@ -85,7 +91,10 @@ describe("tracing", () => {
     const requests = 400
     // A heartbeat every 100 ms: the periodic work runs many times while the batch does.
     const env = { OTEL_EXPORTER_OTLP_PROTOCOL: "http/json", OTEL_SERVICE_NAME: "batch-under-test", HEARTBEAT_INTERVAL: "100 millis" }
-    return withTracedServer(env, async ({ url, collector, stop }) => {
+    return withTracedServer(env, async ({ url, collector, stop, stdout }) => {
+      // The start says where spans go.
+      const listening = stdout().split("\n").find((l) => l.includes('"event":"server.listening"'))
+      expect(JSON.parse(listening!).tracing).toBe(`${collector.url}/v1/traces`)
       // A caller whose own trace was not sampled: nothing of this request is exported.
       expect((await fetch(`${url}/v1/files`, { headers: { traceparent: `00-${unsampledTrace}-${parentId}-00` } })).status).toBe(200)
       const openai = client(url)

@@ -5,30 +5,64 @@
  */
 import * as HttpServer from "@effect/platform/HttpServer"
 import { Duration, Effect, Layer, Option } from "effect"
-import { AppConfig, type AppConfigShape, runsBatches } from "../Config.js"
+import { AppConfig, type AppConfigShape, keysConfigured, runsBatches } from "../Config.js"
 import { type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
 import { describeDatabase, Readiness } from "./Readiness.js"
+import { tracingSettings } from "./tracingSettings.js"
 
 /** How an upstream reads in the listening line: `default at http://127.0.0.1:8000/v1 (*)`. */
 const upstreamText = (spec: Pick<UpstreamSpec, "name" | "baseUrl" | "models">) =>
   `${spec.name} at ${spec.baseUrl} (${spec.models.join(", ")})`
 
-/** The listening line: where, on which database, to which upstreams (each also logs its state once probed). */
+/** A URL without the user and password it may carry. */
+const withoutCredentials = (url: string) => {
+  try {
+    const parsed = new URL(url)
+    parsed.username = ""
+    parsed.password = ""
+    return parsed.href
+  } catch {
+    return url
+  }
+}
+
+/**
+ * The listening line: where, on which database, to which upstreams (each also logs its state once probed), and
+ * what is on: keys, tracing (`tracesUrl`: where spans go, or `None`), the default webhook (whether set: its URL may
+ * hold a token).
+ */
 export const listeningLine = (
   address: string,
   config: Pick<
     AppConfigShape,
-    "databaseUrl" | "dataDir" | "nodeId" | "inferenceMode" | "inferenceRecordings" | "maxConcurrentBatches"
+    | "databaseUrl"
+    | "dataDir"
+    | "nodeId"
+    | "inferenceMode"
+    | "inferenceRecordings"
+    | "maxConcurrentBatches"
+    | "apiKeys"
+    | "adminApiKeys"
+    | "apiKeysFile"
+    | "webhookUrl"
   >,
-  upstreams: ReadonlyArray<Pick<UpstreamSpec, "name" | "baseUrl" | "models">>
+  upstreams: ReadonlyArray<Pick<UpstreamSpec, "name" | "baseUrl" | "models" | "maxConcurrency" | "loadAware">>,
+  tracesUrl: Option.Option<string>
 ) => {
   const database = describeDatabase(config)
   const inference = config.inferenceMode === "replay"
     ? `answers replayed from ${Option.getOrElse(config.inferenceRecordings, () => "?")}`
     : `${upstreams.length === 1 ? "upstream" : "upstreams"} ${upstreams.map(upstreamText).join("; ")}`
   const runs = runsBatches(config)
+  const keys = keysConfigured(config)
+  const tracing = Option.map(tracesUrl, withoutCredentials)
+  const notes = [
+    runs ? [] : ["runs no batch: other nodes do"],
+    keys ? ["API keys required"] : ["no API keys"],
+    Option.match(tracing, { onNone: () => [], onSome: (url) => [`traces to ${url}`] })
+  ].flat()
   return {
-    message: `Listening on ${address} (${database}; ${inference}${runs ? "" : "; runs no batch: other nodes do"})`,
+    message: `Listening on ${address} (${[database, inference, ...notes].join("; ")})`,
     fields: {
       event: "server.listening",
       address,
@@ -37,7 +71,19 @@ export const listeningLine = (
       database,
       inference_mode: config.inferenceMode,
       runs_batches: runs,
-      upstreams: upstreams.map((u) => ({ name: u.name, base_url: u.baseUrl, models: u.models }))
+      upstreams: upstreams.map((u) => ({
+        name: u.name,
+        base_url: u.baseUrl,
+        models: u.models,
+        max_concurrency: u.maxConcurrency,
+        ...Option.match(u.loadAware, {
+          onNone: () => ({}),
+          onSome: (l) => ({ load_aware: { metrics_url: l.metricsUrl, max_waiting: l.maxWaiting } })
+        })
+      })),
+      api_keys: keys,
+      tracing: Option.getOrNull(tracing),
+      default_webhook: Option.isSome(config.webhookUrl)
     }
   }
 }
@@ -57,7 +103,8 @@ export const ServerLifecycleLive: Layer.Layer<never, never, HttpServer.HttpServe
     const readiness = yield* Readiness
     const server = yield* HttpServer.HttpServer
     const upstreams = yield* Effect.orElseSucceed(upstreamSpecs(config), () => [])
-    const { fields, message } = listeningLine(HttpServer.formatAddress(server.address), config, upstreams)
+    const tracesUrl = Option.map(yield* Effect.orElseSucceed(tracingSettings, () => Option.none()), (t) => t.url)
+    const { fields, message } = listeningLine(HttpServer.formatAddress(server.address), config, upstreams, tracesUrl)
     yield* Effect.annotateLogs(Effect.logInfo(message), fields)
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {
