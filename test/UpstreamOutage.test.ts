@@ -125,7 +125,7 @@ layer(twoUpstreams(), { excludeTestServices: true })("an upstream down for longe
       const { main } = yield* Simulators
       const logs = yield* LogLines
       const openai = yield* client
-      const downBefore = logged(logs, /Upstream main is down/).length
+      const downBefore = logged(logs, /Upstream main (is down|still failing after its probe answered)/).length
       // Six lines the server fails (more than make an outage) among good ones, in one window of eight.
       const lines = Array.from({ length: 16 }, (_, i) =>
         i % 2 === 0 && i < 12 ? chatLine(`bad-${i}`, `[fail:500] bad ${i}`, "model-a") : chatLine(`good-${i}`, `good ${i}`, "model-a"))
@@ -135,13 +135,52 @@ layer(twoUpstreams(), { excludeTestServices: true })("an upstream down for longe
       const failed = yield* readLines(openai, done.error_file_id)
       expect(failed.map((l) => l.custom_id).sort()).toEqual(["bad-0", "bad-10", "bad-2", "bad-4", "bad-6", "bad-8"])
       const sends = Array.from({ length: 6 }, (_, k) => main!.stats.byPrompt.get(`[fail:500] bad ${2 * k}`) ?? 0)
-      const downs = logged(logs, /Upstream main is down/).length - downBefore
+      // The outages: the first said, the next (a trial after a probe that failed again) at debug level.
+      const downs = logged(logs, /Upstream main (is down|still failing after its probe answered)/).length - downBefore
       // Each counted its five attempts across the outages its failures made; at most one more call per outage,
       // judged after the upstream was noticed down (which does not count).
       expect(downs).toBeGreaterThanOrEqual(1)
       for (const n of sends) expect(n).toBeGreaterThanOrEqual(5)
       for (const n of sends) expect(n).toBeLessThanOrEqual(5 + downs)
     }), { timeout: 30_000 })
+})
+
+layer(twoUpstreams(), { excludeTestServices: true })("an upstream that answers GET /models and 503 to every call", (it) => {
+  it.effect("stays down until a call succeeds: one down line, one up line, no line failed, its limit not halved at each probe", () =>
+    Effect.gen(function*() {
+      const { main } = yield* Simulators
+      const logs = yield* LogLines
+      const openai = yield* client
+      const limit = Effect.flatMap(baseUrl, (url) =>
+        Effect.promise(async () =>
+          Number(/^batch_upstream_concurrency_limit\{upstream="main"\} (\d+)$/m.exec(await (await fetch(`${url}/metrics`)).text())![1])
+        ))
+      const batch = yield* createModelBatch(300, "model-a", "f")
+      yield* waitFor(openai, batch.id, (b) => (b.request_counts?.completed ?? 0) >= 20)
+      main!.failAll = { status: 503 }
+      // Ten probe intervals: each probe is answered, and each trial's calls get a 503.
+      const gauges: Array<number> = []
+      for (let i = 0; i < 10; i++) {
+        yield* sleep(300)
+        gauges.push((yield* upGauge).main!)
+      }
+      const trials = logged(logs, /Upstream main (answers GET \/models again|still failing after its probe answered)/)
+      expect(trials.length).toBeGreaterThanOrEqual(4)
+      // Down throughout: said once, never up in between, for the logs as for the gauge.
+      expect(logs.filter((l) => l.event === "upstream.down")).toHaveLength(1)
+      expect(logs.filter((l) => l.event === "upstream.up")).toHaveLength(0)
+      expect(gauges).toEqual(Array(10).fill(0))
+      const paused = yield* Effect.promise(() => openai.batches.retrieve(batch.id))
+      expect([paused.status, paused.request_counts?.failed]).toEqual(["in_progress", 0])
+
+      main!.failAll = undefined
+      const done = yield* waitFor(openai, batch.id, terminal, 20_000)
+      expect(done.request_counts).toEqual({ total: 300, completed: 300, failed: 0 })
+      expect(logs.filter((l) => l.event === "upstream.up").map((l) => l.message)).toEqual([expect.stringMatching(/^Upstream main is up again/)])
+      expect(yield* upGauge).toEqual({ main: 1, other: 1 })
+      // Halved when the outage began, not again at each trial (256 → 1 in ten of them).
+      expect(yield* limit).toBeGreaterThanOrEqual(64)
+    }), { timeout: 40_000 })
 })
 
 layer(twoUpstreams({ completionWindow: Duration.seconds(4) }), { excludeTestServices: true })("an upstream that never comes back", (it) => {

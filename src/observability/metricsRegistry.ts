@@ -220,7 +220,7 @@ export const makeMetrics = (options: { readonly processWide: boolean }): Metrics
     })
   upstreamGauge(
     "batch_upstream_up",
-    "1 while this node finds the upstream up, 0 while it is down (the batches using it paused, probes every 2 s).",
+    "1 while this node finds the upstream up, 0 while it is down or on trial after an outage (until a call succeeds).",
     (g) => (g.up() ? 1 : 0)
   )
   upstreamGauge("batch_upstream_inflight", "Calls this node has in flight to each upstream.", (g) => g.inflight())

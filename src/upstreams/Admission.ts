@@ -1,6 +1,6 @@
 /**
- * Who may send to an upstream now, for every batch on this node: a call goes out only while the upstream is up,
- * not paused by a `Retry-After`, under its adaptive limit (`adaptiveLimit.ts`) and, with load-aware dispatch, while
+ * Who may send to an upstream now, for every batch on this node: a call goes out only while the upstream is up
+ * (one at a time while on trial after an outage), not paused by a `Retry-After`, under its adaptive limit (`adaptiveLimit.ts`) and, with load-aware dispatch, while
  * the server's waiting queue has room (`LoadGauge`). Calls that must wait are served in turn by project
  * (round-robin, as the batch permits of `batches/fairPermits.ts`) and, within a project, earliest deadline
  * (the batch's `expires_at`) first.
@@ -40,6 +40,8 @@ export class Admission {
   /** Calls in flight (holding a permit). */
   inflight = 0
   private down = false
+  /** After an outage, until a call succeeds: one call at a time (`outage.ts`). */
+  private trial = false
   private pausedUntil = 0
   /** Projects in the order they first waited: the round. */
   private readonly ring: Array<string> = []
@@ -56,7 +58,7 @@ export class Admission {
   ) {}
 
   private open(): boolean {
-    return !this.down && this.inflight < this.limit.current && !this.gauge.full() &&
+    return !this.down && this.inflight < (this.trial ? 1 : this.limit.current) && !this.gauge.full() &&
       this.clock.unsafeCurrentTimeMillis() >= this.pausedUntil
   }
 
@@ -154,5 +156,10 @@ export class Admission {
   setDown(down: boolean): void {
     this.down = down
     if (!down) this.pump()
+  }
+
+  setTrial(trial: boolean): void {
+    this.trial = trial
+    if (!trial) this.pump()
   }
 }

@@ -14,8 +14,8 @@
  * own retries count once, so a request that keeps failing alone (its body makes the server fail) fails after its
  * attempts instead of taking the upstream down again and again. While it is down no call goes out: the batches using
  * it pause (their calls wait; none is failed, and only the failures before the outage was noticed count as attempts)
- * and a probe (`GET /models`, every `UPSTREAM_PROBE_INTERVAL`) brings it back up as soon as the server answers
- * anything but a 5xx. An overload answer is sent again without counting as an attempt while the limit can still
+ * and a probe (`GET /models`, every `UPSTREAM_PROBE_INTERVAL`) puts it on trial as soon as the server answers
+ * anything but a 5xx: one call at a time, up again at the first success, down again at a failure (`outage.ts`). An overload answer is sent again without counting as an attempt while the limit can still
  * shrink: at the floor, the upstream refuses even one call at a time, and attempts count.
  */
 import * as HttpBody from "@effect/platform/HttpBody"
@@ -31,6 +31,7 @@ import { type FailureKind, failureKind } from "../inference/UpstreamHttpClient.j
 import { Admission, openGauge, type Ticket } from "./Admission.js"
 import { AdaptiveLimit } from "./adaptiveLimit.js"
 import { makeLoadWatch } from "./loadWatch.js"
+import { makeOutage } from "./outage.js"
 import { Metrics } from "../observability/Metrics.js"
 import { servesAnyModel, type UpstreamSpec } from "./UpstreamSpec.js"
 
@@ -93,8 +94,6 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     const gate = admission
     const metrics = yield* Metrics
     const observeAttempt = metrics.attempts(spec.name)
-    const untrack = metrics.upstream(spec.name, { inflight: () => gate.inflight, limit: () => limit.current, up: () => !down })
-    yield* Effect.addFinalizer(() => Effect.sync(untrack))
     /** Its own log context: lines about the upstream are not the batch's that happened to notice (nor its spans). */
     const log = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
       effect.pipe(
@@ -122,31 +121,6 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       return template
     }
 
-    // --- up and down -------------------------------------------------------------------------------------------
-    let down = false
-    let downSince = 0
-    /** The requests (their tickets: one per request, its retries included) failing since the last success. */
-    const failingInRow = new Set<Ticket>()
-    let upSignal = yield* Deferred.make<void>()
-    let downSignal = yield* Deferred.make<void>()
-    yield* Deferred.succeed(upSignal, undefined)
-
-    const markUp = Effect.suspend(() => {
-      if (!down) return Effect.void
-      down = false
-      failingInRow.clear()
-      gate.setDown(false)
-      const seconds = Math.round((clock.unsafeCurrentTimeMillis() - downSince) / 1000)
-      return Effect.gen(function*() {
-        downSignal = yield* Deferred.make<void>()
-        yield* Deferred.succeed(upSignal, undefined)
-        yield* log(Effect.annotateLogs(
-          Effect.logInfo(`Upstream ${spec.name} is up again after ${seconds} s; paused batches resume`),
-          { event: "upstream.up", down_s: seconds }
-        ))
-      })
-    })
-
     /** `GET /models`, listing what it answered when it could (`None` when it did not answer at all). */
     let listed = Option.none<ReadonlyArray<string>>()
     let listedAt = 0
@@ -172,35 +146,22 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       Effect.exit
     )
 
-    const probe: Effect.Effect<void> = Effect.gen(function*() {
-      for (;;) {
-        yield* Effect.sleep(options.probeInterval)
-        const answer = yield* askModels
-        if (Exit.isSuccess(answer) && answer.value < 500) return yield* markUp
-        yield* Effect.logDebug(`Upstream ${spec.name} still down (${Exit.isSuccess(answer) ? `status ${answer.value}` : "no answer"})`)
-      }
-    })
-
+    // --- up and down -------------------------------------------------------------------------------------------
+    const outage = yield* makeOutage({ name: spec.name, gate, probeInterval: options.probeInterval, probe: askModels, log })
+    /** The requests (their tickets: one per request, its retries included) failing since the last success. */
+    const failingInRow = new Set<Ticket>()
+    /** Takes the upstream down; the run of failures ends with it (on trial, a new one starts). */
     const markDown = (reason: string) =>
       Effect.suspend(() => {
-        if (down) return Effect.void
-        down = true
-        downSince = clock.unsafeCurrentTimeMillis()
-        gate.setDown(true)
-        return Effect.gen(function*() {
-          upSignal = yield* Deferred.make<void>()
-          yield* Deferred.succeed(downSignal, undefined)
-          yield* log(Effect.annotateLogs(
-            Effect.logWarning(
-              `Upstream ${spec.name} is down (${reason}); batches using it pause, probing every ${Duration.format(options.probeInterval)}`
-            ),
-            "event",
-            "upstream.down"
-          ))
-          // Interruptible: a verdict (where an outage is noticed) runs uninterruptibly, and a fork inherits that.
-          yield* Effect.forkIn(Effect.interruptible(log(probe)), scope)
-        })
+        failingInRow.clear()
+        return outage.markDown(reason)
       })
+    const untrack = metrics.upstream(spec.name, {
+      inflight: () => gate.inflight,
+      limit: () => limit.current,
+      up: () => !outage.isDown() && !outage.onTrial()
+    })
+    yield* Effect.addFinalizer(() => Effect.sync(untrack))
 
     // --- the adaptive limit ------------------------------------------------------------------------------------
     let lastRaiseLog = 0
@@ -212,13 +173,16 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     const overloaded = (ticket: Ticket, generation: number, why: string) =>
       Effect.suspend(() => {
         const before = limit.current
-        if (decreasedBy.has(ticket) || !limit.overloaded(generation)) return Effect.void
+        // On trial, one call goes out whatever the limit: its failure is the outage's, not a sign of load.
+        if (outage.onTrial() || decreasedBy.has(ticket) || !limit.overloaded(generation)) return Effect.void
         decreasedBy.add(ticket)
         return log(Effect.logWarning(`Upstream ${spec.name}: concurrency limit ${before} → ${limit.current} (${why})`))
       })
     /** A success: the run of failures ends, the limit may grow; a log line when it is to be said. */
     const succeededNow = (): Effect.Effect<void> | undefined => {
       if (failingInRow.size > 0) failingInRow.clear()
+      const upAgain = outage.succeeded()
+      if (upAgain !== undefined) return upAgain
       if (!limit.succeeded(gate.inflight)) return undefined
       const now = clock.unsafeCurrentTimeMillis()
       if (limit.current < limit.ceiling && now - lastRaiseLog < RAISE_LOG_INTERVAL_MS) return undefined
@@ -229,7 +193,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     /** A failure of `ticket`'s request in the run; `again` when the upstream is (now) down, else `retry`. */
     const failedInRow = (ticket: Ticket, reason: string): Effect.Effect<Verdict> =>
       Effect.suspend(() => {
-        if (down) return Effect.succeed("again" as const)
+        if (outage.isDown()) return Effect.succeed("again" as const)
         if (failingInRow.add(ticket).size < OUTAGE_AFTER) return Effect.succeed("retry" as const)
         return Effect.as(markDown(`${OUTAGE_AFTER} requests failing in a row, the last: ${reason}`), "again" as const)
       })
@@ -383,10 +347,10 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       listed: () => listed,
       started: Deferred.await(started),
       refreshListed: Effect.suspend(() =>
-        clock.unsafeCurrentTimeMillis() - listedAt < LIST_TTL_MS || down ? Effect.void : Effect.asVoid(askModels)
+        clock.unsafeCurrentTimeMillis() - listedAt < LIST_TTL_MS || outage.isDown() ? Effect.void : Effect.asVoid(askModels)
       ),
-      isDown: () => down,
-      awaitUp: Effect.suspend(() => Deferred.await(upSignal)),
-      awaitDown: Effect.suspend(() => Deferred.await(downSignal))
+      isDown: outage.isDown,
+      awaitUp: outage.awaitUp,
+      awaitDown: outage.awaitDown
     } satisfies Upstream
   })

@@ -27,7 +27,7 @@ const simulators = (options: Record<string, SimulatorOptions>) =>
 
 /**
  * `testApp` whose upstreams are the simulators `sims` (started first, each with its options), routed by the
- * entries `upstreams` gives for them; info lines and above are recorded in `LogLines`.
+ * entries `upstreams` gives for them; every line, debug ones included, is recorded in `LogLines`.
  */
 export const testAppWithUpstreams = (
   sims: Record<string, SimulatorOptions>,
@@ -44,7 +44,7 @@ export const testAppWithUpstreams = (
     })
   })
   return Layer.unwrapEffect(Effect.map(Simulators, (all) =>
-    testApp({ upstreams: Option.some(upstreams(all)), ...overrides }, backend, { logLevel: LogLevel.Info }).pipe(
+    testApp({ upstreams: Option.some(upstreams(all)), ...overrides }, backend, { logLevel: LogLevel.Debug }).pipe(
       Layer.provide(Logger.replace(Logger.defaultLogger, recorder))
     ))).pipe(
       Layer.provideMerge(simulators(sims)),

@@ -1,0 +1,121 @@
+/**
+ * An upstream's outages, for `Upstream.ts`: down (no call goes out, the batches using it pause), probed with
+ * `GET /models` every `UPSTREAM_PROBE_INTERVAL`, then on trial once the probe is answered — one call at a time —
+ * and up again only once a call succeeds. A probe's answer says the server is there, not that its calls work: a
+ * server that answers `/models` and 503 to every call went up and down at each probe (97 lines in 140 s), sending
+ * a burst of calls each time and halving its limit. Now the trial's one call fails, the upstream is down again
+ * without a line (the same outage), and the probe goes on; the up line comes with the first success.
+ */
+import { type Clock, Deferred, Duration, Effect, type Exit, type Scope } from "effect"
+import type { Admission } from "./Admission.js"
+
+export interface Outage {
+  /** No call goes out. */
+  readonly isDown: () => boolean
+  /** After a probe's answer, until a call succeeds: one call at a time, and its failure takes the upstream down. */
+  readonly onTrial: () => boolean
+  /** Takes the upstream down for `reason` (said once per outage) and starts probing; nothing when it is down. */
+  readonly markDown: (reason: string) => Effect.Effect<void>
+  /** A call succeeded: ends a trial (the up line), or nothing; `undefined` when there is nothing to do. */
+  readonly succeeded: () => Effect.Effect<void> | undefined
+  /** Completes once calls may go out (at once when they may). */
+  readonly awaitUp: Effect.Effect<void>
+  /** Completes once it goes down. */
+  readonly awaitDown: Effect.Effect<void>
+}
+
+export interface OutageOptions {
+  readonly name: string
+  readonly gate: Admission
+  readonly probeInterval: Duration.Duration
+  /** `GET /models`: its status when it answered. */
+  readonly probe: Effect.Effect<Exit.Exit<number, unknown>>
+  /** Runs a line or a fiber in the upstream's own log context. */
+  readonly log: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+}
+
+export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const { gate, log, name } = options
+    const clock: Clock.Clock = yield* Effect.clock
+    const scope = yield* Effect.scope
+    let down = false
+    let trial = false
+    let downSince = 0
+    let upSignal = yield* Deferred.make<void>()
+    let downSignal = yield* Deferred.make<void>()
+    yield* Deferred.succeed(upSignal, undefined)
+
+    /** Trials in this outage: the first is said, the others only at debug level. */
+    let trials = 0
+    /** The probe answered: calls may go out, one at a time; the paused batches resume. */
+    const startTrial = Effect.gen(function*() {
+      down = false
+      trial = true
+      gate.setTrial(true)
+      gate.setDown(false)
+      downSignal = yield* Deferred.make<void>()
+      yield* Deferred.succeed(upSignal, undefined)
+      const line = `Upstream ${name} answers GET /models again: its calls go out one at a time until one succeeds`
+      yield* trials++ === 0 ? Effect.logInfo(line) : Effect.logDebug(line)
+    })
+
+    const probing: Effect.Effect<void> = Effect.gen(function*() {
+      for (;;) {
+        yield* Effect.sleep(options.probeInterval)
+        const answer = yield* options.probe
+        if (answer._tag === "Success" && answer.value < 500) return yield* startTrial
+        yield* Effect.logDebug(`Upstream ${name} still down (${answer._tag === "Success" ? `status ${answer.value}` : "no answer"})`)
+      }
+    })
+
+    const markDown = (reason: string) =>
+      Effect.suspend(() => {
+        if (down) return Effect.void
+        const again = trial // the trial's call failed: the same outage goes on
+        down = true
+        trial = false
+        gate.setTrial(false)
+        gate.setDown(true)
+        if (!again) {
+          downSince = clock.unsafeCurrentTimeMillis()
+          trials = 0
+        }
+        const every = Duration.format(options.probeInterval)
+        return Effect.gen(function*() {
+          upSignal = yield* Deferred.make<void>()
+          yield* Deferred.succeed(downSignal, undefined)
+          yield* log(
+            again
+              ? Effect.logDebug(`Upstream ${name} still failing after its probe answered (${reason}); probing every ${every}`)
+              : Effect.annotateLogs(
+                Effect.logWarning(`Upstream ${name} is down (${reason}); batches using it pause, probing every ${every}`),
+                "event",
+                "upstream.down"
+              )
+          )
+          // Interruptible: a verdict (where an outage is noticed) runs uninterruptibly, and a fork inherits that.
+          yield* Effect.forkIn(Effect.interruptible(log(probing)), scope)
+        })
+      })
+
+    const succeeded = () => {
+      if (!trial) return undefined
+      trial = false
+      gate.setTrial(false)
+      const seconds = Math.round((clock.unsafeCurrentTimeMillis() - downSince) / 1000)
+      return log(Effect.annotateLogs(
+        Effect.logInfo(`Upstream ${name} is up again after ${seconds} s; paused batches resume`),
+        { event: "upstream.up", down_s: seconds }
+      ))
+    }
+
+    return {
+      isDown: () => down,
+      onTrial: () => trial,
+      markDown,
+      succeeded,
+      awaitUp: Effect.suspend(() => Deferred.await(upSignal)),
+      awaitDown: Effect.suspend(() => Deferred.await(downSignal))
+    } satisfies Outage
+  })
