@@ -64,12 +64,12 @@ export const validationFailed = (id: BatchId, errors: ReadonlyArray<BatchError>)
 
 /**
  * This node starts working on a batch it was not: at start, an unfinished one (a restart resumes it); later, work
- * another node left (it died, or created the batch and has slices to share).
+ * no node was doing (its node died, or created the batch and shares its slices).
  */
 export const pickedUp = (id: BatchId, atStart: boolean) =>
   atStart
     ? line(id, "batch.picked_up", "Batch resumed: unfinished when this node started", { reason: "restart" })
-    : line(id, "batch.picked_up", "Batch picked up: work left free by another node", { reason: "free_work" })
+    : line(id, "batch.picked_up", "Batch picked up: work on it that no node was doing", { reason: "free_work" })
 
 /** Seconds from the batch's creation to its final status (the stamp of that status, else now). */
 export const durationSeconds = (batch: Batch, nowSeconds: number) =>
