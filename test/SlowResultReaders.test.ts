@@ -24,8 +24,8 @@ const bigPage = Effect.gen(function*() {
 })
 
 /**
- * A client that asks for `path` and reads `reading` bytes of its answer every 50 ms (0: none, ever); `take` reads the
- * rest at full speed and gives how many bytes came in all, head included, once the connection ends.
+ * A client that asks for `path`, reads the first bytes that come, then `reading` bytes every 50 ms (0: none, ever);
+ * `take` reads the rest at full speed and gives how many bytes came in all, head included, once the connection ends.
  */
 const slowClient = (base: string, path: string, reading: number) => {
   const url = new URL(base)
@@ -33,7 +33,12 @@ const slowClient = (base: string, path: string, reading: number) => {
   let received = 0
   const ended = new Promise<void>((resolve) => socket.once("close", () => resolve()))
   socket.on("error", () => {})
-  socket.pause()
+  // The first bytes (the head) are read once they come; after that, only what `reading` says.
+  let answering = false
+  socket.once("readable", () => {
+    answering = true
+    received += socket.read()?.length ?? 0
+  })
   socket.write(`GET ${path} HTTP/1.1\r\nhost: ${url.host}\r\n\r\n`)
   const timer = reading > 0
     ? setInterval(() => {
@@ -41,6 +46,8 @@ const slowClient = (base: string, path: string, reading: number) => {
     }, 50)
     : undefined
   return {
+    /** Its answer has begun to come. */
+    answering: () => answering,
     drop: () => {
       clearInterval(timer)
       socket.destroy()
@@ -54,6 +61,12 @@ const slowClient = (base: string, path: string, reading: number) => {
     }
   }
 }
+
+/** Until `check` holds (polled every 10 ms). */
+const until = (check: () => boolean) =>
+  Effect.promise(async () => {
+    while (!check()) await new Promise((r) => setTimeout(r, 10))
+  })
 
 const get = (base: string, path: string) =>
   Effect.promise(async () => {
@@ -73,7 +86,7 @@ describe("result pages held by slow readers", () => {
         const base = yield* baseUrl
         const path = yield* bigPage
         const stalled = slowClient(base, path, 0)
-        yield* Effect.sleep(Duration.millis(200))
+        yield* until(stalled.answering)
         const next = yield* get(base, path)
         expect([next.response.status, next.body.length]).toEqual([200, Number(next.response.headers.get("content-length"))])
         expect(next.body.length).toBeGreaterThan(16 * 1024 * 1024)
@@ -88,7 +101,7 @@ describe("result pages held by slow readers", () => {
         const base = yield* baseUrl
         const path = yield* bigPage
         const slow = slowClient(base, path, 16 * 1024)
-        yield* Effect.sleep(Duration.millis(200))
+        yield* until(slow.answering)
         const refused = yield* get(base, path)
         expect(refused.response.status).toBe(503)
         expect(refused.response.headers.get("retry-after")).toBe("1")
