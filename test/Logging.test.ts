@@ -11,6 +11,7 @@ import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Cause, Effect, Exit, Layer, Logger, LogLevel } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
+import { connect } from "node:net"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import OpenAI from "openai"
@@ -71,6 +72,17 @@ describe("the logs of the server process", () => {
       headers: { authorization: `Bearer ${API_KEY}`, "x-request-id": `bad id ${"x".repeat(200)}` }
     })
     oddIdAnswer = odd.headers.get("x-request-id")
+    // A client that gives up halfway through its body.
+    const url = new URL(server.url)
+    const quitter = connect(Number(url.port), url.hostname)
+    quitter.on("error", () => {})
+    quitter.write(
+      `POST /v1/batches HTTP/1.1\r\nhost: ${url.host}\r\nauthorization: Bearer ${API_KEY}\r\n` +
+        `x-request-id: gave-up-1\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{"input_file_id":`
+    )
+    await new Promise((r) => setTimeout(r, 200))
+    quitter.destroy()
+    for (let i = 0; i < 100 && !server.stdout().includes('"request_id":"gave-up-1"'); i++) await new Promise((r) => setTimeout(r, 20))
     expect(await server.stop("SIGTERM")).toBe(0)
     lines = jsonLines(server)
   }, 60_000)
@@ -89,6 +101,16 @@ describe("the logs of the server process", () => {
       expect(line).toMatchObject({ timestamp: expect.any(String), level: expect.any(String), message: expect.any(String) })
       expect(Date.parse(line.timestamp)).not.toBeNaN()
     }
+  })
+
+  it("take a client that went away mid-body for a 499, not for a fault of the server", () => {
+    expect(lines.find((l) => l.request_id === "gave-up-1")).toMatchObject({
+      level: "INFO",
+      event: "http.request",
+      route: "/v1/batches",
+      status: 499
+    })
+    expect(lines.filter((l) => l.level === "ERROR")).toEqual([])
   })
 
   it("say where the server listens, on which database, to which upstream, and when it shuts down", () => {

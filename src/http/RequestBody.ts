@@ -29,10 +29,17 @@ export class JsonTooDeep extends Data.TaggedError("JsonTooDeep")<{}> {}
  * early (an oversize or invalid body): the rest of the body is then read and dropped (`readAtMost` below;
  * `lingerAfterEarlyAnswers` on the Node server) and the client gets our error response instead of a connection reset.
  */
-export const requestBody = (request: HttpServerRequest.HttpServerRequest): Stream.Stream<Uint8Array> =>
-  request.source instanceof IncomingMessage
-    ? Stream.orDie(NodeStream.fromReadable(() => request.source as IncomingMessage, identity, { closeOnDone: false }))
+export const requestBody = (request: HttpServerRequest.HttpServerRequest): Stream.Stream<Uint8Array> => {
+  const source = request.source
+  return source instanceof IncomingMessage
+    ? Stream.catchAll(
+      NodeStream.fromReadable(() => source, identity, { closeOnDone: false }),
+      // The client went away mid-body: no one to answer, and no fault of ours (it was logged as one, an error line
+      // for every client that gave up on a body), but the platform's client abort (its request line says 499).
+      (error) => source.destroyed ? Stream.fromEffect(Effect.interruptWith(HttpServerError.clientAbortFiberId)) : Stream.die(error)
+    )
     : Stream.orDie(request.stream)
+}
 
 /**
  * The whole body, or `BodyTooLarge` as soon as more than `maxBytes` arrived. The rest is then drained unread, so

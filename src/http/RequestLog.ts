@@ -11,7 +11,7 @@ import type * as HttpApp from "@effect/platform/HttpApp"
 import * as HttpServerError from "@effect/platform/HttpServerError"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import type * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import { Cause, Effect, Exit, FiberRef, HashMap, LogLevel } from "effect"
+import { Cause, Effect, Exit, FiberRef, HashMap, LogLevel, Option } from "effect"
 import { requestId } from "../domain/Ids.js"
 import { echo } from "../domain/Text.js"
 import { requestTarget, routeOf } from "./Routes.js"
@@ -83,15 +83,19 @@ const writeLine = <E>(
 ) =>
   Effect.withFiberRuntime<void>((fiber) => {
     const { path } = requestTarget(request)
-    // A fault no handler turned into an answer (outside the API's routes: /metrics, /docs) is logged with its cause.
-    const fault = Exit.isFailure(exit) && !Cause.isInterruptedOnly(exit.cause) ? exit.cause : undefined
+    // A fault no handler turned into an answer (outside the API's routes: /metrics, /docs) is logged with its cause;
+    // an interruption is not one, nor the response it was answered with (a client gone: 499, a shutdown: 503).
+    const [response, rest] = Exit.isFailure(exit)
+      ? HttpServerError.causeResponseStripped(exit.cause)
+      : [exit.value, Option.none<Cause.Cause<E>>()]
+    const fault = Option.isSome(rest) && !Cause.isInterruptedOnly(rest.value) ? rest.value : undefined
     const level = fault !== undefined ? LogLevel.Error : POLLED.has(path) ? LogLevel.Debug : LogLevel.Info
     if (LogLevel.lessThan(level, fiber.getFiberRef(FiberRef.currentMinimumLogLevel))) return Effect.void
     const { fields, message } = requestLine({
       method: request.method,
       route: routeOf(path),
       path: echo(path),
-      status: HttpServerError.exitResponse(exit).status,
+      status: response.status,
       durationMs: Math.round((performance.now() - started) * 10) / 10,
       project: fiber.getFiberRef(currentRequest)?.project
     })
