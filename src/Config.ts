@@ -43,6 +43,11 @@ export interface AppConfigShape {
   readonly maxUploadBytes: number
   /** Largest accepted JSON (any non-multipart) request body, in bytes (`MAX_JSON_BODY_BYTES`); larger get a 413. */
   readonly maxJsonBodyBytes: number
+  /**
+   * Bytes of JSON request bodies a node holds at once, read and not yet done with (`MAX_JSON_BODIES_BYTES`): a body
+   * that would pass it gets a 503 with `Retry-After`. Each body is bounded by `maxJsonBodyBytes`; this bounds them all.
+   */
+  readonly maxJsonBodiesBytes: number
   /** How often expired files are deleted from storage (`FILE_SWEEP_INTERVAL`, e.g. `60 seconds`). */
   readonly fileSweepInterval: Duration.Duration
   /** On SIGINT/SIGTERM, how long open requests may take to finish before their connections are closed (`SHUTDOWN_TIMEOUT`). */
@@ -160,6 +165,7 @@ export const defaults: AppConfigShape = {
   heartbeatInterval: Duration.seconds(1),
   maxUploadBytes: 512 * 1024 * 1024,
   maxJsonBodyBytes: 1024 * 1024,
+  maxJsonBodiesBytes: 64 * 1024 * 1024,
   fileSweepInterval: Duration.seconds(60),
   shutdownTimeout: Duration.seconds(10),
   shutdownDelay: Duration.zero,
@@ -219,6 +225,7 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   dataDir: Config.string("DATA_DIR").pipe(Config.withDefault(defaults.dataDir)),
   maxUploadBytes: Config.integer("MAX_UPLOAD_BYTES").pipe(Config.withDefault(defaults.maxUploadBytes)),
   maxJsonBodyBytes: Config.integer("MAX_JSON_BODY_BYTES").pipe(Config.withDefault(defaults.maxJsonBodyBytes)),
+  maxJsonBodiesBytes: Config.integer("MAX_JSON_BODIES_BYTES").pipe(Config.withDefault(defaults.maxJsonBodiesBytes)),
   databaseUrl: Config.option(Config.redacted("DATABASE_URL")),
   databaseStatementTimeout: Config.duration("DATABASE_STATEMENT_TIMEOUT").pipe(
     Config.withDefault(defaults.databaseStatementTimeout)

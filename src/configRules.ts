@@ -151,6 +151,11 @@ const rules: ReadonlyArray<Rule> = [
       (c.inferenceMode === "live" || Option.exists(c.inferenceRecordings, (dir) => dir.trim() !== ""))
   },
   {
+    variable: "MAX_JSON_BODIES_BYTES",
+    expected: "a positive integer no smaller than MAX_JSON_BODY_BYTES (the largest body must fit)",
+    holds: (c) => Number.isSafeInteger(c.maxJsonBodiesBytes) && c.maxJsonBodiesBytes >= c.maxJsonBodyBytes
+  },
+  {
     variable: "HEARTBEAT_INTERVAL",
     expected: "a duration shorter than LEASE_TTL (leases are renewed every heartbeat, or they run out)",
     holds: (c) => Duration.lessThan(c.heartbeatInterval, c.leaseTtl)

@@ -112,6 +112,7 @@ const toApiError = (cause: Cause.Cause<unknown>): Option.Option<ApiError> => {
   const defect = Cause.dieOption(cause)
   if (Option.isSome(defect)) {
     const d = defect.value
+    if (HttpServerResponse.isServerResponse(d)) return Option.none() // an answer given as is (`RequestBody.ts`)
     if (HttpServerError.isServerError(d) && d._tag === "RequestError") return Option.some(fromRequestError(d))
     // A full disk or database is the server's fault too, but one that passes: a 507 tells the client to retry later.
     if (isCapacityFault(cause)) return Option.some(insufficientStorage())

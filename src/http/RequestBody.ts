@@ -3,7 +3,8 @@
  * `UploadsHttp` (parts, bounded by 64 MB); every other body is JSON, read whole but never past
  * `MAX_JSON_BODY_BYTES`, with or without `Content-Length`. The
  * platform's own reader has no limit by default (a 600 MB chunked body ended the process building one string), and
- * with a limit it destroys the socket, so the client sees a reset instead of our 413.
+ * with a limit it destroys the socket, so the client sees a reset instead of our 413. The JSON bodies a node holds at
+ * once are bounded too (`BodyBudget`).
  */
 import * as HttpApp from "@effect/platform/HttpApp"
 import * as HttpServerError from "@effect/platform/HttpServerError"
@@ -12,12 +13,45 @@ import * as UrlParams from "@effect/platform/UrlParams"
 import * as NodeStream from "@effect/platform-node/NodeStream"
 import { Data, Effect, identity, Stream } from "effect"
 import { IncomingMessage } from "node:http"
-import { invalidRequest, payloadTooLarge } from "../domain/Errors.js"
+import { invalidRequest, payloadTooLarge, serviceUnavailable } from "../domain/Errors.js"
 import { answer, envelope } from "./EarlyAnswer.js"
 import { requestTarget } from "./Routes.js"
 
 /** A JSON body nested deeper than any request of this API needs; deeper ones are refused before parsing. */
 export const MAX_JSON_DEPTH = 64
+
+/**
+ * The bytes of JSON bodies a node holds at once (`MAX_JSON_BODIES_BYTES`), from their first byte read until their
+ * request is done with them. Each body is bounded (`MAX_JSON_BODY_BYTES`), not how many are read at once: 400 clients
+ * that each sent 1 MiB but its last byte took a server from 101 to 527 MB, and more would have ended it. A body that
+ * would pass the budget is refused at once (a 503 with `Retry-After`), not queued: waiting bodies would hold their
+ * bytes while they wait.
+ */
+export class BodyBudget {
+  private used = 0
+  constructor(readonly limit: number) {}
+  /** Takes `bytes` if they fit; `false` (and nothing taken) if not. */
+  take(bytes: number): boolean {
+    if (this.used + bytes > this.limit) return false
+    this.used += bytes
+    return true
+  }
+  give(bytes: number): void {
+    this.used -= bytes
+  }
+}
+
+/** The body does not fit in the node's `BodyBudget` now. */
+class BodiesBusy extends Data.TaggedError("BodiesBusy")<{}> {}
+
+/**
+ * The answer to a body refused by the budget, given as the platform's response-as-defect: whichever reader met it, the
+ * platform sends it as it is (the API's error encoder knows no 503; `ErrorEnvelopeLive` lets it through).
+ */
+const bodiesBusy = () =>
+  envelope(serviceUnavailable("The server is reading too many request bodies at once; try again in a second."), 503, {
+    "retry-after": "1"
+  })
 
 /** The body is larger than `limit` bytes. */
 export class BodyTooLarge extends Data.TaggedError("BodyTooLarge")<{ readonly limit: number }> {}
@@ -42,16 +76,24 @@ export const requestBody = (request: HttpServerRequest.HttpServerRequest): Strea
 }
 
 /**
- * The whole body, or `BodyTooLarge` as soon as more than `maxBytes` arrived. The rest is then drained unread, so
- * that the client, still sending, gets our 413 rather than a reset connection.
+ * The whole body, or `BodyTooLarge` as soon as more than `maxBytes` arrived, or `BodiesBusy` as soon as a chunk does
+ * not fit in `budget` (what was taken is counted in `held`, given back by `boundBodies`). The rest is then drained
+ * unread, so that the client, still sending, gets our 413 or 503 rather than a reset connection.
  */
-const readAtMost = (request: HttpServerRequest.HttpServerRequest, maxBytes: number) =>
+const readAtMost = (
+  request: HttpServerRequest.HttpServerRequest,
+  maxBytes: number,
+  budget: BodyBudget,
+  held: { bytes: number }
+) =>
   Effect.suspend(() => {
     const parts: Array<Uint8Array> = []
     let size = 0
-    return Stream.runForEach(requestBody(request), (chunk) => {
+    return Stream.runForEach(requestBody(request), (chunk): Effect.Effect<void, BodyTooLarge | BodiesBusy> => {
       size += chunk.length
       if (size > maxBytes) return Effect.fail(new BodyTooLarge({ limit: maxBytes }))
+      if (!budget.take(chunk.length)) return Effect.fail(new BodiesBusy())
+      held.bytes += chunk.length
       parts.push(chunk)
       return Effect.void
     }).pipe(
@@ -84,9 +126,17 @@ const strictUtf8 = new TextDecoder("utf-8", { fatal: true })
  * that is not UTF-8, or JSON nested deeper than `MAX_JSON_DEPTH`, is refused rather than decoded with losses or
  * parsed into a value whose error message overflows the stack. Everything else is the request itself.
  */
-export const bounded = (request: HttpServerRequest.HttpServerRequest, maxBytes: number) => {
+export const bounded = (
+  request: HttpServerRequest.HttpServerRequest,
+  maxBytes: number,
+  budget: BodyBudget,
+  held: { bytes: number }
+) => {
   const refuse = (cause: unknown) => new HttpServerError.RequestError({ request, reason: "Decode", cause })
-  const bytes = Effect.runSync(Effect.cached(Effect.mapError(readAtMost(request, maxBytes), refuse)))
+  const bytes = Effect.runSync(Effect.cached(readAtMost(request, maxBytes, budget, held).pipe(
+    Effect.catchTag("BodiesBusy", () => Effect.die(bodiesBusy())),
+    Effect.mapError(refuse)
+  )))
   const text = Effect.flatMap(bytes, (b) => Effect.try({ try: () => strictUtf8.decode(b), catch: refuse }))
   const json = Effect.flatMap(text, (t) =>
     nestedDeeperThan(t, MAX_JSON_DEPTH)
@@ -118,9 +168,9 @@ const isJson = (contentType: string | undefined) =>
 /**
  * Server middleware: every body but an upload's must be JSON (415 otherwise: a form post from another site cannot
  * reach a JSON endpoint without a preflight) and at most `maxBytes` (413 at once when `Content-Length` says more,
- * else as soon as more arrives).
+ * else as soon as more arrives), its bytes taken from `budget` while its request runs.
  */
-export const boundBodies = (maxBytes: number) => <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
+export const boundBodies = (maxBytes: number, budget: BodyBudget) => <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
   Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
     if (isUpload(request) || !hasBody(request)) return app
     if (!isJson(request.headers["content-type"])) {
@@ -132,7 +182,10 @@ export const boundBodies = (maxBytes: number) => <E, R>(app: HttpApp.Default<E, 
     if (Number(request.headers["content-length"] ?? 0) > maxBytes) {
       return answer(request, envelope(tooLarge(maxBytes), 413))
     }
-    return Effect.provideService(app, HttpServerRequest.HttpServerRequest, bounded(request, maxBytes))
+    const held = { bytes: 0 }
+    return Effect.provideService(app, HttpServerRequest.HttpServerRequest, bounded(request, maxBytes, budget, held)).pipe(
+      Effect.ensuring(Effect.sync(() => budget.give(held.bytes)))
+    )
   })
 
 /** The 413 of a JSON body over the limit. */

@@ -1,0 +1,62 @@
+/**
+ * The JSON bodies a node holds at once (`MAX_JSON_BODIES_BYTES`): each body is bounded by `MAX_JSON_BODY_BYTES`, and
+ * all of them by the budget. Here 4 KiB of bodies of at most 1 KiB: clients that send most of a body and stop hold
+ * their bytes; a body that does not fit gets a 503 in the error envelope with `Retry-After` (the client, still sending,
+ * gets it rather than a reset), and once the held bodies are gone a body fits again.
+ */
+import { describe, expect, layer } from "@effect/vitest"
+import { Effect } from "effect"
+import { connect, type Socket } from "node:net"
+import { baseUrl, testApp } from "./support/TestApp.js"
+
+const BODY = 1024
+const BODIES = 4 * BODY
+
+/** A client that sends `POST /v1/batches` with a body of `BODY` bytes but its last 4, and waits. */
+const stalledBody = (base: string): Socket => {
+  const url = new URL(base)
+  const socket = connect(Number(url.port), url.hostname)
+  socket.on("error", () => {})
+  socket.write(
+    `POST /v1/batches HTTP/1.1\r\nhost: ${url.host}\r\ncontent-type: application/json\r\ncontent-length: ${BODY}\r\n\r\n` +
+      `{"metadata":{"pad":"${"x".repeat(BODY - 4 - 20)}`
+  )
+  return socket
+}
+
+const createBatch = (base: string) =>
+  Effect.promise(async () => {
+    const response = await fetch(`${base}/v1/batches`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ input_file_id: "file-missing", endpoint: "/v1/chat/completions", completion_window: "24h" })
+    })
+    return { status: response.status, retryAfter: response.headers.get("retry-after"), body: await response.json() as any }
+  })
+
+describe("the JSON bodies a node holds at once", () => {
+  layer(testApp({ maxJsonBodyBytes: BODY, maxJsonBodiesBytes: BODIES }), { excludeTestServices: true })("4 KiB of bodies", (it) => {
+    it.effect("a body that does not fit while others are held gets a 503 with Retry-After; once they are gone, it fits", () =>
+      Effect.gen(function*() {
+        const base = yield* baseUrl
+        // Four bodies of nearly 1 KiB each: the budget is all but spent, the fifth body does not fit.
+        const held = Array.from({ length: 4 }, () => stalledBody(base))
+        yield* Effect.sleep("300 millis")
+        const refused = yield* createBatch(base)
+        expect([refused.status, refused.retryAfter]).toEqual([503, "1"])
+        expect(refused.body).toEqual({
+          error: {
+            message: "The server is reading too many request bodies at once; try again in a second.",
+            type: "server_error",
+            param: null,
+            code: "server_busy"
+          }
+        })
+        for (const socket of held) socket.destroy()
+        yield* Effect.sleep("100 millis")
+        // The held bodies' bytes were given back: the same request is read, and the batch created.
+        const served = yield* createBatch(base)
+        expect([served.status, served.body.object]).toEqual([200, "batch"])
+      }))
+  })
+})
