@@ -41,6 +41,11 @@ export interface AppConfigShape {
   readonly heartbeatInterval: Duration.Duration
   /** Largest accepted upload, in bytes (`MAX_UPLOAD_BYTES`); larger uploads get a 413. */
   readonly maxUploadBytes: number
+  /**
+   * Uploads a node receives at once (`MAX_UPLOADS_AT_ONCE`): `POST /v1/files` and the Uploads API's parts. One more
+   * gets a 503 with `Retry-After` before its body is read; each holds up to ~1 MB while its client sends.
+   */
+  readonly maxUploadsAtOnce: number
   /** Largest accepted JSON (any non-multipart) request body, in bytes (`MAX_JSON_BODY_BYTES`); larger get a 413. */
   readonly maxJsonBodyBytes: number
   /**
@@ -166,6 +171,7 @@ export const defaults: AppConfigShape = {
   maxUploadBytes: 512 * 1024 * 1024,
   maxJsonBodyBytes: 1024 * 1024,
   maxJsonBodiesBytes: 64 * 1024 * 1024,
+  maxUploadsAtOnce: 64,
   fileSweepInterval: Duration.seconds(60),
   shutdownTimeout: Duration.seconds(10),
   shutdownDelay: Duration.zero,
@@ -226,6 +232,7 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   maxUploadBytes: Config.integer("MAX_UPLOAD_BYTES").pipe(Config.withDefault(defaults.maxUploadBytes)),
   maxJsonBodyBytes: Config.integer("MAX_JSON_BODY_BYTES").pipe(Config.withDefault(defaults.maxJsonBodyBytes)),
   maxJsonBodiesBytes: Config.integer("MAX_JSON_BODIES_BYTES").pipe(Config.withDefault(defaults.maxJsonBodiesBytes)),
+  maxUploadsAtOnce: Config.integer("MAX_UPLOADS_AT_ONCE").pipe(Config.withDefault(defaults.maxUploadsAtOnce)),
   databaseUrl: Config.option(Config.redacted("DATABASE_URL")),
   databaseStatementTimeout: Config.duration("DATABASE_STATEMENT_TIMEOUT").pipe(
     Config.withDefault(defaults.databaseStatementTimeout)

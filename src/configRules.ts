@@ -113,6 +113,7 @@ const rules: ReadonlyArray<Rule> = [
   positiveInt("maxRequestsPerBatch", "MAX_REQUESTS_PER_BATCH"),
   positiveInt("maxBatchInputBytes", "MAX_BATCH_INPUT_BYTES"),
   positiveInt("resultPagesAtOnce", "RESULT_PAGES_AT_ONCE"),
+  positiveInt("maxUploadsAtOnce", "MAX_UPLOADS_AT_ONCE"),
   optionalPositiveInt("maxActiveBatchesPerProject", "MAX_ACTIVE_BATCHES_PER_PROJECT"),
   optionalPositiveInt("maxEnqueuedRequestsPerProject", "MAX_ENQUEUED_REQUESTS_PER_PROJECT"),
   optionalPositiveInt("maxFileBytesPerProject", "MAX_FILE_BYTES_PER_PROJECT"),

@@ -34,6 +34,7 @@ describe("configuration", () => {
         [{ maxJsonBodyBytes: 1.5 }, { MAX_JSON_BODY_BYTES: "-1" }, "MAX_JSON_BODY_BYTES"],
         [{ maxJsonBodiesBytes: 1024 }, { MAX_JSON_BODY_BYTES: "2048", MAX_JSON_BODIES_BYTES: "1024" }, "MAX_JSON_BODIES_BYTES"],
         [{ resultPagesAtOnce: 0 }, { RESULT_PAGES_AT_ONCE: "0" }, "RESULT_PAGES_AT_ONCE"],
+        [{ maxUploadsAtOnce: 0 }, { MAX_UPLOADS_AT_ONCE: "-1" }, "MAX_UPLOADS_AT_ONCE"],
         [{ resultStallTimeout: Duration.zero }, { RESULT_STALL_TIMEOUT: "0 seconds" }, "RESULT_STALL_TIMEOUT"],
         [{ dataDir: " " }, { DATA_DIR: " " }, "DATA_DIR"],
         [{ inferenceBaseUrl: "ftp://x/v1" }, { INFERENCE_BASE_URL: "ftp://x/v1" }, "INFERENCE_BASE_URL"],

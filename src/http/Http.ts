@@ -19,7 +19,7 @@ import { httpMetrics, metricsRoute } from "./MetricsHttp.js"
 import { ModelsHttpLive } from "./ModelsHttp.js"
 import { UploadsHttpLive } from "./UploadsHttp.js"
 import { ErrorEnvelopeLive, sdkHeaders } from "./Middleware.js"
-import { BodyBudget, boundBodies } from "./RequestBody.js"
+import { boundBodies, Budget } from "./RequestBody.js"
 import { requestLog } from "./RequestLog.js"
 import { AuthenticatedLive, securityMiddleware } from "./Security.js"
 import { WebhooksHttpLive } from "./WebhooksHttp.js"
@@ -39,14 +39,14 @@ const CREDENTIAL_HEADERS = ["api-key", "proxy-authorization", "x-goog-api-key", 
  * whatever `HttpServer` is provided: inside `requestLog` (the
  * request id, one log line per request), behind `secure` (inside `sdkHeaders`, so its refusals carry an
  * `x-request-id` too; outside `boundBodies`, so a body is read only once the caller is known), with request bodies
- * bounded by `maxJsonBodyBytes` each and `maxJsonBodiesBytes` together. No CORS header unless `CORS_ORIGINS` says. Its handlers run at `REQUEST_PRIORITY`
+ * bounded by `maxJsonBodyBytes` each and `maxJsonBodiesBytes` together, and at most `maxUploadsAtOnce` uploads. No CORS header unless `CORS_ORIGINS` says. Its handlers run at `REQUEST_PRIORITY`
  * (on `SchedulerLive`'s scheduler, ahead of the batches' work).
  */
 export const HttpLive = requestsFirst(Layer.unwrapEffect(Effect.gen(function*() {
-  const { maxJsonBodiesBytes, maxJsonBodyBytes } = yield* AppConfig
+  const { maxJsonBodiesBytes, maxJsonBodyBytes, maxUploadsAtOnce } = yield* AppConfig
   const secure = yield* securityMiddleware
   const measured = httpMetrics(yield* Metrics)
-  const bodies = boundBodies(maxJsonBodyBytes, new BodyBudget(maxJsonBodiesBytes))
+  const bodies = boundBodies(maxJsonBodyBytes, new Budget(maxJsonBodiesBytes), new Budget(maxUploadsAtOnce))
   return HttpApiBuilder.serve((app) => requestLog(measured(sdkHeaders(secure(bodies(app))))))
 })).pipe(
   // The server spans record the request headers: these carry keys too (Azure's `api-key`, proxies, gateways).

@@ -4,7 +4,7 @@
  * `MAX_JSON_BODY_BYTES`, with or without `Content-Length`. The
  * platform's own reader has no limit by default (a 600 MB chunked body ended the process building one string), and
  * with a limit it destroys the socket, so the client sees a reset instead of our 413. The JSON bodies a node holds at
- * once are bounded too (`BodyBudget`).
+ * once are bounded too, and the uploads it receives (`Budget`).
  */
 import * as HttpApp from "@effect/platform/HttpApp"
 import * as HttpServerError from "@effect/platform/HttpServerError"
@@ -21,13 +21,14 @@ import { requestTarget } from "./Routes.js"
 export const MAX_JSON_DEPTH = 64
 
 /**
- * The bytes of JSON bodies a node holds at once (`MAX_JSON_BODIES_BYTES`), from their first byte read until their
- * request is done with them. Each body is bounded (`MAX_JSON_BODY_BYTES`), not how many are read at once: 400 clients
- * that each sent 1 MiB but its last byte took a server from 101 to 527 MB, and more would have ended it. A body that
- * would pass the budget is refused at once (a 503 with `Retry-After`), not queued: waiting bodies would hold their
- * bytes while they wait.
+ * What a node holds at once, against a limit: the bytes of JSON bodies (`MAX_JSON_BODIES_BYTES`), from their first
+ * byte read until their request is done with them, and the uploads it receives (`MAX_UPLOADS_AT_ONCE`). Each body
+ * is bounded (`MAX_JSON_BODY_BYTES`, `MAX_UPLOAD_BYTES`), not how many are read at once: 400 clients that each sent
+ * 1 MiB of JSON but its last byte took a server from 101 to 527 MB, 200 stalled uploads to PostgreSQL from 104 to
+ * 273 MB, and more would have ended it. What would pass the limit is refused at once (a 503 with `Retry-After`), not
+ * queued: waiting bodies would hold their bytes while they wait.
  */
-export class BodyBudget {
+export class Budget {
   private used = 0
   constructor(readonly limit: number) {}
   /** Takes `bytes` if they fit; `false` (and nothing taken) if not. */
@@ -41,7 +42,7 @@ export class BodyBudget {
   }
 }
 
-/** The body does not fit in the node's `BodyBudget` now. */
+/** The body does not fit in the node's budget of JSON bodies now. */
 class BodiesBusy extends Data.TaggedError("BodiesBusy")<{}> {}
 
 /**
@@ -83,7 +84,7 @@ export const requestBody = (request: HttpServerRequest.HttpServerRequest): Strea
 const readAtMost = (
   request: HttpServerRequest.HttpServerRequest,
   maxBytes: number,
-  budget: BodyBudget,
+  budget: Budget,
   held: { bytes: number }
 ) =>
   Effect.suspend(() => {
@@ -129,7 +130,7 @@ const strictUtf8 = new TextDecoder("utf-8", { fatal: true })
 export const bounded = (
   request: HttpServerRequest.HttpServerRequest,
   maxBytes: number,
-  budget: BodyBudget,
+  budget: Budget,
   held: { bytes: number }
 ) => {
   const refuse = (cause: unknown) => new HttpServerError.RequestError({ request, reason: "Decode", cause })
@@ -165,14 +166,28 @@ const hasBody = (request: HttpServerRequest.HttpServerRequest) =>
 const isJson = (contentType: string | undefined) =>
   contentType === undefined || /^application\/json\s*(;|$)/i.test(contentType)
 
+/** The answer to an upload beyond `MAX_UPLOADS_AT_ONCE`: before any of its body is read. */
+const uploadsBusy = (uploads: Budget) =>
+  envelope(
+    serviceUnavailable(`The server is receiving too many uploads at once (${uploads.limit}); try again in a few seconds.`),
+    503,
+    { "retry-after": "5" }
+  )
+
 /**
  * Server middleware: every body but an upload's must be JSON (415 otherwise: a form post from another site cannot
  * reach a JSON endpoint without a preflight) and at most `maxBytes` (413 at once when `Content-Length` says more,
- * else as soon as more arrives), its bytes taken from `budget` while its request runs.
+ * else as soon as more arrives), its bytes taken from `bodies` while its request runs; an upload takes one of
+ * `uploads` while it runs (503 when none is left).
  */
-export const boundBodies = (maxBytes: number, budget: BodyBudget) => <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
+export const boundBodies = (maxBytes: number, bodies: Budget, uploads: Budget) =>
+<E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
   Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
-    if (isUpload(request) || !hasBody(request)) return app
+    if (isUpload(request)) {
+      if (!uploads.take(1)) return answer(request, uploadsBusy(uploads))
+      return Effect.ensuring(app, Effect.sync(() => uploads.give(1)))
+    }
+    if (!hasBody(request)) return app
     if (!isJson(request.headers["content-type"])) {
       return answer(request, envelope(
         invalidRequest("Request bodies must be JSON (Content-Type: application/json).", null, "unsupported_media_type"),
@@ -183,8 +198,8 @@ export const boundBodies = (maxBytes: number, budget: BodyBudget) => <E, R>(app:
       return answer(request, envelope(tooLarge(maxBytes), 413))
     }
     const held = { bytes: 0 }
-    return Effect.provideService(app, HttpServerRequest.HttpServerRequest, bounded(request, maxBytes, budget, held)).pipe(
-      Effect.ensuring(Effect.sync(() => budget.give(held.bytes)))
+    return Effect.provideService(app, HttpServerRequest.HttpServerRequest, bounded(request, maxBytes, bodies, held)).pipe(
+      Effect.ensuring(Effect.sync(() => bodies.give(held.bytes)))
     )
   })
 

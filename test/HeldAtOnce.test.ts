@@ -1,16 +1,34 @@
 /**
- * The JSON bodies a node holds at once (`MAX_JSON_BODIES_BYTES`): each body is bounded by `MAX_JSON_BODY_BYTES`, and
+ * What a node holds at once. The JSON bodies (`MAX_JSON_BODIES_BYTES`): each body is bounded by `MAX_JSON_BODY_BYTES`, and
  * all of them by the budget. Here 4 KiB of bodies of at most 1 KiB: clients that send most of a body and stop hold
  * their bytes; a body that does not fit gets a 503 in the error envelope with `Retry-After` (the client, still sending,
- * gets it rather than a reset), and once the held bodies are gone a body fits again.
+ * gets it rather than a reset), and once the held bodies are gone a body fits again. The uploads
+ * (`MAX_UPLOADS_AT_ONCE`, here 2): while two clients send theirs slowly, a third gets a 503 with `Retry-After`; once
+ * one is gone, it is stored.
  */
 import { describe, expect, layer } from "@effect/vitest"
 import { Effect } from "effect"
 import { connect, type Socket } from "node:net"
+import { toFile } from "openai"
+import { sdk } from "./support/Batches.js"
 import { baseUrl, testApp } from "./support/TestApp.js"
 
 const BODY = 1024
 const BODIES = 4 * BODY
+
+/** A client that sends the start of a 1 MiB file to `POST /v1/files`, and waits. */
+const stalledUpload = (base: string): Socket => {
+  const url = new URL(base)
+  const socket = connect(Number(url.port), url.hostname)
+  socket.on("error", () => {})
+  const head = `--b\r\ncontent-disposition: form-data; name="purpose"\r\n\r\nbatch\r\n` +
+    `--b\r\ncontent-disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n`
+  socket.write(
+    `POST /v1/files HTTP/1.1\r\nhost: ${url.host}\r\ncontent-type: multipart/form-data; boundary=b\r\n` +
+      `content-length: ${1024 * 1024}\r\n\r\n${head}{"custom_id":`
+  )
+  return socket
+}
 
 /** A client that sends `POST /v1/batches` with a body of `BODY` bytes but its last 4, and waits. */
 const stalledBody = (base: string): Socket => {
@@ -34,7 +52,7 @@ const createBatch = (base: string) =>
     return { status: response.status, retryAfter: response.headers.get("retry-after"), body: await response.json() as any }
   })
 
-describe("the JSON bodies a node holds at once", () => {
+describe("what a node holds at once", () => {
   layer(testApp({ maxJsonBodyBytes: BODY, maxJsonBodiesBytes: BODIES }), { excludeTestServices: true })("4 KiB of bodies", (it) => {
     it.effect("a body that does not fit while others are held gets a 503 with Retry-After; once they are gone, it fits", () =>
       Effect.gen(function*() {
@@ -57,6 +75,37 @@ describe("the JSON bodies a node holds at once", () => {
         // The held bodies' bytes were given back: the same request is read, and the batch created.
         const served = yield* createBatch(base)
         expect([served.status, served.body.object]).toEqual([200, "batch"])
+      }))
+  })
+
+  layer(testApp({ maxUploadsAtOnce: 2 }), { excludeTestServices: true })("two uploads at once", (it) => {
+    it.effect("a third upload while two are sent slowly gets a 503 with Retry-After; once one is gone, it is stored", () =>
+      Effect.gen(function*() {
+        const base = yield* baseUrl
+        const openai = sdk(base)
+        const held = [stalledUpload(base), stalledUpload(base)]
+        yield* Effect.sleep("300 millis")
+        const form = new FormData()
+        form.append("purpose", "batch")
+        form.append("file", new Blob(["{}\n"]), "b.jsonl")
+        const refused = yield* Effect.promise(async () => {
+          const response = await fetch(`${base}/v1/files`, { method: "POST", body: form })
+          return { status: response.status, retryAfter: response.headers.get("retry-after"), body: await response.json() as any }
+        })
+        expect([refused.status, refused.retryAfter]).toEqual([503, "5"])
+        expect(refused.body.error).toEqual({
+          message: "The server is receiving too many uploads at once (2); try again in a few seconds.",
+          type: "server_error",
+          param: null,
+          code: "server_busy"
+        })
+        held[0]!.destroy()
+        yield* Effect.sleep("100 millis")
+        const stored = yield* Effect.promise(async () =>
+          openai.files.create({ file: await toFile(Buffer.from("{}\n"), "c.jsonl"), purpose: "user_data" })
+        )
+        expect(stored.bytes).toBe(3)
+        held[1]!.destroy()
       }))
   })
 })
