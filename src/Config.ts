@@ -65,11 +65,19 @@ export interface AppConfigShape {
   /**
    * Result pages (`GET /v1/batches/{id}/results`) a node holds at once (`RESULT_PAGES_AT_ONCE`), each up to 8 MiB
    * of answers (or one larger answer), from their read until their client has taken them: the memory slow readers
-   * can pin. A request waits up to twice `resultStallTimeout` for one, then gets a 503.
+   * can pin. A request waits up to twice `stallTimeout` for one, then gets a 503.
    */
   readonly resultPagesAtOnce: number
-  /** A client that takes none of its result page for this long is cut off, the page let go (`RESULT_STALL_TIMEOUT`). */
-  readonly resultStallTimeout: Duration.Duration
+  /**
+   * A client that takes none of a results page or a file's content for this long loses its connection, and what its
+   * answer held is let go (`STALL_TIMEOUT`).
+   */
+  readonly stallTimeout: Duration.Duration
+  /**
+   * File contents (`GET /v1/files/{id}/content`) a node sends at once (`MAX_DOWNLOADS_AT_ONCE`), each holding about
+   * 1 MB while its client reads; one more gets a 503 with `Retry-After`.
+   */
+  readonly maxDownloadsAtOnce: number
   /** Log lines as JSON objects, one a line, or Effect's pretty format (`LOG_FORMAT`; default: pretty on a terminal). */
   readonly logFormat: "json" | "pretty"
   /** The least severe lines written (`LOG_LEVEL`); request lines of health and readiness probes are `debug`. */
@@ -176,7 +184,8 @@ export const defaults: AppConfigShape = {
   shutdownTimeout: Duration.seconds(10),
   shutdownDelay: Duration.zero,
   resultPagesAtOnce: 8,
-  resultStallTimeout: Duration.seconds(30),
+  stallTimeout: Duration.seconds(30),
+  maxDownloadsAtOnce: 256,
   logFormat: process.stdout.isTTY === true ? "pretty" : "json",
   logLevel: "info",
   inferenceBaseUrl: "http://127.0.0.1:8000/v1",
@@ -245,7 +254,8 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   shutdownTimeout: Config.duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(defaults.shutdownTimeout)),
   shutdownDelay: Config.duration("SHUTDOWN_DELAY").pipe(Config.withDefault(defaults.shutdownDelay)),
   resultPagesAtOnce: Config.integer("RESULT_PAGES_AT_ONCE").pipe(Config.withDefault(defaults.resultPagesAtOnce)),
-  resultStallTimeout: Config.duration("RESULT_STALL_TIMEOUT").pipe(Config.withDefault(defaults.resultStallTimeout)),
+  stallTimeout: Config.duration("STALL_TIMEOUT").pipe(Config.withDefault(defaults.stallTimeout)),
+  maxDownloadsAtOnce: Config.integer("MAX_DOWNLOADS_AT_ONCE").pipe(Config.withDefault(defaults.maxDownloadsAtOnce)),
   logFormat: Config.literal("json", "pretty")("LOG_FORMAT").pipe(Config.withDefault(defaults.logFormat)),
   // In any case, and `warn` for `warning` (its lines print as `WARN`; other tools name it so): the rules check the rest.
   logLevel: Config.string("LOG_LEVEL").pipe(

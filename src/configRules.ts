@@ -114,6 +114,7 @@ const rules: ReadonlyArray<Rule> = [
   positiveInt("maxBatchInputBytes", "MAX_BATCH_INPUT_BYTES"),
   positiveInt("resultPagesAtOnce", "RESULT_PAGES_AT_ONCE"),
   positiveInt("maxUploadsAtOnce", "MAX_UPLOADS_AT_ONCE"),
+  positiveInt("maxDownloadsAtOnce", "MAX_DOWNLOADS_AT_ONCE"),
   optionalPositiveInt("maxActiveBatchesPerProject", "MAX_ACTIVE_BATCHES_PER_PROJECT"),
   optionalPositiveInt("maxEnqueuedRequestsPerProject", "MAX_ENQUEUED_REQUESTS_PER_PROJECT"),
   optionalPositiveInt("maxFileBytesPerProject", "MAX_FILE_BYTES_PER_PROJECT"),
@@ -124,7 +125,7 @@ const rules: ReadonlyArray<Rule> = [
   positiveDuration("inferenceTimeout", "INFERENCE_TIMEOUT"),
   positiveDuration("completionWindow", "COMPLETION_WINDOW"),
   positiveDuration("upstreamProbeInterval", "UPSTREAM_PROBE_INTERVAL"),
-  positiveDuration("resultStallTimeout", "RESULT_STALL_TIMEOUT"),
+  positiveDuration("stallTimeout", "STALL_TIMEOUT"),
   {
     variable: "INFERENCE_MIN_CONCURRENCY",
     expected: "an integer no larger than INFERENCE_MAX_CONCURRENCY",

@@ -4,10 +4,12 @@
  * their bytes; a body that does not fit gets a 503 in the error envelope with `Retry-After` (the client, still sending,
  * gets it rather than a reset), and once the held bodies are gone a body fits again. The uploads
  * (`MAX_UPLOADS_AT_ONCE`, here 2): while two clients send theirs slowly, a third gets a 503 with `Retry-After`; once
- * one is gone, it is stored.
+ * one is gone, it is stored. The downloads (`MAX_DOWNLOADS_AT_ONCE`, here 1, and `STALL_TIMEOUT` 1 s): while a
+ * client takes nothing of a file's content, another download gets a 503; the stalled client is cut off, and the next
+ * download gets the whole file.
  */
 import { describe, expect, layer } from "@effect/vitest"
-import { Effect } from "effect"
+import { Duration, Effect } from "effect"
 import { connect, type Socket } from "node:net"
 import { toFile } from "openai"
 import { sdk } from "./support/Batches.js"
@@ -107,5 +109,42 @@ describe("what a node holds at once", () => {
         expect(stored.bytes).toBe(3)
         held[1]!.destroy()
       }))
+  })
+
+  layer(testApp({ maxDownloadsAtOnce: 1, stallTimeout: Duration.seconds(1) }), { excludeTestServices: true })("one download at once", (it) => {
+    it.effect("while a client takes nothing of a file, another download gets a 503; the stalled one is cut off, then it is served", () =>
+      Effect.gen(function*() {
+        const base = yield* baseUrl
+        const openai = sdk(base)
+        const content = Buffer.alloc(24 * 1024 * 1024, 0x61) // past what the loopback's buffers take in
+        const file = yield* Effect.promise(async () =>
+          openai.files.create({ file: await toFile(content, "big.bin"), purpose: "user_data" })
+        )
+        const url = new URL(base)
+        const stalled = connect(Number(url.port), url.hostname)
+        let cut = false
+        stalled.on("error", () => {})
+        stalled.once("readable", () => stalled.read(100)) // the head, then nothing
+        stalled.on("close", () => cut = true)
+        stalled.write(`GET /v1/files/${file.id}/content HTTP/1.1\r\nhost: ${url.host}\r\n\r\n`)
+        yield* Effect.sleep("300 millis")
+        const download = Effect.promise(async () => {
+          const response = await fetch(`${base}/v1/files/${file.id}/content`)
+          return { status: response.status, retryAfter: response.headers.get("retry-after"), body: Buffer.from(await response.arrayBuffer()) }
+        })
+        const refused = yield* download
+        expect([refused.status, refused.retryAfter]).toEqual([503, "5"])
+        expect(JSON.parse(refused.body.toString()).error.code).toBe("server_busy")
+        // Sent again until served: only the stall timeout lets the stalled client's turn go.
+        let served = refused
+        for (let i = 0; i < 40 && served.status === 503; i++) {
+          yield* Effect.sleep("500 millis")
+          served = yield* download
+        }
+        expect([served.status, served.body.equals(content)]).toEqual([200, true])
+        stalled.resume()
+        yield* Effect.sleep("100 millis")
+        expect(cut).toBe(true)
+      }), { timeout: 40_000 })
   })
 })

@@ -78,7 +78,7 @@ const get = (base: string, path: string) =>
 
 describe("result pages held by slow readers", () => {
   layer(
-    testAppWithUpstream({ resultPagesAtOnce: 1, resultStallTimeout: Duration.millis(STALL_MS) }),
+    testAppWithUpstream({ resultPagesAtOnce: 1, stallTimeout: Duration.millis(STALL_MS) }),
     { excludeTestServices: true }
   )("one page at a time, a stall timeout of 1 s", (it) => {
     it.effect("a client that never reads is cut off after the stall timeout; the next request then gets its turn", () =>

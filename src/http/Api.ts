@@ -93,6 +93,7 @@ export class FilesGroup extends HttpApiGroup.make("files")
       .setPayload(HttpApiSchema.MultipartStream(UploadFileForm))
       .addSuccess(FileObject)
       .addError(PayloadTooLargeSchema)
+      .addError(ServiceUnavailableSchema)
       .annotate(OpenApi.Summary, "Upload a file (multipart/form-data, streamed to storage)")
   )
   .add(
@@ -111,6 +112,7 @@ export class FilesGroup extends HttpApiGroup.make("files")
     HttpApiEndpoint.get("content")`/files/${fileIdParam}/content`
       .addSuccess(HttpApiSchema.Uint8Array({ contentType: "application/octet-stream" }))
       .addError(NotFoundSchema)
+      .addError(ServiceUnavailableSchema)
       .annotate(OpenApi.Summary, "Download a file's bytes (streamed)")
   )
   .add(
@@ -201,6 +203,7 @@ export class UploadsGroup extends HttpApiGroup.make("uploads")
       .setPayload(HttpApiSchema.MultipartStream(UploadPartForm))
       .addSuccess(UploadPart)
       .addError(NotFoundSchema)
+      .addError(ServiceUnavailableSchema)
       .annotate(OpenApi.Summary, "Add a part (multipart field `data`, at most 64 MB, streamed to storage); parts may be sent in parallel")
   )
   .add(

@@ -8,31 +8,24 @@
  * A page stays in memory until its client has taken it all, so a client that reads slowly, or not at all, holds
  * it: sixty that never read took the server from 550 MB to 1.4 GB in 40 s with 30 MB answers, and more would have
  * ended the process. So a node holds at most `RESULT_PAGES_AT_ONCE` pages, from before their read until their
- * answer has left, and a client that takes none of its page for `RESULT_STALL_TIMEOUT` loses its connection and
+ * answer has left, and a client that takes none of its page for `STALL_TIMEOUT` loses its connection and
  * the page. A request waits twice that long for a page's turn (a page whose client stopped reading is let go within
  * one), then gets a 503 with `Retry-After`: the pages are held by clients that are reading, slowly.
  */
-import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
 import { Chunk, Deferred, Duration, Effect, Exit, Fiber, Option, Stream } from "effect"
-import { IncomingMessage } from "node:http"
 import type { BatchStoreShape } from "../batches/BatchStore.js"
 import { type BatchResultsParams, DEFAULT_RESULT_LINES } from "../domain/BatchResults.js"
-import { serviceUnavailable } from "../domain/Errors.js"
 import type { BatchId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
-import { envelope } from "./EarlyAnswer.js"
+import { busy, cutWhenStalled, onceAnswered } from "./holding.js"
 
 /** The header naming the last input line a response holds (0 when it holds none). */
 export const LAST_LINE_HEADER = "x-last-line"
 /** The header naming the `after` of the next call: it moves on even when a window of the kind holds no line. */
 export const NEXT_AFTER_HEADER = "x-next-after"
 
-/**
- * A page is written in pieces of this size: each one the client takes shows as progress on the connection (one
- * write of the whole page would show none until its end, and a slow but steady reader would be cut off).
- */
+/** A page is written in pieces of this size, so that a slow but steady reader shows progress (`cutWhenStalled`). */
 const PIECE_BYTES = 64 * 1024
 
 /** The pages a node holds at once (`RESULT_PAGES_AT_ONCE`), and how long their clients may stall. */
@@ -46,39 +39,28 @@ export const makeResultPages = (atOnce: number, stallTimeout: Duration.Duration)
   Effect.map(Effect.makeSemaphore(atOnce), (permits): ResultPages => ({ permits, atOnce, stallTimeout }))
 
 /** Waiting for a page's turn gave up. */
-const busy = (pages: ResultPages) =>
-  envelope(
-    serviceUnavailable(`Too many result pages are being sent at once (${pages.atOnce}); try again in a second.`),
-    503,
-    { "retry-after": "1" }
-  )
+const pagesBusy = (pages: ResultPages) =>
+  busy(`Too many result pages are being sent at once (${pages.atOnce}); try again in a second.`, 1)
 
 /**
- * Runs `page` holding one of `pages` until its answer has been sent or its connection closed (on a Node server the
- * answer is written after the handler ends; elsewhere, until `page` ends). Waits at most twice the stall timeout
- * for it, then answers the 503 instead. The permit is held by a fiber of its own, which outlives the handler's: it is released
- * however the request ends.
+ * Runs `page` holding one of `pages` until its answer has been sent or its connection closed (`onceAnswered`). Waits
+ * at most twice the stall timeout for it, then answers the 503 instead. The permit is held by a fiber of its own,
+ * which outlives the handler's: it is released however the request ends.
  */
 const holdingPage = <E, R>(pages: ResultPages, page: Effect.Effect<HttpServerResponse.HttpServerResponse, E, R>) =>
   Effect.gen(function*() {
-    const request = yield* HttpServerRequest.HttpServerRequest
-    const node = request.source instanceof IncomingMessage ? NodeHttpServerRequest.toServerResponse(request) : undefined
     const taken = yield* Deferred.make<void>()
     const sent = yield* Deferred.make<void>()
     const holder = yield* Effect.forkDaemon(
       pages.permits.withPermits(1)(Effect.zipRight(Deferred.succeed(taken, undefined), Deferred.await(sent)))
     )
-    const done = () => Deferred.unsafeDone(sent, Exit.void)
-    if (node === undefined) yield* Effect.addFinalizer(() => Effect.sync(done))
-    else if (node.destroyed) done()
-    else node.once("close", done)
+    yield* onceAnswered(() => Deferred.unsafeDone(sent, Exit.void))
     if (Option.isNone(yield* Effect.timeoutOption(Deferred.await(taken), Duration.times(pages.stallTimeout, 2)))) {
       yield* Fiber.interrupt(holder)
-      return busy(pages)
+      return pagesBusy(pages)
     }
     const response = yield* page
-    // No byte of the page taken for the stall timeout: it is let go with its connection.
-    node?.setTimeout(Duration.toMillis(pages.stallTimeout), () => node.destroy())
+    yield* cutWhenStalled(pages.stallTimeout)
     return response
   }).pipe(Effect.scoped)
 

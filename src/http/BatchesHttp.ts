@@ -51,7 +51,7 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
     const rerun = yield* Rerun
     const config = yield* AppConfig
     const { completionWindow, extraBatchEndpoints, maxActiveBatchesPerProject, maxFileBytesPerProject } = config
-    const results = batchResults(store, yield* makeResultPages(config.resultPagesAtOnce, config.resultStallTimeout))
+    const results = batchResults(store, yield* makeResultPages(config.resultPagesAtOnce, config.stallTimeout))
 
     /** The 409 of an idempotency key used before, unless `record` was made by the same request. */
     const sameRequest = (record: BatchRecord, requestHash: string) =>

@@ -17,6 +17,7 @@ import { visibilityOf } from "../domain/Projects.js"
 import { type FileMetadata, FileStore } from "../files/FileStore.js"
 import { OpenAIApi } from "./Api.js"
 import { readFileForm } from "./fileField.js"
+import { Budget, busy, cutWhenStalled, onceAnswered } from "./holding.js"
 import { listPage, trusted } from "../domain/List.js"
 import { echo } from "../domain/Text.js"
 import { storedJson } from "./StoredResponse.js"
@@ -135,10 +136,15 @@ export const overQuota = (max: number, room: number, param: string | null = "fil
 
 const fileNotFound = (id: string) => notFound(`No such File object: ${echo(id)}`, "file_id")
 
+/** A download beyond `MAX_DOWNLOADS_AT_ONCE`. */
+const downloadsBusy = (downloads: Budget) =>
+  busy(`The server is sending too many files at once (${downloads.limit}); try again in a few seconds.`, 5)
+
 export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers) =>
   Effect.gen(function*() {
     const files = yield* FileStore
-    const { maxFileBytesPerProject, maxUploadBytes } = yield* AppConfig
+    const { maxDownloadsAtOnce, maxFileBytesPerProject, maxUploadBytes, stallTimeout } = yield* AppConfig
+    const downloads = new Budget(maxDownloadsAtOnce)
 
     const upload = Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
@@ -188,9 +194,15 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
         ))
       .handle("content", ({ path }) =>
         Effect.flatMap(CurrentCaller, (caller) => files.content(path.file_id, visibilityOf(caller))).pipe(
-          Effect.map(({ file, stream }) =>
-            HttpServerResponse.stream(stream, { contentType: "application/octet-stream", contentLength: file.bytes })
-          ),
+          Effect.flatMap(({ file, stream }) => {
+            if (!downloads.take(1)) return Effect.succeed(downloadsBusy(downloads))
+            return Effect.zipRight(
+              Effect.zipRight(onceAnswered(() => downloads.give(1)), cutWhenStalled(stallTimeout)),
+              Effect.succeed(
+                HttpServerResponse.stream(stream, { contentType: "application/octet-stream", contentLength: file.bytes })
+              )
+            ).pipe(Effect.scoped)
+          }),
           Effect.catchTag("FileNotFound", ({ id }) => fileNotFound(id))
         ))
       .handle("delete", ({ path }) =>

@@ -4,7 +4,7 @@
  * `MAX_JSON_BODY_BYTES`, with or without `Content-Length`. The
  * platform's own reader has no limit by default (a 600 MB chunked body ended the process building one string), and
  * with a limit it destroys the socket, so the client sees a reset instead of our 413. The JSON bodies a node holds at
- * once are bounded too, and the uploads it receives (`Budget`).
+ * once are bounded too, and the uploads it receives (`holding.ts`).
  */
 import * as HttpApp from "@effect/platform/HttpApp"
 import * as HttpServerError from "@effect/platform/HttpServerError"
@@ -13,34 +13,13 @@ import * as UrlParams from "@effect/platform/UrlParams"
 import * as NodeStream from "@effect/platform-node/NodeStream"
 import { Data, Effect, identity, Stream } from "effect"
 import { IncomingMessage } from "node:http"
-import { invalidRequest, payloadTooLarge, serviceUnavailable } from "../domain/Errors.js"
+import { invalidRequest, payloadTooLarge } from "../domain/Errors.js"
 import { answer, envelope } from "./EarlyAnswer.js"
+import { type Budget, busy } from "./holding.js"
 import { requestTarget } from "./Routes.js"
 
 /** A JSON body nested deeper than any request of this API needs; deeper ones are refused before parsing. */
 export const MAX_JSON_DEPTH = 64
-
-/**
- * What a node holds at once, against a limit: the bytes of JSON bodies (`MAX_JSON_BODIES_BYTES`), from their first
- * byte read until their request is done with them, and the uploads it receives (`MAX_UPLOADS_AT_ONCE`). Each body
- * is bounded (`MAX_JSON_BODY_BYTES`, `MAX_UPLOAD_BYTES`), not how many are read at once: 400 clients that each sent
- * 1 MiB of JSON but its last byte took a server from 101 to 527 MB, 200 stalled uploads to PostgreSQL from 104 to
- * 273 MB, and more would have ended it. What would pass the limit is refused at once (a 503 with `Retry-After`), not
- * queued: waiting bodies would hold their bytes while they wait.
- */
-export class Budget {
-  private used = 0
-  constructor(readonly limit: number) {}
-  /** Takes `bytes` if they fit; `false` (and nothing taken) if not. */
-  take(bytes: number): boolean {
-    if (this.used + bytes > this.limit) return false
-    this.used += bytes
-    return true
-  }
-  give(bytes: number): void {
-    this.used -= bytes
-  }
-}
 
 /** The body does not fit in the node's budget of JSON bodies now. */
 class BodiesBusy extends Data.TaggedError("BodiesBusy")<{}> {}
@@ -49,10 +28,7 @@ class BodiesBusy extends Data.TaggedError("BodiesBusy")<{}> {}
  * The answer to a body refused by the budget, given as the platform's response-as-defect: whichever reader met it, the
  * platform sends it as it is (the API's error encoder knows no 503; `ErrorEnvelopeLive` lets it through).
  */
-const bodiesBusy = () =>
-  envelope(serviceUnavailable("The server is reading too many request bodies at once; try again in a second."), 503, {
-    "retry-after": "1"
-  })
+const bodiesBusy = () => busy("The server is reading too many request bodies at once; try again in a second.", 1)
 
 /** The body is larger than `limit` bytes. */
 export class BodyTooLarge extends Data.TaggedError("BodyTooLarge")<{ readonly limit: number }> {}
@@ -168,11 +144,7 @@ const isJson = (contentType: string | undefined) =>
 
 /** The answer to an upload beyond `MAX_UPLOADS_AT_ONCE`: before any of its body is read. */
 const uploadsBusy = (uploads: Budget) =>
-  envelope(
-    serviceUnavailable(`The server is receiving too many uploads at once (${uploads.limit}); try again in a few seconds.`),
-    503,
-    { "retry-after": "5" }
-  )
+  busy(`The server is receiving too many uploads at once (${uploads.limit}); try again in a few seconds.`, 5)
 
 /**
  * Server middleware: every body but an upload's must be JSON (415 otherwise: a form post from another site cannot
