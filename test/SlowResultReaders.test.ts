@@ -4,7 +4,9 @@
  * never reads its page is cut off after the stall timeout and the next request gets the page; while a client reads
  * its page slowly, the next request waits twice the stall timeout, then gets a 503 in the error envelope with
  * `Retry-After`, and the page once that reader is gone. Raw sockets play the slow clients (a client that reads
- * nothing, or 16 KiB every 50 ms); pages of 16 MiB, past what the loopback's buffers take in.
+ * nothing, or 16 KiB every 5 ms); pages of 32 MiB, past what the loopback's buffers take in. (The loopback's
+ * buffers grow to megabytes, and the kernel wakes a writer once a third of its buffer is free: a reader much slower
+ * than this one would see the server's writes pause for seconds at a time, longer than the test's stall timeout.)
  */
 import { describe, expect, layer } from "@effect/vitest"
 import { Duration, Effect } from "effect"
@@ -14,17 +16,17 @@ import { baseUrl, testAppWithUpstream } from "./support/TestApp.js"
 
 const STALL_MS = 1000
 
-/** A finished batch whose output page is one answer of 16 MiB; its results path. */
+/** A finished batch whose output page is one answer of 32 MiB; its results path. */
 const bigPage = Effect.gen(function*() {
   const openai = sdk(yield* baseUrl)
-  const file = yield* upload(openai, [chatLine("l1", "one [big:16]")])
+  const file = yield* upload(openai, [chatLine("l1", "one [big:32]")])
   const batch = yield* createBatch(openai, file.id)
   expect((yield* waitFor(openai, batch.id, terminal)).status).toBe("completed")
   return `/v1/batches/${batch.id}/results`
 })
 
 /**
- * A client that asks for `path`, reads the first bytes that come, then `reading` bytes every 50 ms (0: none, ever);
+ * A client that asks for `path`, reads the first bytes that come, then `reading` bytes every 5 ms (0: none, ever);
  * `take` reads the rest at full speed and gives how many bytes came in all, head included, once the connection ends.
  */
 const slowClient = (base: string, path: string, reading: number) => {
@@ -43,7 +45,7 @@ const slowClient = (base: string, path: string, reading: number) => {
   const timer = reading > 0
     ? setInterval(() => {
       received += socket.read(reading)?.length ?? 0
-    }, 50)
+    }, 5)
     : undefined
   return {
     /** Its answer has begun to come. */
@@ -68,12 +70,13 @@ const until = (check: () => boolean) =>
     while (!check()) await new Promise((r) => setTimeout(r, 10))
   })
 
+/** A plain request: its answer, its body, and how long its head took to come. */
 const get = (base: string, path: string) =>
   Effect.promise(async () => {
     const started = performance.now()
     const response = await fetch(`${base}${path}`)
-    const body = Buffer.from(await response.arrayBuffer())
-    return { response, body, ms: performance.now() - started }
+    const ms = performance.now() - started
+    return { response, body: Buffer.from(await response.arrayBuffer()), ms }
   })
 
 describe("result pages held by slow readers", () => {
@@ -97,7 +100,7 @@ describe("result pages held by slow readers", () => {
           next = yield* get(base, path)
         }
         expect([next.response.status, next.body.length]).toEqual([200, Number(next.response.headers.get("content-length"))])
-        expect(next.body.length).toBeGreaterThan(16 * 1024 * 1024)
+        expect(next.body.length).toBeGreaterThan(32 * 1024 * 1024)
         // It waited for the stalled client's page to be let go.
         expect(performance.now() - started).toBeGreaterThan(STALL_MS * 0.7)
         // The stalled client's connection was closed before all of its page came.

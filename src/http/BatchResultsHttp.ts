@@ -51,17 +51,16 @@ const holdingPage = <E, R>(pages: ResultPages, page: Effect.Effect<HttpServerRes
   Effect.gen(function*() {
     const taken = yield* Deferred.make<void>()
     const sent = yield* Deferred.make<void>()
+    // Its end in place before the holder starts: an interruption in between leaves no permit held for ever.
+    yield* onceAnswered(() => Deferred.unsafeDone(sent, Exit.void))
     const holder = yield* Effect.forkDaemon(
       pages.permits.withPermits(1)(Effect.zipRight(Deferred.succeed(taken, undefined), Deferred.await(sent)))
     )
-    yield* onceAnswered(() => Deferred.unsafeDone(sent, Exit.void))
     if (Option.isNone(yield* Effect.timeoutOption(Deferred.await(taken), Duration.times(pages.stallTimeout, 2)))) {
       yield* Fiber.interrupt(holder)
       return pagesBusy(pages)
     }
-    const response = yield* page
-    yield* cutWhenStalled(pages.stallTimeout)
-    return response
+    return yield* page
   }).pipe(Effect.scoped)
 
 /** `bytes` in `PIECE_BYTES` pieces (views, not copies), one per stream chunk so that each waits for the last. */
@@ -81,8 +80,9 @@ export const batchResults = (store: BatchStoreShape, pages: ResultPages) =>
     const kind = query.kind === "error" ? "failed" : "succeeded"
     return yield* holdingPage(
       pages,
-      Effect.map(store.settledResults(id, kind, query.after ?? 0, query.limit ?? DEFAULT_RESULT_LINES), (window) =>
-        HttpServerResponse.stream(inPieces(window.bytes), {
+      Effect.flatMap(store.settledResults(id, kind, query.after ?? 0, query.limit ?? DEFAULT_RESULT_LINES), (window) =>
+        Effect.map(cutWhenStalled(pages.stallTimeout, inPieces(window.bytes)), (body) =>
+          HttpServerResponse.stream(body, {
           contentType: "application/jsonl",
           headers: {
             // A stream's length is not known to the platform: given, the answer is not chunked (also when empty).
@@ -90,6 +90,6 @@ export const batchResults = (store: BatchStoreShape, pages: ResultPages) =>
             [LAST_LINE_HEADER]: String(window.lastLine),
             [NEXT_AFTER_HEADER]: String(window.nextAfter)
           }
-        }))
+        })))
     )
   }).pipe(Effect.withSpan("Batches.results", { attributes: { id } }))

@@ -17,7 +17,7 @@ import { visibilityOf } from "../domain/Projects.js"
 import { type FileMetadata, FileStore } from "../files/FileStore.js"
 import { OpenAIApi } from "./Api.js"
 import { readFileForm } from "./fileField.js"
-import { Budget, busy, cutWhenStalled, onceAnswered } from "./holding.js"
+import { Budget, busy, cutWhenStalled, holdUntilAnswered } from "./holding.js"
 import { listPage, trusted } from "../domain/List.js"
 import { echo } from "../domain/Text.js"
 import { storedJson } from "./StoredResponse.js"
@@ -194,15 +194,13 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
         ))
       .handle("content", ({ path }) =>
         Effect.flatMap(CurrentCaller, (caller) => files.content(path.file_id, visibilityOf(caller))).pipe(
-          Effect.flatMap(({ file, stream }) => {
-            if (!downloads.take(1)) return Effect.succeed(downloadsBusy(downloads))
-            return Effect.zipRight(
-              Effect.zipRight(onceAnswered(() => downloads.give(1)), cutWhenStalled(stallTimeout)),
-              Effect.succeed(
-                HttpServerResponse.stream(stream, { contentType: "application/octet-stream", contentLength: file.bytes })
-              )
-            ).pipe(Effect.scoped)
-          }),
+          Effect.flatMap(({ file, stream }) =>
+            Effect.flatMap(holdUntilAnswered(downloads), (held) =>
+              held
+                ? Effect.map(cutWhenStalled(stallTimeout, stream), (body) =>
+                  HttpServerResponse.stream(body, { contentType: "application/octet-stream", contentLength: file.bytes }))
+                : Effect.succeed(downloadsBusy(downloads))).pipe(Effect.scoped)
+          ),
           Effect.catchTag("FileNotFound", ({ id }) => fileNotFound(id))
         ))
       .handle("delete", ({ path }) =>

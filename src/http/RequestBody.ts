@@ -156,8 +156,12 @@ export const boundBodies = (maxBytes: number, bodies: Budget, uploads: Budget) =
 <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
   Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
     if (isUpload(request)) {
-      if (!uploads.take(1)) return answer(request, uploadsBusy(uploads))
-      return Effect.ensuring(app, Effect.sync(() => uploads.give(1)))
+      // Taken and given back in one bracket: an interruption between the two leaves nothing held.
+      return Effect.acquireUseRelease(
+        Effect.sync(() => uploads.take(1)),
+        (taken) => taken ? app : answer(request, uploadsBusy(uploads)),
+        (taken) => Effect.sync(() => taken && uploads.give(1))
+      )
     }
     if (!hasBody(request)) return app
     if (!isJson(request.headers["content-type"])) {

@@ -1,7 +1,7 @@
 /**
  * What the server holds for its clients, bounded: a `Budget` of what a node holds at once (the bytes of JSON bodies,
- * uploads, downloads), given back once an answer has left (`onceAnswered`), and the connection of a client that
- * stopped taking its answer cut (`cutWhenStalled`). Each body and answer is bounded on its own; what bounds how
+ * uploads, downloads), given back once an answer has left (`onceAnswered`, `holdUntilAnswered`), and the connection
+ * of a client that stopped taking its answer cut (`cutWhenStalled`). Each body and answer is bounded on its own; what bounds how
  * many are held at once is here. Measured without these bounds: 400 clients that each sent 1 MiB of JSON but its
  * last byte took a server from 101 to 527 MB, 200 stalled uploads to PostgreSQL from 104 to 273 MB, 200 downloads
  * whose clients stopped reading from 133 to 1,050 MB (368 MB once they read one piece ahead), and more would have
@@ -9,9 +9,10 @@
  */
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
-import { Duration, Effect, type Scope } from "effect"
+import { Duration, Effect, Runtime, type Scope, Stream } from "effect"
 import { IncomingMessage, type ServerResponse } from "node:http"
 import { serviceUnavailable } from "../domain/Errors.js"
+import { echo } from "../domain/Text.js"
 import { envelope } from "./EarlyAnswer.js"
 
 /**
@@ -55,12 +56,44 @@ export const onceAnswered = (release: () => void): Effect.Effect<void, never, Ht
   })
 
 /**
- * Closes the current request's connection once its client has taken none of its answer for `stall` (on a Node
- * server). An answer must be written in pieces for a slow but steady reader to show progress: one write of all of
- * it shows none until its end.
+ * Takes `amount` of `budget` for the current request until its answer has left (`onceAnswered`); `false`, with
+ * nothing taken, when it does not fit. Uninterruptible: taken, it is always given back.
  */
-export const cutWhenStalled = (stall: Duration.Duration): Effect.Effect<void, never, HttpServerRequest.HttpServerRequest> =>
-  Effect.map(HttpServerRequest.HttpServerRequest, (request) => {
+export const holdUntilAnswered = (
+  budget: Budget,
+  amount = 1
+): Effect.Effect<boolean, never, HttpServerRequest.HttpServerRequest | Scope.Scope> =>
+  Effect.uninterruptible(Effect.suspend(() =>
+    budget.take(amount) ? Effect.as(onceAnswered(() => budget.give(amount)), true) : Effect.succeed(false)
+  ))
+
+/**
+ * `body` with a watchdog: once the client has taken none of it for `stall` (no piece asked for: the platform asks
+ * for the next once the last is written), the connection is closed and said in a warning line (the request's own
+ * line says 200: its head was sent). An answer must come in pieces for a slow but steady reader to show progress.
+ * A timer of its own, not the socket's timeout, which Node leaves in place for a request pipelined behind this one.
+ */
+export const cutWhenStalled = <E, R>(
+  stall: Duration.Duration,
+  body: Stream.Stream<Uint8Array, E, R>
+): Effect.Effect<Stream.Stream<Uint8Array, E, R>, never, HttpServerRequest.HttpServerRequest> =>
+  Effect.gen(function*() {
+    const request = yield* HttpServerRequest.HttpServerRequest
     const node = nodeResponse(request)
-    node?.setTimeout(Duration.toMillis(stall), () => node.destroy())
+    if (node === undefined) return body
+    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+    const ms = Duration.toMillis(stall)
+    const cut = () => {
+      node.destroy()
+      runFork(Effect.annotateLogs(
+        Effect.logWarning(`The client of ${request.method} ${echo(request.url)} took none of its answer for ${Duration.format(stall)}: connection closed`),
+        "event",
+        "http.stalled"
+      ))
+    }
+    return Stream.suspend(() => {
+      const timer = setTimeout(cut, ms)
+      const rearm = Effect.sync(() => timer.refresh())
+      return body.pipe(Stream.tap(() => rearm), Stream.ensuring(Effect.sync(() => clearTimeout(timer))))
+    })
   })

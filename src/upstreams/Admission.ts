@@ -158,6 +158,11 @@ export class Admission {
     if (!down) this.pump()
   }
 
+  /** No call in flight, none waiting. */
+  get idle(): boolean {
+    return this.inflight === 0 && this.waiting === 0
+  }
+
   setTrial(trial: boolean): void {
     this.trial = trial
     if (!trial) this.pump()

@@ -1,10 +1,12 @@
 /**
  * An upstream's outages, for `Upstream.ts`: down (no call goes out, the batches using it pause), probed with
  * `GET /models` every `UPSTREAM_PROBE_INTERVAL`, then on trial once the probe is answered — one call at a time —
- * and up again only once a call succeeds. A probe's answer says the server is there, not that its calls work: a
- * server that answers `/models` and 503 to every call went up and down at each probe (97 lines in 140 s), sending
- * a burst of calls each time and halving its limit. Now the trial's one call fails, the upstream is down again
- * without a line (the same outage), and the probe goes on; the up line comes with the first success.
+ * and up again only once a call succeeds (or no call comes for a probe interval). A probe's answer says the server
+ * is there, not that its calls work: a server that answers `/models` and 503 to every call went up and down at each
+ * probe (97 lines in 140 s), sending a burst of calls each time and halving its limit. Now the trial's calls fail
+ * (a refused connection at once; other failures once they make an outage as when it is up, 5 different requests
+ * in a row, so that a request that always fails does not keep it down), the upstream is down again without a line
+ * (the same outage), and the probe goes on; the up line comes with the first success.
  */
 import { type Clock, Deferred, Duration, Effect, type Exit, type Scope } from "effect"
 import type { Admission } from "./Admission.js"
@@ -12,7 +14,7 @@ import type { Admission } from "./Admission.js"
 export interface Outage {
   /** No call goes out. */
   readonly isDown: () => boolean
-  /** After a probe's answer, until a call succeeds: one call at a time, and its failure takes the upstream down. */
+  /** After a probe's answer, until a call succeeds: one call at a time, and an outage's failures take it down again. */
   readonly onTrial: () => boolean
   /** Takes the upstream down for `reason` (said once per outage) and starts probing; nothing when it is down. */
   readonly markDown: (reason: string) => Effect.Effect<void>
@@ -58,6 +60,19 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
       yield* Deferred.succeed(upSignal, undefined)
       const line = `Upstream ${name} answers GET /models again: its calls go out one at a time until one succeeds`
       yield* trials++ === 0 ? Effect.logInfo(line) : Effect.logDebug(line)
+      yield* Effect.forkIn(Effect.interruptible(log(idleTrial)), scope)
+    })
+
+    /**
+     * A trial that no call comes to (no batch needs the upstream): once a whole probe interval has passed with none
+     * in flight or waiting, nothing says it fails, and it is up (else its gauge would read down for good).
+     */
+    const idleTrial: Effect.Effect<void> = Effect.gen(function*() {
+      for (;;) {
+        yield* Effect.sleep(options.probeInterval)
+        if (!trial) return
+        if (gate.idle) return yield* succeeded() ?? Effect.void
+      }
     })
 
     const probing: Effect.Effect<void> = Effect.gen(function*() {
@@ -72,11 +87,12 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
     const markDown = (reason: string) =>
       Effect.suspend(() => {
         if (down) return Effect.void
-        const again = trial // the trial's call failed: the same outage goes on
+        const again = trial // the trial's calls failed: the same outage goes on
         down = true
         trial = false
-        gate.setTrial(false)
+        // Down first: leaving the trial lets the waiting calls out while the gate is still open.
         gate.setDown(true)
+        gate.setTrial(false)
         if (!again) {
           downSince = clock.unsafeCurrentTimeMillis()
           trials = 0

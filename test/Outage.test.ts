@@ -1,0 +1,62 @@
+/**
+ * An upstream's outages (`upstreams/outage.ts`) on its admission gate, in test time: a probe's answer puts it on
+ * trial (one call at a time); a failed trial is down again and lets none of the waiting calls out (leaving the trial
+ * before closing the gate let them all out at once, 30 of them here); a call that succeeds brings it up, and so
+ * does a trial no call comes to for a probe interval.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Duration, Effect, Exit, Fiber, identity, TestClock } from "effect"
+import { Admission } from "../src/upstreams/Admission.js"
+import { AdaptiveLimit } from "../src/upstreams/adaptiveLimit.js"
+import { makeOutage } from "../src/upstreams/outage.js"
+
+const PROBE = Duration.seconds(1)
+const ticket = { project: "p", deadline: 0 }
+
+/** A gate of 64 and its outage, whose probe is always answered; taken down, then on trial after one probe. */
+const onTrial = Effect.gen(function*() {
+  const gate = new Admission(new AdaptiveLimit(1, 64), yield* Effect.clock)
+  const outage = yield* makeOutage({ name: "u", gate, probeInterval: PROBE, probe: Effect.succeed(Exit.succeed(200)), log: identity })
+  yield* outage.markDown("connection refused")
+  expect([outage.isDown(), gate.tryAcquire(ticket)]).toEqual([true, undefined])
+  yield* TestClock.adjust(PROBE)
+  expect([outage.isDown(), outage.onTrial()]).toEqual([false, true])
+  return { gate, outage }
+})
+
+describe("an upstream's outage", () => {
+  it.scoped("on trial, one call goes out; when the trial fails, none of the waiting calls do", () =>
+    Effect.gen(function*() {
+      const { gate, outage } = yield* onTrial
+      expect(gate.tryAcquire(ticket)).toBeDefined()
+      const waiting = yield* Effect.forEach(Array.from({ length: 30 }), () => Effect.fork(gate.acquire(ticket)))
+      yield* Effect.yieldNow()
+      expect(gate.inflight).toBe(1)
+      yield* outage.markDown("status 503")
+      gate.release()
+      expect([outage.isDown(), gate.inflight]).toEqual([true, 0])
+      // The next probe's trial lets one of them out, and no more.
+      yield* TestClock.adjust(PROBE)
+      expect(gate.inflight).toBe(1)
+      yield* Effect.forEach(waiting, Fiber.interrupt)
+    }))
+
+  it.scoped("a call that succeeds on trial brings it up: the waiting calls go out up to the limit", () =>
+    Effect.gen(function*() {
+      const { gate, outage } = yield* onTrial
+      expect(gate.tryAcquire(ticket)).toBeDefined()
+      const waiting = yield* Effect.forEach(Array.from({ length: 30 }), () => Effect.fork(gate.acquire(ticket)))
+      yield* Effect.yieldNow()
+      yield* outage.succeeded() ?? Effect.void
+      yield* Effect.yieldNow()
+      expect([outage.onTrial(), gate.inflight]).toEqual([false, 31])
+      yield* Effect.forEach(waiting, Fiber.interrupt)
+    }))
+
+  it.scoped("a trial no call comes to for a probe interval ends up", () =>
+    Effect.gen(function*() {
+      const { outage } = yield* onTrial
+      yield* TestClock.adjust(PROBE)
+      expect([outage.isDown(), outage.onTrial()]).toEqual([false, false])
+    }))
+})
