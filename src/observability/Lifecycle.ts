@@ -14,12 +14,13 @@ import { tracingSettings } from "./tracingSettings.js"
 const upstreamText = (spec: Pick<UpstreamSpec, "name" | "baseUrl" | "models">) =>
   `${spec.name} at ${spec.baseUrl} (${spec.models.join(", ")})`
 
-/** A URL without the user and password it may carry. */
+/** A URL without what may carry a secret: its user and password, its query. */
 const withoutCredentials = (url: string) => {
   try {
     const parsed = new URL(url)
     parsed.username = ""
     parsed.password = ""
+    parsed.search = ""
     return parsed.href
   } catch {
     return url
@@ -78,7 +79,7 @@ export const listeningLine = (
         max_concurrency: u.maxConcurrency,
         ...Option.match(u.loadAware, {
           onNone: () => ({}),
-          onSome: (l) => ({ load_aware: { metrics_url: l.metricsUrl, max_waiting: l.maxWaiting } })
+          onSome: (l) => ({ load_aware: { metrics_url: withoutCredentials(l.metricsUrl), max_waiting: l.maxWaiting } })
         })
       })),
       api_keys: keys,
