@@ -126,9 +126,9 @@ describe("result pages held by slow readers", () => {
         })
         expect(refused.ms).toBeGreaterThan(2 * STALL_MS * 0.9)
         slow.drop()
+        // Its turn was given back with the connection: still held, this one would wait, then get a 503 again.
         const served = yield* get(base, path)
         expect(served.response.status).toBe(200)
-        expect(served.ms).toBeLessThan(STALL_MS)
       }), { timeout: 30_000 })
   })
 })
