@@ -65,7 +65,7 @@ export interface AppConfigShape {
   /**
    * Result pages (`GET /v1/batches/{id}/results`) a node holds at once (`RESULT_PAGES_AT_ONCE`), each up to 8 MiB
    * of answers (or one larger answer), from their read until their client has taken them: the memory slow readers
-   * can pin. A request waits up to twice `stallTimeout` for one, then gets a 503.
+   * can pin. One more gets a 503 with `Retry-After`.
    */
   readonly resultPagesAtOnce: number
   /**

@@ -1,8 +1,8 @@
 /**
  * Result pages and slow readers (`GET /v1/batches/{id}/results`): a page stays in memory until its client has taken
  * it, so a node holds at most `RESULT_PAGES_AT_ONCE` of them. Here one, with a stall timeout of 1 s: a client that
- * never reads its page is cut off after the stall timeout and the next request gets the page; while a client reads
- * its page slowly, the next request waits twice the stall timeout, then gets a 503 in the error envelope with
+ * never reads its page is cut off after the stall timeout and the next request (sent again after each 503) gets
+ * its turn; while a client reads its page slowly, the next request gets a 503 in the error envelope with
  * `Retry-After`, and the page once that reader is gone. Raw sockets play the slow clients (a client that reads
  * nothing, or 16 KiB every 5 ms); pages of 32 MiB, past what the loopback's buffers take in. (The loopback's
  * buffers grow to megabytes, and the kernel wakes a writer once a third of its buffer is free: a reader much slower
@@ -79,6 +79,21 @@ const get = (base: string, path: string) =>
     return { response, body: Buffer.from(await response.arrayBuffer()), ms }
   })
 
+/**
+ * `get`, sent again after each 503 as its `Retry-After` says (as the SDKs do), for up to 20 s; and how long from the
+ * first call to the answer.
+ */
+const getServed = (base: string, path: string) =>
+  Effect.gen(function*() {
+    const started = performance.now()
+    let answer = yield* get(base, path)
+    while (answer.response.status === 503 && performance.now() - started < 20_000) {
+      yield* Effect.sleep(Duration.seconds(Number(answer.response.headers.get("retry-after"))))
+      answer = yield* get(base, path)
+    }
+    return { ...answer, waited: performance.now() - started }
+  })
+
 describe("result pages held by slow readers", () => {
   layer(
     testAppWithUpstream({ resultPagesAtOnce: 1, stallTimeout: Duration.millis(STALL_MS) }),
@@ -90,24 +105,18 @@ describe("result pages held by slow readers", () => {
         const path = yield* bigPage
         const stalled = slowClient(base, path, 0)
         yield* until(stalled.answering)
-        // Sent again after each 503, as a client honouring Retry-After would: the page held by the client that
-        // reads nothing more is let go once the loopback's buffers are full and the stall timeout has passed (the
-        // buffers take seconds to fill on a busy machine), or never.
-        const started = performance.now()
-        let next = yield* get(base, path)
-        while (next.response.status === 503 && performance.now() - started < 20_000) {
-          yield* Effect.sleep(Duration.seconds(Number(next.response.headers.get("retry-after"))))
-          next = yield* get(base, path)
-        }
+        // The page held by the client that reads nothing more is let go once the loopback's buffers are full and the
+        // stall timeout has passed (the buffers take seconds to fill on a busy machine), or never.
+        const next = yield* getServed(base, path)
         expect([next.response.status, next.body.length]).toEqual([200, Number(next.response.headers.get("content-length"))])
         expect(next.body.length).toBeGreaterThan(32 * 1024 * 1024)
         // It waited for the stalled client's page to be let go.
-        expect(performance.now() - started).toBeGreaterThan(STALL_MS * 0.7)
+        expect(next.waited).toBeGreaterThan(STALL_MS * 0.7)
         // The stalled client's connection was closed before all of its page came.
         expect(yield* Effect.promise(() => stalled.take())).toBeLessThan(next.body.length)
       }), { timeout: 30_000 })
 
-    it.effect("while a client reads its page slowly, the next request waits twice the stall timeout, then gets a 503 with Retry-After", () =>
+    it.effect("while a client reads its page slowly, the next request gets a 503 with Retry-After; once that reader is gone, the page", () =>
       Effect.gen(function*() {
         const base = yield* baseUrl
         const path = yield* bigPage
@@ -124,10 +133,9 @@ describe("result pages held by slow readers", () => {
             code: "server_busy"
           }
         })
-        expect(refused.ms).toBeGreaterThan(2 * STALL_MS * 0.9)
         slow.drop()
-        // Its turn was given back with the connection: still held, this one would wait, then get a 503 again.
-        const served = yield* get(base, path)
+        // Its turn was given back with the connection, once the server has seen it close (its only way back now).
+        const served = yield* getServed(base, path)
         expect(served.response.status).toBe(200)
       }), { timeout: 30_000 })
   })

@@ -21,7 +21,8 @@ import { FileStore } from "../files/FileStore.js"
 import * as BatchLines from "../observability/batchLines.js"
 import { OpenAIApi } from "./Api.js"
 import { overQuota } from "./FilesHttp.js"
-import { batchResults, makeResultPages } from "./BatchResultsHttp.js"
+import { batchResults } from "./BatchResultsHttp.js"
+import { Budget } from "./holding.js"
 import { listPage, trusted } from "../domain/List.js"
 import { echo } from "../domain/Text.js"
 import { inBackground } from "../Scheduler.js"
@@ -51,7 +52,7 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
     const rerun = yield* Rerun
     const config = yield* AppConfig
     const { completionWindow, extraBatchEndpoints, maxActiveBatchesPerProject, maxFileBytesPerProject } = config
-    const results = batchResults(store, yield* makeResultPages(config.resultPagesAtOnce, config.stallTimeout))
+    const results = batchResults(store, new Budget(config.resultPagesAtOnce), config.stallTimeout)
 
     /** The 409 of an idempotency key used before, unless `record` was made by the same request. */
     const sameRequest = (record: BatchRecord, requestHash: string) =>
