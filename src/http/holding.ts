@@ -1,8 +1,8 @@
 /**
  * What the server holds for its clients, bounded: a `Budget` of what a node holds at once (the bytes of JSON bodies,
- * uploads, downloads), given back once an answer has left (`onceAnswered`, `holdUntilAnswered`), and the connection
- * of a client that stopped taking its answer cut (`cutWhenStalled`). Each body and answer is bounded on its own; what bounds how
- * many are held at once is here. Measured without these bounds: 400 clients that each sent 1 MiB of JSON but its
+ * uploads, results pages, downloads), given back once an answer has left (`onceAnswered`, `holdUntilAnswered`), and
+ * the connection of a client that stopped taking its answer cut (`cutWhenStalled`). Each body and answer is bounded
+ * on its own; what bounds how many are held at once is here. Measured without these bounds: 400 clients that each sent 1 MiB of JSON but its
  * last byte took a server from 101 to 527 MB, 200 stalled uploads to PostgreSQL from 104 to 273 MB, 200 downloads
  * whose clients stopped reading from 133 to 1,050 MB (368 MB once they read one piece ahead), and more would have
  * ended it.
