@@ -69,8 +69,8 @@ export interface AppConfigShape {
    */
   readonly resultPagesAtOnce: number
   /**
-   * A client that takes none of a results page or a file's content for this long loses its connection, and what its
-   * answer held is let go (`STALL_TIMEOUT`).
+   * A client that takes none of a results page or a file's content, or sends nothing of its request body while it is
+   * read, for this long loses its connection, and what it held is let go (`STALL_TIMEOUT`).
    */
   readonly stallTimeout: Duration.Duration
   /**

@@ -6,7 +6,8 @@
  * (`MAX_UPLOADS_AT_ONCE`, here 2): while two clients send theirs slowly, a third gets a 503 with `Retry-After`; once
  * one is gone, it is stored. The downloads (`MAX_DOWNLOADS_AT_ONCE`, here 1, and `STALL_TIMEOUT` 1 s): while a
  * client takes nothing of a file's content, another download gets a 503; the stalled client is cut off, and the next
- * download gets the whole file.
+ * download gets the whole file. Bodies (`STALL_TIMEOUT`, here 1 s): one that stops coming has its connection closed,
+ * an upload that keeps coming slowly for longer is stored.
  */
 import { describe, expect, layer } from "@effect/vitest"
 import { Duration, Effect } from "effect"
@@ -146,5 +147,53 @@ describe("what a node holds at once", () => {
         yield* Effect.sleep("100 millis")
         expect(cut).toBe(true)
       }), { timeout: 40_000 })
+  })
+
+  layer(testApp({ stallTimeout: Duration.seconds(1) }), { excludeTestServices: true })("bodies that stop coming", (it) => {
+    /**
+     * Sends `head` and the pieces of `pieces`, one every `everyMs`, then waits for the connection to close (10 s at
+     * most): the answer's status (NaN: none) and body, and whether it closed.
+     */
+    const send = (base: string, head: string, pieces: ReadonlyArray<string>, everyMs: number) =>
+      Effect.promise(() =>
+        new Promise<{ status: number; text: string; closed: boolean }>((resolve) => {
+          const url = new URL(base)
+          const socket = connect(Number(url.port), url.hostname)
+          let answer = ""
+          socket.on("data", (chunk) => answer += chunk)
+          socket.on("error", () => {})
+          const done = (closed: boolean) =>
+            resolve({ status: Number(answer.split(" ")[1]), text: answer.slice(answer.indexOf("\r\n\r\n") + 4), closed })
+          socket.on("close", () => done(true))
+          setTimeout(() => done(false), 10_000)
+          socket.write(head)
+          pieces.forEach((piece, i) => setTimeout(() => socket.writable && socket.write(piece), i * everyMs))
+        })
+      )
+
+    it.effect("a JSON body that stops coming has its connection closed", () =>
+      Effect.gen(function*() {
+        const base = yield* baseUrl
+        const head = `POST /v1/batches HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n`
+        const answer = yield* send(base, head, [`{"input_file_id":`], 0)
+        expect([answer.closed, answer.status]).toEqual([true, NaN])
+      }))
+
+    it.effect("an upload that keeps coming, slowly, for longer than the stall timeout is stored; one that stops is cut off", () =>
+      Effect.gen(function*() {
+        const base = yield* baseUrl
+        const form = (bytes: number) =>
+          `POST /v1/files HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\ncontent-type: multipart/form-data; boundary=b\r\n` +
+          `content-length: ${bytes}\r\n\r\n`
+        const start = `--b\r\ncontent-disposition: form-data; name="purpose"\r\n\r\nuser_data\r\n` +
+          `--b\r\ncontent-disposition: form-data; name="file"; filename="slow.txt"\r\n\r\n`
+        const pieces = [start, ...Array.from({ length: 10 }, () => "x".repeat(1000)), "\r\n--b--\r\n"]
+        const total = pieces.reduce((n, p) => n + Buffer.byteLength(p), 0)
+        // Twelve pieces 300 ms apart: 3.3 s in all, never 1 s without a byte.
+        const steady = yield* send(base, form(total), pieces, 300)
+        expect([steady.status, JSON.parse(steady.text).bytes]).toEqual([200, 10_000])
+        const stopped = yield* send(base, form(total), pieces.slice(0, 3), 300)
+        expect([stopped.closed, stopped.status]).toEqual([true, NaN])
+      }), { timeout: 20_000 })
   })
 })

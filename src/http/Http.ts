@@ -44,10 +44,10 @@ const CREDENTIAL_HEADERS = ["api-key", "proxy-authorization", "x-goog-api-key", 
  * (on `SchedulerLive`'s scheduler, ahead of the batches' work).
  */
 export const HttpLive = requestsFirst(Layer.unwrapEffect(Effect.gen(function*() {
-  const { maxJsonBodiesBytes, maxJsonBodyBytes, maxUploadsAtOnce } = yield* AppConfig
+  const { maxJsonBodiesBytes, maxJsonBodyBytes, maxUploadsAtOnce, stallTimeout } = yield* AppConfig
   const secure = yield* securityMiddleware
   const measured = httpMetrics(yield* Metrics)
-  const bodies = boundBodies(maxJsonBodyBytes, new Budget(maxJsonBodiesBytes), new Budget(maxUploadsAtOnce))
+  const bodies = boundBodies(maxJsonBodyBytes, new Budget(maxJsonBodiesBytes), new Budget(maxUploadsAtOnce), stallTimeout)
   return HttpApiBuilder.serve((app) => requestLog(measured(sdkHeaders(secure(bodies(app))))))
 })).pipe(
   // The server spans record the request headers: these carry keys too (Azure's `api-key`, proxies, gateways).

@@ -11,9 +11,10 @@ import * as HttpServerError from "@effect/platform/HttpServerError"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as UrlParams from "@effect/platform/UrlParams"
 import * as NodeStream from "@effect/platform-node/NodeStream"
-import { Data, Effect, identity, Stream } from "effect"
+import { Context, Data, Duration, Effect, identity, Runtime, Stream } from "effect"
 import { IncomingMessage } from "node:http"
 import { invalidRequest, payloadTooLarge } from "../domain/Errors.js"
+import { echo } from "../domain/Text.js"
 import { answer, envelope } from "./EarlyAnswer.js"
 import { type Budget, busy } from "./holding.js"
 import { requestTarget } from "./Routes.js"
@@ -40,17 +41,55 @@ export class JsonTooDeep extends Data.TaggedError("JsonTooDeep")<{}> {}
  * early (an oversize or invalid body): the rest of the body is then read and dropped (`readAtMost` below;
  * `lingerAfterEarlyAnswers` on the Node server) and the client gets our error response instead of a connection reset.
  */
-export const requestBody = (request: HttpServerRequest.HttpServerRequest): Stream.Stream<Uint8Array> => {
-  const source = request.source
-  return source instanceof IncomingMessage
-    ? Stream.catchAll(
-      NodeStream.fromReadable(() => source, identity, { closeOnDone: false }),
-      // The client went away mid-body: no one to answer, and no fault of ours (it was logged as one, an error line
-      // for every client that gave up on a body), but the platform's client abort (its request line says 499).
-      (error) => source.destroyed ? Stream.fromEffect(Effect.interruptWith(HttpServerError.clientAbortFiberId)) : Stream.die(error)
-    )
-    : Stream.orDie(request.stream)
-}
+export const requestBody = (request: HttpServerRequest.HttpServerRequest): Stream.Stream<Uint8Array> =>
+  Stream.unwrap(Effect.map(BodyStallTimeout, (stall) => {
+    const source = request.source
+    const body = source instanceof IncomingMessage
+      ? Stream.catchAll(
+        NodeStream.fromReadable(() => source, identity, { closeOnDone: false }),
+        // The client went away mid-body: no one to answer, and no fault of ours (it was logged as one, an error line
+        // for every client that gave up on a body), but the platform's client abort (its request line says 499).
+        (error) => source.destroyed ? Stream.fromEffect(Effect.interruptWith(HttpServerError.clientAbortFiberId)) : Stream.die(error)
+      )
+      : Stream.orDie(request.stream)
+    return source instanceof IncomingMessage && Duration.isFinite(stall) ? cutWhenBodyStalls(source, stall, body) : body
+  }))
+
+/**
+ * `body` whose connection is closed once no piece of it has come for `stall` while one is awaited (not while we hold
+ * off reading, with storage behind): a body can take as long as it needs while it keeps coming. A timer of its own:
+ * interrupting the awaited piece (`Stream.timeout`) waits for the piece. The client gets no answer (it is not
+ * reading any); the stall is said in a warning line.
+ */
+const cutWhenBodyStalls = (source: IncomingMessage, stall: Duration.Duration, body: Stream.Stream<Uint8Array>) =>
+  Stream.fromPull(Effect.gen(function*() {
+    const pull = yield* Stream.toPull(body)
+    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
+    let timer: ReturnType<typeof setTimeout> | undefined
+    const cut = () => {
+      source.destroy()
+      runFork(Effect.annotateLogs(
+        Effect.logWarning(`The client of ${source.method} ${echo(source.url ?? "")} sent nothing of its body for ${Duration.format(stall)}: connection closed`),
+        "event",
+        "http.stalled"
+      ))
+    }
+    yield* Effect.addFinalizer(() => Effect.sync(() => clearTimeout(timer)))
+    return Effect.suspend(() => {
+      timer = setTimeout(cut, Duration.toMillis(stall))
+      return Effect.ensuring(pull, Effect.sync(() => clearTimeout(timer)))
+    })
+  }))
+
+/**
+ * How long a request body may go without a byte while it is read (`STALL_TIMEOUT`, given by `boundBodies`; no limit
+ * where it is not). It stands for Node's own limit on a whole request (`requestTimeout`, 5 minutes, which
+ * `makeNodeServer` turns off): that one refused an upload still coming after 5 minutes, however steadily.
+ */
+export class BodyStallTimeout extends Context.Reference<BodyStallTimeout>()("http/BodyStallTimeout", {
+  defaultValue: (): Duration.Duration => Duration.infinity
+}) {}
+
 
 /**
  * The whole body, or `BodyTooLarge` as soon as more than `maxBytes` arrived, or `BodiesBusy` as soon as a chunk does
@@ -150,11 +189,11 @@ const uploadsBusy = (uploads: Budget) =>
  * Server middleware: every body but an upload's must be JSON (415 otherwise: a form post from another site cannot
  * reach a JSON endpoint without a preflight) and at most `maxBytes` (413 at once when `Content-Length` says more,
  * else as soon as more arrives), its bytes taken from `bodies` while its request runs; an upload takes one of
- * `uploads` while it runs (503 when none is left).
+ * `uploads` while it runs (503 when none is left). A body (an upload's too) that stops coming for `stall` is cut.
  */
-export const boundBodies = (maxBytes: number, bodies: Budget, uploads: Budget) =>
+export const boundBodies = (maxBytes: number, bodies: Budget, uploads: Budget, stall: Duration.Duration) =>
 <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
-  Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+  Effect.provideService(BodyStallTimeout, stall)(Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
     if (isUpload(request)) {
       // Taken and given back in one bracket: an interruption between the two leaves nothing held.
       return Effect.acquireUseRelease(
@@ -177,7 +216,7 @@ export const boundBodies = (maxBytes: number, bodies: Budget, uploads: Budget) =
     return Effect.provideService(app, HttpServerRequest.HttpServerRequest, bounded(request, maxBytes, bodies, held)).pipe(
       Effect.ensuring(Effect.sync(() => bodies.give(held.bytes)))
     )
-  })
+  }))
 
 /** The 413 of a JSON body over the limit. */
 export const tooLarge = (maxBytes: number) =>
