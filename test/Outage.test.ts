@@ -2,13 +2,13 @@
  * An upstream's outages (`upstreams/outage.ts`) on its admission gate, in test time: a probe's answer puts it on
  * trial (one call at a time); a failed trial is down again and lets none of the waiting calls out (leaving the trial
  * before closing the gate let them all out at once, 30 of them here); a call that succeeds brings it up, and so
- * does a trial no call comes to for a probe interval.
+ * does a trial no call comes to for a few probe intervals.
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, Exit, Fiber, identity, TestClock } from "effect"
 import { Admission } from "../src/upstreams/Admission.js"
 import { AdaptiveLimit } from "../src/upstreams/adaptiveLimit.js"
-import { makeOutage } from "../src/upstreams/outage.js"
+import { IDLE_TRIAL_PROBES, makeOutage } from "../src/upstreams/outage.js"
 
 const PROBE = Duration.seconds(1)
 const ticket = { project: "p", deadline: 0 }
@@ -53,10 +53,18 @@ describe("an upstream's outage", () => {
       yield* Effect.forEach(waiting, Fiber.interrupt)
     }))
 
-  it.scoped("a trial no call comes to for a probe interval ends up", () =>
+  it.scoped("a trial no call comes to for a few probe intervals ends up; one a call came to does not", () =>
     Effect.gen(function*() {
       const { outage } = yield* onTrial
+      yield* TestClock.adjust(Duration.times(PROBE, IDLE_TRIAL_PROBES - 1))
+      expect(outage.onTrial()).toBe(true)
       yield* TestClock.adjust(PROBE)
       expect([outage.isDown(), outage.onTrial()]).toEqual([false, false])
+
+      const other = yield* onTrial
+      expect(other.gate.tryAcquire(ticket)).toBeDefined()
+      other.gate.release() // a call that neither succeeded nor failed an outage
+      yield* TestClock.adjust(Duration.times(PROBE, IDLE_TRIAL_PROBES))
+      expect(other.outage.onTrial()).toBe(true)
     }))
 })

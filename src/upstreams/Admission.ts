@@ -39,6 +39,8 @@ interface Waiter {
 export class Admission {
   /** Calls in flight (holding a permit). */
   inflight = 0
+  /** Permits granted since the start. */
+  granted = 0
   private down = false
   /** After an outage, until a call succeeds: one call at a time (`outage.ts`). */
   private trial = false
@@ -64,6 +66,7 @@ export class Admission {
 
   private grant(): number {
     this.inflight++
+    this.granted++
     this.gauge.sent()
     return this.limit.generation
   }
@@ -156,11 +159,6 @@ export class Admission {
   setDown(down: boolean): void {
     this.down = down
     if (!down) this.pump()
-  }
-
-  /** No call in flight, none waiting. */
-  get idle(): boolean {
-    return this.inflight === 0 && this.waiting === 0
   }
 
   setTrial(trial: boolean): void {

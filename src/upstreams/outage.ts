@@ -1,7 +1,7 @@
 /**
  * An upstream's outages, for `Upstream.ts`: down (no call goes out, the batches using it pause), probed with
  * `GET /models` every `UPSTREAM_PROBE_INTERVAL`, then on trial once the probe is answered — one call at a time —
- * and up again only once a call succeeds (or no call comes for a probe interval). A probe's answer says the server
+ * and up again only once a call succeeds (or no call comes for a few probe intervals). A probe's answer says the server
  * is there, not that its calls work: a server that answers `/models` and 503 to every call went up and down at each
  * probe (97 lines in 140 s), sending a burst of calls each time and halving its limit. Now the trial's calls fail
  * (a refused connection at once; other failures once they make an outage as when it is up, 5 different requests
@@ -10,6 +10,9 @@
  */
 import { type Clock, Deferred, Duration, Effect, type Exit, type Scope } from "effect"
 import type { Admission } from "./Admission.js"
+
+/** Probe intervals a trial waits for a first call before it takes the upstream for up. */
+export const IDLE_TRIAL_PROBES = 5
 
 export interface Outage {
   /** No call goes out. */
@@ -60,20 +63,19 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
       yield* Deferred.succeed(upSignal, undefined)
       const line = `Upstream ${name} answers GET /models again: its calls go out one at a time until one succeeds`
       yield* trials++ === 0 ? Effect.logInfo(line) : Effect.logDebug(line)
-      yield* Effect.forkIn(Effect.interruptible(log(idleTrial)), scope)
+      yield* Effect.forkIn(Effect.interruptible(log(idleTrial(gate.granted))), scope)
     })
 
     /**
-     * A trial that no call comes to (no batch needs the upstream): once a whole probe interval has passed with none
-     * in flight or waiting, nothing says it fails, and it is up (else its gauge would read down for good).
+     * A trial that no call comes to (no batch needs the upstream): after `IDLE_TRIAL_PROBES` probe intervals with no
+     * call let through since it began (`granted` then), nothing says it fails, and it is up (else its gauge would
+     * read down for good). Several intervals: the batches that paused take a moment to send again.
      */
-    const idleTrial: Effect.Effect<void> = Effect.gen(function*() {
-      for (;;) {
-        yield* Effect.sleep(options.probeInterval)
-        if (!trial) return
-        if (gate.idle) return yield* succeeded() ?? Effect.void
-      }
-    })
+    const idleTrial = (granted: number): Effect.Effect<void> =>
+      Effect.gen(function*() {
+        yield* Effect.sleep(Duration.times(options.probeInterval, IDLE_TRIAL_PROBES))
+        if (trial && gate.granted === granted) yield* succeeded() ?? Effect.void
+      })
 
     const probing: Effect.Effect<void> = Effect.gen(function*() {
       for (;;) {
