@@ -11,12 +11,11 @@ import * as HttpServerError from "@effect/platform/HttpServerError"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as UrlParams from "@effect/platform/UrlParams"
 import * as NodeStream from "@effect/platform-node/NodeStream"
-import { Context, Data, Duration, Effect, identity, Runtime, Stream } from "effect"
+import { Context, Data, Duration, Effect, identity, Stream } from "effect"
 import { IncomingMessage } from "node:http"
 import { invalidRequest, payloadTooLarge } from "../domain/Errors.js"
-import { echo } from "../domain/Text.js"
 import { answer, envelope } from "./EarlyAnswer.js"
-import { type Budget, busy } from "./holding.js"
+import { type Budget, busy, cutWhenBodyStalls } from "./holding.js"
 import { requestTarget } from "./Routes.js"
 
 /** A JSON body nested deeper than any request of this API needs; deeper ones are refused before parsing. */
@@ -55,31 +54,6 @@ export const requestBody = (request: HttpServerRequest.HttpServerRequest): Strea
     return source instanceof IncomingMessage && Duration.isFinite(stall) ? cutWhenBodyStalls(source, stall, body) : body
   }))
 
-/**
- * `body` whose connection is closed once no piece of it has come for `stall` while one is awaited (not while we hold
- * off reading, with storage behind): a body can take as long as it needs while it keeps coming. A timer of its own:
- * interrupting the awaited piece (`Stream.timeout`) waits for the piece. The client gets no answer (it is not
- * reading any); the stall is said in a warning line.
- */
-const cutWhenBodyStalls = (source: IncomingMessage, stall: Duration.Duration, body: Stream.Stream<Uint8Array>) =>
-  Stream.fromPull(Effect.gen(function*() {
-    const pull = yield* Stream.toPull(body)
-    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
-    let timer: ReturnType<typeof setTimeout> | undefined
-    const cut = () => {
-      source.destroy()
-      runFork(Effect.annotateLogs(
-        Effect.logWarning(`The client of ${source.method} ${echo(source.url ?? "")} sent nothing of its body for ${Duration.format(stall)}: connection closed`),
-        "event",
-        "http.stalled"
-      ))
-    }
-    yield* Effect.addFinalizer(() => Effect.sync(() => clearTimeout(timer)))
-    return Effect.suspend(() => {
-      timer = setTimeout(cut, Duration.toMillis(stall))
-      return Effect.ensuring(pull, Effect.sync(() => clearTimeout(timer)))
-    })
-  }))
 
 /**
  * How long a request body may go without a byte while it is read (`STALL_TIMEOUT`, given by `boundBodies`; no limit
@@ -89,7 +63,6 @@ const cutWhenBodyStalls = (source: IncomingMessage, stall: Duration.Duration, bo
 export class BodyStallTimeout extends Context.Reference<BodyStallTimeout>()("http/BodyStallTimeout", {
   defaultValue: (): Duration.Duration => Duration.infinity
 }) {}
-
 
 /**
  * The whole body, or `BodyTooLarge` as soon as more than `maxBytes` arrived, or `BodiesBusy` as soon as a chunk does

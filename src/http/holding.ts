@@ -1,11 +1,11 @@
 /**
  * What the server holds for its clients, bounded: a `Budget` of what a node holds at once (the bytes of JSON bodies,
  * uploads, results pages, downloads), given back once an answer has left (`onceAnswered`, `holdUntilAnswered`), and
- * the connection of a client that stopped taking its answer cut (`cutWhenStalled`). Each body and answer is bounded
- * on its own; what bounds how many are held at once is here. Measured without these bounds: 400 clients that each sent 1 MiB of JSON but its
- * last byte took a server from 101 to 527 MB, 200 stalled uploads to PostgreSQL from 104 to 273 MB, 200 downloads
- * whose clients stopped reading from 133 to 1,050 MB (368 MB once they read one piece ahead), and more would have
- * ended it.
+ * the connection of a client that stopped taking its answer, or sending its body, cut (`cutWhenStalled`,
+ * `cutWhenBodyStalls`). Each body and answer is bounded on its own; what bounds how many are held at once is here.
+ * Measured without these bounds: 400 clients that each sent 1 MiB of JSON but its last byte took a server from 101
+ * to 527 MB, 200 stalled uploads to PostgreSQL from 104 to 273 MB, 200 downloads whose clients stopped reading from
+ * 133 to 1,050 MB (368 MB once they read one piece ahead), and more would have ended it.
  */
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
@@ -68,6 +68,16 @@ export const holdUntilAnswered = (
   ))
 
 /**
+ * What a stall does: `destroy` closes the connection, and `line` says so in a warning (`http.stalled`), from a timer
+ * (outside any fiber: the current runtime is captured for it).
+ */
+const stalledCut = (destroy: () => void, line: string) =>
+  Effect.map(Effect.runtime<never>(), (runtime) => () => {
+    destroy()
+    Runtime.runFork(runtime)(Effect.annotateLogs(Effect.logWarning(line), "event", "http.stalled"))
+  })
+
+/**
  * `body` with a watchdog: once the client has taken none of it for `stall` (no piece asked for: the platform asks
  * for the next once the last is written), the connection is closed and said in a warning line (the request's own
  * line says 200: its head was sent). An answer must come in pieces for a slow but steady reader to show progress.
@@ -81,19 +91,34 @@ export const cutWhenStalled = <E, R>(
     const request = yield* HttpServerRequest.HttpServerRequest
     const node = nodeResponse(request)
     if (node === undefined) return body
-    const runFork = Runtime.runFork(yield* Effect.runtime<never>())
-    const ms = Duration.toMillis(stall)
-    const cut = () => {
-      node.destroy()
-      runFork(Effect.annotateLogs(
-        Effect.logWarning(`The client of ${request.method} ${echo(request.url)} took none of its answer for ${Duration.format(stall)}: connection closed`),
-        "event",
-        "http.stalled"
-      ))
-    }
+    const cut = yield* stalledCut(
+      () => node.destroy(),
+      `The client of ${request.method} ${echo(request.url)} took none of its answer for ${Duration.format(stall)}: connection closed`
+    )
     return Stream.suspend(() => {
-      const timer = setTimeout(cut, ms)
+      const timer = setTimeout(cut, Duration.toMillis(stall))
       const rearm = Effect.sync(() => timer.refresh())
       return body.pipe(Stream.tap(() => rearm), Stream.ensuring(Effect.sync(() => clearTimeout(timer))))
     })
   })
+
+/**
+ * A request `body` whose connection is closed once no piece of it has come for `stall` while one is awaited (not
+ * while we hold off reading, with storage behind): a body can take as long as it needs while it keeps coming. A timer
+ * of its own: interrupting the awaited piece (`Stream.timeout`) waits for the piece. The client gets no answer (it is
+ * not reading any); the stall is said in a warning line.
+ */
+export const cutWhenBodyStalls = (source: IncomingMessage, stall: Duration.Duration, body: Stream.Stream<Uint8Array>) =>
+  Stream.fromPull(Effect.gen(function*() {
+    const pull = yield* Stream.toPull(body)
+    const cut = yield* stalledCut(
+      () => source.destroy(),
+      `The client of ${source.method} ${echo(source.url ?? "")} sent nothing of its body for ${Duration.format(stall)}: connection closed`
+    )
+    let timer: ReturnType<typeof setTimeout> | undefined
+    yield* Effect.addFinalizer(() => Effect.sync(() => clearTimeout(timer)))
+    return Effect.suspend(() => {
+      timer = setTimeout(cut, Duration.toMillis(stall))
+      return Effect.ensuring(pull, Effect.sync(() => clearTimeout(timer)))
+    })
+  }))
