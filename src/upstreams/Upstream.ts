@@ -173,8 +173,11 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     const overloaded = (ticket: Ticket, generation: number, why: string) =>
       Effect.suspend(() => {
         const before = limit.current
-        // On trial, one call goes out whatever the limit: its failure is the outage's, not a sign of load.
-        if (outage.onTrial() || decreasedBy.has(ticket) || !limit.overloaded(generation)) return Effect.void
+        // Down or on trial, a failure is the outage's, not a sign of load: the calls sent before it was noticed and
+        // failing after, or the trial's one call, would otherwise halve the limit the outage found.
+        if (outage.isDown() || outage.onTrial() || decreasedBy.has(ticket) || !limit.overloaded(generation)) {
+          return Effect.void
+        }
         decreasedBy.add(ticket)
         return log(Effect.logWarning(`Upstream ${spec.name}: concurrency limit ${before} → ${limit.current} (${why})`))
       })
