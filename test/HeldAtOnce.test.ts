@@ -7,20 +7,24 @@
  * one is gone, it is stored. The downloads (`MAX_DOWNLOADS_AT_ONCE`, here 1, and `STALL_TIMEOUT` 1 s): while a
  * client takes nothing of a file's content, another download gets a 503; the stalled client is cut off, and the next
  * download gets the whole file. Bodies (`STALL_TIMEOUT`, here 1 s): one that stops coming has its connection closed,
- * an upload that keeps coming slowly for longer is stored.
+ * an upload that keeps coming slowly for longer is stored. A project's share: with keys of two projects, one that
+ * holds half the uploads (or the JSON bodies' bytes) gets a 429, and the other is served; with one project's keys,
+ * it may hold them all.
  */
-import { describe, expect, layer } from "@effect/vitest"
+import { describe, expect, it, layer } from "@effect/vitest"
 import { Duration, Effect } from "effect"
 import { connect, type Socket } from "node:net"
 import { toFile } from "openai"
+import { AuthTest } from "../src/auth/Auth.js"
+import { Budget } from "../src/http/holding.js"
 import { sdk } from "./support/Batches.js"
 import { baseUrl, testApp } from "./support/TestApp.js"
 
 const BODY = 1024
 const BODIES = 4 * BODY
 
-/** A client that sends the start of a 1 MiB file to `POST /v1/files`, and waits. */
-const stalledUpload = (base: string): Socket => {
+/** A client that sends the start of a 1 MiB file to `POST /v1/files` (with `key`, when given), and waits. */
+const stalledUpload = (base: string, key?: string): Socket => {
   const url = new URL(base)
   const socket = connect(Number(url.port), url.hostname)
   socket.on("error", () => {})
@@ -28,28 +32,30 @@ const stalledUpload = (base: string): Socket => {
     `--b\r\ncontent-disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n`
   socket.write(
     `POST /v1/files HTTP/1.1\r\nhost: ${url.host}\r\ncontent-type: multipart/form-data; boundary=b\r\n` +
+      (key === undefined ? "" : `authorization: Bearer ${key}\r\n`) +
       `content-length: ${1024 * 1024}\r\n\r\n${head}{"custom_id":`
   )
   return socket
 }
 
-/** A client that sends `POST /v1/batches` with a body of `BODY` bytes but its last 4, and waits. */
-const stalledBody = (base: string): Socket => {
+/** A client that sends `POST /v1/batches` (with `key`, when given) with a body of `BODY` bytes but its last 4, and waits. */
+const stalledBody = (base: string, key?: string): Socket => {
   const url = new URL(base)
   const socket = connect(Number(url.port), url.hostname)
   socket.on("error", () => {})
   socket.write(
-    `POST /v1/batches HTTP/1.1\r\nhost: ${url.host}\r\ncontent-type: application/json\r\ncontent-length: ${BODY}\r\n\r\n` +
+    `POST /v1/batches HTTP/1.1\r\nhost: ${url.host}\r\ncontent-type: application/json\r\ncontent-length: ${BODY}\r\n` +
+      (key === undefined ? "" : `authorization: Bearer ${key}\r\n`) + "\r\n" +
       `{"metadata":{"pad":"${"x".repeat(BODY - 4 - 20)}`
   )
   return socket
 }
 
-const createBatch = (base: string) =>
+const createBatch = (base: string, key?: string) =>
   Effect.promise(async () => {
     const response = await fetch(`${base}/v1/batches`, {
       method: "POST",
-      headers: { "content-type": "application/json" },
+      headers: { "content-type": "application/json", ...(key === undefined ? {} : { authorization: `Bearer ${key}` }) },
       body: JSON.stringify({ input_file_id: "file-missing", endpoint: "/v1/chat/completions", completion_window: "24h" })
     })
     return { status: response.status, retryAfter: response.headers.get("retry-after"), body: await response.json() as any }
@@ -195,5 +201,94 @@ describe("what a node holds at once", () => {
         const stopped = yield* send(base, form(total), pieces.slice(0, 3), 300)
         expect([stopped.closed, stopped.status]).toEqual([true, NaN])
       }), { timeout: 20_000 })
+  })
+
+  describe("a project's share", () => {
+    it("one project holds at most half a budget; what is over its share or over the whole is refused, and given back", () => {
+      const budget = new Budget(4)
+      expect([budget.take(1, "a"), budget.take(1, "a"), budget.take(1, "a")]).toEqual(["taken", "taken", "share"])
+      expect([budget.take(1, "b"), budget.take(1), budget.take(1, "b")]).toEqual(["taken", "taken", "full"])
+      budget.give(1, "a")
+      expect([budget.take(1, "b"), budget.take(1, "a")]).toEqual(["taken", "full"])
+      budget.give(1)
+      expect([budget.take(1, "a"), budget.take(1, "a")]).toEqual(["taken", "share"])
+      // A share that holds more than half (the JSON bodies' holds one whole body).
+      expect(new Budget(4, 3).take(3, "a")).toBe("taken")
+    })
+
+    /** Uploads a small file with `key`: its status, `Retry-After` and body. */
+    const uploadWith = (base: string, key: string) =>
+      Effect.promise(async () => {
+        const form = new FormData()
+        form.append("purpose", "user_data")
+        form.append("file", new Blob(["{}\n"]), "b.jsonl")
+        const response = await fetch(`${base}/v1/files`, { method: "POST", body: form, headers: { authorization: `Bearer ${key}` } })
+        return { status: response.status, retryAfter: response.headers.get("retry-after"), body: await response.json() as any }
+      })
+
+    layer(
+      testApp(
+        { maxUploadsAtOnce: 4, maxJsonBodyBytes: BODY, maxJsonBodiesBytes: BODIES },
+        "sqlite",
+        { auth: AuthTest({ apiKeys: ["key-a:alpha", "key-b:beta"], adminApiKeys: ["key-op"] }) }
+      ),
+      { excludeTestServices: true }
+    )("four uploads at once, keys of two projects", (it) => {
+      it.effect("a project that holds its half gets a 429 and the other project is served; the operator's key only meets the whole", () =>
+        Effect.gen(function*() {
+          const base = yield* baseUrl
+          const alpha = [stalledUpload(base, "key-a"), stalledUpload(base, "key-a")]
+          yield* Effect.sleep("300 millis")
+          const refused = yield* uploadWith(base, "key-a")
+          expect([refused.status, refused.retryAfter]).toEqual([429, "5"])
+          expect(refused.body.error).toEqual({
+            message: "Your project is sending too many uploads at once (2); try again in a few seconds.",
+            type: "requests",
+            param: null,
+            code: "rate_limit_exceeded"
+          })
+          // The other project's upload goes through; then it holds its own half too, and the node holds all four.
+          expect((yield* uploadWith(base, "key-b")).status).toBe(200)
+          const beta = [stalledUpload(base, "key-b"), stalledUpload(base, "key-b")]
+          yield* Effect.sleep("300 millis")
+          const full = yield* uploadWith(base, "key-op")
+          expect([full.status, full.body.error.code]).toEqual([503, "server_busy"])
+          for (const socket of alpha) socket.destroy()
+          yield* Effect.sleep("100 millis")
+          expect((yield* uploadWith(base, "key-a")).status).toBe(200)
+          expect((yield* uploadWith(base, "key-op")).status).toBe(200)
+          for (const socket of beta) socket.destroy()
+        }))
+
+      it.effect("JSON bodies: a project holding half the bytes gets a 429, the other project's body is read", () =>
+        Effect.gen(function*() {
+          const base = yield* baseUrl
+          const held = [stalledBody(base, "key-a"), stalledBody(base, "key-a")]
+          yield* Effect.sleep("300 millis")
+          const refused = yield* createBatch(base, "key-a")
+          expect([refused.status, refused.retryAfter, refused.body.error.code]).toEqual([429, "1", "rate_limit_exceeded"])
+          expect((yield* createBatch(base, "key-b")).status).toBe(200)
+          for (const socket of held) socket.destroy()
+          yield* Effect.sleep("100 millis")
+          expect((yield* createBatch(base, "key-a")).status).toBe(200)
+        }))
+    })
+
+    layer(
+      testApp({ maxUploadsAtOnce: 4 }, "sqlite", { auth: AuthTest({ apiKeys: ["key-a:alpha", "key-a2:alpha"] }) }),
+      { excludeTestServices: true }
+    )("four uploads at once, keys of one project", (it) => {
+      it.effect("with no other project to share with, the project may hold them all", () =>
+        Effect.gen(function*() {
+          const base = yield* baseUrl
+          const held = [stalledUpload(base, "key-a"), stalledUpload(base, "key-a2"), stalledUpload(base, "key-a")]
+          yield* Effect.sleep("300 millis")
+          expect((yield* uploadWith(base, "key-a2")).status).toBe(200)
+          held.push(stalledUpload(base, "key-a"))
+          yield* Effect.sleep("300 millis")
+          expect((yield* uploadWith(base, "key-a")).status).toBe(503)
+          for (const socket of held) socket.destroy()
+        }))
+    })
   })
 })

@@ -136,11 +136,19 @@ export const parseKeysFile = (text: string): KeysFile | { readonly problem: stri
   return { entries, webhooks }
 }
 
-/** The keys in use: every entry, each key once; and the projects' own webhooks. */
+/** The keys in use: every entry, each key once; the projects' own webhooks; and their counts. */
 interface KeyTable {
   readonly entries: ReadonlyArray<KeyEntry>
   readonly webhooks: ReadonlyMap<string, WebhookEntry>
+  /** Counted once: the budgets' shares read it on every request that holds some (`http/holding.ts`). */
+  readonly summary: KeysSummary
 }
+
+const summaryOf = (entries: ReadonlyArray<KeyEntry>): KeysSummary => ({
+  keys: entries.length,
+  admins: entries.filter((e) => e.caller.admin).length,
+  projects: new Set(entries.filter((e) => !e.caller.admin).map((e) => e.caller.project)).size
+})
 
 /** `entries` as a table, refused (naming `variable`) when one key is listed twice. */
 const tableOf = (
@@ -155,14 +163,8 @@ const tableOf = (
     if (before !== undefined) return Effect.fail(invalid(variable, `${entry.where} repeats the key of ${before}`))
     seen.set(hex, entry.where)
   }
-  return Effect.succeed({ entries, webhooks: new Map(webhooks.map((w) => [w.project, w])) })
+  return Effect.succeed({ entries, webhooks: new Map(webhooks.map((w) => [w.project, w])), summary: summaryOf(entries) })
 }
-
-const summaryOf = ({ entries }: KeyTable): KeysSummary => ({
-  keys: entries.length,
-  admins: entries.filter((e) => e.caller.admin).length,
-  projects: new Set(entries.filter((e) => !e.caller.admin).map((e) => e.caller.project)).size
-})
 
 /**
  * The caller whose digest equals `digest`: every entry is compared, in constant time, whatever matches, so the time
@@ -212,9 +214,9 @@ export const makeAuth = (sources: KeySources): Effect.Effect<AuthShape, ConfigEr
         ? (key) => key === "" ? Effect.succeedNone : Effect.map(Ref.get(table), (keys) => lookup(keys, sha256(key)))
         : () => Effect.succeed(Option.some(localCaller)),
       reload: reloading.withPermits(1)(
-        Effect.flatMap(load, (loaded) => Effect.as(Ref.set(table, loaded), summaryOf(loaded)))
+        Effect.flatMap(load, (loaded) => Effect.as(Ref.set(table, loaded), loaded.summary))
       ),
-      summary: Effect.map(Ref.get(table), summaryOf),
+      summary: Effect.map(Ref.get(table), (keys) => keys.summary),
       webhookOf: (project) => Effect.map(Ref.get(table), (keys) => Option.fromNullable(keys.webhooks.get(project)))
     }
   })

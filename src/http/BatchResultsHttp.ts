@@ -17,7 +17,7 @@ import type { BatchStoreShape } from "../batches/BatchStore.js"
 import { type BatchResultsParams, DEFAULT_RESULT_LINES } from "../domain/BatchResults.js"
 import type { BatchId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
-import { type Budget, busy, cutWhenStalled, holdUntilAnswered } from "./holding.js"
+import { type Budget, busy, cutWhenStalled, holdUntilAnswered, overShare } from "./holding.js"
 
 /** The header naming the last input line a response holds (0 when it holds none). */
 export const LAST_LINE_HEADER = "x-last-line"
@@ -28,8 +28,10 @@ export const NEXT_AFTER_HEADER = "x-next-after"
 const PIECE_BYTES = 64 * 1024
 
 /** A page beyond `RESULT_PAGES_AT_ONCE`. */
-const pagesBusy = (pages: Budget) =>
-  busy(`Too many result pages are being sent at once (${pages.limit}); try again in a second.`, 1)
+const pagesBusy = (pages: Budget, share: boolean) =>
+  share
+    ? overShare(`Your project is reading too many result pages at once (${pages.share}); try again in a second.`, 1)
+    : busy(`Too many result pages are being sent at once (${pages.limit}); try again in a second.`, 1)
 
 /** `bytes` in `PIECE_BYTES` pieces (views, not copies), one per stream chunk so that each waits for the last. */
 const inPieces = (bytes: Uint8Array) =>
@@ -42,13 +44,20 @@ const inPieces = (bytes: Uint8Array) =>
 
 /**
  * The response for `query` on batch `id` (`BatchNotFound` when `visibility` does not see it), holding one of `pages`
- * from before its read until it has left; a client that takes none of it for `stallTimeout` is cut off.
+ * (in the share of the project `sharing` names) from before its read until it has left; a client that takes none of
+ * it for `stallTimeout` is cut off.
  */
-export const batchResults = (store: BatchStoreShape, pages: Budget, stallTimeout: Duration.Duration) =>
+export const batchResults = (
+  store: BatchStoreShape,
+  pages: Budget,
+  stallTimeout: Duration.Duration,
+  sharing: Effect.Effect<string | undefined>
+) =>
 (id: BatchId, visibility: Visibility, query: BatchResultsParams) =>
   Effect.gen(function*() {
     yield* store.get(id, visibility)
-    if (!(yield* holdUntilAnswered(pages))) return pagesBusy(pages)
+    const taken = yield* holdUntilAnswered(pages, yield* sharing)
+    if (taken !== "taken") return pagesBusy(pages, taken === "share")
     const kind = query.kind === "error" ? "failed" : "succeeded"
     const window = yield* store.settledResults(id, kind, query.after ?? 0, query.limit ?? DEFAULT_RESULT_LINES)
     const body = yield* cutWhenStalled(stallTimeout, inPieces(window.bytes))

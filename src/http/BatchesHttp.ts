@@ -11,7 +11,7 @@ import { type BatchRecord, BatchStore } from "../batches/BatchStore.js"
 import { inlineFilename, inlineFingerprint, inlineJsonl, inputOf } from "../batches/inlineInput.js"
 import { ALL_KINDS, chosenKinds, nothingToRerun, refusal, Rerun, rerunFilename, rerunMetadata } from "../batches/rerun.js"
 import { isProblem, validateCreateBatch, type ValidCreateBatch } from "../batches/validation.js"
-import { audit, type Caller, CurrentCaller } from "../auth/Auth.js"
+import { audit, Auth, type Caller, CurrentCaller } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
 import { BatchList, type CreateBatchBody, type RetryBatchBody } from "../domain/Batches.js"
 import { type ApiError, conflict, invalidRequest, notFound, rateLimited } from "../domain/Errors.js"
@@ -22,7 +22,7 @@ import * as BatchLines from "../observability/batchLines.js"
 import { OpenAIApi } from "./Api.js"
 import { overQuota } from "./FilesHttp.js"
 import { batchResults } from "./BatchResultsHttp.js"
-import { Budget } from "./holding.js"
+import { Budget, sharingProject } from "./holding.js"
 import { listPage, trusted } from "../domain/List.js"
 import { echo } from "../domain/Text.js"
 import { inBackground } from "../Scheduler.js"
@@ -52,7 +52,7 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
     const rerun = yield* Rerun
     const config = yield* AppConfig
     const { completionWindow, extraBatchEndpoints, maxActiveBatchesPerProject, maxFileBytesPerProject } = config
-    const results = batchResults(store, new Budget(config.resultPagesAtOnce), config.stallTimeout)
+    const results = batchResults(store, new Budget(config.resultPagesAtOnce), config.stallTimeout, sharingProject(yield* Auth))
 
     /** The 409 of an idempotency key used before, unless `record` was made by the same request. */
     const sameRequest = (record: BatchRecord, requestHash: string) =>

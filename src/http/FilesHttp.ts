@@ -3,7 +3,7 @@ import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Effect, Either, Option } from "effect"
-import { audit, CurrentCaller } from "../auth/Auth.js"
+import { audit, Auth, CurrentCaller } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
 import { type ApiError, invalidRequest, notFound, payloadTooLarge } from "../domain/Errors.js"
 import {
@@ -17,7 +17,7 @@ import { visibilityOf } from "../domain/Projects.js"
 import { type FileMetadata, FileStore } from "../files/FileStore.js"
 import { OpenAIApi } from "./Api.js"
 import { readFileForm } from "./fileField.js"
-import { Budget, busy, cutWhenStalled, holdUntilAnswered } from "./holding.js"
+import { Budget, busy, cutWhenStalled, holdUntilAnswered, overShare, sharingProject } from "./holding.js"
 import { listPage, trusted } from "../domain/List.js"
 import { echo } from "../domain/Text.js"
 import { storedJson } from "./StoredResponse.js"
@@ -136,15 +136,18 @@ export const overQuota = (max: number, room: number, param: string | null = "fil
 
 const fileNotFound = (id: string) => notFound(`No such File object: ${echo(id)}`, "file_id")
 
-/** A download beyond `MAX_DOWNLOADS_AT_ONCE`. */
-const downloadsBusy = (downloads: Budget) =>
-  busy(`The server is sending too many files at once (${downloads.limit}); try again in a few seconds.`, 5)
+/** A download beyond `MAX_DOWNLOADS_AT_ONCE` (or its project's share). */
+const downloadsBusy = (downloads: Budget, share: boolean) =>
+  share
+    ? overShare(`Your project is downloading too many files at once (${downloads.share}); try again in a few seconds.`, 5)
+    : busy(`The server is sending too many files at once (${downloads.limit}); try again in a few seconds.`, 5)
 
 export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers) =>
   Effect.gen(function*() {
     const files = yield* FileStore
     const { maxDownloadsAtOnce, maxFileBytesPerProject, maxUploadBytes, stallTimeout } = yield* AppConfig
     const downloads = new Budget(maxDownloadsAtOnce)
+    const sharing = sharingProject(yield* Auth)
 
     const upload = Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
@@ -195,11 +198,11 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
       .handle("content", ({ path }) =>
         Effect.flatMap(CurrentCaller, (caller) => files.content(path.file_id, visibilityOf(caller))).pipe(
           Effect.flatMap(({ file, stream }) =>
-            Effect.flatMap(holdUntilAnswered(downloads), (held) =>
-              held
+            Effect.flatMap(Effect.flatMap(sharing, (project) => holdUntilAnswered(downloads, project)), (taken) =>
+              taken === "taken"
                 ? Effect.map(cutWhenStalled(stallTimeout, stream), (body) =>
                   HttpServerResponse.stream(body, { contentType: "application/octet-stream", contentLength: file.bytes }))
-                : Effect.succeed(downloadsBusy(downloads))).pipe(Effect.scoped)
+                : Effect.succeed(downloadsBusy(downloads, taken === "share"))).pipe(Effect.scoped)
           ),
           Effect.catchTag("FileNotFound", ({ id }) => fileNotFound(id))
         ))

@@ -6,6 +6,7 @@
 import * as Headers from "@effect/platform/Headers"
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import { Effect, Layer } from "effect"
+import { Auth } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
 import { Metrics } from "../observability/Metrics.js"
 import { requestsFirst } from "../Scheduler.js"
@@ -19,7 +20,7 @@ import { httpMetrics, metricsRoute } from "./MetricsHttp.js"
 import { ModelsHttpLive } from "./ModelsHttp.js"
 import { UploadsHttpLive } from "./UploadsHttp.js"
 import { ErrorEnvelopeLive, sdkHeaders } from "./Middleware.js"
-import { Budget } from "./holding.js"
+import { Budget, sharingProject } from "./holding.js"
 import { boundBodies } from "./RequestBody.js"
 import { requestLog } from "./RequestLog.js"
 import { AuthenticatedLive, securityMiddleware } from "./Security.js"
@@ -36,18 +37,21 @@ const CREDENTIAL_HEADERS = ["api-key", "proxy-authorization", "x-goog-api-key", 
 
 /**
  * Serves `ApiLive` plus `/openapi.json`, `/docs`, the `/ui` dashboard (`ui/DashboardHttp.ts`) and `/metrics`
- * (`MetricsHttp.ts`; each request counted there) on
- * whatever `HttpServer` is provided: inside `requestLog` (the
+ * (`MetricsHttp.ts`; each request counted there) on whatever `HttpServer` is provided: inside `requestLog` (the
  * request id, one log line per request), behind `secure` (inside `sdkHeaders`, so its refusals carry an
  * `x-request-id` too; outside `boundBodies`, so a body is read only once the caller is known), with request bodies
- * bounded by `maxJsonBodyBytes` each and `maxJsonBodiesBytes` together, and at most `maxUploadsAtOnce` uploads. No CORS header unless `CORS_ORIGINS` says. Its handlers run at `REQUEST_PRIORITY`
- * (on `SchedulerLive`'s scheduler, ahead of the batches' work).
+ * bounded by `maxJsonBodyBytes` each and `maxJsonBodiesBytes` together, and at most `maxUploadsAtOnce` uploads (a
+ * project held to its share of both where keys name several). No CORS header unless `CORS_ORIGINS` says. Its
+ * handlers run at `REQUEST_PRIORITY` (on `SchedulerLive`'s scheduler, ahead of the batches' work).
  */
 export const HttpLive = requestsFirst(Layer.unwrapEffect(Effect.gen(function*() {
   const { maxJsonBodiesBytes, maxJsonBodyBytes, maxUploadsAtOnce, stallTimeout } = yield* AppConfig
   const secure = yield* securityMiddleware
   const measured = httpMetrics(yield* Metrics)
-  const bodies = boundBodies(maxJsonBodyBytes, new Budget(maxJsonBodiesBytes), new Budget(maxUploadsAtOnce), stallTimeout)
+  // A project's share of the JSON bodies holds at least one body.
+  const jsonBodies = new Budget(maxJsonBodiesBytes, Math.max(maxJsonBodyBytes, Math.ceil(maxJsonBodiesBytes / 2)))
+  const sharing = sharingProject(yield* Auth)
+  const bodies = boundBodies(maxJsonBodyBytes, jsonBodies, new Budget(maxUploadsAtOnce), stallTimeout, sharing)
   return HttpApiBuilder.serve((app) => requestLog(measured(sdkHeaders(secure(bodies(app))))))
 })).pipe(
   // The server spans record the request headers: these carry keys too (Azure's `api-key`, proxies, gateways).

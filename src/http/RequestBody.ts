@@ -15,20 +15,23 @@ import { Context, Data, Duration, Effect, identity, Stream } from "effect"
 import { IncomingMessage } from "node:http"
 import { invalidRequest, payloadTooLarge } from "../domain/Errors.js"
 import { answer, envelope } from "./EarlyAnswer.js"
-import { type Budget, busy, cutWhenBodyStalls } from "./holding.js"
+import { type Budget, busy, cutWhenBodyStalls, overShare } from "./holding.js"
 import { requestTarget } from "./Routes.js"
 
 /** A JSON body nested deeper than any request of this API needs; deeper ones are refused before parsing. */
 export const MAX_JSON_DEPTH = 64
 
-/** The body does not fit in the node's budget of JSON bodies now. */
-class BodiesBusy extends Data.TaggedError("BodiesBusy")<{}> {}
+/** The body does not fit in the node's budget of JSON bodies now (`share`: in its project's share of it). */
+class BodiesBusy extends Data.TaggedError("BodiesBusy")<{ readonly share: boolean }> {}
 
 /**
  * The answer to a body refused by the budget, given as the platform's response-as-defect: whichever reader met it, the
  * platform sends it as it is (the API's error encoder knows no 503; `ErrorEnvelopeLive` lets it through).
  */
-const bodiesBusy = () => busy("The server is reading too many request bodies at once; try again in a second.", 1)
+const bodiesBusy = (budget: Budget, share: boolean) =>
+  share
+    ? overShare(`Your project is sending too many request bodies at once (${budget.share} bytes); try again in a second.`, 1)
+    : busy("The server is reading too many request bodies at once; try again in a second.", 1)
 
 /** The body is larger than `limit` bytes. */
 export class BodyTooLarge extends Data.TaggedError("BodyTooLarge")<{ readonly limit: number }> {}
@@ -64,16 +67,22 @@ export class BodyStallTimeout extends Context.Reference<BodyStallTimeout>()("htt
   defaultValue: (): Duration.Duration => Duration.infinity
 }) {}
 
+/** What a request's body holds of the budget: its bytes so far, taken in `project`'s share. */
+interface Held {
+  bytes: number
+  readonly project: string | undefined
+}
+
 /**
  * The whole body, or `BodyTooLarge` as soon as more than `maxBytes` arrived, or `BodiesBusy` as soon as a chunk does
  * not fit in `budget` (what was taken is counted in `held`, given back by `boundBodies`). The rest is then drained
- * unread, so that the client, still sending, gets our 413 or 503 rather than a reset connection.
+ * unread, so that the client, still sending, gets our 413, 429 or 503 rather than a reset connection.
  */
 const readAtMost = (
   request: HttpServerRequest.HttpServerRequest,
   maxBytes: number,
   budget: Budget,
-  held: { bytes: number }
+  held: Held
 ) =>
   Effect.suspend(() => {
     const parts: Array<Uint8Array> = []
@@ -81,7 +90,8 @@ const readAtMost = (
     return Stream.runForEach(requestBody(request), (chunk): Effect.Effect<void, BodyTooLarge | BodiesBusy> => {
       size += chunk.length
       if (size > maxBytes) return Effect.fail(new BodyTooLarge({ limit: maxBytes }))
-      if (!budget.take(chunk.length)) return Effect.fail(new BodiesBusy())
+      const taken = budget.take(chunk.length, held.project)
+      if (taken !== "taken") return Effect.fail(new BodiesBusy({ share: taken === "share" }))
       held.bytes += chunk.length
       parts.push(chunk)
       return Effect.void
@@ -119,11 +129,11 @@ export const bounded = (
   request: HttpServerRequest.HttpServerRequest,
   maxBytes: number,
   budget: Budget,
-  held: { bytes: number }
+  held: Held
 ) => {
   const refuse = (cause: unknown) => new HttpServerError.RequestError({ request, reason: "Decode", cause })
   const bytes = Effect.runSync(Effect.cached(readAtMost(request, maxBytes, budget, held).pipe(
-    Effect.catchTag("BodiesBusy", () => Effect.die(bodiesBusy())),
+    Effect.catchTag("BodiesBusy", ({ share }) => Effect.die(bodiesBusy(budget, share))),
     Effect.mapError(refuse)
   )))
   const text = Effect.flatMap(bytes, (b) => Effect.try({ try: () => strictUtf8.decode(b), catch: refuse }))
@@ -154,26 +164,36 @@ const hasBody = (request: HttpServerRequest.HttpServerRequest) =>
 const isJson = (contentType: string | undefined) =>
   contentType === undefined || /^application\/json\s*(;|$)/i.test(contentType)
 
-/** The answer to an upload beyond `MAX_UPLOADS_AT_ONCE`: before any of its body is read. */
-const uploadsBusy = (uploads: Budget) =>
-  busy(`The server is receiving too many uploads at once (${uploads.limit}); try again in a few seconds.`, 5)
+/** The answer to an upload beyond `MAX_UPLOADS_AT_ONCE` (or its project's share): before any of its body is read. */
+const uploadsBusy = (uploads: Budget, share: boolean) =>
+  share
+    ? overShare(`Your project is sending too many uploads at once (${uploads.share}); try again in a few seconds.`, 5)
+    : busy(`The server is receiving too many uploads at once (${uploads.limit}); try again in a few seconds.`, 5)
 
 /**
  * Server middleware: every body but an upload's must be JSON (415 otherwise: a form post from another site cannot
  * reach a JSON endpoint without a preflight) and at most `maxBytes` (413 at once when `Content-Length` says more,
  * else as soon as more arrives), its bytes taken from `bodies` while its request runs; an upload takes one of
- * `uploads` while it runs (503 when none is left). A body (an upload's too) that stops coming for `stall` is cut.
+ * `uploads` while it runs (503 when none is left). Both in the share of the project `sharing` names (429 beyond). A
+ * body (an upload's too) that stops coming for `stall` is cut.
  */
-export const boundBodies = (maxBytes: number, bodies: Budget, uploads: Budget, stall: Duration.Duration) =>
+export const boundBodies = (
+  maxBytes: number,
+  bodies: Budget,
+  uploads: Budget,
+  stall: Duration.Duration,
+  sharing: Effect.Effect<string | undefined>
+) =>
 <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
   Effect.provideService(BodyStallTimeout, stall)(Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
     if (isUpload(request)) {
       // Taken and given back in one bracket: an interruption between the two leaves nothing held.
-      return Effect.acquireUseRelease(
-        Effect.sync(() => uploads.take(1)),
-        (taken) => taken ? app : answer(request, uploadsBusy(uploads)),
-        (taken) => Effect.sync(() => taken && uploads.give(1))
-      )
+      return Effect.flatMap(sharing, (project) =>
+        Effect.acquireUseRelease(
+          Effect.sync(() => uploads.take(1, project)),
+          (taken) => taken === "taken" ? app : answer(request, uploadsBusy(uploads, taken === "share")),
+          (taken) => Effect.sync(() => taken === "taken" && uploads.give(1, project))
+        ))
     }
     if (!hasBody(request)) return app
     if (!isJson(request.headers["content-type"])) {
@@ -185,10 +205,12 @@ export const boundBodies = (maxBytes: number, bodies: Budget, uploads: Budget, s
     if (Number(request.headers["content-length"] ?? 0) > maxBytes) {
       return answer(request, envelope(tooLarge(maxBytes), 413))
     }
-    const held = { bytes: 0 }
-    return Effect.provideService(app, HttpServerRequest.HttpServerRequest, bounded(request, maxBytes, bodies, held)).pipe(
-      Effect.ensuring(Effect.sync(() => bodies.give(held.bytes)))
-    )
+    return Effect.flatMap(sharing, (project) => {
+      const held: Held = { bytes: 0, project }
+      return Effect.provideService(app, HttpServerRequest.HttpServerRequest, bounded(request, maxBytes, bodies, held)).pipe(
+        Effect.ensuring(Effect.sync(() => bodies.give(held.bytes, project)))
+      )
+    })
   }))
 
 /** The 413 of a JSON body over the limit. */

@@ -1,41 +1,71 @@
 /**
  * What the server holds for its clients, bounded: a `Budget` of what a node holds at once (the bytes of JSON bodies,
- * uploads, results pages, downloads), given back once an answer has left (`onceAnswered`, `holdUntilAnswered`), and
- * the connection of a client that stopped taking its answer, or sending its body, cut (`cutWhenStalled`,
- * `cutWhenBodyStalls`). Each body and answer is bounded on its own; what bounds how many are held at once is here.
+ * uploads, results pages, downloads), of which one project holds at most its share (`sharingProject`), given back
+ * once an answer has left (`onceAnswered`, `holdUntilAnswered`), and the connection of a client that stopped taking
+ * its answer, or sending its body, cut (`cutWhenStalled`, `cutWhenBodyStalls`). Each body and answer is bounded on its own; what bounds how many are held at once is here.
  * Measured without these bounds: 400 clients that each sent 1 MiB of JSON but its last byte took a server from 101
  * to 527 MB, 200 stalled uploads to PostgreSQL from 104 to 273 MB, 200 downloads whose clients stopped reading from
  * 133 to 1,050 MB (368 MB once they read one piece ahead), and more would have ended it.
  */
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
-import { Duration, Effect, Runtime, type Scope, Stream } from "effect"
+import { Duration, Effect, Option, Runtime, type Scope, Stream } from "effect"
 import { IncomingMessage, type ServerResponse } from "node:http"
-import { serviceUnavailable } from "../domain/Errors.js"
+import { type AuthShape, CurrentCaller } from "../auth/Auth.js"
+import { rateLimited, serviceUnavailable } from "../domain/Errors.js"
 import { echo } from "../domain/Text.js"
 import { envelope } from "./EarlyAnswer.js"
 
+/** What a budget answered: taken, or refused because the node holds all it may, or the project all its share. */
+export type Taken = "taken" | "full" | "share"
+
 /**
  * An amount held at once against a limit. What would pass it is refused at once (the callers answer 503 with
- * `Retry-After`), not queued: waiting bodies would hold their bytes while they wait.
+ * `Retry-After`), not queued: waiting bodies would hold their bytes while they wait. Where keys name several
+ * projects, one project may hold at most `share` of it (a 429 beyond), so that one key cannot hold it all.
  */
 export class Budget {
   private used = 0
-  constructor(readonly limit: number) {}
-  /** Takes `amount` if it fits; `false` (and nothing taken) if not. */
-  take(amount: number): boolean {
-    if (this.used + amount > this.limit) return false
+  private readonly byProject = new Map<string, number>()
+  /** `share`: the most one project may hold; half by default. */
+  constructor(readonly limit: number, readonly share = Math.ceil(limit / 2)) {}
+  /** Takes `amount` if it fits, and in `project`'s share when one is given; nothing taken when it does not. */
+  take(amount: number, project?: string): Taken {
+    const held = project === undefined ? 0 : (this.byProject.get(project) ?? 0) + amount
+    if (held > this.share) return "share"
+    if (this.used + amount > this.limit) return "full"
     this.used += amount
-    return true
+    if (project !== undefined) this.byProject.set(project, held)
+    return "taken"
   }
-  give(amount: number): void {
+  /** Gives back `amount` taken with `project`. */
+  give(amount: number, project?: string): void {
     this.used -= amount
+    if (project === undefined) return
+    const held = (this.byProject.get(project) ?? 0) - amount
+    if (held > 0) this.byProject.set(project, held)
+    else this.byProject.delete(project)
   }
 }
+
+/**
+ * The project whose share the current request's holdings count against: its caller's, while the keys name more
+ * than one project. None for an operator's key, nor on a node whose keys name one project or none (no one to share
+ * with: all of each budget is theirs).
+ */
+export const sharingProject = (auth: AuthShape): Effect.Effect<string | undefined> =>
+  Effect.flatMap(Effect.serviceOption(CurrentCaller), (caller) =>
+    Option.isNone(caller) || caller.value.admin
+      ? Effect.succeed(undefined)
+      : Effect.map(auth.summary, ({ projects }) => (projects > 1 ? caller.value.project : undefined)))
 
 /** The answer to what a budget refused: a 503 in the error envelope, with when to try again. */
 export const busy = (message: string, retryAfterSeconds: number) =>
   envelope(serviceUnavailable(message), 503, { "retry-after": String(retryAfterSeconds) })
+
+/** The answer to what a project's share refused: OpenAI's 429 for a rate limit, with when to try again. */
+export const overShare = (message: string, retryAfterSeconds: number) =>
+  envelope(rateLimited(message), 429, { "retry-after": String(retryAfterSeconds) })
 
 /** The Node response of `request`, when it is served by a Node server (not in a web handler's tests). */
 const nodeResponse = (request: HttpServerRequest.HttpServerRequest): ServerResponse | undefined =>
@@ -56,16 +86,17 @@ export const onceAnswered = (release: () => void): Effect.Effect<void, never, Ht
   })
 
 /**
- * Takes `amount` of `budget` for the current request until its answer has left (`onceAnswered`); `false`, with
- * nothing taken, when it does not fit. Uninterruptible: taken, it is always given back.
+ * Takes one of `budget` for the current request (in `project`'s share) until its answer has left (`onceAnswered`);
+ * nothing taken when it does not fit. Uninterruptible: taken, it is always given back.
  */
 export const holdUntilAnswered = (
   budget: Budget,
-  amount = 1
-): Effect.Effect<boolean, never, HttpServerRequest.HttpServerRequest | Scope.Scope> =>
-  Effect.uninterruptible(Effect.suspend(() =>
-    budget.take(amount) ? Effect.as(onceAnswered(() => budget.give(amount)), true) : Effect.succeed(false)
-  ))
+  project: string | undefined
+): Effect.Effect<Taken, never, HttpServerRequest.HttpServerRequest | Scope.Scope> =>
+  Effect.uninterruptible(Effect.suspend(() => {
+    const taken = budget.take(1, project)
+    return taken === "taken" ? Effect.as(onceAnswered(() => budget.give(1, project)), taken) : Effect.succeed(taken)
+  }))
 
 /**
  * What a stall does: `destroy` closes the connection, and `line` says so in a warning (`http.stalled`), from a timer
