@@ -206,14 +206,28 @@ describe("what a node holds at once", () => {
   describe("a project's share", () => {
     it("one project holds at most half a budget; what is over its share or over the whole is refused, and given back", () => {
       const budget = new Budget(4)
-      expect([budget.take(1, "a"), budget.take(1, "a"), budget.take(1, "a")]).toEqual(["taken", "taken", "share"])
-      expect([budget.take(1, "b"), budget.take(1), budget.take(1, "b")]).toEqual(["taken", "taken", "full"])
-      budget.give(1, "a")
-      expect([budget.take(1, "b"), budget.take(1, "a")]).toEqual(["taken", "full"])
+      const a = { project: "a", enforce: true }
+      const b = { project: "b", enforce: true }
+      expect([budget.take(1, a), budget.take(1, a), budget.take(1, a)]).toEqual(["taken", "taken", "share"])
+      expect([budget.take(1, b), budget.take(1), budget.take(1, b)]).toEqual(["taken", "taken", "full"])
+      budget.give(1, a)
+      expect([budget.take(1, b), budget.take(1, a)]).toEqual(["taken", "full"])
       budget.give(1)
-      expect([budget.take(1, "a"), budget.take(1, "a")]).toEqual(["taken", "share"])
+      expect([budget.take(1, a), budget.take(1, a)]).toEqual(["taken", "share"])
       // A share that holds more than half (the JSON bodies' holds one whole body).
-      expect(new Budget(4, 3).take(3, "a")).toBe("taken")
+      expect(new Budget(4, 3).take(3, a)).toBe("taken")
+    })
+
+    it("what a project held while it was alone counts once keys name a second project", () => {
+      const budget = new Budget(4)
+      const alone = { project: "a", enforce: false }
+      expect([budget.take(1, alone), budget.take(1, alone), budget.take(1, alone)]).toEqual(["taken", "taken", "taken"])
+      // A reload names project b too: a holds three, over its share of two.
+      expect(budget.take(1, { project: "a", enforce: true })).toBe("share")
+      expect(budget.take(1, { project: "b", enforce: true })).toBe("taken")
+      budget.give(1, alone)
+      budget.give(1, alone)
+      expect(budget.take(1, { project: "a", enforce: true })).toBe("taken")
     })
 
     /** Uploads a small file with `key`: its status, `Retry-After` and body. */

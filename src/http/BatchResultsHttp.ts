@@ -17,7 +17,7 @@ import type { BatchStoreShape } from "../batches/BatchStore.js"
 import { type BatchResultsParams, DEFAULT_RESULT_LINES } from "../domain/BatchResults.js"
 import type { BatchId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
-import { type Budget, busy, cutWhenStalled, holdUntilAnswered, overShare } from "./holding.js"
+import { type Budget, busy, cutWhenStalled, holdUntilAnswered, type Holder, overShare } from "./holding.js"
 
 /** The header naming the last input line a response holds (0 when it holds none). */
 export const LAST_LINE_HEADER = "x-last-line"
@@ -44,19 +44,19 @@ const inPieces = (bytes: Uint8Array) =>
 
 /**
  * The response for `query` on batch `id` (`BatchNotFound` when `visibility` does not see it), holding one of `pages`
- * (in the share of the project `sharing` names) from before its read until it has left; a client that takes none of
+ * (taken by the request's `holder`) from before its read until it has left; a client that takes none of
  * it for `stallTimeout` is cut off.
  */
 export const batchResults = (
   store: BatchStoreShape,
   pages: Budget,
   stallTimeout: Duration.Duration,
-  sharing: Effect.Effect<string | undefined>
+  holder: Effect.Effect<Holder | undefined>
 ) =>
 (id: BatchId, visibility: Visibility, query: BatchResultsParams) =>
   Effect.gen(function*() {
     yield* store.get(id, visibility)
-    const taken = yield* holdUntilAnswered(pages, yield* sharing)
+    const taken = yield* holdUntilAnswered(pages, yield* holder)
     if (taken !== "taken") return pagesBusy(pages, taken === "share")
     const kind = query.kind === "error" ? "failed" : "succeeded"
     const window = yield* store.settledResults(id, kind, query.after ?? 0, query.limit ?? DEFAULT_RESULT_LINES)

@@ -22,7 +22,7 @@ import * as BatchLines from "../observability/batchLines.js"
 import { OpenAIApi } from "./Api.js"
 import { overQuota } from "./FilesHttp.js"
 import { batchResults } from "./BatchResultsHttp.js"
-import { Budget, sharingProject } from "./holding.js"
+import { Budget, holderOf } from "./holding.js"
 import { listPage, trusted } from "../domain/List.js"
 import { echo } from "../domain/Text.js"
 import { inBackground } from "../Scheduler.js"
@@ -52,7 +52,7 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
     const rerun = yield* Rerun
     const config = yield* AppConfig
     const { completionWindow, extraBatchEndpoints, maxActiveBatchesPerProject, maxFileBytesPerProject } = config
-    const results = batchResults(store, new Budget(config.resultPagesAtOnce), config.stallTimeout, sharingProject(yield* Auth))
+    const results = batchResults(store, new Budget(config.resultPagesAtOnce), config.stallTimeout, holderOf(yield* Auth))
 
     /** The 409 of an idempotency key used before, unless `record` was made by the same request. */
     const sameRequest = (record: BatchRecord, requestHash: string) =>

@@ -17,7 +17,7 @@ import { visibilityOf } from "../domain/Projects.js"
 import { type FileMetadata, FileStore } from "../files/FileStore.js"
 import { OpenAIApi } from "./Api.js"
 import { readFileForm } from "./fileField.js"
-import { Budget, busy, cutWhenStalled, holdUntilAnswered, overShare, sharingProject } from "./holding.js"
+import { Budget, busy, cutWhenStalled, holdUntilAnswered, overShare, holderOf } from "./holding.js"
 import { listPage, trusted } from "../domain/List.js"
 import { echo } from "../domain/Text.js"
 import { storedJson } from "./StoredResponse.js"
@@ -147,7 +147,7 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
     const files = yield* FileStore
     const { maxDownloadsAtOnce, maxFileBytesPerProject, maxUploadBytes, stallTimeout } = yield* AppConfig
     const downloads = new Budget(maxDownloadsAtOnce)
-    const sharing = sharingProject(yield* Auth)
+    const holder = holderOf(yield* Auth)
 
     const upload = Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
@@ -198,7 +198,7 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
       .handle("content", ({ path }) =>
         Effect.flatMap(CurrentCaller, (caller) => files.content(path.file_id, visibilityOf(caller))).pipe(
           Effect.flatMap(({ file, stream }) =>
-            Effect.flatMap(Effect.flatMap(sharing, (project) => holdUntilAnswered(downloads, project)), (taken) =>
+            Effect.flatMap(Effect.flatMap(holder, (by) => holdUntilAnswered(downloads, by)), (taken) =>
               taken === "taken"
                 ? Effect.map(cutWhenStalled(stallTimeout, stream), (body) =>
                   HttpServerResponse.stream(body, { contentType: "application/octet-stream", contentLength: file.bytes }))

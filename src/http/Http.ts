@@ -20,7 +20,7 @@ import { httpMetrics, metricsRoute } from "./MetricsHttp.js"
 import { ModelsHttpLive } from "./ModelsHttp.js"
 import { UploadsHttpLive } from "./UploadsHttp.js"
 import { ErrorEnvelopeLive, sdkHeaders } from "./Middleware.js"
-import { Budget, sharingProject } from "./holding.js"
+import { Budget, holderOf } from "./holding.js"
 import { boundBodies } from "./RequestBody.js"
 import { requestLog } from "./RequestLog.js"
 import { AuthenticatedLive, securityMiddleware } from "./Security.js"
@@ -50,8 +50,8 @@ export const HttpLive = requestsFirst(Layer.unwrapEffect(Effect.gen(function*() 
   const measured = httpMetrics(yield* Metrics)
   // A project's share of the JSON bodies holds at least one body.
   const jsonBodies = new Budget(maxJsonBodiesBytes, Math.max(maxJsonBodyBytes, Math.ceil(maxJsonBodiesBytes / 2)))
-  const sharing = sharingProject(yield* Auth)
-  const bodies = boundBodies(maxJsonBodyBytes, jsonBodies, new Budget(maxUploadsAtOnce), stallTimeout, sharing)
+  const holder = holderOf(yield* Auth)
+  const bodies = boundBodies(maxJsonBodyBytes, jsonBodies, new Budget(maxUploadsAtOnce), stallTimeout, holder)
   return HttpApiBuilder.serve((app) => requestLog(measured(sdkHeaders(secure(bodies(app))))))
 })).pipe(
   // The server spans record the request headers: these carry keys too (Azure's `api-key`, proxies, gateways).

@@ -15,7 +15,7 @@ import { Context, Data, Duration, Effect, identity, Stream } from "effect"
 import { IncomingMessage } from "node:http"
 import { invalidRequest, payloadTooLarge } from "../domain/Errors.js"
 import { answer, envelope } from "./EarlyAnswer.js"
-import { type Budget, busy, cutWhenBodyStalls, overShare } from "./holding.js"
+import { type Budget, busy, cutWhenBodyStalls, type Holder, overShare } from "./holding.js"
 import { requestTarget } from "./Routes.js"
 
 /** A JSON body nested deeper than any request of this API needs; deeper ones are refused before parsing. */
@@ -67,10 +67,10 @@ export class BodyStallTimeout extends Context.Reference<BodyStallTimeout>()("htt
   defaultValue: (): Duration.Duration => Duration.infinity
 }) {}
 
-/** What a request's body holds of the budget: its bytes so far, taken in `project`'s share. */
+/** What a request's body holds of the budget: its bytes so far, taken by `holder`. */
 interface Held {
   bytes: number
-  readonly project: string | undefined
+  readonly holder: Holder | undefined
 }
 
 /**
@@ -90,7 +90,7 @@ const readAtMost = (
     return Stream.runForEach(requestBody(request), (chunk): Effect.Effect<void, BodyTooLarge | BodiesBusy> => {
       size += chunk.length
       if (size > maxBytes) return Effect.fail(new BodyTooLarge({ limit: maxBytes }))
-      const taken = budget.take(chunk.length, held.project)
+      const taken = budget.take(chunk.length, held.holder)
       if (taken !== "taken") return Effect.fail(new BodiesBusy({ share: taken === "share" }))
       held.bytes += chunk.length
       parts.push(chunk)
@@ -174,7 +174,7 @@ const uploadsBusy = (uploads: Budget, share: boolean) =>
  * Server middleware: every body but an upload's must be JSON (415 otherwise: a form post from another site cannot
  * reach a JSON endpoint without a preflight) and at most `maxBytes` (413 at once when `Content-Length` says more,
  * else as soon as more arrives), its bytes taken from `bodies` while its request runs; an upload takes one of
- * `uploads` while it runs (503 when none is left). Both in the share of the project `sharing` names (429 beyond). A
+ * `uploads` while it runs (503 when none is left). Both taken by the request's `holder` (429 beyond its share). A
  * body (an upload's too) that stops coming for `stall` is cut.
  */
 export const boundBodies = (
@@ -182,17 +182,17 @@ export const boundBodies = (
   bodies: Budget,
   uploads: Budget,
   stall: Duration.Duration,
-  sharing: Effect.Effect<string | undefined>
+  holder: Effect.Effect<Holder | undefined>
 ) =>
 <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
   Effect.provideService(BodyStallTimeout, stall)(Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
     if (isUpload(request)) {
       // Taken and given back in one bracket: an interruption between the two leaves nothing held.
-      return Effect.flatMap(sharing, (project) =>
+      return Effect.flatMap(holder, (by) =>
         Effect.acquireUseRelease(
-          Effect.sync(() => uploads.take(1, project)),
+          Effect.sync(() => uploads.take(1, by)),
           (taken) => taken === "taken" ? app : answer(request, uploadsBusy(uploads, taken === "share")),
-          (taken) => Effect.sync(() => taken === "taken" && uploads.give(1, project))
+          (taken) => Effect.sync(() => taken === "taken" && uploads.give(1, by))
         ))
     }
     if (!hasBody(request)) return app
@@ -205,10 +205,10 @@ export const boundBodies = (
     if (Number(request.headers["content-length"] ?? 0) > maxBytes) {
       return answer(request, envelope(tooLarge(maxBytes), 413))
     }
-    return Effect.flatMap(sharing, (project) => {
-      const held: Held = { bytes: 0, project }
+    return Effect.flatMap(holder, (by) => {
+      const held: Held = { bytes: 0, holder: by }
       return Effect.provideService(app, HttpServerRequest.HttpServerRequest, bounded(request, maxBytes, bodies, held)).pipe(
-        Effect.ensuring(Effect.sync(() => bodies.give(held.bytes, project)))
+        Effect.ensuring(Effect.sync(() => bodies.give(held.bytes, by)))
       )
     })
   }))

@@ -1,6 +1,6 @@
 /**
  * What the server holds for its clients, bounded: a `Budget` of what a node holds at once (the bytes of JSON bodies,
- * uploads, results pages, downloads), of which one project holds at most its share (`sharingProject`), given back
+ * uploads, results pages, downloads), of which one project holds at most its share (`holderOf`), given back
  * once an answer has left (`onceAnswered`, `holdUntilAnswered`), and the connection of a client that stopped taking
  * its answer, or sending its body, cut (`cutWhenStalled`, `cutWhenBodyStalls`). Each body and answer is bounded on its own; what bounds how many are held at once is here.
  * Measured without these bounds: 400 clients that each sent 1 MiB of JSON but its last byte took a server from 101
@@ -20,6 +20,15 @@ import { envelope } from "./EarlyAnswer.js"
 export type Taken = "taken" | "full" | "share"
 
 /**
+ * Who holds part of a budget: a project (every key of it), counted always and held to its share when `enforce`
+ * says so (the keys name several projects now: counted before, what it held when a reload added a project counts).
+ */
+export interface Holder {
+  readonly project: string
+  readonly enforce: boolean
+}
+
+/**
  * An amount held at once against a limit. What would pass it is refused at once (the callers answer 503 with
  * `Retry-After`), not queued: waiting bodies would hold their bytes while they wait. Where keys name several
  * projects, one project may hold at most `share` of it (a 429 beyond), so that one key cannot hold it all.
@@ -27,37 +36,36 @@ export type Taken = "taken" | "full" | "share"
 export class Budget {
   private used = 0
   private readonly byProject = new Map<string, number>()
-  /** `share`: the most one project may hold; half by default. */
+  /** `share`: the most one project may hold; half by default, rounded up (all of a limit of 1). */
   constructor(readonly limit: number, readonly share = Math.ceil(limit / 2)) {}
-  /** Takes `amount` if it fits, and in `project`'s share when one is given; nothing taken when it does not. */
-  take(amount: number, project?: string): Taken {
-    const held = project === undefined ? 0 : (this.byProject.get(project) ?? 0) + amount
-    if (held > this.share) return "share"
+  /** Takes `amount` if it fits, and in `holder`'s share when it is held to one; nothing taken when it does not. */
+  take(amount: number, holder?: Holder): Taken {
+    const held = holder === undefined ? 0 : (this.byProject.get(holder.project) ?? 0) + amount
+    if (holder?.enforce === true && held > this.share) return "share"
     if (this.used + amount > this.limit) return "full"
     this.used += amount
-    if (project !== undefined) this.byProject.set(project, held)
+    if (holder !== undefined) this.byProject.set(holder.project, held)
     return "taken"
   }
-  /** Gives back `amount` taken with `project`. */
-  give(amount: number, project?: string): void {
+  /** Gives back `amount` taken by `holder`. */
+  give(amount: number, holder?: Holder): void {
     this.used -= amount
-    if (project === undefined) return
-    const held = (this.byProject.get(project) ?? 0) - amount
-    if (held > 0) this.byProject.set(project, held)
-    else this.byProject.delete(project)
+    if (holder === undefined) return
+    const held = (this.byProject.get(holder.project) ?? 0) - amount
+    if (held > 0) this.byProject.set(holder.project, held)
+    else this.byProject.delete(holder.project)
   }
 }
 
 /**
- * The project whose share the current request's holdings count against: its caller's, while the keys name more
- * than one project. None for an operator's key, nor on a node whose keys name one project or none (no one to share
- * with: all of each budget is theirs).
+ * The holder of what the current request takes: its caller's project, held to its share while the keys name more
+ * than one project. None for an operator's key, nor on a node without keys (every request an operator's).
  */
-export const sharingProject = (auth: AuthShape): Effect.Effect<string | undefined> =>
+export const holderOf = (auth: AuthShape): Effect.Effect<Holder | undefined> =>
   Effect.flatMap(Effect.serviceOption(CurrentCaller), (caller) =>
     Option.isNone(caller) || caller.value.admin
       ? Effect.succeed(undefined)
-      : Effect.map(auth.summary, ({ projects }) => (projects > 1 ? caller.value.project : undefined)))
+      : Effect.map(auth.summary, ({ projects }) => ({ project: caller.value.project, enforce: projects > 1 })))
 
 /** The answer to what a budget refused: a 503 in the error envelope, with when to try again. */
 export const busy = (message: string, retryAfterSeconds: number) =>
@@ -86,16 +94,16 @@ export const onceAnswered = (release: () => void): Effect.Effect<void, never, Ht
   })
 
 /**
- * Takes one of `budget` for the current request (in `project`'s share) until its answer has left (`onceAnswered`);
- * nothing taken when it does not fit. Uninterruptible: taken, it is always given back.
+ * Takes one of `budget` for the current request (by `holder`) until its answer has left (`onceAnswered`); nothing
+ * taken when it does not fit. Uninterruptible: taken, it is always given back.
  */
 export const holdUntilAnswered = (
   budget: Budget,
-  project: string | undefined
+  holder: Holder | undefined
 ): Effect.Effect<Taken, never, HttpServerRequest.HttpServerRequest | Scope.Scope> =>
   Effect.uninterruptible(Effect.suspend(() => {
-    const taken = budget.take(1, project)
-    return taken === "taken" ? Effect.as(onceAnswered(() => budget.give(1, project)), taken) : Effect.succeed(taken)
+    const taken = budget.take(1, holder)
+    return taken === "taken" ? Effect.as(onceAnswered(() => budget.give(1, holder)), taken) : Effect.succeed(taken)
   }))
 
 /**
