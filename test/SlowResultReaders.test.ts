@@ -16,14 +16,17 @@ import { baseUrl, testAppWithUpstream } from "./support/TestApp.js"
 
 const STALL_MS = 1000
 
-/** A finished batch whose output page is one answer of 32 MiB; its results path. */
+/**
+ * The results path of a finished batch whose output page is one answer of 32 MiB: made by the first test that asks,
+ * and read by both (a page is read again for each request).
+ */
 const bigPage = Effect.gen(function*() {
   const openai = sdk(yield* baseUrl)
   const file = yield* upload(openai, [chatLine("l1", "one [big:32]")])
   const batch = yield* createBatch(openai, file.id)
   expect((yield* waitFor(openai, batch.id, terminal)).status).toBe("completed")
   return `/v1/batches/${batch.id}/results`
-})
+}).pipe(Effect.cached, Effect.runSync)
 
 /**
  * A client that asks for `path`, reads the first bytes that come, then `reading` bytes every 5 ms (0: none, ever);
