@@ -1,15 +1,14 @@
 /**
  * The `batch_results` table for `BatchStore`: one outcome per request, inserted only where the request has none
  * yet (its primary key is the batch and the line), counted into the batch's `request_counts` and `usage` by the
- * triggers of migration 0006 within the same statement; and the output and error files' lines, built from it by
- * the database a page at a time.
+ * triggers of migration 0006 within the same statement; and the output and error files' lines, built from it a
+ * page at a time (`sql.ts`' `resultPage`).
  */
 import type * as SqlClient from "@effect/sql/SqlClient"
-import * as SqlSchema from "@effect/sql/SqlSchema"
-import { Effect, Schema } from "effect"
-import { BatchId } from "../domain/Ids.js"
-import type { BatchStoreShape, RequestOutcome, ResultLines } from "./BatchStore.js"
-import { type BatchSql, SqlInt } from "./sql.js"
+import { Effect } from "effect"
+import type { BatchId } from "../domain/Ids.js"
+import type { BatchStoreShape, RequestOutcome } from "./BatchStore.js"
+import type { BatchSql } from "./sql.js"
 
 /**
  * The first outcome of each line, in line order: counts follow the rows inserted only if a group names each line
@@ -32,13 +31,6 @@ export const outcomeIs = (sql: SqlClient.SqlClient, kind: "succeeded" | "failed"
   kind === "succeeded"
     ? sql`status_code >= 200 AND status_code < 300`
     : sql`(status_code IS NULL OR status_code < 200 OR status_code >= 300)`
-
-/** A page of result lines: the bytes (SQLite) or text (Postgres) of the lines, how many, the last one's number. */
-const ResultPage = Schema.Struct({
-  lines: Schema.NullOr(Schema.Union(Schema.String, Schema.Uint8ArrayFromSelf)),
-  count: SqlInt,
-  last_line: Schema.NullOr(SqlInt)
-})
 
 export const makeOutcomes = (
   sql: SqlClient.SqlClient,
@@ -66,46 +58,20 @@ export const makeOutcomes = (
       Effect.withSpan("BatchStore.failPending")
     )
 
-  const encoder = new TextEncoder()
-  const resultPage = SqlSchema.single({
-    Request: Schema.Struct({
-      batchId: BatchId,
-      kind: Schema.Literal("succeeded", "failed"),
-      afterLine: Schema.Number,
-      limit: Schema.Number
-    }),
-    Result: ResultPage,
-    execute: ({ afterLine, batchId, kind, limit }) => {
-      const outcome = outcomeIs(sql, kind)
-      // The lines whose bodies before them stay under the budget: a running sum over lengths, then the text is
-      // built for those lines alone.
-      return sql`
-        SELECT ${dialect.pageBytes} AS lines, COUNT(*) AS count, MAX(line) AS last_line FROM (
-          SELECT line, ${dialect.resultLineText} AS text FROM batch_results
-          WHERE batch_id = ${batchId} AND line > ${afterLine} AND line <= (
-            SELECT MAX(line) FROM (
-              SELECT line, SUM(COALESCE(octet_length(response), 0)) OVER (ORDER BY line) - COALESCE(octet_length(response), 0) AS before
-              FROM batch_results WHERE batch_id = ${batchId} AND line > ${afterLine} AND ${outcome}
-              ORDER BY line LIMIT ${limit}
-            ) sized WHERE before < ${RESULT_PAGE_BYTES}
-          ) AND ${outcome}
-          ORDER BY line
-        ) page`
-    }
-  })
-
-  const resultLines = (batchId: BatchId, kind: "succeeded" | "failed", afterLine: number, limit: number) =>
-    resultPage({ batchId, kind, afterLine, limit }).pipe(
-      Effect.map((page): ResultLines => {
-        const lines = page.lines ?? new Uint8Array(0)
-        return {
-          bytes: typeof lines === "string" ? encoder.encode(lines) : lines,
-          count: page.count,
-          lastLine: page.count > 0 ? page.last_line ?? 0 : 0
-        }
-      }),
-      Effect.orDie
-    )
+  /**
+   * The lines after `afterLine` (at most `limit`) whose bodies before them stay under `RESULT_PAGE_BYTES`: a running
+   * sum over their lengths finds the last, then only those lines are read.
+   */
+  const resultLines = (batchId: BatchId, kind: "succeeded" | "failed", afterLine: number, limit: number) => {
+    const outcome = outcomeIs(sql, kind)
+    return dialect.resultPage(sql`batch_id = ${batchId} AND line > ${afterLine} AND line <= (
+        SELECT MAX(line) FROM (
+          SELECT line, SUM(COALESCE(octet_length(response), 0)) OVER (ORDER BY line) - COALESCE(octet_length(response), 0) AS before
+          FROM batch_results WHERE batch_id = ${batchId} AND line > ${afterLine} AND ${outcome}
+          ORDER BY line LIMIT ${limit}
+        ) sized WHERE before < ${RESULT_PAGE_BYTES}
+      ) AND ${outcome}`).pipe(Effect.orDie)
+  }
 
   return { recordOutcomes, failPending, resultLines }
 }
