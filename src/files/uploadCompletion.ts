@@ -54,6 +54,12 @@ export const makeCompletion = ({ columns, discardParts, read, visible }: UploadR
     /** A claim taken at `nowMs` holds until then, and as long again from each renewal (`renewClaims`). */
     const claimUntil = (nowMs: number) => nowMs + Duration.toMillis(leaseTtl)
 
+    /** The parts of a completed upload, removed; a failure leaves them for the sweep. */
+    const discardCompletedParts = (id: UploadId) =>
+      discardParts(id).pipe(
+        Effect.catchAllCause((cause) => Effect.logWarning(`Parts of completed upload ${id} left for the sweep`, cause))
+      )
+
     /** Starts the assembly of an upload this node just claimed; its outcome goes to every complete that waits for it. */
     const startAssembly = (row: UploadRow, partIds: ReadonlyArray<string>, md5: string | undefined, now: number) =>
       Effect.gen(function*() {
@@ -73,10 +79,7 @@ export const makeCompletion = ({ columns, discardParts, read, visible }: UploadR
             Exit.isSuccess(exit) ? Effect.void : sql`UPDATE uploads SET status = 'pending', completing_owner = NULL,
               completing_until = NULL WHERE id = ${row.id} AND status = 'completing' AND completing_owner = ${nodeId}`.pipe(Effect.orDie)),
           // The upload is completed whatever happens now: parts left by a failure here go with the sweep.
-          Effect.tap(() =>
-            discardParts(row.id).pipe(
-              Effect.catchAllCause((cause) => Effect.logWarning(`Parts of completed upload ${row.id} left for the sweep`, cause))
-            )),
+          Effect.tap(() => discardCompletedParts(row.id)),
           Effect.map((file) => toUpload({ ...row, status: "completed", file_id: file.id }, now, file)),
           // Out of `running` before its outcome is known: a complete that sees it still there waits for it.
           Effect.onExit((exit) =>
@@ -105,6 +108,9 @@ export const makeCompletion = ({ columns, discardParts, read, visible }: UploadR
         }
         if (status === "pending") return yield* complete(id, visibility, partIds, md5) // given back a moment ago
         if (status === "completed" && same) {
+          // Its parts may still be there: a renewal that came as the assembly committed ended it as taken over
+          // (without removing them), or the node that completed it stopped before it could.
+          yield* discardCompletedParts(id)
           const file = yield* files.get(row.file_id!, visibility).pipe(Effect.orElseSucceed(() => null))
           return toUpload(row, now, file)
         }
