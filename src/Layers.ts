@@ -64,8 +64,42 @@ export interface ServiceParts {
   readonly webhookTargets?: Layer.Layer<WebhookTargets, unknown, AppConfig | Auth>
 }
 
-/** Every service the HTTP handlers use (and the storage under them), built on `parts`. */
-export const makeServices = (parts: ServiceParts = {}) =>
+/** What a part given in `parts` may fail with as it is built. */
+export type PartsError<P extends ServiceParts> = ErrorOf<P[keyof P]>
+type ErrorOf<L> = L extends Layer.Layer<infer _A, infer E, infer _R> ? E : never
+
+/** What the live parts and services may fail with as they are built (a part given instead may not, but is not told apart). */
+export type LiveServicesError = Layer.Layer.Error<
+  | typeof StorageLive
+  | typeof InferenceFromConfig
+  | typeof AuthLive
+  | typeof FileStoreLive
+  | typeof BatchStoreLive
+  | typeof WorkLeasesLive
+  | typeof ReadinessLive
+  | typeof MetricsLive
+  | typeof WebhookTargetsLive
+  | typeof WebhooksLive
+  | typeof SqliteRunnerLockLive
+  | typeof BatchRunnerLive
+  | typeof RerunLive
+  | typeof UploadsLive
+>
+
+/**
+ * Every service the HTTP handlers use (and the storage under them), built on `parts`; its error type names what
+ * the live parts and those of `parts` fail with (a start that fails: a database that cannot be reached or migrated,
+ * a bad keys file, the node's id in use…).
+ */
+export const makeServices = <P extends ServiceParts = {}>(parts: P = {} as P) =>
+  composeServices(parts) as Layer.Layer<
+    Layer.Layer.Success<ReturnType<typeof composeServices>>,
+    LiveServicesError | PartsError<P>,
+    AppConfig
+  >
+
+/** The services on `parts` (their error type `unknown`: `makeServices` says which). */
+const composeServices = (parts: ServiceParts) =>
   Layer.mergeAll(BatchRunnerLive, RerunLive, UploadsLive).pipe(
     Layer.provideMerge(Layer.mergeAll(
       parts.fileStore ?? FileStoreLive,
@@ -152,7 +186,7 @@ export const makeNodeServer = (options: NodeServerOptions) => Layer.unwrapEffect
  * last, so built first (what is provided around the app, such as `TracingLive`, is built before it and keeps
  * Effect's default).
  */
-export const makeApp = (parts: ServiceParts = {}) =>
+export const makeApp = <P extends ServiceParts = {}>(parts: P = {} as P) =>
   ServerLifecycleLive.pipe(
     Layer.provide(HttpLive),
     // The metrics' own port (when set) listens before the server is built: a build failing beside HttpLive's, on

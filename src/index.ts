@@ -55,11 +55,13 @@ export { Authenticated, AuthenticatedLive, secure, type SecurityOptions } from "
 export {
   AppLive,
   BlobStoreLive,
+  type LiveServicesError,
   makeApp,
   makeNodeServer,
   makeServices,
   NodeServerLive,
   type NodeServerOptions,
+  type PartsError,
   type ServiceParts,
   ServicesLive,
   StorageLive

@@ -4,7 +4,7 @@
  */
 import { HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
-import { expect, layer } from "@effect/vitest"
+import { describe, expect, it, layer } from "@effect/vitest"
 import { Effect, Layer, Logger, LogLevel } from "effect"
 import { AppConfig, HttpLive, InferenceScripted, makeServices, scriptedAnswer } from "effect-openai-batch"
 import { mkdtempSync } from "node:fs"
@@ -66,5 +66,22 @@ layer(app, { excludeTestServices: true })("an embedded batch service", (it) => {
       const output = yield* Effect.promise(async () => (await openai.files.content(done.output_file_id!)).text())
       const answers = output.trim().split("\n").map((line) => JSON.parse(line).response.body.choices[0].message.content)
       expect(answers).toEqual(["olleh", "dlrow"])
+    }))
+})
+
+describe("an embedded batch service that cannot start", () => {
+  it.scoped("fails with an error of its type, which the app can catch by its tag", () =>
+    Effect.gen(function*() {
+      const services = makeServices({ inference: fakeUpstream }).pipe(
+        Layer.provide(AppConfig.layerWith({ dataDir: mkdtempSync(Path.join(tmpdir(), "embed-twice-")) })),
+        Layer.provide(Logger.minimumLogLevel(LogLevel.Error))
+      )
+      yield* Layer.build(services)
+      // A second copy on the same data directory (the same node's id): refused, and caught by its tag.
+      const second = yield* Layer.build(services).pipe(
+        Effect.as("started"),
+        Effect.catchTag("NodeIdInUse", (refused) => Effect.succeed(`refused: ${refused.nodeId}`))
+      )
+      expect(second).toMatch(/^refused: /)
     }))
 })

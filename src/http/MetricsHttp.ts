@@ -106,14 +106,15 @@ export const metricsRoute = HttpApiBuilder.Router.use((router) =>
   })
 )
 
+/** `METRICS_PORT` could not be listened on (the error of Node's `listen`: its `code`, `address` and `port`). */
+export class MetricsListenFailed extends Data.TaggedError("MetricsListenFailed")<{ readonly cause: Error }> {}
+
 /**
  * The metrics on `METRICS_PORT` (nothing without it): a small Node HTTP listener of its own on `HOST` answering
  * `GET /metrics` (and `HEAD`) without a key, 404 on any other path; closed with the app.
  */
-/** `METRICS_PORT` could not be listened on (the error of Node's `listen`: its `code`, `address` and `port`). */
-export class MetricsListenFailed extends Data.TaggedError("MetricsListenFailed")<{ readonly cause: Error }> {}
 
-export const MetricsServerLive: Layer.Layer<never, unknown, AppConfig | BatchStore> = Layer.scopedDiscard(
+export const MetricsServerLive = Layer.scopedDiscard(
   Effect.gen(function*() {
     const config = yield* AppConfig
     if (Option.isNone(config.metricsPort)) return

@@ -59,7 +59,7 @@ const SqlitePragmas = Layer.effectDiscard(Effect.flatMap(SqlClient.SqlClient, (s
  * waiting for the other's commit (better-sqlite3's busy timeout, 5 s). Within one process nothing changes: its one
  * connection already runs one transaction at a time.
  */
-const SqliteLive = (filename: string): Layer.Layer<SqlClient.SqlClient, unknown> =>
+const SqliteLive = (filename: string) =>
   Layer.scoped(
     SqlClient.SqlClient,
     Effect.flatMap(SqliteClient.make({ filename }), (sqlite) =>
@@ -78,7 +78,7 @@ const SqliteLive = (filename: string): Layer.Layer<SqlClient.SqlClient, unknown>
  * reads too (opened once the migrations have made the file; a database in memory has no file to open again).
  * Its type names only the `SqlClient`: the stores use a `ReadConnection` when there is one.
  */
-export const layerSqlite = (filename: string): Layer.Layer<SqlClient.SqlClient, unknown> =>
+export const layerSqlite = (filename: string) =>
   Layer.merge(MigrationsLive, SqlitePragmas).pipe(
     Layer.provideMerge(SqliteLive(filename)),
     (migrated) => Layer.provideMerge(sqliteReadConnection, migrated)
@@ -99,7 +99,7 @@ const runToEnd = (connection: SqlConnection.Connection): SqlConnection.Connectio
  * `bound`), each statement on a pooled connection held for it (or for its transaction) and never cancelled: a fiber
  * interrupted during one waits for it to end (ours are short, and the bound ends those the server never answers).
  */
-const PgLive = (options: PoolOptions, bound: StatementBound): Layer.Layer<SqlClient.SqlClient, unknown> =>
+const PgLive = (options: PoolOptions, bound: StatementBound) =>
   Layer.scoped(
     SqlClient.SqlClient,
     Effect.flatMap(PgClient.fromPool({ acquire: makePool(options, bound), applicationName: options.applicationName }), (pg) =>
@@ -127,7 +127,7 @@ const PG_CONNECT_TIMEOUT = Duration.seconds(5)
 export const layerPg = (
   url: Redacted.Redacted,
   options: { readonly maxConnections?: number; readonly statementTimeout?: Duration.Duration } = {}
-): Layer.Layer<SqlClient.SqlClient, unknown> => {
+) => {
   const bound: StatementBound = { ms: 0 } // off while migrating
   const boundOnceMigrated = Layer.effectDiscard(Effect.sync(() => {
     bound.ms = Duration.toMillis(options.statementTimeout ?? defaults.databaseStatementTimeout)
@@ -144,7 +144,7 @@ export const layerPg = (
 }
 
 /** The database the configuration asks for: Postgres at `DATABASE_URL`, else `DATA_DIR/batches.sqlite`. */
-export const SqlLive: Layer.Layer<SqlClient.SqlClient, unknown, AppConfig> = Layer.unwrapEffect(
+export const SqlLive = Layer.unwrapEffect(
   Effect.gen(function*() {
     const { dataDir, databaseStatementTimeout, databaseUrl } = yield* AppConfig
     if (Option.isSome(databaseUrl)) return layerPg(databaseUrl.value, { statementTimeout: databaseStatementTimeout })
