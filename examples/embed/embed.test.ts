@@ -5,7 +5,7 @@
 import { HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Effect, Layer, Logger, LogLevel } from "effect"
+import { Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
 import { AppConfig, HttpLive, InferenceScripted, makeServices, scriptedAnswer } from "effect-openai-batch"
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -70,18 +70,18 @@ layer(app, { excludeTestServices: true })("an embedded batch service", (it) => {
 })
 
 describe("an embedded batch service that cannot start", () => {
-  it.scoped("fails with an error of its type, which the app can catch by its tag", () =>
+  it.effect("fails with an error of its type, which the app can catch by its tag", () =>
     Effect.gen(function*() {
+      // A PostgreSQL nobody listens for: the database cannot be reached.
       const services = makeServices({ inference: fakeUpstream }).pipe(
-        Layer.provide(AppConfig.layerWith({ dataDir: mkdtempSync(Path.join(tmpdir(), "embed-twice-")) })),
-        Layer.provide(Logger.minimumLogLevel(LogLevel.Error))
+        Layer.provide(AppConfig.layerWith({ databaseUrl: Option.some(Redacted.make("postgres://127.0.0.1:1/none")) })),
+        Layer.provide(Logger.minimumLogLevel(LogLevel.None))
       )
-      yield* Layer.build(services)
-      // A second copy on the same data directory (the same node's id): refused, and caught by its tag.
-      const second = yield* Layer.build(services).pipe(
+      const started = yield* Layer.build(services).pipe(
         Effect.as("started"),
-        Effect.catchTag("NodeIdInUse", (refused) => Effect.succeed(`refused: ${refused.nodeId}`))
+        Effect.catchTag("SqlError", (error) => Effect.succeed(`SqlError: ${error.message}`)),
+        Effect.scoped
       )
-      expect(second).toMatch(/^refused: /)
+      expect(started).toMatch(/^SqlError: /)
     }))
 })
