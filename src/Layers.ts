@@ -64,6 +64,9 @@ export interface ServiceParts {
   readonly webhookTargets?: Layer.Layer<WebhookTargets, unknown, AppConfig | Auth>
 }
 
+/** No key but the parts' own: a misspelled part (`infrence`) is refused, not left for the live one. */
+type OnlyParts<P> = { readonly [K in Exclude<keyof P, keyof ServiceParts>]: never }
+
 /** What a part given in `parts` may fail with as it is built. */
 export type PartsError<P extends ServiceParts> = ErrorOf<P[keyof P]>
 type ErrorOf<L> = L extends Layer.Layer<infer _A, infer E, infer _R> ? E : never
@@ -91,7 +94,7 @@ export type LiveServicesError = Layer.Layer.Error<
  * the live parts and those of `parts` fail with (a start that fails: a database that cannot be reached or migrated,
  * a bad keys file, the node's id in use…).
  */
-export const makeServices = <P extends ServiceParts = {}>(parts: P = {} as P) =>
+export const makeServices = <P extends ServiceParts = {}>(parts: P & OnlyParts<P> = {} as P & OnlyParts<P>) =>
   composeServices(parts) as Layer.Layer<
     Layer.Layer.Success<ReturnType<typeof composeServices>>,
     LiveServicesError | PartsError<P>,
@@ -186,7 +189,7 @@ export const makeNodeServer = (options: NodeServerOptions) => Layer.unwrapEffect
  * last, so built first (what is provided around the app, such as `TracingLive`, is built before it and keeps
  * Effect's default).
  */
-export const makeApp = <P extends ServiceParts = {}>(parts: P = {} as P) =>
+export const makeApp = <P extends ServiceParts = {}>(parts: P & OnlyParts<P> = {} as P & OnlyParts<P>) =>
   ServerLifecycleLive.pipe(
     Layer.provide(HttpLive),
     // The metrics' own port (when set) listens before the server is built: a build failing beside HttpLive's, on

@@ -51,5 +51,7 @@ export const resultLinesOf = (values: ReadonlyArray<ReadonlyArray<unknown>>): Re
       at += AFTER_BODY.copy(bytes, at)
     }
   }
+  // Every byte written: an answer that did not come as bytes (a column read as text) would leave some unset.
+  if (at !== size) throw new Error(`result lines: wrote ${at} of ${size} bytes`)
   return { bytes, count: rows.length, lastLine: rows.length > 0 ? rows[rows.length - 1]![0] : 0 }
 }

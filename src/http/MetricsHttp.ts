@@ -113,7 +113,6 @@ export class MetricsListenFailed extends Data.TaggedError("MetricsListenFailed")
  * The metrics on `METRICS_PORT` (nothing without it): a small Node HTTP listener of its own on `HOST` answering
  * `GET /metrics` (and `HEAD`) without a key, 404 on any other path; closed with the app.
  */
-
 export const MetricsServerLive = Layer.scopedDiscard(
   Effect.gen(function*() {
     const config = yield* AppConfig
