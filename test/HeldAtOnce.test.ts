@@ -61,6 +61,17 @@ const createBatch = (base: string, key?: string) =>
     return { status: response.status, retryAfter: response.headers.get("retry-after"), body: await response.json() as any }
   })
 
+/** Uploads a small file (with `key`, when given): its status, `Retry-After` and body. */
+const uploadWith = (base: string, key?: string) =>
+  Effect.promise(async () => {
+    const form = new FormData()
+    form.append("purpose", "batch")
+    form.append("file", new Blob(["{}\n"]), "b.jsonl")
+    const headers: Record<string, string> = key === undefined ? {} : { authorization: `Bearer ${key}` }
+    const response = await fetch(`${base}/v1/files`, { method: "POST", body: form, headers })
+    return { status: response.status, retryAfter: response.headers.get("retry-after"), body: await response.json() as any }
+  })
+
 describe("what a node holds at once", () => {
   layer(testApp({ maxJsonBodyBytes: BODY, maxJsonBodiesBytes: BODIES }), { excludeTestServices: true })("4 KiB of bodies", (it) => {
     it.effect("a body that does not fit while others are held gets a 503 with Retry-After; once they are gone, it fits", () =>
@@ -94,13 +105,7 @@ describe("what a node holds at once", () => {
         const openai = sdk(base)
         const held = [stalledUpload(base), stalledUpload(base)]
         yield* Effect.sleep("300 millis")
-        const form = new FormData()
-        form.append("purpose", "batch")
-        form.append("file", new Blob(["{}\n"]), "b.jsonl")
-        const refused = yield* Effect.promise(async () => {
-          const response = await fetch(`${base}/v1/files`, { method: "POST", body: form })
-          return { status: response.status, retryAfter: response.headers.get("retry-after"), body: await response.json() as any }
-        })
+        const refused = yield* uploadWith(base)
         expect([refused.status, refused.retryAfter]).toEqual([503, "5"])
         expect(refused.body.error).toEqual({
           message: "The server is receiving too many uploads at once (2); try again in a few seconds.",
@@ -231,16 +236,6 @@ describe("what a node holds at once", () => {
       budget.give(1, alone)
       expect(budget.take(1, { project: "a", enforce: true })).toBe("taken")
     })
-
-    /** Uploads a small file with `key`: its status, `Retry-After` and body. */
-    const uploadWith = (base: string, key: string) =>
-      Effect.promise(async () => {
-        const form = new FormData()
-        form.append("purpose", "user_data")
-        form.append("file", new Blob(["{}\n"]), "b.jsonl")
-        const response = await fetch(`${base}/v1/files`, { method: "POST", body: form, headers: { authorization: `Bearer ${key}` } })
-        return { status: response.status, retryAfter: response.headers.get("retry-after"), body: await response.json() as any }
-      })
 
     layer(
       testApp(
