@@ -90,7 +90,7 @@ const refusedProcess = (dataDir: string, env: Record<string, string>) =>
     return { output: refused.output, sim, env: full }
   })
 
-describe("an API-only node beside a node that runs the batches", () => {
+describe.concurrent("an API-only node beside a node that runs the batches", () => {
   it.live.each(backends)("%s: leaves every batch to the other node (cancels included) and writes beside it without a fault", (backend) =>
     Effect.gen(function*() {
       const { api, worker } = yield* nodes(backend)

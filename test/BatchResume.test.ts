@@ -12,7 +12,7 @@ import { chatLine, createBatch, readLines, sdk, terminal, upload, waitFor } from
 import { startServer } from "./support/ServerProcess.js"
 import { backends, TestDatabase } from "./support/TestApp.js"
 
-for (const backend of backends) describe(backend, () => it.live("SIGKILL mid-batch, restart: every custom_id exactly once, usage as an uninterrupted run's, upstream repeats bounded by twice the window", () =>
+for (const backend of backends) describe.concurrent(backend, () => it.live("SIGKILL mid-batch, restart: every custom_id exactly once, usage as an uninterrupted run's, upstream repeats bounded by twice the window", () =>
   Effect.gen(function*() {
     const sim = yield* Effect.acquireRelease(Effect.promise(() => startSimulator()), (s) => Effect.promise(() => s.close()))
     const dataDir = yield* Effect.acquireRelease(

@@ -4,6 +4,7 @@ import { Duration, Effect } from "effect"
 import OpenAI, { toFile } from "openai"
 import { chatLine, createBatch, failure, readLines, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import { backends, baseUrl, eventually, testAppWithUpstream, Upstream } from "./support/TestApp.js"
+import { sideBySide } from "./support/SideBySide.js"
 
 const client = Effect.map(baseUrl, sdk)
 
@@ -15,7 +16,7 @@ const fastRetries = {
   maxConcurrentRequestsPerBatch: 3
 }
 
-for (const backend of backends) describe(`batches (${backend})`, () => {
+for (const backend of backends) sideBySide(`batches (${backend})`, () => {
   layer(testAppWithUpstream(fastRetries, {}, backend), { excludeTestServices: true })("batches end to end", (it) => {
     it.effect("a mixed batch completes: one output line per success, one error line per failure, in input order", () =>
       Effect.gen(function*() {

@@ -86,7 +86,7 @@ const lockOf = (url: Redacted.Redacted, nodeId: string, leaseTtl = Duration.seco
     }))
   )
 
-describe("one process per NODE_ID on PostgreSQL", () => {
+describe.concurrent("one process per NODE_ID on PostgreSQL", () => {
   it.live("a second server process under a running node's NODE_ID does not start, and takes none of its work", () =>
     Effect.gen(function*() {
       const url = Redacted.value(yield* schemaUrl)

@@ -6,7 +6,7 @@
  * line); `x-next-after` moves on when a window of the kind is empty; `after` and `limit`; a read that fails is a
  * 500, never a 200 cut short; another project's batch is a 404 like an unknown one; bad parameters a 400 naming them.
  */
-import { describe, expect, layer } from "@effect/vitest"
+import { expect, layer } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
 import { Duration, Effect, Layer, LogLevel } from "effect"
@@ -17,6 +17,7 @@ import { makePartialResults } from "../src/batches/partialResults.js"
 import { makeBatchSql } from "../src/batches/sql.js"
 import { chatLine, createBatch, failure, terminal, upload, waitFor } from "./support/Batches.js"
 import { backends, baseUrl, testAppWithUpstream } from "./support/TestApp.js"
+import { sideBySide } from "./support/SideBySide.js"
 
 const KEYS = { a: "sk-proj-a-partial-5c1e", b: "sk-proj-b-partial-a07d" }
 const auth = AuthTest({ apiKeys: [`${KEYS.a}:projA`, `${KEYS.b}:projB`] })
@@ -120,7 +121,7 @@ const pollUntilDone = (openai: OpenAI, id: string, outputLimit: number) =>
 const prompt = (n: number) =>
   n % 97 === 0 ? `p${n} [sleep:60]` : n % 50 === 0 ? `p${n} [fail:400]` : n % 333 === 0 ? `p${n} [fail:422]` : `p${n}`
 
-for (const backend of backends) describe(`results while a batch runs (${backend})`, () => {
+for (const backend of backends) sideBySide(`results while a batch runs (${backend})`, () => {
   layer(testAppWithUpstream(config, {}, backend, { auth }), { excludeTestServices: true })("extension", (it) => {
     it.effect("polled during a 2,000-request batch, output and error windows add up to the final files, byte for byte", () =>
       Effect.gen(function*() {

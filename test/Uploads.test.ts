@@ -18,28 +18,32 @@ import { Uploads, UploadsLive } from "../src/files/Uploads.js"
 import { StorageLive } from "../src/Layers.js"
 import { BlobStore } from "../src/storage/BlobStore.js"
 import { chatLine, createBatch, failure, readLines, terminal, waitFor } from "./support/Batches.js"
+import { sideBySide } from "./support/SideBySide.js"
 import { configFor, eventuallyEffect, storages, TestDatabase, TestDataDir, testApp, testAppWithUpstream } from "./support/TestApp.js"
 import { auth, clients, createUpload, md5, partBlobs, sendPart, sendPartPromise, sql } from "./support/Uploads.js"
 
 const UNKNOWN_UPLOAD = "upload_000000000000000000000000"
 
-/** How many reads of `slowPartReads` have started. */
-let slowReadsStarted = 0
-/** The bytes under the live storage, each read starting a second late (an assembly that takes its time). */
-const slowPartReads = Layer.effect(
+/**
+ * The bytes under the live storage, each read starting a second late (an assembly that takes its time); `reads.started`
+ * counts the reads begun.
+ */
+const slowPartReads = (reads: { started: number }) => Layer.effect(
   BlobStore,
   Effect.map(BlobStore, (blobs) =>
     BlobStore.of({
       ...blobs,
       read: (id) => {
-        const late = Effect.zipRight(Effect.sync(() => slowReadsStarted++), Effect.sleep("1 second"))
+        const late = Effect.zipRight(Effect.sync(() => reads.started++), Effect.sleep("1 second"))
         return Stream.concat(Stream.drain(Stream.fromEffect(late)), blobs.read(id))
       }
     }))
 )
 
 describe("uploads", () => {
-  for (const { backend, fileStorage } of storages) {
+  // Each storage's suite beside the others: their apps and databases are their own.
+  for (const { backend, fileStorage } of storages) sideBySide(`${backend}, ${fileStorage}`, () => {
+    const reads = { started: 0 }
     // `StorageLive` is the very layer the app is built on (shared by reference), so the tests see its storage.
     // The sweep waits (the default minute), so what is gone went with the request that deleted it.
     const app = StorageLive.pipe(Layer.provideMerge(testAppWithUpstream(
@@ -357,12 +361,12 @@ describe("uploads", () => {
           Effect.scoped(Effect.flatMap(stagePart(bytes), (staged) => uploads.addPart(other.id, { project: "p" }, staged))))
         const files = yield* Effect.map(FileStore, (store) => store.list({ visibility: { project: "p" }, limit: 100, order: "desc" }))
         const before = (yield* files).data.length
-        const readsBefore = slowReadsStarted
+        const readsBefore = reads.started
         const waiting = yield* Effect.fork(uploads.complete(other.id, { project: "p" }, otherParts.map((p) => p.id), undefined))
         yield* Effect.sleep("200 millis")
         yield* sql(`UPDATE uploads SET completing_owner = 'taker', completing_until = ${Date.now() + 60_000} WHERE id = '${other.id}'`)
         yield* Effect.sleep("1500 millis") // its second part would be read by now (the first took a second)
-        expect(slowReadsStarted - readsBefore).toBe(1)
+        expect(reads.started - readsBefore).toBe(1)
         expect(yield* sql(`SELECT status, completing_owner FROM uploads WHERE id = '${other.id}'`)).toEqual([
           { status: "completing", completing_owner: "taker" }
         ])
@@ -371,7 +375,7 @@ describe("uploads", () => {
       }).pipe(
         Effect.provide(UploadsLive.pipe(
           Layer.provideMerge(FileStoreLive),
-          Layer.provideMerge(slowPartReads.pipe(Layer.provideMerge(StorageLive))),
+          Layer.provideMerge(slowPartReads(reads).pipe(Layer.provideMerge(StorageLive))),
           Layer.provideMerge(configFor({
             fileStorage: Option.some(fileStorage),
             leaseTtl: Duration.millis(300),
@@ -403,7 +407,7 @@ describe("uploads", () => {
       }).pipe(
         Effect.provide(UploadsLive.pipe(
           Layer.provideMerge(FileStoreLive),
-          Layer.provideMerge(slowPartReads.pipe(Layer.provideMerge(StorageLive))),
+          Layer.provideMerge(slowPartReads(reads).pipe(Layer.provideMerge(StorageLive))),
           Layer.provideMerge(configFor({ fileStorage: Option.some(fileStorage) }))
         )),
         Effect.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))
@@ -426,5 +430,5 @@ describe("uploads", () => {
           { n: backend === "postgres" ? "2" : 2 }
         ])
       })).pipe(Effect.provide(start), Effect.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))))
-  }
+  })
 })

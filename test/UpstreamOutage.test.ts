@@ -7,6 +7,7 @@ import { expect, layer } from "@effect/vitest"
 import { Duration, Effect } from "effect"
 import { chatLine, createBatch, readLines, terminal, upload, waitFor } from "./support/Batches.js"
 import { client, createModelBatch, logged, LogLines, Simulators, testAppWithUpstreams } from "./support/Upstreams.js"
+import { sideBySide } from "./support/SideBySide.js"
 import { baseUrl } from "./support/TestApp.js"
 
 const sleep = (ms: number) => Effect.promise(() => new Promise((resolve) => setTimeout(resolve, ms)))
@@ -42,7 +43,7 @@ const upGauge = Effect.flatMap(baseUrl, (url) =>
     return Object.fromEntries([...text.matchAll(/^batch_upstream_up\{upstream="(\w+)"\} (\d)$/gm)].map((m) => [m[1], Number(m[2])]))
   }))
 
-layer(twoUpstreams(), { excludeTestServices: true })("an upstream down for longer than a lease and a retry budget", (it) => {
+sideBySide("an upstream down for longer than a lease and a retry budget", () => layer(twoUpstreams(), { excludeTestServices: true })((it) => {
   it.effect("mid-batch: the batch pauses, another upstream's batch runs meanwhile, and every line completes", () =>
     Effect.gen(function*() {
       const { main } = yield* Simulators
@@ -143,9 +144,9 @@ layer(twoUpstreams(), { excludeTestServices: true })("an upstream down for longe
       for (const n of sends) expect(n).toBeGreaterThanOrEqual(5)
       for (const n of sends) expect(n).toBeLessThanOrEqual(5 + downs)
     }), { timeout: 30_000 })
-})
+}))
 
-layer(twoUpstreams(), { excludeTestServices: true })("an upstream that answers GET /models and 503 to every call", (it) => {
+sideBySide("an upstream that answers GET /models and 503 to every call", () => layer(twoUpstreams(), { excludeTestServices: true })((it) => {
   it.effect("stays down until a call succeeds: one down line, one up line, no line failed, its limit not halved at each trial", () =>
     Effect.gen(function*() {
       const { main } = yield* Simulators
@@ -186,9 +187,9 @@ layer(twoUpstreams(), { excludeTestServices: true })("an upstream that answers G
       expect(yield* upGauge).toEqual({ main: 1, other: 1 })
       expect(yield* limit).toBeGreaterThanOrEqual(atDown)
     }), { timeout: 40_000 })
-})
+}))
 
-layer(twoUpstreams({ completionWindow: Duration.seconds(4) }), { excludeTestServices: true })("an upstream that never comes back", (it) => {
+sideBySide("an upstream that never comes back", () => layer(twoUpstreams({ completionWindow: Duration.seconds(4) }), { excludeTestServices: true })((it) => {
   it.effect("the batch expires with its finished results kept and the rest batch_expired", () =>
     Effect.gen(function*() {
       const { main } = yield* Simulators
@@ -206,4 +207,4 @@ layer(twoUpstreams({ completionWindow: Duration.seconds(4) }), { excludeTestServ
       expect(new Set(errors.map((l) => l.error.code))).toEqual(new Set(["batch_expired"]))
       expect(done.request_counts).toEqual({ total: 400, completed: output.length, failed: errors.length })
     }), { timeout: 30_000 })
-})
+}))

@@ -21,6 +21,7 @@ import { DeliveryPolicy } from "../src/webhooks/Webhooks.js"
 import { WebhookTargetsTest } from "../src/webhooks/WebhookTargets.js"
 import { validatingBatch } from "./support/Batches.js"
 import { backends, baseUrl, configFor, eventually, scratchDir, TestDatabase, TestDataDir, testAppWithUpstream } from "./support/TestApp.js"
+import { sideBySide } from "./support/SideBySide.js"
 import { answering, type Receiver, webhookReceiver } from "./support/WebhookReceiver.js"
 import { deliveries, deliveryWhen, finishedBatch, OWN_SECRET, receivedFor, rejects, SECRET, sleep, unwrap } from "./support/Webhooks.js"
 
@@ -66,7 +67,7 @@ const clients = Effect.map(baseUrl, (base) => {
 })
 
 for (const backend of backends) {
-  layer(app(backend), { excludeTestServices: true, timeout: 60_000 })(`${backend}: webhooks`, (it) => {
+  sideBySide(`${backend}: webhooks`, () => layer(app(backend), { excludeTestServices: true, timeout: 60_000 })((it) => {
     it.effect("each final status sends one event, which the official client's webhooks.unwrap verifies; no tracing headers", () =>
       Effect.gen(function*() {
         const { global } = yield* Receivers
@@ -212,13 +213,12 @@ for (const backend of backends) {
           new OpenAI({ baseURL: a.baseURL, apiKey: "sk-nobody", maxRetries: 0 }).get("/webhook_deliveries").then(() => undefined, (e) => e))
         expect(unauthorized).toMatchObject({ status: 401 })
       }))
-  })
+  }))
 }
 
 // Attempts limited to 300 ms; a 1 s base delay keeps a pending delivery in view for 20 polls between attempts.
-layer(app("sqlite", { webhookRetryBaseDelay: Duration.seconds(1) }, Duration.millis(300)), { excludeTestServices: true, timeout: 60_000 })(
-  "a receiver that hangs",
-  (it) => {
+sideBySide("a receiver that hangs", () =>
+  layer(app("sqlite", { webhookRetryBaseDelay: Duration.seconds(1) }, Duration.millis(300)), { excludeTestServices: true, timeout: 60_000 })((it) => {
     it.scoped("an attempt without an answer within the time limit is retried", () =>
       Effect.gen(function*() {
         const { global } = yield* Receivers
@@ -242,8 +242,7 @@ layer(app("sqlite", { webhookRetryBaseDelay: Duration.seconds(1) }, Duration.mil
         expect(delivered).toMatchObject({ status: "delivered", attempts: 1, last_status_code: 202, last_error: null })
         expect(receivedFor(global, batch.id)).toHaveLength(1)
       }))
-  }
-)
+  }))
 
 describe("the event row is part of the final move's transaction", () => {
   const storeWith = (backend: "sqlite" | "postgres", targets: Parameters<typeof WebhookTargetsTest>[0]) =>

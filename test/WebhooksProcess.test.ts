@@ -33,7 +33,7 @@ const databaseEnv = (backend: "sqlite" | "postgres") =>
   Effect.map(Effect.flatMap(Layer.build(TestDatabase.layer(backend)), (context) => Effect.succeed(Context.get(context, TestDatabase))), (db) =>
     Option.match(db.url, { onNone: (): Record<string, string> => ({}), onSome: (url) => ({ DATABASE_URL: Redacted.value(url) }) }))
 
-describe("server processes", () => {
+describe.concurrent("server processes", () => {
   for (const backend of backends) {
     it.live(`${backend}: SIGKILL after the final status, before the delivery: delivered once after the restart`, () =>
       Effect.gen(function*() {
