@@ -74,6 +74,12 @@ export interface AppConfigShape {
    */
   readonly stallTimeout: Duration.Duration
   /**
+   * The slowest a request body may come, in bytes a second on average over the time spent waiting for it, after a
+   * grace of `stallTimeout` (`MIN_BODY_RATE`; 0: none). A body sent a byte now and then never stalls, yet would hold
+   * its place among the uploads or JSON bodies a node receives at once for as long as its sender likes.
+   */
+  readonly minBodyRate: number
+  /**
    * File contents (`GET /v1/files/{id}/content`) a node sends at once (`MAX_DOWNLOADS_AT_ONCE`), each holding about
    * 1 MB while its client reads; one more gets a 503 with `Retry-After`.
    */
@@ -185,6 +191,7 @@ export const defaults: AppConfigShape = {
   shutdownDelay: Duration.zero,
   resultPagesAtOnce: 8,
   stallTimeout: Duration.seconds(30),
+  minBodyRate: 1024,
   maxDownloadsAtOnce: 256,
   logFormat: process.stdout.isTTY === true ? "pretty" : "json",
   logLevel: "info",
@@ -255,6 +262,7 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   shutdownDelay: Config.duration("SHUTDOWN_DELAY").pipe(Config.withDefault(defaults.shutdownDelay)),
   resultPagesAtOnce: Config.integer("RESULT_PAGES_AT_ONCE").pipe(Config.withDefault(defaults.resultPagesAtOnce)),
   stallTimeout: Config.duration("STALL_TIMEOUT").pipe(Config.withDefault(defaults.stallTimeout)),
+  minBodyRate: Config.integer("MIN_BODY_RATE").pipe(Config.withDefault(defaults.minBodyRate)),
   maxDownloadsAtOnce: Config.integer("MAX_DOWNLOADS_AT_ONCE").pipe(Config.withDefault(defaults.maxDownloadsAtOnce)),
   logFormat: Config.literal("json", "pretty")("LOG_FORMAT").pipe(Config.withDefault(defaults.logFormat)),
   // In any case, and `warn` for `warning` (its lines print as `WARN`; other tools name it so): the rules check the rest.

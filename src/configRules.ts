@@ -126,6 +126,7 @@ const rules: ReadonlyArray<Rule> = [
   positiveDuration("completionWindow", "COMPLETION_WINDOW"),
   positiveDuration("upstreamProbeInterval", "UPSTREAM_PROBE_INTERVAL"),
   positiveDuration("stallTimeout", "STALL_TIMEOUT"),
+  countFromZero("minBodyRate", "MIN_BODY_RATE", "no rate: a body is cut only once it stops coming"),
   {
     variable: "INFERENCE_MIN_CONCURRENCY",
     expected: "an integer no larger than INFERENCE_MAX_CONCURRENCY",

@@ -37,6 +37,7 @@ describe("configuration", () => {
         [{ maxUploadsAtOnce: 0 }, { MAX_UPLOADS_AT_ONCE: "-1" }, "MAX_UPLOADS_AT_ONCE"],
         [{ maxDownloadsAtOnce: 1.5 }, { MAX_DOWNLOADS_AT_ONCE: "0" }, "MAX_DOWNLOADS_AT_ONCE"],
         [{ stallTimeout: Duration.zero }, { STALL_TIMEOUT: "0 seconds" }, "STALL_TIMEOUT"],
+        [{ minBodyRate: -1 }, { MIN_BODY_RATE: "-1" }, "MIN_BODY_RATE"],
         [{ dataDir: " " }, { DATA_DIR: " " }, "DATA_DIR"],
         [{ inferenceBaseUrl: "ftp://x/v1" }, { INFERENCE_BASE_URL: "ftp://x/v1" }, "INFERENCE_BASE_URL"],
         [{ inferenceBaseUrl: "http://u:p@x/v1" }, { INFERENCE_BASE_URL: "http://x/v1?key=k" }, "INFERENCE_BASE_URL"],

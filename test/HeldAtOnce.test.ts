@@ -7,7 +7,8 @@
  * one is gone, it is stored. The downloads (`MAX_DOWNLOADS_AT_ONCE`, here 1, and `STALL_TIMEOUT` 1 s): while a
  * client takes nothing of a file's content, another download gets a 503; the stalled client is cut off, and the next
  * download gets the whole file. Bodies (`STALL_TIMEOUT`, here 1 s): one that stops coming has its connection closed,
- * an upload that keeps coming slowly for longer is stored. A project's share: with keys of two projects, one that
+ * an upload that keeps coming slowly for longer is stored, and one sent a byte at a time (under `MIN_BODY_RATE`) is
+ * cut off soon after the stall timeout. A project's share: with keys of two projects, one that
  * holds half the uploads (or the JSON bodies' bytes) gets a 429, and the other is served; with one project's keys,
  * it may hold them all.
  */
@@ -208,6 +209,24 @@ describe("what a node holds at once", () => {
         const stopped = yield* send(base, form(total), pieces.slice(0, 3), 300)
         expect([stopped.closed, stopped.status]).toEqual([true, NaN])
       }), { timeout: 20_000 })
+
+    it.effect("a body sent a byte at a time, never stalling but slower than MIN_BODY_RATE, is cut off soon after the stall timeout", () =>
+      Effect.gen(function*() {
+        const base = yield* baseUrl
+        // A byte every 50 ms (20 bytes a second, the default MIN_BODY_RATE 1,024): 5 s for the whole, never 1 s without one.
+        const bytes = Array.from({ length: 100 }, () => "x")
+        const json = `POST /v1/batches HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n`
+        const start = `--b\r\ncontent-disposition: form-data; name="purpose"\r\n\r\nuser_data\r\n` +
+          `--b\r\ncontent-disposition: form-data; name="file"; filename="trickle.txt"\r\n\r\n`
+        const upload = `POST /v1/files HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: multipart/form-data; boundary=b\r\n` +
+          `content-length: ${start.length + 100 + 8}\r\n\r\n${start}`
+        for (const head of [json, upload]) {
+          const started = Date.now()
+          const answer = yield* send(base, head, bytes, 50)
+          expect([answer.closed, answer.status]).toEqual([true, NaN])
+          expect(Date.now() - started).toBeLessThan(4_000) // before the body's end
+        }
+      }), { timeout: 30_000 })
   })
 
   describe("a project's share", () => {

@@ -45,13 +45,14 @@ const CREDENTIAL_HEADERS = ["api-key", "proxy-authorization", "x-goog-api-key", 
  * handlers run at `REQUEST_PRIORITY` (on `SchedulerLive`'s scheduler, ahead of the batches' work).
  */
 export const HttpLive = requestsFirst(Layer.unwrapEffect(Effect.gen(function*() {
-  const { maxJsonBodiesBytes, maxJsonBodyBytes, maxUploadsAtOnce, stallTimeout } = yield* AppConfig
+  const { maxJsonBodiesBytes, maxJsonBodyBytes, maxUploadsAtOnce, minBodyRate, stallTimeout } = yield* AppConfig
   const secure = yield* securityMiddleware
   const measured = httpMetrics(yield* Metrics)
   // A project's share of the JSON bodies holds at least one body.
   const jsonBodies = new Budget(maxJsonBodiesBytes, Math.max(maxJsonBodyBytes, Math.ceil(maxJsonBodiesBytes / 2)))
   const holder = holderOf(yield* Auth)
-  const bodies = boundBodies(maxJsonBodyBytes, jsonBodies, new Budget(maxUploadsAtOnce), stallTimeout, holder)
+  const patience = { stall: stallTimeout, minRate: minBodyRate }
+  const bodies = boundBodies(maxJsonBodyBytes, jsonBodies, new Budget(maxUploadsAtOnce), patience, holder)
   return HttpApiBuilder.serve((app) => requestLog(measured(sdkHeaders(secure(bodies(app))))))
 })).pipe(
   // The server spans record the request headers: these carry keys too (Azure's `api-key`, proxies, gateways).

@@ -15,7 +15,7 @@ import { Context, Data, Duration, Effect, identity, Stream } from "effect"
 import { IncomingMessage } from "node:http"
 import { invalidRequest, payloadTooLarge } from "../domain/Errors.js"
 import { answer, envelope } from "./EarlyAnswer.js"
-import { type Budget, busy, cutWhenBodyStalls, type Holder, overShare } from "./holding.js"
+import { type Budget, busy, cutSlowBodies, type Holder, overShare, type Patience } from "./holding.js"
 import { requestTarget } from "./Routes.js"
 
 /** A JSON body nested deeper than any request of this API needs; deeper ones are refused before parsing. */
@@ -44,7 +44,7 @@ export class JsonTooDeep extends Data.TaggedError("JsonTooDeep")<{}> {}
  * `lingerAfterEarlyAnswers` on the Node server) and the client gets our error response instead of a connection reset.
  */
 export const requestBody = (request: HttpServerRequest.HttpServerRequest): Stream.Stream<Uint8Array> =>
-  Stream.unwrap(Effect.map(BodyStallTimeout, (stall) => {
+  Stream.unwrap(Effect.map(BodyPatience, (patience) => {
     const source = request.source
     const body = source instanceof IncomingMessage
       ? Stream.catchAll(
@@ -54,17 +54,18 @@ export const requestBody = (request: HttpServerRequest.HttpServerRequest): Strea
         (error) => source.destroyed ? Stream.fromEffect(Effect.interruptWith(HttpServerError.clientAbortFiberId)) : Stream.die(error)
       )
       : Stream.orDie(request.stream)
-    return source instanceof IncomingMessage && Duration.isFinite(stall) ? cutWhenBodyStalls(source, stall, body) : body
+    return source instanceof IncomingMessage && Duration.isFinite(patience.stall) ? cutSlowBodies(source, patience, body) : body
   }))
 
 
 /**
- * How long a request body may go without a byte while it is read (`STALL_TIMEOUT`, given by `boundBodies`; no limit
- * where it is not). It stands for Node's own limit on a whole request (`requestTimeout`, 5 minutes, which
- * `makeNodeServer` turns off): that one refused an upload still coming after 5 minutes, however steadily.
+ * How long a request body may go without a byte while it is read (`STALL_TIMEOUT`), and the slowest it may come on
+ * average (`MIN_BODY_RATE`), given by `boundBodies`; no limit where it is not. They stand for Node's own limit on a
+ * whole request (`requestTimeout`, 5 minutes, which `makeNodeServer` turns off): that one refused an upload still
+ * coming after 5 minutes, however steadily.
  */
-export class BodyStallTimeout extends Context.Reference<BodyStallTimeout>()("http/BodyStallTimeout", {
-  defaultValue: (): Duration.Duration => Duration.infinity
+export class BodyPatience extends Context.Reference<BodyPatience>()("http/BodyPatience", {
+  defaultValue: (): Patience => ({ stall: Duration.infinity, minRate: 0 })
 }) {}
 
 /** What a request's body holds of the budget: its bytes so far, taken by `holder`. */
@@ -175,17 +176,17 @@ const uploadsBusy = (uploads: Budget, share: boolean) =>
  * reach a JSON endpoint without a preflight) and at most `maxBytes` (413 at once when `Content-Length` says more,
  * else as soon as more arrives), its bytes taken from `bodies` while its request runs; an upload takes one of
  * `uploads` while it runs (503 when none is left). Both taken by the request's `holder` (429 beyond its share). A
- * body (an upload's too) that stops coming for `stall` is cut.
+ * body (an upload's too) that stops coming, or comes too slowly, is cut (`patience`).
  */
 export const boundBodies = (
   maxBytes: number,
   bodies: Budget,
   uploads: Budget,
-  stall: Duration.Duration,
+  patience: Patience,
   holder: Effect.Effect<Holder | undefined>
 ) =>
 <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
-  Effect.provideService(BodyStallTimeout, stall)(Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+  Effect.provideService(BodyPatience, patience)(Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
     if (isUpload(request)) {
       // Taken and given back in one bracket: an interruption between the two leaves nothing held.
       return Effect.flatMap(holder, (by) =>

@@ -2,14 +2,15 @@
  * What the server holds for its clients, bounded: a `Budget` of what a node holds at once (the bytes of JSON bodies,
  * uploads, results pages, downloads), of which one project holds at most its share (`holderOf`), given back
  * once an answer has left (`onceAnswered`, `holdUntilAnswered`), and the connection of a client that stopped taking
- * its answer, or sending its body, cut (`cutWhenStalled`, `cutWhenBodyStalls`). Each body and answer is bounded on its own; what bounds how many are held at once is here.
+ * its answer, or sending its body, or sends it too slowly, cut (`cutWhenStalled`, `cutSlowBodies`). Each body and
+ * answer is bounded on its own; what bounds how many are held at once is here.
  * Measured without these bounds: 400 clients that each sent 1 MiB of JSON but its last byte took a server from 101
  * to 527 MB, 200 stalled uploads to PostgreSQL from 104 to 273 MB, 200 downloads whose clients stopped reading from
  * 133 to 1,050 MB (368 MB once they read one piece ahead), and more would have ended it.
  */
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
-import { Duration, Effect, Option, Runtime, type Scope, Stream } from "effect"
+import { Chunk, Duration, Effect, Option, Runtime, type Scope, Stream } from "effect"
 import { IncomingMessage, type ServerResponse } from "node:http"
 import { type AuthShape, CurrentCaller } from "../auth/Auth.js"
 import { rateLimited, serviceUnavailable } from "../domain/Errors.js"
@@ -141,23 +142,47 @@ export const cutWhenStalled = <E, R>(
     })
   })
 
+/** How long a request body may go without a byte, and the slowest it may come on average (bytes a second; 0: any). */
+export interface Patience {
+  readonly stall: Duration.Duration
+  readonly minRate: number
+}
+
 /**
- * A request `body` whose connection is closed once no piece of it has come for `stall` while one is awaited (not
- * while we hold off reading, with storage behind): a body can take as long as it needs while it keeps coming. A timer
- * of its own: interrupting the awaited piece (`Stream.timeout`) waits for the piece. The client gets no answer (it is
- * not reading any); the stall is said in a warning line.
+ * A request `body` whose connection is closed once no piece of it has come for `stall` while one is awaited, or once
+ * the time spent awaiting its pieces passes `stall` plus a second for every `minRate` bytes received (a byte sent now
+ * and then never stalls): a body can take as long as it needs while it keeps coming at that rate. The time we hold
+ * off reading (storage behind) does not count. A timer of its own: interrupting the awaited piece (`Stream.timeout`)
+ * waits for the piece. The client gets no answer (it is not reading any); the cut is said in a warning line.
  */
-export const cutWhenBodyStalls = (source: IncomingMessage, stall: Duration.Duration, body: Stream.Stream<Uint8Array>) =>
+export const cutSlowBodies = (source: IncomingMessage, { minRate, stall }: Patience, body: Stream.Stream<Uint8Array>) =>
   Stream.fromPull(Effect.gen(function*() {
     const pull = yield* Stream.toPull(body)
-    const cut = yield* stalledCut(
+    const target = `${source.method} ${echo(source.url ?? "")}`
+    const stallMs = Duration.toMillis(stall)
+    let received = 0
+    /** Milliseconds spent awaiting pieces so far. */
+    let awaited = 0
+    const stalled = yield* stalledCut(
       () => source.destroy(),
-      `The client of ${source.method} ${echo(source.url ?? "")} sent nothing of its body for ${Duration.format(stall)}: connection closed`
+      `The client of ${target} sent nothing of its body for ${Duration.format(stall)}: connection closed`
+    )
+    const slow = yield* stalledCut(
+      () => source.destroy(),
+      `The client of ${target} sent its body slower than ${minRate} bytes a second: connection closed`
     )
     let timer: ReturnType<typeof setTimeout> | undefined
     yield* Effect.addFinalizer(() => Effect.sync(() => clearTimeout(timer)))
     return Effect.suspend(() => {
-      timer = setTimeout(cut, Duration.toMillis(stall))
-      return Effect.ensuring(pull, Effect.sync(() => clearTimeout(timer)))
+      const allowed = minRate > 0 ? stallMs + (received / minRate) * 1000 - awaited : Infinity
+      const started = Date.now()
+      timer = allowed < stallMs ? setTimeout(slow, Math.max(0, allowed)) : setTimeout(stalled, stallMs)
+      return pull.pipe(
+        Effect.tap((chunk) => Effect.sync(() => Chunk.forEach(chunk, (piece) => void (received += piece.length)))),
+        Effect.ensuring(Effect.sync(() => {
+          clearTimeout(timer)
+          awaited += Date.now() - started
+        }))
+      )
     })
   }))
