@@ -159,8 +159,8 @@ export const makeNodeServer = (options: NodeServerOptions) => Layer.unwrapEffect
   // Python's httpx 5 s): with Node's 5 s, a client could reuse a connection the server was just closing and get a
   // reset. Nor do they hold a shutdown back: `close()` ends the idle ones at once, `closeWhenAnswered` the others.
   // And no limit on receiving a whole request (Node's `requestTimeout`, 5 minutes, refused uploads slower than
-  // ~1.7 MB/s): a body that stops coming, or comes slower than `MIN_BODY_RATE`, is ended by `STALL_TIMEOUT` and that
-  // rate instead (`RequestBody.ts`).
+  // ~1.7 MB/s): a body the app reads that stops coming, or comes slower than `MIN_BODY_RATE`, is ended by
+  // `STALL_TIMEOUT` and that rate instead (`RequestBody.ts`); the rest of one answered early, by `lingerAfterEarlyAnswers`.
   const server = options.server ?? createServer({ keepAliveTimeout: 65_000, requestTimeout: 0 })
   // In this order: the held requests go to the first request listener attached after `holdEarlyRequests`'.
   lingerAfterEarlyAnswers(server)

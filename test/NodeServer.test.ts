@@ -146,6 +146,25 @@ describe("the node server", () => {
       yield* Effect.ensuring(allClosed(server), Effect.sync(() => clearInterval(trickle)))
     }), 20_000)
 
+  it.scopedLive("a kept-alive connection whose body keeps trickling in after an early answer is closed after the longest linger too", () =>
+    Effect.gen(function*() {
+      // Without `Connection: close`: Node's keep-alive timeout, rearmed by each byte, would never close it.
+      const server = yield* refusingServer({ idleMs: 60_000, maxMs: 300 })
+      const { port } = server.address() as { port: number }
+      const socket = yield* Effect.acquireRelease(
+        Effect.sync(() => connect({ port, host: "127.0.0.1", allowHalfOpen: true })),
+        (socket) => Effect.sync(() => socket.destroy())
+      )
+      let text = ""
+      socket.on("data", (d) => (text += d))
+      socket.on("error", () => {})
+      socket.write(`POST / HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n`)
+      yield* Effect.sync(() => text).pipe(Effect.repeat({ until: (t) => t.endsWith("too large"), schedule: Schedule.spaced("20 millis") }))
+      expect(text).toMatch(/^HTTP\/1\.1 413 /)
+      const trickle = setInterval(() => socket.writable && socket.write("1\r\nx\r\n"), 50)
+      yield* Effect.ensuring(allClosed(server), Effect.sync(() => clearInterval(trickle)))
+    }), 20_000)
+
   it.scopedLive("the rest of a body whose reader stopped is read and dropped: the connection closes once it has ended", () =>
     Effect.gen(function*() {
       // Idle time far beyond the test's: only the end of the body can close the connection in time.

@@ -161,7 +161,7 @@ export const cutSlowBodies = (source: IncomingMessage, { minRate, stall }: Patie
     const target = `${source.method} ${echo(source.url ?? "")}`
     const stallMs = Duration.toMillis(stall)
     let received = 0
-    /** Milliseconds spent awaiting pieces so far. */
+    /** Milliseconds spent awaiting pieces so far (on the monotonic clock: a step of the system's must not count). */
     let awaited = 0
     const stalled = yield* stalledCut(
       () => source.destroy(),
@@ -175,13 +175,13 @@ export const cutSlowBodies = (source: IncomingMessage, { minRate, stall }: Patie
     yield* Effect.addFinalizer(() => Effect.sync(() => clearTimeout(timer)))
     return Effect.suspend(() => {
       const allowed = minRate > 0 ? stallMs + (received / minRate) * 1000 - awaited : Infinity
-      const started = Date.now()
+      const started = performance.now()
       timer = allowed < stallMs ? setTimeout(slow, Math.max(0, allowed)) : setTimeout(stalled, stallMs)
       return pull.pipe(
         Effect.tap((chunk) => Effect.sync(() => Chunk.forEach(chunk, (piece) => void (received += piece.length)))),
         Effect.ensuring(Effect.sync(() => {
           clearTimeout(timer)
-          awaited += Date.now() - started
+          awaited += performance.now() - started
         }))
       )
     })

@@ -5,8 +5,9 @@
  * soon as the answer is written: the rest of the body then arrives at a closed socket, and the reset that follows
  * can reach the client before it has read our answer, so it sees EPIPE or ECONNRESET instead of the 413. Such
  * connections linger instead, as nginx's do: the write side is closed, and the socket closes once the body has
- * ended, or when none of it arrived for `idleMs`, or after `maxMs` in all. (Answers Node gives by itself, such as a
- * 400 for a request it cannot parse, never reach this.)
+ * ended, or when none of it arrived for `idleMs`, or after `maxMs` in all. A kept-alive connection gets the same
+ * two limits, or a body trickled in after its answer would hold it for ever (Node's keep-alive timeout is rearmed by
+ * every byte). (Answers Node gives by itself, such as a 400 for a request it cannot parse, never reach this.)
  */
 import type { IncomingMessage, Server, ServerResponse } from "node:http"
 import { finished } from "node:stream"
@@ -19,15 +20,15 @@ export const lingerAfterEarlyAnswers = (server: Server, { idleMs = 5_000, maxMs 
       if (request.complete) return
       request.resume()
       const socket = request.socket
-      if (!socket.listeners("finish").includes(socket.destroy)) return
-      socket.off("finish", socket.destroy)
+      const closing = socket.listeners("finish").includes(socket.destroy)
+      if (closing) socket.off("finish", socket.destroy)
       const idle = setTimeout(() => socket.destroy(), idleMs).unref()
       const cap = setTimeout(() => socket.destroy(), maxMs).unref()
       request.on("data", () => idle.refresh())
       finished(request, () => {
         clearTimeout(idle)
         clearTimeout(cap)
-        socket.destroySoon()
+        if (closing) socket.destroySoon()
       })
     })
   })
