@@ -8,9 +8,10 @@
  * client takes nothing of a file's content, another download gets a 503; the stalled client is cut off, and the next
  * download gets the whole file. Bodies (`STALL_TIMEOUT`, here 1 s): one that stops coming has its connection closed,
  * an upload that keeps coming slowly for longer is stored, and one sent a byte at a time (under `MIN_BODY_RATE`) is
- * cut off soon after the stall timeout. A project's share: with keys of two projects, one that
- * holds half the uploads (or the JSON bodies' bytes) gets a 429, and the other is served; with one project's keys,
- * it may hold them all.
+ * cut off soon after the stall timeout. A project's share: with keys of several projects, one that
+ * holds half the uploads (or the JSON bodies' bytes) gets a 429, and the others are served; the last quarter is kept
+ * for projects that hold at most one request's worth, so that two projects cannot hold it all between them; with one
+ * project's keys, it may hold them all.
  */
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Duration, Effect } from "effect"
@@ -62,13 +63,13 @@ const createBatch = (base: string, key?: string) =>
     return { status: response.status, retryAfter: response.headers.get("retry-after"), body: await response.json() as any }
   })
 
-/** Uploads a small file (with `key`, when given): its status, `Retry-After` and body. */
 /**
  * `request` (refused while held: a refusal holds nothing) until it passes: what was held is given back once the server
  * has seen the connections close, which on a loaded machine took longer than 100 ms.
  */
 const givenBack = <A>(request: Effect.Effect<A>) => eventuallyEffect(request, 5_000)
 
+/** Uploads a small file (with `key`, when given): its status, `Retry-After` and body. */
 const uploadWith = (base: string, key?: string) =>
   Effect.promise(async () => {
     const form = new FormData()
@@ -237,18 +238,40 @@ describe("what a node holds at once", () => {
   })
 
   describe("a project's share", () => {
-    it("one project holds at most half a budget; what is over its share or over the whole is refused, and given back", () => {
+    it("one project holds at most half a budget; what is over its share is refused, and given back", () => {
       const budget = new Budget(4)
       const a = { project: "a", enforce: true }
-      const b = { project: "b", enforce: true }
       expect([budget.take(1, a), budget.take(1, a), budget.take(1, a)]).toEqual(["taken", "taken", "share"])
-      expect([budget.take(1, b), budget.take(1), budget.take(1, b)]).toEqual(["taken", "taken", "full"])
       budget.give(1, a)
-      expect([budget.take(1, b), budget.take(1, a)]).toEqual(["taken", "full"])
-      budget.give(1)
       expect([budget.take(1, a), budget.take(1, a)]).toEqual(["taken", "share"])
       // A share that holds more than half (the JSON bodies' holds one whole body).
       expect(new Budget(4, 3).take(3, a)).toBe("taken")
+    })
+
+    it("an operator's key, and a project alone on a node, only meet the whole", () => {
+      const budget = new Budget(4)
+      expect([budget.take(1), budget.take(1), budget.take(1), budget.take(1), budget.take(1)])
+        .toEqual(["taken", "taken", "taken", "taken", "full"])
+      expect(budget.take(1, { project: "a", enforce: true })).toBe("full")
+      const alone = new Budget(4)
+      const only = { project: "a", enforce: false }
+      expect([1, 2, 3, 4, 5].map(() => alone.take(1, only))).toEqual(["taken", "taken", "taken", "taken", "full"])
+    })
+
+    it("the last quarter is kept for projects holding at most one request's worth: two projects cannot hold it all", () => {
+      // 8: a share of 4, a reserve of 2.
+      const budget = new Budget(8)
+      const [a, b, c, d, e] = ["a", "b", "c", "d", "e"].map((project) => ({ project, enforce: true }))
+      expect([1, 2, 3, 4, 5].map(() => budget.take(1, a))).toEqual(["taken", "taken", "taken", "taken", "share"])
+      expect([1, 2, 3].map(() => budget.take(1, b))).toEqual(["taken", "taken", "share"])
+      // Six held: c and d take one each from the reserve, and no more; then the node is full.
+      expect([budget.take(1, c), budget.take(1, c), budget.take(1, d), budget.take(1, e)]).toEqual(["taken", "share", "taken", "full"])
+      budget.give(1, a)
+      expect([budget.take(1, b), budget.take(1, e)]).toEqual(["share", "taken"])
+      // Bytes: a request's worth is one whole body, taken as it arrives, a piece at a time.
+      const bytes = new Budget(4096, 1024)
+      expect([bytes.take(1000, a), bytes.take(1000, a), bytes.take(1000, b)]).toEqual(["taken", "taken", "taken"])
+      expect([bytes.take(500, c), bytes.take(500, c), bytes.take(500, b)]).toEqual(["taken", "taken", "share"])
     })
 
     it("what a project held while it was alone counts once keys name a second project", () => {
@@ -267,11 +290,11 @@ describe("what a node holds at once", () => {
       testApp(
         { maxUploadsAtOnce: 4, maxJsonBodyBytes: BODY, maxJsonBodiesBytes: BODIES },
         "sqlite",
-        { auth: AuthTest({ apiKeys: ["key-a:alpha", "key-b:beta"], adminApiKeys: ["key-op"] }) }
+        { auth: AuthTest({ apiKeys: ["key-a:alpha", "key-b:beta", "key-c:gamma"], adminApiKeys: ["key-op"] }) }
       ),
       { excludeTestServices: true }
-    )("four uploads at once, keys of two projects", (it) => {
-      it.effect("a project that holds its half gets a 429 and the other project is served; the operator's key only meets the whole", () =>
+    )("four uploads at once, keys of three projects", (it) => {
+      it.effect("a project that holds its half gets a 429; a second may not take the last quarter, which serves a third; the operator's key only meets the whole", () =>
         Effect.gen(function*() {
           const base = yield* baseUrl
           const alpha = [stalledUpload(base, "key-a"), stalledUpload(base, "key-a")]
@@ -284,19 +307,27 @@ describe("what a node holds at once", () => {
             param: null,
             code: "rate_limit_exceeded"
           })
-          // The other project's upload goes through; then it holds its own half too, and the node holds all four.
+          // Another project's upload goes through; one held, it may take no second from the last quarter.
           expect((yield* uploadWith(base, "key-b")).status).toBe(200)
-          const beta = [stalledUpload(base, "key-b"), stalledUpload(base, "key-b")]
+          const beta = stalledUpload(base, "key-b")
+          yield* Effect.sleep("300 millis")
+          const second = yield* uploadWith(base, "key-b")
+          expect([second.status, second.body.error.message])
+            .toEqual([429, "Your project is sending too many uploads at once (1); try again in a few seconds."])
+          // A third project is served from it; then the node holds all four.
+          expect((yield* uploadWith(base, "key-c")).status).toBe(200)
+          const gamma = stalledUpload(base, "key-c")
           yield* Effect.sleep("300 millis")
           const full = yield* uploadWith(base, "key-op")
           expect([full.status, full.body.error.code]).toEqual([503, "server_busy"])
           for (const socket of alpha) socket.destroy()
           yield* givenBack(Effect.map(uploadWith(base, "key-a"), (r) => expect(r.status).toBe(200)))
           expect((yield* uploadWith(base, "key-op")).status).toBe(200)
-          for (const socket of beta) socket.destroy()
+          beta.destroy()
+          gamma.destroy()
         }))
 
-      it.effect("JSON bodies: a project holding half the bytes gets a 429, the other project's body is read", () =>
+      it.effect("JSON bodies: a project holding half the bytes gets a 429, a second may not take the last quarter, a third's body is read", () =>
         Effect.gen(function*() {
           const base = yield* baseUrl
           const held = [stalledBody(base, "key-a"), stalledBody(base, "key-a")]
@@ -304,8 +335,14 @@ describe("what a node holds at once", () => {
           const refused = yield* createBatch(base, "key-a")
           expect([refused.status, refused.retryAfter, refused.body.error.code]).toEqual([429, "1", "rate_limit_exceeded"])
           expect((yield* createBatch(base, "key-b")).status).toBe(200)
+          held.push(stalledBody(base, "key-b"))
+          yield* Effect.sleep("300 millis")
+          const second = yield* createBatch(base, "key-b")
+          expect([second.status, second.body.error.code]).toEqual([429, "rate_limit_exceeded"])
+          expect((yield* createBatch(base, "key-c")).status).toBe(200)
           for (const socket of held) socket.destroy()
           yield* givenBack(Effect.map(createBatch(base, "key-a"), (r) => expect(r.status).toBe(200)))
+          yield* givenBack(Effect.map(createBatch(base, "key-b"), (r) => expect(r.status).toBe(200)))
         }))
     })
 

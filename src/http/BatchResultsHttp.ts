@@ -17,7 +17,7 @@ import type { BatchStoreShape } from "../batches/BatchStore.js"
 import { type BatchResultsParams, DEFAULT_RESULT_LINES } from "../domain/BatchResults.js"
 import type { BatchId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
-import { type Budget, busy, cutWhenStalled, holdUntilAnswered, type Holder, overShare } from "./holding.js"
+import { type Budget, busy, cutWhenStalled, holdUntilAnswered, type Holder, overShare, type Taken } from "./holding.js"
 
 /** The header naming the last input line a response holds (0 when it holds none). */
 export const LAST_LINE_HEADER = "x-last-line"
@@ -27,10 +27,10 @@ export const NEXT_AFTER_HEADER = "x-next-after"
 /** A page is written in pieces of this size, so that a slow but steady reader shows progress (`cutWhenStalled`). */
 const PIECE_BYTES = 64 * 1024
 
-/** A page beyond `RESULT_PAGES_AT_ONCE`. */
-const pagesBusy = (pages: Budget, share: boolean) =>
-  share
-    ? overShare(`Your project is reading too many result pages at once (${pages.share}); try again in a second.`, 1)
+/** A page beyond `RESULT_PAGES_AT_ONCE` (or its project's share, of which `holder` holds what it says). */
+const pagesBusy = (pages: Budget, taken: Taken, holder: Holder | undefined) =>
+  taken === "share"
+    ? overShare(`Your project is reading too many result pages at once (${pages.heldBy(holder)}); try again in a second.`, 1)
     : busy(`Too many result pages are being sent at once (${pages.limit}); try again in a second.`, 1)
 
 /** `bytes` in `PIECE_BYTES` pieces (views, not copies), one per stream chunk so that each waits for the last. */
@@ -56,8 +56,9 @@ export const batchResults = (
 (id: BatchId, visibility: Visibility, query: BatchResultsParams) =>
   Effect.gen(function*() {
     yield* store.get(id, visibility)
-    const taken = yield* holdUntilAnswered(pages, yield* holder)
-    if (taken !== "taken") return pagesBusy(pages, taken === "share")
+    const by = yield* holder
+    const taken = yield* holdUntilAnswered(pages, by)
+    if (taken !== "taken") return pagesBusy(pages, taken, by)
     const kind = query.kind === "error" ? "failed" : "succeeded"
     const window = yield* store.settledResults(id, kind, query.after ?? 0, query.limit ?? DEFAULT_RESULT_LINES)
     const body = yield* cutWhenStalled(stallTimeout, inPieces(window.bytes))

@@ -17,7 +17,7 @@ import { visibilityOf } from "../domain/Projects.js"
 import { type FileMetadata, FileStore } from "../files/FileStore.js"
 import { OpenAIApi } from "./Api.js"
 import { readFileForm } from "./fileField.js"
-import { Budget, busy, cutWhenStalled, holdUntilAnswered, overShare, holderOf } from "./holding.js"
+import { Budget, busy, cutWhenStalled, holdUntilAnswered, type Holder, holderOf, overShare, type Taken } from "./holding.js"
 import { listPage, trusted } from "../domain/List.js"
 import { echo } from "../domain/Text.js"
 import { storedJson } from "./StoredResponse.js"
@@ -136,10 +136,10 @@ export const overQuota = (max: number, room: number, param: string | null = "fil
 
 const fileNotFound = (id: string) => notFound(`No such File object: ${echo(id)}`, "file_id")
 
-/** A download beyond `MAX_DOWNLOADS_AT_ONCE` (or its project's share). */
-const downloadsBusy = (downloads: Budget, share: boolean) =>
-  share
-    ? overShare(`Your project is downloading too many files at once (${downloads.share}); try again in a few seconds.`, 5)
+/** A download beyond `MAX_DOWNLOADS_AT_ONCE` (or its project's share, of which `holder` holds what it says). */
+const downloadsBusy = (downloads: Budget, taken: Taken, holder: Holder | undefined) =>
+  taken === "share"
+    ? overShare(`Your project is downloading too many files at once (${downloads.heldBy(holder)}); try again in a few seconds.`, 5)
     : busy(`The server is sending too many files at once (${downloads.limit}); try again in a few seconds.`, 5)
 
 export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers) =>
@@ -198,11 +198,12 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
       .handle("content", ({ path }) =>
         Effect.flatMap(CurrentCaller, (caller) => files.content(path.file_id, visibilityOf(caller))).pipe(
           Effect.flatMap(({ file, stream }) =>
-            Effect.flatMap(Effect.flatMap(holder, (by) => holdUntilAnswered(downloads, by)), (taken) =>
-              taken === "taken"
-                ? Effect.map(cutWhenStalled(stallTimeout, stream), (body) =>
-                  HttpServerResponse.stream(body, { contentType: "application/octet-stream", contentLength: file.bytes }))
-                : Effect.succeed(downloadsBusy(downloads, taken === "share"))).pipe(Effect.scoped)
+            Effect.flatMap(holder, (by) =>
+              Effect.flatMap(holdUntilAnswered(downloads, by), (taken) =>
+                taken === "taken"
+                  ? Effect.map(cutWhenStalled(stallTimeout, stream), (body) =>
+                    HttpServerResponse.stream(body, { contentType: "application/octet-stream", contentLength: file.bytes }))
+                  : Effect.succeed(downloadsBusy(downloads, taken, by)))).pipe(Effect.scoped)
           ),
           Effect.catchTag("FileNotFound", ({ id }) => fileNotFound(id))
         ))

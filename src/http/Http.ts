@@ -48,8 +48,8 @@ export const HttpLive = requestsFirst(Layer.unwrapEffect(Effect.gen(function*() 
   const { maxJsonBodiesBytes, maxJsonBodyBytes, maxUploadsAtOnce, minBodyRate, stallTimeout } = yield* AppConfig
   const secure = yield* securityMiddleware
   const measured = httpMetrics(yield* Metrics)
-  // A project's share of the JSON bodies holds at least one body.
-  const jsonBodies = new Budget(maxJsonBodiesBytes, Math.max(maxJsonBodyBytes, Math.ceil(maxJsonBodiesBytes / 2)))
+  // A project's share of the JSON bodies, and what it may take of their reserve, hold one whole body.
+  const jsonBodies = new Budget(maxJsonBodiesBytes, maxJsonBodyBytes)
   const holder = holderOf(yield* Auth)
   const patience = { stall: stallTimeout, minRate: minBodyRate }
   const bodies = boundBodies(maxJsonBodyBytes, jsonBodies, new Budget(maxUploadsAtOnce), patience, holder)

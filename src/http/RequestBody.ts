@@ -15,22 +15,25 @@ import { Context, Data, Duration, Effect, identity, Stream } from "effect"
 import { IncomingMessage } from "node:http"
 import { invalidRequest, payloadTooLarge } from "../domain/Errors.js"
 import { answer, envelope } from "./EarlyAnswer.js"
-import { type Budget, busy, cutSlowBodies, type Holder, overShare, type Patience } from "./holding.js"
+import { type Budget, busy, cutSlowBodies, type Holder, overShare, type Patience, type Taken } from "./holding.js"
 import { requestTarget } from "./Routes.js"
 
 /** A JSON body nested deeper than any request of this API needs; deeper ones are refused before parsing. */
 export const MAX_JSON_DEPTH = 64
 
-/** The body does not fit in the node's budget of JSON bodies now (`share`: in its project's share of it). */
-class BodiesBusy extends Data.TaggedError("BodiesBusy")<{ readonly share: boolean }> {}
+/**
+ * The body does not fit in the node's budget of JSON bodies now (`held`: in its project's share of it, of which the
+ * project holds that many bytes).
+ */
+class BodiesBusy extends Data.TaggedError("BodiesBusy")<{ readonly held: number | undefined }> {}
 
 /**
  * The answer to a body refused by the budget, given as the platform's response-as-defect: whichever reader met it, the
  * platform sends it as it is (the API's error encoder knows no 503; `ErrorEnvelopeLive` lets it through).
  */
-const bodiesBusy = (budget: Budget, share: boolean) =>
-  share
-    ? overShare(`Your project is sending too many request bodies at once (${budget.share} bytes); try again in a second.`, 1)
+const bodiesBusy = (held: number | undefined) =>
+  held !== undefined
+    ? overShare(`Your project is sending too many request bodies at once (${held} bytes); try again in a second.`, 1)
     : busy("The server is reading too many request bodies at once; try again in a second.", 1)
 
 /** The body is larger than `limit` bytes. */
@@ -92,7 +95,9 @@ const readAtMost = (
       size += chunk.length
       if (size > maxBytes) return Effect.fail(new BodyTooLarge({ limit: maxBytes }))
       const taken = budget.take(chunk.length, held.holder)
-      if (taken !== "taken") return Effect.fail(new BodiesBusy({ share: taken === "share" }))
+      if (taken !== "taken") {
+        return Effect.fail(new BodiesBusy({ held: taken === "share" ? budget.heldBy(held.holder) : undefined }))
+      }
       held.bytes += chunk.length
       parts.push(chunk)
       return Effect.void
@@ -134,7 +139,7 @@ export const bounded = (
 ) => {
   const refuse = (cause: unknown) => new HttpServerError.RequestError({ request, reason: "Decode", cause })
   const bytes = Effect.runSync(Effect.cached(readAtMost(request, maxBytes, budget, held).pipe(
-    Effect.catchTag("BodiesBusy", ({ share }) => Effect.die(bodiesBusy(budget, share))),
+    Effect.catchTag("BodiesBusy", ({ held }) => Effect.die(bodiesBusy(held))),
     Effect.mapError(refuse)
   )))
   const text = Effect.flatMap(bytes, (b) => Effect.try({ try: () => strictUtf8.decode(b), catch: refuse }))
@@ -165,10 +170,13 @@ const hasBody = (request: HttpServerRequest.HttpServerRequest) =>
 const isJson = (contentType: string | undefined) =>
   contentType === undefined || /^application\/json\s*(;|$)/i.test(contentType)
 
-/** The answer to an upload beyond `MAX_UPLOADS_AT_ONCE` (or its project's share): before any of its body is read. */
-const uploadsBusy = (uploads: Budget, share: boolean) =>
-  share
-    ? overShare(`Your project is sending too many uploads at once (${uploads.share}); try again in a few seconds.`, 5)
+/**
+ * The answer to an upload beyond `MAX_UPLOADS_AT_ONCE` (or its project's share, of which `holder` holds what it
+ * says): before any of its body is read.
+ */
+const uploadsBusy = (uploads: Budget, taken: Taken, holder: Holder | undefined) =>
+  taken === "share"
+    ? overShare(`Your project is sending too many uploads at once (${uploads.heldBy(holder)}); try again in a few seconds.`, 5)
     : busy(`The server is receiving too many uploads at once (${uploads.limit}); try again in a few seconds.`, 5)
 
 /**
@@ -192,7 +200,7 @@ export const boundBodies = (
       return Effect.flatMap(holder, (by) =>
         Effect.acquireUseRelease(
           Effect.sync(() => uploads.take(1, by)),
-          (taken) => taken === "taken" ? app : answer(request, uploadsBusy(uploads, taken === "share")),
+          (taken) => taken === "taken" ? app : answer(request, uploadsBusy(uploads, taken, by)),
           (taken) => Effect.sync(() => taken === "taken" && uploads.give(1, by))
         ))
     }

@@ -1,9 +1,9 @@
 /**
  * What the server holds for its clients, bounded: a `Budget` of what a node holds at once (the bytes of JSON bodies,
- * uploads, results pages, downloads), of which one project holds at most its share (`holderOf`), given back
- * once an answer has left (`onceAnswered`, `holdUntilAnswered`), and the connection of a client that stopped taking
- * its answer, or sending its body, or sends it too slowly, cut (`cutWhenStalled`, `cutSlowBodies`). Each body and
- * answer is bounded on its own; what bounds how many are held at once is here.
+ * uploads, results pages, downloads), of which one project holds at most its share, with a reserve kept for the
+ * others (`holderOf`), given back once an answer has left (`onceAnswered`, `holdUntilAnswered`), and the connection
+ * of a client that stopped taking its answer, or sending its body, or sends it too slowly, cut (`cutWhenStalled`,
+ * `cutSlowBodies`). Each body and answer is bounded on its own; what bounds how many are held at once is here.
  * Measured without these bounds: 400 clients that each sent 1 MiB of JSON but its last byte took a server from 101
  * to 527 MB, 200 stalled uploads to PostgreSQL from 104 to 273 MB, 200 downloads whose clients stopped reading from
  * 133 to 1,050 MB (368 MB once they read one piece ahead), and more would have ended it.
@@ -32,29 +32,45 @@ export interface Holder {
 /**
  * An amount held at once against a limit. What would pass it is refused at once (the callers answer 503 with
  * `Retry-After`), not queued: waiting bodies would hold their bytes while they wait. Where keys name several
- * projects, one project may hold at most `share` of it (a 429 beyond), so that one key cannot hold it all.
+ * projects, one project may hold at most `share` of it, and of its last `reserve` no more than one request's worth
+ * (`unit`), kept for projects that hold little or none yet (a 429 beyond either): neither one key nor the keys of two
+ * projects can hold it all.
  */
 export class Budget {
   private used = 0
   private readonly byProject = new Map<string, number>()
-  /** `share`: the most one project may hold; half by default, rounded up (all of a limit of 1). */
-  constructor(readonly limit: number, readonly share = Math.ceil(limit / 2)) {}
+  /** The most one project may hold: half, rounded up (all of a limit of 1), and at least one request's worth. */
+  readonly share: number
+  /** The part of the limit a project may take from only while it holds at most one request's worth: a quarter. */
+  readonly reserve: number
+  /** `unit`: the most one request takes (1 where each takes one; the largest body where they take bytes). */
+  constructor(readonly limit: number, readonly unit = 1) {
+    this.share = Math.max(unit, Math.ceil(limit / 2))
+    this.reserve = Math.max(unit, Math.ceil(limit / 4))
+  }
   /** Takes `amount` if it fits, and in `holder`'s share when it is held to one; nothing taken when it does not. */
   take(amount: number, holder?: Holder): Taken {
-    const held = holder === undefined ? 0 : (this.byProject.get(holder.project) ?? 0) + amount
-    if (holder?.enforce === true && held > this.share) return "share"
+    const before = this.heldBy(holder)
+    if (holder?.enforce === true) {
+      if (before + amount > this.share) return "share"
+      if (before + amount > this.unit && this.used + amount > this.limit - this.reserve) return "share"
+    }
     if (this.used + amount > this.limit) return "full"
     this.used += amount
-    if (holder !== undefined) this.byProject.set(holder.project, held)
+    if (holder !== undefined) this.byProject.set(holder.project, before + amount)
     return "taken"
   }
   /** Gives back `amount` taken by `holder`. */
   give(amount: number, holder?: Holder): void {
     this.used -= amount
     if (holder === undefined) return
-    const held = (this.byProject.get(holder.project) ?? 0) - amount
+    const held = this.heldBy(holder) - amount
     if (held > 0) this.byProject.set(holder.project, held)
     else this.byProject.delete(holder.project)
+  }
+  /** What `holder`'s project holds now (0 for none: an operator's key is not counted). */
+  heldBy(holder: Holder | undefined): number {
+    return holder === undefined ? 0 : this.byProject.get(holder.project) ?? 0
   }
 }
 
