@@ -193,8 +193,7 @@ export const makeNodeServer = (options: NodeServerOptions) => Layer.unwrapEffect
 export const makeApp = <P extends ServiceParts = {}>(parts: P & OnlyParts<P> = {} as P & OnlyParts<P>) =>
   ServerLifecycleLive.pipe(
     Layer.provide(HttpLive),
-    // The metrics' own port (when set) listens before the server is built: a build failing beside HttpLive's, on
-    // SchedulerLive, hung instead of ending the process.
+    // The metrics' own port (when set) listens before the server is built.
     Layer.provide(NodeServerLive.pipe(Layer.provide(MetricsServerLive), Layer.provideMerge(makeServices(parts)))),
     Layer.provide(SchedulerLive)
   )

@@ -23,10 +23,20 @@ export const BACKGROUND_PRIORITY = 0
 /** The priority of HTTP requests' fibers. */
 export const REQUEST_PRIORITY = 1
 
-/** `ioFirstScheduler` for background work, Effect's default (microtasks) for requests. */
-export const serverScheduler: Scheduler.Scheduler = Scheduler.makeMatrix(
-  [BACKGROUND_PRIORITY, ioFirstScheduler],
-  [REQUEST_PRIORITY, Scheduler.defaultScheduler]
+/**
+ * `ioFirstScheduler` for background work, Effect's default (microtasks) for requests. A task goes by the higher of
+ * the priority it is scheduled at and its fiber's own: Effect's concurrent `forEach` (parallel layer builds and
+ * finalizers among its users) starts its fibers at priority 0 whatever theirs, so at a request's priority that start
+ * waited for `setImmediate` while the request's own steps ran from microtasks, and an interruption that came in
+ * between left the `forEach` waiting for ever (Effect 3.22.4: its first fiber, started after the interruption had
+ * dropped the work, finds none and never ends). A layer failing beside `HttpLive` hung its app's start so.
+ */
+export const serverScheduler: Scheduler.Scheduler = Scheduler.make(
+  (task, priority, fiber) => {
+    const own = fiber === undefined ? priority : Math.max(priority, fiber.getFiberRef(FiberRef.currentSchedulingPriority))
+    return (own >= REQUEST_PRIORITY ? Scheduler.defaultScheduler : ioFirstScheduler).scheduleTask(task, own, fiber)
+  },
+  Scheduler.defaultShouldYield
 )
 
 /** Runs every fiber of what it is provided to (layers built after it, their fibers and handlers) on `serverScheduler`. */

@@ -1,17 +1,19 @@
 /**
  * The server's scheduler: a fiber that keeps going (as a batch's workers do, waking each other) leaves Node room to
  * read its sockets between its steps; a request's steps are not held behind such fibers; `makeApp` runs what it
- * builds on it, its requests first and the batches they start in the background.
+ * builds on it, its requests first and the batches they start in the background. Effect's concurrent `forEach`,
+ * interrupted as it starts, ends on it (on Effect's matrix of the same two schedulers it waited for ever), and so a
+ * layer failing beside `HttpLive` ends the app's start with its failure.
  */
 import { NodeHttpServer } from "@effect/platform-node"
 import { expect, it } from "@effect/vitest"
-import { Effect, FiberRef, Layer, Logger, LogLevel, Option } from "effect"
+import { Cause, Chunk, Effect, Exit, Fiber, FiberRef, Layer, Logger, LogLevel, Option, Scheduler } from "effect"
 import { createConnection, createServer, type Socket } from "node:net"
 import { AppConfig } from "../src/Config.js"
 import { HttpLive } from "../src/http/Http.js"
 import { Inference, InferenceScripted, scriptedAnswer } from "../src/inference/Inference.js"
-import { makeApp, makeServices } from "../src/Layers.js"
-import { BACKGROUND_PRIORITY, REQUEST_PRIORITY, SchedulerLive } from "../src/Scheduler.js"
+import { makeApp, makeServices, NodeServerLive } from "../src/Layers.js"
+import { BACKGROUND_PRIORITY, ioFirstScheduler, REQUEST_PRIORITY, SchedulerLive, serverScheduler } from "../src/Scheduler.js"
 import { chatLine, sdk, terminal, waitFor } from "./support/Batches.js"
 import { baseUrl, TestDataDir } from "./support/TestApp.js"
 
@@ -138,4 +140,40 @@ it.scoped("HttpLive answers at REQUEST_PRIORITY; a batch a request created runs 
     expect((yield* waitFor(openai, created.id, terminal)).status).toBe("completed")
     expect(seen.models).toEqual([REQUEST_PRIORITY, BACKGROUND_PRIORITY]) // GET /v1/models, then the batch's validation
     expect(seen.calls).toEqual([BACKGROUND_PRIORITY, BACKGROUND_PRIORITY])
+  }))
+
+/**
+ * A concurrent `forEach` forked at a request's priority on `scheduler`, and interrupted once it has begun (its fibers
+ * not yet started): whether it ended within 2 s (a daemon, which the test leaves behind when it does not).
+ */
+const interruptedAsItStarts = (scheduler: Scheduler.Scheduler) =>
+  Effect.gen(function*() {
+    const fiber = yield* Effect.forkDaemon(Effect.forEach([1, 2], () => Effect.sleep("10 millis"), { concurrency: 2, discard: true }))
+    yield* Effect.yieldNow()
+    yield* Fiber.interruptFork(fiber)
+    return Option.isSome(yield* Effect.option(Effect.timeout(Fiber.await(fiber), "2 seconds")))
+  }).pipe(Effect.withSchedulingPriority(REQUEST_PRIORITY), Effect.withScheduler(scheduler))
+
+it.live("a concurrent forEach at a request's priority, interrupted as it starts, ends (on Effect's matrix it waited for ever)", () =>
+  Effect.gen(function*() {
+    expect(yield* interruptedAsItStarts(serverScheduler)).toBe(true)
+    const matrix = Scheduler.makeMatrix([BACKGROUND_PRIORITY, ioFirstScheduler], [REQUEST_PRIORITY, Scheduler.defaultScheduler])
+    expect(yield* interruptedAsItStarts(matrix)).toBe(false)
+  }))
+
+it.live("a layer failing beside HttpLive, as an app's own can, ends the start with its failure", () =>
+  Effect.gen(function*() {
+    // It yields once first: its failure then interrupts HttpLive's build under way.
+    const failing = Layer.effectDiscard(Effect.zipRight(Effect.yieldNow(), Effect.fail("the app's own layer failed")))
+    const launched = yield* Layer.launch(Layer.merge(HttpLive, failing).pipe(
+      Layer.provide(NodeServerLive.pipe(Layer.provideMerge(makeServices()))),
+      Layer.provide(SchedulerLive)
+    )).pipe(
+      Effect.provide(Layer.unwrapEffect(Effect.map(TestDataDir, ({ path }) => AppConfig.layerWith({ dataDir: path, port: 0, host: "127.0.0.1" })))),
+      Effect.provide(TestDataDir.Default),
+      Effect.provide(Logger.minimumLogLevel(LogLevel.None)),
+      Effect.forkDaemon // left behind if it hangs
+    )
+    const exit = Option.getOrThrow(yield* Effect.option(Effect.timeout(Fiber.await(launched), "10 seconds")))
+    expect(Exit.isFailure(exit) && Cause.failures(exit.cause)).toEqual(Chunk.of("the app's own layer failed"))
   }))
