@@ -294,6 +294,16 @@ describe("the openai-batch command line", () => {
       expect((await openai.files.list()).data.filter((f) => f.filename === "three.jsonl")).toEqual([])
     }), alongside)
 
+  it.live("--help and a mistyped command through a pipe are plain text, without colour codes", () =>
+    Effect.promise(async () => {
+      const [help, mistyped] = await Promise.all([cli(["--help"]), cli(["lsit"])])
+      expect(help.code).toBe(0)
+      expect(help.stdout).toContain("USAGE\n\n$ openai-batch [--base-url URL] [--api-key KEY]")
+      expect(mistyped.code).toBe(2)
+      expect(mistyped.stderr).toContain("Invalid subcommand for openai-batch")
+      for (const text of [help.stdout, mistyped.stderr]) expect(text).not.toContain("\x1b[")
+    }), alongside)
+
   it.live("Ctrl-C while watching off a terminal stops watching, says how to cancel, and leaves the batch running", () =>
     Effect.promise(async () => {
       const batch = await slowBatch(10, 1)

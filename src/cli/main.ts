@@ -20,7 +20,7 @@ import { download } from "./download.js"
 import { CliFailure, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID } from "./failure.js"
 import { follow } from "./follow.js"
 import { DEFAULT_MAX_REQUESTS } from "./localValidation.js"
-import { modeOf, printJson, say, sayAll } from "./output.js"
+import { colourWhereShown, modeOf, printJson, say, sayAll } from "./output.js"
 import { DEFAULT_RETRY_FOR } from "./patience.js"
 import { packageRoot } from "../packageRoot.js"
 import { serve } from "./serve.js"
@@ -252,7 +252,7 @@ process.stdout.on("error", (error: NodeJS.ErrnoException) => {
 
 // Holds the process open while the program runs (a wait on a signal alone would not).
 const keepAlive = setInterval(() => {}, 2 ** 31 - 1)
-const fiber = Effect.runFork(Effect.suspend(() => cli(process.argv)).pipe(Effect.provide(NodeContext.layer)))
+const fiber = Effect.runFork(Effect.suspend(() => cli(process.argv)).pipe(colourWhereShown, Effect.provide(NodeContext.layer)))
 // Ctrl-C where no command answers it itself (a watch asks, `serve` passes it on) interrupts the command, so that what
 // it holds is let go (a request aborted, a half-written file removed); a second one ends the process at once.
 let interrupted = false

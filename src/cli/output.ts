@@ -4,6 +4,30 @@
  */
 import { Console, Effect } from "effect"
 
+/** An SGR escape sequence: the colours and bold of @effect/cli's help and command-line errors. */
+const SGR = /\x1b\[[0-9;]*m/g
+
+/** Whether `stream` shows colours: a terminal, unless `NO_COLOR` is set (no-color.org). */
+const showsColours = (stream: NodeJS.WriteStream) => stream.isTTY === true && !process.env.NO_COLOR
+
+const withoutColoursOn = (stream: NodeJS.WriteStream) => (args: ReadonlyArray<unknown>) =>
+  showsColours(stream) ? args : args.map((arg) => (typeof arg === "string" ? arg.replace(SGR, "") : arg))
+
+/**
+ * `effect` with a console that drops colour codes where they would not be colours (a pipe, a file, `NO_COLOR`):
+ * `openai-batch --help | less` and a CI log get the help's text, not its escape sequences.
+ */
+export const colourWhereShown = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.consoleWith((console) => {
+    const out = withoutColoursOn(process.stdout)
+    const err = withoutColoursOn(process.stderr)
+    return Effect.withConsole(effect, {
+      ...console,
+      log: (...args) => console.log(...out(args)),
+      error: (...args) => console.error(...err(args))
+    })
+  })
+
 /** `tty`: a live bar redrawn in place; `plain`: progress lines (pipes, CI logs); `json`: one JSON object a line. */
 export type Mode = "tty" | "plain" | "json"
 
