@@ -2,6 +2,7 @@
  * Responsiveness under load (not a test): how fast the API answers reads while batches run.
  *
  *   npm run bench:load [-- --batches 20 --requests 2000 --running 4 --clients 50 --seconds 60 --latency 20 --pause 0] [--pg] [--split]
+ *     [--embeddings DIMENSIONS --inputs 100]
  *
  * Starts the simulator (answers after `--latency` ms) and the compiled server with the node flags of `npm start`
  * (MAX_CONCURRENT_BATCHES = `--running`), uploads `--batches` input files of `--requests` chat requests each and
@@ -13,7 +14,8 @@
  * those sent from a second after: the API alone), and the server's peak RSS. Target (SQLite): p99 ≤ 50 ms,
  * max ≤ 250 ms, no errors; the exit code says. `--split`: the server polled runs no batch
  * (`MAX_CONCURRENT_BATCHES=0`), and a second one on the same database, at the lowest OS priority (nice 19), runs
- * them all.
+ * them all. `--embeddings`: the requests are embeddings of `--inputs` texts each, answered with vectors of that many
+ * dimensions (1,536 and 100 inputs: answers of ~600 KB, as a real model's), instead of chat completions.
  */
 import { spawn } from "node:child_process"
 import { mkdtempSync, rmSync } from "node:fs"
@@ -39,6 +41,9 @@ const LATENCY_MS = arg("latency", 20)
 const PAUSE_MS = arg("pause", 0)
 const PG = process.argv.includes("--pg")
 const SPLIT = process.argv.includes("--split")
+const EMBEDDINGS = arg("embeddings", 0)
+const INPUTS = arg("inputs", 100)
+const ENDPOINT = EMBEDDINGS > 0 ? "/v1/embeddings" : "/v1/chat/completions"
 
 const percentile = (sorted: ReadonlyArray<number>, p: number) =>
   sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? NaN
@@ -48,8 +53,10 @@ const inputFile = (batch: number) =>
     JSON.stringify({
       custom_id: `b${batch}-${i}`,
       method: "POST",
-      url: "/v1/chat/completions",
-      body: { model: "sim-model", messages: [{ role: "user", content: `batch ${batch} request ${i}` }] }
+      url: ENDPOINT,
+      body: EMBEDDINGS > 0
+        ? { model: "sim-model", input: Array.from({ length: INPUTS }, (_, j) => `batch ${batch} request ${i} text ${j}`), dimensions: EMBEDDINGS }
+        : { model: "sim-model", messages: [{ role: "user", content: `batch ${batch} request ${i}` }] }
     })).join("\n") + "\n"
 
 const main = async () => {
@@ -95,11 +102,12 @@ const main = async () => {
 
     const openai = new OpenAI({ baseURL: `${base}/v1`, apiKey: "bench", maxRetries: 0 })
     const where = SPLIT ? "; run by a second server at nice 19" : ""
-    console.log(`${BATCHES} batches × ${REQUESTS} requests (${RUNNING} at once, upstream latency ${LATENCY_MS} ms; ${PG ? "PostgreSQL" : "SQLite"}${where})…`)
+    const kind = EMBEDDINGS > 0 ? `embeddings requests of ${INPUTS} × ${EMBEDDINGS} dimensions` : "requests"
+    console.log(`${BATCHES} batches × ${REQUESTS} ${kind} (${RUNNING} at once, upstream latency ${LATENCY_MS} ms; ${PG ? "PostgreSQL" : "SQLite"}${where})…`)
     const ids: Array<string> = []
     for (let b = 0; b < BATCHES; b++) {
       const file = await openai.files.create({ file: await toFile(Buffer.from(inputFile(b)), `load-${b}.jsonl`), purpose: "batch" })
-      ids.push((await openai.batches.create({ input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h" })).id)
+      ids.push((await openai.batches.create({ input_file_id: file.id, endpoint: ENDPOINT, completion_window: "24h" })).id)
     }
 
     console.log(`${CLIENTS} clients polling for ${SECONDS} s, ${PAUSE_MS > 0 ? `~${PAUSE_MS} ms apart` : "back to back"}…`)

@@ -60,13 +60,15 @@ export const answer = (path: string, body: any, prompt: string) => {
       }
     case "/v1/embeddings": {
       const inputs = Array.isArray(body.input) ? body.input : [body.input]
+      // `dimensions` as OpenAI's API takes it (up to 4,096): answers the size of a real model's; 8 without.
+      const dimensions = Number.isInteger(body.dimensions) && body.dimensions > 0 ? Math.min(body.dimensions, 4096) : 8
       return {
         object: "list",
         model,
         data: inputs.map((_: unknown, index: number) => ({
           object: "embedding",
           index,
-          embedding: Array.from({ length: 8 }, (_, i) => ((prompt.length + i) % 10) / 10)
+          embedding: Array.from({ length: dimensions }, (_, i) => ((prompt.length + i) % 10) / 10)
         })),
         usage: { prompt_tokens: usage.prompt_tokens, total_tokens: usage.prompt_tokens }
       }
