@@ -7,7 +7,8 @@ import { describe, expect, it } from "@effect/vitest"
 import { Deferred, Effect, Exit, Fiber, Layer, Option, Scope } from "effect"
 import { BatchStore, BatchStoreLive, type BatchStoreShape, type RequestOutcome } from "../src/batches/BatchStore.js"
 import { LocalWork } from "../src/batches/heartbeat.js"
-import { makeOutcomeWriter } from "../src/batches/outcomeWriter.js"
+import { GROUP_CHARS, makeOutcomeWriter } from "../src/batches/outcomeWriter.js"
+import { zeroUsage } from "../src/batches/validation.js"
 import { makePendingRows } from "../src/batches/pendingRows.js"
 import { makeRunning } from "../src/batches/running.js"
 import { WorkLeases, WorkLeasesLive } from "../src/batches/WorkLeases.js"
@@ -85,6 +86,29 @@ describe("outcome writer", () => {
       yield* Effect.fork(Effect.zipRight(Effect.sleep("50 millis"), Deferred.succeed(gate, undefined)))
       yield* Scope.close(scope, Exit.void)
       expect(groups).toEqual([[1], [2]])
+    }))
+
+  it.live("answers past GROUP_CHARS are written a statement's worth at a time, one larger than it alone; every caller resumes", () =>
+    Effect.gen(function*() {
+      const groups: Array<Array<number>> = []
+      const answer = (line: number, chars: number): RequestOutcome => ({
+        _tag: "Response",
+        line,
+        customId: `c${line}`,
+        resultId: BatchRequestId.make(`r${line}`),
+        statusCode: 200,
+        body: "x".repeat(chars),
+        requestId: `req${line}`,
+        usage: zeroUsage
+      })
+      const third = Math.floor(GROUP_CHARS / 3)
+      yield* Effect.gen(function*() {
+        const writer = yield* makeOutcomeWriter(BatchId.make("b"), { window: 32, afterWrite: () => Effect.void })
+        // Five answers of a third each arrive together: three a statement, then two; then one of twice the bound.
+        yield* Effect.forEach([1, 2, 3, 4, 5], (line) => writer.queueNow(answer(line, third)), { concurrency: "unbounded" })
+        yield* writer.queueNow(answer(6, 2 * GROUP_CHARS))
+      }).pipe(Effect.scoped, Effect.provide(scriptedStore(groups)))
+      expect(groups).toEqual([[1, 2, 3], [4, 5], [6]])
     }))
 })
 

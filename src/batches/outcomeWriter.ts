@@ -1,7 +1,8 @@
 /**
  * The outcome writer of a batch's run: `queueNow(outcome)` queues an outcome and gives the wait until it is stored. One writer
  * fiber stores them in groups: what arrived while the previous group was being written, plus what the event loop
- * turns after it bring in (one statement per group, not per request, and the counts move in the same statement).
+ * turns after it bring in (one statement per group, not per request, and the counts move in the same statement),
+ * up to `GROUP_CHARS` of answers a statement.
  * A scoped resource: when the scope closes, the writer is stopped (a group being written is finished) and what is
  * still queued is written, so an interrupted run still stores every outcome it received.
  */
@@ -36,13 +37,38 @@ interface Receipt {
   resume: ((written: Effect.Effect<void>) => void) | undefined
 }
 
-/** Outcomes waiting for the next write, with their receipts. */
+/** Outcomes waiting for the next write, with their receipts, and the characters of their answers and messages. */
 interface OutcomeGroup {
   readonly outcomes: Array<RequestOutcome>
   readonly receipts: Array<Receipt>
+  chars: number
 }
 
-const emptyGroup = (): OutcomeGroup => ({ outcomes: [], receipts: [] })
+const emptyGroup = (): OutcomeGroup => ({ outcomes: [], receipts: [], chars: 0 })
+
+/**
+ * The most characters of answers one statement writes (past it, a group is written in several, a turn of the event
+ * loop apart), and gathering stops. SQLite writes on the event loop, about 15 ms per MiB here: a group of 30
+ * embeddings answers of 3 MB each held it for over a second. One answer larger than this is written alone.
+ */
+export const GROUP_CHARS = 1024 * 1024
+
+const charsOf = (outcome: RequestOutcome) => (outcome._tag === "Response" ? outcome.body.length : outcome.message.length)
+
+/** The outcomes of `group` that one statement writes: all, or the first within `GROUP_CHARS` (one at least). */
+const splitAtBound = (group: OutcomeGroup): [OutcomeGroup, OutcomeGroup] => {
+  if (group.chars <= GROUP_CHARS) return [group, emptyGroup()]
+  let count = 0
+  let chars = 0
+  while (count < group.outcomes.length && (count === 0 || chars + charsOf(group.outcomes[count]!) <= GROUP_CHARS)) {
+    chars += charsOf(group.outcomes[count]!)
+    count++
+  }
+  return [
+    { outcomes: group.outcomes.slice(0, count), receipts: group.receipts.slice(0, count), chars },
+    { outcomes: group.outcomes.slice(count), receipts: group.receipts.slice(count), chars: group.chars - chars }
+  ]
+}
 
 export const makeOutcomeWriter = (
   batchId: BatchId,
@@ -57,6 +83,7 @@ export const makeOutcomeWriter = (
       const receipt: Receipt = { written: undefined, resume: undefined }
       group.outcomes.push(outcome)
       group.receipts.push(receipt)
+      group.chars += charsOf(outcome)
       arrived.unsafeOpen()
       return Effect.async<void>((resume) => {
         if (receipt.written !== undefined) resume(receipt.written)
@@ -64,10 +91,12 @@ export const makeOutcomeWriter = (
       })
     }
 
+    /** Writes the next group's first statement's worth; what is left is the next group (the writer goes on to it). */
     const writeGroup = Effect.suspend(() => {
-      const writing = group
-      if (writing.outcomes.length === 0) return Effect.void
-      group = emptyGroup()
+      if (group.outcomes.length === 0) return Effect.void
+      const [writing, rest] = splitAtBound(group)
+      group = rest
+      if (rest.outcomes.length > 0) arrived.unsafeOpen()
       return batches.recordOutcomes(batchId, writing.outcomes).pipe(
         Effect.zipRight(options.afterWrite(writing.outcomes)),
         Effect.exit,
@@ -93,7 +122,7 @@ export const makeOutcomeWriter = (
       const before = group.outcomes.length
       return Effect.flatMap(afterPendingIo, () => {
         const now = group.outcomes.length
-        return now > before && now < options.window ? gather : Effect.void
+        return now > before && now < options.window && group.chars < GROUP_CHARS ? gather : Effect.void
       })
     })
 
@@ -102,9 +131,10 @@ export const makeOutcomeWriter = (
       Effect.zipRight(restore(Effect.zipRight(Effect.zipRight(arrived.await, arrived.close), gather)), writeGroup)
     ).pipe(Effect.forever)
 
+    const writeAllQueued = Effect.whileLoop({ while: () => group.outcomes.length > 0, body: () => writeGroup, step: () => {} })
     yield* Effect.acquireRelease(
       Effect.forkDaemon(Effect.interruptible(writer)),
-      (fiber) => Effect.zipRight(Fiber.interrupt(fiber), writeGroup)
+      (fiber) => Effect.zipRight(Fiber.interrupt(fiber), writeAllQueued)
     )
     return { queueNow }
   })
