@@ -30,7 +30,10 @@ import { buildPrograms, memoryMb, root, startFlags, stopChildren, waitHealthy } 
 
 const arg = (name: string, fallback: number) => {
   const i = process.argv.indexOf(`--${name}`)
-  return i > 0 ? Number(process.argv[i + 1]) : fallback
+  if (i < 0) return fallback
+  const value = Number(process.argv[i + 1])
+  if (!Number.isFinite(value)) throw new Error(`--${name} takes a number`)
+  return value
 }
 const BATCHES = arg("batches", 20)
 const REQUESTS = arg("requests", 2000)

@@ -60,7 +60,7 @@ export const answer = (path: string, body: any, prompt: string) => {
       }
     case "/v1/embeddings": {
       const inputs = Array.isArray(body.input) ? body.input : [body.input]
-      // `dimensions` as OpenAI's API takes it (up to 4,096): answers the size of a real model's; 8 without.
+      // `dimensions` as OpenAI's API takes it (here up to 4,096): answers the size of a real model's; 8 without.
       const dimensions = Number.isInteger(body.dimensions) && body.dimensions > 0 ? Math.min(body.dimensions, 4096) : 8
       return {
         object: "list",

@@ -302,7 +302,7 @@ describe("what a node holds at once", () => {
           const refused = yield* uploadWith(base, "key-a")
           expect([refused.status, refused.retryAfter]).toEqual([429, "5"])
           expect(refused.body.error).toEqual({
-            message: "Your project is sending too many uploads at once (2); try again in a few seconds.",
+            message: "Your project is sending too many uploads at once (it holds 2, as many as it may now); try again in a few seconds.",
             type: "requests",
             param: null,
             code: "rate_limit_exceeded"
@@ -313,7 +313,7 @@ describe("what a node holds at once", () => {
           yield* Effect.sleep("300 millis")
           const second = yield* uploadWith(base, "key-b")
           expect([second.status, second.body.error.message])
-            .toEqual([429, "Your project is sending too many uploads at once (1); try again in a few seconds."])
+            .toEqual([429, "Your project is sending too many uploads at once (it holds 1, as many as it may now); try again in a few seconds."])
           // A third project is served from it; then the node holds all four.
           expect((yield* uploadWith(base, "key-c")).status).toBe(200)
           const gamma = stalledUpload(base, "key-c")

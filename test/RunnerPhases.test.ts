@@ -27,6 +27,18 @@ const outcome = (line: number): RequestOutcome => ({
   message: "slow"
 })
 
+/** A 200 whose answer is `chars` long. */
+const answer = (line: number, chars: number): RequestOutcome => ({
+  _tag: "Response",
+  line,
+  customId: `c${line}`,
+  resultId: BatchRequestId.make(`r${line}`),
+  statusCode: 200,
+  body: "x".repeat(chars),
+  requestId: `req${line}`,
+  usage: zeroUsage
+})
+
 /** A store whose `recordOutcomes` records each group's lines and runs `write` (by default: succeeds). */
 const scriptedStore = (groups: Array<Array<number>>, write: (n: number) => Effect.Effect<void> = () => Effect.void) =>
   Layer.succeed(BatchStore, {
@@ -91,16 +103,6 @@ describe("outcome writer", () => {
   it.live("answers past GROUP_CHARS are written a statement's worth at a time, one larger than it alone; every caller resumes", () =>
     Effect.gen(function*() {
       const groups: Array<Array<number>> = []
-      const answer = (line: number, chars: number): RequestOutcome => ({
-        _tag: "Response",
-        line,
-        customId: `c${line}`,
-        resultId: BatchRequestId.make(`r${line}`),
-        statusCode: 200,
-        body: "x".repeat(chars),
-        requestId: `req${line}`,
-        usage: zeroUsage
-      })
       const third = Math.floor(GROUP_CHARS / 3)
       yield* Effect.gen(function*() {
         const writer = yield* makeOutcomeWriter(BatchId.make("b"), { window: 32, afterWrite: () => Effect.void })
@@ -109,6 +111,18 @@ describe("outcome writer", () => {
         yield* writer.queueNow(answer(6, 2 * GROUP_CHARS))
       }).pipe(Effect.scoped, Effect.provide(scriptedStore(groups)))
       expect(groups).toEqual([[1, 2, 3], [4, 5], [6]])
+    }))
+
+  it.live("a failed write of part of a group fails the rest of it too, unwritten", () =>
+    Effect.gen(function*() {
+      const groups: Array<Array<number>> = []
+      const exits = yield* Effect.gen(function*() {
+        const writer = yield* makeOutcomeWriter(BatchId.make("b"), { window: 32, afterWrite: () => Effect.void })
+        const big = (line: number) => writer.queueNow(answer(line, Math.ceil(GROUP_CHARS * 0.6)))
+        return yield* Effect.forEach([1, 2, 3], (line) => Effect.exit(big(line)), { concurrency: "unbounded" })
+      }).pipe(Effect.scoped, Effect.provide(scriptedStore(groups, () => Effect.dieMessage("disk I/O error"))))
+      expect(groups).toEqual([[1]])
+      expect(exits.map(Exit.isFailure)).toEqual([true, true, true])
     }))
 })
 

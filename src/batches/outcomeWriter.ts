@@ -91,7 +91,11 @@ export const makeOutcomeWriter = (
       })
     }
 
-    /** Writes the next group's first statement's worth; what is left is the next group (the writer goes on to it). */
+    /**
+     * Writes the next group's first statement's worth; what is left is the next group (the writer goes on to it).
+     * A failed write fails what is still queued too, as one statement of it all would have: the writer stops, and
+     * their run fails (and is retried) at once rather than once a worker next finishes a call.
+     */
     const writeGroup = Effect.suspend(() => {
       if (group.outcomes.length === 0) return Effect.void
       const [writing, rest] = splitAtBound(group)
@@ -102,7 +106,9 @@ export const makeOutcomeWriter = (
         Effect.exit,
         Effect.flatMap((exit) =>
           Effect.suspend(() => {
-            for (const receipt of writing.receipts) {
+            const settled = exit._tag === "Success" ? writing.receipts : [...writing.receipts, ...group.receipts]
+            if (exit._tag === "Failure") group = emptyGroup()
+            for (const receipt of settled) {
               receipt.written = exit
               receipt.resume?.(exit)
             }

@@ -24,7 +24,13 @@ export const colourWhereShown = <A, E, R>(effect: Effect.Effect<A, E, R>): Effec
     return Effect.withConsole(effect, {
       ...console,
       log: (...args) => console.log(...out(args)),
-      error: (...args) => console.error(...err(args))
+      error: (...args) => console.error(...err(args)),
+      // Effect's pretty logger writes here, in colour whenever stdout is a terminal.
+      unsafe: {
+        ...console.unsafe,
+        log: (...args) => console.unsafe.log(...out(args)),
+        error: (...args) => console.unsafe.error(...err(args))
+      }
     })
   })
 

@@ -30,7 +30,7 @@ const PIECE_BYTES = 64 * 1024
 /** A page beyond `RESULT_PAGES_AT_ONCE` (or its project's share, of which `holder` holds what it says). */
 const pagesBusy = (pages: Budget, taken: Taken, holder: Holder | undefined) =>
   taken === "share"
-    ? overShare(`Your project is reading too many result pages at once (${pages.heldBy(holder)}); try again in a second.`, 1)
+    ? overShare(`Your project is reading too many result pages at once (it holds ${pages.heldBy(holder)}, as many as it may now); try again in a second.`, 1)
     : busy(`Too many result pages are being sent at once (${pages.limit}); try again in a second.`, 1)
 
 /** `bytes` in `PIECE_BYTES` pieces (views, not copies), one per stream chunk so that each waits for the last. */

@@ -139,7 +139,7 @@ const fileNotFound = (id: string) => notFound(`No such File object: ${echo(id)}`
 /** A download beyond `MAX_DOWNLOADS_AT_ONCE` (or its project's share, of which `holder` holds what it says). */
 const downloadsBusy = (downloads: Budget, taken: Taken, holder: Holder | undefined) =>
   taken === "share"
-    ? overShare(`Your project is downloading too many files at once (${downloads.heldBy(holder)}); try again in a few seconds.`, 5)
+    ? overShare(`Your project is downloading too many files at once (it holds ${downloads.heldBy(holder)}, as many as it may now); try again in a few seconds.`, 5)
     : busy(`The server is sending too many files at once (${downloads.limit}); try again in a few seconds.`, 5)
 
 export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers) =>

@@ -33,7 +33,7 @@ class BodiesBusy extends Data.TaggedError("BodiesBusy")<{ readonly held: number 
  */
 const bodiesBusy = (held: number | undefined) =>
   held !== undefined
-    ? overShare(`Your project is sending too many request bodies at once (${held} bytes); try again in a second.`, 1)
+    ? overShare(`Your project is sending too many request bodies at once (it holds ${held} bytes of them, as much as it may now); try again in a second.`, 1)
     : busy("The server is reading too many request bodies at once; try again in a second.", 1)
 
 /** The body is larger than `limit` bytes. */
@@ -139,7 +139,7 @@ export const bounded = (
 ) => {
   const refuse = (cause: unknown) => new HttpServerError.RequestError({ request, reason: "Decode", cause })
   const bytes = Effect.runSync(Effect.cached(readAtMost(request, maxBytes, budget, held).pipe(
-    Effect.catchTag("BodiesBusy", ({ held }) => Effect.die(bodiesBusy(held))),
+    Effect.catchTag("BodiesBusy", (busy) => Effect.die(bodiesBusy(busy.held))),
     Effect.mapError(refuse)
   )))
   const text = Effect.flatMap(bytes, (b) => Effect.try({ try: () => strictUtf8.decode(b), catch: refuse }))
@@ -176,14 +176,15 @@ const isJson = (contentType: string | undefined) =>
  */
 const uploadsBusy = (uploads: Budget, taken: Taken, holder: Holder | undefined) =>
   taken === "share"
-    ? overShare(`Your project is sending too many uploads at once (${uploads.heldBy(holder)}); try again in a few seconds.`, 5)
+    ? overShare(`Your project is sending too many uploads at once (it holds ${uploads.heldBy(holder)}, as many as it may now); try again in a few seconds.`, 5)
     : busy(`The server is receiving too many uploads at once (${uploads.limit}); try again in a few seconds.`, 5)
 
 /**
  * Server middleware: every body but an upload's must be JSON (415 otherwise: a form post from another site cannot
  * reach a JSON endpoint without a preflight) and at most `maxBytes` (413 at once when `Content-Length` says more,
  * else as soon as more arrives), its bytes taken from `bodies` while its request runs; an upload takes one of
- * `uploads` while it runs (503 when none is left). Both taken by the request's `holder` (429 beyond its share). A
+ * `uploads` while it runs (503 when none is left). Both taken by the request's `holder` (429 beyond what its project
+ * may hold: its share, and of the reserve one request's worth). A
  * body (an upload's too) that stops coming, or comes too slowly, is cut (`patience`).
  */
 export const boundBodies = (

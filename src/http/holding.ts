@@ -17,7 +17,10 @@ import { rateLimited, serviceUnavailable } from "../domain/Errors.js"
 import { echo } from "../domain/Text.js"
 import { envelope } from "./EarlyAnswer.js"
 
-/** What a budget answered: taken, or refused because the node holds all it may, or the project all its share. */
+/**
+ * What a budget answered: taken, or refused because the node holds all it may, or the project all it may now (its
+ * share, or, holding more than one request's worth, none of the reserve).
+ */
 export type Taken = "taken" | "full" | "share"
 
 /**
@@ -48,7 +51,10 @@ export class Budget {
     this.share = Math.max(unit, Math.ceil(limit / 2))
     this.reserve = Math.max(unit, Math.ceil(limit / 4))
   }
-  /** Takes `amount` if it fits, and in `holder`'s share when it is held to one; nothing taken when it does not. */
+  /**
+   * Takes `amount` if it fits, and in `holder`'s share (and out of the reserve, past one request's worth) when it is
+   * held to one; nothing taken when it does not.
+   */
   take(amount: number, holder?: Holder): Taken {
     const before = this.heldBy(holder)
     if (holder?.enforce === true) {
