@@ -166,6 +166,18 @@ describe("metrics", () => {
   layer(testAppWithUpstream({ inferenceMaxConcurrency: 7, maxConcurrentRequestsPerBatch: 3 }), { excludeTestServices: true })(
     "a batch's figures",
     (it) => {
+      // The first test of the file: this scrape is the process's first.
+      it.effect("the first scrape's event-loop figures were measured since the start, not since that scrape", () =>
+        Effect.gen(function*() {
+          yield* Effect.sleep(Duration.millis(100)) // a few of the monitor's 10 ms samples
+          const first = yield* scrape()
+          const lag = (stat: string) => sum(first, `nodejs_eventloop_lag_${stat}_seconds`)
+          // Begun at the scrape, the monitor's histogram was empty: min 9223372036.85 s, mean NaN.
+          expect(lag("min")).toBeGreaterThan(0)
+          expect(lag("min")).toBeLessThan(1)
+          expect(Number.isFinite(lag("mean"))).toBe(true)
+        }))
+
       it.effect("the text parses, and a finished batch's outcomes, tokens and polls are counted", () =>
         Effect.gen(function*() {
           const openai = yield* client

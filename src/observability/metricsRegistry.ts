@@ -106,6 +106,9 @@ const processMetrics = (): Registry => {
 /** The metrics of one app over a registry of its own, followed by the process metrics when `processWide`. */
 export const makeMetrics = (options: { readonly processWide: boolean }): MetricsShape => {
   const registry = new Registry()
+  // Started with the app, not at the first scrape: the event-loop monitor and the GC observer then have measured
+  // since the start (begun at the first scrape, that scrape's lag figures were its empty histogram's: min 9.2e9 s).
+  const processFigures = options.processWide ? processMetrics() : undefined
   const registers = [registry]
 
   // --- bounded model labels ---
@@ -309,7 +312,7 @@ export const makeMetrics = (options: { readonly processWide: boolean }): Metrics
         for (const status of ACTIVE_STATUSES) active.set({ status }, counts.get(status) ?? 0)
       }
       const own = await registry.metrics()
-      return options.processWide ? `${own}\n${await processMetrics().metrics()}` : own
+      return processFigures === undefined ? own : `${own}\n${await processFigures.metrics()}`
     })
 
   return { requests, attempts, upstream, batchMoved, httpRequest, webhookDelivery, render }
