@@ -295,13 +295,13 @@ describe("the request id", () => {
 })
 
 describe("a request's line", () => {
-  /** `app` served through `requestLog` for a GET of `path`. */
-  const serve = (path: string, app: HttpApp.Default<unknown>, minimum: LogLevel.LogLevel) =>
+  /** `app` served through `requestLog` for a request of `path` (a GET unless `method` says). */
+  const serve = (path: string, app: HttpApp.Default<unknown>, minimum: LogLevel.LogLevel, method = "GET") =>
     Effect.gen(function*() {
       const written: Array<Record<string, any>> = []
       const layer = Logger.replace(Logger.defaultLogger, Logger.map(jsonLineLogger, (line) => void written.push(JSON.parse(line))))
       const exit = yield* requestLog(Effect.zipRight(noteProject("projR"), app)).pipe(
-        Effect.provideService(HttpServerRequest.HttpServerRequest, HttpServerRequest.fromWeb(new Request(`http://localhost${path}?x=1`))),
+        Effect.provideService(HttpServerRequest.HttpServerRequest, HttpServerRequest.fromWeb(new Request(`http://localhost${path}?x=1`, { method }))),
         Effect.provide(Layer.merge(layer, Logger.minimumLogLevel(minimum))),
         Effect.exit
       )
@@ -333,6 +333,13 @@ describe("a request's line", () => {
       expect(answered.written[0]!.cause).toBeUndefined()
       expect((yield* serve("/v1/health", ok, LogLevel.Info)).written).toEqual([])
       expect((yield* serve("/v1/health", ok, LogLevel.Debug)).written).toMatchObject([{ level: "DEBUG", path: "/v1/health", status: 200 }])
+      expect((yield* serve("/metrics", ok, LogLevel.Info, "HEAD")).written).toEqual([])
+      // Another method there is no probe (a scanner's PROPFIND, a POST): its line is not hidden at info.
+      const notFound = Effect.succeed(HttpServerResponse.empty({ status: 404 }))
+      for (const method of ["PROPFIND", "POST"]) {
+        expect((yield* serve("/v1/health", notFound, LogLevel.Info, method)).written)
+          .toMatchObject([{ level: "INFO", method, path: "/v1/health", status: 404 }])
+      }
     }))
 })
 

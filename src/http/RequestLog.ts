@@ -43,8 +43,12 @@ export const noteProject = (project: string): Effect.Effect<void> =>
     if (info !== undefined) info.project = project
   })
 
-/** Polled every few seconds (probes of load balancers and orchestrators, Prometheus scrapes): their lines are debug. */
+/**
+ * Polled every few seconds (probes of load balancers and orchestrators, Prometheus scrapes): their lines are debug.
+ * Only as probes ask (GET, HEAD): another method there is not a probe, and its line stays at info.
+ */
 const POLLED: ReadonlySet<string> = new Set(["/v1/health", "/v1/ready", "/metrics"])
+const isProbe = (method: string, path: string) => (method === "GET" || method === "HEAD") && POLLED.has(path)
 
 export interface RequestLine {
   readonly method: string
@@ -89,7 +93,7 @@ const writeLine = <E>(
       ? HttpServerError.causeResponseStripped(exit.cause)
       : [exit.value, Option.none<Cause.Cause<E>>()]
     const fault = Option.isSome(rest) && !Cause.isInterruptedOnly(rest.value) ? rest.value : undefined
-    const level = fault !== undefined ? LogLevel.Error : POLLED.has(path) ? LogLevel.Debug : LogLevel.Info
+    const level = fault !== undefined ? LogLevel.Error : isProbe(request.method, path) ? LogLevel.Debug : LogLevel.Info
     if (LogLevel.lessThan(level, fiber.getFiberRef(FiberRef.currentMinimumLogLevel))) return Effect.void
     const { fields, message } = requestLine({
       method: request.method,
