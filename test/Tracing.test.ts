@@ -9,6 +9,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
 import * as EffectTracer from "effect/Tracer"
 import { mkdtempSync, rmSync } from "node:fs"
+import * as Http from "node:http"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import OpenAI, { toFile } from "openai"
@@ -88,6 +89,7 @@ describe("tracing", () => {
     const traceId = "4bf92f3577b34da6a3ce929d0e0e4736"
     const parentId = "00f067aa0ba902b7"
     const unsampledTrace = "5a8c1e2f3b4d5e6f708192a3b4c5d6e7"
+    const refusedTrace = "7e1d2c3b4a5968778695a4b3c2d1e0f9"
     const requests = 400
     // A heartbeat every 100 ms: the periodic work runs many times while the batch does.
     const env = { OTEL_EXPORTER_OTLP_PROTOCOL: "http/json", OTEL_SERVICE_NAME: "batch-under-test", HEARTBEAT_INTERVAL: "100 millis" }
@@ -97,6 +99,12 @@ describe("tracing", () => {
       expect(JSON.parse(listening!).tracing).toBe(`${collector.url}/v1/traces`)
       // A caller whose own trace was not sampled: nothing of this request is exported.
       expect((await fetch(`${url}/v1/files`, { headers: { traceparent: `00-${unsampledTrace}-${parentId}-00` } })).status).toBe(200)
+      const foreignHost = await new Promise<number | undefined>((resolve, reject) =>
+        Http.get(`${url}/v1/files`, { headers: { host: "evil.example", traceparent: `00-${refusedTrace}-${parentId}-01` } }, (res) => {
+          res.resume()
+          resolve(res.statusCode)
+        }).on("error", reject))
+      expect(foreignHost).toBe(421)
       const openai = client(url)
       const traced = client(url, { traceparent: `00-${traceId}-${parentId}-01`, "api-key": "sk-azure-style" })
       const batch = await runBatch(openai, Array.from({ length: requests }, (_, i) => chatLine(`r${i}`, `prompt ${i}`)), traced)
@@ -110,6 +118,9 @@ describe("tracing", () => {
       expect(create.attributes).toMatchObject({ "http.request.method": "POST", "http.route": "/v1/batches", "http.response.status_code": 200 })
       // Polls are named by their route, not their URL.
       expect(named(spans, "GET /v1/batches/:batch_id").length).toBeGreaterThan(0)
+      // A request refused before routing (421: a foreign Host) is named by the route it asked for, as logged.
+      const refused = one(spans.filter((s) => s.traceId === refusedTrace), "GET /v1/files")
+      expect(refused.attributes).toMatchObject({ "http.route": "/v1/files", "http.response.status_code": 421 })
       expect(spans.filter((s) => s.traceId === unsampledTrace)).toEqual([])
       // No key in any span (the client sends `Authorization: Bearer sk-test`; headers are recorded, that one redacted).
       expect(create.attributes["http.request.header.authorization"]).toBe("<redacted>")

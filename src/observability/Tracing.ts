@@ -23,6 +23,7 @@ import type * as OtelApi from "@opentelemetry/api"
 import type * as SdkTrace from "@opentelemetry/sdk-trace-base"
 import { type ConfigError, Context, Effect, Layer, Option, Redacted } from "effect"
 import * as EffectTracer from "effect/Tracer"
+import { routeOf } from "../http/Routes.js"
 import { type TracingSettings, tracingSettings } from "./tracingSettings.js"
 import { layerUpstreamCallTracing, makeFractionPicker } from "./upstreamCallSpans.js"
 
@@ -150,15 +151,23 @@ const leanTracer = <I>(
 /** The context hook of Effect's native tracer (what a runtime without a tracer of its own has). */
 const nativeContext: EffectTracer.Tracer["context"] = Effect.runSync(Effect.tracer).context
 
-/** Names server spans `{method} {route}` (or `{method}` when no route matched), as the HTTP conventions ask. */
+/**
+ * Names server spans `{method} {route}` (or `{method}` when no route matches), as the HTTP conventions ask. A request
+ * refused before the router saw it (401, 403, 421) gets the route its path asked for, as its log line and metrics do.
+ */
 const routeNames = (api: typeof OtelApi): SdkTrace.SpanProcessor => ({
   onStart: () => {},
   onEnding: (span) => {
     if (span.kind !== api.SpanKind.SERVER) return
     const method = span.attributes["http.request.method"]
     if (typeof method !== "string") return
-    const route = span.attributes["http.route"]
-    span.updateName(typeof route === "string" ? `${method} ${route}` : method)
+    let route = span.attributes["http.route"]
+    if (typeof route !== "string") {
+      const path = span.attributes["url.path"]
+      route = typeof path === "string" ? routeOf(path) : undefined
+      if (route !== undefined) span.setAttribute("http.route", route)
+    }
+    span.updateName(route === undefined ? method : `${method} ${route}`)
   },
   onEnd: () => {},
   forceFlush: () => Promise.resolve(),
