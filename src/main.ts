@@ -4,7 +4,7 @@
  * server stops accepting and lets open requests end).
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import { Cause, ConfigError, Deferred, Effect, Layer, Option, Runtime } from "effect"
+import { Cause, ConfigError, Deferred, Effect, FiberRef, HashSet, Layer, Logger, Option, Runtime } from "effect"
 import { constants } from "node:os"
 import { AppConfig, defaults } from "./Config.js"
 import { AppLive } from "./Layers.js"
@@ -135,6 +135,9 @@ const program = Effect.zipRight(stopAtOnceOnALaterSignal, launch).pipe(
   Effect.catchIf(ConfigError.isConfigError, (error) =>
     Effect.annotateLogs(Effect.logError(`Invalid configuration: ${String(error)}`), "event", "server.config_invalid").pipe(
       Effect.provide(configFaultLogging),
+      // Only that logger: a start that failed after `LoggingLive` was installed (a bad OTEL_* value, read by the
+      // app's layers) left its logger in place, and the line was written twice.
+      Effect.locally(FiberRef.currentLoggers, HashSet.make<[Logger.Logger<unknown, any>]>(Logger.defaultLogger)),
       Effect.zipRight(Effect.sync(() => process.exit(1)))
     ))
 )
