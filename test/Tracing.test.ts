@@ -249,6 +249,9 @@ describe("tracing settings", () => {
         samplerArg: 1,
         upstreamCalls: DEFAULT_UPSTREAM_CALLS
       })
+      // The path is added to the base's path, not to its end: a query stays a query.
+      const withQuery = yield* settings({ OTEL_EXPORTER_OTLP_ENDPOINT: "https://c.example/otlp/?token=abc" })
+      expect(Either.map(withQuery, Option.map((s) => s.url))).toEqual(Either.right(Option.some("https://c.example/otlp/v1/traces?token=abc")))
       const full = Option.getOrThrow(Either.getOrThrow(yield* settings({
         OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4318/otlp",
         OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "https://traces.example/ingest",

@@ -65,6 +65,13 @@ const httpUrl = (text: string): Either.Either<string, string> => {
     : Either.left(`Expected an http:// or https:// URL, got '${text.slice(0, 64)}'`)
 }
 
+/** The base endpoint's traces URL: `/v1/traces` added to its path (a query it carries, such as a token, stays a query). */
+const tracesUrlOf = (base: string): string => {
+  const url = new URL(base) // checked by `httpUrl`
+  url.pathname = `${url.pathname.replace(/\/+$/, "")}/v1/traces`
+  return url.href
+}
+
 const protocolOf = (text: string): Either.Either<OtlpProtocol, string> =>
   text === "http/protobuf" || text === "http/json"
     ? Either.right(text)
@@ -152,7 +159,7 @@ export const tracingSettings: Config.Config<Option.Option<TracingSettings>> = Co
   samplerArg: Config.map(optional("OTEL_TRACES_SAMPLER_ARG", fraction), Option.getOrElse(() => 1)),
   upstreamCalls: optional("TRACE_UPSTREAM_CALLS", callsFraction)
 }).pipe(Config.map((c): Option.Option<TracingSettings> => {
-  const url = Option.orElse(c.tracesEndpoint, () => Option.map(c.endpoint, (base) => `${base.replace(/\/+$/, "")}/v1/traces`))
+  const url = Option.orElse(c.tracesEndpoint, () => Option.map(c.endpoint, tracesUrlOf))
   if (c.disabled || Option.contains(c.exporter, "none") || Option.isNone(url)) return Option.none()
   const neverSampled = c.sampler === "always_off" || c.sampler === "parentbased_always_off" ||
     (c.sampler.endsWith("traceidratio") && c.samplerArg === 0)
