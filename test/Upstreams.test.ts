@@ -3,7 +3,7 @@
  * by every batch, a 429 storm absorbed (the limit shrinks, no line fails, then it recovers), load-aware holding.
  */
 import { expect, layer } from "@effect/vitest"
-import { Effect } from "effect"
+import { Duration, Effect } from "effect"
 import { NotFoundError } from "openai"
 import { chatLine, createBatch, readLines, terminal, upload, waitFor } from "./support/Batches.js"
 import { client, createModelBatch, logged, LogLines, Simulators, testAppWithUpstreams } from "./support/Upstreams.js"
@@ -113,6 +113,37 @@ layer(
       expect(done.request_counts).toEqual({ total: 1, completed: 1, failed: 0 })
       expect(decreases().slice(before)).toEqual([expect.stringMatching(/concurrency limit 16 → 8 \(status 429\)/)])
     }), { timeout: 30_000 })
+})
+
+layer(
+  testAppWithUpstreams(
+    { refusing: { latencyMs: 5 } },
+    ({ refusing }) => [{ name: "refusing", base_url: refusing!.url, models: ["*"], max_concurrency: 16 }],
+    { inferenceMaxAttempts: 3, inferenceRetryBaseDelay: Duration.millis(20) }
+  ),
+  { excludeTestServices: true }
+)("a request refused for good", (it) => {
+  // A 429 or 503 that never ends (OpenAI's insufficient_quota is a 429): once the limit has taken the overload,
+  // the request's refusals count as attempts, and it fails after them (it was resent for ever, ~10 calls a second).
+  for (const status of [429, 503]) {
+    it.effect(`(${status} to every call) fails after its attempts, the other requests unharmed`, () =>
+      Effect.gen(function*() {
+        const { refusing } = yield* Simulators
+        const openai = yield* client
+        refusing!.reset()
+        const prompt = `[fail:${status}] for good`
+        const lines = [chatLine("refused", prompt, "sim-model"), ...Array.from({ length: 5 }, (_, i) => chatLine(`ok${i}`, `fine ${i}`, "sim-model"))]
+        const file = yield* upload(openai, lines)
+        const done = yield* waitFor(openai, (yield* createBatch(openai, file.id)).id, terminal, 20_000)
+        expect(done.status).toBe("completed")
+        expect(done.request_counts).toEqual({ total: 6, completed: 5, failed: 1 })
+        const [error] = yield* readLines(openai, done.error_file_id)
+        expect(error).toMatchObject({ custom_id: "refused", response: { status_code: status } })
+        // Its 3 attempts, and at most one call more: the refusal that halved the limit.
+        expect(refusing!.stats.byPrompt.get(prompt)).toBeGreaterThanOrEqual(3)
+        expect(refusing!.stats.byPrompt.get(prompt)).toBeLessThanOrEqual(4)
+      }), { timeout: 30_000 })
+  }
 })
 
 layer(

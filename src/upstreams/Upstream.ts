@@ -239,10 +239,23 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       const status = response.status
       if (status === 429 || status === 503) {
         const atFloor = limit.atFloor
+        const before = limit.current
+        // Sent before a decrease: the overload that decrease answers, not a new sign.
+        const stale = generation !== limit.generation
         return pauseFor(headers).pipe(
           Effect.zipRight(overloaded(ticket, generation, `status ${status}`)),
           Effect.zipRight(status === 503 ? failedInRow(ticket, "status 503") : Effect.succeed<Verdict>("retry")),
-          Effect.map((verdict): Verdict => (verdict === "again" || !atFloor ? "again" : "retry"))
+          Effect.map((verdict): Verdict => {
+            // Sent again without counting: a call the outage resends once the upstream is back, or an overload the
+            // limit took (this answer halved it, or came from a call sent before a halving). Any other refusal
+            // counts as an attempt, with its backoff: a request refused for good (a spent quota) fails after its
+            // attempts instead of being resent for ever (its own first refusal halves the limit once, and its next
+            // ones do not, so the limit never reached the floor where they counted).
+            if (verdict === "again" || outage.isDown()) return "again"
+            // On trial the calls go one at a time, and five 503s in a row take the upstream down again: the outage's.
+            if (outage.onTrial()) return status === 503 ? "again" : "retry"
+            return !atFloor && (stale || limit.current < before) ? "again" : "retry"
+          })
         )
       }
       if (status === 408 || status >= 500) return failedInRow(ticket, `status ${status}`)
