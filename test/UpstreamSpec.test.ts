@@ -71,6 +71,14 @@ describe("UpstreamSpec", () => {
     expect(problem([{ ...minimal, base_url: "http://host/v1?key=x" }])).toContain("without ?query")
     expect(Either.getLeft(parseUpstreamsFile("upstreams: [unclosed"))).toEqual(Option.some(expect.stringContaining("not YAML or JSON")))
     expect(Either.getLeft(parseUpstreamsFile("models: []"))).toEqual(Option.some(expect.stringContaining("under `upstreams`")))
+    // A misspelt or invented top-level key is not ignored (the upstreams it meant to tune would run untuned).
+    expect(Either.getLeft(parseUpstreamsFile("upstreams: []\ndefaults: {timeout: 5 minutes}\n")))
+      .toEqual(Option.some("unknown field 'defaults': the file holds `upstreams` only"))
+    // One message per mistake, said plainly: no `Expected undefined` beside a wrong value, no schema's own notation.
+    expect(problem([{ ...minimal, max_concurrency: "lots" }])).toBe(`upstream 'a': max_concurrency: Expected number, actual "lots"`)
+    expect(problem([{ ...minimal, models: "model-a" }])).toBe(`upstream 'a': models: a list of at least one model name (or "*")`)
+    expect(problem([{ ...minimal, models: [] }])).toBe("upstream 'a': models: an empty list (at least one is needed)")
+    expect(problem([])).toBe("upstreams: an empty list (at least one is needed)")
   })
 
   it.effect("UPSTREAMS_FILE is read at start; a problem is a ConfigError naming the variable and the file", () =>

@@ -39,19 +39,23 @@ export const UpstreamEntry = Schema.Struct({
     message: () => "a name of 1–64 of A–Z a–z 0–9 . _ - (starting with a letter or digit)"
   })),
   base_url: BaseUrl,
-  api_key: Schema.optional(HeaderValue),
-  api_key_env: Schema.optional(Schema.String),
-  models: Schema.NonEmptyArray(Schema.String.pipe(Schema.minLength(1))),
-  max_concurrency: Schema.optional(Schema.Int.pipe(Schema.positive())),
-  min_concurrency: Schema.optional(Schema.Int.pipe(Schema.positive())),
-  timeout: Schema.optional(Schema.String),
-  headers: Schema.optional(Schema.Record({ key: HeaderName, value: HeaderValue })),
-  metrics_url: Schema.optional(HttpUrl),
-  max_waiting: Schema.optional(Schema.Int.pipe(Schema.positive()))
+  api_key: Schema.optionalWith(HeaderValue, { exact: true }),
+  api_key_env: Schema.optionalWith(Schema.String, { exact: true }),
+  models: Schema.NonEmptyArray(Schema.String.pipe(Schema.minLength(1))).annotations({
+    message: () => "a list of at least one model name (or \"*\")"
+  }),
+  max_concurrency: Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { exact: true }),
+  min_concurrency: Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { exact: true }),
+  timeout: Schema.optionalWith(Schema.String, { exact: true }),
+  headers: Schema.optionalWith(Schema.Record({ key: HeaderName, value: HeaderValue }), { exact: true }),
+  metrics_url: Schema.optionalWith(HttpUrl, { exact: true }),
+  max_waiting: Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { exact: true })
 })
 export type UpstreamEntry = typeof UpstreamEntry.Type
 
-const UpstreamsFile = Schema.Struct({ upstreams: Schema.NonEmptyArray(UpstreamEntry) })
+const UpstreamsFile = Schema.Struct({
+  upstreams: Schema.NonEmptyArray(UpstreamEntry).annotations({ message: () => "a list of at least one upstream" })
+})
 
 /** An upstream, resolved: defaults applied, its key read. */
 export interface UpstreamSpec {
@@ -137,7 +141,11 @@ export const resolveEntries = (
         : path.join(".")
     }
     return Either.left(ParseResult.ArrayFormatter.formatErrorSync(decoded.left)
-      .map((issue) => `${where(issue.path)}: ${issue.message}`).join("; "))
+      .map((issue) => {
+        // An empty list is reported as its first element missing (`models.0: is missing`): said as it is.
+        const emptyList = issue.message === "is missing" && issue.path.at(-1) === 0
+        return emptyList ? `${where(issue.path.slice(0, -1))}: an empty list (at least one is needed)` : `${where(issue.path)}: ${issue.message}`
+      }).join("; "))
   }
   const specs: Array<UpstreamSpec> = []
   for (const entry of decoded.right.upstreams) {
@@ -158,7 +166,11 @@ export const parseUpstreamsFile = (text: string): Either.Either<ReadonlyArray<un
     return Either.left(`not YAML or JSON: ${(error as Error).message.split("\n")[0]}`)
   }
   const list = (document as { upstreams?: unknown } | null)?.upstreams
-  return Array.isArray(list) ? Either.right(list) : Either.left("expected an object with a list under `upstreams`")
+  if (!Array.isArray(list)) return Either.left("expected an object with a list under `upstreams`")
+  const unknown = Object.keys(document as object).filter((key) => key !== "upstreams")
+  return unknown.length === 0
+    ? Either.right(list)
+    : Either.left(`unknown field ${unknown.map((key) => `'${key.slice(0, 64)}'`).join(", ")}: the file holds \`upstreams\` only`)
 }
 
 /** The shortcut: `INFERENCE_BASE_URL` serving every model. */
