@@ -58,6 +58,7 @@ describe("UpstreamSpec", () => {
     expect(problem([{ ...minimal, models: [] }])).toContain("models")
     expect(problem([minimal, minimal])).toBe("two upstreams are named 'a'")
     expect(problem([{ ...minimal, api_key_env: "NOPE" }])).toBe("upstream 'a': api_key_env names NOPE, which is not set")
+    expect(problem([{ ...minimal, api_key_env: "EMPTY" }], { EMPTY: "" })).toBe("upstream 'a': api_key_env names EMPTY, which is empty")
     expect(problem([{ ...minimal, api_key: "k", api_key_env: "K" }], { K: "v" })).toContain("not both")
     expect(problem([{ ...minimal, min_concurrency: 8, max_concurrency: 4 }])).toContain("min_concurrency is larger")
     expect(problem([{ ...minimal, timeout: "soon" }])).toContain("timeout 'soon'")

@@ -92,7 +92,7 @@ const resolveEntry = (
   let apiKey = Option.none<Redacted.Redacted>()
   if (entry.api_key_env !== undefined) {
     const value = env[entry.api_key_env]
-    if (value === undefined || value === "") return problem(`api_key_env names ${entry.api_key_env}, which is not set`)
+    if (value === undefined || value === "") return problem(`api_key_env names ${entry.api_key_env}, which is ${value === undefined ? "not set" : "empty"}`)
     if (badHeaderValue(value)) {
       return problem(`${entry.api_key_env} holds a line break, a control character or surrounding spaces (a trailing newline from a file?)`)
     }
