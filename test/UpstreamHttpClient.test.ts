@@ -4,12 +4,14 @@ import * as HttpClient from "@effect/platform/HttpClient"
 import type * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Fiber } from "effect"
+import { Effect, Fiber, Option } from "effect"
 import { readFileSync } from "node:fs"
 import * as net from "node:net"
 import * as tls from "node:tls"
 import { Agent, type Dispatcher, EnvHttpProxyAgent } from "undici"
+import { defaults } from "../src/Config.js"
 import * as UpstreamHttpClient from "../src/inference/UpstreamHttpClient.js"
+import { listeningLine } from "../src/observability/Lifecycle.js"
 import { freePort } from "./support/ServerProcess.js"
 import { testProxy } from "./support/Proxy.js"
 
@@ -428,6 +430,21 @@ describe("UpstreamHttpClient", () => {
       )
       expect(proxied).toBeInstanceOf(EnvHttpProxyAgent)
     }))
+
+  it("the proxies are read as undici reads them, and the listening line names them without their credentials", () => {
+    const { proxiesOf } = UpstreamHttpClient
+    expect(proxiesOf({})).toBeUndefined()
+    expect(proxiesOf({ HTTP_PROXY: "" })).toBeUndefined()
+    // https calls go through the http proxy when no other is set; the lower-case variable wins.
+    expect(proxiesOf({ HTTP_PROXY: "http://p:3128", NO_PROXY: "localhost" }))
+      .toEqual({ http: "http://p:3128", https: "http://p:3128", noProxy: "localhost" })
+    expect(proxiesOf({ https_proxy: "http://low:1", HTTPS_PROXY: "http://up:2" })).toEqual({ http: undefined, https: "http://low:1", noProxy: "" })
+    const line = listeningLine("http://127.0.0.1:8321", defaults, [], Option.none(), proxiesOf({ HTTPS_PROXY: "http://user:secret@proxy.internal:3128" }))
+    expect(line.fields.proxy).toEqual({ http: null, https: "http://proxy.internal:3128/", no_proxy: "" })
+    expect(line.message).toContain("upstream calls through http://proxy.internal:3128/")
+    expect(JSON.stringify(line)).not.toContain("secret")
+    expect(listeningLine("http://127.0.0.1:8321", defaults, [], Option.none(), undefined).fields.proxy).toBeNull()
+  })
 
   it.live("clients sharing a dispatcher keep their own time limits; the layer gives a client too", () =>
     Effect.gen(function*() {

@@ -333,7 +333,22 @@ export const make = (dispatcher: Dispatcher, options: ClientOptions): HttpClient
   )
 }
 
-const PROXY_VARIABLES = ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"]
+/** The proxies upstream calls go through. */
+export interface Proxies {
+  readonly http: string | undefined
+  readonly https: string | undefined
+  readonly noProxy: string
+}
+
+/**
+ * The proxies of `env` as undici's `EnvHttpProxyAgent` reads them (the lower-case variable first; `https:` calls go
+ * through the `http:` proxy when no other is set); undefined when there is none.
+ */
+export const proxiesOf = (env: Record<string, string | undefined>): Proxies | undefined => {
+  const http = (env.http_proxy ?? env.HTTP_PROXY) || undefined
+  const https = (env.https_proxy ?? env.HTTPS_PROXY) || http
+  return http === undefined && https === undefined ? undefined : { http, https, noProxy: env.no_proxy ?? env.NO_PROXY ?? "" }
+}
 
 /**
  * The shared dispatcher, keep-alive (undici's defaults: idle connections kept 4 s, or as the server's `keep-alive`
@@ -341,7 +356,7 @@ const PROXY_VARIABLES = ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy
  */
 export const dispatcher: Effect.Effect<Dispatcher, never, Scope.Scope> = Effect.acquireRelease(
   Effect.sync((): Dispatcher =>
-    PROXY_VARIABLES.some((name) => process.env[name])
+    proxiesOf(process.env) !== undefined
       ? new EnvHttpProxyAgent({ proxyTunnel: false }) // plain `http:` calls in absolute form, as curl sends them
       : new Agent()
   ),

@@ -7,6 +7,7 @@ import * as HttpServer from "@effect/platform/HttpServer"
 import { Duration, Effect, Layer, Option } from "effect"
 import { AppConfig, type AppConfigShape, keysConfigured, runsBatches } from "../Config.js"
 import { type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
+import { type Proxies, proxiesOf } from "../inference/UpstreamHttpClient.js"
 import { describeDatabase, Readiness } from "./Readiness.js"
 import { tracingSettings } from "./tracingSettings.js"
 
@@ -29,8 +30,8 @@ const withoutCredentials = (url: string) => {
 
 /**
  * The listening line: where, on which database, to which upstreams (each also logs its state once probed), and
- * what is on: keys, tracing (`tracesUrl`: where spans go, or `None`), the default webhook (whether set: its URL may
- * hold a token).
+ * what is on: keys, tracing (`tracesUrl`: where spans go, or `None`), the proxies of upstream calls (without their
+ * credentials), the default webhook (whether set: its URL may hold a token).
  */
 export const listeningLine = (
   address: string,
@@ -48,7 +49,8 @@ export const listeningLine = (
     | "webhookUrl"
   >,
   upstreams: ReadonlyArray<Pick<UpstreamSpec, "name" | "baseUrl" | "models" | "maxConcurrency" | "loadAware">>,
-  tracesUrl: Option.Option<string>
+  tracesUrl: Option.Option<string>,
+  proxies?: Proxies
 ) => {
   const database = describeDatabase(config)
   const inference = config.inferenceMode === "replay"
@@ -57,10 +59,16 @@ export const listeningLine = (
   const runs = runsBatches(config)
   const keys = keysConfigured(config)
   const tracing = Option.map(tracesUrl, withoutCredentials)
+  const proxy = proxies === undefined ? null : {
+    http: proxies.http === undefined ? null : withoutCredentials(proxies.http),
+    https: proxies.https === undefined ? null : withoutCredentials(proxies.https),
+    no_proxy: proxies.noProxy
+  }
   const notes = [
     runs ? [] : ["runs no batch: other nodes do"],
     keys ? ["API keys required"] : ["no API keys"],
-    Option.match(tracing, { onNone: () => [], onSome: (url) => [`traces to ${url}`] })
+    Option.match(tracing, { onNone: () => [], onSome: (url) => [`traces to ${url}`] }),
+    proxy === null ? [] : [`upstream calls through ${[...new Set([proxy.https, proxy.http])].filter(Boolean).join(" and ")}`]
   ].flat()
   return {
     message: `Listening on ${address} (${[database, inference, ...notes].join("; ")})`,
@@ -84,6 +92,7 @@ export const listeningLine = (
       })),
       api_keys: keys,
       tracing: Option.getOrNull(tracing),
+      proxy,
       default_webhook: Option.isSome(config.webhookUrl)
     }
   }
@@ -105,7 +114,7 @@ export const ServerLifecycleLive: Layer.Layer<never, never, HttpServer.HttpServe
     const server = yield* HttpServer.HttpServer
     const upstreams = yield* Effect.orElseSucceed(upstreamSpecs(config), () => [])
     const tracesUrl = Option.map(yield* Effect.orElseSucceed(tracingSettings, () => Option.none()), (t) => t.url)
-    const { fields, message } = listeningLine(HttpServer.formatAddress(server.address), config, upstreams, tracesUrl)
+    const { fields, message } = listeningLine(HttpServer.formatAddress(server.address), config, upstreams, tracesUrl, proxiesOf(process.env))
     yield* Effect.annotateLogs(Effect.logInfo(message), fields)
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {
