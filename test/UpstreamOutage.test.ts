@@ -189,6 +189,31 @@ sideBySide("an upstream that answers GET /models and 503 to every call", () => l
     }), { timeout: 40_000 })
 }))
 
+layer(twoUpstreams({ inferenceMaxAttempts: 3 }), { excludeTestServices: true })("a request refused for good on trial", (it) => {
+  // Fewer than five requests failing never take the upstream down again, and the trial lasts until a success: a 503
+  // that went again without counting on trial was sent for ever, one call at a time, with no pause.
+  it.effect("after an outage, a lone request answered 503 to every call fails after its attempts", () =>
+    Effect.gen(function*() {
+      const { main } = yield* Simulators
+      const logs = yield* LogLines
+      const openai = yield* client
+      yield* Effect.promise(() => main!.stop())
+      const batch = yield* createModelBatch(1, "model-a", "t")
+      yield* Effect.promise(async () => {
+        while (!logs.some((l) => l.event === "upstream.down")) await new Promise((r) => setTimeout(r, 20))
+      })
+      main!.reset()
+      main!.failAll = { status: 503 }
+      yield* Effect.promise(() => main!.start())
+      const done = yield* waitFor(openai, batch.id, terminal, 15_000)
+      expect(done.request_counts).toEqual({ total: 1, completed: 0, failed: 1 })
+      // Its first 503 on trial is the outage's; then its 3 attempts.
+      expect(main!.stats.requests).toBeGreaterThanOrEqual(3)
+      expect(main!.stats.requests).toBeLessThanOrEqual(4)
+      main!.failAll = undefined
+    }), { timeout: 30_000 })
+})
+
 sideBySide("an upstream that never comes back", () => layer(twoUpstreams({ completionWindow: Duration.seconds(4) }), { excludeTestServices: true })((it) => {
   it.effect("the batch expires with its finished results kept and the rest batch_expired", () =>
     Effect.gen(function*() {

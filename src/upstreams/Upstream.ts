@@ -3,7 +3,7 @@
  * holding, outages), and each attempt's result is judged here, feeding that state back:
  *
  *   answer 2xx/4xx          final; a success grows the limit; resets the run of failures
- *   429                     overload: limit halved, `Retry-After` pauses the whole upstream; sent again
+ *   429                     overload: limit halved, `Retry-After` pauses the whole upstream; sent again (see below)
  *   503                     the same, and a failure in the run
  *   408, other 5xx          a failure in the run; retried (`INFERENCE_MAX_ATTEMPTS`)
  *   timeout                 overload and a failure in the run; retried
@@ -15,8 +15,11 @@
  * attempts instead of taking the upstream down again and again. While it is down no call goes out: the batches using
  * it pause (their calls wait; none is failed, and only the failures before the outage was noticed count as attempts)
  * and a probe (`GET /models`, every `UPSTREAM_PROBE_INTERVAL`) puts it on trial as soon as the server answers
- * anything but a 5xx: one call at a time, up again at the first success, down again at a failure (`outage.ts`). An overload answer is sent again without counting as an attempt while the limit can still
- * shrink: at the floor, the upstream refuses even one call at a time, and attempts count.
+ * anything but a 5xx: one call at a time, up again at the first success, down again at a failure (`outage.ts`).
+ * An overload answer is sent again without counting as an attempt when it is the overload the limit answers (it
+ * halved the limit, or its call was sent before a later overload signal), and for `SPARED_OVERLOADS` more of each
+ * request's refusals. Any other counts, with its backoff, and every one at the floor: a request refused for good (a
+ * spent quota) fails after its attempts.
  */
 import * as HttpBody from "@effect/platform/HttpBody"
 import type * as HttpClient from "@effect/platform/HttpClient"
@@ -37,6 +40,12 @@ import { servesAnyModel, type UpstreamSpec } from "./UpstreamSpec.js"
 
 /** Requests failing in a row (5xx, timeouts, lost connections, with no answer between) that make an outage. */
 export const OUTAGE_AFTER = 5
+/**
+ * A request's refusals (429, 503) sent again without counting besides those the limit answers: in a storm a request
+ * may be refused in several of its waves (sent again at once after halving the limit, while the server still holds
+ * the calls sent before), and those are the overload's, not the request's; beyond them, a refusal counts.
+ */
+const SPARED_OVERLOADS = 3
 /** Increases of the limit are logged at most this often (decreases always). */
 const RAISE_LOG_INTERVAL_MS = 1000
 
@@ -170,6 +179,8 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
      * generation, would otherwise halve it again and again (one flaky request took 64 to 16).
      */
     const decreasedBy = new WeakSet<Ticket>()
+    /** Each request's refusals sent again without counting beyond those the limit answered (`SPARED_OVERLOADS`). */
+    const overloadsSpared = new WeakMap<Ticket, number>()
     const overloaded = (ticket: Ticket, generation: number, why: string) =>
       Effect.suspend(() => {
         const before = limit.current
@@ -240,21 +251,27 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       if (status === 429 || status === 503) {
         const atFloor = limit.atFloor
         const before = limit.current
-        // Sent before a decrease: the overload that decrease answers, not a new sign.
+        // Sent before a later overload signal: the overload that signal answered, not a new one.
         const stale = generation !== limit.generation
+        const repeat = failingInRow.has(ticket)
         return pauseFor(headers).pipe(
           Effect.zipRight(overloaded(ticket, generation, `status ${status}`)),
           Effect.zipRight(status === 503 ? failedInRow(ticket, "status 503") : Effect.succeed<Verdict>("retry")),
           Effect.map((verdict): Verdict => {
-            // Sent again without counting: a call the outage resends once the upstream is back, or an overload the
-            // limit took (this answer halved it, or came from a call sent before a halving). Any other refusal
-            // counts as an attempt, with its backoff: a request refused for good (a spent quota) fails after its
-            // attempts instead of being resent for ever (its own first refusal halves the limit once, and its next
-            // ones do not, so the limit never reached the floor where they counted).
+            // Sent again without counting: a call the outage resends once the upstream is back, the overload the
+            // limit answers, or one of the request's few spared refusals (see the header). Any other refusal counts,
+            // with its backoff: a request refused for good fails after its attempts. (Once, any refusal went again while the limit was above its floor; but a
+            // request halves it only once, so one refused alone was resent for ever, ~10 calls a second.)
             if (verdict === "again" || outage.isDown()) return "again"
-            // On trial the calls go one at a time, and five 503s in a row take the upstream down again: the outage's.
-            if (outage.onTrial()) return status === 503 ? "again" : "retry"
-            return !atFloor && (stale || limit.current < before) ? "again" : "retry"
+            // On trial, a request's first 503 is the outage's (five requests' in a row take the upstream down
+            // again); its next ones, and any 429, count: one to four requests refused for good would loop.
+            if (outage.onTrial()) return status === 503 && !repeat ? "again" : "retry"
+            if (atFloor) return "retry"
+            if (stale || limit.current < before) return "again"
+            const spared = overloadsSpared.get(ticket) ?? 0
+            if (spared >= SPARED_OVERLOADS) return "retry"
+            overloadsSpared.set(ticket, spared + 1)
+            return "again"
           })
         )
       }
