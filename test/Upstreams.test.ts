@@ -68,14 +68,15 @@ layer(
     }))
 })
 
-layer(
+/** An upstream that takes 3 calls at once and answers 429 to more; a limit of 16, a window of 16. */
+const stormyUpstream = (config: Parameters<typeof testAppWithUpstreams>[2] = {}) =>
   testAppWithUpstreams(
     { storm: { capacity: 3, latencyMs: 20 } },
     ({ storm }) => [{ name: "stormy", base_url: storm!.url, models: ["*"], max_concurrency: 16 }],
-    { maxConcurrentRequestsPerBatch: 16, maxRequestsPerBatch: 5000 }
-  ),
-  { excludeTestServices: true }
-)("a 429 storm", (it) => {
+    { maxConcurrentRequestsPerBatch: 16, ...config }
+  )
+
+layer(stormyUpstream({ maxRequestsPerBatch: 5000 }), { excludeTestServices: true })("a 429 storm", (it) => {
   it.effect("shrinks the limit, fails no line, and the limit grows back once the storm ends", () =>
     Effect.gen(function*() {
       const { storm } = yield* Simulators
@@ -115,14 +116,7 @@ layer(
     }), { timeout: 30_000 })
 })
 
-layer(
-  testAppWithUpstreams(
-    { storm: { capacity: 3, latencyMs: 20 } },
-    ({ storm }) => [{ name: "stormy", base_url: storm!.url, models: ["*"], max_concurrency: 16 }],
-    { maxConcurrentRequestsPerBatch: 16, inferenceMaxAttempts: 1 }
-  ),
-  { excludeTestServices: true }
-)("a 429 storm with one attempt per request", (it) => {
+layer(stormyUpstream({ inferenceMaxAttempts: 1 }), { excludeTestServices: true })("a 429 storm with one attempt per request", (it) => {
   // The overload is the limit's to absorb, not the requests' attempts: even with no retry allowed, no line fails
   // (a request refused again at once after halving the limit, while the server still held the calls sent before,
   // failed so).
