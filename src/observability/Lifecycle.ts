@@ -6,8 +6,8 @@
 import * as HttpServer from "@effect/platform/HttpServer"
 import { Duration, Effect, Layer, Option } from "effect"
 import { AppConfig, type AppConfigShape, keysConfigured, runsBatches } from "../Config.js"
-import { type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
 import { type Proxies, proxiesOf } from "../inference/UpstreamHttpClient.js"
+import { type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
 import { describeDatabase, Readiness } from "./Readiness.js"
 import { tracingSettings } from "./tracingSettings.js"
 
@@ -114,7 +114,8 @@ export const ServerLifecycleLive: Layer.Layer<never, never, HttpServer.HttpServe
     const server = yield* HttpServer.HttpServer
     const upstreams = yield* Effect.orElseSucceed(upstreamSpecs(config), () => [])
     const tracesUrl = Option.map(yield* Effect.orElseSucceed(tracingSettings, () => Option.none()), (t) => t.url)
-    const { fields, message } = listeningLine(HttpServer.formatAddress(server.address), config, upstreams, tracesUrl, proxiesOf(process.env))
+    const address = HttpServer.formatAddress(server.address)
+    const { fields, message } = listeningLine(address, config, upstreams, tracesUrl, proxiesOf(process.env))
     yield* Effect.annotateLogs(Effect.logInfo(message), fields)
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {

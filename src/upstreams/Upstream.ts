@@ -260,8 +260,8 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
           Effect.map((verdict): Verdict => {
             // Sent again without counting: a call the outage resends once the upstream is back, the overload the
             // limit answers, or one of the request's few spared refusals (see the header). Any other refusal counts,
-            // with its backoff: a request refused for good fails after its attempts. (Once, any refusal went again while the limit was above its floor; but a
-            // request halves it only once, so one refused alone was resent for ever, ~10 calls a second.)
+            // with its backoff: a request halves the limit only once, so one refused alone never brings it to the
+            // floor, and without counting it was resent for ever.
             if (verdict === "again" || outage.isDown()) return "again"
             // On trial, a request's first 503 is the outage's (five requests' in a row take the upstream down
             // again); its next ones, and any 429, count: one to four requests refused for good would loop.

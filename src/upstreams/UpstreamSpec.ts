@@ -92,7 +92,9 @@ const resolveEntry = (
   let apiKey = Option.none<Redacted.Redacted>()
   if (entry.api_key_env !== undefined) {
     const value = env[entry.api_key_env]
-    if (value === undefined || value === "") return problem(`api_key_env names ${entry.api_key_env}, which is ${value === undefined ? "not set" : "empty"}`)
+    if (value === undefined || value === "") {
+      return problem(`api_key_env names ${entry.api_key_env}, which is ${value === undefined ? "not set" : "empty"}`)
+    }
     if (badHeaderValue(value)) {
       return problem(`${entry.api_key_env} holds a line break, a control character or surrounding spaces (a trailing newline from a file?)`)
     }
@@ -144,7 +146,9 @@ export const resolveEntries = (
       .map((issue) => {
         // An empty list is reported as its first element missing (`models.0: is missing`): said as it is.
         const emptyList = issue.message === "is missing" && issue.path.at(-1) === 0
-        return emptyList ? `${where(issue.path.slice(0, -1))}: an empty list (at least one is needed)` : `${where(issue.path)}: ${issue.message}`
+        return emptyList
+          ? `${where(issue.path.slice(0, -1))}: an empty list (at least one is needed)`
+          : `${where(issue.path)}: ${issue.message}`
       }).join("; "))
   }
   const specs: Array<UpstreamSpec> = []
