@@ -9,7 +9,7 @@ import { beat, LocalWork } from "../src/batches/heartbeat.js"
 import { type Lease, WorkLeases, WorkLeasesLive } from "../src/batches/WorkLeases.js"
 import { SqlLive } from "../src/storage/Sql.js"
 import { BatchId, BatchRequestId, FileId } from "../src/domain/Ids.js"
-import { newChatBatch, requestRows, storedLines } from "./support/Batches.js"
+import { newChatBatch, requestRows, responseOutcome, storedLines } from "./support/Batches.js"
 import { backends, configFor, TestDatabase, TestDataDir } from "./support/TestApp.js"
 
 const storeFor = (backend: "sqlite" | "postgres") =>
@@ -21,16 +21,8 @@ const storeFor = (backend: "sqlite" | "postgres") =>
 
 const lease = (owner: string, now = 1_000, ttl = 10_000): Lease => ({ owner, now, until: now + ttl })
 
-const ok = (line: number, text = `ok ${line}`): RequestOutcome => ({
-  customId: `c${line}`,
-  resultId: BatchRequestId.make(`r${line}`),
-  _tag: "Response",
-  line,
-  statusCode: 200,
-  body: JSON.stringify({ text }),
-  requestId: `req_${line}`,
-  usage: { input: 1, cached: 0, output: 2, reasoning: 0, total: 3 }
-})
+const ok = (line: number, text = `ok ${line}`): RequestOutcome =>
+  responseOutcome(line, { body: JSON.stringify({ text }), usage: { input: 1, cached: 0, output: 2, reasoning: 0, total: 3 } })
 
 /** A running batch of `lines` requests in slices of `perSlice` lines. */
 const runningBatch = (lines: number, perSlice: number) =>

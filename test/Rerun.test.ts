@@ -10,13 +10,12 @@ import { Duration, Effect, Layer, Stream } from "effect"
 import OpenAI from "openai"
 import type { Batch } from "openai/resources/batches"
 import { AuthTest } from "../src/auth/Auth.js"
-import { BatchStore, BatchStoreLive, type RequestOutcome } from "../src/batches/BatchStore.js"
+import { BatchStore, BatchStoreLive } from "../src/batches/BatchStore.js"
 import { Rerun, RerunLive } from "../src/batches/rerun.js"
-import { zeroUsage } from "../src/batches/validation.js"
 import { BatchId, BatchRequestId, fileId } from "../src/domain/Ids.js"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { StorageLive } from "../src/Layers.js"
-import { chatLine, createBatch, failure, newChatBatch, readLines, sdk, terminal, upload, waitFor } from "./support/Batches.js"
+import { chatLine, createBatch, failure, newChatBatch, readLines, responseOutcome, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import {
   backends,
   baseUrl,
@@ -298,16 +297,7 @@ for (const backend of backends) {
         })))
         expect(yield* store.startRunning(id, { model: "sim-model", total: count }, [{ firstLine: 1, lastLine: count }])).toBe(true)
         // Every third request succeeded, line 2 got a 500; the rest had no outcome when a fault failed the batch.
-        const outcome = (line: number, statusCode: number): RequestOutcome => ({
-          _tag: "Response",
-          line,
-          customId: `c${line}`,
-          resultId: BatchRequestId.make(`r${line}`),
-          statusCode,
-          body: "{}",
-          requestId: "req",
-          usage: zeroUsage
-        })
+        const outcome = (line: number, statusCode: number) => responseOutcome(line, { statusCode })
         const succeeded = lines.map((_, i) => i + 1).filter((line) => line % 3 === 0)
         yield* store.recordOutcomes(id, [outcome(2, 500), ...succeeded.map((line) => outcome(line, 200))])
         yield* store.transition(id, "fault", { errors: [{ code: "internal_error", message: "x", param: null, line: null }] })

@@ -6,10 +6,8 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import { BatchStore, BatchStoreLive, type RequestOutcome } from "../src/batches/BatchStore.js"
 import { RESULT_PAGE_BYTES } from "../src/batches/outcomes.js"
-import { zeroUsage } from "../src/batches/validation.js"
-import { BatchRequestId } from "../src/domain/Ids.js"
 import { SqlLive } from "../src/storage/Sql.js"
-import { validatingBatch } from "./support/Batches.js"
+import { responseOutcome, validatingBatch } from "./support/Batches.js"
 import { backends, configFor, TestDatabase, TestDataDir } from "./support/TestApp.js"
 
 const storeFor = (backend: "sqlite" | "postgres") =>
@@ -20,16 +18,8 @@ const storeFor = (backend: "sqlite" | "postgres") =>
   )
 
 /** A 2xx answer on `line` whose body is about `bytes` long. */
-const answer = (line: number, bytes: number): RequestOutcome => ({
-  _tag: "Response",
-  line,
-  customId: `c${line}`,
-  resultId: BatchRequestId.make(`r${line}`),
-  statusCode: 200,
-  body: JSON.stringify({ line, pad: "x".repeat(bytes) }),
-  requestId: `q${line}`,
-  usage: zeroUsage
-})
+const answer = (line: number, bytes: number): RequestOutcome =>
+  responseOutcome(line, { body: JSON.stringify({ line, pad: "x".repeat(bytes) }) })
 
 for (const backend of backends) describe(`result pages (${backend})`, () => {
   it.live("a page stops once its bodies pass the byte budget; paging on gives every line once, in order", () =>

@@ -8,14 +8,13 @@ import { Deferred, Effect, Exit, Fiber, Layer, Option, Scope } from "effect"
 import { BatchStore, BatchStoreLive, type BatchStoreShape, type RequestOutcome } from "../src/batches/BatchStore.js"
 import { LocalWork } from "../src/batches/heartbeat.js"
 import { GROUP_CHARS, makeOutcomeWriter } from "../src/batches/outcomeWriter.js"
-import { zeroUsage } from "../src/batches/validation.js"
 import { makePendingRows } from "../src/batches/pendingRows.js"
 import { makeRunning } from "../src/batches/running.js"
 import { WorkLeases, WorkLeasesLive } from "../src/batches/WorkLeases.js"
 import { BatchId, BatchRequestId } from "../src/domain/Ids.js"
 import { InferenceScripted } from "../src/inference/Inference.js"
 import { SqlLive } from "../src/storage/Sql.js"
-import { validatingBatch } from "./support/Batches.js"
+import { responseOutcome, validatingBatch } from "./support/Batches.js"
 import { backends, configFor, TestDatabase, TestDataDir } from "./support/TestApp.js"
 
 const outcome = (line: number): RequestOutcome => ({
@@ -28,16 +27,7 @@ const outcome = (line: number): RequestOutcome => ({
 })
 
 /** A 200 whose answer is `chars` long. */
-const answer = (line: number, chars: number): RequestOutcome => ({
-  _tag: "Response",
-  line,
-  customId: `c${line}`,
-  resultId: BatchRequestId.make(`r${line}`),
-  statusCode: 200,
-  body: "x".repeat(chars),
-  requestId: `req${line}`,
-  usage: zeroUsage
-})
+const answer = (line: number, chars: number): RequestOutcome => responseOutcome(line, { body: "x".repeat(chars) })
 
 /** A store whose `recordOutcomes` records each group's lines and runs `write` (by default: succeeds). */
 const scriptedStore = (groups: Array<Array<number>>, write: (n: number) => Effect.Effect<void> = () => Effect.void) =>

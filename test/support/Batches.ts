@@ -2,7 +2,8 @@
 import { Effect } from "effect"
 import OpenAI, { toFile } from "openai"
 import type { Batch } from "openai/resources/batches"
-import { BatchStore, type BatchStoreShape, type NewBatch, type RequestRow } from "../../src/batches/BatchStore.js"
+import { BatchStore, type BatchStoreShape, type NewBatch, type RequestOutcome, type RequestRow } from "../../src/batches/BatchStore.js"
+import { zeroUsage } from "../../src/batches/validation.js"
 import { BatchId, BatchRequestId, FileId } from "../../src/domain/Ids.js"
 
 export const sdk = (baseUrl: string) => new OpenAI({ baseURL: `${baseUrl}/v1`, apiKey: "sk-test", maxRetries: 0 })
@@ -85,3 +86,18 @@ export const validatingBatch = (lines: number) =>
     yield* store.insertRequests(id, requestRows(lines))
     return id
   })
+
+type ResponseOutcome = Extract<RequestOutcome, { _tag: "Response" }>
+
+/** An answer to `line` as the runner stores it (custom id `c{line}`, result id `r{line}`): a 200 of `{}` unless `fields` say. */
+export const responseOutcome = (line: number, fields: Partial<Omit<ResponseOutcome, "_tag" | "line">> = {}): RequestOutcome => ({
+  _tag: "Response",
+  line,
+  customId: `c${line}`,
+  resultId: BatchRequestId.make(`r${line}`),
+  statusCode: 200,
+  body: "{}",
+  requestId: `req_${line}`,
+  usage: zeroUsage,
+  ...fields
+})
