@@ -2,7 +2,7 @@
  * Every knob of the service, read from the environment in one place. An invalid value fails the start with a
  * message naming the variable (Effect's `ConfigError` does that; `main.ts` prints it).
  */
-import { Config, type ConfigError, Context, Duration, Layer, Option, Redacted } from "effect"
+import { Config, ConfigError, Context, Duration, Either, Layer, Option, Redacted } from "effect"
 import { hostname } from "node:os"
 import { commaList, validateConfig } from "./configRules.js"
 import { OPENAI_MAX_REQUESTS_PER_BATCH } from "./domain/Batches.js"
@@ -273,10 +273,7 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
     }),
     Config.withDefault(defaults.logLevel)
   ),
-  inferenceBaseUrl: Config.string("INFERENCE_BASE_URL").pipe(
-    Config.map((url) => url.replace(/\/+$/, "")),
-    Config.withDefault(defaults.inferenceBaseUrl)
-  ),
+  inferenceBaseUrl: Config.option(Config.string("INFERENCE_BASE_URL").pipe(Config.map((url) => url.replace(/\/+$/, "")))),
   inferenceApiKey: Config.option(Config.redacted("INFERENCE_API_KEY")),
   inferenceTimeout: Config.duration("INFERENCE_TIMEOUT").pipe(Config.withDefault(defaults.inferenceTimeout)),
   inferenceMaxResponseBytes: Config.integer("INFERENCE_MAX_RESPONSE_BYTES").pipe(
@@ -324,14 +321,22 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   webhookRetryMaxDelay: Config.duration("WEBHOOK_RETRY_MAX_DELAY").pipe(Config.withDefault(defaults.webhookRetryMaxDelay)),
   webhookRetryFor: Config.duration("WEBHOOK_RETRY_FOR").pipe(Config.withDefault(defaults.webhookRetryFor))
 }).pipe(
-  Config.map(({ adminApiKeys, apiKeys, nodeId, ...rest }) => ({
-    ...rest,
-    upstreams: Option.none(),
-    apiKeys: redactedList(apiKeys),
-    adminApiKeys: redactedList(adminApiKeys),
-    nodeId: Option.getOrElse(nodeId, () => defaultNodeId(rest.port))
-  })),
-  Config.mapOrFail(validateConfig)
+  Config.mapOrFail(({ adminApiKeys, apiKeys, inferenceBaseUrl, nodeId, ...rest }) =>
+    // Only here can a base URL set be told from the default one: set beside the file, it would be ignored.
+    Option.isSome(inferenceBaseUrl) && Option.isSome(rest.upstreamsFile)
+      ? Either.left(ConfigError.InvalidData(
+        ["INFERENCE_BASE_URL"],
+        "Expected unset with UPSTREAMS_FILE, which lists the upstreams: give this one an entry there"
+      ))
+      : validateConfig({
+        ...rest,
+        upstreams: Option.none(),
+        inferenceBaseUrl: Option.getOrElse(inferenceBaseUrl, () => defaults.inferenceBaseUrl),
+        apiKeys: redactedList(apiKeys),
+        adminApiKeys: redactedList(adminApiKeys),
+        nodeId: Option.getOrElse(nodeId, () => defaultNodeId(rest.port))
+      })
+  )
 )
 
 /**

@@ -55,6 +55,12 @@ export const isLoopbackName = (name: string): boolean => {
   return n === "localhost" || n === "::1" || n === "[::1]" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(n)
 }
 
+/** Whether the upstreams are listed (`UPSTREAMS_FILE`, or entries in code) rather than the one-upstream shortcut. */
+export const upstreamsListed = (config: Pick<AppConfigShape, "upstreams" | "upstreamsFile">): boolean =>
+  Option.isSome(config.upstreams) || Option.isSome(config.upstreamsFile)
+
+const UPSTREAMS_LISTED = "UPSTREAMS_FILE (or upstreams given in code)"
+
 /** `text` split at commas, each entry trimmed, empty ones dropped. */
 export const commaList = (text: string): ReadonlyArray<string> =>
   text.split(",").map((entry) => entry.trim()).filter((entry) => entry !== "")
@@ -101,6 +107,11 @@ const rules: ReadonlyArray<Rule> = [
     variable: "INFERENCE_API_KEY",
     expected: "a key without line breaks, control characters or surrounding spaces (a trailing newline from a file?)",
     holds: (c) => !Option.exists(c.inferenceApiKey, (key) => badHeaderValue(Redacted.value(key)))
+  },
+  {
+    variable: "INFERENCE_API_KEY",
+    expected: `unset with ${UPSTREAMS_LISTED}: each upstream takes its key from its own api_key or api_key_env`,
+    holds: (c) => Option.isNone(c.inferenceApiKey) || !upstreamsListed(c)
   },
   positiveInt("maxUploadBytes", "MAX_UPLOAD_BYTES"),
   positiveInt("maxJsonBodyBytes", "MAX_JSON_BODY_BYTES"),

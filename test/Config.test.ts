@@ -42,6 +42,11 @@ describe("configuration", () => {
         [{ inferenceBaseUrl: "ftp://x/v1" }, { INFERENCE_BASE_URL: "ftp://x/v1" }, "INFERENCE_BASE_URL"],
         [{ inferenceBaseUrl: "http://u:p@x/v1" }, { INFERENCE_BASE_URL: "http://x/v1?key=k" }, "INFERENCE_BASE_URL"],
         [{ inferenceApiKey: Option.some(Redacted.make("sk-1\n")) }, { INFERENCE_API_KEY: " sk-1" }, "INFERENCE_API_KEY"],
+        [
+          { upstreams: Option.some([{ name: "a", base_url: "http://a/v1", models: ["*"] }]), inferenceApiKey: Option.some(Redacted.make("sk-1")) },
+          { UPSTREAMS_FILE: "upstreams.yaml", INFERENCE_API_KEY: "sk-1" },
+          "Expected unset with UPSTREAMS_FILE"
+        ],
         [{ inferenceMinConcurrency: 9, inferenceMaxConcurrency: 4 }, { INFERENCE_MAX_CONCURRENCY: "0" }, "INFERENCE_M"],
         [{ heartbeatInterval: Duration.seconds(20) }, { HEARTBEAT_INTERVAL: "20 seconds" }, "HEARTBEAT_INTERVAL"],
         [{ leaseTtl: Duration.zero }, { LEASE_TTL: "0 millis" }, "LEASE_TTL"],
@@ -60,6 +65,17 @@ describe("configuration", () => {
         expect(failure(yield* fromCode(code))).toContain(variable)
         expect(failure(yield* fromEnv(env))).toContain(variable)
       }
+    }))
+
+  it.effect("INFERENCE_BASE_URL beside UPSTREAMS_FILE stops the start (it would be ignored); either alone is read", () =>
+    Effect.gen(function*() {
+      const both = failure(yield* fromEnv({ UPSTREAMS_FILE: "upstreams.yaml", INFERENCE_BASE_URL: "http://127.0.0.1:8000/v1" }))
+      expect(both).toContain("INFERENCE_BASE_URL")
+      expect(both).toContain("give this one an entry there")
+      const file = yield* Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map([["UPSTREAMS_FILE", "upstreams.yaml"]])))
+      expect([file.upstreamsFile, file.inferenceBaseUrl]).toEqual([Option.some("upstreams.yaml"), "http://127.0.0.1:8000/v1"])
+      const shortcut = yield* Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map([["INFERENCE_BASE_URL", "http://x:1/v1/"]])))
+      expect(shortcut.inferenceBaseUrl).toBe("http://x:1/v1")
     }))
 
   it.effect("LOG_LEVEL is read in any case, warn standing for warning", () =>
