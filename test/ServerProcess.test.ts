@@ -312,8 +312,13 @@ describe.concurrent("server process", () => {
           expect(code).toBe(1)
           expect(output).toContain("Invalid configuration")
           expect(output).toContain(invalid[i]![0])
+          expect(output.trim().split("\n")).toHaveLength(1)
         })
         expect(existsSync(Path.join(dataDir, "batches.sqlite"))).toBe(false)
+        // A file read later in the start: its error alone too ("No API key configured" came before it).
+        const upstreams = await runServerToExit({ DATA_DIR: Path.join(dataDir, "other"), UPSTREAMS_FILE: Path.join(dataDir, "missing.yaml") })
+        expect(upstreams.code).toBe(1)
+        expect(upstreams.output.trim().split("\n")).toEqual([expect.stringContaining("Invalid data at UPSTREAMS_FILE")])
         // With LOG_FORMAT=json, a log line as the others: a shipper reads it.
         const json = await runServerToExit({ DATA_DIR: dataDir, PORT: "not-a-port", LOG_FORMAT: "json" })
         expect(json.code).toBe(1)

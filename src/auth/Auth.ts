@@ -221,11 +221,14 @@ export const makeAuth = (sources: KeySources): Effect.Effect<AuthShape, ConfigEr
     }
   })
 
-/** Logs what is loaded (counts only) and whether keys are needed at all. */
+/**
+ * Logs what is loaded (counts only). Without keys nothing: the listening line says so, and a line here would come
+ * before a configuration error found later in the start.
+ */
 const logLoaded = (auth: AuthShape) =>
   auth.required
     ? Effect.flatMap(auth.summary, (summary) => Effect.logInfo("API keys loaded").pipe(Effect.annotateLogs({ ...summary })))
-    : Effect.logInfo("No API key configured: requests need none")
+    : Effect.void
 
 /**
  * The keys of the configuration. With `API_KEYS_FILE`, SIGHUP re-reads the file without a restart: the new keys are
