@@ -4,7 +4,7 @@
  */
 import { Config, ConfigError, Context, Duration, Either, Layer, Option, Redacted } from "effect"
 import { hostname } from "node:os"
-import { commaList, validateConfig } from "./configRules.js"
+import { commaList, exposedWithoutKeys, keysConfigured, validateConfig } from "./configRules.js"
 import { OPENAI_MAX_REQUESTS_PER_BATCH } from "./domain/Batches.js"
 import type { UpstreamEntry } from "./upstreams/UpstreamSpec.js"
 
@@ -230,7 +230,7 @@ export const defaults: AppConfigShape = {
   webhookRetryFor: Duration.hours(72)
 }
 
-export { isLoopbackName, keysConfigured, validateConfig } from "./configRules.js"
+export { exposedWithoutKeys, isLoopbackName, keysConfigured, validateConfig } from "./configRules.js"
 
 /** This node's default name in leases: unique per host and port, the same across restarts. */
 const defaultNodeId = (port: number) => `${hostname()}:${port}`
@@ -328,14 +328,18 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
         ["INFERENCE_BASE_URL"],
         "Expected unset with UPSTREAMS_FILE, which lists the upstreams: give this one an entry there"
       ))
-      : validateConfig({
-        ...rest,
-        upstreams: Option.none(),
-        inferenceBaseUrl: Option.getOrElse(inferenceBaseUrl, () => defaults.inferenceBaseUrl),
-        apiKeys: redactedList(apiKeys),
-        adminApiKeys: redactedList(adminApiKeys),
-        nodeId: Option.getOrElse(nodeId, () => defaultNodeId(rest.port))
-      })
+      : Either.flatMap(
+        validateConfig({
+          ...rest,
+          upstreams: Option.none(),
+          inferenceBaseUrl: Option.getOrElse(inferenceBaseUrl, () => defaults.inferenceBaseUrl),
+          apiKeys: redactedList(apiKeys),
+          adminApiKeys: redactedList(adminApiKeys),
+          nodeId: Option.getOrElse(nodeId, () => defaultNodeId(rest.port))
+        }),
+        // Said before anything starts; the server checks it again on the keys in use (`NodeServerLive`).
+        (config) => Option.match(exposedWithoutKeys(config, keysConfigured(config)), { onNone: () => Either.right(config), onSome: Either.left })
+      )
   )
 )
 

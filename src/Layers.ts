@@ -3,11 +3,11 @@
  * once (layers are memoized by reference), and what remains open is only `AppConfig`.
  */
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
-import { Duration, Effect, Layer } from "effect"
+import { Duration, Effect, Layer, Option } from "effect"
 import { createServer, type Server } from "node:http"
-import { AppConfig, fileStorageOf } from "./Config.js"
+import { AppConfig, exposedWithoutKeys, fileStorageOf } from "./Config.js"
 import type * as SqlClient from "@effect/sql/SqlClient"
-import { type Auth, AuthLive } from "./auth/Auth.js"
+import { Auth, AuthLive } from "./auth/Auth.js"
 import { BatchRunnerLive } from "./batches/BatchRunner.js"
 import { BatchStore, BatchStoreLive } from "./batches/BatchStore.js"
 import { RerunLive } from "./batches/rerun.js"
@@ -127,16 +127,21 @@ export const ServicesLive = makeServices()
 const HANDLER_CLEAN_UP = Duration.seconds(5)
 
 /**
- * A Node HTTP server on the configured host and port. On shutdown it stops accepting at once and gives open
+ * A Node HTTP server on the configured host and port; a non-loopback host only when the `Auth` in use asks for keys
+ * (or with `allowUnauthenticated`), else the start fails with a `ConfigError` naming `HOST`. On shutdown it stops accepting at once and gives open
  * requests `shutdownTimeout` to finish; then their connections are closed, which interrupts their handlers (an
  * upload cut short that way leaves no file behind, nor staged bytes: the release waits, up to `HANDLER_CLEAN_UP`, for
  * the handlers so interrupted to finish). A request sent while the app is still starting (the socket
  * listens before the handler is attached) is answered once it is; an answer given before the request's body was
  * read reaches the client even when the connection closes after it.
  */
-export const NodeServerLive = Layer.unwrapEffect(
-  Effect.map(AppConfig, ({ host, port, shutdownTimeout }) => makeNodeServer({ host, port, shutdownTimeout }))
-)
+export const NodeServerLive = Layer.unwrapEffect(Effect.gen(function*() {
+  const config = yield* AppConfig
+  // On the keys in use: an app may have swapped `Auth` for keys of its own (or for none).
+  const exposed = exposedWithoutKeys(config, (yield* Auth).required)
+  if (Option.isSome(exposed)) return yield* Effect.fail(exposed.value)
+  return makeNodeServer({ host: config.host, port: config.port, shutdownTimeout: config.shutdownTimeout })
+}))
 
 export interface NodeServerOptions {
   readonly host?: string | undefined

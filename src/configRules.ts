@@ -61,6 +61,23 @@ export const upstreamsListed = (config: Pick<AppConfigShape, "upstreams" | "upst
 
 const UPSTREAMS_LISTED = "UPSTREAMS_FILE (or upstreams given in code)"
 
+/**
+ * A server that would serve everyone on a non-loopback `HOST` without asking for a key, as a `ConfigError` naming
+ * `HOST`; `keysRequired`: whether the keys in use ask for one (those of the configuration, or of an `Auth` swapped
+ * in by an app).
+ */
+export const exposedWithoutKeys = (
+  config: Pick<AppConfigShape, "host" | "allowUnauthenticated">,
+  keysRequired: boolean
+): Option.Option<ConfigError.ConfigError> =>
+  keysRequired || config.allowUnauthenticated || isLoopbackName(config.host)
+    ? Option.none()
+    : Option.some(ConfigError.InvalidData(
+      ["HOST"],
+      "Expected a loopback address (127.0.0.1, localhost or ::1) when no API key is configured: set API_KEYS, " +
+        "ADMIN_API_KEYS or API_KEYS_FILE, or ALLOW_UNAUTHENTICATED=true to serve everyone on this interface without a key"
+    ))
+
 /** `text` split at commas, each entry trimmed, empty ones dropped. */
 export const commaList = (text: string): ReadonlyArray<string> =>
   text.split(",").map((entry) => entry.trim()).filter((entry) => entry !== "")
@@ -195,12 +212,6 @@ const rules: ReadonlyArray<Rule> = [
     expected: "comma-separated exact origins such as https://app.example.com (scheme, host, port unless the default; " +
       "no path, no trailing slash, no *)",
     holds: (c) => c.corsOrigins.every(isOrigin)
-  },
-  {
-    variable: "HOST",
-    expected: "a loopback address (127.0.0.1, localhost or ::1) when no API key is configured: set API_KEYS, " +
-      "ADMIN_API_KEYS or API_KEYS_FILE, or ALLOW_UNAUTHENTICATED=true to serve everyone on this interface without a key",
-    holds: (c) => keysConfigured(c) || c.allowUnauthenticated || isLoopbackName(c.host)
   },
   {
     variable: "INFERENCE_RETRY_MAX_DELAY",

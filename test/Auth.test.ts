@@ -15,7 +15,7 @@ import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import { Auth, AuthLive, AuthTest, keyHash } from "../src/auth/Auth.js"
 import { AppConfig, appConfig } from "../src/Config.js"
 import { ApiLive, HttpLive } from "../src/http/Http.js"
-import { ServicesLive } from "../src/Layers.js"
+import { NodeServerLive, ServicesLive } from "../src/Layers.js"
 import { chatLine } from "./support/Batches.js"
 import { runServerToExit, startServer } from "./support/ServerProcess.js"
 import { baseUrl, configFor, TestDatabase, TestDataDir, Upstream, TestHttpServer } from "./support/TestApp.js"
@@ -358,12 +358,10 @@ describe("key configuration", () => {
       }
     }))
 
-  it.effect("a non-loopback HOST needs keys or ALLOW_UNAUTHENTICATED, from the environment and from code", () =>
+  it.effect("a non-loopback HOST needs keys or ALLOW_UNAUTHENTICATED: the environment says so at once", () =>
     Effect.gen(function*() {
       for (const host of ["0.0.0.0", "10.1.2.3", "::", "example.com"]) {
         expect(failure(yield* fromEnv({ HOST: host }))).toContain("HOST")
-        const code = yield* Effect.exit(Effect.provide(AppConfig, AppConfig.layerWith({ host })))
-        expect(failure(code)).toContain("HOST")
         expect(Exit.isSuccess(yield* fromEnv({ HOST: host, API_KEYS: "sk-1" }))).toBe(true)
         expect(Exit.isSuccess(yield* fromEnv({ HOST: host, ADMIN_API_KEYS: "sk-1" }))).toBe(true)
         expect(Exit.isSuccess(yield* fromEnv({ HOST: host, API_KEYS_FILE: "/etc/keys" }))).toBe(true)
@@ -372,6 +370,20 @@ describe("key configuration", () => {
       for (const host of ["127.0.0.1", "localhost", "::1", "127.0.0.53"]) {
         expect(Exit.isSuccess(yield* fromEnv({ HOST: host }))).toBe(true)
       }
+    }))
+
+  it.scoped("the server binds a non-loopback HOST only when the keys in use ask for one, an Auth swapped in by an app too", () =>
+    Effect.gen(function*() {
+      const start = (auth: Layer.Layer<Auth, unknown, AppConfig>, config: Parameters<typeof AppConfig.layerWith>[0]) =>
+        Effect.exit(Layer.build(NodeServerLive.pipe(Layer.provide(auth), Layer.provide(AppConfig.layerWith({ port: 0, ...config })))))
+      // The configuration's keys alone do not open the interface: the Auth in use has none (it listened, keyless).
+      const swappedForNone = yield* start(AuthTest(), { host: "0.0.0.0", apiKeys: [Redacted.make("sk-1")] })
+      expect(failure(swappedForNone)).toContain("Invalid data at HOST")
+      expect(failure(yield* start(AuthLive, { host: "0.0.0.0" }))).toContain("ALLOW_UNAUTHENTICATED")
+      // Keys of the app's own Auth do, as the configuration's do.
+      expect(Exit.isSuccess(yield* start(AuthTest({ apiKeys: ["sk-1"] }), { host: "0.0.0.0" }))).toBe(true)
+      expect(Exit.isSuccess(yield* start(AuthLive, { host: "0.0.0.0", apiKeys: [Redacted.make("sk-1")] }))).toBe(true)
+      expect(Exit.isSuccess(yield* start(AuthLive, { host: "0.0.0.0", allowUnauthenticated: true }))).toBe(true)
     }))
 })
 

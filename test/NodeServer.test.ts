@@ -11,6 +11,7 @@ import { describe, expect, it, layer } from "@effect/vitest"
 import { Context, Deferred, Duration, Effect, Exit, Layer, Schedule, Scope } from "effect"
 import { Agent, createServer, request as httpRequest, type Server } from "node:http"
 import { connect, type Socket } from "node:net"
+import { AuthLive } from "../src/auth/Auth.js"
 import { AppConfig } from "../src/Config.js"
 import { holdEarlyRequests } from "../src/http/holdEarlyRequests.js"
 import { lingerAfterEarlyAnswers } from "../src/http/lingerAfterEarlyAnswers.js"
@@ -54,8 +55,11 @@ const sendMb = (socket: Socket, mb: number) => {
   for (let i = 0; i < mb; i++) socket.write(`${(1024 * 1024).toString(16)}\r\n${chunk}\r\n`)
 }
 
+/** `NodeServerLive` on the configuration's keys (none: it must bind loopback). */
+const nodeServerOnConfigKeys = NodeServerLive.pipe(Layer.provide(AuthLive))
+
 const server = HttpServer.serve(HttpServerResponse.text("ok")).pipe(
-  Layer.provideMerge(NodeServerLive),
+  Layer.provideMerge(nodeServerOnConfigKeys),
   Layer.provide(AppConfig.layerWith({ host: "127.0.0.1", port: 0 }))
 )
 
@@ -201,7 +205,7 @@ describe("the node server", () => {
 
   it.scopedLive("a request sent after the socket listens but before the app's handler is attached is answered once it is", () =>
     Effect.gen(function*() {
-      const server = NodeServerLive.pipe(Layer.provide(AppConfig.layerWith({ host: "127.0.0.1", port: 0 })))
+      const server = nodeServerOnConfigKeys.pipe(Layer.provide(AppConfig.layerWith({ host: "127.0.0.1", port: 0 })))
       expect(yield* earlyRequestStatus(Layer.orDie(server))).toBe(200)
     }), 20_000)
 
@@ -251,7 +255,7 @@ describe("the node server", () => {
       const scope = yield* Scope.make()
       const context = yield* Layer.buildWithScope(
         HttpServer.serve(handler).pipe(
-          Layer.provideMerge(NodeServerLive),
+          Layer.provideMerge(nodeServerOnConfigKeys),
           Layer.provide(AppConfig.layerWith({ host: "127.0.0.1", port: 0, shutdownTimeout: Duration.millis(100) }))
         ),
         scope

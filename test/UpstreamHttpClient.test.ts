@@ -439,11 +439,11 @@ describe("UpstreamHttpClient", () => {
     expect(proxiesOf({ HTTP_PROXY: "http://p:3128", NO_PROXY: "localhost" }))
       .toEqual({ http: "http://p:3128", https: "http://p:3128", noProxy: "localhost" })
     expect(proxiesOf({ https_proxy: "http://low:1", HTTPS_PROXY: "http://up:2" })).toEqual({ http: undefined, https: "http://low:1", noProxy: "" })
-    const line = listeningLine("http://127.0.0.1:8321", defaults, [], Option.none(), proxiesOf({ HTTPS_PROXY: "http://user:secret@proxy.internal:3128" }))
+    const line = listeningLine("http://127.0.0.1:8321", defaults, false, [], Option.none(), proxiesOf({ HTTPS_PROXY: "http://user:secret@proxy.internal:3128" }))
     expect(line.fields.proxy).toEqual({ http: null, https: "http://proxy.internal:3128/", no_proxy: "" })
     expect(line.message).toContain("upstream calls through http://proxy.internal:3128/")
     expect(JSON.stringify(line)).not.toContain("secret")
-    expect(listeningLine("http://127.0.0.1:8321", defaults, [], Option.none(), undefined).fields.proxy).toBeNull()
+    expect(listeningLine("http://127.0.0.1:8321", defaults, false, [], Option.none(), undefined).fields.proxy).toBeNull()
   })
 
   it.live("clients sharing a dispatcher keep their own time limits; the layer gives a client too", () =>

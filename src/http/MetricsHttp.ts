@@ -23,7 +23,7 @@ import { Data, Duration, Effect, Layer, Option, Runtime } from "effect"
 import { createServer, type ServerResponse } from "node:http"
 import { Auth, CurrentCaller } from "../auth/Auth.js"
 import { BatchStore } from "../batches/BatchStore.js"
-import { AppConfig, keysConfigured } from "../Config.js"
+import { AppConfig } from "../Config.js"
 import { ErrorBody, unauthorized } from "../domain/Errors.js"
 import { Metrics, type MetricsShape } from "../observability/Metrics.js"
 import { CONTENT_TYPE } from "../observability/metricsRegistry.js"
@@ -119,7 +119,7 @@ export const MetricsServerLive = Layer.scopedDiscard(
     if (Option.isNone(config.metricsPort)) return
     const scrape = yield* makeScrape
     const run = Runtime.runPromise(yield* Effect.runtime<never>())
-    const loopbackOnly = !keysConfigured(config) && !config.allowUnauthenticated
+    const loopbackOnly = !(yield* Auth).required && !config.allowUnauthenticated
     const plain = (res: ServerResponse, status: number, text: string, headers: Record<string, string> = {}) => {
       res.writeHead(status, { "content-type": "text/plain; charset=utf-8", ...headers })
       res.end(text)

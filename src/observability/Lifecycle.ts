@@ -5,7 +5,8 @@
  */
 import * as HttpServer from "@effect/platform/HttpServer"
 import { Duration, Effect, Layer, Option } from "effect"
-import { AppConfig, type AppConfigShape, keysConfigured, runsBatches } from "../Config.js"
+import { Auth } from "../auth/Auth.js"
+import { AppConfig, type AppConfigShape, runsBatches } from "../Config.js"
 import { type Proxies, proxiesOf } from "../inference/UpstreamHttpClient.js"
 import { type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
 import { describeDatabase, Readiness } from "./Readiness.js"
@@ -30,7 +31,7 @@ const withoutCredentials = (url: string) => {
 
 /**
  * The listening line: where, on which database, to which upstreams (each also logs its state once probed), and
- * what is on: keys, tracing (`tracesUrl`: where spans go, or `None`), the proxies of upstream calls (without their
+ * what is on: keys (`keysRequired`: whether the keys in use ask for one), tracing (`tracesUrl`: where spans go, or `None`), the proxies of upstream calls (without their
  * credentials), the default webhook (whether set: its URL may hold a token).
  */
 export const listeningLine = (
@@ -43,11 +44,9 @@ export const listeningLine = (
     | "inferenceMode"
     | "inferenceRecordings"
     | "maxConcurrentBatches"
-    | "apiKeys"
-    | "adminApiKeys"
-    | "apiKeysFile"
     | "webhookUrl"
   >,
+  keysRequired: boolean,
   upstreams: ReadonlyArray<Pick<UpstreamSpec, "name" | "baseUrl" | "models" | "maxConcurrency" | "loadAware">>,
   tracesUrl: Option.Option<string>,
   proxies?: Proxies
@@ -57,7 +56,6 @@ export const listeningLine = (
     ? `answers replayed from ${Option.getOrElse(config.inferenceRecordings, () => "?")}`
     : `${upstreams.length === 1 ? "upstream" : "upstreams"} ${upstreams.map(upstreamText).join("; ")}`
   const runs = runsBatches(config)
-  const keys = keysConfigured(config)
   const tracing = Option.map(tracesUrl, withoutCredentials)
   const proxy = proxies === undefined ? null : {
     http: proxies.http === undefined ? null : withoutCredentials(proxies.http),
@@ -66,7 +64,7 @@ export const listeningLine = (
   }
   const notes = [
     runs ? [] : ["runs no batch: other nodes do"],
-    keys ? ["API keys required"] : ["no API keys"],
+    keysRequired ? ["API keys required"] : ["no API keys"],
     Option.match(tracing, { onNone: () => [], onSome: (url) => [`traces to ${url}`] }),
     proxy === null ? [] : [`upstream calls through ${[...new Set([proxy.https, proxy.http])].filter(Boolean).join(" and ")}`]
   ].flat()
@@ -90,7 +88,7 @@ export const listeningLine = (
           onSome: (l) => ({ load_aware: { metrics_url: withoutCredentials(l.metricsUrl), max_waiting: l.maxWaiting } })
         })
       })),
-      api_keys: keys,
+      api_keys: keysRequired,
       tracing: Option.getOrNull(tracing),
       proxy,
       default_webhook: Option.isSome(config.webhookUrl)
@@ -107,15 +105,16 @@ export const shutdownLine = (config: Pick<AppConfigShape, "shutdownDelay" | "shu
 }
 
 /** Logs the listening line now, and on release the shutdown line, after readiness has turned 503. */
-export const ServerLifecycleLive: Layer.Layer<never, never, HttpServer.HttpServer | AppConfig | Readiness> = Layer
+export const ServerLifecycleLive: Layer.Layer<never, never, HttpServer.HttpServer | AppConfig | Auth | Readiness> = Layer
   .scopedDiscard(Effect.gen(function*() {
     const config = yield* AppConfig
+    const auth = yield* Auth
     const readiness = yield* Readiness
     const server = yield* HttpServer.HttpServer
     const upstreams = yield* Effect.orElseSucceed(upstreamSpecs(config), () => [])
     const tracesUrl = Option.map(yield* Effect.orElseSucceed(tracingSettings, () => Option.none()), (t) => t.url)
     const address = HttpServer.formatAddress(server.address)
-    const { fields, message } = listeningLine(address, config, upstreams, tracesUrl, proxiesOf(process.env))
+    const { fields, message } = listeningLine(address, config, auth.required, upstreams, tracesUrl, proxiesOf(process.env))
     yield* Effect.annotateLogs(Effect.logInfo(message), fields)
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {

@@ -11,7 +11,8 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
 import { Cause, Context, Duration, Effect, Layer, Option, Redacted, Ref, Schema } from "effect"
 import * as Path from "node:path"
-import { AppConfig, type AppConfigShape, keysConfigured } from "../Config.js"
+import { Auth } from "../auth/Auth.js"
+import { AppConfig, type AppConfigShape } from "../Config.js"
 
 /** How long the database gets to answer a readiness query. */
 const DATABASE_TIMEOUT = Duration.seconds(2)
@@ -98,14 +99,14 @@ export const faultLine = (cause: Cause.Cause<unknown>, secrets: ReadonlyArray<st
 }
 
 /** Readiness on the configured database (`SELECT 1`, 2 s), with its changes logged (database lost, back). */
-export const ReadinessLive: Layer.Layer<Readiness, never, SqlClient.SqlClient | AppConfig> = Layer.effect(
+export const ReadinessLive: Layer.Layer<Readiness, never, SqlClient.SqlClient | AppConfig | Auth> = Layer.effect(
   Readiness,
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const config = yield* AppConfig
     const database = describeDatabase(config)
     const secrets = databaseSecrets(config)
-    const exposed = keysConfigured(config)
+    const exposed = (yield* Auth).required
     const drained = yield* Ref.make(false)
     const databaseDown = yield* Ref.make(false)
 
