@@ -3,7 +3,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { randomBytes } from "node:crypto"
 import { spawn } from "node:child_process"
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync } from "node:fs"
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { type AddressInfo, createServer } from "node:net"
 import * as Path from "node:path"
@@ -256,7 +256,7 @@ describe.concurrent("server process", () => {
       }
     }))
 
-  it.live("a database it cannot reach at start stops it with one line naming the database and the variable, no password", () =>
+  it.live("a database it cannot reach or make at start stops it with one line naming the database and the variable, no password", () =>
     Effect.promise(async () => {
       const dataDir = scratch()
       try {
@@ -277,6 +277,17 @@ describe.concurrent("server process", () => {
             `connect ECONNREFUSED 127.0.0.1:${closed}`
         )
         expect(run.output).not.toContain("s3cret")
+
+        // A DATA_DIR that cannot be made (here under a file): the same one line, not a defect's stack trace.
+        const underFile = Path.join(dataDir, "a-file")
+        writeFileSync(underFile, "")
+        const sqlite = await runServerToExit({ DATA_DIR: Path.join(underFile, "data"), PORT: String(await freePort()), LOG_FORMAT: "json" })
+        expect(sqlite.code).toBe(1)
+        expect(sqlite.output.trim().split("\n").map((l) => JSON.parse(l))).toEqual([expect.objectContaining({
+          event: "server.start_failed",
+          message: `Cannot use the database (SQLite at ${underFile}/data/batches.sqlite; see DATA_DIR): Cannot create the data ` +
+            `directory ${underFile}/data: ENOTDIR: not a directory, mkdir '${underFile}/data'`
+        })])
       } finally {
         rmSync(dataDir, { recursive: true, force: true })
       }

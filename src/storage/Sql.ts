@@ -8,6 +8,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import * as Migrator from "@effect/sql/Migrator"
 import type * as SqlConnection from "@effect/sql/SqlConnection"
 import * as Statement from "@effect/sql/Statement"
+import { SqlError } from "@effect/sql/SqlError"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import { Clock, Duration, Effect, Layer, Option, Redacted } from "effect"
@@ -148,7 +149,11 @@ export const SqlLive = Layer.unwrapEffect(
   Effect.gen(function*() {
     const { dataDir, databaseStatementTimeout, databaseUrl } = yield* AppConfig
     if (Option.isSome(databaseUrl)) return layerPg(databaseUrl.value, { statementTimeout: databaseStatementTimeout })
-    yield* Effect.sync(() => mkdirSync(dataDir, { recursive: true }))
+    // A failure is the database's (a typed error the start reports as such), not a defect with a stack trace.
+    yield* Effect.try({
+      try: () => mkdirSync(dataDir, { recursive: true }),
+      catch: (cause) => new SqlError({ cause, message: `Cannot create the data directory ${dataDir}` })
+    })
     return layerSqlite(Path.join(dataDir, "batches.sqlite"))
   })
 )
