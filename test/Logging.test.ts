@@ -282,6 +282,15 @@ describe("the JSON line logger", () => {
       expect(line.big).toBe("10")
       expect(line.trace_id).toBeUndefined()
     }))
+
+  it.effect("a cause logged alone (runMain's report of a failed start) has its first line as the message", () =>
+    Effect.gen(function*() {
+      const { layer, written } = capture()
+      yield* Effect.logError(Cause.fail(new Error("Invalid data at upstreams"))).pipe(Effect.provide(layer))
+      const line = JSON.parse(written[0]!)
+      expect(line.message).toBe("Error: Invalid data at upstreams") // it was []
+      expect(line.cause).toContain("Invalid data at upstreams")
+    }))
 })
 
 describe("the request id", () => {

@@ -3,10 +3,9 @@
  * replaced through the public entry by a scripted one (no network, no GPU), driven by the official `openai` client.
  */
 import { HttpServer } from "@effect/platform"
-import { NodeHttpServer } from "@effect/platform-node"
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
-import { AppConfig, HttpLive, InferenceScripted, makeServices, scriptedAnswer } from "effect-openai-batch"
+import { AppConfig, HttpLive, InferenceScripted, makeNodeServer, makeServices, scriptedAnswer } from "effect-openai-batch"
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
@@ -22,18 +21,17 @@ const fakeUpstream = InferenceScripted(({ body }) => {
   }))
 }, ["fake-model"])
 
+// A server of the service's own on a free loopback port: its address is one the server answers for (without keys,
+// loopback names only), and it closes the client's keep-alive connections at teardown instead of waiting for them.
 const app = HttpLive.pipe(
   Layer.provide(makeServices({ inference: fakeUpstream })),
-  Layer.provideMerge(NodeHttpServer.layerTest),
+  Layer.provideMerge(makeNodeServer({ host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" })),
   Layer.provide(AppConfig.layerWith({ dataDir: mkdtempSync(Path.join(tmpdir(), "embed-")) })),
   Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
 )
 
-const client = Effect.map(HttpServer.HttpServer, (server) => {
-  const address = server.address
-  const port = address._tag === "TcpAddress" ? address.port : 0
-  return new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: "unused", maxRetries: 0 })
-})
+const client = Effect.map(HttpServer.HttpServer, (server) =>
+  new OpenAI({ baseURL: `${HttpServer.formatAddress(server.address)}/v1`, apiKey: "unused", maxRetries: 0 }))
 
 layer(app, { excludeTestServices: true })("an embedded batch service", (it) => {
   it.effect("runs a batch against the scripted upstream", () =>

@@ -10,7 +10,6 @@
  * `replay_miss`, naming the recording it looked for.
  */
 import { HttpServer } from "@effect/platform"
-import { NodeHttpServer } from "@effect/platform-node"
 import { expect, layer } from "@effect/vitest"
 import { Effect, Layer, Logger, LogLevel } from "effect"
 import {
@@ -20,6 +19,7 @@ import {
   InferenceLive,
   InferenceRecord,
   InferenceReplay,
+  makeNodeServer,
   makeServices
 } from "effect-openai-batch"
 import { mkdtempSync } from "node:fs"
@@ -40,16 +40,13 @@ const config = recording
 
 const app = HttpLive.pipe(
   Layer.provide(makeServices({ inference })),
-  Layer.provideMerge(NodeHttpServer.layerTest),
+  Layer.provideMerge(makeNodeServer({ host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" })),
   Layer.provide(config),
   Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
 )
 
-const client = Effect.map(HttpServer.HttpServer, (server) => {
-  const address = server.address
-  const port = address._tag === "TcpAddress" ? address.port : 0
-  return new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: "unused", maxRetries: 0 })
-})
+const client = Effect.map(HttpServer.HttpServer, (server) =>
+  new OpenAI({ baseURL: `${HttpServer.formatAddress(server.address)}/v1`, apiKey: "unused", maxRetries: 0 }))
 
 /** Runs one chat batch of `prompts`; the batch, and its output and error lines parsed. */
 const runBatch = (prompts: ReadonlyArray<string>) =>

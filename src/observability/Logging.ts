@@ -34,7 +34,11 @@ const FIRST = ["event", "request_id", "batch_id"]
  */
 export const jsonLineLogger: Logger.Logger<unknown, string> = Logger.make((options) => {
   const entry = Logger.structuredLogger.log(options)
-  const line: Record<string, unknown> = { timestamp: entry.timestamp, level: entry.logLevel, message: entry.message }
+  // A cause logged alone (`Effect.logError(cause)`, as runMain reports a failed program) has no message: its first line is.
+  const message = Array.isArray(entry.message) && entry.message.length === 0 && entry.cause !== undefined
+    ? entry.cause.split("\n")[0]
+    : entry.message
+  const line: Record<string, unknown> = { timestamp: entry.timestamp, level: entry.logLevel, message }
   for (const key of FIRST) {
     if (key in entry.annotations) line[key] = entry.annotations[key]
   }
