@@ -46,20 +46,29 @@ describe("input validation fold", () => {
   })
 
   it("reports every problem with its line, across lines too, and gives no rows once one is found", () => {
+    // Nested 66 deep (the line, its body, 64 arrays): refused before it is parsed.
+    const deep = request("d").replace(`"messages":[]`, `"x":${"[".repeat(64)}${"]".repeat(64)}`)
     const items: Array<JsonlLine> = [
       ...lines([request("a"), "not json", request("a"), request("b", "other")]),
-      { _tag: "TooLong", line: 5 }
+      { _tag: "TooLong", line: 5 },
+      { _tag: "NotUtf8", line: 6 },
+      { _tag: "Line", line: 7, text: deep }
     ]
     const state = fold(items)
     expect(Input.takeRows(state)).toEqual([])
     expect(Input.modelToCheck(state)).toBeUndefined()
     const verdict = Input.verdict(state)
-    expect(verdict._tag === "Invalid" && verdict.errors.map((e) => [e.line, e.code])).toEqual([
-      [2, "invalid_json_line"],
-      [3, "duplicate_custom_id"],
-      [4, "model_mismatch"],
-      [5, "invalid_request"]
+    expect(verdict._tag === "Invalid" && verdict.errors.map((e) => [e.line, e.code, e.message])).toEqual([
+      [2, "invalid_json_line", "This line is not parseable as valid JSON."],
+      [3, "duplicate_custom_id", expect.any(String)],
+      [4, "model_mismatch", expect.any(String)],
+      [5, "invalid_request", "This line is longer than 64 bytes."],
+      [6, "invalid_json_line", "This line is not valid UTF-8 text."],
+      [7, "invalid_json_line", "This line's JSON is nested more than 64 levels deep."]
     ])
+    // 64 deep (62 arrays) is a request like any other.
+    const deepest = request("e").replace(`"messages":[]`, `"messages":[],"x":${"[".repeat(62)}${"]".repeat(62)}`)
+    expect(Input.verdict(fold(lines([deepest])))._tag).toBe("Valid")
   })
 
   it("too_many_tasks on the first request past the limit; rows stop there", () => {

@@ -1,4 +1,4 @@
-/** The JSONL splitter: line numbers, CRLF, a byte order mark, lines split across chunks, over-long lines. */
+/** The JSONL splitter: line numbers, CRLF, a byte order mark, lines split across chunks, over-long lines, bytes not UTF-8. */
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Stream } from "effect"
 import { jsonlLines } from "../src/batches/lines.js"
@@ -20,6 +20,17 @@ describe("jsonlLines", () => {
         { _tag: "Line", line: 2, text: "" },
         { _tag: "Line", line: 3, text: "{\"b\":2}" },
         { _tag: "Line", line: 4, text: "\"€\"" }
+      ])
+    }))
+
+  it.effect("reports a line that is not UTF-8 rather than decoding it with replacement characters, and goes on", () =>
+    Effect.gen(function*() {
+      const bad = Uint8Array.from([...new TextEncoder().encode("{\"custom_id\":\"a"), 0xff, 0xfe, ...new TextEncoder().encode("\"}\n")])
+      const lines = yield* split(["ok\n", bad, "after\n"])
+      expect(lines).toEqual([
+        { _tag: "Line", line: 1, text: "ok" },
+        { _tag: "NotUtf8", line: 2 },
+        { _tag: "Line", line: 3, text: "after" }
       ])
     }))
 

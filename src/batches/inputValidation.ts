@@ -85,6 +85,9 @@ export const step = (state: InputState, item: JsonlLine): InputState => {
   if (item._tag === "TooLong") {
     return report(state, { code: "invalid_request", message: `This line is longer than ${rules.maxLineBytes} bytes.`, param: null, line: item.line })
   }
+  if (item._tag === "NotUtf8") {
+    return report(state, { code: "invalid_json_line", message: "This line is not valid UTF-8 text.", param: null, line: item.line })
+  }
   if (item.text.trim() === "") return state
   const result = validateLine(item.text, rules.endpoint)
   if (!isValidLine(result)) {

@@ -1,12 +1,14 @@
 /**
  * Splits a byte stream into JSONL lines with their 1-based numbers, holding at most one line (bounded by
- * `maxLineBytes`) in memory: an over-long line is reported, not buffered.
+ * `maxLineBytes`) in memory: an over-long line is reported, not buffered, and a line that is not UTF-8 is reported
+ * rather than decoded with replacement characters (which would then be sent upstream as if written so).
  */
 import { Chunk, Stream } from "effect"
 
 export type JsonlLine =
   | { readonly _tag: "Line"; readonly line: number; readonly text: string }
   | { readonly _tag: "TooLong"; readonly line: number }
+  | { readonly _tag: "NotUtf8"; readonly line: number }
 
 const NEWLINE = 10
 
@@ -15,7 +17,7 @@ export const MAX_LINE_BYTES = 16 * 1024 * 1024
 
 export const jsonlLines = (maxLineBytes: number) => <E>(bytes: Stream.Stream<Uint8Array, E>): Stream.Stream<JsonlLine, E> =>
   Stream.suspend(() => {
-    const decoder = new TextDecoder("utf-8")
+    const decoder = new TextDecoder("utf-8", { fatal: true })
     let parts: Array<Uint8Array> = []
     let partBytes = 0
     let tooLong = false
@@ -27,15 +29,23 @@ export const jsonlLines = (maxLineBytes: number) => <E>(bytes: Stream.Stream<Uin
       if (tooLong) {
         out.push({ _tag: "TooLong", line })
       } else {
-        let text = decoder.decode(parts.length === 1 ? parts[0] : Buffer.concat(parts))
-        if (first && text.charCodeAt(0) === 0xfeff) text = text.slice(1) // a UTF-8 byte order mark
-        if (text.endsWith("\r")) text = text.slice(0, -1)
-        out.push({ _tag: "Line", line, text })
+        const text = decoded(parts.length === 1 ? parts[0]! : Buffer.concat(parts))
+        out.push(text === undefined ? { _tag: "NotUtf8", line } : { _tag: "Line", line, text })
       }
       first = false
       parts = []
       partBytes = 0
       tooLong = false
+    }
+    const decoded = (bytes: Uint8Array): string | undefined => {
+      let text: string
+      try {
+        text = decoder.decode(bytes)
+      } catch {
+        return undefined
+      }
+      if (first && text.charCodeAt(0) === 0xfeff) text = text.slice(1) // a UTF-8 byte order mark
+      return text.endsWith("\r") ? text.slice(0, -1) : text
     }
     const append = (piece: Uint8Array) => {
       if (tooLong || piece.length === 0) return

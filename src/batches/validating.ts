@@ -3,7 +3,7 @@
  * fold of `inputValidation.ts`, stores its request rows a page at a time, and moves the batch to `in_progress`
  * (with its slices) or `failed` (with every problem found, and no row left).
  */
-import { type Cause, Effect, Option, Stream } from "effect"
+import { type Cause, Chunk, Effect, Option, Stream } from "effect"
 import { AppConfig } from "../Config.js"
 import type { BatchError } from "../domain/Batches.js"
 import { type BatchId, batchRequestId } from "../domain/Ids.js"
@@ -15,12 +15,16 @@ import { isCapacityFault } from "../storage/Faults.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
 import { afterPendingIo } from "./eventLoop.js"
 import * as Input from "./inputValidation.js"
-import { jsonlLines, MAX_LINE_BYTES } from "./lines.js"
+import { type JsonlLine, jsonlLines, MAX_LINE_BYTES } from "./lines.js"
 
 /** Request rows stored per statement. */
 const ROWS_PER_INSERT = 1000
-/** Input lines validated between two turns of the event loop (a few milliseconds of work). */
+/**
+ * Input lines validated between two turns of the event loop (a few milliseconds of work): at most this many, and
+ * none more once they hold `STEP_CHARACTERS` of text (long lines: a turn held 0.8 s by a file of 16 MiB lines).
+ */
 const VALIDATION_STEP = 250
+const STEP_CHARACTERS = 1024 * 1024
 
 export interface Validating {
   /** Validates the batch and moves it on (a validation cut short, by a restart or a fault, starts over). */
@@ -78,17 +82,24 @@ export const makeValidating = Effect.gen(function*() {
         const rows = Input.takeRows(state)
         return rows.length === 0 ? Effect.void : store.insertRequests(batch.id, rows)
       })
-      // The lines are checked VALIDATION_STEP at a time, in one go (an effect per line cost more than the checks),
-      // and their rows stored a page at a time (a statement per step cost a third more time); after each step the
-      // event loop gets a turn, so that API calls never wait for more than a step (steps of a page held polls up to
-      // ~60 ms).
+      // The lines are checked a step at a time, in one go (an effect per line cost more than the checks), and their
+      // rows stored a page at a time (a statement per step cost a third more time); after each step the event loop
+      // gets a turn, so that API calls never wait for more than a step (steps of a page held polls up to ~60 ms).
+      // The lines of one read of the file at most are held (not gathered into steps: 250 long lines are gigabytes).
+      const checkFrom = (items: Chunk.Chunk<JsonlLine>, from: number): Effect.Effect<void, Effect.Effect.Error<typeof storeRows>> => {
+        let at = from
+        let characters = 0
+        while (at < items.length && at - from < VALIDATION_STEP && characters < STEP_CHARACTERS) {
+          const item = Chunk.unsafeGet(items, at++)
+          if (item._tag === "Line") characters += item.text.length
+          state = Input.step(state, item)
+        }
+        const stepped = Input.rowsWaiting(state) >= ROWS_PER_INSERT ? Effect.zipRight(storeRows, afterPendingIo) : afterPendingIo
+        return at < items.length ? Effect.zipRight(stepped, Effect.suspend(() => checkFrom(items, at))) : stepped
+      }
       yield* content.value.stream.pipe(
         jsonlLines(MAX_LINE_BYTES),
-        Stream.rechunk(VALIDATION_STEP),
-        Stream.runForEachChunk((items) => {
-          for (const item of items) state = Input.step(state, item)
-          return Input.rowsWaiting(state) >= ROWS_PER_INSERT ? Effect.zipRight(storeRows, afterPendingIo) : afterPendingIo
-        })
+        Stream.runForEachChunk((items) => checkFrom(items, 0))
       )
       yield* storeRows
       const model = Input.modelToCheck(state)

@@ -5,6 +5,7 @@ import { Schema } from "effect"
 import { type BatchEndpoint, type CreateBatchBody, StandardEndpoint } from "../domain/Batches.js"
 import { MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS } from "../domain/Files.js"
 import type { FileId } from "../domain/Ids.js"
+import { MAX_JSON_DEPTH, nestedDeeperThan } from "../domain/Json.js"
 import { echo, unstorableReason } from "../domain/Text.js"
 import { jsonMemberText } from "./jsonText.js"
 
@@ -228,6 +229,9 @@ const fieldProblem = (field: string, kind: FieldKind, value: unknown): Problem |
 
 /** Checks one input line on its own (cross-line rules, such as duplicates, are the caller's). */
 export const validateLine = (text: string, endpoint: BatchEndpoint): ReadonlyArray<Problem> | ValidLine => {
+  if (nestedDeeperThan(text, MAX_JSON_DEPTH)) {
+    return [{ code: "invalid_json_line", param: null, message: `This line's JSON is nested more than ${MAX_JSON_DEPTH} levels deep.` }]
+  }
   let parsed: unknown
   try {
     parsed = JSON.parse(text)

@@ -35,10 +35,10 @@ const isObject = (u: unknown): u is Record<string, unknown> => typeof u === "obj
 /** The `url` of the file's first request, when it names one: the endpoint a file is meant for. */
 const firstUrl = (lines: Stream.Stream<JsonlLine, CliFailure>) =>
   lines.pipe(
-    Stream.filter((l) => l._tag === "TooLong" || l.text.trim() !== ""),
+    Stream.filter((l) => l._tag !== "Line" || l.text.trim() !== ""),
     Stream.runHead,
     Effect.map(Option.flatMap((l) => {
-      if (l._tag === "TooLong") return Option.none()
+      if (l._tag !== "Line") return Option.none()
       try {
         const parsed: unknown = JSON.parse(l.text)
         return isObject(parsed) && typeof parsed.url === "string" ? Option.some(parsed.url) : Option.none()

@@ -13,7 +13,8 @@ import { echo } from "../domain/Text.js"
 import { isCapacityFault } from "../storage/Faults.js"
 import { OpenAIApi } from "./Api.js"
 import type { MultipartInvalid } from "./Multipart.js"
-import { BodyTooLarge, JsonTooDeep, MAX_JSON_DEPTH, tooLarge } from "./RequestBody.js"
+import { MAX_JSON_DEPTH } from "../domain/Json.js"
+import { BodyTooLarge, JsonTooDeep, tooLarge } from "./RequestBody.js"
 import { currentRequest, requestIdFrom } from "./RequestLog.js"
 
 /**

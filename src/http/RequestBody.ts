@@ -14,12 +14,10 @@ import * as NodeStream from "@effect/platform-node/NodeStream"
 import { Context, Data, Duration, Effect, identity, Stream } from "effect"
 import { IncomingMessage } from "node:http"
 import { invalidRequest, payloadTooLarge } from "../domain/Errors.js"
+import { MAX_JSON_DEPTH, nestedDeeperThan } from "../domain/Json.js"
 import { answer, envelope } from "./EarlyAnswer.js"
 import { type Budget, busy, cutSlowBodies, type Holder, overShare, type Patience, type Taken } from "./holding.js"
 import { requestTarget } from "./Routes.js"
-
-/** A JSON body nested deeper than any request of this API needs; deeper ones are refused before parsing. */
-export const MAX_JSON_DEPTH = 64
 
 /**
  * The body does not fit in the node's budget of JSON bodies now (`held`: in its project's share of it, of which the
@@ -106,23 +104,6 @@ const readAtMost = (
       Effect.tapError(() => Effect.sync(() => request.source instanceof IncomingMessage && request.source.resume()))
     )
   })
-
-const QUOTE = 34
-const BACKSLASH = 92
-
-/** Whether `text` opens more than `max` arrays or objects inside each other (strings are skipped). */
-export const nestedDeeperThan = (text: string, max: number): boolean => {
-  let depth = 0
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i)
-    if (c === QUOTE) {
-      for (i++; i < text.length && text.charCodeAt(i) !== QUOTE; i++) if (text.charCodeAt(i) === BACKSLASH) i++
-    } else if (c === 123 || c === 91) { // { [
-      if (++depth > max) return true
-    } else if (c === 125 || c === 93) depth-- // } ]
-  }
-  return false
-}
 
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true })
 

@@ -1,0 +1,35 @@
+/**
+ * JSON text checked before it is parsed: `JSON.parse` of text nested thousands of levels deep holds the event loop
+ * for seconds and takes gigabytes (16 MB of `[[[…]]]`: ~6 s), and a value that deep overflows the stack of whatever
+ * walks it next.
+ */
+
+/** How deep a request body or an input line's JSON may nest (arrays and objects inside each other). */
+export const MAX_JSON_DEPTH = 64
+
+const QUOTE = 34
+const BACKSLASH = 92
+
+/** Whether the quote at `at` is escaped: an odd run of backslashes before it. */
+const escaped = (text: string, at: number) => {
+  let backslashes = 0
+  while (text.charCodeAt(at - 1 - backslashes) === BACKSLASH) backslashes++
+  return backslashes % 2 === 1
+}
+
+/** Whether `text` opens more than `max` arrays or objects inside each other (strings are skipped). */
+export const nestedDeeperThan = (text: string, max: number): boolean => {
+  let depth = 0
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    if (c === QUOTE) {
+      let end = text.indexOf('"', i + 1)
+      while (end !== -1 && escaped(text, end)) end = text.indexOf('"', end + 1)
+      if (end === -1) return false // an unterminated string: not JSON, which the parser says at once
+      i = end
+    } else if (c === 123 || c === 91) { // { [
+      if (++depth > max) return true
+    } else if (c === 125 || c === 93) depth-- // } ]
+  }
+  return false
+}
