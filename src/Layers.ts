@@ -5,7 +5,7 @@
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { Duration, Effect, Layer, Option } from "effect"
 import { createServer, type Server } from "node:http"
-import { AppConfig, exposedWithoutKeys, fileStorageOf } from "./Config.js"
+import { AppConfig, defaults, exposedWithoutKeys, fileStorageOf } from "./Config.js"
 import type * as SqlClient from "@effect/sql/SqlClient"
 import { Auth, AuthLive } from "./auth/Auth.js"
 import { BatchRunnerLive } from "./batches/BatchRunner.js"
@@ -17,6 +17,7 @@ import { UploadsLive } from "./files/Uploads.js"
 import type { Inference } from "./inference/Inference.js"
 import { InferenceFromConfig } from "./inference/Recordings.js"
 import { awaitHandlers } from "./http/awaitHandlers.js"
+import { answerClientErrors } from "./http/clientErrors.js"
 import { closeWhenAnswered } from "./http/closeWhenAnswered.js"
 import { holdEarlyRequests } from "./http/holdEarlyRequests.js"
 import { lingerAfterEarlyAnswers } from "./http/lingerAfterEarlyAnswers.js"
@@ -140,7 +141,8 @@ export const NodeServerLive = Layer.unwrapEffect(Effect.gen(function*() {
   // On the keys in use: an app may have swapped `Auth` for keys of its own (or for none).
   const exposed = exposedWithoutKeys(config, (yield* Auth).required)
   if (Option.isSome(exposed)) return yield* Effect.fail(exposed.value)
-  return makeNodeServer({ host: config.host, port: config.port, shutdownTimeout: config.shutdownTimeout })
+  const { host, port, shutdownTimeout, stallTimeout } = config
+  return makeNodeServer({ host, port, shutdownTimeout, headersTimeout: stallTimeout })
 }))
 
 export interface NodeServerOptions {
@@ -148,6 +150,12 @@ export interface NodeServerOptions {
   readonly port: number
   /** How long open requests may take to finish at shutdown before their connections are closed. */
   readonly shutdownTimeout: Duration.DurationInput
+  /**
+   * How long a request's line and headers may take to arrive (default 30 s, `STALL_TIMEOUT`'s default): a connection
+   * that has not sent them all by then gets a 408 and is closed, or it would be held for ever. A `server` given keeps
+   * its own settings.
+   */
+  readonly headersTimeout?: Duration.DurationInput | undefined
   /**
    * The Node server to listen with, with no request listener of its own (the layer attaches the app's). By default
    * a new one whose idle connections are kept 65 s.
@@ -166,7 +174,16 @@ export const makeNodeServer = (options: NodeServerOptions) => Layer.unwrapEffect
   // And no limit on receiving a whole request (Node's `requestTimeout`, 5 minutes, refused uploads slower than
   // ~1.7 MB/s): a body the app reads that stops coming, or comes slower than `MIN_BODY_RATE`, is ended by
   // `STALL_TIMEOUT` and that rate instead (`RequestBody.ts`); the rest of one answered early, by `lingerAfterEarlyAnswers`.
-  const server = options.server ?? createServer({ keepAliveTimeout: 65_000, requestTimeout: 0 })
+  // And the headers' own limit set, as Node's follows `requestTimeout` and was off with it (a connection that sent half
+  // its headers was held for ever); checked at a quarter of it (Node's default check is every 30 s).
+  const headersTimeout = Duration.toMillis(options.headersTimeout ?? defaults.stallTimeout)
+  const server = options.server ?? createServer({
+    keepAliveTimeout: 65_000,
+    requestTimeout: 0,
+    headersTimeout,
+    connectionsCheckingInterval: Math.min(30_000, Math.max(250, headersTimeout / 4))
+  })
+  answerClientErrors(server)
   // In this order: the held requests go to the first request listener attached after `holdEarlyRequests`'.
   lingerAfterEarlyAnswers(server)
   const closeAsAnswered = closeWhenAnswered(server)

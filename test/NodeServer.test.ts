@@ -101,6 +101,49 @@ describe("the node server", () => {
       }).pipe(Effect.scoped), 20_000)
   })
 
+  it.scopedLive("a request Node refuses is answered in the error envelope; one whose headers stop coming, after STALL_TIMEOUT", () =>
+    Effect.gen(function*() {
+      const context = yield* Layer.build(HttpServer.serve(HttpServerResponse.text("ok")).pipe(
+        Layer.provideMerge(nodeServerOnConfigKeys),
+        Layer.provide(AppConfig.layerWith({ host: "127.0.0.1", port: 0, stallTimeout: Duration.seconds(1) }))
+      ))
+      const { port } = Context.get(context, HttpServer.HttpServer).address as { port: number }
+      /** What the server sent on a connection that sent `bytes`, until it closed it (or 10 s passed: `open`). */
+      const exchange = (bytes: string) =>
+        Effect.async<{ readonly text: string; readonly closedAfterMs: number }>((resume) => {
+          const started = Date.now()
+          const socket = connect({ port, host: "127.0.0.1" })
+          let text = ""
+          socket.on("data", (d) => (text += d))
+          socket.on("error", () => {})
+          socket.on("close", () => resume(Effect.succeed({ text, closedAfterMs: Date.now() - started })))
+          const timer = setTimeout(() => socket.destroy(), 10_000)
+          socket.on("close", () => clearTimeout(timer))
+          socket.write(bytes)
+        })
+      const envelope = (text: string) => JSON.parse(text.slice(text.indexOf("\r\n\r\n") + 4)).error
+      const [stalled, silent, oversized, notHttp] = yield* Effect.all([
+        exchange(`GET /v1/files HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nX-Half: `), // and no more: held for ever before
+        exchange(""),
+        exchange(`GET /${"x".repeat(20 * 1024)} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`),
+        exchange("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+      ], { concurrency: "unbounded" })
+      expect(stalled.text).toMatch(/^HTTP\/1\.1 408 Request Timeout\r\n/)
+      expect(envelope(stalled.text)).toEqual({
+        message: "The request's headers did not all arrive in time.",
+        type: "invalid_request_error",
+        param: null,
+        code: "request_timeout"
+      })
+      expect(stalled.closedAfterMs).toBeGreaterThanOrEqual(1_000)
+      expect(stalled.closedAfterMs).toBeLessThan(5_000)
+      expect(silent.closedAfterMs).toBeLessThan(5_000) // a connection that sends nothing is not kept either
+      expect(oversized.text).toMatch(/^HTTP\/1\.1 431 /)
+      expect(envelope(oversized.text).code).toBe("request_header_fields_too_large")
+      expect(notHttp.text).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/)
+      expect(envelope(notHttp.text)).toMatchObject({ type: "invalid_request_error", code: "invalid_http_request" })
+    }), 30_000)
+
   /** A server answering 413 at the first chunk of a body, whose reader then stops, as a refused upload's does. */
   const refusingServer = (linger: { idleMs: number; maxMs?: number }) =>
     nodeServer((server) => {

@@ -1,0 +1,38 @@
+/**
+ * Requests Node refuses before any handler sees them (a request line or headers over 16 KiB, headers that did not
+ * arrive within the headers' timeout, bytes that are not HTTP) answered in OpenAI's error envelope, as every other
+ * refusal, instead of Node's bare status line; then the connection is closed, as Node does.
+ */
+import type { Server } from "node:http"
+import type { Duplex } from "node:stream"
+import { ErrorBody } from "../domain/Errors.js"
+
+/** Status, reason phrase, `code` and message of what Node's parser or timers reported (`error.code`). */
+const refusalOf = (code: string | undefined): readonly [number, string, string, string] => {
+  switch (code) {
+    case "HPE_HEADER_OVERFLOW":
+      return [431, "Request Header Fields Too Large", "request_header_fields_too_large", "The request line and headers are larger than 16 KiB."]
+    case "HPE_CHUNK_EXTENSIONS_OVERFLOW":
+      return [413, "Payload Too Large", "request_too_large", "The body's chunk extensions are too large."]
+    case "ERR_HTTP_REQUEST_TIMEOUT":
+      return [408, "Request Timeout", "request_timeout", "The request's headers did not all arrive in time."]
+    default:
+      return [400, "Bad Request", "invalid_http_request", `The request is not valid HTTP/1.1 (${code ?? "unknown"}).`]
+  }
+}
+
+export const answerClientErrors = (server: Server): void => {
+  server.on("clientError", (error: NodeJS.ErrnoException, socket: Duplex) => {
+    // As Node's own handler: no answer once a response on this connection has begun (it would be cut into it).
+    const inFlight = (socket as { _httpMessage?: { headersSent?: boolean } })._httpMessage
+    if (socket.writable && inFlight?.headersSent !== true && error.code !== "ECONNRESET") {
+      const [status, reason, code, message] = refusalOf(error.code)
+      const body = JSON.stringify({ error: new ErrorBody({ message, type: "invalid_request_error", param: null, code }) })
+      socket.write(
+        `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
+          `connection: close\r\n\r\n${body}`
+      )
+    }
+    socket.destroy(error)
+  })
+}
