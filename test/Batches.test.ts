@@ -112,7 +112,9 @@ for (const backend of backends) sideBySide(`batches (${backend})`, () => {
           JSON.stringify({ custom_id: "g", method: "GET", url: "/v1/chat/completions", body: { model: "sim-model", messages: [] } }),
           chatLine("other-model", "x", "another-model"),
           "",
-          "[1,2]"
+          "[1,2]",
+          JSON.stringify({ custom_id: "t", method: "POST", url: "/v1/chat/completions", body: { model: "sim-model", messages: [], stream: "true" } }),
+          JSON.stringify({ custom_id: "f", method: "POST", url: "/v1/chat/completions", body: { model: "sim-model", messages: [], stream: false } })
         ]
         const file = yield* upload(openai, lines)
         const batch = yield* createBatch(openai, file.id)
@@ -129,7 +131,8 @@ for (const backend of backends) sideBySide(`batches (${backend})`, () => {
           ["invalid_request", 7, "body.model"],
           ["invalid_request", 8, "method"],
           ["model_mismatch", 9, "body.model"],
-          ["invalid_json_line", 11, null]
+          ["invalid_json_line", 11, null],
+          ["invalid_request", 12, "body.stream"] // a lenient upstream would read "true" as true
         ])
         for (const e of done.errors!.data!) expect(e.message).toEqual(expect.any(String))
         expect(done.output_file_id).toBeNull()

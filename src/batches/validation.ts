@@ -278,6 +278,13 @@ export const validateLine = (text: string, endpoint: BatchEndpoint): ReadonlyArr
         param: "body.stream",
         message: `${standard ? endpointLabel[endpoint] : endpoint}: Streaming is not supported in the Batch API.`
       })
+    } else if (body.stream != null && body.stream !== false) {
+      // "true" or 1 would pass as not streaming here, and a lenient upstream (pydantic's coercion) would stream.
+      problems.push({
+        code: "invalid_request",
+        param: "body.stream",
+        message: `Invalid type for 'body.stream': expected a boolean, but got ${typeName(body.stream)} instead.`
+      })
     }
     const required = standard ? requiredBodyFields[endpoint] : extraEndpointFields
     for (const [field, kind] of required) {
