@@ -337,8 +337,12 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
           adminApiKeys: redactedList(adminApiKeys),
           nodeId: Option.getOrElse(nodeId, () => defaultNodeId(rest.port))
         }),
-        // Said before anything starts; the server checks it again on the keys in use (`NodeServerLive`).
-        (config) => Option.match(exposedWithoutKeys(config, keysConfigured(config)), { onNone: () => Either.right(config), onSome: Either.left })
+        // Said before anything starts; the services check it again on the keys in use (`HostCheckLive`).
+        (config) =>
+          Option.match(exposedWithoutKeys(config, keysConfigured(config)), {
+            onNone: () => Either.right(config),
+            onSome: Either.left
+          })
       )
   )
 )

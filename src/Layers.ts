@@ -3,11 +3,11 @@
  * once (layers are memoized by reference), and what remains open is only `AppConfig`.
  */
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
-import { Duration, Effect, Layer, Option } from "effect"
+import { Duration, Effect, Layer } from "effect"
 import { createServer, type Server } from "node:http"
-import { AppConfig, defaults, exposedWithoutKeys, fileStorageOf } from "./Config.js"
+import { AppConfig, fileStorageOf } from "./Config.js"
 import type * as SqlClient from "@effect/sql/SqlClient"
-import { Auth, AuthLive } from "./auth/Auth.js"
+import { type Auth, AuthLive, HostCheckLive } from "./auth/Auth.js"
 import { BatchRunnerLive } from "./batches/BatchRunner.js"
 import { BatchStore, BatchStoreLive } from "./batches/BatchStore.js"
 import { RerunLive } from "./batches/rerun.js"
@@ -117,6 +117,7 @@ const composeServices = (parts: ServiceParts) =>
     Layer.provideMerge(SqliteRunnerLockLive),
     Layer.provide(parts.storage ?? StorageLive),
     Layer.provide(parts.webhookTargets ?? WebhookTargetsLive),
+    Layer.provide(HostCheckLive),
     Layer.provideMerge(parts.auth ?? AuthLive),
     Layer.provideMerge(parts.metrics ?? MetricsLive)
   )
@@ -124,26 +125,24 @@ const composeServices = (parts: ServiceParts) =>
 /** Every service the HTTP handlers use, on the configured storage and upstream. */
 export const ServicesLive = makeServices()
 
+/** How long a request's line and headers may take to arrive: longer than an idle connection is kept (65 s). */
+const HEADERS_TIMEOUT = Duration.seconds(66)
+
 /** How long a shutdown waits for the handlers it interrupted to clean up (`awaitHandlers`). */
 const HANDLER_CLEAN_UP = Duration.seconds(5)
 
 /**
- * A Node HTTP server on the configured host and port; a non-loopback host only when the `Auth` in use asks for keys
- * (or with `allowUnauthenticated`), else the start fails with a `ConfigError` naming `HOST`. On shutdown it stops accepting at once and gives open
+ * A Node HTTP server on the configured host and port (the services refuse a non-loopback one when the `Auth` in use
+ * asks for no key: `HostCheckLive`). On shutdown it stops accepting at once and gives open
  * requests `shutdownTimeout` to finish; then their connections are closed, which interrupts their handlers (an
  * upload cut short that way leaves no file behind, nor staged bytes: the release waits, up to `HANDLER_CLEAN_UP`, for
  * the handlers so interrupted to finish). A request sent while the app is still starting (the socket
  * listens before the handler is attached) is answered once it is; an answer given before the request's body was
  * read reaches the client even when the connection closes after it.
  */
-export const NodeServerLive = Layer.unwrapEffect(Effect.gen(function*() {
-  const config = yield* AppConfig
-  // On the keys in use: an app may have swapped `Auth` for keys of its own (or for none).
-  const exposed = exposedWithoutKeys(config, (yield* Auth).required)
-  if (Option.isSome(exposed)) return yield* Effect.fail(exposed.value)
-  const { host, port, shutdownTimeout, stallTimeout } = config
-  return makeNodeServer({ host, port, shutdownTimeout, headersTimeout: stallTimeout })
-}))
+export const NodeServerLive = Layer.unwrapEffect(
+  Effect.map(AppConfig, ({ host, port, shutdownTimeout }) => makeNodeServer({ host, port, shutdownTimeout }))
+)
 
 export interface NodeServerOptions {
   readonly host?: string | undefined
@@ -151,9 +150,9 @@ export interface NodeServerOptions {
   /** How long open requests may take to finish at shutdown before their connections are closed. */
   readonly shutdownTimeout: Duration.DurationInput
   /**
-   * How long a request's line and headers may take to arrive (default 30 s, `STALL_TIMEOUT`'s default): a connection
-   * that has not sent them all by then gets a 408 and is closed, or it would be held for ever. A `server` given keeps
-   * its own settings.
+   * How long a request's line and headers may take to arrive (default 66 s: a connection opened ahead of use lasts as
+   * long as an idle one): a connection that has not sent them all by then gets a 408 and is closed (one that sent
+   * nothing, closed without an answer), or it would be held for ever. A `server` given keeps its own settings.
    */
   readonly headersTimeout?: Duration.DurationInput | undefined
   /**
@@ -175,13 +174,15 @@ export const makeNodeServer = (options: NodeServerOptions) => Layer.unwrapEffect
   // ~1.7 MB/s): a body the app reads that stops coming, or comes slower than `MIN_BODY_RATE`, is ended by
   // `STALL_TIMEOUT` and that rate instead (`RequestBody.ts`); the rest of one answered early, by `lingerAfterEarlyAnswers`.
   // And the headers' own limit set, as Node's follows `requestTimeout` and was off with it (a connection that sent half
-  // its headers was held for ever); checked at a quarter of it (Node's default check is every 30 s).
-  const headersTimeout = Duration.toMillis(options.headersTimeout ?? defaults.stallTimeout)
+  // its headers was held for ever); checked at a quarter of it (Node's default check is every 30 s). Whole
+  // milliseconds, as Node requires; an infinite one is none.
+  const headersMs = Duration.toMillis(options.headersTimeout ?? HEADERS_TIMEOUT)
+  const headersTimeout = Number.isFinite(headersMs) ? Math.max(1, Math.ceil(headersMs)) : 0
   const server = options.server ?? createServer({
     keepAliveTimeout: 65_000,
     requestTimeout: 0,
     headersTimeout,
-    connectionsCheckingInterval: Math.min(30_000, Math.max(250, headersTimeout / 4))
+    connectionsCheckingInterval: headersTimeout === 0 ? 30_000 : Math.min(30_000, Math.max(250, Math.ceil(headersTimeout / 4)))
   })
   answerClientErrors(server)
   // In this order: the held requests go to the first request listener attached after `holdEarlyRequests`'.

@@ -55,27 +55,24 @@ export const isLoopbackName = (name: string): boolean => {
   return n === "localhost" || n === "::1" || n === "[::1]" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(n)
 }
 
-/** Whether the upstreams are listed (`UPSTREAMS_FILE`, or entries in code) rather than the one-upstream shortcut. */
-export const upstreamsListed = (config: Pick<AppConfigShape, "upstreams" | "upstreamsFile">): boolean =>
-  Option.isSome(config.upstreams) || Option.isSome(config.upstreamsFile)
-
-const UPSTREAMS_LISTED = "UPSTREAMS_FILE (or upstreams given in code)"
-
 /**
  * A server that would serve everyone on a non-loopback `HOST` without asking for a key, as a `ConfigError` naming
  * `HOST`; `keysRequired`: whether the keys in use ask for one (those of the configuration, or of an `Auth` swapped
- * in by an app).
+ * in by an app, which may have none though the configuration has some).
  */
 export const exposedWithoutKeys = (
-  config: Pick<AppConfigShape, "host" | "allowUnauthenticated">,
+  config: Pick<AppConfigShape, "host" | "allowUnauthenticated" | "apiKeys" | "adminApiKeys" | "apiKeysFile">,
   keysRequired: boolean
 ): Option.Option<ConfigError.ConfigError> =>
   keysRequired || config.allowUnauthenticated || isLoopbackName(config.host)
     ? Option.none()
     : Option.some(ConfigError.InvalidData(
       ["HOST"],
-      "Expected a loopback address (127.0.0.1, localhost or ::1) when no API key is configured: set API_KEYS, " +
-        "ADMIN_API_KEYS or API_KEYS_FILE, or ALLOW_UNAUTHENTICATED=true to serve everyone on this interface without a key"
+      keysConfigured(config)
+        ? "Expected a loopback address (127.0.0.1, localhost or ::1): the Auth in use asks for no key, whatever the " +
+          "configuration's keys (an app swapped in one without keys)"
+        : "Expected a loopback address (127.0.0.1, localhost or ::1) when no API key is configured: set API_KEYS, " +
+          "ADMIN_API_KEYS or API_KEYS_FILE, or ALLOW_UNAUTHENTICATED=true to serve everyone on this interface without a key"
     ))
 
 /** `text` split at commas, each entry trimmed, empty ones dropped. */
@@ -124,11 +121,6 @@ const rules: ReadonlyArray<Rule> = [
     variable: "INFERENCE_API_KEY",
     expected: "a key without line breaks, control characters or surrounding spaces (a trailing newline from a file?)",
     holds: (c) => !Option.exists(c.inferenceApiKey, (key) => badHeaderValue(Redacted.value(key)))
-  },
-  {
-    variable: "INFERENCE_API_KEY",
-    expected: `unset with ${UPSTREAMS_LISTED}: each upstream takes its key from its own api_key or api_key_env`,
-    holds: (c) => Option.isNone(c.inferenceApiKey) || !upstreamsListed(c)
   },
   positiveInt("maxUploadBytes", "MAX_UPLOAD_BYTES"),
   positiveInt("maxJsonBodyBytes", "MAX_JSON_BODY_BYTES"),

@@ -7,15 +7,15 @@
 import { describe, expect, it, layer } from "@effect/vitest"
 import { ConfigProvider, Effect, Exit, HashMap, Layer, Logger, LogLevel, Option, Redacted } from "effect"
 import { createHash } from "node:crypto"
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import OpenAI, { toFile } from "openai"
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
-import { Auth, AuthLive, AuthTest, keyHash } from "../src/auth/Auth.js"
+import { Auth, AuthLive, AuthTest, HostCheckLive, keyHash } from "../src/auth/Auth.js"
 import { AppConfig, appConfig } from "../src/Config.js"
 import { ApiLive, HttpLive } from "../src/http/Http.js"
-import { NodeServerLive, ServicesLive } from "../src/Layers.js"
+import { ServicesLive } from "../src/Layers.js"
 import { chatLine } from "./support/Batches.js"
 import { runServerToExit, startServer } from "./support/ServerProcess.js"
 import { baseUrl, configFor, TestDatabase, TestDataDir, Upstream, TestHttpServer } from "./support/TestApp.js"
@@ -372,18 +372,26 @@ describe("key configuration", () => {
       }
     }))
 
-  it.scoped("the server binds a non-loopback HOST only when the keys in use ask for one, an Auth swapped in by an app too", () =>
+  it.scoped("a non-loopback HOST needs the keys of the Auth in use, an Auth swapped in by an app too, before anything starts", () =>
     Effect.gen(function*() {
-      const start = (auth: Layer.Layer<Auth, unknown, AppConfig>, config: Parameters<typeof AppConfig.layerWith>[0]) =>
-        Effect.exit(Layer.build(NodeServerLive.pipe(Layer.provide(auth), Layer.provide(AppConfig.layerWith({ port: 0, ...config })))))
-      // The configuration's keys alone do not open the interface: the Auth in use has none (it listened, keyless).
-      const swappedForNone = yield* start(AuthTest(), { host: "0.0.0.0", apiKeys: [Redacted.make("sk-1")] })
-      expect(failure(swappedForNone)).toContain("Invalid data at HOST")
-      expect(failure(yield* start(AuthLive, { host: "0.0.0.0" }))).toContain("ALLOW_UNAUTHENTICATED")
-      // Keys of the app's own Auth do, as the configuration's do.
-      expect(Exit.isSuccess(yield* start(AuthTest({ apiKeys: ["sk-1"] }), { host: "0.0.0.0" }))).toBe(true)
-      expect(Exit.isSuccess(yield* start(AuthLive, { host: "0.0.0.0", apiKeys: [Redacted.make("sk-1")] }))).toBe(true)
-      expect(Exit.isSuccess(yield* start(AuthLive, { host: "0.0.0.0", allowUnauthenticated: true }))).toBe(true)
+      const check = (auth: Layer.Layer<Auth, unknown, AppConfig>, config: Parameters<typeof AppConfig.layerWith>[0]) =>
+        Effect.exit(Layer.build(HostCheckLive.pipe(Layer.provide(auth), Layer.provide(AppConfig.layerWith(config)))))
+      // The configuration's keys do not open the interface when the Auth in use has none (that served everyone).
+      const swappedForNone = failure(yield* check(AuthTest(), { host: "0.0.0.0", apiKeys: [Redacted.make("sk-1")] }))
+      expect(swappedForNone).toContain("Invalid data at HOST")
+      expect(swappedForNone).toContain("the Auth in use asks for no key")
+      expect(failure(yield* check(AuthLive, { host: "0.0.0.0" }))).toContain("ALLOW_UNAUTHENTICATED")
+      // Keys of the app's own Auth do, as the configuration's do (the first was refused).
+      expect(Exit.isSuccess(yield* check(AuthTest({ apiKeys: ["sk-1"] }), { host: "0.0.0.0" }))).toBe(true)
+      expect(Exit.isSuccess(yield* check(AuthLive, { host: "0.0.0.0", apiKeys: [Redacted.make("sk-1")] }))).toBe(true)
+      expect(Exit.isSuccess(yield* check(AuthLive, { host: "0.0.0.0", allowUnauthenticated: true }))).toBe(true)
+      expect(Exit.isSuccess(yield* check(AuthTest(), { host: "127.0.0.1" }))).toBe(true)
+
+      // The services check it first: no database is made, no batch work starts.
+      const dataDir = Path.join(mkdtempSync(Path.join(tmpdir(), "auth-host-")), "data")
+      const services = ServicesLive.pipe(Layer.provide(AppConfig.layerWith({ host: "0.0.0.0", dataDir })))
+      expect(failure(yield* Effect.exit(Layer.build(services)))).toContain("Invalid data at HOST")
+      expect(existsSync(dataDir)).toBe(false)
     }))
 })
 

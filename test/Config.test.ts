@@ -42,11 +42,6 @@ describe("configuration", () => {
         [{ inferenceBaseUrl: "ftp://x/v1" }, { INFERENCE_BASE_URL: "ftp://x/v1" }, "INFERENCE_BASE_URL"],
         [{ inferenceBaseUrl: "http://u:p@x/v1" }, { INFERENCE_BASE_URL: "http://x/v1?key=k" }, "INFERENCE_BASE_URL"],
         [{ inferenceApiKey: Option.some(Redacted.make("sk-1\n")) }, { INFERENCE_API_KEY: " sk-1" }, "INFERENCE_API_KEY"],
-        [
-          { upstreams: Option.some([{ name: "a", base_url: "http://a/v1", models: ["*"] }]), inferenceApiKey: Option.some(Redacted.make("sk-1")) },
-          { UPSTREAMS_FILE: "upstreams.yaml", INFERENCE_API_KEY: "sk-1" },
-          "Expected unset with UPSTREAMS_FILE"
-        ],
         [{ inferenceMinConcurrency: 9, inferenceMaxConcurrency: 4 }, { INFERENCE_MAX_CONCURRENCY: "0" }, "INFERENCE_M"],
         [{ heartbeatInterval: Duration.seconds(20) }, { HEARTBEAT_INTERVAL: "20 seconds" }, "HEARTBEAT_INTERVAL"],
         [{ leaseTtl: Duration.zero }, { LEASE_TTL: "0 millis" }, "LEASE_TTL"],
@@ -72,7 +67,11 @@ describe("configuration", () => {
       const both = failure(yield* fromEnv({ UPSTREAMS_FILE: "upstreams.yaml", INFERENCE_BASE_URL: "http://127.0.0.1:8000/v1" }))
       expect(both).toContain("INFERENCE_BASE_URL")
       expect(both).toContain("give this one an entry there")
-      const file = yield* Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map([["UPSTREAMS_FILE", "upstreams.yaml"]])))
+      // INFERENCE_API_KEY may stay: an entry's api_key_env can name it.
+      const file = yield* Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map([
+        ["UPSTREAMS_FILE", "upstreams.yaml"],
+        ["INFERENCE_API_KEY", "sk-1"]
+      ])))
       expect([file.upstreamsFile, file.inferenceBaseUrl]).toEqual([Option.some("upstreams.yaml"), "http://127.0.0.1:8000/v1"])
       const shortcut = yield* Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map([["INFERENCE_BASE_URL", "http://x:1/v1/"]])))
       expect(shortcut.inferenceBaseUrl).toBe("http://x:1/v1")

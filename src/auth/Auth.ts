@@ -16,7 +16,7 @@
 import { ConfigError, Context, Effect, Layer, Option, Redacted, Ref, Runtime } from "effect"
 import { createHash, timingSafeEqual } from "node:crypto"
 import { readFile } from "node:fs/promises"
-import { AppConfig, type AppConfigShape, keysConfigured } from "../Config.js"
+import { AppConfig, type AppConfigShape, exposedWithoutKeys, keysConfigured } from "../Config.js"
 import { DEFAULT_PROJECT } from "../domain/Projects.js"
 import { parseAdminKey, parseKeyEntry, parseWebhookEntry, type WebhookEntry } from "./keyEntries.js"
 
@@ -271,6 +271,18 @@ export const AuthTest = (keys: { readonly apiKeys?: ReadonlyArray<string>; reado
       apiKeysFile: Option.none()
     })
   )
+
+/**
+ * The start refused (a `ConfigError` naming `HOST`) when the server would bind a non-loopback `HOST` and the `Auth`
+ * in use asks for no key (unless `allowUnauthenticated`): judged on that `Auth`, which an app may have swapped for
+ * one of its own, not only on the configuration's keys. Built right after `Auth`, before any storage or batch work.
+ */
+export const HostCheckLive: Layer.Layer<never, ConfigError.ConfigError, Auth | AppConfig> = Layer.effectDiscard(
+  Effect.gen(function*() {
+    const exposed = exposedWithoutKeys(yield* AppConfig, (yield* Auth).required)
+    if (Option.isSome(exposed)) return yield* Effect.fail(exposed.value)
+  })
+)
 
 /**
  * An audit line for `action` on `objectId` by the current caller, at Info level: project, key hash, action, object.
