@@ -10,6 +10,7 @@
 import { describe, expect, layer } from "@effect/vitest"
 import { Duration, Effect } from "effect"
 import { Agent } from "node:http"
+import { gzipSync } from "node:zlib"
 import { sdk, upload } from "./support/Batches.js"
 import { type RawAnswer, rawRequest } from "./support/RawHttp.js"
 import { baseUrl, testApp } from "./support/TestApp.js"
@@ -86,6 +87,27 @@ describe("malformed bodies", () => {
     it.effect("not JSON, sent chunked without a Content-Length: 400 invalid_body", () =>
       Effect.gen(function*() {
         expectEnvelope(yield* postJson([`{"input_file_id":`, ` "file-abc", "endpoint`], { "transfer-encoding": "chunked" }), 400, { param: null, code: "invalid_body" })
+        yield* expectStillServing
+      }))
+
+    it.effect("a compressed body (Content-Encoding: gzip), JSON or an upload: 415, nothing stored", () =>
+      Effect.gen(function*() {
+        const zipped = gzipSync(`{"input_file_id":"file-abc","endpoint":"/v1/chat/completions","completion_window":"24h"}`)
+        const json = yield* postJson(zipped, { "content-encoding": "gzip" })
+        expectEnvelope(json, 415, { param: null, code: "unsupported_media_type" })
+        expect(json.headers["accept-encoding"]).toBe("identity")
+        yield* expectStillServing
+        const files = (yield* send("GET", "/v1/files", {})).json.data.length
+        const boundary = "b0undary"
+        const form = Buffer.concat([
+          Buffer.from(`--${boundary}\r\ncontent-disposition: form-data; name="purpose"\r\n\r\nbatch\r\n--${boundary}\r\n` +
+            `content-disposition: form-data; name="file"; filename="in.jsonl"\r\ncontent-type: application/octet-stream\r\n\r\n`),
+          gzipSync(`{"custom_id":"a"}\n`),
+          Buffer.from(`\r\n--${boundary}--\r\n`)
+        ])
+        const upload = yield* send("POST", "/v1/files", { "content-type": `multipart/form-data; boundary=${boundary}`, "content-encoding": "gzip" }, form)
+        expectEnvelope(upload, 415, { param: null, code: "unsupported_media_type" })
+        expect((yield* send("GET", "/v1/files", {})).json.data.length).toBe(files) // it was stored compressed
         yield* expectStillServing
       }))
 

@@ -148,6 +148,12 @@ const isUpload = (request: HttpServerRequest.HttpServerRequest) => {
 const hasBody = (request: HttpServerRequest.HttpServerRequest) =>
   request.headers["transfer-encoding"] !== undefined || Number(request.headers["content-length"] ?? 0) > 0
 
+/** A body in a content coding (gzip, br…) rather than as it is: none is decoded here. */
+const encoded = (request: HttpServerRequest.HttpServerRequest) => {
+  const coding = request.headers["content-encoding"]?.trim().toLowerCase()
+  return coding !== undefined && coding !== "" && coding !== "identity"
+}
+
 const isJson = (contentType: string | undefined) =>
   contentType === undefined || /^application\/json\s*(;|$)/i.test(contentType)
 
@@ -161,8 +167,8 @@ const uploadsBusy = (uploads: Budget, taken: Taken, holder: Holder | undefined) 
     : busy(`The server is receiving too many uploads at once (${uploads.limit}); try again in a few seconds.`, 5)
 
 /**
- * Server middleware: every body but an upload's must be JSON (415 otherwise: a form post from another site cannot
- * reach a JSON endpoint without a preflight) and at most `maxBytes` (413 at once when `Content-Length` says more,
+ * Server middleware: no body in a content coding (415), every body but an upload's must be JSON (415 otherwise: a
+ * form post from another site cannot reach a JSON endpoint without a preflight) and at most `maxBytes` (413 at once when `Content-Length` says more,
  * else as soon as more arrives), its bytes taken from `bodies` while its request runs; an upload takes one of
  * `uploads` while it runs (503 when none is left). Both taken by the request's `holder` (429 beyond what its project
  * may hold: its share, and of the reserve one request's worth). A
@@ -177,6 +183,14 @@ export const boundBodies = (
 ) =>
 <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
   Effect.provideService(BodyPatience, patience)(Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+    if (hasBody(request) && encoded(request)) {
+      // Read as it came, a gzipped upload was stored as its compressed bytes, and a gzipped JSON body said "not JSON".
+      return answer(request, envelope(
+        invalidRequest("Compressed request bodies are not supported: send it without Content-Encoding.", null, "unsupported_media_type"),
+        415,
+        { "accept-encoding": "identity" }
+      ))
+    }
     if (isUpload(request)) {
       // Taken and given back in one bracket: an interruption between the two leaves nothing held.
       return Effect.flatMap(holder, (by) =>
