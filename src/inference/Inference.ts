@@ -66,6 +66,11 @@ export interface InferenceShape {
   readonly unreachable: (model: string | null) => Effect.Effect<void>
   /** The name of the upstream serving `model` now (the metrics' `upstream` label); undefined when none does. */
   readonly upstreamName?: (model: string | null) => string | undefined
+  /**
+   * The upstreams requests go to, as configured (the listening line names them); none for an `Inference` that
+   * answers without one (scripted, replayed, an app's own).
+   */
+  readonly upstreams?: ReadonlyArray<UpstreamSpec>
 }
 
 export class Inference extends Context.Tag("Inference")<Inference, InferenceShape>() {}
@@ -185,7 +190,8 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
       models,
       reachable: (model) => Effect.zipRight(listsKnown, Effect.suspend(() => route(model)?.awaitUp ?? Effect.void)),
       unreachable: (model) => route(model)?.awaitDown ?? Effect.never,
-      upstreamName: (model) => route(model)?.spec.name
+      upstreamName: (model) => route(model)?.spec.name,
+      upstreams: specs
     })
   })
 

@@ -8,7 +8,8 @@ import { Duration, Effect, Layer, Option } from "effect"
 import { Auth } from "../auth/Auth.js"
 import { AppConfig, type AppConfigShape, runsBatches } from "../Config.js"
 import { type Proxies, proxiesOf } from "../inference/UpstreamHttpClient.js"
-import { type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
+import { Inference } from "../inference/Inference.js"
+import type { UpstreamSpec } from "../upstreams/UpstreamSpec.js"
 import { describeDatabase, Readiness } from "./Readiness.js"
 import { tracingSettings } from "./tracingSettings.js"
 
@@ -47,13 +48,15 @@ export const listeningLine = (
     | "webhookUrl"
   >,
   keysRequired: boolean,
-  upstreams: ReadonlyArray<Pick<UpstreamSpec, "name" | "baseUrl" | "models" | "maxConcurrency" | "loadAware">>,
+  upstreams: ReadonlyArray<Pick<UpstreamSpec, "name" | "baseUrl" | "models" | "maxConcurrency" | "loadAware">> | undefined,
   tracesUrl: Option.Option<string>,
   proxies?: Proxies
 ) => {
   const database = describeDatabase(config)
   const inference = config.inferenceMode === "replay"
     ? `answers replayed from ${Option.getOrElse(config.inferenceRecordings, () => "?")}`
+    : upstreams === undefined
+    ? "no upstream: the app's own Inference answers"
     : `${upstreams.length === 1 ? "upstream" : "upstreams"} ${upstreams.map(upstreamText).join("; ")}`
   const runs = runsBatches(config)
   const tracing = Option.map(tracesUrl, withoutCredentials)
@@ -78,7 +81,7 @@ export const listeningLine = (
       database,
       inference_mode: config.inferenceMode,
       runs_batches: runs,
-      upstreams: upstreams.map((u) => ({
+      upstreams: (upstreams ?? []).map((u) => ({
         name: u.name,
         base_url: u.baseUrl,
         models: u.models,
@@ -105,13 +108,18 @@ export const shutdownLine = (config: Pick<AppConfigShape, "shutdownDelay" | "shu
 }
 
 /** Logs the listening line now, and on release the shutdown line, after readiness has turned 503. */
-export const ServerLifecycleLive: Layer.Layer<never, never, HttpServer.HttpServer | AppConfig | Auth | Readiness> = Layer
+export const ServerLifecycleLive: Layer.Layer<
+  never,
+  never,
+  HttpServer.HttpServer | AppConfig | Auth | Inference | Readiness
+> = Layer
   .scopedDiscard(Effect.gen(function*() {
     const config = yield* AppConfig
     const auth = yield* Auth
     const readiness = yield* Readiness
     const server = yield* HttpServer.HttpServer
-    const upstreams = yield* Effect.orElseSucceed(upstreamSpecs(config), () => [])
+    // Those of the `Inference` in use: an app may have given its own, which sends to none of the configured ones.
+    const { upstreams } = yield* Inference
     const tracesUrl = Option.map(yield* Effect.orElseSucceed(tracingSettings, () => Option.none()), (t) => t.url)
     const address = HttpServer.formatAddress(server.address)
     const { fields, message } = listeningLine(address, config, auth.required, upstreams, tracesUrl, proxiesOf(process.env))
