@@ -170,10 +170,9 @@ const uploadsBusy = (uploads: Budget, taken: Taken, holder: Holder | undefined) 
  * Server middleware: no body in a content coding (415), every body but an upload's must be JSON (415 otherwise: a
  * form post from another site cannot reach a JSON endpoint without a preflight) and at most `maxBytes` (413 at once
  * when `Content-Length` says more, else as soon as more arrives), its bytes taken from `bodies` while its request
- * runs; an upload takes one of
- * `uploads` while it runs (503 when none is left). Both taken by the request's `holder` (429 beyond what its project
- * may hold: its share, and of the reserve one request's worth). A
- * body (an upload's too) that stops coming, or comes too slowly, is cut (`patience`).
+ * runs; an upload takes one of `uploads` while it runs (503 when none is left). Both taken by the request's `holder`
+ * (429 beyond what its project may hold: its share, and of the reserve one request's worth). A body (an upload's too)
+ * that stops coming, or comes too slowly, is cut (`patience`).
  */
 export const boundBodies = (
   maxBytes: number,

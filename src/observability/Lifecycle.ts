@@ -33,8 +33,8 @@ const withoutCredentials = (url: string) => {
 /**
  * The listening line: where, on which database, to which upstreams (each also logs its state once probed), and
  * what is on: keys (`keysRequired`: whether the keys in use ask for one), tracing (`tracesUrl`: where spans go, or
- * `None`), the proxies of upstream calls (without their
- * credentials), the default webhook (whether set: its URL may hold a token).
+ * `None`), the proxies of upstream calls (without their credentials), the default webhook (whether set: its URL may
+ * hold a token).
  */
 export const listeningLine = (
   address: string,
