@@ -10,7 +10,8 @@
 import { createHash } from "node:crypto"
 import type { CreateBatchBody } from "../domain/Batches.js"
 import type { BatchId, FileId } from "../domain/Ids.js"
-import { afterString, afterValue, isJsonSpace, jsonMemberText, skipSpace } from "./jsonText.js"
+import { afterString } from "../domain/Json.js"
+import { afterValue, isJsonSpace, jsonMemberText, skipSpace } from "./jsonText.js"
 import type { Problem } from "./validation.js"
 
 /** The input a create names: an uploaded file, or requests given inline. */

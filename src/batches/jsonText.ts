@@ -4,19 +4,9 @@
  * numbers beyond 2^53 (seeds, token ids), and the inline input (`inlineInput.ts`) cuts its lines the same way.
  */
 
-const QUOTE = 34
-const BACKSLASH = 92
+import { afterString } from "../domain/Json.js"
 
-/** The index just past the string whose opening quote is at `start`. */
-export const afterString = (text: string, start: number): number => {
-  let end = text.indexOf('"', start + 1)
-  for (;;) {
-    let backslashes = 0
-    while (text.charCodeAt(end - 1 - backslashes) === BACKSLASH) backslashes++
-    if (backslashes % 2 === 0) return end + 1
-    end = text.indexOf('"', end + 1)
-  }
-}
+const QUOTE = 34
 
 export const isJsonSpace = (c: number) => c === 32 || c === 9 || c === 10 || c === 13
 

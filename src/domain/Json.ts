@@ -1,7 +1,7 @@
 /**
  * JSON text checked before it is parsed: `JSON.parse` of text nested thousands of levels deep holds the event loop
  * for seconds and takes gigabytes (16 MB of `[[[…]]]`: ~6 s), and a value that deep overflows the stack of whatever
- * walks it next.
+ * walks it next. And where a string in JSON text ends, which the depth check and `batches/jsonText.ts` both need.
  */
 
 /** How deep a request body or an input line's JSON may nest (arrays and objects inside each other). */
@@ -17,16 +17,20 @@ const escaped = (text: string, at: number) => {
   return backslashes % 2 === 1
 }
 
+/** The index just past the string whose opening quote is at `start` (the text's end when it is not closed). */
+export const afterString = (text: string, start: number): number => {
+  let end = text.indexOf('"', start + 1)
+  while (end !== -1 && escaped(text, end)) end = text.indexOf('"', end + 1)
+  return end === -1 ? text.length : end + 1
+}
+
 /** Whether `text` opens more than `max` arrays or objects inside each other (strings are skipped). */
 export const nestedDeeperThan = (text: string, max: number): boolean => {
   let depth = 0
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i)
     if (c === QUOTE) {
-      let end = text.indexOf('"', i + 1)
-      while (end !== -1 && escaped(text, end)) end = text.indexOf('"', end + 1)
-      if (end === -1) return false // an unterminated string: not JSON, which the parser says at once
-      i = end
+      i = afterString(text, i) - 1 // an unterminated string ends the text: not JSON, which the parser says at once
     } else if (c === 123 || c === 91) { // { [
       if (++depth > max) return true
     } else if (c === 125 || c === 93) depth-- // } ]
