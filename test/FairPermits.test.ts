@@ -61,4 +61,49 @@ describe("fair permits", () => {
       // The permit is free again: a new batch gets it at once.
       expect(yield* permits.withPermit("C", Effect.succeed("ran"))).toBe("ran")
     }))
+
+  it.effect("a batch not ready (its upstream down) is not served, keeps its turn, and is served first once ready", () =>
+    Effect.gen(function*() {
+      const permits = makeFairPermits(1)
+      const served: Array<string> = []
+      let up = true
+      let upSignal = yield* Deferred.make<void>()
+      let downSignal = yield* Deferred.make<void>()
+      yield* Deferred.succeed(upSignal, undefined)
+      const readiness = {
+        ready: () => up,
+        awaitReady: Effect.suspend(() => Deferred.await(upSignal)),
+        awaitNotReady: Effect.suspend(() => Deferred.await(downSignal))
+      }
+      const setUp = (value: boolean) =>
+        Effect.gen(function*() {
+          up = value
+          if (value) {
+            downSignal = yield* Deferred.make<void>()
+            yield* Deferred.succeed(upSignal, undefined)
+          } else {
+            upSignal = yield* Deferred.make<void>()
+            yield* Deferred.succeed(downSignal, undefined)
+          }
+        })
+      const gate = yield* Deferred.make<void>()
+      const holder = yield* Effect.fork(permits.withPermit("A", Deferred.await(gate), readiness))
+      yield* settle
+      const b = yield* Effect.fork(permits.withPermit("B", Effect.sync(() => served.push("B")), readiness))
+      yield* settle
+      expect(permits.othersWaiting("A")).toBe(true)
+      // The upstream goes down: A gives its permit back, and B, whose upstream it is too, is not served.
+      yield* setUp(false)
+      yield* settle
+      expect(permits.othersWaiting("A")).toBe(false)
+      yield* Deferred.succeed(gate, undefined)
+      yield* Fiber.join(holder)
+      const a = yield* Effect.fork(permits.withPermit("A", Effect.sync(() => served.push("A")), readiness))
+      yield* settle
+      expect(served).toEqual([]) // the permit is free, but both wait for their upstream
+      yield* setUp(true)
+      yield* Fiber.join(Fiber.zip(a, b))
+      // B's turn comes first: A was served last, and B was never served meanwhile.
+      expect(served).toEqual(["B", "A"])
+    }))
 })

@@ -3,7 +3,7 @@
  * of project A's large batch, even with one batch permit and a slow upstream.
  */
 import { expect, layer } from "@effect/vitest"
-import { Effect } from "effect"
+import { Duration, Effect } from "effect"
 import OpenAI from "openai"
 import { AuthTest } from "../src/auth/Auth.js"
 import { chatLine, createBatch, terminal, upload, waitFor } from "./support/Batches.js"
@@ -42,4 +42,42 @@ layer(app, { excludeTestServices: true })("fairness between projects", (it) => {
       yield* Effect.promise(() => a.batches.cancel(big.id))
       expect((yield* waitFor(a, big.id, terminal)).status).toBe("cancelled")
     }))
+})
+
+/** Short outage timings: a request's retry budget and the probe, so that the upstream goes down and back quickly. */
+const poisonApp = testAppWithUpstream(
+  {
+    maxConcurrentBatches: 1,
+    maxConcurrentRequestsPerBatch: 4,
+    upstreamProbeInterval: Duration.millis(200),
+    inferenceRetryBaseDelay: Duration.millis(50),
+    inferenceRetryMaxDelay: Duration.millis(200)
+  },
+  {},
+  "sqlite",
+  { auth: AuthTest({ apiKeys: ["key-a:projA", "key-b:projB"] }) }
+)
+
+layer(poisonApp, { excludeTestServices: true })("fairness through an upstream's outages", (it) => {
+  it.effect("project A's batch whose every line gets a 500 does not hold project B's batch", () =>
+    Effect.gen(function*() {
+      const a = yield* client("key-a")
+      const b = yield* client("key-b")
+      // Every line 500: five different requests failing in a row take the shared upstream down, over and over.
+      const poisonFile = yield* upload(a, Array.from({ length: 200 }, (_, i) => chatLine(`a-${i}`, `[fail:500] poison ${i}`)))
+      const poison = yield* createBatch(a, poisonFile.id)
+      yield* waitFor(a, poison.id, (batch) => batch.status === "in_progress")
+
+      const small = yield* upload(b, Array.from({ length: 3 }, (_, i) => chatLine(`b-${i}`, `small ${i}`)))
+      const little = yield* createBatch(b, small.id)
+      const done = yield* waitFor(b, little.id, terminal, 10_000)
+      expect(done.status).toBe("completed")
+      expect(done.request_counts).toEqual({ total: 3, completed: 3, failed: 0 })
+
+      // A's batch was still at work: B did not simply wait for its end.
+      const meanwhile = yield* Effect.promise(() => a.batches.retrieve(poison.id))
+      expect(meanwhile.status).toBe("in_progress")
+      yield* Effect.promise(() => a.batches.cancel(poison.id))
+      expect((yield* waitFor(a, poison.id, terminal)).status).toBe("cancelled")
+    }), { timeout: 30_000 })
 })

@@ -13,7 +13,7 @@
  * node's leases, restarts its work on batches cancelled on another node or whose slices it lost, and submits free
  * work. At most `maxConcurrentBatches` batches validate or run at once on a node, their permits shared round-robin
  * by project (`fairPermits.ts`: a running batch gives its permit back after a slice when another project waits, and
- * at once when its upstream goes down: it waits for it to come back without a permit);
+ * at once when its upstream goes down: it waits for it to come back in the queue, keeping its turn);
  * finishing is not limited, so a cancel is never queued behind other batches. `supervised` retries a batch after a fault.
  * A node with `maxConcurrentBatches` 0 does none of this (`handedOff`): the nodes that run batches pick its work up.
  */
@@ -27,7 +27,7 @@ import { batchWork } from "../observability/Tracing.js"
 import { type StorageFault, storageFault } from "../storage/Faults.js"
 import { inBackground } from "../Scheduler.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
-import { makeFairPermits } from "./fairPermits.js"
+import { makeFairPermits, type Readiness } from "./fairPermits.js"
 import { makeFinishing } from "./finishing.js"
 import { LocalWork, startHeartbeat } from "./heartbeat.js"
 import { type AttemptsByLine, makeRunning } from "./running.js"
@@ -81,10 +81,22 @@ export const make = Effect.gen(function*() {
 
   const load = (id: BatchId) => store.get(id, "all").pipe(Effect.orDie)
 
+  /** A running batch may take a permit while its upstream is up (`fairPermits.ts`: it keeps its turn meanwhile). */
+  const upstreamReadiness = (model: string | null): Readiness => {
+    let up = false
+    return {
+      ready: () => up && !(inference.isDown?.(model) ?? false),
+      awaitReady: Effect.zipRight(inference.reachable(model), Effect.sync(() => void (up = true))),
+      awaitNotReady: Effect.zipRight(inference.unreachable(model), Effect.sync(() => void (up = false)))
+    }
+  }
+
   /**
    * This node's share of a batch that validates or runs, under a permit taken in its project's turn: validate it
    * (holding its batch-wide lease), or run the slices it can claim, up to the end of a slice when another project
-   * waits for the permit (`drive` then queues again). False when there was nothing for this node to do.
+   * waits for the permit (`drive` then queues again). False when there was nothing for this node to do. A running
+   * batch whose upstream is down waits for it in the queue; the wait counts as this node's work on the batch, so
+   * that a cancel from another node ends it.
    */
   const validateOrRun = (record: BatchRecord, attempts: AttemptsByLine) =>
     local.working(
@@ -101,7 +113,7 @@ export const make = Effect.gen(function*() {
           return yield* running.run(current, attempts, () => permits.othersWaiting(record.project))
         }
         return true
-      }))
+      }), record.batch.status === "in_progress" ? upstreamReadiness(record.batch.model) : undefined)
     )
 
   /**
@@ -122,11 +134,9 @@ export const make = Effect.gen(function*() {
               if (!(yield* finishing.finish(id, "expire"))) return
               break
             }
-            // A running batch whose upstream is down waits for it without a permit, counted as this node's work
-            // (so that a cancel from another node stops the wait). The expiry also ends these waits; the next round
-            // then finishes the batch as expired.
-            const upstream = batch.status === "in_progress" ? local.working(id, inference.reachable(batch.model)) : Effect.void
-            const progressed = yield* Effect.zipRight(upstream, validateOrRun(record, attempts)).pipe(
+            // The expiry ends the wait for a permit (or for the upstream) too; the next round then finishes the
+            // batch as expired.
+            const progressed = yield* validateOrRun(record, attempts).pipe(
               Effect.raceFirst(Effect.as(Effect.sleep(Duration.millis(remaining)), true))
             )
             if (!progressed) return

@@ -1,24 +1,48 @@
 /**
  * The node's batch permits (`maxConcurrentBatches`), shared round-robin by project: a freed permit goes to the
- * first project after the one served last (in the order projects first asked) that has a batch waiting, so one
- * project's many or large batches cannot keep another's waiting. A holder learns that another project waits
+ * first project after the one served last (in the order projects first asked) that has a batch ready to work, so
+ * one project's many or large batches cannot keep another's waiting. A holder learns that another project waits
  * (`othersWaiting`) and gives its permit back at a convenient point (a running batch: at the end of a slice), then
  * queues again in its project's turn.
+ *
+ * A batch whose upstream is down waits in its queue without being served (`Readiness`), keeping its place: were it
+ * served, it would give the permit straight back, and that wasted turn would count as its project's. Then a batch
+ * whose every call fails, taking the shared upstream down again and again, took the permit first after each outage
+ * and held another project's batch for the whole of its run.
  */
 import { Deferred, Effect } from "effect"
 
+/** Whether a waiting batch can use a permit now (a running batch: its upstream is not down). */
+export interface Readiness {
+  readonly ready: () => boolean
+  /** Completes once it may be ready (at once when it is). */
+  readonly awaitReady: Effect.Effect<void>
+  /** Completes once it is no longer ready. */
+  readonly awaitNotReady: Effect.Effect<void>
+}
+
 export interface FairPermits {
-  /** Runs `effect` under a permit taken in `project`'s turn (interruptible while it waits). */
-  readonly withPermit: <A, E, R>(project: string, effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
-  /** Whether a batch of a project other than `project` waits for a permit. */
+  /**
+   * Runs `effect` under a permit taken in `project`'s turn, once `readiness` says ready (interruptible while it
+   * waits).
+   */
+  readonly withPermit: <A, E, R>(project: string, effect: Effect.Effect<A, E, R>, readiness?: Readiness) => Effect.Effect<A, E, R>
+  /** Whether a batch of a project other than `project` waits for a permit, ready to use it. */
   readonly othersWaiting: (project: string) => boolean
 }
+
+interface Waiter {
+  readonly served: Deferred.Deferred<void>
+  readonly readiness: Readiness | undefined
+}
+
+const isReady = (waiter: Waiter) => waiter.readiness?.ready() ?? true
 
 export const makeFairPermits = (permits: number): FairPermits => {
   let free = permits
   /** Every project that asked, in the order it first did: the round. Few (one per key's project). */
   const ring: Array<string> = []
-  const queues = new Map<string, Array<Deferred.Deferred<void>>>()
+  const queues = new Map<string, Array<Waiter>>()
   let lastServed = -1 // index in `ring`
   let waiting = 0
 
@@ -29,15 +53,17 @@ export const makeFairPermits = (permits: number): FairPermits => {
     free--
   }
 
-  /** Gives a free permit to the first waiter after the project served last (called with `free > 0`). */
+  /** Gives a free permit to the first ready waiter after the project served last (called with `free > 0`). */
   const handOver = () => {
     for (let step = 1; step <= ring.length; step++) {
       const project = ring[(lastServed + step) % ring.length]!
-      const waiter = queues.get(project)?.shift()
-      if (waiter === undefined) continue
+      const queue = queues.get(project)
+      const at = queue?.findIndex(isReady) ?? -1
+      if (at === -1) continue
+      const [waiter] = queue!.splice(at, 1)
       waiting--
       serve(project)
-      Deferred.unsafeDone(waiter, Effect.void)
+      Deferred.unsafeDone(waiter!.served, Effect.void)
       return
     }
   }
@@ -47,21 +73,30 @@ export const makeFairPermits = (permits: number): FairPermits => {
     if (waiting > 0) handOver()
   })
 
-  const acquire = (project: string) =>
+  /** A waiter's watch: each time it becomes ready, a free permit may be its. */
+  const watch = (readiness: Readiness) =>
+    Effect.forever(Effect.zipRight(
+      readiness.awaitReady,
+      Effect.zipRight(Effect.sync(() => free > 0 && handOver()), readiness.awaitNotReady)
+    ))
+
+  const acquire = (project: string, readiness: Readiness | undefined) =>
     Effect.suspend(() => {
-      if (free > 0 && waiting === 0) {
+      if (free > 0 && waiting === 0 && (readiness?.ready() ?? true)) {
         serve(project)
         return Effect.void
       }
-      return Effect.flatMap(Deferred.make<void>(), (waiter) => {
+      return Effect.flatMap(Deferred.make<void>(), (served) => {
+        const waiter: Waiter = { served, readiness }
         if (!ring.includes(project)) ring.push(project)
         const queue = queues.get(project) ?? []
         queues.set(project, queue)
         queue.push(waiter)
         waiting++
         if (free > 0) handOver()
+        const wait = readiness === undefined ? Deferred.await(served) : Effect.raceFirst(Deferred.await(served), watch(readiness))
         // Interrupted while waiting: leave the queue, or give back the permit handed over meanwhile.
-        return Effect.onInterrupt(Deferred.await(waiter), () =>
+        return Effect.onInterrupt(wait, () =>
           Effect.suspend(() => {
             const index = queue.indexOf(waiter)
             if (index === -1) return release
@@ -74,10 +109,10 @@ export const makeFairPermits = (permits: number): FairPermits => {
 
   return {
     // Never interruptible between taking the permit and giving it back.
-    withPermit: (project, effect) =>
+    withPermit: (project, effect, readiness) =>
       Effect.uninterruptibleMask((restore) =>
-        Effect.zipRight(restore(acquire(project)), Effect.ensuring(restore(effect), release))
+        Effect.zipRight(restore(acquire(project, readiness)), Effect.ensuring(restore(effect), release))
       ),
-    othersWaiting: (project) => [...queues].some(([other, queue]) => other !== project && queue.length > 0)
+    othersWaiting: (project) => [...queues].some(([other, queue]) => other !== project && queue.some(isReady))
   }
 }

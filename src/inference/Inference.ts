@@ -64,6 +64,11 @@ export interface InferenceShape {
   readonly reachable: (model: string | null) => Effect.Effect<void>
   /** Completes when the upstream serving `model` goes down (never for one that stays up). */
   readonly unreachable: (model: string | null) => Effect.Effect<void>
+  /**
+   * Whether the upstream serving `model` is down now: what `reachable` and `unreachable` tell, without waiting.
+   * Optional: without it, a batch is told its upstream went down only when `unreachable` completes.
+   */
+  readonly isDown?: (model: string | null) => boolean
   /** The name of the upstream serving `model` now (the metrics' `upstream` label); undefined when none does. */
   readonly upstreamName?: (model: string | null) => string | undefined
   /**
@@ -190,6 +195,7 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
       models,
       reachable: (model) => Effect.zipRight(listsKnown, Effect.suspend(() => route(model)?.awaitUp ?? Effect.void)),
       unreachable: (model) => route(model)?.awaitDown ?? Effect.never,
+      isDown: (model) => route(model)?.isDown() ?? false,
       upstreamName: (model) => route(model)?.spec.name,
       upstreams: specs
     })
