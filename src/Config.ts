@@ -96,6 +96,8 @@ export interface AppConfigShape {
   readonly inferenceTimeout: Duration.Duration
   /** Largest upstream answer read, in bytes (`INFERENCE_MAX_RESPONSE_BYTES`); a larger one is an error line. */
   readonly inferenceMaxResponseBytes: number
+  /** The most bytes of large upstream answers a node holds at once, read or waiting to be stored (`INFERENCE_MAX_BUFFERED_BYTES`). */
+  readonly inferenceMaxBufferedBytes: number
   /** The shortcut upstream's (and the file's default) adaptive concurrency ceiling (`INFERENCE_MAX_CONCURRENCY`). */
   readonly inferenceMaxConcurrency: number
   /** Its floor (`INFERENCE_MIN_CONCURRENCY`): overload never shrinks the limit below it. */
@@ -199,6 +201,7 @@ export const defaults: AppConfigShape = {
   inferenceApiKey: Option.none(),
   inferenceTimeout: Duration.minutes(10),
   inferenceMaxResponseBytes: 64 * 1024 * 1024,
+  inferenceMaxBufferedBytes: 512 * 1024 * 1024,
   inferenceMaxConcurrency: 256,
   inferenceMinConcurrency: 1,
   upstreamsFile: Option.none(),
@@ -278,6 +281,9 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   inferenceTimeout: Config.duration("INFERENCE_TIMEOUT").pipe(Config.withDefault(defaults.inferenceTimeout)),
   inferenceMaxResponseBytes: Config.integer("INFERENCE_MAX_RESPONSE_BYTES").pipe(
     Config.withDefault(defaults.inferenceMaxResponseBytes)
+  ),
+  inferenceMaxBufferedBytes: Config.integer("INFERENCE_MAX_BUFFERED_BYTES").pipe(
+    Config.withDefault(defaults.inferenceMaxBufferedBytes)
   ),
   inferenceMaxAttempts: Config.integer("INFERENCE_MAX_ATTEMPTS").pipe(Config.withDefault(defaults.inferenceMaxAttempts)),
   inferenceMaxConcurrency: Config.integer("INFERENCE_MAX_CONCURRENCY").pipe(

@@ -148,6 +148,11 @@ const rules: ReadonlyArray<Rule> = [
   positiveDuration("stallTimeout", "STALL_TIMEOUT"),
   countFromZero("minBodyRate", "MIN_BODY_RATE", "no rate: a body is cut only once it stops coming"),
   {
+    variable: "INFERENCE_MAX_BUFFERED_BYTES",
+    expected: "an integer no smaller than INFERENCE_MAX_RESPONSE_BYTES (the largest answer must fit)",
+    holds: (c) => Number.isInteger(c.inferenceMaxBufferedBytes) && c.inferenceMaxBufferedBytes >= c.inferenceMaxResponseBytes
+  },
+  {
     variable: "INFERENCE_MIN_CONCURRENCY",
     expected: "an integer no larger than INFERENCE_MAX_CONCURRENCY",
     holds: (c) => c.inferenceMinConcurrency <= c.inferenceMaxConcurrency

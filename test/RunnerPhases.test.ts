@@ -4,7 +4,7 @@
  * heartbeat's record of this node's work.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Deferred, Effect, Exit, Fiber, Layer, Option, Scope } from "effect"
+import { Deferred, Effect, Exit, Fiber, FiberRef, Layer, Option, Scope } from "effect"
 import { BatchStore, BatchStoreLive, type BatchStoreShape, type RequestOutcome } from "../src/batches/BatchStore.js"
 import { LocalWork } from "../src/batches/heartbeat.js"
 import { GROUP_CHARS, makeOutcomeWriter } from "../src/batches/outcomeWriter.js"
@@ -12,6 +12,7 @@ import { makePendingRows } from "../src/batches/pendingRows.js"
 import { makeRunning } from "../src/batches/running.js"
 import { WorkLeases, WorkLeasesLive } from "../src/batches/WorkLeases.js"
 import { BatchId, BatchRequestId } from "../src/domain/Ids.js"
+import { AnswerMemory, currentAnswerHold } from "../src/inference/answerMemory.js"
 import { InferenceScripted } from "../src/inference/Inference.js"
 import { SqlLive } from "../src/storage/Sql.js"
 import { responseOutcome, validatingBatch } from "./support/Batches.js"
@@ -217,5 +218,45 @@ describe("running", () => {
       yield* Fiber.join(run)
       expect(sent).toBe(23)
       expect((yield* store.get(id, "all")).batch).toMatchObject({ status: "finalizing", request_counts: { total: 25, completed: 23, failed: 2 } })
+    }).pipe(Effect.scoped, Effect.provide(storesFor("sqlite", { maxConcurrentRequestsPerBatch: 1 }))))
+
+  it.live("each request's answer memory is held until its outcome is stored, and what an interrupted run held is given back", () =>
+    Effect.gen(function*() {
+      const store = yield* BatchStore
+      const id = yield* runningBatch
+      const gate = yield* Deferred.make<void>()
+      const held = Layer.succeed(BatchStore, {
+        ...store,
+        recordOutcomes: (batchId, outcomes) => Effect.zipRight(Deferred.await(gate), store.recordOutcomes(batchId, outcomes))
+      })
+      const memory = new AnswerMemory(1000)
+      let holdless = 0
+      const answer = { status: 200, text: "{}", json: {}, requestId: "req_1" }
+      // What the upstream client does with a large answer: reserve it for the request the calling fiber sends.
+      const reserving = InferenceScripted(() =>
+        Effect.map(FiberRef.get(currentAnswerHold), (hold) => {
+          if (hold === undefined) holdless++
+          else if (memory.reserve(10, () => {})) hold.keep(memory, 10)
+          return answer
+        }))
+      const running = yield* makeRunning(new LocalWork()).pipe(Effect.provide(Layer.merge(held, reserving)))
+      const run = yield* Effect.fork(running.run(yield* store.get(id, "all"), new Map()))
+      yield* Effect.sleep("100 millis")
+      expect(memory.used).toBe(20) // the answer being stored, and the next one, queued
+      yield* Deferred.succeed(gate, undefined)
+      yield* Fiber.join(run)
+      expect([memory.used, holdless]).toEqual([0, 0])
+
+      // A run interrupted as a call was answered (its answer reserved, not yet handed over) still gives it back.
+      const again = yield* validatingBatch(5)
+      expect(yield* store.startRunning(again, { model: "m", total: 5 }, [{ firstLine: 1, lastLine: 5 }])).toBe(true)
+      const answeredThenStuck = InferenceScripted(() =>
+        Effect.flatMap(FiberRef.get(currentAnswerHold), (hold) => (memory.reserve(10, () => {}), hold!.keep(memory, 10), Effect.never)))
+      const interrupted = yield* makeRunning(new LocalWork()).pipe(Effect.provide(Layer.merge(held, answeredThenStuck)))
+      const hung = yield* Effect.fork(interrupted.run(yield* store.get(again, "all"), new Map()))
+      yield* Effect.sleep("100 millis")
+      expect(memory.used).toBe(10)
+      yield* Fiber.interrupt(hung)
+      expect(memory.used).toBe(0)
     }).pipe(Effect.scoped, Effect.provide(storesFor("sqlite", { maxConcurrentRequestsPerBatch: 1 }))))
 })

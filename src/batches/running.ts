@@ -11,6 +11,7 @@
  */
 import { Effect, Option } from "effect"
 import { AppConfig } from "../Config.js"
+import { AnswerHold, currentAnswerHold } from "../inference/answerMemory.js"
 import { type AttemptsUsed, Inference, type UpstreamFailure, type UpstreamResponse } from "../inference/Inference.js"
 import { Metrics } from "../observability/Metrics.js"
 import { type BatchRecord, BatchStore, type RequestOutcome, type RequestRow } from "./BatchStore.js"
@@ -70,11 +71,22 @@ export const makeRunning = (local: LocalWork) =>
         // Outcomes are counted once stored (a group whose write failed is sent again, and counted then), each with a
         // plain call: thousands of requests run a second.
         const tally = metrics.requests(batch.endpoint, batch.model, inference.upstreamName?.(batch.model) ?? "unknown")
+        // The answer memory each request's answer holds (`inference/answerMemory.ts`) is given back once the answer
+        // is stored; what a run's end leaves held (a call interrupted as it was answered), when the run ends.
+        const holds = new Set<AnswerHold>()
+        const heldBy = new Map<RequestOutcome, AnswerHold>()
+        yield* Effect.addFinalizer(() => Effect.sync(() => holds.forEach((hold) => hold.release())))
         const stored = (written: ReadonlyArray<RequestOutcome>) =>
           Effect.suspend(() => {
             for (const outcome of written) {
               if (outcome._tag === "Response") tally.answered(outcome.statusCode, outcome.usage)
               else tally.noResponse()
+              const hold = heldBy.get(outcome)
+              if (hold !== undefined) {
+                hold.release()
+                heldBy.delete(outcome)
+                holds.delete(hold)
+              }
             }
             return rows.stored(written)
           })
@@ -92,13 +104,21 @@ export const makeRunning = (local: LocalWork) =>
         const send = (row: RequestRow, previous: Effect.Effect<void>) => {
           let used = attempts.get(row.line)
           if (used === undefined) attempts.set(row.line, used = { used: 0 })
+          const hold = new AnswerHold()
+          holds.add(hold)
           const answered = (outcome: RequestOutcome) => {
             attempts.delete(row.line)
+            if (hold.holding()) heldBy.set(outcome, hold)
+            else holds.delete(hold)
             return next(outcome, previous)
           }
-          return Effect.matchEffect(inference.send(batch.endpoint, row.body, { ...options, attempts: used }), {
+          const call = inference.send(batch.endpoint, row.body, { ...options, attempts: used })
+          return Effect.matchEffect(Effect.locally(call, currentAnswerHold, hold), {
             onSuccess: (res) => answered(responseOutcome(row, res)),
-            onFailure: (e) => answered(errorOutcome(row, e))
+            onFailure: (e) => {
+              hold.release() // an answer refused (not JSON…): not kept
+              return answered(errorOutcome(row, e))
+            }
           })
         }
         const worker = (previous: Effect.Effect<void>): Effect.Effect<void> => {

@@ -16,10 +16,12 @@ import { Clock, type ConfigError, Context, Duration, Effect, Layer, Option, Rand
 import { AppConfig } from "../Config.js"
 import type { BatchEndpoint } from "../domain/Batches.js"
 import { requestId } from "../domain/Ids.js"
+import { Metrics } from "../observability/Metrics.js"
 import { makeFractionPicker, type TracedCall, traceUpstreamCall, UpstreamCallTracing, upstreamIdentity } from "../observability/upstreamCallSpans.js"
 import { type Attempt, makeUpstream, type Upstream } from "../upstreams/Upstream.js"
 import { servesAnyModel, type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
 import { retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "./answers.js"
+import { AnswerMemory } from "./answerMemory.js"
 import * as UpstreamHttpClient from "./UpstreamHttpClient.js"
 
 export { compactJson, retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "./answers.js"
@@ -221,10 +223,14 @@ export const InferenceLive: Layer.Layer<Inference, ConfigError.ConfigError, AppC
   Effect.gen(function*() {
     const config = yield* AppConfig
     const dispatcher = yield* UpstreamHttpClient.dispatcher
+    const memory = new AnswerMemory(config.inferenceMaxBufferedBytes) // one for the node: every upstream's answers
+    const untrack = (yield* Metrics).answerMemory(() => memory.used)
+    yield* Effect.addFinalizer(() => Effect.sync(untrack))
     return yield* makeWith((spec) =>
       UpstreamHttpClient.make(dispatcher, {
         timeoutMs: Duration.toMillis(spec.timeout),
-        maxBodyBytes: config.inferenceMaxResponseBytes
+        maxBodyBytes: config.inferenceMaxResponseBytes,
+        memory
       })
     )
   })

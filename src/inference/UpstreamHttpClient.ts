@@ -17,6 +17,9 @@
  * turned off per request). One interval timer per client sweeps the calls in flight, and runs only while there are
  * some. An answer is refused (its connection closed) as soon as it passes `maxBodyBytes`, or announces more.
  *
+ * Memory: a large answer reserves its bytes in the node's `AnswerMemory` before its body is read; while it waits
+ * for room, its connection is paused and its time limit stopped (the wait is this node's, not the upstream's).
+ *
  * Proxies: `dispatcher` is undici's `EnvHttpProxyAgent` (`HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY`, lower-case too)
  * when a proxy variable is set: `http:` calls go to the proxy in absolute form, `https:` ones through a `CONNECT`
  * tunnel. With none set it is a plain `Agent`: `EnvHttpProxyAgent` would still parse each call's origin as a URL and
@@ -32,12 +35,15 @@ import * as HttpIncomingMessage from "@effect/platform/HttpIncomingMessage"
 import * as UrlParams from "@effect/platform/UrlParams"
 import { Effect, Either, Inspectable, Layer, Option, type Scope, Stream } from "effect"
 import { Agent, type Dispatcher, EnvHttpProxyAgent } from "undici"
+import { type AnswerHold, type AnswerMemory, currentAnswerHold, FREE_BYTES } from "./answerMemory.js"
 
 export interface ClientOptions {
   /** Time limit of one attempt: from sending the request to the last byte of the answer. */
   readonly timeoutMs: number
   /** Largest answer body read; a larger one fails the call as soon as it passes (or announces) more. */
   readonly maxBodyBytes: number
+  /** The node's bound on answer bytes in memory (`answerMemory.ts`), shared by its clients; none: unbounded. */
+  readonly memory?: AnswerMemory | undefined
 }
 
 /** What went wrong with a failed call (an `HttpClientError` from this client), as `failureKind` tells. */
@@ -150,8 +156,11 @@ class BufferedResponse extends Inspectable.Class implements HttpClientResponse.H
 
 type Resume = (effect: Effect.Effect<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>) => void
 
-/** What a call needs of its client: its options, and the calls in flight its sweep times out. */
-type Limits = ClientOptions & { readonly inflight: Set<Call> }
+/**
+ * What a call needs of its client: its options, and the calls in flight its sweep times out (`track` adds one and
+ * starts the sweep).
+ */
+type Limits = ClientOptions & { readonly inflight: Set<Call>; readonly track: (call: Call) => void }
 
 /**
  * One call: undici's handler, and the call's entry in its client's deadline sweep. Whatever comes after the call
@@ -169,11 +178,18 @@ class Call implements Dispatcher.DispatchHandler {
   private chunks: Array<Buffer> = []
   /** The body's one buffer, when its announced size is large; filled up to `received`. */
   private filled: Buffer | undefined
-  readonly deadline: number
+  deadline: number
+  /** Bytes reserved in the node's answer memory for this answer. */
+  private reserved = 0
+  /** Waiting for `reserved`: the wait's callback, and what resumes the paused connection. */
+  private awaitingMemory: (() => void) | undefined
+  private resumeReading: (() => void) | undefined
 
-  constructor(readonly limits: Limits, readonly request: HttpClientRequest.HttpClientRequest, readonly resume: Resume) {
+  constructor(readonly limits: Limits, readonly request: HttpClientRequest.HttpClientRequest, readonly resume: Resume,
+    private readonly hold: AnswerHold | undefined) {
+    hold?.release() // the request's earlier attempt: its answer is let go
     this.deadline = performance.now() + limits.timeoutMs
-    limits.inflight.add(this)
+    limits.track(this)
   }
 
   onConnect(abort: (error?: Error) => void) {
@@ -184,8 +200,9 @@ class Call implements Dispatcher.DispatchHandler {
     this.abortRequest = abort
   }
 
-  onHeaders(status: number, raw: Array<Buffer>): boolean {
+  onHeaders(status: number, raw: Array<Buffer>, resume: () => void): boolean {
     if (this.done || status < 200) return true // informational answers are skipped
+    this.resumeReading = resume
     const headers: Record<string, string> = Object.create(HEADERS_PROTO)
     for (let i = 0; i < raw.length; i += 2) {
       const name = raw[i]!.toString("latin1").toLowerCase()
@@ -197,23 +214,60 @@ class Call implements Dispatcher.DispatchHandler {
     this.headers = headers as Headers.Headers
     const bodiless = this.request.method === "HEAD" || status === 204 || status === 304
     const length = bodiless ? 0 : Number(headers["content-length"] ?? 0)
-    if (length > this.limits.maxBodyBytes) this.tooLarge()
-    else if (length > PREALLOCATE_BYTES) this.filled = Buffer.allocUnsafeSlow(length)
-    return true
+    if (length > this.limits.maxBodyBytes) return this.tooLarge()
+    if (length > PREALLOCATE_BYTES) this.filled = Buffer.allocUnsafeSlow(length)
+    return length > FREE_BYTES ? this.reserve(length) : true
   }
 
   onData(chunk: Buffer): boolean {
     if (this.done) return true
     const at = this.received
     this.received += chunk.length
-    if (this.received > this.limits.maxBodyBytes) this.tooLarge()
-    else if (this.filled !== undefined) chunk.copy(this.filled, at)
+    if (this.received > this.limits.maxBodyBytes) return this.tooLarge()
+    if (this.filled !== undefined) chunk.copy(this.filled, at)
     else this.chunks.push(chunk)
-    return true
+    // No size announced: past the free bytes, it may be as large as an answer may be.
+    return this.received > FREE_BYTES && this.reserved === 0 ? this.reserve(this.limits.maxBodyBytes) : true
+  }
+
+  /**
+   * Reserves `bytes` of the node's answer memory: true to read on; false to pause the connection until they are
+   * reserved, its time limit stopped meanwhile.
+   */
+  private reserve(wanted: number): boolean {
+    const memory = this.limits.memory
+    if (memory === undefined) return true
+    if (this.awaitingMemory !== undefined) return false
+    const bytes = Math.min(wanted, memory.budget) // a budget below the largest answer would never let it in
+    const left = this.deadline - performance.now()
+    const granted = () => {
+      this.awaitingMemory = undefined
+      this.reserved = bytes
+      if (this.done) return this.giveBack()
+      this.deadline = performance.now() + Math.max(left, 0)
+      this.limits.track(this)
+      this.resumeReading?.()
+    }
+    if (memory.reserve(bytes, granted)) {
+      this.reserved = bytes
+      return true
+    }
+    this.awaitingMemory = granted
+    this.limits.inflight.delete(this)
+    return false
+  }
+
+  /** Gives back the answer's reservation (or its place in the queue for one). */
+  private giveBack() {
+    const memory = this.limits.memory
+    if (memory === undefined) return
+    if (this.awaitingMemory !== undefined && memory.cancel(this.awaitingMemory)) this.awaitingMemory = undefined
+    if (this.reserved > 0) memory.release(this.reserved)
+    this.reserved = 0
   }
 
   onComplete() {
-    if (this.settle()) return
+    if (this.settle(true)) return
     const chunks = this.chunks
     const body = this.filled?.subarray(0, this.received) ??
       (chunks.length === 1 ? chunks[0]! : chunks.length === 0 ? EMPTY : Buffer.concat(chunks, this.received))
@@ -227,7 +281,10 @@ class Call implements Dispatcher.DispatchHandler {
     this.fail(kindOf(code, this.sent), typeof code === "string" ? `${error.message} (${code})` : error.message, error)
   }
 
-  private tooLarge() { this.fail("too_large", `The upstream's answer is larger than ${this.limits.maxBodyBytes} bytes`) }
+  private tooLarge(): true {
+    this.fail("too_large", `The upstream's answer is larger than ${this.limits.maxBodyBytes} bytes`)
+    return true
+  }
   timeout() { this.fail("timeout", `The upstream did not answer in full within ${this.limits.timeoutMs} ms`) }
 
   /** Fails the call; one failed here (not by undici) has its request aborted, closing its connection. */
@@ -246,11 +303,20 @@ class Call implements Dispatcher.DispatchHandler {
     if (!this.settle()) this.abortRequest?.()
   }
 
-  /** Marks the call done (true when it already was) and takes it out of the sweep. */
-  private settle(): boolean {
+  /**
+   * Marks the call done (true when it already was) and takes it out of the sweep. Its answer's reservation goes to
+   * the request's hold when it is `answered` (given back once the answer is stored), else back at once.
+   */
+  private settle(answered = false): boolean {
     if (this.done) return true
     this.done = true
     this.limits.inflight.delete(this)
+    if (answered && this.hold !== undefined && this.limits.memory !== undefined && this.awaitingMemory === undefined) {
+      this.hold.keep(this.limits.memory, this.reserved)
+      this.reserved = 0
+    } else {
+      this.giveBack()
+    }
     return false
   }
 }
@@ -279,22 +345,26 @@ const headerList = (headers: Headers.Headers): Array<string> => {
 
 /** An `HttpClient` over `dispatcher` with these limits (several clients may share one dispatcher). */
 export const make = (dispatcher: Dispatcher, options: ClientOptions): HttpClient.HttpClient => {
-  const limits: Limits = { timeoutMs: options.timeoutMs, maxBodyBytes: options.maxBodyBytes, inflight: new Set() }
-  // Every call of this client has the same time limit, so the set (in insertion order) is in deadline order: a sweep
-  // stops at the first call still in time. The timer runs only while calls are in flight.
+  // A sweep looks at every call: one that waited for answer memory is back with the time it had left, out of the
+  // order the others came in. The timer runs only while calls are in flight.
   let timer: NodeJS.Timeout | undefined
   const sweep = () => {
     const now = performance.now()
-    for (const call of limits.inflight) {
-      if (call.deadline > now) break
-      call.timeout()
+    for (const call of inflight) {
+      if (call.deadline <= now) call.timeout()
     }
-    if (limits.inflight.size === 0) {
+    if (inflight.size === 0) {
       clearInterval(timer)
       timer = undefined
     }
   }
   const period = Math.min(1000, Math.max(10, options.timeoutMs / 4))
+  const inflight = new Set<Call>()
+  const track = (call: Call) => {
+    inflight.add(call)
+    if (timer === undefined) (timer = setInterval(sweep, period)).unref()
+  }
+  const limits: Limits = { ...options, inflight, track }
 
   const targets = new Map<string, Target>()
   const target = (request: HttpClientRequest.HttpClientRequest): Target => {
@@ -316,18 +386,18 @@ export const make = (dispatcher: Dispatcher, options: ClientOptions): HttpClient
           : ["Encode", `unsupported request body ${request.body._tag}`] as const
         return Effect.fail(new HttpClientError.RequestError({ request, reason, description }))
       }
-      return Effect.async<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>((resume) => {
-        const call = new Call(limits, request, resume)
-        if (timer === undefined) (timer = setInterval(sweep, period)).unref()
-        const { origin, path } = url.right
-        const headers = headerList(request.headers)
-        try { // no idle timeouts (0): the sweep's deadline bounds the whole attempt instead
-          dispatcher.dispatch({ origin, path, method: request.method, headers, body, headersTimeout: 0, bodyTimeout: 0 }, call)
-        } catch (error) {
-          call.onError(error as Error)
-        }
-        return Effect.sync(() => call.interrupt())
-      })
+      return Effect.withFiberRuntime<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>((fiber) =>
+        Effect.async<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>((resume) => {
+          const call = new Call(limits, request, resume, fiber.getFiberRef(currentAnswerHold))
+          const { origin, path } = url.right
+          const headers = headerList(request.headers)
+          try { // no idle timeouts (0): the sweep's deadline bounds the whole attempt instead
+            dispatcher.dispatch({ origin, path, method: request.method, headers, body, headersTimeout: 0, bodyTimeout: 0 }, call)
+          } catch (error) {
+            call.onError(error as Error)
+          }
+          return Effect.sync(() => call.interrupt())
+        }))
     }),
     Effect.succeed
   )

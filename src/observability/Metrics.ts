@@ -58,6 +58,8 @@ export interface MetricsShape {
   readonly attempts: (upstream: string) => (model: string | null | undefined, seconds: number) => void
   /** Reports `upstream`'s in-flight calls and adaptive limit at every scrape; the returned function stops it. */
   readonly upstream: (upstream: string, gauges: UpstreamGauges) => () => void
+  /** Reports the bytes of answer memory reserved (`inference/answerMemory.ts`) at every scrape; the returned function stops it. */
+  readonly answerMemory: (reserved: () => number) => () => void
   /** A batch moved (`BatchStore`): queue wait on `in_progress`, finished count and duration on a final status. */
   readonly batchMoved: (batch: MovedBatch) => void
   /** One HTTP request answered (`route`: the matched route pattern, bounded). */
@@ -79,6 +81,7 @@ export const noopMetrics: MetricsShape = {
   requests: () => noopTally,
   attempts: () => noopAttempt,
   upstream: () => () => {},
+  answerMemory: () => () => {},
   batchMoved: () => {},
   httpRequest: () => {},
   webhookDelivery: () => {},

@@ -11,6 +11,7 @@
  *   batch_tokens_total{model,type}                      tokens of the successful answers: input, output, cached, reasoning
  *   batch_upstream_request_duration_seconds{upstream,model}  histogram, one observation per attempt (each retry too)
  *   batch_upstream_up{upstream}, batch_upstream_inflight{upstream}, batch_upstream_concurrency_limit{upstream}
+ *   batch_upstream_answer_bytes
  *                                                                                   gauges, read at scrape time
  *   batch_queue_wait_seconds                            histogram: created → in_progress (validation included)
  *   batch_duration_seconds{status}                      histogram: created → final status
@@ -233,6 +234,23 @@ export const makeMetrics = (options: { readonly processWide: boolean }): Metrics
     (g) => g.limit()
   )
 
+  let answerBytes: (() => number) | undefined
+  const answerMemory = (reserved: () => number) => {
+    answerBytes = reserved
+    return () => {
+      if (answerBytes === reserved) answerBytes = undefined
+    }
+  }
+  new Gauge({
+    name: "batch_upstream_answer_bytes",
+    help: "Bytes of large upstream answers (over 1 MiB) this node holds, being read or waiting to be stored: at most " +
+      "INFERENCE_MAX_BUFFERED_BYTES (calls wait for room).",
+    registers,
+    collect() {
+      this.set(answerBytes?.() ?? 0)
+    }
+  })
+
   // --- batches ---
   const active = new Gauge({
     name: "batch_batches_active",
@@ -315,5 +333,5 @@ export const makeMetrics = (options: { readonly processWide: boolean }): Metrics
       return processFigures === undefined ? own : `${own}\n${await processFigures.metrics()}`
     })
 
-  return { requests, attempts, upstream, batchMoved, httpRequest, webhookDelivery, render }
+  return { requests, attempts, upstream, answerMemory, batchMoved, httpRequest, webhookDelivery, render }
 }

@@ -29,6 +29,7 @@ import type * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import { Cause, Deferred, Duration, Effect, Exit, FiberRef, HashMap, List, Option, Redacted, type Scope } from "effect"
 import { BatchEndpoint } from "../domain/Batches.js"
 import { requestId } from "../domain/Ids.js"
+import { currentAnswerHold } from "../inference/answerMemory.js"
 import { asJsonBody, retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "../inference/answers.js"
 import { type FailureKind, failureKind } from "../inference/UpstreamHttpClient.js"
 import { Admission, openGauge, type Ticket } from "./Admission.js"
@@ -130,10 +131,13 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       return template
     }
 
-    /** `GET /models`, listing what it answered when it could (`None` when it did not answer at all). */
+    /**
+     * `GET /models`, listing what it answered when it could (`None` when it did not answer at all). The upstream's
+     * own call, not a request's, though a request's call may set it off: its answer is no request's to hold.
+     */
     let listed = Option.none<ReadonlyArray<string>>()
     let listedAt = 0
-    const askModels = http.get(`${spec.baseUrl}/models`, { headers: authorized(HttpClientRequest.get("")).headers }).pipe(
+    const askModels = Effect.locally(currentAnswerHold, undefined)(http.get(`${spec.baseUrl}/models`, { headers: authorized(HttpClientRequest.get("")).headers }).pipe(
       Effect.flatMap((res) =>
         Effect.map(res.text, (text) => {
           listedAt = clock.unsafeCurrentTimeMillis() // asked: not again before LIST_TTL_MS, list or not
@@ -153,7 +157,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       ),
       Effect.timeout(Duration.min(spec.timeout, Duration.seconds(10))),
       Effect.exit
-    )
+    ))
 
     // --- up and down -------------------------------------------------------------------------------------------
     const outage = yield* makeOutage({ name: spec.name, gate, probeInterval: options.probeInterval, probe: askModels, log })

@@ -1,0 +1,161 @@
+/**
+ * The node-wide bound on upstream answer bytes in memory (`INFERENCE_MAX_BUFFERED_BYTES`): large answers reserve
+ * their bytes before they are read, wait (their connection paused, their time limit stopped) while the budget lacks
+ * room, and give them back once stored.
+ */
+import * as HttpBody from "@effect/platform/HttpBody"
+import type * as HttpClient from "@effect/platform/HttpClient"
+import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
+import { describe, expect, it, layer } from "@effect/vitest"
+import { Effect, Fiber } from "effect"
+import * as http from "node:http"
+import type * as net from "node:net"
+import { AnswerHold, AnswerMemory, currentAnswerHold } from "../src/inference/answerMemory.js"
+import * as UpstreamHttpClient from "../src/inference/UpstreamHttpClient.js"
+import { chatLine, createBatch, readLines, terminal, upload, waitFor } from "./support/Batches.js"
+import { client } from "./support/Upstreams.js"
+import { baseUrl, testAppWithUpstream } from "./support/TestApp.js"
+
+const MiB = 1024 * 1024
+const sleep = (ms: number) => Effect.promise(() => new Promise((resolve) => setTimeout(resolve, ms)))
+
+describe("AnswerMemory", () => {
+  it("grants in order: a large reservation is not passed over by smaller ones behind it", () => {
+    const memory = new AnswerMemory(10)
+    const granted: Array<string> = []
+    expect(memory.reserve(6, () => granted.push("a"))).toBe(true)
+    expect(memory.reserve(8, () => granted.push("big"))).toBe(false)
+    expect(memory.reserve(2, () => granted.push("small"))).toBe(false) // it would fit, but waits its turn
+    memory.release(6)
+    expect(granted).toEqual(["big", "small"])
+    expect([memory.used, memory.peak]).toEqual([10, 10])
+  })
+
+  it("a wait cancelled at the head lets the next one in", () => {
+    const memory = new AnswerMemory(10)
+    const granted: Array<string> = []
+    memory.reserve(6, () => {})
+    const big = () => granted.push("big")
+    memory.reserve(8, big)
+    memory.reserve(4, () => granted.push("small"))
+    expect(memory.cancel(big)).toBe(true)
+    expect(granted).toEqual(["small"])
+    expect(memory.cancel(big)).toBe(false)
+  })
+})
+
+/** A server answering each POST with `size` bytes of a JSON string, announced or chunked. */
+const bigAnswers = (size: number, announced: boolean) =>
+  Effect.acquireRelease(
+    Effect.async<{ readonly url: string; readonly server: http.Server }>((resume) => {
+      const body = `"${"x".repeat(size - 2)}"`
+      const server = http.createServer((req, res) => {
+        req.resume()
+        req.on("end", () => {
+          if (announced) res.writeHead(200, { "content-type": "application/json", "content-length": body.length })
+          else res.writeHead(200, { "content-type": "application/json" })
+          res.end(body)
+        })
+      })
+      server.listen(0, "127.0.0.1", () => {
+        resume(Effect.succeed({ url: `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`, server }))
+      })
+    }),
+    ({ server }) => Effect.promise(() => new Promise<void>((done) => (server.closeAllConnections(), server.close(() => done()))))
+  )
+
+const clientWith = (memory: AnswerMemory, timeoutMs = 5000) =>
+  Effect.map(UpstreamHttpClient.dispatcher, (d) => UpstreamHttpClient.make(d, { timeoutMs, maxBodyBytes: 4 * MiB, memory }))
+
+/** One call's answer length, made for the request `hold` holds for (none: a call outside batch work). */
+const call = (http: HttpClient.HttpClient, url: string, hold?: AnswerHold) =>
+  Effect.map(
+    http.execute(HttpClientRequest.post(`${url}/v1/chat/completions`).pipe(HttpClientRequest.setBody(HttpBody.text("{}")))).pipe(
+      Effect.flatMap((res) => res.text),
+      Effect.locally(currentAnswerHold, hold)
+    ),
+    (text) => text.length
+  )
+
+describe("the upstream client under a memory budget", () => {
+  it.scoped("answers of 2 MiB under 5 MiB: two are held, the third waits past its time limit, then is read once one is let go", () =>
+    Effect.gen(function*() {
+      const { url } = yield* bigAnswers(2 * MiB, true)
+      const memory = new AnswerMemory(5 * MiB)
+      const upstream = yield* clientWith(memory, 400)
+      const holds = [new AnswerHold(), new AnswerHold(), new AnswerHold()]
+      expect(yield* call(upstream, url, holds[0])).toBe(2 * MiB)
+      expect(yield* call(upstream, url, holds[1])).toBe(2 * MiB)
+      expect(memory.used).toBe(4 * MiB) // both answers held until stored
+      const third = yield* Effect.fork(call(upstream, url, holds[2]))
+      yield* sleep(1000) // longer than its time limit: waiting for memory is not the upstream's time
+      expect(third.unsafePoll()).toBeNull()
+      holds[0]!.release()
+      expect(yield* Fiber.join(third)).toBe(2 * MiB)
+      expect(memory.peak).toBeLessThanOrEqual(5 * MiB)
+      holds[1]!.release()
+      holds[2]!.release()
+      expect(memory.used).toBe(0)
+    }))
+
+  it.scoped("an answer that announces no size reserves the largest answer once past 1 MiB", () =>
+    Effect.gen(function*() {
+      const announced = yield* bigAnswers(2 * MiB, true)
+      const chunked = yield* bigAnswers(1.5 * MiB, false)
+      const memory = new AnswerMemory(5 * MiB)
+      const upstream = yield* clientWith(memory)
+      const held = new AnswerHold()
+      yield* call(upstream, announced.url, held)
+      const hold = new AnswerHold()
+      const waiting = yield* Effect.fork(call(upstream, chunked.url, hold))
+      yield* sleep(300)
+      expect(waiting.unsafePoll()).toBeNull() // 2 + 4 MiB would pass 5
+      held.release()
+      expect(yield* Fiber.join(waiting)).toBe(1.5 * MiB)
+      expect(memory.used).toBe(4 * MiB)
+      hold.release()
+    }))
+
+  it.scoped("a call interrupted while it waits leaves the queue; a call outside a hold gives its bytes back once read", () =>
+    Effect.gen(function*() {
+      const { url } = yield* bigAnswers(2 * MiB, true)
+      const memory = new AnswerMemory(3 * MiB)
+      const upstream = yield* clientWith(memory)
+      const held = new AnswerHold()
+      yield* call(upstream, url, held)
+      const waiting = yield* Effect.fork(call(upstream, url, new AnswerHold()))
+      yield* sleep(200)
+      yield* Fiber.interrupt(waiting)
+      held.release()
+      expect(memory.used).toBe(0)
+      expect(yield* call(upstream, url)).toBe(2 * MiB)
+      expect(memory.used).toBe(0)
+      expect(memory.peak).toBe(2 * MiB)
+    }))
+})
+
+const app = testAppWithUpstream({
+  maxConcurrentRequestsPerBatch: 8,
+  inferenceMaxResponseBytes: 3 * MiB,
+  inferenceMaxBufferedBytes: 5 * MiB
+})
+
+/** `batch_upstream_answer_bytes`, as `/metrics` gives it. */
+const heldBytes = Effect.flatMap(baseUrl, (url) =>
+  Effect.promise(async () => Number(/^batch_upstream_answer_bytes (\d+)$/m.exec(await (await fetch(`${url}/metrics`)).text())?.[1])))
+
+layer(app, { excludeTestServices: true })("batches under a memory budget", (it) => {
+  it.effect("every 2 MiB answer of two batches is stored, eight calls at a time under 5 MiB, and the memory is all given back", () =>
+    Effect.gen(function*() {
+      const openai = yield* client
+      for (const round of [1, 2]) {
+        const file = yield* upload(openai, Array.from({ length: 12 }, (_, i) => chatLine(`r${round}-${i}`, `[big:2] ${round} ${i}`)))
+        const batch = yield* createBatch(openai, file.id)
+        const done = yield* waitFor(openai, batch.id, terminal, 30_000)
+        expect(done.request_counts).toEqual({ total: 12, completed: 12, failed: 0 })
+        const lines = yield* readLines(openai, done.output_file_id)
+        expect(lines.every((line) => JSON.stringify(line).length > 2 * MiB)).toBe(true)
+      }
+      expect(yield* heldBytes).toBe(0)
+    }), { timeout: 60_000 })
+})
