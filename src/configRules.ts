@@ -4,7 +4,7 @@
  */
 import { ConfigError, Duration, Either, Option, Redacted } from "effect"
 import { parseAdminKey, parseKeyEntry } from "./auth/keyEntries.js"
-import type { AppConfigShape } from "./Config.js"
+import type { AppConfigShape } from "./configShape.js"
 import { badHeaderValue, isPlainBaseUrl } from "./upstreams/UpstreamSpec.js"
 import { secretProblem, urlProblem } from "./webhooks/signing.js"
 
