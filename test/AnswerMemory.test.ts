@@ -112,8 +112,25 @@ describe("the upstream client under a memory budget", () => {
       expect(waiting.unsafePoll()).toBeNull() // 2 + 4 MiB would pass 5
       held.release()
       expect(yield* Fiber.join(waiting)).toBe(1.5 * MiB)
-      expect(memory.used).toBe(4 * MiB)
+      expect(memory.used).toBe(1.5 * MiB) // what came of the largest answer it reserved
       hold.release()
+    }))
+
+  it.scoped("bytes given back while a connection's answer is being read let the next call in (outside holds; an answer refused as too large)", () =>
+    Effect.gen(function*() {
+      const { url } = yield* bigAnswers(3 * MiB, true)
+      const memory = new AnswerMemory(4 * MiB)
+      const upstream = yield* clientWith(memory)
+      // Each gives its bytes back as its answer ends, in its connection's callback: the other resumes.
+      expect(yield* Effect.all([call(upstream, url), call(upstream, url)], { concurrency: "unbounded" })).toEqual([3 * MiB, 3 * MiB])
+      const tooLarge = yield* bigAnswers(5 * MiB, false)
+      const outcomes = yield* Effect.all(
+        [Effect.either(call(upstream, tooLarge.url)), call(upstream, url)],
+        { concurrency: "unbounded" }
+      )
+      expect(outcomes[0]._tag).toBe("Left")
+      expect(outcomes[1]).toBe(3 * MiB)
+      expect(memory.peak).toBeLessThanOrEqual(4 * MiB)
     }))
 
   it.scoped("a call interrupted while it waits leaves the queue; a call outside a hold gives its bytes back once read", () =>

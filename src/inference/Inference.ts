@@ -196,7 +196,7 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
       send,
       models,
       reachable: (model) => Effect.zipRight(listsKnown, Effect.suspend(() => route(model)?.awaitUp ?? Effect.void)),
-      unreachable: (model) => route(model)?.awaitDown ?? Effect.never,
+      unreachable: (model) => Effect.suspend(() => route(model)?.awaitDown ?? Effect.never), // routed when it runs, as reachable
       isDown: (model) => route(model)?.isDown() ?? false,
       upstreamName: (model) => route(model)?.spec.name,
       upstreams: specs

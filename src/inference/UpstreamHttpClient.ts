@@ -179,6 +179,8 @@ class Call implements Dispatcher.DispatchHandler {
   /** The body's one buffer, when its announced size is large; filled up to `received`. */
   private filled: Buffer | undefined
   deadline: number
+  /** The body's announced size (`content-length`; 0 when none). */
+  private announced = 0
   /** Bytes reserved in the node's answer memory for this answer. */
   private reserved = 0
   /** Waiting for `reserved`: the wait's callback, and what resumes the paused connection. */
@@ -215,8 +217,16 @@ class Call implements Dispatcher.DispatchHandler {
     const bodiless = this.request.method === "HEAD" || status === 204 || status === 304
     const length = bodiless ? 0 : Number(headers["content-length"] ?? 0)
     if (length > this.limits.maxBodyBytes) return this.tooLarge()
-    if (length > PREALLOCATE_BYTES) this.filled = Buffer.allocUnsafeSlow(length)
-    return length > FREE_BYTES ? this.reserve(length) : true
+    this.announced = length
+    // Paused until reserved (a proxy's wrapper ignores this answer: then the first chunk past FREE_BYTES pauses).
+    if (length > FREE_BYTES && !this.reserve(length)) return false
+    this.allocate()
+    return true
+  }
+
+  /** One buffer for a body announcing a large size, once its bytes may be held (none came yet). */
+  private allocate() {
+    if (this.announced > PREALLOCATE_BYTES && this.received === 0) this.filled = Buffer.allocUnsafeSlow(this.announced)
   }
 
   onData(chunk: Buffer): boolean {
@@ -246,7 +256,12 @@ class Call implements Dispatcher.DispatchHandler {
       if (this.done) return this.giveBack()
       this.deadline = performance.now() + Math.max(left, 0)
       this.limits.track(this)
-      this.resumeReading?.()
+      this.allocate()
+      // Not at once: this runs where another call gave bytes back, maybe in its connection's callback, where undici
+      // refuses to resume another connection.
+      setImmediate(() => {
+        if (!this.done) this.resumeReading?.()
+      })
     }
     if (memory.reserve(bytes, granted)) {
       this.reserved = bytes
@@ -267,13 +282,21 @@ class Call implements Dispatcher.DispatchHandler {
   }
 
   onComplete() {
-    if (this.settle(true)) return
+    if (this.settle()) return
     const chunks = this.chunks
     const body = this.filled?.subarray(0, this.received) ??
       (chunks.length === 1 ? chunks[0]! : chunks.length === 0 ? EMPTY : Buffer.concat(chunks, this.received))
     this.chunks = []
     this.filled = undefined
+    // The request's hold keeps the answer's bytes until it is stored (before the fiber resumes to store it).
+    const memory = this.limits.memory
+    if (this.hold !== undefined && memory !== undefined && this.awaitingMemory === undefined) {
+      const kept = Math.min(this.reserved, this.received) // a reservation for no announced size: what came
+      this.hold.keep(memory, kept)
+      this.reserved -= kept
+    }
     this.resume(Effect.succeed(new BufferedResponse(this.request, this.status, this.headers, body)))
+    this.giveBack()
   }
 
   onError(error: Error) {
@@ -296,27 +319,24 @@ class Call implements Dispatcher.DispatchHandler {
     const error = new HttpClientError.RequestError({ request: this.request, reason: "Transport", description, cause })
     this.resume(Effect.fail(error))
     if (undiciError === undefined) this.abortRequest?.(cause)
+    this.giveBack()
   }
 
   /** Interruption: the request is aborted now, or dropped when undici hands it to a connection (`onConnect`). */
   interrupt() {
-    if (!this.settle()) this.abortRequest?.()
+    if (this.settle()) return
+    this.abortRequest?.()
+    this.giveBack()
   }
 
   /**
-   * Marks the call done (true when it already was) and takes it out of the sweep. Its answer's reservation goes to
-   * the request's hold when it is `answered` (given back once the answer is stored), else back at once.
+   * Marks the call done (true when it already was) and takes it out of the sweep. Its reservation is given back
+   * (`giveBack`) after its fiber is resumed, so that nothing a release sets off can keep it from resuming.
    */
-  private settle(answered = false): boolean {
+  private settle(): boolean {
     if (this.done) return true
     this.done = true
     this.limits.inflight.delete(this)
-    if (answered && this.hold !== undefined && this.limits.memory !== undefined && this.awaitingMemory === undefined) {
-      this.hold.keep(this.limits.memory, this.reserved)
-      this.reserved = 0
-    } else {
-      this.giveBack()
-    }
     return false
   }
 }

@@ -5,9 +5,10 @@
  *
  * An answer up to `FREE_BYTES` reads freely (the calls in flight bound those). A larger one reserves its size before
  * its body is read — the size it announces (`content-length`), or the largest an answer may be when it announces none
- * and passes `FREE_BYTES` — and its call waits, its connection paused, while the budget lacks room: served first come,
- * first served, so a large reservation is not passed over for good. A reservation is taken whole, never grown, so two
- * answers can never each hold part of the budget and wait for the rest.
+ * and passes `FREE_BYTES` (what came is kept once it ends) — and its call waits, its connection paused, while the
+ * budget lacks room: served first come, first served, so a large reservation is not passed over for good. A
+ * reservation is taken whole, never grown, so two answers can never each hold part of the budget and wait for the
+ * rest.
  *
  * Who releases it: the `AnswerHold` of the request (`currentAnswerHold`, set by the batch's worker around its send),
  * once the answer is stored; a new attempt of the same request first gives back the last attempt's. A call made
