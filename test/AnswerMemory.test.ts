@@ -7,10 +7,12 @@ import * as HttpBody from "@effect/platform/HttpBody"
 import type * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Effect, Fiber } from "effect"
+import { Context, Duration, Effect, Fiber, Layer } from "effect"
 import * as http from "node:http"
 import type * as net from "node:net"
+import { AppConfig } from "../src/Config.js"
 import { AnswerHold, AnswerMemory, currentAnswerHold } from "../src/inference/answerMemory.js"
+import { Inference, InferenceLive } from "../src/inference/Inference.js"
 import * as UpstreamHttpClient from "../src/inference/UpstreamHttpClient.js"
 import { chatLine, createBatch, readLines, terminal, upload, waitFor } from "./support/Batches.js"
 import { client } from "./support/Upstreams.js"
@@ -148,6 +150,43 @@ describe("the upstream client under a memory budget", () => {
       expect(yield* call(upstream, url)).toBe(2 * MiB)
       expect(memory.used).toBe(0)
       expect(memory.peak).toBe(2 * MiB)
+    }))
+})
+
+describe("Inference's retries", () => {
+  it.scopedLive("the answer of an attempt to be retried is not held through the wait", () =>
+    Effect.gen(function*() {
+      // A 500 with a 2 MiB body, then a 200.
+      let calls = 0
+      const server = yield* Effect.acquireRelease(
+        Effect.async<http.Server>((resume) => {
+          const s = http.createServer((req, res) => {
+            req.resume()
+            if (req.method !== "POST") return void res.end(`{"data":[]}`) // the start-up probe
+            req.on("end", () => {
+              const body = ++calls === 1 ? `{"error":"${"x".repeat(2 * MiB)}"}` : "{}"
+              res.writeHead(calls === 1 ? 500 : 200, { "content-type": "application/json", "content-length": body.length })
+              res.end(body)
+            })
+          })
+          s.listen(0, "127.0.0.1", () => resume(Effect.succeed(s)))
+        }),
+        (s) => Effect.promise(() => new Promise<void>((done) => (s.closeAllConnections(), s.close(() => done()))))
+      )
+      const url = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}/v1`
+      const services = yield* Layer.build(InferenceLive.pipe(Layer.provide(AppConfig.layerWith({
+        inferenceBaseUrl: url,
+        inferenceMaxAttempts: 2,
+        inferenceRetryBaseDelay: Duration.millis(800)
+      }))))
+      const inference = Context.get(services, Inference)
+      const hold = new AnswerHold()
+      const sent = yield* Effect.fork(
+        Effect.locally(inference.send("/v1/chat/completions", `{"model":"m"}`, { model: "m" }), currentAnswerHold, hold)
+      )
+      yield* sleep(400) // within the retry's wait
+      expect([calls, hold.holding()]).toEqual([1, false])
+      expect((yield* Fiber.join(sent)).status).toBe(200)
     }))
 })
 

@@ -12,7 +12,7 @@
  */
 import type * as HttpClient from "@effect/platform/HttpClient"
 import { HttpClient as HttpClientTag } from "@effect/platform/HttpClient"
-import { Clock, type ConfigError, Context, Duration, Effect, Layer, Option, Random } from "effect"
+import { Clock, type ConfigError, Context, Duration, Effect, FiberRef, Layer, Option, Random } from "effect"
 import { AppConfig } from "../Config.js"
 import type { BatchEndpoint } from "../domain/Batches.js"
 import { requestId } from "../domain/Ids.js"
@@ -21,7 +21,7 @@ import { makeFractionPicker, type TracedCall, traceUpstreamCall, UpstreamCallTra
 import { type Attempt, makeUpstream, type Upstream } from "../upstreams/Upstream.js"
 import { servesAnyModel, type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
 import { retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "./answers.js"
-import { AnswerMemory } from "./answerMemory.js"
+import { AnswerMemory, currentAnswerHold } from "./answerMemory.js"
 import * as UpstreamHttpClient from "./UpstreamHttpClient.js"
 
 export { compactJson, retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "./answers.js"
@@ -156,6 +156,8 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
           const now = yield* Clock.currentTimeMillis
           if (options.deadline !== undefined && now + delay > options.deadline) return yield* final(result)
           traced?.retried(n, result._tag === "Failure" ? result.failure.code : `status ${result.response.status}`)
+          const hold = yield* FiberRef.get(currentAnswerHold)
+          hold?.release() // the answer let go is not held through the wait
           yield* Effect.sleep(Duration.millis(delay))
           return yield* loop(n + 1, traced)
         })
