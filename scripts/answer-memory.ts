@@ -9,13 +9,12 @@
  *
  * The server's environment passes through: `INFERENCE_MAX_BUFFERED_BYTES=…` compares budgets.
  */
-import { spawn } from "node:child_process"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import OpenAI from "openai"
 import { freePort } from "../test/support/ServerProcess.js"
-import { buildPrograms, memoryMb, root, startFlags, stopChildren, waitHealthy } from "./server-process.js"
+import { buildPrograms, memoryMb, spawnServer, stopChildren, waitHealthy } from "./server-process.js"
 import { startSimulator } from "./simulator.js"
 
 const arg = (name: string, fallback: number) => {
@@ -31,19 +30,16 @@ const main = async () => {
   const sim = await startSimulator()
   const dataDir = mkdtempSync(Path.join(tmpdir(), "answer-bench-"))
   const port = await freePort()
-  const server = spawn(process.execPath, [...startFlags(), "dist/main.js"], {
-    cwd: root,
+  const server = spawnServer({
+    port,
+    dataDir,
     env: {
-      ...process.env,
-      DATA_DIR: dataDir,
-      PORT: String(port),
-      HOST: "127.0.0.1",
       INFERENCE_BASE_URL: sim.url,
       MAX_CONCURRENT_BATCHES: String(BATCHES),
       MAX_CONCURRENT_REQUESTS_PER_BATCH: "32",
       LOG_LEVEL: "warning"
     },
-    stdio: ["ignore", "inherit", "inherit"]
+    stdout: "inherit"
   })
   try {
     const base = `http://127.0.0.1:${port}`

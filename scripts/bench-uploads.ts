@@ -18,7 +18,7 @@ import { Effect } from "effect"
 import OpenAI from "openai"
 import { createScratchSchema, dropScratchSchema } from "../test/support/Postgres.js"
 import { freePort } from "../test/support/ServerProcess.js"
-import { buildPrograms, memoryMb, root, startFlags, stopChildren, waitHealthy } from "./server-process.js"
+import { buildPrograms, memoryMb, root, spawnServer, stopChildren, waitHealthy } from "./server-process.js"
 
 const arg = (name: string, fallback: number) => {
   const i = process.argv.indexOf(`--${name}`)
@@ -59,18 +59,14 @@ const main = async () => {
     children.push(spawn(process.execPath, ["--import", "tsx", "scripts/simulator.ts", "--port", String(simPort)], { cwd: root, stdio: "ignore" }))
     const simUrl = `http://127.0.0.1:${simPort}/v1`
     const port = await freePort()
-    const server = spawn(process.execPath, [...startFlags(), "dist/main.js"], {
-      cwd: root,
+    const server = spawnServer({
+      port,
+      dataDir: Path.join(dir, "data"),
       env: {
-        ...process.env,
-        PORT: String(port),
-        HOST: "127.0.0.1",
-        DATA_DIR: Path.join(dir, "data"),
         ...(database === undefined ? {} : { DATABASE_URL: database.url }),
         INFERENCE_BASE_URL: simUrl,
         MAX_BATCH_INPUT_BYTES: String(TOTAL + 1024 * 1024)
-      },
-      stdio: ["ignore", "ignore", "inherit"]
+      }
     })
     children.push(server)
     const base = `http://127.0.0.1:${port}`

@@ -11,7 +11,7 @@ import { createWriteStream, mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import { freePort } from "../test/support/ServerProcess.js"
-import { buildPrograms, memoryMb, root, startFlags, stopChildren, waitHealthy } from "./server-process.js"
+import { buildPrograms, memoryMb, root, spawnServer, stopChildren, waitHealthy } from "./server-process.js"
 
 const arg = (name: string, fallback: number) => {
   const i = process.argv.indexOf(`--${name}`)
@@ -43,11 +43,7 @@ const main = async () => {
     children.push(spawn(process.execPath, ["--import", "tsx", "scripts/simulator.ts", "--port", String(simPort)], { cwd: root, stdio: "ignore" }))
     const simUrl = `http://127.0.0.1:${simPort}/v1`
     const port = await freePort()
-    children.push(spawn(process.execPath, [...startFlags(), "dist/main.js"], {
-      cwd: root,
-      env: { ...process.env, PORT: String(port), HOST: "127.0.0.1", DATA_DIR: Path.join(dir, "data"), INFERENCE_BASE_URL: simUrl },
-      stdio: ["ignore", "ignore", "inherit"]
-    }))
+    children.push(spawnServer({ port, dataDir: Path.join(dir, "data"), env: { INFERENCE_BASE_URL: simUrl } }))
     const base = `http://127.0.0.1:${port}/v1`
     await Promise.all([waitHealthy(`${simUrl}/models`), waitHealthy(`${base}/health`)])
     const input = Path.join(dir, "input.jsonl")

@@ -14,7 +14,6 @@
  * `--pg` runs the server on PostgreSQL (a scratch schema, dropped afterwards), where file bytes are stored as chunks
  * in the database (`FILE_STORAGE=sql`, the default there).
  */
-import { spawn } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import { mkdtempSync, rmSync } from "node:fs"
 import { request } from "node:http"
@@ -23,7 +22,7 @@ import * as Path from "node:path"
 import { Effect } from "effect"
 import { createScratchSchema, dropScratchSchema } from "../test/support/Postgres.js"
 import { freePort } from "../test/support/ServerProcess.js"
-import { buildPrograms, memoryMb, root, startFlags, waitHealthy } from "./server-process.js"
+import { buildPrograms, memoryMb, spawnServer, startFlags, waitHealthy } from "./server-process.js"
 
 const mbArg = process.argv.indexOf("--mb")
 const megabytes = mbArg > 0 ? Number(process.argv[mbArg + 1]) : 200
@@ -36,17 +35,7 @@ const main = async () => {
   const database = PG ? await Effect.runPromise(createScratchSchema("bench")) : undefined
   // The node flags of `npm start`; BENCH_NODE_FLAGS replaces them, to compare.
   const nodeFlags = process.env.BENCH_NODE_FLAGS?.split(" ").filter(Boolean) ?? startFlags()
-  const server = spawn(process.execPath, [...nodeFlags, "dist/main.js"], {
-    cwd: root,
-    env: {
-      ...process.env,
-      DATA_DIR: dataDir,
-      PORT: String(port),
-      HOST: "127.0.0.1",
-      ...(database === undefined ? {} : { DATABASE_URL: database.url })
-    },
-    stdio: ["ignore", "ignore", "inherit"]
-  })
+  const server = spawnServer({ port, dataDir, nodeFlags, env: database === undefined ? {} : { DATABASE_URL: database.url } })
   try {
     await waitHealthy(`http://127.0.0.1:${port}/v1/health`)
     const idle = memoryMb(server.pid!, "VmHWM")

@@ -196,20 +196,26 @@ for (const backend of backends) describe(`pending rows (${backend})`, () => {
     }).pipe(Effect.provide(storesFor(backend))))
 })
 
+/** `store`, whose writes of outcomes wait for `gate`. */
+const writingAfter = (store: BatchStoreShape, gate: Deferred.Deferred<void>) =>
+  Layer.succeed(BatchStore, {
+    ...store,
+    recordOutcomes: (batchId, outcomes) => Effect.zipRight(Deferred.await(gate), store.recordOutcomes(batchId, outcomes))
+  })
+
+/** What the scripted upstream answers. */
+const okAnswer = { status: 200, text: "{}", json: {}, requestId: "req_1" }
+
 describe("running", () => {
   it.live("a worker sends its next request while its outcome is stored, and holds no more than that one unstored", () =>
     Effect.gen(function*() {
       const store = yield* BatchStore
       const id = yield* runningBatch
       const gate = yield* Deferred.make<void>()
-      const held = Layer.succeed(BatchStore, {
-        ...store,
-        recordOutcomes: (batchId, outcomes) => Effect.zipRight(Deferred.await(gate), store.recordOutcomes(batchId, outcomes))
-      })
+      const held = writingAfter(store, gate)
       let sent = 0
-      const answer = { status: 200, text: "{}", json: {}, requestId: "req_1" }
       const running = yield* makeRunning(new LocalWork()).pipe(
-        Effect.provide(Layer.merge(held, InferenceScripted(() => Effect.sync(() => (sent++, answer)))))
+        Effect.provide(Layer.merge(held, InferenceScripted(() => Effect.sync(() => (sent++, okAnswer)))))
       )
       const run = yield* Effect.fork(running.run(yield* store.get(id, "all"), new Map()))
       yield* Effect.sleep("100 millis")
@@ -225,19 +231,15 @@ describe("running", () => {
       const store = yield* BatchStore
       const id = yield* runningBatch
       const gate = yield* Deferred.make<void>()
-      const held = Layer.succeed(BatchStore, {
-        ...store,
-        recordOutcomes: (batchId, outcomes) => Effect.zipRight(Deferred.await(gate), store.recordOutcomes(batchId, outcomes))
-      })
+      const held = writingAfter(store, gate)
       const memory = new AnswerMemory(1000)
       let holdless = 0
-      const answer = { status: 200, text: "{}", json: {}, requestId: "req_1" }
       // What the upstream client does with a large answer: reserve it for the request the calling fiber sends.
       const reserving = InferenceScripted(() =>
         Effect.map(FiberRef.get(currentAnswerHold), (hold) => {
           if (hold === undefined) holdless++
           else if (memory.reserve(10, () => {})) hold.keep(memory, 10)
-          return answer
+          return okAnswer
         }))
       const running = yield* makeRunning(new LocalWork()).pipe(Effect.provide(Layer.merge(held, reserving)))
       const run = yield* Effect.fork(running.run(yield* store.get(id, "all"), new Map()))
