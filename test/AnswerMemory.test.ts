@@ -135,6 +135,18 @@ describe("the upstream client under a memory budget", () => {
       expect(memory.peak).toBeLessThanOrEqual(4 * MiB)
     }))
 
+  it.scoped("a budget smaller than the largest answer: such an answer takes all of it, alone", () =>
+    Effect.gen(function*() {
+      const { url } = yield* bigAnswers(2 * MiB, true)
+      const memory = new AnswerMemory(1.5 * MiB)
+      const upstream = yield* clientWith(memory)
+      expect(yield* Effect.all([call(upstream, url), call(upstream, url)], { concurrency: "unbounded" })).toEqual([2 * MiB, 2 * MiB])
+      expect([memory.used, memory.peak]).toEqual([0, 1.5 * MiB])
+      // INFERENCE_MAX_RESPONSE_BYTES raised alone is not refused for passing the default budget.
+      const config = yield* Effect.provide(AppConfig, AppConfig.layerWith({ inferenceMaxResponseBytes: 1024 * MiB }))
+      expect(config.inferenceMaxBufferedBytes).toBe(512 * MiB)
+    }))
+
   it.scoped("a call interrupted while it waits leaves the queue; a call outside a hold gives its bytes back once read", () =>
     Effect.gen(function*() {
       const { url } = yield* bigAnswers(2 * MiB, true)

@@ -53,7 +53,7 @@ describe("an upstream's outage", () => {
       yield* Effect.forEach(waiting, Fiber.interrupt)
     }))
 
-  it.scoped("a trial no call comes to for a few probe intervals ends up; one a call came to does not", () =>
+  it.scoped("a trial no call comes to for a few probe intervals ends up; one a call came to does once calls stop coming", () =>
     Effect.gen(function*() {
       const { outage } = yield* onTrial
       yield* TestClock.adjust(Duration.times(PROBE, IDLE_TRIAL_PROBES - 1))
@@ -66,5 +66,12 @@ describe("an upstream's outage", () => {
       other.gate.release() // a call that neither succeeded nor failed an outage
       yield* TestClock.adjust(Duration.times(PROBE, IDLE_TRIAL_PROBES))
       expect(other.outage.onTrial()).toBe(true)
+      expect(other.gate.tryAcquire(ticket)).toBeDefined() // another, in the next intervals
+      other.gate.release()
+      yield* TestClock.adjust(Duration.times(PROBE, IDLE_TRIAL_PROBES))
+      expect(other.outage.onTrial()).toBe(true)
+      // The last batch's calls are over (failed, too few in a row for an outage): up, its gauge with it.
+      yield* TestClock.adjust(Duration.times(PROBE, IDLE_TRIAL_PROBES))
+      expect([other.outage.isDown(), other.outage.onTrial()]).toEqual([false, false])
     }))
 })

@@ -248,7 +248,7 @@ class Call implements Dispatcher.DispatchHandler {
     const memory = this.limits.memory
     if (memory === undefined) return true
     if (this.awaitingMemory !== undefined) return false
-    const bytes = Math.min(wanted, memory.budget) // a budget below the largest answer would never let it in
+    const bytes = Math.min(wanted, memory.budget) // an answer larger than the budget takes all of it
     const left = this.deadline - performance.now()
     const granted = () => {
       this.awaitingMemory = undefined

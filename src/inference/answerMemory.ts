@@ -26,7 +26,7 @@ export class AnswerMemory {
   peak = 0
   private readonly waiters: Array<{ readonly bytes: number; readonly granted: () => void }> = []
 
-  /** `budget`: the most bytes reserved at once; no reservation may be larger (the largest answer fits). */
+  /** `budget`: the most bytes reserved at once; no reservation may be larger (a larger answer reserves all of it). */
   constructor(readonly budget: number) {}
 
   /**

@@ -53,6 +53,8 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
 
     /** Trials in this outage: the first is said, the others only at debug level. */
     let trials = 0
+    /** Which trial is on (a count of them all): an idle watch ends with its trial. */
+    let trialSerial = 0
     /** The probe answered: calls may go out, one at a time; the paused batches resume. */
     const startTrial = Effect.gen(function*() {
       down = false
@@ -63,18 +65,21 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
       yield* Deferred.succeed(upSignal, undefined)
       const line = `Upstream ${name} answers GET /models again: its calls go out one at a time until one succeeds`
       yield* trials++ === 0 ? Effect.logInfo(line) : Effect.logDebug(line)
-      yield* Effect.forkIn(Effect.interruptible(log(idleTrial(gate.granted))), scope)
+      yield* Effect.forkIn(Effect.interruptible(log(idleTrial(++trialSerial, gate.granted))), scope)
     })
 
     /**
-     * A trial that no call comes to (no batch needs the upstream): after `IDLE_TRIAL_PROBES` probe intervals with no
-     * call let through since it began (`granted` then), nothing says it fails, and it is up (else its gauge would
-     * read down for good). Several intervals: the batches that paused take a moment to send again.
+     * A trial that no call comes to (no batch needs the upstream, or no more: the last batch's calls failed, too few
+     * in a row to take it down): after `IDLE_TRIAL_PROBES` probe intervals with no call let through (`granted` at
+     * their start), nothing says it fails, and it is up (else its gauge would read down for good). Several
+     * intervals: the batches that paused take a moment to send again.
      */
-    const idleTrial = (granted: number): Effect.Effect<void> =>
+    const idleTrial = (serial: number, granted: number): Effect.Effect<void> =>
       Effect.gen(function*() {
         yield* Effect.sleep(Duration.times(options.probeInterval, IDLE_TRIAL_PROBES))
-        if (trial && gate.granted === granted) yield* succeeded() ?? Effect.void
+        if (!trial || serial !== trialSerial) return
+        if (gate.granted === granted) return yield* succeeded() ?? Effect.void
+        yield* idleTrial(serial, gate.granted) // calls came: watch the next intervals
       })
 
     const probing: Effect.Effect<void> = Effect.gen(function*() {
