@@ -3,10 +3,11 @@
  * of project A's large batch, even with one batch permit and a slow upstream.
  */
 import { expect, layer } from "@effect/vitest"
-import { Duration, Effect } from "effect"
+import { Duration, Effect, Layer } from "effect"
 import OpenAI from "openai"
 import { AuthTest } from "../src/auth/Auth.js"
-import { chatLine, createBatch, terminal, upload, waitFor } from "./support/Batches.js"
+import { TurnLength } from "../src/batches/BatchRunner.js"
+import { chatLine, createBatch, readLines, terminal, upload, waitFor } from "./support/Batches.js"
 import { baseUrl, testAppWithUpstream } from "./support/TestApp.js"
 
 const client = (apiKey: string) =>
@@ -80,4 +81,37 @@ layer(poisonApp, { excludeTestServices: true })("fairness through an upstream's 
       yield* Effect.promise(() => a.batches.cancel(poison.id))
       expect((yield* waitFor(a, poison.id, terminal)).status).toBe("cancelled")
     }), { timeout: 30_000 })
+})
+
+/** A turn of 1 s (10 s in production), so that a slow slice's turn ends within the test. */
+const slowSliceApp = testAppWithUpstream(
+  { maxConcurrentBatches: 1, maxConcurrentRequestsPerBatch: 4 },
+  {},
+  "sqlite",
+  { auth: AuthTest({ apiKeys: ["key-a:projA", "key-b:projB"] }) }
+).pipe(Layer.provide(Layer.succeed(TurnLength, Duration.seconds(1))))
+
+layer(slowSliceApp, { excludeTestServices: true })("fairness within a slow slice", (it) => {
+  it.effect("project A's slice whose requests are slow (or refused, retried) holds project B's batch no longer than a turn", () =>
+    Effect.gen(function*() {
+      const a = yield* client("key-a")
+      const b = yield* client("key-b")
+      // One slice of 200 requests of 300 ms each at a window of 4: about 15 s.
+      const slowFile = yield* upload(a, Array.from({ length: 200 }, (_, i) => chatLine(`a-${i}`, `[sleep:300] slow ${i}`)))
+      const slow = yield* createBatch(a, slowFile.id)
+      yield* waitFor(a, slow.id, (batch) => batch.request_counts!.completed > 0)
+
+      const started = Date.now()
+      const small = yield* upload(b, Array.from({ length: 3 }, (_, i) => chatLine(`b-${i}`, `small ${i}`)))
+      const little = yield* createBatch(b, small.id)
+      const done = yield* waitFor(b, little.id, terminal, 10_000)
+      expect(done.request_counts).toEqual({ total: 3, completed: 3, failed: 0 })
+      expect(Date.now() - started).toBeLessThan(5000) // a turn, the requests in flight, and B's own
+
+      // A takes its turn again where it stopped: every line once.
+      const finished = yield* waitFor(a, slow.id, terminal, 30_000)
+      expect(finished.request_counts).toEqual({ total: 200, completed: 200, failed: 0 })
+      const lines = yield* readLines(a, finished.output_file_id)
+      expect(new Set(lines.map((line) => line.custom_id)).size).toBe(200)
+    }), { timeout: 60_000 })
 })

@@ -12,8 +12,8 @@
  * Status moves are those of the transition table (`transitions.ts`). The heartbeat (`heartbeat.ts`) renews this
  * node's leases, restarts its work on batches cancelled on another node or whose slices it lost, and submits free
  * work. At most `maxConcurrentBatches` batches validate or run at once on a node, their permits shared round-robin
- * by project (`fairPermits.ts`: a running batch gives its permit back after a slice when another project waits, and
- * at once when its upstream goes down: it waits for it to come back in the queue, keeping its turn);
+ * by project (`fairPermits.ts`: a running batch gives its permit back after a slice, or `TurnLength`, when another
+ * project waits, and at once when its upstream goes down: it waits for it to come back in the queue, keeping its turn);
  * finishing is not limited, so a cancel is never queued behind other batches. `supervised` retries a batch after a fault.
  * A node with `maxConcurrentBatches` 0 does none of this (`handedOff`): the nodes that run batches pick its work up.
  */
@@ -57,6 +57,15 @@ export interface FaultRetryPolicy {
   readonly maxStorageDelay: Duration.DurationInput
 }
 
+/**
+ * How long a running batch keeps its permit while another project waits, when its slice takes longer (slow or
+ * refused requests: a slice of 500 lines all answered 429 held it 100 s): it then takes no new request, and gives
+ * the permit back once those in flight are answered. Read once when the runner starts.
+ */
+export class TurnLength extends Context.Reference<TurnLength>()("BatchRunner/TurnLength", {
+  defaultValue: (): Duration.Duration => Duration.seconds(10)
+}) {}
+
 /** The fault retry policy, read once when the runner starts: 1 s doubling, 4 retries, storage waits up to 30 s. */
 export class FaultRetry extends Context.Reference<FaultRetry>()("BatchRunner/FaultRetry", {
   defaultValue: (): FaultRetryPolicy => ({
@@ -71,6 +80,7 @@ export const make = Effect.gen(function*() {
   const leases = yield* WorkLeases
   const config = yield* AppConfig
   const faultRetry = yield* FaultRetry
+  const turnMs = Duration.toMillis(yield* TurnLength)
   const inference = yield* Inference
   const fibers = yield* FiberMap.make<BatchId>()
   const permits = makeFairPermits(config.maxConcurrentBatches)
@@ -93,8 +103,8 @@ export const make = Effect.gen(function*() {
 
   /**
    * This node's share of a batch that validates or runs, under a permit taken in its project's turn: validate it
-   * (holding its batch-wide lease), or run the slices it can claim, up to the end of a slice when another project
-   * waits for the permit (`drive` then queues again). False when there was nothing for this node to do. A running
+   * (holding its batch-wide lease), or run the slices it can claim, up to the end of a slice (or of its turn, when
+   * the slice is slow: `TurnLength`) when another project waits for the permit (`drive` then queues again). False when there was nothing for this node to do. A running
    * batch whose upstream is down waits for it in the queue; the wait counts as this node's work on the batch, so
    * that a cancel from another node ends it.
    */
@@ -110,7 +120,13 @@ export const make = Effect.gen(function*() {
           return true
         }
         if (current.batch.status === "in_progress") {
-          return yield* running.run(current, attempts, () => permits.othersWaiting(record.project))
+          const othersWaiting = () => permits.othersWaiting(record.project)
+          const clock = yield* Effect.clock
+          const turnOver = clock.unsafeCurrentTimeMillis() + turnMs
+          return yield* running.run(current, attempts, {
+            afterSlice: othersWaiting,
+            now: () => clock.unsafeCurrentTimeMillis() > turnOver && othersWaiting()
+          })
         }
         return true
       }), record.batch.status === "in_progress" ? upstreamReadiness(record.batch.model) : undefined)

@@ -2,7 +2,7 @@
  * The pending requests of a running batch that this node runs: the slices it claims, one after the other, read a
  * page at a time, each row handed out once to the workers that share the source. A slice is marked done once every
  * row handed out from it has its outcome stored (`stored`); when the scope closes, the slices left unfinished are
- * released for any node to resume. A source may end after a slice (`stopAfterSlice`), to give its permit back.
+ * released for any node to resume. A source may end, to give its permit back, after a slice or at once (`TurnEnd`).
  */
 import { Effect, Option, type Scope } from "effect"
 import { AppConfig } from "../Config.js"
@@ -28,6 +28,16 @@ export interface PendingRows {
   readonly claimed: () => boolean
 }
 
+/** When a source ends to give its run's permit back (another project waits for it). */
+export interface TurnEnd {
+  /** Asked when a slice is used up: true ends the source there. */
+  readonly afterSlice: () => boolean
+  /** Asked before each row: true ends the source at once, its slice left unfinished (a turn too long for a slice). */
+  readonly now: () => boolean
+}
+
+const endless: TurnEnd = { afterSlice: () => false, now: () => false }
+
 /** A claimed slice: done once all its rows were handed out and each has its outcome stored. */
 interface SliceProgress {
   readonly slice: Slice
@@ -38,8 +48,7 @@ interface SliceProgress {
 export const makePendingRows = (
   id: BatchId,
   local: LocalWork,
-  /** Asked when a slice is used up: true ends the source there (another project waits for this run's permit). */
-  stopAfterSlice: () => boolean = () => false
+  turnEnd: TurnEnd = endless
 ): Effect.Effect<PendingRows, never, BatchStore | WorkLeases | AppConfig | Scope.Scope> =>
   Effect.gen(function*() {
     const store = yield* BatchStore
@@ -84,7 +93,7 @@ export const makePendingRows = (
         current.handedOut = true
         yield* completeDone
       }
-      const slice = current !== undefined && stopAfterSlice()
+      const slice = current !== undefined && turnEnd.afterSlice()
         ? Option.none()
         : yield* Effect.flatMap(nodeLease(config), (lease) => leases.claimSlice(id, lease))
       if (Option.isNone(slice)) {
@@ -111,6 +120,11 @@ export const makePendingRows = (
     )
     const takeNow = (): RequestRow | undefined => {
       if (index >= page.length) return undefined
+      if (turnEnd.now()) {
+        exhausted = true
+        page = []
+        return undefined
+      }
       current!.outstanding++
       return page[index++]!
     }

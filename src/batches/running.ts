@@ -17,7 +17,7 @@ import { Metrics } from "../observability/Metrics.js"
 import { type BatchRecord, BatchStore, type RequestOutcome, type RequestRow } from "./BatchStore.js"
 import type { LocalWork } from "./heartbeat.js"
 import { makeOutcomeWriter } from "./outcomeWriter.js"
-import { makePendingRows } from "./pendingRows.js"
+import { makePendingRows, type TurnEnd } from "./pendingRows.js"
 import { usageOf, zeroUsage } from "./validation.js"
 import { WorkLeases } from "./WorkLeases.js"
 
@@ -50,10 +50,10 @@ export type AttemptsByLine = Map<number, AttemptsUsed>
 
 export interface Running {
   /**
-   * Runs this node's share of the batch's requests, or only up to the end of a slice once `stopAfterSlice` says
-   * so; whether a slice was claimed at all.
+   * Runs this node's share of the batch's requests, or only up to where `turnEnd` ends it (another project waits
+   * for its permit); whether a slice was claimed at all.
    */
-  readonly run: (record: BatchRecord, attempts: AttemptsByLine, stopAfterSlice?: () => boolean) => Effect.Effect<boolean>
+  readonly run: (record: BatchRecord, attempts: AttemptsByLine, turnEnd?: TurnEnd) => Effect.Effect<boolean>
 }
 
 export const makeRunning = (local: LocalWork) =>
@@ -64,10 +64,10 @@ export const makeRunning = (local: LocalWork) =>
     const context = yield* Effect.context<BatchStore | WorkLeases | AppConfig>()
     const window = config.maxConcurrentRequestsPerBatch
 
-    const run = (record: BatchRecord, attempts: AttemptsByLine, stopAfterSlice?: () => boolean) =>
+    const run = (record: BatchRecord, attempts: AttemptsByLine, turnEnd?: TurnEnd) =>
       Effect.gen(function*() {
         const { batch } = record
-        const rows = yield* makePendingRows(batch.id, local, stopAfterSlice)
+        const rows = yield* makePendingRows(batch.id, local, turnEnd)
         // Outcomes are counted once stored (a group whose write failed is sent again, and counted then), each with a
         // plain call: thousands of requests run a second.
         const tally = metrics.requests(batch.endpoint, batch.model, inference.upstreamName?.(batch.model) ?? "unknown")
