@@ -13,7 +13,8 @@
  * node's leases, restarts its work on batches cancelled on another node or whose slices it lost, and submits free
  * work. At most `maxConcurrentBatches` batches validate or run at once on a node, their permits shared round-robin
  * by project (`fairPermits.ts`: a running batch gives its permit back after a slice, or `TurnLength`, when another
- * project waits, and at once when its upstream goes down: it waits for it to come back in the queue, keeping its turn);
+ * project waits, and at once when its upstream goes down: it waits for it to come back in the queue, keeping its
+ * turn);
  * finishing is not limited, so a cancel is never queued behind other batches. `supervised` retries a batch after a fault.
  * A node with `maxConcurrentBatches` 0 does none of this (`handedOff`): the nodes that run batches pick its work up.
  */
@@ -104,9 +105,9 @@ export const make = Effect.gen(function*() {
   /**
    * This node's share of a batch that validates or runs, under a permit taken in its project's turn: validate it
    * (holding its batch-wide lease), or run the slices it can claim, up to the end of a slice (or of its turn, when
-   * the slice is slow: `TurnLength`) when another project waits for the permit (`drive` then queues again). False when there was nothing for this node to do. A running
-   * batch whose upstream is down waits for it in the queue; the wait counts as this node's work on the batch, so
-   * that a cancel from another node ends it.
+   * the slice is slow: `TurnLength`) when another project waits for the permit (`drive` then queues again). False
+   * when there was nothing for this node to do. A running batch whose upstream is down waits for it in the queue;
+   * the wait counts as this node's work on the batch, so that a cancel from another node ends it.
    */
   const validateOrRun = (record: BatchRecord, attempts: AttemptsByLine) =>
     local.working(

@@ -127,7 +127,7 @@ export const makeRunning = (local: LocalWork) =>
           return Effect.flatMap(rows.next, (next) => (Option.isNone(next) ? previous : send(next.value, previous)))
         }
         // An outage of the upstream ends the run at once (its calls wait anyway): the batch gives its permit back
-        // to batches whose upstreams answer, and `drive` waits for the upstream before running it again.
+        // to batches whose upstreams answer, and waits for the upstream in the permit queue (`fairPermits.ts`).
         yield* Effect.all(Array.from({ length: window }, () => Effect.suspend(() => worker(Effect.void))), { concurrency: "unbounded", discard: true }).pipe(
           Effect.raceFirst(inference.unreachable(batch.model))
         )

@@ -137,7 +137,8 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
      */
     let listed = Option.none<ReadonlyArray<string>>()
     let listedAt = 0
-    const askModels = Effect.locally(currentAnswerHold, undefined)(http.get(`${spec.baseUrl}/models`, { headers: authorized(HttpClientRequest.get("")).headers }).pipe(
+    const modelsRequest = http.get(`${spec.baseUrl}/models`, { headers: authorized(HttpClientRequest.get("")).headers })
+    const askModels = Effect.locally(currentAnswerHold, undefined)(modelsRequest.pipe(
       Effect.flatMap((res) =>
         Effect.map(res.text, (text) => {
           listedAt = clock.unsafeCurrentTimeMillis() // asked: not again before LIST_TTL_MS, list or not
