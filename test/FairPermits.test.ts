@@ -106,4 +106,22 @@ describe("fair permits", () => {
       // B's turn comes first: A was served last, and B was never served meanwhile.
       expect(served).toEqual(["B", "A"])
     }))
+
+  it.effect("with several permits, one waiter makes one holder give its permit back, not every one", () =>
+    Effect.gen(function*() {
+      const permits = makeFairPermits(2)
+      const gate = yield* Deferred.make<void>()
+      const holders = yield* Effect.forEach(["A", "C"], (project) => Effect.fork(permits.withPermit(project, Deferred.await(gate))))
+      yield* settle
+      expect(permits.claimYield("A")).toBe(false) // nobody waits
+      const waiter = yield* Effect.fork(permits.withPermit("B", Effect.void))
+      yield* settle
+      expect(permits.claimYield("A")).toBe(true)
+      expect(permits.claimYield("C")).toBe(false) // A gives one back: enough for B
+      permits.endYield()
+      expect(permits.claimYield("C")).toBe(true)
+      permits.endYield()
+      yield* Deferred.succeed(gate, undefined)
+      yield* Fiber.join(Fiber.zip(waiter, Fiber.zip(holders[0]!, holders[1]!)))
+    }))
 })

@@ -73,5 +73,18 @@ describe("an upstream's outage", () => {
       // The last batch's calls are over (failed, too few in a row for an outage): up, its gauge with it.
       yield* TestClock.adjust(Duration.times(PROBE, IDLE_TRIAL_PROBES))
       expect([other.outage.isDown(), other.outage.onTrial()]).toEqual([false, false])
+
+      // A trial call still at it when the intervals end (a long generation), or one waiting, is no idle trial.
+      const slow = yield* onTrial
+      expect(slow.gate.tryAcquire(ticket)).toBeDefined()
+      const waiting = yield* Effect.fork(slow.gate.acquire(ticket))
+      yield* TestClock.adjust(Duration.times(PROBE, 3 * IDLE_TRIAL_PROBES))
+      expect(slow.outage.onTrial()).toBe(true)
+      yield* Fiber.interrupt(waiting)
+      yield* TestClock.adjust(Duration.times(PROBE, IDLE_TRIAL_PROBES))
+      expect(slow.outage.onTrial()).toBe(true) // the first call is still in flight
+      slow.gate.release()
+      yield* TestClock.adjust(Duration.times(PROBE, 2 * IDLE_TRIAL_PROBES))
+      expect(slow.outage.onTrial()).toBe(false)
     }))
 })

@@ -121,13 +121,17 @@ export const make = Effect.gen(function*() {
           return true
         }
         if (current.batch.status === "in_progress") {
-          const othersWaiting = () => permits.othersWaiting(record.project)
           const clock = yield* Effect.clock
           const turnOver = clock.unsafeCurrentTimeMillis() + turnMs
-          return yield* running.run(current, attempts, {
-            afterSlice: othersWaiting,
-            now: () => clock.unsafeCurrentTimeMillis() > turnOver && othersWaiting()
-          })
+          let yielding = false // claimed (`claimYield`): this run gives its permit back for a waiter
+          const turnEnd = {
+            afterSlice: () => permits.othersWaiting(record.project),
+            now: () => yielding || (yielding = clock.unsafeCurrentTimeMillis() > turnOver && permits.claimYield(record.project))
+          }
+          return yield* Effect.ensuring(
+            running.run(current, attempts, turnEnd),
+            Effect.sync(() => yielding && permits.endYield())
+          )
         }
         return true
       }), record.batch.status === "in_progress" ? upstreamReadiness(record.batch.model) : undefined)

@@ -29,6 +29,13 @@ export interface FairPermits {
   readonly withPermit: <A, E, R>(project: string, effect: Effect.Effect<A, E, R>, readiness?: Readiness) => Effect.Effect<A, E, R>
   /** Whether a batch of a project other than `project` waits for a permit, ready to use it. */
   readonly othersWaiting: (project: string) => boolean
+  /**
+   * Claims to give a permit back for a ready batch of another project: true when such batches outnumber the
+   * holders that already claimed (with several permits, one waiter does not make every holder stop). Give the claim
+   * back with `endYield` when the permit is given back.
+   */
+  readonly claimYield: (project: string) => boolean
+  readonly endYield: () => void
 }
 
 interface Waiter {
@@ -45,6 +52,18 @@ export const makeFairPermits = (permits: number): FairPermits => {
   const queues = new Map<string, Array<Waiter>>()
   let lastServed = -1 // index in `ring`
   let waiting = 0
+  /** Holders that claimed to give their permit back (`claimYield`). */
+  let yielding = 0
+
+  /** Ready batches of projects other than `project` waiting for a permit. */
+  const readyOthers = (project: string) => {
+    let count = 0
+    for (const [other, queue] of queues) {
+      if (other === project) continue
+      for (const waiter of queue) if (isReady(waiter)) count++
+    }
+    return count
+  }
 
   const serve = (project: string) => {
     let index = ring.indexOf(project)
@@ -113,6 +132,17 @@ export const makeFairPermits = (permits: number): FairPermits => {
       Effect.uninterruptibleMask((restore) =>
         Effect.zipRight(restore(acquire(project, readiness)), Effect.ensuring(restore(effect), release))
       ),
-    othersWaiting: (project) => [...queues].some(([other, queue]) => other !== project && queue.some(isReady))
+    othersWaiting: (project) => {
+      for (const [other, queue] of queues) if (other !== project && queue.some(isReady)) return true
+      return false
+    },
+    claimYield: (project) => {
+      if (readyOthers(project) <= yielding) return false
+      yielding++
+      return true
+    },
+    endYield: () => {
+      yielding--
+    }
   }
 }

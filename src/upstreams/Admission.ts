@@ -100,6 +100,11 @@ export class Admission {
     while (this.waiting > 0 && this.open()) this.serveNext()
   }
 
+  /** Calls waiting for a permit. */
+  queued(): number {
+    return this.waiting
+  }
+
   /** A permit now if one is free and nobody waits: the limit's generation (give it back with `release`). */
   tryAcquire(ticket: Ticket): number | undefined {
     if (this.waiting > 0 || !this.open()) return undefined

@@ -71,15 +71,18 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
     /**
      * A trial that no call comes to (no batch needs the upstream, or no more: the last batch's calls failed, too few
      * in a row to take it down): after `IDLE_TRIAL_PROBES` probe intervals with no call let through (`granted` at
-     * their start), nothing says it fails, and it is up (else its gauge would read down for good). Several
-     * intervals: the batches that paused take a moment to send again.
+     * their start), none in flight and none waiting, nothing says it fails, and it is up (else its gauge would read
+     * down for good). Several intervals: the batches that paused take a moment to send again. A trial call that
+     * outlasts the intervals (a long generation), or calls held by a `Retry-After`, keep it on trial.
      */
-    const idleTrial = (serial: number, granted: number): Effect.Effect<void> =>
+    const idleTrial = (serial: number, granted: number) =>
       Effect.gen(function*() {
-        yield* Effect.sleep(Duration.times(options.probeInterval, IDLE_TRIAL_PROBES))
-        if (!trial || serial !== trialSerial) return
-        if (gate.granted === granted) return yield* succeeded() ?? Effect.void
-        yield* idleTrial(serial, gate.granted) // calls came: watch the next intervals
+        for (;;) {
+          yield* Effect.sleep(Duration.times(options.probeInterval, IDLE_TRIAL_PROBES))
+          if (!trial || serial !== trialSerial) return
+          if (gate.granted === granted && gate.inflight === 0 && gate.queued() === 0) return yield* succeeded() ?? Effect.void
+          granted = gate.granted // calls came, or are still at it: watch the next intervals
+        }
       })
 
     const probing: Effect.Effect<void> = Effect.gen(function*() {
