@@ -13,12 +13,31 @@ import { baseUrl, testAppWithUpstream } from "./support/TestApp.js"
 const client = (apiKey: string) =>
   Effect.map(baseUrl, (base) => new OpenAI({ baseURL: `${base}/v1`, apiKey, maxRetries: 0 }))
 
-const app = testAppWithUpstream(
-  { maxConcurrentBatches: 1, maxConcurrentRequestsPerBatch: 4, maxRequestsPerBatch: 5000 },
-  { latencyMs: 20 },
-  "sqlite",
-  { auth: AuthTest({ apiKeys: ["key-a:projA", "key-b:projB"] }) }
-)
+/** The app with keys of two projects (A, B), one batch permit and a window of 4, on SQLite. */
+const twoProjects = (overrides: Parameters<typeof testAppWithUpstream>[0] = {}, simulator: Parameters<typeof testAppWithUpstream>[1] = {}) =>
+  testAppWithUpstream(
+    { maxConcurrentBatches: 1, maxConcurrentRequestsPerBatch: 4, ...overrides },
+    simulator,
+    "sqlite",
+    { auth: AuthTest({ apiKeys: ["key-a:projA", "key-b:projB"] }) }
+  )
+
+/** A batch of `lines` chat requests saying `prompt(i)`, created with `openai`'s key. */
+const batchOf = (openai: OpenAI, lines: number, prompt: (i: number) => string) =>
+  Effect.flatMap(
+    upload(openai, Array.from({ length: lines }, (_, i) => chatLine(`line-${i}`, prompt(i)))),
+    (file) => createBatch(openai, file.id)
+  )
+
+/** A small batch of `lines` made with `openai`'s key, once it completed every line (within `timeoutMs`). */
+const smallBatchCompletes = (openai: OpenAI, lines: number, timeoutMs: number) =>
+  Effect.gen(function*() {
+    const batch = yield* batchOf(openai, lines, (i) => `small ${i}`)
+    const done = yield* waitFor(openai, batch.id, terminal, timeoutMs)
+    expect([done.status, done.request_counts]).toEqual(["completed", { total: lines, completed: lines, failed: 0 }])
+  })
+
+const app = twoProjects({ maxRequestsPerBatch: 5000 }, { latencyMs: 20 })
 
 layer(app, { excludeTestServices: true })("fairness between projects", (it) => {
   it.effect("a 10-line batch of project B finishes while project A's large batch is still running", () =>
@@ -26,15 +45,9 @@ layer(app, { excludeTestServices: true })("fairness between projects", (it) => {
       const a = yield* client("key-a")
       const b = yield* client("key-b")
       // 2,000 requests: four slices of 500, about 2.5 s each at a window of 4 and 20 ms an answer.
-      const large = yield* upload(a, Array.from({ length: 2000 }, (_, i) => chatLine(`a-${i}`, `large ${i}`)))
-      const big = yield* createBatch(a, large.id)
+      const big = yield* batchOf(a, 2000, (i) => `large ${i}`)
       yield* waitFor(a, big.id, (batch) => batch.request_counts!.completed > 0)
-
-      const small = yield* upload(b, Array.from({ length: 10 }, (_, i) => chatLine(`b-${i}`, `small ${i}`)))
-      const little = yield* createBatch(b, small.id)
-      const done = yield* waitFor(b, little.id, terminal, 15_000)
-      expect(done.status).toBe("completed")
-      expect(done.request_counts).toEqual({ total: 10, completed: 10, failed: 0 })
+      yield* smallBatchCompletes(b, 10, 15_000)
 
       const meanwhile = yield* Effect.promise(() => a.batches.retrieve(big.id))
       expect(meanwhile.status).toBe("in_progress")
@@ -46,18 +59,11 @@ layer(app, { excludeTestServices: true })("fairness between projects", (it) => {
 })
 
 /** Short outage timings: a request's retry budget and the probe, so that the upstream goes down and back quickly. */
-const poisonApp = testAppWithUpstream(
-  {
-    maxConcurrentBatches: 1,
-    maxConcurrentRequestsPerBatch: 4,
-    upstreamProbeInterval: Duration.millis(200),
-    inferenceRetryBaseDelay: Duration.millis(50),
-    inferenceRetryMaxDelay: Duration.millis(200)
-  },
-  {},
-  "sqlite",
-  { auth: AuthTest({ apiKeys: ["key-a:projA", "key-b:projB"] }) }
-)
+const poisonApp = twoProjects({
+  upstreamProbeInterval: Duration.millis(200),
+  inferenceRetryBaseDelay: Duration.millis(50),
+  inferenceRetryMaxDelay: Duration.millis(200)
+})
 
 layer(poisonApp, { excludeTestServices: true })("fairness through an upstream's outages", (it) => {
   it.effect("project A's batch whose every line gets a 500 does not hold project B's batch", () =>
@@ -65,15 +71,9 @@ layer(poisonApp, { excludeTestServices: true })("fairness through an upstream's 
       const a = yield* client("key-a")
       const b = yield* client("key-b")
       // Every line 500: five different requests failing in a row take the shared upstream down, over and over.
-      const poisonFile = yield* upload(a, Array.from({ length: 200 }, (_, i) => chatLine(`a-${i}`, `[fail:500] poison ${i}`)))
-      const poison = yield* createBatch(a, poisonFile.id)
+      const poison = yield* batchOf(a, 200, (i) => `[fail:500] poison ${i}`)
       yield* waitFor(a, poison.id, (batch) => batch.status === "in_progress")
-
-      const small = yield* upload(b, Array.from({ length: 3 }, (_, i) => chatLine(`b-${i}`, `small ${i}`)))
-      const little = yield* createBatch(b, small.id)
-      const done = yield* waitFor(b, little.id, terminal, 10_000)
-      expect(done.status).toBe("completed")
-      expect(done.request_counts).toEqual({ total: 3, completed: 3, failed: 0 })
+      yield* smallBatchCompletes(b, 3, 10_000)
 
       // A's batch was still at work: B did not simply wait for its end.
       const meanwhile = yield* Effect.promise(() => a.batches.retrieve(poison.id))
@@ -84,12 +84,7 @@ layer(poisonApp, { excludeTestServices: true })("fairness through an upstream's 
 })
 
 /** A turn of 1 s (10 s in production), so that a slow slice's turn ends within the test. */
-const slowSliceApp = testAppWithUpstream(
-  { maxConcurrentBatches: 1, maxConcurrentRequestsPerBatch: 4 },
-  {},
-  "sqlite",
-  { auth: AuthTest({ apiKeys: ["key-a:projA", "key-b:projB"] }) }
-).pipe(Layer.provide(Layer.succeed(TurnLength, Duration.seconds(1))))
+const slowSliceApp = twoProjects().pipe(Layer.provide(Layer.succeed(TurnLength, Duration.seconds(1))))
 
 layer(slowSliceApp, { excludeTestServices: true })("fairness within a slow slice", (it) => {
   it.effect("project A's slice whose requests are slow (or refused, retried) holds project B's batch no longer than a turn", () =>
@@ -97,15 +92,10 @@ layer(slowSliceApp, { excludeTestServices: true })("fairness within a slow slice
       const a = yield* client("key-a")
       const b = yield* client("key-b")
       // One slice of 200 requests of 300 ms each at a window of 4: about 15 s.
-      const slowFile = yield* upload(a, Array.from({ length: 200 }, (_, i) => chatLine(`a-${i}`, `[sleep:300] slow ${i}`)))
-      const slow = yield* createBatch(a, slowFile.id)
+      const slow = yield* batchOf(a, 200, (i) => `[sleep:300] slow ${i}`)
       yield* waitFor(a, slow.id, (batch) => batch.request_counts!.completed > 0)
-
       const started = Date.now()
-      const small = yield* upload(b, Array.from({ length: 3 }, (_, i) => chatLine(`b-${i}`, `small ${i}`)))
-      const little = yield* createBatch(b, small.id)
-      const done = yield* waitFor(b, little.id, terminal, 10_000)
-      expect(done.request_counts).toEqual({ total: 3, completed: 3, failed: 0 })
+      yield* smallBatchCompletes(b, 3, 10_000)
       expect(Date.now() - started).toBeLessThan(5000) // a turn, the requests in flight, and B's own
 
       // A takes its turn again where it stopped: every line once.
