@@ -25,17 +25,16 @@
  * tunnel. With none set it is a plain `Agent`: `EnvHttpProxyAgent` would still parse each call's origin as a URL and
  * read `NO_PROXY` from the environment (~3 µs) before handing the call to an `Agent` like it.
  */
-import * as Cookies from "@effect/platform/Cookies"
 import * as Headers from "@effect/platform/Headers"
 import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientError from "@effect/platform/HttpClientError"
 import type * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
-import * as HttpIncomingMessage from "@effect/platform/HttpIncomingMessage"
 import * as UrlParams from "@effect/platform/UrlParams"
-import { Effect, Either, Inspectable, Layer, Option, type Scope, Stream } from "effect"
+import { Effect, Either, Layer, Option, type Scope } from "effect"
 import { Agent, type Dispatcher, EnvHttpProxyAgent } from "undici"
 import { type AnswerHold, type AnswerMemory, currentAnswerHold, FREE_BYTES } from "./answerMemory.js"
+import { BufferedResponse } from "./bufferedResponse.js"
 
 export interface ClientOptions {
   /** Time limit of one attempt: from sending the request to the last byte of the answer. */
@@ -89,70 +88,12 @@ export const failureKind = (error: HttpClientError.HttpClientError): FailureKind
   return error._tag === "RequestError" && KINDS.has(kind) ? kind as FailureKind : "transport"
 }
 
-const decoder = new TextDecoder()
 /** What `Headers.unsafeFromRecord` gives a record (no `Object.prototype`), set at creation: cheaper than after. */
 const HEADERS_PROTO: object = Object.getPrototypeOf(Headers.empty)
 const EMPTY = Buffer.alloc(0)
 /** Bodies announcing more bytes than this are copied into one buffer of that size as they arrive. */
 const PREALLOCATE_BYTES = 64 * 1024
 
-/**
- * A response whose body has been read whole. Its bytes are dropped once decoded (`text`, `json`): the text is kept
- * instead, so a large answer is not held twice while it is parsed; the bytes asked for after that (`arrayBuffer`,
- * `stream`) are the text encoded again.
- */
-class BufferedResponse extends Inspectable.Class implements HttpClientResponse.HttpClientResponse {
-  readonly [HttpClientResponse.TypeId]: HttpClientResponse.TypeId = HttpClientResponse.TypeId
-  readonly [HttpIncomingMessage.TypeId]: HttpIncomingMessage.TypeId = HttpIncomingMessage.TypeId
-  readonly remoteAddress = Option.none<string>()
-  private decoded: string | undefined
-  constructor(readonly request: HttpClientRequest.HttpClientRequest, readonly status: number,
-    readonly headers: Headers.Headers, private bytes: Uint8Array | undefined) {
-    super()
-  }
-  /** The body as text, decoded once; the bytes are let go then. */
-  private textNow(): string {
-    if (this.decoded === undefined) {
-      this.decoded = decoder.decode(this.bytes)
-      this.bytes = undefined
-    }
-    return this.decoded
-  }
-  /** The body's bytes (encoded again from the text once that was read). */
-  private bytesNow(): Uint8Array {
-    return this.bytes ?? Buffer.from(this.decoded!)
-  }
-  private decodeError(cause: unknown): HttpClientError.ResponseError {
-    return new HttpClientError.ResponseError({ request: this.request, response: this, reason: "Decode", cause })
-  }
-  get cookies() {
-    const header = this.headers["set-cookie"]
-    return header === undefined ? Cookies.empty : Cookies.fromSetCookie(header.split(/,(?=[^;,]+=)/))
-  }
-  get text(): Effect.Effect<string> {
-    return Effect.sync(() => this.textNow())
-  }
-  get json(): Effect.Effect<unknown, HttpClientError.ResponseError> {
-    return Effect.flatMap(this.text, (text) =>
-      Effect.try({ try: () => (text === "" ? null : JSON.parse(text)), catch: (cause) => this.decodeError(cause) }))
-  }
-  get urlParamsBody(): Effect.Effect<UrlParams.UrlParams, HttpClientError.ResponseError> {
-    return Effect.flatMap(this.text, (text) =>
-      Effect.try({ try: () => UrlParams.fromInput(new URLSearchParams(text)), catch: (cause) => this.decodeError(cause) }))
-  }
-  get arrayBuffer() {
-    return Effect.sync(() => new Uint8Array(this.bytesNow()).buffer) // a copy: the body may be a view of a larger buffer
-  }
-  get stream() {
-    return Stream.suspend(() => Stream.succeed(this.bytesNow()))
-  }
-  get formData(): Effect.Effect<FormData, HttpClientError.ResponseError> {
-    return Effect.fail(this.decodeError("form-data response bodies are not supported by the upstream client"))
-  }
-  toJSON(): unknown {
-    return { _id: "@effect/platform/HttpClientResponse", request: this.request.toJSON(), status: this.status }
-  }
-}
 
 type Resume = (effect: Effect.Effect<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>) => void
 
