@@ -94,7 +94,6 @@ const EMPTY = Buffer.alloc(0)
 /** Bodies announcing more bytes than this are copied into one buffer of that size as they arrive. */
 const PREALLOCATE_BYTES = 64 * 1024
 
-
 type Resume = (effect: Effect.Effect<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>) => void
 
 /**
