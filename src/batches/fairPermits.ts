@@ -132,10 +132,7 @@ export const makeFairPermits = (permits: number): FairPermits => {
       Effect.uninterruptibleMask((restore) =>
         Effect.zipRight(restore(acquire(project, readiness)), Effect.ensuring(restore(effect), release))
       ),
-    othersWaiting: (project) => {
-      for (const [other, queue] of queues) if (other !== project && queue.some(isReady)) return true
-      return false
-    },
+    othersWaiting: (project) => readyOthers(project) > 0,
     claimYield: (project) => {
       if (readyOthers(project) <= yielding) return false
       yielding++
