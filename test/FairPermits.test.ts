@@ -1,10 +1,17 @@
 /** The node's batch permits, shared round-robin by project. */
 import { describe, expect, it } from "@effect/vitest"
 import { Deferred, Effect, Fiber } from "effect"
-import { makeFairPermits } from "../src/batches/fairPermits.js"
+import { type FairPermits, holderTurn, makeFairPermits } from "../src/batches/fairPermits.js"
 
 /** Lets the forked fibers run until they wait. */
 const settle = Effect.repeatN(Effect.yieldNow(), 20)
+
+/** Whether a holder of `project` would be asked to give its permit back (a claim made and given back at once). */
+const othersWaiting = (permits: FairPermits, project: string) => {
+  const claimed = permits.claimYield(project)
+  if (claimed) permits.endYield()
+  return claimed
+}
 
 describe("fair permits", () => {
   it.effect("a freed permit goes to the next project in turn, not to the holder's own queued batch", () =>
@@ -18,13 +25,13 @@ describe("fair permits", () => {
         Effect.fork(permits.withPermit(project, Effect.sync(() => served.push(name))))
       const a2 = yield* take("A", "A2")
       yield* settle
-      expect(permits.othersWaiting("A")).toBe(false) // only A's own batch waits
+      expect(othersWaiting(permits, "A")).toBe(false) // only A's own batch waits
       const b1 = yield* take("B", "B1")
       const a3 = yield* take("A", "A3")
       const c1 = yield* take("C", "C1")
       yield* settle
-      expect(permits.othersWaiting("A")).toBe(true)
-      expect(permits.othersWaiting("B")).toBe(true)
+      expect(othersWaiting(permits, "A")).toBe(true)
+      expect(othersWaiting(permits, "B")).toBe(true)
       yield* Deferred.succeed(gate, undefined)
       yield* Fiber.join(Fiber.zip(holder, Fiber.zip(a2, Fiber.zip(b1, Fiber.zip(a3, c1)))))
       // A was served last: then B, then C, then A's two in their order.
@@ -55,7 +62,7 @@ describe("fair permits", () => {
       const waiting = yield* Effect.fork(permits.withPermit("B", Effect.never))
       yield* settle
       yield* Fiber.interrupt(waiting)
-      expect(permits.othersWaiting("A")).toBe(false)
+      expect(othersWaiting(permits, "A")).toBe(false)
       yield* Deferred.succeed(gate, undefined)
       yield* Fiber.join(holder)
       // The permit is free again: a new batch gets it at once.
@@ -91,11 +98,11 @@ describe("fair permits", () => {
       yield* settle
       const b = yield* Effect.fork(permits.withPermit("B", Effect.sync(() => served.push("B")), readiness))
       yield* settle
-      expect(permits.othersWaiting("A")).toBe(true)
+      expect(othersWaiting(permits, "A")).toBe(true)
       // The upstream goes down: A gives its permit back, and B, whose upstream it is too, is not served.
       yield* setUp(false)
       yield* settle
-      expect(permits.othersWaiting("A")).toBe(false)
+      expect(othersWaiting(permits, "A")).toBe(false)
       yield* Deferred.succeed(gate, undefined)
       yield* Fiber.join(holder)
       const a = yield* Effect.fork(permits.withPermit("A", Effect.sync(() => served.push("A")), readiness))
@@ -123,5 +130,33 @@ describe("fair permits", () => {
       permits.endYield()
       yield* Deferred.succeed(gate, undefined)
       yield* Fiber.join(Fiber.zip(waiter, Fiber.zip(holders[0]!, holders[1]!)))
+    }))
+
+  it.effect("a running batch's turn ends, at a slice's end or when too long, for one holder per waiter", () =>
+    Effect.gen(function*() {
+      const permits = makeFairPermits(2)
+      let over = false
+      const turns = [holderTurn(permits, "A", () => over), holderTurn(permits, "A", () => over)] as const
+      const gates = yield* Effect.all([Deferred.make<void>(), Deferred.make<void>(), Deferred.make<void>()])
+      const holders = yield* Effect.forEach([0, 1] as const, (i) =>
+        Effect.fork(permits.withPermit("A", Effect.ensuring(Deferred.await(gates[i]), Effect.sync(turns[i].done)))))
+      yield* settle
+      expect(turns.map((turn) => turn.afterSlice())).toEqual([false, false]) // nobody else waits
+      const b = yield* Effect.fork(permits.withPermit("B", Deferred.await(gates[2])))
+      yield* settle
+      // One waiter: the first holder at a slice's end gives its permit back; the other goes on, slice or not.
+      expect(turns.map((turn) => turn.now())).toEqual([false, false])
+      over = true
+      expect([turns[0].afterSlice(), turns[1].afterSlice(), turns[1].now()]).toEqual([true, false, false])
+      expect(turns[0].now()).toBe(true) // once ended, ended
+      yield* Deferred.succeed(gates[0], undefined)
+      yield* Fiber.join(holders[0])
+      expect(turns[1].now()).toBe(false) // B holds the permit A gave back: nobody waits
+      const c = yield* Effect.fork(permits.withPermit("C", Effect.void))
+      yield* settle
+      expect(turns[1].now()).toBe(true) // a new waiter: the other holder's turn is over too
+      yield* Deferred.succeed(gates[1], undefined)
+      yield* Deferred.succeed(gates[2], undefined)
+      yield* Fiber.join(Fiber.zip(holders[1], Fiber.zip(b, c)))
     }))
 })

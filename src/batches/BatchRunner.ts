@@ -28,7 +28,7 @@ import { batchWork } from "../observability/Tracing.js"
 import { type StorageFault, storageFault } from "../storage/Faults.js"
 import { inBackground } from "../Scheduler.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
-import { makeFairPermits, type Readiness } from "./fairPermits.js"
+import { holderTurn, makeFairPermits, type Readiness } from "./fairPermits.js"
 import { makeFinishing } from "./finishing.js"
 import { LocalWork, startHeartbeat } from "./heartbeat.js"
 import { type AttemptsByLine, makeRunning } from "./running.js"
@@ -123,15 +123,8 @@ export const make = Effect.gen(function*() {
         if (current.batch.status === "in_progress") {
           const clock = yield* Effect.clock
           const turnOver = clock.unsafeCurrentTimeMillis() + turnMs
-          let yielding = false // claimed (`claimYield`): this run gives its permit back for a waiter
-          const turnEnd = {
-            afterSlice: () => permits.othersWaiting(record.project),
-            now: () => yielding || (yielding = clock.unsafeCurrentTimeMillis() > turnOver && permits.claimYield(record.project))
-          }
-          return yield* Effect.ensuring(
-            running.run(current, attempts, turnEnd),
-            Effect.sync(() => yielding && permits.endYield())
-          )
+          const turn = holderTurn(permits, record.project, () => clock.unsafeCurrentTimeMillis() > turnOver)
+          return yield* Effect.ensuring(running.run(current, attempts, turn), Effect.sync(turn.done))
         }
         return true
       }), record.batch.status === "in_progress" ? upstreamReadiness(record.batch.model) : undefined)

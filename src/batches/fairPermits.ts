@@ -2,8 +2,8 @@
  * The node's batch permits (`maxConcurrentBatches`), shared round-robin by project: a freed permit goes to the
  * first project after the one served last (in the order projects first asked) that has a batch ready to work, so
  * one project's many or large batches cannot keep another's waiting. A holder learns that another project waits
- * (`othersWaiting`) and gives its permit back at a convenient point (a running batch: at the end of a slice), then
- * queues again in its project's turn.
+ * (`claimYield`) and gives its permit back at a convenient point (a running batch: at the end of a slice, or of its
+ * turn: `holderTurn`), then queues again in its project's turn.
  *
  * A batch whose upstream is down waits in its queue without being served (`Readiness`), keeping its place: were it
  * served, it would give the permit straight back, and that wasted turn would count as its project's. Then a batch
@@ -11,6 +11,7 @@
  * and held another project's batch for the whole of its run.
  */
 import { Deferred, Effect } from "effect"
+import type { TurnEnd } from "./pendingRows.js"
 
 /** Whether a waiting batch can use a permit now (a running batch: its upstream is not down). */
 export interface Readiness {
@@ -27,8 +28,6 @@ export interface FairPermits {
    * waits).
    */
   readonly withPermit: <A, E, R>(project: string, effect: Effect.Effect<A, E, R>, readiness?: Readiness) => Effect.Effect<A, E, R>
-  /** Whether a batch of a project other than `project` waits for a permit, ready to use it. */
-  readonly othersWaiting: (project: string) => boolean
   /**
    * Claims to give a permit back for a ready batch of another project: true when such batches outnumber the
    * holders that already claimed (with several permits, one waiter does not make every holder stop). Give the claim
@@ -132,7 +131,6 @@ export const makeFairPermits = (permits: number): FairPermits => {
       Effect.uninterruptibleMask((restore) =>
         Effect.zipRight(restore(acquire(project, readiness)), Effect.ensuring(restore(effect), release))
       ),
-    othersWaiting: (project) => readyOthers(project) > 0,
     claimYield: (project) => {
       if (readyOthers(project) <= yielding) return false
       yielding++
@@ -140,6 +138,27 @@ export const makeFairPermits = (permits: number): FairPermits => {
     },
     endYield: () => {
       yielding--
+    }
+  }
+}
+
+/**
+ * A running holder's turn (`pendingRows.ts`): it ends at the end of a slice, or at once when `turnOver()` (a slice
+ * too slow), but only when its claim to give the permit back is granted, so that with several permits one waiter
+ * stops one holder. `done` gives the claim back once the permit is.
+ */
+export const holderTurn = (
+  permits: FairPermits,
+  project: string,
+  turnOver: () => boolean
+): TurnEnd & { readonly done: () => void } => {
+  let yielding = false
+  const ends = (now: boolean) => yielding || (yielding = now && permits.claimYield(project))
+  return {
+    afterSlice: () => ends(true),
+    now: () => ends(turnOver()),
+    done: () => {
+      if (yielding) permits.endYield()
     }
   }
 }
