@@ -146,9 +146,13 @@ describe("fair permits", () => {
       yield* settle
       // One waiter: the first holder at a slice's end gives its permit back; the other goes on, slice or not.
       expect(turns.map((turn) => turn.now())).toEqual([false, false])
-      over = true
-      expect([turns[0].afterSlice(), turns[1].afterSlice(), turns[1].now()]).toEqual([true, false, false])
+      expect([turns[0].afterSlice(), turns[1].afterSlice()]).toEqual([true, false])
       expect(turns[0].now()).toBe(true) // once ended, ended
+      // The slice's last requests are awaited, until the turn's time is over: then those still waiting are wanted back.
+      expect(turns[0].handBack.wanted()).toBe(false)
+      over = true
+      expect([turns[0].now(), turns[0].handBack.wanted()]).toEqual([true, true])
+      expect([turns[1].now(), turns[1].handBack.wanted()]).toEqual([false, false])
       yield* Deferred.succeed(gates[0], undefined)
       yield* Fiber.join(holders[0])
       expect(turns[1].now()).toBe(false) // B holds the permit A gave back: nobody waits

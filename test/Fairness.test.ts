@@ -105,3 +105,35 @@ layer(slowSliceApp, { excludeTestServices: true })("fairness within a slow slice
       expect(new Set(lines.map((line) => line.custom_id)).size).toBe(200)
     }), { timeout: 60_000 })
 })
+
+/**
+ * A turn of 0.5 s, two attempts a request and a backoff of ~4 s: project A's requests refused with 429 spend their
+ * turn waiting for their retry.
+ */
+const refusedApp = twoProjects({ inferenceMaxAttempts: 2, inferenceRetryBaseDelay: Duration.seconds(4) }).pipe(
+  Layer.provide(Layer.succeed(TurnLength, Duration.millis(500)))
+)
+
+layer(refusedApp, { excludeTestServices: true })("fairness through a 429 storm", (it) => {
+  it.effect("project A's requests waiting out a 429's backoff are handed back at the turn's end: B does not wait for their retries", () =>
+    Effect.gen(function*() {
+      const a = yield* client("key-a")
+      const b = yield* client("key-b")
+      const refused = yield* batchOf(a, 4, (i) => `[fail:429] refused ${i}`)
+      yield* waitFor(a, refused.id, (batch) => batch.status === "in_progress")
+      const started = Date.now()
+      yield* smallBatchCompletes(b, 3, 10_000)
+      // The turn and B's own lines; A's retries ~4 s away would have held the permit until then.
+      expect(Date.now() - started).toBeLessThan(2500)
+      const meanwhile = yield* Effect.promise(() => a.batches.retrieve(refused.id))
+      expect(meanwhile.request_counts).toEqual({ total: 4, completed: 0, failed: 0 }) // handed back, not failed
+
+      // The lines handed back are sent again at A's next turn, after the rest of their backoff: each ends once, refused.
+      const finished = yield* waitFor(a, refused.id, terminal, 30_000)
+      expect(finished.request_counts).toEqual({ total: 4, completed: 0, failed: 4 })
+      const lines = yield* readLines(a, finished.error_file_id)
+      expect(lines.map((line) => [line.custom_id, line.response?.status_code]).sort()).toEqual(
+        [0, 1, 2, 3].map((i) => [`line-${i}`, 429])
+      )
+    }), { timeout: 60_000 })
+})

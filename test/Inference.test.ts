@@ -3,14 +3,22 @@ import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Duration, Effect, Either, Fiber, Layer, Option, TestClock } from "effect"
+import { Clock, Deferred, Duration, Effect, Either, Fiber, Layer, Option, TestClock } from "effect"
 import { AppConfig } from "../src/Config.js"
-import { compactJson, Inference, InferenceLive, InferenceOverHttpClient, retryAfterMillis } from "../src/inference/Inference.js"
+import {
+  type AttemptsUsed,
+  compactJson,
+  HandedBack,
+  Inference,
+  InferenceLive,
+  InferenceOverHttpClient,
+  retryAfterMillis
+} from "../src/inference/Inference.js"
 import { BIGNUM_COMPACT, startSimulator } from "../scripts/simulator.js"
 import { eventually } from "./support/TestApp.js"
 
 /** An answer, or no answer: the connection refused (never sent) or lost after sending. */
-type Scripted = { status: number; headers?: Record<string, string>; body?: string } | "refused" | "lost"
+type Scripted = { status: number; headers?: Record<string, string>; body?: string; afterMs?: number } | "refused" | "lost"
 
 /**
  * An Inference whose upstream answers `script` in order (the last answer repeats); `calls` counts attempts. Its
@@ -31,7 +39,8 @@ const scripted = (script: ReadonlyArray<Scripted>, maxAttempts = 5) => {
       const cause = Object.assign(new Error(answer), { kind: answer === "refused" ? "connect" : "transport" })
       return Effect.fail(new HttpClientError.RequestError({ request, reason: "Transport", description: answer, cause }))
     }
-    return Effect.succeed(HttpClientResponse.fromWeb(request, new Response(answer.body ?? `{"ok":true}`, { status: answer.status, headers: answer.headers ?? {} })))
+    const response = HttpClientResponse.fromWeb(request, new Response(answer.body ?? `{"ok":true}`, { status: answer.status, headers: answer.headers ?? {} }))
+    return Effect.delay(Effect.succeed(response), Duration.millis(answer.afterMs ?? 0))
   })
   const layer = InferenceOverHttpClient.pipe(
     Layer.provide(Layer.succeed(HttpClient.HttpClient, client)),
@@ -262,6 +271,52 @@ describe("Inference", () => {
       yield* TestClock.adjust("10 minutes")
       expect((yield* Fiber.join(fiber)).status).toBe(500)
       expect([calls.n, attempts.used]).toEqual([2, 5])
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("a request waiting for its retry is handed back when asked; sent again, it waits out the rest of its backoff", () => {
+    const { calls, layer } = scripted([{ status: 500 }, { status: 200, body: `{"id":"x"}` }], 5)
+    return Effect.gen(function*() {
+      const inference = yield* Inference
+      const attempts: AttemptsUsed = { used: 0 }
+      const wanted = yield* Deferred.make<void>()
+      let isWanted = false
+      const handBack = { wanted: () => isWanted, await: Deferred.await(wanted) }
+      const first = yield* Effect.fork(inference.send("/v1/chat/completions", `{"model":"m"}`, { attempts, handBack }))
+      yield* TestClock.adjust("0.5 seconds") // in its first backoff (1 s ± 20 %)
+      isWanted = true
+      yield* Deferred.succeed(wanted, undefined)
+      expect(yield* Effect.flip(Fiber.join(first))).toBeInstanceOf(HandedBack)
+      expect([calls.n, attempts.used]).toEqual([1, 1])
+
+      const again = yield* Effect.fork(inference.send("/v1/chat/completions", `{"model":"m"}`, { attempts }))
+      yield* TestClock.adjust("0.25 seconds") // 0.75 s since the 500: before its backoff's end
+      expect(calls.n).toBe(1)
+      yield* TestClock.adjust("0.5 seconds")
+      expect((yield* Fiber.join(again)).status).toBe(200)
+      expect(calls.n).toBe(2)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("a request waiting for a permit at its upstream is handed back when asked; the others go on", () => {
+    const { calls, layer } = scripted([{ status: 200, body: `{"id":"x"}`, afterMs: 1000 }])
+    return Effect.gen(function*() {
+      const inference = yield* Inference
+      const wanted = yield* Deferred.make<void>()
+      let isWanted = false
+      const handBack = { wanted: () => isWanted, await: Deferred.await(wanted) }
+      // The limit is 1: the first call holds it until its answer, which comes after 1 s.
+      const holder = yield* Effect.fork(inference.send("/v1/chat/completions", `{"model":"m"}`, { handBack }))
+      const queued = yield* Effect.fork(inference.send("/v1/chat/completions", `{"model":"m"}`, { handBack }))
+      const other = yield* Effect.fork(inference.send("/v1/chat/completions", `{"model":"m"}`))
+      yield* TestClock.adjust("0.5 seconds")
+      isWanted = true
+      yield* Deferred.succeed(wanted, undefined)
+      expect(yield* Effect.flip(Fiber.join(queued))).toBeInstanceOf(HandedBack)
+      yield* TestClock.adjust("2 seconds")
+      expect((yield* Fiber.join(holder)).status).toBe(200) // at the upstream when asked: answered
+      expect((yield* Fiber.join(other)).status).toBe(200) // served in the turn the one handed back left
+      expect(calls.n).toBe(2)
     }).pipe(Effect.provide(layer))
   })
 

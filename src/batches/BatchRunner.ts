@@ -124,7 +124,8 @@ export const make = Effect.gen(function*() {
           const clock = yield* Effect.clock
           const turnOver = clock.unsafeCurrentTimeMillis() + turnMs
           const turn = holderTurn(permits, record.project, () => clock.unsafeCurrentTimeMillis() > turnOver)
-          return yield* Effect.ensuring(running.run(current, attempts, turn), Effect.sync(turn.done))
+          const run = running.run(current, attempts, turn, turn.handBack)
+          return yield* Effect.ensuring(Effect.raceFirst(run, Effect.zipRight(turn.watch, Effect.never)), Effect.sync(turn.done))
         }
         return true
       }), record.batch.status === "in_progress" ? upstreamReadiness(record.batch.model) : undefined)

@@ -10,7 +10,8 @@
  * whose every call fails, taking the shared upstream down again and again, took the permit first after each outage
  * and held another project's batch for the whole of its run.
  */
-import { Deferred, Effect } from "effect"
+import { Deferred, Duration, Effect, FiberId, Schedule } from "effect"
+import type { HandBack } from "../inference/answers.js"
 import type { TurnEnd } from "./pendingRows.js"
 
 /** Whether a waiting batch can use a permit now (a running batch: its upstream is not down). */
@@ -142,21 +143,40 @@ export const makeFairPermits = (permits: number): FairPermits => {
   }
 }
 
+/** How often a running holder's turn is looked at when none of its requests takes a row. */
+const TURN_CHECK = Duration.millis(250)
+
 /**
  * A running holder's turn (`pendingRows.ts`): it ends at the end of a slice, or at once when `turnOver()` (a slice
  * too slow), but only when its claim to give the permit back is granted, so that with several permits one waiter
- * stops one holder. `done` gives the claim back once the permit is.
+ * stops one holder. Once it ended and its time is over, `handBack` wants back the requests still waiting for their
+ * upstream (a retry's backoff, a permit at the upstream: a 429 storm's), which would otherwise hold the permit
+ * through their retries; at a slice's end before that, the slice's last requests are awaited. `watch` asks while
+ * the run takes no row (every request waiting, or the slice's last ones); `done` gives the claim back once the
+ * permit is.
  */
 export const holderTurn = (
   permits: FairPermits,
   project: string,
   turnOver: () => boolean
-): TurnEnd & { readonly done: () => void } => {
+): TurnEnd & { readonly handBack: HandBack; readonly watch: Effect.Effect<void>; readonly done: () => void } => {
   let yielding = false
+  let handingBack = false
+  const handedBack = Deferred.unsafeMake<void>(FiberId.none)
   const ends = (now: boolean) => yielding || (yielding = now && permits.claimYield(project))
+  const now = () => {
+    const over = turnOver()
+    if (ends(over) && over && !handingBack) {
+      handingBack = true
+      Deferred.unsafeDone(handedBack, Effect.void)
+    }
+    return yielding
+  }
   return {
     afterSlice: () => ends(true),
-    now: () => ends(turnOver()),
+    now,
+    handBack: { wanted: () => handingBack, await: Deferred.await(handedBack) },
+    watch: Effect.asVoid(Effect.repeat(Effect.sync(now), { schedule: Schedule.spaced(TURN_CHECK), until: () => handingBack })),
     done: () => {
       if (yielding) permits.endYield()
     }

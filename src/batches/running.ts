@@ -12,7 +12,7 @@
 import { Effect, Option } from "effect"
 import { AppConfig } from "../Config.js"
 import { AnswerHold, currentAnswerHold } from "../inference/answerMemory.js"
-import { type AttemptsUsed, Inference, type UpstreamFailure, type UpstreamResponse } from "../inference/Inference.js"
+import { type AttemptsUsed, type HandBack, Inference, type UpstreamFailure, type UpstreamResponse } from "../inference/Inference.js"
 import { Metrics } from "../observability/Metrics.js"
 import { type BatchRecord, BatchStore, type RequestOutcome, type RequestRow } from "./BatchStore.js"
 import type { LocalWork } from "./heartbeat.js"
@@ -51,9 +51,10 @@ export type AttemptsByLine = Map<number, AttemptsUsed>
 export interface Running {
   /**
    * Runs this node's share of the batch's requests, or only up to where `turnEnd` ends it (another project waits
-   * for its permit); whether a slice was claimed at all.
+   * for its permit), handing back then the requests that still wait for their upstream (`handBack`: a backoff, a
+   * permit at the upstream); whether a slice was claimed at all.
    */
-  readonly run: (record: BatchRecord, attempts: AttemptsByLine, turnEnd?: TurnEnd) => Effect.Effect<boolean>
+  readonly run: (record: BatchRecord, attempts: AttemptsByLine, turnEnd?: TurnEnd, handBack?: HandBack) => Effect.Effect<boolean>
 }
 
 export const makeRunning = (local: LocalWork) =>
@@ -64,7 +65,7 @@ export const makeRunning = (local: LocalWork) =>
     const context = yield* Effect.context<BatchStore | WorkLeases | AppConfig>()
     const window = config.maxConcurrentRequestsPerBatch
 
-    const run = (record: BatchRecord, attempts: AttemptsByLine, turnEnd?: TurnEnd) =>
+    const run = (record: BatchRecord, attempts: AttemptsByLine, turnEnd?: TurnEnd, handBack?: HandBack) =>
       Effect.gen(function*() {
         const { batch } = record
         const rows = yield* makePendingRows(batch.id, local, turnEnd)
@@ -112,12 +113,15 @@ export const makeRunning = (local: LocalWork) =>
             else holds.delete(hold)
             return next(outcome, previous)
           }
-          const call = inference.send(batch.endpoint, row.body, { ...options, attempts: used })
+          const call = inference.send(batch.endpoint, row.body, { ...options, attempts: used, handBack })
           return Effect.matchEffect(Effect.locally(call, currentAnswerHold, hold), {
             onSuccess: (res) => answered(responseOutcome(row, res)),
             onFailure: (e) => {
               hold.release() // an answer refused (not JSON…): not kept
-              return answered(errorOutcome(row, e))
+              if (e._tag === "UpstreamFailure") return answered(errorOutcome(row, e))
+              // Handed back at the turn's end: no outcome, the line stays pending (its slice is left unfinished).
+              holds.delete(hold)
+              return previous
             }
           })
         }

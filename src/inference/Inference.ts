@@ -20,11 +20,11 @@ import { Metrics } from "../observability/Metrics.js"
 import { makeFractionPicker, type TracedCall, traceUpstreamCall, UpstreamCallTracing, upstreamIdentity } from "../observability/upstreamCallSpans.js"
 import { type Attempt, makeUpstream, type Upstream } from "../upstreams/Upstream.js"
 import { servesAnyModel, type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
-import { retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "./answers.js"
+import { type HandBack, HandedBack, retryAfterMillis, unlessHandedBack, UpstreamFailure, type UpstreamResponse } from "./answers.js"
 import { AnswerMemory, currentAnswerHold } from "./answerMemory.js"
 import * as UpstreamHttpClient from "./UpstreamHttpClient.js"
 
-export { compactJson, retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "./answers.js"
+export { compactJson, type HandBack, HandedBack, retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "./answers.js"
 
 export interface SendOptions {
   /** Epoch milliseconds after which no retry is scheduled (the batch's `expires_at`). */
@@ -40,11 +40,18 @@ export interface SendOptions {
    * probes) would start over after each one, and never fail.
    */
   readonly attempts?: AttemptsUsed | undefined
+  /**
+   * Takes the request back unsent while it waits for its upstream (a retry's backoff, a permit at the upstream):
+   * the send then fails with `HandedBack`, its attempts recorded in `attempts` for the next send.
+   */
+  readonly handBack?: HandBack | undefined
 }
 
 /** How many attempts a request has used (counted ones: not a call sent again because its upstream was down). */
 export interface AttemptsUsed {
   used: number
+  /** Epoch milliseconds before which the next attempt is not sent: a backoff a hand-back cut short. */
+  retryAt?: number
 }
 
 /** The models batches may name. */
@@ -60,7 +67,7 @@ export interface InferenceShape {
     endpoint: BatchEndpoint,
     body: string,
     options?: SendOptions
-  ) => Effect.Effect<UpstreamResponse, UpstreamFailure>
+  ) => Effect.Effect<UpstreamResponse, UpstreamFailure | HandedBack>
   readonly models: Effect.Effect<ModelList>
   /** Completes once the upstream serving `model` is up (at once when it is, or when none serves it). */
   readonly reachable: (model: string | null) => Effect.Effect<void>
@@ -144,12 +151,13 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
           message: `No upstream serves the model '${String(options.model).slice(0, 64)}'.`
         }))
       }
-      const ticket = { project: options.project ?? "", deadline: options.deadline ?? Number.MAX_SAFE_INTEGER, model: options.model }
+      const { attempts, handBack } = options
+      const ticket = { project: options.project ?? "", deadline: options.deadline ?? Number.MAX_SAFE_INTEGER, model: options.model, handBack }
       const final = (result: Attempt) =>
         result._tag === "Failure" ? Effect.fail(result.failure) : Effect.succeed(result.response)
       /** After attempt `n` gave `result`: wait and try again, unless attempts or time (the deadline) are used up. */
-      const retry = (result: Attempt, n: number, traced?: TracedCall): Effect.Effect<UpstreamResponse, UpstreamFailure> => {
-        if (options.attempts !== undefined) options.attempts.used = n
+      const retry = (result: Attempt, n: number, traced?: TracedCall): Effect.Effect<UpstreamResponse, UpstreamFailure | HandedBack> => {
+        if (attempts !== undefined) attempts.used = n
         if (n >= config.inferenceMaxAttempts) return final(result)
         return Effect.gen(function*() {
           const delay = yield* retryDelay(result, n)
@@ -158,20 +166,33 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
           traced?.retried(n, result._tag === "Failure" ? result.failure.code : `status ${result.response.status}`)
           const hold = yield* FiberRef.get(currentAnswerHold)
           hold?.release() // the answer let go is not held through the wait
-          yield* Effect.sleep(Duration.millis(delay))
+          if (attempts !== undefined) attempts.retryAt = now + delay
+          yield* unlessHandedBack(Effect.sleep(Duration.millis(delay)), handBack)
           return yield* loop(n + 1, traced)
         })
       }
       // The usual case, an answer that needs no retry, is kept to a few steps: thousands of calls run a second.
-      const loop = (n: number, traced?: TracedCall): Effect.Effect<UpstreamResponse, UpstreamFailure> =>
+      const loop = (n: number, traced?: TracedCall): Effect.Effect<UpstreamResponse, UpstreamFailure | HandedBack> =>
         Effect.flatMap(upstream.attempt(endpoint, body, ticket, traced?.traceparent), ([result, verdict]) =>
-          verdict === "final" ? final(result) : verdict === "again" ? loop(n, traced) : retry(result, n, traced))
-      const first = Math.min(options.attempts?.used ?? 0, config.inferenceMaxAttempts - 1) + 1
+          verdict === "final"
+            ? final(result)
+            : verdict === "again"
+            ? (handBack?.wanted() ? Effect.fail(new HandedBack()) : loop(n, traced))
+            : retry(result, n, traced))
+      const first = Math.min(attempts?.used ?? 0, config.inferenceMaxAttempts - 1) + 1
+      // A request handed back in its backoff waits out the rest of it before its next attempt.
+      const start = (traced?: TracedCall) =>
+        attempts?.retryAt === undefined
+          ? loop(first, traced)
+          : Effect.flatMap(Clock.currentTimeMillis, (now) =>
+            now >= attempts.retryAt!
+              ? loop(first, traced)
+              : Effect.zipRight(unlessHandedBack(Effect.sleep(Duration.millis(attempts.retryAt! - now)), handBack), loop(first, traced)))
       if (pickTraced !== undefined && pickTraced()) {
         const identity = upstreamIdentity(upstream.spec.name, upstream.spec.baseUrl)
-        return traceUpstreamCall(identity, endpoint, options.model, body, (traced) => loop(first, traced))
+        return traceUpstreamCall(identity, endpoint, options.model, body, start)
       }
-      return loop(first)
+      return start()
     })
 
     const models = Effect.gen(function*() {

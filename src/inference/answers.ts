@@ -1,8 +1,8 @@
 /**
  * What an upstream answer becomes: the response or failure types `Inference` gives, and the pure functions that
- * read an answer (its body as one line of JSON, its `Retry-After`).
+ * read an answer (its body as one line of JSON, its `Retry-After`); and a request handed back unsent.
  */
-import { Data, Option } from "effect"
+import { Data, Effect, Option } from "effect"
 
 export interface UpstreamResponse {
   readonly status: number
@@ -26,6 +26,28 @@ export interface UpstreamResponse {
  * - `model_not_found`: no upstream serves the batch's model (any more: the upstreams changed since it was validated);
  * - `replay_miss`: replaying recordings (`INFERENCE_MODE=replay`), none was made of this request.
  */
+/**
+ * The caller's wish to take a request back unsent while it waits for its upstream (a batch whose turn ended: see
+ * `batches/fairPermits.ts`). A request at the upstream is not taken back: its answer is awaited.
+ */
+export interface HandBack {
+  /** Whether the request is wanted back now. */
+  readonly wanted: () => boolean
+  /** Completes once it is. */
+  readonly await: Effect.Effect<void>
+}
+
+/** A request handed back unsent (`HandBack`): no outcome, its line left for a later send. */
+export class HandedBack extends Data.TaggedError("HandedBack")<{}> {}
+
+/** `wait`, or `HandedBack` as soon as `handBack` wants the request back (the wait is then interrupted). */
+export const unlessHandedBack = <A, E, R>(wait: Effect.Effect<A, E, R>, handBack: HandBack | undefined): Effect.Effect<A, E | HandedBack, R> =>
+  handBack === undefined
+    ? wait
+    : handBack.wanted()
+    ? Effect.fail(new HandedBack())
+    : Effect.raceFirst(wait, Effect.zipRight(handBack.await, Effect.fail(new HandedBack())))
+
 export class UpstreamFailure extends Data.TaggedError("UpstreamFailure")<{
   readonly code:
     | "upstream_unreachable"

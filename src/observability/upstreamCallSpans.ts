@@ -145,9 +145,12 @@ class ErrorAnswer<A> extends Error {
 /**
  * Runs one upstream call in a CLIENT span named and attributed by the GenAI semantic conventions; `run` gets the
  * `TracedCall` (its `traceparent`, a hook for retries). A failure ends the span in error with `error.type` = its
- * code; so does an answer with a status of 400 or more (`error.type` = the status).
+ * code (its tag when it has none: `HandedBack`); so does an answer with a status of 400 or more (`error.type` = the status).
  */
-export const traceUpstreamCall = <A extends { readonly status: number; readonly json: unknown }, E extends { readonly code: string }>(
+export const traceUpstreamCall = <
+  A extends { readonly status: number; readonly json: unknown },
+  E extends { readonly _tag: string; readonly code?: string }
+>(
   upstream: UpstreamIdentity,
   endpoint: string,
   model: string | null | undefined,
@@ -171,7 +174,7 @@ export const traceUpstreamCall = <A extends { readonly status: number; readonly 
     }
     return Effect.matchEffect(run(call), {
       onFailure: (failure) => {
-        span.attribute("error.type", failure.code)
+        span.attribute("error.type", failure.code ?? failure._tag)
         return Effect.fail(failure)
       },
       onSuccess: (answer) => {

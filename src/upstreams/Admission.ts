@@ -9,6 +9,7 @@
  * second pass here.
  */
 import { type Clock, Deferred, Duration, Effect, FiberId } from "effect"
+import type { HandBack } from "../inference/answers.js"
 import type { AdaptiveLimit } from "./adaptiveLimit.js"
 
 /**
@@ -19,6 +20,8 @@ export interface Ticket {
   readonly project: string
   readonly deadline: number
   readonly model?: string | null | undefined
+  /** Ends the request's wait for a permit when its caller wants it back (`Upstream.attempt`). */
+  readonly handBack?: HandBack | undefined
 }
 
 /** What the load-aware dispatch says (`loadWatch.ts`); `openGauge` when the upstream has none. */

@@ -30,7 +30,14 @@ import { Cause, Deferred, Duration, Effect, Exit, FiberRef, HashMap, List, Optio
 import { BatchEndpoint } from "../domain/Batches.js"
 import { requestId } from "../domain/Ids.js"
 import { currentAnswerHold } from "../inference/answerMemory.js"
-import { asJsonBody, retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "../inference/answers.js"
+import {
+  asJsonBody,
+  type HandedBack,
+  retryAfterMillis,
+  unlessHandedBack,
+  UpstreamFailure,
+  type UpstreamResponse
+} from "../inference/answers.js"
 import { type FailureKind, failureKind } from "../inference/UpstreamHttpClient.js"
 import { Admission, openGauge, type Ticket } from "./Admission.js"
 import { AdaptiveLimit } from "./adaptiveLimit.js"
@@ -61,8 +68,16 @@ export type Verdict = "final" | "again" | "retry"
 export interface Upstream {
   readonly spec: UpstreamSpec
   readonly admission: Admission
-  /** One attempt, in `ticket`'s turn, and what to do next; a traced call sends its `traceparent` along. */
-  readonly attempt: (endpoint: BatchEndpoint, body: string, ticket: Ticket, traceparent?: string) => Effect.Effect<readonly [Attempt, Verdict]>
+  /**
+   * One attempt, in `ticket`'s turn, and what to do next; a traced call sends its `traceparent` along. `HandedBack`
+   * when the ticket's caller wanted the request back while it waited for a permit.
+   */
+  readonly attempt: (
+    endpoint: BatchEndpoint,
+    body: string,
+    ticket: Ticket,
+    traceparent?: string
+  ) => Effect.Effect<readonly [Attempt, Verdict], HandedBack>
   /** The model ids its `GET /models` listed last (none before it answered). */
   readonly listed: () => Option.Option<ReadonlyArray<string>>
   /** Completes once the start-up probe has had its answer (or none): its list is known if it gives one. */
@@ -319,7 +334,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       // before the call starts, and a verdict (which may take the upstream down) always runs to its end.
       return Effect.uninterruptibleMask((restore) => {
         const granted = gate.tryAcquire(ticket) // the usual case: a permit at once, no effect to wait on
-        const permit = granted === undefined ? restore(gate.acquire(ticket)) : Effect.succeed(granted)
+        const permit = granted === undefined ? restore(unlessHandedBack(gate.acquire(ticket), ticket.handBack)) : Effect.succeed(granted)
         return Effect.flatMap(permit, (generation) => {
           const sent = performance.now()
           return Effect.flatMap(Effect.onInterrupt(restore(call), releaseOnInterrupt), (result) => {
