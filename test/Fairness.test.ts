@@ -35,6 +35,7 @@ const smallBatchCompletes = (openai: OpenAI, lines: number, timeoutMs: number) =
     const batch = yield* batchOf(openai, lines, (i) => `small ${i}`)
     const done = yield* waitFor(openai, batch.id, terminal, timeoutMs)
     expect([done.status, done.request_counts]).toEqual(["completed", { total: lines, completed: lines, failed: 0 }])
+    return done
   })
 
 const app = twoProjects({ maxRequestsPerBatch: 5000 }, { latencyMs: 20 })
@@ -83,8 +84,8 @@ layer(poisonApp, { excludeTestServices: true })("fairness through an upstream's 
     }), { timeout: 30_000 })
 })
 
-/** A turn of 1 s (10 s in production), so that a slow slice's turn ends within the test. */
-const slowSliceApp = twoProjects().pipe(Layer.provide(Layer.succeed(TurnLength, Duration.seconds(1))))
+/** A turn of 2 s (10 s in production), so that a slow slice's turn ends within the test. */
+const slowSliceApp = twoProjects().pipe(Layer.provide(Layer.succeed(TurnLength, Duration.seconds(2))))
 
 layer(slowSliceApp, { excludeTestServices: true })("fairness within a slow slice", (it) => {
   it.effect("project A's slice whose requests are slow (or refused, retried) holds project B's batch no longer than a turn", () =>
@@ -95,8 +96,10 @@ layer(slowSliceApp, { excludeTestServices: true })("fairness within a slow slice
       const slow = yield* batchOf(a, 200, (i) => `[sleep:300] slow ${i}`)
       yield* waitFor(a, slow.id, (batch) => batch.request_counts!.completed > 0)
       const started = Date.now()
-      yield* smallBatchCompletes(b, 3, 10_000)
+      const small = yield* smallBatchCompletes(b, 3, 10_000)
       expect(Date.now() - started).toBeLessThan(5000) // a turn, the requests in flight, and B's own
+      // B ran in the turn it was validated in, not a turn of A's later (timestamps in seconds).
+      expect(small.completed_at! - small.in_progress_at!).toBeLessThanOrEqual(1)
 
       // A takes its turn again where it stopped: every line once.
       const finished = yield* waitFor(a, slow.id, terminal, 30_000)

@@ -104,21 +104,24 @@ export const make = Effect.gen(function*() {
 
   /**
    * This node's share of a batch that validates or runs, under a permit taken in its project's turn: validate it
-   * (holding its batch-wide lease), or run the slices it can claim, up to the end of a slice (or of its turn, when
-   * the slice is slow: `TurnLength`) when another project waits for the permit (`drive` then queues again). False
-   * when there was nothing for this node to do. A running batch whose upstream is down waits for it in the queue;
-   * the wait counts as this node's work on the batch, so that a cancel from another node ends it.
+   * (holding its batch-wide lease), then in the same turn run the slices it can claim, up to the end of a slice (or
+   * of its turn, when the slice is slow: `TurnLength`) when another project waits for the permit (`drive` then
+   * queues again). False when there was nothing for this node to do. A running batch whose upstream is down waits
+   * for it in the queue; the wait counts as this node's work on the batch, so that a cancel from another node ends
+   * it.
    */
   const validateOrRun = (record: BatchRecord, attempts: AttemptsByLine) =>
     local.working(
       record.batch.id,
       permits.withPermit(record.project, Effect.gen(function*() {
         const id = record.batch.id
-        const current = yield* load(id) // the wait for the permit may have been long
+        let current = yield* load(id) // the wait for the permit may have been long
         if (current.batch.status === "validating") {
           if (!(yield* Effect.flatMap(nodeLease(config), (lease) => leases.claimBatch(id, lease)))) return false
           yield* validating.validate(current).pipe(Effect.onError((cause) => validating.giveBackSpace(id, cause)))
-          return true
+          // Its turn goes on with running it: a turn spent validating alone would let a long batch of another
+          // project run a whole turn before a small one's first request.
+          current = yield* load(id)
         }
         if (current.batch.status === "in_progress") {
           const clock = yield* Effect.clock
