@@ -30,14 +30,7 @@ import { Cause, Deferred, Duration, Effect, Exit, FiberRef, HashMap, List, Optio
 import { BatchEndpoint } from "../domain/Batches.js"
 import { requestId } from "../domain/Ids.js"
 import { currentAnswerHold } from "../inference/answerMemory.js"
-import {
-  asJsonBody,
-  type HandedBack,
-  retryAfterMillis,
-  unlessHandedBack,
-  UpstreamFailure,
-  type UpstreamResponse
-} from "../inference/answers.js"
+import { asJsonBody, type HandedBack, retryAfterMillis, unlessHandedBack, UpstreamFailure, type UpstreamResponse } from "../inference/answers.js"
 import { type FailureKind, failureKind } from "../inference/UpstreamHttpClient.js"
 import { Admission, openGauge, type Ticket } from "./Admission.js"
 import { AdaptiveLimit } from "./adaptiveLimit.js"
@@ -72,12 +65,8 @@ export interface Upstream {
    * One attempt, in `ticket`'s turn, and what to do next; a traced call sends its `traceparent` along. `HandedBack`
    * when the ticket's caller wanted the request back while it waited for a permit.
    */
-  readonly attempt: (
-    endpoint: BatchEndpoint,
-    body: string,
-    ticket: Ticket,
-    traceparent?: string
-  ) => Effect.Effect<readonly [Attempt, Verdict], HandedBack>
+  readonly attempt: (endpoint: BatchEndpoint, body: string, ticket: Ticket, traceparent?: string) =>
+    Effect.Effect<readonly [Attempt, Verdict], HandedBack>
   /** The model ids its `GET /models` listed last (none before it answered). */
   readonly listed: () => Option.Option<ReadonlyArray<string>>
   /** Completes once the start-up probe has had its answer (or none): its list is known if it gives one. */
