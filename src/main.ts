@@ -160,6 +160,11 @@ if (args.length > 0) {
   process.exit(2)
 }
 
+// A log reader that went away (`npm start | head`, a log shipper that died) closes stdout or stderr: the server
+// keeps serving, its lines dropped. Without a listener each write's EPIPE was an uncaught exception, whose report
+// to the closed stderr was another: the process spun at full CPU, its batches stopped and SIGTERM went unheard.
+for (const stream of [process.stdout, process.stderr]) stream.on("error", () => {})
+
 // Last resort: a fault that escapes every handler (a throw in a library's event callback) is logged, and the
 // server keeps serving everyone else instead of ending the process and every request in flight with it.
 process.on("uncaughtException", (error) => console.error("Uncaught exception; the server keeps running:", error))

@@ -10,7 +10,7 @@ import type * as HttpApp from "@effect/platform/HttpApp"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Cause, Effect, Exit, Layer, Logger, LogLevel } from "effect"
-import { mkdtempSync, rmSync } from "node:fs"
+import { mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { connect } from "node:net"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
@@ -235,6 +235,37 @@ describe("LOG_FORMAT and LOG_LEVEL", () => {
         expect(out).toMatch(/DEBUG .*GET \/v1\/ready 200/)
         expect(out).toMatch(/INFO .*Listening on http:\/\/127\.0\.0\.1:\d+/)
       } finally {
+        rmSync(dataDir, { recursive: true, force: true })
+      }
+    }), 60_000)
+})
+
+/** The CPU time (user and system) a process used so far, in seconds (Linux). */
+const cpuSeconds = (pid: number) => {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
+  return (Number(fields[11]) + Number(fields[12])) / 100 // utime and stime, in clock ticks of 1/100 s
+}
+
+describe("a log reader that goes away", () => {
+  it.live("leaves the server serving, idle, and stopping on SIGTERM", () =>
+    Effect.promise(async () => {
+      const dataDir = mkdtempSync(Path.join(tmpdir(), "batch-logs-"))
+      let server: ServerProcess | undefined
+      try {
+        server = await startServer({ DATA_DIR: dataDir, LOG_LEVEL: "info" })
+        // As `npm start | head -1` once head has its line: the pipes' reading ends close.
+        server.child.stdout!.destroy()
+        server.child.stderr!.destroy()
+        // Each request's log line goes to the closed pipe.
+        for (let i = 0; i < 20; i++) expect((await fetch(`${server.url}/v1/files`)).status).toBe(200)
+        await new Promise((resolve) => setTimeout(resolve, 200))
+        const before = cpuSeconds(server.child.pid!)
+        await new Promise((resolve) => setTimeout(resolve, 1000))
+        expect(cpuSeconds(server.child.pid!) - before).toBeLessThan(0.3) // idle: not spinning on its own errors
+        expect((await fetch(`${server.url}/v1/files`)).status).toBe(200)
+        expect(await server.stop()).toBe(0)
+      } finally {
+        server?.child.kill("SIGKILL") // when a check failed before the stop
         rmSync(dataDir, { recursive: true, force: true })
       }
     }), 60_000)
