@@ -19,6 +19,8 @@ export { Uploads, UploadsLive, type UploadsShape } from "./files/Uploads.js"
 export * as UploadObjects from "./domain/Uploads.js"
 export { BatchesGroup, FilesGroup, HealthGroup, OpenAIApi, UploadsGroup, WebhooksGroup } from "./http/Api.js"
 export {
+  type HandBack,
+  HandedBack,
   Inference,
   InferenceLive,
   InferenceOverHttpClient,
