@@ -1,6 +1,7 @@
 /** The adaptive limit (AIMD) and the admission of calls to an upstream: limit, order, pauses, outages. */
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Duration, Effect, Fiber, Option, TestClock } from "effect"
+import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, Option, TestClock } from "effect"
+import { HandedBack, unlessHandedBack } from "../src/inference/answers.js"
 import { AdaptiveLimit } from "../src/upstreams/adaptiveLimit.js"
 import { Admission, type LoadGauge } from "../src/upstreams/Admission.js"
 
@@ -122,5 +123,32 @@ describe("Admission", () => {
       full = false
       admission.pump()
       yield* Fiber.join(held)
+    }))
+
+  it.effect("a call waiting for a permit and handed back holds none, even when one was granted in the same instant", () =>
+    Effect.gen(function*() {
+      const admission = yield* make(1)
+      yield* admission.acquire({ project: "a", deadline: 0 }) // the holder
+      for (const order of ["handed back, then granted", "granted, then handed back"] as const) {
+        const wanted = yield* Deferred.make<void>()
+        let isWanted = false
+        const handBack = { wanted: () => isWanted, await: Deferred.await(wanted) }
+        const waiting = yield* Effect.fork(
+          unlessHandedBack(admission.acquire({ project: "b", deadline: 0 }), handBack, () => admission.release())
+        )
+        yield* Effect.repeatN(Effect.yieldNow(), 10) // both sides of its wait are waiting
+        yield* Effect.sync(() => {
+          if (order === "granted, then handed back") admission.release()
+          isWanted = true
+          Deferred.unsafeDone(wanted, Effect.void)
+          if (order === "handed back, then granted") admission.release() // the holder's answer came at that instant
+        })
+        const exit = yield* Fiber.await(waiting)
+        // Either the call got the permit (and goes to the upstream with it), or it was handed back holding none.
+        expect(admission.queued()).toBe(0)
+        expect(admission.inflight).toBe(Exit.isSuccess(exit) ? 1 : 0)
+        if (Exit.isFailure(exit)) expect(Cause.failureOption(exit.cause)).toEqual(Option.some(new HandedBack()))
+        if (Exit.isFailure(exit)) yield* admission.acquire({ project: "a", deadline: 0 }) // a holder again
+      }
     }))
 })

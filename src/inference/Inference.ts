@@ -168,6 +168,8 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
           hold?.release() // the answer let go is not held through the wait
           if (attempts !== undefined) attempts.retryAt = now + delay
           yield* unlessHandedBack(Effect.sleep(Duration.millis(delay)), handBack)
+          // Its backoff over as its turn ended (the same instant): not sent all the same.
+          if (handBack?.wanted()) return yield* Effect.fail(new HandedBack())
           return yield* loop(n + 1, traced)
         })
       }

@@ -2,7 +2,7 @@
  * What an upstream answer becomes: the response or failure types `Inference` gives, and the pure functions that
  * read an answer (its body as one line of JSON, its `Retry-After`); and a request handed back unsent.
  */
-import { Data, Effect, Option } from "effect"
+import { Data, Effect, Exit, Fiber, Option } from "effect"
 
 export interface UpstreamResponse {
   readonly status: number
@@ -26,6 +26,17 @@ export interface UpstreamResponse {
  * - `model_not_found`: no upstream serves the batch's model (any more: the upstreams changed since it was validated);
  * - `replay_miss`: replaying recordings (`INFERENCE_MODE=replay`), none was made of this request.
  */
+export class UpstreamFailure extends Data.TaggedError("UpstreamFailure")<{
+  readonly code:
+    | "upstream_unreachable"
+    | "upstream_timeout"
+    | "upstream_response_too_large"
+    | "invalid_upstream_response"
+    | "model_not_found"
+    | "replay_miss"
+  readonly message: string
+}> {}
+
 /**
  * The caller's wish to take a request back unsent while it waits for its upstream (a batch whose turn ended: see
  * `batches/fairPermits.ts`). A request at the upstream is not taken back: its answer is awaited.
@@ -40,24 +51,28 @@ export interface HandBack {
 /** A request handed back unsent (`HandBack`): no outcome, its line left for a later send. */
 export class HandedBack extends Data.TaggedError("HandedBack")<{}> {}
 
-/** `wait`, or `HandedBack` as soon as `handBack` wants the request back (the wait is then interrupted). */
-export const unlessHandedBack = <A, E, R>(wait: Effect.Effect<A, E, R>, handBack: HandBack | undefined): Effect.Effect<A, E | HandedBack, R> =>
+/**
+ * `wait`, or `HandedBack` as soon as `handBack` wants the request back: the wait is then interrupted, and what it
+ * got all the same (a permit granted in the same instant) is given back with `giveBack`.
+ */
+export const unlessHandedBack = <A, E, R>(
+  wait: Effect.Effect<A, E, R>,
+  handBack: HandBack | undefined,
+  giveBack: (got: A) => void = () => {}
+): Effect.Effect<A, E | HandedBack, R> =>
   handBack === undefined
     ? wait
     : handBack.wanted()
     ? Effect.fail(new HandedBack())
-    : Effect.raceFirst(wait, Effect.zipRight(handBack.await, Effect.fail(new HandedBack())))
-
-export class UpstreamFailure extends Data.TaggedError("UpstreamFailure")<{
-  readonly code:
-    | "upstream_unreachable"
-    | "upstream_timeout"
-    | "upstream_response_too_large"
-    | "invalid_upstream_response"
-    | "model_not_found"
-    | "replay_miss"
-  readonly message: string
-}> {}
+    : Effect.raceWith(wait, handBack.await, {
+      onSelfDone: (exit, wanted) => Effect.zipRight(Fiber.interrupt(wanted), exit),
+      // The wait may have ended well after the hand-back won, before its interruption came: its exit tells.
+      onOtherDone: (_, waiting) =>
+        Effect.flatMap(Fiber.interrupt(waiting), (exit) => {
+          if (Exit.isSuccess(exit)) giveBack(exit.value)
+          return Effect.fail(new HandedBack())
+        })
+    })
 
 /** `Retry-After` (seconds or an HTTP date) or `retry-after-ms`, in milliseconds. */
 export const retryAfterMillis = (headers: Record<string, string | undefined>, now: number): Option.Option<number> => {

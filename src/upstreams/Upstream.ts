@@ -323,7 +323,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       // before the call starts, and a verdict (which may take the upstream down) always runs to its end.
       return Effect.uninterruptibleMask((restore) => {
         const granted = gate.tryAcquire(ticket) // the usual case: a permit at once, no effect to wait on
-        const permit = granted === undefined ? restore(unlessHandedBack(gate.acquire(ticket), ticket.handBack)) : Effect.succeed(granted)
+        const permit = granted === undefined ? restore(unlessHandedBack(gate.acquire(ticket), ticket.handBack, () => gate.release())) : Effect.succeed(granted)
         return Effect.flatMap(permit, (generation) => {
           const sent = performance.now()
           return Effect.flatMap(Effect.onInterrupt(restore(call), releaseOnInterrupt), (result) => {
