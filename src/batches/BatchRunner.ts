@@ -60,8 +60,9 @@ export interface FaultRetryPolicy {
 
 /**
  * How long a running batch keeps its permit while another project waits, when its slice takes longer (slow or
- * refused requests: a slice of 500 lines all answered 429 held it 100 s): it then takes no new request, and gives
- * the permit back once those in flight are answered. Read once when the runner starts.
+ * refused requests: a slice of 500 lines all answered 429 held it 100 s): it then takes no new request, hands back
+ * those waiting for their upstream, and gives the permit back once the calls at the upstream are answered. Counted
+ * from the permit's grant (a validation included). Read once when the runner starts.
  */
 export class TurnLength extends Context.Reference<TurnLength>()("BatchRunner/TurnLength", {
   defaultValue: (): Duration.Duration => Duration.seconds(10)
@@ -115,6 +116,8 @@ export const make = Effect.gen(function*() {
       record.batch.id,
       permits.withPermit(record.project, Effect.gen(function*() {
         const id = record.batch.id
+        const clock = yield* Effect.clock
+        const turnOver = clock.unsafeCurrentTimeMillis() + turnMs
         let current = yield* load(id) // the wait for the permit may have been long
         if (current.batch.status === "validating") {
           if (!(yield* Effect.flatMap(nodeLease(config), (lease) => leases.claimBatch(id, lease)))) return false
@@ -124,8 +127,6 @@ export const make = Effect.gen(function*() {
           current = yield* load(id)
         }
         if (current.batch.status === "in_progress") {
-          const clock = yield* Effect.clock
-          const turnOver = clock.unsafeCurrentTimeMillis() + turnMs
           const turn = holderTurn(permits, record.project, () => clock.unsafeCurrentTimeMillis() > turnOver)
           const run = running.run(current, attempts, turn, turn.handBack)
           return yield* Effect.ensuring(Effect.raceFirst(run, Effect.zipRight(turn.watch, Effect.never)), Effect.sync(turn.done))
