@@ -1,9 +1,10 @@
 /** The adaptive limit (AIMD) and the admission of calls to an upstream: limit, order, pauses, outages. */
 import { describe, expect, it } from "@effect/vitest"
-import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, Option, TestClock } from "effect"
+import { Cause, Clock, Duration, Effect, Exit, Fiber, Option, TestClock } from "effect"
 import { HandedBack, unlessHandedBack } from "../src/inference/answers.js"
 import { AdaptiveLimit } from "../src/upstreams/adaptiveLimit.js"
 import { Admission, type LoadGauge } from "../src/upstreams/Admission.js"
+import { manualHandBack } from "./support/HandBack.js"
 
 describe("AdaptiveLimit", () => {
   it("halves once per window of calls on overload, down to the floor, and grows back one per window", () => {
@@ -130,17 +131,14 @@ describe("Admission", () => {
       const admission = yield* make(1)
       yield* admission.acquire({ project: "a", deadline: 0 }) // the holder
       for (const order of ["handed back, then granted", "granted, then handed back"] as const) {
-        const wanted = yield* Deferred.make<void>()
-        let isWanted = false
-        const handBack = { wanted: () => isWanted, await: Deferred.await(wanted) }
+        const { handBack, want } = manualHandBack()
         const waiting = yield* Effect.fork(
           unlessHandedBack(admission.acquire({ project: "b", deadline: 0 }), handBack, () => admission.release())
         )
         yield* Effect.repeatN(Effect.yieldNow(), 10) // both sides of its wait are waiting
         yield* Effect.sync(() => {
           if (order === "granted, then handed back") admission.release()
-          isWanted = true
-          Deferred.unsafeDone(wanted, Effect.void)
+          want()
           if (order === "handed back, then granted") admission.release() // the holder's answer came at that instant
         })
         const exit = yield* Fiber.await(waiting)

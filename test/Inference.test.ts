@@ -3,7 +3,7 @@ import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Deferred, Duration, Effect, Either, Fiber, Layer, Option, TestClock } from "effect"
+import { Clock, Duration, Effect, Either, Fiber, Layer, Option, TestClock } from "effect"
 import { AppConfig } from "../src/Config.js"
 import {
   type AttemptsUsed,
@@ -15,6 +15,7 @@ import {
   retryAfterMillis
 } from "../src/inference/Inference.js"
 import { BIGNUM_COMPACT, startSimulator } from "../scripts/simulator.js"
+import { manualHandBack } from "./support/HandBack.js"
 import { eventually } from "./support/TestApp.js"
 
 /** An answer, or no answer: the connection refused (never sent) or lost after sending. */
@@ -279,13 +280,10 @@ describe("Inference", () => {
     return Effect.gen(function*() {
       const inference = yield* Inference
       const attempts: AttemptsUsed = { used: 0 }
-      const wanted = yield* Deferred.make<void>()
-      let isWanted = false
-      const handBack = { wanted: () => isWanted, await: Deferred.await(wanted) }
+      const { handBack, want } = manualHandBack()
       const first = yield* Effect.fork(inference.send("/v1/chat/completions", `{"model":"m"}`, { attempts, handBack }))
       yield* TestClock.adjust("0.5 seconds") // in its first backoff (1 s ± 20 %)
-      isWanted = true
-      yield* Deferred.succeed(wanted, undefined)
+      want()
       expect(yield* Effect.flip(Fiber.join(first))).toBeInstanceOf(HandedBack)
       expect([calls.n, attempts.used]).toEqual([1, 1])
 
@@ -302,16 +300,13 @@ describe("Inference", () => {
     const { calls, layer } = scripted([{ status: 200, body: `{"id":"x"}`, afterMs: 1000 }])
     return Effect.gen(function*() {
       const inference = yield* Inference
-      const wanted = yield* Deferred.make<void>()
-      let isWanted = false
-      const handBack = { wanted: () => isWanted, await: Deferred.await(wanted) }
+      const { handBack, want } = manualHandBack()
       // The limit is 1: the first call holds it until its answer, which comes after 1 s.
       const holder = yield* Effect.fork(inference.send("/v1/chat/completions", `{"model":"m"}`, { handBack }))
       const queued = yield* Effect.fork(inference.send("/v1/chat/completions", `{"model":"m"}`, { handBack }))
       const other = yield* Effect.fork(inference.send("/v1/chat/completions", `{"model":"m"}`))
       yield* TestClock.adjust("0.5 seconds")
-      isWanted = true
-      yield* Deferred.succeed(wanted, undefined)
+      want()
       expect(yield* Effect.flip(Fiber.join(queued))).toBeInstanceOf(HandedBack)
       yield* TestClock.adjust("2 seconds")
       expect((yield* Fiber.join(holder)).status).toBe(200) // at the upstream when asked: answered
