@@ -13,9 +13,10 @@ import { makeRunning } from "../src/batches/running.js"
 import { WorkLeases, WorkLeasesLive } from "../src/batches/WorkLeases.js"
 import { BatchId, BatchRequestId } from "../src/domain/Ids.js"
 import { AnswerMemory, currentAnswerHold } from "../src/inference/answerMemory.js"
-import { InferenceScripted } from "../src/inference/Inference.js"
+import { type AttemptsUsed, HandedBack, InferenceScripted } from "../src/inference/Inference.js"
 import { SqlLive } from "../src/storage/Sql.js"
 import { responseOutcome, validatingBatch } from "./support/Batches.js"
+import { manualHandBack } from "./support/HandBack.js"
 import { backends, configFor, TestDatabase, TestDataDir } from "./support/TestApp.js"
 
 const outcome = (line: number): RequestOutcome => ({
@@ -217,7 +218,7 @@ describe("running", () => {
       const running = yield* makeRunning(new LocalWork()).pipe(
         Effect.provide(Layer.merge(held, InferenceScripted(() => Effect.sync(() => (sent++, okAnswer)))))
       )
-      const run = yield* Effect.fork(running.run(yield* store.get(id, "all"), new Map()))
+      const run = yield* Effect.fork(running.run(yield* store.get(id, "all")))
       yield* Effect.sleep("100 millis")
       expect(sent).toBe(2) // the first outcome is held in its write; the second request went out meanwhile, not a third
       yield* Deferred.succeed(gate, undefined)
@@ -242,7 +243,7 @@ describe("running", () => {
           return okAnswer
         }))
       const running = yield* makeRunning(new LocalWork()).pipe(Effect.provide(Layer.merge(held, reserving)))
-      const run = yield* Effect.fork(running.run(yield* store.get(id, "all"), new Map()))
+      const run = yield* Effect.fork(running.run(yield* store.get(id, "all")))
       yield* Effect.sleep("100 millis")
       expect(memory.used).toBe(20) // the answer being stored, and the next one, queued
       yield* Deferred.succeed(gate, undefined)
@@ -255,10 +256,38 @@ describe("running", () => {
       const answeredThenStuck = InferenceScripted(() =>
         Effect.flatMap(FiberRef.get(currentAnswerHold), (hold) => (memory.reserve(10, () => {}), hold!.keep(memory, 10), Effect.never)))
       const interrupted = yield* makeRunning(new LocalWork()).pipe(Effect.provide(Layer.merge(held, answeredThenStuck)))
-      const hung = yield* Effect.fork(interrupted.run(yield* store.get(again, "all"), new Map()))
+      const hung = yield* Effect.fork(interrupted.run(yield* store.get(again, "all")))
       yield* Effect.sleep("100 millis")
       expect(memory.used).toBe(10)
       yield* Fiber.interrupt(hung)
       expect(memory.used).toBe(0)
     }).pipe(Effect.scoped, Effect.provide(storesFor("sqlite", { maxConcurrentRequestsPerBatch: 1 }))))
+})
+
+for (const backend of backends) describe(`running (${backend})`, () => {
+  it.live("a request handed back in its backoff keeps its attempts with its row: the next run, another node's, counts on from them", () =>
+    Effect.gen(function*() {
+      const store = yield* BatchStore
+      const id = yield* validatingBatch(3)
+      expect(yield* store.startRunning(id, { model: "m", total: 3 }, [{ firstLine: 1, lastLine: 3 }])).toBe(true)
+      const { handBack, want } = manualHandBack()
+      const retryAt = Date.now() + 60_000
+      // This node's run: line 1 is refused once and handed back in its backoff; lines 2 and 3 are never sent.
+      const refusedThenHandedBack = InferenceScripted(({ options }) =>
+        Effect.suspend(() => {
+          Object.assign(options.attempts!, { used: 1, retryAt })
+          want()
+          return Effect.fail(new HandedBack())
+        }))
+      const thisNode = yield* makeRunning(new LocalWork()).pipe(Effect.provide(refusedThenHandedBack))
+      yield* thisNode.run(yield* store.get(id, "all"), undefined, handBack)
+
+      // Another node's run takes the slice up again: line 1 counts on from its first attempt, after its backoff.
+      const seen: Array<AttemptsUsed> = []
+      const recording = InferenceScripted(({ options }) => Effect.sync(() => (seen.push({ ...options.attempts! }), okAnswer)))
+      const otherNode = yield* makeRunning(new LocalWork()).pipe(Effect.provide(recording))
+      yield* otherNode.run(yield* store.get(id, "all"))
+      expect(seen).toEqual([{ used: 1, retryAt }, { used: 0 }, { used: 0 }])
+      expect((yield* store.get(id, "all")).batch).toMatchObject({ status: "finalizing", request_counts: { total: 3, completed: 3, failed: 0 } })
+    }).pipe(Effect.scoped, Effect.provide(storesFor(backend, { maxConcurrentRequestsPerBatch: 1 }))))
 })

@@ -31,7 +31,7 @@ import { type BatchRecord, BatchStore } from "./BatchStore.js"
 import { holderTurn, makeFairPermits, type Readiness } from "./fairPermits.js"
 import { makeFinishing } from "./finishing.js"
 import { LocalWork, startHeartbeat } from "./heartbeat.js"
-import { type AttemptsByLine, makeRunning } from "./running.js"
+import { makeRunning } from "./running.js"
 import { makeValidating } from "./validating.js"
 import { nodeLease, WorkLeases } from "./WorkLeases.js"
 
@@ -111,7 +111,7 @@ export const make = Effect.gen(function*() {
    * for it in the queue; the wait counts as this node's work on the batch, so that a cancel from another node ends
    * it.
    */
-  const validateOrRun = (record: BatchRecord, attempts: AttemptsByLine) =>
+  const validateOrRun = (record: BatchRecord) =>
     local.working(
       record.batch.id,
       permits.withPermit(record.project, Effect.gen(function*() {
@@ -128,7 +128,7 @@ export const make = Effect.gen(function*() {
         }
         if (current.batch.status === "in_progress") {
           const turn = holderTurn(permits, record.project, () => clock.unsafeCurrentTimeMillis() > turnOver)
-          const run = running.run(current, attempts, turn, turn.handBack)
+          const run = running.run(current, turn, turn.handBack)
           return yield* Effect.ensuring(Effect.raceFirst(run, Effect.zipRight(turn.watch, Effect.never)), Effect.sync(turn.done))
         }
         return true
@@ -141,7 +141,6 @@ export const make = Effect.gen(function*() {
    */
   const drive = (id: BatchId): Effect.Effect<void> =>
     Effect.gen(function*() {
-      const attempts: AttemptsByLine = new Map()
       for (;;) {
         const record = yield* load(id)
         const { batch } = record
@@ -155,7 +154,7 @@ export const make = Effect.gen(function*() {
             }
             // The expiry ends the wait for a permit (or for the upstream) too; the next round then finishes the
             // batch as expired.
-            const progressed = yield* validateOrRun(record, attempts).pipe(
+            const progressed = yield* validateOrRun(record).pipe(
               Effect.raceFirst(Effect.as(Effect.sleep(Duration.millis(remaining)), true))
             )
             if (!progressed) return

@@ -63,6 +63,15 @@ export interface RequestRow {
   readonly resultId: BatchRequestId
   /** The request body, as JSON text. */
   readonly body: string
+  /** Read back while pending: the attempts its earlier runs counted, and the end of their backoff (`keepAttempts`). */
+  readonly attempts?: RequestAttempts | undefined
+}
+
+/** The attempts a pending request has used, as its last run left them. */
+export interface RequestAttempts {
+  readonly used: number
+  /** Epoch milliseconds before which its next attempt is not sent. */
+  readonly retryAt?: number | undefined
 }
 
 /** The final outcome of one request: an upstream response (any status) or an error without one. */
@@ -177,6 +186,11 @@ export interface BatchStoreShape {
     lastLine: number,
     limit: number
   ) => Effect.Effect<ReadonlyArray<RequestRow>>
+  /**
+   * Keeps, with each pending request, the attempts a run used on it without a final answer (handed back at its turn's
+   * end, or the run ended), so that whichever node runs it next counts on and waits out its backoff.
+   */
+  readonly keepAttempts: (batchId: BatchId, kept: ReadonlyMap<number, RequestAttempts>) => Effect.Effect<void>
 
   // ---- outcomes and result lines ----
 

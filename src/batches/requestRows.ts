@@ -1,17 +1,33 @@
 /**
  * The `batch_requests` table for `BatchStore`: one row per request, written by validation a page at a time and
- * read back, a page at a time, as the requests still pending (without a row in `batch_results`).
+ * read back, a page at a time, as the requests still pending (without a row in `batch_results`), with the attempts
+ * their earlier runs left.
  */
 import type * as SqlClient from "@effect/sql/SqlClient"
 import { Effect } from "effect"
 import type { BatchId, BatchRequestId } from "../domain/Ids.js"
-import type { BatchStoreShape, RequestRow } from "./BatchStore.js"
+import type { BatchStoreShape, RequestAttempts, RequestRow } from "./BatchStore.js"
 import { type BatchSql, chunks, INSERT_GROUP } from "./sql.js"
+
+interface PendingColumns {
+  readonly line: number | string
+  readonly custom_id: string
+  readonly result_id: BatchRequestId
+  readonly body: string
+  readonly attempts: number | string
+  readonly retry_at: number | string | null
+}
+
+const pendingRow = (r: PendingColumns): RequestRow => {
+  const used = Number(r.attempts)
+  const row = { line: Number(r.line), customId: r.custom_id, resultId: r.result_id, body: r.body }
+  return used === 0 ? row : { ...row, attempts: { used, retryAt: r.retry_at === null ? undefined : Number(r.retry_at) } }
+}
 
 export const makeRequestRows = (
   sql: SqlClient.SqlClient,
   dialect: BatchSql
-): Pick<BatchStoreShape, "insertRequests" | "deleteRequests" | "pendingRequests"> => {
+): Pick<BatchStoreShape, "insertRequests" | "deleteRequests" | "pendingRequests" | "keepAttempts"> => {
   const insertRequests = (batchId: BatchId, rows: ReadonlyArray<RequestRow>) => {
     const groups = chunks(rows, INSERT_GROUP)
     // One statement is atomic on its own; only several need a transaction (two more statements and a span).
@@ -29,15 +45,16 @@ export const makeRequestRows = (
 
   // On the hot path (a page per 1,000 requests run): mapped by hand, not decoded by a schema.
   const pendingRequests = (batchId: BatchId, afterLine: number, lastLine: number, limit: number) =>
-    sql<{ line: number | string; custom_id: string; result_id: BatchRequestId; body: string }>`
-      SELECT line, custom_id, result_id, body FROM batch_requests r
+    sql<PendingColumns>`
+      SELECT line, custom_id, result_id, body, attempts, retry_at FROM batch_requests r
       WHERE batch_id = ${batchId} AND line > ${afterLine} AND line <= ${lastLine} AND ${dialect.isPending}
-      ORDER BY line LIMIT ${limit}`.pipe(
-      Effect.map((rows) =>
-        rows.map((r): RequestRow => ({ line: Number(r.line), customId: r.custom_id, resultId: r.result_id, body: r.body }))
-      ),
-      Effect.orDie
-    )
+      ORDER BY line LIMIT ${limit}`.pipe(Effect.map((rows) => rows.map(pendingRow)), Effect.orDie)
 
-  return { insertRequests, deleteRequests, pendingRequests }
+  // At most a window of requests, when a run ends: a statement each, in one transaction.
+  const keepAttempts = (batchId: BatchId, kept: ReadonlyMap<number, RequestAttempts>) =>
+    kept.size === 0 ? Effect.void : Effect.forEach(kept, ([line, attempts]) =>
+      sql`UPDATE batch_requests SET attempts = ${attempts.used}, retry_at = ${attempts.retryAt ?? null}
+        WHERE batch_id = ${batchId} AND line = ${line}`, { discard: true }).pipe(sql.withTransaction, Effect.orDie)
+
+  return { insertRequests, deleteRequests, pendingRequests, keepAttempts }
 }

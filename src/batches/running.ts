@@ -41,20 +41,13 @@ const errorOutcome = (row: RequestRow, e: UpstreamFailure): RequestOutcome => ({
   message: e.message
 })
 
-/**
- * The attempts used by the batch's requests sent on this node and not yet answered for good, by line: kept across
- * runs (one ends when its upstream goes down, and its calls in flight are sent again by the next), for as long as
- * the node works on the batch.
- */
-export type AttemptsByLine = Map<number, AttemptsUsed>
-
 export interface Running {
   /**
    * Runs this node's share of the batch's requests, or only up to where `turnEnd` ends it (another project waits
    * for its permit), handing back then the requests that still wait for their upstream (`handBack`: a backoff, a
    * permit at the upstream); whether a slice was claimed at all.
    */
-  readonly run: (record: BatchRecord, attempts: AttemptsByLine, turnEnd?: TurnEnd, handBack?: HandBack) => Effect.Effect<boolean>
+  readonly run: (record: BatchRecord, turnEnd?: TurnEnd, handBack?: HandBack) => Effect.Effect<boolean>
 }
 
 export const makeRunning = (local: LocalWork) =>
@@ -65,10 +58,20 @@ export const makeRunning = (local: LocalWork) =>
     const context = yield* Effect.context<BatchStore | WorkLeases | AppConfig>()
     const window = config.maxConcurrentRequestsPerBatch
 
-    const run = (record: BatchRecord, attempts: AttemptsByLine, turnEnd?: TurnEnd, handBack?: HandBack) =>
+    const run = (record: BatchRecord, turnEnd?: TurnEnd, handBack?: HandBack) =>
       Effect.gen(function*() {
         const { batch } = record
+        const store = yield* BatchStore
         const rows = yield* makePendingRows(batch.id, local, turnEnd)
+        // The attempts of the requests sent and not answered for good, by line. Those left when the run ends (handed
+        // back, or the run interrupted: its upstream went down) are kept with their rows before the slices are
+        // released (finalizers run in reverse order), so that whichever node sends them next counts on.
+        const unanswered = new Map<number, AttemptsUsed>()
+        yield* Effect.addFinalizer(() =>
+          store.keepAttempts(batch.id, new Map([...unanswered].filter(([, used]) => used.used > 0))).pipe(
+            Effect.catchAllCause((cause) => Effect.logWarning("could not keep the attempts of unanswered requests", cause))
+          )
+        )
         // Outcomes are counted once stored (a group whose write failed is sent again, and counted then), each with a
         // plain call: thousands of requests run a second.
         const tally = metrics.requests(batch.endpoint, batch.model, inference.upstreamName?.(batch.model) ?? "unknown")
@@ -103,12 +106,13 @@ export const makeRunning = (local: LocalWork) =>
           return Effect.zipRight(previous, Effect.suspend(() => worker(stored)))
         }
         const send = (row: RequestRow, previous: Effect.Effect<void>) => {
-          let used = attempts.get(row.line)
-          if (used === undefined) attempts.set(row.line, used = { used: 0 })
+          const used: AttemptsUsed = { used: row.attempts?.used ?? 0 }
+          if (row.attempts?.retryAt !== undefined) used.retryAt = row.attempts.retryAt
+          unanswered.set(row.line, used)
           const hold = new AnswerHold()
           holds.add(hold)
           const answered = (outcome: RequestOutcome) => {
-            attempts.delete(row.line)
+            unanswered.delete(row.line)
             if (hold.holding()) heldBy.set(outcome, hold)
             else holds.delete(hold)
             return next(outcome, previous)

@@ -261,10 +261,14 @@ export const InferenceLive: Layer.Layer<Inference, ConfigError.ConfigError, AppC
   })
 )
 
-/** One request as a scripted upstream sees it: the batch's endpoint and the line's body, as JSON text. */
+/**
+ * One request as a scripted upstream sees it: the batch's endpoint, the line's body as JSON text, and the send's
+ * options (its model, its attempts so far, its hand-back).
+ */
 export interface ScriptedRequest {
   readonly endpoint: BatchEndpoint
   readonly body: string
+  readonly options: SendOptions
 }
 
 /**
@@ -273,13 +277,13 @@ export interface ScriptedRequest {
  * model then fails validation with `model_not_found`). `scriptedAnswer` builds an answer.
  */
 export const InferenceScripted = (
-  answer: (request: ScriptedRequest) => Effect.Effect<UpstreamResponse, UpstreamFailure>,
+  answer: (request: ScriptedRequest) => Effect.Effect<UpstreamResponse, UpstreamFailure | HandedBack>,
   models?: ReadonlyArray<string>
 ): Layer.Layer<Inference> =>
   Layer.succeed(
     Inference,
     Inference.of({
-      send: (endpoint, body) => answer({ endpoint, body }),
+      send: (endpoint, body, options = {}) => answer({ endpoint, body, options }),
       models: Effect.succeed({
         data: (models ?? []).map((id) => ({ id, ownedBy: "scripted" })),
         complete: models !== undefined

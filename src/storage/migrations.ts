@@ -277,5 +277,12 @@ export const migrations = {
     // A completing upload's claim lasts until `completing_until` (epoch ms), which its node renews while it
     // assembles: a claim left by a node that died is taken over by the next complete once that time has passed.
     yield* sql`ALTER TABLE uploads ADD COLUMN completing_until BIGINT`
+  }),
+  "0011_request_attempts": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // A pending request's attempts counted so far, and the end of its backoff (epoch ms), as its last run left them
+    // (handed back at a turn's end, or the run ended before its answer): the node that runs it next counts on.
+    yield* sql`ALTER TABLE batch_requests ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0`
+    yield* sql`ALTER TABLE batch_requests ADD COLUMN retry_at BIGINT`
   })
 } satisfies Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>>
