@@ -6,7 +6,7 @@
 import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import { describe, expect, it } from "@effect/vitest"
-import { ConfigProvider, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
+import { ConfigProvider, Duration, Effect, Either, Exit, Layer, Option, Redacted } from "effect"
 import * as EffectTracer from "effect/Tracer"
 import { mkdtempSync, rmSync } from "node:fs"
 import * as Http from "node:http"
@@ -19,6 +19,7 @@ import { Inference, InferenceOverHttpClient } from "../src/inference/Inference.j
 import { DEFAULT_UPSTREAM_CALLS, parseHeaders, tracingSettings } from "../src/observability/tracingSettings.js"
 import { layerUpstreamCallTracing, makeFractionPicker } from "../src/observability/upstreamCallSpans.js"
 import { chatLine } from "./support/Batches.js"
+import { manualHandBack } from "./support/HandBack.js"
 import { type CollectedSpan, startCollector } from "./support/OtlpCollector.js"
 import { runServerToExit, startServer } from "./support/ServerProcess.js"
 
@@ -310,15 +311,15 @@ describe("tracing settings", () => {
 })
 
 describe("upstream call spans", () => {
-  /** An upstream that answers every call and keeps each request's `traceparent` header. */
-  const upstream = () => {
+  /** An upstream that answers every call (with `status`) and keeps each request's `traceparent` header. */
+  const upstream = (status = 200) => {
     const seen: Array<string | undefined> = []
     // Built with `makeWith`, as the live upstream client is: no span or header of the platform's own.
     const http = HttpClient.makeWith<never, never, never, never>((effect) =>
       Effect.map(effect, (request) => {
         if (request.method === "POST") seen.push(request.headers["traceparent"])
         const body = request.method === "GET" ? `{"data":[{"id":"m"}]}` : `{"id":"chatcmpl-7","model":"m","usage":{"prompt_tokens":3,"completion_tokens":4}}`
-        return HttpClientResponse.fromWeb(request, new Response(body, { status: 200 }))
+        return HttpClientResponse.fromWeb(request, new Response(body, { status: request.method === "GET" ? 200 : status }))
       }), Effect.succeed)
     return { seen, http }
   }
@@ -388,6 +389,22 @@ describe("upstream call spans", () => {
         "gen_ai.usage.output_tokens": 4
       })
     }).pipe(Effect.provide(inference(http, 0.5)), Effect.withTracer(native))
+  })
+
+  it.live("a call handed back in its backoff (its batch's turn ended) ends its span OK: nothing failed", () => {
+    const { http } = upstream(429)
+    const { native, spans } = recording()
+    const { handBack, want } = manualHandBack()
+    want()
+    return Effect.gen(function*() {
+      const inf = yield* Inference
+      const failure = yield* Effect.flip(inf.send("/v1/chat/completions", `{"model":"m"}`, { model: "m", attempts: { used: 0 }, handBack }))
+      expect(failure._tag).toBe("HandedBack")
+      const calls = spans.filter((s) => s.kind === "client")
+      expect(calls.length).toBe(1)
+      expect(calls[0]!.status._tag === "Ended" && Exit.isSuccess(calls[0]!.status.exit)).toBe(true)
+      expect(calls[0]!.attributes.get("error.type")).toBeUndefined()
+    }).pipe(Effect.provide(inference(http, 1)), Effect.withTracer(native))
   })
 
   it.live("without TracingLive (the default) no call makes a span or sends a traceparent", () => {

@@ -142,10 +142,16 @@ class ErrorAnswer<A> extends Error {
   }
 }
 
+/** A request handed back unsent (its batch's turn ended), passed out of the span as a success so that it ends OK. */
+class HandedBackInSpan<E> {
+  constructor(readonly failure: E) {}
+}
+
 /**
  * Runs one upstream call in a CLIENT span named and attributed by the GenAI semantic conventions; `run` gets the
  * `TracedCall` (its `traceparent`, a hook for retries). A failure ends the span in error with `error.type` = its
- * code (its tag when it has none: `HandedBack`); so does an answer with a status of 400 or more (`error.type` = the status).
+ * code; so does an answer with a status of 400 or more (`error.type` = the status). A request handed back
+ * (`HandedBack`: nothing failed, it is sent again at its batch's next turn) ends the span OK, with an event.
  */
 export const traceUpstreamCall = <
   A extends { readonly status: number; readonly json: unknown },
@@ -173,7 +179,11 @@ export const traceUpstreamCall = <
       retried: (attempt, reason) => span.event("retry", BigInt(Date.now()) * 1_000_000n, { attempt, reason })
     }
     return Effect.matchEffect(run(call), {
-      onFailure: (failure) => {
+      onFailure: (failure): Effect.Effect<A | HandedBackInSpan<E>, E | ErrorAnswer<A>> => {
+        if (failure._tag === "HandedBack") {
+          span.event("handed back", BigInt(Date.now()) * 1_000_000n)
+          return Effect.succeed(new HandedBackInSpan(failure))
+        }
         span.attribute("error.type", failure.code ?? failure._tag)
         return Effect.fail(failure)
       },
@@ -184,5 +194,8 @@ export const traceUpstreamCall = <
         return Effect.fail(new ErrorAnswer(answer, answer.status))
       }
     })
-  }).pipe(Effect.catchIf((e): e is ErrorAnswer<A> => e instanceof ErrorAnswer, (e) => Effect.succeed(e.answer))) as Effect.Effect<A, E>
+  }).pipe(
+    Effect.catchIf((e): e is ErrorAnswer<A> => e instanceof ErrorAnswer, (e) => Effect.succeed(e.answer)),
+    Effect.flatMap((result) => (result instanceof HandedBackInSpan ? Effect.fail(result.failure) : Effect.succeed(result)))
+  ) as Effect.Effect<A, E>
 }
