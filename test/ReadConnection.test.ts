@@ -1,12 +1,14 @@
 /**
  * The polled reads' own connection (`storage/ReadConnection.ts`) on a SQLite file: a read made while another fiber's
  * transaction is open neither waits for it nor sees its uncommitted rows, sees them once committed, and a read made
- * inside a transaction sees that transaction's own writes. Without a `ReadConnection` (an in-memory database) the
+ * inside a transaction sees that transaction's own writes; a read repeated while nothing was committed gives the rows it
+ * gave. Without a `ReadConnection` (an in-memory database) the
  * reads go through the `SqlClient`.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
 import { Context, Deferred, Duration, Effect, Fiber, Layer, Option } from "effect"
+import Database from "better-sqlite3"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
@@ -61,6 +63,29 @@ describe("ReadConnection", () => {
       const { numbers, sql } = yield* database(yield* tempFile)
       const seen = yield* sql.withTransaction(Effect.zipRight(sql`INSERT INTO t (n) VALUES (3)`, numbers))
       expect(seen).toEqual([3])
+    }).pipe(Effect.scoped))
+
+  it.live("a read repeated while nothing was committed gives the rows it gave; a commit on any connection, another process's too, is seen at once", () =>
+    Effect.gen(function*() {
+      const filename = yield* tempFile
+      const { context, sql } = yield* database(filename)
+      yield* sql`INSERT INTO t (n) VALUES (1)`
+      const readValues = yield* Effect.provide(readValuesOf(sql), context)
+      const read = (n: number) => Effect.orDie(readValues(sql`SELECT n FROM t WHERE n >= ${n} ORDER BY n`))
+      const first = yield* read(1)
+      expect(yield* read(1)).toBe(first) // the same rows, not read again
+      expect(yield* read(2)).toEqual([]) // other parameters: another read
+
+      yield* sql`INSERT INTO t (n) VALUES (2)` // this process's own writer
+      const afterWrite = yield* read(1)
+      expect(afterWrite).toEqual([[1], [2]])
+      expect(yield* read(2)).toEqual([[2]])
+
+      // Another process's connection to the same file (as an API-only node's batches node writes).
+      const other = new Database(filename)
+      other.prepare("INSERT INTO t (n) VALUES (3)").run()
+      other.close()
+      expect(yield* read(1)).toEqual([[1], [2], [3]])
     }).pipe(Effect.scoped))
 
   it.live("a database in memory or temporary (\"\") has none: its reads go through the SqlClient", () =>

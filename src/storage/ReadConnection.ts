@@ -4,7 +4,8 @@
  * statement cache), more than a third of a poll's; on SQLite these reads run instead as one synchronous call on a
  * read-only connection to the same file. It sees what is committed (WAL gives each read a snapshot), never another
  * fiber's transaction in progress, and does not wait for one to end. A read made inside a transaction still goes
- * through the transaction's connection, so that it sees the transaction's own writes.
+ * through the transaction's connection, so that it sees the transaction's own writes. A read repeated before any
+ * commit gives the rows it gave, unread.
  *
  * `layerSqlite` provides it for a database file; PostgreSQL, an in-memory or temporary SQLite database and storage of
  * your own do without it: `readValuesOf` then runs the statement through the `SqlClient` as any other, as it does
@@ -31,6 +32,9 @@ export class ReadConnection extends Context.Tag("ReadConnection")<ReadConnection
 
 /** Prepared statements kept per connection: the polled reads are a handful of texts; a cursor or filter adds a few. */
 const PREPARED_LIMIT = 64
+
+/** The most rows (and reads) kept for reads repeated while the database is unchanged (a larger read is not kept). */
+const REPEATED_ROWS_LIMIT = 10_000
 
 /** What `sqliteFile` found, per client (asked once: several layers built at start want it). */
 const filesOf = new WeakMap<SqlClient.SqlClient, string>()
@@ -69,6 +73,32 @@ const openReadConnection = (client: SqlClient.SqlClient, filename: string) =>
       (db) => Effect.sync(() => db.close())
     )
     const prepared = new Map<string, Database.Statement>()
+    // A read repeated while no connection (another process's included) has committed gives the rows it gave (the
+    // same array: its readers treat it as read-only). Why: the clients' polls of one event-loop turn ask the same
+    // few reads (a list page, a batch), and SQLite's stepping and the rows' conversion are most of a poll's reads.
+    // `PRAGMA data_version` changes with every commit made on another connection; it is read before the statement,
+    // so rows a commit overtook are kept under the version before it, and never served once it is seen.
+    const dataVersion = db.prepare("PRAGMA data_version").pluck()
+    let keptVersion: unknown
+    const kept = new Map<string, Rows>()
+    let keptRows = 0
+    const read = (text: string, params: ReadonlyArray<unknown>): Rows => {
+      const version = dataVersion.get()
+      if (version !== keptVersion) {
+        kept.clear()
+        keptRows = 0
+        keptVersion = version
+      }
+      const key = params.length === 0 ? text : `${text}\u0000${params.map((p) => `${typeof p}:${String(p)}`).join("\u0000")}`
+      const known = kept.get(key)
+      if (known !== undefined) return known
+      const rows = prepare(text).all(...params) as Rows
+      if (keptRows + rows.length < REPEATED_ROWS_LIMIT) {
+        kept.set(key, rows)
+        keptRows += rows.length + 1 // an empty read counts as one: the entries are bounded too
+      }
+      return rows
+    }
     const prepare = (text: string) => {
       let statement = prepared.get(text)
       if (statement === undefined) {
@@ -84,7 +114,7 @@ const openReadConnection = (client: SqlClient.SqlClient, filename: string) =>
         Effect.try({
           try: () => {
             const [text, params] = statement.compile()
-            return prepare(text).all(...params) as Rows
+            return read(text, params)
           },
           catch: (cause) => new SqlError({ cause, message: "Failed to execute statement" })
         })
