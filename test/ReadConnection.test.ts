@@ -12,7 +12,7 @@ import Database from "better-sqlite3"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
-import { ReadConnection, readValuesOf } from "../src/storage/ReadConnection.js"
+import { ReadConnection, readValuesOf, sharedPerRows } from "../src/storage/ReadConnection.js"
 import { layerSqlite } from "../src/storage/Sql.js"
 
 const tempFile = Effect.acquireRelease(
@@ -108,4 +108,15 @@ describe("ReadConnection", () => {
       expect(yield* numbersOf(memory.sql, Context.merge(file.context, memory.context))).toEqual([2])
       expect(yield* file.numbers).toEqual([1])
     }).pipe(Effect.scoped))
+
+  it("what is built from a read's rows is built once per rows array and key (a page's size)", () => {
+    let built = 0
+    const pageOf = sharedPerRows((rows, limit: number) => (built++, { data: rows.slice(0, limit), hasMore: rows.length > limit }))
+    const rows = [[1], [2], [3]]
+    const page = pageOf(rows, 2)
+    expect(pageOf(rows, 2)).toBe(page)
+    expect(pageOf(rows, 3)).toEqual({ data: rows, hasMore: false }) // another key: built anew
+    expect(pageOf([[1], [2], [3]], 2)).toEqual(page) // rows read anew: built anew
+    expect(built).toBe(3)
+  })
 })

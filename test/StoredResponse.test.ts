@@ -7,6 +7,7 @@ import { Schema } from "effect"
 import { Batch, BatchList } from "../src/domain/Batches.js"
 import { FileList, FileObject } from "../src/domain/Files.js"
 import { listPage, trusted } from "../src/domain/List.js"
+import { storedJson } from "../src/http/StoredResponse.js"
 
 const batch = (id: string, full: boolean) =>
   new Batch({
@@ -66,5 +67,19 @@ describe("stored objects sent as they are", () => {
     for (const [value, schema] of cases) {
       expect(JSON.stringify(value)).toBe(JSON.stringify(Schema.encodeSync(schema)(value)))
     }
+  })
+
+  it("a source's JSON is written once: a poll repeated before any commit gets the same bytes (the store gave the same object)", () => {
+    const page = { data: [file("file-a")], hasMore: false }
+    let built = 0
+    const list = () => (built++, new FileList(listPage(page.data, page.hasMore), trusted))
+    const first = storedJson(page, list)
+    const again = storedJson(page, list)
+    expect(built).toBe(1)
+    expect([first.body._tag, first.headers["content-type"] ?? first.body.contentType]).toEqual(["Uint8Array", "application/json"])
+    const bytes = (response: typeof first) => (response.body as { readonly body: Uint8Array }).body
+    expect(bytes(again)).toBe(bytes(first))
+    expect(new TextDecoder().decode(bytes(first))).toBe(JSON.stringify(list()))
+    expect(new TextDecoder().decode(bytes(storedJson(file("file-b"))))).toBe(JSON.stringify(file("file-b")))
   })
 })

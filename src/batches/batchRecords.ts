@@ -11,7 +11,7 @@ import { type Batch, type BatchStatus, BatchStatus as BatchStatusSchema, termina
 import { BatchId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
 import { polledReadSpan } from "../observability/Tracing.js"
-import type { ReadValues } from "../storage/ReadConnection.js"
+import { type ReadValues, type Rows, sharedPerRows } from "../storage/ReadConnection.js"
 import { nowSeconds, visibleTo } from "../storage/Sql.js"
 import {
   BatchNotFound,
@@ -26,8 +26,18 @@ import { BATCH_COLUMNS, batchRecordOf } from "./batchRow.js"
 import { type BatchSql, chunks, INSERT_GROUP } from "./sql.js"
 import { type Move, transitions } from "./transitions.js"
 
-/** The records of rows of `batches` (`batchRow.ts`: their `BATCH_COLUMNS`); a row that does not fit is a defect. */
-const decodeRecords = (rows: ReadonlyArray<ReadonlyArray<unknown>>) => Effect.sync(() => rows.map(batchRecordOf))
+/**
+ * The records of rows of `batches` (`batchRow.ts`: their `BATCH_COLUMNS`), the same ones for a repeated read's rows;
+ * a row that does not fit is a defect.
+ */
+const recordsOf = sharedPerRows((rows) => rows.map(batchRecordOf))
+const decodeRecords = (rows: Rows) => Effect.sync(() => recordsOf(rows, undefined))
+
+/** A list page of `limit` batches from its rows (one more than the page when there are more). */
+const pageOf = sharedPerRows((rows, limit: number) => {
+  const records = recordsOf(rows, undefined)
+  return { data: records.slice(0, limit).map((r) => r.batch), hasMore: records.length > limit }
+})
 
 /**
  * The `idempotency_key` column's value: the key scoped by its project (the column is unique across projects), with
@@ -112,11 +122,10 @@ export const makeBatchRecords = (
         if (Option.isNone(cursor)) return yield* new UnknownBatchCursor({ after: query.after })
         where = sql`${where} AND seq < ${cursor.value}`
       }
-      const records = yield* Effect.orDie(Effect.flatMap(
-        readValues(sql`SELECT ${columns} FROM batches WHERE ${where} ORDER BY seq DESC LIMIT ${query.limit + 1}`),
-        decodeRecords
-      ))
-      return { data: records.slice(0, query.limit).map((r) => r.batch), hasMore: records.length > query.limit }
+      const rows = yield* Effect.orDie(
+        readValues(sql`SELECT ${columns} FROM batches WHERE ${where} ORDER BY seq DESC LIMIT ${query.limit + 1}`)
+      )
+      return pageOf(rows, query.limit)
     }).pipe(Effect.withSpan("BatchStore.list", polledReadSpan()))
 
   const unfinished = sql.in("status", BatchStatusSchema.literals.filter((s) => !terminalStatuses.includes(s)))

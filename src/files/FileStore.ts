@@ -11,7 +11,7 @@ import type { Visibility } from "../domain/Projects.js"
 import { polledReadSpan } from "../observability/Tracing.js"
 import { BlobStore, type StagedBlob, stageStream, type StagingWriter } from "../storage/BlobStore.js"
 import { nowSeconds, visibleTo } from "../storage/Sql.js"
-import { readValuesOf } from "../storage/ReadConnection.js"
+import { readValuesOf, sharedPerRows } from "../storage/ReadConnection.js"
 import { claimLapsedSql } from "./uploadRows.js"
 import { trusted } from "../domain/List.js"
 
@@ -110,6 +110,13 @@ const toFileObject = (row: FileRow): FileObject =>
     status_details: null
   }, trusted)
 
+/** The file of a read's first row, and a list page of `limit` files from its rows: the same ones for a repeated read's. */
+const fileOf = sharedPerRows((rows) => toFileObject(fileRowOf(rows[0]!)))
+const filePageOf = sharedPerRows((rows, limit: number): FilePage => ({
+  data: rows.slice(0, limit).map((values) => toFileObject(fileRowOf(values))),
+  hasMore: rows.length > limit
+}))
+
 const SWEEP_GROUP = 500
 
 export const make = Effect.gen(function*() {
@@ -160,7 +167,7 @@ export const make = Effect.gen(function*() {
       const rows = yield* readValues(sql`
         SELECT ${columns} FROM files WHERE id = ${id} AND ${live(now)} AND ${visible(visibility)}`).pipe(Effect.orDie)
       if (rows.length === 0) return yield* new FileNotFound({ id })
-      return toFileObject(fileRowOf(rows[0]!))
+      return fileOf(rows, undefined)
     }).pipe(Effect.withSpan("FileStore.get", polledReadSpan({ id })))
 
   const list = (query: ListFilesQuery) =>
@@ -179,10 +186,7 @@ export const make = Effect.gen(function*() {
       const rows = yield* readValues(sql`
         SELECT ${columns} FROM files WHERE ${sql.and(conditions)}
         ORDER BY seq ${direction} LIMIT ${query.limit + 1}`).pipe(Effect.orDie)
-      return {
-        data: rows.slice(0, query.limit).map((values) => toFileObject(fileRowOf(values))),
-        hasMore: rows.length > query.limit
-      } satisfies FilePage
+      return filePageOf(rows, query.limit)
     }).pipe(Effect.withSpan("FileStore.list", polledReadSpan()))
 
   const projectBytes = (project: string) =>

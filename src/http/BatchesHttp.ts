@@ -242,7 +242,7 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
       .handle("list", ({ urlParams }) =>
         Effect.flatMap(CurrentCaller, (caller) =>
           store.list({ visibility: visibilityOf(caller), after: urlParams.after, limit: urlParams.limit ?? 20 })).pipe(
-          Effect.map(({ data, hasMore }) => storedJson(new BatchList(listPage(data, hasMore), trusted))),
+          Effect.map((page) => storedJson(page, () => new BatchList(listPage(page.data, page.hasMore), trusted))),
           Effect.catchTag("UnknownBatchCursor", ({ after }) =>
             invalidRequest(`No batch found for the 'after' cursor: ${echo(after)}`, "after", "invalid_value"))
         ))

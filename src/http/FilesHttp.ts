@@ -186,13 +186,13 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
           limit: urlParams.limit ?? 10_000,
           order: urlParams.order ?? "desc"
         }).pipe(
-          Effect.map(({ data, hasMore }) => storedJson(new FileList(listPage(data, hasMore), trusted))),
+          Effect.map((page) => storedJson(page, () => new FileList(listPage(page.data, page.hasMore), trusted))),
           Effect.catchTag("UnknownCursor", ({ after }) =>
             invalidRequest(`No such File object for the 'after' cursor: ${echo(after)}`, "after", "invalid_value"))
         )))
       .handle("retrieve", ({ path }) =>
         Effect.flatMap(CurrentCaller, (caller) => files.get(path.file_id, visibilityOf(caller))).pipe(
-          Effect.map(storedJson),
+          Effect.map((file) => storedJson(file)),
           Effect.catchTag("FileNotFound", ({ id }) => fileNotFound(id))
         ))
       .handle("content", ({ path }) =>

@@ -17,7 +17,7 @@ import type * as Statement from "@effect/sql/Statement"
 import Database from "better-sqlite3"
 import { Context, Effect, Layer, Option } from "effect"
 
-type Rows = ReadonlyArray<ReadonlyArray<unknown>>
+export type Rows = ReadonlyArray<ReadonlyArray<unknown>>
 
 /** Runs a read statement, giving its rows as arrays of their columns (what `statement.values` gives). */
 export type ReadValues = (statement: Statement.Statement<unknown>) => Effect.Effect<Rows, SqlError>
@@ -120,6 +120,21 @@ const openReadConnection = (client: SqlClient.SqlClient, filename: string) =>
         })
     })
   })
+
+/**
+ * What `build` makes of a read's rows (and `key`: a page's size), made once per rows array: a read repeated before any
+ * commit gives the same array, so the polls of one event-loop turn share what is decoded from it, and its JSON.
+ */
+export const sharedPerRows = <A, K = undefined>(build: (rows: Rows, key: K) => A) => {
+  const built = new WeakMap<Rows, { readonly key: K; readonly value: A }>()
+  return (rows: Rows, key: K): A => {
+    const known = built.get(rows)
+    if (known !== undefined && known.key === key) return known.value
+    const value = build(rows, key)
+    built.set(rows, { key, value })
+    return value
+  }
+}
 
 /**
  * How a store on `sql` runs its polled reads: on the `ReadConnection` when there is one for `sql` and the fiber is in
