@@ -119,7 +119,7 @@ const rules: ReadonlyArray<Rule> = [
   },
   {
     variable: "INFERENCE_API_KEY",
-    expected: "a key without line breaks, control characters or surrounding spaces (a trailing newline from a file?)",
+    expected: "a key of printable Latin-1 characters, without line breaks, control characters, characters such as … or surrounding spaces (a trailing newline from a file?)",
     holds: (c) => !Option.exists(c.inferenceApiKey, (key) => badHeaderValue(Redacted.value(key)))
   },
   positiveInt("maxUploadBytes", "MAX_UPLOAD_BYTES"),

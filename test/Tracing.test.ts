@@ -296,6 +296,9 @@ describe("tracing settings", () => {
       expect(headers).toContain("OTEL_EXPORTER_OTLP_HEADERS")
       expect(headers).not.toContain("%E0")
       expect(parseHeaders("a=1,b")).toEqual(Either.left("Expected name=value pairs separated by commas"))
+      // Node's HTTP client refuses a character beyond Latin-1 in a header: every export would fail.
+      expect(yield* failure({ OTEL_EXPORTER_OTLP_HEADERS: "x-org=org-%E2%80%A6" })).toContain("OTEL_EXPORTER_OTLP_HEADERS")
+      expect(parseHeaders("x-org=caf%C3%A9")).toEqual(Either.right({ "x-org": "café" }))
     }))
 
   it("picks the given fraction of calls, evenly, the first one included", () => {

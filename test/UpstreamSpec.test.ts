@@ -64,9 +64,14 @@ describe("UpstreamSpec", () => {
     expect(problem([{ ...minimal, timeout: "soon" }])).toContain("timeout 'soon'")
     expect(problem([{ ...minimal, max_waiting: 3 }])).toContain("both metrics_url and max_waiting")
     // What undici would refuse on every call (the upstream would seem down for good), and secrets in logged URLs.
-    expect(problem([{ ...minimal, api_key: "sk-abc\n" }])).toContain("without line breaks")
+    expect(problem([{ ...minimal, api_key: "sk-abc\n" }])).toContain("no line breaks")
     expect(problem([{ ...minimal, api_key_env: "K" }], { K: "sk-abc\r\n" })).toContain("K holds a line break")
     expect(problem([{ ...minimal, headers: { "x-team": "a\nb" } }])).toContain("header value")
+    // A character beyond Latin-1, such as a "…" placeholder left in place, or an emoji.
+    expect(problem([{ ...minimal, headers: { "OpenAI-Organization": "org-…" } }])).toContain("characters such as …")
+    expect(problem([{ ...minimal, api_key: "sk-…" }])).toContain("header value of printable Latin-1")
+    expect(problem([{ ...minimal, api_key_env: "K" }], { K: "sk-🔑" })).toContain("K holds a line break, a control character, a character beyond Latin-1")
+    expect(problem([{ ...minimal, headers: { "x-name": "café\t1" } }])).toBe("no problem") // Latin-1 and an inner tab: sent as they are
     expect(problem([{ ...minimal, headers: { "bad name": "v" } }])).toContain("headers.bad name")
     expect(problem([{ ...minimal, base_url: "http://user:pw@host/v1" }])).toContain("without user:password@")
     expect(problem([{ ...minimal, base_url: "http://host/v1?key=x" }])).toContain("without ?query")

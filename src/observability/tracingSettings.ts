@@ -5,6 +5,7 @@
  * (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; `tracingSettings` is `None` otherwise.
  */
 import { Config, ConfigError, Either, Option, Redacted } from "effect"
+import { hasNonHeaderCharacter } from "../http/headerValue.js"
 
 export type TracesSampler =
   | "always_on"
@@ -91,7 +92,9 @@ export const parseHeaders = (text: string): Either.Either<Record<string, string>
     } catch {
       return Either.left(`The value of header '${name}' has a broken percent-encoding`)
     }
-    if (/[\r\n\0]/.test(value)) return Either.left(`The value of header '${name}' has a line break`)
+    if (hasNonHeaderCharacter(value)) {
+      return Either.left(`The value of header '${name}' has a line break or another character a header cannot carry`)
+    }
     headers[name.toLowerCase()] = value
   }
   return Either.right(headers)

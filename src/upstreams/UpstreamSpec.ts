@@ -8,6 +8,7 @@ import { ConfigError, Duration, Effect, Either, Option, ParseResult, Redacted, S
 import { readFile } from "node:fs/promises"
 import { parse as parseYaml } from "yaml"
 import type { AppConfigShape } from "../Config.js"
+import { hasNonHeaderCharacter } from "../http/headerValue.js"
 
 /** An http(s) URL with no credentials in it (they would be logged with it: keys go in api_key or headers). */
 const HttpUrl = Schema.String.pipe(
@@ -26,11 +27,11 @@ const hasQueryOrFragment = (text: string) => URL.canParse(text) && (new URL(text
 export const isPlainBaseUrl = (text: string): boolean =>
   isHttpUrl(text) && !hasCredentials(text) && !hasQueryOrFragment(text)
 
-/** What an HTTP header value may not hold (undici refuses it, and the upstream would seem down for good). */
-export const badHeaderValue = (value: string): boolean => /[\u0000-\u0008\u000a-\u001f\u007f]/.test(value) || value.trim() !== value
+/** What a key or header value for an upstream may not hold: what undici refuses (`http/headerValue.ts`), surrounding spaces. */
+export const badHeaderValue = (value: string): boolean => hasNonHeaderCharacter(value) || value.trim() !== value
 const HeaderName = Schema.String.pipe(Schema.pattern(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, { message: () => "a header name (letters, digits, - and a few signs)" }))
 const HeaderValue = Schema.String.pipe(
-  Schema.filter((value) => !badHeaderValue(value) || "a header value without line breaks, control characters or surrounding spaces")
+  Schema.filter((value) => !badHeaderValue(value) || "a header value of printable Latin-1 characters: no line breaks, control characters, characters such as … or emoji, or surrounding spaces")
 )
 
 /** One upstream as written in the file (and as given in code). */
@@ -96,7 +97,7 @@ const resolveEntry = (
       return problem(`api_key_env names ${entry.api_key_env}, which is ${value === undefined ? "not set" : "empty"}`)
     }
     if (badHeaderValue(value)) {
-      return problem(`${entry.api_key_env} holds a line break, a control character or surrounding spaces (a trailing newline from a file?)`)
+      return problem(`${entry.api_key_env} holds a line break, a control character, a character beyond Latin-1 (such as …) or surrounding spaces (a trailing newline from a file?)`)
     }
     apiKey = Option.some(Redacted.make(value))
   } else if (entry.api_key !== undefined) {
