@@ -139,6 +139,8 @@ describe("the node server", () => {
       expect(oversized.text).toMatch(/^HTTP\/1\.1 431 /)
       expect(envelope(oversized.text).code).toBe("request_header_fields_too_large")
       expect(notHttp.text).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/)
+      // Each with a request id, as every answer has.
+      for (const refused of [stalled, oversized, notHttp]) expect(refused.text).toMatch(/\r\nx-request-id: req_[0-9a-f]{32}\r\n/)
       expect(envelope(notHttp.text)).toMatchObject({ type: "invalid_request_error", code: "invalid_http_request" })
     }), 30_000)
 

@@ -6,6 +6,7 @@
 import { maxHeaderSize, type Server } from "node:http"
 import type { Duplex } from "node:stream"
 import { ErrorBody } from "../domain/Errors.js"
+import { requestId } from "../domain/Ids.js"
 
 /** Status, reason phrase, `code` and message of what Node's parser or timers reported (`error.code`). */
 const refusalOf = (code: string | undefined, maxHeaderKiB: number): readonly [number, string, string, string] => {
@@ -32,9 +33,10 @@ export const answerClientErrors = (server: Server): void => {
     if (socket.writable && !silent && inFlight?.headersSent !== true && error.code !== "ECONNRESET") {
       const [status, reason, code, message] = refusalOf(error.code, maxHeaderKiB)
       const body = JSON.stringify({ error: new ErrorBody({ message, type: "invalid_request_error", param: null, code }) })
+      // A request id as on every other answer (none was read: the request never parsed), to quote in a report.
       socket.write(
         `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
-          `connection: close\r\n\r\n${body}`
+          `x-request-id: ${requestId()}\r\nconnection: close\r\n\r\n${body}`
       )
     }
     socket.destroy(error)
