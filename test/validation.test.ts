@@ -1,7 +1,8 @@
 /** Input lines and upstream answers: request bodies forwarded as written, token usage in every endpoint's naming. */
 import { describe, expect, it } from "@effect/vitest"
 import { jsonMemberText } from "../src/batches/jsonText.js"
-import { isValidLine, usageOf, validateLine, zeroUsage } from "../src/batches/validation.js"
+import { characterCount, isProblem, isValidLine, usageOf, validateCreateBatch, validateLine, zeroUsage } from "../src/batches/validation.js"
+import type { FileId } from "../src/domain/Ids.js"
 
 describe("validateLine", () => {
   it("keeps the request body exactly as the line has it: big integers, spacing, key order, escapes", () => {
@@ -58,3 +59,26 @@ describe("usageOf", () => {
       .toEqual({ input: 1, cached: 0, output: 0, reasoning: 0, total: Number.MAX_SAFE_INTEGER })
   })
 })
+
+describe("validateCreateBatch", () => {
+  const create = (metadata: Record<string, unknown>) =>
+    validateCreateBatch({ input_file_id: "file-1" as FileId, endpoint: "/v1/chat/completions", completion_window: "24h", metadata } as never)
+
+  it("counts metadata lengths in characters, as OpenAI does: an emoji is one, not two UTF-16 units", () => {
+    expect(characterCount("a😀é")).toBe(3)
+    expect(characterCount("\ud800x")).toBe(2) // a lone surrogate counts as one
+    expect(isProblem(create({ note: "😀".repeat(512) }))).toBe(false)
+    expect(isProblem(create({ ["😀".repeat(64)]: "v" }))).toBe(false)
+    const tooLong = create({ note: "😀".repeat(513) })
+    expect(isProblem(tooLong) && tooLong.message).toBe(
+      "Invalid 'metadata.note': string too long. Expected a string with maximum length 512, but got a string with length 513 instead."
+    )
+    expect(isProblem(create({ ["😀".repeat(65)]: "v" }))).toBe(true)
+  })
+
+  it("names a value's type with its article: an object, an array, a number", () => {
+    const typed = create({ note: { a: 1 } })
+    expect(isProblem(typed) && typed.message).toBe("Invalid type for 'metadata.note': expected a string, but got an object instead.")
+  })
+})
+

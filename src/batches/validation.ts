@@ -39,7 +39,24 @@ export interface ValidCreateBatch {
   readonly idempotencyKey: string | null
 }
 
-const typeName = (v: unknown) => (v === null ? "null" : Array.isArray(v) ? "an array" : `a ${typeof v}`)
+const typeName = (v: unknown) => {
+  if (v === null) return "null"
+  if (Array.isArray(v)) return "an array"
+  return /^[aeiou]/.test(typeof v) ? `an ${typeof v}` : `a ${typeof v}`
+}
+
+/** A string's length in characters (code points, as OpenAI counts them), not UTF-16 units: an emoji is one. */
+export const characterCount = (text: string): number => {
+  let n = 0
+  for (let i = 0; i < text.length; i++, n++) {
+    const unit = text.charCodeAt(i)
+    if (unit >= 0xd800 && unit <= 0xdbff && i + 1 < text.length) {
+      const next = text.charCodeAt(i + 1)
+      if (next >= 0xdc00 && next <= 0xdfff) i++
+    }
+  }
+  return n
+}
 
 /**
  * Checks the values of `POST /v1/batches` (types were checked by the schema); `extraEndpoints` are the paths
@@ -90,7 +107,7 @@ export const validateCreateBatch = (
       }
     }
     for (const [key, value] of entries) {
-      if (key.length > MAX_METADATA_KEY) {
+      if (characterCount(key) > MAX_METADATA_KEY) {
         return {
           code: "invalid_value",
           param: "metadata",
@@ -108,11 +125,12 @@ export const validateCreateBatch = (
           message: `Invalid type for 'metadata.${key}': expected a string, but got ${typeName(value)} instead.`
         }
       }
-      if (value.length > MAX_METADATA_VALUE) {
+      const length = characterCount(value)
+      if (length > MAX_METADATA_VALUE) {
         return {
           code: "invalid_value",
           param: `metadata.${key}`,
-          message: `Invalid 'metadata.${key}': string too long. Expected a string with maximum length ${MAX_METADATA_VALUE}, but got a string with length ${value.length} instead.`
+          message: `Invalid 'metadata.${key}': string too long. Expected a string with maximum length ${MAX_METADATA_VALUE}, but got a string with length ${length} instead.`
         }
       }
       const valueProblem = unstorableReason(value)
@@ -141,7 +159,7 @@ export const validateCreateBatch = (
     }
     outputExpiresAfterSeconds = seconds
   }
-  if (body.idempotency_key != null && (body.idempotency_key.length === 0 || body.idempotency_key.length > 256)) {
+  if (body.idempotency_key != null && (body.idempotency_key.length === 0 || characterCount(body.idempotency_key) > 256)) {
     return {
       code: "invalid_value",
       param: "idempotency_key",
