@@ -2,6 +2,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import type { Batch } from "openai/resources/batches"
 import { allSucceeded, describeBatch, listLines, problemLine, summaryLine } from "../src/cli/describe.js"
+import { savedLines } from "../src/cli/download.js"
 import {
   addSample,
   bar,
@@ -156,5 +157,14 @@ describe("batches at rest", () => {
     const quick = { ...done, completed_at: done.created_at }
     expect(summaryLine(quick, T0 + 20)).toBe("batch_abc completed in under 1s: 988 succeeded, 12 failed, 31.4k tokens")
     expect(allSucceeded(cancelled)).toBe(false)
+  })
+})
+
+describe("saved results", () => {
+  it("says where each file went and how many lines it has, one line singular", () => {
+    expect(savedLines({ output: { path: "out/b_output.jsonl", lines: 1 }, error: { path: "out/b_error.jsonl", lines: 2 } })).toEqual([
+      "output: out/b_output.jsonl (1 line)",
+      "errors: out/b_error.jsonl (2 lines)"
+    ])
   })
 })

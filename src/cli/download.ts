@@ -75,10 +75,12 @@ export const saveResults = (batch: Batch, dir: string, patience: Patience) =>
     return { output, error } satisfies SavedResults
   })
 
+const lines = (n: number) => `${n} line${n === 1 ? "" : "s"}`
+
 /** Where the files went, in words: `output: DIR/…_output.jsonl (980 lines)`, `errors: …`. */
 export const savedLines = (saved: SavedResults): ReadonlyArray<string> => [
-  ...(saved.output ? [`output: ${saved.output.path} (${saved.output.lines} lines)`] : []),
-  ...(saved.error ? [`errors: ${saved.error.path} (${saved.error.lines} lines)`] : [])
+  ...(saved.output ? [`output: ${saved.output.path} (${lines(saved.output.lines)})`] : []),
+  ...(saved.error ? [`errors: ${saved.error.path} (${lines(saved.error.lines)})`] : [])
 ]
 
 /** Where the files went, as `download --json` and the end of a `--json` watch print it. */
