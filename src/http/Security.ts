@@ -58,7 +58,7 @@ export const hostName = (host: string): string | undefined => {
   return match === null || match[1] === "" ? undefined : match[1]
 }
 
-/** Whether a `Host` header names this machine's loopback interface (`localhost`, `127.0.0.1`, `[::1]`, any port). */
+/** Whether a `Host` header names this machine's loopback interface (`localhost`, `127.x.x.x`, `[::1]`, any port). */
 export const isLoopbackHost = (host: string | undefined): boolean => {
   const name = host === undefined ? undefined : hostName(host)
   return name !== undefined && isLoopbackName(name)
@@ -83,7 +83,7 @@ export const bearerKey = (authorization: string | undefined): string => {
 const misdirected = (host: string | undefined) =>
   envelope(
     invalidRequest(
-      `This server does not answer for the host '${echo(host ?? "")}': without API keys it serves only localhost, 127.0.0.1 and [::1].`,
+      `This server does not answer for the host '${echo(host ?? "")}': without API keys it serves only localhost, 127.x.x.x and [::1].`,
       null,
       "misdirected_request"
     ),
