@@ -153,6 +153,10 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
       expectEnvelope(yield* upload({ purpose: "batch" }, { ...jsonl, name: "in.csv" }), 400, { param: "file", code: "invalid_file_format" })
       expectEnvelope(yield* upload({ purpose: "batch", "expires_after[anchor]": "created_at", "expires_after[seconds]": "10" }, jsonl), 400, { param: "expires_after.seconds", code: "invalid_value" })
       expectEnvelope(yield* upload({ purpose: "batch", "expires_after[seconds]": "7200" }, jsonl), 400, { param: "expires_after.anchor", code: "missing_required_parameter" })
+      // The expiry misspelled would be ignored, and the file never expire: refused instead.
+      for (const misspelled of [{ "expires_after.seconds": "3600", "expires_after.anchor": "created_at" }, { expires_after: "{\"anchor\":\"created_at\",\"seconds\":3600}" }]) {
+        expectEnvelope(yield* upload({ purpose: "batch", ...misspelled }, jsonl), 400, { param: Object.keys(misspelled)[0]!, code: "unknown_parameter" })
+      }
 
       expect((yield* call("/v1/files")).json.data.length).toBe(before)
       expect(localBlobs(path).staging).toEqual([])

@@ -67,9 +67,13 @@ export const batchFormatRefusal = (purpose: string, filename: string, param: str
 /** What an upload's form gives of a file's metadata (the project is the caller's). */
 export type UploadFields = Omit<FileMetadata, "project" | "id">
 
+/** The expiry's two fields, as OpenAI's SDKs flatten `expires_after`. */
+const EXPIRY_FIELDS = ["expires_after[anchor]", "expires_after[seconds]"]
+
 /**
  * Checks the text fields of an upload (they may arrive before or after the file) and the file's name.
- * Unknown fields are ignored, as clients add their own.
+ * Unknown fields are ignored, as clients add their own; but one that looks like the expiry misspelled
+ * (`expires_after.seconds`, `expires_after` as JSON) is refused: ignored, the file would never expire.
  */
 export const parseUploadForm = (
   fields: ReadonlyMap<string, string>,
@@ -77,9 +81,17 @@ export const parseUploadForm = (
   repeated: ReadonlySet<string>
 ): Either.Either<UploadFields, ApiError> => {
   // Which of two values was meant is anyone's guess: the last one was taken silently.
-  const twice = ["purpose", "expires_after[anchor]", "expires_after[seconds]"].find((name) => repeated.has(name))
+  const twice = ["purpose", ...EXPIRY_FIELDS].find((name) => repeated.has(name))
   if (twice !== undefined) {
     return Either.left(invalidRequest(`The '${twice}' field was sent more than once; send it once.`, twice.replace(/\[(\w+)\]/, ".$1"), "invalid_value"))
+  }
+  const misspelled = [...fields.keys()].find((name) => /^expires.?after/i.test(name) && !EXPIRY_FIELDS.includes(name))
+  if (misspelled !== undefined) {
+    return Either.left(invalidRequest(
+      `Unknown parameter: '${echo(misspelled)}'. The expiry is sent as the fields 'expires_after[anchor]' and 'expires_after[seconds]'.`,
+      echo(misspelled),
+      "unknown_parameter"
+    ))
   }
   if (filename === undefined) {
     return Either.left(
