@@ -10,8 +10,9 @@
  * reservation is taken whole, never grown, so two answers can never each hold part of the budget and wait for the
  * rest.
  *
- * Who releases it: the `AnswerHold` of the request (`currentAnswerHold`, set by the batch's worker around its send),
- * once the answer is stored; a new attempt of the same request first gives back the last attempt's. A call made
+ * Who releases it: the `AnswerHold` of the sending fiber (`currentAnswerHold`, set by each batch worker for its
+ * sends, one after the other), from which the answer's reservation moves to its outcome (`takeOver`) until the outcome
+ * is stored; a new attempt of the same request first gives back the last attempt's. A call made
  * outside a hold gives its reservation back as soon as its answer is read.
  */
 import { FiberRef } from "effect"
@@ -85,6 +86,16 @@ export class AnswerHold {
     this.release()
     this.memory = memory
     this.bytes = bytes
+  }
+
+  /** Moves what it holds into a new hold (an answer's, until it is stored), leaving this one empty. */
+  takeOver(): AnswerHold {
+    const moved = new AnswerHold()
+    moved.memory = this.memory
+    moved.bytes = this.bytes
+    this.memory = undefined
+    this.bytes = 0
+    return moved
   }
 
   /** Whether it holds a reservation. */
