@@ -21,7 +21,7 @@ import { ModelsHttpLive } from "./ModelsHttp.js"
 import { UploadsHttpLive } from "./UploadsHttp.js"
 import { ErrorEnvelopeLive, sdkHeaders } from "./Middleware.js"
 import { Budget, holderOf } from "./holding.js"
-import { boundBodies } from "./RequestBody.js"
+import { BodyPatience, boundBodies } from "./RequestBody.js"
 import { requestLog } from "./RequestLog.js"
 import { AuthenticatedLive, securityMiddleware } from "./Security.js"
 import { WebhooksHttpLive } from "./WebhooksHttp.js"
@@ -40,9 +40,10 @@ const CREDENTIAL_HEADERS = ["api-key", "proxy-authorization", "x-goog-api-key", 
  * (`MetricsHttp.ts`; each request counted there) on whatever `HttpServer` is provided: inside `requestLog` (the
  * request id, one log line per request), behind `secure` (inside `sdkHeaders`, so its refusals carry an
  * `x-request-id` too; outside `boundBodies`, so a body is read only once the caller is known), with request bodies
- * bounded by `maxJsonBodyBytes` each and `maxJsonBodiesBytes` together, and at most `maxUploadsAtOnce` uploads (a
- * project held to its share of both where keys name several). No CORS header unless `CORS_ORIGINS` says. Its
- * handlers run at `REQUEST_PRIORITY` (on `SchedulerLive`'s scheduler, ahead of the batches' work).
+ * bounded by `maxJsonBodyBytes` each and `maxJsonBodiesBytes` together (cut when they stall or crawl: `BodyPatience`),
+ * and at most `maxUploadsAtOnce` uploads (a project held to its share of both where keys name several). No CORS
+ * header unless `CORS_ORIGINS` says. Its handlers run at `REQUEST_PRIORITY` (on `SchedulerLive`'s scheduler, ahead
+ * of the batches' work).
  */
 export const HttpLive = requestsFirst(Layer.unwrapEffect(Effect.gen(function*() {
   const { maxJsonBodiesBytes, maxJsonBodyBytes, maxUploadsAtOnce, minBodyRate, stallTimeout } = yield* AppConfig
@@ -51,9 +52,11 @@ export const HttpLive = requestsFirst(Layer.unwrapEffect(Effect.gen(function*() 
   // A project's share of the JSON bodies, and what it may take of their reserve, hold one whole body.
   const jsonBodies = new Budget(maxJsonBodiesBytes, maxJsonBodyBytes)
   const holder = holderOf(yield* Auth)
-  const patience = { stall: stallTimeout, minRate: minBodyRate }
-  const bodies = boundBodies(maxJsonBodyBytes, jsonBodies, new Budget(maxUploadsAtOnce), patience, holder)
-  return HttpApiBuilder.serve((app) => requestLog(measured(sdkHeaders(secure(bodies(app))))))
+  const bodies = boundBodies(maxJsonBodyBytes, jsonBodies, new Budget(maxUploadsAtOnce), holder)
+  return HttpApiBuilder.serve((app) => requestLog(measured(sdkHeaders(secure(bodies(app)))))).pipe(
+    // In every request's context from the start (provided per request, it copied the context and the fiber's references).
+    Layer.provide(Layer.succeed(BodyPatience, { stall: stallTimeout, minRate: minBodyRate }))
+  )
 })).pipe(
   // The server spans record the request headers: these carry keys too (Azure's `api-key`, proxies, gateways).
   Layer.locallyWith(Headers.currentRedactedNames, (names) => [...names, ...CREDENTIAL_HEADERS]),

@@ -61,7 +61,7 @@ export const requestBody = (request: HttpServerRequest.HttpServerRequest): Strea
 
 /**
  * How long a request body may go without a byte while it is read (`STALL_TIMEOUT`), and the slowest it may come on
- * average (`MIN_BODY_RATE`), given by `boundBodies`; no limit where it is not. They stand for Node's own limit on a
+ * average (`MIN_BODY_RATE`), in the serving layer's context (`HttpLive`); no limit where it is not. They stand for Node's own limit on a
  * whole request (`requestTimeout`, 5 minutes, which `makeNodeServer` turns off): that one refused an upload still
  * coming after 5 minutes, however steadily.
  */
@@ -172,17 +172,16 @@ const uploadsBusy = (uploads: Budget, taken: Taken, holder: Holder | undefined) 
  * when `Content-Length` says more, else as soon as more arrives), its bytes taken from `bodies` while its request
  * runs; an upload takes one of `uploads` while it runs (503 when none is left). Both taken by the request's `holder`
  * (429 beyond what its project may hold: its share, and of the reserve one request's worth). A body (an upload's too)
- * that stops coming, or comes too slowly, is cut (`patience`).
+ * that stops coming, or comes too slowly, is cut (`BodyPatience`, which the serving layer's context holds).
  */
 export const boundBodies = (
   maxBytes: number,
   bodies: Budget,
   uploads: Budget,
-  patience: Patience,
   holder: Effect.Effect<Holder | undefined>
 ) =>
 <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
-  Effect.provideService(BodyPatience, patience)(Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+  Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
     if (hasBody(request) && encoded(request)) {
       // Read as it came, a gzipped upload was stored as its compressed bytes, and a gzipped JSON body said "not JSON".
       return answer(request, envelope(
@@ -216,7 +215,7 @@ export const boundBodies = (
         Effect.ensuring(Effect.sync(() => bodies.give(held.bytes, by)))
       )
     })
-  }))
+  })
 
 /** The 413 of a JSON body over the limit. */
 export const tooLarge = (maxBytes: number) =>
