@@ -321,7 +321,7 @@ describe("upstream call spans", () => {
     const http = HttpClient.makeWith<never, never, never, never>((effect) =>
       Effect.map(effect, (request) => {
         if (request.method === "POST") seen.push(request.headers["traceparent"])
-        const body = request.method === "GET" ? `{"data":[{"id":"m"}]}` : `{"id":"chatcmpl-7","model":"m","usage":{"prompt_tokens":3,"completion_tokens":4}}`
+        const body = request.method === "GET" ? `{"data":[{"id":"m"}]}` : `{"id":"chatcmpl-7","model":"m","usage":{"prompt_tokens":3,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":2},"completion_tokens_details":{"reasoning_tokens":1}}}`
         return HttpClientResponse.fromWeb(request, new Response(body, { status: request.method === "GET" ? 200 : status }))
       }), Effect.succeed)
     return { seen, http }
@@ -389,7 +389,9 @@ describe("upstream call spans", () => {
         "gen_ai.response.id": "chatcmpl-7",
         "gen_ai.response.model": "m",
         "gen_ai.usage.input_tokens": 3,
-        "gen_ai.usage.output_tokens": 4
+        "gen_ai.usage.output_tokens": 4,
+        "gen_ai.usage.cache_read.input_tokens": 2,
+        "gen_ai.usage.reasoning.output_tokens": 1
       })
     }).pipe(Effect.provide(inference(http, 0.5)), Effect.withTracer(native))
   })

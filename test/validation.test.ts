@@ -1,7 +1,8 @@
 /** Input lines and upstream answers: request bodies forwarded as written, token usage in every endpoint's naming. */
 import { describe, expect, it } from "@effect/vitest"
 import { jsonMemberText } from "../src/batches/jsonText.js"
-import { characterCount, isProblem, isValidLine, usageOf, validateCreateBatch, validateLine, zeroUsage } from "../src/batches/validation.js"
+import { usageOf, zeroUsage } from "../src/batches/usage.js"
+import { characterCount, isProblem, isValidLine, validateCreateBatch, validateLine } from "../src/batches/validation.js"
 import type { FileId } from "../src/domain/Ids.js"
 
 describe("validateLine", () => {
@@ -11,6 +12,15 @@ describe("validateLine", () => {
     const result = validateLine(line, "/v1/chat/completions")
     expect(isValidLine(result) && result.body).toBe(body)
     expect(isValidLine(result) && result.model).toBe("m")
+  })
+
+  it("counts the model's length in characters, as the other limits: 256 emoji pass, 257 characters do not", () => {
+    const lineWith = (model: string) =>
+      JSON.stringify({ custom_id: "c1", method: "POST", url: "/v1/chat/completions", body: { model, messages: [] } })
+    expect(isValidLine(validateLine(lineWith("😀".repeat(256)), "/v1/chat/completions"))).toBe(true)
+    expect(validateLine(lineWith("😀".repeat(256) + "x"), "/v1/chat/completions")).toEqual([
+      { code: "invalid_request", param: "body.model", message: "Invalid 'body.model': longer than 256 characters." }
+    ])
   })
 })
 

@@ -27,7 +27,7 @@ import { makePartialResults, type SettledResults } from "./partialResults.js"
 import { makeRequestRows } from "./requestRows.js"
 import { makeBatchSql } from "./sql.js"
 import type { Move } from "./transitions.js"
-import type { TokenUsage } from "./validation.js"
+import type { TokenUsage } from "./usage.js"
 
 export class BatchNotFound extends Data.TaggedError("BatchNotFound")<{ readonly id: BatchId }> {}
 export class UnknownBatchCursor extends Data.TaggedError("UnknownBatchCursor")<{ readonly after: BatchId }> {}

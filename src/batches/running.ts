@@ -18,7 +18,7 @@ import { type BatchRecord, BatchStore, type RequestOutcome, type RequestRow } fr
 import type { LocalWork } from "./heartbeat.js"
 import { makeOutcomeWriter } from "./outcomeWriter.js"
 import { makePendingRows, type TurnEnd } from "./pendingRows.js"
-import { usageOf, zeroUsage } from "./validation.js"
+import { usageOf, zeroUsage } from "./usage.js"
 import { WorkLeases } from "./WorkLeases.js"
 
 const responseOutcome = (row: RequestRow, res: UpstreamResponse): RequestOutcome => ({

@@ -8,7 +8,7 @@ import { Effect, Schema } from "effect"
 import type { BatchId } from "../domain/Ids.js"
 import type { RequestOutcome, RequestRow, ResultLines } from "./BatchStore.js"
 import { RESULT_ROW_COLUMNS, resultLinesOf } from "./resultLineBytes.js"
-import { type TokenUsage, zeroUsage } from "./validation.js"
+import { type TokenUsage, zeroUsage } from "./usage.js"
 
 /** Rows per INSERT statement of request rows and slices (SQLite allows 32,766 bound parameters; 5 per row). */
 export const INSERT_GROUP = 1000

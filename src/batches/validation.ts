@@ -8,6 +8,7 @@ import type { FileId } from "../domain/Ids.js"
 import { MAX_JSON_DEPTH, nestedDeeperThan } from "../domain/Json.js"
 import { echo, unstorableReason } from "../domain/Text.js"
 import { jsonMemberText } from "./jsonText.js"
+import { isJsonObject } from "../domain/Json.js"
 
 export interface Problem {
   readonly code: string
@@ -66,11 +67,12 @@ export const validateCreateBatch = (
   body: CreateBatchBody & { readonly input_file_id: FileId },
   extraEndpoints: ReadonlyArray<string> = []
 ): Problem | ValidCreateBatch => {
-  if (body.input_file_id.length > MAX_INPUT_FILE_ID_LENGTH) {
+  const idLength = characterCount(body.input_file_id)
+  if (idLength > MAX_INPUT_FILE_ID_LENGTH) {
     return {
       code: "invalid_value",
       param: "input_file_id",
-      message: `Invalid 'input_file_id': expected a string of at most ${MAX_INPUT_FILE_ID_LENGTH} characters, but got one of ${body.input_file_id.length}.`
+      message: `Invalid 'input_file_id': expected a string of at most ${MAX_INPUT_FILE_ID_LENGTH} characters, but got one of ${idLength}.`
     }
   }
   const endpoint = body.endpoint
@@ -91,7 +93,7 @@ export const validateCreateBatch = (
   }
   let metadata: Record<string, string> | null = null
   if (body.metadata != null) {
-    if (!isObject(body.metadata)) {
+    if (!isJsonObject(body.metadata)) {
       return {
         code: "invalid_type",
         param: "metadata",
@@ -225,8 +227,6 @@ const endpointLabel: Record<StandardEndpoint, string> = {
 
 const capitalized = (s: string) => s.charAt(0).toUpperCase() + s.slice(1)
 
-const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v)
-
 /** What is wrong with the value of body field `field`, which must be of `kind`, if anything. */
 const fieldProblem = (field: string, kind: FieldKind, value: unknown): Problem | undefined => {
   if ((kind === "string" && typeof value !== "string") || (kind === "array" && !Array.isArray(value))) {
@@ -239,7 +239,8 @@ const fieldProblem = (field: string, kind: FieldKind, value: unknown): Problem |
   if (typeof value === "string" && unstorableReason(value) !== undefined) {
     return { code: "invalid_request", param: `body.${field}`, message: `Invalid 'body.${field}': it ${unstorableReason(value)}.` }
   }
-  if (field === "model" && (value as string).length > MAX_MODEL_LENGTH) {
+  // A string's UTF-16 length is never below its count of characters: most models are counted no further.
+  if (field === "model" && (value as string).length > MAX_MODEL_LENGTH && characterCount(value as string) > MAX_MODEL_LENGTH) {
     return { code: "invalid_request", param: "body.model", message: `Invalid 'body.model': longer than ${MAX_MODEL_LENGTH} characters.` }
   }
   return undefined
@@ -256,7 +257,7 @@ export const validateLine = (text: string, endpoint: BatchEndpoint): ReadonlyArr
   } catch {
     parsed = undefined
   }
-  if (!isObject(parsed)) {
+  if (!isJsonObject(parsed)) {
     return [{ code: "invalid_json_line", param: null, message: "This line is not parseable as valid JSON." }]
   }
   const problems: Array<Problem> = []
@@ -285,10 +286,10 @@ export const validateLine = (text: string, endpoint: BatchEndpoint): ReadonlyArr
       problems.push({ code: "invalid_url", param: "url", message: "The URL provided for this request does not match the batch endpoint." })
     }
   }
-  if (body != null && !isObject(body)) {
+  if (body != null && !isJsonObject(body)) {
     problems.push({ code: "invalid_request", param: "body", message: `Invalid type for 'body': expected an object, but got ${typeName(body)} instead.` })
   }
-  if (isObject(body)) {
+  if (isJsonObject(body)) {
     const standard = isStandardEndpoint(endpoint)
     if (body.stream === true) {
       problems.push({
@@ -330,35 +331,3 @@ export const validateLine = (text: string, endpoint: BatchEndpoint): ReadonlyArr
 }
 
 export const isValidLine = (x: ReadonlyArray<Problem> | ValidLine): x is ValidLine => !Array.isArray(x)
-
-/** Token usage of one successful response, whatever the endpoint's naming. */
-export interface TokenUsage {
-  readonly input: number
-  readonly cached: number
-  readonly output: number
-  readonly reasoning: number
-  readonly total: number
-}
-
-export const zeroUsage: TokenUsage = { input: 0, cached: 0, output: 0, reasoning: 0, total: 0 }
-
-/** A token count as a whole, non-negative number (an upstream's odd value must not fail storing the outcome). */
-const num = (v: unknown): number =>
-  typeof v === "number" && Number.isFinite(v) && v > 0 ? Math.min(Math.floor(v), Number.MAX_SAFE_INTEGER) : 0
-
-/** Chat/completions/embeddings say `prompt_tokens`/`completion_tokens`; responses say `input_tokens`/`output_tokens`. */
-export const usageOf = (body: unknown): TokenUsage => {
-  if (!isObject(body) || !isObject(body.usage)) return zeroUsage
-  const u = body.usage
-  const input = num(u.input_tokens ?? u.prompt_tokens)
-  const output = num(u.output_tokens ?? u.completion_tokens)
-  const inputDetails = isObject(u.input_tokens_details) ? u.input_tokens_details : isObject(u.prompt_tokens_details) ? u.prompt_tokens_details : {}
-  const outputDetails = isObject(u.output_tokens_details) ? u.output_tokens_details : isObject(u.completion_tokens_details) ? u.completion_tokens_details : {}
-  return {
-    input,
-    cached: num(inputDetails.cached_tokens),
-    output,
-    reasoning: num(outputDetails.reasoning_tokens),
-    total: u.total_tokens === undefined ? input + output : num(u.total_tokens)
-  }
-}

@@ -16,6 +16,7 @@ import { type JsonlLine, jsonlLines, MAX_LINE_BYTES } from "../batches/lines.js"
 import { OPENAI_MAX_REQUESTS_PER_BATCH } from "../domain/Batches.js"
 import { batchRequestId } from "../domain/Ids.js"
 import { CliFailure, EXIT_INVALID } from "./failure.js"
+import { isJsonObject } from "../domain/Json.js"
 
 export const DEFAULT_ENDPOINT = "/v1/chat/completions"
 /** The most requests a batch may hold when the server's own limit is not given: OpenAI's. */
@@ -30,7 +31,6 @@ export interface LocalCheck {
   readonly problems: ReadonlyArray<BatchError>
 }
 
-const isObject = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
 
 /** The `url` of the file's first request, when it names one: the endpoint a file is meant for. */
 const firstUrl = (lines: Stream.Stream<JsonlLine, CliFailure>) =>
@@ -41,7 +41,7 @@ const firstUrl = (lines: Stream.Stream<JsonlLine, CliFailure>) =>
       if (l._tag !== "Line") return Option.none()
       try {
         const parsed: unknown = JSON.parse(l.text)
-        return isObject(parsed) && typeof parsed.url === "string" ? Option.some(parsed.url) : Option.none()
+        return isJsonObject(parsed) && typeof parsed.url === "string" ? Option.some(parsed.url) : Option.none()
       } catch {
         return Option.none()
       }

@@ -4,6 +4,7 @@ import { Count } from "./List.js"
 import * as AST from "effect/SchemaAST"
 import { BatchId, FileId, StorableBatchId, StorableFileId } from "./Ids.js"
 import { StorableString } from "./Text.js"
+import { isJsonObject } from "./Json.js"
 
 /** The endpoints of OpenAI's Batch API that this service runs (`validation.ts` knows each body's required fields). */
 export const StandardEndpoint = Schema.Literal(
@@ -141,14 +142,12 @@ const CreateBatchFields = Schema.Struct({
   }))
 })
 
-const isObject = (u: unknown): u is Record<string, unknown> => typeof u === "object" && u !== null && !Array.isArray(u)
-
 /**
  * A body with neither `input_file_id` nor `requests` fails on `input_file_id` before anything else, as it did
  * when `input_file_id` was simply required: an OpenAI client sees the same error as from OpenAI.
  */
 const namesItsInput = Schema.Unknown.pipe(Schema.filter((body) =>
-  !isObject(body) || body.input_file_id !== undefined || (body.requests !== undefined && body.requests !== null) ||
+  !isJsonObject(body) || body.input_file_id !== undefined || (body.requests !== undefined && body.requests !== null) ||
   new ParseResult.Pointer("input_file_id", body, new ParseResult.Missing(new AST.Type(AST.stringKeyword)))
 ))
 

@@ -1,8 +1,13 @@
 /**
  * JSON text checked before it is parsed: `JSON.parse` of text nested thousands of levels deep holds the event loop
  * for seconds and takes gigabytes (16 MB of `[[[…]]]`: ~6 s), and a value that deep overflows the stack of whatever
- * walks it next. And where a string in JSON text ends, which the depth check and `batches/jsonText.ts` both need.
+ * walks it next. And where a string in JSON text ends, which the depth check and `batches/jsonText.ts` both need;
+ * and whether a parsed value is a JSON object.
  */
+
+/** Whether a parsed value is a JSON object (not an array, not null). */
+export const isJsonObject = (value: unknown): value is Record<string, unknown> =>
+  typeof value === "object" && value !== null && !Array.isArray(value)
 
 /** How deep a request body or an input line's JSON may nest (arrays and objects inside each other). */
 export const MAX_JSON_DEPTH = 64

@@ -15,6 +15,7 @@ import * as fs from "node:fs/promises"
 import * as Path from "node:path"
 import { AppConfig, defaults } from "../Config.js"
 import { Inference, InferenceLive, type ModelList, UpstreamFailure, type UpstreamResponse } from "./Inference.js"
+import { isJsonObject } from "../domain/Json.js"
 
 /** What a recording is found by. */
 export interface RecordingKey {
@@ -39,13 +40,10 @@ export const DEFAULT_MAX_RECORDING_BYTES = 4 * defaults.inferenceMaxResponseByte
 /** Where `INFERENCE_MODE` and `INFERENCE_RECORDINGS` go in configuration errors. */
 const RECORDINGS_VARIABLE = "INFERENCE_RECORDINGS"
 
-const isRecord = (value: unknown): value is Record<string, unknown> =>
-  typeof value === "object" && value !== null && !Array.isArray(value)
-
 /** `value` with every object's keys sorted, recursively (objects without a prototype: `__proto__` stays a key). */
 const sortKeys = (value: unknown): unknown => {
   if (Array.isArray(value)) return value.map(sortKeys)
-  if (!isRecord(value)) return value
+  if (!isJsonObject(value)) return value
   const sorted: Record<string, unknown> = Object.create(null)
   for (const key of Object.keys(value).sort()) sorted[key] = sortKeys(value[key])
   return sorted
@@ -67,7 +65,7 @@ const parseJson = (text: string): { readonly json: unknown } | undefined => {
 export const recordingKey = (endpoint: string, body: string): RecordingKey => {
   const parsed = parseJson(body)
   const canonical = parsed === undefined ? body : JSON.stringify(sortKeys(parsed.json))
-  const model = parsed !== undefined && isRecord(parsed.json) && typeof parsed.json.model === "string"
+  const model = parsed !== undefined && isJsonObject(parsed.json) && typeof parsed.json.model === "string"
     ? parsed.json.model
     : null
   // The endpoint as a JSON string holds no line break: no endpoint and body can be read as another pair.
@@ -113,18 +111,18 @@ export const recordingText = (
 /** The answer a recording's file text holds, or what is wrong with it. */
 export const answerFromRecording = (text: string): UpstreamResponse | { readonly problem: string } => {
   const file = parseJson(text)
-  if (file === undefined || !isRecord(file.json)) return { problem: "it is not a JSON object" }
+  if (file === undefined || !isJsonObject(file.json)) return { problem: "it is not a JSON object" }
   const { status, request_id: requestId, body, body_text: bodyText } = file.json
   if (typeof status !== "number" || !Number.isInteger(status) || status < 100 || status > 599) {
     return { problem: "its `status` is not an HTTP status" }
   }
   if (typeof requestId !== "string") return { problem: "its `request_id` is not a string" }
   if (body !== undefined) {
-    if (!isRecord(body)) return { problem: "its `body` is not a JSON object" }
+    if (!isJsonObject(body)) return { problem: "its `body` is not a JSON object" }
     return { status, text: JSON.stringify(body), json: body, requestId }
   }
   const parsed = typeof bodyText === "string" ? parseJson(bodyText) : undefined
-  if (parsed === undefined || !isRecord(parsed.json)) return { problem: "it has neither `body` nor a JSON object in `body_text`" }
+  if (parsed === undefined || !isJsonObject(parsed.json)) return { problem: "it has neither `body` nor a JSON object in `body_text`" }
   return { status, text: bodyText as string, json: parsed.json, requestId }
 }
 

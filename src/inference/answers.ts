@@ -3,6 +3,7 @@
  * read an answer (its body as one line of JSON, its `Retry-After`); and a request handed back unsent.
  */
 import { Data, Effect, Exit, Fiber, Option } from "effect"
+import { isJsonObject } from "../domain/Json.js"
 
 export interface UpstreamResponse {
   readonly status: number
@@ -144,7 +145,7 @@ const excerpt = (text: string, max = 200): string => {
 const parseObject = (text: string): object | undefined => {
   try {
     const json = JSON.parse(text)
-    return typeof json === "object" && json !== null && !Array.isArray(json) ? json : undefined
+    return isJsonObject(json) ? json : undefined
   } catch {
     return undefined // not JSON
   }

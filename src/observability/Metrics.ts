@@ -14,7 +14,7 @@
 import { Context, Effect, Layer } from "effect"
 import { makeMetrics } from "./metricsRegistry.js"
 
-/** Token counts of one answer (as `batches/validation.ts`'s `usageOf` gives them). */
+/** Token counts of one answer (as `batches/usage.ts`'s `usageOf` gives them). */
 export interface Tokens {
   readonly input: number
   readonly cached: number

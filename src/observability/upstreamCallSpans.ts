@@ -9,6 +9,8 @@
 import * as HttpTraceContext from "@effect/platform/HttpTraceContext"
 import { Context, Effect, Layer } from "effect"
 import type * as EffectTracer from "effect/Tracer"
+import { usageOf } from "../batches/usage.js"
+import { isJsonObject } from "../domain/Json.js"
 
 // --- which upstream calls get a span ------------------------------------------------------------------------------
 
@@ -80,9 +82,6 @@ export interface TracedCall {
   readonly retried: (attempt: number, reason: string) => void
 }
 
-const isObject = (u: unknown): u is Record<string, any> => typeof u === "object" && u !== null && !Array.isArray(u)
-const count = (u: unknown) => (typeof u === "number" && Number.isFinite(u) && u >= 0 ? Math.floor(u) : undefined)
-
 /** The request's sampling parameters, from the body (parsed only for a traced call). */
 const requestAttributes = (body: string): Record<string, unknown> => {
   let json: unknown
@@ -91,7 +90,7 @@ const requestAttributes = (body: string): Record<string, unknown> => {
   } catch {
     return {}
   }
-  if (!isObject(json)) return {}
+  if (!isJsonObject(json)) return {}
   const out: Record<string, unknown> = {}
   const maxTokens = json.max_completion_tokens ?? json.max_output_tokens ?? json.max_tokens
   if (typeof maxTokens === "number") out["gen_ai.request.max_tokens"] = maxTokens
@@ -115,23 +114,19 @@ const arrayAttribute = (span: EffectTracer.Span, key: string, values: Array<stri
 /** What the answer says: its id, model, finish reasons and token usage (chat/completions and responses names). */
 const answerAttributes = (span: EffectTracer.Span, status: number, json: unknown) => {
   span.attribute("http.response.status_code", status)
-  if (!isObject(json)) return
+  if (!isJsonObject(json)) return
   if (typeof json.id === "string") span.attribute("gen_ai.response.id", json.id)
   if (typeof json.model === "string") span.attribute("gen_ai.response.model", json.model)
   if (Array.isArray(json.choices)) {
-    const reasons = json.choices.flatMap((c: unknown) => (isObject(c) && typeof c.finish_reason === "string" ? [c.finish_reason] : []))
+    const reasons = json.choices.flatMap((c: unknown) => (isJsonObject(c) && typeof c.finish_reason === "string" ? [c.finish_reason] : []))
     if (reasons.length > 0) arrayAttribute(span, "gen_ai.response.finish_reasons", reasons)
   }
-  const usage = json.usage
-  if (!isObject(usage)) return
-  const input = count(usage.input_tokens ?? usage.prompt_tokens)
-  const output = count(usage.output_tokens ?? usage.completion_tokens)
-  if (input !== undefined) span.attribute("gen_ai.usage.input_tokens", input)
-  if (output !== undefined) span.attribute("gen_ai.usage.output_tokens", output)
-  const cached = count((usage.input_tokens_details ?? usage.prompt_tokens_details)?.cached_tokens)
-  const reasoning = count((usage.output_tokens_details ?? usage.completion_tokens_details)?.reasoning_tokens)
-  if (cached !== undefined && cached > 0) span.attribute("gen_ai.usage.cache_read.input_tokens", cached)
-  if (reasoning !== undefined && reasoning > 0) span.attribute("gen_ai.usage.reasoning.output_tokens", reasoning)
+  if (!isJsonObject(json.usage)) return
+  const usage = usageOf(json)
+  span.attribute("gen_ai.usage.input_tokens", usage.input)
+  span.attribute("gen_ai.usage.output_tokens", usage.output)
+  if (usage.cached > 0) span.attribute("gen_ai.usage.cache_read.input_tokens", usage.cached)
+  if (usage.reasoning > 0) span.attribute("gen_ai.usage.reasoning.output_tokens", usage.reasoning)
 }
 
 /** A non-2xx answer, failed inside the span only, so that the span ends in error (the caller gets the answer). */

@@ -3,7 +3,7 @@ import { Effect } from "effect"
 import OpenAI, { toFile } from "openai"
 import type { Batch } from "openai/resources/batches"
 import { BatchStore, type BatchStoreShape, type NewBatch, type RequestOutcome, type RequestRow } from "../../src/batches/BatchStore.js"
-import { zeroUsage } from "../../src/batches/validation.js"
+import { zeroUsage } from "../../src/batches/usage.js"
 import { BatchId, BatchRequestId, FileId } from "../../src/domain/Ids.js"
 
 export const sdk = (baseUrl: string) => new OpenAI({ baseURL: `${baseUrl}/v1`, apiKey: "sk-test", maxRetries: 0 })

@@ -1,0 +1,37 @@
+/**
+ * The token usage of an upstream's answer (`usageOf`), read once its outcome is stored: summed into the batch's
+ * `usage`, the metrics' token counts and the finished line.
+ */
+import { isJsonObject } from "../domain/Json.js"
+
+/** Token usage of one successful response, whatever the endpoint's naming. */
+export interface TokenUsage {
+  readonly input: number
+  readonly cached: number
+  readonly output: number
+  readonly reasoning: number
+  readonly total: number
+}
+
+export const zeroUsage: TokenUsage = { input: 0, cached: 0, output: 0, reasoning: 0, total: 0 }
+
+/** A token count as a whole, non-negative number (an upstream's odd value must not fail storing the outcome). */
+const num = (v: unknown): number =>
+  typeof v === "number" && Number.isFinite(v) && v > 0 ? Math.min(Math.floor(v), Number.MAX_SAFE_INTEGER) : 0
+
+/** Chat/completions/embeddings say `prompt_tokens`/`completion_tokens`; responses say `input_tokens`/`output_tokens`. */
+export const usageOf = (body: unknown): TokenUsage => {
+  if (!isJsonObject(body) || !isJsonObject(body.usage)) return zeroUsage
+  const u = body.usage
+  const input = num(u.input_tokens ?? u.prompt_tokens)
+  const output = num(u.output_tokens ?? u.completion_tokens)
+  const inputDetails = isJsonObject(u.input_tokens_details) ? u.input_tokens_details : isJsonObject(u.prompt_tokens_details) ? u.prompt_tokens_details : {}
+  const outputDetails = isJsonObject(u.output_tokens_details) ? u.output_tokens_details : isJsonObject(u.completion_tokens_details) ? u.completion_tokens_details : {}
+  return {
+    input,
+    cached: num(inputDetails.cached_tokens),
+    output,
+    reasoning: num(outputDetails.reasoning_tokens),
+    total: u.total_tokens === undefined ? input + output : num(u.total_tokens)
+  }
+}
