@@ -5,10 +5,9 @@ import { Schema } from "effect"
 import { type BatchEndpoint, type CreateBatchBody, StandardEndpoint } from "../domain/Batches.js"
 import { MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS } from "../domain/Files.js"
 import type { FileId } from "../domain/Ids.js"
-import { MAX_JSON_DEPTH, nestedDeeperThan } from "../domain/Json.js"
+import { isJsonObject, MAX_JSON_DEPTH, nestedDeeperThan } from "../domain/Json.js"
 import { echo, unstorableReason } from "../domain/Text.js"
 import { jsonMemberText } from "./jsonText.js"
-import { isJsonObject } from "../domain/Json.js"
 
 export interface Problem {
   readonly code: string

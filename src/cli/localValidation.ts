@@ -15,8 +15,8 @@ import * as Input from "../batches/inputValidation.js"
 import { type JsonlLine, jsonlLines, MAX_LINE_BYTES } from "../batches/lines.js"
 import { OPENAI_MAX_REQUESTS_PER_BATCH } from "../domain/Batches.js"
 import { batchRequestId } from "../domain/Ids.js"
-import { CliFailure, EXIT_INVALID } from "./failure.js"
 import { isJsonObject } from "../domain/Json.js"
+import { CliFailure, EXIT_INVALID } from "./failure.js"
 
 export const DEFAULT_ENDPOINT = "/v1/chat/completions"
 /** The most requests a batch may hold when the server's own limit is not given: OpenAI's. */

@@ -3,8 +3,8 @@ import { ParseResult, Schema } from "effect"
 import { Count } from "./List.js"
 import * as AST from "effect/SchemaAST"
 import { BatchId, FileId, StorableBatchId, StorableFileId } from "./Ids.js"
-import { StorableString } from "./Text.js"
 import { isJsonObject } from "./Json.js"
+import { StorableString } from "./Text.js"
 
 /** The endpoints of OpenAI's Batch API that this service runs (`validation.ts` knows each body's required fields). */
 export const StandardEndpoint = Schema.Literal(

@@ -14,8 +14,8 @@ import { createHash, randomBytes } from "node:crypto"
 import * as fs from "node:fs/promises"
 import * as Path from "node:path"
 import { AppConfig, defaults } from "../Config.js"
-import { Inference, InferenceLive, type ModelList, UpstreamFailure, type UpstreamResponse } from "./Inference.js"
 import { isJsonObject } from "../domain/Json.js"
+import { Inference, InferenceLive, type ModelList, UpstreamFailure, type UpstreamResponse } from "./Inference.js"
 
 /** What a recording is found by. */
 export interface RecordingKey {
