@@ -212,6 +212,11 @@ describe("the openai-batch command line", () => {
       ]))
       expect(linesOf(text.stdout)).toEqual(serverProblems.map(problemLine))
       expect(linesOf(json.stdout).map((l) => JSON.parse(l))).toEqual(serverProblems)
+
+      // An empty file was checked against no endpoint: its summary names none.
+      const empty = await cli(["submit", inputFile("empty.jsonl", [])])
+      expect(empty.code).toBe(2)
+      expect(empty.stderr).toContain("empty.jsonl: 1 problem (the server would fail the batch with the same); nothing was uploaded.")
     }), 180_000)
 
   it.live("status, list, download, cancel: their outputs and exit codes", () =>

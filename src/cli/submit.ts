@@ -57,10 +57,12 @@ export const submit = (options: SubmitOptions) =>
     const check = yield* checkFile(options.file, options.endpoint, options.maxRequests)
     if (check.problems.length > 0) {
       for (const problem of check.problems) yield* options.mode === "json" ? printJson(problem) : say(problemLine(problem))
+      // An empty file was checked against no endpoint: naming the default one would say it was.
+      const against = check.problems.every((p) => p.code === "empty_file") ? "" : ` for ${check.endpoint}`
       return yield* new CliFailure({
         exitCode: EXIT_INVALID,
-        message: `${options.file}: ${check.problems.length} problem${check.problems.length === 1 ? "" : "s"} ` +
-          `for ${check.endpoint} (the server would fail the batch with the same); nothing was uploaded.`
+        message: `${options.file}: ${check.problems.length} problem${check.problems.length === 1 ? "" : "s"}${against} ` +
+          `(the server would fail the batch with the same); nothing was uploaded.`
       })
     }
     const requests = `${count(check.requests)} request${check.requests === 1 ? "" : "s"}`
