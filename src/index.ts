@@ -4,8 +4,8 @@
  */
 export { audit, Auth, AuthLive, type AuthShape, AuthTest, type Caller, CurrentCaller, localCaller } from "./auth/Auth.js"
 export { AppConfig, appConfig, type AppConfigShape, defaults as configDefaults } from "./Config.js"
-export { BatchRunner, BatchRunnerLive, type BatchRunnerShape, FaultRetry } from "./batches/BatchRunner.js"
-export { BatchNotFound, BatchStore, BatchStoreLive, type BatchStoreShape, type NewBatch } from "./batches/BatchStore.js"
+export { BatchRunner, BatchRunnerLive, type BatchRunnerShape, FaultRetry, type FaultRetryPolicy, TurnLength } from "./batches/BatchRunner.js"
+export { BatchNotFound, type BatchRecord, BatchStore, BatchStoreLive, type BatchStoreShape, type NewBatch } from "./batches/BatchStore.js"
 export { Rerun, RerunLive, type RerunShape } from "./batches/rerun.js"
 export { type Move, transitions } from "./batches/transitions.js"
 export { type Lease, WorkLeases, WorkLeasesLive, type WorkLeasesShape } from "./batches/WorkLeases.js"
@@ -17,7 +17,7 @@ export { type FileMetadata, FileNotFound, type FileStoreShape, FileStore, FileSt
 export { DEFAULT_PROJECT, type Visibility, visibilityOf } from "./domain/Projects.js"
 export { Uploads, UploadsLive, type UploadsShape } from "./files/Uploads.js"
 export * as UploadObjects from "./domain/Uploads.js"
-export { BatchesGroup, FilesGroup, HealthGroup, OpenAIApi, UploadsGroup, WebhooksGroup } from "./http/Api.js"
+export { BatchesGroup, FilesGroup, HealthGroup, ModelsGroup, OpenAIApi, UploadsGroup, WebhooksGroup } from "./http/Api.js"
 export {
   type HandBack,
   HandedBack,
@@ -28,6 +28,7 @@ export {
   type InferenceShape,
   type ScriptedRequest,
   scriptedAnswer,
+  type SendOptions,
   UpstreamFailure,
   type UpstreamResponse
 } from "./inference/Inference.js"
@@ -68,6 +69,7 @@ export {
   ServicesLive,
   StorageLive
 } from "./Layers.js"
+export { UpstreamEntry } from "./upstreams/UpstreamSpec.js"
 export { inBackground, ioFirstScheduler, REQUEST_PRIORITY, SchedulerLive, serverScheduler } from "./Scheduler.js"
 export { BlobStore, BlobStoreLocal, type BlobStoreShape, makeLocal as makeLocalBlobStore } from "./storage/BlobStore.js"
 export { BlobStoreSql } from "./storage/BlobStoreSql.js"
