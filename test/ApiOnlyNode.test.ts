@@ -183,7 +183,7 @@ describe.concurrent("an API-only node beside a node that runs the batches", () =
       yield* eventually(() => expect(staged()).toHaveLength(1), 10_000)
       // An API-only process (it takes no runner lock), as the API node is: only the node id is in its way.
       const refused = yield* refusedProcess(dataDir, { NODE_ID: "api", MAX_CONCURRENT_BATCHES: "0" })
-      expect(refused.output).toContain(`Another process runs as NODE_ID 'api' on the SQLite database ${Path.join(dataDir, "batches.sqlite")}`)
+      expect(refused.output).toContain(`Another process (or another app in this one) runs as NODE_ID 'api' on the SQLite database ${Path.join(dataDir, "batches.sqlite")}`)
       expect(staged()).toHaveLength(1)
       req.end(STALLED_UPLOAD_END)
       expect(yield* Effect.promise(() => response)).toBe(200)

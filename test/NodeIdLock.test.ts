@@ -121,7 +121,7 @@ describe.concurrent("one process per NODE_ID on PostgreSQL", () => {
         runServerToExit({ ...env, INFERENCE_BASE_URL: other.url, HOST: "127.0.0.1", PORT: String(port) }, 30_000))
       expect(refused.code).toBe(1)
       expect(refused.output).toContain("waiting up to 6s for it to stop")
-      expect(refused.output).toContain("Another process runs as NODE_ID 'node-1' on this PostgreSQL database and schema (held by PostgreSQL session")
+      expect(refused.output).toContain("Another process (or another app in this one) runs as NODE_ID 'node-1' on this PostgreSQL database and schema (held by PostgreSQL session")
       // It took nothing: every line sent once, by the first node alone.
       const done = yield* waitFor(openai, running.id, terminal, 60_000)
       expect(done.request_counts).toEqual({ total: LINES, completed: LINES, failed: 0 })

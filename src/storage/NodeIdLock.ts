@@ -15,12 +15,12 @@ import { fileNameOfNodeId } from "./BlobStore.js"
 import { holdFileLock, patienceFor, sqliteFileOf } from "./fileLock.js"
 import { holdOnPostgres } from "./nodeIdLockPg.js"
 
-/** Another process runs under this node's id on its database. */
+/** Another process (or another app built in this one) runs under this node's id on its database. */
 export class NodeIdInUse extends Data.TaggedError("NodeIdInUse")<{ readonly nodeId: string; readonly where: string }> {
   override get message() {
-    return `Another process runs as NODE_ID '${this.nodeId}' on ${this.where}. Each process needs a NODE_ID of its own: ` +
-      "a second one under the same id would take the first's uploads under way and work from it. Set NODE_ID (by " +
-      "default <hostname>:<PORT>)."
+    return `Another process (or another app in this one) runs as NODE_ID '${this.nodeId}' on ${this.where}. ` +
+      "Each needs a NODE_ID of its own: a second one under the same id would take the first's uploads under way and " +
+      "work from it. Set NODE_ID (by default <hostname>:<PORT>)."
   }
 }
 
@@ -53,7 +53,8 @@ export const NodeIdLockLive: Layer.Layer<never, NodeIdInUse, SqlClient.SqlClient
     const sql = yield* SqlClient.SqlClient
     const patience = patienceFor(config)
     const waiting = (where: string) =>
-      `Another process runs as NODE_ID '${nodeId}' on ${where}; waiting up to ${Duration.format(patience)} for it to stop`
+      `Another process (or another app in this one) runs as NODE_ID '${nodeId}' on ${where}; ` +
+      `waiting up to ${Duration.format(patience)} for it to stop`
     if (sql.onDialectOrElse({ pg: () => true, orElse: () => false })) {
       const onTakenOver = yield* OnNodeIdTakenOver
       return yield* holdOnPostgres(sql, config, patience, {
