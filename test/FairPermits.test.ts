@@ -163,4 +163,40 @@ describe("fair permits", () => {
       yield* Deferred.succeed(gates[2], undefined)
       yield* Fiber.join(Fiber.zip(holders[1], Fiber.zip(b, c)))
     }))
+
+  it.effect("a holder whose upstream holds its calls gives its permit to a ready batch of its own project, not to one held too", () =>
+    Effect.gen(function*() {
+      const permits = makeFairPermits(1)
+      let held = false
+      const turn = holderTurn(permits, "A", () => false, () => held)
+      const gate = yield* Deferred.make<void>()
+      const holder = yield* Effect.fork(permits.withPermit("A", Effect.ensuring(Deferred.await(gate), Effect.sync(turn.done))))
+      yield* settle
+      // A batch of A's own project whose upstream holds its calls as well: nothing to give the permit to.
+      let otherHeld = true
+      const heldToo = { ready: () => !otherHeld, awaitReady: Effect.never, awaitNotReady: Effect.never }
+      const waiter = yield* Effect.fork(permits.withPermit("A", Effect.void, heldToo))
+      yield* settle
+      held = true
+      expect([turn.now(), turn.handBack.wanted()]).toEqual([false, false])
+      // Its upstream lets calls through: the holder's own project waits, and the holder cannot use its permit.
+      otherHeld = false
+      expect([turn.now(), turn.handBack.wanted()]).toEqual([true, true])
+      yield* Deferred.succeed(gate, undefined)
+      yield* Fiber.join(Fiber.zip(holder, waiter))
+    }))
+
+  it.effect("a holder whose upstream lets its calls through keeps its permit from its own project's batches", () =>
+    Effect.gen(function*() {
+      const permits = makeFairPermits(1)
+      const turn = holderTurn(permits, "A", () => false, () => false)
+      const gate = yield* Deferred.make<void>()
+      const holder = yield* Effect.fork(permits.withPermit("A", Effect.ensuring(Deferred.await(gate), Effect.sync(turn.done))))
+      yield* settle
+      const waiter = yield* Effect.fork(permits.withPermit("A", Effect.void))
+      yield* settle
+      expect([turn.now(), turn.afterSlice()]).toEqual([false, false])
+      yield* Deferred.succeed(gate, undefined)
+      yield* Fiber.join(Fiber.zip(holder, waiter))
+    }))
 })

@@ -1,11 +1,13 @@
 /**
  * Several upstreams with the simulator: routing by model, `GET /v1/models`, one adaptive limit per upstream shared
- * by every batch, a 429 storm absorbed (the limit shrinks, no line fails, then it recovers), load-aware holding.
+ * by every batch, a 429 storm absorbed (the limit shrinks, no line fails, then it recovers), an upstream holding its
+ * calls giving its batch permit away, load-aware holding.
  */
 import { expect, layer } from "@effect/vitest"
 import { Duration, Effect } from "effect"
 import { NotFoundError } from "openai"
 import { chatLine, createBatch, readLines, terminal, upload, waitFor } from "./support/Batches.js"
+import { eventually } from "./support/TestApp.js"
 import { client, createModelBatch, logged, LogLines, Simulators, testAppWithUpstreams } from "./support/Upstreams.js"
 
 
@@ -160,6 +162,42 @@ layer(
         expect(refusing!.stats.byPrompt.get(prompt)).toBeLessThanOrEqual(7)
       }), { timeout: 30_000 })
   }
+})
+
+layer(
+  testAppWithUpstreams(
+    { limited: { models: ["model-a"], latencyMs: 5 }, other: { models: ["model-b"], latencyMs: 5 } },
+    ({ limited, other }) => [
+      { name: "limited", base_url: limited!.url, models: ["model-a"] },
+      { name: "other", base_url: other!.url, models: ["model-b"] }
+    ],
+    // One batch permit and no keys (one project): the other upstream's batch waits behind the held one's.
+    { maxConcurrentBatches: 1, maxConcurrentRequestsPerBatch: 4, inferenceMaxAttempts: 10 }
+  ),
+  { excludeTestServices: true }
+)("an upstream that holds its calls", (it) => {
+  it.effect("a batch whose upstream pauses it (Retry-After) gives its permit to another upstream's batch, and loses no line", () =>
+    Effect.gen(function*() {
+      const { limited, other } = yield* Simulators
+      const openai = yield* client
+      limited!.failAll = { status: 429, retryAfter: "2" } // every call refused, the upstream paused 2 s each time
+      const held = yield* createModelBatch(8, "model-a", "a")
+      yield* waitFor(openai, held.id, (batch) => batch.status === "in_progress")
+      yield* eventually(() => expect(limited!.stats.rejected).toBeGreaterThan(0), 5000)
+
+      const started = Date.now()
+      const free = yield* createModelBatch(3, "model-b", "b")
+      const done = yield* waitFor(openai, free.id, terminal, 15_000)
+      expect(done.request_counts).toEqual({ total: 3, completed: 3, failed: 0 })
+      expect(Date.now() - started).toBeLessThan(8000) // not the held batch's 10 attempts 2 s apart
+      expect(other!.stats.byModel.get("model-b")).toBe(3)
+      const meanwhile = yield* Effect.promise(() => openai.batches.retrieve(held.id))
+      expect([meanwhile.status, meanwhile.request_counts]).toEqual(["in_progress", { total: 8, completed: 0, failed: 0 }])
+
+      limited!.failAll = undefined // the limit lifts: the held batch takes its permit back and finishes every line
+      const finished = yield* waitFor(openai, held.id, terminal, 30_000)
+      expect(finished.request_counts).toEqual({ total: 8, completed: 8, failed: 0 })
+    }), { timeout: 60_000 })
 })
 
 layer(

@@ -18,7 +18,7 @@
  * finishing is not limited, so a cancel is never queued behind other batches. `supervised` retries a batch after a fault.
  * A node with `maxConcurrentBatches` 0 does none of this (`handedOff`): the nodes that run batches pick its work up.
  */
-import { Cause, Clock, Context, Duration, Effect, Exit, FiberMap, Layer, Option } from "effect"
+import { Cause, Clock, Context, Duration, Effect, Exit, FiberMap, Layer, Option, Schedule } from "effect"
 import { AppConfig, runsBatches } from "../Config.js"
 import type { BatchId } from "../domain/Ids.js"
 import { FileStore } from "../files/FileStore.js"
@@ -68,6 +68,9 @@ export class TurnLength extends Context.Reference<TurnLength>()("BatchRunner/Tur
   defaultValue: (): Duration.Duration => Duration.seconds(10)
 }) {}
 
+/** How often a batch waiting for a permit looks whether its upstream still holds its calls (no event tells). */
+const HELD_CHECK = Duration.millis(250)
+
 /** The fault retry policy, read once when the runner starts: 1 s doubling, 4 retries, storage waits up to 30 s. */
 export class FaultRetry extends Context.Reference<FaultRetry>()("BatchRunner/FaultRetry", {
   defaultValue: (): FaultRetryPolicy => ({
@@ -93,13 +96,31 @@ export const make = Effect.gen(function*() {
 
   const load = (id: BatchId) => store.get(id, "all").pipe(Effect.orDie)
 
-  /** A running batch may take a permit while its upstream is up (`fairPermits.ts`: it keeps its turn meanwhile). */
+  /** Whether the upstream of `model` holds every call now though it is up (a `Retry-After` pause, a full queue). */
+  const heldFor = (model: string | null) => () => inference.isHeld?.(model) ?? false
+  /** Completes once `held()` is `wanted`, looked at every `HELD_CHECK` (held never, without `isHeld` to ask). */
+  const heldBecomes = (held: () => boolean, wanted: boolean) =>
+    inference.isHeld === undefined
+      ? (wanted ? Effect.never : Effect.void)
+      : Effect.repeat(Effect.sync(held), { schedule: Schedule.spaced(HELD_CHECK), until: (now) => now === wanted })
+
+  /**
+   * A running batch may take a permit while its upstream is up and does not hold its calls (`fairPermits.ts`: it
+   * keeps its turn meanwhile). Down and up are told as they happen; a hold is looked at every `HELD_CHECK`.
+   */
   const upstreamReadiness = (model: string | null): Readiness => {
     let up = false
+    const held = heldFor(model)
     return {
-      ready: () => up && !(inference.isDown?.(model) ?? false),
-      awaitReady: Effect.zipRight(inference.reachable(model), Effect.sync(() => void (up = true))),
-      awaitNotReady: Effect.zipRight(inference.unreachable(model), Effect.sync(() => void (up = false)))
+      ready: () => up && !(inference.isDown?.(model) ?? false) && !held(),
+      awaitReady: Effect.zipRight(
+        Effect.zipRight(inference.reachable(model), heldBecomes(held, false)),
+        Effect.sync(() => void (up = true))
+      ),
+      awaitNotReady: Effect.zipRight(
+        Effect.raceFirst(inference.unreachable(model), heldBecomes(held, true)),
+        Effect.sync(() => void (up = false))
+      )
     }
   }
 
@@ -127,7 +148,8 @@ export const make = Effect.gen(function*() {
           current = yield* load(id)
         }
         if (current.batch.status === "in_progress") {
-          const turn = holderTurn(permits, record.project, () => clock.unsafeCurrentTimeMillis() > turnOver)
+          const turnIsOver = () => clock.unsafeCurrentTimeMillis() > turnOver
+          const turn = holderTurn(permits, record.project, turnIsOver, heldFor(current.batch.model))
           const run = running.run(current, turn, turn.handBack)
           return yield* Effect.ensuring(Effect.raceFirst(run, Effect.zipRight(turn.watch, Effect.never)), Effect.sync(turn.done))
         }

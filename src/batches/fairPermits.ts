@@ -8,13 +8,16 @@
  * A batch whose upstream is down waits in its queue without being served (`Readiness`), keeping its place: were it
  * served, it would give the permit straight back, and that wasted turn would count as its project's. Then a batch
  * whose every call fails, taking the shared upstream down again and again, took the permit first after each outage
- * and held another project's batch for the whole of its run.
+ * and held another project's batch for the whole of its run. The same for an upstream that holds every call though
+ * it is up (a `Retry-After` pause, its server's queue full): its batch waits, and a holder whose upstream does so
+ * gives its permit to any batch that can use it, its own project's too (`holderTurn`'s `held`). Without that, one
+ * rate-limited or busy upstream held every other upstream's batches of the project (every batch, without keys).
  */
 import { Deferred, Duration, Effect, FiberId, Schedule } from "effect"
 import type { HandBack } from "../inference/answers.js"
 import type { TurnEnd } from "./pendingRows.js"
 
-/** Whether a waiting batch can use a permit now (a running batch: its upstream is not down). */
+/** Whether a waiting batch can use a permit now (a running batch: its upstream is neither down nor holding calls). */
 export interface Readiness {
   readonly ready: () => boolean
   /** Completes once it may be ready (at once when it is). */
@@ -30,11 +33,11 @@ export interface FairPermits {
    */
   readonly withPermit: <A, E, R>(project: string, effect: Effect.Effect<A, E, R>, readiness?: Readiness) => Effect.Effect<A, E, R>
   /**
-   * Claims to give a permit back for a ready batch of another project: true when such batches outnumber the
-   * holders that already claimed (with several permits, one waiter does not make every holder stop). Give the claim
-   * back with `endYield` when the permit is given back.
+   * Claims to give a permit back for a ready batch of another project (or of any, `ownProjectToo`: the holder cannot
+   * use its permit now): true when such batches outnumber the holders that already claimed (with several permits,
+   * one waiter does not make every holder stop). Give the claim back with `endYield` when the permit is given back.
    */
-  readonly claimYield: (project: string) => boolean
+  readonly claimYield: (project: string, ownProjectToo?: boolean) => boolean
   readonly endYield: () => void
 }
 
@@ -55,11 +58,11 @@ export const makeFairPermits = (permits: number): FairPermits => {
   /** Holders that claimed to give their permit back (`claimYield`). */
   let yielding = 0
 
-  /** Ready batches of projects other than `project` waiting for a permit. */
-  const readyOthers = (project: string) => {
+  /** Ready batches waiting for a permit, but `project`'s (every one when undefined). */
+  const readyWaiters = (except: string | undefined) => {
     let count = 0
     for (const [other, queue] of queues) {
-      if (other === project) continue
+      if (other === except) continue
       for (const waiter of queue) if (isReady(waiter)) count++
     }
     return count
@@ -132,8 +135,8 @@ export const makeFairPermits = (permits: number): FairPermits => {
       Effect.uninterruptibleMask((restore) =>
         Effect.zipRight(restore(acquire(project, readiness)), Effect.ensuring(restore(effect), release))
       ),
-    claimYield: (project) => {
-      if (readyOthers(project) <= yielding) return false
+    claimYield: (project, ownProjectToo = false) => {
+      if (readyWaiters(ownProjectToo ? undefined : project) <= yielding) return false
       yielding++
       return true
     },
@@ -151,22 +154,25 @@ const TURN_CHECK = Duration.millis(250)
  * too slow), but only when its claim to give the permit back is granted, so that with several permits one waiter
  * stops one holder. Once it ended and its time is over, `handBack` wants back the requests still waiting for their
  * upstream (a retry's backoff, a permit at the upstream: a 429 storm's), which would otherwise hold the permit
- * through their retries; at a slice's end before that, the slice's last requests are awaited. `watch` asks while
- * the run takes no row (every request waiting, or the slice's last ones); `done` gives the claim back once the
- * permit is.
+ * through their retries; at a slice's end before that, the slice's last requests are awaited. While `held()` (its
+ * upstream holds every call) the turn is over too, for a ready batch of any project. `watch` asks while the run
+ * takes no row (every request waiting, or the slice's last ones); `done` gives the claim back once the permit is.
  */
 export const holderTurn = (
   permits: FairPermits,
   project: string,
-  turnOver: () => boolean
+  turnOver: () => boolean,
+  held: () => boolean = () => false
 ): TurnEnd & { readonly handBack: HandBack; readonly watch: Effect.Effect<void>; readonly done: () => void } => {
   let yielding = false
   let handingBack = false
   const handedBack = Deferred.unsafeMake<void>(FiberId.none)
-  const ends = (now: boolean) => yielding || (yielding = now && permits.claimYield(project))
+  const ends = (now: boolean, ownProjectToo = false) =>
+    yielding || (yielding = now && permits.claimYield(project, ownProjectToo))
   const now = () => {
-    const over = turnOver()
-    if (ends(over) && over && !handingBack) {
+    const stuck = held()
+    const over = stuck || turnOver()
+    if (ends(over, stuck) && over && !handingBack) {
       handingBack = true
       Deferred.unsafeDone(handedBack, Effect.void)
     }

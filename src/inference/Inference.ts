@@ -78,6 +78,12 @@ export interface InferenceShape {
    * Optional: without it, a batch is told its upstream went down only when `unreachable` completes.
    */
   readonly isDown?: (model: string | null) => boolean
+  /**
+   * Whether the upstream serving `model` holds every call now though it is up (a `Retry-After` pause, its server's
+   * queue full at `max_waiting`): a batch running on it then gives its batch permit to one that can use it.
+   * Optional: never held without it.
+   */
+  readonly isHeld?: (model: string | null) => boolean
   /** The name of the upstream serving `model` now (the metrics' `upstream` label); undefined when none does. */
   readonly upstreamName?: (model: string | null) => string | undefined
   /**
@@ -223,6 +229,7 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
       reachable: (model) => Effect.zipRight(listsKnown, Effect.suspend(() => route(model)?.awaitUp ?? Effect.void)),
       unreachable: (model) => Effect.suspend(() => route(model)?.awaitDown ?? Effect.never), // routed when it runs, as reachable
       isDown: (model) => route(model)?.isDown() ?? false,
+      isHeld: (model) => route(model)?.admission.held() ?? false,
       upstreamName: (model) => route(model)?.spec.name,
       upstreams: specs
     })

@@ -103,6 +103,11 @@ export class Admission {
     while (this.waiting > 0 && this.open()) this.serveNext()
   }
 
+  /** Whether every call is held now though the upstream is up: a `Retry-After` pause, or its server's queue full. */
+  held(): boolean {
+    return this.clock.unsafeCurrentTimeMillis() < this.pausedUntil || this.gauge.full()
+  }
+
   /** Calls waiting for a permit. */
   queued(): number {
     return this.waiting
