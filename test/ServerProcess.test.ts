@@ -330,6 +330,11 @@ describe.concurrent("server process", () => {
         const upstreams = await runServerToExit({ DATA_DIR: Path.join(dataDir, "other"), UPSTREAMS_FILE: Path.join(dataDir, "missing.yaml") })
         expect(upstreams.code).toBe(1)
         expect(upstreams.output.trim().split("\n")).toEqual([expect.stringContaining("Invalid data at UPSTREAMS_FILE")])
+        // A proxy undici cannot use: said as the others, not a stack trace, and its password not repeated.
+        const proxy = await runServerToExit({ DATA_DIR: Path.join(dataDir, "proxy"), HTTPS_PROXY: "http://u:SECRET%ZZ@proxy.corp:3128" })
+        expect(proxy.code).toBe(1)
+        expect(proxy.output.trim().split("\n")).toEqual([expect.stringContaining("Invalid configuration: (Invalid data at HTTPS_PROXY")])
+        expect(proxy.output).not.toContain("SECRET")
         // With LOG_FORMAT=json, a log line as the others: a shipper reads it.
         const json = await runServerToExit({ DATA_DIR: dataDir, PORT: "not-a-port", LOG_FORMAT: "json" })
         expect(json.code).toBe(1)

@@ -446,6 +446,27 @@ describe("UpstreamHttpClient", () => {
     expect(listeningLine("http://127.0.0.1:8321", defaults, false, [], Option.none(), undefined).fields.proxy).toBeNull()
   })
 
+  it("a proxy variable undici cannot use is a ConfigError naming it, without its value (it may hold a password)", () => {
+    const { proxyProblem } = UpstreamHttpClient
+    const said = (env: Record<string, string>) => String(proxyProblem(env) ?? "")
+    for (const ok of [{}, { HTTP_PROXY: "" }, { HTTP_PROXY: "http://proxy.corp:3128" }, { https_proxy: "https://u:p%25w@proxy:443/" }]) {
+      expect(proxyProblem(ok)).toBeUndefined()
+    }
+    expect(said({ HTTP_PROXY: "proxy.corp:3128" })).toMatch(/^\(Invalid data at HTTP_PROXY: "Expected a URL starting with http:\/\/ or https:\/\//)
+    expect(said({ HTTPS_PROXY: "socks5://proxy.corp:1080" })).toContain("Invalid data at HTTPS_PROXY")
+    const badPassword = said({ https_proxy: "http://u:SECRET%ZZ@127.0.0.1:1", HTTPS_PROXY: "http://fine:1" })
+    expect(badPassword).toContain("Invalid data at https_proxy: \"Its user name or password is not percent-encoded")
+    expect(badPassword).not.toContain("SECRET")
+    // The variable undici reads is the one checked: an empty lower-case one hides the upper-case one, as there.
+    expect(proxyProblem({ http_proxy: "", HTTP_PROXY: "nonsense" })).toBeUndefined()
+  })
+
+  it.effect("the dispatcher is not made with a proxy variable undici cannot use", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(Effect.scoped(Effect.zipRight(proxyVariables({ http_proxy: "proxy.corp:3128" }), UpstreamHttpClient.dispatcher)))
+      expect(String(error)).toContain("Invalid data at http_proxy")
+    }))
+
   it.live("clients sharing a dispatcher keep their own time limits; the layer gives a client too", () =>
     Effect.gen(function*() {
       const server = yield* scriptedServer((n, socket) => setTimeout(() => ok(n, socket), 300))

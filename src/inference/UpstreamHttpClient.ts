@@ -31,7 +31,7 @@ import * as HttpClientError from "@effect/platform/HttpClientError"
 import type * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import * as UrlParams from "@effect/platform/UrlParams"
-import { Effect, Either, Layer, Option, type Scope } from "effect"
+import { ConfigError, Effect, Either, Layer, Option, type Scope } from "effect"
 import { Agent, type Dispatcher, EnvHttpProxyAgent } from "undici"
 import { currentAnswerHold } from "./answerMemory.js"
 import { Call, type ClientOptions, type Limits } from "./upstreamCall.js"
@@ -138,19 +138,51 @@ export const proxiesOf = (env: Record<string, string | undefined>): Proxies | un
   return http === undefined && https === undefined ? undefined : { http, https, noProxy: env.no_proxy ?? env.NO_PROXY ?? "" }
 }
 
+/** The proxy variables undici reads, the lower-case one first. */
+const PROXY_VARIABLES = [["http_proxy", "HTTP_PROXY"], ["https_proxy", "HTTPS_PROXY"]] as const
+
+/**
+ * What is wrong with the proxy variables of `env` as undici would read them, if anything: each one set must be an
+ * `http:` or `https:` URL, its user name and password percent-encoded (undici threw on either at the dispatcher's
+ * making: a stack trace for an answer). The value is not repeated: it may hold a password.
+ */
+export const proxyProblem = (env: Record<string, string | undefined>): ConfigError.ConfigError | undefined => {
+  for (const [lower, upper] of PROXY_VARIABLES) {
+    const name = env[lower] !== undefined ? lower : upper
+    const value = env[name]
+    if (!value) continue
+    const url = URL.canParse(value) ? new URL(value) : undefined
+    if (url === undefined || (url.protocol !== "http:" && url.protocol !== "https:")) {
+      return ConfigError.InvalidData([name], "Expected a URL starting with http:// or https:// (http://proxy.example:3128)")
+    }
+    try {
+      decodeURIComponent(url.username)
+      decodeURIComponent(url.password)
+    } catch {
+      return ConfigError.InvalidData([name], "Its user name or password is not percent-encoded (a % is written %25)")
+    }
+  }
+  return undefined
+}
+
 /**
  * The shared dispatcher, keep-alive (undici's defaults: idle connections kept 4 s, or as the server's `keep-alive`
  * says less 1 s): `EnvHttpProxyAgent` when a proxy variable is set, else `Agent`. Destroyed when the scope closes.
+ * Fails when a proxy variable is not one undici can use (`proxyProblem`).
  */
-export const dispatcher: Effect.Effect<Dispatcher, never, Scope.Scope> = Effect.acquireRelease(
-  Effect.sync((): Dispatcher =>
-    proxiesOf(process.env) !== undefined
-      ? new EnvHttpProxyAgent({ proxyTunnel: false }) // plain `http:` calls in absolute form, as curl sends them
-      : new Agent()
-  ),
-  (dispatcher) => Effect.promise(() => dispatcher.destroy())
-)
+export const dispatcher: Effect.Effect<Dispatcher, ConfigError.ConfigError, Scope.Scope> = Effect.suspend(() => {
+  const problem = proxyProblem(process.env)
+  if (problem !== undefined) return Effect.fail(problem)
+  return Effect.acquireRelease(
+    Effect.sync((): Dispatcher =>
+      proxiesOf(process.env) !== undefined
+        ? new EnvHttpProxyAgent({ proxyTunnel: false }) // plain `http:` calls in absolute form, as curl sends them
+        : new Agent()
+    ),
+    (dispatcher) => Effect.promise(() => dispatcher.destroy())
+  )
+})
 
 /** `dispatcher` and `make`, as a layer. */
-export const layer = (options: ClientOptions): Layer.Layer<HttpClient.HttpClient> =>
+export const layer = (options: ClientOptions): Layer.Layer<HttpClient.HttpClient, ConfigError.ConfigError> =>
   Layer.scoped(HttpClient.HttpClient, Effect.map(dispatcher, (d) => make(d, options)))

@@ -17,7 +17,7 @@
  * their event (the file sweep's schedule).
  */
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Clock, Context, Duration, Effect, FiberSet, Layer, Option, Random, Redacted } from "effect"
+import { Clock, type ConfigError, Context, Duration, Effect, FiberSet, Layer, Option, Random, Redacted } from "effect"
 import { AppConfig, runsBatches } from "../Config.js"
 import { sweepEvery } from "../files/FileStore.js"
 import { dispatcher } from "../inference/UpstreamHttpClient.js"
@@ -195,5 +195,5 @@ export const make = Effect.gen(function*() {
   return Webhooks.of({ list: deliveries.list })
 })
 
-/** The delivery worker of this node, and the deliveries list. */
-export const WebhooksLive: Layer.Layer<Webhooks, never, SqlClient.SqlClient | AppConfig> = Layer.scoped(Webhooks, make)
+/** The delivery worker of this node, and the deliveries list (a proxy variable undici cannot use fails it). */
+export const WebhooksLive: Layer.Layer<Webhooks, ConfigError.ConfigError, SqlClient.SqlClient | AppConfig> = Layer.scoped(Webhooks, make)
