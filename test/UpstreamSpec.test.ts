@@ -72,6 +72,12 @@ describe("UpstreamSpec", () => {
     expect(problem([{ ...minimal, api_key: "sk-…" }])).toContain("header value of printable Latin-1")
     expect(problem([{ ...minimal, api_key_env: "K" }], { K: "sk-🔑" })).toContain("K holds a line break, a control character, a character beyond Latin-1")
     expect(problem([{ ...minimal, headers: { "x-name": "café\t1" } }])).toBe("no problem") // Latin-1 and an inner tab: sent as they are
+    // A key or header of digits, read by YAML as a number: said without the secret.
+    for (const entry of [{ ...minimal, api_key: 123456789 }, { ...minimal, headers: { "x-key": 99887766 } }]) {
+      const said = problem([entry])
+      expect(said).toContain("quote a value of digits")
+      expect(said).not.toMatch(/123456789|99887766/)
+    }
     expect(problem([{ ...minimal, headers: { "bad name": "v" } }])).toContain("headers.bad name")
     expect(problem([{ ...minimal, base_url: "http://user:pw@host/v1" }])).toContain("without user:password@")
     expect(problem([{ ...minimal, base_url: "http://host/v1?key=x" }])).toContain("without ?query")

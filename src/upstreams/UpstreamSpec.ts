@@ -30,7 +30,9 @@ export const isPlainBaseUrl = (text: string): boolean =>
 /** What a key or header value for an upstream may not hold: what undici refuses (`http/headerValue.ts`), surrounding spaces. */
 export const badHeaderValue = (value: string): boolean => hasNonHeaderCharacter(value) || value.trim() !== value
 const HeaderName = Schema.String.pipe(Schema.pattern(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, { message: () => "a header name (letters, digits, - and a few signs)" }))
-const HeaderValue = Schema.String.pipe(
+// A key or header value is a secret: its errors never repeat it (Schema's own "Expected string, actual 123456789"
+// did, for a key of digits that YAML reads as a number).
+const HeaderValue = Schema.String.annotations({ message: () => "a string (in YAML, quote a value of digits: unquoted, it is a number)" }).pipe(
   Schema.filter((value) => !badHeaderValue(value) || "a header value of printable Latin-1 characters: no line breaks, control characters, characters such as … or emoji, or surrounding spaces")
 )
 
