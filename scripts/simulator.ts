@@ -13,10 +13,11 @@
  * `failAll` answers every inference request at once with its status (and `Retry-After` when given); `stop()` closes
  * the socket and every connection (connection refused) and `start()` listens again on the same port.
  *
- * Options (`startSimulator`): port, latencyMs, models, retryAfterSeconds, maxRunning, capacity, tls ({ key, cert }:
+ * Options (`startSimulator`): port, latencyMs, models, retryAfterSeconds, maxRunning, capacity, apiKey, tls ({ key, cert }:
  * HTTPS, the `url` then starts with `https://`), keepBodies (every inference request's body text in `stats.bodies`).
  *
  *   npm run simulator -- [--port 8000] [--latency 0] [--models sim-model,other] [--max-running N] [--capacity N]
+ *                        [--api-key KEY]
  */
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
 import { createServer as createHttpsServer } from "node:https"
@@ -39,6 +40,8 @@ export interface SimulatorOptions {
   readonly maxRunning?: number
   /** A request arriving while more than this many are in flight (itself included) is answered 429 at once. */
   readonly capacity?: number
+  /** Answer 401, as OpenAI does, every `/v1` request without `Authorization: Bearer <apiKey>`. */
+  readonly apiKey?: string
   /** Serve HTTPS with this key and certificate (PEM). */
   readonly tls?: { readonly key: string; readonly cert: string }
   /** Keep the body text of every inference request received, in `stats.bodies` (tests of what is forwarded). */
@@ -151,6 +154,9 @@ export const startSimulator = async (options: SimulatorOptions = {}): Promise<Si
       res.on("close", () => clearInterval(timer))
     }
     const path = (req.url ?? "").split("?")[0]!
+    if (options.apiKey !== undefined && path.startsWith("/v1/") && req.headers.authorization !== `Bearer ${options.apiKey}`) {
+      return send(401, { error: { message: "Incorrect API key provided.", type: "invalid_request_error", param: null, code: "invalid_api_key" } })
+    }
     if (req.method === "GET" && path === "/v1/models") {
       return send(200, { object: "list", data: [...models].map((id) => ({ id, object: "model", owned_by: "simulator" })) })
     }
@@ -318,6 +324,7 @@ Options:
   --models A,B      the models it serves (sim-model); others get a 404 model_not_found
   --max-running N   process at most N requests at once, the others wait (vLLM's queue)
   --capacity N      answer 429 at once to a request arriving while more than N are in flight
+  --api-key KEY     answer 401 to a request without Authorization: Bearer KEY
   -h, --help        this text
 
 Failures, asked for inside a prompt's text:
@@ -338,6 +345,7 @@ if (isMain) {
           models: { type: "string", default: "sim-model" },
           "max-running": { type: "string" },
           capacity: { type: "string" },
+          "api-key": { type: "string" },
           help: { type: "boolean", short: "h" }
         }
       }).values
@@ -359,7 +367,8 @@ if (isMain) {
     latencyMs: count("latency", options.latency)!,
     models,
     ...(maxRunning === undefined ? {} : { maxRunning }),
-    ...(capacity === undefined ? {} : { capacity })
+    ...(capacity === undefined ? {} : { capacity }),
+    ...(options["api-key"] === undefined ? {} : { apiKey: options["api-key"] })
   }).then(
     (sim) => {
       const queue = sim.maxRunning === undefined ? "" : `, max running: ${sim.maxRunning}`

@@ -166,10 +166,15 @@ layer(
 
 layer(
   testAppWithUpstreams(
-    { limited: { models: ["model-a"], latencyMs: 5 }, other: { models: ["model-b"], latencyMs: 5 } },
-    ({ limited, other }) => [
+    {
+      limited: { models: ["model-a"], latencyMs: 5 },
+      other: { models: ["model-b"], latencyMs: 5 },
+      locked: { models: ["model-k"], apiKey: "sk-right" }
+    },
+    ({ limited, locked, other }) => [
       { name: "limited", base_url: limited!.url, models: ["model-a"] },
-      { name: "other", base_url: other!.url, models: ["model-b"] }
+      { name: "other", base_url: other!.url, models: ["model-b"] },
+      { name: "locked", base_url: locked!.url, models: ["model-k"], api_key: "sk-wrong" }
     ],
     // One batch permit and no keys (one project): the other upstream's batch waits behind the held one's.
     { maxConcurrentBatches: 1, maxConcurrentRequestsPerBatch: 4, inferenceMaxAttempts: 10 }
@@ -198,6 +203,19 @@ layer(
       const finished = yield* waitFor(openai, held.id, terminal, 30_000)
       expect(finished.request_counts).toEqual({ total: 8, completed: 8, failed: 0 })
     }), { timeout: 60_000 })
+
+  it.effect("an upstream refusing the key at start is a warning naming where the key comes from, not an 'is up'", () =>
+    Effect.gen(function*() {
+      const logs = yield* LogLines
+      const warned = yield* eventually(() => {
+        const lines = logs.filter((l) => l.message.startsWith("Upstream locked "))
+        expect(lines).toHaveLength(1)
+        return lines[0]!
+      }, 5000)
+      expect(warned.level).toBe("WARN")
+      expect(warned.message).toMatch(/^Upstream locked answered 401 to GET http:\/\/127\.0\.0\.1:\d+\/v1\/models: the upstream refused its key \(check its api_key or api_key_env, or INFERENCE_API_KEY\)/)
+      expect(warned.message).not.toContain("sk-wrong")
+    }))
 })
 
 layer(

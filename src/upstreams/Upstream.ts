@@ -23,10 +23,9 @@
  */
 import * as HttpBody from "@effect/platform/HttpBody"
 import type * as HttpClient from "@effect/platform/HttpClient"
-import * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import type * as HttpClientResponse from "@effect/platform/HttpClientResponse"
-import { Cause, Deferred, Duration, Effect, Exit, FiberRef, HashMap, List, Option, Redacted, type Scope } from "effect"
+import { Deferred, Duration, Effect, FiberRef, HashMap, List, LogLevel, Option, Redacted, type Scope } from "effect"
 import { BatchEndpoint } from "../domain/Batches.js"
 import { requestId } from "../domain/Ids.js"
 import { currentAnswerHold } from "../inference/answerMemory.js"
@@ -37,7 +36,8 @@ import { AdaptiveLimit } from "./adaptiveLimit.js"
 import { makeLoadWatch } from "./loadWatch.js"
 import { makeOutage } from "./outage.js"
 import { Metrics } from "../observability/Metrics.js"
-import { servesAnyModel, type UpstreamSpec } from "./UpstreamSpec.js"
+import { startUpReport } from "./startUpReport.js"
+import type { UpstreamSpec } from "./UpstreamSpec.js"
 
 /** Requests failing in a row (5xx, timeouts, lost connections, with no answer between) that make an outage. */
 export const OUTAGE_AFTER = 5
@@ -344,40 +344,9 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
 
     // --- start-up probe ----------------------------------------------------------------------------------------
     const startUp = Effect.gen(function*() {
-      const answer = yield* askModels
-      const named = servesAnyModel(spec) ? "" : `; serves ${spec.models.join(", ")}`
-      if (Exit.isFailure(answer)) {
-        const error = Cause.squash(answer.cause)
-        const reason = String((error as Error)?.message ?? error).split("\n")[0]
-        if (HttpClientError.isHttpClientError(error) && failureKind(error) === "connect") {
-          return yield* markDown(`unreachable at ${spec.baseUrl}: ${reason}`)
-        }
-        return yield* Effect.logWarning(`Upstream ${spec.name} did not answer GET ${spec.baseUrl}/models: ${reason}${named}`)
-      }
-      const status = answer.value
-      if (status === 404) {
-        return yield* Effect.logError(
-          `Upstream ${spec.name} answered 404 to GET ${spec.baseUrl}/models: check its base URL (it must include the ` +
-            `API's version path, as in http://host:8000/v1)${named}`
-        )
-      }
-      const models = Option.match(listed, {
-        onNone: () => `GET /models answered ${status}`,
-        onSome: (ids) => `lists ${ids.length} model(s): ${ids.slice(0, 20).join(", ")}${ids.length > 20 ? ", …" : ""}`
-      })
-      yield* Effect.logInfo(`Upstream ${spec.name} at ${spec.baseUrl} is up; ${models}${named}`)
-      // The file's names are taken as they are (a server may answer to names it does not list), but most often one
-      // it does not list is a typo: every request naming it would come back a 404.
-      const unlisted = Option.match(listed, {
-        onNone: () => [],
-        onSome: (ids) => spec.models.filter((m) => m !== "*" && !ids.includes(m))
-      })
-      if (unlisted.length > 0) {
-        yield* Effect.logWarning(
-          `Upstream ${spec.name} does not list ${unlisted.map((m) => `'${m}'`).join(", ")}, which its entry names: ` +
-            `requests naming ${unlisted.length === 1 ? "it" : "them"} may be refused by the server (check the spelling)`
-        )
-      }
+      const report = startUpReport(spec, yield* askModels, listed)
+      if (report._tag === "Down") return yield* markDown(report.reason)
+      for (const { level, message } of report.lines) yield* Effect.logWithLevel(LogLevel.fromLiteral(level), message)
     })
     const started = yield* Deferred.make<void>()
     yield* Effect.forkIn(log(Effect.ensuring(startUp, Deferred.succeed(started, undefined))), scope)
