@@ -5,7 +5,7 @@ import { mkdtempSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import { defaults } from "../src/Config.js"
-import { parseUpstreamsFile, resolveEntries, upstreamSpecs } from "../src/upstreams/UpstreamSpec.js"
+import { parseUpstreamsFile, resolveEntries, shadowedModels, upstreamSpecs } from "../src/upstreams/UpstreamSpec.js"
 
 const YAML = `
 upstreams:
@@ -51,10 +51,26 @@ describe("UpstreamSpec", () => {
     expect(Either.getOrThrow(parseUpstreamsFile(JSON.stringify({ upstreams: [minimal] })))).toEqual([minimal])
   })
 
+  it("names the models an upstream never gets, as an earlier one names them too", () => {
+    const specs = Either.getOrThrow(resolve([
+      { ...minimal, name: "a", models: ["m1", "m2"] },
+      { ...minimal, name: "b", models: ["m2", "m3"] },
+      { ...minimal, name: "any", models: ["*"] },
+      { ...minimal, name: "d", models: ["m3", "m2", "m4"] }
+    ], {}))
+    expect(shadowedModels(specs)).toEqual([
+      { upstream: "b", models: ["m2"], by: ["a"] },
+      { upstream: "d", models: ["m3", "m2"], by: ["a", "b"] }
+    ])
+  })
+
   it("says what is wrong, naming the entry and the field", () => {
     expect(problem([{ ...minimal, max_concurency: 3 }])).toMatch(/^upstream 'a': max_concurency: /)
     expect(problem([{ base_url: "http://127.0.0.1:8000/v1", models: ["m"] }])).toMatch(/^upstreams\.0\.name: /) // no name to go by
     expect(problem([{ ...minimal, base_url: "ftp://x" }])).toContain("http:// or https://")
+    // What the URL parser would take and mend: a missing slash, an inner space (sent as %20).
+    expect(problem([{ ...minimal, base_url: "http:/127.0.0.1:1/v1" }])).toContain("http:// or https:// URL, without spaces")
+    expect(problem([{ ...minimal, base_url: "http://127.0.0.1:1/v1 x" }])).toContain("http:// or https:// URL, without spaces")
     expect(problem([{ ...minimal, models: [] }])).toContain("models")
     expect(problem([minimal, minimal])).toBe("two upstreams are named 'a'")
     expect(problem([{ ...minimal, api_key_env: "NOPE" }])).toBe("upstream 'a': api_key_env names NOPE, which is not set")

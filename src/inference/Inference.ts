@@ -19,7 +19,7 @@ import { requestId } from "../domain/Ids.js"
 import { Metrics } from "../observability/Metrics.js"
 import { makeFractionPicker, type TracedCall, traceUpstreamCall, UpstreamCallTracing, upstreamIdentity } from "../observability/upstreamCallSpans.js"
 import { type Attempt, makeUpstream, type Upstream } from "../upstreams/Upstream.js"
-import { servesAnyModel, type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
+import { servesAnyModel, shadowedModels, type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
 import { type HandBack, HandedBack, retryAfterMillis, unlessHandedBack, UpstreamFailure, type UpstreamResponse } from "./answers.js"
 import { AnswerMemory, currentAnswerHold } from "./answerMemory.js"
 import * as UpstreamHttpClient from "./UpstreamHttpClient.js"
@@ -108,6 +108,13 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
   Effect.gen(function*() {
     const config = yield* AppConfig
     const specs = yield* upstreamSpecs(config)
+    for (const { by, models, upstream } of shadowedModels(specs)) {
+      yield* Effect.logWarning(
+        `Upstream ${upstream} names ${models.map((m) => `'${m}'`).join(", ")}, which ${by.join(", ")} (before it in ` +
+          `the file) name${by.length === 1 ? "s" : ""} too: the first one serves ${models.length === 1 ? "it" : "them"}, ` +
+          `${upstream} never does`
+      )
+    }
     const upstreams = yield* Effect.forEach(specs, (spec) =>
       makeUpstream(spec, {
         http: clientFor(spec),

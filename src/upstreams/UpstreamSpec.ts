@@ -12,14 +12,15 @@ import { hasNonHeaderCharacter } from "../http/headerValue.js"
 
 /** An http(s) URL with no credentials in it (they would be logged with it: keys go in api_key or headers). */
 const HttpUrl = Schema.String.pipe(
-  Schema.filter((text) => isHttpUrl(text) || "an http:// or https:// URL"),
+  Schema.filter((text) => isHttpUrl(text) || "an http:// or https:// URL, without spaces"),
   Schema.filter((text) => !hasCredentials(text) || "a URL without user:password@ (give the key in api_key, api_key_env or headers)")
 )
 const BaseUrl = HttpUrl.pipe(
   Schema.filter((text) => !hasQueryOrFragment(text) || "a base URL without ?query or #fragment")
 )
 
-const isHttpUrl = (text: string) => URL.canParse(text) && /^https?:$/.test(new URL(text).protocol)
+// Written out in full: the URL parser also takes `http:/host` and inner spaces, sent then as `%20` (a typo's URL).
+const isHttpUrl = (text: string) => /^https?:\/\/\S+$/i.test(text) && URL.canParse(text) && /^https?:$/.test(new URL(text).protocol)
 const hasCredentials = (text: string) => URL.canParse(text) && (new URL(text).username !== "" || new URL(text).password !== "")
 const hasQueryOrFragment = (text: string) => URL.canParse(text) && (new URL(text).search !== "" || new URL(text).hash !== "")
 
@@ -81,6 +82,21 @@ export interface UpstreamSpec {
 
 /** Whether the upstream serves any model (`"*"`): what it serves is then what its own `GET /models` lists. */
 export const servesAnyModel = (spec: UpstreamSpec): boolean => spec.models.includes("*")
+
+/**
+ * The models an upstream names that an earlier one names too: the first match serves a model, so the later one
+ * never gets them (a copied entry, or a model moved without taking it out of the first). One line per upstream.
+ */
+export const shadowedModels = (
+  specs: ReadonlyArray<UpstreamSpec>
+): ReadonlyArray<{ readonly upstream: string; readonly models: ReadonlyArray<string>; readonly by: ReadonlyArray<string> }> =>
+  specs.flatMap((spec, i) => {
+    const earlier = specs.slice(0, i)
+    const shadowed = spec.models.filter((m) => m !== "*" && earlier.some((e) => e.models.includes(m)))
+    if (shadowed.length === 0) return []
+    const by = earlier.filter((e) => shadowed.some((m) => e.models.includes(m))).map((e) => e.name)
+    return [{ upstream: spec.name, models: shadowed, by }]
+  })
 
 type Defaults = Pick<AppConfigShape, "inferenceMaxConcurrency" | "inferenceMinConcurrency" | "inferenceTimeout">
 
