@@ -6,7 +6,7 @@
 import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import { describe, expect, it } from "@effect/vitest"
-import { ConfigProvider, Duration, Effect, Either, Exit, Layer, Option, Redacted } from "effect"
+import { ConfigProvider, Duration, Effect, Either, Exit, Layer, Logger, Option, Redacted } from "effect"
 import * as EffectTracer from "effect/Tracer"
 import { mkdtempSync, rmSync } from "node:fs"
 import * as Http from "node:http"
@@ -16,12 +16,14 @@ import OpenAI, { toFile } from "openai"
 import { startSimulator } from "../scripts/simulator.js"
 import { AppConfig } from "../src/Config.js"
 import { Inference, InferenceOverHttpClient } from "../src/inference/Inference.js"
+import { layerWith } from "../src/observability/Tracing.js"
 import { DEFAULT_UPSTREAM_CALLS, parseHeaders, tracingSettings } from "../src/observability/tracingSettings.js"
 import { layerUpstreamCallTracing, makeFractionPicker } from "../src/observability/upstreamCallSpans.js"
 import { chatLine } from "./support/Batches.js"
 import { manualHandBack } from "./support/HandBack.js"
 import { type CollectedSpan, startCollector } from "./support/OtlpCollector.js"
 import { runServerToExit, startServer } from "./support/ServerProcess.js"
+import { eventually } from "./support/TestApp.js"
 
 const SERVER = 2
 const CLIENT = 3
@@ -226,6 +228,56 @@ describe("tracing", () => {
 
 const settings = (env: Record<string, string>) =>
   Effect.either(Effect.withConfigProvider(tracingSettings, ConfigProvider.fromMap(new Map(Object.entries(env)))))
+
+describe("export", () => {
+  it.live("a collector refusing the spans is said once, and its answering again", () =>
+    Effect.gen(function*() {
+      let status = 400
+      const exports: Array<number> = []
+      const collector = yield* Effect.acquireRelease(
+        Effect.promise(() =>
+          new Promise<Http.Server>((resolve) => {
+            const server = Http.createServer((req, res) => {
+              req.resume()
+              req.on("end", () => {
+                exports.push(status)
+                res.writeHead(status, { "content-type": "application/json" }).end("{}")
+              })
+            })
+            server.listen(0, "127.0.0.1", () => resolve(server))
+          })
+        ),
+        (server) => Effect.promise(() => new Promise((resolve) => server.close(resolve)))
+      )
+      const url = `http://127.0.0.1:${(collector.address() as { port: number }).port}`
+      // The batch span processor's delay, read from the environment when it is made: 50 ms instead of 5 s.
+      yield* Effect.acquireRelease(
+        Effect.sync(() => {
+          const before = process.env.OTEL_BSP_SCHEDULE_DELAY
+          process.env.OTEL_BSP_SCHEDULE_DELAY = "50"
+          return before
+        }),
+        (before) => Effect.sync(() => (before === undefined ? delete process.env.OTEL_BSP_SCHEDULE_DELAY : (process.env.OTEL_BSP_SCHEDULE_DELAY = before)))
+      )
+      const lines: Array<{ level: string; message: string }> = []
+      const recorder = Logger.make(({ logLevel, message }) => void lines.push({ level: logLevel.label, message: String(message) }))
+      const traced = Option.getOrThrow(Either.getOrThrow(yield* settings({ OTEL_EXPORTER_OTLP_ENDPOINT: url, OTEL_TRACES_SAMPLER: "always_on" })))
+      const context = yield* Layer.build(layerWith(traced).pipe(Layer.provide(Logger.replace(Logger.defaultLogger, recorder))))
+      const span = Effect.provide(Effect.withSpan(Effect.void, "probe"), context)
+
+      yield* span
+      yield* eventually(() => expect(lines).toHaveLength(1), 5000)
+      yield* span // a second failure is not said again
+      yield* eventually(() => expect(exports.length).toBeGreaterThanOrEqual(2), 5000)
+      status = 200
+      yield* span
+      yield* eventually(() => expect(lines).toHaveLength(2), 5000)
+      expect(lines).toEqual([
+        { level: "WARN", message: expect.stringMatching(new RegExp(`^Traces could not be sent to ${url}/v1/traces: .*; spans are dropped until it answers$`)) },
+        { level: "INFO", message: `Traces are sent to ${url}/v1/traces again` }
+      ])
+    }).pipe(Effect.scoped))
+})
 
 describe("tracing settings", () => {
   it.effect("off unless an endpoint is set (or with OTEL_SDK_DISABLED or OTEL_TRACES_EXPORTER=none)", () =>

@@ -12,23 +12,11 @@ import { Inference } from "../inference/Inference.js"
 import type { UpstreamSpec } from "../upstreams/UpstreamSpec.js"
 import { describeDatabase, Readiness } from "./Readiness.js"
 import { tracingSettings } from "./tracingSettings.js"
+import { withoutCredentials } from "./urlText.js"
 
 /** How an upstream reads in the listening line: `default at http://127.0.0.1:8000/v1 (*)`. */
 const upstreamText = (spec: Pick<UpstreamSpec, "name" | "baseUrl" | "models">) =>
   `${spec.name} at ${spec.baseUrl} (${spec.models.join(", ")})`
-
-/** A URL without what may carry a secret: its user and password, its query. */
-const withoutCredentials = (url: string) => {
-  try {
-    const parsed = new URL(url)
-    parsed.username = ""
-    parsed.password = ""
-    parsed.search = ""
-    return parsed.href
-  } catch {
-    return url
-  }
-}
 
 /**
  * The listening line: where, on which database, to which upstreams (each also logs its state once probed), and

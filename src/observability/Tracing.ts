@@ -21,10 +21,11 @@ import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
 import type * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import type * as OtelApi from "@opentelemetry/api"
 import type * as SdkTrace from "@opentelemetry/sdk-trace-base"
-import { type ConfigError, Context, Effect, Layer, Option, Redacted } from "effect"
+import { type ConfigError, Context, Effect, Layer, Option, Redacted, Runtime } from "effect"
 import * as EffectTracer from "effect/Tracer"
 import { routeOf } from "../http/Routes.js"
 import { type TracingSettings, tracingSettings } from "./tracingSettings.js"
+import { withoutCredentials } from "./urlText.js"
 import { layerUpstreamCallTracing, makeFractionPicker } from "./upstreamCallSpans.js"
 
 // --- batch work ---------------------------------------------------------------------------------------------------
@@ -63,7 +64,7 @@ const PER_GROUP_SPANS: ReadonlySet<string> = new Set(["BatchStore.recordOutcomes
  * release the spans still queued are flushed (at most 5 s).
  */
 export const layerWith = (settings: TracingSettings): Layer.Layer<never> =>
-  Layer.unwrapEffect(Effect.promise(async () => {
+  Layer.unwrapEffect(Effect.flatMap(Effect.runtime<never>(), (runtime) => Effect.promise(async () => {
     const [api, sdk, NodeSdk, Resource, OtelTracer, exporterModule] = await Promise.all([
       import("@opentelemetry/api"),
       import("@opentelemetry/sdk-trace-base"),
@@ -74,7 +75,11 @@ export const layerWith = (settings: TracingSettings): Layer.Layer<never> =>
         ? import("@opentelemetry/exporter-trace-otlp-http")
         : import("@opentelemetry/exporter-trace-otlp-proto")
     ])
-    const exporter = new exporterModule.OTLPTraceExporter({ url: settings.url, headers: Redacted.value(settings.headers) })
+    const exporter = sayingFailures(
+      new exporterModule.OTLPTraceExporter({ url: settings.url, headers: Redacted.value(settings.headers) }),
+      withoutCredentials(settings.url),
+      Runtime.runFork(runtime)
+    )
 
     const ratio = new sdk.TraceIdRatioBasedSampler(settings.samplerArg)
     const base: SdkTrace.Sampler = {
@@ -97,7 +102,38 @@ export const layerWith = (settings: TracingSettings): Layer.Layer<never> =>
       Layer.provide(provider)
     )
     return Layer.merge(tracer, layerUpstreamCallTracing(settings.upstreamCalls))
-  }))
+  })))
+
+/**
+ * `exporter`, saying when its exports start failing (the collector down or refusing: those spans are dropped) and
+ * when they go through again, once each: the SDK's own report goes to OpenTelemetry's diagnostic logger, silent
+ * unless set.
+ */
+const sayingFailures = (
+  exporter: SdkTrace.SpanExporter,
+  url: string,
+  say: (line: Effect.Effect<void>) => unknown
+): SdkTrace.SpanExporter => {
+  let failing = false
+  return {
+    export: (spans, done) =>
+      exporter.export(spans, (result) => {
+        const failed = result.code !== 0 // ExportResultCode.SUCCESS
+        if (failed !== failing) {
+          failing = failed
+          const reason = (result.error?.message ?? "no reason given").split("\n")[0]
+          say(
+            failed
+              ? Effect.annotateLogs(Effect.logWarning(`Traces could not be sent to ${url}: ${reason}; spans are dropped until it answers`), "event", "tracing.export_failed")
+              : Effect.annotateLogs(Effect.logInfo(`Traces are sent to ${url} again`), "event", "tracing.export_resumed")
+          )
+        }
+        done(result)
+      }),
+    shutdown: () => exporter.shutdown(),
+    forceFlush: () => exporter.forceFlush?.() ?? Promise.resolve()
+  }
+}
 
 /** Whether a request continues a caller's trace: it has the headers the platform's tracer reads (W3C, B3). */
 const continuesTrace = (request: HttpServerRequest.HttpServerRequest): boolean => {
