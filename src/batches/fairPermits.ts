@@ -58,7 +58,7 @@ export const makeFairPermits = (permits: number): FairPermits => {
   /** Holders that claimed to give their permit back (`claimYield`). */
   let yielding = 0
 
-  /** Ready batches waiting for a permit, but `project`'s (every one when undefined). */
+  /** Ready batches waiting for a permit, but those of project `except` (every one when undefined). */
   const readyWaiters = (except: string | undefined) => {
     let count = 0
     for (const [other, queue] of queues) {
