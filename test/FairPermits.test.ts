@@ -1,7 +1,7 @@
 /** The node's batch permits, shared round-robin by project. */
 import { describe, expect, it } from "@effect/vitest"
 import { Deferred, Effect, Fiber } from "effect"
-import { type FairPermits, holderTurn, makeFairPermits } from "../src/batches/fairPermits.js"
+import { type FairPermits, heldAWhile, holderTurn, makeFairPermits } from "../src/batches/fairPermits.js"
 
 /** Lets the forked fibers run until they wait. */
 const settle = Effect.repeatN(Effect.yieldNow(), 20)
@@ -185,6 +185,25 @@ describe("fair permits", () => {
       yield* Deferred.succeed(gate, undefined)
       yield* Fiber.join(Fiber.zip(holder, waiter))
     }))
+
+  it("a hold counts once it lasted: a brief pause (a 429 storm's) is no reason to give the permit away", () => {
+    let held = false
+    let now = 0
+    const long = heldAWhile(() => held, () => now, 1000)
+    held = true
+    expect(long()).toBe(false)
+    now = 999
+    expect(long()).toBe(false)
+    now = 1000
+    expect(long()).toBe(true)
+    held = false // a break starts it over
+    expect(long()).toBe(false)
+    held = true
+    now = 1500
+    expect(long()).toBe(false)
+    now = 2500
+    expect(long()).toBe(true)
+  })
 
   it.effect("a holder whose upstream lets its calls through keeps its permit from its own project's batches", () =>
     Effect.gen(function*() {

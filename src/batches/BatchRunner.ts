@@ -28,7 +28,7 @@ import { batchWork } from "../observability/Tracing.js"
 import { type StorageFault, storageFault } from "../storage/Faults.js"
 import { inBackground } from "../Scheduler.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
-import { holderTurn, makeFairPermits, type Readiness } from "./fairPermits.js"
+import { heldAWhile, holderTurn, makeFairPermits, type Readiness } from "./fairPermits.js"
 import { makeFinishing } from "./finishing.js"
 import { LocalWork, startHeartbeat } from "./heartbeat.js"
 import { makeRunning } from "./running.js"
@@ -70,6 +70,11 @@ export class TurnLength extends Context.Reference<TurnLength>()("BatchRunner/Tur
 
 /** How often a batch waiting for a permit looks whether its upstream still holds its calls (no event tells). */
 const HELD_CHECK = Duration.millis(250)
+/**
+ * How long a running batch's upstream holds every call before the batch gives its permit away: a 429 storm's pauses
+ * of a few tens of milliseconds would otherwise hand a later batch of the project the earlier one's turn.
+ */
+const HELD_LONG_MS = 1000
 
 /** The fault retry policy, read once when the runner starts: 1 s doubling, 4 retries, storage waits up to 30 s. */
 export class FaultRetry extends Context.Reference<FaultRetry>()("BatchRunner/FaultRetry", {
@@ -149,7 +154,8 @@ export const make = Effect.gen(function*() {
         }
         if (current.batch.status === "in_progress") {
           const turnIsOver = () => clock.unsafeCurrentTimeMillis() > turnOver
-          const turn = holderTurn(permits, record.project, turnIsOver, heldFor(current.batch.model))
+          const held = heldAWhile(heldFor(current.batch.model), () => clock.unsafeCurrentTimeMillis(), HELD_LONG_MS)
+          const turn = holderTurn(permits, record.project, turnIsOver, held)
           const run = running.run(current, turn, turn.handBack)
           return yield* Effect.ensuring(Effect.raceFirst(run, Effect.zipRight(turn.watch, Effect.never)), Effect.sync(turn.done))
         }

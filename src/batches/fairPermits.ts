@@ -146,6 +146,19 @@ export const makeFairPermits = (permits: number): FairPermits => {
   }
 }
 
+/** `held`, once it has held for `forMs` without a break (`now` in milliseconds). */
+export const heldAWhile = (held: () => boolean, now: () => number, forMs: number) => {
+  let since: number | undefined
+  return () => {
+    if (!held()) {
+      since = undefined
+      return false
+    }
+    since ??= now()
+    return now() - since >= forMs
+  }
+}
+
 /** How often a running holder's turn is looked at when none of its requests takes a row. */
 const TURN_CHECK = Duration.millis(250)
 
