@@ -449,11 +449,11 @@ describe("UpstreamHttpClient", () => {
   it("a proxy variable undici cannot use is a ConfigError naming it, without its value (it may hold a password)", () => {
     const { proxyProblem } = UpstreamHttpClient
     const said = (env: Record<string, string>) => String(proxyProblem(env) ?? "")
-    for (const ok of [{}, { HTTP_PROXY: "" }, { HTTP_PROXY: "http://proxy.corp:3128" }, { https_proxy: "https://u:p%25w@proxy:443/" }]) {
+    for (const ok of [{}, { HTTP_PROXY: "" }, { HTTP_PROXY: "http://proxy.corp:3128" }, { https_proxy: "https://u:p%25w@proxy:443/" }, { HTTPS_PROXY: "socks5://proxy.corp:1080" }]) {
       expect(proxyProblem(ok)).toBeUndefined()
     }
-    expect(said({ HTTP_PROXY: "proxy.corp:3128" })).toMatch(/^\(Invalid data at HTTP_PROXY: "Expected a URL starting with http:\/\/ or https:\/\//)
-    expect(said({ HTTPS_PROXY: "socks5://proxy.corp:1080" })).toContain("Invalid data at HTTPS_PROXY")
+    expect(said({ HTTP_PROXY: "proxy.corp:3128" })).toMatch(/^\(Invalid data at HTTP_PROXY: "Expected a URL starting with http:\/\/, https:\/\/ or socks5:\/\//)
+    expect(said({ HTTPS_PROXY: "ftp://proxy.corp:21" })).toContain("Invalid data at HTTPS_PROXY")
     const badPassword = said({ https_proxy: "http://u:SECRET%ZZ@127.0.0.1:1", HTTPS_PROXY: "http://fine:1" })
     expect(badPassword).toContain("Invalid data at https_proxy: \"Its user name or password is not percent-encoded")
     expect(badPassword).not.toContain("SECRET")

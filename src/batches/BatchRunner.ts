@@ -111,13 +111,15 @@ export const make = Effect.gen(function*() {
 
   /**
    * A running batch may take a permit while its upstream is up and does not hold its calls (`fairPermits.ts`: it
-   * keeps its turn meanwhile). Down and up are told as they happen; a hold is looked at every `HELD_CHECK`.
+   * keeps its turn meanwhile). Down and up are told as they happen; a hold is looked at every `HELD_CHECK`, and
+   * `ready` says what was seen then: read live, a hold shorter than that could make a waiter skipped as a permit
+   * came free and never looked at again (its watch would not have seen it held).
    */
   const upstreamReadiness = (model: string | null): Readiness => {
     let up = false
     const held = heldFor(model)
     return {
-      ready: () => up && !(inference.isDown?.(model) ?? false) && !held(),
+      ready: () => up && !(inference.isDown?.(model) ?? false),
       awaitReady: Effect.zipRight(
         Effect.zipRight(inference.reachable(model), heldBecomes(held, false)),
         Effect.sync(() => void (up = true))

@@ -9,9 +9,11 @@
  * served, it would give the permit straight back, and that wasted turn would count as its project's. Then a batch
  * whose every call fails, taking the shared upstream down again and again, took the permit first after each outage
  * and held another project's batch for the whole of its run. The same for an upstream that holds every call though
- * it is up (a `Retry-After` pause, its server's queue full): its batch waits, and a holder whose upstream does so
- * gives its permit to any batch that can use it, its own project's too (`holderTurn`'s `held`). Without that, one
- * rate-limited or busy upstream held every other upstream's batches of the project (every batch, without keys).
+ * it is up (a `Retry-After` pause, its server's queue full of others' calls): its batch waits, and a holder whose
+ * upstream does so gives its permit to any batch that can use it, its own project's too (`holderTurn`'s `held`).
+ * Without that, one rate-limited or busy upstream held every other upstream's batches of the project (every batch,
+ * without keys). A batch of the same project that took the permit so keeps it until its end or a turn of another
+ * project's: the first one, its hold over, waits for it.
  */
 import { Deferred, Duration, Effect, FiberId, Schedule } from "effect"
 import type { HandBack } from "../inference/answers.js"

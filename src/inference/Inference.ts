@@ -80,7 +80,8 @@ export interface InferenceShape {
   readonly isDown?: (model: string | null) => boolean
   /**
    * Whether the upstream serving `model` holds every call now though it is up (a `Retry-After` pause, its server's
-   * queue full at `max_waiting`): a batch running on it then gives its batch permit to one that can use it.
+   * queue at `max_waiting` with none of this node's calls in it): a batch running on it then gives its batch permit
+   * to one that can use it.
    * Optional: never held without it.
    */
   readonly isHeld?: (model: string | null) => boolean

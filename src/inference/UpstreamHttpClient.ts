@@ -138,13 +138,15 @@ export const proxiesOf = (env: Record<string, string | undefined>): Proxies | un
   return http === undefined && https === undefined ? undefined : { http, https, noProxy: env.no_proxy ?? env.NO_PROXY ?? "" }
 }
 
+/** The proxies undici's `ProxyAgent` can use. */
+const PROXY_PROTOCOLS: ReadonlySet<string> = new Set(["http:", "https:", "socks5:", "socks:"])
 /** The proxy variables undici reads, the lower-case one first. */
 const PROXY_VARIABLES = [["http_proxy", "HTTP_PROXY"], ["https_proxy", "HTTPS_PROXY"]] as const
 
 /**
  * What is wrong with the proxy variables of `env` as undici would read them, if anything: each one set must be an
- * `http:` or `https:` URL, its user name and password percent-encoded (undici threw on either at the dispatcher's
- * making: a stack trace for an answer). The value is not repeated: it may hold a password.
+ * `http:`, `https:` or `socks5:` URL (`socks:` too), its user name and password percent-encoded (undici threw on
+ * either at the dispatcher's making: a stack trace for an answer). The value is not repeated: it may hold a password.
  */
 export const proxyProblem = (env: Record<string, string | undefined>): ConfigError.ConfigError | undefined => {
   for (const [lower, upper] of PROXY_VARIABLES) {
@@ -152,8 +154,8 @@ export const proxyProblem = (env: Record<string, string | undefined>): ConfigErr
     const value = env[name]
     if (!value) continue
     const url = URL.canParse(value) ? new URL(value) : undefined
-    if (url === undefined || (url.protocol !== "http:" && url.protocol !== "https:")) {
-      return ConfigError.InvalidData([name], "Expected a URL starting with http:// or https:// (http://proxy.example:3128)")
+    if (url === undefined || !PROXY_PROTOCOLS.has(url.protocol)) {
+      return ConfigError.InvalidData([name], "Expected a URL starting with http://, https:// or socks5:// (http://proxy.example:3128)")
     }
     try {
       decodeURIComponent(url.username)

@@ -103,9 +103,12 @@ export class Admission {
     while (this.waiting > 0 && this.open()) this.serveNext()
   }
 
-  /** Whether every call is held now though the upstream is up: a `Retry-After` pause, or its server's queue full. */
+  /**
+   * Whether every call is held now though the upstream is up: a `Retry-After` pause, or its server's queue full of
+   * others' calls (none of this node's in flight). A queue this node's own calls fill is its batches' pace, no hold.
+   */
   held(): boolean {
-    return this.clock.unsafeCurrentTimeMillis() < this.pausedUntil || this.gauge.full()
+    return this.clock.unsafeCurrentTimeMillis() < this.pausedUntil || (this.inflight === 0 && this.gauge.full())
   }
 
   /** Calls waiting for a permit. */
