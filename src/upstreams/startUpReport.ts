@@ -44,8 +44,10 @@ export const startUpReport = (
     })
   }
   // Up, but its requests would most likely be refused the same way: every line a 401.
-  const check = status === 401 || status === 403
+  const check = status === 401
     ? "the upstream refused its key (check its api_key or api_key_env, or INFERENCE_API_KEY)"
+    : status === 403
+    ? "the upstream refused its key, or the key may not list models (check its api_key or api_key_env, or INFERENCE_API_KEY)"
     : status === 407
     ? "the proxy refused its credentials (check the user and password in HTTPS_PROXY or HTTP_PROXY)"
     : undefined
