@@ -128,20 +128,29 @@ export interface Proxies {
   readonly noProxy: string
 }
 
+type ProxyVariables = readonly [lower: string, upper: string]
+const HTTP_PROXY: ProxyVariables = ["http_proxy", "HTTP_PROXY"]
+const HTTPS_PROXY: ProxyVariables = ["https_proxy", "HTTPS_PROXY"]
+
+/** The variable of a pair undici reads, the lower-case one first (set empty, it hides the other), when not empty. */
+const proxyVariable = (env: Record<string, string | undefined>, [lower, upper]: ProxyVariables) => {
+  const name = env[lower] !== undefined ? lower : upper
+  const value = env[name]
+  return value ? { name, value } : undefined
+}
+
 /**
- * The proxies of `env` as undici's `EnvHttpProxyAgent` reads them (the lower-case variable first; `https:` calls go
- * through the `http:` proxy when no other is set); undefined when there is none.
+ * The proxies of `env` as undici's `EnvHttpProxyAgent` reads them (`https:` calls go through the `http:` proxy when
+ * no other is set); undefined when there is none.
  */
 export const proxiesOf = (env: Record<string, string | undefined>): Proxies | undefined => {
-  const http = (env.http_proxy ?? env.HTTP_PROXY) || undefined
-  const https = (env.https_proxy ?? env.HTTPS_PROXY) || http
+  const http = proxyVariable(env, HTTP_PROXY)?.value
+  const https = proxyVariable(env, HTTPS_PROXY)?.value ?? http
   return http === undefined && https === undefined ? undefined : { http, https, noProxy: env.no_proxy ?? env.NO_PROXY ?? "" }
 }
 
 /** The proxies undici's `ProxyAgent` can use. */
 const PROXY_PROTOCOLS: ReadonlySet<string> = new Set(["http:", "https:", "socks5:", "socks:"])
-/** The proxy variables undici reads, the lower-case one first. */
-const PROXY_VARIABLES = [["http_proxy", "HTTP_PROXY"], ["https_proxy", "HTTPS_PROXY"]] as const
 
 /**
  * What is wrong with the proxy variables of `env` as undici would read them, if anything: each one set must be an
@@ -149,10 +158,10 @@ const PROXY_VARIABLES = [["http_proxy", "HTTP_PROXY"], ["https_proxy", "HTTPS_PR
  * either at the dispatcher's making: a stack trace for an answer). The value is not repeated: it may hold a password.
  */
 export const proxyProblem = (env: Record<string, string | undefined>): ConfigError.ConfigError | undefined => {
-  for (const [lower, upper] of PROXY_VARIABLES) {
-    const name = env[lower] !== undefined ? lower : upper
-    const value = env[name]
-    if (!value) continue
+  for (const variables of [HTTP_PROXY, HTTPS_PROXY]) {
+    const set = proxyVariable(env, variables)
+    if (set === undefined) continue
+    const { name, value } = set
     const url = URL.canParse(value) ? new URL(value) : undefined
     if (url === undefined || !PROXY_PROTOCOLS.has(url.protocol)) {
       return ConfigError.InvalidData([name], "Expected a URL starting with http://, https:// or socks5:// (http://proxy.example:3128)")
