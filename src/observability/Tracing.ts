@@ -122,11 +122,10 @@ const sayingFailures = (
         if (failed !== failing) {
           failing = failed
           const reason = (result.error?.message ?? "no reason given").split("\n")[0]
-          say(
-            failed
-              ? Effect.annotateLogs(Effect.logWarning(`Traces could not be sent to ${url}: ${reason}; spans are dropped until it answers`), "event", "tracing.export_failed")
-              : Effect.annotateLogs(Effect.logInfo(`Traces are sent to ${url} again`), "event", "tracing.export_resumed")
-          )
+          const line = failed
+            ? Effect.logWarning(`Traces could not be sent to ${url}: ${reason}; spans are dropped until it answers`)
+            : Effect.logInfo(`Traces are sent to ${url} again`)
+          say(Effect.annotateLogs(line, "event", failed ? "tracing.export_failed" : "tracing.export_resumed"))
         }
         done(result)
       }),
