@@ -1,7 +1,7 @@
 /**
  * A cancel on the node that runs the batch is immediate: the HTTP handler interrupts the batch's work itself, it
  * does not leave it to the heartbeat. With a 5-minute heartbeat (so a heartbeat can never be what stops the work)
- * and upstream calls that take 20 s, the batch must read `cancelled` within ~500 ms of the cancel call returning,
+ * and upstream calls that take 20 s, the batch must read `cancelled` within a second of the cancel call returning,
  * with the finished outcomes kept and the in-flight upstream calls aborted.
  */
 import { describe, expect, layer } from "@effect/vitest"
@@ -19,12 +19,16 @@ const longHeartbeat = {
   inferenceRetryBaseDelay: Duration.millis(10)
 }
 
-/** How long after the cancel call returned the batch may take to read `cancelled`. */
-const BOUND_MS = 500
+/**
+ * How long after the cancel call returned the batch may take to read `cancelled`: what tells the handler's
+ * interruption from the heartbeat's (5 minutes here). Alone it passes under 500 ms; that bound was passed by 39 ms
+ * once on PostgreSQL with the whole suite's forks on two cores.
+ */
+const BOUND_MS = 1000
 
 for (const backend of backends) describe(`cancel latency (${backend})`, () => {
   layer(testAppWithUpstream(longHeartbeat, {}, backend), { excludeTestServices: true })("long heartbeat", (it) => {
-    it.effect("cancel of a running batch: cancelled within 500 ms, finished outcomes kept, in-flight calls aborted", () =>
+    it.effect("cancel of a running batch: cancelled within a second, finished outcomes kept, in-flight calls aborted", () =>
       Effect.gen(function*() {
         const openai = yield* client
         const sim = yield* Upstream
