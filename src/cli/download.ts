@@ -13,7 +13,7 @@ import { problemLine } from "./describe.js"
 import { CliFailure, EXIT_FAILED, failed } from "./failure.js"
 import { type Mode, note, printJson, sayAll } from "./output.js"
 import { type Patience, patiently } from "./patience.js"
-import { isTerminal } from "./progress.js"
+import { isTerminal, plural } from "./progress.js"
 
 export interface Saved {
   readonly path: string
@@ -75,7 +75,7 @@ export const saveResults = (batch: Batch, dir: string, patience: Patience) =>
     return { output, error } satisfies SavedResults
   })
 
-const lines = (n: number) => `${n} line${n === 1 ? "" : "s"}`
+const lines = (n: number) => `${n} ${plural("line", n)}`
 
 /** Where the files went, in words: `output: DIR/…_output.jsonl (980 lines)`, `errors: …`. */
 export const savedLines = (saved: SavedResults): ReadonlyArray<string> => [

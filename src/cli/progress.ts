@@ -63,6 +63,9 @@ export const duration = (seconds: number): string => {
   return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`
 }
 
+/** `noun` as `n` of it reads: `line`, `lines`. */
+export const plural = (noun: string, n: number): string => (n === 1 ? noun : `${noun}s`)
+
 /** `12,345`. */
 export const count = (n: number): string => Math.round(n).toString().replace(/\B(?=(\d{3})+(?!\d))/g, ",")
 

@@ -12,7 +12,7 @@ import { CliFailure, EXIT_INVALID } from "./failure.js"
 import { follow, type FollowSettings } from "./follow.js"
 import { checkFile } from "./localValidation.js"
 import { note, printJson, say } from "./output.js"
-import { count } from "./progress.js"
+import { count, plural } from "./progress.js"
 
 export interface AfterCreate extends FollowSettings {
   readonly watch: boolean
@@ -61,11 +61,11 @@ export const submit = (options: SubmitOptions) =>
       const against = check.problems.every((p) => p.code === "empty_file") ? "" : ` for ${check.endpoint}`
       return yield* new CliFailure({
         exitCode: EXIT_INVALID,
-        message: `${options.file}: ${check.problems.length} problem${check.problems.length === 1 ? "" : "s"}${against} ` +
+        message: `${options.file}: ${check.problems.length} ${plural("problem", check.problems.length)}${against} ` +
           `(the server would fail the batch with the same); nothing was uploaded.`
       })
     }
-    const requests = `${count(check.requests)} request${check.requests === 1 ? "" : "s"}`
+    const requests = `${count(check.requests)} ${plural("request", check.requests)}`
     yield* note(`${options.file}: ${requests} for ${check.endpoint}, no problems found; uploading…`)
     const file = yield* api.upload(options.file)
     const batch = yield* api.create({
