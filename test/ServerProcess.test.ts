@@ -302,7 +302,8 @@ describe.concurrent("server process", () => {
           let err = ""
           child.stdout.on("data", (d) => (out += d))
           child.stderr.on("data", (d) => (err += d))
-          child.on("exit", (code) => resolve({ code, out, err }))
+          // "close", not "exit": the exit can come before the last of its output is read (an empty help once).
+          child.on("close", (code) => resolve({ code, out, err }))
         })
       const help = await run(["--help"])
       expect(help.code).toBe(0)
