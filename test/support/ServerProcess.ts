@@ -125,7 +125,8 @@ export const runServerToExit = (
     child.stdout!.on("data", (d) => (output += d))
     child.stderr!.on("data", (d) => (output += d))
     const timer = timeoutMs === undefined ? undefined : setTimeout(() => child.kill("SIGKILL"), timeoutMs)
-    child.once("exit", (code) => {
+    // "close", not "exit": the exit can come before the last of its output is read.
+    child.once("close", (code) => {
       clearTimeout(timer)
       resolve({ code, output })
     })
