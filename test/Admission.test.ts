@@ -76,6 +76,28 @@ describe("Admission", () => {
       expect(admission.inflight).toBe(1)
     }))
 
+  it.effect("callEnded waits until a call in flight ends (at once when none is out), every waiter, each time", () =>
+    Effect.gen(function*() {
+      const admission = yield* make(4)
+      yield* admission.callEnded() // none in flight
+      yield* admission.acquire({ project: "a", deadline: 0 })
+      yield* admission.acquire({ project: "a", deadline: 0 })
+      const first = yield* Effect.fork(admission.callEnded())
+      const second = yield* Effect.fork(admission.callEnded())
+      const interrupted = yield* Effect.fork(admission.callEnded())
+      yield* Effect.yieldNow()
+      yield* Fiber.interrupt(interrupted)
+      expect(Option.isNone(yield* Fiber.poll(first))).toBe(true) // two calls out, neither ended
+      admission.release()
+      yield* Fiber.join(first)
+      yield* Fiber.join(second)
+      const later = yield* Effect.fork(admission.callEnded())
+      yield* Effect.yieldNow()
+      expect(Option.isNone(yield* Fiber.poll(later))).toBe(true)
+      admission.release()
+      yield* Fiber.join(later)
+    }))
+
   it.effect("a pause holds every call until it ends; down holds them until up", () =>
     Effect.gen(function*() {
       const admission = yield* make(8)

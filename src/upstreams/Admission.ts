@@ -55,6 +55,8 @@ export class Admission {
   private readonly queues = new Map<string, Array<Waiter>>()
   private lastServed = -1
   private waiting = 0
+  /** Those waiting for a call in flight to end (`callEnded`). */
+  private endWaiters: Array<Deferred.Deferred<void>> = []
 
   constructor(
     readonly limit: AdaptiveLimit,
@@ -154,6 +156,27 @@ export class Admission {
     this.inflight--
     this.gauge.finished()
     if (this.waiting > 0) this.pump()
+    if (this.endWaiters.length > 0) {
+      const ended = this.endWaiters
+      this.endWaiters = []
+      for (const waiter of ended) Deferred.unsafeDone(waiter, Effect.void)
+    }
+  }
+
+  /**
+   * Until a call in flight ends (at once when none is): a call the server refused for want of room, sent again at
+   * once, finds the same calls there and is refused again.
+   */
+  callEnded(): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      if (this.inflight === 0) return Effect.void
+      const ended = Deferred.unsafeMake<void>(FiberId.none)
+      this.endWaiters.push(ended)
+      return Effect.onInterrupt(Deferred.await(ended), () =>
+        Effect.sync(() => {
+          this.endWaiters = this.endWaiters.filter((waiter) => waiter !== ended)
+        }))
+    })
   }
 
   /** No call goes out before `until` (epoch ms, on the Effect clock; a later pause already set stays). */

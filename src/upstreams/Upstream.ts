@@ -18,7 +18,7 @@
  * anything but a 5xx: one call at a time, up again at the first success, down again at a failure (`outage.ts`).
  * An overload answer is sent again without counting as an attempt when it is the overload the limit answers (it
  * halved the limit, or its call was sent before a later overload signal), and for `SPARED_OVERLOADS` more of each
- * request's refusals. Any other counts, with its backoff, and every one at the floor: a request refused for good (a
+ * request's refusals, each sent again once a call in flight has ended. Any other counts, with its backoff, and every one at the floor: a request refused for good (a
  * spent quota) fails after its attempts.
  */
 import * as HttpBody from "@effect/platform/HttpBody"
@@ -57,6 +57,8 @@ export type Attempt =
 
 /** What to do after an attempt: keep its result, send again without counting an attempt, or retry (counted). */
 export type Verdict = "final" | "again" | "retry"
+/** `again` once a call in flight has ended: a spared refusal (see the header). */
+type Judged = Verdict | "again_after_a_call"
 
 export interface Upstream {
   readonly spec: UpstreamSpec
@@ -242,7 +244,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     }
 
     /** The verdict on an attempt: at once for the usual answer (thousands a second), an effect when there is more to do. */
-    const judge = (endpoint: string, ticket: Ticket, attempt: Attempt, generation: number): Verdict | Effect.Effect<Verdict> => {
+    const judge = (endpoint: string, ticket: Ticket, attempt: Attempt, generation: number): Verdict | Effect.Effect<Judged> => {
       if (attempt._tag === "Failure") {
         switch (attempt.kind) {
           case "connect":
@@ -266,7 +268,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
         return pauseFor(headers).pipe(
           Effect.zipRight(overloaded(ticket, generation, `status ${status}`)),
           Effect.zipRight(status === 503 ? failedInRow(ticket, "status 503") : Effect.succeed<Verdict>("retry")),
-          Effect.map((verdict): Verdict => {
+          Effect.map((verdict): Judged => {
             // Sent again without counting: a call the outage resends once the upstream is back, the overload the
             // limit answers, or one of the request's few spared refusals (see the header). Any other refusal counts,
             // with its backoff: a request halves the limit only once, so one refused alone never brings it to the
@@ -280,7 +282,9 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
             const spared = overloadsSpared.get(ticket) ?? 0
             if (spared >= SPARED_OVERLOADS) return "retry"
             overloadsSpared.set(ticket, spared + 1)
-            return "again"
+            // Refused though the limit had room and stays as it is: the limit is above what the server takes
+            // (this request halved it once already). Sent again at once, it finds the same calls there.
+            return "again_after_a_call"
           })
         )
       }
@@ -333,9 +337,10 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
               gate.release()
               return Effect.succeed([result, verdict] as const)
             }
-            return Effect.map(verdict, (v) => {
+            return Effect.flatMap(verdict, (v) => {
               gate.release()
-              return [result, v] as const
+              if (v !== "again_after_a_call") return Effect.succeed([result, v] as const)
+              return Effect.as(restore(unlessHandedBack(gate.callEnded(), ticket.handBack)), [result, "again"] as const)
             })
           })
         })
