@@ -63,7 +63,7 @@ describe.concurrent("server processes", () => {
         expect(yield* deliveryWhen(sdk(second.url), batch.id, (d) => d.status === "delivered")).toMatchObject({ id: pending.id, last_status_code: 200 })
         yield* sleep(500) // a repeat would come within a retry's 200 ms
         expect(receiver.received).toHaveLength(1)
-        expect(second.stdout()).toContain(`"event":"webhook.delivered"`)
+        yield* eventually(() => expect(second.stdout()).toContain(`"event":"webhook.delivered"`), 5_000)
       }).pipe(Effect.scoped), 60_000)
   }
 
