@@ -76,26 +76,25 @@ describe("Admission", () => {
       expect(admission.inflight).toBe(1)
     }))
 
-  it.effect("callEnded waits until a call in flight ends (at once when none is out), every waiter, each time", () =>
+  it.effect("callEnded: at once when none is out; else one waiter per call that ended with room made, oldest first; all once none is out", () =>
     Effect.gen(function*() {
       const admission = yield* make(4)
       yield* admission.callEnded() // none in flight
-      yield* admission.acquire({ project: "a", deadline: 0 })
-      yield* admission.acquire({ project: "a", deadline: 0 })
-      const first = yield* Effect.fork(admission.callEnded())
-      const second = yield* Effect.fork(admission.callEnded())
-      const interrupted = yield* Effect.fork(admission.callEnded())
+      for (let i = 0; i < 3; i++) yield* admission.acquire({ project: "a", deadline: 0 })
+      const waiting = () => Effect.fork(admission.callEnded())
+      const interrupted = yield* waiting() // the oldest, gone before any call ends
+      const first = yield* waiting()
+      const second = yield* waiting()
+      const third = yield* waiting()
       yield* Effect.yieldNow()
       yield* Fiber.interrupt(interrupted)
-      expect(Option.isNone(yield* Fiber.poll(first))).toBe(true) // two calls out, neither ended
-      admission.release()
-      yield* Fiber.join(first)
-      yield* Fiber.join(second)
-      const later = yield* Effect.fork(admission.callEnded())
-      yield* Effect.yieldNow()
-      expect(Option.isNone(yield* Fiber.poll(later))).toBe(true)
-      admission.release()
-      yield* Fiber.join(later)
+      const done = (fiber: Fiber.RuntimeFiber<void>) => Effect.map(Effect.zipRight(Effect.yieldNow(), Fiber.poll(fiber)), Option.isSome)
+      admission.release(false) // a refused call: no room made at the server
+      expect([yield* done(first), yield* done(second), yield* done(third)]).toEqual([false, false, false])
+      admission.release() // room for one: the oldest still waiting
+      expect([yield* done(first), yield* done(second), yield* done(third)]).toEqual([true, false, false])
+      admission.release(false) // the last call out, refused: nothing else would wake them
+      expect([yield* done(second), yield* done(third)]).toEqual([true, true])
     }))
 
   it.effect("a pause holds every call until it ends; down holds them until up", () =>

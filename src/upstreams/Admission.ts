@@ -151,21 +151,21 @@ export class Admission {
     })
   }
 
-  /** Gives a permit back. */
-  release(): void {
+  /** Gives a permit back; `freedRoom` false for a call the server refused (it leaves no room there for another). */
+  release(freedRoom = true): void {
     this.inflight--
     this.gauge.finished()
     if (this.waiting > 0) this.pump()
-    if (this.endWaiters.length > 0) {
-      const ended = this.endWaiters
-      this.endWaiters = []
-      for (const waiter of ended) Deferred.unsafeDone(waiter, Effect.void)
-    }
+    if (this.endWaiters.length === 0 || (!freedRoom && this.inflight > 0)) return
+    // One waiter per call ended: room for one at the server. All once none is out: nothing else would wake them.
+    const woken = this.inflight === 0 ? this.endWaiters.splice(0) : this.endWaiters.splice(0, 1)
+    for (const waiter of woken) Deferred.unsafeDone(waiter, Effect.void)
   }
 
   /**
-   * Until a call in flight ends (at once when none is): a call the server refused for want of room, sent again at
-   * once, finds the same calls there and is refused again.
+   * Until a call in flight ends that made room at the server (one waiter per such call, oldest first; every waiter
+   * once none is out; at once when none is): a call the server refused for want of room, sent again at once, finds
+   * the same calls there and is refused again.
    */
   callEnded(): Effect.Effect<void> {
     return Effect.suspend(() => {

@@ -18,8 +18,9 @@
  * anything but a 5xx: one call at a time, up again at the first success, down again at a failure (`outage.ts`).
  * An overload answer is sent again without counting as an attempt when it is the overload the limit answers (it
  * halved the limit, or its call was sent before a later overload signal), and for `SPARED_OVERLOADS` more of each
- * request's refusals, each sent again once a call in flight has ended. Any other counts, with its backoff, and every one at the floor: a request refused for good (a
- * spent quota) fails after its attempts.
+ * request's refusals, each sent again once one of this node's calls has ended there (or after `SPARED_WAIT`). Any
+ * other counts, with its backoff, and every one at the floor: a request refused for good (a spent quota) fails
+ * after its attempts.
  */
 import * as HttpBody from "@effect/platform/HttpBody"
 import type * as HttpClient from "@effect/platform/HttpClient"
@@ -47,6 +48,8 @@ export const OUTAGE_AFTER = 5
  * the calls sent before), and those are the overload's, not the request's; beyond them, a refusal counts.
  */
 const SPARED_OVERLOADS = 3
+/** The longest a spared refusal waits for a call of this node's to end before it is sent again. */
+const SPARED_WAIT = Duration.seconds(1)
 /** Increases of the limit are logged at most this often (decreases always). */
 const RAISE_LOG_INTERVAL_MS = 1000
 
@@ -55,9 +58,13 @@ export type Attempt =
   | { readonly _tag: "Response"; readonly response: UpstreamResponse; readonly headers: Record<string, string | undefined> }
   | { readonly _tag: "Failure"; readonly failure: UpstreamFailure; readonly kind: FailureKind | "answer" }
 
+/** A 429 or 503: the server turned the call away. */
+const isRefusal = (attempt: Attempt) =>
+  attempt._tag === "Response" && (attempt.response.status === 429 || attempt.response.status === 503)
+
 /** What to do after an attempt: keep its result, send again without counting an attempt, or retry (counted). */
 export type Verdict = "final" | "again" | "retry"
-/** `again` once a call in flight has ended: a spared refusal (see the header). */
+/** `again` once a call in flight has ended, or after `SPARED_WAIT`: a spared refusal (see the header). */
 type Judged = Verdict | "again_after_a_call"
 
 export interface Upstream {
@@ -65,7 +72,8 @@ export interface Upstream {
   readonly admission: Admission
   /**
    * One attempt, in `ticket`'s turn, and what to do next; a traced call sends its `traceparent` along. `HandedBack`
-   * when the ticket's caller wanted the request back while it waited for a permit.
+   * when the ticket's caller wanted the request back while it waited for a permit, or after a spared refusal, while
+   * it waited to send it again (that refusal counts for nothing).
    */
   readonly attempt: (endpoint: BatchEndpoint, body: string, ticket: Ticket, traceparent?: string) =>
     Effect.Effect<readonly [Attempt, Verdict], HandedBack>
@@ -259,7 +267,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       }
       const { headers, response } = attempt
       const status = response.status
-      if (status === 429 || status === 503) {
+      if (isRefusal(attempt)) {
         const atFloor = limit.atFloor
         const before = limit.current
         // Sent before a later overload signal: the overload that signal answered, not a new one.
@@ -323,8 +331,9 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
           Effect.match(res.text, { onFailure: noAnswer, onSuccess: (text) => answered(res, text) })
       })
       // The permit is given back however the call ends; the verdict is reached before, while the call still counts.
-      // Only the wait for a permit and the call itself are interruptible: the release on interruption is in place
-      // before the call starts, and a verdict (which may take the upstream down) always runs to its end.
+      // Only the wait for a permit, the call itself and a spared refusal's wait are interruptible: the release on
+      // interruption is in place before the call starts, and a verdict (which may take the upstream down) always
+      // runs to its end.
       return Effect.uninterruptibleMask((restore) => {
         const granted = gate.tryAcquire(ticket) // the usual case: a permit at once, no effect to wait on
         const permit = granted === undefined ? restore(unlessHandedBack(gate.acquire(ticket), ticket.handBack, () => gate.release())) : Effect.succeed(granted)
@@ -338,9 +347,11 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
               return Effect.succeed([result, verdict] as const)
             }
             return Effect.flatMap(verdict, (v) => {
-              gate.release()
+              gate.release(!isRefusal(result))
               if (v !== "again_after_a_call") return Effect.succeed([result, v] as const)
-              return Effect.as(restore(unlessHandedBack(gate.callEnded(), ticket.handBack)), [result, "again"] as const)
+              // At most SPARED_WAIT: this node's calls say nothing of other clients' at the server.
+              const room = Effect.race(gate.callEnded(), Effect.sleep(SPARED_WAIT))
+              return Effect.as(restore(unlessHandedBack(room, ticket.handBack)), [result, "again"] as const)
             })
           })
         })
