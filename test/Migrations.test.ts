@@ -1,21 +1,23 @@
 /**
  * Upgrading a database in use: a batch half done under the previous schema (outcomes stored in its request rows)
  * keeps every stored outcome and every pending request once the later migrations have run, on SQLite and PostgreSQL.
+ * Nodes starting at once on a PostgreSQL schema migrate it one after another, and wait for no node on another schema.
  */
+import * as Reactivity from "@effect/experimental/Reactivity"
 import { describe, expect, it } from "@effect/vitest"
 import * as Migrator from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
-import { Effect, Layer, Option, Redacted } from "effect"
+import { Effect, Fiber, Layer, Option, Redacted } from "effect"
 import * as Path from "node:path"
 import { make as makeBatchStore } from "../src/batches/BatchStore.js"
 import { BatchId, BatchRequestId, FileId } from "../src/domain/Ids.js"
 import { migrations } from "../src/storage/migrations.js"
-import { layerPg } from "../src/storage/Sql.js"
+import { layerPg, MIGRATION_LOCK } from "../src/storage/Sql.js"
 import { newChatBatch, storedLines } from "./support/Batches.js"
 import { createScratchSchema, dropScratchSchema } from "./support/Postgres.js"
-import { type Backend, backends, TestDatabase, TestDataDir } from "./support/TestApp.js"
+import { type Backend, backends, eventuallyEffect, TestDatabase, TestDataDir } from "./support/TestApp.js"
 
 const migrateUpTo = (last: keyof typeof migrations) =>
   Migrator.make({})({
@@ -115,4 +117,28 @@ describe("migrations", () => {
         yield* Effect.all(Array.from({ length: 4 }, () => node), { concurrency: "unbounded" })
       }
     }), 30_000)
+
+  it.scoped("postgres: a node migrating one schema holds up no node on another schema of the database", () =>
+    Effect.gen(function*() {
+      const [busy, other] = yield* Effect.all([createScratchSchema("migrate"), createScratchSchema("migrate")])
+      yield* Effect.addFinalizer(() => Effect.orDie(Effect.all([dropScratchSchema(busy.schema), dropScratchSchema(other.schema)])))
+      // A node that holds its schema's migration lock (a long migration under way) for as long as the test runs.
+      const sql = yield* PgClient.make({ url: Redacted.make(busy.url) })
+      const connection = yield* sql.reserve
+      yield* connection.executeRaw(`SELECT pg_advisory_lock(${MIGRATION_LOCK})`, [])
+      const started = yield* Effect.either(
+        Effect.timeout(Effect.disconnect(Effect.scoped(Layer.build(layerPg(Redacted.make(other.url))))), "10 seconds")
+      )
+      expect(started._tag).toBe("Right")
+      // On its own schema, a node waits for it, and migrates once it is let go of.
+      const waiting = yield* Effect.fork(Effect.scoped(Layer.build(layerPg(Redacted.make(busy.url)))))
+      yield* eventuallyEffect(Effect.map(
+        sql.unsafe<{ waiting: boolean }>(`SELECT EXISTS (SELECT 1 FROM pg_locks, (SELECT ${MIGRATION_LOCK} AS key) k
+          WHERE locktype = 'advisory' AND NOT granted AND objsubid = 1
+            AND (classid, objid) = (((key >> 32) & 4294967295)::oid, (key & 4294967295)::oid)) AS waiting`).pipe(Effect.orDie),
+        ([row]) => expect(row?.waiting).toBe(true)
+      ), 10_000)
+      yield* connection.executeRaw(`SELECT pg_advisory_unlock(${MIGRATION_LOCK})`, [])
+      yield* Fiber.join(waiting)
+    }).pipe(Effect.provide(Reactivity.layer)), 30_000)
 })

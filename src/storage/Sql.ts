@@ -20,8 +20,11 @@ import { migrations } from "./migrations.js"
 import { makePool, type PoolOptions, type StatementBound } from "./pgPool.js"
 import { sqliteReadConnection } from "./ReadConnection.js"
 
-/** Any number, the same on every node: the advisory lock that serializes their migrations. */
-const MIGRATION_LOCK = 7_301_245_016
+/**
+ * The advisory lock that serializes the migrations of the nodes on one schema: its key is the schema's (nodes on
+ * other schemas of the database have tables of their own, and need not wait for each other's).
+ */
+export const MIGRATION_LOCK = "hashtextextended('effect-openai-batch migrations ' || current_schema(), 0)"
 
 /**
  * Applies every pending migration to the `SqlClient` it is given. On Postgres, nodes starting at once take turns
