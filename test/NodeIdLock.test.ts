@@ -213,7 +213,7 @@ describe.concurrent("one process per NODE_ID on PostgreSQL", () => {
       // Its session ended (by an operator, or a server restart): it holds its id again, on a new session.
       yield* Effect.orDie(sql`SELECT pg_terminate_backend(${pid!})`)
       yield* heldAnew(Effect.provideService(holders("alive"), SqlClient.SqlClient, sql), pid, 5_000)
-    }).pipe(Effect.scoped), 60_000) // ~7 s alone; three databases started one after another (over 30 s once, in CI)
+    }).pipe(Effect.scoped), 60_000) // ~7 s alone; three database clients started one after another (over 30 s once, in CI)
 
   it.live("a silent holder with a live lease is not taken over: its node works (its heartbeat renews leases on other connections)", () =>
     Effect.gen(function*() {
