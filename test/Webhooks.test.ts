@@ -31,8 +31,9 @@ class Receivers extends Context.Tag("test/Receivers")<Receivers, { readonly glob
 
 /**
  * The app with keys over two projects and an operator key (a keys file), `projA` with a webhook of its own, every
- * other project on the global one (its URL with a token in the query); retries fast, batches expire after 6 s
- * (long enough for a quick batch on a busy machine).
+ * other project on the global one (its URL with a token in the query); retries fast, batches expire after 9 s
+ * (long enough for a quick batch on a busy machine: 6 s was outlasted once by a one-line batch, the suite run with
+ * ten CPU-burning processes beside it).
  */
 const app = (backend: "sqlite" | "postgres", overrides: Partial<AppConfigShape> = {}, timeout = Duration.seconds(15)) =>
   Layer.unwrapScoped(Effect.gen(function*() {
@@ -52,7 +53,7 @@ const app = (backend: "sqlite" | "postgres", overrides: Partial<AppConfigShape> 
       webhookRetryBaseDelay: Duration.millis(50),
       webhookRetryFor: Duration.seconds(6), // 4 s was outlasted once by a receiver failing 3 times on a loaded machine
       heartbeatInterval: Duration.millis(100),
-      completionWindow: Duration.seconds(6),
+      completionWindow: Duration.seconds(9),
       maxConcurrentBatches: 4, // a batch that sleeps until it expires holds no other one back
       ...overrides
     }, {}, backend).pipe(
@@ -76,7 +77,7 @@ for (const backend of backends) {
           finishedBatch(b, ["hello"]),
           finishedBatch(b, [], { raw: "this line is not JSON" }),
           finishedBatch(b, ["slow [sleep:5000]"], { cancel: true }),
-          finishedBatch(b, ["too slow [sleep:10000]"])
+          finishedBatch(b, ["too slow [sleep:20000]"])
         ], { concurrency: "unbounded" })
         expect(batches.map((batch) => batch.status)).toEqual(["completed", "failed", "cancelled", "expired"])
 
