@@ -2,13 +2,17 @@
  * An upstream's outages (`upstreams/outage.ts`) on its admission gate, in test time: a probe's answer puts it on
  * trial (one call at a time); a failed trial is down again and lets none of the waiting calls out (leaving the trial
  * before closing the gate let them all out at once, 30 of them here); a call that succeeds brings it up, and so
- * does a trial no call comes to for a few probe intervals.
+ * does a trial no call comes to for a few probe intervals. A down line that cannot be logged (a logger that throws)
+ * loses no permit and stops no probe.
  */
+import * as HttpClient from "@effect/platform/HttpClient"
+import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Exit, Fiber, identity, TestClock } from "effect"
+import { Cause, Duration, Effect, Exit, Fiber, identity, Logger, Option, TestClock } from "effect"
 import { Admission } from "../src/upstreams/Admission.js"
 import { AdaptiveLimit } from "../src/upstreams/adaptiveLimit.js"
 import { IDLE_TRIAL_PROBES, makeOutage } from "../src/upstreams/outage.js"
+import { makeUpstream, OUTAGE_AFTER } from "../src/upstreams/Upstream.js"
 
 const PROBE = Duration.seconds(1)
 const ticket = { project: "p", deadline: 0 }
@@ -87,4 +91,48 @@ describe("an upstream's outage", () => {
       yield* TestClock.adjust(Duration.times(PROBE, 2 * IDLE_TRIAL_PROBES))
       expect(slow.outage.onTrial()).toBe(false)
     }))
+})
+
+describe("an upstream whose down line cannot be logged", () => {
+  /** An embedder's logger that throws on the down line (a log sink gone, say): its fiber dies there. */
+  const throwsOnDownLine = Logger.replace(
+    Logger.defaultLogger,
+    Logger.make(({ message }) => {
+      if (String(message).includes("is down")) throw new Error("log sink gone")
+    })
+  )
+  /** Lists model `m` and answers every call 500. */
+  const http = HttpClient.make((request) =>
+    Effect.succeed(HttpClientResponse.fromWeb(
+      request,
+      request.method === "GET" ? new Response(`{"object":"list","data":[{"id":"m"}]}`) : new Response(`{"error":{"message":"boom"}}`, { status: 500 })
+    ))
+  )
+
+  it.scoped("gives back the failing call's permit and still probes: the upstream comes back", () =>
+    Effect.gen(function*() {
+      const upstream = yield* makeUpstream({
+        name: "u",
+        baseUrl: "http://upstream.test/v1",
+        apiKey: Option.none(),
+        models: ["m"],
+        maxConcurrency: 8,
+        minConcurrency: 1,
+        timeout: Duration.seconds(10),
+        headers: {},
+        loadAware: Option.none()
+      }, { http, maxResponseBytes: 1 << 20, probeInterval: PROBE, maxPause: Duration.seconds(60), listChanged: () => {} })
+      yield* upstream.started
+      // Different requests failing in a row: the last one's verdict takes the upstream down, and logs it.
+      const exits = yield* Effect.forEach(
+        Array.from({ length: OUTAGE_AFTER }, (_, i) => ({ project: "p", deadline: i })),
+        (ticket) => Effect.exit(upstream.attempt("/v1/chat/completions", "{}", ticket))
+      )
+      const last = exits.at(-1)!
+      expect(Exit.isFailure(last) && Cause.isDie(last.cause)).toBe(true)
+      expect(upstream.isDown()).toBe(true)
+      expect(upstream.admission.inflight).toBe(0)
+      yield* TestClock.adjust(PROBE) // the probe gets its answer: on trial, calls may go out
+      expect(upstream.isDown()).toBe(false)
+    }).pipe(Effect.provide(throwsOnDownLine)))
 })

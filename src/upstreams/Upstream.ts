@@ -346,8 +346,9 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
               gate.release()
               return Effect.succeed([result, verdict] as const)
             }
-            return Effect.flatMap(verdict, (v) => {
-              gate.release(!isRefusal(result))
+            // Released even if the verdict dies (an embedder's logger that throws): a lost permit is lost for good.
+            const judged = Effect.ensuring(verdict, Effect.sync(() => gate.release(!isRefusal(result))))
+            return Effect.flatMap(judged, (v) => {
               if (v !== "again_after_a_call") return Effect.succeed([result, v] as const)
               // At most SPARED_WAIT: this node's calls say nothing of other clients' at the server.
               const room = Effect.race(gate.callEnded(), Effect.sleep(SPARED_WAIT))

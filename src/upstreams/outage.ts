@@ -111,6 +111,9 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
         return Effect.gen(function*() {
           upSignal = yield* Deferred.make<void>()
           yield* Deferred.succeed(downSignal, undefined)
+          // Probing starts before the down line is logged: a logger that throws must not leave it down for good.
+          // Interruptible: a verdict (where an outage is noticed) runs uninterruptibly, and a fork inherits that.
+          yield* Effect.forkIn(Effect.interruptible(log(probing)), scope)
           yield* log(
             again
               ? Effect.logDebug(`Upstream ${name} still failing after its probe answered (${reason}); probing every ${every}`)
@@ -120,8 +123,6 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
                 "upstream.down"
               )
           )
-          // Interruptible: a verdict (where an outage is noticed) runs uninterruptibly, and a fork inherits that.
-          yield* Effect.forkIn(Effect.interruptible(log(probing)), scope)
         })
       })
 
