@@ -1,7 +1,7 @@
 /** FileStore against real SQLite and real PostgreSQL (a fresh schema), and real files in a scratch directory. */
 import { assert, describe, expect, it } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Chunk, Clock, Effect, Exit, Fiber, Layer, Option, Stream, TestClock } from "effect"
+import { Chunk, Clock, Duration, Effect, Exit, Fiber, Layer, Option, Stream, TestClock } from "effect"
 import { mkdirSync, utimesSync, writeFileSync } from "node:fs"
 import * as Path from "node:path"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
@@ -22,11 +22,13 @@ const upload = (filename: string, purpose: string, body: Uint8Array, expiresAfte
 
 for (const { backend, fileStorage } of storages) describe(`FileStore (${backend}, ${fileStorage} bytes)`, () => {
   const config = configFor({ fileStorage: Option.some(fileStorage) })
-  const storeLayer = FileStoreLive.pipe(
-    Layer.provideMerge(StorageLive),
-    Layer.provideMerge(config),
-    Layer.provideMerge(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))
-  )
+  const storeLayerWith = (config: ReturnType<typeof configFor>) =>
+    FileStoreLive.pipe(
+      Layer.provideMerge(StorageLive),
+      Layer.provideMerge(config),
+      Layer.provideMerge(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))
+    )
+  const storeLayer = storeLayerWith(config)
 
   it.scoped("round-trips metadata and bytes, including binary content", () =>
     Effect.gen(function*() {
@@ -84,6 +86,41 @@ for (const { backend, fileStorage } of storages) describe(`FileStore (${backend}
       expect((yield* Effect.flip(files.get(created.id, "all")))._tag).toBe("FileNotFound")
       expect((yield* Effect.flip(files.remove(created.id, "all")))._tag).toBe("FileNotFound")
     }).pipe(Effect.provide(storeLayer)))
+
+  it.scoped("a deleted or swept file's id stays an `after` cursor for a day: deleting each file of a page as it is listed reaches them all", () =>
+    Effect.gen(function*() {
+      const files = yield* FileStore
+      const ids: Array<FileId> = []
+      for (let i = 0; i < 5; i++) ids.push((yield* upload(`f${i}.jsonl`, "batch", bytesOf(`${i}\n`))).id)
+      // The SDK's `for await (const file of files.list()) await files.delete(file.id)`, two a page.
+      const seen: Array<FileId> = []
+      let after: FileId | undefined
+      for (let page = 0; page < 10; page++) {
+        const { data, hasMore } = yield* files.list({ visibility: "all", limit: 2, order: "desc", after })
+        for (const file of data) yield* files.remove(file.id, "all")
+        seen.push(...data.map((f) => f.id))
+        after = data.at(-1)?.id
+        if (!hasMore) break
+      }
+      expect(seen).toEqual([...ids].reverse())
+
+      // Swept once expired: its place is kept too.
+      const expiring = yield* upload("expiring.jsonl", "batch", bytesOf("e\n"), 3600)
+      const later = yield* upload("later.jsonl", "batch", bytesOf("l\n"))
+      yield* TestClock.adjust("3601 seconds")
+      yield* files.sweepExpired
+      expect((yield* files.list({ visibility: "all", limit: 10, order: "asc", after: expiring.id })).data.map((f) => f.id))
+        .toEqual([later.id])
+      // Not another project's cursor.
+      const other = yield* Effect.flip(files.list({ visibility: { project: "other" }, limit: 10, order: "asc", after: expiring.id }))
+      expect(other._tag).toBe("UnknownCursor")
+
+      // A day after the deletion, the place is let go of (the background sweep, every 2 days here, stays out of it).
+      yield* TestClock.adjust("1 day")
+      yield* files.sweepExpired
+      const gone = yield* Effect.flip(files.list({ visibility: "all", limit: 10, order: "asc", after: expiring.id }))
+      expect(gone._tag).toBe("UnknownCursor")
+    }).pipe(Effect.provide(storeLayerWith(configFor({ fileStorage: Option.some(fileStorage), fileSweepInterval: Duration.days(2) })))))
 
   it.scoped("expired files vanish from get and list at once, and the sweep deletes their bytes", () =>
     Effect.gen(function*() {

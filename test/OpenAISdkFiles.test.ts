@@ -9,7 +9,7 @@ import { baseUrl, TestDataDir, testApp } from "./support/TestApp.js"
 const client = Effect.map(baseUrl, (base) => new OpenAI({ baseURL: `${base}/v1`, apiKey: "sk-test", maxRetries: 0 }))
 
 layer(testApp(), { excludeTestServices: true })("openai SDK: files", (it) => {
-  it.effect("create (stream and in-memory), retrieve, content, list with auto-pagination, delete", () =>
+  it.effect("create (stream and in-memory), retrieve, content, list with auto-pagination, delete, list and delete", () =>
     Effect.gen(function*() {
       const openai = yield* client
       const { path } = yield* TestDataDir
@@ -65,6 +65,17 @@ layer(testApp(), { excludeTestServices: true })("openai SDK: files", (it) => {
       expect(error.status).toBe(404)
       expect(error.error).toMatchObject({ type: "invalid_request_error", param: "file_id", code: "not_found" })
       expect(error.requestID).toMatch(/^req_/)
+
+      // List and delete: each next page is asked for after a file already deleted.
+      const removed: Array<string> = []
+      yield* Effect.promise(async () => {
+        for await (const f of openai.files.list({ purpose: "user_data", limit: 2 })) {
+          await openai.files.delete(f.id)
+          removed.push(f.id)
+        }
+      })
+      expect(removed).toEqual(created.slice(1).reverse())
+      expect((yield* Effect.promise(() => openai.files.list({ purpose: "user_data" }))).data).toEqual([])
     }))
 
   it.effect("client mistakes surface as typed SDK errors", () =>

@@ -1,8 +1,10 @@
 /**
  * Files: metadata rows in SQL, bytes in the `BlobStore`. Owns expiry (expired files vanish from `get`/`list` at once
- * and a background sweep deletes them) and the clean-up of bytes that lost their metadata in a crash.
+ * and a background sweep deletes them), the clean-up of bytes that lost their metadata in a crash, and the place of
+ * deleted files in the list order for a day (`deleted_files`: their ids stay valid `after` cursors).
  */
 import * as SqlClient from "@effect/sql/SqlClient"
+import type * as Statement from "@effect/sql/Statement"
 import { Clock, Context, Data, Effect, Layer, Schedule, Scope, Stream } from "effect"
 import { AppConfig } from "../Config.js"
 import { FileObject, type SortOrder } from "../domain/Files.js"
@@ -118,6 +120,11 @@ const filePageOf = sharedPerRows((rows, limit: number): FilePage => ({
 }))
 
 const SWEEP_GROUP = 500
+/**
+ * How long a deleted (or swept) file's id stays a valid `after` cursor: a client that deletes each file of a page as
+ * it lists them asks for the next page after the last one it deleted.
+ */
+export const DELETED_CURSOR_SECONDS = 24 * 3600
 
 export const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
@@ -177,7 +184,8 @@ export const make = Effect.gen(function*() {
       if (query.purpose !== undefined) conditions.push(sql`purpose = ${query.purpose}`)
       if (query.after !== undefined) {
         const cursor = yield* readValues(sql`
-          SELECT seq FROM files WHERE id = ${query.after} AND ${visible(query.visibility)}`).pipe(Effect.orDie)
+          SELECT seq FROM files WHERE id = ${query.after} AND ${visible(query.visibility)}
+          UNION ALL SELECT seq FROM deleted_files WHERE id = ${query.after} AND ${visible(query.visibility)}`).pipe(Effect.orDie)
         if (cursor.length === 0) return yield* new UnknownCursor({ after: query.after })
         const seq = cursor[0]![0]
         conditions.push(query.order === "asc" ? sql`seq > ${seq}` : sql`seq < ${seq}`)
@@ -208,23 +216,32 @@ export const make = Effect.gen(function*() {
   const content = (id: FileId, visibility: Visibility) =>
     Effect.map(get(id, visibility), (file) => ({ file, stream: blobs.read(id) })).pipe(Effect.withSpan("FileStore.content"))
 
+  /** Keeps the place of the files `where` selects, about to be deleted, as `after` cursors (`deleted_files`). */
+  const keepCursors = (where: Statement.Fragment, now: number) =>
+    sql`INSERT INTO deleted_files (id, project, seq, deleted_at) SELECT id, project, seq, ${now} FROM files WHERE ${where}
+      ON CONFLICT (id) DO UPDATE SET project = excluded.project, seq = excluded.seq, deleted_at = excluded.deleted_at`
+
   const remove = (id: FileId, visibility: Visibility) =>
     Effect.gen(function*() {
-      const deleted = yield* sql<{ id: FileId }>`
-        DELETE FROM files WHERE id = ${id} AND ${visible(visibility)} RETURNING id`.pipe(Effect.orDie)
+      const now = yield* nowSeconds
+      const where = sql`id = ${id} AND ${visible(visibility)}`
+      const deleted = yield* sql.withTransaction(
+        Effect.zipRight(keepCursors(where, now), sql<{ id: FileId }>`DELETE FROM files WHERE ${where} RETURNING id`)
+      ).pipe(Effect.orDie)
       if (deleted.length === 0) return yield* new FileNotFound({ id })
       yield* blobs.remove(id)
     }).pipe(Effect.uninterruptible, Effect.withSpan("FileStore.remove", { attributes: { id } }))
 
   const sweepExpired = Effect.gen(function*() {
     const now = yield* nowSeconds
+    yield* sql`DELETE FROM deleted_files WHERE deleted_at <= ${now - DELETED_CURSOR_SECONDS}`
     let removed = 0
     while (true) {
       const expired = yield* sql<{ id: string }>`
         SELECT id FROM files WHERE expires_at IS NOT NULL AND expires_at <= ${now} LIMIT ${SWEEP_GROUP}`
       if (expired.length === 0) return removed
       const ids = expired.map((r) => r.id)
-      yield* sql`DELETE FROM files WHERE ${sql.in("id", ids)}`
+      yield* sql.withTransaction(Effect.zipRight(keepCursors(sql.in("id", ids), now), sql`DELETE FROM files WHERE ${sql.in("id", ids)}`))
       yield* Effect.forEach(ids, blobs.remove, { discard: true, concurrency: 8 })
       removed += ids.length
     }

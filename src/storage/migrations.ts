@@ -284,5 +284,17 @@ export const migrations = {
     // (handed back at a turn's end, or the run ended before its answer): the node that runs it next counts on.
     yield* sql`ALTER TABLE batch_requests ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0`
     yield* sql`ALTER TABLE batch_requests ADD COLUMN retry_at BIGINT`
+  }),
+  "0012_deleted_files": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // A file deleted (or swept once expired) keeps its place in the list order for a while: its id stays a valid
+    // `after` cursor, so a client deleting each file of a page as it lists them reaches the next page.
+    yield* sql`CREATE TABLE deleted_files (
+      id TEXT PRIMARY KEY,
+      project TEXT NOT NULL,
+      seq BIGINT NOT NULL,
+      deleted_at BIGINT NOT NULL
+    )`
+    yield* sql`CREATE INDEX deleted_files_deleted_at ON deleted_files (deleted_at)`
   })
 } satisfies Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>>
