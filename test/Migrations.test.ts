@@ -2,6 +2,7 @@
  * Upgrading a database in use: a batch half done under the previous schema (outcomes stored in its request rows)
  * keeps every stored outcome and every pending request once the later migrations have run, on SQLite and PostgreSQL.
  * Nodes starting at once on a PostgreSQL schema migrate it one after another, and wait for no node on another schema.
+ * The service's migrations are recorded in a table of its own, apart from an embedding app's migrator.
  */
 import * as Reactivity from "@effect/experimental/Reactivity"
 import { describe, expect, it } from "@effect/vitest"
@@ -14,17 +15,15 @@ import * as Path from "node:path"
 import { make as makeBatchStore } from "../src/batches/BatchStore.js"
 import { BatchId, BatchRequestId, FileId } from "../src/domain/Ids.js"
 import { migrations } from "../src/storage/migrations.js"
-import { layerPg, MIGRATION_LOCK } from "../src/storage/Sql.js"
+import { MIGRATIONS_TABLE, runMigrations } from "../src/storage/migrationsTable.js"
+import { layerPg, MigrationsLive, MIGRATION_LOCK } from "../src/storage/Sql.js"
 import { newChatBatch, storedLines } from "./support/Batches.js"
 import { createScratchSchema, dropScratchSchema } from "./support/Postgres.js"
 import { type Backend, backends, eventuallyEffect, TestDatabase, TestDataDir } from "./support/TestApp.js"
 
-const migrateUpTo = (last: keyof typeof migrations) =>
-  Migrator.make({})({
-    loader: Migrator.fromRecord(
-      Object.fromEntries(Object.entries(migrations).filter(([name]) => name <= last))
-    )
-  })
+const migrationsUpTo = (last: keyof typeof migrations) =>
+  Object.fromEntries(Object.entries(migrations).filter(([name]) => name <= last))
+const migrateUpTo = (last: keyof typeof migrations) => runMigrations(migrationsUpTo(last))
 
 const clientFor = (backend: Backend) =>
   Layer.unwrapEffect(Effect.gen(function*() {
@@ -105,6 +104,48 @@ describe("migrations", () => {
         expect([again.created, again.record.batch.id]).toEqual([false, old])
         const elsewhere = yield* store.create({ ...retry, project: "projA" })
         expect([elsewhere.created, elsewhere.record.project]).toEqual([true, "projA"])
+      }).pipe(Effect.provide(clientFor(backend))))
+  }
+
+  for (const backend of backends) {
+    it.scoped(`${backend}: the service keeps its migrations in a table of its own; a database an earlier release migrated is taken up as it is`, () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const recorded = (table: string) =>
+          Effect.map(sql<{ name: string }>`SELECT name FROM ${sql(table)} ORDER BY migration_id`, (rows) => rows.map((r) => r.name))
+        // An earlier release: its migrations up to 0011 in @effect/sql's default table, a file stored.
+        yield* Migrator.make({})({ loader: Migrator.fromRecord(migrationsUpTo("0011_request_attempts")) })
+        yield* sql`INSERT INTO files (id, bytes, created_at, filename, purpose) VALUES ('file-old', 3, 1, 'a.jsonl', 'batch')`
+        yield* Effect.scoped(Layer.build(MigrationsLive)) // ran again, 0001 would fail: its tables exist
+        expect(yield* recorded(MIGRATIONS_TABLE)).toEqual(Object.keys(migrations).map((name) => name.slice(5)))
+        expect(yield* sql`SELECT id FROM files`).toEqual([{ id: "file-old" }])
+        expect(yield* sql`SELECT id FROM deleted_files`).toEqual([]) // 0012 ran
+        // An app's own migrator on the same schema (the default table) runs its migrations, numbered as it likes.
+        const app = yield* Migrator.make({})({
+          loader: Migrator.fromRecord({
+            "0012_app_users": sql`CREATE TABLE app_users (id INTEGER)`,
+            "0013_app_orders": sql`CREATE TABLE app_orders (id INTEGER)`
+          })
+        })
+        expect(app.map(([, name]) => name)).toEqual(["app_users", "app_orders"])
+        yield* Effect.scoped(Layer.build(MigrationsLive)) // and the service's next start has nothing to do
+        expect(yield* recorded(MIGRATIONS_TABLE)).toEqual(Object.keys(migrations).map((name) => name.slice(5)))
+      }).pipe(Effect.provide(clientFor(backend))))
+
+    it.scoped(`${backend}: an app that migrated the schema first with its own migrator takes none of the service's migrations away`, () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const appMigrations = Object.fromEntries(Array.from({ length: 14 }, (_, i) =>
+          [`${String(i + 1).padStart(4, "0")}_app_${i + 1}`, Effect.void] as const))
+        yield* Migrator.make({})({ loader: Migrator.fromRecord(appMigrations) })
+        yield* Effect.scoped(Layer.build(MigrationsLive))
+        expect(yield* sql`SELECT COUNT(*) AS n FROM files`).toEqual([{ n: expect.anything() }])
+        expect(yield* sql`SELECT id FROM deleted_files`).toEqual([])
+        // And the app's next migration still runs.
+        const next = yield* Migrator.make({})({
+          loader: Migrator.fromRecord({ ...appMigrations, "0015_app_15": sql`CREATE TABLE app_15 (id INTEGER)` })
+        })
+        expect(next.map(([, name]) => name)).toEqual(["app_15"])
       }).pipe(Effect.provide(clientFor(backend))))
   }
 

@@ -38,7 +38,7 @@ describe("statements held to DATABASE_STATEMENT_TIMEOUT on PostgreSQL", () => {
       const bounded = yield* clientOn(url, Duration.millis(1))
       expect(yield* Effect.flip(bounded`SELECT pg_sleep(0.5)`)).toBeDefined() // held to it once migrated
       const sql = yield* clientOn(url, Duration.seconds(60))
-      const migrated = yield* sql<{ name: string }>`SELECT name FROM effect_sql_migrations ORDER BY migration_id`
+      const migrated = yield* sql<{ name: string }>`SELECT name FROM effect_openai_batch_migrations ORDER BY migration_id`
       expect(migrated.length).toBeGreaterThan(5)
     }).pipe(Effect.scoped), 30_000)
 

@@ -5,7 +5,6 @@
  */
 import * as Reactivity from "@effect/experimental/Reactivity"
 import * as SqlClient from "@effect/sql/SqlClient"
-import * as Migrator from "@effect/sql/Migrator"
 import type * as SqlConnection from "@effect/sql/SqlConnection"
 import * as Statement from "@effect/sql/Statement"
 import { SqlError } from "@effect/sql/SqlError"
@@ -17,6 +16,7 @@ import * as Path from "node:path"
 import { AppConfig, defaults } from "../Config.js"
 import type { Visibility } from "../domain/Projects.js"
 import { migrations } from "./migrations.js"
+import { runMigrations } from "./migrationsTable.js"
 import { makePool, type PoolOptions, type StatementBound } from "./pgPool.js"
 import { sqliteReadConnection } from "./ReadConnection.js"
 
@@ -33,7 +33,7 @@ export const MIGRATION_LOCK = "hashtextextended('effect-openai-batch migrations 
  */
 export const MigrationsLive = Layer.effectDiscard(Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
-  const migrate = Migrator.make({})({ loader: Migrator.fromRecord(migrations) })
+  const migrate = runMigrations(migrations)
   yield* sql.onDialectOrElse({
     pg: () =>
       Effect.scoped(Effect.gen(function*() {

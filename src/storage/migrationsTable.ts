@@ -1,0 +1,54 @@
+/**
+ * Where the service records the migrations it ran: a table of its own, not @effect/sql's default
+ * `effect_sql_migrations`. The migrator skips every migration whose number is not above the highest one recorded, so
+ * an app embedding the service on the same schema with a migrator of its own (on the default table) would make the
+ * second of the two to migrate skip its migrations, without a word.
+ */
+import * as Migrator from "@effect/sql/Migrator"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { Effect } from "effect"
+
+export const MIGRATIONS_TABLE = "effect_openai_batch_migrations"
+/** Where releases before migration 0012 recorded theirs. */
+const SHARED_MIGRATIONS_TABLE = "effect_sql_migrations"
+
+const tableExists = (sql: SqlClient.SqlClient, name: string) =>
+  sql.onDialectOrElse({
+    pg: () => Effect.map(sql<{ found: boolean }>`SELECT to_regclass(${name}) IS NOT NULL AS found`, (rows) => rows[0]?.found === true),
+    orElse: () => Effect.map(sql`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ${name}`, (rows) => rows.length > 0)
+  })
+
+/**
+ * A database migrated by an earlier release has the service's migrations in the shared table: once, before its own
+ * table exists, the rows there that are the service's (same number and name, its tables present) are copied to it,
+ * so that they do not run again. The shared table is left as it is (an app's rows there are the app's).
+ */
+const adoptSharedRecords = (names: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    if (yield* tableExists(sql, MIGRATIONS_TABLE)) return
+    if (!(yield* tableExists(sql, SHARED_MIGRATIONS_TABLE)) || !(yield* tableExists(sql, "batch_requests"))) return
+    const ours = new Set(names)
+    const recorded = yield* sql<{ migration_id: number | string; name: string }>`
+      SELECT migration_id, name FROM ${sql(SHARED_MIGRATIONS_TABLE)}`
+    const adopted = recorded.filter((row) => ours.has(`${String(row.migration_id).padStart(4, "0")}_${row.name}`))
+    if (adopted.length === 0) return
+    // The migrator's own columns; not made by the migrator, whose check for its table on PostgreSQL is a failing
+    // statement, which would abort this transaction.
+    yield* sql`CREATE TABLE ${sql(MIGRATIONS_TABLE)} (
+      migration_id INTEGER PRIMARY KEY NOT NULL,
+      created_at ${sql.literal(sql.onDialectOrElse({ pg: () => "TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now()", orElse: () => "DATETIME NOT NULL DEFAULT current_timestamp" }))},
+      name TEXT NOT NULL
+    )`
+    yield* sql`INSERT INTO ${sql(MIGRATIONS_TABLE)} ${
+      sql.insert(adopted.map((row) => ({ migration_id: Number(row.migration_id), name: row.name })))
+    }`
+    yield* Effect.logInfo(`Migrations: ${adopted.length} recorded in ${SHARED_MIGRATIONS_TABLE} by an earlier release, now in ${MIGRATIONS_TABLE}`)
+  })
+
+/** Applies the pending ones of `record` (named `NNNN_name`), recorded in the service's own table. */
+export const runMigrations = (record: Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>>) =>
+  Effect.zipRight(
+    Effect.flatMap(SqlClient.SqlClient, (sql) => sql.withTransaction(adoptSharedRecords(Object.keys(record)))),
+    Migrator.make({})({ loader: Migrator.fromRecord(record), table: MIGRATIONS_TABLE })
+  )
