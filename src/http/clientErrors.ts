@@ -1,9 +1,10 @@
 /**
  * Requests Node refuses before any handler sees them (a request line or headers over 16 KiB, headers that did not
- * arrive within the headers' timeout, bytes that are not HTTP) answered in OpenAI's error envelope, as every other
- * refusal, instead of Node's bare status line; then the connection is closed, as Node does.
+ * arrive within the headers' timeout, bytes that are not HTTP, an `Expect` other than `100-continue`) answered in
+ * OpenAI's error envelope, as every other refusal, instead of Node's bare status line; then the connection is
+ * closed, as Node does. (An HTTP/1.1 request without `Host`, which Node would refuse too, is refused by `Security.ts`.)
  */
-import { maxHeaderSize, type Server } from "node:http"
+import { type IncomingMessage, maxHeaderSize, type Server, type ServerResponse } from "node:http"
 import type { Duplex } from "node:stream"
 import { ErrorBody } from "../domain/Errors.js"
 import { requestId } from "../domain/Ids.js"
@@ -22,6 +23,21 @@ const refusalOf = (code: string | undefined, maxHeaderKiB: number): readonly [nu
   }
 }
 
+const envelope = (code: string, message: string) =>
+  JSON.stringify({ error: new ErrorBody({ message, type: "invalid_request_error", param: null, code }) })
+/** With a request id as on every other answer (none was read: the request never reached a handler), to quote in a report. */
+const refusalHeaders = (body: string) => ({
+  "content-type": "application/json",
+  "content-length": String(Buffer.byteLength(body)),
+  "x-request-id": requestId()
+})
+/** The whole answer, written to a socket whose request Node could not parse. */
+const refusal = (status: number, reason: string, code: string, message: string) => {
+  const body = envelope(code, message)
+  const headers = Object.entries(refusalHeaders(body)).map(([name, value]) => `${name}: ${value}\r\n`).join("")
+  return `HTTP/1.1 ${status} ${reason}\r\n${headers}connection: close\r\n\r\n${body}`
+}
+
 export const answerClientErrors = (server: Server): void => {
   const maxHeaderKiB = Math.round(((server as { maxHeaderSize?: number }).maxHeaderSize ?? maxHeaderSize) / 1024)
   server.on("clientError", (error: NodeJS.ErrnoException, socket: Duplex) => {
@@ -31,14 +47,13 @@ export const answerClientErrors = (server: Server): void => {
     const inFlight = (socket as { _httpMessage?: { headersSent?: boolean } })._httpMessage
     const silent = (socket as { bytesRead?: number }).bytesRead === 0
     if (socket.writable && !silent && inFlight?.headersSent !== true && error.code !== "ECONNRESET") {
-      const [status, reason, code, message] = refusalOf(error.code, maxHeaderKiB)
-      const body = JSON.stringify({ error: new ErrorBody({ message, type: "invalid_request_error", param: null, code }) })
-      // A request id as on every other answer (none was read: the request never parsed), to quote in a report.
-      socket.write(
-        `HTTP/1.1 ${status} ${reason}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
-          `x-request-id: ${requestId()}\r\nconnection: close\r\n\r\n${body}`
-      )
+      socket.write(refusal(...refusalOf(error.code, maxHeaderKiB)))
     }
     socket.destroy(error)
+  })
+  // Node's own answer to an unknown expectation is a bare 417 (it emits this event instead when it is listened to).
+  server.on("checkExpectation", (_request: IncomingMessage, response: ServerResponse) => {
+    const body = envelope("expectation_failed", "The Expect header's only supported value is 100-continue.")
+    response.writeHead(417, { ...refusalHeaders(body), connection: "close" }).end(body)
   })
 }
