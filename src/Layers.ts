@@ -11,6 +11,7 @@ import { type Auth, AuthLive, HostCheckLive } from "./auth/Auth.js"
 import { BatchRunnerLive } from "./batches/BatchRunner.js"
 import { BatchStore, BatchStoreLive } from "./batches/BatchStore.js"
 import { RerunLive } from "./batches/rerun.js"
+import { BatchCommandsLive } from "./batches/BatchCommands.js"
 import { WorkLeases, WorkLeasesLive } from "./batches/WorkLeases.js"
 import { FileStore, FileStoreLive } from "./files/FileStore.js"
 import { UploadsLive } from "./files/Uploads.js"
@@ -104,7 +105,8 @@ export const makeServices = <P extends ServiceParts = {}>(parts: P & OnlyParts<P
 
 /** The services on `parts` (their error type `unknown`: `makeServices` says which). */
 const composeServices = (parts: ServiceParts) =>
-  Layer.mergeAll(BatchRunnerLive, RerunLive, UploadsLive).pipe(
+  BatchCommandsLive.pipe(
+    Layer.provideMerge(Layer.mergeAll(BatchRunnerLive, RerunLive, UploadsLive)),
     Layer.provideMerge(Layer.mergeAll(
       parts.fileStore ?? FileStoreLive,
       parts.batchStore ?? BatchStoreLive,

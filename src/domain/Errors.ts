@@ -90,6 +90,15 @@ export const conflict = (message: string, param: string | null = null) =>
 export const payloadTooLarge = (message: string, param: string | null = null, code = "file_too_large") =>
   new PayloadTooLarge(body(message, "invalid_request_error", param, code))
 
+/** The 413 of a file that does not fit in its project's storage quota (`param`: what made the file). */
+export const overQuota = (max: number, room: number, param: string | null = "file") =>
+  payloadTooLarge(
+    `The file does not fit in this project's storage: its files may take ${max} bytes in all, ` +
+      `and ${Math.max(0, room)} bytes are left. Delete files to make room.`,
+    param,
+    "storage_quota_exceeded"
+  )
+
 /** 429 in OpenAI's words for a rate limit (type `requests`, code `rate_limit_exceeded`). */
 export const rateLimited = (message: string) => new RateLimited(body(message, "requests", null, "rate_limit_exceeded"))
 

@@ -5,7 +5,7 @@ import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Effect, Either, Option } from "effect"
 import { audit, Auth, CurrentCaller } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
-import { type ApiError, invalidRequest, notFound, payloadTooLarge } from "../domain/Errors.js"
+import { type ApiError, invalidRequest, notFound, overQuota, payloadTooLarge } from "../domain/Errors.js"
 import {
   FileDeleted,
   FileList,
@@ -136,15 +136,6 @@ export const parseUploadForm = (
 
 const tooLarge = (max: number) =>
   payloadTooLarge(`The file is larger than the maximum upload size of ${max} bytes.`, "file")
-
-/** The 413 of a file that does not fit in its project's storage quota (`param`: what made the file). */
-export const overQuota = (max: number, room: number, param: string | null = "file") =>
-  payloadTooLarge(
-    `The file does not fit in this project's storage: its files may take ${max} bytes in all, ` +
-      `and ${Math.max(0, room)} bytes are left. Delete files to make room.`,
-    param,
-    "storage_quota_exceeded"
-  )
 
 const fileNotFound = (id: string) => notFound(`No such File object: ${echo(id)}`, "file_id")
 

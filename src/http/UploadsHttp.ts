@@ -4,7 +4,7 @@ import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import { Effect, Either, Option } from "effect"
 import { audit, type Caller, CurrentCaller } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
-import { type ApiError, invalidRequest, notFound, payloadTooLarge } from "../domain/Errors.js"
+import { type ApiError, invalidRequest, notFound, overQuota, payloadTooLarge } from "../domain/Errors.js"
 import { MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS, UploadPurpose } from "../domain/Files.js"
 import type { UploadId } from "../domain/Ids.js"
 import { visibilityOf } from "../domain/Projects.js"
@@ -20,7 +20,7 @@ import {
 import { FileStore } from "../files/FileStore.js"
 import { type NewUpload, type UploadClosed, Uploads } from "../files/Uploads.js"
 import { OpenAIApi } from "./Api.js"
-import { batchFormatRefusal, overQuota, unsupportedValue, uploadFilename } from "./FilesHttp.js"
+import { batchFormatRefusal, unsupportedValue, uploadFilename } from "./FilesHttp.js"
 import { readFileForm } from "./fileField.js"
 
 /** The checked parameters of `POST /v1/uploads` (the project is the caller's); `maxBytes` bounds `bytes`. */

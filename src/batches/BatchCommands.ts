@@ -1,0 +1,228 @@
+/**
+ * What changes a batch from outside, with every check the API makes: create (from a file or inline requests), rerun
+ * (`retry`) and cancel. `http/BatchesHttp.ts` answers with it, and an embedding app calls it directly; its failures
+ * are the API's errors (`domain/Errors.ts`), the same statuses, codes and messages. Reads are `BatchStore`'s.
+ */
+import { Context, Duration, Effect, Layer, Option, Stream } from "effect"
+import { createHash } from "node:crypto"
+import type { Caller } from "../auth/Auth.js"
+import { AppConfig } from "../Config.js"
+import type { Batch, CreateBatchBody, RetryBatchBody } from "../domain/Batches.js"
+import { type ApiError, type Conflict, conflict, invalidRequest, type NotFound, notFound, overQuota, type RateLimited, rateLimited } from "../domain/Errors.js"
+import { type BatchId, batchId, fileId } from "../domain/Ids.js"
+import { visibilityOf } from "../domain/Projects.js"
+import { echo } from "../domain/Text.js"
+import { FileStore } from "../files/FileStore.js"
+import * as BatchLines from "../observability/batchLines.js"
+import { inBackground } from "../Scheduler.js"
+import { BatchRunner } from "./BatchRunner.js"
+import { type BatchRecord, BatchStore } from "./BatchStore.js"
+import { inlineFilename, inlineFingerprint, inlineJsonl, inputOf } from "./inlineInput.js"
+import { ALL_KINDS, chosenKinds, nothingToRerun, refusal, Rerun, rerunFilename, rerunMetadata } from "./rerun.js"
+import { isProblem, validateCreateBatch, type ValidCreateBatch } from "./validation.js"
+
+/** A create's or rerun's refusals: 400, 404, 409, 413 (storage quota), 429 (`MAX_ACTIVE_BATCHES_PER_PROJECT`), 507 (storage full). */
+export type CommandError = ApiError | RateLimited
+
+export interface BatchCommandsShape {
+  /**
+   * `POST /v1/batches`: a batch in `caller`'s project, started on this node (on an API-only node, by the nodes that
+   * run batches). `bodyText`, the body as sent, keeps inline requests' JSON as written (they are printed from `body`
+   * without it).
+   */
+  readonly create: (body: CreateBatchBody, caller: Caller, bodyText?: string) => Effect.Effect<Batch, CommandError>
+  /** `POST /v1/batches/{id}/retry` (extension): a new batch of batch `id`'s lines of the kinds `body.only` names. */
+  readonly retry: (id: BatchId, body: RetryBatchBody, caller: Caller) => Effect.Effect<Batch, CommandError>
+  /** `POST /v1/batches/{id}/cancel`: this node's work on it stops at once, other nodes' at their next heartbeat. */
+  readonly cancel: (id: BatchId, caller: Caller) => Effect.Effect<Batch, NotFound | Conflict>
+}
+
+export class BatchCommands extends Context.Tag("BatchCommands")<BatchCommands, BatchCommandsShape>() {}
+
+const batchNotFound = (id: string) => notFound(`No batch found with id '${echo(id)}'.`, "batch_id")
+
+/**
+ * What makes two creates with the same idempotency key "the same request": the checked parameters, metadata in
+ * key order (JSON objects are unordered: the same metadata sent with its keys in another order is the same).
+ * `input` is the input file, or what stands for it when the server writes one (inline requests, a rerun).
+ */
+const fingerprint = (valid: ValidCreateBatch, input: string = valid.inputFileId) =>
+  createHash("sha256").update(JSON.stringify([
+    input,
+    valid.endpoint,
+    valid.completionWindow,
+    valid.metadata === null ? null : Object.fromEntries(Object.entries(valid.metadata).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))),
+    valid.outputExpiresAfterSeconds === null ? null : { anchor: "created_at", seconds: valid.outputExpiresAfterSeconds }
+  ])).digest("hex")
+
+export const make = Effect.gen(function*() {
+  const store = yield* BatchStore
+  const runner = yield* BatchRunner
+  const files = yield* FileStore
+  const rerun = yield* Rerun
+  const { completionWindow, extraBatchEndpoints, maxActiveBatchesPerProject, maxFileBytesPerProject } = yield* AppConfig
+
+  /** The 409 of an idempotency key used before, unless `record` was made by the same request. */
+  const sameRequest = (record: BatchRecord, requestHash: string) =>
+    record.requestHash === requestHash
+      ? Effect.succeed(record.batch)
+      : conflict("This idempotency_key was already used to create a batch with different parameters.", "idempotency_key")
+
+  /**
+   * Creates the batch `valid` describes and hands it to this node's runner; with an idempotency key its project used
+   * before, gives the batch made then (`requestHash` tells the same request from another). `writeInput` writes the
+   * input file (`valid.inputFileId`) of inline requests or a rerun once a batch is to be made; it is removed if none is.
+   */
+  const insert = (
+    caller: Caller,
+    valid: ValidCreateBatch,
+    requestHash: string,
+    writeInput?: (batch: BatchId) => Effect.Effect<unknown, ApiError>
+  ) =>
+    Effect.gen(function*() {
+      // The quota is for new batches: a retry with an idempotency key already used gets its batch (or a 409).
+      if (valid.idempotencyKey !== null) {
+        const replay = yield* store.idempotentBatch(caller.project, valid.idempotencyKey)
+        if (Option.isSome(replay)) return yield* sameRequest(replay.value, requestHash)
+      }
+      if (Option.isSome(maxActiveBatchesPerProject)) {
+        const max = maxActiveBatchesPerProject.value
+        const active = yield* store.activeBatches(caller.project)
+        if (active >= max) {
+          return yield* rateLimited(
+            `This project has ${active} batches not yet finished, the most it may have at once (${max}). ` +
+              "Wait for one to finish, or cancel one, and try again."
+          )
+        }
+      }
+      const id = batchId()
+      if (writeInput !== undefined) yield* writeInput(id)
+      const dropInput = writeInput === undefined ? Effect.void : Effect.ignore(files.remove(valid.inputFileId, "all"))
+      const { created, record } = yield* store.create({
+        id,
+        project: caller.project,
+        endpoint: valid.endpoint,
+        inputFileId: valid.inputFileId,
+        completionWindow: valid.completionWindow,
+        expiresAfterSeconds: Math.max(1, Math.round(Duration.toSeconds(completionWindow))),
+        metadata: valid.metadata,
+        outputExpiresAfterSeconds: valid.outputExpiresAfterSeconds,
+        idempotencyKey: valid.idempotencyKey,
+        requestHash
+      }).pipe(Effect.onError(() => dropInput))
+      if (!created) return yield* Effect.zipRight(dropInput, sameRequest(record, requestHash)) // a create with the key won
+      yield* BatchLines.created(record.batch, record.project)
+      yield* runner.submit(record.batch.id)
+      return record.batch
+    })
+
+  /** What the caller's project may still store, in bytes (`MAX_FILE_BYTES_PER_PROJECT`). */
+  const roomOf = (project: string) =>
+    Option.match(maxFileBytesPerProject, {
+      onNone: () => Effect.succeed({ quota: Infinity, room: Infinity }),
+      onSome: (quota) => Effect.map(files.projectBytes(project), (used) => ({ quota, room: quota - used }))
+    })
+
+  /** Stores inline requests as the input file `valid.inputFileId` of batch `batch`. */
+  const writeInline = (jsonl: string, valid: ValidCreateBatch, project: string) => (batch: BatchId) =>
+    Effect.gen(function*() {
+      const bytes = Buffer.from(jsonl)
+      const { quota, room } = yield* roomOf(project)
+      if (bytes.length > room) return yield* overQuota(quota, room, "requests")
+      const meta = { id: valid.inputFileId, filename: inlineFilename(batch), purpose: "batch", project }
+      return yield* files.create(meta, Stream.make(bytes))
+    })
+
+  const create = (body: CreateBatchBody, caller: Caller, bodyText?: string) =>
+    Effect.gen(function*() {
+      const input = inputOf(body)
+      if ("code" in input) return yield* invalidRequest(input.message, input.param, input.code)
+      const inputFileId = input._tag === "File" ? input.id : fileId()
+      const valid = validateCreateBatch({ ...body, input_file_id: inputFileId }, extraBatchEndpoints)
+      if (isProblem(valid)) return yield* invalidRequest(valid.message, valid.param, valid.code)
+      if (input._tag === "Inline") {
+        const jsonl = inlineJsonl(input.requests, bodyText)
+        return yield* insert(caller, valid, fingerprint(valid, inlineFingerprint(jsonl)), writeInline(jsonl, valid, caller.project))
+      }
+      // The batch belongs to the caller's project (an operator's too) and reads only that project's files. A file
+      // that does not exist, or is another project's, is not refused here: as OpenAI, the batch is created and
+      // fails validation ("Cannot find file …, or organization does not have access to it.").
+      const file = yield* Effect.option(files.get(valid.inputFileId, { project: caller.project }))
+      if (Option.isSome(file) && file.value.purpose !== "batch") {
+        return yield* invalidRequest(
+          `File ${file.value.id} has purpose '${file.value.purpose}'; a batch input file must be uploaded with purpose 'batch'.`,
+          "input_file_id",
+          "invalid_value"
+        )
+      }
+      return yield* insert(caller, valid, fingerprint(valid))
+    }).pipe(Effect.withSpan("Batches.create"))
+
+  const retry = (id: BatchId, body: RetryBatchBody, caller: Caller) =>
+    Effect.gen(function*() {
+      const original = yield* store.get(id, visibilityOf(caller))
+      const kinds = chosenKinds(body?.only ?? undefined)
+      if (kinds.length === 0) {
+        return yield* invalidRequest(`'only' must name at least one of ${ALL_KINDS.map((k) => `'${k}'`).join(", ")}.`, "only", "invalid_value")
+      }
+      const refused = refusal(original.batch)
+      if (refused !== undefined) return yield* conflict(refused)
+      const metadata = rerunMetadata(original.batch, body?.metadata)
+      if ("code" in metadata) return yield* invalidRequest(metadata.message, metadata.param, metadata.code)
+      const seconds = original.outputExpiresAfterSeconds
+      const valid = validateCreateBatch({
+        input_file_id: fileId(),
+        endpoint: original.batch.endpoint,
+        completion_window: original.batch.completion_window,
+        metadata: metadata.metadata,
+        output_expires_after: seconds === null ? null : { anchor: "created_at", seconds },
+        idempotency_key: body?.idempotency_key ?? null
+      }, extraBatchEndpoints)
+      if (isProblem(valid)) return yield* invalidRequest(valid.message, valid.param, valid.code)
+      if ((yield* rerun.count(id, kinds)) === 0) return yield* conflict(nothingToRerun(id, kinds))
+      // A whole file written within the request: at the background's priority, so that it leaves the event loop
+      // turns between its steps (on Effect's microtasks synchronous storage could hold the loop for long).
+      const writeInput = (batch: BatchId) =>
+        inBackground(Effect.flatMap(roomOf(caller.project), ({ quota, room }) =>
+          rerun.writeInput(original, kinds, {
+            id: valid.inputFileId,
+            filename: rerunFilename(batch),
+            project: caller.project,
+            maxBytes: room
+          }).pipe(
+            Effect.catchTags({
+              InputFileGone: ({ id: file }) =>
+                conflict(`Batch ${id}'s input file ${file} no longer exists (deleted or expired): its lines cannot be rerun.`),
+              InputTooLarge: () => overQuota(quota, room, null)
+            })
+          )))
+      return yield* insert(caller, valid, fingerprint(valid, `retry:${id}:${kinds.join(",")}`), writeInput)
+    }).pipe(
+      Effect.catchTag("BatchNotFound", () => batchNotFound(id)),
+      Effect.withSpan("Batches.retry", { attributes: { id } })
+    )
+
+  const cancel = (id: BatchId, caller: Caller) =>
+    Effect.gen(function*() {
+      const visibility = visibilityOf(caller)
+      const { batch } = yield* store.get(id, visibility)
+      if (batch.status === "cancelling" || batch.status === "cancelled") return batch
+      const moved = yield* store.transition(id, "cancel")
+      if (Option.isNone(moved)) {
+        const now = (yield* store.get(id, visibility)).batch
+        if (now.status === "cancelling" || now.status === "cancelled") return now
+        return yield* conflict(`Cannot cancel a batch with status '${now.status}'.`)
+      }
+      // Interrupts this node's work on it at once; other nodes notice at their next heartbeat.
+      yield* runner.restart(id)
+      return moved.value
+    }).pipe(
+      Effect.catchTag("BatchNotFound", () => batchNotFound(id)),
+      Effect.withSpan("Batches.cancel", { attributes: { id } })
+    )
+
+  return BatchCommands.of({ create, retry, cancel })
+})
+
+export const BatchCommandsLive: Layer.Layer<BatchCommands, never, BatchStore | BatchRunner | FileStore | Rerun | AppConfig> =
+  Layer.effect(BatchCommands, make)
