@@ -143,6 +143,11 @@ const rules: ReadonlyArray<Rule> = [
   positiveDuration("databaseStatementTimeout", "DATABASE_STATEMENT_TIMEOUT"),
   positiveDuration("heartbeatInterval", "HEARTBEAT_INTERVAL"),
   positiveDuration("fileSweepInterval", "FILE_SWEEP_INTERVAL"),
+  {
+    variable: "BATCH_FILES_EXPIRE_AFTER",
+    expected: "a duration of at least a second (or unset: batch files are kept until deleted)",
+    holds: (c) => !Option.exists(c.batchFilesExpireAfter, (d) => !Duration.isDuration(d) || Duration.lessThan(d, Duration.seconds(1)))
+  },
   positiveDuration("inferenceTimeout", "INFERENCE_TIMEOUT"),
   positiveDuration("completionWindow", "COMPLETION_WINDOW"),
   positiveDuration("upstreamProbeInterval", "UPSTREAM_PROBE_INTERVAL"),

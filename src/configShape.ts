@@ -52,6 +52,12 @@ export interface AppConfigShape {
   readonly maxJsonBodiesBytes: number
   /** How often expired files are deleted from storage (`FILE_SWEEP_INTERVAL`, e.g. `60 seconds`). */
   readonly fileSweepInterval: Duration.Duration
+  /**
+   * How long batch files are kept when their creator gave no expiry (`BATCH_FILES_EXPIRE_AFTER`; `30 days` is
+   * OpenAI's): an input file uploaded (purpose `batch`) without `expires_after`, a batch's output and error files
+   * without `output_expires_after`. None: until deleted.
+   */
+  readonly batchFilesExpireAfter: Option.Option<Duration.Duration>
   /** On SIGINT/SIGTERM, how long open requests may take to finish before their connections are closed (`SHUTDOWN_TIMEOUT`). */
   readonly shutdownTimeout: Duration.Duration
   /**

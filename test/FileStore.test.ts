@@ -122,6 +122,17 @@ for (const { backend, fileStorage } of storages) describe(`FileStore (${backend}
       expect(gone._tag).toBe("UnknownCursor")
     }).pipe(Effect.provide(storeLayerWith(configFor({ fileStorage: Option.some(fileStorage), fileSweepInterval: Duration.days(2) })))))
 
+  it.scoped("BATCH_FILES_EXPIRE_AFTER: batch files given no expiry get it; others, and an expiry given, are as they were", () =>
+    Effect.gen(function*() {
+      const thirtyDays = 30 * 24 * 3600
+      const expiry = (file: { readonly created_at: number; readonly expires_at: number | null }) =>
+        file.expires_at === null ? null : file.expires_at - file.created_at
+      expect(expiry(yield* upload("in.jsonl", "batch", bytesOf("{}\n")))).toBe(thirtyDays)
+      expect(expiry(yield* upload("out.jsonl", "batch_output", bytesOf("{}\n")))).toBe(thirtyDays)
+      expect(expiry(yield* upload("mine.txt", "user_data", bytesOf("x")))).toBeNull()
+      expect(expiry(yield* upload("short.jsonl", "batch", bytesOf("{}\n"), 3600))).toBe(3600)
+    }).pipe(Effect.provide(storeLayerWith(configFor({ fileStorage: Option.some(fileStorage), batchFilesExpireAfter: Option.some(Duration.days(30)) })))))
+
   it.scoped("expired files vanish from get and list at once, and the sweep deletes their bytes", () =>
     Effect.gen(function*() {
       const files = yield* FileStore

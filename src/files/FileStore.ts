@@ -5,7 +5,7 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import type * as Statement from "@effect/sql/Statement"
-import { Clock, Context, Data, Effect, Layer, Schedule, Scope, Stream } from "effect"
+import { Clock, Context, Data, Duration, Effect, Layer, Option, Schedule, Scope, Stream } from "effect"
 import { AppConfig } from "../Config.js"
 import { FileObject, type SortOrder } from "../domain/Files.js"
 import { type FileId, fileId } from "../domain/Ids.js"
@@ -26,7 +26,7 @@ export interface FileMetadata {
   readonly purpose: string
   /** The project the file belongs to. */
   readonly project: string
-  /** Seconds after creation at which the file expires; none: never. */
+  /** Seconds after creation at which the file expires; none: never (a batch file: `BATCH_FILES_EXPIRE_AFTER`). */
   readonly expiresAfterSeconds?: number | undefined
   /**
    * A fixed id instead of a new random one. Writing the same id again replaces that file, which makes producing
@@ -126,10 +126,19 @@ const SWEEP_GROUP = 500
  */
 export const DELETED_CURSOR_SECONDS = 24 * 3600
 
+/** The purposes of the files `BATCH_FILES_EXPIRE_AFTER` is about: batch inputs, and a batch's output and error files. */
+const BATCH_PURPOSES: ReadonlySet<string> = new Set(["batch", "batch_output"])
+
 export const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   const blobs = yield* BlobStore
   const readValues = yield* readValuesOf(sql)
+  const { batchFilesExpireAfter } = yield* AppConfig
+  /** Seconds after creation at which a file expires: its creator's word, else the batch files' default. */
+  const expiresAfter = (meta: FileMetadata) =>
+    meta.expiresAfterSeconds ?? (BATCH_PURPOSES.has(meta.purpose)
+      ? Option.getOrUndefined(Option.map(batchFilesExpireAfter, (d) => Math.round(Duration.toSeconds(d))))
+      : undefined)
 
   const columns = sql.literal(FILE_COLUMNS)
   const live = (now: number) => sql`(expires_at IS NULL OR expires_at > ${now})`
@@ -139,11 +148,12 @@ export const make = Effect.gen(function*() {
     Effect.gen(function*() {
       const id = meta.id ?? fileId()
       const created_at = yield* nowSeconds
+      const seconds = expiresAfter(meta)
       const row: FileRow = {
         id,
         bytes: staged.bytes,
         created_at,
-        expires_at: meta.expiresAfterSeconds === undefined ? null : created_at + meta.expiresAfterSeconds,
+        expires_at: seconds === undefined ? null : created_at + seconds,
         filename: meta.filename,
         purpose: meta.purpose,
         project: meta.project
