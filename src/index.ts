@@ -55,7 +55,7 @@ export { layerWith as layerTracing, TracingLive } from "./observability/Tracing.
 export { tracingSettings, type TracingSettings } from "./observability/tracingSettings.js"
 export { layerUpstreamCallTracing, UpstreamCallTracing } from "./observability/upstreamCallSpans.js"
 export { ErrorEnvelopeLive } from "./http/Middleware.js"
-export { Authenticated, AuthenticatedLive, secure, type SecurityOptions } from "./http/Security.js"
+export { Authenticated, AuthenticatedLive, PublicPaths, secure, type SecurityOptions } from "./http/Security.js"
 export {
   AppLive,
   BlobStoreLive,

@@ -1,11 +1,12 @@
 /**
  * An app that serves the batch API on a Node server of its own, beside a route of its own: the route is behind the
- * same API key check, and a request sent while the app is still starting is answered once it has started.
+ * same API key check (unless the app names it in `PublicPaths`), and a request sent while the app is still starting
+ * is answered once it has started.
  */
 import { HttpApiBuilder, HttpServer, HttpServerResponse } from "@effect/platform"
 import { expect, it } from "@effect/vitest"
 import { Effect, Layer, Logger, LogLevel, Redacted } from "effect"
-import { AppConfig, HttpLive, makeNodeServer, ServicesLive } from "effect-openai-batch"
+import { AppConfig, HttpLive, makeNodeServer, PublicPaths, ServicesLive } from "effect-openai-batch"
 import { mkdtempSync } from "node:fs"
 import { createServer } from "node:http"
 import { tmpdir } from "node:os"
@@ -39,4 +40,31 @@ it.live("the API and a route of the app's own on the app's Node server, behind t
     expect((yield* Effect.promise(() => fetch(`${url}/hello`))).status).toBe(401)
     const files = yield* Effect.promise(() => fetch(`${url}/v1/files`, { headers: { authorization: "Bearer sk-app" } }))
     expect(files.status).toBe(200)
+  }).pipe(Effect.scoped), 20_000)
+
+it.live("the app's PublicPaths are served without a key, exactly those; a path of the service's own stops the start", () =>
+  Effect.gen(function*() {
+    const pages = HttpApiBuilder.Router.use((router) =>
+      Effect.all([
+        router.get("/healthz", HttpServerResponse.text("fine")),
+        router.get("/account", HttpServerResponse.text("private"))
+      ]))
+    const app = (publicPaths: ReadonlyArray<string>) =>
+      HttpLive.pipe(
+        Layer.provide(pages),
+        Layer.provide(Layer.succeed(PublicPaths, new Set(publicPaths))),
+        Layer.provide(ServicesLive),
+        Layer.provideMerge(makeNodeServer({ host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" })),
+        Layer.provide(AppConfig.layerWith({ dataDir: mkdtempSync(Path.join(tmpdir(), "public-paths-")), apiKeys: [Redacted.make("sk-app")] })),
+        Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
+      )
+    const context = yield* Layer.build(app(["/healthz"]))
+    const url = HttpServer.formatAddress((yield* Effect.provide(HttpServer.HttpServer, context)).address)
+    const status = (path: string) => Effect.promise(() => fetch(`${url}${path}`).then((res) => res.status))
+    expect(yield* status("/healthz")).toBe(200)
+    // Not its neighbours, nor the app's other routes, nor the API.
+    for (const path of ["/healthz/", "/account", "/v1/files", "/healthz/../v1/files"]) expect([path, yield* status(path)]).toEqual([path, 401])
+
+    const refused = yield* Effect.exit(Effect.scoped(Layer.build(app(["/v1/files"]))))
+    expect(String(refused)).toContain("PublicPaths: '/v1/files' is one of the service's own")
   }).pipe(Effect.scoped), 20_000)

@@ -9,8 +9,9 @@
  *    `Origin` on every cross-origin request but simple GETs, so a hostile page cannot make a logged-in or local
  *    user's browser upload a file (a multipart form post needs no preflight) or cancel a batch (a bodiless POST);
  *    listed origins get their CORS headers on every answer, errors included, and their preflights approved.
- * 3. **Key**: with keys configured, every route but `/v1/health`, `/v1/ready`, `/docs`, `/openapi.json` and the
- *    `/ui` dashboard needs `Authorization: Bearer <key>`, unknown routes included (a 401 rather than a 404 tells a
+ * 3. **Key**: with keys configured, every route but `/v1/health`, `/v1/ready`, `/docs`, `/openapi.json`, the
+ *    `/ui` dashboard and an embedding app's `PublicPaths` needs `Authorization: Bearer <key>`, unknown routes
+ *    included (a 401 rather than a 404 tells a
  *    stranger nothing); the caller is provided to the handlers as `CurrentCaller` (through the `Authenticated` API
  *    middleware, which the Files and Batches groups declare).
  *
@@ -21,7 +22,7 @@ import * as HttpApiSecurity from "@effect/platform/HttpApiSecurity"
 import * as HttpApp from "@effect/platform/HttpApp"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import { Effect, Layer, Option, Redacted } from "effect"
+import { Context, Effect, Layer, Option, Redacted } from "effect"
 import { IncomingMessage } from "node:http"
 import { Auth, type AuthShape, type Caller, CurrentCaller, localCaller } from "../auth/Auth.js"
 import { AppConfig, isLoopbackName } from "../Config.js"
@@ -38,6 +39,22 @@ export const PUBLIC_PATHS: ReadonlySet<string> = new Set(["/v1/health", "/v1/rea
 /** …and the dashboard's page and files (`ui/DashboardHttp.ts`), which hold no data: the page's API calls need a key. */
 const isPublicPath = (path: string) => PUBLIC_PATHS.has(path) || isDashboardPath(path)
 
+/**
+ * Paths of an embedding app's own routes that need no key (a page of its own, a login): exact paths, as requested
+ * (`/healthz`; not `/HEALTHZ`, `/healthz/`, nor anything below it, which need a key). None of the service's paths.
+ */
+export class PublicPaths extends Context.Reference<PublicPaths>()("PublicPaths", {
+  defaultValue: (): ReadonlySet<string> => new Set()
+}) {}
+
+/** Why `path` cannot be one of `PublicPaths`: the service's own, or not a plain path. */
+const publicPathProblem = (path: string): string | undefined =>
+  !/^\/[A-Za-z0-9._~\-/]*$/.test(path) || path.includes("//") || /(^|\/)\.\.?(\/|$)/.test(path)
+    ? "is not a plain path"
+    : /^\/v1(\/|$)/i.test(path) || ["/metrics", "/docs", "/openapi.json"].includes(path.toLowerCase()) || isDashboardPath(path)
+    ? "is one of the service's own (they are public, or need a key, as the service says)"
+    : undefined
+
 /** Request headers a listed origin may send: the SDKs' own (`x-stainless-*` are added as a preflight asks). */
 const ALLOWED_HEADERS = ["authorization", "content-type", "openai-organization", "openai-project", "idempotency-key"]
 /**
@@ -53,6 +70,8 @@ export interface SecurityOptions {
   readonly corsOrigins: ReadonlyArray<string>
   /** Serve only loopback `Host` names: no keys and no `ALLOW_UNAUTHENTICATED`. */
   readonly loopbackOnly: boolean
+  /** The app's own paths served without a key (`PublicPaths`). */
+  readonly publicPaths?: ReadonlySet<string>
 }
 
 /** The name in a `Host` header (`[::1]` keeps its brackets), without the port; undefined when malformed. */
@@ -166,7 +185,7 @@ export const secure = (options: SecurityOptions) => {
       // The caller's project also goes into the request's log line (`noteProject`).
       const served: HttpApp.Default<E, R> = !auth.required
         ? Effect.zipRight(noteProject(localCaller.project), Effect.provideService(app, CurrentCaller, localCaller))
-        : isPublicPath(path)
+        : isPublicPath(path) || options.publicPaths?.has(path) === true
         ? app
         : Effect.flatMap(auth.authenticate(bearerKey(headers.authorization)), (caller: Option.Option<Caller>) =>
           Option.isSome(caller)
@@ -180,7 +199,12 @@ export const secure = (options: SecurityOptions) => {
 export const securityMiddleware = Effect.gen(function*() {
   const { allowUnauthenticated, corsOrigins } = yield* AppConfig
   const auth = yield* Auth
-  return secure({ auth, corsOrigins, loopbackOnly: !auth.required && !allowUnauthenticated })
+  const publicPaths = yield* PublicPaths
+  for (const path of publicPaths) {
+    const problem = publicPathProblem(path)
+    if (problem !== undefined) return yield* Effect.dieMessage(`PublicPaths: '${path}' ${problem}.`)
+  }
+  return secure({ auth, corsOrigins, loopbackOnly: !auth.required && !allowUnauthenticated, publicPaths })
 })
 
 /**
