@@ -2,7 +2,7 @@
  * An upstream's outages (`upstreams/outage.ts`) on its admission gate, in test time: a probe's answer puts it on
  * trial (one call at a time); a failed trial is down again and lets none of the waiting calls out (leaving the trial
  * before closing the gate let them all out at once, 30 of them here); a call that succeeds brings it up, and so
- * does a trial no call comes to for a few probe intervals. A down line that cannot be logged (a logger that throws)
+ * does a trial no call comes to for a few probe intervals. Outage lines that cannot be logged (a logger that throws)
  * loses no permit and stops no probe.
  */
 import * as HttpClient from "@effect/platform/HttpClient"
@@ -93,12 +93,12 @@ describe("an upstream's outage", () => {
     }))
 })
 
-describe("an upstream whose down line cannot be logged", () => {
-  /** An embedder's logger that throws on the down line (a log sink gone, say): its fiber dies there. */
-  const throwsOnDownLine = Logger.replace(
+describe("an upstream whose outage lines cannot be logged", () => {
+  /** An embedder's logger that throws on the down and trial lines (a log sink gone, say): its fiber dies there. */
+  const throwsOnOutageLines = Logger.replace(
     Logger.defaultLogger,
     Logger.make(({ message }) => {
-      if (String(message).includes("is down")) throw new Error("log sink gone")
+      if (/is down|answers GET \/models again/.test(String(message))) throw new Error("log sink gone")
     })
   )
   /** Lists model `m` and answers every call 500. */
@@ -109,7 +109,7 @@ describe("an upstream whose down line cannot be logged", () => {
     ))
   )
 
-  it.scoped("gives back the failing call's permit and still probes: the upstream comes back", () =>
+  it.scoped("gives back the failing call's permit and still probes: the upstream comes back, and its idle trial ends", () =>
     Effect.gen(function*() {
       const upstream = yield* makeUpstream({
         name: "u",
@@ -134,5 +134,9 @@ describe("an upstream whose down line cannot be logged", () => {
       expect(upstream.admission.inflight).toBe(0)
       yield* TestClock.adjust(PROBE) // the probe gets its answer: on trial, calls may go out
       expect(upstream.isDown()).toBe(false)
-    }).pipe(Effect.provide(throwsOnDownLine)))
+      // No call comes: the trial ends after its idle intervals, and calls go out up to the limit again.
+      yield* TestClock.adjust(Duration.times(PROBE, IDLE_TRIAL_PROBES + 1))
+      const ticket = { project: "p", deadline: 0 }
+      expect([upstream.admission.tryAcquire(ticket), upstream.admission.tryAcquire(ticket)]).toEqual([0, 0].map(() => expect.anything()))
+    }).pipe(Effect.provide(throwsOnOutageLines)))
 })

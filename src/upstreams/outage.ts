@@ -63,9 +63,10 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
       gate.setDown(false)
       downSignal = yield* Deferred.make<void>()
       yield* Deferred.succeed(upSignal, undefined)
+      // The idle watch starts before the line is logged, as probing does in `markDown`.
+      yield* Effect.forkIn(Effect.interruptible(log(idleTrial(++trialSerial, gate.granted))), scope)
       const line = `Upstream ${name} answers GET /models again: its calls go out one at a time until one succeeds`
       yield* trials++ === 0 ? Effect.logInfo(line) : Effect.logDebug(line)
-      yield* Effect.forkIn(Effect.interruptible(log(idleTrial(++trialSerial, gate.granted))), scope)
     })
 
     /**
@@ -111,7 +112,8 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
         return Effect.gen(function*() {
           upSignal = yield* Deferred.make<void>()
           yield* Deferred.succeed(downSignal, undefined)
-          // Probing starts before the down line is logged: a logger that throws must not leave it down for good.
+          // Probing starts before the down line is logged: a logger that throws (an embedder's) must not leave it
+          // down for good.
           // Interruptible: a verdict (where an outage is noticed) runs uninterruptibly, and a fork inherits that.
           yield* Effect.forkIn(Effect.interruptible(log(probing)), scope)
           yield* log(
