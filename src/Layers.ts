@@ -181,8 +181,6 @@ export const makeNodeServer = (options: NodeServerOptions) => Layer.unwrapEffect
   const headersMs = Duration.toMillis(options.headersTimeout ?? HEADERS_TIMEOUT)
   const headersTimeout = Number.isFinite(headersMs) ? Math.max(1, Math.ceil(headersMs)) : 0
   const server = options.server ?? createServer({
-    // Refused in the error envelope by `Security.ts` instead of Node's bare 400.
-    requireHostHeader: false,
     keepAliveTimeout: 65_000,
     requestTimeout: 0,
     headersTimeout,

@@ -19,18 +19,15 @@ const send = (method: string, path: string, headers: Record<string, string> = {}
     Effect.orDie(rawRequest(base, { method, path, headers, ...(body === undefined ? {} : { body }) })))
 
 /** The status line of the answer to `text` written as is on a fresh connection (for what `node:http` will not send). */
-/** What the server answered to `text`, sent as is, until it closed the connection. */
-const exchangeRaw = (text: string) =>
+const sendRaw = (text: string) =>
   Effect.flatMap(baseUrl, (base) =>
     Effect.async<string>((resume) => {
       const socket = Net.connect(Number(new URL(base).port), "127.0.0.1", () => socket.end(text))
       let answer = ""
       socket.on("data", (d) => (answer += d))
-      socket.on("close", () => resume(Effect.succeed(answer)))
+      socket.on("close", () => resume(Effect.succeed(answer.split("\r\n")[0]!)))
       socket.on("error", (e) => resume(Effect.die(e)))
     }))
-/** The status line of that answer. */
-const sendRaw = (text: string) => Effect.map(exchangeRaw(text), (answer) => answer.split("\r\n")[0]!)
 
 const EVIL = "https://evil.example"
 const APP = "https://app.example"
@@ -133,18 +130,8 @@ describe("cross-site requests", () => {
         }
         const planted = yield* send("POST", "/v1/files", { host: "evil.example:8321", "content-type": "multipart/form-data; boundary=xyz" }, uploadForm)
         expectRefusal(planted, 421, "misdirected_request")
-        // No Host (HTTP/1.0), an empty one, and a target in absolute form, whose authority is the one that counts (RFC 9112).
+        // No Host, an empty one, and a target in absolute form, whose authority is the one that counts (RFC 9112).
         expect(yield* sendRaw("GET /v1/files HTTP/1.0\r\n\r\n")).toBe("HTTP/1.1 421 Misdirected Request")
-        // HTTP/1.1 requires one: a 400 in the envelope, with a request id (Node's own answer had neither).
-        const hostless = yield* exchangeRaw("GET /v1/files HTTP/1.1\r\nConnection: close\r\n\r\n")
-        expect(hostless.split("\r\n")[0]).toBe("HTTP/1.1 400 Bad Request")
-        expect(hostless).toMatch(/\r\nx-request-id: req_[0-9a-f]{32}\r\n/i)
-        expect(JSON.parse(hostless.slice(hostless.indexOf("\r\n\r\n") + 4)).error).toEqual({
-          message: "The request has no Host header, which HTTP/1.1 requires.",
-          type: "invalid_request_error",
-          param: null,
-          code: "invalid_http_request"
-        })
         expect(yield* sendRaw("GET /v1/files HTTP/1.1\r\nHost: \r\nConnection: close\r\n\r\n")).toBe("HTTP/1.1 421 Misdirected Request")
         expect(yield* sendRaw("GET http://evil.example/v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"))
           .toBe("HTTP/1.1 421 Misdirected Request")

@@ -3,7 +3,7 @@
  * trial (one call at a time); a failed trial is down again and lets none of the waiting calls out (leaving the trial
  * before closing the gate let them all out at once, 30 of them here); a call that succeeds brings it up, and so
  * does a trial no call comes to for a few probe intervals. Outage lines that cannot be logged (a logger that throws)
- * loses no permit and stops no probe.
+ * lose no permit and stop no probe nor trial.
  */
 import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"

@@ -1,10 +1,8 @@
 /**
  * Who may reach the API, and from where. One server middleware (`secure`) answers, in this order:
  *
- * 1. **Host**: an HTTP/1.1 request must name one (a 400 otherwise, as RFC 9112 asks: Node's own check, whose answer
- *    has no body, is off). Without API keys (and without `ALLOW_UNAUTHENTICATED`) only loopback names are served,
- *    so a page whose DNS name was rebound to 127.0.0.1 (`Host: evil.example:8321`) gets nothing, not even the
- *    health check.
+ * 1. **Host**: without API keys (and without `ALLOW_UNAUTHENTICATED`) only loopback names are served, so a page
+ *    whose DNS name was rebound to 127.0.0.1 (`Host: evil.example:8321`) gets nothing, not even the health check.
  * 2. **Origin**: a browser request from another web origin is refused unless `CORS_ORIGINS` lists it. Browsers send
  *    `Origin` on every cross-origin request but simple GETs, so a hostile page cannot make a logged-in or local
  *    user's browser upload a file (a multipart form post needs no preflight) or cancel a batch (a bodiless POST);
@@ -23,7 +21,6 @@ import * as HttpApp from "@effect/platform/HttpApp"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Context, Effect, Layer, Option, Redacted } from "effect"
-import { IncomingMessage } from "node:http"
 import { Auth, type AuthShape, type Caller, CurrentCaller, localCaller } from "../auth/Auth.js"
 import { AppConfig, isLoopbackName } from "../Config.js"
 import { invalidRequest, unauthorized, UnauthorizedSchema } from "../domain/Errors.js"
@@ -112,12 +109,6 @@ const misdirected = (host: string | undefined) =>
     421
   )
 
-/** An HTTP/1.1 request without `Host` (HTTP/1.0 needs none: health checks such as HAProxy's send none). */
-const hostless = (request: HttpServerRequest.HttpServerRequest) =>
-  request.headers.host === undefined && request.source instanceof IncomingMessage && request.source.httpVersion === "1.1"
-const noHost = () =>
-  envelope(invalidRequest("The request has no Host header, which HTTP/1.1 requires.", null, "invalid_http_request"), 400)
-
 /** A browser request from an origin `CORS_ORIGINS` does not list (including its preflight). */
 const foreignOrigin = (origin: string) =>
   envelope(
@@ -173,7 +164,6 @@ export const secure = (options: SecurityOptions) => {
     Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
       const { headers } = request
       const { authority, path } = requestTarget(request)
-      if (hostless(request)) return answer(request, noHost())
       if (options.loopbackOnly && !isLoopbackHost(authority)) return answer(request, misdirected(authority))
       const origin = headers.origin
       const corsOrigin = origin !== undefined && listed.has(origin) ? origin : undefined

@@ -2,7 +2,7 @@
  * Requests Node refuses before any handler sees them (a request line or headers over 16 KiB, headers that did not
  * arrive within the headers' timeout, bytes that are not HTTP, an `Expect` other than `100-continue`) answered in
  * OpenAI's error envelope, as every other refusal, instead of Node's bare status line; then the connection is
- * closed, as Node does. (An HTTP/1.1 request without `Host`, which Node would refuse too, is refused by `Security.ts`.)
+ * closed, as Node does; and an HTTP/1.1 request without `Host`, which Node refuses as well.
  */
 import { type IncomingMessage, maxHeaderSize, type Server, type ServerResponse } from "node:http"
 import type { Duplex } from "node:stream"
@@ -51,9 +51,37 @@ export const answerClientErrors = (server: Server): void => {
     }
     socket.destroy(error)
   })
-  // Node's own answer to an unknown expectation is a bare 417 (it emits this event instead when it is listened to).
-  server.on("checkExpectation", (_request: IncomingMessage, response: ServerResponse) => {
-    const body = envelope("expectation_failed", "The Expect header's only supported value is 100-continue.")
-    response.writeHead(417, { ...refusalHeaders(body), connection: "close" }).end(body)
-  })
+  // Node's own answer to an unknown expectation is a bare 417 (it emits this event instead when it is listened to;
+  // a server given with a listener of its own keeps it).
+  if (server.listenerCount("checkExpectation") === 0) {
+    server.on("checkExpectation", (_request: IncomingMessage, response: ServerResponse) => {
+      answer(response, 417, "expectation_failed", "The Expect header's only supported value is 100-continue.")
+    })
+  }
+  refuseHostless(server)
+}
+
+const answer = (response: ServerResponse, status: number, code: string, message: string) => {
+  const body = envelope(code, message)
+  response.writeHead(status, { ...refusalHeaders(body), connection: "close" }).end(body)
+}
+
+/**
+ * An HTTP/1.1 request without `Host` gets a 400 (RFC 9112 §3.2), in the envelope: Node's own check, whose answer has
+ * no body, is turned off, and the request stopped where the server emits it, before any listener (the platform's,
+ * `holdEarlyRequests`') sees it. An HTTP/1.0 one needs none (health checks such as HAProxy's send none).
+ */
+const refuseHostless = (server: Server) => {
+  ;(server as { requireHostHeader?: boolean }).requireHostHeader = false
+  const emit = server.emit
+  server.emit = function(this: Server, event: string | symbol, ...args: Array<unknown>): boolean {
+    if (event === "request") {
+      const [request, response] = args as [IncomingMessage, ServerResponse]
+      if (request.httpVersion === "1.1" && request.headers.host === undefined) {
+        answer(response, 400, "invalid_http_request", "The request has no Host header, which HTTP/1.1 requires.")
+        return true
+      }
+    }
+    return Reflect.apply(emit, this, [event, ...args]) as boolean
+  } as Server["emit"]
 }

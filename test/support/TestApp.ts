@@ -103,8 +103,7 @@ export interface TestAppOptions {
  * and the server's `close()` waited for them at every test app's teardown.
  */
 export const TestHttpServer = Layer.unwrapEffect(Effect.sync(() => {
-  // As `makeNodeServer`'s: an HTTP/1.1 request without Host reaches the app, whose `Security.ts` refuses it.
-  const server = createServer({ requireHostHeader: false })
+  const server = createServer()
   // Built after the server, so released before it: the server's `close()` then finds no connection to wait for.
   const closeConnections = Layer.scopedDiscard(Effect.addFinalizer(() => Effect.sync(() => server.closeAllConnections())))
   return HttpServer.layerTestClient.pipe(
