@@ -4,7 +4,7 @@
  */
 export { audit, Auth, AuthLive, type AuthShape, AuthTest, type Caller, CurrentCaller, localCaller } from "./auth/Auth.js"
 export { AppConfig, appConfig, type AppConfigShape, defaults as configDefaults } from "./Config.js"
-export { BatchCommands, BatchCommandsLive, type BatchCommandsShape } from "./batches/BatchCommands.js"
+export { BatchCommands, BatchCommandsLive, type BatchCommandsShape, type CommandError } from "./batches/BatchCommands.js"
 export { BatchRunner, BatchRunnerLive, type BatchRunnerShape, FaultRetry, type FaultRetryPolicy, TurnLength } from "./batches/BatchRunner.js"
 export { BatchNotFound, type BatchRecord, BatchStore, BatchStoreLive, type BatchStoreShape, type NewBatch } from "./batches/BatchStore.js"
 export { Rerun, RerunLive, type RerunShape } from "./batches/rerun.js"

@@ -92,6 +92,12 @@ describe("batches without HTTP", () => {
         ))
         expect(refused._tag).toBe("InvalidRequest")
         expect(refused.error).toMatchObject({ type: "invalid_request_error", param: "endpoint" })
+        // What the body's schema refuses too (over HTTP, before any handler): a NUL in a key the database would refuse.
+        const nul = yield* Effect.flip(commands.create(
+          { input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h", idempotency_key: "a\u0000b" },
+          localCaller
+        ))
+        expect([nul._tag, nul.error.param]).toEqual(["InvalidRequest", "idempotency_key"])
       }))
 
     it.effect("cancel stops a running batch at once; its finished lines are kept", () =>

@@ -1,13 +1,14 @@
 /**
  * What changes a batch from outside, with every check the API makes: create (from a file or inline requests), rerun
- * (`retry`) and cancel. `http/BatchesHttp.ts` answers with it, and an embedding app calls it directly; its failures
+ * (`retry`) and cancel, each run to its end once begun (a caller that gives up leaves no batch half made). `http/BatchesHttp.ts` answers with it, and an embedding app calls it directly; its failures
  * are the API's errors (`domain/Errors.ts`), the same statuses, codes and messages. Reads are `BatchStore`'s.
  */
-import { Context, Duration, Effect, Layer, Option, Stream } from "effect"
+import { Context, Duration, Effect, Layer, Option, Schema, Stream } from "effect"
 import { createHash } from "node:crypto"
 import type { Caller } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
-import type { Batch, CreateBatchBody, RetryBatchBody } from "../domain/Batches.js"
+import { type Batch, CreateBatchBody, RetryBatchBody } from "../domain/Batches.js"
+import { fromParseError } from "../domain/decodeErrors.js"
 import { type ApiError, type Conflict, conflict, invalidRequest, type NotFound, notFound, overQuota, type RateLimited, rateLimited } from "../domain/Errors.js"
 import { type BatchId, batchId, fileId } from "../domain/Ids.js"
 import { visibilityOf } from "../domain/Projects.js"
@@ -39,7 +40,14 @@ export interface BatchCommandsShape {
 
 export class BatchCommands extends Context.Tag("BatchCommands")<BatchCommands, BatchCommandsShape>() {}
 
-const batchNotFound = (id: string) => notFound(`No batch found with id '${echo(id)}'.`, "batch_id")
+export const batchNotFound = (id: string) => notFound(`No batch found with id '${echo(id)}'.`, "batch_id")
+
+/**
+ * `body` as its schema checks it: an app's call gets the 400 a request with that body gets (over HTTP the body was
+ * decoded already; checking it again costs little next to a create).
+ */
+const checked = <A, I>(schema: Schema.Schema<A, I>, body: A) =>
+  Effect.catchTag(Schema.validate(schema)(body), "ParseError", fromParseError)
 
 /**
  * What makes two creates with the same idempotency key "the same request": the checked parameters, metadata in
@@ -133,8 +141,9 @@ export const make = Effect.gen(function*() {
       return yield* files.create(meta, Stream.make(bytes))
     })
 
-  const create = (body: CreateBatchBody, caller: Caller, bodyText?: string) =>
+  const create = (unchecked: CreateBatchBody, caller: Caller, bodyText?: string) =>
     Effect.gen(function*() {
+      const body = yield* checked(CreateBatchBody, unchecked)
       const input = inputOf(body)
       if ("code" in input) return yield* invalidRequest(input.message, input.param, input.code)
       const inputFileId = input._tag === "File" ? input.id : fileId()
@@ -156,10 +165,11 @@ export const make = Effect.gen(function*() {
         )
       }
       return yield* insert(caller, valid, fingerprint(valid))
-    }).pipe(Effect.withSpan("Batches.create"))
+    }).pipe(Effect.uninterruptible, Effect.withSpan("Batches.create"))
 
-  const retry = (id: BatchId, body: RetryBatchBody, caller: Caller) =>
+  const retry = (id: BatchId, unchecked: RetryBatchBody, caller: Caller) =>
     Effect.gen(function*() {
+      const body = yield* checked(RetryBatchBody, unchecked)
       const original = yield* store.get(id, visibilityOf(caller))
       const kinds = chosenKinds(body?.only ?? undefined)
       if (kinds.length === 0) {
@@ -199,6 +209,7 @@ export const make = Effect.gen(function*() {
       return yield* insert(caller, valid, fingerprint(valid, `retry:${id}:${kinds.join(",")}`), writeInput)
     }).pipe(
       Effect.catchTag("BatchNotFound", () => batchNotFound(id)),
+      Effect.uninterruptible,
       Effect.withSpan("Batches.retry", { attributes: { id } })
     )
 
@@ -218,6 +229,7 @@ export const make = Effect.gen(function*() {
       return moved.value
     }).pipe(
       Effect.catchTag("BatchNotFound", () => batchNotFound(id)),
+      Effect.uninterruptible,
       Effect.withSpan("Batches.cancel", { attributes: { id } })
     )
 

@@ -5,12 +5,12 @@
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import { Effect, Option } from "effect"
-import { BatchCommands } from "../batches/BatchCommands.js"
+import { BatchCommands, batchNotFound } from "../batches/BatchCommands.js"
 import { BatchStore } from "../batches/BatchStore.js"
 import { audit, Auth, CurrentCaller } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
 import { BatchList, type CreateBatchBody } from "../domain/Batches.js"
-import { invalidRequest, notFound } from "../domain/Errors.js"
+import { invalidRequest } from "../domain/Errors.js"
 import { visibilityOf } from "../domain/Projects.js"
 import { OpenAIApi } from "./Api.js"
 import { batchResults } from "./BatchResultsHttp.js"
@@ -18,8 +18,6 @@ import { Budget, holderOf } from "./holding.js"
 import { listPage, trusted } from "../domain/List.js"
 import { echo } from "../domain/Text.js"
 import { storedJson } from "./StoredResponse.js"
-
-const batchNotFound = (id: string) => notFound(`No batch found with id '${echo(id)}'.`, "batch_id")
 
 export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handlers) =>
   Effect.gen(function*() {
@@ -35,7 +33,7 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
         : Effect.map(Effect.option(Effect.flatMap(HttpServerRequest.HttpServerRequest, (r) => r.text)), Option.getOrUndefined)
 
     return handlers
-      // Uninterruptible: a client that hangs up mid-call must not leave a batch created but never started.
+      // Uninterruptible: a client that hangs up mid-call loses no audit line (the change itself runs to its end anyway).
       .handle("create", ({ payload }) =>
         Effect.flatMap(Effect.zip(CurrentCaller, bodyText(payload)), ([caller, text]) => commands.create(payload, caller, text)).pipe(
           Effect.tap((batch) => audit("batch.create", batch.id))

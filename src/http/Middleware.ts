@@ -16,61 +16,7 @@ import type { MultipartInvalid } from "./Multipart.js"
 import { MAX_JSON_DEPTH } from "../domain/Json.js"
 import { BodyTooLarge, JsonTooDeep, tooLarge } from "./RequestBody.js"
 import { currentRequest, requestIdFrom } from "./RequestLog.js"
-
-/**
- * The type a schema's "Expected …, actual …" message asks for, in a user's words (the schema's own text names
- * internal types); undefined for other messages, such as a value outside a list of literals.
- */
-const expectedType = (message: string): string | undefined => {
-  const primitive = /^Expected (string|number|boolean)\b/.exec(message)
-  if (primitive !== null) return `a ${primitive[1]}`
-  if (message.startsWith("Expected {")) return "an object"
-  if (message.startsWith("Expected ReadonlyArray")) return "an array"
-  return undefined
-}
-
-/**
- * What a schema's "…, actual X" message was given, in a user's words (`an array` for a query parameter given more
- * than once); undefined when the message says no more than the value.
- */
-const actualType = (message: string): string | undefined => {
-  const actual = /, actual (.)/.exec(message)?.[1]
-  switch (actual) {
-    case "[":
-      return "an array"
-    case "{":
-      return "an object"
-    case "\"":
-      return "a string"
-    case "t":
-    case "f":
-      return "a boolean"
-    case "n":
-      return "null"
-    default:
-      return actual !== undefined && /[-\d]/.test(actual) ? "a number" : undefined
-  }
-}
-
-/** `HttpApiDecodeError` → 400 naming the first offending parameter. */
-export const fromDecodeError = (e: HttpApiError.HttpApiDecodeError): ApiError => {
-  const issue = e.issues[0]
-  if (issue === undefined) return invalidRequest(e.message)
-  const param = issue.path.length > 0 ? issue.path.map(String).join(".") : null
-  if (issue._tag === "Missing" && param !== null) {
-    return invalidRequest(`Missing required parameter: '${param}'.`, param, "missing_required_parameter")
-  }
-  const type = issue._tag === "Type" ? expectedType(issue.message) : undefined
-  if (type !== undefined) {
-    const got = actualType(issue.message)
-    const message = param === null
-      ? `The request body must be ${type === "an object" ? "a JSON object" : type}.`
-      : `Invalid type for '${param}': expected ${type}${got === undefined ? "" : `, but got ${got} instead`}.`
-    return invalidRequest(message, param, "invalid_type")
-  }
-  const message = param === null ? `Invalid request: ${issue.message}` : `Invalid value for '${param}': ${issue.message}`
-  return invalidRequest(message, param, "invalid_value")
-}
+import { fromDecodeError } from "../domain/decodeErrors.js"
 
 /** A bad multipart body: a size limit is a 413, anything else a 400. */
 export const fromMultipartInvalid = (e: MultipartInvalid): ApiError => {
