@@ -145,8 +145,10 @@ const rules: ReadonlyArray<Rule> = [
   positiveDuration("fileSweepInterval", "FILE_SWEEP_INTERVAL"),
   {
     variable: "BATCH_FILES_EXPIRE_AFTER",
-    expected: "a duration of at least a second (or unset: batch files are kept until deleted)",
-    holds: (c) => !Option.exists(c.batchFilesExpireAfter, (d) => !Duration.isDuration(d) || Duration.lessThan(d, Duration.seconds(1)))
+    expected: "a duration from a second to 100 years (or unset: batch files are kept until deleted)",
+    holds: (c) =>
+      !Option.exists(c.batchFilesExpireAfter, (d) =>
+        !Duration.isDuration(d) || Duration.lessThan(d, Duration.seconds(1)) || Duration.greaterThan(d, Duration.days(36_525)))
   },
   positiveDuration("inferenceTimeout", "INFERENCE_TIMEOUT"),
   positiveDuration("completionWindow", "COMPLETION_WINDOW"),

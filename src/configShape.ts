@@ -54,8 +54,9 @@ export interface AppConfigShape {
   readonly fileSweepInterval: Duration.Duration
   /**
    * How long batch files are kept when their creator gave no expiry (`BATCH_FILES_EXPIRE_AFTER`; `30 days` is
-   * OpenAI's): an input file uploaded (purpose `batch`) without `expires_after`, a batch's output and error files
-   * without `output_expires_after`. None: until deleted.
+   * OpenAI's): files of purpose `batch` or `batch_output` created without one (uploaded without `expires_after`, a
+   * batch's output and error files without `output_expires_after`, the input files the server writes for inline
+   * requests and reruns). None: until deleted.
    */
   readonly batchFilesExpireAfter: Option.Option<Duration.Duration>
   /** On SIGINT/SIGTERM, how long open requests may take to finish before their connections are closed (`SHUTDOWN_TIMEOUT`). */

@@ -48,6 +48,7 @@ describe("configuration", () => {
         [{ heartbeatInterval: Duration.seconds(20) }, { HEARTBEAT_INTERVAL: "20 seconds" }, "HEARTBEAT_INTERVAL"],
         [{ leaseTtl: Duration.zero }, { LEASE_TTL: "0 millis" }, "LEASE_TTL"],
         [{ batchFilesExpireAfter: Option.some(Duration.millis(10)) }, { BATCH_FILES_EXPIRE_AFTER: "soon" }, "BATCH_FILES_EXPIRE_AFTER"],
+        [{ batchFilesExpireAfter: Option.some(Duration.infinity) }, { BATCH_FILES_EXPIRE_AFTER: "100000000000000 weeks" }, "BATCH_FILES_EXPIRE_AFTER"],
         [{ maxActiveBatchesPerProject: Option.some(0) }, { MAX_ACTIVE_BATCHES_PER_PROJECT: "0" }, "MAX_ACTIVE_BATCHES_PER_PROJECT"],
         [{ maxEnqueuedRequestsPerProject: Option.some(-1) }, { MAX_ENQUEUED_REQUESTS_PER_PROJECT: "-1" }, "MAX_ENQUEUED_REQUESTS_PER_PROJECT"],
         [{ maxFileBytesPerProject: Option.some(1.5) }, { MAX_FILE_BYTES_PER_PROJECT: "lots" }, "MAX_FILE_BYTES_PER_PROJECT"],
