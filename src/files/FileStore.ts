@@ -193,9 +193,11 @@ export const make = Effect.gen(function*() {
       const conditions = [live(now), visible(query.visibility)]
       if (query.purpose !== undefined) conditions.push(sql`purpose = ${query.purpose}`)
       if (query.after !== undefined) {
+        // A live file first: an id can be deleted and used again (a batch's output file is written again under its id).
         const cursor = yield* readValues(sql`
-          SELECT seq FROM files WHERE id = ${query.after} AND ${visible(query.visibility)}
-          UNION ALL SELECT seq FROM deleted_files WHERE id = ${query.after} AND ${visible(query.visibility)}`).pipe(Effect.orDie)
+          SELECT seq, 0 AS deleted FROM files WHERE id = ${query.after} AND ${visible(query.visibility)}
+          UNION ALL SELECT seq, 1 AS deleted FROM deleted_files WHERE id = ${query.after} AND ${visible(query.visibility)}
+          ORDER BY deleted LIMIT 1`).pipe(Effect.orDie)
         if (cursor.length === 0) return yield* new UnknownCursor({ after: query.after })
         const seq = cursor[0]![0]
         conditions.push(query.order === "asc" ? sql`seq > ${seq}` : sql`seq < ${seq}`)
