@@ -132,6 +132,17 @@ describe("migrations", () => {
         expect(yield* recorded(MIGRATIONS_TABLE)).toEqual(Object.keys(migrations).map((name) => name.slice(5)))
       }).pipe(Effect.provide(clientFor(backend))))
 
+    it.scoped(`${backend}: a migration an earlier release skipped (an app's row held its number) stops the start, named`, () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        // The service's 0001, an app's 0002, then the service's 0003 on: its 0002 never ran.
+        yield* Migrator.make({})({ loader: Migrator.fromRecord({ "0001_files": migrations["0001_files"], "0002_app_orders": Effect.void }) })
+        yield* sql`CREATE TABLE batch_requests (line INTEGER)`
+        yield* sql`INSERT INTO effect_sql_migrations (migration_id, name) VALUES (3, 'leases')`
+        const exit = yield* Effect.exit(Effect.scoped(Layer.build(MigrationsLive)))
+        expect(String(exit)).toContain("Migrations 0002_batches never ran on this schema")
+      }).pipe(Effect.provide(clientFor(backend))))
+
     it.scoped(`${backend}: an app that migrated the schema first with its own migrator takes none of the service's migrations away`, () =>
       Effect.gen(function*() {
         const sql = yield* SqlClient.SqlClient

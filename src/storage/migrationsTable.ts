@@ -33,6 +33,18 @@ const adoptSharedRecords = (names: ReadonlyArray<string>) =>
       SELECT migration_id, name FROM ${sql(SHARED_MIGRATIONS_TABLE)}`
     const adopted = recorded.filter((row) => ours.has(`${String(row.migration_id).padStart(4, "0")}_${row.name}`))
     if (adopted.length === 0) return
+    // A number an app's migration held there was skipped by the service's migrator: the later ones ran without it,
+    // and taken up as they are, it would never run. Said, and the start stopped, rather than run on a schema it lacks.
+    const last = Math.max(...adopted.map((row) => Number(row.migration_id)))
+    const adoptedIds = new Set(adopted.map((row) => Number(row.migration_id)))
+    const skipped = names.filter((name) => Number(name.slice(0, 4)) <= last && !adoptedIds.has(Number(name.slice(0, 4))))
+    if (skipped.length > 0) {
+      return yield* new Migrator.MigrationError({
+        reason: "bad-state",
+        message: `Migrations ${skipped.join(", ")} never ran on this schema: another migrator's rows held their numbers in ` +
+          `${SHARED_MIGRATIONS_TABLE}. Give the service a schema of its own, or run them by hand and record them in ${MIGRATIONS_TABLE}.`
+      })
+    }
     // The migrator's own columns; not made by the migrator, whose check for its table on PostgreSQL is a failing
     // statement, which would abort this transaction.
     yield* sql`CREATE TABLE ${sql(MIGRATIONS_TABLE)} (
