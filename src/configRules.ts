@@ -169,6 +169,11 @@ const rules: ReadonlyArray<Rule> = [
   },
   { variable: "UPSTREAMS_FILE", expected: "a file path", holds: (c) => !Option.exists(c.upstreamsFile, (path) => path.trim() === "") },
   {
+    variable: "UPSTREAMS_FILE",
+    expected: "unset when the upstreams are given in code (`upstreams`): the file would be ignored",
+    holds: (c) => Option.isNone(c.upstreamsFile) || Option.isNone(c.upstreams)
+  },
+  {
     variable: "EXTRA_BATCH_ENDPOINTS",
     expected: `comma-separated paths under /v1/ such as /v1/rerank (letters, digits, - _ . and /; at most ` +
       `${MAX_EXTRA_ENDPOINTS}, each at most ${MAX_ENDPOINT_LENGTH} characters)`,

@@ -108,7 +108,7 @@ export interface AppConfigShape {
   readonly inferenceMinConcurrency: number
   /** Several upstreams, routed by model (`UPSTREAMS_FILE`, YAML or JSON; see `upstreams/UpstreamSpec.ts`). */
   readonly upstreamsFile: Option.Option<string>
-  /** The same entries given in code (embedding, tests); they take precedence over the file. */
+  /** The same entries given in code (embedding, tests), instead of the file (not beside it). */
   readonly upstreams: Option.Option<ReadonlyArray<UpstreamEntry>>
   /** How often an upstream that is down is probed (`UPSTREAM_PROBE_INTERVAL`). */
   readonly upstreamProbeInterval: Duration.Duration

@@ -48,6 +48,7 @@ describe("configuration", () => {
         [{ heartbeatInterval: Duration.seconds(20) }, { HEARTBEAT_INTERVAL: "20 seconds" }, "HEARTBEAT_INTERVAL"],
         [{ leaseTtl: Duration.zero }, { LEASE_TTL: "0 millis" }, "LEASE_TTL"],
         [{ batchFilesExpireAfter: Option.some(Duration.millis(10)) }, { BATCH_FILES_EXPIRE_AFTER: "soon" }, "BATCH_FILES_EXPIRE_AFTER"],
+        [{ upstreamsFile: Option.some("u.yaml"), upstreams: Option.some([{ name: "a", base_url: "http://127.0.0.1:1/v1", models: ["m"] }]) }, { UPSTREAMS_FILE: " " }, "UPSTREAMS_FILE"],
         [{ batchFilesExpireAfter: Option.some(Duration.infinity) }, { BATCH_FILES_EXPIRE_AFTER: "100000000000000 weeks" }, "BATCH_FILES_EXPIRE_AFTER"],
         [{ maxActiveBatchesPerProject: Option.some(0) }, { MAX_ACTIVE_BATCHES_PER_PROJECT: "0" }, "MAX_ACTIVE_BATCHES_PER_PROJECT"],
         [{ maxEnqueuedRequestsPerProject: Option.some(-1) }, { MAX_ENQUEUED_REQUESTS_PER_PROJECT: "-1" }, "MAX_ENQUEUED_REQUESTS_PER_PROJECT"],
