@@ -253,7 +253,8 @@ export const make = Effect.gen(function*() {
         SELECT id FROM files WHERE expires_at IS NOT NULL AND expires_at <= ${now} LIMIT ${SWEEP_GROUP}`
       if (expired.length === 0) return removed
       const ids = expired.map((r) => r.id)
-      yield* sql.withTransaction(Effect.zipRight(keepCursors(sql.in("id", ids), now), sql`DELETE FROM files WHERE ${sql.in("id", ids)}`))
+      const these = sql.in("id", ids)
+      yield* sql.withTransaction(Effect.zipRight(keepCursors(these, now), sql`DELETE FROM files WHERE ${these}`))
       yield* Effect.forEach(ids, blobs.remove, { discard: true, concurrency: 8 })
       removed += ids.length
     }

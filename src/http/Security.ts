@@ -9,9 +9,8 @@
  *    listed origins get their CORS headers on every answer, errors included, and their preflights approved.
  * 3. **Key**: with keys configured, every route but `/v1/health`, `/v1/ready`, `/docs`, `/openapi.json`, the
  *    `/ui` dashboard and an embedding app's `PublicPaths` needs `Authorization: Bearer <key>`, unknown routes
- *    included (a 401 rather than a 404 tells a
- *    stranger nothing); the caller is provided to the handlers as `CurrentCaller` (through the `Authenticated` API
- *    middleware, which the Files and Batches groups declare).
+ *    included (a 401 rather than a 404 tells a stranger nothing); the caller is provided to the handlers as
+ *    `CurrentCaller` (through the `Authenticated` API middleware, which the Files and Batches groups declare).
  *
  * Its answers are OpenAI error envelopes; `sdkHeaders` (outside it) adds their `x-request-id`.
  */
@@ -48,7 +47,7 @@ export class PublicPaths extends Context.Reference<PublicPaths>()("PublicPaths",
 const publicPathProblem = (path: string): string | undefined =>
   !/^\/[A-Za-z0-9._~\-/]*$/.test(path) || path.includes("//") || /(^|\/)\.\.?(\/|$)/.test(path)
     ? "is not a plain path"
-    : /^\/v1(\/|$)/i.test(path) || ["/metrics", "/docs", "/openapi.json"].includes(path.toLowerCase()) || isDashboardPath(path)
+    : /^\/v1(\/|$)/i.test(path) || path.toLowerCase() === "/metrics" || isPublicPath(path.toLowerCase())
     ? "is one of the service's own (they are public, or need a key, as the service says)"
     : undefined
 
