@@ -145,7 +145,7 @@ const rules: ReadonlyArray<Rule> = [
   positiveDuration("fileSweepInterval", "FILE_SWEEP_INTERVAL"),
   {
     variable: "BATCH_FILES_EXPIRE_AFTER",
-    expected: "a duration from a second to 100 years (or unset: batch files are kept until deleted)",
+    expected: "a duration from 1 second to 36525 days (or unset: batch files are kept until deleted)",
     holds: (c) =>
       !Option.exists(c.batchFilesExpireAfter, (d) =>
         !Duration.isDuration(d) || Duration.lessThan(d, Duration.seconds(1)) || Duration.greaterThan(d, Duration.days(36_525)))

@@ -2,7 +2,8 @@
  * The `/ui` route as a browser (or a stranger) meets it, with API keys on: the page and its files without a key,
  * each with its Content-Type, ETag and the strict security headers; nothing else under `/ui/` (unknown names, dot
  * segments, escapes, other methods: 404 with the same headers, never a file of the server's disk or an API
- * answer); the key form that cannot put the key in a URL; the API calls the page makes, from its own origin, still
+ * answer; without a key, 401 for any path but the page's files: an app's own route under `/ui/` is no public one);
+ * the key form that cannot put the key in a URL; the API calls the page makes, from its own origin, still
  * need the key; the requests counted under bounded route labels; and `/docs`, on the same origin, under a
  * Content-Security-Policy that runs only its own inline scripts. The page's files are read once they can be: a
  * failed read is not kept.
@@ -92,8 +93,9 @@ describe("the /ui route", () => {
           expect((yield* get("/ui/app.js", { "if-none-match": "\"other\"" })).status).toBe(200)
         }))
 
-      it.effect("serves nothing else under /ui: unknown names, dot segments and escapes are 404s", () =>
+      it.effect("serves nothing else under /ui: unknown names, dot segments and escapes are 404s (401s without a key)", () =>
         Effect.gen(function*() {
+          const withKey = { authorization: `Bearer ${KEY}` }
           for (
             const path of [
               "/ui/nope.js",
@@ -110,7 +112,8 @@ describe("the /ui route", () => {
               "/ui/a/b/c/d"
             ]
           ) {
-            const res = yield* get(path)
+            expect((yield* get(path)).status, path).toBe(401)
+            const res = yield* get(path, withKey)
             expect(res.status, path).toBe(404)
             expect(res.text, path).not.toContain("effect-openai-batch")
             expect(res.json.error, path).toMatchObject({ type: "invalid_request_error", code: "not_found" })
@@ -118,7 +121,7 @@ describe("the /ui route", () => {
           }
           // Other methods: the API's 404 for a route it does not have, with the page's headers.
           for (const [method, path] of [["POST", "/ui"], ["POST", "/ui/app.js"], ["DELETE", "/ui/a/b"], ["PUT", "/ui/index.html"]]) {
-            const res = yield* send(method!, path!)
+            const res = yield* send(method!, path!, withKey)
             expect(res.status, `${method} ${path}`).toBe(404)
             expect(res.json.error.message).toBe(`Invalid URL (${method} ${path})`)
             expectSecurityHeaders(res)
@@ -135,7 +138,7 @@ describe("the /ui route", () => {
           const paths = ["/v1/batches", "/v1/files", "/ui/../v1/files", "/ui/%2e%2e/v1/files", "/uiX", "/ui..", "/UI/app.js"]
           for (const path of paths) {
             const res = yield* get(path, origin)
-            expect(res.status, path).toBe(path.startsWith("/ui/") ? 404 : 401)
+            expect(res.status, path).toBe(401)
             expect(res.text, path).not.toContain("\"object\":\"list\"")
           }
           const listed = yield* get("/v1/batches", { ...origin, authorization: `Bearer ${KEY}` })
@@ -147,7 +150,7 @@ describe("the /ui route", () => {
         Effect.gen(function*() {
           yield* get("/ui")
           yield* get("/ui/app.css")
-          yield* get("/ui/whatever-123.js")
+          yield* get("/ui/whatever-123.js", { authorization: `Bearer ${KEY}` })
           const metrics = (yield* get("/metrics", { authorization: `Bearer ${ADMIN}` })).text
           expect(metrics).toMatch(/batch_http_requests_total\{[^}]*route="\/ui"[^}]*status="200"[^}]*\}/)
           expect(metrics).toMatch(/batch_http_requests_total\{[^}]*route="\/ui\/:asset"[^}]*status="404"[^}]*\}/)

@@ -32,11 +32,12 @@ export const DASHBOARD_PATH = "/ui"
 export const DASHBOARD_ROUTES = [DASHBOARD_PATH, `${DASHBOARD_PATH}/:asset`, `${DASHBOARD_PATH}/*`] as const
 
 /**
- * Whether a request path is the dashboard's, which `Security.ts` serves without a key. Any path under `/ui/` is:
- * the router does not resolve dot segments (`/ui/../v1/files` is no API route), and only the names in `ASSETS`
- * are answered.
+ * Whether a request path is the dashboard's, which `Security.ts` serves without a key: the page and its files, by
+ * name. Not any path under `/ui/`: an embedding app's own route there is behind the key as any other, and an
+ * unknown name is a 401 without a key (a 404 with one).
  */
-export const isDashboardPath = (path: string): boolean => path === DASHBOARD_PATH || path.startsWith(`${DASHBOARD_PATH}/`)
+export const isDashboardPath = (path: string): boolean =>
+  path === DASHBOARD_PATH || (path.startsWith(`${DASHBOARD_PATH}/`) && Object.hasOwn(ASSETS, path.slice(DASHBOARD_PATH.length + 1)))
 
 const JS = "text/javascript; charset=utf-8"
 /** Every file the dashboard has, by name, with its Content-Type. */
