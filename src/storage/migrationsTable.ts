@@ -28,16 +28,15 @@ const adoptSharedRecords = (names: ReadonlyArray<string>) =>
     const sql = yield* SqlClient.SqlClient
     if (yield* tableExists(sql, MIGRATIONS_TABLE)) return
     if (!(yield* tableExists(sql, SHARED_MIGRATIONS_TABLE)) || !(yield* tableExists(sql, "batch_requests"))) return
-    const ours = new Set(names)
+    const ours = names.map((key) => ({ key, id: Number(key.slice(0, key.indexOf("_"))), name: key.slice(key.indexOf("_") + 1) }))
     const recorded = yield* sql<{ migration_id: number | string; name: string }>`
       SELECT migration_id, name FROM ${sql(SHARED_MIGRATIONS_TABLE)}`
-    const adopted = recorded.filter((row) => ours.has(`${String(row.migration_id).padStart(4, "0")}_${row.name}`))
+    const adopted = ours.filter((mine) => recorded.some((row) => Number(row.migration_id) === mine.id && row.name === mine.name))
     if (adopted.length === 0) return
     // A number an app's migration held there was skipped by the service's migrator: the later ones ran without it,
     // and taken up as they are, it would never run. Said, and the start stopped, rather than run on a schema it lacks.
-    const last = Math.max(...adopted.map((row) => Number(row.migration_id)))
-    const adoptedIds = new Set(adopted.map((row) => Number(row.migration_id)))
-    const skipped = names.filter((name) => Number(name.slice(0, 4)) <= last && !adoptedIds.has(Number(name.slice(0, 4))))
+    const last = Math.max(...adopted.map((mine) => mine.id))
+    const skipped = ours.filter((mine) => mine.id <= last && !adopted.includes(mine)).map((mine) => mine.key)
     if (skipped.length > 0) {
       return yield* new Migrator.MigrationError({
         reason: "bad-state",
@@ -53,7 +52,7 @@ const adoptSharedRecords = (names: ReadonlyArray<string>) =>
       name TEXT NOT NULL
     )`
     yield* sql`INSERT INTO ${sql(MIGRATIONS_TABLE)} ${
-      sql.insert(adopted.map((row) => ({ migration_id: Number(row.migration_id), name: row.name })))
+      sql.insert(adopted.map((mine) => ({ migration_id: mine.id, name: mine.name })))
     }`
     yield* Effect.logInfo(`Migrations: ${adopted.length} recorded in ${SHARED_MIGRATIONS_TABLE} by an earlier release, now in ${MIGRATIONS_TABLE}`)
   })
