@@ -12,7 +12,8 @@ import { Cause, Duration, Effect, Exit, Fiber, identity, Logger, Option, TestClo
 import { Admission } from "../src/upstreams/Admission.js"
 import { AdaptiveLimit } from "../src/upstreams/adaptiveLimit.js"
 import { IDLE_TRIAL_PROBES, makeOutage } from "../src/upstreams/outage.js"
-import { makeUpstream, OUTAGE_AFTER } from "../src/upstreams/Upstream.js"
+import { OUTAGE_AFTER } from "../src/upstreams/judge.js"
+import { makeUpstream } from "../src/upstreams/Upstream.js"
 
 const PROBE = Duration.seconds(1)
 const ticket = { project: "p", deadline: 0 }

@@ -1,0 +1,199 @@
+/**
+ * The verdict on each attempt at one upstream (for `Upstream.ts`), feeding its state back: the adaptive limit, the
+ * `Retry-After` pauses of its `Admission`, and its outages (`outage.ts`):
+ *
+ *   answer 2xx/4xx          final; a success grows the limit; resets the run of failures
+ *   429                     overload: limit halved, `Retry-After` pauses the whole upstream; sent again (see below)
+ *   503                     the same, and a failure in the run
+ *   408, other 5xx          a failure in the run; retried (`INFERENCE_MAX_ATTEMPTS`)
+ *   timeout                 overload and a failure in the run; retried
+ *   connection lost         a failure in the run; retried
+ *   never connected         the upstream is down (refused, DNS, TLS, proxy)
+ *
+ * A run of failures of `OUTAGE_AFTER` different requests with no success between also takes it down; one request's
+ * own retries count once, so a request that keeps failing alone (its body makes the server fail) fails after its
+ * attempts instead of taking the upstream down again and again. While it is down no call goes out: the batches using
+ * it pause (their calls wait; none is failed, and only the failures before the outage was noticed count as attempts)
+ * and a probe (`GET /models`, every `UPSTREAM_PROBE_INTERVAL`) puts it on trial as soon as the server answers
+ * anything but a 5xx: one call at a time, up again at the first success, down again at a failure (`outage.ts`).
+ * An overload answer is sent again without counting as an attempt when it is the overload the limit answers (it
+ * halved the limit, or its call was sent before a later overload signal), and for `SPARED_OVERLOADS` more of each
+ * request's refusals, each sent again once one of this node's calls has ended there (or after `SPARED_WAIT`). Any
+ * other counts, with its backoff, and every one at the floor: a request refused for good (a spent quota) fails
+ * after its attempts.
+ */
+import { type Clock, Duration, Effect, Option } from "effect"
+import { retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "../inference/answers.js"
+import type { FailureKind } from "../inference/UpstreamHttpClient.js"
+import type { AdaptiveLimit } from "./adaptiveLimit.js"
+import type { Admission, Ticket } from "./Admission.js"
+import type { Outage } from "./outage.js"
+import type { UpstreamSpec } from "./UpstreamSpec.js"
+
+/** Requests failing in a row (5xx, timeouts, lost connections, with no answer between) that make an outage. */
+export const OUTAGE_AFTER = 5
+/**
+ * A request's refusals (429, 503) sent again without counting besides those the limit answers: in a storm a request
+ * may be refused in several of its waves (sent again at once after halving the limit, while the server still holds
+ * the calls sent before), and those are the overload's, not the request's; beyond them, a refusal counts.
+ */
+const SPARED_OVERLOADS = 3
+/** Increases of the limit are logged at most this often (decreases always). */
+const RAISE_LOG_INTERVAL_MS = 1000
+
+/** What one attempt gave: an answer (with the headers a retry reads), or no usable answer. */
+export type Attempt =
+  | { readonly _tag: "Response"; readonly response: UpstreamResponse; readonly headers: Record<string, string | undefined> }
+  | { readonly _tag: "Failure"; readonly failure: UpstreamFailure; readonly kind: FailureKind | "answer" }
+
+/** A 429 or 503: the server turned the call away. */
+export const isRefusal = (attempt: Attempt) =>
+  attempt._tag === "Response" && (attempt.response.status === 429 || attempt.response.status === 503)
+
+/** What to do after an attempt: keep its result, send again without counting an attempt, or retry (counted). */
+export type Verdict = "final" | "again" | "retry"
+/** `again` once a call in flight has ended, or after `SPARED_WAIT`: a spared refusal (see the header). */
+export type Judged = Verdict | "again_after_a_call"
+
+export interface JudgeOptions {
+  readonly spec: UpstreamSpec
+  readonly limit: AdaptiveLimit
+  readonly gate: Admission
+  readonly outage: Outage
+  readonly clock: Clock.Clock
+  /** Longest `Retry-After` pause honoured. */
+  readonly maxPause: Duration.Duration
+  /** Where a call to `endpoint` goes (named in the misrouting line). */
+  readonly urlFor: (endpoint: string) => string
+  /** Runs a log line in the upstream's own context. */
+  readonly log: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+}
+
+export interface Judge {
+  /** The verdict on an attempt: at once for the usual answer (thousands a second), an effect when there is more to do. */
+  readonly judge: (endpoint: string, ticket: Ticket, attempt: Attempt, generation: number) => Verdict | Effect.Effect<Judged>
+  /** Takes the upstream down; the run of failures ends with it (on trial, a new one starts). */
+  readonly markDown: (reason: string) => Effect.Effect<void>
+}
+
+export const makeJudge = ({ clock, gate, limit, log, maxPause, outage, spec, urlFor }: JudgeOptions): Judge => {
+  /** The requests (their tickets: one per request, its retries included) failing since the last success. */
+  const failingInRow = new Set<Ticket>()
+  const markDown = (reason: string) =>
+    Effect.suspend(() => {
+      failingInRow.clear()
+      return outage.markDown(reason)
+    })
+  // --- the adaptive limit ------------------------------------------------------------------------------------
+  let lastRaiseLog = 0
+  /**
+   * The requests whose overload signal decreased the limit: a request's retries, each started under the newer
+   * generation, would otherwise halve it again and again (one flaky request took 64 to 16).
+   */
+  const decreasedBy = new WeakSet<Ticket>()
+  /** Each request's refusals sent again without counting beyond those the limit answered (`SPARED_OVERLOADS`). */
+  const overloadsSpared = new WeakMap<Ticket, number>()
+  const overloaded = (ticket: Ticket, generation: number, why: string) =>
+    Effect.suspend(() => {
+      const before = limit.current
+      // Down or on trial, a failure is the outage's, not a sign of load: the calls sent before it was noticed and
+      // failing after, or the trial's one call, would otherwise halve the limit the outage found.
+      if (outage.isDown() || outage.onTrial() || decreasedBy.has(ticket) || !limit.overloaded(generation)) {
+        return Effect.void
+      }
+      decreasedBy.add(ticket)
+      return log(Effect.logWarning(`Upstream ${spec.name}: concurrency limit ${before} → ${limit.current} (${why})`))
+    })
+  /** A success: the run of failures ends, the limit may grow; a log line when it is to be said. */
+  const succeededNow = (): Effect.Effect<void> | undefined => {
+    if (failingInRow.size > 0) failingInRow.clear()
+    const upAgain = outage.succeeded()
+    if (upAgain !== undefined) return upAgain
+    if (!limit.succeeded(gate.inflight)) return undefined
+    const now = clock.unsafeCurrentTimeMillis()
+    if (limit.current < limit.ceiling && now - lastRaiseLog < RAISE_LOG_INTERVAL_MS) return undefined
+    lastRaiseLog = now
+    return log(Effect.logInfo(`Upstream ${spec.name}: concurrency limit raised to ${limit.current}`))
+  }
+  const succeeded = Effect.suspend(() => succeededNow() ?? Effect.void)
+  /** A failure of `ticket`'s request in the run; `again` when the upstream is (now) down, else `retry`. */
+  const failedInRow = (ticket: Ticket, reason: string): Effect.Effect<Verdict> =>
+    Effect.suspend(() => {
+      if (outage.isDown()) return Effect.succeed("again" as const)
+      if (failingInRow.add(ticket).size < OUTAGE_AFTER) return Effect.succeed("retry" as const)
+      return Effect.as(markDown(`${OUTAGE_AFTER} requests failing in a row, the last: ${reason}`), "again" as const)
+    })
+  const pauseFor = (headers: Record<string, string | undefined>) =>
+    Option.match(retryAfterMillis(headers, clock.unsafeCurrentTimeMillis()), {
+      onNone: () => Effect.void,
+      onSome: (ms) =>
+        gate.pauseUntil(clock.unsafeCurrentTimeMillis() + Math.min(ms, Duration.toMillis(maxPause)))
+    })
+
+  // --- the verdict -------------------------------------------------------------------------------------------
+  const reported404 = new Set<string>()
+  const answeredWell = new Set<string>()
+  /** A 404 before any success on that endpoint: most likely a base URL without its `/v1`; said once. */
+  const misrouted = (endpoint: string, response: UpstreamResponse) => {
+    const code = (response.json as { error?: { code?: unknown } })?.error?.code
+    if (answeredWell.has(endpoint) || reported404.has(endpoint) || code === "model_not_found") return Effect.void
+    reported404.add(endpoint)
+    return log(Effect.logError(
+      `Upstream ${spec.name} answered 404 to POST ${urlFor(endpoint)}: it does not serve that path. Check its base ` +
+        `URL (${spec.baseUrl}): it must include the API's version path, as in http://host:8000/v1.`
+    ))
+  }
+
+  const judge = (endpoint: string, ticket: Ticket, attempt: Attempt, generation: number): Verdict | Effect.Effect<Judged> => {
+    if (attempt._tag === "Failure") {
+      switch (attempt.kind) {
+        case "connect":
+          return Effect.as(markDown(attempt.failure.message), "again")
+        case "timeout":
+          return Effect.zipRight(overloaded(ticket, generation, "timeout"), failedInRow(ticket, attempt.failure.message))
+        case "transport":
+          return failedInRow(ticket, attempt.failure.message)
+        default:
+          return Effect.as(succeeded, "final") // an answer, unusable: not the upstream's health
+      }
+    }
+    const { headers, response } = attempt
+    const status = response.status
+    if (isRefusal(attempt)) {
+      const atFloor = limit.atFloor
+      const before = limit.current
+      // Sent before a later overload signal: the overload that signal answered, not a new one.
+      const stale = generation !== limit.generation
+      const repeat = failingInRow.has(ticket)
+      return pauseFor(headers).pipe(
+        Effect.zipRight(overloaded(ticket, generation, `status ${status}`)),
+        Effect.zipRight(status === 503 ? failedInRow(ticket, "status 503") : Effect.succeed<Verdict>("retry")),
+        Effect.map((verdict): Judged => {
+          // Sent again without counting: a call the outage resends once the upstream is back, the overload the
+          // limit answers, or one of the request's few spared refusals (see the header). Any other refusal counts,
+          // with its backoff: a request halves the limit only once, so one refused alone never brings it to the
+          // floor, and without counting it was resent for ever.
+          if (verdict === "again" || outage.isDown()) return "again"
+          // On trial, a request's first 503 is the outage's (five requests' in a row take the upstream down
+          // again); its next ones, and any 429, count: one to four requests refused for good would loop.
+          if (outage.onTrial()) return status === 503 && !repeat ? "again" : "retry"
+          if (atFloor) return "retry"
+          if (stale || limit.current < before) return "again"
+          const spared = overloadsSpared.get(ticket) ?? 0
+          if (spared >= SPARED_OVERLOADS) return "retry"
+          overloadsSpared.set(ticket, spared + 1)
+          // Refused though the limit had room and stays as it is: the limit is above what the server takes
+          // (this request halved it once already). Sent again at once, it finds the same calls there.
+          return "again_after_a_call"
+        })
+      )
+    }
+    if (status === 408 || status >= 500) return failedInRow(ticket, `status ${status}`)
+    if (status === 404) return Effect.as(Effect.zipRight(succeeded, misrouted(endpoint, response)), "final" as const)
+    if (status < 300 && !answeredWell.has(endpoint)) answeredWell.add(endpoint)
+    const said = succeededNow()
+    return said === undefined ? "final" : Effect.as(said, "final")
+  }
+
+  return { judge, markDown }
+}
