@@ -2,7 +2,7 @@
  * Requests Node refuses before any handler sees them (a request line or headers over 16 KiB, headers that did not
  * arrive within the headers' timeout, bytes that are not HTTP, an `Expect` other than `100-continue`) answered in
  * OpenAI's error envelope, as every other refusal, instead of Node's bare status line; then the connection is
- * closed, as Node does; and an HTTP/1.1 request without `Host`, which Node refuses as well.
+ * closed, as Node does; and an HTTP/1.1 request without `Host` (or with two), which Node refuses (or not) itself.
  */
 import { type IncomingMessage, maxHeaderSize, type Server, type ServerResponse } from "node:http"
 import type { Duplex } from "node:stream"
@@ -67,9 +67,11 @@ const answer = (response: ServerResponse, status: number, code: string, message:
 }
 
 /**
- * An HTTP/1.1 request without `Host` gets a 400 (RFC 9112 §3.2), in the envelope: Node's own check, whose answer has
- * no body, is turned off, and the request stopped where the server emits it, before any listener (the platform's,
- * `holdEarlyRequests`') sees it. An HTTP/1.0 one needs none (health checks such as HAProxy's send none).
+ * An HTTP/1.1 request without `Host`, and any with more than one, gets a 400 (RFC 9112 §3.2), in the envelope:
+ * Node's own check, whose answer has no body, is turned off, and the request stopped where the server emits it,
+ * before any listener (the platform's, `holdEarlyRequests`') sees it. An HTTP/1.0 one needs none (health checks such
+ * as HAProxy's send none). Node keeps the first of several `Host` headers: which one a proxy in front routed by is
+ * not known.
  */
 const refuseHostless = (server: Server) => {
   ;(server as { requireHostHeader?: boolean }).requireHostHeader = false
@@ -81,7 +83,17 @@ const refuseHostless = (server: Server) => {
         answer(response, 400, "invalid_http_request", "The request has no Host header, which HTTP/1.1 requires.")
         return true
       }
+      if (hostHeaders(request.rawHeaders) > 1) {
+        answer(response, 400, "invalid_http_request", "The request has more than one Host header.")
+        return true
+      }
     }
     return Reflect.apply(emit, this, [event, ...args]) as boolean
   } as Server["emit"]
+}
+
+const hostHeaders = (raw: ReadonlyArray<string>) => {
+  let count = 0
+  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === 4 && raw[i]!.toLowerCase() === "host") count++
+  return count
 }
