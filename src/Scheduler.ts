@@ -9,7 +9,7 @@
  * is woken instead of a turn of batch work later (what wakes it from a background fiber, such as a SQLite permit
  * released by a batch, still waits for one). Work a request starts and leaves running, or that is long and needs
  * no hurry, goes back to priority 0 (`inBackground`): a forked fiber inherits its parent's.
- * Measured (README's Performance): the zero-latency benchmark's running phase 8–19 % shorter in alternating runs;
+ * Measured (docs/performance.md): the zero-latency benchmark's running phase 8–19 % shorter in alternating runs;
  * with requests first, reads while batches run answered at 1.3–1.6 times the rate back to back, and in half the
  * median time when polled.
  */

@@ -5,7 +5,7 @@
  *
  * Why not a `Schema.Struct` of the row: every poll reads rows (a batch list, twenty of them), and Schema's struct
  * and union decoding cost ~12 µs and ~20 KB of garbage per 30-column row; under load that was a quarter of all the
- * server allocated (`npm run bench:load`, README's Performance). The JSON columns still go through their schemas.
+ * server allocated (`npm run bench:load`, docs/performance.md). The JSON columns still go through their schemas.
  * Why rows of values (`BATCH_COLUMNS` in order) rather than objects: the drivers build an object per row a property
  * at a time, and SQLite's took more than twice as long as its array (a page of 20 batches: 245 against 105 µs).
  */

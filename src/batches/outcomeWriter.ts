@@ -49,7 +49,7 @@ const emptyGroup = (): OutcomeGroup => ({ outcomes: [], receipts: [], chars: 0 }
 /**
  * The most characters of answers one statement writes (past it, a group is written in several, a turn of the event
  * loop apart), and gathering stops. SQLite writes on the event loop, 15–25 ms per MiB here: groups of embeddings
- * answers of 600 KB held it for up to 0.4 s (README, Performance). One answer larger than this is written alone.
+ * answers of 600 KB held it for up to 0.4 s (docs/performance.md). One answer larger than this is written alone.
  */
 export const GROUP_CHARS = 1024 * 1024
 
