@@ -218,6 +218,24 @@ for (const backend of backends) {
             expect(longId.text.length).toBeLessThan(1024)
             const page = yield* send(server.url, "GET", "/v1/batches?limit=100")
             expect(page.text.length).toBeLessThan(200 * 1024)
+
+            // Twenty such batches (~67 KB each): a list page ends at 1 MiB and says has_more (a hundred took 6.7 MB,
+            // held whole for a client that did not read it), and the official client's paging still sees each once.
+            const more = yield* Effect.forEach(Array.from({ length: 20 }), () =>
+              Effect.promise(() => openai.batches.create({ input_file_id: bad.id, endpoint: "/v1/chat/completions", completion_window: "24h" })), { concurrency: 4 })
+            for (const created of more) yield* waitFor(openai, created.id, terminal)
+            const big = yield* send(server.url, "GET", "/v1/batches?limit=100")
+            expect(big.status).toBe(200)
+            expect(big.text.length).toBeLessThanOrEqual(1024 * 1024)
+            expect(big.json.has_more).toBe(true)
+            expect(big.json.data.length).toBeLessThan(20)
+            expect(big.json.last_id).toBe(big.json.data.at(-1).id)
+            const seen: Array<string> = []
+            yield* Effect.promise(async () => {
+              for await (const listed of openai.batches.list({ limit: 100 })) seen.push(listed.id)
+            })
+            expect(new Set(seen).size).toBe(seen.length)
+            for (const id of [failed.id, ...more.map((b) => b.id)]) expect(seen).toContain(id)
           })
         ))
 

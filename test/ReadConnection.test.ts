@@ -12,7 +12,8 @@ import Database from "better-sqlite3"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
-import { ReadConnection, readValuesOf, sharedPerRows } from "../src/storage/ReadConnection.js"
+import { LIST_PAGE_BYTES } from "../src/domain/List.js"
+import { ReadConnection, readValuesOf, rowsInPage, sharedPerRows } from "../src/storage/ReadConnection.js"
 import { layerSqlite } from "../src/storage/Sql.js"
 
 const tempFile = Effect.acquireRelease(
@@ -87,6 +88,29 @@ describe("ReadConnection", () => {
       other.close()
       expect(yield* read(1)).toEqual([[1], [2], [3]])
     }).pipe(Effect.scoped))
+
+  it.live("a read of rows too large to keep is read again when repeated (what is built from it lives as long)", () =>
+    Effect.gen(function*() {
+      const { context, sql } = yield* database(yield* tempFile)
+      yield* sql`ALTER TABLE t ADD COLUMN text TEXT`
+      // 9 Mi characters in all: more than the 8 Mi kept at once.
+      for (let n = 0; n < 9; n++) yield* sql`INSERT INTO t (n, text) VALUES (${n}, ${"x".repeat(1024 * 1024)})`
+      const readValues = yield* Effect.provide(readValuesOf(sql), context)
+      const read = (n: number) => Effect.orDie(readValues(sql`SELECT n, text FROM t WHERE n >= ${n} ORDER BY n`))
+      const large = yield* read(0)
+      expect(yield* read(0)).not.toBe(large)
+      expect(yield* read(0)).toEqual(large)
+      const smaller = yield* read(2) // 7 Mi: kept
+      expect(yield* read(2)).toBe(smaller)
+    }).pipe(Effect.scoped))
+
+  it("a list page takes rows up to about LIST_PAGE_BYTES as stored, one at least, and no more than its limit", () => {
+    const row = (chars: number) => [`batch_${chars}`, "x".repeat(chars)]
+    expect(rowsInPage([row(10), row(10), row(10)], 2)).toBe(2)
+    expect(rowsInPage([row(400_000), row(400_000), row(400_000), row(10)], 100)).toBe(2)
+    expect(rowsInPage([row(2 * LIST_PAGE_BYTES), row(10)], 100)).toBe(1)
+    expect(rowsInPage([], 20)).toBe(0)
+  })
 
   it.live("a database in memory or temporary (\"\") has none: its reads go through the SqlClient", () =>
     Effect.gen(function*() {

@@ -6,8 +6,8 @@ import { describe, expect, it } from "@effect/vitest"
 import { Schema } from "effect"
 import { Batch, BatchList } from "../src/domain/Batches.js"
 import { FileList, FileObject } from "../src/domain/Files.js"
-import { listPage, trusted } from "../src/domain/List.js"
-import { storedJson } from "../src/http/StoredResponse.js"
+import { LIST_PAGE_BYTES, listPage, trusted } from "../src/domain/List.js"
+import { storedJson, storedPageBytes } from "../src/http/StoredResponse.js"
 
 const batch = (id: string, full: boolean) =>
   new Batch({
@@ -71,15 +71,32 @@ describe("stored objects sent as they are", () => {
 
   it("a source's JSON is written once: a poll repeated before any commit gets the same bytes (the store gave the same object)", () => {
     const page = { data: [file("file-a")], hasMore: false }
-    let built = 0
-    const list = () => (built++, new FileList(listPage(page.data, page.hasMore), trusted))
-    const first = storedJson(page, list)
-    const again = storedJson(page, list)
-    expect(built).toBe(1)
-    expect([first.body._tag, first.headers["content-type"] ?? first.body.contentType]).toEqual(["Uint8Array", "application/json"])
-    const bytes = (response: typeof first) => (response.body as { readonly body: Uint8Array }).body
-    expect(bytes(again)).toBe(bytes(first))
-    expect(new TextDecoder().decode(bytes(first))).toBe(JSON.stringify(list()))
-    expect(new TextDecoder().decode(bytes(storedJson(file("file-b"))))).toBe(JSON.stringify(file("file-b")))
+    const first = storedPageBytes(page)
+    expect(storedPageBytes(page)).toBe(first)
+    expect(new TextDecoder().decode(first)).toBe(JSON.stringify(new FileList(listPage(page.data, page.hasMore), trusted)))
+    const one = file("file-b")
+    const response = storedJson(one)
+    const bytes = (r: typeof response) => (r.body as { readonly body: Uint8Array }).body
+    expect([response.body._tag, response.body.contentType]).toEqual(["Uint8Array", "application/json"])
+    expect(bytes(storedJson(one))).toBe(bytes(response))
+    expect(new TextDecoder().decode(bytes(response))).toBe(JSON.stringify(one))
+  })
+
+  it("a list page is the list class's encoding, ended before LIST_PAGE_BYTES with has_more (one object at least)", () => {
+    const decode = (page: Parameters<typeof storedPageBytes>[0]) => new TextDecoder().decode(storedPageBytes(page))
+    const batches = [batch("batch_a", true), batch("batch_b", false)]
+    for (const hasMore of [false, true]) {
+      expect(decode({ data: batches, hasMore })).toBe(JSON.stringify(Schema.encodeSync(BatchList)(new BatchList(listPage(batches, hasMore), trusted))))
+    }
+    expect(decode({ data: [], hasMore: false })).toBe(JSON.stringify(new FileList(listPage([], false), trusted)))
+    // Objects of ~300 KB: three fit, the fourth would pass the bound.
+    const large = Array.from({ length: 6 }, (_, i) => Object.assign(batch(`batch_${i}`, true), { metadata: { pad: "x".repeat(300 * 1024) } }))
+    const cut = JSON.parse(decode({ data: large, hasMore: false }))
+    expect(cut.data.map((b: { id: string }) => b.id)).toEqual(["batch_0", "batch_1", "batch_2"])
+    expect([cut.first_id, cut.last_id, cut.has_more]).toEqual(["batch_0", "batch_2", true])
+    expect(storedPageBytes({ data: large, hasMore: false }).length).toBeLessThanOrEqual(LIST_PAGE_BYTES)
+    // One object larger than the bound is still sent, alone.
+    const huge = [Object.assign(batch("batch_h", true), { metadata: { pad: "x".repeat(LIST_PAGE_BYTES) } }), batch("batch_z", false)]
+    expect(JSON.parse(decode({ data: huge, hasMore: false }))).toMatchObject({ first_id: "batch_h", last_id: "batch_h", has_more: true })
   })
 })

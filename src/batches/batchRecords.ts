@@ -11,7 +11,7 @@ import { type Batch, type BatchStatus, BatchStatus as BatchStatusSchema, termina
 import { BatchId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
 import { polledReadSpan } from "../observability/Tracing.js"
-import { type ReadValues, type Rows, sharedPerRows } from "../storage/ReadConnection.js"
+import { type ReadValues, type Rows, rowsInPage, sharedPerRows } from "../storage/ReadConnection.js"
 import { nowSeconds, visibleTo } from "../storage/Sql.js"
 import {
   BatchNotFound,
@@ -33,10 +33,13 @@ import { type Move, transitions } from "./transitions.js"
 const recordsOf = sharedPerRows((rows) => rows.map(batchRecordOf))
 const decodeRecords = (rows: Rows) => Effect.sync(() => recordsOf(rows, undefined))
 
-/** A list page of `limit` batches from its rows (one more than the page when there are more). */
+/**
+ * A list page of `limit` batches from its rows (one more than the page when there are more), ended sooner at about
+ * `LIST_PAGE_BYTES`: the rows left out are not decoded.
+ */
 const pageOf = sharedPerRows((rows, limit: number) => {
-  const records = recordsOf(rows, undefined)
-  return { data: records.slice(0, limit).map((r) => r.batch), hasMore: records.length > limit }
+  const taken = rowsInPage(rows, limit)
+  return { data: rows.slice(0, taken).map((row) => batchRecordOf(row).batch), hasMore: rows.length > taken }
 })
 
 /**

@@ -13,7 +13,7 @@ import type { Visibility } from "../domain/Projects.js"
 import { polledReadSpan } from "../observability/Tracing.js"
 import { BlobStore, type StagedBlob, stageStream, type StagingWriter } from "../storage/BlobStore.js"
 import { nowSeconds, visibleTo } from "../storage/Sql.js"
-import { readValuesOf, sharedPerRows } from "../storage/ReadConnection.js"
+import { readValuesOf, rowsInPage, sharedPerRows } from "../storage/ReadConnection.js"
 import { claimLapsedSql } from "./uploadRows.js"
 import { trusted } from "../domain/List.js"
 
@@ -114,10 +114,10 @@ const toFileObject = (row: FileRow): FileObject =>
 
 /** The file of a read's first row, and a list page of `limit` files from its rows: the same ones for a repeated read's. */
 const fileOf = sharedPerRows((rows) => toFileObject(fileRowOf(rows[0]!)))
-const filePageOf = sharedPerRows((rows, limit: number): FilePage => ({
-  data: rows.slice(0, limit).map((values) => toFileObject(fileRowOf(values))),
-  hasMore: rows.length > limit
-}))
+const filePageOf = sharedPerRows((rows, limit: number): FilePage => {
+  const taken = rowsInPage(rows, limit) // at about LIST_PAGE_BYTES
+  return { data: rows.slice(0, taken).map((values) => toFileObject(fileRowOf(values))), hasMore: rows.length > taken }
+})
 
 const SWEEP_GROUP = 500
 /**

@@ -12,35 +12,23 @@
  * `STALL_TIMEOUT` loses its connection and the page.
  */
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import { Chunk, type Duration, Effect, Stream } from "effect"
+import { type Duration, Effect } from "effect"
 import type { BatchStoreShape } from "../batches/BatchStore.js"
 import { type BatchResultsParams, DEFAULT_RESULT_LINES } from "../domain/BatchResults.js"
 import type { BatchId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
-import { type Budget, busy, cutWhenStalled, holdUntilAnswered, type Holder, overShare, type Taken } from "./holding.js"
+import { type Budget, busy, cutWhenStalled, holdUntilAnswered, type Holder, inPieces, overShare, type Taken } from "./holding.js"
 
 /** The header naming the last input line a response holds (0 when it holds none). */
 export const LAST_LINE_HEADER = "x-last-line"
 /** The header naming the `after` of the next call: it moves on even when a window of the kind holds no line. */
 export const NEXT_AFTER_HEADER = "x-next-after"
 
-/** A page is written in pieces of this size, so that a slow but steady reader shows progress (`cutWhenStalled`). */
-const PIECE_BYTES = 64 * 1024
-
 /** A page beyond `RESULT_PAGES_AT_ONCE` (or its project's share, of which `holder` holds what it says). */
 const pagesBusy = (pages: Budget, taken: Taken, holder: Holder | undefined) =>
   taken === "share"
     ? overShare(`Your project is reading too many result pages at once (it holds ${pages.heldBy(holder)}, as many as it may now); try again in a second.`, 1)
     : busy(`Too many result pages are being sent at once (${pages.limit}); try again in a second.`, 1)
-
-/** `bytes` in `PIECE_BYTES` pieces (views, not copies), one per stream chunk so that each waits for the last. */
-const inPieces = (bytes: Uint8Array) =>
-  Stream.fromChunks(
-    ...Array.from(
-      { length: Math.ceil(bytes.length / PIECE_BYTES) },
-      (_, i) => Chunk.of(bytes.subarray(i * PIECE_BYTES, (i + 1) * PIECE_BYTES))
-    )
-  )
 
 /**
  * The response for `query` on batch `id` (`BatchNotFound` when `visibility` does not see it), holding one of `pages`

@@ -9,22 +9,23 @@ import { BatchCommands, batchNotFound } from "../batches/BatchCommands.js"
 import { BatchStore } from "../batches/BatchStore.js"
 import { audit, Auth, CurrentCaller } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
-import { BatchList, type CreateBatchBody } from "../domain/Batches.js"
+import type { CreateBatchBody } from "../domain/Batches.js"
 import { invalidRequest } from "../domain/Errors.js"
 import { visibilityOf } from "../domain/Projects.js"
 import { OpenAIApi } from "./Api.js"
 import { batchResults } from "./BatchResultsHttp.js"
 import { Budget, holderOf } from "./holding.js"
-import { listPage, trusted } from "../domain/List.js"
 import { echo } from "../domain/Text.js"
-import { storedJson } from "./StoredResponse.js"
+import { LARGE_PAGES_AT_ONCE, listAnswer, storedJson } from "./StoredResponse.js"
 
 export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handlers) =>
   Effect.gen(function*() {
     const store = yield* BatchStore
     const commands = yield* BatchCommands
     const config = yield* AppConfig
-    const results = batchResults(store, new Budget(config.resultPagesAtOnce), config.stallTimeout, holderOf(yield* Auth))
+    const holder = holderOf(yield* Auth)
+    const results = batchResults(store, new Budget(config.resultPagesAtOnce), config.stallTimeout, holder)
+    const listed = listAnswer(new Budget(LARGE_PAGES_AT_ONCE), config.stallTimeout, holder)
 
     /** The body as sent, for inline requests (their JSON kept as written); the request holds it read. */
     const bodyText = (body: CreateBatchBody): Effect.Effect<string | undefined, never, HttpServerRequest.HttpServerRequest> =>
@@ -58,7 +59,7 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
       .handle("list", ({ urlParams }) =>
         Effect.flatMap(CurrentCaller, (caller) =>
           store.list({ visibility: visibilityOf(caller), after: urlParams.after, limit: urlParams.limit ?? 20 })).pipe(
-          Effect.map((page) => storedJson(page, () => new BatchList(listPage(page.data, page.hasMore), trusted))),
+          Effect.flatMap(listed),
           Effect.catchTag("UnknownBatchCursor", ({ after }) =>
             invalidRequest(`No batch found for the 'after' cursor: ${echo(after)}`, "after", "invalid_value"))
         ))

@@ -8,7 +8,6 @@ import { AppConfig } from "../Config.js"
 import { type ApiError, invalidRequest, notFound, overQuota, payloadTooLarge } from "../domain/Errors.js"
 import {
   FileDeleted,
-  FileList,
   MAX_EXPIRES_AFTER_SECONDS,
   MIN_EXPIRES_AFTER_SECONDS,
   UploadPurpose
@@ -18,9 +17,8 @@ import { type FileMetadata, FileStore } from "../files/FileStore.js"
 import { OpenAIApi } from "./Api.js"
 import { readFileForm } from "./fileField.js"
 import { Budget, busy, cutWhenStalled, holdUntilAnswered, type Holder, holderOf, overShare, type Taken } from "./holding.js"
-import { listPage, trusted } from "../domain/List.js"
 import { echo } from "../domain/Text.js"
-import { storedJson } from "./StoredResponse.js"
+import { LARGE_PAGES_AT_ONCE, listAnswer, storedJson } from "./StoredResponse.js"
 
 const purposes: ReadonlyArray<string> = UploadPurpose.literals
 
@@ -151,6 +149,7 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
     const { maxDownloadsAtOnce, maxFileBytesPerProject, maxUploadBytes, stallTimeout } = yield* AppConfig
     const downloads = new Budget(maxDownloadsAtOnce)
     const holder = holderOf(yield* Auth)
+    const listed = listAnswer(new Budget(LARGE_PAGES_AT_ONCE), stallTimeout, holder)
 
     const upload = Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
@@ -189,7 +188,7 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
           limit: urlParams.limit ?? 10_000,
           order: urlParams.order ?? "desc"
         }).pipe(
-          Effect.map((page) => storedJson(page, () => new FileList(listPage(page.data, page.hasMore), trusted))),
+          Effect.flatMap(listed),
           Effect.catchTag("UnknownCursor", ({ after }) =>
             invalidRequest(`No such File object for the 'after' cursor: ${echo(after)}`, "after", "invalid_value"))
         )))

@@ -164,6 +164,18 @@ export const cutWhenStalled = <E, R>(
     })
   })
 
+/** An answer held whole is written in pieces of this size, so that a slow but steady reader shows progress (`cutWhenStalled`). */
+export const PIECE_BYTES = 64 * 1024
+
+/** `bytes` in `PIECE_BYTES` pieces (views, not copies), one per stream chunk so that each waits for the last. */
+export const inPieces = (bytes: Uint8Array) =>
+  Stream.fromChunks(
+    ...Array.from(
+      { length: Math.ceil(bytes.length / PIECE_BYTES) },
+      (_, i) => Chunk.of(bytes.subarray(i * PIECE_BYTES, (i + 1) * PIECE_BYTES))
+    )
+  )
+
 /** How long a request body may go without a byte, and the slowest it may come on average (bytes a second; 0: any). */
 export interface Patience {
   readonly stall: Duration.Duration

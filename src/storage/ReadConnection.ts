@@ -16,6 +16,7 @@ import { SqlError } from "@effect/sql/SqlError"
 import type * as Statement from "@effect/sql/Statement"
 import Database from "better-sqlite3"
 import { Context, Effect, Layer, Option } from "effect"
+import { LIST_PAGE_BYTES } from "../domain/List.js"
 
 export type Rows = ReadonlyArray<ReadonlyArray<unknown>>
 
@@ -33,8 +34,34 @@ export class ReadConnection extends Context.Tag("ReadConnection")<ReadConnection
 /** Prepared statements kept per connection: the polled reads are a handful of texts; a cursor or filter adds a few. */
 const PREPARED_LIMIT = 64
 
-/** The most rows (and reads) kept for reads repeated while the database is unchanged (a larger read is not kept). */
+/**
+ * The most rows (and reads), and their values' characters, kept for reads repeated while the database is unchanged
+ * (a larger read is not kept): what is built from them (records, pages, their JSON) lives as long, and a batch's
+ * row may hold 64 KiB of validation errors.
+ */
 const REPEATED_ROWS_LIMIT = 10_000
+const REPEATED_CHARS_LIMIT = 8 * 1024 * 1024
+
+/** About how many characters `row` takes as stored (its texts' and bytes' lengths, a few for each other value). */
+export const storedChars = (row: ReadonlyArray<unknown>) => {
+  let chars = 0
+  for (const value of row) chars += 24 + (typeof value === "string" || value instanceof Uint8Array ? value.length : 0)
+  return chars
+}
+
+/**
+ * How many of a list read's `rows` (at most `limit`) go in its page: as many as `LIST_PAGE_BYTES` holds by their
+ * stored size, one at least, so that the rows left out are never decoded.
+ */
+export const rowsInPage = (rows: Rows, limit: number): number => {
+  const most = Math.min(limit, rows.length)
+  let chars = 0
+  for (let i = 0; i < most; i++) {
+    chars += storedChars(rows[i]!)
+    if (i > 0 && chars > LIST_PAGE_BYTES) return i
+  }
+  return most
+}
 
 /** What `sqliteFile` found, per client (asked once: several layers built at start want it). */
 const filesOf = new WeakMap<SqlClient.SqlClient, string>()
@@ -82,11 +109,13 @@ const openReadConnection = (client: SqlClient.SqlClient, filename: string) =>
     let keptVersion: unknown
     const kept = new Map<string, Rows>()
     let keptRows = 0
+    let keptChars = 0
     const read = (text: string, params: ReadonlyArray<unknown>): Rows => {
       const version = dataVersion.get()
       if (version !== keptVersion) {
         kept.clear()
         keptRows = 0
+        keptChars = 0
         keptVersion = version
       }
       const key = params.length === 0 ? text : `${text}\u0000${params.map((p) => `${typeof p}:${String(p)}`).join("\u0000")}`
@@ -94,8 +123,13 @@ const openReadConnection = (client: SqlClient.SqlClient, filename: string) =>
       if (known !== undefined) return known
       const rows = prepare(text).all(...params) as Rows
       if (keptRows + rows.length < REPEATED_ROWS_LIMIT) {
-        kept.set(key, rows)
-        keptRows += rows.length + 1 // an empty read counts as one: the entries are bounded too
+        let chars = 0
+        for (const row of rows) chars += storedChars(row)
+        if (keptChars + chars <= REPEATED_CHARS_LIMIT) {
+          kept.set(key, rows)
+          keptRows += rows.length + 1 // an empty read counts as one: the entries are bounded too
+          keptChars += chars
+        }
       }
       return rows
     }
