@@ -11,7 +11,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Cause, Duration, Effect, Exit, Fiber, identity, Logger, Option, TestClock } from "effect"
 import { Admission } from "../src/upstreams/Admission.js"
 import { AdaptiveLimit } from "../src/upstreams/adaptiveLimit.js"
-import { IDLE_TRIAL_PROBES, makeOutage } from "../src/upstreams/outage.js"
+import { FAILING_PROBES_BEFORE_TRIAL, IDLE_TRIAL_PROBES, makeOutage } from "../src/upstreams/outage.js"
 import { OUTAGE_AFTER } from "../src/upstreams/judge.js"
 import { makeUpstream } from "../src/upstreams/Upstream.js"
 
@@ -45,6 +45,36 @@ describe("an upstream's outage", () => {
       expect(gate.inflight).toBe(1)
       yield* Effect.forEach(waiting, Fiber.interrupt)
     }))
+
+  it.scoped("a probe answered 5xx a few times in a row puts its calls on trial all the same, said once; one never answered does not", () => {
+    const lines: Array<string> = []
+    const logger = Logger.make(({ logLevel, message }) => void lines.push(`${logLevel.label} ${String(message)}`))
+    return Effect.gen(function*() {
+      const outageWith = (probe: Effect.Effect<Exit.Exit<number, unknown>>) =>
+        Effect.gen(function*() {
+          const gate = new Admission(new AdaptiveLimit(1, 64), yield* Effect.clock)
+          const outage = yield* makeOutage({ name: "u", gate, probeInterval: PROBE, probe, log: identity })
+          yield* outage.markDown("5 requests failing in a row")
+          return outage
+        })
+      // A gateway that routes only the inference paths: its GET /models answers 502 for good.
+      const gateway = yield* outageWith(Effect.succeed(Exit.succeed(502)))
+      const unreachable = yield* outageWith(Effect.succeed(Exit.fail("connection refused")))
+      yield* TestClock.adjust(Duration.times(PROBE, FAILING_PROBES_BEFORE_TRIAL - 1))
+      expect([gateway.isDown(), unreachable.isDown()]).toEqual([true, true])
+      yield* TestClock.adjust(PROBE)
+      expect([gateway.isDown(), gateway.onTrial(), unreachable.isDown()]).toEqual([false, true, true])
+      // Its trial call fails: down again, and on trial again after as many probes, without saying it again.
+      yield* gateway.markDown("status 500")
+      yield* TestClock.adjust(Duration.times(PROBE, FAILING_PROBES_BEFORE_TRIAL))
+      expect(gateway.onTrial()).toBe(true)
+      expect(lines.filter((line) => line.includes("answers GET /models with status 502"))).toEqual([
+        "WARN Upstream u answers GET /models with status 502: its calls are tried instead"
+      ])
+      yield* TestClock.adjust(Duration.times(PROBE, 20))
+      expect(unreachable.isDown()).toBe(true)
+    }).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
+  })
 
   it.scoped("a call that succeeds on trial brings it up: the waiting calls go out up to the limit", () =>
     Effect.gen(function*() {

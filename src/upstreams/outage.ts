@@ -1,6 +1,7 @@
 /**
  * An upstream's outages, for `Upstream.ts`: down (no call goes out, the batches using it pause), probed with
- * `GET /models` every `UPSTREAM_PROBE_INTERVAL`, then on trial once the probe is answered — one call at a time —
+ * `GET /models` every `UPSTREAM_PROBE_INTERVAL`, then on trial once the probe is answered (below 500, or 5xx a few
+ * times in a row: the server is there, only that path fails) — one call at a time —
  * and up again only once a call succeeds (or no call comes for a few probe intervals). A probe's answer says the server
  * is there, not that its calls work: a server that answers `/models` and 503 to every call went up and down at each
  * probe (97 lines in 140 s), sending a burst of calls each time and halving its limit. Now the trial's calls fail
@@ -13,6 +14,8 @@ import type { Admission } from "./Admission.js"
 
 /** Probe intervals a trial waits for a first call before it takes the upstream for up. */
 export const IDLE_TRIAL_PROBES = 5
+/** Probes answered 5xx in a row after which the upstream's calls get a trial anyway (the server is there). */
+export const FAILING_PROBES_BEFORE_TRIAL = 3
 
 export interface Outage {
   /** No call goes out. */
@@ -86,11 +89,26 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
         }
       })
 
+    /** Whether this outage's line about a probe answering 5xx was said (once per outage). */
+    let saidProbeFails = false
+    /**
+     * Probes until `GET /models` answers below 500, then a trial. A server that answers it 5xx is there: after
+     * `FAILING_PROBES_BEFORE_TRIAL` such answers in a row its calls get a trial all the same (a gateway that routes
+     * only the inference paths answers 502 there for good, and its batches stayed paused until they expired).
+     */
     const probing: Effect.Effect<void> = Effect.gen(function*() {
+      let failingAnswers = 0
       for (;;) {
         yield* Effect.sleep(options.probeInterval)
         const answer = yield* options.probe
         if (answer._tag === "Success" && answer.value < 500) return yield* startTrial
+        if (answer._tag === "Success" && ++failingAnswers >= FAILING_PROBES_BEFORE_TRIAL) {
+          if (!saidProbeFails) {
+            saidProbeFails = true
+            yield* Effect.logWarning(`Upstream ${name} answers GET /models with status ${answer.value}: its calls are tried instead`)
+          }
+          return yield* startTrial
+        }
         yield* Effect.logDebug(`Upstream ${name} still down (${answer._tag === "Success" ? `status ${answer.value}` : "no answer"})`)
       }
     })
@@ -107,6 +125,7 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
         if (!again) {
           downSince = clock.unsafeCurrentTimeMillis()
           trials = 0
+          saidProbeFails = false
         }
         const every = Duration.format(options.probeInterval)
         return Effect.gen(function*() {
