@@ -23,6 +23,7 @@ import { createServer as createHttpServer, type IncomingMessage, type Server, ty
 import { createServer as createHttpsServer } from "node:https"
 import type { AddressInfo } from "node:net"
 import { parseArgs } from "node:util"
+import { gzipSync } from "node:zlib"
 import { answer, BIGNUM_MEMBER, errorBody, HTML_PAGE, pad, promptOf } from "./simulator-answers.js"
 import { makeQueue, METRICS_CONTENT_TYPE, metricsText } from "./simulator-queue.js"
 
@@ -68,6 +69,8 @@ export interface SimulatorStats {
   readonly byModel: Map<string, number>
   /** With `keepBodies`: each inference request's path and body text, in arrival order. */
   readonly bodies: Array<{ readonly path: string; readonly body: string }>
+  /** Inference requests per `accept-encoding` header value ("" for none). */
+  readonly acceptEncodings: Map<string, number>
 }
 
 export interface Simulator {
@@ -117,7 +120,8 @@ export const startSimulator = async (options: SimulatorOptions = {}): Promise<Si
     aborted: 0,
     byPrompt: new Map(),
     byModel: new Map(),
-    bodies: []
+    bodies: [],
+    acceptEncodings: new Map()
   }
   const queue = makeQueue(stats, options.maxRunning)
   const scheme = options.tls === undefined ? "http" : "https"
@@ -171,6 +175,8 @@ export const startSimulator = async (options: SimulatorOptions = {}): Promise<Si
       return send(400, errorBody(400, "Invalid JSON body"))
     }
     if (options.keepBodies) stats.bodies.push({ path, body: raw })
+    const accepts = req.headers["accept-encoding"] ?? ""
+    stats.acceptEncodings.set(accepts, (stats.acceptEncodings.get(accepts) ?? 0) + 1)
     if (path === "/v1/moderations" && typeof body === "object" && body !== null && body.model === undefined) body.model = metricsModel
     const prompt = promptOf(body)
     const seen = (stats.byPrompt.get(prompt) ?? 0) + 1
@@ -202,6 +208,13 @@ export const startSimulator = async (options: SimulatorOptions = {}): Promise<Si
         return send(status, errorBody(status, `Injected transient ${status}`), status === 429 ? { "retry-after": String(retryAfter) } : {})
       }
       if (prompt.includes("[html]")) return write(200, HTML_PAGE, { "content-type": "text/html; charset=utf-8" })
+      const deep = /\[deep:(\d+)\]/.exec(prompt)
+      if (deep) return write(200, `{"deep":${"[".repeat(Number(deep[1]))}${"]".repeat(Number(deep[1]))}}`, { "content-type": "application/json" })
+      if (prompt.includes("[gzip]")) {
+        const gzipped = gzipSync(JSON.stringify(answer(path, body, prompt)))
+        res.writeHead(200, { "content-type": "application/json", "content-encoding": "gzip", "content-length": gzipped.length })
+        return res.end(gzipped)
+      }
       const json = answer(path, body, prompt)
       const big = /\[big:(\d+(?:\.\d+)?)\]/.exec(prompt)
       if (big) pad(json, Math.round(Number(big[1]) * 1024 * 1024))
@@ -308,6 +321,8 @@ const DIRECTIVES = `  [fail:400]      answer 400 with an OpenAI error body (any 
   [bignum]        the answer's first member is "big": [123456789012345678901234567890, 1.50, "…"], written as is
                   (numbers JSON.stringify cannot write; a string with escapes and inner spaces)
   [html]          answer 200 with an HTML page (content-type: text/html) instead of JSON
+  [gzip]          answer 200 with the JSON gzipped (content-encoding: gzip), whatever the request accepts
+  [deep:100]      answer 200 with a JSON object whose "deep" member nests 100 arrays
   [trickle:100]   send the answer's head at once, then its body one byte every 100 ms
   [big:40]        pad the answer's content so that the body is about 40 MiB (fractions work: [big:0.01])
   [cached:7]      report 7 cached input tokens in the usage details (chat and responses answers)

@@ -1,7 +1,7 @@
 /**
  * What the upstream answers, end to end (the official `openai` client → the server → the simulator): a
- * pretty-printed answer with a number `JSON.stringify` cannot write, a 200 that is not JSON, an answer over
- * `INFERENCE_MAX_RESPONSE_BYTES` and one that trickles past `INFERENCE_TIMEOUT`.
+ * pretty-printed answer with a number `JSON.stringify` cannot write, a 200 that is not JSON, a gzipped one, one
+ * nested too deep, an answer over `INFERENCE_MAX_RESPONSE_BYTES` and one that trickles past `INFERENCE_TIMEOUT`.
  */
 import { describe, expect, layer } from "@effect/vitest"
 import { Duration, Effect } from "effect"
@@ -19,7 +19,7 @@ const config = {
 
 describe("upstream answers", () => {
   layer(testAppWithUpstream(config), { excludeTestServices: true })("end to end", (it) => {
-    it.effect("pretty JSON kept exactly, non-JSON 200, oversize and trickling answers as error lines", () =>
+    it.effect("pretty JSON kept exactly; non-JSON, gzipped, too deep, oversize and trickling answers as error lines", () =>
       Effect.gen(function*() {
         const openai = yield* Effect.map(baseUrl, sdk)
         const sim = yield* Upstream
@@ -27,6 +27,8 @@ describe("upstream answers", () => {
           plain: "plain",
           pretty: "pretty [pretty] [bignum]",
           html: "html [html]",
+          gzip: "gzip [gzip]", // compressed though it was asked for none
+          deep: "deep [deep:65]", // one level past the 64 an input line may nest
           big: "big [big:0.5]", // about 512 KiB, over the 64 KiB limit
           slow: "slow [trickle:50]" // a byte every 50 ms: about 20 s for the whole answer
         }
@@ -37,7 +39,7 @@ describe("upstream answers", () => {
         // Two attempts of about a second each for the trickling answer, far from the 20 s it would take.
         expect(Date.now() - started).toBeLessThan(8000)
         expect(done.status).toBe("completed")
-        expect(done.request_counts).toEqual({ total: 5, completed: 2, failed: 3 })
+        expect(done.request_counts).toEqual({ total: 7, completed: 2, failed: 5 })
 
         // The output file's text holds the pretty answer on one line, its numbers exactly as the upstream wrote them.
         const outputText = yield* Effect.promise(async () => (await openai.files.content(done.output_file_id!)).text())
@@ -50,17 +52,25 @@ describe("upstream answers", () => {
 
         const errors = yield* readLines(openai, done.error_file_id)
         const byId = Object.fromEntries(errors.map((line) => [line.custom_id, line]))
-        expect(Object.keys(byId).sort()).toEqual(["big", "html", "slow"])
+        expect(Object.keys(byId).sort()).toEqual(["big", "deep", "gzip", "html", "slow"])
         for (const line of errors) expect(line.response).toBeNull()
         expect(byId.html.error.code).toBe("invalid_upstream_response")
         expect(byId.html.error.message).toContain("answered 200 (content-type text/html; charset=utf-8)")
         expect(byId.html.error.message).toContain("<!DOCTYPE html> <html> <head><title>Sign in</title>")
+        expect(byId.gzip.error).toMatchObject({
+          code: "invalid_upstream_response",
+          message: "The upstream answered 200 with a body encoded as gzip (content-encoding), which is not decoded here: it was asked for none."
+        })
+        expect(byId.deep.error).toMatchObject({ code: "invalid_upstream_response", message: "The upstream answered 200 with JSON nested more than 64 levels deep." })
+        expect([...sim.stats.acceptEncodings.keys()]).toEqual(["identity"])
         expect(byId.big.error.code).toBe("upstream_response_too_large")
         expect(byId.slow.error.code).toBe("upstream_timeout")
 
         // Timeouts are retried; a non-JSON 200 and an oversize answer are not.
         expect(sim.stats.byPrompt.get(prompts.slow)).toBe(2)
         expect(sim.stats.byPrompt.get(prompts.html)).toBe(1)
+        expect(sim.stats.byPrompt.get(prompts.gzip)).toBe(1)
+        expect(sim.stats.byPrompt.get(prompts.deep)).toBe(1)
         expect(sim.stats.byPrompt.get(prompts.big)).toBe(1)
       }))
   })

@@ -3,7 +3,7 @@
  * read an answer (its body as one line of JSON, its `Retry-After`); and a request handed back unsent.
  */
 import { Data, Effect, Exit, Fiber, Option } from "effect"
-import { isJsonObject } from "../domain/Json.js"
+import { isJsonObject, MAX_JSON_DEPTH, nestedDeeperThan } from "../domain/Json.js"
 
 export interface UpstreamResponse {
   readonly status: number
@@ -162,6 +162,21 @@ export const asJsonBody = (
   text: string,
   headers: Record<string, string | undefined>
 ): { text: string; json: unknown } | UpstreamFailure => {
+  // Asked for with `accept-encoding: identity`; a proxy may compress all the same.
+  const encoding = headers["content-encoding"]
+  if (encoding !== undefined && encoding.trim().toLowerCase() !== "identity") {
+    return new UpstreamFailure({
+      code: "invalid_upstream_response",
+      message: `The upstream answered ${status} with a body encoded as ${excerpt(encoding, 100)} (content-encoding), which is not decoded here: it was asked for none.`
+    })
+  }
+  // Parsed whole: 16 MB of `[[[…]]]` held the event loop 6.6 s, as an input line did.
+  if (nestedDeeperThan(text, MAX_JSON_DEPTH)) {
+    return new UpstreamFailure({
+      code: "invalid_upstream_response",
+      message: `The upstream answered ${status} with JSON nested more than ${MAX_JSON_DEPTH} levels deep.`
+    })
+  }
   const parsed = parseObject(text)
   if (parsed !== undefined) return { text: /[\r\n]/.test(text) ? compactJson(text) : text, json: parsed }
   if (status >= 200 && status < 300) {

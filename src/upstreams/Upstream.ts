@@ -97,7 +97,9 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     const templateFor = (endpoint: BatchEndpoint) => {
       let template = templates.get(endpoint)
       if (template === undefined) {
-        template = authorized(HttpClientRequest.post(urlFor(endpoint)).pipe(HttpClientRequest.setHeader("content-type", "application/json")))
+        template = authorized(HttpClientRequest.post(urlFor(endpoint)).pipe(
+          HttpClientRequest.setHeaders({ "content-type": "application/json", "accept-encoding": "identity" })
+        ))
         templates.set(endpoint, template)
       }
       return template
@@ -109,7 +111,9 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
      */
     let listed = Option.none<ReadonlyArray<string>>()
     let listedAt = 0
-    const modelsRequest = http.get(`${spec.baseUrl}/models`, { headers: authorized(HttpClientRequest.get("")).headers })
+    const modelsRequest = http.get(`${spec.baseUrl}/models`, {
+      headers: authorized(HttpClientRequest.get("").pipe(HttpClientRequest.setHeader("accept-encoding", "identity"))).headers
+    })
     const askModels = Effect.locally(currentAnswerHold, undefined)(modelsRequest.pipe(
       Effect.flatMap((res) =>
         Effect.map(res.text, (text) => {
