@@ -120,7 +120,19 @@ const DeliveryRow = Schema.Struct({
   delivered_at: Schema.NullOr(SqlInt)
 })
 
-/** A row as `GET /v1/webhook_deliveries` shows it; the server's webhook URL (the operator's) to `operator` only. */
+/**
+ * A failure of the server's webhook as a project's key sees it: its status or its timeout, not the receiver's answer
+ * nor the connection's error (the operator's receiver may say what it should not: a stack trace, a host name).
+ */
+const projectSees = (error: string | null) =>
+  error === null || error.startsWith("no answer within ")
+    ? error
+    : /^HTTP \d+/.exec(error)?.[0] ?? "connection failed"
+
+/**
+ * A row as `GET /v1/webhook_deliveries` shows it; the server's webhook URL (the operator's), and what its receiver
+ * answered, to `operator` only.
+ */
 const deliveryOf = (row: typeof DeliveryRow.Type, operator: boolean) =>
   new WebhookDelivery({
     id: row.id,
@@ -132,7 +144,7 @@ const deliveryOf = (row: typeof DeliveryRow.Type, operator: boolean) =>
     status: row.status,
     attempts: row.attempts,
     last_status_code: row.last_status_code,
-    last_error: row.last_error,
+    last_error: row.target === "server" && !operator ? projectSees(row.last_error) : row.last_error,
     created_at: row.created_at,
     next_attempt_at: row.status === "pending" && row.next_attempt_ms !== null ? Math.ceil(row.next_attempt_ms / 1000) : null,
     delivered_at: row.delivered_at
