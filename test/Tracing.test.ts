@@ -93,6 +93,7 @@ describe("tracing", () => {
     const parentId = "00f067aa0ba902b7"
     const unsampledTrace = "5a8c1e2f3b4d5e6f708192a3b4c5d6e7"
     const refusedTrace = "7e1d2c3b4a5968778695a4b3c2d1e0f9"
+    const queryTrace = "3c4d5e6f708192a3b4c5d6e7f8091a2b"
     const requests = 400
     // A heartbeat every 100 ms: the periodic work runs many times while the batch does.
     const env = { OTEL_EXPORTER_OTLP_PROTOCOL: "http/json", OTEL_SERVICE_NAME: "batch-under-test", HEARTBEAT_INTERVAL: "100 millis" }
@@ -109,7 +110,12 @@ describe("tracing", () => {
         }).on("error", reject))
       expect(foreignHost).toBe(421)
       const openai = client(url)
-      const traced = client(url, { traceparent: `00-${traceId}-${parentId}-01`, "api-key": "sk-azure-style" })
+      const traced = client(url, { traceparent: `00-${traceId}-${parentId}-01`, "api-key": "sk-azure-style", "x-custom-token": "tok-custom" })
+      // A key in the query (not read from there), in a sampled trace of its own.
+      const listed = await fetch(`${url}/v1/files?api_key=QUERYSECRET&limit=5`, {
+        headers: { authorization: "Bearer sk-test", traceparent: `00-${queryTrace}-${parentId}-01` }
+      })
+      expect(listed.status).toBe(200)
       const batch = await runBatch(openai, Array.from({ length: requests }, (_, i) => chatLine(`r${i}`, `prompt ${i}`)), traced)
       expect(batch.request_counts).toMatchObject({ total: requests, completed: requests })
       await stop() // flushes what is still queued
@@ -130,6 +136,11 @@ describe("tracing", () => {
       expect(JSON.stringify(spans)).not.toContain("sk-test")
       expect(create.attributes["http.request.header.api-key"]).toBe("<redacted>") // Azure's key header too
       expect(JSON.stringify(spans)).not.toContain("sk-azure-style")
+      expect(create.attributes["http.request.header.x-custom-token"]).toBe("<redacted>") // any name that says key or token
+      expect(JSON.stringify(spans)).not.toContain("tok-custom")
+      const list = one(spans.filter((s) => s.traceId === queryTrace), "GET /v1/files")
+      expect(list.attributes).toMatchObject({ "url.query": "api_key=REDACTED&limit=5", "url.full": `${url}/v1/files?api_key=REDACTED&limit=5` })
+      expect(JSON.stringify(spans)).not.toContain("QUERYSECRET")
 
       // The batch's work: a trace of its own, linked to the create request's trace, with every phase under it.
       const root = one(spans, "BatchRunner.batch", batch.id)

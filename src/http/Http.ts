@@ -9,6 +9,7 @@ import { Effect, Layer } from "effect"
 import { Auth } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
 import { Metrics } from "../observability/Metrics.js"
+import { CREDENTIAL_NAME } from "../observability/redaction.js"
 import { requestsFirst } from "../Scheduler.js"
 import { dashboardRoute } from "../ui/DashboardHttp.js"
 import { OpenAIApi } from "./Api.js"
@@ -32,8 +33,6 @@ export const ApiLive = HttpApiBuilder.api(OpenAIApi).pipe(
   Layer.provide(AuthenticatedLive)
 )
 
-/** Headers holding credentials, beside the platform's own list (`authorization`, `cookie`, `x-api-key`…). */
-const CREDENTIAL_HEADERS = ["api-key", "proxy-authorization", "x-goog-api-key", "openai-api-key", "x-auth-token"]
 
 /**
  * Serves `ApiLive` plus `/openapi.json`, `/docs`, the `/ui` dashboard (`ui/DashboardHttp.ts`) and `/metrics`
@@ -58,8 +57,8 @@ export const HttpLive = requestsFirst(Layer.unwrapEffect(Effect.gen(function*() 
     Layer.provide(Layer.succeed(BodyPatience, { stall: stallTimeout, minRate: minBodyRate }))
   )
 })).pipe(
-  // The server spans record the request headers: these carry keys too (Azure's `api-key`, proxies, gateways).
-  Layer.locallyWith(Headers.currentRedactedNames, (names) => [...names, ...CREDENTIAL_HEADERS]),
+  // The server spans record the request headers: others carry keys too (Azure's `api-key`, proxies, gateways).
+  Layer.locallyWith(Headers.currentRedactedNames, (names) => [...names, CREDENTIAL_NAME]),
   Layer.provide(docsRoute("/docs")),
   Layer.provide(dashboardRoute),
   Layer.provide(metricsRoute),

@@ -25,6 +25,7 @@ import { type ConfigError, Context, Effect, Layer, Option, Redacted, Runtime } f
 import * as EffectTracer from "effect/Tracer"
 import { routeOf } from "../http/Routes.js"
 import { type TracingSettings, tracingSettings } from "./tracingSettings.js"
+import { redactQuery } from "./redaction.js"
 import { withoutCredentials } from "./urlText.js"
 import { layerUpstreamCallTracing, makeFractionPicker } from "./upstreamCallSpans.js"
 
@@ -189,11 +190,21 @@ const nativeContext: EffectTracer.Tracer["context"] = Effect.runSync(Effect.trac
 /**
  * Names server spans `{method} {route}` (or `{method}` when no route matches), as the HTTP conventions ask. A request
  * refused before the router saw it (401, 403, 421) gets the route its path asked for, as its log line and metrics do.
+ * And the query's parameters named like credentials lose their values (`url.query`, `url.full`).
  */
 const routeNames = (api: typeof OtelApi): SdkTrace.SpanProcessor => ({
   onStart: () => {},
   onEnding: (span) => {
     if (span.kind !== api.SpanKind.SERVER) return
+    const query = span.attributes["url.query"]
+    if (typeof query === "string") {
+      const redacted = redactQuery(query)
+      const full = span.attributes["url.full"]
+      if (redacted !== query) {
+        span.setAttribute("url.query", redacted)
+        if (typeof full === "string") span.setAttribute("url.full", full.replace(`?${query}`, `?${redacted}`))
+      }
+    }
     const method = span.attributes["http.request.method"]
     if (typeof method !== "string") return
     let route = span.attributes["http.route"]
