@@ -8,7 +8,8 @@
  * output files are never refused). On SQLite and PostgreSQL.
  */
 import { describe, expect, layer } from "@effect/vitest"
-import { Duration, Effect, Option } from "effect"
+import { Duration, Effect, Fiber, Option } from "effect"
+import * as Http from "node:http"
 import OpenAI, { toFile } from "openai"
 import { AuthTest } from "../src/auth/Auth.js"
 import { chatLine, createBatch, failure, readLines, terminal, upload, waitFor } from "./support/Batches.js"
@@ -309,5 +310,54 @@ describe("projects", () => {
           expect([none.status, none.error.message]).toEqual([413, expect.stringContaining("and 0 bytes are left")])
         }))
     })
+
+    layer(testAppWithUpstream(bytesLimit, {}, backend, { auth }), { excludeTestServices: true })(`${backend}: file bytes at once`, (it) => {
+      it.effect("uploads under way together count each other against MAX_FILE_BYTES_PER_PROJECT", () =>
+        Effect.gen(function*() {
+          const base = yield* baseUrl
+          const { a1 } = yield* clients
+          // Four uploads of 400 bytes against 1000: each sends its first half, and the rest once all four have.
+          let release!: () => void
+          const halfway = new Promise<void>((resolve) => (release = resolve))
+          const statuses = yield* Effect.promise(() =>
+            Promise.all([0, 1, 2, 3].map((i) => overlappingUpload(base, KEYS.a1, `f${i}.txt`, "x".repeat(400), halfway)))
+          ).pipe(Effect.fork)
+          yield* Effect.sleep("500 millis")
+          release()
+          const answered = yield* Fiber.join(statuses)
+          // At most two fit (each counted against the others' bytes as they came); the rest a 413, none a 5xx.
+          expect(answered.every((status) => status === 200 || status === 413)).toBe(true)
+          expect(answered.filter((status) => status === 200).length).toBeGreaterThanOrEqual(1)
+          expect(answered.filter((status) => status === 200).length).toBeLessThanOrEqual(2)
+          const stored = yield* Effect.promise(async () => {
+            let bytes = 0
+            for await (const file of a1.files.list()) bytes += file.bytes
+            return bytes
+          })
+          expect(stored).toBeLessThanOrEqual(1000)
+        }))
+    })
   }
 })
+
+/**
+ * `POST /v1/files` of `content` by `key`, its body sent in two halves: the second once `halfway` settles. The status.
+ */
+const overlappingUpload = (base: string, key: string, filename: string, content: string, halfway: Promise<void>) =>
+  new Promise<number>((resolve, reject) => {
+    const boundary = "overlapping-upload-boundary"
+    const head = `--${boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nuser_data\r\n` +
+      `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="${filename}"\r\n` +
+      `Content-Type: application/octet-stream\r\n\r\n`
+    const half = Math.floor(content.length / 2)
+    const request = Http.request(`${base}/v1/files`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${key}`, "content-type": `multipart/form-data; boundary=${boundary}` }
+    }, (response) => {
+      response.resume()
+      response.on("end", () => resolve(response.statusCode!))
+    })
+    request.on("error", reject)
+    request.write(head + content.slice(0, half))
+    void halfway.then(() => request.end(`${content.slice(half)}\r\n--${boundary}--\r\n`))
+  })

@@ -19,6 +19,7 @@ import { readFileForm } from "./fileField.js"
 import { Budget, busy, cutWhenStalled, holdUntilAnswered, type Holder, holderOf, overShare, type Taken } from "./holding.js"
 import { echo } from "../domain/Text.js"
 import { LARGE_PAGES_AT_ONCE, listAnswer, storedJson } from "./StoredResponse.js"
+import { UploadsInFlight } from "../files/uploadsInFlight.js"
 
 const purposes: ReadonlyArray<string> = UploadPurpose.literals
 
@@ -150,13 +151,17 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
     const downloads = new Budget(maxDownloadsAtOnce)
     const holder = holderOf(yield* Auth)
     const listed = listAnswer(new Budget(LARGE_PAGES_AT_ONCE), stallTimeout, holder)
+    const uploading = new UploadsInFlight()
 
     const upload = Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
       const { project } = yield* CurrentCaller // an operator's uploads too belong to its own project
       // What the project's files may still take (the output files the server writes count, but are never refused).
       const quota = Option.getOrElse(maxFileBytesPerProject, () => Infinity)
-      const room = quota === Infinity ? Infinity : quota - (yield* files.projectBytes(project))
+      // Counted beside the project's other uploads under way here until it is stored (or fails), then as stored.
+      const inFlight = uploading.start(project)
+      yield* Effect.addFinalizer(() => Effect.sync(inFlight.end))
+      const stored = quota === Infinity ? 0 : yield* files.projectBytes(project)
       const form = yield* readFileForm(request, {
         field: "file",
         maxFileBytes: maxUploadBytes,
@@ -168,12 +173,23 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
             const writer = yield* files.openUpload
             return { write: writer.write, finish: Effect.map(writer.finish, (staged) => ({ staged, filename })) }
           }),
-        refuse: (bytes) => (bytes > room ? overQuota(quota, room) : undefined)
+        refuse: (bytes) => {
+          inFlight.received(bytes)
+          const room = quota - stored - inFlight.others()
+          if (bytes <= room) return undefined
+          inFlight.end() // refused: it holds no room while the rest of its body is read and dropped
+          return overQuota(quota, room)
+        }
       })
       if (form.stored === undefined && form.fields.has("file")) {
         return yield* invalidRequest("'file' must be a file part with a filename, not a text field.", "file", "invalid_type")
       }
       const meta = yield* parseUploadForm(form.fields, form.stored?.filename, form.repeated)
+      if (quota !== Infinity) {
+        // What the project's uploads that ended meanwhile stored: they no longer count as under way.
+        const room = quota - (yield* files.projectBytes(project)) - inFlight.others()
+        if (form.stored!.staged.bytes > room) return yield* overQuota(quota, room)
+      }
       return yield* files.commit(form.stored!.staged, { ...meta, project })
     }).pipe(Effect.scoped, Effect.withSpan("Files.upload"))
 
