@@ -100,5 +100,14 @@ describe("the server with an upstreams file", () => {
     expect(errors.map((l) => l.response.status_code)).toEqual([404, 404, 404])
     expect(server.output()).toMatch(/Upstream misrouted answered 404 to POST http:\/\/127\.0\.0\.1:\d+\/chat\/completions: it does not serve that path/)
     expect(server.output().match(/it does not serve that path/g)).toHaveLength(1)
+
+    // A refused key and a redirect, though the upstream answered well before: each said once (a minute apart at most).
+    const refused = await Effect.runPromise(Effect.gen(function*() {
+      const file = yield* upload(openai, ["[fail:401] a", "[fail:401] b", "[fail:307] c", "[fail:307] d"].map((p, i) => chatLine(`r${i}`, p, "model-a")))
+      return yield* waitFor(openai, (yield* createBatch(openai, file.id)).id, terminal, 30_000)
+    }))
+    expect(refused.request_counts).toEqual({ total: 4, completed: 0, failed: 4 })
+    expect(server.output().match(/Upstream plain answered 401 to POST http:\/\/127\.0\.0\.1:\d+\/v1\/chat\/completions: it refuses the call's credentials/g)).toHaveLength(1)
+    expect(server.output().match(/Upstream plain answered 307 to POST http:\/\/127\.0\.0\.1:\d+\/v1\/chat\/completions: redirects are not followed/g)).toHaveLength(1)
   }, 60_000)
 })

@@ -9,6 +9,7 @@
  *   timeout                 overload and a failure in the run; retried
  *   connection lost         a failure in the run; retried
  *   never connected         the upstream is down (refused, DNS, TLS, proxy)
+ *   404, 401, 403, 3xx      final; a line says what to check (404: once, before any success on that endpoint)
  *
  * A run of failures of `OUTAGE_AFTER` different requests with no success between also takes it down; one request's
  * own retries count once, so a request that keeps failing alone (its body makes the server fail) fails after its
@@ -23,6 +24,7 @@
  * after its attempts.
  */
 import { type Clock, Duration, Effect, Option } from "effect"
+import { echo } from "../domain/Text.js"
 import { retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "../inference/answers.js"
 import type { FailureKind } from "../inference/UpstreamHttpClient.js"
 import type { AdaptiveLimit } from "./adaptiveLimit.js"
@@ -38,6 +40,8 @@ export const OUTAGE_AFTER = 5
  * the calls sent before), and those are the overload's, not the request's; beyond them, a refusal counts.
  */
 const SPARED_OVERLOADS = 3
+/** A misconfiguration that can come and go (a refused key, a redirect) is said at most this often. */
+const SAY_AGAIN_MS = 60_000
 /** Increases of the limit are logged at most this often (decreases always). */
 const RAISE_LOG_INTERVAL_MS = 1000
 
@@ -131,17 +135,39 @@ export const makeJudge = ({ clock, gate, limit, log, maxPause, outage, spec, url
     })
 
   // --- the verdict -------------------------------------------------------------------------------------------
-  const reported404 = new Set<string>()
   const answeredWell = new Set<string>()
-  /** A 404 before any success on that endpoint: most likely a base URL without its `/v1`; said once. */
-  const misrouted = (endpoint: string, response: UpstreamResponse) => {
-    const code = (response.json as { error?: { code?: unknown } })?.error?.code
-    if (answeredWell.has(endpoint) || reported404.has(endpoint) || code === "model_not_found") return Effect.void
-    reported404.add(endpoint)
-    return log(Effect.logError(
-      `Upstream ${spec.name} answered 404 to POST ${urlFor(endpoint)}: it does not serve that path. Check its base ` +
-        `URL (${spec.baseUrl}): it must include the API's version path, as in http://host:8000/v1.`
-    ))
+  /** When each line of `misconfigured` was last said, by its kind and endpoint. */
+  const saidAt = new Map<string, number>()
+  const say = (key: string, every: number, line: () => string) => {
+    const now = clock.unsafeCurrentTimeMillis()
+    const last = saidAt.get(key)
+    if (last !== undefined && now - last < every) return Effect.void
+    saidAt.set(key, now)
+    return log(Effect.logError(line()))
+  }
+  /**
+   * An answer that says the upstream is set up wrong: a 404 before any success on that endpoint (most likely a base
+   * URL without its `/v1`), said once; a 401 or 403 (its key, maybe revoked while batches run) and a redirect (not
+   * followed: its base URL is elsewhere), said at most once a minute.
+   */
+  const misconfigured = (endpoint: string, response: UpstreamResponse, headers: Record<string, string | undefined>) => {
+    const status = response.status
+    const target = `POST ${urlFor(endpoint)}`
+    if (status === 404) {
+      const code = (response.json as { error?: { code?: unknown } })?.error?.code
+      if (code === "model_not_found" || answeredWell.has(endpoint)) return Effect.void
+      return say(`404 ${endpoint}`, Infinity, () =>
+        `Upstream ${spec.name} answered 404 to ${target}: it does not serve that path. Check its base ` +
+        `URL (${spec.baseUrl}): it must include the API's version path, as in http://host:8000/v1.`)
+    }
+    if (status === 401 || status === 403) {
+      return say(`auth ${endpoint}`, SAY_AGAIN_MS, () =>
+        `Upstream ${spec.name} answered ${status} to ${target}: it refuses the call's credentials. Check its api_key (or api_key_env) and headers.`)
+    }
+    const location = headers["location"]
+    return say(`redirect ${endpoint}`, SAY_AGAIN_MS, () =>
+      `Upstream ${spec.name} answered ${status} to ${target}` +
+      `${location === undefined ? "" : `, pointing to ${echo(location, 200)}`}: redirects are not followed. Set its base URL to where it points.`)
   }
 
   const judge = (endpoint: string, ticket: Ticket, attempt: Attempt, generation: number): Verdict | Effect.Effect<Judged> => {
@@ -189,7 +215,9 @@ export const makeJudge = ({ clock, gate, limit, log, maxPause, outage, spec, url
       )
     }
     if (status === 408 || status >= 500) return failedInRow(ticket, `status ${status}`)
-    if (status === 404) return Effect.as(Effect.zipRight(succeeded, misrouted(endpoint, response)), "final" as const)
+    if (status === 404 || status === 401 || status === 403 || (status >= 300 && status < 400)) {
+      return Effect.as(Effect.zipRight(succeeded, misconfigured(endpoint, response, headers)), "final" as const)
+    }
     if (status < 300 && !answeredWell.has(endpoint)) answeredWell.add(endpoint)
     const said = succeededNow()
     return said === undefined ? "final" : Effect.as(said, "final")
