@@ -167,7 +167,7 @@ describe("record then replay", () => {
 })
 
 describe("replay without a network", () => {
-  it.effect("a missing recording fails with replay_miss naming its key and path; nothing else is in context", () =>
+  it.effect("a missing recording fails with replay_miss naming its key and file; nothing else is in context", () =>
     Effect.gen(function*() {
       const dir = yield* scratchDir
       const body = chatBody("never recorded", "org/model")
@@ -179,7 +179,9 @@ describe("replay without a network", () => {
       expect(failure.message).toContain(CHAT)
       expect(failure.message).toContain("org/model")
       expect(failure.message).toContain(key.hash)
-      expect(failure.message).toContain(recordingPath(dir, key))
+      // The file within the recordings directory, not the server's own path (the line goes to a project's error file).
+      expect(failure.message).toContain(`(looked for ${recordingPath("recordings", key)})`)
+      expect(failure.message).not.toContain(dir)
       const inference = yield* Effect.provide(Inference, replay)
       expect(yield* inference.models).toEqual({ data: [], complete: false })
     }).pipe(Effect.scoped))
@@ -193,7 +195,8 @@ describe("replay without a network", () => {
       writeFileSync(path, "<<<<<<< HEAD\n")
       const broken = yield* Effect.flip(send(CHAT, body)).pipe(Effect.provide(InferenceReplay(dir)))
       expect(broken.code).toBe("invalid_upstream_response")
-      expect(broken.message).toContain(path)
+      expect(broken.message).toContain(recordingPath("recordings", recordingKey(CHAT, body)))
+      expect(broken.message).not.toContain(dir)
       const tooLarge = yield* Effect.flip(send(CHAT, body)).pipe(Effect.provide(InferenceReplay(dir, { maxFileBytes: 4 })))
       expect(tooLarge.code).toBe("upstream_response_too_large")
       const exit = yield* Effect.exit(Effect.provide(Inference, InferenceReplay(Path.join(dir, "typo"))))

@@ -261,11 +261,14 @@ export const InferenceRecord = (
     })
   )
 
-/** `replay_miss`: no recording of this request; the message names its key and the file looked for. */
-const replayMiss = (key: RecordingKey, path: string) =>
+/**
+ * `replay_miss`: no recording of this request; the message names its key and the file looked for, within the
+ * recordings directory (it goes into a project's error file: the server's own paths are not theirs to see).
+ */
+const replayMiss = (key: RecordingKey) =>
   new UpstreamFailure({
     code: "replay_miss",
-    message: `No recording for ${key.endpoint}, model ${key.model ?? "(none)"}, hash ${key.hash} (looked for ${path}).`
+    message: `No recording for ${key.endpoint}, model ${key.model ?? "(none)"}, hash ${key.hash} (looked for ${recordingPath("recordings", key)}).`
   })
 
 /**
@@ -300,20 +303,21 @@ export const InferenceReplay = (
           Effect.suspend(() => {
             const key = recordingKey(endpoint, body)
             const path = recordingPath(dir, key)
+            const shown = recordingPath("recordings", key) // within the directory: see `replayMiss`
             return Effect.flatMap(Effect.promise(() => readBounded(path, maxBytes)), (read) => {
               switch (read._tag) {
                 case "Missing":
-                  return Effect.fail(replayMiss(key, path))
+                  return Effect.fail(replayMiss(key))
                 case "TooLarge":
                   return Effect.fail(new UpstreamFailure({
                     code: "upstream_response_too_large",
-                    message: `The recording ${path} is ${read.size} bytes, more than the ${maxBytes} read for one answer.`
+                    message: `The recording ${shown} is ${read.size} bytes, more than the ${maxBytes} read for one answer.`
                   }))
                 case "Failed":
-                  return Effect.fail(invalid(path, read.message))
+                  return Effect.fail(invalid(shown, read.message))
                 case "Read": {
                   const answer = answerFromRecording(read.text)
-                  return "problem" in answer ? Effect.fail(invalid(path, answer.problem)) : Effect.succeed(answer)
+                  return "problem" in answer ? Effect.fail(invalid(shown, answer.problem)) : Effect.succeed(answer)
                 }
               }
             })
