@@ -249,6 +249,29 @@ describe("Inference", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  it.effect("a gateway whose GET /models answers 502 for good: its calls are tried all the same, and those tries count for nothing", () => {
+    // The calls get a 502 for the first 30 s, then answers; `/models` a 502 always (it routes only the inference paths).
+    let tried = 0
+    const client = HttpClient.make((request) =>
+      Effect.map(Clock.currentTimeMillis, (now) => {
+        const models = request.url.endsWith("/models")
+        if (!models) tried++
+        return HttpClientResponse.fromWeb(request, new Response(`{"ok":true}`, { status: models || now < 30_000 ? 502 : 200 }))
+      }))
+    const layer = InferenceOverHttpClient.pipe(
+      Layer.provide(Layer.succeed(HttpClient.HttpClient, client)),
+      Layer.provide(AppConfig.layerWith({ inferenceMaxAttempts: 1, inferenceMaxConcurrency: 1, upstreamProbeInterval: Duration.seconds(2) }))
+    )
+    return Effect.gen(function*() {
+      const fibers = yield* Effect.forEach(Array.from({ length: 8 }), () => Effect.fork(send()))
+      yield* TestClock.adjust("1 minute")
+      const statuses = (yield* Effect.forEach(fibers, Fiber.join)).map((r) => r.status).sort()
+      // The four failures before the outage count; the tries during it (one every three probes) do not.
+      expect(statuses).toEqual([200, 200, 200, 200, 502, 502, 502, 502])
+      expect(tried).toBeGreaterThan(8 + 2)
+    }).pipe(Effect.provide(layer))
+  })
+
   it.effect("a call that always gets a 5xx fails after its attempts, and its own failures never take the upstream down", () => {
     const { calls, layer } = scripted([{ status: 500 }], 5)
     return Effect.gen(function*() {

@@ -10,6 +10,7 @@
  *   connection lost         a failure in the run; retried
  *   never connected         the upstream is down (refused, DNS, TLS, proxy)
  *   404, 401, 403, 3xx      final; a line says what to check (404: once, before any success on that endpoint)
+ *   on a blind trial        (the probe kept answering 5xx) no answer, a 408 or a 5xx: down again, sent again uncounted
  *
  * A run of failures of `OUTAGE_AFTER` different requests with no success between also takes it down; one request's
  * own retries count once, so a request that keeps failing alone (its body makes the server fail) fails after its
@@ -53,6 +54,13 @@ export type Attempt =
 /** A 429 or 503: the server turned the call away. */
 export const isRefusal = (attempt: Attempt) =>
   attempt._tag === "Response" && (attempt.response.status === 429 || attempt.response.status === 503)
+
+/** What an attempt that failed as an outage's calls do says of it (no answer, or a 408 or 5xx); `undefined` if it did not. */
+const outageFailure = (attempt: Attempt): string | undefined => {
+  if (attempt._tag === "Failure") return attempt.kind === "answer" || attempt.kind === "too_large" ? undefined : attempt.failure.message
+  const status = attempt.response.status
+  return status === 408 || status >= 500 ? `status ${status}` : undefined
+}
 
 /** What to do after an attempt: keep its result, send again without counting an attempt, or retry (counted). */
 export type Verdict = "final" | "again" | "retry"
@@ -171,6 +179,11 @@ export const makeJudge = ({ clock, gate, limit, log, maxPause, outage, spec, url
   }
 
   const judge = (endpoint: string, ticket: Ticket, attempt: Attempt, generation: number): Verdict | Effect.Effect<Judged> => {
+    // A trial the probe did not vouch for: its failure is the outage's (down again, the same outage; not counted).
+    if (outage.onBlindTrial()) {
+      const failed = outageFailure(attempt)
+      if (failed !== undefined) return Effect.as(markDown(failed), "again")
+    }
     if (attempt._tag === "Failure") {
       switch (attempt.kind) {
         case "connect":

@@ -22,6 +22,11 @@ export interface Outage {
   readonly isDown: () => boolean
   /** After a probe's answer, until a call succeeds: one call at a time, and an outage's failures take it down again. */
   readonly onTrial: () => boolean
+  /**
+   * On a trial the probe did not vouch for (it kept answering 5xx): a failing call says nothing new, and is the
+   * outage's, not its request's.
+   */
+  readonly onBlindTrial: () => boolean
   /** Takes the upstream down for `reason` (said once per outage) and starts probing; nothing when it is down. */
   readonly markDown: (reason: string) => Effect.Effect<void>
   /** A call succeeded: ends a trial (the up line), or nothing; `undefined` when there is nothing to do. */
@@ -58,10 +63,13 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
     let trials = 0
     /** Which trial is on (a count of them all): an idle watch ends with its trial. */
     let trialSerial = 0
-    /** The probe answered: calls may go out, one at a time; the paused batches resume. */
-    const startTrial = Effect.gen(function*() {
+    /** Whether the trial on was started though the probe kept answering 5xx. */
+    let blind = false
+    /** The probe answered (or kept answering 5xx: `blindly`): calls may go out, one at a time; the paused batches resume. */
+    const startTrial = (blindly: boolean) => Effect.gen(function*() {
       down = false
       trial = true
+      blind = blindly
       gate.setTrial(true)
       gate.setDown(false)
       downSignal = yield* Deferred.make<void>()
@@ -92,22 +100,24 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
     /** Whether this outage's line about a probe answering 5xx was said (once per outage). */
     let saidProbeFails = false
     /**
-     * Probes until `GET /models` answers below 500, then a trial. A server that answers it 5xx is there: after
+     * Probes until `GET /models` answers below 500, then a trial. A server that answers it 5xx may be there: after
      * `FAILING_PROBES_BEFORE_TRIAL` such answers in a row its calls get a trial all the same (a gateway that routes
-     * only the inference paths answers 502 there for good, and its batches stayed paused until they expired).
+     * only the inference paths answers 502 there for good, and its batches stayed paused until they expired). Such
+     * a trial's failing call is the outage's, sent again without counting (a proxy in front of a server that is
+     * down answers 502 to everything: its batches must lose nothing).
      */
     const probing: Effect.Effect<void> = Effect.gen(function*() {
       let failingAnswers = 0
       for (;;) {
         yield* Effect.sleep(options.probeInterval)
         const answer = yield* options.probe
-        if (answer._tag === "Success" && answer.value < 500) return yield* startTrial
+        if (answer._tag === "Success" && answer.value < 500) return yield* startTrial(false)
         if (answer._tag === "Success" && ++failingAnswers >= FAILING_PROBES_BEFORE_TRIAL) {
           if (!saidProbeFails) {
             saidProbeFails = true
             yield* Effect.logWarning(`Upstream ${name} answers GET /models with status ${answer.value}: its calls are tried instead`)
           }
-          return yield* startTrial
+          return yield* startTrial(true)
         }
         yield* Effect.logDebug(`Upstream ${name} still down (${answer._tag === "Success" ? `status ${answer.value}` : "no answer"})`)
       }
@@ -161,6 +171,7 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
     return {
       isDown: () => down,
       onTrial: () => trial,
+      onBlindTrial: () => trial && blind,
       markDown,
       succeeded,
       awaitUp: Effect.suspend(() => Deferred.await(upSignal)),
