@@ -197,6 +197,11 @@ describe("replay without a network", () => {
       expect(broken.code).toBe("invalid_upstream_response")
       expect(broken.message).toContain(recordingPath("recordings", recordingKey(CHAT, body)))
       expect(broken.message).not.toContain(dir)
+      // One that cannot be read (a directory in its place): the system's error code, not its message with the path.
+      const other = chatBody("unreadable")
+      mkdirSync(recordingPath(dir, recordingKey(CHAT, other)))
+      const unreadable = yield* Effect.flip(send(CHAT, other)).pipe(Effect.provide(InferenceReplay(dir)))
+      expect(unreadable.message).toBe(`The recording ${recordingPath("recordings", recordingKey(CHAT, other))} is unusable: cannot be read (EISDIR).`)
       const tooLarge = yield* Effect.flip(send(CHAT, body)).pipe(Effect.provide(InferenceReplay(dir, { maxFileBytes: 4 })))
       expect(tooLarge.code).toBe("upstream_response_too_large")
       const exit = yield* Effect.exit(Effect.provide(Inference, InferenceReplay(Path.join(dir, "typo"))))

@@ -3,11 +3,13 @@
  * must be exactly what the encoder writes, or an SDK would see a changed shape.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Schema } from "effect"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import { Duration, Effect, Exit, Schema, Scope } from "effect"
 import { Batch, BatchList } from "../src/domain/Batches.js"
 import { FileList, FileObject } from "../src/domain/Files.js"
 import { LIST_PAGE_BYTES, listPage, trusted } from "../src/domain/List.js"
-import { storedJson, storedPageBytes } from "../src/http/StoredResponse.js"
+import { Budget } from "../src/http/holding.js"
+import { listAnswer, type StoredPage, storedJson, storedPageBytes } from "../src/http/StoredResponse.js"
 
 const batch = (id: string, full: boolean) =>
   new Batch({
@@ -99,4 +101,31 @@ describe("stored objects sent as they are", () => {
     const huge = [Object.assign(batch("batch_h", true), { metadata: { pad: "x".repeat(LIST_PAGE_BYTES) } }), batch("batch_z", false)]
     expect(JSON.parse(decode({ data: huge, hasMore: false }))).toMatchObject({ first_id: "batch_h", last_id: "batch_h", has_more: true })
   })
+
+  it.scoped("a page over a piece holds one of its list's pages until answered: one more is a 503, a project past its share a 429", () =>
+    Effect.gen(function*() {
+      const large = { data: Array.from({ length: 2 }, (_, i) => Object.assign(batch(`batch_${i}`, true), { metadata: { pad: "x".repeat(40 * 1024) } })), hasMore: false }
+      const small = { data: [batch("batch_s", false)], hasMore: false }
+      const pages = new Budget(1)
+      const answer = (page: StoredPage, holder?: { project: string; enforce: boolean }) =>
+        listAnswer(pages, Duration.seconds(30), Effect.succeed(holder))(page).pipe(
+          Effect.provideService(HttpServerRequest.HttpServerRequest, HttpServerRequest.fromWeb(new Request("http://localhost/v1/batches")))
+        )
+      const scope = yield* Scope.make()
+      const first = yield* Scope.extend(answer(large), scope)
+      expect([first.status, first.body._tag]).toEqual([200, "Stream"])
+      expect((yield* answer(large)).status).toBe(503) // held until the first has left
+      expect((yield* answer(small)).status).toBe(200) // a small page is sent at once, holding nothing
+      yield* Scope.close(scope, Exit.void)
+      expect((yield* answer(large)).status).toBe(200)
+      const shared = new Budget(4)
+      const byProject = (holder: { project: string; enforce: boolean }) =>
+        listAnswer(shared, Duration.seconds(30), Effect.succeed(holder))(large).pipe(
+          Effect.provideService(HttpServerRequest.HttpServerRequest, HttpServerRequest.fromWeb(new Request("http://localhost/v1/batches")))
+        )
+      const a = { project: "a", enforce: true }
+      expect((yield* byProject(a)).status).toBe(200)
+      expect((yield* byProject(a)).status).toBe(200)
+      expect((yield* byProject(a)).status).toBe(429) // half of the four
+    }))
 })

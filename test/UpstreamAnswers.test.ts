@@ -3,9 +3,10 @@
  * pretty-printed answer with a number `JSON.stringify` cannot write, a 200 that is not JSON, a gzipped one, one
  * nested too deep, an answer over `INFERENCE_MAX_RESPONSE_BYTES` and one that trickles past `INFERENCE_TIMEOUT`.
  */
-import { describe, expect, layer } from "@effect/vitest"
+import { describe, expect, it, layer } from "@effect/vitest"
 import { Duration, Effect } from "effect"
 import { BIGNUM_COMPACT } from "../scripts/simulator.js"
+import { asJsonBody, UpstreamFailure } from "../src/inference/answers.js"
 import { chatLine, createBatch, readLines, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import { baseUrl, testAppWithUpstream, Upstream } from "./support/TestApp.js"
 
@@ -73,5 +74,22 @@ describe("upstream answers", () => {
         expect(sim.stats.byPrompt.get(prompts.deep)).toBe(1)
         expect(sim.stats.byPrompt.get(prompts.big)).toBe(1)
       }))
+  })
+})
+
+describe("an upstream answer that cannot be read", () => {
+  it("a 2xx compressed or nested too deep is unusable; another status keeps its status, the reason as its message", () => {
+    const gzip = { "content-encoding": "gzip" }
+    const deep = `{"a":${"[".repeat(65)}${"]".repeat(65)}}`
+    expect(asJsonBody(200, "\u001f\u008b", gzip)).toBeInstanceOf(UpstreamFailure)
+    expect(asJsonBody(200, deep, {})).toBeInstanceOf(UpstreamFailure)
+    // A 503 or a 429 stays one: its retry, its Retry-After and the outage go by its status.
+    expect(asJsonBody(503, "\u001f\u008b", gzip)).toMatchObject({
+      json: { error: { message: "Upstream answered 503 with a body encoded as gzip (content-encoding), which is not decoded here: it was asked for none.", type: "server_error" } }
+    })
+    expect(asJsonBody(429, deep, {})).toMatchObject({
+      json: { error: { message: "Upstream answered 429 with JSON nested more than 64 levels deep.", type: "upstream_error" } }
+    })
+    expect(asJsonBody(200, `{"ok":true}`, { "content-encoding": "identity" })).toMatchObject({ json: { ok: true } })
   })
 })

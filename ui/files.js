@@ -206,11 +206,22 @@ export function filesView({ signal, refresh: refreshNow }) {
     more.hidden = !hasMore
     more.disabled = false
   }
-  // Reads as many files as are shown, from the top: new ones appear above, deleted ones go.
+  // Reads as many files as are shown, from the top: new ones appear above, deleted ones go. Page after page: a page
+  // ends sooner than its limit at 1 MiB (`has_more`).
   const refresh = async () => {
-    /** @type {import("./api.js").Page<FileObject>} */
-    const page = await json(`/v1/files${query({ limit: Math.min(shown, MAX_PAGE), order: "desc" })}`, { signal })
-    render(page.data, page.has_more)
+    /** @type {FileObject[]} */
+    const files = []
+    /** @type {string | undefined} */
+    let after
+    let hasMore = true
+    while (hasMore && files.length < shown) {
+      /** @type {import("./api.js").Page<FileObject>} */
+      const page = await json(`/v1/files${query({ limit: Math.min(shown - files.length, MAX_PAGE), order: "desc", after })}`, { signal })
+      files.push(...page.data)
+      hasMore = page.has_more && page.data.length > 0
+      after = page.last_id ?? undefined
+    }
+    render(files, hasMore)
     return true
   }
   more.addEventListener("click", () => {

@@ -111,7 +111,16 @@ export const make = (connection: Connection): BatchApiShape => {
     create: (params) => call("creating the batch", (signal) => client.batches.create(params, { signal, maxRetries: 0 })),
     retrieve: (id) => call(`reading batch ${id}`, (signal) => client.batches.retrieve(id, { signal })),
     poll: (id) => call(`reading batch ${id}`, (signal) => client.batches.retrieve(id, { signal, maxRetries: 0 })),
-    list: (limit) => call("listing batches", (signal) => client.batches.list({ limit }, { signal }).then((page) => page.data)),
+    // Page after page up to `limit`: a page ends sooner than its `limit` when its batches are large (`has_more`).
+    list: (limit) =>
+      call("listing batches", async (signal) => {
+        const batches: Array<Batch> = []
+        for await (const batch of client.batches.list({ limit }, { signal })) {
+          batches.push(batch)
+          if (batches.length >= limit) break
+        }
+        return batches
+      }),
     cancel: (id) => call(`cancelling batch ${id}`, (signal) => client.batches.cancel(id, { signal })),
     retry: (id, only) =>
       call(`rerunning batch ${id}`, (signal) =>

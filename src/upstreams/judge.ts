@@ -17,7 +17,8 @@
  * attempts instead of taking the upstream down again and again. While it is down no call goes out: the batches using
  * it pause (their calls wait; none is failed, and only the failures before the outage was noticed count as attempts)
  * and a probe (`GET /models`, every `UPSTREAM_PROBE_INTERVAL`) puts it on trial as soon as the server answers
- * anything but a 5xx: one call at a time, up again at the first success, down again at a failure (`outage.ts`).
+ * anything but a 5xx (or a few 5xx in a row: a blind trial, whose failures count for nothing): one call at a time, up
+ * again at the first success, down again at a failure (`outage.ts`).
  * An overload answer is sent again without counting as an attempt when it is the overload the limit answers (it
  * halved the limit, or its call was sent before a later overload signal), and for `SPARED_OVERLOADS` more of each
  * request's refusals, each sent again once one of this node's calls has ended there (or after `SPARED_WAIT`). Any

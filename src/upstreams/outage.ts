@@ -76,7 +76,7 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
       yield* Deferred.succeed(upSignal, undefined)
       // The idle watch starts before the line is logged, as probing does in `markDown`.
       yield* Effect.forkIn(Effect.interruptible(log(idleTrial(++trialSerial, gate.granted))), scope)
-      const line = `Upstream ${name} answers GET /models again: its calls go out one at a time until one succeeds`
+      const line = `Upstream ${name} ${blindly ? "is tried" : "answers GET /models again"}: its calls go out one at a time until one succeeds`
       yield* trials++ === 0 ? Effect.logInfo(line) : Effect.logDebug(line)
     })
 
@@ -112,7 +112,9 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
         yield* Effect.sleep(options.probeInterval)
         const answer = yield* options.probe
         if (answer._tag === "Success" && answer.value < 500) return yield* startTrial(false)
-        if (answer._tag === "Success" && ++failingAnswers >= FAILING_PROBES_BEFORE_TRIAL) {
+        // In a row: no answer between says nothing is there.
+        if (answer._tag === "Failure") failingAnswers = 0
+        else if (++failingAnswers >= FAILING_PROBES_BEFORE_TRIAL) {
           if (!saidProbeFails) {
             saidProbeFails = true
             yield* Effect.logWarning(`Upstream ${name} answers GET /models with status ${answer.value}: its calls are tried instead`)

@@ -121,11 +121,12 @@ const DeliveryRow = Schema.Struct({
 })
 
 /**
- * A failure of the server's webhook as a project's key sees it: its status or its timeout, not the receiver's answer
- * nor the connection's error (the operator's receiver may say what it should not: a stack trace, a host name).
+ * A failure of the server's webhook as a project's key sees it: its status, its timeout or its absence (the server's
+ * own words), not the receiver's answer nor the connection's error (the operator's receiver may say what it should
+ * not: a stack trace, a host name).
  */
 const projectSees = (error: string | null) =>
-  error === null || error.startsWith("no answer within ")
+  error === null || error.startsWith("no answer within ") || error.startsWith("no webhook is configured")
     ? error
     : /^HTTP \d+/.exec(error)?.[0] ?? "connection failed"
 
