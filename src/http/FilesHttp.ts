@@ -161,6 +161,8 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
       // Counted beside the project's other uploads under way here until it is stored (or fails), then as stored.
       const inFlight = uploading.start(project)
       yield* Effect.addFinalizer(() => Effect.sync(inFlight.end))
+      /** What the quota leaves beside `stored` bytes and the project's other uploads under way here. */
+      const roomBeside = (stored: number) => quota - stored - inFlight.others()
       const stored = quota === Infinity ? 0 : yield* files.projectBytes(project)
       const form = yield* readFileForm(request, {
         field: "file",
@@ -175,7 +177,7 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
           }),
         refuse: (bytes) => {
           inFlight.received(bytes)
-          const room = quota - stored - inFlight.others()
+          const room = roomBeside(stored)
           if (bytes <= room) return undefined
           inFlight.end() // refused: it holds no room while the rest of its body is read and dropped
           return overQuota(quota, room)
@@ -187,7 +189,7 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
       const meta = yield* parseUploadForm(form.fields, form.stored?.filename, form.repeated)
       if (quota !== Infinity) {
         // What the project's uploads that ended meanwhile stored: they no longer count as under way.
-        const room = quota - (yield* files.projectBytes(project)) - inFlight.others()
+        const room = roomBeside(yield* files.projectBytes(project))
         if (form.stored!.staged.bytes > room) return yield* overQuota(quota, room)
       }
       // Stored, its bytes are the store's: no longer counted as under way too.

@@ -33,7 +33,6 @@ export const ApiLive = HttpApiBuilder.api(OpenAIApi).pipe(
   Layer.provide(AuthenticatedLive)
 )
 
-
 /**
  * Serves `ApiLive` plus `/openapi.json`, `/docs`, the `/ui` dashboard (`ui/DashboardHttp.ts`) and `/metrics`
  * (`MetricsHttp.ts`; each request counted there) on whatever `HttpServer` is provided: inside `requestLog` (the

@@ -43,7 +43,7 @@ const REPEATED_ROWS_LIMIT = 10_000
 const REPEATED_CHARS_LIMIT = 8 * 1024 * 1024
 
 /** About how many characters `row` takes as stored (its texts' and bytes' lengths, a few for each other value). */
-export const storedChars = (row: ReadonlyArray<unknown>) => {
+const storedChars = (row: ReadonlyArray<unknown>) => {
   let chars = 0
   for (const value of row) chars += 24 + (typeof value === "string" || value instanceof Uint8Array ? value.length : 0)
   return chars
