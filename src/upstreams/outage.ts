@@ -1,7 +1,7 @@
 /**
  * An upstream's outages, for `Upstream.ts`: down (no call goes out, the batches using it pause), probed with
- * `GET /models` every `UPSTREAM_PROBE_INTERVAL`, then on trial once the probe is answered (below 500, or 5xx a few
- * times in a row: the server is there, only that path fails) — one call at a time —
+ * `GET /models` every `UPSTREAM_PROBE_INTERVAL`, then on trial once the probe is answered (below 500; or 5xx a few
+ * times in a row: a blind trial, whose failing calls count for nothing) — one call at a time —
  * and up again only once a call succeeds (or no call comes for a few probe intervals). A probe's answer says the server
  * is there, not that its calls work: a server that answers `/models` and 503 to every call went up and down at each
  * probe (97 lines in 140 s), sending a burst of calls each time and halving its limit. Now the trial's calls fail
@@ -14,7 +14,7 @@ import type { Admission } from "./Admission.js"
 
 /** Probe intervals a trial waits for a first call before it takes the upstream for up. */
 export const IDLE_TRIAL_PROBES = 5
-/** Probes answered 5xx in a row after which the upstream's calls get a trial anyway (the server is there). */
+/** Probes answered 5xx in a row after which the upstream's calls get a trial anyway (a blind one: it may be there). */
 export const FAILING_PROBES_BEFORE_TRIAL = 3
 
 export interface Outage {
