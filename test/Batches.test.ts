@@ -310,11 +310,14 @@ for (const backend of backends) sideBySide(`batches (${backend})`, () => {
           const openai = yield* client
           const sim = yield* Upstream
           sim.reset()
-          const ids: Array<string> = []
+          // Files first, then the batches back to back, each long enough (4 × 100 ms) that two overlap even on
+          // a loaded machine: a batch could finish before the next upload ended.
+          const files: Array<string> = []
           for (let b = 0; b < 4; b++) {
-            const file = yield* upload(openai, Array.from({ length: 12 }, (_, i) => chatLine(`b${b}-${i}`, `b${b} ${i} [sleep:40]`)))
-            ids.push((yield* createBatch(openai, file.id)).id)
+            files.push((yield* upload(openai, Array.from({ length: 12 }, (_, i) => chatLine(`b${b}-${i}`, `b${b} ${i} [sleep:100]`)))).id)
           }
+          const ids: Array<string> = []
+          for (const file of files) ids.push((yield* createBatch(openai, file)).id)
           for (const id of ids) expect((yield* waitFor(openai, id, terminal)).status).toBe("completed")
           expect(sim.stats.maxInFlight).toBeLessThanOrEqual(6)
           expect(sim.stats.maxInFlight).toBeGreaterThanOrEqual(4) // and the window is actually used
