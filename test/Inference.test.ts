@@ -3,7 +3,7 @@ import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Duration, Effect, Either, Fiber, Layer, Option, TestClock } from "effect"
+import { Clock, Duration, Effect, Either, Fiber, Layer, Logger, Option, TestClock } from "effect"
 import { AppConfig } from "../src/Config.js"
 import {
   type AttemptsUsed,
@@ -93,6 +93,33 @@ describe("Inference", () => {
       expect(res.json).toEqual({ id: "x" })
       expect(calls.urls[0]).toBe("http://upstream.test/v1/chat/completions")
     }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("a Retry-After pause is logged when it begins, at most once a minute, with the cap it met", () => {
+    const { calls, layer } = scripted([
+      { status: 429, headers: { "retry-after": "30" } },
+      { status: 429, headers: { "retry-after": "30" } },
+      { status: 429, headers: { "retry-after": "90" } },
+      { status: 200 }
+    ])
+    const lines: Array<string> = []
+    const recorder = Logger.make(({ message }) => {
+      const text = Array.isArray(message) ? message.join(" ") : String(message)
+      if (text.includes("Retry-After")) lines.push(text)
+    })
+    return Effect.gen(function*() {
+      const fiber = yield* Effect.fork(send())
+      yield* TestClock.adjust("30 seconds") // the second 429: a new pause, within the minute: not said
+      expect(calls.n).toBe(2)
+      yield* TestClock.adjust("30 seconds") // the third, a minute on: said, capped at INFERENCE_RETRY_MAX_DELAY
+      expect(calls.n).toBe(3)
+      yield* TestClock.adjust("60 seconds")
+      expect((yield* Fiber.join(fiber)).status).toBe(200)
+      expect(lines).toEqual([
+        "Upstream default answered 429 with Retry-After: no call goes to it for 30s",
+        "Upstream default answered 429 with Retry-After: no call goes to it for 1m (it asked 1m 30s: INFERENCE_RETRY_MAX_DELAY)"
+      ])
+    }).pipe(Effect.provide(Layer.provideMerge(layer, Logger.replace(Logger.defaultLogger, recorder))))
   })
 
   it.effect("a 4xx is final: no retry, the upstream body kept", () => {

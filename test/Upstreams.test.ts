@@ -203,6 +203,9 @@ layer(
       limited!.failAll = undefined // the limit lifts: the held batch takes its permit back and finishes every line
       const finished = yield* waitFor(openai, held.id, terminal, 30_000)
       expect(finished.request_counts).toEqual({ total: 8, completed: 8, failed: 0 })
+      // The operator is told why nothing goes out, once for the minute's pauses.
+      const logs = yield* LogLines
+      expect(logged(logs, /Retry-After/)).toEqual(["Upstream limited answered 429 with Retry-After: no call goes to it for 2s"])
     }), { timeout: 60_000 })
 
   it.effect("an upstream refusing the key at start is a warning naming where the key comes from, not an 'is up'", () =>

@@ -3,7 +3,8 @@
  * `Retry-After` pauses of its `Admission`, and its outages (`outage.ts`):
  *
  *   answer 2xx/4xx          final; a success grows the limit; resets the run of failures
- *   429                     overload: limit halved, `Retry-After` pauses the whole upstream; sent again (see below)
+ *   429                     overload: limit halved, `Retry-After` pauses the whole upstream (said at most once a
+ *                           minute); sent again (see below)
  *   503                     the same, and a failure in the run
  *   408, other 5xx          a failure in the run; retried (`INFERENCE_MAX_ATTEMPTS`)
  *   timeout                 overload and a failure in the run; retried
@@ -42,7 +43,7 @@ export const OUTAGE_AFTER = 5
  * the calls sent before), and those are the overload's, not the request's; beyond them, a refusal counts.
  */
 const SPARED_OVERLOADS = 3
-/** A misconfiguration that can come and go (a refused key, a redirect) is said at most this often. */
+/** A misconfiguration that can come and go (a refused key, a redirect), or a `Retry-After` pause, is said at most this often. */
 const SAY_AGAIN_MS = 60_000
 /** Increases of the limit are logged at most this often (decreases always). */
 const RAISE_LOG_INTERVAL_MS = 1000
@@ -136,11 +137,23 @@ export const makeJudge = ({ clock, gate, limit, log, maxPause, outage, spec, url
       if (failingInRow.add(ticket).size < OUTAGE_AFTER) return Effect.succeed("retry" as const)
       return Effect.as(markDown(`${OUTAGE_AFTER} requests failing in a row, the last: ${reason}`), "again" as const)
     })
-  const pauseFor = (headers: Record<string, string | undefined>) =>
+  let pauseSaidAt = -Infinity
+  /** A `Retry-After` pauses the whole upstream; said at most once a minute (a spent quota answers every call so). */
+  const pauseFor = (status: number, headers: Record<string, string | undefined>) =>
     Option.match(retryAfterMillis(headers, clock.unsafeCurrentTimeMillis()), {
       onNone: () => Effect.void,
-      onSome: (ms) =>
-        gate.pauseUntil(clock.unsafeCurrentTimeMillis() + Math.min(ms, Duration.toMillis(maxPause)))
+      onSome: (asked) => {
+        const now = clock.unsafeCurrentTimeMillis()
+        const ms = Math.min(asked, Duration.toMillis(maxPause))
+        const paused = gate.pauseUntil(now + ms)
+        if (now - pauseSaidAt < SAY_AGAIN_MS) return paused
+        pauseSaidAt = now
+        const capped = ms < asked ? ` (it asked ${Duration.format(Duration.millis(asked))}: INFERENCE_RETRY_MAX_DELAY)` : ""
+        return Effect.zipRight(paused, log(Effect.logWarning(
+          `Upstream ${spec.name} answered ${status} with Retry-After: no call goes to it for ` +
+            `${Duration.format(Duration.millis(ms))}${capped}`
+        )))
+      }
     })
 
   // --- the verdict -------------------------------------------------------------------------------------------
@@ -205,7 +218,7 @@ export const makeJudge = ({ clock, gate, limit, log, maxPause, outage, spec, url
       // Sent before a later overload signal: the overload that signal answered, not a new one.
       const stale = generation !== limit.generation
       const repeat = failingInRow.has(ticket)
-      return pauseFor(headers).pipe(
+      return pauseFor(status, headers).pipe(
         Effect.zipRight(overloaded(ticket, generation, `status ${status}`)),
         Effect.zipRight(status === 503 ? failedInRow(ticket, "status 503") : Effect.succeed<Verdict>("retry")),
         Effect.map((verdict): Judged => {
