@@ -139,6 +139,7 @@ const rules: ReadonlyArray<Rule> = [
   optionalPositiveInt("maxActiveBatchesPerProject", "MAX_ACTIVE_BATCHES_PER_PROJECT"),
   optionalPositiveInt("maxEnqueuedRequestsPerProject", "MAX_ENQUEUED_REQUESTS_PER_PROJECT"),
   optionalPositiveInt("maxFileBytesPerProject", "MAX_FILE_BYTES_PER_PROJECT"),
+  optionalPositiveInt("maxRequestsPerMinutePerProject", "MAX_REQUESTS_PER_MINUTE_PER_PROJECT"),
   positiveDuration("leaseTtl", "LEASE_TTL"),
   positiveDuration("databaseStatementTimeout", "DATABASE_STATEMENT_TIMEOUT"),
   positiveDuration("heartbeatInterval", "HEARTBEAT_INTERVAL"),

@@ -144,6 +144,8 @@ export interface AppConfigShape {
   readonly maxEnqueuedRequestsPerProject: Option.Option<number>
   /** Bytes of one project's files, at most (`MAX_FILE_BYTES_PER_PROJECT`); an upload beyond: 413 (output files count, unrefused). */
   readonly maxFileBytesPerProject: Option.Option<number>
+  /** Requests of one project a minute on this node, at most (`MAX_REQUESTS_PER_MINUTE_PER_PROJECT`); beyond: 429. */
+  readonly maxRequestsPerMinutePerProject: Option.Option<number>
   /**
    * What the `24h` completion window means (`COMPLETION_WINDOW`): the API accepts only `24h`, as OpenAI; a shorter
    * duration here makes batches expire sooner (demos, tests).

@@ -53,6 +53,7 @@ describe("configuration", () => {
         [{ maxActiveBatchesPerProject: Option.some(0) }, { MAX_ACTIVE_BATCHES_PER_PROJECT: "0" }, "MAX_ACTIVE_BATCHES_PER_PROJECT"],
         [{ maxEnqueuedRequestsPerProject: Option.some(-1) }, { MAX_ENQUEUED_REQUESTS_PER_PROJECT: "-1" }, "MAX_ENQUEUED_REQUESTS_PER_PROJECT"],
         [{ maxFileBytesPerProject: Option.some(1.5) }, { MAX_FILE_BYTES_PER_PROJECT: "lots" }, "MAX_FILE_BYTES_PER_PROJECT"],
+        [{ maxRequestsPerMinutePerProject: Option.some(0) }, { MAX_REQUESTS_PER_MINUTE_PER_PROJECT: "0" }, "MAX_REQUESTS_PER_MINUTE_PER_PROJECT"],
         [{ extraBatchEndpoints: ["/rerank"] }, { EXTRA_BATCH_ENDPOINTS: "/v1/rerank, /v1/../admin" }, "EXTRA_BATCH_ENDPOINTS"],
         [{ extraBatchEndpoints: ["/v1/re rank"] }, { EXTRA_BATCH_ENDPOINTS: "/v1/rerank?x=1" }, "EXTRA_BATCH_ENDPOINTS"],
         [{ inferenceMode: "replay" }, { INFERENCE_MODE: "record" }, "INFERENCE_MODE"],
@@ -93,13 +94,14 @@ describe("configuration", () => {
   it.effect("the per-project limits are off unless set", () =>
     Effect.gen(function*() {
       const none = yield* Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map()))
-      expect([none.maxActiveBatchesPerProject, none.maxEnqueuedRequestsPerProject, none.maxFileBytesPerProject])
-        .toEqual([Option.none(), Option.none(), Option.none()])
+      const limits = (c: typeof none) =>
+        [c.maxActiveBatchesPerProject, c.maxEnqueuedRequestsPerProject, c.maxFileBytesPerProject, c.maxRequestsPerMinutePerProject]
+      expect(limits(none)).toEqual([Option.none(), Option.none(), Option.none(), Option.none()])
       const set = yield* Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map([
-        ["MAX_ACTIVE_BATCHES_PER_PROJECT", "3"], ["MAX_ENQUEUED_REQUESTS_PER_PROJECT", "1000"], ["MAX_FILE_BYTES_PER_PROJECT", "4096"]
+        ["MAX_ACTIVE_BATCHES_PER_PROJECT", "3"], ["MAX_ENQUEUED_REQUESTS_PER_PROJECT", "1000"], ["MAX_FILE_BYTES_PER_PROJECT", "4096"],
+        ["MAX_REQUESTS_PER_MINUTE_PER_PROJECT", "600"]
       ])))
-      expect([set.maxActiveBatchesPerProject, set.maxEnqueuedRequestsPerProject, set.maxFileBytesPerProject])
-        .toEqual([Option.some(3), Option.some(1000), Option.some(4096)])
+      expect(limits(set)).toEqual([Option.some(3), Option.some(1000), Option.some(4096), Option.some(600)])
     }))
 
   it.effect("EXTRA_BATCH_ENDPOINTS is a comma-separated list of paths under /v1/", () =>

@@ -11,6 +11,8 @@
  *    `/ui` dashboard and an embedding app's `PublicPaths` needs `Authorization: Bearer <key>`, unknown routes
  *    included (a 401 rather than a 404 tells a stranger nothing); the caller is provided to the handlers as
  *    `CurrentCaller` (through the `Authenticated` API middleware, which the Files and Batches groups declare).
+ * 4. **Rate**: with `MAX_REQUESTS_PER_MINUTE_PER_PROJECT`, a project's requests beyond its rate get a 429
+ *    (`requestRates.ts`).
  *
  * Its answers are OpenAI error envelopes; `sdkHeaders` (outside it) adds their `x-request-id`.
  */
@@ -27,6 +29,7 @@ import { echo } from "../domain/Text.js"
 import { isDashboardPath } from "../ui/DashboardHttp.js"
 import { answer, envelope } from "./EarlyAnswer.js"
 import { noteProject } from "./RequestLog.js"
+import { RequestRates } from "./requestRates.js"
 import { requestTarget } from "./Routes.js"
 
 /** Routes anyone may read: liveness, readiness and the API's description. */
@@ -57,7 +60,8 @@ const ALLOWED_HEADERS = ["authorization", "content-type", "openai-organization",
  * Response headers a listed origin's scripts may read (the SDKs read these; `x-last-line` and `x-next-after`, the
  * results extension's).
  */
-const EXPOSED_HEADERS = "x-request-id, x-should-retry, retry-after, retry-after-ms, x-last-line, x-next-after"
+const EXPOSED_HEADERS = "x-request-id, x-should-retry, retry-after, retry-after-ms, x-last-line, x-next-after, " +
+  "x-ratelimit-limit-requests, x-ratelimit-remaining-requests, x-ratelimit-reset-requests"
 const ALLOWED_METHODS = "GET, POST, DELETE"
 
 export interface SecurityOptions {
@@ -68,6 +72,8 @@ export interface SecurityOptions {
   readonly loopbackOnly: boolean
   /** The app's own paths served without a key (`PublicPaths`). */
   readonly publicPaths?: ReadonlySet<string>
+  /** Each project's request rate (`MAX_REQUESTS_PER_MINUTE_PER_PROJECT`); none: not limited. */
+  readonly rates?: RequestRates | undefined
 }
 
 /** The name in a `Host` header (`[::1]` keeps its brackets), without the port; undefined when malformed. */
@@ -158,7 +164,7 @@ const corsHeaders = (origin: string | undefined) =>
 /** Server middleware: the Host, Origin and key checks above, then `app` with the request's `CurrentCaller`. */
 export const secure = (options: SecurityOptions) => {
   const listed: ReadonlySet<string> = new Set(options.corsOrigins)
-  const { auth } = options
+  const { auth, rates } = options
   return <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
     Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
       const { headers } = request
@@ -177,23 +183,37 @@ export const secure = (options: SecurityOptions) => {
         : isPublicPath(path) || options.publicPaths?.has(path) === true
         ? app
         : Effect.flatMap(auth.authenticate(bearerKey(headers.authorization)), (caller: Option.Option<Caller>) =>
-          Option.isSome(caller)
-            ? Effect.zipRight(noteProject(caller.value.project), Effect.provideService(app, CurrentCaller, caller.value))
-            : answer(request, unauthenticated()))
+          Option.isNone(caller)
+            ? answer(request, unauthenticated())
+            : Effect.zipRight(
+              noteProject(caller.value.project),
+              rates === undefined || caller.value.admin
+                ? Effect.provideService(app, CurrentCaller, caller.value)
+                : Effect.clockWith((clock) => {
+                  const check = rates.take(caller.value.project, clock.unsafeCurrentTimeMillis())
+                  if (!check.allowed) return answer(request, rates.refusal(check))
+                  const limits = rates.headers(check)
+                  return Effect.zipRight(
+                    HttpApp.appendPreResponseHandler((_request, response) => Effect.succeed(HttpServerResponse.setHeaders(response, limits))),
+                    Effect.provideService(app, CurrentCaller, caller.value)
+                  )
+                })
+            ))
       return listed.size > 0 ? Effect.zipRight(corsHeaders(corsOrigin), served) : served
     })
 }
 
 /** `secure` as the configuration and the keys in use ask. */
 export const securityMiddleware = Effect.gen(function*() {
-  const { allowUnauthenticated, corsOrigins } = yield* AppConfig
+  const { allowUnauthenticated, corsOrigins, maxRequestsPerMinutePerProject } = yield* AppConfig
   const auth = yield* Auth
   const publicPaths = yield* PublicPaths
   for (const path of publicPaths) {
     const problem = publicPathProblem(path)
     if (problem !== undefined) return yield* Effect.dieMessage(`PublicPaths: '${path}' ${problem}.`)
   }
-  return secure({ auth, corsOrigins, loopbackOnly: !auth.required && !allowUnauthenticated, publicPaths })
+  const rates = Option.getOrUndefined(Option.map(maxRequestsPerMinutePerProject, (perMinute) => new RequestRates(perMinute)))
+  return secure({ auth, corsOrigins, loopbackOnly: !auth.required && !allowUnauthenticated, publicPaths, rates })
 })
 
 /**
