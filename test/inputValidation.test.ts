@@ -71,6 +71,18 @@ describe("input validation fold", () => {
     expect(Input.verdict(fold(lines([deepest])))._tag).toBe("Valid")
   })
 
+  it("a custom_id repeated after a line that failed otherwise is a duplicate too, and a failing repeat gets both", () => {
+    const streaming = request("b").replace(`"messages":[]`, `"messages":[],"stream":true`)
+    const noMethod = request("a").replace(`"method":"POST",`, "")
+    const verdict = Input.verdict(fold(lines([request("a"), streaming, request("b"), noMethod])))
+    expect(verdict._tag === "Invalid" && verdict.errors.map((e) => [e.line, e.code])).toEqual([
+      [2, "streaming_unsupported"],
+      [3, "duplicate_custom_id"],
+      [4, "missing_required_parameter"],
+      [4, "duplicate_custom_id"]
+    ])
+  })
+
   it("too_many_tasks on the first request past the limit; rows stop there", () => {
     const state = fold(lines([request("a"), request("b"), request("c"), request("d")]), 2)
     const verdict = Input.verdict(state)

@@ -18,9 +18,10 @@ describe("validateLine", () => {
     const lineWith = (model: string) =>
       JSON.stringify({ custom_id: "c1", method: "POST", url: "/v1/chat/completions", body: { model, messages: [] } })
     expect(isValidLine(validateLine(lineWith("😀".repeat(256)), "/v1/chat/completions"))).toBe(true)
-    expect(validateLine(lineWith("😀".repeat(256) + "x"), "/v1/chat/completions")).toEqual([
-      { code: "invalid_request", param: "body.model", message: "Invalid 'body.model': longer than 256 characters." }
-    ])
+    expect(validateLine(lineWith("😀".repeat(256) + "x"), "/v1/chat/completions")).toEqual({
+      problems: [{ code: "invalid_request", param: "body.model", message: "Invalid 'body.model': longer than 256 characters." }],
+      customId: "c1"
+    })
   })
 })
 

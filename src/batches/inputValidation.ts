@@ -77,6 +77,16 @@ const report = (state: InputState, e: BatchError): InputState => {
   return state
 }
 
+/** Whether `customId` is new in the file; a repeat is reported (the line it repeats may have failed otherwise). */
+const firstUse = (state: InputState, customId: string, line: number): boolean => {
+  if (!state.customIds.has(customId)) {
+    state.customIds.add(customId)
+    return true
+  }
+  report(state, { code: "duplicate_custom_id", message: `The custom_id '${echo(customId)}' is used more than once in this file.`, param: "custom_id", line })
+  return false
+}
+
 const modelText = (model: string | null) => (model === null ? "none" : `'${echo(model)}'`)
 
 /** Checks one line and, when it is valid, adds its request row (cross-line rules included). */
@@ -91,13 +101,11 @@ export const step = (state: InputState, item: JsonlLine): InputState => {
   if (item.text.trim() === "") return state
   const result = validateLine(item.text, rules.endpoint)
   if (!isValidLine(result)) {
-    for (const p of result) report(state, { ...p, line: item.line })
+    for (const p of result.problems) report(state, { ...p, line: item.line })
+    if (result.customId !== undefined) firstUse(state, result.customId, item.line)
     return state
   }
-  if (state.customIds.has(result.customId)) {
-    return report(state, { code: "duplicate_custom_id", message: `The custom_id '${echo(result.customId)}' is used more than once in this file.`, param: "custom_id", line: item.line })
-  }
-  state.customIds.add(result.customId)
+  if (!firstUse(state, result.customId, item.line)) return state
   if (state.model === undefined) state.model = { name: result.model, line: item.line }
   else if (state.model.name !== result.model) {
     return report(state, { code: "model_mismatch", message: `All requests of a batch must use the same model: this line uses ${modelText(result.model)}, line ${state.model.line} uses ${modelText(state.model.name)}.`, param: "body.model", line: item.line })

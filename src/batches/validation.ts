@@ -245,10 +245,21 @@ const fieldProblem = (field: string, kind: FieldKind, value: unknown): Problem |
   return undefined
 }
 
+/**
+ * A line that failed validation: its problems, and its `custom_id` when it has one (a later line repeating it is
+ * a duplicate all the same, as OpenAI reports every offending line).
+ */
+export interface InvalidLine {
+  readonly problems: ReadonlyArray<Problem>
+  readonly customId: string | undefined
+}
+
+const invalid = (problem: Problem): InvalidLine => ({ problems: [problem], customId: undefined })
+
 /** Checks one input line on its own (cross-line rules, such as duplicates, are the caller's). */
-export const validateLine = (text: string, endpoint: BatchEndpoint): ReadonlyArray<Problem> | ValidLine => {
+export const validateLine = (text: string, endpoint: BatchEndpoint): InvalidLine | ValidLine => {
   if (nestedDeeperThan(text, MAX_JSON_DEPTH)) {
-    return [{ code: "invalid_json_line", param: null, message: `This line's JSON is nested more than ${MAX_JSON_DEPTH} levels deep.` }]
+    return invalid({ code: "invalid_json_line", param: null, message: `This line's JSON is nested more than ${MAX_JSON_DEPTH} levels deep.` })
   }
   let parsed: unknown
   try {
@@ -257,7 +268,7 @@ export const validateLine = (text: string, endpoint: BatchEndpoint): ReadonlyArr
     parsed = undefined
   }
   if (!isJsonObject(parsed)) {
-    return [{ code: "invalid_json_line", param: null, message: "This line is not parseable as valid JSON." }]
+    return invalid({ code: "invalid_json_line", param: null, message: "This line is not parseable as valid JSON." })
   }
   const problems: Array<Problem> = []
   for (const field of ["custom_id", "method", "url", "body"] as const) {
@@ -319,7 +330,7 @@ export const validateLine = (text: string, endpoint: BatchEndpoint): ReadonlyArr
       if (problem !== undefined) problems.push(problem)
     }
   }
-  if (problems.length > 0) return problems
+  if (problems.length > 0) return { problems, customId: typeof custom_id === "string" ? custom_id : undefined }
   const { input, model } = body as Record<string, unknown>
   return {
     customId: custom_id as string,
@@ -329,4 +340,4 @@ export const validateLine = (text: string, endpoint: BatchEndpoint): ReadonlyArr
   }
 }
 
-export const isValidLine = (x: ReadonlyArray<Problem> | ValidLine): x is ValidLine => !Array.isArray(x)
+export const isValidLine = (x: InvalidLine | ValidLine): x is ValidLine => !("problems" in x)
