@@ -165,8 +165,22 @@ const corsHeaders = (origin: string | undefined) =>
 export const secure = (options: SecurityOptions) => {
   const listed: ReadonlySet<string> = new Set(options.corsOrigins)
   const { auth, rates } = options
-  return <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
-    Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+  return <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> => {
+    /** `app` served to `caller` (named in the request's log line), within its project's rate when one is set. */
+    const serveTo = (request: HttpServerRequest.HttpServerRequest, caller: Caller): HttpApp.Default<E, R> => {
+      const served = Effect.zipRight(noteProject(caller.project), Effect.provideService(app, CurrentCaller, caller))
+      if (rates === undefined || caller.admin) return served
+      return Effect.clockWith((clock) => {
+        const check = rates.take(caller.project, clock.unsafeCurrentTimeMillis())
+        if (!check.allowed) return Effect.zipRight(noteProject(caller.project), answer(request, rates.refusal(check)))
+        const limits = rates.headers(check)
+        return Effect.zipRight(
+          HttpApp.appendPreResponseHandler((_request, response) => Effect.succeed(HttpServerResponse.setHeaders(response, limits))),
+          served
+        )
+      })
+    }
+    return Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
       const { headers } = request
       const { authority, path } = requestTarget(request)
       if (options.loopbackOnly && !isLoopbackHost(authority)) return answer(request, misdirected(authority))
@@ -177,30 +191,15 @@ export const secure = (options: SecurityOptions) => {
       }
       if (corsOrigin !== undefined && isPreflight(request)) return answer(request, preflight(corsOrigin, request))
 
-      // The caller's project also goes into the request's log line (`noteProject`).
       const served: HttpApp.Default<E, R> = !auth.required
-        ? Effect.zipRight(noteProject(localCaller.project), Effect.provideService(app, CurrentCaller, localCaller))
+        ? serveTo(request, localCaller)
         : isPublicPath(path) || options.publicPaths?.has(path) === true
         ? app
         : Effect.flatMap(auth.authenticate(bearerKey(headers.authorization)), (caller: Option.Option<Caller>) =>
-          Option.isNone(caller)
-            ? answer(request, unauthenticated())
-            : Effect.zipRight(
-              noteProject(caller.value.project),
-              rates === undefined || caller.value.admin
-                ? Effect.provideService(app, CurrentCaller, caller.value)
-                : Effect.clockWith((clock) => {
-                  const check = rates.take(caller.value.project, clock.unsafeCurrentTimeMillis())
-                  if (!check.allowed) return answer(request, rates.refusal(check))
-                  const limits = rates.headers(check)
-                  return Effect.zipRight(
-                    HttpApp.appendPreResponseHandler((_request, response) => Effect.succeed(HttpServerResponse.setHeaders(response, limits))),
-                    Effect.provideService(app, CurrentCaller, caller.value)
-                  )
-                })
-            ))
+          Option.isSome(caller) ? serveTo(request, caller.value) : answer(request, unauthenticated()))
       return listed.size > 0 ? Effect.zipRight(corsHeaders(corsOrigin), served) : served
     })
+  }
 }
 
 /** `secure` as the configuration and the keys in use ask. */
