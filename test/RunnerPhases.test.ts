@@ -271,7 +271,7 @@ for (const backend of backends) describe(`running (${backend})`, () => {
       const id = yield* validatingBatch(3)
       expect(yield* store.startRunning(id, { model: "m", total: 3 }, [{ firstLine: 1, lastLine: 3 }])).toBe(true)
       const { handBack, want } = manualHandBack()
-      const retryAt = Date.now() + 60_000
+      const retryAt = Date.now() + 60_000.25 // a backoff's jitter makes fractional milliseconds
       // This node's run: line 1 is refused once and handed back in its backoff; lines 2 and 3 are never sent.
       const refusedThenHandedBack = InferenceScripted(({ options }) =>
         Effect.suspend(() => {
@@ -287,7 +287,7 @@ for (const backend of backends) describe(`running (${backend})`, () => {
       const recording = InferenceScripted(({ options }) => Effect.sync(() => (seen.push({ ...options.attempts! }), okAnswer)))
       const otherNode = yield* makeRunning(new LocalWork()).pipe(Effect.provide(recording))
       yield* otherNode.run(yield* store.get(id, "all"))
-      expect(seen).toEqual([{ used: 1, retryAt }, { used: 0 }, { used: 0 }])
+      expect(seen).toEqual([{ used: 1, retryAt: Math.ceil(retryAt) }, { used: 0 }, { used: 0 }])
       expect((yield* store.get(id, "all")).batch).toMatchObject({ status: "finalizing", request_counts: { total: 3, completed: 3, failed: 0 } })
     }).pipe(Effect.scoped, Effect.provide(storesFor(backend, { maxConcurrentRequestsPerBatch: 1 }))))
 })

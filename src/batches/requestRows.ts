@@ -50,10 +50,11 @@ export const makeRequestRows = (
       WHERE batch_id = ${batchId} AND line > ${afterLine} AND line <= ${lastLine} AND ${dialect.isPending}
       ORDER BY line LIMIT ${limit}`.pipe(Effect.map((rows) => rows.map(pendingRow)), Effect.orDie)
 
-  // At most a window of requests, when a run ends: a statement each, in one transaction.
+  // At most a window of requests, when a run ends: a statement each, in one transaction. `retry_at` is whole
+  // milliseconds (a backoff's jitter is not: PostgreSQL's bigint refused it, and the transaction with it).
   const keepAttempts = (batchId: BatchId, kept: ReadonlyMap<number, RequestAttempts>) =>
-    kept.size === 0 ? Effect.void : Effect.forEach(kept, ([line, attempts]) =>
-      sql`UPDATE batch_requests SET attempts = ${attempts.used}, retry_at = ${attempts.retryAt ?? null}
+    kept.size === 0 ? Effect.void : Effect.forEach(kept, ([line, { retryAt, used }]) =>
+      sql`UPDATE batch_requests SET attempts = ${used}, retry_at = ${retryAt === undefined ? null : Math.ceil(retryAt)}
         WHERE batch_id = ${batchId} AND line = ${line}`, { discard: true }).pipe(sql.withTransaction, Effect.orDie)
 
   return { insertRequests, deleteRequests, pendingRequests, keepAttempts }
