@@ -44,6 +44,7 @@ export type ApiError =
   | Conflict
   | PayloadTooLarge
   | ServerError
+  | ServiceUnavailable
   | InsufficientStorage
 
 const asEnvelope = <A extends { readonly error: ErrorBody }>(
@@ -108,6 +109,10 @@ export const serverError = (message = "The server had an error while processing 
 /** 503 in the words OpenAI's own overloaded answers use (type `server_error`), with a code saying why. */
 export const serviceUnavailable = (message: string) =>
   new ServiceUnavailable(body(message, "server_error", null, "server_busy"))
+
+/** 503: the server's database does not answer for now (down, out of reach, or not answering in time). */
+export const databaseUnavailable = () =>
+  new ServiceUnavailable(body("The server's database is unavailable for now; try again shortly.", "server_error", null, "database_unavailable"))
 
 export const insufficientStorage = (message = "The server is out of storage space; try again later.") =>
   new InsufficientStorage(body(message, "server_error", null, "insufficient_storage"))

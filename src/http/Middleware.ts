@@ -8,9 +8,9 @@ import * as HttpApp from "@effect/platform/HttpApp"
 import * as HttpServerError from "@effect/platform/HttpServerError"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Cause, Effect, FiberRef, Option } from "effect"
-import { type ApiError, insufficientStorage, invalidRequest, notFound, payloadTooLarge, serverError } from "../domain/Errors.js"
+import { type ApiError, databaseUnavailable, insufficientStorage, invalidRequest, notFound, payloadTooLarge, serverError } from "../domain/Errors.js"
 import { echo } from "../domain/Text.js"
-import { isCapacityFault } from "../storage/Faults.js"
+import { storageFault } from "../storage/Faults.js"
 import { OpenAIApi } from "./Api.js"
 import type { MultipartInvalid } from "./Multipart.js"
 import { MAX_JSON_DEPTH } from "../domain/Json.js"
@@ -61,26 +61,49 @@ const toApiError = (cause: Cause.Cause<unknown>): Option.Option<ApiError> => {
     const d = defect.value
     if (HttpServerResponse.isServerResponse(d)) return Option.none() // an answer given as is (`RequestBody.ts`)
     if (HttpServerError.isServerError(d) && d._tag === "RequestError") return Option.some(fromRequestError(d))
-    // A full disk or database is the server's fault too, but one that passes: a 507 tells the client to retry later.
-    if (isCapacityFault(cause)) return Option.some(insufficientStorage())
-    return Option.some(serverError())
+    // A full disk or database, or a database out of reach, is the server's fault too, but one that passes: a 507
+    // or a 503 (with `Retry-After`, see `sdkHeaders`) tells the client to retry later.
+    const storage = storageFault(cause)
+    return Option.some(
+      storage === "capacity" ? insufficientStorage() : storage === "unavailable" ? databaseUnavailable() : serverError()
+    )
   }
   return Option.none() // interruption: nothing to answer
 }
 
+/** A database out of reach is said at most this often: every request meets it (readiness says when it is back). */
+const UNAVAILABLE_SAID_EVERY_MS = 10_000
+
 /** API-wide middleware: runs before error encoding, so what it fails with is encoded as an envelope. */
-export const ErrorEnvelopeLive = HttpApiBuilder.middleware(OpenAIApi, (app) =>
-  Effect.catchAllCause(app, (cause) =>
+export const ErrorEnvelopeLive = HttpApiBuilder.middleware(OpenAIApi, (app) => {
+  let unavailableSaidAt = -Infinity
+  const said = (error: ApiError, cause: Cause.Cause<unknown>) => {
+    switch (error._tag) {
+      case "ServerError":
+        return Effect.logError("Unhandled fault while serving a request", cause)
+      case "InsufficientStorage":
+        return Effect.logWarning("Storage full while serving a request", cause)
+      case "ServiceUnavailable":
+        return Effect.clockWith((clock) => {
+          const now = clock.unsafeCurrentTimeMillis()
+          if (now - unavailableSaidAt < UNAVAILABLE_SAID_EVERY_MS) return Effect.void
+          unavailableSaidAt = now
+          const reason = Cause.squash(cause)
+          const text = echo(reason instanceof Error ? reason.message : String(reason), 300)
+          return Effect.logWarning(`The database is unavailable: requests get a 503 until it answers again (${text})`)
+        })
+      default:
+        return Effect.void
+    }
+  }
+  return Effect.catchAllCause(app, (cause) =>
     Option.match(toApiError(cause), {
       onNone: () => Effect.failCause(cause),
-      onSome: (error) =>
-        (error._tag === "ServerError"
-          ? Effect.logError("Unhandled fault while serving a request", cause)
-          : error._tag === "InsufficientStorage"
-          ? Effect.logWarning("Storage full while serving a request", cause)
-          : Effect.void)
-          .pipe(Effect.zipRight(Effect.fail(error)))
-    })))
+      onSome: (error) => Effect.zipRight(said(error, cause), Effect.fail(error))
+    }))
+})
+
+const STORAGE_RETRY_AFTER_SECONDS = "5"
 
 /**
  * Server-level middleware: response headers the OpenAI SDKs rely on. The wrapped app has already written its
@@ -93,7 +116,12 @@ export const sdkHeaders = <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E,
       Effect.map(FiberRef.get(currentRequest), (info) => {
         const id = info?.id ?? requestIdFrom(request.headers["x-request-id"])
         const withId = HttpServerResponse.setHeader(response, "x-request-id", id)
-        return response.status === 409 ? HttpServerResponse.setHeader(withId, "x-should-retry", "false") : withId
+        if (response.status === 409) return HttpServerResponse.setHeader(withId, "x-should-retry", "false")
+        // A full or unreachable store passes: when to try again (the budgets' 503s say their own).
+        if ((response.status === 503 || response.status === 507) && response.headers["retry-after"] === undefined) {
+          return HttpServerResponse.setHeader(withId, "retry-after", STORAGE_RETRY_AFTER_SECONDS)
+        }
+        return withId
       })
     ),
     app

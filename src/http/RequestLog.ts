@@ -93,7 +93,14 @@ const writeLine = <E>(
       ? HttpServerError.causeResponseStripped(exit.cause)
       : [exit.value, Option.none<Cause.Cause<E>>()]
     const fault = Option.isSome(rest) && !Cause.isInterruptedOnly(rest.value) ? rest.value : undefined
-    const level = fault !== undefined ? LogLevel.Error : isProbe(request.method, path) ? LogLevel.Debug : LogLevel.Info
+    // A 5xx answered (a database out of reach, a node busy or draining) is a warning: the server's, not the client's.
+    const level = fault !== undefined
+      ? LogLevel.Error
+      : isProbe(request.method, path)
+      ? LogLevel.Debug
+      : response.status >= 500
+      ? LogLevel.Warning
+      : LogLevel.Info
     if (LogLevel.lessThan(level, fiber.getFiberRef(FiberRef.currentMinimumLogLevel))) return Effect.void
     const { fields, message } = requestLine({
       method: request.method,

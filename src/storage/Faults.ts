@@ -13,7 +13,7 @@
  *                (insufficient_resources), `53200` (out_of_memory), `53300` (too_many_connections), `08000`,
  *                `08001`, `08003`, `08004`, `08006` (connection exceptions), `57014` (a statement timed out:
  *                `DATABASE_STATEMENT_TIMEOUT`, or the server's own), `57P01`–`57P03` (shutting down, starting up); a lost or refused connection (`ECONNREFUSED`, `ECONNRESET`, …, pg's "Connection
- *                terminated…"); SQLite `SQLITE_NOMEM`, `SQLITE_BUSY` and its extended codes (another process on
+ *                terminated…", a connection not made in time: "Connection timed out"); SQLite `SQLITE_NOMEM`, `SQLITE_BUSY` and its extended codes (another process on
  *                the file held its write lock past the busy timeout).
  *
  * Not storage faults: other `SQLITE_IOERR_*` codes (a failing device, not a full one: SQLite reports a write
@@ -52,7 +52,7 @@ const unavailableSqlCodes = new Set([
 ])
 
 /** pg's own errors for a lost connection carry no code. */
-const lostConnection = /^(Connection terminated|Client has encountered a connection error|timeout exceeded when trying to connect)/
+const lostConnection = /^(Connection terminated|Client has encountered a connection error|timeout exceeded when trying to connect|Connection timed out)/
 
 const MAX_DEPTH = 16
 
