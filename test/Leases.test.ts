@@ -199,7 +199,8 @@ describe("the heartbeat's pick-up", () => {
       yield* beat(new LocalWork(), {
         restart: () => Effect.void,
         pickUp: (id) => Effect.sync(() => void pickedUp.push(id)),
-        driving: () => driven
+        driving: () => driven,
+        databaseAnswers: Effect.void
       })
       expect(pickedUp).toEqual([newer])
     }).pipe(Effect.provide(Layer.merge(BatchStoreLive, WorkLeasesLive).pipe(

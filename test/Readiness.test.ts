@@ -1,7 +1,8 @@
 /**
  * `GET /v1/ready`: 200 while the database answers, 503 with the reason while it does not (PostgreSQL cut off by a
  * TCP forwarder in front of the shared server, then restored), and 503 as soon as a shutdown starts; `/v1/health`
- * stays the liveness check throughout.
+ * stays the liveness check throughout. While it is away requests get a 503 `database_unavailable`, and a batch
+ * waiting it out resumes as soon as the node's heartbeat gets through again.
  */
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Context, Deferred, Duration, Effect, Fiber, Layer, Logger, LogLevel, Option, Redacted } from "effect"
@@ -12,10 +13,12 @@ import * as Reactivity from "@effect/experimental/Reactivity"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import { AuthTest } from "../src/auth/Auth.js"
 import type { AppConfigShape } from "../src/Config.js"
+import { FaultRetry } from "../src/batches/BatchRunner.js"
 import { createScratchSchema, dropScratchSchema, testDatabaseUrl } from "./support/Postgres.js"
 import { startServer } from "./support/ServerProcess.js"
 import { startForwarder, type TcpForwarder } from "./support/TcpForwarder.js"
-import { baseUrl, eventuallyEffect, testApp } from "./support/TestApp.js"
+import { chatLine, createBatch, sdk, terminal, upload, waitFor } from "./support/Batches.js"
+import { baseUrl, eventuallyEffect, testApp, testAppWithUpstream } from "./support/TestApp.js"
 
 const get = (path: string) =>
   Effect.flatMap(baseUrl, (base) =>
@@ -186,6 +189,46 @@ layer(proxiedApp({ databaseStatementTimeout: Duration.millis(STATEMENT_TIMEOUT_M
       expect(scrape.text).toContain("batch_http_requests_total")
       expect(scrape.text).not.toMatch(/^batch_batches_active\{/m)
     }).pipe(Effect.scoped), 30_000)
+})
+
+/** Retries of a batch's storage waits as in production, but from 500 ms: waits of 0.5, 1, 2, then 4 s. */
+const storageRetries = Layer.succeed(FaultRetry, { baseDelay: Duration.millis(500), maxRetries: 4, maxStorageDelay: Duration.seconds(30) })
+
+const runningApp = Layer.unwrapEffect(
+  Effect.map(ProxiedPostgres, ({ url }) =>
+    testAppWithUpstream(
+      { databaseUrl: Option.some(Redacted.make(url)), heartbeatInterval: Duration.millis(200), maxConcurrentRequestsPerBatch: 2 },
+      {},
+      "sqlite",
+      { logLevel: LogLevel.All }
+    ))
+).pipe(
+  Layer.provideMerge(ProxiedPostgres.layer),
+  Layer.provide(storageRetries),
+  Layer.provide(Logger.replace(Logger.defaultLogger, recorder))
+)
+
+layer(runningApp, { timeout: 60_000, excludeTestServices: true })("a batch on PostgreSQL through an outage", (it) => {
+  it.effect("waits while the database is away, and resumes as soon as a heartbeat gets through, not at the end of its wait", () =>
+    Effect.gen(function*() {
+      const { forwarder } = yield* ProxiedPostgres
+      const openai = sdk(yield* baseUrl)
+      const file = yield* upload(openai, Array.from({ length: 30 }, (_, i) => chatLine(`o${i}`, `outage ${i} [sleep:100]`)))
+      const batch = yield* createBatch(openai, file.id)
+      yield* waitFor(openai, batch.id, (b) => (b.request_counts?.completed ?? 0) >= 2)
+      forwarder.cut()
+      // Its waits: 0.5, 1, 2 s, then 4 s from 3.5 s on: the database is back at 4 s, its timer would end at 7.5 s.
+      yield* Effect.sleep("4 seconds")
+      forwarder.restore()
+      const restored = Date.now()
+      yield* eventuallyEffect(
+        Effect.sync(() => expect(logged.filter((l) => l.includes(`The database answers again; batch ${batch.id} resumes`))).toHaveLength(1)),
+        10_000
+      )
+      expect(Date.now() - restored).toBeLessThan(3000)
+      const done = yield* waitFor(openai, batch.id, terminal, 30_000)
+      expect(done.request_counts).toEqual({ total: 30, completed: 30, failed: 0 })
+    }), 45_000)
 })
 
 const keyedApp = Layer.unwrapEffect(

@@ -18,7 +18,7 @@
  * finishing is not limited, so a cancel is never queued behind other batches. `supervised` retries a batch after a fault.
  * A node with `maxConcurrentBatches` 0 does none of this (`handedOff`): the nodes that run batches pick its work up.
  */
-import { Cause, Clock, Context, Duration, Effect, Exit, FiberMap, Layer, Option, Schedule } from "effect"
+import { Cause, Clock, Context, Deferred, Duration, Effect, Exit, FiberId, FiberMap, Layer, Option, Schedule } from "effect"
 import { AppConfig, runsBatches } from "../Config.js"
 import type { BatchId } from "../domain/Ids.js"
 import { FileStore } from "../files/FileStore.js"
@@ -202,6 +202,17 @@ export const make = Effect.gen(function*() {
       }
     }).pipe(Effect.ensuring(leases.releaseLeases({ owner: config.nodeId, batchId: id })))
 
+  /**
+   * Settled when a heartbeat goes through (then replaced): a batch waiting out an unavailable database tries again
+   * at once, not at the end of a doubling wait of up to `maxStorageDelay` (batches sat idle 24 s after it was back).
+   */
+  let databaseBack = Deferred.unsafeMake<void>(FiberId.none)
+  const databaseAnswers = Effect.suspend(() => {
+    const answered = databaseBack
+    databaseBack = Deferred.unsafeMake<void>(FiberId.none)
+    return Deferred.succeed(answered, undefined)
+  })
+
   const baseDelayMs = Duration.toMillis(faultRetry.baseDelay)
   const maxStorageDelayMs = Duration.toMillis(faultRetry.maxStorageDelay)
   const storageState = (fault: StorageFault) => (fault === "capacity" ? "full" : "unavailable")
@@ -209,16 +220,19 @@ export const make = Effect.gen(function*() {
   /**
    * Drives a batch, retrying after a fault (a retry resumes from the stored rows; a validation starts over).
    * A storage fault (`storage/Faults.ts`: disk or database full, database unreachable) is the server's, not the
-   * batch's: the batch waits, retried with a doubling wait capped at `maxStorageDelay`, for as long as the fault
-   * lasts (a retry after `expires_at` takes the expiry path), with one warning each time it starts waiting.
+   * batch's: the batch waits, retried with a doubling wait capped at `maxStorageDelay` (an unavailable database's
+   * wait ends as soon as a heartbeat goes through: `databaseBack`), for as long as the fault lasts (a retry after
+   * `expires_at` takes the expiry path), with one warning each time it starts waiting.
    * Any other fault is retried `maxRetries` times (1, 2, 4, 8 s); if it persists, the batch fails with
    * `internal_error`. `announce` runs first, once: the first line of the batch's work on this node.
    */
   const supervised = (id: BatchId, announce: Effect.Effect<void> = Effect.void) =>
     Effect.gen(function*() {
       yield* announce
-      // A wait before a retry counts as this node's work on the batch: a cancel from another node ends it.
-      const backOff = (ms: number) => local.working(id, Effect.sleep(Duration.millis(ms)))
+      // A wait before a retry counts as this node's work on the batch: a cancel from another node ends it. Whether
+      // `cut` ended it before its time.
+      const backOff = (ms: number, cut: Effect.Effect<void> = Effect.never) =>
+        local.working(id, Effect.raceFirst(Effect.as(Effect.sleep(Duration.millis(ms)), false), Effect.as(cut, true)))
       let faults = 0
       let storageRetries = 0
       let waitingFor: StorageFault | undefined
@@ -238,7 +252,9 @@ export const make = Effect.gen(function*() {
             yield* Effect.logDebug(`Storage still ${storageState(storage)}; batch ${id} keeps waiting`, cause)
           }
           waitingFor = storage
-          yield* backOff(Math.min(baseDelayMs * 2 ** Math.min(storageRetries++, 30), maxStorageDelayMs))
+          const delay = Math.min(baseDelayMs * 2 ** Math.min(storageRetries++, 30), maxStorageDelayMs)
+          const woken = yield* backOff(delay, storage === "unavailable" ? Deferred.await(databaseBack) : Effect.never)
+          if (woken) yield* Effect.logInfo(`The database answers again; batch ${id} resumes`)
           continue
         }
         waitingFor = undefined
@@ -273,7 +289,7 @@ export const make = Effect.gen(function*() {
       yield* FiberMap.run(fibers, id, inBackground(supervised(id)))
     })
 
-  yield* startHeartbeat(local, { restart, pickUp, driving: () => Array.from(fibers, ([id]) => id) })
+  yield* startHeartbeat(local, { restart, pickUp, driving: () => Array.from(fibers, ([id]) => id), databaseAnswers })
 
   return BatchRunner.of({ submit, restart })
 })

@@ -74,6 +74,8 @@ export interface HeartbeatActions {
   readonly pickUp: (id: BatchId, atStart: boolean) => Effect.Effect<void>
   /** The batches this node drives now (working on them or waiting for a permit): no need to pick them up. */
   readonly driving: () => ReadonlyArray<BatchId>
+  /** A beat went through: the database answers (batches waiting out its outage may try again at once). */
+  readonly databaseAnswers: Effect.Effect<void>
 }
 
 /** One beat: renew, stop what was cancelled or lost, pick up free work. */
@@ -103,7 +105,7 @@ export const startHeartbeat = (local: LocalWork, actions: HeartbeatActions) =>
     let atStart = true // until a beat gets through
     const failures = makeFailureRun("Heartbeat")
     yield* Effect.suspend(() => beat(local, actions, atStart)).pipe(
-      Effect.tap(() => Effect.zipRight(Effect.sync(() => (atStart = false)), failures.succeeded)),
+      Effect.tap(() => Effect.zipRight(Effect.sync(() => (atStart = false)), Effect.zipRight(failures.succeeded, actions.databaseAnswers))),
       Effect.catchAllCause(failures.failed),
       Effect.repeat(Schedule.spaced(config.heartbeatInterval)),
       Effect.forkScoped
