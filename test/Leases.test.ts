@@ -75,6 +75,23 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       expect(yield* leases.claimable(8_000, 10, [id])).not.toContain(id)
     }).pipe(Effect.provide(storeFor(backend))))
 
+  it.effect("a lapsed slice is another node's slice whose lease ran out: found for the batches asked, and claimed alone", () =>
+    Effect.gen(function*() {
+      const leases = yield* WorkLeases
+      const id = yield* runningBatch(30, 10)
+      const other = yield* runningBatch(10, 10)
+      expect(Option.getOrThrow(yield* leases.claimSlice(id, lease("a", 1_000, 5_000))).slice).toBe(0)
+      expect(Option.getOrThrow(yield* leases.claimSlice(id, lease("b", 1_000))).slice).toBe(1)
+      expect(yield* leases.lapsedSlices(lease("b", 3_000), [id, other])).toEqual([]) // a's lease still runs
+      expect(yield* leases.lapsedSlices(lease("b", 7_000), [id, other])).toEqual([id])
+      expect(yield* leases.lapsedSlices(lease("a", 7_000), [id])).toEqual([]) // its own: the renewal tells it
+      expect(yield* leases.lapsedSlices(lease("b", 7_000), [])).toEqual([])
+      // Only the lapsed slice, not the free one (2) no node has started.
+      expect(Option.getOrThrow(yield* leases.claimSlice(id, lease("b", 7_000), true)).slice).toBe(0)
+      expect(yield* leases.claimSlice(id, lease("c", 7_000), true)).toEqual(Option.none())
+      expect(yield* leases.lapsedSlices(lease("c", 7_000), [id])).toEqual([])
+    }).pipe(Effect.provide(storeFor(backend))))
+
   it.effect("the batch lease has one holder until it expires or is released", () =>
     Effect.gen(function*() {
       const leases = yield* WorkLeases

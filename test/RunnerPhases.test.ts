@@ -6,7 +6,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Deferred, Effect, Exit, Fiber, FiberRef, Layer, Option, Scope } from "effect"
 import { BatchStore, BatchStoreLive, type BatchStoreShape, type RequestOutcome } from "../src/batches/BatchStore.js"
-import { LocalWork } from "../src/batches/heartbeat.js"
+import { beat, LocalWork } from "../src/batches/heartbeat.js"
 import { GROUP_CHARS, makeOutcomeWriter } from "../src/batches/outcomeWriter.js"
 import { makePendingRows } from "../src/batches/pendingRows.js"
 import { makeRunning } from "../src/batches/running.js"
@@ -181,6 +181,33 @@ for (const backend of backends) describe(`pending rows (${backend})`, () => {
       yield* store.recordOutcomes(id, outcomes.slice(5))
       yield* rows.stored(outcomes.slice(5))
       expect((yield* store.get(id, "all")).batch.status).toBe("finalizing")
+    }).pipe(Effect.scoped, Effect.provide(storesFor(backend))))
+
+  it.live("a slice another node let lapse (it died) is taken up at the heartbeat's word, before the rest of the slice in hand", () =>
+    Effect.gen(function*() {
+      const store = yield* BatchStore
+      const leases = yield* WorkLeases
+      const id = yield* runningBatch
+      // Another node holds lines 1–10 for 300 ms more, then dies.
+      const now = Date.now()
+      expect(Option.map(yield* leases.claimSlice(id, { owner: "dead-node", now, until: now + 300 }), (s) => s.firstLine)).toEqual(Option.some(1))
+      const local = new LocalWork()
+      const rows = yield* makePendingRows(id, local)
+      const take = Effect.suspend(() => {
+        const row = rows.takeNow()
+        return row !== undefined ? Effect.succeed(row.line) : Effect.map(rows.next, (r) => Option.getOrUndefined(r)?.line)
+      })
+      const taken: Array<number | undefined> = [yield* take, yield* take]
+      expect(taken).toEqual([11, 12])
+      yield* Effect.sleep("400 millis")
+      yield* beat(local, { restart: () => Effect.void, pickUp: () => Effect.void, driving: () => [id], databaseAnswers: Effect.void })
+      for (let line = yield* take; line !== undefined; line = yield* take) taken.push(line)
+      // Lines 1–10 (3 has its outcome) before the rest of 11–20 (15 has its own), then 21–25.
+      expect(taken).toEqual([11, 12, 1, 2, 4, 5, 6, 7, 8, 9, 10, 13, 14, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25])
+      const outcomes = taken.map((line) => outcome(line!))
+      yield* store.recordOutcomes(id, outcomes)
+      yield* rows.stored(outcomes)
+      expect((yield* store.get(id, "all")).batch.status).toBe("finalizing") // every slice completed, the one set aside too
     }).pipe(Effect.scoped, Effect.provide(storesFor(backend))))
 
   it.live("closing its scope releases the slices it held for any node to resume", () =>

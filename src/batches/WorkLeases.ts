@@ -37,7 +37,12 @@ export interface WorkLeasesShape {
   /** Takes the batch-wide lease of an unfinished batch if it is free, expired or already `owner`'s. */
   readonly claimBatch: (id: BatchId, lease: Lease) => Effect.Effect<boolean>
   /** Takes the first open slice of a running batch whose lease is free or expired. */
-  readonly claimSlice: (id: BatchId, lease: Lease) => Effect.Effect<Option.Option<Slice>>
+  readonly claimSlice: (id: BatchId, lease: Lease, lapsedOnly?: boolean) => Effect.Effect<Option.Option<Slice>>
+  /**
+   * Of `batches`, those with a slice whose holder's lease ran out (a node that died mid-slice): a node that runs
+   * the batch takes it up at once (`pendingRows.ts`) rather than after the slice it is on.
+   */
+  readonly lapsedSlices: (lease: Lease, batches: ReadonlyArray<BatchId>) => Effect.Effect<ReadonlyArray<BatchId>>
   /** How many slices of the batch some node holds a live lease on. */
   readonly liveSlices: (id: BatchId, now: number) => Effect.Effect<number>
   /** Extends every lease `owner` holds; returns the slices still held (a lease taken over is missing). */
@@ -82,20 +87,24 @@ export const make = Effect.gen(function*() {
       Effect.withSpan("WorkLeases.claimBatch", { attributes: { id } })
     )
 
+  /** A slice some node held and did not renew: `owner` is cleared only when a slice is released or done. */
+  const lapsed = (lease: Lease) => sql`(owner IS NOT NULL AND lease_until < ${lease.now})`
+
   const claimed = SqlSchema.findOne({
-    Request: Schema.Struct({ id: BatchId, owner: Schema.String, now: Schema.Number, until: Schema.Number }),
+    Request: Schema.Struct({ id: BatchId, owner: Schema.String, now: Schema.Number, until: Schema.Number, lapsedOnly: Schema.Boolean }),
     Result: Schema.Struct({ slice: SqlInt, first_line: SqlInt, last_line: SqlInt }),
-    execute: ({ id, ...lease }) =>
+    execute: ({ id, lapsedOnly, ...lease }) =>
       sql`
         UPDATE batch_slices SET owner = ${lease.owner}, lease_until = ${lease.until}
         WHERE batch_id = ${id} AND slice = (
-          SELECT slice FROM batch_slices WHERE batch_id = ${id} AND state = 'open' AND ${free(lease)}
+          SELECT slice FROM batch_slices WHERE batch_id = ${id} AND state = 'open'
+            AND ${lapsedOnly ? lapsed(lease) : free(lease)}
           ORDER BY slice LIMIT 1 ${dialect.skipLocked}
         ) RETURNING slice, first_line, last_line`
   })
 
-  const claimSlice = (id: BatchId, lease: Lease) =>
-    claimed({ id, ...lease }).pipe(
+  const claimSlice = (id: BatchId, lease: Lease, lapsedOnly = false) =>
+    claimed({ id, ...lease, lapsedOnly }).pipe(
       Effect.map(Option.map((r): Slice => ({ slice: r.slice, firstLine: r.first_line, lastLine: r.last_line }))),
       Effect.orDie,
       Effect.withSpan("WorkLeases.claimSlice", { attributes: { id } })
@@ -156,9 +165,18 @@ export const make = Effect.gen(function*() {
       Effect.orDie
     )
 
+  const lapsedSlices = (lease: Lease, batches: ReadonlyArray<BatchId>) =>
+    batches.length === 0 ? Effect.succeed([]) : sql<{ batch_id: BatchId }>`
+      SELECT DISTINCT batch_id FROM batch_slices
+      WHERE ${sql.in("batch_id", batches)} AND state = 'open' AND owner <> ${lease.owner} AND ${lapsed(lease)}`.pipe(
+      Effect.map((rows) => rows.map((r) => r.batch_id)),
+      Effect.orDie
+    )
+
   return WorkLeases.of({
     claimBatch,
     claimSlice,
+    lapsedSlices,
     liveSlices,
     renewLeases,
     releaseLeases,

@@ -1,7 +1,8 @@
 /**
  * The heartbeat: every `heartbeatInterval` a node renews its leases, stops its work on batches cancelled on another
- * node and on slices whose lease it lost (taken over after a stall longer than `leaseTtl`), and picks up work that
- * is free (new batches created on other nodes, free slices, leases of dead nodes that ran out). `LocalWork` is what
+ * node and on slices whose lease it lost (taken over after a stall longer than `leaseTtl`), notes the slices of
+ * batches it runs that a dead node let lapse (taken up at once), and picks up work that is free (new batches
+ * created on other nodes, free slices, leases of dead nodes that ran out). `LocalWork` is what
  * it checks: the batches and slices this node works on, as the phases tell it.
  */
 import { Effect, Schedule } from "effect"
@@ -17,6 +18,8 @@ export class LocalWork {
   private readonly batches = new Set<BatchId>()
   /** Slices this node holds, by batch: a slice whose lease was not renewed was taken over. */
   private readonly slices = new Map<BatchId, Set<number>>()
+  /** Batches this node drives with a slice another node let lapse (it died): to be taken up at once. */
+  private readonly lapsed = new Set<BatchId>()
 
   /** `effect`, with the batch counted as this node's work while it runs. */
   working<A, E, R>(id: BatchId, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> {
@@ -38,6 +41,20 @@ export class LocalWork {
 
   dropSlices(id: BatchId): void {
     this.slices.delete(id)
+  }
+
+  markLapsed(id: BatchId): void {
+    this.lapsed.add(id)
+  }
+
+  /** Whether a lapsed slice of the batch waits to be taken up (cheap: asked before each row). */
+  hasLapsed(id: BatchId): boolean {
+    return this.lapsed.size > 0 && this.lapsed.has(id)
+  }
+
+  /** Whether a lapsed slice of the batch waited; it is taken up now (by one of the node's runs of it). */
+  takeLapsed(id: BatchId): boolean {
+    return this.lapsed.delete(id)
   }
 
   workingOn(): ReadonlyArray<BatchId> {
@@ -90,7 +107,10 @@ export const beat = (local: LocalWork, actions: HeartbeatActions, atStart = fals
     const statuses = yield* store.statuses(local.workingOn())
     const cancelled = [...statuses].filter(([, status]) => status === "cancelling").map(([id]) => id)
     yield* Effect.forEach(new Set([...lost, ...cancelled]), actions.restart, { discard: true })
-    const free = yield* Effect.flatMap(nodeLease(config), (lease) => leases.claimable(lease.now, 100, actions.driving()))
+    const driving = actions.driving()
+    const lease = yield* nodeLease(config)
+    for (const id of yield* leases.lapsedSlices(lease, driving)) local.markLapsed(id)
+    const free = yield* leases.claimable(lease.now, 100, driving)
     yield* Effect.forEach(free, (id) => actions.pickUp(id, atStart), { discard: true })
   }).pipe(Effect.withSpan("BatchRunner.heartbeat"))
 

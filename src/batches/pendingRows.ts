@@ -1,6 +1,7 @@
 /**
- * The pending requests of a running batch that this node runs: the slices it claims, one after the other, read a
- * page at a time, each row handed out once to the workers that share the source. A slice is marked done once every
+ * The pending requests of a running batch that this node runs: the slices it claims, one after the other (a slice
+ * a dead node let lapse before the rest of the one in hand), read a page at a time, each row handed out once to the
+ * workers that share the source. A slice is marked done once every
  * row handed out from it has its outcome stored (`stored`); when the scope closes, the slices left unfinished are
  * released for any node to resume. A source may end, to give its permit back, after a slice or at once (`TurnEnd`).
  */
@@ -73,6 +74,8 @@ export const makePendingRows = (
     let morePages = false
     let exhausted = false
     let claimed = false
+    /** Slices set aside, part read, for a lapsed one taken up first: read again once it is used up (last first). */
+    const setAside: Array<{ current: SliceProgress; page: ReadonlyArray<RequestRow>; index: number; afterLine: number; morePages: boolean }> = []
 
     /**
      * Marks the slices that are done as such, once (they leave `open` at once), forgetting them here before the
@@ -88,27 +91,51 @@ export const makePendingRows = (
       }, { discard: true })
     })
 
+    /** Reads `slice` from its first line on. */
+    const startReading = (slice: Slice) => {
+      claimed = true
+      local.holdSlice(id, slice.slice)
+      current = { slice, handedOut: false, outstanding: 0 }
+      open.push(current)
+      page = []
+      index = 0
+      afterLine = slice.firstLine - 1
+      morePages = true
+    }
+
     const nextSlice = Effect.gen(function*() {
       if (current !== undefined) {
         current.handedOut = true
         yield* completeDone
       }
-      const slice = current !== undefined && turnEnd.afterSlice()
-        ? Option.none()
-        : yield* Effect.flatMap(nodeLease(config), (lease) => leases.claimSlice(id, lease))
+      const ending = current !== undefined && turnEnd.afterSlice()
+      const resumed = ending ? undefined : setAside.pop()
+      if (resumed !== undefined) {
+        ;({ afterLine, current, index, morePages, page } = resumed)
+        return
+      }
+      const slice = ending ? Option.none() : yield* Effect.flatMap(nodeLease(config), (lease) => leases.claimSlice(id, lease))
       if (Option.isNone(slice)) {
         exhausted = true
         current = undefined
         return
       }
-      claimed = true
-      local.holdSlice(id, slice.value.slice)
-      current = { slice: slice.value, handedOut: false, outstanding: 0 }
-      open.push(current)
-      page = []
-      index = 0
-      afterLine = slice.value.firstLine - 1
-      morePages = true
+      startReading(slice.value)
+    })
+
+    /**
+     * A slice another node let lapse (it died), noted by the heartbeat, is taken up before the rest of the one in
+     * hand, which is set aside: its requests would otherwise wait for this slice's end (up to minutes with long
+     * generations), whatever `LEASE_TTL`.
+     */
+    const takeUpLapsed = Effect.suspend(() => {
+      // With no slice in hand, the next claim takes the lowest free slice: the lapsed one.
+      if (!local.takeLapsed(id) || current === undefined) return Effect.void
+      return Effect.map(Effect.flatMap(nodeLease(config), (lease) => leases.claimSlice(id, lease, true)), (slice) => {
+        if (Option.isNone(slice)) return // another node took it
+        setAside.push({ current: current!, page, index, afterLine, morePages })
+        startReading(slice.value)
+      })
     })
     const fetchPage = Effect.suspend(() =>
       Effect.map(store.pendingRequests(id, afterLine, current!.slice.lastLine, PAGE), (rows) => {
@@ -119,7 +146,7 @@ export const makePendingRows = (
       })
     )
     const takeNow = (): RequestRow | undefined => {
-      if (index >= page.length) return undefined
+      if (index >= page.length || local.hasLapsed(id)) return undefined
       if (turnEnd.now()) {
         exhausted = true
         page = []
@@ -132,6 +159,7 @@ export const makePendingRows = (
       const taken = takeNow()
       if (taken !== undefined) return Effect.succeed(Option.some(taken))
       if (exhausted) return Effect.succeed(Option.none())
+      if (local.hasLapsed(id)) return Effect.zipRight(takeUpLapsed, take)
       return Effect.zipRight(current !== undefined && morePages ? fetchPage : nextSlice, take)
     })
 
