@@ -131,10 +131,12 @@ export const makePendingRows = (
     const takeUpLapsed = Effect.suspend(() => {
       // With no slice in hand, the next claim takes the lowest free slice: the lapsed one.
       if (!local.takeLapsed(id) || current === undefined) return Effect.void
-      return Effect.map(Effect.flatMap(nodeLease(config), (lease) => leases.claimSlice(id, lease, true)), (slice) => {
-        if (Option.isNone(slice)) return // another node took it
+      return Effect.flatMap(Effect.flatMap(nodeLease(config), (lease) => leases.claimSlice(id, lease, true)), (slice) => {
+        if (Option.isNone(slice)) return Effect.void // another node took it
         setAside.push({ current: current!, page, index, afterLine, morePages })
         startReading(slice.value)
+        const { firstLine, lastLine } = slice.value
+        return Effect.logInfo(`Batch ${id}: took up lines ${firstLine}–${lastLine}, whose node's lease ran out`)
       })
     })
     const fetchPage = Effect.suspend(() =>
