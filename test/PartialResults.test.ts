@@ -250,14 +250,14 @@ const pageReadsFail = Layer.effect(BatchStore, Effect.gen(function*() {
 layer(testAppWithUpstream(config, {}, "sqlite", { auth, batchStore: pageReadsFail, logLevel: LogLevel.None }), { excludeTestServices: true })(
   "results while a batch runs, when reading the lines fails",
   (it) => {
-    it.effect("the client gets a 500 in the error envelope, not a 200 with fewer lines", () =>
+    it.effect("the client gets a 503 database_unavailable in the error envelope, not a 200 with fewer lines", () =>
       Effect.gen(function*() {
         const { a } = yield* clients
         const file = yield* upload(a, [chatLine("l1", "one"), chatLine("l2", "two")])
         const batch = yield* createBatch(a, file.id)
         expect((yield* waitFor(a, batch.id, terminal)).request_counts!.completed).toBe(2)
         const error = yield* failure(() => a.get(`/batches/${batch.id}/results`).asResponse())
-        expect([error.status, error.error?.type]).toEqual([500, "server_error"])
+        expect([error.status, error.error?.type, error.error?.code]).toEqual([503, "server_error", "database_unavailable"])
       }))
   }
 )
