@@ -3,7 +3,7 @@
  * (`retry`) and cancel, each run to its end once begun (a caller that gives up leaves no batch half made). `http/BatchesHttp.ts` answers with it, and an embedding app calls it directly; its failures
  * are the API's errors (`domain/Errors.ts`), the same statuses, codes and messages. Reads are `BatchStore`'s.
  */
-import { Context, Duration, Effect, Layer, Option, Schema, Stream } from "effect"
+import { Context, Duration, Effect, Exit, Layer, Option, Schema, Stream } from "effect"
 import { createHash } from "node:crypto"
 import type { Caller } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
@@ -62,6 +62,9 @@ const fingerprint = (valid: ValidCreateBatch, input: string = valid.inputFileId)
     valid.metadata === null ? null : Object.fromEntries(Object.entries(valid.metadata).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))),
     valid.outputExpiresAfterSeconds === null ? null : { anchor: "created_at", seconds: valid.outputExpiresAfterSeconds }
   ])).digest("hex")
+
+const inputFileGone = (id: BatchId, file: string) =>
+  `Batch ${id}'s input file ${file} no longer exists (deleted or expired): its lines cannot be rerun.`
 
 export const make = Effect.gen(function*() {
   const store = yield* BatchStore
@@ -189,6 +192,9 @@ export const make = Effect.gen(function*() {
         idempotency_key: body?.idempotency_key ?? null
       }, extraBatchEndpoints)
       if (isProblem(valid)) return yield* invalidRequest(valid.message, valid.param, valid.code)
+      // Asked first: once the input file is gone, the batch's request rows go too (`sweepSpentRows`).
+      const inputFile = original.batch.input_file_id
+      if (Exit.isFailure(yield* Effect.exit(files.get(inputFile, "all")))) return yield* conflict(inputFileGone(id, inputFile))
       if ((yield* rerun.count(id, kinds)) === 0) return yield* conflict(nothingToRerun(id, kinds))
       // A whole file written within the request: at the background's priority, so that it leaves the event loop
       // turns between its steps (on Effect's microtasks synchronous storage could hold the loop for long).
@@ -201,8 +207,7 @@ export const make = Effect.gen(function*() {
             maxBytes: room
           }).pipe(
             Effect.catchTags({
-              InputFileGone: ({ id: file }) =>
-                conflict(`Batch ${id}'s input file ${file} no longer exists (deleted or expired): its lines cannot be rerun.`),
+              InputFileGone: ({ id: file }) => conflict(inputFileGone(id, file)),
               InputTooLarge: () => overQuota(quota, room, null)
             })
           )))

@@ -21,7 +21,7 @@
 import { Cause, Clock, Context, Deferred, Duration, Effect, Exit, FiberId, FiberMap, Layer, Option, Schedule } from "effect"
 import { AppConfig, runsBatches } from "../Config.js"
 import type { BatchId } from "../domain/Ids.js"
-import { FileStore } from "../files/FileStore.js"
+import { FileStore, sweepEvery } from "../files/FileStore.js"
 import { Inference } from "../inference/Inference.js"
 import * as BatchLines from "../observability/batchLines.js"
 import { batchWork } from "../observability/Tracing.js"
@@ -84,6 +84,9 @@ export class FaultRetry extends Context.Reference<FaultRetry>()("BatchRunner/Fau
     maxStorageDelay: Duration.seconds(30)
   })
 }) {}
+
+/** Groups of batches (`BatchStore.sweepSpentRows`) a sweep looks at, at most: a few milliseconds each. */
+const SPENT_GROUPS = 10
 
 export const make = Effect.gen(function*() {
   const store = yield* BatchStore
@@ -290,6 +293,15 @@ export const make = Effect.gen(function*() {
     })
 
   yield* startHeartbeat(local, { restart, pickUp, driving: () => Array.from(fibers, ([id]) => id), databaseAnswers })
+  // Up to SPENT_GROUPS groups of batches a sweep, from where the last one stopped.
+  let spentAfter = 0
+  const sweepSpent = Effect.gen(function*() {
+    for (let group = 0; group < SPENT_GROUPS; group++) {
+      spentAfter = (yield* store.sweepSpentRows(spentAfter)).next
+      if (spentAfter === 0) return
+    }
+  })
+  yield* sweepEvery(sweepSpent, "Sweep of finished batches' rows failed")
 
   return BatchRunner.of({ submit, restart })
 })

@@ -1,10 +1,11 @@
 /**
  * The `batch_requests` table for `BatchStore`: one row per request, written by validation a page at a time and
  * read back, a page at a time, as the requests still pending (without a row in `batch_results`), with the attempts
- * their earlier runs left.
+ * their earlier runs left; deleted with the outcomes once nothing can read them (`sweepSpentRows`).
  */
 import type * as SqlClient from "@effect/sql/SqlClient"
 import { Effect } from "effect"
+import { terminalStatuses } from "../domain/Batches.js"
 import type { BatchId, BatchRequestId } from "../domain/Ids.js"
 import type { BatchStoreShape, RequestAttempts, RequestRow } from "./BatchStore.js"
 import { type BatchSql, chunks, INSERT_GROUP } from "./sql.js"
@@ -18,6 +19,9 @@ interface PendingColumns {
   readonly retry_at: number | string | null
 }
 
+/** Batches a sweep of spent rows looks at. */
+const SPENT_GROUP = 500
+
 const pendingRow = (r: PendingColumns): RequestRow => {
   const used = Number(r.attempts)
   const row = { line: Number(r.line), customId: r.custom_id, resultId: r.result_id, body: r.body }
@@ -27,7 +31,7 @@ const pendingRow = (r: PendingColumns): RequestRow => {
 export const makeRequestRows = (
   sql: SqlClient.SqlClient,
   dialect: BatchSql
-): Pick<BatchStoreShape, "insertRequests" | "deleteRequests" | "pendingRequests" | "keepAttempts"> => {
+): Pick<BatchStoreShape, "insertRequests" | "deleteRequests" | "pendingRequests" | "keepAttempts" | "sweepSpentRows"> => {
   const insertRequests = (batchId: BatchId, rows: ReadonlyArray<RequestRow>) => {
     const groups = chunks(rows, INSERT_GROUP)
     // One statement is atomic on its own; only several need a transaction (two more statements and a span).
@@ -37,11 +41,12 @@ export const makeRequestRows = (
     return insert.pipe(Effect.asVoid, Effect.orDie, Effect.withSpan("BatchStore.insertRequests"))
   }
 
-  const deleteRequests = (batchId: BatchId) =>
+  const deleteRows = (batchId: BatchId) =>
     Effect.zipRight(
       sql`DELETE FROM batch_results WHERE batch_id = ${batchId}`,
       sql`DELETE FROM batch_requests WHERE batch_id = ${batchId}`
-    ).pipe(sql.withTransaction, Effect.asVoid, Effect.orDie)
+    )
+  const deleteRequests = (batchId: BatchId) => deleteRows(batchId).pipe(sql.withTransaction, Effect.asVoid, Effect.orDie)
 
   // On the hot path (a page per 1,000 requests run): mapped by hand, not decoded by a schema.
   const pendingRequests = (batchId: BatchId, afterLine: number, lastLine: number, limit: number) =>
@@ -57,5 +62,24 @@ export const makeRequestRows = (
       sql`UPDATE batch_requests SET attempts = ${used}, retry_at = ${retryAt === undefined ? null : Math.ceil(retryAt)}
         WHERE batch_id = ${batchId} AND line = ${line}`, { discard: true }).pipe(sql.withTransaction, Effect.orDie)
 
-  return { insertRequests, deleteRequests, pendingRequests, keepAttempts }
+  // A group of batches looked at per sweep, in creation order: each sweep costs the same however many there are.
+  const sweepSpentRows = (afterSeq: number) =>
+    Effect.gen(function*() {
+      const group = sql`SELECT seq, id, status, input_file_id, output_file_id, error_file_id FROM batches
+        WHERE seq > ${afterSeq} ORDER BY seq LIMIT ${SPENT_GROUP}`
+      const [{ last }] = yield* sql<{ last: number | string | null }>`SELECT MAX(seq) AS last FROM (${group}) g`
+      const spent = yield* sql<{ id: BatchId }>`
+        SELECT id FROM (${group}) b WHERE ${sql.in("status", terminalStatuses)}
+          AND EXISTS (SELECT 1 FROM batch_requests r WHERE r.batch_id = b.id)
+          AND NOT EXISTS (SELECT 1 FROM files f WHERE f.id IN (b.input_file_id, b.output_file_id, b.error_file_id))`
+      for (const { id } of spent) {
+        yield* sql.withTransaction(Effect.zipRight(
+          deleteRows(id),
+          sql`DELETE FROM batch_slices WHERE batch_id = ${id}`
+        ))
+      }
+      return { next: last === null ? 0 : Number(last), cleared: spent.length }
+    }).pipe(Effect.orDie, Effect.withSpan("BatchStore.sweepSpentRows"))
+
+  return { insertRequests, deleteRequests, pendingRequests, keepAttempts, sweepSpentRows }
 }

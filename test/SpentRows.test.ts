@@ -1,0 +1,63 @@
+/**
+ * A finished batch's request rows and outcomes (most of the database: ~22 MB for 20,000 requests) are deleted once
+ * its input, output and error files are all gone, and not before; the batch itself stays, as OpenAI keeps it. On
+ * SQLite and PostgreSQL, through the official client.
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import { describe, expect, layer } from "@effect/vitest"
+import { Duration, Effect, Layer } from "effect"
+import { StorageLive } from "../src/Layers.js"
+import { chatLine, createBatch, terminal, upload, waitFor } from "./support/Batches.js"
+import { backends, testAppWithUpstream } from "./support/TestApp.js"
+import { client } from "./support/Upstreams.js"
+
+/** The app and its own SQL client (layers are shared by reference within a build: the same database). */
+const app = (backend: "sqlite" | "postgres") =>
+  StorageLive.pipe(Layer.provideMerge(testAppWithUpstream({ fileSweepInterval: Duration.millis(100) }, {}, backend)))
+
+const rowsOf = (id: string) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    Effect.map(
+      sql<{ requests: number | string; outcomes: number | string; slices: number | string }>`SELECT
+        (SELECT COUNT(*) FROM batch_requests WHERE batch_id = ${id}) AS requests,
+        (SELECT COUNT(*) FROM batch_results WHERE batch_id = ${id}) AS outcomes,
+        (SELECT COUNT(*) FROM batch_slices WHERE batch_id = ${id}) AS slices`,
+      ([row]) => [Number(row!.requests), Number(row!.outcomes), Number(row!.slices)]
+    )).pipe(Effect.orDie)
+
+describe("rows of finished batches", () => {
+  for (const backend of backends) {
+    layer(app(backend), { excludeTestServices: true })(backend, (it) => {
+      it.effect("are deleted once the batch's input, output and error files are all gone, and kept until then", () =>
+        Effect.gen(function*() {
+          const openai = yield* client
+          const input = yield* upload(openai, [chatLine("s1", "one"), chatLine("s2", "two [fail:400]"), chatLine("s3", "three")])
+          const done = yield* waitFor(openai, (yield* createBatch(openai, input.id)).id, terminal)
+          expect(done.request_counts).toEqual({ total: 3, completed: 2, failed: 1 })
+          expect(yield* rowsOf(done.id)).toEqual([3, 3, 1])
+
+          // Output and error files deleted, the input kept (a rerun could still read it): the rows stay.
+          yield* Effect.promise(() => openai.files.delete(done.output_file_id!))
+          yield* Effect.promise(() => openai.files.delete(done.error_file_id!))
+          yield* Effect.sleep("400 millis") // a few sweeps
+          expect(yield* rowsOf(done.id)).toEqual([3, 3, 1])
+
+          yield* Effect.promise(() => openai.files.delete(input.id))
+          yield* eventuallyRows(done.id, [0, 0, 0])
+          // The batch stays, as it was.
+          const kept = yield* Effect.promise(() => openai.batches.retrieve(done.id))
+          expect([kept.status, kept.request_counts]).toEqual(["completed", { total: 3, completed: 2, failed: 1 }])
+        }))
+    })
+  }
+})
+
+/** Waits (up to 5 s) for the batch's row counts to be `expected`. */
+const eventuallyRows = (id: string, expected: ReadonlyArray<number>) =>
+  Effect.gen(function*() {
+    for (let i = 0; i < 50; i++) {
+      if (JSON.stringify(yield* rowsOf(id)) === JSON.stringify(expected)) return
+      yield* Effect.sleep("100 millis")
+    }
+    expect(yield* rowsOf(id)).toEqual(expected)
+  })
