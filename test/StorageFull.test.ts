@@ -296,7 +296,7 @@ describe("a full SQLite database", () => {
       const post = (path: string, init: RequestInit) =>
         Effect.promise(async () => {
           const res = await fetch(`${url}${path}`, { method: "POST", ...init })
-          return { status: res.status, requestId: res.headers.get("x-request-id"), json: await res.json() as unknown }
+          return { status: res.status, requestId: res.headers.get("x-request-id"), retryAfter: res.headers.get("retry-after"), json: await res.json() as unknown }
         })
       const uploadForm = () => {
         const form = new FormData()
@@ -312,13 +312,16 @@ describe("a full SQLite database", () => {
       })
 
       yield* fillDatabase
+      warnings.length = 0
       const refused = yield* post("/v1/files", uploadForm())
-      expect(refused.status).toBe(507)
+      expect([refused.status, refused.retryAfter]).toEqual([507, "5"]) // passing: when to try again
       expect(refused.json).toEqual(INSUFFICIENT_STORAGE)
       expect(refused.requestId).toEqual(expect.any(String))
       const refusedBatch = yield* post("/v1/batches", createBody())
       expect(refusedBatch.status).toBe(507)
       expect(refusedBatch.json).toEqual(INSUFFICIENT_STORAGE)
+      // Every request meets it: said once (within 10 s), not once a request.
+      expect(warnings.filter((w) => w.startsWith("Storage full: requests that write get a 507"))).toHaveLength(1)
       // Reads still work, and show nothing of what was refused.
       const listed = yield* Effect.promise(() => openai.files.list())
       expect(listed.data.map((f) => f.id)).toEqual([first.id])

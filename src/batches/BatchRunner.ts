@@ -85,6 +85,9 @@ export class FaultRetry extends Context.Reference<FaultRetry>()("BatchRunner/Fau
   })
 }) {}
 
+/** A batch waiting out a storage fault says so again at most this often. */
+const STILL_WAITING_SAID_EVERY_MS = 60_000
+
 /** Groups of batches (`BatchStore.sweepSpentRows`) a sweep looks at, at most: a few milliseconds each. */
 const SPENT_GROUPS = 10
 
@@ -225,7 +228,8 @@ export const make = Effect.gen(function*() {
    * A storage fault (`storage/Faults.ts`: disk or database full, database unreachable) is the server's, not the
    * batch's: the batch waits, retried with a doubling wait capped at `maxStorageDelay` (an unavailable database's
    * wait ends as soon as a heartbeat goes through: `databaseBack`), for as long as the fault lasts (a retry after
-   * `expires_at` takes the expiry path), with one warning each time it starts waiting.
+   * `expires_at` takes the expiry path), with a warning each time it starts waiting and at most once a minute while
+   * it goes on.
    * Any other fault is retried `maxRetries` times (1, 2, 4, 8 s); if it persists, the batch fails with
    * `internal_error`. `announce` runs first, once: the first line of the batch's work on this node.
    */
@@ -239,6 +243,7 @@ export const make = Effect.gen(function*() {
       let faults = 0
       let storageRetries = 0
       let waitingFor: StorageFault | undefined
+      let warnedAt = 0
       for (;;) {
         const exit = yield* Effect.exit(drive(id))
         if (Exit.isSuccess(exit)) {
@@ -248,9 +253,15 @@ export const make = Effect.gen(function*() {
         const cause = exit.cause
         const storage = storageFault(cause)
         if (storage !== undefined) {
+          const now = yield* Clock.currentTimeMillis
           if (storage !== waitingFor) {
             storageRetries = 0
+            warnedAt = now
             yield* Effect.logWarning(`Storage ${storageState(storage)}; batch ${id} waits`, cause)
+          } else if (now - warnedAt >= STILL_WAITING_SAID_EVERY_MS) {
+            // Said again now and then: a wait that comes back after progress (a finalization's file) was silent.
+            warnedAt = now
+            yield* Effect.logWarning(`Storage still ${storageState(storage)}; batch ${id} keeps waiting`)
           } else {
             yield* Effect.logDebug(`Storage still ${storageState(storage)}; batch ${id} keeps waiting`, cause)
           }

@@ -71,27 +71,29 @@ const toApiError = (cause: Cause.Cause<unknown>): Option.Option<ApiError> => {
   return Option.none() // interruption: nothing to answer
 }
 
-/** A database out of reach is said at most this often: every request meets it (readiness says when it is back). */
-const UNAVAILABLE_SAID_EVERY_MS = 10_000
+/** A full or unreachable store is said at most this often: every request meets it (readiness, or a 2xx, says when it passed). */
+const STORAGE_SAID_EVERY_MS = 10_000
 
 /** API-wide middleware: runs before error encoding, so what it fails with is encoded as an envelope. */
 export const ErrorEnvelopeLive = HttpApiBuilder.middleware(OpenAIApi, (app) => {
-  let unavailableSaidAt = -Infinity
+  const saidAt = { InsufficientStorage: -Infinity, ServiceUnavailable: -Infinity }
+  /** A storage fault's warning, at most every `STORAGE_SAID_EVERY_MS` for each kind, with its cause's message. */
+  const storageWarning = (kind: keyof typeof saidAt, cause: Cause.Cause<unknown>, line: string) =>
+    Effect.clockWith((clock) => {
+      const now = clock.unsafeCurrentTimeMillis()
+      if (now - saidAt[kind] < STORAGE_SAID_EVERY_MS) return Effect.void
+      saidAt[kind] = now
+      const reason = Cause.squash(cause)
+      return Effect.logWarning(`${line} (${echo(reason instanceof Error ? reason.message : String(reason), 300)})`)
+    })
   const said = (error: ApiError, cause: Cause.Cause<unknown>) => {
     switch (error._tag) {
       case "ServerError":
         return Effect.logError("Unhandled fault while serving a request", cause)
       case "InsufficientStorage":
-        return Effect.logWarning("Storage full while serving a request", cause)
+        return storageWarning(error._tag, cause, "Storage full: requests that write get a 507 until there is room")
       case "ServiceUnavailable":
-        return Effect.clockWith((clock) => {
-          const now = clock.unsafeCurrentTimeMillis()
-          if (now - unavailableSaidAt < UNAVAILABLE_SAID_EVERY_MS) return Effect.void
-          unavailableSaidAt = now
-          const reason = Cause.squash(cause)
-          const text = echo(reason instanceof Error ? reason.message : String(reason), 300)
-          return Effect.logWarning(`The database is unavailable: requests get a 503 until it answers again (${text})`)
-        })
+        return storageWarning(error._tag, cause, "The database is unavailable: requests get a 503 until it answers again")
       default:
         return Effect.void
     }
