@@ -12,6 +12,7 @@ import { LoggingLive, loggerLayer } from "./observability/Logging.js"
 import { describeDatabase } from "./observability/Readiness.js"
 import { NodeIdInUse, NodeIdTakenOver, OnNodeIdTakenOver } from "./storage/NodeIdLock.js"
 import { BatchesRunElsewhere } from "./storage/SqliteRunnerLock.js"
+import { storageFault } from "./storage/Faults.js"
 
 /** Why a socket could not listen, for the faults an operator fixes in the configuration (`port`: its variable). */
 const LISTEN_FAULTS: Readonly<Record<string, (port: string) => string>> = {
@@ -46,15 +47,20 @@ const rootMessage = (error: unknown): string => {
  * the SQLite file (their messages say what to do), or a database that cannot be opened or reached.
  */
 const startFaultLine = (cause: Cause.Cause<unknown>) =>
-  Effect.map(AppConfig, (config) =>
-    Option.flatMap(Cause.failureOption(cause), (error): Option.Option<string> => {
+  Effect.map(AppConfig, (config) => {
+    const cannotUse = (said: string) =>
+      `Cannot use the database (${describeDatabase(config)}; see ${Option.isSome(config.databaseUrl) ? "DATABASE_URL" : "DATA_DIR"}): ${said}`
+    const failed = Option.flatMap(Cause.failureOption(cause), (error): Option.Option<string> => {
       if (error instanceof NodeIdInUse || error instanceof BatchesRunElsewhere) return Option.some(error.message)
       if ((error as { readonly _tag?: unknown })._tag !== "SqlError") return Option.none()
       const driver = rootMessage(error)
-      const said = (error as Error).message === driver ? driver : `${(error as Error).message}: ${driver}`
-      const setting = Option.isSome(config.databaseUrl) ? "DATABASE_URL" : "DATA_DIR"
-      return Option.some(`Cannot use the database (${describeDatabase(config)}; see ${setting}): ${said}`)
-    }))
+      return Option.some(cannotUse((error as Error).message === driver ? driver : `${(error as Error).message}: ${driver}`))
+    })
+    // A full disk under a new database fails its first statement (a defect): said as plainly.
+    return Option.isSome(failed) || storageFault(cause) !== "capacity"
+      ? failed
+      : Option.some(cannotUse(`its disk is full (${rootMessage(Cause.squash(cause))})`))
+  })
 
 /** A fault that ends the server (a port in use, a database unreachable at start), logged in the configured format. */
 const logFault = (cause: Cause.Cause<unknown>) =>
