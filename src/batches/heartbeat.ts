@@ -43,8 +43,10 @@ export class LocalWork {
     this.slices.delete(id)
   }
 
-  markLapsed(id: BatchId): void {
-    this.lapsed.add(id)
+  /** The batches the last beat found with a lapsed slice (those before it are taken up, or were by another node). */
+  setLapsed(ids: ReadonlyArray<BatchId>): void {
+    this.lapsed.clear()
+    for (const id of ids) this.lapsed.add(id)
   }
 
   /** Whether a lapsed slice of the batch waits to be taken up (cheap: asked before each row). */
@@ -109,7 +111,7 @@ export const beat = (local: LocalWork, actions: HeartbeatActions, atStart = fals
     yield* Effect.forEach(new Set([...lost, ...cancelled]), actions.restart, { discard: true })
     const driving = actions.driving()
     const lease = yield* nodeLease(config)
-    for (const id of yield* leases.lapsedSlices(lease, driving)) local.markLapsed(id)
+    local.setLapsed(yield* leases.lapsedSlices(lease, driving))
     const free = yield* leases.claimable(lease.now, 100, driving)
     yield* Effect.forEach(free, (id) => actions.pickUp(id, atStart), { discard: true })
   }).pipe(Effect.withSpan("BatchRunner.heartbeat"))
