@@ -220,12 +220,11 @@ layer(runningApp, { timeout: 60_000, excludeTestServices: true })("a batch on Po
       // Its waits: 0.5, 1, 2 s, then 4 s from 3.5 s on: the database is back at 4 s, its timer would end at 7.5 s.
       yield* Effect.sleep("4 seconds")
       forwarder.restore()
-      const restored = Date.now()
+      // Said only when a heartbeat ends the wait: the timer's end (3.5 s later) would say nothing.
       yield* eventuallyEffect(
         Effect.sync(() => expect(logged.filter((l) => l.includes(`The database answers again; batch ${batch.id} resumes`))).toHaveLength(1)),
         10_000
       )
-      expect(Date.now() - restored).toBeLessThan(3000)
       const done = yield* waitFor(openai, batch.id, terminal, 30_000)
       expect(done.request_counts).toEqual({ total: 30, completed: 30, failed: 0 })
     }), 45_000)

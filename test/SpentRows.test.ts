@@ -48,6 +48,20 @@ describe("rows of finished batches", () => {
           const kept = yield* Effect.promise(() => openai.batches.retrieve(done.id))
           expect([kept.status, kept.request_counts]).toEqual(["completed", { total: 3, completed: 2, failed: 1 }])
         }))
+
+      it.effect("of a batch still running are kept, whatever became of its input file", () =>
+        Effect.gen(function*() {
+          const openai = yield* client
+          const input = yield* upload(openai, Array.from({ length: 6 }, (_, i) => chatLine(`r${i}`, `slow ${i} [sleep:300]`)))
+          const batch = yield* createBatch(openai, input.id)
+          yield* waitFor(openai, batch.id, (b) => b.status === "in_progress")
+          yield* Effect.promise(() => openai.files.delete(input.id))
+          yield* Effect.sleep("400 millis") // a few sweeps
+          expect((yield* rowsOf(batch.id))[0]).toBe(6)
+          const done = yield* waitFor(openai, batch.id, terminal)
+          expect(done.request_counts).toEqual({ total: 6, completed: 6, failed: 0 })
+          expect(yield* rowsOf(batch.id)).toEqual([6, 6, 1]) // its output file is there
+        }))
     })
   }
 })

@@ -3,7 +3,7 @@
  * (`retry`) and cancel, each run to its end once begun (a caller that gives up leaves no batch half made). `http/BatchesHttp.ts` answers with it, and an embedding app calls it directly; its failures
  * are the API's errors (`domain/Errors.ts`), the same statuses, codes and messages. Reads are `BatchStore`'s.
  */
-import { Context, Duration, Effect, Exit, Layer, Option, Schema, Stream } from "effect"
+import { Context, Duration, Effect, Layer, Option, Schema, Stream } from "effect"
 import { createHash } from "node:crypto"
 import type { Caller } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
@@ -194,7 +194,7 @@ export const make = Effect.gen(function*() {
       if (isProblem(valid)) return yield* invalidRequest(valid.message, valid.param, valid.code)
       // Asked first: once the input file is gone, the batch's request rows go too (`sweepSpentRows`).
       const inputFile = original.batch.input_file_id
-      if (Exit.isFailure(yield* Effect.exit(files.get(inputFile, "all")))) return yield* conflict(inputFileGone(id, inputFile))
+      if (Option.isNone(yield* Effect.option(files.get(inputFile, "all")))) return yield* conflict(inputFileGone(id, inputFile))
       if ((yield* rerun.count(id, kinds)) === 0) return yield* conflict(nothingToRerun(id, kinds))
       // A whole file written within the request: at the background's priority, so that it leaves the event loop
       // turns between its steps (on Effect's microtasks synchronous storage could hold the loop for long).

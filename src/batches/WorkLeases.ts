@@ -87,8 +87,11 @@ export const make = Effect.gen(function*() {
       Effect.withSpan("WorkLeases.claimBatch", { attributes: { id } })
     )
 
-  /** A slice some node held and did not renew: `owner` is cleared only when a slice is released or done. */
-  const lapsed = (lease: Lease) => sql`(owner IS NOT NULL AND lease_until < ${lease.now})`
+  /**
+   * A slice another node held and did not renew (`owner` is cleared only when a slice is released or done); this
+   * node's own, lapsed in a stall, is its renewal's to tell (`LocalWork.lostBatches`), not one to read again.
+   */
+  const lapsed = (lease: Lease) => sql`(owner IS NOT NULL AND owner <> ${lease.owner} AND lease_until < ${lease.now})`
 
   const claimed = SqlSchema.findOne({
     Request: Schema.Struct({ id: BatchId, owner: Schema.String, now: Schema.Number, until: Schema.Number, lapsedOnly: Schema.Boolean }),
@@ -168,7 +171,7 @@ export const make = Effect.gen(function*() {
   const lapsedSlices = (lease: Lease, batches: ReadonlyArray<BatchId>) =>
     batches.length === 0 ? Effect.succeed([]) : sql<{ batch_id: BatchId }>`
       SELECT DISTINCT batch_id FROM batch_slices
-      WHERE ${sql.in("batch_id", batches)} AND state = 'open' AND owner <> ${lease.owner} AND ${lapsed(lease)}`.pipe(
+      WHERE ${sql.in("batch_id", batches)} AND state = 'open' AND ${lapsed(lease)}`.pipe(
       Effect.map((rows) => rows.map((r) => r.batch_id)),
       Effect.orDie
     )

@@ -93,7 +93,7 @@ export interface HeartbeatActions {
   readonly pickUp: (id: BatchId, atStart: boolean) => Effect.Effect<void>
   /** The batches this node drives now (working on them or waiting for a permit): no need to pick them up. */
   readonly driving: () => ReadonlyArray<BatchId>
-  /** A beat went through: the database answers (batches waiting out its outage may try again at once). */
+  /** A beat went through after one or more failed: the database answers again (batches waiting it out try again). */
   readonly databaseAnswers: Effect.Effect<void>
 }
 
@@ -125,10 +125,17 @@ export const startHeartbeat = (local: LocalWork, actions: HeartbeatActions) =>
     const config = yield* AppConfig
     yield* Effect.flatMap(WorkLeases, (leases) => leases.releaseAfterRestart(config.nodeId))
     let atStart = true // until a beat gets through
+    let failedBefore = false // since the last beat that got through
     const failures = makeFailureRun("Heartbeat")
+    const wentThrough = Effect.suspend(() => {
+      atStart = false
+      const after = failedBefore
+      failedBefore = false
+      return after ? Effect.zipRight(failures.succeeded, actions.databaseAnswers) : failures.succeeded
+    })
     yield* Effect.suspend(() => beat(local, actions, atStart)).pipe(
-      Effect.tap(() => Effect.zipRight(Effect.sync(() => (atStart = false)), Effect.zipRight(failures.succeeded, actions.databaseAnswers))),
-      Effect.catchAllCause(failures.failed),
+      Effect.zipRight(wentThrough),
+      Effect.catchAllCause((cause) => Effect.zipRight(Effect.sync(() => (failedBefore = true)), failures.failed(cause))),
       Effect.repeat(Schedule.spaced(config.heartbeatInterval)),
       Effect.forkScoped
     )

@@ -129,7 +129,7 @@ export const makePendingRows = (
      * generations), whatever `LEASE_TTL`.
      */
     const takeUpLapsed = Effect.suspend(() => {
-      // With no slice in hand, the next claim takes the lowest free slice: the lapsed one.
+      // With no slice in hand, the next claim takes a free slice (the lapsed one among them) anyway.
       if (!local.takeLapsed(id) || current === undefined) return Effect.void
       return Effect.flatMap(Effect.flatMap(nodeLease(config), (lease) => leases.claimSlice(id, lease, true)), (slice) => {
         if (Option.isNone(slice)) return Effect.void // another node took it

@@ -330,7 +330,10 @@ export const validateLine = (text: string, endpoint: BatchEndpoint): InvalidLine
       if (problem !== undefined) problems.push(problem)
     }
   }
-  if (problems.length > 0) return { problems, customId: typeof custom_id === "string" ? custom_id : undefined }
+  if (problems.length > 0) {
+    const storable = typeof custom_id === "string" && unstorableReason(custom_id) === undefined
+    return { problems, customId: storable ? custom_id : undefined }
+  }
   const { input, model } = body as Record<string, unknown>
   return {
     customId: custom_id as string,

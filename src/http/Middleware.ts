@@ -71,7 +71,7 @@ const toApiError = (cause: Cause.Cause<unknown>): Option.Option<ApiError> => {
   return Option.none() // interruption: nothing to answer
 }
 
-/** A full or unreachable store is said at most this often: every request meets it (readiness, or a 2xx, says when it passed). */
+/** A full or unreachable store is said at most this often: every request meets it (readiness says when it is back). */
 const STORAGE_SAID_EVERY_MS = 10_000
 
 /** API-wide middleware: runs before error encoding, so what it fails with is encoded as an envelope. */

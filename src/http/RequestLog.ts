@@ -93,12 +93,13 @@ const writeLine = <E>(
       ? HttpServerError.causeResponseStripped(exit.cause)
       : [exit.value, Option.none<Cause.Cause<E>>()]
     const fault = Option.isSome(rest) && !Cause.isInterruptedOnly(rest.value) ? rest.value : undefined
-    // A 5xx answered (a database out of reach, a node busy or draining) is a warning: the server's, not the client's.
+    // Another 5xx answered is a warning; a 503 or 507 (busy, draining, storage away: said apart, throttled) is not.
+    const status = response.status
     const level = fault !== undefined
       ? LogLevel.Error
       : isProbe(request.method, path)
       ? LogLevel.Debug
-      : response.status >= 500
+      : status >= 500 && status !== 503 && status !== 507
       ? LogLevel.Warning
       : LogLevel.Info
     if (LogLevel.lessThan(level, fiber.getFiberRef(FiberRef.currentMinimumLogLevel))) return Effect.void

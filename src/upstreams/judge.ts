@@ -137,36 +137,33 @@ export const makeJudge = ({ clock, gate, limit, log, maxPause, outage, spec, url
       if (failingInRow.add(ticket).size < OUTAGE_AFTER) return Effect.succeed("retry" as const)
       return Effect.as(markDown(`${OUTAGE_AFTER} requests failing in a row, the last: ${reason}`), "again" as const)
     })
-  let pauseSaidAt = -Infinity
+  /** When each line of `misconfigured` (by its kind and endpoint), or of a pause, was last said. */
+  const saidAt = new Map<string, number>()
+  const say = (key: string, every: number, line: () => string, level: (line: string) => Effect.Effect<void> = Effect.logError) => {
+    const now = clock.unsafeCurrentTimeMillis()
+    const last = saidAt.get(key)
+    if (last !== undefined && now - last < every) return Effect.void
+    saidAt.set(key, now)
+    return log(level(line()))
+  }
   /** A `Retry-After` pauses the whole upstream; said at most once a minute (a spent quota answers every call so). */
   const pauseFor = (status: number, headers: Record<string, string | undefined>) =>
     Option.match(retryAfterMillis(headers, clock.unsafeCurrentTimeMillis()), {
       onNone: () => Effect.void,
       onSome: (asked) => {
-        const now = clock.unsafeCurrentTimeMillis()
         const ms = Math.min(asked, Duration.toMillis(maxPause))
-        const paused = gate.pauseUntil(now + ms)
-        if (now - pauseSaidAt < SAY_AGAIN_MS) return paused
-        pauseSaidAt = now
         const capped = ms < asked ? ` (it asked ${Duration.format(Duration.millis(asked))}: INFERENCE_RETRY_MAX_DELAY)` : ""
-        return Effect.zipRight(paused, log(Effect.logWarning(
-          `Upstream ${spec.name} answered ${status} with Retry-After: no call goes to it for ` +
-            `${Duration.format(Duration.millis(ms))}${capped}`
-        )))
+        return Effect.zipRight(
+          gate.pauseUntil(clock.unsafeCurrentTimeMillis() + ms),
+          say("retry-after", SAY_AGAIN_MS, () =>
+            `Upstream ${spec.name} answered ${status} with Retry-After: no call goes to it for ` +
+            `${Duration.format(Duration.millis(ms))}${capped}`, Effect.logWarning)
+        )
       }
     })
 
   // --- the verdict -------------------------------------------------------------------------------------------
   const answeredWell = new Set<string>()
-  /** When each line of `misconfigured` was last said, by its kind and endpoint. */
-  const saidAt = new Map<string, number>()
-  const say = (key: string, every: number, line: () => string) => {
-    const now = clock.unsafeCurrentTimeMillis()
-    const last = saidAt.get(key)
-    if (last !== undefined && now - last < every) return Effect.void
-    saidAt.set(key, now)
-    return log(Effect.logError(line()))
-  }
   /**
    * An answer that says the upstream is set up wrong: a 404 before any success on that endpoint (most likely a base
    * URL without its `/v1`), said once; a 401 or 403 (its key, maybe revoked while batches run) and a redirect (not
