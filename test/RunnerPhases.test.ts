@@ -4,9 +4,9 @@
  * heartbeat's record of this node's work.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Deferred, Effect, Exit, Fiber, FiberRef, Layer, Option, Scope } from "effect"
+import { Deferred, Effect, Exit, Fiber, FiberRef, Layer, Logger, LogLevel, Option, Scope, TestClock } from "effect"
 import { BatchStore, BatchStoreLive, type BatchStoreShape, type RequestOutcome } from "../src/batches/BatchStore.js"
-import { beat, LocalWork } from "../src/batches/heartbeat.js"
+import { beat, LocalWork, startHeartbeat } from "../src/batches/heartbeat.js"
 import { GROUP_CHARS, makeOutcomeWriter } from "../src/batches/outcomeWriter.js"
 import { makePendingRows } from "../src/batches/pendingRows.js"
 import { makeRunning } from "../src/batches/running.js"
@@ -222,6 +222,33 @@ for (const backend of backends) describe(`pending rows (${backend})`, () => {
       expect(yield* leases.liveSlices(id, Date.now())).toBe(0)
       expect(yield* leases.claimable(Date.now(), 10)).toContain(id)
     }).pipe(Effect.provide(storesFor(backend))))
+})
+
+describe("the heartbeat", () => {
+  it.effect("tells the batches waiting out the database that it answers only on a beat after failed ones", () =>
+    Effect.gen(function*() {
+      const store = yield* BatchStore
+      let failing = false
+      let answers = 0
+      // Its beats fail while `failing` (as with the database away), and go through otherwise.
+      const flaky = Layer.succeed(BatchStore, { ...store, statuses: (ids) => (failing ? Effect.die(new Error("away")) : store.statuses(ids)) })
+      yield* startHeartbeat(new LocalWork(), {
+        restart: () => Effect.void,
+        pickUp: () => Effect.void,
+        driving: () => [],
+        databaseAnswers: Effect.sync(() => void answers++)
+      }).pipe(Effect.provide(flaky))
+      yield* TestClock.adjust("3 seconds") // beats that go through: a batch's own fault keeps its backoff
+      expect(answers).toBe(0)
+      failing = true
+      yield* TestClock.adjust("2 seconds")
+      expect(answers).toBe(0)
+      failing = false
+      yield* TestClock.adjust("1 second")
+      expect(answers).toBe(1)
+      yield* TestClock.adjust("3 seconds")
+      expect(answers).toBe(1)
+    }).pipe(Effect.scoped, Effect.provide(Layer.merge(storesFor("sqlite"), Logger.minimumLogLevel(LogLevel.None)))))
 })
 
 /** `store`, whose writes of outcomes wait for `gate`. */
