@@ -10,6 +10,7 @@ import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Cause, Effect, FiberRef, Option } from "effect"
 import { type ApiError, databaseUnavailable, insufficientStorage, invalidRequest, notFound, payloadTooLarge, serverError } from "../domain/Errors.js"
 import { echo } from "../domain/Text.js"
+import { saidWithin } from "../observability/saidWithin.js"
 import { storageFault } from "../storage/Faults.js"
 import { OpenAIApi } from "./Api.js"
 import type { MultipartInvalid } from "./Multipart.js"
@@ -76,13 +77,11 @@ const STORAGE_SAID_EVERY_MS = 10_000
 
 /** API-wide middleware: runs before error encoding, so what it fails with is encoded as an envelope. */
 export const ErrorEnvelopeLive = HttpApiBuilder.middleware(OpenAIApi, (app) => {
-  const saidAt = { InsufficientStorage: -Infinity, ServiceUnavailable: -Infinity }
+  const due = saidWithin()
   /** A storage fault's warning, at most every `STORAGE_SAID_EVERY_MS` for each kind, with its cause's message. */
-  const storageWarning = (kind: keyof typeof saidAt, cause: Cause.Cause<unknown>, line: string) =>
+  const storageWarning = (kind: string, cause: Cause.Cause<unknown>, line: string) =>
     Effect.clockWith((clock) => {
-      const now = clock.unsafeCurrentTimeMillis()
-      if (now - saidAt[kind] < STORAGE_SAID_EVERY_MS) return Effect.void
-      saidAt[kind] = now
+      if (!due(kind, clock.unsafeCurrentTimeMillis(), STORAGE_SAID_EVERY_MS)) return Effect.void
       const reason = Cause.squash(cause)
       return Effect.logWarning(`${line} (${echo(reason instanceof Error ? reason.message : String(reason), 300)})`)
     })

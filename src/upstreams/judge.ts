@@ -30,6 +30,7 @@ import { type Clock, Duration, Effect, Option } from "effect"
 import { echo } from "../domain/Text.js"
 import { retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "../inference/answers.js"
 import type { FailureKind } from "../inference/UpstreamHttpClient.js"
+import { saidWithin } from "../observability/saidWithin.js"
 import type { AdaptiveLimit } from "./adaptiveLimit.js"
 import type { Admission, Ticket } from "./Admission.js"
 import type { Outage } from "./outage.js"
@@ -137,15 +138,10 @@ export const makeJudge = ({ clock, gate, limit, log, maxPause, outage, spec, url
       if (failingInRow.add(ticket).size < OUTAGE_AFTER) return Effect.succeed("retry" as const)
       return Effect.as(markDown(`${OUTAGE_AFTER} requests failing in a row, the last: ${reason}`), "again" as const)
     })
-  /** When each line of `misconfigured` (by its kind and endpoint), or of a pause, was last said. */
-  const saidAt = new Map<string, number>()
-  const say = (key: string, every: number, line: () => string, level: (line: string) => Effect.Effect<void> = Effect.logError) => {
-    const now = clock.unsafeCurrentTimeMillis()
-    const last = saidAt.get(key)
-    if (last !== undefined && now - last < every) return Effect.void
-    saidAt.set(key, now)
-    return log(level(line()))
-  }
+  /** The lines of `misconfigured` (by kind and endpoint) and of pauses, each said at most every `every` ms. */
+  const due = saidWithin()
+  const say = (key: string, every: number, line: () => string, level: (line: string) => Effect.Effect<void> = Effect.logError) =>
+    due(key, clock.unsafeCurrentTimeMillis(), every) ? log(level(line())) : Effect.void
   /** A `Retry-After` pauses the whole upstream; said at most once a minute (a spent quota answers every call so). */
   const pauseFor = (status: number, headers: Record<string, string | undefined>) =>
     Option.match(retryAfterMillis(headers, clock.unsafeCurrentTimeMillis()), {
