@@ -7,6 +7,7 @@
  */
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Duration, Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
+import { statfs } from "node:fs/promises"
 import { request as httpRequest } from "node:http"
 import type OpenAI from "openai"
 import { AppConfig } from "../src/Config.js"
@@ -16,7 +17,7 @@ import { ServicesLive } from "../src/Layers.js"
 import { makeMetrics, MAX_MODELS } from "../src/observability/metricsRegistry.js"
 import { chatLine, createBatch, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import { freePort } from "./support/ServerProcess.js"
-import { backends, baseUrl, configFor, testApp, testAppWithUpstream, TestDatabase, TestDataDir, TestHttpServer } from "./support/TestApp.js"
+import { backends, baseUrl, configFor, storages, testApp, testAppWithUpstream, TestDatabase, TestDataDir, TestHttpServer } from "./support/TestApp.js"
 
 // --- the text format ------------------------------------------------------------------------------------------
 
@@ -280,6 +281,25 @@ describe("metrics", () => {
           const cancelled = { status: "cancelled" }
           expect(sum(after, "batch_batches_finished_total", cancelled) - sum(before, "batch_batches_finished_total", cancelled)).toBe(1)
           expect(sum(after, "batch_batches_active")).toBe(0)
+        }))
+    })
+  }
+
+  // DATA_DIR holds the SQLite database and local file bytes; with PostgreSQL and file bytes in it, nothing.
+  for (const { backend, fileStorage } of storages) {
+    layer(testApp({ fileStorage: Option.some(fileStorage) }, backend))(`the space of DATA_DIR (${backend}, ${fileStorage} files)`, (it) => {
+      it.effect(backend === "postgres" ? "is left out: DATA_DIR is not used" : "is that of its file system, read at the scrape", () =>
+        Effect.gen(function*() {
+          const { dataDir } = yield* AppConfig
+          const parsed = yield* scrape()
+          const samples = parsed.samples.filter((s) => s.name.startsWith("batch_data_dir_"))
+          if (backend === "postgres") return expect(samples).toEqual([])
+          const fs = yield* Effect.promise(() => statfs(dataDir))
+          const available = sum(parsed, "batch_data_dir_available_bytes", { path: dataDir })
+          expect(sum(parsed, "batch_data_dir_size_bytes", { path: dataDir })).toBe(fs.blocks * fs.bsize)
+          // Other writers share the file system: within 64 MiB of what it has free now.
+          expect(Math.abs(available - fs.bavail * fs.bsize)).toBeLessThan(64 * 1024 * 1024)
+          expect(samples.map((s) => s.name).sort()).toEqual(["batch_data_dir_available_bytes", "batch_data_dir_size_bytes"])
         }))
     })
   }

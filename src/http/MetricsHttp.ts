@@ -11,8 +11,9 @@
  * - with `METRICS_PORT`, on a listener of its own on `HOST` (`MetricsServerLive`), without a key (without keys
  *   configured, loopback `Host` names only, as on the main port), and not on the main port (404 there).
  *
- * `batch_batches_active` is counted in the database at each scrape (bounded by a timeout; left out when the
- * database does not answer, rather than stale).
+ * `batch_batches_active` is counted in the database at each scrape, and the space of `DATA_DIR`'s file system read
+ * (`batch_data_dir_*_bytes`, when the SQLite database or local file bytes are there); each is bounded by a timeout
+ * and left out when it does not answer, rather than stale.
  */
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import type * as HttpApp from "@effect/platform/HttpApp"
@@ -20,12 +21,13 @@ import * as HttpServerError from "@effect/platform/HttpServerError"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Data, Duration, Effect, Layer, Option, Runtime } from "effect"
+import { statfs } from "node:fs/promises"
 import { createServer, type ServerResponse } from "node:http"
 import { Auth, CurrentCaller } from "../auth/Auth.js"
 import { BatchStore } from "../batches/BatchStore.js"
-import { AppConfig } from "../Config.js"
+import { AppConfig, fileStorageOf } from "../Config.js"
 import { ErrorBody, unauthorized } from "../domain/Errors.js"
-import { Metrics, type MetricsShape } from "../observability/Metrics.js"
+import { type DiskSpace, Metrics, type MetricsShape } from "../observability/Metrics.js"
 import { CONTENT_TYPE } from "../observability/metricsRegistry.js"
 import { envelope } from "./EarlyAnswer.js"
 import { METRICS_PATH, requestTarget, routeOf } from "./Routes.js"
@@ -52,23 +54,36 @@ export const httpMetrics = (metrics: MetricsShape) => {
     })
 }
 
-/** How long a scrape waits for the database's count of active batches. */
-const ACTIVE_COUNT_TIMEOUT = Duration.seconds(5)
+/** How long a scrape waits for the database's count of active batches, or for the disk's space. */
+const SCRAPE_READ_TIMEOUT = Duration.seconds(5)
+
+/** The space of the file system holding `dir`; `undefined` when it cannot be read in time (a hung mount, no dir). */
+const diskSpaceOf = (dir: string): Effect.Effect<DiskSpace | undefined> =>
+  Effect.tryPromise(() => statfs(dir)).pipe(
+    Effect.disconnect,
+    Effect.map((fs): DiskSpace | undefined => ({ path: dir, available: fs.bavail * fs.bsize, size: fs.blocks * fs.bsize })),
+    Effect.timeout(SCRAPE_READ_TIMEOUT),
+    Effect.orElseSucceed(() => undefined)
+  )
 
 /** The metrics text, the active batches counted now (left out when the database does not answer in time). */
 export const makeScrape = Effect.gen(function*() {
   const metrics = yield* Metrics
   const store = yield* BatchStore
+  const config = yield* AppConfig
+  // DATA_DIR holds the SQLite database, and the file bytes unless they are stored in the database.
+  const usesDataDir = Option.isNone(config.databaseUrl) || fileStorageOf(config) === "local"
+  const disk = usesDataDir ? diskSpaceOf(config.dataDir) : Effect.succeed(undefined)
   // Disconnected: a Postgres statement is never interrupted (`storage/Sql.ts`), so the scrape answers at the timeout
   // while the count ends in the background.
   const active = store.activeByStatus.pipe(
     Effect.disconnect,
-    Effect.timeoutFail({ duration: ACTIVE_COUNT_TIMEOUT, onTimeout: () => "timed out" }),
+    Effect.timeoutFail({ duration: SCRAPE_READ_TIMEOUT, onTimeout: () => "timed out" }),
     Effect.catchAllCause((cause) =>
       Effect.as(Effect.logWarning("Metrics: the active batches could not be counted", cause), undefined)
     )
   )
-  return Effect.flatMap(active, metrics.render)
+  return Effect.flatMap(Effect.all([active, disk], { concurrency: 2 }), ([counts, space]) => metrics.render(counts, space))
 })
 
 /** The 403 of a project's key asking for the metrics. */

@@ -40,6 +40,15 @@ export interface UpstreamGauges {
   readonly up: () => boolean
 }
 
+/** The file system holding `DATA_DIR`, as a scrape finds it (bytes). */
+export interface DiskSpace {
+  /** `DATA_DIR`, as configured (the gauges' `path` label). */
+  readonly path: string
+  /** Free to this process (what a write can still use: the root's reserve not counted). */
+  readonly available: number
+  readonly size: number
+}
+
 /** What a status move tells (the batch as moved: its status and timestamps, epoch seconds). */
 export interface MovedBatch {
   readonly status: string
@@ -68,9 +77,10 @@ export interface MetricsShape {
   readonly webhookDelivery: (outcome: "delivered" | "retry" | "failed") => void
   /**
    * The metrics in the text exposition format, with `batch_batches_active` set from `active` (unfinished batches
-   * by status; `undefined` when they could not be read: the gauge is left out rather than stale).
+   * by status) and `batch_data_dir_*_bytes` from `disk`; either left out when `undefined` (not read, or no
+   * `DATA_DIR` in use) rather than stale.
    */
-  readonly render: (active: ReadonlyMap<string, number> | undefined) => Effect.Effect<string>
+  readonly render: (active: ReadonlyMap<string, number> | undefined, disk?: DiskSpace) => Effect.Effect<string>
 }
 
 const noopTally: RequestTally = { answered() {}, noResponse() {}, ended() {} }

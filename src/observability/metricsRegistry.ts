@@ -17,6 +17,8 @@
  *   batch_duration_seconds{status}                      histogram: created → final status
  *   batch_http_requests_total{method,route,status}, batch_http_request_duration_seconds{method,route}
  *   batch_webhook_deliveries_total{outcome}            webhook attempts this node made: delivered, retry, failed
+ *   batch_data_dir_available_bytes{path}, batch_data_dir_size_bytes{path}   the file system holding DATA_DIR,
+ *                                                       read at scrape time (set by `render`)
  *
  * The request path's figures are plain numbers (`Tally`, `TokenCell`), copied into the prom-client counters only
  * when the registry is read (their `collect`); upstream gauges are read from the admission's state at scrape time.
@@ -27,7 +29,7 @@
  */
 import { Effect } from "effect"
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client"
-import type { MetricsShape, MovedBatch, RequestTally, Tokens, UpstreamGauges } from "./Metrics.js"
+import type { DiskSpace, MetricsShape, MovedBatch, RequestTally, Tokens, UpstreamGauges } from "./Metrics.js"
 
 /** The content type of the text exposition format (`text/plain; version=0.0.4; charset=utf-8`). */
 export const CONTENT_TYPE: string = Registry.PROMETHEUS_CONTENT_TYPE
@@ -323,11 +325,33 @@ export const makeMetrics = (options: { readonly processWide: boolean }): Metrics
   for (const outcome of ["delivered", "retry", "failed"] as const) webhookDeliveries.inc({ outcome }, 0)
   const webhookDelivery = (outcome: "delivered" | "retry" | "failed") => webhookDeliveries.inc({ outcome })
 
-  const render = (counts: ReadonlyMap<string, number> | undefined) =>
+  // --- disk ---
+  const diskAvailable = new Gauge({
+    name: "batch_data_dir_available_bytes",
+    help: "Bytes free to this process on the file system holding DATA_DIR (the SQLite database and local file " +
+      "bytes), read at scrape time: uploads and results fail with 507 once it is out.",
+    // Labelled, so that a scrape that could not read it leaves it out (an unlabelled gauge would show 0 bytes).
+    labelNames: ["path"] as const,
+    registers
+  })
+  const diskSize = new Gauge({
+    name: "batch_data_dir_size_bytes",
+    help: "Size in bytes of the file system holding DATA_DIR, read at scrape time.",
+    labelNames: ["path"] as const,
+    registers
+  })
+
+  const render = (counts: ReadonlyMap<string, number> | undefined, disk?: DiskSpace) =>
     Effect.promise(async () => {
       active.reset()
       if (counts !== undefined) {
         for (const status of ACTIVE_STATUSES) active.set({ status }, counts.get(status) ?? 0)
+      }
+      diskAvailable.reset()
+      diskSize.reset()
+      if (disk !== undefined) {
+        diskAvailable.set({ path: disk.path }, disk.available)
+        diskSize.set({ path: disk.path }, disk.size)
       }
       const own = await registry.metrics()
       return processFigures === undefined ? own : `${own}\n${await processFigures.metrics()}`
