@@ -98,9 +98,13 @@ describe("partDisposition", () => {
 })
 
 describe("uploadFilename", () => {
-  pure("keeps the last path segment, refuses empty names, control characters and names over 255 bytes", () => {
+  pure("keeps the last path segment (a backslash separates only in a Windows path), refuses empty names, control characters and names over 255 bytes", () => {
     expect(uploadFilename("a/b/c.jsonl")).toEqual(Either.right("c.jsonl"))
     expect(uploadFilename("C:\\dir\\報告.jsonl")).toEqual(Either.right("報告.jsonl"))
+    expect(uploadFilename("\\\\server\\share\\f.jsonl")).toEqual(Either.right("f.jsonl"))
+    // Not a Windows path: a backslash is part of the name (a POSIX name may hold one).
+    expect(uploadFilename("a\\b.jsonl")).toEqual(Either.right("a\\b.jsonl"))
+    expect(uploadFilename("dir/a\\b.jsonl")).toEqual(Either.right("a\\b.jsonl"))
     expect(uploadFilename("報".repeat(85))).toEqual(Either.right("報".repeat(85))) // 255 bytes
     for (const bad of ["", "dir/", "a\u0000.jsonl", "a\nb.jsonl", "a\u007f.jsonl", "a\u0085.jsonl", "報".repeat(86)]) {
       expect(Either.isLeft(uploadFilename(bad))).toBe(true)
@@ -153,6 +157,8 @@ layer(testApp(), { excludeTestServices: true })("upload file names over HTTP", (
         [`filename*=UTF-8''a%2Fb%2Fc.jsonl`, "c.jsonl"],
         [`filename="dir/sub/ą.jsonl"`, "ą.jsonl"],
         [`filename="old \\"curl\\".jsonl"`, `old "curl".jsonl`],
+        [`filename="a\\\\b.jsonl"`, "a\\b.jsonl"], // Python's httpx escapes a backslash of the name
+        [`filename="C:\\fakepath\\f.jsonl"`, "f.jsonl"], // a browser's Windows path, unescaped
         [`filename="${"é".repeat(127)}x"`, `${"é".repeat(127)}x`] // 255 bytes
       ]
       for (const [params, expected] of cases) {

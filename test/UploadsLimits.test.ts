@@ -27,6 +27,8 @@ layer(StorageLive.pipe(Layer.provideMerge(limited)), { excludeTestServices: true
         [{ bytes: 1024 * 1024 + 1 }, "bytes", "invalid_value"], // MAX_UPLOAD_BYTES
         [{ bytes: "10" }, "bytes", "invalid_type"],
         [{ mime_type: "image/png" }, "mime_type", "invalid_value"],
+        [{ mime_type: "pdf", purpose: "user_data", filename: "a.pdf" }, "mime_type", "invalid_value"],
+        [{ mime_type: `a/${"b".repeat(254)}`, purpose: "user_data", filename: "a.pdf" }, "mime_type", "invalid_value"],
         [{ purpose: "nope" }, "purpose", "invalid_value"],
         [{ filename: "in.csv" }, "filename", "invalid_file_format"],
         [{ filename: "" }, "filename", "invalid_value"],
@@ -41,8 +43,14 @@ layer(StorageLive.pipe(Layer.provideMerge(limited)), { excludeTestServices: true
       }
       const mime = yield* failure(() => a.uploads.create({ ...good, mime_type: "image/png" }))
       expect(mime.error.message).toBe(
-        "Invalid value: 'image/png'. Supported values are: 'text/jsonl', 'application/jsonl', 'application/json', 'text/plain'."
+        "Invalid value: 'image/png'. Supported values are: 'text/jsonl', 'application/jsonl', 'application/x-ndjson', 'application/json', 'text/plain'."
       )
+      // For another purpose than batch, any MIME type: OpenAI takes PDFs and images there.
+      for (const mime_type of ["application/pdf", "image/png", "text/plain; charset=utf-8"]) {
+        const other = yield* Effect.promise(() => a.uploads.create({ ...good, purpose: "user_data", filename: "a.pdf", mime_type }))
+        expect(other.status).toBe("pending")
+        yield* Effect.promise(() => a.uploads.cancel(other.id))
+      }
 
       // A pending upload holds its bytes in the project's quota: a file beyond the rest is refused.
       const held = yield* Effect.promise(() => a.uploads.create({ ...good, bytes: 599_000 }))

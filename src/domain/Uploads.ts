@@ -13,8 +13,12 @@ export const MAX_PARTS_PER_UPLOAD = 10_000
 /** An upload takes parts, and can be completed, for this long after its creation. */
 export const UPLOAD_LIFETIME_SECONDS = 3600
 
-/** The MIME types an upload may announce. */
-export const UploadMimeType = Schema.Literal("text/jsonl", "application/jsonl", "application/json", "text/plain")
+/** The MIME types an upload of batch input may announce (for another purpose, any well-formed type: `isMimeType`). */
+export const BatchUploadMimeType = Schema.Literal("text/jsonl", "application/jsonl", "application/x-ndjson", "application/json", "text/plain")
+
+/** A `type/subtype` of RFC 6838's characters (parameters such as `; charset=utf-8` allowed), at most 255 characters. */
+export const isMimeType = (text: string): boolean =>
+  text.length <= 255 && /^[A-Za-z0-9][\w!#$&^.+-]*\/[A-Za-z0-9][\w!#$&^.+-]*(?:[ \t]*;[ \t]*[\w!#$&^.+-]+=(?:[\w!#$&^.+-]+|"[^"\\]*"))*$/.test(text)
 
 export const UploadStatus = Schema.Literal("pending", "completed", "cancelled", "expired")
 export type UploadStatus = typeof UploadStatus.Type

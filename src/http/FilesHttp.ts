@@ -23,8 +23,15 @@ import { UploadsInFlight } from "../files/uploadsInFlight.js"
 
 const purposes: ReadonlyArray<string> = UploadPurpose.literals
 
-/** The last path segment of a client-supplied file name (browsers and some clients send full paths). */
-export const baseName = (name: string): string => name.split(/[\\/]/).pop() ?? name
+/**
+ * The last path segment of a client-supplied file name (some clients send full paths): after the last `/`, and after
+ * the last `\` only in a Windows path (`C:\…`, `\\server\…`, as old browsers sent them), since a backslash is an
+ * ordinary character of a POSIX name (`a\b.jsonl`, which Python's httpx sends escaped).
+ */
+export const baseName = (name: string): string => {
+  const segment = name.slice(name.lastIndexOf("/") + 1)
+  return /^(?:[A-Za-z]:\\|\\\\)/.test(segment) ? segment.slice(segment.lastIndexOf("\\") + 1) : segment
+}
 
 /**
  * Longest file name kept, in UTF-8 bytes: the name limit of common file systems, so the name of any real file fits.

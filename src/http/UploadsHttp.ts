@@ -14,8 +14,9 @@ import {
   type CreateUploadBody,
   MAX_PART_BYTES,
   MAX_PARTS_PER_UPLOAD,
-  MAX_UPLOAD_TOTAL_BYTES,
-  UploadMimeType
+  BatchUploadMimeType,
+  isMimeType,
+  MAX_UPLOAD_TOTAL_BYTES
 } from "../domain/Uploads.js"
 import { FileStore } from "../files/FileStore.js"
 import { type NewUpload, type UploadClosed, Uploads } from "../files/Uploads.js"
@@ -35,10 +36,17 @@ export const parseCreateUpload = (
   }
   const filename = uploadFilename(body.filename, "filename")
   if (Either.isLeft(filename)) return Either.left(filename.left)
-  const mimeTypes: ReadonlyArray<string> = UploadMimeType.literals
-  if (!mimeTypes.includes(body.mime_type)) return Either.left(unsupportedValue(body.mime_type, mimeTypes, "mime_type"))
   const purposes: ReadonlyArray<string> = UploadPurpose.literals
   if (!purposes.includes(body.purpose)) return Either.left(unsupportedValue(body.purpose, purposes, "purpose"))
+  // Batch input is JSON lines; a file for another purpose may be anything a file upload takes (a PDF, an image…).
+  const batchTypes: ReadonlyArray<string> = BatchUploadMimeType.literals
+  if (body.purpose === "batch" ? !batchTypes.includes(body.mime_type) : !isMimeType(body.mime_type)) {
+    return Either.left(
+      body.purpose === "batch"
+        ? unsupportedValue(body.mime_type, batchTypes, "mime_type")
+        : invalidRequest(`Invalid 'mime_type': '${echo(body.mime_type)}' is not a MIME type (type/subtype).`, "mime_type", "invalid_value")
+    )
+  }
   const format = batchFormatRefusal(body.purpose, filename.right, "filename")
   if (format !== undefined) return Either.left(format)
   const upload = { bytes: body.bytes, filename: filename.right, purpose: body.purpose, mimeType: body.mime_type }
