@@ -72,6 +72,10 @@ describe("the /ui route", () => {
           expect(seen.size).toBeGreaterThan(3)
           const css = yield* get("/ui/app.css")
           expect(css.headers["content-type"]).toBe("text/css; charset=utf-8")
+          // A typed or bookmarked /ui/ is the page too, not a 401.
+          const slash = yield* get("/ui/")
+          expect([slash.status, slash.text]).toEqual([200, page.text])
+          expectSecurityHeaders(slash)
         }))
 
       it.effect("has a key form that never puts the key in a URL: method=dialog, and no name on the key's input", () =>

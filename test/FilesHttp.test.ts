@@ -83,6 +83,8 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
       // failed ("fetch failed": the client's own idle timer, a second shorter, had had no chance to run).
       expect(content.status).toBe(200)
       expect(content.headers.get("content-type")).toBe("application/octet-stream")
+      // Anyone's bytes: a browser fetching them never sniffs them into a page or a script.
+      expect(content.headers.get("x-content-type-options")).toBe("nosniff")
       expect(content.buffer.length).toBe(bytes.length)
       expect(Buffer.compare(content.buffer, bytes)).toBe(0)
 

@@ -116,7 +116,8 @@ export const sdkHeaders = <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E,
     HttpApp.appendPreResponseHandler((request, response) =>
       Effect.map(FiberRef.get(currentRequest), (info) => {
         const id = info?.id ?? requestIdFrom(request.headers["x-request-id"])
-        const withId = HttpServerResponse.setHeader(response, "x-request-id", id)
+        // nosniff: a file's content (anyone's bytes) is never run as a script or page by a browser that fetches it.
+        const withId = HttpServerResponse.setHeaders(response, { "x-request-id": id, "x-content-type-options": "nosniff" })
         if (response.status === 409) return HttpServerResponse.setHeader(withId, "x-should-retry", "false")
         // A full or unreachable store passes: when to try again (the budgets' 503s say their own).
         if ((response.status === 503 || response.status === 507) && response.headers["retry-after"] === undefined) {

@@ -37,7 +37,8 @@ export const DASHBOARD_ROUTES = [DASHBOARD_PATH, `${DASHBOARD_PATH}/:asset`, `${
  * unknown name is a 401 without a key (a 404 with one).
  */
 export const isDashboardPath = (path: string): boolean =>
-  path === DASHBOARD_PATH || (path.startsWith(`${DASHBOARD_PATH}/`) && Object.hasOwn(ASSETS, path.slice(DASHBOARD_PATH.length + 1)))
+  path === DASHBOARD_PATH || path === `${DASHBOARD_PATH}/` ||
+  (path.startsWith(`${DASHBOARD_PATH}/`) && Object.hasOwn(ASSETS, path.slice(DASHBOARD_PATH.length + 1)))
 
 const JS = "text/javascript; charset=utf-8"
 /** Every file the dashboard has, by name, with its Content-Type. */
