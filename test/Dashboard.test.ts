@@ -146,7 +146,8 @@ describe("the dashboard", () => {
         expect(await dialog.isVisible()).toBe(true)
         // Dismissed, it stays closed (no prompt at every refresh) until the header's "Enter key".
         await page.getByRole("button", { name: "Cancel" }).click()
-        await poll(() => noticeOf(page)).toContain("Enter an API key to go on.")
+        // No key was sent: the notice says one is needed (not that a key was refused).
+        await poll(() => noticeOf(page)).toBe("This server needs an API key: enter one to go on.")
         expect(await dialog.isVisible()).toBe(false)
         await page.getByRole("button", { name: "Enter key" }).click()
         await poll(() => dialog.isVisible()).toBe(true)
@@ -350,15 +351,21 @@ describe("the dashboard", () => {
         await uploadThroughPage(page, file("rerank.jsonl", [rerank]))
         expect(await page.locator("#batch-endpoint").inputValue()).toBe("/v1/rerank")
 
-        const input = file(`${HOSTILE}.jsonl`, [chatLine("ok-1", "fine"), "{not json"])
-        const id = await startBatch(page, input, `project=demo\nnote=${HOSTILE}`)
+        // More bad lines than the batch lists: the server's count of the rest is shown too.
+        const input = file(`${HOSTILE}.jsonl`, [chatLine("ok-1", "fine"), ...Array.from({ length: 1100 }, () => "{not json")])
+        const id = await startBatch(page, input, `project=demo\nnote=${HOSTILE}\ntrick=\u202Etxt.exe`)
         await shown(page, () => statusOf(page)).toBe("failed")
         expect(await page.locator(".problems li").first().textContent()).toContain("line 2")
         expect(await page.locator(".problems").textContent()).toContain("invalid_json_line")
+        expect(await page.locator(".problems h2").textContent()).toMatch(/^Problems \([\d,]+ and more\)$/)
+        expect(await page.locator(".problems").textContent()).toMatch(/[\d,]+ more listed in the batch\d+ more problems were found and are not listed\./)
         // The metadata and the file's name are text: the <img> is shown, never made (so its onerror never runs).
         expect(await page.locator(".metadata").textContent()).toContain(HOSTILE)
         expect(await page.locator("table.files").textContent()).toContain(`${HOSTILE}.jsonl`)
         expect(await page.locator("main img").count()).toBe(0)
+        // A right-to-left override shows as what it is: it cannot make "txt.exe" read "exe.txt".
+        expect(await page.locator(".metadata").textContent()).toContain("⟨U+202E⟩txt.exe")
+        expect(await page.locator("main").textContent()).not.toContain("\u202E")
 
         await page.locator("nav a", { hasText: "Files" }).click()
         const hostileRow = page.locator("table.files-list tbody tr", { hasText: `${HOSTILE}.jsonl` })
@@ -381,9 +388,27 @@ describe("the dashboard", () => {
         expect(await page.locator("table.batches tbody tr").first().evaluate((tr) => getComputedStyle(tr).display)).not.toBe("table-row")
         await shot(page, "phone")
 
-        // "Forget key" removes it from the browser; the next refresh asks again.
+        // Every batch listed has ended: the list is read every 10 s, not every 2 s.
+        await page.setViewportSize(DESKTOP)
+        const listReads: Array<string> = []
+        const noted = (r: { url: () => string }) => void (r.url().includes("/v1/batches?") && listReads.push(r.url()))
+        page.on("request", noted)
+        await page.clock.fastForward(POLL_MS + 100)
+        await page.clock.fastForward(POLL_MS + 100)
+        expect(listReads).toEqual([])
+        await page.clock.fastForward(10_000)
+        await poll(() => listReads.length).toBe(1)
+        page.off("request", noted)
+        // `.` and `..` are no batch ids (the browser would ask for /v1/batches/, the list): the list is shown.
+        for (const dots of [".", "..", "%2e"]) {
+          await page.goto(`${base}/ui#/batches/${dots}`)
+          await poll(() => page.locator("table.batches tbody tr").count()).toBeGreaterThan(0)
+        }
+
+        // "Forget key" removes it from the browser, and what it showed with it; the next refresh asks again.
         await page.getByRole("button", { name: "Forget key" }).click()
         expect(await page.evaluate(() => localStorage.getItem("openai-batch.api-key"))).toBeNull()
+        expect(await page.locator("table.batches tbody tr").count()).toBe(0)
         await shown(page, () => page.locator("#key-dialog").isVisible()).toBe(true)
         await expectClean(browser)
         await page.setViewportSize(DESKTOP)

@@ -11,6 +11,7 @@ const format: {
   readonly tokens: (n: number) => string
   readonly bytes: (n: number) => string
   readonly transferred: (received: number, total: number | null) => string
+  readonly visible: (text: string) => string
 } = await import(new URL("../ui/format.js", import.meta.url).href)
 
 describe("the dashboard's figures", () => {
@@ -48,6 +49,16 @@ describe("the dashboard's figures", () => {
     expect(format.transferred(512, 2048)).toBe("512 B of 2 KB (25%)")
     expect(format.transferred(3 * 1024 * 1024, null)).toBe("3 MB")
     expect(format.transferred(10, 5)).toBe("10 B")
+  })
+})
+
+describe("the dashboard's text", () => {
+  it("draws the controls that reorder text, and keeps right-to-left text as it is", () => {
+    expect(format.visible("Q1\u202Elnosj.exe\u202C-report.jsonl")).toBe("Q1⟨U+202E⟩lnosj.exe⟨U+202C⟩-report.jsonl")
+    expect(format.visible("\u2066a\u2067b\u2068c\u2069 \u202Ad\u202Be\u202Df")).toBe(
+      "⟨U+2066⟩a⟨U+2067⟩b⟨U+2068⟩c⟨U+2069⟩ ⟨U+202A⟩d⟨U+202B⟩e⟨U+202D⟩f"
+    )
+    for (const kept of ["דוח.jsonl", "تقرير\u200F.jsonl", "a\u200Eb", "報告.jsonl", "plain"]) expect(format.visible(kept)).toBe(kept)
   })
 })
 

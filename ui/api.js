@@ -216,7 +216,9 @@ const call = async (path, options = {}) => {
       limit.done()
       if (res.status !== 401) throw error
       const reason = key === null ? "This server needs an API key." : "The server refused this key."
-      if ((await nextKey(key, reason)) === null) throw new ApiError(`${error.message} Enter an API key to go on.`, 401)
+      if ((await nextKey(key, reason)) === null) {
+        throw new ApiError(key === null ? "This server needs an API key: enter one to go on." : `${error.message} Enter an API key to go on.`, 401)
+      }
     } catch (error) {
       limit.done()
       throw failure(error, timeout)

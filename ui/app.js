@@ -3,11 +3,11 @@
  * The dashboard's entry: hash routes to views, the refresh loop, and the API key dialog.
  *
  * A view is `{ el, refresh, title, every }`: `refresh` reads what it shows and resolves with whether it may still
- * change. The open view is refreshed every `every` ms (2 s by default) while that is true and the tab is visible
- * (a hidden tab polls nothing, and is refreshed at once when it shows again); after a failure, less often (see
- * `nextDelay`). Refreshes never overlap: a view that wants one now (after "More", a cancel, an upload) asks
- * through its context's `refresh`, which waits for the one under way. Each view gets a signal that aborts when it
- * is left, so a call that hangs cannot hold the next view up.
+ * change. The open view is refreshed every `every` ms (2 s by default; read at each turn, so a view may change its
+ * pace) while that is true and the tab is visible (a hidden tab polls nothing, and is refreshed at once when it
+ * shows again); after a failure, less often (see `nextDelay`). Refreshes never overlap: a view that wants one now
+ * (after "More", a cancel, an upload) asks through its context's `refresh`, which waits for the one under way. Each
+ * view gets a signal that aborts when it is left, so a call that hangs cannot hold the next view up.
  */
 import { ApiError, askKeyAgain, forgetKey, KEY_PATTERN, keyDeclined, onKeyChange, setKeyPrompt, storedKey } from "./api.js"
 import { batchListView } from "./batchList.js"
@@ -33,7 +33,9 @@ const viewFor = (hash, context) => {
   const batch = /^\/batches\/([^/]+)$/.exec(path)
   if (batch !== null) {
     try {
-      return batchPageView(decodeURIComponent(batch[1] ?? ""), context)
+      const id = decodeURIComponent(batch[1] ?? "")
+      // `.` and `..` are no ids: a URL would resolve them to another path (`/v1/batches/.` is the list).
+      if (id !== "." && id !== "..") return batchPageView(id, context)
     } catch {
       // a malformed escape: the list instead
     }
@@ -177,6 +179,8 @@ const keyButton = () => {
   button.addEventListener("click", async () => {
     if (storedKey() !== null) {
       forgetKey()
+      // What the key showed goes with it: the view is made again, and asks for a key to show anything.
+      route()
       notice("The key was forgotten: this browser keeps none now.")
       return
     }

@@ -2,15 +2,18 @@
 /**
  * The batches page (`#/`): newest first, a row per batch with its live progress, counts, tokens, age and run
  * time. "More" follows OpenAI's `after` cursor; each refresh reads again as many batches as are shown, from the
- * top, so the rows already loaded stay live and new batches appear above.
+ * top, so the rows already loaded stay live and new batches appear above: at the page's pace while one of them
+ * runs, every 10 s once all have ended (batches made elsewhere still show up, at a sixth of the requests).
  */
 import { json, query } from "./api.js"
 import { fill, h, headings, progressBar, setStatus } from "./dom.js"
-import { ago, count, duration, runTime, tokens } from "./format.js"
+import { ago, count, duration, endedAt, runTime, tokens } from "./format.js"
 
 /** @typedef {import("./api.js").Batch} Batch */
 
 const PAGE = 20
+/** The refresh pace while no batch shown can change any more. */
+const IDLE_EVERY_MS = 10_000
 /** The API's largest page. */
 const MAX_PAGE = 100
 
@@ -104,6 +107,8 @@ export function batchListView({ signal, refresh: refreshNow }) {
   /** Rows by batch id: kept across refreshes. @type {Map<string, ReturnType<typeof batchRow>>} */
   const rows = new Map()
   let shown = PAGE
+  /** Whether a batch shown may still change. */
+  let running = false
 
   /** @param {Batch[]} batches @param {boolean} hasMore */
   const render = (batches, hasMore) => {
@@ -116,6 +121,7 @@ export function batchListView({ signal, refresh: refreshNow }) {
       return row.el
     })
     for (const id of [...rows.keys()]) if (!seen.has(id)) rows.delete(id)
+    running = batches.some((b) => endedAt(b) === null)
     fill(body, ordered)
     table.hidden = batches.length === 0
     empty.hidden = batches.length > 0
@@ -136,5 +142,12 @@ export function batchListView({ signal, refresh: refreshNow }) {
     refreshNow()
   })
 
-  return { el, refresh, title: "Batches" }
+  return {
+    el,
+    refresh,
+    title: "Batches",
+    get every() {
+      return running ? undefined : IDLE_EVERY_MS
+    }
+  }
 }

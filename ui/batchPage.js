@@ -6,7 +6,7 @@
  */
 import { ApiError, batchUrl, fileUrl, json, postJson } from "./api.js"
 import { downloadButton, fill, h, headings, messageOf, progressBar, say, setStatus } from "./dom.js"
-import { bytes, count, dateTime, duration, endedAt, nowSeconds, runTime, tokens } from "./format.js"
+import { bytes, count, dateTime, duration, endedAt, nowSeconds, runTime, tokens, visible } from "./format.js"
 
 /**
  * @typedef {import("./api.js").Batch} Batch
@@ -92,17 +92,26 @@ const timingRows = (b) =>
       h("td", { className: "num" }, took))
   })
 
-/** The validation problems, as a list. @param {BatchError[]} errors */
-const problemList = (errors) => [
-  h("h2", {}, `Problems (${count(errors.length)})`),
-  h("ol", {}, errors.slice(0, MAX_PROBLEMS).map((e) =>
-    h("li", {},
-      h("span", { className: "where" }, e.line === null ? "file" : `line ${e.line}`), " ",
-      h("code", {}, e.code), " ",
-      e.message,
-      e.param ? h("span", { className: "sub" }, ` (${e.param})`) : null))),
-  errors.length > MAX_PROBLEMS ? h("p", { className: "sub" }, `and ${count(errors.length - MAX_PROBLEMS)} more`) : null
-]
+/**
+ * The validation problems, as a list; the server's last `too_many_errors` entry (how many more it found and did not
+ * list) is said below it, whatever the page leaves out.
+ * @param {BatchError[]} errors
+ */
+const problemList = (errors) => {
+  const listed = errors.filter((e) => e.code !== "too_many_errors")
+  const unlisted = errors.filter((e) => e.code === "too_many_errors")
+  return [
+    h("h2", {}, `Problems (${count(listed.length)}${unlisted.length > 0 ? " and more" : ""})`),
+    h("ol", {}, listed.slice(0, MAX_PROBLEMS).map((e) =>
+      h("li", {},
+        h("span", { className: "where" }, e.line === null ? "file" : `line ${e.line}`), " ",
+        h("code", {}, e.code), " ",
+        e.message,
+        e.param ? h("span", { className: "sub" }, ` (${e.param})`) : null))),
+    listed.length > MAX_PROBLEMS ? h("p", { className: "sub" }, `and ${count(listed.length - MAX_PROBLEMS)} more listed in the batch`) : null,
+    ...unlisted.map((e) => h("p", { className: "sub" }, e.message))
+  ]
+}
 
 /**
  * A file's row: name, size and a button that saves it (`null` file: it could not be read).
@@ -179,7 +188,7 @@ export function batchPageView(batchId, { signal, refresh: refreshNow }) {
     current = b
     setStatus(status, b.status)
     cancel.hidden = !CANCELLABLE.includes(b.status)
-    subtitle.textContent = [b.endpoint, b.model].filter(Boolean).join(" · ")
+    subtitle.textContent = visible([b.endpoint, b.model].filter(Boolean).join(" · "))
     bar.update(b.request_counts)
     countsLine.textContent = countsText(b)
     fill(details, facts(b))

@@ -1,10 +1,11 @@
 // @ts-check
 /**
  * Building the page with DOM APIs only. Every value from the server (file names, metadata, error messages are
- * other people's text) becomes a text node or a property: nothing here parses HTML.
+ * other people's text) becomes a text node or a property: nothing here parses HTML. Text goes in through `visible`,
+ * so that none can reorder what is shown around it.
  */
 import { download } from "./api.js"
-import { transferred } from "./format.js"
+import { transferred, visible } from "./format.js"
 
 /**
  * @typedef {Record<string, unknown> & { dataset?: Record<string, string>, attrs?: Record<string, string> }} Props
@@ -44,7 +45,7 @@ export function h(tag, props = {}, ...children) {
 const append = (el, children) => {
   for (const child of children.flat()) {
     if (child === null || child === undefined || child === false) continue
-    el.append(typeof child === "number" ? String(child) : child)
+    el.append(typeof child === "number" ? String(child) : typeof child === "string" ? visible(child) : child)
   }
 }
 
@@ -104,7 +105,7 @@ const noticeEl = () => /** @type {HTMLElement} */ (document.getElementById("noti
  */
 export function notice(message) {
   const el = noticeEl()
-  el.textContent = message ?? ""
+  el.textContent = visible(message ?? "")
   el.hidden = message === null
 }
 
@@ -121,7 +122,7 @@ export const showError = (error) => notice(messageOf(error))
  * @param {boolean} [failed]
  */
 export function say(el, text, failed = false) {
-  el.textContent = text
+  el.textContent = visible(text)
   el.classList.toggle("error", failed)
 }
 

@@ -7,6 +7,17 @@
 
 /** @typedef {import("./api.js").Batch} Batch */
 
+/** Embeddings, overrides and isolates: invisible, they reorder the text around them (`\u202E` shows `txt.exe` as `exe.txt`). */
+const BIDI_CONTROLS = /[\u202A-\u202E\u2066-\u2069]/g
+
+/**
+ * Text as the page shows it: the bidirectional controls drawn as `⟨U+202E⟩`, so that nobody's file name, metadata or
+ * message can pass for another (right-to-left text itself, and its marks, are shown as they are).
+ * @param {string} text
+ */
+export const visible = (text) =>
+  text.replace(BIDI_CONTROLS, (c) => `⟨U+${c.charCodeAt(0).toString(16).toUpperCase()}⟩`)
+
 const integer = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 })
 
 /** `12,345`. @param {number} n */
