@@ -221,18 +221,20 @@ describe("the openai-batch command line", () => {
 
   it.live("status, list, download, cancel: their outputs and exit codes", () =>
     Effect.promise(async () => {
+      const rejected = await sdkBatch(["{not json"]).then((b) => Effect.runPromise(waitFor(openai, b.id, terminal)))
       const finished = await sdkBatch([chatLine("done", "quick")]).then((b) => Effect.runPromise(waitFor(openai, b.id, terminal)))
       const batch = await slowBatch(40, 4)
       const id = batch.id
       const out = Path.join(scratch, "out-cancel")
-      const [status, statusJson, list, listJson, early, unknown, noKey] = await Promise.all([
+      const [status, statusJson, list, listJson, early, unknown, noKey, noFiles] = await Promise.all([
         cli(["status", id]),
         cli(["status", id, "--json"]),
         cli(["list"]),
         cli(["list", "--json", "--limit", "2"]),
         cli(["download", id, "--out", out]),
         cli(["status", "batch_0123456789abcdef0123456789abcdef"]),
-        cli(["status", id], { OPENAI_API_KEY: "" })
+        cli(["status", id], { OPENAI_API_KEY: "" }),
+        cli(["download", rejected.id, "--json", "--out", out])
       ])
       expect(status.code, status.stderr).toBe(0)
       expect(linesOf(status.stdout)).toEqual(expect.arrayContaining([
@@ -255,6 +257,12 @@ describe("the openai-batch command line", () => {
       expect(noKey.code).toBe(1)
       expect(noKey.stderr).toContain("401")
       expect(noKey.stderr).toContain("give a key with --api-key or OPENAI_API_KEY")
+      // A batch that failed validation has no file to save: exit 1 in JSON too, with what the server found.
+      expect(rejected.status).toBe("failed")
+      expect([noFiles.code, noFiles.stderr]).toEqual([1, expect.stringContaining(`${rejected.id} is failed and has no output or error file.`)])
+      expect(JSON.parse(noFiles.stdout)).toMatchObject({
+        id: rejected.id, status: "failed", output_path: null, error_path: null, errors: [expect.objectContaining({ code: "invalid_json_line", line: 1 })]
+      })
 
       // The refused cancel of the finished batch alongside, not to leave a core idle while one CLI starts.
       const [cancel, tooLate] = await Promise.all([cli(["cancel", id]), cli(["cancel", finished.id])])
@@ -299,9 +307,19 @@ describe("the openai-batch command line", () => {
       expect((await openai.files.list()).data.filter((f) => f.filename === "three.jsonl")).toEqual([])
     }), alongside)
 
-  it.live("--help and a mistyped command through a pipe are plain text, without colour codes", () =>
+  it.live("--help and a mistyped command through a pipe are plain text, without colour codes; a base URL that is no http(s) URL is refused, one with a password never shown", () =>
     Effect.promise(async () => {
-      const [help, mistyped] = await Promise.all([cli(["--help"]), cli(["lsit"])])
+      const [help, mistyped, emptyUrl, ftpUrl, secretUrl] = await Promise.all([
+        cli(["--help"]),
+        cli(["lsit"]),
+        cli(["--base-url", "", "list"]), // a script's unset variable: never the client's default, OpenAI's API
+        cli(["list"], { OPENAI_BASE_URL: "ftp://user:sekrit@example.com/v1" }),
+        cli(["list"], { OPENAI_BASE_URL: "http://user:sekrit@127.0.0.1:1/v1" })
+      ])
+      expect([emptyUrl.code, emptyUrl.stderr]).toEqual([2, expect.stringContaining("--base-url must be an http:// or https:// URL, /v1 included (got '')")])
+      expect([ftpUrl.code, ftpUrl.stderr]).toEqual([2, expect.stringContaining("OPENAI_BASE_URL must be an http:// or https:// URL")])
+      expect([secretUrl.code, secretUrl.stderr]).toEqual([1, expect.stringContaining("cannot reach http://127.0.0.1:1/v1")])
+      for (const run of [ftpUrl, secretUrl]) expect(run.stderr).not.toContain("sekrit")
       expect(help.code).toBe(0)
       expect(help.stdout).toContain("USAGE\n\n$ openai-batch [--base-url URL] [--api-key KEY]")
       expect(mistyped.code).toBe(2)

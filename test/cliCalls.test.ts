@@ -85,13 +85,32 @@ describe("the CLI's calls against a scripted server", () => {
       expect(server.count()).toBe(2) // not asked again: a 404 does not pass
     }))
 
-  it.scopedLive("a base URL without /v1 that gets the server's unknown-route 404 is told to add it; a missing batch is not", () =>
+  it.scopedLive("a call the client retries (answered 429, then 502 with a page) is retried, and its answer used", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer
+      const api = makeBatchApi({ baseUrl: server.url, apiKey: undefined })
+      const page = `<html><body>${"Bad gateway. ".repeat(2000)}</body></html>` // more than one chunk, cut by the retry
+      server.set((_req, res, nth) => {
+        if (nth === 0) return void res.writeHead(429, { "retry-after-ms": "10", "content-type": "application/json" }).end(JSON.stringify({ error: { message: "slow down", type: "requests", param: null, code: "rate_limit_exceeded" } }))
+        if (nth === 1) return void res.writeHead(502, { "retry-after-ms": "10", "content-type": "text/html" }).end(page)
+        json(res, 200, { object: "list", data: [batch("completed")], first_id: "batch_abc", last_id: "batch_abc", has_more: false })
+      })
+      const listed = yield* api.list(5)
+      expect(listed.map((b) => b.id)).toEqual(["batch_abc"])
+      expect(server.count()).toBe(3)
+    }))
+
+  it.scopedLive("a base URL without /v1 that gets the server's unknown-route 404 or 415 is told to add it; a missing batch is not", () =>
     Effect.gen(function*() {
       const server = yield* scriptedServer
       const root = server.url.replace(/\/v1$/, "")
       server.set((req, res) => apiError(res, 404, `Invalid URL (GET ${req.url})`))
       const noV1 = yield* Effect.flip(makeBatchApi({ baseUrl: root, apiKey: undefined }).retrieve("batch_abc"))
       expect(noV1.message).toContain(`; the base URL is the API's, /v1 included (${root}/v1?)`)
+      // An upload posted to /files (no /v1) meets the server's 415 for a body outside the API: the same hint.
+      server.set((_req, res) => apiError(res, 415, "Request bodies must be JSON (Content-Type: application/json)."))
+      const upload = yield* Effect.flip(makeBatchApi({ baseUrl: root, apiKey: undefined }).cancel("batch_abc"))
+      expect(upload.message).toContain(`; the base URL is the API's, /v1 included (${root}/v1?)`)
       server.set((_req, res) => apiError(res, 404, "No batch found with id 'batch_abc'."))
       const missing = yield* Effect.flip(makeBatchApi({ baseUrl: server.url, apiKey: undefined }).retrieve("batch_abc"))
       expect(missing.message).not.toContain("/v1 included")

@@ -9,6 +9,7 @@ import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError, toStre
 import type { Batch, BatchCreateParams } from "openai/resources/batches"
 import type { FileObject } from "openai/resources/files"
 import { Context, Duration, Effect, Layer } from "effect"
+import { withoutCredentials } from "../observability/urlText.js"
 import { CliFailure, EXIT_FAILED } from "./failure.js"
 import { streamingFetch } from "./streamingFetch.js"
 
@@ -65,17 +66,26 @@ const transience = (error: unknown): string | undefined =>
     ? error.message.slice(0, 200)
     : undefined
 
+/**
+ * An answer that says the path is not the API's: this server's unknown-route 404, or its 415 for a body posted
+ * anywhere but to an upload or a JSON endpoint (`POST /files` without `/v1`).
+ */
+const wrongRoute = (error: APIError) =>
+  (error.status === 404 && error.message.includes("Invalid URL")) || error.status === 415
+
 /** What a failed call tells the user: the server's own message, or why it could not be reached. */
 const explain = (what: string, connection: Connection) => (error: unknown): CliFailure => {
+  // A user and password in the URL are nobody's to read in a terminal or a CI log.
+  const shown = withoutCredentials(connection.baseUrl)
   const message = error instanceof APIConnectionTimeoutError
-    ? `${what}: ${connection.baseUrl} did not answer in time`
+    ? `${what}: ${shown} did not answer in time`
     : error instanceof APIConnectionError
-    ? `${what}: cannot reach ${connection.baseUrl} (${causeOf(error)}); start a server with \`openai-batch serve\`, ` +
+    ? `${what}: cannot reach ${shown} (${causeOf(error)}); start a server with \`openai-batch serve\`, ` +
       "or point --base-url (or OPENAI_BASE_URL) at one"
     : error instanceof APIError
     ? `${what}: ${error.message}${error.code ? ` (${error.code})` : ""}` +
       (error.status === 401 && connection.apiKey === undefined ? "; give a key with --api-key or OPENAI_API_KEY" : "") +
-      (error.status === 404 && error.message.includes("Invalid URL") && !/\/v1\/?$/.test(connection.baseUrl) ? `; the base URL is the API's, /v1 included (${connection.baseUrl.replace(/\/$/, "")}/v1?)` : "")
+      (wrongRoute(error) && !/\/v1\/?$/.test(connection.baseUrl) ? `; the base URL is the API's, /v1 included (${shown.replace(/\/$/, "")}/v1?)` : "")
     : `${what}: ${error instanceof Error ? error.message : String(error)}`
   const transient = transience(error)
   const answered = error instanceof APIError && error.status !== undefined

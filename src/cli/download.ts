@@ -99,10 +99,14 @@ export const download = (id: string, dir: string, mode: Mode, patience: Pick<Pat
       return yield* failed(`${batch.id} is ${batch.status}: its files are written when it ends (\`openai-batch watch ${batch.id}\` waits for that).`)
     }
     const saved = yield* saveResults(batch, dir, { ...patience, tell: note })
-    if (mode === "json") return yield* printJson({ id: batch.id, status: batch.status, ...savedJson(saved) })
-    yield* sayAll(savedLines(saved))
-    if (!saved.output && !saved.error) {
-      yield* sayAll((batch.errors?.data ?? []).map(problemLine))
-      return yield* failed(`${batch.id} is ${batch.status} and has no output or error file.`)
+    const none = !saved.output && !saved.error
+    if (mode === "json") {
+      // A batch that failed validation has no file: what the server found wrong comes along instead.
+      yield* printJson({ id: batch.id, status: batch.status, ...savedJson(saved), ...(none ? { errors: batch.errors?.data ?? [] } : {}) })
+    } else {
+      yield* sayAll(savedLines(saved))
+      if (none) yield* sayAll((batch.errors?.data ?? []).map(problemLine))
     }
+    // Exit 1 in both modes: a script learns that nothing was saved.
+    if (none) return yield* failed(`${batch.id} is ${batch.status} and has no output or error file.`)
   })

@@ -22,6 +22,7 @@ import { follow } from "./follow.js"
 import { DEFAULT_MAX_REQUESTS } from "./localValidation.js"
 import { colourWhereShown, modeOf, printJson, say, sayAll } from "./output.js"
 import { DEFAULT_RETRY_FOR } from "./patience.js"
+import { withoutCredentials } from "../observability/urlText.js"
 import { packageRoot } from "../packageRoot.js"
 import { serve } from "./serve.js"
 import { type AfterCreate, retry, submit } from "./submit.js"
@@ -78,11 +79,31 @@ const top = Command.make("openai-batch", connection, () =>
 const fromEnv = (name: string) =>
   Config.option(Config.string(name)).pipe(Effect.map(Option.filter((value) => value !== "")), Effect.orDie)
 
+/**
+ * The base URL given, or a failure (exit 2) when it is no http(s) URL: an empty `--base-url ""` (a script's unset
+ * variable) would otherwise be the `openai` client's default, OpenAI's own API, and the input file would go there.
+ */
+const checkedBaseUrl = (url: string, source: string): Effect.Effect<string, CliFailure> => {
+  let protocol: string | undefined
+  try {
+    protocol = new URL(url).protocol
+  } catch {
+    protocol = undefined
+  }
+  return protocol === "http:" || protocol === "https:"
+    ? Effect.succeed(url)
+    : Effect.fail(new CliFailure({ exitCode: EXIT_INVALID, message: `${source} must be an http:// or https:// URL, /v1 included (got '${withoutCredentials(url)}').` }))
+}
+
 /** Provides the API named by the flags (the subcommand's, else the top command's), else the environment, else the default. */
 const withApi = <A, E, R>(own: ConnectionFlags, effect: Effect.Effect<A, E, R>) =>
   Effect.gen(function*() {
     const parent = yield* top
-    const baseUrl = Option.firstSomeOf([own.baseUrl, parent.baseUrl, yield* fromEnv("OPENAI_BASE_URL")])
+    const flag = Option.orElse(own.baseUrl, () => parent.baseUrl)
+    const env = yield* fromEnv("OPENAI_BASE_URL")
+    const baseUrl = Option.isSome(flag)
+      ? Option.some(yield* checkedBaseUrl(flag.value, "--base-url"))
+      : Option.isSome(env) ? Option.some(yield* checkedBaseUrl(env.value, "OPENAI_BASE_URL")) : Option.none()
     const apiKey = Option.firstSomeOf([
       Option.map(own.apiKey, Redacted.value),
       Option.map(parent.apiKey, Redacted.value),

@@ -21,6 +21,27 @@ const toBody = (body: RequestInit["body"]): string | Uint8Array | Readable | nul
   throw new TypeError(`unsupported request body: ${Object.prototype.toString.call(body)}`)
 }
 
+/**
+ * An answer's body as a web stream, read as its reader asks. Not Node's `Readable.toWeb`: on Node 20 a chunk that
+ * arrives after the stream was cancelled (the `openai` client cancels an error's body before it retries a 429 or
+ * 5xx) is enqueued on the closed stream, which throws out of an event handler and ends the process.
+ */
+const webBody = (body: Readable): ReadableStream<Uint8Array> => {
+  const chunks = body[Symbol.asyncIterator]()
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const next = await chunks.next()
+      if (next.done === true) controller.close()
+      else controller.enqueue(next.value as Uint8Array)
+    },
+    cancel() {
+      // Nobody reads it any more: undici's "Request aborted" for the destroy is nobody's error.
+      body.on("error", () => {})
+      body.destroy()
+    }
+  }, { highWaterMark: 0 })
+}
+
 export const streamingFetch = async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
   const url = input instanceof Request ? input.url : String(input)
   const method = (init?.method ?? "GET").toUpperCase() as Dispatcher.HttpMethod
@@ -38,7 +59,7 @@ export const streamingFetch = async (input: string | URL | Request, init?: Reque
   }
   const empty = answer.statusCode === 204 || answer.statusCode === 304 || method === "HEAD"
   if (empty) answer.body.resume()
-  return new Response(empty ? null : (Readable.toWeb(answer.body) as ReadableStream<Uint8Array>), {
+  return new Response(empty ? null : webBody(answer.body), {
     status: answer.statusCode,
     headers
   })
