@@ -100,6 +100,46 @@ describe("the CLI's calls against a scripted server", () => {
       expect(server.count()).toBe(3)
     }))
 
+  it.scopedLive("an upload or a create answered 429 or 503 (nothing done) is made again after the wait asked for, and said; a 500 is not", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer
+      const dir = mkdtempSync(Path.join(tmpdir(), "cli-calls-"))
+      yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(dir, { recursive: true, force: true })))
+      const input = Path.join(dir, "input.jsonl")
+      writeFileSync(input, `{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{}}\n`)
+      const api = makeBatchApi({ baseUrl: server.url, apiKey: undefined })
+      const file = { id: "file-in", object: "file", bytes: 10, created_at: 1, filename: "input.jsonl", purpose: "batch", status: "processed" }
+      const uploaded: Array<number> = []
+      server.set((req, res, nth) => {
+        const chunks: Array<Buffer> = []
+        req.on("data", (c: Buffer) => chunks.push(c))
+        req.on("end", () => {
+          if (req.url === "/v1/files") uploaded.push(Buffer.concat(chunks).length)
+          if (nth === 0) return void res.writeHead(429, { "retry-after-ms": "20", "content-type": "application/json" }).end(JSON.stringify({ error: { message: "Rate limit reached", type: "requests", param: null, code: "rate_limit_exceeded" } }))
+          if (nth === 1) return json(res, 200, file)
+          if (nth === 2) return void res.writeHead(503, { "retry-after": "0", "content-type": "application/json" }).end(JSON.stringify({ error: { message: "The server is busy", type: "server_error", param: null, code: "server_busy" } }))
+          if (nth === 3) return json(res, 200, batch("validating"))
+          apiError(res, 500, "a fault")
+        })
+      })
+      const notes: Array<string> = []
+      const sent = yield* recorded(api.upload(input), notes)
+      expect(sent.id).toBe("file-in")
+      // The file went up whole both times (opened again for the second).
+      expect(uploaded).toHaveLength(2)
+      expect(uploaded[0]).toBe(uploaded[1])
+      const made = yield* recorded(api.create({ input_file_id: "file-in", endpoint: "/v1/chat/completions", completion_window: "24h" }), notes)
+      expect(made.id).toBe("batch_abc")
+      expect(notes).toEqual([
+        expect.stringMatching(/^uploading .*input\.jsonl: 429 Rate limit reached.*; trying again in 1s…$/),
+        expect.stringMatching(/^creating the batch: 503 The server is busy.*; trying again in 0s…$/)
+      ])
+      // A 500 may come after the batch was made: not made again.
+      const fault = yield* Effect.flip(api.create({ input_file_id: "file-in", endpoint: "/v1/chat/completions", completion_window: "24h" }))
+      expect(fault.message).toContain("500")
+      expect(server.count()).toBe(5)
+    }))
+
   it.scopedLive("a base URL without /v1 that gets the server's unknown-route 404 or 415 is told to add it; a missing batch is not", () =>
     Effect.gen(function*() {
       const server = yield* scriptedServer

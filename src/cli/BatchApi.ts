@@ -11,6 +11,7 @@ import type { FileObject } from "openai/resources/files"
 import { Context, Duration, Effect, Layer } from "effect"
 import { withoutCredentials } from "../observability/urlText.js"
 import { CliFailure, EXIT_FAILED } from "./failure.js"
+import { note } from "./output.js"
 import { streamingFetch } from "./streamingFetch.js"
 
 /** Where `npm start` serves (the server's default `HOST` and `PORT`). */
@@ -89,8 +90,38 @@ const explain = (what: string, connection: Connection) => (error: unknown): CliF
     : `${what}: ${error instanceof Error ? error.message : String(error)}`
   const transient = transience(error)
   const answered = error instanceof APIError && error.status !== undefined
-  return new CliFailure({ exitCode: EXIT_FAILED, message, answered, ...(transient === undefined ? {} : { transient }) })
+  const busyForMs = error instanceof APIError && (error.status === 429 || error.status === 503) ? busyWait(error.headers) : undefined
+  return new CliFailure({
+    exitCode: EXIT_FAILED,
+    message,
+    answered,
+    ...(transient === undefined ? {} : { transient }),
+    ...(busyForMs === undefined ? {} : { busyForMs })
+  })
 }
+
+/** The wait a 429 or 503 asks for (`retry-after-ms`, else `retry-after` in seconds), 2 s when it says none; at most a minute. */
+const busyWait = (headers: Headers | undefined): number => {
+  const ms = Number(headers?.get("retry-after-ms") ?? NaN)
+  const seconds = Number(headers?.get("retry-after") ?? NaN)
+  const asked = Number.isFinite(ms) ? ms : Number.isFinite(seconds) ? seconds * 1000 : 2000
+  return Math.min(Math.max(asked, 0), 60_000)
+}
+
+/** How many times a call the client does not repeat (an upload, a create, a rerun) is made again after a 429 or 503. */
+const BUSY_RETRIES = 3
+
+/**
+ * `effect`, made again (up to `BUSY_RETRIES` times, after the wait the server asked for, said on stderr) while the
+ * server answers that it is busy: a 429 or a 503 is a refusal before anything was done, so a second upload or
+ * create cannot make a second file or batch (a lost answer could, and is not repeated).
+ */
+const unlessBusy = <A>(effect: Effect.Effect<A, CliFailure>, triesLeft = BUSY_RETRIES): Effect.Effect<A, CliFailure> =>
+  Effect.catchIf(effect, (e) => e.busyForMs !== undefined && triesLeft > 0, (e) =>
+    note(`${e.message}; trying again in ${Math.ceil(e.busyForMs! / 1000)}s…`).pipe(
+      Effect.zipRight(Effect.sleep(Duration.millis(e.busyForMs!))),
+      Effect.zipRight(unlessBusy(effect, triesLeft - 1))
+    ))
 
 /** `ECONNREFUSED`, `other side closed`: the system's code, else (undici's codes say less) the message. */
 const causeOf = (error: APIConnectionError): string => {
@@ -111,14 +142,14 @@ export const make = (connection: Connection): BatchApiShape => {
   return {
     baseUrl: connection.baseUrl,
     upload: (path) =>
-      call(`uploading ${path}`, (signal) =>
+      unlessBusy(call(`uploading ${path}`, (signal) =>
         client.files.create(
+          // Opened at each attempt: a stream cannot be sent twice, so the client does not retry it.
           { file: toStreamingFile(createReadStream(path), Path.basename(path)), purpose: "batch" },
-          // A stream cannot be sent twice: no automatic retry.
           { signal, maxRetries: 0, timeout: NO_OVERALL_TIMEOUT_MS }
-        )),
+        ))),
     // Not repeated by the client: a create whose answer was lost would make a second batch.
-    create: (params) => call("creating the batch", (signal) => client.batches.create(params, { signal, maxRetries: 0 })),
+    create: (params) => unlessBusy(call("creating the batch", (signal) => client.batches.create(params, { signal, maxRetries: 0 }))),
     retrieve: (id) => call(`reading batch ${id}`, (signal) => client.batches.retrieve(id, { signal })),
     poll: (id) => call(`reading batch ${id}`, (signal) => client.batches.retrieve(id, { signal, maxRetries: 0 })),
     // Page after page up to `limit`: a page ends sooner than its `limit` when its batches are large (`has_more`).
@@ -133,12 +164,12 @@ export const make = (connection: Connection): BatchApiShape => {
       }),
     cancel: (id) => call(`cancelling batch ${id}`, (signal) => client.batches.cancel(id, { signal })),
     retry: (id, only) =>
-      call(`rerunning batch ${id}`, (signal) =>
+      unlessBusy(call(`rerunning batch ${id}`, (signal) =>
         client.post<Batch>(`/batches/${encodeURIComponent(id)}/retry`, {
           ...(only.length > 0 ? { body: { only } } : {}),
           signal,
           maxRetries: 0
-        })),
+        }))),
     content: (fileId) =>
       call(`downloading file ${fileId}`, async (signal) => {
         const response = await client.files.content(fileId, { signal, maxRetries: 0 })
