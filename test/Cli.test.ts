@@ -214,9 +214,24 @@ describe("the openai-batch command line", () => {
       expect(linesOf(json.stdout).map((l) => JSON.parse(l))).toEqual(serverProblems)
 
       // An empty file was checked against no endpoint: its summary names none.
-      const empty = await cli(["submit", inputFile("empty.jsonl", [])])
+      // What the server refuses before reading a line, too: a name not .jsonl, an endpoint that is no /v1/ path.
+      const noV1 = JSON.stringify({ custom_id: "x", method: "POST", url: "/chat/completions", body: { model: "sim-model", messages: [] } })
+      const garbage = Array.from({ length: 3000 }, () => "{not json")
+      const [empty, named, unversioned, many] = await Promise.all([
+        cli(["submit", inputFile("empty.jsonl", [])]),
+        cli(["submit", inputFile("requests.json", [chatLine("a", "fine")])]),
+        cli(["submit", inputFile("unversioned.jsonl", [noV1])]),
+        cli(["submit", inputFile("garbage.jsonl", garbage)])
+      ])
       expect(empty.code).toBe(2)
       expect(empty.stderr).toContain("empty.jsonl: 1 problem (the server would fail the batch with the same); nothing was uploaded.")
+      expect([named.code, named.stdout]).toEqual([2, "file: invalid_file_format: Invalid file format for Batch API. Must be .jsonl\n"])
+      expect([unversioned.code, linesOf(unversioned.stdout)]).toEqual([2, [
+        "file: invalid_value: Invalid endpoint '/chat/completions': an endpoint is a /v1/… path, such as /v1/chat/completions."
+      ]])
+      // Every problem counted, those the list leaves out too.
+      expect([many.code, many.stderr]).toEqual([2, expect.stringContaining("garbage.jsonl: 3,000 problems for /v1/chat/completions")])
+      expect((await openai.files.list()).data.map((f) => f.id)).toEqual([uploaded.id, ...filesBefore])
     }), 180_000)
 
   it.live("status, list, download, cancel: their outputs and exit codes", () =>

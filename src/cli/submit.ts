@@ -61,7 +61,7 @@ export const submit = (options: SubmitOptions) =>
       const against = check.problems.every((p) => p.code === "empty_file") ? "" : ` for ${check.endpoint}`
       return yield* new CliFailure({
         exitCode: EXIT_INVALID,
-        message: `${options.file}: ${check.problems.length} ${plural("problem", check.problems.length)}${against} ` +
+        message: `${options.file}: ${count(check.found)} ${plural("problem", check.found)}${against} ` +
           `(the server would fail the batch with the same); nothing was uploaded.`
       })
     }

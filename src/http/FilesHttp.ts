@@ -7,7 +7,9 @@ import { audit, Auth, CurrentCaller } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
 import { type ApiError, invalidRequest, notFound, overQuota, payloadTooLarge } from "../domain/Errors.js"
 import {
+  BATCH_FORMAT_MESSAGE,
   FileDeleted,
+  isBatchInputName,
   MAX_EXPIRES_AFTER_SECONDS,
   MIN_EXPIRES_AFTER_SECONDS,
   UploadPurpose
@@ -66,8 +68,8 @@ export const unsupportedValue = (value: string, supported: ReadonlyArray<string>
 
 /** OpenAI's refusal of a file for the Batch API whose name is not `.jsonl` (naming `param`); undefined when fine. */
 export const batchFormatRefusal = (purpose: string, filename: string, param: string): ApiError | undefined =>
-  purpose === "batch" && !filename.toLowerCase().endsWith(".jsonl")
-    ? invalidRequest("Invalid file format for Batch API. Must be .jsonl", param, "invalid_file_format")
+  purpose === "batch" && !isBatchInputName(filename)
+    ? invalidRequest(BATCH_FORMAT_MESSAGE, param, "invalid_file_format")
     : undefined
 
 /** What an upload's form gives of a file's metadata (the project is the caller's). */
