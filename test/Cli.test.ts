@@ -300,13 +300,16 @@ describe("the openai-batch command line", () => {
   it.live("a failed submit leaves nothing behind: a refused create deletes the upload; --max-requests, --metadata and --limit are checked locally", () =>
     Effect.promise(async () => {
       const file = inputFile("three.jsonl", [chatLine("one", "1"), chatLine("two", "2"), chatLine("three", "3")])
-      const [refused, tooMany, noKey, noValue, tooLong] = await Promise.all([
+      const [refused, tooMany, noKey, noValue, tooLong, badOut] = await Promise.all([
         cli(["submit", file, "--metadata", `note=${"x".repeat(513)}`]),
         cli(["submit", file, "--max-requests", "2", "--watch", "--out", Path.join(scratch, "out-too-many")]),
         cli(["submit", file, "--metadata", "=x"]),
         cli(["submit", file, "--metadata", "novalue"]),
-        cli(["list", "--limit", "500"])
+        cli(["list", "--limit", "500"]),
+        // Results that could not be written are found out before the batch is made, not once it has run.
+        cli(["submit", file, "--watch", "--out", Path.join(file, "out")])
       ])
+      expect([badOut.code, badOut.stderr]).toEqual([2, expect.stringContaining(`cannot write the results to ${Path.join(file, "out")} (--out): ENOTDIR; nothing was done.`)])
       // A command line the server would refuse, or would read wrong, is refused before anything is sent (exit 2).
       expect([noKey.code, noKey.stderr]).toEqual([2, expect.stringContaining("--metadata takes KEY=VALUE, with a key before the '=': got '=x'")])
       expect([noValue.code, noValue.stderr]).toEqual([2, expect.stringContaining("got 'novalue'")])

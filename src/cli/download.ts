@@ -5,12 +5,14 @@
  * once it is back (`patience.ts`).
  */
 import * as FileSystem from "@effect/platform/FileSystem"
+import { constants } from "node:fs"
+import { access, mkdir } from "node:fs/promises"
 import * as Path from "node:path"
 import type { Batch } from "openai/resources/batches"
 import { Effect, Stream } from "effect"
 import { BatchApi } from "./BatchApi.js"
 import { problemLine } from "./describe.js"
-import { CliFailure, EXIT_FAILED, failed } from "./failure.js"
+import { CliFailure, EXIT_FAILED, EXIT_INVALID, failed } from "./failure.js"
 import { type Mode, note, printJson, sayAll } from "./output.js"
 import { type Patience, patiently } from "./patience.js"
 import { isTerminal, plural } from "./progress.js"
@@ -55,6 +57,23 @@ const save = (fileId: string, path: string) =>
       Effect.onError(() => Effect.ignore(fs.remove(partial)))
     )
     return { path, lines: last === NEWLINE ? lines : lines + 1 } satisfies Saved
+  })
+
+/**
+ * Fails (exit 2, nothing done) unless `dir` can be made and written to: checked before a batch is made or watched,
+ * not found out once it has run its hours.
+ */
+export const checkOut = (dir: string) =>
+  Effect.tryPromise({
+    try: async () => {
+      await mkdir(dir, { recursive: true })
+      await access(dir, constants.W_OK)
+    },
+    catch: (e) =>
+      new CliFailure({
+        exitCode: EXIT_INVALID,
+        message: `cannot write the results to ${dir} (--out): ${(e as NodeJS.ErrnoException).code ?? String(e)}; nothing was done.`
+      })
   })
 
 /**

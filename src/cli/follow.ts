@@ -4,7 +4,7 @@
  */
 import { Effect } from "effect"
 import { allSucceeded, problemLine, summaryLine } from "./describe.js"
-import { savedJson, savedLines, saveResults } from "./download.js"
+import { checkOut, savedJson, savedLines, saveResults } from "./download.js"
 import { CliFailure, EXIT_FAILED } from "./failure.js"
 import { note, printJson, say, sayAll } from "./output.js"
 import { watch, type WatchSettings } from "./watch.js"
@@ -16,6 +16,7 @@ export interface FollowSettings extends WatchSettings {
 
 export const follow = (id: string, settings: FollowSettings) =>
   Effect.gen(function*() {
+    yield* checkOut(settings.out)
     const batch = yield* watch(id, settings)
     const saved = yield* saveResults(batch, settings.out, { retryFor: settings.retryFor, tell: note })
     if (settings.mode === "json") {

@@ -39,7 +39,9 @@ const connection = {
 type ConnectionFlags = { readonly baseUrl: Option.Option<string>; readonly apiKey: Option.Option<Redacted.Redacted> }
 
 const json = Options.boolean("json").pipe(Options.withDescription("Print JSON objects, one a line, instead of text"))
-const out = Options.directory("out").pipe(
+// Text, not `Options.directory`: its own check of the path ends in a raw system error for a path under a file;
+// `checkOut` (download.ts) says what is wrong, before anything is done.
+const out = Options.text("out").pipe(
   Options.withPseudoName("DIR"),
   Options.withDescription("Where <batch_id>_output.jsonl and <batch_id>_error.jsonl are written (made if missing)"),
   Options.withDefault(".")

@@ -9,6 +9,7 @@ import { Cause, Effect, Either, Option } from "effect"
 import { BatchApi, type RerunKind } from "./BatchApi.js"
 import { problemLine } from "./describe.js"
 import { CliFailure, EXIT_INVALID } from "./failure.js"
+import { checkOut } from "./download.js"
 import { follow, type FollowSettings } from "./follow.js"
 import { checkFile } from "./localValidation.js"
 import { note, printJson, say } from "./output.js"
@@ -65,6 +66,7 @@ export const submit = (options: SubmitOptions) =>
           `(the server would fail the batch with the same); nothing was uploaded.`
       })
     }
+    if (options.watch) yield* checkOut(options.out)
     const requests = `${count(check.requests)} ${plural("request", check.requests)}`
     yield* note(`${options.file}: ${requests} for ${check.endpoint}, no problems found; uploading…`)
     const file = yield* api.upload(options.file)
@@ -80,4 +82,6 @@ export const submit = (options: SubmitOptions) =>
   })
 
 export const retry = (id: string, only: ReadonlyArray<RerunKind>, after: AfterCreate) =>
-  Effect.flatMap(BatchApi, (api) => api.retry(id, only)).pipe(Effect.flatMap((batch) => created(batch, after)))
+  Effect.zipRight(after.watch ? checkOut(after.out) : Effect.void, Effect.flatMap(BatchApi, (api) => api.retry(id, only))).pipe(
+    Effect.flatMap((batch) => created(batch, after))
+  )
