@@ -371,7 +371,9 @@ describe("the dashboard", () => {
         const hostileRow = page.locator("table.files-list tbody tr", { hasText: `${HOSTILE}.jsonl` })
         await poll(() => hostileRow.count()).toBe(1)
         // A listed file's "Start batch" opens the form for it.
-        await hostileRow.getByRole("button", { name: "Start batch" }).click()
+        // Its buttons are named for the file (a screen reader hears more than a column of "Start batch").
+        expect(await hostileRow.getByRole("button", { name: `Download ${HOSTILE}.jsonl`, exact: true }).count()).toBe(1)
+        await hostileRow.getByRole("button", { name: `Start batch from ${HOSTILE}.jsonl`, exact: true }).click()
         await poll(() => page.locator("#start-batch").textContent()).toContain(`${HOSTILE}.jsonl`)
         expect(await page.locator("main img").count()).toBe(0)
 

@@ -66,7 +66,7 @@ export function fill(el, ...children) {
 export function progressBar() {
   const ok = h("span", { className: "ok" })
   const bad = h("span", { className: "bad" })
-  const el = h("div", { className: "bar", attrs: { role: "progressbar", "aria-valuemin": "0", "aria-valuemax": "100" } }, ok, bad)
+  const el = h("div", { className: "bar", attrs: { role: "progressbar", "aria-label": "Requests done", "aria-valuemin": "0", "aria-valuemax": "100" } }, ok, bad)
   /** @param {{ total: number, completed: number, failed: number }} counts */
   const update = ({ total, completed, failed }) => {
     const share = (/** @type {number} */ n) => (total > 0 ? Math.min(100, (100 * n) / total) : 0)
@@ -105,7 +105,9 @@ const noticeEl = () => /** @type {HTMLElement} */ (document.getElementById("noti
  */
 export function notice(message) {
   const el = noticeEl()
-  el.textContent = visible(message ?? "")
+  const text = visible(message ?? "")
+  // The same words again (a refresh that fails as the last did) are not announced again by a screen reader.
+  if (el.textContent !== text) el.textContent = text
   el.hidden = message === null
 }
 
@@ -134,7 +136,8 @@ export function say(el, text, failed = false) {
  */
 export function downloadButton(fileId, name, props = {}) {
   const said = h("span", { className: "said" })
-  const button = h("button", { type: "button", ...props }, "Download")
+  // Named for its file: a list of buttons all called "Download" says nothing to a screen reader.
+  const button = h("button", { type: "button", attrs: { "aria-label": `Download ${visible(name)}` }, ...props }, "Download")
   button.addEventListener("click", () => {
     button.disabled = true
     say(said, "Downloading…")

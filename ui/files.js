@@ -8,7 +8,7 @@
 import { json, postForm, postJson, query } from "./api.js"
 import { batchHref } from "./batchList.js"
 import { downloadButton, fill, h, headings, messageOf, say } from "./dom.js"
-import { ago, bytes } from "./format.js"
+import { ago, bytes, visible } from "./format.js"
 
 /** @typedef {import("./api.js").FileObject} FileObject */
 
@@ -177,7 +177,9 @@ const fileRow = (file, start) =>
     h("td", { className: "num", dataset: { label: "Size" } }, bytes(file.bytes)),
     h("td", { dataset: { label: "Created" } }, ago(file.created_at)),
     h("td", { className: "actions" },
-      file.purpose === "batch" ? h("button", { type: "button", onclick: () => start(file) }, "Start batch") : null,
+      file.purpose === "batch"
+        ? h("button", { type: "button", attrs: { "aria-label": `Start batch from ${visible(file.filename)}` }, onclick: () => start(file) }, "Start batch")
+        : null,
       downloadButton(file.id, file.filename, { className: "quiet" }))
   )
 
