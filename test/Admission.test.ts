@@ -1,7 +1,7 @@
 /** The adaptive limit (AIMD) and the admission of calls to an upstream: limit, order, pauses, outages. */
 import { describe, expect, it } from "@effect/vitest"
 import { Cause, Clock, Duration, Effect, Exit, Fiber, Option, TestClock } from "effect"
-import { HandedBack, unlessHandedBack } from "../src/inference/answers.js"
+import { HandedBack } from "../src/inference/answers.js"
 import { AdaptiveLimit } from "../src/upstreams/adaptiveLimit.js"
 import { Admission, type LoadGauge } from "../src/upstreams/Admission.js"
 import { manualHandBack } from "./support/HandBack.js"
@@ -153,9 +153,7 @@ describe("Admission", () => {
       yield* admission.acquire({ project: "a", deadline: 0 }) // the holder
       for (const order of ["handed back, then granted", "granted, then handed back"] as const) {
         const { handBack, want } = manualHandBack()
-        const waiting = yield* Effect.fork(
-          unlessHandedBack(admission.acquire({ project: "b", deadline: 0 }), handBack, () => admission.release())
-        )
+        const waiting = yield* Effect.fork(admission.acquire({ project: "b", deadline: 0, handBack }))
         yield* Effect.repeatN(Effect.yieldNow(), 10) // both sides of its wait are waiting
         yield* Effect.sync(() => {
           if (order === "granted, then handed back") admission.release()

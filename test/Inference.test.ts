@@ -7,6 +7,7 @@ import { Clock, Duration, Effect, Either, Fiber, Layer, Logger, Option, TestCloc
 import { AppConfig } from "../src/Config.js"
 import {
   type AttemptsUsed,
+  type HandBack,
   compactJson,
   HandedBack,
   Inference,
@@ -356,6 +357,31 @@ describe("Inference", () => {
       expect((yield* Fiber.join(holder)).status).toBe(200) // at the upstream when asked: answered
       expect((yield* Fiber.join(other)).status).toBe(200) // served in the turn the one handed back left
       expect(calls.n).toBe(2)
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("a request interrupted just after the grant of its permit, while its hand-back watch stops, leaves no permit held", () => {
+    const { layer } = scripted([{ status: 200, body: `{"id":"x"}`, afterMs: 1000 }])
+    return Effect.gen(function*() {
+      const inference = yield* Inference
+      const sendWith = (handBack?: HandBack) => inference.send("/v1/chat/completions", `{"model":"m"}`, handBack === undefined ? {} : { handBack })
+      // A hand-back never wanted, whose watch takes 100 ms to stop: the request, granted its permit, waits for it.
+      const slowToStop: HandBack = { wanted: () => false, await: Effect.never.pipe(Effect.onInterrupt(() => Effect.sleep("100 millis"))) }
+      // The limit is 1: the holder's answer comes after 1 s, and frees the permit for the waiting request.
+      const holder = yield* Effect.fork(sendWith())
+      yield* Effect.yieldNow()
+      const waiting = yield* Effect.fork(sendWith(slowToStop))
+      yield* TestClock.adjust("1 second")
+      expect((yield* Fiber.join(holder)).status).toBe(200)
+      // Cancelled (a batch's cancel, its expiry) in that instant: the permit it was given must come back.
+      const stopping = yield* Effect.fork(Fiber.interrupt(waiting))
+      yield* TestClock.adjust("200 millis")
+      yield* Fiber.join(stopping)
+      const next = yield* Effect.fork(sendWith())
+      yield* TestClock.adjust("1 second")
+      const outcome = yield* Fiber.await(next).pipe(Effect.timeoutOption("1 second"), Effect.fork)
+      yield* TestClock.adjust("1 second")
+      expect(Option.isSome(yield* Fiber.join(outcome))).toBe(true)
     }).pipe(Effect.provide(layer))
   })
 

@@ -2,7 +2,7 @@
  * What an upstream answer becomes: the response or failure types `Inference` gives, and the pure functions that
  * read an answer (its body as one line of JSON, its `Retry-After`); and a request handed back unsent.
  */
-import { Data, Effect, Exit, Fiber, Option } from "effect"
+import { Data, Effect, Option } from "effect"
 import { isJsonObject, MAX_JSON_DEPTH, nestedDeeperThan } from "../domain/Json.js"
 
 export interface UpstreamResponse {
@@ -53,27 +53,19 @@ export interface HandBack {
 export class HandedBack extends Data.TaggedError("HandedBack")<{}> {}
 
 /**
- * `wait`, or `HandedBack` as soon as `handBack` wants the request back: the wait is then interrupted, and what it
- * got all the same (a permit granted in the same instant) is given back with `giveBack`.
+ * `wait`, or `HandedBack` as soon as `handBack` wants the request back (the wait is then interrupted). For waits
+ * that hold nothing (a backoff, room at the server); the wait for a permit is the admission's (`Admission.acquire`),
+ * which gives back a permit granted in the same instant.
  */
 export const unlessHandedBack = <A, E, R>(
   wait: Effect.Effect<A, E, R>,
-  handBack: HandBack | undefined,
-  giveBack: (got: A) => void = () => {}
+  handBack: HandBack | undefined
 ): Effect.Effect<A, E | HandedBack, R> =>
   handBack === undefined
     ? wait
     : handBack.wanted()
     ? Effect.fail(new HandedBack())
-    : Effect.raceWith(wait, handBack.await, {
-      onSelfDone: (exit, wanted) => Effect.zipRight(Fiber.interrupt(wanted), exit),
-      // The wait may have ended well after the hand-back won, before its interruption came: its exit tells.
-      onOtherDone: (_, waiting) =>
-        Effect.flatMap(Fiber.interrupt(waiting), (exit) => {
-          if (Exit.isSuccess(exit)) giveBack(exit.value)
-          return Effect.fail(new HandedBack())
-        })
-    })
+    : Effect.raceFirst(wait, Effect.zipRight(handBack.await, Effect.fail(new HandedBack())))
 
 /** `Retry-After` (seconds or an HTTP date) or `retry-after-ms`, in milliseconds. */
 export const retryAfterMillis = (headers: Record<string, string | undefined>, now: number): Option.Option<number> => {

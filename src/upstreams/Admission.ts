@@ -8,8 +8,8 @@
  * The usual case — nobody waiting, room under the limit — takes the permit synchronously: thousands of calls a
  * second pass here.
  */
-import { type Clock, Deferred, Duration, Effect, FiberId } from "effect"
-import type { HandBack } from "../inference/answers.js"
+import { type Clock, Deferred, Duration, Effect, Exit, FiberId } from "effect"
+import { type HandBack, HandedBack } from "../inference/answers.js"
 import type { AdaptiveLimit } from "./adaptiveLimit.js"
 
 /**
@@ -125,12 +125,20 @@ export class Admission {
     return this.grant()
   }
 
-  /** Waits for a permit in `ticket`'s turn; the limit's generation when granted (give it back with `release`). */
-  acquire(ticket: Ticket): Effect.Effect<number> {
-    // Queued and given its clean-up in one uninterruptible step; only the wait itself is interruptible.
-    return Effect.uninterruptibleMask((restore) => {
+  /**
+   * Waits for a permit in `ticket`'s turn; the limit's generation when granted (give it back with `release`), or
+   * `HandedBack` as soon as the ticket's `handBack` wants the request back. Only the wait is interruptible: call it
+   * uninterruptibly (as `Upstream.attempt` does), so that a permit granted is the caller's the moment the wait ends.
+   * A wait that ends otherwise (interrupted, handed back) leaves the queue, and gives back the permit granted in the
+   * same instant: the clean-up reads the queue, not the wait's result, which an interruption may have dropped (a
+   * permit lost that way was lost for good, and, on trial after an outage, kept the upstream down for good).
+   */
+  acquire(ticket: Ticket): Effect.Effect<number, HandedBack> {
+    return Effect.suspend(() => {
       const now = this.tryAcquire(ticket)
       if (now !== undefined) return Effect.succeed(now)
+      const handBack = ticket.handBack
+      if (handBack?.wanted() === true) return Effect.fail(new HandedBack())
       const granted = Deferred.unsafeMake<number>(FiberId.none)
       const waiter: Waiter = { deadline: ticket.deadline, granted }
       this.indexOf(ticket.project)
@@ -140,14 +148,16 @@ export class Admission {
       queue.splice(at, 0, waiter)
       this.waiting++
       this.pump()
-      // Interrupted while waiting: leave the queue, or give back the permit granted meanwhile.
-      return Effect.onInterrupt(restore(Deferred.await(granted)), () =>
-        Effect.sync(() => {
-          const index = queue.indexOf(waiter)
-          if (index === -1) return this.release()
-          queue.splice(index, 1)
-          this.waiting--
-        }))
+      const leave = Effect.sync(() => {
+        const index = queue.indexOf(waiter)
+        if (index === -1) return this.release() // granted meanwhile
+        queue.splice(index, 1)
+        this.waiting--
+      })
+      const wait = handBack === undefined
+        ? Deferred.await(granted)
+        : Effect.raceFirst(Deferred.await(granted), Effect.zipRight(handBack.await, Effect.fail(new HandedBack())))
+      return Effect.onExit(Effect.interruptible(wait), (exit) => (Exit.isSuccess(exit) ? Effect.void : leave))
     })
   }
 

@@ -180,7 +180,8 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       // runs to its end.
       return Effect.uninterruptibleMask((restore) => {
         const granted = gate.tryAcquire(ticket) // the usual case: a permit at once, no effect to wait on
-        const permit = granted === undefined ? restore(unlessHandedBack(gate.acquire(ticket), ticket.handBack, () => gate.release())) : Effect.succeed(granted)
+        // Not under `restore`: the wait is interruptible inside, and the permit must reach this fiber uninterruptibly.
+        const permit = granted === undefined ? gate.acquire(ticket) : Effect.succeed(granted)
         return Effect.flatMap(permit, (generation) => {
           const sent = performance.now()
           return Effect.flatMap(Effect.onInterrupt(restore(call), releaseOnInterrupt), (result) => {
