@@ -92,6 +92,11 @@ layer(stormyUpstream({ maxRequestsPerBatch: 5000 }), { excludeTestServices: true
       // The limit went down by halves (16 → 8 → 4 …), then saw-toothed around the capacity: about one refusal per
       // step up, far from one per request (a fixed window of 16 has 13 of every 16 calls refused).
       expect(logged(logs, /stormy: concurrency limit 16 → 8/)).toHaveLength(1)
+      // The limit at work is said at info; warnings are for what needs a look (here, none reached the floor).
+      expect(logs.filter((l) => /concurrency limit \d+ → \d+/.test(l.message)).map((l) => l.level)).toEqual(
+        expect.arrayContaining(["INFO"])
+      )
+      expect(logs.filter((l) => /concurrency limit \d+ → \d+/.test(l.message) && l.level !== "INFO")).toEqual([])
       expect(storm!.stats.rejected).toBeGreaterThan(0)
       expect(storm!.stats.rejected).toBeLessThan(100)
 

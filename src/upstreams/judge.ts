@@ -117,7 +117,10 @@ export const makeJudge = ({ clock, gate, limit, log, maxPause, outage, spec, url
         return Effect.void
       }
       decreasedBy.add(ticket)
-      return log(Effect.logWarning(`Upstream ${spec.name}: concurrency limit ${before} → ${limit.current} (${why})`))
+      // The limit doing its work is news, not a warning (a flaky server halved it 150 times a minute, 98 % of the
+      // warnings); one at its floor, which cannot absorb more, is.
+      const line = `Upstream ${spec.name}: concurrency limit ${before} → ${limit.current} (${why})`
+      return log(limit.atFloor ? Effect.logWarning(`${line}, its floor`) : Effect.logInfo(line))
     })
   /** A success: the run of failures ends, the limit may grow; a log line when it is to be said. */
   const succeededNow = (): Effect.Effect<void> | undefined => {
