@@ -338,6 +338,13 @@ describe("uploads", () => {
           { status: "completing" },
           { status: "expired" }
         ])
+        // A day past their hour, the rows of closed uploads go too (a repeated complete is then a 404); others stay.
+        const dayAgo = Math.floor(Date.now() / 1000) - 86_400
+        yield* sql(`UPDATE uploads SET expires_at = ${dayAgo} WHERE id IN ('${expired.id}', '${left.id}', '${live.id}')`)
+        yield* sql(`UPDATE uploads SET expires_at = ${dayAgo + 60} WHERE id = '${dropped.id}'`)
+        yield* uploads.sweep
+        const kept = yield* sql(`SELECT id FROM uploads WHERE id IN ('${expired.id}', '${left.id}', '${live.id}', '${dropped.id}')`)
+        expect((kept as ReadonlyArray<{ id: string }>).map((r) => r.id).sort()).toEqual([live.id, dropped.id].sort())
       }).pipe(Effect.scoped, Effect.provide(start), Effect.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))))
 
     it.live(`${backend}, ${fileStorage} file bytes: a long completion keeps its claim, renewed every heartbeat; one taken over stops, and makes no file`, () =>

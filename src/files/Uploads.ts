@@ -7,8 +7,8 @@
  * Statuses as stored: `pending` (takes parts), `completing` (a complete is assembling it, under a claim renewed like
  * a lease: it takes no parts, no cancel and no complete of other parts until the claim lapses; shown as `pending`),
  * `completed`, `cancelled`, `expired`. A pending upload past its hour, and a completing one past it whose claim
- * lapsed, shows as `expired` at once; the sweep (every `FILE_SWEEP_INTERVAL`, beside the files' own) stores that and
- * deletes the parts of every upload that takes no more.
+ * lapsed, shows as `expired` at once; the sweep (every `FILE_SWEEP_INTERVAL`, beside the files' own) stores that,
+ * deletes the parts of every upload that takes no more, and the rows of those closed for a day past their hour.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Clock, Context, Data, Effect, Layer, Option, Schedule, type Scope } from "effect"
@@ -92,6 +92,8 @@ export class Uploads extends Context.Tag("Uploads")<Uploads, UploadsShape>() {}
 /** Bytes of parts an upload may hold beyond its own, for parts sent again: as much again, at most one part. */
 const partsSlack = (bytes: number) => Math.min(MAX_PART_BYTES, bytes)
 const SWEEP_GROUP = 100
+/** How long past its hour a closed upload's row is kept (for a repeated complete or cancel). */
+const CLOSED_UPLOAD_KEPT_SECONDS = 86_400
 
 export const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
@@ -244,10 +246,15 @@ export const make = Effect.gen(function*() {
       const closed = yield* sql<{ upload_id: UploadId }>`
         SELECT DISTINCT p.upload_id FROM upload_parts p JOIN uploads u ON u.id = p.upload_id
         WHERE u.status IN ('completed', 'cancelled', 'expired') LIMIT ${SWEEP_GROUP}`
-      if (closed.length === 0) return swept
+      if (closed.length === 0) break
       yield* Effect.forEach(closed, (r) => discardParts(r.upload_id), { discard: true })
       swept += closed.length
     }
+    // A closed upload's row answers a repeated complete or cancel; a day after its hour, nobody repeats them.
+    yield* sql`DELETE FROM uploads WHERE status IN ('completed', 'cancelled', 'expired')
+      AND expires_at <= ${now - CLOSED_UPLOAD_KEPT_SECONDS}
+      AND NOT EXISTS (SELECT 1 FROM upload_parts p WHERE p.upload_id = uploads.id)`
+    return swept
   }).pipe(Effect.orDie, Effect.withSpan("Uploads.sweep"))
 
   return {
