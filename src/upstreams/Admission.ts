@@ -134,7 +134,8 @@ export class Admission {
    * permit lost that way was lost for good, and, on trial after an outage, kept the upstream down for good).
    */
   acquire(ticket: Ticket): Effect.Effect<number, HandedBack> {
-    return Effect.suspend(() => {
+    // Queued and given its clean-up in one uninterruptible step, whoever calls it.
+    return Effect.uninterruptible(Effect.suspend(() => {
       const now = this.tryAcquire(ticket)
       if (now !== undefined) return Effect.succeed(now)
       const handBack = ticket.handBack
@@ -158,7 +159,7 @@ export class Admission {
         ? Deferred.await(granted)
         : Effect.raceFirst(Deferred.await(granted), Effect.zipRight(handBack.await, Effect.fail(new HandedBack())))
       return Effect.onExit(Effect.interruptible(wait), (exit) => (Exit.isSuccess(exit) ? Effect.void : leave))
-    })
+    }))
   }
 
   /** Gives a permit back; `freedRoom` false for a call the server refused (it leaves no room there for another). */
