@@ -224,7 +224,7 @@ describe("the openai-batch command line", () => {
         cli(["submit", inputFile("garbage.jsonl", garbage)])
       ])
       expect(empty.code).toBe(2)
-      expect(empty.stderr).toContain("empty.jsonl: 1 problem (the server would fail the batch with the same); nothing was uploaded.")
+      expect(empty.stderr).toContain("empty.jsonl: 1 problem (the server would refuse the file or fail the batch with the same); nothing was uploaded.")
       expect([named.code, named.stdout]).toEqual([2, "file: invalid_file_format: Invalid file format for Batch API. Must be .jsonl\n"])
       expect([unversioned.code, linesOf(unversioned.stdout)]).toEqual([2, [
         "file: invalid_value: Invalid endpoint '/chat/completions': an endpoint is a /v1/… path, such as /v1/chat/completions."
@@ -331,12 +331,13 @@ describe("the openai-batch command line", () => {
         cli(["--help"]),
         cli(["lsit"]),
         cli(["--base-url", "", "list"]), // a script's unset variable: never the client's default, OpenAI's API
-        cli(["list"], { OPENAI_BASE_URL: "ftp://user:sekrit@example.com/v1" }),
+        cli(["list"], { OPENAI_BASE_URL: "user:sekrit@example.com/v1" }), // no scheme: it parses, with "user:" as one
         cli(["list"], { OPENAI_BASE_URL: "http://user:sekrit@127.0.0.1:1/v1" })
       ])
       expect([emptyUrl.code, emptyUrl.stderr]).toEqual([2, expect.stringContaining("--base-url must be an http:// or https:// URL, /v1 included (got '')")])
       expect([ftpUrl.code, ftpUrl.stderr]).toEqual([2, expect.stringContaining("OPENAI_BASE_URL must be an http:// or https:// URL")])
       expect([secretUrl.code, secretUrl.stderr]).toEqual([1, expect.stringContaining("cannot reach http://127.0.0.1:1/v1")])
+      expect(ftpUrl.stderr).toContain("(got '…@example.com/v1')")
       for (const run of [ftpUrl, secretUrl]) expect(run.stderr).not.toContain("sekrit")
       expect(help.code).toBe(0)
       expect(help.stdout).toContain("USAGE\n\n$ openai-batch [--base-url URL] [--api-key KEY]")

@@ -90,7 +90,7 @@ const explain = (what: string, connection: Connection) => (error: unknown): CliF
     : `${what}: ${error instanceof Error ? error.message : String(error)}`
   const transient = transience(error)
   const answered = error instanceof APIError && error.status !== undefined
-  const busyForMs = error instanceof APIError && (error.status === 429 || error.status === 503) ? busyWait(error.headers) : undefined
+  const busyForMs = error instanceof APIError ? busyWait(error.status, error.headers) : undefined
   return new CliFailure({
     exitCode: EXIT_FAILED,
     message,
@@ -100,12 +100,17 @@ const explain = (what: string, connection: Connection) => (error: unknown): CliF
   })
 }
 
-/** The wait a 429 or 503 asks for (`retry-after-ms`, else `retry-after` in seconds), 2 s when it says none; at most a minute. */
-const busyWait = (headers: Headers | undefined): number => {
+/**
+ * The wait a 429 or 503 asks for (`retry-after-ms`, else `retry-after` in seconds; a 503 that says none, 2 s), at
+ * most a minute; `undefined` for another status, or a 429 that names no wait (a limit that does not pass in
+ * seconds, as the most active batches a project may have).
+ */
+const busyWait = (status: number | undefined, headers: Headers | undefined): number | undefined => {
+  if (status !== 429 && status !== 503) return undefined
   const ms = Number(headers?.get("retry-after-ms") ?? NaN)
   const seconds = Number(headers?.get("retry-after") ?? NaN)
-  const asked = Number.isFinite(ms) ? ms : Number.isFinite(seconds) ? seconds * 1000 : 2000
-  return Math.min(Math.max(asked, 0), 60_000)
+  const asked = Number.isFinite(ms) ? ms : Number.isFinite(seconds) ? seconds * 1000 : status === 503 ? 2000 : undefined
+  return asked === undefined ? undefined : Math.min(Math.max(asked, 0), 60_000)
 }
 
 /** How many times a call the client does not repeat (an upload, a create, a rerun) is made again after a 429 or 503. */

@@ -63,7 +63,7 @@ export const submit = (options: SubmitOptions) =>
       return yield* new CliFailure({
         exitCode: EXIT_INVALID,
         message: `${options.file}: ${count(check.found)} ${plural("problem", check.found)}${against} ` +
-          `(the server would fail the batch with the same); nothing was uploaded.`
+          `(the server would refuse the file or fail the batch with the same); nothing was uploaded.`
       })
     }
     if (options.watch) yield* checkOut(options.out)

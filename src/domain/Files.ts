@@ -16,11 +16,11 @@ export const UploadPurpose = Schema.Literal(
 )
 export type UploadPurpose = typeof UploadPurpose.Type
 
-/** Bounds of `expires_after[seconds]` (one hour to 30 days), as OpenAI. */
 /** OpenAI takes only `.jsonl` files (in any case) as batch input; what it says of another. */
 export const isBatchInputName = (filename: string): boolean => filename.toLowerCase().endsWith(".jsonl")
 export const BATCH_FORMAT_MESSAGE = "Invalid file format for Batch API. Must be .jsonl"
 
+/** Bounds of `expires_after[seconds]` (one hour to 30 days), as OpenAI. */
 export const MIN_EXPIRES_AFTER_SECONDS = 3600
 export const MAX_EXPIRES_AFTER_SECONDS = 2_592_000
 

@@ -251,10 +251,15 @@ export const make = Effect.gen(function*() {
       swept += closed.length
     }
     // A closed upload's row answers a repeated complete or cancel; a day after its hour, nobody repeats them.
-    yield* sql`DELETE FROM uploads WHERE status IN ('completed', 'cancelled', 'expired')
-      AND expires_at <= ${now - CLOSED_UPLOAD_KEPT_SECONDS}
-      AND NOT EXISTS (SELECT 1 FROM upload_parts p WHERE p.upload_id = uploads.id)`
-    return swept
+    // In groups, as the parts: a first sweep of a long-kept database holds the write lock a moment at a time.
+    while (true) {
+      const gone = yield* sql<{ id: UploadId }>`DELETE FROM uploads WHERE id IN (
+        SELECT id FROM uploads WHERE status IN ('completed', 'cancelled', 'expired')
+          AND expires_at <= ${now - CLOSED_UPLOAD_KEPT_SECONDS}
+          AND NOT EXISTS (SELECT 1 FROM upload_parts p WHERE p.upload_id = uploads.id)
+        LIMIT ${SWEEP_GROUP * 10}) RETURNING id`
+      if (gone.length === 0) return swept
+    }
   }).pipe(Effect.orDie, Effect.withSpan("Uploads.sweep"))
 
   return {

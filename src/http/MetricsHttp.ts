@@ -57,14 +57,24 @@ export const httpMetrics = (metrics: MetricsShape) => {
 /** How long a scrape waits for the database's count of active batches, or for the disk's space. */
 const SCRAPE_READ_TIMEOUT = Duration.seconds(5)
 
-/** The space of the file system holding `dir`; `undefined` when it cannot be read in time (a hung mount, no dir). */
-const diskSpaceOf = (dir: string): Effect.Effect<DiskSpace | undefined> =>
-  Effect.tryPromise(() => statfs(dir)).pipe(
+/**
+ * The space of the file system holding `dir`; `undefined` when it cannot be read in time (a hung mount, no dir), or
+ * while an earlier reading still hangs: each `statfs` holds one of libuv's four threads until it returns, and scrapes
+ * piling them up would leave none for DNS lookups and file work.
+ */
+const makeDiskSpace = (dir: string): Effect.Effect<DiskSpace | undefined> => {
+  let reading = false
+  const read = Effect.tryPromise(() => {
+    reading = true
+    return statfs(dir).finally(() => (reading = false))
+  }).pipe(
     Effect.disconnect,
     Effect.map((fs): DiskSpace | undefined => ({ path: dir, available: fs.bavail * fs.bsize, size: fs.blocks * fs.bsize })),
     Effect.timeout(SCRAPE_READ_TIMEOUT),
     Effect.orElseSucceed(() => undefined)
   )
+  return Effect.suspend(() => (reading ? Effect.succeed(undefined) : read))
+}
 
 /** The metrics text, the active batches counted now (left out when the database does not answer in time). */
 export const makeScrape = Effect.gen(function*() {
@@ -73,7 +83,7 @@ export const makeScrape = Effect.gen(function*() {
   const config = yield* AppConfig
   // DATA_DIR holds the SQLite database, and the file bytes unless they are stored in the database.
   const usesDataDir = Option.isNone(config.databaseUrl) || fileStorageOf(config) === "local"
-  const disk = usesDataDir ? diskSpaceOf(config.dataDir) : Effect.succeed(undefined)
+  const disk = usesDataDir ? makeDiskSpace(config.dataDir) : Effect.succeed(undefined)
   // Disconnected: a Postgres statement is never interrupted (`storage/Sql.ts`), so the scrape answers at the timeout
   // while the count ends in the background.
   const active = store.activeByStatus.pipe(
