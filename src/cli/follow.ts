@@ -1,10 +1,11 @@
 /**
  * What `submit --watch`, `watch` and `retry --watch` do once a batch exists: watch it to its end, save its output
- * and error files, say how it went, and exit 0 only when every request succeeded.
+ * and error files, say how it went, and exit 0 only when every request succeeded. Each command checks first that
+ * `--out` can be written (`checkOut`), before it makes a batch or waits for one.
  */
 import { Effect } from "effect"
 import { allSucceeded, problemLine, summaryLine } from "./describe.js"
-import { checkOut, savedJson, savedLines, saveResults } from "./download.js"
+import { savedJson, savedLines, saveResults } from "./download.js"
 import { CliFailure, EXIT_FAILED } from "./failure.js"
 import { note, printJson, say, sayAll } from "./output.js"
 import { watch, type WatchSettings } from "./watch.js"
@@ -16,7 +17,6 @@ export interface FollowSettings extends WatchSettings {
 
 export const follow = (id: string, settings: FollowSettings) =>
   Effect.gen(function*() {
-    yield* checkOut(settings.out)
     const batch = yield* watch(id, settings)
     const saved = yield* saveResults(batch, settings.out, { retryFor: settings.retryFor, tell: note })
     if (settings.mode === "json") {

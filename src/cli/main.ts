@@ -16,7 +16,7 @@ import * as Path from "node:path"
 import { Cause, Config, Duration, Effect, Either, Exit, Option, Redacted } from "effect"
 import { BatchApi, DEFAULT_BASE_URL, layer as batchApiLayer, type RerunKind } from "./BatchApi.js"
 import { describeBatch, listLines } from "./describe.js"
-import { download } from "./download.js"
+import { checkOut, download } from "./download.js"
 import { CliFailure, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID } from "./failure.js"
 import { follow } from "./follow.js"
 import { DEFAULT_MAX_REQUESTS } from "./localValidation.js"
@@ -195,7 +195,7 @@ const listCommand = Command.make(
 ).pipe(Command.withDescription("List the newest batches"))
 
 const watchCommand = Command.make("watch", { ...connection, batchId, out, json, interval, retryFor }, (o) =>
-  withApi(o, follow(o.batchId, { mode: modeOf(o.json), interval: o.interval, out: o.out, retryFor: o.retryFor }))).pipe(
+  withApi(o, Effect.zipRight(checkOut(o.out), follow(o.batchId, { mode: modeOf(o.json), interval: o.interval, out: o.out, retryFor: o.retryFor })))).pipe(
     Command.withDescription("Show a batch's progress until it ends, then write its output and error files to --out")
   )
 
