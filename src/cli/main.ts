@@ -22,6 +22,7 @@ import { follow } from "./follow.js"
 import { DEFAULT_MAX_REQUESTS } from "./localValidation.js"
 import { colourWhereShown, modeOf, printJson, say, sayAll } from "./output.js"
 import { DEFAULT_RETRY_FOR } from "./patience.js"
+import { withoutCredentials } from "../observability/urlText.js"
 import { packageRoot } from "../packageRoot.js"
 import { serve } from "./serve.js"
 import { type AfterCreate, retry, submit } from "./submit.js"
@@ -81,9 +82,9 @@ const fromEnv = (name: string) =>
   Config.option(Config.string(name)).pipe(Effect.map(Option.filter((value) => value !== "")), Effect.orDie)
 
 /**
- * The base URL given, or a failure (exit 2) when it is no http(s) URL (echoed without what comes before an `@`: a
- * URL that does not parse may still hold a password): an empty `--base-url ""` (a script's unset
- * variable) would otherwise be the `openai` client's default, OpenAI's own API, and the input file would go there.
+ * The base URL given, or a failure (exit 2) when it is no http(s) URL (echoed without its credentials): an empty
+ * `--base-url ""` (a script's unset variable) would otherwise be the `openai` client's default, OpenAI's own API,
+ * and the input file would go there.
  */
 const checkedBaseUrl = (url: string, source: string): Effect.Effect<string, CliFailure> => {
   let protocol: string | undefined
@@ -94,7 +95,7 @@ const checkedBaseUrl = (url: string, source: string): Effect.Effect<string, CliF
   }
   return protocol === "http:" || protocol === "https:"
     ? Effect.succeed(url)
-    : Effect.fail(new CliFailure({ exitCode: EXIT_INVALID, message: `${source} must be an http:// or https:// URL, /v1 included (got '${url.replace(/^([a-z][\w+.-]*:\/\/)?.*@/i, "$1…@")}').` }))
+    : Effect.fail(new CliFailure({ exitCode: EXIT_INVALID, message: `${source} must be an http:// or https:// URL, /v1 included (got '${withoutCredentials(url)}').` }))
 }
 
 /** Provides the API named by the flags (the subcommand's, else the top command's), else the environment, else the default. */

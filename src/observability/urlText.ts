@@ -1,14 +1,21 @@
 /** URLs as the logs show them. */
 
-/** A URL without what may carry a secret: its user and password, its query. */
+/**
+ * A URL without what may carry a secret: its user and password, its query. Text that is no URL with a host (one that
+ * does not parse, or `user:pw@proxy:3128` written without a scheme, which parses as scheme `user:`) is shown cut
+ * before its last `@`.
+ */
 export const withoutCredentials = (url: string) => {
   try {
     const parsed = new URL(url)
-    parsed.username = ""
-    parsed.password = ""
-    parsed.search = ""
-    return parsed.href
+    if (parsed.host !== "") {
+      parsed.username = ""
+      parsed.password = ""
+      parsed.search = ""
+      return parsed.href
+    }
   } catch {
-    return url
+    // not a URL: cut below
   }
+  return url.replace(/^([a-z][\w+.-]*:\/\/)?.*@/i, "$1…@")
 }
