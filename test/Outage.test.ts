@@ -157,7 +157,7 @@ describe("an upstream whose outage lines cannot be logged", () => {
       // Different requests failing in a row: the last one's verdict takes the upstream down, and logs it.
       const exits = yield* Effect.forEach(
         Array.from({ length: OUTAGE_AFTER }, (_, i) => ({ project: "p", deadline: i })),
-        (ticket) => Effect.exit(upstream.attempt("/v1/chat/completions", "{}", ticket))
+        (ticket) => Effect.exit(upstream.attempt("/v1/chat/completions", "{}", ticket, 1))
       )
       const last = exits.at(-1)!
       expect(Exit.isFailure(last) && Cause.isDie(last.cause)).toBe(true)

@@ -190,7 +190,7 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
       }
       // The usual case, an answer that needs no retry, is kept to a few steps: thousands of calls run a second.
       const loop = (n: number, traced?: TracedCall): Effect.Effect<UpstreamResponse, UpstreamFailure | HandedBack> =>
-        Effect.flatMap(upstream.attempt(endpoint, body, ticket, traced?.traceparent), ([result, verdict]) =>
+        Effect.flatMap(upstream.attempt(endpoint, body, ticket, n, traced?.traceparent), ([result, verdict]) =>
           verdict === "final"
             ? final(result)
             : verdict === "again"

@@ -29,11 +29,12 @@ export interface Upstream {
   readonly spec: UpstreamSpec
   readonly admission: Admission
   /**
-   * One attempt, in `ticket`'s turn, and what to do next; a traced call sends its `traceparent` along. `HandedBack`
-   * when the ticket's caller wanted the request back while it waited for a permit, or after a spared refusal, while
-   * it waited to send it again (that refusal counts for nothing).
+   * Attempt number `n` (1 for the first; counted attempts only) of `ticket`'s request, in its turn, and what to do
+   * next; a traced call sends its `traceparent` along. `HandedBack` when the ticket's caller wanted the request back
+   * while it waited for a permit, or after a spared refusal, while it waited to send it again (that refusal counts
+   * for nothing).
    */
-  readonly attempt: (endpoint: BatchEndpoint, body: string, ticket: Ticket, traceparent?: string) =>
+  readonly attempt: (endpoint: BatchEndpoint, body: string, ticket: Ticket, n: number, traceparent?: string) =>
     Effect.Effect<readonly [Attempt, Verdict], HandedBack>
   /** The model ids its `GET /models` listed last (none before it answered). */
   readonly listed: () => Option.Option<ReadonlyArray<string>>
@@ -166,7 +167,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
 
     const release = Effect.sync(() => gate.release())
     const releaseOnInterrupt = () => release
-    const attempt = (endpoint: BatchEndpoint, body: string, ticket: Ticket, traceparent?: string) => {
+    const attempt = (endpoint: BatchEndpoint, body: string, ticket: Ticket, n: number, traceparent?: string) => {
       const template = traceparent === undefined ? templateFor(endpoint) : HttpClientRequest.setHeader(templateFor(endpoint), "traceparent", traceparent)
       const request = HttpClientRequest.setBody(template, HttpBody.raw(body))
       const call = Effect.matchEffect(http.execute(request), {
@@ -186,7 +187,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
           const sent = performance.now()
           return Effect.flatMap(Effect.onInterrupt(restore(call), releaseOnInterrupt), (result) => {
             observeAttempt(ticket.model, (performance.now() - sent) / 1000)
-            const verdict = judge(endpoint, ticket, result, generation)
+            const verdict = judge(endpoint, ticket, n, result, generation)
             if (typeof verdict === "string") {
               gate.release()
               return Effect.succeed([result, verdict] as const)

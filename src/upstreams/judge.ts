@@ -11,15 +11,19 @@
  *   connection lost         a failure in the run; retried
  *   never connected         the upstream is down (refused, DNS, TLS, proxy)
  *   404, 401, 403, 3xx      final; a line says what to check (404: once, before any success on that endpoint)
- *   on a blind trial        (the probe kept answering 5xx) no answer, a 408 or a 5xx: down again, sent again uncounted
  *
- * A run of failures of `OUTAGE_AFTER` different requests with no success between also takes it down; one request's
- * own retries count once, so a request that keeps failing alone (its body makes the server fail) fails after its
- * attempts instead of taking the upstream down again and again. While it is down no call goes out: the batches using
- * it pause (their calls wait; none is failed, and only the failures before the outage was noticed count as attempts)
- * and a probe (`GET /models`, every `UPSTREAM_PROBE_INTERVAL`) puts it on trial as soon as the server answers
- * anything but a 5xx (or a few 5xx in a row: a blind trial, whose failures count for nothing): one call at a time, up
- * again at the first success, down again at a failure (`outage.ts`).
+ * A run of `OUTAGE_AFTER` requests failing at their first attempt with no success between also takes it down: an
+ * outage fails new requests too, while a request failing again (a retry) is its own trouble. So requests that always
+ * fail (their bodies make the server fail) fail after their attempts instead of taking the upstream down, even when
+ * they are all a batch has left to send (a batch's last lines: a soak trial saw 39 outages in 12 minutes that way).
+ * While it is down no call goes out: the batches using it pause (their calls wait; none is failed, and only the
+ * failures before the outage was noticed count as attempts) and a probe (`GET /models`, every
+ * `UPSTREAM_PROBE_INTERVAL`) puts it on trial as soon as the server answers anything but a 5xx (or a few 5xx in a
+ * row: a blind trial): one call at a time, up again at the first success (`outage.ts`). On trial, a request's first
+ * failure of those kinds is sent again without counting (it may be the outage's), and such failures of requests at
+ * their first attempt take it down again when they make a run (of one on a blind trial: the probe did not vouch for
+ * the server); a request's next failure on the same trial counts. So the requests that always fail, which lead the
+ * queue once it is back, no longer keep it down.
  * An overload answer is sent again without counting as an attempt when it is the overload the limit answers (it
  * halved the limit, or its call was sent before a later overload signal), and for `SPARED_OVERLOADS` more of each
  * request's refusals, each sent again once one of this node's calls has ended there (or after `SPARED_WAIT`). Any
@@ -58,13 +62,6 @@ export type Attempt =
 export const isRefusal = (attempt: Attempt) =>
   attempt._tag === "Response" && (attempt.response.status === 429 || attempt.response.status === 503)
 
-/** What an attempt that failed as an outage's calls do says of it (no answer, or a 408 or 5xx); `undefined` if it did not. */
-const outageFailure = (attempt: Attempt): string | undefined => {
-  if (attempt._tag === "Failure") return attempt.kind === "answer" || attempt.kind === "too_large" ? undefined : attempt.failure.message
-  const status = attempt.response.status
-  return status === 408 || status >= 500 ? `status ${status}` : undefined
-}
-
 /** What to do after an attempt: keep its result, send again without counting an attempt, or retry (counted). */
 export type Verdict = "final" | "again" | "retry"
 /** `again` once a call in flight has ended, or after `SPARED_WAIT`: a spared refusal (see the header). */
@@ -85,18 +82,24 @@ export interface JudgeOptions {
 }
 
 export interface Judge {
-  /** The verdict on an attempt: at once for the usual answer (thousands a second), an effect when there is more to do. */
-  readonly judge: (endpoint: string, ticket: Ticket, attempt: Attempt, generation: number) => Verdict | Effect.Effect<Judged>
+  /**
+   * The verdict on attempt number `n` (1 for the first; counted attempts only) of `ticket`'s request: at once for the
+   * usual answer (thousands a second), an effect when there is more to do.
+   */
+  readonly judge: (endpoint: string, ticket: Ticket, n: number, attempt: Attempt, generation: number) => Verdict | Effect.Effect<Judged>
   /** Takes the upstream down; the run of failures ends with it (on trial, a new one starts). */
   readonly markDown: (reason: string) => Effect.Effect<void>
 }
 
 export const makeJudge = ({ clock, gate, limit, log, maxPause, outage, spec, urlFor }: JudgeOptions): Judge => {
-  /** The requests (their tickets: one per request, its retries included) failing since the last success. */
+  /** The requests (their tickets) failing at their first attempt since the last success: the run. */
   const failingInRow = new Set<Ticket>()
+  /** On trial, the requests whose calls failed there. */
+  const failedOnTrial = new Set<Ticket>()
   const markDown = (reason: string) =>
     Effect.suspend(() => {
       failingInRow.clear()
+      failedOnTrial.clear()
       return outage.markDown(reason)
     })
   // --- the adaptive limit ------------------------------------------------------------------------------------
@@ -125,6 +128,7 @@ export const makeJudge = ({ clock, gate, limit, log, maxPause, outage, spec, url
   /** A success: the run of failures ends, the limit may grow; a log line when it is to be said. */
   const succeededNow = (): Effect.Effect<void> | undefined => {
     if (failingInRow.size > 0) failingInRow.clear()
+    if (failedOnTrial.size > 0) failedOnTrial.clear()
     const upAgain = outage.succeeded()
     if (upAgain !== undefined) return upAgain
     if (!limit.succeeded(gate.inflight)) return undefined
@@ -134,12 +138,24 @@ export const makeJudge = ({ clock, gate, limit, log, maxPause, outage, spec, url
     return log(Effect.logInfo(`Upstream ${spec.name}: concurrency limit raised to ${limit.current}`))
   }
   const succeeded = Effect.suspend(() => succeededNow() ?? Effect.void)
-  /** A failure of `ticket`'s request in the run; `again` when the upstream is (now) down, else `retry`. */
-  const failedInRow = (ticket: Ticket, reason: string): Effect.Effect<Verdict> =>
+  /**
+   * A failure of `ticket`'s request that an outage's calls give too (a 5xx, a 408, a timeout, a lost connection), at
+   * its attempt `n`: `again` when the upstream is (now) down or, on trial, at the request's first failure there;
+   * else `retry` (see the header).
+   */
+  const failed = (ticket: Ticket, n: number, reason: string): Effect.Effect<Verdict> =>
     Effect.suspend(() => {
       if (outage.isDown()) return Effect.succeed("again" as const)
-      if (failingInRow.add(ticket).size < OUTAGE_AFTER) return Effect.succeed("retry" as const)
-      return Effect.as(markDown(`${OUTAGE_AFTER} requests failing in a row, the last: ${reason}`), "again" as const)
+      const trial = outage.onTrial()
+      if (trial) {
+        if (failedOnTrial.has(ticket)) return Effect.succeed("retry" as const)
+        failedOnTrial.add(ticket)
+      }
+      const blind = outage.onBlindTrial()
+      if (n > 1 || failingInRow.add(ticket).size < (blind ? 1 : OUTAGE_AFTER)) {
+        return Effect.succeed(trial ? "again" as const : "retry" as const)
+      }
+      return Effect.as(markDown(blind ? reason : `${OUTAGE_AFTER} requests failing in a row, the last: ${reason}`), "again" as const)
     })
   /** The lines of `misconfigured` (by kind and endpoint) and of pauses, each said at most every `every` ms. */
   const due = saidWithin()
@@ -188,20 +204,15 @@ export const makeJudge = ({ clock, gate, limit, log, maxPause, outage, spec, url
       `${location === undefined ? "" : `, pointing to ${echo(location, 200)}`}: redirects are not followed. Set its base URL to where it points.`)
   }
 
-  const judge = (endpoint: string, ticket: Ticket, attempt: Attempt, generation: number): Verdict | Effect.Effect<Judged> => {
-    // A trial the probe did not vouch for: its failure is the outage's (down again, the same outage; not counted).
-    if (outage.onBlindTrial()) {
-      const failed = outageFailure(attempt)
-      if (failed !== undefined) return Effect.as(markDown(failed), "again")
-    }
+  const judge = (endpoint: string, ticket: Ticket, n: number, attempt: Attempt, generation: number): Verdict | Effect.Effect<Judged> => {
     if (attempt._tag === "Failure") {
       switch (attempt.kind) {
         case "connect":
           return Effect.as(markDown(attempt.failure.message), "again")
         case "timeout":
-          return Effect.zipRight(overloaded(ticket, generation, "timeout"), failedInRow(ticket, attempt.failure.message))
+          return Effect.zipRight(overloaded(ticket, generation, "timeout"), failed(ticket, n, attempt.failure.message))
         case "transport":
-          return failedInRow(ticket, attempt.failure.message)
+          return failed(ticket, n, attempt.failure.message)
         default:
           return Effect.as(succeeded, "final") // an answer, unusable: not the upstream's health
       }
@@ -213,19 +224,17 @@ export const makeJudge = ({ clock, gate, limit, log, maxPause, outage, spec, url
       const before = limit.current
       // Sent before a later overload signal: the overload that signal answered, not a new one.
       const stale = generation !== limit.generation
-      const repeat = failingInRow.has(ticket)
       return pauseFor(status, headers).pipe(
         Effect.zipRight(overloaded(ticket, generation, `status ${status}`)),
-        Effect.zipRight(status === 503 ? failedInRow(ticket, "status 503") : Effect.succeed<Verdict>("retry")),
+        Effect.zipRight(status === 503 ? failed(ticket, n, "status 503") : Effect.succeed<Verdict>("retry")),
         Effect.map((verdict): Judged => {
-          // Sent again without counting: a call the outage resends once the upstream is back, the overload the
-          // limit answers, or one of the request's few spared refusals (see the header). Any other refusal counts,
-          // with its backoff: a request halves the limit only once, so one refused alone never brings it to the
-          // floor, and without counting it was resent for ever.
+          // Sent again without counting: a call the outage resends once the upstream is back (or, on trial, a
+          // request's first 503 there), the overload the limit answers, or one of the request's few spared refusals
+          // (see the header). Any other refusal counts, with its backoff: a request halves the limit only once, so
+          // one refused alone never brings it to the floor, and without counting it was resent for ever.
           if (verdict === "again" || outage.isDown()) return "again"
-          // On trial, a request's first 503 is the outage's (five requests' in a row take the upstream down
-          // again); its next ones, and any 429, count: one to four requests refused for good would loop.
-          if (outage.onTrial()) return status === 503 && !repeat ? "again" : "retry"
+          // On trial, a request's next 503s, and any 429, count: one to four requests refused for good would loop.
+          if (outage.onTrial()) return "retry"
           if (atFloor) return "retry"
           if (stale || limit.current < before) return "again"
           const spared = overloadsSpared.get(ticket) ?? 0
@@ -237,7 +246,7 @@ export const makeJudge = ({ clock, gate, limit, log, maxPause, outage, spec, url
         })
       )
     }
-    if (status === 408 || status >= 500) return failedInRow(ticket, `status ${status}`)
+    if (status === 408 || status >= 500) return failed(ticket, n, `status ${status}`)
     if (status === 404 || status === 401 || status === 403 || (status >= 300 && status < 400)) {
       return Effect.as(Effect.zipRight(succeeded, misconfigured(endpoint, response, headers)), "final" as const)
     }

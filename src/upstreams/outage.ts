@@ -1,13 +1,12 @@
 /**
  * An upstream's outages, for `Upstream.ts`: down (no call goes out, the batches using it pause), probed with
  * `GET /models` every `UPSTREAM_PROBE_INTERVAL`, then on trial once the probe is answered (below 500; or 5xx a few
- * times in a row: a blind trial, whose failing calls count for nothing) — one call at a time —
- * and up again only once a call succeeds (or no call comes for a few probe intervals). A probe's answer says the server
- * is there, not that its calls work: a server that answers `/models` and 503 to every call went up and down at each
- * probe (97 lines in 140 s), sending a burst of calls each time and halving its limit. Now the trial's calls fail
- * (a refused connection at once; other failures once they make an outage as when it is up, 5 different requests
- * in a row, so that a request that always fails does not keep it down), the upstream is down again without a line
- * (the same outage), and the probe goes on; the up line comes with the first success.
+ * times in a row: a blind trial) — one call at a time — and up again only once a call succeeds (or no call comes for
+ * a few probe intervals). A probe's answer says the server is there, not that its calls work: a server that answers
+ * `/models` and 503 to every call went up and down at each probe (97 lines in 140 s), sending a burst of calls each
+ * time and halving its limit. Now the trial's calls fail (what takes it down again is the judge's: `judge.ts`), the
+ * upstream is down again without a line (the same outage), and the probe goes on; the up line comes with the first
+ * success.
  */
 import { type Clock, Deferred, Duration, Effect, type Exit, type Scope } from "effect"
 import type { Admission } from "./Admission.js"
@@ -23,8 +22,8 @@ export interface Outage {
   /** After a probe's answer, until a call succeeds: one call at a time, and an outage's failures take it down again. */
   readonly onTrial: () => boolean
   /**
-   * On a trial the probe did not vouch for (it kept answering 5xx): a failing call says nothing new, and is the
-   * outage's, not its request's.
+   * On a trial the probe did not vouch for (it kept answering 5xx): one request failing at its first attempt takes
+   * it down again.
    */
   readonly onBlindTrial: () => boolean
   /** Takes the upstream down for `reason` (said once per outage) and starts probing; nothing when it is down. */
@@ -102,9 +101,9 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
     /**
      * Probes until `GET /models` answers below 500, then a trial. A server that answers it 5xx may be there: after
      * `FAILING_PROBES_BEFORE_TRIAL` such answers in a row its calls get a trial all the same (a gateway that routes
-     * only the inference paths answers 502 there for good, and its batches stayed paused until they expired). Such
-     * a trial's failing call is the outage's, sent again without counting (a proxy in front of a server that is
-     * down answers 502 to everything: its batches must lose nothing).
+     * only the inference paths answers 502 there for good, and its batches stayed paused until they expired). On
+     * such a trial one failing call takes it down again, sent again without counting (a proxy in front of a server
+     * that is down answers 502 to everything: its batches must lose nothing).
      */
     const probing: Effect.Effect<void> = Effect.gen(function*() {
       let failingAnswers = 0
