@@ -293,6 +293,25 @@ describe("the dashboard", () => {
         expect(await page.getByRole("button", { name: "Cancel batch" }).isVisible()).toBe(false)
         expect(await page.locator("table.timing").textContent()).toContain("cancelling")
         expect(await page.locator(".counts").textContent()).toMatch(/^30 of 30 done|^12 of 30 done/)
+
+        // Back from a batch opened far down the list: the list shows the rows it had (past its first 20), where it
+        // was scrolled (it showed the first 20, at the top).
+        const { id: fileId } = await Effect.runPromise(upload(openai, [chatLine("b-0", "back")], "back.jsonl"))
+        for (let i = 0; i < 20; i++) await Effect.runPromise(createBatch(openai, fileId))
+        await page.locator("nav a", { hasText: "Batches" }).click()
+        await poll(() => rows.count()).toBe(20)
+        await page.getByRole("button", { name: "More" }).click()
+        await poll(() => rows.count()).toBe(before + 21)
+        const last = rows.last().locator("a").first()
+        await last.scrollIntoViewIfNeeded()
+        const scrolled = await page.evaluate(() => window.scrollY)
+        expect(scrolled).toBeGreaterThan(0)
+        const opened = await last.textContent()
+        await last.click()
+        await poll(() => page.locator("h1").first().textContent()).toContain(opened!)
+        await page.goBack()
+        await poll(() => rows.count()).toBe(before + 21)
+        await poll(() => page.evaluate(() => window.scrollY)).toBe(scrolled)
         await expectClean(browser)
       }))
 

@@ -114,6 +114,7 @@ const route = () => {
   failures = 0
   document.title = `${view.title} · openai-batch`
   byId("view").replaceChildren(view.el)
+  window.scrollTo(0, 0) // a view opens at its top (the list, once its rows are in, where it was left)
   const section = location.hash.startsWith("#/files") ? "files" : "batches"
   for (const link of document.querySelectorAll("nav a")) {
     if (link instanceof HTMLElement) link.classList.toggle("active", link.dataset.nav === section)

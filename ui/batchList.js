@@ -3,7 +3,8 @@
  * The batches page (`#/`): newest first, a row per batch with its live progress, counts, tokens, age and run
  * time. "More" follows OpenAI's `after` cursor; each refresh reads again as many batches as are shown, from the
  * top, so the rows already loaded stay live and new batches appear above: at the page's pace while one of them
- * runs, every 10 s once all have ended (batches made elsewhere still show up, at a sixth of the requests).
+ * runs, every 10 s once all have ended (batches made elsewhere still show up, at a sixth of the requests). Left and
+ * opened again (Back from a batch), it shows as many rows as it had, scrolled where it was.
  */
 import { json, query } from "./api.js"
 import { fill, h, headings, progressBar, setStatus } from "./dom.js"
@@ -16,6 +17,8 @@ const PAGE = 20
 const IDLE_EVERY_MS = 10_000
 /** The API's largest page. */
 const MAX_PAGE = 100
+/** What the list showed when it was left, for the next time it opens (Back from a batch reset it to the top 20). */
+const left = { shown: PAGE, scrollY: 0 }
 
 /** @param {string} id */
 export const batchHref = (id) => `#/batches/${encodeURIComponent(id)}`
@@ -106,7 +109,13 @@ export function batchListView({ signal, refresh: refreshNow }) {
 
   /** Rows by batch id: kept across refreshes. @type {Map<string, ReturnType<typeof batchRow>>} */
   const rows = new Map()
-  let shown = PAGE
+  let shown = left.shown
+  /** Where to scroll once the rows are in, the first time. */
+  let scrollTo = /** @type {number | null} */ (left.scrollY)
+  signal.addEventListener("abort", () => {
+    left.shown = shown
+    left.scrollY = window.scrollY
+  })
   /** Whether a batch shown may still change. */
   let running = false
 
@@ -127,6 +136,8 @@ export function batchListView({ signal, refresh: refreshNow }) {
     empty.hidden = batches.length > 0
     more.hidden = !hasMore
     more.disabled = false
+    if (scrollTo !== null) window.scrollTo(0, scrollTo)
+    scrollTo = null
   }
 
   const refresh = async () => {
