@@ -226,14 +226,23 @@ const rules: ReadonlyArray<Rule> = [
   },
   {
     variable: "WEBHOOK_URL",
-    expected: "an http:// or https:// URL without user:password@ or #fragment, set together with WEBHOOK_SECRET",
-    holds: (c) =>
-      Option.isSome(c.webhookUrl) === Option.isSome(c.webhookSecret) &&
-      !Option.exists(c.webhookUrl, (url) => urlProblem(url) !== undefined)
+    expected: "set, as WEBHOOK_SECRET is: the two go together",
+    holds: (c) => Option.isSome(c.webhookUrl) || Option.isNone(c.webhookSecret)
   },
   {
     variable: "WEBHOOK_SECRET",
-    expected: "whsec_ followed by base64, as OpenAI's webhook secrets (the base64 decodes to the HMAC key)",
+    expected: "set, as WEBHOOK_URL is: the two go together",
+    holds: (c) => Option.isSome(c.webhookSecret) || Option.isNone(c.webhookUrl)
+  },
+  {
+    variable: "WEBHOOK_URL",
+    expected: "an http:// or https:// URL without user:password@ or #fragment",
+    holds: (c) => !Option.exists(c.webhookUrl, (url) => urlProblem(url) !== undefined)
+  },
+  {
+    variable: "WEBHOOK_SECRET",
+    expected: "whsec_ followed by base64, as OpenAI's webhook secrets (the base64 decodes to the HMAC key); while one " +
+      "is rotated, up to 4 separated by spaces, each attempt signed with every one",
     holds: (c) => !Option.exists(c.webhookSecret, (secret) => secretProblem(Redacted.value(secret)) !== undefined)
   },
   positiveDuration("webhookRetryBaseDelay", "WEBHOOK_RETRY_BASE_DELAY"),

@@ -169,7 +169,7 @@ export interface AppConfigShape {
   readonly allowUnauthenticated: boolean
   /** Where batch events are posted (`WEBHOOK_URL`), for every project without a webhook of its own (keys file). */
   readonly webhookUrl: Option.Option<string>
-  /** The secret that signs them (`WEBHOOK_SECRET`, `whsec_<base64>`), needed with `WEBHOOK_URL`. */
+  /** The secret that signs them (`WEBHOOK_SECRET`, `whsec_<base64>`; several while one is rotated), needed with `WEBHOOK_URL`. */
   readonly webhookSecret: Option.Option<Redacted.Redacted>
   /** The wait after a first failed delivery (`WEBHOOK_RETRY_BASE_DELAY`); it doubles with each attempt, with jitter. */
   readonly webhookRetryBaseDelay: Duration.Duration

@@ -281,12 +281,14 @@ describe("the keys file", () => {
       expect(Option.map(yield* caller("sk-file-admin-2"), (c) => c.admin)).toEqual(Option.some(true))
       expect(yield* caller(`sha256:${sha256("sk-file-f")}`)).toEqual(Option.none())
       expect(yield* caller("")).toEqual(Option.none())
-      expect(yield* auth.summary).toEqual({ keys: 5, admins: 2, projects: 3 })
+      expect(yield* auth.summary).toEqual({ keys: 5, admins: 2, projects: 3, webhooksWithoutKey: [] })
 
-      // A new file is not used before the reload; after it, only its keys are.
-      writeFileSync(path, `sk-file-h:projH\n`)
+      // A new file is not used before the reload; after it, only its keys are. Its webhook line for a project no
+      // key belongs to (misspelt) is told.
+      const secret = `whsec_${Buffer.from("key").toString("base64")}`
+      writeFileSync(path, `sk-file-h:projH\nwebhook:projH https://h.example.com/ ${secret}\nwebhook:projHH https://h.example.com/ ${secret}\n`)
       expect(Option.isSome(yield* caller("sk-file-f"))).toBe(true)
-      expect(yield* auth.reload).toEqual({ keys: 1, admins: 0, projects: 1 })
+      expect(yield* auth.reload).toEqual({ keys: 1, admins: 0, projects: 1, webhooksWithoutKey: ["projHH"] })
       expect(yield* caller("sk-file-f")).toEqual(Option.none())
       expect(Option.map(yield* caller("sk-file-h"), (c) => c.project)).toEqual(Option.some("projH"))
 
@@ -417,11 +419,13 @@ describe("the server process", () => {
         expect(await status("sk-proc-one")).toBe(200)
         expect(await status("sk-proc-two")).toBe(401)
         const pid = server.child.pid
-        writeFileSync(keysFile, `sk-proc-two:projTwo\n`)
+        writeFileSync(keysFile, `sk-proc-two:projTwo\nwebhook:projTw0 https://hooks.example.com/x whsec_${Buffer.from("k").toString("base64")}\n`)
         server.child.kill("SIGHUP")
         await eventually(async () => (await status("sk-proc-two")) === 200)
         expect(await status("sk-proc-one")).toBe(401)
         await eventually(async () => server.output().includes("API keys reloaded")) // logged once the keys are in use
+        // A webhook line no key's project can use (misspelt), said: its events went nowhere without a word.
+        await eventually(async () => server.output().includes("webhook line for 'projTw0', which no key belongs to"))
 
         writeFileSync(keysFile, `sk-proc-three:projThree\n\nsk-proc-secret:bad project\n`)
         server.child.kill("SIGHUP")

@@ -17,6 +17,7 @@ import { parseKeysFile } from "../src/auth/Auth.js"
 import { BatchStore, BatchStoreLive } from "../src/batches/BatchStore.js"
 import { type AppConfigShape, defaults, validateConfig } from "../src/Config.js"
 import { SqlLive } from "../src/storage/Sql.js"
+import { secretProblem, signingKeys, webhookHeaders } from "../src/webhooks/signing.js"
 import { DeliveryPolicy } from "../src/webhooks/Webhooks.js"
 import { WebhookTargetsTest } from "../src/webhooks/WebhookTargets.js"
 import { validatingBatch } from "./support/Batches.js"
@@ -322,6 +323,26 @@ describe("webhook settings", () => {
     expect(check({ webhookRetryBaseDelay: Duration.minutes(2), webhookRetryMaxDelay: Duration.minutes(1) })).toContain("WEBHOOK_RETRY_MAX_DELAY")
     expect(check({ webhookRetryBaseDelay: Duration.minutes(1), webhookRetryMaxDelay: Duration.minutes(1) })).toBe("ok")
   })
+
+  it.effect("while a secret is rotated, the old and the new: each attempt is signed with both, and a receiver that knows either accepts it", () =>
+    Effect.gen(function*() {
+      const both = `${OWN_SECRET}  ${SECRET}`
+      expect(check({ webhookUrl: Option.some("https://hooks.example.com/x"), webhookSecret: Option.some(Redacted.make(both)) })).toBe("ok")
+      const five = Array(5).fill(SECRET).join(" ")
+      expect(secretProblem(five)).toContain("up to 4")
+      const badSecond = check({ webhookUrl: Option.some("https://hooks.example.com/x"), webhookSecret: Option.some(Redacted.make(`${SECRET} whsec_bad!`)) })
+      expect(badSecond).toContain("WEBHOOK_SECRET")
+      expect(badSecond).not.toContain(SECRET.slice(6))
+      const line = parseKeysFile(`sk-a:projA\nwebhook:projA https://a.example.com/hook ${OWN_SECRET} ${SECRET}\n`)
+      expect(line).toMatchObject({ webhooks: [{ project: "projA", secret: `${OWN_SECRET} ${SECRET}` }] })
+
+      const body = '{"id":"evt_1","object":"event","type":"batch.completed","created_at":1,"data":{"id":"batch_1"}}'
+      const headers = webhookHeaders(signingKeys(both)!, "evt_1", Math.floor(Date.now() / 1000), body)
+      expect(headers["webhook-signature"]).toMatch(/^v1,\S+ v1,\S+$/)
+      expect((yield* unwrap({ body, headers }, SECRET)).data.id).toBe("batch_1")
+      expect((yield* unwrap({ body, headers }, OWN_SECRET)).data.id).toBe("batch_1")
+      expect(yield* rejects({ body, headers }, `whsec_${Buffer.from("another key").toString("base64")}`)).toBe(true)
+    }))
 
   it("a keys file's webhook lines: project, URL and secret checked, one per project, the problem by line number", () => {
     const ok = parseKeysFile(`sk-a:projA\nwebhook:projA  https://a.example.com/hook?t=1   ${SECRET}\n`)

@@ -15,7 +15,7 @@ import { Metrics, noopMetrics } from "../src/observability/Metrics.js"
 import { SqlLive } from "../src/storage/Sql.js"
 import { noAnswer } from "../src/webhooks/posting.js"
 import { eventBody } from "../src/webhooks/signing.js"
-import { WebhooksLive } from "../src/webhooks/Webhooks.js"
+import { retryWait, WebhooksLive } from "../src/webhooks/Webhooks.js"
 import { WebhookTargetsTest } from "../src/webhooks/WebhookTargets.js"
 import { backends, configFor, eventually, eventuallyEffect, TestDatabase, TestDataDir } from "./support/TestApp.js"
 import { answering, type Receiver, webhookReceiver } from "./support/WebhookReceiver.js"
@@ -121,7 +121,7 @@ for (const backend of backends) {
         const id = yield* insertEvent({ project: "lost", createdAt: nowS() })
         const row = yield* eventuallyEffect(Effect.tap(rowOf(id), (r) => Effect.sync(() => expect(r!.turns).toBeGreaterThanOrEqual(6))), 10_000)
         const now = Date.now()
-        // The waits before the 6th turn: 50 ms doubling (±20 %), at most 200 ms: 40 + 80 + 160 + 200 + 200 ms at least.
+        // The waits before the 6th turn: 50 ms doubling, at most 200 ms, up to 20 % less: 40 + 80 + 160 + 160 + 160 ms at least.
         expect(now - start).toBeGreaterThanOrEqual(600)
         expect(row!.next_attempt_ms! - now).toBeLessThanOrEqual(200)
         expect(row).toMatchObject({ status: "pending", attempts: 0, last_error: "no webhook is configured for project lost" })
@@ -173,6 +173,16 @@ for (const backend of backends) {
       }))
   })
 }
+
+describe("the wait before a delivery's next turn", () => {
+  it("doubles from the base delay up to the longest, then spreads below it: events failing together come back apart", () => {
+    const hour = 3_600_000
+    expect([0, 1, 2].map((turns) => retryWait(turns, 5000, hour, 1))).toEqual([5000, 10_000, 20_000])
+    expect(retryWait(2, 5000, hour, 0.8)).toBe(16_000)
+    // At the cap, a fifth apart at most, never longer than the cap (all waited exactly an hour before).
+    expect([retryWait(30, 5000, hour, 0.8), retryWait(30, 5000, hour, 0.9), retryWait(1000, 5000, hour, 1)]).toEqual([0.8 * hour, 0.9 * hour, hour])
+  })
+})
 
 describe("what a failed connection is told as", () => {
   it("its code, else the kinds of error: never a message, which may quote the URL's token", () => {

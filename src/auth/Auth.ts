@@ -41,6 +41,8 @@ export interface KeysSummary {
   readonly keys: number
   readonly admins: number
   readonly projects: number
+  /** Projects a `webhook:` line names that no key belongs to (misspelt?): no batch of theirs can use it. */
+  readonly webhooksWithoutKey: ReadonlyArray<string>
 }
 
 export interface AuthShape {
@@ -144,11 +146,15 @@ interface KeyTable {
   readonly summary: KeysSummary
 }
 
-const summaryOf = (entries: ReadonlyArray<KeyEntry>): KeysSummary => ({
-  keys: entries.length,
-  admins: entries.filter((e) => e.caller.admin).length,
-  projects: new Set(entries.filter((e) => !e.caller.admin).map((e) => e.caller.project)).size
-})
+const summaryOf = (entries: ReadonlyArray<KeyEntry>, webhooks: ReadonlyArray<WebhookEntry>): KeysSummary => {
+  const projects = new Set(entries.filter((e) => !e.caller.admin).map((e) => e.caller.project))
+  return {
+    keys: entries.length,
+    admins: entries.filter((e) => e.caller.admin).length,
+    projects: projects.size,
+    webhooksWithoutKey: webhooks.filter((w) => !projects.has(w.project)).map((w) => w.project)
+  }
+}
 
 /** `entries` as a table, refused (naming `variable`) when one key is listed twice. */
 const tableOf = (
@@ -163,7 +169,7 @@ const tableOf = (
     if (before !== undefined) return Effect.fail(invalid(variable, `${entry.where} repeats the key of ${before}`))
     seen.set(hex, entry.where)
   }
-  return Effect.succeed({ entries, webhooks: new Map(webhooks.map((w) => [w.project, w])), summary: summaryOf(entries) })
+  return Effect.succeed({ entries, webhooks: new Map(webhooks.map((w) => [w.project, w])), summary: summaryOf(entries, webhooks) })
 }
 
 /**
@@ -222,13 +228,23 @@ export const makeAuth = (sources: KeySources): Effect.Effect<AuthShape, ConfigEr
   })
 
 /**
- * Logs what is loaded (counts only). Without keys nothing: the listening line says so, and a line here would come
- * before a configuration error found later in the start.
+ * The line saying the keys are `loaded` or reloaded (counts only), and a warning for a webhook line no key's project
+ * can use: a misspelt project sent its events nowhere (or to `WEBHOOK_URL`) without a word.
  */
-const logLoaded = (auth: AuthShape) =>
-  auth.required
-    ? Effect.flatMap(auth.summary, (summary) => Effect.logInfo("API keys loaded").pipe(Effect.annotateLogs({ ...summary })))
-    : Effect.void
+const sayKeys = (what: string, { webhooksWithoutKey, ...counts }: KeysSummary) =>
+  Effect.zipRight(
+    Effect.logInfo(what).pipe(Effect.annotateLogs({ ...counts })),
+    webhooksWithoutKey.length === 0 ? Effect.void : Effect.logWarning(
+      `API_KEYS_FILE has a webhook line for ${webhooksWithoutKey.map((p) => `'${p}'`).join(", ")}, which no key ` +
+        "belongs to: no batch can use it (a misspelt project?)"
+    )
+  )
+
+/**
+ * Logs what is loaded. Without keys nothing: the listening line says so, and a line here would come before a
+ * configuration error found later in the start.
+ */
+const logLoaded = (auth: AuthShape) => auth.required ? Effect.flatMap(auth.summary, (summary) => sayKeys("API keys loaded", summary)) : Effect.void
 
 /**
  * The keys of the configuration. With `API_KEYS_FILE`, SIGHUP re-reads the file without a restart: the new keys are
@@ -245,7 +261,7 @@ export const AuthLive: Layer.Layer<Auth, ConfigError.ConfigError, AppConfig> = L
       const runtime = yield* Effect.runtime<never>()
       const onHangup = () =>
         Runtime.runFork(runtime)(auth.reload.pipe(
-          Effect.flatMap((summary) => Effect.logInfo("API keys reloaded").pipe(Effect.annotateLogs({ ...summary }))),
+          Effect.flatMap((summary) => sayKeys("API keys reloaded", summary)),
           Effect.catchAll((error) =>
             Effect.logError(`API_KEYS_FILE could not be reloaded; the previous keys stay in use: ${String(error)}`))
         ))

@@ -40,21 +40,24 @@ export const parseAdminKey = (entry: string): { readonly key: string } | { reado
   return { key: text }
 }
 
-/** A project's own webhook, from a keys file's `webhook:<project> <url> <whsec_…>` line. */
+/** A project's own webhook, from a keys file's `webhook:<project> <url> <whsec_…>…` line. */
 export interface WebhookEntry {
   readonly project: string
   readonly url: string
+  /** Its secrets, separated by spaces (several while one is rotated: `signing.ts`). */
   readonly secret: string
 }
 
 /**
- * The parts of a `webhook:` line's text after `webhook:` (`<project> <url> <whsec_…>`, separated by spaces), or the
- * reason it is not one (never echoing the URL, which may hold a token, nor the secret).
+ * The parts of a `webhook:` line's text after `webhook:` (`<project> <url> <whsec_…>`, and more secrets while one is
+ * rotated, separated by spaces), or the reason it is not one (never echoing the URL, which may hold a token, nor the
+ * secrets).
  */
 export const parseWebhookEntry = (text: string): WebhookEntry | { readonly problem: string } => {
   const parts = text.trim().split(/\s+/)
-  if (parts.length !== 3) return { problem: "a webhook line must be webhook:<project> <url> <whsec_…>" }
-  const [project, url, secret] = parts as [string, string, string]
+  if (parts.length < 3) return { problem: "a webhook line must be webhook:<project> <url> <whsec_…>" }
+  const [project, url] = parts as [string, string]
+  const secret = parts.slice(2).join(" ")
   if (!PROJECT_NAME.test(project)) {
     return { problem: "a project name must be 1–64 characters among A–Z, a–z, 0–9, _ and -" }
   }

@@ -73,7 +73,7 @@ export interface MetricsShape {
   readonly batchMoved: (batch: MovedBatch) => void
   /** One HTTP request answered (`route`: the matched route pattern, bounded). */
   readonly httpRequest: (method: string, route: string, status: number, seconds: number) => void
-  /** A webhook attempt this node made: delivered, to be retried, or the last (the delivery gave up). */
+  /** A webhook delivery's turn this node ended: delivered, to be retried (after an attempt), or given up. */
   readonly webhookDelivery: (outcome: "delivered" | "retry" | "failed") => void
   /**
    * The metrics in the text exposition format, with `batch_batches_active` set from `active` (unfinished batches

@@ -16,7 +16,7 @@
  *   batch_queue_wait_seconds                            histogram: created → in_progress (validation included)
  *   batch_duration_seconds{status}                      histogram: created → final status
  *   batch_http_requests_total{method,route,status}, batch_http_request_duration_seconds{method,route}
- *   batch_webhook_deliveries_total{outcome}            webhook attempts this node made: delivered, retry, failed
+ *   batch_webhook_deliveries_total{outcome}            webhook deliveries' turns this node ended: delivered, retry, failed
  *   batch_data_dir_available_bytes{path}, batch_data_dir_size_bytes{path}   the file system holding DATA_DIR,
  *                                                       read at scrape time (set by `render`)
  *
@@ -317,8 +317,9 @@ export const makeMetrics = (options: { readonly processWide: boolean }): Metrics
   // --- webhooks ---
   const webhookDeliveries = new Counter({
     name: "batch_webhook_deliveries_total",
-    help: "Webhook attempts this node made, by outcome: delivered (a 2xx answer), retry (another answer, a timeout " +
-      "or a connection error; tried again later) and failed (the delivery gave up).",
+    help: "Webhook deliveries' turns this node ended, by outcome: delivered (a 2xx answer), retry (another answer, a " +
+      "timeout or a connection error; tried again later) and failed (the delivery given up: after a last attempt, or " +
+      "without one once past WEBHOOK_RETRY_FOR).",
     labelNames: ["outcome"] as const,
     registers
   })

@@ -14,7 +14,7 @@ export interface WebhookTarget {
   readonly url: string
   /** Whose webhook it is: the server's (`WEBHOOK_URL`, the operator's) or the project's own (its keys file line). */
   readonly kind: "server" | "project"
-  /** `whsec_<base64>`: its decoded base64 is the HMAC key (`signing.ts`). */
+  /** `whsec_<base64>`, several separated by spaces while one is rotated: their decoded base64 the HMAC keys (`signing.ts`). */
   readonly secret: Redacted.Redacted
 }
 

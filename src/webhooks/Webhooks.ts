@@ -6,7 +6,7 @@
  *
  * - a 2xx answer: `delivered`;
  * - any other answer, a timeout, a connection error: another attempt after `WEBHOOK_RETRY_BASE_DELAY`, doubling
- *   with each turn (±20 % jitter, at most `WEBHOOK_RETRY_MAX_DELAY`), the last at `WEBHOOK_RETRY_FOR` after the
+ *   with each turn (at most `WEBHOOK_RETRY_MAX_DELAY`, up to 20 % less), the last at `WEBHOOK_RETRY_FOR` after the
  *   event; after that one, `failed`. A turn without a webhook configured sends nothing but backs off the same way.
  *
  * Every attempt of an event carries the same `webhook-id` and body, and a fresh `webhook-timestamp` and signature.
@@ -25,7 +25,7 @@ import { makeFailureRun } from "../observability/failureRuns.js"
 import { Metrics } from "../observability/Metrics.js"
 import { type ClaimedDelivery, type DeliveryClaim, makeDeliveries, type Settlement } from "./deliveries.js"
 import { makePoster } from "./posting.js"
-import { shownUrl, signingKey, webhookHeaders } from "./signing.js"
+import { shownUrl, signingKeys, webhookHeaders } from "./signing.js"
 import { WebhookTargets } from "./WebhookTargets.js"
 
 export interface WebhooksShape {
@@ -50,6 +50,14 @@ export class DeliveryPolicy extends Context.Reference<DeliveryPolicy>()("Webhook
 /** How long delivered and failed rows stay listed: a month of history to look into, and a table that stays bounded. */
 const KEEP_SETTLED = Duration.days(30)
 
+/**
+ * The wait after a delivery's turn `turns` (0 for its first) failed: `baseMs` doubled for each turn before, at most
+ * `maxMs`, times `jitter` (0.8–1). The jitter comes after the cap: before, events failing together (a receiver down
+ * for an hour) all waited exactly the longest delay, and came back at once.
+ */
+export const retryWait = (turns: number, baseMs: number, maxMs: number, jitter: number): number =>
+  Math.min(baseMs * 2 ** Math.min(turns, 40), maxMs) * jitter
+
 /** A delivery's log line: `event` to select it by, the batch and event ids, the attempts made. */
 const line = (delivery: ClaimedDelivery, event: string, fields: Record<string, unknown>) =>
   Effect.annotateLogs({ event, batch_id: delivery.batchId, event_id: delivery.id, type: delivery.type, ...fields })
@@ -69,15 +77,14 @@ export const make = Effect.gen(function*() {
   const claimMs = Duration.toMillis(policy.timeout) + Duration.toMillis(config.leaseTtl)
 
   /**
-   * What follows a failed turn at `now`: another one after the base delay doubled for each turn before (±20 %, at
-   * most the longest delay, never past the deadline), or, once `WEBHOOK_RETRY_FOR` has run out since the event,
+   * What follows a failed turn at `now`: another one after the base delay doubled for each turn before (at most the
+   * longest delay; up to 20 % less; never past the deadline), or, once `WEBHOOK_RETRY_FOR` has run out since the event,
    * `failed`. Turns that sent nothing count too: without a webhook the wait still grows.
    */
   const afterFailure = (delivery: ClaimedDelivery, turn: Pick<Settlement, "sentTo" | "statusCode" | "error">, now: number) =>
     Effect.gen(function*() {
       const deadline = delivery.createdAt * 1000 + retryForMs
-      const jitter = yield* Random.nextRange(0.8, 1.2)
-      const wait = Math.min(baseDelayMs * 2 ** Math.min(delivery.turns, 40) * jitter, maxDelayMs)
+      const wait = retryWait(delivery.turns, baseDelayMs, maxDelayMs, yield* Random.nextRange(0.8, 1))
       return {
         ...turn,
         status: now >= deadline ? "failed" : "pending",
@@ -122,7 +129,7 @@ export const make = Effect.gen(function*() {
         return yield* conclude(delivery, claim, settlement, "not sent again", { attempts: delivery.attempts })
       }
       const target = yield* targets.targetOf(delivery.project)
-      const key = Option.flatMap(target, (t) => Option.fromNullable(signingKey(Redacted.value(t.secret))))
+      const key = Option.flatMap(target, (t) => Option.fromNullable(signingKeys(Redacted.value(t.secret))))
       if (Option.isNone(target) || Option.isNone(key)) {
         // Not given up at once: the keys file may be being edited, or another node may have the webhook.
         const error = `no webhook is configured for project ${delivery.project}`

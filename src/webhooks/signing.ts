@@ -29,16 +29,33 @@ const SECRET = /^whsec_([A-Za-z0-9+/]+={0,2})$/
  * The HMAC key of a `whsec_<base64>` secret (its base64 part decoded), or undefined when `text` is not one: the
  * base64 must be canonical (what decodes is what was written) and decode to at least one byte.
  */
-export const signingKey = (text: string): Buffer | undefined => {
+const signingKey = (text: string): Buffer | undefined => {
   const base64 = SECRET.exec(text)?.[1]
   if (base64 === undefined || base64.length % 4 !== 0) return undefined
   const key = Buffer.from(base64, "base64")
   return key.length > 0 && key.toString("base64") === base64 ? key : undefined
 }
 
-/** Why `text` is not a webhook secret, for a message that never repeats it; undefined when it is one. */
+/** Most secrets a webhook signs with at once: a rotation needs two. */
+const MAX_SECRETS = 4
+
+/**
+ * The HMAC keys of a webhook's secrets, `whsec_…` separated by spaces (several while a secret is rotated: each
+ * attempt is signed with every one, as Standard Webhooks allows, and a receiver that knows either accepts it), or
+ * undefined when `text` is not such a list.
+ */
+export const signingKeys = (text: string): ReadonlyArray<Buffer> | undefined => {
+  const secrets = text.trim().split(/\s+/)
+  if (secrets.length > MAX_SECRETS) return undefined
+  const keys = secrets.map(signingKey)
+  return keys.every((key) => key !== undefined) ? keys as ReadonlyArray<Buffer> : undefined
+}
+
+/** Why `text` is not a webhook's secrets, for a message that never repeats them; undefined when it is. */
 export const secretProblem = (text: string): string | undefined =>
-  signingKey(text) === undefined ? "a webhook secret must be whsec_ followed by base64 (as OpenAI's: whsec_…=)" : undefined
+  signingKeys(text) === undefined
+    ? `a webhook secret must be whsec_ followed by base64 (as OpenAI's: whsec_…=); up to ${MAX_SECRETS}, separated by spaces, while one is rotated`
+    : undefined
 
 /** Why `url` cannot receive webhooks, for a message that never repeats it (a query may hold a token); undefined when it can. */
 export const urlProblem = (url: string): string | undefined => {
@@ -56,13 +73,16 @@ export const shownUrl = (url: string): string => {
   return query < 0 ? url : `${url.slice(0, query)}?…`
 }
 
-/** `v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">`: the `webhook-signature` of one attempt. */
-export const signature = (key: Buffer, id: string, timestamp: number, body: string): string =>
-  `v1,${createHmac("sha256", key).update(`${id}.${timestamp}.${body}`).digest("base64")}`
+/**
+ * The `webhook-signature` of one attempt: `v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">` for each key,
+ * separated by spaces.
+ */
+export const signature = (keys: ReadonlyArray<Buffer>, id: string, timestamp: number, body: string): string =>
+  keys.map((key) => `v1,${createHmac("sha256", key).update(`${id}.${timestamp}.${body}`).digest("base64")}`).join(" ")
 
 /** The signing headers of one attempt at `timestamp` (unix seconds): the same `webhook-id` on every attempt. */
-export const webhookHeaders = (key: Buffer, id: string, timestamp: number, body: string): Record<string, string> => ({
+export const webhookHeaders = (keys: ReadonlyArray<Buffer>, id: string, timestamp: number, body: string): Record<string, string> => ({
   "webhook-id": id,
   "webhook-timestamp": String(timestamp),
-  "webhook-signature": signature(key, id, timestamp, body)
+  "webhook-signature": signature(keys, id, timestamp, body)
 })
