@@ -10,6 +10,9 @@ import { OPENAI_MAX_REQUESTS_PER_BATCH } from "./domain/Batches.js"
 
 export type { AppConfigShape } from "./configShape.js"
 
+/** What a SIGHUP line adds: the settings other than the keys file are read once, at start. */
+export const RESTART_TO_APPLY = "UPSTREAMS_FILE and the other settings are read at start: a restart applies a change to them"
+
 export const defaults: AppConfigShape = {
   port: 8321,
   host: "127.0.0.1",

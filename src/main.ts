@@ -6,7 +6,7 @@
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Cause, ConfigError, Deferred, Effect, FiberRef, HashSet, Layer, Logger, Option, Runtime } from "effect"
 import { constants } from "node:os"
-import { AppConfig, defaults } from "./Config.js"
+import { AppConfig, defaults, RESTART_TO_APPLY } from "./Config.js"
 import { AppLive } from "./Layers.js"
 import { LoggingLive, loggerLayer } from "./observability/Logging.js"
 import { describeDatabase } from "./observability/Readiness.js"
@@ -105,6 +105,22 @@ const stopAtOnceOnALaterSignal = Effect.gen(function*() {
 })
 
 /**
+ * SIGHUP, the usual "reload", when there is no keys file to re-read (`AuthLive` re-reads it when there is one):
+ * said, and nothing else. Node's default ends the process: an operator who edited `UPSTREAMS_FILE` and ran
+ * `systemctl reload` stopped the server without a line.
+ */
+const sayHangupChangesNothing = Effect.gen(function*() {
+  if (Option.isSome((yield* AppConfig).apiKeysFile)) return
+  const runSync = Runtime.runSync(yield* Effect.runtime<never>())
+  process.on("SIGHUP", () =>
+    runSync(Effect.annotateLogs(
+      Effect.logWarning(`SIGHUP: nothing to re-read (only API_KEYS_FILE is, and it is not set); ${RESTART_TO_APPLY}`),
+      "event",
+      "server.hangup"
+    )))
+})
+
+/**
  * The application until it is interrupted, or until another process takes this node's id (`NodeIdTakenOver`: it
  * started under it while this node was cut off from PostgreSQL): said at once, then the node stops as at SIGTERM and
  * exits 1. Its work goes on in the other process; both under one id would send the same requests twice.
@@ -133,7 +149,7 @@ const configFaultLogging = loggerLayer(
 
 // Logs go through `LOG_FORMAT`'s logger from the start to the last line: provided around the whole program (and
 // runMain's own pretty logger and error report disabled, or each line would be written twice).
-const program = Effect.zipRight(stopAtOnceOnALaterSignal, launch).pipe(
+const program = Effect.zipRight(Effect.zip(stopAtOnceOnALaterSignal, sayHangupChangesNothing), launch).pipe(
   Effect.onInterrupt(() => Effect.annotateLogs(Effect.logInfo("Shutdown finished"), "event", "server.shutdown_finished")),
   Effect.tapErrorCause(logFault),
   Effect.provide(LoggingLive),

@@ -445,6 +445,25 @@ describe("the server process", () => {
       }
     }))
 
+  it.live("without a keys file, a SIGHUP is said and changes nothing (Node's default ended the server without a line)", () =>
+    Effect.promise(async () => {
+      const dir = scratch()
+      const server = await startServer({ DATA_DIR: Path.join(dir, "data"), API_KEYS: "sk-hup:projA" })
+      try {
+        const pid = server.child.pid
+        server.child.kill("SIGHUP")
+        const deadline = Date.now() + 10_000
+        while (!server.output().includes("SIGHUP: nothing to re-read") && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+        expect(server.output()).toContain("UPSTREAMS_FILE and the other settings are read at start")
+        expect((await fetch(`${server.url}/v1/files`, { headers: { authorization: "Bearer sk-hup" } })).status).toBe(200)
+        expect([server.child.pid, server.child.exitCode]).toEqual([pid, null])
+        expect(await server.stop()).toBe(0)
+      } finally {
+        await server.stop()
+        rmSync(dir, { recursive: true, force: true })
+      }
+    }))
+
   it.live("refuses to start on a non-loopback HOST without keys, or on a bad keys file, naming the variable", () =>
     Effect.promise(async () => {
       const dir = scratch()

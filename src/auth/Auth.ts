@@ -16,7 +16,7 @@
 import { ConfigError, Context, Effect, Layer, Option, Redacted, Ref, Runtime } from "effect"
 import { createHash, timingSafeEqual } from "node:crypto"
 import { readFile } from "node:fs/promises"
-import { AppConfig, type AppConfigShape, exposedWithoutKeys, keysConfigured } from "../Config.js"
+import { AppConfig, type AppConfigShape, exposedWithoutKeys, keysConfigured, RESTART_TO_APPLY } from "../Config.js"
 import { DEFAULT_PROJECT } from "../domain/Projects.js"
 import { parseAdminKey, parseKeyEntry, parseWebhookEntry, type WebhookEntry } from "./keyEntries.js"
 
@@ -261,7 +261,7 @@ export const AuthLive: Layer.Layer<Auth, ConfigError.ConfigError, AppConfig> = L
       const runtime = yield* Effect.runtime<never>()
       const onHangup = () =>
         Runtime.runFork(runtime)(auth.reload.pipe(
-          Effect.flatMap((summary) => sayKeys("API keys reloaded", summary)),
+          Effect.flatMap((summary) => sayKeys(`API keys reloaded (${RESTART_TO_APPLY})`, summary)),
           Effect.catchAll((error) =>
             Effect.logError(`API_KEYS_FILE could not be reloaded; the previous keys stay in use: ${String(error)}`))
         ))
