@@ -421,6 +421,48 @@ describe("Inference", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  it.effect("a model goes to the first upstream in the file's order that may serve it: one down at start, its list unknown, is waited for", () => {
+    // Two upstreams serving "*", both serving model-s: the first (local, say) is down at start; the second (a paid
+    // one) answers. The model went to the second or the first depending on which had answered at start.
+    let firstDown = true
+    const posts: Array<string> = []
+    const client = HttpClient.make((request, url) =>
+      Effect.gen(function*() {
+        const first = url.host === "first.test"
+        if (first && firstDown) {
+          return yield* Effect.fail(new HttpClientError.RequestError({ request, reason: "Transport", cause: { kind: "connect" } }))
+        }
+        if (request.method === "GET") {
+          return HttpClientResponse.fromWeb(request, new Response(JSON.stringify({ data: [{ id: "model-s" }] }), { status: 200 }))
+        }
+        posts.push(url.host)
+        return HttpClientResponse.fromWeb(request, new Response(`{"ok":true}`, { status: 200 }))
+      }))
+    const layer = InferenceOverHttpClient.pipe(
+      Layer.provide(Layer.succeed(HttpClient.HttpClient, client)),
+      Layer.provide(AppConfig.layerWith({
+        upstreamProbeInterval: Duration.seconds(1),
+        upstreams: Option.some([
+          { name: "first", base_url: "http://first.test/v1", models: ["*"] },
+          { name: "second", base_url: "http://second.test/v1", models: ["*"] }
+        ])
+      }))
+    )
+    return Effect.gen(function*() {
+      const inference = yield* Inference
+      const fiber = yield* Effect.fork(Effect.zipRight(
+        inference.reachable("model-s"),
+        inference.send("/v1/chat/completions", `{"model":"model-s"}`, { model: "model-s" })
+      ))
+      yield* TestClock.adjust("3 seconds")
+      expect([posts, fiber.unsafePoll()]).toEqual([[], null]) // waiting for the first, not sent to the second
+      firstDown = false
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.join(fiber)
+      expect(posts).toEqual(["first.test"])
+    }).pipe(Effect.provide(layer))
+  })
+
   describe("over HTTP to the simulator", () => {
     const live = (url: string, maxResponseBytes?: number) =>
       InferenceLive.pipe(Layer.provide(AppConfig.layerWith({

@@ -131,8 +131,10 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
     const pickTraced = makeFractionPicker((yield* UpstreamCallTracing).fraction)
 
     /**
-     * The upstream serving `model`: the first known to serve it, else the first serving any model that gives no
-     * list yet. Remembered only when known (forgotten whenever an upstream's list changes). A request naming no
+     * The upstream serving `model`, in the file's order: the first known to serve it, or serving any model and
+     * giving no list yet (down at start: its batches wait for it). Not the first known to serve it, wherever it is
+     * in the file: a model then went to a later upstream (a paid one, elsewhere) or not depending on which answered
+     * at start. Remembered only when known (forgotten whenever an upstream's list changes). A request naming no
      * model (a moderation may leave it out, for the upstream's default) goes to the first serving any model, else
      * to the first upstream.
      */
@@ -140,9 +142,9 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
     const route = (model: string | null | undefined): Upstream | undefined => {
       if (model == null) return upstreams.find((u) => servesAnyModel(u.spec)) ?? upstreams[0]
       if (routes.has(model)) return routes.get(model)
-      const known = upstreams.find((u) => knownToServe(u, model))
-      if (known !== undefined || !upstreams.some(servesUnlisted)) routes.set(model, known)
-      return known ?? upstreams.find(servesUnlisted)
+      const first = upstreams.find((u) => knownToServe(u, model) || servesUnlisted(u))
+      if (first === undefined || !servesUnlisted(first)) routes.set(model, first)
+      return first
     }
     /** Every upstream serving any model has had its start-up probe: their lists are known when they give one. */
     const listsKnown = Effect.forEach(upstreams, (u) => (servesAnyModel(u.spec) ? u.started : Effect.void), {
