@@ -76,6 +76,18 @@ describe("UpstreamSpec", () => {
     expect(problem([{ ...minimal, api_key_env: "NOPE" }])).toBe("upstream 'a': api_key_env names NOPE, which is not set")
     expect(problem([{ ...minimal, api_key_env: "EMPTY" }], { EMPTY: "" })).toBe("upstream 'a': api_key_env names EMPTY, which is empty")
     expect(problem([{ ...minimal, api_key: "k", api_key_env: "K" }], { K: "v" })).toContain("not both")
+    // Variables as a shell names them: the file is not expanded (the key was sent as "${OPENAI_API_KEY}").
+    expect(problem([{ ...minimal, api_key_env: "${OPENAI_API_KEY}" }], { OPENAI_API_KEY: "sk" }))
+      .toBe("upstream 'a': api_key_env takes the variable's name: OPENAI_API_KEY, not ${OPENAI_API_KEY}")
+    expect(problem([{ ...minimal, api_key: "$OPENAI_API_KEY" }])).toContain("give api_key_env: OPENAI_API_KEY")
+    // Headers the client sets (a wrong Content-Length failed every call), and a second source of credentials.
+    for (const name of ["Content-Length", "Host", "transfer-encoding", "Connection"]) {
+      expect(problem([{ ...minimal, headers: { [name]: "5" } }])).toBe(
+        `upstream 'a': headers: ${name.toLowerCase()} is set by the client itself (the calls' framing and connection)`
+      )
+    }
+    expect(problem([{ ...minimal, api_key: "k", headers: { Authorization: "Bearer other" } }])).toContain("give one")
+    expect(problem([{ ...minimal, headers: { Authorization: "Bearer k", "X-Tenant": "t" } }])).toBe("no problem")
     expect(problem([{ ...minimal, min_concurrency: 8, max_concurrency: 4 }])).toContain("min_concurrency is larger")
     expect(problem([{ ...minimal, timeout: "soon" }])).toContain("timeout 'soon'")
     expect(problem([{ ...minimal, max_waiting: 3 }])).toContain("both metrics_url and max_waiting")

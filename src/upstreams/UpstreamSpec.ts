@@ -100,6 +100,33 @@ export const shadowedModels = (
 
 type Defaults = Pick<AppConfigShape, "inferenceMaxConcurrency" | "inferenceMinConcurrency" | "inferenceTimeout">
 
+/**
+ * Headers the client sets itself (the body's framing and type, the connection, the host): given in `headers`, they
+ * broke every call (a `Content-Length` of another size failed each one, and the upstream was taken for down).
+ */
+const CLIENT_HEADERS = new Set([
+  "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer",
+  "proxy-connection", "expect", "content-type", "accept-encoding"
+])
+/** `${NAME}` or `$NAME`: a variable the file names as a shell would (it is not expanded). */
+const SHELL_VARIABLE = /^\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?$/
+
+/** What is wrong with an entry's key and headers as written (before any variable is read); undefined when nothing. */
+const credentialsProblem = (entry: UpstreamEntry): string | undefined => {
+  if (entry.api_key !== undefined && entry.api_key_env !== undefined) return "give api_key or api_key_env, not both"
+  const named = entry.api_key_env === undefined ? undefined : SHELL_VARIABLE.exec(entry.api_key_env)?.[1]
+  if (named !== undefined) return `api_key_env takes the variable's name: ${named}, not ${entry.api_key_env}`
+  const quoted = entry.api_key === undefined ? undefined : SHELL_VARIABLE.exec(entry.api_key)?.[1]
+  if (quoted !== undefined) return `api_key is sent as written (the file's variables are not expanded): give api_key_env: ${quoted}`
+  const names = Object.keys(entry.headers ?? {}).map((name) => name.toLowerCase())
+  const clients = names.find((name) => CLIENT_HEADERS.has(name))
+  if (clients !== undefined) return `headers: ${clients} is set by the client itself (the calls' framing and connection)`
+  if (names.includes("authorization") && (entry.api_key !== undefined || entry.api_key_env !== undefined)) {
+    return "headers: Authorization and api_key (or api_key_env) both give the calls' credentials: give one"
+  }
+  return undefined
+}
+
 /** An entry resolved against the defaults and the environment, or what is wrong with it. */
 const resolveEntry = (
   entry: UpstreamEntry,
@@ -107,7 +134,8 @@ const resolveEntry = (
   env: Record<string, string | undefined>
 ): Either.Either<UpstreamSpec, string> => {
   const problem = (text: string) => Either.left(`upstream '${entry.name}': ${text}`)
-  if (entry.api_key !== undefined && entry.api_key_env !== undefined) return problem("give api_key or api_key_env, not both")
+  const credentials = credentialsProblem(entry)
+  if (credentials !== undefined) return problem(credentials)
   let apiKey = Option.none<Redacted.Redacted>()
   if (entry.api_key_env !== undefined) {
     const value = env[entry.api_key_env]
