@@ -4,6 +4,7 @@
  * server stops accepting and lets open requests end).
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
+import * as Migrator from "@effect/sql/Migrator"
 import { Cause, ConfigError, Deferred, Effect, FiberRef, HashSet, Layer, Logger, Option, Runtime } from "effect"
 import { constants } from "node:os"
 import { AppConfig, defaults, RESTART_TO_APPLY } from "./Config.js"
@@ -52,6 +53,7 @@ const startFaultLine = (cause: Cause.Cause<unknown>) =>
       `Cannot use the database (${describeDatabase(config)}; see ${Option.isSome(config.databaseUrl) ? "DATABASE_URL" : "DATA_DIR"}): ${said}`
     const failed = Option.flatMap(Cause.failureOption(cause), (error): Option.Option<string> => {
       if (error instanceof NodeIdInUse || error instanceof BatchesRunElsewhere) return Option.some(error.message)
+      if (error instanceof Migrator.MigrationError && error.reason === "bad-state") return Option.some(cannotUse(error.message))
       if ((error as { readonly _tag?: unknown })._tag !== "SqlError") return Option.none()
       const driver = rootMessage(error)
       return Option.some(cannotUse((error as Error).message === driver ? driver : `${(error as Error).message}: ${driver}`))

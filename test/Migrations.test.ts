@@ -10,7 +10,7 @@ import * as Migrator from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
-import { Effect, Fiber, Layer, Option, Redacted } from "effect"
+import { Effect, Fiber, Layer, Logger, Option, Redacted } from "effect"
 import * as Path from "node:path"
 import { make as makeBatchStore } from "../src/batches/BatchStore.js"
 import { BatchId, BatchRequestId, FileId } from "../src/domain/Ids.js"
@@ -142,6 +142,27 @@ describe("migrations", () => {
         const exit = yield* Effect.exit(Effect.scoped(Layer.build(MigrationsLive)))
         expect(String(exit)).toContain("Migrations 0002_batches never ran on this schema")
       }).pipe(Effect.provide(clientFor(backend))))
+
+    it.scoped(`${backend}: the migrations that run are logged; a schema a later release migrated stops the start, named, and is left as it is`, () => {
+      const lines: Array<string> = []
+      const logger = Logger.make(({ message }) => void lines.push(String(message)))
+      return Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const applied = () => lines.filter((l) => l.startsWith("Migrations applied"))
+        yield* migrateUpTo("0010_upload_claims")
+        expect(applied()).toHaveLength(1)
+        yield* Effect.scoped(Layer.build(MigrationsLive))
+        expect(applied().slice(1)).toEqual(["Migrations applied: 0011_request_attempts, 0012_deleted_files"])
+        yield* Effect.scoped(Layer.build(MigrationsLive)) // nothing to do: nothing said
+        expect(applied()).toHaveLength(2)
+
+        // A later release's migration recorded: this one would run on tables it does not know.
+        yield* sql`INSERT INTO ${sql(MIGRATIONS_TABLE)} (migration_id, name) VALUES (9999, 'future_thing')`
+        const exit = yield* Effect.exit(Effect.scoped(Layer.build(MigrationsLive)))
+        expect(String(exit)).toContain("A later release migrated this database (9999_future_thing)")
+        expect(yield* sql`SELECT name FROM ${sql(MIGRATIONS_TABLE)} WHERE migration_id = 9999`).toEqual([{ name: "future_thing" }])
+      }).pipe(Effect.provide(clientFor(backend)), Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
+    })
 
     it.scoped(`${backend}: an app that migrated the schema first with its own migrator takes none of the service's migrations away`, () =>
       Effect.gen(function*() {

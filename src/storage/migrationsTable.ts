@@ -57,9 +57,35 @@ const adoptSharedRecords = (names: ReadonlyArray<string>) =>
     yield* Effect.logInfo(`Migrations: ${adopted.length} recorded in ${SHARED_MIGRATIONS_TABLE} by an earlier release, now in ${MIGRATIONS_TABLE}`)
   })
 
-/** Applies the pending ones of `record` (named `NNNN_name`), recorded in the service's own table. */
+/**
+ * A schema a later release migrated (a migration recorded above this release's last) is refused: this release would
+ * run on tables it does not know, failing its batches one by one (an older release on a newer schema answered its
+ * uploads, then failed each batch on a missing column).
+ */
+const refuseNewerSchema = (names: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    if (!(yield* tableExists(sql, MIGRATIONS_TABLE))) return
+    const known = Math.max(...names.map((key) => Number(key.slice(0, key.indexOf("_")))))
+    const newer = yield* sql<{ migration_id: number | string; name: string }>`
+      SELECT migration_id, name FROM ${sql(MIGRATIONS_TABLE)} WHERE migration_id > ${known} ORDER BY migration_id`
+    if (newer.length === 0) return
+    return yield* new Migrator.MigrationError({
+      reason: "bad-state",
+      message: `A later release migrated this database (${newer.map((row) => `${row.migration_id}_${row.name}`).join(", ")}); ` +
+        `this one knows migrations up to ${known} only. Run that release (or a later one), or restore a backup taken before it.`
+    })
+  })
+
+/** Applies the pending ones of `record` (named `NNNN_name`), recorded in the service's own table; says which ran. */
 export const runMigrations = (record: Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>>) =>
-  Effect.zipRight(
-    Effect.flatMap(SqlClient.SqlClient, (sql) => sql.withTransaction(adoptSharedRecords(Object.keys(record)))),
-    Migrator.make({})({ loader: Migrator.fromRecord(record), table: MIGRATIONS_TABLE })
-  )
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    yield* sql.withTransaction(adoptSharedRecords(Object.keys(record)))
+    yield* refuseNewerSchema(Object.keys(record))
+    const applied = yield* Migrator.make({})({ loader: Migrator.fromRecord(record), table: MIGRATIONS_TABLE })
+    if (applied.length > 0) {
+      yield* Effect.logInfo(`Migrations applied: ${applied.map(([id, name]) => `${String(id).padStart(4, "0")}_${name}`).join(", ")}`)
+        .pipe(Effect.annotateLogs("event", "database.migrated"))
+    }
+  })
