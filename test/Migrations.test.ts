@@ -149,12 +149,12 @@ describe("migrations", () => {
       return Effect.gen(function*() {
         const sql = yield* SqlClient.SqlClient
         const applied = () => lines.filter((l) => l.startsWith("Migrations applied"))
-        yield* migrateUpTo("0010_upload_claims")
-        expect(applied()).toHaveLength(1)
+        yield* migrateUpTo("0010_upload_claims") // a new database: said at debug level only
+        expect(applied()).toHaveLength(0)
         yield* Effect.scoped(Layer.build(MigrationsLive))
-        expect(applied().slice(1)).toEqual(["Migrations applied: 0011_request_attempts, 0012_deleted_files"])
+        expect(applied()).toEqual(["Migrations applied: 0011_request_attempts, 0012_deleted_files"])
         yield* Effect.scoped(Layer.build(MigrationsLive)) // nothing to do: nothing said
-        expect(applied()).toHaveLength(2)
+        expect(applied()).toHaveLength(1)
 
         // A later release's migration recorded: this one would run on tables it does not know.
         yield* sql`INSERT INTO ${sql(MIGRATIONS_TABLE)} (migration_id, name) VALUES (9999, 'future_thing')`

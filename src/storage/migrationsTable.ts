@@ -77,15 +77,17 @@ const refuseNewerSchema = (names: ReadonlyArray<string>) =>
     })
   })
 
-/** Applies the pending ones of `record` (named `NNNN_name`), recorded in the service's own table; says which ran. */
+/** Applies the pending ones of `record` (named `NNNN_name`), recorded in the service's own table; says which ran (an upgrade's, at info). */
 export const runMigrations = (record: Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>>) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     yield* sql.withTransaction(adoptSharedRecords(Object.keys(record)))
     yield* refuseNewerSchema(Object.keys(record))
     const applied = yield* Migrator.make({})({ loader: Migrator.fromRecord(record), table: MIGRATIONS_TABLE })
-    if (applied.length > 0) {
-      yield* Effect.logInfo(`Migrations applied: ${applied.map(([id, name]) => `${String(id).padStart(4, "0")}_${name}`).join(", ")}`)
-        .pipe(Effect.annotateLogs("event", "database.migrated"))
-    }
+    if (applied.length === 0) return
+    const line = `Migrations applied: ${applied.map(([id, name]) => `${String(id).padStart(4, "0")}_${name}`).join(", ")}`
+    // An upgrade is news; a new database's tables are not (its first start says enough).
+    yield* (applied.some(([id]) => id === 1) ? Effect.logDebug(line) : Effect.logInfo(line)).pipe(
+      Effect.annotateLogs("event", "database.migrated")
+    )
   })
