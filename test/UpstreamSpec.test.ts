@@ -113,7 +113,16 @@ describe("UpstreamSpec", () => {
     expect(Either.getLeft(parseUpstreamsFile("models: []"))).toEqual(Option.some(expect.stringContaining("under `upstreams`")))
     // A misspelt or invented top-level key is not ignored (the upstreams it meant to tune would run untuned).
     expect(Either.getLeft(parseUpstreamsFile("upstreams: []\ndefaults: {timeout: 5 minutes}\n")))
-      .toEqual(Option.some("unknown field 'defaults': the file holds `upstreams` only"))
+      .toEqual(Option.some("unknown field 'defaults': the file holds `upstreams` (and x-… keys, for YAML anchors) only"))
+    // Shared settings written once: an x- key holds an anchor, merge keys take it in.
+    const merged = parseUpstreamsFile(
+      "x-defaults: &d {timeout: 5 minutes, max_concurrency: 8}\nupstreams:\n  - {<<: *d, name: a, base_url: http://h/v1, models: [m]}\n"
+    )
+    expect(merged).toEqual(Either.right([{ timeout: "5 minutes", max_concurrency: 8, name: "a", base_url: "http://h/v1", models: ["m"] }]))
+    // The parser's message, without the code frame its colon announced.
+    expect(Either.getLeft(parseUpstreamsFile("upstreams: [unclosed"))).toEqual(Option.some(expect.not.stringMatching(/:$/)))
+    expect(problem([{ ...minimal, timeout: "30s" }])).toContain('such as "30 seconds", "10 minutes" or "2 hours"')
+    expect(problem([{ ...minimal, timeout: 30 }])).toBe(`upstream 'a': timeout: a duration such as "10 minutes" (a number needs its unit)`)
     // One message per mistake, said plainly: no `Expected undefined` beside a wrong value, no schema's own notation.
     expect(problem([{ ...minimal, max_concurrency: "lots" }])).toBe(`upstream 'a': max_concurrency: Expected number, actual "lots"`)
     expect(problem([{ ...minimal, models: "model-a" }])).toBe(`upstream 'a': models: a list of at least one model name (or "*")`)

@@ -222,7 +222,7 @@ layer(
         return lines[0]!
       }, 5000)
       expect(warned.level).toBe("WARN")
-      expect(warned.message).toMatch(/^Upstream locked answered 401 to GET http:\/\/127\.0\.0\.1:\d+\/v1\/models: the upstream refused its key \(check its api_key or api_key_env, or INFERENCE_API_KEY\)/)
+      expect(warned.message).toMatch(/^Upstream locked answered 401 to GET http:\/\/127\.0\.0\.1:\d+\/v1\/models: the upstream refused the call's credentials; check its key \(from api_key\)/)
       expect(warned.message).not.toContain("sk-wrong")
     }))
 })

@@ -50,7 +50,10 @@ export const UpstreamEntry = Schema.Struct({
   }),
   max_concurrency: Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { exact: true }),
   min_concurrency: Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { exact: true }),
-  timeout: Schema.optionalWith(Schema.String, { exact: true }),
+  timeout: Schema.optionalWith(
+    Schema.String.annotations({ message: () => "a duration such as \"10 minutes\" (a number needs its unit)" }),
+    { exact: true }
+  ),
   headers: Schema.optionalWith(Schema.Record({ key: HeaderName, value: HeaderValue }), { exact: true }),
   metrics_url: Schema.optionalWith(HttpUrl, { exact: true }),
   max_waiting: Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { exact: true })
@@ -67,6 +70,8 @@ export interface UpstreamSpec {
   /** Up to and including the API's version path (`…/v1`), without a trailing slash. */
   readonly baseUrl: string
   readonly apiKey: Option.Option<Redacted.Redacted>
+  /** Where its key comes from (`api_key`, `api_key_env X`, `INFERENCE_API_KEY`), for a refusal's message. */
+  readonly keyFrom?: string | undefined
   /** Model names it serves, or `"*"`: any model its own `GET /models` lists (any model while it gives no list). */
   readonly models: ReadonlyArray<string>
   /** The adaptive limit's ceiling and floor: requests in flight on this node. */
@@ -74,7 +79,7 @@ export interface UpstreamSpec {
   readonly minConcurrency: number
   /** Time limit of one attempt. */
   readonly timeout: Duration.Duration
-  /** Sent with every request (after the JSON content type and the bearer token, which they may override). */
+  /** Sent with every request, after the JSON content type and the bearer token (`Authorization` only without a key). */
   readonly headers: Readonly<Record<string, string>>
   /** Load-aware dispatch: hold new requests while the server's waiting queue would pass `maxWaiting`. */
   readonly loadAware: Option.Option<{ readonly metricsUrl: string; readonly maxWaiting: number }>
@@ -149,12 +154,13 @@ const resolveEntry = (
   } else if (entry.api_key !== undefined) {
     apiKey = Option.some(Redacted.make(entry.api_key))
   }
+  const keyFrom = entry.api_key_env !== undefined ? `api_key_env ${entry.api_key_env}` : entry.api_key !== undefined ? "api_key" : undefined
   const maxConcurrency = entry.max_concurrency ?? Math.max(defaults.inferenceMaxConcurrency, entry.min_concurrency ?? 1)
   const minConcurrency = entry.min_concurrency ?? Math.min(defaults.inferenceMinConcurrency, maxConcurrency)
   if (minConcurrency > maxConcurrency) return problem("min_concurrency is larger than max_concurrency")
   const timeout = entry.timeout === undefined ? Option.some(defaults.inferenceTimeout) : Duration.decodeUnknown(entry.timeout)
   if (Option.isNone(timeout) || !Duration.greaterThan(timeout.value, Duration.zero)) {
-    return problem(`timeout '${entry.timeout}' is not a positive duration such as "10 minutes"`)
+    return problem(`timeout '${entry.timeout}' is not a positive duration such as "30 seconds", "10 minutes" or "2 hours" (a number and a unit: millis, seconds, minutes, hours, days)`)
   }
   if ((entry.metrics_url === undefined) !== (entry.max_waiting === undefined)) {
     return problem("load-aware dispatch needs both metrics_url and max_waiting")
@@ -163,6 +169,7 @@ const resolveEntry = (
     name: entry.name,
     baseUrl: entry.base_url.replace(/\/+$/, ""),
     apiKey,
+    keyFrom,
     models: entry.models,
     maxConcurrency,
     minConcurrency,
@@ -212,16 +219,21 @@ export const resolveEntries = (
 export const parseUpstreamsFile = (text: string): Either.Either<ReadonlyArray<unknown>, string> => {
   let document: unknown
   try {
-    document = parseYaml(text)
+    // Merge keys (`<<: *defaults`) as YAML 1.1 and most tools take them: an entry's shared settings written once.
+    document = parseYaml(text, { merge: true })
   } catch (error) {
-    return Either.left(`not YAML or JSON: ${(error as Error).message.split("\n")[0]}`)
+    return Either.left(`not YAML or JSON: ${(error as Error).message.split("\n")[0]!.replace(/:\s*$/, "")}`)
   }
   const list = (document as { upstreams?: unknown } | null)?.upstreams
   if (!Array.isArray(list)) return Either.left("expected an object with a list under `upstreams`")
-  const unknown = Object.keys(document as object).filter((key) => key !== "upstreams")
+  // `x-…` keys hold what anchors point to (as in Docker Compose files).
+  const unknown = Object.keys(document as object).filter((key) => key !== "upstreams" && !key.startsWith("x-"))
   return unknown.length === 0
     ? Either.right(list)
-    : Either.left(`unknown field ${unknown.map((key) => `'${key.slice(0, 64)}'`).join(", ")}: the file holds \`upstreams\` only`)
+    : Either.left(
+      `unknown field ${unknown.map((key) => `'${key.slice(0, 64)}'`).join(", ")}: the file holds \`upstreams\` ` +
+        "(and x-… keys, for YAML anchors) only"
+    )
 }
 
 /** The shortcut: `INFERENCE_BASE_URL` serving every model. */
@@ -229,6 +241,7 @@ const shortcut = (config: AppConfigShape): UpstreamSpec => ({
   name: "default",
   baseUrl: config.inferenceBaseUrl,
   apiKey: config.inferenceApiKey,
+  keyFrom: "INFERENCE_API_KEY",
   models: ["*"],
   maxConcurrency: config.inferenceMaxConcurrency,
   minConcurrency: Math.min(config.inferenceMinConcurrency, config.inferenceMaxConcurrency),

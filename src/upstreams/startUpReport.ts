@@ -44,10 +44,13 @@ export const startUpReport = (
     })
   }
   // Up, but its requests would most likely be refused the same way: every line a 401.
+  const keyCheck = Option.isNone(spec.apiKey)
+    ? `it has no key: give it one (${spec.keyFrom === "INFERENCE_API_KEY" ? "INFERENCE_API_KEY" : "api_key or api_key_env"})`
+    : `check its key (from ${spec.keyFrom ?? "its entry"})`
   const check = status === 401
-    ? "the upstream refused its key (check its api_key or api_key_env, or INFERENCE_API_KEY)"
+    ? `the upstream refused the call's credentials; ${keyCheck}`
     : status === 403
-    ? "the upstream refused its key, or the key may not list models (check its api_key or api_key_env, or INFERENCE_API_KEY)"
+    ? `the upstream refused the call's credentials, or they may not list models; ${keyCheck}`
     : status === 407
     ? "the proxy refused its credentials (check the user and password in HTTPS_PROXY or HTTP_PROXY)"
     : undefined
