@@ -145,6 +145,9 @@ describe("UpstreamSpec", () => {
       expect(String(error)).toContain(bad)
       const missing = yield* Effect.flip(upstreamSpecs({ ...defaults, upstreamsFile: Option.some(Path.join(dir, "none.yaml")) }))
       expect(String(missing)).toContain("cannot be read")
+      const huge = Path.join(dir, "huge.yaml")
+      writeFileSync(huge, `# ${"x".repeat(1024 * 1024)}\nupstreams: []\n`)
+      expect(String(yield* Effect.flip(upstreamSpecs({ ...defaults, upstreamsFile: Option.some(huge) })))).toContain("larger than 1 MiB")
       // Without a file: the shortcut, one upstream serving every model.
       const [shortcut] = yield* upstreamSpecs(defaults)
       expect(shortcut).toMatchObject({ name: "default", baseUrl: defaults.inferenceBaseUrl, models: ["*"] })

@@ -5,7 +5,7 @@
  * start, with messages naming the entry and the field: a typo in a field name is an error, not ignored.
  */
 import { ConfigError, Duration, Effect, Either, Option, ParseResult, Redacted, Schema } from "effect"
-import { readFile } from "node:fs/promises"
+import { readFile, stat } from "node:fs/promises"
 import { parse as parseYaml } from "yaml"
 import type { AppConfigShape } from "../Config.js"
 import { hasNonHeaderCharacter } from "../http/headerValue.js"
@@ -236,6 +236,9 @@ export const parseUpstreamsFile = (text: string): Either.Either<ReadonlyArray<un
     )
 }
 
+/** The largest upstreams file read. */
+const MAX_FILE_BYTES = 1024 * 1024
+
 /** The shortcut: `INFERENCE_BASE_URL` serving every model. */
 const shortcut = (config: AppConfigShape): UpstreamSpec => ({
   name: "default",
@@ -266,9 +269,11 @@ export const upstreamSpecs = (config: AppConfigShape): Effect.Effect<ReadonlyArr
     const path = config.upstreamsFile.value
     const invalid = (problem: string) => ConfigError.InvalidData(["UPSTREAMS_FILE"], `${path}: ${problem}`)
     const text = yield* Effect.tryPromise({
-      try: () => readFile(path, "utf8"),
+      // Its size first: a list of upstreams is a few kilobytes, and a wrong path (a model's weights) was read whole.
+      try: async () => ((await stat(path)).size > MAX_FILE_BYTES ? undefined : await readFile(path, "utf8")),
       catch: (error) => invalid(`cannot be read (${(error as Error).message})`)
     })
+    if (text === undefined) return yield* Effect.fail(invalid(`larger than ${MAX_FILE_BYTES / 1024 / 1024} MiB: not a list of upstreams`))
     const entries = yield* Either.mapLeft(parseUpstreamsFile(text), invalid)
     return yield* Either.mapLeft(resolveEntries(entries, config), invalid)
   })
