@@ -86,6 +86,8 @@ export interface Simulator {
   capacity: number | undefined
   /** While set, every inference request is answered at once with this status (and `retry-after` when given). */
   failAll: { status: number; retryAfter?: string } | undefined
+  /** See `SimulatorOptions.apiKey`; changing it revokes the key the clients send (or lets them in again). */
+  apiKey: string | undefined
   readonly reset: () => void
   /** Closes the listening socket and every open connection (clients get connection refused); stats are kept. */
   readonly stop: () => Promise<void>
@@ -158,7 +160,7 @@ export const startSimulator = async (options: SimulatorOptions = {}): Promise<Si
       res.on("close", () => clearInterval(timer))
     }
     const path = (req.url ?? "").split("?")[0]!
-    if (options.apiKey !== undefined && path.startsWith("/v1/") && req.headers.authorization !== `Bearer ${options.apiKey}`) {
+    if (sim.apiKey !== undefined && path.startsWith("/v1/") && req.headers.authorization !== `Bearer ${sim.apiKey}`) {
       return send(401, { error: { message: "Incorrect API key provided.", type: "invalid_request_error", param: null, code: "invalid_api_key" } })
     }
     if (req.method === "GET" && path === "/v1/models") {
@@ -292,6 +294,7 @@ export const startSimulator = async (options: SimulatorOptions = {}): Promise<Si
     },
     capacity: options.capacity,
     failAll: undefined,
+    apiKey: options.apiKey,
     reset: () => {
       stats.requests = 0
       stats.maxInFlight = stats.inFlight

@@ -232,6 +232,40 @@ layer(twoUpstreams({ inferenceMaxAttempts: 3 }), { excludeTestServices: true })(
     }), { timeout: 30_000 })
 })
 
+layer(
+  testAppWithUpstreams(
+    { keyed: { models: ["model-k"], apiKey: "sk-right", latencyMs: 40 } },
+    ({ keyed }) => [{ name: "keyed", base_url: keyed!.url, models: ["model-k"], api_key: "sk-right" }],
+    { maxConcurrentBatches: 1, maxConcurrentRequestsPerBatch: 4, upstreamProbeInterval: Duration.millis(300), ...outlasted }
+  ),
+  { excludeTestServices: true }
+)("an upstream that revokes its key mid-batch", (it) => {
+  // Its calls and its GET /models answer 401: every line failed at full speed, a 50,000-line batch burnt in minutes.
+  it.effect("pauses its batch (no line failed) while GET /models answers 401 too, and finishes it once the key works again", () =>
+    Effect.gen(function*() {
+      const { keyed } = yield* Simulators
+      const logs = yield* LogLines
+      const openai = yield* client
+      const batch = yield* createModelBatch(60, "model-k", "k")
+      yield* waitFor(openai, batch.id, (b) => (b.request_counts?.completed ?? 0) >= 5)
+      keyed!.apiKey = "sk-rotated"
+      yield* Effect.promise(async () => {
+        const deadline = Date.now() + 10_000
+        while (!logs.some((l) => l.event === "upstream.down") && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+      })
+      expect(logs.find((l) => l.event === "upstream.down")!.message).toMatch(/refuses its key: POST .* and GET \/models answer 401; check its key \(from api_key\)/)
+      yield* sleep(1500) // five probe intervals, each answered 401: down throughout, no trial
+      const paused = yield* Effect.promise(() => openai.batches.retrieve(batch.id))
+      expect([paused.status, paused.request_counts?.failed]).toEqual(["in_progress", 0])
+      expect(logs.filter((l) => l.event === "upstream.up")).toHaveLength(0)
+
+      keyed!.apiKey = "sk-right"
+      const done = yield* waitFor(openai, batch.id, terminal, 20_000)
+      expect(done.request_counts).toEqual({ total: 60, completed: 60, failed: 0 })
+      expect(logs.filter((l) => l.event === "upstream.up")).toHaveLength(1)
+    }), { timeout: 30_000 })
+})
+
 sideBySide("an upstream that never comes back", () => layer(twoUpstreams({ completionWindow: Duration.seconds(4) }), { excludeTestServices: true })((it) => {
   it.effect("the batch expires with its finished results kept and the rest batch_expired", () =>
     Effect.gen(function*() {

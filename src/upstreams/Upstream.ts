@@ -139,7 +139,12 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
 
     // --- up and down -------------------------------------------------------------------------------------------
     const outage = yield* makeOutage({ name: spec.name, gate, probeInterval: options.probeInterval, probe: askModels, log })
-    const { judge, markDown } = makeJudge({ spec, limit, gate, outage, clock, maxPause: options.maxPause, urlFor, log })
+    // Several calls refused at once ask once.
+    const keyRefused = yield* Effect.cachedWithTTL(
+      Effect.map(askModels, (answer) => answer._tag === "Success" && answer.value === 401),
+      Duration.seconds(1)
+    )
+    const { judge, markDown } = makeJudge({ spec, limit, gate, outage, clock, maxPause: options.maxPause, urlFor, log, keyRefused })
     const untrack = metrics.upstream(spec.name, {
       inflight: () => gate.inflight,
       limit: () => limit.current,

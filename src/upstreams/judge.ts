@@ -10,7 +10,10 @@
  *   timeout                 overload and a failure in the run; retried
  *   connection lost         a failure in the run; retried
  *   never connected         the upstream is down (refused, DNS, TLS, proxy)
- *   404, 401, 403, 3xx      final; a line says what to check (404: once, before any success on that endpoint)
+ *   401                     when `GET /models` answers 401 too, the key is refused: down, as an outage (a key revoked
+ *                           mid-batch failed every line at full speed), until the probe is answered otherwise;
+ *                           else final (a refusal of that request, or model), with a line
+ *   404, 403, 3xx           final; a line says what to check (404: once, before any success on that endpoint)
  *
  * A run of `OUTAGE_AFTER` requests failing at their first attempt with no success between also takes it down: an
  * outage fails new requests too, while a request failing again (a retry) is its own trouble. So requests that always
@@ -77,6 +80,8 @@ export interface JudgeOptions {
   readonly maxPause: Duration.Duration
   /** Where a call to `endpoint` goes (named in the misrouting line). */
   readonly urlFor: (endpoint: string) => string
+  /** Whether `GET /models` answers 401 now (asked again at most every second, whoever asks). */
+  readonly keyRefused: Effect.Effect<boolean>
   /** Runs a log line in the upstream's own context. */
   readonly log: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 }
@@ -91,7 +96,7 @@ export interface Judge {
   readonly markDown: (reason: string) => Effect.Effect<void>
 }
 
-export const makeJudge = ({ clock, gate, limit, log, maxPause, outage, spec, urlFor }: JudgeOptions): Judge => {
+export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outage, spec, urlFor }: JudgeOptions): Judge => {
   /** The requests (their tickets) failing at their first attempt since the last success: the run. */
   const failingInRow = new Set<Ticket>()
   /** On trial, the requests whose calls failed there. */
@@ -247,8 +252,14 @@ export const makeJudge = ({ clock, gate, limit, log, maxPause, outage, spec, url
       )
     }
     if (status === 408 || status >= 500) return failed(ticket, n, `status ${status}`)
-    if (status === 404 || status === 401 || status === 403 || (status >= 300 && status < 400)) {
-      return Effect.as(Effect.zipRight(succeeded, misconfigured(endpoint, response, headers)), "final" as const)
+    if (status === 401 || status === 404 || status === 403 || (status >= 300 && status < 400)) {
+      // Suspended: `misconfigured` marks its line as said when called.
+      const final = Effect.suspend(() => Effect.as(Effect.zipRight(succeeded, misconfigured(endpoint, response, headers)), "final" as const))
+      if (status !== 401) return final
+      return Effect.flatMap(keyRefused, (refused): Effect.Effect<Verdict> =>
+        refused
+          ? Effect.as(markDown(`it refuses its key: POST ${urlFor(endpoint)} and GET /models answer 401; check its key (from ${spec.keyFrom ?? "its entry"})`), "again")
+          : final)
     }
     if (status < 300 && !answeredWell.has(endpoint)) answeredWell.add(endpoint)
     const said = succeededNow()
