@@ -463,6 +463,33 @@ describe("Inference", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  it.effect("a \"*\" upstream that answers GET /models without a list takes a model only no upstream after it names", () => {
+    // A gateway without GET /models (404): a later upstream naming the model keeps it; others go to the gateway.
+    const posts: Array<string> = []
+    const client = HttpClient.make((request, url) =>
+      Effect.sync(() => {
+        if (request.method === "GET") return HttpClientResponse.fromWeb(request, new Response("not found", { status: 404 }))
+        posts.push(url.host)
+        return HttpClientResponse.fromWeb(request, new Response(`{"ok":true}`, { status: 200 }))
+      }))
+    const layer = InferenceOverHttpClient.pipe(
+      Layer.provide(Layer.succeed(HttpClient.HttpClient, client)),
+      Layer.provide(AppConfig.layerWith({
+        upstreams: Option.some([
+          { name: "gateway", base_url: "http://gateway.test/v1", models: ["*"] },
+          { name: "named", base_url: "http://named.test/v1", models: ["model-x"] }
+        ])
+      }))
+    )
+    return Effect.gen(function*() {
+      const inference = yield* Inference
+      for (const model of ["model-x", "model-y"]) {
+        yield* Effect.zipRight(inference.reachable(model), inference.send("/v1/chat/completions", `{"model":"${model}"}`, { model }))
+      }
+      expect(posts).toEqual(["named.test", "gateway.test"])
+    }).pipe(Effect.provide(layer))
+  })
+
   describe("over HTTP to the simulator", () => {
     const live = (url: string, maxResponseBytes?: number) =>
       InferenceLive.pipe(Layer.provide(AppConfig.layerWith({

@@ -266,6 +266,22 @@ layer(
     }), { timeout: 30_000 })
 })
 
+// Its own app: the outages it makes would be counted by the tests beside it.
+layer(twoUpstreams(), { excludeTestServices: true })("a batch of requests that always fail", (it) => {
+  it.effect("a batch whose every line gets a 500 ends, each line failed after its attempts, however often the upstream went down", () =>
+    Effect.gen(function*() {
+      const { main } = yield* Simulators
+      const openai = yield* client
+      // Three windows of lines the server fails: each trial's calls take it down again (they cannot be told from an
+      // outage's), and a rule that sent them again there without counting kept the batch until it expired.
+      const lines = Array.from({ length: 24 }, (_, i) => chatLine(`all-${i}`, `[fail:500] all ${i}`, "model-a"))
+      const batch = yield* createBatch(openai, (yield* upload(openai, lines)).id)
+      const done = yield* waitFor(openai, batch.id, terminal, 25_000)
+      expect([done.status, done.request_counts]).toEqual(["completed", { total: 24, completed: 0, failed: 24 }])
+      for (let i = 0; i < 24; i++) expect(main!.stats.byPrompt.get(`[fail:500] all ${i}`)).toBeGreaterThanOrEqual(5)
+    }), { timeout: 30_000 })
+})
+
 sideBySide("an upstream that never comes back", () => layer(twoUpstreams({ completionWindow: Duration.seconds(4) }), { excludeTestServices: true })((it) => {
   it.effect("the batch expires with its finished results kept and the rest batch_expired", () =>
     Effect.gen(function*() {

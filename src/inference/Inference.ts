@@ -102,8 +102,11 @@ const knownToServe = (upstream: Upstream, model: string) =>
   upstream.spec.models.includes(model) ||
   (servesAnyModel(upstream.spec) && Option.exists(upstream.listed(), (ids) => ids.includes(model)))
 
-/** Whether `upstream` serves any model and gives no list to go by (it was not reached yet). */
+/** Whether `upstream` serves any model and gives no list to go by (not reached yet, or it answers without one). */
 const servesUnlisted = (upstream: Upstream) => servesAnyModel(upstream.spec) && Option.isNone(upstream.listed())
+
+/** Whether `upstream` serves any model and has never answered its `GET /models` (down since start): it may serve any. */
+const notReachedYet = (upstream: Upstream) => servesUnlisted(upstream) && !upstream.modelsAnswered()
 
 /** The Inference over the configured upstreams, each with the `HttpClient` that `clientFor` gives it. */
 export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClient) =>
@@ -132,18 +135,18 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
 
     /**
      * The upstream serving `model`, in the file's order: the first known to serve it, or serving any model and
-     * giving no list yet (down at start: its batches wait for it). Not the first known to serve it, wherever it is
-     * in the file: a model then went to a later upstream (a paid one, elsewhere) or not depending on which answered
-     * at start. Remembered only when known (forgotten whenever an upstream's list changes). A request naming no
-     * model (a moderation may leave it out, for the upstream's default) goes to the first serving any model, else
-     * to the first upstream.
+     * never reached yet (down since start: its batches wait for it), else the first serving any model that answers
+     * without a list. Not the first known to serve it wherever it is in the file: a model then went to a later
+     * upstream (a paid one, elsewhere) or not depending on which answered at start. Remembered only when known
+     * (forgotten whenever an upstream's list changes). A request naming no model (a moderation may leave it out, for
+     * the upstream's default) goes to the first serving any model, else to the first upstream.
      */
     const routes = new Map<string, Upstream | undefined>()
     const route = (model: string | null | undefined): Upstream | undefined => {
       if (model == null) return upstreams.find((u) => servesAnyModel(u.spec)) ?? upstreams[0]
       if (routes.has(model)) return routes.get(model)
-      const first = upstreams.find((u) => knownToServe(u, model) || servesUnlisted(u))
-      if (first === undefined || !servesUnlisted(first)) routes.set(model, first)
+      const first = upstreams.find((u) => knownToServe(u, model) || notReachedYet(u)) ?? upstreams.find(servesUnlisted)
+      if (first === undefined || knownToServe(first, model)) routes.set(model, first)
       return first
     }
     /** Every upstream serving any model has had its start-up probe: their lists are known when they give one. */

@@ -7,7 +7,7 @@ import * as HttpBody from "@effect/platform/HttpBody"
 import type * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import type * as HttpClientResponse from "@effect/platform/HttpClientResponse"
-import { Deferred, Duration, Effect, FiberRef, HashMap, List, LogLevel, Option, Redacted, type Scope } from "effect"
+import { Deferred, Duration, Effect, Exit, FiberId, FiberRef, HashMap, List, LogLevel, Option, Redacted, type Scope } from "effect"
 import { BatchEndpoint } from "../domain/Batches.js"
 import { requestId } from "../domain/Ids.js"
 import { currentAnswerHold } from "../inference/answerMemory.js"
@@ -38,6 +38,8 @@ export interface Upstream {
     Effect.Effect<readonly [Attempt, Verdict], HandedBack>
   /** The model ids its `GET /models` listed last (none before it answered). */
   readonly listed: () => Option.Option<ReadonlyArray<string>>
+  /** Whether its `GET /models` was ever answered (a list or not: a gateway may answer 404 there). */
+  readonly modelsAnswered: () => boolean
   /** Completes once the start-up probe has had its answer (or none): its list is known if it gives one. */
   readonly started: Effect.Effect<void>
   /** Asks its `GET /models` again (at most every 30 s). */
@@ -112,6 +114,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
      */
     let listed = Option.none<ReadonlyArray<string>>()
     let listedAt = 0
+    let modelsAnswered = false
     const modelsRequest = http.get(`${spec.baseUrl}/models`, {
       headers: authorized(HttpClientRequest.get("").pipe(HttpClientRequest.setHeader("accept-encoding", "identity"))).headers
     })
@@ -119,6 +122,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       Effect.flatMap((res) =>
         Effect.map(res.text, (text) => {
           listedAt = clock.unsafeCurrentTimeMillis() // asked: not again before LIST_TTL_MS, list or not
+          modelsAnswered = true
           if (res.status === 200) {
             try {
               const data = JSON.parse(text)?.data
@@ -139,11 +143,20 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
 
     // --- up and down -------------------------------------------------------------------------------------------
     const outage = yield* makeOutage({ name: spec.name, gate, probeInterval: options.probeInterval, probe: askModels, log })
-    // Several calls refused at once ask once.
-    const keyRefused = yield* Effect.cachedWithTTL(
-      Effect.map(askModels, (answer) => answer._tag === "Success" && answer.value === 401),
-      Duration.seconds(1)
-    )
+    // Calls refused together ask once: the answer of the call in flight is theirs (not kept after: a key revoked
+    // right after an answer would have failed the lines of a cached one).
+    let keyCheck: Deferred.Deferred<boolean> | undefined
+    const keyRefused = Effect.suspend(() => {
+      if (keyCheck !== undefined) return Deferred.await(keyCheck)
+      const check = Deferred.unsafeMake<boolean>(FiberId.none)
+      keyCheck = check
+      return Effect.map(askModels, (answer) => answer._tag === "Success" && answer.value === 401).pipe(
+        Effect.onExit((exit) => {
+          keyCheck = undefined
+          return Deferred.succeed(check, Exit.isSuccess(exit) && exit.value)
+        })
+      )
+    })
     const { judge, markDown } = makeJudge({ spec, limit, gate, outage, clock, maxPause: options.maxPause, urlFor, log, keyRefused })
     const untrack = metrics.upstream(spec.name, {
       inflight: () => gate.inflight,
@@ -224,6 +237,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       admission: gate,
       attempt,
       listed: () => listed,
+      modelsAnswered: () => modelsAnswered,
       started: Deferred.await(started),
       refreshListed: Effect.suspend(() =>
         clock.unsafeCurrentTimeMillis() - listedAt < LIST_TTL_MS || outage.isDown() ? Effect.void : Effect.asVoid(askModels)

@@ -79,7 +79,7 @@ export interface UpstreamSpec {
   readonly minConcurrency: number
   /** Time limit of one attempt. */
   readonly timeout: Duration.Duration
-  /** Sent with every request, after the JSON content type and the bearer token (`Authorization` only without a key). */
+  /** Sent with every request, after the JSON content type (which they may override) and the bearer token (`Authorization` only without a key). */
   readonly headers: Readonly<Record<string, string>>
   /** Load-aware dispatch: hold new requests while the server's waiting queue would pass `maxWaiting`. */
   readonly loadAware: Option.Option<{ readonly metricsUrl: string; readonly maxWaiting: number }>
@@ -106,12 +106,13 @@ export const shadowedModels = (
 type Defaults = Pick<AppConfigShape, "inferenceMaxConcurrency" | "inferenceMinConcurrency" | "inferenceTimeout">
 
 /**
- * Headers the client sets itself (the body's framing and type, the connection, the host): given in `headers`, they
- * broke every call (a `Content-Length` of another size failed each one, and the upstream was taken for down).
+ * Headers the client sets itself (the body's framing, the connection, the host): given in `headers`, they broke
+ * every call (a `Content-Length` of another size failed each one, and the upstream was taken for down). The JSON
+ * content type and `accept-encoding: identity` may be given again, as they are.
  */
 const CLIENT_HEADERS = new Set([
   "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer",
-  "proxy-connection", "expect", "content-type", "accept-encoding"
+  "proxy-connection", "expect"
 ])
 /** `${NAME}` or `$NAME`: a variable the file names as a shell would (it is not expanded). */
 const SHELL_VARIABLE = /^\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?$/

@@ -11,7 +11,7 @@
  *   connection lost         a failure in the run; retried
  *   never connected         the upstream is down (refused, DNS, TLS, proxy)
  *   401                     when `GET /models` answers 401 too, the key is refused: down, as an outage (a key revoked
- *                           mid-batch failed every line at full speed), until the probe is answered otherwise;
+ *                           mid-batch failed every line at full speed; its trials' calls refused so keep it down);
  *                           else final (a refusal of that request, or model), with a line
  *   404, 403, 3xx           final; a line says what to check (404: once, before any success on that endpoint)
  *
@@ -22,11 +22,10 @@
  * While it is down no call goes out: the batches using it pause (their calls wait; none is failed, and only the
  * failures before the outage was noticed count as attempts) and a probe (`GET /models`, every
  * `UPSTREAM_PROBE_INTERVAL`) puts it on trial as soon as the server answers anything but a 5xx (or a few 5xx in a
- * row: a blind trial): one call at a time, up again at the first success (`outage.ts`). On trial, a request's first
- * failure of those kinds is sent again without counting (it may be the outage's), and such failures of requests at
- * their first attempt take it down again when they make a run (of one on a blind trial: the probe did not vouch for
- * the server); a request's next failure on the same trial counts. So the requests that always fail, which lead the
- * queue once it is back, no longer keep it down.
+ * row: a blind trial): one call at a time, up again at the first success, down again when the trial's failures make
+ * a run as above, or at any failure on a blind trial (whose failures count for nothing: a proxy in front of a server
+ * that is down answers 502 to everything) (`outage.ts`). A retry's failure does not join the run there either: the
+ * requests that always fail lead the queue once it is back, and took it down again and again.
  * An overload answer is sent again without counting as an attempt when it is the overload the limit answers (it
  * halved the limit, or its call was sent before a later overload signal), and for `SPARED_OVERLOADS` more of each
  * request's refusals, each sent again once one of this node's calls has ended there (or after `SPARED_WAIT`). Any
@@ -80,7 +79,7 @@ export interface JudgeOptions {
   readonly maxPause: Duration.Duration
   /** Where a call to `endpoint` goes (named in the misrouting line). */
   readonly urlFor: (endpoint: string) => string
-  /** Whether `GET /models` answers 401 now (asked again at most every second, whoever asks). */
+  /** Whether `GET /models` answers 401 now (one call at a time, its answer shared by those who asked meanwhile). */
   readonly keyRefused: Effect.Effect<boolean>
   /** Runs a log line in the upstream's own context. */
   readonly log: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
@@ -99,12 +98,10 @@ export interface Judge {
 export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outage, spec, urlFor }: JudgeOptions): Judge => {
   /** The requests (their tickets) failing at their first attempt since the last success: the run. */
   const failingInRow = new Set<Ticket>()
-  /** On trial, the requests whose calls failed there. */
-  const failedOnTrial = new Set<Ticket>()
+
   const markDown = (reason: string) =>
     Effect.suspend(() => {
       failingInRow.clear()
-      failedOnTrial.clear()
       return outage.markDown(reason)
     })
   // --- the adaptive limit ------------------------------------------------------------------------------------
@@ -133,7 +130,7 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
   /** A success: the run of failures ends, the limit may grow; a log line when it is to be said. */
   const succeededNow = (): Effect.Effect<void> | undefined => {
     if (failingInRow.size > 0) failingInRow.clear()
-    if (failedOnTrial.size > 0) failedOnTrial.clear()
+
     const upAgain = outage.succeeded()
     if (upAgain !== undefined) return upAgain
     if (!limit.succeeded(gate.inflight)) return undefined
@@ -145,22 +142,16 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
   const succeeded = Effect.suspend(() => succeededNow() ?? Effect.void)
   /**
    * A failure of `ticket`'s request that an outage's calls give too (a 5xx, a 408, a timeout, a lost connection), at
-   * its attempt `n`: `again` when the upstream is (now) down or, on trial, at the request's first failure there;
-   * else `retry` (see the header).
+   * its attempt `n`: `again` when the upstream is (now) down, else `retry` (see the header).
    */
   const failed = (ticket: Ticket, n: number, reason: string): Effect.Effect<Verdict> =>
     Effect.suspend(() => {
       if (outage.isDown()) return Effect.succeed("again" as const)
-      const trial = outage.onTrial()
-      if (trial) {
-        if (failedOnTrial.has(ticket)) return Effect.succeed("retry" as const)
-        failedOnTrial.add(ticket)
-      }
-      const blind = outage.onBlindTrial()
-      if (n > 1 || failingInRow.add(ticket).size < (blind ? 1 : OUTAGE_AFTER)) {
-        return Effect.succeed(trial ? "again" as const : "retry" as const)
-      }
-      return Effect.as(markDown(blind ? reason : `${OUTAGE_AFTER} requests failing in a row, the last: ${reason}`), "again" as const)
+      // A trial the probe did not vouch for: its failure is the outage's (down again, the same outage; not counted).
+      if (outage.onBlindTrial()) return Effect.as(markDown(reason), "again" as const)
+      // A retry's failure is its request's own trouble: it neither makes an outage nor, on trial, remakes one.
+      if (n > 1 || failingInRow.add(ticket).size < OUTAGE_AFTER) return Effect.succeed("retry" as const)
+      return Effect.as(markDown(`${OUTAGE_AFTER} requests failing in a row, the last: ${reason}`), "again" as const)
     })
   /** The lines of `misconfigured` (by kind and endpoint) and of pauses, each said at most every `every` ms. */
   const due = saidWithin()
@@ -229,17 +220,20 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
       const before = limit.current
       // Sent before a later overload signal: the overload that signal answered, not a new one.
       const stale = generation !== limit.generation
+      const repeat = failingInRow.has(ticket)
       return pauseFor(status, headers).pipe(
         Effect.zipRight(overloaded(ticket, generation, `status ${status}`)),
         Effect.zipRight(status === 503 ? failed(ticket, n, "status 503") : Effect.succeed<Verdict>("retry")),
         Effect.map((verdict): Judged => {
-          // Sent again without counting: a call the outage resends once the upstream is back (or, on trial, a
-          // request's first 503 there), the overload the limit answers, or one of the request's few spared refusals
-          // (see the header). Any other refusal counts, with its backoff: a request halves the limit only once, so
-          // one refused alone never brings it to the floor, and without counting it was resent for ever.
+          // Sent again without counting: a call the outage resends once the upstream is back, the overload the
+          // limit answers, or one of the request's few spared refusals (see the header). Any other refusal counts,
+          // with its backoff: a request halves the limit only once, so one refused alone never brings it to the
+          // floor, and without counting it was resent for ever.
           if (verdict === "again" || outage.isDown()) return "again"
-          // On trial, a request's next 503s, and any 429, count: one to four requests refused for good would loop.
-          if (outage.onTrial()) return "retry"
+          // On trial, a request's first 503 at its first attempt is the outage's (five requests' in a row take the
+          // upstream down again); its next ones, a retry's and any 429 count: one to four requests refused for good,
+          // or retries, would loop.
+          if (outage.onTrial()) return status === 503 && n === 1 && !repeat ? "again" : "retry"
           if (atFloor) return "retry"
           if (stale || limit.current < before) return "again"
           const spared = overloadsSpared.get(ticket) ?? 0
@@ -256,6 +250,7 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
       // Suspended: `misconfigured` marks its line as said when called.
       const final = Effect.suspend(() => Effect.as(Effect.zipRight(succeeded, misconfigured(endpoint, response, headers)), "final" as const))
       if (status !== 401) return final
+      if (outage.isDown()) return Effect.succeed("again" as const) // sent before it went down, for that reason or another
       return Effect.flatMap(keyRefused, (refused): Effect.Effect<Verdict> =>
         refused
           ? Effect.as(markDown(`it refuses its key: POST ${urlFor(endpoint)} and GET /models answer 401; check its key (from ${spec.keyFrom ?? "its entry"})`), "again")

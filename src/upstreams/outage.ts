@@ -99,8 +99,8 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
     /** Whether this outage's line about a probe answering 5xx was said (once per outage). */
     let saidProbeFails = false
     /**
-     * Probes until `GET /models` answers below 500 (but 401: the key is refused, its calls would be too), then a
-     * trial. A server that answers it 5xx may be there: after
+     * Probes until `GET /models` answers below 500, then a trial (a 401 too: a key may call and not list, and a
+     * trial's call refused with the key takes it down again, `judge.ts`). A server that answers it 5xx may be there: after
      * `FAILING_PROBES_BEFORE_TRIAL` such answers in a row its calls get a trial all the same (a gateway that routes
      * only the inference paths answers 502 there for good, and its batches stayed paused until they expired). On
      * such a trial one failing call takes it down again, sent again without counting (a proxy in front of a server
@@ -111,12 +111,6 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
       for (;;) {
         yield* Effect.sleep(options.probeInterval)
         const answer = yield* options.probe
-        // A 401: its key is refused, and its calls would be (an outage of their own: `judge.ts`).
-        if (answer._tag === "Success" && answer.value === 401) {
-          failingAnswers = 0
-          yield* Effect.logDebug(`Upstream ${name} still refuses its key (GET /models answers 401)`)
-          continue
-        }
         if (answer._tag === "Success" && answer.value < 500) return yield* startTrial(false)
         // In a row: no answer between says nothing is there.
         if (answer._tag === "Failure") failingAnswers = 0
