@@ -22,6 +22,10 @@ import { eventually } from "./support/TestApp.js"
 /** An answer, or no answer: the connection refused (never sent) or lost after sending. */
 type Scripted = { status: number; headers?: Record<string, string>; body?: string; afterMs?: number } | "refused" | "lost"
 
+/** The Inference over `client` (each upstream's calls), configured by `config`. */
+const overClient = (client: HttpClient.HttpClient, config: Parameters<typeof AppConfig.layerWith>[0]) =>
+  InferenceOverHttpClient.pipe(Layer.provide(Layer.succeed(HttpClient.HttpClient, client)), Layer.provide(AppConfig.layerWith(config)))
+
 /**
  * An Inference whose upstream answers `script` in order (the last answer repeats); `calls` counts attempts. Its
  * `GET /models` answers 404, uncounted. The upstream's limit is 1, its floor: an overload answer counts as an attempt.
@@ -44,17 +48,14 @@ const scripted = (script: ReadonlyArray<Scripted>, maxAttempts = 5) => {
     const response = HttpClientResponse.fromWeb(request, new Response(answer.body ?? `{"ok":true}`, { status: answer.status, headers: answer.headers ?? {} }))
     return Effect.delay(Effect.succeed(response), Duration.millis(answer.afterMs ?? 0))
   })
-  const layer = InferenceOverHttpClient.pipe(
-    Layer.provide(Layer.succeed(HttpClient.HttpClient, client)),
-    Layer.provide(AppConfig.layerWith({
-      inferenceBaseUrl: "http://upstream.test/v1",
-      inferenceMaxAttempts: maxAttempts,
-      inferenceMaxConcurrency: 1,
-      inferenceRetryBaseDelay: Duration.seconds(1),
-      inferenceRetryMaxDelay: Duration.seconds(60),
-      upstreamProbeInterval: Duration.seconds(2)
-    }))
-  )
+  const layer = overClient(client, {
+    inferenceBaseUrl: "http://upstream.test/v1",
+    inferenceMaxAttempts: maxAttempts,
+    inferenceMaxConcurrency: 1,
+    inferenceRetryBaseDelay: Duration.seconds(1),
+    inferenceRetryMaxDelay: Duration.seconds(60),
+    upstreamProbeInterval: Duration.seconds(2)
+  })
   return { calls, layer }
 }
 
@@ -268,10 +269,7 @@ describe("Inference", () => {
         const status = request.url.endsWith("/models") ? models(now) : now < 30_000 ? 502 : 200
         return HttpClientResponse.fromWeb(request, new Response(`{"ok":true}`, { status }))
       }))
-    const layer = InferenceOverHttpClient.pipe(
-      Layer.provide(Layer.succeed(HttpClient.HttpClient, client)),
-      Layer.provide(AppConfig.layerWith({ inferenceMaxAttempts: 1, inferenceMaxConcurrency: 1, upstreamProbeInterval: Duration.seconds(2) }))
-    )
+    const layer = overClient(client, { inferenceMaxAttempts: 1, inferenceMaxConcurrency: 1, upstreamProbeInterval: Duration.seconds(2) })
     return Effect.gen(function*() {
       const fibers = yield* Effect.forEach(Array.from({ length: 8 }), () => Effect.fork(send()))
       yield* TestClock.adjust("1 minute")
@@ -399,15 +397,12 @@ describe("Inference", () => {
         posts.push(url.host)
         return HttpClientResponse.fromWeb(request, new Response(`{"ok":true}`, { status: 200 }))
       }))
-    const layer = InferenceOverHttpClient.pipe(
-      Layer.provide(Layer.succeed(HttpClient.HttpClient, client)),
-      Layer.provide(AppConfig.layerWith({
-        upstreams: Option.some([
-          { name: "first", base_url: "http://first.test/v1", models: ["*"] },
-          { name: "second", base_url: "http://second.test/v1", models: ["*"] }
-        ])
-      }))
-    )
+    const layer = overClient(client, {
+      upstreams: Option.some([
+        { name: "first", base_url: "http://first.test/v1", models: ["*"] },
+        { name: "second", base_url: "http://second.test/v1", models: ["*"] }
+      ])
+    })
     return Effect.gen(function*() {
       const inference = yield* Inference
       // As a batch resumed at start does: wait for its upstream, then send.
@@ -438,16 +433,13 @@ describe("Inference", () => {
         posts.push(url.host)
         return HttpClientResponse.fromWeb(request, new Response(`{"ok":true}`, { status: 200 }))
       }))
-    const layer = InferenceOverHttpClient.pipe(
-      Layer.provide(Layer.succeed(HttpClient.HttpClient, client)),
-      Layer.provide(AppConfig.layerWith({
-        upstreamProbeInterval: Duration.seconds(1),
-        upstreams: Option.some([
-          { name: "first", base_url: "http://first.test/v1", models: ["*"] },
-          { name: "second", base_url: "http://second.test/v1", models: ["*"] }
-        ])
-      }))
-    )
+    const layer = overClient(client, {
+      upstreamProbeInterval: Duration.seconds(1),
+      upstreams: Option.some([
+        { name: "first", base_url: "http://first.test/v1", models: ["*"] },
+        { name: "second", base_url: "http://second.test/v1", models: ["*"] }
+      ])
+    })
     return Effect.gen(function*() {
       const inference = yield* Inference
       const fiber = yield* Effect.fork(Effect.zipRight(
@@ -472,15 +464,12 @@ describe("Inference", () => {
         posts.push(url.host)
         return HttpClientResponse.fromWeb(request, new Response(`{"ok":true}`, { status: 200 }))
       }))
-    const layer = InferenceOverHttpClient.pipe(
-      Layer.provide(Layer.succeed(HttpClient.HttpClient, client)),
-      Layer.provide(AppConfig.layerWith({
-        upstreams: Option.some([
-          { name: "gateway", base_url: "http://gateway.test/v1", models: ["*"] },
-          { name: "named", base_url: "http://named.test/v1", models: ["model-x"] }
-        ])
-      }))
-    )
+    const layer = overClient(client, {
+      upstreams: Option.some([
+        { name: "gateway", base_url: "http://gateway.test/v1", models: ["*"] },
+        { name: "named", base_url: "http://named.test/v1", models: ["model-x"] }
+      ])
+    })
     return Effect.gen(function*() {
       const inference = yield* Inference
       for (const model of ["model-x", "model-y"]) {
