@@ -6,7 +6,7 @@ import { ConfigError, Duration, Either, Option, Redacted } from "effect"
 import { parseAdminKey, parseKeyEntry } from "./auth/keyEntries.js"
 import type { AppConfigShape } from "./configShape.js"
 import { badHeaderValue, isPlainBaseUrl } from "./upstreams/UpstreamSpec.js"
-import { secretProblem, urlProblem } from "./webhooks/signing.js"
+import { MAX_SECRETS, secretProblem, urlProblem } from "./webhooks/signing.js"
 
 /** A rule of the configuration: what `variable` must be, checked on the whole configuration. */
 interface Rule {
@@ -242,7 +242,7 @@ const rules: ReadonlyArray<Rule> = [
   {
     variable: "WEBHOOK_SECRET",
     expected: "whsec_ followed by base64, as OpenAI's webhook secrets (the base64 decodes to the HMAC key); while one " +
-      "is rotated, up to 4 separated by spaces, each attempt signed with every one",
+      `is rotated, up to ${MAX_SECRETS} separated by spaces, each attempt signed with every one`,
     holds: (c) => !Option.exists(c.webhookSecret, (secret) => secretProblem(Redacted.value(secret)) !== undefined)
   },
   positiveDuration("webhookRetryBaseDelay", "WEBHOOK_RETRY_BASE_DELAY"),

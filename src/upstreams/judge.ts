@@ -98,7 +98,6 @@ export interface Judge {
 export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outage, spec, urlFor }: JudgeOptions): Judge => {
   /** The requests (their tickets) failing at their first attempt since the last success: the run. */
   const failingInRow = new Set<Ticket>()
-
   const markDown = (reason: string) =>
     Effect.suspend(() => {
       failingInRow.clear()
@@ -130,7 +129,6 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
   /** A success: the run of failures ends, the limit may grow; a log line when it is to be said. */
   const succeededNow = (): Effect.Effect<void> | undefined => {
     if (failingInRow.size > 0) failingInRow.clear()
-
     const upAgain = outage.succeeded()
     if (upAgain !== undefined) return upAgain
     if (!limit.succeeded(gate.inflight)) return undefined

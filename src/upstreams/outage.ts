@@ -22,8 +22,8 @@ export interface Outage {
   /** After a probe's answer, until a call succeeds: one call at a time, and an outage's failures take it down again. */
   readonly onTrial: () => boolean
   /**
-   * On a trial the probe did not vouch for (it kept answering 5xx): one request failing at its first attempt takes
-   * it down again.
+   * On a trial the probe did not vouch for (it kept answering 5xx): a failing call says nothing new, and is the
+   * outage's, not its request's.
    */
   readonly onBlindTrial: () => boolean
   /** Takes the upstream down for `reason` (said once per outage) and starts probing; nothing when it is down. */
@@ -100,11 +100,11 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
     let saidProbeFails = false
     /**
      * Probes until `GET /models` answers below 500, then a trial (a 401 too: a key may call and not list, and a
-     * trial's call refused with the key takes it down again, `judge.ts`). A server that answers it 5xx may be there: after
-     * `FAILING_PROBES_BEFORE_TRIAL` such answers in a row its calls get a trial all the same (a gateway that routes
-     * only the inference paths answers 502 there for good, and its batches stayed paused until they expired). On
-     * such a trial one failing call takes it down again, sent again without counting (a proxy in front of a server
-     * that is down answers 502 to everything: its batches must lose nothing).
+     * trial's call refused with the key takes it down again, `judge.ts`). A server that answers it 5xx may be there:
+     * after `FAILING_PROBES_BEFORE_TRIAL` such answers in a row its calls get a trial all the same (a gateway that
+     * routes only the inference paths answers 502 there for good, and its batches stayed paused until they expired).
+     * Such a trial's failing call is the outage's, sent again without counting (a proxy in front of a server that is
+     * down answers 502 to everything: its batches must lose nothing).
      */
     const probing: Effect.Effect<void> = Effect.gen(function*() {
       let failingAnswers = 0

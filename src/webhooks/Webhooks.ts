@@ -129,8 +129,8 @@ export const make = Effect.gen(function*() {
         return yield* conclude(delivery, claim, settlement, "not sent again", { attempts: delivery.attempts })
       }
       const target = yield* targets.targetOf(delivery.project)
-      const key = Option.flatMap(target, (t) => Option.fromNullable(signingKeys(Redacted.value(t.secret))))
-      if (Option.isNone(target) || Option.isNone(key)) {
+      const keys = Option.flatMap(target, (t) => Option.fromNullable(signingKeys(Redacted.value(t.secret))))
+      if (Option.isNone(target) || Option.isNone(keys)) {
         // Not given up at once: the keys file may be being edited, or another node may have the webhook.
         const error = `no webhook is configured for project ${delivery.project}`
         const settlement = yield* afterFailure(delivery, { sentTo: null, statusCode: null, error }, yield* Clock.currentTimeMillis)
@@ -140,7 +140,7 @@ export const make = Effect.gen(function*() {
       const shown = shownUrl(url)
       yield* Effect.annotateCurrentSpan("url.full", shown)
       const timestamp = Math.floor((yield* Clock.currentTimeMillis) / 1000)
-      const result = yield* post(url, webhookHeaders(key.value, delivery.id, timestamp, delivery.body), delivery.body, policy.timeout)
+      const result = yield* post(url, webhookHeaders(keys.value, delivery.id, timestamp, delivery.body), delivery.body, policy.timeout)
       const attempts = delivery.attempts + 1
       const now = yield* Clock.currentTimeMillis
       const fields = { attempts, url: shown }

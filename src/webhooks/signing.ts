@@ -37,7 +37,7 @@ const signingKey = (text: string): Buffer | undefined => {
 }
 
 /** Most secrets a webhook signs with at once: a rotation needs two. */
-const MAX_SECRETS = 4
+export const MAX_SECRETS = 4
 
 /**
  * The HMAC keys of a webhook's secrets, `whsec_…` separated by spaces (several while a secret is rotated: each
