@@ -5,6 +5,7 @@ import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import { describe, expect, it } from "@effect/vitest"
 import { Clock, Duration, Effect, Either, Fiber, Layer, Logger, Option, TestClock } from "effect"
 import { AppConfig } from "../src/Config.js"
+import type { UpstreamEntry } from "../src/upstreams/UpstreamSpec.js"
 import {
   type AttemptsUsed,
   type HandBack,
@@ -21,6 +22,17 @@ import { eventually } from "./support/TestApp.js"
 
 /** An answer, or no answer: the connection refused (never sent) or lost after sending. */
 type Scripted = { status: number; headers?: Record<string, string>; body?: string; afterMs?: number } | "refused" | "lost"
+
+/** Two upstreams serving any model, `first.test` then `second.test`. */
+const twoServingAny = Option.some<ReadonlyArray<UpstreamEntry>>([
+  { name: "first", base_url: "http://first.test/v1", models: ["*"] },
+  { name: "second", base_url: "http://second.test/v1", models: ["*"] }
+])
+
+/** As a batch resumed at start does: waits for the upstream of `model`, then sends a call naming it. */
+const sendOnceReachable = (model: string) =>
+  Effect.flatMap(Inference, (inference) =>
+    Effect.zipRight(inference.reachable(model), inference.send("/v1/chat/completions", `{"model":"${model}"}`, { model })))
 
 /** The Inference over `client` (each upstream's calls), configured by `config`. */
 const overClient = (client: HttpClient.HttpClient, config: Parameters<typeof AppConfig.layerWith>[0]) =>
@@ -398,18 +410,10 @@ describe("Inference", () => {
         return HttpClientResponse.fromWeb(request, new Response(`{"ok":true}`, { status: 200 }))
       }))
     const layer = overClient(client, {
-      upstreams: Option.some([
-        { name: "first", base_url: "http://first.test/v1", models: ["*"] },
-        { name: "second", base_url: "http://second.test/v1", models: ["*"] }
-      ])
+      upstreams: twoServingAny
     })
     return Effect.gen(function*() {
-      const inference = yield* Inference
-      // As a batch resumed at start does: wait for its upstream, then send.
-      const fiber = yield* Effect.fork(Effect.zipRight(
-        inference.reachable("model-b"),
-        inference.send("/v1/chat/completions", `{"model":"model-b"}`, { model: "model-b" })
-      ))
+      const fiber = yield* Effect.fork(sendOnceReachable("model-b"))
       yield* TestClock.adjust("5 seconds")
       yield* Fiber.join(fiber)
       expect(posts).toEqual(["second.test"])
@@ -435,17 +439,10 @@ describe("Inference", () => {
       }))
     const layer = overClient(client, {
       upstreamProbeInterval: Duration.seconds(1),
-      upstreams: Option.some([
-        { name: "first", base_url: "http://first.test/v1", models: ["*"] },
-        { name: "second", base_url: "http://second.test/v1", models: ["*"] }
-      ])
+      upstreams: twoServingAny
     })
     return Effect.gen(function*() {
-      const inference = yield* Inference
-      const fiber = yield* Effect.fork(Effect.zipRight(
-        inference.reachable("model-s"),
-        inference.send("/v1/chat/completions", `{"model":"model-s"}`, { model: "model-s" })
-      ))
+      const fiber = yield* Effect.fork(sendOnceReachable("model-s"))
       yield* TestClock.adjust("3 seconds")
       expect([posts, fiber.unsafePoll()]).toEqual([[], null]) // waiting for the first, not sent to the second
       firstDown = false
@@ -471,10 +468,7 @@ describe("Inference", () => {
       ])
     })
     return Effect.gen(function*() {
-      const inference = yield* Inference
-      for (const model of ["model-x", "model-y"]) {
-        yield* Effect.zipRight(inference.reachable(model), inference.send("/v1/chat/completions", `{"model":"${model}"}`, { model }))
-      }
+      for (const model of ["model-x", "model-y"]) yield* sendOnceReachable(model)
       expect(posts).toEqual(["named.test", "gateway.test"])
     }).pipe(Effect.provide(layer))
   })
