@@ -12,6 +12,9 @@ export const MIGRATIONS_TABLE = "effect_openai_batch_migrations"
 /** Where releases before migration 0012 recorded theirs. */
 const SHARED_MIGRATIONS_TABLE = "effect_sql_migrations"
 
+/** A migration's number in its key (`NNNN_name`). */
+const migrationId = (key: string) => Number(key.slice(0, key.indexOf("_")))
+
 const tableExists = (sql: SqlClient.SqlClient, name: string) =>
   sql.onDialectOrElse({
     pg: () => Effect.map(sql<{ found: boolean }>`SELECT to_regclass(${name}) IS NOT NULL AS found`, (rows) => rows[0]?.found === true),
@@ -28,7 +31,7 @@ const adoptSharedRecords = (names: ReadonlyArray<string>) =>
     const sql = yield* SqlClient.SqlClient
     if (yield* tableExists(sql, MIGRATIONS_TABLE)) return
     if (!(yield* tableExists(sql, SHARED_MIGRATIONS_TABLE)) || !(yield* tableExists(sql, "batch_requests"))) return
-    const ours = names.map((key) => ({ key, id: Number(key.slice(0, key.indexOf("_"))), name: key.slice(key.indexOf("_") + 1) }))
+    const ours = names.map((key) => ({ key, id: migrationId(key), name: key.slice(key.indexOf("_") + 1) }))
     const recorded = yield* sql<{ migration_id: number | string; name: string }>`
       SELECT migration_id, name FROM ${sql(SHARED_MIGRATIONS_TABLE)}`
     const adopted = ours.filter((mine) => recorded.some((row) => Number(row.migration_id) === mine.id && row.name === mine.name))
@@ -66,7 +69,7 @@ const refuseNewerSchema = (names: ReadonlyArray<string>) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     if (!(yield* tableExists(sql, MIGRATIONS_TABLE))) return
-    const known = Math.max(...names.map((key) => Number(key.slice(0, key.indexOf("_")))))
+    const known = Math.max(...names.map(migrationId))
     const newer = yield* sql<{ migration_id: number | string; name: string }>`
       SELECT migration_id, name FROM ${sql(MIGRATIONS_TABLE)} WHERE migration_id > ${known} ORDER BY migration_id`
     if (newer.length === 0) return
