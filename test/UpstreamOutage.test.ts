@@ -36,6 +36,13 @@ const twoUpstreams = (overrides = {}) =>
     { maxConcurrentBatches: 1, maxConcurrentRequestsPerBatch: 8, upstreamProbeInterval: Duration.millis(300), ...outlasted, ...overrides }
   )
 
+/** Until the app has logged a line of `event` (at most 10 s: the assertions after it say what was missed). */
+const untilLogged = (logs: ReadonlyArray<{ readonly event?: unknown }>, event: string) =>
+  Effect.promise(async () => {
+    const deadline = Date.now() + 10_000
+    while (!logs.some((l) => l.event === event) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+  })
+
 /** `batch_upstream_up` by upstream, as `/metrics` gives it. */
 const upGauge = Effect.flatMap(baseUrl, (url) =>
   Effect.promise(async () => {
@@ -177,9 +184,7 @@ sideBySide("an upstream that answers GET /models and 503 to every call", () => l
       const batch = yield* createModelBatch(300, "model-a", "f")
       yield* waitFor(openai, batch.id, (b) => (b.request_counts?.completed ?? 0) >= 20)
       main!.failAll = { status: 503 }
-      yield* Effect.promise(async () => {
-        while (!logs.some((l) => l.event === "upstream.down")) await new Promise((r) => setTimeout(r, 20))
-      })
+      yield* untilLogged(logs, "upstream.down")
       const atDown = yield* limit
       // Ten probe intervals: each probe is answered, and each trial's calls get a 503.
       const gauges: Array<number> = []
@@ -217,9 +222,7 @@ layer(twoUpstreams({ inferenceMaxAttempts: 3 }), { excludeTestServices: true })(
       const openai = yield* client
       yield* Effect.promise(() => main!.stop())
       const batch = yield* createModelBatch(1, "model-a", "t")
-      yield* Effect.promise(async () => {
-        while (!logs.some((l) => l.event === "upstream.down")) await new Promise((r) => setTimeout(r, 20))
-      })
+      yield* untilLogged(logs, "upstream.down")
       main!.reset()
       main!.failAll = { status: 503 }
       yield* Effect.promise(() => main!.start())
@@ -249,10 +252,7 @@ layer(
       const batch = yield* createModelBatch(60, "model-k", "k")
       yield* waitFor(openai, batch.id, (b) => (b.request_counts?.completed ?? 0) >= 5)
       keyed!.apiKey = "sk-rotated"
-      yield* Effect.promise(async () => {
-        const deadline = Date.now() + 10_000
-        while (!logs.some((l) => l.event === "upstream.down") && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
-      })
+      yield* untilLogged(logs, "upstream.down")
       expect(logs.find((l) => l.event === "upstream.down")!.message).toMatch(/refuses its key: POST .* and GET \/models answer 401; check its key \(from api_key\)/)
       yield* sleep(1500) // five probe intervals, each answered 401: down throughout, no trial
       const paused = yield* Effect.promise(() => openai.batches.retrieve(batch.id))
