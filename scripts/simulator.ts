@@ -88,6 +88,8 @@ export interface Simulator {
   failAll: { status: number; retryAfter?: string } | undefined
   /** See `SimulatorOptions.apiKey`; changing it revokes the key the clients send (or lets them in again). */
   apiKey: string | undefined
+  /** The models served: changing it changes `GET /v1/models` and which requests get a 404 (a server restarted with another). */
+  readonly models: Set<string>
   readonly reset: () => void
   /** Closes the listening socket and every open connection (clients get connection refused); stats are kept. */
   readonly stop: () => Promise<void>
@@ -295,6 +297,7 @@ export const startSimulator = async (options: SimulatorOptions = {}): Promise<Si
     capacity: options.capacity,
     failAll: undefined,
     apiKey: options.apiKey,
+    models,
     reset: () => {
       stats.requests = 0
       stats.maxInFlight = stats.inFlight

@@ -246,3 +246,40 @@ layer(
       expect(vllm!.stats.maxWaiting).toBeGreaterThan(0) // it did use the queue: the holding is not just a slow start
     }), { timeout: 40_000 })
 })
+
+layer(
+  testAppWithUpstreams(
+    { v: { models: ["model-a"], latencyMs: 20 } },
+    ({ v }) => [{ name: "vllm", base_url: v!.url, models: ["*"] }],
+    { maxConcurrentRequestsPerBatch: 8, upstreamProbeInterval: Duration.millis(300) }
+  ),
+  { excludeTestServices: true }
+)("a batch whose model its upstream stops serving", (it) => {
+  it.effect("waits (no line failed, a warning) while the server serves another model, and completes once it serves it again", () =>
+    Effect.gen(function*() {
+      const { v } = yield* Simulators
+      const logs = yield* LogLines
+      const openai = yield* client
+      const batch = yield* createModelBatch(300, "model-a", "r")
+      yield* waitFor(openai, batch.id, (b) => (b.request_counts?.completed ?? 0) >= 50)
+      // The server restarted with another model: its calls are refused meanwhile, then its list lacks the batch's.
+      yield* Effect.promise(() => v!.stop())
+      yield* Effect.sleep(Duration.millis(500))
+      v!.models.clear()
+      v!.models.add("model-z")
+      yield* Effect.promise(() => v!.start())
+      yield* eventually(() => expect(logs.some((l) => l.event === "batch.model_unrouted")).toBe(true), 10_000)
+      expect(logged(logs, /^No upstream serves the model 'model-a' any more: its batch waits/)).toHaveLength(1)
+      yield* Effect.sleep(Duration.seconds(1))
+      const waiting = yield* Effect.promise(() => openai.batches.retrieve(batch.id))
+      expect([waiting.status, waiting.request_counts?.failed]).toEqual(["in_progress", 0])
+
+      // Serving it again: the list, asked every probe interval while the batch waits, has it.
+      v!.models.clear()
+      v!.models.add("model-a")
+      const done = yield* waitFor(openai, batch.id, terminal, 15_000)
+      expect([done.status, done.request_counts]).toEqual(["completed", { total: 300, completed: 300, failed: 0 }])
+      const output = yield* readLines(openai, done.output_file_id)
+      expect(new Set(output.map((l) => l.custom_id)).size).toBe(300)
+    }), { timeout: 30_000 })
+})

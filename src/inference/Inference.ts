@@ -12,7 +12,7 @@
  */
 import type * as HttpClient from "@effect/platform/HttpClient"
 import { HttpClient as HttpClientTag } from "@effect/platform/HttpClient"
-import { Clock, type ConfigError, Context, Duration, Effect, FiberRef, Layer, Option, Random } from "effect"
+import { Clock, type ConfigError, Context, Deferred, Duration, Effect, Exit, FiberId, FiberRef, Layer, Option, Random } from "effect"
 import { AppConfig } from "../Config.js"
 import type { BatchEndpoint } from "../domain/Batches.js"
 import { requestId } from "../domain/Ids.js"
@@ -43,7 +43,8 @@ export interface SendOptions {
   readonly attempts?: AttemptsUsed | undefined
   /**
    * Takes the request back unsent while it waits for its upstream (a retry's backoff, a permit at the upstream):
-   * the send then fails with `HandedBack`, its attempts recorded in `attempts` for the next send.
+   * the send then fails with `HandedBack`, its attempts recorded in `attempts` for the next send. So does one whose
+   * model no upstream serves (its batch then waits for a route), where a send without `handBack` fails.
    */
   readonly handBack?: HandBack | undefined
 }
@@ -70,7 +71,7 @@ export interface InferenceShape {
     options?: SendOptions
   ) => Effect.Effect<UpstreamResponse, UpstreamFailure | HandedBack>
   readonly models: Effect.Effect<ModelList>
-  /** Completes once the upstream serving `model` is up (at once when it is, or when none serves it). */
+  /** Completes once the upstream serving `model` is up (at once when it is); while none serves it, once one does. */
   readonly reachable: (model: string | null) => Effect.Effect<void>
   /** Completes when the upstream serving `model` goes down (never for one that stays up). */
   readonly unreachable: (model: string | null) => Effect.Effect<void>
@@ -120,13 +121,21 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
           `${upstream} never does`
       )
     }
+    /** Settled when an upstream's list changes (then replaced): a batch whose model no upstream served looks again. */
+    let listsChanged = Deferred.unsafeMake<void>(FiberId.none)
+    const listChanged = () => {
+      routes.clear()
+      const changed = listsChanged
+      listsChanged = Deferred.unsafeMake<void>(FiberId.none)
+      Deferred.unsafeDone(changed, Exit.void)
+    }
     const upstreams = yield* Effect.forEach(specs, (spec) =>
       makeUpstream(spec, {
         http: clientFor(spec),
         maxResponseBytes: config.inferenceMaxResponseBytes,
         probeInterval: config.upstreamProbeInterval,
         maxPause: config.inferenceRetryMaxDelay,
-        listChanged: () => routes.clear()
+        listChanged
       }))
     const baseDelay = Duration.toMillis(config.inferenceRetryBaseDelay)
     const maxDelay = Duration.toMillis(config.inferenceRetryMaxDelay)
@@ -149,6 +158,40 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
       if (first === undefined || knownToServe(first, model)) routes.set(model, first)
       return first
     }
+    /**
+     * The upstream serving `model`, once one does: a `"*"` upstream's list may come to have it (a server restarted
+     * with another model, then with this one again), asked every probe interval meanwhile (no call goes to it to
+     * notice a restart).
+     */
+    const probeMs = Duration.toMillis(config.upstreamProbeInterval)
+    const askLists = Effect.forEach(upstreams, (u) => (servesAnyModel(u.spec) ? u.refreshListed(probeMs) : Effect.void), {
+      discard: true
+    })
+    const routed = (model: string | null): Effect.Effect<Upstream> =>
+      Effect.suspend(() => {
+        const upstream = route(model)
+        if (upstream !== undefined) return Effect.succeed(upstream)
+        const lookAgain = Effect.raceFirst(Deferred.await(listsChanged), Effect.zipRight(Effect.sleep(probeMs), askLists))
+        return Effect.zipRight(lookAgain, routed(model))
+      })
+    /**
+     * Completes once the upstream serving `model` is up. A batch whose model no upstream serves any more (the
+     * upstreams file changed since it was validated, a `"*"` upstream's list lost it) waits, as in an outage, rather
+     * than fail its lines: until an upstream's list has it, the server restarts with a file that names it, or it
+     * expires.
+     */
+    const reachable = (model: string | null) =>
+      Effect.zipRight(
+        listsKnown,
+        Effect.suspend(() => {
+          const upstream = route(model)
+          if (upstream !== undefined) return upstream.awaitUp
+          return Effect.logWarning(
+            `No upstream serves the model '${String(model).slice(0, 64)}' any more: its batch waits until one does ` +
+              `(name it in UPSTREAMS_FILE and restart), is cancelled or expires`
+          ).pipe(Effect.annotateLogs("event", "batch.model_unrouted"), Effect.zipRight(routed(model)), Effect.flatMap((u) => u.awaitUp))
+        })
+      )
     /** Every upstream serving any model has had its start-up probe: their lists are known when they give one. */
     const listsKnown = Effect.forEach(upstreams, (u) => (servesAnyModel(u.spec) ? u.started : Effect.void), {
       discard: true
@@ -166,6 +209,8 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
     const send = (endpoint: BatchEndpoint, body: string, options: SendOptions = {}) => Effect.suspend(() => {
       const upstream = route(options.model)
       if (upstream === undefined) {
+        // A batch's line stays pending: its batch waits for a route (`reachable`).
+        if (options.handBack !== undefined) return Effect.fail(new HandedBack())
         return Effect.fail(new UpstreamFailure({
           code: "model_not_found",
           message: `No upstream serves the model '${String(options.model).slice(0, 64)}'.`
@@ -218,7 +263,7 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
     })
 
     const models = Effect.gen(function*() {
-      yield* Effect.forEach(upstreams, (u) => (servesAnyModel(u.spec) ? u.refreshListed : Effect.void), {
+      yield* Effect.forEach(upstreams, (u) => (servesAnyModel(u.spec) ? u.refreshListed() : Effect.void), {
         concurrency: "unbounded",
         discard: true
       })
@@ -240,7 +285,7 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
     return Inference.of({
       send,
       models,
-      reachable: (model) => Effect.zipRight(listsKnown, Effect.suspend(() => route(model)?.awaitUp ?? Effect.void)),
+      reachable,
       unreachable: (model) => Effect.suspend(() => route(model)?.awaitDown ?? Effect.never), // routed when it runs, as reachable
       isDown: (model) => route(model)?.isDown() ?? false,
       isHeld: (model) => route(model)?.admission.held() ?? false,

@@ -24,7 +24,7 @@ export interface UpstreamResponse {
  * - `upstream_timeout`: no complete answer within `INFERENCE_TIMEOUT` (headers and body), after every attempt;
  * - `upstream_response_too_large`: an answer larger than `INFERENCE_MAX_RESPONSE_BYTES` (not retried);
  * - `invalid_upstream_response`: a 2xx answer whose body is not a JSON object (not retried);
- * - `model_not_found`: no upstream serves the batch's model (any more: the upstreams changed since it was validated);
+ * - `model_not_found`: no upstream serves the request's model (a send without `handBack`: a batch's line waits instead);
  * - `replay_miss`: replaying recordings (`INFERENCE_MODE=replay`), none was made of this request.
  */
 export class UpstreamFailure extends Data.TaggedError("UpstreamFailure")<{

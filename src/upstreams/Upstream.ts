@@ -42,8 +42,8 @@ export interface Upstream {
   readonly modelsAnswered: () => boolean
   /** Completes once the start-up probe has had its answer (or none): its list is known if it gives one. */
   readonly started: Effect.Effect<void>
-  /** Asks its `GET /models` again (at most every 30 s). */
-  readonly refreshListed: Effect.Effect<void>
+  /** Asks its `GET /models` again, unless asked within `maxAgeMs` (30 s when not given) or down (its probe asks). */
+  readonly refreshListed: (maxAgeMs?: number) => Effect.Effect<void>
   readonly isDown: () => boolean
   /** Completes once it is up (at once when it is). */
   readonly awaitUp: Effect.Effect<void>
@@ -239,9 +239,10 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       listed: () => listed,
       modelsAnswered: () => modelsAnswered,
       started: Deferred.await(started),
-      refreshListed: Effect.suspend(() =>
-        clock.unsafeCurrentTimeMillis() - listedAt < LIST_TTL_MS || outage.isDown() ? Effect.void : Effect.asVoid(askModels)
-      ),
+      refreshListed: (maxAgeMs = LIST_TTL_MS) =>
+        Effect.suspend(() =>
+          clock.unsafeCurrentTimeMillis() - listedAt < maxAgeMs || outage.isDown() ? Effect.void : Effect.asVoid(askModels)
+        ),
       isDown: outage.isDown,
       awaitUp: outage.awaitUp,
       awaitDown: outage.awaitDown
