@@ -328,14 +328,17 @@ describe("the openai-batch command line", () => {
   it.live("--help and a mistyped command through a pipe are plain text, without colour codes; a base URL that is no http(s) URL is refused, one with a password never shown", () =>
     Effect.promise(async () => {
       const notDir = inputFile("not-a-dir.jsonl", [])
-      const [help, mistyped, emptyUrl, ftpUrl, secretUrl, watchBadOut] = await Promise.all([
+      const [help, mistyped, emptyUrl, ftpUrl, secretUrl, watchBadOut, watchProcOut] = await Promise.all([
         cli(["--help"]),
         cli(["lsit"]),
         cli(["--base-url", "", "list"]), // a script's unset variable: never the client's default, OpenAI's API
         cli(["list"], { OPENAI_BASE_URL: "user:sekrit@example.com/v1" }), // no scheme: it parses, with "user:" as one
         cli(["list"], { OPENAI_BASE_URL: "http://user:sekrit@127.0.0.1:1/v1" }),
-        cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--out", Path.join(notDir, "out")])
+        cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--out", Path.join(notDir, "out")]),
+        // Where a directory cannot be made though its parent exists: Node's recursive mkdir spun there for ever.
+        cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--out", "/proc/openai-batch-out"])
       ])
+      expect([watchProcOut.code, watchProcOut.stderr]).toEqual([2, expect.stringContaining("(--out): ENOENT; nothing was done.")])
       // A watch's results that could not be written are found out before it waits for the batch.
       expect([watchBadOut.code, watchBadOut.stderr]).toEqual([2, expect.stringContaining("(--out): ENOTDIR; nothing was done.")])
       expect([emptyUrl.code, emptyUrl.stderr]).toEqual([2, expect.stringContaining("--base-url must be an http:// or https:// URL, /v1 included (got '')")])

@@ -281,7 +281,14 @@ describe.concurrent("server process", () => {
         // A DATA_DIR that cannot be made (here under a file): the same one line, not a defect's stack trace.
         const underFile = Path.join(dataDir, "a-file")
         writeFileSync(underFile, "")
-        const sqlite = await runServerToExit({ DATA_DIR: Path.join(underFile, "data"), PORT: String(await freePort()), LOG_FORMAT: "json" })
+        const [sqlite, proc] = await Promise.all([
+          runServerToExit({ DATA_DIR: Path.join(underFile, "data"), PORT: String(await freePort()), LOG_FORMAT: "json" }),
+          // Where its parent refuses it (ENOENT): Node's recursive mkdir spun there for ever, at full CPU.
+          runServerToExit({ DATA_DIR: "/proc/batch-data", PORT: String(await freePort()), LOG_FORMAT: "json" }, 20_000)
+        ])
+        expect([proc.code, proc.output]).toEqual([1, expect.stringContaining(
+          "Cannot create the data directory /proc/batch-data: ENOENT: no such file or directory, mkdir '/proc/batch-data'"
+        )])
         expect(sqlite.code).toBe(1)
         expect(sqlite.output.trim().split("\n").map((l) => JSON.parse(l))).toEqual([expect.objectContaining({
           event: "server.start_failed",

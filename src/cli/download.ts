@@ -6,10 +6,11 @@
  */
 import * as FileSystem from "@effect/platform/FileSystem"
 import { constants } from "node:fs"
-import { access, mkdir } from "node:fs/promises"
+import { access } from "node:fs/promises"
 import * as Path from "node:path"
 import type { Batch } from "openai/resources/batches"
 import { Effect, Stream } from "effect"
+import { makeDirectories } from "../storage/makeDirectories.js"
 import { BatchApi } from "./BatchApi.js"
 import { problemLine } from "./describe.js"
 import { CliFailure, EXIT_FAILED, EXIT_INVALID, failed } from "./failure.js"
@@ -66,7 +67,7 @@ const save = (fileId: string, path: string) =>
 export const checkOut = (dir: string) =>
   Effect.tryPromise({
     try: async () => {
-      await mkdir(dir, { recursive: true })
+      await makeDirectories(dir)
       await access(dir, constants.W_OK)
     },
     catch: (e) =>
@@ -82,9 +83,11 @@ export const checkOut = (dir: string) =>
  */
 export const saveResults = (batch: Batch, dir: string, patience: Patience) =>
   Effect.gen(function*() {
-    const fs = yield* FileSystem.FileSystem
     if (batch.output_file_id || batch.error_file_id) {
-      yield* fs.makeDirectory(dir, { recursive: true }).pipe(Effect.mapError((e) => failed(`creating ${dir}: ${e.message}`)))
+      yield* Effect.tryPromise({
+        try: () => makeDirectories(dir),
+        catch: (e) => failed(`creating ${dir}: ${(e as Error).message}`)
+      })
     }
     const target = (kind: string) => Path.join(dir, `${batch.id}_${kind}.jsonl`)
     const patientSave = (fileId: string, path: string) =>

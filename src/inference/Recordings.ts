@@ -13,6 +13,7 @@ import { ConfigError, Effect, Layer, Option } from "effect"
 import { createHash, randomBytes } from "node:crypto"
 import * as fs from "node:fs/promises"
 import * as Path from "node:path"
+import { makeDirectories } from "../storage/makeDirectories.js"
 import { AppConfig, defaults } from "../Config.js"
 import { isJsonObject } from "../domain/Json.js"
 import { Inference, InferenceLive, type ModelList, UpstreamFailure, type UpstreamResponse } from "./Inference.js"
@@ -130,7 +131,7 @@ const messageOf = (error: unknown) => (error instanceof Error ? error.message : 
 
 /** Writes `text` at `path` through a temporary file and a rename: a reader sees the whole file or none. */
 const writeAtomically = async (path: string, text: string): Promise<void> => {
-  await fs.mkdir(Path.dirname(path), { recursive: true })
+  await makeDirectories(Path.dirname(path))
   const temp = Path.join(Path.dirname(path), `.${Path.basename(path)}.${process.pid}-${randomBytes(4).toString("hex")}.tmp`)
   try {
     await fs.writeFile(temp, text)
@@ -197,7 +198,7 @@ const recordedModels = (dir: string): Effect.Effect<ReadonlyArray<string>> =>
 const checkWritable = (dir: string) =>
   Effect.tryPromise({
     try: async () => {
-      await fs.mkdir(dir, { recursive: true })
+      await makeDirectories(dir)
       const probe = Path.join(dir, `.write-check-${process.pid}-${randomBytes(4).toString("hex")}`)
       await fs.writeFile(probe, "")
       await fs.rm(probe, { force: true })

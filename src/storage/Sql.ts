@@ -11,10 +11,10 @@ import { SqlError } from "@effect/sql/SqlError"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import { Clock, Duration, Effect, Layer, Option, Redacted } from "effect"
-import { mkdirSync } from "node:fs"
 import * as Path from "node:path"
 import { AppConfig, defaults } from "../Config.js"
 import type { Visibility } from "../domain/Projects.js"
+import { makeDirectoriesSync } from "./makeDirectories.js"
 import { migrations } from "./migrations.js"
 import { runMigrations } from "./migrationsTable.js"
 import { makePool, type PoolOptions, type StatementBound } from "./pgPool.js"
@@ -154,7 +154,7 @@ export const SqlLive = Layer.unwrapEffect(
     if (Option.isSome(databaseUrl)) return layerPg(databaseUrl.value, { statementTimeout: databaseStatementTimeout })
     // A failure is the database's (a typed error the start reports as such), not a defect with a stack trace.
     yield* Effect.try({
-      try: () => mkdirSync(dataDir, { recursive: true }),
+      try: () => makeDirectoriesSync(dataDir),
       catch: (cause) => new SqlError({ cause, message: `Cannot create the data directory ${dataDir}` })
     })
     return layerSqlite(Path.join(dataDir, "batches.sqlite"))
