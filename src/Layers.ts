@@ -18,6 +18,7 @@ import { UploadsLive } from "./files/Uploads.js"
 import type { Inference } from "./inference/Inference.js"
 import { InferenceFromConfig } from "./inference/Recordings.js"
 import { awaitHandlers } from "./http/awaitHandlers.js"
+import { oneAppPerServer } from "./http/oneAppPerServer.js"
 import { answerClientErrors } from "./http/clientErrors.js"
 import { closeWhenAnswered } from "./http/closeWhenAnswered.js"
 import { holdEarlyRequests } from "./http/holdEarlyRequests.js"
@@ -200,7 +201,10 @@ export const makeNodeServer = (options: NodeServerOptions) => Layer.unwrapEffect
   ))
   return closeRemainingConnections.pipe(
     Layer.provideMerge(
-      NodeHttpServer.layer(() => server, { host: options.host, port: options.port }).pipe(awaitHandlers(HANDLER_CLEAN_UP))
+      NodeHttpServer.layer(() => server, { host: options.host, port: options.port }).pipe(
+        awaitHandlers(HANDLER_CLEAN_UP),
+        Layer.map(oneAppPerServer)
+      )
     )
   )
 }))

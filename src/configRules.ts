@@ -58,21 +58,24 @@ export const isLoopbackName = (name: string): boolean => {
 /**
  * A server that would serve everyone on a non-loopback `HOST` without asking for a key, as a `ConfigError` naming
  * `HOST`; `keysRequired`: whether the keys in use ask for one (those of the configuration, or of an `Auth` swapped
- * in by an app, which may have none though the configuration has some).
+ * in by an app, which may have none though the configuration has some); `boundTo`: the address the server listens
+ * on, when it is known (an app's own server may bind elsewhere than `HOST`).
  */
 export const exposedWithoutKeys = (
   config: Pick<AppConfigShape, "host" | "allowUnauthenticated" | "apiKeys" | "adminApiKeys" | "apiKeysFile">,
-  keysRequired: boolean
+  keysRequired: boolean,
+  boundTo?: string
 ): Option.Option<ConfigError.ConfigError> =>
-  keysRequired || config.allowUnauthenticated || isLoopbackName(config.host)
+  keysRequired || config.allowUnauthenticated || isLoopbackName(boundTo ?? config.host)
     ? Option.none()
     : Option.some(ConfigError.InvalidData(
       ["HOST"],
-      keysConfigured(config)
-        ? "Expected a loopback address (127.0.0.1, localhost or ::1): the Auth in use asks for no key, whatever the " +
-          "configuration's keys (an app swapped in one without keys)"
-        : "Expected a loopback address (127.0.0.1, localhost or ::1) when no API key is configured: set API_KEYS, " +
-          "ADMIN_API_KEYS or API_KEYS_FILE, or ALLOW_UNAUTHENTICATED=true to serve everyone on this interface without a key"
+      (boundTo === undefined ? "" : `The server listens on ${boundTo}, not a loopback address. `) +
+        (keysConfigured(config)
+          ? "Expected a loopback address (127.0.0.1, localhost or ::1): the Auth in use asks for no key, whatever the " +
+            "configuration's keys (an app swapped in one without keys)"
+          : "Expected a loopback address (127.0.0.1, localhost or ::1) when no API key is configured: set API_KEYS, " +
+            "ADMIN_API_KEYS or API_KEYS_FILE, or ALLOW_UNAUTHENTICATED=true to serve everyone on this interface without a key")
     ))
 
 /** `text` split at commas, each entry trimmed, empty ones dropped. */

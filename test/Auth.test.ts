@@ -15,7 +15,7 @@ import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import { Auth, AuthLive, AuthTest, HostCheckLive, keyHash } from "../src/auth/Auth.js"
 import { AppConfig, appConfig } from "../src/Config.js"
 import { ApiLive, HttpLive } from "../src/http/Http.js"
-import { ServicesLive } from "../src/Layers.js"
+import { makeNodeServer, makeServices, ServicesLive } from "../src/Layers.js"
 import { chatLine } from "./support/Batches.js"
 import { runServerToExit, startServer } from "./support/ServerProcess.js"
 import { baseUrl, configFor, TestDatabase, TestDataDir, Upstream, TestHttpServer } from "./support/TestApp.js"
@@ -394,6 +394,23 @@ describe("key configuration", () => {
       const services = ServicesLive.pipe(Layer.provide(AppConfig.layerWith({ host: "0.0.0.0", dataDir })))
       expect(failure(yield* Effect.exit(Layer.build(services)))).toContain("Invalid data at HOST")
       expect(existsSync(dataDir)).toBe(false)
+    }))
+
+  it.scoped("an app's own server bound beyond loopback needs keys too, whatever HOST says: HttpLive does not start on it without them", () =>
+    Effect.gen(function*() {
+      const serve = (host: string | undefined, auth?: Layer.Layer<Auth, unknown, AppConfig>) =>
+        Effect.exit(Layer.build(HttpLive.pipe(
+          Layer.provide(makeServices(auth === undefined ? {} : { auth })),
+          Layer.provide(makeNodeServer({ host, port: 0, shutdownTimeout: "1 second" })),
+          // HOST left at its default, 127.0.0.1: a `Host: localhost` sent from afar would pass the Host check.
+          Layer.provide(AppConfig.layerWith({ dataDir: mkdtempSync(Path.join(tmpdir(), "auth-bound-")) }))
+        )))
+      const everywhere = failure(yield* serve("0.0.0.0"))
+      expect(everywhere).toContain("Invalid data at HOST")
+      expect(everywhere).toContain("The server listens on 0.0.0.0, not a loopback address")
+      expect(failure(yield* serve(undefined))).toContain("The server listens on 0.0.0.0, not a loopback address") // every interface
+      expect(Exit.isSuccess(yield* serve("0.0.0.0", AuthTest({ apiKeys: ["sk-1"] })))).toBe(true)
+      expect(Exit.isSuccess(yield* serve("127.0.0.1"))).toBe(true)
     }))
 })
 

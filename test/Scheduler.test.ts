@@ -5,7 +5,6 @@
  * interrupted as it starts, ends on it (on Effect's matrix of the same two schedulers it waited for ever), and so a
  * layer failing beside `HttpLive` ends the app's start with its failure.
  */
-import { NodeHttpServer } from "@effect/platform-node"
 import { expect, it } from "@effect/vitest"
 import { Cause, Chunk, Effect, Exit, Fiber, FiberRef, Layer, Logger, LogLevel, Option, Scheduler } from "effect"
 import { createConnection, createServer, type Socket } from "node:net"
@@ -15,7 +14,7 @@ import { Inference, InferenceScripted, scriptedAnswer } from "../src/inference/I
 import { makeApp, makeServices, NodeServerLive } from "../src/Layers.js"
 import { BACKGROUND_PRIORITY, ioFirstScheduler, REQUEST_PRIORITY, SchedulerLive, serverScheduler } from "../src/Scheduler.js"
 import { chatLine, sdk, terminal, waitFor } from "./support/Batches.js"
-import { baseUrl, TestDataDir } from "./support/TestApp.js"
+import { baseUrl, TestDataDir, TestHttpServer } from "./support/TestApp.js"
 
 /** A connected pair of local sockets, and whether the server side has received anything. */
 const socketPair = Effect.acquireRelease(
@@ -125,7 +124,7 @@ it.scoped("HttpLive answers at REQUEST_PRIORITY; a batch a request created runs 
     }))
     const app = yield* Layer.build(HttpLive.pipe(
       Layer.provide(makeServices({ inference: recording })),
-      Layer.provideMerge(NodeHttpServer.layerTest),
+      Layer.provideMerge(TestHttpServer),
       Layer.provide(Layer.unwrapEffect(Effect.map(TestDataDir, ({ path }) => AppConfig.layerWith({ dataDir: path })))),
       Layer.provide(TestDataDir.Default),
       Layer.provide(Logger.minimumLogLevel(LogLevel.Warning)),

@@ -1,12 +1,13 @@
 /**
  * An app that serves the batch API on a Node server of its own, beside a route of its own: the route is behind the
  * same API key check (unless the app names it in `PublicPaths`), and a request sent while the app is still starting
- * is answered once it has started.
+ * is answered once it has started. An `HttpApi` of the app's own is mounted on the same router; served as a second
+ * app beside `HttpLive`, it stops the start.
  */
-import { HttpApiBuilder, HttpServer, HttpServerResponse } from "@effect/platform"
+import { HttpApi, HttpApiBuilder, HttpApiEndpoint, HttpApiGroup, HttpServer, HttpServerResponse } from "@effect/platform"
 import { expect, it } from "@effect/vitest"
-import { Effect, Layer, Logger, LogLevel, Redacted } from "effect"
-import { AppConfig, HttpLive, makeNodeServer, PublicPaths, ServicesLive } from "effect-openai-batch"
+import { Effect, Layer, Logger, LogLevel, Option, Redacted, Schema } from "effect"
+import { AppConfig, BatchStore, CurrentCaller, HttpLive, makeNodeServer, PublicPaths, ServicesLive } from "effect-openai-batch"
 import { mkdtempSync } from "node:fs"
 import { createServer } from "node:http"
 import { tmpdir } from "node:os"
@@ -68,4 +69,48 @@ it.live("the app's PublicPaths are served without a key, exactly those; a path o
 
     const refused = yield* Effect.exit(Effect.scoped(Layer.build(app(["/v1/files"]))))
     expect(String(refused)).toContain("PublicPaths: '/v1/files' is one of the service's own")
+  }).pipe(Effect.scoped), 20_000)
+
+/** An `HttpApi` of the app's own: who calls, and how many batches its project has (the library's `BatchStore`). */
+class Account extends HttpApiGroup.make("account")
+  .add(HttpApiEndpoint.get("me", "/app/me").addSuccess(Schema.Struct({ project: Schema.String, batches: Schema.Number }))) {}
+class AppApi extends HttpApi.make("app").add(Account) {}
+
+it.live("an HttpApi of the app's own, mounted on HttpLive's router: behind the key, its handlers using the library's services", () =>
+  Effect.gen(function*() {
+    const accountLive = HttpApiBuilder.group(AppApi, "account", (handlers) =>
+      // The library's services are taken here, once, and used by the handlers (which may need none of their own).
+      Effect.map(BatchStore, (batches) =>
+        handlers.handle("me", () =>
+          Effect.gen(function*() {
+            const caller = yield* Effect.serviceOption(CurrentCaller)
+            const project = Option.match(caller, { onNone: () => "default", onSome: (c) => c.project })
+            const page = yield* Effect.orDie(batches.list({ visibility: { project }, limit: 100 }))
+            return { project, batches: page.data.length }
+          }))))
+    const appApi = HttpApiBuilder.httpApp.pipe(
+      Effect.provide(Layer.mergeAll(
+        HttpApiBuilder.api(AppApi).pipe(Layer.provide(accountLive)),
+        HttpApiBuilder.Router.Live,
+        HttpApiBuilder.Middleware.layer
+      ))
+    )
+    const mounted = HttpApiBuilder.Router.use((router) =>
+      Effect.flatMap(appApi, (app) => router.mountApp("/app", app, { includePrefix: true })))
+    const served = <E, R>(api: Layer.Layer<never, E, R>) =>
+      Layer.build(api.pipe(
+        Layer.provideMerge(makeNodeServer({ host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" })),
+        Layer.provide(AppConfig.layerWith({ dataDir: mkdtempSync(Path.join(tmpdir(), "own-api-")), apiKeys: [Redacted.make("sk-app:team")] })),
+        Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
+      ))
+    const context = yield* served(HttpLive.pipe(Layer.provide(mounted), Layer.provide(ServicesLive)))
+    const url = HttpServer.formatAddress((yield* Effect.provide(HttpServer.HttpServer, context)).address)
+    const me = yield* Effect.promise(() => fetch(`${url}/app/me`, { headers: { authorization: "Bearer sk-app" } }))
+    expect([me.status, yield* Effect.promise(() => me.json())]).toEqual([200, { project: "team", batches: 0 }])
+    expect((yield* Effect.promise(() => fetch(`${url}/app/me`))).status).toBe(401)
+
+    // Served beside HttpLive, a second app would answer every request too, without the key check: refused.
+    const beside = HttpApiBuilder.serve().pipe(Layer.provide(HttpApiBuilder.api(AppApi).pipe(Layer.provide(accountLive))))
+    const refused = yield* Effect.exit(Effect.scoped(served(Layer.merge(HttpLive, beside).pipe(Layer.provide(ServicesLive)))))
+    expect(String(refused)).toContain("This server already serves an app")
   }).pipe(Effect.scoped), 20_000)

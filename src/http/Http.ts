@@ -5,9 +5,10 @@
  */
 import * as Headers from "@effect/platform/Headers"
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
-import { Effect, Layer } from "effect"
+import * as HttpServer from "@effect/platform/HttpServer"
+import { Effect, Layer, Option } from "effect"
 import { Auth } from "../auth/Auth.js"
-import { AppConfig } from "../Config.js"
+import { AppConfig, exposedWithoutKeys } from "../Config.js"
 import { Metrics } from "../observability/Metrics.js"
 import { CREDENTIAL_NAME } from "../observability/redaction.js"
 import { requestsFirst } from "../Scheduler.js"
@@ -44,7 +45,15 @@ export const ApiLive = HttpApiBuilder.api(OpenAIApi).pipe(
  * of the batches' work).
  */
 export const HttpLive = requestsFirst(Layer.unwrapEffect(Effect.gen(function*() {
-  const { maxJsonBodiesBytes, maxJsonBodyBytes, maxUploadsAtOnce, minBodyRate, stallTimeout } = yield* AppConfig
+  const config = yield* AppConfig
+  const { maxJsonBodiesBytes, maxJsonBodyBytes, maxUploadsAtOnce, minBodyRate, stallTimeout } = config
+  // Judged on where the server listens, not only on `HOST`: an app's own server (`makeNodeServer({ host })`, one
+  // without a host: every interface) may bind elsewhere, and a `Host: localhost` sent from afar passes the Host check.
+  const address = (yield* HttpServer.HttpServer).address
+  if (address._tag === "TcpAddress") {
+    const exposed = exposedWithoutKeys(config, (yield* Auth).required, address.hostname)
+    if (Option.isSome(exposed)) return yield* Effect.fail(exposed.value)
+  }
   const secure = yield* securityMiddleware
   const measured = httpMetrics(yield* Metrics)
   // A project's share of the JSON bodies, and what it may take of their reserve, hold one whole body.

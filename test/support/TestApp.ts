@@ -109,7 +109,7 @@ export const TestHttpServer = Layer.unwrapEffect(Effect.sync(() => {
   return HttpServer.layerTestClient.pipe(
     Layer.provide(NodeHttpClient.layerWithoutAgent),
     Layer.provide(NodeHttpClient.makeAgentLayer({ keepAlive: false })),
-    Layer.provideMerge(closeConnections.pipe(Layer.provideMerge(NodeHttpServer.layer(() => server, { port: 0 }))))
+    Layer.provideMerge(closeConnections.pipe(Layer.provideMerge(NodeHttpServer.layer(() => server, { port: 0, host: "127.0.0.1" }))))
   )
 }))
 
