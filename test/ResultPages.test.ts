@@ -1,11 +1,12 @@
 /**
- * Result lines are read a page at a time, bounded by count and by the bytes of the upstream bodies: a batch of
+ * Result lines are read a page at a time, bounded by count and by the bytes of the upstream bodies and custom ids: a batch of
  * large answers is written a few answers at a time, not as one string of them all (SQLite and PostgreSQL).
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
 import { BatchStore, BatchStoreLive, type RequestOutcome } from "../src/batches/BatchStore.js"
 import { RESULT_PAGE_BYTES } from "../src/batches/outcomes.js"
+import { MAX_CUSTOM_ID_LENGTH } from "../src/batches/validation.js"
 import { SqlLive } from "../src/storage/Sql.js"
 import { responseOutcome, validatingBatch } from "./support/Batches.js"
 import { backends, configFor, TestDatabase, TestDataDir } from "./support/TestApp.js"
@@ -43,5 +44,19 @@ for (const backend of backends) describe(`result pages (${backend})`, () => {
       for (const page of pages) expect(page.bytes).toBeLessThan(RESULT_PAGE_BYTES + big + 1000)
       // The count bound still holds with small bodies.
       expect((yield* store.resultLines(id, "succeeded", 5, 1)).count).toBe(1)
+    }).pipe(Effect.provide(storeFor(backend))))
+
+  it.live("the ids count too: long custom_ids of small answers make a page of a few lines, not of a thousand", () =>
+    Effect.gen(function*() {
+      const store = yield* BatchStore
+      const lines = 300
+      const id = yield* validatingBatch(lines)
+      expect(yield* store.startRunning(id, { model: "m", total: lines }, [{ firstLine: 1, lastLine: lines }])).toBe(true)
+      const longId = (line: number) => `${line}-${"i".repeat(MAX_CUSTOM_ID_LENGTH - 10)}`
+      yield* store.recordOutcomes(id, Array.from({ length: lines }, (_, i) => responseOutcome(i + 1, { customId: longId(i + 1) })))
+      const page = yield* store.resultLines(id, "succeeded", 0, 1000)
+      expect(page.count).toBeLessThan(lines)
+      // The budget, the line that passes it, and each line's own fields (~100 bytes).
+      expect(page.bytes.length).toBeLessThan(RESULT_PAGE_BYTES + MAX_CUSTOM_ID_LENGTH + page.count * 200)
     }).pipe(Effect.provide(storeFor(backend))))
 })

@@ -23,6 +23,18 @@ describe("validateLine", () => {
       customId: "c1"
     })
   })
+
+  it("refuses a custom_id longer than 65,536 characters (emoji count one each), saying its length", () => {
+    const lineWith = (customId: string) =>
+      JSON.stringify({ custom_id: customId, method: "POST", url: "/v1/chat/completions", body: { model: "m", messages: [] } })
+    expect(isValidLine(validateLine(lineWith("😀".repeat(65_536)), "/v1/chat/completions"))).toBe(true)
+    const refused = validateLine(lineWith("i".repeat(65_537)), "/v1/chat/completions")
+    expect(isValidLine(refused) ? [] : refused.problems).toEqual([{
+      code: "invalid_request",
+      param: "custom_id",
+      message: "Invalid 'custom_id': string too long. Expected a string with maximum length 65536, but got a string with length 65537 instead."
+    }])
+  })
 })
 
 /** A random JSON value (deterministic: a linear congruential generator seeded by the caller). */

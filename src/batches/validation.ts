@@ -29,6 +29,13 @@ export const MAX_MODEL_LENGTH = 256
  */
 export const MAX_INPUT_FILE_ID_LENGTH = 256
 
+/**
+ * The longest `custom_id` accepted (OpenAI states none): long enough for a key, a path or a small JSON record, short
+ * enough that a page of results is not made of ids (a line of 16 million characters each made a results page of
+ * 160 MB, read whole, with the event loop held for seconds).
+ */
+export const MAX_CUSTOM_ID_LENGTH = 65_536
+
 /** The create parameters once checked: what a batch row is made of. */
 export interface ValidCreateBatch {
   readonly inputFileId: FileId
@@ -283,6 +290,12 @@ export const validateLine = (text: string, endpoint: BatchEndpoint): InvalidLine
   const { body, custom_id, method, url } = parsed
   if (custom_id != null && typeof custom_id !== "string") {
     problems.push({ code: "invalid_request", param: "custom_id", message: `Invalid type for 'custom_id': expected a string, but got ${typeName(custom_id)} instead.` })
+  } else if (typeof custom_id === "string" && custom_id.length > MAX_CUSTOM_ID_LENGTH && characterCount(custom_id) > MAX_CUSTOM_ID_LENGTH) {
+    problems.push({
+      code: "invalid_request",
+      param: "custom_id",
+      message: `Invalid 'custom_id': string too long. Expected a string with maximum length ${MAX_CUSTOM_ID_LENGTH}, but got a string with length ${characterCount(custom_id)} instead.`
+    })
   } else if (typeof custom_id === "string" && unstorableReason(custom_id) !== undefined) {
     problems.push({ code: "invalid_request", param: "custom_id", message: `Invalid 'custom_id': it ${unstorableReason(custom_id)}.` })
   }
@@ -331,8 +344,9 @@ export const validateLine = (text: string, endpoint: BatchEndpoint): InvalidLine
     }
   }
   if (problems.length > 0) {
-    const storable = typeof custom_id === "string" && unstorableReason(custom_id) === undefined
-    return { problems, customId: storable ? custom_id : undefined }
+    // An id refused (too long, not storable) is not kept for the duplicates' check either.
+    const kept = typeof custom_id === "string" && !problems.some((p) => p.param === "custom_id")
+    return { problems, customId: kept ? custom_id : undefined }
   }
   const { input, model } = body as Record<string, unknown>
   return {
