@@ -106,6 +106,12 @@ describe("UpstreamSpec", () => {
       expect(said).toContain("quote a value of digits")
       expect(said).not.toMatch(/123456789|99887766/)
     }
+    // Headers written as a list or a string: said without repeating them (a key among them).
+    for (const headers of [["Authorization: Bearer sk-proj-SECRET1"], "Authorization: Bearer sk-proj-SECRET1"]) {
+      const said = problem([{ ...minimal, headers }])
+      expect(said).toContain("a map of header names to values")
+      expect(said).not.toContain("SECRET1")
+    }
     expect(problem([{ ...minimal, headers: { "bad name": "v" } }])).toContain("headers.bad name")
     expect(problem([{ ...minimal, base_url: "http://user:pw@host/v1" }])).toContain("without user:password@")
     expect(problem([{ ...minimal, base_url: "http://host/v1?key=x" }])).toContain("without ?query")

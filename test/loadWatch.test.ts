@@ -1,8 +1,9 @@
 /** The load watch's estimate of a vLLM server's waiting queue between two readings of its metrics. */
 import { describe, expect, it } from "@effect/vitest"
 import * as HttpClient from "@effect/platform/HttpClient"
+import * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
-import { Deferred, Effect } from "effect"
+import { Deferred, Effect, Logger } from "effect"
 import { makeLoadWatch } from "../src/upstreams/loadWatch.js"
 
 describe("load watch", () => {
@@ -27,5 +28,18 @@ describe("load watch", () => {
       gauge.finished() // a call finished after the reading frees a place
       gauge.finished()
       expect(gauge.full()).toBe(false)
+    }).pipe(Effect.scoped))
+
+  it.live("metrics it cannot read are warned of once, without the URL's query (a token)", () =>
+    Effect.gen(function*() {
+      const lines: Array<string> = []
+      const http = HttpClient.make((request) =>
+        Effect.fail(new HttpClientError.RequestError({ request, reason: "Transport", description: "connect ECONNREFUSED" })))
+      yield* makeLoadWatch({ upstream: "u", metricsUrl: "http://vllm:8000/metrics?token=SECRET9", maxWaiting: 2, http, changed: () => {} }).pipe(
+        Effect.provide(Logger.replace(Logger.defaultLogger, Logger.make(({ message }) => lines.push(String(message)))))
+      )
+      yield* Effect.sleep("50 millis")
+      expect(lines).toEqual([expect.stringContaining("Upstream u: cannot read http://vllm:8000/metrics (")])
+      expect(lines.join("\n")).not.toContain("SECRET9")
     }).pipe(Effect.scoped))
 })

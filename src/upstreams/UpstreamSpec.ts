@@ -54,7 +54,13 @@ export const UpstreamEntry = Schema.Struct({
     Schema.String.annotations({ message: () => "a duration such as \"10 minutes\" (a number needs its unit)" }),
     { exact: true }
   ),
-  headers: Schema.optionalWith(Schema.Record({ key: HeaderName, value: HeaderValue }), { exact: true }),
+  // Its message too: Schema's own for a list or a string ("Expected { readonly [x: string]: … }, actual [\"Authorization: Bearer sk-…\"]") repeated the key.
+  headers: Schema.optionalWith(
+    Schema.Record({ key: HeaderName, value: HeaderValue }).annotations({
+      message: () => "a map of header names to values (Name: value, each on a line of its own under headers:), not a list or a string"
+    }),
+    { exact: true }
+  ),
   metrics_url: Schema.optionalWith(HttpUrl, { exact: true }),
   max_waiting: Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { exact: true })
 })

@@ -10,6 +10,7 @@
  */
 import * as HttpClient from "@effect/platform/HttpClient"
 import { Duration, Effect, type Scope } from "effect"
+import { withoutCredentials } from "../observability/urlText.js"
 import type { LoadGauge } from "./Admission.js"
 
 const POLL_INTERVAL = Duration.seconds(1)
@@ -64,8 +65,11 @@ export const makeLoadWatch = (options: {
             options.changed()
             if (failing) return Effect.void
             failing = true
+            // Its query may hold a token (as in a listening line, it is left out), the client's error repeats it.
+            const shown = withoutCredentials(options.metricsUrl)
+            const reason = String(error).replaceAll(options.metricsUrl, shown)
             return Effect.logWarning(
-              `Upstream ${options.upstream}: cannot read ${options.metricsUrl} (${String(error)}); sending without load awareness until it answers`
+              `Upstream ${options.upstream}: cannot read ${shown} (${reason}); sending without load awareness until it answers`
             )
           })
       })
