@@ -369,6 +369,11 @@ describe("metrics", () => {
         expect(parsed.types.get("batch_batches_active")).toBe("gauge")
         expect(sum(parsed, "batch_batches_active")).toBe(0)
         expect((yield* get(yield* metricsPortUrl("/v1/files"))).status).toBe(404)
+        // A web page's script gets none, its own origin too (a name rebound to this address); an address typed in does.
+        for (const headers of [{ "sec-fetch-site": "same-origin" }, { "sec-fetch-site": "cross-site" }, { origin: "http://evil.example" }]) {
+          expect([headers, (yield* get(yield* metricsPortUrl("/metrics"), headers)).status]).toEqual([headers, 403])
+        }
+        expect((yield* get(yield* metricsPortUrl("/metrics"), { "sec-fetch-site": "none" })).status).toBe(200)
         // The main port: no route there (404 to an operator; without a key, the 401 of any protected path).
         const main = yield* get(`${yield* baseUrl}/metrics`, { authorization: `Bearer ${KEYS.admin}` })
         expect(main.status).toBe(404)

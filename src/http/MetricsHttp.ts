@@ -22,7 +22,7 @@ import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Data, Duration, Effect, Layer, Option, Runtime } from "effect"
 import { statfs } from "node:fs/promises"
-import { createServer, type ServerResponse } from "node:http"
+import { createServer, type IncomingHttpHeaders, type ServerResponse } from "node:http"
 import { Auth, CurrentCaller } from "../auth/Auth.js"
 import { BatchStore } from "../batches/BatchStore.js"
 import { AppConfig, fileStorageOf } from "../Config.js"
@@ -135,8 +135,16 @@ export const metricsRoute = HttpApiBuilder.Router.use((router) =>
 export class MetricsListenFailed extends Data.TaggedError("MetricsListenFailed")<{ readonly cause: Error }> {}
 
 /**
+ * Whether a request was sent by a web page's script (any origin): browsers say so in `Sec-Fetch-Site` (`none` for an
+ * address typed in) and `Origin`, a scraper never does. The metrics port needs no key, and a page whose name was
+ * rebound to the server's address reads it as its own origin, so its `Host` tells nothing.
+ */
+const fromAWebPage = (headers: IncomingHttpHeaders) =>
+  headers.origin !== undefined || (headers["sec-fetch-site"] !== undefined && headers["sec-fetch-site"] !== "none")
+
+/**
  * The metrics on `METRICS_PORT` (nothing without it): a small Node HTTP listener of its own on `HOST` answering
- * `GET /metrics` (and `HEAD`) without a key, 404 on any other path; closed with the app.
+ * `GET /metrics` (and `HEAD`) without a key, 404 on any other path, 403 to a web page's script; closed with the app.
  */
 export const MetricsServerLive = Layer.scopedDiscard(
   Effect.gen(function*() {
@@ -152,6 +160,7 @@ export const MetricsServerLive = Layer.scopedDiscard(
     const server = createServer((req, res) => {
       const path = (req.url ?? "/").split("?")[0]
       if (loopbackOnly && !isLoopbackHost(req.headers.host)) return plain(res, 421, "This server answers only for localhost.\n")
+      if (fromAWebPage(req.headers)) return plain(res, 403, "The metrics are for scrapers: a web page's request gets none.\n")
       if (path !== METRICS_PATH) return plain(res, 404, `Not found; the metrics are at ${METRICS_PATH}.\n`)
       if (req.method !== "GET" && req.method !== "HEAD") return plain(res, 405, "Method not allowed.\n", { allow: "GET, HEAD" })
       run(scrape).then(
