@@ -2,11 +2,12 @@
  * Every knob of the service, read from the environment in one place. An invalid value fails the start with a
  * message naming the variable (Effect's `ConfigError` does that; `main.ts` prints it).
  */
-import { Config, ConfigError, Context, Duration, Either, Layer, Option, Redacted } from "effect"
+import { Config, ConfigError, Context, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
 import { hostname } from "node:os"
 import { commaList, exposedWithoutKeys, keysConfigured, validateConfig } from "./configRules.js"
 import type { AppConfigShape } from "./configShape.js"
 import { OPENAI_MAX_REQUESTS_PER_BATCH } from "./domain/Batches.js"
+import { upstreamSpecs } from "./upstreams/UpstreamSpec.js"
 
 export type { AppConfigShape } from "./configShape.js"
 
@@ -215,11 +216,15 @@ export class AppConfig extends Context.Tag("AppConfig")<AppConfig, AppConfigShap
   )
   /**
    * A configuration given in code (tests, embedding): the defaults with `overrides` on top, `nodeId` derived from
-   * the port unless given, checked by the same rules as the environment.
+   * the port unless given, checked by the same rules as the environment; `upstreams` given here, as an upstreams
+   * file's are at start (a bad `base_url` said now, not once the services start).
    */
   static readonly layerWith = (overrides: Partial<AppConfigShape> = {}): Layer.Layer<AppConfig, ConfigError.ConfigError> =>
     Layer.effect(
       AppConfig,
-      validateConfig({ ...defaults, nodeId: defaultNodeId(overrides.port ?? defaults.port), ...overrides })
+      Effect.flatMap(
+        validateConfig({ ...defaults, nodeId: defaultNodeId(overrides.port ?? defaults.port), ...overrides }),
+        (config) => (Option.isSome(config.upstreams) ? Effect.as(upstreamSpecs(config), config) : Effect.succeed(config))
+      )
     )
 }

@@ -2,11 +2,20 @@
  * Public entry for embedding: the API definition, the HTTP layers, the services and their live layers. Compose
  * them in your own Effect app, swap any of them (e.g. `FileStore`) for your own, or serve `HttpLive` on your server.
  */
-export { audit, Auth, AuthLive, type AuthShape, AuthTest, type Caller, CurrentCaller, localCaller } from "./auth/Auth.js"
+export { audit, Auth, AuthLive, type AuthShape, AuthTest, type Caller, CurrentCaller, type KeysSummary, localCaller } from "./auth/Auth.js"
+export type { WebhookEntry } from "./auth/keyEntries.js"
 export { AppConfig, appConfig, type AppConfigShape, defaults as configDefaults } from "./Config.js"
 export { BatchCommands, BatchCommandsLive, type BatchCommandsShape, type CommandError } from "./batches/BatchCommands.js"
 export { BatchRunner, BatchRunnerLive, type BatchRunnerShape, FaultRetry, type FaultRetryPolicy, TurnLength } from "./batches/BatchRunner.js"
-export { BatchNotFound, type BatchRecord, BatchStore, BatchStoreLive, type BatchStoreShape, type NewBatch } from "./batches/BatchStore.js"
+export {
+  BatchNotFound,
+  type BatchRecord,
+  BatchStore,
+  BatchStoreLive,
+  type BatchStoreShape,
+  type NewBatch,
+  UnknownBatchCursor
+} from "./batches/BatchStore.js"
 export { Rerun, RerunLive, type RerunShape } from "./batches/rerun.js"
 export { type Move, transitions } from "./batches/transitions.js"
 export { type Lease, WorkLeases, WorkLeasesLive, type WorkLeasesShape } from "./batches/WorkLeases.js"
@@ -20,6 +29,7 @@ export { Uploads, UploadsLive, type UploadsShape } from "./files/Uploads.js"
 export * as UploadObjects from "./domain/Uploads.js"
 export { BatchesGroup, FilesGroup, HealthGroup, ModelsGroup, OpenAIApi, UploadsGroup, WebhooksGroup } from "./http/Api.js"
 export {
+  type AttemptsUsed,
   type HandBack,
   HandedBack,
   Inference,
@@ -27,6 +37,7 @@ export {
   InferenceOverHttpClient,
   InferenceScripted,
   type InferenceShape,
+  type ModelList,
   type ScriptedRequest,
   scriptedAnswer,
   type SendOptions,
@@ -70,9 +81,17 @@ export {
   ServicesLive,
   StorageLive
 } from "./Layers.js"
-export { UpstreamEntry } from "./upstreams/UpstreamSpec.js"
+export { UpstreamEntry, type UpstreamSpec } from "./upstreams/UpstreamSpec.js"
+export { RequestRates } from "./http/requestRates.js"
 export { inBackground, ioFirstScheduler, REQUEST_PRIORITY, SchedulerLive, serverScheduler } from "./Scheduler.js"
-export { BlobStore, BlobStoreLocal, type BlobStoreShape, makeLocal as makeLocalBlobStore } from "./storage/BlobStore.js"
+export {
+  BlobStore,
+  BlobStoreLocal,
+  type BlobStoreShape,
+  makeLocal as makeLocalBlobStore,
+  type StagedBlob,
+  type StagingWriter
+} from "./storage/BlobStore.js"
 export { BlobStoreSql } from "./storage/BlobStoreSql.js"
 export { ReadConnection, type ReadConnectionShape, type ReadValues, sqliteReadConnection } from "./storage/ReadConnection.js"
 export { layerPg, layerSqlite, MigrationsLive, SqlLive } from "./storage/Sql.js"

@@ -68,6 +68,14 @@ describe("configuration", () => {
       }
     }))
 
+  it.effect("layerWith checks its upstreams as an upstreams file's are checked at start, not once the services start", () =>
+    Effect.gen(function*() {
+      const said = failure(yield* fromCode({ upstreams: Option.some([{ name: "a", base_url: "ftp://x/v1", models: ["m"] }]) }))
+      expect(said).toContain("Invalid data at upstreams")
+      expect(said).toContain("upstream 'a': base_url")
+      expect(Exit.isSuccess(yield* fromCode({ upstreams: Option.some([{ name: "a", base_url: "http://127.0.0.1:1/v1", models: ["m"] }]) }))).toBe(true)
+    }))
+
   it.effect("INFERENCE_BASE_URL beside UPSTREAMS_FILE stops the start (it would be ignored); either alone is read", () =>
     Effect.gen(function*() {
       const both = failure(yield* fromEnv({ UPSTREAMS_FILE: "upstreams.yaml", INFERENCE_BASE_URL: "http://127.0.0.1:8000/v1" }))
