@@ -3,7 +3,7 @@
  * once (layers are memoized by reference), and what remains open is only `AppConfig`.
  */
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
-import { Duration, Effect, Layer } from "effect"
+import { Duration, Effect, Layer, Option } from "effect"
 import { createServer, type Server } from "node:http"
 import { AppConfig, fileStorageOf } from "./Config.js"
 import type * as SqlClient from "@effect/sql/SqlClient"
@@ -27,7 +27,7 @@ import { HttpLive } from "./http/Http.js"
 import { MetricsServerLive } from "./http/MetricsHttp.js"
 import { type Metrics, MetricsLive } from "./observability/Metrics.js"
 import { TracingLive } from "./observability/Tracing.js"
-import { ServerLifecycleLive } from "./observability/Lifecycle.js"
+import { ServerLifecycleLive, ServerShutdownTimeout } from "./observability/Lifecycle.js"
 import { type Readiness, ReadinessLive } from "./observability/Readiness.js"
 import { type BlobStore, BlobStoreLocal } from "./storage/BlobStore.js"
 import { BlobStoreSql } from "./storage/BlobStoreSql.js"
@@ -203,7 +203,8 @@ export const makeNodeServer = (options: NodeServerOptions) => Layer.unwrapEffect
     Layer.provideMerge(
       NodeHttpServer.layer(() => server, { host: options.host, port: options.port }).pipe(
         awaitHandlers(HANDLER_CLEAN_UP),
-        Layer.map(oneAppPerServer)
+        Layer.map(oneAppPerServer),
+        Layer.merge(Layer.succeed(ServerShutdownTimeout, Option.some(Duration.decode(options.shutdownTimeout))))
       )
     )
   )

@@ -2,12 +2,21 @@
  * An app that serves the batch API on a Node server of its own, beside a route of its own: the route is behind the
  * same API key check (unless the app names it in `PublicPaths`), and a request sent while the app is still starting
  * is answered once it has started. An `HttpApi` of the app's own is mounted on the same router; served as a second
- * app beside `HttpLive`, it stops the start.
+ * app beside `HttpLive`, it stops the start. With `ServerLifecycleLive` on top, the shutdown drains as `npm start`'s.
  */
 import { HttpApi, HttpApiBuilder, HttpApiEndpoint, HttpApiGroup, HttpServer, HttpServerResponse } from "@effect/platform"
 import { expect, it } from "@effect/vitest"
-import { Effect, Layer, Logger, LogLevel, Option, Redacted, Schema } from "effect"
-import { AppConfig, BatchStore, CurrentCaller, HttpLive, makeNodeServer, PublicPaths, ServicesLive } from "effect-openai-batch"
+import { Duration, Effect, Exit, Fiber, Layer, Logger, LogLevel, Option, Redacted, Schema, Scope } from "effect"
+import {
+  AppConfig,
+  BatchStore,
+  CurrentCaller,
+  HttpLive,
+  makeNodeServer,
+  PublicPaths,
+  ServerLifecycleLive,
+  ServicesLive
+} from "effect-openai-batch"
 import { mkdtempSync } from "node:fs"
 import { createServer } from "node:http"
 import { tmpdir } from "node:os"
@@ -114,3 +123,30 @@ it.live("an HttpApi of the app's own, mounted on HttpLive's router: behind the k
     const refused = yield* Effect.exit(Effect.scoped(served(Layer.merge(HttpLive, beside).pipe(Layer.provide(ServicesLive)))))
     expect(String(refused)).toContain("This server already serves an app")
   }).pipe(Effect.scoped), 20_000)
+
+it.live("ServerLifecycleLive on top: at shutdown /v1/ready turns 503 while the server still serves, and the line says the server's timeout", () =>
+  Effect.gen(function*() {
+    const lines: Array<string> = []
+    const scope = yield* Scope.make()
+    const context = yield* Layer.buildWithScope(
+      // On top of HttpLive (provided to it, not merged beside it): released first, so readiness turns 503 before
+      // the server stops accepting.
+      ServerLifecycleLive.pipe(
+        Layer.provide(HttpLive),
+        Layer.provide(ServicesLive),
+        Layer.provideMerge(makeNodeServer({ host: "127.0.0.1", port: 0, shutdownTimeout: "5 seconds" })),
+        Layer.provide(AppConfig.layerWith({ dataDir: mkdtempSync(Path.join(tmpdir(), "lifecycle-")), shutdownDelay: Duration.seconds(1) })),
+        Layer.provide(Logger.replace(Logger.defaultLogger, Logger.make(({ message }) => lines.push(String(message)))))
+      ),
+      scope
+    )
+    const url = HttpServer.formatAddress((yield* Effect.provide(HttpServer.HttpServer, context)).address)
+    const ready = () => fetch(`${url}/v1/ready`).then((res) => res.status, () => 0)
+    expect(yield* Effect.promise(ready)).toBe(200)
+    const stopping = yield* Effect.fork(Scope.close(scope, Exit.void))
+    yield* Effect.sleep("300 millis")
+    expect(yield* Effect.promise(ready)).toBe(503) // still served, not ready
+    yield* Fiber.join(stopping)
+    expect(yield* Effect.promise(ready)).toBe(0) // no longer served
+    expect(lines).toContainEqual(expect.stringContaining("still serving for 1s, then no new connection; open requests get 5s to finish"))
+  }), 20_000)

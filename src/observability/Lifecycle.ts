@@ -4,7 +4,7 @@
  * `SHUTDOWN_DELAY` (when set) keeps the node serving meanwhile, for a load balancer to see it go.
  */
 import * as HttpServer from "@effect/platform/HttpServer"
-import { Duration, Effect, Layer, Option } from "effect"
+import { Context, Duration, Effect, Layer, Option } from "effect"
 import { Auth } from "../auth/Auth.js"
 import { AppConfig, type AppConfigShape, runsBatches } from "../Config.js"
 import { type Proxies, proxiesOf } from "../inference/UpstreamHttpClient.js"
@@ -96,6 +96,14 @@ export const shutdownLine = (config: Pick<AppConfigShape, "shutdownDelay" | "shu
   return `Shutting down: /v1/ready answers 503; ${delay}; open requests get ${Duration.format(config.shutdownTimeout)} to finish`
 }
 
+/**
+ * How long open requests get at shutdown on the server in use, when it says (`makeNodeServer`'s option, which an
+ * app gives as it likes): the shutdown line says that, not the configuration's `shutdownTimeout`.
+ */
+export class ServerShutdownTimeout extends Context.Reference<ServerShutdownTimeout>()("ServerShutdownTimeout", {
+  defaultValue: (): Option.Option<Duration.Duration> => Option.none()
+}) {}
+
 /** Logs the listening line now, and on release the shutdown line, after readiness has turned 503. */
 export const ServerLifecycleLive: Layer.Layer<
   never,
@@ -113,10 +121,11 @@ export const ServerLifecycleLive: Layer.Layer<
     const address = HttpServer.formatAddress(server.address)
     const { fields, message } = listeningLine(address, config, auth.required, upstreams, tracesUrl, proxiesOf(process.env))
     yield* Effect.annotateLogs(Effect.logInfo(message), fields)
+    const shutdownTimeout = Option.getOrElse(yield* ServerShutdownTimeout, () => config.shutdownTimeout)
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {
         yield* readiness.drain
-        yield* Effect.annotateLogs(Effect.logInfo(shutdownLine(config)), "event", "server.shutdown_started")
+        yield* Effect.annotateLogs(Effect.logInfo(shutdownLine({ ...config, shutdownTimeout })), "event", "server.shutdown_started")
         if (Duration.greaterThan(config.shutdownDelay, Duration.zero)) yield* Effect.sleep(config.shutdownDelay)
       })
     )
