@@ -9,6 +9,7 @@ import { createHash } from "node:crypto"
 import { mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
+import { MAX_CUSTOM_ID_LENGTH } from "../src/batches/validation.js"
 import { type Simulator, startSimulator } from "../scripts/simulator.js"
 import { chatLine, sdk, terminal, waitFor } from "./support/Batches.js"
 import { type RawAnswer, rawRequest } from "./support/RawHttp.js"
@@ -195,7 +196,7 @@ for (const backend of backends) {
           Effect.gen(function*() {
             const { server } = yield* Hostile
             const openai = sdk(server.url)
-            const huge = "c".repeat(1024 * 1024)
+            const huge = "c".repeat(MAX_CUSTOM_ID_LENGTH) // the longest accepted (longer: each line refused for it)
             const lines = Array.from({ length: 31 }, () => chatLine(huge, "dup"))
             const file = yield* Effect.promise(() => openai.files.create({ file: new File([lines.join("\n")], "dup.jsonl"), purpose: "batch" }))
             const batch = yield* Effect.promise(() => openai.batches.create({ input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h" }))
