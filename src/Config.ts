@@ -224,7 +224,11 @@ export class AppConfig extends Context.Tag("AppConfig")<AppConfig, AppConfigShap
       AppConfig,
       Effect.flatMap(
         validateConfig({ ...defaults, nodeId: defaultNodeId(overrides.port ?? defaults.port), ...overrides }),
-        (config) => (Option.isSome(config.upstreams) ? Effect.as(upstreamSpecs(config), config) : Effect.succeed(config))
+        // Replayed answers use no upstream: none is built, nor checked.
+        (config) =>
+          Option.isSome(config.upstreams) && config.inferenceMode !== "replay"
+            ? Effect.as(upstreamSpecs(config), config)
+            : Effect.succeed(config)
       )
     )
 }

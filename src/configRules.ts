@@ -49,10 +49,10 @@ const nonEmpty = (field: "host" | "dataDir" | "nodeId", variable: string): Rule 
 export const keysConfigured = (config: Pick<AppConfigShape, "apiKeys" | "adminApiKeys" | "apiKeysFile">): boolean =>
   config.apiKeys.length > 0 || config.adminApiKeys.length > 0 || Option.isSome(config.apiKeysFile)
 
-/** A loopback name or address: `localhost`, `127.0.0.0/8`, `::1` (bracketed or not). */
+/** A loopback name or address: `localhost`, `127.0.0.0/8` (IPv4-mapped too: `::ffff:127.0.0.1`), `::1` (bracketed or not). */
 export const isLoopbackName = (name: string): boolean => {
   const n = name.toLowerCase()
-  return n === "localhost" || n === "::1" || n === "[::1]" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(n)
+  return n === "localhost" || n === "::1" || n === "[::1]" || /^(::ffff:)?127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(n)
 }
 
 /**

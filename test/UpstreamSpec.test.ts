@@ -112,7 +112,11 @@ describe("UpstreamSpec", () => {
       expect(said).toContain("a map of header names to values")
       expect(said).not.toContain("SECRET1")
     }
-    expect(problem([{ ...minimal, headers: { "bad name": "v" } }])).toContain("headers.bad name")
+    // A header name that is none, not repeated: most often a whole header written as its name.
+    const wholeHeader = problem([{ ...minimal, headers: { "Authorization: Bearer sk-SECRET6": null } }])
+    expect(wholeHeader).toContain("headers.(a name that is no header name)")
+    expect(wholeHeader).not.toContain("SECRET6")
+    expect(problem([{ ...minimal, headers: { "x-team": 5 } }])).toContain("headers.x-team")
     expect(problem([{ ...minimal, base_url: "http://user:pw@host/v1" }])).toContain("without user:password@")
     expect(problem([{ ...minimal, base_url: "http://host/v1?key=x" }])).toContain("without ?query")
     expect(Either.getLeft(parseUpstreamsFile("upstreams: [unclosed"))).toEqual(Option.some(expect.stringContaining("not YAML or JSON")))

@@ -249,15 +249,15 @@ layer(
 
 layer(
   testAppWithUpstreams(
-    { v: { models: ["model-a"], latencyMs: 20 } },
-    ({ v }) => [{ name: "vllm", base_url: v!.url, models: ["*"] }],
+    { v: { models: ["model-a"], latencyMs: 20 }, w: { models: ["model-y"], latencyMs: 20 } },
+    ({ v, w }) => [{ name: "vllm", base_url: v!.url, models: ["*"] }, { name: "vllm-2", base_url: w!.url, models: ["*"] }],
     { maxConcurrentRequestsPerBatch: 8, upstreamProbeInterval: Duration.millis(300) }
   ),
   { excludeTestServices: true }
 )("a batch whose model its upstream stops serving", (it) => {
-  it.effect("waits (no line failed, a warning) while the server serves another model, and completes once it serves it again", () =>
+  it.effect("waits (no line failed, a warning) while no server serves its model, and completes once one does", () =>
     Effect.gen(function*() {
-      const { v } = yield* Simulators
+      const { v, w } = yield* Simulators
       const logs = yield* LogLines
       const openai = yield* client
       const batch = yield* createModelBatch(300, "model-a", "r")
@@ -274,12 +274,13 @@ layer(
       const waiting = yield* Effect.promise(() => openai.batches.retrieve(batch.id))
       expect([waiting.status, waiting.request_counts?.failed]).toEqual(["in_progress", 0])
 
-      // Serving it again: the list, asked every probe interval while the batch waits, has it.
-      v!.models.clear()
-      v!.models.add("model-a")
+      // The second server comes to serve it: its list, asked every probe interval while the batch waits (each list
+      // asked, not only the first's), has it.
+      w!.models.add("model-a")
       const done = yield* waitFor(openai, batch.id, terminal, 15_000)
       expect([done.status, done.request_counts]).toEqual(["completed", { total: 300, completed: 300, failed: 0 }])
       const output = yield* readLines(openai, done.output_file_id)
       expect(new Set(output.map((l) => l.custom_id)).size).toBe(300)
+      expect(w!.stats.byModel.get("model-a")).toBeGreaterThan(0)
     }), { timeout: 30_000 })
 })

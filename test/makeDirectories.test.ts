@@ -6,7 +6,10 @@ import { describe, expect, it } from "@effect/vitest"
 import { mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
-import { makeDirectories, makeDirectoriesSync } from "../src/storage/makeDirectories.js"
+import * as FileSystem from "@effect/platform/FileSystem"
+import * as NodeFileSystem from "@effect/platform-node/NodeFileSystem"
+import { Effect, Either } from "effect"
+import { makeDirectories, makeDirectoriesIn, makeDirectoriesSync } from "../src/storage/makeDirectories.js"
 
 const errorCode = (run: () => unknown) => {
   try {
@@ -34,6 +37,14 @@ describe("makeDirectories", () => {
       // The parent exists and refuses it (ENOENT): an error at once, both ways.
       await expect(makeDirectories("/proc/make-dirs-test/a")).rejects.toMatchObject({ code: "ENOENT" })
       // (The synchronous one is tested with a server's DATA_DIR, in a process of its own: spinning, it would hang this one.)
+      // On a FileSystem service (the blob store's): the same.
+      const onFs = (dir: string) => Effect.runPromise(Effect.either(Effect.provide(
+        Effect.flatMap(FileSystem.FileSystem, (fs) => makeDirectoriesIn(fs, dir)),
+        NodeFileSystem.layer
+      )))
+      expect(Either.isRight(await onFs(Path.join(root, "p", "q")))).toBe(true)
+      expect(statSync(Path.join(root, "p", "q")).isDirectory()).toBe(true)
+      expect(Either.isLeft(await onFs("/proc/make-dirs-test/a"))).toBe(true)
     } finally {
       rmSync(root, { recursive: true, force: true })
     }

@@ -1,12 +1,13 @@
 /**
- * The heartbeat: every `heartbeatInterval` a node renews its leases, stops its work on batches cancelled on another
- * node and on slices whose lease it lost (taken over after a stall longer than `leaseTtl`), notes the slices of
+ * The heartbeat: every `heartbeatInterval` a node renews its leases, stops its work on batches cancelled or ended
+ * on another node and on slices whose lease it lost (taken over after a stall longer than `leaseTtl`), notes the slices of
  * batches it runs that a dead node let lapse (taken up at once), and picks up work that is free (new batches
  * created on other nodes, free slices, leases of dead nodes that ran out). `LocalWork` is what
  * it checks: the batches and slices this node works on, as the phases tell it.
  */
 import { Effect, Schedule } from "effect"
 import { AppConfig } from "../Config.js"
+import { terminalStatuses } from "../domain/Batches.js"
 import type { BatchId } from "../domain/Ids.js"
 import { makeFailureRun } from "../observability/failureRuns.js"
 import { BatchStore } from "./BatchStore.js"
@@ -107,8 +108,10 @@ export const beat = (local: LocalWork, actions: HeartbeatActions, atStart = fals
     const renewed = yield* Effect.flatMap(nodeLease(config), leases.renewLeases)
     const lost = local.lostBatches(renewed, before)
     const statuses = yield* store.statuses(local.workingOn())
-    const cancelled = [...statuses].filter(([, status]) => status === "cancelling").map(([id]) => id)
-    yield* Effect.forEach(new Set([...lost, ...cancelled]), actions.restart, { discard: true })
+    // Cancelled (its work stops now), or ended by another node while this one still waited for it (its upstream
+    // down here, its model served by no upstream of this node's): driven again, the batch's fiber ends.
+    const ended = [...statuses].filter(([, status]) => status === "cancelling" || terminalStatuses.includes(status)).map(([id]) => id)
+    yield* Effect.forEach(new Set([...lost, ...ended]), actions.restart, { discard: true })
     const driving = actions.driving()
     const lease = yield* nodeLease(config)
     local.setLapsed(yield* leases.lapsedSlices(lease, driving))

@@ -127,7 +127,8 @@ export const makeRunning = (local: LocalWork) =>
             onFailure: (e) => {
               hold.release() // an answer refused (not JSON…): not kept
               if (e._tag === "UpstreamFailure") return answered(errorOutcome(row, e))
-              // Handed back at the turn's end: no outcome, the line stays pending (its slice is left unfinished).
+              // Handed back (at the turn's end, or its model served by no upstream any more): no outcome, the line
+              // stays pending (its slice is left unfinished).
               return previous
             }
           })

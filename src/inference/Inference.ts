@@ -12,7 +12,7 @@
  */
 import type * as HttpClient from "@effect/platform/HttpClient"
 import { HttpClient as HttpClientTag } from "@effect/platform/HttpClient"
-import { Clock, type ConfigError, Context, Deferred, Duration, Effect, Exit, FiberId, FiberRef, Layer, Option, Random } from "effect"
+import { Clock, type ConfigError, Context, Duration, Effect, FiberRef, Layer, Option, Random } from "effect"
 import { AppConfig } from "../Config.js"
 import type { BatchEndpoint } from "../domain/Batches.js"
 import { requestId } from "../domain/Ids.js"
@@ -23,6 +23,7 @@ import { makeUpstream, type Upstream } from "../upstreams/Upstream.js"
 import { servesAnyModel, shadowedModels, type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
 import { type HandBack, HandedBack, retryAfterMillis, unlessHandedBack, UpstreamFailure, type UpstreamResponse } from "./answers.js"
 import { AnswerMemory, currentAnswerHold } from "./answerMemory.js"
+import { makeRouteWait } from "./routeWait.js"
 import * as UpstreamHttpClient from "./UpstreamHttpClient.js"
 
 export { compactJson, type HandBack, HandedBack, retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "./answers.js"
@@ -73,11 +74,11 @@ export interface InferenceShape {
   readonly models: Effect.Effect<ModelList>
   /** Completes once the upstream serving `model` is up (at once when it is); while none serves it, once one does. */
   readonly reachable: (model: string | null) => Effect.Effect<void>
-  /** Completes when the upstream serving `model` goes down (never for one that stays up). */
+  /** Completes when the upstream serving `model` goes down, or none serves it any more (never for one that stays up). */
   readonly unreachable: (model: string | null) => Effect.Effect<void>
   /**
-   * Whether the upstream serving `model` is down now: what `reachable` and `unreachable` tell, without waiting.
-   * Optional: without it, a batch is told its upstream went down only when `unreachable` completes.
+   * Whether the upstream serving `model` is down now (or none serves it): what `reachable` and `unreachable` tell,
+   * without waiting. Optional: without it, a batch is told its upstream went down only when `unreachable` completes.
    */
   readonly isDown?: (model: string | null) => boolean
   /**
@@ -121,13 +122,15 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
           `${upstream} never does`
       )
     }
-    /** Settled when an upstream's list changes (then replaced): a batch whose model no upstream served looks again. */
-    let listsChanged = Deferred.unsafeMake<void>(FiberId.none)
+    const routeWait = makeRouteWait({
+      upstreams: () => upstreams,
+      route: (model) => route(model),
+      probeInterval: config.upstreamProbeInterval,
+      scope: yield* Effect.scope
+    })
     const listChanged = () => {
       routes.clear()
-      const changed = listsChanged
-      listsChanged = Deferred.unsafeMake<void>(FiberId.none)
-      Deferred.unsafeDone(changed, Exit.void)
+      routeWait.listChanged()
     }
     const upstreams = yield* Effect.forEach(specs, (spec) =>
       makeUpstream(spec, {
@@ -159,22 +162,6 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
       return first
     }
     /**
-     * The upstream serving `model`, once one does: a `"*"` upstream's list may come to have it (a server restarted
-     * with another model, then with this one again), asked every probe interval meanwhile (no call goes to it to
-     * notice a restart).
-     */
-    const probeMs = Duration.toMillis(config.upstreamProbeInterval)
-    const askLists = Effect.forEach(upstreams, (u) => (servesAnyModel(u.spec) ? u.refreshListed(probeMs) : Effect.void), {
-      discard: true
-    })
-    const routed = (model: string | null): Effect.Effect<Upstream> =>
-      Effect.suspend(() => {
-        const upstream = route(model)
-        if (upstream !== undefined) return Effect.succeed(upstream)
-        const lookAgain = Effect.raceFirst(Deferred.await(listsChanged), Effect.zipRight(Effect.sleep(probeMs), askLists))
-        return Effect.zipRight(lookAgain, routed(model))
-      })
-    /**
      * Completes once the upstream serving `model` is up. A batch whose model no upstream serves any more (the
      * upstreams file changed since it was validated, a `"*"` upstream's list lost it) waits, as in an outage, rather
      * than fail its lines: until an upstream's list has it, the server restarts with a file that names it, or it
@@ -189,7 +176,7 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
           return Effect.logWarning(
             `No upstream serves the model '${String(model).slice(0, 64)}' any more: its batch waits until one does ` +
               `(name it in UPSTREAMS_FILE and restart), is cancelled or expires`
-          ).pipe(Effect.annotateLogs("event", "batch.model_unrouted"), Effect.zipRight(routed(model)), Effect.flatMap((u) => u.awaitUp))
+          ).pipe(Effect.annotateLogs("event", "batch.model_unrouted"), Effect.zipRight(routeWait.routed(model)), Effect.flatMap((u) => u.awaitUp))
         })
       )
     /** Every upstream serving any model has had its start-up probe: their lists are known when they give one. */
@@ -286,8 +273,14 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
       send,
       models,
       reachable,
-      unreachable: (model) => Effect.suspend(() => route(model)?.awaitDown ?? Effect.never), // routed when it runs, as reachable
-      isDown: (model) => route(model)?.isDown() ?? false,
+      // Routed when it runs, as reachable; a route lost (no upstream serves the model any more) is as good as down.
+      unreachable: (model) =>
+        Effect.suspend(() => {
+          const upstream = route(model)
+          return upstream === undefined ? Effect.void : Effect.raceFirst(upstream.awaitDown, routeWait.unrouted(model))
+        }),
+      // No upstream serving it is as good as down: a batch waiting for a route takes no permit meanwhile.
+      isDown: (model) => route(model)?.isDown() ?? true,
       isHeld: (model) => route(model)?.admission.held() ?? false,
       upstreamName: (model) => route(model)?.spec.name,
       upstreams: specs

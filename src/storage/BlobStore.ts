@@ -8,7 +8,7 @@ import { Context, Effect, Layer, Option, Scope, Stream } from "effect"
 import { createHash, randomUUID } from "node:crypto"
 import * as Path from "node:path"
 import { AppConfig } from "../Config.js"
-import { makeDirectoriesEffect } from "./makeDirectories.js"
+import { makeDirectoriesIn } from "./makeDirectories.js"
 
 /** Bytes written to the staging area, not yet visible under any key. */
 export interface StagedBlob {
@@ -103,8 +103,8 @@ export const makeLocal = (root: string, nodeId = "node") =>
         }
       }))
     }
-    yield* makeDirectoriesEffect(blobs)
-    yield* makeDirectoriesEffect(staging)
+    yield* makeDirectoriesIn(fs, blobs)
+    yield* makeDirectoriesIn(fs, staging)
 
     const blobPath = (key: string) => Path.join(blobs, encodeURIComponent(key))
     const stagingPath = (token: string) => Path.join(staging, token)

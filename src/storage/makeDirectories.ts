@@ -3,8 +3,9 @@
  * and the directory still cannot be made for want of it (ENOENT, as under `/proc`): it makes the parent again and
  * again, at full CPU (`--out /proc/x`, `DATA_DIR=/proc/x` hung).
  */
-import { SystemError, type SystemErrorReason } from "@effect/platform/Error"
-import { Effect } from "effect"
+import type { PlatformError } from "@effect/platform/Error"
+import type * as FileSystem from "@effect/platform/FileSystem"
+import { Effect, Option } from "effect"
 import { mkdirSync, statSync } from "node:fs"
 import { mkdir, stat } from "node:fs/promises"
 import * as Path from "node:path"
@@ -32,33 +33,36 @@ const failureAt = (level: string, dir: string, error: unknown, there: "directory
 
 /** Makes `dir` and its missing ancestors; fails as `mkdir` does (ENOENT, ENOTDIR, EACCES…) where one cannot be made. */
 export const makeDirectories = async (dir: string): Promise<void> => {
-  for (const level of fromTheRoot(dir)) {
+  const failureMaking = async (level: string) => {
     try {
       await mkdir(level)
+      return undefined
     } catch (error) {
       const there = await stat(level).then((s) => (s.isDirectory() ? "directory" : "other"), () => "none" as const)
-      const failure = failureAt(level, dir, error, there)
-      if (failure !== undefined) throw failure
+      return failureAt(level, dir, error, there)
     }
+  }
+  // `dir` itself first: most often it or its parent is there already (a recording's directory).
+  const first = await failureMaking(Path.resolve(dir))
+  if (first === undefined) return
+  if ((first as NodeJS.ErrnoException).code !== "ENOENT") throw first
+  for (const level of fromTheRoot(dir)) {
+    const failure = await failureMaking(level)
+    if (failure !== undefined) throw failure
   }
 }
 
-const reasons: Record<string, SystemErrorReason> = { ENOENT: "NotFound", EACCES: "PermissionDenied", EPERM: "PermissionDenied" }
-
-/** `makeDirectories` as an effect, failing as `FileSystem.makeDirectory` does. */
-export const makeDirectoriesEffect = (dir: string) =>
-  Effect.tryPromise({
-    try: () => makeDirectories(dir),
-    catch: (cause) =>
-      new SystemError({
-        reason: reasons[(cause as NodeJS.ErrnoException).code ?? ""] ?? "Unknown",
-        module: "FileSystem",
-        method: "makeDirectory",
-        pathOrDescriptor: dir,
-        description: (cause as Error).message,
-        cause
-      })
-  })
+/** `makeDirectories` on the `FileSystem` given (the platform's, or an app's own), failing as its `makeDirectory` does. */
+export const makeDirectoriesIn = (fs: FileSystem.FileSystem, dir: string): Effect.Effect<void, PlatformError> =>
+  Effect.forEach(
+    fromTheRoot(dir),
+    (level) =>
+      fs.makeDirectory(level).pipe(Effect.catchAll((error) =>
+        Effect.flatMap(Effect.option(fs.stat(level)), (info) =>
+          Option.exists(info, (i) => i.type === "Directory") ? Effect.void : Effect.fail(error))
+      )),
+    { discard: true }
+  )
 
 /** `makeDirectories`, synchronously (at start, before anything else runs). */
 export const makeDirectoriesSync = (dir: string): void => {

@@ -30,7 +30,9 @@ export const isPlainBaseUrl = (text: string): boolean =>
 
 /** What a key or header value for an upstream may not hold: what undici refuses (`http/headerValue.ts`), surrounding spaces. */
 export const badHeaderValue = (value: string): boolean => hasNonHeaderCharacter(value) || value.trim() !== value
-const HeaderName = Schema.String.pipe(Schema.pattern(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, { message: () => "a header name (letters, digits, - and a few signs)" }))
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/
+const isHeaderName = (text: string) => HEADER_NAME.test(text)
+const HeaderName = Schema.String.pipe(Schema.pattern(HEADER_NAME, { message: () => "a header name (letters, digits, - and a few signs)" }))
 // A key or header value is a secret: its errors never repeat it (Schema's own "Expected string, actual 123456789"
 // did, for a key of digits that YAML reads as a number).
 const HeaderValue = Schema.String.annotations({ message: () => "a string (in YAML, quote a value of digits: unquoted, it is a number)" }).pipe(
@@ -199,9 +201,14 @@ export const resolveEntries = (
     // `upstreams.0.max_concurency` said as `upstream 'vllm': max_concurency` when the entry has a name.
     const where = (path: ReadonlyArray<PropertyKey>) => {
       const name = (entries[Number(path[1])] as { name?: unknown } | null)?.name
-      return path[0] === "upstreams" && typeof name === "string" && path.length > 2
-        ? `upstream '${name}': ${path.slice(2).join(".")}`
-        : path.join(".")
+      // A header "name" that is none is most often a whole header written as one (`Authorization: Bearer sk-…`):
+      // not repeated.
+      const shown = path[2] === "headers" && path.length > 3 && !isHeaderName(String(path[3]))
+        ? [...path.slice(0, 3), "(a name that is no header name)"]
+        : path
+      return shown[0] === "upstreams" && typeof name === "string" && shown.length > 2
+        ? `upstream '${name}': ${shown.slice(2).join(".")}`
+        : shown.join(".")
     }
     return Either.left(ParseResult.ArrayFormatter.formatErrorSync(decoded.left)
       .map((issue) => {
