@@ -157,7 +157,18 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
         })
       )
     })
-    const { judge, markDown } = makeJudge({ spec, limit, gate, outage, clock, maxPause: options.maxPause, urlFor, log, keyRefused })
+    const { judge, markDown } = makeJudge({
+      spec,
+      limit,
+      gate,
+      outage,
+      clock,
+      maxPause: options.maxPause,
+      probeInterval: options.probeInterval,
+      urlFor,
+      log,
+      keyRefused
+    })
     const untrack = metrics.upstream(spec.name, {
       inflight: () => gate.inflight,
       limit: () => limit.current,

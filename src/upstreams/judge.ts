@@ -16,7 +16,9 @@
  *   404, 403, 3xx           final; a line says what to check (404: once, before any success on that endpoint)
  *
  * A run of `OUTAGE_AFTER` requests failing at their first attempt with no success between also takes it down: an
- * outage fails new requests too, while a request failing again (a retry) is its own trouble. So requests that always
+ * outage fails new requests too, while a request failing again (a retry) is its own trouble. The run's last failure
+ * waits, while other calls are out, for one of them to succeed (not an outage then), all to fail, or a probe
+ * interval: failures come back fast and successes slowly. So requests that always
  * fail (their bodies make the server fail) fail after their attempts instead of taking the upstream down, even when
  * they are all a batch has left to send (a batch's last lines: a soak trial saw 39 outages in 12 minutes that way).
  * While it is down no call goes out: the batches using it pause (their calls wait; none is failed, and only the
@@ -32,7 +34,7 @@
  * other counts, with its backoff, and every one at the floor: a request refused for good (a spent quota) fails
  * after its attempts.
  */
-import { type Clock, Duration, Effect, Option } from "effect"
+import { type Clock, Deferred, Duration, Effect, Exit, FiberId, Option } from "effect"
 import { echo } from "../domain/Text.js"
 import { retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "../inference/answers.js"
 import type { FailureKind } from "../inference/UpstreamHttpClient.js"
@@ -77,6 +79,8 @@ export interface JudgeOptions {
   readonly clock: Clock.Clock
   /** Longest `Retry-After` pause honoured. */
   readonly maxPause: Duration.Duration
+  /** How often a down upstream is probed; also the longest a run's last failure waits for the calls still out. */
+  readonly probeInterval: Duration.Duration
   /** Where a call to `endpoint` goes (named in the misrouting line). */
   readonly urlFor: (endpoint: string) => string
   /** Whether `GET /models` answers 401 now (one call at a time, its answer shared by those who asked meanwhile). */
@@ -95,12 +99,25 @@ export interface Judge {
   readonly markDown: (reason: string) => Effect.Effect<void>
 }
 
-export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outage, spec, urlFor }: JudgeOptions): Judge => {
+export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outage, probeInterval, spec, urlFor }: JudgeOptions): Judge => {
   /** The requests (their tickets) failing at their first attempt since the last success: the run. */
   const failingInRow = new Set<Ticket>()
+  // --- a run's last failure, held while other calls are out -------------------------------------------------
+  /** Successes so far: a held verdict tells by it whether one came while it waited. */
+  let successes = 0
+  /** Verdicts held (`heldRun`), each with its call still counted in flight. */
+  let holding = 0
+  /** Settled when a held verdict may be reached: a success came, or every call out is held (replaced then). */
+  let decided = Deferred.unsafeMake<void>(FiberId.none)
+  const decide = () => {
+    const settled = decided
+    decided = Deferred.unsafeMake<void>(FiberId.none)
+    Deferred.unsafeDone(settled, Exit.void)
+  }
   const markDown = (reason: string) =>
     Effect.suspend(() => {
       failingInRow.clear()
+      if (holding > 0) decide() // held verdicts: it is down
       return outage.markDown(reason)
     })
   // --- the adaptive limit ------------------------------------------------------------------------------------
@@ -129,6 +146,8 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
   /** A success: the run of failures ends, the limit may grow; a log line when it is to be said. */
   const succeededNow = (): Effect.Effect<void> | undefined => {
     if (failingInRow.size > 0) failingInRow.clear()
+    successes++
+    if (holding > 0) decide()
     const upAgain = outage.succeeded()
     if (upAgain !== undefined) return upAgain
     if (!limit.succeeded(gate.inflight)) return undefined
@@ -149,7 +168,29 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
       if (outage.onBlindTrial()) return Effect.as(markDown(reason), "again" as const)
       // A retry's failure is its request's own trouble: it neither makes an outage nor, on trial, remakes one.
       if (n > 1 || failingInRow.add(ticket).size < OUTAGE_AFTER) return Effect.succeed("retry" as const)
-      return Effect.as(markDown(`${OUTAGE_AFTER} requests failing in a row, the last: ${reason}`), "again" as const)
+      return heldRun(`${OUTAGE_AFTER} requests failing in a row, the last: ${reason}`)
+    })
+  /**
+   * A run of failures long enough for an outage, while other calls are out (sent before these failures came back):
+   * one of them may yet succeed. Failures come back fast and successes slowly (a 503 at once, an answer in
+   * seconds), and requests that always fail took the upstream down while the others were on their way. Held until a
+   * success (not an outage: the request's own failure), every call out is held too (an outage), or a probe interval
+   * passes (an outage: calls that hang). On trial, one call at a time: no other is out.
+   */
+  const heldRun = (reason: string): Effect.Effect<Verdict> =>
+    Effect.suspend(() => {
+      if (outage.onTrial() || gate.inflight - holding <= 1) return Effect.as(markDown(reason), "again" as const)
+      holding++
+      const seen = successes
+      const decision = decided
+      if (gate.inflight === holding) decide()
+      return Effect.raceFirst(Deferred.await(decision), Effect.sleep(probeInterval)).pipe(
+        Effect.ensuring(Effect.sync(() => void holding--)),
+        Effect.flatMap(() => {
+          if (successes !== seen) return Effect.succeed("retry" as const)
+          return outage.isDown() ? Effect.succeed("again" as const) : Effect.as(markDown(reason), "again" as const)
+        })
+      )
     })
   /** The lines of `misconfigured` (by kind and endpoint) and of pauses, each said at most every `every` ms. */
   const due = saidWithin()
