@@ -107,22 +107,6 @@ sideBySide("an upstream down for longer than a lease and a retry budget", () => 
       expect(done.request_counts).toEqual({ total: 50, completed: 50, failed: 0 })
     }), { timeout: 30_000 })
 
-  it.effect("back after an outage with requests always answered 503 first in its queue: a trial tries the others too, and the batch ends", () =>
-    Effect.gen(function*() {
-      const { main } = yield* Simulators
-      const openai = yield* client
-      yield* Effect.promise(() => main!.stop())
-      // Five lines the server refuses at once lead the queue: each trial tried them first (in the queue's order),
-      // and the five took it down again, for good; the others were never sent.
-      const lines = Array.from({ length: 30 }, (_, i) =>
-        i < 5 ? chatLine(`refused-${i}`, `[fail:503] lead ${i}`, "model-a") : chatLine(`fine-${i}`, `[sleep:50] after ${i}`, "model-a"))
-      const batch = yield* createBatch(openai, (yield* upload(openai, lines)).id)
-      yield* sleep(1000)
-      yield* Effect.promise(() => main!.start())
-      const done = yield* waitFor(openai, batch.id, terminal, 25_000)
-      expect([done.status, done.request_counts]).toEqual(["completed", { total: 30, completed: 25, failed: 5 }])
-    }), { timeout: 30_000 })
-
   it.effect("a request that keeps getting a 500 alone fails after its attempts; the upstream is never taken down", () =>
     Effect.gen(function*() {
       const { main } = yield* Simulators

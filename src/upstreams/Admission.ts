@@ -47,8 +47,6 @@ export class Admission {
   private down = false
   /** After an outage, until a call succeeds: one call at a time (`outage.ts`). */
   private trial = false
-  /** Whether the trial on has granted no call yet (`serveNext`). */
-  private trialFirstCall = false
   private pausedUntil = 0
   /** Projects in the order they first waited: the round. */
   private readonly ring: Array<string> = []
@@ -89,22 +87,12 @@ export class Admission {
     return index
   }
 
-  /**
-   * Grants a permit to the first waiter of the next project in the round that has one; a trial's first call, to one
-   * of its waiters at random: requests that always fail lead the queue once the upstream is back (a batch's earliest
-   * lines), and five of them failing, first in every trial, kept it down for good while the others would have
-   * succeeded. An outage fails whichever is tried. Only the first: after it, in the queue's order, a request whose
-   * first 503 on trial is sent again goes behind the others, and five of them take it down before any is refused
-   * twice (which would count against its attempts).
-   */
+  /** Grants a permit to the first waiter of the next project in the round that has one. */
   private serveNext(): void {
     for (let step = 1; step <= this.ring.length; step++) {
       const index = (this.lastServed + step) % this.ring.length
-      const queue = this.queues.get(this.ring[index]!)!
-      const atRandom = this.trial && this.trialFirstCall && queue.length > 1
-      const waiter = atRandom ? queue.splice(Math.floor(Math.random() * queue.length), 1)[0] : queue.shift()
+      const waiter = this.queues.get(this.ring[index]!)!.shift()
       if (waiter === undefined) continue
-      this.trialFirstCall = false
       this.waiting--
       this.lastServed = index
       Deferred.unsafeDone(waiter.granted, Effect.succeed(this.grant()))
@@ -225,7 +213,6 @@ export class Admission {
 
   setTrial(trial: boolean): void {
     this.trial = trial
-    this.trialFirstCall = trial
     if (!trial) this.pump()
   }
 }

@@ -13,8 +13,6 @@ import type { Admission } from "./Admission.js"
 
 /** Probe intervals a trial waits for a first call before it takes the upstream for up. */
 export const IDLE_TRIAL_PROBES = 5
-/** How long a trial gathers the calls that come before its first goes out. */
-const TRIAL_GATHER_MS = 200
 /** Probes answered 5xx in a row after which the upstream's calls get a trial anyway (a blind one: it may be there). */
 export const FAILING_PROBES_BEFORE_TRIAL = 3
 
@@ -72,9 +70,6 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
       trial = true
       blind = blindly
       gate.setTrial(true)
-      // Its first call a moment later, at random among those waiting by then (`Admission.serveNext`): the paused
-      // batches take a moment to send again, and the first to come was always a batch's earliest line.
-      yield* gate.pauseUntil(clock.unsafeCurrentTimeMillis() + Math.min(TRIAL_GATHER_MS, Duration.toMillis(options.probeInterval) / 2))
       gate.setDown(false)
       downSignal = yield* Deferred.make<void>()
       yield* Deferred.succeed(upSignal, undefined)
