@@ -314,3 +314,22 @@ sideBySide("an upstream that never comes back", () => layer(twoUpstreams({ compl
       expect(done.request_counts).toEqual({ total: 400, completed: output.length, failed: errors.length })
     }), { timeout: 30_000 })
 }))
+
+layer(twoUpstreams(), { excludeTestServices: true })("a run's last failure, held for the calls still out", (it) => {
+  it.effect("is reached once a probe interval passes with no answer: the upstream goes down, though a call still hangs", () =>
+    Effect.gen(function*() {
+      const logs = yield* LogLines
+      const openai = yield* client
+      // Five refused at once while one call hangs (no answer to wait for): the fifth refusal's verdict waits for it a
+      // probe interval (300 ms), then takes the upstream down. Its wait uninterruptible, it waited for ever.
+      const lines = [
+        chatLine("hangs", "[hang] one", "model-a"),
+        ...Array.from({ length: 5 }, (_, i) => chatLine(`refused-${i}`, `[fail:503] held ${i}`, "model-a"))
+      ]
+      const batch = yield* createBatch(openai, (yield* upload(openai, lines)).id)
+      yield* untilLogged(logs, "upstream.down")
+      expect(logged(logs, /^Upstream main is down \(5 requests failing in a row/)).toHaveLength(1)
+      yield* Effect.promise(() => openai.batches.cancel(batch.id))
+      expect((yield* waitFor(openai, batch.id, terminal, 10_000)).status).toBe("cancelled")
+    }), { timeout: 30_000 })
+})

@@ -157,7 +157,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
         })
       )
     })
-    const { judge, markDown } = makeJudge({
+    const { judge, markDown, released } = makeJudge({
       spec,
       limit,
       gate,
@@ -194,7 +194,10 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       return { _tag: "Response", response, headers: res.headers }
     }
 
-    const release = Effect.sync(() => gate.release())
+    const release = Effect.sync(() => {
+      gate.release()
+      released()
+    })
     const releaseOnInterrupt = () => release
     const attempt = (endpoint: BatchEndpoint, body: string, ticket: Ticket, n: number, traceparent?: string) => {
       const template = traceparent === undefined ? templateFor(endpoint) : HttpClientRequest.setHeader(templateFor(endpoint), "traceparent", traceparent)
@@ -219,10 +222,14 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
             const verdict = judge(endpoint, ticket, n, result, generation)
             if (typeof verdict === "string") {
               gate.release()
+              released()
               return Effect.succeed([result, verdict] as const)
             }
             // Released even if the verdict dies (an embedder's logger that throws): a lost permit is lost for good.
-            const judged = Effect.ensuring(verdict, Effect.sync(() => gate.release(!isRefusal(result))))
+            const judged = Effect.ensuring(verdict, Effect.sync(() => {
+              gate.release(!isRefusal(result))
+              released()
+            }))
             return Effect.flatMap(judged, (v) => {
               if (v !== "again_after_a_call") return Effect.succeed([result, v] as const)
               // At most SPARED_WAIT: this node's calls say nothing of other clients' at the server.

@@ -97,6 +97,8 @@ export interface Judge {
   readonly judge: (endpoint: string, ticket: Ticket, n: number, attempt: Attempt, generation: number) => Verdict | Effect.Effect<Judged>
   /** Takes the upstream down; the run of failures ends with it (on trial, a new one starts). */
   readonly markDown: (reason: string) => Effect.Effect<void>
+  /** A call's permit was given back: held verdicts are reached once every call out is one of them. */
+  readonly released: () => void
 }
 
 export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outage, probeInterval, spec, urlFor }: JudgeOptions): Judge => {
@@ -184,7 +186,9 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
       const seen = successes
       const decision = decided
       if (gate.inflight === holding) decide()
-      return Effect.raceFirst(Deferred.await(decision), Effect.sleep(probeInterval)).pipe(
+      // Interruptible, though a verdict is not: else neither side of the race could be cut short (a quick decision
+      // waited out the sleep, and a sleep that won waited for a decision that might never come).
+      return Effect.interruptible(Effect.raceFirst(Deferred.await(decision), Effect.sleep(probeInterval))).pipe(
         Effect.ensuring(Effect.sync(() => void holding--)),
         Effect.flatMap(() => {
           if (successes !== seen) return Effect.succeed("retry" as const)
@@ -300,5 +304,9 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
     return said === undefined ? "final" : Effect.as(said, "final")
   }
 
-  return { judge, markDown }
+  const released = () => {
+    if (holding > 0 && gate.inflight === holding) decide()
+  }
+
+  return { judge, markDown, released }
 }
