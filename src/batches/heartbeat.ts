@@ -1,8 +1,8 @@
 /**
  * The heartbeat: every `heartbeatInterval` a node renews its leases, stops its work on batches cancelled or ended
- * on another node and on slices whose lease it lost (taken over after a stall longer than `leaseTtl`), notes the slices of
- * batches it runs that a dead node let lapse (taken up at once), and picks up work that is free (new batches
- * created on other nodes, free slices, leases of dead nodes that ran out). `LocalWork` is what
+ * on another node and on slices whose lease it lost (taken over after a stall longer than `leaseTtl`), notes the
+ * slices of batches it runs that a dead node let lapse (taken up at once), and picks up work that is free (new
+ * batches created on other nodes, free slices, leases of dead nodes that ran out). `LocalWork` is what
  * it checks: the batches and slices this node works on, as the phases tell it.
  */
 import { Effect, Schedule } from "effect"

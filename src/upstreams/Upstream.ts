@@ -194,11 +194,12 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       return { _tag: "Response", response, headers: res.headers }
     }
 
-    const release = Effect.sync(() => {
-      gate.release()
+    /** A permit given back (`freedRoom` false for a refused call), told to the judge (a held run may be reached). */
+    const giveBack = (freedRoom = true) => {
+      gate.release(freedRoom)
       released()
-    })
-    const releaseOnInterrupt = () => release
+    }
+    const releaseOnInterrupt = () => Effect.sync(() => giveBack())
     const attempt = (endpoint: BatchEndpoint, body: string, ticket: Ticket, n: number, traceparent?: string) => {
       const template = traceparent === undefined ? templateFor(endpoint) : HttpClientRequest.setHeader(templateFor(endpoint), "traceparent", traceparent)
       const request = HttpClientRequest.setBody(template, HttpBody.raw(body))
@@ -221,15 +222,11 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
             observeAttempt(ticket.model, (performance.now() - sent) / 1000)
             const verdict = judge(endpoint, ticket, n, result, generation)
             if (typeof verdict === "string") {
-              gate.release()
-              released()
+              giveBack()
               return Effect.succeed([result, verdict] as const)
             }
             // Released even if the verdict dies (an embedder's logger that throws): a lost permit is lost for good.
-            const judged = Effect.ensuring(verdict, Effect.sync(() => {
-              gate.release(!isRefusal(result))
-              released()
-            }))
+            const judged = Effect.ensuring(verdict, Effect.sync(() => giveBack(!isRefusal(result))))
             return Effect.flatMap(judged, (v) => {
               if (v !== "again_after_a_call") return Effect.succeed([result, v] as const)
               // At most SPARED_WAIT: this node's calls say nothing of other clients' at the server.
