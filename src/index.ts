@@ -57,7 +57,7 @@ export {
 export { ApiLive, HttpLive } from "./http/Http.js"
 export { requestIdFrom, requestLog } from "./http/RequestLog.js"
 export { ServerLifecycleLive } from "./observability/Lifecycle.js"
-export { jsonLineLogger, loggerLayer, LoggingLive } from "./observability/Logging.js"
+export { jsonLineLogger, jsonLineLoggerOf, loggerLayer, LoggingLive } from "./observability/Logging.js"
 export { httpMetrics, MetricsListenFailed, metricsRoute, MetricsServerLive } from "./http/MetricsHttp.js"
 export { Metrics, MetricsLive, MetricsNone, type MetricsShape, MetricsTest } from "./observability/Metrics.js"
 export { makeMetrics } from "./observability/metricsRegistry.js"

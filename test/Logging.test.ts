@@ -53,7 +53,8 @@ describe("the logs of the server process", () => {
       DATA_DIR: dataDir,
       INFERENCE_BASE_URL: sim.url,
       INFERENCE_API_KEY: UPSTREAM_KEY,
-      API_KEYS: `${API_KEY}:projL`
+      API_KEYS: `${API_KEY}:projL`,
+      NODE_ID: "logs-node-1"
     })
     const openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: API_KEY, maxRetries: 0 })
     const file = await Effect.runPromise(upload(openai, [
@@ -95,10 +96,10 @@ describe("the logs of the server process", () => {
 
   const event = (name: string) => lines.filter((l) => l.event === name)
 
-  it("are JSON objects, one a line, each with its time, level and message", () => {
+  it("are JSON objects, one a line, each with its time, level, message and node", () => {
     expect(lines.length).toBeGreaterThan(5)
     for (const line of lines) {
-      expect(line).toMatchObject({ timestamp: expect.any(String), level: expect.any(String), message: expect.any(String) })
+      expect(line).toMatchObject({ timestamp: expect.any(String), level: expect.any(String), message: expect.any(String), node_id: "logs-node-1" })
       expect(Date.parse(line.timestamp)).not.toBeNaN()
     }
   })
