@@ -119,7 +119,8 @@ layer(stormyUpstream({ maxRequestsPerBatch: 5000 }), { excludeTestServices: true
       const file = yield* upload(openai, [chatLine("flaky", "[flaky:429x3] again and again", "sim-model")])
       const done = yield* waitFor(openai, (yield* createBatch(openai, file.id)).id, terminal, 20_000)
       expect(done.request_counts).toEqual({ total: 1, completed: 1, failed: 0 })
-      expect(decreases().slice(before)).toEqual([expect.stringMatching(/concurrency limit 16 → 8 \(status 429\)/)])
+      // (The storm's decreases after its first were said in a few lines: the count unsaid may follow the reason.)
+      expect(decreases().slice(before)).toEqual([expect.stringMatching(/concurrency limit 16 → 8 \(status 429[;)]/)])
     }), { timeout: 30_000 })
 })
 

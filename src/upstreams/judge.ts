@@ -54,8 +54,12 @@ export const OUTAGE_AFTER = 5
 const SPARED_OVERLOADS = 3
 /** A misconfiguration that can come and go (a refused key, a redirect), or a `Retry-After` pause, is said at most this often. */
 const SAY_AGAIN_MS = 60_000
-/** Increases of the limit are logged at most this often (decreases always). */
-const RAISE_LOG_INTERVAL_MS = 1000
+/**
+ * Changes of the limit are logged at most this often, decreases and increases each (an upstream that refuses a
+ * call now and then keeps its limit moving: a soak's three nodes logged 8,600 such lines in 35 minutes); the first
+ * decrease from the ceiling (an overload begins) always, and its floor at most once a minute (`warn`).
+ */
+const LIMIT_LOG_INTERVAL_MS = 10_000
 
 /** What one attempt gave: an answer (with the headers a retry reads), or no usable answer. */
 export type Attempt =
@@ -122,8 +126,13 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
       if (holding > 0) decide() // held verdicts: it is down
       return outage.markDown(reason)
     })
+  /** The lines of `misconfigured` (by kind and endpoint), of pauses and of the floor, each said at most every `every` ms. */
+  const due = saidWithin()
   // --- the adaptive limit ------------------------------------------------------------------------------------
-  let lastRaiseLog = 0
+  let lastRaiseLog = Number.NEGATIVE_INFINITY
+  let lastDecreaseLog = Number.NEGATIVE_INFINITY
+  /** Decreases since the last one logged, not logged (`LIMIT_LOG_INTERVAL_MS`). */
+  let unsaidDecreases = 0
   /**
    * The requests whose overload signal decreased the limit: a request's retries, each started under the newer
    * generation, would otherwise halve it again and again (one flaky request took 64 to 16).
@@ -140,10 +149,19 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
         return Effect.void
       }
       decreasedBy.add(ticket)
+      const now = clock.unsafeCurrentTimeMillis()
       // The limit doing its work is news, not a warning (a flaky server halved it 150 times a minute, 98 % of the
       // warnings); one at its floor, which cannot absorb more, is.
-      const line = `Upstream ${spec.name}: concurrency limit ${before} → ${limit.current} (${why})`
-      return log(limit.atFloor ? Effect.logWarning(`${line}, its floor`) : Effect.logInfo(line))
+      const floor = limit.atFloor && due("floor", now, SAY_AGAIN_MS)
+      if (!floor && before !== limit.ceiling && now - lastDecreaseLog < LIMIT_LOG_INTERVAL_MS) {
+        unsaidDecreases++
+        return Effect.void
+      }
+      const more = unsaidDecreases === 0 ? "" : `; ${unsaidDecreases} more since the last such line`
+      unsaidDecreases = 0
+      lastDecreaseLog = now
+      const line = `Upstream ${spec.name}: concurrency limit ${before} → ${limit.current} (${why}${more})`
+      return log(floor ? Effect.logWarning(`${line}, its floor`) : Effect.logInfo(line))
     })
   /** A success: the run of failures ends, the limit may grow; a log line when it is to be said. */
   const succeededNow = (): Effect.Effect<void> | undefined => {
@@ -154,7 +172,7 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
     if (upAgain !== undefined) return upAgain
     if (!limit.succeeded(gate.inflight)) return undefined
     const now = clock.unsafeCurrentTimeMillis()
-    if (limit.current < limit.ceiling && now - lastRaiseLog < RAISE_LOG_INTERVAL_MS) return undefined
+    if (limit.current < limit.ceiling && now - lastRaiseLog < LIMIT_LOG_INTERVAL_MS) return undefined
     lastRaiseLog = now
     return log(Effect.logInfo(`Upstream ${spec.name}: concurrency limit raised to ${limit.current}`))
   }
@@ -196,8 +214,6 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
         })
       )
     })
-  /** The lines of `misconfigured` (by kind and endpoint) and of pauses, each said at most every `every` ms. */
-  const due = saidWithin()
   const say = (key: string, every: number, line: () => string, level: (line: string) => Effect.Effect<void> = Effect.logError) =>
     due(key, clock.unsafeCurrentTimeMillis(), every) ? log(level(line())) : Effect.void
   /** A `Retry-After` pauses the whole upstream; said at most once a minute (a spent quota answers every call so). */

@@ -1,0 +1,71 @@
+/**
+ * The lines an upstream's adaptive limit writes, in test time: an overload that begins (the first decrease from the
+ * ceiling) is said at once, further decreases at most every 10 s each way, with how many went unsaid between, and
+ * the floor as a warning at most once a minute. An upstream that refuses a call now and then keeps its limit moving,
+ * and a line per move flooded the logs (a soak's three nodes: 8,600 lines in 35 minutes).
+ */
+import * as HttpClient from "@effect/platform/HttpClient"
+import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
+import { describe, expect, it } from "@effect/vitest"
+import { Duration, Effect, Logger, Option, TestClock } from "effect"
+import { makeUpstream } from "../src/upstreams/Upstream.js"
+
+/** Lists model `m`; answers 429 to a call whose body says `refuse`, else a chat completion. */
+const http = HttpClient.make((request) =>
+  Effect.succeed(HttpClientResponse.fromWeb(
+    request,
+    request.method === "GET"
+      ? new Response(`{"object":"list","data":[{"id":"m"}]}`)
+      : JSON.stringify(request.body).includes("refuse")
+      ? new Response(`{"error":{"message":"slow down"}}`, { status: 429 })
+      : new Response(`{"id":"c","object":"chat.completion","choices":[]}`)
+  ))
+)
+
+describe("an upstream's concurrency limit lines", () => {
+  it.scoped("say an overload's start at once, then at most one decrease and one raise per 10 s, and the floor once a minute", () => {
+    const lines: Array<string> = []
+    const logger = Logger.make(({ logLevel, message }) => {
+      const text = String(message)
+      if (text.includes("concurrency limit")) lines.push(`${logLevel.label} ${text}`)
+    })
+    return Effect.gen(function*() {
+      const upstream = yield* makeUpstream({
+        name: "u",
+        baseUrl: "http://upstream.test/v1",
+        apiKey: Option.none(),
+        models: ["m"],
+        maxConcurrency: 16,
+        minConcurrency: 1,
+        timeout: Duration.seconds(10),
+        headers: {},
+        loadAware: Option.none()
+      }, { http, maxResponseBytes: 1 << 20, probeInterval: Duration.seconds(1), maxPause: Duration.seconds(60), listChanged: () => {} })
+      yield* upstream.started
+      let requests = 0
+      // Each a request of its own: a request's refusals halve the limit once.
+      const call = (body: string) => upstream.attempt("/v1/chat/completions", body, { project: "p", deadline: requests++ }, 1)
+      const refused = Effect.suspend(() => call("refuse"))
+      const answered = Effect.suspend(() => call("hello"))
+
+      yield* refused // 16 → 8: an overload begins, said at once
+      yield* refused // 8 → 4, unsaid
+      yield* refused // 4 → 2, unsaid
+      yield* refused // 2 → 1, its floor: a warning, with the two unsaid
+      yield* answered // raised to 2
+      yield* answered
+      yield* answered // raised to 3, unsaid
+      yield* refused // 3 → 1, the floor again within a minute: no warning, and no line within 10 s
+      yield* TestClock.adjust(Duration.seconds(10))
+      yield* answered // raised to 2, 10 s on
+      yield* refused // 2 → 1, 10 s on: said, at info
+      expect(lines).toEqual([
+        "INFO Upstream u: concurrency limit 16 → 8 (status 429)",
+        "WARN Upstream u: concurrency limit 2 → 1 (status 429; 2 more since the last such line), its floor",
+        "INFO Upstream u: concurrency limit raised to 2",
+        "INFO Upstream u: concurrency limit raised to 2",
+        "INFO Upstream u: concurrency limit 2 → 1 (status 429; 1 more since the last such line)"
+      ])
+    }).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
+  })
+})
