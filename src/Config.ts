@@ -7,6 +7,7 @@ import { hostname } from "node:os"
 import { commaList, exposedWithoutKeys, keysConfigured, validateConfig } from "./configRules.js"
 import type { AppConfigShape } from "./configShape.js"
 import { OPENAI_MAX_REQUESTS_PER_BATCH } from "./domain/Batches.js"
+import { defaultMaxConnections } from "./http/connectionCap.js"
 import { upstreamSpecs } from "./upstreams/UpstreamSpec.js"
 
 export type { AppConfigShape } from "./configShape.js"
@@ -29,6 +30,7 @@ export const defaults: AppConfigShape = {
   maxJsonBodyBytes: 1024 * 1024,
   maxJsonBodiesBytes: 64 * 1024 * 1024,
   maxUploadsAtOnce: 64,
+  maxConnections: defaultMaxConnections(),
   fileSweepInterval: Duration.seconds(60),
   batchFilesExpireAfter: Option.none(),
   shutdownTimeout: Duration.seconds(10),
@@ -95,6 +97,7 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   maxJsonBodyBytes: Config.integer("MAX_JSON_BODY_BYTES").pipe(Config.withDefault(defaults.maxJsonBodyBytes)),
   maxJsonBodiesBytes: Config.integer("MAX_JSON_BODIES_BYTES").pipe(Config.withDefault(defaults.maxJsonBodiesBytes)),
   maxUploadsAtOnce: Config.integer("MAX_UPLOADS_AT_ONCE").pipe(Config.withDefault(defaults.maxUploadsAtOnce)),
+  maxConnections: Config.integer("MAX_CONNECTIONS").pipe(Config.withDefault(defaults.maxConnections)),
   databaseUrl: Config.option(Config.redacted("DATABASE_URL")),
   databaseStatementTimeout: Config.duration("DATABASE_STATEMENT_TIMEOUT").pipe(
     Config.withDefault(defaults.databaseStatementTimeout)

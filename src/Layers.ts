@@ -21,6 +21,7 @@ import { awaitHandlers } from "./http/awaitHandlers.js"
 import { oneAppPerServer } from "./http/oneAppPerServer.js"
 import { answerClientErrors } from "./http/clientErrors.js"
 import { closeWhenAnswered } from "./http/closeWhenAnswered.js"
+import { capConnections } from "./http/connectionCap.js"
 import { holdEarlyRequests } from "./http/holdEarlyRequests.js"
 import { lingerAfterEarlyAnswers } from "./http/lingerAfterEarlyAnswers.js"
 import { HttpLive } from "./http/Http.js"
@@ -144,7 +145,7 @@ const HANDLER_CLEAN_UP = Duration.seconds(5)
  * read reaches the client even when the connection closes after it.
  */
 export const NodeServerLive = Layer.unwrapEffect(
-  Effect.map(AppConfig, ({ host, port, shutdownTimeout }) => makeNodeServer({ host, port, shutdownTimeout }))
+  Effect.map(AppConfig, ({ host, maxConnections, port, shutdownTimeout }) => makeNodeServer({ host, port, shutdownTimeout, maxConnections }))
 )
 
 export interface NodeServerOptions {
@@ -158,6 +159,11 @@ export interface NodeServerOptions {
    * nothing, closed without an answer), or it would be held for ever. A `server` given keeps its own settings.
    */
   readonly headersTimeout?: Duration.DurationInput | undefined
+  /**
+   * Connections held open at once; one more is closed at once, said at most once a minute (`connectionCap.ts`).
+   * None: Node's default, no bound (a `server` given keeps its own).
+   */
+  readonly maxConnections?: number | undefined
   /**
    * The Node server to listen with, with no request listener of its own (the layer attaches the app's). By default
    * a new one whose idle connections are kept 65 s.
@@ -192,6 +198,7 @@ export const makeNodeServer = (options: NodeServerOptions) => Layer.unwrapEffect
   lingerAfterEarlyAnswers(server)
   const closeAsAnswered = closeWhenAnswered(server)
   holdEarlyRequests(server)
+  const capped = options.maxConnections === undefined ? Layer.empty : capConnections(server, options.maxConnections)
   // Built after the server, so released before it: the timer runs while `server.close()` waits.
   const closeRemainingConnections = Layer.scopedDiscard(Effect.addFinalizer(() =>
     Effect.sync(() => {
@@ -199,7 +206,7 @@ export const makeNodeServer = (options: NodeServerOptions) => Layer.unwrapEffect
       setTimeout(() => server.closeAllConnections(), Duration.toMillis(options.shutdownTimeout)).unref()
     })
   ))
-  return closeRemainingConnections.pipe(
+  return Layer.merge(closeRemainingConnections, capped).pipe(
     Layer.provideMerge(
       NodeHttpServer.layer(() => server, { host: options.host, port: options.port }).pipe(
         awaitHandlers(HANDLER_CLEAN_UP),

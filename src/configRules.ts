@@ -138,6 +138,7 @@ const rules: ReadonlyArray<Rule> = [
   positiveInt("maxBatchInputBytes", "MAX_BATCH_INPUT_BYTES"),
   positiveInt("resultPagesAtOnce", "RESULT_PAGES_AT_ONCE"),
   positiveInt("maxUploadsAtOnce", "MAX_UPLOADS_AT_ONCE"),
+  positiveInt("maxConnections", "MAX_CONNECTIONS"),
   positiveInt("maxDownloadsAtOnce", "MAX_DOWNLOADS_AT_ONCE"),
   optionalPositiveInt("maxActiveBatchesPerProject", "MAX_ACTIVE_BATCHES_PER_PROJECT"),
   optionalPositiveInt("maxEnqueuedRequestsPerProject", "MAX_ENQUEUED_REQUESTS_PER_PROJECT"),

@@ -43,6 +43,12 @@ export interface AppConfigShape {
    * gets a 503 with `Retry-After` before its body is read; each holds up to ~1 MB while its client sends.
    */
   readonly maxUploadsAtOnce: number
+  /**
+   * Connections the server holds open at once (`MAX_CONNECTIONS`; by default half the open files the process may
+   * have, at most 10,000): one more is closed at once, so that connections left open cannot take every file
+   * descriptor and leave nothing served.
+   */
+  readonly maxConnections: number
   /** Largest accepted JSON (any non-multipart) request body, in bytes (`MAX_JSON_BODY_BYTES`); larger get a 413. */
   readonly maxJsonBodyBytes: number
   /**

@@ -2,7 +2,8 @@
 import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Duration, Effect, Exit, Layer, Option, Redacted } from "effect"
 import { hostname } from "node:os"
-import { AppConfig, appConfig } from "../src/Config.js"
+import { AppConfig, appConfig, defaults } from "../src/Config.js"
+import { maxConnectionsFor } from "../src/http/connectionCap.js"
 
 const fromCode = (overrides: Parameters<typeof AppConfig.layerWith>[0]) =>
   Effect.exit(Effect.provide(AppConfig, AppConfig.layerWith(overrides)))
@@ -60,7 +61,8 @@ describe("configuration", () => {
         [{ inferenceMode: "rewind" as "live" }, { INFERENCE_MODE: "rewind", INFERENCE_RECORDINGS: "/tmp/r" }, "INFERENCE_MODE"],
         [{ logFormat: "xml" as "json" }, { LOG_FORMAT: "xml" }, "LOG_FORMAT"],
         [{ logLevel: "verbose" as "info" }, { LOG_LEVEL: "verbose" }, "LOG_LEVEL"],
-        [{ shutdownDelay: 5 as unknown as Duration.Duration }, { SHUTDOWN_DELAY: "soon" }, "SHUTDOWN_DELAY"]
+        [{ shutdownDelay: 5 as unknown as Duration.Duration }, { SHUTDOWN_DELAY: "soon" }, "SHUTDOWN_DELAY"],
+        [{ maxConnections: 0 }, { MAX_CONNECTIONS: "0" }, "MAX_CONNECTIONS"]
       ]
       for (const [code, env, variable] of cases) {
         expect(failure(yield* fromCode(code))).toContain(variable)
@@ -119,6 +121,14 @@ describe("configuration", () => {
       ])))
       expect(env.extraBatchEndpoints).toEqual(["/v1/rerank", "/v1/score", "/v1/classify"])
     }))
+
+  it("MAX_CONNECTIONS' default: half the open files the process may have, at most 10,000", () => {
+    const limits = (soft: number) =>
+      `Limit                     Soft Limit           Hard Limit           Units     \nMax open files            ${soft}                ${soft}                files     \n`
+    expect([limits(1_048_576), limits(20_000), limits(4_096), limits(1)].map(maxConnectionsFor)).toEqual([10_000, 10_000, 2_048, 1])
+    expect(maxConnectionsFor(undefined)).toBe(10_000) // not Linux
+    expect(defaults.maxConnections).toBeGreaterThan(0)
+  })
 
   it.effect("the defaults pass every rule", () =>
     Effect.gen(function*() {

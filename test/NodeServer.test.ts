@@ -8,7 +8,7 @@
 import * as HttpServer from "@effect/platform/HttpServer"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Context, Deferred, Duration, Effect, Exit, Layer, Schedule, Scope } from "effect"
+import { Context, Deferred, Duration, Effect, Exit, Layer, Logger, Schedule, Scope } from "effect"
 import { Agent, createServer, request as httpRequest, type Server } from "node:http"
 import { connect, type Socket } from "node:net"
 import { AppConfig } from "../src/Config.js"
@@ -281,6 +281,43 @@ describe("the node server", () => {
       const server = makeNodeServer({ server: own, host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" })
       expect(yield* earlyRequestStatus(Layer.orDie(server))).toBe(200)
       expect(own.listening).toBe(true) // the server given is the one serving
+    }), 20_000)
+
+  it.scopedLive("MAX_CONNECTIONS: one connection beyond is closed at once and said once a minute; the held ones are served, and a new one once one closes", () =>
+    Effect.gen(function*() {
+      const lines: Array<string> = []
+      const logger = Logger.make(({ logLevel, message }) => void lines.push(`${logLevel.label} ${String(message)}`))
+      const served = HttpServer.serve(HttpServerResponse.text("ok")).pipe(
+        Layer.provideMerge(makeNodeServer({ host: "127.0.0.1", port: 0, shutdownTimeout: "1 second", maxConnections: 3 }))
+      )
+      const context = yield* Layer.build(served).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
+      const url = yield* Effect.provide(baseUrl, context)
+      const port = Number(new URL(url).port)
+      // Three clients hold a connection each, their headers on the way: the server's whole allowance.
+      const held = Array.from({ length: 3 }, () => {
+        const socket = connect(port, "127.0.0.1")
+        socket.on("error", () => {})
+        socket.write(`GET / HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n`)
+        return socket
+      })
+      yield* Effect.sleep("200 millis")
+      const refused = () =>
+        Effect.promise(() => fetch(url, { headers: { connection: "close" } }).then((res) => res.status, (error) => error.cause?.code ?? "error"))
+      expect(yield* refused()).not.toBe(200)
+      expect(yield* refused()).not.toBe(200)
+      // The held ones are served as their headers end.
+      const answer = (socket: Socket) =>
+        Effect.async<string>((resume) => {
+          socket.once("data", (data) => resume(Effect.succeed(String(data).split("\r\n")[0]!)))
+          socket.write("Connection: close\r\n\r\n")
+        })
+      expect(yield* answer(held[0]!)).toBe("HTTP/1.1 200 OK")
+      yield* Effect.sleep("100 millis") // closed by the server, as asked: room for one
+      expect(yield* refused()).toBe(200)
+      for (const socket of held) socket.destroy()
+      expect(lines.filter((line) => line.includes("MAX_CONNECTIONS"))).toEqual([
+        "WARN 3 connections open, the most MAX_CONNECTIONS allows: new ones are closed at once (said at most once a minute)"
+      ])
     }), 20_000)
 
   it.scopedLive("a held request whose client left meanwhile is not handed to the handler; the others are, in order", () =>
