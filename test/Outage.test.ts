@@ -2,8 +2,8 @@
  * An upstream's outages (`upstreams/outage.ts`) on its admission gate, in test time: a probe's answer puts it on
  * trial (one call at a time); a failed trial is down again and lets none of the waiting calls out (leaving the trial
  * before closing the gate let them all out at once, 30 of them here); a call that succeeds brings it up, and so
- * does a trial no call comes to for a few probe intervals. Outage lines that cannot be logged (a logger that throws)
- * lose no permit and stop no probe nor trial.
+ * does a trial no call comes to for a few probe intervals, whose failures then count toward no later run. Outage
+ * lines that cannot be logged (a logger that throws) lose no permit and stop no probe nor trial.
  */
 import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
@@ -170,4 +170,48 @@ describe("an upstream whose outage lines cannot be logged", () => {
       const ticket = { project: "p", deadline: 0 }
       expect([upstream.admission.tryAcquire(ticket), upstream.admission.tryAcquire(ticket)]).toEqual([0, 0].map(() => expect.anything()))
     }).pipe(Effect.provide(throwsOnOutageLines)))
+})
+
+describe("an upstream whose trial ends with no call", () => {
+  /** Lists model `m`; answers 500 to every call. */
+  const http = HttpClient.make((request) =>
+    Effect.succeed(HttpClientResponse.fromWeb(
+      request,
+      request.method === "GET" ? new Response(`{"object":"list","data":[{"id":"m"}]}`) : new Response(`{"error":{"message":"boom"}}`, { status: 500 })
+    ))
+  )
+
+  it.scoped("starts its next run of failures afresh: the trial's failures do not count toward it", () =>
+    Effect.gen(function*() {
+      const upstream = yield* makeUpstream({
+        name: "u",
+        baseUrl: "http://upstream.test/v1",
+        apiKey: Option.none(),
+        models: ["m"],
+        maxConcurrency: 8,
+        minConcurrency: 1,
+        timeout: Duration.seconds(10),
+        headers: {},
+        loadAware: Option.none()
+      }, { http, maxResponseBytes: 1 << 20, probeInterval: PROBE, maxPause: Duration.seconds(60), listChanged: () => {} })
+      yield* upstream.started
+      let requests = 0
+      const failing = Effect.suspend(() => upstream.attempt("/v1/chat/completions", "{}", { project: "p", deadline: requests++ }, 1))
+      // Different requests failing in a row: an outage.
+      for (let i = 0; i < OUTAGE_AFTER; i++) yield* failing
+      expect(upstream.isDown()).toBe(true)
+      yield* TestClock.adjust(PROBE) // its probe answered: on trial
+      // On trial, a few requests fail (too few for an outage), then no call comes: up again, with no success.
+      for (let i = 0; i < OUTAGE_AFTER - 1; i++) expect((yield* failing)[1]).toBe("retry")
+      expect(upstream.isDown()).toBe(false)
+      yield* TestClock.adjust(Duration.times(PROBE, 2 * IDLE_TRIAL_PROBES + 1))
+      const ticket = { project: "p", deadline: 0 }
+      expect([upstream.admission.tryAcquire(ticket), upstream.admission.tryAcquire(ticket)]).toEqual([0, 0].map(() => expect.anything()))
+      upstream.admission.release()
+      upstream.admission.release()
+      // One more request failing is the first of a new run, not the fifth of the trial's: it is retried, and the
+      // upstream stays up.
+      expect((yield* failing)[1]).toBe("retry")
+      expect(upstream.isDown()).toBe(false)
+    }))
 })

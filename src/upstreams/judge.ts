@@ -106,8 +106,22 @@ export interface Judge {
 }
 
 export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outage, probeInterval, spec, urlFor }: JudgeOptions): Judge => {
-  /** The requests (their tickets) failing at their first attempt since the last success: the run. */
+  /** The requests (their tickets) failing at their first attempt since the last success: the run (`currentRun`). */
   const failingInRow = new Set<Ticket>()
+  /** Whether the run began on trial. */
+  let runOnTrial = false
+  /**
+   * The run, ended first when the trial it began on has ended: a trial that no call came to for a few intervals
+   * ends up without a success (`outage.ts`), and its failures counted toward the next run. (Down and a success
+   * end a run themselves.)
+   */
+  const currentRun = () => {
+    if (runOnTrial !== outage.onTrial()) {
+      failingInRow.clear()
+      runOnTrial = !runOnTrial
+    }
+    return failingInRow
+  }
   // --- a run's last failure, held while other calls are out -------------------------------------------------
   /** Successes so far: a held verdict tells by it whether one came while it waited. */
   let successes = 0
@@ -187,7 +201,7 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
       // A trial the probe did not vouch for: its failure is the outage's (down again, the same outage; not counted).
       if (outage.onBlindTrial()) return Effect.as(markDown(reason), "again" as const)
       // A retry's failure is its request's own trouble: it neither makes an outage nor, on trial, remakes one.
-      if (n > 1 || failingInRow.add(ticket).size < OUTAGE_AFTER) return Effect.succeed("retry" as const)
+      if (n > 1 || currentRun().add(ticket).size < OUTAGE_AFTER) return Effect.succeed("retry" as const)
       return heldRun(`${OUTAGE_AFTER} requests failing in a row, the last: ${reason}`)
     })
   /**
@@ -279,7 +293,7 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
       const before = limit.current
       // Sent before a later overload signal: the overload that signal answered, not a new one.
       const stale = generation !== limit.generation
-      const repeat = failingInRow.has(ticket)
+      const repeat = currentRun().has(ticket)
       return pauseFor(status, headers).pipe(
         Effect.zipRight(overloaded(ticket, generation, `status ${status}`)),
         Effect.zipRight(status === 503 ? failed(ticket, n, "status 503") : Effect.succeed<Verdict>("retry")),
