@@ -3,7 +3,7 @@ import { describe, expect, it } from "@effect/vitest"
 import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
-import { Deferred, Effect, Logger } from "effect"
+import { Deferred, Duration, Effect, Logger, TestClock } from "effect"
 import { makeLoadWatch } from "../src/upstreams/loadWatch.js"
 
 describe("load watch", () => {
@@ -28,6 +28,34 @@ describe("load watch", () => {
       gauge.finished() // a call finished after the reading frees a place
       gauge.finished()
       expect(gauge.full()).toBe(false)
+    }).pipe(Effect.scoped))
+
+  it.effect("a reading that fails keeps the last one in use for 10 s, then calls go out unheld, with a warning", () =>
+    Effect.gen(function*() {
+      const lines: Array<string> = []
+      let answering = true
+      const http = HttpClient.make((request) =>
+        answering
+          ? Effect.succeed(HttpClientResponse.fromWeb(request, new Response("vllm:num_requests_waiting 2\n")))
+          : Effect.fail(new HttpClientError.RequestError({ request, reason: "Transport", description: "timed out" })))
+      const gauge = yield* makeLoadWatch({ upstream: "u", metricsUrl: "http://vllm/metrics", maxWaiting: 3, http, changed: () => {} }).pipe(
+        Effect.provide(Logger.replace(Logger.defaultLogger, Logger.make(({ message }) => lines.push(String(message)))))
+      )
+      yield* TestClock.adjust(Duration.millis(1))
+      gauge.sent()
+      expect(gauge.full()).toBe(true) // 2 waiting + 1 sent ≥ 3
+      // The server gets too busy to answer its metrics: the last reading, and the calls counted since, still hold.
+      answering = false
+      yield* TestClock.adjust(Duration.seconds(9))
+      expect(gauge.full()).toBe(true)
+      gauge.finished()
+      expect(gauge.full()).toBe(false) // a call finished since frees a place, as after a reading
+      gauge.sent()
+      expect([gauge.full(), lines]).toEqual([true, []])
+      // Past 10 s without a reading: calls go out without load awareness, said once.
+      yield* TestClock.adjust(Duration.seconds(3))
+      expect(gauge.full()).toBe(false)
+      expect(lines).toEqual([expect.stringContaining("Upstream u: cannot read http://vllm/metrics (")])
     }).pipe(Effect.scoped))
 
   it.live("metrics it cannot read are warned of once, without the URL's query (a token)", () =>

@@ -3,7 +3,9 @@
  * endpoint every second, and says the server is full (`Admission` then holds new calls) while its waiting queue,
  * as last read plus the calls sent since minus those finished since, reaches `maxWaiting`. Counting the calls in
  * between keeps the queue bounded between two readings, however fast calls go out; a finished call frees a place
- * that a waiting request or a new call takes. So batch work never floods an interactive server's queue.
+ * that a waiting request or a new call takes. So batch work never floods an interactive server's queue. A reading
+ * that fails (late: a server under load answers its metrics slowly too) leaves the last one in use, with the calls
+ * counted since, for `KEEP_READING_FOR`; then calls go out without load awareness, with a warning, until one is read.
  *
  * One metric is read from the text format with a regular expression: a Prometheus parser library would parse the
  * whole exposition (hundreds of series on vLLM) every second for that one number.
@@ -14,6 +16,11 @@ import { withoutCredentials } from "../observability/urlText.js"
 import type { LoadGauge } from "./Admission.js"
 
 const POLL_INTERVAL = Duration.seconds(1)
+/**
+ * How long the last reading is used while the next ones fail: dropped at the first failure, one reading a second
+ * late under load let every held call out at once (a test's queue, bounded at 2, reached 4).
+ */
+const KEEP_READING_FOR = Duration.seconds(10)
 const METRIC = /^vllm:num_requests_waiting(?:\{[^}]*\})?\s+([0-9.eE+-]+)/gm
 
 /** The sum of `vllm:num_requests_waiting` over its series (one per model), if the text has it. */
@@ -35,8 +42,11 @@ export const makeLoadWatch = (options: {
   readonly changed: () => void
 }): Effect.Effect<LoadGauge, never, Scope.Scope> =>
   Effect.gen(function*() {
+    const clock = yield* Effect.clock
     /** The last reading; undefined while unknown (the metrics do not answer): no holding then. */
     let read: number | undefined
+    /** When it was read (epoch ms on the Effect clock). */
+    let readAt = 0
     let sent = 0
     let finished = 0
     let failing = false
@@ -52,6 +62,7 @@ export const makeLoadWatch = (options: {
         onSuccess: (waiting) =>
           Effect.suspend(() => {
             read = waiting
+            readAt = clock.unsafeCurrentTimeMillis()
             sent -= sentBefore
             finished = 0
             const recovered = failing
@@ -61,6 +72,7 @@ export const makeLoadWatch = (options: {
           }),
         onFailure: (error: unknown) =>
           Effect.suspend(() => {
+            if (read !== undefined && clock.unsafeCurrentTimeMillis() - readAt < Duration.toMillis(KEEP_READING_FOR)) return Effect.void
             read = undefined
             options.changed()
             if (failing) return Effect.void
