@@ -3,9 +3,10 @@
  * endpoint every second, and says the server is full (`Admission` then holds new calls) while its waiting queue,
  * as last read plus the calls sent since minus those finished since, reaches `maxWaiting`. Counting the calls in
  * between keeps the queue bounded between two readings, however fast calls go out; a finished call frees a place
- * that a waiting request or a new call takes. So batch work never floods an interactive server's queue. A reading
- * that fails (late: a server under load answers its metrics slowly too) leaves the last one in use, with the calls
- * counted since, for `KEEP_READING_FOR`; then calls go out without load awareness, with a warning, until one is read.
+ * that a waiting request or a new call takes. So batch work never floods an interactive server's queue. Calls wait
+ * for the first reading; a reading that fails (late: a server under load answers its metrics slowly too) leaves the
+ * last one in use, with the calls counted since. Without one for `KEEP_READING_FOR`, calls go out without load
+ * awareness, with a warning, until one is read.
  *
  * One metric is read from the text format with a regular expression: a Prometheus parser library would parse the
  * whole exposition (hundreds of series on vLLM) every second for that one number.
@@ -17,8 +18,9 @@ import type { LoadGauge } from "./Admission.js"
 
 const POLL_INTERVAL = Duration.seconds(1)
 /**
- * How long the last reading is used while the next ones fail: dropped at the first failure, one reading a second
- * late under load let every held call out at once (a test's queue, bounded at 2, reached 4).
+ * How long the last reading (or, at start, none) holds calls while the next ones fail: dropped at the first
+ * failure, one reading a second late under load let every held call out at once (a test's queue, bounded at 2,
+ * reached 4), and at start a node sent up to its limit before its first reading.
  */
 const KEEP_READING_FOR = Duration.seconds(10)
 const METRIC = /^vllm:num_requests_waiting(?:\{[^}]*\})?\s+([0-9.eE+-]+)/gm
@@ -43,12 +45,13 @@ export const makeLoadWatch = (options: {
 }): Effect.Effect<LoadGauge, never, Scope.Scope> =>
   Effect.gen(function*() {
     const clock = yield* Effect.clock
-    /** The last reading; undefined while unknown (the metrics do not answer): no holding then. */
+    /** The last reading; undefined before the first, and once `failing`. */
     let read: number | undefined
-    /** When it was read (epoch ms on the Effect clock). */
-    let readAt = 0
+    /** When it was read, or the watch started (epoch ms on the Effect clock). */
+    let readAt = clock.unsafeCurrentTimeMillis()
     let sent = 0
     let finished = 0
+    /** No reading for `KEEP_READING_FOR`: calls go out unheld until one comes. */
     let failing = false
 
     const readWaiting = (sentBefore: number) => options.http.get(options.metricsUrl).pipe(
@@ -72,11 +75,10 @@ export const makeLoadWatch = (options: {
           }),
         onFailure: (error: unknown) =>
           Effect.suspend(() => {
-            if (read !== undefined && clock.unsafeCurrentTimeMillis() - readAt < Duration.toMillis(KEEP_READING_FOR)) return Effect.void
+            if (failing || clock.unsafeCurrentTimeMillis() - readAt < Duration.toMillis(KEEP_READING_FOR)) return Effect.void
             read = undefined
-            options.changed()
-            if (failing) return Effect.void
             failing = true
+            options.changed()
             // Its query may hold a token (as in a listening line, it is left out), the client's error repeats it.
             const shown = withoutCredentials(options.metricsUrl)
             const reason = String(error).replaceAll(options.metricsUrl, shown)
@@ -96,7 +98,7 @@ export const makeLoadWatch = (options: {
     yield* Effect.forkScoped(Effect.forever(Effect.zipRight(poll, Effect.sleep(POLL_INTERVAL))))
 
     return {
-      full: () => read !== undefined && read + sent - finished >= options.maxWaiting,
+      full: () => !failing && (read === undefined || read + sent - finished >= options.maxWaiting),
       sent: () => {
         sent++
       },
