@@ -88,7 +88,11 @@ export const isLoopbackHost = (host: string | undefined): boolean => {
   return name !== undefined && isLoopbackName(name)
 }
 
-/** Whether `origin` is the origin the request was addressed to (the docs page calling its own server). */
+/**
+ * Whether `origin` is the origin the request was addressed to (the docs page calling its own server). Its scheme is
+ * not compared: behind a proxy that ends TLS, the page's origin is `https://` and the request reaches this server
+ * as plain HTTP; no other origin can hold the same host and port.
+ */
 const sameOrigin = (origin: string, host: string | undefined) =>
   host !== undefined && URL.canParse(origin) && new URL(origin).host === host.toLowerCase()
 
