@@ -30,6 +30,24 @@ describe("load watch", () => {
       expect(gauge.full()).toBe(false)
     }).pipe(Effect.scoped))
 
+  it.effect("calls sent less than a reading's round trip before it still count: they may reach the server after it", () =>
+    Effect.gen(function*() {
+      let delay = Duration.zero
+      const http = HttpClient.make((request) =>
+        Effect.as(Effect.sleep(delay), HttpClientResponse.fromWeb(request, new Response("vllm:num_requests_waiting 0\n"))))
+      const gauge = yield* makeLoadWatch({ upstream: "u", metricsUrl: "http://vllm/metrics", maxWaiting: 2, http, changed: () => {} })
+      yield* TestClock.adjust(Duration.millis(100)) // the first reading, at once: nothing waits
+      gauge.sent() // long before the next reading: in it
+      yield* TestClock.adjust(Duration.millis(800))
+      gauge.sent() // 100 ms before the next reading, which takes 200 ms: maybe not in it
+      gauge.sent()
+      delay = Duration.millis(200)
+      yield* TestClock.adjust(Duration.millis(400)) // asked at 1,000 ms, read at 1,200 ms: 0 waiting
+      expect(gauge.full()).toBe(true) // the two sent last still count: 0 + 2 ≥ 2
+      gauge.finished()
+      expect(gauge.full()).toBe(false) // the first is in the reading: not counted again
+    }).pipe(Effect.scoped))
+
   it.effect("a reading that fails keeps the last one in use for 10 s, then calls go out unheld, with a warning", () =>
     Effect.gen(function*() {
       const lines: Array<string> = []

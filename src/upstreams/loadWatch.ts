@@ -49,12 +49,16 @@ export const makeLoadWatch = (options: {
     let read: number | undefined
     /** When it was read, or the watch started (epoch ms on the Effect clock). */
     let readAt = clock.unsafeCurrentTimeMillis()
-    let sent = 0
+    /**
+     * When each call still counted went out (epoch ms, oldest first): those sent since the last reading, and before
+     * it by less than its round trip. One a call; bounded by the calls of `KEEP_READING_FOR`, then none is kept.
+     */
+    let sentAt: Array<number> = []
     let finished = 0
     /** No reading for `KEEP_READING_FOR`: calls go out unheld until one comes. */
     let failing = false
 
-    const readWaiting = (sentBefore: number) => options.http.get(options.metricsUrl).pipe(
+    const readWaiting = (asked: number) => options.http.get(options.metricsUrl).pipe(
       Effect.flatMap((res): Effect.Effect<string, unknown> => (res.status === 200 ? res.text : Effect.fail(`status ${res.status}`))),
       Effect.flatMap((text) => {
         const waiting = waitingRequests(text)
@@ -66,7 +70,7 @@ export const makeLoadWatch = (options: {
           Effect.suspend(() => {
             read = waiting
             readAt = clock.unsafeCurrentTimeMillis()
-            sent -= sentBefore
+            forgetSentBefore(asked - (readAt - asked))
             finished = 0
             const recovered = failing
             failing = false
@@ -78,6 +82,7 @@ export const makeLoadWatch = (options: {
             if (failing || clock.unsafeCurrentTimeMillis() - readAt < Duration.toMillis(KEEP_READING_FOR)) return Effect.void
             read = undefined
             failing = true
+            sentAt = []
             options.changed()
             // Its query may hold a token (as in a listening line, it is left out), the client's error repeats it.
             const shown = withoutCredentials(options.metricsUrl)
@@ -89,18 +94,22 @@ export const makeLoadWatch = (options: {
       })
     )
     // A reading is the server's queue at some moment during the poll: the calls sent during the poll stay counted
-    // (some may be in the reading already: counted twice, the safe side), the calls finished before it are
-    // forgotten (subtracting them again could count the queue short, and overfill it).
-    const poll = Effect.suspend(() => {
-      const sentBefore = sent
-      return readWaiting(sentBefore)
-    })
+    // (some may be in the reading already: counted twice, the safe side), and so do those sent less than its round
+    // trip before it (on their way still, behind the reading: forgotten, they overfilled a loaded server's queue,
+    // 4 where 2 was the bound); the calls finished before it are forgotten (subtracting them again could count the
+    // queue short, and overfill it).
+    const forgetSentBefore = (time: number) => {
+      let kept = 0
+      while (kept < sentAt.length && sentAt[kept]! < time) kept++
+      if (kept > 0) sentAt = sentAt.slice(kept)
+    }
+    const poll = Effect.suspend(() => readWaiting(clock.unsafeCurrentTimeMillis()))
     yield* Effect.forkScoped(Effect.forever(Effect.zipRight(poll, Effect.sleep(POLL_INTERVAL))))
 
     return {
-      full: () => !failing && (read === undefined || read + sent - finished >= options.maxWaiting),
+      full: () => !failing && (read === undefined || read + sentAt.length - finished >= options.maxWaiting),
       sent: () => {
-        sent++
+        if (!failing) sentAt.push(clock.unsafeCurrentTimeMillis())
       },
       finished: () => {
         finished++
