@@ -64,6 +64,15 @@ describe("UpstreamSpec", () => {
     ])
   })
 
+  it("an upstream open to some projects shadows nothing: the other projects' batches go on to the next", () => {
+    const specs = Either.getOrThrow(resolve([
+      { ...minimal, name: "paid", models: ["m1"], projects: ["research"] },
+      { ...minimal, name: "local", models: ["m1"] }
+    ], {}))
+    expect(specs.map((s) => s.projects)).toEqual([["research"], undefined])
+    expect(shadowedModels(specs)).toEqual([])
+  })
+
   it("says what is wrong, naming the entry and the field", () => {
     expect(problem([{ ...minimal, max_concurency: 3 }])).toMatch(/^upstream 'a': max_concurency: /)
     expect(problem([{ base_url: "http://127.0.0.1:8000/v1", models: ["m"] }])).toMatch(/^upstreams\.0\.name: /) // no name to go by
@@ -91,6 +100,8 @@ describe("UpstreamSpec", () => {
     expect(problem([{ ...minimal, min_concurrency: 8, max_concurrency: 4 }])).toContain("min_concurrency is larger")
     expect(problem([{ ...minimal, timeout: "soon" }])).toContain("timeout 'soon'")
     expect(problem([{ ...minimal, max_waiting: 3 }])).toContain("both metrics_url and max_waiting")
+    expect(problem([{ ...minimal, projects: [] }])).toContain("upstream 'a': projects")
+    expect(problem([{ ...minimal, projects: ["team a"] }])).toBe("upstream 'a': projects.0: a project name (1–64 of A–Z a–z 0–9 _ -, as API_KEYS gives it)")
     // What undici would refuse on every call (the upstream would seem down for good), and secrets in logged URLs.
     expect(problem([{ ...minimal, api_key: "sk-abc\n" }])).toContain("no line breaks")
     expect(problem([{ ...minimal, api_key_env: "K" }], { K: "sk-abc\r\n" })).toContain("K holds a line break")

@@ -2,10 +2,8 @@
  * The forms of key entries in `API_KEYS`, `ADMIN_API_KEYS` and the keys file (see README's Security section): read
  * at start by the configuration's rules and again by `Auth` on every reload. A problem never repeats the key.
  */
+import { PROJECT_NAME } from "../domain/Projects.js"
 import { secretProblem, urlProblem } from "../webhooks/signing.js"
-
-/** A project name as `API_KEYS` and the keys file give it. */
-const PROJECT_NAME = /^[A-Za-z0-9_-]{1,64}$/
 
 /** The parts of a `KEY[:PROJECT]` entry (`KEY` possibly `sha256:<hex>`), or the reason it is not one (never echoing the key). */
 export const parseKeyEntry = (

@@ -107,8 +107,8 @@ export const make = Effect.gen(function*() {
 
   const load = (id: BatchId) => store.get(id, "all").pipe(Effect.orDie)
 
-  /** Whether the upstream of `model` holds every call now though it is up (a `Retry-After` pause, a full queue). */
-  const heldFor = (model: string | null) => () => inference.isHeld?.(model) ?? false
+  /** Whether the upstream of `model` (for `project`) holds every call now though it is up (a `Retry-After` pause, a full queue). */
+  const heldFor = (model: string | null, project: string) => () => inference.isHeld?.(model, project) ?? false
   /** Completes once `held()` is `wanted`, looked at every `HELD_CHECK` (held never, without `isHeld` to ask). */
   const heldBecomes = (held: () => boolean, wanted: boolean) =>
     inference.isHeld === undefined
@@ -121,17 +121,17 @@ export const make = Effect.gen(function*() {
    * `ready` says what was seen then: read live, a hold shorter than that could make a waiter skipped as a permit
    * came free and never looked at again (its watch would not have seen it held).
    */
-  const upstreamReadiness = (model: string | null): Readiness => {
+  const upstreamReadiness = (model: string | null, project: string): Readiness => {
     let up = false
-    const held = heldFor(model)
+    const held = heldFor(model, project)
     return {
-      ready: () => up && !(inference.isDown?.(model) ?? false),
+      ready: () => up && !(inference.isDown?.(model, project) ?? false),
       awaitReady: Effect.zipRight(
-        Effect.zipRight(inference.reachable(model), heldBecomes(held, false)),
+        Effect.zipRight(inference.reachable(model, project), heldBecomes(held, false)),
         Effect.sync(() => void (up = true))
       ),
       awaitNotReady: Effect.zipRight(
-        Effect.raceFirst(inference.unreachable(model), heldBecomes(held, true)),
+        Effect.raceFirst(inference.unreachable(model, project), heldBecomes(held, true)),
         Effect.sync(() => void (up = false))
       )
     }
@@ -162,13 +162,13 @@ export const make = Effect.gen(function*() {
         }
         if (current.batch.status === "in_progress") {
           const turnIsOver = () => clock.unsafeCurrentTimeMillis() > turnOver
-          const held = heldAWhile(heldFor(current.batch.model), () => clock.unsafeCurrentTimeMillis(), HELD_LONG_MS)
+          const held = heldAWhile(heldFor(current.batch.model, record.project), () => clock.unsafeCurrentTimeMillis(), HELD_LONG_MS)
           const turn = holderTurn(permits, record.project, turnIsOver, held)
           const run = running.run(current, turn, turn.handBack)
           return yield* Effect.ensuring(Effect.raceFirst(run, Effect.zipRight(turn.watch, Effect.never)), Effect.sync(turn.done))
         }
         return true
-      }), record.batch.status === "in_progress" ? upstreamReadiness(record.batch.model) : undefined)
+      }), record.batch.status === "in_progress" ? upstreamReadiness(record.batch.model, record.project) : undefined)
     )
 
   /**

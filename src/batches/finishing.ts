@@ -83,7 +83,7 @@ export const makeFinishing = Effect.gen(function*() {
       } else if (pending !== undefined) {
         const ended = yield* store.failPending(id, pending.code, pending.message)
         const { endpoint, model } = record.batch
-        metrics.requests(endpoint, model, inference.upstreamName?.(model) ?? "unknown")
+        metrics.requests(endpoint, model, inference.upstreamName?.(model, record.project) ?? "unknown")
           .ended(move === "expire" ? "expired" : "cancelled", ended)
         record = yield* load(id)
       }

@@ -74,7 +74,7 @@ export const makeRunning = (local: LocalWork) =>
         )
         // Outcomes are counted once stored (a group whose write failed is sent again, and counted then), each with a
         // plain call: thousands of requests run a second.
-        const tally = metrics.requests(batch.endpoint, batch.model, inference.upstreamName?.(batch.model) ?? "unknown")
+        const tally = metrics.requests(batch.endpoint, batch.model, inference.upstreamName?.(batch.model, record.project) ?? "unknown")
         // The answer memory each request's answer holds (`inference/answerMemory.ts`) is given back once the answer
         // is stored; what a run's end leaves held (a call interrupted as it was answered), when the run ends.
         const holds = new Set<AnswerHold>()
@@ -146,7 +146,7 @@ export const makeRunning = (local: LocalWork) =>
         // An outage of the upstream ends the run at once (its calls wait anyway): the batch gives its permit back
         // to batches whose upstreams answer, and waits for the upstream in the permit queue (`fairPermits.ts`).
         yield* Effect.all(Array.from({ length: window }, startWorker), { concurrency: "unbounded", discard: true }).pipe(
-          Effect.raceFirst(inference.unreachable(batch.model))
+          Effect.raceFirst(inference.unreachable(batch.model, record.project))
         )
         return rows.claimed()
       }).pipe(

@@ -105,7 +105,7 @@ export const makeValidating = Effect.gen(function*() {
       yield* storeRows
       const model = Input.modelToCheck(state)
       // Checked only against a complete list (an upstream serving any model that gives none may serve it).
-      const list = model === undefined ? undefined : yield* inference.models
+      const list = model === undefined ? undefined : yield* (inference.modelsOf?.(record.project) ?? inference.models)
       const known = list?.complete ? new Set(list.data.map((m) => m.id)) : undefined
       const verdict = Input.verdict(state, known)
       if (verdict._tag === "Invalid") return yield* fail(batch.id, verdict.errors)

@@ -10,5 +10,8 @@ export type Visibility = { readonly project: string } | "all"
 export const visibilityOf = (caller: { readonly project: string; readonly admin: boolean }): Visibility =>
   caller.admin ? "all" : { project: caller.project }
 
+/** A project name as `API_KEYS`, the keys file and an upstream's `projects` give it. */
+export const PROJECT_NAME = /^[A-Za-z0-9_-]{1,64}$/
+
 /** The project of objects created before there were projects, and of every object when no key is configured. */
 export const DEFAULT_PROJECT = "default"

@@ -1,6 +1,7 @@
 /**
  * The OpenAI-compatible upstreams: sends one request body to an endpoint of the upstream serving the batch's model
- * (`upstreams/UpstreamSpec.ts`: the first whose models name it, or `"*"`) and returns the upstream's status and
+ * (`upstreams/UpstreamSpec.ts`: the first whose models name it, or `"*"`, among those open to the batch's project)
+ * and returns the upstream's status and
  * JSON body as they are. Each upstream's calls pass its admission (`upstreams/Upstream.ts`: adaptive concurrency
  * shared by every batch on the node, `Retry-After` pauses, outages that pause instead of failing); here are the
  * retries: 408/5xx, timeouts and lost connections with exponential backoff and jitter, honouring `Retry-After`,
@@ -20,7 +21,7 @@ import { Metrics } from "../observability/Metrics.js"
 import { makeFractionPicker, type TracedCall, traceUpstreamCall, UpstreamCallTracing, upstreamIdentity } from "../observability/upstreamCallSpans.js"
 import type { Attempt } from "../upstreams/judge.js"
 import { makeUpstream, type Upstream } from "../upstreams/Upstream.js"
-import { servesAnyModel, shadowedModels, type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
+import { admits, servesAnyModel, shadowedModels, type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
 import { type HandBack, HandedBack, retryAfterMillis, unlessHandedBack, UpstreamFailure, type UpstreamResponse } from "./answers.js"
 import { AnswerMemory, currentAnswerHold } from "./answerMemory.js"
 import { makeRouteWait } from "./routeWait.js"
@@ -33,7 +34,10 @@ export interface SendOptions {
   readonly deadline?: number | undefined
   /** The batch's model: it picks the upstream. */
   readonly model?: string | null | undefined
-  /** The batch's project: calls waiting for an upstream are served round-robin by project. */
+  /**
+   * The batch's project: only upstreams open to it serve the request (an upstream's `projects`), and calls waiting
+   * for an upstream are served round-robin by project.
+   */
   readonly project?: string | undefined
   /**
    * The attempts this request has used, which the caller keeps across sends an outage interrupted (a run ends when
@@ -65,31 +69,38 @@ export interface ModelList {
   readonly complete: boolean
 }
 
+/**
+ * What routes take (`project`: the batch's; an upstream's `projects` may leave it out): the upstream serving
+ * `model` for `project`.
+ */
 export interface InferenceShape {
   readonly send: (
     endpoint: BatchEndpoint,
     body: string,
     options?: SendOptions
   ) => Effect.Effect<UpstreamResponse, UpstreamFailure | HandedBack>
+  /** Every model of every upstream. */
   readonly models: Effect.Effect<ModelList>
+  /** The models of the upstreams open to `project` (optional: `models` stands for it without). */
+  readonly modelsOf?: (project: string) => Effect.Effect<ModelList>
   /** Completes once the upstream serving `model` is up (at once when it is); while none serves it, once one does. */
-  readonly reachable: (model: string | null) => Effect.Effect<void>
+  readonly reachable: (model: string | null, project?: string) => Effect.Effect<void>
   /** Completes when the upstream serving `model` goes down, or none serves it any more (never for one that stays up). */
-  readonly unreachable: (model: string | null) => Effect.Effect<void>
+  readonly unreachable: (model: string | null, project?: string) => Effect.Effect<void>
   /**
    * Whether the upstream serving `model` is down now (or none serves it): what `reachable` and `unreachable` tell,
    * without waiting. Optional: without it, a batch is told its upstream went down only when `unreachable` completes.
    */
-  readonly isDown?: (model: string | null) => boolean
+  readonly isDown?: (model: string | null, project?: string) => boolean
   /**
    * Whether the upstream serving `model` holds every call now though it is up (a `Retry-After` pause, its server's
    * queue at `max_waiting` with none of this node's calls in it): a batch running on it then gives its batch permit
    * to one that can use it.
    * Optional: never held without it.
    */
-  readonly isHeld?: (model: string | null) => boolean
+  readonly isHeld?: (model: string | null, project?: string) => boolean
   /** The name of the upstream serving `model` now (the metrics' `upstream` label); undefined when none does. */
-  readonly upstreamName?: (model: string | null) => string | undefined
+  readonly upstreamName?: (model: string | null, project?: string) => string | undefined
   /**
    * The upstreams requests go to, as configured (the listening line names them); none for an `Inference` that
    * answers without one (scripted, replayed, an app's own).
@@ -124,7 +135,7 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
     }
     const routeWait = makeRouteWait({
       upstreams: () => upstreams,
-      route: (model) => route(model),
+      route: (model, project) => route(model, project),
       probeInterval: config.upstreamProbeInterval,
       scope: yield* Effect.scope
     })
@@ -146,19 +157,24 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
     const pickTraced = makeFractionPicker((yield* UpstreamCallTracing).fraction)
 
     /**
-     * The upstream serving `model`, in the file's order: the first known to serve it, or serving any model and
-     * never reached yet (down since start: its batches wait for it), else the first serving any model that answers
-     * without a list. Not the first known to serve it wherever it is in the file: a model then went to a later
-     * upstream (a paid one, elsewhere) or not depending on which answered at start. Remembered only when known
-     * (forgotten whenever an upstream's list changes). A request naming no model (a moderation may leave it out, for
-     * the upstream's default) goes to the first serving any model, else to the first upstream.
+     * The upstream serving `model` for `project`, among those open to it, in the file's order: the first known to
+     * serve it, or serving any model and never reached yet (down since start: its batches wait for it), else the
+     * first serving any model that answers without a list. Not the first known to serve it wherever it is in the
+     * file: a model then went to a later upstream (a paid one, elsewhere) or not depending on which answered at
+     * start. Remembered only when known (forgotten whenever an upstream's list changes), by project only when some
+     * upstream is not open to every one. A request naming no model (a moderation may leave it out, for the
+     * upstream's default) goes to the first serving any model, else to the first upstream.
      */
     const routes = new Map<string, Upstream | undefined>()
-    const route = (model: string | null | undefined): Upstream | undefined => {
-      if (model == null) return upstreams.find((u) => servesAnyModel(u.spec)) ?? upstreams[0]
-      if (routes.has(model)) return routes.get(model)
-      const first = upstreams.find((u) => knownToServe(u, model) || notReachedYet(u)) ?? upstreams.find(servesUnlisted)
-      if (first === undefined || knownToServe(first, model)) routes.set(model, first)
+    const byProject = specs.some((spec) => spec.projects !== undefined)
+    const route = (model: string | null | undefined, project?: string): Upstream | undefined => {
+      const open = (u: Upstream) => admits(u.spec, project)
+      if (model == null) return upstreams.find((u) => open(u) && servesAnyModel(u.spec)) ?? upstreams.find(open)
+      const key = byProject ? `${project ?? ""}\u0000${model}` : model
+      if (routes.has(key)) return routes.get(key)
+      const first = upstreams.find((u) => open(u) && (knownToServe(u, model) || notReachedYet(u))) ??
+        upstreams.find((u) => open(u) && servesUnlisted(u))
+      if (first === undefined || knownToServe(first, model)) routes.set(key, first)
       return first
     }
     /**
@@ -167,16 +183,20 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
      * than fail its lines: until an upstream's list has it, the server restarts with a file that names it, or it
      * expires.
      */
-    const reachable = (model: string | null) =>
+    const reachable = (model: string | null, project?: string) =>
       Effect.zipRight(
         listsKnown,
         Effect.suspend(() => {
-          const upstream = route(model)
+          const upstream = route(model, project)
           if (upstream !== undefined) return upstream.awaitUp
           return Effect.logWarning(
             `No upstream serves the model '${String(model).slice(0, 64)}' any more: its batch waits until one does ` +
               `(name it in UPSTREAMS_FILE and restart), is cancelled or expires`
-          ).pipe(Effect.annotateLogs("event", "batch.model_unrouted"), Effect.zipRight(routeWait.routed(model)), Effect.flatMap((u) => u.awaitUp))
+          ).pipe(
+            Effect.annotateLogs("event", "batch.model_unrouted"),
+            Effect.zipRight(routeWait.routed(model, project)),
+            Effect.flatMap((u) => u.awaitUp)
+          )
         })
       )
     /** Every upstream serving any model has had its start-up probe: their lists are known when they give one. */
@@ -194,7 +214,7 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
 
     // Routed when run, not when built: the lists may be known only by then.
     const send = (endpoint: BatchEndpoint, body: string, options: SendOptions = {}) => Effect.suspend(() => {
-      const upstream = route(options.model)
+      const upstream = route(options.model, options.project)
       if (upstream === undefined) {
         // A batch's line stays pending: its batch waits for a route (`reachable`).
         if (options.handBack !== undefined) return Effect.fail(new HandedBack())
@@ -249,15 +269,17 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
       return start()
     })
 
-    const models = Effect.gen(function*() {
-      yield* Effect.forEach(upstreams, (u) => (servesAnyModel(u.spec) ? u.refreshListed() : Effect.void), {
+    /** The models of the upstreams open to `project`, or of every upstream. */
+    const modelsOf = (project?: string) => Effect.gen(function*() {
+      const open = project === undefined ? upstreams : upstreams.filter((u) => admits(u.spec, project))
+      yield* Effect.forEach(open, (u) => (servesAnyModel(u.spec) ? u.refreshListed() : Effect.void), {
         concurrency: "unbounded",
         discard: true
       })
       const data: Array<{ id: string; ownedBy: string }> = []
       const seen = new Set<string>()
       let complete = true
-      for (const u of upstreams) {
+      for (const u of open) {
         const listed = servesAnyModel(u.spec) ? u.listed() : Option.some([])
         if (Option.isNone(listed)) complete = false
         for (const id of [...u.spec.models.filter((m) => m !== "*"), ...Option.getOrElse(listed, () => [])]) {
@@ -271,18 +293,19 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
 
     return Inference.of({
       send,
-      models,
+      models: modelsOf(),
+      modelsOf,
       reachable,
       // Routed when it runs, as reachable; a route lost (no upstream serves the model any more) is as good as down.
-      unreachable: (model) =>
+      unreachable: (model, project) =>
         Effect.suspend(() => {
-          const upstream = route(model)
-          return upstream === undefined ? Effect.void : Effect.raceFirst(upstream.awaitDown, routeWait.unrouted(model))
+          const upstream = route(model, project)
+          return upstream === undefined ? Effect.void : Effect.raceFirst(upstream.awaitDown, routeWait.unrouted(model, project))
         }),
       // No upstream serving it is as good as down: a batch waiting for a route takes no permit meanwhile.
-      isDown: (model) => route(model)?.isDown() ?? true,
-      isHeld: (model) => route(model)?.admission.held() ?? false,
-      upstreamName: (model) => route(model)?.spec.name,
+      isDown: (model, project) => route(model, project)?.isDown() ?? true,
+      isHeld: (model, project) => route(model, project)?.admission.held() ?? false,
+      upstreamName: (model, project) => route(model, project)?.spec.name,
       upstreams: specs
     })
   })

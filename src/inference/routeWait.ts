@@ -11,15 +11,15 @@ import { servesAnyModel } from "../upstreams/UpstreamSpec.js"
 export interface RouteWait {
   /** To be called when an upstream's list changed: the waiters look again. */
   readonly listChanged: () => void
-  /** The upstream `route` gives for `model`, once it gives one. */
-  readonly routed: (model: string | null) => Effect.Effect<Upstream>
-  /** Completes once `route` gives none for `model` (at once when it gives none now). */
-  readonly unrouted: (model: string | null) => Effect.Effect<void>
+  /** The upstream `route` gives for `model` and `project`, once it gives one. */
+  readonly routed: (model: string | null, project?: string) => Effect.Effect<Upstream>
+  /** Completes once `route` gives none for `model` and `project` (at once when it gives none now). */
+  readonly unrouted: (model: string | null, project?: string) => Effect.Effect<void>
 }
 
 export const makeRouteWait = (options: {
   readonly upstreams: () => ReadonlyArray<Upstream>
-  readonly route: (model: string | null) => Upstream | undefined
+  readonly route: (model: string | null, project?: string) => Upstream | undefined
   readonly probeInterval: Duration.Duration
   readonly scope: Scope.Scope
 }): RouteWait => {
@@ -56,13 +56,15 @@ export const makeRouteWait = (options: {
     () => Deferred.await(seen),
     () => Effect.sync(() => void waiting--)
   )
-  const routed = (model: string | null): Effect.Effect<Upstream> =>
+  const routed = (model: string | null, project?: string): Effect.Effect<Upstream> =>
     Effect.suspend(() => {
-      const upstream = options.route(model)
-      return upstream !== undefined ? Effect.succeed(upstream) : Effect.zipRight(polledUntil(changed), routed(model))
+      const upstream = options.route(model, project)
+      return upstream !== undefined ? Effect.succeed(upstream) : Effect.zipRight(polledUntil(changed), routed(model, project))
     })
   // Without polling: a route is lost when a list changes, which its upstream's own calls and probes find out.
-  const unrouted = (model: string | null): Effect.Effect<void> =>
-    Effect.suspend(() => (options.route(model) === undefined ? Effect.void : Effect.zipRight(Deferred.await(changed), unrouted(model))))
+  const unrouted = (model: string | null, project?: string): Effect.Effect<void> =>
+    Effect.suspend(() =>
+      options.route(model, project) === undefined ? Effect.void : Effect.zipRight(Deferred.await(changed), unrouted(model, project))
+    )
   return { listChanged, routed, unrouted }
 }

@@ -14,9 +14,12 @@ import { describeDatabase, Readiness } from "./Readiness.js"
 import { tracingSettings } from "./tracingSettings.js"
 import { withoutCredentials } from "./urlText.js"
 
-/** How an upstream reads in the listening line: `default at http://127.0.0.1:8000/v1 (*)`. */
-const upstreamText = (spec: Pick<UpstreamSpec, "name" | "baseUrl" | "models">) =>
-  `${spec.name} at ${spec.baseUrl} (${spec.models.join(", ")})`
+/**
+ * How an upstream reads in the listening line: `default at http://127.0.0.1:8000/v1 (*)`, and `openai at
+ * https://api.openai.com/v1 (gpt-4o; for research)` when only some projects' batches go to it.
+ */
+const upstreamText = (spec: Pick<UpstreamSpec, "name" | "baseUrl" | "models" | "projects">) =>
+  `${spec.name} at ${spec.baseUrl} (${spec.models.join(", ")}${spec.projects === undefined ? "" : `; for ${spec.projects.join(", ")}`})`
 
 /**
  * The listening line: where, on which database, to which upstreams (each also logs its state once probed), and
@@ -37,7 +40,7 @@ export const listeningLine = (
     | "webhookUrl"
   >,
   keysRequired: boolean,
-  upstreams: ReadonlyArray<Pick<UpstreamSpec, "name" | "baseUrl" | "models" | "maxConcurrency" | "loadAware">> | undefined,
+  upstreams: ReadonlyArray<Pick<UpstreamSpec, "name" | "baseUrl" | "models" | "maxConcurrency" | "loadAware" | "projects">> | undefined,
   tracesUrl: Option.Option<string>,
   proxies?: Proxies
 ) => {
@@ -75,6 +78,7 @@ export const listeningLine = (
         base_url: u.baseUrl,
         models: u.models,
         max_concurrency: u.maxConcurrency,
+        ...(u.projects === undefined ? {} : { projects: u.projects }),
         ...Option.match(u.loadAware, {
           onNone: () => ({}),
           onSome: (l) => ({ load_aware: { metrics_url: withoutCredentials(l.metricsUrl), max_waiting: l.maxWaiting } })

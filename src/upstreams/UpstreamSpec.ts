@@ -8,6 +8,7 @@ import { ConfigError, Duration, Effect, Either, Option, ParseResult, Redacted, S
 import { readFile, stat } from "node:fs/promises"
 import { parse as parseYaml } from "yaml"
 import type { AppConfigShape } from "../Config.js"
+import { PROJECT_NAME } from "../domain/Projects.js"
 import { hasNonHeaderCharacter } from "../http/headerValue.js"
 
 /** An http(s) URL with no credentials in it (they would be logged with it: keys go in api_key or headers). */
@@ -64,7 +65,13 @@ export const UpstreamEntry = Schema.Struct({
     { exact: true }
   ),
   metrics_url: Schema.optionalWith(HttpUrl, { exact: true }),
-  max_waiting: Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { exact: true })
+  max_waiting: Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { exact: true }),
+  projects: Schema.optionalWith(
+    Schema.NonEmptyArray(Schema.String.pipe(Schema.pattern(PROJECT_NAME, {
+      message: () => "a project name (1–64 of A–Z a–z 0–9 _ -, as API_KEYS gives it)"
+    }))).annotations({ message: () => "a list of at least one project name" }),
+    { exact: true }
+  )
 })
 export type UpstreamEntry = typeof UpstreamEntry.Type
 
@@ -91,20 +98,27 @@ export interface UpstreamSpec {
   readonly headers: Readonly<Record<string, string>>
   /** Load-aware dispatch: hold new requests while the server's waiting queue would pass `maxWaiting`. */
   readonly loadAware: Option.Option<{ readonly metricsUrl: string; readonly maxWaiting: number }>
+  /** The projects whose batches it serves (`projects`); every project's when not given. */
+  readonly projects?: ReadonlyArray<string> | undefined
 }
+
+/** Whether `spec` serves the batches of `project` (a request of no project: only an upstream open to every one). */
+export const admits = (spec: UpstreamSpec, project: string | undefined): boolean =>
+  spec.projects === undefined || (project !== undefined && spec.projects.includes(project))
 
 /** Whether the upstream serves any model (`"*"`): what it serves is then what its own `GET /models` lists. */
 export const servesAnyModel = (spec: UpstreamSpec): boolean => spec.models.includes("*")
 
 /**
- * The models an upstream names that an earlier one names too: the first match serves a model, so the later one
- * never gets them (a copied entry, or a model moved without taking it out of the first). One line per upstream.
+ * The models an upstream names that an earlier one, open to every project, names too: the first match serves a
+ * model, so the later one never gets them (a copied entry, or a model moved without taking it out of the first).
+ * One line per upstream.
  */
 export const shadowedModels = (
   specs: ReadonlyArray<UpstreamSpec>
 ): ReadonlyArray<{ readonly upstream: string; readonly models: ReadonlyArray<string>; readonly by: ReadonlyArray<string> }> =>
   specs.flatMap((spec, i) => {
-    const earlier = specs.slice(0, i)
+    const earlier = specs.slice(0, i).filter((e) => e.projects === undefined)
     const shadowed = spec.models.filter((m) => m !== "*" && earlier.some((e) => e.models.includes(m)))
     if (shadowed.length === 0) return []
     const by = earlier.filter((e) => shadowed.some((m) => e.models.includes(m))).map((e) => e.name)
@@ -186,7 +200,8 @@ const resolveEntry = (
     headers: entry.headers ?? {},
     loadAware: entry.metrics_url === undefined
       ? Option.none()
-      : Option.some({ metricsUrl: entry.metrics_url, maxWaiting: entry.max_waiting! })
+      : Option.some({ metricsUrl: entry.metrics_url, maxWaiting: entry.max_waiting! }),
+    ...(entry.projects === undefined ? {} : { projects: entry.projects })
   })
 }
 

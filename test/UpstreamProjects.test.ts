@@ -1,0 +1,71 @@
+/**
+ * Upstreams open to some projects only (an upstream's `projects`): a paid upstream kept for one project's batches.
+ * Through the official client with two projects' keys: each project's `GET /v1/models` lists what its batches may
+ * name; a batch goes to the first upstream open to its project that serves its model (another project's batch of
+ * the same model goes to the next one); a model only a closed upstream serves fails validation with
+ * `model_not_found` for the other project, and nothing is sent to that upstream for it.
+ */
+import { expect, layer } from "@effect/vitest"
+import { Effect, Option, Redacted } from "effect"
+import OpenAI from "openai"
+import { createBatch, chatLine, terminal, upload, waitFor } from "./support/Batches.js"
+import { defaults } from "../src/Config.js"
+import { listeningLine } from "../src/observability/Lifecycle.js"
+import { Simulators, testAppWithUpstreams } from "./support/Upstreams.js"
+import { baseUrl } from "./support/TestApp.js"
+
+const KEYS = { research: "sk-research-5b0e7a", other: "sk-other-c41f9d" }
+
+const app = testAppWithUpstreams(
+  { paid: { models: ["model-p", "model-shared"] }, local: { models: ["model-shared", "model-l"] } },
+  ({ local, paid }) => [
+    { name: "paid", base_url: paid!.url, models: ["model-p", "model-shared"], projects: ["research"] },
+    { name: "local", base_url: local!.url, models: ["*"] }
+  ],
+  { apiKeys: [`${KEYS.research}:research`, `${KEYS.other}:other`].map((k) => Redacted.make(k)) }
+)
+
+const clientOf = (key: string) => Effect.map(baseUrl, (url) => new OpenAI({ baseURL: `${url}/v1`, apiKey: key, maxRetries: 0 }))
+
+layer(app, { excludeTestServices: true })("an upstream open to some projects only", (it) => {
+  it.effect("serves only their batches: each project's models, routes and validation follow it", () =>
+    Effect.gen(function*() {
+      const { local, paid } = yield* Simulators
+      const research = yield* clientOf(KEYS.research)
+      const other = yield* clientOf(KEYS.other)
+      const ids = (list: OpenAI.Models.ModelsPage) => list.data.map((m) => `${m.id} ${m.owned_by}`).sort()
+      expect(ids(yield* Effect.promise(() => research.models.list()))).toEqual([
+        "model-l local",
+        "model-p paid",
+        "model-shared paid"
+      ])
+      expect(ids(yield* Effect.promise(() => other.models.list()))).toEqual(["model-l local", "model-shared local"])
+      expect((yield* Effect.promise(() => research.models.retrieve("model-p"))).owned_by).toBe("paid")
+      const notFound = yield* Effect.promise(() => other.models.retrieve("model-p").then(() => 200, (e: InstanceType<typeof OpenAI.APIError>) => e.status))
+      expect(notFound).toBe(404)
+
+      const run = (openai: OpenAI, model: string, prefix: string) =>
+        Effect.gen(function*() {
+          const file = yield* upload(openai, [chatLine(`${prefix}-1`, `${prefix} one`, model), chatLine(`${prefix}-2`, `${prefix} two`, model)])
+          return yield* waitFor(openai, (yield* createBatch(openai, file.id)).id, terminal)
+        })
+      // The same model: the research project's batch goes to the paid upstream, the other's to the local one.
+      const ours = yield* run(research, "model-shared", "r")
+      const theirs = yield* run(other, "model-shared", "o")
+      expect([ours.status, theirs.status]).toEqual(["completed", "completed"])
+      expect([paid!.stats.byModel.get("model-shared"), local!.stats.byModel.get("model-shared")]).toEqual([2, 2])
+      // A model only the closed upstream serves: for the other project, none serves it.
+      const sentToPaid = paid!.stats.requests
+      const refused = yield* run(other, "model-p", "x")
+      expect(refused.status).toBe("failed")
+      expect(refused.errors?.data?.[0]).toMatchObject({ code: "model_not_found", param: "body.model" })
+      expect(paid!.stats.requests).toBe(sentToPaid)
+    }))
+
+  it("the listening line says which projects an upstream serves", () => {
+    const paid = { name: "paid", baseUrl: "https://api.example/v1", models: ["model-p"], maxConcurrency: 8, loadAware: Option.none(), projects: ["research"] }
+    const line = listeningLine("http://127.0.0.1:8321", defaults, false, [paid], Option.none(), undefined)
+    expect(line.message).toContain("paid at https://api.example/v1 (model-p; for research)")
+    expect(line.fields.upstreams).toEqual([expect.objectContaining({ name: "paid", projects: ["research"] })])
+  })
+})
