@@ -3,7 +3,8 @@
  * project sees only its own files and batches on every endpoint (another project's object is a 404 exactly like
  * an unknown id, an `after` cursor naming one is unknown), a batch's output and error files follow the batch's
  * project, a batch cannot read another project's input file, idempotency keys are per project, and the operator
- * sees and acts on everything while what it creates is its own project's. Then the per-project limits: unfinished
+ * sees and acts on everything while what it creates is its own project's (a batch over another project's file is
+ * refused at once). Then the per-project limits: unfinished
  * batches (429), requests enqueued (validation fails, nothing sent upstream), bytes of files (413; the server's own
  * output files are never refused). On SQLite and PostgreSQL.
  */
@@ -159,9 +160,20 @@ describe("projects", () => {
             line: null
           }])
           expect(JSON.stringify(foreign.errors)).toBe(JSON.stringify(missing.errors).replaceAll(UNKNOWN_FILE, input.id))
-          // An operator's batch is its own project's too, and reads only that project's files.
-          const operators = yield* waitFor(admin, (yield* create(admin, input.id)).id, terminal)
-          expect(operators.status).toBe("failed")
+          // An operator's batch is its own project's too, and reads only that project's files: an operator, who sees
+          // every project's files, is told at once, and no batch is made.
+          const before = yield* allBatchIds(admin)
+          const refused = yield* Effect.promise(() =>
+            admin.batches.create({ input_file_id: input.id, endpoint: "/v1/chat/completions", completion_window: "24h" })
+              .then(() => undefined, (e: unknown) => e))
+          expect(refused).toBeInstanceOf(OpenAI.BadRequestError)
+          expect((refused as InstanceType<typeof OpenAI.BadRequestError>).error).toMatchObject({
+            type: "invalid_request_error",
+            param: "input_file_id",
+            code: "invalid_value",
+            message: expect.stringContaining(`File ${input.id} is another project's: an operator's batch is its own project's`)
+          })
+          expect(yield* allBatchIds(admin)).toEqual(before)
           expect(sim.stats.requests).toBe(sent)
         }))
 

@@ -158,8 +158,17 @@ export const make = Effect.gen(function*() {
       }
       // The batch belongs to the caller's project (an operator's too) and reads only that project's files. A file
       // that does not exist, or is another project's, is not refused here: as OpenAI, the batch is created and
-      // fails validation ("Cannot find file …, or organization does not have access to it.").
+      // fails validation ("Cannot find file …, or organization does not have access to it."). But an operator, who
+      // sees every project's files (the dashboard lists them with a "Start batch" button), is told at once.
       const file = yield* Effect.option(files.get(valid.inputFileId, { project: caller.project }))
+      if (Option.isNone(file) && caller.admin && Option.isSome(yield* Effect.option(files.get(valid.inputFileId, "all")))) {
+        return yield* invalidRequest(
+          `File ${valid.inputFileId} is another project's: an operator's batch is its own project's and reads only ` +
+            "that project's files. Start it with a key of the file's project.",
+          "input_file_id",
+          "invalid_value"
+        )
+      }
       if (Option.isSome(file) && file.value.purpose !== "batch") {
         return yield* invalidRequest(
           `File ${file.value.id} has purpose '${file.value.purpose}'; a batch input file must be uploaded with purpose 'batch'.`,
