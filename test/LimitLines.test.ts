@@ -4,23 +4,16 @@
  * the floor as a warning at most once a minute. An upstream that refuses a call now and then keeps its limit moving,
  * and a line per move flooded the logs (a soak's three nodes: 8,600 lines in 35 minutes).
  */
-import * as HttpClient from "@effect/platform/HttpClient"
-import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
+import type * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Logger, Option, TestClock } from "effect"
-import { makeUpstream } from "../src/upstreams/Upstream.js"
+import { Duration, Effect, Logger, TestClock } from "effect"
+import { scriptedUpstream } from "./support/ScriptedUpstream.js"
 
-/** Lists model `m`; answers 429 to a call whose body says `refuse`, else a chat completion. */
-const http = HttpClient.make((request) =>
-  Effect.succeed(HttpClientResponse.fromWeb(
-    request,
-    request.method === "GET"
-      ? new Response(`{"object":"list","data":[{"id":"m"}]}`)
-      : JSON.stringify(request.body).includes("refuse")
-      ? new Response(`{"error":{"message":"slow down"}}`, { status: 429 })
-      : new Response(`{"id":"c","object":"chat.completion","choices":[]}`)
-  ))
-)
+/** 429 to a call whose body says `refuse`, else a chat completion. */
+const answer = (request: HttpClientRequest.HttpClientRequest) =>
+  JSON.stringify(request.body).includes("refuse")
+    ? new Response(`{"error":{"message":"slow down"}}`, { status: 429 })
+    : new Response(`{"id":"c","object":"chat.completion","choices":[]}`)
 
 describe("an upstream's concurrency limit lines", () => {
   it.scoped("say an overload's start at once, then at most one decrease and one raise per 10 s, and the floor once a minute", () => {
@@ -30,18 +23,7 @@ describe("an upstream's concurrency limit lines", () => {
       if (text.includes("concurrency limit")) lines.push(`${logLevel.label} ${text}`)
     })
     return Effect.gen(function*() {
-      const upstream = yield* makeUpstream({
-        name: "u",
-        baseUrl: "http://upstream.test/v1",
-        apiKey: Option.none(),
-        models: ["m"],
-        maxConcurrency: 16,
-        minConcurrency: 1,
-        timeout: Duration.seconds(10),
-        headers: {},
-        loadAware: Option.none()
-      }, { http, maxResponseBytes: 1 << 20, probeInterval: Duration.seconds(1), maxPause: Duration.seconds(60), listChanged: () => {} })
-      yield* upstream.started
+      const upstream = yield* scriptedUpstream({ answer, maxConcurrency: 16, probeInterval: Duration.seconds(1) })
       let requests = 0
       // Each a request of its own: a request's refusals halve the limit once.
       const call = (body: string) => upstream.attempt("/v1/chat/completions", body, { project: "p", deadline: requests++ }, 1)

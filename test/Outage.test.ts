@@ -5,15 +5,13 @@
  * does a trial no call comes to for a few probe intervals, whose failures then count toward no later run. Outage
  * lines that cannot be logged (a logger that throws) lose no permit and stop no probe nor trial.
  */
-import * as HttpClient from "@effect/platform/HttpClient"
-import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import { describe, expect, it } from "@effect/vitest"
-import { Cause, Duration, Effect, Exit, Fiber, identity, Logger, Option, TestClock } from "effect"
+import { Cause, Duration, Effect, Exit, Fiber, identity, Logger, TestClock } from "effect"
 import { Admission } from "../src/upstreams/Admission.js"
 import { AdaptiveLimit } from "../src/upstreams/adaptiveLimit.js"
 import { FAILING_PROBES_BEFORE_TRIAL, IDLE_TRIAL_PROBES, makeOutage } from "../src/upstreams/outage.js"
 import { OUTAGE_AFTER } from "../src/upstreams/judge.js"
-import { makeUpstream } from "../src/upstreams/Upstream.js"
+import { failingEveryCall, scriptedUpstream } from "./support/ScriptedUpstream.js"
 
 const PROBE = Duration.seconds(1)
 const ticket = { project: "p", deadline: 0 }
@@ -132,28 +130,10 @@ describe("an upstream whose outage lines cannot be logged", () => {
       if (/is down|answers GET \/models again/.test(String(message))) throw new Error("log sink gone")
     })
   )
-  /** Lists model `m` and answers every call 500. */
-  const http = HttpClient.make((request) =>
-    Effect.succeed(HttpClientResponse.fromWeb(
-      request,
-      request.method === "GET" ? new Response(`{"object":"list","data":[{"id":"m"}]}`) : new Response(`{"error":{"message":"boom"}}`, { status: 500 })
-    ))
-  )
 
   it.scoped("gives back the failing call's permit and still probes: the upstream comes back, and its idle trial ends", () =>
     Effect.gen(function*() {
-      const upstream = yield* makeUpstream({
-        name: "u",
-        baseUrl: "http://upstream.test/v1",
-        apiKey: Option.none(),
-        models: ["m"],
-        maxConcurrency: 8,
-        minConcurrency: 1,
-        timeout: Duration.seconds(10),
-        headers: {},
-        loadAware: Option.none()
-      }, { http, maxResponseBytes: 1 << 20, probeInterval: PROBE, maxPause: Duration.seconds(60), listChanged: () => {} })
-      yield* upstream.started
+      const upstream = yield* scriptedUpstream({ answer: failingEveryCall, maxConcurrency: 8, probeInterval: PROBE })
       // Different requests failing in a row: the last one's verdict takes the upstream down, and logs it.
       const exits = yield* Effect.forEach(
         Array.from({ length: OUTAGE_AFTER }, (_, i) => ({ project: "p", deadline: i })),
@@ -173,28 +153,10 @@ describe("an upstream whose outage lines cannot be logged", () => {
 })
 
 describe("an upstream whose trial ends with no call", () => {
-  /** Lists model `m`; answers 500 to every call. */
-  const http = HttpClient.make((request) =>
-    Effect.succeed(HttpClientResponse.fromWeb(
-      request,
-      request.method === "GET" ? new Response(`{"object":"list","data":[{"id":"m"}]}`) : new Response(`{"error":{"message":"boom"}}`, { status: 500 })
-    ))
-  )
 
   it.scoped("starts its next run of failures afresh: the trial's failures do not count toward it", () =>
     Effect.gen(function*() {
-      const upstream = yield* makeUpstream({
-        name: "u",
-        baseUrl: "http://upstream.test/v1",
-        apiKey: Option.none(),
-        models: ["m"],
-        maxConcurrency: 8,
-        minConcurrency: 1,
-        timeout: Duration.seconds(10),
-        headers: {},
-        loadAware: Option.none()
-      }, { http, maxResponseBytes: 1 << 20, probeInterval: PROBE, maxPause: Duration.seconds(60), listChanged: () => {} })
-      yield* upstream.started
+      const upstream = yield* scriptedUpstream({ answer: failingEveryCall, maxConcurrency: 8, probeInterval: PROBE })
       let requests = 0
       const failing = Effect.suspend(() => upstream.attempt("/v1/chat/completions", "{}", { project: "p", deadline: requests++ }, 1))
       // Different requests failing in a row: an outage.
