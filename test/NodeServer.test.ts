@@ -5,7 +5,9 @@
  * answered once it has started; an answer given before the body was read reaches a client still sending it; a
  * shutdown that cuts a request short waits for its handler's clean-up.
  */
+import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
 import * as HttpServer from "@effect/platform/HttpServer"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Context, Deferred, Duration, Effect, Exit, Layer, Logger, Schedule, Scope } from "effect"
@@ -13,6 +15,8 @@ import { Agent, createServer, request as httpRequest, type Server } from "node:h
 import { connect, type Socket } from "node:net"
 import { AppConfig } from "../src/Config.js"
 import { holdEarlyRequests } from "../src/http/holdEarlyRequests.js"
+import { Budget, holdUntilAnswered } from "../src/http/holding.js"
+import { MOST_WAITING, servedInTurn } from "../src/http/servedInTurn.js"
 import { lingerAfterEarlyAnswers } from "../src/http/lingerAfterEarlyAnswers.js"
 import { makeNodeServer, NodeServerLive } from "../src/Layers.js"
 import { rawRequest } from "./support/RawHttp.js"
@@ -319,6 +323,93 @@ describe("the node server", () => {
         "WARN 3 connections open, the most MAX_CONNECTIONS allows: new ones are closed at once (said at most once a minute)"
       ])
     }), 20_000)
+
+  describe("requests and their connections", () => {
+    /**
+     * `/big` answers 8 MB; `/held` holds one of 4 until answered (503 when none is left), counted in `handled`;
+     * `ended` counts the requests whose handling (the answer's sending included) has ended.
+     */
+    const pipelinedApp = Effect.gen(function*() {
+      const budget = new Budget(4)
+      const big = new Uint8Array(8 * 1024 * 1024)
+      const counts = { handled: 0, ended: 0 }
+      const app = Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+        if (request.url === "/big") return Effect.succeed(HttpServerResponse.uint8Array(big))
+        counts.handled++
+        return Effect.map(holdUntilAnswered(budget, undefined), (taken) => HttpServerResponse.text(taken, { status: taken === "taken" ? 200 : 503 }))
+      })
+      const lines: Array<string> = []
+      const logger = Logger.make(({ logLevel, message }) => void lines.push(`${logLevel.label} ${String(message)}`))
+      const counted = HttpMiddleware.make((inner) => Effect.ensuring(servedInTurn(inner), Effect.sync(() => void counts.ended++)))
+      const context = yield* Layer.build(HttpServer.serve(app, counted).pipe(
+        Layer.provideMerge(makeNodeServer({ host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" }))
+      )).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
+      const url = yield* Effect.provide(baseUrl, context)
+      const port = Number(new URL(url).port)
+      /** A client that never reads: the big answers fill its connection, the requests after them wait their turn. */
+      const pipeline = (held: number) => {
+        const socket = connect(port, "127.0.0.1").pause()
+        socket.on("error", () => {})
+        const get = (path: string) => `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`
+        socket.write(get("/big").repeat(3) + get("/held").repeat(held))
+        return socket
+      }
+      const status = (path: string) => Effect.promise(() => fetch(`${url}${path}`).then((res) => res.status))
+      return { counts, lines, pipeline, status }
+    })
+
+    it.scopedLive("pipelined on one connection, they are served in turn: those waiting hold nothing, others are served meanwhile, and a client that hangs up leaves none behind (Node 20 gives them no 'close')", () =>
+      Effect.gen(function*() {
+        const { counts, pipeline, status } = yield* pipelinedApp
+        const socket = pipeline(4)
+        yield* Effect.sleep("500 millis")
+        expect(counts.handled).toBe(0) // waiting behind the answers the client does not read
+        expect(yield* status("/held")).toBe(200)
+        socket.destroy()
+        yield* Effect.sleep("300 millis")
+        expect(counts.handled).toBe(1) // dropped unserved, holding nothing
+        expect(counts.ended).toBe(3 + 4 + 1) // the answer being sent too
+        expect(yield* Effect.all([status("/held"), status("/held"), status("/held"), status("/held")], { concurrency: 4 })).toEqual([200, 200, 200, 200])
+      }), 20_000)
+
+    it.scopedLive("a client that hangs up before its answer: the request's handling ends (the platform waited for ever to send it an answer)", () =>
+      Effect.gen(function*() {
+        let ended = 0
+        const slow = Effect.as(Effect.sleep("200 millis"), HttpServerResponse.text("late"))
+        const served = HttpServer.serve(slow, HttpMiddleware.make((inner) => Effect.ensuring(servedInTurn(inner), Effect.sync(() => void ended++))))
+        const context = yield* Layer.build(served.pipe(Layer.provideMerge(makeNodeServer({ host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" }))))
+        const port = Number(new URL(yield* Effect.provide(baseUrl, context)).port)
+        for (let i = 0; i < 10; i++) {
+          const socket = connect(port, "127.0.0.1")
+          socket.on("error", () => {})
+          socket.write(`GET /slow HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`)
+          setTimeout(() => socket.destroy(), 30)
+        }
+        yield* Effect.sleep("800 millis")
+        expect(ended).toBe(10)
+      }), 20_000)
+
+    it.scopedLive(`more than ${MOST_WAITING} pipelined requests waiting: the connection is closed, said once a minute`, () =>
+      Effect.gen(function*() {
+        const { counts, lines, pipeline, status } = yield* pipelinedApp
+        // Read once the server has had time to close it: a paused client does not see its connection closed.
+        const closed = (socket: Socket) =>
+          Effect.zipRight(
+            Effect.sleep("300 millis"),
+            Effect.async<void>((resume) => void socket.once("close", () => resume(Effect.void)).resume())
+          )
+        yield* closed(pipeline(MOST_WAITING + 5)).pipe(Effect.timeout("5 seconds"))
+        yield* closed(pipeline(MOST_WAITING + 5)).pipe(Effect.timeout("5 seconds"))
+        expect(counts.handled).toBe(0)
+        expect(yield* status("/held")).toBe(200)
+        // Each request's handling ended: the one whose answer was being sent as the connection closed too, and the
+        // one waiting behind it (Node hands it the closed connection).
+        expect(counts.ended).toBe(2 * (3 + MOST_WAITING + 5) + 1)
+        expect(lines.filter((line) => line.includes("without waiting for their answers"))).toEqual([
+          `WARN A connection sent more than ${MOST_WAITING} requests without waiting for their answers: closed (said at most once a minute)`
+        ])
+      }), 20_000)
+  })
 
   it.scopedLive("a held request whose client left meanwhile is not handed to the handler; the others are, in order", () =>
     Effect.gen(function*() {

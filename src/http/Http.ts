@@ -26,6 +26,7 @@ import { Budget, holderOf } from "./holding.js"
 import { BodyPatience, boundBodies } from "./RequestBody.js"
 import { requestLog } from "./RequestLog.js"
 import { AuthenticatedLive, securityMiddleware } from "./Security.js"
+import { servedInTurn } from "./servedInTurn.js"
 import { WebhooksHttpLive } from "./WebhooksHttp.js"
 
 /** The API with every group implemented (requires the services the handlers use, and `Auth`). */
@@ -60,7 +61,7 @@ export const HttpLive = requestsFirst(Layer.unwrapEffect(Effect.gen(function*() 
   const jsonBodies = new Budget(maxJsonBodiesBytes, maxJsonBodyBytes)
   const holder = holderOf(yield* Auth)
   const bodies = boundBodies(maxJsonBodyBytes, jsonBodies, new Budget(maxUploadsAtOnce), holder)
-  return HttpApiBuilder.serve((app) => requestLog(measured(sdkHeaders(secure(bodies(app)))))).pipe(
+  return HttpApiBuilder.serve((app) => servedInTurn(requestLog(measured(sdkHeaders(secure(bodies(app))))))).pipe(
     // In every request's context from the start (provided per request, it copied the context and the fiber's references).
     Layer.provide(Layer.succeed(BodyPatience, { stall: stallTimeout, minRate: minBodyRate }))
   )

@@ -104,7 +104,9 @@ const nodeResponse = (request: HttpServerRequest.HttpServerRequest): ServerRespo
 
 /**
  * Runs `release` once the current request's answer has been sent or its connection closed: on a Node server the
- * answer is written after the handler ends (its response's `close`, which comes however the request ends);
+ * answer is written after the handler ends (its response's `close`, which Node gives the answer a connection is
+ * sending however the request ends; a request pipelined behind it is not served, nor holds anything, before its
+ * turn: `servedInTurn.ts`);
  * elsewhere, when the handler's scope closes.
  */
 export const onceAnswered = (release: () => void): Effect.Effect<void, never, HttpServerRequest.HttpServerRequest | Scope.Scope> =>
