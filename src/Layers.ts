@@ -160,8 +160,8 @@ export interface NodeServerOptions {
    */
   readonly headersTimeout?: Duration.DurationInput | undefined
   /**
-   * Connections held open at once; one more is closed at once, said at most once a minute (`connectionCap.ts`).
-   * None: Node's default, no bound (a `server` given keeps its own).
+   * Connections held open at once, on the server made or given; one more is closed at once, said at most once a
+   * minute (`connectionCap.ts`). None: the server's own setting (Node's default: no bound).
    */
   readonly maxConnections?: number | undefined
   /**

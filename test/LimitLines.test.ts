@@ -1,8 +1,8 @@
 /**
- * The lines an upstream's adaptive limit writes, in test time: an overload that begins (the first decrease from the
- * ceiling) is said at once, further decreases at most every 10 s each way, with how many went unsaid between, and
- * the floor as a warning at most once a minute. An upstream that refuses a call now and then keeps its limit moving,
- * and a line per move flooded the logs (a soak's three nodes: 8,600 lines in 35 minutes).
+ * The lines an upstream's adaptive limit writes, in test time: at most one decrease line and one raise line every
+ * 10 s (the first after a quiet spell at once), a decrease line saying how many went unsaid before it, and the floor
+ * as a warning at most once a minute. An upstream that refuses a call now and then keeps its limit moving, and a
+ * line per move flooded the logs (a soak's three nodes: 8,600 lines in 35 minutes).
  */
 import type * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import { describe, expect, it } from "@effect/vitest"
@@ -47,6 +47,30 @@ describe("an upstream's concurrency limit lines", () => {
         "INFO Upstream u: concurrency limit raised to 2",
         "INFO Upstream u: concurrency limit raised to 2",
         "INFO Upstream u: concurrency limit 2 → 1 (status 429; 1 more since the last such line)"
+      ])
+    }).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
+  })
+})
+
+describe("an upstream whose limit goes back and forth at its ceiling", () => {
+  it.scoped("says it once each way per 10 s, however often", () => {
+    const lines: Array<string> = []
+    const logger = Logger.make(({ logLevel, message }) => {
+      const text = String(message)
+      if (text.includes("concurrency limit")) lines.push(`${logLevel.label} ${text}`)
+    })
+    return Effect.gen(function*() {
+      const upstream = yield* scriptedUpstream({ answer, maxConcurrency: 2, probeInterval: Duration.seconds(1) })
+      let requests = 0
+      const call = (body: string) => upstream.attempt("/v1/chat/completions", body, { project: "p", deadline: requests++ }, 1)
+      // A refusal now and then, and recovered in between: 2 → 1 → 2, twenty times.
+      for (let i = 0; i < 20; i++) {
+        yield* Effect.suspend(() => call("refuse"))
+        for (let j = 0; j < 3; j++) yield* Effect.suspend(() => call("hello"))
+      }
+      expect(lines).toEqual([
+        "WARN Upstream u: concurrency limit 2 → 1 (status 429), its floor",
+        "INFO Upstream u: concurrency limit raised to 2"
       ])
     }).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
   })

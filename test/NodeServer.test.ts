@@ -10,7 +10,7 @@ import * as HttpServer from "@effect/platform/HttpServer"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Context, Deferred, Duration, Effect, Exit, Layer, Logger, Schedule, Scope } from "effect"
+import { Context, Deferred, Duration, Effect, Exit, Layer, Logger, Schedule, Scope, Stream } from "effect"
 import { Agent, createServer, request as httpRequest, type Server } from "node:http"
 import { connect, type Socket } from "node:net"
 import { AppConfig } from "../src/Config.js"
@@ -387,6 +387,24 @@ describe("the node server", () => {
         }
         yield* Effect.sleep("800 millis")
         expect(ended).toBe(10)
+      }), 20_000)
+
+    it.scopedLive("a client that hangs up during a streamed answer: the request's handling ends (its stream waited for a 'drain' for ever)", () =>
+      Effect.gen(function*() {
+        let ended = 0
+        const chunk = new Uint8Array(64 * 1024)
+        const streamed = Effect.succeed(HttpServerResponse.stream(Stream.repeatValue(chunk).pipe(Stream.take(2000))))
+        const served = HttpServer.serve(streamed, HttpMiddleware.make((inner) => Effect.ensuring(servedInTurn(inner), Effect.sync(() => void ended++))))
+        const context = yield* Layer.build(served.pipe(Layer.provideMerge(makeNodeServer({ host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" }))))
+        const port = Number(new URL(yield* Effect.provide(baseUrl, context)).port)
+        for (let i = 0; i < 5; i++) {
+          const socket = connect(port, "127.0.0.1").pause() // takes none of it: the stream waits for room
+          socket.on("error", () => {})
+          socket.write(`GET /download HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`)
+          setTimeout(() => socket.destroy(), 300)
+        }
+        yield* Effect.sleep("1500 millis")
+        expect(ended).toBe(5)
       }), 20_000)
 
     it.scopedLive(`more than ${MOST_WAITING} pipelined requests waiting: the connection is closed, said once a minute`, () =>

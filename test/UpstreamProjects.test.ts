@@ -14,7 +14,7 @@ import { listeningLine } from "../src/observability/Lifecycle.js"
 import { Simulators, testAppWithUpstreams } from "./support/Upstreams.js"
 import { baseUrl } from "./support/TestApp.js"
 
-const KEYS = { research: "sk-research-5b0e7a", other: "sk-other-c41f9d" }
+const KEYS = { research: "sk-research-5b0e7a", other: "sk-other-c41f9d", admin: "sk-admin-7e21aa" }
 
 const app = testAppWithUpstreams(
   { paid: { models: ["model-p", "model-shared"] }, local: { models: ["model-shared", "model-l"] } },
@@ -22,7 +22,7 @@ const app = testAppWithUpstreams(
     { name: "paid", base_url: paid!.url, models: ["model-p", "model-shared"], projects: ["research"] },
     { name: "local", base_url: local!.url, models: ["*"] }
   ],
-  { apiKeys: [`${KEYS.research}:research`, `${KEYS.other}:other`].map((k) => Redacted.make(k)) }
+  { apiKeys: [`${KEYS.research}:research`, `${KEYS.other}:other`].map((k) => Redacted.make(k)), adminApiKeys: [Redacted.make(KEYS.admin)] }
 )
 
 const clientOf = (key: string) => Effect.map(baseUrl, (url) => new OpenAI({ baseURL: `${url}/v1`, apiKey: key, maxRetries: 0 }))
@@ -54,6 +54,13 @@ layer(app, { excludeTestServices: true })("an upstream open to some projects onl
       const theirs = yield* run(other, "model-shared", "o")
       expect([ours.status, theirs.status]).toEqual(["completed", "completed"])
       expect([paid!.stats.byModel.get("model-shared"), local!.stats.byModel.get("model-shared")]).toEqual([2, 2])
+      // Counted under the upstream each project's batch went to.
+      const metrics = yield* Effect.flatMap(baseUrl, (url) =>
+        Effect.promise(() => fetch(`${url}/metrics`, { headers: { authorization: `Bearer ${KEYS.admin}` } }).then((r) => r.text())))
+      const counted = (upstream: string) =>
+        [...metrics.matchAll(new RegExp(`^batch_requests_total\\{[^}]*model="model-shared"[^}]*upstream="${upstream}"[^}]*\\} (\\d+)$`, "gm"))]
+          .reduce((sum, m) => sum + Number(m[1]), 0)
+      expect([counted("paid"), counted("local")]).toEqual([2, 2])
       // A model only the closed upstream serves: for the other project, none serves it.
       const sentToPaid = paid!.stats.requests
       const refused = yield* run(other, "model-p", "x")

@@ -14,8 +14,8 @@
  *   was built), so its own interruption on a client's abort waits for that too. Each such request stayed in memory
  *   for good, its connection's other requests with it (~10 KB for each client that hung up mid-request; 3,000
  *   pipelined requests on 4 connections, closed: 80 MB). Now an answer not begun is ended unsent as the connection
- *   closes (the platform then writes none), and one being sent is told it has finished (Node's own 'finish' work
- *   on a closed connection only lets it go).
+ *   closes (the platform then writes none, once it has interrupted the handler), and one being sent is told it
+ *   has finished (Node's own 'finish' work on a closed connection only lets it go).
  */
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
@@ -95,8 +95,13 @@ const endedWithConnection = <A, E, R>(response: ServerResponse, connection: Sock
   Effect.suspend(() => {
     response.once("close", () => {
       if (response.writableFinished || !connection.destroyed) return
-      if (response.writableEnded) response.emit("finish")
-      else response.end() // nothing is written to a closed connection: none to wait for
+      if (response.writableEnded) return void response.emit("finish")
+      // Nothing is written to a closed connection: none to wait for. On the next turn: the platform's own 'close'
+      // listener (added after this one) must see the answer open, and interrupt a stream's writing, which would
+      // wait for a 'drain' that never comes (a download whose client hung up held its file or cursor for good).
+      process.nextTick(() => {
+        if (!response.writableEnded) response.end()
+      })
     })
     return app
   })

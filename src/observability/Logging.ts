@@ -23,7 +23,7 @@ const levels: Record<LogLevelName, LogLevel.LogLevel> = {
 }
 
 /** The fields every line has; annotations of the same names do not overwrite them. */
-const RESERVED = new Set(["timestamp", "level", "message", "node_id", "trace_id", "span_id", "cause", "spans", "fiber"])
+const RESERVED = new Set(["timestamp", "level", "message", "trace_id", "span_id", "cause", "spans", "fiber"])
 /** Annotations written first when present, in this order (the others follow in no particular order). */
 const FIRST = ["event", "request_id", "batch_id"]
 
@@ -45,7 +45,7 @@ export const jsonLineLoggerOf = (nodeId?: string): Logger.Logger<unknown, string
     if (key in entry.annotations) line[key] = entry.annotations[key]
   }
   for (const [key, value] of Object.entries(entry.annotations)) {
-    if (!RESERVED.has(key)) line[key] = value
+    if (!RESERVED.has(key) && !(key === "node_id" && nodeId !== undefined)) line[key] = value
   }
   const span = Context.getOption(FiberRefs.getOrDefault(options.context, FiberRef.currentContext), Tracer.ParentSpan)
   if (Option.isSome(span)) {

@@ -55,9 +55,9 @@ const SPARED_OVERLOADS = 3
 /** A misconfiguration that can come and go (a refused key, a redirect), or a `Retry-After` pause, is said at most this often. */
 const SAY_AGAIN_MS = 60_000
 /**
- * Changes of the limit are logged at most this often, decreases and increases each (an upstream that refuses a
- * call now and then keeps its limit moving: a soak's three nodes logged 8,600 such lines in 35 minutes); the first
- * decrease from the ceiling (an overload begins) always, and its floor at most once a minute (`warn`).
+ * Changes of the limit are logged at most this often, decreases and increases each, the first after a quiet spell
+ * at once (an upstream that refuses a call now and then keeps its limit moving: a soak's three nodes logged 8,600
+ * such lines in 35 minutes); its floor at most once a minute (`warn`).
  */
 const LIMIT_LOG_INTERVAL_MS = 10_000
 
@@ -167,7 +167,7 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
       // The limit doing its work is news, not a warning (a flaky server halved it 150 times a minute, 98 % of the
       // warnings); one at its floor, which cannot absorb more, is.
       const floor = limit.atFloor && due("floor", now, SAY_AGAIN_MS)
-      if (!floor && before !== limit.ceiling && now - lastDecreaseLog < LIMIT_LOG_INTERVAL_MS) {
+      if (!floor && now - lastDecreaseLog < LIMIT_LOG_INTERVAL_MS) {
         unsaidDecreases++
         return Effect.void
       }
@@ -186,7 +186,7 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
     if (upAgain !== undefined) return upAgain
     if (!limit.succeeded(gate.inflight)) return undefined
     const now = clock.unsafeCurrentTimeMillis()
-    if (limit.current < limit.ceiling && now - lastRaiseLog < LIMIT_LOG_INTERVAL_MS) return undefined
+    if (now - lastRaiseLog < LIMIT_LOG_INTERVAL_MS) return undefined
     lastRaiseLog = now
     return log(Effect.logInfo(`Upstream ${spec.name}: concurrency limit raised to ${limit.current}`))
   }
