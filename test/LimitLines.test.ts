@@ -15,13 +15,19 @@ const answer = (request: HttpClientRequest.HttpClientRequest) =>
     ? new Response(`{"error":{"message":"slow down"}}`, { status: 429 })
     : new Response(`{"id":"c","object":"chat.completion","choices":[]}`)
 
+/** The limit's lines (`LEVEL message`), as the logger it gives writes them. */
+const limitLines = () => {
+  const lines: Array<string> = []
+  const logger = Logger.make(({ logLevel, message }) => {
+    const text = String(message)
+    if (text.includes("concurrency limit")) lines.push(`${logLevel.label} ${text}`)
+  })
+  return { lines, logger }
+}
+
 describe("an upstream's concurrency limit lines", () => {
   it.scoped("say an overload's start at once, then at most one decrease and one raise per 10 s, and the floor once a minute", () => {
-    const lines: Array<string> = []
-    const logger = Logger.make(({ logLevel, message }) => {
-      const text = String(message)
-      if (text.includes("concurrency limit")) lines.push(`${logLevel.label} ${text}`)
-    })
+    const { lines, logger } = limitLines()
     return Effect.gen(function*() {
       const upstream = yield* scriptedUpstream({ answer, maxConcurrency: 16, probeInterval: Duration.seconds(1) })
       let requests = 0
@@ -54,11 +60,7 @@ describe("an upstream's concurrency limit lines", () => {
 
 describe("an upstream whose limit goes back and forth at its ceiling", () => {
   it.scoped("says it once each way per 10 s, however often", () => {
-    const lines: Array<string> = []
-    const logger = Logger.make(({ logLevel, message }) => {
-      const text = String(message)
-      if (text.includes("concurrency limit")) lines.push(`${logLevel.label} ${text}`)
-    })
+    const { lines, logger } = limitLines()
     return Effect.gen(function*() {
       const upstream = yield* scriptedUpstream({ answer, maxConcurrency: 2, probeInterval: Duration.seconds(1) })
       let requests = 0

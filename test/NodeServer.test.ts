@@ -5,6 +5,7 @@
  * answered once it has started; an answer given before the body was read reaches a client still sending it; a
  * shutdown that cuts a request short waits for its handler's clean-up.
  */
+import type * as HttpApp from "@effect/platform/HttpApp"
 import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
 import * as HttpServer from "@effect/platform/HttpServer"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
@@ -372,39 +373,38 @@ describe("the node server", () => {
         expect(yield* Effect.all([status("/held"), status("/held"), status("/held"), status("/held")], { concurrency: 4 })).toEqual([200, 200, 200, 200])
       }), 20_000)
 
-    it.scopedLive("a client that hangs up before its answer: the request's handling ends (the platform waited for ever to send it an answer)", () =>
+    /**
+     * `clients` requests to `app` (on a node server, inside `servedInTurn`) from clients that take none of their answer
+     * and hang up after `hangUpMs`: how many of the requests' handlings (the answer's sending included) have ended
+     * `waitMs` later.
+     */
+    const hungUp = (app: HttpApp.Default, clients: number, hangUpMs: number, waitMs: number) =>
       Effect.gen(function*() {
         let ended = 0
-        const slow = Effect.as(Effect.sleep("200 millis"), HttpServerResponse.text("late"))
-        const served = HttpServer.serve(slow, HttpMiddleware.make((inner) => Effect.ensuring(servedInTurn(inner), Effect.sync(() => void ended++))))
+        const served = HttpServer.serve(app, HttpMiddleware.make((inner) => Effect.ensuring(servedInTurn(inner), Effect.sync(() => void ended++))))
         const context = yield* Layer.build(served.pipe(Layer.provideMerge(makeNodeServer({ host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" }))))
         const port = Number(new URL(yield* Effect.provide(baseUrl, context)).port)
-        for (let i = 0; i < 10; i++) {
-          const socket = connect(port, "127.0.0.1")
+        for (let i = 0; i < clients; i++) {
+          const socket = connect(port, "127.0.0.1").pause()
           socket.on("error", () => {})
-          socket.write(`GET /slow HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`)
-          setTimeout(() => socket.destroy(), 30)
+          socket.write(`GET / HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`)
+          setTimeout(() => socket.destroy(), hangUpMs)
         }
-        yield* Effect.sleep("800 millis")
-        expect(ended).toBe(10)
+        yield* Effect.sleep(Duration.millis(waitMs))
+        return ended
+      })
+
+    it.scopedLive("a client that hangs up before its answer: the request's handling ends (the platform waited for ever to send it an answer)", () =>
+      Effect.gen(function*() {
+        const slow = Effect.as(Effect.sleep("200 millis"), HttpServerResponse.text("late"))
+        expect(yield* hungUp(slow, 10, 30, 800)).toBe(10)
       }), 20_000)
 
     it.scopedLive("a client that hangs up during a streamed answer: the request's handling ends (its stream waited for a 'drain' for ever)", () =>
       Effect.gen(function*() {
-        let ended = 0
         const chunk = new Uint8Array(64 * 1024)
         const streamed = Effect.succeed(HttpServerResponse.stream(Stream.repeatValue(chunk).pipe(Stream.take(2000))))
-        const served = HttpServer.serve(streamed, HttpMiddleware.make((inner) => Effect.ensuring(servedInTurn(inner), Effect.sync(() => void ended++))))
-        const context = yield* Layer.build(served.pipe(Layer.provideMerge(makeNodeServer({ host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" }))))
-        const port = Number(new URL(yield* Effect.provide(baseUrl, context)).port)
-        for (let i = 0; i < 5; i++) {
-          const socket = connect(port, "127.0.0.1").pause() // takes none of it: the stream waits for room
-          socket.on("error", () => {})
-          socket.write(`GET /download HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`)
-          setTimeout(() => socket.destroy(), 300)
-        }
-        yield* Effect.sleep("1500 millis")
-        expect(ended).toBe(5)
+        expect(yield* hungUp(streamed, 5, 300, 1500)).toBe(5)
       }), 20_000)
 
     it.scopedLive(`more than ${MOST_WAITING} pipelined requests waiting: the connection is closed, said once a minute`, () =>
