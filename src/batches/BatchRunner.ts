@@ -107,7 +107,10 @@ export const make = Effect.gen(function*() {
 
   const load = (id: BatchId) => store.get(id, "all").pipe(Effect.orDie)
 
-  /** Whether the upstream of `model` (for `project`) holds every call now though it is up (a `Retry-After` pause, a full queue). */
+  /**
+   * Whether the upstream of `model` (for `project`) holds every call now though it is up (a `Retry-After` pause, a
+   * full queue).
+   */
   const heldFor = (model: string | null, project: string) => () => inference.isHeld?.(model, project) ?? false
   /** Completes once `held()` is `wanted`, looked at every `HELD_CHECK` (held never, without `isHeld` to ask). */
   const heldBecomes = (held: () => boolean, wanted: boolean) =>

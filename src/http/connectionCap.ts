@@ -8,12 +8,10 @@
 import { Effect, Layer, Runtime } from "effect"
 import { readFileSync } from "node:fs"
 import type { Server } from "node:http"
-import { saidWithin } from "../observability/saidWithin.js"
+import { ONCE_A_MINUTE_MS, saidWithin } from "../observability/saidWithin.js"
 
 /** The default's ceiling: ~70 MB of idle connections. */
 const MOST_BY_DEFAULT = 10_000
-/** How often a full server says so. */
-const SAY_AGAIN_MS = 60_000
 
 /**
  * Half the open files `limits` (`/proc/self/limits`) allows the process (Node raises its soft limit to the hard
@@ -40,7 +38,7 @@ export const capConnections = (server: Server, max: number) =>
     const runFork = Runtime.runFork(yield* Effect.runtime<never>())
     const due = saidWithin()
     const onDrop = () => {
-      if (!due("drop", Date.now(), SAY_AGAIN_MS)) return
+      if (!due("drop", Date.now(), ONCE_A_MINUTE_MS)) return
       runFork(Effect.annotateLogs(
         Effect.logWarning(
           `${max} connections open, the most MAX_CONNECTIONS allows: new ones are closed at once (said at most once a minute)`

@@ -23,11 +23,10 @@ import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequ
 import { Effect } from "effect"
 import { IncomingMessage, type ServerResponse } from "node:http"
 import type { Socket } from "node:net"
-import { saidWithin } from "../observability/saidWithin.js"
+import { ONCE_A_MINUTE_MS, saidWithin } from "../observability/saidWithin.js"
 
 /** Requests a connection may have waiting behind the answer it is being sent (no client pipelines near as deep). */
 export const MOST_WAITING = 32
-const SAY_AGAIN_MS = 60_000
 
 /** Each connection's requests waiting for their turn: told when it closes. */
 const waitingOn = new WeakMap<Socket, Set<() => void>>()
@@ -75,7 +74,7 @@ export const servedInTurn = <E, R>(app: Effect.Effect<HttpServerResponse.HttpSer
     if (response.socket !== null) return endedWithConnection(response, connection, app) // the usual case: no answer ahead of it
     if ((waitingOn.get(connection)?.size ?? 0) >= MOST_WAITING) {
       connection.destroy()
-      const said = due("pipelined", Date.now(), SAY_AGAIN_MS)
+      const said = due("pipelined", Date.now(), ONCE_A_MINUTE_MS)
         ? Effect.annotateLogs(
           Effect.logWarning(
             `A connection sent more than ${MOST_WAITING} requests without waiting for their answers: closed ` +

@@ -3,6 +3,9 @@
  * key, a `Retry-After`) is said once, then again only after its interval, not once per request.
  */
 
+/** How often a line said "at most once a minute" is. */
+export const ONCE_A_MINUTE_MS = 60_000
+
 /** `due(key, now, every)`: whether a line of kind `key` is to be said at `now` (epoch ms); if so, it counts as said. */
 export const saidWithin = () => {
   const saidAt = new Map<string, number>()

@@ -38,7 +38,7 @@ import { type Clock, Deferred, Duration, Effect, Exit, FiberId, Option } from "e
 import { echo } from "../domain/Text.js"
 import { retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "../inference/answers.js"
 import type { FailureKind } from "../inference/UpstreamHttpClient.js"
-import { saidWithin } from "../observability/saidWithin.js"
+import { ONCE_A_MINUTE_MS, saidWithin } from "../observability/saidWithin.js"
 import type { AdaptiveLimit } from "./adaptiveLimit.js"
 import type { Admission, Ticket } from "./Admission.js"
 import type { Outage } from "./outage.js"
@@ -52,8 +52,6 @@ export const OUTAGE_AFTER = 5
  * the calls sent before), and those are the overload's, not the request's; beyond them, a refusal counts.
  */
 const SPARED_OVERLOADS = 3
-/** A misconfiguration that can come and go (a refused key, a redirect), or a `Retry-After` pause, is said at most this often. */
-const SAY_AGAIN_MS = 60_000
 /**
  * Changes of the limit are logged at most this often, decreases and increases each, the first after a quiet spell
  * at once (an upstream that refuses a call now and then keeps its limit moving: a soak's three nodes logged 8,600
@@ -166,7 +164,7 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
       const now = clock.unsafeCurrentTimeMillis()
       // The limit doing its work is news, not a warning (a flaky server halved it 150 times a minute, 98 % of the
       // warnings); one at its floor, which cannot absorb more, is.
-      const floor = limit.atFloor && due("floor", now, SAY_AGAIN_MS)
+      const floor = limit.atFloor && due("floor", now, ONCE_A_MINUTE_MS)
       if (!floor && now - lastDecreaseLog < LIMIT_LOG_INTERVAL_MS) {
         unsaidDecreases++
         return Effect.void
@@ -239,7 +237,7 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
         const capped = ms < asked ? ` (it asked ${Duration.format(Duration.millis(asked))}: INFERENCE_RETRY_MAX_DELAY)` : ""
         return Effect.zipRight(
           gate.pauseUntil(clock.unsafeCurrentTimeMillis() + ms),
-          say("retry-after", SAY_AGAIN_MS, () =>
+          say("retry-after", ONCE_A_MINUTE_MS, () =>
             `Upstream ${spec.name} answered ${status} with Retry-After: no call goes to it for ` +
             `${Duration.format(Duration.millis(ms))}${capped}`, Effect.logWarning)
         )
@@ -264,11 +262,11 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
         `URL (${spec.baseUrl}): it must include the API's version path, as in http://host:8000/v1.`)
     }
     if (status === 401 || status === 403) {
-      return say(`auth ${endpoint}`, SAY_AGAIN_MS, () =>
+      return say(`auth ${endpoint}`, ONCE_A_MINUTE_MS, () =>
         `Upstream ${spec.name} answered ${status} to ${target}: it refuses the call's credentials. Check its api_key (or api_key_env) and headers.`)
     }
     const location = headers["location"]
-    return say(`redirect ${endpoint}`, SAY_AGAIN_MS, () =>
+    return say(`redirect ${endpoint}`, ONCE_A_MINUTE_MS, () =>
       `Upstream ${spec.name} answered ${status} to ${target}` +
       `${location === undefined ? "" : `, pointing to ${echo(location, 200)}`}: redirects are not followed. Set its base URL to where it points.`)
   }
