@@ -3,8 +3,9 @@
  * (`upstreams/UpstreamSpec.ts`: the first whose models name it, or `"*"`, among those open to the batch's project)
  * and returns the upstream's status and JSON body as they are. Each upstream's calls pass its admission
  * (`upstreams/Upstream.ts`: adaptive concurrency shared by every batch on the node, `Retry-After` pauses, outages
- * that pause instead of failing); here are the retries: 408/5xx, timeouts and lost connections with exponential backoff and jitter, honouring `Retry-After`,
- * never waiting past the caller's deadline; interrupting the caller aborts the HTTP request.
+ * that pause instead of failing); here are the retries: 408/5xx, timeouts and lost connections with exponential
+ * backoff and jitter, honouring `Retry-After`, never waiting past the caller's deadline; interrupting the caller
+ * aborts the HTTP request.
  *
  * Each attempt is bounded in time (the upstream's `timeout`, else `INFERENCE_TIMEOUT`, from sending to the answer's
  * last byte) and in size (`INFERENCE_MAX_RESPONSE_BYTES`, refused as soon as the answer passes it). A 2xx answer
