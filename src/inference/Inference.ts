@@ -20,10 +20,11 @@ import { requestId } from "../domain/Ids.js"
 import { Metrics } from "../observability/Metrics.js"
 import { makeFractionPicker, type TracedCall, traceUpstreamCall, UpstreamCallTracing, upstreamIdentity } from "../observability/upstreamCallSpans.js"
 import type { Attempt } from "../upstreams/judge.js"
-import { makeUpstream, type Upstream } from "../upstreams/Upstream.js"
+import { makeUpstream } from "../upstreams/Upstream.js"
 import { admits, servesAnyModel, shadowedModels, type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
 import { type HandBack, HandedBack, retryAfterMillis, unlessHandedBack, UpstreamFailure, type UpstreamResponse } from "./answers.js"
 import { AnswerMemory, currentAnswerHold } from "./answerMemory.js"
+import { makeRouteTable } from "./routeTable.js"
 import { makeRouteWait } from "./routeWait.js"
 import * as UpstreamHttpClient from "./UpstreamHttpClient.js"
 
@@ -110,17 +111,6 @@ export interface InferenceShape {
 
 export class Inference extends Context.Tag("Inference")<Inference, InferenceShape>() {}
 
-/** Whether `upstream` is known to serve `model`: it names it, or serves `"*"` and its list has it. */
-const knownToServe = (upstream: Upstream, model: string) =>
-  upstream.spec.models.includes(model) ||
-  (servesAnyModel(upstream.spec) && Option.exists(upstream.listed(), (ids) => ids.includes(model)))
-
-/** Whether `upstream` serves any model and gives no list to go by (not reached yet, or it answers without one). */
-const servesUnlisted = (upstream: Upstream) => servesAnyModel(upstream.spec) && Option.isNone(upstream.listed())
-
-/** Whether `upstream` serves any model and has never answered its `GET /models` (down since start): it may serve any. */
-const notReachedYet = (upstream: Upstream) => servesUnlisted(upstream) && !upstream.modelsAnswered()
-
 /** The Inference over the configured upstreams, each with the `HttpClient` that `clientFor` gives it. */
 export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClient) =>
   Effect.gen(function*() {
@@ -140,7 +130,7 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
       scope: yield* Effect.scope
     })
     const listChanged = () => {
-      routes.clear()
+      routes.forget()
       routeWait.listChanged()
     }
     const upstreams = yield* Effect.forEach(specs, (spec) =>
@@ -156,27 +146,8 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
     /** Which calls get a span (`observability/upstreamCallSpans.ts`); undefined when none does: a call then costs one test. */
     const pickTraced = makeFractionPicker((yield* UpstreamCallTracing).fraction)
 
-    /**
-     * The upstream serving `model` for `project`, among those open to it, in the file's order: the first known to
-     * serve it, or serving any model and never reached yet (down since start: its batches wait for it), else the
-     * first serving any model that answers without a list. Not the first known to serve it wherever it is in the
-     * file: a model then went to a later upstream (a paid one, elsewhere) or not depending on which answered at
-     * start. Remembered only when known (forgotten whenever an upstream's list changes), by project only when some
-     * upstream is not open to every one. A request naming no model (a moderation may leave it out, for the
-     * upstream's default) goes to the first serving any model, else to the first upstream.
-     */
-    const routes = new Map<string, Upstream | undefined>()
-    const byProject = specs.some((spec) => spec.projects !== undefined)
-    const route = (model: string | null | undefined, project?: string): Upstream | undefined => {
-      const open = (u: Upstream) => admits(u.spec, project)
-      if (model == null) return upstreams.find((u) => open(u) && servesAnyModel(u.spec)) ?? upstreams.find(open)
-      const key = byProject ? `${project ?? ""}\u0000${model}` : model
-      if (routes.has(key)) return routes.get(key)
-      const first = upstreams.find((u) => open(u) && (knownToServe(u, model) || notReachedYet(u))) ??
-        upstreams.find((u) => open(u) && servesUnlisted(u))
-      if (first === undefined || knownToServe(first, model)) routes.set(key, first)
-      return first
-    }
+    const routes = makeRouteTable(upstreams, specs)
+    const route = routes.route
     /**
      * Completes once the upstream serving `model` is up. A batch whose model no upstream serves any more (the
      * upstreams file changed since it was validated, a `"*"` upstream's list lost it) waits, as in an outage, rather

@@ -1,0 +1,47 @@
+/** Routing a model to an upstream, and what the route table keeps whatever model names clients send. */
+import { describe, expect, it } from "@effect/vitest"
+import { Either, Option } from "effect"
+import { defaults } from "../src/Config.js"
+import { makeRouteTable } from "../src/inference/routeTable.js"
+import { resolveEntries, type UpstreamSpec } from "../src/upstreams/UpstreamSpec.js"
+
+const specsOf = (entries: ReadonlyArray<unknown>): ReadonlyArray<UpstreamSpec> =>
+  Either.getOrThrow(resolveEntries(entries, defaults, {}))
+
+/** An upstream as routing sees it: `listed` is its `GET /models` list (undefined: it gave none). */
+const upstream = (spec: UpstreamSpec, listed?: ReadonlyArray<string>) => ({
+  spec,
+  listed: () => Option.fromNullable(listed),
+  modelsAnswered: () => listed !== undefined
+})
+
+describe("route table", () => {
+  const specs = specsOf([
+    { name: "llama", base_url: "http://a.test/v1", models: ["llama"] },
+    { name: "team", base_url: "http://b.test/v1", models: ["*"], projects: ["team"] },
+    { name: "any", base_url: "http://c.test/v1", models: ["*"] }
+  ])
+  const [llama, team, any] = [upstream(specs[0]!), upstream(specs[1]!, ["mistral"]), upstream(specs[2]!, ["qwen"])]
+  const make = () => makeRouteTable([llama, team, any], specs)
+
+  it("routes by the first upstream, open to the project, that serves the model", () => {
+    const table = make()
+    expect(table.route("llama", "p")).toBe(llama)
+    expect(table.route("mistral", "team")).toBe(team)
+    expect(table.route("mistral", "other")).toBeUndefined()
+    expect(table.route("qwen", "team")).toBe(any)
+    expect(table.route(null, "team")).toBe(team)
+    expect(table.route(null, "other")).toBe(any)
+  })
+
+  it("keeps no route for model names no upstream lists, however many are asked", () => {
+    const table = make()
+    for (let i = 0; i < 10_000; i++) expect(table.route(`random-${i}`, `project-${i % 7}`)).toBeUndefined()
+    expect(table.remembered()).toBe(0)
+    table.route("llama", "p")
+    table.route("qwen", "p")
+    expect(table.remembered()).toBe(2)
+    table.forget()
+    expect(table.remembered()).toBe(0)
+  })
+})
