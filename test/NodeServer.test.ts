@@ -102,7 +102,7 @@ describe("the node server", () => {
       }).pipe(Effect.scoped), 20_000)
   })
 
-  it.scopedLive("a request Node refuses (an unknown expectation, HTTP/1.1 without Host or with two, too) is answered in the error envelope; one whose headers stop coming, at the headers' timeout", () =>
+  it.scopedLive("a request Node refuses (an unknown expectation, HTTP/1.1 without Host or with two, too), or that a proxy could read otherwise, or a CONNECT, is answered in the error envelope; one whose headers stop coming, at the headers' timeout", () =>
     Effect.gen(function*() {
       const context = yield* Layer.build(HttpServer.serve(HttpServerResponse.text("ok")).pipe(
         // Not a whole number of milliseconds once divided for Node's check interval: Node throws on those (rounded).
@@ -123,7 +123,7 @@ describe("the node server", () => {
           socket.write(bytes)
         })
       const envelope = (text: string) => JSON.parse(text.slice(text.indexOf("\r\n\r\n") + 4)).error
-      const [stalled, silent, oversized, notHttp, expecting, hostless, http10, twoHosts] = yield* Effect.all([
+      const [stalled, silent, oversized, notHttp, expecting, hostless, http10, twoHosts, twoKeys, gzipped, tunnel, chunked] = yield* Effect.all([
         exchange(`GET /v1/files HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nX-Half: `), // and no more: held for ever before
         exchange(""),
         exchange(`GET /${"x".repeat(20 * 1024)} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`),
@@ -131,8 +131,25 @@ describe("the node server", () => {
         exchange(`POST /v1/batches HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\nExpect: foo\r\n\r\n{}`),
         exchange("GET / HTTP/1.1\r\nConnection: close\r\n\r\n"),
         exchange("GET / HTTP/1.0\r\n\r\n"),
-        exchange("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nhost: evil.example\r\nConnection: close\r\n\r\n")
+        exchange("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nhost: evil.example\r\nConnection: close\r\n\r\n"),
+        exchange("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer a\r\nauthorization: Bearer b\r\n\r\n"),
+        exchange("POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"),
+        exchange("CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"),
+        exchange("POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
       ], { concurrency: "unbounded" })
+      expect(chunked.text).toMatch(/^HTTP\/1\.1 200 OK\r\n/)
+      // Node keeps the first of two keys, a proxy that checked one may have read the last; and it takes the chunks
+      // apart and leaves the gzip undone, so the body read would not be the one sent.
+      expect(twoKeys.text).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/)
+      expect(envelope(twoKeys.text)).toMatchObject({ message: "The request has more than one Authorization header.", code: "invalid_http_request" })
+      expect(gzipped.text).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/)
+      expect(envelope(gzipped.text)).toMatchObject({
+        message: "The request's Transfer-Encoding 'gzip, chunked' is not supported: send the body as it is, chunked or with a Content-Length.",
+        code: "invalid_http_request"
+      })
+      // Node closes a CONNECT's connection unanswered when nothing listens for it.
+      expect(tunnel.text).toMatch(/^HTTP\/1\.1 405 Method Not Allowed\r\n/)
+      expect(envelope(tunnel.text)).toMatchObject({ message: "CONNECT is not supported: this server is not a proxy.", code: "method_not_allowed" })
       expect(http10.text).toMatch(/^HTTP\/1\.1 200 OK\r\n/) // HTTP/1.0 needs no Host
       // HTTP/1.1 without Host: refused before the app sees it, in the envelope (Node's own answer has no body).
       expect(hostless.text).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/)
@@ -161,7 +178,7 @@ describe("the node server", () => {
       expect(envelope(oversized.text).code).toBe("request_header_fields_too_large")
       expect(notHttp.text).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/)
       // Each with a request id, as every answer has.
-      for (const refused of [stalled, oversized, notHttp, expecting, hostless, twoHosts]) expect(refused.text).toMatch(/\r\nx-request-id: req_[0-9a-f]{32}\r\n/)
+      for (const refused of [stalled, oversized, notHttp, expecting, hostless, twoHosts, twoKeys, gzipped, tunnel]) expect(refused.text).toMatch(/\r\nx-request-id: req_[0-9a-f]{32}\r\n/)
       expect(envelope(notHttp.text)).toMatchObject({ type: "invalid_request_error", code: "invalid_http_request" })
       expect(expecting.text).toMatch(/^HTTP\/1\.1 417 Expectation Failed\r\n/)
       expect(envelope(expecting.text)).toEqual({

@@ -2,7 +2,8 @@
  * Requests Node refuses before any handler sees them (a request line or headers over 16 KiB, headers that did not
  * arrive within the headers' timeout, bytes that are not HTTP, an `Expect` other than `100-continue`) answered in
  * OpenAI's error envelope, as every other refusal, instead of Node's bare status line; then the connection is
- * closed, as Node does; and an HTTP/1.1 request without `Host` (or with two), which Node refuses (or not) itself.
+ * closed, as Node does; an HTTP/1.1 request without `Host` (or with two), which Node refuses (or not) itself; and
+ * the requests Node passes on that the app must not read as it would a plain one (`refuseAmbiguous`, `CONNECT`).
  */
 import { type IncomingMessage, maxHeaderSize, type Server, type ServerResponse } from "node:http"
 import type { Duplex } from "node:stream"
@@ -58,7 +59,15 @@ export const answerClientErrors = (server: Server): void => {
       answer(response, 417, "expectation_failed", "The Expect header's only supported value is 100-continue.")
     })
   }
-  refuseHostless(server)
+  refuseAmbiguous(server)
+  // Node hands a `CONNECT` (a proxy's tunnel) to this event's listeners, and without one closes the connection
+  // unanswered. The socket is then the listener's: Node has taken its own error listener off it.
+  if (server.listenerCount("connect") === 0) {
+    server.on("connect", (_request: IncomingMessage, socket: Duplex) => {
+      socket.on("error", () => socket.destroy())
+      socket.end(refusal(405, "Method Not Allowed", "method_not_allowed", "CONNECT is not supported: this server is not a proxy."))
+    })
+  }
 }
 
 const answer = (response: ServerResponse, status: number, code: string, message: string) => {
@@ -67,24 +76,24 @@ const answer = (response: ServerResponse, status: number, code: string, message:
 }
 
 /**
- * An HTTP/1.1 request without `Host`, and any with more than one, gets a 400 (RFC 9112 §3.2), in the envelope:
- * Node's own check, whose answer has no body, is turned off, and the request stopped where the server emits it,
- * before any listener (the platform's, `holdEarlyRequests`') sees it. An HTTP/1.0 one needs none (health checks such
- * as HAProxy's send none). Node keeps the first of several `Host` headers: which one a proxy in front routed by is
- * not known.
+ * Requests that a proxy in front and this server could read differently get a 400 in the envelope, stopped where
+ * the server emits them, before any listener (the platform's, `holdEarlyRequests`') sees them:
+ * - an HTTP/1.1 request without `Host`, and any with more than one (RFC 9112 §3.2): Node's own check, whose answer
+ *   has no body, is turned off. An HTTP/1.0 one needs none (health checks such as HAProxy's send none). Node keeps
+ *   the first of several `Host` headers: which one a proxy routed by is not known;
+ * - more than one `Authorization`: Node keeps the first, a proxy that checked the key may have read the last;
+ * - a `Transfer-Encoding` other than `chunked` (`gzip, chunked`): Node takes the chunks apart and leaves the rest
+ *   undone, so the body read would not be the one sent.
  */
-const refuseHostless = (server: Server) => {
+const refuseAmbiguous = (server: Server) => {
   ;(server as { requireHostHeader?: boolean }).requireHostHeader = false
   const emit = server.emit
   server.emit = function(this: Server, event: string | symbol, ...args: Array<unknown>): boolean {
     if (event === "request") {
       const [request, response] = args as [IncomingMessage, ServerResponse]
-      if (request.httpVersion === "1.1" && request.headers.host === undefined) {
-        answer(response, 400, "invalid_http_request", "The request has no Host header, which HTTP/1.1 requires.")
-        return true
-      }
-      if (hostHeaders(request.rawHeaders) > 1) {
-        answer(response, 400, "invalid_http_request", "The request has more than one Host header.")
+      const refused = ambiguity(request)
+      if (refused !== undefined) {
+        answer(response, 400, "invalid_http_request", refused)
         return true
       }
     }
@@ -92,8 +101,24 @@ const refuseHostless = (server: Server) => {
   } as Server["emit"]
 }
 
-const hostHeaders = (raw: ReadonlyArray<string>) => {
+/** Why `request` is refused (see `refuseAmbiguous`), or undefined. */
+const ambiguity = (request: IncomingMessage): string | undefined => {
+  if (request.httpVersion === "1.1" && request.headers.host === undefined) {
+    return "The request has no Host header, which HTTP/1.1 requires."
+  }
+  const raw = request.rawHeaders
+  if (countNamed(raw, "host") > 1) return "The request has more than one Host header."
+  if (countNamed(raw, "authorization") > 1) return "The request has more than one Authorization header."
+  const coding = request.headers["transfer-encoding"]
+  if (coding !== undefined && coding.trim().toLowerCase() !== "chunked") {
+    return `The request's Transfer-Encoding '${coding.slice(0, 64)}' is not supported: send the body as it is, chunked or with a Content-Length.`
+  }
+  return undefined
+}
+
+/** How many of `raw`'s headers (name, value, name, value…) are named `name` (lower case). */
+const countNamed = (raw: ReadonlyArray<string>, name: string) => {
   let count = 0
-  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === 4 && raw[i]!.toLowerCase() === "host") count++
+  for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === name.length && raw[i]!.toLowerCase() === name) count++
   return count
 }
