@@ -153,7 +153,10 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
       expectEnvelope(yield* upload({ purpose: "batch" }), 400, { param: "file", code: "missing_required_parameter" })
       expectEnvelope(yield* upload({ purpose: "batch", file: "not a file" }), 400, { param: "file" })
       expectEnvelope(yield* upload({ purpose: "batch" }, { ...jsonl, name: "in.csv" }), 400, { param: "file", code: "invalid_file_format" })
-      expectEnvelope(yield* upload({ purpose: "batch", "expires_after[anchor]": "created_at", "expires_after[seconds]": "10" }, jsonl), 400, { param: "expires_after.seconds", code: "invalid_value" })
+      // Too short, and not written as a decimal integer (which `Number` would have read as 3600).
+      for (const seconds of ["10", "0xE10", "3600.0", "3.6e3", " 3600", "+3600"]) {
+        expectEnvelope(yield* upload({ purpose: "batch", "expires_after[anchor]": "created_at", "expires_after[seconds]": seconds }, jsonl), 400, { param: "expires_after.seconds", code: "invalid_value" })
+      }
       expectEnvelope(yield* upload({ purpose: "batch", "expires_after[seconds]": "7200" }, jsonl), 400, { param: "expires_after.anchor", code: "missing_required_parameter" })
       // The expiry misspelled would be ignored, and the file never expire: refused instead.
       for (const misspelled of [{ "expires_after.seconds": "3600", "expires_after.anchor": "created_at" }, { expires_after: "{\"anchor\":\"created_at\",\"seconds\":3600}" }]) {

@@ -127,7 +127,8 @@ export const parseUploadForm = (
       )
     )
   }
-  const n = seconds === undefined ? NaN : Number(seconds)
+  // Decimal digits only: `Number` also reads `0xE10`, `3600.0`, `3.6e3` and ` 3600 `.
+  const n = seconds !== undefined && /^[0-9]{1,10}$/.test(seconds) ? Number(seconds) : NaN
   if (!Number.isInteger(n) || n < MIN_EXPIRES_AFTER_SECONDS || n > MAX_EXPIRES_AFTER_SECONDS) {
     return Either.left(
       invalidRequest(
