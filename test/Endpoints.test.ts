@@ -104,10 +104,11 @@ describe("batch endpoints", () => {
         const moderations = yield* run(openai, [
           line("m-1", "/v1/moderations", { input: "fine" }),
           line("m-2", "/v1/moderations", { model: "sim-model" }),
-          line("m-3", "/v1/moderations", { input: "x", model: 42 })
+          line("m-3", "/v1/moderations", { input: "x", model: 42 }),
+          line("m-4", "/v1/moderations", { input: "x", model: null })
         ], "/v1/moderations")
         expect(moderations.status).toBe("failed")
-        expect(problems(moderations)).toEqual([[2, "invalid_request", "body.input"], [3, "invalid_request", "body.model"]])
+        expect(problems(moderations)).toEqual([[2, "invalid_request", "body.input"], [3, "invalid_request", "body.model"], [4, "invalid_request", "body.model"]])
 
         const images = yield* run(openai, [
           line("i-1", "/v1/images/generations", { model: "sim-model" }),

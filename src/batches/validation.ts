@@ -338,7 +338,8 @@ export const validateLine = (text: string, endpoint: BatchEndpoint): InvalidLine
         if (problem !== undefined) problems.push(problem)
       }
     }
-    if (body.model != null && !required.some(([field]) => field === "model")) {
+    // Optional, but not null: OpenAI refuses a null model, and an upstream reads it as its default or refuses it.
+    if (body.model !== undefined && !required.some(([field]) => field === "model")) {
       const problem = fieldProblem("model", "string", body.model)
       if (problem !== undefined) problems.push(problem)
     }
