@@ -52,7 +52,8 @@ describe("input validation fold", () => {
       ...lines([request("a"), "not json", request("a"), request("b", "other")]),
       { _tag: "TooLong", line: 5 },
       { _tag: "NotUtf8", line: 6 },
-      { _tag: "Line", line: 7, text: deep }
+      { _tag: "Line", line: 7, text: deep },
+      ...lines(['"a"', "[]"]).map((item) => ({ ...item, line: item.line + 7 }))
     ]
     const state = fold(items)
     expect(Input.takeRows(state)).toEqual([])
@@ -64,7 +65,10 @@ describe("input validation fold", () => {
       [4, "model_mismatch", expect.any(String)],
       [5, "invalid_request", "This line is longer than 64 bytes."],
       [6, "invalid_json_line", "This line is not valid UTF-8 text."],
-      [7, "invalid_json_line", "This line's JSON is nested more than 64 levels deep."]
+      [7, "invalid_json_line", "This line's JSON is nested more than 64 levels deep."],
+      // JSON, but not an object: said so, rather than "not parseable".
+      [8, "invalid_json_line", `This line is a string, not a JSON object: each line is one request, {"custom_id", "method", "url", "body"}.`],
+      [9, "invalid_json_line", `This line is an array, not a JSON object: each line is one request, {"custom_id", "method", "url", "body"}.`]
     ])
     // 64 deep (62 arrays) is a request like any other.
     const deepest = request("e").replace(`"messages":[]`, `"messages":[],"x":${"[".repeat(62)}${"]".repeat(62)}`)

@@ -272,10 +272,14 @@ export const validateLine = (text: string, endpoint: BatchEndpoint): InvalidLine
   try {
     parsed = JSON.parse(text)
   } catch {
-    parsed = undefined
+    return invalid({ code: "invalid_json_line", param: null, message: "This line is not parseable as valid JSON." })
   }
   if (!isJsonObject(parsed)) {
-    return invalid({ code: "invalid_json_line", param: null, message: "This line is not parseable as valid JSON." })
+    return invalid({
+      code: "invalid_json_line",
+      param: null,
+      message: `This line is ${typeName(parsed)}, not a JSON object: each line is one request, {"custom_id", "method", "url", "body"}.`
+    })
   }
   const problems: Array<Problem> = []
   for (const field of ["custom_id", "method", "url", "body"] as const) {
