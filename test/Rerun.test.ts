@@ -159,7 +159,7 @@ for (const backend of backends) describe(`rerun (${backend})`, () => {
         const empty = yield* failure(() => postRetry(openai, batch.id, { only: [] }))
         expect([empty.status, empty.error.param]).toEqual([400, "only"])
         const unknown = yield* failure(() => postRetry(openai, batch.id, { only: ["timeout"] }))
-        expect(unknown.status).toBe(400)
+        expect([unknown.status, unknown.error.param]).toEqual([400, "only[0]"])
       }))
 
     it.effect("nothing to rerun: a batch that failed validation, whose requests all succeeded, or whose input is gone", () =>

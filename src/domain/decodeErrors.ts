@@ -41,11 +41,15 @@ const actualType = (message: string): string | undefined => {
   }
 }
 
+/** A parameter's path as OpenAI writes it: `metadata.key`, `only[0]`. */
+const paramName = (path: ReadonlyArray<PropertyKey>) =>
+  path.reduce<string>((name, key, i) => (typeof key === "number" ? `${name}[${key}]` : i === 0 ? String(key) : `${name}.${String(key)}`), "")
+
 /** `HttpApiDecodeError` → 400 naming the first offending parameter. */
 export const fromDecodeError = (e: HttpApiError.HttpApiDecodeError): ApiError => {
   const issue = e.issues[0]
   if (issue === undefined) return invalidRequest(e.message)
-  const param = issue.path.length > 0 ? issue.path.map(String).join(".") : null
+  const param = issue.path.length > 0 ? paramName(issue.path) : null
   if (issue._tag === "Missing" && param !== null) {
     return invalidRequest(`Missing required parameter: '${param}'.`, param, "missing_required_parameter")
   }
