@@ -10,7 +10,7 @@ import { Effect, Option, Redacted } from "effect"
 import OpenAI from "openai"
 import { createBatch, chatLine, terminal, upload, waitFor } from "./support/Batches.js"
 import { defaults } from "../src/Config.js"
-import { listeningLine } from "../src/observability/Lifecycle.js"
+import { listeningLine, upstreamProjectsWithoutKey } from "../src/observability/Lifecycle.js"
 import { Simulators, testAppWithUpstreams } from "./support/Upstreams.js"
 import { baseUrl } from "./support/TestApp.js"
 
@@ -68,6 +68,17 @@ layer(app, { excludeTestServices: true })("an upstream open to some projects onl
       expect(refused.errors?.data?.[0]).toMatchObject({ code: "model_not_found", param: "body.model" })
       expect(paid!.stats.requests).toBe(sentToPaid)
     }))
+
+  it("an upstream open to a project no key belongs to is found (a misspelt project)", () => {
+    const upstreams = [{ name: "paid", projects: ["research", "reserch"] }, { name: "local", projects: undefined }, { name: "ops", projects: ["key-0123456789ab"] }]
+    expect(upstreamProjectsWithoutKey(upstreams, true, ["research", "other", "key-0123456789ab"])).toEqual([{ upstream: "paid", projects: ["reserch"] }])
+    // Without keys, every request is the one local project's.
+    expect(upstreamProjectsWithoutKey(upstreams, false, [])).toEqual([
+      { upstream: "paid", projects: ["research", "reserch"] },
+      { upstream: "ops", projects: ["key-0123456789ab"] }
+    ])
+    expect(upstreamProjectsWithoutKey([{ name: "mine", projects: ["default"] }], false, [])).toEqual([])
+  })
 
   it("the listening line says which projects an upstream serves", () => {
     const paid = { name: "paid", baseUrl: "https://api.example/v1", models: ["model-p"], maxConcurrency: 8, loadAware: Option.none(), projects: ["research"] }

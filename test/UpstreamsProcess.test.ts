@@ -1,7 +1,8 @@
 /**
  * The server process with an `UPSTREAMS_FILE`, as an operator runs it: the start-up probe logs each upstream's
  * state and models, a base URL without its `/v1` is reported, an `https` upstream is reached through
- * `HTTPS_PROXY` (the proxy sees the tunnel), and each model's batch goes to its upstream.
+ * `HTTPS_PROXY` (the proxy sees the tunnel), each model's batch goes to its upstream, and an upstream open to a
+ * project no request can come from is reported.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
@@ -46,6 +47,10 @@ describe("the server with an upstreams file", () => {
       "  - name: typo",
       `    base_url: ${plain.url}`,
       "    models: [model-aa]",
+      "  - name: closed",
+      `    base_url: ${plain.url}`,
+      "    models: [model-z]",
+      "    projects: [research]",
       ""
     ].join("\n"))
     server = await startServer({
@@ -70,6 +75,8 @@ describe("the server with an upstreams file", () => {
       expect(server.output()).toMatch(/Upstream secure at https:\/\/localhost:\d+\/v1 is up; lists 1 model\(s\): model-b/)
       expect(server.output()).toMatch(/Upstream misrouted answered 404 to GET http:\/\/127\.0\.0\.1:\d+\/models: check its base URL/)
       expect(server.output()).toMatch(/Upstream typo does not list 'model-aa', which its entry names/)
+      // Without keys every request is the project 'default': no batch of 'research' can come.
+      expect(server.output()).toContain("Upstream closed is open to 'research', which no request comes from without API keys")
     }, 10_000))
     expect(server.output()).not.toMatch(/Upstream (plain|secure) does not list/)
     expect(server.output()).not.toContain("sk-upstream-secret")

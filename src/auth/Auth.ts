@@ -43,6 +43,8 @@ export interface KeysSummary {
   readonly projects: number
   /** Projects a `webhook:` line names that no key belongs to (misspelt?): no batch of theirs can use it. */
   readonly webhooksWithoutKey: ReadonlyArray<string>
+  /** Every project a key in use belongs to, an operator key's own included (the listening line's checks; not logged). */
+  readonly projectNames: ReadonlyArray<string>
 }
 
 export interface AuthShape {
@@ -152,7 +154,8 @@ const summaryOf = (entries: ReadonlyArray<KeyEntry>, webhooks: ReadonlyArray<Web
     keys: entries.length,
     admins: entries.filter((e) => e.caller.admin).length,
     projects: projects.size,
-    webhooksWithoutKey: webhooks.filter((w) => !projects.has(w.project)).map((w) => w.project)
+    webhooksWithoutKey: webhooks.filter((w) => !projects.has(w.project)).map((w) => w.project),
+    projectNames: [...new Set(entries.map((e) => e.caller.project))]
   }
 }
 
@@ -231,7 +234,7 @@ export const makeAuth = (sources: KeySources): Effect.Effect<AuthShape, ConfigEr
  * The line saying the keys are `loaded` or reloaded (counts only), and a warning for a webhook line no key's project
  * can use: a misspelt project sent its events nowhere (or to `WEBHOOK_URL`) without a word.
  */
-const sayKeys = (what: string, { webhooksWithoutKey, ...counts }: KeysSummary) =>
+const sayKeys = (what: string, { projectNames: _, webhooksWithoutKey, ...counts }: KeysSummary) =>
   Effect.zipRight(
     Effect.logInfo(what).pipe(Effect.annotateLogs({ ...counts })),
     webhooksWithoutKey.length === 0 ? Effect.void : Effect.logWarning(

@@ -7,6 +7,7 @@ import * as HttpServer from "@effect/platform/HttpServer"
 import { Context, Duration, Effect, Layer, Option } from "effect"
 import { Auth } from "../auth/Auth.js"
 import { AppConfig, type AppConfigShape, runsBatches } from "../Config.js"
+import { DEFAULT_PROJECT } from "../domain/Projects.js"
 import { type Proxies, proxiesOf } from "../inference/UpstreamHttpClient.js"
 import { Inference } from "../inference/Inference.js"
 import type { UpstreamSpec } from "../upstreams/UpstreamSpec.js"
@@ -108,6 +109,22 @@ export class ServerShutdownTimeout extends Context.Reference<ServerShutdownTimeo
   defaultValue: (): Option.Option<Duration.Duration> => Option.none()
 }) {}
 
+/**
+ * The projects each upstream is open to (`projects`) that no request can come from: no key belongs to them, or,
+ * without keys, any project but the one local project (`DEFAULT_PROJECT`). A misspelt name left its project's
+ * batches to the other upstreams, or to none, without a word.
+ */
+export const upstreamProjectsWithoutKey = (
+  upstreams: ReadonlyArray<Pick<UpstreamSpec, "name" | "projects">>,
+  keysRequired: boolean,
+  keyProjects: ReadonlyArray<string>
+): ReadonlyArray<{ readonly upstream: string; readonly projects: ReadonlyArray<string> }> =>
+  upstreams.flatMap(({ name, projects }) => {
+    const known = keysRequired ? keyProjects : [DEFAULT_PROJECT]
+    const unknown = (projects ?? []).filter((p) => !known.includes(p))
+    return unknown.length === 0 ? [] : [{ upstream: name, projects: unknown }]
+  })
+
 /** Logs the listening line now, and on release the shutdown line, after readiness has turned 503. */
 export const ServerLifecycleLive: Layer.Layer<
   never,
@@ -125,6 +142,14 @@ export const ServerLifecycleLive: Layer.Layer<
     const address = HttpServer.formatAddress(server.address)
     const { fields, message } = listeningLine(address, config, auth.required, upstreams, tracesUrl, proxiesOf(process.env))
     yield* Effect.annotateLogs(Effect.logInfo(message), fields)
+    const keyProjects = auth.required ? (yield* auth.summary).projectNames : []
+    for (const { projects, upstream } of upstreamProjectsWithoutKey(upstreams ?? [], auth.required, keyProjects)) {
+      yield* Effect.logWarning(
+        `Upstream ${upstream} is open to ${projects.map((p) => `'${p}'`).join(", ")}, which no ` +
+          (auth.required ? "API key belongs to" : "request comes from without API keys (all are the project '${DEFAULT_PROJECT}')") +
+          ": no batch goes to it for them (a misspelt project?)"
+      )
+    }
     const shutdownTimeout = Option.getOrElse(yield* ServerShutdownTimeout, () => config.shutdownTimeout)
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {
