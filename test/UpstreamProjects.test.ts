@@ -6,7 +6,7 @@
  * `model_not_found` for the other project, and nothing is sent to that upstream for it.
  */
 import { expect, layer } from "@effect/vitest"
-import { Effect, Option, Redacted } from "effect"
+import { Duration, Effect, Option, Redacted } from "effect"
 import OpenAI from "openai"
 import { createBatch, chatLine, terminal, upload, waitFor } from "./support/Batches.js"
 import { defaults } from "../src/Config.js"
@@ -22,7 +22,14 @@ const app = testAppWithUpstreams(
     { name: "paid", base_url: paid!.url, models: ["model-p", "model-shared"], projects: ["research"] },
     { name: "local", base_url: local!.url, models: ["*"] }
   ],
-  { apiKeys: [`${KEYS.research}:research`, `${KEYS.other}:other`].map((k) => Redacted.make(k)), adminApiKeys: [Redacted.make(KEYS.admin)] }
+  {
+    apiKeys: [`${KEYS.research}:research`, `${KEYS.other}:other`].map((k) => Redacted.make(k)),
+    adminApiKeys: [Redacted.make(KEYS.admin)],
+    // An outage seen and over within a test.
+    upstreamProbeInterval: Duration.millis(300),
+    inferenceRetryBaseDelay: Duration.millis(100),
+    inferenceRetryMaxDelay: Duration.millis(400)
+  }
 )
 
 const clientOf = (key: string) => Effect.map(baseUrl, (url) => new OpenAI({ baseURL: `${url}/v1`, apiKey: key, maxRetries: 0 }))
@@ -68,6 +75,44 @@ layer(app, { excludeTestServices: true })("an upstream open to some projects onl
       expect(refused.errors?.data?.[0]).toMatchObject({ code: "model_not_found", param: "body.model" })
       expect(paid!.stats.requests).toBe(sentToPaid)
     }))
+
+  it.effect("while it is down, its projects' batches wait for it; another project's batch of the same model runs meanwhile", () =>
+    Effect.gen(function*() {
+      const { local, paid } = yield* Simulators
+      const research = yield* clientOf(KEYS.research)
+      const other = yield* clientOf(KEYS.other)
+      const sentTo = (sim: typeof paid) => sim!.stats.byModel.get("model-shared") ?? 0
+      const [paidBefore, localBefore] = [sentTo(paid), sentTo(local)]
+      yield* Effect.promise(() => paid!.stop())
+      const lines = (prefix: string) => [chatLine(`${prefix}-1`, `${prefix} one`, "model-shared"), chatLine(`${prefix}-2`, `${prefix} two`, "model-shared")]
+      const waiting = yield* createBatch(research, (yield* upload(research, lines("w"))).id)
+      const theirs = yield* waitFor(other, (yield* createBatch(other, (yield* upload(other, lines("t"))).id)).id, terminal)
+      expect(theirs.request_counts).toEqual({ total: 2, completed: 2, failed: 0 })
+      yield* Effect.sleep("1 second")
+      // Not sent to the upstream open to every project, nor failed: it waits for its own.
+      const paused = yield* Effect.promise(() => research.batches.retrieve(waiting.id))
+      expect([paused.status, paused.request_counts]).toEqual(["in_progress", { total: 2, completed: 0, failed: 0 }])
+      expect(sentTo(local)).toBe(localBefore + 2)
+      yield* Effect.promise(() => paid!.start())
+      const done = yield* waitFor(research, waiting.id, terminal, 20_000)
+      expect(done.request_counts).toEqual({ total: 2, completed: 2, failed: 0 })
+      expect([sentTo(paid), sentTo(local)]).toEqual([paidBefore + 2, localBefore + 2])
+
+      // Down mid-run: the batch gives its turn up (one batch at a time here), and the other project's runs meanwhile.
+      const slow = [1, 2, 3].map((i) => chatLine(`s-${i}`, `[sleep:1500] s ${i}`, "model-shared"))
+      const running = yield* createBatch(research, (yield* upload(research, slow)).id)
+      yield* Effect.promise(async () => {
+        while (paid!.stats.inFlight < 3) await new Promise((r) => setTimeout(r, 20))
+      })
+      yield* Effect.promise(() => paid!.stop())
+      const meanwhile = yield* waitFor(other, (yield* createBatch(other, (yield* upload(other, lines("m"))).id)).id, terminal, 10_000)
+      expect(meanwhile.request_counts).toEqual({ total: 2, completed: 2, failed: 0 })
+      const held = yield* Effect.promise(() => research.batches.retrieve(running.id))
+      expect([held.status, held.request_counts?.failed]).toEqual(["in_progress", 0])
+      yield* Effect.promise(() => paid!.start())
+      expect((yield* waitFor(research, running.id, terminal, 20_000)).request_counts).toEqual({ total: 3, completed: 3, failed: 0 })
+      expect(sentTo(local)).toBe(localBefore + 4)
+    }), { timeout: 60_000 })
 
   it("an upstream open to a project no key belongs to is found (a misspelt project)", () => {
     const upstreams = [{ name: "paid", projects: ["research", "reserch"] }, { name: "local", projects: undefined }, { name: "ops", projects: ["key-0123456789ab"] }]
