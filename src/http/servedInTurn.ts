@@ -9,13 +9,15 @@
  *   behind its answer is closed: 48,000 pipelined requests on 16 connections made `/v1/health` wait a minute
  *   behind them (a warning says so, at most once a minute).
  * - A request whose connection closes before its answer has all been sent does not wait for ever to send it. The
- *   platform writes the answer once the handler is done and waits for its 'finish', which Node never gives on a
- *   closed connection; its handlers run uninterruptibly (with the flags of the runtime it captured while its layer
- *   was built), so its own interruption on a client's abort waits for that too. Each such request stayed in memory
- *   for good, its connection's other requests with it (~10 KB for each client that hung up mid-request; 3,000
- *   pipelined requests on 4 connections, closed: 80 MB). Now an answer not begun is ended unsent as the connection
- *   closes (the platform then writes none, once it has interrupted the handler), and one being sent is told it
- *   has finished (Node's own 'finish' work on a closed connection only lets it go).
+ *   platform writes the answer once the handler is done and waits for its 'finish', which Node does not give on a
+ *   closed connection to an answer queued behind another (Node 20), nor to one ended but not all sent (Node 24;
+ *   Node 20 and 22 give that one its 'finish' as the connection closes, and it is left alone). Its handlers run
+ *   uninterruptibly (with the flags of the runtime it captured while its layer was built), so its own interruption
+ *   on a client's abort waits for that too. Each such request stayed in memory for good, its connection's other
+ *   requests with it (~10 KB for each client that hung up mid-request; 3,000 pipelined requests on 4 connections,
+ *   closed: 80 MB). Now an answer not begun is ended unsent as the connection closes (the platform then writes
+ *   none, once it has interrupted the handler), and one being sent is told it has finished, once (Node's own
+ *   'finish' work on a closed connection only lets it go).
  */
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
