@@ -74,7 +74,7 @@ const facts = (b) => {
         tokenLine(usage.output_tokens, "output", usage.output_tokens_details?.reasoning_tokens, "reasoning"),
         h("span", { className: "line" }, `${tokens(usage.total_tokens)} in all`)
       ]
-      : "none yet"),
+      : running ? "none yet" : "none"),
     row("Window", b.completion_window),
     b.expires_at && running ? row("Expires", dateTime(b.expires_at)) : []
   ].flat()

@@ -101,7 +101,7 @@ export const make = Effect.gen(function*() {
         const active = yield* store.activeBatches(caller.project)
         if (active >= max) {
           return yield* rateLimited(
-            `This project has ${active} batches not yet finished, the most it may have at once (${max}). ` +
+            `This project has ${active} ${active === 1 ? "batch" : "batches"} not yet finished, the most it may have at once (${max}). ` +
               "Wait for one to finish, or cancel one, and try again."
           )
         }
