@@ -111,6 +111,22 @@ describe("malformed bodies", () => {
         yield* expectStillServing
       }))
 
+    it.effect("an empty body typed as multipart, a form or text, on each JSON route: 415 at once, nothing made", () =>
+      Effect.gen(function*() {
+        const batches = (yield* send("GET", "/v1/batches?limit=100", {})).json.data.length
+        const types = ["multipart/form-data; boundary=x", "multipart/form-data", "application/x-www-form-urlencoded", "multipart/mixed; boundary=x", "text/plain"]
+        // An empty multipart body failed (a 500) or waited for ever for its boundary; an empty form was read as `{}`.
+        for (const path of ["/v1/batches", "/v1/uploads", "/v1/uploads/upload_abc/complete", "/v1/batches/batch_abc/retry"]) {
+          for (const type of types) {
+            expectEnvelope(yield* send("POST", path, { "content-type": type, "content-length": "0" }, ""), 415, { param: null, code: "unsupported_media_type" })
+          }
+        }
+        yield* expectStillServing
+        expect((yield* send("GET", "/v1/batches?limit=100", {})).json.data.length).toBe(batches)
+        // Without a type, or typed as JSON, an empty body is read as JSON, as before.
+        expectEnvelope(yield* send("POST", "/v1/batches", {}, ""), 400, { param: null, code: "invalid_type" })
+      }))
+
     const notAnObject: ReadonlyArray<readonly [string, string]> = [
       ["an empty body", ""],
       ["an array", "[]"],

@@ -199,13 +199,17 @@ export const boundBodies = (
           (taken) => Effect.sync(() => taken === "taken" && uploads.give(1, by))
         ))
     }
-    if (!hasBody(request)) return app
+    // An empty POST body still picks the route's decoder by its type: an empty multipart one failed (a 500) or
+    // waited for ever for its boundary, and an empty form was read as `{}`.
+    const emptyPost = !hasBody(request) && request.method === "POST" && request.headers["content-type"] !== undefined
+    if (!hasBody(request) && !emptyPost) return app
     if (!isJson(request.headers["content-type"])) {
       return answer(request, envelope(
         invalidRequest("Request bodies must be JSON (Content-Type: application/json).", null, "unsupported_media_type"),
         415
       ))
     }
+    if (emptyPost) return app
     if (Number(request.headers["content-length"] ?? 0) > maxBytes) {
       return answer(request, envelope(tooLarge(maxBytes), 413))
     }
