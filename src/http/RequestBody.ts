@@ -10,13 +10,13 @@ import * as HttpApp from "@effect/platform/HttpApp"
 import * as HttpServerError from "@effect/platform/HttpServerError"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as UrlParams from "@effect/platform/UrlParams"
-import * as NodeStream from "@effect/platform-node/NodeStream"
-import { Context, Data, Duration, Effect, identity, Stream } from "effect"
+import { Context, Data, Duration, Effect, Stream } from "effect"
 import { IncomingMessage } from "node:http"
 import { invalidRequest, payloadTooLarge } from "../domain/Errors.js"
 import { MAX_JSON_DEPTH, nestedDeeperThan } from "../domain/Json.js"
 import { answer, envelope } from "./EarlyAnswer.js"
 import { type Budget, busy, cutSlowBodies, type Holder, overShare, type Patience, type Taken } from "./holding.js"
+import { bodyStream } from "./nodeBody.js"
 import { requestTarget } from "./Routes.js"
 
 /**
@@ -49,7 +49,7 @@ export const requestBody = (request: HttpServerRequest.HttpServerRequest): Strea
     const source = request.source
     const body = source instanceof IncomingMessage
       ? Stream.catchAll(
-        NodeStream.fromReadable(() => source, identity, { closeOnDone: false }),
+        bodyStream(source),
         // The client went away mid-body: no one to answer, and no fault of ours (it was logged as one, an error line
         // for every client that gave up on a body), but the platform's client abort (its request line says 499).
         (error) => source.destroyed ? Stream.fromEffect(Effect.interruptWith(HttpServerError.clientAbortFiberId)) : Stream.die(error)
