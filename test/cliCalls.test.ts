@@ -15,6 +15,7 @@ import * as Path from "node:path"
 import type { Batch } from "openai/resources/batches"
 import { layer as batchApiLayer, make as makeBatchApi } from "../src/cli/BatchApi.js"
 import { saveResults } from "../src/cli/download.js"
+import { note, say } from "../src/cli/output.js"
 import { watch } from "../src/cli/watch.js"
 
 type Handler = (req: IncomingMessage, res: ServerResponse, nth: number) => void
@@ -189,6 +190,27 @@ describe("the CLI's calls against a scripted server", () => {
       expect(readFileSync(target, "utf8")).toBe(body)
       expect(readdirSync(dir)).toEqual(["batch_abc_output.jsonl"])
       expect(notes).toEqual([expect.stringMatching(/^server unavailable \(.+\); retrying for up to 20s…$/), "reconnected"])
+    }))
+
+  it.scopedLive("a server that is not this one: a batch id that is a path writes nothing; its text cannot drive the terminal", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer
+      const root = mkdtempSync(Path.join(tmpdir(), "cli-calls-"))
+      yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(root, { recursive: true, force: true })))
+      const dir = Path.join(root, "a", "b")
+      server.set((_req, res) => res.writeHead(200, { "content-type": "application/octet-stream" }).end("{}\n"))
+      const escaping = batch("completed", { id: "../../ESCAPED", output_file_id: "file-out" })
+      const refused = yield* Effect.flip(saveResults(escaping, dir, { retryFor: Duration.zero, tell: () => Effect.void }).pipe(
+        Effect.provide(batchApiLayer({ baseUrl: server.url, apiKey: undefined })),
+        Effect.provide(NodeContext.layer)
+      ))
+      expect(refused.message).toBe(`The server's batch id "../../ESCAPED" cannot name a file; nothing was written.`)
+      expect(readdirSync(root)).toEqual([])
+
+      // A title change and a clear screen in a metadata key, a right-to-left override in a name: drawn, not obeyed.
+      const lines: Array<string> = []
+      yield* recorded(Effect.zipRight(say("k\u001b]0;PWNED\u0007\u001b[2J: v"), note("Q1\u202elnosj.exe\ttab")), lines)
+      expect(lines).toEqual(["k⟨U+001B⟩]0;PWNED⟨U+0007⟩⟨U+001B⟩[2J: v", "Q1⟨U+202E⟩lnosj.exe\ttab"])
     }))
 
   it.scopedLive("an upload is not bounded by the client's overall timeout (only by inactivity); other calls are", () =>

@@ -77,12 +77,19 @@ export const checkOut = (dir: string) =>
       })
   })
 
+/** A batch id that can name a file in any directory: what this server's ids (`batch_…`) are. */
+const FILE_NAME_ID = /^[A-Za-z0-9_-]{1,200}$/
+
 /**
  * Saves the files the batch has (none while it runs, or when it failed validation) into `dir`, made if missing; a
  * download the server cuts is made again, with `patience`.
  */
 export const saveResults = (batch: Batch, dir: string, patience: Patience) =>
   Effect.gen(function*() {
+    // The id names the files: one from a server that is not this one (`../../x`) must not write outside `dir`.
+    if ((batch.output_file_id || batch.error_file_id) && !FILE_NAME_ID.test(batch.id)) {
+      return yield* failed(`The server's batch id ${JSON.stringify(batch.id.slice(0, 200))} cannot name a file; nothing was written.`)
+    }
     if (batch.output_file_id || batch.error_file_id) {
       yield* Effect.tryPromise({
         try: () => makeDirectories(dir),

@@ -20,7 +20,7 @@ import { checkOut, download } from "./download.js"
 import { CliFailure, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID } from "./failure.js"
 import { follow } from "./follow.js"
 import { DEFAULT_MAX_REQUESTS } from "./localValidation.js"
-import { colourWhereShown, modeOf, printJson, say, sayAll } from "./output.js"
+import { colourWhereShown, modeOf, printJson, say, sayAll, visible } from "./output.js"
 import { DEFAULT_RETRY_FOR } from "./patience.js"
 import { withoutCredentials } from "../observability/urlText.js"
 import { packageRoot } from "../packageRoot.js"
@@ -257,7 +257,7 @@ const exitCode = (exit: Exit.Exit<void, unknown>): number => {
   if (Option.isSome(failure)) {
     const error = failure.value
     if (error instanceof CliFailure) {
-      if (error.message) console.error(error.message)
+      if (error.message) console.error(visible(error.message))
       return error.exitCode
     }
     // @effect/cli has printed what was wrong with the command line.

@@ -42,13 +42,21 @@ export const modeOf = (json: boolean): Mode => (json ? "json" : process.stdout.i
 /** Ctrl-C may ask a question only when someone can answer it, and not inside a stream of JSON objects. */
 export const interactive = (mode: Mode): boolean => mode !== "json" && process.stdin.isTTY === true && process.stdout.isTTY === true
 
-export const say = (line: string) => Console.log(line)
+/**
+ * Control characters (C0 but tab and newline, DEL, C1) and the bidirectional controls, drawn as `⟨U+001B⟩`: a
+ * server's text (a batch's metadata, a model name in an error message) cannot retitle or clear the terminal, move
+ * its cursor, or reorder what is shown. Every line written goes through it (JSON escapes them itself).
+ */
+export const visible = (text: string): string => text.replace(CONTROLS, (c) => `⟨U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}⟩`)
+const CONTROLS = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g
+
+export const say = (line: string) => Console.log(visible(line))
 export const sayAll = (lines: ReadonlyArray<string>) => Effect.forEach(lines, say, { discard: true })
-export const note = (line: string) => Console.error(line)
+export const note = (line: string) => Console.error(visible(line))
 export const printJson = (value: unknown) => Console.log(JSON.stringify(value))
 
-/** Writes without a newline (the live bar). */
-export const write = (text: string) => Effect.sync(() => process.stdout.write(text))
+/** Writes `text` without a newline, after `control` (the live bar: the sequence that clears its line, then the bar). */
+export const write = (text: string, control = "") => Effect.sync(() => process.stdout.write(control + visible(text)))
 
 /** Terminal columns (80 when unknown). */
 export const columns = (): number => process.stdout.columns || 80

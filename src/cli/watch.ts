@@ -35,7 +35,7 @@ const makeDisplay = (mode: Mode, started: number): Display => {
         show: (batch, perSecond) =>
           Effect.suspend(() => {
             drawn = true
-            return write(CLEAR_LINE + barLine(batch, perSecond, columns()))
+            return write(barLine(batch, perSecond, columns()), CLEAR_LINE)
           }),
         settle: Effect.suspend(() => (drawn ? Effect.sync(() => (drawn = false)).pipe(Effect.zipRight(write("\n"))) : Effect.void))
       }
