@@ -116,7 +116,10 @@ describe("the /ui route", () => {
               "/ui/a/b/c/d"
             ]
           ) {
-            expect((yield* get(path)).status, path).toBe(401)
+            // Refused without a key, with the page's headers as every answer under /ui.
+            const refused = yield* get(path)
+            expect(refused.status, path).toBe(401)
+            expectSecurityHeaders(refused)
             const res = yield* get(path, withKey)
             expect(res.status, path).toBe(404)
             expect(res.text, path).not.toContain("effect-openai-batch")

@@ -26,7 +26,7 @@ import { Auth, type AuthShape, type Caller, CurrentCaller, localCaller } from ".
 import { AppConfig, isLoopbackName } from "../Config.js"
 import { invalidRequest, unauthorized, UnauthorizedSchema } from "../domain/Errors.js"
 import { echo } from "../domain/Text.js"
-import { isDashboardPath } from "../ui/DashboardHttp.js"
+import { DASHBOARD_HEADERS, isDashboardPath, isUnderDashboard } from "../ui/DashboardHttp.js"
 import { answer, envelope } from "./EarlyAnswer.js"
 import { noteProject } from "./RequestLog.js"
 import { RequestRates } from "./requestRates.js"
@@ -187,11 +187,13 @@ export const secure = (options: SecurityOptions) => {
     return Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
       const { headers } = request
       const { authority, path } = requestTarget(request)
-      if (options.loopbackOnly && !isLoopbackHost(authority)) return answer(request, misdirected(authority))
+      const refuse = (response: HttpServerResponse.HttpServerResponse) =>
+        answer(request, isUnderDashboard(path) ? HttpServerResponse.setHeaders(response, DASHBOARD_HEADERS) : response)
+      if (options.loopbackOnly && !isLoopbackHost(authority)) return refuse(misdirected(authority))
       const origin = headers.origin
       const corsOrigin = origin !== undefined && listed.has(origin) ? origin : undefined
       if (origin !== undefined && corsOrigin === undefined && !sameOrigin(origin, authority)) {
-        return answer(request, foreignOrigin(origin))
+        return refuse(foreignOrigin(origin))
       }
       if (corsOrigin !== undefined && isPreflight(request)) return answer(request, preflight(corsOrigin, request))
 
@@ -200,7 +202,7 @@ export const secure = (options: SecurityOptions) => {
         : isPublicPath(path) || options.publicPaths?.has(path) === true
         ? app
         : Effect.flatMap(auth.authenticate(bearerKey(headers.authorization)), (caller: Option.Option<Caller>) =>
-          Option.isSome(caller) ? serveTo(request, caller.value) : answer(request, unauthenticated()))
+          Option.isSome(caller) ? serveTo(request, caller.value) : refuse(unauthenticated()))
       return listed.size > 0 ? Effect.zipRight(corsHeaders(corsOrigin), served) : served
     })
   }

@@ -40,6 +40,9 @@ export const isDashboardPath = (path: string): boolean =>
   path === DASHBOARD_PATH || path === `${DASHBOARD_PATH}/` ||
   (path.startsWith(`${DASHBOARD_PATH}/`) && Object.hasOwn(ASSETS, path.slice(DASHBOARD_PATH.length + 1)))
 
+/** Whether a path is under `/ui`, whose every answer carries the page's headers (a refusal's too). */
+export const isUnderDashboard = (path: string): boolean => path === DASHBOARD_PATH || path.startsWith(`${DASHBOARD_PATH}/`)
+
 const JS = "text/javascript; charset=utf-8"
 /** Every file the dashboard has, by name, with its Content-Type. */
 const ASSETS: Readonly<Record<string, string>> = {
@@ -60,7 +63,7 @@ const ASSETS: Readonly<Record<string, string>> = {
  * files, and all it fetches is this server's API. `img-src data:` lets the page name an empty icon, so the browser
  * asks for no `/favicon.ico`.
  */
-const DASHBOARD_HEADERS: Readonly<Record<string, string>> = {
+export const DASHBOARD_HEADERS: Readonly<Record<string, string>> = {
   "content-security-policy":
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; " +
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
