@@ -14,6 +14,22 @@ describe("validateLine", () => {
     expect(isValidLine(result) && result.model).toBe("m")
   })
 
+  it("refuses a key repeated in the line or its body (JSON.parse keeps the last, other parsers the first), escaped or not; deeper ones are the upstream's", () => {
+    const line = (top: string, body: string) => `{"custom_id":"c1",${top}"method":"POST","url":"/v1/chat/completions","body":{${body}}}`
+    const refusal = (param: string) => ({
+      problems: [{ code: "invalid_request", param, message: `This line has the key '${param}' more than once: which one an upstream would read is not known.` }],
+      customId: undefined
+    })
+    const chat = `"model":"m","messages":[]`
+    expect(validateLine(line(`"custom_id":"c2",`, chat), "/v1/chat/completions")).toEqual(refusal("custom_id"))
+    expect(validateLine(line("", `${chat},"model":"other"`), "/v1/chat/completions")).toEqual(refusal("body.model"))
+    expect(validateLine(line("", `${chat}, "mod\\u0065l" : "other"`), "/v1/chat/completions")).toEqual(refusal("body.model"))
+    expect(validateLine(line(`"body":{"model":"m"},`, chat), "/v1/chat/completions")).toEqual(refusal("body"))
+    // A key repeated inside a message, or "model" in a tool's schema, is no ambiguity of ours.
+    const deeper = `"model":"m","messages":[{"role":"user","role":"user","content":"x"}],"tools":[{"model":1}],"x":{"model":2}`
+    expect(isValidLine(validateLine(line("", deeper), "/v1/chat/completions"))).toBe(true)
+  })
+
   it("counts the model's length in characters, as the other limits: 256 emoji pass, 257 characters do not", () => {
     const lineWith = (model: string) =>
       JSON.stringify({ custom_id: "c1", method: "POST", url: "/v1/chat/completions", body: { model, messages: [] } })

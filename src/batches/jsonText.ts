@@ -33,14 +33,15 @@ export const afterValue = (text: string, start: number): number => {
   return at
 }
 
-/**
- * The text of member `name` of the JSON object `text` exactly as written (the last one when repeated, as
- * `JSON.parse` reads it), or undefined. `text` must be JSON that `JSON.parse` accepted and whose value is an object.
- * This is how a request body is forwarded as it is: parsing and printing it again would round numbers beyond 2^53
- * (seeds, token ids) and drop anything else `JSON.parse` normalizes.
- */
-export const jsonMemberText = (text: string, name: string): string | undefined => {
-  let found: string | undefined
+/** A member of a JSON object: its key (escapes decoded) and its value's text exactly as written. */
+export interface JsonMember {
+  readonly key: string
+  readonly value: string
+}
+
+/** The members of the JSON object `text`, in order, repeated keys included. `text` must be JSON that `JSON.parse` accepted and whose value is an object. */
+export const jsonMembers = (text: string): Array<JsonMember> => {
+  const members: Array<JsonMember> = []
   let at = skipSpace(text, text.indexOf("{") + 1)
   while (text.charCodeAt(at) === QUOTE) {
     const keyEnd = afterString(text, at)
@@ -48,10 +49,38 @@ export const jsonMemberText = (text: string, name: string): string | undefined =
     const key = raw.includes("\\") ? JSON.parse(text.slice(at, keyEnd)) as string : raw
     const valueStart = skipSpace(text, skipSpace(text, keyEnd) + 1) // past the colon
     const valueEnd = afterValue(text, valueStart)
-    if (key === name) found = text.slice(valueStart, valueEnd)
+    members.push({ key, value: text.slice(valueStart, valueEnd) })
     at = skipSpace(text, valueEnd)
     if (text.charCodeAt(at) !== 44) break // a comma: another member follows
     at = skipSpace(text, at + 1)
   }
-  return found
+  return members
+}
+
+/**
+ * The text of member `name` of the JSON object `text` exactly as written (the last one when repeated, as
+ * `JSON.parse` reads it), or undefined; `text` as `jsonMembers` takes it. This is how a request body is forwarded as
+ * it is: parsing and printing it again would round numbers beyond 2^53 (seeds, token ids) and drop anything else
+ * `JSON.parse` normalizes.
+ */
+export const jsonMemberText = (text: string, name: string): string | undefined =>
+  memberText(jsonMembers(text), name)
+
+/** The value of the last of `members` named `name`, as `JSON.parse` reads it. */
+export const memberText = (members: ReadonlyArray<JsonMember>, name: string): string | undefined => {
+  for (let i = members.length - 1; i >= 0; i--) if (members[i]!.key === name) return members[i]!.value
+  return undefined
+}
+
+/**
+ * The first key `members` has twice, or undefined: `JSON.parse` keeps the last, other parsers the first (an upstream
+ * could run another model than the one a line was validated and routed for).
+ */
+export const repeatedKey = (members: ReadonlyArray<JsonMember>): string | undefined => {
+  const seen = new Set<string>()
+  for (const { key } of members) {
+    if (seen.has(key)) return key
+    seen.add(key)
+  }
+  return undefined
 }

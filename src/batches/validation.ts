@@ -7,7 +7,7 @@ import { MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS } from "../domain/
 import type { FileId } from "../domain/Ids.js"
 import { isJsonObject, MAX_JSON_DEPTH, nestedDeeperThan } from "../domain/Json.js"
 import { echo, unstorableReason } from "../domain/Text.js"
-import { jsonMemberText } from "./jsonText.js"
+import { jsonMembers, memberText, repeatedKey } from "./jsonText.js"
 
 export interface Problem {
   readonly code: string
@@ -263,6 +263,8 @@ export interface InvalidLine {
 
 const invalid = (problem: Problem): InvalidLine => ({ problems: [problem], customId: undefined })
 
+const prefixed = (prefix: string, key: string | undefined) => (key === undefined ? undefined : prefix + key)
+
 /** Checks one input line on its own (cross-line rules, such as duplicates, are the caller's). */
 export const validateLine = (text: string, endpoint: BatchEndpoint): InvalidLine | ValidLine => {
   if (nestedDeeperThan(text, MAX_JSON_DEPTH)) {
@@ -279,6 +281,16 @@ export const validateLine = (text: string, endpoint: BatchEndpoint): InvalidLine
       code: "invalid_json_line",
       param: null,
       message: `This line is ${typeName(parsed)}, not a JSON object: each line is one request, {"custom_id", "method", "url", "body"}.`
+    })
+  }
+  const members = jsonMembers(text)
+  const bodyText = memberText(members, "body")
+  const repeated = repeatedKey(members) ?? prefixed("body.", isJsonObject(parsed.body) ? repeatedKey(jsonMembers(bodyText!)) : undefined)
+  if (repeated !== undefined) {
+    return invalid({
+      code: "invalid_request",
+      param: repeated,
+      message: `This line has the key '${repeated.slice(0, 64)}' more than once: which one an upstream would read is not known.`
     })
   }
   const problems: Array<Problem> = []
@@ -356,7 +368,7 @@ export const validateLine = (text: string, endpoint: BatchEndpoint): InvalidLine
   const { input, model } = body as Record<string, unknown>
   return {
     customId: custom_id as string,
-    body: jsonMemberText(text, "body")!,
+    body: bodyText!,
     model: typeof model === "string" ? model : null,
     inputs: endpoint === "/v1/embeddings" ? embeddingInputs(input) : 0
   }
