@@ -83,6 +83,16 @@ export { exposedWithoutKeys, isLoopbackName, keysConfigured, validateConfig } fr
 /** This node's default name in leases: unique per host and port, the same across restarts. */
 const defaultNodeId = (port: number) => `${hostname()}:${port}`
 
+/**
+ * The node's id as the environment gives it (`NODE_ID`, else the host name and `PORT`), for the line saying the
+ * configuration is invalid: written before the configuration could be read, it names its node as the others do.
+ */
+export const nodeIdOfEnvironment = (env: Record<string, string | undefined> = process.env): string => {
+  if (env.NODE_ID !== undefined && env.NODE_ID !== "") return env.NODE_ID
+  const port = Number(env.PORT)
+  return defaultNodeId(Number.isInteger(port) && port > 0 && port < 65536 ? port : defaults.port)
+}
+
 /** A comma-separated secret as its entries, each still a secret. */
 const redactedList = (text: Option.Option<Redacted.Redacted>): ReadonlyArray<Redacted.Redacted> =>
   Option.match(text, { onNone: () => [], onSome: (t) => commaList(Redacted.value(t)).map((entry) => Redacted.make(entry)) })

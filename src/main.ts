@@ -7,7 +7,7 @@ import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import * as Migrator from "@effect/sql/Migrator"
 import { Cause, ConfigError, Deferred, Effect, FiberRef, HashSet, Layer, Logger, Option, Runtime } from "effect"
 import { constants } from "node:os"
-import { AppConfig, defaults, RESTART_TO_APPLY } from "./Config.js"
+import { AppConfig, defaults, nodeIdOfEnvironment, RESTART_TO_APPLY } from "./Config.js"
 import { AppLive } from "./Layers.js"
 import { LoggingLive, loggerLayer } from "./observability/Logging.js"
 import { describeDatabase } from "./observability/Readiness.js"
@@ -146,7 +146,8 @@ const launch = Effect.gen(function*() {
  */
 const configFaultLogging = loggerLayer(
   process.env.LOG_FORMAT === "json" || process.env.LOG_FORMAT === "pretty" ? process.env.LOG_FORMAT : defaults.logFormat,
-  "error"
+  "error",
+  nodeIdOfEnvironment()
 )
 
 // Logs go through `LOG_FORMAT`'s logger from the start to the last line: provided around the whole program (and

@@ -4,7 +4,7 @@ import { Effect } from "effect"
 import { randomBytes } from "node:crypto"
 import { spawn } from "node:child_process"
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs"
-import { tmpdir } from "node:os"
+import { hostname, tmpdir } from "node:os"
 import { type AddressInfo, createServer } from "node:net"
 import * as Path from "node:path"
 import OpenAI, { toFile } from "openai"
@@ -343,10 +343,12 @@ describe.concurrent("server process", () => {
         expect(proxy.code).toBe(1)
         expect(proxy.output.trim().split("\n")).toEqual([expect.stringContaining("Invalid configuration: (Invalid data at HTTPS_PROXY")])
         expect(proxy.output).not.toContain("SECRET")
-        // With LOG_FORMAT=json, a log line as the others: a shipper reads it.
-        const json = await runServerToExit({ DATA_DIR: dataDir, PORT: "not-a-port", LOG_FORMAT: "json" })
+        // With LOG_FORMAT=json, a log line as the others, its node named: a shipper reads it.
+        const json = await runServerToExit({ DATA_DIR: dataDir, PORT: "not-a-port", LOG_FORMAT: "json", NODE_ID: "node-7" })
         expect(json.code).toBe(1)
-        expect(JSON.parse(json.output.trim())).toMatchObject({ level: "ERROR", event: "server.config_invalid" })
+        expect(JSON.parse(json.output.trim())).toMatchObject({ level: "ERROR", event: "server.config_invalid", node_id: "node-7" })
+        const unnamed = await runServerToExit({ DATA_DIR: dataDir, MAX_CONCURRENT_BATCHES: "abc", PORT: "18999", LOG_FORMAT: "json" })
+        expect(JSON.parse(unnamed.output.trim())).toMatchObject({ event: "server.config_invalid", node_id: `${hostname()}:18999` })
         expect(JSON.parse(json.output.trim()).message).toContain("Invalid configuration: (Invalid data at PORT")
       } finally {
         rmSync(dataDir, { recursive: true, force: true })
