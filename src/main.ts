@@ -43,6 +43,9 @@ const rootMessage = (error: unknown): string => {
   return at instanceof Error ? at.message : String(at)
 }
 
+/** What PostgreSQL's "no schema has been selected to create in" means at a first start. */
+const NO_SCHEMA = "the schemas of the user's search_path do not exist: create the one DATABASE_URL names first (CREATE SCHEMA)"
+
 /**
  * A start that failed for a reason said in one line: another process under the node's id or running the batches of
  * the SQLite file (their messages say what to do), or a database that cannot be opened or reached.
@@ -56,7 +59,8 @@ const startFaultLine = (cause: Cause.Cause<unknown>) =>
       if (error instanceof Migrator.MigrationError && error.reason === "bad-state") return Option.some(cannotUse(error.message))
       if ((error as { readonly _tag?: unknown })._tag !== "SqlError") return Option.none()
       const driver = rootMessage(error)
-      return Option.some(cannotUse((error as Error).message === driver ? driver : `${(error as Error).message}: ${driver}`))
+      const said = (error as Error).message === driver ? driver : `${(error as Error).message}: ${driver}`
+      return Option.some(cannotUse(/no schema has been selected to create in/.test(driver) ? `${said} (${NO_SCHEMA})` : said))
     })
     // A full disk under a new database fails its first statement (a defect): said as plainly.
     return Option.isSome(failed) || storageFault(cause) !== "capacity"

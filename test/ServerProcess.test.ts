@@ -9,6 +9,7 @@ import { type AddressInfo, createServer } from "node:net"
 import * as Path from "node:path"
 import OpenAI, { toFile } from "openai"
 import { compiledCopy, freePort, runServerToExit, serverArgs, type ServerProcess, STALLED_UPLOAD_END, stalledUpload, startServer } from "./support/ServerProcess.js"
+import { testDatabaseUrl } from "./support/Postgres.js"
 import { filesUnder } from "./support/TestApp.js"
 
 const root = Path.resolve(import.meta.dirname, "..")
@@ -277,6 +278,16 @@ describe.concurrent("server process", () => {
             `connect ECONNREFUSED 127.0.0.1:${closed}`
         )
         expect(run.output).not.toContain("s3cret")
+
+        // A search_path naming a schema that does not exist: what to do, said.
+        const noSchema = await runServerToExit({
+          DATA_DIR: dataDir,
+          PORT: String(await freePort()),
+          DATABASE_URL: `${testDatabaseUrl}${testDatabaseUrl.includes("?") ? "&" : "?"}options=-c%20search_path%3Dno_such_schema_${process.pid}`,
+          LOG_FORMAT: "json"
+        })
+        expect(noSchema.code).toBe(1)
+        expect(noSchema.output).toContain("no schema has been selected to create in (the schemas of the user's search_path do not exist: create the one DATABASE_URL names first (CREATE SCHEMA))")
 
         // A DATA_DIR that cannot be made (here under a file): the same one line, not a defect's stack trace.
         const underFile = Path.join(dataDir, "a-file")
