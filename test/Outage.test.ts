@@ -71,6 +71,15 @@ describe("an upstream's outage", () => {
       ])
       yield* TestClock.adjust(Duration.times(PROBE, 20))
       expect(unreachable.isDown()).toBe(true)
+      // A 401 there (a key that may call and not list) gets a trial too, said with its status: not "again" alone.
+      const keyed = yield* outageWith(Effect.succeed(Exit.succeed(401)))
+      const listing = yield* outageWith(Effect.succeed(Exit.succeed(200)))
+      yield* TestClock.adjust(PROBE)
+      expect([keyed.onTrial(), listing.onTrial()]).toEqual([true, true])
+      expect(lines.filter((line) => line.includes("answers GET /models again")).sort()).toEqual([
+        "INFO Upstream u answers GET /models again, with status 401: its calls go out one at a time until one succeeds",
+        "INFO Upstream u answers GET /models again: its calls go out one at a time until one succeeds"
+      ].sort())
     }).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
   })
 

@@ -64,8 +64,11 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
     let trialSerial = 0
     /** Whether the trial on was started though the probe kept answering 5xx. */
     let blind = false
-    /** The probe answered (or kept answering 5xx: `blindly`): calls may go out, one at a time; the paused batches resume. */
-    const startTrial = (blindly: boolean) => Effect.gen(function*() {
+    /**
+     * The probe answered with `status` (or kept answering 5xx: `blindly`): calls may go out, one at a time; the
+     * paused batches resume.
+     */
+    const startTrial = (blindly: boolean, status: number) => Effect.gen(function*() {
       down = false
       trial = true
       blind = blindly
@@ -75,7 +78,9 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
       yield* Deferred.succeed(upSignal, undefined)
       // The idle watch starts before the line is logged, as probing does in `markDown`.
       yield* Effect.forkIn(Effect.interruptible(log(idleTrial(++trialSerial, gate.granted))), scope)
-      const line = `Upstream ${name} ${blindly ? "is tried" : "answers GET /models again"}: its calls go out one at a time until one succeeds`
+      // A 401 or 404 there says the server is there, not that its calls will work: said as it is.
+      const answered = status < 300 ? "answers GET /models again" : `answers GET /models again, with status ${status}`
+      const line = `Upstream ${name} ${blindly ? "is tried" : answered}: its calls go out one at a time until one succeeds`
       yield* trials++ === 0 ? Effect.logInfo(line) : Effect.logDebug(line)
     })
 
@@ -111,7 +116,7 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
       for (;;) {
         yield* Effect.sleep(options.probeInterval)
         const answer = yield* options.probe
-        if (answer._tag === "Success" && answer.value < 500) return yield* startTrial(false)
+        if (answer._tag === "Success" && answer.value < 500) return yield* startTrial(false, answer.value)
         // In a row: no answer between says nothing is there.
         if (answer._tag === "Failure") failingAnswers = 0
         else if (++failingAnswers >= FAILING_PROBES_BEFORE_TRIAL) {
@@ -119,7 +124,7 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
             saidProbeFails = true
             yield* Effect.logWarning(`Upstream ${name} answers GET /models with status ${answer.value}: its calls are tried instead`)
           }
-          return yield* startTrial(true)
+          return yield* startTrial(true, answer.value)
         }
         yield* Effect.logDebug(`Upstream ${name} still down (${answer._tag === "Success" ? `status ${answer.value}` : "no answer"})`)
       }
