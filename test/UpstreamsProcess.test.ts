@@ -10,7 +10,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import { type Simulator, startSimulator } from "../scripts/simulator.js"
-import { chatLine, createBatch, readLines, sdk, terminal, upload, waitFor } from "./support/Batches.js"
+import { chatLine, createBatch, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import { startProxy, type TestProxy } from "./support/Proxy.js"
 import { type ServerProcess, startServer } from "./support/ServerProcess.js"
 import { eventually } from "./support/TestApp.js"
@@ -100,13 +100,21 @@ describe("the server with an upstreams file", () => {
     expect(new Set(proxy.connects)).toEqual(new Set([new URL(secure.url).host.replace("127.0.0.1", "localhost")]))
     expect(secure.stats.maxInFlight).toBeLessThanOrEqual(4)
 
-    // The misrouted upstream: every line is the upstream's 404, and the log says why.
-    const c = await run("model-c", 3)
-    expect(c.request_counts).toEqual({ total: 3, completed: 0, failed: 3 })
-    const errors = await Effect.runPromise(readLines(openai, c.error_file_id))
-    expect(errors.map((l) => l.response.status_code)).toEqual([404, 404, 404])
-    expect(server.output()).toMatch(/Upstream misrouted answered 404 to POST http:\/\/127\.0\.0\.1:\d+\/chat\/completions: it does not serve that path/)
-    expect(server.output().match(/it does not serve that path/g)).toHaveLength(1)
+    // The misrouted upstream (its GET /models answers 404 too): down, as in an outage, and the log says why. Its
+    // batch waits, no line failed, for a restart with the right base URL; every line was a 404 before.
+    const c = await Effect.runPromise(Effect.gen(function*() {
+      const file = yield* upload(openai, [0, 1, 2].map((i) => chatLine(`model-c-${i}`, `hello ${i}`, "model-c")))
+      return yield* createBatch(openai, file.id)
+    }))
+    await Effect.runPromise(eventually(() => {
+      expect(server.output()).toMatch(
+        /Upstream misrouted is down \(it does not serve that path: POST http:\/\/127\.0\.0\.1:\d+\/chat\/completions and GET \/models answer 404; check its base URL/
+      )
+    }, 10_000))
+    const waiting = await openai.batches.retrieve(c.id)
+    expect([waiting.status, waiting.request_counts]).toEqual(["in_progress", { total: 3, completed: 0, failed: 0 }])
+    await openai.batches.cancel(c.id)
+    expect((await Effect.runPromise(waitFor(openai, c.id, terminal, 30_000))).status).toBe("cancelled")
 
     // A refused key and a redirect, though the upstream answered well before: each said once (a minute apart at most).
     const refused = await Effect.runPromise(Effect.gen(function*() {

@@ -145,15 +145,15 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     const outage = yield* makeOutage({ name: spec.name, gate, probeInterval: options.probeInterval, probe: askModels, log })
     // Calls refused together ask once: the answer of the call in flight is theirs (not kept after: a key revoked
     // right after an answer would have failed the lines of a cached one).
-    let keyCheck: Deferred.Deferred<boolean> | undefined
-    const keyRefused = Effect.suspend(() => {
-      if (keyCheck !== undefined) return Deferred.await(keyCheck)
-      const check = Deferred.unsafeMake<boolean>(FiberId.none)
-      keyCheck = check
-      return Effect.map(askModels, (answer) => answer._tag === "Success" && answer.value === 401).pipe(
+    let modelsCheck: Deferred.Deferred<number | undefined> | undefined
+    const modelsStatus = Effect.suspend(() => {
+      if (modelsCheck !== undefined) return Deferred.await(modelsCheck)
+      const check = Deferred.unsafeMake<number | undefined>(FiberId.none)
+      modelsCheck = check
+      return Effect.map(askModels, (answer) => (answer._tag === "Success" ? answer.value : undefined)).pipe(
         Effect.onExit((exit) => {
-          keyCheck = undefined
-          return Deferred.succeed(check, Exit.isSuccess(exit) && exit.value)
+          modelsCheck = undefined
+          return Deferred.succeed(check, Exit.isSuccess(exit) ? exit.value : undefined)
         })
       )
     })
@@ -167,7 +167,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       probeInterval: options.probeInterval,
       urlFor,
       log,
-      keyRefused
+      modelsStatus
     })
     const untrack = metrics.upstream(spec.name, {
       inflight: () => gate.inflight,

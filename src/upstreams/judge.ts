@@ -13,7 +13,10 @@
  *   401                     when `GET /models` answers 401 too, the key is refused: down, as an outage (a key revoked
  *                           mid-batch failed every line at full speed; its trials' calls refused so keep it down);
  *                           else final (a refusal of that request, or model), with a line
- *   404, 403, 3xx           final; a line says what to check (404: once, before any success on that endpoint)
+ *   404                     before any success on that endpoint, not OpenAI's `model_not_found`, and `GET /models`
+ *                           answering 404 too: the base URL is wrong (no `/v1`), down as above (every line of a batch
+ *                           failed); else final, with a line once
+ *   403, 3xx                final; a line says what to check
  *
  * A run of `OUTAGE_AFTER` requests failing at their first attempt with no success between also takes it down: an
  * outage fails new requests too, while a request failing again (a retry) is its own trouble. The run's last failure
@@ -85,8 +88,8 @@ export interface JudgeOptions {
   readonly probeInterval: Duration.Duration
   /** Where a call to `endpoint` goes (named in the misrouting line). */
   readonly urlFor: (endpoint: string) => string
-  /** Whether `GET /models` answers 401 now (one call at a time, its answer shared by those who asked meanwhile). */
-  readonly keyRefused: Effect.Effect<boolean>
+  /** The status `GET /models` answers now, if any (one call at a time, its answer shared by those who asked meanwhile). */
+  readonly modelsStatus: Effect.Effect<number | undefined>
   /** Runs a log line in the upstream's own context. */
   readonly log: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 }
@@ -103,7 +106,7 @@ export interface Judge {
   readonly released: () => void
 }
 
-export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outage, probeInterval, spec, urlFor }: JudgeOptions): Judge => {
+export const makeJudge = ({ clock, gate, limit, log, maxPause, modelsStatus, outage, probeInterval, spec, urlFor }: JudgeOptions): Judge => {
   /** The requests (their tickets) failing at their first attempt since the last success: the run (`currentRun`). */
   const failingInRow = new Set<Ticket>()
   /** Whether the run began on trial. */
@@ -245,6 +248,9 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
     })
 
   // --- the verdict -------------------------------------------------------------------------------------------
+  /** A 404 that is the request's: OpenAI's answer to a model it does not have. */
+  const modelNotFound = (response: UpstreamResponse) =>
+    (response.json as { error?: { code?: unknown } })?.error?.code === "model_not_found"
   const answeredWell = new Set<string>()
   /**
    * An answer that says the upstream is set up wrong: a 404 before any success on that endpoint (most likely a base
@@ -255,8 +261,7 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
     const status = response.status
     const target = `POST ${urlFor(endpoint)}`
     if (status === 404) {
-      const code = (response.json as { error?: { code?: unknown } })?.error?.code
-      if (code === "model_not_found" || answeredWell.has(endpoint)) return Effect.void
+      if (modelNotFound(response) || answeredWell.has(endpoint)) return Effect.void
       return say(`404 ${endpoint}`, Infinity, () =>
         `Upstream ${spec.name} answered 404 to ${target}: it does not serve that path. Check its base ` +
         `URL (${spec.baseUrl}): it must include the API's version path, as in http://host:8000/v1.`)
@@ -320,12 +325,18 @@ export const makeJudge = ({ clock, gate, keyRefused, limit, log, maxPause, outag
     if (status === 401 || status === 404 || status === 403 || (status >= 300 && status < 400)) {
       // Suspended: `misconfigured` marks its line as said when called.
       const final = Effect.suspend(() => Effect.as(Effect.zipRight(succeeded, misconfigured(endpoint, response, headers)), "final" as const))
-      if (status !== 401) return final
+      const down = status === 401
+        ? `it refuses its key: POST ${urlFor(endpoint)} and GET /models answer 401; check its key (from ${spec.keyFrom ?? "its entry"})`
+        : status === 404 && !answeredWell.has(endpoint) && !modelNotFound(response)
+        ? `it does not serve that path: POST ${urlFor(endpoint)} and GET /models answer 404; check its base URL ` +
+          `(${spec.baseUrl}): it must include the API's version path, as in http://host:8000/v1`
+        : undefined
+      if (down === undefined) return final
       if (outage.isDown()) return Effect.succeed("again" as const) // sent before it went down, for that reason or another
-      return Effect.flatMap(keyRefused, (refused): Effect.Effect<Verdict> =>
-        refused
-          ? Effect.as(markDown(`it refuses its key: POST ${urlFor(endpoint)} and GET /models answer 401; check its key (from ${spec.keyFrom ?? "its entry"})`), "again")
-          : final)
+      // Its GET /models answering the same: the upstream is set up wrong, not the request. Down, as in an outage, so
+      // that its batches lose nothing (a key revoked mid-batch failed every line at full speed).
+      return Effect.flatMap(modelsStatus, (answered): Effect.Effect<Verdict> =>
+        answered === status ? Effect.as(markDown(down), "again") : final)
     }
     if (status < 300 && !answeredWell.has(endpoint)) answeredWell.add(endpoint)
     const said = succeededNow()
