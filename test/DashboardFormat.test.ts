@@ -12,9 +12,16 @@ const format: {
   readonly bytes: (n: number) => string
   readonly transferred: (received: number, total: number | null) => string
   readonly visible: (text: string) => string
+  readonly utcOffset: (minutesBehind: number) => string
+  readonly dateTime: (at: number) => string
 } = await import(new URL("../ui/format.js", import.meta.url).href)
 
 describe("the dashboard's figures", () => {
+  it("says a time's offset from UTC, as a time without its zone was read as the CLI's UTC", () => {
+    expect([0, -60, 300, -330, -345, 150].map(format.utcOffset)).toEqual(["UTC", "UTC+1", "UTC−5", "UTC+5:30", "UTC+5:45", "UTC−2:30"])
+    expect(format.dateTime(1_750_000_000)).toMatch(/^2025-06-1[45] \d{2}:\d{2}:\d{2} UTC([+−]\d+(:\d{2})?)?$/)
+  })
+
   it("writes token counts with the unit their rounded value fits", () => {
     const cases: Array<[number, string]> = [
       [0, "0"],

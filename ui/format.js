@@ -64,12 +64,25 @@ export const nowSeconds = () => Date.now() / 1000
 /** `5m ago`. @param {number} at Unix seconds */
 export const ago = (at) => `${duration(nowSeconds() - at)} ago`
 
-/** A local date and time: `2025-03-14 09:26:53`. @param {number} at Unix seconds */
+const two = (/** @type {number} */ n) => String(n).padStart(2, "0")
+
+/**
+ * A local date and time with its offset from UTC: `2025-03-14 09:26:53 UTC−5`, `… UTC+5:30`, `… UTC` (the CLI and
+ * the logs say UTC: a time without its zone read as one of them was hours off).
+ * @param {number} at Unix seconds
+ */
 export const dateTime = (at) => {
   const d = new Date(at * 1000)
-  const two = (/** @type {number} */ n) => String(n).padStart(2, "0")
   const date = `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())}`
-  return `${date} ${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`
+  return `${date} ${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())} ${utcOffset(d.getTimezoneOffset())}`
+}
+
+/** `UTC+1`, `UTC−5`, `UTC+5:45`, `UTC`. @param {number} minutesBehind what `Date#getTimezoneOffset` gives */
+export const utcOffset = (minutesBehind) => {
+  if (minutesBehind === 0) return "UTC"
+  const ahead = Math.abs(minutesBehind)
+  const minutes = ahead % 60
+  return `UTC${minutesBehind < 0 ? "+" : "−"}${Math.floor(ahead / 60)}${minutes === 0 ? "" : `:${two(minutes)}`}`
 }
 
 /** When the batch ended, any way, if it did. @param {Batch} b */
