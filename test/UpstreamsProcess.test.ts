@@ -47,6 +47,9 @@ describe("the server with an upstreams file", () => {
       "  - name: typo",
       `    base_url: ${plain.url}`,
       "    models: [model-aa]",
+      "  - name: wrongpath",
+      `    base_url: ${plain.url}/x`,
+      "    models: [model-w]",
       "  - name: closed",
       `    base_url: ${plain.url}`,
       "    models: [model-z]",
@@ -85,7 +88,7 @@ describe("the server with an upstreams file", () => {
   it("routes each model to its upstream; the https one through the proxy", async () => {
     const openai = sdk(server.url)
     const listed = await openai.models.list()
-    expect(listed.data.map((m) => `${m.id}@${m.owned_by}`)).toEqual(["model-a@plain", "model-b@secure", "model-c@misrouted", "model-aa@typo"])
+    expect(listed.data.map((m) => `${m.id}@${m.owned_by}`)).toEqual(["model-a@plain", "model-b@secure", "model-c@misrouted", "model-aa@typo", "model-w@wrongpath"])
     const run = (model: string, n: number) =>
       Effect.runPromise(Effect.gen(function*() {
         const file = yield* upload(openai, Array.from({ length: n }, (_, i) => chatLine(`${model}-${i}`, `hello ${i}`, model)))
@@ -100,21 +103,28 @@ describe("the server with an upstreams file", () => {
     expect(new Set(proxy.connects)).toEqual(new Set([new URL(secure.url).host.replace("127.0.0.1", "localhost")]))
     expect(secure.stats.maxInFlight).toBeLessThanOrEqual(4)
 
-    // The misrouted upstream (its GET /models answers 404 too): down, as in an outage, and the log says why. Its
-    // batch waits, no line failed, for a restart with the right base URL; every line was a 404 before.
+    // The upstream without its /v1 (GET /models answers 404, GET /v1/models a list): down, as in an outage, and the
+    // log says why. Its batch waits, no line failed, for a restart with the right base URL; every line was a 404.
     const c = await Effect.runPromise(Effect.gen(function*() {
       const file = yield* upload(openai, [0, 1, 2].map((i) => chatLine(`model-c-${i}`, `hello ${i}`, "model-c")))
       return yield* createBatch(openai, file.id)
     }))
     await Effect.runPromise(eventually(() => {
-      expect(server.output()).toMatch(
-        /Upstream misrouted is down \(it does not serve that path: POST http:\/\/127\.0\.0\.1:\d+\/chat\/completions and GET \/models answer 404; check its base URL/
-      )
+      expect(server.output()).toMatch(new RegExp(
+        "Upstream misrouted is down \\(its base URL lacks the API's version path: POST http://127\\.0\\.0\\.1:\\d+/chat/completions " +
+          "and GET /models answer 404, GET http://127\\.0\\.0\\.1:\\d+/v1/models answers; set it to http://127\\.0\\.0\\.1:\\d+/v1 and restart\\)"
+      ))
     }, 10_000))
     const waiting = await openai.batches.retrieve(c.id)
     expect([waiting.status, waiting.request_counts]).toEqual(["in_progress", { total: 3, completed: 0, failed: 0 }])
     await openai.batches.cancel(c.id)
     expect((await Effect.runPromise(waitFor(openai, c.id, terminal, 30_000))).status).toBe("cancelled")
+    // A wrong path with no sign of a missing /v1 (as a gateway without GET /models, whose 404s may be the requests'):
+    // its lines fail, each with its 404, the log says what to check, and the upstream is not taken down.
+    const w = await run("model-w", 3)
+    expect(w.request_counts).toEqual({ total: 3, completed: 0, failed: 3 })
+    expect(server.output()).toMatch(/Upstream wrongpath answered 404 to POST http:\/\/127\.0\.0\.1:\d+\/v1\/x\/chat\/completions: it does not serve that path/)
+    expect(server.output()).not.toMatch(/Upstream wrongpath is down/)
 
     // A refused key and a redirect, though the upstream answered well before: each said once (a minute apart at most).
     const refused = await Effect.runPromise(Effect.gen(function*() {

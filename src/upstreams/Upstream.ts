@@ -115,9 +115,8 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     let listed = Option.none<ReadonlyArray<string>>()
     let listedAt = 0
     let modelsAnswered = false
-    const modelsRequest = http.get(`${spec.baseUrl}/models`, {
-      headers: authorized(HttpClientRequest.get("").pipe(HttpClientRequest.setHeader("accept-encoding", "identity"))).headers
-    })
+    const modelsHeaders = authorized(HttpClientRequest.get("").pipe(HttpClientRequest.setHeader("accept-encoding", "identity"))).headers
+    const modelsRequest = http.get(`${spec.baseUrl}/models`, { headers: modelsHeaders })
     const askModels = Effect.locally(currentAnswerHold, undefined)(modelsRequest.pipe(
       Effect.flatMap((res) =>
         Effect.map(res.text, (text) => {
@@ -157,6 +156,18 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
         })
       )
     })
+    /**
+     * Whether the base URL lacks the API's version path: its `GET /models` answers 404 and `GET /v1/models` a 2xx. Its
+     * calls' 404s are then the path's, not their requests' (a gateway without `/models` answers those too).
+     */
+    const versionPathMissing = Effect.flatMap(modelsStatus, (status) =>
+      status !== 404 ? Effect.succeed(false) : Effect.locally(currentAnswerHold, undefined)(
+        http.get(`${spec.baseUrl}/v1/models`, { headers: modelsHeaders }).pipe(
+          Effect.flatMap((res) => Effect.as(res.text, res.status >= 200 && res.status < 300)),
+          Effect.timeout(Duration.min(spec.timeout, Duration.seconds(10))),
+          Effect.orElseSucceed(() => false)
+        )
+      ))
     const { judge, markDown, released } = makeJudge({
       spec,
       limit,
@@ -167,7 +178,8 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       probeInterval: options.probeInterval,
       urlFor,
       log,
-      modelsStatus
+      modelsStatus,
+      versionPathMissing
     })
     const untrack = metrics.upstream(spec.name, {
       inflight: () => gate.inflight,

@@ -13,9 +13,9 @@
  *   401                     when `GET /models` answers 401 too, the key is refused: down, as an outage (a key revoked
  *                           mid-batch failed every line at full speed; its trials' calls refused so keep it down);
  *                           else final (a refusal of that request, or model), with a line
- *   404                     before any success on that endpoint, not OpenAI's `model_not_found`, and `GET /models`
- *                           answering 404 too: the base URL is wrong (no `/v1`), down as above (every line of a batch
- *                           failed); else final, with a line once
+ *   404                     before any success on that endpoint, not OpenAI's `model_not_found`, `GET /models`
+ *                           answering 404 too and `GET /v1/models` a 2xx: the base URL lacks its `/v1`, down as above
+ *                           (every line of a batch failed); else final, with a line once
  *   403, 3xx                final; a line says what to check
  *
  * A run of `OUTAGE_AFTER` requests failing at their first attempt with no success between also takes it down: an
@@ -90,6 +90,8 @@ export interface JudgeOptions {
   readonly urlFor: (endpoint: string) => string
   /** The status `GET /models` answers now, if any (one call at a time, its answer shared by those who asked meanwhile). */
   readonly modelsStatus: Effect.Effect<number | undefined>
+  /** Whether its base URL lacks the API's version path (`GET /models` 404, `GET /v1/models` 2xx). */
+  readonly versionPathMissing: Effect.Effect<boolean>
   /** Runs a log line in the upstream's own context. */
   readonly log: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 }
@@ -106,7 +108,9 @@ export interface Judge {
   readonly released: () => void
 }
 
-export const makeJudge = ({ clock, gate, limit, log, maxPause, modelsStatus, outage, probeInterval, spec, urlFor }: JudgeOptions): Judge => {
+export const makeJudge = (
+  { clock, gate, limit, log, maxPause, modelsStatus, outage, probeInterval, spec, urlFor, versionPathMissing }: JudgeOptions
+): Judge => {
   /** The requests (their tickets) failing at their first attempt since the last success: the run (`currentRun`). */
   const failingInRow = new Set<Ticket>()
   /** Whether the run began on trial. */
@@ -325,18 +329,23 @@ export const makeJudge = ({ clock, gate, limit, log, maxPause, modelsStatus, out
     if (status === 401 || status === 404 || status === 403 || (status >= 300 && status < 400)) {
       // Suspended: `misconfigured` marks its line as said when called.
       const final = Effect.suspend(() => Effect.as(Effect.zipRight(succeeded, misconfigured(endpoint, response, headers)), "final" as const))
-      const down = status === 401
-        ? `it refuses its key: POST ${urlFor(endpoint)} and GET /models answer 401; check its key (from ${spec.keyFrom ?? "its entry"})`
-        : status === 404 && !answeredWell.has(endpoint) && !modelNotFound(response)
-        ? `it does not serve that path: POST ${urlFor(endpoint)} and GET /models answer 404; check its base URL ` +
-          `(${spec.baseUrl}): it must include the API's version path, as in http://host:8000/v1`
-        : undefined
-      if (down === undefined) return final
+      const misrouted = status === 404 && !answeredWell.has(endpoint) && !modelNotFound(response)
+      if (status !== 401 && !misrouted) return final
       if (outage.isDown()) return Effect.succeed("again" as const) // sent before it went down, for that reason or another
-      // Its GET /models answering the same: the upstream is set up wrong, not the request. Down, as in an outage, so
-      // that its batches lose nothing (a key revoked mid-batch failed every line at full speed).
-      return Effect.flatMap(modelsStatus, (answered): Effect.Effect<Verdict> =>
-        answered === status ? Effect.as(markDown(down), "again") : final)
+      // The upstream set up wrong, not the request: down, as in an outage, so that its batches lose nothing (a key
+      // revoked mid-batch failed every line at full speed, a base URL without `/v1` every line of a batch).
+      const down = (reason: string) => Effect.as(markDown(reason), "again" as const)
+      if (status === 401) {
+        return Effect.flatMap(modelsStatus, (answered): Effect.Effect<Verdict> =>
+          answered === 401
+            ? down(`it refuses its key: POST ${urlFor(endpoint)} and GET /models answer 401; check its key (from ${spec.keyFrom ?? "its entry"})`)
+            : final)
+      }
+      return Effect.flatMap(versionPathMissing, (missing): Effect.Effect<Verdict> =>
+        missing
+          ? down(`its base URL lacks the API's version path: POST ${urlFor(endpoint)} and GET /models answer 404, ` +
+            `GET ${spec.baseUrl}/v1/models answers; set it to ${spec.baseUrl}/v1 and restart`)
+          : final)
     }
     if (status < 300 && !answeredWell.has(endpoint)) answeredWell.add(endpoint)
     const said = succeededNow()
