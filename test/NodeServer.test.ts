@@ -15,6 +15,7 @@ import { Context, Deferred, Duration, Effect, Exit, Layer, Logger, Schedule, Sco
 import { Agent, createServer, request as httpRequest, type Server } from "node:http"
 import { connect, type Socket } from "node:net"
 import { AppConfig } from "../src/Config.js"
+import { answerClientErrors } from "../src/http/clientErrors.js"
 import { holdEarlyRequests } from "../src/http/holdEarlyRequests.js"
 import { Budget, holdUntilAnswered } from "../src/http/holding.js"
 import { MOST_WAITING, servedInTurn } from "../src/http/servedInTurn.js"
@@ -123,7 +124,7 @@ describe("the node server", () => {
           socket.write(bytes)
         })
       const envelope = (text: string) => JSON.parse(text.slice(text.indexOf("\r\n\r\n") + 4)).error
-      const [stalled, silent, oversized, notHttp, expecting, hostless, http10, twoHosts, twoKeys, gzipped, tunnel, chunked] = yield* Effect.all([
+      const [stalled, silent, oversized, notHttp, expecting, hostless, http10, twoHosts, twoKeys, gzipped, tunnel, chunked, upgradeTwoKeys, upgradeHostless] = yield* Effect.all([
         exchange(`GET /v1/files HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nX-Half: `), // and no more: held for ever before
         exchange(""),
         exchange(`GET /${"x".repeat(20 * 1024)} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`),
@@ -135,8 +136,13 @@ describe("the node server", () => {
         exchange("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer a\r\nauthorization: Bearer b\r\n\r\n"),
         exchange("POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"),
         exchange("CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"),
-        exchange("POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+        exchange("POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n2\r\n{}\r\n0\r\n\r\n"),
+        // Asking for an upgrade, which Node hands to another event: the same checks.
+        exchange("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: foo\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n"),
+        exchange("GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n")
       ], { concurrency: "unbounded" })
+      expect(envelope(upgradeTwoKeys.text)).toMatchObject({ message: "The request has more than one Authorization header.", code: "invalid_http_request" })
+      expect(envelope(upgradeHostless.text)).toMatchObject({ message: "The request has no Host header, which HTTP/1.1 requires.", code: "invalid_http_request" })
       expect(chunked.text).toMatch(/^HTTP\/1\.1 200 OK\r\n/)
       // Node keeps the first of two keys, a proxy that checked one may have read the last; and it takes the chunks
       // apart and leaves the gzip undone, so the body read would not be the one sent.
@@ -149,6 +155,7 @@ describe("the node server", () => {
       })
       // Node closes a CONNECT's connection unanswered when nothing listens for it.
       expect(tunnel.text).toMatch(/^HTTP\/1\.1 405 Method Not Allowed\r\n/)
+      expect(tunnel.text).toMatch(/\r\nallow: GET, HEAD, POST, DELETE, OPTIONS\r\n/)
       expect(envelope(tunnel.text)).toMatchObject({ message: "CONNECT is not supported: this server is not a proxy.", code: "method_not_allowed" })
       expect(http10.text).toMatch(/^HTTP\/1\.1 200 OK\r\n/) // HTTP/1.0 needs no Host
       // HTTP/1.1 without Host: refused before the app sees it, in the envelope (Node's own answer has no body).
@@ -188,6 +195,28 @@ describe("the node server", () => {
         code: "expectation_failed"
       })
     }), 30_000)
+
+  it.scopedLive("a CONNECT's connection is closed once answered, though its client keeps its side open (none of the server's timeouts apply to it)", () =>
+    Effect.gen(function*() {
+      const server = createServer((_req, res) => res.end("ok"))
+      answerClientErrors(server)
+      yield* Effect.acquireRelease(
+        Effect.async<void>((resume) => void server.listen(0, "127.0.0.1", () => resume(Effect.void))),
+        () => Effect.sync(() => server.closeAllConnections() ?? server.close())
+      )
+      const client = connect({ port: (server.address() as { port: number }).port, host: "127.0.0.1", allowHalfOpen: true })
+      yield* Effect.addFinalizer(() => Effect.sync(() => client.destroy()))
+      let text = ""
+      client.on("data", (d) => (text += d))
+      client.write("CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+      const connections = Effect.async<number>((resume) => void server.getConnections((_e, n) => resume(Effect.succeed(n))))
+      yield* Effect.retry(
+        Effect.flatMap(connections, (n) => (n === 0 && text !== "" ? Effect.void : Effect.fail("still open"))),
+        Schedule.spaced("50 millis").pipe(Schedule.upTo("5 seconds"))
+      )
+      expect(text).toMatch(/^HTTP\/1\.1 405 Method Not Allowed\r\n/)
+      expect(client.destroyed).toBe(false) // the client's side still open: the server closed its own
+    }))
 
   /** A server answering 413 at the first chunk of a body, whose reader then stops, as a refused upload's does. */
   const refusingServer = (linger: { idleMs: number; maxMs?: number }) =>

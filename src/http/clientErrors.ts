@@ -32,10 +32,10 @@ const refusalHeaders = (body: string) => ({
   "content-length": String(Buffer.byteLength(body)),
   "x-request-id": requestId()
 })
-/** The whole answer, written to a socket whose request Node could not parse. */
-const refusal = (status: number, reason: string, code: string, message: string) => {
+/** The whole answer, written to a socket whose request Node could not parse (or handed over). */
+const refusal = (status: number, reason: string, code: string, message: string, extra: Record<string, string> = {}) => {
   const body = envelope(code, message)
-  const headers = Object.entries(refusalHeaders(body)).map(([name, value]) => `${name}: ${value}\r\n`).join("")
+  const headers = Object.entries({ ...refusalHeaders(body), ...extra }).map(([name, value]) => `${name}: ${value}\r\n`).join("")
   return `HTTP/1.1 ${status} ${reason}\r\n${headers}connection: close\r\n\r\n${body}`
 }
 
@@ -61,13 +61,19 @@ export const answerClientErrors = (server: Server): void => {
   }
   refuseAmbiguous(server)
   // Node hands a `CONNECT` (a proxy's tunnel) to this event's listeners, and without one closes the connection
-  // unanswered. The socket is then the listener's: Node has taken its own error listener off it.
+  // unanswered. The socket is then the listener's: Node has taken its own error listener and timeouts off it, so it
+  // is closed once answered (ended alone, it stayed half open for as long as its client kept its side).
   if (server.listenerCount("connect") === 0) {
     server.on("connect", (_request: IncomingMessage, socket: Duplex) => {
-      socket.on("error", () => socket.destroy())
-      socket.end(refusal(405, "Method Not Allowed", "method_not_allowed", "CONNECT is not supported: this server is not a proxy."))
+      refuseOn(socket, refusal(405, "Method Not Allowed", "method_not_allowed", "CONNECT is not supported: this server is not a proxy.", { allow: "GET, HEAD, POST, DELETE, OPTIONS" }))
     })
   }
+}
+
+/** Writes `answer` on a socket Node handed over (a `CONNECT`'s, an upgrade's), then closes it. */
+const refuseOn = (socket: Duplex, answer: string) => {
+  socket.on("error", () => socket.destroy())
+  socket.end(answer, () => socket.destroy())
 }
 
 const answer = (response: ServerResponse, status: number, code: string, message: string) => {
@@ -94,6 +100,16 @@ const refuseAmbiguous = (server: Server) => {
       const refused = ambiguity(request)
       if (refused !== undefined) {
         answer(response, 400, "invalid_http_request", refused)
+        return true
+      }
+    }
+    // A request asking for an upgrade (`Connection: Upgrade`) comes here instead, and the platform serves it as any
+    // other: the same checks, or adding that header passed them.
+    if (event === "upgrade") {
+      const [request, socket] = args as [IncomingMessage, Duplex]
+      const refused = ambiguity(request)
+      if (refused !== undefined) {
+        refuseOn(socket, refusal(400, "Bad Request", "invalid_http_request", refused))
         return true
       }
     }
