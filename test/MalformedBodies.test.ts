@@ -123,8 +123,10 @@ describe("malformed bodies", () => {
         }
         yield* expectStillServing
         expect((yield* send("GET", "/v1/batches?limit=100", {})).json.data.length).toBe(batches)
-        // Without a type, or typed as JSON, an empty body is read as JSON, as before.
+        // Without a type, or typed as JSON, an empty body is read as JSON, as before; a cancel reads none.
         expectEnvelope(yield* send("POST", "/v1/batches", {}, ""), 400, { param: null, code: "invalid_type" })
+        const cancel = yield* send("POST", "/v1/batches/batch_abc/cancel", { "content-type": "application/x-www-form-urlencoded", "content-length": "0" }, "")
+        expect([cancel.status, cancel.json.error.code]).toEqual([404, "not_found"])
       }))
 
     const notAnObject: ReadonlyArray<readonly [string, string]> = [

@@ -44,4 +44,18 @@ describe("route table", () => {
     table.forget()
     expect(table.remembered()).toBe(0)
   })
+
+  it("sends any model to a \"*\" upstream never reached yet, without remembering it: its list, once known, decides", () => {
+    const [closedSpec, anySpec] = specsOf([
+      { name: "down-since-start", base_url: "http://d.test/v1", models: ["*"] },
+      { name: "any", base_url: "http://c.test/v1", models: ["*"] }
+    ])
+    let reached: ReadonlyArray<string> | undefined
+    const downSinceStart = { spec: closedSpec!, listed: () => Option.fromNullable(reached), modelsAnswered: () => reached !== undefined }
+    const table = makeRouteTable([downSinceStart, upstream(anySpec!, ["qwen"])], [closedSpec!, anySpec!])
+    expect(table.route("qwen")).toBe(downSinceStart)
+    expect(table.remembered()).toBe(0)
+    reached = ["llama"] // it answered: its list does not have qwen
+    expect(table.route("qwen")?.spec.name).toBe("any")
+  })
 })

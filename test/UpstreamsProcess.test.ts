@@ -79,7 +79,10 @@ describe("the server with an upstreams file", () => {
       expect(server.output()).toMatch(/Upstream misrouted answered 404 to GET http:\/\/127\.0\.0\.1:\d+\/models: check its base URL/)
       expect(server.output()).toMatch(/Upstream typo does not list 'model-aa', which its entry names/)
       // Without keys every request is the project 'default': no batch of 'research' can come.
-      expect(server.output()).toContain("Upstream closed is open to 'research', which no request comes from without API keys")
+      expect(server.output()).toContain(
+        "Upstream closed is open to 'research', which no request comes from without API keys (all are the project " +
+          "'default'): no batch goes to it for them (a misspelt project?)"
+      )
     }, 10_000))
     expect(server.output()).not.toMatch(/Upstream (plain|secure) does not list/)
     expect(server.output()).not.toContain("sk-upstream-secret")

@@ -15,7 +15,7 @@ import * as Path from "node:path"
 import type { Batch } from "openai/resources/batches"
 import { layer as batchApiLayer, make as makeBatchApi } from "../src/cli/BatchApi.js"
 import { saveResults } from "../src/cli/download.js"
-import { note, say } from "../src/cli/output.js"
+import { note, printJson, say } from "../src/cli/output.js"
 import { watch } from "../src/cli/watch.js"
 
 type Handler = (req: IncomingMessage, res: ServerResponse, nth: number) => void
@@ -211,6 +211,11 @@ describe("the CLI's calls against a scripted server", () => {
       const lines: Array<string> = []
       yield* recorded(Effect.zipRight(say("k\u001b]0;PWNED\u0007\u001b[2J: v"), note("Q1\u202elnosj.exe\ttab")), lines)
       expect(lines).toEqual(["k⟨U+001B⟩]0;PWNED⟨U+0007⟩⟨U+001B⟩[2J: v", "Q1⟨U+202E⟩lnosj.exe\ttab"])
+      // In JSON too: it escapes C0 itself, not C1 nor the bidirectional controls.
+      const json: Array<string> = []
+      yield* recorded(printJson({ k: "\u009b2J\u202e\u001b" }), json)
+      expect(json).toEqual(['{"k":"\\u009b2J\\u202e\\u001b"}'])
+      expect(JSON.parse(json[0]!)).toEqual({ k: "\u009b2J\u202e\u001b" })
     }))
 
   it.scopedLive("an upload is not bounded by the client's overall timeout (only by inactivity); other calls are", () =>

@@ -48,6 +48,17 @@ describe("a request body as a stream", () => {
       expect(Buffer.concat(Chunk.toReadonlyArray(read)).equals(Buffer.concat(parts))).toBe(true)
     }))
 
+  it.scopedLive("a body that had all arrived, and ended, before reading began comes out whole", () =>
+    Effect.gen(function*() {
+      const { request } = yield* oneRequest("POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello")
+      request.resume() // read it to its end, unseen, so that it has ended
+      yield* Effect.async<void>((resume) => void request.once("end", () => resume(Effect.void)))
+      expect(Chunk.toReadonlyArray(yield* Stream.runCollect(bodyStream(request)))).toEqual([])
+      const { request: early } = yield* oneRequest("POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello")
+      yield* Effect.sleep("50 millis") // arrived and buffered, not read yet
+      expect(Buffer.concat(Chunk.toReadonlyArray(yield* Stream.runCollect(bodyStream(early)))).toString()).toBe("hello")
+    }))
+
   it.scopedLive("a client that goes away mid-body fails the stream rather than leave it waiting", () =>
     Effect.gen(function*() {
       const { client, request } = yield* oneRequest("POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\nhalf")

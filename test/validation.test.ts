@@ -25,6 +25,10 @@ describe("validateLine", () => {
     expect(validateLine(line("", `${chat},"model":"other"`), "/v1/chat/completions")).toEqual(refusal("body.model"))
     expect(validateLine(line("", `${chat}, "mod\\u0065l" : "other"`), "/v1/chat/completions")).toEqual(refusal("body.model"))
     expect(validateLine(line(`"body":{"model":"m"},`, chat), "/v1/chat/completions")).toEqual(refusal("body"))
+    // A long key is named by its first 64 characters (emoji count one each), in the message and the param.
+    const long = "😀".repeat(100_000)
+    const named = validateLine(line(`"${long}":1,"${long}":2,`, chat), "/v1/chat/completions")
+    expect(isValidLine(named) ? undefined : named.problems[0]!.param).toBe("😀".repeat(64))
     // A key repeated inside a message, or "model" in a tool's schema, is no ambiguity of ours.
     const deeper = `"model":"m","messages":[{"role":"user","role":"user","content":"x"}],"tools":[{"model":1}],"x":{"model":2}`
     expect(isValidLine(validateLine(line("", deeper), "/v1/chat/completions"))).toBe(true)

@@ -287,10 +287,11 @@ export const validateLine = (text: string, endpoint: BatchEndpoint): InvalidLine
   const bodyText = memberText(members, "body")
   const repeated = repeatedKey(members) ?? prefixed("body.", isJsonObject(parsed.body) ? repeatedKey(jsonMembers(bodyText!)) : undefined)
   if (repeated !== undefined) {
+    const named = Array.from(repeated).slice(0, 64).join("") // a key may be megabytes long
     return invalid({
       code: "invalid_request",
-      param: repeated,
-      message: `This line has the key '${repeated.slice(0, 64)}' more than once: which one an upstream would read is not known.`
+      param: named,
+      message: `This line has the key '${named}' more than once: which one an upstream would read is not known.`
     })
   }
   const problems: Array<Problem> = []

@@ -45,7 +45,7 @@ export const interactive = (mode: Mode): boolean => mode !== "json" && process.s
 /**
  * Control characters (C0 but tab and newline, DEL, C1) and the bidirectional controls, drawn as `⟨U+001B⟩`: a
  * server's text (a batch's metadata, a model name in an error message) cannot retitle or clear the terminal, move
- * its cursor, or reorder what is shown. Every line written goes through it (JSON escapes them itself).
+ * its cursor, or reorder what is shown. Every line written goes through it, or through `printJson`.
  */
 export const visible = (text: string): string => text.replace(CONTROLS, (c) => `⟨U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}⟩`)
 const CONTROLS = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g
@@ -53,7 +53,10 @@ const CONTROLS = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u
 export const say = (line: string) => Console.log(visible(line))
 export const sayAll = (lines: ReadonlyArray<string>) => Effect.forEach(lines, say, { discard: true })
 export const note = (line: string) => Console.error(visible(line))
-export const printJson = (value: unknown) => Console.log(JSON.stringify(value))
+/** One JSON object a line; the controls JSON leaves as they are (C1, DEL, bidirectional) escaped as `\u202e`. */
+export const printJson = (value: unknown) =>
+  Console.log(JSON.stringify(value).replace(JSON_UNESCAPED_CONTROLS, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`))
+const JSON_UNESCAPED_CONTROLS = /[\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g
 
 /** Writes `text` without a newline, after `control` (the live bar: the sequence that clears its line, then the bar). */
 export const write = (text: string, control = "") => Effect.sync(() => process.stdout.write(control + visible(text)))

@@ -200,8 +200,10 @@ export const boundBodies = (
         ))
     }
     // An empty POST body still picks the route's decoder by its type: an empty multipart one failed (a 500) or
-    // waited for ever for its boundary, and an empty form was read as `{}`.
-    const emptyPost = !hasBody(request) && request.method === "POST" && request.headers["content-type"] !== undefined
+    // waited for ever for its boundary, and an empty form was read as `{}`. Not on the routes that read no body
+    // (`curl -X POST …/cancel -d ''` sends an empty form).
+    const emptyPost = !hasBody(request) && request.method === "POST" && request.headers["content-type"] !== undefined &&
+      !requestTarget(request).path.endsWith("/cancel")
     if (!hasBody(request) && !emptyPost) return app
     if (!isJson(request.headers["content-type"])) {
       return answer(request, envelope(

@@ -146,7 +146,7 @@ export const ServerLifecycleLive: Layer.Layer<
     for (const { projects, upstream } of upstreamProjectsWithoutKey(upstreams ?? [], auth.required, keyProjects)) {
       yield* Effect.logWarning(
         `Upstream ${upstream} is open to ${projects.map((p) => `'${p}'`).join(", ")}, which no ` +
-          (auth.required ? "API key belongs to" : "request comes from without API keys (all are the project '${DEFAULT_PROJECT}')") +
+          (auth.required ? "API key belongs to" : `request comes from without API keys (all are the project '${DEFAULT_PROJECT}')`) +
           ": no batch goes to it for them (a misspelt project?)"
       )
     }
