@@ -223,7 +223,7 @@ layer(runningApp, { timeout: 60_000, excludeTestServices: true })("a batch on Po
       // Said only when a heartbeat ends the wait: the timer's end (3.5 s later) would say nothing.
       yield* eventuallyEffect(
         Effect.sync(() => expect(logged.filter((l) => l.includes(`The database answers again; batch ${batch.id} resumes`))).toHaveLength(1)),
-        10_000
+        20_000 // a loaded machine's heartbeats come late (the full suite under load missed 10 s)
       )
       const done = yield* waitFor(openai, batch.id, terminal, 30_000)
       expect(done.request_counts).toEqual({ total: 30, completed: 30, failed: 0 })
