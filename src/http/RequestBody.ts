@@ -182,7 +182,8 @@ export const boundBodies = (
 ) =>
 <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
   Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
-    if (hasBody(request) && encoded(request)) {
+    const bodyless = !hasBody(request)
+    if (!bodyless && encoded(request)) {
       // Read as it came, a gzipped upload was stored as its compressed bytes, and a gzipped JSON body said "not JSON".
       return answer(request, envelope(
         invalidRequest("Compressed request bodies are not supported: send it without Content-Encoding.", null, "unsupported_media_type"),
@@ -202,16 +203,16 @@ export const boundBodies = (
     // An empty POST body still picks the route's decoder by its type: an empty multipart one failed (a 500) or
     // waited for ever for its boundary, and an empty form was read as `{}`. Not on the routes that read no body
     // (`curl -X POST …/cancel -d ''` sends an empty form).
-    const emptyPost = !hasBody(request) && request.method === "POST" && request.headers["content-type"] !== undefined &&
+    const typedEmptyPost = bodyless && request.method === "POST" && request.headers["content-type"] !== undefined &&
       !requestTarget(request).path.endsWith("/cancel")
-    if (!hasBody(request) && !emptyPost) return app
+    if (bodyless && !typedEmptyPost) return app
     if (!isJson(request.headers["content-type"])) {
       return answer(request, envelope(
         invalidRequest("Request bodies must be JSON (Content-Type: application/json).", null, "unsupported_media_type"),
         415
       ))
     }
-    if (emptyPost) return app
+    if (bodyless) return app
     if (Number(request.headers["content-length"] ?? 0) > maxBytes) {
       return answer(request, envelope(tooLarge(maxBytes), 413))
     }
