@@ -42,7 +42,7 @@ const overClient = (client: HttpClient.HttpClient, config: Parameters<typeof App
  * An Inference whose upstream answers `script` in order (the last answer repeats); `calls` counts attempts. Its
  * `GET /models` answers 404, uncounted. The upstream's limit is 1, its floor: an overload answer counts as an attempt.
  */
-const scripted = (script: ReadonlyArray<Scripted>, maxAttempts = 5) => {
+const scripted = (script: ReadonlyArray<Scripted>, maxAttempts = 5, config: Parameters<typeof AppConfig.layerWith>[0] = {}) => {
   const calls = { n: 0, urls: [] as Array<string>, probes: 0 }
   const client = HttpClient.make((request, url) => {
     if (request.method === "GET") {
@@ -66,7 +66,8 @@ const scripted = (script: ReadonlyArray<Scripted>, maxAttempts = 5) => {
     inferenceMaxConcurrency: 1,
     inferenceRetryBaseDelay: Duration.seconds(1),
     inferenceRetryMaxDelay: Duration.seconds(60),
-    upstreamProbeInterval: Duration.seconds(2)
+    upstreamProbeInterval: Duration.seconds(2),
+    ...config
   })
   return { calls, layer }
 }
@@ -200,6 +201,34 @@ describe("Inference", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  it.effect("an app's own client is held to the upstream's time limit: a call never answered fails as upstream_timeout", () => {
+    const { calls, layer } = scripted([{ status: 200, afterMs: 3_600_000 }], 2, { inferenceTimeout: Duration.seconds(5) })
+    return Effect.gen(function*() {
+      const fiber = yield* Effect.fork(send())
+      yield* TestClock.adjust("5 seconds")
+      yield* TestClock.adjust("2 seconds") // the backoff
+      yield* TestClock.adjust("5 seconds")
+      const error = yield* Effect.flip(Fiber.join(fiber))
+      expect(calls.n).toBe(2)
+      expect(error).toMatchObject({ _tag: "UpstreamFailure", code: "upstream_timeout" })
+      expect(error.message).toContain("within 5s")
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("an app's own client is held to INFERENCE_MAX_RESPONSE_BYTES, whether the answer announces its size or not", () =>
+    Effect.gen(function*() {
+      const body = JSON.stringify({ text: "x".repeat(20_000) })
+      for (const headers of [{}, { "content-length": String(body.length) }]) {
+        const { calls, layer } = scripted([{ status: 200, body, headers }], 3, { inferenceMaxResponseBytes: 10_000 })
+        const error = yield* Effect.flip(send()).pipe(Effect.provide(layer))
+        expect(calls.n).toBe(1)
+        expect(error).toMatchObject({ _tag: "UpstreamFailure", code: "upstream_response_too_large" })
+        expect(error.message).toContain("larger than 10000 bytes")
+      }
+      const { layer } = scripted([{ status: 200, body: body.slice(0, 9_990) + `"}` }], 1, { inferenceMaxResponseBytes: 10_000 })
+      expect((yield* send().pipe(Effect.provide(layer))).status).toBe(200)
+    }))
+
   it.effect("a 2xx answer that is not a JSON object is invalid_upstream_response, not retried", () =>
     Effect.gen(function*() {
       const html = `<!DOCTYPE html>\n<html>\n<body>${"Please sign in. ".repeat(40)}</body></html>`
@@ -258,7 +287,7 @@ describe("Inference", () => {
       yield* TestClock.adjust("1 millis") // the start-up probe
       const probes = calls.probes
       const fiber = yield* Effect.fork(send())
-      yield* Effect.yieldNow()
+      yield* Effect.repeat(Effect.yieldNow(), { while: () => calls.n === 0, times: 20 }) // the call goes out
       expect(calls.n).toBe(1)
       // Down: no call goes out, whatever the time, only probes (every 2 s); here the probe's 404 is an answer.
       yield* TestClock.adjust("2 seconds")

@@ -26,6 +26,7 @@ import { type HandBack, HandedBack, retryAfterMillis, unlessHandedBack, Upstream
 import { AnswerMemory, currentAnswerHold } from "./answerMemory.js"
 import { makeRouteTable } from "./routeTable.js"
 import { makeRouteWait } from "./routeWait.js"
+import { bounded } from "./boundedClient.js"
 import * as UpstreamHttpClient from "./UpstreamHttpClient.js"
 
 export { compactJson, type HandBack, HandedBack, retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "./answers.js"
@@ -281,8 +282,15 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
     })
   })
 
-/** The Inference over the configured upstreams, all through the `HttpClient` in context (tests script it). */
-export const make = Effect.flatMap(HttpClientTag, (http) => makeWith(() => http))
+/**
+ * The Inference over the configured upstreams, all through the `HttpClient` in context (tests script it), each call
+ * held to its upstream's time limit and `INFERENCE_MAX_RESPONSE_BYTES` as the live client holds its own.
+ */
+export const make = Effect.flatMap(
+  Effect.zip(HttpClientTag, AppConfig),
+  ([http, config]) =>
+    makeWith((spec) => bounded(http, { timeoutMs: Duration.toMillis(spec.timeout), maxBodyBytes: config.inferenceMaxResponseBytes }))
+)
 
 /**
  * `make` as a layer: the real routing, probes, retries and outage handling over an `HttpClient` you give (a test's

@@ -51,6 +51,20 @@ class UpstreamCallError extends Error {
   }
 }
 
+/** A failed call of `request` as `failureKind` reads it: a `RequestError` whose cause says its `kind`. */
+export const callFailure = (
+  request: HttpClientRequest.HttpClientRequest,
+  kind: FailureKind,
+  description: string,
+  undiciError?: Error
+) =>
+  new HttpClientError.RequestError({
+    request,
+    reason: "Transport",
+    description,
+    cause: new UpstreamCallError(kind, description, undiciError)
+  })
+
 const KINDS: ReadonlySet<unknown> = new Set<FailureKind>(["connect", "timeout", "too_large", "transport"])
 
 /**
@@ -229,12 +243,11 @@ export class Call implements Dispatcher.DispatchHandler {
   /** Fails the call; one failed here (not by undici) has its request aborted, closing its connection. */
   private fail(kind: FailureKind, description: string, undiciError?: Error) {
     if (this.settle()) return
-    const cause = new UpstreamCallError(kind, description, undiciError)
+    const error = callFailure(this.request, kind, description, undiciError)
     this.chunks = []
     this.filled = undefined
-    const error = new HttpClientError.RequestError({ request: this.request, reason: "Transport", description, cause })
     this.resume(Effect.fail(error))
-    if (undiciError === undefined) this.abortRequest?.(cause)
+    if (undiciError === undefined) this.abortRequest?.(error.cause as Error)
     this.giveBack()
   }
 
