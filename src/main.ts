@@ -5,7 +5,7 @@
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import * as Migrator from "@effect/sql/Migrator"
-import { Cause, ConfigError, Deferred, Effect, FiberRef, HashSet, Layer, Logger, Option, Runtime } from "effect"
+import { Cause, ConfigError, Deferred, Duration, Effect, FiberRef, HashSet, Layer, Logger, Option, Runtime } from "effect"
 import { constants } from "node:os"
 import { AppConfig, defaults, nodeIdOfEnvironment, RESTART_TO_APPLY } from "./Config.js"
 import { AppLive } from "./Layers.js"
@@ -14,6 +14,7 @@ import { describeDatabase } from "./observability/Readiness.js"
 import { NodeIdInUse, NodeIdTakenOver, OnNodeIdTakenOver } from "./storage/NodeIdLock.js"
 import { BatchesRunElsewhere } from "./storage/SqliteRunnerLock.js"
 import { storageFault } from "./storage/Faults.js"
+import { patienceFor } from "./storage/fileLock.js"
 
 /** Why a socket could not listen, for the faults an operator fixes in the configuration (`port`: its variable). */
 const LISTEN_FAULTS: Readonly<Record<string, (port: string) => string>> = {
@@ -86,25 +87,32 @@ const logFault = (cause: Cause.Cause<unknown>) =>
 const REPEAT_WINDOW_MS = 1_000
 
 /**
- * The signals after the first. runMain stops listening once it has begun the shutdown, so a second SIGINT ended the
- * process undrained. A Ctrl-C under `npm start` is two SIGINTs milliseconds apart (the terminal's to the server, and
- * the one npm passes on): repeats within a second are that same stop, and change nothing. A later one is an operator
- * who will not wait: said, then the process ends at once (what it leaves unfinished resumes at the next start).
+ * A stop that ends in time, and the signals after the first. runMain stops listening once it has begun the shutdown,
+ * so a second SIGINT ended the process undrained. A Ctrl-C under `npm start` is two SIGINTs milliseconds apart (the
+ * terminal's to the server, and the one npm passes on): repeats within a second are that same stop, and change
+ * nothing. A later one is an operator who will not wait: said, then the process ends at once. So does a stop still
+ * going on when a successor under its id stops waiting for it (`patienceFor`): a release held up by a database that
+ * does not answer took ~70 s, past a container's grace period. What either leaves unfinished resumes at the next start.
  */
 const stopAtOnceOnALaterSignal = Effect.gen(function*() {
   const runSync = Runtime.runSync(yield* Effect.runtime<never>())
+  const patience = patienceFor(yield* AppConfig)
+  const stopNow = (why: string, signal: NodeJS.Signals) => {
+    runSync(Effect.annotateLogs(
+      Effect.logWarning(`${why}: stopping at once; unfinished work resumes at the next start`),
+      "event",
+      "server.stopped_at_once"
+    ))
+    process.exit(128 + constants.signals[signal])
+  }
   let first: number | undefined
   const onSignal = (signal: NodeJS.Signals) => {
     const now = Date.now()
-    if (first === undefined) first = now // runMain's own listener begins the shutdown
-    else if (now - first >= REPEAT_WINDOW_MS) {
-      runSync(Effect.annotateLogs(
-        Effect.logWarning(`${signal} again during the shutdown: stopping at once; unfinished work resumes at the next start`),
-        "event",
-        "server.stopped_at_once"
-      ))
-      process.exit(128 + constants.signals[signal])
-    }
+    if (first === undefined) {
+      first = now // runMain's own listener begins the shutdown
+      const late = `The shutdown did not end within ${Duration.format(patience)} (something it releases does not answer: the database?)`
+      setTimeout(() => stopNow(late, signal), Duration.toMillis(patience)).unref()
+    } else if (now - first >= REPEAT_WINDOW_MS) stopNow(`${signal} again during the shutdown`, signal)
   }
   process.on("SIGINT", onSignal)
   process.on("SIGTERM", onSignal)

@@ -179,6 +179,45 @@ describe.concurrent("one process per NODE_ID on PostgreSQL", () => {
       expect(yield* holdersNow).toEqual([taker]) // the other process keeps it
     }).pipe(Effect.scoped), 40_000)
 
+  it.live("a SIGTERM while the database does not answer ends the process within a successor's patience, saying so", () =>
+    Effect.gen(function*() {
+      const { forwarded, forwarder } = yield* forwardedSchema
+      const dataDir = yield* Effect.acquireRelease(
+        Effect.sync(() => mkdtempSync(Path.join(tmpdir(), "batch-node-id-"))),
+        (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
+      )
+      const sim = yield* Effect.acquireRelease(Effect.promise(() => startSimulator({ latencyMs: 100 })), (s) => Effect.promise(() => s.close()))
+      const server = yield* Effect.acquireRelease(
+        Effect.promise(() =>
+          startServer({
+            DATABASE_URL: Redacted.value(forwarded),
+            DATA_DIR: dataDir,
+            NODE_ID: "frozen",
+            INFERENCE_BASE_URL: sim.url,
+            HEARTBEAT_INTERVAL: "200 millis",
+            SHUTDOWN_TIMEOUT: "1 second",
+            LOG_FORMAT: "json"
+          })
+        ),
+        (s) => Effect.promise(() => s.stop("SIGKILL"))
+      )
+      const openai = sdk(server.url)
+      const lines = Array.from({ length: LINES }, (_, i) => chatLine(`frozen-${i}`, `frozen prompt ${i}`))
+      yield* createBatch(openai, (yield* upload(openai, lines)).id)
+      yield* eventuallyEffect(Effect.sync(() => expect(sim.stats.requests).toBeGreaterThan(10)), 10_000)
+      forwarder.freeze() // leases, outcomes and the id's lock have nowhere to go: the release waits on them
+      const signalled = Date.now()
+      const code = yield* Effect.promise(() => server.stop("SIGTERM")).pipe(Effect.timeout("30 seconds"))
+      // SHUTDOWN_TIMEOUT and 5 s (a statement's own limit, DATABASE_STATEMENT_TIMEOUT, is 60 s).
+      expect(Date.now() - signalled).toBeLessThan(6_000 + 3_000)
+      expect(code).toBe(143)
+      const line = server.stdout().split("\n").find((l) => l.includes('"event":"server.stopped_at_once"'))
+      expect(JSON.parse(line!).message).toBe(
+        "The shutdown did not end within 6s (something it releases does not answer: the database?): stopping at once; " +
+          "unfinished work resumes at the next start"
+      )
+    }).pipe(Effect.scoped), 60_000)
+
   it.live("a holder silent for longer than LEASE_TTL is taken for gone: its session is ended and the id taken over", () =>
     Effect.gen(function*() {
       const url = yield* schemaUrl

@@ -28,8 +28,12 @@ export const sqliteFileOf = (sql: SqlClient.SqlClient): Effect.Effect<string | u
  */
 export const wallClock = Clock.make()
 
-/** How long a process waits for a lock: as long as a predecessor may take to stop (`SHUTDOWN_TIMEOUT` and 5 s). */
-export const patienceFor = (config: AppConfigShape) => Duration.sum(config.shutdownTimeout, Duration.seconds(5))
+/**
+ * How long a process waits for a lock: as long as a predecessor may take to stop (`SHUTDOWN_DELAY`, `SHUTDOWN_TIMEOUT`
+ * and 5 s), which `main.ts` ends the process at, a stop that takes longer or not.
+ */
+export const patienceFor = (config: Pick<AppConfigShape, "shutdownDelay" | "shutdownTimeout">) =>
+  Duration.sum(Duration.sum(config.shutdownDelay, config.shutdownTimeout), Duration.seconds(5))
 
 /** Whether `error` is SQLite's "database is locked" (SQLITE_BUSY or an extended code of it), at its cause. */
 const isBusy = (error: unknown) => {
