@@ -8,7 +8,7 @@ import { Duration, Effect } from "effect"
 import { chatLine, createBatch, readLines, terminal, upload, waitFor } from "./support/Batches.js"
 import { client, createModelBatch, logged, LogLines, Simulators, testAppWithUpstreams } from "./support/Upstreams.js"
 import { sideBySide } from "./support/SideBySide.js"
-import { baseUrl } from "./support/TestApp.js"
+import { baseUrl, eventually } from "./support/TestApp.js"
 
 const sleep = (ms: number) => Effect.promise(() => new Promise((resolve) => setTimeout(resolve, ms)))
 
@@ -276,6 +276,35 @@ layer(
       const done = yield* waitFor(openai, batch.id, terminal, 20_000)
       expect(done.request_counts).toEqual({ total: 60, completed: 60, failed: 0 })
       expect(logs.filter((l) => l.event === "upstream.up")).toHaveLength(1)
+    }), { timeout: 30_000 })
+
+  it.effect("an upstream down that comes back with another key says so: the outage's new reason is warned of, once", () =>
+    Effect.gen(function*() {
+      const { keyed } = yield* Simulators
+      const logs = yield* LogLines
+      const openai = yield* client
+      const events = (event: string) => logs.filter((l) => l.event === event)
+      const [downs, ups] = [events("upstream.down").length, events("upstream.up").length]
+      const batch = yield* createModelBatch(60, "model-k", "r")
+      yield* waitFor(openai, batch.id, (b) => (b.request_counts?.completed ?? 0) >= 5)
+      yield* Effect.promise(() => keyed!.stop())
+      yield* eventually(() => expect(events("upstream.down")).toHaveLength(downs + 1), 10_000)
+      keyed!.apiKey = "sk-rotated"
+      yield* Effect.promise(() => keyed!.start())
+      yield* untilLogged(logs, "upstream.still_down")
+      yield* sleep(1500) // five probe intervals: each trial refused again, said no more
+      const still = events("upstream.still_down")
+      expect(still.map((l) => l.message)).toEqual([
+        expect.stringMatching(/^Upstream keyed is still down, for another reason \(it refuses its key: .*check its key \(from api_key\)\)/)
+      ])
+      expect(events("upstream.down")).toHaveLength(downs + 1)
+      const paused = yield* Effect.promise(() => openai.batches.retrieve(batch.id))
+      expect([paused.status, paused.request_counts?.failed]).toEqual(["in_progress", 0])
+
+      keyed!.apiKey = "sk-right"
+      const done = yield* waitFor(openai, batch.id, terminal, 20_000)
+      expect(done.request_counts).toEqual({ total: 60, completed: 60, failed: 0 })
+      expect(events("upstream.up")).toHaveLength(ups + 1)
     }), { timeout: 30_000 })
 })
 

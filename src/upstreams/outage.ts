@@ -16,6 +16,9 @@ export const IDLE_TRIAL_PROBES = 5
 /** Probes answered 5xx in a row after which the upstream's calls get a trial anyway (a blind one: it may be there). */
 export const FAILING_PROBES_BEFORE_TRIAL = 3
 
+/** How many reasons one outage is said to go on for, at most: a trial fails each probe interval. */
+const MAX_REASONS_SAID = 4
+
 export interface Outage {
   /** No call goes out. */
   readonly isDown: () => boolean
@@ -101,6 +104,11 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
         }
       })
 
+    /**
+     * The reasons this outage was said to go on for: a trial failing for a new one (an upstream back with another key)
+     * says it, a few times at most; the same one again only at debug level.
+     */
+    const saidReasons = new Set<string>()
     /** Whether this outage's line about a probe answering 5xx was said (once per outage). */
     let saidProbeFails = false
     /**
@@ -143,7 +151,10 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
           downSince = clock.unsafeCurrentTimeMillis()
           trials = 0
           saidProbeFails = false
+          saidReasons.clear()
         }
+        const newReason = !saidReasons.has(reason) && saidReasons.size < MAX_REASONS_SAID
+        saidReasons.add(reason)
         const every = Duration.format(options.probeInterval)
         return Effect.gen(function*() {
           upSignal = yield* Deferred.make<void>()
@@ -153,7 +164,13 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
           // Interruptible: a verdict (where an outage is noticed) runs uninterruptibly, and a fork inherits that.
           yield* Effect.forkIn(Effect.interruptible(log(probing)), scope)
           yield* log(
-            again
+            again && newReason
+              ? Effect.annotateLogs(
+                Effect.logWarning(`Upstream ${name} is still down, for another reason (${reason}); batches using it stay paused, probing every ${every}`),
+                "event",
+                "upstream.still_down"
+              )
+              : again
               ? Effect.logDebug(`Upstream ${name} still failing after its probe answered (${reason}); probing every ${every}`)
               : Effect.annotateLogs(
                 Effect.logWarning(`Upstream ${name} is down (${reason}); batches using it pause, probing every ${every}`),
