@@ -298,6 +298,11 @@ layer(
         expect.stringMatching(/^Upstream keyed is still down, for another reason \(it refuses its key: .*check its key \(from api_key\)\)/)
       ])
       expect(events("upstream.down")).toHaveLength(downs + 1)
+      // The upstream's lines are in no batch's trace (the batch that noticed the outage is not theirs).
+      expect(logs.filter((l) => l.message.startsWith("Upstream keyed")).map((l) => l.traceId)).toEqual(
+        logs.filter((l) => l.message.startsWith("Upstream keyed")).map(() => undefined)
+      )
+      expect(logs.some((l) => l.traceId !== undefined)).toBe(true)
       const paused = yield* Effect.promise(() => openai.batches.retrieve(batch.id))
       expect([paused.status, paused.request_counts?.failed]).toEqual(["in_progress", 0])
 

@@ -7,7 +7,7 @@ import * as HttpBody from "@effect/platform/HttpBody"
 import type * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import type * as HttpClientResponse from "@effect/platform/HttpClientResponse"
-import { Deferred, Duration, Effect, Exit, FiberId, FiberRef, HashMap, List, LogLevel, Option, Redacted, type Scope } from "effect"
+import { Context, Deferred, Duration, Effect, Exit, FiberId, FiberRef, HashMap, List, LogLevel, Option, Redacted, type Scope, Tracer } from "effect"
 import { BatchEndpoint } from "../domain/Batches.js"
 import { requestId } from "../domain/Ids.js"
 import { currentAnswerHold } from "../inference/answerMemory.js"
@@ -79,11 +79,15 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     const gate = admission
     const metrics = yield* Metrics
     const observeAttempt = metrics.attempts(spec.name)
-    /** Its own log context: lines about the upstream are not the batch's that happened to notice (nor its spans). */
+    /**
+     * Its own log context: lines about the upstream are not the batch's that happened to notice, nor in its log spans
+     * or its trace (their `trace_id` named that batch; the probes it forks were spans of that batch's trace).
+     */
     const log = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
       effect.pipe(
         Effect.locally(FiberRef.currentLogAnnotations, HashMap.make(["upstream", spec.name] as [string, unknown])),
-        Effect.locally(FiberRef.currentLogSpan, List.empty())
+        Effect.locally(FiberRef.currentLogSpan, List.empty()),
+        Effect.locallyWith(FiberRef.currentContext, Context.omit(Tracer.ParentSpan))
       )
 
     const authorized = (request: HttpClientRequest.HttpClientRequest) =>

@@ -1,5 +1,5 @@
 /** A test app over several simulators routed by `upstreams` entries, with the app's log lines recorded. */
-import { Context, Effect, HashMap, Layer, Logger, LogLevel, Option } from "effect"
+import { Context, Effect, FiberRef, FiberRefs, HashMap, Layer, Logger, LogLevel, Option, Tracer } from "effect"
 import type { AppConfigShape } from "../../src/Config.js"
 import type { UpstreamEntry } from "../../src/upstreams/UpstreamSpec.js"
 import { type Simulator, type SimulatorOptions, startSimulator } from "../../scripts/simulator.js"
@@ -9,8 +9,15 @@ import { type Backend, baseUrl, testApp } from "./TestApp.js"
 /** The simulators of a test, by name. */
 export class Simulators extends Context.Tag("test/Simulators")<Simulators, Record<string, Simulator>>() {}
 
-/** The app's log lines (level, message and `event` annotation), as they are written. */
-export class LogLines extends Context.Tag("test/LogLines")<LogLines, Array<{ level: string; message: string; event?: unknown }>>() {}
+/** The app's log lines (level, message, `event` annotation and the trace they are in), as they are written. */
+export class LogLines extends Context.Tag("test/LogLines")<LogLines, Array<LogLine>>() {}
+
+interface LogLine {
+  readonly level: string
+  readonly message: string
+  readonly event?: unknown
+  readonly traceId?: string | undefined
+}
 
 const simulators = (options: Record<string, SimulatorOptions>) =>
   Layer.scoped(
@@ -35,12 +42,14 @@ export const testAppWithUpstreams = (
   overrides: Partial<AppConfigShape> = {},
   backend: Backend = "sqlite"
 ) => {
-  const lines: Array<{ level: string; message: string; event?: unknown }> = []
-  const recorder = Logger.make(({ annotations, logLevel, message }) => {
+  const lines: Array<LogLine> = []
+  const recorder = Logger.make(({ annotations, context, logLevel, message }) => {
+    const span = Context.getOption(FiberRefs.getOrDefault(context, FiberRef.currentContext), Tracer.ParentSpan)
     lines.push({
       level: logLevel.label,
       message: Array.isArray(message) ? message.map(String).join(" ") : String(message),
-      event: Option.getOrUndefined(HashMap.get(annotations, "event"))
+      event: Option.getOrUndefined(HashMap.get(annotations, "event")),
+      traceId: Option.getOrUndefined(span)?.traceId
     })
   })
   return Layer.unwrapEffect(Effect.map(Simulators, (all) =>
