@@ -441,6 +441,10 @@ describe("the server process", () => {
         await eventually(async () => (await status("sk-proc-two")) === 200)
         expect(await status("sk-proc-one")).toBe(401)
         await eventually(async () => server.output().includes("API keys reloaded")) // logged once the keys are in use
+        // What changed, by hash: a rotation is told from a reload that changed nothing.
+        const reloaded = JSON.parse(server.stdout().split("\n").find((l) => l.includes("API keys reloaded"))!)
+        expect(reloaded.message).toMatch(/^API keys reloaded: 1 added, 1 removed \(on this node; /)
+        expect([reloaded.keys_added, reloaded.keys_removed]).toEqual([[keyHash("sk-proc-two")], [keyHash("sk-proc-one")]])
         // A webhook line no key's project can use (misspelt), said: its events went nowhere without a word.
         await eventually(async () => server.output().includes("webhook line for 'projTw0', which no key belongs to"))
 

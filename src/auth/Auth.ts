@@ -45,6 +45,8 @@ export interface KeysSummary {
   readonly webhooksWithoutKey: ReadonlyArray<string>
   /** Every project a key in use belongs to, an operator key's own included (the listening line's checks; not logged). */
   readonly projectNames: ReadonlyArray<string>
+  /** The short hashes naming the keys in use (`keyHash`), for what a reload added and removed. */
+  readonly keyHashes: ReadonlyArray<string>
 }
 
 export interface AuthShape {
@@ -155,7 +157,8 @@ const summaryOf = (entries: ReadonlyArray<KeyEntry>, webhooks: ReadonlyArray<Web
     admins: entries.filter((e) => e.caller.admin).length,
     projects: projects.size,
     webhooksWithoutKey: webhooks.filter((w) => !projects.has(w.project)).map((w) => w.project),
-    projectNames: [...new Set(entries.map((e) => e.caller.project))]
+    projectNames: [...new Set(entries.map((e) => e.caller.project))],
+    keyHashes: entries.map((e) => e.caller.keyHash)
   }
 }
 
@@ -234,9 +237,9 @@ export const makeAuth = (sources: KeySources): Effect.Effect<AuthShape, ConfigEr
  * The line saying the keys are `loaded` or reloaded (counts only), and a warning for a webhook line no key's project
  * can use: a misspelt project sent its events nowhere (or to `WEBHOOK_URL`) without a word.
  */
-const sayKeys = (what: string, { projectNames: _, webhooksWithoutKey, ...counts }: KeysSummary) =>
+const sayKeys = (what: string, { keyHashes: _, projectNames: __, webhooksWithoutKey, ...counts }: KeysSummary, more = {}) =>
   Effect.zipRight(
-    Effect.logInfo(what).pipe(Effect.annotateLogs({ ...counts })),
+    Effect.logInfo(what).pipe(Effect.annotateLogs({ ...counts, ...more })),
     webhooksWithoutKey.length === 0 ? Effect.void : Effect.logWarning(
       `API_KEYS_FILE has a webhook line for ${webhooksWithoutKey.map((p) => `'${p}'`).join(", ")}, which no key ` +
         "belongs to: no batch can use it (a misspelt project?)"
@@ -262,9 +265,20 @@ export const AuthLive: Layer.Layer<Auth, ConfigError.ConfigError, AppConfig> = L
     yield* logLoaded(auth)
     if (Option.isSome(config.apiKeysFile)) {
       const runtime = yield* Effect.runtime<never>()
+      // What changed, by the keys' hashes: a rotation (one key in, one out) is told from a reload that changed nothing.
+      const reload = Effect.gen(function*() {
+        const before = (yield* auth.summary).keyHashes
+        const after = yield* auth.reload
+        const added = after.keyHashes.filter((h) => !before.includes(h))
+        const removed = before.filter((h) => !after.keyHashes.includes(h))
+        yield* sayKeys(
+          `API keys reloaded: ${added.length} added, ${removed.length} removed (on this node; ${RESTART_TO_APPLY})`,
+          after,
+          { keys_added: added, keys_removed: removed }
+        )
+      })
       const onHangup = () =>
-        Runtime.runFork(runtime)(auth.reload.pipe(
-          Effect.flatMap((summary) => sayKeys(`API keys reloaded (${RESTART_TO_APPLY})`, summary)),
+        Runtime.runFork(runtime)(reload.pipe(
           Effect.catchAll((error) =>
             Effect.logError(`API_KEYS_FILE could not be reloaded; the previous keys stay in use: ${String(error)}`))
         ))

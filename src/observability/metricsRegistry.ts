@@ -330,7 +330,7 @@ export const makeMetrics = (options: { readonly processWide: boolean }): Metrics
   const diskAvailable = new Gauge({
     name: "batch_data_dir_available_bytes",
     help: "Bytes free to this process on the file system holding DATA_DIR (the SQLite database and local file " +
-      "bytes), read at scrape time: uploads and results fail with 507 once it is out.",
+      "bytes), read at scrape time: uploads get a 507 and batches wait once it is out.",
     // Labelled, so that a scrape that could not read it leaves it out (an unlabelled gauge would show 0 bytes).
     labelNames: ["path"] as const,
     registers
