@@ -13,7 +13,7 @@ import { LoggingLive, loggerLayer } from "./observability/Logging.js"
 import { describeDatabase } from "./observability/Readiness.js"
 import { NodeIdInUse, NodeIdTakenOver, OnNodeIdTakenOver } from "./storage/NodeIdLock.js"
 import { BatchesRunElsewhere } from "./storage/SqliteRunnerLock.js"
-import { storageFault } from "./storage/Faults.js"
+import { rootMessage, storageFault } from "./storage/Faults.js"
 import { patienceFor } from "./storage/fileLock.js"
 
 /** Why a socket could not listen, for the faults an operator fixes in the configuration (`port`: its variable). */
@@ -36,13 +36,6 @@ const listenFaultLine = (cause: Cause.Cause<unknown>): Option.Option<string> =>
       ? Option.some(`Cannot listen on ${failure.cause!.address}:${failure.cause!.port}: ${LISTEN_FAULTS[code]!(variable!)} (${code})`)
       : Option.none()
   })
-
-/** The innermost message of an error's `cause` chain: what the driver said (`connect ECONNREFUSED 10.0.0.5:5432`). */
-const rootMessage = (error: unknown): string => {
-  let at: unknown = error
-  while (at instanceof Error && at.cause instanceof Error) at = at.cause
-  return at instanceof Error ? at.message : String(at)
-}
 
 /** What PostgreSQL's "no schema has been selected to create in" means at a first start. */
 const NO_SCHEMA = "the schemas of the user's search_path do not exist: create the one DATABASE_URL names first (CREATE SCHEMA)"

@@ -232,7 +232,8 @@ describe("a full SQLite database", () => {
       yield* allowPages(200)
       warnings.length = 0
       const created = yield* createBatch(openai, file.id)
-      yield* eventuallyEffect(Effect.sync(() => expect(warnings).toContain(`Storage full; batch ${created.id} waits`)), 10_000)
+      const waits = `Storage full (database or disk is full); batch ${created.id} waits` // what the driver said, in one line
+      yield* eventuallyEffect(Effect.sync(() => expect(warnings).toContain(waits)), 10_000)
       // The first retry is a second away: the rows of the first page are already gone, their pages free.
       const rows = yield* run(`SELECT COUNT(*) AS n FROM batch_requests WHERE batch_id = '${created.id}'`)
       expect(Number(rows[0]!.n)).toBe(0)
@@ -422,5 +423,9 @@ for (const backend of backends) describe(`runner supervision (${backend})`, () =
       )
       expect(Date.now() - started).toBeGreaterThanOrEqual(OTHER_FAULT_BUDGET_MS)
       expect(failed.errors?.data?.[0]).toMatchObject({ code: "internal_error" })
+      // The fault's own text is the server's, for its log: the client is told where it is, not what it said.
+      expect(failed.errors?.data?.[0]?.message).toBe(
+        "The batch could not be processed: an internal error (the server's log names it, with the batch's id)"
+      )
     }).pipe(Effect.ensuring(Effect.sync(() => (fault = "none"))), Effect.provide(runnerLayer(backend))), 30_000)
 })

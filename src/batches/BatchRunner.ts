@@ -18,14 +18,14 @@
  * finishing is not limited, so a cancel is never queued behind other batches. `supervised` retries a batch after a fault.
  * A node with `maxConcurrentBatches` 0 does none of this (`handedOff`): the nodes that run batches pick its work up.
  */
-import { Cause, Clock, Context, Deferred, Duration, Effect, Exit, FiberId, FiberMap, Layer, Option, Schedule } from "effect"
+import { Clock, Context, Deferred, Duration, Effect, Exit, FiberId, FiberMap, Layer, Option, Schedule } from "effect"
 import { AppConfig, runsBatches } from "../Config.js"
 import type { BatchId } from "../domain/Ids.js"
 import { FileStore, sweepEvery } from "../files/FileStore.js"
 import { Inference } from "../inference/Inference.js"
 import * as BatchLines from "../observability/batchLines.js"
 import { batchWork } from "../observability/Tracing.js"
-import { type StorageFault, storageFault } from "../storage/Faults.js"
+import { describeStorageFault, type StorageFault, storageFault } from "../storage/Faults.js"
 import { inBackground } from "../Scheduler.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
 import { heldAWhile, holderTurn, makeFairPermits, type Readiness } from "./fairPermits.js"
@@ -260,7 +260,9 @@ export const make = Effect.gen(function*() {
           if (storage !== waitingFor) {
             storageRetries = 0
             warnedAt = now
-            yield* Effect.logWarning(`Storage ${storageState(storage)}; batch ${id} waits`, cause)
+            // One line, what the driver said; the cause (its stack at every layer, ~15 KB) at debug level.
+            yield* Effect.logWarning(`Storage ${describeStorageFault(storage, cause)}; batch ${id} waits`)
+            yield* Effect.logDebug(`Storage ${storageState(storage)}; batch ${id} waits`, cause)
           } else if (now - warnedAt >= STILL_WAITING_SAID_EVERY_MS) {
             // Said again now and then: a wait that comes back after progress (a finalization's file) was silent.
             warnedAt = now
@@ -279,7 +281,8 @@ export const make = Effect.gen(function*() {
         yield* Effect.logError(`Batch ${id} hit a fault; ${giveUp ? "it fails" : "retrying"}`, cause)
         if (giveUp) {
           const failed = yield* store.transition(id, "fault", {
-            errors: [{ code: "internal_error", message: `The batch could not be processed: ${Cause.pretty(cause).split("\n")[0]}`, param: null, line: null }]
+            // The fault's text stays in the log: it is the server's, and may say what a client should not see.
+            errors: [{ code: "internal_error", message: `The batch could not be processed: an internal error (the server's log names it, with the batch's id)`, param: null, line: null }]
           })
           if (Option.isSome(failed)) yield* BatchLines.finished(failed.value)
           return

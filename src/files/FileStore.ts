@@ -6,6 +6,7 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import type * as Statement from "@effect/sql/Statement"
 import { Clock, Context, Data, Duration, Effect, Layer, Option, Schedule, Scope, Stream } from "effect"
+import { logFailure } from "../observability/failureRuns.js"
 import { AppConfig } from "../Config.js"
 import { FileObject, type SortOrder } from "../domain/Files.js"
 import { type FileId, fileId } from "../domain/Ids.js"
@@ -287,7 +288,7 @@ export const make = Effect.gen(function*() {
 export const sweepEvery = <A>(sweep: Effect.Effect<A>, failure: string) =>
   Effect.flatMap(AppConfig, ({ fileSweepInterval }) =>
     sweep.pipe(
-      Effect.catchAllCause((cause) => Effect.logError(failure, cause)),
+      Effect.catchAllCause((cause) => logFailure(failure, cause)),
       Effect.repeat(Schedule.spaced(fileSweepInterval)),
       Effect.forkScoped
     ))

@@ -106,3 +106,14 @@ export const storageFault = (cause: Cause.Cause<unknown>): StorageFault | undefi
 
 /** Whether the cause holds a capacity fault: no space left to write (disk, quota or database full). */
 export const isCapacityFault = (cause: Cause.Cause<unknown>): boolean => storageFault(cause) === "capacity"
+
+/** The innermost message of an error's `cause` chain: what the driver said (`connect ECONNREFUSED 10.0.0.5:5432`). */
+export const rootMessage = (error: unknown): string => {
+  let at: unknown = error
+  while (at instanceof Error && at.cause instanceof Error) at = at.cause
+  return at instanceof Error ? at.message : String(at)
+}
+
+/** What the storage fault in `cause` is, in a few words, with what the driver said: for a line of its own. */
+export const describeStorageFault = (fault: StorageFault, cause: Cause.Cause<unknown>): string =>
+  `${fault === "capacity" ? "full" : "unavailable"} (${rootMessage(Cause.squash(cause)).slice(0, 300)})`
