@@ -16,6 +16,7 @@ import { WorkLeases, WorkLeasesLive } from "./batches/WorkLeases.js"
 import { FileStore, FileStoreLive } from "./files/FileStore.js"
 import { UploadsLive } from "./files/Uploads.js"
 import type { Inference } from "./inference/Inference.js"
+import { withCheckedAnswers } from "./inference/checkedAnswers.js"
 import { InferenceFromConfig } from "./inference/Recordings.js"
 import { awaitHandlers } from "./http/awaitHandlers.js"
 import { oneAppPerServer } from "./http/oneAppPerServer.js"
@@ -113,7 +114,8 @@ const composeServices = (parts: ServiceParts) =>
       parts.fileStore ?? FileStoreLive,
       parts.batchStore ?? BatchStoreLive,
       parts.workLeases ?? WorkLeasesLive,
-      parts.inference ?? InferenceFromConfig,
+      // An app's own answers are checked as the service's own calls' are: its text goes into the output file as is.
+      parts.inference === undefined ? InferenceFromConfig : withCheckedAnswers(parts.inference),
       parts.readiness ?? ReadinessLive,
       WebhooksLive
     )),

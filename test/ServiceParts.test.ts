@@ -3,12 +3,12 @@
  * error (it would otherwise be ignored, the live part used instead), and what a start fails with is typed.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Logger } from "effect"
+import { Context, Effect, Layer, Logger } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import { jsonLineLogger } from "../src/observability/Logging.js"
-import { AppConfig, InferenceScripted, type LiveServicesError, makeApp, makeServices, scriptedAnswer } from "../src/index.js"
+import { AppConfig, Inference, InferenceScripted, type LiveServicesError, makeApp, makeServices, scriptedAnswer } from "../src/index.js"
 
 const scripted = InferenceScripted(() => Effect.succeed(scriptedAnswer(200, {})), ["m"])
 
@@ -35,4 +35,34 @@ describe("the parts of makeServices and makeApp", () => {
       expect(listening.upstreams).toEqual([]) // it named the configured default at 127.0.0.1:8000, never called
       expect(listening.message).toContain("no upstream: the app's own Inference answers")
     }), 30_000)
+
+  it.live("an app's own Inference has its answers checked as the upstreams' are: one line of JSON, a request id", () =>
+    Effect.gen(function*() {
+      const texts: Record<string, string> = {
+        pretty: JSON.stringify({ id: "x", big: 1 }, null, 2),
+        html: "<html>sign in</html>",
+        refusal: "no such model"
+      }
+      const own = Layer.succeed(Inference, {
+        send: (_endpoint, body) => {
+          const kind = JSON.parse(body).kind as string
+          return Effect.succeed({ status: kind === "refusal" ? 404 : 200, text: texts[kind]!, json: undefined, requestId: "" })
+        },
+        models: Effect.succeed({ data: [], complete: true }),
+        reachable: () => Effect.void,
+        unreachable: () => Effect.never
+      })
+      const dataDir = mkdtempSync(Path.join(tmpdir(), "parts-"))
+      const inference = yield* Effect.map(
+        Layer.build(makeServices({ inference: own }).pipe(Layer.provide(AppConfig.layerWith({ port: 0, dataDir })))),
+        (context) => Context.get(context, Inference)
+      ).pipe(Effect.ensuring(Effect.sync(() => rmSync(dataDir, { recursive: true, force: true }))))
+      const send = (kind: string) => inference.send("/v1/chat/completions", JSON.stringify({ kind }))
+      const pretty = yield* send("pretty")
+      expect([pretty.text, pretty.json]).toEqual([`{"id":"x","big":1}`, { id: "x", big: 1 }])
+      expect(pretty.requestId).toMatch(/^req_[0-9a-f]{32}$/)
+      expect(yield* Effect.flip(send("html"))).toMatchObject({ _tag: "UpstreamFailure", code: "invalid_upstream_response" })
+      const refusal = yield* send("refusal")
+      expect([refusal.status, refusal.json]).toEqual([404, { error: { message: "no such model", type: "upstream_error", param: null, code: null } }])
+    }).pipe(Effect.scoped), 30_000)
 })
