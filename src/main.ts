@@ -37,6 +37,9 @@ const listenFaultLine = (cause: Cause.Cause<unknown>): Option.Option<string> =>
       : Option.none()
   })
 
+/** What a first migration meeting a table of its name means. */
+const OTHER_TABLES = "the schema holds tables of another app: give the service a database or schema of its own"
+
 /** What PostgreSQL's "no schema has been selected to create in" means at a first start. */
 const NO_SCHEMA = "the schemas of the user's search_path do not exist: create the one DATABASE_URL names first (CREATE SCHEMA)"
 
@@ -51,6 +54,10 @@ const startFaultLine = (cause: Cause.Cause<unknown>) =>
     const failed = Option.flatMap(Cause.failureOption(cause), (error): Option.Option<string> => {
       if (error instanceof NodeIdInUse || error instanceof BatchesRunElsewhere) return Option.some(error.message)
       if (error instanceof Migrator.MigrationError && error.reason === "bad-state") return Option.some(cannotUse(error.message))
+      if (error instanceof Migrator.MigrationError && error.reason === "failed") {
+        const driver = rootMessage(error.cause)
+        return Option.some(cannotUse(`${error.message}: ${driver}${/already exists/.test(driver) ? ` (${OTHER_TABLES})` : ""}`))
+      }
       if ((error as { readonly _tag?: unknown })._tag !== "SqlError") return Option.none()
       const driver = rootMessage(error)
       const said = (error as Error).message === driver ? driver : `${(error as Error).message}: ${driver}`

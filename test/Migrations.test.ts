@@ -143,6 +143,17 @@ describe("migrations", () => {
         expect(String(exit)).toContain("Migrations 0002_batches never ran on this schema")
       }).pipe(Effect.provide(clientFor(backend))))
 
+    it.scoped(`${backend}: a table of the service's name left by another app fails the start with a MigrationError an app can catch`, () =>
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        yield* sql`CREATE TABLE files (name TEXT)`
+        const caught = yield* Effect.scoped(Layer.build(MigrationsLive)).pipe(
+          Effect.as("built"),
+          Effect.catchTag("MigrationError", (e) => Effect.succeed(`${e.reason}: ${e.message}`))
+        )
+        expect(caught).toBe(`failed: Migration "1_files" failed`) // a defect before, past any catchTag
+      }).pipe(Effect.provide(clientFor(backend))))
+
     it.scoped(`${backend}: the migrations that run are logged; a schema a later release migrated stops the start, named, and is left as it is`, () => {
       const lines: Array<string> = []
       const logger = Logger.make(({ message }) => void lines.push(String(message)))

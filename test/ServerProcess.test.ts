@@ -9,7 +9,7 @@ import { type AddressInfo, createServer } from "node:net"
 import * as Path from "node:path"
 import OpenAI, { toFile } from "openai"
 import { compiledCopy, freePort, runServerToExit, serverArgs, type ServerProcess, STALLED_UPLOAD_END, stalledUpload, startServer } from "./support/ServerProcess.js"
-import { testDatabaseUrl } from "./support/Postgres.js"
+import { createScratchSchema, dropScratchSchema, onDatabase, testDatabaseUrl } from "./support/Postgres.js"
 import { filesUnder } from "./support/TestApp.js"
 
 const root = Path.resolve(import.meta.dirname, "..")
@@ -288,6 +288,23 @@ describe.concurrent("server process", () => {
         })
         expect(noSchema.code).toBe(1)
         expect(noSchema.output).toContain("no schema has been selected to create in (the schemas of the user's search_path do not exist: create the one DATABASE_URL names first (CREATE SCHEMA))")
+
+        // A schema holding another app's table of a name the service uses: the migration, what the database said,
+        // what to do (the migrator's defect, with no word of why, before).
+        const { schema, url } = await Effect.runPromise(createScratchSchema("other_app"))
+        try {
+          await Effect.runPromise(onDatabase(`CREATE TABLE ${schema}.files (name TEXT)`))
+          const clash = await runServerToExit({ DATA_DIR: dataDir, PORT: String(await freePort()), DATABASE_URL: url, LOG_FORMAT: "json" })
+          expect(clash.code).toBe(1)
+          const line = JSON.parse(clash.output.split("\n").find((l) => l.includes('"event":"server.start_failed"'))!)
+          expect(line.message).toMatch(/^Cannot use the database \(PostgreSQL at .*; see DATABASE_URL\): /)
+          expect(line.message).toContain(
+            `: Migration "1_files" failed: relation "files" already exists (the schema holds tables of another app: ` +
+              "give the service a database or schema of its own)"
+          )
+        } finally {
+          await Effect.runPromise(dropScratchSchema(schema))
+        }
 
         // A DATA_DIR that cannot be made (here under a file): the same one line, not a defect's stack trace.
         const underFile = Path.join(dataDir, "a-file")

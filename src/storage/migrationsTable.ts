@@ -6,7 +6,7 @@
  */
 import * as Migrator from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Effect } from "effect"
+import { Effect, Option } from "effect"
 
 export const MIGRATIONS_TABLE = "effect_openai_batch_migrations"
 /** Where releases before migration 0012 recorded theirs. */
@@ -86,7 +86,11 @@ export const runMigrations = (record: Record<string, Effect.Effect<void, unknown
     const sql = yield* SqlClient.SqlClient
     yield* sql.withTransaction(adoptSharedRecords(Object.keys(record)))
     yield* refuseNewerSchema(Object.keys(record))
-    const applied = yield* Migrator.make({})({ loader: Migrator.fromRecord(record), table: MIGRATIONS_TABLE })
+    // A migration that fails is a defect of the migrator's: made the typed failure it is, for `catchTag` and the
+    // start's one line (a schema with another app's `files` table).
+    const applied = yield* Migrator.make({})({ loader: Migrator.fromRecord(record), table: MIGRATIONS_TABLE }).pipe(
+      Effect.catchSomeDefect((defect) => defect instanceof Migrator.MigrationError ? Option.some(Effect.fail(defect)) : Option.none())
+    )
     if (applied.length === 0) return
     const line = `Migrations applied: ${applied.map(([id, name]) => `${String(id).padStart(4, "0")}_${name}`).join(", ")}`
     // An upgrade is news; a new database's tables are not (its first start says enough).

@@ -7,7 +7,8 @@ import { randomBytes } from "node:crypto"
 /** The machine's PostgreSQL (`TEST_DATABASE_URL` to use another); an unreachable server fails the tests. */
 export const testDatabaseUrl = process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test"
 
-const onDatabase = (statement: string) =>
+/** Runs `statement` on the test database (a fresh connection). */
+export const onDatabase = (statement: string) =>
   Effect.flatMap(PgClient.make({ url: Redacted.make(testDatabaseUrl) }), (sql) => sql.unsafe(statement)).pipe(
     Effect.scoped,
     Effect.provide(Reactivity.layer)
