@@ -63,13 +63,16 @@ export const validationFailed = (id: BatchId, errors: ReadonlyArray<BatchError>)
 }
 
 /**
- * This node starts working on a batch it was not: at start, an unfinished one (a restart resumes it); later, work
- * no node was doing (its node died, or created the batch and shares its slices).
+ * This node starts working on a batch it was not: at start, an unfinished one (this node's before a restart, or
+ * another's); later, slices of it no node holds (their node stopped, or the node running the batch shares them).
+ * Said without guessing which: a node cannot tell another's batch it never ran from its own.
  */
 export const pickedUp = (id: BatchId, atStart: boolean) =>
   atStart
-    ? line(id, "batch.picked_up", "Batch resumed: unfinished when this node started", { reason: "restart" })
-    : line(id, "batch.picked_up", "Batch picked up: work on it that no node was doing", { reason: "free_work" })
+    ? line(id, "batch.picked_up", "Batch resumed: unfinished when this node started, its work held by no node", { reason: "restart" })
+    : line(id, "batch.picked_up", "Batch picked up: slices of it no node holds (shared by the node running it, or left by one that stopped)", {
+      reason: "free_work"
+    })
 
 /** Seconds from the batch's creation to its final status (the stamp of that status, else now). */
 export const durationSeconds = (batch: Batch, nowSeconds: number) =>
