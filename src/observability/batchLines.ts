@@ -65,7 +65,7 @@ export const validationFailed = (id: BatchId, errors: ReadonlyArray<BatchError>)
 /**
  * This node starts working on a batch it was not: at start, an unfinished one (this node's before a restart, or
  * another's); later, slices of it no node holds (their node stopped, or the node running the batch shares them).
- * Said without guessing which: a node cannot tell another's batch it never ran from its own.
+ * Which of those it is goes unsaid: the lines claim only what the node knows when it picks the batch up.
  */
 export const pickedUp = (id: BatchId, atStart: boolean) =>
   atStart
