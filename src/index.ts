@@ -54,7 +54,7 @@ export {
   recordingPath,
   type RecordingsOptions
 } from "./inference/Recordings.js"
-export { ApiLive, HttpLive } from "./http/Http.js"
+export { ApiApp, ApiAppLive, ApiLive, HttpLive } from "./http/Http.js"
 export { requestIdFrom, requestLog } from "./http/RequestLog.js"
 export { ServerLifecycleLive } from "./observability/Lifecycle.js"
 export { jsonLineLogger, jsonLineLoggerOf, loggerLayer, LoggingLive } from "./observability/Logging.js"

@@ -5,8 +5,10 @@
  */
 import * as Headers from "@effect/platform/Headers"
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
+import type * as HttpApp from "@effect/platform/HttpApp"
+import type * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServer from "@effect/platform/HttpServer"
-import { Effect, Layer, Option } from "effect"
+import { Context, Effect, Layer, Option } from "effect"
 import { Auth } from "../auth/Auth.js"
 import { AppConfig, exposedWithoutKeys } from "../Config.js"
 import { Metrics } from "../observability/Metrics.js"
@@ -36,18 +38,62 @@ export const ApiLive = HttpApiBuilder.api(OpenAIApi).pipe(
 )
 
 /**
- * Serves `ApiLive` plus `/openapi.json`, `/docs`, the `/ui` dashboard (`ui/DashboardHttp.ts`) and `/metrics`
- * (`MetricsHttp.ts`; each request counted there) on whatever `HttpServer` is provided: inside `requestLog` (the
- * request id, one log line per request), behind `secure` (inside `sdkHeaders`, so its refusals carry an
- * `x-request-id` too; outside `boundBodies`, so a body is read only once the caller is known), with request bodies
- * bounded by `maxJsonBodyBytes` each and `maxJsonBodiesBytes` together (cut when they stall or crawl: `BodyPatience`),
- * and at most `maxUploadsAtOnce` uploads (a project held to its share of both where keys name several). No CORS
- * header unless `CORS_ORIGINS` says. Its handlers run at `REQUEST_PRIORITY` (on `SchedulerLive`'s scheduler, ahead
- * of the batches' work).
+ * `ApiLive` plus `/openapi.json`, `/docs`, the `/ui` dashboard (`ui/DashboardHttp.ts`) and `/metrics`
+ * (`MetricsHttp.ts`; each request counted there), as one `HttpApp`: inside `requestLog` (the request id, one log
+ * line per request), behind `secure` (inside `sdkHeaders`, so its refusals carry an `x-request-id` too; outside
+ * `boundBodies`, so a body is read only once the caller is known), with request bodies bounded by `maxJsonBodyBytes`
+ * each and `maxJsonBodiesBytes` together (cut when they stall or crawl: `BodyPatience`), and at most
+ * `maxUploadsAtOnce` uploads (a project held to its share of both where keys name several). No CORS header unless
+ * `CORS_ORIGINS` says.
  */
-export const HttpLive = requestsFirst(Layer.unwrapEffect(Effect.gen(function*() {
+const wrappedApp = Effect.gen(function*() {
+  const { maxJsonBodiesBytes, maxJsonBodyBytes, maxUploadsAtOnce } = yield* AppConfig
+  const secure = yield* securityMiddleware
+  const measured = httpMetrics(yield* Metrics)
+  // A project's share of the JSON bodies, and what it may take of their reserve, hold one whole body.
+  const jsonBodies = new Budget(maxJsonBodiesBytes, maxJsonBodyBytes)
+  const holder = holderOf(yield* Auth)
+  const bodies = boundBodies(maxJsonBodyBytes, jsonBodies, new Budget(maxUploadsAtOnce), holder)
+  return <E, R>(app: HttpApp.Default<E, R>) => servedInTurn(requestLog(measured(sdkHeaders(secure(bodies(app))))))
+})
+
+/** What `wrappedApp` is made of: the API, its other routes, and the router they are served by. */
+const withRoutes = <A, E, R>(layer: Layer.Layer<A, E, R>) =>
+  layer.pipe(
+    // The server spans record the request headers: others carry keys too (Azure's `api-key`, proxies, gateways).
+    Layer.locallyWith(Headers.currentRedactedNames, (names) => [...names, CREDENTIAL_NAME]),
+    Layer.provide(docsRoute("/docs")),
+    Layer.provide(dashboardRoute),
+    Layer.provide(metricsRoute),
+    Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
+    Layer.provide(ApiLive)
+  )
+
+/**
+ * The whole app `HttpLive` serves, as an `HttpApp`, for an app that serves it on a router of its own, under a
+ * prefix if it likes (`HttpRouter.mountApp("/openai", app)`): the same checks, bounds, logs and metrics. Its
+ * handlers keep the priority of the server's fibers (`HttpLive` runs them ahead of the batches' work).
+ */
+export class ApiApp extends Context.Tag("ApiApp")<ApiApp, HttpApp.Default<never, HttpRouter.HttpRouter.DefaultServices>>() {}
+
+/** `ApiApp`, on the services `HttpLive` needs (but an `HttpServer`). */
+export const ApiAppLive = withRoutes(Layer.effect(
+  ApiApp,
+  Effect.gen(function*() {
+    const { minBodyRate, stallTimeout } = yield* AppConfig
+    const wrap = yield* wrappedApp
+    const app = wrap(yield* HttpApiBuilder.httpApp)
+    return Effect.provideService(app, BodyPatience, { stall: stallTimeout, minRate: minBodyRate })
+  })
+).pipe(Layer.provide([HttpApiBuilder.Router.Live, HttpApiBuilder.Middleware.layer])))
+
+/**
+ * Serves the whole app (`wrappedApp`) on whatever `HttpServer` is provided. Its handlers run at `REQUEST_PRIORITY`
+ * (on `SchedulerLive`'s scheduler, ahead of the batches' work).
+ */
+export const HttpLive = requestsFirst(withRoutes(Layer.unwrapEffect(Effect.gen(function*() {
   const config = yield* AppConfig
-  const { maxJsonBodiesBytes, maxJsonBodyBytes, maxUploadsAtOnce, minBodyRate, stallTimeout } = config
+  const { minBodyRate, stallTimeout } = config
   // Judged on where the server listens, not only on `HOST`: an app's own server (`makeNodeServer({ host })`, one
   // without a host: every interface) may bind elsewhere, and a `Host: localhost` sent from afar passes the Host check.
   const address = (yield* HttpServer.HttpServer).address
@@ -55,22 +101,9 @@ export const HttpLive = requestsFirst(Layer.unwrapEffect(Effect.gen(function*() 
     const exposed = exposedWithoutKeys(config, (yield* Auth).required, address.hostname)
     if (Option.isSome(exposed)) return yield* Effect.fail(exposed.value)
   }
-  const secure = yield* securityMiddleware
-  const measured = httpMetrics(yield* Metrics)
-  // A project's share of the JSON bodies, and what it may take of their reserve, hold one whole body.
-  const jsonBodies = new Budget(maxJsonBodiesBytes, maxJsonBodyBytes)
-  const holder = holderOf(yield* Auth)
-  const bodies = boundBodies(maxJsonBodyBytes, jsonBodies, new Budget(maxUploadsAtOnce), holder)
-  return HttpApiBuilder.serve((app) => servedInTurn(requestLog(measured(sdkHeaders(secure(bodies(app))))))).pipe(
+  const wrap = yield* wrappedApp
+  return HttpApiBuilder.serve(wrap).pipe(
     // In every request's context from the start (provided per request, it copied the context and the fiber's references).
     Layer.provide(Layer.succeed(BodyPatience, { stall: stallTimeout, minRate: minBodyRate }))
   )
-})).pipe(
-  // The server spans record the request headers: others carry keys too (Azure's `api-key`, proxies, gateways).
-  Layer.locallyWith(Headers.currentRedactedNames, (names) => [...names, CREDENTIAL_NAME]),
-  Layer.provide(docsRoute("/docs")),
-  Layer.provide(dashboardRoute),
-  Layer.provide(metricsRoute),
-  Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
-  Layer.provide(ApiLive)
-))
+}))))
