@@ -288,7 +288,14 @@ describe("the keys file", () => {
       const secret = `whsec_${Buffer.from("key").toString("base64")}`
       writeFileSync(path, `sk-file-h:projH\nwebhook:projH https://h.example.com/ ${secret}\nwebhook:projHH https://h.example.com/ ${secret}\n`)
       expect(Option.isSome(yield* caller("sk-file-f"))).toBe(true)
-      expect(yield* auth.reload).toEqual({ keys: 1, admins: 0, projects: 1, webhooksWithoutKey: ["projHH"], projectNames: ["projH"] })
+      expect(yield* auth.reload).toEqual({
+        keys: 1,
+        admins: 0,
+        projects: 1,
+        webhooksWithoutKey: ["projHH"],
+        projectNames: ["projH"],
+        keyHashes: [keyHash("sk-file-h")]
+      })
       expect(yield* caller("sk-file-f")).toEqual(Option.none())
       expect(Option.map(yield* caller("sk-file-h"), (c) => c.project)).toEqual(Option.some("projH"))
 
