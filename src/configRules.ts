@@ -75,7 +75,8 @@ export const exposedWithoutKeys = (
           ? "Expected a loopback address (127.0.0.1, localhost or ::1): the Auth in use asks for no key, whatever the " +
             "configuration's keys (an app swapped in one without keys)"
           : "Expected a loopback address (127.0.0.1, localhost or ::1) when no API key is configured: set API_KEYS, " +
-            "ADMIN_API_KEYS or API_KEYS_FILE, or ALLOW_UNAUTHENTICATED=true to serve everyone on this interface without a key")
+            "ADMIN_API_KEYS or API_KEYS_FILE, or ALLOW_UNAUTHENTICATED=true to serve everyone on this interface without a key " +
+            "(in code, AppConfig's apiKeys, adminApiKeys, apiKeysFile or allowUnauthenticated)")
     ))
 
 /** `text` split at commas, each entry trimmed, empty ones dropped. */

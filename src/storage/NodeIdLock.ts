@@ -20,7 +20,7 @@ export class NodeIdInUse extends Data.TaggedError("NodeIdInUse")<{ readonly node
   override get message() {
     return `Another process (or another app in this one) runs as NODE_ID '${this.nodeId}' on ${this.where}. ` +
       "Each needs a NODE_ID of its own: a second one under the same id would take the first's uploads under way and " +
-      "work from it. Set NODE_ID (by default <hostname>:<PORT>)."
+      "work from it. Set NODE_ID (by default <hostname>:<PORT>; in code, AppConfig's nodeId)."
   }
 }
 
