@@ -30,7 +30,7 @@ import { MetricsServerLive } from "./http/MetricsHttp.js"
 import { type Metrics, MetricsLive } from "./observability/Metrics.js"
 import { TracingLive } from "./observability/Tracing.js"
 import { ServerLifecycleLive, ServerShutdownTimeout } from "./observability/Lifecycle.js"
-import { type Readiness, ReadinessLive } from "./observability/Readiness.js"
+import { type Readiness, ReadinessLive, StorageOfTheApp } from "./observability/Readiness.js"
 import { type BlobStore, BlobStoreLocal } from "./storage/BlobStore.js"
 import { BlobStoreSql } from "./storage/BlobStoreSql.js"
 import { SchedulerLive } from "./Scheduler.js"
@@ -116,7 +116,8 @@ const composeServices = (parts: ServiceParts) =>
       parts.workLeases ?? WorkLeasesLive,
       // An app's own answers are checked as the service's own calls' are: its text goes into the output file as is.
       parts.inference === undefined ? InferenceFromConfig : withCheckedAnswers(parts.inference),
-      parts.readiness ?? ReadinessLive,
+      // On an app's own storage, the configuration does not say where the database is: its lines say whose it is.
+      parts.readiness ?? (parts.storage === undefined ? ReadinessLive : Layer.provide(ReadinessLive, Layer.succeed(StorageOfTheApp, true))),
       WebhooksLive
     )),
     // Before the services that free what a previous run held: on SQLite, only once no other process runs batches.

@@ -3,12 +3,24 @@
  * error (it would otherwise be ignored, the live part used instead), and what a start fails with is typed.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Effect, Layer, Logger } from "effect"
+import { Context, Effect, Layer, Logger, Redacted } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import { jsonLineLogger } from "../src/observability/Logging.js"
-import { AppConfig, Inference, InferenceScripted, type LiveServicesError, makeApp, makeServices, scriptedAnswer } from "../src/index.js"
+import {
+  AppConfig,
+  BlobStoreSql,
+  Inference,
+  InferenceScripted,
+  layerPg,
+  type LiveServicesError,
+  makeApp,
+  makeServices,
+  NodeIdLockLive,
+  scriptedAnswer
+} from "../src/index.js"
+import { createScratchSchema, dropScratchSchema } from "./support/Postgres.js"
 
 const scripted = InferenceScripted(() => Effect.succeed(scriptedAnswer(200, {})), ["m"])
 
@@ -34,6 +46,25 @@ describe("the parts of makeServices and makeApp", () => {
       const listening = written.find((line) => line.event === "server.listening")
       expect(listening.upstreams).toEqual([]) // it named the configured default at 127.0.0.1:8000, never called
       expect(listening.message).toContain("no upstream: the app's own Inference answers")
+    }), 30_000)
+
+  it.live("on a storage part of the app's, the listening line names it as the app's: its kind, not the configuration's database", () =>
+    Effect.gen(function*() {
+      const written: Array<any> = []
+      const logger = Logger.replace(Logger.defaultLogger, Logger.map(jsonLineLogger, (line) => void written.push(JSON.parse(line))))
+      const dataDir = mkdtempSync(Path.join(tmpdir(), "parts-"))
+      const { schema, url } = yield* createScratchSchema("storage_part")
+      const storage = BlobStoreSql.pipe(Layer.provide(NodeIdLockLive), Layer.provideMerge(layerPg(Redacted.make(url))))
+      yield* Effect.scoped(Layer.build(makeApp({ inference: scripted, storage }).pipe(
+        Layer.provide(AppConfig.layerWith({ port: 0, dataDir })), // no DATABASE_URL: SQLite, as far as it says
+        Layer.provide(logger)
+      ))).pipe(Effect.ensuring(Effect.zip(
+        Effect.sync(() => rmSync(dataDir, { recursive: true, force: true })),
+        Effect.orDie(dropScratchSchema(schema))
+      )))
+      const listening = written.find((line) => line.event === "server.listening")
+      expect([listening.backend, listening.database]).toEqual(["postgresql", "PostgreSQL of the app's own storage"])
+      expect(listening.message).toContain("(PostgreSQL of the app's own storage; ")
     }), 30_000)
 
   it.live("an app's own Inference has its answers checked as the upstreams' are: one line of JSON, a request id", () =>

@@ -11,7 +11,7 @@ import { DEFAULT_PROJECT } from "../domain/Projects.js"
 import { type Proxies, proxiesOf } from "../inference/UpstreamHttpClient.js"
 import { Inference } from "../inference/Inference.js"
 import type { UpstreamSpec } from "../upstreams/UpstreamSpec.js"
-import { describeDatabase, Readiness } from "./Readiness.js"
+import { describeDatabase, Readiness, type ReadinessShape } from "./Readiness.js"
 import { tracingSettings } from "./tracingSettings.js"
 import { withoutCredentials } from "./urlText.js"
 
@@ -43,9 +43,10 @@ export const listeningLine = (
   keysRequired: boolean,
   upstreams: ReadonlyArray<Pick<UpstreamSpec, "name" | "baseUrl" | "models" | "maxConcurrency" | "loadAware" | "projects">> | undefined,
   tracesUrl: Option.Option<string>,
-  proxies?: Proxies
+  proxies?: Proxies,
+  storage: ReadinessShape["database"] = undefined
 ) => {
-  const database = describeDatabase(config)
+  const database = storage?.text ?? describeDatabase(config)
   const inference = config.inferenceMode === "replay"
     ? `answers replayed from ${Option.getOrElse(config.inferenceRecordings, () => "?")}`
     : upstreams === undefined
@@ -70,7 +71,7 @@ export const listeningLine = (
       event: "server.listening",
       address,
       node_id: config.nodeId,
-      backend: Option.isSome(config.databaseUrl) ? "postgresql" : "sqlite",
+      backend: storage?.backend ?? (Option.isSome(config.databaseUrl) ? "postgresql" : "sqlite"),
       database,
       inference_mode: config.inferenceMode,
       runs_batches: runs,
@@ -140,7 +141,7 @@ export const ServerLifecycleLive: Layer.Layer<
     const { upstreams } = yield* Inference
     const tracesUrl = Option.map(yield* Effect.orElseSucceed(tracingSettings, () => Option.none()), (t) => t.url)
     const address = HttpServer.formatAddress(server.address)
-    const { fields, message } = listeningLine(address, config, auth.required, upstreams, tracesUrl, proxiesOf(process.env))
+    const { fields, message } = listeningLine(address, config, auth.required, upstreams, tracesUrl, proxiesOf(process.env), readiness.database)
     yield* Effect.annotateLogs(Effect.logInfo(message), fields)
     const keyProjects = auth.required ? (yield* auth.summary).projectNames : []
     for (const { projects, upstream } of upstreamProjectsWithoutKey(upstreams ?? [], auth.required, keyProjects)) {

@@ -47,6 +47,26 @@ export interface ReadinessShape {
   readonly check: Effect.Effect<void, NotReady>
   /** The node is shutting down: not ready from now on. */
   readonly drain: Effect.Effect<void>
+  /**
+   * The database it checks, in words (`describeDatabase`), and its kind, for the listening line; none: the
+   * configuration's.
+   */
+  readonly database?: { readonly text: string; readonly backend: "postgresql" | "sqlite" | "sql" } | undefined
+}
+
+/**
+ * Whether the services' storage is an app's own (`makeServices({ storage })`): the configuration does not say where
+ * its database is then, and the lines that name it say whose it is instead.
+ */
+export class StorageOfTheApp extends Context.Reference<StorageOfTheApp>()("StorageOfTheApp", {
+  defaultValue: () => false
+}) {}
+
+/** The database of `sql` in words, when the configuration does not say which it is (`StorageOfTheApp`). */
+const describeAppStorage = (sql: SqlClient.SqlClient) => {
+  const backend = sql.onDialectOrElse({ pg: () => "postgresql" as const, sqlite: () => "sqlite" as const, orElse: () => "sql" as const })
+  const kind = backend === "postgresql" ? "PostgreSQL" : backend === "sqlite" ? "SQLite" : "SQL"
+  return { text: `${kind} of the app's own storage`, backend }
 }
 
 export class Readiness extends Context.Tag("Readiness")<Readiness, ReadinessShape>() {}
@@ -104,7 +124,8 @@ export const ReadinessLive: Layer.Layer<Readiness, never, SqlClient.SqlClient | 
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     const config = yield* AppConfig
-    const database = describeDatabase(config)
+    const own = (yield* StorageOfTheApp) ? describeAppStorage(sql) : undefined
+    const database = own?.text ?? describeDatabase(config)
     const secrets = databaseSecrets(config)
     const exposed = (yield* Auth).required
     const drained = yield* Ref.make(false)
@@ -139,7 +160,8 @@ export const ReadinessLive: Layer.Layer<Readiness, never, SqlClient.SqlClient | 
 
     return Readiness.of({
       check: Effect.flatMap(Ref.get(drained), (d) => (d ? Effect.fail(new NotReady({ reasons: [draining] })) : Effect.flatten(sharedCheck))),
-      drain: Ref.set(drained, true)
+      drain: Ref.set(drained, true),
+      database: own
     })
   })
 )
