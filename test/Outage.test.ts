@@ -20,7 +20,7 @@ const ticket = { project: "p", deadline: 0 }
 const onTrial = Effect.gen(function*() {
   const gate = new Admission(new AdaptiveLimit(1, 64), yield* Effect.clock)
   const outage = yield* makeOutage({ name: "u", gate, probeInterval: PROBE, probe: Effect.succeed(Exit.succeed(200)), log: identity })
-  yield* outage.markDown("connection refused")
+  yield* outage.markDown("connection refused", "unreachable")
   expect([outage.isDown(), gate.tryAcquire(ticket)]).toEqual([true, undefined])
   yield* TestClock.adjust(PROBE)
   expect([outage.isDown(), outage.onTrial()]).toEqual([false, true])
@@ -35,7 +35,7 @@ describe("an upstream's outage", () => {
       const waiting = yield* Effect.forEach(Array.from({ length: 30 }), () => Effect.fork(gate.acquire(ticket)))
       yield* Effect.yieldNow()
       expect(gate.inflight).toBe(1)
-      yield* outage.markDown("status 503")
+      yield* outage.markDown("status 503", "failing")
       gate.release()
       expect([outage.isDown(), gate.inflight]).toEqual([true, 0])
       // The next probe's trial lets one of them out, and no more.
@@ -52,7 +52,7 @@ describe("an upstream's outage", () => {
         Effect.gen(function*() {
           const gate = new Admission(new AdaptiveLimit(1, 64), yield* Effect.clock)
           const outage = yield* makeOutage({ name: "u", gate, probeInterval: PROBE, probe, log: identity })
-          yield* outage.markDown("5 requests failing in a row")
+          yield* outage.markDown("5 requests failing in a row", "failing")
           return outage
         })
       // A gateway that routes only the inference paths: its GET /models answers 502 for good.
@@ -63,12 +63,14 @@ describe("an upstream's outage", () => {
       yield* TestClock.adjust(PROBE)
       expect([gateway.isDown(), gateway.onTrial(), unreachable.isDown()]).toEqual([false, true, true])
       // Its trial call fails: down again, and on trial again after as many probes, without saying it again.
-      yield* gateway.markDown("status 500")
+      yield* gateway.markDown("status 500", "failing")
       yield* TestClock.adjust(Duration.times(PROBE, FAILING_PROBES_BEFORE_TRIAL))
       expect(gateway.onTrial()).toBe(true)
       expect(lines.filter((line) => line.includes("answers GET /models with status 502"))).toEqual([
         "WARN Upstream u answers GET /models with status 502: its calls are tried instead"
       ])
+      // Its trial failing as the outage began (a status, however said) is no new reason: not warned of.
+      expect(lines.filter((line) => line.includes("still down"))).toEqual([])
       yield* TestClock.adjust(Duration.times(PROBE, 20))
       expect(unreachable.isDown()).toBe(true)
       // A 401 there (a key that may call and not list) gets a trial too, said with its status: not "again" alone.

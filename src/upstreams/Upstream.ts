@@ -257,7 +257,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     // --- start-up probe ----------------------------------------------------------------------------------------
     const startUp = Effect.gen(function*() {
       const report = startUpReport(spec, yield* askModels, listed)
-      if (report._tag === "Down") return yield* markDown(report.reason)
+      if (report._tag === "Down") return yield* markDown(report.reason, "unreachable")
       for (const { level, message } of report.lines) yield* Effect.logWithLevel(LogLevel.fromLiteral(level), message)
     })
     const started = yield* Deferred.make<void>()

@@ -44,7 +44,7 @@ import type { FailureKind } from "../inference/UpstreamHttpClient.js"
 import { ONCE_A_MINUTE_MS, saidWithin } from "../observability/saidWithin.js"
 import type { AdaptiveLimit } from "./adaptiveLimit.js"
 import type { Admission, Ticket } from "./Admission.js"
-import type { Outage } from "./outage.js"
+import type { DownKind, Outage } from "./outage.js"
 import type { UpstreamSpec } from "./UpstreamSpec.js"
 
 /** Requests failing in a row (5xx, timeouts, lost connections, with no answer between) that make an outage. */
@@ -103,7 +103,7 @@ export interface Judge {
    */
   readonly judge: (endpoint: string, ticket: Ticket, n: number, attempt: Attempt, generation: number) => Verdict | Effect.Effect<Judged>
   /** Takes the upstream down; the run of failures ends with it (on trial, a new one starts). */
-  readonly markDown: (reason: string) => Effect.Effect<void>
+  readonly markDown: (reason: string, kind: DownKind) => Effect.Effect<void>
   /** A call's permit was given back: held verdicts are reached once every call out is one of them. */
   readonly released: () => void
 }
@@ -139,11 +139,11 @@ export const makeJudge = (
     decided = Deferred.unsafeMake<void>(FiberId.none)
     Deferred.unsafeDone(settled, Exit.void)
   }
-  const markDown = (reason: string) =>
+  const markDown = (reason: string, kind: DownKind) =>
     Effect.suspend(() => {
       failingInRow.clear()
       if (holding > 0) decide() // held verdicts: it is down
-      return outage.markDown(reason)
+      return outage.markDown(reason, kind)
     })
   /** The lines of `misconfigured` (by kind and endpoint), of pauses and of the floor, each said at most every `every` ms. */
   const due = saidWithin()
@@ -204,7 +204,7 @@ export const makeJudge = (
     Effect.suspend(() => {
       if (outage.isDown()) return Effect.succeed("again" as const)
       // A trial the probe did not vouch for: its failure is the outage's (down again, the same outage; not counted).
-      if (outage.onBlindTrial()) return Effect.as(markDown(reason), "again" as const)
+      if (outage.onBlindTrial()) return Effect.as(markDown(reason, "failing"), "again" as const)
       // A retry's failure is its request's own trouble: it neither makes an outage nor, on trial, remakes one.
       if (n > 1 || currentRun().add(ticket).size < OUTAGE_AFTER) return Effect.succeed("retry" as const)
       return heldRun(`${OUTAGE_AFTER} requests failing in a row, the last: ${reason}`)
@@ -218,7 +218,7 @@ export const makeJudge = (
    */
   const heldRun = (reason: string): Effect.Effect<Verdict> =>
     Effect.suspend(() => {
-      if (outage.onTrial() || gate.inflight - holding <= 1) return Effect.as(markDown(reason), "again" as const)
+      if (outage.onTrial() || gate.inflight - holding <= 1) return Effect.as(markDown(reason, "failing"), "again" as const)
       holding++
       const seen = successes
       const decision = decided
@@ -229,7 +229,7 @@ export const makeJudge = (
         Effect.ensuring(Effect.sync(() => void holding--)),
         Effect.flatMap(() => {
           if (successes !== seen) return Effect.succeed("retry" as const)
-          return outage.isDown() ? Effect.succeed("again" as const) : Effect.as(markDown(reason), "again" as const)
+          return outage.isDown() ? Effect.succeed("again" as const) : Effect.as(markDown(reason, "failing"), "again" as const)
         })
       )
     })
@@ -284,7 +284,7 @@ export const makeJudge = (
     if (attempt._tag === "Failure") {
       switch (attempt.kind) {
         case "connect":
-          return Effect.as(markDown(attempt.failure.message), "again")
+          return Effect.as(markDown(attempt.failure.message, "unreachable"), "again")
         case "timeout":
           return Effect.zipRight(overloaded(ticket, generation, "timeout"), failed(ticket, n, attempt.failure.message))
         case "transport":
@@ -334,17 +334,17 @@ export const makeJudge = (
       if (outage.isDown()) return Effect.succeed("again" as const) // sent before it went down, for that reason or another
       // The upstream set up wrong, not the request: down, as in an outage, so that its batches lose nothing (a key
       // revoked mid-batch failed every line at full speed, a base URL without `/v1` every line of a batch).
-      const down = (reason: string) => Effect.as(markDown(reason), "again" as const)
+      const down = (reason: string, kind: DownKind) => Effect.as(markDown(reason, kind), "again" as const)
       if (status === 401) {
         return Effect.flatMap(modelsStatus, (answered): Effect.Effect<Verdict> =>
           answered === 401
-            ? down(`it refuses its key: POST ${urlFor(endpoint)} and GET /models answer 401; check its key (from ${spec.keyFrom ?? "its entry"})`)
+            ? down(`it refuses its key: POST ${urlFor(endpoint)} and GET /models answer 401; check its key (from ${spec.keyFrom ?? "its entry"})`, "key")
             : final)
       }
       return Effect.flatMap(versionPathMissing, (missing): Effect.Effect<Verdict> =>
         missing
           ? down(`its base URL lacks the API's version path: POST ${urlFor(endpoint)} and GET /models answer 404, ` +
-            `GET ${spec.baseUrl}/v1/models answers; set it to ${spec.baseUrl}/v1 and restart`)
+            `GET ${spec.baseUrl}/v1/models answers; set it to ${spec.baseUrl}/v1 and restart`, "path")
           : final)
     }
     if (status < 300 && !answeredWell.has(endpoint)) answeredWell.add(endpoint)

@@ -16,8 +16,12 @@ export const IDLE_TRIAL_PROBES = 5
 /** Probes answered 5xx in a row after which the upstream's calls get a trial anyway (a blind one: it may be there). */
 export const FAILING_PROBES_BEFORE_TRIAL = 3
 
-/** How many reasons one outage is said to go on for, at most: a trial fails each probe interval. */
-const MAX_REASONS_SAID = 4
+/**
+ * What kind of trouble took an upstream down: unreachable (no connection), failing (its calls fail as an outage's
+ * do: 5xx, timeouts), its key refused, its base URL missing the version path. An outage that goes on for another
+ * kind than it began with says so (a server back with another key); the reasons' texts vary within a kind.
+ */
+export type DownKind = "unreachable" | "failing" | "key" | "path"
 
 export interface Outage {
   /** No call goes out. */
@@ -30,7 +34,7 @@ export interface Outage {
    */
   readonly onBlindTrial: () => boolean
   /** Takes the upstream down for `reason` (said once per outage) and starts probing; nothing when it is down. */
-  readonly markDown: (reason: string) => Effect.Effect<void>
+  readonly markDown: (reason: string, kind: DownKind) => Effect.Effect<void>
   /** A call succeeded: ends a trial (the up line), or nothing; `undefined` when there is nothing to do. */
   readonly succeeded: () => Effect.Effect<void> | undefined
   /** Completes once calls may go out (at once when they may). */
@@ -105,10 +109,10 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
       })
 
     /**
-     * The reasons this outage was said to go on for: a trial failing for a new one (an upstream back with another key)
-     * says it, a few times at most; the same one again only at debug level.
+     * The kinds of trouble this outage was said to go on for: a trial failing for a new one (an upstream back with
+     * another key) says it; the same kind again only at debug level.
      */
-    const saidReasons = new Set<string>()
+    const saidKinds = new Set<DownKind>()
     /** Whether this outage's line about a probe answering 5xx was said (once per outage). */
     let saidProbeFails = false
     /**
@@ -138,7 +142,7 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
       }
     })
 
-    const markDown = (reason: string) =>
+    const markDown = (reason: string, kind: DownKind) =>
       Effect.suspend(() => {
         if (down) return Effect.void
         const again = trial // the trial's calls failed: the same outage goes on
@@ -151,10 +155,10 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
           downSince = clock.unsafeCurrentTimeMillis()
           trials = 0
           saidProbeFails = false
-          saidReasons.clear()
+          saidKinds.clear()
         }
-        const newReason = !saidReasons.has(reason) && saidReasons.size < MAX_REASONS_SAID
-        saidReasons.add(reason)
+        const newReason = !saidKinds.has(kind)
+        saidKinds.add(kind)
         const every = Duration.format(options.probeInterval)
         return Effect.gen(function*() {
           upSignal = yield* Deferred.make<void>()
