@@ -95,5 +95,14 @@ describe("the parts of makeServices and makeApp", () => {
       expect(yield* Effect.flip(send("html"))).toMatchObject({ _tag: "UpstreamFailure", code: "invalid_upstream_response" })
       const refusal = yield* send("refusal")
       expect([refusal.status, refusal.json]).toEqual([404, { error: { message: "no such model", type: "upstream_error", param: null, code: null } }])
+
+      // One that says its answers are checked (the service's own, as `InferenceOverHttpClient`) is not checked again.
+      const ownChecked = Layer.map(own, (context) => Context.add(context, Inference, { ...Context.get(context, Inference), answersChecked: true }))
+      const dataDir2 = mkdtempSync(Path.join(tmpdir(), "parts-"))
+      const trusted = yield* Effect.map(
+        Layer.build(makeServices({ inference: ownChecked }).pipe(Layer.provide(AppConfig.layerWith({ port: 0, dataDir: dataDir2 })))),
+        (context) => Context.get(context, Inference)
+      ).pipe(Effect.ensuring(Effect.sync(() => rmSync(dataDir2, { recursive: true, force: true }))))
+      expect((yield* trusted.send("/v1/chat/completions", JSON.stringify({ kind: "pretty" }))).text).toBe(texts.pretty)
     }).pipe(Effect.scoped), 30_000)
 })

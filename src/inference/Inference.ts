@@ -108,6 +108,11 @@ export interface InferenceShape {
    * answers without one (scripted, replayed, an app's own).
    */
   readonly upstreams?: ReadonlyArray<UpstreamSpec>
+  /**
+   * Its answers already hold to `UpstreamResponse`'s contract (the service's own over upstreams, and what wraps one):
+   * `makeServices` checks an `inference` part's otherwise (`checkedAnswers.ts`), at a cost the live path need not pay.
+   */
+  readonly answersChecked?: boolean
 }
 
 export class Inference extends Context.Tag("Inference")<Inference, InferenceShape>() {}
@@ -278,7 +283,8 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
       isDown: (model, project) => route(model, project)?.isDown() ?? true,
       isHeld: (model, project) => route(model, project)?.admission.held() ?? false,
       upstreamName: (model, project) => route(model, project)?.spec.name,
-      upstreams: specs
+      upstreams: specs,
+      answersChecked: true
     })
   })
 

@@ -24,10 +24,11 @@ export const checkedAnswer = (res: UpstreamResponse): Effect.Effect<UpstreamResp
   return Effect.succeed({ status: res.status, text: body.text, json: body.json, requestId: id })
 }
 
-/** The `Inference` that `layer` gives, its answers checked (`checkedAnswer`). */
+/** The `Inference` that `layer` gives, its answers checked (`checkedAnswer`) unless it says they are. */
 export const withCheckedAnswers = <E, R>(layer: Layer.Layer<Inference, E, R>): Layer.Layer<Inference, E, R> =>
   Layer.map(layer, (context) => {
     const inference = Context.get(context, Inference)
+    if (inference.answersChecked === true) return context
     return Context.add(context, Inference, {
       ...inference,
       send: (endpoint, body, options) => Effect.flatMap(inference.send(endpoint, body, options), checkedAnswer)
