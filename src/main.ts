@@ -7,14 +7,13 @@ import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import * as Migrator from "@effect/sql/Migrator"
 import { Cause, ConfigError, Deferred, Duration, Effect, FiberRef, HashSet, Layer, Logger, Option, Runtime } from "effect"
 import { constants } from "node:os"
-import { AppConfig, defaults, nodeIdOfEnvironment, RESTART_TO_APPLY } from "./Config.js"
+import { AppConfig, type AppConfigShape, defaults, nodeIdOfEnvironment, RESTART_TO_APPLY } from "./Config.js"
 import { AppLive } from "./Layers.js"
 import { LoggingLive, loggerLayer } from "./observability/Logging.js"
 import { describeDatabase } from "./observability/Readiness.js"
 import { NodeIdInUse, NodeIdTakenOver, OnNodeIdTakenOver } from "./storage/NodeIdLock.js"
 import { BatchesRunElsewhere } from "./storage/SqliteRunnerLock.js"
 import { rootMessage, storageFault } from "./storage/Faults.js"
-import { patienceFor } from "./storage/fileLock.js"
 
 /** Why a socket could not listen, for the faults an operator fixes in the configuration (`port`: its variable). */
 const LISTEN_FAULTS: Readonly<Record<string, (port: string) => string>> = {
@@ -87,32 +86,51 @@ const logFault = (cause: Cause.Cause<unknown>) =>
 const REPEAT_WINDOW_MS = 1_000
 
 /**
- * A stop that ends in time, and the signals after the first. runMain stops listening once it has begun the shutdown,
- * so a second SIGINT ended the process undrained. A Ctrl-C under `npm start` is two SIGINTs milliseconds apart (the
- * terminal's to the server, and the one npm passes on): repeats within a second are that same stop, and change
- * nothing. A later one is an operator who will not wait: said, then the process ends at once. So does a stop still
- * going on when a successor under its id stops waiting for it (`patienceFor`): a release held up by a database that
- * does not answer took ~70 s, past a container's grace period. What either leaves unfinished resumes at the next start.
+ * How long a stop may take before the process ends all the same: the HTTP stop's own bound (`SHUTDOWN_DELAY`,
+ * `SHUTDOWN_TIMEOUT`, 5 s for the handlers it cut), then 10 s for the services' release and the tracer's last export.
+ * A release held up by a database that does not answer took ~70 s, past a container's grace period.
+ */
+const stopDeadline = (config: Pick<AppConfigShape, "shutdownDelay" | "shutdownTimeout">) =>
+  Duration.sum(Duration.sum(config.shutdownDelay, config.shutdownTimeout), Duration.seconds(15))
+
+/** Node's longest timer: a longer one fires at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1
+
+type RunSync = <A, E>(effect: Effect.Effect<A, E>) => A
+
+/** Says why, then ends the process with `code`; what it leaves unfinished resumes at the next start. */
+const stopNow = (runSync: RunSync, why: string, code: number) => {
+  runSync(Effect.annotateLogs(
+    Effect.logWarning(`${why}: stopping at once; unfinished work resumes at the next start`),
+    "event",
+    "server.stopped_at_once"
+  ))
+  process.exit(code)
+}
+
+/** Ends the process `deadline` from now (a stop that began) with `code`, unless it has ended by then. */
+const endLateStop = (runSync: RunSync, deadline: Duration.Duration, code: number) => {
+  const why = `The shutdown did not end within ${Duration.format(deadline)} (something it releases does not answer: the database?)`
+  setTimeout(() => stopNow(runSync, why, code), Math.min(Duration.toMillis(deadline), MAX_TIMER_MS)).unref()
+}
+
+/**
+ * A stop that ends in time (`stopDeadline`), and the signals after the first. runMain stops listening once it has
+ * begun the shutdown, so a second SIGINT ended the process undrained. A Ctrl-C under `npm start` is two SIGINTs
+ * milliseconds apart (the terminal's to the server, and the one npm passes on): repeats within a second are that
+ * same stop, and change nothing. A later one is an operator who will not wait: said, then the process ends at once.
  */
 const stopAtOnceOnALaterSignal = Effect.gen(function*() {
-  const runSync = Runtime.runSync(yield* Effect.runtime<never>())
-  const patience = patienceFor(yield* AppConfig)
-  const stopNow = (why: string, signal: NodeJS.Signals) => {
-    runSync(Effect.annotateLogs(
-      Effect.logWarning(`${why}: stopping at once; unfinished work resumes at the next start`),
-      "event",
-      "server.stopped_at_once"
-    ))
-    process.exit(128 + constants.signals[signal])
-  }
+  const runSync: RunSync = Runtime.runSync(yield* Effect.runtime<never>())
+  const deadline = stopDeadline(yield* AppConfig)
   let first: number | undefined
   const onSignal = (signal: NodeJS.Signals) => {
     const now = Date.now()
+    const code = 128 + constants.signals[signal]
     if (first === undefined) {
       first = now // runMain's own listener begins the shutdown
-      const late = `The shutdown did not end within ${Duration.format(patience)} (something it releases does not answer: the database?)`
-      setTimeout(() => stopNow(late, signal), Duration.toMillis(patience)).unref()
-    } else if (now - first >= REPEAT_WINDOW_MS) stopNow(`${signal} again during the shutdown`, signal)
+      endLateStop(runSync, deadline, code)
+    } else if (now - first >= REPEAT_WINDOW_MS) stopNow(runSync, `${signal} again during the shutdown`, code)
   }
   process.on("SIGINT", onSignal)
   process.on("SIGTERM", onSignal)
@@ -141,8 +159,11 @@ const sayHangupChangesNothing = Effect.gen(function*() {
  */
 const launch = Effect.gen(function*() {
   const takenOver = yield* Deferred.make<never, NodeIdTakenOver>()
+  const runSync: RunSync = Runtime.runSync(yield* Effect.runtime<never>())
+  const deadline = stopDeadline(yield* AppConfig)
   const stop = (error: NodeIdTakenOver) =>
     Effect.annotateLogs(Effect.logError(`${error.message} This process stops.`), "event", "server.node_id_taken_over").pipe(
+      Effect.zipRight(Effect.sync(() => endLateStop(runSync, deadline, 1))),
       Effect.zipRight(Deferred.fail(takenOver, error))
     )
   // `Layer.launch` with its wait for ever made a wait for the takeover, in the same fiber: the layers are released

@@ -30,7 +30,7 @@ export const wallClock = Clock.make()
 
 /**
  * How long a process waits for a lock: as long as a predecessor may take to stop (`SHUTDOWN_DELAY`, `SHUTDOWN_TIMEOUT`
- * and 5 s), which `main.ts` ends the process at, a stop that takes longer or not.
+ * and 5 s for the handlers it cut), its release held up by nothing.
  */
 export const patienceFor = (config: Pick<AppConfigShape, "shutdownDelay" | "shutdownTimeout">) =>
   Duration.sum(Duration.sum(config.shutdownDelay, config.shutdownTimeout), Duration.seconds(5))
