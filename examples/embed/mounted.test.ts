@@ -3,7 +3,7 @@
  * official client works at `<server>/openai/v1`, and the service's checks, bounds and request ids come with it.
  */
 import { HttpRouter, HttpServer, HttpServerResponse } from "@effect/platform"
-import { expect, layer } from "@effect/vitest"
+import { expect, it, layer } from "@effect/vitest"
 import { Effect, Layer, Logger, LogLevel } from "effect"
 import { ApiApp, ApiAppLive, AppConfig, InferenceScripted, makeNodeServer, makeServices, scriptedAnswer } from "effect-openai-batch"
 import { mkdtempSync } from "node:fs"
@@ -86,3 +86,19 @@ layer(app, { excludeTestServices: true })("the batch API mounted under /openai",
       expect(Object.keys(body.error).sort()).toEqual(["code", "message", "param", "type"])
     }))
 })
+
+it.effect("does not start on a server listening beyond loopback without keys, as HttpLive does not", () =>
+  Effect.gen(function*() {
+    const exposed = served.pipe(
+      Layer.provide(ApiAppLive),
+      Layer.provide(makeServices({ inference: fakeUpstream })),
+      Layer.provideMerge(makeNodeServer({ host: "0.0.0.0", port: 0, shutdownTimeout: "1 second" })),
+      Layer.provide(AppConfig.layerWith({ dataDir: mkdtempSync(Path.join(tmpdir(), "mounted-")) })),
+      Layer.provide(Logger.minimumLogLevel(LogLevel.None))
+    )
+    const refused = yield* Effect.scoped(Layer.build(exposed)).pipe(
+      Effect.as("started"),
+      Effect.catchAll((error) => Effect.succeed(String(error)))
+    )
+    expect(refused).toContain("The server listens on 0.0.0.0, not a loopback address")
+  }))

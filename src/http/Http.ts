@@ -46,6 +46,18 @@ export const ApiLive = HttpApiBuilder.api(OpenAIApi).pipe(
  * `maxUploadsAtOnce` uploads (a project held to its share of both where keys name several). No CORS header unless
  * `CORS_ORIGINS` says.
  */
+/**
+ * Refuses to serve beyond loopback when the `Auth` in use asks for no key: judged on where `server` listens, not
+ * only on `HOST`: an app's own server (`makeNodeServer({ host })`, one without a host: every interface) may bind
+ * elsewhere, and a `Host: localhost` sent from afar passes the Host check.
+ */
+const refuseExposedServer = (server: HttpServer.HttpServer) =>
+  Effect.gen(function*() {
+    if (server.address._tag !== "TcpAddress") return
+    const exposed = exposedWithoutKeys(yield* AppConfig, (yield* Auth).required, server.address.hostname)
+    if (Option.isSome(exposed)) return yield* Effect.fail(exposed.value)
+  })
+
 const wrappedApp = Effect.gen(function*() {
   const { maxJsonBodiesBytes, maxJsonBodyBytes, maxUploadsAtOnce } = yield* AppConfig
   const secure = yield* securityMiddleware
@@ -71,8 +83,10 @@ const withRoutes = <A, E, R>(layer: Layer.Layer<A, E, R>) =>
 
 /**
  * The whole app `HttpLive` serves, as an `HttpApp`, for an app that serves it on a router of its own, under a
- * prefix if it likes (`HttpRouter.mountApp("/openai", app)`): the same checks, bounds, logs and metrics. Its
- * handlers keep the priority of the server's fibers (`HttpLive` runs them ahead of the batches' work).
+ * prefix if it likes (`HttpRouter.mountApp("/openai", app)`): the same checks of each request, bounds, logs and
+ * metrics; where the server listens is checked when one is in the layer's context. Its handlers keep the priority
+ * of the server's fibers (`HttpLive` runs them ahead of the batches' work), and each request is given the body
+ * patience on its way in (`HttpLive` puts it in its server's context once).
  */
 export class ApiApp extends Context.Tag("ApiApp")<ApiApp, HttpApp.Default<never, HttpRouter.HttpRouter.DefaultServices>>() {}
 
@@ -81,6 +95,8 @@ export const ApiAppLive = withRoutes(Layer.effect(
   ApiApp,
   Effect.gen(function*() {
     const { minBodyRate, stallTimeout } = yield* AppConfig
+    const server = yield* Effect.serviceOption(HttpServer.HttpServer)
+    if (Option.isSome(server)) yield* refuseExposedServer(server.value)
     const wrap = yield* wrappedApp
     const app = wrap(yield* HttpApiBuilder.httpApp)
     return Effect.provideService(app, BodyPatience, { stall: stallTimeout, minRate: minBodyRate })
@@ -92,15 +108,8 @@ export const ApiAppLive = withRoutes(Layer.effect(
  * (on `SchedulerLive`'s scheduler, ahead of the batches' work).
  */
 export const HttpLive = requestsFirst(withRoutes(Layer.unwrapEffect(Effect.gen(function*() {
-  const config = yield* AppConfig
-  const { minBodyRate, stallTimeout } = config
-  // Judged on where the server listens, not only on `HOST`: an app's own server (`makeNodeServer({ host })`, one
-  // without a host: every interface) may bind elsewhere, and a `Host: localhost` sent from afar passes the Host check.
-  const address = (yield* HttpServer.HttpServer).address
-  if (address._tag === "TcpAddress") {
-    const exposed = exposedWithoutKeys(config, (yield* Auth).required, address.hostname)
-    if (Option.isSome(exposed)) return yield* Effect.fail(exposed.value)
-  }
+  const { minBodyRate, stallTimeout } = yield* AppConfig
+  yield* refuseExposedServer(yield* HttpServer.HttpServer)
   const wrap = yield* wrappedApp
   return HttpApiBuilder.serve(wrap).pipe(
     // In every request's context from the start (provided per request, it copied the context and the fiber's references).
