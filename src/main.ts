@@ -4,69 +4,13 @@
  * server stops accepting and lets open requests end).
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import * as Migrator from "@effect/sql/Migrator"
 import { Cause, ConfigError, Deferred, Duration, Effect, FiberRef, HashSet, Layer, Logger, Option, Runtime } from "effect"
 import { constants } from "node:os"
 import { AppConfig, type AppConfigShape, defaults, nodeIdOfEnvironment, RESTART_TO_APPLY } from "./Config.js"
 import { AppLive } from "./Layers.js"
 import { LoggingLive, loggerLayer } from "./observability/Logging.js"
-import { describeDatabase } from "./observability/Readiness.js"
-import { NodeIdInUse, NodeIdTakenOver, OnNodeIdTakenOver } from "./storage/NodeIdLock.js"
-import { BatchesRunElsewhere } from "./storage/SqliteRunnerLock.js"
-import { rootMessage, storageFault } from "./storage/Faults.js"
-
-/** Why a socket could not listen, for the faults an operator fixes in the configuration (`port`: its variable). */
-const LISTEN_FAULTS: Readonly<Record<string, (port: string) => string>> = {
-  EADDRINUSE: (port) => `another process listens there; set ${port} to a free port`,
-  EACCES: (port) => `not allowed (a port below 1024 needs privileges); set ${port} to another`,
-  EADDRNOTAVAIL: () => "no such address on this machine; set HOST to one of its addresses"
-}
-
-/** The variable of the port each listener's failure names: the server's (`ServeError`) or the metrics' own. */
-const PORT_VARIABLES: Readonly<Record<string, string>> = { ServeError: "PORT", MetricsListenFailed: "METRICS_PORT" }
-
-/** A listen that failed for a reason in `LISTEN_FAULTS`: one line naming the address, the code and what to change. */
-const listenFaultLine = (cause: Cause.Cause<unknown>): Option.Option<string> =>
-  Option.flatMap(Cause.failureOption(cause), (error) => {
-    const failure = error as { readonly _tag?: unknown; readonly cause?: { code?: unknown; address?: unknown; port?: unknown } }
-    const variable = typeof failure._tag === "string" ? PORT_VARIABLES[failure._tag] : undefined
-    const code = variable === undefined ? undefined : failure.cause?.code
-    return typeof code === "string" && code in LISTEN_FAULTS
-      ? Option.some(`Cannot listen on ${failure.cause!.address}:${failure.cause!.port}: ${LISTEN_FAULTS[code]!(variable!)} (${code})`)
-      : Option.none()
-  })
-
-/** What a first migration meeting a table of its name means. */
-const OTHER_TABLES = "the schema holds tables of another app: give the service a database or schema of its own"
-
-/** What PostgreSQL's "no schema has been selected to create in" means at a first start. */
-const NO_SCHEMA = "the schemas of the user's search_path do not exist: create the one DATABASE_URL names first (CREATE SCHEMA)"
-
-/**
- * A start that failed for a reason said in one line: another process under the node's id or running the batches of
- * the SQLite file (their messages say what to do), or a database that cannot be opened or reached.
- */
-const startFaultLine = (cause: Cause.Cause<unknown>) =>
-  Effect.map(AppConfig, (config) => {
-    const cannotUse = (said: string) =>
-      `Cannot use the database (${describeDatabase(config)}; see ${Option.isSome(config.databaseUrl) ? "DATABASE_URL" : "DATA_DIR"}): ${said}`
-    const failed = Option.flatMap(Cause.failureOption(cause), (error): Option.Option<string> => {
-      if (error instanceof NodeIdInUse || error instanceof BatchesRunElsewhere) return Option.some(error.message)
-      if (error instanceof Migrator.MigrationError && error.reason === "bad-state") return Option.some(cannotUse(error.message))
-      if (error instanceof Migrator.MigrationError && error.reason === "failed") {
-        const driver = rootMessage(error.cause)
-        return Option.some(cannotUse(`${error.message}: ${driver}${/already exists/.test(driver) ? ` (${OTHER_TABLES})` : ""}`))
-      }
-      if ((error as { readonly _tag?: unknown })._tag !== "SqlError") return Option.none()
-      const driver = rootMessage(error)
-      const said = (error as Error).message === driver ? driver : `${(error as Error).message}: ${driver}`
-      return Option.some(cannotUse(/no schema has been selected to create in/.test(driver) ? `${said} (${NO_SCHEMA})` : said))
-    })
-    // A full disk under a new database fails its first statement (a defect): said as plainly.
-    return Option.isSome(failed) || storageFault(cause) !== "capacity"
-      ? failed
-      : Option.some(cannotUse(`its disk is full (${rootMessage(Cause.squash(cause))})`))
-  })
+import { NodeIdTakenOver, OnNodeIdTakenOver } from "./storage/NodeIdLock.js"
+import { listenFaultLine, startFaultLine } from "./startFaultLines.js"
 
 /** A fault that ends the server (a port in use, a database unreachable at start), logged in the configured format. */
 const logFault = (cause: Cause.Cause<unknown>) =>

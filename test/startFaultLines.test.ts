@@ -1,0 +1,28 @@
+/** The one line a failed start is said in (`src/startFaultLines.ts`), for a migration that failed. */
+import { expect, it } from "@effect/vitest"
+import * as Migrator from "@effect/sql/Migrator"
+import { SqlError } from "@effect/sql/SqlError"
+import { Cause, Effect, Option } from "effect"
+import { AppConfig } from "../src/Config.js"
+import { startFaultLine } from "../src/startFaultLines.js"
+
+const migrationFailed = (driver: Error) =>
+  Cause.fail(new Migrator.MigrationError({
+    reason: "failed",
+    message: `Migration "1_files" failed`,
+    cause: new SqlError({ message: "Failed to execute statement", cause: driver })
+  }))
+
+it.effect("a migration that failed: the migration, what the database said, and what to do when it met another app's table", () =>
+  Effect.gen(function*() {
+    const clash = yield* startFaultLine(migrationFailed(new Error(`relation "files" already exists`)))
+    expect(Option.getOrThrow(clash)).toBe(
+      `Cannot use the database (SQLite at /srv/batches.sqlite; see DATA_DIR): Migration "1_files" failed: relation "files" ` +
+        "already exists (the schema holds tables of another app: give the service a database or schema of its own)"
+    )
+    // Cut short by a full disk: said as the full disk it is.
+    const full = yield* startFaultLine(migrationFailed(Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" })))
+    expect(Option.getOrThrow(full)).toBe(
+      "Cannot use the database (SQLite at /srv/batches.sqlite; see DATA_DIR): its disk is full (database or disk is full)"
+    )
+  }).pipe(Effect.provide(AppConfig.layerWith({ dataDir: "/srv" }))))
