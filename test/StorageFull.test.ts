@@ -232,7 +232,7 @@ describe("a full SQLite database", () => {
       yield* allowPages(200)
       warnings.length = 0
       const created = yield* createBatch(openai, file.id)
-      const waits = `Storage full (database or disk is full); batch ${created.id} waits` // what the driver said, in one line
+      const waits = `Batch ${created.id} waits: storage full (database or disk is full)` // what the driver said, in one line
       yield* eventuallyEffect(Effect.sync(() => expect(warnings).toContain(waits)), 10_000)
       // The first retry is a second away: the rows of the first page are already gone, their pages free.
       const rows = yield* run(`SELECT COUNT(*) AS n FROM batch_requests WHERE batch_id = '${created.id}'`)

@@ -246,6 +246,9 @@ const sayKeys = (what: string, { keyHashes: _, projectNames: __, webhooksWithout
     )
   )
 
+/** How many added or removed keys' hashes a reload's line lists, at most. */
+const MAX_HASHES_SAID = 20
+
 /**
  * Logs what is loaded. Without keys nothing: the listening line says so, and a line here would come before a
  * configuration error found later in the start.
@@ -266,15 +269,17 @@ export const AuthLive: Layer.Layer<Auth, ConfigError.ConfigError, AppConfig> = L
     if (Option.isSome(config.apiKeysFile)) {
       const runtime = yield* Effect.runtime<never>()
       // What changed, by the keys' hashes: a rotation (one key in, one out) is told from a reload that changed nothing.
+      // The hashes listed are the first MAX_HASHES_SAID: a file of thousands of keys replaced is one line still.
       const reload = Effect.gen(function*() {
-        const before = (yield* auth.summary).keyHashes
+        const before = new Set((yield* auth.summary).keyHashes)
         const after = yield* auth.reload
-        const added = after.keyHashes.filter((h) => !before.includes(h))
-        const removed = before.filter((h) => !after.keyHashes.includes(h))
+        const now = new Set(after.keyHashes)
+        const added = after.keyHashes.filter((h) => !before.has(h))
+        const removed = [...before].filter((h) => !now.has(h))
         yield* sayKeys(
           `API keys reloaded: ${added.length} added, ${removed.length} removed (on this node; ${RESTART_TO_APPLY})`,
           after,
-          { keys_added: added, keys_removed: removed }
+          { keys_added: added.slice(0, MAX_HASHES_SAID), keys_removed: removed.slice(0, MAX_HASHES_SAID) }
         )
       })
       const onHangup = () =>

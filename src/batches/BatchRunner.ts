@@ -24,8 +24,9 @@ import type { BatchId } from "../domain/Ids.js"
 import { FileStore, sweepEvery } from "../files/FileStore.js"
 import { Inference } from "../inference/Inference.js"
 import * as BatchLines from "../observability/batchLines.js"
+import { logFailure } from "../observability/failureRuns.js"
 import { batchWork } from "../observability/Tracing.js"
-import { describeStorageFault, type StorageFault, storageFault } from "../storage/Faults.js"
+import { type StorageFault, storageFault } from "../storage/Faults.js"
 import { inBackground } from "../Scheduler.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
 import { heldAWhile, holderTurn, makeFairPermits, type Readiness } from "./fairPermits.js"
@@ -260,9 +261,7 @@ export const make = Effect.gen(function*() {
           if (storage !== waitingFor) {
             storageRetries = 0
             warnedAt = now
-            // One line, what the driver said; the cause (its stack at every layer, ~15 KB) at debug level.
-            yield* Effect.logWarning(`Storage ${describeStorageFault(storage, cause)}; batch ${id} waits`)
-            yield* Effect.logDebug(`Storage ${storageState(storage)}; batch ${id} waits`, cause)
+            yield* logFailure(`Batch ${id} waits`, cause)
           } else if (now - warnedAt >= STILL_WAITING_SAID_EVERY_MS) {
             // Said again now and then: a wait that comes back after progress (a finalization's file) was silent.
             warnedAt = now
