@@ -40,6 +40,20 @@ const forwardedSchema = Effect.gen(function*() {
   return { direct: url, forwarded: Redacted.make(forwarded.toString()), forwarder }
 })
 
+/** A data directory of its own for the test's scope. */
+const scratchDir = Effect.acquireRelease(
+  Effect.sync(() => mkdtempSync(Path.join(tmpdir(), "batch-node-id-"))),
+  (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
+)
+
+/** A simulator for the test's scope. */
+const simulatorWith = (options?: Parameters<typeof startSimulator>[0]) =>
+  Effect.acquireRelease(Effect.promise(() => startSimulator(options)), (s) => Effect.promise(() => s.close()))
+
+/** The server as a process on `env`, killed at the end of the test's scope if it still runs. */
+const serverWith = (env: Record<string, string>) =>
+  Effect.acquireRelease(Effect.promise(() => startServer(env)), (s) => Effect.promise(() => s.stop("SIGKILL")))
+
 /** The sessions holding `nodeId`'s lock in the schema of `sql`. */
 const holders = (nodeId: string) =>
   Effect.flatMap(SqlClient.SqlClient, (sql) =>
@@ -97,10 +111,7 @@ describe.concurrent("one process per NODE_ID on PostgreSQL", () => {
   it.live("a second server process under a running node's NODE_ID does not start, and takes none of its work", () =>
     Effect.gen(function*() {
       const url = Redacted.value(yield* schemaUrl)
-      const dataDir = yield* Effect.acquireRelease(
-        Effect.sync(() => mkdtempSync(Path.join(tmpdir(), "batch-node-id-"))),
-        (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
-      )
+      const dataDir = yield* scratchDir
       const simulator = Effect.acquireRelease(
         Effect.promise(() => startSimulator({ latencyMs: 100 })),
         (s) => Effect.promise(() => s.close())
@@ -140,27 +151,19 @@ describe.concurrent("one process per NODE_ID on PostgreSQL", () => {
   it.live("a server cut off for longer than LEASE_TTL, whose id another process took meanwhile, stops once it is back, saying why", () =>
     Effect.gen(function*() {
       const { direct, forwarded, forwarder } = yield* forwardedSchema
-      const dataDir = yield* Effect.acquireRelease(
-        Effect.sync(() => mkdtempSync(Path.join(tmpdir(), "batch-node-id-"))),
-        (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
-      )
-      const sim = yield* Effect.acquireRelease(Effect.promise(() => startSimulator()), (s) => Effect.promise(() => s.close()))
-      const server = yield* Effect.acquireRelease(
-        Effect.promise(() =>
-          startServer({
-            DATABASE_URL: Redacted.value(forwarded),
-            DATA_DIR: dataDir,
-            NODE_ID: "cut-off",
-            INFERENCE_BASE_URL: sim.url,
-            LEASE_TTL: "2 seconds",
-            HEARTBEAT_INTERVAL: "200 millis",
-            DATABASE_STATEMENT_TIMEOUT: "2 seconds",
-            SHUTDOWN_TIMEOUT: "1 second",
-            LOG_FORMAT: "json"
-          })
-        ),
-        (s) => Effect.promise(() => s.stop("SIGKILL"))
-      )
+      const dataDir = yield* scratchDir
+      const sim = yield* simulatorWith()
+      const server = yield* serverWith({
+        DATABASE_URL: Redacted.value(forwarded),
+        DATA_DIR: dataDir,
+        NODE_ID: "cut-off",
+        INFERENCE_BASE_URL: sim.url,
+        LEASE_TTL: "2 seconds",
+        HEARTBEAT_INTERVAL: "200 millis",
+        DATABASE_STATEMENT_TIMEOUT: "2 seconds",
+        SHUTDOWN_TIMEOUT: "1 second",
+        LOG_FORMAT: "json"
+      })
       const sql = Context.get(yield* Layer.build(layerPg(direct)), SqlClient.SqlClient)
       const holdersNow = Effect.provideService(holders("cut-off"), SqlClient.SqlClient, sql)
       const [old] = yield* holdersNow
@@ -182,25 +185,17 @@ describe.concurrent("one process per NODE_ID on PostgreSQL", () => {
   it.live("a SIGTERM while the database does not answer ends the process in bounded time, saying so", () =>
     Effect.gen(function*() {
       const { forwarded, forwarder } = yield* forwardedSchema
-      const dataDir = yield* Effect.acquireRelease(
-        Effect.sync(() => mkdtempSync(Path.join(tmpdir(), "batch-node-id-"))),
-        (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
-      )
-      const sim = yield* Effect.acquireRelease(Effect.promise(() => startSimulator({ latencyMs: 100 })), (s) => Effect.promise(() => s.close()))
-      const server = yield* Effect.acquireRelease(
-        Effect.promise(() =>
-          startServer({
-            DATABASE_URL: Redacted.value(forwarded),
-            DATA_DIR: dataDir,
-            NODE_ID: "frozen",
-            INFERENCE_BASE_URL: sim.url,
-            HEARTBEAT_INTERVAL: "200 millis",
-            SHUTDOWN_TIMEOUT: "1 second",
-            LOG_FORMAT: "json"
-          })
-        ),
-        (s) => Effect.promise(() => s.stop("SIGKILL"))
-      )
+      const dataDir = yield* scratchDir
+      const sim = yield* simulatorWith({ latencyMs: 100 })
+      const server = yield* serverWith({
+        DATABASE_URL: Redacted.value(forwarded),
+        DATA_DIR: dataDir,
+        NODE_ID: "frozen",
+        INFERENCE_BASE_URL: sim.url,
+        HEARTBEAT_INTERVAL: "200 millis",
+        SHUTDOWN_TIMEOUT: "1 second",
+        LOG_FORMAT: "json"
+      })
       const openai = sdk(server.url)
       const lines = Array.from({ length: LINES }, (_, i) => chatLine(`frozen-${i}`, `frozen prompt ${i}`))
       yield* createBatch(openai, (yield* upload(openai, lines)).id)

@@ -4,11 +4,17 @@ import { Cause, Effect, Logger, TestClock } from "effect"
 import { SqlError } from "@effect/sql/SqlError"
 import { FAILURE_RUN_REMINDER_MS, makeFailureRun } from "../src/observability/failureRuns.js"
 
+/** The lines logged (level, message, whether with a cause), and the logger that records them. */
+const recorded = () => {
+  const lines: Array<string> = []
+  const logger = Logger.replace(Logger.defaultLogger, Logger.make(({ cause, logLevel, message }) =>
+    void lines.push(`${logLevel.label} ${String(message)}${Cause.isEmpty(cause) ? "" : " +cause"}`)))
+  return { lines, logger }
+}
+
 it.effect("a run of failures: the first with its cause, a reminder a minute, a line when it works again", () =>
   Effect.gen(function*() {
-    const lines: Array<string> = []
-    const logger = Logger.replace(Logger.defaultLogger, Logger.make(({ cause, logLevel, message }) =>
-      void lines.push(`${logLevel.label} ${String(message)}${Cause.isEmpty(cause) ? "" : " +cause"}`)))
+    const { lines, logger } = recorded()
     const run = makeFailureRun("Heartbeat")
     yield* Effect.gen(function*() {
       yield* run.succeeded // no run yet: nothing said
@@ -30,9 +36,7 @@ it.effect("a run of failures: the first with its cause, a reminder a minute, a l
 
 it.effect("a run of storage faults (the database away) is said at WARN, in one line with what the driver said", () =>
   Effect.gen(function*() {
-    const lines: Array<string> = []
-    const logger = Logger.replace(Logger.defaultLogger, Logger.make(({ cause, logLevel, message }) =>
-      void lines.push(`${logLevel.label} ${String(message)}${Cause.isEmpty(cause) ? "" : " +cause"}`)))
+    const { lines, logger } = recorded()
     const run = makeFailureRun("Heartbeat")
     const refused = (second: number) =>
       new SqlError({ message: "Failed to execute statement", cause: Object.assign(new Error(`connect ECONNREFUSED 10.0.0.5:5432 (${second})`), { code: "ECONNREFUSED" }) })
