@@ -13,6 +13,7 @@ import {
   BlobStoreSql,
   Inference,
   InferenceScripted,
+  type InferenceShape,
   layerPg,
   type LiveServicesError,
   makeApp,
@@ -20,6 +21,7 @@ import {
   NodeIdLockLive,
   scriptedAnswer
 } from "../src/index.js"
+import { vouchedFor } from "../src/inference/answers.js"
 import { createScratchSchema, dropScratchSchema } from "./support/Postgres.js"
 
 const scripted = InferenceScripted(() => Effect.succeed(scriptedAnswer(200, {})), ["m"])
@@ -74,20 +76,27 @@ describe("the parts of makeServices and makeApp", () => {
         html: "<html>sign in</html>",
         refusal: "no such model"
       }
-      const own = Layer.succeed(Inference, {
-        send: (_endpoint, body) => {
-          const kind = JSON.parse(body).kind as string
-          return Effect.succeed({ status: kind === "refusal" ? 404 : 200, text: texts[kind]!, json: undefined, requestId: "" })
-        },
+      const sendOwn: InferenceShape["send"] = (_endpoint, body) => {
+        const kind = JSON.parse(body).kind as string
+        return Effect.succeed({ status: kind === "refusal" ? 404 : 200, text: texts[kind]!, json: undefined, requestId: "" })
+      }
+      const shape = (send: InferenceShape["send"]): InferenceShape => ({
+        send,
         models: Effect.succeed({ data: [], complete: true }),
         reachable: () => Effect.void,
         unreachable: () => Effect.never
       })
-      const dataDir = mkdtempSync(Path.join(tmpdir(), "parts-"))
-      const inference = yield* Effect.map(
-        Layer.build(makeServices({ inference: own }).pipe(Layer.provide(AppConfig.layerWith({ port: 0, dataDir })))),
-        (context) => Context.get(context, Inference)
-      ).pipe(Effect.ensuring(Effect.sync(() => rmSync(dataDir, { recursive: true, force: true }))))
+      /** The `Inference` of `makeServices` given `own` (the build lasts for the test's scope). */
+      const built = (own: InferenceShape) =>
+        Effect.gen(function*() {
+          const dataDir = yield* Effect.acquireRelease(
+            Effect.sync(() => mkdtempSync(Path.join(tmpdir(), "parts-"))),
+            (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
+          )
+          const services = makeServices({ inference: Layer.succeed(Inference, own) })
+          return Context.get(yield* Layer.build(services.pipe(Layer.provide(AppConfig.layerWith({ port: 0, dataDir })))), Inference)
+        })
+      const inference = yield* built(shape(sendOwn))
       const send = (kind: string) => inference.send("/v1/chat/completions", JSON.stringify({ kind }))
       const pretty = yield* send("pretty")
       expect([pretty.text, pretty.json]).toEqual([`{"id":"x","big":1}`, { id: "x", big: 1 }])
@@ -96,13 +105,11 @@ describe("the parts of makeServices and makeApp", () => {
       const refusal = yield* send("refusal")
       expect([refusal.status, refusal.json]).toEqual([404, { error: { message: "no such model", type: "upstream_error", param: null, code: null } }])
 
-      // One that says its answers are checked (the service's own, as `InferenceOverHttpClient`) is not checked again.
-      const ownChecked = Layer.map(own, (context) => Context.add(context, Inference, { ...Context.get(context, Inference), answersChecked: true }))
-      const dataDir2 = mkdtempSync(Path.join(tmpdir(), "parts-"))
-      const trusted = yield* Effect.map(
-        Layer.build(makeServices({ inference: ownChecked }).pipe(Layer.provide(AppConfig.layerWith({ port: 0, dataDir: dataDir2 })))),
-        (context) => Context.get(context, Inference)
-      ).pipe(Effect.ensuring(Effect.sync(() => rmSync(dataDir2, { recursive: true, force: true }))))
-      expect((yield* trusted.send("/v1/chat/completions", JSON.stringify({ kind: "pretty" }))).text).toBe(texts.pretty)
+      // A send vouched for (the service's own, as `InferenceOverHttpClient`'s) is not checked again; a copy of such
+      // an Inference with a send of its own is.
+      const prettyText = (i: InferenceShape) => Effect.map(i.send("/v1/chat/completions", JSON.stringify({ kind: "pretty" })), (r) => r.text)
+      const vouched = shape(vouchedFor(sendOwn))
+      expect(yield* prettyText(yield* built(vouched))).toBe(texts.pretty)
+      expect(yield* prettyText(yield* built({ ...vouched, send: (e, b, o) => vouched.send(e, b, o) }))).toBe(`{"id":"x","big":1}`)
     }).pipe(Effect.scoped), 30_000)
 })

@@ -22,7 +22,7 @@ import { makeFractionPicker, type TracedCall, traceUpstreamCall, UpstreamCallTra
 import type { Attempt } from "../upstreams/judge.js"
 import { makeUpstream } from "../upstreams/Upstream.js"
 import { admits, servesAnyModel, shadowedModels, type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
-import { type HandBack, HandedBack, retryAfterMillis, unlessHandedBack, UpstreamFailure, type UpstreamResponse } from "./answers.js"
+import { type HandBack, HandedBack, retryAfterMillis, unlessHandedBack, UpstreamFailure, type UpstreamResponse, vouchedFor } from "./answers.js"
 import { AnswerMemory, currentAnswerHold } from "./answerMemory.js"
 import { makeRouteTable } from "./routeTable.js"
 import { makeRouteWait } from "./routeWait.js"
@@ -108,11 +108,6 @@ export interface InferenceShape {
    * answers without one (scripted, replayed, an app's own).
    */
   readonly upstreams?: ReadonlyArray<UpstreamSpec>
-  /**
-   * Its answers already hold to `UpstreamResponse`'s contract (the service's own over upstreams, and what wraps one):
-   * `makeServices` checks an `inference` part's otherwise (`checkedAnswers.ts`), at a cost the live path need not pay.
-   */
-  readonly answersChecked?: boolean
 }
 
 export class Inference extends Context.Tag("Inference")<Inference, InferenceShape>() {}
@@ -269,7 +264,7 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
     })
 
     return Inference.of({
-      send,
+      send: vouchedFor(send),
       models: modelsOf(),
       modelsOf,
       reachable,
@@ -283,8 +278,7 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
       isDown: (model, project) => route(model, project)?.isDown() ?? true,
       isHeld: (model, project) => route(model, project)?.admission.held() ?? false,
       upstreamName: (model, project) => route(model, project)?.spec.name,
-      upstreams: specs,
-      answersChecked: true
+      upstreams: specs
     })
   })
 

@@ -16,7 +16,8 @@ import * as Path from "node:path"
 import { makeDirectories } from "../storage/makeDirectories.js"
 import { AppConfig, defaults } from "../Config.js"
 import { isJsonObject } from "../domain/Json.js"
-import { Inference, InferenceLive, type ModelList, UpstreamFailure, type UpstreamResponse } from "./Inference.js"
+import { Inference, InferenceLive, type InferenceShape, type ModelList, UpstreamFailure, type UpstreamResponse } from "./Inference.js"
+import { isVouchedFor, vouchedFor } from "./answers.js"
 
 /** What a recording is found by. */
 export interface RecordingKey {
@@ -254,11 +255,10 @@ export const InferenceRecord = (
             )
           })
         }).pipe(Effect.uninterruptible) // an answer that arrived is recorded, even as its batch is cancelled
-      return Inference.of({
-        ...inner,
-        send: (endpoint, body, sendOptions) =>
-          Effect.tap(inner.send(endpoint, body, sendOptions), (response) => record(endpoint, body, response))
-      })
+      const send: InferenceShape["send"] = (endpoint, body, sendOptions) =>
+        Effect.tap(inner.send(endpoint, body, sendOptions), (response) => record(endpoint, body, response))
+      // Its answers are its inner one's, as they came: checked if those are.
+      return Inference.of({ ...inner, send: isVouchedFor(inner.send) ? vouchedFor(send) : send })
     })
   )
 

@@ -38,6 +38,22 @@ export class UpstreamFailure extends Data.TaggedError("UpstreamFailure")<{
   readonly message: string
 }> {}
 
+/** The `send`s whose answers hold to `UpstreamResponse`'s contract already (the service's own, over upstreams). */
+const checkedSends = new WeakSet<object>()
+
+/**
+ * `send`, vouched for: its answers are checked already, so `makeServices` does not check an `inference` part built on
+ * it again (`checkedAnswers.ts`), at a cost the live path need not pay. Tied to the function: a copy of the service
+ * with a `send` of its own is checked.
+ */
+export const vouchedFor = <F extends object>(send: F): F => {
+  checkedSends.add(send)
+  return send
+}
+
+/** Whether `send`'s answers are vouched for (`vouchedFor`). */
+export const isVouchedFor = (send: object): boolean => checkedSends.has(send)
+
 /**
  * The caller's wish to take a request back unsent while it waits for its upstream (a batch whose turn ended: see
  * `batches/fairPermits.ts`). A request at the upstream is not taken back: its answer is awaited.

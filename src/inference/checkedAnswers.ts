@@ -7,7 +7,7 @@
  */
 import { Context, Effect, Layer } from "effect"
 import { requestId } from "../domain/Ids.js"
-import { asJsonBody, UpstreamFailure, type UpstreamResponse } from "./answers.js"
+import { asJsonBody, isVouchedFor, UpstreamFailure, type UpstreamResponse } from "./answers.js"
 import { Inference } from "./Inference.js"
 
 /** `res` as the service's own calls give answers, or the failure one that is not usable would be. */
@@ -24,11 +24,11 @@ export const checkedAnswer = (res: UpstreamResponse): Effect.Effect<UpstreamResp
   return Effect.succeed({ status: res.status, text: body.text, json: body.json, requestId: id })
 }
 
-/** The `Inference` that `layer` gives, its answers checked (`checkedAnswer`) unless it says they are. */
+/** The `Inference` that `layer` gives, its answers checked (`checkedAnswer`) unless its `send` is vouched for. */
 export const withCheckedAnswers = <E, R>(layer: Layer.Layer<Inference, E, R>): Layer.Layer<Inference, E, R> =>
   Layer.map(layer, (context) => {
     const inference = Context.get(context, Inference)
-    if (inference.answersChecked === true) return context
+    if (isVouchedFor(inference.send)) return context
     return Context.add(context, Inference, {
       ...inference,
       send: (endpoint, body, options) => Effect.flatMap(inference.send(endpoint, body, options), checkedAnswer)
