@@ -112,10 +112,7 @@ describe.concurrent("one process per NODE_ID on PostgreSQL", () => {
     Effect.gen(function*() {
       const url = Redacted.value(yield* schemaUrl)
       const dataDir = yield* scratchDir
-      const simulator = Effect.acquireRelease(
-        Effect.promise(() => startSimulator({ latencyMs: 100 })),
-        (s) => Effect.promise(() => s.close())
-      )
+      const simulator = simulatorWith({ latencyMs: 100 })
       const sim = yield* simulator
       const env = {
         DATABASE_URL: url,
@@ -127,7 +124,7 @@ describe.concurrent("one process per NODE_ID on PostgreSQL", () => {
         SHUTDOWN_TIMEOUT: "1 second",
         LOG_FORMAT: "json"
       }
-      const first = yield* Effect.acquireRelease(Effect.promise(() => startServer(env)), (s) => Effect.promise(() => s.stop("SIGKILL")))
+      const first = yield* serverWith(env)
       const openai = sdk(first.url)
       const lines = Array.from({ length: LINES }, (_, i) => chatLine(`once-${i}`, `once prompt ${i}`))
       const running = yield* createBatch(openai, (yield* upload(openai, lines)).id)

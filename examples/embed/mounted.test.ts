@@ -87,7 +87,7 @@ layer(app, { excludeTestServices: true })("the batch API mounted under /openai",
     }))
 })
 
-it.effect("does not start on a server listening beyond loopback without keys, as HttpLive does not", () =>
+it.live("does not start on a server listening beyond loopback without keys, as HttpLive does not", () =>
   Effect.gen(function*() {
     const exposed = served.pipe(
       Layer.provide(ApiAppLive),

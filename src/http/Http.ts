@@ -38,15 +38,6 @@ export const ApiLive = HttpApiBuilder.api(OpenAIApi).pipe(
 )
 
 /**
- * `ApiLive` plus `/openapi.json`, `/docs`, the `/ui` dashboard (`ui/DashboardHttp.ts`) and `/metrics`
- * (`MetricsHttp.ts`; each request counted there), as one `HttpApp`: inside `requestLog` (the request id, one log
- * line per request), behind `secure` (inside `sdkHeaders`, so its refusals carry an `x-request-id` too; outside
- * `boundBodies`, so a body is read only once the caller is known), with request bodies bounded by `maxJsonBodyBytes`
- * each and `maxJsonBodiesBytes` together (cut when they stall or crawl: `BodyPatience`), and at most
- * `maxUploadsAtOnce` uploads (a project held to its share of both where keys name several). No CORS header unless
- * `CORS_ORIGINS` says.
- */
-/**
  * Refuses to serve beyond loopback when the `Auth` in use asks for no key: judged on where `server` listens, not
  * only on `HOST`: an app's own server (`makeNodeServer({ host })`, one without a host: every interface) may bind
  * elsewhere, and a `Host: localhost` sent from afar passes the Host check.
@@ -58,6 +49,15 @@ const refuseExposedServer = (server: HttpServer.HttpServer) =>
     if (Option.isSome(exposed)) return yield* Effect.fail(exposed.value)
   })
 
+/**
+ * `ApiLive` plus `/openapi.json`, `/docs`, the `/ui` dashboard (`ui/DashboardHttp.ts`) and `/metrics`
+ * (`MetricsHttp.ts`; each request counted there), as one `HttpApp`: inside `requestLog` (the request id, one log
+ * line per request), behind `secure` (inside `sdkHeaders`, so its refusals carry an `x-request-id` too; outside
+ * `boundBodies`, so a body is read only once the caller is known), with request bodies bounded by `maxJsonBodyBytes`
+ * each and `maxJsonBodiesBytes` together (cut when they stall or crawl: `BodyPatience`), and at most
+ * `maxUploadsAtOnce` uploads (a project held to its share of both where keys name several). No CORS header unless
+ * `CORS_ORIGINS` says.
+ */
 const wrappedApp = Effect.gen(function*() {
   const { maxJsonBodiesBytes, maxJsonBodyBytes, maxUploadsAtOnce } = yield* AppConfig
   const secure = yield* securityMiddleware

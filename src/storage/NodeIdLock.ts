@@ -4,7 +4,7 @@
  * of one that runs would take those from it while it works: an upload under way losing its bytes, requests sent
  * twice. On a SQLite file every node therefore holds an exclusive lock on
  * `<database file>.node-<id>.lock` (`fileLock.ts`: a restart never finds it stale) before anything else is built on
- * the database; a second process with the same id waits for it as long as a predecessor may take to stop, then fails
+ * the database; a second process with the same id waits for it as long as a predecessor's orderly stop takes, then fails
  * to start and says why. On PostgreSQL, a node holds an advisory lock on its id instead (`nodeIdLockPg.ts`); on an
  * in-memory database it needs none (no other process can open it).
  */

@@ -3,7 +3,7 @@
  * claim when it starts (`WorkLeases.releaseAfterRestart`: whatever held one before is gone), so a second one would
  * take them from the first while it works: requests sent twice, webhooks delivered twice. A node that runs batches
  * therefore holds an exclusive lock on `<database file>.runner-lock` (`fileLock.ts`: a restart never finds it
- * stale). A second such node waits for it as long as a predecessor may take to stop (`SHUTDOWN_DELAY`, `SHUTDOWN_TIMEOUT` and 5 s), trying
+ * stale). A second such node waits for it as long as a predecessor's orderly stop takes (`SHUTDOWN_DELAY`, `SHUTDOWN_TIMEOUT` and 5 s), trying
  * again every 250 ms, then fails to start and says what to do instead. API-only nodes (`MAX_CONCURRENT_BATCHES=0`)
  * take no lock; PostgreSQL needs none (its leases are per node), nor does an in-memory SQLite database (no other
  * process can open it).

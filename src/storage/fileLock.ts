@@ -29,7 +29,7 @@ export const sqliteFileOf = (sql: SqlClient.SqlClient): Effect.Effect<string | u
 export const wallClock = Clock.make()
 
 /**
- * How long a process waits for a lock: as long as a predecessor may take to stop (`SHUTDOWN_DELAY`, `SHUTDOWN_TIMEOUT`
+ * How long a process waits for a lock: as long as a predecessor's orderly stop takes (`SHUTDOWN_DELAY`, `SHUTDOWN_TIMEOUT`
  * and 5 s for the handlers it cut), its release held up by nothing.
  */
 export const patienceFor = (config: Pick<AppConfigShape, "shutdownDelay" | "shutdownTimeout">) =>

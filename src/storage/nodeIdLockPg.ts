@@ -9,7 +9,7 @@
  *   it waits for the lock there, in the queue, then ends its old session;
  * - a node starting under a held id ends the holder's session only when it has been silent for longer than
  *   `LEASE_TTL` and no lease of that id is live (a node that works renews its leases every heartbeat), then takes
- *   the lock; otherwise it waits as long as a predecessor may take to stop, and is refused;
+ *   the lock; otherwise it waits as long as a predecessor's orderly stop takes, and is refused;
  * - a holder whose session ends under it (the server restarted, or an operator ended it) takes the lock again as soon
  *   as it can (ending its own session left behind, if that still holds it). Another process holding its id by then
  *   started under it while this node was cut off (for longer than `LEASE_TTL`): `takenOver` is told, once, and this

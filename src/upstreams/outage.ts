@@ -18,8 +18,8 @@ export const FAILING_PROBES_BEFORE_TRIAL = 3
 
 /**
  * What kind of trouble took an upstream down: unreachable (no connection), failing (its calls fail as an outage's
- * do: 5xx, timeouts), its key refused, its base URL missing the version path. An outage that goes on for another
- * kind than it began with says so (a server back with another key); the reasons' texts vary within a kind.
+ * do: 5xx, timeouts), its key refused, its base URL missing the version path. An outage that goes on for a kind
+ * not said yet in it says so (a server back with another key); the reasons' texts vary within a kind.
  */
 export type DownKind = "unreachable" | "failing" | "key" | "path"
 
@@ -157,7 +157,7 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
           saidProbeFails = false
           saidKinds.clear()
         }
-        const newReason = !saidKinds.has(kind)
+        const newKind = !saidKinds.has(kind)
         saidKinds.add(kind)
         const every = Duration.format(options.probeInterval)
         return Effect.gen(function*() {
@@ -168,7 +168,7 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
           // Interruptible: a verdict (where an outage is noticed) runs uninterruptibly, and a fork inherits that.
           yield* Effect.forkIn(Effect.interruptible(log(probing)), scope)
           yield* log(
-            again && newReason
+            again && newKind
               ? Effect.annotateLogs(
                 Effect.logWarning(`Upstream ${name} is still down, for another reason (${reason}); batches using it stay paused, probing every ${every}`),
                 "event",
