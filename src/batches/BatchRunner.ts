@@ -26,7 +26,7 @@ import { Inference } from "../inference/Inference.js"
 import * as BatchLines from "../observability/batchLines.js"
 import { logFailure } from "../observability/failureRuns.js"
 import { batchWork } from "../observability/Tracing.js"
-import { type StorageFault, storageFault } from "../storage/Faults.js"
+import { type StorageFault, storageFault, storageState } from "../storage/Faults.js"
 import { inBackground } from "../Scheduler.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
 import { heldAWhile, holderTurn, makeFairPermits, type Readiness } from "./fairPermits.js"
@@ -225,7 +225,6 @@ export const make = Effect.gen(function*() {
 
   const baseDelayMs = Duration.toMillis(faultRetry.baseDelay)
   const maxStorageDelayMs = Duration.toMillis(faultRetry.maxStorageDelay)
-  const storageState = (fault: StorageFault) => (fault === "capacity" ? "full" : "unavailable")
 
   /**
    * Drives a batch, retrying after a fault (a retry resumes from the stored rows; a validation starts over).

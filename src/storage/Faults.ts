@@ -114,6 +114,9 @@ export const rootMessage = (error: unknown): string => {
   return at instanceof Error ? at.message : String(at)
 }
 
+/** The state of the storage a fault says: `full` (capacity) or `unavailable`. */
+export const storageState = (fault: StorageFault): string => (fault === "capacity" ? "full" : "unavailable")
+
 /** What the storage fault in `cause` is, in a few words, with what the driver said: for a line of its own. */
 export const describeStorageFault = (fault: StorageFault, cause: Cause.Cause<unknown>): string =>
-  `${fault === "capacity" ? "full" : "unavailable"} (${rootMessage(Cause.squash(cause)).slice(0, 300)})`
+  `${storageState(fault)} (${rootMessage(Cause.squash(cause)).slice(0, 300)})`
