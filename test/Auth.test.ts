@@ -257,6 +257,24 @@ describe("the keys file", () => {
     AuthLive.pipe(Layer.provide(AppConfig.layerWith({ apiKeysFile: Option.some(path), ...extra })))
   const callerOf = (key: string) => Effect.flatMap(Auth, (auth) => auth.authenticate(key))
 
+  it.live("a SIGHUP's reload line counts every key added and removed, and lists the hashes of 20 each way at most", () =>
+    Effect.gen(function*() {
+      const keys = (from: number) => Array.from({ length: 25 }, (_, i) => `sk-many-${from + i}:projM`)
+      const { dir, path } = withFile(keys(0).join("\n"))
+      yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(dir, { recursive: true, force: true })))
+      const lines: Array<{ message: string; annotations: Record<string, unknown> }> = []
+      const recorder = Logger.make(({ annotations, message }) =>
+        void lines.push({ message: String(message), annotations: Object.fromEntries(HashMap.toEntries(annotations)) }))
+      yield* Layer.build(fileAuth(path).pipe(Layer.provide(Logger.replace(Logger.defaultLogger, recorder))))
+      writeFileSync(path, keys(25).join("\n"))
+      process.emit("SIGHUP") // what the signal does: the handler AuthLive put in place
+      const reloaded = () => lines.find((l) => l.message.startsWith("API keys reloaded"))
+      for (let i = 0; i < 100 && reloaded() === undefined; i++) yield* Effect.sleep("20 millis")
+      expect(reloaded()!.message).toMatch(/^API keys reloaded: 25 added, 25 removed \(on this node; /)
+      expect(reloaded()!.annotations.keys_added).toEqual(keys(25).slice(0, 20).map((k) => keyHash(k.split(":")[0]!)))
+      expect(reloaded()!.annotations.keys_removed).toEqual(keys(0).slice(0, 20).map((k) => keyHash(k.split(":")[0]!)))
+    }).pipe(Effect.scoped))
+
   it.scoped("sha256 entries, plain entries, comments and admin lines; reload switches keys; a bad file keeps them", () =>
     Effect.gen(function*() {
       const { dir, path } = withFile([
