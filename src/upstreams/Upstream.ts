@@ -119,30 +119,30 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     let listed = Option.none<ReadonlyArray<string>>()
     let listedAt = 0
     let modelsAnswered = false
-    const modelsHeaders = authorized(HttpClientRequest.get("").pipe(HttpClientRequest.setHeader("accept-encoding", "identity"))).headers
-    const modelsRequest = http.get(`${spec.baseUrl}/models`, { headers: modelsHeaders })
-    const askModels = Effect.locally(currentAnswerHold, undefined)(modelsRequest.pipe(
-      Effect.flatMap((res) =>
-        Effect.map(res.text, (text) => {
-          listedAt = clock.unsafeCurrentTimeMillis() // asked: not again before LIST_TTL_MS, list or not
-          modelsAnswered = true
-          if (res.status === 200) {
-            try {
-              const data = JSON.parse(text)?.data
-              if (Array.isArray(data)) {
-                listed = Option.some(data.flatMap((m) => (typeof m?.id === "string" ? [m.id as string] : [])))
-                options.listChanged()
-              }
-            } catch {
-              // not a model list: nothing learned
+    const probeHeaders = authorized(HttpClientRequest.get("").pipe(HttpClientRequest.setHeader("accept-encoding", "identity"))).headers
+    /** A probe's `GET` of `path` under the base URL, read by `read`: with the key, held by no answer hold, 10 s at most. */
+    const probeGet = <A, E>(path: string, read: (res: HttpClientResponse.HttpClientResponse) => Effect.Effect<A, E>) =>
+      Effect.locally(currentAnswerHold, undefined)(http.get(`${spec.baseUrl}${path}`, { headers: probeHeaders }).pipe(
+        Effect.flatMap(read),
+        Effect.timeout(Duration.min(spec.timeout, Duration.seconds(10)))
+      ))
+    const askModels = probeGet("/models", (res) =>
+      Effect.map(res.text, (text) => {
+        listedAt = clock.unsafeCurrentTimeMillis() // asked: not again before LIST_TTL_MS, list or not
+        modelsAnswered = true
+        if (res.status === 200) {
+          try {
+            const data = JSON.parse(text)?.data
+            if (Array.isArray(data)) {
+              listed = Option.some(data.flatMap((m) => (typeof m?.id === "string" ? [m.id as string] : [])))
+              options.listChanged()
             }
+          } catch {
+            // not a model list: nothing learned
           }
-          return res.status
-        })
-      ),
-      Effect.timeout(Duration.min(spec.timeout, Duration.seconds(10))),
-      Effect.exit
-    ))
+        }
+        return res.status
+      })).pipe(Effect.exit)
 
     // --- up and down -------------------------------------------------------------------------------------------
     const outage = yield* makeOutage({ name: spec.name, gate, probeInterval: options.probeInterval, probe: askModels, log })
@@ -165,13 +165,11 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
      * calls' 404s are then the path's, not their requests' (a gateway without `/models` answers those too).
      */
     const versionPathMissing = Effect.flatMap(modelsStatus, (status) =>
-      status !== 404 ? Effect.succeed(false) : Effect.locally(currentAnswerHold, undefined)(
-        http.get(`${spec.baseUrl}/v1/models`, { headers: modelsHeaders }).pipe(
-          Effect.flatMap((res) => Effect.as(res.text, res.status >= 200 && res.status < 300)),
-          Effect.timeout(Duration.min(spec.timeout, Duration.seconds(10))),
+      status !== 404
+        ? Effect.succeed(false)
+        : probeGet("/v1/models", (res) => Effect.as(res.text, res.status >= 200 && res.status < 300)).pipe(
           Effect.orElseSucceed(() => false)
-        )
-      ))
+        ))
     const { judge, markDown, released } = makeJudge({
       spec,
       limit,
