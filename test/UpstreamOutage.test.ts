@@ -78,6 +78,7 @@ sideBySide("an upstream down for longer than a lease and a retry budget", () => 
       const outage = (Date.now() - stoppedAt) / 1000
       yield* Effect.promise(() => main!.start())
       const done = yield* waitFor(openai, batch.id, terminal, 20_000)
+      const upBy = (Date.now() - stoppedAt) / 1000
       expect(done.status).toBe("completed")
       expect(done.request_counts).toEqual({ total: 1000, completed: 1000, failed: 0 })
       expect(done.error_file_id).toBeNull()
@@ -89,7 +90,11 @@ sideBySide("an upstream down for longer than a lease and a retry budget", () => 
       expect(logs.filter((l) => l.event === "upstream.up").map((l) => l.message)).toEqual([expect.stringMatching(/^Upstream main is up again/)])
       const upAgain = logged(logs, /Upstream main is up again after \d+ s/)
       expect(upAgain).toHaveLength(1)
-      expect(Math.abs(Number(/after (\d+) s/.exec(upAgain[0]!)![1]) - outage)).toBeLessThanOrEqual(1)
+      // Said in whole seconds, from the down line to the up line: within the outage as the test saw it (the up line
+      // may come later than the restart on a busy machine, never before it).
+      const saidDown = Number(/after (\d+) s/.exec(upAgain[0]!)![1])
+      expect(saidDown).toBeGreaterThanOrEqual(Math.floor(outage - 1))
+      expect(saidDown).toBeLessThanOrEqual(Math.ceil(upBy))
     }), { timeout: 60_000 })
 
   it.effect("down when the batch is created: it waits without failing a line, then completes", () =>
