@@ -47,10 +47,13 @@ describe("the /ui route", () => {
           // No inline script or style (the CSP would block them), and nothing fetched from elsewhere.
           expect(page.text).not.toMatch(/<script(?![^>]*\bsrc=)[^>]*>/)
           expect(page.text).not.toMatch(/<style|\sstyle=|\son[a-z]+=/i)
+          // Relative to the page (so under an app's prefix too), and resolved as a browser does.
           const loaded = [...page.text.matchAll(/(?:src|href)="([^"]+)"/g)].map((m) => m[1]!)
+            .filter((u) => !u.startsWith("data:") && !u.startsWith("#"))
+            .map((u) => new URL(u, "http://server/ui").pathname)
           expect(loaded).toContain("/ui/app.js")
           expect(loaded).toContain("/ui/app.css")
-          for (const url of loaded.filter((u) => !u.startsWith("data:") && !u.startsWith("#"))) {
+          for (const url of loaded) {
             expect(url, url).toMatch(/^\/ui\/[\w.]+$/)
             const res = yield* get(url)
             expect(res.status, url).toBe(200)
@@ -72,10 +75,14 @@ describe("the /ui route", () => {
           expect(seen.size).toBeGreaterThan(3)
           const css = yield* get("/ui/app.css")
           expect(css.headers["content-type"]).toBe("text/css; charset=utf-8")
-          // A typed or bookmarked /ui/ is the page too, not a 401.
-          const slash = yield* get("/ui/")
-          expect([slash.status, slash.text]).toEqual([200, page.text])
-          expectSecurityHeaders(slash)
+          // A typed or bookmarked /ui/ or /ui/index.html leads to the page (where its relative paths resolve), not a
+          // 401; relative, so under an app's prefix too.
+          for (const path of ["/ui/", "/ui/?tab=1", "/ui/index.html"]) {
+            const there = yield* get(path)
+            expect([there.status, there.headers.location], path).toEqual([302, "../ui"])
+            expect(new URL(there.headers.location!, `http://server${path}`).pathname).toBe("/ui")
+            expectSecurityHeaders(there)
+          }
         }))
 
       it.effect("has a key form that never puts the key in a URL: method=dialog, and no name on the key's input", () =>

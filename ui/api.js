@@ -30,6 +30,11 @@
  */
 
 const KEY_ITEM = "openai-batch.api-key"
+/**
+ * Where the API is: the folder above this module's (`<root>/ui/api.js`), so the page works at the root and under a
+ * prefix an app mounts the API at (`/openai/ui` calls `/openai/v1/…`).
+ */
+const API_ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "")
 /** A call's time limit: a stuck connection fails the call (and the page shows it) instead of holding the page. */
 export const CALL_TIMEOUT_MS = 30_000
 /** The longest `retry-after` honoured (a larger one is a mistake or hostile: the page tries again then). */
@@ -191,7 +196,7 @@ const withKey = (/** @type {HeadersInit | undefined} */ headers, key) => {
 }
 
 /**
- * `fetch(path)` with the key and a time limit; a 401, or a key no header can carry, asks for a key and tries again
+ * `fetch` of the API's `path` (`/v1/…`, under `API_ROOT`) with the key and a time limit; a 401, or a key no header can carry, asks for a key and tries again
  * with it. Fails with the envelope's message on any other error status. The time limit runs on until the caller
  * has read the response and calls `limit.done()` (`limit.extend()` restarts it, as a download does at each chunk).
  * @param {string} path
@@ -210,7 +215,7 @@ const call = async (path, options = {}) => {
     }
     const limit = deadline(init.signal, timeout)
     try {
-      const res = await fetch(path, { ...init, headers, signal: limit.signal })
+      const res = await fetch(API_ROOT + path, { ...init, headers, signal: limit.signal })
       if (res.ok) return { res, limit }
       const error = await errorOf(res)
       limit.done()
