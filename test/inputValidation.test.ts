@@ -57,7 +57,7 @@ describe("input validation fold", () => {
     ]
     const state = fold(items)
     expect(Input.takeRows(state)).toEqual([])
-    expect(Input.modelToCheck(state)).toBeUndefined()
+    expect(Input.modelToCheck(state)).toBe("m") // model_not_found is reported beside the rest
     const verdict = Input.verdict(state)
     expect(verdict._tag === "Invalid" && verdict.errors.map((e) => [e.line, e.code, e.message])).toEqual([
       [2, "invalid_json_line", "This line is not parseable as valid JSON."],
@@ -85,6 +85,24 @@ describe("input validation fold", () => {
       [4, "missing_required_parameter"],
       [4, "duplicate_custom_id"]
     ])
+  })
+
+  it("every problem at once: a line failing otherwise is compared for its model too, and model_not_found comes beside the rest", () => {
+    const noId = request("x").replace(`"custom_id":"x",`, "")
+    const streaming = (customId: string, model: string) =>
+      request(customId, model).replace(`"messages":[]`, `"messages":[],"stream":true`)
+    // The first line fails on its own, and still sets the file's model: a valid line of another model is a mismatch.
+    expect(Input.verdict(fold(lines([noId, request("b", "other")]))))
+      .toMatchObject({ _tag: "Invalid", errors: [{ line: 1, code: "missing_required_parameter" }, { line: 2, code: "model_mismatch" }] })
+    // A failing line of another model gets both its problems.
+    const both = Input.verdict(fold(lines([request("a"), streaming("b", "other")])))
+    expect(both._tag === "Invalid" && both.errors.map((e) => [e.line, e.code])).toEqual([[2, "streaming_unsupported"], [2, "model_mismatch"]])
+    // A duplicate id of another model: both too.
+    const repeat = Input.verdict(fold(lines([request("a"), request("a", "other")])))
+    expect(repeat._tag === "Invalid" && repeat.errors.map((e) => e.code)).toEqual(["duplicate_custom_id", "model_mismatch"])
+    // Unknown models mixed: the mismatch, and the file's model not found, in one verdict.
+    const unknown = Input.verdict(fold(lines([request("a", "nope"), request("b", "nope2")])), new Set(["m"]))
+    expect(unknown._tag === "Invalid" && unknown.errors.map((e) => [e.line, e.code])).toEqual([[2, "model_mismatch"], [1, "model_not_found"]])
   })
 
   it("too_many_tasks on the first request past the limit; rows stop there", () => {

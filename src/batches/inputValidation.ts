@@ -44,7 +44,10 @@ export interface InputState {
   /** Problems found beyond what `errors` keeps. */
   omitted: number
   readonly customIds: Set<string>
-  /** The model of the first valid request (null: none named, as a moderation may leave it out), and its line. */
+  /**
+   * The model of the first request naming one, valid or not (null: a valid one named none, as a moderation may
+   * leave it out), and its line.
+   */
   model: { readonly name: string | null; readonly line: number } | undefined
   /** Valid requests so far. */
   count: number
@@ -89,6 +92,16 @@ const firstUse = (state: InputState, customId: string, line: number): boolean =>
 
 const modelText = (model: string | null) => (model === null ? "none" : `'${echo(model)}'`)
 
+/** Whether `model` is the file's model (the first one seen becomes it); another is reported. */
+const sameModel = (state: InputState, model: string | null, line: number): boolean => {
+  if (state.model === undefined) state.model = { name: model, line }
+  else if (state.model.name !== model) {
+    report(state, { code: "model_mismatch", message: `All requests of a batch must use the same model: this line uses ${modelText(model)}, line ${state.model.line} uses ${modelText(state.model.name)}.`, param: "body.model", line })
+    return false
+  }
+  return true
+}
+
 /** Checks one line and, when it is valid, adds its request row (cross-line rules included). */
 export const step = (state: InputState, item: JsonlLine): InputState => {
   const { rules } = state
@@ -103,13 +116,11 @@ export const step = (state: InputState, item: JsonlLine): InputState => {
   if (!isValidLine(result)) {
     for (const p of result.problems) report(state, { ...p, line: item.line })
     if (result.customId !== undefined) firstUse(state, result.customId, item.line)
+    if (result.model !== undefined) sameModel(state, result.model, item.line)
     return state
   }
-  if (!firstUse(state, result.customId, item.line)) return state
-  if (state.model === undefined) state.model = { name: result.model, line: item.line }
-  else if (state.model.name !== result.model) {
-    return report(state, { code: "model_mismatch", message: `All requests of a batch must use the same model: this line uses ${modelText(result.model)}, line ${state.model.line} uses ${modelText(state.model.name)}.`, param: "body.model", line: item.line })
-  }
+  const fresh = firstUse(state, result.customId, item.line)
+  if (!sameModel(state, result.model, item.line) || !fresh) return state
   const inputs = state.inputs
   state.inputs += result.inputs
   if (inputs <= MAX_EMBEDDING_INPUTS && state.inputs > MAX_EMBEDDING_INPUTS) {
@@ -137,9 +148,8 @@ export const takeRows = (state: InputState): ReadonlyArray<RequestRow> => {
   return state.errors.length > 0 ? [] : rows
 }
 
-/** The model to look up in the upstream's list (`model_not_found`), when the file is valid so far. */
-export const modelToCheck = (state: InputState): string | undefined =>
-  state.errors.length === 0 ? state.model?.name ?? undefined : undefined
+/** The model to look up in the upstream's list (`model_not_found`), reported beside the file's other problems. */
+export const modelToCheck = (state: InputState): string | undefined => state.model?.name ?? undefined
 
 export type InputVerdict =
   | { readonly _tag: "Valid"; readonly model: string | null; readonly total: number; readonly slices: ReadonlyArray<SliceBounds> }
@@ -156,7 +166,7 @@ export const verdict = (state: InputState, knownModels?: ReadonlySet<string>): I
     errors.push({ code: "empty_file", message: "The input file is empty. Please ensure that the batch contains at least one request.", param: null, line: null })
   }
   const model = state.model
-  if (model?.name != null && errors.length === 0 && knownModels !== undefined && !knownModels.has(model.name)) {
+  if (model?.name != null && knownModels !== undefined && !knownModels.has(model.name)) {
     errors.push({ code: "model_not_found", message: `The provided model '${echo(model.name)}' is not supported by the upstream.`, param: "body.model", line: model.line })
   }
   if (errors.length === 0) return { _tag: "Valid", model: model!.name, total: state.count, slices: state.slices }

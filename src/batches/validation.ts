@@ -253,15 +253,17 @@ const fieldProblem = (field: string, kind: FieldKind, value: unknown): Problem |
 }
 
 /**
- * A line that failed validation: its problems, and its `custom_id` when it has one (a later line repeating it is
- * a duplicate all the same, as OpenAI reports every offending line).
+ * A line that failed validation: its problems, and its `custom_id` and model when it has them (a later line
+ * repeating the id is a duplicate all the same, and its model is compared with the others', as OpenAI reports every
+ * offending line).
  */
 export interface InvalidLine {
   readonly problems: ReadonlyArray<Problem>
   readonly customId: string | undefined
+  readonly model: string | undefined
 }
 
-const invalid = (problem: Problem): InvalidLine => ({ problems: [problem], customId: undefined })
+const invalid = (problem: Problem): InvalidLine => ({ problems: [problem], customId: undefined, model: undefined })
 
 const prefixed = (prefix: string, key: string | undefined) => (key === undefined ? undefined : prefix + key)
 
@@ -364,7 +366,10 @@ export const validateLine = (text: string, endpoint: BatchEndpoint): InvalidLine
   if (problems.length > 0) {
     // An id refused (too long, not storable) is not kept for the duplicates' check either.
     const kept = typeof custom_id === "string" && !problems.some((p) => p.param === "custom_id")
-    return { problems, customId: kept ? custom_id : undefined }
+    const model = isJsonObject(body) && typeof body.model === "string" && !problems.some((p) => p.param === "body.model")
+      ? body.model
+      : undefined
+    return { problems, customId: kept ? custom_id : undefined, model }
   }
   const { input, model } = body as Record<string, unknown>
   return {
