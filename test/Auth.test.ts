@@ -24,7 +24,7 @@ const sha256 = (key: string) => createHash("sha256").update(key, "utf8").digest(
 
 /** The one answer to a missing or wrong key. */
 const UNAUTHORIZED = {
-  error: { message: "Incorrect API key provided.", type: "invalid_request_error", param: null, code: "invalid_api_key" }
+  error: { message: "Incorrect API key provided.", type: "authentication_error", param: null, code: "invalid_api_key" }
 }
 
 const KEYS = {

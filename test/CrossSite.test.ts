@@ -41,7 +41,8 @@ const expectNoCors = (res: Answer) =>
 /** The OpenAI envelope with `status` and `code`, and an `x-request-id` as every answer has. */
 const expectRefusal = (res: Answer, status: number, code: string) => {
   expect(res.status, res.text).toBe(status)
-  expect(res.json).toEqual({ error: { message: expect.any(String), type: "invalid_request_error", param: null, code } })
+  const type = status === 401 ? "authentication_error" : "invalid_request_error"
+  expect(res.json).toEqual({ error: { message: expect.any(String), type, param: null, code } })
   expect(res.headers["x-request-id"]).toMatch(/^req_/)
 }
 

@@ -74,9 +74,12 @@ const body = (message: string, type: string, param: string | null, code: string 
 export const invalidRequest = (message: string, param: string | null = null, code: string | null = null) =>
   new InvalidRequest(body(message, "invalid_request_error", param, code))
 
-/** 401 for a missing or unknown key, exactly as OpenAI words it (the SDKs raise `AuthenticationError` on the status). */
+/**
+ * 401 for a missing or unknown key, in OpenAI's words, with the contract's `type` (live OpenAI has sent
+ * `invalid_request_error` for it; the SDKs raise `AuthenticationError` on the status either way).
+ */
 export const unauthorized = (message = "Incorrect API key provided.") =>
-  new Unauthorized(body(message, "invalid_request_error", null, "invalid_api_key"))
+  new Unauthorized(body(message, "authentication_error", null, "invalid_api_key"))
 
 export const notFound = (message: string, param: string | null = null) =>
   new NotFound(body(message, "invalid_request_error", param, "not_found"))
