@@ -138,6 +138,9 @@ describe("cross-site requests", () => {
           .toBe("HTTP/1.1 421 Misdirected Request")
         expect(yield* sendRaw("GET http://localhost/v1/files HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n"))
           .toBe("HTTP/1.1 200 OK")
+        // `OPTIONS *` goes by its Host too: the app's answer for a target it has no route for, not a 421.
+        expect(yield* sendRaw("OPTIONS * HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")).toBe("HTTP/1.1 404 Not Found")
+        expect(yield* sendRaw("OPTIONS * HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")).toBe("HTTP/1.1 421 Misdirected Request")
         for (const host of ["localhost", "localhost:8321", "LocalHost:1", "127.0.0.1", "127.0.0.1:8321", "[::1]", "[::1]:8321"]) {
           const res = yield* send("GET", "/v1/files", { host })
           expect({ host, status: res.status }).toEqual({ host, status: 200 })

@@ -29,7 +29,8 @@ export const requestTarget = (
   const target = request.url
   const absolute = target.startsWith("/") ? null : ABSOLUTE_FORM.exec(target)
   return {
-    authority: target.startsWith("/") ? request.headers.host : absolute?.[1],
+    // `OPTIONS *` (asterisk form) names no authority of its own either: its Host header is the one.
+    authority: target.startsWith("/") || target === "*" ? request.headers.host : absolute?.[1],
     path: (absolute === null ? target : target.replace(ABSOLUTE_FORM, "/")).split("?")[0]!
   }
 }
