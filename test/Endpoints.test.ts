@@ -108,7 +108,13 @@ describe("batch endpoints", () => {
           line("m-4", "/v1/moderations", { input: "x", model: null })
         ], "/v1/moderations")
         expect(moderations.status).toBe("failed")
-        expect(problems(moderations)).toEqual([[2, "invalid_request", "body.input"], [3, "invalid_request", "body.model"], [4, "invalid_request", "body.model"]])
+        // Line 2 names a model where line 1 names none: a mismatch too, listed with its own problem.
+        expect(problems(moderations)).toEqual([
+          [2, "invalid_request", "body.input"],
+          [2, "model_mismatch", "body.model"],
+          [3, "invalid_request", "body.model"],
+          [4, "invalid_request", "body.model"]
+        ])
 
         const images = yield* run(openai, [
           line("i-1", "/v1/images/generations", { model: "sim-model" }),
