@@ -38,6 +38,7 @@ export const defaults: AppConfigShape = {
   resultPagesAtOnce: 8,
   stallTimeout: Duration.seconds(30),
   minBodyRate: 1024,
+  diskReserveBytes: 16 * 1024 * 1024,
   maxDownloadsAtOnce: 256,
   logFormat: process.stdout.isTTY === true ? "pretty" : "json",
   logLevel: "info",
@@ -123,6 +124,7 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   resultPagesAtOnce: Config.integer("RESULT_PAGES_AT_ONCE").pipe(Config.withDefault(defaults.resultPagesAtOnce)),
   stallTimeout: Config.duration("STALL_TIMEOUT").pipe(Config.withDefault(defaults.stallTimeout)),
   minBodyRate: Config.integer("MIN_BODY_RATE").pipe(Config.withDefault(defaults.minBodyRate)),
+  diskReserveBytes: Config.integer("DISK_RESERVE_BYTES").pipe(Config.withDefault(defaults.diskReserveBytes)),
   maxDownloadsAtOnce: Config.integer("MAX_DOWNLOADS_AT_ONCE").pipe(Config.withDefault(defaults.maxDownloadsAtOnce)),
   logFormat: Config.literal("json", "pretty")("LOG_FORMAT").pipe(Config.withDefault(defaults.logFormat)),
   // In any case, and `warn` for `warning` (its lines print as `WARN`; other tools name it so): the rules check the rest.

@@ -33,6 +33,7 @@ import { ServerLifecycleLive, ServerShutdownTimeout } from "./observability/Life
 import { type Readiness, ReadinessLive, StorageOfTheApp } from "./observability/Readiness.js"
 import { type BlobStore, BlobStoreLocal } from "./storage/BlobStore.js"
 import { BlobStoreSql } from "./storage/BlobStoreSql.js"
+import { DiskReserveLive } from "./storage/DiskReserve.js"
 import { SchedulerLive } from "./Scheduler.js"
 import { SqlLive } from "./storage/Sql.js"
 import { NodeIdLockLive } from "./storage/NodeIdLock.js"
@@ -47,9 +48,15 @@ export const BlobStoreLive = Layer.unwrapEffect(
 
 /**
  * Storage: the SQL database (migrated) and the file bytes, once no other process runs under this node's id
- * (`NodeIdLockLive`), as the blob store frees what an earlier run of the node left staged.
+ * (`NodeIdLockLive`), as the blob store frees what an earlier run of the node left staged; and on SQLite, the space
+ * kept back for deletes and cancels on a full disk (`DiskReserve`).
  */
-export const StorageLive = BlobStoreLive.pipe(Layer.provide(NodeIdLockLive), Layer.provideMerge(SqlLive))
+export const StorageLive = BlobStoreLive.pipe(
+  Layer.provide(NodeIdLockLive),
+  Layer.provideMerge(SqlLive),
+  // First: on a full disk, the start needs the reserve's room.
+  Layer.provideMerge(DiskReserveLive)
+)
 
 /**
  * The parts the services are built on, each its live layer unless given: replace any of them (a scripted

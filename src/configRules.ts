@@ -161,6 +161,7 @@ const rules: ReadonlyArray<Rule> = [
   positiveDuration("upstreamProbeInterval", "UPSTREAM_PROBE_INTERVAL"),
   positiveDuration("stallTimeout", "STALL_TIMEOUT"),
   countFromZero("minBodyRate", "MIN_BODY_RATE", "no rate: a body is cut only once it stops coming"),
+  countFromZero("diskReserveBytes", "DISK_RESERVE_BYTES", "no space kept back for deletes on a full disk"),
   {
     variable: "INFERENCE_MIN_CONCURRENCY",
     expected: "an integer no larger than INFERENCE_MAX_CONCURRENCY",

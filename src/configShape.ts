@@ -90,6 +90,11 @@ export interface AppConfigShape {
    */
   readonly minBodyRate: number
   /**
+   * Bytes kept free on the SQLite database's disk for file deletes and batch cancels once it is full
+   * (`DISK_RESERVE_BYTES`; 0: none). See `storage/DiskReserve.ts`.
+   */
+  readonly diskReserveBytes: number
+  /**
    * File contents (`GET /v1/files/{id}/content`) a node sends at once (`MAX_DOWNLOADS_AT_ONCE`), each holding about
    * 1 MB while its client reads; one more gets a 503 with `Retry-After`.
    */

@@ -16,6 +16,7 @@ import { echo } from "../domain/Text.js"
 import { FileStore } from "../files/FileStore.js"
 import * as BatchLines from "../observability/batchLines.js"
 import { inBackground } from "../Scheduler.js"
+import { DiskReserve, usingReserve } from "../storage/DiskReserve.js"
 import { BatchRunner } from "./BatchRunner.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
 import { inlineFilename, inlineFingerprint, inlineJsonl, inputOf } from "./inlineInput.js"
@@ -70,6 +71,8 @@ export const make = Effect.gen(function*() {
   const store = yield* BatchStore
   const runner = yield* BatchRunner
   const files = yield* FileStore
+  // Part of the storage when it keeps one (SQLite's default storage): a cancel goes through on a full disk.
+  const reserve = yield* Effect.serviceOption(DiskReserve)
   const rerun = yield* Rerun
   const { completionWindow, extraBatchEndpoints, maxActiveBatchesPerProject, maxFileBytesPerProject } = yield* AppConfig
 
@@ -232,7 +235,7 @@ export const make = Effect.gen(function*() {
       const visibility = visibilityOf(caller)
       const { batch } = yield* store.get(id, visibility)
       if (batch.status === "cancelling" || batch.status === "cancelled") return batch
-      const moved = yield* store.transition(id, "cancel")
+      const moved = yield* store.transition(id, "cancel").pipe(usingReserve(reserve, `cancelling batch ${id}`))
       if (Option.isNone(moved)) {
         const now = (yield* store.get(id, visibility)).batch
         if (now.status === "cancelling" || now.status === "cancelled") return now

@@ -13,6 +13,7 @@ import { type FileId, fileId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
 import { polledReadSpan } from "../observability/Tracing.js"
 import { BlobStore, type StagedBlob, stageStream, type StagingWriter } from "../storage/BlobStore.js"
+import { DiskReserve, usingReserve } from "../storage/DiskReserve.js"
 import { nowSeconds, visibleTo } from "../storage/Sql.js"
 import { readValuesOf, rowsInPage, sharedPerRows } from "../storage/ReadConnection.js"
 import { claimLapsedSql } from "./uploadRows.js"
@@ -133,6 +134,8 @@ const BATCH_PURPOSES: ReadonlySet<string> = new Set(["batch", "batch_output"])
 export const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   const blobs = yield* BlobStore
+  // Part of the storage when it keeps one (SQLite's default storage); an app's own may not.
+  const reserve = yield* Effect.serviceOption(DiskReserve)
   const readValues = yield* readValuesOf(sql)
   const { batchFilesExpireAfter } = yield* AppConfig
   /** Seconds after creation at which a file expires: its creator's word, else the batch files' default. */
@@ -240,9 +243,10 @@ export const make = Effect.gen(function*() {
       const where = sql`id = ${id} AND ${visible(visibility)}`
       const deleted = yield* sql.withTransaction(
         Effect.zipRight(keepCursors(where, now), sql<{ id: FileId }>`DELETE FROM files WHERE ${where} RETURNING id`)
-      ).pipe(Effect.orDie)
+      ).pipe(Effect.orDie, usingReserve(reserve, `deleting file ${id}`))
       if (deleted.length === 0) return yield* new FileNotFound({ id })
       yield* blobs.remove(id)
+      if (Option.isSome(reserve)) yield* reserve.value.restore
     }).pipe(Effect.uninterruptible, Effect.withSpan("FileStore.remove", { attributes: { id } }))
 
   const sweepExpired = Effect.gen(function*() {

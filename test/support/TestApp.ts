@@ -84,7 +84,8 @@ export const configFor = (overrides: Partial<AppConfigShape> = {}) =>
   Layer.unwrapEffect(Effect.gen(function*() {
     const { path } = yield* TestDataDir
     const { url } = yield* TestDatabase
-    return AppConfig.layerWith({ dataDir: path, databaseUrl: url, ...overrides })
+    // A small disk reserve: each test app makes its own, and 16 MiB of random bytes at each start adds up.
+    return AppConfig.layerWith({ dataDir: path, databaseUrl: url, diskReserveBytes: 64 * 1024, ...overrides })
   }))
 
 /** Options of a test app beyond its configuration. */

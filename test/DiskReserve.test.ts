@@ -1,0 +1,118 @@
+/**
+ * The space kept back on SQLite's disk (`storage/DiskReserve.ts`): on a disk full to the last byte, where SQLite
+ * refuses even a `DELETE`, a file delete and a batch cancel still go through, and the reserve comes back once there
+ * is room. The end-to-end test fills a real file system: a small tmpfs mounted for it (the tests run as root, as CI
+ * does; without root it fails saying so).
+ */
+import { SqlError } from "@effect/sql/SqlError"
+import { describe, expect, it, layer } from "@effect/vitest"
+import { Effect, Exit, Layer, Option } from "effect"
+import { execFileSync } from "node:child_process"
+import { closeSync, existsSync, mkdtempSync, openSync, rmSync, statSync, writeSync } from "node:fs"
+import { tmpdir } from "node:os"
+import * as Path from "node:path"
+import { makeDiskReserve, RESERVE_NAME, usingReserve } from "../src/storage/DiskReserve.js"
+import { chatLine, createBatch, sdk, upload, waitFor } from "./support/Batches.js"
+import { baseUrl, testAppWithUpstream } from "./support/TestApp.js"
+
+const capacityFault = () => new SqlError({ cause: Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" }) })
+
+describe("the disk reserve", () => {
+  it.effect("made when there is room for it twice over, released once, made again; released at a start short of room", () =>
+    Effect.gen(function*() {
+      const dir = mkdtempSync(Path.join(tmpdir(), "reserve-"))
+      const path = Path.join(dir, RESERVE_NAME)
+      let free = 1000
+      const reserve = makeDiskReserve(dir, 400, Effect.sync(() => free))
+      yield* reserve.atStart
+      expect(statSync(path).size).toBe(400)
+      expect(yield* reserve.service.release("a test")).toBe(true)
+      expect(existsSync(path)).toBe(false)
+      expect(yield* reserve.service.release("a test")).toBe(false)
+      free = 700 // not twice its size: not made again
+      yield* reserve.service.restore
+      expect(existsSync(path)).toBe(false)
+      free = 800
+      yield* reserve.service.restore
+      expect(statSync(path).size).toBe(400)
+      free = 300 // a start with less free than the reserve: it goes, so the start can write
+      yield* makeDiskReserve(dir, 400, Effect.sync(() => free)).atStart
+      expect(existsSync(path)).toBe(false)
+      rmSync(dir, { recursive: true })
+    }))
+
+  it.effect("usingReserve tries a full-disk failure once more after a release, and nothing else", () =>
+    Effect.gen(function*() {
+      let released = 0
+      const reserve = Option.some({ release: () => Effect.sync(() => ++released === 1), restore: Effect.void })
+      let calls = 0
+      const fullOnce = Effect.suspend(() => (++calls === 1 ? Effect.fail(capacityFault()) : Effect.succeed("done")))
+      expect(yield* usingReserve(reserve, "a test")(fullOnce)).toBe("done")
+      expect([calls, released]).toEqual([2, 1])
+      // Released already: the failure stands.
+      calls = 0
+      expect(Exit.isFailure(yield* Effect.exit(usingReserve(reserve, "a test")(fullOnce)))).toBe(true)
+      // Another fault is not retried, nor anything without a reserve.
+      calls = 0
+      const other = Effect.suspend(() => (++calls, Effect.fail(new Error("other"))))
+      expect(Exit.isFailure(yield* Effect.exit(usingReserve(reserve, "a test")(other)))).toBe(true)
+      calls = 0
+      expect(Exit.isFailure(yield* Effect.exit(usingReserve(Option.none(), "a test")(fullOnce)))).toBe(true)
+      expect(calls).toBe(1)
+    }))
+})
+
+/** A tmpfs of `size` mounted on a new directory, unmounted when the test file ends. */
+const mountTmpfs = (size: string) => {
+  if (process.getuid?.() !== 0) throw new Error("test/DiskReserve.test.ts mounts a tmpfs: run the tests as root (CI does)")
+  const dir = mkdtempSync(Path.join(tmpdir(), "full-disk-"))
+  execFileSync("mount", ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir])
+  return dir
+}
+
+/** Writes a file in `dir` until the disk is full to the last byte. */
+const fillUp = (dir: string) => {
+  const fd = openSync(Path.join(dir, "filler"), "w")
+  const chunk = Buffer.alloc(64 * 1024, 1)
+  try {
+    for (let size = chunk.length; size >= 1; size = Math.floor(size / 2)) {
+      try {
+        for (;;) writeSync(fd, chunk, 0, size)
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== "ENOSPC") throw e
+      }
+    }
+  } finally {
+    closeSync(fd)
+  }
+}
+
+const disk = mountTmpfs("12m")
+const app = testAppWithUpstream({ dataDir: disk, diskReserveBytes: 1024 * 1024, maxConcurrentBatches: 2 }).pipe(
+  Layer.merge(Layer.scopedDiscard(Effect.addFinalizer(() => Effect.sync(() => execFileSync("umount", ["-l", disk])))))
+)
+
+layer(app, { excludeTestServices: true, timeout: 60_000 })("a disk full to the last byte, on SQLite", (it) => {
+  it.effect("a file delete and a batch cancel still go through, and the reserve is kept again once there is room", () =>
+    Effect.gen(function*() {
+      const openai = sdk(yield* baseUrl)
+      const reserve = Path.join(disk, RESERVE_NAME)
+      expect(statSync(reserve).size).toBe(1024 * 1024)
+      const running = yield* createBatch(openai, (yield* upload(openai, [chatLine("slow", "wait [sleep:60000]")])).id)
+      yield* waitFor(openai, running.id, (b) => b.status === "in_progress")
+      const files = yield* Effect.forEach([1, 2], (n) => upload(openai, Array.from({ length: 500 }, (_, i) => chatLine(`f${n}-${i}`, "x".repeat(500)))))
+      fillUp(disk)
+
+      // Without the reserve, SQLite refused these (507): its write-ahead log had no room.
+      yield* Effect.promise(() => openai.files.delete(files[0]!.id))
+      expect(existsSync(reserve)).toBe(false)
+      const cancelled = yield* Effect.promise(() => openai.batches.cancel(running.id))
+      expect(cancelled.status).toBe("cancelling")
+
+      // Room again: the next delete keeps the reserve again.
+      rmSync(Path.join(disk, "filler"))
+      yield* Effect.promise(() => openai.files.delete(files[1]!.id))
+      expect(statSync(reserve).size).toBe(1024 * 1024)
+      expect((yield* waitFor(openai, running.id, (b) => b.status === "cancelled")).status).toBe("cancelled")
+    }))
+})
