@@ -1,6 +1,6 @@
 /**
  * The lines an upstream's adaptive limit writes, in test time: at most one decrease line and one raise line every
- * 10 s (the first after a quiet spell at once), a decrease line saying how many went unsaid before it, and the floor
+ * 10 s (the first after a quiet spell at once), the next line saying how many decreases went unsaid before it, and the floor
  * as a warning at most once a minute. An upstream that refuses a call now and then keeps its limit moving, and a
  * line per move flooded the logs (a soak's three nodes: 8,600 lines in 35 minutes).
  */
@@ -51,8 +51,9 @@ describe("an upstream's concurrency limit lines", () => {
         "INFO Upstream u: concurrency limit 16 → 8 (status 429)",
         "WARN Upstream u: concurrency limit 2 → 1 (status 429; 2 more since the last such line), its floor",
         "INFO Upstream u: concurrency limit raised to 2",
-        "INFO Upstream u: concurrency limit raised to 2",
-        "INFO Upstream u: concurrency limit 2 → 1 (status 429; 1 more since the last such line)"
+        // The unsaid 3 → 1 told by the next line, a raise: without it, it read as a rise from 1 to 2 after 2 → 1 had risen.
+        "INFO Upstream u: concurrency limit raised to 2 (after 1 decrease not said, down to 1)",
+        "INFO Upstream u: concurrency limit 2 → 1 (status 429)"
       ])
     }).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
   })

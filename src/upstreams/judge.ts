@@ -152,6 +152,8 @@ export const makeJudge = (
   let lastDecreaseLog = Number.NEGATIVE_INFINITY
   /** Decreases since the last one logged, not logged (`LIMIT_LOG_INTERVAL_MS`). */
   let unsaidDecreases = 0
+  /** The lowest limit those decreases reached: the next line says it, a raise's too (it read as a rise from 128 to 9). */
+  let unsaidLowest = Infinity
   /**
    * The requests whose overload signal decreased the limit: a request's retries, each started under the newer
    * generation, would otherwise halve it again and again (one flaky request took 64 to 16).
@@ -174,10 +176,12 @@ export const makeJudge = (
       const floor = limit.atFloor && due("floor", now, ONCE_A_MINUTE_MS)
       if (!floor && now - lastDecreaseLog < LIMIT_LOG_INTERVAL_MS) {
         unsaidDecreases++
+        unsaidLowest = Math.min(unsaidLowest, limit.current)
         return Effect.void
       }
       const more = unsaidDecreases === 0 ? "" : `; ${unsaidDecreases} more since the last such line`
       unsaidDecreases = 0
+      unsaidLowest = Infinity
       lastDecreaseLog = now
       const line = `Upstream ${spec.name}: concurrency limit ${before} → ${limit.current} (${why}${more})`
       return log(floor ? Effect.logWarning(`${line}, its floor`) : Effect.logInfo(line))
@@ -193,7 +197,12 @@ export const makeJudge = (
     const now = clock.unsafeCurrentTimeMillis()
     if (now - lastRaiseLog < LIMIT_LOG_INTERVAL_MS) return undefined
     lastRaiseLog = now
-    return log(Effect.logInfo(`Upstream ${spec.name}: concurrency limit raised to ${limit.current}`))
+    const after = unsaidDecreases === 0
+      ? ""
+      : ` (after ${unsaidDecreases} decrease${unsaidDecreases === 1 ? "" : "s"} not said, down to ${unsaidLowest})`
+    unsaidDecreases = 0
+    unsaidLowest = Infinity
+    return log(Effect.logInfo(`Upstream ${spec.name}: concurrency limit raised to ${limit.current}${after}`))
   }
   const succeeded = Effect.suspend(() => succeededNow() ?? Effect.void)
   /**
