@@ -118,7 +118,7 @@ const rules: ReadonlyArray<Rule> = [
   { variable: "FILE_STORAGE", expected: "local or sql", holds: (c) => !Option.exists(c.fileStorage, (s) => s !== "local" && s !== "sql") },
   {
     variable: "INFERENCE_BASE_URL",
-    expected: "an http:// or https:// URL without user:password@, ?query or #fragment (the key goes in INFERENCE_API_KEY)",
+    expected: "an http:// or https:// URL without user:password@, ?query, #fragment (the key goes in INFERENCE_API_KEY) or an endpoint's path such as /chat/completions (the base ends at the version path, as in http://host:8000/v1)",
     holds: (c) => isPlainBaseUrl(c.inferenceBaseUrl)
   },
   {

@@ -42,6 +42,7 @@ describe("configuration", () => {
         [{ dataDir: " " }, { DATA_DIR: " " }, "DATA_DIR"],
         [{ inferenceBaseUrl: "ftp://x/v1" }, { INFERENCE_BASE_URL: "ftp://x/v1" }, "INFERENCE_BASE_URL"],
         [{ inferenceBaseUrl: "http://u:p@x/v1" }, { INFERENCE_BASE_URL: "http://x/v1?key=k" }, "INFERENCE_BASE_URL"],
+        [{ inferenceBaseUrl: "http://x/v1/embeddings" }, { INFERENCE_BASE_URL: "http://x/v1/chat/completions" }, "INFERENCE_BASE_URL"],
         [{ inferenceApiKey: Option.some(Redacted.make("sk-1\n")) }, { INFERENCE_API_KEY: " sk-1" }, "INFERENCE_API_KEY"],
         [{ inferenceApiKey: Option.some(Redacted.make("sk-…")) }, { INFERENCE_API_KEY: "sk-…" }, "INFERENCE_API_KEY"],
         [{ inferenceMinConcurrency: 9, inferenceMaxConcurrency: 4 }, { INFERENCE_MAX_CONCURRENCY: "0" }, "INFERENCE_M"],

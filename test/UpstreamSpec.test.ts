@@ -130,6 +130,8 @@ describe("UpstreamSpec", () => {
     expect(problem([{ ...minimal, headers: { "x-team": 5 } }])).toContain("headers.x-team")
     expect(problem([{ ...minimal, base_url: "http://user:pw@host/v1" }])).toContain("without user:password@")
     expect(problem([{ ...minimal, base_url: "http://host/v1?key=x" }])).toContain("without ?query")
+    // An endpoint's path, as a LiteLLM api_base may be written: every line would have failed with a 404.
+    expect(problem([{ ...minimal, base_url: "http://host/v1/chat/completions/" }])).toContain("without an endpoint's path (/chat/completions")
     expect(Either.getLeft(parseUpstreamsFile("upstreams: [unclosed"))).toEqual(Option.some(expect.stringContaining("not YAML or JSON")))
     expect(Either.getLeft(parseUpstreamsFile("models: []"))).toEqual(Option.some(expect.stringContaining("under `upstreams`")))
     // A misspelt or invented top-level key is not ignored (the upstreams it meant to tune would run untuned).

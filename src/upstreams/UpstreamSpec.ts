@@ -17,17 +17,30 @@ const HttpUrl = Schema.String.pipe(
   Schema.filter((text) => !hasCredentials(text) || "a URL without user:password@ (give the key in api_key, api_key_env or headers)")
 )
 const BaseUrl = HttpUrl.pipe(
-  Schema.filter((text) => !hasQueryOrFragment(text) || "a base URL without ?query or #fragment")
+  Schema.filter((text) => !hasQueryOrFragment(text) || "a base URL without ?query or #fragment"),
+  Schema.filter((text) => {
+    const endpoint = endpointPathOf(text)
+    return endpoint === undefined || `a base URL, without an endpoint's path (${endpoint}: each request adds its own; as in http://host:8000/v1)`
+  })
 )
 
 // Written out in full: the URL parser also takes `http:/host` and inner spaces, sent then as `%20` (a typo's URL).
 const isHttpUrl = (text: string) => /^https?:\/\/\S+$/i.test(text) && URL.canParse(text) && /^https?:$/.test(new URL(text).protocol)
 const hasCredentials = (text: string) => URL.canParse(text) && (new URL(text).username !== "" || new URL(text).password !== "")
 const hasQueryOrFragment = (text: string) => URL.canParse(text) && (new URL(text).search !== "" || new URL(text).hash !== "")
+/**
+ * The endpoint path a URL ends with (`/chat/completions`), as a LiteLLM `api_base` may be written: the service adds
+ * each request's path to the base, and such a base failed every line with a 404.
+ */
+const endpointPathOf = (text: string): string | undefined => {
+  const path = URL.canParse(text) ? new URL(text).pathname.replace(/\/+$/, "") : ""
+  return ["/chat/completions", "/completions", "/embeddings", "/responses", "/moderations", "/images/generations", "/models"]
+    .find((endpoint) => path.endsWith(endpoint))
+}
 
 /** A base URL as an upstream's must be (the `INFERENCE_BASE_URL` shortcut's too): http(s), nothing but a path after the host. */
 export const isPlainBaseUrl = (text: string): boolean =>
-  isHttpUrl(text) && !hasCredentials(text) && !hasQueryOrFragment(text)
+  isHttpUrl(text) && !hasCredentials(text) && !hasQueryOrFragment(text) && endpointPathOf(text) === undefined
 
 /** What a key or header value for an upstream may not hold: what undici refuses (`http/headerValue.ts`), surrounding spaces. */
 export const badHeaderValue = (value: string): boolean => hasNonHeaderCharacter(value) || value.trim() !== value
