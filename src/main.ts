@@ -10,7 +10,7 @@ import { AppConfig, type AppConfigShape, defaults, nodeIdOfEnvironment, RESTART_
 import { AppLive } from "./Layers.js"
 import { LoggingLive, loggerLayer } from "./observability/Logging.js"
 import { NodeIdTakenOver, OnNodeIdTakenOver } from "./storage/NodeIdLock.js"
-import { listenFaultLine, startFaultLine } from "./startFaultLines.js"
+import { configFaultLine, listenFaultLine, startFaultLine } from "./startFaultLines.js"
 
 /** A fault that ends the server (a port in use, a database unreachable at start), logged in the configured format. */
 const logFault = (cause: Cause.Cause<unknown>) =>
@@ -135,7 +135,7 @@ const program = Effect.zipRight(Effect.zip(stopAtOnceOnALaterSignal, sayHangupCh
   Effect.provide(LoggingLive),
   Effect.provide(AppConfig.layer),
   Effect.catchIf(ConfigError.isConfigError, (error) =>
-    Effect.annotateLogs(Effect.logError(`Invalid configuration: ${String(error)}`), "event", "server.config_invalid").pipe(
+    Effect.annotateLogs(Effect.logError(configFaultLine(error)), "event", "server.config_invalid").pipe(
       Effect.provide(configFaultLogging),
       // Only that logger: a start that failed after `LoggingLive` was installed (a bad OTEL_* value, read by the
       // app's layers) left its logger in place, and the line was written twice.

@@ -1,10 +1,10 @@
 /**
- * The one line a start that failed for a known reason is said in (`main.ts` logs it): a port in use or refused, another
- * process under the node's id or running the SQLite file's batches, a database that cannot be opened, reached,
- * migrated or written. Anything else is logged with its cause.
+ * The one line a start that failed for a known reason is said in (`main.ts` logs it): a configuration refused, a
+ * port in use or refused, another process under the node's id or running the SQLite file's batches, a database that
+ * cannot be opened, reached, migrated or written. Anything else is logged with its cause.
  */
 import * as Migrator from "@effect/sql/Migrator"
-import { Cause, Effect, Option } from "effect"
+import { Cause, type ConfigError, Effect, Option } from "effect"
 import { AppConfig } from "./Config.js"
 import { describeDatabase } from "./observability/Readiness.js"
 import { rootMessage, storageFault } from "./storage/Faults.js"
@@ -64,3 +64,13 @@ export const startFaultLine = (cause: Cause.Cause<unknown>) =>
       ? failed
       : Option.some(cannotUse(`its disk is full (${rootMessage(Cause.squash(cause))})`))
   })
+
+/**
+ * The line of a configuration refused at start: Effect's message, with how a duration is written when one was not
+ * (`10s` got "Expected a duration but received \"10s\"", with no example).
+ */
+export const configFaultLine = (error: ConfigError.ConfigError): string => {
+  const text = String(error)
+  const hint = text.includes("Expected a duration") ? " (a duration is written as `10 seconds`, `5 minutes` or `500 millis`)" : ""
+  return `Invalid configuration: ${text}${hint}`
+}

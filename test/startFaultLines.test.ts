@@ -2,9 +2,9 @@
 import { expect, it } from "@effect/vitest"
 import * as Migrator from "@effect/sql/Migrator"
 import { SqlError } from "@effect/sql/SqlError"
-import { Cause, Effect, Option } from "effect"
+import { Cause, Config, ConfigProvider, Effect, Option } from "effect"
 import { AppConfig } from "../src/Config.js"
-import { startFaultLine } from "../src/startFaultLines.js"
+import { configFaultLine, startFaultLine } from "../src/startFaultLines.js"
 
 const migrationFailed = (driver: Error) =>
   Cause.fail(new Migrator.MigrationError({
@@ -26,3 +26,11 @@ it.effect("a migration that failed: the migration, what the database said, and w
       "Cannot use the database (SQLite at /srv/batches.sqlite; see DATA_DIR): its disk is full (database or disk is full)"
     )
   }).pipe(Effect.provide(AppConfig.layerWith({ dataDir: "/srv" }))))
+
+it.effect("a duration refused says how one is written", () =>
+  Effect.gen(function*() {
+    const refused = yield* Effect.flip(Config.duration("INFERENCE_TIMEOUT").pipe(Effect.withConfigProvider(ConfigProvider.fromJson({ INFERENCE_TIMEOUT: "10s" }))))
+    expect(configFaultLine(refused)).toMatch(/^Invalid configuration: .*INFERENCE_TIMEOUT.*"10s".* \(a duration is written as `10 seconds`, `5 minutes` or `500 millis`\)$/)
+    const other = yield* Effect.flip(Config.integer("PORT").pipe(Effect.withConfigProvider(ConfigProvider.fromJson({ PORT: "x" }))))
+    expect(configFaultLine(other)).not.toContain("a duration")
+  }))
