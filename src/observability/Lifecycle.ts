@@ -66,7 +66,9 @@ export const listeningLine = (
     proxy === null ? [] : [`upstream calls through ${[...new Set([proxy.https, proxy.http])].filter(Boolean).join(" and ")}`]
   ].flat()
   return {
-    message: `Listening on ${address} (${[database, inference, ...notes].join("; ")})`,
+    // Where to point an SDK and a browser, said once: a newcomer opened the bare address and got a 404.
+    message: `Listening on ${address} (${[database, inference, ...notes].join("; ")}): the SDKs' base URL is ${address}/v1, ` +
+      `the dashboard ${address}/ui`,
     fields: {
       event: "server.listening",
       address,
