@@ -13,12 +13,12 @@ import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import { makeDiskReserve, RESERVE_NAME, usingReserve } from "../src/storage/DiskReserve.js"
 import { chatLine, createBatch, sdk, upload, waitFor } from "./support/Batches.js"
-import { baseUrl, testAppWithUpstream } from "./support/TestApp.js"
+import { baseUrl, eventuallyEffect, testAppWithUpstream } from "./support/TestApp.js"
 
 const capacityFault = () => new SqlError({ cause: Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" }) })
 
 describe("the disk reserve", () => {
-  it.effect("made when there is room for it twice over, released once, made again; released at a start short of room", () =>
+  it.effect("made when there is room for it twice over, released on a full disk only, made again; released at a start short of room", () =>
     Effect.gen(function*() {
       const dir = mkdtempSync(Path.join(tmpdir(), "reserve-"))
       const path = Path.join(dir, RESERVE_NAME)
@@ -26,17 +26,25 @@ describe("the disk reserve", () => {
       const reserve = makeDiskReserve(dir, 400, Effect.sync(() => free))
       yield* reserve.atStart
       expect(statSync(path).size).toBe(400)
-      expect(yield* reserve.service.release("a test")).toBe(true)
+      // A full error with room left (a quota, SQLite's page limit): nothing the reserve can help.
+      expect(yield* reserve.release("a test")).toBe(false)
+      expect(existsSync(path)).toBe(true)
+      free = 100
+      expect(yield* reserve.release("a test")).toBe(true)
       expect(existsSync(path)).toBe(false)
-      expect(yield* reserve.service.release("a test")).toBe(false)
+      expect(yield* reserve.release("a test")).toBe(false)
       free = 700 // not twice its size: not made again
-      yield* reserve.service.restore
+      yield* reserve.restore
       expect(existsSync(path)).toBe(false)
       free = 800
-      yield* reserve.service.restore
+      yield* reserve.restore
       expect(statSync(path).size).toBe(400)
-      free = 300 // a start with less free than the reserve: it goes, so the start can write
-      yield* makeDiskReserve(dir, 400, Effect.sync(() => free)).atStart
+      // Another size configured: made again at that size.
+      free = 1000
+      yield* makeDiskReserve(dir, 300, Effect.sync(() => free)).restore
+      expect(statSync(path).size).toBe(300)
+      free = 200 // a start with less free than the reserve: it goes, so the start can write
+      yield* makeDiskReserve(dir, 300, Effect.sync(() => free)).atStart
       expect(existsSync(path)).toBe(false)
       rmSync(dir, { recursive: true })
     }))
@@ -44,20 +52,23 @@ describe("the disk reserve", () => {
   it.effect("usingReserve tries a full-disk failure once more after a release, and nothing else", () =>
     Effect.gen(function*() {
       let released = 0
-      const reserve = Option.some({ release: () => Effect.sync(() => ++released === 1), restore: Effect.void })
+      const reserve = Option.some({ release: () => Effect.sync(() => ++released === 1), restoreSoon: Effect.void })
       let calls = 0
       const fullOnce = Effect.suspend(() => (++calls === 1 ? Effect.fail(capacityFault()) : Effect.succeed("done")))
       expect(yield* usingReserve(reserve, "a test")(fullOnce)).toBe("done")
       expect([calls, released]).toEqual([2, 1])
-      // Released already: the failure stands.
+      // Released by another call just before: once more all the same; a disk still full fails it.
       calls = 0
-      expect(Exit.isFailure(yield* Effect.exit(usingReserve(reserve, "a test")(fullOnce)))).toBe(true)
-      // Another fault is not retried, nor anything without a reserve.
+      const full = Effect.suspend(() => (++calls, Effect.fail(capacityFault())))
+      expect(Exit.isFailure(yield* Effect.exit(usingReserve(reserve, "a test")(full)))).toBe(true)
+      expect([calls, released]).toEqual([2, 2])
+      // Another fault is not tried again, nor anything without a reserve.
       calls = 0
       const other = Effect.suspend(() => (++calls, Effect.fail(new Error("other"))))
       expect(Exit.isFailure(yield* Effect.exit(usingReserve(reserve, "a test")(other)))).toBe(true)
+      expect(calls).toBe(1)
       calls = 0
-      expect(Exit.isFailure(yield* Effect.exit(usingReserve(Option.none(), "a test")(fullOnce)))).toBe(true)
+      expect(Exit.isFailure(yield* Effect.exit(usingReserve(Option.none(), "a test")(full)))).toBe(true)
       expect(calls).toBe(1)
     }))
 })
@@ -89,7 +100,12 @@ const fillUp = (dir: string) => {
 
 const disk = mountTmpfs("12m")
 const app = testAppWithUpstream({ dataDir: disk, diskReserveBytes: 1024 * 1024, maxConcurrentBatches: 2 }).pipe(
-  Layer.merge(Layer.scopedDiscard(Effect.addFinalizer(() => Effect.sync(() => execFileSync("umount", ["-l", disk])))))
+  Layer.merge(Layer.scopedDiscard(Effect.addFinalizer(() =>
+    Effect.sync(() => {
+      execFileSync("umount", ["-l", disk])
+      rmSync(disk, { recursive: true, force: true })
+    })
+  )))
 )
 
 layer(app, { excludeTestServices: true, timeout: 60_000 })("a disk full to the last byte, on SQLite", (it) => {
@@ -101,18 +117,21 @@ layer(app, { excludeTestServices: true, timeout: 60_000 })("a disk full to the l
       const running = yield* createBatch(openai, (yield* upload(openai, [chatLine("slow", "wait [sleep:60000]")])).id)
       yield* waitFor(openai, running.id, (b) => b.status === "in_progress")
       const files = yield* Effect.forEach([1, 2], (n) => upload(openai, Array.from({ length: 500 }, (_, i) => chatLine(`f${n}-${i}`, "x".repeat(500)))))
-      fillUp(disk)
 
       // Without the reserve, SQLite refused these (507): its write-ahead log had no room.
-      yield* Effect.promise(() => openai.files.delete(files[0]!.id))
-      expect(existsSync(reserve)).toBe(false)
+      fillUp(disk)
       const cancelled = yield* Effect.promise(() => openai.batches.cancel(running.id))
       expect(cancelled.status).toBe("cancelling")
-
-      // Room again: the next delete keeps the reserve again.
+      expect(existsSync(reserve)).toBe(false)
+      // Room again: made again after the next delete (and every 10 s otherwise).
       rmSync(Path.join(disk, "filler"))
+      yield* Effect.promise(() => openai.files.delete(files[0]!.id))
+      yield* eventuallyEffect(Effect.sync(() => expect(existsSync(reserve) && statSync(reserve).size).toBe(1024 * 1024)), 5_000)
+
+      fillUp(disk)
       yield* Effect.promise(() => openai.files.delete(files[1]!.id))
-      expect(statSync(reserve).size).toBe(1024 * 1024)
+      expect(existsSync(reserve)).toBe(false)
+      rmSync(Path.join(disk, "filler"))
       expect((yield* waitFor(openai, running.id, (b) => b.status === "cancelled")).status).toBe("cancelled")
     }))
 })

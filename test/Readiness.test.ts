@@ -195,7 +195,6 @@ layer(proxiedApp({ databaseStatementTimeout: Duration.millis(STATEMENT_TIMEOUT_M
     }).pipe(Effect.scoped), 30_000)
 })
 
-/** Retries of a batch's storage waits as in production, but from 500 ms: waits of 0.5, 1, 2, then 4 s. */
 /** A batch's first wait on the database: 10 s, far longer than the outage, so only a heartbeat can end it early. */
 const storageRetries = Layer.succeed(FaultRetry, { baseDelay: Duration.seconds(10), maxRetries: 4, maxStorageDelay: Duration.seconds(30) })
 
@@ -223,7 +222,6 @@ layer(runningApp, { timeout: 60_000, excludeTestServices: true })("a batch on Po
       yield* waitFor(openai, batch.id, (b) => (b.request_counts?.completed ?? 0) >= 2)
       forwarder.cut()
       yield* eventuallyEffect(Effect.sync(() => expect(logged.some((l) => l.includes(`Batch ${batch.id} waits`))).toBe(true)), 20_000)
-      const waitingSince = Date.now()
       yield* Effect.sleep("1 second")
       forwarder.restore()
       // Said only when a heartbeat ends the wait (a busy machine's heartbeats come late, 10 s has been missed): the
@@ -232,7 +230,6 @@ layer(runningApp, { timeout: 60_000, excludeTestServices: true })("a batch on Po
         Effect.sync(() => expect(logged.filter((l) => l.includes(`The database answers again; batch ${batch.id} resumes`))).toHaveLength(1)),
         20_000
       )
-      expect(Date.now() - waitingSince).toBeLessThan(10_000)
       const done = yield* waitFor(openai, batch.id, terminal, 30_000)
       expect(done.request_counts).toEqual({ total: 30, completed: 30, failed: 0 })
     }), 45_000)

@@ -102,7 +102,7 @@ describe("input validation fold", () => {
     expect(repeat._tag === "Invalid" && repeat.errors.map((e) => e.code)).toEqual(["duplicate_custom_id", "model_mismatch"])
     // Unknown models mixed: the mismatch, and the file's model not found, in one verdict.
     const unknown = Input.verdict(fold(lines([request("a", "nope"), request("b", "nope2")])), new Set(["m"]))
-    expect(unknown._tag === "Invalid" && unknown.errors.map((e) => [e.line, e.code])).toEqual([[2, "model_mismatch"], [1, "model_not_found"]])
+    expect(unknown._tag === "Invalid" && unknown.errors.map((e) => [e.line, e.code])).toEqual([[1, "model_not_found"], [2, "model_mismatch"]])
   })
 
   it("too_many_tasks on the first request past the limit; rows stop there", () => {

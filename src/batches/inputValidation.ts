@@ -167,7 +167,9 @@ export const verdict = (state: InputState, knownModels?: ReadonlySet<string>): I
   }
   const model = state.model
   if (model?.name != null && knownModels !== undefined && !knownModels.has(model.name)) {
-    errors.push({ code: "model_not_found", message: `The provided model '${echo(model.name)}' is not supported by the upstream.`, param: "body.model", line: model.line })
+    // In line order among the others (one entry past the caps at most: the problem every line shares).
+    const after = errors.findIndex((e) => e.line !== null && e.line > model.line)
+    errors.splice(after === -1 ? errors.length : after, 0, { code: "model_not_found", message: `The provided model '${echo(model.name)}' is not supported by the upstream.`, param: "body.model", line: model.line })
   }
   if (errors.length === 0) return { _tag: "Valid", model: model!.name, total: state.count, slices: state.slices }
   if (state.omitted > 0) {

@@ -246,7 +246,7 @@ export const make = Effect.gen(function*() {
       ).pipe(Effect.orDie, usingReserve(reserve, `deleting file ${id}`))
       if (deleted.length === 0) return yield* new FileNotFound({ id })
       yield* blobs.remove(id)
-      if (Option.isSome(reserve)) yield* reserve.value.restore
+      if (Option.isSome(reserve)) yield* reserve.value.restoreSoon
     }).pipe(Effect.uninterruptible, Effect.withSpan("FileStore.remove", { attributes: { id } }))
 
   const sweepExpired = Effect.gen(function*() {

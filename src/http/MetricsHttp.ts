@@ -21,13 +21,13 @@ import * as HttpServerError from "@effect/platform/HttpServerError"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Data, Duration, Effect, Layer, Option, Runtime } from "effect"
-import { statfs } from "node:fs/promises"
 import { createServer, type IncomingHttpHeaders, type ServerResponse } from "node:http"
 import { Auth, CurrentCaller } from "../auth/Auth.js"
 import { BatchStore } from "../batches/BatchStore.js"
 import { AppConfig, fileStorageOf } from "../Config.js"
 import { ErrorBody, unauthorized } from "../domain/Errors.js"
-import { type DiskSpace, Metrics, type MetricsShape } from "../observability/Metrics.js"
+import { Metrics, type MetricsShape } from "../observability/Metrics.js"
+import { makeDiskSpace } from "../storage/diskSpace.js"
 import { CONTENT_TYPE } from "../observability/metricsRegistry.js"
 import { envelope } from "./EarlyAnswer.js"
 import { METRICS_PATH, requestTarget, routeOf } from "./Routes.js"
@@ -54,27 +54,8 @@ export const httpMetrics = (metrics: MetricsShape) => {
     })
 }
 
-/** How long a scrape waits for the database's count of active batches, or for the disk's space. */
+/** How long a scrape waits for the database's count of active batches (the disk's space: `storage/diskSpace.ts`). */
 const SCRAPE_READ_TIMEOUT = Duration.seconds(5)
-
-/**
- * The space of the file system holding `dir`; `undefined` when it cannot be read in time (a hung mount, no dir), or
- * while an earlier reading still hangs: each `statfs` holds one of libuv's four threads until it returns, and scrapes
- * piling them up would leave none for DNS lookups and file work.
- */
-const makeDiskSpace = (dir: string): Effect.Effect<DiskSpace | undefined> => {
-  let reading = false
-  const read = Effect.tryPromise(() => {
-    reading = true
-    return statfs(dir).finally(() => (reading = false))
-  }).pipe(
-    Effect.disconnect,
-    Effect.map((fs): DiskSpace | undefined => ({ path: dir, available: fs.bavail * fs.bsize, size: fs.blocks * fs.bsize })),
-    Effect.timeout(SCRAPE_READ_TIMEOUT),
-    Effect.orElseSucceed(() => undefined)
-  )
-  return Effect.suspend(() => (reading ? Effect.succeed(undefined) : read))
-}
 
 /** The metrics text, the active batches counted now (left out when the database does not answer in time). */
 export const makeScrape = Effect.gen(function*() {
