@@ -160,7 +160,7 @@ describe("the dashboard", () => {
         await page.getByRole("button", { name: "Use this key" }).click()
         await poll(() => page.locator("main .empty").isVisible()).toBe(true)
         expect(await dialog.isVisible()).toBe(false)
-        expect(page.url()).toBe(`${base}/ui`)
+        expect(page.url()).toBe(`${base}/ui/`)
         expect(await page.evaluate(() => localStorage.getItem("openai-batch.api-key"))).toBe(KEY)
         expect(await page.locator("#key-button").textContent()).toBe("Forget key")
 

@@ -38,7 +38,7 @@ describe("the /ui route", () => {
     (it) => {
       it.effect("serves the page without a key, with a strict CSP, and every file it loads from this server", () =>
         Effect.gen(function*() {
-          const page = yield* get("/ui")
+          const page = yield* get("/ui/")
           expect(page.status, page.text).toBe(200)
           expect(page.headers["content-type"]).toBe("text/html; charset=utf-8")
           expect(page.headers["cache-control"]).toBe("no-cache")
@@ -50,7 +50,7 @@ describe("the /ui route", () => {
           // Relative to the page (so under an app's prefix too), and resolved as a browser does.
           const loaded = [...page.text.matchAll(/(?:src|href)="([^"]+)"/g)].map((m) => m[1]!)
             .filter((u) => !u.startsWith("data:") && !u.startsWith("#"))
-            .map((u) => new URL(u, "http://server/ui").pathname)
+            .map((u) => new URL(u, "http://server/ui/").pathname)
           expect(loaded).toContain("/ui/app.js")
           expect(loaded).toContain("/ui/app.css")
           for (const url of loaded) {
@@ -75,19 +75,21 @@ describe("the /ui route", () => {
           expect(seen.size).toBeGreaterThan(3)
           const css = yield* get("/ui/app.css")
           expect(css.headers["content-type"]).toBe("text/css; charset=utf-8")
-          // A typed or bookmarked /ui/ or /ui/index.html leads to the page (where its relative paths resolve), not a
-          // 401; relative, so under an app's prefix too.
-          for (const path of ["/ui/", "/ui/?tab=1", "/ui/index.html"]) {
+          // The page as /ui/index.html too; a typed or bookmarked /ui leads to /ui/, where its relative paths
+          // resolve (not a 401), by a relative Location: under an app's prefix too.
+          const named = yield* get("/ui/index.html")
+          expect([named.status, named.text]).toEqual([200, page.text])
+          for (const path of ["/ui", "/ui?tab=1"]) {
             const there = yield* get(path)
-            expect([there.status, there.headers.location], path).toEqual([302, "../ui"])
-            expect(new URL(there.headers.location!, `http://server${path}`).pathname).toBe("/ui")
+            expect([there.status, there.headers.location], path).toEqual([302, "ui/"])
+            expect(new URL(there.headers.location!, `http://server${path}`).pathname).toBe("/ui/")
             expectSecurityHeaders(there)
           }
         }))
 
       it.effect("has a key form that never puts the key in a URL: method=dialog, and no name on the key's input", () =>
         Effect.gen(function*() {
-          const page = (yield* get("/ui")).text
+          const page = (yield* get("/ui/")).text
           expect(page).toMatch(/<form id="key-form" method="dialog">/)
           const input = /<input id="key-input"[^>]*>/.exec(page)?.[0]
           expect(input).toBeDefined()
@@ -162,7 +164,7 @@ describe("the /ui route", () => {
 
       it.effect("counts its requests under the route patterns, never the raw paths", () =>
         Effect.gen(function*() {
-          yield* get("/ui")
+          yield* get("/ui/")
           yield* get("/ui/app.css")
           yield* get("/ui/whatever-123.js", { authorization: `Bearer ${KEY}` })
           const metrics = (yield* get("/metrics", { authorization: `Bearer ${ADMIN}` })).text

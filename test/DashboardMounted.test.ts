@@ -43,9 +43,9 @@ describe("the dashboard under a mounted prefix", () => {
           const { page, problems } = yield* BrowserPage
           const base = `${HttpServer.formatAddress(server.address)}/openai`
           yield* Effect.promise(async () => {
-            // `/ui/` sends the browser to the page, where its relative paths resolve.
-            await page.goto(`${base}/ui/`)
-            expect(page.url()).toBe(`${base}/ui`)
+            // `/ui` sends the browser to the page at `/ui/`, where its relative paths resolve.
+            await page.goto(`${base}/ui`)
+            expect(page.url()).toBe(`${base}/ui/`)
             // The mounted API's 401 asks for the key.
             await poll(() => page.locator("#key-dialog").isVisible()).toBe(true)
             await page.locator("#key-input").fill(KEY)

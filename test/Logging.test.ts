@@ -126,7 +126,7 @@ describe("the logs of the server process", () => {
     })])
     expect(event("server.listening")[0]!.message).toContain("; API keys required")
     // Where to point an SDK and a browser.
-    expect(event("server.listening")[0]!.message).toMatch(new RegExp(`: the SDKs' base URL is ${server.url}/v1, the dashboard ${server.url}/ui$`))
+    expect(event("server.listening")[0]!.message).toMatch(new RegExp(`: the SDKs' base URL is ${server.url}/v1, the dashboard ${server.url}/ui/$`))
     const order = lines.map((l) => l.event).filter((e) => e?.startsWith("server."))
     expect(order).toEqual(["server.listening", "server.shutdown_started", "server.shutdown_finished"])
   })

@@ -14,12 +14,15 @@ describe("routeOf", () => {
     expect(routeOf("/v1/files/file-1/content")).toBe("/v1/files/:file_id/content")
     expect(routeOf("/metrics")).toBe("/metrics")
     expect(routeOf("/ui")).toBe("/ui")
+    expect(routeOf("/ui/")).toBe("/ui") // as the router takes it
+    expect(routeOf("/v1/batches/batch_abc/")).toBe("/v1/batches/:batch_id")
+    expect(routeOf("/v1/batches/")).toBe("/v1/batches") // the list, as the router serves it
     expect(routeOf("/ui/app.js")).toBe("/ui/:asset")
     expect(routeOf("/ui/deeper/page")).toBe("/ui/*")
   })
 
   it("names no route for any other path: an empty parameter, a longer path, an unknown one", () => {
-    expect(routeOf("/v1/batches/")).toBeUndefined()
+    expect(routeOf("/v1/batches//cancel")).toBeUndefined()
     expect(routeOf("/v1/batches/a/b/c")).toBeUndefined()
     expect(routeOf("/v1/nothing")).toBeUndefined()
     expect(routeOf("/ui-not")).toBeUndefined()

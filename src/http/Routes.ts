@@ -48,7 +48,9 @@ const makeRouteMatcher = (patterns: ReadonlyArray<string>) => {
     else if (pattern.includes("/:")) withParams.push({ segments: pattern.split("/"), pattern })
     else exact.set(pattern, pattern)
   }
-  return (path: string): string | undefined => {
+  return (given: string): string | undefined => {
+    // One trailing slash is the router's path without it (`/ui/` is `/ui`, `/v1/files/` is `/v1/files`).
+    const path = given.length > 1 && given.endsWith("/") ? given.slice(0, -1) : given
     const known = exact.get(path)
     if (known !== undefined) return known
     const segments = path.split("/")

@@ -68,7 +68,7 @@ export const listeningLine = (
   return {
     // Where to point an SDK and a browser, said once: a newcomer opened the bare address and got a 404.
     message: `Listening on ${address} (${[database, inference, ...notes].join("; ")}): the SDKs' base URL is ${address}/v1, ` +
-      `the dashboard ${address}/ui`,
+      `the dashboard ${address}/ui/`,
     fields: {
       event: "server.listening",
       address,

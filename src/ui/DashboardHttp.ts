@@ -119,12 +119,12 @@ const respond = (asset: Asset, ifNoneMatch: string | undefined) => {
 const missing = (message: string) => HttpServerResponse.setHeaders(envelope(notFound(message), 404), DASHBOARD_HEADERS)
 
 /**
- * `/ui/` and `/ui/index.html` send the browser to `/ui`, where the page's relative paths (`ui/app.js`) resolve:
- * relative, so under an app's prefix too (`/openai/ui/` to `/openai/ui`).
+ * `/ui` sends the browser to the page at `/ui/`, where its relative paths (`app.js`) resolve: relative, so under
+ * an app's prefix too (`/openai/ui` to `/openai/ui/`), and no loop behind a proxy that sends `/ui` to `/ui/` itself.
  */
 const toPage = (request: HttpServerRequest.HttpServerRequest) =>
   request.method === "GET" || request.method === "HEAD"
-    ? HttpServerResponse.empty({ status: 302, headers: { ...DASHBOARD_HEADERS, location: "../ui" } })
+    ? HttpServerResponse.empty({ status: 302, headers: { ...DASHBOARD_HEADERS, location: "ui/" } })
     : missing(`Invalid URL (${request.method} ${echo(request.url)})`)
 
 /** A package without its `ui/` folder (a bundler that left it out): said, and logged at each request for it. */
@@ -135,7 +135,7 @@ const unreadable = () =>
   )
 
 /**
- * `GET /ui` (the page) and `GET /ui/<name>` (its files; `/ui/` and `/ui/index.html` send to the page); any other
+ * `GET /ui/` (the page, also as `/ui/index.html`; `/ui` sends there) and `GET /ui/<name>` (its files); any other
  * method, and any deeper path, a 404 (in the API's words for a route it does not have) with the page's headers.
  */
 export const dashboardRoute = HttpApiBuilder.Router.use((router) =>
@@ -159,17 +159,13 @@ export const dashboardRoute = HttpApiBuilder.Router.use((router) =>
         })
       })
     const [page, assetPattern, deeper] = DASHBOARD_ROUTES
-    // The router takes `/ui/` for `/ui`.
+    // The router takes `/ui/` for `/ui`: told apart by the path.
     yield* router.all(
       page,
       Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
-        request.url.split("?")[0]!.endsWith("/") ? toPage(request) : serve("index.html"))
+        request.url.split("?")[0]!.endsWith("/") ? serve("index.html") : toPage(request))
     )
-    yield* router.all(
-      assetPattern,
-      Effect.flatMap(HttpRouter.params, ({ asset = "" }) =>
-        asset === "index.html" || asset === "" ? Effect.flatMap(HttpServerRequest.HttpServerRequest, toPage) : serve(asset))
-    )
+    yield* router.all(assetPattern, Effect.flatMap(HttpRouter.params, ({ asset = "" }) => serve(asset === "" ? "index.html" : asset)))
     yield* router.all(deeper, serve(undefined))
   })
 )
