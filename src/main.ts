@@ -4,13 +4,14 @@
  * server stops accepting and lets open requests end).
  */
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import { Cause, ConfigError, Deferred, Duration, Effect, FiberRef, HashSet, Layer, Logger, Option, Runtime } from "effect"
+import { Cause, ConfigError, ConfigProvider, Deferred, Duration, Effect, FiberRef, HashSet, Layer, Logger, Option, Runtime } from "effect"
 import { constants } from "node:os"
 import { AppConfig, type AppConfigShape, defaults, nodeIdOfEnvironment, RESTART_TO_APPLY } from "./Config.js"
 import { AppLive } from "./Layers.js"
 import { LoggingLive, loggerLayer } from "./observability/Logging.js"
 import { NodeIdTakenOver, OnNodeIdTakenOver } from "./storage/NodeIdLock.js"
 import { configFaultLine, listenFaultLine, startFaultLine } from "./startFaultLines.js"
+import { misspeltVariables, recordingReads } from "./configTypos.js"
 
 /** A fault that ends the server (a port in use, a database unreachable at start), logged in the configured format. */
 const logFault = (cause: Cause.Cause<unknown>) =>
@@ -101,6 +102,21 @@ const sayHangupChangesNothing = Effect.gen(function*() {
  * started under it while this node was cut off from PostgreSQL): said at once, then the node stops as at SIGTERM and
  * exits 1. Its work goes on in the other process; both under one id would send the same requests twice.
  */
+/** The configuration's reads, noted: once the app is up, a variable set that is none of them but close is said. */
+const configReads = recordingReads(ConfigProvider.fromEnv())
+
+/** A warning for each variable that looks like a misspelt setting (it is ignored: the setting keeps its default). */
+const warnMisspeltVariables = Effect.suspend(() =>
+  Effect.forEach(
+    misspeltVariables(Object.keys(process.env), configReads.read),
+    ({ given, meant }) =>
+      Effect.annotateLogs(
+        Effect.logWarning(`The variable ${given} is no setting of this server and is ignored: ${meant}?`),
+        { event: "server.config_unknown", variable: given, setting: meant }
+      ),
+    { discard: true }
+  ))
+
 const launch = Effect.gen(function*() {
   const takenOver = yield* Deferred.make<never, NodeIdTakenOver>()
   const runSync: RunSync = Runtime.runSync(yield* Effect.runtime<never>())
@@ -112,7 +128,7 @@ const launch = Effect.gen(function*() {
     )
   // `Layer.launch` with its wait for ever made a wait for the takeover, in the same fiber: the layers are released
   // before the program ends either way (a race's loser was released after it, the last lines out of order).
-  return yield* Effect.scoped(Effect.zipRight(Layer.build(AppLive), Deferred.await(takenOver))).pipe(
+  return yield* Effect.scoped(Effect.zipRight(Layer.build(AppLive), Effect.zipRight(warnMisspeltVariables, Deferred.await(takenOver)))).pipe(
     Effect.provideService(OnNodeIdTakenOver, (error) => Effect.asVoid(stop(error)))
   )
 })
@@ -134,6 +150,7 @@ const program = Effect.zipRight(Effect.zip(stopAtOnceOnALaterSignal, sayHangupCh
   Effect.tapErrorCause(logFault),
   Effect.provide(LoggingLive),
   Effect.provide(AppConfig.layer),
+  Effect.withConfigProvider(configReads.provider),
   Effect.catchIf(ConfigError.isConfigError, (error) =>
     Effect.annotateLogs(Effect.logError(configFaultLine(error)), "event", "server.config_invalid").pipe(
       Effect.provide(configFaultLogging),
