@@ -153,8 +153,15 @@ describe("input validation fold", () => {
     const state = fold(lines(["", request("a", "gpt-x")]))
     expect(Input.verdict(state, new Set(["m"]))).toMatchObject({
       _tag: "Invalid",
-      errors: [{ code: "model_not_found", param: "body.model", line: 2 }]
+      errors: [{
+        code: "model_not_found",
+        param: "body.model",
+        line: 2,
+        message: "The provided model 'gpt-x' is not supported by the upstream. Models served: 'm' (GET /v1/models lists them)."
+      }]
     })
+    const many = Input.verdict(state, new Set(Array.from({ length: 12 }, (_, i) => `m${i}`)))
+    expect(many._tag === "Invalid" && many.errors[0]!.message).toMatch(/Models served: 'm0', .* 'm9' and 2 more \(GET/)
     expect(Input.verdict(state, new Set(["gpt-x"]))).toMatchObject({ _tag: "Valid", model: "gpt-x" })
   })
 })

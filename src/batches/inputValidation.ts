@@ -151,6 +151,14 @@ export const takeRows = (state: InputState): ReadonlyArray<RequestRow> => {
 /** The model to look up in the upstream's list (`model_not_found`), reported beside the file's other problems. */
 export const modelToCheck = (state: InputState): string | undefined => state.model?.name ?? undefined
 
+/** The models a batch may name, said beside a `model_not_found` (the first 10: an upstream may list hundreds). */
+const modelsOnOffer = (known: ReadonlySet<string>): string => {
+  const names = [...known]
+  if (names.length === 0) return "No upstream serves a model for this project."
+  const shown = names.slice(0, 10).map((name) => `'${echo(name, 100)}'`).join(", ")
+  return `Models served: ${shown}${names.length > 10 ? ` and ${names.length - 10} more` : ""} (GET /v1/models lists them).`
+}
+
 export type InputVerdict =
   | { readonly _tag: "Valid"; readonly model: string | null; readonly total: number; readonly slices: ReadonlyArray<SliceBounds> }
   | { readonly _tag: "Invalid"; readonly errors: ReadonlyArray<BatchError> }
@@ -169,7 +177,7 @@ export const verdict = (state: InputState, knownModels?: ReadonlySet<string>): I
   if (model?.name != null && knownModels !== undefined && !knownModels.has(model.name)) {
     // In line order among the others (one entry past the caps at most: the problem every line shares).
     const after = errors.findIndex((e) => e.line !== null && e.line > model.line)
-    errors.splice(after === -1 ? errors.length : after, 0, { code: "model_not_found", message: `The provided model '${echo(model.name)}' is not supported by the upstream.`, param: "body.model", line: model.line })
+    errors.splice(after === -1 ? errors.length : after, 0, { code: "model_not_found", message: `The provided model '${echo(model.name)}' is not supported by the upstream. ${modelsOnOffer(knownModels)}`, param: "body.model", line: model.line })
   }
   if (errors.length === 0) return { _tag: "Valid", model: model!.name, total: state.count, slices: state.slices }
   if (state.omitted > 0) {
