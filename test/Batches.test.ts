@@ -135,6 +135,10 @@ for (const backend of backends) sideBySide(`batches (${backend})`, () => {
           ["invalid_request", 12, "body.stream"] // a lenient upstream would read "true" as true
         ])
         for (const e of done.errors!.data!) expect(e.message).toEqual(expect.any(String))
+        // What was compared, beside OpenAI's words.
+        expect(done.errors!.data![2]!.message).toBe(
+          "The URL provided for this request does not match the batch endpoint ('/v1/embeddings' here, '/v1/chat/completions' for the batch)."
+        )
         expect(done.output_file_id).toBeNull()
         expect(done.error_file_id).toBeNull()
         expect(sim.stats.requests).toBe(before)

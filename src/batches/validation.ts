@@ -325,7 +325,12 @@ export const validateLine = (text: string, endpoint: BatchEndpoint): InvalidLine
     if (typeof url !== "string") {
       problems.push({ code: "invalid_request", param: "url", message: `Invalid type for 'url': expected a string, but got ${typeName(url)} instead.` })
     } else if (url !== endpoint) {
-      problems.push({ code: "invalid_url", param: "url", message: "The URL provided for this request does not match the batch endpoint." })
+      problems.push({
+        code: "invalid_url",
+        param: "url",
+        // OpenAI's words, and what was compared (a file whose first line had the wrong url made every other line look wrong).
+        message: `The URL provided for this request does not match the batch endpoint ('${echo(url, 100)}' here, '${endpoint}' for the batch).`
+      })
     }
   }
   if (body != null && !isJsonObject(body)) {
