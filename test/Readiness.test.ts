@@ -18,7 +18,7 @@ import { createScratchSchema, dropScratchSchema, testDatabaseUrl } from "./suppo
 import { startServer } from "./support/ServerProcess.js"
 import { startForwarder, type TcpForwarder } from "./support/TcpForwarder.js"
 import { chatLine, createBatch, sdk, terminal, upload, waitFor } from "./support/Batches.js"
-import { baseUrl, eventuallyEffect, testApp, testAppWithUpstream } from "./support/TestApp.js"
+import { baseUrl, eventuallyEffect, testApp, testAppWithUpstream, Upstream } from "./support/TestApp.js"
 
 const get = (path: string) =>
   Effect.flatMap(baseUrl, (base) =>
@@ -232,6 +232,25 @@ layer(runningApp, { timeout: 60_000, excludeTestServices: true })("a batch on Po
       )
       const done = yield* waitFor(openai, batch.id, terminal, 30_000)
       expect(done.request_counts).toEqual({ total: 30, completed: 30, failed: 0 })
+    }), 45_000)
+
+  it.effect("a cut of a second sends nothing twice: the outcomes answered meanwhile are stored once it is back", () =>
+    Effect.gen(function*() {
+      const { forwarder } = yield* ProxiedPostgres
+      const sim = yield* Upstream
+      const openai = sdk(yield* baseUrl)
+      const prompts = Array.from({ length: 30 }, (_, i) => `blip ${i} [sleep:100]`)
+      const file = yield* upload(openai, prompts.map((prompt, i) => chatLine(`b${i}`, prompt)))
+      const batch = yield* createBatch(openai, file.id)
+      yield* waitFor(openai, batch.id, (b) => (b.request_counts?.completed ?? 0) >= 4)
+      forwarder.cut()
+      yield* Effect.sleep("1 second")
+      forwarder.restore()
+      const done = yield* waitFor(openai, batch.id, terminal, 30_000)
+      expect(done.request_counts).toEqual({ total: 30, completed: 30, failed: 0 })
+      // Each sent once: a write that failed at once failed the run, and its calls were sent again.
+      expect(prompts.map((p) => sim.stats.byPrompt.get(p))).toEqual(prompts.map(() => 1))
+      expect(logged.filter((l) => l.includes(`Batch ${batch.id} waits`))).toEqual([])
     }), 45_000)
 })
 

@@ -6,8 +6,9 @@
  * A scoped resource: when the scope closes, the writer is stopped (a group being written is finished) and what is
  * still queued is written, so an interrupted run still stores every outcome it received.
  */
-import { Effect, Fiber, type Scope } from "effect"
+import { Duration, Effect, Fiber, Schedule, type Scope } from "effect"
 import type { BatchId } from "../domain/Ids.js"
+import { storageFault } from "../storage/Faults.js"
 import { BatchStore, type RequestOutcome } from "./BatchStore.js"
 import { afterPendingIo } from "./eventLoop.js"
 
@@ -52,6 +53,21 @@ const emptyGroup = (): OutcomeGroup => ({ outcomes: [], receipts: [], chars: 0 }
  * answers of 600 KB held it for up to 0.4 s (docs/performance.md). One answer larger than this is written alone.
  */
 export const GROUP_CHARS = 1024 * 1024
+
+/**
+ * Waits between a group's writes while the database is unavailable (a restart, a failover, a connection cut): 0.2,
+ * 0.4, 0.8, 1.6 and 3.2 s, well within a lease. A write that failed at once failed the run, and its requests in
+ * flight, and those answered but not stored, were sent again (a 5 s cut re-sent 64 of 3,000). Storing again is
+ * safe: a line keeps the first outcome stored. Past these, the run fails and waits as before (`BatchRunner`).
+ */
+const BLIP_RETRIES = Schedule.intersect(Schedule.exponential(Duration.millis(200)), Schedule.recurs(5))
+
+/** `write`, tried again while its failure is the database's being unavailable (`BLIP_RETRIES`). */
+const outlivingBlips = <A>(write: Effect.Effect<A>): Effect.Effect<A> =>
+  Effect.sandbox(write).pipe(
+    Effect.retry({ schedule: BLIP_RETRIES, while: (cause) => storageFault(cause) === "unavailable" }),
+    Effect.unsandbox
+  )
 
 const charsOf = (outcome: RequestOutcome) => (outcome._tag === "Response" ? outcome.body.length : outcome.message.length)
 
@@ -101,7 +117,7 @@ export const makeOutcomeWriter = (
       const [writing, rest] = splitAtBound(group)
       group = rest
       if (rest.outcomes.length > 0) arrived.unsafeOpen()
-      return batches.recordOutcomes(batchId, writing.outcomes).pipe(
+      return outlivingBlips(batches.recordOutcomes(batchId, writing.outcomes)).pipe(
         Effect.zipRight(options.afterWrite(writing.outcomes)),
         Effect.exit,
         Effect.flatMap((exit) =>
