@@ -40,7 +40,8 @@ const NO_SCHEMA = "the schemas of the user's search_path do not exist: create th
 
 /**
  * A start that failed for a reason said in one line: another process under the node's id or running the batches of
- * the SQLite file (their messages say what to do), or a database that cannot be opened or reached.
+ * the SQLite file (their messages say what to do), or a database that cannot be opened, reached or written, or
+ * stops answering.
  */
 export const startFaultLine = (cause: Cause.Cause<unknown>) =>
   Effect.map(AppConfig, (config) => {
@@ -59,10 +60,12 @@ export const startFaultLine = (cause: Cause.Cause<unknown>) =>
       const said = (error as Error).message === driver ? driver : `${(error as Error).message}: ${driver}`
       return Option.some(cannotUse(/no schema has been selected to create in/.test(driver) ? `${said} (${NO_SCHEMA})` : said))
     })
-    // A full disk under a new database fails its first statement (a defect, or a migration): said as plainly.
-    return Option.isSome(failed) || storageFault(cause) !== "capacity"
-      ? failed
-      : Option.some(cannotUse(`its disk is full (${rootMessage(Cause.squash(cause))})`))
+    // A full disk under a new database fails its first statement (a defect, or a migration), and a database that
+    // stops answering fails whichever comes first (a stack dump of the bundle said it): said as plainly.
+    const fault = storageFault(cause)
+    if (Option.isSome(failed) || fault === undefined) return failed
+    const driver = rootMessage(Cause.squash(cause))
+    return Option.some(cannotUse(fault === "capacity" ? `its disk is full (${driver})` : `it does not answer (${driver})`))
   })
 
 /**

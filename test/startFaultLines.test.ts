@@ -27,6 +27,16 @@ it.effect("a migration that failed: the migration, what the database said, and w
     )
   }).pipe(Effect.provide(AppConfig.layerWith({ dataDir: "/srv" }))))
 
+it.effect("a database that stops answering during the start, wherever it is met: one line", () =>
+  Effect.gen(function*() {
+    const timedOut = Object.assign(new Error("canceling statement due to statement timeout"), { code: "57014" })
+    const line = yield* startFaultLine(Cause.die(new SqlError({ message: "Failed to execute statement", cause: timedOut })))
+    expect(Option.getOrThrow(line)).toBe(
+      "Cannot use the database (SQLite at /srv/batches.sqlite; see DATA_DIR): it does not answer (canceling statement due to statement timeout)"
+    )
+    expect(yield* startFaultLine(Cause.die(new Error("a bug")))).toEqual(Option.none())
+  }).pipe(Effect.provide(AppConfig.layerWith({ dataDir: "/srv" }))))
+
 it.effect("a duration refused says how one is written", () =>
   Effect.gen(function*() {
     const refused = yield* Effect.flip(Config.duration("INFERENCE_TIMEOUT").pipe(Effect.withConfigProvider(ConfigProvider.fromJson({ INFERENCE_TIMEOUT: "10s" }))))
