@@ -46,8 +46,8 @@ const batch = (status: Batch["status"], more: Partial<Batch> = {}): Batch => ({
 const json = (res: ServerResponse, status: number, body: unknown) =>
   res.writeHead(status, { "content-type": "application/json" }).end(JSON.stringify(body))
 
-const apiError = (res: ServerResponse, status: number, message: string) =>
-  json(res, status, { error: { message, type: "invalid_request_error", param: null, code: null } })
+const apiError = (res: ServerResponse, status: number, message: string, code: string | null = null) =>
+  json(res, status, { error: { message, type: "invalid_request_error", param: null, code } })
 
 /** `effect` with what it writes to stdout and stderr (`Console`) kept in `lines` instead. */
 const recorded = <A, E, R>(effect: Effect.Effect<A, E, R>, lines: Array<string>) =>
@@ -152,9 +152,14 @@ describe("the CLI's calls against a scripted server", () => {
       server.set((_req, res) => apiError(res, 415, "Request bodies must be JSON (Content-Type: application/json)."))
       const upload = yield* Effect.flip(makeBatchApi({ baseUrl: root, apiKey: undefined }).cancel("batch_abc"))
       expect(upload.message).toContain(`; the base URL is the API's, /v1 included (${root}/v1?)`)
-      server.set((_req, res) => apiError(res, 404, "No batch found with id 'batch_abc'."))
+      server.set((_req, res) => apiError(res, 404, "No batch found with id 'batch_abc'.", "not_found"))
       const missing = yield* Effect.flip(makeBatchApi({ baseUrl: server.url, apiKey: undefined }).retrieve("batch_abc"))
       expect(missing.message).not.toContain("/v1 included")
+      expect(missing.message).not.toContain("no Batches API")
+      // Another server's 404, without a code (an inference server's address given for this one): said so.
+      server.set((req, res) => json(res, 404, { error: { message: `Unknown route ${req.method} ${req.url}`, code: null } }))
+      const elsewhere = yield* Effect.flip(makeBatchApi({ baseUrl: server.url, apiKey: undefined }).list(1))
+      expect(elsewhere.message).toContain(`; ${server.url} has no Batches API: is it this server's address (--base-url, else OPENAI_BASE_URL)?`)
     }))
 
   it.scopedLive("a download cut half-way never leaves a partial file under its name, and is made again", () =>

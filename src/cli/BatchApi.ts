@@ -74,6 +74,12 @@ const transience = (error: unknown): string | undefined =>
 const wrongRoute = (error: APIError) =>
   (error.status === 404 && error.message.includes("Invalid URL")) || error.status === 415
 
+/**
+ * A 404 without an error code: not this server's (its 404s name one, `not_found`), most often an inference server's
+ * address given for this one (an `OPENAI_BASE_URL` set for vLLM or LiteLLM): "404 Unknown route GET /v1/batches".
+ */
+const otherServers = (error: APIError) => error.status === 404 && error.code == null && !wrongRoute(error)
+
 /** What a failed call tells the user: the server's own message, or why it could not be reached. */
 const explain = (what: string, connection: Connection) => (error: unknown): CliFailure => {
   // A user and password in the URL are nobody's to read in a terminal or a CI log.
@@ -86,7 +92,8 @@ const explain = (what: string, connection: Connection) => (error: unknown): CliF
     : error instanceof APIError
     ? `${what}: ${error.message}${error.code ? ` (${error.code})` : ""}` +
       (error.status === 401 && connection.apiKey === undefined ? "; give a key with --api-key or OPENAI_API_KEY" : "") +
-      (wrongRoute(error) && !/\/v1\/?$/.test(connection.baseUrl) ? `; the base URL is the API's, /v1 included (${shown.replace(/\/$/, "")}/v1?)` : "")
+      (wrongRoute(error) && !/\/v1\/?$/.test(connection.baseUrl) ? `; the base URL is the API's, /v1 included (${shown.replace(/\/$/, "")}/v1?)` : "") +
+      (otherServers(error) ? `; ${shown} has no Batches API: is it this server's address (--base-url, else OPENAI_BASE_URL)?` : "")
     : `${what}: ${error instanceof Error ? error.message : String(error)}`
   const transient = transience(error)
   const answered = error instanceof APIError && error.status !== undefined
