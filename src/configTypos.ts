@@ -6,12 +6,24 @@
  */
 import { ConfigProvider } from "effect"
 
-/** Read from `process.env` directly (proxies, in both cases as undici and curl read them; the CLI's colours). */
+/**
+ * Read from `process.env` directly (proxies, in both cases as undici and curl read them; the CLI's colours), and
+ * common variables of other tools one edit from a setting (Kubernetes' `NODE_IP`, the other proxies).
+ */
 const READ_DIRECTLY = ["HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "NO_COLOR"]
+const OTHERS = ["NODE_IP", "FTP_PROXY", "ftp_proxy", "ALL_PROXY", "all_proxy"]
+
+/**
+ * Not said even when close: secrets are named freely (an upstream's `api_key_env`, read as it is, may be
+ * `ADMIN_API_KEY` or `INFERENCE_API_KEY_2`), and Kubernetes' service variables (`METRIC_PORT=tcp://…`) are not
+ * settings.
+ */
+const freelyNamed = (name: string, value: string | undefined) =>
+  /KEY|SECRET|TOKEN|PASSWORD/i.test(name) || /^(tcp|udp|sctp):\/\//.test(value ?? "")
 
 /** `provider`, noting the name of every variable read through it in `read`. */
 export const recordingReads = (provider: ConfigProvider.ConfigProvider) => {
-  const read = new Set<string>(READ_DIRECTLY)
+  const read = new Set<string>([...READ_DIRECTLY, ...OTHERS])
   const flat = provider.flattened
   return {
     read,
@@ -40,19 +52,25 @@ const distance = (a: string, b: string): number => {
 }
 
 /**
- * Each name of `given` that is not in `known` but is one of them in another case, or (names of 6 characters or
- * more) two edits from one, with the one it likely meant.
+ * Each variable of `env` whose name is not in `known` but is one of them in another case, or (names of 6 characters
+ * or more) two edits from one, with the closest (the one it likely meant).
  */
 export const misspeltVariables = (
-  given: Iterable<string>,
+  env: Readonly<Record<string, string | undefined>>,
   known: ReadonlySet<string>
 ): Array<{ readonly given: string; readonly meant: string }> => {
   const found: Array<{ readonly given: string; readonly meant: string }> = []
-  for (const name of given) {
-    if (known.has(name) || !/^[A-Za-z][A-Za-z0-9_]{3,}$/.test(name)) continue
+  for (const [name, value] of Object.entries(env)) {
+    if (known.has(name) || !/^[A-Za-z][A-Za-z0-9_]{3,}$/.test(name) || freelyNamed(name, value)) continue
     const upper = name.toUpperCase()
-    const meant = [...known].find((k) => k === upper) ??
-      (upper.length >= 6 ? [...known].find((k) => k.length >= 6 && distance(upper, k) <= 2) : undefined)
+    let meant = known.has(upper) ? upper : undefined
+    if (meant === undefined && upper.length >= 6) {
+      let closest = 3
+      for (const k of known) {
+        const d = k.length >= 6 ? distance(upper, k) : closest
+        if (d < closest) [closest, meant] = [d, k]
+      }
+    }
     if (meant !== undefined) found.push({ given: name, meant })
   }
   return found

@@ -97,18 +97,13 @@ const sayHangupChangesNothing = Effect.gen(function*() {
     )))
 })
 
-/**
- * The application until it is interrupted, or until another process takes this node's id (`NodeIdTakenOver`: it
- * started under it while this node was cut off from PostgreSQL): said at once, then the node stops as at SIGTERM and
- * exits 1. Its work goes on in the other process; both under one id would send the same requests twice.
- */
 /** The configuration's reads, noted: once the app is up, a variable set that is none of them but close is said. */
 const configReads = recordingReads(ConfigProvider.fromEnv())
 
 /** A warning for each variable that looks like a misspelt setting (it is ignored: the setting keeps its default). */
 const warnMisspeltVariables = Effect.suspend(() =>
   Effect.forEach(
-    misspeltVariables(Object.keys(process.env), configReads.read),
+    misspeltVariables(process.env, configReads.read),
     ({ given, meant }) =>
       Effect.annotateLogs(
         Effect.logWarning(`The variable ${given} is no setting of this server and is ignored: ${meant}?`),
@@ -117,6 +112,11 @@ const warnMisspeltVariables = Effect.suspend(() =>
     { discard: true }
   ))
 
+/**
+ * The application until it is interrupted, or until another process takes this node's id (`NodeIdTakenOver`: it
+ * started under it while this node was cut off from PostgreSQL): said at once, then the node stops as at SIGTERM and
+ * exits 1. Its work goes on in the other process; both under one id would send the same requests twice.
+ */
 const launch = Effect.gen(function*() {
   const takenOver = yield* Deferred.make<never, NodeIdTakenOver>()
   const runSync: RunSync = Runtime.runSync(yield* Effect.runtime<never>())

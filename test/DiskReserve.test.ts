@@ -8,10 +8,11 @@ import { SqlError } from "@effect/sql/SqlError"
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Effect, Exit, Layer, Option } from "effect"
 import { execFileSync } from "node:child_process"
-import { closeSync, existsSync, mkdtempSync, openSync, rmSync, statSync, writeSync } from "node:fs"
+import { closeSync, existsSync, mkdtempSync, openSync, rmSync, statSync, utimesSync, writeFileSync, writeSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
-import { makeDiskReserve, RESERVE_NAME, usingReserve } from "../src/storage/DiskReserve.js"
+import { AppConfig } from "../src/Config.js"
+import { DiskReserveLive, makeDiskReserve, RESERVE_NAME, usingReserve } from "../src/storage/DiskReserve.js"
 import { chatLine, createBatch, sdk, upload, waitFor } from "./support/Batches.js"
 import { baseUrl, eventuallyEffect, testAppWithUpstream } from "./support/TestApp.js"
 
@@ -39,13 +40,32 @@ describe("the disk reserve", () => {
       free = 800
       yield* reserve.restore
       expect(statSync(path).size).toBe(400)
-      // Another size configured: made again at that size.
+      // Another size configured: made again at that size at start, not later (a node configured otherwise on the
+      // same DATA_DIR would remake it each time).
       free = 1000
       yield* makeDiskReserve(dir, 300, Effect.sync(() => free)).restore
+      expect(statSync(path).size).toBe(400)
+      yield* makeDiskReserve(dir, 300, Effect.sync(() => free)).atStart
       expect(statSync(path).size).toBe(300)
       free = 200 // a start with less free than the reserve: it goes, so the start can write
       yield* makeDiskReserve(dir, 300, Effect.sync(() => free)).atStart
       expect(existsSync(path)).toBe(false)
+      rmSync(dir, { recursive: true })
+    }))
+
+  it.effect("its live layer: a half-written one a killed run left goes at start; none, and an earlier one removed, when off", () =>
+    Effect.gen(function*() {
+      const dir = mkdtempSync(Path.join(tmpdir(), "reserve-"))
+      const stale = Path.join(dir, `${RESERVE_NAME}.123.456.tmp`)
+      writeFileSync(stale, "half")
+      utimesSync(stale, new Date(Date.now() - 120_000), new Date(Date.now() - 120_000))
+      const fresh = Path.join(dir, `${RESERVE_NAME}.124.457.tmp`) // another node's, being written
+      writeFileSync(fresh, "half")
+      yield* Effect.scoped(Layer.build(DiskReserveLive.pipe(Layer.provide(AppConfig.layerWith({ dataDir: dir, diskReserveBytes: 4096 })))))
+      expect(statSync(Path.join(dir, RESERVE_NAME)).size).toBe(4096)
+      expect([existsSync(stale), existsSync(fresh)]).toEqual([false, true])
+      yield* Effect.scoped(Layer.build(DiskReserveLive.pipe(Layer.provide(AppConfig.layerWith({ dataDir: dir, diskReserveBytes: 0 })))))
+      expect(existsSync(Path.join(dir, RESERVE_NAME))).toBe(false)
       rmSync(dir, { recursive: true })
     }))
 

@@ -9,7 +9,9 @@ import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import type * as HttpApp from "@effect/platform/HttpApp"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import { Cause, Effect, Exit, Layer, Logger, LogLevel } from "effect"
+import { Cause, Effect, Exit, Layer, Logger, LogLevel, Option } from "effect"
+import { defaults } from "../src/Config.js"
+import { listeningLine } from "../src/observability/Lifecycle.js"
 import { mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { connect } from "node:net"
 import { tmpdir } from "node:os"
@@ -125,8 +127,12 @@ describe("the logs of the server process", () => {
       default_webhook: false
     })])
     expect(event("server.listening")[0]!.message).toContain("; API keys required")
-    // Where to point an SDK and a browser.
+    // Where to point an SDK and a browser; on every interface, this machine's address.
     expect(event("server.listening")[0]!.message).toMatch(new RegExp(`: the SDKs' base URL is ${server.url}/v1, the dashboard ${server.url}/ui/$`))
+    for (const everywhere of ["http://0.0.0.0:8321", "http://:::8321"]) {
+      expect(listeningLine(everywhere, defaults, true, [], Option.none()).message)
+        .toMatch(/: the SDKs' base URL is http:\/\/localhost:8321\/v1, the dashboard http:\/\/localhost:8321\/ui\/$/)
+    }
     const order = lines.map((l) => l.event).filter((e) => e?.startsWith("server."))
     expect(order).toEqual(["server.listening", "server.shutdown_started", "server.shutdown_finished"])
   })

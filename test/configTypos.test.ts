@@ -19,12 +19,18 @@ describe("misspelt variables", () => {
         HOSTNAME: "node-1",
         NODE_ENV: "production",
         PATH: "/usr/bin",
-        npm_config_cache: "/root/.npm"
+        npm_config_cache: "/root/.npm",
+        // One or two edits from a setting, and none: another tool's, a secret an upstream reads, a Kubernetes service's.
+        NODE_IP: "10.0.0.7",
+        FTP_PROXY: "http://proxy:3128",
+        ADMIN_API_KEY: "sk-x",
+        INFERENCE_API_KEY_2: "sk-y",
+        METRIC_PORT: "tcp://10.0.0.9:9090"
       }
       const recording = recordingReads(ConfigProvider.fromJson(env))
       const config = yield* AppConfig.pipe(Effect.provide(AppConfig.layer), Effect.withConfigProvider(recording.provider))
       expect(config.maxConcurrentBatches).toBe(2)
-      expect(misspeltVariables(Object.keys(env), recording.read)).toEqual([
+      expect(misspeltVariables(env, recording.read)).toEqual([
         { given: "MAX_CONCURENT_BATCHES", meant: "MAX_CONCURRENT_BATCHES" },
         { given: "max_concurrent_requests_per_batch", meant: "MAX_CONCURRENT_REQUESTS_PER_BATCH" },
         { given: "UPSTREAM_FILE", meant: "UPSTREAMS_FILE" }

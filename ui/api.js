@@ -32,7 +32,7 @@
 const KEY_ITEM = "openai-batch.api-key"
 /**
  * Where the API is: the folder above this module's (`<root>/ui/api.js`), so the page works at the root and under a
- * prefix an app mounts the API at (`/openai/ui` calls `/openai/v1/…`).
+ * prefix an app mounts the API at (`/openai/ui/` calls `/openai/v1/…`).
  */
 const API_ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "")
 /** A call's time limit: a stuck connection fails the call (and the page shows it) instead of holding the page. */

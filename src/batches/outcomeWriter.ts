@@ -56,18 +56,38 @@ export const GROUP_CHARS = 1024 * 1024
 
 /**
  * Waits between a group's writes while the database is unavailable (a restart, a failover, a connection cut): 0.2,
- * 0.4, 0.8, 1.6 and 3.2 s, well within a lease. A write that failed at once failed the run, and its requests in
- * flight, and those answered but not stored, were sent again (a 5 s cut re-sent 64 of 3,000). Storing again is
- * safe: a line keeps the first outcome stored. Past these, the run fails and waits as before (`BatchRunner`).
+ * 0.4, 0.8, 1.6 and 3.2 s. A write that failed at once failed the run, and its requests in flight, and those
+ * answered but not stored, were sent again (a 5 s cut re-sent 64 of 3,000). Storing again is safe: a line keeps
+ * the first outcome stored. Only failures that come fast are tried again, within `BLIP_MS` in all: a write is not
+ * interrupted, and one that failed slowly (a statement timeout, a connection not made in 5 s, SQLite's busy wait,
+ * which holds the event loop) would hold a cancel, a shutdown or the node's other work for minutes. Past these, the
+ * run fails and waits as before (`BatchRunner`).
  */
 const BLIP_RETRIES = Schedule.intersect(Schedule.exponential(Duration.millis(200)), Schedule.recurs(5))
+const BLIP_MS = 7_000
+/** How long a failed attempt may have taken to be tried again. */
+const QUICK_FAILURE_MS = 1_000
 
-/** `write`, tried again while its failure is the database's being unavailable (`BLIP_RETRIES`). */
+/** `write`, tried again while it fails fast for the database's being unavailable (`BLIP_RETRIES`). */
 const outlivingBlips = <A>(write: Effect.Effect<A>): Effect.Effect<A> =>
-  Effect.sandbox(write).pipe(
-    Effect.retry({ schedule: BLIP_RETRIES, while: (cause) => storageFault(cause) === "unavailable" }),
-    Effect.unsandbox
-  )
+  Effect.suspend(() => {
+    const started = Date.now()
+    let attemptStarted = started
+    const attempt = Effect.suspend(() => {
+      attemptStarted = Date.now()
+      return Effect.sandbox(write)
+    })
+    return attempt.pipe(
+      Effect.retry({
+        schedule: BLIP_RETRIES,
+        while: (cause) => {
+          const now = Date.now()
+          return storageFault(cause) === "unavailable" && now - attemptStarted < QUICK_FAILURE_MS && now - started < BLIP_MS
+        }
+      }),
+      Effect.unsandbox
+    )
+  })
 
 const charsOf = (outcome: RequestOutcome) => (outcome._tag === "Response" ? outcome.body.length : outcome.message.length)
 

@@ -28,6 +28,9 @@ const upstreamText = (spec: Pick<UpstreamSpec, "name" | "baseUrl" | "models" | "
  * `None`), the proxies of upstream calls (without their credentials), the default webhook (whether set: its URL may
  * hold a token).
  */
+/** An address to give a client: on every interface (`0.0.0.0`, `::`, printed `http://:::8321`), this machine's. */
+const reachable = (address: string) => address.replace(/^http:\/\/(0\.0\.0\.0|::|\[::\]):(\d+)$/, "http://localhost:$2")
+
 export const listeningLine = (
   address: string,
   config: Pick<
@@ -67,8 +70,8 @@ export const listeningLine = (
   ].flat()
   return {
     // Where to point an SDK and a browser, said once: a newcomer opened the bare address and got a 404.
-    message: `Listening on ${address} (${[database, inference, ...notes].join("; ")}): the SDKs' base URL is ${address}/v1, ` +
-      `the dashboard ${address}/ui/`,
+    message: `Listening on ${address} (${[database, inference, ...notes].join("; ")}): the SDKs' base URL is ${reachable(address)}/v1, ` +
+      `the dashboard ${reachable(address)}/ui/`,
     fields: {
       event: "server.listening",
       address,

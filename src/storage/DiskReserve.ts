@@ -38,11 +38,15 @@ const none = DiskReserve.of({ release: () => Effect.succeed(false), restoreSoon:
 
 const mib = (bytes: number) => `${Math.round((bytes / 1024 / 1024) * 10) / 10} MiB`
 
-/** `bytes` of random bytes (a file system that compresses or skips zeros keeps no space for zeros) at `path`. */
-const writeRandom = async (path: string, bytes: number) => {
+/**
+ * `bytes` of random bytes (a file system that compresses or skips zeros keeps no space for zeros) at `path`; given
+ * up between pieces once `signal` aborts (the server stops).
+ */
+const writeRandom = async (path: string, bytes: number, signal: AbortSignal) => {
   const file = await open(path, "w")
   try {
     for (let written = 0; written < bytes; written += PIECE_BYTES) {
+      signal.throwIfAborted()
       await file.write(await promisify(randomBytes)(Math.min(PIECE_BYTES, bytes - written)))
     }
     await file.sync()
@@ -83,19 +87,22 @@ export const makeDiskReserve = (
       return freed
     })
 
-  /** Makes the reserve when it is missing (or of another size) and the disk has room for it twice over. */
-  const makeAgain = Effect.gen(function*() {
+  /**
+   * Makes the reserve when it is missing (or, at start, of another size: later, a node configured otherwise on the
+   * same `DATA_DIR` would remake it each time) and the disk has room for it twice over.
+   */
+  const makeAgain = (resize: boolean) => Effect.gen(function*() {
     const size = yield* sizeOnDisk
-    if (size === bytes) return
+    if (size === bytes || (size !== undefined && !resize)) return
     const room = yield* free
     if (room === undefined || room + (size ?? 0) < 2 * bytes) return
     if (size !== undefined) yield* remove
     // A name of its own (nodes on one DATA_DIR may both make it); one a killed run left goes at a later start.
     const temp = `${path}.${process.pid}.${Date.now()}.tmp`
-    const made = yield* Effect.tryPromise(async () => {
-      await writeRandom(temp, bytes)
+    const made = yield* Effect.tryPromise(async (signal) => {
+      await writeRandom(temp, bytes, signal)
       await rename(temp, path)
-    }).pipe(Effect.either)
+    }).pipe(Effect.either, Effect.onInterrupt(() => Effect.promise(() => rm(temp, { force: true }).catch(() => undefined))))
     if (made._tag === "Left") {
       yield* Effect.promise(() => rm(temp, { force: true }).catch(() => undefined))
       const line = `The disk reserve (${path}) could not be made: ${String(made.left.error)}`
@@ -108,7 +115,7 @@ export const makeDiskReserve = (
   })
   // One at a time: a look asked for while one runs is that one.
   const lock = Effect.unsafeMakeSemaphore(1)
-  const restore = Effect.asVoid(lock.withPermitsIfAvailable(1)(makeAgain))
+  const restore = Effect.asVoid(lock.withPermitsIfAvailable(1)(makeAgain(false)))
 
   /** Half-written reserves of runs killed while writing them (older than a minute: not another node's, being written). */
   const removeStaleTemps = Effect.promise(async () => {
@@ -125,7 +132,7 @@ export const makeDiskReserve = (
     yield* removeStaleTemps
     const room = yield* free
     if (room !== undefined && room < bytes && (yield* sizeOnDisk) !== undefined) yield* release("the start")
-    else yield* restore
+    else yield* makeAgain(true)
   })
   return { release, restore, atStart, remove }
 }
@@ -147,7 +154,8 @@ export const DiskReserveLive = Layer.scoped(
     yield* reserve.atStart
     yield* Effect.forkScoped(Effect.schedule(reserve.restore, Schedule.spaced(RESTORE_EVERY)))
     const scope = yield* Effect.scope
-    return DiskReserve.of({ release: reserve.release, restoreSoon: Effect.asVoid(Effect.forkIn(reserve.restore, scope)) })
+    // Interruptible even when asked for from an uninterruptible delete: a stop does not wait for its write.
+    return DiskReserve.of({ release: reserve.release, restoreSoon: Effect.asVoid(Effect.forkIn(Effect.interruptible(reserve.restore), scope)) })
   })
 )
 
