@@ -6,24 +6,24 @@
  */
 import { ConfigProvider } from "effect"
 
-/**
- * Read from `process.env` directly (proxies, in both cases as undici and curl read them; the CLI's colours), and
- * common variables of other tools one edit from a setting (Kubernetes' `NODE_IP`, the other proxies).
- */
+/** Read from `process.env` directly (proxies, in both cases as undici and curl read them; the CLI's colours). */
 const READ_DIRECTLY = ["HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "NO_COLOR"]
-const OTHERS = ["NODE_IP", "FTP_PROXY", "ftp_proxy", "ALL_PROXY", "all_proxy"]
+/** Common variables of other tools a couple of edits from a setting: never said, nor suggested. */
+const OTHERS = new Set(["NODE_IP", "POD_IP", "HOST_IP", "FTP_PROXY", "ftp_proxy", "ALL_PROXY", "all_proxy"])
+
+/** Kubernetes' service variables (`METRIC_PORT=tcp://…`) are no settings. */
+const isServiceAddress = (value: string | undefined) => /^(tcp|udp|sctp):\/\//.test(value ?? "")
 
 /**
- * Not said even when close: secrets are named freely (an upstream's `api_key_env`, read as it is, may be
- * `ADMIN_API_KEY` or `INFERENCE_API_KEY_2`), and Kubernetes' service variables (`METRIC_PORT=tcp://…`) are not
- * settings.
+ * How many edits a name may be from a setting: secrets are named freely (an upstream's `api_key_env`, read as it
+ * is, may be `ADMIN_API_KEY` or `INFERENCE_API_KEY_2`), so one at most for them (`API_KEY` for `API_KEYS` is said:
+ * the server would run without keys).
  */
-const freelyNamed = (name: string, value: string | undefined) =>
-  /KEY|SECRET|TOKEN|PASSWORD/i.test(name) || /^(tcp|udp|sctp):\/\//.test(value ?? "")
+const editsAllowed = (name: string) => (/KEY|SECRET|TOKEN|PASSWORD/i.test(name) ? 1 : 2)
 
 /** `provider`, noting the name of every variable read through it in `read`. */
 export const recordingReads = (provider: ConfigProvider.ConfigProvider) => {
-  const read = new Set<string>([...READ_DIRECTLY, ...OTHERS])
+  const read = new Set<string>(READ_DIRECTLY)
   const flat = provider.flattened
   return {
     read,
@@ -53,7 +53,7 @@ const distance = (a: string, b: string): number => {
 
 /**
  * Each variable of `env` whose name is not in `known` but is one of them in another case, or (names of 6 characters
- * or more) two edits from one, with the closest (the one it likely meant).
+ * or more) two edits from one (one for a secret's), with the closest (the one it likely meant).
  */
 export const misspeltVariables = (
   env: Readonly<Record<string, string | undefined>>,
@@ -61,11 +61,11 @@ export const misspeltVariables = (
 ): Array<{ readonly given: string; readonly meant: string }> => {
   const found: Array<{ readonly given: string; readonly meant: string }> = []
   for (const [name, value] of Object.entries(env)) {
-    if (known.has(name) || !/^[A-Za-z][A-Za-z0-9_]{3,}$/.test(name) || freelyNamed(name, value)) continue
+    if (known.has(name) || OTHERS.has(name) || !/^[A-Za-z][A-Za-z0-9_]{3,}$/.test(name) || isServiceAddress(value)) continue
     const upper = name.toUpperCase()
     let meant = known.has(upper) ? upper : undefined
     if (meant === undefined && upper.length >= 6) {
-      let closest = 3
+      let closest = editsAllowed(name) + 1
       for (const k of known) {
         const d = k.length >= 6 ? distance(upper, k) : closest
         if (d < closest) [closest, meant] = [d, k]

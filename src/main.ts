@@ -106,7 +106,8 @@ const warnMisspeltVariables = Effect.suspend(() =>
     misspeltVariables(process.env, configReads.read),
     ({ given, meant }) =>
       Effect.annotateLogs(
-        Effect.logWarning(`The variable ${given} is no setting of this server and is ignored: ${meant}?`),
+        // Not "ignored": a secret so named may be an upstream's `api_key_env`, read as it is.
+        Effect.logWarning(`The variable ${given} looks like a misspelt setting: ${meant}? (a misspelt setting is not read: it keeps its default)`),
         { event: "server.config_unknown", variable: given, setting: meant }
       ),
     { discard: true }

@@ -20,10 +20,13 @@ describe("misspelt variables", () => {
         NODE_ENV: "production",
         PATH: "/usr/bin",
         npm_config_cache: "/root/.npm",
-        // One or two edits from a setting, and none: another tool's, a secret an upstream reads, a Kubernetes service's.
+        // One or two edits from a setting, and none: other tools', a secret an upstream reads (two edits), a Kubernetes
+        // service's.
         NODE_IP: "10.0.0.7",
+        POD_IP: "10.0.0.8",
+        api_keys: "sk-a", // a setting in another case: said, secret or not
+        API_KEY: "sk-b", // one edit from API_KEYS: said (the server would run without keys)
         FTP_PROXY: "http://proxy:3128",
-        ADMIN_API_KEY: "sk-x",
         INFERENCE_API_KEY_2: "sk-y",
         METRIC_PORT: "tcp://10.0.0.9:9090"
       }
@@ -33,7 +36,9 @@ describe("misspelt variables", () => {
       expect(misspeltVariables(env, recording.read)).toEqual([
         { given: "MAX_CONCURENT_BATCHES", meant: "MAX_CONCURRENT_BATCHES" },
         { given: "max_concurrent_requests_per_batch", meant: "MAX_CONCURRENT_REQUESTS_PER_BATCH" },
-        { given: "UPSTREAM_FILE", meant: "UPSTREAMS_FILE" }
+        { given: "UPSTREAM_FILE", meant: "UPSTREAMS_FILE" },
+        { given: "api_keys", meant: "API_KEYS" },
+        { given: "API_KEY", meant: "API_KEYS" }
       ])
     }))
 })

@@ -14,6 +14,19 @@ describe("validateLine", () => {
     expect(isValidLine(result) && result.model).toBe("m")
   })
 
+  it("a line for another endpoint is told that, not also the batch endpoint's fields it lacks; its model is kept", () => {
+    const line = `{"custom_id":"e1","method":"POST","url":"/v1/embeddings","body":{"model":"m","input":"x"}}`
+    expect(validateLine(line, "/v1/chat/completions")).toEqual({
+      problems: [{
+        code: "invalid_url",
+        param: "url",
+        message: "The URL provided for this request does not match the batch endpoint ('/v1/embeddings' here, '/v1/chat/completions' for the batch)."
+      }],
+      customId: "e1",
+      model: "m"
+    })
+  })
+
   it("refuses a key repeated in the line or its body (JSON.parse keeps the last, other parsers the first), escaped or not; deeper ones are the upstream's", () => {
     const line = (top: string, body: string) => `{"custom_id":"c1",${top}"method":"POST","url":"/v1/chat/completions","body":{${body}}}`
     const refusal = (param: string) => ({

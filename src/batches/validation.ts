@@ -352,7 +352,9 @@ export const validateLine = (text: string, endpoint: BatchEndpoint): InvalidLine
         message: `Invalid type for 'body.stream': expected a boolean, but got ${typeName(body.stream)} instead.`
       })
     }
-    const required = standard ? requiredBodyFields[endpoint] : extraEndpointFields
+    // A line for another endpoint (`invalid_url`) is not also told the batch endpoint's fields it lacks.
+    const forOtherEndpoint = typeof url === "string" && url !== endpoint
+    const required = forOtherEndpoint ? [] : standard ? requiredBodyFields[endpoint] : extraEndpointFields
     for (const [field, kind] of required) {
       const value = body[field]
       if (value === undefined || value === null) {
