@@ -71,7 +71,8 @@ export const makeDiskReserve = (
 
   const release = (what: string) =>
     Effect.gen(function*() {
-      // A full error with room on the disk (a quota, SQLite's own page limit) is not one the reserve can help.
+      // A full error with room on the disk (SQLite's own page limit) is not one the reserve can help. A user's quota
+      // is not told apart either (statfs shows the disk's room): the reserve stays then.
       const room = yield* free
       if (room !== undefined && room >= bytes) return false
       const freed = yield* remove
@@ -99,12 +100,12 @@ export const makeDiskReserve = (
     if (size !== undefined) yield* remove
     // A name of its own (nodes on one DATA_DIR may both make it); one a killed run left goes at a later start.
     const temp = `${path}.${process.pid}.${Date.now()}.tmp`
+    // The temp file goes in every case: renamed already, written in part, or cut by the server's stop.
     const made = yield* Effect.tryPromise(async (signal) => {
       await writeRandom(temp, bytes, signal)
       await rename(temp, path)
-    }).pipe(Effect.either, Effect.onInterrupt(() => Effect.promise(() => rm(temp, { force: true }).catch(() => undefined))))
+    }).pipe(Effect.either, Effect.ensuring(Effect.promise(() => rm(temp, { force: true }).catch(() => undefined))))
     if (made._tag === "Left") {
-      yield* Effect.promise(() => rm(temp, { force: true }).catch(() => undefined))
       const line = `The disk reserve (${path}) could not be made: ${String(made.left.error)}`
       yield* failedBefore ? Effect.logDebug(line) : Effect.logWarning(line)
       failedBefore = true

@@ -122,10 +122,7 @@ const missing = (message: string) => HttpServerResponse.setHeaders(envelope(notF
  * `/ui` sends the browser to the page at `/ui/`, where its relative paths (`app.js`) resolve: relative, so under
  * an app's prefix too (`/openai/ui` to `/openai/ui/`), and no loop behind a proxy that sends `/ui` to `/ui/` itself.
  */
-const toPage = (request: HttpServerRequest.HttpServerRequest) =>
-  request.method === "GET" || request.method === "HEAD"
-    ? HttpServerResponse.empty({ status: 302, headers: { ...DASHBOARD_HEADERS, location: "ui/" } })
-    : missing(`Invalid URL (${request.method} ${echo(request.url)})`)
+const toPage = () => HttpServerResponse.empty({ status: 302, headers: { ...DASHBOARD_HEADERS, location: "ui/" } })
 
 /** A package without its `ui/` folder (a bundler that left it out): said, and logged at each request for it. */
 const unreadable = () =>
@@ -159,11 +156,13 @@ export const dashboardRoute = HttpApiBuilder.Router.use((router) =>
         })
       })
     const [page, assetPattern, deeper] = DASHBOARD_ROUTES
-    // The router takes `/ui/` for `/ui`: told apart by the path.
+    // The router takes `/ui/` for `/ui`: told apart by the path. Another method's 404 is the page's own.
     yield* router.all(
       page,
       Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
-        request.url.split("?")[0]!.endsWith("/") ? serve("index.html") : toPage(request))
+        (request.method === "GET" || request.method === "HEAD") && !request.url.split("?")[0]!.endsWith("/")
+          ? toPage()
+          : serve("index.html"))
     )
     yield* router.all(assetPattern, Effect.flatMap(HttpRouter.params, ({ asset = "" }) => serve(asset === "" ? "index.html" : asset)))
     yield* router.all(deeper, serve(undefined))

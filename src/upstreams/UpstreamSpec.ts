@@ -8,6 +8,7 @@ import { ConfigError, Duration, Effect, Either, Option, ParseResult, Redacted, S
 import { readFile, stat } from "node:fs/promises"
 import { parse as parseYaml } from "yaml"
 import type { AppConfigShape } from "../Config.js"
+import { StandardEndpoint } from "../domain/Batches.js"
 import { PROJECT_NAME } from "../domain/Projects.js"
 import { hasNonHeaderCharacter } from "../http/headerValue.js"
 
@@ -34,9 +35,10 @@ const hasQueryOrFragment = (text: string) => URL.canParse(text) && (new URL(text
  */
 const endpointPathOf = (text: string): string | undefined => {
   const path = URL.canParse(text) ? new URL(text).pathname.replace(/\/+$/, "") : ""
-  return ["/chat/completions", "/completions", "/embeddings", "/responses", "/moderations", "/images/generations", "/models"]
-    .find((endpoint) => path.endsWith(endpoint))
+  return ENDPOINT_PATHS.find((endpoint) => path.endsWith(endpoint))
 }
+/** What each request adds to the base: a standard endpoint's path after `/v1`, and the models list's. */
+const ENDPOINT_PATHS = [...StandardEndpoint.literals.map((endpoint) => endpoint.slice("/v1".length)), "/models"]
 
 /** A base URL as an upstream's must be (the `INFERENCE_BASE_URL` shortcut's too): http(s), nothing but a path after the host. */
 export const isPlainBaseUrl = (text: string): boolean =>
