@@ -6,6 +6,7 @@ import { Config, ConfigError, Context, Duration, Effect, Either, Layer, Option, 
 import { hostname } from "node:os"
 import { commaList, exposedWithoutKeys, keysConfigured, validateConfig } from "./configRules.js"
 import type { AppConfigShape } from "./configShape.js"
+import { isServiceAddress } from "./configTypos.js"
 import { OPENAI_MAX_REQUESTS_PER_BATCH } from "./domain/Batches.js"
 import { defaultMaxConnections } from "./http/connectionCap.js"
 import { upstreamSpecs } from "./upstreams/UpstreamSpec.js"
@@ -98,11 +99,25 @@ export const nodeIdOfEnvironment = (env: Record<string, string | undefined> = pr
 const redactedList = (text: Option.Option<Redacted.Redacted>): ReadonlyArray<Redacted.Redacted> =>
   Option.match(text, { onNone: () => [], onSome: (t) => commaList(Redacted.value(t)).map((entry) => Redacted.make(entry)) })
 
+/**
+ * A port, or none when the variable is Kubernetes' service link of a Service so named (`METRICS_PORT=tcp://10.0.0.7:9090`
+ * for a Service `metrics` in the pod's namespace): that is no setting of ours, and stopped the start (`main.ts` says it
+ * is passed over).
+ */
+const portUnlessServiceLink = (name: string): Config.Config<Option.Option<number>> =>
+  Config.option(Config.string(name).pipe(Config.mapOrFail((text) =>
+    isServiceAddress(text)
+      ? Either.right(Option.none())
+      : /^\s*\d+\s*$/.test(text)
+      ? Either.right(Option.some(Number(text)))
+      : Either.left(ConfigError.InvalidData([], `Expected a port number but received ${JSON.stringify(text)}`))
+  ))).pipe(Config.map(Option.flatten))
+
 /** The `Config` description of `AppConfigShape`, read from the environment (or any ConfigProvider). */
 export const appConfig: Config.Config<AppConfigShape> = Config.all({
   port: Config.integer("PORT").pipe(Config.withDefault(defaults.port)),
   host: Config.string("HOST").pipe(Config.withDefault(defaults.host)),
-  metricsPort: Config.option(Config.integer("METRICS_PORT")),
+  metricsPort: portUnlessServiceLink("METRICS_PORT"),
   dataDir: Config.string("DATA_DIR").pipe(Config.withDefault(defaults.dataDir)),
   maxUploadBytes: Config.integer("MAX_UPLOAD_BYTES").pipe(Config.withDefault(defaults.maxUploadBytes)),
   maxJsonBodyBytes: Config.integer("MAX_JSON_BODY_BYTES").pipe(Config.withDefault(defaults.maxJsonBodyBytes)),

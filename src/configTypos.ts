@@ -12,7 +12,11 @@ const READ_DIRECTLY = ["HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "h
 const OTHERS = new Set(["NODE_IP", "POD_IP", "HOST_IP", "FTP_PROXY", "ftp_proxy", "ALL_PROXY", "all_proxy"])
 
 /** Kubernetes' service variables (`METRIC_PORT=tcp://…`) are no settings. */
-const isServiceAddress = (value: string | undefined) => /^(tcp|udp|sctp):\/\//.test(value ?? "")
+export const isServiceAddress = (value: string | undefined) => /^(tcp|udp|sctp):\/\//.test(value ?? "")
+
+/** The settings a Kubernetes service link took the name of (`METRICS_PORT=tcp://…`, passed over as unset). */
+export const serviceLinkedSettings = (env: Readonly<Record<string, string | undefined>>): Array<string> =>
+  ["METRICS_PORT"].filter((name) => isServiceAddress(env[name]))
 
 /**
  * How many edits a name may be from a setting: secrets are named freely (an upstream's `api_key_env`, read as it

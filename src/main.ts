@@ -11,7 +11,7 @@ import { AppLive } from "./Layers.js"
 import { LoggingLive, loggerLayer } from "./observability/Logging.js"
 import { NodeIdTakenOver, OnNodeIdTakenOver } from "./storage/NodeIdLock.js"
 import { configFaultLine, listenFaultLine, startFaultLine } from "./startFaultLines.js"
-import { misspeltVariables, recordingReads } from "./configTypos.js"
+import { misspeltVariables, recordingReads, serviceLinkedSettings } from "./configTypos.js"
 
 /** A fault that ends the server (a port in use, a database unreachable at start), logged in the configured format. */
 const logFault = (cause: Cause.Cause<unknown>) =>
@@ -113,6 +113,20 @@ const warnMisspeltVariables = Effect.suspend(() =>
     { discard: true }
   ))
 
+/** A warning for each setting whose variable Kubernetes took for a service link (passed over as unset). */
+const warnServiceLinks = Effect.suspend(() =>
+  Effect.forEach(
+    serviceLinkedSettings(process.env),
+    (name) =>
+      Effect.annotateLogs(
+        Effect.logWarning(
+          `${name}=${process.env[name]} is Kubernetes' link to a Service named ${name.slice(0, -"_PORT".length).toLowerCase()}, not a port: passed over, as unset (set the pod's enableServiceLinks: false to be rid of it, or ${name} to a port number)`
+        ),
+        { event: "server.config_service_link", variable: name }
+      ),
+    { discard: true }
+  ))
+
 /**
  * The application until it is interrupted, or until another process takes this node's id (`NodeIdTakenOver`: it
  * started under it while this node was cut off from PostgreSQL): said at once, then the node stops as at SIGTERM and
@@ -129,7 +143,7 @@ const launch = Effect.gen(function*() {
     )
   // `Layer.launch` with its wait for ever made a wait for the takeover, in the same fiber: the layers are released
   // before the program ends either way (a race's loser was released after it, the last lines out of order).
-  return yield* Effect.scoped(Effect.zipRight(Layer.build(AppLive), Effect.zipRight(warnMisspeltVariables, Deferred.await(takenOver)))).pipe(
+  return yield* Effect.scoped(Effect.zipRight(Layer.build(AppLive), Effect.zipRight(Effect.zip(warnMisspeltVariables, warnServiceLinks), Deferred.await(takenOver)))).pipe(
     Effect.provideService(OnNodeIdTakenOver, (error) => Effect.asVoid(stop(error)))
   )
 })

@@ -102,6 +102,15 @@ describe("configuration", () => {
       }
     }))
 
+  it.effect("METRICS_PORT holding Kubernetes' link to a Service named metrics is unset; another value not a port is refused", () =>
+    Effect.gen(function*() {
+      const read = (value: string) => Effect.map(fromEnv({ METRICS_PORT: value }), Exit.map((c) => c.metricsPort))
+      expect(yield* read("tcp://10.0.0.9:9090")).toEqual(Exit.succeed(Option.none()))
+      expect(yield* read("9464")).toEqual(Exit.succeed(Option.some(9464)))
+      expect(failure(yield* read("9464x"))).toContain("METRICS_PORT")
+      expect(failure(yield* read("http://10.0.0.9:9090"))).toContain("Expected a port number")
+    }))
+
   it.effect("the per-project limits are off unless set", () =>
     Effect.gen(function*() {
       const none = yield* Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map()))

@@ -170,8 +170,17 @@ describe.concurrent("server process", () => {
         // In a process group of its own, so that whatever it leaves running is killed at the end (`finally`).
         const shell = spawn("sh", ["-c", command], {
           cwd: compiledCopy() ?? root,
-          // A setting misspelt among npm's and the test run's own variables: said.
-          env: { ...process.env, HOST: "127.0.0.1", PORT: String(port), DATA_DIR: dataDir, LOG_FORMAT: "json", MAX_CONCURENT_BATCHES: "2" },
+          // A setting misspelt among npm's and the test run's own variables: said. Kubernetes' link to a Service
+          // named `metrics`: passed over (the metrics stay on the main port), and said.
+          env: {
+            ...process.env,
+            HOST: "127.0.0.1",
+            PORT: String(port),
+            DATA_DIR: dataDir,
+            LOG_FORMAT: "json",
+            MAX_CONCURENT_BATCHES: "2",
+            METRICS_PORT: "tcp://10.0.0.9:9090"
+          },
           stdio: ["ignore", "pipe", "inherit"],
           detached: true
         })
@@ -183,8 +192,10 @@ describe.concurrent("server process", () => {
         await waitFor(() => stdout.includes('"event":"server.config_unknown"'), "the misspelt variable's warning", 5_000)
         const unknown = stdout.split("\n").filter((l) => l.includes('"event":"server.config_unknown"')).map((l) => JSON.parse(l))
         expect(unknown.map((l) => [l.variable, l.setting])).toContainEqual(["MAX_CONCURENT_BATCHES", "MAX_CONCURRENT_BATCHES"])
-        // The files the built server reads beside its code: the dashboard's (`ui/`) and the docs page's script.
-        for (const path of ["/ui", "/ui/app.js", "/docs"]) {
+        expect(stdout).toMatch(/"event":"server\.config_service_link"[^\n]*"variable":"METRICS_PORT"/)
+        // The files the built server reads beside its code: the dashboard's (`ui/`) and the docs page's script; and
+        // the metrics, on the main port.
+        for (const path of ["/ui", "/ui/app.js", "/docs", "/metrics"]) {
           expect([path, (await fetch(`http://127.0.0.1:${port}${path}`)).status]).toEqual([path, 200])
         }
         shell.kill("SIGTERM")
