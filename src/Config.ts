@@ -3,7 +3,9 @@
  * message naming the variable (Effect's `ConfigError` does that; `main.ts` prints it).
  */
 import { Config, ConfigError, Context, Duration, Effect, Either, Layer, Option, Redacted } from "effect"
-import { hostname } from "node:os"
+import { mkdtempSync, rmSync } from "node:fs"
+import { hostname, tmpdir } from "node:os"
+import * as Path from "node:path"
 import { commaList, exposedWithoutKeys, keysConfigured, validateConfig } from "./configRules.js"
 import type { AppConfigShape } from "./configShape.js"
 import { isServiceAddress } from "./configTypos.js"
@@ -250,15 +252,34 @@ export class AppConfig extends Context.Tag("AppConfig")<AppConfig, AppConfigShap
    * file's are at start (a bad `base_url` said now, not once the services start).
    */
   static readonly layerWith = (overrides: Partial<AppConfigShape> = {}): Layer.Layer<AppConfig, ConfigError.ConfigError> =>
-    Layer.effect(
+    Layer.effect(AppConfig, configWith(overrides))
+  /**
+   * `layerWith` for a test: the data directory one of its own, made in the OS's temporary directory and removed with
+   * all it holds when the layer is released (the services built on it are released first), and no disk reserve in
+   * it unless given (nothing there outlives the test; a reserve is 16 MiB a test app left behind).
+   */
+  static readonly layerTest = (
+    overrides: Partial<Omit<AppConfigShape, "dataDir">> = {}
+  ): Layer.Layer<AppConfig, ConfigError.ConfigError> =>
+    Layer.scoped(
       AppConfig,
       Effect.flatMap(
-        validateConfig({ ...defaults, nodeId: defaultNodeId(overrides.port ?? defaults.port), ...overrides }),
-        // Replayed answers use no upstream: none is built, nor checked.
-        (config) =>
-          Option.isSome(config.upstreams) && config.inferenceMode !== "replay"
-            ? Effect.as(upstreamSpecs(config), config)
-            : Effect.succeed(config)
+        Effect.acquireRelease(
+          Effect.sync(() => mkdtempSync(Path.join(tmpdir(), "openai-batch-test-"))),
+          (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
+        ),
+        (dataDir) => configWith({ diskReserveBytes: 0, ...overrides, dataDir })
       )
     )
 }
+
+/** The defaults with `overrides` on top, as `AppConfig.layerWith` describes. */
+const configWith = (overrides: Partial<AppConfigShape>): Effect.Effect<AppConfigShape, ConfigError.ConfigError> =>
+  Effect.flatMap(
+    validateConfig({ ...defaults, nodeId: defaultNodeId(overrides.port ?? defaults.port), ...overrides }),
+    // Replayed answers use no upstream: none is built, nor checked.
+    (config) =>
+      Option.isSome(config.upstreams) && config.inferenceMode !== "replay"
+        ? Effect.as(upstreamSpecs(config), config)
+        : Effect.succeed(config)
+  )

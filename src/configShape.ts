@@ -99,9 +99,15 @@ export interface AppConfigShape {
    * 1 MB while its client reads; one more gets a 503 with `Retry-After`.
    */
   readonly maxDownloadsAtOnce: number
-  /** Log lines as JSON objects, one a line, or Effect's pretty format (`LOG_FORMAT`; default: pretty on a terminal). */
+  /**
+   * Log lines as JSON objects, one a line, or Effect's pretty format (`LOG_FORMAT`; default: pretty on a terminal).
+   * Read by `LoggingLive` only (as the server runs it): an embedding app's own logger is left as it is.
+   */
   readonly logFormat: "json" | "pretty"
-  /** The least severe lines written (`LOG_LEVEL`); request lines of health and readiness probes are `debug`. */
+  /**
+   * The least severe lines written (`LOG_LEVEL`); request lines of health and readiness probes are `debug`. Read by
+   * `LoggingLive` only, as `logFormat`.
+   */
   readonly logLevel: "trace" | "debug" | "info" | "warning" | "error"
   /** Base URL of the OpenAI-compatible upstream, including its `/v1` (`INFERENCE_BASE_URL`). */
   readonly inferenceBaseUrl: string

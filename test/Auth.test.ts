@@ -428,7 +428,7 @@ describe("key configuration", () => {
           Layer.provide(makeServices(auth === undefined ? {} : { auth })),
           Layer.provide(makeNodeServer({ host, port: 0, shutdownTimeout: "1 second" })),
           // HOST left at its default, 127.0.0.1: a `Host: localhost` sent from afar would pass the Host check.
-          Layer.provide(AppConfig.layerWith({ dataDir: mkdtempSync(Path.join(tmpdir(), "auth-bound-")) }))
+          Layer.provide(AppConfig.layerTest())
         )))
       const everywhere = failure(yield* serve("0.0.0.0"))
       expect(everywhere).toContain("Invalid data at HOST")

@@ -1,6 +1,7 @@
 /** The configuration: the same rules whether it comes from the environment or from code (`AppConfig.layerWith`). */
 import { describe, expect, it } from "@effect/vitest"
-import { ConfigProvider, Duration, Effect, Exit, Layer, Option, Redacted } from "effect"
+import { ConfigProvider, Duration, Effect, Exit, Layer, Option, Redacted, Scope } from "effect"
+import { existsSync } from "node:fs"
 import { hostname } from "node:os"
 import { AppConfig, appConfig, defaults } from "../src/Config.js"
 import { maxConnectionsFor } from "../src/http/connectionCap.js"
@@ -109,6 +110,18 @@ describe("configuration", () => {
       expect(yield* read("9464")).toEqual(Exit.succeed(Option.some(9464)))
       expect(failure(yield* read("9464x"))).toContain("METRICS_PORT")
       expect(failure(yield* read("http://10.0.0.9:9090"))).toContain("Expected a port number")
+    }))
+
+  it.effect("layerTest's data directory is its own, without a disk reserve, and gone once the layer is released", () =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const first = yield* Effect.provide(AppConfig, Layer.extendScope(AppConfig.layerTest({ maxConcurrentBatches: 3 }))).pipe(Scope.extend(scope))
+      const second = yield* Effect.provide(AppConfig, AppConfig.layerTest())
+      expect([first.maxConcurrentBatches, first.diskReserveBytes, existsSync(first.dataDir)]).toEqual([3, 0, true])
+      expect(second.dataDir).not.toBe(first.dataDir)
+      expect(existsSync(second.dataDir)).toBe(false)
+      yield* Scope.close(scope, Exit.void)
+      expect(existsSync(first.dataDir)).toBe(false)
     }))
 
   it.effect("the per-project limits are off unless set", () =>

@@ -6,9 +6,7 @@
 import { HttpRouter, HttpServer } from "@effect/platform"
 import { describe, expect, layer } from "@effect/vitest"
 import { Effect, Layer, Logger, LogLevel, Redacted } from "effect"
-import { mkdtempSync, readFileSync } from "node:fs"
-import { tmpdir } from "node:os"
-import * as Path from "node:path"
+import { readFileSync } from "node:fs"
 import { ApiApp, ApiAppLive, AppConfig, InferenceScripted, makeNodeServer, makeServices, scriptedAnswer } from "../src/index.js"
 import { chatLine } from "./support/Batches.js"
 import { BrowserPage, violations } from "./support/Chromium.js"
@@ -27,7 +25,7 @@ const mounted = Layer.unwrapEffect(Effect.map(ApiApp, (api) => HttpServer.serve(
     Layer.provide(ApiAppLive),
     Layer.provide(makeServices({ inference: answers })),
     Layer.provideMerge(makeNodeServer({ host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" })),
-    Layer.provide(AppConfig.layerWith({ dataDir: mkdtempSync(Path.join(tmpdir(), "mounted-ui-")), apiKeys: [Redacted.make(KEY)] })),
+    Layer.provide(AppConfig.layerTest({ apiKeys: [Redacted.make(KEY)] })),
     Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
   )
 

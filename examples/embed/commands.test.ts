@@ -15,9 +15,6 @@ import {
   makeServices,
   scriptedAnswer
 } from "effect-openai-batch"
-import { mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
-import * as Path from "node:path"
 
 /** Echoes each prompt; a prompt "slow" is answered after 30 s (long enough to be cancelled first). */
 const fakeUpstream = InferenceScripted(({ body }) => {
@@ -31,7 +28,7 @@ const fakeUpstream = InferenceScripted(({ body }) => {
 }, ["fake-model"])
 
 const services = makeServices({ inference: fakeUpstream }).pipe(
-  Layer.provideMerge(AppConfig.layerWith({ dataDir: mkdtempSync(Path.join(tmpdir(), "embed-commands-")) })),
+  Layer.provideMerge(AppConfig.layerTest()),
   Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
 )
 

@@ -6,9 +6,6 @@ import { HttpServer } from "@effect/platform"
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Effect, Layer, Logger, LogLevel, Option, Redacted } from "effect"
 import { AppConfig, HttpLive, InferenceScripted, makeNodeServer, makeServices, scriptedAnswer } from "effect-openai-batch"
-import { mkdtempSync } from "node:fs"
-import { tmpdir } from "node:os"
-import * as Path from "node:path"
 import OpenAI from "openai"
 
 /** Answers every chat request with the reversed prompt; the model list makes other models fail validation. */
@@ -26,7 +23,7 @@ const fakeUpstream = InferenceScripted(({ body }) => {
 const app = HttpLive.pipe(
   Layer.provide(makeServices({ inference: fakeUpstream })),
   Layer.provideMerge(makeNodeServer({ host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" })),
-  Layer.provide(AppConfig.layerWith({ dataDir: mkdtempSync(Path.join(tmpdir(), "embed-")) })),
+  Layer.provide(AppConfig.layerTest()),
   Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
 )
 

@@ -6,10 +6,7 @@ import { HttpRouter, HttpServer, HttpServerResponse } from "@effect/platform"
 import { expect, it, layer } from "@effect/vitest"
 import { Effect, Layer, Logger, LogLevel } from "effect"
 import { ApiApp, ApiAppLive, AppConfig, InferenceScripted, makeNodeServer, makeServices, scriptedAnswer } from "effect-openai-batch"
-import { mkdtempSync } from "node:fs"
 import { request } from "node:http"
-import { tmpdir } from "node:os"
-import * as Path from "node:path"
 import OpenAI from "openai"
 
 const fakeUpstream = InferenceScripted(() =>
@@ -30,7 +27,7 @@ const app = served.pipe(
   Layer.provide(ApiAppLive),
   Layer.provide(makeServices({ inference: fakeUpstream })),
   Layer.provideMerge(makeNodeServer({ host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" })),
-  Layer.provide(AppConfig.layerWith({ dataDir: mkdtempSync(Path.join(tmpdir(), "mounted-")), maxJsonBodyBytes: 1024 })),
+  Layer.provide(AppConfig.layerTest({ maxJsonBodyBytes: 1024 })),
   Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
 )
 
@@ -93,7 +90,7 @@ it.live("does not start on a server listening beyond loopback without keys, as H
       Layer.provide(ApiAppLive),
       Layer.provide(makeServices({ inference: fakeUpstream })),
       Layer.provideMerge(makeNodeServer({ host: "0.0.0.0", port: 0, shutdownTimeout: "1 second" })),
-      Layer.provide(AppConfig.layerWith({ dataDir: mkdtempSync(Path.join(tmpdir(), "mounted-")) })),
+      Layer.provide(AppConfig.layerTest()),
       Layer.provide(Logger.minimumLogLevel(LogLevel.None))
     )
     const refused = yield* Effect.scoped(Layer.build(exposed)).pipe(

@@ -17,10 +17,7 @@ import {
   ServerLifecycleLive,
   ServicesLive
 } from "effect-openai-batch"
-import { mkdtempSync } from "node:fs"
 import { createServer } from "node:http"
-import { tmpdir } from "node:os"
-import * as Path from "node:path"
 
 const hello = HttpApiBuilder.Router.use((router) => router.get("/hello", HttpServerResponse.text("hello")))
 
@@ -40,7 +37,7 @@ it.live("the API and a route of the app's own on the app's Node server, behind t
       Layer.provide(ServicesLive),
       Layer.provide(requestWhileStarting),
       Layer.provideMerge(makeNodeServer({ server, host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" })),
-      Layer.provide(AppConfig.layerWith({ dataDir: mkdtempSync(Path.join(tmpdir(), "own-server-")), apiKeys: [Redacted.make("sk-app")] })),
+      Layer.provide(AppConfig.layerTest({ apiKeys: [Redacted.make("sk-app")] })),
       Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
     ))
     const url = HttpServer.formatAddress((yield* Effect.provide(HttpServer.HttpServer, context)).address)
@@ -66,7 +63,7 @@ it.live("the app's PublicPaths are served without a key, exactly those; a path o
         Layer.provide(Layer.succeed(PublicPaths, new Set(publicPaths))),
         Layer.provide(ServicesLive),
         Layer.provideMerge(makeNodeServer({ host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" })),
-        Layer.provide(AppConfig.layerWith({ dataDir: mkdtempSync(Path.join(tmpdir(), "public-paths-")), apiKeys: [Redacted.make("sk-app")] })),
+        Layer.provide(AppConfig.layerTest({ apiKeys: [Redacted.make("sk-app")] })),
         Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
       )
     const context = yield* Layer.build(app(["/healthz"]))
@@ -109,7 +106,7 @@ it.live("an HttpApi of the app's own, mounted on HttpLive's router: behind the k
     const served = <E, R>(api: Layer.Layer<never, E, R>) =>
       Layer.build(api.pipe(
         Layer.provideMerge(makeNodeServer({ host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" })),
-        Layer.provide(AppConfig.layerWith({ dataDir: mkdtempSync(Path.join(tmpdir(), "own-api-")), apiKeys: [Redacted.make("sk-app:team")] })),
+        Layer.provide(AppConfig.layerTest({ apiKeys: [Redacted.make("sk-app:team")] })),
         Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
       ))
     const context = yield* served(HttpLive.pipe(Layer.provide(mounted), Layer.provide(ServicesLive)))
@@ -135,7 +132,7 @@ it.live("ServerLifecycleLive on top: at shutdown /v1/ready turns 503 while the s
         Layer.provide(HttpLive),
         Layer.provide(ServicesLive),
         Layer.provideMerge(makeNodeServer({ host: "127.0.0.1", port: 0, shutdownTimeout: "5 seconds" })),
-        Layer.provide(AppConfig.layerWith({ dataDir: mkdtempSync(Path.join(tmpdir(), "lifecycle-")), shutdownDelay: Duration.seconds(1) })),
+        Layer.provide(AppConfig.layerTest({ shutdownDelay: Duration.seconds(1) })),
         Layer.provide(Logger.replace(Logger.defaultLogger, Logger.make(({ message }) => lines.push(String(message)))))
       ),
       scope

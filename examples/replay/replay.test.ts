@@ -30,13 +30,12 @@ import OpenAI from "openai"
 
 const recordings = fileURLToPath(new URL("./recordings", import.meta.url))
 const recording = process.env.RECORD === "1"
-const dataDir = mkdtempSync(Path.join(tmpdir(), "replay-example-"))
 
 /** Replay by default; when recording, the upstream of the environment (`INFERENCE_BASE_URL`…), recorded. */
 const inference = recording ? InferenceRecord(recordings).pipe(Layer.provide(InferenceLive)) : InferenceReplay(recordings)
 const config = recording
-  ? Layer.effect(AppConfig, Effect.map(appConfig, (fromEnv) => ({ ...fromEnv, dataDir })))
-  : AppConfig.layerWith({ dataDir })
+  ? Layer.effect(AppConfig, Effect.map(appConfig, (fromEnv) => ({ ...fromEnv, dataDir: mkdtempSync(Path.join(tmpdir(), "replay-example-")) })))
+  : AppConfig.layerTest()
 
 const app = HttpLive.pipe(
   Layer.provide(makeServices({ inference })),
