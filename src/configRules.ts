@@ -70,7 +70,12 @@ export const exposedWithoutKeys = (
     ? Option.none()
     : Option.some(ConfigError.InvalidData(
       ["HOST"],
-      (boundTo === undefined ? "" : `The server listens on ${boundTo}, not a loopback address. `) +
+      (boundTo === undefined ? "" : `The server listens on ${boundTo}, not a loopback address${
+        isLoopbackName(config.host)
+          // HOST is fine: the server is an app's own (makeNodeServer's `host`, which listens everywhere when not given).
+          ? ` (HOST is ${config.host}, but the server given to the app binds elsewhere: give makeNodeServer a host, such as host: "127.0.0.1")`
+          : ""
+      }. `) +
         (keysConfigured(config)
           ? "Expected a loopback address (127.0.0.1, localhost or ::1): the Auth in use asks for no key, whatever the " +
             "configuration's keys (an app swapped in one without keys)"

@@ -433,7 +433,10 @@ describe("key configuration", () => {
       const everywhere = failure(yield* serve("0.0.0.0"))
       expect(everywhere).toContain("Invalid data at HOST")
       expect(everywhere).toContain("The server listens on 0.0.0.0, not a loopback address")
-      expect(failure(yield* serve(undefined))).toContain("The server listens on 0.0.0.0, not a loopback address") // every interface
+      // Every interface; HOST is fine, the server given is not: said so, not as if HOST were wrong.
+      expect(failure(yield* serve(undefined))).toContain(
+        "The server listens on 0.0.0.0, not a loopback address (HOST is 127.0.0.1, but the server given to the app binds elsewhere: give makeNodeServer a host"
+      )
       expect(Exit.isSuccess(yield* serve("0.0.0.0", AuthTest({ apiKeys: ["sk-1"] })))).toBe(true)
       expect(Exit.isSuccess(yield* serve("127.0.0.1"))).toBe(true)
     }))
