@@ -97,6 +97,18 @@ const sayHangupChangesNothing = Effect.gen(function*() {
     )))
 })
 
+/**
+ * Started by `openai-batch serve` (an IPC channel to it): when that process is gone (a supervisor's SIGKILL, which
+ * it cannot pass on), this one stops at once too. Left running, in a process group of its own, it went on serving
+ * and holding its NODE_ID, and the restarted server waited for it, then failed. The channel keeps nothing alive.
+ */
+const stopWhenStarterGone = Effect.gen(function*() {
+  if (process.channel === undefined) return
+  const runSync: RunSync = Runtime.runSync(yield* Effect.runtime<never>())
+  process.channel.unref()
+  process.once("disconnect", () => stopNow(runSync, "The openai-batch serve process that started this server is gone", 1))
+})
+
 /** The configuration's reads, noted: once the app is up, a variable set that is none of them but close is said. */
 const configReads = recordingReads(ConfigProvider.fromEnv())
 
@@ -160,7 +172,7 @@ const configFaultLogging = loggerLayer(
 
 // Logs go through `LOG_FORMAT`'s logger from the start to the last line: provided around the whole program (and
 // runMain's own pretty logger and error report disabled, or each line would be written twice).
-const program = Effect.zipRight(Effect.zip(stopAtOnceOnALaterSignal, sayHangupChangesNothing), launch).pipe(
+const program = Effect.zipRight(Effect.all([stopAtOnceOnALaterSignal, sayHangupChangesNothing, stopWhenStarterGone]), launch).pipe(
   Effect.onInterrupt(() => Effect.annotateLogs(Effect.logInfo("Shutdown finished"), "event", "server.shutdown_finished")),
   Effect.tapErrorCause(logFault),
   Effect.provide(LoggingLive),

@@ -465,4 +465,29 @@ describe("the openai-batch command line", () => {
       expect(bad.stdout).toContain("Invalid configuration")
       expect(bad.stdout).toContain("PORT")
     }), alongside)
+
+  it.live("serve killed (SIGKILL, which it cannot pass on): the server stops too, not left serving in a group of its own", () =>
+    Effect.promise(async () => {
+      const port = await freePort()
+      const child = spawn(process.execPath, [compiled.main, "serve"], {
+        cwd: root,
+        env: { ...process.env, PORT: String(port), HOST: "127.0.0.1", LOG_FORMAT: "json", DATA_DIR: Path.join(scratch, "killed-serve-data"), INFERENCE_BASE_URL: sim.url },
+        stdio: ["ignore", "pipe", "pipe"]
+      })
+      let stdout = ""
+      child.stdout!.on("data", (d) => (stdout += d))
+      // The server writes to the same pipe: it ends when the server has exited too.
+      const outputEnded = new Promise((resolve) => child.stdout!.once("end", resolve))
+      const health = () => fetch(`http://127.0.0.1:${port}/v1/health`).then((r) => (r.ok ? "answered" : "refused"), () => "refused")
+      const deadline = Date.now() + 60_000
+      while ((await health()) !== "answered" && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+      expect(await health()).toBe("answered")
+      child.kill("SIGKILL")
+      const stopped = Date.now() + 10_000
+      while ((await health()) === "answered" && Date.now() < stopped) await new Promise((r) => setTimeout(r, 50))
+      expect(await health()).toBe("refused")
+      await outputEnded
+      const stoppedLine = stdout.split("\n").find((line) => line.includes('"event":"server.stopped_at_once"'))
+      expect(JSON.parse(stoppedLine ?? "{}").message).toContain("The openai-batch serve process that started this server is gone")
+    }), alongside)
 })

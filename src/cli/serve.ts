@@ -3,8 +3,8 @@
  * through tsx when the CLI itself runs from source), in the same environment, its output passed through. The
  * child runs in a process group of its own, and every SIGINT, SIGTERM and SIGHUP the CLI gets is passed on once
  * (a Ctrl-C reaches the server once, not twice: a signal repeated a second or more into its shutdown stops it at
- * once, `src/main.ts`). The CLI exits
- * with the server's exit code.
+ * once, `src/main.ts`); when the CLI is gone (SIGKILL), the server stops at once. The CLI exits with the server's
+ * exit code.
  */
 import { spawn } from "node:child_process"
 import { readFileSync } from "node:fs"
@@ -33,7 +33,8 @@ export const serve = Effect.async<number, ReturnType<typeof failed>>((resume) =>
   const entry = Path.join(root, fromSource ? "src/main.ts" : "dist/main.js")
   // From source, the CLI's own `--import tsx` loads the server's TypeScript too.
   const child = spawn(process.execPath, [...(fromSource ? process.execArgv : []), ...startFlags(), entry], {
-    stdio: ["ignore", "inherit", "inherit"],
+    // The channel tells the server when this process is gone (`src/main.ts`): a SIGKILL is not passed on.
+    stdio: ["ignore", "inherit", "inherit", "ipc"],
     detached: true
   })
   const pass = (signal: NodeJS.Signals) => () => child.kill(signal)
@@ -48,6 +49,8 @@ export const serve = Effect.async<number, ReturnType<typeof failed>>((resume) =>
   })
   child.once("exit", (code, signal) => {
     done()
+    // A server ends by itself with a code: a signal that ended it was no stop of its own (a SIGKILL, a crash).
+    if (signal !== null) process.stderr.write(`openai-batch serve: the server was ended by ${signal}\n`)
     resume(Effect.succeed(code ?? 128 + (signal ? constants.signals[signal] : 0)))
   })
   return Effect.sync(() => child.kill("SIGTERM"))
