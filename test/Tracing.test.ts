@@ -96,7 +96,12 @@ describe("tracing", () => {
     const queryTrace = "3c4d5e6f708192a3b4c5d6e7f8091a2b"
     const requests = 400
     // A heartbeat every 100 ms: the periodic work runs many times while the batch does.
-    const env = { OTEL_EXPORTER_OTLP_PROTOCOL: "http/json", OTEL_SERVICE_NAME: "batch-under-test", HEARTBEAT_INTERVAL: "100 millis" }
+    const env = {
+      OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
+      OTEL_SERVICE_NAME: "batch-under-test",
+      HEARTBEAT_INTERVAL: "100 millis",
+      NODE_ID: "node-traced"
+    }
     return withTracedServer(env, async ({ url, collector, stop, stdout }) => {
       // The start says where spans go.
       const listening = stdout().split("\n").find((l) => l.includes('"event":"server.listening"'))
@@ -118,12 +123,18 @@ describe("tracing", () => {
       expect(listed.status).toBe(200)
       const batch = await runBatch(openai, Array.from({ length: requests }, (_, i) => chatLine(`r${i}`, `prompt ${i}`)), traced)
       expect(batch.request_counts).toMatchObject({ total: requests, completed: requests })
+      // A load balancer's probes and Prometheus' scrapes, every second or so: no trace each (their statements neither).
+      for (let i = 0; i < 4; i++) {
+        for (const path of ["/v1/health", "/v1/ready", "/metrics"]) expect((await fetch(`${url}${path}`)).status).toBe(200)
+      }
       await stop() // flushes what is still queued
       const spans = collector.spans()
 
       // The create request: a server span named by its route, child of the caller's span, in the caller's trace.
       const create = one(spans.filter((s) => s.traceId === traceId), "POST /v1/batches")
-      expect(create).toMatchObject({ kind: SERVER, parentSpanId: parentId, service: "batch-under-test" })
+      // The node's id tells the nodes' spans apart.
+      expect(create).toMatchObject({ kind: SERVER, parentSpanId: parentId, service: "batch-under-test", instance: "node-traced" })
+      expect(spans.filter((s) => ["GET /v1/health", "GET /v1/ready", "GET /metrics"].includes(s.name))).toEqual([])
       expect(create.attributes).toMatchObject({ "http.request.method": "POST", "http.route": "/v1/batches", "http.response.status_code": 200 })
       // Polls are named by their route, not their URL.
       expect(named(spans, "GET /v1/batches/:batch_id").length).toBeGreaterThan(0)
@@ -166,6 +177,8 @@ describe("tracing", () => {
       const rootStatements = spans.filter((s) => s.name === "sql.execute" && s.parentSpanId === undefined)
         .map((s) => String(s.attributes["db.query.text"]))
       expect(rootStatements.filter((text) => rootStatements.filter((t) => t === text).length > 2)).toEqual([])
+      // Nor the probes' and scrapes' (readiness's `SELECT 1`, the count of active batches).
+      expect(rootStatements.filter((text) => text === "SELECT 1" || text.includes("GROUP BY status"))).toEqual([])
     })
   }, 120_000)
 
@@ -209,9 +222,9 @@ describe("tracing", () => {
 
   it.live("http/protobuf (the default protocol) posts application/x-protobuf to /v1/traces", () =>
     withTracedServer({}, async ({ url, collector }) => {
-      expect((await fetch(`${url}/v1/health`)).status).toBe(200)
+      expect((await fetch(`${url}/v1/files`)).status).toBe(200) // a probe's request would make no span
       await Effect.runPromise(Effect.promise(() =>
-        collector.waitFor(() => collector.exports().some((e) => e.body.includes("GET /v1/health")), 20_000)
+        collector.waitFor(() => collector.exports().some((e) => e.body.includes("GET /v1/files")), 20_000)
       ))
       const exported = collector.exports()
       expect(exported.every((e) => e.path === "/v1/traces")).toBe(true)
@@ -323,7 +336,7 @@ describe("tracing settings", () => {
         OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: "http/json",
         OTEL_EXPORTER_OTLP_HEADERS: "api-key=secret%20one,x-team=batch",
         OTEL_EXPORTER_OTLP_TRACES_HEADERS: "api-key=secret two",
-        OTEL_RESOURCE_ATTRIBUTES: "deployment.environment=prod,service.name=from-attributes",
+        OTEL_RESOURCE_ATTRIBUTES: "deployment.environment=prod,service.name=from-attributes,service.instance.id=pod-7",
         OTEL_TRACES_SAMPLER: "parentbased_traceidratio",
         OTEL_TRACES_SAMPLER_ARG: "0.25"
       })))
@@ -332,6 +345,7 @@ describe("tracing settings", () => {
         protocol: "http/json",
         headers: { "api-key": "secret two", "x-team": "batch" },
         serviceName: "from-attributes",
+        instanceId: "pod-7",
         sampler: "parentbased_traceidratio",
         samplerArg: 0.25,
         upstreamCalls: DEFAULT_UPSTREAM_CALLS

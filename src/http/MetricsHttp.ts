@@ -68,6 +68,7 @@ export const makeScrape = Effect.gen(function*() {
   // Disconnected: a Postgres statement is never interrupted (`storage/Sql.ts`), so the scrape answers at the timeout
   // while the count ends in the background.
   const active = store.activeByStatus.pipe(
+    Effect.withTracerEnabled(false), // a scrape's, every few seconds: not a trace each
     Effect.disconnect,
     Effect.timeoutFail({ duration: SCRAPE_READ_TIMEOUT, onTimeout: () => "timed out" }),
     Effect.catchAllCause((cause) =>

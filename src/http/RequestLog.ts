@@ -50,6 +50,10 @@ export const noteProject = (project: string): Effect.Effect<void> =>
 const POLLED: ReadonlySet<string> = new Set(["/v1/health", "/v1/ready", "/metrics"])
 const isProbe = (method: string, path: string) => (method === "GET" || method === "HEAD") && POLLED.has(path)
 
+/** A probe's or a scrape's request (`POLLED`), as the server reads its target. */
+export const isProbeRequest = (request: HttpServerRequest.HttpServerRequest): boolean =>
+  isProbe(request.method, requestTarget(request).path)
+
 export interface RequestLine {
   readonly method: string
   /** The route pattern the path matches (`/v1/batches/:batch_id`, `routeOf`); undefined when none does. */

@@ -134,6 +134,7 @@ export const ReadinessLive: Layer.Layer<Readiness, never, SqlClient.SqlClient | 
     // Disconnected: a Postgres statement is never interrupted (`storage/Sql.ts`), so the probe answers at the
     // timeout while the query ends in the background.
     const ask = sql`SELECT 1`.pipe(
+      Effect.withTracerEnabled(false), // a probe's, every second or so: not a trace each
       Effect.disconnect,
       Effect.timeoutFail({
         duration: DATABASE_TIMEOUT,

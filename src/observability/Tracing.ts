@@ -23,6 +23,8 @@ import type * as OtelApi from "@opentelemetry/api"
 import type * as SdkTrace from "@opentelemetry/sdk-trace-base"
 import { type ConfigError, Context, Effect, Layer, Option, Redacted, Runtime } from "effect"
 import * as EffectTracer from "effect/Tracer"
+import { AppConfig, nodeIdOfEnvironment } from "../Config.js"
+import { isProbeRequest } from "../http/RequestLog.js"
 import { routeOf } from "../http/Routes.js"
 import { type TracingSettings, tracingSettings } from "./tracingSettings.js"
 import { redactQuery } from "./redaction.js"
@@ -94,7 +96,11 @@ export const layerWith = (settings: TracingSettings): Layer.Layer<never> =>
     const sampler = settings.sampler === "always_on" ? base : rulesSampler(api, sdk, base, settings.upstreamCalls)
 
     const processors: readonly [SdkTrace.SpanProcessor, SdkTrace.SpanProcessor] = [routeNames(api), new sdk.BatchSpanProcessor(exporter)]
-    const resource = Resource.layerFromEnv({ "service.name": settings.serviceName })
+    // Given here, an attribute replaces OTEL_RESOURCE_ATTRIBUTES's: `instanceId` is that one's when it sets one.
+    const resource = Resource.layerFromEnv({
+      "service.name": settings.serviceName,
+      ...(settings.instanceId === undefined ? {} : { "service.instance.id": settings.instanceId })
+    })
     const provider = NodeSdk.layerTracerProvider(processors, { sampler, shutdownTimeout: "5 seconds" }).pipe(
       Layer.provideMerge(resource)
     )
@@ -152,12 +158,30 @@ const requestSpansOnlyInTraces: Layer.Layer<never> = Layer.locallyScoped(
 )
 
 /**
+ * No span for the probes' and scrapes' requests (`/v1/health`, `/v1/ready`, `/metrics`): a load balancer's probe a
+ * second made a third of a node's traces. Their statements are untraced where they are made.
+ */
+const probesUntraced: Layer.Layer<never> = Layer.locallyScoped(HttpMiddleware.currentTracerDisabledWhen, isProbeRequest)
+
+/**
  * Tracing as the `OTEL_*` variables say (see `tracingSettings`), or, when no endpoint is set, nothing but spans for
  * the requests that continue a caller's trace (above). Provide it to the application
  * (`AppLive.pipe(Layer.provide(TracingLive))`): everything built under it is traced.
  */
 export const TracingLive: Layer.Layer<never, ConfigError.ConfigError> = Layer.unwrapEffect(
-  Effect.map(tracingSettings, Option.match({ onNone: () => requestSpansOnlyInTraces, onSome: layerWith }))
+  Effect.flatMap(tracingSettings, Option.match({
+    onNone: () => Effect.succeed(requestSpansOnlyInTraces),
+    // The node's id, from the app's configuration when it is built under one (the server's), else the environment's.
+    onSome: (settings) =>
+      Effect.map(Effect.serviceOption(AppConfig), (config) =>
+        Layer.merge(
+          layerWith({
+            ...settings,
+            instanceId: settings.instanceId ?? Option.getOrElse(Option.map(config, (c) => c.nodeId), () => nodeIdOfEnvironment())
+          }),
+          probesUntraced
+        ))
+  }))
 )
 
 /**

@@ -38,6 +38,11 @@ export interface TracingSettings {
   readonly samplerArg: number
   /** The fraction of upstream calls that get a span (`TRACE_UPSTREAM_CALLS`: `all`, `none` or 0–1). */
   readonly upstreamCalls: number
+  /**
+   * The resource's `service.instance.id`, which tells the nodes' spans apart: `OTEL_RESOURCE_ATTRIBUTES`'s when it
+   * sets one; else `TracingLive` gives the node's id (`NODE_ID`).
+   */
+  readonly instanceId?: string | undefined
 }
 
 /** The default service name (`OTEL_SERVICE_NAME`). */
@@ -138,10 +143,10 @@ const callsFraction = (text: string): Either.Either<number, string> => {
   return Either.mapLeft(fraction(text), () => `Expected all, none or a number from 0 to 1, got '${text.slice(0, 64)}'`)
 }
 
-/** `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, if any. */
-const resourceServiceName = (attributes: string) =>
-  Option.fromNullable(attributes.split(",").map((pair) => pair.split("=")).find(([key]) => key?.trim() === "service.name")?.[1]?.trim())
-    .pipe(Option.filter((name) => name !== ""))
+/** The attribute `name` in `OTEL_RESOURCE_ATTRIBUTES`, if set there. */
+const resourceAttribute = (attributes: string, name: string) =>
+  Option.fromNullable(attributes.split(",").map((pair) => pair.split("=")).find(([key]) => key?.trim() === name)?.[1]?.trim())
+    .pipe(Option.filter((value) => value !== ""))
 
 /**
  * The traces' settings from the standard `OTEL_*` variables; `None` when tracing is off (no endpoint,
@@ -170,7 +175,8 @@ export const tracingSettings: Config.Config<Option.Option<TracingSettings>> = Co
     url: url.value,
     protocol: Option.getOrElse(Option.orElse(c.tracesProtocol, () => c.protocol), () => "http/protobuf" as const),
     headers: Redacted.make({ ...c.headers, ...c.tracesHeaders }),
-    serviceName: Option.getOrElse(Option.orElse(c.serviceName, () => resourceServiceName(c.resourceAttributes)), () => DEFAULT_SERVICE_NAME),
+    serviceName: Option.getOrElse(Option.orElse(c.serviceName, () => resourceAttribute(c.resourceAttributes, "service.name")), () => DEFAULT_SERVICE_NAME),
+    instanceId: Option.getOrUndefined(resourceAttribute(c.resourceAttributes, "service.instance.id")),
     sampler: c.sampler,
     samplerArg: c.samplerArg,
     upstreamCalls: Option.getOrElse(c.upstreamCalls, () => (neverSampled ? 0 : c.sampler === "always_on" ? 1 : DEFAULT_UPSTREAM_CALLS))

@@ -14,6 +14,8 @@ export interface Export {
 
 export interface CollectedSpan {
   readonly service: string | undefined
+  /** The resource's `service.instance.id`. */
+  readonly instance: string | undefined
   readonly traceId: string
   readonly spanId: string
   readonly parentSpanId: string | undefined
@@ -60,10 +62,13 @@ const attributesOf = (list: Array<{ key: string; value: AnyValue }> | undefined)
 /** The spans of one OTLP/JSON trace export. */
 export const spansOf = (json: any): Array<CollectedSpan> =>
   (json?.resourceSpans ?? []).flatMap((rs: any) => {
-    const service = attributesOf(rs.resource?.attributes)["service.name"] as string | undefined
+    const resource = attributesOf(rs.resource?.attributes)
+    const service = resource["service.name"] as string | undefined
+    const instance = resource["service.instance.id"] as string | undefined
     return (rs.scopeSpans ?? []).flatMap((ss: any) =>
       (ss.spans ?? []).map((s: any): CollectedSpan => ({
         service,
+        instance,
         traceId: s.traceId,
         spanId: s.spanId,
         parentSpanId: s.parentSpanId || undefined,
