@@ -109,6 +109,21 @@ const stopWhenStarterGone = Effect.gen(function*() {
   process.once("disconnect", () => stopNow(runSync, "The openai-batch serve process that started this server is gone", 1))
 })
 
+/**
+ * Node's process warnings (a library's deprecation, node-postgres' note on `sslmode=require`) as log lines of the
+ * configured format (`node.warning`), in place of Node's own plain text on stderr, which a log pipeline reading one
+ * JSON object a line could not parse.
+ */
+const logNodeWarnings = Effect.gen(function*() {
+  const runSync: RunSync = Runtime.runSync(yield* Effect.runtime<never>())
+  process.removeAllListeners("warning") // Node's printer
+  process.on("warning", (warning) =>
+    runSync(Effect.annotateLogs(Effect.logWarning(`${warning.name}: ${warning.message}`), {
+      event: "node.warning",
+      ...("code" in warning && typeof warning.code === "string" ? { code: warning.code } : {})
+    })))
+})
+
 /** The configuration's reads, noted: once the app is up, a variable set that is none of them but close is said. */
 const configReads = recordingReads(ConfigProvider.fromEnv())
 
@@ -172,7 +187,7 @@ const configFaultLogging = loggerLayer(
 
 // Logs go through `LOG_FORMAT`'s logger from the start to the last line: provided around the whole program (and
 // runMain's own pretty logger and error report disabled, or each line would be written twice).
-const program = Effect.zipRight(Effect.all([stopAtOnceOnALaterSignal, sayHangupChangesNothing, stopWhenStarterGone]), launch).pipe(
+const program = Effect.zipRight(Effect.all([logNodeWarnings, stopAtOnceOnALaterSignal, sayHangupChangesNothing, stopWhenStarterGone]), launch).pipe(
   Effect.onInterrupt(() => Effect.annotateLogs(Effect.logInfo("Shutdown finished"), "event", "server.shutdown_finished")),
   Effect.tapErrorCause(logFault),
   Effect.provide(LoggingLive),

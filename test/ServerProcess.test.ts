@@ -294,6 +294,19 @@ describe.concurrent("server process", () => {
         )
         expect(run.output).not.toContain("s3cret")
 
+        // TLS the server does not offer, asked with sslmode=require: node-postgres' process warning about the mode is
+        // a log line of the format too, not Node's plain text on stderr (every line of the output parses).
+        const tls = await runServerToExit({
+          DATA_DIR: dataDir,
+          PORT: String(await freePort()),
+          DATABASE_URL: "postgres://postgres@127.0.0.1:5432/test?sslmode=require",
+          LOG_FORMAT: "json"
+        })
+        expect(tls.code).toBe(1)
+        const tlsLines = tls.output.split("\n").filter((l) => l !== "").map((l) => JSON.parse(l))
+        expect(tlsLines.find((l) => l.event === "node.warning")?.message).toContain("'require'")
+        expect(tlsLines.find((l) => l.event === "server.start_failed")?.message).toContain("does not support SSL")
+
         // A search_path naming a schema that does not exist: what to do, said.
         const noSchema = await runServerToExit({
           DATA_DIR: dataDir,
