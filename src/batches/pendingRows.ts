@@ -136,7 +136,11 @@ export const makePendingRows = (
         setAside.push({ current: current!, page, index, afterLine, morePages })
         startReading(slice.value)
         const { firstLine, lastLine } = slice.value
-        return Effect.logInfo(`Batch ${id}: took up lines ${firstLine}–${lastLine}, whose node's lease ran out`)
+        return Effect.annotateLogs(Effect.logInfo(`Batch ${id}: took up lines ${firstLine}–${lastLine}, whose node's lease ran out`), {
+          event: "batch.took_over",
+          first_line: firstLine,
+          last_line: lastLine
+        })
       })
     })
     const fetchPage = Effect.suspend(() =>

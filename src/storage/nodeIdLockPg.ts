@@ -224,8 +224,10 @@ export const holdOnPostgres = <E>(
               continue
             }
           } else yield* Scope.close(held.scope, Exit.void)
-          return yield* Effect.logWarning(
-            `This node lost its hold on NODE_ID '${nodeId}' (its database session ended); taking it again`
+          return yield* Effect.annotateLogs(
+            Effect.logWarning(`This node lost its hold on NODE_ID '${nodeId}' (its database session ended); taking it again`),
+            "event",
+            "node_id.lost"
           )
         }
       })
@@ -238,7 +240,7 @@ export const holdOnPostgres = <E>(
       if (Either.isLeft(tried)) return // the database is away: readiness says so
       if (tried.right._tag === "Taken") {
         yield* lost.succeeded
-        yield* Effect.logInfo(`This node holds its NODE_ID '${nodeId}' again`)
+        yield* Effect.annotateLogs(Effect.logInfo(`This node holds its NODE_ID '${nodeId}' again`), "event", "node_id.regained")
         return yield* hold(tried.right.held)
       }
       if (tried.right._tag === "HeldBy") {

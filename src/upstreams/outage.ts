@@ -88,7 +88,7 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
       // A 401 or 404 there says the server is there, not that its calls will work: said as it is.
       const answered = status < 300 ? "answers GET /models again" : `answers GET /models again, with status ${status}`
       const line = `Upstream ${name} ${blindly ? "is tried" : answered}: its calls go out one at a time until one succeeds`
-      yield* trials++ === 0 ? Effect.logInfo(line) : Effect.logDebug(line)
+      yield* Effect.annotateLogs(trials++ === 0 ? Effect.logInfo(line) : Effect.logDebug(line), "event", "upstream.trial")
     })
 
     /**
