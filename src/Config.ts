@@ -9,6 +9,7 @@ import * as Path from "node:path"
 import { commaList, exposedWithoutKeys, keysConfigured, validateConfig } from "./configRules.js"
 import type { AppConfigShape } from "./configShape.js"
 import { isServiceAddress } from "./configTypos.js"
+import { parseDuration } from "./durationText.js"
 import { OPENAI_MAX_REQUESTS_PER_BATCH } from "./domain/Batches.js"
 import { defaultMaxConnections } from "./http/connectionCap.js"
 import { upstreamSpecs } from "./upstreams/UpstreamSpec.js"
@@ -101,6 +102,12 @@ export const nodeIdOfEnvironment = (env: Record<string, string | undefined> = pr
 const redactedList = (text: Option.Option<Redacted.Redacted>): ReadonlyArray<Redacted.Redacted> =>
   Option.match(text, { onNone: () => [], onSome: (t) => commaList(Redacted.value(t)).map((entry) => Redacted.make(entry)) })
 
+/** A duration setting, in Effect's words or the short form (`durationText.ts`); refused as `Config.duration` refuses. */
+const durationSetting = (name: string): Config.Config<Duration.Duration> =>
+  Config.string(name).pipe(Config.mapOrFail((text) =>
+    Either.fromOption(parseDuration(text), () => ConfigError.InvalidData([], `Expected a duration but received ${JSON.stringify(text)}`))
+  ))
+
 /**
  * A port, or none when the variable is Kubernetes' service link of a Service so named (`METRICS_PORT=tcp://10.0.0.7:9090`
  * for a Service `metrics` in the pod's namespace): that is no setting of ours, and stopped the start (`main.ts` says it
@@ -127,19 +134,19 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   maxUploadsAtOnce: Config.integer("MAX_UPLOADS_AT_ONCE").pipe(Config.withDefault(defaults.maxUploadsAtOnce)),
   maxConnections: Config.integer("MAX_CONNECTIONS").pipe(Config.withDefault(defaults.maxConnections)),
   databaseUrl: Config.option(Config.redacted("DATABASE_URL")),
-  databaseStatementTimeout: Config.duration("DATABASE_STATEMENT_TIMEOUT").pipe(
+  databaseStatementTimeout: durationSetting("DATABASE_STATEMENT_TIMEOUT").pipe(
     Config.withDefault(defaults.databaseStatementTimeout)
   ),
   fileStorage: Config.option(Config.literal("local", "sql")("FILE_STORAGE")),
   nodeId: Config.option(Config.string("NODE_ID")),
-  leaseTtl: Config.duration("LEASE_TTL").pipe(Config.withDefault(defaults.leaseTtl)),
-  heartbeatInterval: Config.duration("HEARTBEAT_INTERVAL").pipe(Config.withDefault(defaults.heartbeatInterval)),
-  fileSweepInterval: Config.duration("FILE_SWEEP_INTERVAL").pipe(Config.withDefault(defaults.fileSweepInterval)),
-  batchFilesExpireAfter: Config.option(Config.duration("BATCH_FILES_EXPIRE_AFTER")),
-  shutdownTimeout: Config.duration("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(defaults.shutdownTimeout)),
-  shutdownDelay: Config.duration("SHUTDOWN_DELAY").pipe(Config.withDefault(defaults.shutdownDelay)),
+  leaseTtl: durationSetting("LEASE_TTL").pipe(Config.withDefault(defaults.leaseTtl)),
+  heartbeatInterval: durationSetting("HEARTBEAT_INTERVAL").pipe(Config.withDefault(defaults.heartbeatInterval)),
+  fileSweepInterval: durationSetting("FILE_SWEEP_INTERVAL").pipe(Config.withDefault(defaults.fileSweepInterval)),
+  batchFilesExpireAfter: Config.option(durationSetting("BATCH_FILES_EXPIRE_AFTER")),
+  shutdownTimeout: durationSetting("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(defaults.shutdownTimeout)),
+  shutdownDelay: durationSetting("SHUTDOWN_DELAY").pipe(Config.withDefault(defaults.shutdownDelay)),
   resultPagesAtOnce: Config.integer("RESULT_PAGES_AT_ONCE").pipe(Config.withDefault(defaults.resultPagesAtOnce)),
-  stallTimeout: Config.duration("STALL_TIMEOUT").pipe(Config.withDefault(defaults.stallTimeout)),
+  stallTimeout: durationSetting("STALL_TIMEOUT").pipe(Config.withDefault(defaults.stallTimeout)),
   minBodyRate: Config.integer("MIN_BODY_RATE").pipe(Config.withDefault(defaults.minBodyRate)),
   diskReserveBytes: Config.integer("DISK_RESERVE_BYTES").pipe(Config.withDefault(defaults.diskReserveBytes)),
   maxDownloadsAtOnce: Config.integer("MAX_DOWNLOADS_AT_ONCE").pipe(Config.withDefault(defaults.maxDownloadsAtOnce)),
@@ -154,7 +161,7 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   ),
   inferenceBaseUrl: Config.option(Config.string("INFERENCE_BASE_URL").pipe(Config.map((url) => url.replace(/\/+$/, "")))),
   inferenceApiKey: Config.option(Config.redacted("INFERENCE_API_KEY")),
-  inferenceTimeout: Config.duration("INFERENCE_TIMEOUT").pipe(Config.withDefault(defaults.inferenceTimeout)),
+  inferenceTimeout: durationSetting("INFERENCE_TIMEOUT").pipe(Config.withDefault(defaults.inferenceTimeout)),
   inferenceMaxResponseBytes: Config.integer("INFERENCE_MAX_RESPONSE_BYTES").pipe(
     Config.withDefault(defaults.inferenceMaxResponseBytes)
   ),
@@ -169,17 +176,17 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
     Config.withDefault(defaults.inferenceMinConcurrency)
   ),
   upstreamsFile: Config.option(Config.string("UPSTREAMS_FILE")),
-  upstreamProbeInterval: Config.duration("UPSTREAM_PROBE_INTERVAL").pipe(Config.withDefault(defaults.upstreamProbeInterval)),
+  upstreamProbeInterval: durationSetting("UPSTREAM_PROBE_INTERVAL").pipe(Config.withDefault(defaults.upstreamProbeInterval)),
   extraBatchEndpoints: Config.string("EXTRA_BATCH_ENDPOINTS").pipe(
     Config.map(commaList),
     Config.withDefault(defaults.extraBatchEndpoints)
   ),
   inferenceMode: Config.literal("live", "record", "replay")("INFERENCE_MODE").pipe(Config.withDefault(defaults.inferenceMode)),
   inferenceRecordings: Config.option(Config.string("INFERENCE_RECORDINGS")),
-  inferenceRetryBaseDelay: Config.duration("INFERENCE_RETRY_BASE_DELAY").pipe(
+  inferenceRetryBaseDelay: durationSetting("INFERENCE_RETRY_BASE_DELAY").pipe(
     Config.withDefault(defaults.inferenceRetryBaseDelay)
   ),
-  inferenceRetryMaxDelay: Config.duration("INFERENCE_RETRY_MAX_DELAY").pipe(
+  inferenceRetryMaxDelay: durationSetting("INFERENCE_RETRY_MAX_DELAY").pipe(
     Config.withDefault(defaults.inferenceRetryMaxDelay)
   ),
   maxConcurrentBatches: Config.integer("MAX_CONCURRENT_BATCHES").pipe(Config.withDefault(defaults.maxConcurrentBatches)),
@@ -192,7 +199,7 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   maxEnqueuedRequestsPerProject: Config.option(Config.integer("MAX_ENQUEUED_REQUESTS_PER_PROJECT")),
   maxFileBytesPerProject: Config.option(Config.integer("MAX_FILE_BYTES_PER_PROJECT")),
   maxRequestsPerMinutePerProject: Config.option(Config.integer("MAX_REQUESTS_PER_MINUTE_PER_PROJECT")),
-  completionWindow: Config.duration("COMPLETION_WINDOW").pipe(Config.withDefault(defaults.completionWindow)),
+  completionWindow: durationSetting("COMPLETION_WINDOW").pipe(Config.withDefault(defaults.completionWindow)),
   apiKeys: Config.option(Config.redacted("API_KEYS")),
   adminApiKeys: Config.option(Config.redacted("ADMIN_API_KEYS")),
   apiKeysFile: Config.option(Config.string("API_KEYS_FILE")),
@@ -200,9 +207,9 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   allowUnauthenticated: Config.boolean("ALLOW_UNAUTHENTICATED").pipe(Config.withDefault(defaults.allowUnauthenticated)),
   webhookUrl: Config.option(Config.string("WEBHOOK_URL")),
   webhookSecret: Config.option(Config.redacted("WEBHOOK_SECRET")),
-  webhookRetryBaseDelay: Config.duration("WEBHOOK_RETRY_BASE_DELAY").pipe(Config.withDefault(defaults.webhookRetryBaseDelay)),
-  webhookRetryMaxDelay: Config.duration("WEBHOOK_RETRY_MAX_DELAY").pipe(Config.withDefault(defaults.webhookRetryMaxDelay)),
-  webhookRetryFor: Config.duration("WEBHOOK_RETRY_FOR").pipe(Config.withDefault(defaults.webhookRetryFor))
+  webhookRetryBaseDelay: durationSetting("WEBHOOK_RETRY_BASE_DELAY").pipe(Config.withDefault(defaults.webhookRetryBaseDelay)),
+  webhookRetryMaxDelay: durationSetting("WEBHOOK_RETRY_MAX_DELAY").pipe(Config.withDefault(defaults.webhookRetryMaxDelay)),
+  webhookRetryFor: durationSetting("WEBHOOK_RETRY_FOR").pipe(Config.withDefault(defaults.webhookRetryFor))
 }).pipe(
   Config.mapOrFail(({ adminApiKeys, apiKeys, inferenceBaseUrl, nodeId, ...rest }) =>
     // Only here can a base URL set be told from the default one: set beside the file, it would be ignored.

@@ -6,6 +6,7 @@
 import * as Migrator from "@effect/sql/Migrator"
 import { Cause, type ConfigError, Effect, Option } from "effect"
 import { AppConfig } from "./Config.js"
+import { DURATION_EXAMPLES } from "./durationText.js"
 import { describeDatabase } from "./observability/Readiness.js"
 import { rootMessage, storageFault } from "./storage/Faults.js"
 import { NodeIdInUse } from "./storage/NodeIdLock.js"
@@ -70,10 +71,11 @@ export const startFaultLine = (cause: Cause.Cause<unknown>) =>
 
 /**
  * The line of a configuration refused at start: Effect's message, with how a duration is written when one was not
- * (`10s` got "Expected a duration but received \"10s\"", with no example).
+ * (`ten seconds` got "Expected a duration but received \"ten seconds\"", with no example); not when a duration was
+ * read and a rule refused it (`HEARTBEAT_INTERVAL` not shorter than `LEASE_TTL`).
  */
 export const configFaultLine = (error: ConfigError.ConfigError): string => {
   const text = String(error)
-  const hint = text.includes("Expected a duration") ? " (a duration is written as `10 seconds`, `5 minutes` or `500 millis`)" : ""
+  const hint = text.includes("Expected a duration but received") ? ` (a duration is written as ${DURATION_EXAMPLES})` : ""
   return `Invalid configuration: ${text}${hint}`
 }

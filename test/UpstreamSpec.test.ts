@@ -144,7 +144,8 @@ describe("UpstreamSpec", () => {
     expect(merged).toEqual(Either.right([{ timeout: "5 minutes", max_concurrency: 8, name: "a", base_url: "http://h/v1", models: ["m"] }]))
     // The parser's message, without the code frame its colon announced.
     expect(Either.getLeft(parseUpstreamsFile("upstreams: [unclosed"))).toEqual(Option.some(expect.not.stringMatching(/:$/)))
-    expect(problem([{ ...minimal, timeout: "30s" }])).toContain('such as "30 seconds", "10 minutes" or "2 hours"')
+    expect(problem([{ ...minimal, timeout: "30s" }])).toBe("no problem") // the short form, as Go and Kubernetes write it
+    expect(problem([{ ...minimal, timeout: "thirty seconds" }])).toContain('such as "30 seconds", "30s", "10 minutes" or "2h"')
     expect(problem([{ ...minimal, timeout: 30 }])).toBe(`upstream 'a': timeout: a duration such as "10 minutes" (a number needs its unit)`)
     // One message per mistake, said plainly: no `Expected undefined` beside a wrong value, no schema's own notation.
     expect(problem([{ ...minimal, max_concurrency: "lots" }])).toBe(`upstream 'a': max_concurrency: Expected number, actual "lots"`)

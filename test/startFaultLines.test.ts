@@ -2,8 +2,8 @@
 import { expect, it } from "@effect/vitest"
 import * as Migrator from "@effect/sql/Migrator"
 import { SqlError } from "@effect/sql/SqlError"
-import { Cause, Config, ConfigProvider, Effect, Option } from "effect"
-import { AppConfig } from "../src/Config.js"
+import { Cause, Config, ConfigProvider, Duration, Effect, Option } from "effect"
+import { AppConfig, appConfig } from "../src/Config.js"
 import { configFaultLine, startFaultLine } from "../src/startFaultLines.js"
 
 const migrationFailed = (driver: Error) =>
@@ -37,10 +37,17 @@ it.effect("a database that stops answering during the start, wherever it is met:
     expect(yield* startFaultLine(Cause.die(new Error("a bug")))).toEqual(Option.none())
   }).pipe(Effect.provide(AppConfig.layerWith({ dataDir: "/srv" }))))
 
-it.effect("a duration refused says how one is written", () =>
+it.effect("a duration is read in Effect's words or the short form; one refused says how one is written, one a rule refused does not", () =>
   Effect.gen(function*() {
-    const refused = yield* Effect.flip(Config.duration("INFERENCE_TIMEOUT").pipe(Effect.withConfigProvider(ConfigProvider.fromJson({ INFERENCE_TIMEOUT: "10s" }))))
-    expect(configFaultLine(refused)).toMatch(/^Invalid configuration: .*INFERENCE_TIMEOUT.*"10s".* \(a duration is written as `10 seconds`, `5 minutes` or `500 millis`\)$/)
+    const read = (env: Record<string, string>) => appConfig.pipe(Effect.withConfigProvider(ConfigProvider.fromJson(env)))
+    const config = yield* read({ INFERENCE_TIMEOUT: "10s", LEASE_TTL: "1m30s", HEARTBEAT_INTERVAL: "500ms", SHUTDOWN_DELAY: "0s", SHUTDOWN_TIMEOUT: "2 seconds" })
+    expect([config.inferenceTimeout, config.leaseTtl, config.heartbeatInterval, config.shutdownDelay, config.shutdownTimeout].map(Duration.toMillis))
+      .toEqual([10_000, 90_000, 500, 0, 2_000])
+    const refused = yield* Effect.flip(read({ INFERENCE_TIMEOUT: "ten seconds" }))
+    expect(configFaultLine(refused)).toMatch(/^Invalid configuration: .*INFERENCE_TIMEOUT.*"ten seconds".* \(a duration is written as `10 seconds`, `10s`, `5 minutes`, `1m30s` or `500ms`\)$/)
+    const ruled = yield* Effect.flip(read({ HEARTBEAT_INTERVAL: "20 seconds", LEASE_TTL: "15s" }))
+    expect(configFaultLine(ruled)).toContain("HEARTBEAT_INTERVAL")
+    expect(configFaultLine(ruled)).not.toContain("a duration is written")
     const other = yield* Effect.flip(Config.integer("PORT").pipe(Effect.withConfigProvider(ConfigProvider.fromJson({ PORT: "x" }))))
     expect(configFaultLine(other)).not.toContain("a duration")
   }))

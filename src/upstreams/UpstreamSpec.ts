@@ -7,6 +7,7 @@
 import { ConfigError, Duration, Effect, Either, Option, ParseResult, Redacted, Schema } from "effect"
 import { readFile, stat } from "node:fs/promises"
 import { parse as parseYaml } from "yaml"
+import { parseDuration } from "../durationText.js"
 import type { AppConfigShape } from "../Config.js"
 import { StandardEndpoint } from "../domain/Batches.js"
 import { PROJECT_NAME } from "../domain/Projects.js"
@@ -196,9 +197,9 @@ const resolveEntry = (
   const maxConcurrency = entry.max_concurrency ?? Math.max(defaults.inferenceMaxConcurrency, entry.min_concurrency ?? 1)
   const minConcurrency = entry.min_concurrency ?? Math.min(defaults.inferenceMinConcurrency, maxConcurrency)
   if (minConcurrency > maxConcurrency) return problem("min_concurrency is larger than max_concurrency")
-  const timeout = entry.timeout === undefined ? Option.some(defaults.inferenceTimeout) : Duration.decodeUnknown(entry.timeout)
+  const timeout = entry.timeout === undefined ? Option.some(defaults.inferenceTimeout) : parseDuration(entry.timeout)
   if (Option.isNone(timeout) || !Duration.greaterThan(timeout.value, Duration.zero)) {
-    return problem(`timeout '${entry.timeout}' is not a positive duration such as "30 seconds", "10 minutes" or "2 hours" (a number and a unit: millis, seconds, minutes, hours, days)`)
+    return problem(`timeout '${entry.timeout}' is not a positive duration such as "30 seconds", "30s", "10 minutes" or "2h" (a number and a unit: millis, seconds, minutes, hours, days, or ms, s, m, h, d)`)
   }
   if ((entry.metrics_url === undefined) !== (entry.max_waiting === undefined)) {
     return problem("load-aware dispatch needs both metrics_url and max_waiting")
