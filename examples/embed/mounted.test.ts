@@ -81,6 +81,10 @@ layer(app, { excludeTestServices: true })("the batch API mounted under /openai",
       expect(big.headers.get("x-request-id")).toMatch(/^req_/)
       const body = (yield* Effect.promise(() => big.json())) as { error: object }
       expect(Object.keys(body.error).sort()).toEqual(["code", "message", "param", "type"])
+      // A path the API lacks is said as the client sent it, prefix and all.
+      const missing = yield* Effect.promise(() => fetch(`${url}/openai/v1/nope`))
+      expect(missing.status).toBe(404)
+      expect(((yield* Effect.promise(() => missing.json())) as { error: { message: string } }).error.message).toBe("Invalid URL (GET /openai/v1/nope)")
     }))
 })
 

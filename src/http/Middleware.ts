@@ -17,6 +17,7 @@ import type { MultipartInvalid } from "./Multipart.js"
 import { MAX_JSON_DEPTH } from "../domain/Json.js"
 import { BodyTooLarge, JsonTooDeep, tooLarge } from "./RequestBody.js"
 import { currentRequest, requestIdFrom } from "./RequestLog.js"
+import { sentTarget } from "./sentTarget.js"
 import { fromDecodeError } from "../domain/decodeErrors.js"
 
 /** A bad multipart body: a size limit is a 413, anything else a 400. */
@@ -53,7 +54,7 @@ const toApiError = (cause: Cause.Cause<unknown>): Option.Option<ApiError> => {
     const e = failure.value
     if (e instanceof HttpApiError.HttpApiDecodeError) return Option.some(fromDecodeError(e))
     if (HttpServerError.isServerError(e) && e._tag === "RouteNotFound") {
-      return Option.some(notFound(`Invalid URL (${e.request.method} ${echo(e.request.url)})`))
+      return Option.some(notFound(`Invalid URL (${e.request.method} ${echo(sentTarget(e.request))})`))
     }
     return Option.none()
   }

@@ -15,6 +15,7 @@ import { Cause, Effect, Exit, FiberRef, HashMap, LogLevel, Option } from "effect
 import { requestId } from "../domain/Ids.js"
 import { echo } from "../domain/Text.js"
 import { requestTarget, routeOf } from "./Routes.js"
+import { sentTarget } from "./sentTarget.js"
 
 /** An incoming `x-request-id` taken as is: 1–128 letters, digits and `- _ . : + / = @`. */
 const SANE_REQUEST_ID = /^[A-Za-z0-9._:+/=@-]{1,128}$/
@@ -91,6 +92,8 @@ const writeLine = <E>(
 ) =>
   Effect.withFiberRuntime<void>((fiber) => {
     const { path } = requestTarget(request)
+    // The line's path as the client sent it (under a mount, with its prefix); the route as the router read it.
+    const sentPath = sentTarget(request).split("?")[0]!
     // A fault no handler turned into an answer (outside the API's routes: /metrics, /docs) is logged with its cause;
     // an interruption is not one, nor the response it was answered with (a client gone: 499, a shutdown: 503).
     const [response, rest] = Exit.isFailure(exit)
@@ -110,7 +113,7 @@ const writeLine = <E>(
     const { fields, message } = requestLine({
       method: request.method,
       route: routeOf(path),
-      path: echo(path),
+      path: echo(sentPath),
       status: response.status,
       durationMs: Math.round((performance.now() - started) * 10) / 10,
       project: fiber.getFiberRef(currentRequest)?.project

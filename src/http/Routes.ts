@@ -7,6 +7,7 @@ import * as HttpApi from "@effect/platform/HttpApi"
 import type * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import { DASHBOARD_ROUTES } from "../ui/DashboardHttp.js"
 import { OpenAIApi } from "./Api.js"
+import { ABSOLUTE_FORM } from "./sentTarget.js"
 
 /** Where the metrics are served (on the main port unless `METRICS_PORT` is set). */
 export const METRICS_PATH = "/metrics"
@@ -14,8 +15,6 @@ export const METRICS_PATH = "/metrics"
 /** Routes served beside the `HttpApi`'s endpoints (`Http.ts`). */
 const OTHER_ROUTES = ["/docs", "/openapi.json", METRICS_PATH, ...DASHBOARD_ROUTES]
 
-/** What the router strips from a request target in absolute form (find-my-way's own pattern). */
-const ABSOLUTE_FORM = /^https?:\/\/(.*?)\//
 
 /**
  * The authority a request was addressed to, and its path as the router reads it. A target in absolute form

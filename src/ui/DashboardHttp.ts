@@ -21,6 +21,7 @@ import { pathToFileURL } from "node:url"
 import { notFound, serverError } from "../domain/Errors.js"
 import { echo } from "../domain/Text.js"
 import { envelope } from "../http/EarlyAnswer.js"
+import { sentTarget } from "../http/sentTarget.js"
 import { packageRoot } from "../packageRoot.js"
 
 /** Where the page is served; its files are under `${DASHBOARD_PATH}/`. */
@@ -143,7 +144,7 @@ export const dashboardRoute = HttpApiBuilder.Router.use((router) =>
     const serve = (name: string | undefined) =>
       Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
         if (name === undefined || (request.method !== "GET" && request.method !== "HEAD")) {
-          return missing(`Invalid URL (${request.method} ${echo(request.url)})`)
+          return missing(`Invalid URL (${request.method} ${echo(sentTarget(request))})`)
         }
         return Effect.match(assets, {
           onFailure: unreadable,
