@@ -12,6 +12,7 @@ import { BatchRunnerLive } from "./batches/BatchRunner.js"
 import { BatchStore, BatchStoreLive } from "./batches/BatchStore.js"
 import { RerunLive } from "./batches/rerun.js"
 import { BatchCommandsLive } from "./batches/BatchCommands.js"
+import { FileCommandsLive } from "./files/FileCommands.js"
 import { WorkLeases, WorkLeasesLive } from "./batches/WorkLeases.js"
 import { FileStore, FileStoreLive } from "./files/FileStore.js"
 import { UploadsLive } from "./files/Uploads.js"
@@ -116,7 +117,7 @@ export const makeServices = <P extends ServiceParts = {}>(parts: P & OnlyParts<P
 /** The services on `parts` (their error type `unknown`: `makeServices` says which). */
 const composeServices = (parts: ServiceParts) =>
   BatchCommandsLive.pipe(
-    Layer.provideMerge(Layer.mergeAll(BatchRunnerLive, RerunLive, UploadsLive)),
+    Layer.provideMerge(Layer.mergeAll(BatchRunnerLive, RerunLive, UploadsLive, FileCommandsLive)),
     Layer.provideMerge(Layer.mergeAll(
       parts.fileStore ?? FileStoreLive,
       parts.batchStore ?? BatchStoreLive,

@@ -6,6 +6,7 @@ export { audit, Auth, AuthLive, type AuthShape, AuthTest, type Caller, CurrentCa
 export type { WebhookEntry } from "./auth/keyEntries.js"
 export { AppConfig, appConfig, type AppConfigShape, defaults as configDefaults } from "./Config.js"
 export { BatchCommands, BatchCommandsLive, type BatchCommandsShape, type CommandError } from "./batches/BatchCommands.js"
+export { FileCommands, FileCommandsLive, type FileCommandsShape, type UploadQuota, type UploadRequest } from "./files/FileCommands.js"
 export { BatchRunner, BatchRunnerLive, type BatchRunnerShape, FaultRetry, type FaultRetryPolicy, TurnLength } from "./batches/BatchRunner.js"
 export {
   BatchNotFound,

@@ -8,7 +8,7 @@ import { createReadStream, writeFileSync } from "node:fs"
 import { request as httpRequest } from "node:http"
 import * as Path from "node:path"
 import OpenAI, { toFile } from "openai"
-import { MAX_FILENAME_BYTES, uploadFilename } from "../src/http/FilesHttp.js"
+import { MAX_FILENAME_BYTES, uploadFilename } from "../src/files/uploadChecks.js"
 import { FilenameInvalid, partDisposition } from "../src/http/Multipart.js"
 import { baseUrl, TestDataDir, testApp } from "./support/TestApp.js"
 

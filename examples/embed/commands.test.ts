@@ -1,13 +1,14 @@
 /**
- * An app that runs batches without HTTP: a file stored with `FileStore`, a batch created and cancelled with
+ * An app that runs batches without HTTP: a file uploaded with `FileCommands`, a batch created and cancelled with
  * `BatchCommands` (the API's own checks and errors), watched and read with `BatchStore` and `FileStore`.
  */
 import { describe, expect, layer } from "@effect/vitest"
-import { Chunk, Effect, Layer, Logger, LogLevel, Stream } from "effect"
+import { Chunk, Effect, Layer, Logger, LogLevel, Option, Stream } from "effect"
 import {
   AppConfig,
   BatchCommands,
   BatchStore,
+  FileCommands,
   FileStore,
   Ids,
   InferenceScripted,
@@ -28,13 +29,13 @@ const fakeUpstream = InferenceScripted(({ body }) => {
 }, ["fake-model"])
 
 const services = makeServices({ inference: fakeUpstream }).pipe(
-  Layer.provideMerge(AppConfig.layerTest()),
+  Layer.provideMerge(AppConfig.layerTest({ maxUploadBytes: 4096, maxFileBytesPerProject: Option.some(16_384) })),
   Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
 )
 
-/** Stores `prompts` as a batch input file of the local caller's project. */
+/** Uploads `prompts` as a batch input file of the local caller's project. */
 const inputFile = (prompts: ReadonlyArray<string>) =>
-  Effect.flatMap(FileStore, (files) => {
+  Effect.flatMap(FileCommands, (files) => {
     const jsonl = prompts.map((prompt, i) =>
       JSON.stringify({
         custom_id: `line-${i}`,
@@ -43,10 +44,7 @@ const inputFile = (prompts: ReadonlyArray<string>) =>
         body: { model: "fake-model", messages: [{ role: "user", content: prompt }] }
       }) + "\n"
     ).join("")
-    return files.create(
-      { filename: "input.jsonl", purpose: "batch", project: localCaller.project },
-      Stream.make(new TextEncoder().encode(jsonl))
-    )
+    return files.upload({ filename: "input.jsonl", purpose: "batch" }, Stream.make(new TextEncoder().encode(jsonl)), localCaller)
   })
 
 /** The batch once `done` says so (polled every 20 ms). */
@@ -64,6 +62,27 @@ const text = (id: Ids.FileId) =>
       Effect.map(Stream.runCollect(stream), (chunks) => Buffer.concat(Chunk.toReadonlyArray(chunks)).toString())))
 
 describe("batches without HTTP", () => {
+  layer(services, { excludeTestServices: true })("FileCommands", (it) => {
+    it.effect("upload refuses what POST /v1/files refuses, with its errors, and stores nothing then", () =>
+      Effect.gen(function*() {
+        const files = yield* FileCommands
+        const bytes = (n: number) => Stream.make(new Uint8Array(n).fill(10))
+        const refusal = (request: Parameters<typeof files.upload>[0], n = 10) =>
+          Effect.map(Effect.flip(files.upload(request, bytes(n), localCaller)), (e) => [e._tag, e.error.param, e.error.code])
+        expect(yield* refusal({ filename: "input.txt", purpose: "batch" })).toEqual(["InvalidRequest", "file", "invalid_file_format"])
+        expect(yield* refusal({ filename: "input.jsonl", purpose: "nonsense" })).toEqual(["InvalidRequest", "purpose", "invalid_value"])
+        expect(yield* refusal({ filename: "", purpose: "batch" })).toEqual(["InvalidRequest", "file", "invalid_value"])
+        expect(yield* refusal({ filename: "a.jsonl", purpose: "batch", expires_after: { anchor: "created_at", seconds: 60 } }))
+          .toEqual(["InvalidRequest", "expires_after.seconds", "invalid_value"])
+        expect(yield* refusal({ filename: "big.jsonl", purpose: "batch" }, 5000)).toEqual(["PayloadTooLarge", "file", "file_too_large"])
+        // The project's quota (16 KiB here), as uploads over HTTP count against it.
+        const before = yield* Effect.flatMap(FileStore, (store) => store.projectBytes(localCaller.project))
+        for (let i = 0; i < 4; i++) yield* files.upload({ filename: `part-${i}.txt`, purpose: "user_data" }, bytes(4000), localCaller)
+        expect(yield* refusal({ filename: "more.txt", purpose: "user_data" }, 4000)).toEqual(["PayloadTooLarge", "file", "storage_quota_exceeded"])
+        expect(yield* Effect.flatMap(FileStore, (store) => store.projectBytes(localCaller.project))).toBe(before + 16_000)
+      }))
+  })
+
   layer(services, { excludeTestServices: true })("BatchCommands", (it) => {
     it.effect("create runs a batch to its output file; the API's refusals come as its errors", () =>
       Effect.gen(function*() {

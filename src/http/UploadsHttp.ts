@@ -21,7 +21,7 @@ import {
 import { FileStore } from "../files/FileStore.js"
 import { type NewUpload, type UploadClosed, Uploads } from "../files/Uploads.js"
 import { OpenAIApi } from "./Api.js"
-import { batchFormatRefusal, unsupportedValue, uploadFilename } from "./FilesHttp.js"
+import { batchFormatRefusal, unsupportedValue, uploadFilename } from "../files/uploadChecks.js"
 import { readFileForm } from "./fileField.js"
 
 /** The checked parameters of `POST /v1/uploads` (the project is the caller's); `maxBytes` bounds `bytes`. */
