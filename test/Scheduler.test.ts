@@ -6,6 +6,7 @@
  * layer failing beside `HttpLive` ends the app's start with its failure.
  */
 import { expect, it } from "@effect/vitest"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import { Cause, Chunk, Effect, Exit, Fiber, FiberRef, Layer, Logger, LogLevel, Option, Scheduler } from "effect"
 import { createConnection, createServer, type Socket } from "node:net"
 import { AppConfig } from "../src/Config.js"
@@ -105,10 +106,14 @@ it.scoped("on the server's scheduler, a request's steps are not held behind back
     expect(yield* backgroundStepsDuring(BACKGROUND_PRIORITY)).toBeGreaterThanOrEqual(100)
   }).pipe(Effect.provide(SchedulerLive)))
 
-it.scoped("HttpLive answers at REQUEST_PRIORITY; a batch a request created runs at BACKGROUND_PRIORITY", () =>
+it.scoped("HttpLive answers at REQUEST_PRIORITY; a batch a request created runs at BACKGROUND_PRIORITY, without the request in its context", () =>
   Effect.gen(function*() {
-    const seen = { models: [] as Array<number>, calls: [] as Array<number> }
-    const priority = FiberRef.get(FiberRef.currentSchedulingPriority)
+    const seen = { models: [] as Array<number>, calls: [] as Array<number>, holdingRequest: [] as Array<boolean> }
+    // The fiber's priority, and whether it holds an HTTP request (a batch waiting for its turn held its creator's).
+    const priority = Effect.map(
+      Effect.zip(FiberRef.get(FiberRef.currentSchedulingPriority), Effect.serviceOption(HttpServerRequest.HttpServerRequest)),
+      ([p, request]) => (seen.holdingRequest.push(Option.isSome(request)), p)
+    )
     const answer = scriptedAnswer(200, {
       object: "chat.completion",
       choices: [{ index: 0, message: { role: "assistant", content: "ok" } }],
@@ -139,6 +144,7 @@ it.scoped("HttpLive answers at REQUEST_PRIORITY; a batch a request created runs 
     expect((yield* waitFor(openai, created.id, terminal)).status).toBe("completed")
     expect(seen.models).toEqual([REQUEST_PRIORITY, BACKGROUND_PRIORITY]) // GET /v1/models, then the batch's validation
     expect(seen.calls).toEqual([BACKGROUND_PRIORITY, BACKGROUND_PRIORITY])
+    expect(seen.holdingRequest).toEqual([true, false, false, false])
   }))
 
 /**

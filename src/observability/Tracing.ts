@@ -35,17 +35,17 @@ import { layerUpstreamCallTracing, makeFractionPicker } from "./upstreamCallSpan
 
 /**
  * A batch's background work on this node, as the root of a trace of its own (`BatchRunner.batch`, `batch.id`),
- * linked to the span that started it when that one is sampled (the create or cancel request): the work outlives the
- * request, and a resumed batch has no request at all.
+ * linked to `starter`, the span that started it, when that one is sampled (the create or cancel request): the work
+ * outlives the request, and a resumed batch has no request at all.
  */
-export const batchWork = (id: string) => <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
-  Effect.flatMap(Effect.option(Effect.currentParentSpan), (starter) =>
-    Effect.withSpan(self, "BatchRunner.batch", {
-      root: true,
-      captureStackTrace: false,
-      attributes: { "batch.id": id },
-      links: Option.isSome(starter) && starter.value.sampled ? [{ _tag: "SpanLink", span: starter.value, attributes: {} }] : []
-    }))
+export const batchWork = (id: string, starter: Option.Option<EffectTracer.AnySpan>) =>
+<A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.withSpan(self, "BatchRunner.batch", {
+    root: true,
+    captureStackTrace: false,
+    attributes: { "batch.id": id },
+    links: Option.isSome(starter) && starter.value.sampled ? [{ _tag: "SpanLink", span: starter.value, attributes: {} }] : []
+  })
 
 /**
  * The options of the spans of the reads clients poll (a batch, the lists of batches and files): no stack trace. A span
