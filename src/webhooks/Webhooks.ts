@@ -25,7 +25,7 @@ import { makeFailureRun } from "../observability/failureRuns.js"
 import { Metrics } from "../observability/Metrics.js"
 import { type ClaimedDelivery, type DeliveryClaim, makeDeliveries, type Settlement } from "./deliveries.js"
 import { makePoster } from "./posting.js"
-import { shownUrl, signingKeys, webhookHeaders } from "./signing.js"
+import { loggedUrl, signingKeys, webhookHeaders } from "./signing.js"
 import { WebhookTargets } from "./WebhookTargets.js"
 
 export interface WebhooksShape {
@@ -137,7 +137,7 @@ export const make = Effect.gen(function*() {
         return yield* conclude(delivery, claim, settlement, `not sent (${error}, on node ${config.nodeId})`, { attempts: delivery.attempts })
       }
       const { kind, url } = target.value
-      const shown = shownUrl(url)
+      const shown = loggedUrl(url)
       yield* Effect.annotateCurrentSpan("url.full", shown)
       const timestamp = Math.floor((yield* Clock.currentTimeMillis) / 1000)
       const result = yield* post(url, webhookHeaders(keys.value, delivery.id, timestamp, delivery.body), delivery.body, policy.timeout)

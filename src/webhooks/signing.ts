@@ -74,6 +74,16 @@ export const shownUrl = (url: string): string => {
 }
 
 /**
+ * `url` as logs and spans show it: its origin alone (`https://hooks.slack.com/…`), as its path may hold a token too
+ * (Slack's and Discord's webhook URLs do), and logs travel further than the deliveries list.
+ */
+export const loggedUrl = (url: string): string => {
+  const parsed = URL.canParse(url) ? new URL(url) : undefined
+  if (parsed === undefined) return "(not a URL)"
+  return parsed.pathname === "/" && parsed.search === "" ? parsed.origin : `${parsed.origin}/…`
+}
+
+/**
  * The `webhook-signature` of one attempt: `v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">` for each key,
  * separated by spaces.
  */
