@@ -125,7 +125,8 @@ const portUnlessServiceLink = (name: string): Config.Config<Option.Option<number
 /** The `Config` description of `AppConfigShape`, read from the environment (or any ConfigProvider). */
 export const appConfig: Config.Config<AppConfigShape> = Config.all({
   port: Config.integer("PORT").pipe(Config.withDefault(defaults.port)),
-  host: Config.string("HOST").pipe(Config.withDefault(defaults.host)),
+  // An IPv6 address as URLs write it (`[::1]`), which Node cannot listen on: the address itself.
+  host: Config.string("HOST").pipe(Config.map((host) => host.replace(/^\[(.*)\]$/, "$1")), Config.withDefault(defaults.host)),
   metricsPort: portUnlessServiceLink("METRICS_PORT"),
   dataDir: Config.string("DATA_DIR").pipe(Config.withDefault(defaults.dataDir)),
   maxUploadBytes: Config.integer("MAX_UPLOAD_BYTES").pipe(Config.withDefault(defaults.maxUploadBytes)),

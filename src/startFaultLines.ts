@@ -16,7 +16,9 @@ import { BatchesRunElsewhere } from "./storage/SqliteRunnerLock.js"
 const LISTEN_FAULTS: Readonly<Record<string, (port: string) => string>> = {
   EADDRINUSE: (port) => `another process listens there; set ${port} to a free port`,
   EACCES: (port) => `not allowed (a port below 1024 needs privileges); set ${port} to another`,
-  EADDRNOTAVAIL: () => "no such address on this machine; set HOST to one of its addresses"
+  EADDRNOTAVAIL: () => "no such address on this machine; set HOST to one of its addresses",
+  ENOTFOUND: () => "no address by that name; set HOST to an address of this machine (::1, not [::1]) or a name it resolves",
+  EAI_AGAIN: () => "its name could not be resolved now; set HOST to an address of this machine"
 }
 
 /** The variable of the port each listener's failure names: the server's (`ServeError`) or the metrics' own. */
@@ -25,12 +27,16 @@ const PORT_VARIABLES: Readonly<Record<string, string>> = { ServeError: "PORT", M
 /** A listen that failed for a reason in `LISTEN_FAULTS`: one line naming the address, the code and what to change. */
 export const listenFaultLine = (cause: Cause.Cause<unknown>): Option.Option<string> =>
   Option.flatMap(Cause.failureOption(cause), (error) => {
-    const failure = error as { readonly _tag?: unknown; readonly cause?: { code?: unknown; address?: unknown; port?: unknown } }
+    const failure = error as {
+      readonly _tag?: unknown
+      readonly cause?: { code?: unknown; address?: unknown; port?: unknown; hostname?: unknown }
+    }
     const variable = typeof failure._tag === "string" ? PORT_VARIABLES[failure._tag] : undefined
     const code = variable === undefined ? undefined : failure.cause?.code
-    return typeof code === "string" && code in LISTEN_FAULTS
-      ? Option.some(`Cannot listen on ${failure.cause!.address}:${failure.cause!.port}: ${LISTEN_FAULTS[code]!(variable!)} (${code})`)
-      : Option.none()
+    if (typeof code !== "string" || !(code in LISTEN_FAULTS)) return Option.none()
+    // A name that did not resolve (getaddrinfo's error) has a hostname, and no address nor port.
+    const { address, hostname, port } = failure.cause!
+    return Option.some(`Cannot listen on ${address ?? hostname}${port === undefined ? "" : `:${port}`}: ${LISTEN_FAULTS[code]!(variable!)} (${code})`)
   })
 
 /** What a first migration meeting a table of its name means. */

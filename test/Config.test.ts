@@ -112,6 +112,11 @@ describe("configuration", () => {
       expect(failure(yield* read("http://10.0.0.9:9090"))).toContain("Expected a port number")
     }))
 
+  it.effect("HOST written as URLs write an IPv6 address ([::1]) is the address", () =>
+    Effect.gen(function*() {
+      expect(yield* Effect.map(fromEnv({ HOST: "[::1]" }), Exit.map((c) => c.host))).toEqual(Exit.succeed("::1"))
+    }))
+
   it.effect("layerTest's data directory is its own, without a disk reserve, and gone once the layer is released", () =>
     Effect.gen(function*() {
       const scope = yield* Scope.make()

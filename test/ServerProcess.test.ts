@@ -272,6 +272,22 @@ describe.concurrent("server process", () => {
       }
     }))
 
+  it.live("a HOST that names no address stops the start with one line saying so, no stack trace", () =>
+    Effect.promise(async () => {
+      const dataDir = scratch()
+      try {
+        const env = { DATA_DIR: dataDir, HOST: "no-such-host.invalid", PORT: String(await freePort()), API_KEYS: "sk-x", LOG_FORMAT: "json" }
+        const run = await runServerToExit(env, 30_000)
+        expect(run.code).toBe(1)
+        const failed = run.output.split("\n").filter((l) => l.includes('"level":"ERROR"')).map((l) => JSON.parse(l))
+        expect(failed.map((l) => l.event)).toEqual(["server.listen_failed"])
+        // ENOTFOUND, or EAI_AGAIN where no name server answers.
+        expect(failed[0].message).toMatch(/^Cannot listen on no-such-host\.invalid: .*set HOST to an address of this machine.* \((ENOTFOUND|EAI_AGAIN)\)$/)
+      } finally {
+        rmSync(dataDir, { recursive: true, force: true })
+      }
+    }))
+
   it.live("a database it cannot reach or make at start stops it with one line naming the database and the variable, no password", () =>
     Effect.promise(async () => {
       const dataDir = scratch()
