@@ -183,6 +183,15 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
       ])
       expectEnvelope(purposeTwice, 400, { param: "purpose", code: "invalid_value" })
       expect(purposeTwice.json.error.message).toBe("The 'purpose' field was sent more than once; send it once.")
+      // A text field named file beside the file part, before or after it: which was meant is unknown too.
+      for (const textFirst of [true, false]) {
+        const text = `--xyz\r\nContent-Disposition: form-data; name="file"\r\n\r\nSECOND\r\n`
+        const file = `--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n{}\n\r\n`
+        const fileTwice = yield* raw("/v1/files", { "content-type": "multipart/form-data; boundary=xyz" }, [
+          `--xyz\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n` + (textFirst ? text + file : file + text) + "--xyz--\r\n"
+        ])
+        expectEnvelope(fileTwice, 400, { param: "file", code: "invalid_value" })
+      }
       const notMultipart = yield* call("/v1/files", { method: "POST", headers: { "content-type": "application/json" }, body: "{}" })
       expectEnvelope(notMultipart, 400, {})
 

@@ -51,8 +51,11 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
           }),
         refuse: place.received
       })
-      if (form.stored === undefined && form.fields.has("file")) {
-        return yield* invalidRequest("'file' must be a file part with a filename, not a text field.", "file", "invalid_type")
+      if (form.fields.has("file")) {
+        // Beside a file part, which of the two was meant is anyone's guess (as with two file parts).
+        return yield* form.stored === undefined
+          ? invalidRequest("'file' must be a file part with a filename, not a text field.", "file", "invalid_type")
+          : invalidRequest("The 'file' field was sent more than once (a text field beside the file part); send the file once.", "file", "invalid_value")
       }
       const meta = yield* parseUploadForm(form.fields, form.stored?.filename, form.repeated)
       yield* place.beforeStoring(form.stored!.staged.bytes)
