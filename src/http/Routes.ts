@@ -34,6 +34,9 @@ export const requestTarget = (
   }
 }
 
+/** One trailing slash is the router's path without it (`/ui/` is `/ui`, `/v1/files/` is `/v1/files`). */
+export const routedPath = (path: string): string => (path.length > 1 && path.endsWith("/") ? path.slice(0, -1) : path)
+
 /**
  * The route pattern a path matches among `patterns`; undefined when none does. A parameter (`:batch_id`) matches one
  * non-empty segment, a final `*` whatever follows its slash.
@@ -48,8 +51,7 @@ const makeRouteMatcher = (patterns: ReadonlyArray<string>) => {
     else exact.set(pattern, pattern)
   }
   return (given: string): string | undefined => {
-    // One trailing slash is the router's path without it (`/ui/` is `/ui`, `/v1/files/` is `/v1/files`).
-    const path = given.length > 1 && given.endsWith("/") ? given.slice(0, -1) : given
+    const path = routedPath(given)
     const known = exact.get(path)
     if (known !== undefined) return known
     const segments = path.split("/")

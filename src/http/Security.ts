@@ -30,13 +30,16 @@ import { DASHBOARD_HEADERS, isDashboardPath, isUnderDashboard } from "../ui/Dash
 import { answer, envelope } from "./EarlyAnswer.js"
 import { noteProject } from "./RequestLog.js"
 import { RequestRates } from "./requestRates.js"
-import { requestTarget } from "./Routes.js"
+import { requestTarget, routedPath } from "./Routes.js"
 
 /** Routes anyone may read: liveness, readiness and the API's description. */
 export const PUBLIC_PATHS: ReadonlySet<string> = new Set(["/v1/health", "/v1/ready", "/docs", "/openapi.json"])
 
-/** …and the dashboard's page and files (`ui/DashboardHttp.ts`), which hold no data: the page's API calls need a key. */
-const isPublicPath = (path: string) => PUBLIC_PATHS.has(path) || isDashboardPath(path)
+/**
+ * …and the dashboard's page and files (`ui/DashboardHttp.ts`), which hold no data: the page's API calls need a key.
+ * As the router reads the path (`/v1/health/` is served as `/v1/health`: a probe written so got a 401).
+ */
+const isPublicPath = (path: string) => PUBLIC_PATHS.has(routedPath(path)) || isDashboardPath(path)
 
 /**
  * Paths of an embedding app's own routes that need no key (a page of its own, a login): exact paths, as requested
