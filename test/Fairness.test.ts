@@ -3,10 +3,10 @@
  * of project A's large batch, even with one batch permit and a slow upstream.
  */
 import { expect, layer } from "@effect/vitest"
-import { Duration, Effect, Layer } from "effect"
+import { Duration, Effect, Fiber, Layer } from "effect"
 import OpenAI from "openai"
 import { AuthTest } from "../src/auth/Auth.js"
-import { TurnLength } from "../src/batches/BatchRunner.js"
+import { BatchRunner, TurnLength } from "../src/batches/BatchRunner.js"
 import { chatLine, createBatch, readLines, terminal, upload, waitFor } from "./support/Batches.js"
 import { baseUrl, testAppWithUpstream } from "./support/TestApp.js"
 
@@ -56,6 +56,27 @@ layer(app, { excludeTestServices: true })("fairness between projects", (it) => {
       // A's batch goes on after B's: cancel it to end the test.
       yield* Effect.promise(() => a.batches.cancel(big.id))
       expect((yield* waitFor(a, big.id, terminal)).status).toBe("cancelled")
+    }))
+})
+
+layer(twoProjects({}, { latencyMs: 20 }), { excludeTestServices: true })("a flood of one project's batches", (it) => {
+  it.effect("the node drives at most 16 of its validating batches (the rest wait in the database); B's batch is not held behind them; all complete", () =>
+    Effect.gen(function*() {
+      const a = yield* client("key-a")
+      const b = yield* client("key-b")
+      const runner = yield* BatchRunner
+      const file = yield* upload(a, [chatLine("only", "flood")])
+      let mostDriven = 0
+      const watching = yield* Effect.fork(Effect.forever(Effect.flatMap(runner.driving, (n) =>
+        Effect.sync(() => void (mostDriven = Math.max(mostDriven, n)))).pipe(Effect.zipRight(Effect.sleep("5 millis")))))
+      // 60 batches created back to back, as a client in a loop would (each waited for a fiber of its own).
+      const flood = yield* Effect.forEach(Array.from({ length: 60 }), () => createBatch(a, file.id), { concurrency: 4 })
+      yield* smallBatchCompletes(b, 2, 15_000)
+      for (const batch of flood) expect((yield* waitFor(a, batch.id, terminal, 30_000)).status).toBe("completed")
+      yield* Fiber.interrupt(watching)
+      // B's batch and the heartbeat's turns can add a few at once beyond the 16.
+      expect(mostDriven).toBeGreaterThan(0)
+      expect(mostDriven).toBeLessThanOrEqual(16 + 2)
     }))
 })
 

@@ -200,6 +200,13 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
     }).pipe(Effect.provide(storeFor(backend))))
 })
 
+/** The stores on a fresh SQLite database; the heartbeat reads the node's id and lease time from the configuration. */
+const pickUpStores = Layer.merge(BatchStoreLive, WorkLeasesLive).pipe(
+  Layer.provide(SqlLive),
+  Layer.provideMerge(configFor()),
+  Layer.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer("sqlite")))
+)
+
 describe("the heartbeat's pick-up", () => {
   it.effect("finds a new batch behind more than a page (100) of batches the node drives already, waiting for a permit", () =>
     Effect.gen(function*() {
@@ -217,12 +224,29 @@ describe("the heartbeat's pick-up", () => {
         restart: () => Effect.void,
         pickUp: (id) => Effect.sync(() => void pickedUp.push(id)),
         driving: () => driven,
+        crowded: () => [],
         databaseAnswers: Effect.void
       })
       expect(pickedUp).toEqual([newer])
-    }).pipe(Effect.provide(Layer.merge(BatchStoreLive, WorkLeasesLive).pipe(
-      Layer.provide(SqlLive),
-      Layer.provideMerge(configFor()), // the heartbeat reads the node's id and lease time
-      Layer.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer("sqlite")))
-    ))))
+    }).pipe(Effect.provide(pickUpStores)))
+
+  it.effect("leaves out the validating batches of a crowded project, but for those past their expiry", () =>
+    Effect.gen(function*() {
+      const store = yield* BatchStore
+      const make = (id: string, project: string, expiresAfterSeconds = 86400) =>
+        store.create({ ...newChatBatch(BatchId.make(id), FileId.make("file-x")), project, expiresAfterSeconds })
+      yield* make("batch_flood_1", "flood")
+      yield* make("batch_flood_2", "flood")
+      yield* make("batch_flood_expired", "flood", 0)
+      yield* make("batch_other", "other")
+      const pickedUp: Array<BatchId> = []
+      yield* beat(new LocalWork(), {
+        restart: () => Effect.void,
+        pickUp: (id) => Effect.sync(() => void pickedUp.push(id)),
+        driving: () => [],
+        crowded: () => ["flood"],
+        databaseAnswers: Effect.void
+      })
+      expect(pickedUp).toEqual(["batch_flood_expired", "batch_other"])
+    }).pipe(Effect.provide(pickUpStores)))
 })

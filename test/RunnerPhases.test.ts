@@ -200,7 +200,7 @@ for (const backend of backends) describe(`pending rows (${backend})`, () => {
       const taken: Array<number | undefined> = [yield* take, yield* take]
       expect(taken).toEqual([11, 12])
       yield* Effect.sleep("400 millis")
-      yield* beat(local, { restart: () => Effect.void, pickUp: () => Effect.void, driving: () => [id], databaseAnswers: Effect.void })
+      yield* beat(local, { restart: () => Effect.void, pickUp: () => Effect.void, driving: () => [id], crowded: () => [], databaseAnswers: Effect.void })
       for (let line = yield* take; line !== undefined; line = yield* take) taken.push(line)
       // Lines 1–10 (3 has its outcome) before the rest of 11–20 (15 has its own), then 21–25.
       expect(taken).toEqual([11, 12, 1, 2, 4, 5, 6, 7, 8, 9, 10, 13, 14, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25])
@@ -235,6 +235,7 @@ describe("the heartbeat", () => {
       yield* startHeartbeat(new LocalWork(), {
         restart: () => Effect.void,
         pickUp: () => Effect.void,
+        crowded: () => [],
         driving: () => [],
         databaseAnswers: Effect.sync(() => void answers++)
       }).pipe(Effect.provide(flaky))

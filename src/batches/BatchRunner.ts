@@ -18,7 +18,7 @@
  * finishing is not limited, so a cancel is never queued behind other batches. `supervised` retries a batch after a fault.
  * A node with `maxConcurrentBatches` 0 does none of this (`handedOff`): the nodes that run batches pick its work up.
  */
-import { Clock, Context, Deferred, Duration, Effect, Exit, FiberId, FiberMap, Layer, Option, Schedule, type Tracer } from "effect"
+import { Clock, Context, Deferred, Duration, Effect, Exit, FiberId, FiberMap, Layer, Option, Queue, Schedule, type Tracer } from "effect"
 import { AppConfig, runsBatches } from "../Config.js"
 import type { BatchId } from "../domain/Ids.js"
 import { FileStore, sweepEvery } from "../files/FileStore.js"
@@ -45,6 +45,8 @@ export interface BatchRunnerShape {
    * `cancelling`, driving it again writes its files and marks it `cancelled`.
    */
   readonly restart: (id: BatchId) => Effect.Effect<void>
+  /** How many batches this node drives now (a fiber each: working on them, or waiting for a permit). */
+  readonly driving: Effect.Effect<number>
 }
 
 export class BatchRunner extends Context.Tag("BatchRunner")<BatchRunner, BatchRunnerShape>() {}
@@ -107,6 +109,35 @@ export const make = Effect.gen(function*() {
   const finishing = yield* makeFinishing
 
   const load = (id: BatchId) => store.get(id, "all").pipe(Effect.orDie)
+
+  /**
+   * The validating batches this node drives at most per project (waiting for a permit, or validating): each is a
+   * fiber, ~40 KB with what it holds, and a key creating batches in a loop made thousands (16,000 in a minute took
+   * the process past 1.8 GB). The others wait in the database, left out of the heartbeat's pick-up while their
+   * project has as many here (`crowded`), and are taken up as these go on: a turn of the permits' round-robin needs
+   * only one of a project's batches waiting.
+   */
+  const validatingCap = Math.max(16, 4 * config.maxConcurrentBatches)
+  const validatingByProject = new Map<string, number>()
+  const crowded = () => Array.from(validatingByProject).filter(([, n]) => n >= validatingCap).map(([project]) => project)
+  /** Projects that had batches left in the database for the cap: as theirs go on, the next are taken up at once. */
+  const overflowed = new Set<string>()
+  /** A wish to take up free work now (`takeUpFree`), not at the next heartbeat: many at once are one. */
+  const freeWorkWanted = yield* Queue.sliding<void>(1)
+  /** `effect` counted among `project`'s validating batches while it runs. */
+  const countedValidating = <A>(project: string, effect: Effect.Effect<A>) =>
+    Effect.acquireUseRelease(
+      Effect.sync(() => validatingByProject.set(project, (validatingByProject.get(project) ?? 0) + 1)),
+      () => effect,
+      () =>
+        Effect.sync(() => {
+          const left = validatingByProject.get(project)! - 1
+          if (left === 0) validatingByProject.delete(project)
+          else validatingByProject.set(project, left)
+          // A heartbeat a second took up a project's next batches a cap's worth at a time: 16 one-line batches a second.
+          if (overflowed.has(project)) Queue.unsafeOffer(freeWorkWanted, undefined)
+        })
+    )
 
   /**
    * Whether the upstream of `model` (for `project`) holds every call now though it is up (a `Retry-After` pause, a
@@ -192,11 +223,18 @@ export const make = Effect.gen(function*() {
               if (!(yield* finishing.finish(id, "expire"))) return
               break
             }
+            const validatingNow = batch.status === "validating"
+            // Its project has as many validating batches here as this node drives: taken up later (see `crowded`).
+            if (validatingNow && (validatingByProject.get(record.project) ?? 0) >= validatingCap) {
+              overflowed.add(record.project)
+              return
+            }
             // The expiry ends the wait for a permit (or for the upstream) too; the next round then finishes the
             // batch as expired.
-            const progressed = yield* validateOrRun(record).pipe(
+            const turn = validateOrRun(record).pipe(
               Effect.raceFirst(Effect.as(Effect.sleep(Duration.millis(remaining)), true))
             )
+            const progressed = yield* (validatingNow ? countedValidating(record.project, turn) : turn)
             if (!progressed) return
             break
           }
@@ -311,7 +349,22 @@ export const make = Effect.gen(function*() {
 
   const restart = (id: BatchId) => Effect.zipRight(FiberMap.remove(fibers, id), start(id, undefined, { replace: true }))
 
-  yield* startHeartbeat(local, { restart, pickUp, driving: () => Array.from(fibers, ([id]) => id), databaseAnswers })
+  const driving = () => Array.from(fibers, ([id]) => id)
+  yield* startHeartbeat(local, { restart, pickUp, driving, crowded, databaseAnswers })
+  /** Free work taken up as the heartbeat does (without its line: the batches are this node's flood, not another's). */
+  const takeUpFree = Effect.gen(function*() {
+    const lease = yield* nodeLease(config)
+    // As many as the overflowed projects have room for: each beyond would be started only to be left again.
+    let room = 0
+    for (const project of overflowed) room += Math.max(0, validatingCap - (validatingByProject.get(project) ?? 0))
+    if (room === 0) return
+    const free = yield* leases.claimable(lease.now, room, driving(), crowded())
+    yield* Effect.forEach(free, (id) => start(id), { discard: true })
+  })
+  yield* Effect.forkScoped(inBackground(Effect.forever(Effect.zipRight(
+    Queue.take(freeWorkWanted),
+    Effect.catchAllCause(takeUpFree, (cause) => Effect.logWarning("Could not take up free work; the next heartbeat will", cause))
+  ))))
   // Up to SPENT_GROUPS groups of batches a sweep, from where the last one stopped.
   let spentAfter = 0
   const sweepSpent = Effect.gen(function*() {
@@ -322,7 +375,7 @@ export const make = Effect.gen(function*() {
   })
   yield* sweepEvery(sweepSpent, "Sweep of finished batches' rows failed")
 
-  return BatchRunner.of({ submit, restart })
+  return BatchRunner.of({ submit, restart, driving: FiberMap.size(fibers) })
 })
 
 /**
@@ -330,7 +383,7 @@ export const make = Effect.gen(function*() {
  * cancels is left to the nodes that run batches, which pick it up at their next heartbeat (a cancelled batch they
  * work on, they stop and finish).
  */
-const handedOff = BatchRunner.of({ submit: () => Effect.void, restart: () => Effect.void })
+const handedOff = BatchRunner.of({ submit: () => Effect.void, restart: () => Effect.void, driving: Effect.succeed(0) })
 
 /** The runner, or `handedOff` on a node configured to run no batch. */
 export const BatchRunnerLive: Layer.Layer<

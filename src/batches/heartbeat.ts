@@ -94,6 +94,8 @@ export interface HeartbeatActions {
   readonly pickUp: (id: BatchId, atStart: boolean) => Effect.Effect<void>
   /** The batches this node drives now (working on them or waiting for a permit): no need to pick them up. */
   readonly driving: () => ReadonlyArray<BatchId>
+  /** The projects whose validating batches this node drives as many of as it will: none of theirs is picked up. */
+  readonly crowded: () => ReadonlyArray<string>
   /** A beat went through after one or more failed: the database answers again (batches waiting it out try again). */
   readonly databaseAnswers: Effect.Effect<void>
 }
@@ -115,7 +117,7 @@ export const beat = (local: LocalWork, actions: HeartbeatActions, atStart = fals
     const driving = actions.driving()
     const lease = yield* nodeLease(config)
     local.setLapsed(yield* leases.lapsedSlices(lease, driving))
-    const free = yield* leases.claimable(lease.now, 100, driving)
+    const free = yield* leases.claimable(lease.now, 100, driving, actions.crowded())
     yield* Effect.forEach(free, (id) => actions.pickUp(id, atStart), { discard: true })
   }).pipe(Effect.withSpan("BatchRunner.heartbeat"))
 

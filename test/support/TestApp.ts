@@ -116,12 +116,14 @@ export const TestHttpServer = Layer.unwrapEffect(Effect.sync(() => {
 
 /**
  * The real application (SQLite + local files in a scratch directory) on a random port, with an `HttpClient`
- * pointed at it, the `AppConfig` and the `TestDataDir` it uses; on the server's scheduler, as `makeApp` runs it.
+ * pointed at it, its services, the `AppConfig` and the `TestDataDir` it uses; on the server's scheduler, as `makeApp`
+ * runs it.
  */
 export const testApp = (overrides: Partial<AppConfigShape> = {}, backend: Backend = "sqlite", options: TestAppOptions = {}) =>
   HttpLive.pipe(
     Layer.provide(options.auth ?? AuthLive),
-    Layer.provide(options.batchStore ? makeServices({ batchStore: options.batchStore }) : ServicesLive),
+    // Its services too, for the tests that look at them (the runner, the stores).
+    Layer.provideMerge(options.batchStore ? makeServices({ batchStore: options.batchStore }) : ServicesLive),
     Layer.provideMerge(TestHttpServer),
     Layer.provideMerge(configFor(overrides)),
     Layer.provideMerge(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend))),
