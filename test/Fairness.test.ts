@@ -59,13 +59,20 @@ layer(app, { excludeTestServices: true })("fairness between projects", (it) => {
     }))
 })
 
-layer(twoProjects({}, { latencyMs: 20 }), { excludeTestServices: true })("a flood of one project's batches", (it) => {
+// A heartbeat every 30 s: the batches the cap leaves are taken up as room comes, not by the heartbeat.
+const floodApp = twoProjects({ heartbeatInterval: Duration.seconds(30), leaseTtl: Duration.seconds(90) }, { latencyMs: 20 })
+
+layer(floodApp, { excludeTestServices: true })("a flood of one project's batches", (it) => {
   it.effect("the node drives at most 16 of its validating batches (the rest wait in the database); B's batch is not held behind them; all complete", () =>
     Effect.gen(function*() {
       const a = yield* client("key-a")
       const b = yield* client("key-b")
       const runner = yield* BatchRunner
       const file = yield* upload(a, [chatLine("only", "flood")])
+      // B flooded first, and is done: its room later must not take up A's batches beyond A's own room.
+      const fileB = yield* upload(b, [chatLine("only", "earlier flood")])
+      const earlier = yield* Effect.forEach(Array.from({ length: 30 }), () => createBatch(b, fileB.id), { concurrency: 4 })
+      for (const batch of earlier) expect((yield* waitFor(b, batch.id, terminal, 30_000)).status).toBe("completed")
       let mostDriven = 0
       const watching = yield* Effect.fork(Effect.forever(Effect.flatMap(runner.driving, (n) =>
         Effect.sync(() => void (mostDriven = Math.max(mostDriven, n)))).pipe(Effect.zipRight(Effect.sleep("5 millis")))))

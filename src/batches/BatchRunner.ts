@@ -34,6 +34,7 @@ import { makeFinishing } from "./finishing.js"
 import { LocalWork, startHeartbeat } from "./heartbeat.js"
 import { makeRunning } from "./running.js"
 import { makeValidating } from "./validating.js"
+import { makeValidatingCap } from "./validatingCap.js"
 import { nodeLease, WorkLeases } from "./WorkLeases.js"
 
 export interface BatchRunnerShape {
@@ -110,33 +111,15 @@ export const make = Effect.gen(function*() {
 
   const load = (id: BatchId) => store.get(id, "all").pipe(Effect.orDie)
 
-  /**
-   * The validating batches this node drives at most per project (waiting for a permit, or validating): each is a
-   * fiber, ~40 KB with what it holds, and a key creating batches in a loop made thousands (16,000 in a minute took
-   * the process past 1.8 GB). The others wait in the database, left out of the heartbeat's pick-up while their
-   * project has as many here (`crowded`), and are taken up as these go on: a turn of the permits' round-robin needs
-   * only one of a project's batches waiting.
-   */
-  const validatingCap = Math.max(16, 4 * config.maxConcurrentBatches)
-  const validatingByProject = new Map<string, number>()
-  const crowded = () => Array.from(validatingByProject).filter(([, n]) => n >= validatingCap).map(([project]) => project)
-  /** Projects that had batches left in the database for the cap: as theirs go on, the next are taken up at once. */
-  const overflowed = new Set<string>()
-  /** A wish to take up free work now (`takeUpFree`), not at the next heartbeat: many at once are one. */
-  const freeWorkWanted = yield* Queue.sliding<void>(1)
+  const cap = makeValidatingCap(Math.max(16, 4 * config.maxConcurrentBatches))
+  /** A wish to take up batches the cap left (`takeUpLeft`), now rather than at the next heartbeat: many are one. */
+  const leftWanted = yield* Queue.sliding<void>(1)
   /** `effect` counted among `project`'s validating batches while it runs. */
   const countedValidating = <A>(project: string, effect: Effect.Effect<A>) =>
     Effect.acquireUseRelease(
-      Effect.sync(() => validatingByProject.set(project, (validatingByProject.get(project) ?? 0) + 1)),
+      Effect.sync(() => cap.enter(project)),
       () => effect,
-      () =>
-        Effect.sync(() => {
-          const left = validatingByProject.get(project)! - 1
-          if (left === 0) validatingByProject.delete(project)
-          else validatingByProject.set(project, left)
-          // A heartbeat a second took up a project's next batches a cap's worth at a time: 16 one-line batches a second.
-          if (overflowed.has(project)) Queue.unsafeOffer(freeWorkWanted, undefined)
-        })
+      () => Effect.sync(() => cap.leave(project) && Queue.unsafeOffer(leftWanted, undefined))
     )
 
   /**
@@ -210,25 +193,25 @@ export const make = Effect.gen(function*() {
    * Takes a batch as far as this node can: its share of validating and running (until `expires_at`), then
    * finishing it when this node gets the lease. Ends when the batch is final or other nodes hold what is left.
    */
-  const drive = (id: BatchId): Effect.Effect<void> =>
+  const drive = (id: BatchId, sayOnce: Effect.Effect<void>): Effect.Effect<void> =>
     Effect.gen(function*() {
       for (;;) {
         const record = yield* load(id)
         const { batch } = record
+        if (batch.status !== "validating" && batch.status !== "in_progress") yield* sayOnce
         switch (batch.status) {
           case "validating":
           case "in_progress": {
             const remaining = batch.expires_at * 1000 - (yield* Clock.currentTimeMillis)
             if (remaining <= 0) {
+              yield* sayOnce
               if (!(yield* finishing.finish(id, "expire"))) return
               break
             }
             const validatingNow = batch.status === "validating"
-            // Its project has as many validating batches here as this node drives: taken up later (see `crowded`).
-            if (validatingNow && (validatingByProject.get(record.project) ?? 0) >= validatingCap) {
-              overflowed.add(record.project)
-              return
-            }
+            // Its project has as many validating batches here as this node drives: taken up later (`validatingCap.ts`).
+            if (validatingNow && cap.full(record.project)) return
+            yield* sayOnce
             // The expiry ends the wait for a permit (or for the upstream) too; the next round then finishes the
             // batch as expired.
             const turn = validateOrRun(record).pipe(
@@ -272,11 +255,17 @@ export const make = Effect.gen(function*() {
    * `expires_at` takes the expiry path), with a warning each time it starts waiting and at most once a minute while
    * it goes on.
    * Any other fault is retried `maxRetries` times (1, 2, 4, 8 s); if it persists, the batch fails with
-   * `internal_error`. `announce` runs first, once: the first line of the batch's work on this node.
+   * `internal_error`. `announce` is said once, as the first line of the batch's work on this node: once it is known
+   * to be driven here (not for one the cap leaves in the database: `validatingCap.ts`).
    */
   const supervised = (id: BatchId, starter: Option.Option<Tracer.AnySpan>, announce: Effect.Effect<void> = Effect.void) =>
     Effect.gen(function*() {
-      yield* announce
+      let toSay = announce
+      const sayOnce = Effect.suspend(() => {
+        const said = toSay
+        toSay = Effect.void
+        return said
+      })
       // A wait before a retry counts as this node's work on the batch: a cancel from another node ends it. Whether
       // `cut` ended it before its time.
       const backOff = (ms: number, cut: Effect.Effect<void> = Effect.never) =>
@@ -286,7 +275,7 @@ export const make = Effect.gen(function*() {
       let waitingFor: StorageFault | undefined
       let warnedAt = 0
       for (;;) {
-        const exit = yield* Effect.exit(drive(id))
+        const exit = yield* Effect.exit(drive(id, sayOnce))
         if (Exit.isSuccess(exit)) {
           if (waitingFor !== undefined) yield* Effect.logInfo(`Batch ${id} got through after storage was ${storageState(waitingFor)}`)
           return
@@ -350,20 +339,21 @@ export const make = Effect.gen(function*() {
   const restart = (id: BatchId) => Effect.zipRight(FiberMap.remove(fibers, id), start(id, undefined, { replace: true }))
 
   const driving = () => Array.from(fibers, ([id]) => id)
-  yield* startHeartbeat(local, { restart, pickUp, driving, crowded, databaseAnswers })
-  /** Free work taken up as the heartbeat does (without its line: the batches are this node's flood, not another's). */
-  const takeUpFree = Effect.gen(function*() {
-    const lease = yield* nodeLease(config)
-    // As many as the overflowed projects have room for: each beyond would be started only to be left again.
-    let room = 0
-    for (const project of overflowed) room += Math.max(0, validatingCap - (validatingByProject.get(project) ?? 0))
-    if (room === 0) return
-    const free = yield* leases.claimable(lease.now, room, driving(), crowded())
-    yield* Effect.forEach(free, (id) => start(id), { discard: true })
-  })
+  yield* startHeartbeat(local, { restart, pickUp, driving, crowded: cap.crowded, databaseAnswers })
+  /**
+   * The batches the cap left, taken up as their projects have room (without a pick-up line: they are this node's
+   * own, created here or found by its heartbeat, not another node's).
+   */
+  const takeUpLeft = Effect.suspend(() => Effect.forEach(cap.rooms(), ({ project, room }) =>
+    Effect.gen(function*() {
+      const lease = yield* nodeLease(config)
+      const left = yield* leases.claimable(lease.now, room, driving(), { project })
+      if (left.length < room) cap.none(project)
+      yield* Effect.forEach(left, (id) => start(id), { discard: true })
+    }), { discard: true }))
   yield* Effect.forkScoped(inBackground(Effect.forever(Effect.zipRight(
-    Queue.take(freeWorkWanted),
-    Effect.catchAllCause(takeUpFree, (cause) => Effect.logWarning("Could not take up free work; the next heartbeat will", cause))
+    Queue.take(leftWanted),
+    Effect.catchAllCause(takeUpLeft, (cause) => Effect.logWarning("Could not take up waiting batches; the next heartbeat will", cause))
   ))))
   // Up to SPENT_GROUPS groups of batches a sweep, from where the last one stopped.
   let spentAfter = 0

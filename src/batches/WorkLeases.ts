@@ -58,14 +58,15 @@ export interface WorkLeasesShape {
   /**
    * Unfinished batches with work a node could claim at `now`, oldest first: a free batch-wide lease on one that
    * validates, finishes or is past its expiry, or a free slice of one that runs; those in `except` left out (the
-   * node's own, waiting for a permit: they would fill the page, hiding newer batches), and the unexpired validating
-   * batches of the projects in `crowded` (the node drives as many of theirs as it will: `BatchRunner.ts`).
+   * node's own, waiting for a permit: they would fill the page, hiding newer batches); `filter.crowded`: the
+   * unexpired validating batches of these projects left out too (the node drives as many of theirs as it will:
+   * `validatingCap.ts`); `filter.project`: that project's batches only.
    */
   readonly claimable: (
     now: number,
     limit: number,
     except?: ReadonlyArray<BatchId>,
-    crowded?: ReadonlyArray<string>
+    filter?: { readonly crowded?: ReadonlyArray<string>; readonly project?: string }
   ) => Effect.Effect<ReadonlyArray<BatchId>>
 }
 
@@ -161,11 +162,17 @@ export const make = Effect.gen(function*() {
 
   const releaseAfterRestart = (owner: string) => releaseLeases(dialect.leasesFreedOnRestart(owner))
 
-  const claimable = (now: number, limit: number, except: ReadonlyArray<BatchId> = [], crowded: ReadonlyArray<string> = []) =>
+  const claimable = (
+    now: number,
+    limit: number,
+    except: ReadonlyArray<BatchId> = [],
+    { crowded = [], project }: { readonly crowded?: ReadonlyArray<string>; readonly project?: string } = {}
+  ) =>
     sql<{ id: BatchId }>`
       SELECT id FROM batches b WHERE ${sql.in("status", activeStatuses)}
       AND ${except.length === 0 ? sql`1 = 1` : sql`NOT ${sql.in("id", except)}`}
-      AND ${crowded.length === 0 ? sql`1 = 1` : sql`NOT (status = 'validating' AND expires_at * 1000 > ${now} AND ${sql.in("project", crowded)})`} AND (
+      AND ${crowded.length === 0 ? sql`1 = 1` : sql`NOT (status = 'validating' AND expires_at * 1000 > ${now} AND ${sql.in("project", crowded)})`}
+      AND ${project === undefined ? sql`1 = 1` : sql`project = ${project}`} AND (
         ((status <> 'in_progress' OR expires_at * 1000 <= ${now}) AND (lease_until IS NULL OR lease_until < ${now}))
         OR (status = 'in_progress' AND EXISTS (
           SELECT 1 FROM batch_slices s WHERE s.batch_id = b.id AND s.state = 'open'

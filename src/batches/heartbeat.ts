@@ -117,7 +117,7 @@ export const beat = (local: LocalWork, actions: HeartbeatActions, atStart = fals
     const driving = actions.driving()
     const lease = yield* nodeLease(config)
     local.setLapsed(yield* leases.lapsedSlices(lease, driving))
-    const free = yield* leases.claimable(lease.now, 100, driving, actions.crowded())
+    const free = yield* leases.claimable(lease.now, 100, driving, { crowded: actions.crowded() })
     yield* Effect.forEach(free, (id) => actions.pickUp(id, atStart), { discard: true })
   }).pipe(Effect.withSpan("BatchRunner.heartbeat"))
 

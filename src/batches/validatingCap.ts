@@ -1,0 +1,48 @@
+/**
+ * How many of a project's validating batches a node drives at once (waiting for a permit, or validating): each is a
+ * fiber, ~40 KB with what it holds, and a key creating batches in a loop made thousands (16,000 in a minute took the
+ * process past 1.8 GB). The others wait in the database: the heartbeat leaves them out of its pick-up while their
+ * project has as many here (`crowded`), and as these go on the next are taken up at once, a project at a time, as
+ * many as it has room for (`wanted`): the heartbeat a second took them up 16 one-line batches a second. A turn of the
+ * permits' round-robin needs only one of a project's batches waiting.
+ *
+ * A batch is counted while its drive starts from `validating` (its validation, and the run of its first turn): one
+ * that needs more turns waits for them uncounted, as every running batch does.
+ */
+export interface ValidatingCap {
+  /** Whether `project` has as many validating batches driven here as it may: the batch is left (`rooms` takes it up). */
+  readonly full: (project: string) => boolean
+  readonly enter: (project: string) => void
+  /** A counted batch went on; true when its project had batches left, so that one of them may be taken up now. */
+  readonly leave: (project: string) => boolean
+  /** The projects whose validating batches the heartbeat leaves out. */
+  readonly crowded: () => ReadonlyArray<string>
+  /** Each project with batches left and room for some, with that room; one that has none left is forgotten (`none`). */
+  readonly rooms: () => ReadonlyArray<{ readonly project: string; readonly room: number }>
+  /** `project` has no batch left in the database (a take-up found fewer than its room). */
+  readonly none: (project: string) => void
+}
+
+export const makeValidatingCap = (cap: number): ValidatingCap => {
+  const driven = new Map<string, number>()
+  /** Projects that had batches left for the cap, and may still have. */
+  const left = new Set<string>()
+  const count = (project: string) => driven.get(project) ?? 0
+  return {
+    full: (project) => {
+      if (count(project) < cap) return false
+      left.add(project)
+      return true
+    },
+    enter: (project) => void driven.set(project, count(project) + 1),
+    leave: (project) => {
+      const now = count(project) - 1
+      if (now <= 0) driven.delete(project)
+      else driven.set(project, now)
+      return left.has(project)
+    },
+    crowded: () => Array.from(driven).filter(([, n]) => n >= cap).map(([project]) => project),
+    rooms: () => Array.from(left, (project) => ({ project, room: cap - count(project) })).filter(({ room }) => room > 0),
+    none: (project) => void left.delete(project)
+  }
+}
