@@ -5,9 +5,13 @@
  * few it reads from the environment itself.
  */
 import { ConfigProvider } from "effect"
+import { SERVED_BY_CLI } from "./serveMarker.js"
 
-/** Read from `process.env` directly (proxies, in both cases as undici and curl read them; the CLI's colours). */
-const READ_DIRECTLY = ["HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "NO_COLOR"]
+/**
+ * Read from `process.env` directly (proxies, in both cases as undici and curl read them; the CLI's colours; Node's
+ * warnings silenced; the server `openai-batch serve` started).
+ */
+const READ_DIRECTLY = ["HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "NO_COLOR", "NODE_NO_WARNINGS", SERVED_BY_CLI]
 /** Common variables of other tools a couple of edits from a setting: never said, nor suggested. */
 const OTHERS = new Set(["NODE_IP", "POD_IP", "HOST_IP", "FTP_PROXY", "ftp_proxy", "ALL_PROXY", "all_proxy"])
 

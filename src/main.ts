@@ -12,6 +12,7 @@ import { LoggingLive, loggerLayer } from "./observability/Logging.js"
 import { NodeIdTakenOver, OnNodeIdTakenOver } from "./storage/NodeIdLock.js"
 import { configFaultLine, listenFaultLine, startFaultLine } from "./startFaultLines.js"
 import { misspeltVariables, recordingReads, serviceLinkedSettings } from "./configTypos.js"
+import { SERVED_BY_CLI } from "./serveMarker.js"
 
 /** A fault that ends the server (a port in use, a database unreachable at start), logged in the configured format. */
 const logFault = (cause: Cause.Cause<unknown>) =>
@@ -98,12 +99,12 @@ const sayHangupChangesNothing = Effect.gen(function*() {
 })
 
 /**
- * Started by `openai-batch serve` (an IPC channel to it): when that process is gone (a supervisor's SIGKILL, which
+ * Started by `openai-batch serve` (an IPC channel to it, and `SERVED_BY_CLI` set): when that process is gone (a supervisor's SIGKILL, which
  * it cannot pass on), this one stops at once too. Left running, in a process group of its own, it went on serving
  * and holding its NODE_ID, and the restarted server waited for it, then failed. The channel keeps nothing alive.
  */
 const stopWhenStarterGone = Effect.gen(function*() {
-  if (process.channel === undefined) return
+  if (process.channel === undefined || process.env[SERVED_BY_CLI] !== "1") return
   const runSync: RunSync = Runtime.runSync(yield* Effect.runtime<never>())
   process.channel.unref()
   process.once("disconnect", () => stopNow(runSync, "The openai-batch serve process that started this server is gone", 1))
@@ -115,6 +116,8 @@ const stopWhenStarterGone = Effect.gen(function*() {
  * JSON object a line could not parse.
  */
 const logNodeWarnings = Effect.gen(function*() {
+  // Silenced as Node is told (`NODE_NO_WARNINGS=1`, `--no-warnings`): Node still emits them, only does not print.
+  if (process.env.NODE_NO_WARNINGS === "1" || process.execArgv.includes("--no-warnings")) return
   const runSync: RunSync = Runtime.runSync(yield* Effect.runtime<never>())
   process.removeAllListeners("warning") // Node's printer
   process.on("warning", (warning) =>

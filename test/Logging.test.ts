@@ -381,6 +381,7 @@ describe("a request's line", () => {
       expect(answered.written).toMatchObject([{ level: "INFO", route: "/v1/files", status: 200, project: "projR" }])
       expect(answered.written[0]!.cause).toBeUndefined()
       expect((yield* serve("/v1/health", ok, LogLevel.Info)).written).toEqual([])
+      expect((yield* serve("/v1/health/", ok, LogLevel.Info)).written).toEqual([]) // the router's /v1/health too
       expect((yield* serve("/v1/health", ok, LogLevel.Debug)).written).toMatchObject([{ level: "DEBUG", path: "/v1/health", status: 200 }])
       expect((yield* serve("/metrics", ok, LogLevel.Info, "HEAD")).written).toEqual([])
       // Another method there is no probe (a scanner's PROPFIND, a POST): its line is not hidden at info.

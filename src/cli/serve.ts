@@ -13,6 +13,7 @@ import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
 import { Effect } from "effect"
 import { packageRoot } from "../packageRoot.js"
+import { SERVED_BY_CLI } from "../serveMarker.js"
 import { failed } from "./failure.js"
 
 const root = packageRoot()
@@ -35,6 +36,7 @@ export const serve = Effect.async<number, ReturnType<typeof failed>>((resume) =>
   const child = spawn(process.execPath, [...(fromSource ? process.execArgv : []), ...startFlags(), entry], {
     // The channel tells the server when this process is gone (`src/main.ts`): a SIGKILL is not passed on.
     stdio: ["ignore", "inherit", "inherit", "ipc"],
+    env: { ...process.env, [SERVED_BY_CLI]: "1" },
     detached: true
   })
   const pass = (signal: NodeJS.Signals) => () => child.kill(signal)

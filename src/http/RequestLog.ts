@@ -14,7 +14,7 @@ import type * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Cause, Effect, Exit, FiberRef, HashMap, LogLevel, Option } from "effect"
 import { requestId } from "../domain/Ids.js"
 import { echo } from "../domain/Text.js"
-import { requestTarget, routeOf } from "./Routes.js"
+import { requestTarget, routedPath, routeOf } from "./Routes.js"
 import { sentTarget } from "./sentTarget.js"
 
 /** An incoming `x-request-id` taken as is: 1–128 letters, digits and `- _ . : + / = @`. */
@@ -49,7 +49,7 @@ export const noteProject = (project: string): Effect.Effect<void> =>
  * Only as probes ask (GET, HEAD): another method there is not a probe, and its line stays at info.
  */
 const POLLED: ReadonlySet<string> = new Set(["/v1/health", "/v1/ready", "/metrics"])
-const isProbe = (method: string, path: string) => (method === "GET" || method === "HEAD") && POLLED.has(path)
+const isProbe = (method: string, path: string) => (method === "GET" || method === "HEAD") && POLLED.has(routedPath(path))
 
 /** A probe's or a scrape's request (`POLLED`), as the server reads its target. */
 export const isProbeRequest = (request: HttpServerRequest.HttpServerRequest): boolean =>

@@ -6,8 +6,8 @@ export const ABSOLUTE_FORM = /^https?:\/\/(.*?)\//
 
 /**
  * The target as the client sent it, for what is said back (a 404's message, a request's log line): under a mount
- * (`HttpRouter.mountApp("/openai", …)`) the router's `url` lacks the prefix, which `originalUrl` keeps (in origin
- * form: a web handler's `originalUrl` is the whole URL).
+ * (`HttpRouter.mountApp("/openai", …)`) the router's `url` lacks the prefix, which `originalUrl` keeps; in origin
+ * form, as the router reads a target in absolute form (and a web handler's `originalUrl`, the whole URL).
  */
 export const sentTarget = (request: HttpServerRequest.HttpServerRequest): string =>
-  request.originalUrl === request.url ? request.url : request.originalUrl.replace(ABSOLUTE_FORM, "/")
+  request.originalUrl.replace(ABSOLUTE_FORM, "/")

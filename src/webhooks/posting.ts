@@ -1,7 +1,7 @@
 /**
  * One webhook attempt over HTTP: the POST, a time limit on the answer's status, and what came of it in a few words
  * for `last_error`. No trace reaches the receiver or the spans: the client makes no span of its own (its `url.full`
- * and `url.query` would hold the URL's token; `Webhooks.attempt` carries the URL without its query) and sends no
+ * and `url.query` would hold the URL's token; `Webhooks.attempt` carries the URL's origin alone) and sends no
  * `traceparent`/`b3` headers (OpenAI sends none).
  */
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
