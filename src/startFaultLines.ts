@@ -17,7 +17,7 @@ const LISTEN_FAULTS: Readonly<Record<string, (port: string) => string>> = {
   EADDRINUSE: (port) => `another process listens there; set ${port} to a free port`,
   EACCES: (port) => `not allowed (a port below 1024 needs privileges); set ${port} to another`,
   EADDRNOTAVAIL: () => "no such address on this machine; set HOST to one of its addresses",
-  ENOTFOUND: () => "no address by that name; set HOST to an address of this machine (::1, not [::1]) or a name it resolves",
+  ENOTFOUND: () => "no address by that name; set HOST to an address of this machine or a name it resolves",
   EAI_AGAIN: () => "its name could not be resolved now; set HOST to an address of this machine"
 }
 

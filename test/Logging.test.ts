@@ -11,7 +11,7 @@ import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Cause, Effect, Exit, Layer, Logger, LogLevel, Option } from "effect"
 import { defaults } from "../src/Config.js"
-import { listeningLine } from "../src/observability/Lifecycle.js"
+import { addressUrl, listeningLine } from "../src/observability/Lifecycle.js"
 import { mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { connect } from "node:net"
 import { tmpdir } from "node:os"
@@ -129,7 +129,10 @@ describe("the logs of the server process", () => {
     expect(event("server.listening")[0]!.message).toContain("; API keys required")
     // Where to point an SDK and a browser; on every interface, this machine's address.
     expect(event("server.listening")[0]!.message).toMatch(new RegExp(`: the SDKs' base URL is ${server.url}/v1, the dashboard ${server.url}/ui/$`))
-    for (const everywhere of ["http://0.0.0.0:8321", "http://:::8321"]) {
+    // An IPv6 address as a URL writes it: in brackets.
+    expect(addressUrl({ _tag: "TcpAddress", hostname: "::1", port: 8321 })).toBe("http://[::1]:8321")
+    expect(addressUrl({ _tag: "TcpAddress", hostname: "127.0.0.1", port: 8321 })).toBe("http://127.0.0.1:8321")
+    for (const everywhere of ["http://0.0.0.0:8321", addressUrl({ _tag: "TcpAddress", hostname: "::", port: 8321 })]) {
       expect(listeningLine(everywhere, defaults, true, [], Option.none()).message)
         .toMatch(/: the SDKs' base URL is http:\/\/localhost:8321\/v1, the dashboard http:\/\/localhost:8321\/ui\/$/)
     }

@@ -6,6 +6,7 @@ import { spawn } from "node:child_process"
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs"
 import { hostname, tmpdir } from "node:os"
 import { type AddressInfo, createServer } from "node:net"
+import { Agent, request } from "node:http"
 import * as Path from "node:path"
 import OpenAI, { toFile } from "openai"
 import { compiledCopy, freePort, runServerToExit, serverArgs, type ServerProcess, STALLED_UPLOAD_END, stalledUpload, startServer } from "./support/ServerProcess.js"
@@ -109,6 +110,38 @@ describe.concurrent("server process", () => {
         await server.stop()
       } finally {
         await server?.stop("SIGKILL") // a test that failed midway leaves no server running
+        rmSync(dataDir, { recursive: true, force: true })
+      }
+    }))
+
+  it.live("a request sent on a kept-alive connection as SIGTERM lands is answered or refused at once, not held for SHUTDOWN_TIMEOUT", () =>
+    Effect.promise(async () => {
+      const dataDir = scratch()
+      let server: ServerProcess | undefined
+      try {
+        server = await startServer({ DATA_DIR: dataDir, SHUTDOWN_TIMEOUT: "20 seconds", LOG_FORMAT: "json" })
+        // One connection, kept alive: the second request goes on it, as a client's next call does.
+        const agent = new Agent({ keepAlive: true, maxSockets: 1 })
+        const get = () =>
+          new Promise<string>((resolve) => {
+            request(`${server!.url}/v1/files`, { agent }, (res) => {
+              res.resume()
+              res.on("end", () => resolve(String(res.statusCode)))
+            }).on("error", (error: NodeJS.ErrnoException) => resolve(error.code ?? "error")).end()
+          })
+        expect(await get()).toBe("200")
+        const started = Date.now()
+        const exit = server.stop("SIGTERM")
+        // Sent at once (on the server's side it arrives as the app stops listening: it had no listener then).
+        const late = await get()
+        agent.destroy()
+        // A 503 when the app had gone, a 200 when it had not yet, the connection closed when the server had: at once.
+        expect(["200", "503", "ECONNRESET", "ECONNREFUSED", "EPIPE"]).toContain(late)
+        expect(Date.now() - started).toBeLessThan(5_000)
+        expect(await exit).toBe(0)
+        expect(Date.now() - started).toBeLessThan(10_000)
+      } finally {
+        await server?.stop("SIGKILL")
         rmSync(dataDir, { recursive: true, force: true })
       }
     }))

@@ -24,8 +24,8 @@ const refusalOf = (code: string | undefined, maxHeaderKiB: number): readonly [nu
   }
 }
 
-const envelope = (code: string, message: string) =>
-  JSON.stringify({ error: new ErrorBody({ message, type: "invalid_request_error", param: null, code }) })
+const envelope = (code: string, message: string, type = "invalid_request_error") =>
+  JSON.stringify({ error: new ErrorBody({ message, type, param: null, code }) })
 /** With a request id as on every other answer (none was read: the request never reached a handler), to quote in a report. */
 const refusalHeaders = (body: string) => ({
   "content-type": "application/json",
@@ -56,7 +56,7 @@ export const answerClientErrors = (server: Server): void => {
   // a server given with a listener of its own keeps it).
   if (server.listenerCount("checkExpectation") === 0) {
     server.on("checkExpectation", (_request: IncomingMessage, response: ServerResponse) => {
-      answer(response, 417, "expectation_failed", "The Expect header's only supported value is 100-continue.")
+      answerDirectly(response, 417, "expectation_failed", "The Expect header's only supported value is 100-continue.")
     })
   }
   refuseAmbiguous(server)
@@ -76,9 +76,17 @@ const refuseOn = (socket: Duplex, answer: string) => {
   socket.end(answer, () => socket.destroy())
 }
 
-const answer = (response: ServerResponse, status: number, code: string, message: string) => {
-  const body = envelope(code, message)
-  response.writeHead(status, { ...refusalHeaders(body), connection: "close" }).end(body)
+/** An answer in the envelope, written by Node's own response (no handler took the request); the connection closes. */
+export const answerDirectly = (
+  response: ServerResponse,
+  status: number,
+  code: string,
+  message: string,
+  type?: string,
+  extra: Record<string, string> = {}
+) => {
+  const body = envelope(code, message, type)
+  response.writeHead(status, { ...refusalHeaders(body), ...extra, connection: "close" }).end(body)
 }
 
 /**
@@ -99,7 +107,7 @@ const refuseAmbiguous = (server: Server) => {
       const [request, response] = args as [IncomingMessage, ServerResponse]
       const refused = ambiguity(request)
       if (refused !== undefined) {
-        answer(response, 400, "invalid_http_request", refused)
+        answerDirectly(response, 400, "invalid_http_request", refused)
         return true
       }
     }

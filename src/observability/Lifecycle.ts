@@ -28,6 +28,12 @@ const upstreamText = (spec: Pick<UpstreamSpec, "name" | "baseUrl" | "models" | "
  * `None`), the proxies of upstream calls (without their credentials), the default webhook (whether set: its URL may
  * hold a token).
  */
+/** The server's address as a URL: an IPv6 one in brackets (the platform's `formatAddress` printed `http://::1:8321`). */
+export const addressUrl = (address: HttpServer.Address): string =>
+  address._tag === "TcpAddress" && address.hostname.includes(":")
+    ? `http://[${address.hostname}]:${address.port}`
+    : HttpServer.formatAddress(address)
+
 /** An address to give a client: on every interface (`0.0.0.0`, `::`, printed `http://:::8321`), this machine's. */
 const reachable = (address: string) => address.replace(/^http:\/\/(0\.0\.0\.0|::|\[::\]):(\d+)$/, "http://localhost:$2")
 
@@ -145,7 +151,7 @@ export const ServerLifecycleLive: Layer.Layer<
     // Those of the `Inference` in use: an app may have given its own, which sends to none of the configured ones.
     const { upstreams } = yield* Inference
     const tracesUrl = Option.map(yield* Effect.orElseSucceed(tracingSettings, () => Option.none()), (t) => t.url)
-    const address = HttpServer.formatAddress(server.address)
+    const address = addressUrl(server.address)
     const { fields, message } = listeningLine(address, config, auth.required, upstreams, tracesUrl, proxiesOf(process.env), readiness.database)
     yield* Effect.annotateLogs(Effect.logInfo(message), fields)
     const keyProjects = auth.required ? (yield* auth.summary).projectNames : []
