@@ -99,9 +99,10 @@ const sayHangupChangesNothing = Effect.gen(function*() {
 })
 
 /**
- * Started by `openai-batch serve` (an IPC channel to it, and `SERVED_BY_CLI` set): when that process is gone (a supervisor's SIGKILL, which
- * it cannot pass on), this one stops at once too. Left running, in a process group of its own, it went on serving
- * and holding its NODE_ID, and the restarted server waited for it, then failed. The channel keeps nothing alive.
+ * Started by `openai-batch serve` (an IPC channel to it, and `SERVED_BY_CLI` set): when that process is gone (a
+ * supervisor's SIGKILL, which it cannot pass on), this one stops at once too. Left running, in a process group of its
+ * own, it went on serving and holding its NODE_ID, and the restarted server waited for it, then failed. The channel
+ * keeps nothing alive.
  */
 const stopWhenStarterGone = Effect.gen(function*() {
   if (process.channel === undefined || process.env[SERVED_BY_CLI] !== "1") return

@@ -18,7 +18,7 @@
  * finishing is not limited, so a cancel is never queued behind other batches. `supervised` retries a batch after a fault.
  * A node with `maxConcurrentBatches` 0 does none of this (`handedOff`): the nodes that run batches pick its work up.
  */
-import { Clock, Context, Deferred, Duration, Effect, Exit, FiberId, FiberMap, Layer, Option, Queue, Schedule, type Tracer } from "effect"
+import { Clock, Context, Deferred, Duration, Effect, Exit, FiberId, FiberMap, Layer, Option, Schedule, type Tracer } from "effect"
 import { AppConfig, runsBatches } from "../Config.js"
 import type { BatchId } from "../domain/Ids.js"
 import { FileStore, sweepEvery } from "../files/FileStore.js"
@@ -34,7 +34,7 @@ import { makeFinishing } from "./finishing.js"
 import { LocalWork, startHeartbeat } from "./heartbeat.js"
 import { makeRunning } from "./running.js"
 import { makeValidating } from "./validating.js"
-import { makeValidatingCap } from "./validatingCap.js"
+import { runValidatingCap } from "./validatingCap.js"
 import { nodeLease, WorkLeases } from "./WorkLeases.js"
 
 export interface BatchRunnerShape {
@@ -111,16 +111,12 @@ export const make = Effect.gen(function*() {
 
   const load = (id: BatchId) => store.get(id, "all").pipe(Effect.orDie)
 
-  const cap = makeValidatingCap(Math.max(16, 4 * config.maxConcurrentBatches))
-  /** A wish to take up batches the cap left (`takeUpLeft`), now rather than at the next heartbeat: many are one. */
-  const leftWanted = yield* Queue.sliding<void>(1)
-  /** `effect` counted among `project`'s validating batches while it runs. */
-  const countedValidating = <A>(project: string, effect: Effect.Effect<A>) =>
-    Effect.acquireUseRelease(
-      Effect.sync(() => cap.enter(project)),
-      () => effect,
-      () => Effect.sync(() => cap.leave(project) && Queue.unsafeOffer(leftWanted, undefined))
-    )
+  const driving = () => Array.from(fibers, ([id]) => id)
+  const cap = yield* runValidatingCap(
+    Math.max(16, 4 * config.maxConcurrentBatches),
+    (project, room) => Effect.flatMap(nodeLease(config), (lease) => leases.claimable(lease.now, room, driving(), { project })),
+    (id) => Effect.suspend(() => start(id)) // defined below; called only once batches run
+  )
 
   /**
    * Whether the upstream of `model` (for `project`) holds every call now though it is up (a `Retry-After` pause, a
@@ -217,7 +213,7 @@ export const make = Effect.gen(function*() {
             const turn = validateOrRun(record).pipe(
               Effect.raceFirst(Effect.as(Effect.sleep(Duration.millis(remaining)), true))
             )
-            const progressed = yield* (validatingNow ? countedValidating(record.project, turn) : turn)
+            const progressed = yield* (validatingNow ? cap.counted(record.project, turn) : turn)
             if (!progressed) return
             break
           }
@@ -338,23 +334,7 @@ export const make = Effect.gen(function*() {
 
   const restart = (id: BatchId) => Effect.zipRight(FiberMap.remove(fibers, id), start(id, undefined, { replace: true }))
 
-  const driving = () => Array.from(fibers, ([id]) => id)
   yield* startHeartbeat(local, { restart, pickUp, driving, crowded: cap.crowded, databaseAnswers })
-  /**
-   * The batches the cap left, taken up as their projects have room (without a pick-up line: they are this node's
-   * own, created here or found by its heartbeat, not another node's).
-   */
-  const takeUpLeft = Effect.suspend(() => Effect.forEach(cap.rooms(), ({ project, room }) =>
-    Effect.gen(function*() {
-      const lease = yield* nodeLease(config)
-      const left = yield* leases.claimable(lease.now, room, driving(), { project })
-      if (left.length < room) cap.none(project)
-      yield* Effect.forEach(left, (id) => start(id), { discard: true })
-    }), { discard: true }))
-  yield* Effect.forkScoped(inBackground(Effect.forever(Effect.zipRight(
-    Queue.take(leftWanted),
-    Effect.catchAllCause(takeUpLeft, (cause) => Effect.logWarning("Could not take up waiting batches; the next heartbeat will", cause))
-  ))))
   // Up to SPENT_GROUPS groups of batches a sweep, from where the last one stopped.
   let spentAfter = 0
   const sweepSpent = Effect.gen(function*() {

@@ -9,6 +9,10 @@
  * A batch is counted while its drive starts from `validating` (its validation, and the run of its first turn): one
  * that needs more turns waits for them uncounted, as every running batch does.
  */
+import { Effect, Queue, type Scope } from "effect"
+import type { BatchId } from "../domain/Ids.js"
+import { inBackground } from "../Scheduler.js"
+
 export interface ValidatingCap {
   /** Whether `project` has as many validating batches driven here as it may: the batch is left (`rooms` takes it up). */
   readonly full: (project: string) => boolean
@@ -46,3 +50,47 @@ export const makeValidatingCap = (cap: number): ValidatingCap => {
     none: (project) => void left.delete(project)
   }
 }
+
+/** The cap as the runner uses it (`runValidatingCap`). */
+export interface RunnerCap {
+  readonly full: (project: string) => boolean
+  readonly crowded: () => ReadonlyArray<string>
+  /** `effect`, a validating batch's turn, counted among `project`'s while it runs. */
+  readonly counted: <A>(project: string, effect: Effect.Effect<A>) => Effect.Effect<A>
+}
+
+/**
+ * The cap at `limit` for a runner, with its take-up running in the scope: as a counted batch of a project that had
+ * batches left goes on, `claim` finds at most its room of that project's (free, not driven here), and `start` drives
+ * them (without a pick-up line: they are this node's own, created here or found by its heartbeat).
+ */
+export const runValidatingCap = (
+  limit: number,
+  claim: (project: string, room: number) => Effect.Effect<ReadonlyArray<BatchId>>,
+  start: (id: BatchId) => Effect.Effect<void>
+): Effect.Effect<RunnerCap, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const cap = makeValidatingCap(limit)
+    // A wish to take up batches now rather than at the next heartbeat: many at once are one.
+    const wanted = yield* Queue.sliding<void>(1)
+    const takeUpLeft = Effect.suspend(() =>
+      Effect.forEach(cap.rooms(), ({ project, room }) =>
+        Effect.flatMap(claim(project, room), (left) => {
+          if (left.length < room) cap.none(project)
+          return Effect.forEach(left, start, { discard: true })
+        }), { discard: true }))
+    yield* Effect.forkScoped(inBackground(Effect.forever(Effect.zipRight(
+      Queue.take(wanted),
+      Effect.catchAllCause(takeUpLeft, (cause) => Effect.logWarning("Could not take up waiting batches; the next heartbeat will", cause))
+    ))))
+    return {
+      full: cap.full,
+      crowded: cap.crowded,
+      counted: (project, effect) =>
+        Effect.acquireUseRelease(
+          Effect.sync(() => cap.enter(project)),
+          () => effect,
+          () => Effect.sync(() => cap.leave(project) && Queue.unsafeOffer(wanted, undefined))
+        )
+    }
+  })
