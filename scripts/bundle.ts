@@ -1,13 +1,12 @@
 /**
  * The two programs, the server (`dist/main.js`, what `npm start` runs) and the `openai-batch` bin
- * (`dist/cli/main.js`), each bundled with the packages it uses into one ES module. Why: Node loads a program of
- * ~1,000 modules (Effect's alone are hundreds) file by file, which took most of a start (README, Architecture). The
- * library (`dist/index.js` and the rest of `tsc`'s output, which `npm run build` writes first) is left as it is: an
+ * (`dist/cli/main.js`), each bundled with the packages it uses into one ES module (`build.ts` runs it after `tsc`).
+ * Why: Node loads a program of ~1,000 modules (Effect's alone are hundreds) file by file, which took most of a start
+ * (README, Architecture). The library (`dist/index.js` and the rest of `tsc`'s output) is left as it is: an
  * embedding app shares its own copy of Effect with it. Native and optional packages stay outside (`better-sqlite3`,
  * `pg-native`). The tests' built copy (`test/support/CompiledCopy.ts`) bundles the same.
  */
 import { build } from "esbuild"
-import * as Path from "node:path"
 
 export const bundle = (root: string, outdir: string) =>
   build({
@@ -29,8 +28,3 @@ export const bundle = (root: string, outdir: string) =>
     logLevel: "warning"
   })
 
-const isMain = process.argv[1] !== undefined && import.meta.url.endsWith(process.argv[1].replace(/^.*\/scripts\//, "scripts/"))
-if (isMain) {
-  const root = Path.resolve(import.meta.dirname, "..")
-  await bundle(root, Path.join(root, "dist"))
-}
