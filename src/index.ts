@@ -7,7 +7,8 @@ export type { WebhookEntry } from "./auth/keyEntries.js"
 export { AppConfig, appConfig, type AppConfigShape, defaults as configDefaults } from "./Config.js"
 export { BatchCommands, BatchCommandsLive, type BatchCommandsShape, type CommandError } from "./batches/BatchCommands.js"
 export { FileCommands, FileCommandsLive, type FileCommandsShape, type UploadQuota, type UploadRequest } from "./files/FileCommands.js"
-export { BatchRunner, BatchRunnerLive, type BatchRunnerShape, FaultRetry, type FaultRetryPolicy, TurnLength } from "./batches/BatchRunner.js"
+export { BatchRunner, BatchRunnerLive, type BatchRunnerShape, TurnLength } from "./batches/BatchRunner.js"
+export { FaultRetry, type FaultRetryPolicy } from "./batches/supervision.js"
 export {
   BatchNotFound,
   type BatchRecord,

@@ -15,18 +15,15 @@
  * by project (`fairPermits.ts`: a running batch gives its permit back after a slice, or `TurnLength`, when another
  * project waits, and at once when its upstream goes down: it waits for it to come back in the queue, keeping its
  * turn);
- * finishing is not limited, so a cancel is never queued behind other batches. `supervised` retries a batch after a fault.
+ * finishing is not limited, so a cancel is never queued behind other batches. `supervision.ts` retries a batch after a fault.
  * A node with `maxConcurrentBatches` 0 does none of this (`handedOff`): the nodes that run batches pick its work up.
  */
-import { Clock, Context, Deferred, Duration, Effect, Exit, FiberId, FiberMap, Layer, Option, Schedule, type Tracer } from "effect"
+import { Clock, Context, Duration, Effect, FiberMap, Layer, Schedule } from "effect"
 import { AppConfig, runsBatches } from "../Config.js"
 import type { BatchId } from "../domain/Ids.js"
 import { FileStore, sweepEvery } from "../files/FileStore.js"
 import { Inference } from "../inference/Inference.js"
 import * as BatchLines from "../observability/batchLines.js"
-import { logFailure } from "../observability/failureRuns.js"
-import { batchWork } from "../observability/Tracing.js"
-import { type StorageFault, storageFault, storageState } from "../storage/Faults.js"
 import { inBackground } from "../Scheduler.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
 import { heldAWhile, holderTurn, makeFairPermits, type Readiness } from "./fairPermits.js"
@@ -34,6 +31,7 @@ import { makeFinishing } from "./finishing.js"
 import { LocalWork, startHeartbeat } from "./heartbeat.js"
 import { makeRunning } from "./running.js"
 import { makeValidating } from "./validating.js"
+import { makeSupervision } from "./supervision.js"
 import { runValidatingCap } from "./validatingCap.js"
 import { nodeLease, WorkLeases } from "./WorkLeases.js"
 
@@ -51,16 +49,6 @@ export interface BatchRunnerShape {
 }
 
 export class BatchRunner extends Context.Tag("BatchRunner")<BatchRunner, BatchRunnerShape>() {}
-
-/** How the runner retries a batch's work after a fault (see `supervised`). */
-export interface FaultRetryPolicy {
-  /** The wait after a first fault; it doubles with every retry. */
-  readonly baseDelay: Duration.DurationInput
-  /** Retries of faults other than storage faults before the batch fails with `internal_error`. */
-  readonly maxRetries: number
-  /** The longest wait between two retries while storage is full or unavailable (retried for as long as it lasts). */
-  readonly maxStorageDelay: Duration.DurationInput
-}
 
 /**
  * How long a running batch keeps its permit while another project waits, when its slice takes longer (slow or
@@ -80,18 +68,6 @@ const HELD_CHECK = Duration.millis(250)
  */
 const HELD_LONG_MS = 1000
 
-/** The fault retry policy, read once when the runner starts: 1 s doubling, 4 retries, storage waits up to 30 s. */
-export class FaultRetry extends Context.Reference<FaultRetry>()("BatchRunner/FaultRetry", {
-  defaultValue: (): FaultRetryPolicy => ({
-    baseDelay: Duration.seconds(1),
-    maxRetries: 4,
-    maxStorageDelay: Duration.seconds(30)
-  })
-}) {}
-
-/** A batch waiting out a storage fault says so again at most this often. */
-const STILL_WAITING_SAID_EVERY_MS = 60_000
-
 /** Groups of batches (`BatchStore.sweepSpentRows`) a sweep looks at, at most: a few milliseconds each. */
 const SPENT_GROUPS = 10
 
@@ -99,7 +75,6 @@ export const make = Effect.gen(function*() {
   const store = yield* BatchStore
   const leases = yield* WorkLeases
   const config = yield* AppConfig
-  const faultRetry = yield* FaultRetry
   const turnMs = Duration.toMillis(yield* TurnLength)
   const inference = yield* Inference
   const fibers = yield* FiberMap.make<BatchId>()
@@ -229,88 +204,7 @@ export const make = Effect.gen(function*() {
       }
     }).pipe(Effect.ensuring(leases.releaseLeases({ owner: config.nodeId, batchId: id })))
 
-  /**
-   * Settled when a heartbeat goes through (then replaced): a batch waiting out an unavailable database tries again
-   * at once, not at the end of a doubling wait of up to `maxStorageDelay` (batches sat idle 24 s after it was back).
-   */
-  let databaseBack = Deferred.unsafeMake<void>(FiberId.none)
-  const databaseAnswers = Effect.suspend(() => {
-    const answered = databaseBack
-    databaseBack = Deferred.unsafeMake<void>(FiberId.none)
-    return Deferred.succeed(answered, undefined)
-  })
-
-  const baseDelayMs = Duration.toMillis(faultRetry.baseDelay)
-  const maxStorageDelayMs = Duration.toMillis(faultRetry.maxStorageDelay)
-
-  /**
-   * Drives a batch, retrying after a fault (a retry resumes from the stored rows; a validation starts over).
-   * A storage fault (`storage/Faults.ts`: disk or database full, database unreachable) is the server's, not the
-   * batch's: the batch waits, retried with a doubling wait capped at `maxStorageDelay` (an unavailable database's
-   * wait ends as soon as a heartbeat goes through: `databaseBack`), for as long as the fault lasts (a retry after
-   * `expires_at` takes the expiry path), with a warning each time it starts waiting and at most once a minute while
-   * it goes on.
-   * Any other fault is retried `maxRetries` times (1, 2, 4, 8 s); if it persists, the batch fails with
-   * `internal_error`. `announce` is said once, as the first line of the batch's work on this node: once it is known
-   * to be driven here (not for one the cap leaves in the database: `validatingCap.ts`).
-   */
-  const supervised = (id: BatchId, starter: Option.Option<Tracer.AnySpan>, announce: Effect.Effect<void> = Effect.void) =>
-    Effect.gen(function*() {
-      let toSay = announce
-      const sayOnce = Effect.suspend(() => {
-        const said = toSay
-        toSay = Effect.void
-        return said
-      })
-      // A wait before a retry counts as this node's work on the batch: a cancel from another node ends it. Whether
-      // `cut` ended it before its time.
-      const backOff = (ms: number, cut: Effect.Effect<void> = Effect.never) =>
-        local.working(id, Effect.raceFirst(Effect.as(Effect.sleep(Duration.millis(ms)), false), Effect.as(cut, true)))
-      let faults = 0
-      let storageRetries = 0
-      let waitingFor: StorageFault | undefined
-      let warnedAt = 0
-      for (;;) {
-        const exit = yield* Effect.exit(drive(id, sayOnce))
-        if (Exit.isSuccess(exit)) {
-          if (waitingFor !== undefined) yield* Effect.logInfo(`Batch ${id} got through after storage was ${storageState(waitingFor)}`)
-          return
-        }
-        const cause = exit.cause
-        const storage = storageFault(cause)
-        if (storage !== undefined) {
-          const now = yield* Clock.currentTimeMillis
-          if (storage !== waitingFor) {
-            storageRetries = 0
-            warnedAt = now
-            yield* logFailure(`Batch ${id} waits`, cause)
-          } else if (now - warnedAt >= STILL_WAITING_SAID_EVERY_MS) {
-            // Said again now and then: a wait that comes back after progress (a finalization's file) was silent.
-            warnedAt = now
-            yield* Effect.logWarning(`Storage still ${storageState(storage)}; batch ${id} keeps waiting`)
-          } else {
-            yield* Effect.logDebug(`Storage still ${storageState(storage)}; batch ${id} keeps waiting`, cause)
-          }
-          waitingFor = storage
-          const delay = Math.min(baseDelayMs * 2 ** Math.min(storageRetries++, 30), maxStorageDelayMs)
-          const woken = yield* backOff(delay, storage === "unavailable" ? Deferred.await(databaseBack) : Effect.never)
-          if (woken) yield* Effect.logInfo(`The database answers again; batch ${id} resumes`)
-          continue
-        }
-        waitingFor = undefined
-        const giveUp = faults >= faultRetry.maxRetries
-        yield* Effect.logError(`Batch ${id} hit a fault; ${giveUp ? "it fails" : "retrying"}`, cause)
-        if (giveUp) {
-          const failed = yield* store.transition(id, "fault", {
-            // The fault's text stays in the log: it is the server's, and may say what a client should not see.
-            errors: [{ code: "internal_error", message: `The batch could not be processed: an internal error (the server's log names it, with the batch's id)`, param: null, line: null }]
-          })
-          if (Option.isSome(failed)) yield* BatchLines.finished(failed.value)
-          return
-        }
-        yield* backOff(baseDelayMs * 2 ** faults++)
-      }
-    }).pipe(BatchLines.batchAnnotations(id), batchWork(id, starter))
+  const { supervised, databaseAnswers } = yield* makeSupervision(local, drive)
 
   /**
    * Forks a batch's fiber on the runner's own runtime, not the caller's: from a request, the fiber inherited its
