@@ -5,6 +5,7 @@
  * few it reads from the environment itself.
  */
 import { ConfigProvider } from "effect"
+import { editDistance } from "./domain/misspeltNames.js"
 import { SERVED_BY_CLI } from "./serveMarker.js"
 
 /**
@@ -46,19 +47,6 @@ export const recordingReads = (provider: ConfigProvider.ConfigProvider) => {
   }
 }
 
-/** Edits (insertions, deletions, substitutions) from `a` to `b`: a dozen lines, not worth a dependency. */
-const distance = (a: string, b: string): number => {
-  let previous = Array.from({ length: b.length + 1 }, (_, j) => j)
-  for (let i = 1; i <= a.length; i++) {
-    const row = [i]
-    for (let j = 1; j <= b.length; j++) {
-      row[j] = Math.min(previous[j]! + 1, row[j - 1]! + 1, previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1))
-    }
-    previous = row
-  }
-  return previous[b.length]!
-}
-
 /**
  * Each variable of `env` whose name is not in `known` but is one of them in another case, or (names of 6 characters
  * or more) two edits from one (one for a secret's), with the closest (the one it likely meant).
@@ -75,7 +63,7 @@ export const misspeltVariables = (
     if (meant === undefined && upper.length >= 6) {
       let closest = editsAllowed(name) + 1
       for (const k of known) {
-        const d = k.length >= 6 ? distance(upper, k) : closest
+        const d = k.length >= 6 ? editDistance(upper, k) : closest
         if (d < closest) [closest, meant] = [d, k]
       }
     }

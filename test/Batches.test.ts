@@ -178,6 +178,11 @@ for (const backend of backends) sideBySide(`batches (${backend})`, () => {
         expect([metadata.param, metadata.code]).toEqual(["metadata.tags", "invalid_type"])
         expect((yield* bad({ metadata: Object.fromEntries(Array.from({ length: 17 }, (_, i) => [`k${i}`, "v"])) })).param).toBe("metadata")
         expect((yield* bad({ output_expires_after: { anchor: "created_at", seconds: 5 } })).param).toBe("output_expires_after.seconds")
+        // A misspelt parameter ignored would leave its wish undone (an output kept for ever): refused, named.
+        const misspelt = yield* bad({ output_expire_after: { anchor: "created_at", seconds: 3600 } })
+        expect([misspelt.status, misspelt.param, misspelt.code]).toEqual([400, "output_expire_after", "unknown_parameter"])
+        expect(misspelt.error.message).toBe("Unknown parameter: 'output_expire_after'. Did you mean 'output_expires_after'?")
+        expect((yield* bad({ completionWindow: "24h" })).param).toBe("completionWindow")
         // As OpenAI: an unknown input file is no 404 at create, the batch fails validation.
         const missing = yield* createBatch(openai, "file-nope")
         expect((yield* waitFor(openai, missing.id, terminal)).errors!.data![0]).toMatchObject({ code: "invalid_request", param: "input_file_id", line: null })
@@ -185,6 +190,10 @@ for (const backend of backends) sideBySide(`batches (${backend})`, () => {
         expect((yield* bad({ input_file_id: notBatch.id })).param).toBe("input_file_id")
         const noFile = yield* failure(() => openai.batches.create({ endpoint: "/v1/chat/completions", completion_window: "24h" } as any))
         expect([noFile.status, noFile.param, noFile.code]).toEqual([400, "input_file_id", "missing_required_parameter"])
+
+        // A gateway's own parameter (LiteLLM's) is no misspelling of OpenAI's: let through.
+        const foreign = yield* createBatch(openai, file.id, { custom_llm_provider: "openai" } as any)
+        expect(foreign.status).toBe("validating")
 
         const params = { idempotency_key: "key-1", metadata: { a: "1" } } as any
         const first = yield* createBatch(openai, file.id, params)

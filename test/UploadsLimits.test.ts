@@ -35,7 +35,9 @@ layer(StorageLive.pipe(Layer.provideMerge(limited)), { excludeTestServices: true
         [{ filename: "a\nb.jsonl" }, "filename", "invalid_value"],
         [{ expires_after: { anchor: "last_active_at", seconds: 3600 } }, "expires_after.anchor", "invalid_value"],
         [{ expires_after: { anchor: "created_at", seconds: 60 } }, "expires_after.seconds", "invalid_value"],
-        [{ purpose: undefined }, "purpose", "missing_required_parameter"]
+        [{ purpose: undefined }, "purpose", "missing_required_parameter"],
+        [{ expire_after: { anchor: "created_at", seconds: 3600 } }, "expire_after", "unknown_parameter"],
+        [{ mimeType: "text/jsonl" }, "mimeType", "unknown_parameter"]
       ]
       for (const [change, param, code] of cases) {
         const e = yield* failure(() => a.uploads.create({ ...good, ...change } as any))

@@ -4,6 +4,7 @@ import { Count } from "./List.js"
 import * as AST from "effect/SchemaAST"
 import { BatchId, FileId, StorableBatchId, StorableFileId } from "./Ids.js"
 import { isJsonObject } from "./Json.js"
+import { noMisspeltMembers, refusingMisspeltMembers } from "./misspeltNames.js"
 import { StorableString } from "./Text.js"
 
 /** The endpoints of OpenAI's Batch API that this service runs (`validation.ts` knows each body's required fields). */
@@ -145,8 +146,9 @@ const CreateBatchFields = Schema.Struct({
 /**
  * A body with neither `input_file_id` nor `requests` fails on `input_file_id` before anything else, as it did
  * when `input_file_id` was simply required: an OpenAI client sees the same error as from OpenAI.
+ * A misspelt member (`output_expire_after`) fails before that (`misspeltNames.ts`).
  */
-const namesItsInput = Schema.Unknown.pipe(Schema.filter((body) =>
+const namesItsInput = noMisspeltMembers(Object.keys(CreateBatchFields.fields)).pipe(Schema.filter((body) =>
   !isJsonObject(body) || body.input_file_id !== undefined || (body.requests !== undefined && body.requests !== null) ||
   new ParseResult.Pointer("input_file_id", body, new ParseResult.Missing(new AST.Type(AST.stringKeyword)))
 ))
@@ -166,13 +168,13 @@ export const RerunKind = Schema.Literal("error", "expired", "cancelled")
 export type RerunKind = typeof RerunKind.Type
 
 /** Body of `POST /v1/batches/{batch_id}/retry` (an extension), which may be empty. */
-export const RetryBatchBody = Schema.NullOr(Schema.Struct({
+export const RetryBatchBody = Schema.NullOr(refusingMisspeltMembers(Schema.Struct({
   /** Which requests to rerun; all three kinds when left out. */
   only: Schema.optional(Schema.Array(RerunKind)),
   /** Replaces the original's metadata (to which `retry_of` is added). */
   metadata: MetadataParam,
   idempotency_key: IdempotencyKeyParam
-}))
+})))
 export type RetryBatchBody = typeof RetryBatchBody.Type
 
 export class ListBatchesParams extends Schema.Class<ListBatchesParams>("ListBatchesParams")({

@@ -2,6 +2,7 @@
 import { Schema } from "effect"
 import { FileObject } from "./Files.js"
 import { UploadId, UploadPartId } from "./Ids.js"
+import { refusingMisspeltMembers } from "./misspeltNames.js"
 import { StorableString } from "./Text.js"
 
 /** Most bytes one upload may announce, as OpenAI (also bounded by `MAX_UPLOAD_BYTES`). */
@@ -47,21 +48,21 @@ export class UploadPart extends Schema.Class<UploadPart>("UploadPart")({
  * Body of `POST /v1/uploads`. Types are checked here; values (bounds, MIME types, purposes, the file name) by
  * `validateCreateUpload`, so that each error names its parameter the way OpenAI does.
  */
-export const CreateUploadBody = Schema.Struct({
+export const CreateUploadBody = refusingMisspeltMembers(Schema.Struct({
   bytes: Schema.Number,
   filename: StorableString,
   mime_type: Schema.String,
   purpose: Schema.String,
   /** The expiry of the File the upload becomes (not of the upload, which always lasts an hour). */
   expires_after: Schema.optional(Schema.NullOr(Schema.Struct({ anchor: Schema.String, seconds: Schema.Number })))
-})
+}))
 export type CreateUploadBody = typeof CreateUploadBody.Type
 
 /** Body of `POST /v1/uploads/{id}/complete`: the parts in the file's order, and optionally the file's MD5. */
-export const CompleteUploadBody = Schema.Struct({
+export const CompleteUploadBody = refusingMisspeltMembers(Schema.Struct({
   part_ids: Schema.Array(StorableString),
   md5: Schema.optional(Schema.NullOr(Schema.String))
-})
+}))
 export type CompleteUploadBody = typeof CompleteUploadBody.Type
 
 /** The multipart field of `POST /v1/uploads/{id}/parts`, for the OpenAPI document (the handler streams the body). */

@@ -5,6 +5,7 @@
 import * as HttpApiError from "@effect/platform/HttpApiError"
 import { Effect, type ParseResult } from "effect"
 import { type ApiError, invalidRequest } from "./Errors.js"
+import { echo } from "./Text.js"
 
 /**
  * The type a schema's "Expected …, actual …" message asks for, in a user's words (the schema's own text names
@@ -52,6 +53,9 @@ export const fromDecodeError = (e: HttpApiError.HttpApiDecodeError): ApiError =>
   const param = issue.path.length > 0 ? paramName(issue.path) : null
   if (issue._tag === "Missing" && param !== null) {
     return invalidRequest(`Missing required parameter: '${param}'.`, param, "missing_required_parameter")
+  }
+  if (issue._tag === "Unexpected" && param !== null) {
+    return invalidRequest(`Unknown parameter: '${echo(param)}'. ${issue.message}`, echo(param), "unknown_parameter")
   }
   const type = issue._tag === "Type" ? expectedType(issue.message) : undefined
   if (type !== undefined) {

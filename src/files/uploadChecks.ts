@@ -5,6 +5,7 @@
 import { Either } from "effect"
 import { type ApiError, invalidRequest } from "../domain/Errors.js"
 import { BATCH_FORMAT_MESSAGE, isBatchInputName, MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS, UploadPurpose } from "../domain/Files.js"
+import { meantName } from "../domain/misspeltNames.js"
 import { echo } from "../domain/Text.js"
 import type { FileMetadata } from "./FileStore.js"
 
@@ -62,11 +63,13 @@ export type UploadFields = Omit<FileMetadata, "project" | "id">
 
 /** The expiry's two fields, as OpenAI's SDKs flatten `expires_after`. */
 const EXPIRY_FIELDS = ["expires_after[anchor]", "expires_after[seconds]"]
+const FORM_FIELDS = ["file", "purpose", ...EXPIRY_FIELDS]
 
 /**
  * Checks the text fields of an upload (they may arrive before or after the file) and the file's name.
- * Unknown fields are ignored, as clients add their own; but one that looks like the expiry misspelled
- * (`expires_after.seconds`, `expires_after` as JSON) is refused: ignored, the file would never expire.
+ * Unknown fields are ignored, as clients add their own; but one that looks like a field misspelt
+ * (`expire_after[seconds]`, `expires_after.seconds`, `expires_after` as JSON: `misspeltNames.ts`) is refused:
+ * ignored, the file would never expire.
  */
 export const parseUploadForm = (
   fields: ReadonlyMap<string, string>,
@@ -78,11 +81,16 @@ export const parseUploadForm = (
   if (twice !== undefined) {
     return Either.left(invalidRequest(`The '${twice}' field was sent more than once; send it once.`, twice.replace(/\[(\w+)\]/, ".$1"), "invalid_value"))
   }
-  const misspelled = [...fields.keys()].find((name) => /^expires.?after/i.test(name) && !EXPIRY_FIELDS.includes(name))
-  if (misspelled !== undefined) {
+  for (const name of fields.keys()) {
+    const expiry = /^expires.?after/i.test(name) && !EXPIRY_FIELDS.includes(name)
+    const meant = expiry ? undefined : meantName(name, FORM_FIELDS)
+    if (!expiry && meant === undefined) continue
     return Either.left(invalidRequest(
-      `Unknown parameter: '${echo(misspelled)}'. The expiry is sent as the fields 'expires_after[anchor]' and 'expires_after[seconds]'.`,
-      echo(misspelled),
+      `Unknown parameter: '${echo(name)}'. ` +
+        (expiry || EXPIRY_FIELDS.includes(meant!)
+          ? "The expiry is sent as the fields 'expires_after[anchor]' and 'expires_after[seconds]'."
+          : `Did you mean '${meant}'?`),
+      echo(name),
       "unknown_parameter"
     ))
   }
