@@ -44,6 +44,7 @@ export {
   scriptedAnswer,
   type SendOptions,
   UpstreamFailure,
+  type UpstreamReport,
   type UpstreamResponse
 } from "./inference/Inference.js"
 export {

@@ -50,6 +50,13 @@ const upGauge = Effect.flatMap(baseUrl, (url) =>
     return Object.fromEntries([...text.matchAll(/^batch_upstream_up\{upstream="(\w+)"\} (\d)$/gm)].map((m) => [m[1], Number(m[2])]))
   }))
 
+/** `GET /v1/upstreams` (the extension), by upstream: its state, when its outage began, and why. */
+const upstreamStates = Effect.flatMap(baseUrl, (url) =>
+  Effect.promise(async () => {
+    const list = await (await fetch(`${url}/v1/upstreams`)).json() as { data: Array<any> }
+    return Object.fromEntries(list.data.map((u: any) => [u.name, [u.state, u.down_since, u.down_reason, u.models]]))
+  }))
+
 sideBySide("an upstream down for longer than a lease and a retry budget", () => layer(twoUpstreams(), { excludeTestServices: true })((it) => {
   it.effect("mid-batch: the batch pauses, another upstream's batch runs meanwhile, and every line completes", () =>
     Effect.gen(function*() {
@@ -66,6 +73,12 @@ sideBySide("an upstream down for longer than a lease and a retry budget", () => 
       expect(paused.request_counts?.failed).toBe(0)
       // An outage an operator can alert on: the gauge, and the down line's event.
       expect(yield* upGauge).toEqual({ main: 0, other: 1 })
+      // What a client polling the paused batch can read: its upstream is down, since when, and why (the calls in
+      // flight as it stopped failed, or the next ones found no server).
+      const { main: mainDown, other: otherUp } = yield* upstreamStates
+      expect(mainDown).toEqual(["down", expect.any(Number), expect.stringMatching(/^(failing|unreachable)$/), ["model-a"]])
+      expect(Math.abs(mainDown[1] - stoppedAt / 1000)).toBeLessThanOrEqual(2)
+      expect(otherUp).toEqual(["up", null, null, ["model-b"]])
       expect(logs.filter((l) => l.event === "upstream.down").map((l) => l.message)).toEqual([expect.stringMatching(/^Upstream main is down/)])
 
       // With one batch permit, a batch of the other upstream still runs while the first waits.
@@ -88,6 +101,7 @@ sideBySide("an upstream down for longer than a lease and a retry budget", () => 
       expect(new Set(output.map((l) => l.custom_id)).size).toBe(1000)
       expect(logged(logs, /Upstream main is down/)).toHaveLength(1)
       expect(yield* upGauge).toEqual({ main: 1, other: 1 })
+      expect((yield* upstreamStates).main).toEqual(["up", null, null, ["model-a"]])
       expect(logs.filter((l) => l.event === "upstream.up").map((l) => l.message)).toEqual([expect.stringMatching(/^Upstream main is up again/)])
       const upAgain = logged(logs, /Upstream main is up again after \d+ s/)
       expect(upAgain).toHaveLength(1)

@@ -50,6 +50,12 @@ layer(app, { excludeTestServices: true })("an upstream open to some projects onl
       expect((yield* Effect.promise(() => research.models.retrieve("model-p"))).owned_by).toBe("paid")
       const notFound = yield* Effect.promise(() => other.models.retrieve("model-p").then(() => 200, (e: InstanceType<typeof OpenAI.APIError>) => e.status))
       expect(notFound).toBe(404)
+      // The upstreams extension follows the same projects: another project's upstream is not told of.
+      const upstreams = (openai: OpenAI) =>
+        Effect.promise(() => openai.get<{ data: Array<{ name: string; models: Array<string>; serves_any_model: boolean }> }>("/upstreams"))
+          .pipe(Effect.map(({ data }) => data.map((u) => `${u.name} ${u.models.join(",")} ${u.serves_any_model}`)))
+      expect(yield* upstreams(research)).toEqual(["paid model-p,model-shared false", "local model-l true"])
+      expect(yield* upstreams(other)).toEqual(["local model-shared,model-l true"])
 
       const run = (openai: OpenAI, model: string, prefix: string) =>
         Effect.gen(function*() {

@@ -25,6 +25,7 @@ import { StorableBatchId, StorableFileId, StorableUploadId } from "../domain/Ids
 import { FileDeleted, FileList, FileObject, ListFilesParams, UploadFileForm } from "../domain/Files.js"
 import { CompleteUploadBody, CreateUploadBody, Upload, UploadPart, UploadPartForm } from "../domain/Uploads.js"
 import { ListWebhookDeliveriesParams, WebhookDeliveryList } from "../domain/Webhooks.js"
+import { Model, ModelList, UpstreamList } from "../domain/Models.js"
 import { NotReadySchema, ReadySchema } from "../observability/Readiness.js"
 import { Authenticated } from "./Security.js"
 
@@ -47,17 +48,10 @@ export class HealthGroup extends HttpApiGroup.make("health")
   .prefix("/v1")
 {}
 
-const Model = Schema.Struct({
-  id: Schema.String,
-  object: Schema.Literal("model"),
-  created: Schema.Int,
-  owned_by: Schema.String
-})
-
 export class ModelsGroup extends HttpApiGroup.make("models")
   .add(
     HttpApiEndpoint.get("list", "/models")
-      .addSuccess(Schema.Struct({ object: Schema.Literal("list"), data: Schema.Array(Model) }))
+      .addSuccess(ModelList)
       .annotate(OpenApi.Summary, "The models batches may name, each with the upstream serving it (`owned_by`)")
   )
   .add(
@@ -68,6 +62,14 @@ export class ModelsGroup extends HttpApiGroup.make("models")
       .addSuccess(Model)
       .addError(NotFoundSchema)
       .annotate(OpenApi.Summary, "A model batches may name, with the upstream serving it; 404 `model_not_found` else")
+  )
+  .add(
+    HttpApiEndpoint.get("upstreams", "/upstreams")
+      .addSuccess(UpstreamList)
+      .annotate(
+        OpenApi.Summary,
+        "(extension) The upstreams serving the caller's models, as this node sees them now: up, paused, recovering or down"
+      )
   )
   .middleware(Authenticated)
   .prefix("/v1")

@@ -1,6 +1,6 @@
 /**
  * Handlers of the `models` group: what `Inference` routes for the caller's project (the models of every upstream
- * open to it), in OpenAI's shapes. A model no upstream lists is still one batches may name when an upstream serving
+ * open to it), in OpenAI's shapes, and those upstreams' states (`GET /v1/upstreams`, an extension). A model no upstream lists is still one batches may name when an upstream serving
  * any model (`"*"`) takes it: retrieved too.
  */
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
@@ -8,8 +8,22 @@ import { Effect } from "effect"
 import { CurrentCaller } from "../auth/Auth.js"
 import { modelNotFound } from "../domain/Errors.js"
 import { echo } from "../domain/Text.js"
-import { Inference } from "../inference/Inference.js"
+import { Inference, type UpstreamReport } from "../inference/Inference.js"
 import { OpenAIApi } from "./Api.js"
+
+/** An upstream's report in the wire shape (`domain/Models.ts`). */
+const upstreamObject = (u: UpstreamReport) => ({
+  object: "upstream" as const,
+  name: u.name,
+  state: u.state,
+  down_since: u.outage === undefined ? null : Math.floor(u.outage.since / 1000),
+  down_reason: u.outage?.kind ?? null,
+  models: u.models,
+  serves_any_model: u.servesAnyModel,
+  concurrency_limit: u.limit,
+  in_flight: u.inflight,
+  waiting: u.waiting
+})
 
 export const ModelsHttpLive = HttpApiBuilder.group(OpenAIApi, "models", (handlers) =>
   Effect.gen(function*() {
@@ -32,4 +46,8 @@ export const ModelsHttpLive = HttpApiBuilder.group(OpenAIApi, "models", (handler
           const ownedBy = list.data.find((m) => m.id === id)?.ownedBy ?? inference.upstreamName?.(id, project)
           return ownedBy === undefined ? Effect.fail(modelNotFound(echo(id))) : Effect.succeed(model(id, ownedBy))
         }))
+      .handle("upstreams", () =>
+        Effect.flatMap(CurrentCaller, ({ project }) => inference.upstreamsOf?.(project) ?? Effect.succeed([])).pipe(
+          Effect.map((reports) => ({ object: "list" as const, data: reports.map(upstreamObject) }))
+        ))
   }))

@@ -20,7 +20,7 @@ import { requestId } from "../domain/Ids.js"
 import { Metrics } from "../observability/Metrics.js"
 import { makeFractionPicker, type TracedCall, traceUpstreamCall, UpstreamCallTracing, upstreamIdentity } from "../observability/upstreamCallSpans.js"
 import type { Attempt } from "../upstreams/judge.js"
-import { makeUpstream } from "../upstreams/Upstream.js"
+import { makeUpstream, type UpstreamState } from "../upstreams/Upstream.js"
 import { admits, servesAnyModel, shadowedModels, type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
 import { type HandBack, HandedBack, retryAfterMillis, unlessHandedBack, UpstreamFailure, type UpstreamResponse, vouchedFor } from "./answers.js"
 import { AnswerMemory, currentAnswerHold } from "./answerMemory.js"
@@ -54,6 +54,13 @@ export interface SendOptions {
    * model no upstream serves (its batch then waits for a route), where a send without `handBack` fails.
    */
   readonly handBack?: HandBack | undefined
+}
+
+/** An upstream as `GET /v1/upstreams` tells of it. */
+export interface UpstreamReport extends UpstreamState {
+  readonly name: string
+  readonly models: ReadonlyArray<string>
+  readonly servesAnyModel: boolean
 }
 
 /** How many attempts a request has used (counted ones: not a call sent again because its upstream was down). */
@@ -101,6 +108,11 @@ export interface InferenceShape {
    * Optional: never held without it.
    */
   readonly isHeld?: (model: string | null, project?: string) => boolean
+  /**
+   * The upstreams open to `project`, each with the models it serves there (as `modelsOf` gives them) and its state
+   * now (optional: none for an `Inference` that answers without upstreams).
+   */
+  readonly upstreamsOf?: (project: string) => Effect.Effect<ReadonlyArray<UpstreamReport>>
   /** The name of the upstream serving `model` now (the metrics' `upstream` label); undefined when none does. */
   readonly upstreamName?: (model: string | null, project?: string) => string | undefined
   /**
@@ -263,10 +275,20 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
       return { data, complete }
     })
 
+    const upstreamsOf = (project: string) =>
+      Effect.map(modelsOf(project), ({ data }) =>
+        upstreams.filter((u) => admits(u.spec, project)).map((u) => ({
+          name: u.spec.name,
+          models: data.filter((m) => m.ownedBy === u.spec.name).map((m) => m.id),
+          servesAnyModel: servesAnyModel(u.spec),
+          ...u.state()
+        })))
+
     return Inference.of({
       send: vouchedFor(send),
       models: modelsOf(),
       modelsOf,
+      upstreamsOf,
       reachable,
       // Routed when it runs, as reachable; a route lost (no upstream serves the model any more) is as good as down.
       unreachable: (model, project) =>

@@ -17,7 +17,7 @@ import { Admission, openGauge, type Ticket } from "./Admission.js"
 import { AdaptiveLimit } from "./adaptiveLimit.js"
 import { type Attempt, isRefusal, makeJudge, type Verdict } from "./judge.js"
 import { makeLoadWatch } from "./loadWatch.js"
-import { makeOutage } from "./outage.js"
+import { type DownKind, makeOutage } from "./outage.js"
 import { Metrics } from "../observability/Metrics.js"
 import { startUpReport } from "./startUpReport.js"
 import type { UpstreamSpec } from "./UpstreamSpec.js"
@@ -45,10 +45,22 @@ export interface Upstream {
   /** Asks its `GET /models` again, unless asked within `maxAgeMs` (30 s when not given) or down (its probe asks). */
   readonly refreshListed: (maxAgeMs?: number) => Effect.Effect<void>
   readonly isDown: () => boolean
+  /** How it is now, as `GET /v1/upstreams` tells (`UpstreamState` there). */
+  readonly state: () => UpstreamState
   /** Completes once it is up (at once when it is). */
   readonly awaitUp: Effect.Effect<void>
   /** Completes once it goes down. */
   readonly awaitDown: Effect.Effect<void>
+}
+
+/** An upstream's state on this node: its calls go out (`up`), are held (`paused`), go one at a time after an outage (`recovering`), or none do (`down`). */
+export interface UpstreamState {
+  readonly state: "up" | "paused" | "recovering" | "down"
+  /** When the outage under way began (epoch milliseconds), and what kind of trouble it is. */
+  readonly outage: { readonly since: number; readonly kind: DownKind } | undefined
+  readonly limit: number
+  readonly inflight: number
+  readonly waiting: number
 }
 
 export interface UpstreamOptions {
@@ -273,6 +285,13 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
           clock.unsafeCurrentTimeMillis() - listedAt < maxAgeMs || outage.isDown() ? Effect.void : Effect.asVoid(askModels)
         ),
       isDown: outage.isDown,
+      state: () => ({
+        state: outage.isDown() ? "down" : outage.onTrial() ? "recovering" : gate.held() ? "paused" : "up",
+        outage: outage.current(),
+        limit: limit.current,
+        inflight: gate.inflight,
+        waiting: gate.queued()
+      }),
       awaitUp: outage.awaitUp,
       awaitDown: outage.awaitDown
     } satisfies Upstream

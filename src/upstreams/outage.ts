@@ -37,6 +37,11 @@ export interface Outage {
   readonly markDown: (reason: string, kind: DownKind) => Effect.Effect<void>
   /** A call succeeded: ends a trial (the up line), or nothing; `undefined` when there is nothing to do. */
   readonly succeeded: () => Effect.Effect<void> | undefined
+  /**
+   * When the outage under way (down, or on trial since) began, epoch milliseconds, and the kind of trouble it was
+   * last said to be; undefined when up.
+   */
+  readonly current: () => { readonly since: number; readonly kind: DownKind } | undefined
   /** Completes once calls may go out (at once when they may). */
   readonly awaitUp: Effect.Effect<void>
   /** Completes once it goes down. */
@@ -61,6 +66,7 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
     let down = false
     let trial = false
     let downSince = 0
+    let downKind: DownKind = "unreachable"
     let upSignal = yield* Deferred.make<void>()
     let downSignal = yield* Deferred.make<void>()
     yield* Deferred.succeed(upSignal, undefined)
@@ -157,6 +163,7 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
           saidProbeFails = false
           saidKinds.clear()
         }
+        downKind = kind
         const newKind = !saidKinds.has(kind)
         saidKinds.add(kind)
         const every = Duration.format(options.probeInterval)
@@ -200,6 +207,7 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
       isDown: () => down,
       onTrial: () => trial,
       onBlindTrial: () => trial && blind,
+      current: () => (down || trial ? { since: downSince, kind: downKind } : undefined),
       markDown,
       succeeded,
       awaitUp: Effect.suspend(() => Deferred.await(upSignal)),
