@@ -86,6 +86,44 @@ describe("the CLI's calls against a scripted server", () => {
       expect(server.count()).toBe(2) // not asked again: a 404 does not pass
     }))
 
+  it.scopedLive("a watch whose batch does not move says its upstream is down (this server's GET /v1/upstreams), then back", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer
+      const api = Layer.merge(batchApiLayer({ baseUrl: server.url, apiKey: undefined }), NodeContext.layer)
+      const running = batch("in_progress", { model: "m" })
+      const polls = [running, running, running, running, batch("completed", { model: "m" })]
+      const downSince = Math.floor(Date.now() / 1000) - 125
+      const upstream = (state: string) => ({
+        object: "list",
+        data: [
+          { name: "other", state: "down", down_since: 1, down_reason: "failing", models: ["x"], serves_any_model: false },
+          { name: "vllm", state, down_since: state === "down" ? downSince : null, down_reason: state === "down" ? "unreachable" : null, models: ["m"], serves_any_model: false }
+        ]
+      })
+      let polled = 0
+      let asked = 0
+      server.set((req, res) =>
+        req.url?.endsWith("/upstreams")
+          ? json(res, 200, upstream(asked++ === 0 ? "down" : "up"))
+          : json(res, 200, polls[Math.min(polled++, polls.length - 1)]))
+      const notes: Array<string> = []
+      expect((yield* recorded(watch("batch_abc", fastWatch), notes).pipe(Effect.provide(api))).status).toBe("completed")
+      expect(notes.filter((l) => l.startsWith("Upstream"))).toEqual([
+        expect.stringMatching(/^Upstream vllm is down since 2m0[5-7]s ago \(no connection\): the batch waits for it, losing nothing, and goes on once it is back\.$/),
+        "Upstream vllm is back: the batch goes on."
+      ])
+      // Asked only while the batch did not move (and once more, to see it back): polls 2, 3 and 4.
+      expect(asked).toBe(3)
+
+      // Another server (OpenAI's) has no such route: nothing is said, and the watch goes on.
+      polled = 0
+      server.set((req, res) =>
+        req.url?.endsWith("/upstreams") ? apiError(res, 404, "Invalid URL (GET /v1/upstreams)") : json(res, 200, polls[Math.min(polled++, polls.length - 1)]))
+      const quiet: Array<string> = []
+      expect((yield* recorded(watch("batch_abc", fastWatch), quiet).pipe(Effect.provide(api))).status).toBe("completed")
+      expect(quiet.filter((l) => !l.startsWith("["))).toEqual([])
+    }))
+
   it.scopedLive("a call the client retries (answered 429, then 502 with a page) is retried, and its answer used", () =>
     Effect.gen(function*() {
       const server = yield* scriptedServer

@@ -8,11 +8,12 @@ import * as Path from "node:path"
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError, toStreamingFile } from "openai"
 import type { Batch, BatchCreateParams } from "openai/resources/batches"
 import type { FileObject } from "openai/resources/files"
-import { Context, Duration, Effect, Layer } from "effect"
+import { Context, Duration, Effect, Layer, Option } from "effect"
 import { withoutCredentials } from "../observability/urlText.js"
 import { CliFailure, EXIT_FAILED } from "./failure.js"
 import { note } from "./output.js"
 import { streamingFetch } from "./streamingFetch.js"
+import type { UpstreamSeen } from "./upstreamNotes.js"
 
 /** Where `npm start` serves (the server's default `HOST` and `PORT`). */
 export const DEFAULT_BASE_URL = "http://127.0.0.1:8321/v1"
@@ -53,6 +54,8 @@ export interface BatchApiShape {
   /** A file's bytes, as they arrive; tried once (saving a file has its own policy of trying again). */
   readonly content: (fileId: string) => Effect.Effect<ReadableStream<Uint8Array>, CliFailure>
   readonly deleteFile: (fileId: string) => Effect.Effect<void, CliFailure>
+  /** This server's `GET /v1/upstreams` (an extension), tried once; none from a server without it, or when it fails. */
+  readonly upstreams: Effect.Effect<Option.Option<ReadonlyArray<UpstreamSeen>>>
 }
 
 export class BatchApi extends Context.Tag("cli/BatchApi")<BatchApi, BatchApiShape>() {}
@@ -188,7 +191,12 @@ export const make = (connection: Connection): BatchApiShape => {
         if (response.body === null) throw new Error("the answer has no body")
         return response.body
       }),
-    deleteFile: (fileId) => call(`deleting file ${fileId}`, (signal) => client.files.delete(fileId, { signal })).pipe(Effect.asVoid)
+    deleteFile: (fileId) => call(`deleting file ${fileId}`, (signal) => client.files.delete(fileId, { signal })).pipe(Effect.asVoid),
+    upstreams: call("reading the upstreams", (signal) =>
+      client.get<{ data: ReadonlyArray<UpstreamSeen> }>("/upstreams", { signal, maxRetries: 0 })).pipe(
+        Effect.map((list) => Array.isArray(list?.data) ? Option.some(list.data) : Option.none()),
+        Effect.orElseSucceed(() => Option.none())
+      )
   }
 }
 

@@ -12,6 +12,7 @@ import { BatchApi } from "./BatchApi.js"
 import { CliFailure, EXIT_INTERRUPTED } from "./failure.js"
 import { columns, interactive, type Mode, note, printJson, say, write } from "./output.js"
 import { type Patience, patiently } from "./patience.js"
+import { servingUpstream, upstreamNote } from "./upstreamNotes.js"
 import { addSample, barLine, countsOf, isTerminal, plainLine, plainLineDue, type Printed, rate, type Sample } from "./progress.js"
 
 export interface WatchSettings extends Pick<Patience, "retryFor"> {
@@ -112,11 +113,29 @@ export const watch = (id: string, settings: WatchSettings) =>
     const patience: Patience = { retryFor: settings.retryFor, tell: (line) => Effect.zipRight(display.settle, note(line)) }
     const afterGivingUp = `Batch ${id} is not affected: \`openai-batch watch ${id}\` picks it up again.`
     let seen = false
+    // The batch's upstream is asked about when the batch did not move since the last poll, and until it is said
+    // to be back once it was said to be down.
+    let lastDone = -1
+    let saidDown = false
+    const tellUpstream = (batch: Batch, now: number) =>
+      Effect.gen(function*() {
+        const done = countsOf(batch).done
+        const stalled = done === lastDone
+        lastDone = done
+        if (batch.status !== "in_progress" || !batch.model || !(stalled || saidDown)) return
+        const upstreams = yield* api.upstreams
+        if (Option.isNone(upstreams)) return
+        const line = upstreamNote(servingUpstream(upstreams.value, batch.model), saidDown, now / 1000)
+        if (line === undefined) return
+        saidDown = !saidDown
+        yield* Effect.zipRight(display.settle, note(line))
+      })
     const poll = Effect.gen(function*() {
       const batch = yield* (seen ? patiently(api.poll(id), patience, afterGivingUp) : api.retrieve(id))
       seen = true
       const now = Date.now()
       samples = addSample(samples, { at: now, done: countsOf(batch).done })
+      yield* tellUpstream(batch, now)
       yield* display.show(batch, rate(samples), now)
       if (isTerminal(batch.status)) return Option.some(batch)
       yield* Effect.sleep(settings.interval)
