@@ -1,7 +1,8 @@
 /**
  * The running phase of a batch on this node: the pending requests of every slice it can claim
  * (`pendingRows.ts`), sent through `maxConcurrentRequestsPerBatch` workers — a sliding window: each worker takes
- * the next row as soon as its previous one is answered — with outcomes stored in groups (`outcomeWriter.ts`).
+ * the next row as soon as its previous one is answered; a request waiting between attempts gives its place to a
+ * new worker (`windowSlots.ts`) — with outcomes stored in groups (`outcomeWriter.ts`).
  *
  * A worker holds at most one outcome not yet stored, so a crash makes at most two requests per worker run again
  * (one in flight, one answered). An interruption (cancel, expiry, a lost slice, the upstream going down) aborts the calls in flight; then, as the run's scope closes, the
@@ -9,7 +10,7 @@
  * unfinished for any node to resume (resources close in the reverse order of their making, and the writer is made
  * from the source).
  */
-import { Effect, Option } from "effect"
+import { Effect, FiberSet, Option } from "effect"
 import { AppConfig } from "../Config.js"
 import { AnswerHold, currentAnswerHold } from "../inference/answerMemory.js"
 import { type AttemptsUsed, type HandBack, Inference, type UpstreamFailure, type UpstreamResponse } from "../inference/Inference.js"
@@ -19,6 +20,7 @@ import type { LocalWork } from "./heartbeat.js"
 import { makeOutcomeWriter } from "./outcomeWriter.js"
 import { makePendingRows, type TurnEnd } from "./pendingRows.js"
 import { usageOf, zeroUsage } from "./usage.js"
+import { type Place, WindowSlots } from "./windowSlots.js"
 import { WorkLeases } from "./WorkLeases.js"
 
 const responseOutcome = (row: RequestRow, res: UpstreamResponse): RequestOutcome => ({
@@ -31,6 +33,12 @@ const responseOutcome = (row: RequestRow, res: UpstreamResponse): RequestOutcome
   requestId: res.requestId,
   usage: res.status >= 200 && res.status < 300 ? usageOf(res.json) : zeroUsage
 })
+
+/** A worker: its place in the window, the bytes of the request it sends, and how that request waits between attempts. */
+interface Worker extends Place {
+  bytes: number
+  readonly backingOff: <A, E>(wait: Effect.Effect<A, E>, overloaded: boolean) => Effect.Effect<A, E>
+}
 
 const errorOutcome = (row: RequestRow, e: UpstreamFailure): RequestOutcome => ({
   _tag: "Error",
@@ -105,11 +113,11 @@ export const makeRunning = (local: LocalWork) =>
         // Each worker's calls reserve their large answers in the worker's own hold (`currentAnswerHold`, set once for
         // the worker: set per request, it copied the fiber's references twice, ~9 % of what a run allocated); an
         // answer's reservation moves out of it to the outcome (`takeOver`), held until the outcome is stored.
-        const next = (outcome: RequestOutcome, previous: Effect.Effect<void>, hold: AnswerHold) => {
+        const next = (outcome: RequestOutcome, previous: Effect.Effect<void>, hold: AnswerHold, worker: Worker) => {
           const stored = outcomes.queueNow(outcome)
-          return Effect.zipRight(previous, Effect.suspend(() => worker(stored, hold)))
+          return Effect.zipRight(previous, Effect.suspend(() => work(stored, hold, worker)))
         }
-        const send = (row: RequestRow, previous: Effect.Effect<void>, hold: AnswerHold) => {
+        const send = (row: RequestRow, previous: Effect.Effect<void>, hold: AnswerHold, worker: Worker) => {
           const used: AttemptsUsed = { used: row.attempts?.used ?? 0 }
           if (row.attempts?.retryAt !== undefined) used.retryAt = row.attempts.retryAt
           unanswered.set(row.line, used)
@@ -120,9 +128,10 @@ export const makeRunning = (local: LocalWork) =>
               holds.add(kept)
               heldBy.set(outcome, kept)
             }
-            return next(outcome, previous, hold)
+            return next(outcome, previous, hold, worker)
           }
-          return Effect.matchEffect(inference.send(batch.endpoint, row.body, { ...options, attempts: used, handBack }), {
+          worker.bytes = row.body.length
+          return Effect.matchEffect(inference.send(batch.endpoint, row.body, { ...options, attempts: used, handBack, backingOff: worker.backingOff }), {
             onSuccess: (res) => answered(responseOutcome(row, res)),
             onFailure: (e) => {
               hold.release() // an answer refused (not JSON…): not kept
@@ -133,19 +142,47 @@ export const makeRunning = (local: LocalWork) =>
             }
           })
         }
-        const worker = (previous: Effect.Effect<void>, hold: AnswerHold): Effect.Effect<void> => {
+        const work = (previous: Effect.Effect<void>, hold: AnswerHold, worker: Worker): Effect.Effect<void> => {
+          if (places.yieldsPlace(worker)) return previous // a request back from its backoff takes its place
           const row = rows.takeNow()
-          if (row !== undefined) return send(row, previous, hold)
-          return Effect.flatMap(rows.next, (next) => (Option.isNone(next) ? previous : send(next.value, previous, hold)))
+          if (row !== undefined) return send(row, previous, hold, worker)
+          return Effect.flatMap(rows.next, (next) => (Option.isNone(next) ? previous : send(next.value, previous, hold, worker)))
         }
-        const startWorker = () => {
+        // The window's places (`windowSlots.ts`): a request waiting between attempts gives its place to a new worker.
+        // The `window` first workers are the run's own fibers, as before there were spares (forked into the set
+        // too, a 503 storm failed a line of `test/UpstreamOutage.test.ts`); those started later are in `spares`.
+        const places = new WindowSlots(window)
+        const spares = yield* FiberSet.make<void, never>()
+        /** A worker's whole run; its fiber's, for the `window` first, or one forked into `spares`. */
+        const workerRun: Effect.Effect<void> = Effect.suspend(() => {
           const hold = new AnswerHold()
           holds.add(hold)
-          return Effect.locally(Effect.suspend(() => worker(Effect.void, hold)), currentAnswerHold, hold)
-        }
-        // An outage of the upstream ends the run at once (its calls wait anyway): the batch gives its permit back
-        // to batches whose upstreams answer, and waits for the upstream in the permit queue (`fairPermits.ts`).
-        yield* Effect.all(Array.from({ length: window }, startWorker), { concurrency: "unbounded", discard: true }).pipe(
+          const worker: Worker = {
+            holding: true,
+            bytes: 0,
+            backingOff: (wait, overloaded) =>
+              Effect.suspend(() => {
+                const bytes = worker.bytes
+                // After a refusal (429, 503: the upstream overloaded, or down) the place is kept: more requests would
+                // only add to the overload, and an outage's trials would see the retries first.
+                if (overloaded) return wait
+                const given = places.leave(worker, bytes)
+                if (given === "kept") return wait
+                const rest = Effect.matchCauseEffect(wait, {
+                  onSuccess: (a) => Effect.as(places.rejoin(worker, bytes), a),
+                  onFailure: (cause) => Effect.zipRight(Effect.sync(() => places.abandon(bytes)), Effect.failCause(cause))
+                })
+                return given === "spare" ? Effect.zipRight(FiberSet.run(spares, workerRun), rest) : rest
+              })
+          }
+          const running = Effect.ensuring(Effect.suspend(() => work(Effect.void, hold, worker)), Effect.sync(() => places.end(worker)))
+          return Effect.locally(running, currentAnswerHold, hold)
+        })
+        // The run ends when its last worker does, or fails with the first that fails (a storage fault). An outage of
+        // the upstream ends it at once (its calls wait anyway): the batch gives its permit back to batches whose
+        // upstreams answer, and waits for the upstream in the permit queue (`fairPermits.ts`).
+        const firstEnded = Effect.all(Array.from({ length: window }, () => workerRun), { concurrency: "unbounded", discard: true })
+        yield* Effect.raceFirst(Effect.zipRight(firstEnded, FiberSet.awaitEmpty(spares)), FiberSet.join(spares)).pipe(
           Effect.raceFirst(inference.unreachable(batch.model, record.project))
         )
         return rows.claimed()

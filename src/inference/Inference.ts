@@ -13,13 +13,13 @@
  */
 import type * as HttpClient from "@effect/platform/HttpClient"
 import { HttpClient as HttpClientTag } from "@effect/platform/HttpClient"
-import { Clock, type ConfigError, Context, Duration, Effect, FiberRef, Layer, Option, Random } from "effect"
+import { Clock, type ConfigError, Context, Duration, Effect, FiberRef, identity, Layer, Option, Random } from "effect"
 import { AppConfig } from "../Config.js"
 import type { BatchEndpoint } from "../domain/Batches.js"
 import { requestId } from "../domain/Ids.js"
 import { Metrics } from "../observability/Metrics.js"
 import { makeFractionPicker, type TracedCall, traceUpstreamCall, UpstreamCallTracing, upstreamIdentity } from "../observability/upstreamCallSpans.js"
-import type { Attempt } from "../upstreams/judge.js"
+import { type Attempt, isRefusal } from "../upstreams/judge.js"
 import { makeUpstream, type UpstreamState } from "../upstreams/Upstream.js"
 import { admits, servesAnyModel, shadowedModels, type UpstreamSpec, upstreamSpecs } from "../upstreams/UpstreamSpec.js"
 import { type HandBack, HandedBack, retryAfterMillis, unlessHandedBack, UpstreamFailure, type UpstreamResponse, vouchedFor } from "./answers.js"
@@ -54,6 +54,12 @@ export interface SendOptions {
    * model no upstream serves (its batch then waits for a route), where a send without `handBack` fails.
    */
   readonly handBack?: HandBack | undefined
+  /**
+   * Wraps the wait between two attempts (a backoff, a `Retry-After`), told whether the last attempt was refused
+   * (429, 503) or got no answer (an overload, or an outage): a batch's run gives the request's place in its window to another request
+   * meanwhile, but after an overload (`batches/running.ts`), and takes one back before the next attempt.
+   */
+  readonly backingOff?: (<A, E>(wait: Effect.Effect<A, E>, overloaded: boolean) => Effect.Effect<A, E>) | undefined
 }
 
 /** An upstream as `GET /v1/upstreams` tells of it. */
@@ -188,6 +194,9 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
       discard: true
     })
 
+    /** Whether an attempt may say its upstream is overloaded or down: refused (429, 503), or no answer at all. */
+    const overloadedBy = (result: Attempt) => result._tag === "Failure" || isRefusal(result)
+
     /** How long to wait before attempt `n + 1`: `Retry-After` when the upstream said, else exponential with jitter. */
     const retryDelay = (result: Attempt, n: number) =>
       Effect.map(Random.nextRange(0.8, 1.2), (jitter) => {
@@ -208,6 +217,7 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
         }))
       }
       const { attempts, handBack } = options
+      const backingOff = options.backingOff ?? identity
       const ticket = { project: options.project ?? "", deadline: options.deadline ?? Number.MAX_SAFE_INTEGER, model: options.model, handBack }
       const final = (result: Attempt) =>
         result._tag === "Failure" ? Effect.fail(result.failure) : Effect.succeed(result.response)
@@ -223,7 +233,7 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
           const hold = yield* FiberRef.get(currentAnswerHold)
           hold?.release() // the answer let go is not held through the wait
           if (attempts !== undefined) attempts.retryAt = now + delay
-          yield* unlessHandedBack(Effect.sleep(Duration.millis(delay)), handBack)
+          yield* backingOff(unlessHandedBack(Effect.sleep(Duration.millis(delay)), handBack), overloadedBy(result))
           // Its backoff over as its turn ended (the same instant): not sent all the same.
           if (handBack?.wanted()) return yield* Effect.fail(new HandedBack())
           return yield* loop(n + 1, traced)
@@ -245,7 +255,7 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
           : Effect.flatMap(Clock.currentTimeMillis, (now) =>
             now >= attempts.retryAt!
               ? loop(first, traced)
-              : Effect.zipRight(unlessHandedBack(Effect.sleep(Duration.millis(attempts.retryAt! - now)), handBack), loop(first, traced)))
+              : Effect.zipRight(backingOff(unlessHandedBack(Effect.sleep(Duration.millis(attempts.retryAt! - now)), handBack), true), loop(first, traced)))
       if (pickTraced !== undefined && pickTraced()) {
         const identity = upstreamIdentity(upstream.spec.name, upstream.spec.baseUrl)
         return traceUpstreamCall(identity, endpoint, options.model, body, start)
