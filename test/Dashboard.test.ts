@@ -19,54 +19,26 @@ import OpenAI from "openai"
 import type { Page } from "playwright-core"
 import { chatLine, createBatch, upload } from "./support/Batches.js"
 import { BrowserPage, violations } from "./support/Chromium.js"
-import { baseUrl, testAppWithUpstream } from "./support/TestApp.js"
+import {
+  DESKTOP, expectClean, file, FILES_POLL_MS, inPage, KEY, listLoaded, noticeOf, openWithKey, overflows, PHONE, poll, POLL_MS, shown,
+  uploadThroughPage
+} from "./support/Dashboard.js"
+import { testAppWithUpstream } from "./support/TestApp.js"
 
 /** The browser's globals, in the functions `page.evaluate` runs in the page (this project's types are Node's). */
 declare const document: any, window: any, localStorage: any, getComputedStyle: any, MutationObserver: any
 
-const KEY = "sk-dashboard-5e3a9c0d"
 /** A key no HTTP header can carry (not Latin-1). */
 const UNSENDABLE = "sk-ключ-42"
 const root = Path.resolve(import.meta.dirname, "..")
 const screenshots = Path.resolve(root, process.env.UI_SCREENSHOTS_DIR ?? ".screenshots")
-const DESKTOP = { width: 1200, height: 760 }
-const PHONE = { width: 390, height: 844 }
-/** The page's refresh intervals (`ui/app.js`, `ui/files.js`) and its calls' time limit (`ui/api.js`). */
-const POLL_MS = 2000
-const FILES_POLL_MS = 5000
+/** The page's calls' time limit (`ui/api.js`). */
 const CALL_TIMEOUT_MS = 30_000
 /**
  * What hostile metadata or file names would run if the page parsed them as HTML (no quotes: a browser escapes them
  * in a form's file name).
  */
 const HOSTILE = "<img src=x onerror=document.body.dataset.pwned=1>"
-
-/** No script failed, the CSP refused nothing, and no hostile text ran as HTML. */
-/** A test's steps in the shared page, given the test server's base URL. */
-const inPage = (steps: (base: string, browser: BrowserPage["Type"]) => Promise<void>) =>
-  Effect.flatMap(Effect.all([baseUrl, BrowserPage]), ([base, browser]) => Effect.promise(() => steps(base, browser)))
-
-const expectClean = async ({ page, problems }: BrowserPage["Type"]) => {
-  expect(problems).toEqual([])
-  expect(await violations(page)).toEqual([])
-  expect(await page.evaluate(() => document.body.dataset.pwned)).toBeUndefined()
-}
-
-/** `expect.poll` (vitest's default gives up after 1 s). */
-const poll = <T>(read: () => T | Promise<T>, timeout = 15_000) => expect.poll(read, { timeout, interval: 50 })
-
-/**
- * `expect.poll` of what the page shows, its clock moved on by a refresh's interval at each look: the page's next
- * refresh comes at once rather than up to `every` ms later.
- */
-const shown = <T>(page: Page, read: () => Promise<T>, every = POLL_MS) =>
-  expect.poll(async () => {
-    await page.clock.fastForward(every)
-    return read()
-  }, { timeout: 15_000, interval: 100 })
-
-const jsonl = (lines: ReadonlyArray<string>) => Buffer.from(lines.join("\n") + "\n")
-const file = (name: string, lines: ReadonlyArray<string>) => ({ name, mimeType: "application/jsonl", buffer: jsonl(lines) })
 
 /** A PNG of the page: the window, the whole page, or its top `height` pixels. */
 const shot = (page: Page, name: string, size: "window" | "full" | { readonly height: number } = "window") =>
@@ -76,14 +48,6 @@ const shot = (page: Page, name: string, size: "window" | "full" | { readonly hei
     fullPage: size === "full",
     ...(typeof size === "object" ? { clip: { x: 0, y: 0, width: DESKTOP.width, height: size.height } } : {})
   })
-
-/** Uploads `input` through the files page's form; resolves when the start form is open for it. */
-const uploadThroughPage = async (page: Page, input: ReturnType<typeof file>) => {
-  await page.goto(`${new URL(page.url()).origin}/ui#/files`)
-  await page.locator("#upload-file").setInputFiles(input)
-  await page.getByRole("button", { name: "Upload" }).click()
-  await poll(() => page.locator("#start-batch").textContent()).toContain(input.name)
-}
 
 /** Uploads `input` through the page and starts its batch; resolves on the batch's page with its id. */
 const startBatch = async (page: Page, input: ReturnType<typeof file>, metadata = "") => {
@@ -95,17 +59,7 @@ const startBatch = async (page: Page, input: ReturnType<typeof file>, metadata =
   return decodeURIComponent(page.url().split("#/batches/")[1]!)
 }
 
-/** Opens the dashboard with `key` kept already (set from a page of the same origin that runs no script). */
-const openWithKey = async (page: Page, base: string, key = KEY) => {
-  await page.goto(`${base}/ui/app.css`)
-  await page.evaluate((k) => localStorage.setItem("openai-batch.api-key", k), key)
-  await page.goto(`${base}/ui`)
-}
-
 const statusOf = (page: Page) => page.locator(".heading .status").textContent()
-/** Whether the list on screen was read: its rows, or its "nothing yet". */
-const listLoaded = async (page: Page) => (await page.locator("main tbody tr, main p.empty:not([hidden])").count()) > 0
-const noticeOf = (page: Page) => page.locator("#notice").textContent()
 
 /** Records every text `selector` shows from now on, in the page's `window.texts`. */
 const recordTexts = (page: Page, selector: string) =>
@@ -121,9 +75,6 @@ const barFill = (page: Page, selector: string) =>
     const parts = [...bar.children].reduce((sum, part) => sum + part.getBoundingClientRect().width, 0)
     return parts / bar.getBoundingClientRect().width
   })
-
-/** Whether the page is wider than the window (a horizontal scrollbar). */
-const overflows = (page: Page) => page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth)
 
 describe("the dashboard", () => {
   mkdirSync(screenshots, { recursive: true })

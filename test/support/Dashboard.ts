@@ -1,0 +1,68 @@
+/**
+ * What the dashboard's browser tests share: the test server's key, window sizes, the page's intervals, and steps a
+ * person takes (opening the page with a key kept, uploading through the form), on Playwright's clock.
+ */
+import { expect } from "@effect/vitest"
+import { Effect } from "effect"
+import type { Page } from "playwright-core"
+import { BrowserPage, violations } from "./Chromium.js"
+import { baseUrl } from "./TestApp.js"
+
+/** The browser's globals, in the functions `page.evaluate` runs in the page (this project's types are Node's). */
+declare const document: any, window: any, localStorage: any
+
+export const KEY = "sk-dashboard-5e3a9c0d"
+export const DESKTOP = { width: 1200, height: 760 }
+export const PHONE = { width: 390, height: 844 }
+/** The page's refresh intervals (`ui/app.js`, `ui/files.js`). */
+export const POLL_MS = 2000
+export const FILES_POLL_MS = 5000
+
+/** A test's steps in the shared page, given the test server's base URL. */
+export const inPage = (steps: (base: string, browser: BrowserPage["Type"]) => Promise<void>) =>
+  Effect.flatMap(Effect.all([baseUrl, BrowserPage]), ([base, browser]) => Effect.promise(() => steps(base, browser)))
+
+/** No script failed, the CSP refused nothing, and no hostile text ran as HTML. */
+export const expectClean = async ({ page, problems }: BrowserPage["Type"]) => {
+  expect(problems).toEqual([])
+  expect(await violations(page)).toEqual([])
+  expect(await page.evaluate(() => document.body.dataset.pwned)).toBeUndefined()
+}
+
+/** `expect.poll` (vitest's default gives up after 1 s). */
+export const poll = <T>(read: () => T | Promise<T>, timeout = 15_000) => expect.poll(read, { timeout, interval: 50 })
+
+/**
+ * `expect.poll` of what the page shows, its clock moved on by a refresh's interval at each look: the page's next
+ * refresh comes at once rather than up to `every` ms later.
+ */
+export const shown = <T>(page: Page, read: () => Promise<T>, every = POLL_MS) =>
+  expect.poll(async () => {
+    await page.clock.fastForward(every)
+    return read()
+  }, { timeout: 15_000, interval: 100 })
+
+const jsonl = (lines: ReadonlyArray<string>) => Buffer.from(lines.join("\n") + "\n")
+export const file = (name: string, lines: ReadonlyArray<string>) => ({ name, mimeType: "application/jsonl", buffer: jsonl(lines) })
+
+/** Uploads `input` through the files page's form; resolves when the start form is open for it. */
+export const uploadThroughPage = async (page: Page, input: ReturnType<typeof file>) => {
+  await page.goto(`${new URL(page.url()).origin}/ui#/files`)
+  await page.locator("#upload-file").setInputFiles(input)
+  await page.getByRole("button", { name: "Upload" }).click()
+  await poll(() => page.locator("#start-batch").textContent()).toContain(input.name)
+}
+
+/** Opens the dashboard with `key` kept already (set from a page of the same origin that runs no script). */
+export const openWithKey = async (page: Page, base: string, key = KEY, at = "") => {
+  await page.goto(`${base}/ui/app.css`)
+  await page.evaluate((k) => localStorage.setItem("openai-batch.api-key", k), key)
+  await page.goto(`${base}/ui${at}`)
+}
+
+/** Whether the list on screen was read: its rows, or its "nothing yet". */
+export const listLoaded = async (page: Page) => (await page.locator("main tbody tr, main p.empty:not([hidden])").count()) > 0
+export const noticeOf = (page: Page) => page.locator("#notice").textContent()
+
+/** Whether the page is wider than the window (a horizontal scrollbar). */
+export const overflows = (page: Page) => page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth)
