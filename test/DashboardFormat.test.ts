@@ -71,7 +71,7 @@ describe("the dashboard's text", () => {
 
 describe("the dashboard's endpoint list", () => {
   it("is the server's list of standard endpoints", () => {
-    const source = readFileSync(new URL("../ui/files.js", import.meta.url), "utf8")
+    const source = readFileSync(new URL("../ui/startForm.js", import.meta.url), "utf8")
     const list = /const ENDPOINTS = \[([^\]]*)\]/.exec(source)?.[1]
     expect(list?.match(/"[^"]*"/g)?.map((quoted) => JSON.parse(quoted))).toEqual([...StandardEndpoint.literals])
   })

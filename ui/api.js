@@ -3,7 +3,7 @@
  * The server's public API, as the page calls it: the key from localStorage in `Authorization`, a prompt for one
  * when a call answers 401 or the key cannot be sent (one prompt for every call waiting on it), a time limit on
  * every call, OpenAI error envelopes turned into `ApiError`s with the envelope's message (and the server's
- * `retry-after`), and file downloads saved under their names with their progress.
+ * `retry-after`). Reading files' content is `content.js`'s.
  */
 
 /**
@@ -240,7 +240,7 @@ const call = async (path, options = {}) => {
  * @param {(res: Response, extend: () => void) => Promise<T>} read
  * @returns {Promise<T>}
  */
-const readWithin = async (path, options, read) => {
+export const readWithin = async (path, options, read) => {
   const { res, limit } = await call(path, options)
   try {
     return await read(res, limit.extend)
@@ -285,59 +285,3 @@ export const query = (params) => {
 export const fileUrl = (id) => `/v1/files/${encodeURIComponent(id)}`
 /** @param {string} id */
 export const batchUrl = (id) => `/v1/batches/${encodeURIComponent(id)}`
-
-/** Chunks gathered before they are added to the Blob, so that the script's own memory stays small. */
-const BLOB_STEP_BYTES = 8 * 1024 * 1024
-
-/**
- * A file's content as a Blob, `progress` told the bytes received (and the total, when the server gave a
- * `content-length`). The chunks are added to the Blob every 8 MB: the browser keeps a Blob's bytes in its own
- * storage (Chromium moves large ones to disk), the script only the last few MB. A download fails when no byte
- * came for the call's time limit, however long it takes in all.
- * @param {string} fileId
- * @param {(received: number, total: number | null) => void} progress
- */
-const content = (fileId, progress) =>
-  readWithin(`${fileUrl(fileId)}/content`, {}, async (res, extend) => {
-    const size = Number(res.headers.get("content-length"))
-    const total = Number.isSafeInteger(size) && size > 0 ? size : null
-    if (res.body === null) return res.blob()
-    const reader = res.body.getReader()
-    let blob = new Blob([])
-    /** @type {Uint8Array<ArrayBuffer>[]} */
-    let chunks = []
-    let pending = 0
-    let received = 0
-    for (;;) {
-      const { done, value } = await reader.read()
-      if (done) return new Blob([blob, ...chunks])
-      extend()
-      chunks.push(value)
-      pending += value.byteLength
-      received += value.byteLength
-      if (pending >= BLOB_STEP_BYTES) {
-        blob = new Blob([blob, ...chunks])
-        chunks = []
-        pending = 0
-      }
-      progress(received, total)
-    }
-  })
-
-/**
- * Saves a file's content under `name` (the API needs the key header, so a plain link cannot fetch it).
- * @param {string} fileId
- * @param {string} name
- * @param {(received: number, total: number | null) => void} [progress]
- */
-export async function download(fileId, name, progress = () => {}) {
-  const url = URL.createObjectURL(await content(fileId, progress))
-  const link = document.createElement("a")
-  link.href = url
-  link.download = name
-  document.body.append(link)
-  link.click()
-  link.remove()
-  // The download holds the Blob itself; the URL only has to live until it started.
-  setTimeout(() => URL.revokeObjectURL(url), 10_000)
-}

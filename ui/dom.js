@@ -4,7 +4,7 @@
  * other people's text) becomes a text node or a property: nothing here parses HTML. Text goes in through `visible`,
  * so that none can reorder what is shown around it.
  */
-import { download } from "./api.js"
+import { download } from "./content.js"
 import { transferred, visible } from "./format.js"
 
 /**

@@ -55,7 +55,9 @@ const ASSETS: Readonly<Record<string, string>> = {
   "format.js": JS,
   "batchList.js": JS,
   "batchPage.js": JS,
-  "files.js": JS
+  "files.js": JS,
+  "content.js": JS,
+  "startForm.js": JS
 }
 
 

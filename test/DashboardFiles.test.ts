@@ -1,0 +1,51 @@
+/**
+ * The dashboard's files page in headless Chromium, as a trial used it (API keys on, the upstream simulator): a
+ * batch started from the list runs the endpoint its own file names (not the last upload's), with no metadata left
+ * from before.
+ */
+import { describe, expect, layer } from "@effect/vitest"
+import { Layer, Redacted } from "effect"
+import type { Page } from "playwright-core"
+import { chatLine } from "./support/Batches.js"
+import { BrowserPage } from "./support/Chromium.js"
+import { DESKTOP, expectClean, file, inPage, KEY, openWithKey, poll, shown, uploadThroughPage } from "./support/Dashboard.js"
+import { testAppWithUpstream } from "./support/TestApp.js"
+
+const embeddingLine = (id: string) =>
+  JSON.stringify({ custom_id: id, method: "POST", url: "/v1/embeddings", body: { model: "sim-model", input: "hello" } })
+
+const fileRow = (page: Page, name: string) => page.locator("table.files-list tbody tr", { hasText: name })
+const endpointOf = (page: Page) => page.locator("#batch-endpoint").inputValue()
+
+describe("the dashboard's files page", () => {
+  layer(
+    Layer.merge(testAppWithUpstream({ apiKeys: [Redacted.make(KEY)] }), BrowserPage.layer(DESKTOP)),
+    { excludeTestServices: true, timeout: 60_000 }
+  )("in headless Chromium", (it) => {
+    it.effect("starts a batch from a listed file with the endpoint of that file's first line, metadata cleared", () =>
+      inPage(async (base, browser) => {
+        const { page } = browser
+        await openWithKey(page, base, KEY, "#/files")
+        await uploadThroughPage(page, file("chat.jsonl", [chatLine("c-0", "hi")]))
+        await uploadThroughPage(page, file("emb.jsonl", [embeddingLine("e-0"), embeddingLine("e-1")]))
+        expect(await endpointOf(page)).toBe("/v1/embeddings")
+        await page.locator("#batch-metadata").fill("owner=someone")
+        await page.getByRole("button", { name: "Close" }).click()
+
+        // Another file's "Start batch": its own endpoint, and none of the last form's metadata.
+        await fileRow(page, "chat.jsonl").getByRole("button", { name: /^Start batch/ }).click()
+        await poll(() => endpointOf(page)).toBe("/v1/chat/completions")
+        expect(await page.locator("#batch-metadata").inputValue()).toBe("")
+
+        // After a reload (nothing the page remembers), an embeddings file started from the list runs as embeddings.
+        await page.reload()
+        await fileRow(page, "emb.jsonl").getByRole("button", { name: /^Start batch/ }).click()
+        await poll(() => endpointOf(page)).toBe("/v1/embeddings")
+        await page.locator("#start-batch").getByRole("button", { name: "Start batch" }).click()
+        await page.waitForURL(/#\/batches\/batch_/)
+        await shown(page, () => page.locator(".heading .status").textContent()).toBe("completed")
+        expect(await page.locator(".counts").textContent()).toBe("2 of 2 done (100%): 2 succeeded, 0 failed")
+        await expectClean(browser)
+      }))
+  })
+})
