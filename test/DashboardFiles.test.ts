@@ -1,7 +1,7 @@
 /**
  * The dashboard's files page in headless Chromium, as a trial used it (API keys on, the upstream simulator): a
  * batch started from the list runs the endpoint its own file names (not the last upload's), with no metadata left
- * from before.
+ * from before; files deleted (after a confirmation) to make room, and the list narrowed to a purpose.
  */
 import { describe, expect, layer } from "@effect/vitest"
 import { Layer, Redacted } from "effect"
@@ -45,6 +45,31 @@ describe("the dashboard's files page", () => {
         await page.waitForURL(/#\/batches\/batch_/)
         await shown(page, () => page.locator(".heading .status").textContent()).toBe("completed")
         expect(await page.locator(".counts").textContent()).toBe("2 of 2 done (100%): 2 succeeded, 0 failed")
+        await expectClean(browser)
+      }))
+
+    it.effect("deletes a file after a confirmation, and shows one purpose's files", () =>
+      inPage(async (base, browser) => {
+        const { page } = browser
+        await openWithKey(page, base, KEY, "#/files")
+        await poll(() => fileRow(page, "emb.jsonl").count()).toBe(1)
+        // The batch before left an output: "Batch inputs" leaves it out, "Batch outputs and errors" shows only it.
+        await page.getByLabel("Files of purpose").selectOption("batch")
+        await poll(() => page.locator("table.files-list tbody tr").count()).toBe(2)
+        expect(await page.locator("table.files-list tbody").textContent()).not.toContain("batch_output")
+        await page.getByLabel("Files of purpose").selectOption("batch_output")
+        await poll(() => page.locator("table.files-list tbody tr td:nth-child(2)").allTextContents()).toEqual(["batch_output"])
+
+        await page.getByLabel("Files of purpose").selectOption("")
+        let asked = ""
+        page.once("dialog", (d) => void ((asked = d.message()), d.dismiss()))
+        await fileRow(page, "chat.jsonl").getByRole("button", { name: "Delete chat.jsonl" }).click()
+        await poll(() => asked).toContain("chat.jsonl")
+        expect(await fileRow(page, "chat.jsonl").count()).toBe(1)
+        page.once("dialog", (d) => void d.accept())
+        await fileRow(page, "chat.jsonl").getByRole("button", { name: "Delete chat.jsonl" }).click()
+        await poll(() => page.getByRole("status").filter({ hasText: "Deleted" }).textContent()).toBe("Deleted chat.jsonl.")
+        await poll(() => fileRow(page, "chat.jsonl").count()).toBe(0)
         await expectClean(browser)
       }))
   })

@@ -1,11 +1,12 @@
 // @ts-check
 /**
  * The files page (`#/files`): the upload form (multipart `POST /v1/files`, purpose `batch`), the form that starts
- * a batch from a file (`startForm.js`), and the files, newest first, "More" showing 50 more. Refreshed every
+ * a batch from a file (`startForm.js`), and the files, newest first (all, or of one purpose), each to delete,
+ * "More" showing 50 more. Refreshed every
  * 5 s while the tab is visible (files come and go through the API and batches' outputs), and at once after an
  * upload.
  */
-import { json, postForm, query } from "./api.js"
+import { fileUrl, json, postForm, query } from "./api.js"
 import { downloadButton, fill, h, headings, messageOf, say } from "./dom.js"
 import { ago, bytes, visible } from "./format.js"
 import { localFirstLine, startForm } from "./startForm.js"
@@ -55,9 +56,14 @@ const uploadForm = (uploaded) => {
   return el
 }
 
-/** @param {FileObject} file @param {(file: FileObject) => void} start */
-const fileRow = (file, start) =>
-  h(
+/**
+ * A file's row: its figures, and buttons to start a batch from it (an input), save it, and delete it.
+ * @param {FileObject} file
+ * @param {{ start: (file: FileObject) => void, remove: (file: FileObject) => void }} actions
+ */
+const fileRow = (file, { start, remove }) => {
+  const name = visible(file.filename)
+  return h(
     "tr",
     {},
     h("td", { className: "name", dataset: { label: "File" } },
@@ -67,17 +73,26 @@ const fileRow = (file, start) =>
     h("td", { dataset: { label: "Created" } }, ago(file.created_at)),
     h("td", { className: "actions" },
       file.purpose === "batch"
-        ? h("button", { type: "button", attrs: { "aria-label": `Start batch from ${visible(file.filename)}` }, onclick: () => start(file) }, "Start batch")
+        ? h("button", { type: "button", attrs: { "aria-label": `Start batch from ${name}` }, onclick: () => start(file) }, "Start batch")
         : null,
-      downloadButton(file.id, file.filename, { className: "quiet" }))
+      downloadButton(file.id, file.filename, { className: "quiet" }),
+      h("button", { type: "button", className: "quiet danger", attrs: { "aria-label": `Delete ${name}` }, onclick: () => remove(file) }, "Delete"))
   )
+}
+
+/** The purposes the list can be narrowed to (the API's `purpose`): a batch's outputs would bury its inputs. */
+const PURPOSES = [["", "All purposes"], ["batch", "Batch inputs"], ["batch_output", "Batch outputs and errors"]]
 
 /** @param {import("./app.js").ViewContext} context */
 export function filesView({ signal, refresh: refreshNow }) {
   const start = startForm(signal)
   const body = h("tbody")
   const more = h("button", { type: "button", className: "more", hidden: true }, "More")
-  const empty = h("p", { className: "empty", hidden: true }, "No files yet.")
+  const empty = h("p", { className: "empty", hidden: true })
+  const purpose = h("select", { id: "files-purpose", attrs: { "aria-label": "Files of purpose" } },
+    PURPOSES.map(([value, label]) => h("option", { value }, label)))
+  /** What a delete did, said where a screen reader hears it. */
+  const said = h("p", { className: "said", attrs: { role: "status" } })
   /** Rows by file id, made once: a refresh keeps a download's progress line. @type {Map<string, HTMLElement>} */
   const rows = new Map()
   let shown = PAGE
@@ -88,12 +103,13 @@ export function filesView({ signal, refresh: refreshNow }) {
     const seen = new Set(files.map((f) => f.id))
     for (const id of [...rows.keys()]) if (!seen.has(id)) rows.delete(id)
     fill(body, files.map((f) => {
-      const row = rows.get(f.id) ?? fileRow(f, (file) => void start.open(file))
+      const row = rows.get(f.id) ?? fileRow(f, { start: (file) => void start.open(file), remove })
       rows.set(f.id, row)
       return row
     }))
     table.hidden = files.length === 0
     empty.hidden = files.length > 0
+    empty.textContent = purpose.value === "" ? "No files yet." : "No files of this purpose."
     more.hidden = !hasMore
     more.disabled = false
   }
@@ -107,13 +123,28 @@ export function filesView({ signal, refresh: refreshNow }) {
     let hasMore = true
     while (hasMore && files.length < shown) {
       /** @type {import("./api.js").Page<FileObject>} */
-      const page = await json(`/v1/files${query({ limit: Math.min(shown - files.length, MAX_PAGE), order: "desc", after })}`, { signal })
+      const page = await json(`/v1/files${query({ limit: Math.min(shown - files.length, MAX_PAGE), order: "desc", after, purpose: purpose.value || undefined })}`, { signal })
       files.push(...page.data)
       hasMore = page.has_more && page.data.length > 0
       after = page.last_id ?? undefined
     }
     render(files, hasMore)
     return true
+  }
+  purpose.addEventListener("change", refreshNow)
+
+  // After a confirmation, as a cancel: a deleted file is gone for every batch that would read it.
+  /** @param {FileObject} file */
+  const remove = async (file) => {
+    if (!confirm(`Delete ${visible(file.filename)} (${file.id})? This cannot be undone.`)) return
+    say(said, `Deleting ${file.filename}…`)
+    try {
+      await json(fileUrl(file.id), { method: "DELETE", signal })
+      say(said, `Deleted ${file.filename}.`)
+      refreshNow()
+    } catch (error) {
+      say(said, messageOf(error), true)
+    }
   }
   more.addEventListener("click", () => {
     shown += PAGE
@@ -129,8 +160,9 @@ export function filesView({ signal, refresh: refreshNow }) {
   const el = h(
     "section",
     {},
-    h("div", { className: "heading" }, h("h1", {}, "Files")),
+    h("div", { className: "heading" }, h("h1", {}, "Files"), h("span", { className: "grow" }), purpose),
     h("div", { className: "forms" }, upload, start.el),
+    said,
     table,
     empty,
     more
