@@ -1,14 +1,15 @@
 /**
  * The dashboard's files page in headless Chromium, as a trial used it (API keys on, the upstream simulator): a
  * batch started from the list runs the endpoint its own file names (not the last upload's), with no metadata left
- * from before; files deleted (after a confirmation) to make room, and the list narrowed to a purpose.
+ * from before; files deleted (after a confirmation) to make room, and the list narrowed to a purpose; a long name
+ * and long metadata wrapped, at a desktop's width and a phone's.
  */
 import { describe, expect, layer } from "@effect/vitest"
 import { Layer, Redacted } from "effect"
 import type { Page } from "playwright-core"
 import { chatLine } from "./support/Batches.js"
 import { BrowserPage } from "./support/Chromium.js"
-import { DESKTOP, expectClean, file, inPage, KEY, openWithKey, poll, shown, uploadThroughPage } from "./support/Dashboard.js"
+import { DESKTOP, expectClean, file, inPage, KEY, openWithKey, overflows, PHONE, poll, shown, uploadThroughPage } from "./support/Dashboard.js"
 import { testAppWithUpstream } from "./support/TestApp.js"
 
 const embeddingLine = (id: string) =>
@@ -70,6 +71,34 @@ describe("the dashboard's files page", () => {
         await fileRow(page, "chat.jsonl").getByRole("button", { name: "Delete chat.jsonl" }).click()
         await poll(() => page.getByRole("status").filter({ hasText: "Deleted" }).textContent()).toBe("Deleted chat.jsonl.")
         await poll(() => fileRow(page, "chat.jsonl").count()).toBe(0)
+        await expectClean(browser)
+      }))
+
+    it.effect("wraps a long name without spaces and long metadata: no horizontal scrolling, no value off the screen", () =>
+      inPage(async (base, browser) => {
+        const { page } = browser
+        await openWithKey(page, base, KEY, "#/files")
+        const long = `${"x".repeat(200)}.jsonl`
+        await uploadThroughPage(page, file(long, [chatLine("l-0", "hi")]))
+        expect(await overflows(page), "the start form").toBe(false)
+        await page.locator("#batch-metadata").fill(`${"k".repeat(64)}=${"v".repeat(512)}`)
+        await page.locator("#start-batch").getByRole("button", { name: "Start batch" }).click()
+        await page.waitForURL(/#\/batches\/batch_/)
+        const batch = page.url()
+        for (const size of [{ width: 1280, height: 800 }, PHONE]) {
+          await page.setViewportSize(size)
+          await page.goto(`${base}/ui#/files`)
+          await poll(() => fileRow(page, long).count()).toBe(1)
+          expect(await overflows(page), `files at ${size.width}`).toBe(false)
+          await page.goto(batch)
+          await poll(() => page.locator(".metadata").isVisible()).toBe(true)
+          expect(await overflows(page), `batch at ${size.width}`).toBe(false)
+          // Every metadata value starts within the window, and its box is no taller than its text needs.
+          const box = await page.locator(".metadata dd").boundingBox()
+          expect(box!.x + 40).toBeLessThan(size.width)
+          expect(box!.height).toBeLessThan(400)
+        }
+        await page.setViewportSize(DESKTOP)
         await expectClean(browser)
       }))
   })
