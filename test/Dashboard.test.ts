@@ -1,6 +1,6 @@
 /**
  * The `/ui` dashboard driven in headless Chromium as a person uses it, against the real app (API keys on) and the
- * upstream simulator: the key asked for (one no header can carry refused, a wrong one refused), a file uploaded
+ * upstream simulator: the key asked for (one no header can carry refused, a wrong one refused and not kept), a file uploaded
  * and a batch started through the forms, its bar filling to 100 % and its output saved with its progress shown; a
  * slow batch cancelled with the button, a poll answered late not undoing it; batches and files made elsewhere
  * appearing without a reload, and no polling while the tab is hidden; a hung call holding nothing up, and
@@ -107,6 +107,12 @@ describe("the dashboard", () => {
         await page.locator("#key-input").fill("sk-wrong")
         await page.locator("#key-input").press("Enter")
         await poll(() => page.locator("#key-reason").textContent()).toBe("The server refused this key.")
+        // Dismissed then, the refused key is not kept, and the header offers to enter one: its first click asks.
+        await page.getByRole("button", { name: "Cancel" }).click()
+        await poll(() => noticeOf(page)).toContain("Enter an API key to go on.")
+        expect(await page.evaluate(() => localStorage.getItem("openai-batch.api-key"))).toBeNull()
+        await page.getByRole("button", { name: "Enter key" }).click()
+        await poll(() => dialog.isVisible()).toBe(true)
         await page.locator("#key-input").fill(KEY)
         await page.getByRole("button", { name: "Use this key" }).click()
         await poll(() => page.locator("main .empty").isVisible()).toBe(true)

@@ -63,14 +63,31 @@ const keyListeners = new Set()
 /** Calls `listener` whenever the key is set or forgotten, or the prompt for one declined. @param {() => void} listener */
 export const onKeyChange = (listener) => keyListeners.add(listener)
 
+/** A key typed and not yet accepted by the server: kept in memory only, so that a refused one is never stored. */
+let trying = /** @type {string | null} */ (null)
+/** The key calls send: the one being tried, else the one kept. */
+const currentKey = () => trying ?? storedKey()
+
 /** @param {string | null} key */
 const setKey = (key) => {
+  trying = null
   if (key === null) localStorage.removeItem(KEY_ITEM)
   else localStorage.setItem(KEY_ITEM, key)
   keyListeners.forEach((listener) => listener())
 }
 
 export const forgetKey = () => setKey(null)
+
+/** A key the server answered without a 401: kept from now on. @param {string | null} key */
+const accepted = (key) => {
+  if (key !== null && key === trying) setKey(key)
+}
+
+/** A key the server refused, or no header can carry: neither tried nor kept any more. @param {string | null} key */
+const refused = (key) => {
+  if (key !== null && key === trying) trying = null
+  else if (key !== null && key === storedKey()) setKey(null)
+}
 
 /**
  * Asks the person for a key (the page's dialog); resolves with it, or null when they decline.
@@ -89,20 +106,20 @@ let declined = false
 export const keyDeclined = () => declined
 
 /**
- * A key to try after `refused` did not do (null: none was sent): one typed meanwhile for another call, else the
+ * A key to try after `refusedKey` did not do (null: none was sent): one typed meanwhile for another call, else the
  * person's answer to the prompt, which says `reason`.
- * @param {string | null} refused
+ * @param {string | null} refusedKey
  * @param {string} reason
  */
-const nextKey = async (refused, reason) => {
-  const current = storedKey()
-  if (current !== null && current !== refused) return current
+const nextKey = async (refusedKey, reason) => {
+  const current = currentKey()
+  if (current !== null && current !== refusedKey) return current
   if (declined) return null
   prompting ??= askForKey(reason).finally(() => {
     prompting = null
   })
   const key = await prompting
-  if (key !== null) setKey(key)
+  if (key !== null) trying = key
   else if (!declined) {
     declined = true
     keyListeners.forEach((listener) => listener())
@@ -113,7 +130,7 @@ const nextKey = async (refused, reason) => {
 /** Asks for a key now (the header's "Enter key" button, after a decline). */
 export const askKeyAgain = async () => {
   declined = false
-  const key = await nextKey(storedKey(), "Enter an API key for this server.")
+  const key = await nextKey(currentKey(), "Enter an API key for this server.")
   return key !== null
 }
 
@@ -206,9 +223,10 @@ const call = async (path, options = {}) => {
   const { timeout = CALL_TIMEOUT_MS, ...init } = options
   for (;;) {
     init.signal?.throwIfAborted()
-    const key = storedKey()
+    const key = currentKey()
     const headers = withKey(init.headers, key)
     if (headers === undefined) {
+      refused(key)
       const reason = "This key cannot be sent: an API key is printable ASCII, without spaces."
       if ((await nextKey(key, reason)) === null) throw new ApiError("The kept API key cannot be sent. Enter another to go on.", 401)
       continue
@@ -216,10 +234,12 @@ const call = async (path, options = {}) => {
     const limit = deadline(init.signal, timeout)
     try {
       const res = await fetch(API_ROOT + path, { ...init, headers, signal: limit.signal })
+      if (res.status !== 401) accepted(key)
       if (res.ok) return { res, limit }
       const error = await errorOf(res)
       limit.done()
       if (res.status !== 401) throw error
+      refused(key)
       const reason = key === null ? "This server needs an API key." : "The server refused this key."
       if ((await nextKey(key, reason)) === null) {
         throw new ApiError(key === null ? "This server needs an API key: enter one to go on." : `${error.message} Enter an API key to go on.`, 401)
