@@ -2,7 +2,8 @@
  * The dashboard's files page in headless Chromium, as a trial used it (API keys on, the upstream simulator): a
  * batch started from the list runs the endpoint its own file names (not the last upload's), with no metadata left
  * from before; files deleted (after a confirmation) to make room, and the list narrowed to a purpose; a long name
- * and long metadata wrapped, at a desktop's width and a phone's.
+ * and long metadata wrapped, at a desktop's width and a phone's; what the forms did told to a screen reader, and
+ * focus moved to what changed.
  */
 import { describe, expect, layer } from "@effect/vitest"
 import { Layer, Redacted } from "effect"
@@ -11,6 +12,9 @@ import { chatLine } from "./support/Batches.js"
 import { BrowserPage } from "./support/Chromium.js"
 import { DESKTOP, expectClean, file, inPage, KEY, openWithKey, overflows, PHONE, poll, shown, uploadThroughPage } from "./support/Dashboard.js"
 import { testAppWithUpstream } from "./support/TestApp.js"
+
+/** The browser's globals, in the functions `page.evaluate` runs in the page (this project's types are Node's). */
+declare const document: any
 
 const embeddingLine = (id: string) =>
   JSON.stringify({ custom_id: id, method: "POST", url: "/v1/embeddings", body: { model: "sim-model", input: "hello" } })
@@ -99,6 +103,29 @@ describe("the dashboard's files page", () => {
           expect(box!.height).toBeLessThan(400)
         }
         await page.setViewportSize(DESKTOP)
+        await expectClean(browser)
+      }))
+
+    it.effect("tells a screen reader what the forms did, and moves focus to what changed; a skip link, the page named", () =>
+      inPage(async (base, browser) => {
+        const { page } = browser
+        await openWithKey(page, base, KEY, "#/files")
+        await uploadThroughPage(page, file("spoken.jsonl", [chatLine("s-0", "hi")]))
+        // The upload's outcome is in a live region; the start form that opened has the focus.
+        expect(await page.getByRole("status").filter({ hasText: "Uploaded as file-" }).count()).toBe(1)
+        await poll(() => page.evaluate(() => document.activeElement.closest("#start-batch") !== null)).toBe(true)
+        // The section open is the current page; a new view's heading takes the focus.
+        expect(await page.getByRole("link", { name: "Files" }).getAttribute("aria-current")).toBe("page")
+        await page.getByRole("link", { name: "Batches", exact: true }).click()
+        await poll(() => page.evaluate(() => document.activeElement.textContent)).toBe("Batches")
+        expect(await page.getByRole("link", { name: "Files" }).getAttribute("aria-current")).toBeNull()
+        // Opened afresh, the first Tab reaches "Skip to content", which takes the focus to the view (the hash stays).
+        await page.reload()
+        await page.keyboard.press("Tab")
+        expect(await page.evaluate(() => document.activeElement.textContent)).toBe("Skip to content")
+        await page.keyboard.press("Enter")
+        expect(await page.evaluate(() => document.activeElement.id)).toBe("view")
+        expect(new URL(page.url()).hash).toBe("#/")
         await expectClean(browser)
       }))
   })

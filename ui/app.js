@@ -72,6 +72,8 @@ let timer
 let running = null
 /** Whether a refresh was asked for while one was under way: it runs as soon as that one ends. */
 let again = false
+/** Whether a view was opened before (the page's first one takes no focus). */
+let routed = false
 
 /** Refreshes the open view now (or once the refresh under way ends), then schedules the next one. */
 const refresh = () => {
@@ -117,8 +119,17 @@ const route = () => {
   window.scrollTo(0, 0) // a view opens at its top (the list, once its rows are in, where it was left)
   const section = location.hash.startsWith("#/files") ? "files" : "batches"
   for (const link of document.querySelectorAll("nav a")) {
-    if (link instanceof HTMLElement) link.classList.toggle("active", link.dataset.nav === section)
+    if (!(link instanceof HTMLElement)) continue
+    link.classList.toggle("active", link.dataset.nav === section)
+    if (link.dataset.nav === section) link.setAttribute("aria-current", "page")
+    else link.removeAttribute("aria-current")
   }
+  // Focus follows the page when it changes (not when it opens: the first Tab reaches the skip link): a screen reader
+  // reads the new view's heading, and Tab goes on from there.
+  const heading = view.el.querySelector("h1")
+  heading?.setAttribute("tabindex", "-1")
+  if (routed) heading?.focus({ preventScroll: true })
+  routed = true
   notice(null)
   refresh()
 }
@@ -191,6 +202,12 @@ const keyButton = () => {
   onKeyChange(update)
   return update
 }
+
+// The skip link moves focus to the view without touching the hash (which routes).
+byId("skip").addEventListener("click", (event) => {
+  event.preventDefault()
+  byId("view").focus()
+})
 
 setKeyPrompt(askForKey)
 const updateKeyButton = keyButton()

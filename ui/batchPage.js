@@ -5,7 +5,7 @@
  * Refreshed until the batch ends.
  */
 import { ApiError, batchUrl, fileUrl, json, postJson } from "./api.js"
-import { downloadButton, fill, h, headings, messageOf, progressBar, say, setStatus } from "./dom.js"
+import { downloadButton, fill, h, headings, messageOf, progressBar, say, setStatus, statusLine } from "./dom.js"
 import { bytes, count, dateTime, duration, endedAt, nowSeconds, runTime, tokens, visible } from "./format.js"
 
 /**
@@ -138,7 +138,7 @@ const fileRow = (b, label, id, kind, file) => {
 export function batchPageView(batchId, { signal, refresh: refreshNow }) {
   const status = h("span")
   const cancel = h("button", { type: "button", className: "danger", hidden: true }, "Cancel batch")
-  const cancelSaid = h("span", { className: "said" })
+  const cancelSaid = statusLine("span")
   const subtitle = h("p", { className: "sub" })
   const bar = progressBar()
   const countsLine = h("p", { className: "counts" })

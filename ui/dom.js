@@ -118,7 +118,14 @@ export const messageOf = (error) => (error instanceof Error ? error.message : St
 export const showError = (error) => notice(messageOf(error))
 
 /**
- * A form's own status line: what a submit did, or why it failed.
+ * An element for `say`: a live region (`role=status`), so that a screen reader tells what an upload, a start, a
+ * cancel, a delete or a download did without the person looking for it.
+ * @param {"span" | "p"} tag
+ */
+export const statusLine = (tag) => h(tag, { className: "said", attrs: { role: "status" } })
+
+/**
+ * A form's own status line (made by `statusLine`): what a submit did, or why it failed.
  * @param {HTMLElement} el
  * @param {string} text
  * @param {boolean} [failed]
@@ -135,7 +142,7 @@ export function say(el, text, failed = false) {
  * @param {Props} [props] the button's
  */
 export function downloadButton(fileId, name, props = {}) {
-  const said = h("span", { className: "said" })
+  const said = statusLine("span")
   // Named for its file: a list of buttons all called "Download" says nothing to a screen reader.
   const button = h("button", { type: "button", attrs: { "aria-label": `Download ${visible(name)}` }, ...props }, "Download")
   button.addEventListener("click", () => {

@@ -7,7 +7,7 @@
  * upload.
  */
 import { fileUrl, json, postForm, query } from "./api.js"
-import { downloadButton, fill, h, headings, messageOf, say } from "./dom.js"
+import { downloadButton, fill, h, headings, messageOf, say, statusLine } from "./dom.js"
 import { ago, bytes, visible } from "./format.js"
 import { localFirstLine, startForm } from "./startForm.js"
 
@@ -22,7 +22,7 @@ const EVERY_MS = 5000
 const uploadForm = (uploaded) => {
   const input = h("input", { id: "upload-file", type: "file", name: "file", accept: ".jsonl", required: true })
   const submit = h("button", { type: "submit" }, "Upload")
-  const said = h("p", { className: "said" })
+  const said = statusLine("p")
   const el = h(
     "form",
     { className: "card", id: "upload" },
@@ -92,7 +92,7 @@ export function filesView({ signal, refresh: refreshNow }) {
   const purpose = h("select", { id: "files-purpose", attrs: { "aria-label": "Files of purpose" } },
     PURPOSES.map(([value, label]) => h("option", { value }, label)))
   /** What a delete did, said where a screen reader hears it. */
-  const said = h("p", { className: "said", attrs: { role: "status" } })
+  const said = statusLine("p")
   /** Rows by file id, made once: a refresh keeps a download's progress line. @type {Map<string, HTMLElement>} */
   const rows = new Map()
   let shown = PAGE

@@ -7,7 +7,7 @@
 import { postJson } from "./api.js"
 import { batchHref } from "./batchList.js"
 import { firstLine } from "./content.js"
-import { fill, h, messageOf, say } from "./dom.js"
+import { fill, h, messageOf, say, statusLine } from "./dom.js"
 
 /** @typedef {import("./api.js").FileObject} FileObject */
 
@@ -75,13 +75,15 @@ export const startForm = (signal) => {
   const metadata = h("textarea",
     { id: "batch-metadata", name: "metadata", rows: 3, placeholder: "project=demo\nowner=me", spellcheck: false })
   const submit = h("button", { type: "submit" }, "Start batch")
-  const said = h("p", { className: "said" })
+  const said = statusLine("p")
   /** The file the form is open for (an older `open`'s read, answered late, finds another here and is dropped). */
   let fileId = ""
+  // Focused when the form opens: a keyboard or screen reader user is taken to it.
+  const heading = h("h2", { tabIndex: -1 }, "Start a batch")
   const el = h(
     "form",
     { className: "card", id: "start-batch", hidden: true },
-    h("h2", {}, "Start a batch"),
+    heading,
     h("p", {}, "From ", fileName),
     h("label", { htmlFor: "batch-endpoint" }, "Endpoint"),
     endpoint,
@@ -128,6 +130,7 @@ export const startForm = (signal) => {
     say(said, "")
     el.hidden = false
     el.scrollIntoView({ block: "nearest" })
+    heading.focus({ preventScroll: true })
     if (line !== undefined) return choose(endpointOf(line))
     choose(undefined)
     endpoint.disabled = submit.disabled = true
