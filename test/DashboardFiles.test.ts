@@ -78,7 +78,7 @@ describe("the dashboard's files page", () => {
         await expectClean(browser)
       }))
 
-    it.effect("wraps a long name without spaces and long metadata: no horizontal scrolling, no value off the screen", () =>
+    it.effect("wraps a long name without spaces and long metadata: no horizontal scrolling, no value off the screen; full-width rows", () =>
       inPage(async (base, browser) => {
         const { page } = browser
         await openWithKey(page, base, KEY, "#/files")
@@ -101,6 +101,11 @@ describe("the dashboard's files page", () => {
           const box = await page.locator(".metadata dd").boundingBox()
           expect(box!.x + 40).toBeLessThan(size.width)
           expect(box!.height).toBeLessThan(400)
+          if (size.width > PHONE.width) {
+            // The row of the file it has none of (errors) spans the table, its border too.
+            const [none, table] = await Promise.all([page.locator("table.files td[colspan]").boundingBox(), page.locator("table.files").boundingBox()])
+            expect(none!.x + none!.width).toBeCloseTo(table!.x + table!.width, 0)
+          }
         }
         await page.setViewportSize(DESKTOP)
         await expectClean(browser)

@@ -124,7 +124,8 @@ const problemList = (errors) => {
 const fileRow = (b, label, id, kind, file) => {
   const head = h("th", { scope: "row" }, label)
   if (id === null) {
-    return h("tr", {}, head, h("td", { className: "sub", colSpan: 3 }, ENDED.includes(b.status) ? "none" : "when the batch ends"))
+    // The words in a span: `.sub` is display:block, which on the cell itself cut its border short of the table's.
+    return h("tr", {}, head, h("td", { colSpan: 3 }, h("span", { className: "sub" }, ENDED.includes(b.status) ? "none" : "when the batch ends")))
   }
   const name = file?.filename ?? `${b.id}_${kind}.jsonl`
   return h("tr", {},
