@@ -314,6 +314,23 @@ describe("the dashboard", () => {
         await poll(() => asked).toBe(2)
         await page.unroute(lists)
         await shown(page, () => page.locator("#notice").isVisible()).toBe(false)
+
+        // A rate limit's 429 asking for 265 ms (the list idle, read every 10 s): tried again after 265 ms, not 20 s.
+        asked = 0
+        await page.route(lists, (route) => {
+          asked++
+          return asked > 1 ? route.fallback() : route.fulfill({
+            status: 429,
+            headers: { "retry-after": "1", "retry-after-ms": "265" },
+            json: { error: { message: "Please try again in 265ms.", type: "requests", param: null, code: "rate_limit_exceeded" } }
+          })
+        })
+        await page.clock.fastForward(10_000)
+        await poll(() => noticeOf(page)).toBe("Please try again in 265ms.")
+        await page.clock.fastForward(300)
+        await poll(() => asked).toBe(2)
+        await page.unroute(lists)
+        await shown(page, () => page.locator("#notice").isVisible()).toBe(false)
         await expectClean(browser)
       }))
 

@@ -43,17 +43,21 @@ const viewFor = (hash, context) => {
   return path === "/files" ? filesView(context) : batchListView(context)
 }
 
+/** The shortest wait a server's hint gets (a hint of 0 must not make a loop). */
+const MIN_RETRY_MS = 250
+
 /**
- * The wait before the next refresh: the view's pace; after failures in a row, twice as long at each, up to a
- * minute, and at least what the server asked for (`retry-after` on a 429 or 503).
+ * The wait before the next refresh: the view's pace; after failures in a row, what the server asked for when it
+ * said (`retry-after` of a 429 or 503: a rate limit's 265 ms is 265 ms, not the back-off from a 10 s pace), else
+ * twice as long at each, up to a minute.
  * @param {number} every
  * @param {number} failures
  * @param {unknown} error the last failure
  */
 const nextDelay = (every, failures, error) => {
   if (failures === 0) return every
-  const asked = error instanceof ApiError ? error.retryAfterMs ?? 0 : 0
-  return Math.max(Math.min(MAX_BACKOFF_MS, every * 2 ** failures), asked)
+  const asked = error instanceof ApiError ? error.retryAfterMs : null
+  return asked !== null ? Math.max(asked, MIN_RETRY_MS) : Math.min(MAX_BACKOFF_MS, every * 2 ** failures)
 }
 
 /** @type {View | null} */
