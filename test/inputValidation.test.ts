@@ -131,6 +131,10 @@ describe("input validation fold", () => {
     // A list of tokens is one input; a list of token lists is one input each.
     expect(embeddings([embedding("a", Array(49_999).fill([1, 2])), embedding("b", [1, 2, 3])])._tag).toBe("Valid")
     expect(embeddings([embedding("a", Array(50_000).fill([1, 2])), embedding("b", [1, 2, 3])])._tag).toBe("Invalid")
+    // A line past both limits at once (the 50,001st of one input each) is one problem, not two.
+    const both = Input.verdict(lines([embedding("a", texts(25_000)), embedding("b", texts(25_000)), embedding("c", "x")])
+      .reduce(Input.step, Input.initial({ endpoint: "/v1/embeddings", maxRequests: 2, maxLineBytes: 1 << 20, resultId: () => BatchRequestId.make("r") })))
+    expect(both._tag === "Invalid" && both.errors.map((e) => [e.line, e.code, e.param])).toEqual([[3, "too_many_tasks", null]])
   })
 
   it("keeps problems up to MAX_REPORTED_ERROR_BYTES and counts the rest in one too_many_errors entry", () => {

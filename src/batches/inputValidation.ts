@@ -123,12 +123,12 @@ export const step = (state: InputState, item: JsonlLine): InputState => {
   if (!sameModel(state, result.model, item.line) || !fresh) return state
   const inputs = state.inputs
   state.inputs += result.inputs
-  if (inputs <= MAX_EMBEDDING_INPUTS && state.inputs > MAX_EMBEDDING_INPUTS) {
-    report(state, { code: "too_many_tasks", message: `The batch has more than ${MAX_EMBEDDING_INPUTS} embedding inputs in all, the most one batch may hold.`, param: "body.input", line: item.line })
-  }
   const count = ++state.count
+  // One line past both limits (the 50,001st of one input each) is one problem: too many requests.
   if (count === rules.maxRequests + 1) {
     report(state, { code: "too_many_tasks", message: `The batch has more than ${rules.maxRequests} requests, the most one batch may hold.`, param: null, line: item.line })
+  } else if (inputs <= MAX_EMBEDDING_INPUTS && state.inputs > MAX_EMBEDDING_INPUTS) {
+    report(state, { code: "too_many_tasks", message: `The batch has more than ${MAX_EMBEDDING_INPUTS} embedding inputs in all, the most one batch may hold.`, param: "body.input", line: item.line })
   }
   if (count > rules.maxRequests) return state
   const { slices } = state
