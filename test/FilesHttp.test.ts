@@ -73,6 +73,13 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
       expect(created.json).toMatchObject({ object: "file", bytes: bytes.length, filename: "big.bin", purpose: "user_data", status: "processed", status_details: null, expires_at: null })
 
       const content = yield* call(`/v1/files/${created.json.id}/content`, { headers: { accept: "application/binary" } })
+      // A download cut half-way resumes where it stopped (`Range`), and a part of it is just that part.
+      const ranged = (range: string) => call(`/v1/files/${created.json.id}/content`, { headers: { range } })
+      const resumed = yield* ranged(`bytes=${30 * 1024 * 1024}-`)
+      const middle = yield* ranged("bytes=100000-165535")
+      const tail = yield* ranged("bytes=-10")
+      const beyond = yield* ranged(`bytes=${bytes.length}-`)
+      const several = yield* ranged("bytes=0-9, 20-29")
       const retrieved = yield* call(`/v1/files/${created.json.id}`)
       const deleted = yield* call(`/v1/files/${created.json.id}`, { method: "DELETE" })
       const gone = yield* call(`/v1/files/${created.json.id}`)
@@ -87,6 +94,16 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
       expect(content.headers.get("x-content-type-options")).toBe("nosniff")
       expect(content.buffer.length).toBe(bytes.length)
       expect(Buffer.compare(content.buffer, bytes)).toBe(0)
+      expect(content.headers.get("accept-ranges")).toBe("bytes")
+      expect([resumed.status, resumed.headers.get("content-range"), resumed.headers.get("content-length")])
+        .toEqual([206, `bytes ${30 * 1024 * 1024}-${bytes.length - 1}/${bytes.length}`, String(20 * 1024 * 1024)])
+      expect(Buffer.compare(resumed.buffer, bytes.subarray(30 * 1024 * 1024))).toBe(0)
+      expect([middle.status, middle.headers.get("content-range")]).toEqual([206, `bytes 100000-165535/${bytes.length}`])
+      expect(Buffer.compare(middle.buffer, bytes.subarray(100_000, 165_536))).toBe(0)
+      expect([tail.status, Buffer.compare(tail.buffer, bytes.subarray(bytes.length - 10))]).toEqual([206, 0])
+      // Past the end: a 416 saying the size, in the envelope; several ranges at once: the whole file, as the RFC allows.
+      expect([beyond.status, beyond.headers.get("content-range"), beyond.json.error.code]).toEqual([416, `bytes */${bytes.length}`, "range_not_satisfiable"])
+      expect([several.status, several.buffer.length]).toEqual([200, bytes.length])
 
       expect(retrieved.json).toEqual(created.json)
       expect(retrieved.headers.get("content-type")).toBe("application/json")

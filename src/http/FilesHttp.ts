@@ -10,8 +10,10 @@ import { FileDeleted } from "../domain/Files.js"
 import { visibilityOf } from "../domain/Projects.js"
 import { FileCommands, fileTooLarge } from "../files/FileCommands.js"
 import { FileStore } from "../files/FileStore.js"
+import { sliceBytes, wantedRange } from "../files/byteRange.js"
 import { parseUploadForm, uploadFilename } from "../files/uploadChecks.js"
 import { OpenAIApi } from "./Api.js"
+import { envelope } from "./EarlyAnswer.js"
 import { readFileForm } from "./fileField.js"
 import { Budget, busy, cutWhenStalled, holdUntilAnswered, type Holder, holderOf, overShare, type Taken } from "./holding.js"
 import { echo } from "../domain/Text.js"
@@ -88,8 +90,28 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
             Effect.flatMap(holder, (by) =>
               Effect.flatMap(holdUntilAnswered(downloads, by), (taken) =>
                 taken === "taken"
-                  ? Effect.map(cutWhenStalled(stallTimeout, stream), (body) =>
-                    HttpServerResponse.stream(body, { contentType: "application/octet-stream", contentLength: file.bytes }))
+                  ? Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
+                    const wanted = wantedRange(request.headers["range"], file.bytes)
+                    if (wanted._tag === "Unsatisfiable") {
+                      return Effect.succeed(envelope(
+                        { error: { message: `The range asked for is not in the file (${file.bytes} bytes).`, type: "invalid_request_error", param: null, code: "range_not_satisfiable" } },
+                        416,
+                        { "content-range": `bytes */${file.bytes}` }
+                      ))
+                    }
+                    const part = wanted._tag === "Part" ? wanted : undefined
+                    const bytes = part === undefined ? stream : sliceBytes(stream, part.start, part.end)
+                    return Effect.map(cutWhenStalled(stallTimeout, bytes), (body) =>
+                      HttpServerResponse.stream(body, {
+                        status: part === undefined ? 200 : 206,
+                        contentType: "application/octet-stream",
+                        contentLength: part === undefined ? file.bytes : part.end - part.start + 1,
+                        headers: {
+                          "accept-ranges": "bytes",
+                          ...(part === undefined ? {} : { "content-range": `bytes ${part.start}-${part.end}/${file.bytes}` })
+                        }
+                      }))
+                  })
                   : Effect.succeed(downloadsBusy(downloads, taken, by)))).pipe(Effect.scoped)
           ),
           Effect.catchTag("FileNotFound", ({ id }) => fileNotFound(id))
