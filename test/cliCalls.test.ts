@@ -200,7 +200,7 @@ describe("the CLI's calls against a scripted server", () => {
       expect(elsewhere.message).toContain(`; ${server.url} has no Batches API: is it this server's address (--base-url, else OPENAI_BASE_URL)?`)
     }))
 
-  it.scopedLive("a download cut half-way never leaves a partial file under its name, and is made again", () =>
+  it.scopedLive("a download cut half-way never leaves a partial file under its name, and goes on from where it stopped (or over again)", () =>
     Effect.gen(function*() {
       const server = yield* scriptedServer
       const dir = mkdtempSync(Path.join(tmpdir(), "cli-calls-"))
@@ -225,6 +225,7 @@ describe("the CLI's calls against a scripted server", () => {
       expect(Exit.isFailure(failed)).toBe(true)
       expect(readdirSync(dir)).toEqual([]) // neither the file nor its partial
 
+      // A server without ranges (a 200 to a Range): the download starts over.
       writeFileSync(target, "an older copy\n")
       server.set(cutting(1))
       const notes: Array<string> = []
@@ -233,6 +234,22 @@ describe("the CLI's calls against a scripted server", () => {
       expect(readFileSync(target, "utf8")).toBe(body)
       expect(readdirSync(dir)).toEqual(["batch_abc_output.jsonl"])
       expect(notes).toEqual([expect.stringMatching(/^server unavailable \(.+\); retrying for up to 20s…$/), "reconnected"])
+
+      // This server answers a Range: the next try asks for the rest only, and the file is whole.
+      rmSync(target)
+      const asked: Array<string | undefined> = []
+      server.set((req, res, nth) => {
+        asked.push(req.headers.range)
+        if (nth === 0) return cutting(1)(req, res, nth)
+        const from = Number(/^bytes=(\d+)-$/.exec(req.headers.range ?? "")?.[1] ?? 0)
+        res.writeHead(206, { "content-type": "application/octet-stream", "content-range": `bytes ${from}-${body.length - 1}/${body.length}` })
+        res.end(body.slice(from))
+      })
+      const resumed = yield* save(Duration.seconds(20), [])
+      expect(asked).toEqual([undefined, `bytes=${body.length / 2}-`])
+      expect(resumed.output).toEqual({ path: target, lines: 2000 })
+      expect(readFileSync(target, "utf8")).toBe(body)
+      expect(readdirSync(dir)).toEqual(["batch_abc_output.jsonl"])
     }))
 
   it.scopedLive("a server that is not this one: a batch id that is a path writes nothing; its text cannot drive the terminal", () =>

@@ -51,8 +51,11 @@ export interface BatchApiShape {
   readonly cancel: (id: string) => Effect.Effect<Batch, CliFailure>
   /** The rerun extension: a new batch of the requests that did not succeed. */
   readonly retry: (id: string, only: ReadonlyArray<RerunKind>) => Effect.Effect<Batch, CliFailure>
-  /** A file's bytes, as they arrive; tried once (saving a file has its own policy of trying again). */
-  readonly content: (fileId: string) => Effect.Effect<ReadableStream<Uint8Array>, CliFailure>
+  /**
+   * A file's bytes, as they arrive, from byte `from` on when the server answers a `Range` (`resumed`), else from
+   * the start; tried once (saving a file has its own policy of trying again).
+   */
+  readonly content: (fileId: string, from?: number) => Effect.Effect<{ readonly body: ReadableStream<Uint8Array>; readonly resumed: boolean }, CliFailure>
   readonly deleteFile: (fileId: string) => Effect.Effect<void, CliFailure>
   /** This server's `GET /v1/upstreams` (an extension), tried once; none from a server without it, or when it fails. */
   readonly upstreams: Effect.Effect<Option.Option<ReadonlyArray<UpstreamSeen>>>
@@ -185,11 +188,14 @@ export const make = (connection: Connection): BatchApiShape => {
           signal,
           maxRetries: 0
         }))),
-    content: (fileId) =>
+    content: (fileId, from = 0) =>
       call(`downloading file ${fileId}`, async (signal) => {
-        const response = await client.files.content(fileId, { signal, maxRetries: 0 })
+        const range = from > 0 ? { headers: { range: `bytes=${from}-` } } : {}
+        const response = await client.files.content(fileId, { signal, maxRetries: 0, ...range })
         if (response.body === null) throw new Error("the answer has no body")
-        return response.body
+        // The part asked for, or (a server without ranges: a 200) the whole file.
+        const resumed = from > 0 && response.status === 206 && (response.headers.get("content-range") ?? "").startsWith(`bytes ${from}-`)
+        return { body: response.body, resumed }
       }),
     deleteFile: (fileId) => call(`deleting file ${fileId}`, (signal) => client.files.delete(fileId, { signal })).pipe(Effect.asVoid),
     upstreams: call("reading the upstreams", (signal) =>

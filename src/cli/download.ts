@@ -1,8 +1,8 @@
 /**
  * `download`, and `watch`'s last step: saving a finished batch's output and error files as `DIR/<batch_id>_output.jsonl` and `DIR/<batch_id>_error.jsonl`:
  * each streamed to a temporary name beside its target and renamed once complete, so a file under the final name is
- * always whole (an interrupted download leaves nothing behind). A download cut by the server going away starts over
- * once it is back (`patience.ts`).
+ * always whole (an interrupted download leaves nothing behind). A download cut by the server going away goes on once
+ * it is back (`patience.ts`), from where it stopped when the server answers a `Range` (this one does), else over.
  */
 import * as FileSystem from "@effect/platform/FileSystem"
 import { constants } from "node:fs"
@@ -36,29 +36,41 @@ const cut = (fileId: string) => (e: unknown) => {
   return new CliFailure({ exitCode: EXIT_FAILED, message: `downloading file ${fileId}: ${reason}`, transient: reason })
 }
 
-/** Streams file `fileId` to `path`, counting its lines. */
-const save = (fileId: string, path: string) =>
+/** What a download wrote to its partial file so far, kept across its tries: a try after a cut resumes there. */
+interface Written {
+  bytes: number
+  lines: number
+  last: number
+}
+
+/**
+ * Streams file `fileId` to `path`, counting its lines; after a cut (`written` holds bytes), from where it stopped
+ * when the server answers a `Range`, else over again.
+ */
+const save = (fileId: string, path: string, written: Written) =>
   Effect.gen(function*() {
     const api = yield* BatchApi
     const fs = yield* FileSystem.FileSystem
-    const body = yield* api.content(fileId)
-    const partial = `${path}.${process.pid}.partial`
-    let lines = 0
-    let last = NEWLINE
+    // Resumed only from what the partial file holds (all that was counted: else over again).
+    const onDisk = written.bytes === 0 ? 0 : yield* fs.stat(partialOf(path)).pipe(Effect.map((info) => Number(info.size)), Effect.orElseSucceed(() => -1))
+    const { body, resumed } = yield* api.content(fileId, onDisk === written.bytes ? written.bytes : 0)
+    if (!resumed) Object.assign(written, { bytes: 0, lines: 0, last: NEWLINE })
     yield* Stream.fromReadableStream(() => body, cut(fileId)).pipe(
       Stream.tap((chunk) =>
         Effect.sync(() => {
-          for (let i = chunk.indexOf(NEWLINE); i !== -1; i = chunk.indexOf(NEWLINE, i + 1)) lines++
-          if (chunk.length > 0) last = chunk[chunk.length - 1]!
+          for (let i = chunk.indexOf(NEWLINE); i !== -1; i = chunk.indexOf(NEWLINE, i + 1)) written.lines++
+          if (chunk.length > 0) written.last = chunk[chunk.length - 1]!
+          written.bytes += chunk.length
         })
       ),
-      Stream.run(fs.sink(partial)),
-      Effect.zipRight(fs.rename(partial, path)),
-      Effect.mapError((e) => (e._tag === "CliFailure" ? e : failed(`writing ${path}: ${e.message}`))),
-      Effect.onError(() => Effect.ignore(fs.remove(partial)))
+      Stream.run(fs.sink(partialOf(path), { flag: resumed ? "a" : "w" })),
+      Effect.zipRight(fs.rename(partialOf(path), path)),
+      Effect.mapError((e) => (e._tag === "CliFailure" ? e : failed(`writing ${path}: ${e.message}`)))
     )
-    return { path, lines: last === NEWLINE ? lines : lines + 1 } satisfies Saved
+    return { path, lines: written.last === NEWLINE ? written.lines : written.lines + 1 } satisfies Saved
   })
+
+const partialOf = (path: string) => `${path}.${process.pid}.partial`
 
 /**
  * Fails (exit 2, nothing done) unless `dir` can be made and written to: checked before a batch is made or watched,
@@ -97,8 +109,12 @@ export const saveResults = (batch: Batch, dir: string, patience: Patience) =>
       })
     }
     const target = (kind: string) => Path.join(dir, `${batch.id}_${kind}.jsonl`)
+    // A try cut half-way keeps its partial file for the next; the last one's failure removes it.
     const patientSave = (fileId: string, path: string) =>
-      patiently(save(fileId, path), patience, `Nothing was written to ${path}; \`openai-batch download ${batch.id}\` tries again.`)
+      Effect.suspend(() => {
+        const written: Written = { bytes: 0, lines: 0, last: NEWLINE }
+        return patiently(save(fileId, path, written), patience, `Nothing was written to ${path}; \`openai-batch download ${batch.id}\` tries again.`)
+      }).pipe(Effect.onError(() => Effect.flatMap(FileSystem.FileSystem, (fs) => Effect.ignore(fs.remove(partialOf(path))))))
     const output = batch.output_file_id ? yield* patientSave(batch.output_file_id, target("output")) : undefined
     const error = batch.error_file_id ? yield* patientSave(batch.error_file_id, target("error")) : undefined
     return { output, error } satisfies SavedResults
