@@ -1,7 +1,7 @@
 // @ts-check
 /**
  * A file's content, read through the API with the key (a plain link cannot send it): saved whole under the file's
- * name with its progress, or just its first line (the content endpoint has no `Range`: the read stops there).
+ * name with its progress, or just its first line (asked as a `Range` of its first bytes; the read stops there).
  */
 import { fileUrl, readWithin } from "./api.js"
 
@@ -62,15 +62,15 @@ export async function download(fileId, name, progress = () => {}) {
 }
 
 /**
- * The start of a file's content: up to its first newline, at most `max` bytes (the rest is not read: the stream is
- * cancelled, and the server stops sending).
+ * The start of a file's content: up to its first newline, at most `max` bytes (asked as a `Range`; a server that
+ * sends the whole file anyway has the rest cancelled unread).
  * @param {string} fileId
  * @param {number} max
  * @param {AbortSignal} [signal]
  * @returns {Promise<string>}
  */
 export const firstLine = (fileId, max, signal) =>
-  readWithin(`${fileUrl(fileId)}/content`, { signal }, async (res) => {
+  readWithin(`${fileUrl(fileId)}/content`, { signal, headers: { range: `bytes=0-${max - 1}` } }, async (res) => {
     if (res.body === null) return ""
     const reader = res.body.getReader()
     const decoder = new TextDecoder()
