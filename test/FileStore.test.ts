@@ -42,9 +42,13 @@ for (const { backend, fileStorage } of storages) describe(`FileStore (${backend}
       expect(created.expires_at).toBeNull()
 
       expect(yield* files.get(created.id, "all")).toEqual(created)
-      const { file, stream } = yield* files.content(created.id, "all")
+      const { file, stream, streamFrom } = yield* files.content(created.id, "all")
       expect(file).toEqual(created)
       expect(Buffer.compare(yield* readAll(stream), Buffer.from(binary))).toBe(0)
+      // From an offset (a Range): within the first chunk, at a chunk's first byte, within the last, at the end.
+      for (const offset of [1, 512 * 1024, 1024 * 1024 + 5, binary.length - 1, binary.length]) {
+        expect([offset, Buffer.compare(yield* readAll(streamFrom(offset)), Buffer.from(binary.subarray(offset)))]).toEqual([offset, 0])
+      }
     }).pipe(Effect.provide(storeLayer)))
 
   it.scoped("lists newest first by default and pages with after/limit in both orders", () =>

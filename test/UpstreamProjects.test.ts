@@ -52,10 +52,12 @@ layer(app, { excludeTestServices: true })("an upstream open to some projects onl
       expect(notFound).toBe(404)
       // The upstreams extension follows the same projects: another project's upstream is not told of.
       const upstreams = (openai: OpenAI) =>
-        Effect.promise(() => openai.get<{ data: Array<{ name: string; models: Array<string>; serves_any_model: boolean }> }>("/upstreams"))
-          .pipe(Effect.map(({ data }) => data.map((u) => `${u.name} ${u.models.join(",")} ${u.serves_any_model}`)))
-      expect(yield* upstreams(research)).toEqual(["paid model-p,model-shared false", "local model-l true"])
-      expect(yield* upstreams(other)).toEqual(["local model-shared,model-l true"])
+        Effect.promise(() => openai.get<{ data: Array<{ name: string; models: Array<string>; serves_any_model: boolean; in_flight: number | null }> }>("/upstreams"))
+          .pipe(Effect.map(({ data }) => data.map((u) => `${u.name} ${u.models.join(",")} ${u.serves_any_model} ${u.in_flight}`)))
+      expect(yield* upstreams(research)).toEqual(["paid model-p,model-shared false null", "local model-l true null"])
+      expect(yield* upstreams(other)).toEqual(["local model-shared,model-l true null"])
+      // Its load is every project's: an operator's to see, not a project's.
+      expect(yield* upstreams(yield* clientOf(KEYS.admin))).toEqual(["local model-shared,model-l true 0"])
 
       const run = (openai: OpenAI, model: string, prefix: string) =>
         Effect.gen(function*() {

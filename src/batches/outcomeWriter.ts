@@ -22,7 +22,10 @@ export interface OutcomeWriter {
 }
 
 export interface OutcomeWriterOptions {
-  /** How many outcomes may be queued at once (the run's window): gathering stops once they are all in. */
+  /**
+   * How many outcomes are usually queued at once (the run's window; its spare workers, `windowSlots.ts`, may add
+   * some): gathering stops once that many are in.
+   */
   readonly window: number
   /** Runs after each group is stored, before its waiters resume (slice bookkeeping); its failure fails them. */
   readonly afterWrite: (outcomes: ReadonlyArray<RequestOutcome>) => Effect.Effect<void>

@@ -34,9 +34,9 @@ const responseOutcome = (row: RequestRow, res: UpstreamResponse): RequestOutcome
   usage: res.status >= 200 && res.status < 300 ? usageOf(res.json) : zeroUsage
 })
 
-/** A worker: its place in the window, the bytes of the request it sends, and how that request waits between attempts. */
+/** A worker: its place in the window, the length of the request it sends, and how that request waits between attempts. */
 interface Worker extends Place {
-  bytes: number
+  size: number
   readonly backingOff: <A, E>(wait: Effect.Effect<A, E>, overloaded: boolean) => Effect.Effect<A, E>
 }
 
@@ -130,7 +130,7 @@ export const makeRunning = (local: LocalWork) =>
             }
             return next(outcome, previous, hold, worker)
           }
-          worker.bytes = row.body.length
+          worker.size = row.body.length
           return Effect.matchEffect(inference.send(batch.endpoint, row.body, { ...options, attempts: used, handBack, backingOff: worker.backingOff }), {
             onSuccess: (res) => answered(responseOutcome(row, res)),
             onFailure: (e) => {
@@ -159,23 +159,31 @@ export const makeRunning = (local: LocalWork) =>
           holds.add(hold)
           const worker: Worker = {
             holding: true,
-            bytes: 0,
+            size: 0,
             backingOff: (wait, overloaded) =>
               Effect.suspend(() => {
-                const bytes = worker.bytes
+                const size = worker.size
                 // After a refusal (429, 503: the upstream overloaded, or down) the place is kept: more requests would
                 // only add to the overload, and an outage's trials would see the retries first.
                 if (overloaded) return wait
-                const given = places.leave(worker, bytes)
+                const given = places.leave(worker, size)
                 if (given === "kept") return wait
                 const rest = Effect.matchCauseEffect(wait, {
-                  onSuccess: (a) => Effect.as(places.rejoin(worker, bytes), a),
-                  onFailure: (cause) => Effect.zipRight(Effect.sync(() => places.abandon(bytes)), Effect.failCause(cause))
+                  onSuccess: (a) => Effect.as(places.rejoin(worker, size), a),
+                  onFailure: (cause) => Effect.zipRight(Effect.sync(() => places.abandon(size)), Effect.failCause(cause))
                 })
                 return given === "spare" ? Effect.zipRight(FiberSet.run(spares, workerRun), rest) : rest
               })
           }
-          const running = Effect.ensuring(Effect.suspend(() => work(Effect.void, hold, worker)), Effect.sync(() => places.end(worker)))
+          // Its place passed on, its hold given back as it ends: a long run's spares would pile their holds up.
+          const running = Effect.ensuring(
+            Effect.suspend(() => work(Effect.void, hold, worker)),
+            Effect.sync(() => {
+              places.end(worker)
+              hold.release()
+              holds.delete(hold)
+            })
+          )
           return Effect.locally(running, currentAnswerHold, hold)
         })
         // The run ends when its last worker does, or fails with the first that fails (a storage fault). An outage of

@@ -5,14 +5,14 @@
  * that the batch's other requests keep flowing (2 % of lines failing with a 500 took a batch from 909 to 92 requests
  * a second: each held a place through 15 s of backoff); back from its wait, it takes
  * the place of the next worker to finish a request (which then ends), or a free one. The waits that gave their
- * place up are bounded (a count, and their bodies' bytes); beyond, a request keeps its place as it waits.
+ * place up are bounded (a count, and their bodies' length); beyond, a request keeps its place as it waits.
  */
 import { Effect } from "effect"
 
 /** Requests waiting between attempts without a place, per place of the window. */
 const BACKING_OFF_PER_PLACE = 8
-/** Bytes of request bodies waiting between attempts without a place, at most (each is held until sent again). */
-const MAX_BACKING_OFF_BYTES = 64 * 1024 * 1024
+/** The length (characters) of request bodies waiting between attempts without a place, at most: each is held until sent again. */
+const MAX_BACKING_OFF_SIZE = 64 * 1024 * 1024
 
 /** A worker's hold on a place: none while its request waits between attempts, having given it up. */
 export interface Place {
@@ -23,7 +23,7 @@ export class WindowSlots {
   /** Places held, by workers sending or waiting at the upstream. */
   private held: number
   private backingOff = 0
-  private backingOffBytes = 0
+  private backingOffSize = 0
   /** Requests back from their wait, each waiting for a place, first come first served. */
   private readonly returning: Array<() => void> = []
 
@@ -32,13 +32,13 @@ export class WindowSlots {
   }
 
   /**
-   * A request of `bytes` starts to wait between attempts: whether it gave its place up (to a request back from its
+   * A request of `size` characters starts to wait between attempts: whether it gave its place up (to a request back from its
    * wait, or else to a new worker: `spare`), or keeps it (the bounds are reached).
    */
-  leave(place: Place, bytes: number): "kept" | "handed" | "spare" {
-    if (this.backingOff >= this.size * BACKING_OFF_PER_PLACE || this.backingOffBytes + bytes > MAX_BACKING_OFF_BYTES) return "kept"
+  leave(place: Place, size: number): "kept" | "handed" | "spare" {
+    if (this.backingOff >= this.size * BACKING_OFF_PER_PLACE || this.backingOffSize + size > MAX_BACKING_OFF_SIZE) return "kept"
     this.backingOff++
-    this.backingOffBytes += bytes
+    this.backingOffSize += size
     place.holding = false
     const next = this.returning.shift()
     if (next === undefined) return "spare"
@@ -47,10 +47,10 @@ export class WindowSlots {
   }
 
   /** The request's wait is over: completes once `place` holds a place again. */
-  rejoin(place: Place, bytes: number): Effect.Effect<void> {
+  rejoin(place: Place, size: number): Effect.Effect<void> {
     return Effect.suspend(() => {
       this.backingOff--
-      this.backingOffBytes -= bytes
+      this.backingOffSize -= size
       if (this.held < this.size) {
         this.held++
         place.holding = true
@@ -71,9 +71,9 @@ export class WindowSlots {
   }
 
   /** The request's wait ended otherwise (handed back at its turn's end): it needs no place. */
-  abandon(bytes: number): void {
+  abandon(size: number): void {
     this.backingOff--
-    this.backingOffBytes -= bytes
+    this.backingOffSize -= size
   }
 
   /**

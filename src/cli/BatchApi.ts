@@ -8,7 +8,7 @@ import * as Path from "node:path"
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError, toStreamingFile } from "openai"
 import type { Batch, BatchCreateParams } from "openai/resources/batches"
 import type { FileObject } from "openai/resources/files"
-import { Context, Duration, Effect, Layer, Option } from "effect"
+import { Context, Duration, Effect, Layer } from "effect"
 import { withoutCredentials } from "../observability/urlText.js"
 import { CliFailure, EXIT_FAILED } from "./failure.js"
 import { note } from "./output.js"
@@ -57,8 +57,11 @@ export interface BatchApiShape {
    */
   readonly content: (fileId: string, from?: number) => Effect.Effect<{ readonly body: ReadableStream<Uint8Array>; readonly resumed: boolean }, CliFailure>
   readonly deleteFile: (fileId: string) => Effect.Effect<void, CliFailure>
-  /** This server's `GET /v1/upstreams` (an extension), tried once; none from a server without it, or when it fails. */
-  readonly upstreams: Effect.Effect<Option.Option<ReadonlyArray<UpstreamSeen>>>
+  /**
+   * This server's `GET /v1/upstreams` (an extension), tried once: `unsupported` from a server without it (a 404),
+   * `unavailable` when it fails otherwise.
+   */
+  readonly upstreams: Effect.Effect<ReadonlyArray<UpstreamSeen> | "unsupported" | "unavailable">
 }
 
 export class BatchApi extends Context.Tag("cli/BatchApi")<BatchApi, BatchApiShape>() {}
@@ -198,11 +201,10 @@ export const make = (connection: Connection): BatchApiShape => {
         return { body: response.body, resumed }
       }),
     deleteFile: (fileId) => call(`deleting file ${fileId}`, (signal) => client.files.delete(fileId, { signal })).pipe(Effect.asVoid),
-    upstreams: call("reading the upstreams", (signal) =>
-      client.get<{ data: ReadonlyArray<UpstreamSeen> }>("/upstreams", { signal, maxRetries: 0 })).pipe(
-        Effect.map((list) => Array.isArray(list?.data) ? Option.some(list.data) : Option.none()),
-        Effect.orElseSucceed(() => Option.none())
-      )
+    upstreams: Effect.tryPromise((signal) => client.get<{ data: ReadonlyArray<UpstreamSeen> }>("/upstreams", { signal, maxRetries: 0 })).pipe(
+      Effect.map((list) => (Array.isArray(list?.data) ? list.data : "unsupported" as const)),
+      Effect.catchAll((e) => Effect.succeed(e.error instanceof APIError && e.error.status === 404 ? "unsupported" as const : "unavailable" as const))
+    )
   }
 }
 

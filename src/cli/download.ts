@@ -36,38 +36,43 @@ const cut = (fileId: string) => (e: unknown) => {
   return new CliFailure({ exitCode: EXIT_FAILED, message: `downloading file ${fileId}: ${reason}`, transient: reason })
 }
 
-/** What a download wrote to its partial file so far, kept across its tries: a try after a cut resumes there. */
-interface Written {
-  bytes: number
+/** Lines counted so far, and the last byte seen (a last line without its newline counts too). */
+interface Counted {
   lines: number
   last: number
 }
 
+/** Counts the lines of `chunk` into `counted`. */
+const count = (counted: Counted, chunk: Uint8Array) => {
+  for (let i = chunk.indexOf(NEWLINE); i !== -1; i = chunk.indexOf(NEWLINE, i + 1)) counted.lines++
+  if (chunk.length > 0) counted.last = chunk[chunk.length - 1]!
+}
+
 /**
- * Streams file `fileId` to `path`, counting its lines; after a cut (`written` holds bytes), from where it stopped
- * when the server answers a `Range`, else over again.
+ * Streams file `fileId` to `path`, counting its lines; a try after a cut (`again`) goes on from what the partial file
+ * holds when the server answers a `Range`, else over again.
  */
-const save = (fileId: string, path: string, written: Written) =>
+const save = (fileId: string, path: string, again: boolean) =>
   Effect.gen(function*() {
     const api = yield* BatchApi
     const fs = yield* FileSystem.FileSystem
-    // Resumed only from what the partial file holds (all that was counted: else over again).
-    const onDisk = written.bytes === 0 ? 0 : yield* fs.stat(partialOf(path)).pipe(Effect.map((info) => Number(info.size)), Effect.orElseSucceed(() => -1))
-    const { body, resumed } = yield* api.content(fileId, onDisk === written.bytes ? written.bytes : 0)
-    if (!resumed) Object.assign(written, { bytes: 0, lines: 0, last: NEWLINE })
+    const partial = partialOf(path)
+    // What was written, not what was received: a piece on its way to the file as the connection was cut is not in it.
+    const onDisk = again ? yield* fs.stat(partial).pipe(Effect.map((info) => Number(info.size)), Effect.orElseSucceed(() => 0)) : 0
+    const { body, resumed } = yield* api.content(fileId, onDisk)
+    const counted: Counted = { lines: 0, last: NEWLINE }
+    if (resumed) {
+      yield* Stream.runForEach(fs.stream(partial), (chunk) => Effect.sync(() => count(counted, chunk))).pipe(
+        Effect.mapError((e) => failed(`reading ${partial}: ${e.message}`))
+      )
+    }
     yield* Stream.fromReadableStream(() => body, cut(fileId)).pipe(
-      Stream.tap((chunk) =>
-        Effect.sync(() => {
-          for (let i = chunk.indexOf(NEWLINE); i !== -1; i = chunk.indexOf(NEWLINE, i + 1)) written.lines++
-          if (chunk.length > 0) written.last = chunk[chunk.length - 1]!
-          written.bytes += chunk.length
-        })
-      ),
-      Stream.run(fs.sink(partialOf(path), { flag: resumed ? "a" : "w" })),
-      Effect.zipRight(fs.rename(partialOf(path), path)),
+      Stream.tap((chunk) => Effect.sync(() => count(counted, chunk))),
+      Stream.run(fs.sink(partial, { flag: resumed ? "a" : "w" })),
+      Effect.zipRight(fs.rename(partial, path)),
       Effect.mapError((e) => (e._tag === "CliFailure" ? e : failed(`writing ${path}: ${e.message}`)))
     )
-    return { path, lines: written.last === NEWLINE ? written.lines : written.lines + 1 } satisfies Saved
+    return { path, lines: counted.last === NEWLINE ? counted.lines : counted.lines + 1 } satisfies Saved
   })
 
 const partialOf = (path: string) => `${path}.${process.pid}.partial`
@@ -112,8 +117,9 @@ export const saveResults = (batch: Batch, dir: string, patience: Patience) =>
     // A try cut half-way keeps its partial file for the next; the last one's failure removes it.
     const patientSave = (fileId: string, path: string) =>
       Effect.suspend(() => {
-        const written: Written = { bytes: 0, lines: 0, last: NEWLINE }
-        return patiently(save(fileId, path, written), patience, `Nothing was written to ${path}; \`openai-batch download ${batch.id}\` tries again.`)
+        let tries = 0
+        const tried = Effect.suspend(() => save(fileId, path, tries++ > 0))
+        return patiently(tried, patience, `Nothing was written to ${path}; \`openai-batch download ${batch.id}\` tries again.`)
       }).pipe(Effect.onError(() => Effect.flatMap(FileSystem.FileSystem, (fs) => Effect.ignore(fs.remove(partialOf(path))))))
     const output = batch.output_file_id ? yield* patientSave(batch.output_file_id, target("output")) : undefined
     const error = batch.error_file_id ? yield* patientSave(batch.error_file_id, target("error")) : undefined

@@ -114,18 +114,20 @@ export const watch = (id: string, settings: WatchSettings) =>
     const afterGivingUp = `Batch ${id} is not affected: \`openai-batch watch ${id}\` picks it up again.`
     let seen = false
     // The batch's upstream is asked about when the batch did not move since the last poll, and until it is said
-    // to be back once it was said to be down.
+    // to be back once it was said to be down; never again from a server without the route.
     let lastDone = -1
     let saidDown = false
+    let asking = true
     const tellUpstream = (batch: Batch, now: number) =>
       Effect.gen(function*() {
         const done = countsOf(batch).done
         const stalled = done === lastDone
         lastDone = done
-        if (batch.status !== "in_progress" || !batch.model || !(stalled || saidDown)) return
+        if (!asking || batch.status !== "in_progress" || !batch.model || !(stalled || saidDown)) return
         const upstreams = yield* api.upstreams
-        if (Option.isNone(upstreams)) return
-        const line = upstreamNote(servingUpstream(upstreams.value, batch.model), saidDown, now / 1000)
+        if (upstreams === "unsupported") asking = false
+        if (typeof upstreams === "string") return
+        const line = upstreamNote(servingUpstream(upstreams, batch.model), saidDown, now / 1000)
         if (line === undefined) return
         saidDown = !saidDown
         yield* Effect.zipRight(display.settle, note(line))

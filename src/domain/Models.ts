@@ -28,10 +28,13 @@ export const UpstreamObject = Schema.Struct({
   models: Schema.Array(Schema.String),
   /** Whether it also takes models it does not list (`"*"` in the upstreams file). */
   serves_any_model: Schema.Boolean,
-  /** Its concurrency limit on this node now (adaptive), its calls in flight, and calls waiting for a permit. */
-  concurrency_limit: Schema.Int,
-  in_flight: Schema.Int,
-  waiting: Schema.Int
+  /**
+   * Its concurrency limit on this node now (adaptive), its calls in flight, and calls waiting for a permit: every
+   * project's, so told to an operator key only (null for a project's key: another project's traffic is not its own).
+   */
+  concurrency_limit: Schema.NullOr(Schema.Int),
+  in_flight: Schema.NullOr(Schema.Int),
+  waiting: Schema.NullOr(Schema.Int)
 })
 
 export const UpstreamList = Schema.Struct({ object: Schema.Literal("list"), data: Schema.Array(UpstreamObject) })

@@ -66,9 +66,13 @@ export interface FileStoreShape {
    * will take once completed, or what their parts hold when more: see `Uploads`).
    */
   readonly projectBytes: (project: string) => Effect.Effect<number>
-  /** The file's metadata and its bytes, streamed. */
+  /** The file's metadata and its bytes, streamed: all of them, or from byte `offset` on (`streamFrom`, a `Range`). */
   readonly content: (id: FileId, visibility: Visibility) => Effect.Effect<
-    { readonly file: FileObject; readonly stream: Stream.Stream<Uint8Array> },
+    {
+      readonly file: FileObject
+      readonly stream: Stream.Stream<Uint8Array>
+      readonly streamFrom: (offset: number) => Stream.Stream<Uint8Array>
+    },
     FileNotFound
   >
   readonly remove: (id: FileId, visibility: Visibility) => Effect.Effect<void, FileNotFound>
@@ -230,7 +234,8 @@ export const make = Effect.gen(function*() {
     }).pipe(Effect.orDie, Effect.withSpan("FileStore.projectBytes"))
 
   const content = (id: FileId, visibility: Visibility) =>
-    Effect.map(get(id, visibility), (file) => ({ file, stream: blobs.read(id) })).pipe(Effect.withSpan("FileStore.content"))
+    Effect.map(get(id, visibility), (file) => ({ file, stream: blobs.read(id), streamFrom: (offset: number) => blobs.read(id, offset) }))
+      .pipe(Effect.withSpan("FileStore.content"))
 
   /** Keeps the place of the files `where` selects, about to be deleted, as `after` cursors (`deleted_files`). */
   const keepCursors = (where: Statement.Fragment, now: number) =>

@@ -1,9 +1,8 @@
 /**
  * `Range: bytes=…` on a file's content (RFC 9110 §14): a download cut half-way (600 MB of embeddings) resumes from
  * where it stopped instead of starting over. One range only (a list of them is answered whole, as the RFC allows);
- * files never change, so no `If-Range` is needed. Pure, but for `sliceBytes`, a stream operator.
+ * files never change, so no `If-Range` is needed. Pure; the stream cut to the range is `storage/sliceBytes.ts`.
  */
-import { Stream } from "effect"
 
 export type Wanted =
   | { readonly _tag: "All" }
@@ -17,14 +16,15 @@ const ALL: Wanted = { _tag: "All" }
  * one `bytes` range (another unit, several ranges, a malformed one) is ignored: the whole file, as the RFC says.
  */
 export const wantedRange = (header: string | undefined, size: number): Wanted => {
-  if (header === undefined) return ALL
+  // An empty file has no byte to ask for: it is sent (empty) whatever the range.
+  if (header === undefined || size === 0) return ALL
   const match = /^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$/i.exec(header)
   if (match === null || (match[1] === "" && match[2] === "")) return ALL
   const [first, last] = [match[1]!, match[2]!]
   if (first === "") {
     // A suffix: the last N bytes.
     const length = Number(last)
-    if (length === 0 || size === 0) return { _tag: "Unsatisfiable" }
+    if (length === 0) return { _tag: "Unsatisfiable" }
     return { _tag: "Part", start: Math.max(size - length, 0), end: size - 1 }
   }
   const start = Number(first)
@@ -33,20 +33,3 @@ export const wantedRange = (header: string | undefined, size: number): Wanted =>
   if (end < start) return ALL // an invalid range: ignored
   return { _tag: "Part", start, end }
 }
-
-/** The bytes `start` to `end` (inclusive) of `stream`; it is read no further than `end`. */
-export const sliceBytes = <E, R>(stream: Stream.Stream<Uint8Array, E, R>, start: number, end: number) =>
-  Stream.suspend(() => {
-    let position = 0
-    return stream.pipe(
-      Stream.takeWhile(() => position <= end),
-      Stream.map((piece) => {
-        const from = position
-        position += piece.length
-        const a = Math.max(start - from, 0)
-        const b = Math.min(end + 1 - from, piece.length)
-        return a === 0 && b === piece.length ? piece : piece.subarray(Math.min(a, b), b)
-      }),
-      Stream.filter((piece) => piece.length > 0)
-    )
-  })

@@ -10,7 +10,8 @@ import { FileDeleted } from "../domain/Files.js"
 import { visibilityOf } from "../domain/Projects.js"
 import { FileCommands, fileTooLarge } from "../files/FileCommands.js"
 import { FileStore } from "../files/FileStore.js"
-import { sliceBytes, wantedRange } from "../files/byteRange.js"
+import { wantedRange } from "../files/byteRange.js"
+import { sliceBytes } from "../storage/sliceBytes.js"
 import { parseUploadForm, uploadFilename } from "../files/uploadChecks.js"
 import { OpenAIApi } from "./Api.js"
 import { envelope } from "./EarlyAnswer.js"
@@ -86,7 +87,7 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
         ))
       .handle("content", ({ path }) =>
         Effect.flatMap(CurrentCaller, (caller) => files.content(path.file_id, visibilityOf(caller))).pipe(
-          Effect.flatMap(({ file, stream }) =>
+          Effect.flatMap(({ file, stream, streamFrom }) =>
             Effect.flatMap(holder, (by) =>
               Effect.flatMap(holdUntilAnswered(downloads, by), (taken) =>
                 taken === "taken"
@@ -100,7 +101,8 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
                       ))
                     }
                     const part = wanted._tag === "Part" ? wanted : undefined
-                    const bytes = part === undefined ? stream : sliceBytes(stream, part.start, part.end)
+                    // Read from the range's first byte (the store skips those before it), up to its last.
+                    const bytes = part === undefined ? stream : sliceBytes(streamFrom(part.start), 0, part.end - part.start)
                     return Effect.map(cutWhenStalled(stallTimeout, bytes), (body) =>
                       HttpServerResponse.stream(body, {
                         status: part === undefined ? 200 : 206,

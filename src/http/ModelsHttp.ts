@@ -11,8 +11,8 @@ import { echo } from "../domain/Text.js"
 import { Inference, type UpstreamReport } from "../inference/Inference.js"
 import { OpenAIApi } from "./Api.js"
 
-/** An upstream's report in the wire shape (`domain/Models.ts`). */
-const upstreamObject = (u: UpstreamReport) => ({
+/** An upstream's report in the wire shape (`domain/Models.ts`); its load (every project's) to an operator only. */
+const upstreamObject = (u: UpstreamReport, operator: boolean) => ({
   object: "upstream" as const,
   name: u.name,
   state: u.state,
@@ -20,9 +20,9 @@ const upstreamObject = (u: UpstreamReport) => ({
   down_reason: u.outage?.kind ?? null,
   models: u.models,
   serves_any_model: u.servesAnyModel,
-  concurrency_limit: u.limit,
-  in_flight: u.inflight,
-  waiting: u.waiting
+  concurrency_limit: operator ? u.limit : null,
+  in_flight: operator ? u.inflight : null,
+  waiting: operator ? u.waiting : null
 })
 
 export const ModelsHttpLive = HttpApiBuilder.group(OpenAIApi, "models", (handlers) =>
@@ -47,7 +47,9 @@ export const ModelsHttpLive = HttpApiBuilder.group(OpenAIApi, "models", (handler
           return ownedBy === undefined ? Effect.fail(modelNotFound(echo(id))) : Effect.succeed(model(id, ownedBy))
         }))
       .handle("upstreams", () =>
-        Effect.flatMap(CurrentCaller, ({ project }) => inference.upstreamsOf?.(project) ?? Effect.succeed([])).pipe(
-          Effect.map((reports) => ({ object: "list" as const, data: reports.map(upstreamObject) }))
-        ))
+        Effect.flatMap(CurrentCaller, ({ admin, project }) =>
+          Effect.map(inference.upstreamsOf?.(project) ?? Effect.succeed([]), (reports) => ({
+            object: "list" as const,
+            data: reports.map((report) => upstreamObject(report, admin))
+          }))))
   }))

@@ -31,8 +31,11 @@ export interface BlobStoreShape {
   readonly openStaging: Effect.Effect<StagingWriter, never, Scope.Scope>
   /** Makes staged bytes readable under `key`, atomically. */
   readonly publish: (staged: StagedBlob, key: string) => Effect.Effect<void>
-  /** The bytes under `key`, streamed. */
-  readonly read: (key: string) => Stream.Stream<Uint8Array>
+  /**
+   * The bytes under `key`, streamed, from byte `offset` on (a `Range`: a resumed download), without reading those
+   * before it where the store can.
+   */
+  readonly read: (key: string, offset?: number) => Stream.Stream<Uint8Array>
   /** Removes the bytes under `key`; removing a missing key is not an error. */
   readonly remove: (key: string) => Effect.Effect<void>
   /**
@@ -137,7 +140,8 @@ export const makeLocal = (root: string, nodeId = "node") =>
       }).pipe(Effect.orDie)
 
     // One piece read ahead, not the platform's 16: a download whose client stopped reading held 4 MiB of its file.
-    const read = (key: string) => fs.stream(blobPath(key), { chunkSize: CHUNK, bufferSize: 1 }).pipe(Stream.orDie)
+    const read = (key: string, offset = 0) =>
+      fs.stream(blobPath(key), { chunkSize: CHUNK, bufferSize: 1, offset }).pipe(Stream.orDie)
 
     const remove = (key: string) => removeQuietly(blobPath(key)).pipe(Effect.orDie)
 

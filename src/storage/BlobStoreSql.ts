@@ -8,6 +8,7 @@ import { Chunk, Clock, Effect, Layer, Option, Stream } from "effect"
 import { randomUUID } from "node:crypto"
 import { AppConfig } from "../Config.js"
 import { BlobStore, ORPHAN_AGE_MS, STALE_STAGING_MS, type StagedBlob, type StagingWriter } from "./BlobStore.js"
+import { sliceBytes } from "./sliceBytes.js"
 
 /** Bytes per stored chunk: the most an upload or a download holds in memory at a time. */
 const CHUNK_BYTES = 512 * 1024
@@ -104,12 +105,39 @@ export const make = (nodeId: string) =>
           sql<ChunkRow>`SELECT seq, data FROM blob_chunks WHERE token = ${token} AND seq > ${after} ORDER BY seq LIMIT 1`
       })
 
-    const read = (key: string): Stream.Stream<Uint8Array> =>
-      Stream.unwrap(Effect.map(
+    /**
+     * Where byte `offset` of the blob under `token` is: the chunk before the one holding it (-1 for the first), and
+     * how far into that one. Its chunks' sizes are read, not their bytes.
+     */
+    const chunkOf = (token: string, offset: number) =>
+      Effect.map(
+        sql<{ seq: number | string; n: number | string }>`SELECT seq, length(data) AS n FROM blob_chunks WHERE token = ${token} ORDER BY seq`,
+        (chunks) => {
+          let before = 0
+          let after = -1
+          for (const chunk of chunks) {
+            if (before + Number(chunk.n) > offset) break
+            before += Number(chunk.n)
+            after = Number(chunk.seq)
+          }
+          return { after, within: offset - before }
+        }
+      )
+
+    const read = (key: string, offset = 0): Stream.Stream<Uint8Array> =>
+      Stream.unwrap(Effect.flatMap(
         sql<{ token: string }>`SELECT token FROM blobs WHERE key = ${key}`.pipe(Effect.orDie),
         (rows) =>
-          rows.length === 0 ? Stream.empty : Stream.paginateChunkEffect(-1, (after: number) =>
-            chunkAfter(rows[0]!.token, after).pipe(
+          rows.length === 0 ? Effect.succeed(Stream.empty) : Effect.map(
+            offset === 0 ? Effect.succeed({ after: -1, within: 0 }) : Effect.orDie(chunkOf(rows[0]!.token, offset)),
+            ({ after, within }) => fromChunk(rows[0]!.token, after, within)
+          )
+      ))
+
+    /** The chunks of the blob under `token` after `first`, the first of them from byte `within` on. */
+    const fromChunk = (token: string, first: number, within: number): Stream.Stream<Uint8Array> => {
+      const chunks = Stream.paginateChunkEffect(first, (after: number) =>
+            chunkAfter(token, after).pipe(
               Effect.orDie,
               Effect.map((pieces) => [
                 Chunk.unsafeFromArray(
@@ -118,7 +146,8 @@ export const make = (nodeId: string) =>
                 pieces.length === 0 ? Option.none() : Option.some(Number(pieces[0]!.seq))
               ] as const)
             ))
-      ))
+      return within === 0 ? chunks : sliceBytes(chunks, within, Number.MAX_SAFE_INTEGER)
+    }
 
     const remove = (key: string) =>
       Effect.gen(function*() {
