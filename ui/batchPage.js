@@ -6,17 +6,26 @@
  */
 import { ApiError, batchUrl, fileUrl, json, postJson } from "./api.js"
 import { downloadButton, fill, h, headings, messageOf, progressBar, say, setStatus, statusLine } from "./dom.js"
-import { bytes, count, dateTime, duration, endedAt, nowSeconds, runTime, tokens, visible } from "./format.js"
+import { bytes, count, dateTime, duration, endedAt, nowSeconds, runTime, timeOfDay, tokens, visible } from "./format.js"
 
 /**
  * @typedef {import("./api.js").Batch} Batch
  * @typedef {import("./api.js").BatchError} BatchError
  * @typedef {import("./api.js").FileObject} FileObject
  * @typedef {import("./dom.js").Child} Child
+ * @typedef {{ name: string, state: string, down_since: number | null, down_reason: string | null, models: string[],
+ *   serves_any_model: boolean }} Upstream what `GET /v1/upstreams` (this server's extension) says of one
  */
 
 const CANCELLABLE = ["validating", "in_progress", "finalizing"]
 const ENDED = ["completed", "failed", "expired", "cancelled"]
+/** What `down_reason` means (as the command line's watch says it). @type {Record<string, string>} */
+const DOWN_REASONS = {
+  unreachable: "no connection",
+  failing: "its calls fail",
+  key: "its key is refused",
+  path: "its base URL misses the version path"
+}
 /** Problems listed at most (a file may have thousands; the count says how many more). */
 const MAX_PROBLEMS = 200
 
@@ -52,6 +61,24 @@ const countsText = (b) => {
   const done = completed + failed
   return `${count(done)} of ${count(total)} done (${Math.floor((100 * done) / total)}%): ` +
     `${count(completed)} succeeded, ${count(failed)} failed`
+}
+
+/**
+ * The upstream serving the batch's model (the one listing it, else one serving any, as the server routes), when
+ * it is down: a batch waiting for it stays `in_progress` with its counts still, and its object says nothing of why.
+ * @param {Upstream[]} upstreams
+ * @param {Batch} b
+ */
+const downUpstreamLine = (upstreams, b) => {
+  const model = b.model ?? ""
+  const upstream = upstreams.find((u) => u.models.includes(model)) ?? upstreams.find((u) => u.serves_any_model)
+  if (upstream?.state !== "down") return ""
+  const at = upstream.down_since
+  // An outage of hours may have begun another day: its date then.
+  const since = at === null ? "" : ` since ${nowSeconds() - at < 12 * 3600 ? timeOfDay(at) : dateTime(at)}`
+  const reason = upstream.down_reason === null ? "" : ` (${DOWN_REASONS[upstream.down_reason] ?? upstream.down_reason})`
+  return `Upstream ${upstream.name} has been down${since}${reason}: this batch waits for it and loses nothing; ` +
+    "it goes on when it is back."
 }
 
 /** A `<dl>` row. @param {string} term @param {Child | Child[]} value */
@@ -143,6 +170,7 @@ export function batchPageView(batchId, { signal, refresh: refreshNow }) {
   const subtitle = h("p", { className: "sub" })
   const bar = progressBar()
   const countsLine = h("p", { className: "counts" })
+  const waiting = h("p", { className: "waiting", hidden: true, attrs: { role: "status" } })
   const details = h("dl", { className: "facts" })
   const timing = h("tbody")
   const files = h("tbody")
@@ -158,6 +186,7 @@ export function batchPageView(batchId, { signal, refresh: refreshNow }) {
     subtitle,
     h("div", { className: "big" }, bar.el),
     countsLine,
+    waiting,
     h("div", { className: "columns" },
       h("section", {}, h("h2", {}, "Details"), details),
       h("section", {}, h("h2", {}, "Timing"), h("table", { className: "timing" }, headings(["Phase", "Began", "Took"]), timing))),
@@ -172,6 +201,8 @@ export function batchPageView(batchId, { signal, refresh: refreshNow }) {
   const fileRows = new Map()
   /** @type {Batch | null} */
   let current = null
+  /** Whether the server has `GET /v1/upstreams` (an extension: after a 404 it is asked no more). */
+  let upstreamsKnown = true
 
   /** @param {string} id */
   const readFile = async (id) => {
@@ -232,12 +263,37 @@ export function batchPageView(batchId, { signal, refresh: refreshNow }) {
     }
   })
 
-  /** Reads the batch (and its files not read yet); true while it may still change. */
+  /**
+   * Says whether the batch waits for its upstream, down: asked at each refresh of an `in_progress` batch only. A
+   * failure leaves the line as it was (it is a hint: the batch's own refresh says what failed, if anything does).
+   * @param {Batch} b
+   */
+  const showUpstream = async (b) => {
+    if (!upstreamsKnown || b.status !== "in_progress") {
+      waiting.hidden = true
+      return
+    }
+    try {
+      /** @type {{ data: Upstream[] }} */
+      const { data } = await json("/v1/upstreams", { signal })
+      const line = visible(downUpstreamLine(data, b))
+      // The same words again are not announced again (a live region).
+      if (waiting.textContent !== line) waiting.textContent = line
+      waiting.hidden = line === ""
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 404) {
+        upstreamsKnown = false
+        waiting.hidden = true
+      }
+    }
+  }
+
+  /** Reads the batch (and its files not read yet, and its upstream's state); true while it may still change. */
   const refresh = async () => {
     /** @type {Batch} */
     const b = await json(batchUrl(batchId), { signal })
     const ids = [b.input_file_id, b.output_file_id, b.error_file_id].filter((id) => id !== null)
-    await Promise.all(ids.map((id) => readFile(/** @type {string} */ (id))))
+    await Promise.all([...ids.map((id) => readFile(/** @type {string} */ (id))), showUpstream(b)])
     render(b)
     return !ENDED.includes(b.status)
   }

@@ -77,6 +77,12 @@ export const dateTime = (at) => {
   return `${date} ${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())} ${utcOffset(d.getTimezoneOffset())}`
 }
 
+/** `09:26 UTC−5`: the hour and minute, with the offset. @param {number} at Unix seconds */
+export const timeOfDay = (at) => {
+  const d = new Date(at * 1000)
+  return `${two(d.getHours())}:${two(d.getMinutes())} ${utcOffset(d.getTimezoneOffset())}`
+}
+
 /** `UTC+1`, `UTC−5`, `UTC+5:45`, `UTC`. @param {number} minutesBehind what `Date#getTimezoneOffset` gives */
 export const utcOffset = (minutesBehind) => {
   if (minutesBehind === 0) return "UTC"
@@ -90,3 +96,4 @@ export const endedAt = (b) => b.completed_at ?? b.failed_at ?? b.cancelled_at ??
 
 /** From its creation to its end, or to now while it runs. @param {Batch} b */
 export const runTime = (b) => (endedAt(b) ?? nowSeconds()) - b.created_at
+

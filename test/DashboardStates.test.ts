@@ -1,0 +1,78 @@
+/**
+ * What a batch's page says beyond its figures, in headless Chromium against the real app and a simulator that the
+ * test stops and starts: a running batch whose upstream is down says so (and no more once it is back; nothing from a
+ * server without `GET /v1/upstreams`).
+ */
+import { describe, expect, layer } from "@effect/vitest"
+import { Duration, Effect, Layer } from "effect"
+import type { Page } from "playwright-core"
+import { waitFor } from "./support/Batches.js"
+import { BrowserPage } from "./support/Chromium.js"
+import { DESKTOP, expectClean, inPage, poll, POLL_MS, shown } from "./support/Dashboard.js"
+import { client, createModelBatch, Simulators, testAppWithUpstreams } from "./support/Upstreams.js"
+
+const app = testAppWithUpstreams(
+  { main: { models: ["model-a"], latencyMs: 50 } },
+  ({ main }) => [{ name: "main", base_url: main!.url, models: ["model-a"] }],
+  {
+    maxConcurrentRequestsPerBatch: 8,
+    upstreamProbeInterval: Duration.millis(300),
+    // An outage outlasts a lease and a request's retries: the batch waits rather than fail lines.
+    leaseTtl: Duration.seconds(2),
+    heartbeatInterval: Duration.millis(200),
+    inferenceRetryBaseDelay: Duration.millis(100),
+    inferenceRetryMaxDelay: Duration.millis(400)
+  }
+)
+
+const statusOf = (page: Page) => page.locator(".heading .status").textContent()
+/** The calls to `GET /v1/upstreams` the page makes from now on. */
+const countUpstreamCalls = (page: Page) => {
+  const calls = { n: 0 }
+  page.on("request", (r) => void (new URL(r.url()).pathname === "/v1/upstreams" && calls.n++))
+  return calls
+}
+
+describe("a batch's page", () => {
+  layer(Layer.merge(app, BrowserPage.layer(DESKTOP)), { excludeTestServices: true, timeout: 60_000 })("in headless Chromium", (it) => {
+    it.effect("says its upstream is down while it is, then the batch completes; nothing from a server without the route", () =>
+      Effect.gen(function*() {
+        const { main } = yield* Simulators
+        const openai = yield* client
+        const batch = yield* createModelBatch(1000, "model-a", "m")
+        yield* waitFor(openai, batch.id, (b) => (b.request_counts?.completed ?? 0) >= 20)
+        yield* inPage(async (base, browser) => {
+          const { page } = browser
+          const waiting = page.locator(".waiting")
+          const calls = countUpstreamCalls(page)
+          // A server without the extension: asked once, and nothing is said.
+          await page.route(`${base}/v1/upstreams`, (route) =>
+            route.fulfill({ status: 404, json: { error: { message: "Not found", type: "invalid_request_error", param: null, code: null } } }))
+          await page.goto(`${base}/ui#/batches/${batch.id}`)
+          await poll(() => statusOf(page)).toBe("in progress")
+          for (let i = 0; i < 3; i++) await page.clock.fastForward(POLL_MS)
+          expect(calls.n).toBe(1)
+          expect(await page.locator("#notice").isVisible()).toBe(false)
+          await page.unroute(`${base}/v1/upstreams`)
+
+          await page.reload()
+          await poll(() => statusOf(page)).toBe("in progress")
+          expect(await waiting.isVisible()).toBe(false)
+          await main!.stop()
+          await shown(page, () => waiting.textContent()).toMatch(
+            /^Upstream main has been down since \d\d:\d\d UTC\S* \((no connection|its calls fail)\): this batch waits for it and loses nothing; it goes on when it is back\.$/
+          )
+          expect(await statusOf(page)).toBe("in progress")
+          await main!.start()
+          await shown(page, () => waiting.isVisible()).toBe(false)
+          await shown(page, () => statusOf(page)).toBe("completed")
+          expect(await page.locator(".counts").textContent()).toBe("1,000 of 1,000 done (100%): 1,000 succeeded, 0 failed")
+          // Asked at the batch's refreshes while it ran, and no more once it ended.
+          const asked = calls.n
+          for (let i = 0; i < 3; i++) await page.clock.fastForward(POLL_MS)
+          expect(calls.n).toBe(asked)
+          await expectClean(browser)
+        })
+      }), { timeout: 60_000 })
+  })
+})
