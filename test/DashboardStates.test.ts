@@ -1,15 +1,18 @@
 /**
  * What a batch's page says beyond its figures, in headless Chromium against the real app and a simulator that the
  * test stops and starts: a running batch whose upstream is down says so (and no more once it is back; nothing from a
- * server without `GET /v1/upstreams`).
+ * server without `GET /v1/upstreams`); a cancelled batch's "failed" are not drawn as failures, since most never ran.
  */
 import { describe, expect, layer } from "@effect/vitest"
 import { Duration, Effect, Layer } from "effect"
 import type { Page } from "playwright-core"
-import { waitFor } from "./support/Batches.js"
+import { chatLine, createBatch, terminal, upload, waitFor } from "./support/Batches.js"
 import { BrowserPage } from "./support/Chromium.js"
 import { DESKTOP, expectClean, inPage, poll, POLL_MS, shown } from "./support/Dashboard.js"
 import { client, createModelBatch, Simulators, testAppWithUpstreams } from "./support/Upstreams.js"
+
+/** The browser's globals, in the functions `page.evaluate` runs in the page (this project's types are Node's). */
+declare const getComputedStyle: any
 
 const app = testAppWithUpstreams(
   { main: { models: ["model-a"], latencyMs: 50 } },
@@ -71,6 +74,39 @@ describe("a batch's page", () => {
           const asked = calls.n
           for (let i = 0; i < 3; i++) await page.clock.fastForward(POLL_MS)
           expect(calls.n).toBe(asked)
+          await expectClean(browser)
+        })
+      }), { timeout: 60_000 })
+
+    it.effect("a cancelled batch's requests that never ran are not shown as failures", () =>
+      Effect.gen(function*() {
+        const openai = yield* client
+        // 12 answer at once, 18 sleep far longer than the test: cancelled, most never ran.
+        const lines = Array.from({ length: 30 }, (_, i) => chatLine(`c-${i}`, i < 12 ? `quick ${i}` : `slow ${i} [sleep:60000]`, "model-a"))
+        const input = yield* upload(openai, lines)
+        const batch = yield* createBatch(openai, input.id)
+        yield* waitFor(openai, batch.id, (b) => (b.request_counts?.completed ?? 0) >= 12)
+        yield* Effect.promise(() => openai.batches.cancel(batch.id))
+        const done = yield* waitFor(openai, batch.id, terminal, 20_000)
+        expect(done.status).toBe("cancelled")
+        yield* inPage(async (base, browser) => {
+          const { page } = browser
+          await page.goto(`${base}/ui#/batches/${batch.id}`)
+          await poll(() => statusOf(page)).toBe("cancelled")
+          const { completed, failed } = done.request_counts!
+          expect(await page.locator(".counts").textContent()).toBe(
+            `30 of 30 done (100%): ${completed} succeeded, ${failed} failed or not run (cancelled)`
+          )
+          const colour = (selector: string) => page.locator(selector).first().evaluate((el) => getComputedStyle(el).backgroundColor)
+          const red = await page.locator("#notice").evaluate((el) => getComputedStyle(el).borderLeftColor)
+          expect(await colour(".big .bar .bad")).not.toBe(red)
+          expect(await page.locator(".big [role=progressbar]").getAttribute("aria-valuetext")).toContain("failed or not run (cancelled)")
+          // The list too: the bar's part and the count are not drawn as failures.
+          await page.locator("nav a", { hasText: "Batches" }).click()
+          const row = page.locator("table.batches tbody tr", { hasText: batch.id })
+          await poll(() => row.count()).toBe(1)
+          expect(await colour(`table.batches tbody tr:has-text("${batch.id}") .bar .bad`)).not.toBe(red)
+          expect(await row.locator(".has-failed").count()).toBe(0)
           await expectClean(browser)
         })
       }), { timeout: 60_000 })

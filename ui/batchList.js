@@ -8,7 +8,7 @@
  */
 import { json, query } from "./api.js"
 import { fill, h, headings, progressBar, setStatus } from "./dom.js"
-import { ago, count, duration, endedAt, runTime, tokens } from "./format.js"
+import { ago, count, duration, endedAt, failedMayBeUnrun, runTime, tokens } from "./format.js"
 
 /** @typedef {import("./api.js").Batch} Batch */
 
@@ -75,10 +75,11 @@ const batchRow = () => {
     link.href = batchHref(b.id)
     endpoint.textContent = b.endpoint
     setStatus(status, b.status)
-    bar.update(b.request_counts)
+    bar.update(b)
     done.textContent = total > 0 ? `${count(completed + failures)}/${count(total)}` : "–"
     failed.textContent = count(failures)
-    failed.classList.toggle("has-failed", failures > 0)
+    // Not red when they may be requests a cancel or an expiry left unrun.
+    failed.classList.toggle("has-failed", failures > 0 && !failedMayBeUnrun(b))
     used.textContent = tokens(b.usage?.total_tokens ?? 0)
     age.textContent = ago(b.created_at)
     took.textContent = duration(runTime(b))

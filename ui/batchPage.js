@@ -6,7 +6,7 @@
  */
 import { ApiError, batchUrl, fileUrl, json, postJson } from "./api.js"
 import { downloadButton, fill, h, headings, messageOf, progressBar, say, setStatus, statusLine } from "./dom.js"
-import { bytes, count, dateTime, duration, endedAt, nowSeconds, runTime, timeOfDay, tokens, visible } from "./format.js"
+import { bytes, count, dateTime, duration, endedAt, failedWords, nowSeconds, runTime, timeOfDay, tokens, visible } from "./format.js"
 
 /**
  * @typedef {import("./api.js").Batch} Batch
@@ -60,7 +60,7 @@ const countsText = (b) => {
   if (total === 0) return b.status === "validating" ? "Validating the input file…" : "No requests ran."
   const done = completed + failed
   return `${count(done)} of ${count(total)} done (${Math.floor((100 * done) / total)}%): ` +
-    `${count(completed)} succeeded, ${count(failed)} failed`
+    `${count(completed)} succeeded, ${count(failed)} ${failedWords(b)}`
 }
 
 /**
@@ -221,7 +221,7 @@ export function batchPageView(batchId, { signal, refresh: refreshNow }) {
     setStatus(status, b.status)
     cancel.hidden = !CANCELLABLE.includes(b.status)
     subtitle.textContent = visible([b.endpoint, b.model].filter(Boolean).join(" · "))
-    bar.update(b.request_counts)
+    bar.update(b)
     countsLine.textContent = countsText(b)
     fill(details, facts(b))
     fill(timing, timingRows(b))

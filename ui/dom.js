@@ -5,7 +5,7 @@
  * so that none can reorder what is shown around it.
  */
 import { download } from "./content.js"
-import { transferred, visible } from "./format.js"
+import { failedMayBeUnrun, failedWords, transferred, visible } from "./format.js"
 
 /**
  * @typedef {Record<string, unknown> & { dataset?: Record<string, string>, attrs?: Record<string, string> }} Props
@@ -60,21 +60,24 @@ export function fill(el, ...children) {
 }
 
 /**
- * A progress bar (`role=progressbar`) of requests done: the succeeded part, then the failed part. `update` sets
- * both widths, the percentage and the spoken text.
+ * A progress bar (`role=progressbar`) of a batch's requests done: the succeeded part, then the failed part (drawn
+ * neutral, not as failures, when it may hold requests a cancel or an expiry left unrun). `update` sets both widths,
+ * the percentage and the spoken text.
  */
 export function progressBar() {
   const ok = h("span", { className: "ok" })
   const bad = h("span", { className: "bad" })
   const el = h("div", { className: "bar", attrs: { role: "progressbar", "aria-label": "Requests done", "aria-valuemin": "0", "aria-valuemax": "100" } }, ok, bad)
-  /** @param {{ total: number, completed: number, failed: number }} counts */
-  const update = ({ total, completed, failed }) => {
+  /** @param {import("./api.js").Batch} b */
+  const update = (b) => {
+    const { total, completed, failed } = b.request_counts
     const share = (/** @type {number} */ n) => (total > 0 ? Math.min(100, (100 * n) / total) : 0)
     ok.style.width = `${share(completed)}%`
     bad.style.width = `${Math.min(share(failed), 100 - share(completed))}%`
+    bad.classList.toggle("unrun", failedMayBeUnrun(b))
     const percent = Math.floor(share(completed + failed))
     el.setAttribute("aria-valuenow", String(percent))
-    const spoken = total > 0 ? `${percent}%: ${completed + failed} of ${total} done, ${failed} failed` : "not started"
+    const spoken = total > 0 ? `${percent}%: ${completed + failed} of ${total} done, ${failed} ${failedWords(b)}` : "not started"
     el.setAttribute("aria-valuetext", spoken)
     el.classList.toggle("empty", total === 0)
   }

@@ -97,3 +97,12 @@ export const endedAt = (b) => b.completed_at ?? b.failed_at ?? b.cancelled_at ??
 /** From its creation to its end, or to now while it runs. @param {Batch} b */
 export const runTime = (b) => (endedAt(b) ?? nowSeconds()) - b.created_at
 
+/**
+ * Whether a batch's `failed` count holds requests that never ran: OpenAI counts those a cancel or an expiry left
+ * (`batch_cancelled`, `batch_expired`) as failed, and the batch object cannot tell them apart.
+ * @param {Batch} b
+ */
+export const failedMayBeUnrun = (b) => b.status === "cancelled" || b.status === "expired"
+
+/** What the `failed` count is called: `failed`, or `failed or not run (cancelled)`. @param {Batch} b */
+export const failedWords = (b) => (failedMayBeUnrun(b) ? `failed or not run (${b.status})` : "failed")
