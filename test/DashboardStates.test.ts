@@ -1,7 +1,8 @@
 /**
  * What a batch's page says beyond its figures, in headless Chromium against the real app and a simulator that the
  * test stops and starts: a running batch whose upstream is down says so (and no more once it is back; nothing from a
- * server without `GET /v1/upstreams`); a cancelled batch's "failed" are not drawn as failures, since most never ran.
+ * server without `GET /v1/upstreams`); a cancelled batch's "failed" are not drawn as failures, since most never ran;
+ * what stands in for a batch not read (yet) or not found.
  */
 import { describe, expect, layer } from "@effect/vitest"
 import { Duration, Effect, Layer } from "effect"
@@ -107,6 +108,42 @@ describe("a batch's page", () => {
           await poll(() => row.count()).toBe(1)
           expect(await colour(`table.batches tbody tr:has-text("${batch.id}") .bar .bad`)).not.toBe(red)
           expect(await row.locator(".has-failed").count()).toBe(0)
+          await expectClean(browser)
+        })
+      }), { timeout: 60_000 })
+
+    it.effect("says what stands in for a batch: loading, not found, a first read that failed", () =>
+      Effect.gen(function*() {
+        const openai = yield* client
+        const input = yield* upload(openai, [chatLine("d-0", "hi", "model-a")])
+        const batch = yield* createBatch(openai, input.id)
+        yield* waitFor(openai, batch.id, terminal)
+        yield* inPage(async (base, browser) => {
+          const { page } = browser
+          const state = page.locator(".state")
+          const details = page.getByRole("heading", { name: "Details" })
+          await page.goto(`${base}/ui#/batches/batch_nope`)
+          await poll(() => state.textContent()).toBe("No batch batch_nope (it may have been deleted, or belong to another project).")
+          expect(await details.isVisible()).toBe(false)
+          expect(await page.locator("#notice").isVisible()).toBe(false)
+
+          // The first read held, then failing: "Loading…", then why and that it is tried again; then the batch.
+          let release!: () => void
+          const held = new Promise<void>((resolve) => (release = resolve))
+          await page.route(`${base}/v1/batches/${batch.id}`, async (route) => {
+            await held
+            await route.fulfill({ status: 503, json: { error: { message: "Overloaded, try later.", type: "server_error", param: null, code: null } } })
+          }, { times: 1 })
+          await page.goto(`${base}/ui#/batches/${batch.id}`)
+          await poll(() => state.textContent()).toBe("Loading…")
+          expect(await details.isVisible()).toBe(false)
+          release()
+          await poll(() => state.textContent()).toBe(
+            "The batch could not be read: Overloaded, try later. The page tries again by itself; reload it to try at once."
+          )
+          await shown(page, () => statusOf(page)).toBe("completed")
+          expect(await state.isVisible()).toBe(false)
+          expect(await details.isVisible()).toBe(true)
           await expectClean(browser)
         })
       }), { timeout: 60_000 })

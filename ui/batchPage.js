@@ -176,13 +176,9 @@ export function batchPageView(batchId, { signal, refresh: refreshNow }) {
   const files = h("tbody")
   const problems = h("section", { className: "problems", hidden: true })
   const metadata = h("section", { hidden: true })
-
-  const el = h(
-    "section",
-    { className: "batch" },
-    h("p", { className: "crumbs" }, h("a", { href: "#/" }, "← Batches")),
-    h("div", { className: "heading" },
-      h("h1", {}, h("code", { className: "id" }, batchId)), status, h("span", { className: "grow" }), cancelSaid, cancel),
+  // What stands in for the batch until it is read, or when it cannot be: not a bare outline.
+  const state = h("p", { className: "state", attrs: { role: "status" } }, "Loading…")
+  const shownBatch = h("div", { hidden: true },
     subtitle,
     h("div", { className: "big" }, bar.el),
     countsLine,
@@ -192,7 +188,16 @@ export function batchPageView(batchId, { signal, refresh: refreshNow }) {
       h("section", {}, h("h2", {}, "Timing"), h("table", { className: "timing" }, headings(["Phase", "Began", "Took"]), timing))),
     h("section", {}, h("h2", {}, "Files"), h("table", { className: "files" }, files)),
     problems,
-    metadata
+    metadata)
+
+  const el = h(
+    "section",
+    { className: "batch" },
+    h("p", { className: "crumbs" }, h("a", { href: "#/" }, "← Batches")),
+    h("div", { className: "heading" },
+      h("h1", {}, h("code", { className: "id" }, batchId)), status, h("span", { className: "grow" }), cancelSaid, cancel),
+    state,
+    shownBatch
   )
 
   /** File objects by id, read once each (null: it could not be read). @type {Map<string, FileObject | null>} */
@@ -215,9 +220,21 @@ export function batchPageView(batchId, { signal, refresh: refreshNow }) {
     }
   }
 
+  /** Says `text` instead of the batch (which no longer shows, nor its button). @param {string} text */
+  const instead = (text) => {
+    fill(state, text)
+    state.hidden = false
+    shownBatch.hidden = true
+    status.hidden = true
+    cancel.hidden = true
+  }
+
   /** @param {Batch} b */
   const render = (b) => {
     current = b
+    state.hidden = true
+    shownBatch.hidden = false
+    status.hidden = false
     setStatus(status, b.status)
     cancel.hidden = !CANCELLABLE.includes(b.status)
     subtitle.textContent = visible([b.endpoint, b.model].filter(Boolean).join(" · "))
@@ -291,7 +308,19 @@ export function batchPageView(batchId, { signal, refresh: refreshNow }) {
   /** Reads the batch (and its files not read yet, and its upstream's state); true while it may still change. */
   const refresh = async () => {
     /** @type {Batch} */
-    const b = await json(batchUrl(batchId), { signal })
+    let b
+    try {
+      b = await json(batchUrl(batchId), { signal })
+    } catch (error) {
+      // Said here rather than above the page: nothing is left to show, and nothing to read again.
+      if (error instanceof ApiError && error.status === 404) {
+        instead(`No batch ${batchId} (it may have been deleted, or belong to another project).`)
+        return false
+      }
+      // A batch shown already stays, the failure said above it; before the first answer, the view says it too.
+      if (current === null) instead(`The batch could not be read: ${messageOf(error)} The page tries again by itself; reload it to try at once.`)
+      throw error
+    }
     const ids = [b.input_file_id, b.output_file_id, b.error_file_id].filter((id) => id !== null)
     await Promise.all([...ids.map((id) => readFile(/** @type {string} */ (id))), showUpstream(b)])
     render(b)
