@@ -2,7 +2,7 @@
  * What a batch's page says beyond its figures, in headless Chromium against the real app and a simulator that the
  * test stops and starts: a running batch whose upstream is down says so (and no more once it is back; nothing from a
  * server without `GET /v1/upstreams`); a cancelled batch's "failed" are not drawn as failures, since most never ran;
- * what stands in for a batch not read (yet) or not found.
+ * what stands in for a batch not read (yet) or not found; a deleted input file.
  */
 import { describe, expect, layer } from "@effect/vitest"
 import { Duration, Effect, Layer } from "effect"
@@ -112,12 +112,13 @@ describe("a batch's page", () => {
         })
       }), { timeout: 60_000 })
 
-    it.effect("says what stands in for a batch: loading, not found, a first read that failed", () =>
+    it.effect("says what stands in for a batch: loading, not found, a first read that failed; a deleted input file once", () =>
       Effect.gen(function*() {
         const openai = yield* client
         const input = yield* upload(openai, [chatLine("d-0", "hi", "model-a")])
         const batch = yield* createBatch(openai, input.id)
         yield* waitFor(openai, batch.id, terminal)
+        yield* Effect.promise(() => openai.files.delete(input.id))
         yield* inPage(async (base, browser) => {
           const { page } = browser
           const state = page.locator(".state")
@@ -144,6 +145,11 @@ describe("a batch's page", () => {
           await shown(page, () => statusOf(page)).toBe("completed")
           expect(await state.isVisible()).toBe(false)
           expect(await details.isVisible()).toBe(true)
+
+          // Its input file deleted: its id once, said deleted, and nothing to download.
+          const inputRow = page.locator("table.files tr", { hasText: "Input" })
+          expect(await inputRow.locator(".name").textContent()).toBe(`${input.id}deleted`)
+          expect(await inputRow.getByRole("button").count()).toBe(0)
           await expectClean(browser)
         })
       }), { timeout: 60_000 })

@@ -157,7 +157,7 @@ const fileRow = (b, label, id, kind, file) => {
   const name = file?.filename ?? `${b.id}_${kind}.jsonl`
   return h("tr", {},
     head,
-    h("td", { className: "name" }, file === null ? `${id} (deleted)` : name, h("span", { className: "sub" }, id)),
+    h("td", { className: "name" }, file === null ? [id, h("span", { className: "sub" }, "deleted")] : [name, h("span", { className: "sub" }, id)]),
     h("td", { className: "num" }, file ? bytes(file.bytes) : ""),
     h("td", {}, file === null ? null : downloadButton(id, name, { dataset: { file: kind } })))
 }
