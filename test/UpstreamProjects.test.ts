@@ -57,7 +57,8 @@ layer(app, { excludeTestServices: true })("an upstream open to some projects onl
       expect(yield* upstreams(research)).toEqual(["paid model-p,model-shared false null", "local model-l true null"])
       expect(yield* upstreams(other)).toEqual(["local model-shared,model-l true null"])
       // Its load is every project's: an operator's to see, not a project's.
-      expect(yield* upstreams(yield* clientOf(KEYS.admin))).toEqual(["local model-shared,model-l true 0"])
+      // An operator sees every upstream, those open to some projects only too.
+      expect(yield* upstreams(yield* clientOf(KEYS.admin))).toEqual(["paid model-p,model-shared false 0", "local model-l true 0"])
 
       const run = (openai: OpenAI, model: string, prefix: string) =>
         Effect.gen(function*() {

@@ -48,7 +48,8 @@ export const ModelsHttpLive = HttpApiBuilder.group(OpenAIApi, "models", (handler
         }))
       .handle("upstreams", () =>
         Effect.flatMap(CurrentCaller, ({ admin, project }) =>
-          Effect.map(inference.upstreamsOf?.(project) ?? Effect.succeed([]), (reports) => ({
+          // An operator sees every upstream (the projects' it serves too), a project's key those open to it.
+          Effect.map(inference.upstreamsOf?.(admin ? undefined : project) ?? Effect.succeed([]), (reports) => ({
             object: "list" as const,
             data: reports.map((report) => upstreamObject(report, admin))
           }))))

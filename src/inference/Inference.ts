@@ -115,10 +115,11 @@ export interface InferenceShape {
    */
   readonly isHeld?: (model: string | null, project?: string) => boolean
   /**
-   * The upstreams open to `project`, each with the models it serves there (as `modelsOf` gives them) and its state
-   * now (optional: none for an `Inference` that answers without upstreams).
+   * The upstreams open to `project` (every upstream when undefined: an operator's view), each with the models it
+   * serves there (as `modelsOf` gives them) and its state now (optional: none for an `Inference` that answers
+   * without upstreams).
    */
-  readonly upstreamsOf?: (project: string) => Effect.Effect<ReadonlyArray<UpstreamReport>>
+  readonly upstreamsOf?: (project: string | undefined) => Effect.Effect<ReadonlyArray<UpstreamReport>>
   /** The name of the upstream serving `model` now (the metrics' `upstream` label); undefined when none does. */
   readonly upstreamName?: (model: string | null, project?: string) => string | undefined
   /**
@@ -285,9 +286,9 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
       return { data, complete }
     })
 
-    const upstreamsOf = (project: string) =>
+    const upstreamsOf = (project: string | undefined) =>
       Effect.map(modelsOf(project), ({ data }) =>
-        upstreams.filter((u) => admits(u.spec, project)).map((u) => ({
+        upstreams.filter((u) => project === undefined || admits(u.spec, project)).map((u) => ({
           name: u.spec.name,
           models: data.filter((m) => m.ownedBy === u.spec.name).map((m) => m.id),
           servesAnyModel: servesAnyModel(u.spec),

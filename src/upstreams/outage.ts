@@ -136,7 +136,11 @@ export const makeOutage = (options: OutageOptions): Effect.Effect<Outage, never,
         const answer = yield* options.probe
         if (answer._tag === "Success" && answer.value < 500) return yield* startTrial(false, answer.value)
         // In a row: no answer between says nothing is there.
-        if (answer._tag === "Failure") failingAnswers = 0
+        if (answer._tag === "Failure") {
+          failingAnswers = 0
+          // What it is now: a server killed mid-call went down "failing", and its probes find nothing there.
+          downKind = "unreachable"
+        }
         else if (++failingAnswers >= FAILING_PROBES_BEFORE_TRIAL) {
           if (!saidProbeFails) {
             saidProbeFails = true
