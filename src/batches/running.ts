@@ -34,7 +34,7 @@ const responseOutcome = (row: RequestRow, res: UpstreamResponse): RequestOutcome
   usage: res.status >= 200 && res.status < 300 ? usageOf(res.json) : zeroUsage
 })
 
-/** A worker: its place in the window, the length of the request it sends, and how that request waits between attempts. */
+/** A worker: its place in the window, the length of the request it sends, how that request waits between attempts. */
 interface Worker extends Place {
   size: number
   readonly backingOff: <A, E>(wait: Effect.Effect<A, E>, overloaded: boolean) => Effect.Effect<A, E>
@@ -131,7 +131,8 @@ export const makeRunning = (local: LocalWork) =>
             return next(outcome, previous, hold, worker)
           }
           worker.size = row.body.length
-          return Effect.matchEffect(inference.send(batch.endpoint, row.body, { ...options, attempts: used, handBack, backingOff: worker.backingOff }), {
+          const sendOptions = { ...options, attempts: used, handBack, backingOff: worker.backingOff }
+          return Effect.matchEffect(inference.send(batch.endpoint, row.body, sendOptions), {
             onSuccess: (res) => answered(responseOutcome(row, res)),
             onFailure: (e) => {
               hold.release() // an answer refused (not JSON…): not kept
@@ -170,7 +171,8 @@ export const makeRunning = (local: LocalWork) =>
                 if (given === "kept") return wait
                 const rest = Effect.matchCauseEffect(wait, {
                   onSuccess: (a) => Effect.as(places.rejoin(worker, size), a),
-                  onFailure: (cause) => Effect.zipRight(Effect.sync(() => places.abandon(size)), Effect.failCause(cause))
+                  onFailure: (cause) =>
+                    Effect.zipRight(Effect.sync(() => places.abandon(size)), Effect.failCause(cause))
                 })
                 return given === "spare" ? Effect.zipRight(FiberSet.run(spares, workerRun), rest) : rest
               })

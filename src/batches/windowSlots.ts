@@ -2,10 +2,10 @@
  * The places of a batch run's window (`running.ts`): `maxConcurrentRequestsPerBatch` requests sent or waiting at
  * their upstream at once. A request waiting between two attempts after an answer that is no refusal (a 500: its own
  * trouble; after a 429 or 503, or no answer, it keeps its place: `running.ts`) gives its place to a new worker, so
- * that the batch's other requests keep flowing (2 % of lines failing with a 500 took a batch from 909 to 92 requests
- * a second: each held a place through 15 s of backoff); back from its wait, it takes
- * the place of the next worker to finish a request (which then ends), or a free one. The waits that gave their
- * place up are bounded (a count, and their bodies' length); beyond, a request keeps its place as it waits.
+ * that the batch's other requests keep flowing (before, 2 % of lines failing with a 500 took a batch from 909 to 92
+ * requests a second: each held a place through 15 s of backoff). Back from its wait, it takes the place of the next
+ * worker to finish a request (which then ends), or a free one. The waits that gave their place up are bounded (a
+ * count, and their bodies' length); beyond, a request keeps its place as it waits.
  */
 import { Effect } from "effect"
 
@@ -14,7 +14,7 @@ import { Effect } from "effect"
  * 30,000 lines failing filled them, and the window again with waits (its good lines stalled 10 s).
  */
 const BACKING_OFF_PER_PLACE = 64
-/** The length (characters) of request bodies waiting between attempts without a place, at most: each is held until sent again. */
+/** The length (characters) of the bodies waiting between attempts without a place, at most: each is held till sent. */
 const MAX_BACKING_OFF_SIZE = 64 * 1024 * 1024
 
 /** A worker's hold on a place: none while its request waits between attempts, having given it up. */
@@ -35,11 +35,12 @@ export class WindowSlots {
   }
 
   /**
-   * A request of `size` characters starts to wait between attempts: whether it gave its place up (to a request back from its
-   * wait, or else to a new worker: `spare`), or keeps it (the bounds are reached).
+   * A request of `size` characters starts to wait between attempts: whether it gave its place up (to a request back
+   * from its wait, or else to a new worker: `spare`), or keeps it (the bounds are reached).
    */
   leave(place: Place, size: number): "kept" | "handed" | "spare" {
-    if (this.backingOff >= this.size * BACKING_OFF_PER_PLACE || this.backingOffSize + size > MAX_BACKING_OFF_SIZE) return "kept"
+    const full = this.backingOff >= this.size * BACKING_OFF_PER_PLACE || this.backingOffSize + size > MAX_BACKING_OFF_SIZE
+    if (full) return "kept"
     this.backingOff++
     this.backingOffSize += size
     place.holding = false

@@ -56,8 +56,9 @@ export interface SendOptions {
   readonly handBack?: HandBack | undefined
   /**
    * Wraps the wait between two attempts (a backoff, a `Retry-After`), told whether the last attempt was refused
-   * (429, 503) or got no answer (an overload, or an outage): a batch's run gives the request's place in its window to another request
-   * meanwhile, but after an overload (`batches/running.ts`), and takes one back before the next attempt.
+   * (429, 503) or got no answer (an overload, or an outage): a batch's run gives the request's place in its window
+   * to another request meanwhile, but after an overload (`batches/running.ts`), and takes one back before the next
+   * attempt.
    */
   readonly backingOff?: (<A, E>(wait: Effect.Effect<A, E>, overloaded: boolean) => Effect.Effect<A, E>) | undefined
 }
