@@ -22,6 +22,21 @@ import { LARGE_PAGES_AT_ONCE, listAnswer, storedJson } from "./StoredResponse.js
 
 const fileNotFound = (id: string) => notFound(`No such File object: ${echo(id)}`, "file_id")
 
+/** A `Range` past a file's end of `size` bytes: a 416 in the envelope, saying the size as RFC 9110 asks. */
+const rangeNotSatisfiable = (size: number) =>
+  envelope(
+    {
+      error: {
+        message: `The range asked for is not in the file (${size} bytes).`,
+        type: "invalid_request_error",
+        param: null,
+        code: "range_not_satisfiable"
+      }
+    },
+    416,
+    { "content-range": `bytes */${size}` }
+  )
+
 /** A download beyond `MAX_DOWNLOADS_AT_ONCE` (or its project's share, of which `holder` holds what it says). */
 const downloadsBusy = (downloads: Budget, taken: Taken, holder: Holder | undefined) =>
   taken === "share"
@@ -93,13 +108,7 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
                 taken === "taken"
                   ? Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
                     const wanted = wantedRange(request.headers["range"], file.bytes)
-                    if (wanted._tag === "Unsatisfiable") {
-                      return Effect.succeed(envelope(
-                        { error: { message: `The range asked for is not in the file (${file.bytes} bytes).`, type: "invalid_request_error", param: null, code: "range_not_satisfiable" } },
-                        416,
-                        { "content-range": `bytes */${file.bytes}` }
-                      ))
-                    }
+                    if (wanted._tag === "Unsatisfiable") return Effect.succeed(rangeNotSatisfiable(file.bytes))
                     const part = wanted._tag === "Part" ? wanted : undefined
                     // Read from the range's first byte (the store skips those before it), up to its last.
                     const bytes = part === undefined ? stream : sliceBytes(streamFrom(part.start), 0, part.end - part.start)
