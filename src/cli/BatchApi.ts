@@ -55,7 +55,10 @@ export interface BatchApiShape {
    * A file's bytes, as they arrive, from byte `from` on when the server answers a `Range` (`resumed`), else from
    * the start; tried once (saving a file has its own policy of trying again).
    */
-  readonly content: (fileId: string, from?: number) => Effect.Effect<{ readonly body: ReadableStream<Uint8Array>; readonly resumed: boolean }, CliFailure>
+  readonly content: (
+    fileId: string,
+    from?: number
+  ) => Effect.Effect<{ readonly body: ReadableStream<Uint8Array>; readonly resumed: boolean }, CliFailure>
   readonly deleteFile: (fileId: string) => Effect.Effect<void, CliFailure>
   /**
    * This server's `GET /v1/upstreams` (an extension), tried once: `unsupported` from a server without it (a 404),

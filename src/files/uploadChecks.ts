@@ -69,7 +69,7 @@ const FORM_FIELDS = ["file", "purpose", ...EXPIRY_FIELDS]
  * Checks the text fields of an upload (they may arrive before or after the file) and the file's name.
  * Unknown fields are ignored, as clients add their own; but one that looks like a field misspelt
  * (`expire_after[seconds]`, `expires_after.seconds`, `expires_after` as JSON: `misspeltNames.ts`) is refused:
- * ignored, the file would never expire.
+ * ignored, what it asked would be left undone (a file that never expires).
  */
 export const parseUploadForm = (
   fields: ReadonlyMap<string, string>,

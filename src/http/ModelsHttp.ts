@@ -1,7 +1,7 @@
 /**
  * Handlers of the `models` group: what `Inference` routes for the caller's project (the models of every upstream
- * open to it), in OpenAI's shapes, and those upstreams' states (`GET /v1/upstreams`, an extension). A model no upstream lists is still one batches may name when an upstream serving
- * any model (`"*"`) takes it: retrieved too.
+ * open to it), in OpenAI's shapes, and those upstreams' states (`GET /v1/upstreams`, an extension). A model no
+ * upstream lists is still one batches may name when an upstream serving any model (`"*"`) takes it: retrieved too.
  */
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import { Effect } from "effect"
