@@ -4,6 +4,7 @@
  */
 import { readFileSync } from "node:fs"
 import { describe, expect, it } from "vitest"
+import { DOWN_REASONS } from "../src/cli/upstreamNotes.js"
 import { StandardEndpoint } from "../src/domain/Batches.js"
 
 /** The page's formatters (typed by their JSDoc for `tsc -p ui`; this project's `tsc` reads no JavaScript). */
@@ -14,6 +15,7 @@ const format: {
   readonly visible: (text: string) => string
   readonly utcOffset: (minutesBehind: number) => string
   readonly dateTime: (at: number) => string
+  readonly DOWN_REASONS: Record<string, string>
 } = await import(new URL("../ui/format.js", import.meta.url).href)
 
 describe("the dashboard's figures", () => {
@@ -74,5 +76,11 @@ describe("the dashboard's endpoint list", () => {
     const source = readFileSync(new URL("../ui/startForm.js", import.meta.url), "utf8")
     const list = /const ENDPOINTS = \[([^\]]*)\]/.exec(source)?.[1]
     expect(list?.match(/"[^"]*"/g)?.map((quoted) => JSON.parse(quoted))).toEqual([...StandardEndpoint.literals])
+  })
+})
+
+describe("the dashboard's words for a down upstream", () => {
+  it("are the command line's", () => {
+    expect(format.DOWN_REASONS).toEqual(DOWN_REASONS)
   })
 })

@@ -6,7 +6,7 @@
  */
 import { ApiError, batchUrl, fileUrl, json, postJson } from "./api.js"
 import { downloadButton, fill, h, headings, messageOf, progressBar, say, setStatus, statusLine } from "./dom.js"
-import { bytes, count, dateTime, duration, endedAt, failedWords, nowSeconds, runTime, timeOfDay, tokens, visible } from "./format.js"
+import { bytes, count, dateTime, DOWN_REASONS, duration, endedAt, failedWords, nowSeconds, runTime, timeOfDay, tokens, visible } from "./format.js"
 
 /**
  * @typedef {import("./api.js").Batch} Batch
@@ -19,13 +19,6 @@ import { bytes, count, dateTime, duration, endedAt, failedWords, nowSeconds, run
 
 const CANCELLABLE = ["validating", "in_progress", "finalizing"]
 const ENDED = ["completed", "failed", "expired", "cancelled"]
-/** What `down_reason` means (as the command line's watch says it). @type {Record<string, string>} */
-const DOWN_REASONS = {
-  unreachable: "no connection",
-  failing: "its calls fail",
-  key: "its key is refused",
-  path: "its base URL misses the version path"
-}
 /** Problems listed at most (a file may have thousands; the count says how many more). */
 const MAX_PROBLEMS = 200
 

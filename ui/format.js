@@ -106,3 +106,14 @@ export const failedMayBeUnrun = (b) => b.status === "cancelled" || b.status === 
 
 /** What the `failed` count is called: `failed`, or `failed or not run (cancelled)`. @param {Batch} b */
 export const failedWords = (b) => (failedMayBeUnrun(b) ? `failed or not run (${b.status})` : "failed")
+
+/**
+ * What an upstream's `down_reason` means: `DOWN_REASONS` of `src/cli/upstreamNotes.ts`, which the page cannot
+ * import (test/DashboardFormat.test.ts checks the two are the same). @type {Record<string, string>}
+ */
+export const DOWN_REASONS = {
+  unreachable: "no connection",
+  failing: "its calls fail",
+  key: "its key is refused",
+  path: "its base URL misses the version path"
+}

@@ -19,7 +19,8 @@ export interface UpstreamSeen {
 export const servingUpstream = (upstreams: ReadonlyArray<UpstreamSeen>, model: string): UpstreamSeen | undefined =>
   upstreams.find((u) => u.models.includes(model)) ?? upstreams.find((u) => u.serves_any_model)
 
-const REASONS: Record<string, string> = {
+/** What an upstream's `down_reason` means, in a note (the dashboard's `ui/format.js` says the same). */
+export const DOWN_REASONS: Record<string, string> = {
   unreachable: "no connection",
   failing: "its calls fail",
   key: "its key is refused",
@@ -35,6 +36,6 @@ export const upstreamNote = (upstream: UpstreamSeen | undefined, saidDown: boole
   if (upstream === undefined || down === saidDown || (!down && upstream.state !== "up")) return undefined
   if (!down) return `Upstream ${upstream.name} is back: the batch goes on.`
   const since = upstream.down_since === null ? "" : ` since ${ago(upstream.down_since, now)}`
-  const reason = upstream.down_reason === null ? "" : ` (${REASONS[upstream.down_reason] ?? upstream.down_reason})`
+  const reason = upstream.down_reason === null ? "" : ` (${DOWN_REASONS[upstream.down_reason] ?? upstream.down_reason})`
   return `Upstream ${upstream.name} is down${since}${reason}: the batch waits for it, losing nothing, and goes on once it is back.`
 }
