@@ -11,11 +11,12 @@
  *
  * Status moves are those of the transition table (`transitions.ts`). The heartbeat (`heartbeat.ts`) renews this
  * node's leases, restarts its work on batches cancelled on another node or whose slices it lost, and submits free
- * work. At most `maxConcurrentBatches` batches validate or run at once on a node, their permits shared round-robin
- * by project (`fairPermits.ts`: a running batch gives its permit back after a slice, or `TurnLength`, when another
- * project waits, and at once when its upstream goes down: it waits for it to come back in the queue, keeping its
- * turn);
- * finishing is not limited, so a cancel is never queued behind other batches. `supervision.ts` retries a batch after a fault.
+ * work. At most `maxConcurrentBatches` batches run at once on a node, their permits shared round-robin by project
+ * (`fairPermits.ts`: a running batch gives its permit back after a slice, or `TurnLength`, when another project
+ * waits, and at once when its upstream goes down: it waits for it to come back in the queue, keeping its turn); as
+ * many validate at once, with permits of their own, so that a batch is checked as it comes, not at its turn to run.
+ * Finishing is not limited, so a cancel is never queued behind other batches. `supervision.ts` retries a batch after
+ * a fault.
  * A node with `maxConcurrentBatches` 0 does none of this (`handedOff`): the nodes that run batches pick its work up.
  */
 import { Clock, Context, Duration, Effect, FiberMap, Layer, Schedule } from "effect"
@@ -79,6 +80,8 @@ export const make = Effect.gen(function*() {
   const inference = yield* Inference
   const fibers = yield* FiberMap.make<BatchId>()
   const permits = makeFairPermits(config.maxConcurrentBatches)
+  /** As many batches validate at once as may run, round-robin by project too. */
+  const validations = makeFairPermits(config.maxConcurrentBatches)
   const local = new LocalWork()
   const validating = yield* makeValidating
   const running = yield* makeRunning(local)
@@ -127,38 +130,56 @@ export const make = Effect.gen(function*() {
   }
 
   /**
-   * This node's share of a batch that validates or runs, under a permit taken in its project's turn: validate it
-   * (holding its batch-wide lease), then in the same turn run the slices it can claim, up to the end of a slice (or
-   * of its turn, when the slice is slow: `TurnLength`) when another project waits for the permit (`drive` then
-   * queues again). False when there was nothing for this node to do. A running batch whose upstream is down waits
-   * for it in the queue; the wait counts as this node's work on the batch, so that a cancel from another node ends
-   * it.
+   * Validates a batch (holding its batch-wide lease) under a validation permit taken in its project's turn, apart
+   * from the permits to run: a batch queued behind running ones is checked at once, so that a mistake in its file
+   * fails it now, not once the batches before it have run (a second 50,000-line batch showed `validating`, total 0,
+   * for as long as the first ran). False when another node validates it.
    */
-  const validateOrRun = (record: BatchRecord) =>
+  const validate = (record: BatchRecord) =>
+    local.working(
+      record.batch.id,
+      validations.withPermit(record.project, Effect.gen(function*() {
+        const id = record.batch.id
+        const current = yield* load(id) // the wait for the permit may have been long
+        if (current.batch.status !== "validating") return true
+        if (!(yield* Effect.flatMap(nodeLease(config), (lease) => leases.claimBatch(id, lease)))) return false
+        yield* validating.validate(current).pipe(Effect.onError((cause) => validating.giveBackSpace(id, cause)))
+        return true
+      }))
+    )
+
+  /**
+   * This node's share of a running batch, under a permit taken in its project's turn: the slices it can claim, up
+   * to the end of a slice (or of its turn, when the slice is slow: `TurnLength`) when another project waits for the
+   * permit (`drive` then queues again). False when there was nothing for this node to do. A batch whose upstream
+   * is down waits for it in the queue; the wait counts as this node's work on the batch, so that a cancel from
+   * another node ends it.
+   */
+  const run = (record: BatchRecord) =>
     local.working(
       record.batch.id,
       permits.withPermit(record.project, Effect.gen(function*() {
-        const id = record.batch.id
         const clock = yield* Effect.clock
         const turnOver = clock.unsafeCurrentTimeMillis() + turnMs
-        let current = yield* load(id) // the wait for the permit may have been long
-        if (current.batch.status === "validating") {
-          if (!(yield* Effect.flatMap(nodeLease(config), (lease) => leases.claimBatch(id, lease)))) return false
-          yield* validating.validate(current).pipe(Effect.onError((cause) => validating.giveBackSpace(id, cause)))
-          // Its turn goes on with running it: a turn spent validating alone would let a long batch of another
-          // project run a whole turn before a small one's first request.
-          current = yield* load(id)
-        }
-        if (current.batch.status === "in_progress") {
-          const turnIsOver = () => clock.unsafeCurrentTimeMillis() > turnOver
-          const held = heldAWhile(heldFor(current.batch.model, record.project), () => clock.unsafeCurrentTimeMillis(), HELD_LONG_MS)
-          const turn = holderTurn(permits, record.project, turnIsOver, held)
-          const run = running.run(current, turn, turn.handBack)
-          return yield* Effect.ensuring(Effect.raceFirst(run, Effect.zipRight(turn.watch, Effect.never)), Effect.sync(turn.done))
-        }
-        return true
-      }), record.batch.status === "in_progress" ? upstreamReadiness(record.batch.model, record.project) : undefined)
+        const current = yield* load(record.batch.id) // the wait for the permit may have been long
+        if (current.batch.status !== "in_progress") return true
+        const turnIsOver = () => clock.unsafeCurrentTimeMillis() > turnOver
+        const held = heldAWhile(heldFor(current.batch.model, record.project), () => clock.unsafeCurrentTimeMillis(), HELD_LONG_MS)
+        const turn = holderTurn(permits, record.project, turnIsOver, held)
+        const slices = running.run(current, turn, turn.handBack)
+        return yield* Effect.ensuring(Effect.raceFirst(slices, Effect.zipRight(turn.watch, Effect.never)), Effect.sync(turn.done))
+      }), upstreamReadiness(record.batch.model, record.project))
     )
+
+  /**
+   * A validating batch's first steps, counted by the cap: its validation, then (without a new round of `drive`,
+   * which would let the cap take it for a running batch) its first turn to run.
+   */
+  const validateThenRun = (record: BatchRecord) =>
+    Effect.flatMap(validate(record), (validated) =>
+      validated
+        ? Effect.flatMap(load(record.batch.id), (current) => current.batch.status === "in_progress" ? run(current) : Effect.succeed(true))
+        : Effect.succeed(false))
 
   /**
    * Takes a batch as far as this node can: its share of validating and running (until `expires_at`), then
@@ -185,7 +206,7 @@ export const make = Effect.gen(function*() {
             yield* sayOnce
             // The expiry ends the wait for a permit (or for the upstream) too; the next round then finishes the
             // batch as expired.
-            const turn = validateOrRun(record).pipe(
+            const turn = (validatingNow ? validateThenRun(record) : run(record)).pipe(
               Effect.raceFirst(Effect.as(Effect.sleep(Duration.millis(remaining)), true))
             )
             const progressed = yield* (validatingNow ? cap.counted(record.project, turn) : turn)
