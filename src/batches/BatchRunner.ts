@@ -28,6 +28,7 @@ import * as BatchLines from "../observability/batchLines.js"
 import { inBackground } from "../Scheduler.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
 import { heldAWhile, holderTurn, makeFairPermits, type Readiness } from "./fairPermits.js"
+import { childrenEndFirst } from "./childrenEndFirst.js"
 import { makeFinishing } from "./finishing.js"
 import { LocalWork, startHeartbeat } from "./heartbeat.js"
 import { makeRunning } from "./running.js"
@@ -167,7 +168,8 @@ export const make = Effect.gen(function*() {
         const held = heldAWhile(heldFor(current.batch.model, record.project), () => clock.unsafeCurrentTimeMillis(), HELD_LONG_MS)
         const turn = holderTurn(permits, record.project, turnIsOver, held)
         const slices = running.run(current, turn, turn.handBack)
-        return yield* Effect.ensuring(Effect.raceFirst(slices, Effect.zipRight(turn.watch, Effect.never)), Effect.sync(turn.done))
+        // The run's fibers end before the permit is given back (`childrenEndFirst.ts`).
+        return yield* Effect.ensuring(childrenEndFirst(Effect.raceFirst(slices, Effect.zipRight(turn.watch, Effect.never))), Effect.sync(turn.done))
       }), upstreamReadiness(record.batch.model, record.project))
     )
 
@@ -205,9 +207,10 @@ export const make = Effect.gen(function*() {
             if (validatingNow && cap.full(record.project)) return
             yield* sayOnce
             // The expiry ends the wait for a permit (or for the upstream) too; the next round then finishes the
-            // batch as expired.
+            // batch as expired. Interrupted, its fibers end before the batch's leases are given back.
             const turn = (validatingNow ? validateThenRun(record) : run(record)).pipe(
-              Effect.raceFirst(Effect.as(Effect.sleep(Duration.millis(remaining)), true))
+              Effect.raceFirst(Effect.as(Effect.sleep(Duration.millis(remaining)), true)),
+              childrenEndFirst
             )
             const progressed = yield* (validatingNow ? cap.counted(record.project, turn) : turn)
             if (!progressed) return

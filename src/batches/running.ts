@@ -16,6 +16,7 @@ import { AnswerHold, currentAnswerHold } from "../inference/answerMemory.js"
 import { type AttemptsUsed, type HandBack, Inference, type UpstreamFailure, type UpstreamResponse } from "../inference/Inference.js"
 import { Metrics } from "../observability/Metrics.js"
 import { type BatchRecord, BatchStore, type RequestOutcome, type RequestRow } from "./BatchStore.js"
+import { childrenEndFirst } from "./childrenEndFirst.js"
 import type { LocalWork } from "./heartbeat.js"
 import { makeOutcomeWriter } from "./outcomeWriter.js"
 import { makePendingRows, type TurnEnd } from "./pendingRows.js"
@@ -192,8 +193,10 @@ export const makeRunning = (local: LocalWork) =>
         // the upstream ends it at once (its calls wait anyway): the batch gives its permit back to batches whose
         // upstreams answer, and waits for the upstream in the permit queue (`fairPermits.ts`).
         const firstEnded = Effect.all(Array.from({ length: window }, () => workerRun), { concurrency: "unbounded", discard: true })
+        // Its workers end before the scope's finalizers give the slices back (`childrenEndFirst.ts`).
         yield* Effect.raceFirst(Effect.zipRight(firstEnded, FiberSet.awaitEmpty(spares)), FiberSet.join(spares)).pipe(
-          Effect.raceFirst(inference.unreachable(batch.model, record.project))
+          Effect.raceFirst(inference.unreachable(batch.model, record.project)),
+          childrenEndFirst
         )
         return rows.claimed()
       }).pipe(
