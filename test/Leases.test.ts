@@ -3,6 +3,7 @@
  * batch leases go to one owner at a time, an expired lease moves on, and racing writers store an outcome once.
  */
 import { describe, expect, it } from "@effect/vitest"
+import { SqlClient } from "@effect/sql"
 import { Effect, Layer, Option } from "effect"
 import { BatchStore, BatchStoreLive, type RequestOutcome, type ResultLines } from "../src/batches/BatchStore.js"
 import { beat, LocalWork } from "../src/batches/heartbeat.js"
@@ -12,9 +13,10 @@ import { BatchId, BatchRequestId, FileId } from "../src/domain/Ids.js"
 import { newChatBatch, requestRows, responseOutcome, storedLines } from "./support/Batches.js"
 import { backends, configFor, TestDatabase, TestDataDir } from "./support/TestApp.js"
 
+/** The stores, and the SQL client they use. */
 const storeFor = (backend: "sqlite" | "postgres") =>
   Layer.merge(BatchStoreLive, WorkLeasesLive).pipe(
-    Layer.provide(SqlLive),
+    Layer.provideMerge(SqlLive),
     Layer.provide(configFor()),
     Layer.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))
   )
@@ -40,6 +42,20 @@ const runningBatch = (lines: number, perSlice: number) =>
   })
 
 for (const backend of backends) describe(`leases (${backend})`, () => {
+  it.effect("a heartbeat's renewal finds this node's batch leases by index, not by reading every batch ever made", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const renewal = sql`UPDATE batches SET lease_until = 1 WHERE lease_owner = ${"node-1"}`
+      const plan = backend === "sqlite"
+        ? sql<{ detail: string }>`EXPLAIN QUERY PLAN ${renewal}`.pipe(Effect.map((rows) => rows.map((r) => r.detail)))
+        // A tiny table is read whole whatever its indexes: the planner is told not to, as it would not for a large one.
+        : sql.withTransaction(Effect.zipRight(
+          sql`SET LOCAL enable_seqscan = off`,
+          sql<{ "QUERY PLAN": string }>`EXPLAIN ${renewal}`.pipe(Effect.map((rows) => rows.map((r) => r["QUERY PLAN"])))
+        ))
+      expect((yield* plan).join("\n")).toContain("batches_lease_owner")
+    }).pipe(Effect.provide(storeFor(backend))))
+
   it.effect("concurrent claims get distinct slices; none is left twice", () =>
     Effect.gen(function*() {
       const leases = yield* WorkLeases
