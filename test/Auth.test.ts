@@ -5,7 +5,7 @@
  * without keys, and audit lines that name the key by its hash only.
  */
 import { describe, expect, it, layer } from "@effect/vitest"
-import { ConfigProvider, Effect, Exit, HashMap, Layer, Logger, LogLevel, Option, Redacted } from "effect"
+import { ConfigProvider, Context, Effect, Exit, HashMap, Layer, Logger, LogLevel, Option, Redacted } from "effect"
 import { createHash } from "node:crypto"
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -274,6 +274,23 @@ describe("the keys file", () => {
       expect(reloaded()!.message).toMatch(/^API keys reloaded: 25 added, 25 removed \(on this node; /)
       expect(reloaded()!.annotations.keys_added).toEqual(keys(25).slice(0, 20).map((k) => keyHash(k.split(":")[0]!)))
       expect(reloaded()!.annotations.keys_removed).toEqual(keys(0).slice(0, 20).map((k) => keyHash(k.split(":")[0]!)))
+    }).pipe(Effect.scoped))
+
+  it.live("a SIGHUP that leaves no key at all is a warning that every request is now refused (401), not an Info line", () =>
+    Effect.gen(function*() {
+      const { dir, path } = withFile(Array.from({ length: 5 }, (_, i) => `sk-gone-${i}:projG`).join("\n"))
+      yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(dir, { recursive: true, force: true })))
+      const lines: Array<{ level: string; message: string }> = []
+      const recorder = Logger.make(({ logLevel, message }) => void lines.push({ level: logLevel.label, message: String(message) }))
+      const built = yield* Layer.build(fileAuth(path).pipe(Layer.provide(Logger.replace(Logger.defaultLogger, recorder))))
+      const auth = Context.get(built, Auth)
+      writeFileSync(path, "# every key revoked\n")
+      process.emit("SIGHUP")
+      const reloaded = () => lines.find((l) => l.message.startsWith("API keys reloaded"))
+      for (let i = 0; i < 100 && reloaded() === undefined; i++) yield* Effect.sleep("20 millis")
+      expect(reloaded()!.level).toBe("WARN")
+      expect(reloaded()!.message).toMatch(/^API keys reloaded: 0 added, 5 removed \(on this node; .*\); no key is in use: every request will now be refused \(401\) until keys are added$/)
+      expect(yield* auth.authenticate("sk-gone-0")).toEqual(Option.none()) // still closed, not open
     }).pipe(Effect.scoped))
 
   it.scoped("sha256 entries, plain entries, comments and admin lines; reload switches keys; a bad file keeps them", () =>

@@ -235,11 +235,14 @@ export const makeAuth = (sources: KeySources): Effect.Effect<AuthShape, ConfigEr
 
 /**
  * The line saying the keys are `loaded` or reloaded (counts only), and a warning for a webhook line no key's project
- * can use: a misspelt project sent its events nowhere (or to `WEBHOOK_URL`) without a word.
+ * can use: a misspelt project sent its events nowhere (or to `WEBHOOK_URL`) without a word. No key at all (an
+ * emptied file) is a warning: keys are still required, so every tenant gets a 401, which an Info line hid.
  */
 const sayKeys = (what: string, { keyHashes: _, projectNames: __, webhooksWithoutKey, ...counts }: KeysSummary, more = {}) =>
   Effect.zipRight(
-    Effect.logInfo(what).pipe(Effect.annotateLogs({ ...counts, ...more })),
+    (counts.keys === 0
+      ? Effect.logWarning(`${what}; no key is in use: every request will now be refused (401) until keys are added`)
+      : Effect.logInfo(what)).pipe(Effect.annotateLogs({ ...counts, ...more })),
     webhooksWithoutKey.length === 0 ? Effect.void : Effect.logWarning(
       `API_KEYS_FILE has a webhook line for ${webhooksWithoutKey.map((p) => `'${p}'`).join(", ")}, which no key ` +
         "belongs to: no batch can use it (a misspelt project?)"
