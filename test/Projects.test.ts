@@ -259,6 +259,12 @@ describe("projects", () => {
             param: null,
             code: "rate_limit_exceeded"
           })
+          // It does not pass in a second: `x-should-retry: false`, so a client left to retry (2 by default) asks once.
+          let sent = 0
+          const counted = new OpenAI({ baseURL: a1.baseURL, apiKey: KEYS.a1, fetch: (url, init) => (sent++, fetch(url, init)) })
+          expect(yield* failure(() => counted.batches.create({ input_file_id: input.id, endpoint: "/v1/chat/completions", completion_window: "24h" })))
+            .toBeInstanceOf(OpenAI.RateLimitError)
+          expect(sent).toBe(1)
           expect((yield* hangingBatch(b)).status).toBe("validating")
           expect((yield* hangingBatch(admin)).status).toBe("validating")
           // Once one has finished, there is room again.

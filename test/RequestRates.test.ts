@@ -55,6 +55,7 @@ layer(testApp({ maxRequestsPerMinutePerProject: Option.some(60) }, "sqlite", { a
         code: "rate_limit_exceeded"
       })
       expect(refused.headers.get("retry-after")).toBe("1")
+      expect(refused.headers.get("x-should-retry")).toBeNull() // it passes: the SDKs are right to retry it
       expect(Number(refused.headers.get("retry-after-ms"))).toBeGreaterThan(0)
       expect(Number(refused.headers.get("retry-after-ms"))).toBeLessThanOrEqual(1000)
 

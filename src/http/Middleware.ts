@@ -1,6 +1,7 @@
 /**
  * Cross-cutting HTTP behaviour: every failure leaves in the OpenAI envelope, and every response carries the headers
- * the SDKs read (`x-request-id`; `x-should-retry: false` on a 409 so a conflict is not retried).
+ * the SDKs read (`x-request-id`; `x-should-retry: false` on a 409 so a conflict is not retried, and on a 429 that
+ * names no `Retry-After`: a limit on what a project holds, `MAX_ACTIVE_BATCHES_PER_PROJECT`'s, does not pass in a second).
  */
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import * as HttpApiError from "@effect/platform/HttpApiError"
@@ -120,6 +121,11 @@ export const sdkHeaders = <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E,
         // nosniff: a file's content (anyone's bytes) is never run as a script or page by a browser that fetches it.
         const withId = HttpServerResponse.setHeaders(response, { "x-request-id": id, "x-content-type-options": "nosniff" })
         if (response.status === 409) return HttpServerResponse.setHeader(withId, "x-should-retry", "false")
+        // A rate's 429 says when to try again and is retried; one saying nothing (too many batches not finished) the
+        // SDKs would retry twice in vain, as they do any 429.
+        if (response.status === 429 && response.headers["retry-after"] === undefined) {
+          return HttpServerResponse.setHeader(withId, "x-should-retry", "false")
+        }
         // A full or unreachable store passes: when to try again (the budgets' 503s say their own).
         if ((response.status === 503 || response.status === 507) && response.headers["retry-after"] === undefined) {
           return HttpServerResponse.setHeader(withId, "retry-after", STORAGE_RETRY_AFTER_SECONDS)
