@@ -3,6 +3,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Either, Option } from "effect"
 import { defaults } from "../src/Config.js"
 import { makeRouteTable } from "../src/inference/routeTable.js"
+import { unroutedWarning } from "../src/inference/routeWait.js"
 import { resolveEntries, type UpstreamSpec } from "../src/upstreams/UpstreamSpec.js"
 
 const specsOf = (entries: ReadonlyArray<unknown>): ReadonlyArray<UpstreamSpec> =>
@@ -57,5 +58,19 @@ describe("route table", () => {
     expect(table.remembered()).toBe(0)
     reached = ["llama"] // it answered: its list does not have qwen
     expect(table.route("qwen")?.spec.name).toBe("any")
+  })
+
+  it("tells a waiting batch's operator that a \"*\" upstream may serve its model again, only where one is open to its project", () => {
+    const [named, teamOnly] = specsOf([
+      { name: "llama", base_url: "http://a.test/v1", models: ["llama"] },
+      { name: "team", base_url: "http://b.test/v1", models: ["*"], projects: ["team"] }
+    ])
+    const starHint = `or have a "*" upstream serve it`
+    expect(unroutedWarning("m", [named!, teamOnly!], "team")).toContain(starHint)
+    expect(unroutedWarning("m", [named!, teamOnly!], "other")).not.toContain(starHint)
+    expect(unroutedWarning("m", [named!], "team")).toBe(
+      "No upstream serves the model 'm' any more: its batch waits until one does (name it in UPSTREAMS_FILE and " +
+        "restart), is cancelled or expires"
+    )
   })
 })

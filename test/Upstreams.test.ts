@@ -274,6 +274,8 @@ layer(
       yield* Effect.promise(() => v!.start())
       yield* eventually(() => expect(logs.some((l) => l.event === "batch.model_unrouted")).toBe(true), 10_000)
       expect(logged(logs, /^No upstream serves the model 'model-a' any more: its batch waits/)).toHaveLength(1)
+      // Its upstreams serve "*": the way back without a restart is said too.
+      expect(logged(logs, /or have a "\*" upstream serve it: their lists are asked each probe interval/)).toHaveLength(1)
       yield* Effect.sleep(Duration.seconds(1))
       const waiting = yield* Effect.promise(() => openai.batches.retrieve(batch.id))
       expect([waiting.status, waiting.request_counts?.failed]).toEqual(["in_progress", 0])

@@ -25,7 +25,7 @@ import { admits, servesAnyModel, shadowedModels, type UpstreamSpec, upstreamSpec
 import { type HandBack, HandedBack, retryAfterMillis, unlessHandedBack, UpstreamFailure, type UpstreamResponse, vouchedFor } from "./answers.js"
 import { AnswerMemory, currentAnswerHold } from "./answerMemory.js"
 import { makeRouteTable } from "./routeTable.js"
-import { makeRouteWait } from "./routeWait.js"
+import { makeRouteWait, unroutedWarning } from "./routeWait.js"
 import { bounded } from "./boundedClient.js"
 import * as UpstreamHttpClient from "./UpstreamHttpClient.js"
 
@@ -181,10 +181,7 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
         Effect.suspend(() => {
           const upstream = route(model, project)
           if (upstream !== undefined) return upstream.awaitUp
-          return Effect.logWarning(
-            `No upstream serves the model '${String(model).slice(0, 64)}' any more: its batch waits until one does ` +
-              `(name it in UPSTREAMS_FILE and restart), is cancelled or expires`
-          ).pipe(
+          return Effect.logWarning(unroutedWarning(model, specs, project)).pipe(
             Effect.annotateLogs("event", "batch.model_unrouted"),
             Effect.zipRight(routeWait.routed(model, project)),
             Effect.flatMap((u) => u.awaitUp)

@@ -6,7 +6,20 @@
  */
 import { Deferred, Duration, Effect, Exit, FiberId, type Scope } from "effect"
 import type { Upstream } from "../upstreams/Upstream.js"
-import { servesAnyModel } from "../upstreams/UpstreamSpec.js"
+import { admits, servesAnyModel, type UpstreamSpec } from "../upstreams/UpstreamSpec.js"
+
+/**
+ * The warning for a batch whose model no upstream open to `project` serves any more. The `"*"` way back (a list that
+ * has it again, asked while the batch waits) is named only where such an upstream is open to the batch's project.
+ */
+export const unroutedWarning = (model: string | null, specs: ReadonlyArray<UpstreamSpec>, project?: string) => {
+  const anyModel = specs.some((spec) => servesAnyModel(spec) && admits(spec, project))
+  const ways = anyModel
+    ? `name it in UPSTREAMS_FILE and restart, or have a "*" upstream serve it: their lists are asked each probe interval`
+    : "name it in UPSTREAMS_FILE and restart"
+  return `No upstream serves the model '${String(model).slice(0, 64)}' any more: its batch waits until one does ` +
+    `(${ways}), is cancelled or expires`
+}
 
 export interface RouteWait {
   /** To be called when an upstream's list changed: the waiters look again. */
