@@ -10,16 +10,17 @@ import * as Migrator from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
-import { Effect, Fiber, Layer, Logger, Option, Redacted } from "effect"
+import { Effect, Fiber, HashMap, Layer, Logger, Option, Redacted } from "effect"
 import * as Path from "node:path"
 import { make as makeBatchStore } from "../src/batches/BatchStore.js"
 import { BatchId, BatchRequestId, FileId } from "../src/domain/Ids.js"
 import { migrations } from "../src/storage/migrations.js"
 import { MIGRATIONS_TABLE, runMigrations } from "../src/storage/migrationsTable.js"
-import { layerPg, MigrationsLive, MIGRATION_LOCK } from "../src/storage/Sql.js"
+import { postgresText } from "../src/observability/urlText.js"
+import { layerPg, MigrationsLive, MIGRATION_LOCK, SqlLive } from "../src/storage/Sql.js"
 import { newChatBatch, storedLines } from "./support/Batches.js"
 import { createScratchSchema, dropScratchSchema } from "./support/Postgres.js"
-import { type Backend, backends, eventuallyEffect, TestDatabase, TestDataDir } from "./support/TestApp.js"
+import { type Backend, backends, configFor, eventuallyEffect, TestDatabase, TestDataDir } from "./support/TestApp.js"
 
 const migrationsUpTo = (last: keyof typeof migrations) =>
   Object.fromEntries(Object.entries(migrations).filter(([name]) => name <= last))
@@ -190,6 +191,31 @@ describe("migrations", () => {
         })
         expect(next.map(([, name]) => name)).toEqual(["app_15"])
       }).pipe(Effect.provide(clientFor(backend))))
+  }
+
+  for (const backend of backends) {
+    it.scoped(`${backend}: a start on a new database says so, and where; the next start on it does not`, () => {
+      const created: Array<string> = []
+      const logger = Logger.make(({ annotations, message }) => {
+        if (Option.contains(HashMap.get(annotations, "event"), "database.created")) created.push(String(message))
+      })
+      return Effect.gen(function*() {
+        const { path } = yield* TestDataDir
+        const { url } = yield* TestDatabase
+        const start = Effect.scoped(Layer.build(SqlLive.pipe(Layer.provide(configFor()))))
+        yield* start
+        const place = Option.match(url, {
+          onNone: () => `${Path.join(path, "batches.sqlite")} (no earlier data here: if you expected some, check DATA_DIR)`,
+          onSome: (u) => `${postgresText(Redacted.value(u))} (no earlier data here: if you expected some, check DATABASE_URL)`
+        })
+        expect(created).toEqual([`New database created at ${place}`])
+        yield* start // the same DATA_DIR (or schema) again: its data is there, nothing to say
+        expect(created).toHaveLength(1)
+      }).pipe(
+        Effect.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend))),
+        Effect.provide(Logger.replace(Logger.defaultLogger, logger))
+      )
+    })
   }
 
   it.scoped("postgres: nodes starting at once on an empty database all migrate it, one after another", () =>

@@ -13,6 +13,7 @@ import { Cause, Context, Duration, Effect, Layer, Option, Redacted, Ref, Schema 
 import * as Path from "node:path"
 import { Auth } from "../auth/Auth.js"
 import { AppConfig, type AppConfigShape } from "../Config.js"
+import { postgresText } from "./urlText.js"
 
 /** How long the database gets to answer a readiness query. */
 const DATABASE_TIMEOUT = Duration.seconds(2)
@@ -89,10 +90,7 @@ export const ReadinessTest: Layer.Layer<Readiness> = Layer.effect(
 export const describeDatabase = (config: Pick<AppConfigShape, "databaseUrl" | "dataDir">): string =>
   Option.match(config.databaseUrl, {
     onNone: () => `SQLite at ${Path.join(config.dataDir, "batches.sqlite")}`,
-    onSome: (url) => {
-      const parsed = URL.canParse(Redacted.value(url)) ? new URL(Redacted.value(url)) : undefined
-      return parsed === undefined ? "PostgreSQL" : `PostgreSQL at ${parsed.host}${parsed.pathname}`
-    }
+    onSome: (url) => postgresText(Redacted.value(url))
   })
 
 /** The parts of `DATABASE_URL` that must never reach a log or an answer: the URL itself and its password. */

@@ -19,3 +19,7 @@ export const withoutCredentials = (url: string) => {
   }
   return url.replace(/^([a-z][\w+.-]*:\/\/)?.*@/i, "$1…@")
 }
+
+/** A PostgreSQL URL in words, never with its credentials: `PostgreSQL at host:5432/db` (`PostgreSQL` when it does not parse). */
+export const postgresText = (url: string) =>
+  URL.canParse(url) ? `PostgreSQL at ${new URL(url).host}${new URL(url).pathname}` : "PostgreSQL"

@@ -14,9 +14,10 @@ import { Clock, Duration, Effect, Layer, Option, Redacted } from "effect"
 import * as Path from "node:path"
 import { AppConfig, defaults } from "../Config.js"
 import type { Visibility } from "../domain/Projects.js"
+import { postgresText } from "../observability/urlText.js"
 import { makeDirectoriesSync } from "./makeDirectories.js"
 import { migrations } from "./migrations.js"
-import { runMigrations } from "./migrationsTable.js"
+import { type DatabasePlace, runMigrations } from "./migrationsTable.js"
 import { makePool, type PoolOptions, type StatementBound } from "./pgPool.js"
 import { sqliteReadConnection } from "./ReadConnection.js"
 
@@ -27,13 +28,13 @@ import { sqliteReadConnection } from "./ReadConnection.js"
 export const MIGRATION_LOCK = "hashtextextended('effect-openai-batch migrations ' || current_schema(), 0)"
 
 /**
- * Applies every pending migration to the `SqlClient` it is given. On Postgres, nodes starting at once take turns
- * through an advisory lock held on a connection of its own: the migrator's own table lock comes too late, as two
- * nodes can both find its table missing and race to create it.
+ * Applies every pending migration to the `SqlClient` it is given (at `place`: a new database is said, where). On
+ * Postgres, nodes starting at once take turns through an advisory lock held on a connection of its own: the
+ * migrator's own table lock comes too late, as two nodes can both find its table missing and race to create it.
  */
-export const MigrationsLive = Layer.effectDiscard(Effect.gen(function*() {
+export const migrationsAt = (place?: DatabasePlace) => Layer.effectDiscard(Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
-  const migrate = runMigrations(migrations)
+  const migrate = runMigrations(migrations, place)
   yield* sql.onDialectOrElse({
     pg: () =>
       Effect.scoped(Effect.gen(function*() {
@@ -47,6 +48,9 @@ export const MigrationsLive = Layer.effectDiscard(Effect.gen(function*() {
     orElse: () => migrate
   })
 }).pipe(Effect.withSpan("Sql.migrate")))
+
+/** The migrations of a database whose place is not known: a new one is not said. */
+export const MigrationsLive = migrationsAt()
 
 /**
  * WAL with `synchronous = NORMAL`: a commit is durable once it is in the write-ahead log, which survives a crash
@@ -77,13 +81,17 @@ const SqliteLive = (filename: string) =>
       }))
   ).pipe(Layer.provide(Reactivity.layer))
 
+/** Whether SQLite at `filename` is a database in memory (or a temporary one, `""`), which no later start finds again. */
+const isInMemory = (filename: string) => filename === "" || filename === ":memory:" || filename.startsWith("file::memory:")
+
 /**
  * SQLite at `filename` (`:memory:` and `""` work too), migrated; for a file, with the `ReadConnection` of its polled
  * reads too (opened once the migrations have made the file; a database in memory has no file to open again).
  * Its type names only the `SqlClient`: the stores use a `ReadConnection` when there is one.
  */
 export const layerSqlite = (filename: string) =>
-  Layer.merge(MigrationsLive, SqlitePragmas).pipe(
+  // A database in memory is always new: nothing to say.
+  Layer.merge(migrationsAt(isInMemory(filename) ? undefined : { text: filename, setting: "DATA_DIR" }), SqlitePragmas).pipe(
     Layer.provideMerge(SqliteLive(filename)),
     (migrated) => Layer.provideMerge(sqliteReadConnection, migrated)
   )
@@ -137,7 +145,7 @@ export const layerPg = (
     bound.ms = Duration.toMillis(options.statementTimeout ?? defaults.databaseStatementTimeout)
   }))
   return boundOnceMigrated.pipe(
-    Layer.provideMerge(MigrationsLive),
+    Layer.provideMerge(migrationsAt({ text: postgresText(Redacted.value(url)), setting: "DATABASE_URL" })),
     Layer.provideMerge(PgLive({
       url: Redacted.value(url),
       applicationName: "effect-openai-batch",

@@ -80,8 +80,24 @@ const refuseNewerSchema = (names: ReadonlyArray<string>) =>
     })
   })
 
-/** Applies the pending ones of `record` (named `NNNN_name`), recorded in the service's own table; says which ran (an upgrade's, at info). */
-export const runMigrations = (record: Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>>) =>
+/** Where a database is, for the line that says it was made new: its place in words, and the setting that chose it. */
+export interface DatabasePlace {
+  readonly text: string
+  readonly setting: "DATA_DIR" | "DATABASE_URL"
+}
+
+/**
+ * Said when the migrations found nothing applied before. Why: a mistyped or forgotten `DATA_DIR` made a new, empty
+ * database without a word, and after a move every batch looked lost.
+ */
+export const newDatabaseLine = (place: DatabasePlace) =>
+  `New database created at ${place.text} (no earlier data here: if you expected some, check ${place.setting})`
+
+/**
+ * Applies the pending ones of `record` (named `NNNN_name`), recorded in the service's own table; says which ran (an
+ * upgrade's, at info), and, given its `place`, that a database was new.
+ */
+export const runMigrations = (record: Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>>, place?: DatabasePlace) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     yield* sql.withTransaction(adoptSharedRecords(Object.keys(record)))
@@ -93,8 +109,10 @@ export const runMigrations = (record: Record<string, Effect.Effect<void, unknown
     )
     if (applied.length === 0) return
     const line = `Migrations applied: ${applied.map(([id, name]) => `${String(id).padStart(4, "0")}_${name}`).join(", ")}`
-    // An upgrade is news; a new database's tables are not (its first start says enough).
-    yield* (applied.some(([id]) => id === 1) ? Effect.logDebug(line) : Effect.logInfo(line)).pipe(
-      Effect.annotateLogs("event", "database.migrated")
-    )
+    // An upgrade is news; a new database's tables are not (the line below says it is new).
+    const isNew = applied.some(([id]) => id === 1)
+    yield* (isNew ? Effect.logDebug(line) : Effect.logInfo(line)).pipe(Effect.annotateLogs("event", "database.migrated"))
+    if (isNew && place !== undefined) {
+      yield* Effect.logInfo(newDatabaseLine(place)).pipe(Effect.annotateLogs("event", "database.created"))
+    }
   })
