@@ -5,8 +5,8 @@
  * therefore holds an exclusive lock on `<database file>.runner-lock` (`fileLock.ts`: a restart never finds it
  * stale). A second such node waits for it as long as a predecessor's orderly stop takes (`SHUTDOWN_DELAY`, `SHUTDOWN_TIMEOUT` and 5 s), trying
  * again every 250 ms, then fails to start and says what to do instead. API-only nodes (`MAX_CONCURRENT_BATCHES=0`)
- * take no lock; PostgreSQL needs none (its leases are per node), nor does an in-memory SQLite database (no other
- * process can open it).
+ * hold no lock: they only look whether one is held, to warn when none runs the batches. PostgreSQL needs none (its
+ * leases are per node), nor does an in-memory SQLite database (no other process can open it).
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Data, Duration, Effect, Layer } from "effect"
@@ -34,13 +34,36 @@ const holdLock = (database: string, patience: Duration.Duration) =>
     refused: () => new BatchesRunElsewhere({ database })
   })
 
-/** Takes the lock when this node runs batches on a SQLite file, for the layer's lifetime (see above). */
+/**
+ * Whether a process that runs batches holds the lock of `database` now (or may: its file cannot be opened), the lock
+ * taken and let go of at once, never waited for (a node that runs batches starting at that moment waits a retry,
+ * 250 ms, for it).
+ */
+export const runnerHoldsLock = (database: string): Effect.Effect<boolean> =>
+  Effect.scoped(holdFileLock(lockFileOf(database), Duration.zero, { waiting: "", refused: () => "held" as const })).pipe(
+    Effect.as(false),
+    // Refused: held. A lock file that cannot be opened at all says nothing either way: no warning, no failed start.
+    Effect.catchAllCause(() => Effect.succeed(true))
+  )
+
+/** Said by an API-only node that finds no process running batches on its SQLite file: its batches would sit unsaid. */
+export const noRunnerLine = (database: string) =>
+  `No process runs batches on ${database} now (none holds ${lockFileOf(database)}): batches created here wait until ` +
+  "one starts on it with MAX_CONCURRENT_BATCHES of 1 or more"
+
+/**
+ * Takes the lock when this node runs batches on a SQLite file, for the layer's lifetime (see above); an API-only
+ * node warns when no process holds it.
+ */
 export const SqliteRunnerLockLive: Layer.Layer<never, BatchesRunElsewhere, SqlClient.SqlClient | AppConfig> = Layer
   .scopedDiscard(
     Effect.gen(function*() {
       const config = yield* AppConfig
-      if (!runsBatches(config)) return
       const database = yield* sqliteFileOf(yield* SqlClient.SqlClient)
-      if (database !== undefined) yield* holdLock(database, patienceFor(config))
+      if (database === undefined) return
+      if (runsBatches(config)) return yield* holdLock(database, patienceFor(config))
+      if (!(yield* runnerHoldsLock(database))) {
+        yield* Effect.logWarning(noRunnerLine(database)).pipe(Effect.annotateLogs("event", "server.no_batch_runner"))
+      }
     })
   )
