@@ -210,8 +210,7 @@ const rules: ReadonlyArray<Rule> = [
   },
   {
     variable: "API_KEYS",
-    expected: "comma-separated entries KEY or KEY:PROJECT (PROJECT: 1–64 of A–Z a–z 0–9 _ -, not key-<12 lowercase hex>, " +
-      "reserved for keys written without a project; KEY without spaces, " +
+    expected: "comma-separated entries KEY or KEY:PROJECT (PROJECT: 1–64 of A–Z a–z 0–9 _ -; KEY without spaces, " +
       "or sha256:<64 lowercase hex>)",
     holds: (c) => c.apiKeys.every((entry) => !("problem" in parseKeyEntry(Redacted.value(entry))))
   },

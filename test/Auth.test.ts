@@ -350,32 +350,6 @@ describe("the keys file", () => {
       expect(Option.isSome(yield* caller("sk-file-h"))).toBe(true)
     }))
 
-  it.scoped("a project named as a key's own (key-<12 hex>) is refused at start and on reload: no key takes another's objects", () =>
-    Effect.gen(function*() {
-      const solo = `key-${sha256("sk-solo-owner").slice(0, 12)}` // the project of sk-solo-owner, written alone
-      const taking = `sk-solo-owner\nsk-taker:${solo}\n`
-      const { dir, path } = withFile(taking)
-      yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(dir, { recursive: true, force: true })))
-      const refused = yield* Effect.exit(Effect.scoped(Layer.build(fileAuth(path))))
-      const message = Exit.isFailure(refused) ? String(refused.cause) : "(started)"
-      expect(message).toContain("API_KEYS_FILE")
-      expect(message).toContain("line 2")
-      expect(message).toContain("reserved for keys written without a project")
-      expect(message).not.toContain("sk-taker")
-
-      // On reload: the previous keys stay, and the taker gets nothing.
-      writeFileSync(path, "sk-solo-owner\n")
-      const auth = yield* Effect.provide(Auth, fileAuth(path))
-      writeFileSync(path, taking)
-      expect(String(yield* Effect.flip(auth.reload))).toContain("line 2: a project name key-<12 lowercase hex> is reserved")
-      expect(yield* auth.authenticate("sk-taker")).toEqual(Option.none())
-      expect(Option.map(yield* auth.authenticate("sk-solo-owner"), (c) => c.project)).toEqual(Option.some(solo))
-
-      // Names merely like it are anyone's (upper case, other lengths): only the form a key gets is reserved.
-      writeFileSync(path, "sk-solo-owner\nsk-u:key-E41BC6B63313\nsk-l:key-e41bc6b633\n")
-      expect((yield* auth.reload).projectNames).toEqual([solo, "key-E41BC6B63313", "key-e41bc6b633"])
-    }))
-
   it.effect("a bad file at start fails the layer with a ConfigError naming API_KEYS_FILE and the line", () =>
     Effect.gen(function*() {
       const cases = [
@@ -418,7 +392,6 @@ describe("key configuration", () => {
         [{ API_KEYS: `sk-secret-1:${"p".repeat(65)}` }, "API_KEYS"],
         [{ API_KEYS: "sk-secret-1:" }, "API_KEYS"],
         [{ API_KEYS: "sha256:abc:projA" }, "API_KEYS"],
-        [{ API_KEYS: "sk-secret-1:key-e41bc6b63313" }, "API_KEYS"],
         [{ ADMIN_API_KEYS: "sk-secret-1 two" }, "ADMIN_API_KEYS"],
         [{ API_KEYS_FILE: " " }, "API_KEYS_FILE"],
         [{ CORS_ORIGINS: "https://app.example/" }, "CORS_ORIGINS"],

@@ -5,9 +5,6 @@
 import { PROJECT_NAME } from "../domain/Projects.js"
 import { secretProblem, urlProblem } from "../webhooks/signing.js"
 
-/** The form of the project a key written without one gets: `key-` and the first 12 hex digits of its SHA-256. */
-export const AUTOMATIC_PROJECT = /^key-[0-9a-f]{12}$/
-
 /** The parts of a `KEY[:PROJECT]` entry (`KEY` possibly `sha256:<hex>`), or the reason it is not one (never echoing the key). */
 export const parseKeyEntry = (
   entry: string
@@ -26,10 +23,6 @@ export const parseKeyEntry = (
   }
   if (project !== undefined && !PROJECT_NAME.test(project)) {
     return { problem: "a project name must be 1–64 characters among A–Z, a–z, 0–9, _ and -" }
-  }
-  // Named so, a key would share the objects of the key whose own project that is (`Auth.ts`'s `entryOf`).
-  if (project !== undefined && AUTOMATIC_PROJECT.test(project)) {
-    return { problem: "a project name key-<12 lowercase hex> is reserved for keys written without a project" }
   }
   return { key, project }
 }
