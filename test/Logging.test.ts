@@ -148,7 +148,7 @@ describe("the logs of the server process", () => {
       endpoint: "/v1/chat/completions",
       input_file_id: batch.input_file_id
     })])
-    expect(event("batch.validated")).toEqual([expect.objectContaining({ batch_id: batch.id, lines: 3, model: "sim-model" })])
+    expect(event("batch.validated")).toEqual([expect.objectContaining({ batch_id: batch.id, lines: 3, model: "sim-model", project: "projL" })])
     const [finished] = event("batch.finished")
     expect(event("batch.finished")).toHaveLength(1)
     expect(finished).toMatchObject({
@@ -158,7 +158,8 @@ describe("the logs of the server process", () => {
       completed: 2,
       failed: 1,
       total_tokens: batch.usage!.total_tokens,
-      duration_s: expect.any(Number)
+      duration_s: expect.any(Number),
+      project: "projL" // a project's usage from its finished lines alone
     })
     expect(batch.request_counts).toEqual({ total: 3, completed: 2, failed: 1 })
     // The batch's own lines do not carry the id of the request that created it, long over by then.
@@ -404,7 +405,7 @@ describe("a batch's lines", () => {
       const fileId = `file-x\n[17:00:00.000] ERROR (#1): forged${"y".repeat(500_000)}`
       const batch = { id: "batch_1", endpoint: "/v1/chat/completions", input_file_id: fileId }
       yield* BatchLines.created(batch as any, "p").pipe(Effect.provide(layer))
-      yield* BatchLines.validated("batch_1" as any, 3, "model\nERROR forged").pipe(Effect.provide(layer))
+      yield* BatchLines.validated("batch_1" as any, 3, "model\nERROR forged", "p").pipe(Effect.provide(layer))
       const [created, validated] = written.map((line) => JSON.parse(line))
       expect(written.join("").length).toBeLessThan(2000)
       expect(created.input_file_id).toBe(`${fileId.slice(0, 64).replace("\n", "\\u000a")}…`)

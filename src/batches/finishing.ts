@@ -91,7 +91,7 @@ export const makeFinishing = Effect.gen(function*() {
       const outputFileId = counts.completed > 0 ? yield* writeResultFile(record, "succeeded") : null
       const errorFileId = counts.failed > 0 ? yield* writeResultFile(record, "failed") : null
       const moved = yield* store.transition(id, move, { outputFileId, errorFileId })
-      if (Option.isSome(moved)) yield* BatchLines.finished(moved.value)
+      if (Option.isSome(moved)) yield* BatchLines.finished(moved.value, record.project)
     }).pipe(Effect.withSpan("BatchRunner.finish", { attributes: { "batch.id": id, move } }))
 
   const finish = (id: BatchId, move: FinalMove) =>

@@ -42,9 +42,9 @@ export const created = (batch: Batch, project: string) =>
     input_file_id: clientText(batch.input_file_id)
   })
 
-export const validated = (id: BatchId, total: number, model: string | null) => {
+export const validated = (id: BatchId, total: number, model: string | null, project: string) => {
   const name = model === null ? null : clientText(model, 256)
-  return line(id, "batch.validated", `Batch validated: ${total} request(s)${name === null ? "" : ` for ${name}`}`, { lines: total, model: name })
+  return line(id, "batch.validated", `Batch validated: ${total} request(s)${name === null ? "" : ` for ${name}`}`, { lines: total, model: name, project })
 }
 
 /** The first errors, each as `line N: code: message` (messages cut short: they may quote the input). */
@@ -78,7 +78,8 @@ export const pickedUp = (id: BatchId, atStart: boolean) =>
 export const durationSeconds = (batch: Batch, nowSeconds: number) =>
   (batch.completed_at ?? batch.failed_at ?? batch.expired_at ?? batch.cancelled_at ?? nowSeconds) - batch.created_at
 
-export const finished = (batch: Batch) =>
+/** `project` when the caller knows it (a fault's last line is written without loading the batch again). */
+export const finished = (batch: Batch, project?: string) =>
   Effect.flatMap(Effect.clockWith((clock) => clock.currentTimeMillis), (now) => {
     const { completed, failed, total } = batch.request_counts
     const seconds = durationSeconds(batch, Math.floor(now / 1000))
@@ -95,6 +96,7 @@ export const finished = (batch: Batch) =>
         output_tokens: batch.usage.output_tokens,
         total_tokens: batch.usage.total_tokens,
         duration_s: seconds,
+        ...(project === undefined ? {} : { project }),
         ...(batch.errors === null ? {} : { errors: validationErrors(batch.errors.data) })
       }
     )
