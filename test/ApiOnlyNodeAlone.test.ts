@@ -1,10 +1,11 @@
 /**
  * An API-only node (`MAX_CONCURRENT_BATCHES=0`) on a SQLite file that no process runs batches on warns at start: its
  * batches would sit unfinished without a word. Beside a node that runs them (holding the runner lock), it says
- * nothing, and its look at the lock takes nothing from that node.
+ * nothing, and its look at the lock takes nothing from that node; it never makes the lock file.
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, HashMap, Layer, Logger, Option } from "effect"
+import { existsSync } from "node:fs"
 import * as Path from "node:path"
 import { SqlLive } from "../src/storage/Sql.js"
 import { runnerHoldsLock, SqliteRunnerLockLive } from "../src/storage/SqliteRunnerLock.js"
@@ -28,6 +29,8 @@ describe("an API-only node on SQLite", () => {
         `No process runs batches on ${database} now (none holds ${database}.runner-lock): batches created here wait ` +
         "until one starts on it with MAX_CONCURRENT_BATCHES of 1 or more"
       ])
+      // Made by the node that runs batches, not by this one (of another user, it could keep that node out).
+      expect(existsSync(`${database}.runner-lock`)).toBe(false)
 
       yield* node(1) // a node that runs batches, holding the lock for the rest of the test
       yield* Effect.scoped(node(0))

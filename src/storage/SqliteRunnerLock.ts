@@ -9,6 +9,7 @@
  * leases are per node), nor does an in-memory SQLite database (no other process can open it).
  */
 import * as SqlClient from "@effect/sql/SqlClient"
+import { existsSync } from "node:fs"
 import { Data, Duration, Effect, Layer } from "effect"
 import { AppConfig, runsBatches } from "../Config.js"
 import { holdFileLock, patienceFor, sqliteFileOf } from "./fileLock.js"
@@ -37,10 +38,11 @@ const holdLock = (database: string, patience: Duration.Duration) =>
 /**
  * Whether a process that runs batches holds the lock of `database` now (or may: its file cannot be opened), the lock
  * taken and let go of at once, never waited for (a node that runs batches starting at that moment waits a retry,
- * 250 ms, for it).
+ * 250 ms, for it). No lock file: none ever ran, and none is made here (made by this node's user, a runner of another
+ * user sharing `DATA_DIR` could not open it).
  */
 export const runnerHoldsLock = (database: string): Effect.Effect<boolean> =>
-  Effect.scoped(holdFileLock(lockFileOf(database), Duration.zero, { waiting: "", refused: () => "held" as const })).pipe(
+  !existsSync(lockFileOf(database)) ? Effect.succeed(false) : Effect.scoped(holdFileLock(lockFileOf(database), Duration.zero, { waiting: "", refused: () => "held" as const })).pipe(
     Effect.as(false),
     // Refused: held. A lock file that cannot be opened at all says nothing either way: no warning, no failed start.
     Effect.catchAllCause(() => Effect.succeed(true))
