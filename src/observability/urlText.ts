@@ -21,5 +21,7 @@ export const withoutCredentials = (url: string) => {
 }
 
 /** A PostgreSQL URL in words, never with its credentials: `PostgreSQL at host:5432/db` (`PostgreSQL` when it does not parse). */
-export const postgresText = (url: string) =>
-  URL.canParse(url) ? `PostgreSQL at ${new URL(url).host}${new URL(url).pathname}` : "PostgreSQL"
+export const postgresText = (url: string) => {
+  const parsed = URL.canParse(url) ? new URL(url) : undefined
+  return parsed === undefined ? "PostgreSQL" : `PostgreSQL at ${parsed.host}${parsed.pathname}`
+}
