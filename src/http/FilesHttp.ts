@@ -2,10 +2,10 @@
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import { Effect } from "effect"
+import { Cause, Effect, Exit, Option, Stream } from "effect"
 import { audit, Auth, CurrentCaller } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
-import { invalidRequest, notFound } from "../domain/Errors.js"
+import { invalidRequest, notFound, serverError } from "../domain/Errors.js"
 import { FileDeleted } from "../domain/Files.js"
 import { visibilityOf } from "../domain/Projects.js"
 import { FileCommands, fileTooLarge } from "../files/FileCommands.js"
@@ -21,6 +21,28 @@ import { echo } from "../domain/Text.js"
 import { LARGE_PAGES_AT_ONCE, listAnswer, storedJson } from "./StoredResponse.js"
 
 const fileNotFound = (id: string) => notFound(`No such File object: ${echo(id)}`, "file_id")
+
+/**
+ * Fails unless the first bytes of `bytes` can be read: the headers, once sent, promise the whole file, and a file
+ * whose bytes are gone (a database restored beside older files, a blob removed by hand) answered 200 and then cut
+ * the connection, which clients take for a network fault and retry. Missing bytes are a 500 that says so, with an
+ * error line; any other fault reading them is answered as such faults are (a database out of reach: 503). One
+ * piece is read twice for it.
+ */
+const contentPresent = (id: string, bytes: Stream.Stream<Uint8Array>) =>
+  Effect.flatMap(Effect.exit(Stream.runHead(bytes)), (read) => {
+    if (Exit.isSuccess(read) && Option.isSome(read.value)) return Effect.void
+    if (Exit.isFailure(read) && !missingBlob(Cause.squash(read.cause))) return Effect.failCause(read.cause)
+    return Effect.zipRight(
+      Effect.logError(`The bytes of file ${id} are missing from file storage: its content cannot be served`),
+      Effect.fail(serverError(`The content of file ${id} is missing from the server's storage.`))
+    )
+  })
+
+/** The local store's fault for a blob that is not there (the SQL store's is an empty stream). */
+const missingBlob = (fault: unknown) =>
+  fault instanceof Error && (fault as { _tag?: unknown; reason?: unknown })._tag === "SystemError" &&
+  (fault as { reason?: unknown }).reason === "NotFound"
 
 /** A `Range` past a file's end of `size` bytes: a 416 in the envelope, saying the size as RFC 9110 asks. */
 const rangeNotSatisfiable = (size: number) =>
@@ -112,7 +134,8 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
                     const part = wanted._tag === "Part" ? wanted : undefined
                     // Read from the range's first byte (the store skips those before it), up to its last.
                     const bytes = part === undefined ? stream : sliceBytes(streamFrom(part.start), 0, part.end - part.start)
-                    return Effect.map(cutWhenStalled(stallTimeout, bytes), (body) =>
+                    const present = file.bytes === 0 ? Effect.void : contentPresent(file.id, bytes)
+                    return Effect.zipRight(present, cutWhenStalled(stallTimeout, bytes)).pipe(Effect.map((body) =>
                       HttpServerResponse.stream(body, {
                         status: part === undefined ? 200 : 206,
                         contentType: "application/octet-stream",
@@ -121,7 +144,7 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
                           "accept-ranges": "bytes",
                           ...(part === undefined ? {} : { "content-range": `bytes ${part.start}-${part.end}/${file.bytes}` })
                         }
-                      }))
+                      })))
                   })
                   : Effect.succeed(downloadsBusy(downloads, taken, by)))).pipe(Effect.scoped)
           ),

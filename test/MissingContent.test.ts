@@ -1,0 +1,48 @@
+/**
+ * A file whose bytes are gone from storage (a database restored beside older files, a blob removed by hand) is
+ * answered with an error before any header, on every storage: it answered 200 and then cut the connection.
+ */
+import { describe, expect, layer } from "@effect/vitest"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { Effect, LogLevel, Option } from "effect"
+import { rmSync } from "node:fs"
+import * as Path from "node:path"
+import { toFile } from "openai"
+import { SqlLive } from "../src/storage/Sql.js"
+import { sdk } from "./support/Batches.js"
+import { baseUrl, storages, TestDataDir, testApp } from "./support/TestApp.js"
+
+for (const { backend, fileStorage } of storages) {
+  describe(`missing file content (${backend}, ${fileStorage} bytes)`, () => {
+    layer(testApp({ fileStorage: Option.some(fileStorage) }, backend, { logLevel: LogLevel.None }), { excludeTestServices: true })("", (it) => {
+      it.effect("downloading it is a 500 that says so, whole or by range; the file's other bytes still serve", () =>
+        Effect.gen(function*() {
+          const base = yield* baseUrl
+          const openai = sdk(base)
+          const kept = yield* Effect.promise(async () => openai.files.create({ file: await toFile(Buffer.from("kept\n"), "kept.jsonl"), purpose: "user_data" }))
+          const lost = yield* Effect.promise(async () => openai.files.create({ file: await toFile(Buffer.from("lost bytes\n"), "lost.jsonl"), purpose: "user_data" }))
+          // Its bytes go, its row stays.
+          if (fileStorage === "local") {
+            rmSync(Path.join((yield* TestDataDir).path, "files", "blobs", encodeURIComponent(lost.id)))
+          } else {
+            yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql`DELETE FROM blobs WHERE key = ${lost.id}`).pipe(Effect.provide(SqlLive))
+          }
+          for (const range of [undefined, "bytes=2-5"]) {
+            const res = yield* Effect.promise(() => fetch(`${base}/v1/files/${lost.id}/content`, { headers: range ? { range } : {} }))
+            expect(res.status).toBe(500)
+            const body = yield* Effect.promise(() => res.json())
+            expect(body).toEqual({
+              error: {
+                message: `The content of file ${lost.id} is missing from the server's storage.`,
+                type: "server_error",
+                param: null,
+                code: null
+              }
+            })
+          }
+          const text = yield* Effect.promise(() => openai.files.content(kept.id).then((r) => r.text()))
+          expect(text).toBe("kept\n")
+        }))
+    })
+  })
+}
