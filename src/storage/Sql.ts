@@ -57,7 +57,14 @@ export const MigrationsLive = migrationsAt()
  * or kill of the process (what "nothing lost on restart" protects against); only an OS crash or power loss can
  * drop the last commits. `FULL` would fsync on every commit and cap the runner at a few hundred writes a second.
  */
-const SqlitePragmas = Layer.effectDiscard(Effect.flatMap(SqlClient.SqlClient, (sql) => sql`PRAGMA synchronous = NORMAL`))
+const SqlitePragmas = Layer.effectDiscard(Effect.flatMap(SqlClient.SqlClient, (sql) =>
+  Effect.zipRight(sql`PRAGMA synchronous = NORMAL`, sql.unsafe(`PRAGMA journal_size_limit = ${WAL_SIZE_LIMIT}`))))
+
+/**
+ * The size the write-ahead log is cut back to once checkpointed. Why: SQLite reuses its WAL file from the start and
+ * keeps it at its high-water mark (a soak's burst left hundreds of MB there until the next restart).
+ */
+export const WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 /**
  * @effect/sql-sqlite-node's connection, its transactions begun with `BEGIN IMMEDIATE`. Why: another process may
