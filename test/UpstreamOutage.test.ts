@@ -365,6 +365,10 @@ sideBySide("an upstream that never comes back", () => layer(twoUpstreams({ compl
       expect(output.every((l) => l.response.status_code === 200)).toBe(true)
       expect(output.length + errors.length).toBe(400)
       expect(new Set(errors.map((l) => l.error.code))).toEqual(new Set(["batch_expired"]))
+      // Its lines say why: OpenAI's sentence, then the upstream's outage.
+      expect(errors[0].error.message).toMatch(
+        /^This request could not be executed before the completion window expired\. Its upstream 'main' was down \(unreachable since \d{4}-\d\d-\d\dT[\d:.]+Z\)\.$/
+      )
       expect(done.request_counts).toEqual({ total: 400, completed: output.length, failed: errors.length })
     }), { timeout: 30_000 })
 }))

@@ -290,3 +290,31 @@ layer(
       expect(w!.stats.byModel.get("model-a")).toBeGreaterThan(0)
     }), { timeout: 30_000 })
 })
+
+layer(
+  testAppWithUpstreams(
+    { v: { models: ["model-a"], latencyMs: 20 } },
+    ({ v }) => [{ name: "vllm", base_url: v!.url, models: ["*"] }],
+    { maxConcurrentRequestsPerBatch: 8, upstreamProbeInterval: Duration.millis(300), completionWindow: Duration.seconds(5) }
+  ),
+  { excludeTestServices: true }
+)("a batch whose model no upstream serves any more, until it expires", (it) => {
+  it.effect("expires with its finished results kept, its other lines saying no upstream served its model", () =>
+    Effect.gen(function*() {
+      const { v } = yield* Simulators
+      const openai = yield* client
+      const batch = yield* createModelBatch(2000, "model-a", "x")
+      yield* waitFor(openai, batch.id, (b) => (b.request_counts?.completed ?? 0) >= 50)
+      yield* Effect.promise(() => v!.stop())
+      v!.models.clear()
+      v!.models.add("model-z")
+      yield* Effect.promise(() => v!.start())
+      const done = yield* waitFor(openai, batch.id, terminal, 15_000)
+      expect(done.status).toBe("expired")
+      const errors = yield* readLines(openai, done.error_file_id)
+      expect(errors.length).toBeGreaterThan(0)
+      expect(new Set(errors.map((l) => l.error.message))).toEqual(new Set([
+        "This request could not be executed before the completion window expired. No upstream served the model 'model-a'."
+      ]))
+    }), { timeout: 30_000 })
+})

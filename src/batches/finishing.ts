@@ -8,6 +8,7 @@ import { Duration, Effect, Option, Schedule, Stream } from "effect"
 import { AppConfig } from "../Config.js"
 import { type BatchId, derivedFileId } from "../domain/Ids.js"
 import { FileStore } from "../files/FileStore.js"
+import { echo } from "../domain/Text.js"
 import * as BatchLines from "../observability/batchLines.js"
 import { Inference } from "../inference/Inference.js"
 import { Metrics } from "../observability/Metrics.js"
@@ -72,6 +73,21 @@ export const makeFinishing = Effect.gen(function*() {
     )
   }
 
+  /**
+   * Why the requests of a batch on `model` expired, when its upstream is the reason (down, or none serves the model
+   * any more): said in their lines, as a sentence after OpenAI's. A batch that waited for it showed nothing else.
+   */
+  const upstreamTrouble = (model: string | null, project: string) =>
+    Effect.gen(function*() {
+      if (inference.isDown?.(model, project) !== true) return ""
+      const name = inference.upstreamName?.(model, project)
+      if (name === undefined) return ` No upstream served the model '${echo(String(model), 64)}'.`
+      const reports = inference.upstreamsOf === undefined ? [] : yield* inference.upstreamsOf(project)
+      const outage = reports.find((report) => report.name === name)?.outage
+      const since = outage === undefined ? "" : ` (${outage.kind} since ${new Date(outage.since).toISOString()})`
+      return ` Its upstream '${name}' was down${since}.`
+    })
+
   /** Writes the output and error files (each only when it has lines) and makes `move`. */
   const writeFilesAndMove = (id: BatchId, move: FinalMove) =>
     Effect.gen(function*() {
@@ -81,8 +97,9 @@ export const makeFinishing = Effect.gen(function*() {
         // Never got past validation: there are no requests to report.
         yield* store.deleteRequests(id)
       } else if (pending !== undefined) {
-        const ended = yield* store.failPending(id, pending.code, pending.message)
         const { endpoint, model } = record.batch
+        const why = move === "expire" ? yield* upstreamTrouble(model, record.project) : ""
+        const ended = yield* store.failPending(id, pending.code, `${pending.message}${why}`)
         metrics.requests(endpoint, model, inference.upstreamName?.(model, record.project) ?? "unknown")
           .ended(move === "expire" ? "expired" : "cancelled", ended)
         record = yield* load(id)
