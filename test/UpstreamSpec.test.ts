@@ -74,7 +74,15 @@ describe("UpstreamSpec", () => {
   })
 
   it("says what is wrong, naming the entry and the field", () => {
-    expect(problem([{ ...minimal, max_concurency: 3 }])).toMatch(/^upstream 'a': max_concurency: /)
+    // Every unknown field at once, each with the field it likely means, then the fields there are.
+    expect(problem([{ ...minimal, max_concurency: 3 }, { ...minimal, name: "b", model: ["m"], api_key_environment: "K" }])).toBe(
+      "upstream 'a': unknown field 'max_concurency' (did you mean 'max_concurrency'?); " +
+        "upstream 'b': unknown field 'model' (did you mean 'models'?); " +
+        "upstream 'b': unknown field 'api_key_environment' (did you mean 'api_key_env'?). " +
+        "An upstream's fields: name, base_url, api_key, api_key_env, models, max_concurrency, min_concurrency, timeout, " +
+        "headers, metrics_url, max_waiting, projects"
+    )
+    expect(problem([{ ...minimal, priority: 1 }])).toMatch(/^upstream 'a': unknown field 'priority'\. An upstream's fields: /)
     expect(problem([{ base_url: "http://127.0.0.1:8000/v1", models: ["m"] }])).toMatch(/^upstreams\.0\.name: /) // no name to go by
     expect(problem([{ ...minimal, base_url: "ftp://x" }])).toContain("http:// or https://")
     // What the URL parser would take and mend: a missing slash, an inner space (sent as %20).

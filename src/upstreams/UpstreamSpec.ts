@@ -10,7 +10,9 @@ import { parse as parseYaml } from "yaml"
 import { parseDuration } from "../durationText.js"
 import type { AppConfigShape } from "../Config.js"
 import { StandardEndpoint } from "../domain/Batches.js"
+import { meantName } from "../domain/misspeltNames.js"
 import { PROJECT_NAME } from "../domain/Projects.js"
+import { echo } from "../domain/Text.js"
 import { hasNonHeaderCharacter } from "../http/headerValue.js"
 
 /** An http(s) URL with no credentials in it (they would be logged with it: keys go in api_key or headers). */
@@ -221,6 +223,15 @@ const resolveEntry = (
   })
 }
 
+/**
+ * The field `given` likely means: a near miss (`max_concurency`), or one it begins or ends (`model`, `api_key_environment`).
+ */
+const likelyField = (given: string, fields: ReadonlyArray<string>) =>
+  meantName(given, fields) ??
+    (given.length >= 4
+      ? fields.filter((field) => field.startsWith(given) || given.startsWith(field)).sort((a, b) => b.length - a.length)[0]
+      : undefined)
+
 /** Entries resolved, names unique; the problems otherwise (each naming its entry). */
 export const resolveEntries = (
   entries: ReadonlyArray<unknown>,
@@ -237,18 +248,26 @@ export const resolveEntries = (
       const shown = path[2] === "headers" && path.length > 3 && !isHeaderName(String(path[3]))
         ? [...path.slice(0, 3), "(a name that is no header name)"]
         : path
-      return shown[0] === "upstreams" && typeof name === "string" && shown.length > 2
-        ? `upstream '${name}': ${shown.slice(2).join(".")}`
+      return shown[0] === "upstreams" && typeof name === "string" && shown.length >= 2
+        ? [`upstream '${name}'`, shown.slice(2).join(".")].filter(Boolean).join(": ")
         : shown.join(".")
     }
-    return Either.left(ParseResult.ArrayFormatter.formatErrorSync(decoded.left)
-      .map((issue) => {
-        // An empty list is reported as its first element missing (`models.0: is missing`): said as it is.
-        const emptyList = issue.message === "is missing" && issue.path.at(-1) === 0
-        return emptyList
-          ? `${where(issue.path.slice(0, -1))}: an empty list (at least one is needed)`
-          : `${where(issue.path)}: ${issue.message}`
-      }).join("; "))
+    const fields = Object.keys(UpstreamEntry.fields)
+    let unknownField = false
+    const problems = ParseResult.ArrayFormatter.formatErrorSync(decoded.left).map((issue) => {
+      // An empty list is reported as its first element missing (`models.0: is missing`): said as it is.
+      if (issue.message === "is missing" && issue.path.at(-1) === 0) {
+        return `${where(issue.path.slice(0, -1))}: an empty list (at least one is needed)`
+      }
+      // An entry's unknown field, with the one it likely misspells (Schema's own words list every field, each time).
+      if (issue._tag === "Unexpected" && issue.path.length === 3 && typeof issue.path[2] === "string") {
+        unknownField = true
+        const meant = likelyField(issue.path[2], fields)
+        return `${where(issue.path.slice(0, 2))}: unknown field '${echo(issue.path[2], 64)}'${meant === undefined ? "" : ` (did you mean '${meant}'?)`}`
+      }
+      return `${where(issue.path)}: ${issue.message}`
+    })
+    return Either.left(`${problems.join("; ")}${unknownField ? `. An upstream's fields: ${fields.join(", ")}` : ""}`)
   }
   const specs: Array<UpstreamSpec> = []
   for (const entry of decoded.right.upstreams) {
