@@ -63,6 +63,8 @@ export interface SimulatorStats {
   rejected: number
   /** Requests whose client went away before the answer. */
   aborted: number
+  /** `GET /v1/models` requests received. */
+  modelLists: number
   /** How many times each prompt was received (rejected attempts included). */
   readonly byPrompt: Map<string, number>
   /** Inference requests per `body.model` (rejected attempts included). */
@@ -122,6 +124,7 @@ export const startSimulator = async (options: SimulatorOptions = {}): Promise<Si
     maxWaiting: 0,
     rejected: 0,
     aborted: 0,
+    modelLists: 0,
     byPrompt: new Map(),
     byModel: new Map(),
     bodies: [],
@@ -166,6 +169,7 @@ export const startSimulator = async (options: SimulatorOptions = {}): Promise<Si
       return send(401, { error: { message: "Incorrect API key provided.", type: "invalid_request_error", param: null, code: "invalid_api_key" } })
     }
     if (req.method === "GET" && path === "/v1/models") {
+      stats.modelLists++
       return send(200, { object: "list", data: [...models].map((id) => ({ id, object: "model", owned_by: "simulator" })) })
     }
     if (req.method === "GET" && path === "/metrics") {
@@ -304,6 +308,7 @@ export const startSimulator = async (options: SimulatorOptions = {}): Promise<Si
       stats.maxWaiting = stats.waiting
       stats.rejected = 0
       stats.aborted = 0
+      stats.modelLists = 0
       stats.byPrompt.clear()
       stats.byModel.clear()
       stats.bodies.length = 0

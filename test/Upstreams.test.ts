@@ -318,3 +318,34 @@ layer(
       ]))
     }), { timeout: 30_000 })
 })
+
+layer(
+  testAppWithUpstreams(
+    { v: { models: ["model-a"], latencyMs: 20 } },
+    ({ v }) => [{ name: "vllm", base_url: v!.url, models: ["*"] }],
+    { maxConcurrentRequestsPerBatch: 8, upstreamProbeInterval: Duration.millis(300) }
+  ),
+  { excludeTestServices: true }
+)("a \"*\" server that swaps its model without going away (behind a load balancer)", (it) => {
+  it.effect("its 404s fail no line: the batch waits while its list lacks the model, and completes once it has it again", () =>
+    Effect.gen(function*() {
+      const { v } = yield* Simulators
+      const logs = yield* LogLines
+      const openai = yield* client
+      const batch = yield* createModelBatch(300, "model-a", "s")
+      yield* waitFor(openai, batch.id, (b) => (b.request_counts?.completed ?? 0) >= 50)
+      // Calls go on reaching it: each of the batch's now gets a 404 model_not_found.
+      const listsBefore = v!.stats.modelLists
+      v!.models.clear()
+      v!.models.add("model-z")
+      yield* eventually(() => expect(logs.some((l) => l.event === "batch.model_unrouted")).toBe(true), 10_000)
+      yield* Effect.sleep(Duration.seconds(1))
+      const waiting = yield* Effect.promise(() => openai.batches.retrieve(batch.id))
+      expect([waiting.status, waiting.request_counts?.failed]).toEqual(["in_progress", 0])
+      // Its list is asked once for a window of 404s, not once a call.
+      expect(v!.stats.modelLists - listsBefore).toBeLessThan(20)
+      v!.models.add("model-a")
+      const done = yield* waitFor(openai, batch.id, terminal, 15_000)
+      expect([done.status, done.request_counts]).toEqual(["completed", { total: 300, completed: 300, failed: 0 }])
+    }), { timeout: 30_000 })
+})

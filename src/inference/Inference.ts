@@ -132,6 +132,19 @@ export interface InferenceShape {
 
 export class Inference extends Context.Tag("Inference")<Inference, InferenceShape>() {}
 
+/**
+ * A 404 whose error speaks of the model: OpenAI's `model_not_found`, vLLM's "The model `m` does not exist.", Ollama's
+ * "model \"m\" not found"; not a path the server lacks (vLLM's `{"detail":"Not Found"}`).
+ */
+const aboutTheModel = (response: UpstreamResponse) => {
+  if (response.status !== 404) return false
+  const error = (response.json as { error?: unknown; message?: unknown } | null) ?? {}
+  const { code, message } = typeof error.error === "object" && error.error !== null
+    ? error.error as { code?: unknown; message?: unknown }
+    : { code: undefined, message: typeof error.error === "string" ? error.error : error.message }
+  return code === "model_not_found" || (typeof message === "string" && /\bmodel\b/i.test(message))
+}
+
 /** The Inference over the configured upstreams, each with the `HttpClient` that `clientFor` gives it. */
 export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClient) =>
   Effect.gen(function*() {
@@ -205,7 +218,11 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
       })
 
     // Routed when run, not when built: the lists may be known only by then.
-    const send = (endpoint: BatchEndpoint, body: string, options: SendOptions = {}) => Effect.suspend(() => {
+    const send = (
+      endpoint: BatchEndpoint,
+      body: string,
+      options: SendOptions = {}
+    ): Effect.Effect<UpstreamResponse, UpstreamFailure | HandedBack> => Effect.suspend(() => {
       const upstream = route(options.model, options.project)
       if (upstream === undefined) {
         // A batch's line stays pending: its batch waits for a route (`reachable`).
@@ -255,11 +272,22 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
             now >= attempts.retryAt!
               ? loop(first, traced)
               : Effect.zipRight(backingOff(unlessHandedBack(Effect.sleep(Duration.millis(attempts.retryAt! - now)), handBack), true), loop(first, traced)))
-      if (pickTraced !== undefined && pickTraced()) {
-        const identity = upstreamIdentity(upstream.spec.name, upstream.spec.baseUrl)
-        return traceUpstreamCall(identity, endpoint, options.model, body, start)
-      }
-      return start()
+      /**
+       * A 404 about the model from a `"*"` upstream: its list is asked again (`relisted`). Still listing the model,
+       * the 404 is the request's; else the request goes where the model is routed now, or, routed nowhere, stays
+       * pending while its batch waits for a route (`reachable`): a server that swapped its model without going away
+       * (behind a load balancer) failed the rest of the batch's lines with its 404s.
+       */
+      const notServed = (response: UpstreamResponse) =>
+        Effect.zipRight(
+          upstream.relisted,
+          Effect.suspend(() => (route(options.model, options.project) === upstream ? Effect.succeed(response) : send(endpoint, body, options)))
+        )
+      const answered = pickTraced !== undefined && pickTraced()
+        ? traceUpstreamCall(upstreamIdentity(upstream.spec.name, upstream.spec.baseUrl), endpoint, options.model, body, start)
+        : start()
+      if (!servesAnyModel(upstream.spec)) return answered
+      return Effect.flatMap(answered, (response) => (aboutTheModel(response) ? notServed(response) : Effect.succeed(response)))
     })
 
     /** The models of the upstreams open to `project`, or of every upstream. */

@@ -42,8 +42,16 @@ export interface Upstream {
   readonly modelsAnswered: () => boolean
   /** Completes once the start-up probe has had its answer (or none): its list is known if it gives one. */
   readonly started: Effect.Effect<void>
-  /** Asks its `GET /models` again, unless asked within `maxAgeMs` (30 s when not given) or down (its probe asks). */
+  /**
+   * Asks its `GET /models` again, unless asked within `maxAgeMs` (30 s when not given) or down (its probe asks); one
+   * asking at a time, the others waiting for its answer.
+   */
   readonly refreshListed: (maxAgeMs?: number) => Effect.Effect<void>
+  /**
+   * Its list asked again for a call it answered 404 about the call's model: once the last list is `RELIST_AFTER_MS`
+   * old (waiting till then: a list asked just before the server swapped its model says nothing of it).
+   */
+  readonly relisted: Effect.Effect<void>
   readonly isDown: () => boolean
   /** How it is now, as `GET /v1/upstreams` tells (`UpstreamState` there). */
   readonly state: () => UpstreamState
@@ -74,6 +82,8 @@ export interface UpstreamOptions {
 }
 
 const LIST_TTL_MS = 30_000
+/** How often a 404 about a model may have the list asked again: once a second, however many calls it answered so. */
+const RELIST_AFTER_MS = 1_000
 
 export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effect.Effect<Upstream, never, Scope.Scope> =>
   Effect.gen(function*() {
@@ -131,6 +141,8 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     let listed = Option.none<ReadonlyArray<string>>()
     let listedAt = 0
     let modelsAnswered = false
+    /** Settled when the `refreshListed` under way has its answer. */
+    let asking: Deferred.Deferred<void> | undefined
     const probeHeaders = authorized(HttpClientRequest.get("").pipe(HttpClientRequest.setHeader("accept-encoding", "identity"))).headers
     /** A probe's `GET` of `path` under the base URL, read by `read`: with the key, held by no answer hold, 10 s at most. */
     const probeGet = <A, E>(path: string, read: (res: HttpClientResponse.HttpClientResponse) => Effect.Effect<A, E>) =>
@@ -273,6 +285,19 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     const started = yield* Deferred.make<void>()
     yield* Effect.forkIn(log(Effect.ensuring(startUp, Deferred.succeed(started, undefined))), scope)
 
+    const refreshListed = (maxAgeMs = LIST_TTL_MS) =>
+      Effect.suspend(() => {
+        if (clock.unsafeCurrentTimeMillis() - listedAt < maxAgeMs || outage.isDown()) return Effect.void
+        // Those who ask while it is asked wait for that answer: a window of calls answered 404 together asks once.
+        if (asking !== undefined) return Deferred.await(asking)
+        const answered = Deferred.unsafeMake<void>(FiberId.none)
+        asking = answered
+        return Effect.asVoid(askModels).pipe(Effect.ensuring(Effect.sync(() => {
+          asking = undefined
+          Deferred.unsafeDone(answered, Exit.void)
+        })))
+      })
+
     return {
       spec,
       admission: gate,
@@ -280,10 +305,11 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       listed: () => listed,
       modelsAnswered: () => modelsAnswered,
       started: Deferred.await(started),
-      refreshListed: (maxAgeMs = LIST_TTL_MS) =>
-        Effect.suspend(() =>
-          clock.unsafeCurrentTimeMillis() - listedAt < maxAgeMs || outage.isDown() ? Effect.void : Effect.asVoid(askModels)
-        ),
+      refreshListed,
+      relisted: Effect.suspend(() => {
+        const wait = listedAt + RELIST_AFTER_MS - clock.unsafeCurrentTimeMillis()
+        return Effect.zipRight(wait > 0 ? Effect.sleep(Duration.millis(wait)) : Effect.void, refreshListed(RELIST_AFTER_MS))
+      }),
       isDown: outage.isDown,
       state: () => ({
         state: outage.isDown() ? "down" : outage.onTrial() ? "recovering" : gate.held() ? "paused" : "up",
