@@ -353,21 +353,24 @@ describe("the openai-batch command line", () => {
       for (const text of [help.stdout, mistyped.stderr]) expect(text).not.toContain("\x1b[")
     }), alongside)
 
-  it.live("Ctrl-C while watching off a terminal stops watching, says how to cancel, and leaves the batch running", () =>
+  it.live("Ctrl-C (or a CI runner's SIGTERM) while watching off a terminal stops watching, says how to cancel, and leaves the batch running", () =>
     Effect.promise(async () => {
-      const batch = await slowBatch(10, 1)
-      let sent = false
-      const run = await cli(["watch", batch.id, "--interval", "0.2"], {}, (child, stdout) => {
-        if (!sent && stdout.includes("in_progress")) {
-          sent = true
-          child.kill("SIGINT")
-        }
-      })
-      expect(run.code).toBe(130)
-      expect(run.stderr).toContain(`Stopped watching ${batch.id}; the batch keeps running.`)
-      expect(run.stderr).toContain(`openai-batch cancel ${batch.id}`)
-      expect((await openai.batches.retrieve(batch.id)).status).toBe("in_progress")
-      await openai.batches.cancel(batch.id)
+      const stop = async (signal: "SIGINT" | "SIGTERM") => {
+        const batch = await slowBatch(10, 1)
+        let sent = false
+        const run = await cli(["watch", batch.id, "--interval", "0.2"], {}, (child, stdout) => {
+          if (!sent && stdout.includes("in_progress")) {
+            sent = true
+            child.kill(signal)
+          }
+        })
+        expect(run.code).toBe(signal === "SIGINT" ? 130 : 143)
+        expect(run.stderr).toContain(`Stopped watching ${batch.id}; the batch keeps running.`)
+        expect(run.stderr).toContain(`openai-batch cancel ${batch.id}`)
+        expect((await openai.batches.retrieve(batch.id)).status).toBe("in_progress")
+        await openai.batches.cancel(batch.id)
+      }
+      await Promise.all([stop("SIGINT"), stop("SIGTERM")])
     }), alongside)
 
   it.live("retry reruns the failed requests as a new batch", () =>

@@ -17,7 +17,7 @@ import { Cause, Config, Duration, Effect, Either, Exit, Option, Redacted } from 
 import { BatchApi, DEFAULT_BASE_URL, layer as batchApiLayer, type RerunKind } from "./BatchApi.js"
 import { describeBatch, listLines } from "./describe.js"
 import { checkOut, download } from "./download.js"
-import { CliFailure, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID } from "./failure.js"
+import { CliFailure, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, STOP_SIGNALS, type StopSignal } from "./failure.js"
 import { follow } from "./follow.js"
 import { DEFAULT_MAX_REQUESTS } from "./localValidation.js"
 import { colourWhereShown, modeOf, printJson, say, sayAll, visible } from "./output.js"
@@ -252,7 +252,7 @@ const cli = Command.run(command, { name: "openai-batch", version })
 /** The exit code of how the program ended; says why on stderr unless the command already did. */
 const exitCode = (exit: Exit.Exit<void, unknown>): number => {
   if (Exit.isSuccess(exit)) return 0
-  if (Cause.isInterruptedOnly(exit.cause)) return EXIT_INTERRUPTED
+  if (Cause.isInterruptedOnly(exit.cause)) return stoppedBy === undefined ? EXIT_INTERRUPTED : STOP_SIGNALS[stoppedBy]
   const failure = Cause.failureOption(exit.cause)
   if (Option.isSome(failure)) {
     const error = failure.value
@@ -277,18 +277,21 @@ process.stdout.on("error", (error: NodeJS.ErrnoException) => {
 // Holds the process open while the program runs (a wait on a signal alone would not).
 const keepAlive = setInterval(() => {}, 2 ** 31 - 1)
 const fiber = Effect.runFork(Effect.suspend(() => cli(process.argv)).pipe(colourWhereShown, Effect.provide(NodeContext.layer)))
-// Ctrl-C where no command answers it itself (a watch asks, `serve` passes it on) interrupts the command, so that what
-// it holds is let go (a request aborted, a half-written file removed); a second one ends the process at once.
-let interrupted = false
-const onSigint = () => {
-  if (process.listenerCount("SIGINT") > 1) return
-  if (interrupted) process.exit(EXIT_INTERRUPTED)
-  interrupted = true
+// Ctrl-C, or a SIGTERM (a CI runner's or `timeout`'s stop), where no command answers it itself (a watch stops, or
+// asks on a terminal; `serve` passes it on) interrupts the command, so that what it holds is let go (a request
+// aborted, a half-written file removed, an upload without its batch said); a second one ends the process at once.
+// A SIGTERM ended the process silently, leaving those behind.
+let stoppedBy: StopSignal | undefined
+const onStop = (signal: StopSignal) => () => {
+  if (process.listenerCount(signal) > 1) return
+  if (stoppedBy !== undefined) process.exit(STOP_SIGNALS[signal])
+  stoppedBy = signal
   fiber.unsafeInterruptAsFork(fiber.id())
 }
-process.on("SIGINT", onSigint)
+const stopHandlers = (Object.keys(STOP_SIGNALS) as Array<StopSignal>).map((signal) => [signal, onStop(signal)] as const)
+for (const [signal, handler] of stopHandlers) process.on(signal, handler)
 fiber.addObserver((exit) => {
   clearInterval(keepAlive)
-  process.off("SIGINT", onSigint)
+  for (const [signal, handler] of stopHandlers) process.off(signal, handler)
   process.exitCode = exitCode(exit)
 })

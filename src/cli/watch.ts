@@ -1,7 +1,8 @@
 /**
  * Watching a batch until it ends: its object polled every `interval`, shown as a live bar on a terminal, as plain
  * lines elsewhere, or as JSON objects. Ctrl-C stops the wait at once (a poll in flight is aborted); on a terminal it
- * asks whether to cancel the batch, elsewhere (nobody to answer) it stops watching and says how to cancel. Once the
+ * asks whether to cancel the batch, elsewhere (nobody to answer), or at a SIGTERM, it stops watching and says how
+ * to cancel. Once the
  * batch was seen, a poll that fails for a reason that may pass (the server restarting, the connection lost) is made
  * again for a while (`patience.ts`); a first poll that fails ends the watch at once (a wrong URL or id, most likely).
  */
@@ -9,7 +10,7 @@ import * as Prompt from "@effect/cli/Prompt"
 import type { Batch } from "openai/resources/batches"
 import { type Duration, Effect, Either, Option, Queue } from "effect"
 import { BatchApi } from "./BatchApi.js"
-import { CliFailure, EXIT_INTERRUPTED } from "./failure.js"
+import { CliFailure, STOP_SIGNALS, type StopSignal } from "./failure.js"
 import { columns, interactive, type Mode, note, printJson, say, write } from "./output.js"
 import { type Patience, patiently } from "./patience.js"
 import { servingUpstream, upstreamNote } from "./upstreamNotes.js"
@@ -69,30 +70,39 @@ const makeDisplay = (mode: Mode, started: number): Display => {
   }
 }
 
-/** Each Ctrl-C (SIGINT) as an item in a queue while the scope lasts (`main.ts` then leaves the command running). */
-const sigints = Effect.acquireRelease(
+/**
+ * Each Ctrl-C (SIGINT) and SIGTERM as an item in a queue while the scope lasts (`main.ts` then leaves the command
+ * running).
+ */
+const stopSignals = Effect.acquireRelease(
   Effect.gen(function*() {
-    const queue = yield* Queue.sliding<void>(1)
-    const onSigint = () => Queue.unsafeOffer(queue, undefined)
-    process.on("SIGINT", onSigint)
-    return { queue, onSigint }
+    const queue = yield* Queue.sliding<StopSignal>(1)
+    const handlers = (Object.keys(STOP_SIGNALS) as Array<StopSignal>).map((signal) =>
+      [signal, () => Queue.unsafeOffer(queue, signal)] as const)
+    for (const [signal, handler] of handlers) process.on(signal, handler)
+    return { queue, handlers }
   }),
-  ({ onSigint }) => Effect.sync(() => process.off("SIGINT", onSigint))
+  ({ handlers }) => Effect.sync(() => {
+    for (const [signal, handler] of handlers) process.off(signal, handler)
+  })
 )
 
-const stopped = (id: string) =>
+const stopped = (id: string, signal: StopSignal) =>
   new CliFailure({
-    exitCode: EXIT_INTERRUPTED,
+    exitCode: STOP_SIGNALS[signal],
     message: `Stopped watching ${id}; the batch keeps running. Watch it again with \`openai-batch watch ${id}\`, ` +
       `or cancel it with \`openai-batch cancel ${id}\`.`
   })
 
-/** After a Ctrl-C: on a terminal, asks whether to cancel (and does); elsewhere, or at a second Ctrl-C, stops. */
-const onCtrlC = (id: string, mode: Mode) =>
+/**
+ * After a Ctrl-C: on a terminal, asks whether to cancel (and does); elsewhere, or at a second Ctrl-C, stops. A
+ * SIGTERM stops, as off a terminal: nobody is there to answer.
+ */
+const onStopSignal = (id: string, mode: Mode, signal: StopSignal) =>
   Effect.gen(function*() {
-    if (!interactive(mode)) return yield* stopped(id)
+    if (signal === "SIGTERM" || !interactive(mode)) return yield* stopped(id, signal)
     const cancel = yield* Prompt.confirm({ message: `Cancel batch ${id}?`, initial: false }).pipe(
-      Effect.catchTag("QuitException", () => Effect.zipRight(write("\n"), stopped(id)))
+      Effect.catchTag("QuitException", () => Effect.zipRight(write("\n"), stopped(id, signal)))
     )
     if (!cancel) return
     const batch = yield* Effect.either((yield* BatchApi).cancel(id))
@@ -106,7 +116,7 @@ const onCtrlC = (id: string, mode: Mode) =>
 export const watch = (id: string, settings: WatchSettings) =>
   Effect.scoped(Effect.gen(function*() {
     const api = yield* BatchApi
-    const { queue } = yield* sigints
+    const { queue } = yield* stopSignals
     const started = Date.now()
     const display = makeDisplay(settings.mode, started)
     let samples: ReadonlyArray<Sample> = []
@@ -149,7 +159,7 @@ export const watch = (id: string, settings: WatchSettings) =>
         if (Either.isRight(outcome) && Option.isSome(outcome.right)) return outcome.right.value
         if (Either.isLeft(outcome)) {
           yield* display.settle
-          yield* onCtrlC(id, settings.mode)
+          yield* onStopSignal(id, settings.mode, outcome.left)
         }
       }
     })
