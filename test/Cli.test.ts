@@ -325,13 +325,14 @@ describe("the openai-batch command line", () => {
       expect((await openai.files.list()).data.filter((f) => f.filename === "three.jsonl")).toEqual([])
     }), alongside)
 
-  it.live("--help and a mistyped command through a pipe are plain text, without colour codes; a base URL that is no http(s) URL is refused, one with a password never shown", () =>
+  it.live("--help and a mistyped command through a pipe are plain text, without colour codes; a base URL that is no http(s) URL or an empty key is refused, a URL with a password never shown", () =>
     Effect.promise(async () => {
       const notDir = inputFile("not-a-dir.jsonl", [])
-      const [help, mistyped, emptyUrl, ftpUrl, secretUrl, watchBadOut, watchProcOut] = await Promise.all([
+      const [help, mistyped, emptyUrl, emptyKey, ftpUrl, secretUrl, watchBadOut, watchProcOut] = await Promise.all([
         cli(["--help"]),
         cli(["lsit"]),
         cli(["--base-url", "", "list"]), // a script's unset variable: never the client's default, OpenAI's API
+        cli(["list", "--api-key", ""]), // the same: the client threw with a stack trace
         cli(["list"], { OPENAI_BASE_URL: "user:sekrit@example.com/v1" }), // no scheme: it parses, with "user:" as one
         cli(["list"], { OPENAI_BASE_URL: "http://user:sekrit@127.0.0.1:1/v1" }),
         cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--out", Path.join(notDir, "out")]),
@@ -342,6 +343,7 @@ describe("the openai-batch command line", () => {
       // A watch's results that could not be written are found out before it waits for the batch.
       expect([watchBadOut.code, watchBadOut.stderr]).toEqual([2, expect.stringContaining("(--out): ENOTDIR; nothing was done.")])
       expect([emptyUrl.code, emptyUrl.stderr]).toEqual([2, expect.stringContaining("--base-url must be an http:// or https:// URL, /v1 included (got '')")])
+      expect([emptyKey.code, emptyKey.stderr]).toEqual([2, "--api-key is empty (if it was given a variable, is that variable set?); nothing was done.\n"])
       expect([ftpUrl.code, ftpUrl.stderr]).toEqual([2, expect.stringContaining("OPENAI_BASE_URL must be an http:// or https:// URL")])
       expect([secretUrl.code, secretUrl.stderr]).toEqual([1, expect.stringContaining("cannot reach http://127.0.0.1:1/v1")])
       expect(ftpUrl.stderr).toContain("(got '…@example.com/v1')")

@@ -103,15 +103,16 @@ const withApi = <A, E, R>(own: ConnectionFlags, effect: Effect.Effect<A, E, R>) 
   Effect.gen(function*() {
     const parent = yield* top
     const flag = Option.orElse(own.baseUrl, () => parent.baseUrl)
-    const env = yield* fromEnv("OPENAI_BASE_URL")
+    const env = { baseUrl: yield* fromEnv("OPENAI_BASE_URL"), apiKey: yield* fromEnv("OPENAI_API_KEY") }
     const baseUrl = Option.isSome(flag)
       ? Option.some(yield* checkedBaseUrl(flag.value, "--base-url"))
-      : Option.isSome(env) ? Option.some(yield* checkedBaseUrl(env.value, "OPENAI_BASE_URL")) : Option.none()
-    const apiKey = Option.firstSomeOf([
-      Option.map(own.apiKey, Redacted.value),
-      Option.map(parent.apiKey, Redacted.value),
-      yield* fromEnv("OPENAI_API_KEY")
-    ])
+      : Option.isSome(env.baseUrl) ? Option.some(yield* checkedBaseUrl(env.baseUrl.value, "OPENAI_BASE_URL")) : Option.none()
+    const flagKey = Option.map(Option.orElse(own.apiKey, () => parent.apiKey), Redacted.value)
+    // Most often `--api-key "$KEY"` with KEY unset: the client threw its own error, with a stack trace.
+    if (Option.exists(flagKey, (key) => key.trim() === "")) {
+      return yield* new CliFailure({ exitCode: EXIT_INVALID, message: "--api-key is empty (if it was given a variable, is that variable set?); nothing was done." })
+    }
+    const apiKey = Option.orElse(flagKey, () => env.apiKey)
     return yield* Effect.provide(
       effect,
       batchApiLayer({ baseUrl: Option.getOrElse(baseUrl, () => DEFAULT_BASE_URL), apiKey: Option.getOrUndefined(apiKey) })
