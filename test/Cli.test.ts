@@ -141,7 +141,8 @@ describe("the openai-batch command line", () => {
       expect(rest.slice(progress.length)).toEqual([
         expect.stringMatching(new RegExp(`^${id} completed in (under 1s|\\d+s): 980 succeeded, 20 failed, [\\d.]+k tokens$`)),
         `output: ${outputPath} (980 lines)`,
-        `errors: ${errorPath} (20 lines)`
+        `errors: ${errorPath} (20 lines)`,
+        "errors by reason: 20 × status 400"
       ])
 
       const output = fileLines(outputPath)
@@ -174,7 +175,8 @@ describe("the openai-batch command line", () => {
         output_path: Path.join(out, `${created.id}_output.jsonl`),
         output_lines: 20,
         error_path: null,
-        error_lines: 0
+        error_lines: 0,
+        error_reasons: {}
       })
       expect(fileLines(summary.output_path).map((l) => l.custom_id)).toEqual(Array.from({ length: 20 }, (_, i) => `ok-${i}`))
     }), 180_000)
@@ -292,7 +294,9 @@ describe("the openai-batch command line", () => {
       expect(download.code, download.stderr).toBe(0)
       expect(linesOf(download.stdout)).toEqual([
         `output: ${Path.join(out, `${id}_output.jsonl`)} (4 lines)`,
-        `errors: ${Path.join(out, `${id}_error.jsonl`)} (36 lines)`
+        `errors: ${Path.join(out, `${id}_error.jsonl`)} (36 lines)`,
+        // Lines the cancel left unrun are told apart from failures.
+        "errors by reason: 36 × batch_cancelled"
       ])
       expect(fileLines(Path.join(out, `${id}_error.jsonl`)).every((l) => l.error?.code === "batch_cancelled")).toBe(true)
     }), 180_000)
@@ -384,7 +388,7 @@ describe("the openai-batch command line", () => {
       const [id] = linesOf(run.stdout)
       expect(id).not.toBe(failingBatchId)
       expect((await openai.batches.retrieve(id!)).metadata).toMatchObject({ retry_of: failingBatchId })
-      expect(linesOf(run.stdout).slice(-1)).toEqual([`errors: ${Path.join(out, `${id}_error.jsonl`)} (20 lines)`])
+      expect(linesOf(run.stdout).slice(-2)).toEqual([`errors: ${Path.join(out, `${id}_error.jsonl`)} (20 lines)`, "errors by reason: 20 × status 400"])
     }), 180_000)
 
   it.live("a watch rides out a lost server (said once, then reconnected; files and exit 0), and gives up after --retry-for", () =>

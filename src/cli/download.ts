@@ -13,6 +13,7 @@ import { Effect, Stream } from "effect"
 import { makeDirectories } from "../storage/makeDirectories.js"
 import { BatchApi } from "./BatchApi.js"
 import { problemLine } from "./describe.js"
+import { type ErrorReasons, makeErrorReasons, reasonsLine } from "./errorReasons.js"
 import { CliFailure, EXIT_FAILED, EXIT_INVALID, failed } from "./failure.js"
 import { type Mode, note, printJson, sayAll } from "./output.js"
 import { type Patience, patiently } from "./patience.js"
@@ -21,6 +22,8 @@ import { isTerminal, plural } from "./progress.js"
 export interface Saved {
   readonly path: string
   readonly lines: number
+  /** The error file's: why its lines failed, the most frequent first (`errorReasons.ts`). */
+  readonly reasons?: ReadonlyArray<readonly [reason: string, lines: number]>
 }
 
 export interface SavedResults {
@@ -36,23 +39,25 @@ const cut = (fileId: string) => (e: unknown) => {
   return new CliFailure({ exitCode: EXIT_FAILED, message: `downloading file ${fileId}: ${reason}`, transient: reason })
 }
 
-/** Lines counted so far, and the last byte seen (a last line without its newline counts too). */
+/** Lines counted so far, and the last byte seen (a last line without its newline counts too); an error file's reasons. */
 interface Counted {
   lines: number
   last: number
+  readonly reasons: ErrorReasons | undefined
 }
 
 /** Counts the lines of `chunk` into `counted`. */
 const count = (counted: Counted, chunk: Uint8Array) => {
   for (let i = chunk.indexOf(NEWLINE); i !== -1; i = chunk.indexOf(NEWLINE, i + 1)) counted.lines++
   if (chunk.length > 0) counted.last = chunk[chunk.length - 1]!
+  counted.reasons?.feed(chunk)
 }
 
 /**
- * Streams file `fileId` to `path`, counting its lines; a try after a cut (`again`) goes on from what the partial file
- * holds when the server answers a `Range`, else over again.
+ * Streams file `fileId` to `path`, counting its lines (and, for an error file, their reasons); a try after a cut
+ * (`again`) goes on from what the partial file holds when the server answers a `Range`, else over again.
  */
-const save = (fileId: string, path: string, again: boolean) =>
+const save = (fileId: string, path: string, again: boolean, kind: "output" | "error") =>
   Effect.gen(function*() {
     const api = yield* BatchApi
     const fs = yield* FileSystem.FileSystem
@@ -60,7 +65,7 @@ const save = (fileId: string, path: string, again: boolean) =>
     // What was written, not what was received: a piece on its way to the file as the connection was cut is not in it.
     const onDisk = again ? yield* fs.stat(partial).pipe(Effect.map((info) => Number(info.size)), Effect.orElseSucceed(() => 0)) : 0
     const { body, resumed } = yield* api.content(fileId, onDisk)
-    const counted: Counted = { lines: 0, last: NEWLINE }
+    const counted: Counted = { lines: 0, last: NEWLINE, reasons: kind === "error" ? makeErrorReasons() : undefined }
     if (resumed) {
       yield* Stream.runForEach(fs.stream(partial), (chunk) => Effect.sync(() => count(counted, chunk))).pipe(
         Effect.mapError((e) => failed(`reading ${partial}: ${e.message}`))
@@ -72,7 +77,8 @@ const save = (fileId: string, path: string, again: boolean) =>
       Effect.zipRight(fs.rename(partial, path)),
       Effect.mapError((e) => (e._tag === "CliFailure" ? e : failed(`writing ${path}: ${e.message}`)))
     )
-    return { path, lines: counted.last === NEWLINE ? counted.lines : counted.lines + 1 } satisfies Saved
+    const lines = counted.last === NEWLINE ? counted.lines : counted.lines + 1
+    return { path, lines, ...(counted.reasons === undefined ? {} : { reasons: counted.reasons.counts() }) } satisfies Saved
   })
 
 const partialOf = (path: string) => `${path}.${process.pid}.partial`
@@ -113,33 +119,43 @@ export const saveResults = (batch: Batch, dir: string, patience: Patience) =>
         catch: (e) => failed(`creating ${dir}: ${(e as Error).message}`)
       })
     }
-    const target = (kind: string) => Path.join(dir, `${batch.id}_${kind}.jsonl`)
     // A try cut half-way keeps its partial file for the next; the last one's failure removes it.
-    const patientSave = (fileId: string, path: string) =>
+    const patientSave = (fileId: string, kind: "output" | "error") =>
       Effect.suspend(() => {
+        const path = Path.join(dir, `${batch.id}_${kind}.jsonl`)
         let tries = 0
-        const tried = Effect.suspend(() => save(fileId, path, tries++ > 0))
-        return patiently(tried, patience, `Nothing was written to ${path}; \`openai-batch download ${batch.id}\` tries again.`)
-      }).pipe(Effect.onError(() => Effect.flatMap(FileSystem.FileSystem, (fs) => Effect.ignore(fs.remove(partialOf(path))))))
-    const output = batch.output_file_id ? yield* patientSave(batch.output_file_id, target("output")) : undefined
-    const error = batch.error_file_id ? yield* patientSave(batch.error_file_id, target("error")) : undefined
+        const tried = Effect.suspend(() => save(fileId, path, tries++ > 0, kind))
+        return patiently(tried, patience, `Nothing was written to ${path}; \`openai-batch download ${batch.id}\` tries again.`).pipe(
+          Effect.onError(() => Effect.flatMap(FileSystem.FileSystem, (fs) => Effect.ignore(fs.remove(partialOf(path)))))
+        )
+      })
+    const output = batch.output_file_id ? yield* patientSave(batch.output_file_id, "output") : undefined
+    const error = batch.error_file_id ? yield* patientSave(batch.error_file_id, "error") : undefined
     return { output, error } satisfies SavedResults
   })
 
 const lines = (n: number) => `${n} ${plural("line", n)}`
 
-/** Where the files went, in words: `output: DIR/…_output.jsonl (980 lines)`, `errors: …`. */
-export const savedLines = (saved: SavedResults): ReadonlyArray<string> => [
-  ...(saved.output ? [`output: ${saved.output.path} (${lines(saved.output.lines)})`] : []),
-  ...(saved.error ? [`errors: ${saved.error.path} (${lines(saved.error.lines)})`] : [])
-]
+/**
+ * Where the files went, in words: `output: DIR/…_output.jsonl (980 lines)`, `errors: …`, and why the error lines
+ * failed (`errors by reason: 200 × batch_cancelled, 3 × status 500`).
+ */
+export const savedLines = (saved: SavedResults): ReadonlyArray<string> => {
+  const reasons = reasonsLine(saved.error?.reasons ?? [])
+  return [
+    ...(saved.output ? [`output: ${saved.output.path} (${lines(saved.output.lines)})`] : []),
+    ...(saved.error ? [`errors: ${saved.error.path} (${lines(saved.error.lines)})`] : []),
+    ...(reasons === undefined ? [] : [reasons])
+  ]
+}
 
 /** Where the files went, as `download --json` and the end of a `--json` watch print it. */
 export const savedJson = (saved: SavedResults) => ({
   output_path: saved.output?.path ?? null,
   output_lines: saved.output?.lines ?? 0,
   error_path: saved.error?.path ?? null,
-  error_lines: saved.error?.lines ?? 0
+  error_lines: saved.error?.lines ?? 0,
+  error_reasons: Object.fromEntries(saved.error?.reasons ?? [])
 })
 
 /** The `download` command: a finished batch's files into `dir` (a batch still running has none yet: exit 1). */
