@@ -332,13 +332,14 @@ describe("the openai-batch command line", () => {
   it.live("--help and a mistyped command through a pipe are plain text, without colour codes; a base URL that is no http(s) URL or an empty key is refused, a URL with a password never shown", () =>
     Effect.promise(async () => {
       const notDir = inputFile("not-a-dir.jsonl", [])
-      const [help, mistyped, emptyUrl, emptyKey, ftpUrl, secretUrl, watchBadOut, watchProcOut] = await Promise.all([
+      const [help, mistyped, emptyUrl, emptyKey, ftpUrl, secretUrl, https, watchBadOut, watchProcOut] = await Promise.all([
         cli(["--help"]),
         cli(["lsit"]),
         cli(["--base-url", "", "list"]), // a script's unset variable: never the client's default, OpenAI's API
         cli(["list", "--api-key", ""]), // the same: the client threw with a stack trace
         cli(["list"], { OPENAI_BASE_URL: "user:sekrit@example.com/v1" }), // no scheme: it parses, with "user:" as one
         cli(["list"], { OPENAI_BASE_URL: "http://user:sekrit@127.0.0.1:1/v1" }),
+        cli(["list"], { OPENAI_BASE_URL: server.url.replace(/^http:/, "https:") + "/v1" }), // the server is there, in http
         cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--out", Path.join(notDir, "out")]),
         // Where a directory cannot be made though its parent exists: Node's recursive mkdir spun there for ever.
         cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--out", "/proc/openai-batch-out"])
@@ -350,6 +351,11 @@ describe("the openai-batch command line", () => {
       expect([emptyKey.code, emptyKey.stderr]).toEqual([2, "--api-key is empty (if it was given a variable, is that variable set?); nothing was done.\n"])
       expect([ftpUrl.code, ftpUrl.stderr]).toEqual([2, expect.stringContaining("OPENAI_BASE_URL must be an http:// or https:// URL")])
       expect([secretUrl.code, secretUrl.stderr]).toEqual([1, expect.stringContaining("cannot reach http://127.0.0.1:1/v1")])
+      expect(secretUrl.stderr).toContain("start a server with `openai-batch serve`")
+      const httpsUrl = server.url.replace(/^http:/, "https:") + "/v1"
+      expect([https.code, https.stderr]).toEqual([1, expect.stringContaining(`listing batches: ${httpsUrl} does not answer in https (`)])
+      expect(https.stderr).toContain(`is it ${server.url}/v1?`)
+      expect(https.stderr).not.toContain("start a server")
       expect(ftpUrl.stderr).toContain("(got '…@example.com/v1')")
       for (const run of [ftpUrl, secretUrl]) expect(run.stderr).not.toContain("sekrit")
       expect(help.code).toBe(0)

@@ -99,8 +99,7 @@ const explain = (what: string, connection: Connection) => (error: unknown): CliF
   const message = error instanceof APIConnectionTimeoutError
     ? `${what}: ${shown} did not answer in time`
     : error instanceof APIConnectionError
-    ? `${what}: cannot reach ${shown} (${causeOf(error)}); start a server with \`openai-batch serve\`, ` +
-      "or point --base-url (or OPENAI_BASE_URL) at one"
+    ? connectionLine(what, shown, error)
     : error instanceof APIError
     ? `${what}: ${error.message}${error.code ? ` (${error.code})` : ""}` +
       (error.status === 401 && connection.apiKey === undefined ? "; give a key with --api-key or OPENAI_API_KEY" : "") +
@@ -148,6 +147,26 @@ const unlessBusy = <A>(effect: Effect.Effect<A, CliFailure>, triesLeft = BUSY_RE
     ))
 
 /** `ECONNREFUSED`, `other side closed`: the system's code, else (undici's codes say less) the message. */
+/** Causes that say nothing listens there (or no such host): a server to start, or another address. */
+const NOTHING_THERE = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "ETIMEDOUT", "UND_ERR_CONNECT_TIMEOUT"])
+
+/**
+ * Why a call got no answer, with what to do: start a server only when nothing listens there. A server reached over
+ * https that speaks http, and a connection lost half-way (an upload cut), were told to start a server.
+ */
+const connectionLine = (what: string, shown: string, error: APIConnectionError): string => {
+  const cause = causeOf(error)
+  const code = (error.cause as { code?: string } | undefined)?.code ?? ""
+  if (NOTHING_THERE.has(code)) {
+    return `${what}: cannot reach ${shown} (${cause}); start a server with \`openai-batch serve\`, ` +
+      "or point --base-url (or OPENAI_BASE_URL) at one"
+  }
+  if (/^ERR_SSL_|^EPROTO$/.test(code) && shown.startsWith("https:")) {
+    return `${what}: ${shown} does not answer in https (${cause}): is it ${shown.replace(/^https:/, "http:")}?`
+  }
+  return `${what}: the connection to ${shown} was lost (${cause})`
+}
+
 const causeOf = (error: APIConnectionError): string => {
   const cause = error.cause as { code?: string; message?: string } | undefined
   return (cause?.code?.startsWith("UND_ERR") ? cause.message : cause?.code) ?? cause?.message ?? error.message
