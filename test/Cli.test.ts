@@ -7,8 +7,8 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import { type ChildProcess, spawn } from "node:child_process"
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { type ChildProcess, spawn, spawnSync } from "node:child_process"
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import OpenAI, { toFile } from "openai"
@@ -235,6 +235,27 @@ describe("the openai-batch command line", () => {
       expect([many.code, many.stderr]).toEqual([2, expect.stringContaining("garbage.jsonl: 3,000 problems for /v1/chat/completions")])
       expect((await openai.files.list()).data.map((f) => f.id)).toEqual([uploaded.id, ...filesBefore])
     }), 180_000)
+
+  it.live("a download killed before its end is taken up by the next one, from its partial file; the others left are removed", () =>
+    Effect.promise(async () => {
+      expect(failingBatchId).toBeDefined()
+      const batch = await openai.batches.retrieve(failingBatchId!)
+      const content = Buffer.from(await (await openai.files.content(batch.output_file_id!)).arrayBuffer())
+      const out = Path.join(scratch, "out-left")
+      mkdirSync(out, { recursive: true })
+      const target = Path.join(out, `${batch.id}_output.jsonl`)
+      // Two processes killed while downloading (their pids gone): the first bytes of the one that got further are
+      // marked, to tell that the download went on from them rather than over again.
+      const gone = spawnSync(process.execPath, ["-e", ""]).pid!
+      const kept = Buffer.from(content.subarray(0, 1000))
+      kept[0] = "[".charCodeAt(0)
+      writeFileSync(`${target}.${gone}.partial`, kept)
+      writeFileSync(`${target}.${gone + 1_000_000}.partial`, content.subarray(0, 10))
+      const run = await cli(["download", batch.id, "--out", out])
+      expect(run.code, run.stderr).toBe(0)
+      expect(readFileSync(target).equals(Buffer.concat([kept, content.subarray(1000)]))).toBe(true)
+      expect(readdirSync(out).filter((name) => name.endsWith(".partial"))).toEqual([])
+    }), 60_000)
 
   it.live("status, list, download, cancel: their outputs and exit codes", () =>
     Effect.promise(async () => {

@@ -1,8 +1,9 @@
 /**
  * `download`, and `watch`'s last step: saving a finished batch's output and error files as `DIR/<batch_id>_output.jsonl` and `DIR/<batch_id>_error.jsonl`:
  * each streamed to a temporary name beside its target and renamed once complete, so a file under the final name is
- * always whole (an interrupted download leaves nothing behind). A download cut by the server going away goes on once
- * it is back (`patience.ts`), from where it stopped when the server answers a `Range` (this one does), else over.
+ * always whole (an interrupted download leaves nothing behind; one killed leaves its partial file, which the next
+ * download of the file goes on from). A download cut by the server going away goes on once it is back
+ * (`patience.ts`), from where it stopped when the server answers a `Range` (this one does), else over.
  */
 import * as FileSystem from "@effect/platform/FileSystem"
 import { constants } from "node:fs"
@@ -83,6 +84,38 @@ const save = (fileId: string, path: string, again: boolean, kind: "output" | "er
 
 const partialOf = (path: string) => `${path}.${process.pid}.partial`
 
+/** Whether process `pid` is alive (signal 0 tests it; EPERM: alive, another user's). */
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM"
+  }
+}
+
+/**
+ * Takes over the partial file of `path` that a download killed before its end left (its process is gone; of several,
+ * the largest), so that this one goes on from it (whether it took one); the others such are removed. They were left
+ * behind and piled up, and the next download began again from the first byte.
+ */
+const adoptLeftPartial = (path: string) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    const dir = Path.dirname(path)
+    const prefix = `${Path.basename(path)}.`
+    const left = (yield* fs.readDirectory(dir)).flatMap((name) => {
+      const pid = name.startsWith(prefix) && name.endsWith(".partial") ? Number(name.slice(prefix.length, -".partial".length)) : NaN
+      return Number.isInteger(pid) && pid > 0 && pid !== process.pid && !alive(pid) ? [Path.join(dir, name)] : []
+    })
+    const sizes = yield* Effect.forEach(left, (name) => Effect.map(fs.stat(name), (info) => [name, Number(info.size)] as const))
+    const [taken, ...rest] = sizes.sort((a, b) => b[1] - a[1]).map(([name]) => name)
+    for (const name of rest) yield* fs.remove(name)
+    if (taken === undefined) return false
+    yield* fs.rename(taken, partialOf(path))
+    return true
+  }).pipe(Effect.orElseSucceed(() => false))
+
 /**
  * Fails (exit 2, nothing done) unless `dir` can be made and written to: checked before a batch is made or watched,
  * not found out once it has run its hours.
@@ -124,8 +157,9 @@ export const saveResults = (batch: Batch, dir: string, patience: Patience) =>
       Effect.suspend(() => {
         const path = Path.join(dir, `${batch.id}_${kind}.jsonl`)
         let tries = 0
-        const tried = Effect.suspend(() => save(fileId, path, tries++ > 0, kind))
-        return patiently(tried, patience, `Nothing was written to ${path}; \`openai-batch download ${batch.id}\` tries again.`).pipe(
+        const tried = (adopted: boolean) => Effect.suspend(() => save(fileId, path, adopted || tries++ > 0, kind))
+        return Effect.flatMap(adoptLeftPartial(path), (adopted) =>
+          patiently(tried(adopted), patience, `Nothing was written to ${path}; \`openai-batch download ${batch.id}\` tries again.`)).pipe(
           Effect.onError(() => Effect.flatMap(FileSystem.FileSystem, (fs) => Effect.ignore(fs.remove(partialOf(path)))))
         )
       })
