@@ -325,11 +325,16 @@ describe("the openai-batch command line", () => {
   it.live("a failed submit leaves nothing behind: a refused create deletes the upload; --max-requests, --metadata and --limit are checked locally", () =>
     Effect.promise(async () => {
       const file = inputFile("three.jsonl", [chatLine("one", "1"), chatLine("two", "2"), chatLine("three", "3")])
-      const [refused, tooMany, noKey, noValue, tooLong, badOut] = await Promise.all([
-        cli(["submit", file, "--metadata", `note=${"x".repeat(513)}`]),
+      // An endpoint the server does not know (none of OpenAI's): its refusal comes with the create.
+      const unknown = inputFile("unknown.jsonl", ["a", "b"].map((id) =>
+        JSON.stringify({ custom_id: id, method: "POST", url: "/v1/foo", body: { model: "sim-model" } })))
+      const [refused, tooMany, noKey, noValue, longValue, twice, tooLong, badOut] = await Promise.all([
+        cli(["submit", unknown]),
         cli(["submit", file, "--max-requests", "2", "--watch", "--out", Path.join(scratch, "out-too-many")]),
         cli(["submit", file, "--metadata", "=x"]),
         cli(["submit", file, "--metadata", "novalue"]),
+        cli(["submit", file, "--metadata", `note=${"x".repeat(513)}`]),
+        cli(["submit", file, "--metadata", "run=1", "--metadata", "run=2"]),
         cli(["list", "--limit", "500"]),
         // Results that could not be written are found out before the batch is made, not once it has run.
         cli(["submit", file, "--watch", "--out", Path.join(file, "out")])
@@ -338,16 +343,18 @@ describe("the openai-batch command line", () => {
       // A command line the server would refuse, or would read wrong, is refused before anything is sent (exit 2).
       expect([noKey.code, noKey.stderr]).toEqual([2, expect.stringContaining("--metadata takes KEY=VALUE, with a key before the '=': got '=x'")])
       expect([noValue.code, noValue.stderr]).toEqual([2, expect.stringContaining("got 'novalue'")])
+      expect([longValue.code, longValue.stderr]).toEqual([2, expect.stringContaining("--metadata: Invalid 'metadata.note': string too long")])
+      expect([twice.code, twice.stderr]).toEqual([2, expect.stringContaining("--metadata gives 'run' twice")])
       expect([tooLong.code, tooLong.stderr]).toEqual([2, expect.stringContaining("--limit must be from 1 to 100")])
       expect(refused.code).toBe(1)
       expect(refused.stdout).toBe("")
       const refusal = linesOf(refused.stderr)
       expect(refusal[1]).toMatch(/^the batch was not created: file-\S+ \(uploaded for it\) is deleted$/)
-      expect(refusal[2]).toMatch(/^creating the batch: 400 Invalid 'metadata\.note': string too long/)
+      expect(refusal[2]).toMatch(/^creating the batch: 400 Invalid value: '\/v1\/foo'\. Supported values are: /)
       expect(tooMany.code).toBe(2)
       expect(tooMany.stdout).toBe("line 3: too_many_tasks: The batch has more than 2 requests, the most one batch may hold.\n")
       expect(tooMany.stderr).toContain("nothing was uploaded")
-      expect((await openai.files.list()).data.filter((f) => f.filename === "three.jsonl")).toEqual([])
+      expect((await openai.files.list()).data.filter((f) => ["three.jsonl", "unknown.jsonl"].includes(f.filename))).toEqual([])
     }), alongside)
 
   it.live("--help and a mistyped command through a pipe are plain text, without colour codes; a base URL that is no http(s) URL or an empty key is refused, a URL with a password never shown", () =>

@@ -66,6 +66,62 @@ export const characterCount = (text: string): number => {
 }
 
 /**
+ * Checks a batch's `metadata` (absent or null: none) as OpenAI does: at most 16 string pairs, keys up to 64
+ * characters, values up to 512. The CLI checks its `--metadata` with it before uploading.
+ */
+export const checkedMetadata = (given: unknown): Problem | { readonly metadata: Record<string, string> | null } => {
+  if (given == null) return { metadata: null }
+  if (!isJsonObject(given)) {
+    return {
+      code: "invalid_type",
+      param: "metadata",
+      message: `Invalid type for 'metadata': expected an object, but got ${typeName(given)} instead.`
+    }
+  }
+  const entries = Object.entries(given)
+  if (entries.length > MAX_METADATA_PAIRS) {
+    return {
+      code: "invalid_value",
+      param: "metadata",
+      message: `Invalid 'metadata': too many properties. Expected an object with at most ${MAX_METADATA_PAIRS} properties, but got ${entries.length}.`
+    }
+  }
+  for (const [key, value] of entries) {
+    if (characterCount(key) > MAX_METADATA_KEY) {
+      return {
+        code: "invalid_value",
+        param: "metadata",
+        message: `Invalid 'metadata': key '${key.slice(0, 20).toWellFormed()}…' is longer than ${MAX_METADATA_KEY} characters.`
+      }
+    }
+    const keyProblem = key === "__proto__" ? "must not be '__proto__'" : unstorableReason(key)
+    if (keyProblem !== undefined) {
+      return { code: "invalid_value", param: "metadata", message: `Invalid 'metadata': a key ${keyProblem}.` }
+    }
+    if (typeof value !== "string") {
+      return {
+        code: "invalid_type",
+        param: `metadata.${key}`,
+        message: `Invalid type for 'metadata.${key}': expected a string, but got ${typeName(value)} instead.`
+      }
+    }
+    const length = characterCount(value)
+    if (length > MAX_METADATA_VALUE) {
+      return {
+        code: "invalid_value",
+        param: `metadata.${key}`,
+        message: `Invalid 'metadata.${key}': string too long. Expected a string with maximum length ${MAX_METADATA_VALUE}, but got a string with length ${length} instead.`
+      }
+    }
+    const valueProblem = unstorableReason(value)
+    if (valueProblem !== undefined) {
+      return { code: "invalid_value", param: `metadata.${key}`, message: `Invalid 'metadata.${key}': the value ${valueProblem}.` }
+    }
+  }
+  return { metadata: Object.fromEntries(entries) as Record<string, string> }
+}
+
+/**
  * Checks the values of `POST /v1/batches` (types were checked by the schema); `extraEndpoints` are the paths
  * accepted beside OpenAI's (`EXTRA_BATCH_ENDPOINTS`).
  */
@@ -97,57 +153,9 @@ export const validateCreateBatch = (
       message: `Invalid value: '${echo(body.completion_window)}'. Supported values are: '24h'.`
     }
   }
-  let metadata: Record<string, string> | null = null
-  if (body.metadata != null) {
-    if (!isJsonObject(body.metadata)) {
-      return {
-        code: "invalid_type",
-        param: "metadata",
-        message: `Invalid type for 'metadata': expected an object, but got ${typeName(body.metadata)} instead.`
-      }
-    }
-    const entries = Object.entries(body.metadata)
-    if (entries.length > MAX_METADATA_PAIRS) {
-      return {
-        code: "invalid_value",
-        param: "metadata",
-        message: `Invalid 'metadata': too many properties. Expected an object with at most ${MAX_METADATA_PAIRS} properties, but got ${entries.length}.`
-      }
-    }
-    for (const [key, value] of entries) {
-      if (characterCount(key) > MAX_METADATA_KEY) {
-        return {
-          code: "invalid_value",
-          param: "metadata",
-          message: `Invalid 'metadata': key '${key.slice(0, 20).toWellFormed()}…' is longer than ${MAX_METADATA_KEY} characters.`
-        }
-      }
-      const keyProblem = key === "__proto__" ? "must not be '__proto__'" : unstorableReason(key)
-      if (keyProblem !== undefined) {
-        return { code: "invalid_value", param: "metadata", message: `Invalid 'metadata': a key ${keyProblem}.` }
-      }
-      if (typeof value !== "string") {
-        return {
-          code: "invalid_type",
-          param: `metadata.${key}`,
-          message: `Invalid type for 'metadata.${key}': expected a string, but got ${typeName(value)} instead.`
-        }
-      }
-      const length = characterCount(value)
-      if (length > MAX_METADATA_VALUE) {
-        return {
-          code: "invalid_value",
-          param: `metadata.${key}`,
-          message: `Invalid 'metadata.${key}': string too long. Expected a string with maximum length ${MAX_METADATA_VALUE}, but got a string with length ${length} instead.`
-        }
-      }
-      const valueProblem = unstorableReason(value)
-      if (valueProblem !== undefined) {
-        return { code: "invalid_value", param: `metadata.${key}`, message: `Invalid 'metadata.${key}': the value ${valueProblem}.` }
-      }
-    }
-    metadata = Object.fromEntries(entries) as Record<string, string>
-  }
+  const checked = checkedMetadata(body.metadata)
+  if ("code" in checked) return checked
+  const metadata = checked.metadata
   let outputExpiresAfterSeconds: number | null = null
   if (body.output_expires_after != null) {
     const { anchor, seconds } = body.output_expires_after

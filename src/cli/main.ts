@@ -24,6 +24,7 @@ import { colourWhereShown, modeOf, printJson, say, sayAll, visible } from "./out
 import { DEFAULT_RETRY_FOR } from "./patience.js"
 import { withoutCredentials } from "../observability/urlText.js"
 import { packageRoot } from "../packageRoot.js"
+import { checkedMetadata } from "../batches/validation.js"
 import { serve } from "./serve.js"
 import { type AfterCreate, retry, submit } from "./submit.js"
 
@@ -119,15 +120,22 @@ const withApi = <A, E, R>(own: ConnectionFlags, effect: Effect.Effect<A, E, R>) 
     )
   })
 
-/** `--metadata` pairs as an object: each `KEY=VALUE` with a key (the value may be empty, or hold `=`). */
+/**
+ * `--metadata` pairs as an object: each `KEY=VALUE` with a key (the value may be empty, or hold `=`), a key given
+ * once, within OpenAI's limits (16 pairs, keys of 64 characters, values of 512): found out before the upload, not
+ * after it.
+ */
 const metadataOf = (pairs: ReadonlyArray<string>): Either.Either<Record<string, string>, string> => {
   const metadata: Record<string, string> = {}
   for (const pair of pairs) {
     const at = pair.indexOf("=")
     if (at <= 0) return Either.left(`--metadata takes KEY=VALUE, with a key before the '=': got '${pair}'`)
-    metadata[pair.slice(0, at)] = pair.slice(at + 1)
+    const key = pair.slice(0, at)
+    if (Object.hasOwn(metadata, key)) return Either.left(`--metadata gives '${key}' twice`)
+    metadata[key] = pair.slice(at + 1)
   }
-  return Either.right(metadata)
+  const checked = checkedMetadata(metadata)
+  return "code" in checked ? Either.left(`--metadata: ${checked.message}`) : Either.right(metadata)
 }
 
 const submitCommand = Command.make(
