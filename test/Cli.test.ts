@@ -360,7 +360,7 @@ describe("the openai-batch command line", () => {
   it.live("--help and a mistyped command through a pipe are plain text, without colour codes; a base URL that is no http(s) URL or an empty key is refused, a URL with a password never shown", () =>
     Effect.promise(async () => {
       const notDir = inputFile("not-a-dir.jsonl", [])
-      const [help, mistyped, emptyUrl, emptyKey, ftpUrl, secretUrl, https, watchBadOut, watchProcOut] = await Promise.all([
+      const [help, mistyped, emptyUrl, emptyKey, ftpUrl, secretUrl, https, page, query, watchBadOut, watchProcOut] = await Promise.all([
         cli(["--help"]),
         cli(["lsit"]),
         cli(["--base-url", "", "list"]), // a script's unset variable: never the client's default, OpenAI's API
@@ -368,6 +368,8 @@ describe("the openai-batch command line", () => {
         cli(["list"], { OPENAI_BASE_URL: "user:sekrit@example.com/v1" }), // no scheme: it parses, with "user:" as one
         cli(["list"], { OPENAI_BASE_URL: "http://user:sekrit@127.0.0.1:1/v1" }),
         cli(["list"], { OPENAI_BASE_URL: server.url.replace(/^http:/, "https:") + "/v1" }), // the server is there, in http
+        cli(["list", "--base-url", `${server.url}/ui/`]), // the dashboard's address, copied from the browser
+        cli(["list", "--base-url", `${server.url}/v1?token=abc`]), // sent as /v1?token=abc/batches
         cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--out", Path.join(notDir, "out")]),
         // Where a directory cannot be made though its parent exists: Node's recursive mkdir spun there for ever.
         cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--out", "/proc/openai-batch-out"])
@@ -384,6 +386,9 @@ describe("the openai-batch command line", () => {
       expect([https.code, https.stderr]).toEqual([1, expect.stringContaining(`listing batches: ${httpsUrl} does not answer in https (`)])
       expect(https.stderr).toContain(`is it ${server.url}/v1?`)
       expect(https.stderr).not.toContain("start a server")
+      expect([page.code, page.stderr]).toEqual([2, expect.stringContaining(`--base-url must be the API's base URL, /v1 included, not a page's or a route's (${server.url}/v1?)`)])
+      expect([query.code, query.stderr]).toEqual([2, expect.stringContaining("--base-url must be the API's base URL, without ?query or #fragment")])
+      expect(query.stderr).not.toContain("abc")
       expect(ftpUrl.stderr).toContain("(got '…@example.com/v1')")
       for (const run of [ftpUrl, secretUrl]) expect(run.stderr).not.toContain("sekrit")
       expect(help.code).toBe(0)

@@ -103,7 +103,7 @@ const explain = (what: string, connection: Connection) => (error: unknown): CliF
     : error instanceof APIError
     ? `${what}: ${error.message}${error.code ? ` (${error.code})` : ""}` +
       (error.status === 401 && connection.apiKey === undefined ? "; give a key with --api-key or OPENAI_API_KEY" : "") +
-      (wrongRoute(error) && !/\/v1\/?$/.test(connection.baseUrl) ? `; the base URL is the API's, /v1 included (${shown.replace(/\/$/, "")}/v1?)` : "") +
+      (wrongRoute(error) && !/\/v1\/?$/.test(connection.baseUrl) ? `; the base URL is the API's, /v1 included (${shown.replace(/\/$/, "").replace(/\/v\d+$/, "")}/v1?)` : "") +
       (otherServers(error) ? `; ${shown} has no Batches API: is it this server's address (--base-url, else OPENAI_BASE_URL)?` : "")
     : `${what}: ${error instanceof Error ? error.message : String(error)}`
   const transient = transience(error)

@@ -88,15 +88,21 @@ const fromEnv = (name: string) =>
  * and the input file would go there.
  */
 const checkedBaseUrl = (url: string, source: string): Effect.Effect<string, CliFailure> => {
-  let protocol: string | undefined
-  try {
-    protocol = new URL(url).protocol
-  } catch {
-    protocol = undefined
+  const parsed = URL.canParse(url) ? new URL(url) : undefined
+  const refused = (problem: string) =>
+    Effect.fail(new CliFailure({ exitCode: EXIT_INVALID, message: `${source} must be ${problem} (got '${withoutCredentials(url)}').` }))
+  if (parsed === undefined || (parsed.protocol !== "http:" && parsed.protocol !== "https:")) {
+    return refused("an http:// or https:// URL, /v1 included")
   }
-  return protocol === "http:" || protocol === "https:"
-    ? Effect.succeed(url)
-    : Effect.fail(new CliFailure({ exitCode: EXIT_INVALID, message: `${source} must be an http:// or https:// URL, /v1 included (got '${withoutCredentials(url)}').` }))
+  // A query is sent before each call's path (`/v1?token=x/batches`); a page's address (the dashboard's `/ui`, a
+  // route) is no base: each was answered 404, with a hint to add /v1 to it.
+  if (parsed.search !== "" || parsed.hash !== "") return refused("the API's base URL, without ?query or #fragment")
+  const route = /\/(ui|v1\/(batches|files|uploads|models))(\/.*)?$/.exec(parsed.pathname)
+  if (route !== null) {
+    const base = `${parsed.origin}${parsed.pathname.slice(0, route.index)}/v1`
+    return refused(`the API's base URL, /v1 included, not a page's or a route's (${withoutCredentials(base)}?)`)
+  }
+  return Effect.succeed(url)
 }
 
 /** Provides the API named by the flags (the subcommand's, else the top command's), else the environment, else the default. */
