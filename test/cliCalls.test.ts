@@ -16,6 +16,7 @@ import type { Batch } from "openai/resources/batches"
 import { layer as batchApiLayer, make as makeBatchApi } from "../src/cli/BatchApi.js"
 import { saveResults } from "../src/cli/download.js"
 import { note, printJson, say } from "../src/cli/output.js"
+import { upstreamNote } from "../src/cli/upstreamNotes.js"
 import { watch } from "../src/cli/watch.js"
 
 type Handler = (req: IncomingMessage, res: ServerResponse, nth: number) => void
@@ -126,6 +127,33 @@ describe("the CLI's calls against a scripted server", () => {
       expect((yield* recorded(watch("batch_abc", fastWatch), quiet).pipe(Effect.provide(api))).status).toBe("completed")
       expect(quiet.filter((l) => !l.startsWith("["))).toEqual([])
       expect(asked).toBe(1) // not asked again after its 404
+    }))
+
+  it("a down upstream's note says what brings the batch back: the server's return, or a configuration mended", () => {
+    const down = (reason: string) =>
+      upstreamNote({ name: "vllm", state: "down", down_since: null, down_reason: reason, models: ["m"], serves_any_model: false }, false, 0)
+    expect(down("unreachable")).toBe("Upstream vllm is down (no connection): the batch waits for it, losing nothing, and goes on once it is back.")
+    expect(down("path")).toMatch(/goes on once this server is restarted with the upstream's base URL mended \(…\/v1\)\.$/)
+    expect(down("key")).toMatch(/goes on once the upstream takes its key again \(or this server is restarted with another\)\.$/)
+  })
+
+  it.scopedLive("a watch whose batch does not move while its upstream is up says it may be waiting behind other batches, once a stall", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer
+      const api = Layer.merge(batchApiLayer({ baseUrl: server.url, apiKey: undefined }), NodeContext.layer)
+      const at = (done: number) => batch("in_progress", { model: "m", request_counts: { total: 10, completed: done, failed: 0 } })
+      // Standing still, moving, standing still again, then done: each stall said once.
+      const polls = [...Array(12).fill(at(0)), at(5), ...Array(12).fill(at(5)), batch("completed", { model: "m" })]
+      let polled = 0
+      server.set((req, res) =>
+        req.url?.endsWith("/upstreams")
+          ? json(res, 200, { object: "list", data: [{ name: "vllm", state: "up", down_since: null, down_reason: null, models: ["m"], serves_any_model: false }] })
+          : json(res, 200, polls[Math.min(polled++, polls.length - 1)]))
+      const notes: Array<string> = []
+      yield* recorded(watch("batch_abc", { ...fastWatch, stallNoteAfter: 0.1 }), notes).pipe(Effect.provide(api))
+      const stalls = notes.filter((l) => l.startsWith("No request"))
+      expect(stalls).toHaveLength(2)
+      expect(stalls[0]).toMatch(/^No request of the batch has finished for \d+s, though its upstream is up: the server may be running other batches first \(it runs MAX_CONCURRENT_BATCHES at a time\), or its requests take that long\.$/)
     }))
 
   it.scopedLive("a call the client retries (answered 429, then 502 with a page) is retried, and its answer used", () =>

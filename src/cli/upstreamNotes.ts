@@ -37,5 +37,27 @@ export const upstreamNote = (upstream: UpstreamSeen | undefined, saidDown: boole
   if (!down) return `Upstream ${upstream.name} is back: the batch goes on.`
   const since = upstream.down_since === null ? "" : ` since ${ago(upstream.down_since, now)}`
   const reason = upstream.down_reason === null ? "" : ` (${DOWN_REASONS[upstream.down_reason] ?? upstream.down_reason})`
-  return `Upstream ${upstream.name} is down${since}${reason}: the batch waits for it, losing nothing, and goes on once it is back.`
+  return `Upstream ${upstream.name} is down${since}${reason}: the batch waits for it, losing nothing, and goes on ` +
+    (WAY_BACK[upstream.down_reason ?? ""] ?? "once it is back.")
 }
+
+/** When a batch goes on after an outage that is the configuration's, not the server's going away. */
+const WAY_BACK: Record<string, string> = {
+  path: "once this server is restarted with the upstream's base URL mended (…/v1).",
+  key: "once the upstream takes its key again (or this server is restarted with another)."
+}
+
+/** How long a running batch's counts may stand still, its upstream up, before the watch says why that may be. */
+export const STALL_NOTE_AFTER_S = 15
+
+/**
+ * The line for a batch `in_progress` whose counts stood still for `stalledFor` seconds while its upstream is up:
+ * with one batch run at a time (the default), a batch behind another shows `0/10, 0.0/s` for as long as the other
+ * runs, and looked stuck. Undefined before `after` seconds.
+ */
+export const stallNote = (stalledFor: number, after = STALL_NOTE_AFTER_S): string | undefined =>
+  stalledFor < after
+    ? undefined
+    : `No request of the batch has finished for ${Math.round(stalledFor)}s, though its upstream is up: the server may ` +
+      "be running other batches first (it runs MAX_CONCURRENT_BATCHES at a time), or its requests take that long."
+

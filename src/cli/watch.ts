@@ -13,12 +13,14 @@ import { BatchApi } from "./BatchApi.js"
 import { CliFailure, STOP_SIGNALS, type StopSignal } from "./failure.js"
 import { columns, interactive, type Mode, note, printJson, say, write } from "./output.js"
 import { type Patience, patiently } from "./patience.js"
-import { servingUpstream, upstreamNote } from "./upstreamNotes.js"
+import { servingUpstream, stallNote, upstreamNote } from "./upstreamNotes.js"
 import { addSample, barLine, countsOf, isTerminal, plainLine, plainLineDue, type Printed, rate, type Sample } from "./progress.js"
 
 export interface WatchSettings extends Pick<Patience, "retryFor"> {
   readonly mode: Mode
   readonly interval: Duration.Duration
+  /** Seconds the counts may stand still, the upstream up, before the watch says why (`stallNote`; default 15). */
+  readonly stallNoteAfter?: number | undefined
 }
 
 interface Display {
@@ -128,19 +130,29 @@ export const watch = (id: string, settings: WatchSettings) =>
     let lastDone = -1
     let saidDown = false
     let asking = true
+    /** When the counts last moved (ms), and whether the stall since was said (`stallNote`). */
+    let movedAt = Date.now()
+    let saidStall = false
     const tellUpstream = (batch: Batch, now: number) =>
       Effect.gen(function*() {
         const done = countsOf(batch).done
         const stalled = done === lastDone
         lastDone = done
+        if (!stalled) [movedAt, saidStall] = [now, false]
         if (!asking || batch.status !== "in_progress" || !batch.model || !(stalled || saidDown)) return
         const upstreams = yield* api.upstreams
         if (upstreams === "unsupported") asking = false
         if (typeof upstreams === "string") return
-        const line = upstreamNote(servingUpstream(upstreams, batch.model), saidDown, now / 1000)
-        if (line === undefined) return
-        saidDown = !saidDown
-        yield* Effect.zipRight(display.settle, note(line))
+        const upstream = servingUpstream(upstreams, batch.model)
+        const line = upstreamNote(upstream, saidDown, now / 1000)
+        if (line !== undefined) {
+          saidDown = !saidDown
+          return yield* Effect.zipRight(display.settle, note(line))
+        }
+        const stall = saidStall || upstream?.state !== "up" ? undefined : stallNote((now - movedAt) / 1000, settings.stallNoteAfter)
+        if (stall === undefined) return
+        saidStall = true
+        yield* Effect.zipRight(display.settle, note(stall))
       })
     const poll = Effect.gen(function*() {
       const batch = yield* (seen ? patiently(api.poll(id), patience, afterGivingUp) : api.retrieve(id))
