@@ -168,8 +168,12 @@ describe("the openai-batch command line", () => {
       expect(created).toMatchObject({ object: "batch", metadata: { team: "cli", run: "a=b" }, endpoint: "/v1/chat/completions" })
       const summary = later.at(-1)
       expect(later.slice(0, -1).every((b) => b.object === "batch" && b.id === created.id)).toBe(true)
+      // Each object printed once a change: the created one was printed again by the watch.
+      const changes = [created, ...later.slice(0, -1)].map((b) => `${b.status} ${b.request_counts.completed + b.request_counts.failed}`)
+      expect(changes.filter((change, i) => change === changes[i - 1])).toEqual([])
       expect(later.at(-2)).toMatchObject({ status: "completed", request_counts: { total: 20, completed: 20, failed: 0 } })
       expect(summary).toMatchObject({
+        object: "batch.summary",
         id: created.id,
         status: "completed",
         output_path: Path.join(out, `${created.id}_output.jsonl`),

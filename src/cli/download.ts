@@ -203,7 +203,13 @@ export const download = (id: string, dir: string, mode: Mode, patience: Pick<Pat
     const none = !saved.output && !saved.error
     if (mode === "json") {
       // A batch that failed validation has no file: what the server found wrong comes along instead.
-      yield* printJson({ id: batch.id, status: batch.status, ...savedJson(saved), ...(none ? { errors: batch.errors?.data ?? [] } : {}) })
+      yield* printJson({
+        object: "batch.files",
+        id: batch.id,
+        status: batch.status,
+        ...savedJson(saved),
+        ...(none ? { errors: batch.errors?.data ?? [] } : {})
+      })
     } else {
       yield* sayAll(savedLines(saved))
       if (none) yield* sayAll((batch.errors?.data ?? []).map(problemLine))

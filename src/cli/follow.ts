@@ -21,6 +21,7 @@ export const follow = (id: string, settings: FollowSettings) =>
     const saved = yield* saveResults(batch, settings.out, { retryFor: settings.retryFor, tell: note })
     if (settings.mode === "json") {
       yield* printJson({
+        object: "batch.summary", // told apart from the batch objects before it
         id: batch.id,
         status: batch.status,
         request_counts: batch.request_counts ?? null,

@@ -23,7 +23,7 @@ export interface AfterCreate extends FollowSettings {
 const created = (batch: Batch, after: AfterCreate) =>
   Effect.zipRight(
     after.mode === "json" ? printJson(batch) : say(batch.id),
-    after.watch ? follow(batch.id, after) : Effect.void
+    after.watch ? follow(batch.id, { ...after, printed: batch }) : Effect.void
   )
 
 export interface SubmitOptions extends AfterCreate {

@@ -21,6 +21,8 @@ export interface WatchSettings extends Pick<Patience, "retryFor"> {
   readonly interval: Duration.Duration
   /** Seconds the counts may stand still, the upstream up, before the watch says why (`stallNote`; default 15). */
   readonly stallNoteAfter?: number | undefined
+  /** The batch's object as printed already (`submit --json`): not printed again unless it changed. */
+  readonly printed?: Batch | undefined
 }
 
 interface Display {
@@ -31,7 +33,10 @@ interface Display {
 
 const CLEAR_LINE = "\r\x1b[2K"
 
-const makeDisplay = (mode: Mode, started: number): Display => {
+/** What a JSON watch compares to tell a change: its status and counts. */
+const jsonSeen = (batch: Batch) => `${batch.status} ${countsOf(batch).done}`
+
+const makeDisplay = (mode: Mode, started: number, printed: Batch | undefined): Display => {
   switch (mode) {
     case "tty": {
       let drawn = false
@@ -57,11 +62,11 @@ const makeDisplay = (mode: Mode, started: number): Display => {
       }
     }
     case "json": {
-      let last: string | undefined
+      let last = printed === undefined ? undefined : jsonSeen(printed)
       return {
         show: (batch) =>
           Effect.suspend(() => {
-            const seen = `${batch.status} ${countsOf(batch).done}`
+            const seen = jsonSeen(batch)
             if (seen === last) return Effect.void
             last = seen
             return printJson(batch)
@@ -120,7 +125,7 @@ export const watch = (id: string, settings: WatchSettings) =>
     const api = yield* BatchApi
     const { queue } = yield* stopSignals
     const started = Date.now()
-    const display = makeDisplay(settings.mode, started)
+    const display = makeDisplay(settings.mode, started, settings.printed)
     let samples: ReadonlyArray<Sample> = []
     const patience: Patience = { retryFor: settings.retryFor, tell: (line) => Effect.zipRight(display.settle, note(line)) }
     const afterGivingUp = `Batch ${id} is not affected: \`openai-batch watch ${id}\` picks it up again.`
