@@ -18,7 +18,7 @@ import { type ErrorReasons, makeErrorReasons, reasonsLine } from "./errorReasons
 import { CliFailure, EXIT_FAILED, EXIT_INVALID, failed } from "./failure.js"
 import { type Mode, note, printJson, sayAll } from "./output.js"
 import { type Patience, patiently } from "./patience.js"
-import { isTerminal, plural } from "./progress.js"
+import { count, isTerminal, plural } from "./progress.js"
 
 export interface Saved {
   readonly path: string
@@ -48,7 +48,7 @@ interface Counted {
 }
 
 /** Counts the lines of `chunk` into `counted`. */
-const count = (counted: Counted, chunk: Uint8Array) => {
+const countLines = (counted: Counted, chunk: Uint8Array) => {
   for (let i = chunk.indexOf(NEWLINE); i !== -1; i = chunk.indexOf(NEWLINE, i + 1)) counted.lines++
   if (chunk.length > 0) counted.last = chunk[chunk.length - 1]!
   counted.reasons?.feed(chunk)
@@ -68,12 +68,12 @@ const save = (fileId: string, path: string, again: boolean, kind: "output" | "er
     const { body, resumed } = yield* api.content(fileId, onDisk)
     const counted: Counted = { lines: 0, last: NEWLINE, reasons: kind === "error" ? makeErrorReasons() : undefined }
     if (resumed) {
-      yield* Stream.runForEach(fs.stream(partial), (chunk) => Effect.sync(() => count(counted, chunk))).pipe(
+      yield* Stream.runForEach(fs.stream(partial), (chunk) => Effect.sync(() => countLines(counted, chunk))).pipe(
         Effect.mapError((e) => failed(`reading ${partial}: ${e.message}`))
       )
     }
     yield* Stream.fromReadableStream(() => body, cut(fileId)).pipe(
-      Stream.tap((chunk) => Effect.sync(() => count(counted, chunk))),
+      Stream.tap((chunk) => Effect.sync(() => countLines(counted, chunk))),
       Stream.run(fs.sink(partial, { flag: resumed ? "a" : "w" })),
       Effect.zipRight(fs.rename(partial, path)),
       Effect.mapError((e) => (e._tag === "CliFailure" ? e : failed(`writing ${path}: ${e.message}`)))
@@ -168,7 +168,7 @@ export const saveResults = (batch: Batch, dir: string, patience: Patience) =>
     return { output, error } satisfies SavedResults
   })
 
-const lines = (n: number) => `${n} ${plural("line", n)}`
+const lines = (n: number) => `${count(n)} ${plural("line", n)}`
 
 /**
  * Where the files went, in words: `output: DIR/…_output.jsonl (980 lines)`, `errors: …`, and why the error lines

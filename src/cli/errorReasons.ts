@@ -3,6 +3,7 @@
  * A watch's summary said only "20 failed" (requests a cancel or an expiry left unrun among them), and the file had to
  * be opened to tell a misconfigured endpoint from a flaky server.
  */
+import { count } from "./progress.js"
 
 const NEWLINE = 10
 /** The first bytes of a line read for its reason: a line holds a whole answer, which may be megabytes. */
@@ -78,7 +79,7 @@ const NAMED_REASONS = 5
 /** `errors by reason: 200 × batch_cancelled, 3 × status 500`, for a summary; undefined when there is none. */
 export const reasonsLine = (counts: ReadonlyArray<readonly [string, number]>): string | undefined => {
   if (counts.length === 0) return undefined
-  const named = counts.slice(0, NAMED_REASONS).map(([reason, n]) => `${n.toLocaleString("en-US")} × ${reason}`)
+  const named = counts.slice(0, NAMED_REASONS).map(([reason, n]) => `${count(n)} × ${reason}`)
   const rest = counts.slice(NAMED_REASONS).reduce((sum, [, n]) => sum + n, 0)
-  return `errors by reason: ${named.join(", ")}${rest > 0 ? `, ${rest.toLocaleString("en-US")} other` : ""}`
+  return `errors by reason: ${named.join(", ")}${rest > 0 ? `, ${count(rest)} other` : ""}`
 }
