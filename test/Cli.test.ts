@@ -422,16 +422,22 @@ describe("the openai-batch command line", () => {
       await Promise.all([stop("SIGINT"), stop("SIGTERM")])
     }), alongside)
 
-  it.live("retry reruns the failed requests as a new batch", () =>
+  it.live("retry reruns the failed requests as a new batch; with an idempotency key, once", () =>
     Effect.promise(async () => {
       expect(failingBatchId).toBeDefined()
       const out = Path.join(scratch, "out-retry")
-      const run = await cli(["retry", failingBatchId!, "--only", "error", "--watch", "--out", out, "--interval", "0.2"])
+      const keyed = ["retry", failingBatchId!, "--only", "error", "--idempotency-key", "ci-job-42"]
+      const run = await cli([...keyed, "--watch", "--out", out, "--interval", "0.2"])
       expect(run.code, run.stderr).toBe(1) // the same 20 fail again
       const [id] = linesOf(run.stdout)
       expect(id).not.toBe(failingBatchId)
       expect((await openai.batches.retrieve(id!)).metadata).toMatchObject({ retry_of: failingBatchId })
       expect(linesOf(run.stdout).slice(-2)).toEqual([`errors: ${Path.join(out, `${id}_error.jsonl`)} (20 lines)`, "errors by reason: 20 × status 400"])
+      // The same command again (a CI job run twice) gives the rerun made before; without the key, a new one.
+      const [again, unkeyed] = [await cli(keyed), await cli(["retry", failingBatchId!, "--only", "error"])]
+      expect([again.code, linesOf(again.stdout)]).toEqual([0, [id]])
+      expect(linesOf(unkeyed.stdout)[0]).not.toBe(id)
+      await Effect.runPromise(waitFor(openai, linesOf(unkeyed.stdout)[0]!, terminal))
     }), 180_000)
 
   it.live("a watch rides out a lost server (said once, then reconnected; files and exit 0), and gives up after --retry-for", () =>

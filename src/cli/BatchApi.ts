@@ -49,8 +49,11 @@ export interface BatchApiShape {
   /** The newest `limit` batches. */
   readonly list: (limit: number) => Effect.Effect<ReadonlyArray<Batch>, CliFailure>
   readonly cancel: (id: string) => Effect.Effect<Batch, CliFailure>
-  /** The rerun extension: a new batch of the requests that did not succeed. */
-  readonly retry: (id: string, only: ReadonlyArray<RerunKind>) => Effect.Effect<Batch, CliFailure>
+  /**
+   * The rerun extension: a new batch of the requests that did not succeed; with `idempotencyKey`, the rerun made
+   * with that key before, if any.
+   */
+  readonly retry: (id: string, only: ReadonlyArray<RerunKind>, idempotencyKey?: string) => Effect.Effect<Batch, CliFailure>
   /**
    * A file's bytes, as they arrive, from byte `from` on when the server answers a `Range` (`resumed`), else from
    * the start; tried once (saving a file has its own policy of trying again).
@@ -206,10 +209,12 @@ export const make = (connection: Connection): BatchApiShape => {
         return batches
       }),
     cancel: (id) => call(`cancelling batch ${id}`, (signal) => client.batches.cancel(id, { signal })),
-    retry: (id, only) =>
+    retry: (id, only, idempotencyKey) =>
       unlessBusy(call(`rerunning batch ${id}`, (signal) =>
         client.post<Batch>(`/batches/${encodeURIComponent(id)}/retry`, {
-          ...(only.length > 0 ? { body: { only } } : {}),
+          ...(only.length > 0 || idempotencyKey !== undefined
+            ? { body: { ...(only.length > 0 ? { only } : {}), ...(idempotencyKey === undefined ? {} : { idempotency_key: idempotencyKey }) } }
+            : {}),
           signal,
           maxRetries: 0
         }))),

@@ -235,10 +235,17 @@ const retryCommand = Command.make(
       Options.repeated,
       Options.optional
     ),
+    idempotencyKey: Options.text("idempotency-key").pipe(
+      Options.withPseudoName("KEY"),
+      Options.withDescription(
+        "Makes the rerun once for this key: the same command again (a CI job run twice) gives the rerun made before"
+      ),
+      Options.optional
+    ),
     ...afterCreateOptions
   },
   (o) =>
-    withApi(o, retry(o.batchId, Option.getOrElse(o.only, () => []) as ReadonlyArray<RerunKind>, afterCreate(o)))
+    withApi(o, retry(o.batchId, Option.getOrElse(o.only, () => []) as ReadonlyArray<RerunKind>, Option.getOrUndefined(o.idempotencyKey), afterCreate(o)))
 ).pipe(Command.withDescription("Rerun a finished batch's requests that failed, expired or were cancelled, as a new batch"))
 
 const serveCommand = Command.make("serve", {}, () =>

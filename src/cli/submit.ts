@@ -81,7 +81,7 @@ export const submit = (options: SubmitOptions) =>
     yield* created(batch, options)
   })
 
-export const retry = (id: string, only: ReadonlyArray<RerunKind>, after: AfterCreate) =>
-  Effect.zipRight(after.watch ? checkOut(after.out) : Effect.void, Effect.flatMap(BatchApi, (api) => api.retry(id, only))).pipe(
+export const retry = (id: string, only: ReadonlyArray<RerunKind>, idempotencyKey: string | undefined, after: AfterCreate) =>
+  Effect.zipRight(after.watch ? checkOut(after.out) : Effect.void, Effect.flatMap(BatchApi, (api) => api.retry(id, only, idempotencyKey))).pipe(
     Effect.flatMap((batch) => created(batch, after))
   )
