@@ -44,6 +44,7 @@ import type { FailureKind } from "../inference/UpstreamHttpClient.js"
 import { ONCE_A_MINUTE_MS, saidWithin } from "../observability/saidWithin.js"
 import type { AdaptiveLimit } from "./adaptiveLimit.js"
 import type { Admission, Ticket } from "./Admission.js"
+import { makeLimitLog } from "./limitLog.js"
 import type { DownKind, Outage } from "./outage.js"
 import type { UpstreamSpec } from "./UpstreamSpec.js"
 
@@ -55,12 +56,6 @@ export const OUTAGE_AFTER = 5
  * the calls sent before), and those are the overload's, not the request's; beyond them, a refusal counts.
  */
 const SPARED_OVERLOADS = 3
-/**
- * Changes of the limit are logged at most this often, decreases and increases each, the first after a quiet spell
- * at once (an upstream that refuses a call now and then keeps its limit moving: a soak's three nodes logged 8,600
- * such lines in 35 minutes); its floor at most once a minute (`warn`).
- */
-const LIMIT_LOG_INTERVAL_MS = 10_000
 
 /** What one attempt gave: an answer (with the headers a retry reads), or no usable answer. */
 export type Attempt =
@@ -148,12 +143,7 @@ export const makeJudge = (
   /** The lines of `misconfigured` (by kind and endpoint), of pauses and of the floor, each said at most every `every` ms. */
   const due = saidWithin()
   // --- the adaptive limit ------------------------------------------------------------------------------------
-  let lastRaiseLog = Number.NEGATIVE_INFINITY
-  let lastDecreaseLog = Number.NEGATIVE_INFINITY
-  /** Decreases since the last one logged, not logged (`LIMIT_LOG_INTERVAL_MS`). */
-  let unsaidDecreases = 0
-  /** The lowest limit those decreases reached: the next line says it, a raise's too (it read as a rise from 128 to 9). */
-  let unsaidLowest = Infinity
+  const limitLog = makeLimitLog({ name: spec.name, limit, clock, due, log })
   /**
    * The requests whose overload signal decreased the limit: a request's retries, each started under the newer
    * generation, would otherwise halve it again and again (one flaky request took 64 to 16).
@@ -170,21 +160,7 @@ export const makeJudge = (
         return Effect.void
       }
       decreasedBy.add(ticket)
-      const now = clock.unsafeCurrentTimeMillis()
-      // The limit doing its work is news, not a warning (a flaky server halved it 150 times a minute, 98 % of the
-      // warnings); one at its floor, which cannot absorb more, is.
-      const floor = limit.atFloor && due("floor", now, ONCE_A_MINUTE_MS)
-      if (!floor && now - lastDecreaseLog < LIMIT_LOG_INTERVAL_MS) {
-        unsaidDecreases++
-        unsaidLowest = Math.min(unsaidLowest, limit.current)
-        return Effect.void
-      }
-      const more = unsaidDecreases === 0 ? "" : `; ${unsaidDecreases} more since the last such line`
-      unsaidDecreases = 0
-      unsaidLowest = Infinity
-      lastDecreaseLog = now
-      const line = `Upstream ${spec.name}: concurrency limit ${before} → ${limit.current} (${why}${more})`
-      return log(floor ? Effect.logWarning(`${line}, its floor`) : Effect.logInfo(line))
+      return limitLog.decreased(before, why)
     })
   /** A success: the run of failures ends, the limit may grow; a log line when it is to be said. */
   const succeededNow = (): Effect.Effect<void> | undefined => {
@@ -193,16 +169,7 @@ export const makeJudge = (
     if (holding > 0) decide()
     const upAgain = outage.succeeded()
     if (upAgain !== undefined) return upAgain
-    if (!limit.succeeded(gate.inflight)) return undefined
-    const now = clock.unsafeCurrentTimeMillis()
-    if (now - lastRaiseLog < LIMIT_LOG_INTERVAL_MS) return undefined
-    lastRaiseLog = now
-    const after = unsaidDecreases === 0
-      ? ""
-      : ` (after ${unsaidDecreases} decrease${unsaidDecreases === 1 ? "" : "s"} not said, down to ${unsaidLowest})`
-    unsaidDecreases = 0
-    unsaidLowest = Infinity
-    return log(Effect.logInfo(`Upstream ${spec.name}: concurrency limit raised to ${limit.current}${after}`))
+    return limit.succeeded(gate.inflight) ? limitLog.raised() : undefined
   }
   const succeeded = Effect.suspend(() => succeededNow() ?? Effect.void)
   /**
