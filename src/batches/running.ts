@@ -104,7 +104,7 @@ export const makeRunning = (local: LocalWork) =>
             return rows.stored(written)
           })
         const outcomes = yield* makeOutcomeWriter(batch.id, { window, afterWrite: stored })
-        const options = { deadline: batch.expires_at * 1000, model: batch.model, project: record.project }
+        const options = { deadline: batch.expires_at * 1000, model: batch.model, project: record.project, batch: batch.id }
         // A worker takes a row, sends it, queues its outcome, waits until its previous outcome is stored (by then,
         // one upstream call later, it nearly always is) and starts over: the store stays off the requests' path,
         // and a crash loses at most two outcomes per worker. A recursive effect in tail position (the fiber's stack

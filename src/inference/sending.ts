@@ -25,6 +25,11 @@ export interface SendOptions {
    */
   readonly project?: string | undefined
   /**
+   * The batch's id: a batch whose every request fails while the upstream serves others is told apart from an
+   * outage (`upstreams/batchBlame.ts`).
+   */
+  readonly batch?: string | undefined
+  /**
    * The attempts this request has used, which the caller keeps across sends an outage interrupted (a run ends when
    * its upstream goes down): the send counts on from there and records each attempt it counts. Without it, requests
    * failing together often enough to look like an outage (a server failing those bodies while it answers its
@@ -107,7 +112,8 @@ export const makeSend = ({ config, pickTraced, route }: SendingOptions) => {
     }
     const { attempts, handBack } = options
     const backingOff = options.backingOff ?? identity
-    const ticket = { project: options.project ?? "", deadline: options.deadline ?? Number.MAX_SAFE_INTEGER, model: options.model, handBack }
+    const { batch, model, project = "", deadline = Number.MAX_SAFE_INTEGER } = options
+    const ticket = { project, batch, deadline, model, handBack }
     const final = (result: Attempt) =>
       result._tag === "Failure" ? Effect.fail(result.failure) : Effect.succeed(result.response)
     /** After attempt `n` gave `result`: wait and try again, unless attempts or time (the deadline) are used up. */

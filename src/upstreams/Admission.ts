@@ -14,10 +14,12 @@ import type { AdaptiveLimit } from "./adaptiveLimit.js"
 
 /**
  * Who asks: the batch's project, and its deadline (epoch ms); its model, for the metrics. One per request, its
- * retries included: the upstream tells its failures apart by it.
+ * retries included: the upstream tells its failures apart by it, and by its batch (`batchBlame.ts`).
  */
 export interface Ticket {
   readonly project: string
+  /** The batch's id: a batch whose requests fail on their own makes no outage (none for a call of no batch). */
+  readonly batch?: string | undefined
   readonly deadline: number
   readonly model?: string | null | undefined
   /** Ends the request's wait for a permit when its caller wants it back (`Upstream.attempt`). */

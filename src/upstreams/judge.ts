@@ -24,6 +24,11 @@
  * interval: failures come back fast and successes slowly. So requests that always
  * fail (their bodies make the server fail) fail after their attempts instead of taking the upstream down, even when
  * they are all a batch has left to send (a batch's last lines: a soak trial saw 39 outages in 12 minutes that way).
+ * A batch whose every line fails so is told apart once it took the upstream down (`batchBlame.ts`): its run took it
+ * down, another batch's request succeeded since, and its requests make a run again with none of its own succeeding
+ * between: it fails on its own, and its first-attempt failures make no outage (its lines fail after their attempts,
+ * the other batches go on); a run of them asks `GET /models` instead, down when that answers 5xx or nothing. Any
+ * outage ends that (a poison batch took the upstream shared with other projects down 20 times a minute).
  * While it is down no call goes out: the batches using it pause (their calls wait; none is failed, and only the
  * failures before the outage was noticed count as attempts) and a probe (`GET /models`, every
  * `UPSTREAM_PROBE_INTERVAL`) puts it on trial as soon as the server answers anything but a 5xx (or a few 5xx in a
@@ -44,6 +49,7 @@ import type { FailureKind } from "../inference/UpstreamHttpClient.js"
 import { ONCE_A_MINUTE_MS, saidWithin } from "../observability/saidWithin.js"
 import type { AdaptiveLimit } from "./adaptiveLimit.js"
 import type { Admission, Ticket } from "./Admission.js"
+import { makeBatchBlame } from "./batchBlame.js"
 import { makeLimitLog } from "./limitLog.js"
 import type { DownKind, Outage } from "./outage.js"
 import type { UpstreamSpec } from "./UpstreamSpec.js"
@@ -98,7 +104,7 @@ export interface Judge {
    */
   readonly judge: (endpoint: string, ticket: Ticket, n: number, attempt: Attempt, generation: number) => Verdict | Effect.Effect<Judged>
   /** Takes the upstream down; the run of failures ends with it (on trial, a new one starts). */
-  readonly markDown: (reason: string, kind: DownKind) => Effect.Effect<void>
+  readonly markDown: (reason: string, kind: DownKind, by?: string) => Effect.Effect<void>
   /** A call's permit was given back: held verdicts are reached once every call out is one of them. */
   readonly released: () => void
 }
@@ -134,8 +140,12 @@ export const makeJudge = (
     decided = Deferred.unsafeMake<void>(FiberId.none)
     Deferred.unsafeDone(settled, Exit.void)
   }
-  const markDown = (reason: string, kind: DownKind) =>
+  /** Whose failures are their batch's own (`batchBlame.ts`). */
+  const blame = makeBatchBlame()
+  /** Down for `reason`; `by`: the batch whose requests made the run that took it down. */
+  const markDown = (reason: string, kind: DownKind, by?: string) =>
     Effect.suspend(() => {
+      if (!outage.isDown()) blame.wentDown(by)
       failingInRow.clear()
       if (holding > 0) decide() // held verdicts: it is down
       return outage.markDown(reason, kind)
@@ -163,15 +173,16 @@ export const makeJudge = (
       return limitLog.decreased(before, why)
     })
   /** A success: the run of failures ends, the limit may grow; a log line when it is to be said. */
-  const succeededNow = (): Effect.Effect<void> | undefined => {
+  const succeededNow = (ticket: Ticket): Effect.Effect<void> | undefined => {
     if (failingInRow.size > 0) failingInRow.clear()
+    blame.succeeded(ticket)
     successes++
     if (holding > 0) decide()
     const upAgain = outage.succeeded()
     if (upAgain !== undefined) return upAgain
     return limit.succeeded(gate.inflight) ? limitLog.raised() : undefined
   }
-  const succeeded = Effect.suspend(() => succeededNow() ?? Effect.void)
+  const succeeded = (ticket: Ticket) => Effect.suspend(() => succeededNow(ticket) ?? Effect.void)
   /**
    * A failure of `ticket`'s request that an outage's calls give too (a 5xx, a 408, a timeout, a lost connection), at
    * its attempt `n`: `again` when the upstream is (now) down, else `retry` (see the header).
@@ -182,9 +193,21 @@ export const makeJudge = (
       // A trial the probe did not vouch for: its failure is the outage's (down again, the same outage; not counted).
       if (outage.onBlindTrial()) return Effect.as(markDown(reason, "failing"), "again" as const)
       // A retry's failure is its request's own trouble: it neither makes an outage nor, on trial, remakes one.
-      if (n > 1 || currentRun().add(ticket).size < OUTAGE_AFTER) return Effect.succeed("retry" as const)
-      return heldRun(`${OUTAGE_AFTER} requests failing in a row, the last: ${reason}`)
+      if (n > 1) return Effect.succeed("retry" as const)
+      const run = `${OUTAGE_AFTER} requests failing in a row, the last: ${reason}`
+      // A batch failing on its own: its failures make no outage; a run of them asks `GET /models` instead.
+      if (blame.isSuspect(ticket)) return blame.suspectFailed(OUTAGE_AFTER) ? modelsVouch(run) : Effect.succeed("retry" as const)
+      if (currentRun().add(ticket).size < OUTAGE_AFTER) return Effect.succeed("retry" as const)
+      if (!blame.ownRun(failingInRow)) return heldRun(run)
+      failingInRow.clear() // the run was that batch's: one failure of another's would make a run with it
+      return modelsVouch(run)
     })
+  /** `retry` when `GET /models` answers below 500; else down (a server failing everything, or gone). */
+  const modelsVouch = (reason: string): Effect.Effect<Verdict> =>
+    Effect.flatMap(modelsStatus, (status) =>
+      status !== undefined && status < 500
+        ? Effect.succeed("retry" as const)
+        : Effect.as(markDown(`${reason}; GET /models answers ${status ?? "nothing"}`, "failing"), "again" as const))
   /**
    * A run of failures long enough for an outage, while other calls are out (sent before these failures came back):
    * one of them may yet succeed. Failures come back fast and successes slowly (a 503 at once, an answer in
@@ -194,7 +217,8 @@ export const makeJudge = (
    */
   const heldRun = (reason: string): Effect.Effect<Verdict> =>
     Effect.suspend(() => {
-      if (outage.onTrial() || gate.inflight - holding <= 1) return Effect.as(markDown(reason, "failing"), "again" as const)
+      const by = blame.batchOf(failingInRow)
+      if (outage.onTrial() || gate.inflight - holding <= 1) return Effect.as(markDown(reason, "failing", by), "again" as const)
       holding++
       const seen = successes
       const decision = decided
@@ -205,7 +229,7 @@ export const makeJudge = (
         Effect.ensuring(Effect.sync(() => void holding--)),
         Effect.flatMap(() => {
           if (successes !== seen) return Effect.succeed("retry" as const)
-          return outage.isDown() ? Effect.succeed("again" as const) : Effect.as(markDown(reason, "failing"), "again" as const)
+          return outage.isDown() ? Effect.succeed("again" as const) : Effect.as(markDown(reason, "failing", by), "again" as const)
         })
       )
     })
@@ -266,7 +290,7 @@ export const makeJudge = (
         case "transport":
           return failed(ticket, n, attempt.failure.message)
         default:
-          return Effect.as(succeeded, "final") // an answer, unusable: not the upstream's health
+          return Effect.as(succeeded(ticket), "final") // an answer, unusable: not the upstream's health
       }
     }
     const { headers, response } = attempt
@@ -304,7 +328,7 @@ export const makeJudge = (
     if (status === 408 || status >= 500) return failed(ticket, n, `status ${status}`)
     if (status === 401 || status === 404 || status === 403 || (status >= 300 && status < 400)) {
       // Suspended: `misconfigured` marks its line as said when called.
-      const final = Effect.suspend(() => Effect.as(Effect.zipRight(succeeded, misconfigured(endpoint, response, headers)), "final" as const))
+      const final = Effect.suspend(() => Effect.as(Effect.zipRight(succeeded(ticket), misconfigured(endpoint, response, headers)), "final" as const))
       const misrouted = status === 404 && !answeredWell.has(endpoint) && !modelNotFound(response)
       if (status !== 401 && !misrouted) return final
       if (outage.isDown()) return Effect.succeed("again" as const) // sent before it went down, for that reason or another
@@ -324,7 +348,7 @@ export const makeJudge = (
           : final)
     }
     if (status < 300 && !answeredWell.has(endpoint)) answeredWell.add(endpoint)
-    const said = succeededNow()
+    const said = succeededNow(ticket)
     return said === undefined ? "final" : Effect.as(said, "final")
   }
 

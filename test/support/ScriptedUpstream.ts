@@ -1,6 +1,7 @@
 /**
  * One upstream (`upstreams/Upstream.ts`: its admission, judge and outages) over a scripted HTTP client that lists
- * model `m` at `GET /models` and answers each call as `answer` says: its verdicts, in test time.
+ * model `m` at `GET /models` (or answers it as `models` says) and answers each call as `answer` says: its verdicts,
+ * in test time.
  */
 import * as HttpClient from "@effect/platform/HttpClient"
 import type * as HttpClientRequest from "@effect/platform/HttpClientRequest"
@@ -12,6 +13,7 @@ export const scriptedUpstream = (options: {
   readonly answer: (request: HttpClientRequest.HttpClientRequest) => Response
   readonly maxConcurrency: number
   readonly probeInterval: Duration.Duration
+  readonly models?: () => Response
 }) =>
   Effect.tap(
     makeUpstream({
@@ -28,7 +30,9 @@ export const scriptedUpstream = (options: {
       http: HttpClient.make((request) =>
         Effect.succeed(HttpClientResponse.fromWeb(
           request,
-          request.method === "GET" ? new Response(`{"object":"list","data":[{"id":"m"}]}`) : options.answer(request)
+          request.method !== "GET"
+            ? options.answer(request)
+            : options.models?.() ?? new Response(`{"object":"list","data":[{"id":"m"}]}`)
         ))
       ),
       maxResponseBytes: 1 << 20,

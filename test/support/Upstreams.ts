@@ -4,7 +4,7 @@ import type { AppConfigShape } from "../../src/Config.js"
 import type { UpstreamEntry } from "../../src/upstreams/UpstreamSpec.js"
 import { type Simulator, type SimulatorOptions, startSimulator } from "../../scripts/simulator.js"
 import { chatLine, createBatch, sdk, upload } from "./Batches.js"
-import { type Backend, baseUrl, testApp } from "./TestApp.js"
+import { type Backend, baseUrl, testApp, type TestAppOptions } from "./TestApp.js"
 
 /** The simulators of a test, by name. */
 export class Simulators extends Context.Tag("test/Simulators")<Simulators, Record<string, Simulator>>() {}
@@ -34,13 +34,14 @@ const simulators = (options: Record<string, SimulatorOptions>) =>
 
 /**
  * `testApp` whose upstreams are the simulators `sims` (started first, each with its options), routed by the
- * entries `upstreams` gives for them; every line, debug ones included, is recorded in `LogLines`.
+ * entries `upstreams` gives for them; every line, debug ones included, is recorded in `LogLines`; `auth`: its keys.
  */
 export const testAppWithUpstreams = (
   sims: Record<string, SimulatorOptions>,
   upstreams: (sims: Record<string, Simulator>) => ReadonlyArray<UpstreamEntry>,
   overrides: Partial<AppConfigShape> = {},
-  backend: Backend = "sqlite"
+  backend: Backend = "sqlite",
+  auth?: TestAppOptions["auth"]
 ) => {
   const lines: Array<LogLine> = []
   const recorder = Logger.make(({ annotations, context, logLevel, message }) => {
@@ -53,7 +54,7 @@ export const testAppWithUpstreams = (
     })
   })
   return Layer.unwrapEffect(Effect.map(Simulators, (all) =>
-    testApp({ upstreams: Option.some(upstreams(all)), ...overrides }, backend, { logLevel: LogLevel.Debug }).pipe(
+    testApp({ upstreams: Option.some(upstreams(all)), ...overrides }, backend, { logLevel: LogLevel.Debug, ...(auth && { auth }) }).pipe(
       Layer.provide(Logger.replace(Logger.defaultLogger, recorder))
     ))).pipe(
       Layer.provideMerge(simulators(sims)),

@@ -1,0 +1,75 @@
+/**
+ * A batch whose requests fail on their own (`upstreams/batchBlame.ts`), in test time: once its run of failures took
+ * the upstream down and another batch's request succeeded, its next run makes no outage; unless `GET /models` fails
+ * too, or its own request succeeded meanwhile (the outage was the upstream's).
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Duration, Effect, TestClock } from "effect"
+import { OUTAGE_AFTER } from "../src/upstreams/judge.js"
+import { scriptedUpstream } from "./support/ScriptedUpstream.js"
+
+const PROBE = Duration.seconds(1)
+
+/** One upstream whose calls and `GET /models` answer the statuses set in `answers`. */
+const upstreamOf = Effect.gen(function*() {
+  const answers = { call: 500, models: 200 }
+  const upstream = yield* scriptedUpstream({
+    answer: () => new Response(`{"error":{"message":"boom"}}`, { status: answers.call }),
+    models: () => new Response(`{"object":"list","data":[{"id":"m"}]}`, { status: answers.models }),
+    maxConcurrency: 8,
+    probeInterval: PROBE
+  })
+  let requests = 0
+  /** A new request of `batch`, its first attempt answered `status`: its verdict. */
+  const send = (batch: string, status: number) =>
+    Effect.suspend(() => {
+      answers.call = status
+      return Effect.map(upstream.attempt("/v1/chat/completions", "{}", { project: "p", batch, deadline: requests++ }, 1), ([, v]) => v)
+    })
+  /** `OUTAGE_AFTER` requests of `batch` failing at their first attempt: their verdicts. */
+  const run = (batch: string) => Effect.forEach(Array.from({ length: OUTAGE_AFTER }), () => send(batch, 500))
+  /** Batch A's run takes it down, the probe puts it on trial, and batch B's request brings it up. */
+  const downByAUpByB = Effect.gen(function*() {
+    expect((yield* run("A")).at(-1)).toBe("again")
+    expect(upstream.isDown()).toBe(true)
+    yield* TestClock.adjust(PROBE)
+    expect(yield* send("B", 200)).toBe("final")
+    expect(upstream.state().state).toBe("up")
+  })
+  return { answers, downByAUpByB, run, send, upstream }
+})
+
+describe("a batch whose requests fail on their own", () => {
+  it.scoped("took the upstream down once, and another batch's request succeeded since: its runs make no outage", () =>
+    Effect.gen(function*() {
+      const { downByAUpByB, run, send, upstream } = yield* upstreamOf
+      yield* downByAUpByB
+      for (let i = 0; i < 4; i++) expect(yield* run("A")).toEqual(Array(OUTAGE_AFTER).fill("retry"))
+      expect(upstream.state().state).toBe("up")
+      // Another batch's run is an outage as before; it ends the suspicion.
+      expect((yield* run("B")).at(-1)).toBe("again")
+      expect(upstream.isDown()).toBe(true)
+      yield* TestClock.adjust(PROBE)
+      expect(yield* send("A", 200)).toBe("final")
+      expect(upstream.state().state).toBe("up")
+    }))
+
+  it.scoped("its run still takes the upstream down when GET /models answers 5xx", () =>
+    Effect.gen(function*() {
+      const { answers, downByAUpByB, run, upstream } = yield* upstreamOf
+      yield* downByAUpByB
+      expect(yield* run("A")).toEqual(Array(OUTAGE_AFTER).fill("retry"))
+      answers.models = 503
+      expect((yield* run("A")).at(-1)).toBe("again")
+      expect(upstream.isDown()).toBe(true)
+    }))
+
+  it.scoped("a request of its own that succeeded since says the outage was the upstream's: its next run is one", () =>
+    Effect.gen(function*() {
+      const { downByAUpByB, run, send, upstream } = yield* upstreamOf
+      yield* downByAUpByB
+      expect(yield* send("A", 200)).toBe("final")
+      expect((yield* run("A")).at(-1)).toBe("again")
+      expect(upstream.isDown()).toBe(true)
+    }))
+})
