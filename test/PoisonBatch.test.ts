@@ -62,4 +62,25 @@ layer(app, { excludeTestServices: true })("a batch whose every line fails, on an
       expect(new Set(failed.map((line) => line.response?.status_code))).toEqual(new Set([500]))
       for (let i = 0; i < 100; i++) expect(main!.stats.byPrompt.get(`[fail:500] poison ${i}`)).toBeGreaterThanOrEqual(5)
     }), { timeout: 30_000 })
+
+  it.effect("an upstream failing every call for everyone is still an outage: both projects' batches pause and lose no line", () =>
+    Effect.gen(function*() {
+      const { main } = yield* Simulators
+      const logs = yield* LogLines
+      const a = yield* client("key-a")
+      const b = yield* client("key-b")
+      const downs = () => logged(logs, /Upstream main is down/).length
+      const before = downs()
+      const first = yield* batchOf(a, 600, (i) => `[sleep:20] first ${i}`)
+      const second = yield* batchOf(b, 600, (i) => `[sleep:20] second ${i}`)
+      yield* waitFor(a, first.id, (batch) => batch.request_counts!.completed > 0)
+      main!.failAll = { status: 500 }
+      yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 1500)))
+      main!.failAll = undefined
+      for (const [openai, batch] of [[a, first], [b, second]] as const) {
+        const done = yield* waitFor(openai, batch.id, terminal, 20_000)
+        expect([done.status, done.request_counts]).toEqual(["completed", { total: 600, completed: 600, failed: 0 }])
+      }
+      expect(downs()).toBeGreaterThan(before)
+    }), { timeout: 30_000 })
 })
