@@ -1,6 +1,6 @@
-/** The node's batch permits, shared round-robin by project. */
+/** The node's batch permits, shared by project: round-robin in turns, and in time. */
 import { describe, expect, it } from "@effect/vitest"
-import { Deferred, Effect, Fiber } from "effect"
+import { Clock, Deferred, Duration, Effect, Fiber, TestClock } from "effect"
 import { type FairPermits, heldAWhile, holderTurn, makeFairPermits } from "../src/batches/fairPermits.js"
 
 /** Lets the forked fibers run until they wait. */
@@ -13,7 +13,47 @@ const othersWaiting = (permits: FairPermits, project: string) => {
   return claimed
 }
 
+/**
+ * Drives batches of `project` for ever, as `BatchRunner` does: a permit, slices of `sliceMs` each until its turn ends
+ * (at a slice's end when another project waits, or at `turnMs`), and again; `held` counts the time it held permits.
+ */
+const driver = (permits: FairPermits, project: string, sliceMs: number, turnMs: number, held: Map<string, number>) =>
+  Effect.forever(Effect.gen(function*() {
+    const clock = yield* Effect.clock
+    const turnOver = clock.unsafeCurrentTimeMillis() + turnMs
+    yield* permits.withPermit(project, Effect.gen(function*() {
+      const turn = holderTurn(permits, project, () => clock.unsafeCurrentTimeMillis() >= turnOver)
+      const started = yield* Clock.currentTimeMillis
+      for (;;) {
+        yield* Effect.sleep(Duration.millis(sliceMs))
+        if (turn.afterSlice() || turn.now()) break
+      }
+      turn.done()
+      held.set(project, (held.get(project) ?? 0) + (yield* Clock.currentTimeMillis) - started)
+    }))
+  }))
+
 describe("fair permits", () => {
+  it.effect("shared in time: a project of fast slices gets as much time as one whose turns run to their 10 s", () =>
+    Effect.gen(function*() {
+      const clock = yield* Effect.clock
+      const held = new Map<string, number>()
+      const permits = makeFairPermits(1, () => clock.unsafeCurrentTimeMillis())
+      const slow = yield* Effect.fork(driver(permits, "slow", 10_000, 10_000, held)) // a slice as long as a turn
+      yield* settle
+      const fast = yield* Effect.fork(driver(permits, "fast", 500, 10_000, held))
+      for (let second = 0; second < 120; second++) {
+        yield* TestClock.adjust(Duration.seconds(1))
+        yield* settle
+      }
+      yield* Fiber.interrupt(Fiber.zip(slow, fast))
+      // Counted in turns, "fast" got 0.5 s for each of "slow"'s 10 s (a twentieth of the time).
+      const share = (held.get("fast") ?? 0) / ((held.get("fast") ?? 0) + (held.get("slow") ?? 0))
+      expect(share).toBeGreaterThan(0.4)
+      expect(share).toBeLessThan(0.6)
+    }))
+
+
   it.effect("a freed permit goes to the next project in turn, not to the holder's own queued batch", () =>
     Effect.gen(function*() {
       const permits = makeFairPermits(1)

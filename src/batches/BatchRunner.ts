@@ -80,9 +80,12 @@ export const make = Effect.gen(function*() {
   const turnMs = Duration.toMillis(yield* TurnLength)
   const inference = yield* Inference
   const fibers = yield* FiberMap.make<BatchId>()
-  const permits = makeFairPermits(config.maxConcurrentBatches)
-  /** As many batches validate at once as may run, round-robin by project too. */
-  const validations = makeFairPermits(config.maxConcurrentBatches)
+  const clock = yield* Effect.clock
+  /** The permits' time, each project's share (`fairPermits.ts`). */
+  const now = () => clock.unsafeCurrentTimeMillis()
+  const permits = makeFairPermits(config.maxConcurrentBatches, now)
+  /** As many batches validate at once as may run, shared by project in time too. */
+  const validations = makeFairPermits(config.maxConcurrentBatches, now)
   const local = new LocalWork()
   const validating = yield* makeValidating
   const running = yield* makeRunning(local)

@@ -1,7 +1,11 @@
 /**
- * The node's batch permits (`maxConcurrentBatches`), shared round-robin by project: a freed permit goes to the
- * first project after the one served last (in the order projects first asked) that has a batch ready to work, so
- * one project's many or large batches cannot keep another's waiting. A holder learns that another project waits
+ * The node's batch permits (`maxConcurrentBatches`), shared fairly by project, in time: a freed permit goes to the
+ * project with a batch ready to work that has held permits the least time, among those in the round (ties: the first
+ * after the one served last, in the order projects first asked; so equal turns go round-robin), and one project's
+ * many or large batches cannot keep another's waiting. Counted in time, not in turns: a turn lasts from a slice's end
+ * (a fast batch's, under a second) to its 10 s (a batch of slow requests, or retrying every line), and one project's
+ * long turns took ten times another's share. A project joining the round starts level with the least served there,
+ * so that one idle for a while does not take every permit until it catches up. A holder learns that another project waits
  * (`claimYield`) and gives its permit back at a convenient point (a running batch: at the end of a slice, or of its
  * turn: `holderTurn`), then queues again in its project's turn.
  *
@@ -35,9 +39,9 @@ export interface FairPermits {
    */
   readonly withPermit: <A, E, R>(project: string, effect: Effect.Effect<A, E, R>, readiness?: Readiness) => Effect.Effect<A, E, R>
   /**
-   * Claims to give a permit back for a ready batch of another project (or of any, `ownProjectToo`: the holder cannot
-   * use its permit now): true when such batches outnumber the holders that already claimed (with several permits,
-   * one waiter does not make every holder stop). Give the claim back with `endYield` when the permit is given back.
+   * Claims to give a permit back for a ready batch of another project that held permits no longer than this one
+   * (or of any project, `ownProjectToo`: the holder cannot use its permit now): true when such batches outnumber the
+   * holders that already claimed (with several permits, one waiter does not make every holder stop). Give the claim back with `endYield` when the permit is given back.
    */
   readonly claimYield: (project: string, ownProjectToo?: boolean) => boolean
   readonly endYield: () => void
@@ -50,7 +54,11 @@ interface Waiter {
 
 const isReady = (waiter: Waiter) => waiter.readiness?.ready() ?? true
 
-export const makeFairPermits = (permits: number): FairPermits => {
+/**
+ * `now` (epoch ms) counts the time permits are held; without it none is counted, and the permits go round-robin by
+ * project in turns.
+ */
+export const makeFairPermits = (permits: number, now: () => number = () => 0): FairPermits => {
   let free = permits
   /** Every project that asked, in the order it first did: the round. Few (one per key's project). */
   const ring: Array<string> = []
@@ -59,12 +67,41 @@ export const makeFairPermits = (permits: number): FairPermits => {
   let waiting = 0
   /** Holders that claimed to give their permit back (`claimYield`). */
   let yielding = 0
+  /** Milliseconds each project held permits it gave back, counted since it joined the round (`join`). */
+  const used = new Map<string, number>()
+  /** When each permit a project holds now was taken (epoch ms). */
+  const holding = new Map<string, Array<number>>()
+  const holds = (project: string) => holding.get(project)?.length ?? 0
+  /** The time `project` held permits, those it holds now counted up to now. */
+  const spent = (project: string) => {
+    let ms = used.get(project) ?? 0
+    const at = now()
+    for (const since of holding.get(project) ?? []) ms += at - since
+    return ms
+  }
 
-  /** Ready batches waiting for a permit, but those of project `except` (every one when undefined). */
-  const readyWaiters = (except: string | undefined) => {
+  /**
+   * `project` asks for a permit: when it neither holds nor waits, it starts level with the least served of those
+   * that do (or where it was, if that is more).
+   */
+  const join = (project: string) => {
+    if (holds(project) > 0 || (queues.get(project)?.length ?? 0) > 0) return
+    let least = Infinity
+    for (const other of ring) {
+      if (other === project || (holds(other) === 0 && (queues.get(other)?.length ?? 0) === 0)) continue
+      least = Math.min(least, spent(other))
+    }
+    used.set(project, Math.max(used.get(project) ?? 0, least === Infinity ? 0 : least))
+  }
+
+  /**
+   * Ready batches waiting for a permit, but those of project `except` (every one when undefined), and those of
+   * projects that held permits longer than `upTo` ms.
+   */
+  const readyWaiters = (except: string | undefined, upTo = Infinity) => {
     let count = 0
     for (const [other, queue] of queues) {
-      if (other === except) continue
+      if (other === except || (upTo !== Infinity && spent(other) > upTo)) continue
       for (const waiter of queue) if (isReady(waiter)) count++
     }
     return count
@@ -75,27 +112,39 @@ export const makeFairPermits = (permits: number): FairPermits => {
     if (index === -1) index = ring.push(project) - 1
     lastServed = index
     free--
+    const since = holding.get(project) ?? []
+    since.push(now())
+    holding.set(project, since)
   }
 
-  /** Gives a free permit to the first ready waiter after the project served last (called with `free > 0`). */
+  /**
+   * Gives a free permit to the ready waiter of the project that held permits the least time, the first after the
+   * project served last among equals (called with `free > 0`).
+   */
   const handOver = () => {
+    let chosen: { project: string; queue: Array<Waiter>; at: number } | undefined
     for (let step = 1; step <= ring.length; step++) {
       const project = ring[(lastServed + step) % ring.length]!
       const queue = queues.get(project)
       const at = queue?.findIndex(isReady) ?? -1
       if (at === -1) continue
-      const [waiter] = queue!.splice(at, 1)
-      waiting--
-      serve(project)
-      Deferred.unsafeDone(waiter!.served, Effect.void)
-      return
+      if (chosen === undefined || spent(project) < spent(chosen.project)) chosen = { project, queue: queue!, at }
     }
+    if (chosen === undefined) return
+    const [waiter] = chosen.queue.splice(chosen.at, 1)
+    waiting--
+    serve(chosen.project)
+    Deferred.unsafeDone(waiter!.served, Effect.void)
   }
 
-  const release = Effect.sync(() => {
-    free++
-    if (waiting > 0) handOver()
-  })
+  /** Gives back a permit `project` holds (its longest held), counting the time it held it. */
+  const release = (project: string) =>
+    Effect.sync(() => {
+      const since = holding.get(project)?.shift()
+      if (since !== undefined) used.set(project, (used.get(project) ?? 0) + Math.max(0, now() - since))
+      free++
+      if (waiting > 0) handOver()
+    })
 
   /** A waiter's watch: each time it becomes ready, a free permit may be its. */
   const watch = (readiness: Readiness) =>
@@ -106,6 +155,7 @@ export const makeFairPermits = (permits: number): FairPermits => {
 
   const acquire = (project: string, readiness: Readiness | undefined) =>
     Effect.suspend(() => {
+      join(project)
       if (free > 0 && waiting === 0 && (readiness?.ready() ?? true)) {
         serve(project)
         return Effect.void
@@ -123,7 +173,7 @@ export const makeFairPermits = (permits: number): FairPermits => {
         return Effect.onInterrupt(wait, () =>
           Effect.suspend(() => {
             const index = queue.indexOf(waiter)
-            if (index === -1) return release
+            if (index === -1) return release(project)
             queue.splice(index, 1)
             waiting--
             return Effect.void
@@ -135,10 +185,11 @@ export const makeFairPermits = (permits: number): FairPermits => {
     // Never interruptible between taking the permit and giving it back.
     withPermit: (project, effect, readiness) =>
       Effect.uninterruptibleMask((restore) =>
-        Effect.zipRight(restore(acquire(project, readiness)), Effect.ensuring(restore(effect), release))
+        Effect.zipRight(restore(acquire(project, readiness)), Effect.ensuring(restore(effect), release(project)))
       ),
     claimYield: (project, ownProjectToo = false) => {
-      if (readyWaiters(ownProjectToo ? undefined : project) <= yielding) return false
+      // A holder that cannot use its permit gives it to anyone ready; else to a project it owes time to.
+      if ((ownProjectToo ? readyWaiters(undefined) : readyWaiters(project, spent(project))) <= yielding) return false
       yielding++
       return true
     },
