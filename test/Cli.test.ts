@@ -261,6 +261,22 @@ describe("the openai-batch command line", () => {
       expect(readdirSync(out).filter((name) => name.endsWith(".partial"))).toEqual([])
     }), 60_000)
 
+  it.live("a download whose output file the server no longer has still writes the error file, says so, and exits 1", () =>
+    Effect.promise(async () => {
+      const made = await sdkBatch([chatLine("kept", "fine"), chatLine("failing", "no [fail:400]")])
+      const batch = await Effect.runPromise(waitFor(openai, made.id, terminal))
+      await openai.files.delete(batch.output_file_id!) // as an expiry (output_expires_after) does
+      const out = Path.join(scratch, "out-gone")
+      const run = await cli(["download", batch.id, "--out", out])
+      expect(run.code).toBe(1)
+      expect(linesOf(run.stdout)).toEqual([
+        `errors: ${Path.join(out, `${batch.id}_error.jsonl`)} (1 line)`,
+        "errors by reason: 1 × status 400",
+        `output: ${batch.output_file_id} is no longer on the server (expired or deleted)`
+      ])
+      expect(fileLines(Path.join(out, `${batch.id}_error.jsonl`)).map((l) => l.custom_id)).toEqual(["failing"])
+    }), 60_000)
+
   it.live("status, list, download, cancel: their outputs and exit codes", () =>
     Effect.promise(async () => {
       const rejected = await sdkBatch(["{not json"]).then((b) => Effect.runPromise(waitFor(openai, b.id, terminal)))

@@ -161,10 +161,14 @@ describe("batches at rest", () => {
 })
 
 describe("saved results", () => {
-  it("says where each file went and how many lines it has, one line singular", () => {
-    expect(savedLines({ output: { path: "out/b_output.jsonl", lines: 1 }, error: { path: "out/b_error.jsonl", lines: 2 } })).toEqual([
+  it("says where each file went and how many lines it has, one line singular, and which the server no longer has", () => {
+    expect(savedLines({ output: { path: "out/b_output.jsonl", lines: 1 }, error: { path: "out/b_error.jsonl", lines: 2 }, gone: [] })).toEqual([
       "output: out/b_output.jsonl (1 line)",
       "errors: out/b_error.jsonl (2 lines)"
+    ])
+    expect(savedLines({ output: undefined, error: { path: "out/b_error.jsonl", lines: 20_000 }, gone: [{ kind: "output", fileId: "file-x" }] })).toEqual([
+      "errors: out/b_error.jsonl (20,000 lines)",
+      "output: file-x is no longer on the server (expired or deleted)"
     ])
   })
 })

@@ -116,6 +116,7 @@ const explain = (what: string, connection: Connection) => (error: unknown): CliF
     exitCode: EXIT_FAILED,
     message,
     answered,
+    ...(error instanceof APIError && error.status !== undefined ? { status: error.status } : {}),
     ...(transient === undefined ? {} : { transient }),
     ...(busyForMs === undefined ? {} : { busyForMs })
   })

@@ -30,6 +30,8 @@ export interface Saved {
 export interface SavedResults {
   readonly output: Saved | undefined
   readonly error: Saved | undefined
+  /** The files the server no longer has (expired, `output_expires_after`, or deleted): the others are saved. */
+  readonly gone: ReadonlyArray<{ readonly kind: "output" | "error"; readonly fileId: string }>
 }
 
 const NEWLINE = 10
@@ -163,9 +165,15 @@ export const saveResults = (batch: Batch, dir: string, patience: Patience) =>
           Effect.onError(() => Effect.flatMap(FileSystem.FileSystem, (fs) => Effect.ignore(fs.remove(partialOf(path)))))
         )
       })
-    const output = batch.output_file_id ? yield* patientSave(batch.output_file_id, "output") : undefined
-    const error = batch.error_file_id ? yield* patientSave(batch.error_file_id, "error") : undefined
-    return { output, error } satisfies SavedResults
+    const gone: Array<SavedResults["gone"][number]> = []
+    // One file gone (an output expired before its error file) no longer stops the other from being saved.
+    const saveIfThere = (fileId: string, kind: "output" | "error") =>
+      patientSave(fileId, kind).pipe(
+        Effect.catchIf((e) => e.status === 404, () => Effect.sync(() => void gone.push({ kind, fileId })))
+      )
+    const output = batch.output_file_id ? yield* saveIfThere(batch.output_file_id, "output") : undefined
+    const error = batch.error_file_id ? yield* saveIfThere(batch.error_file_id, "error") : undefined
+    return { output: output ?? undefined, error: error ?? undefined, gone } satisfies SavedResults
   })
 
 const lines = (n: number) => `${count(n)} ${plural("line", n)}`
@@ -179,7 +187,8 @@ export const savedLines = (saved: SavedResults): ReadonlyArray<string> => {
   return [
     ...(saved.output ? [`output: ${saved.output.path} (${lines(saved.output.lines)})`] : []),
     ...(saved.error ? [`errors: ${saved.error.path} (${lines(saved.error.lines)})`] : []),
-    ...(reasons === undefined ? [] : [reasons])
+    ...(reasons === undefined ? [] : [reasons]),
+    ...saved.gone.map(({ fileId, kind }) => `${kind === "output" ? "output" : "errors"}: ${fileId} is no longer on the server (expired or deleted)`)
   ]
 }
 
@@ -189,7 +198,8 @@ export const savedJson = (saved: SavedResults) => ({
   output_lines: saved.output?.lines ?? 0,
   error_path: saved.error?.path ?? null,
   error_lines: saved.error?.lines ?? 0,
-  error_reasons: Object.fromEntries(saved.error?.reasons ?? [])
+  error_reasons: Object.fromEntries(saved.error?.reasons ?? []),
+  gone_file_ids: saved.gone.map(({ fileId }) => fileId)
 })
 
 /** The `download` command: a finished batch's files into `dir` (a batch still running has none yet: exit 1). */
@@ -200,7 +210,7 @@ export const download = (id: string, dir: string, mode: Mode, patience: Pick<Pat
       return yield* failed(`${batch.id} is ${batch.status}: its files are written when it ends (\`openai-batch watch ${batch.id}\` waits for that).`)
     }
     const saved = yield* saveResults(batch, dir, { ...patience, tell: note })
-    const none = !saved.output && !saved.error
+    const none = !saved.output && !saved.error && saved.gone.length === 0
     if (mode === "json") {
       // A batch that failed validation has no file: what the server found wrong comes along instead.
       yield* printJson({
@@ -214,6 +224,7 @@ export const download = (id: string, dir: string, mode: Mode, patience: Pick<Pat
       yield* sayAll(savedLines(saved))
       if (none) yield* sayAll((batch.errors?.data ?? []).map(problemLine))
     }
-    // Exit 1 in both modes: a script learns that nothing was saved.
+    // Exit 1 in both modes: a script learns that nothing, or not everything, was saved.
     if (none) return yield* failed(`${batch.id} is ${batch.status} and has no output or error file.`)
+    if (saved.gone.length > 0) return yield* new CliFailure({ exitCode: EXIT_FAILED })
   })

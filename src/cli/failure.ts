@@ -27,6 +27,8 @@ export class CliFailure extends Data.TaggedError("CliFailure")<{
   readonly transient?: string
   /** Set when the server answered (with an error status): the call was refused, not lost on the way. */
   readonly answered?: boolean
+  /** The error status the server answered with, when it did. */
+  readonly status?: number
   /**
    * Set when the answer was a 429 or a 503, which say the server did nothing (a rate, a full queue): how long it
    * asked to wait (`retry-after-ms`, `retry-after`), so that even a call not to be repeated blindly may be made again.

@@ -33,5 +33,5 @@ export const follow = (id: string, settings: FollowSettings) =>
       yield* say(summaryLine(batch, Date.now() / 1000))
       yield* sayAll([...(batch.errors?.data ?? []).map(problemLine), ...savedLines(saved)])
     }
-    if (!allSucceeded(batch)) return yield* new CliFailure({ exitCode: EXIT_FAILED })
+    if (!allSucceeded(batch) || saved.gone.length > 0) return yield* new CliFailure({ exitCode: EXIT_FAILED })
   })
