@@ -1,7 +1,7 @@
 /** The node's batch permits, shared by project: round-robin in turns, and in time. */
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Deferred, Duration, Effect, Fiber, TestClock } from "effect"
-import { type FairPermits, heldAWhile, holderTurn, makeFairPermits } from "../src/batches/fairPermits.js"
+import { Deferred, Duration, Effect, Fiber, TestClock } from "effect"
+import { type FairPermits, heldAWhile, holderTurn, makeFairPermits, type Readiness } from "../src/batches/fairPermits.js"
 
 /** Lets the forked fibers run until they wait. */
 const settle = Effect.repeatN(Effect.yieldNow(), 20)
@@ -15,25 +15,81 @@ const othersWaiting = (permits: FairPermits, project: string) => {
 
 /**
  * Drives batches of `project` for ever, as `BatchRunner` does: a permit, slices of `sliceMs` each until its turn ends
- * (at a slice's end when another project waits, or at `turnMs`), and again; `held` counts the time it held permits.
+ * (at a slice's end when another project waits, or at `turnMs`), and again; `held` counts its slices' time.
  */
-const driver = (permits: FairPermits, project: string, sliceMs: number, turnMs: number, held: Map<string, number>) =>
+const driver = (
+  permits: FairPermits,
+  project: string,
+  sliceMs: number,
+  turnMs: number,
+  held: Map<string, number>,
+  readiness?: Readiness
+) =>
   Effect.forever(Effect.gen(function*() {
     const clock = yield* Effect.clock
     const turnOver = clock.unsafeCurrentTimeMillis() + turnMs
     yield* permits.withPermit(project, Effect.gen(function*() {
       const turn = holderTurn(permits, project, () => clock.unsafeCurrentTimeMillis() >= turnOver)
-      const started = yield* Clock.currentTimeMillis
       for (;;) {
         yield* Effect.sleep(Duration.millis(sliceMs))
+        held.set(project, (held.get(project) ?? 0) + sliceMs)
         if (turn.afterSlice() || turn.now()) break
       }
       turn.done()
-      held.set(project, (held.get(project) ?? 0) + (yield* Clock.currentTimeMillis) - started)
-    }))
+    }), readiness)
   }))
 
+/** Runs the forked drivers for `seconds` of test time, `step` seconds at a time. */
+const runFor = (seconds: number, step = 10) =>
+  Effect.repeatN(Effect.zipRight(TestClock.adjust(Duration.seconds(step)), settle), seconds / step - 1)
+
+/** The share of `project` in the time held between two readings of `held`. */
+const shareOf = (project: string, before: Map<string, number>, after: Map<string, number>) => {
+  const gained = (p: string) => (after.get(p) ?? 0) - (before.get(p) ?? 0)
+  let total = 0
+  for (const p of after.keys()) total += gained(p)
+  return gained(project) / total
+}
+
 describe("fair permits", () => {
+  it.effect("time banked is bounded: a project back after an hour alone, or after its upstream's hour-long outage, waits or is owed MAX_LAG_MS at most", () =>
+    Effect.gen(function*() {
+      const clock = yield* Effect.clock
+      const held = new Map<string, number>()
+      const permits = makeFairPermits(1, () => clock.unsafeCurrentTimeMillis())
+      // A runs alone for an hour and leaves; B runs alone ten minutes; A comes back.
+      const alone = yield* Effect.fork(driver(permits, "A", 10_000, 10_000, held))
+      yield* runFor(3600)
+      yield* Fiber.interrupt(alone)
+      const b = yield* Effect.fork(driver(permits, "B", 10_000, 10_000, held))
+      yield* runFor(600)
+      const back = yield* Effect.fork(driver(permits, "A", 10_000, 10_000, held))
+      const before = new Map(held)
+      yield* runFor(300)
+      // Level after B's 30 s of credit: A held none of those 5 minutes with its history counted.
+      expect(shareOf("A", before, held)).toBeGreaterThan(0.35)
+      yield* Fiber.interrupt(Fiber.zip(b, back))
+
+      // C's batch waits an hour for its upstream (not ready) while D runs; then both compete.
+      let ready = false
+      const upSignal = yield* Deferred.make<void>()
+      const readiness: Readiness = {
+        ready: () => ready,
+        awaitReady: Effect.suspend(() => (ready ? Effect.void : Deferred.await(upSignal))),
+        awaitNotReady: Effect.never
+      }
+      const c = yield* Effect.fork(driver(permits, "C", 10_000, 10_000, held, readiness))
+      const d = yield* Effect.fork(driver(permits, "D", 10_000, 10_000, held))
+      yield* runFor(3600)
+      ready = true
+      yield* Deferred.succeed(upSignal, undefined)
+      const after = new Map(held)
+      yield* runFor(300)
+      expect(shareOf("D", after, held)).toBeGreaterThan(0.35) // D was not shut out for C's hour
+      expect(shareOf("C", after, held)).toBeGreaterThan(0.35)
+      yield* Fiber.interrupt(Fiber.zip(c, d))
+    }), 60_000)
+
   it.effect("shared in time: a project of fast slices gets as much time as one whose turns run to their 10 s", () =>
     Effect.gen(function*() {
       const clock = yield* Effect.clock

@@ -11,9 +11,9 @@
  *
  * Status moves are those of the transition table (`transitions.ts`). The heartbeat (`heartbeat.ts`) renews this
  * node's leases, restarts its work on batches cancelled on another node or whose slices it lost, and submits free
- * work. At most `maxConcurrentBatches` batches run at once on a node, their permits shared round-robin by project
- * (`fairPermits.ts`: a running batch gives its permit back after a slice, or `TurnLength`, when another project
- * waits, and at once when its upstream goes down: it waits for it to come back in the queue, keeping its turn); as
+ * work. At most `maxConcurrentBatches` batches run at once on a node, their permits shared by project in time
+ * (`fairPermits.ts`: a running batch gives its permit back after a slice, or `TurnLength`, when a project it owes
+ * time to waits, and at once when its upstream goes down: it waits for it to come back in the queue, keeping its turn); as
  * many validate at once, with permits of their own, so that a batch is checked as it comes, not at its turn to run.
  * Finishing is not limited, so a cancel is never queued behind other batches. `supervision.ts` retries a batch after
  * a fault.
@@ -81,8 +81,8 @@ export const make = Effect.gen(function*() {
   const inference = yield* Inference
   const fibers = yield* FiberMap.make<BatchId>()
   const clock = yield* Effect.clock
-  /** The permits' time, each project's share (`fairPermits.ts`). */
-  const now = () => clock.unsafeCurrentTimeMillis()
+  /** The permits' time, each project's share (`fairPermits.ts`): monotonic, so that a clock step charges nobody. */
+  const now = () => Number(clock.unsafeCurrentTimeNanos() / 1_000_000n)
   const permits = makeFairPermits(config.maxConcurrentBatches, now)
   /** As many batches validate at once as may run, shared by project in time too. */
   const validations = makeFairPermits(config.maxConcurrentBatches, now)
@@ -134,7 +134,7 @@ export const make = Effect.gen(function*() {
   }
 
   /**
-   * Validates a batch (holding its batch-wide lease) under a validation permit taken in its project's turn, apart
+   * Validates a batch (holding its batch-wide lease) under a validation permit given in its project's share, apart
    * from the permits to run: a batch queued behind running ones is checked at once, so that a mistake in its file
    * fails it now, not once the batches before it have run (a second 50,000-line batch showed `validating`, total 0,
    * for as long as the first ran). False when another node validates it.
@@ -153,7 +153,7 @@ export const make = Effect.gen(function*() {
     )
 
   /**
-   * This node's share of a running batch, under a permit taken in its project's turn: the slices it can claim, up
+   * This node's share of a running batch, under a permit given in its project's share: the slices it can claim, up
    * to the end of a slice (or of its turn, when the slice is slow: `TurnLength`) when another project waits for the
    * permit (`drive` then queues again). False when there was nothing for this node to do. A batch whose upstream
    * is down waits for it in the queue; the wait counts as this node's work on the batch, so that a cancel from

@@ -5,9 +5,10 @@
  * many or large batches cannot keep another's waiting. Counted in time, not in turns: a turn lasts from a slice's end
  * (a fast batch's, under a second) to its 10 s (a batch of slow requests, or retrying every line), and one project's
  * long turns took ten times another's share. A project joining the round starts level with the least served there,
- * so that one idle for a while does not take every permit until it catches up. A holder learns that another project waits
- * (`claimYield`) and gives its permit back at a convenient point (a running batch: at the end of a slice, or of its
- * turn: `holderTurn`), then queues again in its project's turn.
+ * so that one idle for a while does not take every permit until it catches up; and no project runs more than
+ * `MAX_LAG_MS` behind or ahead of the least served competing one (time banked or used beyond that is forgiven). A
+ * holder learns that a project it owes time to waits (`claimYield`) and gives its permit back at a convenient point (a
+ * running batch: at the end of a slice, or of its turn: `holderTurn`), then queues again.
  *
  * A batch whose upstream is down waits in its queue without being served (`Readiness`), keeping its place: were it
  * served, it would give the permit straight back, and that wasted turn would count as its project's. Then a batch
@@ -55,8 +56,16 @@ interface Waiter {
 const isReady = (waiter: Waiter) => waiter.readiness?.ready() ?? true
 
 /**
- * `now` (epoch ms) counts the time permits are held; without it none is counted, and the permits go round-robin by
- * project in turns.
+ * How far a project's time may run behind or ahead of the least served competing project's: what it may be owed,
+ * or owe. Beyond it, time is forgiven: without a bound, a project back after an hour alone waited an hour for
+ * another that had run ten minutes, and one back from an hour-long outage of its upstream held every permit for an
+ * hour.
+ */
+export const MAX_LAG_MS = 30_000
+
+/**
+ * `now` (milliseconds, monotonic) counts the time permits are held; without it none is counted, and the permits go
+ * round-robin by project in turns.
  */
 export const makeFairPermits = (permits: number, now: () => number = () => 0): FairPermits => {
   let free = permits
@@ -69,7 +78,7 @@ export const makeFairPermits = (permits: number, now: () => number = () => 0): F
   let yielding = 0
   /** Milliseconds each project held permits it gave back, counted since it joined the round (`join`). */
   const used = new Map<string, number>()
-  /** When each permit a project holds now was taken (epoch ms). */
+  /** When each permit a project holds now was taken (`now`). */
   const holding = new Map<string, Array<number>>()
   const holds = (project: string) => holding.get(project)?.length ?? 0
   /** The time `project` held permits, those it holds now counted up to now. */
@@ -82,16 +91,36 @@ export const makeFairPermits = (permits: number, now: () => number = () => 0): F
 
   /**
    * `project` asks for a permit: when it neither holds nor waits, it starts level with the least served of those
-   * that do (or where it was, if that is more).
+   * that compete (or where it was, if that is more, up to `MAX_LAG_MS`).
    */
   const join = (project: string) => {
     if (holds(project) > 0 || (queues.get(project)?.length ?? 0) > 0) return
     let least = Infinity
     for (const other of ring) {
-      if (other === project || (holds(other) === 0 && (queues.get(other)?.length ?? 0) === 0)) continue
+      if (other === project || !competes(other)) continue
       least = Math.min(least, spent(other))
     }
     used.set(project, Math.max(used.get(project) ?? 0, least === Infinity ? 0 : least))
+    level()
+  }
+
+  /** Whether `project` competes for permits now: it holds one, or a batch of its waits ready to work. */
+  const competes = (project: string) => holds(project) > 0 || (queues.get(project)?.some(isReady) ?? false)
+
+  /**
+   * Keeps every project's time within `MAX_LAG_MS` of the least served competing project's: time banked while it
+   * did not compete (idle, or its batches waiting for an upstream that was down), or used beyond its share while
+   * the others wanted less, counts that much only.
+   */
+  const level = () => {
+    let least = Infinity
+    for (const project of ring) if (competes(project)) least = Math.min(least, spent(project))
+    if (least === Infinity) return
+    for (const project of ring) {
+      const ms = spent(project)
+      const bounded = Math.min(Math.max(ms, least - MAX_LAG_MS), least + MAX_LAG_MS)
+      if (bounded !== ms) used.set(project, (used.get(project) ?? 0) + bounded - ms)
+    }
   }
 
   /**
@@ -122,6 +151,7 @@ export const makeFairPermits = (permits: number, now: () => number = () => 0): F
    * project served last among equals (called with `free > 0`).
    */
   const handOver = () => {
+    level()
     let chosen: { project: string; queue: Array<Waiter>; at: number } | undefined
     for (let step = 1; step <= ring.length; step++) {
       const project = ring[(lastServed + step) % ring.length]!
@@ -189,6 +219,7 @@ export const makeFairPermits = (permits: number, now: () => number = () => 0): F
       ),
     claimYield: (project, ownProjectToo = false) => {
       // A holder that cannot use its permit gives it to anyone ready; else to a project it owes time to.
+      level()
       if ((ownProjectToo ? readyWaiters(undefined) : readyWaiters(project, spent(project))) <= yielding) return false
       yielding++
       return true

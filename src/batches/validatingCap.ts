@@ -3,8 +3,8 @@
  * fiber, ~40 KB with what it holds, and a key creating batches in a loop made thousands (16,000 in a minute took the
  * process past 1.8 GB). The others wait in the database: the heartbeat leaves them out of its pick-up while their
  * project has as many here (`crowded`), and as these go on the next are taken up at once, a project at a time, as
- * many as it has room for (`wanted`): the heartbeat a second took them up 16 one-line batches a second. A turn of the
- * permits' round-robin needs only one of a project's batches waiting.
+ * many as it has room for (`wanted`): the heartbeat a second took them up 16 one-line batches a second. A project's
+ * share of the permits needs only one of its batches waiting.
  *
  * A batch is counted while its drive starts from `validating` (its validation, and the run of its first turn): one
  * that needs more turns waits for them uncounted, as every running batch does.
