@@ -5,6 +5,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Duration, Effect, TestClock } from "effect"
+import { OTHERS_SERVED_WITHIN_MS } from "../src/upstreams/batchBlame.js"
 import { OUTAGE_AFTER } from "../src/upstreams/judge.js"
 import { scriptedUpstream } from "./support/ScriptedUpstream.js"
 
@@ -60,6 +61,17 @@ describe("a batch whose requests fail on their own", () => {
       yield* downByAUpByB
       expect(yield* run("A")).toEqual(Array(OUTAGE_AFTER).fill("retry"))
       answers.models = 503
+      expect((yield* run("A")).at(-1)).toBe("again")
+      expect(upstream.isDown()).toBe(true)
+    }))
+
+  it.scoped("with no other batch served for OTHERS_SERVED_WITHIN_MS (it alone sends), its runs make outages again", () =>
+    Effect.gen(function*() {
+      const { downByAUpByB, run, upstream } = yield* upstreamOf
+      yield* downByAUpByB
+      expect(yield* run("A")).toEqual(Array(OUTAGE_AFTER).fill("retry"))
+      // A server failing everything now, A's turn alone: after the window its lines are kept, not failed.
+      yield* TestClock.adjust(Duration.millis(OTHERS_SERVED_WITHIN_MS + 1))
       expect((yield* run("A")).at(-1)).toBe("again")
       expect(upstream.isDown()).toBe(true)
     }))

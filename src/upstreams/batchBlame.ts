@@ -19,6 +19,12 @@ import type { Ticket } from "./Admission.js"
 
 /** Suspects kept, the oldest forgotten first. */
 const KEPT_SUSPECTS = 64
+/**
+ * How long after the last success of a request of another batch a suspect's failures are still its own: with no
+ * other batch served lately (the suspect alone sending, its turn), an upstream that went on failing everything would
+ * fail the suspect's lines, a batch made suspect by a flapping server too; its failures then make runs again.
+ */
+export const OTHERS_SERVED_WITHIN_MS = 30_000
 
 export interface BatchBlame {
   /** Whether `ticket`'s batch fails on its own: its first-attempt failures join no run. */
@@ -38,7 +44,8 @@ export interface BatchBlame {
   readonly succeeded: (ticket: Ticket) => void
 }
 
-export const makeBatchBlame = (): BatchBlame => {
+/** `now`: milliseconds, for `OTHERS_SERVED_WITHIN_MS`. */
+export const makeBatchBlame = (now: () => number): BatchBlame => {
   /** The batch whose run took the upstream down last, until its own request succeeds or another outage comes. */
   let blamed: string | undefined
   /** Whether another batch's request succeeded since the blamed batch took it down. */
@@ -46,6 +53,8 @@ export const makeBatchBlame = (): BatchBlame => {
   const suspects = new Set<string>()
   /** Suspects' first-attempt failures since the last success or `GET /models` asked. */
   let suspectRun = 0
+  /** When a request of a batch not suspect last succeeded. */
+  let othersServedAt = Number.NEGATIVE_INFINITY
 
   const batchOf = (run: ReadonlySet<Ticket>) => {
     let batch: string | undefined
@@ -57,7 +66,8 @@ export const makeBatchBlame = (): BatchBlame => {
   }
 
   return {
-    isSuspect: (ticket) => ticket.batch !== undefined && suspects.has(ticket.batch),
+    isSuspect: (ticket) =>
+      ticket.batch !== undefined && suspects.has(ticket.batch) && now() - othersServedAt <= OTHERS_SERVED_WITHIN_MS,
     suspectFailed: (runLength) => {
       if (++suspectRun < runLength) return false
       suspectRun = 0
@@ -80,6 +90,7 @@ export const makeBatchBlame = (): BatchBlame => {
     },
     succeeded: (ticket) => {
       suspectRun = 0
+      if (ticket.batch === undefined || !suspects.has(ticket.batch)) othersServedAt = now()
       if (blamed === undefined) return
       if (ticket.batch === blamed) blamed = undefined // its requests work: the outage was not its own
       else servedOthers = true

@@ -141,7 +141,7 @@ export const makeJudge = (
     Deferred.unsafeDone(settled, Exit.void)
   }
   /** Whose failures are their batch's own (`batchBlame.ts`). */
-  const blame = makeBatchBlame()
+  const blame = makeBatchBlame(() => clock.unsafeCurrentTimeMillis())
   /** Down for `reason`; `by`: the batch whose requests made the run that took it down. */
   const markDown = (reason: string, kind: DownKind, by?: string) =>
     Effect.suspend(() => {
