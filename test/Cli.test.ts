@@ -8,7 +8,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { type ChildProcess, spawn, spawnSync } from "node:child_process"
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, utimesSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import OpenAI, { toFile } from "openai"
@@ -240,7 +240,7 @@ describe("the openai-batch command line", () => {
       expect((await openai.files.list()).data.map((f) => f.id)).toEqual([uploaded.id, ...filesBefore])
     }), 180_000)
 
-  it.live("a download killed before its end is taken up by the next one, from its partial file; the others left are removed", () =>
+  it.live("a download killed before its end is taken up by the next one, from its partial file; the others left are removed, a link never followed", () =>
     Effect.promise(async () => {
       expect(failingBatchId).toBeDefined()
       const batch = await openai.batches.retrieve(failingBatchId!)
@@ -253,12 +253,20 @@ describe("the openai-batch command line", () => {
       const gone = spawnSync(process.execPath, ["-e", ""]).pid!
       const kept = Buffer.from(content.subarray(0, 1000))
       kept[0] = "[".charCodeAt(0)
-      writeFileSync(`${target}.${gone}.partial`, kept)
-      writeFileSync(`${target}.${gone + 1_000_000}.partial`, content.subarray(0, 10))
+      const minuteAgo = new Date(Date.now() - 60_000) // left untouched a while: no download elsewhere writes them
+      for (const [pid, bytes] of [[gone, kept], [gone + 1_000_000, content.subarray(0, 10)]] as const) {
+        writeFileSync(`${target}.${pid}.partial`, bytes)
+        utimesSync(`${target}.${pid}.partial`, minuteAgo, minuteAgo)
+      }
+      // A link planted in the directory (another user's, say) is neither followed nor taken.
+      const elsewhere = Path.join(scratch, "not-yours.txt")
+      writeFileSync(elsewhere, "mine\n")
+      symlinkSync(elsewhere, `${target}.${gone + 2_000_000}.partial`)
       const run = await cli(["download", batch.id, "--out", out])
       expect(run.code, run.stderr).toBe(0)
       expect(readFileSync(target).equals(Buffer.concat([kept, content.subarray(1000)]))).toBe(true)
-      expect(readdirSync(out).filter((name) => name.endsWith(".partial"))).toEqual([])
+      expect(readdirSync(out).filter((name) => name.endsWith(".partial"))).toEqual([`${Path.basename(target)}.${gone + 2_000_000}.partial`])
+      expect(readFileSync(elsewhere, "utf8")).toBe("mine\n")
     }), 60_000)
 
   it.live("a download whose output file the server no longer has still writes the error file, says so, and exits 1", () =>

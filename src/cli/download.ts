@@ -7,7 +7,7 @@
  */
 import * as FileSystem from "@effect/platform/FileSystem"
 import { constants } from "node:fs"
-import { access } from "node:fs/promises"
+import { access, lstat } from "node:fs/promises"
 import * as Path from "node:path"
 import type { Batch } from "openai/resources/batches"
 import { Effect, Stream } from "effect"
@@ -96,22 +96,34 @@ const alive = (pid: number) => {
   }
 }
 
+/** How long a partial file must have been left untouched to be taken over: a download elsewhere may still write it. */
+const LEFT_FOR_MS = 30_000
+
 /**
  * Takes over the partial file of `path` that a download killed before its end left (its process is gone; of several,
  * the largest), so that this one goes on from it (whether it took one); the others such are removed. They were left
- * behind and piled up, and the next download began again from the first byte.
+ * behind and piled up, and the next download began again from the first byte. Only a plain file (no link) of this
+ * user, untouched for `LEFT_FOR_MS`, is taken: one planted by another user of the directory, or written by a live
+ * download in another container (whose pids are not seen here), is left alone.
  */
 const adoptLeftPartial = (path: string) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const dir = Path.dirname(path)
     const prefix = `${Path.basename(path)}.`
-    const left = (yield* fs.readDirectory(dir)).flatMap((name) => {
+    const named = (yield* fs.readDirectory(dir)).flatMap((name) => {
       const pid = name.startsWith(prefix) && name.endsWith(".partial") ? Number(name.slice(prefix.length, -".partial".length)) : NaN
       return Number.isInteger(pid) && pid > 0 && pid !== process.pid && !alive(pid) ? [Path.join(dir, name)] : []
     })
-    const sizes = yield* Effect.forEach(left, (name) => Effect.map(fs.stat(name), (info) => [name, Number(info.size)] as const))
-    const [taken, ...rest] = sizes.sort((a, b) => b[1] - a[1]).map(([name]) => name)
+    const left = yield* Effect.promise(async () => {
+      const found: Array<readonly [string, number]> = []
+      for (const name of named) {
+        const info = await lstat(name).catch(() => undefined)
+        if (info?.isFile() && info.uid === process.getuid?.() && Date.now() - info.mtimeMs >= LEFT_FOR_MS) found.push([name, info.size])
+      }
+      return found
+    })
+    const [taken, ...rest] = left.sort((a, b) => b[1] - a[1]).map(([name]) => name)
     for (const name of rest) yield* fs.remove(name)
     if (taken === undefined) return false
     yield* fs.rename(taken, partialOf(path))
