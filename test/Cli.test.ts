@@ -356,13 +356,14 @@ describe("the openai-batch command line", () => {
       // An endpoint the server does not know (none of OpenAI's): its refusal comes with the create.
       const unknown = inputFile("unknown.jsonl", ["a", "b"].map((id) =>
         JSON.stringify({ custom_id: id, method: "POST", url: "/v1/foo", body: { model: "sim-model" } })))
-      const [refused, tooMany, noKey, noValue, longValue, twice, tooLong, badOut] = await Promise.all([
+      const [refused, tooMany, noKey, noValue, longValue, twice, proto, tooLong, badOut] = await Promise.all([
         cli(["submit", unknown]),
         cli(["submit", file, "--max-requests", "2", "--watch", "--out", Path.join(scratch, "out-too-many")]),
         cli(["submit", file, "--metadata", "=x"]),
         cli(["submit", file, "--metadata", "novalue"]),
         cli(["submit", file, "--metadata", `note=${"x".repeat(513)}`]),
         cli(["submit", file, "--metadata", "run=1", "--metadata", "run=2"]),
+        cli(["submit", file, "--metadata", "__proto__=x"]),
         cli(["list", "--limit", "500"]),
         // Results that could not be written are found out before the batch is made, not once it has run.
         cli(["submit", file, "--watch", "--out", Path.join(file, "out")])
@@ -373,6 +374,7 @@ describe("the openai-batch command line", () => {
       expect([noValue.code, noValue.stderr]).toEqual([2, expect.stringContaining("got 'novalue'")])
       expect([longValue.code, longValue.stderr]).toEqual([2, expect.stringContaining("--metadata: Invalid 'metadata.note': string too long")])
       expect([twice.code, twice.stderr]).toEqual([2, expect.stringContaining("--metadata gives 'run' twice")])
+      expect([proto.code, proto.stderr]).toEqual([2, expect.stringContaining("--metadata: Invalid 'metadata': a key must not be '__proto__'.")])
       expect([tooLong.code, tooLong.stderr]).toEqual([2, expect.stringContaining("--limit must be from 1 to 100")])
       expect(refused.code).toBe(1)
       expect(refused.stdout).toBe("")
@@ -388,7 +390,7 @@ describe("the openai-batch command line", () => {
   it.live("--help and a mistyped command through a pipe are plain text, without colour codes; a base URL that is no http(s) URL or an empty key is refused, a URL with a password never shown", () =>
     Effect.promise(async () => {
       const notDir = inputFile("not-a-dir.jsonl", [])
-      const [help, mistyped, emptyUrl, emptyKey, ftpUrl, secretUrl, https, page, query, watchBadOut, watchProcOut] = await Promise.all([
+      const [help, mistyped, emptyUrl, emptyKey, ftpUrl, secretUrl, https, page, query, gateway, watchBadOut, watchProcOut] = await Promise.all([
         cli(["--help"]),
         cli(["lsit"]),
         cli(["--base-url", "", "list"]), // a script's unset variable: never the client's default, OpenAI's API
@@ -398,6 +400,7 @@ describe("the openai-batch command line", () => {
         cli(["list"], { OPENAI_BASE_URL: server.url.replace(/^http:/, "https:") + "/v1" }), // the server is there, in http
         cli(["list", "--base-url", `${server.url}/ui/`]), // the dashboard's address, copied from the browser
         cli(["list", "--base-url", `${server.url}/v1?token=abc`]), // sent as /v1?token=abc/batches
+        cli(["list", "--base-url", "http://127.0.0.1:1/ui/openai/v1"]), // a gateway's path may hold a ui: tried
         cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--out", Path.join(notDir, "out")]),
         // Where a directory cannot be made though its parent exists: Node's recursive mkdir spun there for ever.
         cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--out", "/proc/openai-batch-out"])
@@ -417,6 +420,7 @@ describe("the openai-batch command line", () => {
       expect([page.code, page.stderr]).toEqual([2, expect.stringContaining(`--base-url must be the API's base URL, /v1 included, not a page's or a route's (${server.url}/v1?)`)])
       expect([query.code, query.stderr]).toEqual([2, expect.stringContaining("--base-url must be the API's base URL, without ?query or #fragment")])
       expect(query.stderr).not.toContain("abc")
+      expect([gateway.code, gateway.stderr]).toEqual([1, expect.stringContaining("cannot reach http://127.0.0.1:1/ui/openai/v1")])
       expect(ftpUrl.stderr).toContain("(got '…@example.com/v1')")
       for (const run of [ftpUrl, secretUrl]) expect(run.stderr).not.toContain("sekrit")
       expect(help.code).toBe(0)

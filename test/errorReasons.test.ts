@@ -28,8 +28,9 @@ describe("error reasons", () => {
     for (const size of [1, 7, 64, 1 << 20]) expect(reasonsOf(text, size)).toEqual(expected)
   })
 
-  it("reads a line of megabytes by its first bytes only, and says so of a line it cannot read", () => {
-    const huge = JSON.stringify({ id: "r", custom_id: "c", response: { status_code: 502, body: { text: "x".repeat(3 << 20) } }, error: null })
+  it("reads a line of megabytes by its first bytes only (its answer's status, not an error code in its body), and says so of a line it cannot read", () => {
+    const body = { error: { code: "inner_code", message: "m" }, text: "x".repeat(3 << 20) }
+    const huge = JSON.stringify({ id: "r", custom_id: "c", response: { status_code: 502, body }, error: null })
     expect(reasonsOf(`${huge}\nnot json\n`, 65_536)).toEqual([["status 502", 1], ["unreadable line", 1]])
   })
 

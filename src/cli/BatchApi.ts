@@ -150,7 +150,6 @@ const unlessBusy = <A>(effect: Effect.Effect<A, CliFailure>, triesLeft = BUSY_RE
       Effect.zipRight(unlessBusy(effect, triesLeft - 1))
     ))
 
-/** `ECONNREFUSED`, `other side closed`: the system's code, else (undici's codes say less) the message. */
 /** Causes that say nothing listens there (or no such host): a server to start, or another address. */
 const NOTHING_THERE = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "ETIMEDOUT", "UND_ERR_CONNECT_TIMEOUT"])
 
@@ -171,6 +170,7 @@ const connectionLine = (what: string, shown: string, error: APIConnectionError):
   return `${what}: the connection to ${shown} was lost (${cause})`
 }
 
+/** `ECONNREFUSED`, `other side closed`: the system's code, else (undici's codes say less) the message. */
 const causeOf = (error: APIConnectionError): string => {
   const cause = error.cause as { code?: string; message?: string } | undefined
   return (cause?.code?.startsWith("UND_ERR") ? cause.message : cause?.code) ?? cause?.message ?? error.message

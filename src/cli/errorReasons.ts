@@ -20,10 +20,11 @@ export const reasonOf = (text: string, whole: boolean): string => {
       // not JSON: read as a prefix below
     }
   }
-  const code = /"error"\s*:\s*\{[^{}]*?"code"\s*:\s*"([^"\\]{1,64})"/.exec(text)
-  if (code) return code[1]!
+  // An answer's status first: its body, which a long line holds, may have an error code of its own.
   const status = /"status_code"\s*:\s*(\d{3})/.exec(text)
-  return status ? `status ${status[1]}` : "unreadable line"
+  if (status) return `status ${status[1]}`
+  const code = /"error"\s*:\s*\{[^{}]*?"code"\s*:\s*"([^"\\]{1,64})"/.exec(text)
+  return code ? code[1]! : "unreadable line"
 }
 
 export interface ErrorReasons {

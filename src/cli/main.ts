@@ -96,8 +96,8 @@ const checkedBaseUrl = (url: string, source: string): Effect.Effect<string, CliF
   }
   // A query is sent before each call's path (`/v1?token=x/batches`); a page's address (the dashboard's `/ui`, a
   // route) is no base: each was answered 404, with a hint to add /v1 to it.
-  if (parsed.search !== "" || parsed.hash !== "") return refused("the API's base URL, without ?query or #fragment")
-  const route = /\/(ui|v1\/(batches|files|uploads|models))(\/.*)?$/.exec(parsed.pathname)
+  if (parsed.search !== "" || parsed.hash !== "") return refused("the API's base URL, without ?query or #fragment (not shown)")
+  const route = /\/(ui\/?|v1\/(batches|files|uploads|models)(\/.*)?)$/.exec(parsed.pathname)
   if (route !== null) {
     const base = `${parsed.origin}${parsed.pathname.slice(0, route.index)}/v1`
     return refused(`the API's base URL, /v1 included, not a page's or a route's (${withoutCredentials(base)}?)`)
@@ -138,7 +138,8 @@ const metadataOf = (pairs: ReadonlyArray<string>): Either.Either<Record<string, 
     if (at <= 0) return Either.left(`--metadata takes KEY=VALUE, with a key before the '=': got '${pair}'`)
     const key = pair.slice(0, at)
     if (Object.hasOwn(metadata, key)) return Either.left(`--metadata gives '${key}' twice`)
-    metadata[key] = pair.slice(at + 1)
+    // Defined, not assigned: `__proto__=x` assigned set the object's prototype, and the pair was lost unsaid.
+    Object.defineProperty(metadata, key, { value: pair.slice(at + 1), enumerable: true, writable: true, configurable: true })
   }
   const checked = checkedMetadata(metadata)
   return "code" in checked ? Either.left(`--metadata: ${checked.message}`) : Either.right(metadata)

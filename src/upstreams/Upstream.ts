@@ -141,8 +141,9 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     let listed = Option.none<ReadonlyArray<string>>()
     let listedAt = 0
     let modelsAnswered = false
-    /** Settled when the `refreshListed` under way has its answer. */
+    /** Settled when the `refreshListed` under way has its answer; when that began (an answer may never come). */
     let asking: Deferred.Deferred<void> | undefined
+    let askedAt = 0
     const probeHeaders = authorized(HttpClientRequest.get("").pipe(HttpClientRequest.setHeader("accept-encoding", "identity"))).headers
     /** A probe's `GET` of `path` under the base URL, read by `read`: with the key, held by no answer hold, 10 s at most. */
     const probeGet = <A, E>(path: string, read: (res: HttpClientResponse.HttpClientResponse) => Effect.Effect<A, E>) =>
@@ -292,6 +293,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
         if (asking !== undefined) return Deferred.await(asking)
         const answered = Deferred.unsafeMake<void>(FiberId.none)
         asking = answered
+        askedAt = clock.unsafeCurrentTimeMillis()
         return Effect.asVoid(askModels).pipe(Effect.ensuring(Effect.sync(() => {
           asking = undefined
           Deferred.unsafeDone(answered, Exit.void)
@@ -307,7 +309,8 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       started: Deferred.await(started),
       refreshListed,
       relisted: Effect.suspend(() => {
-        const wait = listedAt + RELIST_AFTER_MS - clock.unsafeCurrentTimeMillis()
+        // From the last ask, answered or not: a `GET /models` that times out is not asked again at once.
+        const wait = Math.max(listedAt, askedAt) + RELIST_AFTER_MS - clock.unsafeCurrentTimeMillis()
         return Effect.zipRight(wait > 0 ? Effect.sleep(Duration.millis(wait)) : Effect.void, refreshListed(RELIST_AFTER_MS))
       }),
       isDown: outage.isDown,
