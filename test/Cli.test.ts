@@ -37,14 +37,16 @@ const runCli = (
   cwd: string,
   args: ReadonlyArray<string>,
   env: Record<string, string>,
-  whileRunning?: (child: ChildProcess, stdout: string, stderr: string) => void
+  whileRunning?: (child: ChildProcess, stdout: string, stderr: string) => void,
+  input?: string
 ): Promise<Run> =>
   new Promise((resolve) => {
     const child = spawn(process.execPath, [main, ...args], {
       cwd,
       env: { ...process.env, ...env },
-      stdio: ["ignore", "pipe", "pipe"]
+      stdio: [input === undefined ? "ignore" : "pipe", "pipe", "pipe"]
     })
+    if (input !== undefined) child.stdin!.end(input)
     let stdout = ""
     let stderr = ""
     child.stdout!.on("data", (d) => {
@@ -68,8 +70,12 @@ describe("the openai-batch command line", () => {
   let openai: OpenAI
   let env: Record<string, string>
   let compiled: CompiledCli
-  const cli = (args: ReadonlyArray<string>, extraEnv: Record<string, string> = {}, whileRunning?: (child: ChildProcess, stdout: string, stderr: string) => void) =>
-    runCli(compiled.main, scratch, args, { ...env, ...extraEnv }, whileRunning)
+  const cli = (
+    args: ReadonlyArray<string>,
+    extraEnv: Record<string, string> = {},
+    whileRunning?: (child: ChildProcess, stdout: string, stderr: string) => void,
+    input?: string
+  ) => runCli(compiled.main, scratch, args, { ...env, ...extraEnv }, whileRunning, input)
   const inputFile = (name: string, lines: ReadonlyArray<string>, eol = "\n") => {
     const path = Path.join(scratch, name)
     writeFileSync(path, lines.join(eol) + eol)
@@ -267,6 +273,20 @@ describe("the openai-batch command line", () => {
       expect(readFileSync(target).equals(Buffer.concat([kept, content.subarray(1000)]))).toBe(true)
       expect(readdirSync(out).filter((name) => name.endsWith(".partial"))).toEqual([`${Path.basename(target)}.${gone + 2_000_000}.partial`])
       expect(readFileSync(elsewhere, "utf8")).toBe("mine\n")
+    }), 60_000)
+
+  it.live("submit - reads the requests from the standard input (a script's pipe); a path that is no file is refused", () =>
+    Effect.promise(async () => {
+      const out = Path.join(scratch, "out-stdin")
+      const lines = [chatLine("piped-1", "one"), chatLine("piped-2", "two")].join("\n") + "\n"
+      const run = await cli(["submit", "-", "--watch", "--out", out, "--interval", "0.2"], {}, undefined, lines)
+      expect(run.code, run.stderr).toBe(0)
+      expect(run.stderr).toContain("the standard input: 2 requests for /v1/chat/completions, no problems found; uploading…")
+      const [id] = linesOf(run.stdout)
+      expect(fileLines(Path.join(out, `${id}_output.jsonl`)).map((l) => l.custom_id).sort()).toEqual(["piped-1", "piped-2"])
+      const [missing, directory] = await Promise.all([cli(["submit", Path.join(scratch, "nope.jsonl")]), cli(["submit", scratch])])
+      expect([missing.code, missing.stderr]).toEqual([2, `${Path.join(scratch, "nope.jsonl")}: no such file; nothing was done.\n`])
+      expect([directory.code, directory.stderr]).toEqual([2, `${scratch} is not a regular file (for the standard input, give -); nothing was done.\n`])
     }), 60_000)
 
   it.live("a download whose output file the server no longer has still writes the error file, says so, and exits 1", () =>

@@ -41,7 +41,8 @@ export type RerunKind = "error" | "expired" | "cancelled"
 export interface BatchApiShape {
   readonly baseUrl: string
   /** Streams the file up as a `batch` file: never whole in memory. */
-  readonly upload: (path: string) => Effect.Effect<FileObject, CliFailure>
+  /** Uploads the file at `path`, named `shownAs` in what is said of it (`path` when not given). */
+  readonly upload: (path: string, shownAs?: string) => Effect.Effect<FileObject, CliFailure>
   readonly create: (params: BatchCreateParams) => Effect.Effect<Batch, CliFailure>
   readonly retrieve: (id: string) => Effect.Effect<Batch, CliFailure>
   /** `retrieve` tried once: for a watch, which has its own policy of trying again (`patience.ts`). */
@@ -188,8 +189,8 @@ export const make = (connection: Connection): BatchApiShape => {
 
   return {
     baseUrl: connection.baseUrl,
-    upload: (path) =>
-      unlessBusy(call(`uploading ${path}`, (signal) =>
+    upload: (path, shownAs = path) =>
+      unlessBusy(call(`uploading ${shownAs}`, (signal) =>
         client.files.create(
           // Opened at each attempt: a stream cannot be sent twice, so the client does not retry it.
           { file: toStreamingFile(createReadStream(path), Path.basename(path)), purpose: "batch" },

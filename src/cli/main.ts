@@ -25,6 +25,7 @@ import { DEFAULT_RETRY_FOR } from "./patience.js"
 import { withoutCredentials } from "../observability/urlText.js"
 import { packageRoot } from "../packageRoot.js"
 import { checkedMetadata } from "../batches/validation.js"
+import { inputPath, STDIN_PATH } from "./inputFile.js"
 import { serve } from "./serve.js"
 import { type AfterCreate, retry, submit } from "./submit.js"
 
@@ -149,7 +150,8 @@ const submitCommand = Command.make(
   "submit",
   {
     ...connection,
-    file: Args.file({ name: "FILE.jsonl", exists: "yes" }),
+    // Text, not `Args.file`: `-` (the standard input) is no path (`inputFile.ts`).
+    file: Args.text({ name: "FILE.jsonl" }).pipe(Args.withDescription("The requests, one JSON object a line; - reads them from the standard input")),
     endpoint: Options.text("endpoint").pipe(
       Options.withPseudoName("PATH"),
       Options.withDescription("The batch's endpoint (default: the url of the file's first request, else /v1/chat/completions)"),
@@ -175,13 +177,15 @@ const submitCommand = Command.make(
     ...afterCreateOptions
   },
   (o) =>
-    withApi(o, submit({
-      file: o.file,
-      endpoint: o.endpoint,
-      metadata: o.metadata,
-      maxRequests: o.maxRequests,
-      ...afterCreate(o)
-    }))
+    Effect.scoped(Effect.flatMap(inputPath(o.file), (file) =>
+      withApi(o, submit({
+        file,
+        shownAs: o.file === STDIN_PATH ? "the standard input" : undefined,
+        endpoint: o.endpoint,
+        metadata: o.metadata,
+        maxRequests: o.maxRequests,
+        ...afterCreate(o)
+      }))))
 ).pipe(Command.withDescription("Check a JSONL file of requests, upload it and create its batch; --watch follows it to its end"))
 
 const statusCommand = Command.make("status", { ...connection, batchId, json }, (o) =>
@@ -299,7 +303,7 @@ process.stdout.on("error", (error: NodeJS.ErrnoException) => {
 
 // Holds the process open while the program runs (a wait on a signal alone would not).
 const keepAlive = setInterval(() => {}, 2 ** 31 - 1)
-const fiber = Effect.runFork(Effect.suspend(() => cli(process.argv)).pipe(colourWhereShown, Effect.provide(NodeContext.layer)))
+const fiber = Effect.runFork(Effect.suspend(() => cli(process.argv.map((arg) => (arg === "-" ? STDIN_PATH : arg)))).pipe(colourWhereShown, Effect.provide(NodeContext.layer)))
 // Ctrl-C, or a SIGTERM (a CI runner's or `timeout`'s stop), where no command answers it itself (a watch stops, or
 // asks on a terminal; `serve` passes it on) interrupts the command, so that what it holds is let go (a request
 // aborted, a half-written file removed, an upload without its batch said); a second one ends the process at once.

@@ -28,6 +28,8 @@ const created = (batch: Batch, after: AfterCreate) =>
 
 export interface SubmitOptions extends AfterCreate {
   readonly file: string
+  /** How the file is named to the user (`-` for the standard input's spooled copy); `file` when not given. */
+  readonly shownAs?: string | undefined
   readonly endpoint: Option.Option<string>
   readonly metadata: Readonly<Record<string, string>>
   /** The most requests the server takes in a batch (its `MAX_REQUESTS_PER_BATCH`). */
@@ -55,6 +57,7 @@ const discard = (file: FileObject) => (failure: Cause.Cause<CliFailure>) =>
 export const submit = (options: SubmitOptions) =>
   Effect.gen(function*() {
     const api = yield* BatchApi
+    const shown = options.shownAs ?? options.file
     const check = yield* checkFile(options.file, options.endpoint, options.maxRequests)
     if (check.problems.length > 0) {
       for (const problem of check.problems) yield* options.mode === "json" ? printJson(problem) : say(problemLine(problem))
@@ -62,14 +65,14 @@ export const submit = (options: SubmitOptions) =>
       const against = check.problems.every((p) => p.code === "empty_file") ? "" : ` for ${check.endpoint}`
       return yield* new CliFailure({
         exitCode: EXIT_INVALID,
-        message: `${options.file}: ${count(check.found)} ${plural("problem", check.found)}${against} ` +
+        message: `${shown}: ${count(check.found)} ${plural("problem", check.found)}${against} ` +
           `(the server would refuse the file or fail the batch with the same); nothing was uploaded.`
       })
     }
     if (options.watch) yield* checkOut(options.out)
     const requests = `${count(check.requests)} ${plural("request", check.requests)}`
-    yield* note(`${options.file}: ${requests} for ${check.endpoint}, no problems found; uploading…`)
-    const file = yield* api.upload(options.file)
+    yield* note(`${shown}: ${requests} for ${check.endpoint}, no problems found; uploading…`)
+    const file = yield* api.upload(options.file, shown)
     const batch = yield* api.create({
       input_file_id: file.id,
       // Any path the server accepts (its EXTRA_BATCH_ENDPOINTS too), not only the client's list.
