@@ -42,7 +42,8 @@ export interface FairPermits {
   /**
    * Claims to give a permit back for a ready batch of another project that held permits no longer than this one
    * (or of any project, `ownProjectToo`: the holder cannot use its permit now): true when such batches outnumber the
-   * holders that already claimed (with several permits, one waiter does not make every holder stop). Give the claim back with `endYield` when the permit is given back.
+   * holders that already claimed (with several permits, one waiter does not make every holder stop). Give the claim
+   * back with `endYield` when the permit is given back.
    */
   readonly claimYield: (project: string, ownProjectToo?: boolean) => boolean
   readonly endYield: () => void
