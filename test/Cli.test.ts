@@ -3,118 +3,43 @@
  * against the real server process and the upstream simulator: exit codes, the files written, the plain-output
  * transcript of a 1,000-line batch, local validation giving the server's own problems before anything is uploaded,
  * `--json`, a failed submit leaving nothing behind, Ctrl-C while watching, a watch riding out a lost connection (and
- * giving up), and `serve`. `cliCalls.test.ts` has what only a scripted server can do.
+ * giving up), and `serve`. `CliFiles.test.ts` has its input from a pipe and its downloads; `cliCalls.test.ts` what
+ * only a scripted server can do.
  */
-import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import { type ChildProcess, spawn, spawnSync } from "node:child_process"
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, utimesSync, writeFileSync } from "node:fs"
-import { tmpdir } from "node:os"
+import { spawn } from "node:child_process"
+import { readFileSync } from "node:fs"
 import * as Path from "node:path"
-import OpenAI, { toFile } from "openai"
-import { type Simulator, startSimulator } from "../scripts/simulator.js"
+import type OpenAI from "openai"
+import { toFile } from "openai"
+import type { Simulator } from "../scripts/simulator.js"
 import { problemLine } from "../src/cli/describe.js"
 import { chatLine, terminal, waitFor } from "./support/Batches.js"
-import { type CompiledCli, compileCli } from "./support/CompiledCli.js"
-import { freePort, type ServerProcess, startServer } from "./support/ServerProcess.js"
+import { cliSuite, fileLines, KEY, linesOf, type Run } from "./support/CliSuite.js"
+import { freePort, type ServerProcess } from "./support/ServerProcess.js"
 import { startForwarder, type TcpForwarder } from "./support/TcpForwarder.js"
 
 const root = Path.resolve(import.meta.dirname, "..")
-const KEY = "sk-cli-test-key-0123456789abcdef"
-
-interface Run {
-  readonly code: number | null
-  readonly stdout: string
-  readonly stderr: string
-}
-
-/**
- * `openai-batch …args` in `cwd` (where a watch without `--out` writes its files); `whileRunning` may act on the
- * process as its output arrives.
- */
-const runCli = (
-  main: string,
-  cwd: string,
-  args: ReadonlyArray<string>,
-  env: Record<string, string>,
-  whileRunning?: (child: ChildProcess, stdout: string, stderr: string) => void,
-  input?: string
-): Promise<Run> =>
-  new Promise((resolve) => {
-    const child = spawn(process.execPath, [main, ...args], {
-      cwd,
-      env: { ...process.env, ...env },
-      stdio: [input === undefined ? "ignore" : "pipe", "pipe", "pipe"]
-    })
-    if (input !== undefined) child.stdin!.end(input)
-    let stdout = ""
-    let stderr = ""
-    child.stdout!.on("data", (d) => {
-      stdout += d
-      whileRunning?.(child, stdout, stderr)
-    })
-    child.stderr!.on("data", (d) => {
-      stderr += d
-      whileRunning?.(child, stdout, stderr)
-    })
-    child.once("exit", (code) => resolve({ code, stdout, stderr }))
-  })
-
-const linesOf = (text: string) => text.split("\n").filter((l) => l !== "")
-const fileLines = (path: string): Array<any> => linesOf(readFileSync(path, "utf8")).map((l) => JSON.parse(l))
 
 describe("the openai-batch command line", () => {
+  const suite = cliSuite()
+  const { cli, inputFile, slowBatch } = suite
   let sim: Simulator
   let server: ServerProcess
   let scratch: string
   let openai: OpenAI
-  let env: Record<string, string>
-  let compiled: CompiledCli
-  const cli = (
-    args: ReadonlyArray<string>,
-    extraEnv: Record<string, string> = {},
-    whileRunning?: (child: ChildProcess, stdout: string, stderr: string) => void,
-    input?: string
-  ) => runCli(compiled.main, scratch, args, { ...env, ...extraEnv }, whileRunning, input)
-  const inputFile = (name: string, lines: ReadonlyArray<string>, eol = "\n") => {
-    const path = Path.join(scratch, name)
-    writeFileSync(path, lines.join(eol) + eol)
-    return path
-  }
-  /** A batch of `lines`, created with the SDK. */
-  const sdkBatch = async (lines: ReadonlyArray<string>) => {
-    const file = await openai.files.create({ file: await toFile(Buffer.from(lines.join("\n") + "\n"), "sdk.jsonl"), purpose: "batch" })
-    return openai.batches.create({ input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h" })
-  }
-  /** A running batch of `count` requests that sleep far longer than the tests, but for the first `quick`, once those are done. */
-  const slowBatch = async (count: number, quick: number) => {
-    const batch = await sdkBatch(Array.from({ length: count }, (_, i) => chatLine(`slow-${i}`, i < quick ? `quick ${i}` : `slow ${i} [sleep:60000]`)))
-    return Effect.runPromise(waitFor(openai, batch.id, (b) => b.status === "in_progress" && (b.request_counts?.completed ?? 0) >= quick))
-  }
+  beforeAll(() => {
+    ;[sim, server, scratch, openai] = [suite.sim(), suite.server(), suite.scratch(), suite.openai()]
+  })
   let failingBatchId: string | undefined
   /**
    * For two pairs of adjacent tests, which vitest runs together: most of their time is a child process starting or a
    * batch sleeping, and neither disturbs the other (a failed submit creates no batch; `serve` runs a server of its
    * own). Any other two would: the server runs one batch at a time, and the tests assert on the files and batches
-   * they find.
+   * they find. The Files side of the command line is `CliFiles.test.ts`'s, against a server of its own.
    */
   const alongside = { timeout: 180_000, concurrent: true }
-
-  beforeAll(async () => {
-    compiled = compileCli()
-    sim = await startSimulator({ latencyMs: 2 })
-    scratch = mkdtempSync(Path.join(tmpdir(), "batch-cli-"))
-    server = await startServer({ DATA_DIR: Path.join(scratch, "data"), INFERENCE_BASE_URL: sim.url, API_KEYS: `${KEY}:cli` })
-    openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: KEY, maxRetries: 0 })
-    env = { OPENAI_BASE_URL: `${server.url}/v1`, OPENAI_API_KEY: KEY }
-  })
-
-  afterAll(async () => {
-    await server?.stop()
-    await sim?.close()
-    rmSync(scratch, { recursive: true, force: true })
-    compiled?.remove()
-  })
 
   it.live("submit --watch of 1,000 lines, some failing, off a terminal: plain progress lines, both files, exit 1", () =>
     Effect.promise(async () => {
@@ -244,130 +169,6 @@ describe("the openai-batch command line", () => {
       // Every problem counted, those the list leaves out too.
       expect([many.code, many.stderr]).toEqual([2, expect.stringContaining("garbage.jsonl: 3,000 problems for /v1/chat/completions")])
       expect((await openai.files.list()).data.map((f) => f.id)).toEqual([uploaded.id, ...filesBefore])
-    }), 180_000)
-
-  it.live("a download killed before its end is taken up by the next one, from its partial file; the others left are removed, a link never followed", () =>
-    Effect.promise(async () => {
-      expect(failingBatchId).toBeDefined()
-      const batch = await openai.batches.retrieve(failingBatchId!)
-      const content = Buffer.from(await (await openai.files.content(batch.output_file_id!)).arrayBuffer())
-      const out = Path.join(scratch, "out-left")
-      mkdirSync(out, { recursive: true })
-      const target = Path.join(out, `${batch.id}_output.jsonl`)
-      // Two processes killed while downloading (their pids gone): the first bytes of the one that got further are
-      // marked, to tell that the download went on from them rather than over again.
-      const gone = spawnSync(process.execPath, ["-e", ""]).pid!
-      const kept = Buffer.from(content.subarray(0, 1000))
-      kept[0] = "[".charCodeAt(0)
-      const minuteAgo = new Date(Date.now() - 60_000) // left untouched a while: no download elsewhere writes them
-      for (const [pid, bytes] of [[gone, kept], [gone + 1_000_000, content.subarray(0, 10)]] as const) {
-        writeFileSync(`${target}.${pid}.partial`, bytes)
-        utimesSync(`${target}.${pid}.partial`, minuteAgo, minuteAgo)
-      }
-      // A link planted in the directory (another user's, say) is neither followed nor taken.
-      const elsewhere = Path.join(scratch, "not-yours.txt")
-      writeFileSync(elsewhere, "mine\n")
-      symlinkSync(elsewhere, `${target}.${gone + 2_000_000}.partial`)
-      const run = await cli(["download", batch.id, "--out", out])
-      expect(run.code, run.stderr).toBe(0)
-      expect(readFileSync(target).equals(Buffer.concat([kept, content.subarray(1000)]))).toBe(true)
-      expect(readdirSync(out).filter((name) => name.endsWith(".partial"))).toEqual([`${Path.basename(target)}.${gone + 2_000_000}.partial`])
-      expect(readFileSync(elsewhere, "utf8")).toBe("mine\n")
-    }), 60_000)
-
-  it.live("submit - reads the requests from the standard input (a script's pipe); a path that is no file is refused", () =>
-    Effect.promise(async () => {
-      const out = Path.join(scratch, "out-stdin")
-      const lines = [chatLine("piped-1", "one"), chatLine("piped-2", "two")].join("\n") + "\n"
-      const run = await cli(["submit", "-", "--watch", "--out", out, "--interval", "0.2"], {}, undefined, lines)
-      expect(run.code, run.stderr).toBe(0)
-      expect(run.stderr).toContain("the standard input: 2 requests for /v1/chat/completions, no problems found; uploading…")
-      const [id] = linesOf(run.stdout)
-      expect(fileLines(Path.join(out, `${id}_output.jsonl`)).map((l) => l.custom_id).sort()).toEqual(["piped-1", "piped-2"])
-      const [missing, directory] = await Promise.all([cli(["submit", Path.join(scratch, "nope.jsonl")]), cli(["submit", scratch])])
-      expect([missing.code, missing.stderr]).toEqual([2, `${Path.join(scratch, "nope.jsonl")}: no such file; nothing was done.\n`])
-      expect([directory.code, directory.stderr]).toEqual([2, `${scratch} is not a regular file (for the standard input, give -); nothing was done.\n`])
-    }), 60_000)
-
-  it.live("a download whose output file the server no longer has still writes the error file, says so, and exits 1", () =>
-    Effect.promise(async () => {
-      const made = await sdkBatch([chatLine("kept", "fine"), chatLine("failing", "no [fail:400]")])
-      const batch = await Effect.runPromise(waitFor(openai, made.id, terminal))
-      await openai.files.delete(batch.output_file_id!) // as an expiry (output_expires_after) does
-      const out = Path.join(scratch, "out-gone")
-      const run = await cli(["download", batch.id, "--out", out])
-      expect(run.code).toBe(1)
-      expect(linesOf(run.stdout)).toEqual([
-        `errors: ${Path.join(out, `${batch.id}_error.jsonl`)} (1 line)`,
-        "errors by reason: 1 × status 400",
-        `output: ${batch.output_file_id} is no longer on the server (expired or deleted)`
-      ])
-      expect(fileLines(Path.join(out, `${batch.id}_error.jsonl`)).map((l) => l.custom_id)).toEqual(["failing"])
-    }), 60_000)
-
-  it.live("status, list, download, cancel: their outputs and exit codes", () =>
-    Effect.promise(async () => {
-      const rejected = await sdkBatch(["{not json"]).then((b) => Effect.runPromise(waitFor(openai, b.id, terminal)))
-      const finished = await sdkBatch([chatLine("done", "quick")]).then((b) => Effect.runPromise(waitFor(openai, b.id, terminal)))
-      const batch = await slowBatch(40, 4)
-      const id = batch.id
-      const out = Path.join(scratch, "out-cancel")
-      const [status, statusJson, list, listJson, early, unknown, noKey, noFiles] = await Promise.all([
-        cli(["status", id]),
-        cli(["status", id, "--json"]),
-        cli(["list"]),
-        cli(["list", "--json", "--limit", "2"]),
-        cli(["download", id, "--out", out]),
-        cli(["status", "batch_0123456789abcdef0123456789abcdef"]),
-        cli(["status", id], { OPENAI_API_KEY: "" }),
-        cli(["download", rejected.id, "--json", "--out", out])
-      ])
-      expect(status.code, status.stderr).toBe(0)
-      expect(linesOf(status.stdout)).toEqual(expect.arrayContaining([
-        `${id}: in_progress`,
-        "  requests    40: 4 completed, 0 failed",
-        expect.stringMatching(/^ {2}phases {6}validating \d+s, in_progress \d+s so far$/)
-      ]))
-      expect(statusJson.code).toBe(0)
-      expect(JSON.parse(statusJson.stdout)).toMatchObject({ id, object: "batch", status: "in_progress" })
-      expect(list.code).toBe(0)
-      expect(linesOf(list.stdout)[0]).toMatch(/^ID +STATUS +DONE\/TOTAL +FAILED +TOKENS +CREATED +ENDPOINT$/)
-      expect(linesOf(list.stdout)[1]).toMatch(new RegExp(`^${id} +in_progress +4/40 +0 +\\d+ +\\S+ ago +/v1/chat/completions$`))
-      expect(listJson.code).toBe(0)
-      const listed = linesOf(listJson.stdout).map((l) => JSON.parse(l))
-      expect(listed.map((b) => b.id)).toEqual([id, finished.id]) // newest first
-      expect(early.code).toBe(1)
-      expect(early.stderr).toContain(`${id} is in_progress: its files are written when it ends`)
-      expect(unknown.code).toBe(1)
-      expect(unknown.stderr).toMatch(/404/)
-      expect(noKey.code).toBe(1)
-      expect(noKey.stderr).toContain("401")
-      expect(noKey.stderr).toContain("give a key with --api-key or OPENAI_API_KEY")
-      // A batch that failed validation has no file to save: exit 1 in JSON too, with what the server found.
-      expect(rejected.status).toBe("failed")
-      expect([noFiles.code, noFiles.stderr]).toEqual([1, expect.stringContaining(`${rejected.id} is failed and has no output or error file.`)])
-      expect(JSON.parse(noFiles.stdout)).toMatchObject({
-        id: rejected.id, status: "failed", output_path: null, error_path: null, errors: [expect.objectContaining({ code: "invalid_json_line", line: 1 })]
-      })
-
-      // The refused cancel of the finished batch alongside, not to leave a core idle while one CLI starts.
-      const [cancel, tooLate] = await Promise.all([cli(["cancel", id]), cli(["cancel", finished.id])])
-      expect(cancel.code, cancel.stderr).toBe(0)
-      expect(cancel.stdout).toMatch(new RegExp(`^${id}: (cancelling|cancelled)\\n$`))
-      await Effect.runPromise(waitFor(openai, id, terminal))
-      const [again, download] = await Promise.all([cli(["cancel", id]), cli(["download", id, "--out", out])])
-      expect(again.code).toBe(0) // cancelling a cancelled batch changes nothing
-      expect(again.stdout).toBe(`${id}: cancelled\n`)
-      expect(tooLate.code).toBe(1)
-      expect(tooLate.stderr).toContain(`cancelling batch ${finished.id}: 409 Cannot cancel a batch with status 'completed'.`)
-      expect(download.code, download.stderr).toBe(0)
-      expect(linesOf(download.stdout)).toEqual([
-        `output: ${Path.join(out, `${id}_output.jsonl`)} (4 lines)`,
-        `errors: ${Path.join(out, `${id}_error.jsonl`)} (36 lines)`,
-        // Lines the cancel left unrun are told apart from failures.
-        "errors by reason: 36 × batch_cancelled"
-      ])
-      expect(fileLines(Path.join(out, `${id}_error.jsonl`)).every((l) => l.error?.code === "batch_cancelled")).toBe(true)
     }), 180_000)
 
   it.live("a failed submit leaves nothing behind: a refused create deletes the upload; --max-requests, --metadata and --limit are checked locally", () =>
@@ -546,7 +347,7 @@ describe("the openai-batch command line", () => {
       const port = await freePort()
       const serveEnv = { PORT: String(port), HOST: "127.0.0.1", DATA_DIR: Path.join(scratch, "serve-data"), INFERENCE_BASE_URL: sim.url }
       let up = false
-      const child = spawn(process.execPath, [compiled.main, "serve"], {
+      const child = spawn(process.execPath, [suite.main(), "serve"], {
         cwd: root,
         env: { ...process.env, ...serveEnv },
         stdio: ["ignore", "pipe", "pipe"]
@@ -575,7 +376,7 @@ describe("the openai-batch command line", () => {
   it.live("serve killed (SIGKILL, which it cannot pass on): the server stops too, not left serving in a group of its own", () =>
     Effect.promise(async () => {
       const port = await freePort()
-      const child = spawn(process.execPath, [compiled.main, "serve"], {
+      const child = spawn(process.execPath, [suite.main(), "serve"], {
         cwd: root,
         env: { ...process.env, PORT: String(port), HOST: "127.0.0.1", LOG_FORMAT: "json", DATA_DIR: Path.join(scratch, "killed-serve-data"), INFERENCE_BASE_URL: sim.url },
         stdio: ["ignore", "pipe", "pipe"]

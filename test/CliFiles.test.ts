@@ -1,0 +1,147 @@
+/**
+ * The `openai-batch` command line's files, run as a user runs it (`support/CliSuite.ts`): its input from a pipe, and
+ * its downloads: `status`, `list`, `download`, `cancel`; a download killed before its end taken up by the next; a
+ * file the server no longer has.
+ */
+import { beforeAll, describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
+import { spawnSync } from "node:child_process"
+import { mkdirSync, readdirSync, readFileSync, symlinkSync, utimesSync, writeFileSync } from "node:fs"
+import * as Path from "node:path"
+import type OpenAI from "openai"
+import { chatLine, terminal, waitFor } from "./support/Batches.js"
+import { cliSuite, fileLines, linesOf } from "./support/CliSuite.js"
+
+describe("the openai-batch command line's files", () => {
+  const suite = cliSuite()
+  const { cli, sdkBatch, slowBatch } = suite
+  let scratch: string
+  let openai: OpenAI
+  beforeAll(() => {
+    ;[scratch, openai] = [suite.scratch(), suite.openai()]
+  })
+
+  it.live("a download killed before its end is taken up by the next one, from its partial file; the others left are removed, a link never followed", () =>
+    Effect.promise(async () => {
+      const made = await sdkBatch(Array.from({ length: 50 }, (_, i) => chatLine(`req-${i}`, `hello ${i}`)))
+      const batch = await Effect.runPromise(waitFor(openai, made.id, terminal))
+      const content = Buffer.from(await (await openai.files.content(batch.output_file_id!)).arrayBuffer())
+      const out = Path.join(scratch, "out-left")
+      mkdirSync(out, { recursive: true })
+      const target = Path.join(out, `${batch.id}_output.jsonl`)
+      // Two processes killed while downloading (their pids gone): the first bytes of the one that got further are
+      // marked, to tell that the download went on from them rather than over again.
+      const gone = spawnSync(process.execPath, ["-e", ""]).pid!
+      const kept = Buffer.from(content.subarray(0, 1000))
+      kept[0] = "[".charCodeAt(0)
+      const minuteAgo = new Date(Date.now() - 60_000) // left untouched a while: no download elsewhere writes them
+      for (const [pid, bytes] of [[gone, kept], [gone + 1_000_000, content.subarray(0, 10)]] as const) {
+        writeFileSync(`${target}.${pid}.partial`, bytes)
+        utimesSync(`${target}.${pid}.partial`, minuteAgo, minuteAgo)
+      }
+      // A link planted in the directory (another user's, say) is neither followed nor taken.
+      const elsewhere = Path.join(scratch, "not-yours.txt")
+      writeFileSync(elsewhere, "mine\n")
+      symlinkSync(elsewhere, `${target}.${gone + 2_000_000}.partial`)
+      const run = await cli(["download", batch.id, "--out", out])
+      expect(run.code, run.stderr).toBe(0)
+      expect(readFileSync(target).equals(Buffer.concat([kept, content.subarray(1000)]))).toBe(true)
+      expect(readdirSync(out).filter((name) => name.endsWith(".partial"))).toEqual([`${Path.basename(target)}.${gone + 2_000_000}.partial`])
+      expect(readFileSync(elsewhere, "utf8")).toBe("mine\n")
+    }), 60_000)
+
+  it.live("submit - reads the requests from the standard input (a script's pipe); a path that is no file is refused", () =>
+    Effect.promise(async () => {
+      const out = Path.join(scratch, "out-stdin")
+      const lines = [chatLine("piped-1", "one"), chatLine("piped-2", "two")].join("\n") + "\n"
+      const run = await cli(["submit", "-", "--watch", "--out", out, "--interval", "0.2"], {}, undefined, lines)
+      expect(run.code, run.stderr).toBe(0)
+      expect(run.stderr).toContain("the standard input: 2 requests for /v1/chat/completions, no problems found; uploading…")
+      const [id] = linesOf(run.stdout)
+      expect(fileLines(Path.join(out, `${id}_output.jsonl`)).map((l) => l.custom_id).sort()).toEqual(["piped-1", "piped-2"])
+      const [missing, directory] = await Promise.all([cli(["submit", Path.join(scratch, "nope.jsonl")]), cli(["submit", scratch])])
+      expect([missing.code, missing.stderr]).toEqual([2, `${Path.join(scratch, "nope.jsonl")}: no such file; nothing was done.\n`])
+      expect([directory.code, directory.stderr]).toEqual([2, `${scratch} is not a regular file (for the standard input, give -); nothing was done.\n`])
+    }), 60_000)
+
+  it.live("a download whose output file the server no longer has still writes the error file, says so, and exits 1", () =>
+    Effect.promise(async () => {
+      const made = await sdkBatch([chatLine("kept", "fine"), chatLine("failing", "no [fail:400]")])
+      const batch = await Effect.runPromise(waitFor(openai, made.id, terminal))
+      await openai.files.delete(batch.output_file_id!) // as an expiry (output_expires_after) does
+      const out = Path.join(scratch, "out-gone")
+      const run = await cli(["download", batch.id, "--out", out])
+      expect(run.code).toBe(1)
+      expect(linesOf(run.stdout)).toEqual([
+        `errors: ${Path.join(out, `${batch.id}_error.jsonl`)} (1 line)`,
+        "errors by reason: 1 × status 400",
+        `output: ${batch.output_file_id} is no longer on the server (expired or deleted)`
+      ])
+      expect(fileLines(Path.join(out, `${batch.id}_error.jsonl`)).map((l) => l.custom_id)).toEqual(["failing"])
+    }), 60_000)
+
+  it.live("status, list, download, cancel: their outputs and exit codes", () =>
+    Effect.promise(async () => {
+      const rejected = await sdkBatch(["{not json"]).then((b) => Effect.runPromise(waitFor(openai, b.id, terminal)))
+      const finished = await sdkBatch([chatLine("done", "quick")]).then((b) => Effect.runPromise(waitFor(openai, b.id, terminal)))
+      const batch = await slowBatch(40, 4)
+      const id = batch.id
+      const out = Path.join(scratch, "out-cancel")
+      const [status, statusJson, list, listJson, early, unknown, noKey, noFiles] = await Promise.all([
+        cli(["status", id]),
+        cli(["status", id, "--json"]),
+        cli(["list"]),
+        cli(["list", "--json", "--limit", "2"]),
+        cli(["download", id, "--out", out]),
+        cli(["status", "batch_0123456789abcdef0123456789abcdef"]),
+        cli(["status", id], { OPENAI_API_KEY: "" }),
+        cli(["download", rejected.id, "--json", "--out", out])
+      ])
+      expect(status.code, status.stderr).toBe(0)
+      expect(linesOf(status.stdout)).toEqual(expect.arrayContaining([
+        `${id}: in_progress`,
+        "  requests    40: 4 completed, 0 failed",
+        expect.stringMatching(/^ {2}phases {6}validating \d+s, in_progress \d+s so far$/)
+      ]))
+      expect(statusJson.code).toBe(0)
+      expect(JSON.parse(statusJson.stdout)).toMatchObject({ id, object: "batch", status: "in_progress" })
+      expect(list.code).toBe(0)
+      expect(linesOf(list.stdout)[0]).toMatch(/^ID +STATUS +DONE\/TOTAL +FAILED +TOKENS +CREATED +ENDPOINT$/)
+      expect(linesOf(list.stdout)[1]).toMatch(new RegExp(`^${id} +in_progress +4/40 +0 +\\d+ +\\S+ ago +/v1/chat/completions$`))
+      expect(listJson.code).toBe(0)
+      const listed = linesOf(listJson.stdout).map((l) => JSON.parse(l))
+      expect(listed.map((b) => b.id)).toEqual([id, finished.id]) // newest first
+      expect(early.code).toBe(1)
+      expect(early.stderr).toContain(`${id} is in_progress: its files are written when it ends`)
+      expect(unknown.code).toBe(1)
+      expect(unknown.stderr).toMatch(/404/)
+      expect(noKey.code).toBe(1)
+      expect(noKey.stderr).toContain("401")
+      expect(noKey.stderr).toContain("give a key with --api-key or OPENAI_API_KEY")
+      // A batch that failed validation has no file to save: exit 1 in JSON too, with what the server found.
+      expect(rejected.status).toBe("failed")
+      expect([noFiles.code, noFiles.stderr]).toEqual([1, expect.stringContaining(`${rejected.id} is failed and has no output or error file.`)])
+      expect(JSON.parse(noFiles.stdout)).toMatchObject({
+        id: rejected.id, status: "failed", output_path: null, error_path: null, errors: [expect.objectContaining({ code: "invalid_json_line", line: 1 })]
+      })
+
+      // The refused cancel of the finished batch alongside, not to leave a core idle while one CLI starts.
+      const [cancel, tooLate] = await Promise.all([cli(["cancel", id]), cli(["cancel", finished.id])])
+      expect(cancel.code, cancel.stderr).toBe(0)
+      expect(cancel.stdout).toMatch(new RegExp(`^${id}: (cancelling|cancelled)\\n$`))
+      await Effect.runPromise(waitFor(openai, id, terminal))
+      const [again, download] = await Promise.all([cli(["cancel", id]), cli(["download", id, "--out", out])])
+      expect(again.code).toBe(0) // cancelling a cancelled batch changes nothing
+      expect(again.stdout).toBe(`${id}: cancelled\n`)
+      expect(tooLate.code).toBe(1)
+      expect(tooLate.stderr).toContain(`cancelling batch ${finished.id}: 409 Cannot cancel a batch with status 'completed'.`)
+      expect(download.code, download.stderr).toBe(0)
+      expect(linesOf(download.stdout)).toEqual([
+        `output: ${Path.join(out, `${id}_output.jsonl`)} (4 lines)`,
+        `errors: ${Path.join(out, `${id}_error.jsonl`)} (36 lines)`,
+        // Lines the cancel left unrun are told apart from failures.
+        "errors by reason: 36 × batch_cancelled"
+      ])
+      expect(fileLines(Path.join(out, `${id}_error.jsonl`)).every((l) => l.error?.code === "batch_cancelled")).toBe(true)
+    }), 180_000)
+})
