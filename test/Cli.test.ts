@@ -185,7 +185,7 @@ describe("the openai-batch command line", () => {
         cli(["submit", file, "--metadata", `note=${"x".repeat(513)}`]),
         cli(["submit", file, "--metadata", "run=1", "--metadata", "run=2"]),
         cli(["submit", file, "--metadata", "__proto__=x"]),
-        cli(["list", "--limit", "500"]),
+        cli(["list", "--limit", "20000"]),
         // Results that could not be written are found out before the batch is made, not once it has run.
         cli(["submit", file, "--watch", "--out", Path.join(file, "out")])
       ])
@@ -196,7 +196,7 @@ describe("the openai-batch command line", () => {
       expect([longValue.code, longValue.stderr]).toEqual([2, expect.stringContaining("--metadata: Invalid 'metadata.note': string too long")])
       expect([twice.code, twice.stderr]).toEqual([2, expect.stringContaining("--metadata gives 'run' twice")])
       expect([proto.code, proto.stderr]).toEqual([2, expect.stringContaining("--metadata: Invalid 'metadata': a key must not be '__proto__'.")])
-      expect([tooLong.code, tooLong.stderr]).toEqual([2, expect.stringContaining("--limit must be from 1 to 100")])
+      expect([tooLong.code, tooLong.stderr]).toEqual([2, expect.stringContaining("--limit must be from 1 to 10000")])
       expect(refused.code).toBe(1)
       expect(refused.stdout).toBe("")
       const refusal = linesOf(refused.stderr)

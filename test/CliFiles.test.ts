@@ -87,11 +87,13 @@ describe("the openai-batch command line's files", () => {
       const batch = await slowBatch(40, 4)
       const id = batch.id
       const out = Path.join(scratch, "out-cancel")
-      const [status, statusJson, list, listJson, early, unknown, noKey, noFiles] = await Promise.all([
+      const [status, statusJson, list, listJson, nextPage, failedOnly, early, unknown, noKey, noFiles] = await Promise.all([
         cli(["status", id]),
         cli(["status", id, "--json"]),
         cli(["list"]),
         cli(["list", "--json", "--limit", "2"]),
+        cli(["list", "--json", "--limit", "1", "--after", finished.id]),
+        cli(["list", "--json", "--status", "failed", "--limit", "500"]),
         cli(["download", id, "--out", out]),
         cli(["status", "batch_0123456789abcdef0123456789abcdef"]),
         cli(["status", id], { OPENAI_API_KEY: "" }),
@@ -111,6 +113,10 @@ describe("the openai-batch command line's files", () => {
       expect(listJson.code).toBe(0)
       const listed = linesOf(listJson.stdout).map((l) => JSON.parse(l))
       expect(listed.map((b) => b.id)).toEqual([id, finished.id]) // newest first
+      // The next page from the last one listed; a status kept, however many pages it takes.
+      expect(linesOf(nextPage.stdout).map((l) => JSON.parse(l).id)).toEqual([rejected.id])
+      const failedIds = linesOf(failedOnly.stdout).map((l) => JSON.parse(l))
+      expect(failedIds.every((b) => b.status === "failed") && failedIds.some((b) => b.id === rejected.id)).toBe(true)
       expect(early.code).toBe(1)
       expect(early.stderr).toContain(`${id} is in_progress: its files are written when it ends`)
       expect(unknown.code).toBe(1)

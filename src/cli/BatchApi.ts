@@ -47,8 +47,14 @@ export interface BatchApiShape {
   readonly retrieve: (id: string) => Effect.Effect<Batch, CliFailure>
   /** `retrieve` tried once: for a watch, which has its own policy of trying again (`patience.ts`). */
   readonly poll: (id: string) => Effect.Effect<Batch, CliFailure>
-  /** The newest `limit` batches. */
-  readonly list: (limit: number) => Effect.Effect<ReadonlyArray<Batch>, CliFailure>
+  /**
+   * The newest `limit` batches (after batch `after`, when given) that `keep` keeps, read a page of 100 at a time
+   * (the API's most) as far as needed.
+   */
+  readonly list: (limit: number, options?: {
+    readonly after?: string | undefined
+    readonly keep?: ((batch: Batch) => boolean) | undefined
+  }) => Effect.Effect<ReadonlyArray<Batch>, CliFailure>
   readonly cancel: (id: string) => Effect.Effect<Batch, CliFailure>
   /**
    * The rerun extension: a new batch of the requests that did not succeed; with `idempotencyKey`, the rerun made
@@ -201,11 +207,13 @@ export const make = (connection: Connection): BatchApiShape => {
     retrieve: (id) => call(`reading batch ${id}`, (signal) => client.batches.retrieve(id, { signal })),
     poll: (id) => call(`reading batch ${id}`, (signal) => client.batches.retrieve(id, { signal, maxRetries: 0 })),
     // Page after page up to `limit`: a page ends sooner than its `limit` when its batches are large (`has_more`).
-    list: (limit) =>
+    list: (limit, { after, keep } = {}) =>
       call("listing batches", async (signal) => {
         const batches: Array<Batch> = []
-        for await (const batch of client.batches.list({ limit }, { signal })) {
-          batches.push(batch)
+        // Filtered, a page holds fewer than it reads: whole pages then.
+        const page = { limit: keep === undefined ? Math.min(limit, 100) : 100, ...(after === undefined ? {} : { after }) }
+        for await (const batch of client.batches.list(page, { signal })) {
+          if (keep === undefined || keep(batch)) batches.push(batch)
           if (batches.length >= limit) break
         }
         return batches

@@ -193,20 +193,36 @@ const statusCommand = Command.make("status", { ...connection, batchId, json }, (
     Effect.flatMap((batch) => (o.json ? printJson(batch) : sayAll(describeBatch(batch, Date.now() / 1000))))
   ))).pipe(Command.withDescription("Show a batch: status, counts, tokens, phases, files, problems"))
 
+/** The most batches `list` shows: a page of 100 at a time, as far as that goes. */
+const MAX_LISTED = 10_000
+
 const listCommand = Command.make(
   "list",
   {
     ...connection,
     limit: Options.integer("limit").pipe(
       Options.withPseudoName("N"),
-      Options.withDescription("How many batches, newest first (1–100)"),
-      Options.filterMap((n) => (n >= 1 && n <= 100 ? Option.some(n) : Option.none()), "--limit must be from 1 to 100"),
+      Options.withDescription(`How many batches, newest first (1–${MAX_LISTED.toLocaleString("en-US")}; read 100 a page)`),
+      Options.filterMap((n) => (n >= 1 && n <= MAX_LISTED ? Option.some(n) : Option.none()), `--limit must be from 1 to ${MAX_LISTED}`),
       Options.withDefault(20)
+    ),
+    after: Options.text("after").pipe(
+      Options.withPseudoName("BATCH_ID"),
+      Options.withDescription("Start after this batch (the last one listed: the next page)"),
+      Options.optional
+    ),
+    status: Options.choice("status", ["validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled"] as const).pipe(
+      Options.withDescription("Only batches of this status (repeatable)"),
+      Options.repeated
     ),
     json
   },
   (o) =>
-    withApi(o, Effect.flatMap(BatchApi, (api) => api.list(o.limit)).pipe(
+    withApi(o, Effect.flatMap(BatchApi, (api) =>
+      api.list(o.limit, {
+        after: Option.getOrUndefined(o.after),
+        keep: o.status.length === 0 ? undefined : (batch) => (o.status as ReadonlyArray<string>).includes(batch.status)
+      })).pipe(
       Effect.flatMap((batches) =>
         o.json
           ? Effect.forEach(batches, printJson, { discard: true })
