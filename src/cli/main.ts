@@ -272,7 +272,7 @@ const retryCommand = Command.make(
 const serveCommand = Command.make("serve", {}, () =>
   Effect.flatMap(serve, (code) => (code === 0 ? Effect.void : Effect.fail(new CliFailure({ exitCode: code }))))).pipe(
     Command.withDescription(
-      "Start the server, as `npm start` does, configured by the same environment variables, the first of which: " +
+      "Start the server, as `npm start` does, configured by the same environment variables, among them: " +
         "PORT (8321), HOST (127.0.0.1), DATA_DIR (.data), DATABASE_URL (PostgreSQL; else SQLite in DATA_DIR), " +
         "INFERENCE_BASE_URL or UPSTREAMS_FILE (the upstreams), API_KEYS or API_KEYS_FILE, MAX_CONCURRENT_BATCHES (1), " +
         "LOG_FORMAT, LOG_LEVEL. Every one is in the README's Configuration table; `--base-url` and `--api-key` are the " +
