@@ -16,6 +16,7 @@ export const EXIT_TERMINATED = 143
 /** The signals that stop a command, each with its exit code. */
 export const STOP_SIGNALS = { SIGINT: EXIT_INTERRUPTED, SIGTERM: EXIT_TERMINATED } as const
 export type StopSignal = keyof typeof STOP_SIGNALS
+export const STOP_SIGNAL_NAMES = Object.keys(STOP_SIGNALS) as ReadonlyArray<StopSignal>
 
 export class CliFailure extends Data.TaggedError("CliFailure")<{
   readonly exitCode: number

@@ -17,7 +17,7 @@ import { Cause, Config, Duration, Effect, Either, Exit, Option, Redacted } from 
 import { BatchApi, DEFAULT_BASE_URL, layer as batchApiLayer, type RerunKind } from "./BatchApi.js"
 import { describeBatch, listLines } from "./describe.js"
 import { checkOut, download } from "./download.js"
-import { CliFailure, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, STOP_SIGNALS, type StopSignal } from "./failure.js"
+import { CliFailure, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, STOP_SIGNAL_NAMES, STOP_SIGNALS, type StopSignal } from "./failure.js"
 import { follow } from "./follow.js"
 import { DEFAULT_MAX_REQUESTS } from "./localValidation.js"
 import { colourWhereShown, modeOf, printJson, say, sayAll, visible } from "./output.js"
@@ -25,6 +25,8 @@ import { DEFAULT_RETRY_FOR } from "./patience.js"
 import { withoutCredentials } from "../observability/urlText.js"
 import { packageRoot } from "../packageRoot.js"
 import { checkedMetadata } from "../batches/validation.js"
+import { BatchStatus } from "../domain/Batches.js"
+import { count } from "./progress.js"
 import { inputPath, STDIN_PATH } from "./inputFile.js"
 import { serve } from "./serve.js"
 import { type AfterCreate, retry, submit } from "./submit.js"
@@ -202,7 +204,7 @@ const listCommand = Command.make(
     ...connection,
     limit: Options.integer("limit").pipe(
       Options.withPseudoName("N"),
-      Options.withDescription(`How many batches, newest first (1–${MAX_LISTED.toLocaleString("en-US")}; read 100 a page)`),
+      Options.withDescription(`How many batches, newest first (1–${count(MAX_LISTED)}; read 100 a page)`),
       Options.filterMap((n) => (n >= 1 && n <= MAX_LISTED ? Option.some(n) : Option.none()), `--limit must be from 1 to ${MAX_LISTED}`),
       Options.withDefault(20)
     ),
@@ -211,7 +213,7 @@ const listCommand = Command.make(
       Options.withDescription("Start after this batch (the last one listed: the next page)"),
       Options.optional
     ),
-    status: Options.choice("status", ["validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled"] as const).pipe(
+    status: Options.choice("status", BatchStatus.literals).pipe(
       Options.withDescription("Only batches of this status (repeatable)"),
       Options.repeated
     ),
@@ -337,7 +339,7 @@ const onStop = (signal: StopSignal) => () => {
   stoppedBy = signal
   fiber.unsafeInterruptAsFork(fiber.id())
 }
-const stopHandlers = (Object.keys(STOP_SIGNALS) as Array<StopSignal>).map((signal) => [signal, onStop(signal)] as const)
+const stopHandlers = STOP_SIGNAL_NAMES.map((signal) => [signal, onStop(signal)] as const)
 for (const [signal, handler] of stopHandlers) process.on(signal, handler)
 fiber.addObserver((exit) => {
   clearInterval(keepAlive)

@@ -10,7 +10,7 @@ import * as Prompt from "@effect/cli/Prompt"
 import type { Batch } from "openai/resources/batches"
 import { type Duration, Effect, Either, Option, Queue } from "effect"
 import { BatchApi } from "./BatchApi.js"
-import { CliFailure, STOP_SIGNALS, type StopSignal } from "./failure.js"
+import { CliFailure, STOP_SIGNAL_NAMES, STOP_SIGNALS, type StopSignal } from "./failure.js"
 import { columns, interactive, type Mode, note, printJson, say, write } from "./output.js"
 import { type Patience, patiently } from "./patience.js"
 import { servingUpstream, stallNote, upstreamNote } from "./upstreamNotes.js"
@@ -84,7 +84,7 @@ const makeDisplay = (mode: Mode, started: number, printed: Batch | undefined): D
 const stopSignals = Effect.acquireRelease(
   Effect.gen(function*() {
     const queue = yield* Queue.sliding<StopSignal>(1)
-    const handlers = (Object.keys(STOP_SIGNALS) as Array<StopSignal>).map((signal) =>
+    const handlers = STOP_SIGNAL_NAMES.map((signal) =>
       [signal, () => Queue.unsafeOffer(queue, signal)] as const)
     for (const [signal, handler] of handlers) process.on(signal, handler)
     return { queue, handlers }
