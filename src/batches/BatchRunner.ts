@@ -163,7 +163,6 @@ export const make = Effect.gen(function*() {
     local.working(
       record.batch.id,
       permits.withPermit(record.project, Effect.gen(function*() {
-        const clock = yield* Effect.clock
         const turnOver = clock.unsafeCurrentTimeMillis() + turnMs
         const current = yield* load(record.batch.id) // the wait for the permit may have been long
         if (current.batch.status !== "in_progress") return true
