@@ -8,6 +8,7 @@ import OpenAI from "openai"
 import { AuthTest } from "../src/auth/Auth.js"
 import { BatchRunner, TurnLength } from "../src/batches/BatchRunner.js"
 import { chatLine, createBatch, readLines, terminal, upload, waitFor } from "./support/Batches.js"
+import { sideBySide } from "./support/SideBySide.js"
 import { baseUrl, testAppWithUpstream } from "./support/TestApp.js"
 
 const client = (apiKey: string) =>
@@ -40,7 +41,7 @@ const smallBatchCompletes = (openai: OpenAI, lines: number, timeoutMs: number) =
 
 const app = twoProjects({ maxRequestsPerBatch: 5000 }, { latencyMs: 20 })
 
-layer(app, { excludeTestServices: true })("fairness between projects", (it) => {
+sideBySide("fairness between projects", () => layer(app, { excludeTestServices: true })((it) => {
   it.effect("a 10-line batch of project B finishes while project A's large batch is still running", () =>
     Effect.gen(function*() {
       const a = yield* client("key-a")
@@ -57,12 +58,12 @@ layer(app, { excludeTestServices: true })("fairness between projects", (it) => {
       yield* Effect.promise(() => a.batches.cancel(big.id))
       expect((yield* waitFor(a, big.id, terminal)).status).toBe("cancelled")
     }))
-})
+}))
 
 // A heartbeat every 30 s: the batches the cap leaves are taken up as room comes, not by the heartbeat.
 const floodApp = twoProjects({ heartbeatInterval: Duration.seconds(30), leaseTtl: Duration.seconds(90) }, { latencyMs: 20 })
 
-layer(floodApp, { excludeTestServices: true })("a flood of one project's batches", (it) => {
+sideBySide("a flood of one project's batches", () => layer(floodApp, { excludeTestServices: true })((it) => {
   it.effect("the node drives at most 16 of its validating batches (the rest wait in the database); B's batch is not held behind them; all complete", () =>
     Effect.gen(function*() {
       const a = yield* client("key-a")
@@ -86,7 +87,7 @@ layer(floodApp, { excludeTestServices: true })("a flood of one project's batches
       expect(mostDriven).toBeGreaterThan(0)
       expect(mostDriven).toBeLessThanOrEqual(16 + 4)
     }))
-})
+}))
 
 /** Short outage timings: a request's retry budget and the probe, so that the upstream goes down and back quickly. */
 const poisonApp = twoProjects({
@@ -95,7 +96,7 @@ const poisonApp = twoProjects({
   inferenceRetryMaxDelay: Duration.millis(200)
 })
 
-layer(poisonApp, { excludeTestServices: true })("fairness through an upstream's outages", (it) => {
+sideBySide("fairness through an upstream's outages", () => layer(poisonApp, { excludeTestServices: true })((it) => {
   it.effect("project A's batch whose every line gets a 500 does not hold project B's batch", () =>
     Effect.gen(function*() {
       const a = yield* client("key-a")
@@ -111,12 +112,12 @@ layer(poisonApp, { excludeTestServices: true })("fairness through an upstream's 
       yield* Effect.promise(() => a.batches.cancel(poison.id))
       expect((yield* waitFor(a, poison.id, terminal)).status).toBe("cancelled")
     }), { timeout: 30_000 })
-})
+}))
 
 /** A turn of 2 s (10 s in production), so that a slow slice's turn ends within the test. */
 const slowSliceApp = twoProjects().pipe(Layer.provide(Layer.succeed(TurnLength, Duration.seconds(2))))
 
-layer(slowSliceApp, { excludeTestServices: true })("fairness within a slow slice", (it) => {
+sideBySide("fairness within a slow slice", () => layer(slowSliceApp, { excludeTestServices: true })((it) => {
   it.effect("project A's slice whose requests are slow (or refused, retried) holds project B's batch no longer than a turn", () =>
     Effect.gen(function*() {
       const a = yield* client("key-a")
@@ -136,7 +137,7 @@ layer(slowSliceApp, { excludeTestServices: true })("fairness within a slow slice
       const lines = yield* readLines(a, finished.output_file_id)
       expect(new Set(lines.map((line) => line.custom_id)).size).toBe(200)
     }), { timeout: 60_000 })
-})
+}))
 
 /**
  * A turn of 0.5 s, two attempts a request and a backoff of ~8 s: project A's requests refused with 429 spend their
@@ -146,7 +147,7 @@ const refusedApp = twoProjects({ inferenceMaxAttempts: 2, inferenceRetryBaseDela
   Layer.provide(Layer.succeed(TurnLength, Duration.millis(500)))
 )
 
-layer(refusedApp, { excludeTestServices: true })("fairness through a 429 storm", (it) => {
+sideBySide("fairness through a 429 storm", () => layer(refusedApp, { excludeTestServices: true })((it) => {
   it.effect("project A's requests waiting out a 429's backoff are handed back at the turn's end: B does not wait for their retries", () =>
     Effect.gen(function*() {
       const a = yield* client("key-a")
@@ -169,4 +170,4 @@ layer(refusedApp, { excludeTestServices: true })("fairness through a 429 storm",
         [0, 1, 2, 3].map((i) => [`line-${i}`, 429])
       )
     }), { timeout: 60_000 })
-})
+}))

@@ -4,7 +4,7 @@
  * stays the liveness check throughout. While it is away requests get a 503 `database_unavailable`, and a batch
  * waiting it out resumes as soon as the node's heartbeat gets through again.
  */
-import { describe, expect, it, layer } from "@effect/vitest"
+import { expect, it, layer } from "@effect/vitest"
 import { Context, Deferred, Duration, Effect, Fiber, Layer, Logger, LogLevel, Option, Redacted } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -16,6 +16,7 @@ import type { AppConfigShape } from "../src/Config.js"
 import { FaultRetry } from "../src/batches/supervision.js"
 import { createScratchSchema, dropScratchSchema, testDatabaseUrl } from "./support/Postgres.js"
 import { startServer } from "./support/ServerProcess.js"
+import { sideBySide } from "./support/SideBySide.js"
 import { startForwarder, type TcpForwarder } from "./support/TcpForwarder.js"
 import { chatLine, createBatch, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import { baseUrl, eventuallyEffect, testApp, testAppWithUpstream, Upstream } from "./support/TestApp.js"
@@ -27,13 +28,13 @@ const get = (path: string) =>
       return { status: res.status, retryAfter: res.headers.get("retry-after") ?? undefined, body: await res.json() as any }
     }))
 
-layer(testApp({}, "sqlite", { auth: AuthTest({ apiKeys: ["sk-ready-test:projR"] }) }))("readiness on SQLite", (it) => {
+sideBySide("readiness on SQLite", () => layer(testApp({}, "sqlite", { auth: AuthTest({ apiKeys: ["sk-ready-test:projR"] }) }))((it) => {
   it.effect("is 200 {status: ready}, with no key needed, beside the unchanged liveness check", () =>
     Effect.gen(function*() {
       expect(yield* get("/v1/ready")).toEqual({ status: 200, body: { status: "ready" } })
       expect(yield* get("/v1/health")).toEqual({ status: 200, body: { status: "OK" } })
     }))
-})
+}))
 
 /** A password in the URL (ignored by the test server, which trusts local connections): it must never be shown. */
 const PASSWORD = "pw-never-shown-7731"
@@ -65,24 +66,29 @@ class ProxiedPostgres extends Context.Tag("test/ProxiedPostgres")<ProxiedPostgre
   )
 }
 
-/** Every line the app logs, at every level, as text. */
-const logged: Array<string> = []
-const recorder = Logger.make(({ annotations, logLevel, message }) =>
-  void logged.push(`${logLevel.label} ${String(message)} ${JSON.stringify(Object.fromEntries(annotations))}`)
-)
+/** Every line the app logs, at every level, as text: each app its own (their suites run side by side). */
+class Logged extends Context.Tag("test/Readiness/Logged")<Logged, Array<string>>() {}
 
-const proxiedApp = (overrides: Partial<AppConfigShape> = {}) => Layer.unwrapEffect(
+/** `app` with its lines recorded in `Logged`. */
+const recorded = <A, E, R>(app: Layer.Layer<A, E, R>) =>
+  Layer.unwrapEffect(Effect.sync(() => {
+    const lines: Array<string> = []
+    const recorder = Logger.make(({ annotations, logLevel, message }) =>
+      void lines.push(`${logLevel.label} ${String(message)} ${JSON.stringify(Object.fromEntries(annotations))}`)
+    )
+    return Layer.merge(app.pipe(Layer.provide(Logger.replace(Logger.defaultLogger, recorder))), Layer.succeed(Logged, lines))
+  }))
+
+const proxiedApp = (overrides: Partial<AppConfigShape> = {}) => recorded(Layer.unwrapEffect(
   Effect.map(ProxiedPostgres, ({ url }) =>
     testApp({ databaseUrl: Option.some(Redacted.make(url)), ...overrides }, "sqlite", { logLevel: LogLevel.All }))
-).pipe(
-  Layer.provideMerge(ProxiedPostgres.layer),
-  Layer.provide(Logger.replace(Logger.defaultLogger, recorder))
-)
+).pipe(Layer.provideMerge(ProxiedPostgres.layer)))
 
-layer(proxiedApp(), { timeout: 60_000, excludeTestServices: true })("readiness on PostgreSQL", (it) => {
+sideBySide("readiness on PostgreSQL", () => layer(proxiedApp(), { timeout: 60_000, excludeTestServices: true })((it) => {
   it.effect("turns 503 while the database is unreachable, saying so without its password, and 200 once it is back", () =>
     Effect.gen(function*() {
       const { forwarder } = yield* ProxiedPostgres
+      const logged = yield* Logged
       expect(yield* get("/v1/ready")).toEqual({ status: 200, body: { status: "ready" } })
 
       forwarder.cut()
@@ -116,11 +122,11 @@ layer(proxiedApp(), { timeout: 60_000, excludeTestServices: true })("readiness o
       expect(logged.filter((l) => l.includes("Heartbeat still failing"))).toEqual([])
       expect(logged.join("\n")).not.toContain(PASSWORD)
     }), 30_000)
-})
+}))
 
 const STATEMENT_TIMEOUT_MS = 2000
 
-layer(proxiedApp({ databaseStatementTimeout: Duration.millis(STATEMENT_TIMEOUT_MS) }), { timeout: 60_000, excludeTestServices: true })("a PostgreSQL that hangs", (it) => {
+sideBySide("a PostgreSQL that hangs", () => layer(proxiedApp({ databaseStatementTimeout: Duration.millis(STATEMENT_TIMEOUT_MS) }), { timeout: 60_000, excludeTestServices: true })((it) => {
   it.effect("requests fail in bounded time instead of waiting for it, and all is well once it answers again", () =>
     Effect.gen(function*() {
       const { forwarder } = yield* ProxiedPostgres
@@ -193,12 +199,12 @@ layer(proxiedApp({ databaseStatementTimeout: Duration.millis(STATEMENT_TIMEOUT_M
       expect(scrape.text).toContain("batch_http_requests_total")
       expect(scrape.text).not.toMatch(/^batch_batches_active\{/m)
     }).pipe(Effect.scoped), 30_000)
-})
+}))
 
 /** A batch's first wait on the database: 10 s, far longer than the outage, so only a heartbeat can end it early. */
 const storageRetries = Layer.succeed(FaultRetry, { baseDelay: Duration.seconds(10), maxRetries: 4, maxStorageDelay: Duration.seconds(30) })
 
-const runningApp = Layer.unwrapEffect(
+const runningApp = recorded(Layer.unwrapEffect(
   Effect.map(ProxiedPostgres, ({ url }) =>
     testAppWithUpstream(
       { databaseUrl: Option.some(Redacted.make(url)), heartbeatInterval: Duration.millis(200), maxConcurrentRequestsPerBatch: 2 },
@@ -208,14 +214,14 @@ const runningApp = Layer.unwrapEffect(
     ))
 ).pipe(
   Layer.provideMerge(ProxiedPostgres.layer),
-  Layer.provide(storageRetries),
-  Layer.provide(Logger.replace(Logger.defaultLogger, recorder))
-)
+  Layer.provide(storageRetries)
+))
 
-layer(runningApp, { timeout: 60_000, excludeTestServices: true })("a batch on PostgreSQL through an outage", (it) => {
+sideBySide("a batch on PostgreSQL through an outage", () => layer(runningApp, { timeout: 60_000, excludeTestServices: true })((it) => {
   it.effect("waits while the database is away, and resumes as soon as a heartbeat gets through, not at the end of its wait", () =>
     Effect.gen(function*() {
       const { forwarder } = yield* ProxiedPostgres
+      const logged = yield* Logged
       const openai = sdk(yield* baseUrl)
       const file = yield* upload(openai, Array.from({ length: 30 }, (_, i) => chatLine(`o${i}`, `outage ${i} [sleep:100]`)))
       const batch = yield* createBatch(openai, file.id)
@@ -237,6 +243,7 @@ layer(runningApp, { timeout: 60_000, excludeTestServices: true })("a batch on Po
   it.effect("a cut of a second sends nothing twice: the outcomes answered meanwhile are stored once it is back", () =>
     Effect.gen(function*() {
       const { forwarder } = yield* ProxiedPostgres
+      const logged = yield* Logged
       const sim = yield* Upstream
       const openai = sdk(yield* baseUrl)
       const prompts = Array.from({ length: 30 }, (_, i) => `blip ${i} [sleep:100]`)
@@ -252,14 +259,14 @@ layer(runningApp, { timeout: 60_000, excludeTestServices: true })("a batch on Po
       expect(prompts.map((p) => sim.stats.byPrompt.get(p))).toEqual(prompts.map(() => 1))
       expect(logged.filter((l) => l.includes(`Batch ${batch.id} waits`))).toEqual([])
     }), 45_000)
-})
+}))
 
 const keyedApp = Layer.unwrapEffect(
   Effect.map(ProxiedPostgres, ({ url }) =>
     testApp({ databaseUrl: Option.some(Redacted.make(url)), apiKeys: [Redacted.make("sk-ready-keyed:projK")] }))
 ).pipe(Layer.provideMerge(ProxiedPostgres.layer))
 
-layer(keyedApp, { timeout: 60_000, excludeTestServices: true })("readiness on PostgreSQL with API keys", (it) => {
+sideBySide("readiness on PostgreSQL with API keys", () => layer(keyedApp, { timeout: 60_000, excludeTestServices: true })((it) => {
   it.effect("tells an anonymous caller what is wrong, not where the database is nor what it said", () =>
     Effect.gen(function*() {
       const { forwarder } = yield* ProxiedPostgres
@@ -274,9 +281,9 @@ layer(keyedApp, { timeout: 60_000, excludeTestServices: true })("readiness on Po
       expect(JSON.stringify(down.body)).not.toContain(String(forwarder.port))
       forwarder.restore()
     }), 30_000)
-})
+}))
 
-describe("readiness of the server process", () => {
+sideBySide("readiness of the server process", () => {
   it.live("turns 503 as soon as SIGTERM arrives, while the node still serves (SHUTDOWN_DELAY), then the node stops", () =>
     Effect.promise(async () => {
       const dataDir = mkdtempSync(Path.join(tmpdir(), "batch-ready-"))

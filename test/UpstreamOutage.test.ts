@@ -245,7 +245,7 @@ sideBySide("an upstream that answers GET /models and 503 to every call", () => l
     }), { timeout: 40_000 })
 }))
 
-layer(twoUpstreams({ inferenceMaxAttempts: 3 }), { excludeTestServices: true })("a request refused for good on trial", (it) => {
+sideBySide("a request refused for good on trial", () => layer(twoUpstreams({ inferenceMaxAttempts: 3 }), { excludeTestServices: true })((it) => {
   // Fewer than five requests failing never take the upstream down again, and the trial lasts until a success: a 503
   // that went again without counting on trial was sent for ever, one call at a time, with no pause.
   it.effect("after an outage, a lone request answered 503 to every call fails after its attempts", () =>
@@ -266,16 +266,16 @@ layer(twoUpstreams({ inferenceMaxAttempts: 3 }), { excludeTestServices: true })(
       expect(main!.stats.requests).toBeLessThanOrEqual(4)
       main!.failAll = undefined
     }), { timeout: 30_000 })
-})
+}))
 
-layer(
+sideBySide("an upstream that revokes its key mid-batch", () => layer(
   testAppWithUpstreams(
     { keyed: { models: ["model-k"], apiKey: "sk-right", latencyMs: 40 } },
     ({ keyed }) => [{ name: "keyed", base_url: keyed!.url, models: ["model-k"], api_key: "sk-right" }],
     { maxConcurrentBatches: 1, maxConcurrentRequestsPerBatch: 4, upstreamProbeInterval: Duration.millis(300), ...outlasted }
   ),
   { excludeTestServices: true }
-)("an upstream that revokes its key mid-batch", (it) => {
+)((it) => {
   // Its calls and its GET /models answer 401: every line failed at full speed, a 50,000-line batch burnt in minutes.
   it.effect("pauses its batch (no line failed) while GET /models answers 401 too, and finishes it once the key works again", () =>
     Effect.gen(function*() {
@@ -331,10 +331,10 @@ layer(
       expect(done.request_counts).toEqual({ total: 60, completed: 60, failed: 0 })
       expect(events("upstream.up")).toHaveLength(ups + 1)
     }), { timeout: 30_000 })
-})
+}))
 
 // Its own app: the outages it makes would be counted by the tests beside it.
-layer(twoUpstreams(), { excludeTestServices: true })("a batch of requests that always fail", (it) => {
+sideBySide("a batch of requests that always fail", () => layer(twoUpstreams(), { excludeTestServices: true })((it) => {
   it.effect("a batch whose every line gets a 500 ends, each line failed after its attempts, however often the upstream went down", () =>
     Effect.gen(function*() {
       const { main } = yield* Simulators
@@ -347,7 +347,7 @@ layer(twoUpstreams(), { excludeTestServices: true })("a batch of requests that a
       expect([done.status, done.request_counts]).toEqual(["completed", { total: 24, completed: 0, failed: 24 }])
       for (let i = 0; i < 24; i++) expect(main!.stats.byPrompt.get(`[fail:500] all ${i}`)).toBeGreaterThanOrEqual(5)
     }), { timeout: 30_000 })
-})
+}))
 
 sideBySide("an upstream that never comes back", () => layer(twoUpstreams({ completionWindow: Duration.seconds(4) }), { excludeTestServices: true })((it) => {
   it.effect("the batch expires with its finished results kept and the rest batch_expired", () =>
@@ -373,7 +373,7 @@ sideBySide("an upstream that never comes back", () => layer(twoUpstreams({ compl
     }), { timeout: 30_000 })
 }))
 
-layer(twoUpstreams(), { excludeTestServices: true })("a run's last failure, held for the calls still out", (it) => {
+sideBySide("a run's last failure, held for the calls still out", () => layer(twoUpstreams(), { excludeTestServices: true })((it) => {
   it.effect("is reached once a probe interval passes with no answer: the upstream goes down, though a call still hangs", () =>
     Effect.gen(function*() {
       const logs = yield* LogLines
@@ -390,4 +390,4 @@ layer(twoUpstreams(), { excludeTestServices: true })("a run's last failure, held
       yield* Effect.promise(() => openai.batches.cancel(batch.id))
       expect((yield* waitFor(openai, batch.id, terminal, 10_000)).status).toBe("cancelled")
     }), { timeout: 30_000 })
-})
+}))

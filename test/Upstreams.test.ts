@@ -7,11 +7,11 @@ import { expect, layer } from "@effect/vitest"
 import { Duration, Effect } from "effect"
 import { NotFoundError } from "openai"
 import { chatLine, createBatch, readLines, terminal, upload, waitFor } from "./support/Batches.js"
+import { sideBySide } from "./support/SideBySide.js"
 import { baseUrl, eventually } from "./support/TestApp.js"
 import { client, createModelBatch, logged, LogLines, Simulators, testAppWithUpstreams } from "./support/Upstreams.js"
 
-
-layer(
+sideBySide("routing by model", () => layer(
   testAppWithUpstreams(
     { a: { models: ["model-a"], latencyMs: 5 }, b: { models: ["model-b", "model-b2", "org/model-b3"], latencyMs: 5 } },
     ({ a, b }) => [
@@ -21,7 +21,7 @@ layer(
     { maxConcurrentBatches: 3, maxConcurrentRequestsPerBatch: 16 }
   ),
   { excludeTestServices: true }
-)("routing by model", (it) => {
+)((it) => {
   it.effect("each batch goes to the upstream serving its model; GET /v1/models lists them; others: model_not_found", () =>
     Effect.gen(function*() {
       const sims = yield* Simulators
@@ -68,7 +68,7 @@ layer(
       expect(sims.a!.stats.maxInFlight).toBe(4)
       expect(sims.a!.stats.requests).toBe(180)
     }))
-})
+}))
 
 /** The concurrency limit of the upstream `stormy`, as `/metrics` gives it. */
 const stormyLimit = Effect.flatMap(baseUrl, (url) =>
@@ -84,7 +84,7 @@ const stormyUpstream = (config: Parameters<typeof testAppWithUpstreams>[2] = {})
     { maxConcurrentRequestsPerBatch: 16, ...config }
   )
 
-layer(stormyUpstream({ maxRequestsPerBatch: 5000 }), { excludeTestServices: true })("a 429 storm", (it) => {
+sideBySide("a 429 storm", () => layer(stormyUpstream({ maxRequestsPerBatch: 5000 }), { excludeTestServices: true })((it) => {
   it.effect("shrinks the limit, fails no line, and the limit grows back once the storm ends", () =>
     Effect.gen(function*() {
       const { storm } = yield* Simulators
@@ -125,9 +125,9 @@ layer(stormyUpstream({ maxRequestsPerBatch: 5000 }), { excludeTestServices: true
       expect(done.request_counts).toEqual({ total: 1, completed: 1, failed: 0 })
       expect(yield* stormyLimit).toBe(8)
     }), { timeout: 30_000 })
-})
+}))
 
-layer(stormyUpstream({ inferenceMaxAttempts: 1 }), { excludeTestServices: true })("a 429 storm with one attempt per request", (it) => {
+sideBySide("a 429 storm with one attempt per request", () => layer(stormyUpstream({ inferenceMaxAttempts: 1 }), { excludeTestServices: true })((it) => {
   // The overload is the limit's to absorb, not the requests' attempts: even with no retry allowed, no line fails
   // (a request refused again at once after halving the limit, while the server still held the calls sent before,
   // failed so).
@@ -141,16 +141,16 @@ layer(stormyUpstream({ inferenceMaxAttempts: 1 }), { excludeTestServices: true }
       expect(done.request_counts, JSON.stringify(failed.slice(0, 3))).toEqual({ total: 300, completed: 300, failed: 0 })
       expect(storm!.stats.rejected).toBeGreaterThan(0)
     }), { timeout: 40_000 })
-})
+}))
 
-layer(
+sideBySide("a request refused for good", () => layer(
   testAppWithUpstreams(
     { refusing: { latencyMs: 5 } },
     ({ refusing }) => [{ name: "refusing", base_url: refusing!.url, models: ["*"], max_concurrency: 16 }],
     { inferenceMaxAttempts: 3, inferenceRetryBaseDelay: Duration.millis(20) }
   ),
   { excludeTestServices: true }
-)("a request refused for good", (it) => {
+)((it) => {
   // A 429 or 503 that never ends (OpenAI's insufficient_quota is a 429): once the limit has taken the overload,
   // the request's refusals count as attempts, and it fails after them (it was resent for ever, ~10 calls a second).
   for (const status of [429, 503]) {
@@ -172,9 +172,9 @@ layer(
         expect(refusing!.stats.byPrompt.get(prompt)).toBeLessThanOrEqual(7)
       }), { timeout: 30_000 })
   }
-})
+}))
 
-layer(
+sideBySide("an upstream that holds its calls", () => layer(
   testAppWithUpstreams(
     {
       limited: { models: ["model-a"], latencyMs: 5 },
@@ -190,7 +190,7 @@ layer(
     { maxConcurrentBatches: 1, maxConcurrentRequestsPerBatch: 4, inferenceMaxAttempts: 10 }
   ),
   { excludeTestServices: true }
-)("an upstream that holds its calls", (it) => {
+)((it) => {
   it.effect("a batch whose upstream pauses it (Retry-After) gives its permit to another upstream's batch, and loses no line", () =>
     Effect.gen(function*() {
       const { limited, other } = yield* Simulators
@@ -229,16 +229,16 @@ layer(
       expect(warned.message).toMatch(/^Upstream locked answered 401 to GET http:\/\/127\.0\.0\.1:\d+\/v1\/models: the upstream refused the call's credentials; check its key \(from api_key\)/)
       expect(warned.message).not.toContain("sk-wrong")
     }))
-})
+}))
 
-layer(
+sideBySide("load-aware dispatch", () => layer(
   testAppWithUpstreams(
     { vllm: { maxRunning: 2, latencyMs: 100 } },
     ({ vllm }) => [{ name: "vllm", base_url: vllm!.url, models: ["*"], metrics_url: vllm!.metricsUrl, max_waiting: 2 }],
     { maxConcurrentRequestsPerBatch: 16 }
   ),
   { excludeTestServices: true }
-)("load-aware dispatch", (it) => {
+)((it) => {
   it.effect("keeps the server's waiting queue at max_waiting or under, and finishes the batch", () =>
     Effect.gen(function*() {
       const { vllm } = yield* Simulators
@@ -249,16 +249,16 @@ layer(
       expect(vllm!.stats.maxWaiting).toBeLessThanOrEqual(2)
       expect(vllm!.stats.maxWaiting).toBeGreaterThan(0) // it did use the queue: the holding is not just a slow start
     }), { timeout: 40_000 })
-})
+}))
 
-layer(
+sideBySide("a batch whose model its upstream stops serving", () => layer(
   testAppWithUpstreams(
     { v: { models: ["model-a"], latencyMs: 20 }, w: { models: ["model-y"], latencyMs: 20 } },
     ({ v, w }) => [{ name: "vllm", base_url: v!.url, models: ["*"] }, { name: "vllm-2", base_url: w!.url, models: ["*"] }],
     { maxConcurrentRequestsPerBatch: 8, upstreamProbeInterval: Duration.millis(300) }
   ),
   { excludeTestServices: true }
-)("a batch whose model its upstream stops serving", (it) => {
+)((it) => {
   it.effect("waits (no line failed, a warning) while no server serves its model, and completes once one does", () =>
     Effect.gen(function*() {
       const { v, w } = yield* Simulators
@@ -289,16 +289,16 @@ layer(
       expect(new Set(output.map((l) => l.custom_id)).size).toBe(300)
       expect(w!.stats.byModel.get("model-a")).toBeGreaterThan(0)
     }), { timeout: 30_000 })
-})
+}))
 
-layer(
+sideBySide("a batch whose model no upstream serves any more, until it expires", () => layer(
   testAppWithUpstreams(
     { v: { models: ["model-a"], latencyMs: 20 } },
     ({ v }) => [{ name: "vllm", base_url: v!.url, models: ["*"] }],
     { maxConcurrentRequestsPerBatch: 8, upstreamProbeInterval: Duration.millis(300), completionWindow: Duration.seconds(5) }
   ),
   { excludeTestServices: true }
-)("a batch whose model no upstream serves any more, until it expires", (it) => {
+)((it) => {
   it.effect("expires with its finished results kept, its other lines saying no upstream served its model", () =>
     Effect.gen(function*() {
       const { v } = yield* Simulators
@@ -317,16 +317,16 @@ layer(
         "This request could not be executed before the completion window expired. No upstream served the model 'model-a'."
       ]))
     }), { timeout: 30_000 })
-})
+}))
 
-layer(
+sideBySide("a \"*\" server that swaps its model without going away (behind a load balancer)", () => layer(
   testAppWithUpstreams(
     { v: { models: ["model-a"], latencyMs: 20 } },
     ({ v }) => [{ name: "vllm", base_url: v!.url, models: ["*"] }],
     { maxConcurrentRequestsPerBatch: 8, upstreamProbeInterval: Duration.millis(300) }
   ),
   { excludeTestServices: true }
-)("a \"*\" server that swaps its model without going away (behind a load balancer)", (it) => {
+)((it) => {
   it.effect("its 404s fail no line: the batch waits while its list lacks the model, and completes once it has it again", () =>
     Effect.gen(function*() {
       const { v } = yield* Simulators
@@ -348,4 +348,4 @@ layer(
       const done = yield* waitFor(openai, batch.id, terminal, 15_000)
       expect([done.status, done.request_counts]).toEqual(["completed", { total: 300, completed: 300, failed: 0 }])
     }), { timeout: 30_000 })
-})
+}))

@@ -42,25 +42,27 @@ export const testAppWithUpstreams = (
   overrides: Partial<AppConfigShape> = {},
   backend: Backend = "sqlite",
   auth?: TestAppOptions["auth"]
-) => {
-  const lines: Array<LogLine> = []
-  const recorder = Logger.make(({ annotations, context, logLevel, message }) => {
-    const span = Context.getOption(FiberRefs.getOrDefault(context, FiberRef.currentContext), Tracer.ParentSpan)
-    lines.push({
-      level: logLevel.label,
-      message: Array.isArray(message) ? message.map(String).join(" ") : String(message),
-      event: Option.getOrUndefined(HashMap.get(annotations, "event")),
-      traceId: Option.getOrUndefined(span)?.traceId
+) =>
+  // Made as the layer is built: a layer built twice (suites side by side) records each app's lines apart.
+  Layer.unwrapEffect(Effect.sync(() => {
+    const lines: Array<LogLine> = []
+    const recorder = Logger.make(({ annotations, context, logLevel, message }) => {
+      const span = Context.getOption(FiberRefs.getOrDefault(context, FiberRef.currentContext), Tracer.ParentSpan)
+      lines.push({
+        level: logLevel.label,
+        message: Array.isArray(message) ? message.map(String).join(" ") : String(message),
+        event: Option.getOrUndefined(HashMap.get(annotations, "event")),
+        traceId: Option.getOrUndefined(span)?.traceId
+      })
     })
-  })
-  return Layer.unwrapEffect(Effect.map(Simulators, (all) =>
-    testApp({ upstreams: Option.some(upstreams(all)), ...overrides }, backend, { logLevel: LogLevel.Debug, ...(auth && { auth }) }).pipe(
-      Layer.provide(Logger.replace(Logger.defaultLogger, recorder))
-    ))).pipe(
-      Layer.provideMerge(simulators(sims)),
-      Layer.merge(Layer.succeed(LogLines, lines))
-    )
-}
+    return Layer.unwrapEffect(Effect.map(Simulators, (all) =>
+      testApp({ upstreams: Option.some(upstreams(all)), ...overrides }, backend, { logLevel: LogLevel.Debug, ...(auth && { auth }) }).pipe(
+        Layer.provide(Logger.replace(Logger.defaultLogger, recorder))
+      ))).pipe(
+        Layer.provideMerge(simulators(sims)),
+        Layer.merge(Layer.succeed(LogLines, lines))
+      )
+  }))
 
 /** Log lines whose message matches `pattern`. */
 export const logged = (lines: ReadonlyArray<{ message: string }>, pattern: RegExp) =>
