@@ -111,7 +111,10 @@ sideBySide("an upstream down for longer than a lease and a retry budget", () => 
       expect(saidDown).toBeGreaterThanOrEqual(Math.floor(outage - 1))
       expect(saidDown).toBeLessThanOrEqual(Math.ceil(upBy))
     }), { timeout: 60_000 })
+}))
 
+// An app of its own: the test above waits out its outage beside these.
+sideBySide("an upstream down at the create, and requests that fail alone", () => layer(twoUpstreams(), { excludeTestServices: true })((it) => {
   it.effect("down when the batch is created: it waits without failing a line, then completes", () =>
     Effect.gen(function*() {
       const { main } = yield* Simulators
