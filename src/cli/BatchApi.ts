@@ -40,9 +40,11 @@ export type RerunKind = "error" | "expired" | "cancelled"
 
 export interface BatchApiShape {
   readonly baseUrl: string
-  /** Streams the file up as a `batch` file: never whole in memory. */
-  /** Uploads the file at `path`, named `shownAs` in what is said of it (`path` when not given). */
-  readonly upload: (path: string, shownAs?: string) => Effect.Effect<FileObject, CliFailure>
+  /**
+   * Streams the file at `path` up as a `batch` file, never whole in memory; `shownAs` names it in what is said of it
+   * (`path` when not given), `onBytes` counts the bytes read for it as they go.
+   */
+  readonly upload: (path: string, shownAs?: string, onBytes?: (n: number) => void) => Effect.Effect<FileObject, CliFailure>
   readonly create: (params: BatchCreateParams) => Effect.Effect<Batch, CliFailure>
   readonly retrieve: (id: string) => Effect.Effect<Batch, CliFailure>
   /** `retrieve` tried once: for a watch, which has its own policy of trying again (`patience.ts`). */
@@ -183,6 +185,14 @@ const causeOf = (error: APIConnectionError): string => {
   return (cause?.code?.startsWith("UND_ERR") ? cause.message : cause?.code) ?? cause?.message ?? error.message
 }
 
+/** `source`'s chunks, each counted by `onBytes` as it is read (a stream the request stops reading is closed). */
+async function* counted(source: AsyncIterable<Uint8Array>, onBytes: (n: number) => void = () => {}) {
+  for await (const chunk of source) {
+    onBytes(chunk.length)
+    yield chunk
+  }
+}
+
 export const make = (connection: Connection): BatchApiShape => {
   const client = new OpenAI({
     baseURL: connection.baseUrl,
@@ -195,11 +205,11 @@ export const make = (connection: Connection): BatchApiShape => {
 
   return {
     baseUrl: connection.baseUrl,
-    upload: (path, shownAs = path) =>
+    upload: (path, shownAs = path, onBytes) =>
       unlessBusy(call(`uploading ${shownAs}`, (signal) =>
         client.files.create(
           // Opened at each attempt: a stream cannot be sent twice, so the client does not retry it.
-          { file: toStreamingFile(createReadStream(path), Path.basename(path)), purpose: "batch" },
+          { file: toStreamingFile(counted(createReadStream(path), onBytes), Path.basename(path)), purpose: "batch" },
           { signal, maxRetries: 0, timeout: NO_OVERALL_TIMEOUT_MS }
         ))),
     // Not repeated by the client: a create whose answer was lost would make a second batch.

@@ -3,6 +3,7 @@
  * batch created and its id printed; with `--watch`, followed to its end. A file whose batch the server refused is
  * deleted again, so that a failed submit leaves nothing behind. `retry` shares the part after the create.
  */
+import * as FileSystem from "@effect/platform/FileSystem"
 import type { Batch, BatchCreateParams } from "openai/resources/batches"
 import type { FileObject } from "openai/resources/files"
 import { Cause, Effect, Either, Option } from "effect"
@@ -14,6 +15,7 @@ import { follow, type FollowSettings } from "./follow.js"
 import { checkFile } from "./localValidation.js"
 import { note, printJson, say } from "./output.js"
 import { count, plural } from "./progress.js"
+import { withUploadProgress } from "./uploadProgress.js"
 
 export interface AfterCreate extends FollowSettings {
   readonly watch: boolean
@@ -72,7 +74,11 @@ export const submit = (options: SubmitOptions) =>
     if (options.watch) yield* checkOut(options.out)
     const requests = `${count(check.requests)} ${plural("request", check.requests)}`
     yield* note(`${shown}: ${requests} for ${check.endpoint}, no problems found; uploading…`)
-    const file = yield* api.upload(options.file, shown)
+    const bytes = yield* Effect.flatMap(FileSystem.FileSystem, (fs) => fs.stat(options.file)).pipe(
+      Effect.map((info) => Number(info.size)),
+      Effect.mapError((e) => new CliFailure({ exitCode: EXIT_INVALID, message: `cannot read ${shown}: ${e.message}` }))
+    )
+    const file = yield* withUploadProgress(shown, bytes, (onBytes) => api.upload(options.file, shown, onBytes))
     const batch = yield* api.create({
       input_file_id: file.id,
       // Any path the server accepts (its EXTRA_BATCH_ENDPOINTS too), not only the client's list.

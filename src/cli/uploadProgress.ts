@@ -1,0 +1,67 @@
+/**
+ * A large upload's progress, on stderr beside the notes (stdout keeps only the results): on a terminal a line redrawn
+ * in place (`uploading requests.jsonl: 45% of 200.0 MB, 12.3 MB/s, 9s left`), in pipes and CI logs a plain line every
+ * 5 s, as a batch's. An upload done before its first turn shows nothing. A 200 MB file on a slow link went up for
+ * minutes with only `uploading…` said. The bytes counted are those read from the file: a few MB ahead of what the
+ * server has, held in the connection's buffers.
+ */
+import { Duration, Effect, Fiber } from "effect"
+import { duration, etaSeconds, PLAIN_EVERY_MS } from "./progress.js"
+
+/** `0.4 MB`, `12.3 MB`, `1,204.5 MB`: decimal megabytes, as file sizes are shown. */
+export const megabytes = (bytes: number): string =>
+  `${(bytes / 1e6).toFixed(1).replace(/\B(?=(\d{3})+(?!\d))/g, ",")} MB`
+
+/** The line for `sent` of `total` bytes, `seconds` after the upload began. */
+export const uploadLine = (name: string, sent: number, total: number, seconds: number): string => {
+  const perSecond = seconds > 0 ? sent / seconds : undefined
+  const left = etaSeconds(total - sent, perSecond)
+  const percent = total > 0 ? Math.min(100, Math.floor((sent / total) * 100)) : 100
+  return `uploading ${name}: ${percent}% of ${megabytes(total)}` +
+    (perSecond === undefined ? "" : `, ${megabytes(perSecond)}/s`) +
+    (left === undefined ? "" : `, ${duration(left)} left`)
+}
+
+export interface ProgressSink {
+  /** Whether it is a terminal: the line redrawn in place, four times a second. */
+  readonly tty: boolean
+  readonly write: (text: string) => void
+}
+
+export const stderrSink: ProgressSink = {
+  tty: process.stderr.isTTY === true,
+  write: (text) => void process.stderr.write(text)
+}
+
+const CLEAR_LINE = "\r\x1b[2K"
+const TTY_EVERY = Duration.millis(250)
+const PLAIN_EVERY = Duration.millis(PLAIN_EVERY_MS)
+
+/**
+ * Runs `upload`, given the callback to count the bytes it reads, with its progress shown on `sink` meanwhile; the
+ * live line is cleared once it ends, however it ends.
+ */
+export const withUploadProgress = <A, E, R>(
+  name: string,
+  total: number,
+  upload: (onBytes: (n: number) => void) => Effect.Effect<A, E, R>,
+  sink: ProgressSink = stderrSink
+): Effect.Effect<A, E, R> =>
+  Effect.gen(function*() {
+    let sent = 0
+    let drawn = false
+    const started = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
+    const every = sink.tty ? TTY_EVERY : PLAIN_EVERY
+    const show = Effect.flatMap(Effect.clockWith((clock) => clock.currentTimeMillis), (now) =>
+      Effect.sync(() => {
+        const line = uploadLine(name, sent, total, (now - started) / 1000)
+        if (sink.tty) {
+          drawn = true
+          sink.write(CLEAR_LINE + line)
+        } else sink.write(`${line}\n`)
+      }))
+    const ticker = yield* Effect.fork(Effect.forever(Effect.delay(show, every)))
+    return yield* upload((n) => void (sent += n)).pipe(
+      Effect.ensuring(Effect.zipRight(Fiber.interrupt(ticker), Effect.sync(() => drawn && sink.write(CLEAR_LINE))))
+    )
+  })

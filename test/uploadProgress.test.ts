@@ -1,0 +1,114 @@
+/**
+ * `submit`'s upload progress: the line (share, size, rate, time left), when it is drawn (a terminal four times a
+ * second, redrawn in place and cleared at the end; a pipe every 5 s; a quick upload never), and the bytes counted as
+ * a real upload reads them, through a server that takes its time.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Fiber, TestClock } from "effect"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { createServer } from "node:http"
+import type { AddressInfo } from "node:net"
+import { tmpdir } from "node:os"
+import * as Path from "node:path"
+import { make as makeBatchApi } from "../src/cli/BatchApi.js"
+import { megabytes, type ProgressSink, uploadLine, withUploadProgress } from "../src/cli/uploadProgress.js"
+
+/** A sink recording what is written to it. */
+const recording = (tty: boolean) => {
+  const written: Array<string> = []
+  const sink: ProgressSink = { tty, write: (text) => void written.push(text) }
+  return { sink, written }
+}
+
+/** An upload of `total` bytes read 1 MB every second of the test clock. */
+const clockedUpload = (total: number) => (onBytes: (n: number) => void) =>
+  Effect.gen(function*() {
+    for (let sent = 0; sent < total; sent += 1e6) {
+      yield* Effect.sleep("1 second")
+      onBytes(Math.min(1e6, total - sent))
+    }
+    return "file-up"
+  })
+
+describe("upload progress", () => {
+  it("says the share, the size, the rate and the time left", () => {
+    expect(uploadLine("requests.jsonl", 90e6, 200e6, 10)).toBe("uploading requests.jsonl: 45% of 200.0 MB, 9.0 MB/s, 12s left")
+    expect(uploadLine("r.jsonl", 0, 1_204_500_000, 0)).toBe("uploading r.jsonl: 0% of 1,204.5 MB")
+    expect(uploadLine("r.jsonl", 5e6, 5e6, 2)).toBe("uploading r.jsonl: 100% of 5.0 MB, 2.5 MB/s, 0s left")
+    expect(megabytes(400_000)).toBe("0.4 MB")
+  })
+
+  it.effect("on a terminal: redrawn in place four times a second, and cleared once the upload ends", () =>
+    Effect.gen(function*() {
+      const { sink, written } = recording(true)
+      const upload = yield* Effect.fork(withUploadProgress("r.jsonl", 3e6, clockedUpload(3e6), sink))
+      yield* TestClock.adjust("1250 millis")
+      expect(written).toHaveLength(5)
+      expect(written.every((w) => w.startsWith("\r\x1b[2K"))).toBe(true)
+      expect(written[4]).toBe("\r\x1b[2Kuploading r.jsonl: 33% of 3.0 MB, 0.8 MB/s, 3s left")
+      yield* TestClock.adjust("2 seconds")
+      expect(yield* Fiber.join(upload)).toBe("file-up")
+      expect(written[written.length - 1]).toBe("\r\x1b[2K") // the line cleared for the notes after it
+      const count = written.length
+      yield* TestClock.adjust("5 seconds")
+      expect(written).toHaveLength(count) // nothing drawn after the end
+    }))
+
+  it.effect("in a pipe or a CI log: a plain line every 5 s; a quick upload says nothing", () =>
+    Effect.gen(function*() {
+      const { sink, written } = recording(false)
+      const upload = yield* Effect.fork(withUploadProgress("r.jsonl", 12e6, clockedUpload(12e6), sink))
+      yield* TestClock.adjust("12 seconds")
+      yield* Fiber.join(upload)
+      expect(written).toEqual([
+        "uploading r.jsonl: 41% of 12.0 MB, 1.0 MB/s, 7s left\n",
+        "uploading r.jsonl: 83% of 12.0 MB, 1.0 MB/s, 2s left\n"
+      ])
+
+      const quick = recording(false)
+      const done = yield* Effect.fork(withUploadProgress("q.jsonl", 3e6, clockedUpload(3e6), quick.sink))
+      yield* TestClock.adjust("3 seconds")
+      yield* Fiber.join(done)
+      expect(quick.written).toEqual([])
+    }))
+
+  it.scopedLive("counts the bytes a real upload reads, as the server takes them", () =>
+    Effect.gen(function*() {
+      const dir = mkdtempSync(Path.join(tmpdir(), "upload-progress-"))
+      yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(dir, { recursive: true, force: true })))
+      const input = Path.join(dir, "input.jsonl")
+      const size = 32 * 1024 * 1024
+      writeFileSync(input, "x".repeat(size))
+      // A server that reads nothing for a second, then the rest at once: what is counted meanwhile is what went
+      // into the connection's buffers, not the whole file.
+      const server = createServer((req, res) => {
+        let bytes = 0
+        req.pause()
+        setTimeout(() => req.resume(), 1000)
+        req.on("data", (chunk: Buffer) => void (bytes += chunk.length))
+        req.on("end", () => {
+          res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(
+            { id: "file-up", object: "file", bytes, created_at: 1, filename: "input.jsonl", purpose: "batch", status: "processed" }
+          ))
+        })
+      })
+      yield* Effect.acquireRelease(
+        Effect.async<void>((resume) => void server.listen(0, "127.0.0.1", () => resume(Effect.void))),
+        () => Effect.sync(() => server.close().closeAllConnections())
+      )
+      const api = makeBatchApi({ baseUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1`, apiKey: undefined })
+      const { sink, written } = recording(true)
+      let counted = 0
+      const file = yield* withUploadProgress("input.jsonl", size, (onBytes) =>
+        api.upload(input, "input.jsonl", (n) => {
+          counted += n
+          onBytes(n)
+        }), sink)
+      expect(file.bytes).toBeGreaterThan(size)
+      expect(counted).toBe(size)
+      const shares = written.flatMap((w) => /: (\d+)% of 33\.6 MB/.exec(w)?.[1] ?? []).map(Number)
+      expect(shares.length).toBeGreaterThan(1)
+      expect(shares.some((share) => share < 100)).toBe(true)
+      expect(shares).toEqual([...shares].sort((a, b) => a - b))
+    }))
+})
