@@ -2,7 +2,8 @@
 import { describe, expect, it } from "@effect/vitest"
 import { jsonMemberText } from "../src/batches/jsonText.js"
 import { usageOf, zeroUsage } from "../src/batches/usage.js"
-import { characterCount, isProblem, isValidLine, validateCreateBatch, validateLine } from "../src/batches/validation.js"
+import { isValidLine, validateLine } from "../src/batches/lineValidation.js"
+import { characterCount, isProblem, validateCreateBatch } from "../src/batches/validation.js"
 import type { FileId } from "../src/domain/Ids.js"
 
 describe("validateLine", () => {

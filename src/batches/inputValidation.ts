@@ -13,7 +13,7 @@ import type { BatchRequestId } from "../domain/Ids.js"
 import { echo } from "../domain/Text.js"
 import type { RequestRow, SliceBounds } from "./BatchStore.js"
 import type { JsonlLine } from "./lines.js"
-import { isValidLine, MAX_EMBEDDING_INPUTS, validateLine } from "./validation.js"
+import { isValidLine, MAX_EMBEDDING_INPUTS, validateLine } from "./lineValidation.js"
 
 /**
  * Requests per slice, the unit of work a node claims: small enough that every node gets a share of one large

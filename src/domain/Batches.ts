@@ -7,7 +7,7 @@ import { isJsonObject } from "./Json.js"
 import { noMisspeltMembers, refusingMisspeltMembers } from "./misspeltNames.js"
 import { StorableString } from "./Text.js"
 
-/** The endpoints of OpenAI's Batch API that this service runs (`validation.ts` knows each body's required fields). */
+/** The endpoints of OpenAI's Batch API that this service runs (`lineValidation.ts` knows each body's required fields). */
 export const StandardEndpoint = Schema.Literal(
   "/v1/chat/completions",
   "/v1/completions",
