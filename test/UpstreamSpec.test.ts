@@ -79,7 +79,7 @@ describe("UpstreamSpec", () => {
       "upstream 'a': unknown field 'max_concurency' (did you mean 'max_concurrency'?); " +
         "upstream 'b': unknown field 'model' (did you mean 'models'?); " +
         "upstream 'b': unknown field 'api_key_environment' (did you mean 'api_key_env'?). " +
-        "An upstream's fields: name, base_url, api_key, api_key_env, models, max_concurrency, min_concurrency, timeout, " +
+        "An upstream's fields: name, base_url, api_key, api_key_env, models, aliases, max_concurrency, min_concurrency, timeout, " +
         "headers, metrics_url, max_waiting, projects"
     )
     expect(problem([{ ...minimal, priority: 1 }])).toMatch(/^upstream 'a': unknown field 'priority'\. An upstream's fields: /)

@@ -66,6 +66,13 @@ export const jsonMembers = (text: string): Array<JsonMember> => {
 export const jsonMemberText = (text: string, name: string): string | undefined =>
   memberText(jsonMembers(text), name)
 
+/**
+ * The JSON object `text` with member `name`'s value replaced by `value` (JSON text), every other member's value as
+ * written; `text` as `jsonMembers` takes it, with no key twice.
+ */
+export const withMemberValue = (text: string, name: string, value: string): string =>
+  `{${jsonMembers(text).map((m) => `${JSON.stringify(m.key)}:${m.key === name ? value : m.value}`).join(",")}}`
+
 /** The value of the last of `members` named `name`, as `JSON.parse` reads it. */
 export const memberText = (members: ReadonlyArray<JsonMember>, name: string): string | undefined => {
   for (let i = members.length - 1; i >= 0; i--) if (members[i]!.key === name) return members[i]!.value

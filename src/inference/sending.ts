@@ -5,12 +5,13 @@
  * deadline. A 404 about the model from a `"*"` upstream asks its list again, and may find the model gone.
  */
 import { Clock, Duration, Effect, FiberRef, identity, Option, Random } from "effect"
+import { withMemberValue } from "../batches/jsonText.js"
 import type { AppConfigShape } from "../Config.js"
 import type { BatchEndpoint } from "../domain/Batches.js"
 import { type TracedCall, traceUpstreamCall, upstreamIdentity } from "../observability/upstreamCallSpans.js"
 import { type Attempt, isRefusal } from "../upstreams/judge.js"
 import type { Upstream } from "../upstreams/Upstream.js"
-import { servesAnyModel } from "../upstreams/UpstreamSpec.js"
+import { servesAnyModel, type UpstreamSpec } from "../upstreams/UpstreamSpec.js"
 import { type HandBack, HandedBack, retryAfterMillis, unlessHandedBack, UpstreamFailure, type UpstreamResponse } from "./answers.js"
 import { currentAnswerHold } from "./answerMemory.js"
 
@@ -71,6 +72,12 @@ const aboutTheModel = (response: UpstreamResponse) => {
   return code === "model_not_found" || (typeof message === "string" && /\bmodel\b/i.test(message))
 }
 
+/** `body` as `spec`'s upstream takes it: its model renamed where the upstream knows it by another (`aliases`). */
+const bodyFor = (spec: UpstreamSpec, model: string | null | undefined, body: string) => {
+  const own = model == null ? undefined : spec.aliases?.get(model)
+  return own === undefined ? body : withMemberValue(body, "model", JSON.stringify(own))
+}
+
 /** Whether an attempt may say its upstream is overloaded or down: refused (429, 503), or no answer at all. */
 const overloadedBy = (result: Attempt) => result._tag === "Failure" || isRefusal(result)
 
@@ -111,6 +118,7 @@ export const makeSend = ({ config, pickTraced, route }: SendingOptions) => {
       }))
     }
     const { attempts, handBack } = options
+    const sent = bodyFor(upstream.spec, options.model, body)
     const backingOff = options.backingOff ?? identity
     const { batch, model, project = "", deadline = Number.MAX_SAFE_INTEGER } = options
     const ticket = { project, batch, deadline, model, handBack }
@@ -136,7 +144,7 @@ export const makeSend = ({ config, pickTraced, route }: SendingOptions) => {
     }
     // The usual case, an answer that needs no retry, is kept to a few steps: thousands of calls run a second.
     const loop = (n: number, traced?: TracedCall): Effect.Effect<UpstreamResponse, UpstreamFailure | HandedBack> =>
-      Effect.flatMap(upstream.attempt(endpoint, body, ticket, n, traced?.traceparent), ([result, verdict]) =>
+      Effect.flatMap(upstream.attempt(endpoint, sent, ticket, n, traced?.traceparent), ([result, verdict]) =>
         verdict === "final"
           ? final(result)
           : verdict === "again"
@@ -163,7 +171,7 @@ export const makeSend = ({ config, pickTraced, route }: SendingOptions) => {
         Effect.suspend(() => (route(options.model, options.project) === upstream ? Effect.succeed(response) : send(endpoint, body, options)))
       )
     const answered = pickTraced !== undefined && pickTraced()
-      ? traceUpstreamCall(upstreamIdentity(upstream.spec.name, upstream.spec.baseUrl), endpoint, options.model, body, start)
+      ? traceUpstreamCall(upstreamIdentity(upstream.spec.name, upstream.spec.baseUrl), endpoint, options.model, sent, start)
       : start()
     if (!servesAnyModel(upstream.spec)) return answered
     return Effect.flatMap(answered, (response) => (aboutTheModel(response) ? notServed(response) : Effect.succeed(response)))

@@ -58,6 +58,10 @@ const HeaderValue = Schema.String.annotations({ message: () => "a string (in YAM
   Schema.filter((value) => !badHeaderValue(value) || "a header value of printable Latin-1 characters: no line breaks, control characters, characters such as … or emoji, or surrounding spaces")
 )
 
+/** A model's name in `aliases`: any but `"*"`, at most as long as a batch's model may be. */
+const isAliasedModel = (name: string) => name.length > 0 && name.length <= 256 && name !== "*"
+const ALIASED_MODEL = "a model name of 1–256 characters, not \"*\""
+
 /** One upstream as written in the file (and as given in code). */
 export const UpstreamEntry = Schema.Struct({
   name: Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, {
@@ -69,6 +73,15 @@ export const UpstreamEntry = Schema.Struct({
   models: Schema.NonEmptyArray(Schema.String.pipe(Schema.minLength(1))).annotations({
     message: () => "a list of at least one model name (or \"*\")"
   }),
+  // A model batches name, served by this upstream under its own name (a file written for OpenAI's gpt-4o-mini, run
+  // by a local model; llama-stack's provider_model_id).
+  aliases: Schema.optionalWith(
+    // The names given are checked once decoded: a key Schema refuses is said to be "unexpected", not why.
+    Schema.Record({ key: Schema.String, value: Schema.String.pipe(Schema.filter((name) => isAliasedModel(name) || ALIASED_MODEL)) }).annotations({
+      message: () => "a map of the model names batches give to the names this upstream knows them by (gpt-4o-mini: llama3.1:8b)"
+    }),
+    { exact: true }
+  ),
   max_concurrency: Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { exact: true }),
   min_concurrency: Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { exact: true }),
   timeout: Schema.optionalWith(
@@ -105,8 +118,13 @@ export interface UpstreamSpec {
   readonly apiKey: Option.Option<Redacted.Redacted>
   /** Where its key comes from (`api_key`, `api_key_env X`, `INFERENCE_API_KEY`), for a refusal's message. */
   readonly keyFrom?: string | undefined
-  /** Model names it serves, or `"*"`: any model its own `GET /models` lists (any model while it gives no list). */
+  /**
+   * Model names it serves (its `aliases`' too), or `"*"`: any model its own `GET /models` lists (any model while it
+   * gives no list).
+   */
   readonly models: ReadonlyArray<string>
+  /** The models batches name that it knows by another name: the name given → the name sent as `body.model`. */
+  readonly aliases?: ReadonlyMap<string, string> | undefined
   /** The adaptive limit's ceiling and floor: requests in flight on this node. */
   readonly maxConcurrency: number
   readonly minConcurrency: number
@@ -203,6 +221,8 @@ const resolveEntry = (
   if (Option.isNone(timeout) || !Duration.greaterThan(timeout.value, Duration.zero)) {
     return problem(`timeout '${entry.timeout}' is not a positive duration such as "30 seconds", "30s", "10 minutes" or "2h" (a number and a unit: millis, seconds, minutes, hours, days, or ms, s, m, h, d)`)
   }
+  const badAlias = Object.keys(entry.aliases ?? {}).find((name) => !isAliasedModel(name))
+  if (badAlias !== undefined) return problem(`aliases: '${echo(badAlias, 64)}' is no model name (${ALIASED_MODEL})`)
   if ((entry.metrics_url === undefined) !== (entry.max_waiting === undefined)) {
     return problem("load-aware dispatch needs both metrics_url and max_waiting")
   }
@@ -211,7 +231,8 @@ const resolveEntry = (
     baseUrl: entry.base_url.replace(/\/+$/, ""),
     apiKey,
     keyFrom,
-    models: entry.models,
+    models: entry.aliases === undefined ? entry.models : [...new Set([...entry.models, ...Object.keys(entry.aliases)])],
+    ...(entry.aliases === undefined ? {} : { aliases: new Map(Object.entries(entry.aliases)) }),
     maxConcurrency,
     minConcurrency,
     timeout: timeout.value,
