@@ -4,8 +4,9 @@
  * as written; `GET /v1/models` lists the alias; the file's check of them.
  */
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Effect, Either, Option } from "effect"
+import { Effect, Either, Exit, Option } from "effect"
 import { defaults } from "../src/Config.js"
+import { startUpReport } from "../src/upstreams/startUpReport.js"
 import { resolveEntries } from "../src/upstreams/UpstreamSpec.js"
 import { chatLine, createBatch, readLines, terminal, upload, waitFor } from "./support/Batches.js"
 import { client, Simulators, testAppWithUpstreams } from "./support/Upstreams.js"
@@ -31,6 +32,15 @@ describe("aliases in the upstreams file", () => {
     expect(problem({ aliases: { "gpt-4o-mini": "" } })).toBe("upstream 'local': aliases.gpt-4o-mini: a model name of 1–256 characters, not \"*\"")
     expect(problem({ aliases: ["gpt-4o-mini: llama3.1:8b"] })).toContain("a map of the model names batches give")
     expect(problem({ aliasses: {} })).toContain("did you mean 'aliases'?")
+  })
+
+  it("are looked for in the upstream's list at start by the name sent, not the name given", () => {
+    const [spec] = Either.getOrThrow(resolveEntries([{ ...minimal, aliases: { "gpt-4o-mini": "llama3.1:8b" } }], defaults, {}))
+    const report = (listed: ReadonlyArray<string>) => startUpReport(spec!, Exit.succeed(200), Option.some(listed))
+    expect(report(["llama3.1:8b"])).toMatchObject({ lines: [{ level: "Info" }] })
+    expect(report(["qwen"])).toMatchObject({
+      lines: [{ level: "Info" }, { level: "Warning", message: expect.stringContaining("does not list 'llama3.1:8b', which its entry names") }]
+    })
   })
 })
 

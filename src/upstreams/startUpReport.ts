@@ -66,10 +66,10 @@ export const startUpReport = (
   })
   const up: ReportLine = { level: "Info", message: `Upstream ${spec.name} at ${spec.baseUrl} is up; ${models}${named}` }
   // The file's names are taken as they are (a server may answer to names it does not list), but most often one it
-  // does not list is a typo: every request naming it would come back a 404.
+  // does not list is a typo: every request naming it would come back a 404. An alias is looked for by the name sent.
   const unlisted = Option.match(listed, {
     onNone: () => [],
-    onSome: (ids) => spec.models.filter((m) => m !== "*" && !ids.includes(m))
+    onSome: (ids) => [...new Set(spec.models.map((m) => spec.aliases?.get(m) ?? m))].filter((m) => m !== "*" && !ids.includes(m))
   })
   if (unlisted.length === 0) return lines(up)
   return lines(up, {
