@@ -32,14 +32,12 @@ import * as UpstreamHttpClient from "./UpstreamHttpClient.js"
 export type { AttemptsUsed, SendOptions } from "./sending.js"
 export { compactJson, type HandBack, HandedBack, retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "./answers.js"
 
-
 /** An upstream as `GET /v1/upstreams` tells of it. */
 export interface UpstreamReport extends UpstreamState {
   readonly name: string
   readonly models: ReadonlyArray<string>
   readonly servesAnyModel: boolean
 }
-
 
 /** The models batches may name. */
 export interface ModelList {
@@ -95,7 +93,6 @@ export interface InferenceShape {
 }
 
 export class Inference extends Context.Tag("Inference")<Inference, InferenceShape>() {}
-
 
 /** The Inference over the configured upstreams, each with the `HttpClient` that `clientFor` gives it. */
 export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClient) =>
@@ -156,9 +153,6 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
     const listsKnown = Effect.forEach(upstreams, (u) => (servesAnyModel(u.spec) ? u.started : Effect.void), {
       discard: true
     })
-
-
-
 
     /** The models of the upstreams open to `project`, or of every upstream. */
     const modelsOf = (project?: string) => Effect.gen(function*() {
