@@ -146,7 +146,7 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
       expect(page.json.data.map((f: any) => f.id)).toEqual([ids[2], ids[3]])
       expect(page.json).toMatchObject({ first_id: ids[2], last_id: ids[3], has_more: true })
 
-      const empty = yield* call(`/v1/files?purpose=nothing-here`)
+      const empty = yield* call(`/v1/files?purpose=vision`)
       expect(empty.json).toEqual({ object: "list", data: [], first_id: null, last_id: null, has_more: false })
     }))
 
@@ -230,6 +230,11 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
       const sideways = yield* call("/v1/files?order=sideways")
       expectEnvelope(sideways, 400, { param: "order", code: "invalid_value" })
       expect(sideways.json.error.message).toContain("expected 'asc' or 'desc'")
+      // A purpose no file can have is a typo, not an empty list; one OpenAI gives its own files lists what there is.
+      const typo = yield* call("/v1/files?purpose=batch-output")
+      expectEnvelope(typo, 400, { param: "purpose", code: "invalid_value" })
+      expect(typo.json.error.message).toContain("expected one of 'assistants', 'assistants_output', 'batch', 'batch_output'")
+      expect((yield* call("/v1/files?purpose=fine-tune-results")).json.data).toEqual([])
       expectEnvelope(yield* call("/v1/files?after=file-unknown"), 400, { param: "after", code: "invalid_value" })
       const unknown = yield* call("/v1/nothing-here")
       expectEnvelope(unknown, 404, { code: "not_found" })

@@ -2,7 +2,6 @@
 import { Schema } from "effect"
 import { Count } from "./List.js"
 import { FileId, StorableFileId } from "./Ids.js"
-import { StorableString } from "./Text.js"
 
 /** Purposes a client may upload with. */
 export const UploadPurpose = Schema.Literal(
@@ -56,9 +55,20 @@ export const SortOrder = Schema.Literal("asc", "desc").annotations({
 })
 export type SortOrder = typeof SortOrder.Type
 
+/**
+ * The purposes a file may have on OpenAI (uploads' and those its own files get), which a list may filter by: another
+ * is a 400 (a typo such as `batch-output` listed nothing, with a 200).
+ */
+export const FILE_PURPOSES = [
+  "assistants", "assistants_output", "batch", "batch_output", "fine-tune", "fine-tune-results", "vision", "user_data", "evals"
+] as const
+const ListedPurpose = Schema.Literal(...FILE_PURPOSES).annotations({
+  message: () => ({ message: `expected one of ${FILE_PURPOSES.map((p) => `'${p}'`).join(", ")}`, override: true })
+})
+
 /** Query of `GET /v1/files` (URL parameters are strings on the wire). */
 export class ListFilesParams extends Schema.Class<ListFilesParams>("ListFilesParams")({
-  purpose: Schema.optional(StorableString),
+  purpose: Schema.optional(ListedPurpose),
   limit: Schema.optional(Count(1, 10_000, "At most this many files (1–10,000, default 10,000)")),
   order: Schema.optional(SortOrder),
   after: Schema.optional(StorableFileId)
