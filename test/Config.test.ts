@@ -64,7 +64,9 @@ describe("configuration", () => {
         [{ logFormat: "xml" as "json" }, { LOG_FORMAT: "xml" }, "LOG_FORMAT"],
         [{ logLevel: "verbose" as "info" }, { LOG_LEVEL: "verbose" }, "LOG_LEVEL"],
         [{ shutdownDelay: 5 as unknown as Duration.Duration }, { SHUTDOWN_DELAY: "soon" }, "SHUTDOWN_DELAY"],
-        [{ maxConnections: 0 }, { MAX_CONNECTIONS: "0" }, "MAX_CONNECTIONS"]
+        [{ maxConnections: 0 }, { MAX_CONNECTIONS: "0" }, "MAX_CONNECTIONS"],
+        // No database named: the driver took the user's name, and the node ran on its own (empty) database.
+        [{ databaseUrl: Option.some(Redacted.make("postgres://postgres@127.0.0.1:5432/")) }, { DATABASE_URL: "postgresql://db:5432" }, "DATABASE_URL"]
       ]
       for (const [code, env, variable] of cases) {
         expect(failure(yield* fromCode(code))).toContain(variable)
