@@ -83,7 +83,7 @@ const operatorsOnly = () =>
   envelope(
     {
       error: new ErrorBody({
-        message: "The metrics are served to operator keys only (ADMIN_API_KEYS).",
+        message: "The metrics are served to operator keys only (ADMIN_API_KEYS, or an admin: line of API_KEYS_FILE).",
         type: "invalid_request_error",
         param: null,
         code: "insufficient_permissions"
