@@ -109,8 +109,14 @@ export const makeBatchSql = (sql: SqlClient.SqlClient) => {
       SELECT COUNT(*) AS stored FROM inserted`.pipe(Effect.map((result) => Number(result[0]!.stored)))
   }
 
-  /** Postgres: a column as JSON text (a string, or null). */
-  const jsonText = (column: string) => sql.literal(`COALESCE(to_json(${column})::text, 'null')`)
+  /**
+   * Postgres: a column as JSON text (a string, or null), NEL, U+2028 and U+2029 escaped as `escapeLineSeparators`
+   * does (`domain/Json.ts`).
+   */
+  const jsonText = (column: string) =>
+    sql.literal(
+      `replace(replace(replace(COALESCE(to_json(${column})::text, 'null'), U&'\\0085', '\\u0085'), U&'\\2028', '\\u2028'), U&'\\2029', '\\u2029')`
+    )
   const encoder = new TextEncoder()
 
   return {

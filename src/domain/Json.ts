@@ -51,3 +51,13 @@ export const nestedDeeperThan = (text: string, max: number): boolean => {
   }
   return false
 }
+
+/**
+ * Characters JSON leaves as they are in a string that other readers take for line breaks: NEL, LINE SEPARATOR and
+ * PARAGRAPH SEPARATOR (Python's `str.splitlines()` splits a JSONL file there, and each half fails `json.loads`).
+ */
+const LINE_SEPARATORS = /[\u0085\u2028\u2029]/g
+
+/** JSON `text` with those characters, which can only stand in its strings, written as escapes (`\u2028`). */
+export const escapeLineSeparators = (text: string): string =>
+  text.replace(LINE_SEPARATORS, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`)

@@ -3,7 +3,7 @@
  * read an answer (its body as one line of JSON, its `Retry-After`); and a request handed back unsent.
  */
 import { Data, Effect, Option } from "effect"
-import { isJsonObject, MAX_JSON_DEPTH, nestedDeeperThan } from "../domain/Json.js"
+import { escapeLineSeparators, isJsonObject, MAX_JSON_DEPTH, nestedDeeperThan } from "../domain/Json.js"
 
 export interface UpstreamResponse {
   readonly status: number
@@ -97,6 +97,9 @@ export const retryAfterMillis = (headers: Record<string, string | undefined>, no
 
 const isJsonWhitespace = (c: number) => c === 32 || c === 10 || c === 13 || c === 9
 
+/** What keeps a body from being one line of a JSONL file, for JSON's readers and for Python's `splitlines()`. */
+const BREAKS = /[\r\n\u0085\u2028\u2029]/
+
 /**
  * `text` (valid JSON) without the whitespace between its tokens: strings, numbers and escapes are kept as written,
  * byte for byte (re-serializing would turn `123456789012345678901234567890` into `1.2345678901234568e+29`). One pass;
@@ -161,7 +164,8 @@ const parseObject = (text: string): object | undefined => {
 
 /**
  * The upstream's body as one line of JSON text holding an object (it is embedded as is in a JSONL line, so a
- * pretty-printed body is compacted, only when it has a line break: the usual compact body is used as it came).
+ * pretty-printed body is compacted, and NEL, U+2028 and U+2029 escaped, only when it has one of them: the usual
+ * body is used as it came).
  * A 2xx answer that is not a JSON object is an `invalid_upstream_response`; any other status's is wrapped in an
  * OpenAI error envelope, so that error lines always hold an object too.
  */
@@ -186,7 +190,7 @@ export const asJsonBody = (
     return errorEnvelope(status, `Upstream answered ${status} with ${unreadable}.`)
   }
   const parsed = parseObject(text)
-  if (parsed !== undefined) return { text: /[\r\n]/.test(text) ? compactJson(text) : text, json: parsed }
+  if (parsed !== undefined) return { text: BREAKS.test(text) ? escapeLineSeparators(compactJson(text)) : text, json: parsed }
   if (status >= 200 && status < 300) {
     const contentType = headers["content-type"]
     const type = contentType === undefined ? "" : ` (content-type ${excerpt(contentType, 100)})`
