@@ -4,10 +4,12 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { SqlClient } from "@effect/sql"
-import { Effect, Layer, Option } from "effect"
+import { Effect, Layer, Logger, Option } from "effect"
 import { BatchStore, BatchStoreLive, type RequestOutcome, type ResultLines } from "../src/batches/BatchStore.js"
 import { beat, LocalWork } from "../src/batches/heartbeat.js"
+import { makePendingRows } from "../src/batches/pendingRows.js"
 import { type Lease, WorkLeases, WorkLeasesLive } from "../src/batches/WorkLeases.js"
+import { AppConfig } from "../src/Config.js"
 import { SqlLive } from "../src/storage/Sql.js"
 import { BatchId, BatchRequestId, FileId } from "../src/domain/Ids.js"
 import { newChatBatch, requestRows, responseOutcome, storedLines } from "./support/Batches.js"
@@ -107,6 +109,25 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       expect(yield* leases.claimSlice(id, lease("c", 7_000), true)).toEqual(Option.none())
       expect(yield* leases.lapsedSlices(lease("c", 7_000), [id])).toEqual([])
     }).pipe(Effect.provide(storeFor(backend))))
+
+  it.effect("a node reading a batch takes a dead node's lapsed slice first, and says so", () => {
+    const said: Array<string> = []
+    return Effect.gen(function*() {
+      const leases = yield* WorkLeases
+      const id = yield* runningBatch(30, 10)
+      // A live node holds the first slice; one that died, the second (its lease long over: the test clock reads 0).
+      expect(Option.getOrThrow(yield* leases.claimSlice(id, lease("other", 0, 60_000))).slice).toBe(0)
+      expect(Option.getOrThrow(yield* leases.claimSlice(id, { owner: "dead", now: -20_000, until: -19_000 })).slice).toBe(1)
+      const rows = yield* makePendingRows(id, new LocalWork())
+      expect(Option.getOrThrow(yield* rows.next).line).toBe(11)
+      expect(said.filter((line) => line.includes("took up"))).toEqual([`Batch ${id}: took up lines 11–20, whose node's lease ran out`])
+    }).pipe(
+      Effect.scoped,
+      Effect.provide(storeFor(backend)),
+      Effect.provide(AppConfig.layerWith({ nodeId: "live" })),
+      Effect.provide(Logger.replace(Logger.defaultLogger, Logger.make(({ message }) => void said.push(String(message)))))
+    )
+  })
 
   it.effect("the batch lease has one holder until it expires or is released", () =>
     Effect.gen(function*() {

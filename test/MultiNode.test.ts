@@ -132,5 +132,8 @@ describe("two nodes on one Postgres", () => {
       // answered but not yet stored).
       expect(repeatedPrompts([a, b])).toBeLessThanOrEqual(2 * WINDOW)
       expect(promptsSeen([a, b]).size).toBe(TOTAL)
+      // A says so: the logs tell who ran the dead node's lines.
+      const tookOver = a.server.output().split("\n").filter((l) => l.includes('"event":"batch.took_over"') && l.includes(survivor.id))
+      expect(tookOver.length).toBeGreaterThan(0)
     }).pipe(Effect.scoped), 120_000)
 })

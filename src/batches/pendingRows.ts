@@ -103,6 +103,22 @@ export const makePendingRows = (
       morePages = true
     }
 
+    /** Says that `slice`, another node's whose lease ran out (it died or froze), is this node's now. */
+    const tookOver = ({ firstLine, lastLine }: Slice) =>
+      Effect.annotateLogs(Effect.logInfo(`Batch ${id}: took up lines ${firstLine}–${lastLine}, whose node's lease ran out`), {
+        event: "batch.took_over",
+        first_line: firstLine,
+        last_line: lastLine
+      })
+
+    /**
+     * The next slice to read: one another node let lapse first (its work taken over, said), else a free one. Taken
+     * as a free one, a dead node's slice went unsaid, and an operator could not tell from the logs who ran its lines.
+     */
+    const claimNext = Effect.flatMap(nodeLease(config), (lease) =>
+      Effect.flatMap(leases.claimSlice(id, lease, true), (lapsed) =>
+        Option.isSome(lapsed) ? Effect.as(tookOver(lapsed.value), lapsed) : leases.claimSlice(id, lease)))
+
     const nextSlice = Effect.gen(function*() {
       if (current !== undefined) {
         current.handedOut = true
@@ -114,7 +130,7 @@ export const makePendingRows = (
         ;({ afterLine, current, index, morePages, page } = resumed)
         return
       }
-      const slice = ending ? Option.none() : yield* Effect.flatMap(nodeLease(config), (lease) => leases.claimSlice(id, lease))
+      const slice = ending ? Option.none() : yield* claimNext
       if (Option.isNone(slice)) {
         exhausted = true
         current = undefined
@@ -135,12 +151,7 @@ export const makePendingRows = (
         if (Option.isNone(slice)) return Effect.void // another node took it
         setAside.push({ current: current!, page, index, afterLine, morePages })
         startReading(slice.value)
-        const { firstLine, lastLine } = slice.value
-        return Effect.annotateLogs(Effect.logInfo(`Batch ${id}: took up lines ${firstLine}–${lastLine}, whose node's lease ran out`), {
-          event: "batch.took_over",
-          first_line: firstLine,
-          last_line: lastLine
-        })
+        return tookOver(slice.value)
       })
     })
     const fetchPage = Effect.suspend(() =>
