@@ -92,4 +92,10 @@ describe("an upstream answer that cannot be read", () => {
     })
     expect(asJsonBody(200, `{"ok":true}`, { "content-encoding": "identity" })).toMatchObject({ json: { ok: true } })
   })
+
+  it("a body that is no JSON, wrapped in an envelope, keeps NEL, U+2028 and U+2029 as escapes: its line stays one", () => {
+    const wrapped = asJsonBody(502, "Bad\u2028gateway\u0085x\u2029", {}) as { text: string }
+    expect(wrapped.text).not.toMatch(/[\u0085\u2028\u2029]/)
+    expect(JSON.parse(wrapped.text).error.message).toBe("Bad\u2028gateway\u0085x\u2029")
+  })
 })

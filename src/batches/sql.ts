@@ -115,7 +115,8 @@ export const makeBatchSql = (sql: SqlClient.SqlClient) => {
    */
   const jsonText = (column: string) =>
     sql.literal(
-      `replace(replace(replace(COALESCE(to_json(${column})::text, 'null'), U&'\\0085', '\\u0085'), U&'\\2028', '\\u2028'), U&'\\2029', '\\u2029')`
+      // chr() and E'' strings: read alike whatever standard_conforming_strings is (a U&'' literal fails when it is off).
+      `replace(replace(replace(COALESCE(to_json(${column})::text, 'null'), chr(133), E'\\\\u0085'), chr(8232), E'\\\\u2028'), chr(8233), E'\\\\u2029')`
     )
   const encoder = new TextEncoder()
 

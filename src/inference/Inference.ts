@@ -17,6 +17,7 @@ import { type ConfigError, Context, Duration, Effect, Layer, Option } from "effe
 import { AppConfig } from "../Config.js"
 import type { BatchEndpoint } from "../domain/Batches.js"
 import { requestId } from "../domain/Ids.js"
+import { escapeLineSeparators } from "../domain/Json.js"
 import { Metrics } from "../observability/Metrics.js"
 import { makeFractionPicker, UpstreamCallTracing } from "../observability/upstreamCallSpans.js"
 import { makeUpstream, type UpstreamState } from "../upstreams/Upstream.js"
@@ -281,7 +282,7 @@ export const InferenceScripted = (
 /** An answer with `status` and the JSON object `body`, as a scripted upstream gives it. */
 export const scriptedAnswer = (status: number, body: object): UpstreamResponse => ({
   status,
-  text: JSON.stringify(body),
+  text: escapeLineSeparators(JSON.stringify(body)),
   json: body,
   requestId: requestId()
 })

@@ -15,7 +15,7 @@ import * as fs from "node:fs/promises"
 import * as Path from "node:path"
 import { makeDirectories } from "../storage/makeDirectories.js"
 import { AppConfig, defaults } from "../Config.js"
-import { isJsonObject } from "../domain/Json.js"
+import { escapeLineSeparators, isJsonObject } from "../domain/Json.js"
 import { Inference, InferenceLive, type InferenceShape, type ModelList, UpstreamFailure, type UpstreamResponse } from "./Inference.js"
 import { isVouchedFor, vouchedFor } from "./answers.js"
 
@@ -121,11 +121,11 @@ export const answerFromRecording = (text: string): UpstreamResponse | { readonly
   if (typeof requestId !== "string") return { problem: "its `request_id` is not a string" }
   if (body !== undefined) {
     if (!isJsonObject(body)) return { problem: "its `body` is not a JSON object" }
-    return { status, text: JSON.stringify(body), json: body, requestId }
+    return { status, text: escapeLineSeparators(JSON.stringify(body)), json: body, requestId }
   }
   const parsed = typeof bodyText === "string" ? parseJson(bodyText) : undefined
   if (parsed === undefined || !isJsonObject(parsed.json)) return { problem: "it has neither `body` nor a JSON object in `body_text`" }
-  return { status, text: bodyText as string, json: parsed.json, requestId }
+  return { status, text: escapeLineSeparators(bodyText as string), json: parsed.json, requestId }
 }
 
 const messageOf = (error: unknown) => (error instanceof Error ? error.message : String(error))

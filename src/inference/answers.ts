@@ -207,5 +207,5 @@ export const asJsonBody = (
 /** A non-2xx answer whose body is not a JSON object, as an OpenAI error envelope with `message`. */
 const errorEnvelope = (status: number, message: string) => {
   const json = { error: { message, type: status >= 500 ? "server_error" : "upstream_error", param: null, code: null } }
-  return { text: JSON.stringify(json), json }
+  return { text: escapeLineSeparators(JSON.stringify(json)), json }
 }
