@@ -96,9 +96,14 @@ const isEndpointPath = (path: string) =>
   path.length <= MAX_ENDPOINT_LENGTH && /^\/v1(\/[A-Za-z0-9._-]+)+$/.test(path) &&
   !path.split("/").some((segment) => segment === "." || segment === "..")
 
-/** Whether a PostgreSQL URL names its database: in its path, or as the driver also reads it, `?database=`. */
+/**
+ * Whether a PostgreSQL URL gives its database as node-postgres reads it: in its path (a `?database=` is overwritten
+ * by the path's, even an empty one), else from `PGDATABASE`. Read without `URL`, which refuses the forms the driver
+ * takes with an empty host (`postgres://user@/db?host=/var/run/postgresql`).
+ */
 const namesDatabase = (text: string) =>
-  URL.canParse(text) && (new URL(text).pathname.replace(/^\/+/, "") !== "" || new URL(text).searchParams.get("database") !== null)
+  (/^postgres(?:ql)?:\/\/[^/?#]*(\/[^?#]*)?/.exec(text)?.[1] ?? "").replace(/^\/+/, "") !== "" ||
+  (process.env.PGDATABASE ?? "") !== ""
 
 /** An exact origin (`https://app.example.com`, `http://localhost:3000`): scheme, host and port, nothing more. */
 const isOrigin = (text: string) =>
@@ -121,8 +126,8 @@ const rules: ReadonlyArray<Rule> = [
   nonEmpty("nodeId", "NODE_ID"),
   {
     variable: "DATABASE_URL",
-    expected: "a postgres:// or postgresql:// URL naming its database (postgres://user@host:5432/batches): without one, " +
-      "the driver takes the user's name for it, a database other than the other nodes'",
+    expected: "a postgres:// or postgresql:// URL naming its database in its path (postgres://user@host:5432/batches): " +
+      "without one, the driver takes the user's name for it, a database other than the other nodes'",
     holds: (c) => !Option.exists(c.databaseUrl, (url) => !/^postgres(ql)?:\/\//.test(Redacted.value(url)) || !namesDatabase(Redacted.value(url)))
   },
   { variable: "FILE_STORAGE", expected: "local or sql", holds: (c) => !Option.exists(c.fileStorage, (s) => s !== "local" && s !== "sql") },

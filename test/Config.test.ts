@@ -28,6 +28,19 @@ describe("configuration", () => {
       expect(env.nodeId).toBe(`${hostname()}:9999`)
     }))
 
+  it.effect("a DATABASE_URL naming its database in its path is taken, the driver's socket forms with no host too", () =>
+    Effect.gen(function*() {
+      for (const url of [
+        "postgres://batch@db:5432/batches?sslmode=verify-full",
+        "postgresql://user:pw@/batches?host=/var/run/postgresql",
+        "postgres:///batches?host=/var/run/postgresql",
+        "postgres://%2Fvar%2Frun%2Fpostgresql/my%20db"
+      ]) {
+        expect(Exit.isSuccess(yield* fromCode({ databaseUrl: Option.some(Redacted.make(url)) })), url).toBe(true)
+        expect(Exit.isSuccess(yield* fromEnv({ DATABASE_URL: url })), url).toBe(true)
+      }
+    }))
+
   it.effect("layerWith refuses what the environment refuses, naming the variable", () =>
     Effect.gen(function*() {
       const cases: ReadonlyArray<readonly [Parameters<typeof AppConfig.layerWith>[0], Record<string, string>, string]> = [
@@ -66,7 +79,9 @@ describe("configuration", () => {
         [{ shutdownDelay: 5 as unknown as Duration.Duration }, { SHUTDOWN_DELAY: "soon" }, "SHUTDOWN_DELAY"],
         [{ maxConnections: 0 }, { MAX_CONNECTIONS: "0" }, "MAX_CONNECTIONS"],
         // No database named: the driver took the user's name, and the node ran on its own (empty) database.
-        [{ databaseUrl: Option.some(Redacted.make("postgres://postgres@127.0.0.1:5432/")) }, { DATABASE_URL: "postgresql://db:5432" }, "DATABASE_URL"]
+        [{ databaseUrl: Option.some(Redacted.make("postgres://postgres@127.0.0.1:5432/")) }, { DATABASE_URL: "postgresql://db:5432" }, "DATABASE_URL"],
+        // A query's database is overwritten by the path's, even an empty one.
+        [{ databaseUrl: Option.some(Redacted.make("postgres://u@h:5432/?database=batches")) }, { DATABASE_URL: "postgres://u@h?database=batches" }, "DATABASE_URL"]
       ]
       for (const [code, env, variable] of cases) {
         expect(failure(yield* fromCode(code))).toContain(variable)
