@@ -16,16 +16,16 @@ import { megabytes, type ProgressSink, uploadLine, withUploadProgress } from "..
 /** A sink recording what is written to it. */
 const recording = (tty: boolean) => {
   const written: Array<string> = []
-  const sink: ProgressSink = { tty, write: (text) => void written.push(text) }
+  const sink: ProgressSink = { tty, columns: () => 80, write: (text) => void written.push(text) }
   return { sink, written }
 }
 
 /** An upload of `total` bytes read 1 MB every second of the test clock. */
-const clockedUpload = (total: number) => (onBytes: (n: number) => void) =>
+const clockedUpload = (total: number) => (onRead: (bytes: number) => void) =>
   Effect.gen(function*() {
-    for (let sent = 0; sent < total; sent += 1e6) {
+    for (let sent = 0; sent < total;) {
       yield* Effect.sleep("1 second")
-      onBytes(Math.min(1e6, total - sent))
+      onRead((sent = Math.min(total, sent + 1e6)))
     }
     return "file-up"
   })
@@ -52,6 +52,13 @@ describe("upload progress", () => {
       const count = written.length
       yield* TestClock.adjust("5 seconds")
       expect(written).toHaveLength(count) // nothing drawn after the end
+
+      // Cut to the terminal's width: a wrapped line would be redrawn on its last row only.
+      const narrow = recording(true)
+      const cut = yield* Effect.fork(withUploadProgress("a/long/path/to/requests.jsonl", 3e6, clockedUpload(3e6), { ...narrow.sink, columns: () => 30 }))
+      yield* TestClock.adjust("3 seconds")
+      yield* Fiber.join(cut)
+      expect(narrow.written[0]).toBe("\r\x1b[2Kuploading a/long/path/to/requ") // 29 columns
     }))
 
   it.effect("in a pipe or a CI log: a plain line every 5 s; a quick upload says nothing", () =>
@@ -99,10 +106,10 @@ describe("upload progress", () => {
       const api = makeBatchApi({ baseUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1`, apiKey: undefined })
       const { sink, written } = recording(true)
       let counted = 0
-      const file = yield* withUploadProgress("input.jsonl", size, (onBytes) =>
-        api.upload(input, "input.jsonl", (n) => {
-          counted += n
-          onBytes(n)
+      const file = yield* withUploadProgress("input.jsonl", size, (onRead) =>
+        api.upload(input, "input.jsonl", (bytes) => {
+          counted = bytes
+          onRead(bytes)
         }), sink)
       expect(file.bytes).toBeGreaterThan(size)
       expect(counted).toBe(size)
@@ -110,5 +117,27 @@ describe("upload progress", () => {
       expect(shares.length).toBeGreaterThan(1)
       expect(shares.some((share) => share < 100)).toBe(true)
       expect(shares).toEqual([...shares].sort((a, b) => a - b))
+
+      // Sent again after a busy server's 503: counted from 0 again, not on top of the first attempt.
+      let attempts = 0
+      server.removeAllListeners("request")
+      server.on("request", (req, res) => {
+        req.resume()
+        req.on("end", () => {
+          if (attempts++ === 0) {
+            res.writeHead(503, { "content-type": "application/json", "retry-after-ms": "10" })
+              .end(JSON.stringify({ error: { message: "busy", type: "server_error", param: null, code: null } }))
+          } else {
+            res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(
+              { id: "file-up", object: "file", bytes: size, created_at: 1, filename: "input.jsonl", purpose: "batch", status: "processed" }
+            ))
+          }
+        })
+      })
+      const reads: Array<number> = []
+      yield* api.upload(input, "input.jsonl", (bytes) => void reads.push(bytes))
+      expect(attempts).toBe(2)
+      expect(Math.max(...reads)).toBe(size)
+      expect(reads.at(-1)).toBe(size)
     }))
 })

@@ -42,9 +42,10 @@ export interface BatchApiShape {
   readonly baseUrl: string
   /**
    * Streams the file at `path` up as a `batch` file, never whole in memory; `shownAs` names it in what is said of it
-   * (`path` when not given), `onBytes` counts the bytes read for it as they go.
+   * (`path` when not given), `onRead` is told the bytes read for it so far (from 0 again when a busy server's
+   * refusal has it sent again).
    */
-  readonly upload: (path: string, shownAs?: string, onBytes?: (n: number) => void) => Effect.Effect<FileObject, CliFailure>
+  readonly upload: (path: string, shownAs?: string, onRead?: (bytes: number) => void) => Effect.Effect<FileObject, CliFailure>
   readonly create: (params: BatchCreateParams) => Effect.Effect<Batch, CliFailure>
   readonly retrieve: (id: string) => Effect.Effect<Batch, CliFailure>
   /** `retrieve` tried once: for a watch, which has its own policy of trying again (`patience.ts`). */
@@ -185,10 +186,11 @@ const causeOf = (error: APIConnectionError): string => {
   return (cause?.code?.startsWith("UND_ERR") ? cause.message : cause?.code) ?? cause?.message ?? error.message
 }
 
-/** `source`'s chunks, each counted by `onBytes` as it is read (a stream the request stops reading is closed). */
-async function* counted(source: AsyncIterable<Uint8Array>, onBytes: (n: number) => void = () => {}) {
+/** `source`'s chunks, `onRead` told the bytes read so far as each is (a stream the request stops reading is closed). */
+async function* counted(source: AsyncIterable<Uint8Array>, onRead: (bytes: number) => void = () => {}) {
+  let read = 0
   for await (const chunk of source) {
-    onBytes(chunk.length)
+    onRead((read += chunk.length))
     yield chunk
   }
 }
@@ -205,11 +207,11 @@ export const make = (connection: Connection): BatchApiShape => {
 
   return {
     baseUrl: connection.baseUrl,
-    upload: (path, shownAs = path, onBytes) =>
+    upload: (path, shownAs = path, onRead) =>
       unlessBusy(call(`uploading ${shownAs}`, (signal) =>
         client.files.create(
           // Opened at each attempt: a stream cannot be sent twice, so the client does not retry it.
-          { file: toStreamingFile(counted(createReadStream(path), onBytes), Path.basename(path)), purpose: "batch" },
+          { file: toStreamingFile(counted(createReadStream(path), onRead), Path.basename(path)), purpose: "batch" },
           { signal, maxRetries: 0, timeout: NO_OVERALL_TIMEOUT_MS }
         ))),
     // Not repeated by the client: a create whose answer was lost would make a second batch.

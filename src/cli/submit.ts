@@ -78,7 +78,7 @@ export const submit = (options: SubmitOptions) =>
       Effect.map((info) => Number(info.size)),
       Effect.mapError((e) => new CliFailure({ exitCode: EXIT_INVALID, message: `cannot read ${shown}: ${e.message}` }))
     )
-    const file = yield* withUploadProgress(shown, bytes, (onBytes) => api.upload(options.file, shown, onBytes))
+    const file = yield* withUploadProgress(shown, bytes, (onRead) => api.upload(options.file, shown, onRead))
     const batch = yield* api.create({
       input_file_id: file.id,
       // Any path the server accepts (its EXTRA_BATCH_ENDPOINTS too), not only the client's list.

@@ -23,13 +23,15 @@ export const uploadLine = (name: string, sent: number, total: number, seconds: n
 }
 
 export interface ProgressSink {
-  /** Whether it is a terminal: the line redrawn in place, four times a second. */
+  /** Whether it is a terminal: the line redrawn in place, four times a second, cut to its width (a wrapped line is not). */
   readonly tty: boolean
+  readonly columns: () => number
   readonly write: (text: string) => void
 }
 
 export const stderrSink: ProgressSink = {
   tty: process.stderr.isTTY === true,
+  columns: () => process.stderr.columns || 80,
   write: (text) => void process.stderr.write(text)
 }
 
@@ -38,13 +40,13 @@ const TTY_EVERY = Duration.millis(250)
 const PLAIN_EVERY = Duration.millis(PLAIN_EVERY_MS)
 
 /**
- * Runs `upload`, given the callback to count the bytes it reads, with its progress shown on `sink` meanwhile; the
- * live line is cleared once it ends, however it ends.
+ * Runs `upload`, given the callback it tells the bytes read so far, with its progress shown on `sink` meanwhile;
+ * the live line is cleared once it ends, however it ends.
  */
 export const withUploadProgress = <A, E, R>(
   name: string,
   total: number,
-  upload: (onBytes: (n: number) => void) => Effect.Effect<A, E, R>,
+  upload: (onRead: (bytes: number) => void) => Effect.Effect<A, E, R>,
   sink: ProgressSink = stderrSink
 ): Effect.Effect<A, E, R> =>
   Effect.gen(function*() {
@@ -57,11 +59,11 @@ export const withUploadProgress = <A, E, R>(
         const line = uploadLine(name, sent, total, (now - started) / 1000)
         if (sink.tty) {
           drawn = true
-          sink.write(CLEAR_LINE + line)
+          sink.write(CLEAR_LINE + line.slice(0, Math.max(0, sink.columns() - 1)))
         } else sink.write(`${line}\n`)
       }))
     const ticker = yield* Effect.fork(Effect.forever(Effect.delay(show, every)))
-    return yield* upload((n) => void (sent += n)).pipe(
+    return yield* upload((bytes) => void (sent = bytes)).pipe(
       Effect.ensuring(Effect.zipRight(Fiber.interrupt(ticker), Effect.sync(() => drawn && sink.write(CLEAR_LINE))))
     )
   })
