@@ -115,12 +115,15 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
     return Effect.gen(function*() {
       const leases = yield* WorkLeases
       const id = yield* runningBatch(30, 10)
-      // A live node holds the first slice; one that died, the second (its lease long over: the test clock reads 0).
+      // A live node holds the first slice, the second is free, and one that died holds the third (its lease long
+      // over: the test clock reads 0).
       expect(Option.getOrThrow(yield* leases.claimSlice(id, lease("other", 0, 60_000))).slice).toBe(0)
-      expect(Option.getOrThrow(yield* leases.claimSlice(id, { owner: "dead", now: -20_000, until: -19_000 })).slice).toBe(1)
+      expect(Option.getOrThrow(yield* leases.claimSlice(id, lease("gone", 0, 60_000))).slice).toBe(1)
+      expect(Option.getOrThrow(yield* leases.claimSlice(id, { owner: "dead", now: -20_000, until: -19_000 })).slice).toBe(2)
+      yield* leases.releaseLeases({ owner: "gone" })
       const rows = yield* makePendingRows(id, new LocalWork())
-      expect(Option.getOrThrow(yield* rows.next).line).toBe(11)
-      expect(said.filter((line) => line.includes("took up"))).toEqual([`Batch ${id}: took up lines 11–20, whose node's lease ran out`])
+      expect(Option.getOrThrow(yield* rows.next).line).toBe(21)
+      expect(said.filter((line) => line.includes("took up"))).toEqual([`Batch ${id}: took up lines 21–30, whose node's lease ran out`])
     }).pipe(
       Effect.scoped,
       Effect.provide(storeFor(backend)),
