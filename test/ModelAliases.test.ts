@@ -32,6 +32,9 @@ describe("aliases in the upstreams file", () => {
     expect(problem({ aliases: { "gpt-4o-mini": "" } })).toBe("upstream 'local': aliases.gpt-4o-mini: a model name of 1–256 characters, not \"*\"")
     expect(problem({ aliases: ["gpt-4o-mini: llama3.1:8b"] })).toContain("a map of the model names batches give")
     expect(problem({ aliasses: {} })).toContain("did you mean 'aliases'?")
+    expect(problem({ aliases: JSON.parse(`{"__proto__": "llama3.1:8b"}`) })).toBe(
+      "upstream 'local': aliases: '__proto__' cannot be given as a model name"
+    )
   })
 
   it("are looked for in the upstream's list at start by the name sent, not the name given", () => {

@@ -291,8 +291,13 @@ export const resolveEntries = (
     return Either.left(`${problems.join("; ")}${unknownField ? `. An upstream's fields: ${fields.join(", ")}` : ""}`)
   }
   const specs: Array<UpstreamSpec> = []
-  for (const entry of decoded.right.upstreams) {
+  for (const [i, entry] of decoded.right.upstreams.entries()) {
     if (specs.some((s) => s.name === entry.name)) return Either.left(`two upstreams are named '${entry.name}'`)
+    // Decoded into an object, that key is lost without a word (it sets the prototype).
+    const aliases = (entries[i] as { aliases?: unknown }).aliases
+    if (typeof aliases === "object" && aliases !== null && Object.hasOwn(aliases, "__proto__")) {
+      return Either.left(`upstream '${entry.name}': aliases: '__proto__' cannot be given as a model name`)
+    }
     const spec = resolveEntry(entry, defaults, env)
     if (Either.isLeft(spec)) return Either.left(spec.left)
     specs.push(spec.right)
