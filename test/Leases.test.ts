@@ -110,7 +110,7 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       expect(yield* leases.lapsedSlices(lease("c", 7_000), [id])).toEqual([])
     }).pipe(Effect.provide(storeFor(backend))))
 
-  it.effect("a node reading a batch takes a dead node's lapsed slice first, and says so", () => {
+  it.effect("a node reading a batch takes a dead node's lapsed slice first, and says so (PostgreSQL: several nodes run batches)", () => {
     const said: Array<string> = []
     return Effect.gen(function*() {
       const leases = yield* WorkLeases
@@ -122,8 +122,15 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       expect(Option.getOrThrow(yield* leases.claimSlice(id, { owner: "dead", now: -20_000, until: -19_000 })).slice).toBe(2)
       yield* leases.releaseLeases({ owner: "gone" })
       const rows = yield* makePendingRows(id, new LocalWork())
-      expect(Option.getOrThrow(yield* rows.next).line).toBe(21)
-      expect(said.filter((line) => line.includes("took up"))).toEqual([`Batch ${id}: took up lines 21–30, whose node's lease ran out`])
+      if (backend === "postgres") {
+        expect(Option.getOrThrow(yield* rows.next).line).toBe(21)
+        expect(said.filter((line) => line.includes("took up"))).toEqual([`Batch ${id}: took up lines 21–30, whose node's lease ran out`])
+      } else {
+        // One process runs SQLite's batches, and its restart frees every lease: no other node's lapses, none is
+        // looked for (one statement a claim), and a slice held so is taken as a free one after the others.
+        expect(Option.getOrThrow(yield* rows.next).line).toBe(11)
+        expect(said.filter((line) => line.includes("took up"))).toEqual([])
+      }
     }).pipe(
       Effect.scoped,
       Effect.provide(storeFor(backend)),

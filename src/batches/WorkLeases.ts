@@ -39,6 +39,11 @@ export interface WorkLeasesShape {
   /** Takes the first open slice of a running batch whose lease is free or expired. */
   readonly claimSlice: (id: BatchId, lease: Lease, lapsedOnly?: boolean) => Effect.Effect<Option.Option<Slice>>
   /**
+   * The next slice to read: one whose other node's lease ran out first (`tookOver`: its work taken over), else a
+   * free one; a free one only where no other node's lease can run out (SQLite), without a second statement.
+   */
+  readonly claimNextSlice: (id: BatchId, lease: Lease) => Effect.Effect<Option.Option<Slice & { readonly tookOver: boolean }>>
+  /**
    * Of `batches`, those with a slice whose holder's lease ran out (a node that died mid-slice): a node that runs
    * the batch takes it up at once (`pendingRows.ts`) rather than after the slice it is on.
    */
@@ -120,6 +125,13 @@ export const make = Effect.gen(function*() {
       Effect.withSpan("WorkLeases.claimSlice", { attributes: { id } })
     )
 
+  const claimNextSlice = (id: BatchId, lease: Lease) => {
+    const free = Effect.map(claimSlice(id, lease), Option.map((slice) => ({ ...slice, tookOver: false })))
+    if (!dialect.othersLeasesLapse) return free
+    return Effect.flatMap(claimSlice(id, lease, true), (lapsed) =>
+      Option.isSome(lapsed) ? Effect.succeed(Option.some({ ...lapsed.value, tookOver: true })) : free)
+  }
+
   const live = SqlSchema.single({
     Request: Schema.Struct({ id: BatchId, now: Schema.Number }),
     Result: Schema.Struct({ live: SqlInt }),
@@ -193,6 +205,7 @@ export const make = Effect.gen(function*() {
   return WorkLeases.of({
     claimBatch,
     claimSlice,
+    claimNextSlice,
     lapsedSlices,
     liveSlices,
     renewLeases,

@@ -112,12 +112,12 @@ export const makePendingRows = (
       })
 
     /**
-     * The next slice to read: one another node let lapse first (its work taken over, said), else a free one. Taken
-     * as a free one, a dead node's slice went unsaid, and an operator could not tell from the logs who ran its lines.
+     * The next slice to read: one another node let lapse first, its take-over said (taken as a free one, a dead
+     * node's slice went unsaid, and an operator could not tell from the logs who ran its lines), else a free one.
      */
     const claimNext = Effect.flatMap(nodeLease(config), (lease) =>
-      Effect.flatMap(leases.claimSlice(id, lease, true), (lapsed) =>
-        Option.isSome(lapsed) ? Effect.as(tookOver(lapsed.value), lapsed) : leases.claimSlice(id, lease)))
+      Effect.tap(leases.claimNextSlice(id, lease), (next) =>
+        Option.isSome(next) && next.value.tookOver ? tookOver(next.value) : Effect.void))
 
     const nextSlice = Effect.gen(function*() {
       if (current !== undefined) {

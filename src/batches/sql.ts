@@ -189,7 +189,10 @@ export const makeBatchSql = (sql: SqlClient.SqlClient) => {
      * nodes beside it hold no lease nor claim), every lease (whatever node held it before is gone).
      */
     leasesFreedOnRestart: (owner: string): { readonly owner?: string } =>
-      sql.onDialectOrElse({ sqlite: () => ({}), orElse: () => ({ owner }) })
+      sql.onDialectOrElse({ sqlite: () => ({}), orElse: () => ({ owner }) }),
+
+    /** Whether another node's slice lease can run out under this node: not on SQLite, for the same reason. */
+    othersLeasesLapse: sql.onDialectOrElse({ sqlite: () => false, orElse: () => true })
   }
 }
 
