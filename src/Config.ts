@@ -12,7 +12,7 @@ import { isServiceAddress } from "./configTypos.js"
 import { parseDuration } from "./durationText.js"
 import { OPENAI_MAX_REQUESTS_PER_BATCH } from "./domain/Batches.js"
 import { defaultMaxConnections } from "./http/connectionCap.js"
-import { upstreamSpecs } from "./upstreams/UpstreamSpec.js"
+import { upstreamSpecs } from "./upstreams/upstreamsFile.js"
 
 export type { AppConfigShape } from "./configShape.js"
 

@@ -5,7 +5,8 @@ import { mkdtempSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import { defaults } from "../src/Config.js"
-import { parseUpstreamsFile, resolveEntries, shadowedModels, upstreamSpecs } from "../src/upstreams/UpstreamSpec.js"
+import { parseUpstreamsFile, upstreamSpecs } from "../src/upstreams/upstreamsFile.js"
+import { resolveEntries, shadowedModels } from "../src/upstreams/UpstreamSpec.js"
 
 const YAML = `
 upstreams:

@@ -1,0 +1,73 @@
+/**
+ * Where the upstreams come from: `AppConfig.upstreams` (entries given in code), else the file `UPSTREAMS_FILE` names
+ * (YAML or JSON), else the one-upstream shortcut `INFERENCE_BASE_URL`/`INFERENCE_API_KEY`; each entry checked by
+ * `UpstreamSpec.ts`.
+ */
+import { ConfigError, Effect, Either, Option } from "effect"
+import { readFile, stat } from "node:fs/promises"
+import { parse as parseYaml } from "yaml"
+import type { AppConfigShape } from "../Config.js"
+import { resolveEntries, type UpstreamSpec } from "./UpstreamSpec.js"
+
+/** The text of an upstreams file (YAML, of which JSON is a subset) as its entries. */
+export const parseUpstreamsFile = (text: string): Either.Either<ReadonlyArray<unknown>, string> => {
+  let document: unknown
+  try {
+    // Merge keys (`<<: *defaults`) as YAML 1.1 and most tools take them: an entry's shared settings written once.
+    document = parseYaml(text, { merge: true })
+  } catch (error) {
+    return Either.left(`not YAML or JSON: ${(error as Error).message.split("\n")[0]!.replace(/:\s*$/, "")}`)
+  }
+  const list = (document as { upstreams?: unknown } | null)?.upstreams
+  if (!Array.isArray(list)) return Either.left("expected an object with a list under `upstreams`")
+  // `x-…` keys hold what anchors point to (as in Docker Compose files).
+  const unknown = Object.keys(document as object).filter((key) => key !== "upstreams" && !key.startsWith("x-"))
+  return unknown.length === 0
+    ? Either.right(list)
+    : Either.left(
+      `unknown field ${unknown.map((key) => `'${key.slice(0, 64)}'`).join(", ")}: the file holds \`upstreams\` ` +
+        "(and x-… keys, for YAML anchors) only"
+    )
+}
+
+/** The largest upstreams file read. */
+const MAX_FILE_BYTES = 1024 * 1024
+
+/** The shortcut: `INFERENCE_BASE_URL` serving every model. */
+const shortcut = (config: AppConfigShape): UpstreamSpec => ({
+  name: "default",
+  baseUrl: config.inferenceBaseUrl,
+  apiKey: config.inferenceApiKey,
+  keyFrom: "INFERENCE_API_KEY",
+  models: ["*"],
+  maxConcurrency: config.inferenceMaxConcurrency,
+  minConcurrency: Math.min(config.inferenceMinConcurrency, config.inferenceMaxConcurrency),
+  timeout: config.inferenceTimeout,
+  headers: {},
+  loadAware: Option.none()
+})
+
+/**
+ * The upstreams of `config`: its `upstreams` entries, else those of `UPSTREAMS_FILE`, else the shortcut. A
+ * problem fails with a `ConfigError` naming the variable (the start then stops with that message).
+ */
+export const upstreamSpecs = (config: AppConfigShape): Effect.Effect<ReadonlyArray<UpstreamSpec>, ConfigError.ConfigError> =>
+  Effect.gen(function*() {
+    if (Option.isSome(config.upstreams)) {
+      return yield* Either.mapLeft(
+        resolveEntries(config.upstreams.value, config),
+        (problem) => ConfigError.InvalidData(["upstreams"], problem)
+      )
+    }
+    if (Option.isNone(config.upstreamsFile)) return [shortcut(config)]
+    const path = config.upstreamsFile.value
+    const invalid = (problem: string) => ConfigError.InvalidData(["UPSTREAMS_FILE"], `${path}: ${problem}`)
+    const text = yield* Effect.tryPromise({
+      // Its size first: a list of upstreams is a few kilobytes, and a wrong path (a model's weights) was read whole.
+      try: async () => ((await stat(path)).size > MAX_FILE_BYTES ? undefined : await readFile(path, "utf8")),
+      catch: (error) => invalid(`cannot be read (${(error as Error).message})`)
+    })
+    if (text === undefined) return yield* Effect.fail(invalid(`larger than ${MAX_FILE_BYTES / 1024 / 1024} MiB: not a list of upstreams`))
+    const entries = yield* Either.mapLeft(parseUpstreamsFile(text), invalid)
+    return yield* Either.mapLeft(resolveEntries(entries, config), invalid)
+  })
