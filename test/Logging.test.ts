@@ -212,6 +212,12 @@ describe("the logs across a restart", () => {
         await Effect.runPromise(waitFor(openai, batch.id, (b) => b.status === "in_progress"))
         expect(await first.stop("SIGTERM")).toBe(0)
         expect(jsonLines(first).filter((l) => l.event === "batch.picked_up")).toEqual([]) // created here: not picked up
+        // The stop says what it leaves, before its last line.
+        const stopping = jsonLines(first).map((l) => l.event).filter((e) => e?.startsWith("server."))
+        expect(stopping.slice(-3)).toEqual(["server.shutdown_started", "server.batches_left", "server.shutdown_finished"])
+        expect(jsonLines(first).filter((l) => l.event === "server.batches_left")).toEqual([
+          expect.objectContaining({ count: 1, batch_ids: [batch.id], message: expect.stringContaining(batch.id) })
+        ])
 
         const second = await startServer({ DATA_DIR: dataDir, INFERENCE_BASE_URL: sim.url })
         const done = await Effect.runPromise(waitFor(sdk(second.url), batch.id, terminal))

@@ -244,6 +244,8 @@ export const make = Effect.gen(function*() {
         fork(id, inBackground(supervised(id, starter, announce)), { onlyIfMissing: options?.replace !== true })
       }))
   const submit = (id: BatchId) => start(id)
+  // Added after the fibers' map: run first as the runner stops, while its batches' fibers are still there.
+  yield* Effect.addFinalizer(() => BatchLines.leftAtShutdown(driving()))
 
   /**
    * The heartbeat's pick-up of free work, logged when this node was not driving the batch yet: by the batch's fiber,

@@ -74,6 +74,20 @@ export const pickedUp = (id: BatchId, atStart: boolean) =>
       reason: "free_work"
     })
 
+/** Batches named in the shutdown's line at most (a queue of thousands would make a line of megabytes). */
+const NAMED_LEFT = 50
+
+/**
+ * The batches a stopping node was working on (running, validating, waiting for a permit or their upstream): one line,
+ * so that the log tells where their lines went (another node's `batch.picked_up` or `batch.took_over`, or this one's
+ * next start).
+ */
+export const leftAtShutdown = (ids: ReadonlyArray<BatchId>) =>
+  ids.length === 0 ? Effect.void : Effect.logInfo(
+    `Shutting down with ${ids.length} batch(es) unfinished here, their work left to another node or this node's ` +
+      `next start: ${ids.slice(0, NAMED_LEFT).join(", ")}${ids.length > NAMED_LEFT ? ", …" : ""}`
+  ).pipe(Effect.annotateLogs({ event: "server.batches_left", count: ids.length, batch_ids: ids.slice(0, NAMED_LEFT) }))
+
 /** Seconds from the batch's creation to its final status (the stamp of that status, else now). */
 export const durationSeconds = (batch: Batch, nowSeconds: number) =>
   (batch.completed_at ?? batch.failed_at ?? batch.expired_at ?? batch.cancelled_at ?? nowSeconds) - batch.created_at
