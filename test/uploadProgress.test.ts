@@ -4,7 +4,7 @@
  * a real upload reads them, through a server that takes its time.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Fiber, TestClock } from "effect"
+import { Console, Effect, Fiber, TestClock } from "effect"
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { createServer } from "node:http"
 import type { AddressInfo } from "node:net"
@@ -59,6 +59,26 @@ describe("upload progress", () => {
       yield* TestClock.adjust("3 seconds")
       yield* Fiber.join(cut)
       expect(narrow.written[0]).toBe("\r\x1b[2Kuploading a/long/path/to/requ") // 29 columns
+    }))
+
+  it.effect("on a terminal: a note written during the upload (a busy server's) comes on a line of its own", () =>
+    Effect.gen(function*() {
+      const { sink, written } = recording(true)
+      const console = yield* Effect.console
+      const noting = (onRead: (bytes: number) => void) =>
+        Effect.zipRight(Effect.zipRight(Effect.sleep("600 millis"), Console.error("trying again in 1s…")), clockedUpload(2e6)(onRead))
+      const upload = yield* Effect.fork(withUploadProgress("r.jsonl", 2e6, noting, sink).pipe(
+        Effect.withConsole({ ...console, error: (...args) => Effect.sync(() => void written.push(`note: ${args.join(" ")}`)) })
+      ))
+      yield* TestClock.adjust("3 seconds")
+      yield* Fiber.join(upload)
+      const at = written.indexOf("note: trying again in 1s…")
+      expect(written.slice(at - 2, at + 2)).toEqual([
+        expect.stringMatching(/^\r\x1b\[2Kuploading r\.jsonl: 0%/), // drawn at 250 and 500 ms
+        "\r\x1b[2K", // cleared before the note
+        "note: trying again in 1s…",
+        expect.stringMatching(/^\r\x1b\[2Kuploading r\.jsonl/) // drawn again after it
+      ])
     }))
 
   it.effect("in a pipe or a CI log: a plain line every 5 s; a quick upload says nothing", () =>

@@ -41,7 +41,8 @@ const PLAIN_EVERY = Duration.millis(PLAIN_EVERY_MS)
 
 /**
  * Runs `upload`, given the callback it tells the bytes read so far, with its progress shown on `sink` meanwhile;
- * the live line is cleared once it ends, however it ends.
+ * the live line is cleared once it ends, however it ends, and before each note `upload` writes (a busy server's
+ * "trying again in 2s…" was written on the end of it), drawn again at the next turn.
  */
 export const withUploadProgress = <A, E, R>(
   name: string,
@@ -62,8 +63,15 @@ export const withUploadProgress = <A, E, R>(
           sink.write(CLEAR_LINE + line.slice(0, Math.max(0, sink.columns() - 1)))
         } else sink.write(`${line}\n`)
       }))
+    const clear = Effect.sync(() => {
+      if (drawn) sink.write(CLEAR_LINE)
+      drawn = false
+    })
     const ticker = yield* Effect.fork(Effect.forever(Effect.delay(show, every)))
-    return yield* upload((bytes) => void (sent = bytes)).pipe(
-      Effect.ensuring(Effect.zipRight(Fiber.interrupt(ticker), Effect.sync(() => drawn && sink.write(CLEAR_LINE))))
-    )
+    return yield* Effect.consoleWith((console) =>
+      Effect.withConsole(upload((bytes) => void (sent = bytes)), {
+        ...console,
+        error: (...args) => Effect.zipRight(clear, console.error(...args))
+      })
+    ).pipe(Effect.ensuring(Effect.zipRight(Fiber.interrupt(ticker), clear)))
   })
