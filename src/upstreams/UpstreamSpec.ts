@@ -7,6 +7,7 @@
 import { Duration, Either, Option, ParseResult, Redacted, Schema } from "effect"
 import { parseDuration } from "../durationText.js"
 import type { AppConfigShape } from "../Config.js"
+import { MAX_MODEL_LENGTH } from "../batches/lineValidation.js"
 import { StandardEndpoint } from "../domain/Batches.js"
 import { meantName } from "../domain/misspeltNames.js"
 import { PROJECT_NAME } from "../domain/Projects.js"
@@ -57,8 +58,8 @@ const HeaderValue = Schema.String.annotations({ message: () => "a string (in YAM
 )
 
 /** A model's name in `aliases`: any but `"*"`, at most as long as a batch's model may be. */
-const isAliasedModel = (name: string) => name.length > 0 && name.length <= 256 && name !== "*"
-const ALIASED_MODEL = "a model name of 1–256 characters, not \"*\""
+const isAliasedModel = (name: string) => name.length > 0 && name.length <= MAX_MODEL_LENGTH && name !== "*"
+const ALIASED_MODEL = `a model name of 1–${MAX_MODEL_LENGTH} characters, not "*"`
 
 /** One upstream as written in the file (and as given in code). */
 export const UpstreamEntry = Schema.Struct({
