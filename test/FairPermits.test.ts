@@ -150,6 +150,40 @@ describe("fair permits", () => {
       expect(most).toBe(2)
     }))
 
+  it.effect("a holder gives its permit back before its end, once: the next batch runs beside the rest of it, and the turn claims no more", () =>
+    Effect.gen(function*() {
+      const permits = makeFairPermits(1)
+      const gate = yield* Deferred.make<void>()
+      const turn = holderTurn(permits, "A", () => false)
+      const holder = yield* Effect.fork(permits.withPermitUntil("A", (giveBack) =>
+        Effect.gen(function*() {
+          yield* Deferred.await(gate)
+          yield* giveBack
+          turn.done()
+          yield* giveBack // a second time gives nothing back: no third holder below
+          yield* Effect.never // the rest of its run (calls still out)
+        })))
+      yield* settle
+      const next = yield* Effect.fork(permits.withPermit("A", Effect.succeed("ran")))
+      yield* settle
+      expect(next.unsafePoll()).toBeNull() // one permit, held
+      yield* Deferred.succeed(gate, undefined)
+      expect(yield* Fiber.join(next)).toBe("ran")
+      // One permit, free again: a batch of B waits for nobody, and the drained holder's turn claims nothing.
+      const b = yield* Effect.fork(permits.withPermit("B", Effect.never))
+      yield* settle
+      const c = yield* Effect.fork(permits.withPermit("C", Effect.never))
+      yield* settle
+      expect(othersWaiting(permits, "B")).toBe(true) // C waits: the permit was given back once
+      expect([turn.now(), turn.afterSlice()]).toEqual([false, false])
+      yield* Fiber.interrupt(c)
+      yield* Fiber.interrupt(b)
+      yield* Fiber.interrupt(holder)
+      // Interrupted after giving the permit back, the holder gives nothing more: the permit is B's, given back.
+      expect(yield* permits.withPermit("D", Effect.succeed("free"))).toBe("free")
+      expect(othersWaiting(permits, "D")).toBe(false)
+    }))
+
   it.effect("a waiter interrupted leaves the queue; one interrupted as the permit came gives it back", () =>
     Effect.gen(function*() {
       const permits = makeFairPermits(1)

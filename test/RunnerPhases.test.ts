@@ -9,6 +9,7 @@ import { BatchStore, BatchStoreLive, type BatchStoreShape, type RequestOutcome }
 import { beat, LocalWork, startHeartbeat } from "../src/batches/heartbeat.js"
 import { GROUP_CHARS, makeOutcomeWriter } from "../src/batches/outcomeWriter.js"
 import { makePendingRows } from "../src/batches/pendingRows.js"
+import { RequestSlots } from "../src/batches/requestSlots.js"
 import { makeRunning } from "../src/batches/running.js"
 import { WorkLeases, WorkLeasesLive } from "../src/batches/WorkLeases.js"
 import { BatchId, BatchRequestId } from "../src/domain/Ids.js"
@@ -270,7 +271,7 @@ describe("running", () => {
       const gate = yield* Deferred.make<void>()
       const held = writingAfter(store, gate)
       let sent = 0
-      const running = yield* makeRunning(new LocalWork()).pipe(
+      const running = yield* makeRunning(new LocalWork(), new RequestSlots(1)).pipe(
         Effect.provide(Layer.merge(held, InferenceScripted(() => Effect.sync(() => (sent++, okAnswer)))))
       )
       const run = yield* Effect.fork(running.run(yield* store.get(id, "all")))
@@ -297,7 +298,7 @@ describe("running", () => {
           else if (memory.reserve(10, () => {})) hold.keep(memory, 10)
           return okAnswer
         }))
-      const running = yield* makeRunning(new LocalWork()).pipe(Effect.provide(Layer.merge(held, reserving)))
+      const running = yield* makeRunning(new LocalWork(), new RequestSlots(1)).pipe(Effect.provide(Layer.merge(held, reserving)))
       const run = yield* Effect.fork(running.run(yield* store.get(id, "all")))
       yield* Effect.sleep("100 millis")
       expect(memory.used).toBe(20) // the answer being stored, and the next one, queued
@@ -310,7 +311,7 @@ describe("running", () => {
       expect(yield* store.startRunning(again, { model: "m", total: 5 }, [{ firstLine: 1, lastLine: 5 }])).toBe(true)
       const answeredThenStuck = InferenceScripted(() =>
         Effect.flatMap(FiberRef.get(currentAnswerHold), (hold) => (memory.reserve(10, () => {}), hold!.keep(memory, 10), Effect.never)))
-      const interrupted = yield* makeRunning(new LocalWork()).pipe(Effect.provide(Layer.merge(held, answeredThenStuck)))
+      const interrupted = yield* makeRunning(new LocalWork(), new RequestSlots(1)).pipe(Effect.provide(Layer.merge(held, answeredThenStuck)))
       const hung = yield* Effect.fork(interrupted.run(yield* store.get(again, "all")))
       yield* Effect.sleep("100 millis")
       expect(memory.used).toBe(10)
@@ -334,13 +335,13 @@ for (const backend of backends) describe(`running (${backend})`, () => {
           want()
           return Effect.fail(new HandedBack())
         }))
-      const thisNode = yield* makeRunning(new LocalWork()).pipe(Effect.provide(refusedThenHandedBack))
+      const thisNode = yield* makeRunning(new LocalWork(), new RequestSlots(1)).pipe(Effect.provide(refusedThenHandedBack))
       yield* thisNode.run(yield* store.get(id, "all"), undefined, handBack)
 
       // Another node's run takes the slice up again: line 1 counts on from its first attempt, after its backoff.
       const seen: Array<AttemptsUsed> = []
       const recording = InferenceScripted(({ options }) => Effect.sync(() => (seen.push({ ...options.attempts! }), okAnswer)))
-      const otherNode = yield* makeRunning(new LocalWork()).pipe(Effect.provide(recording))
+      const otherNode = yield* makeRunning(new LocalWork(), new RequestSlots(1)).pipe(Effect.provide(recording))
       yield* otherNode.run(yield* store.get(id, "all"))
       expect(seen).toEqual([{ used: 1, retryAt: Math.ceil(retryAt) }, { used: 0 }, { used: 0 }])
       expect((yield* store.get(id, "all")).batch).toMatchObject({ status: "finalizing", request_counts: { total: 3, completed: 3, failed: 0 } })

@@ -31,6 +31,7 @@ import { heldAWhile, holderTurn, makeFairPermits, type Readiness } from "./fairP
 import { childrenEndFirst } from "./childrenEndFirst.js"
 import { makeFinishing } from "./finishing.js"
 import { LocalWork, startHeartbeat } from "./heartbeat.js"
+import { RequestSlots } from "./requestSlots.js"
 import { makeRunning } from "./running.js"
 import { makeValidating } from "./validating.js"
 import { makeSupervision } from "./supervision.js"
@@ -88,7 +89,7 @@ export const make = Effect.gen(function*() {
   const validations = makeFairPermits(config.maxConcurrentBatches, now)
   const local = new LocalWork()
   const validating = yield* makeValidating
-  const running = yield* makeRunning(local)
+  const running = yield* makeRunning(local, new RequestSlots(config.maxConcurrentBatches * config.maxConcurrentRequestsPerBatch))
   const finishing = yield* makeFinishing
 
   const load = (id: BatchId) => store.get(id, "all").pipe(Effect.orDie)
@@ -157,19 +158,23 @@ export const make = Effect.gen(function*() {
    * to the end of a slice (or of its turn, when the slice is slow: `TurnLength`) when another project waits for the
    * permit (`drive` then queues again). False when there was nothing for this node to do. A batch whose upstream
    * is down waits for it in the queue; the wait counts as this node's work on the batch, so that a cancel from
-   * another node ends it.
+   * another node ends it. The permit is given back as soon as the run has nothing left to send: a call that never
+   * answers held the next batch of the project for `INFERENCE_TIMEOUT` × attempts. The calls still out keep their
+   * request slots (`requestSlots.ts`); the next batch's window fills as they end.
    */
   const run = (record: BatchRecord) =>
     local.working(
       record.batch.id,
-      permits.withPermit(record.project, Effect.gen(function*() {
+      permits.withPermitUntil(record.project, (giveBack) => Effect.gen(function*() {
         const turnOver = clock.unsafeCurrentTimeMillis() + turnMs
         const current = yield* load(record.batch.id) // the wait for the permit may have been long
         if (current.batch.status !== "in_progress") return true
         const turnIsOver = () => clock.unsafeCurrentTimeMillis() > turnOver
         const held = heldAWhile(heldFor(current.batch.model, record.project), () => clock.unsafeCurrentTimeMillis(), HELD_LONG_MS)
         const turn = holderTurn(permits, record.project, turnIsOver, held)
-        const slices = running.run(current, turn, turn.handBack)
+        // The permit first, then the claim to give it (`fairPermits.ts`): the other way, another holder could claim
+        // for the same waiter in between.
+        const slices = running.run(current, turn, turn.handBack, Effect.zipRight(giveBack, Effect.sync(turn.done)))
         // The run's fibers end before the permit is given back (`childrenEndFirst.ts`).
         return yield* Effect.ensuring(childrenEndFirst(Effect.raceFirst(slices, Effect.zipRight(turn.watch, Effect.never))), Effect.sync(turn.done))
       }), upstreamReadiness(record.batch.model, record.project))

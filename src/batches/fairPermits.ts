@@ -39,6 +39,12 @@ export interface FairPermits {
    * waits).
    */
   readonly withPermit: <A, E, R>(project: string, effect: Effect.Effect<A, E, R>, readiness?: Readiness) => Effect.Effect<A, E, R>
+  /** As `withPermit`, where `use` may give the permit back before it ends (`giveBack`; given back once only). */
+  readonly withPermitUntil: <A, E, R>(
+    project: string,
+    use: (giveBack: Effect.Effect<void>) => Effect.Effect<A, E, R>,
+    readiness?: Readiness
+  ) => Effect.Effect<A, E, R>
   /**
    * Claims to give a permit back for a ready batch of another project that held permits no longer than this one
    * (or of any project, `ownProjectToo`: the holder cannot use its permit now): true when such batches outnumber the
@@ -212,12 +218,23 @@ export const makeFairPermits = (permits: number, now: () => number = () => 0): F
       })
     })
 
+  // Never interruptible between taking the permit and giving it back.
+  const withPermitUntil: FairPermits["withPermitUntil"] = (project, use, readiness) =>
+    Effect.uninterruptibleMask((restore) =>
+      Effect.suspend(() => {
+        let held = true
+        const giveBack = Effect.suspend(() => {
+          if (!held) return Effect.void
+          held = false
+          return release(project)
+        })
+        return Effect.zipRight(restore(acquire(project, readiness)), Effect.ensuring(restore(use(giveBack)), giveBack))
+      })
+    )
+
   return {
-    // Never interruptible between taking the permit and giving it back.
-    withPermit: (project, effect, readiness) =>
-      Effect.uninterruptibleMask((restore) =>
-        Effect.zipRight(restore(acquire(project, readiness)), Effect.ensuring(restore(effect), release(project)))
-      ),
+    withPermit: (project, effect, readiness) => withPermitUntil(project, () => effect, readiness),
+    withPermitUntil,
     claimYield: (project, ownProjectToo = false) => {
       // A holder that cannot use its permit gives it to anyone ready; else to a project it owes time to.
       level()
@@ -254,7 +271,8 @@ const TURN_CHECK = Duration.millis(250)
  * upstream (a retry's backoff, a permit at the upstream: a 429 storm's), which would otherwise hold the permit
  * through their retries; at a slice's end before that, the slice's last requests are awaited. While `held()` (its
  * upstream holds every call) the turn is over too, for a ready batch of any project. `watch` asks while the run
- * takes no row (every request waiting, or the slice's last ones); `done` gives the claim back once the permit is.
+ * takes no row (every request waiting, or the slice's last ones); `done` gives the claim back once the permit is
+ * (once, when the run has nothing left to send: no claim is made after).
  */
 export const holderTurn = (
   permits: FairPermits,
@@ -264,9 +282,10 @@ export const holderTurn = (
 ): TurnEnd & { readonly handBack: HandBack; readonly watch: Effect.Effect<void>; readonly done: () => void } => {
   let yielding = false
   let handingBack = false
+  let finished = false
   const handedBack = Deferred.unsafeMake<void>(FiberId.none)
   const ends = (now: boolean, ownProjectToo = false) =>
-    yielding || (yielding = now && permits.claimYield(project, ownProjectToo))
+    !finished && (yielding || (yielding = now && permits.claimYield(project, ownProjectToo)))
   const now = () => {
     const stuck = held()
     const over = stuck || turnOver()
@@ -280,8 +299,10 @@ export const holderTurn = (
     afterSlice: () => ends(true),
     now,
     handBack: { wanted: () => handingBack, await: Deferred.await(handedBack) },
-    watch: Effect.asVoid(Effect.repeat(Effect.sync(now), { schedule: Schedule.spaced(TURN_CHECK), until: () => handingBack })),
+    watch: Effect.asVoid(Effect.repeat(Effect.sync(now), { schedule: Schedule.spaced(TURN_CHECK), until: () => handingBack || finished })),
     done: () => {
+      if (finished) return
+      finished = true
       if (yielding) permits.endYield()
     }
   }

@@ -21,6 +21,7 @@ import type { LocalWork } from "./heartbeat.js"
 import { makeOutcomeWriter } from "./outcomeWriter.js"
 import { makePendingRows, type TurnEnd } from "./pendingRows.js"
 import { usageOf, zeroUsage } from "./usage.js"
+import type { RequestSlots } from "./requestSlots.js"
 import { type Place, WindowSlots } from "./windowSlots.js"
 import { WorkLeases } from "./WorkLeases.js"
 
@@ -54,12 +55,14 @@ export interface Running {
   /**
    * Runs this node's share of the batch's requests, or only up to where `turnEnd` ends it (another project waits
    * for its permit), handing back then the requests that still wait for their upstream (`handBack`: a backoff, a
-   * permit at the upstream); whether a slice was claimed at all.
+   * permit at the upstream); whether a slice was claimed at all. `drained` runs once no row is left to send (the
+   * calls out are yet to be answered): the run's permit can go to the next batch.
    */
-  readonly run: (record: BatchRecord, turnEnd?: TurnEnd, handBack?: HandBack) => Effect.Effect<boolean>
+  readonly run: (record: BatchRecord, turnEnd?: TurnEnd, handBack?: HandBack, drained?: Effect.Effect<void>) => Effect.Effect<boolean>
 }
 
-export const makeRunning = (local: LocalWork) =>
+/** `slots`: the node's request slots, shared by every run (`requestSlots.ts`). */
+export const makeRunning = (local: LocalWork, slots: RequestSlots) =>
   Effect.gen(function*() {
     const inference = yield* Inference
     const config = yield* AppConfig
@@ -67,7 +70,7 @@ export const makeRunning = (local: LocalWork) =>
     const context = yield* Effect.context<BatchStore | WorkLeases | AppConfig>()
     const window = config.maxConcurrentRequestsPerBatch
 
-    const run = (record: BatchRecord, turnEnd?: TurnEnd, handBack?: HandBack) =>
+    const run = (record: BatchRecord, turnEnd?: TurnEnd, handBack?: HandBack, drained: Effect.Effect<void> = Effect.void) =>
       Effect.gen(function*() {
         const { batch } = record
         const store = yield* BatchStore
@@ -144,23 +147,30 @@ export const makeRunning = (local: LocalWork) =>
             }
           })
         }
+        const drainedOnce = yield* Effect.once(drained)
         const work = (previous: Effect.Effect<void>, hold: AnswerHold, worker: Worker): Effect.Effect<void> => {
           if (places.yieldsPlace(worker)) return previous // a request back from its backoff takes its place
           const row = rows.takeNow()
           if (row !== undefined) return send(row, previous, hold, worker)
-          return Effect.flatMap(rows.next, (next) => (Option.isNone(next) ? previous : send(next.value, previous, hold, worker)))
+          return Effect.flatMap(rows.next, (next) =>
+            Option.isNone(next)
+              ? Effect.zipRight(drainedOnce, previous)
+              : send(next.value, previous, hold, worker))
         }
         // The window's places (`windowSlots.ts`): a request waiting between attempts gives its place to a new worker.
         // The `window` first workers are the run's own fibers, as before there were spares (forked into the set
         // too, a 503 storm failed a line of `test/UpstreamOutage.test.ts`); those started later are in `spares`.
-        const places = new WindowSlots(window)
+        const places = new WindowSlots(window, slots)
         const spares = yield* FiberSet.make<void, never>()
-        /** A worker's whole run; its fiber's, for the `window` first, or one forked into `spares`. */
-        const workerRun: Effect.Effect<void> = Effect.suspend(() => {
+        /**
+         * A worker's whole run; its fiber's, for the `window` first (`first`: it takes its place), or one forked into
+         * `spares` (given the place of a request that waits between attempts).
+         */
+        const workerRun = (first: boolean): Effect.Effect<void> => Effect.suspend(() => {
           const hold = new AnswerHold()
           holds.add(hold)
           const worker: Worker = {
-            holding: true,
+            holding: !first,
             size: 0,
             backingOff: (wait, overloaded) =>
               Effect.suspend(() => {
@@ -175,12 +185,13 @@ export const makeRunning = (local: LocalWork) =>
                   onFailure: (cause) =>
                     Effect.zipRight(Effect.sync(() => places.abandon(size)), Effect.failCause(cause))
                 })
-                return given === "spare" ? Effect.zipRight(FiberSet.run(spares, workerRun), rest) : rest
+                return given === "spare" ? Effect.zipRight(FiberSet.run(spares, workerRun(false)), rest) : rest
               })
           }
           // Its place passed on, its hold given back as it ends: a long run's spares would pile their holds up.
+          const working = Effect.suspend(() => work(Effect.void, hold, worker))
           const running = Effect.ensuring(
-            Effect.suspend(() => work(Effect.void, hold, worker)),
+            first ? Effect.zipRight(places.enter(worker), working) : working,
             Effect.sync(() => {
               places.end(worker)
               hold.release()
@@ -192,7 +203,7 @@ export const makeRunning = (local: LocalWork) =>
         // The run ends when its last worker does, or fails with the first that fails (a storage fault). An outage of
         // the upstream ends it at once (its calls wait anyway): the batch gives its permit back to batches whose
         // upstreams answer, and waits for the upstream in the permit queue (`fairPermits.ts`).
-        const firstEnded = Effect.all(Array.from({ length: window }, () => workerRun), { concurrency: "unbounded", discard: true })
+        const firstEnded = Effect.all(Array.from({ length: window }, () => workerRun(true)), { concurrency: "unbounded", discard: true })
         // Its workers end before the scope's finalizers give the slices back (`childrenEndFirst.ts`).
         yield* Effect.raceFirst(Effect.zipRight(firstEnded, FiberSet.awaitEmpty(spares)), FiberSet.join(spares)).pipe(
           Effect.raceFirst(inference.unreachable(batch.model, record.project)),

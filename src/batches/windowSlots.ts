@@ -5,9 +5,11 @@
  * that the batch's other requests keep flowing (before, 2 % of lines failing with a 500 took a batch from 909 to 92
  * requests a second: each held a place through 15 s of backoff). Back from its wait, it takes the place of the next
  * worker to finish a request (which then ends), or a free one. The waits that gave their place up are bounded (a
- * count, and their bodies' length); beyond, a request keeps its place as it waits.
+ * count, and their bodies' length); beyond, a request keeps its place as it waits. Each place in use holds one of the
+ * node's request slots (`requestSlots.ts`): taken as it is first filled, passed on with it, given back as it empties.
  */
 import { Effect } from "effect"
+import type { RequestSlots } from "./requestSlots.js"
 
 /**
  * Requests waiting between attempts without a place, per place of the window: a fiber and a body each. At 8, 2 % of
@@ -23,15 +25,35 @@ export interface Place {
 }
 
 export class WindowSlots {
-  /** Places held, by workers sending or waiting at the upstream. */
-  private held: number
+  /** Places held (or being filled: waiting for a node slot), by workers sending or waiting at the upstream. */
+  private held = 0
   private backingOff = 0
   private backingOffSize = 0
   /** Requests back from their wait, each waiting for a place, first come first served. */
   private readonly returning: Array<() => void> = []
 
-  constructor(private readonly size: number) {
-    this.held = size
+  constructor(private readonly size: number, private readonly slots: RequestSlots) {}
+
+  /** One of the run's first workers (as many as the window's size) takes a place: completes once it holds one. */
+  enter(place: Place): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      this.held++
+      return this.filled(place)
+    })
+  }
+
+  /**
+   * A place counted in `held` gets its node slot. Interrupted before, it is not held; after, it is the worker's to
+   * pass on as it ends (`end`).
+   */
+  private filled(place: Place): Effect.Effect<void> {
+    const taken = () => {
+      place.holding = true
+    }
+    return Effect.onInterrupt(this.slots.take(taken), () =>
+      Effect.sync(() => {
+        if (!place.holding) this.held--
+      }))
   }
 
   /**
@@ -57,8 +79,7 @@ export class WindowSlots {
       this.backingOffSize -= size
       if (this.held < this.size) {
         this.held++
-        place.holding = true
-        return Effect.void
+        return this.filled(place)
       }
       return Effect.async<void>((resume) => {
         const take = () => {
@@ -91,12 +112,13 @@ export class WindowSlots {
     return true
   }
 
-  /** A worker ends: its place, if it holds one, goes to a request back from its wait, or is free. */
+  /** A worker ends: its place, if it holds one, goes to a request back from its wait, or is free (its slot too). */
   end(place: Place): void {
     if (!place.holding) return
     place.holding = false
     const next = this.returning.shift()
-    if (next === undefined) this.held--
-    else next()
+    if (next !== undefined) return next()
+    this.held--
+    this.slots.give()
   }
 }
