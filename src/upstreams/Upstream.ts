@@ -19,6 +19,7 @@ import { type Attempt, isRefusal, makeJudge, type Verdict } from "./judge.js"
 import { makeLoadWatch } from "./loadWatch.js"
 import { type DownKind, makeOutage } from "./outage.js"
 import { Metrics } from "../observability/Metrics.js"
+import { startStallWatch } from "./stallWatch.js"
 import { startUpReport } from "./startUpReport.js"
 import type { UpstreamSpec } from "./UpstreamSpec.js"
 
@@ -208,6 +209,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       modelsStatus,
       versionPathMissing
     })
+    const stalls = yield* startStallWatch({ name: spec.name, inflight: () => gate.inflight, timeout: spec.timeout, clock, log })
     const untrack = metrics.upstream(spec.name, {
       inflight: () => gate.inflight,
       limit: () => limit.current,
@@ -259,6 +261,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
           const sent = performance.now()
           return Effect.flatMap(Effect.onInterrupt(restore(call), releaseOnInterrupt), (result) => {
             observeAttempt(ticket.model, (performance.now() - sent) / 1000)
+            stalls.ended()
             const verdict = judge(endpoint, ticket, n, result, generation)
             if (typeof verdict === "string") {
               giveBack()
