@@ -239,6 +239,13 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
       const unknown = yield* call("/v1/nothing-here")
       expectEnvelope(unknown, 404, { code: "not_found" })
       expect(unknown.json.error.message).toBe("Invalid URL (GET /v1/nothing-here)")
+      // The API's paths under another base URL: the client's one change is said.
+      const llamaStack = yield* call("/v1/openai/v1/files?limit=2")
+      expectEnvelope(llamaStack, 404, { code: "not_found" })
+      expect(llamaStack.json.error.message).toBe(
+        "Invalid URL (GET /v1/openai/v1/files?limit=2) This server serves the OpenAI API under /v1, not llama-stack's /v1/openai/v1: end the client's base URL with /v1."
+      )
+      expect((yield* call("/batches")).json.error.message).toBe("Invalid URL (GET /batches) The API is under /v1: end the client's base URL with /v1.")
     }))
 
   it.effect("serves the OpenAPI document and a docs page", () =>

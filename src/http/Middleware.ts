@@ -18,6 +18,7 @@ import type { MultipartInvalid } from "./Multipart.js"
 import { MAX_JSON_DEPTH } from "../domain/Json.js"
 import { BodyTooLarge, JsonTooDeep, tooLarge } from "./RequestBody.js"
 import { currentRequest, requestIdFrom } from "./RequestLog.js"
+import { routeHint } from "./routeHint.js"
 import { sentTarget } from "./sentTarget.js"
 import { fromDecodeError } from "../domain/decodeErrors.js"
 
@@ -55,7 +56,8 @@ const toApiError = (cause: Cause.Cause<unknown>): Option.Option<ApiError> => {
     const e = failure.value
     if (e instanceof HttpApiError.HttpApiDecodeError) return Option.some(fromDecodeError(e))
     if (HttpServerError.isServerError(e) && e._tag === "RouteNotFound") {
-      return Option.some(notFound(`Invalid URL (${e.request.method} ${echo(sentTarget(e.request))})`))
+      const target = sentTarget(e.request)
+      return Option.some(notFound(`Invalid URL (${e.request.method} ${echo(target)})${routeHint(target)}`))
     }
     return Option.none()
   }

@@ -1,0 +1,15 @@
+/**
+ * What an unknown route's 404 adds to OpenAI's "Invalid URL (…)" when the path is the API's under another base URL:
+ * llama-stack's `/v1/openai/v1` prefix (a client moved over with its base URL), or none at all (a base URL without
+ * `/v1`). A client's one change, said where it looks.
+ */
+const API_ROOTS = /^\/(files|batches|uploads|models)(\/|\?|$)/
+const LLAMA_STACK_PREFIX = /^(\/v1)?\/openai\/v1\//
+
+export const routeHint = (target: string): string => {
+  if (LLAMA_STACK_PREFIX.test(target)) {
+    return " This server serves the OpenAI API under /v1, not llama-stack's /v1/openai/v1: end the client's base URL with /v1."
+  }
+  if (API_ROOTS.test(target)) return " The API is under /v1: end the client's base URL with /v1."
+  return ""
+}
