@@ -42,7 +42,8 @@ const sqliteRow = {
   metadata: JSON.stringify({ team: "a" }),
   output_expires_after: 3600,
   request_hash: "h",
-  project: "p"
+  project: "p",
+  model_unchecked: 1
 }
 
 /** PostgreSQL returns its BIGINT columns (times, tokens) as text; the INTEGER ones as numbers. */
@@ -60,6 +61,8 @@ describe("batchRecordOf", () => {
     expect(record.project).toBe("p")
     expect(record.outputExpiresAfterSeconds).toBe(3600)
     expect(record.requestHash).toBe("h")
+    expect(record.modelUnchecked).toBe(true)
+    expect(batchRecordOf({ ...sqliteRow, model_unchecked: 0 }).modelUnchecked).toBeUndefined()
     expect(Schema.encodeSync(Batch)(record.batch)).toEqual({
       id: "batch_1",
       object: "batch",

@@ -35,6 +35,7 @@ import { RequestSlots } from "./requestSlots.js"
 import { makeRunning } from "./running.js"
 import { makeValidating } from "./validating.js"
 import { makeSupervision } from "./supervision.js"
+import { unserved } from "./unservedModel.js"
 import { runValidatingCap } from "./validatingCap.js"
 import { nodeLease, WorkLeases } from "./WorkLeases.js"
 
@@ -106,32 +107,42 @@ export const make = Effect.gen(function*() {
    * full queue).
    */
   const heldFor = (model: string | null, project: string) => () => inference.isHeld?.(model, project) ?? false
-  /** Completes once `held()` is `wanted`, looked at every `HELD_CHECK` (held never, without `isHeld` to ask). */
+  /** Completes once `check()` is `wanted`, looked at every `HELD_CHECK` (no event tells). */
+  const becomes = (check: () => boolean, wanted: boolean) =>
+    Effect.repeat(Effect.sync(check), { schedule: Schedule.spaced(HELD_CHECK), until: (now) => now === wanted })
+  /** Completes once `held()` is `wanted` (held never, without `isHeld` to ask). */
   const heldBecomes = (held: () => boolean, wanted: boolean) =>
-    inference.isHeld === undefined
-      ? (wanted ? Effect.never : Effect.void)
-      : Effect.repeat(Effect.sync(held), { schedule: Schedule.spaced(HELD_CHECK), until: (now) => now === wanted })
+    inference.isHeld === undefined ? (wanted ? Effect.never : Effect.void) : becomes(held, wanted)
 
   /**
    * A running batch may take a permit while its upstream is up and does not hold its calls (`fairPermits.ts`: it
    * keeps its turn meanwhile). Down and up are told as they happen; a hold is looked at every `HELD_CHECK`, and
    * `ready` says what was seen then: read live, a hold shorter than that could make a waiter skipped as a permit
-   * came free and never looked at again (its watch would not have seen it held).
+   * came free and never looked at again (its watch would not have seen it held). A batch whose unchecked model no
+   * upstream serves (`unservedModel.ts`) is ready: its run fails its lines.
    */
-  const upstreamReadiness = (model: string | null, project: string): Readiness => {
+  const upstreamReadiness = (record: BatchRecord): Readiness => {
+    const { project } = record
+    const { model } = record.batch
     let up = false
     const held = heldFor(model, project)
-    return {
-      ready: () => up && !(inference.isDown?.(model, project) ?? false),
-      awaitReady: Effect.zipRight(
-        Effect.zipRight(inference.reachable(model, project), heldBecomes(held, false)),
-        Effect.sync(() => void (up = true))
-      ),
-      awaitNotReady: Effect.zipRight(
-        Effect.raceFirst(inference.unreachable(model, project), heldBecomes(held, true)),
-        Effect.sync(() => void (up = false))
-      )
-    }
+    const lost = () => unserved(inference, record)
+    const awaitUp = Effect.zipRight(
+      Effect.zipRight(inference.reachable(model, project), heldBecomes(held, false)),
+      Effect.sync(() => void (up = true))
+    )
+    const awaitDown = Effect.zipRight(
+      Effect.raceFirst(inference.unreachable(model, project), heldBecomes(held, true)),
+      Effect.sync(() => void (up = false))
+    )
+    // Looked at every `HELD_CHECK` only for a batch whose model went unchecked: no event tells it is served by none.
+    return record.modelUnchecked !== true
+      ? { ready: () => up && !(inference.isDown?.(model, project) ?? false), awaitReady: awaitUp, awaitNotReady: awaitDown }
+      : {
+        ready: () => lost() || (up && !(inference.isDown?.(model, project) ?? false)),
+        awaitReady: Effect.suspend(() => lost() ? Effect.void : Effect.raceFirst(awaitUp, becomes(lost, true))),
+        awaitNotReady: Effect.suspend(() => lost() ? becomes(lost, false) : awaitDown)
+      }
   }
 
   /**
@@ -177,7 +188,7 @@ export const make = Effect.gen(function*() {
         const slices = running.run(current, turn, turn.handBack, Effect.zipRight(giveBack, Effect.sync(turn.done)))
         // The run's fibers end before the permit is given back (`childrenEndFirst.ts`).
         return yield* Effect.ensuring(childrenEndFirst(Effect.raceFirst(slices, Effect.zipRight(turn.watch, Effect.never))), Effect.sync(turn.done))
-      }), upstreamReadiness(record.batch.model, record.project))
+      }), upstreamReadiness(record))
     )
 
   /**

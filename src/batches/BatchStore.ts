@@ -54,6 +54,11 @@ export interface BatchRecord {
   readonly project: string
   readonly outputExpiresAfterSeconds: number | null
   readonly requestHash: string | null
+  /**
+   * True when validation could not check the batch's model against the upstreams' lists (one serving any model had
+   * given none yet): a run finding no upstream for it fails its lines, as validation would have (`model_not_found`).
+   */
+  readonly modelUnchecked?: boolean
 }
 
 /** One request of a batch: an input line that passed validation. */
@@ -159,13 +164,13 @@ export interface BatchStoreShape {
    */
   readonly transition: (id: BatchId, move: PlainMove, patch?: TransitionPatch) => Effect.Effect<Option.Option<Batch>>
   /**
-   * Move `startRunning` (validating → in_progress), stamping `model` and `total`, creating the batch's slices and
-   * freeing its batch-wide lease, in one transaction; false when the batch had left `validating` (a cancel came
-   * first).
+   * Move `startRunning` (validating → in_progress), stamping `model`, `total` and whether the model went unchecked,
+   * creating the batch's slices and freeing its batch-wide lease, in one transaction; false when the batch had left
+   * `validating` (a cancel came first).
    */
   readonly startRunning: (
     id: BatchId,
-    patch: { readonly model: string | null; readonly total: number },
+    patch: { readonly model: string | null; readonly total: number; readonly modelUnchecked?: boolean },
     slices: ReadonlyArray<SliceBounds>
   ) => Effect.Effect<boolean>
   /**

@@ -18,7 +18,6 @@ import {
   type BatchStoreShape,
   type NewBatch,
   type PlainMove,
-  type SliceBounds,
   type TransitionPatch,
   UnknownBatchCursor
 } from "./BatchStore.js"
@@ -206,9 +205,9 @@ export const makeBatchRecords = (
     )
   }
 
-  const startRunning = (id: BatchId, patch: { readonly model: string | null; readonly total: number }, slices: ReadonlyArray<SliceBounds>) =>
+  const startRunning: BatchRecords["startRunning"] = (id, patch, slices) =>
     Effect.gen(function*() {
-      const set = { model: patch.model, total: patch.total, lease_owner: null, lease_until: null }
+      const set = { model: patch.model, total: patch.total, model_unchecked: patch.modelUnchecked === true ? 1 : 0, lease_owner: null, lease_until: null }
       const batch = yield* applyMove(id, "startRunning", set)
       if (Option.isNone(batch)) return batch
       yield* Effect.forEach(

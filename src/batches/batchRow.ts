@@ -55,7 +55,8 @@ export const BATCH_COLUMNS = [
   "metadata",
   "project",
   "output_expires_after",
-  "request_hash"
+  "request_hash",
+  "model_unchecked"
 ] as const
 
 type Column = typeof BATCH_COLUMNS[number]
@@ -143,6 +144,7 @@ export const batchRecordOf = (row: Row): BatchRecord => {
     }, trusted),
     project: text(row, "project"),
     outputExpiresAfterSeconds: sqlNumberOrNull(row, "output_expires_after"),
-    requestHash: textOrNull(row, "request_hash")
+    requestHash: textOrNull(row, "request_hash"),
+    ...(sqlNumber(row, "model_unchecked") === 1 && { modelUnchecked: true })
   }
 }

@@ -22,6 +22,7 @@ import { makeOutcomeWriter } from "./outcomeWriter.js"
 import { makePendingRows, type TurnEnd } from "./pendingRows.js"
 import { usageOf, zeroUsage } from "./usage.js"
 import type { RequestSlots } from "./requestSlots.js"
+import { unserved } from "./unservedModel.js"
 import { type Place, WindowSlots } from "./windowSlots.js"
 import { WorkLeases } from "./WorkLeases.js"
 
@@ -107,7 +108,13 @@ export const makeRunning = (local: LocalWork, slots: RequestSlots) =>
             return rows.stored(written)
           })
         const outcomes = yield* makeOutcomeWriter(batch.id, { window, afterWrite: stored })
-        const options = { deadline: batch.expires_at * 1000, model: batch.model, project: record.project, batch: batch.id }
+        const options = {
+          deadline: batch.expires_at * 1000,
+          model: batch.model,
+          project: record.project,
+          batch: batch.id,
+          modelUnchecked: record.modelUnchecked
+        }
         // A worker takes a row, sends it, queues its outcome, waits until its previous outcome is stored (by then,
         // one upstream call later, it nearly always is) and starts over: the store stays off the requests' path,
         // and a crash loses at most two outcomes per worker. A recursive effect in tail position (the fiber's stack
@@ -205,8 +212,10 @@ export const makeRunning = (local: LocalWork, slots: RequestSlots) =>
         // upstreams answer, and waits for the upstream in the permit queue (`fairPermits.ts`).
         const firstEnded = Effect.all(Array.from({ length: window }, () => workerRun(true)), { concurrency: "unbounded", discard: true })
         // Its workers end before the scope's finalizers give the slices back (`childrenEndFirst.ts`).
+        // A model found served by none, unchecked at validation, is no outage: its lines fail (`sending.ts`).
+        const upstreamLost = unserved(inference, record) ? Effect.never : inference.unreachable(batch.model, record.project)
         yield* Effect.raceFirst(Effect.zipRight(firstEnded, FiberSet.awaitEmpty(spares)), FiberSet.join(spares)).pipe(
-          Effect.raceFirst(inference.unreachable(batch.model, record.project)),
+          Effect.raceFirst(upstreamLost),
           childrenEndFirst
         )
         return rows.claimed()

@@ -123,7 +123,8 @@ export const makeValidating = Effect.gen(function*() {
           }])
         }
       }
-      if (yield* store.startRunning(batch.id, { model: verdict.model, total: verdict.total }, verdict.slices)) {
+      const modelUnchecked = list !== undefined && !list.complete
+      if (yield* store.startRunning(batch.id, { model: verdict.model, total: verdict.total, modelUnchecked }, verdict.slices)) {
         yield* BatchLines.validated(batch.id, verdict.total, verdict.model, record.project)
       }
     }).pipe(Effect.withSpan("BatchRunner.validate", { attributes: { "batch.id": record.batch.id } }))

@@ -40,9 +40,15 @@ export interface SendOptions {
   /**
    * Takes the request back unsent while it waits for its upstream (a retry's backoff, a permit at the upstream):
    * the send then fails with `HandedBack`, its attempts recorded in `attempts` for the next send. So does one whose
-   * model no upstream serves (its batch then waits for a route), where a send without `handBack` fails.
+   * model no upstream serves (its batch then waits for a route), where a send without `handBack` fails, and one
+   * whose model was never checked (`modelUnchecked`).
    */
   readonly handBack?: HandBack | undefined
+  /**
+   * The batch's model could not be checked when it was validated (an upstream serving any model had given no list):
+   * no upstream serving it now is the batch's mistake, as validation would have said, not a route lost.
+   */
+  readonly modelUnchecked?: boolean | undefined
   /**
    * Wraps the wait between two attempts (a backoff, a `Retry-After`), told whether the last attempt was refused
    * (429, 503) or got no answer (an overload, or an outage): a batch's run gives the request's place in its window
@@ -111,10 +117,13 @@ export const makeSend = ({ config, pickTraced, route }: SendingOptions) => {
     const upstream = route(options.model, options.project)
     if (upstream === undefined) {
       // A batch's line stays pending: its batch waits for a route (`reachable`).
-      if (options.handBack !== undefined) return Effect.fail(new HandedBack())
+      if (options.handBack !== undefined && options.modelUnchecked !== true) return Effect.fail(new HandedBack())
+      const unchecked = options.modelUnchecked === true
+        ? " It could not be checked when the batch was validated: its upstream had not answered yet."
+        : ""
       return Effect.fail(new UpstreamFailure({
         code: "model_not_found",
-        message: `No upstream serves the model '${String(options.model).slice(0, 64)}'.`
+        message: `No upstream serves the model '${String(options.model).slice(0, 64)}'.${unchecked}`
       }))
     }
     const { attempts, handBack } = options

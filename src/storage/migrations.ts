@@ -302,5 +302,12 @@ export const migrations = {
     // Each heartbeat renews a node's batch leases by owner: without it, a scan of every batch ever made, each second
     // (224,000 batches: 0.1 s a beat, holding SQLite's write lock). Few rows hold a lease at once.
     yield* sql`CREATE INDEX batches_lease_owner ON batches (lease_owner) WHERE lease_owner IS NOT NULL`
+  }),
+  "0014_batch_model_unchecked": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // 1 when validation could not check the batch's model (an upstream serving any model had given no list yet): a
+    // run that then finds no upstream serving it fails its lines with `model_not_found`, where a checked model that
+    // lost its upstream waits for one (`batches/BatchRunner.ts`).
+    yield* sql`ALTER TABLE batches ADD COLUMN model_unchecked INTEGER NOT NULL DEFAULT 0`
   })
 } satisfies Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>>
