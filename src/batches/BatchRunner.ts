@@ -169,8 +169,9 @@ export const make = Effect.gen(function*() {
    * to the end of a slice (or of its turn, when the slice is slow: `TurnLength`) when another project waits for the
    * permit (`drive` then queues again). False when there was nothing for this node to do. A batch whose upstream
    * is down waits for it in the queue; the wait counts as this node's work on the batch, so that a cancel from
-   * another node ends it. The permit is given back as soon as the run has nothing left to send: a call that never
-   * answers held the next batch of the project for `INFERENCE_TIMEOUT` × attempts. The calls still out keep their
+   * another node ends it. The permit is given back as soon as the run has nothing left to send but calls out
+   * (`running.ts`: drained): a call that never answers held the next batch of the project for `INFERENCE_TIMEOUT` ×
+   * attempts. The calls still out keep their
    * request slots (`requestSlots.ts`); the next batch's window fills as they end.
    */
   const run = (record: BatchRecord) =>

@@ -223,11 +223,11 @@ export const makeFairPermits = (permits: number, now: () => number = () => 0): F
     Effect.uninterruptibleMask((restore) =>
       Effect.suspend(() => {
         let held = true
-        const giveBack = Effect.suspend(() => {
+        const giveBack = Effect.uninterruptible(Effect.suspend(() => {
           if (!held) return Effect.void
           held = false
           return release(project)
-        })
+        }))
         return Effect.zipRight(restore(acquire(project, readiness)), Effect.ensuring(restore(use(giveBack)), giveBack))
       })
     )

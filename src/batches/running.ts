@@ -56,8 +56,8 @@ export interface Running {
   /**
    * Runs this node's share of the batch's requests, or only up to where `turnEnd` ends it (another project waits
    * for its permit), handing back then the requests that still wait for their upstream (`handBack`: a backoff, a
-   * permit at the upstream); whether a slice was claimed at all. `drained` runs once no row is left to send (the
-   * calls out are yet to be answered): the run's permit can go to the next batch.
+   * permit at the upstream); whether a slice was claimed at all. `drained` runs once no row is left to send and no
+   * request waits to try again (calls out are yet to be answered): the run's permit can go to the next batch.
    */
   readonly run: (record: BatchRecord, turnEnd?: TurnEnd, handBack?: HandBack, drained?: Effect.Effect<void>) => Effect.Effect<boolean>
 }
@@ -154,20 +154,34 @@ export const makeRunning = (local: LocalWork, slots: RequestSlots) =>
             }
           })
         }
+        // Drained once no row is left and no request waits between attempts: only calls out are left, whose end the
+        // permit need not wait for. A request waiting to try again keeps the permit (and its turn's hand-back): given
+        // back before, its retry waited for a slot behind the next batch's whole run.
         const drainedOnce = yield* Effect.once(drained)
+        let noRowLeft = false
+        let waiting = 0
+        let drainedYet = false
+        const drainedIfSo = Effect.suspend(() => {
+          if (!noRowLeft || waiting > 0 || drainedYet) return Effect.void
+          drainedYet = true
+          return drainedOnce
+        })
         const work = (previous: Effect.Effect<void>, hold: AnswerHold, worker: Worker): Effect.Effect<void> => {
           if (places.yieldsPlace(worker)) return previous // a request back from its backoff takes its place
           const row = rows.takeNow()
           if (row !== undefined) return send(row, previous, hold, worker)
-          return Effect.flatMap(rows.next, (next) =>
-            Option.isNone(next)
-              ? Effect.zipRight(drainedOnce, previous)
-              : send(next.value, previous, hold, worker))
+          return Effect.flatMap(rows.next, (next) => {
+            if (Option.isSome(next)) return send(next.value, previous, hold, worker)
+            noRowLeft = true
+            return Effect.zipRight(drainedIfSo, previous)
+          })
         }
         // The window's places (`windowSlots.ts`): a request waiting between attempts gives its place to a new worker.
         // The `window` first workers are the run's own fibers, as before there were spares (forked into the set
         // too, a 503 storm failed a line of `test/UpstreamOutage.test.ts`); those started later are in `spares`.
         const places = new WindowSlots(window, slots)
+        // Every worker has ended by then; a place left held (a spare whose fiber never started) gives its slot back.
+        yield* Effect.addFinalizer(() => Effect.sync(() => places.close()))
         const spares = yield* FiberSet.make<void, never>()
         /**
          * A worker's whole run; its fiber's, for the `window` first (`first`: it takes its place), or one forked into
@@ -182,17 +196,21 @@ export const makeRunning = (local: LocalWork, slots: RequestSlots) =>
             backingOff: (wait, overloaded) =>
               Effect.suspend(() => {
                 const size = worker.size
+                waiting++
+                const counted = <A, E>(effect: Effect.Effect<A, E>) =>
+                  Effect.ensuring(effect, Effect.suspend(() => (waiting--, drainedIfSo)))
                 // After a refusal (429, 503: the upstream overloaded, or down) the place is kept: more requests would
-                // only add to the overload, and an outage's trials would see the retries first.
-                if (overloaded) return wait
+                // only add to the overload, and an outage's trials would see the retries first. Once the run is
+                // drained too: its slot would go to the next batch, and the retry wait for one behind it.
+                if (overloaded || drainedYet) return counted(wait)
                 const given = places.leave(worker, size)
-                if (given === "kept") return wait
+                if (given === "kept") return counted(wait)
                 const rest = Effect.matchCauseEffect(wait, {
                   onSuccess: (a) => Effect.as(places.rejoin(worker, size), a),
                   onFailure: (cause) =>
                     Effect.zipRight(Effect.sync(() => places.abandon(size)), Effect.failCause(cause))
                 })
-                return given === "spare" ? Effect.zipRight(FiberSet.run(spares, workerRun(false)), rest) : rest
+                return counted(given === "spare" ? Effect.zipRight(FiberSet.run(spares, workerRun(false)), rest) : rest)
               })
           }
           // Its place passed on, its hold given back as it ends: a long run's spares would pile their holds up.

@@ -112,6 +112,11 @@ export class WindowSlots {
     return true
   }
 
+  /** The run is over, its workers ended: a place still counted held (none, but for a fault) gives its slot back. */
+  close(): void {
+    for (; this.held > 0; this.held--) this.slots.give()
+  }
+
   /** A worker ends: its place, if it holds one, goes to a request back from its wait, or is free (its slot too). */
   end(place: Place): void {
     if (!place.holding) return
