@@ -171,6 +171,21 @@ describe("the CLI's calls against a scripted server", () => {
       expect(server.count()).toBe(3)
     }))
 
+  it.scopedLive("a list of many pages reads them all without a warning (the client adds an abort listener per page)", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer
+      const warnings: Array<string> = []
+      const warned = (warning: Error) => void warnings.push(warning.name)
+      process.on("warning", warned)
+      yield* Effect.addFinalizer(() => Effect.sync(() => void process.off("warning", warned)))
+      server.set((_req, res, nth) =>
+        json(res, 200, { object: "list", data: [batch("completed", { id: `batch_${nth}` })], first_id: `batch_${nth}`, last_id: `batch_${nth}`, has_more: nth < 14 }))
+      const listed = yield* makeBatchApi({ baseUrl: server.url, apiKey: undefined }).list(100, { keep: () => true })
+      expect(listed).toHaveLength(15)
+      yield* Effect.sleep("50 millis") // warnings are emitted on the next turns
+      expect(warnings).toEqual([])
+    }))
+
   it.scopedLive("an upload or a create answered 429 or 503 (nothing done) is made again after the wait asked for, and said; a 500 is not", () =>
     Effect.gen(function*() {
       const server = yield* scriptedServer

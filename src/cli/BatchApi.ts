@@ -3,6 +3,7 @@
  * against this server and any other), each interruptible (Ctrl-C aborts the request) and failing with a
  * `CliFailure` that says what went wrong in a sentence.
  */
+import { setMaxListeners } from "node:events"
 import { createReadStream } from "node:fs"
 import * as Path from "node:path"
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError, toStreamingFile } from "openai"
@@ -221,6 +222,8 @@ export const make = (connection: Connection): BatchApiShape => {
     // Page after page up to `limit`: a page ends sooner than its `limit` when its batches are large (`has_more`).
     list: (limit, { after, keep } = {}) =>
       call("listing batches", async (signal) => {
+        // The client adds an abort listener to it per page and keeps them: past 10 pages Node warned of a leak.
+        setMaxListeners(0, signal)
         const batches: Array<Batch> = []
         // Filtered, a page holds fewer than it reads: whole pages then.
         const page = { limit: keep === undefined ? Math.min(limit, 100) : 100, ...(after === undefined ? {} : { after }) }
