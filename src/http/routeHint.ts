@@ -4,7 +4,7 @@
  * `/v1`). A client's one change, said where it looks.
  */
 const API_ROOTS = /^\/(files|batches|uploads|models)(\/|\?|$)/
-const LLAMA_STACK_PREFIX = /^(\/v1)?\/openai\/v1\//
+const LLAMA_STACK_PREFIX = /^\/v1\/openai\/v1\//
 
 export const routeHint = (target: string): string => {
   if (LLAMA_STACK_PREFIX.test(target)) {
