@@ -83,11 +83,11 @@ describe("the openai-batch command line's files", () => {
   it.live("status, list, download, cancel: their outputs and exit codes", () =>
     Effect.promise(async () => {
       const rejected = await sdkBatch(["{not json"]).then((b) => Effect.runPromise(waitFor(openai, b.id, terminal)))
-      const finished = await sdkBatch([chatLine("done", "quick")]).then((b) => Effect.runPromise(waitFor(openai, b.id, terminal)))
+      const finished = await sdkBatch([chatLine("done", "quick")], { sweep: "s1", seed: "7" }).then((b) => Effect.runPromise(waitFor(openai, b.id, terminal)))
       const batch = await slowBatch(40, 4)
       const id = batch.id
       const out = Path.join(scratch, "out-cancel")
-      const [status, statusJson, list, listJson, nextPage, failedOnly, early, unknown, noKey, noFiles] = await Promise.all([
+      const [status, statusJson, list, listJson, nextPage, failedOnly, early, unknown, noKey, noFiles, tagged] = await Promise.all([
         cli(["status", id]),
         cli(["status", id, "--json"]),
         cli(["list"]),
@@ -97,7 +97,8 @@ describe("the openai-batch command line's files", () => {
         cli(["download", id, "--out", out]),
         cli(["status", "batch_0123456789abcdef0123456789abcdef"]),
         cli(["status", id], { OPENAI_API_KEY: "" }),
-        cli(["download", rejected.id, "--json", "--out", out])
+        cli(["download", rejected.id, "--json", "--out", out]),
+        cli(["list", "--json", "--metadata", "sweep=s1", "--metadata", "seed=7", "--status", "completed", "--limit", "500"])
       ])
       expect(status.code, status.stderr).toBe(0)
       expect(linesOf(status.stdout)).toEqual(expect.arrayContaining([
@@ -108,8 +109,8 @@ describe("the openai-batch command line's files", () => {
       expect(statusJson.code).toBe(0)
       expect(JSON.parse(statusJson.stdout)).toMatchObject({ id, object: "batch", status: "in_progress" })
       expect(list.code).toBe(0)
-      expect(linesOf(list.stdout)[0]).toMatch(/^ID +STATUS +DONE\/TOTAL +FAILED +TOKENS +CREATED +ENDPOINT$/)
-      expect(linesOf(list.stdout)[1]).toMatch(new RegExp(`^${id} +in_progress +4/40 +0 +\\d+ +\\S+ ago +/v1/chat/completions$`))
+      expect(linesOf(list.stdout)[0]).toMatch(/^ID +STATUS +DONE\/TOTAL +FAILED +TOKENS +CREATED +MODEL +ENDPOINT +METADATA$/)
+      expect(linesOf(list.stdout)[1]).toMatch(new RegExp(`^${id} +in_progress +4/40 +0 +\\d+ +\\S+ ago +sim-model +/v1/chat/completions$`))
       expect(listJson.code).toBe(0)
       const listed = linesOf(listJson.stdout).map((l) => JSON.parse(l))
       expect(listed.map((b) => b.id)).toEqual([id, finished.id]) // newest first
@@ -117,6 +118,8 @@ describe("the openai-batch command line's files", () => {
       expect(linesOf(nextPage.stdout).map((l) => JSON.parse(l).id)).toEqual([rejected.id])
       const failedIds = linesOf(failedOnly.stdout).map((l) => JSON.parse(l))
       expect(failedIds.every((b) => b.status === "failed") && failedIds.some((b) => b.id === rejected.id)).toBe(true)
+      // Metadata pairs kept, every one, with the status: the one sweep's batch among the others.
+      expect([tagged.code, linesOf(tagged.stdout).map((l) => JSON.parse(l).id)]).toEqual([0, [finished.id]])
       expect(early.code).toBe(1)
       expect(early.stderr).toContain(`${id} is in_progress: its files are written when it ends`)
       expect(unknown.code).toBe(1)

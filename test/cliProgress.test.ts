@@ -138,12 +138,19 @@ describe("batches at rest", () => {
     expect(failed.slice(-2)).toEqual(["  problems:", "    line 2: invalid_url: The URL provided for this request does not match the batch endpoint."])
   })
 
-  it("lists batches in aligned columns", () => {
-    const lines = listLines([batch(), batch({ id: "batch_2", status: "completed", request_counts: { total: 3, completed: 3, failed: 0 }, usage: undefined })], T0 + 60)
+  it("lists batches in aligned columns, with their model, and their metadata when one has some", () => {
+    const done = { id: "batch_2", status: "completed", request_counts: { total: 3, completed: 3, failed: 0 }, usage: undefined } as const
+    const lines = listLines([batch({ model: "llama3.2:3b" }), batch({ ...done, model: undefined })], T0 + 60)
     expect(lines).toEqual([
-      "ID         STATUS       DONE/TOTAL  FAILED  TOKENS  CREATED    ENDPOINT",
-      "batch_abc  in_progress  612/1,000   12      31.4k   1m00s ago  /v1/chat/completions",
-      "batch_2    completed    3/3         0       0       1m00s ago  /v1/chat/completions"
+      "ID         STATUS       DONE/TOTAL  FAILED  TOKENS  CREATED    MODEL        ENDPOINT",
+      "batch_abc  in_progress  612/1,000   12      31.4k   1m00s ago  llama3.2:3b  /v1/chat/completions",
+      "batch_2    completed    3/3         0       0       1m00s ago  -            /v1/chat/completions"
+    ])
+    const tagged = listLines([batch({ model: "m", metadata: { sweep: "lr-3e-4", seed: "7" } }), batch({ ...done, model: "m", metadata: { note: "x".repeat(60) } })], T0 + 60)
+    expect(tagged).toEqual([
+      "ID         STATUS       DONE/TOTAL  FAILED  TOKENS  CREATED    MODEL  ENDPOINT              METADATA",
+      "batch_abc  in_progress  612/1,000   12      31.4k   1m00s ago  m      /v1/chat/completions  sweep=lr-3e-4, seed=7",
+      `batch_2    completed    3/3         0       0       1m00s ago  m      /v1/chat/completions  note=${"x".repeat(34)}…`
     ])
   })
 

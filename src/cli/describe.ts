@@ -63,17 +63,38 @@ export const describeBatch = (b: Batch, now: number): ReadonlyArray<string> => {
   ]
 }
 
-/** `list`'s table: a header and a row per batch, columns aligned. */
+/** A batch's metadata as `list` shows it: `k=v, k2=v2`, cut at `METADATA_SHOWN` characters. */
+const METADATA_SHOWN = 40
+const metadataText = (b: Batch): string => {
+  const text = Object.entries(b.metadata ?? {}).map(([k, v]) => `${k}=${v}`).join(", ")
+  return text.length > METADATA_SHOWN ? `${text.slice(0, METADATA_SHOWN - 1)}…` : text
+}
+
+/**
+ * `list`'s table: a header and a row per batch, columns aligned; the model (`-` before validation names it), and the
+ * metadata when a batch listed has some (what tells one sweep's batches from another's).
+ */
 export const listLines = (batches: ReadonlyArray<Batch>, now: number): ReadonlyArray<string> => {
+  const withMetadata = batches.some((b) => metadataText(b) !== "")
   const rows = [
-    ["ID", "STATUS", "DONE/TOTAL", "FAILED", "TOKENS", "CREATED", "ENDPOINT"],
+    ["ID", "STATUS", "DONE/TOTAL", "FAILED", "TOKENS", "CREATED", "MODEL", "ENDPOINT", ...(withMetadata ? ["METADATA"] : [])],
     ...batches.map((b) => {
       const c = countsOf(b)
-      return [b.id, b.status, `${count(c.done)}/${count(c.total)}`, count(c.failed), tokens(b.usage?.total_tokens ?? 0), ago(b.created_at, now), b.endpoint]
+      return [
+        b.id,
+        b.status,
+        `${count(c.done)}/${count(c.total)}`,
+        count(c.failed),
+        tokens(b.usage?.total_tokens ?? 0),
+        ago(b.created_at, now),
+        b.model ?? "-",
+        b.endpoint,
+        ...(withMetadata ? [metadataText(b)] : [])
+      ]
     })
   ]
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)))
-  return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join("  "))
+  return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join("  ").trimEnd())
 }
 
 /**

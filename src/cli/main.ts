@@ -16,6 +16,7 @@ import * as Path from "node:path"
 import { Cause, Config, Duration, Effect, Either, Exit, Option, Redacted } from "effect"
 import { BatchApi, DEFAULT_BASE_URL, layer as batchApiLayer, type RerunKind } from "./BatchApi.js"
 import { describeBatch, listLines } from "./describe.js"
+import { listFilter } from "./listFilter.js"
 import { checkOut, download } from "./download.js"
 import { CliFailure, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, STOP_SIGNAL_NAMES, STOP_SIGNALS, type StopSignal } from "./failure.js"
 import { follow } from "./follow.js"
@@ -217,13 +218,18 @@ const listCommand = Command.make(
       Options.withDescription("Only batches of this status (repeatable)"),
       Options.repeated
     ),
+    metadata: Options.keyValueMap("metadata").pipe(
+      Options.withPseudoName("KEY=VALUE"),
+      Options.withDescription("Only batches whose metadata has KEY set to VALUE (repeatable: every pair)"),
+      Options.optional
+    ),
     json
   },
   (o) =>
     withApi(o, Effect.flatMap(BatchApi, (api) =>
       api.list(o.limit, {
         after: Option.getOrUndefined(o.after),
-        keep: o.status.length === 0 ? undefined : (batch) => (o.status as ReadonlyArray<string>).includes(batch.status)
+        keep: listFilter(o.status, Option.getOrUndefined(o.metadata))
       })).pipe(
       Effect.flatMap((batches) =>
         o.json

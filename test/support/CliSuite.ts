@@ -75,7 +75,7 @@ export interface CliSuite {
   /** A file of `lines` in the scratch directory. */
   readonly inputFile: (name: string, lines: ReadonlyArray<string>, eol?: string) => string
   /** A batch of `lines`, created with the SDK. */
-  readonly sdkBatch: (lines: ReadonlyArray<string>) => Promise<OpenAI.Batch>
+  readonly sdkBatch: (lines: ReadonlyArray<string>, metadata?: Record<string, string>) => Promise<OpenAI.Batch>
   /** A running batch of `count` requests that sleep far longer than the tests, but for the first `quick`, once those are done. */
   readonly slowBatch: (count: number, quick: number) => Promise<OpenAI.Batch>
 }
@@ -105,9 +105,9 @@ export const cliSuite = (): CliSuite => {
     compiled?.remove()
   })
 
-  const sdkBatch = async (lines: ReadonlyArray<string>) => {
+  const sdkBatch = async (lines: ReadonlyArray<string>, metadata?: Record<string, string>) => {
     const file = await openai.files.create({ file: await toFile(Buffer.from(lines.join("\n") + "\n"), "sdk.jsonl"), purpose: "batch" })
-    return openai.batches.create({ input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h" })
+    return openai.batches.create({ input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h", ...(metadata && { metadata }) })
   }
   return {
     sim: () => sim,
