@@ -378,6 +378,8 @@ describe("the dashboard", () => {
         }
         await page.goto(`${base}/ui#/`)
         await poll(() => page.locator("table.batches tbody tr").count()).toBeGreaterThan(0)
+        // A row tells its batch from the others by its metadata too (the failed one has no model: none validated).
+        expect(await page.locator("table.batches tbody tr", { hasText: id }).locator("td.id .sub").textContent()).toMatch(/^\/v1\/chat\/completions · project=demo, note=/)
         // The table turned into cards: one batch a card, its labels beside its values.
         expect(await page.locator("table.batches thead").isVisible()).toBe(false)
         expect(await page.locator("table.batches tbody tr").first().evaluate((tr) => getComputedStyle(tr).display)).not.toBe("table-row")

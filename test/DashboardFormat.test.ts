@@ -16,9 +16,19 @@ const format: {
   readonly utcOffset: (minutesBehind: number) => string
   readonly dateTime: (at: number) => string
   readonly DOWN_REASONS: Record<string, string>
+  readonly batchSubline: (b: { endpoint: string; model?: string | null; metadata?: Record<string, string> | null }) => string
 } = await import(new URL("../ui/format.js", import.meta.url).href)
 
 describe("the dashboard's figures", () => {
+  it("tells a batch from its neighbours in a list: endpoint, model once known, metadata cut short, bidi controls shown", () => {
+    expect(format.batchSubline({ endpoint: "/v1/embeddings", model: null, metadata: null })).toBe("/v1/embeddings")
+    expect(format.batchSubline({ endpoint: "/v1/chat/completions", model: "llama3", metadata: { sweep: "lr-3e-4", seed: "7" } }))
+      .toBe("/v1/chat/completions · llama3 · sweep=lr-3e-4, seed=7")
+    expect(format.batchSubline({ endpoint: "/v1/chat/completions", model: "m", metadata: { note: `${"x".repeat(70)}\u202E` } }))
+      .toBe(`/v1/chat/completions · m · note=${"x".repeat(54)}…`)
+    expect(format.batchSubline({ endpoint: "/v1/chat/completions", metadata: { name: "txt.\u202Eexe" } })).toBe("/v1/chat/completions · name=txt.⟨U+202E⟩exe")
+  })
+
   it("says a time's offset from UTC, as a time without its zone was read as the CLI's UTC", () => {
     expect([0, -60, 300, -330, -345, 150].map(format.utcOffset)).toEqual(["UTC", "UTC+1", "UTC−5", "UTC+5:30", "UTC+5:45", "UTC−2:30"])
     expect(format.dateTime(1_750_000_000)).toMatch(/^2025-06-1[45] \d{2}:\d{2}:\d{2} UTC([+−]\d+(:\d{2})?)?$/)

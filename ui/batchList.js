@@ -8,7 +8,7 @@
  */
 import { json, query } from "./api.js"
 import { fill, h, headings, progressBar, setStatus } from "./dom.js"
-import { ago, count, duration, endedAt, failedMayBeUnrun, runTime, tokens } from "./format.js"
+import { ago, batchSubline, count, duration, endedAt, failedMayBeUnrun, runTime, tokens } from "./format.js"
 
 /** @typedef {import("./api.js").Batch} Batch */
 
@@ -73,7 +73,7 @@ const batchRow = () => {
     const { total, completed, failed: failures } = b.request_counts
     link.textContent = b.id
     link.href = batchHref(b.id)
-    endpoint.textContent = b.endpoint
+    endpoint.textContent = batchSubline(b)
     setStatus(status, b.status)
     bar.update(b)
     done.textContent = total > 0 ? `${count(completed + failures)}/${count(total)}` : "–"

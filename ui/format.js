@@ -18,6 +18,20 @@ const BIDI_CONTROLS = /[\u202A-\u202E\u2066-\u2069]/g
 export const visible = (text) =>
   text.replace(BIDI_CONTROLS, (c) => `⟨U+${c.charCodeAt(0).toString(16).toUpperCase()}⟩`)
 
+/** A batch's metadata shown in a row: `k=v, k2=v2`, cut at this many characters (the batch's page shows it all). */
+const METADATA_SHOWN = 60
+
+/**
+ * What tells a batch from its neighbours in a list: its endpoint, model (once validation named it) and metadata,
+ * `/v1/chat/completions · llama3 · sweep=lr-3e-4`.
+ * @param {{ endpoint: string, model?: string | null, metadata?: Record<string, string> | null }} b
+ */
+export const batchSubline = (b) => {
+  const pairs = Object.entries(b.metadata ?? {}).map(([k, v]) => `${k}=${v}`).join(", ")
+  const metadata = pairs.length > METADATA_SHOWN ? `${pairs.slice(0, METADATA_SHOWN - 1)}…` : pairs
+  return visible([b.endpoint, b.model ?? "", metadata].filter((part) => part !== "").join(" · "))
+}
+
 const integer = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 })
 
 /** `12,345`. @param {number} n */
