@@ -7,6 +7,7 @@ import { expect, layer } from "@effect/vitest"
 import { Duration, Effect, Layer } from "effect"
 import { chatLine, createBatch, readLines, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import { backends, type Backend, baseUrl, testApp, Upstream } from "./support/TestApp.js"
+import { client as upstreamsClient, Simulators, testAppWithUpstreams } from "./support/Upstreams.js"
 
 const client = Effect.map(baseUrl, sdk)
 
@@ -38,5 +39,34 @@ for (const backend of backends) layer(downSinceStart(backend), { excludeTestServ
       )
       expect(yield* waitFor(openai, served.id, terminal, 10_000)).toMatchObject({ status: "completed", request_counts: { total: 1, completed: 1, failed: 0 } })
       expect(sim.stats.requests).toBe(1) // the typo's lines were never sent
+    }), 30_000)
+})
+
+// Two upstreams serving any model, the second down since the start: the first's list has the model, so it is checked.
+layer(
+  testAppWithUpstreams(
+    { a: { models: ["m"] }, b: { models: ["x"] } },
+    ({ a, b }) => {
+      void b!.stop() // before the app starts: its list unknown at validation
+      return [{ name: "a", base_url: a!.url, models: ["*"] }, { name: "b", base_url: b!.url, models: ["*"] }]
+    },
+    { upstreamProbeInterval: Duration.millis(200), maxConcurrentRequestsPerBatch: 1, inferenceRetryBaseDelay: Duration.millis(10) }
+  ),
+  { excludeTestServices: true }
+)("a model checked against a list another upstream's missing list left incomplete", (it) => {
+  it.effect("waits when no upstream serves it any more, as any checked model does, and runs once one does", () =>
+    Effect.gen(function*() {
+      const openai = yield* upstreamsClient
+      const { a, b } = yield* Simulators
+      const batch = yield* createBatch(openai, (yield* upload(openai, Array.from({ length: 4 }, (_, i) => chatLine(`m-${i}`, `m ${i} [sleep:200]`, "m")))).id)
+      yield* waitFor(openai, batch.id, (x) => x.request_counts!.completed >= 1)
+      // The first swaps its model away; the second comes up, serving another.
+      a!.models.delete("m")
+      a!.models.add("other")
+      yield* Effect.promise(() => b!.start())
+      yield* Effect.sleep("1500 millis")
+      expect((yield* Effect.promise(() => openai.batches.retrieve(batch.id)))).toMatchObject({ status: "in_progress", request_counts: { failed: 0 } })
+      a!.models.add("m")
+      expect(yield* waitFor(openai, batch.id, terminal, 10_000)).toMatchObject({ status: "completed", request_counts: { total: 4, completed: 4, failed: 0 } })
     }), 30_000)
 })

@@ -1,9 +1,9 @@
 /**
  * An upstream that takes calls and answers none is said (`upstream.stalled`) long before the calls' time limit, and
- * the stall's end too (`upstream.stall_ended`); calls that answer say nothing.
+ * the stall's end too (`upstream.stall_ended`: answered, no answer, or no call out); calls that answer say nothing.
  */
 import { expect, layer } from "@effect/vitest"
-import { Effect } from "effect"
+import { Duration, Effect } from "effect"
 import { chatLine, createBatch, terminal, upload, waitFor } from "./support/Batches.js"
 import { eventually } from "./support/TestApp.js"
 import { client, LogLines, testAppWithUpstreams } from "./support/Upstreams.js"
@@ -11,8 +11,8 @@ import { client, LogLines, testAppWithUpstreams } from "./support/Upstreams.js"
 layer(
   testAppWithUpstreams(
     { sim: { models: ["m"] } },
-    ({ sim }) => [{ name: "wedged", base_url: sim!.url, models: ["m"], timeout: "4 seconds" }],
-    { maxConcurrentRequestsPerBatch: 2 }
+    ({ sim }) => [{ name: "wedged", base_url: sim!.url, models: ["m"], timeout: "2 seconds" }],
+    { maxConcurrentRequestsPerBatch: 2, inferenceRetryBaseDelay: Duration.millis(10) }
   ),
   { excludeTestServices: true }
 )("an upstream that answers no call", (it) => {
@@ -20,32 +20,36 @@ layer(
     Effect.gen(function*() {
       const openai = yield* client
       const lines = yield* LogLines
-      const stalls = () => lines.filter((l) => typeof l.event === "string" && l.event.startsWith("upstream.stall"))
+      const stalls = () =>
+        lines.filter((l) => typeof l.event === "string" && l.event.startsWith("upstream.stall")).map((l) => [l.event, l.level, l.message])
+      const batchOf = (prompts: ReadonlyArray<string>) =>
+        Effect.flatMap(upload(openai, prompts.map((p, i) => chatLine(`l-${i}`, p, "m"))), (file) => createBatch(openai, file.id))
 
       // Calls that end (each in 300 ms, the window busy for 1.2 s): nothing said.
-      const quick = yield* createBatch(openai, (yield* upload(openai, Array.from({ length: 8 }, (_, i) => chatLine(`q-${i}`, `q ${i} [sleep:300]`, "m")))).id)
-      expect((yield* waitFor(openai, quick.id, terminal)).status).toBe("completed")
+      expect((yield* waitFor(openai, (yield* batchOf(Array.from({ length: 8 }, (_, i) => `q ${i} [sleep:300]`))).id, terminal)).status).toBe("completed")
       expect(stalls()).toEqual([])
 
-      // Calls that end after 3 s: said stalled at 2 s, and its end when they end.
-      const slow = yield* createBatch(openai, (yield* upload(openai, [chatLine("s-1", "s 1 [sleep:3000]", "m"), chatLine("s-2", "s 2 [sleep:3000]", "m")])).id)
-      expect((yield* waitFor(openai, slow.id, terminal)).status).toBe("completed")
-      yield* eventually(() => expect(stalls().map((l) => [l.event, l.message])).toEqual([
-        ["upstream.stalled", expect.stringMatching(/^Upstream wedged: 2 calls out and none ended for 2 s; each waits up to 4s/)],
-        ["upstream.stall_ended", "Upstream wedged: a call ended, after 3 s without one"]
-      ]), 3000)
+      // Calls answered after 1.3 s: said stalled at 1 s, and its end when they are answered.
+      expect((yield* waitFor(openai, (yield* batchOf(["s 1 [sleep:1300]", "s 2 [sleep:1300]"])).id, terminal)).status).toBe("completed")
+      yield* eventually(() => expect(stalls()).toEqual([
+        ["upstream.stalled", "WARN", expect.stringMatching(/^Upstream wedged: 2 calls out and none ended for 1 s; each waits up to 2s /)],
+        ["upstream.stall_ended", "INFO", "Upstream wedged: a call was answered, after 1 s without one ending"]
+      ]), 2000)
       lines.length = 0
 
-      const hung = yield* createBatch(openai, (yield* upload(openai, [chatLine("h-1", "h 1 [hang]", "m"), chatLine("h-2", "h 2 [hang]", "m")])).id)
+      // Calls never answered: stalled from when they went out (not from the last end), ended by their timeout, stalled
+      // again as they are tried again, and over once the cancel leaves none out.
+      const hung = yield* batchOf(["h 1 [hang]", "h 2 [hang]"])
       const started = Date.now()
-      yield* eventually(() => expect(stalls().map((l) => l.event)).toEqual(["upstream.stalled"]), 4000)
-      expect(Date.now() - started).toBeGreaterThanOrEqual(1900) // half of the 4 s, not at once
-      expect(stalls()[0]!).toMatchObject({ level: "WARN", message: expect.stringMatching(/^Upstream wedged: 2 calls out and none ended for 2 s; each waits up to 4s/) })
-
+      yield* eventually(() => expect(stalls().length).toBe(1), 3000)
+      expect(Date.now() - started).toBeGreaterThanOrEqual(900)
+      yield* eventually(() => expect(stalls().length).toBe(3), 5000)
       yield* Effect.promise(() => openai.batches.cancel(hung.id))
-      yield* eventually(() => expect(stalls().map((l) => [l.event, l.message])).toEqual([
-        ["upstream.stalled", expect.any(String)],
-        ["upstream.stall_ended", "Upstream wedged: no call is out any more"]
+      yield* eventually(() => expect(stalls()).toEqual([
+        ["upstream.stalled", "WARN", expect.stringMatching(/^Upstream wedged: 2 calls out and none ended for 1 s;/)],
+        ["upstream.stall_ended", "INFO", "Upstream wedged: a call ended without an answer (its timeout, or its connection lost), after 2 s; the calls are tried again"],
+        ["upstream.stalled", "WARN", expect.stringMatching(/^Upstream wedged: 2 calls out and none ended for 1 s;/)],
+        ["upstream.stall_ended", "INFO", "Upstream wedged: no call is out any more"]
       ]), 3000)
-    }), 20_000)
+    }), 30_000)
 })

@@ -146,11 +146,16 @@ describe("batches at rest", () => {
       "batch_abc  in_progress  612/1,000   12      31.4k   1m00s ago  llama3.2:3b  /v1/chat/completions",
       "batch_2    completed    3/3         0       0       1m00s ago  -            /v1/chat/completions"
     ])
-    const tagged = listLines([batch({ model: "m", metadata: { sweep: "lr-3e-4", seed: "7" } }), batch({ ...done, model: "m", metadata: { note: "x".repeat(60) } })], T0 + 60)
+    const tagged = listLines([
+      batch({ model: "m", metadata: { sweep: "lr-3e-4", seed: "7" } }),
+      batch({ ...done, model: "m", metadata: { note: "x".repeat(60) } }),
+      batch({ ...done, id: "batch_3", model: "m", metadata: { note: "two\nlines\tand a tab" } })
+    ], T0 + 60)
     expect(tagged).toEqual([
       "ID         STATUS       DONE/TOTAL  FAILED  TOKENS  CREATED    MODEL  ENDPOINT              METADATA",
       "batch_abc  in_progress  612/1,000   12      31.4k   1m00s ago  m      /v1/chat/completions  sweep=lr-3e-4, seed=7",
-      `batch_2    completed    3/3         0       0       1m00s ago  m      /v1/chat/completions  note=${"x".repeat(34)}…`
+      `batch_2    completed    3/3         0       0       1m00s ago  m      /v1/chat/completions  note=${"x".repeat(34)}…`,
+      "batch_3    completed    3/3         0       0       1m00s ago  m      /v1/chat/completions  note=two\\nlines\\tand a tab"
     ])
   })
 

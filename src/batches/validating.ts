@@ -123,7 +123,8 @@ export const makeValidating = Effect.gen(function*() {
           }])
         }
       }
-      const modelUnchecked = list !== undefined && !list.complete
+      // Unchecked: not found in a list that may lack it (an upstream serving any model gave none yet).
+      const modelUnchecked = list !== undefined && !list.complete && !list.data.some((m) => m.id === verdict.model)
       if (yield* store.startRunning(batch.id, { model: verdict.model, total: verdict.total, modelUnchecked }, verdict.slices)) {
         yield* BatchLines.validated(batch.id, verdict.total, verdict.model, record.project)
       }

@@ -63,10 +63,13 @@ export const describeBatch = (b: Batch, now: number): ReadonlyArray<string> => {
   ]
 }
 
+/** A table cell's text on one line: control characters written as JSON escapes (a `\n` in metadata split its row). */
+const oneLine = (text: string) => text.replace(/[\u0000-\u001f\u007f]/g, (c) => JSON.stringify(c).slice(1, -1))
+
 /** A batch's metadata as `list` shows it: `k=v, k2=v2`, cut at `METADATA_SHOWN` characters. */
 const METADATA_SHOWN = 40
 const metadataText = (b: Batch): string => {
-  const text = Object.entries(b.metadata ?? {}).map(([k, v]) => `${k}=${v}`).join(", ")
+  const text = oneLine(Object.entries(b.metadata ?? {}).map(([k, v]) => `${k}=${v}`).join(", "))
   return text.length > METADATA_SHOWN ? `${text.slice(0, METADATA_SHOWN - 1)}…` : text
 }
 
@@ -87,7 +90,7 @@ export const listLines = (batches: ReadonlyArray<Batch>, now: number): ReadonlyA
         count(c.failed),
         tokens(b.usage?.total_tokens ?? 0),
         ago(b.created_at, now),
-        b.model ?? "-",
+        oneLine(b.model ?? "-"),
         b.endpoint,
         ...(withMetadata ? [metadataText(b)] : [])
       ]

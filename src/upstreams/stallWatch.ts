@@ -2,8 +2,9 @@
  * An upstream that takes calls and answers none (a server wedged with its socket open): its calls wait for their
  * time limit (`INFERENCE_TIMEOUT`, 10 minutes by default) before anything else says so, and a batch's window full of
  * them looked idle, without a line. Said once per stall (`upstream.stalled`, `WARN`), once calls are out and none
- * ended for `stallAfter`, and its end (`upstream.stall_ended`) at the next look after one ends or none is out; looked at every
- * quarter of `stallAfter`, 10 s at most.
+ * ended for `stallAfter` (counted from the last end, or from the first call out after none was), and its end
+ * (`upstream.stall_ended`: `answered`, `no_answer` for a timeout or a lost connection, `no_call_out` after a
+ * cancel) at the next look; looked at every quarter of `stallAfter`, 10 s at most.
  */
 import { type Clock, Duration, Effect, Schedule, type Scope } from "effect"
 
@@ -20,37 +21,41 @@ export interface StallWatchOptions {
   readonly log: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 }
 
-/** Starts the watch in the current scope; `ended` is told each time a call ends, answered or not. */
-export const startStallWatch = ({ clock, inflight, log, name, timeout }: StallWatchOptions): Effect.Effect<{ readonly ended: () => void }, never, Scope.Scope> =>
+/** How the call that ended a stall ended: with an answer, or with none (its timeout, a lost connection). */
+export type CallEnd = "answered" | "no_answer"
+
+export interface StallWatch {
+  /** A call went out (its permit granted): with none out before, the silence counts from now. */
+  readonly sent: () => void
+  readonly ended: (how: CallEnd) => void
+}
+
+/** Starts the watch in the current scope. */
+export const startStallWatch = ({ clock, inflight, log, name, timeout }: StallWatchOptions): Effect.Effect<StallWatch, never, Scope.Scope> =>
   Effect.gen(function*() {
     const after = stallAfter(timeout)
-    let lastEnded = clock.unsafeCurrentTimeMillis()
-    /** When the stall said began (the last call ended then), while one is said. */
+    /** When the last call ended, or calls went out after none was (the silence's start). */
+    let quietSince = clock.unsafeCurrentTimeMillis()
+    let lastEnd: CallEnd = "answered"
+    /** When the stall said began, while one is said. */
     let stalledSince: number | undefined
-    let wasIdle = true
     const check = Effect.suspend(() => {
       const now = clock.unsafeCurrentTimeMillis()
       // Ended by a call's end, or by none being out any more (cancelled, interrupted).
-      const over = stalledSince === undefined ? undefined : lastEnded > stalledSince ? "answered" : inflight() === 0 ? "no_call_out" : undefined
+      const over = stalledSince === undefined ? undefined : quietSince > stalledSince ? lastEnd : inflight() === 0 ? "no_call_out" : undefined
       if (over !== undefined) {
+        const silent = Math.round((quietSince - stalledSince!) / 1000)
         const how = over === "answered"
-          ? `a call ended, after ${Math.round((lastEnded - stalledSince!) / 1000)} s without one`
+          ? `a call was answered, after ${silent} s without one ending`
+          : over === "no_answer"
+          ? `a call ended without an answer (its timeout, or its connection lost), after ${silent} s; the calls are tried again`
           : "no call is out any more"
         stalledSince = undefined
         return log(Effect.annotateLogs(Effect.logInfo(`Upstream ${name}: ${how}`), { event: "upstream.stall_ended", reason: over }))
       }
-      // Idle, nothing is waited for: the time counts from the first call out seen.
-      if (inflight() === 0) {
-        wasIdle = true
-        return Effect.void
-      }
-      if (wasIdle) {
-        wasIdle = false
-        lastEnded = Math.max(lastEnded, now)
-      }
-      if (stalledSince !== undefined || now - lastEnded < after) return Effect.void
-      stalledSince = lastEnded
-      const seconds = Math.round((now - lastEnded) / 1000)
+      if (stalledSince !== undefined || inflight() === 0 || now - quietSince < after) return Effect.void
+      stalledSince = quietSince
+      const seconds = Math.round((now - quietSince) / 1000)
       return log(Effect.annotateLogs(
         Effect.logWarning(
           `Upstream ${name}: ${inflight()} calls out and none ended for ${seconds} s; each waits up to ${Duration.format(timeout)} (its timeout: INFERENCE_TIMEOUT, or the upstream's own) before it is tried again`
@@ -60,8 +65,12 @@ export const startStallWatch = ({ clock, inflight, log, name, timeout }: StallWa
     })
     yield* Effect.forkScoped(Effect.repeat(check, Schedule.spaced(Duration.millis(Math.max(100, Math.min(after / 4, 10_000))))))
     return {
-      ended: () => {
-        lastEnded = clock.unsafeCurrentTimeMillis()
+      sent: () => {
+        if (inflight() <= 1) quietSince = clock.unsafeCurrentTimeMillis()
+      },
+      ended: (how) => {
+        quietSince = clock.unsafeCurrentTimeMillis()
+        lastEnd = how
       }
     }
   })
