@@ -36,7 +36,7 @@ import { type BlobStore, BlobStoreLocal } from "./storage/BlobStore.js"
 import { BlobStoreSql } from "./storage/BlobStoreSql.js"
 import { DiskReserveLive } from "./storage/DiskReserve.js"
 import { SchedulerLive } from "./Scheduler.js"
-import { SqlLive } from "./storage/Sql.js"
+import { sqlLiveWith } from "./storage/Sql.js"
 import { NodeIdLockLive } from "./storage/NodeIdLock.js"
 import { SqliteRunnerLockLive } from "./storage/SqliteRunnerLock.js"
 import { WebhooksLive } from "./webhooks/Webhooks.js"
@@ -48,13 +48,13 @@ export const BlobStoreLive = Layer.unwrapEffect(
 )
 
 /**
- * Storage: the SQL database (migrated) and the file bytes, once no other process runs under this node's id
- * (`NodeIdLockLive`), as the blob store frees what an earlier run of the node left staged; and on SQLite, the space
- * kept back for deletes and cancels on a full disk (`DiskReserve`).
+ * Storage: the SQL database and the file bytes, once no other process runs under this node's id
+ * (`NodeIdLockLive`), as the blob store frees what an earlier run of the node left staged, and on SQLite no other
+ * process runs its batches (`SqliteRunnerLockLive`); both taken before the migrations, so that a start they refuse
+ * leaves the schema as it was. On SQLite, the space kept back for deletes and cancels on a full disk (`DiskReserve`).
  */
 export const StorageLive = BlobStoreLive.pipe(
-  Layer.provide(NodeIdLockLive),
-  Layer.provideMerge(SqlLive),
+  Layer.provideMerge(sqlLiveWith(Layer.merge(NodeIdLockLive, SqliteRunnerLockLive))),
   // First: on a full disk, the start needs the reserve's room.
   Layer.provideMerge(DiskReserveLive)
 )
@@ -128,9 +128,9 @@ const composeServices = (parts: ServiceParts) =>
       parts.readiness ?? (parts.storage === undefined ? ReadinessLive : Layer.provide(ReadinessLive, Layer.succeed(StorageOfTheApp, true))),
       WebhooksLive
     )),
-    // Before the services that free what a previous run held: on SQLite, only once no other process runs batches.
-    Layer.provideMerge(SqliteRunnerLockLive),
-    Layer.provide(parts.storage ?? StorageLive),
+    // Before the services that free what a previous run held: on SQLite, only once no other process runs batches
+    // (`StorageLive` takes it before migrating; an app's own storage, here).
+    Layer.provide(parts.storage === undefined ? StorageLive : Layer.provideMerge(SqliteRunnerLockLive, parts.storage)),
     Layer.provide(parts.webhookTargets ?? WebhookTargetsLive),
     Layer.provide(HostCheckLive),
     Layer.provideMerge(parts.auth ?? AuthLive),

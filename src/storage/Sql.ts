@@ -96,12 +96,23 @@ const isInMemory = (filename: string) => filename === "" || filename === ":memor
  * reads too (opened once the migrations have made the file; a database in memory has no file to open again).
  * Its type names only the `SqlClient`: the stores use a `ReadConnection` when there is one.
  */
-export const layerSqlite = (filename: string) =>
+export const layerSqlite = <E = never, R = never>(filename: string, beforeMigrating: BeforeMigrating<E, R> = Layer.empty) =>
   // A database in memory is always new: nothing to say.
-  Layer.merge(migrationsAt(isInMemory(filename) ? undefined : { text: filename, setting: "DATA_DIR" }), SqlitePragmas).pipe(
+  Layer.merge(
+    migrationsAt(isInMemory(filename) ? undefined : { text: filename, setting: "DATA_DIR" }).pipe(Layer.provide(beforeMigrating)),
+    SqlitePragmas
+  ).pipe(
     Layer.provideMerge(SqliteLive(filename)),
     (migrated) => Layer.provideMerge(sqliteReadConnection, migrated)
   )
+
+/**
+ * What is built on a database's client before its migrations run: the locks that say whether this process may use
+ * it at all (`StorageLive`: the node's id, the SQLite runner), so that a start they refuse leaves the schema as it
+ * was. Migrated first, a new release refused beside a running old one had moved the schema on, and the old one could
+ * not start again.
+ */
+export type BeforeMigrating<E, R> = Layer.Layer<never, E, R | SqlClient.SqlClient>
 
 /** A connection whose statements, once sent, run to their end: an interrupted fiber waits for its statement. */
 const runToEnd = (connection: SqlConnection.Connection): SqlConnection.Connection => ({
@@ -143,16 +154,17 @@ const PG_CONNECT_TIMEOUT = Duration.seconds(5)
  * `maxConnections` bounds its pool (default 10; at least 2 under `NodeIdLockLive`, which keeps one); once migrated,
  * a statement left unanswered for `statementTimeout` fails and closes its connection (`pgPool.ts`).
  */
-export const layerPg = (
+export const layerPg = <E = never, R = never>(
   url: Redacted.Redacted,
-  options: { readonly maxConnections?: number; readonly statementTimeout?: Duration.Duration } = {}
+  options: { readonly maxConnections?: number; readonly statementTimeout?: Duration.Duration } = {},
+  beforeMigrating: BeforeMigrating<E, R> = Layer.empty
 ) => {
   const bound: StatementBound = { ms: 0 } // off while migrating
   const boundOnceMigrated = Layer.effectDiscard(Effect.sync(() => {
     bound.ms = Duration.toMillis(options.statementTimeout ?? defaults.databaseStatementTimeout)
   }))
   return boundOnceMigrated.pipe(
-    Layer.provideMerge(migrationsAt({ text: postgresText(Redacted.value(url)), setting: "DATABASE_URL" })),
+    Layer.provideMerge(migrationsAt({ text: postgresText(Redacted.value(url)), setting: "DATABASE_URL" }).pipe(Layer.provide(beforeMigrating))),
     Layer.provideMerge(PgLive({
       url: Redacted.value(url),
       applicationName: "effect-openai-batch",
@@ -162,19 +174,25 @@ export const layerPg = (
   )
 }
 
-/** The database the configuration asks for: Postgres at `DATABASE_URL`, else `DATA_DIR/batches.sqlite`. */
-export const SqlLive = Layer.unwrapEffect(
+/**
+ * The database the configuration asks for: Postgres at `DATABASE_URL`, else `DATA_DIR/batches.sqlite`, with
+ * `beforeMigrating` built first (`BeforeMigrating`).
+ */
+export const sqlLiveWith = <E = never, R = never>(beforeMigrating: BeforeMigrating<E, R> = Layer.empty) => Layer.unwrapEffect(
   Effect.gen(function*() {
     const { dataDir, databaseStatementTimeout, databaseUrl } = yield* AppConfig
-    if (Option.isSome(databaseUrl)) return layerPg(databaseUrl.value, { statementTimeout: databaseStatementTimeout })
+    if (Option.isSome(databaseUrl)) return layerPg(databaseUrl.value, { statementTimeout: databaseStatementTimeout }, beforeMigrating)
     // A failure is the database's (a typed error the start reports as such), not a defect with a stack trace.
     yield* Effect.try({
       try: () => makeDirectoriesSync(dataDir),
       catch: (cause) => new SqlError({ cause, message: `Cannot create the data directory ${dataDir}` })
     })
-    return layerSqlite(Path.join(dataDir, "batches.sqlite"))
+    return layerSqlite(Path.join(dataDir, "batches.sqlite"), beforeMigrating)
   })
 )
+
+/** The database the configuration asks for (`sqlLiveWith`, nothing before its migrations). */
+export const SqlLive = sqlLiveWith()
 
 /** Now, in whole seconds since the epoch: how the tables store times (`created_at`, `expires_at`, …). */
 export const nowSeconds = Effect.map(Clock.currentTimeMillis, (ms) => Math.floor(ms / 1000))

@@ -133,8 +133,13 @@ export const holdOnPostgres = <E>(
       if (holder === undefined) return { _tag: "Free" }
       if (!abandoned.has(holder.pid)) {
         if (holder.silent_s === null || holder.silent_s <= Duration.toSeconds(config.leaseTtl)) return { _tag: "HeldBy", holder }
-        const [leases] = yield* sql.unsafe<{ live: boolean }>(LIVE_LEASES, [nodeId, yield* Clock.currentTimeMillis])
-        if (leases?.live === true) return { _tag: "HeldBy", holder }
+        // Asked before the migrations (`BeforeMigrating` in `Sql.ts`): on a new database the tables are not there yet,
+        // and a holder that cannot be told idle is waited for as a live one.
+        const leases = yield* Effect.orElseSucceed(
+          Effect.map(sql.unsafe<{ live: boolean }>(LIVE_LEASES, [nodeId, yield* Clock.currentTimeMillis]), ([row]) => row?.live === true),
+          () => true
+        )
+        if (leases) return { _tag: "HeldBy", holder }
       }
       // A session of another role may not be ended by this one: it is waited for as a live one.
       if (Either.isLeft(yield* Effect.either(endSession(holder.pid)))) {
