@@ -58,7 +58,8 @@ layer(
     Effect.gen(function*() {
       const openai = yield* upstreamsClient
       const { a, b } = yield* Simulators
-      const batch = yield* createBatch(openai, (yield* upload(openai, Array.from({ length: 4 }, (_, i) => chatLine(`m-${i}`, `m ${i} [sleep:200]`, "m")))).id)
+      // Long enough (8 × 400 ms, one at a time) to be running still once the models move, on a loaded machine too.
+      const batch = yield* createBatch(openai, (yield* upload(openai, Array.from({ length: 8 }, (_, i) => chatLine(`m-${i}`, `m ${i} [sleep:400]`, "m")))).id)
       yield* waitFor(openai, batch.id, (x) => x.request_counts!.completed >= 1)
       // The first swaps its model away; the second comes up, serving another.
       a!.models.delete("m")
@@ -67,6 +68,6 @@ layer(
       yield* Effect.sleep("1500 millis")
       expect((yield* Effect.promise(() => openai.batches.retrieve(batch.id)))).toMatchObject({ status: "in_progress", request_counts: { failed: 0 } })
       a!.models.add("m")
-      expect(yield* waitFor(openai, batch.id, terminal, 10_000)).toMatchObject({ status: "completed", request_counts: { total: 4, completed: 4, failed: 0 } })
+      expect(yield* waitFor(openai, batch.id, terminal, 10_000)).toMatchObject({ status: "completed", request_counts: { total: 8, completed: 8, failed: 0 } })
     }), 30_000)
 })

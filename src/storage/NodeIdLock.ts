@@ -9,6 +9,7 @@
  * in-memory database it needs none (no other process can open it).
  */
 import * as SqlClient from "@effect/sql/SqlClient"
+import { SqlError } from "@effect/sql/SqlError"
 import { Context, Data, Duration, Effect, Layer } from "effect"
 import { AppConfig } from "../Config.js"
 import { fileNameOfNodeId } from "./BlobStore.js"
@@ -45,8 +46,19 @@ export class OnNodeIdTakenOver extends Context.Reference<OnNodeIdTakenOver>()("N
 /** The lock file of `nodeId` on a SQLite database file. */
 export const nodeLockFileOf = (database: string, nodeId: string) => `${database}.node-${fileNameOfNodeId(nodeId)}.lock`
 
+/**
+ * Fails as PostgreSQL fails a first migration when the user's search_path names no schema that exists: the lock's
+ * key is the schema's, and there is none (taken before the migrations: `BeforeMigrating` in `Sql.ts`; without this,
+ * the lock was tried for ever, and the start hung without a word).
+ */
+const schemaSelected = (sql: SqlClient.SqlClient) =>
+  Effect.flatMap(sql<{ schema: string | null }>`SELECT current_schema() AS schema`, ([row]) =>
+    row?.schema != null
+      ? Effect.void
+      : Effect.fail(new SqlError({ cause: new Error("no schema has been selected to create in"), message: "Failed to take NODE_ID's lock" })))
+
 /** Takes this node's id on its database for the layer's lifetime (see above). */
-export const NodeIdLockLive: Layer.Layer<never, NodeIdInUse, SqlClient.SqlClient | AppConfig> = Layer.scopedDiscard(
+export const NodeIdLockLive: Layer.Layer<never, NodeIdInUse | SqlError, SqlClient.SqlClient | AppConfig> = Layer.scopedDiscard(
   Effect.gen(function*() {
     const config = yield* AppConfig
     const { nodeId } = config
@@ -56,6 +68,7 @@ export const NodeIdLockLive: Layer.Layer<never, NodeIdInUse, SqlClient.SqlClient
       `Another process (or another app in this one) runs as NODE_ID '${nodeId}' on ${where}; ` +
       `waiting up to ${Duration.format(patience)} for it to stop`
     if (sql.onDialectOrElse({ pg: () => true, orElse: () => false })) {
+      yield* schemaSelected(sql)
       const onTakenOver = yield* OnNodeIdTakenOver
       return yield* holdOnPostgres(sql, config, patience, {
         waiting: waiting("this PostgreSQL database"),
