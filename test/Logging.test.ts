@@ -200,7 +200,7 @@ describe("the logs of the server process", () => {
 })
 
 describe("the logs across a restart", () => {
-  it.live("a batch unfinished when the server stopped is logged as resumed by the next start, under its batch_id", () =>
+  it.live("a batch unfinished when the server stopped is logged as taken up by the next start, under its batch_id", () =>
     Effect.promise(async () => {
       const sim = await startSimulator()
       const dataDir = mkdtempSync(Path.join(tmpdir(), "batch-logs-"))
@@ -224,7 +224,7 @@ describe("the logs across a restart", () => {
         expect(await second.stop("SIGTERM")).toBe(0)
         const lines = jsonLines(second)
         expect(lines.filter((l) => l.event === "batch.picked_up")).toEqual([
-          expect.objectContaining({ batch_id: batch.id, reason: "restart", message: expect.stringContaining("resumed") })
+          expect.objectContaining({ batch_id: batch.id, reason: "restart", message: expect.stringContaining("taken up as this node started") })
         ])
         expect(lines.filter((l) => l.event === "batch.finished")).toEqual([
           expect.objectContaining({ batch_id: batch.id, status: done.status, completed: 1 })

@@ -69,7 +69,7 @@ export const validationFailed = (id: BatchId, errors: ReadonlyArray<BatchError>)
  */
 export const pickedUp = (id: BatchId, atStart: boolean) =>
   atStart
-    ? line(id, "batch.picked_up", "Batch resumed: unfinished when this node started; it works on what of it no node holds (another node may run the rest)", { reason: "restart" })
+    ? line(id, "batch.picked_up", "Batch taken up as this node started: unfinished, some of it held by no node (another node may run the rest)", { reason: "restart" })
     : line(id, "batch.picked_up", "Batch picked up: slices of it no node holds (shared by the node running it, or left by one that stopped)", {
       reason: "free_work"
     })
