@@ -64,7 +64,10 @@ export const StorageLive = BlobStoreLive.pipe(
  * `Inference`, your own `FileStore`, storage on a database of your own) and every service that uses it gets yours.
  */
 export interface ServiceParts {
-  /** A storage of your own on a database other processes use too should take `NodeIdLockLive` first, as `StorageLive` does. */
+  /**
+   * A storage of your own on a database other processes use too should take `NodeIdLockLive` before its migrations,
+   * as `StorageLive` does (`layerPg(url, {}, NodeIdLockLive)`, `layerSqlite(path, NodeIdLockLive)`).
+   */
   readonly storage?: Layer.Layer<SqlClient.SqlClient | BlobStore, unknown, AppConfig>
   readonly inference?: Layer.Layer<Inference, unknown, AppConfig>
   readonly auth?: Layer.Layer<Auth, unknown, AppConfig>

@@ -56,7 +56,7 @@ describe("the parts of makeServices and makeApp", () => {
       const logger = Logger.replace(Logger.defaultLogger, Logger.map(jsonLineLogger, (line) => void written.push(JSON.parse(line))))
       const dataDir = mkdtempSync(Path.join(tmpdir(), "parts-"))
       const { schema, url } = yield* createScratchSchema("storage_part")
-      const storage = BlobStoreSql.pipe(Layer.provide(NodeIdLockLive), Layer.provideMerge(layerPg(Redacted.make(url))))
+      const storage = BlobStoreSql.pipe(Layer.provideMerge(layerPg(Redacted.make(url), {}, NodeIdLockLive)))
       yield* Effect.scoped(Layer.build(makeApp({ inference: scripted, storage }).pipe(
         Layer.provide(AppConfig.layerWith({ port: 0, dataDir })), // no DATABASE_URL: SQLite, as far as it says
         Layer.provide(logger)

@@ -151,7 +151,8 @@ const PG_CONNECT_TIMEOUT = Duration.seconds(5)
 
 /**
  * Postgres at `url`, migrated (several nodes may start at once: they take turns through an advisory lock);
- * `maxConnections` bounds its pool (default 10; at least 2 under `NodeIdLockLive`, which keeps one); once migrated,
+ * `maxConnections` bounds its pool (default 10; at least 3 with `NodeIdLockLive` before the migrations: the lock keeps
+ * one, and the migrations take two); once migrated,
  * a statement left unanswered for `statementTimeout` fails and closes its connection (`pgPool.ts`).
  */
 export const layerPg = <E = never, R = never>(
