@@ -1,8 +1,8 @@
 /**
  * The node's request slots: `maxConcurrentBatches × maxConcurrentRequestsPerBatch`, the most requests this node's
  * batches have sent or waiting at their upstreams at once, whichever batches they are. A batch's window places
- * (`windowSlots.ts`) are each backed by one. A batch gives its permit back as soon as it has nothing left to send
- * (`BatchRunner.ts`), so that one call that never answers does not hold the next batch for `INFERENCE_TIMEOUT`;
+ * (`windowSlots.ts`) are each backed by one. A batch gives its permit back as soon as it has nothing left to send but
+ * calls out (`running.ts`: drained), so that one call that never answers does not hold the next batch for `INFERENCE_TIMEOUT`;
  * its calls still out keep their slots, and the next batch's window fills as they end, so the bound holds.
  * Taken when a window place is first filled, not per request (thousands of requests run a second).
  */

@@ -157,14 +157,13 @@ export const makeRunning = (local: LocalWork, slots: RequestSlots) =>
         // Drained once no row is left and no request waits between attempts: only calls out are left, whose end the
         // permit need not wait for. A request waiting to try again keeps the permit (and its turn's hand-back): given
         // back before, its retry waited for a slot behind the next batch's whole run.
-        const drainedOnce = yield* Effect.once(drained)
         let noRowLeft = false
         let waiting = 0
         let drainedYet = false
         const drainedIfSo = Effect.suspend(() => {
           if (!noRowLeft || waiting > 0 || drainedYet) return Effect.void
           drainedYet = true
-          return drainedOnce
+          return drained
         })
         const work = (previous: Effect.Effect<void>, hold: AnswerHold, worker: Worker): Effect.Effect<void> => {
           if (places.yieldsPlace(worker)) return previous // a request back from its backoff takes its place
@@ -229,9 +228,9 @@ export const makeRunning = (local: LocalWork, slots: RequestSlots) =>
         // the upstream ends it at once (its calls wait anyway): the batch gives its permit back to batches whose
         // upstreams answer, and waits for the upstream in the permit queue (`fairPermits.ts`).
         const firstEnded = Effect.all(Array.from({ length: window }, () => workerRun(true)), { concurrency: "unbounded", discard: true })
-        // Its workers end before the scope's finalizers give the slices back (`childrenEndFirst.ts`).
         // A model found served by none, unchecked at validation, is no outage: its lines fail (`sending.ts`).
         const upstreamLost = unserved(inference, record) ? Effect.never : inference.unreachable(batch.model, record.project)
+        // Its workers end before the scope's finalizers give the slices back (`childrenEndFirst.ts`).
         yield* Effect.raceFirst(Effect.zipRight(firstEnded, FiberSet.awaitEmpty(spares)), FiberSet.join(spares)).pipe(
           Effect.raceFirst(upstreamLost),
           childrenEndFirst
