@@ -127,6 +127,7 @@ export const make = Effect.gen(function*() {
     let up = false
     const held = heldFor(model, project)
     const lost = () => unserved(inference, record)
+    const upNow = () => up && !(inference.isDown?.(model, project) ?? false)
     const awaitUp = Effect.zipRight(
       Effect.zipRight(inference.reachable(model, project), heldBecomes(held, false)),
       Effect.sync(() => void (up = true))
@@ -137,9 +138,9 @@ export const make = Effect.gen(function*() {
     )
     // Looked at every `HELD_CHECK` only for a batch whose model went unchecked: no event tells it is served by none.
     return record.modelUnchecked !== true
-      ? { ready: () => up && !(inference.isDown?.(model, project) ?? false), awaitReady: awaitUp, awaitNotReady: awaitDown }
+      ? { ready: upNow, awaitReady: awaitUp, awaitNotReady: awaitDown }
       : {
-        ready: () => lost() || (up && !(inference.isDown?.(model, project) ?? false)),
+        ready: () => lost() || upNow(),
         awaitReady: Effect.suspend(() => lost() ? Effect.void : Effect.raceFirst(awaitUp, becomes(lost, true))),
         awaitNotReady: Effect.suspend(() => lost() ? becomes(lost, false) : awaitDown)
       }
@@ -171,8 +172,8 @@ export const make = Effect.gen(function*() {
    * is down waits for it in the queue; the wait counts as this node's work on the batch, so that a cancel from
    * another node ends it. The permit is given back as soon as the run has nothing left to send but calls out
    * (`running.ts`: drained): a call that never answers held the next batch of the project for `INFERENCE_TIMEOUT` ×
-   * attempts. The calls still out keep their
-   * request slots (`requestSlots.ts`); the next batch's window fills as they end.
+   * attempts. The calls still out keep their request slots (`requestSlots.ts`); the next batch's window fills as
+   * they end.
    */
   const run = (record: BatchRecord) =>
     local.working(
