@@ -33,6 +33,9 @@ const phases = (b: Batch, now: number): string => {
 
 const date = (seconds: number) => new Date(seconds * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC")
 
+/** A batch's metadata as `k=v, k2=v2` (empty when it has none). */
+const metadataPairs = (b: Batch): string => Object.entries(b.metadata ?? {}).map(([k, v]) => `${k}=${v}`).join(", ")
+
 /** `status`'s text: one fact a line, then the validation problems, if any. */
 export const describeBatch = (b: Batch, now: number): ReadonlyArray<string> => {
   const c = countsOf(b)
@@ -53,7 +56,7 @@ export const describeBatch = (b: Batch, now: number): ReadonlyArray<string> => {
     ["expires", b.expires_at && endedAt(b) === undefined ? date(b.expires_at) : undefined],
     ["output file", b.output_file_id ?? undefined],
     ["error file", b.error_file_id ?? undefined],
-    ["metadata", b.metadata && Object.keys(b.metadata).length > 0 ? Object.entries(b.metadata).map(([k, v]) => `${k}=${v}`).join(", ") : undefined]
+    ["metadata", metadataPairs(b) || undefined]
   ]
   const problems = b.errors?.data ?? []
   return [
@@ -69,7 +72,7 @@ const oneLine = (text: string) => text.replace(/[\u0000-\u001f\u007f]/g, (c) => 
 /** A batch's metadata as `list` shows it: `k=v, k2=v2`, cut at `METADATA_SHOWN` characters. */
 const METADATA_SHOWN = 40
 const metadataText = (b: Batch): string => {
-  const text = oneLine(Object.entries(b.metadata ?? {}).map(([k, v]) => `${k}=${v}`).join(", "))
+  const text = oneLine(metadataPairs(b))
   return text.length > METADATA_SHOWN ? `${text.slice(0, METADATA_SHOWN - 1)}…` : text
 }
 
