@@ -290,18 +290,28 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     const started = yield* Deferred.make<void>()
     yield* Effect.forkIn(log(Effect.ensuring(startUp, Deferred.succeed(started, undefined))), scope)
 
+    /** Asks `GET /models`, or waits for the ask under way: a window of calls answered 404 together asks once. */
+    const ask = Effect.suspend(() => {
+      if (asking !== undefined) return Deferred.await(asking)
+      const answered = Deferred.unsafeMake<void>(FiberId.none)
+      asking = answered
+      askedAt = clock.unsafeCurrentTimeMillis()
+      return Effect.asVoid(askModels).pipe(Effect.ensuring(Effect.sync(() => {
+        asking = undefined
+        Deferred.unsafeDone(answered, Exit.void)
+      })))
+    })
     const refreshListed = (maxAgeMs = LIST_TTL_MS) =>
+      Effect.suspend(() => (clock.unsafeCurrentTimeMillis() - listedAt < maxAgeMs || outage.isDown() ? Effect.void : ask))
+    /**
+     * A list asked at `since` or after (a 404's: an ask begun before may answer with the model the server just
+     * dropped; and a timer firing a millisecond early found the last list under a second old, and asked none).
+     */
+    const askedSince = (since: number): Effect.Effect<void> =>
       Effect.suspend(() => {
-        if (clock.unsafeCurrentTimeMillis() - listedAt < maxAgeMs || outage.isDown()) return Effect.void
-        // Those who ask while it is asked wait for that answer: a window of calls answered 404 together asks once.
-        if (asking !== undefined) return Deferred.await(asking)
-        const answered = Deferred.unsafeMake<void>(FiberId.none)
-        asking = answered
-        askedAt = clock.unsafeCurrentTimeMillis()
-        return Effect.asVoid(askModels).pipe(Effect.ensuring(Effect.sync(() => {
-          asking = undefined
-          Deferred.unsafeDone(answered, Exit.void)
-        })))
+        if (outage.isDown()) return Effect.void
+        if (asking === undefined) return askedAt >= since ? Effect.void : ask
+        return askedAt >= since ? Deferred.await(asking) : Effect.zipRight(Deferred.await(asking), askedSince(since))
       })
 
     return {
@@ -313,9 +323,10 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       started: Deferred.await(started),
       refreshListed,
       relisted: Effect.suspend(() => {
+        const since = clock.unsafeCurrentTimeMillis()
         // From the last ask, answered or not: a `GET /models` that times out is not asked again at once.
-        const wait = Math.max(listedAt, askedAt) + RELIST_AFTER_MS - clock.unsafeCurrentTimeMillis()
-        return Effect.zipRight(wait > 0 ? Effect.sleep(Duration.millis(wait)) : Effect.void, refreshListed(RELIST_AFTER_MS))
+        const wait = Math.max(listedAt, askedAt) + RELIST_AFTER_MS - since
+        return Effect.zipRight(wait > 0 ? Effect.sleep(Duration.millis(wait)) : Effect.void, askedSince(since))
       }),
       isDown: outage.isDown,
       state: () => ({
