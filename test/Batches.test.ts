@@ -178,6 +178,10 @@ for (const backend of backends) sideBySide(`batches (${backend})`, () => {
         expect([metadata.param, metadata.code]).toEqual(["metadata.tags", "invalid_type"])
         expect((yield* bad({ metadata: Object.fromEntries(Array.from({ length: 17 }, (_, i) => [`k${i}`, "v"])) })).param).toBe("metadata")
         expect((yield* bad({ output_expires_after: { anchor: "created_at", seconds: 5 } })).param).toBe("output_expires_after.seconds")
+        // An anchor of any length is named, cut short: the answer stays small.
+        const anchor = yield* bad({ output_expires_after: { anchor: "x".repeat(100_000), seconds: 3600 } })
+        expect([anchor.param, anchor.code]).toEqual(["output_expires_after.anchor", "invalid_value"])
+        expect(anchor.message.length).toBeLessThan(400)
         // A misspelt parameter ignored would leave its wish undone (an output kept for ever): refused, named.
         const misspelt = yield* bad({ output_expire_after: { anchor: "created_at", seconds: 3600 } })
         expect([misspelt.status, misspelt.param, misspelt.code]).toEqual([400, "output_expire_after", "unknown_parameter"])

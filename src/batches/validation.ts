@@ -4,7 +4,7 @@
  */
 import { Schema } from "effect"
 import { type BatchEndpoint, type CreateBatchBody, StandardEndpoint } from "../domain/Batches.js"
-import { MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS } from "../domain/Files.js"
+import { expiresAfterProblem } from "../domain/Files.js"
 import type { FileId } from "../domain/Ids.js"
 import { isJsonObject } from "../domain/Json.js"
 import { echo, unstorableReason } from "../domain/Text.js"
@@ -150,22 +150,9 @@ export const validateCreateBatch = (
   const metadata = checked.metadata
   let outputExpiresAfterSeconds: number | null = null
   if (body.output_expires_after != null) {
-    const { anchor, seconds } = body.output_expires_after
-    if (anchor !== "created_at") {
-      return {
-        code: "invalid_value",
-        param: "output_expires_after.anchor",
-        message: `Invalid value: '${anchor}'. Supported values are: 'created_at'.`
-      }
-    }
-    if (!Number.isInteger(seconds) || seconds < MIN_EXPIRES_AFTER_SECONDS || seconds > MAX_EXPIRES_AFTER_SECONDS) {
-      return {
-        code: "invalid_value",
-        param: "output_expires_after.seconds",
-        message: `Invalid 'output_expires_after.seconds': expected an integer between ${MIN_EXPIRES_AFTER_SECONDS} and ${MAX_EXPIRES_AFTER_SECONDS}.`
-      }
-    }
-    outputExpiresAfterSeconds = seconds
+    const problem = expiresAfterProblem(body.output_expires_after, "output_expires_after")
+    if (problem !== undefined) return problem
+    outputExpiresAfterSeconds = body.output_expires_after.seconds
   }
   if (body.idempotency_key != null && (body.idempotency_key.length === 0 || characterCount(body.idempotency_key) > 256)) {
     return {

@@ -1,6 +1,7 @@
 /** The wire shapes of the OpenAI Files API. */
 import { Schema } from "effect"
 import { Count } from "./List.js"
+import { echo } from "./Text.js"
 import { FileId, StorableFileId } from "./Ids.js"
 
 /** Purposes a client may upload with. */
@@ -22,6 +23,30 @@ export const BATCH_FORMAT_MESSAGE = "Invalid file format for Batch API. Must be 
 /** Bounds of `expires_after[seconds]` (one hour to 30 days), as OpenAI. */
 export const MIN_EXPIRES_AFTER_SECONDS = 3600
 export const MAX_EXPIRES_AFTER_SECONDS = 2_592_000
+
+/**
+ * What is wrong with a JSON body's `expires_after` (`param`: its name, `output_expires_after` on a batch), as OpenAI
+ * says it; undefined when nothing is. Its form-field twin, all strings, is `uploadChecks.ts`'s.
+ */
+export const expiresAfterProblem = (
+  value: { readonly anchor: string; readonly seconds: number },
+  param: string
+): { readonly code: "invalid_value"; readonly param: string; readonly message: string } | undefined => {
+  if (value.anchor !== "created_at") {
+    return {
+      code: "invalid_value",
+      param: `${param}.anchor`,
+      message: `Invalid value: '${echo(value.anchor)}'. Supported values are: 'created_at'.`
+    }
+  }
+  const { seconds } = value
+  if (Number.isInteger(seconds) && seconds >= MIN_EXPIRES_AFTER_SECONDS && seconds <= MAX_EXPIRES_AFTER_SECONDS) return undefined
+  return {
+    code: "invalid_value",
+    param: `${param}.seconds`,
+    message: `Invalid '${param}.seconds': expected an integer between ${MIN_EXPIRES_AFTER_SECONDS} and ${MAX_EXPIRES_AFTER_SECONDS}.`
+  }
+}
 
 export class FileObject extends Schema.Class<FileObject>("FileObject")({
   id: FileId,

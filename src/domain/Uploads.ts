@@ -46,7 +46,7 @@ export class UploadPart extends Schema.Class<UploadPart>("UploadPart")({
 
 /**
  * Body of `POST /v1/uploads`. Types are checked here; values (bounds, MIME types, purposes, the file name) by
- * `validateCreateUpload`, so that each error names its parameter the way OpenAI does.
+ * `parseCreateUpload` (`files/uploadChecks.ts`), so that each error names its parameter the way OpenAI does.
  */
 export const CreateUploadBody = refusingMisspeltMembers(Schema.Struct({
   bytes: Schema.Number,

@@ -4,10 +4,19 @@
  */
 import { Either } from "effect"
 import { type ApiError, invalidRequest } from "../domain/Errors.js"
-import { BATCH_FORMAT_MESSAGE, isBatchInputName, MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS, UploadPurpose } from "../domain/Files.js"
+import {
+  BATCH_FORMAT_MESSAGE,
+  expiresAfterProblem,
+  isBatchInputName,
+  MAX_EXPIRES_AFTER_SECONDS,
+  MIN_EXPIRES_AFTER_SECONDS,
+  UploadPurpose
+} from "../domain/Files.js"
 import { meantName } from "../domain/misspeltNames.js"
 import { echo } from "../domain/Text.js"
+import { BatchUploadMimeType, type CompleteUploadBody, type CreateUploadBody, isMimeType, MAX_PARTS_PER_UPLOAD } from "../domain/Uploads.js"
 import type { FileMetadata } from "./FileStore.js"
+import type { NewUpload } from "./Uploads.js"
 
 const purposes: ReadonlyArray<string> = UploadPurpose.literals
 
@@ -134,4 +143,55 @@ export const parseUploadForm = (
     )
   }
   return Either.right({ filename, purpose, expiresAfterSeconds: n })
+}
+
+/** The checked parameters of `POST /v1/uploads` (the project is the caller's); `maxBytes` bounds `bytes`. */
+export const parseCreateUpload = (
+  body: CreateUploadBody,
+  maxBytes: number
+): Either.Either<Omit<NewUpload, "project">, ApiError> => {
+  if (!Number.isInteger(body.bytes) || body.bytes < 1 || body.bytes > maxBytes) {
+    return Either.left(
+      invalidRequest(`Invalid 'bytes': expected an integer between 1 and ${maxBytes}.`, "bytes", "invalid_value")
+    )
+  }
+  const filename = uploadFilename(body.filename, "filename")
+  if (Either.isLeft(filename)) return Either.left(filename.left)
+  const purposes: ReadonlyArray<string> = UploadPurpose.literals
+  if (!purposes.includes(body.purpose)) return Either.left(unsupportedValue(body.purpose, purposes, "purpose"))
+  // Batch input is JSON lines; a file for another purpose may be anything a file upload takes (a PDF, an image…).
+  const batchTypes: ReadonlyArray<string> = BatchUploadMimeType.literals
+  if (body.purpose === "batch" ? !batchTypes.includes(body.mime_type) : !isMimeType(body.mime_type)) {
+    return Either.left(
+      body.purpose === "batch"
+        ? unsupportedValue(body.mime_type, batchTypes, "mime_type")
+        : invalidRequest(`Invalid 'mime_type': '${echo(body.mime_type)}' is not a MIME type (type/subtype).`, "mime_type", "invalid_value")
+    )
+  }
+  const format = batchFormatRefusal(body.purpose, filename.right, "filename")
+  if (format !== undefined) return Either.left(format)
+  const upload = { bytes: body.bytes, filename: filename.right, purpose: body.purpose, mimeType: body.mime_type }
+  if (body.expires_after == null) return Either.right(upload)
+  const problem = expiresAfterProblem(body.expires_after, "expires_after")
+  if (problem !== undefined) return Either.left(invalidRequest(problem.message, problem.param, problem.code))
+  return Either.right({ ...upload, fileExpiresAfterSeconds: body.expires_after.seconds })
+}
+
+/** The checked parameters of `POST /v1/uploads/{id}/complete` (which parts exist is the service's to say). */
+export const parseCompleteUpload = (
+  body: CompleteUploadBody
+): Either.Either<{ readonly partIds: ReadonlyArray<string>; readonly md5: string | undefined }, ApiError> => {
+  if (body.part_ids.length === 0 || body.part_ids.length > MAX_PARTS_PER_UPLOAD) {
+    return Either.left(invalidRequest(
+      `Invalid 'part_ids': expected between 1 and ${MAX_PARTS_PER_UPLOAD} part ids, in the file's order.`,
+      "part_ids",
+      "invalid_value"
+    ))
+  }
+  if (body.md5 != null && !/^[0-9a-f]{32}$/i.test(body.md5)) {
+    return Either.left(
+      invalidRequest("Invalid 'md5': expected the MD5 of the file as 32 hexadecimal digits.", "md5", "invalid_value")
+    )
+  }
+  return Either.right({ partIds: body.part_ids, md5: body.md5 ?? undefined })
 }

@@ -1,86 +1,19 @@
 /** Handlers of the `uploads` group (OpenAI's Uploads API): parameter checks and part streaming here, the work in `Uploads`. */
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
-import { Effect, Either, Option } from "effect"
+import { Effect, Option } from "effect"
 import { audit, type Caller, CurrentCaller } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
-import { type ApiError, invalidRequest, notFound, overQuota, payloadTooLarge } from "../domain/Errors.js"
-import { MAX_EXPIRES_AFTER_SECONDS, MIN_EXPIRES_AFTER_SECONDS, UploadPurpose } from "../domain/Files.js"
+import { invalidRequest, notFound, overQuota, payloadTooLarge } from "../domain/Errors.js"
 import type { UploadId } from "../domain/Ids.js"
 import { visibilityOf } from "../domain/Projects.js"
 import { echo } from "../domain/Text.js"
-import {
-  type CompleteUploadBody,
-  type CreateUploadBody,
-  MAX_PART_BYTES,
-  MAX_PARTS_PER_UPLOAD,
-  BatchUploadMimeType,
-  isMimeType,
-  MAX_UPLOAD_TOTAL_BYTES
-} from "../domain/Uploads.js"
+import { type CreateUploadBody, MAX_PART_BYTES, MAX_UPLOAD_TOTAL_BYTES } from "../domain/Uploads.js"
 import { FileStore } from "../files/FileStore.js"
-import { type NewUpload, type UploadClosed, Uploads } from "../files/Uploads.js"
+import { type UploadClosed, Uploads } from "../files/Uploads.js"
 import { OpenAIApi } from "./Api.js"
-import { batchFormatRefusal, unsupportedValue, uploadFilename } from "../files/uploadChecks.js"
+import { parseCompleteUpload, parseCreateUpload } from "../files/uploadChecks.js"
 import { readFileForm } from "./fileField.js"
-
-/** The checked parameters of `POST /v1/uploads` (the project is the caller's); `maxBytes` bounds `bytes`. */
-export const parseCreateUpload = (
-  body: CreateUploadBody,
-  maxBytes: number
-): Either.Either<Omit<NewUpload, "project">, ApiError> => {
-  if (!Number.isInteger(body.bytes) || body.bytes < 1 || body.bytes > maxBytes) {
-    return Either.left(
-      invalidRequest(`Invalid 'bytes': expected an integer between 1 and ${maxBytes}.`, "bytes", "invalid_value")
-    )
-  }
-  const filename = uploadFilename(body.filename, "filename")
-  if (Either.isLeft(filename)) return Either.left(filename.left)
-  const purposes: ReadonlyArray<string> = UploadPurpose.literals
-  if (!purposes.includes(body.purpose)) return Either.left(unsupportedValue(body.purpose, purposes, "purpose"))
-  // Batch input is JSON lines; a file for another purpose may be anything a file upload takes (a PDF, an image…).
-  const batchTypes: ReadonlyArray<string> = BatchUploadMimeType.literals
-  if (body.purpose === "batch" ? !batchTypes.includes(body.mime_type) : !isMimeType(body.mime_type)) {
-    return Either.left(
-      body.purpose === "batch"
-        ? unsupportedValue(body.mime_type, batchTypes, "mime_type")
-        : invalidRequest(`Invalid 'mime_type': '${echo(body.mime_type)}' is not a MIME type (type/subtype).`, "mime_type", "invalid_value")
-    )
-  }
-  const format = batchFormatRefusal(body.purpose, filename.right, "filename")
-  if (format !== undefined) return Either.left(format)
-  const upload = { bytes: body.bytes, filename: filename.right, purpose: body.purpose, mimeType: body.mime_type }
-  if (body.expires_after == null) return Either.right(upload)
-  const { anchor, seconds } = body.expires_after
-  if (anchor !== "created_at") return Either.left(unsupportedValue(anchor, ["created_at"], "expires_after.anchor"))
-  if (!Number.isInteger(seconds) || seconds < MIN_EXPIRES_AFTER_SECONDS || seconds > MAX_EXPIRES_AFTER_SECONDS) {
-    return Either.left(invalidRequest(
-      `Invalid 'expires_after.seconds': expected an integer between ${MIN_EXPIRES_AFTER_SECONDS} and ${MAX_EXPIRES_AFTER_SECONDS}.`,
-      "expires_after.seconds",
-      "invalid_value"
-    ))
-  }
-  return Either.right({ ...upload, fileExpiresAfterSeconds: seconds })
-}
-
-/** The checked parameters of `POST /v1/uploads/{id}/complete` (which parts exist is the service's to say). */
-export const parseCompleteUpload = (
-  body: CompleteUploadBody
-): Either.Either<{ readonly partIds: ReadonlyArray<string>; readonly md5: string | undefined }, ApiError> => {
-  if (body.part_ids.length === 0 || body.part_ids.length > MAX_PARTS_PER_UPLOAD) {
-    return Either.left(invalidRequest(
-      `Invalid 'part_ids': expected between 1 and ${MAX_PARTS_PER_UPLOAD} part ids, in the file's order.`,
-      "part_ids",
-      "invalid_value"
-    ))
-  }
-  if (body.md5 != null && !/^[0-9a-f]{32}$/i.test(body.md5)) {
-    return Either.left(
-      invalidRequest("Invalid 'md5': expected the MD5 of the file as 32 hexadecimal digits.", "md5", "invalid_value")
-    )
-  }
-  return Either.right({ partIds: body.part_ids, md5: body.md5 ?? undefined })
-}
 
 const uploadNotFound = (id: string) => notFound(`No such Upload object: ${echo(id)}`, "upload_id")
 
