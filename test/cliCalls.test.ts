@@ -204,7 +204,7 @@ describe("the CLI's calls against a scripted server", () => {
           if (req.url === "/v1/files") uploaded.push(Buffer.concat(chunks).toString().includes(`\r\n\r\n${line}`))
           if (nth === 0) return void res.writeHead(429, { "retry-after-ms": "20", "content-type": "application/json" }).end(JSON.stringify({ error: { message: "Rate limit reached", type: "requests", param: null, code: "rate_limit_exceeded" } }))
           if (nth === 1) return json(res, 200, file)
-          if (nth === 2) return void res.writeHead(503, { "retry-after": "0", "content-type": "application/json" }).end(JSON.stringify({ error: { message: "The server is busy", type: "server_error", param: null, code: "server_busy" } }))
+          if (nth === 2) return void res.writeHead(503, { "retry-after": new Date(0).toUTCString(), "content-type": "application/json" }).end(JSON.stringify({ error: { message: "The server is busy", type: "server_error", param: null, code: "server_busy" } }))
           if (nth === 3) return json(res, 200, batch("validating"))
           apiError(res, 500, "a fault")
         })
@@ -216,6 +216,7 @@ describe("the CLI's calls against a scripted server", () => {
       expect(uploaded).toEqual([true, true])
       const made = yield* recorded(api.create({ input_file_id: "file-in", endpoint: "/v1/chat/completions", completion_window: "24h" }), notes)
       expect(made.id).toBe("batch_abc")
+      // The waits asked for: 20 ms, and a date already past (HTTP's other form), not the 2 s of a 503 that asks none.
       expect(notes).toEqual([
         expect.stringMatching(/^uploading .*input\.jsonl: 429 Rate limit reached.*; trying again in 1s…$/),
         expect.stringMatching(/^creating the batch: 503 The server is busy.*; trying again in 0s…$/)

@@ -9,7 +9,8 @@ import * as Path from "node:path"
 import OpenAI, { APIConnectionError, APIConnectionTimeoutError, APIError, toStreamingFile } from "openai"
 import type { Batch, BatchCreateParams } from "openai/resources/batches"
 import type { FileObject } from "openai/resources/files"
-import { Context, Duration, Effect, Layer } from "effect"
+import { Context, Duration, Effect, Layer, Option } from "effect"
+import { retryAfterMillis } from "../inference/answers.js"
 import { withoutCredentials } from "../observability/urlText.js"
 import { CliFailure, EXIT_FAILED } from "./failure.js"
 import { note } from "./output.js"
@@ -134,16 +135,20 @@ const explain = (what: string, connection: Connection) => (error: unknown): CliF
 }
 
 /**
- * The wait a 429 or 503 asks for (`retry-after-ms`, else `retry-after` in seconds; a 503 that says none, 2 s), at
- * most a minute; `undefined` for another status, or a 429 that names no wait (a limit that does not pass in
- * seconds, as the most active batches a project may have).
+ * The wait a 429 or 503 asks for (`retry-after-ms`, else `retry-after`, read as the server's own upstream calls read
+ * it; a 503 that says none, 2 s), at most a minute; `undefined` for another status, or a 429 that names no wait (a
+ * limit that does not pass in seconds, as the most active batches a project may have).
  */
 const busyWait = (status: number | undefined, headers: Headers | undefined): number | undefined => {
   if (status !== 429 && status !== 503) return undefined
-  const ms = Number(headers?.get("retry-after-ms") ?? NaN)
-  const seconds = Number(headers?.get("retry-after") ?? NaN)
-  const asked = Number.isFinite(ms) ? ms : Number.isFinite(seconds) ? seconds * 1000 : status === 503 ? 2000 : undefined
-  return asked === undefined ? undefined : Math.min(Math.max(asked, 0), 60_000)
+  const asked = retryAfterMillis(
+    { "retry-after-ms": headers?.get("retry-after-ms") ?? undefined, "retry-after": headers?.get("retry-after") ?? undefined },
+    Date.now()
+  )
+  return Option.match(asked, {
+    onNone: () => (status === 503 ? 2000 : undefined),
+    onSome: (ms) => Math.min(ms, 60_000)
+  })
 }
 
 /** How many times a call the client does not repeat (an upload, a create, a rerun) is made again after a 429 or 503. */
