@@ -1,4 +1,4 @@
-/** `Range` headers read as RFC 9110 says, and a stream cut to a range read no further than it (`files/byteRange.ts`). */
+/** `Range` headers read as RFC 9110 says (`files/byteRange.ts`), and a stream cut to a range read no further than it (`storage/sliceBytes.ts`). */
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Stream } from "effect"
 import { wantedRange } from "../src/files/byteRange.js"

@@ -55,7 +55,7 @@ export interface FileStoreShape {
   readonly openUpload: Effect.Effect<StagingWriter, never, Scope.Scope>
   /** Publishes staged bytes as a new file. */
   readonly commit: (staged: StagedBlob, meta: FileMetadata) => Effect.Effect<FileObject>
-  /** `stage` + `commit` in one step. */
+  /** `openUpload` + `commit` in one step. */
   readonly create: <E>(meta: FileMetadata, content: Stream.Stream<Uint8Array, E>) => Effect.Effect<FileObject, E>
   /** A file `visibility` does not see is `FileNotFound`, exactly as one that does not exist. */
   readonly get: (id: FileId, visibility: Visibility) => Effect.Effect<FileObject, FileNotFound>
@@ -130,7 +130,7 @@ const SWEEP_GROUP = 500
  * How long a deleted (or swept) file's id stays a valid `after` cursor: a client that deletes each file of a page as
  * it lists them asks for the next page after the last one it deleted.
  */
-export const DELETED_CURSOR_SECONDS = 24 * 3600
+const DELETED_CURSOR_SECONDS = 24 * 3600
 
 /** The purposes of the files `BATCH_FILES_EXPIRE_AFTER` is about: batch inputs, and a batch's output and error files. */
 const BATCH_PURPOSES: ReadonlySet<string> = new Set(["batch", "batch_output"])

@@ -10,7 +10,7 @@
  * 3. **Key**: with keys configured, every route but `/v1/health`, `/v1/ready`, `/docs`, `/openapi.json`, the
  *    `/ui` dashboard and an embedding app's `PublicPaths` needs `Authorization: Bearer <key>`, unknown routes
  *    included (a 401 rather than a 404 tells a stranger nothing); the caller is provided to the handlers as
- *    `CurrentCaller` (through the `Authenticated` API middleware, which the Files and Batches groups declare).
+ *    `CurrentCaller` (through the `Authenticated` API middleware, which every group but health declares).
  * 4. **Rate**: with `MAX_REQUESTS_PER_MINUTE_PER_PROJECT`, a project's requests beyond its rate get a 429
  *    (`requestRates.ts`).
  *
@@ -80,7 +80,7 @@ export interface SecurityOptions {
 }
 
 /** The name in a `Host` header (`[::1]` keeps its brackets), without the port; undefined when malformed. */
-export const hostName = (host: string): string | undefined => {
+const hostName = (host: string): string | undefined => {
   const match = /^(\[[0-9a-fA-F:.]*\]|[^:[\]]*)(?::\d{1,5})?$/.exec(host)
   return match === null || match[1] === "" ? undefined : match[1]
 }
@@ -100,7 +100,7 @@ const sameOrigin = (origin: string, host: string | undefined) =>
   host !== undefined && URL.canParse(origin) && new URL(origin).host === host.toLowerCase()
 
 /** The key of an `Authorization: Bearer <key>` header; "" when there is none. */
-export const bearerKey = (authorization: string | undefined): string => {
+const bearerKey = (authorization: string | undefined): string => {
   const match = authorization === undefined ? null : /^Bearer +(\S+) *$/i.exec(authorization)
   return match === null ? "" : match[1]!
 }
@@ -225,7 +225,7 @@ export const securityMiddleware = Effect.gen(function*() {
 })
 
 /**
- * The API middleware that gives the Files and Batches handlers their `CurrentCaller` (and documents the bearer key
+ * The API middleware that gives every group's handlers but health's their `CurrentCaller` (and documents the bearer key
  * in the OpenAPI document). `secure` has already checked the key and provided the caller; served without `secure`
  * (an app of its own around `ApiLive`), the key is checked here.
  */

@@ -1,4 +1,4 @@
-/** Handlers of the `uploads` group (OpenAI's Uploads API): parameter checks and part streaming here, the work in `Uploads`. */
+/** Handlers of the `uploads` group (OpenAI's Uploads API): part streaming here, checks in `uploadChecks.ts`, the work in `Uploads`. */
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import { Effect, Option } from "effect"
