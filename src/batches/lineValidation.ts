@@ -36,7 +36,7 @@ export const MAX_EMBEDDING_INPUTS = 50_000
  * The inputs of an embeddings body's `input`: one text or one list of tokens, or an array of either (each one
  * input).
  */
-export const embeddingInputs = (input: unknown): number =>
+const embeddingInputs = (input: unknown): number =>
   Array.isArray(input) && input.length > 0 && (typeof input[0] === "string" || Array.isArray(input[0])) ? input.length : 1
 
 type FieldKind = "string" | "array" | "present"

@@ -27,7 +27,7 @@ export interface ValidatingCap {
   readonly none: (project: string) => void
 }
 
-export const makeValidatingCap = (cap: number): ValidatingCap => {
+const makeValidatingCap = (cap: number): ValidatingCap => {
   const driven = new Map<string, number>()
   /** Projects that had batches left for the cap, and may still have. */
   const left = new Set<string>()

@@ -11,7 +11,7 @@ export const EXIT_INVALID = 2
 /** 130: stopped by Ctrl-C (128 + SIGINT), as shells report it. */
 export const EXIT_INTERRUPTED = 130
 /** 143: stopped by SIGTERM (128 + 15), as a CI runner or `timeout` stops a job: handled as a Ctrl-C off a terminal. */
-export const EXIT_TERMINATED = 143
+const EXIT_TERMINATED = 143
 
 /** The signals that stop a command, each with its exit code. */
 export const STOP_SIGNALS = { SIGINT: EXIT_INTERRUPTED, SIGTERM: EXIT_TERMINATED } as const

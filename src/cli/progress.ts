@@ -23,7 +23,7 @@ export const countsOf = (batch: Batch): Counts => {
   return { total, completed, failed, done: completed + failed }
 }
 
-export const totalTokens = (batch: Batch): number => batch.usage?.total_tokens ?? 0
+const totalTokens = (batch: Batch): number => batch.usage?.total_tokens ?? 0
 
 /** One reading of how many requests were done, at `at` (milliseconds). */
 export interface Sample {

@@ -3,7 +3,7 @@ import { Schema } from "effect"
 import { Count } from "./List.js"
 
 /** Lines one response holds at most (`limit`), and when `limit` is left out. */
-export const MAX_RESULT_LINES = 10_000
+const MAX_RESULT_LINES = 10_000
 export const DEFAULT_RESULT_LINES = 1_000
 
 /** The largest input line number (lines are SQL `INTEGER`s). */

@@ -67,7 +67,7 @@ export interface RequestLine {
 }
 
 /** The message and fields of a request's line. */
-export const requestLine = (line: RequestLine) => ({
+const requestLine = (line: RequestLine) => ({
   message: `${line.method} ${line.route ?? line.path} ${line.status} ${line.durationMs} ms`,
   fields: {
     event: "http.request",

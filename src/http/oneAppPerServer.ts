@@ -9,7 +9,7 @@ import type * as HttpMiddleware from "@effect/platform/HttpMiddleware"
 import * as HttpServer from "@effect/platform/HttpServer"
 import { Context, Effect, type Scope } from "effect"
 
-export const SECOND_APP = "This server already serves an app: a second one (a second HttpApiBuilder.serve or HttpServer.serve " +
+const SECOND_APP = "This server already serves an app: a second one (a second HttpApiBuilder.serve or HttpServer.serve " +
   "beside HttpLive) would answer every request too, without its checks. Put your routes on HttpLive's router " +
   "(HttpApiBuilder.Router.use; an HttpApi of your own through router.mountApp): see the README's Embedding section."
 

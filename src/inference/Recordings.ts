@@ -76,7 +76,7 @@ export const recordingKey = (endpoint: string, body: string): RecordingKey => {
 }
 
 /** The folder of an endpoint's recordings: `/v1/chat/completions` → `chat_completions` (never `.` or `..`). */
-export const endpointSlug = (endpoint: string): string =>
+const endpointSlug = (endpoint: string): string =>
   endpoint.replace(/^\/+/, "").replace(/^v1\//, "").replace(/[^A-Za-z0-9-]+/g, "_") || "_"
 
 /** `<dir>/<endpoint slug>/<hash>.json`; the model is in the file and in the hash (model names may hold `/`). */
@@ -111,7 +111,7 @@ export const recordingText = (
 }
 
 /** The answer a recording's file text holds, or what is wrong with it. */
-export const answerFromRecording = (text: string): UpstreamResponse | { readonly problem: string } => {
+const answerFromRecording = (text: string): UpstreamResponse | { readonly problem: string } => {
   const file = parseJson(text)
   if (file === undefined || !isJsonObject(file.json)) return { problem: "it is not a JSON object" }
   const { status, request_id: requestId, body, body_text: bodyText } = file.json

@@ -11,7 +11,7 @@ import { asJsonBody, isVouchedFor, UpstreamFailure, type UpstreamResponse } from
 import { Inference } from "./Inference.js"
 
 /** `res` as the service's own calls give answers, or the failure one that is not usable would be. */
-export const checkedAnswer = (res: UpstreamResponse): Effect.Effect<UpstreamResponse, UpstreamFailure> => {
+const checkedAnswer = (res: UpstreamResponse): Effect.Effect<UpstreamResponse, UpstreamFailure> => {
   if (typeof res.text !== "string" || !Number.isInteger(res.status) || res.status < 100 || res.status > 599) {
     return Effect.fail(new UpstreamFailure({
       code: "invalid_upstream_response",

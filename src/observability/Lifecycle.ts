@@ -106,7 +106,7 @@ export const listeningLine = (
 }
 
 /** What happens once a shutdown starts, in the order it happens. */
-export const shutdownLine = (config: Pick<AppConfigShape, "shutdownDelay" | "shutdownTimeout">) => {
+const shutdownLine = (config: Pick<AppConfigShape, "shutdownDelay" | "shutdownTimeout">) => {
   const delay = Duration.greaterThan(config.shutdownDelay, Duration.zero)
     ? `still serving for ${Duration.format(config.shutdownDelay)}, then no new connection`
     : "no new connection"

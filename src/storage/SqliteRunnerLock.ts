@@ -49,7 +49,7 @@ export const runnerHoldsLock = (database: string): Effect.Effect<boolean> =>
   )
 
 /** Said by an API-only node that finds no process running batches on its SQLite file: its batches would sit unsaid. */
-export const noRunnerLine = (database: string) =>
+const noRunnerLine = (database: string) =>
   `No process runs batches on ${database} now (none holds ${lockFileOf(database)}): batches created here wait until ` +
   "one starts on it with MAX_CONCURRENT_BATCHES of 1 or more"
 

@@ -25,7 +25,7 @@ import { sentTarget } from "../http/sentTarget.js"
 import { packageRoot } from "../packageRoot.js"
 
 /** Where the page is served; its files are under `${DASHBOARD_PATH}/`. */
-export const DASHBOARD_PATH = "/ui"
+const DASHBOARD_PATH = "/ui"
 /**
  * Its route patterns (the metrics' `route` label of its requests): the page, a file, and any deeper path (a 404
  * with the page's headers rather than the API's).

@@ -238,5 +238,3 @@ export const makeDeliveries = (sql: SqlClient.SqlClient) => {
 
   return { claimDue, settle, releaseAfterRestart, list, removeSettled }
 }
-
-export type Deliveries = ReturnType<typeof makeDeliveries>
