@@ -18,7 +18,7 @@ export {
   type NewBatch,
   UnknownBatchCursor
 } from "./batches/BatchStore.js"
-export { Rerun, RerunLive, type RerunShape } from "./batches/rerun.js"
+export { Rerun, RerunLive, type RerunShape } from "./batches/Rerun.js"
 export { type Move, transitions } from "./batches/transitions.js"
 export { type Lease, WorkLeases, WorkLeasesLive, type WorkLeasesShape } from "./batches/WorkLeases.js"
 export * as Batches from "./domain/Batches.js"

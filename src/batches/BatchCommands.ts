@@ -20,7 +20,7 @@ import { DiskReserve, usingReserve } from "../storage/DiskReserve.js"
 import { BatchRunner } from "./BatchRunner.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
 import { inlineFilename, inlineFingerprint, inlineJsonl, inputOf } from "./inlineInput.js"
-import { ALL_KINDS, chosenKinds, nothingToRerun, refusal, Rerun, rerunFilename, rerunMetadata } from "./rerun.js"
+import { ALL_KINDS, chosenKinds, nothingToRerun, refusal, Rerun, rerunFilename, rerunMetadata } from "./Rerun.js"
 import { isProblem, validateCreateBatch, type ValidCreateBatch } from "./validation.js"
 
 /** A create's or rerun's refusals: 400, 404, 409, 413 (storage quota), 429 (`MAX_ACTIVE_BATCHES_PER_PROJECT`), 507 (storage full). */
