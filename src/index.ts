@@ -47,16 +47,8 @@ export {
   type UpstreamReport,
   type UpstreamResponse
 } from "./inference/Inference.js"
-export {
-  DEFAULT_MAX_RECORDING_BYTES,
-  InferenceFromConfig,
-  InferenceRecord,
-  InferenceReplay,
-  recordingKey,
-  type RecordingKey,
-  recordingPath,
-  type RecordingsOptions
-} from "./inference/Recordings.js"
+export { InferenceFromConfig, InferenceRecord, InferenceReplay, type RecordingsOptions } from "./inference/Recordings.js"
+export { DEFAULT_MAX_RECORDING_BYTES, recordingKey, type RecordingKey, recordingPath } from "./inference/recordingFormat.js"
 export { ApiApp, ApiAppLive, ApiLive, HttpLive } from "./http/Http.js"
 export { requestIdFrom, requestLog } from "./http/RequestLog.js"
 export { ServerLifecycleLive } from "./observability/Lifecycle.js"

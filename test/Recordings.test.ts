@@ -10,14 +10,8 @@ import * as Path from "node:path"
 import { AppConfig, type AppConfigShape } from "../src/Config.js"
 import { HttpLive } from "../src/http/Http.js"
 import { Inference, InferenceLive, InferenceScripted } from "../src/inference/Inference.js"
-import {
-  InferenceFromConfig,
-  InferenceRecord,
-  InferenceReplay,
-  recordingKey,
-  recordingPath,
-  recordingText
-} from "../src/inference/Recordings.js"
+import { recordingKey, recordingPath, recordingText } from "../src/inference/recordingFormat.js"
+import { InferenceFromConfig, InferenceRecord, InferenceReplay } from "../src/inference/Recordings.js"
 import { makeServices } from "../src/Layers.js"
 import { BIGNUM_COMPACT, startSimulator } from "../scripts/simulator.js"
 import { chatLine, createBatch, sdk, terminal, upload, waitFor } from "./support/Batches.js"
