@@ -258,9 +258,11 @@ sideBySide("load-aware dispatch", () => layer(
     Effect.gen(function*() {
       const { vllm } = yield* Simulators
       const openai = yield* client
-      const batch = yield* createModelBatch(40, "sim-model", "l")
+      // Several seconds of work (2 at a time, 100 ms each), several readings: a loaded machine's late ones held
+      // every call of a 2-second batch, and its queue stayed empty.
+      const batch = yield* createModelBatch(80, "sim-model", "l")
       const done = yield* waitFor(openai, batch.id, terminal, 30_000)
-      expect(done.request_counts).toEqual({ total: 40, completed: 40, failed: 0 })
+      expect(done.request_counts).toEqual({ total: 80, completed: 80, failed: 0 })
       expect(vllm!.stats.maxWaiting).toBeLessThanOrEqual(2)
       expect(vllm!.stats.maxWaiting).toBeGreaterThan(0) // it did use the queue: the holding is not just a slow start
     }), { timeout: 40_000 })
