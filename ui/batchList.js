@@ -4,11 +4,16 @@
  * time. "More" follows OpenAI's `after` cursor; each refresh reads again as many batches as are shown, from the
  * top, so the rows already loaded stay live and new batches appear above: at the page's pace while one of them
  * runs, every 10 s once all have ended (batches made elsewhere still show up, at a sixth of the requests). Left and
- * opened again (Back from a batch), it shows as many rows as it had, scrolled where it was.
+ * opened again (Back from a batch), it shows as many rows as it had, scrolled where it was, with its filter.
+ *
+ * The filter (words to find in a batch's id, model, endpoint, file ids or metadata, and a status) is the page's:
+ * OpenAI's list has no such parameters. A refresh reads pages from the top until it has as many batches that match
+ * as are shown, looking through at most `SCAN_STEP` batches ("Search older" goes a step further each time), so a
+ * match made weeks ago is found without pressing "More" page after page.
  */
 import { json, query } from "./api.js"
 import { fill, h, headings, progressBar, setStatus } from "./dom.js"
-import { ago, batchSubline, count, duration, endedAt, failedMayBeUnrun, runTime, tokens } from "./format.js"
+import { ago, batchMatches, batchSubline, count, duration, endedAt, failedMayBeUnrun, runTime, tokens } from "./format.js"
 
 /** @typedef {import("./api.js").Batch} Batch */
 
@@ -17,29 +22,52 @@ const PAGE = 20
 const IDLE_EVERY_MS = 10_000
 /** The API's largest page. */
 const MAX_PAGE = 100
-/** What the list showed when it was left, for the next time it opens (Back from a batch reset it to the top 20). */
-const left = { shown: PAGE, scrollY: 0 }
+/** How many batches a filtered refresh looks through, and how many more each "Search older" adds. */
+const SCAN_STEP = 1000
+/** The statuses the filter offers, with their labels (`""`: any). */
+const STATUSES = [["", "Any status"], ["validating", "Validating"], ["in_progress", "In progress"], ["finalizing", "Finalizing"],
+  ["completed", "Completed"], ["failed", "Failed"], ["expired", "Expired"], ["cancelling", "Cancelling"], ["cancelled", "Cancelled"]]
+/** The wait after a keystroke in the filter before the list is read again. */
+const TYPING_MS = 250
+/**
+ * What the list showed when it was left, for the next time it opens (Back from a batch reset it to the top 20 and
+ * dropped its filter).
+ */
+const left = { shown: PAGE, scrollY: 0, text: "", status: "", scan: SCAN_STEP }
+
+/** @typedef {{ text: string, status: string, scan: number }} Filter */
+/** @param {Filter} filter */
+const filtering = (filter) => filter.text.trim() !== "" || filter.status !== ""
 
 /** @param {string} id */
 export const batchHref = (id) => `#/batches/${encodeURIComponent(id)}`
 
 /**
- * Batches from the top of the list until `wanted` are read (or there are no more), in pages of at most 100.
+ * Batches from the top of the list until `wanted` that `filter` keeps are read (or there are no more, or a filter
+ * has looked through `filter.scan` batches: `searched` says how many then), in pages of at most 100.
  * @param {number} wanted
+ * @param {Filter} filter
  * @param {AbortSignal} signal
- * @returns {Promise<{ batches: Batch[], hasMore: boolean }>}
+ * @returns {Promise<{ batches: Batch[], hasMore: boolean, searched: number | null }>}
  */
-const readBatches = async (wanted, signal) => {
+const readBatches = async (wanted, filter, signal) => {
+  const filtered = filtering(filter)
   /** @type {Batch[]} */
   const batches = []
+  let read = 0
   /** @type {string | undefined} */
   let cursor
   for (;;) {
+    const limit = filtered ? Math.min(MAX_PAGE, filter.scan - read) : Math.min(MAX_PAGE, wanted - batches.length)
     /** @type {import("./api.js").Page<Batch>} */
-    const page = await json(`/v1/batches${query({ limit: Math.min(MAX_PAGE, wanted - batches.length), after: cursor })}`, { signal })
-    batches.push(...page.data)
-    if (!page.has_more || batches.length >= wanted || page.last_id === null) return { batches, hasMore: page.has_more }
-    cursor = page.last_id
+    const page = await json(`/v1/batches${query({ limit, after: cursor })}`, { signal })
+    read += page.data.length
+    batches.push(...(filtered ? page.data.filter((b) => batchMatches(b, filter.text, filter.status)) : page.data))
+    const more = page.has_more && page.last_id !== null
+    if (batches.length >= wanted) return { batches: batches.slice(0, wanted), hasMore: more || batches.length > wanted, searched: null }
+    if (!more) return { batches, hasMore: false, searched: null }
+    if (filtered && read >= filter.scan) return { batches, hasMore: true, searched: read }
+    cursor = page.last_id ?? undefined
   }
 }
 
@@ -90,9 +118,21 @@ const batchRow = () => {
 /** @param {import("./app.js").ViewContext} context */
 export function batchListView({ signal, refresh: refreshNow }) {
   const body = h("tbody")
-  const empty = h("p", { className: "empty", hidden: true },
+  const none = h("p", { className: "empty", hidden: true },
     "No batches yet. ", h("a", { href: "#/files" }, "Upload a file"), " to start one.")
+  /** What the filter found, or did not, and how far it looked. */
+  const found = h("p", { className: "found", hidden: true, attrs: { role: "status" } })
   const more = h("button", { type: "button", className: "more", hidden: true }, "More")
+  const filter = { text: left.text, status: left.status, scan: left.scan }
+  const words = h("input", {
+    type: "search",
+    id: "batches-filter",
+    value: filter.text,
+    placeholder: "Id, model, metadata…",
+    attrs: { "aria-label": "Filter batches by id, model, endpoint, file or metadata" }
+  })
+  const status = h("select", { id: "batches-status", attrs: { "aria-label": "Batches of status" } },
+    STATUSES.map(([value, label]) => h("option", { value, selected: value === filter.status }, label)))
   const table = h(
     "table",
     { className: "batches" },
@@ -102,9 +142,10 @@ export function batchListView({ signal, refresh: refreshNow }) {
   const el = h(
     "section",
     {},
-    h("div", { className: "heading" }, h("h1", {}, "Batches"), h("a", { className: "button", href: "#/files" }, "New batch")),
+    h("div", { className: "heading" }, h("h1", {}, "Batches"), words, status, h("a", { className: "button", href: "#/files" }, "New batch")),
     table,
-    empty,
+    none,
+    found,
     more
   )
 
@@ -114,14 +155,31 @@ export function batchListView({ signal, refresh: refreshNow }) {
   /** Where to scroll once the rows are in, the first time. */
   let scrollTo = /** @type {number | null} */ (left.scrollY)
   signal.addEventListener("abort", () => {
-    left.shown = shown
-    left.scrollY = window.scrollY
+    Object.assign(left, filter, { shown, scrollY: window.scrollY })
   })
+  /** A new filter: read again from the top, a page's worth. */
+  const refilter = () => {
+    filter.text = words.value
+    filter.status = status.value
+    filter.scan = SCAN_STEP
+    shown = PAGE
+    refreshNow()
+  }
+  /** @type {ReturnType<typeof setTimeout> | undefined} */
+  let typing
+  words.addEventListener("input", () => {
+    clearTimeout(typing)
+    typing = setTimeout(refilter, TYPING_MS)
+  })
+  status.addEventListener("change", refilter)
+  signal.addEventListener("abort", () => clearTimeout(typing))
+  /** Whether "More" goes on looking rather than shows more of what was found. */
+  let searchOlder = false
   /** Whether a batch shown may still change. */
   let running = false
 
-  /** @param {Batch[]} batches @param {boolean} hasMore */
-  const render = (batches, hasMore) => {
+  /** @param {Batch[]} batches @param {boolean} hasMore @param {number | null} searched */
+  const render = (batches, hasMore, searched) => {
     const seen = new Set()
     const ordered = batches.map((b) => {
       seen.add(b.id)
@@ -134,7 +192,17 @@ export function batchListView({ signal, refresh: refreshNow }) {
     running = batches.some((b) => endedAt(b) === null)
     fill(body, ordered)
     table.hidden = batches.length === 0
-    empty.hidden = batches.length > 0
+    const filtered = filtering(filter)
+    none.hidden = batches.length > 0 || filtered
+    const matched = batches.length === 0 ? "No batch" : `${count(batches.length)} ${batches.length === 1 ? "batch" : "batches"}`
+    found.textContent = !filtered
+      ? ""
+      : searched !== null
+      ? `${matched} among the newest ${count(searched)} ${batches.length === 1 ? "matches" : "match"} this filter.`
+      : batches.length === 0 ? "No batch matches this filter." : ""
+    found.hidden = found.textContent === ""
+    searchOlder = searched !== null
+    more.textContent = searchOlder ? "Search older" : "More"
     more.hidden = !hasMore
     more.disabled = false
     if (scrollTo !== null) window.scrollTo(0, scrollTo)
@@ -142,14 +210,15 @@ export function batchListView({ signal, refresh: refreshNow }) {
   }
 
   const refresh = async () => {
-    const { batches, hasMore } = await readBatches(shown, signal)
-    render(batches, hasMore)
+    const { batches, hasMore, searched } = await readBatches(shown, filter, signal)
+    render(batches, hasMore, searched)
     return true
   }
 
   // Through the page's refresh, which waits for one under way: an older answer never lands after this one.
   more.addEventListener("click", () => {
-    shown += PAGE
+    if (searchOlder) filter.scan += SCAN_STEP
+    else shown += PAGE
     more.disabled = true
     refreshNow()
   })

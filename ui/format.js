@@ -32,6 +32,22 @@ export const batchSubline = (b) => {
   return visible([b.endpoint, b.model ?? "", metadata].filter((part) => part !== "").join(" · "))
 }
 
+/**
+ * Whether batch `b` is one the list's filter asks for: of `status` (`""`: any), and each word of `text` found, in any
+ * case, in its id, model, endpoint, file ids or a metadata pair written `key=value`.
+ * @param {import("./api.js").Batch} b @param {string} text @param {string} status
+ */
+export const batchMatches = (b, text, status) => {
+  if (status !== "" && b.status !== status) return false
+  const words = text.toLowerCase().split(/\s+/).filter((w) => w !== "")
+  if (words.length === 0) return true
+  const pairs = Object.entries(b.metadata ?? {}).map(([k, v]) => `${k}=${v}`)
+  const said = [b.id, b.model ?? "", b.endpoint, b.input_file_id, b.output_file_id ?? "", b.error_file_id ?? "", ...pairs]
+    .join("\n")
+    .toLowerCase()
+  return words.every((w) => said.includes(w))
+}
+
 const integer = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 })
 
 /** `12,345`. @param {number} n */
