@@ -2,7 +2,7 @@
 import { assert, describe, expect, it } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Chunk, Clock, Duration, Effect, Exit, Fiber, Layer, Option, Stream, TestClock } from "effect"
-import { mkdirSync, utimesSync, writeFileSync } from "node:fs"
+import { mkdirSync, readdirSync, readFileSync, utimesSync, writeFileSync } from "node:fs"
 import * as Path from "node:path"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { AppConfig } from "../src/Config.js"
@@ -178,7 +178,7 @@ for (const { backend, fileStorage } of storages) describe(`FileStore (${backend}
       expect(yield* storedBlobs).toEqual({ blobs: [], staging: [] })
     }).pipe(Effect.provide(storeLayer)))
 
-  it.scoped("at start, removes its staged leftovers and old bytes that never got metadata (a crash mid-upload), not another node's", () =>
+  it.scoped("at start, removes its staged leftovers, not another node's, and sets aside (on disk) or removes (in the database) old bytes no file refers to", () =>
     Effect.gen(function*() {
       const { path } = yield* TestDataDir
       // Each `Effect.provide` of this layer is one start of the service on the same storage.
@@ -218,6 +218,11 @@ for (const { backend, fileStorage } of storages) describe(`FileStore (${backend}
       expect(listed.data.map((f) => f.id)).toEqual([kept.id])
       if (fileStorage === "local") {
         expect(stored).toEqual({ blobs: ["file-just-published", kept.id].sort(), staging: ["other-node/uploading"] })
+        // Kept where an operator finds them: a database restored older than its files would otherwise lose the
+        // newer files' bytes for good.
+        const aside = Path.join(path, "files", "orphaned")
+        expect(readdirSync(aside)).toEqual(["file-orphan"])
+        expect(readFileSync(Path.join(aside, "file-orphan"), "utf8")).toBe("no metadata")
       } else {
         expect(stored).toEqual({ blobs: [kept.id], staging: [] })
       }

@@ -126,6 +126,8 @@ const filePageOf = sharedPerRows((rows, limit: number): FilePage => {
 })
 
 const SWEEP_GROUP = 500
+/** The orphaned blobs a start names in its line (the count says how many in all). */
+const ORPHANS_NAMED = 20
 /**
  * How long a deleted (or swept) file's id stays a valid `after` cursor: a client that deletes each file of a page as
  * it lists them asks for the next page after the last one it deleted.
@@ -271,11 +273,13 @@ export const make = Effect.gen(function*() {
   }).pipe(Effect.orDie, Effect.withSpan("FileStore.sweepExpired"))
 
   /**
-   * Bytes whose metadata row never got written (a crash between publish and insert) are removed. The parts of
-   * uploads (`Uploads`) are blobs too, listed in `upload_parts`.
+   * Bytes no row refers to: a crash between publish and insert left them, or a database restored older than its
+   * files (bytes on disk). Set aside where the store keeps them apart (`BlobStoreShape.setAside`), else removed. The
+   * parts of uploads (`Uploads`) are blobs too, listed in `upload_parts`.
    */
   const removeOrphans = Effect.gen(function*() {
     const keys = yield* blobs.keys
+    const ids: Array<string> = []
     let removed = 0
     for (let i = 0; i < keys.length; i += SWEEP_GROUP) {
       const group = keys.slice(i, i + SWEEP_GROUP)
@@ -284,10 +288,19 @@ export const make = Effect.gen(function*() {
           UNION ALL SELECT id FROM upload_parts WHERE ${sql.in("id", group)}`).map((r) => r.id)
       )
       const orphans = group.filter((key) => !known.has(key))
-      yield* Effect.forEach(orphans, blobs.remove, { discard: true })
+      yield* Effect.forEach(orphans, blobs.setAside?.move ?? blobs.remove, { discard: true })
       removed += orphans.length
+      ids.push(...orphans.slice(0, ORPHANS_NAMED - ids.length))
     }
-    if (removed > 0) yield* Effect.logWarning(`Removed ${removed} file blob(s) left without metadata by a crash`)
+    if (removed === 0) return
+    const named = `${ids.join(", ")}${removed > ids.length ? ", …" : ""}`
+    yield* (blobs.setAside === undefined
+      ? Effect.logWarning(`Removed ${removed} file blob(s) left without metadata by a crash (${named})`)
+      : Effect.logWarning(
+        `Moved ${removed} file blob(s) that no file refers to into ${blobs.setAside.dir} (${named}): a crash between ` +
+          "storing and recording a file leaves them, or a database restored older than its files. Nothing reads them " +
+          "there; delete them once they are not needed."
+      )).pipe(Effect.annotateLogs({ event: "files.orphans", blobs: removed }))
   }).pipe(Effect.orDie, Effect.withSpan("FileStore.removeOrphans"))
 
   return { service: { openUpload: blobs.openStaging, commit, create, get, list, projectBytes, content, remove, sweepExpired }, removeOrphans }

@@ -43,6 +43,12 @@ export interface BlobStoreShape {
    * one's row may still be on its way on another node).
    */
   readonly keys: Effect.Effect<ReadonlyArray<string>>
+  /**
+   * Where bytes no file refers to are moved instead of removed, in a store kept apart from the database (files on
+   * disk): a database restored older than its files leaves the newer files' bytes so, and removing them lost those
+   * files for good. Without it (bytes in the database, restored with their rows), they are removed.
+   */
+  readonly setAside?: { readonly dir: string; readonly move: (key: string) => Effect.Effect<void> }
 }
 
 export class BlobStore extends Context.Tag("BlobStore")<BlobStore, BlobStoreShape>() {}
@@ -85,6 +91,7 @@ export const makeLocal = (root: string, nodeId = "node") =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
     const blobs = Path.join(root, "blobs")
+    const asideDir = Path.join(root, "orphaned")
     const stagingRoot = Path.join(root, "staging")
     const staging = Path.join(stagingRoot, fileNameOfNodeId(nodeId))
     /** Whether the file at `path` was last written more than `ms` ago (false when it is gone). */
@@ -152,7 +159,16 @@ export const makeLocal = (root: string, nodeId = "node") =>
       return old.map(decodeURIComponent)
     }).pipe(Effect.orDie)
 
-    return BlobStore.of({ openStaging, publish, read, remove, keys })
+    const setAside = {
+      dir: asideDir,
+      move: (key: string) =>
+        Effect.zipRight(makeDirectoriesIn(fs, asideDir), fs.rename(blobPath(key), Path.join(asideDir, encodeURIComponent(key)))).pipe(
+          Effect.catchTag("SystemError", (e) => (e.reason === "NotFound" ? Effect.void : Effect.fail(e))),
+          Effect.orDie
+        )
+    }
+
+    return BlobStore.of({ openStaging, publish, read, remove, keys, setAside })
   })
 
 /** Local-disk blobs under `DATA_DIR/files`. */
