@@ -45,6 +45,13 @@ const OTHER_TABLES = "the schema holds tables of another app: give the service a
 /** What PostgreSQL's "no schema has been selected to create in" means at a first start. */
 const NO_SCHEMA = "the schemas of the user's search_path do not exist: create the one DATABASE_URL names first (CREATE SCHEMA)"
 
+/** SQLite's words for a file that is no database, or a damaged one (`SQLITE_NOTADB`, `SQLITE_CORRUPT`). */
+const DAMAGED = /database disk image is malformed|file is not a database/
+
+/** The driver's message of a failure or defect of `cause` saying its SQLite file is damaged, if one does. */
+const damagedFile = (cause: Cause.Cause<unknown>): string | undefined =>
+  [...Cause.failures(cause), ...Cause.defects(cause)].map(rootMessage).find((message) => DAMAGED.test(message))
+
 /**
  * A start that failed for a reason said in one line: another process under the node's id or running the batches of
  * the SQLite file (their messages say what to do), or a database that cannot be opened, reached or written, or
@@ -54,6 +61,11 @@ export const startFaultLine = (cause: Cause.Cause<unknown>) =>
   Effect.map(AppConfig, (config) => {
     const cannotUse = (said: string) =>
       `Cannot use the database (${describeDatabase(config)}; see ${Option.isSome(config.databaseUrl) ? "DATABASE_URL" : "DATA_DIR"}): ${said}`
+    // Said before anything else it failed: a truncated or half-copied file (a restore gone wrong) was a stack trace.
+    const damaged = damagedFile(cause)
+    if (damaged !== undefined) {
+      return Option.some(cannotUse(`its file is damaged (${damaged}): put a whole copy in its place (README, "Backup and restore")`))
+    }
     const failed = Option.flatMap(Cause.failureOption(cause), (error): Option.Option<string> => {
       if (error instanceof NodeIdInUse || error instanceof BatchesRunElsewhere) return Option.some(error.message)
       if (error instanceof Migrator.MigrationError && error.reason === "bad-state") return Option.some(cannotUse(error.message))

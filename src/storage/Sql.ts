@@ -11,6 +11,7 @@ import { SqlError } from "@effect/sql/SqlError"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import { Clock, Duration, Effect, Layer, Option, Redacted } from "effect"
+import { statSync } from "node:fs"
 import * as Path from "node:path"
 import { AppConfig, defaults } from "../Config.js"
 import type { Visibility } from "../domain/Projects.js"
@@ -77,7 +78,7 @@ export const WAL_SIZE_LIMIT = 64 * 1024 * 1024
 const SqliteLive = (filename: string) =>
   Layer.scoped(
     SqlClient.SqlClient,
-    Effect.flatMap(SqliteClient.make({ filename }), (sqlite) =>
+    Effect.flatMap(Effect.zipRight(refuseHotJournal(filename), SqliteClient.make({ filename })), (sqlite) =>
       SqlClient.make({
         // The connection once no transaction holds it, held for the statement (which runs synchronously anyway).
         acquirer: sqlite.reserve,
@@ -87,6 +88,30 @@ const SqliteLive = (filename: string) =>
         beginTransaction: "BEGIN IMMEDIATE"
       }))
   ).pipe(Layer.provide(Reactivity.layer))
+
+/**
+ * Fails, before the file is opened, when a rollback journal holds an unfinished write beside it. This server's
+ * database is in WAL mode and never writes one: another program's copy stopped midway leaves it (`sqlite3`'s
+ * `.backup`, killed or never done on a busy database), and opening the file rolls it back, to an empty database most
+ * often. The start then said only "New database created", and every batch and file looked lost.
+ */
+const refuseHotJournal = (filename: string) =>
+  Effect.suspend(() => {
+    const journal = `${filename}-journal`
+    const bytes = isInMemory(filename) ? 0 : (() => {
+      try {
+        return statSync(journal).size
+      } catch {
+        return 0
+      }
+    })()
+    if (bytes === 0) return Effect.void
+    return Effect.fail(new SqlError({
+      message: `${journal} holds an unfinished write of another program (${bytes} bytes; this server writes a -wal, never a ` +
+        "-journal), as a copy stopped midway leaves: opening the database would roll it back, most often to an empty " +
+        'one. It was not opened: put a whole copy in its place (README, "Backup and restore")'
+    }))
+  })
 
 /** Whether SQLite at `filename` is a database in memory (or a temporary one, `""`), which no later start finds again. */
 const isInMemory = (filename: string) => filename === "" || filename === ":memory:" || filename.startsWith("file::memory:")
