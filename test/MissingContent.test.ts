@@ -1,6 +1,7 @@
 /**
  * A file whose bytes are gone from storage (a database restored beside older files, a blob removed by hand) is
- * answered with an error before any header, on every storage: it answered 200 and then cut the connection.
+ * answered with an error before any header, on every storage: it answered 200 and then cut the connection. A batch
+ * over such an input file fails its validation saying so: its retries ended in a bare `internal_error`.
  */
 import { describe, expect, layer } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
@@ -9,7 +10,7 @@ import { rmSync } from "node:fs"
 import * as Path from "node:path"
 import { toFile } from "openai"
 import { SqlLive } from "../src/storage/Sql.js"
-import { sdk } from "./support/Batches.js"
+import { chatLine, createBatch, sdk, terminal, waitFor } from "./support/Batches.js"
 import { baseUrl, storages, TestDataDir, testApp } from "./support/TestApp.js"
 
 for (const { backend, fileStorage } of storages) {
@@ -42,6 +43,26 @@ for (const { backend, fileStorage } of storages) {
           }
           const text = yield* Effect.promise(() => openai.files.content(kept.id).then((r) => r.text()))
           expect(text).toBe("kept\n")
+        }))
+
+      it.effect("a batch over an input file whose bytes are gone fails its validation, saying so", () =>
+        Effect.gen(function*() {
+          const openai = sdk(yield* baseUrl)
+          const input = yield* Effect.promise(async () =>
+            openai.files.create({ file: await toFile(Buffer.from(chatLine("a", "hello") + "\n"), "in.jsonl"), purpose: "batch" }))
+          if (fileStorage === "local") {
+            rmSync(Path.join((yield* TestDataDir).path, "files", "blobs", encodeURIComponent(input.id)))
+          } else {
+            yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql`DELETE FROM blobs WHERE key = ${input.id}`).pipe(Effect.provide(SqlLive))
+          }
+          const batch = yield* createBatch(openai, input.id)
+          const done = yield* waitFor(openai, batch.id, terminal, 10_000)
+          expect([done.status, done.errors?.data]).toEqual(["failed", [{
+            code: "file_content_missing",
+            message: `The content of input file ${input.id} is missing from the server's storage: upload it again.`,
+            param: "input_file_id",
+            line: null
+          }]])
         }))
     })
   })

@@ -11,6 +11,7 @@ import { echo } from "../domain/Text.js"
 import { FileStore } from "../files/FileStore.js"
 import { Inference } from "../inference/Inference.js"
 import * as BatchLines from "../observability/batchLines.js"
+import { isMissingBlob } from "../storage/BlobStore.js"
 import { isCapacityFault } from "../storage/Faults.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
 import { afterPendingIo } from "./eventLoop.js"
@@ -97,11 +98,28 @@ export const makeValidating = Effect.gen(function*() {
         const stepped = Input.rowsWaiting(state) >= ROWS_PER_INSERT ? Effect.zipRight(storeRows, afterPendingIo) : afterPendingIo
         return at < items.length ? Effect.zipRight(stepped, Effect.suspend(() => checkFrom(items, at))) : stepped
       }
-      yield* content.value.stream.pipe(
+      let read = 0
+      const missing = yield* content.value.stream.pipe(
+        Stream.map((bytes) => {
+          read += bytes.length
+          return bytes
+        }),
         jsonlLines(MAX_LINE_BYTES),
         // A long line read in many pieces comes with empty chunks in between: no turn for those.
-        Stream.runForEachChunk((items) => (items.length === 0 ? Effect.void : checkFrom(items, 0)))
+        Stream.runForEachChunk((items) => (items.length === 0 ? Effect.void : checkFrom(items, 0))),
+        Effect.map(() => read === 0 && content.value.file.bytes > 0),
+        Effect.catchSomeDefect((fault) => (isMissingBlob(fault) ? Option.some(Effect.succeed(true)) : Option.none()))
       )
+      // Its bytes gone (a database restored beside older files): said, where retries ended in an `internal_error`.
+      if (missing) {
+        yield* Effect.logError(`The bytes of file ${batch.input_file_id} are missing from file storage: batch ${batch.id} cannot read its input`)
+        return yield* fail(batch.id, [{
+          code: "file_content_missing",
+          message: `The content of input file ${batch.input_file_id} is missing from the server's storage: upload it again.`,
+          param: "input_file_id",
+          line: null
+        }])
+      }
       yield* storeRows
       const model = Input.modelToCheck(state)
       // Checked only against a complete list (an upstream serving any model that gives none may serve it).

@@ -11,6 +11,7 @@ import { visibilityOf } from "../domain/Projects.js"
 import { FileCommands, fileTooLarge } from "../files/FileCommands.js"
 import { FileStore } from "../files/FileStore.js"
 import { wantedRange } from "../files/byteRange.js"
+import { isMissingBlob } from "../storage/BlobStore.js"
 import { sliceBytes } from "../storage/sliceBytes.js"
 import { parseUploadForm, uploadFilename } from "../files/uploadChecks.js"
 import { OpenAIApi } from "./Api.js"
@@ -32,17 +33,12 @@ const fileNotFound = (id: string) => notFound(`No such File object: ${echo(id)}`
 const contentPresent = (id: string, bytes: Stream.Stream<Uint8Array>) =>
   Effect.flatMap(Effect.exit(Stream.runHead(bytes)), (read) => {
     if (Exit.isSuccess(read) && Option.isSome(read.value)) return Effect.void
-    if (Exit.isFailure(read) && !missingBlob(Cause.squash(read.cause))) return Effect.failCause(read.cause)
+    if (Exit.isFailure(read) && !isMissingBlob(Cause.squash(read.cause))) return Effect.failCause(read.cause)
     return Effect.zipRight(
       Effect.logError(`The bytes of file ${id} are missing from file storage: its content cannot be served`),
       Effect.fail(serverError(`The content of file ${id} is missing from the server's storage.`))
     )
   })
-
-/** The local store's fault for a blob that is not there (the SQL store's is an empty stream). */
-const missingBlob = (fault: unknown) =>
-  fault instanceof Error && (fault as { _tag?: unknown; reason?: unknown })._tag === "SystemError" &&
-  (fault as { reason?: unknown }).reason === "NotFound"
 
 /** A `Range` past a file's end of `size` bytes: a 416 in the envelope, saying the size as RFC 9110 asks. */
 const rangeNotSatisfiable = (size: number) =>

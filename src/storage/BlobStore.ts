@@ -54,6 +54,14 @@ export interface BlobStoreShape {
 export class BlobStore extends Context.Tag("BlobStore")<BlobStore, BlobStoreShape>() {}
 
 /**
+ * Whether a read's fault is the local store's for bytes that are not there (a database restored beside older files,
+ * a blob removed by hand); the SQL store's missing bytes are an empty stream.
+ */
+export const isMissingBlob = (fault: unknown) =>
+  fault instanceof Error && (fault as { _tag?: unknown })._tag === "SystemError" &&
+  (fault as { reason?: unknown }).reason === "NotFound"
+
+/**
  * Bytes read at a time: each piece makes a round of the response stream's backpressure, so larger pieces stream
  * faster (200 MB download: 1.9 s at 64 KiB, 1.1 s here) at the cost of memory per download (1 MiB: +30 MB peak).
  */
