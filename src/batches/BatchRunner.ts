@@ -19,7 +19,7 @@
  * a fault.
  * A node with `maxConcurrentBatches` 0 does none of this (`handedOff`): the nodes that run batches pick its work up.
  */
-import { Clock, Context, Duration, Effect, FiberMap, Layer, Schedule } from "effect"
+import { Clock, Context, Duration, Effect, FiberMap, Layer, Option, Schedule } from "effect"
 import { AppConfig, runsBatches } from "../Config.js"
 import type { BatchId } from "../domain/Ids.js"
 import { FileStore, sweepEvery } from "../files/FileStore.js"
@@ -270,7 +270,7 @@ export const make = Effect.gen(function*() {
    * so that the line is in the batch's trace (the heartbeat's is never exported).
    */
   const pickUp = (id: BatchId, atStart: boolean) =>
-    Effect.flatMap(FiberMap.has(fibers, id), (driving) => driving ? Effect.void : start(id, BatchLines.pickedUp(id, atStart)))
+    Effect.flatMap(FiberMap.has(fibers, id), (driving) => driving ? Effect.void : start(id, BatchLines.pickedUp(id, atStart, Option.isSome(config.databaseUrl))))
 
   const restart = (id: BatchId) => Effect.zipRight(FiberMap.remove(fibers, id), start(id, undefined, { replace: true }))
 

@@ -65,11 +65,14 @@ export const validationFailed = (id: BatchId, errors: ReadonlyArray<BatchError>)
 /**
  * This node starts working on a batch it was not: at start, an unfinished one (this node's before a restart, or
  * another's); later, slices of it no node holds (their node stopped, or the node running the batch shares them).
- * Which of those it is goes unsaid: the lines claim only what the node knows when it picks the batch up.
+ * Which of those it is goes unsaid: the lines claim only what the node knows when it picks the batch up. `shared`:
+ * other nodes may run batches on this database (PostgreSQL); on SQLite one process runs them all.
  */
-export const pickedUp = (id: BatchId, atStart: boolean) =>
+export const pickedUp = (id: BatchId, atStart: boolean, shared: boolean) =>
   atStart
-    ? line(id, "batch.picked_up", "Batch taken up as this node started: unfinished, some of it held by no node (another node may run the rest)", { reason: "restart" })
+    ? line(id, "batch.picked_up", shared
+      ? "Batch taken up as this node started: unfinished, some of it held by no node (another node may run the rest)"
+      : "Batch taken up as this node started: left unfinished by the last process to run this database's batches", { reason: "restart" })
     : line(id, "batch.picked_up", "Batch picked up: slices of it no node holds (shared by the node running it, or left by one that stopped)", {
       reason: "free_work"
     })
