@@ -26,7 +26,7 @@ import { FileDeleted, FileList, FileObject, ListFilesParams, UploadFileForm } fr
 import { CompleteUploadBody, CreateUploadBody, Upload, UploadPart, UploadPartForm } from "../domain/Uploads.js"
 import { ListWebhookDeliveriesParams, WebhookDeliveryList } from "../domain/Webhooks.js"
 import { Model, ModelList, UpstreamList } from "../domain/Models.js"
-import { NotReadySchema, ReadySchema } from "../observability/Readiness.js"
+import { HealthSchema, NotReadySchema, ReadySchema } from "../domain/Health.js"
 import { Authenticated } from "./Security.js"
 
 const fileIdParam = HttpApiSchema.param("file_id", StorableFileId)
@@ -36,7 +36,7 @@ const uploadIdParam = HttpApiSchema.param("upload_id", StorableUploadId)
 export class HealthGroup extends HttpApiGroup.make("health")
   .add(
     HttpApiEndpoint.get("health", "/health")
-      .addSuccess(Schema.Struct({ status: Schema.Literal("OK") }))
+      .addSuccess(HealthSchema)
       .annotate(OpenApi.Summary, "Liveness check")
   )
   .add(

@@ -6,42 +6,19 @@
  * On SIGINT/SIGTERM the server's shutdown (`Lifecycle.ts`) calls `drain` before anything else, so readiness turns
  * 503 first; then the node drains as before (`SHUTDOWN_DELAY`, if set, is how long it keeps serving meanwhile).
  */
-import * as HttpApiSchema from "@effect/platform/HttpApiSchema"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
-import { Cause, Context, Duration, Effect, Layer, Option, Redacted, Ref, Schema } from "effect"
+import { Cause, Context, Duration, Effect, Layer, Option, Redacted, Ref } from "effect"
 import * as Path from "node:path"
 import { Auth } from "../auth/Auth.js"
 import { AppConfig, type AppConfigShape } from "../Config.js"
+import { NotReady, type NotReadyReason } from "../domain/Health.js"
 import { postgresText } from "./urlText.js"
 
 /** How long the database gets to answer a readiness query. */
 const DATABASE_TIMEOUT = Duration.seconds(2)
 /** How long one answer of the database check is shared. */
 const CHECK_TTL = Duration.seconds(1)
-
-export const NotReadyReason = Schema.Struct({
-  code: Schema.Literal("draining", "database_unreachable"),
-  message: Schema.String
-})
-export type NotReadyReason = typeof NotReadyReason.Type
-
-/** Not ready, and why. */
-export class NotReady extends Schema.TaggedError<NotReady>()("NotReady", { reasons: Schema.Array(NotReadyReason) }) {}
-
-/** `200 {"status":"ready"}`. */
-export const ReadySchema = Schema.Struct({ status: Schema.Literal("ready") })
-
-/** `503 {"status":"not_ready","reasons":[{"code","message"}]}`: what a person reading the probe's answer needs. */
-export const NotReadySchema = Schema.transform(
-  Schema.Struct({ status: Schema.Literal("not_ready"), reasons: Schema.Array(NotReadyReason) }),
-  Schema.typeSchema(NotReady),
-  {
-    strict: true,
-    decode: (body) => new NotReady({ reasons: body.reasons }),
-    encode: (error) => ({ status: "not_ready" as const, reasons: error.reasons })
-  }
-).annotations({ ...HttpApiSchema.annotations({ status: 503 }), identifier: "NotReady" })
 
 export interface ReadinessShape {
   /** Succeeds when the node is ready; else fails with what is wrong. */
