@@ -1,8 +1,8 @@
 /**
  * A restore gone wrong, at start: a SQLite file that is no database (a copy cut short, another file in its place)
  * stops the start with one line saying so, not a stack trace; a file beside an unfinished write of another program
- * (the `-journal` a backup copy stopped midway leaves) is not opened, so that SQLite does not roll it back to an empty
- * database the start would then call new.
+ * that would cut it short (the `-journal` a backup copy stopped midway leaves) is not opened, so that SQLite does not
+ * roll it back to an empty database the start would then call new; a journal that leaves it whole is no obstacle.
  */
 import { describe, expect, it } from "@effect/vitest"
 import Database from "better-sqlite3"
@@ -11,7 +11,7 @@ import { randomBytes } from "node:crypto"
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
-import { freePort, runServerToExit } from "./support/ServerProcess.js"
+import { freePort, runServerToExit, startServer } from "./support/ServerProcess.js"
 
 const errorLines = (output: string) =>
   output.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l)).filter((l) => l.level === "ERROR")
@@ -35,7 +35,23 @@ describe("a damaged SQLite database at start", () => {
       }
     }), { timeout: 40_000 })
 
-  it.live("a file with another program's unfinished write beside it is not opened: nothing rolled back, one line", () =>
+  /**
+   * A rollback journal's header as SQLite writes it (magic, records, nonce, the database's size in pages before the
+   * write, sector and page sizes), padded to a sector: what `sqlite3 src.db ".backup copy.db"` killed on a busy
+   * database left beside its copy (before: 0 pages).
+   */
+  const journalHeader = (pagesBefore: number) => {
+    const header = Buffer.alloc(512)
+    Buffer.from("d9d505f920a163d7", "hex").copy(header, 0)
+    header.writeUInt32BE(0, 8)
+    header.writeUInt32BE(0xe3daea77, 12)
+    header.writeUInt32BE(pagesBefore, 16)
+    header.writeUInt32BE(512, 20)
+    header.writeUInt32BE(4096, 24)
+    return header
+  }
+
+  it.live("a file beside another program's unfinished write that would empty it is not opened: nothing rolled back, one line", () =>
     Effect.promise(async () => {
       const dataDir = mkdtempSync(Path.join(tmpdir(), "hot-journal-"))
       try {
@@ -45,18 +61,36 @@ describe("a damaged SQLite database at start", () => {
         db.prepare("INSERT INTO t VALUES (?)").run(randomBytes(50_000))
         db.close()
         const journal = `${file}-journal`
-        writeFileSync(journal, randomBytes(4096))
+        writeFileSync(journal, journalHeader(0))
         const before = [readFileSync(file), readFileSync(journal)]
         const run = await runServerToExit({ DATA_DIR: dataDir, PORT: String(await freePort()), LOG_FORMAT: "json" }, 30_000)
         expect(run.code).toBe(1)
         expect(errorLines(run.output)).toEqual([expect.objectContaining({
           event: "server.start_failed",
           message: `Cannot use the database (SQLite at ${file}; see DATA_DIR): ${journal} holds an unfinished write of another ` +
-            "program (4096 bytes; this server writes a -wal, never a -journal), as a copy stopped midway leaves: opening " +
-            "the database would roll it back, most often to an empty one. It was not opened: put a whole copy in its " +
-            'place (README, "Backup and restore")'
+            `program that would cut the database from ${before[0]!.length} bytes to 0, as a copy stopped midway leaves: it ` +
+            'was not opened. Put a whole copy in its place (README, "Backup and restore")'
         })])
         expect([readFileSync(file), readFileSync(journal)]).toEqual(before)
+      } finally {
+        rmSync(dataDir, { recursive: true, force: true })
+      }
+    }), { timeout: 40_000 })
+
+  it.live("a journal whose undoing leaves the file whole (SQLite's own switch to WAL, cut short) does not stop the start", () =>
+    Effect.promise(async () => {
+      const dataDir = mkdtempSync(Path.join(tmpdir(), "wal-switch-"))
+      try {
+        const file = Path.join(dataDir, "batches.sqlite")
+        const db = new Database(file)
+        db.exec("CREATE TABLE t (x BLOB)")
+        db.close()
+        writeFileSync(`${file}-journal`, journalHeader(readFileSync(file).length / 4096))
+        const server = await startServer({ DATA_DIR: dataDir, LOG_FORMAT: "json" })
+        const tables = await (await fetch(`${server.url}/v1/batches`)).json()
+        expect(await server.stop()).toBe(0)
+        expect(tables).toMatchObject({ object: "list", data: [] })
+        expect(errorLines(server.output())).toEqual([])
       } finally {
         rmSync(dataDir, { recursive: true, force: true })
       }

@@ -11,7 +11,7 @@ import { SqlError } from "@effect/sql/SqlError"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import { Clock, Duration, Effect, Layer, Option, Redacted } from "effect"
-import { statSync } from "node:fs"
+import { closeSync, openSync, readSync, statSync } from "node:fs"
 import * as Path from "node:path"
 import { AppConfig, defaults } from "../Config.js"
 import type { Visibility } from "../domain/Projects.js"
@@ -89,27 +89,49 @@ const SqliteLive = (filename: string) =>
       }))
   ).pipe(Layer.provide(Reactivity.layer))
 
+/** A rollback journal's first bytes while it holds a write to undo (SQLite's file format, "The Rollback Journal"). */
+const HOT_JOURNAL_MAGIC = Buffer.from("d9d505f920a163d7", "hex")
+
 /**
- * Fails, before the file is opened, when a rollback journal holds an unfinished write beside it. This server's
- * database is in WAL mode and never writes one: another program's copy stopped midway leaves it (`sqlite3`'s
- * `.backup`, killed or never done on a busy database), and opening the file rolls it back, to an empty database most
- * often. The start then said only "New database created", and every batch and file looked lost.
+ * What a rollback journal beside `filename` would make of it, read before SQLite opens the file (which rolls a hot
+ * journal back): the database's size once rolled back, by the journal's header (its size in pages before the write,
+ * its page size), when that is smaller than the file. Undefined when there is no hot journal, or when undoing it
+ * leaves the file's size (SQLite's own switch to WAL, cut short, is undone so: harmless).
+ */
+const shrinkingJournal = (filename: string): { readonly journal: string; readonly bytesAfter: number; readonly bytesNow: number } | undefined => {
+  if (isInMemory(filename)) return undefined
+  const journal = `${filename}-journal`
+  try {
+    const header = Buffer.alloc(28)
+    const fd = openSync(journal, "r")
+    try {
+      if (readSync(fd, header, 0, 28, 0) < 28 || !header.subarray(0, 8).equals(HOT_JOURNAL_MAGIC)) return undefined
+    } finally {
+      closeSync(fd)
+    }
+    const bytesAfter = header.readUInt32BE(16) * header.readUInt32BE(24)
+    const bytesNow = statSync(filename).size
+    return bytesAfter < bytesNow ? { journal, bytesAfter, bytesNow } : undefined
+  } catch {
+    return undefined // no journal, or no database: nothing to undo
+  }
+}
+
+/**
+ * Fails, before the file is opened, when a rollback journal beside it would cut the database short. This server's
+ * database is in WAL mode: a journal that shrinks it is another program's write cut short, most often a copy
+ * stopped midway (`sqlite3`'s `.backup`, killed or never done on a busy database, leaves one that empties the
+ * copy). Opened, it was rolled back, and the start said only "New database created": every batch and file looked
+ * lost.
  */
 const refuseHotJournal = (filename: string) =>
   Effect.suspend(() => {
-    const journal = `${filename}-journal`
-    const bytes = isInMemory(filename) ? 0 : (() => {
-      try {
-        return statSync(journal).size
-      } catch {
-        return 0
-      }
-    })()
-    if (bytes === 0) return Effect.void
+    const hot = shrinkingJournal(filename)
+    if (hot === undefined) return Effect.void
     return Effect.fail(new SqlError({
-      message: `${journal} holds an unfinished write of another program (${bytes} bytes; this server writes a -wal, never a ` +
-        "-journal), as a copy stopped midway leaves: opening the database would roll it back, most often to an empty " +
-        'one. It was not opened: put a whole copy in its place (README, "Backup and restore")'
+      message: `${hot.journal} holds an unfinished write of another program that would cut the database from ` +
+        `${hot.bytesNow} bytes to ${hot.bytesAfter}, as a copy stopped midway leaves: it was not opened. Put a whole ` +
+        'copy in its place (README, "Backup and restore")'
     }))
   })
 
