@@ -184,14 +184,19 @@ for (const { backend, fileStorage } of storages) describe(`FileStore (${backend}
       // Each `Effect.provide` of this layer is one start of the service on the same storage.
       const start = FileStoreLive.pipe(Layer.provideMerge(StorageLive), Layer.provideMerge(config))
       const kept = yield* upload("kept.jsonl", "batch", bytesOf("k\n")).pipe(Effect.provide(start))
+      const deleted = yield* upload("deleted.jsonl", "batch", bytesOf("d\n")).pipe(Effect.provide(start))
+      yield* Effect.flatMap(FileStore, (files) => files.remove(deleted.id, "all")).pipe(Effect.provide(start))
       // What a process killed mid-upload, or between publishing bytes and writing metadata, leaves behind.
       const othersStaging = Path.join(path, "files", "staging", "other-node")
       if (fileStorage === "local") {
         const { nodeId } = yield* Effect.provide(AppConfig, config)
         const longAgo = new Date(Date.now() - 2 * 86_400_000)
         writeFileSync(Path.join(path, "files", "staging", fileNameOfNodeId(nodeId), "half-written"), "partial")
-        writeFileSync(Path.join(path, "files", "blobs", "file-orphan"), "no metadata")
-        utimesSync(Path.join(path, "files", "blobs", "file-orphan"), longAgo, longAgo)
+        // And what one stopped between a delete's row and its bytes leaves: a deleted file's, an upload part's.
+        for (const [name, text] of [["file-orphan", "no metadata"], [deleted.id, "deleted"], ["part_orphan", "a part"]] as const) {
+          writeFileSync(Path.join(path, "files", "blobs", name), text)
+          utimesSync(Path.join(path, "files", "blobs", name), longAgo, longAgo)
+        }
         // Another node sharing the directory: its upload under way, its file row on its way, and what it left
         // when it died two days ago.
         mkdirSync(othersStaging, { recursive: true })

@@ -273,37 +273,42 @@ export const make = Effect.gen(function*() {
   }).pipe(Effect.orDie, Effect.withSpan("FileStore.sweepExpired"))
 
   /**
-   * Bytes no row refers to: a crash between publish and insert left them, or a database restored older than its
-   * files (bytes on disk). Set aside where the store keeps them apart (`BlobStoreShape.setAside`), else removed. The
-   * parts of uploads (`Uploads`) are blobs too, listed in `upload_parts`.
+   * Bytes no row refers to, found at start. A file's, deleted or swept (in `deleted_files` for a day) and an upload
+   * part's (`part_…`, at most an hour's work) are removed: a stop between the row's delete and the bytes' left them.
+   * Any other, a crash between publish and insert left, or a database restored older than its files (bytes on disk):
+   * set aside where the store keeps them apart (`BlobStoreShape.setAside`), else removed.
    */
-  const removeOrphans = Effect.gen(function*() {
+  const settleOrphans = Effect.gen(function*() {
     const keys = yield* blobs.keys
     const ids: Array<string> = []
-    let removed = 0
+    let unknown = 0
     for (let i = 0; i < keys.length; i += SWEEP_GROUP) {
       const group = keys.slice(i, i + SWEEP_GROUP)
-      const known = new Set(
-        (yield* sql<{ id: string }>`SELECT id FROM files WHERE ${sql.in("id", group)}
-          UNION ALL SELECT id FROM upload_parts WHERE ${sql.in("id", group)}`).map((r) => r.id)
-      )
+      const rows = yield* sql<{ id: string; deleted: number | string }>`SELECT id, 0 AS deleted FROM files WHERE ${sql.in("id", group)}
+        UNION ALL SELECT id, 0 AS deleted FROM upload_parts WHERE ${sql.in("id", group)}
+        UNION ALL SELECT id, 1 AS deleted FROM deleted_files WHERE ${sql.in("id", group)}`
+      const known = new Set(rows.filter((r) => Number(r.deleted) === 0).map((r) => r.id))
+      const deleted = new Set(rows.filter((r) => Number(r.deleted) === 1).map((r) => r.id))
       const orphans = group.filter((key) => !known.has(key))
-      yield* Effect.forEach(orphans, blobs.setAside?.move ?? blobs.remove, { discard: true })
-      removed += orphans.length
-      ids.push(...orphans.slice(0, ORPHANS_NAMED - ids.length))
+      const leftByDeletes = orphans.filter((key) => deleted.has(key) || key.startsWith("part_"))
+      const others = orphans.filter((key) => !deleted.has(key) && !key.startsWith("part_"))
+      yield* Effect.forEach(leftByDeletes, blobs.remove, { discard: true })
+      yield* Effect.forEach(others, blobs.setAside?.move ?? blobs.remove, { discard: true })
+      unknown += others.length
+      ids.push(...others.slice(0, ORPHANS_NAMED - ids.length))
     }
-    if (removed === 0) return
-    const named = `${ids.join(", ")}${removed > ids.length ? ", …" : ""}`
+    if (unknown === 0) return
+    const named = `${ids.join(", ")}${unknown > ids.length ? ", …" : ""}`
     yield* (blobs.setAside === undefined
-      ? Effect.logWarning(`Removed ${removed} file blob(s) left without metadata by a crash (${named})`)
+      ? Effect.logWarning(`Removed ${unknown} file blob(s) left without metadata by a crash (${named})`)
       : Effect.logWarning(
-        `Moved ${removed} file blob(s) that no file refers to into ${blobs.setAside.dir} (${named}): a crash between ` +
+        `Moved ${unknown} file blob(s) that no file refers to into ${blobs.setAside.dir} (${named}): a crash between ` +
           "storing and recording a file leaves them, or a database restored older than its files. Nothing reads them " +
           "there; delete them once they are not needed."
-      )).pipe(Effect.annotateLogs({ event: "files.orphans", blobs: removed }))
-  }).pipe(Effect.orDie, Effect.withSpan("FileStore.removeOrphans"))
+      )).pipe(Effect.annotateLogs({ event: "files.orphans", blobs: unknown }))
+  }).pipe(Effect.orDie, Effect.withSpan("FileStore.settleOrphans"))
 
-  return { service: { openUpload: blobs.openStaging, commit, create, get, list, projectBytes, content, remove, sweepExpired }, removeOrphans }
+  return { service: { openUpload: blobs.openStaging, commit, create, get, list, projectBytes, content, remove, sweepExpired }, settleOrphans }
 })
 
 /** Runs `sweep` now and then every `fileSweepInterval`, in a fiber that lives as long as the scope; failures are logged. */
@@ -323,8 +328,8 @@ export const FileStoreLive: Layer.Layer<FileStore, never, SqlClient.SqlClient | 
   .scoped(
     FileStore,
     Effect.gen(function*() {
-      const { service, removeOrphans } = yield* make
-      yield* removeOrphans
+      const { service, settleOrphans } = yield* make
+      yield* settleOrphans
       yield* sweepEvery(service.sweepExpired, "File expiry sweep failed")
       return FileStore.of(service)
     })
