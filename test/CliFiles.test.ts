@@ -114,6 +114,9 @@ describe("the openai-batch command line's files", () => {
       expect(listJson.code).toBe(0)
       const listed = linesOf(listJson.stdout).map((l) => JSON.parse(l))
       expect(listed.map((b) => b.id)).toEqual([id, finished.id]) // newest first
+      // More than shown: said on stderr (stdout stays the JSON lines), with how to see them.
+      expect(listJson.stderr).toBe(`More batches: --limit 10 shows more, --after ${finished.id} the next ones.\n`)
+      expect([list.stderr, failedOnly.stderr, tagged.stderr]).toEqual(["", "", ""])
       // The next page from the last one listed; a status kept, however many pages it takes.
       expect(linesOf(nextPage.stdout).map((l) => JSON.parse(l).id)).toEqual([rejected.id])
       const failedIds = linesOf(failedOnly.stdout).map((l) => JSON.parse(l))

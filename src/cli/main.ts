@@ -21,7 +21,7 @@ import { checkOut, download } from "./download.js"
 import { CliFailure, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, STOP_SIGNAL_NAMES, STOP_SIGNALS, type StopSignal } from "./failure.js"
 import { follow } from "./follow.js"
 import { DEFAULT_MAX_REQUESTS } from "./localValidation.js"
-import { colourWhereShown, modeOf, printJson, say, sayAll, visible } from "./output.js"
+import { colourWhereShown, modeOf, note, printJson, say, sayAll, visible } from "./output.js"
 import { packageRoot } from "../packageRoot.js"
 import { BatchStatus } from "../domain/Batches.js"
 import { count } from "./progress.js"
@@ -145,15 +145,21 @@ const listCommand = Command.make(
   },
   (o) =>
     withApi(o, Effect.flatMap(BatchApi, (api) =>
-      api.list(o.limit, {
+      // One more than shown, to say whether more match: a list cut at 20 without a word read as the whole sweep.
+      api.list(o.limit + 1, {
         after: Option.getOrUndefined(o.after),
         keep: listFilter(o.status, Option.getOrUndefined(o.metadata))
       })).pipe(
-      Effect.flatMap((batches) =>
-        o.json
+      Effect.flatMap((read) => {
+        const batches = read.slice(0, o.limit)
+        const shown = o.json
           ? Effect.forEach(batches, printJson, { discard: true })
           : sayAll(batches.length === 0 ? ["No batches."] : listLines(batches, Date.now() / 1000))
-      )
+        if (read.length <= o.limit) return shown
+        const last = batches[batches.length - 1]!.id
+        const further = o.limit < MAX_LISTED ? `--limit ${Math.min(o.limit * 5, MAX_LISTED)} shows more, ` : ""
+        return Effect.zipRight(shown, note(`More batches${o.status.length > 0 || Option.isSome(o.metadata) ? " match" : ""}: ${further}--after ${last} the next ones.`))
+      })
     ))
 ).pipe(Command.withDescription("List the newest batches"))
 
