@@ -6,10 +6,11 @@
  * runs, every 10 s once all have ended (batches made elsewhere still show up, at a sixth of the requests). Left and
  * opened again (Back from a batch), it shows as many rows as it had, scrolled where it was, with its filter.
  *
- * The filter (words to find in a batch's id, model, endpoint, file ids or metadata, and a status) is the page's:
- * OpenAI's list has no such parameters. A refresh reads pages from the top until it has as many batches that match
- * as are shown, looking through at most `SCAN_STEP` batches ("Search older" goes a step further each time), so a
- * match made weeks ago is found without pressing "More" page after page.
+ * The filter (words, `format.js`'s `batchMatches`, and a status) is the page's: OpenAI's list has no such
+ * parameters. A refresh reads pages from the top until it has as many batches that match as are shown, looking
+ * through at most `SCAN_STEP` batches ("Search older" goes a step further each time, and stays so for the other
+ * filters), so a match made weeks ago is found without pressing "More" page after page. A refresh that read more
+ * than a page comes at the idle pace: a tab filtering for a rare match re-read 1,000 batches every 2 s.
  */
 import { json, query } from "./api.js"
 import { fill, h, headings, progressBar, setStatus } from "./dom.js"
@@ -26,13 +27,11 @@ const MAX_PAGE = 100
 const SCAN_STEP = 1000
 /** The statuses the filter offers, with their labels (`""`: any). */
 const STATUSES = [["", "Any status"], ["validating", "Validating"], ["in_progress", "In progress"], ["finalizing", "Finalizing"],
-  ["completed", "Completed"], ["failed", "Failed"], ["expired", "Expired"], ["cancelling", "Cancelling"], ["cancelled", "Cancelled"]]
+  ["completed", "Completed"], ["failed", "Failed"], ["expired", "Expired"], ["cancelling", "Cancelling"], ["cancelled", "Cancelled"],
+  ["failures", "With failed requests"]]
 /** The wait after a keystroke in the filter before the list is read again. */
 const TYPING_MS = 250
-/**
- * What the list showed when it was left, for the next time it opens (Back from a batch reset it to the top 20 and
- * dropped its filter).
- */
+/** What the list showed when it was left (rows, scroll, filter), for the next time it opens: Back from a batch. */
 const left = { shown: PAGE, scrollY: 0, text: "", status: "", scan: SCAN_STEP }
 
 /** @typedef {{ text: string, status: string, scan: number }} Filter */
@@ -48,13 +47,14 @@ export const batchHref = (id) => `#/batches/${encodeURIComponent(id)}`
  * @param {number} wanted
  * @param {Filter} filter
  * @param {AbortSignal} signal
- * @returns {Promise<{ batches: Batch[], hasMore: boolean, searched: number | null }>}
+ * @returns {Promise<{ batches: Batch[], hasMore: boolean, searched: number | null, pages: number }>}
  */
 const readBatches = async (wanted, filter, signal) => {
   const filtered = filtering(filter)
   /** @type {Batch[]} */
   const batches = []
   let read = 0
+  let pages = 0
   /** @type {string | undefined} */
   let cursor
   for (;;) {
@@ -62,11 +62,12 @@ const readBatches = async (wanted, filter, signal) => {
     /** @type {import("./api.js").Page<Batch>} */
     const page = await json(`/v1/batches${query({ limit, after: cursor })}`, { signal })
     read += page.data.length
+    pages++
     batches.push(...(filtered ? page.data.filter((b) => batchMatches(b, filter.text, filter.status)) : page.data))
     const more = page.has_more && page.last_id !== null
-    if (batches.length >= wanted) return { batches: batches.slice(0, wanted), hasMore: more || batches.length > wanted, searched: null }
-    if (!more) return { batches, hasMore: false, searched: null }
-    if (filtered && read >= filter.scan) return { batches, hasMore: true, searched: read }
+    if (batches.length >= wanted) return { batches: batches.slice(0, wanted), hasMore: more || batches.length > wanted, searched: null, pages }
+    if (!more) return { batches, hasMore: false, searched: null, pages }
+    if (filtered && read >= filter.scan) return { batches, hasMore: true, searched: read, pages }
     cursor = page.last_id ?? undefined
   }
 }
@@ -157,12 +158,13 @@ export function batchListView({ signal, refresh: refreshNow }) {
   signal.addEventListener("abort", () => {
     Object.assign(left, filter, { shown, scrollY: window.scrollY })
   })
-  /** A new filter: read again from the top, a page's worth. */
+  /** A new filter: read again from the top, a page's worth, as far down as the last search went. */
   const refilter = () => {
     filter.text = words.value
     filter.status = status.value
-    filter.scan = SCAN_STEP
     shown = PAGE
+    found.textContent = "Searching…"
+    found.hidden = false
     refreshNow()
   }
   /** @type {ReturnType<typeof setTimeout> | undefined} */
@@ -177,9 +179,11 @@ export function batchListView({ signal, refresh: refreshNow }) {
   let searchOlder = false
   /** Whether a batch shown may still change. */
   let running = false
+  /** Whether the last refresh read more than a page (a filter looking far down). */
+  let readFar = false
 
-  /** @param {Batch[]} batches @param {boolean} hasMore @param {number | null} searched */
-  const render = (batches, hasMore, searched) => {
+  /** @param {Batch[]} batches @param {boolean} hasMore @param {number | null} searched @param {Filter} asked */
+  const render = (batches, hasMore, searched, asked) => {
     const seen = new Set()
     const ordered = batches.map((b) => {
       seen.add(b.id)
@@ -192,14 +196,16 @@ export function batchListView({ signal, refresh: refreshNow }) {
     running = batches.some((b) => endedAt(b) === null)
     fill(body, ordered)
     table.hidden = batches.length === 0
-    const filtered = filtering(filter)
+    const filtered = filtering(asked)
     none.hidden = batches.length > 0 || filtered
     const matched = batches.length === 0 ? "No batch" : `${count(batches.length)} ${batches.length === 1 ? "batch" : "batches"}`
+    const verb = batches.length > 1 ? "match" : "matches"
+    // How many match, once the whole list was read; how far it looked, when a search stopped short.
     found.textContent = !filtered
       ? ""
       : searched !== null
-      ? `${matched} among the newest ${count(searched)} ${batches.length === 1 ? "matches" : "match"} this filter.`
-      : batches.length === 0 ? "No batch matches this filter." : ""
+      ? `${matched} among the newest ${count(searched)} ${verb} this filter.`
+      : hasMore ? "" : `${matched} ${verb} this filter.`
     found.hidden = found.textContent === ""
     searchOlder = searched !== null
     more.textContent = searchOlder ? "Search older" : "More"
@@ -210,8 +216,11 @@ export function batchListView({ signal, refresh: refreshNow }) {
   }
 
   const refresh = async () => {
-    const { batches, hasMore, searched } = await readBatches(shown, filter, signal)
-    render(batches, hasMore, searched)
+    // The filter as it was asked: one typed into during the read is the next refresh's.
+    const asked = { ...filter }
+    const { batches, hasMore, searched, pages } = await readBatches(shown, asked, signal)
+    readFar = pages > 1
+    render(batches, hasMore, searched, asked)
     return true
   }
 
@@ -228,7 +237,7 @@ export function batchListView({ signal, refresh: refreshNow }) {
     refresh,
     title: "Batches",
     get every() {
-      return running ? undefined : IDLE_EVERY_MS
+      return running && !readFar ? undefined : IDLE_EVERY_MS
     }
   }
 }

@@ -33,19 +33,23 @@ export const batchSubline = (b) => {
 }
 
 /**
- * Whether batch `b` is one the list's filter asks for: of `status` (`""`: any), and each word of `text` found, in any
- * case, in its id, model, endpoint, file ids or a metadata pair written `key=value`.
+ * Whether batch `b` is one the list's filter asks for: of `status` (`""`: any; `failures`: a batch whose requests
+ * failed, not counting those a cancel or an expiry left unrun), and each word of `text` found, in any case. A word
+ * `key=value` is a metadata pair, whole (`sweep=lr-3` is not `sweep=lr-30`), or `model=`, `status=`, `endpoint=`;
+ * another is looked for in the batch's id, model, endpoint, status, file ids, metadata pairs and validation errors
+ * (a model no upstream served is named there only). Words are split at spaces and commas, so that a row's metadata
+ * line copied (`sweep=lr-3, seed=7`) finds its batch.
  * @param {import("./api.js").Batch} b @param {string} text @param {string} status
  */
 export const batchMatches = (b, text, status) => {
-  if (status !== "" && b.status !== status) return false
-  const words = text.toLowerCase().split(/\s+/).filter((w) => w !== "")
+  if (status === "failures" ? !(b.request_counts.failed > 0 && !failedMayBeUnrun(b)) : status !== "" && b.status !== status) return false
+  const words = text.toLowerCase().replace(/\s*=\s*/g, "=").split(/[\s,]+/).filter((w) => w !== "")
   if (words.length === 0) return true
-  const pairs = Object.entries(b.metadata ?? {}).map(([k, v]) => `${k}=${v}`)
-  const said = [b.id, b.model ?? "", b.endpoint, b.input_file_id, b.output_file_id ?? "", b.error_file_id ?? "", ...pairs]
-    .join("\n")
-    .toLowerCase()
-  return words.every((w) => said.includes(w))
+  const pairs = Object.entries(b.metadata ?? {}).map(([k, v]) => `${k}=${v}`.toLowerCase())
+  const fields = [`model=${b.model ?? ""}`, `status=${b.status}`, `endpoint=${b.endpoint}`].map((p) => p.toLowerCase())
+  const said = [b.id, b.model ?? "", b.endpoint, b.status, b.input_file_id, b.output_file_id ?? "", b.error_file_id ?? "", ...pairs,
+    ...(b.errors?.data ?? []).map((e) => e.message)].join("\n").toLowerCase()
+  return words.every((w) => (w.includes("=") && !w.startsWith("=") ? pairs.includes(w) || fields.includes(w) : said.includes(w)))
 }
 
 const integer = new Intl.NumberFormat("en-US", { maximumFractionDigits: 0 })
