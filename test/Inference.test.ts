@@ -580,5 +580,7 @@ describe("Inference", () => {
     const now = Date.parse("2026-01-01T00:00:00Z")
     expect(retryAfterMillis({ "retry-after": "Thu, 01 Jan 2026 00:00:05 GMT" }, now)).toEqual(expect.objectContaining({ value: 5000 }))
     expect(retryAfterMillis({}, 0)._tag).toBe("None")
+    // Not a date HTTP writes, though Date.parse takes it for one (in the past: "no wait"): no wait said.
+    for (const odd of ["next 2", "abc 12", "-5", "2026-01-01"]) expect(retryAfterMillis({ "retry-after": odd }, now)._tag).toBe("None")
   })
 })

@@ -83,6 +83,9 @@ export const unlessHandedBack = <A, E, R>(
     ? Effect.fail(new HandedBack())
     : Effect.raceFirst(wait, Effect.zipRight(handBack.await, Effect.fail(new HandedBack())))
 
+/** HTTP's date (IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`): `Date.parse` alone takes `"next 2"` for a date. */
+const HTTP_DATE = /^[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT$/
+
 /** `Retry-After` (seconds or an HTTP date) or `retry-after-ms`, in milliseconds. */
 export const retryAfterMillis = (headers: Record<string, string | undefined>, now: number): Option.Option<number> => {
   const ms = Number(headers["retry-after-ms"])
@@ -91,7 +94,7 @@ export const retryAfterMillis = (headers: Record<string, string | undefined>, no
   if (value === undefined) return Option.none()
   const seconds = Number(value)
   if (Number.isFinite(seconds) && seconds >= 0) return Option.some(seconds * 1000)
-  const date = Date.parse(value)
+  const date = HTTP_DATE.test(value.trim()) ? Date.parse(value) : NaN
   return Number.isNaN(date) ? Option.none() : Option.some(Math.max(0, date - now))
 }
 

@@ -13,7 +13,7 @@
  *   401                     when `GET /models` answers 401 too, the key is refused: down, as an outage (a key revoked
  *                           mid-batch failed every line at full speed; its trials' calls refused so keep it down);
  *                           else a refusal of that request, or model: final, with a line, after one more call for
- *                           a first attempt (a key put right as the call went out)
+ *                           a first attempt, unsaid (a key put right as the call went out)
  *   404                     before any success on that endpoint, not OpenAI's `model_not_found`, `GET /models`
  *                           answering 404 too and `GET /v1/models` a 2xx: the base URL lacks its `/v1`, down as above
  *                           (every line of a batch failed); else final, with a line once
@@ -342,7 +342,7 @@ export const makeJudge = (
             ? down(`it refuses its key: POST ${urlFor(endpoint)} and GET /models answer 401; check its key (from ${spec.keyFrom ?? "its entry"})`, "key")
             // GET /models takes the key: one that lists and may not call, or one put right as the call went out (its
             // line failed with the 401 of a key already fixed): a first attempt is tried once more, after its backoff.
-            : n === 1 ? Effect.as(final, "retry") : final)
+            : n === 1 ? Effect.as(succeeded(ticket), "retry" as const) : final)
       }
       return Effect.flatMap(versionPathMissing, (missing): Effect.Effect<Verdict> =>
         missing
