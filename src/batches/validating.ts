@@ -50,19 +50,20 @@ export const makeValidating = Effect.gen(function*() {
       Effect.tap((moved) => (Option.isSome(moved) ? BatchLines.validationFailed(id, errors) : Effect.void))
     )
 
+  /** OpenAI's words for an input file that is not there, or is another project's. */
+  const inputNotFound = (id: string): BatchError => ({
+    code: "invalid_request",
+    message: `Cannot find file ${echo(id)}, or organization does not have access to it.`,
+    param: "input_file_id",
+    line: null
+  })
+
   const validate = (record: BatchRecord) =>
     Effect.gen(function*() {
       const { batch } = record
       // A batch reads only its own project's files: another project's is missing, as one that does not exist.
       const content = yield* Effect.option(files.content(batch.input_file_id, { project: record.project }))
-      if (Option.isNone(content)) {
-        return yield* fail(batch.id, [{
-          code: "invalid_request",
-          message: `Cannot find file ${echo(batch.input_file_id)}, or organization does not have access to it.`,
-          param: "input_file_id",
-          line: null
-        }])
-      }
+      if (Option.isNone(content)) return yield* fail(batch.id, [inputNotFound(batch.input_file_id)])
       if (content.value.file.bytes > config.maxBatchInputBytes) {
         return yield* fail(batch.id, [{
           code: "file_too_large",
@@ -110,7 +111,11 @@ export const makeValidating = Effect.gen(function*() {
         Effect.map(() => read === 0 && content.value.file.bytes > 0),
         Effect.catchSomeDefect((fault) => (isMissingBlob(fault) ? Option.some(Effect.succeed(true)) : Option.none()))
       )
-      // Its bytes gone (a database restored beside older files): said, where retries ended in an `internal_error`.
+      // Its bytes gone (a database restored beside older files): said, where retries ended in an `internal_error`;
+      // unless the file itself went meanwhile (deleted as it was read): as if it had not been found.
+      if (missing && Option.isNone(yield* Effect.option(files.get(batch.input_file_id, { project: record.project })))) {
+        return yield* fail(batch.id, [inputNotFound(batch.input_file_id)])
+      }
       if (missing) {
         yield* Effect.logError(`The bytes of file ${batch.input_file_id} are missing from file storage: batch ${batch.id} cannot read its input`)
         return yield* fail(batch.id, [{
