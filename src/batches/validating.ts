@@ -113,10 +113,9 @@ export const makeValidating = Effect.gen(function*() {
       )
       // Its bytes gone (a database restored beside older files): said, where retries ended in an `internal_error`;
       // unless the file itself went meanwhile (deleted as it was read): as if it had not been found.
-      if (missing && Option.isNone(yield* Effect.option(files.get(batch.input_file_id, { project: record.project })))) {
-        return yield* fail(batch.id, [inputNotFound(batch.input_file_id)])
-      }
       if (missing) {
+        const gone = Option.isNone(yield* Effect.option(files.get(batch.input_file_id, { project: record.project })))
+        if (gone) return yield* fail(batch.id, [inputNotFound(batch.input_file_id)])
         yield* Effect.logError(`The bytes of file ${batch.input_file_id} are missing from file storage: batch ${batch.id} cannot read its input`)
         return yield* fail(batch.id, [{
           code: "file_content_missing",

@@ -290,9 +290,9 @@ export const make = Effect.gen(function*() {
       const known = new Set(rows.filter((r) => Number(r.deleted) === 0).map((r) => r.id))
       const deleted = new Set(rows.filter((r) => Number(r.deleted) === 1).map((r) => r.id))
       const orphans = group.filter((key) => !known.has(key))
-      const leftByDeletes = orphans.filter((key) => deleted.has(key) || key.startsWith("part_"))
-      const others = orphans.filter((key) => !deleted.has(key) && !key.startsWith("part_"))
-      yield* Effect.forEach(leftByDeletes, blobs.remove, { discard: true })
+      const leftByDelete = (key: string) => deleted.has(key) || key.startsWith("part_")
+      const others = orphans.filter((key) => !leftByDelete(key))
+      yield* Effect.forEach(orphans.filter(leftByDelete), blobs.remove, { discard: true })
       yield* Effect.forEach(others, blobs.setAside?.move ?? blobs.remove, { discard: true })
       unknown += others.length
       ids.push(...others.slice(0, ORPHANS_NAMED - ids.length))
