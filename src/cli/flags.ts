@@ -47,7 +47,7 @@ export const retryFor = Options.float("retry-for").pipe(
   Options.filterMap((s) => (s >= 0 ? Option.some(Duration.millis(s * 1000)) : Option.none()), "--retry-for must be 0 or more"),
   Options.withDefault(DEFAULT_RETRY_FOR)
 )
-export const watchFlag = Options.boolean("watch").pipe(
+const watchFlag = Options.boolean("watch").pipe(
   Options.withDescription("Watch the batch until it ends, then write its output and error files to --out")
 )
 export const batchId = Args.text({ name: "BATCH_ID" })
