@@ -33,7 +33,8 @@ layer(
       expect((yield* waitFor(openai, (yield* batchOf(["s 1 [sleep:1300]", "s 2 [sleep:1300]"])).id, terminal)).status).toBe("completed")
       yield* eventually(() => expect(stalls()).toEqual([
         ["upstream.stalled", "WARN", expect.stringMatching(/^Upstream wedged: 2 calls out and none ended for 1 s; each waits up to 2s /)],
-        ["upstream.stall_ended", "INFO", "Upstream wedged: a call was answered, after 1 s without one ending"]
+        // In whole seconds: 1.3 s, or a little more on a loaded machine.
+        ["upstream.stall_ended", "INFO", expect.stringMatching(/^Upstream wedged: a call was answered, after [12] s without one ending$/)]
       ]), 2000)
       lines.length = 0
 
@@ -47,7 +48,10 @@ layer(
       yield* Effect.promise(() => openai.batches.cancel(hung.id))
       yield* eventually(() => expect(stalls()).toEqual([
         ["upstream.stalled", "WARN", expect.stringMatching(/^Upstream wedged: 2 calls out and none ended for 1 s;/)],
-        ["upstream.stall_ended", "INFO", "Upstream wedged: a call ended without an answer (its timeout, or its connection lost), after 2 s; the calls are tried again"],
+        // Their 2 s timeout (3 s said once under the whole suite's load).
+        ["upstream.stall_ended", "INFO", expect.stringMatching(
+          /^Upstream wedged: a call ended without an answer \(its timeout, or its connection lost\), after [23] s; the calls are tried again$/
+        )],
         ["upstream.stalled", "WARN", expect.stringMatching(/^Upstream wedged: 2 calls out and none ended for 1 s;/)],
         ["upstream.stall_ended", "INFO", "Upstream wedged: no call is out any more"]
       ]), 3000)
