@@ -177,7 +177,7 @@ describe("the openai-batch command line", () => {
       // An endpoint the server does not know (none of OpenAI's): its refusal comes with the create.
       const unknown = inputFile("unknown.jsonl", ["a", "b"].map((id) =>
         JSON.stringify({ custom_id: id, method: "POST", url: "/v1/foo", body: { model: "sim-model" } })))
-      const [refused, tooMany, noKey, noValue, longValue, twice, proto, tooLong, badOut] = await Promise.all([
+      const [refused, tooMany, noKey, noValue, longValue, twice, proto, tooLong, listNoValue, badOut] = await Promise.all([
         cli(["submit", unknown]),
         cli(["submit", file, "--max-requests", "2", "--watch", "--out", Path.join(scratch, "out-too-many")]),
         cli(["submit", file, "--metadata", "=x"]),
@@ -186,6 +186,7 @@ describe("the openai-batch command line", () => {
         cli(["submit", file, "--metadata", "run=1", "--metadata", "run=2"]),
         cli(["submit", file, "--metadata", "__proto__=x"]),
         cli(["list", "--limit", "20000"]),
+        cli(["list", "--metadata", "sweep"]), // list's filter takes its pairs as submit does, and refuses them so
         // Results that could not be written are found out before the batch is made, not once it has run.
         cli(["submit", file, "--watch", "--out", Path.join(file, "out")])
       ])
@@ -197,6 +198,7 @@ describe("the openai-batch command line", () => {
       expect([twice.code, twice.stderr]).toEqual([2, expect.stringContaining("--metadata gives 'run' twice")])
       expect([proto.code, proto.stderr]).toEqual([2, expect.stringContaining("--metadata: Invalid 'metadata': a key must not be '__proto__'.")])
       expect([tooLong.code, tooLong.stderr]).toEqual([2, expect.stringContaining("--limit must be from 1 to 10000")])
+      expect([listNoValue.code, listNoValue.stderr]).toEqual([2, expect.stringContaining("--metadata takes KEY=VALUE, with a key before the '=': got 'sweep'")])
       expect(refused.code).toBe(1)
       expect(refused.stdout).toBe("")
       const refusal = linesOf(refused.stderr)

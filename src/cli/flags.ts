@@ -3,7 +3,9 @@
  * watch options, a base URL that is an API's, `--metadata` pairs.
  */
 import * as Args from "@effect/cli/Args"
+import * as HelpDoc from "@effect/cli/HelpDoc"
 import * as Options from "@effect/cli/Options"
+import * as ValidationError from "@effect/cli/ValidationError"
 import { Config, Duration, Effect, Either, Option, type Redacted } from "effect"
 import { checkedMetadata } from "../batches/validation.js"
 import { withoutCredentials } from "../observability/urlText.js"
@@ -88,11 +90,29 @@ export const checkedBaseUrl = (url: string, source: string): Effect.Effect<strin
 }
 
 /**
+ * `--metadata KEY=VALUE`, repeatable, as an object checked by `metadataOf`: the same flag, and the same refusals (exit
+ * 2), for `submit`'s metadata and `list`'s filter (whose own parser refused `--metadata sweep` in @effect/cli's words,
+ * "text options do not have a default value").
+ */
+export const metadataOption = (description: string) =>
+  Options.text("metadata").pipe(
+    Options.withPseudoName("KEY=VALUE"),
+    Options.withDescription(description),
+    Options.repeated,
+    Options.mapEffect((pairs) =>
+      Either.match(metadataOf(pairs), {
+        onLeft: (problem) => Effect.fail(ValidationError.invalidValue(HelpDoc.p(problem))),
+        onRight: Effect.succeed
+      })
+    )
+  )
+
+/**
  * `--metadata` pairs as an object: each `KEY=VALUE` with a key (the value may be empty, or hold `=`), a key given
  * once, within OpenAI's limits (16 pairs, keys of 64 characters, values of 512): found out before the upload, not
  * after it.
  */
-export const metadataOf = (pairs: ReadonlyArray<string>): Either.Either<Record<string, string>, string> => {
+const metadataOf = (pairs: ReadonlyArray<string>): Either.Either<Record<string, string>, string> => {
   const metadata: Record<string, string> = {}
   for (const pair of pairs) {
     const at = pair.indexOf("=")

@@ -3,14 +3,13 @@
  * statuses given, whose metadata has every pair given (`--metadata sweep=lr-3e-4`: one sweep's among hundreds).
  * Undefined when nothing is asked: every batch, a page a call.
  */
-import { HashMap } from "effect"
 import type { Batch } from "openai/resources/batches"
 
 export const listFilter = (
   statuses: ReadonlyArray<string>,
-  metadata: HashMap.HashMap<string, string> | undefined
+  metadata: Readonly<Record<string, string>>
 ): ((batch: Batch) => boolean) | undefined => {
-  const pairs = metadata === undefined ? [] : [...HashMap.entries(metadata)]
+  const pairs = Object.entries(metadata)
   if (statuses.length === 0 && pairs.length === 0) return undefined
   return (batch) =>
     (statuses.length === 0 || statuses.includes(batch.status)) &&

@@ -7,13 +7,12 @@
  */
 import * as Args from "@effect/cli/Args"
 import * as Command from "@effect/cli/Command"
-import * as HelpDoc from "@effect/cli/HelpDoc"
 import * as Options from "@effect/cli/Options"
 import * as ValidationError from "@effect/cli/ValidationError"
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import { readFileSync } from "node:fs"
 import * as Path from "node:path"
-import { Cause, Effect, Either, Exit, Option, Redacted } from "effect"
+import { Cause, Effect, Exit, Option, Redacted } from "effect"
 import { BatchApi, DEFAULT_BASE_URL, layer as batchApiLayer, type RerunKind } from "./BatchApi.js"
 import { describeBatch, listLines } from "./describe.js"
 import { listFilter } from "./listFilter.js"
@@ -38,7 +37,7 @@ import {
   fromEnv,
   interval,
   json,
-  metadataOf,
+  metadataOption,
   out,
   retryFor
 } from "./flags.js"
@@ -78,17 +77,7 @@ const submitCommand = Command.make(
       Options.withDescription("The batch's endpoint (default: the url of the file's first request, else /v1/chat/completions)"),
       Options.optional
     ),
-    metadata: Options.text("metadata").pipe(
-      Options.withPseudoName("KEY=VALUE"),
-      Options.withDescription("A metadata pair key=value (repeatable)"),
-      Options.repeated,
-      Options.mapEffect((pairs) =>
-        Either.match(metadataOf(pairs), {
-          onLeft: (problem) => Effect.fail(ValidationError.invalidValue(HelpDoc.p(problem))),
-          onRight: Effect.succeed
-        })
-      )
-    ),
+    metadata: metadataOption("A metadata pair key=value (repeatable)"),
     maxRequests: Options.integer("max-requests").pipe(
       Options.withPseudoName("N"),
       Options.withDescription(`The most requests the server takes in a batch: its MAX_REQUESTS_PER_BATCH (default ${DEFAULT_MAX_REQUESTS}, OpenAI's)`),
@@ -136,11 +125,7 @@ const listCommand = Command.make(
       Options.withDescription("Only batches of this status (repeatable)"),
       Options.repeated
     ),
-    metadata: Options.keyValueMap("metadata").pipe(
-      Options.withPseudoName("KEY=VALUE"),
-      Options.withDescription("Only batches whose metadata has KEY set to VALUE (repeatable: every pair)"),
-      Options.optional
-    ),
+    metadata: metadataOption("Only batches whose metadata has KEY set to VALUE (repeatable: every pair)"),
     json
   },
   (o) =>
@@ -148,7 +133,7 @@ const listCommand = Command.make(
       // One more than shown, to say whether more match: a list cut at 20 without a word read as the whole sweep.
       api.list(o.limit + 1, {
         after: Option.getOrUndefined(o.after),
-        keep: listFilter(o.status, Option.getOrUndefined(o.metadata))
+        keep: listFilter(o.status, o.metadata)
       })).pipe(
       Effect.flatMap((read) => {
         const batches = read.slice(0, o.limit)
@@ -158,7 +143,7 @@ const listCommand = Command.make(
         if (read.length <= o.limit) return shown
         const last = batches[batches.length - 1]!.id
         const further = o.limit < MAX_LISTED ? `--limit ${Math.min(o.limit * 5, MAX_LISTED)} shows more, ` : ""
-        return Effect.zipRight(shown, note(`More batches${o.status.length > 0 || Option.isSome(o.metadata) ? " match" : ""}: ${further}--after ${last} the next ones.`))
+        return Effect.zipRight(shown, note(`More batches${listFilter(o.status, o.metadata) === undefined ? "" : " match"}: ${further}--after ${last} the next ones.`))
       })
     ))
 ).pipe(Command.withDescription("List the newest batches"))
