@@ -291,7 +291,7 @@ describe.concurrent("server process", () => {
         const port = (taken.address() as AddressInfo).port
         const ports = variable === "PORT" ? { PORT: String(port) } : { PORT: String(await freePort()), METRICS_PORT: String(port) }
         const run = await runServerToExit({ DATA_DIR: dataDir, HOST: "127.0.0.1", ...ports, LOG_FORMAT: "json" }, 20_000)
-        expect(run.code).toBe(1)
+        expect(run.code, run.output).toBe(1)
         const failed = run.output.split("\n").filter((l) => l.includes('"level":"ERROR"')).map((l) => JSON.parse(l))
         expect(failed).toHaveLength(1)
         expect(failed[0].event).toBe("server.listen_failed")
