@@ -1,7 +1,8 @@
 /**
  * The batches list's filter, in headless Chromium: words found in a batch's id, model or metadata and a status keep
  * the batches that match, however far down the list they are (no "More" pressed page after page); the filter is kept
- * across a visit to a batch; a long list is searched a thousand batches at a time ("Search older").
+ * across a visit to a batch, and in the address (a link opens the search); a long list is searched a thousand
+ * batches at a time ("Search older").
  */
 import { describe, expect, layer } from "@effect/vitest"
 import { Effect, Layer } from "effect"
@@ -100,6 +101,13 @@ describe("the batches list's filter", () => {
           await poll(() => ids(page)).toEqual([needle.id])
           expect(await page.locator("#batches-filter").inputValue()).toBe("sweep=needle-7")
           expect(await page.locator("#batches-status").inputValue()).toBe("completed")
+          // The address holds the filter: a link to it opens the search, in a page of its own (an unknown status: any).
+          expect(new URL(page.url()).hash).toBe("#/?q=sweep%3Dneedle-7&status=completed")
+          await page.goto(`${base}/ui#/?q=needle-70&status=nonsense`)
+          await page.reload()
+          await poll(() => ids(page)).toEqual([longer.id])
+          expect(await page.locator("#batches-filter").inputValue()).toBe("needle-70")
+          expect(await page.locator("#batches-status").inputValue()).toBe("")
           // Batches whose requests failed (a cancel's unrun requests are not failures): completed ones too.
           await page.locator("#batches-filter").fill("")
           await page.locator("#batches-status").selectOption("failures")
@@ -109,6 +117,7 @@ describe("the batches list's filter", () => {
           await page.locator("#batches-status").selectOption("")
           await poll(() => rows(page).count()).toBe(20)
           expect(await page.locator("button.more").textContent()).toBe("More")
+          expect(new URL(page.url()).hash).toBe("#/")
           await expectClean(browser)
         })
       }), { timeout: 60_000 })

@@ -27,9 +27,14 @@ const MAX_BACKOFF_MS = 60_000
 
 const byId = (/** @type {string} */ id) => /** @type {HTMLElement} */ (document.getElementById(id))
 
-/** The view the location's hash names: `#/`, `#/files`, `#/batches/ID`. @param {string} hash @param {ViewContext} context @returns {View} */
+/**
+ * The view the location's hash names: `#/` (`#/?q=…&status=…`: the list's filter), `#/files`, `#/batches/ID`.
+ * @param {string} hash @param {ViewContext} context @returns {View}
+ */
 const viewFor = (hash, context) => {
-  const path = hash.replace(/^#/, "")
+  const address = hash.replace(/^#/, "")
+  const query = address.indexOf("?")
+  const path = query === -1 ? address : address.slice(0, query)
   const batch = /^\/batches\/([^/]+)$/.exec(path)
   if (batch !== null) {
     try {
@@ -40,7 +45,7 @@ const viewFor = (hash, context) => {
       // a malformed escape: the list instead
     }
   }
-  return path === "/files" ? filesView(context) : batchListView(context)
+  return path === "/files" ? filesView(context) : batchListView(context, new URLSearchParams(query === -1 ? "" : address.slice(query + 1)))
 }
 
 /** The shortest wait a server's hint gets (a hint of 0 must not make a loop). */

@@ -4,7 +4,8 @@
  * time. "More" follows OpenAI's `after` cursor; each refresh reads again as many batches as are shown, from the
  * top, so the rows already loaded stay live and new batches appear above: at the page's pace while one of them
  * runs, every 10 s once all have ended (batches made elsewhere still show up, at a sixth of the requests). Left and
- * opened again (Back from a batch), it shows as many rows as it had, scrolled where it was, with its filter.
+ * opened again (Back from a batch), it shows as many rows as it had, scrolled where it was, with its filter. The
+ * filter is in the address too (`#/?q=sweep%3Dlr-3&status=failures`), so a search can be bookmarked or sent.
  *
  * The filter (words, `format.js`'s `batchMatches`, and a status) is the page's: OpenAI's list has no such
  * parameters. A refresh reads pages from the top until it has as many batches that match as are shown, looking
@@ -37,6 +38,25 @@ const left = { shown: PAGE, scrollY: 0, text: "", status: "", scan: SCAN_STEP }
 /** @typedef {{ text: string, status: string, scan: number }} Filter */
 /** @param {Filter} filter */
 const filtering = (filter) => filter.text.trim() !== "" || filter.status !== ""
+
+/**
+ * The filter an address asks for (`q`, `status`: an unknown status is any), or null when it names none.
+ * @param {URLSearchParams} params @returns {{ text: string, status: string } | null}
+ */
+const filterIn = (params) => {
+  if (!params.has("q") && !params.has("status")) return null
+  const status = params.get("status") ?? ""
+  return { text: params.get("q") ?? "", status: STATUSES.some(([value]) => value === status) ? status : "" }
+}
+
+/** The list's address for `filter`: `#/` without one. @param {Filter} filter */
+const listHref = (filter) => {
+  const params = new URLSearchParams()
+  if (filter.text.trim() !== "") params.set("q", filter.text)
+  if (filter.status !== "") params.set("status", filter.status)
+  const query = params.toString()
+  return query === "" ? "#/" : `#/?${query}`
+}
 
 /** @param {string} id */
 export const batchHref = (id) => `#/batches/${encodeURIComponent(id)}`
@@ -116,8 +136,13 @@ const batchRow = () => {
   return { el, update }
 }
 
-/** @param {import("./app.js").ViewContext} context */
-export function batchListView({ signal, refresh: refreshNow }) {
+/** @param {import("./app.js").ViewContext} context @param {URLSearchParams} params the address's query */
+export function batchListView({ signal, refresh: refreshNow }, params) {
+  const addressed = filterIn(params)
+  // Another filter than the one the list was left with (a link to a search): its own rows, from the top.
+  if (addressed !== null && (addressed.text !== left.text || addressed.status !== left.status)) {
+    Object.assign(left, addressed, { shown: PAGE, scrollY: 0, scan: SCAN_STEP })
+  }
   const body = h("tbody")
   const none = h("p", { className: "empty", hidden: true },
     "No batches yet. ", h("a", { href: "#/files" }, "Upload a file"), " to start one.")
@@ -158,10 +183,14 @@ export function batchListView({ signal, refresh: refreshNow }) {
   signal.addEventListener("abort", () => {
     Object.assign(left, filter, { shown, scrollY: window.scrollY })
   })
+  // The address says the filter (replaced, not pushed: Back leaves the list, not a keystroke).
+  const address = () => history.replaceState(history.state, "", listHref(filter))
+  address()
   /** A new filter: read again from the top, a page's worth, as far down as the last search went. */
   const refilter = () => {
     filter.text = words.value
     filter.status = status.value
+    if (!signal.aborted) address()
     shown = PAGE
     found.textContent = "Searching…"
     found.hidden = false
