@@ -401,6 +401,9 @@ describe("the dashboard", () => {
           await page.goto(`${base}/ui#/batches/${dots}`)
           await poll(() => page.locator("table.batches tbody tr").count()).toBeGreaterThan(0)
         }
+        // An id pasted with the spaces around it is the batch's.
+        await page.goto(`${base}/ui#/batches/%20${id}%20`)
+        await poll(() => page.locator(".problems").isVisible()).toBe(true)
 
         // "Forget key" removes it from the browser, and what it showed with it; the next refresh asks again.
         await page.getByRole("button", { name: "Forget key" }).click()

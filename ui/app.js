@@ -38,7 +38,8 @@ const viewFor = (hash, context) => {
   const batch = /^\/batches\/([^/]+)$/.exec(path)
   if (batch !== null) {
     try {
-      const id = decodeURIComponent(batch[1] ?? "")
+      // Trimmed: no id holds a space, and one pasted with its neighbours' ("No batch  batch_1 " read as the id's).
+      const id = decodeURIComponent(batch[1] ?? "").trim()
       // `.` and `..` are no ids: a URL would resolve them to another path (`/v1/batches/.` is the list).
       if (id !== "." && id !== "..") return batchPageView(id, context)
     } catch {
