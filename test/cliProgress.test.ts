@@ -149,13 +149,18 @@ describe("batches at rest", () => {
     const tagged = listLines([
       batch({ model: "m", metadata: { sweep: "lr-3e-4", seed: "7" } }),
       batch({ ...done, model: "m", metadata: { note: "x".repeat(60) } }),
-      batch({ ...done, id: "batch_3", model: "m", metadata: { note: "two\nlines\tand a tab" } })
+      batch({ ...done, id: "batch_3", model: "m", metadata: { note: "two\nlines\tand a tab" } }),
+      batch({ ...done, id: "batch_4", model: "m", metadata: { sweep: "lr-3e-4", seed: "7", owner: "ana", lr: "0.0003", note: "x" } }),
+      batch({ ...done, id: "batch_5", model: "m", metadata: { note: "y".repeat(60), sweep: "lr-3" } })
     ], T0 + 60)
     expect(tagged).toEqual([
       "ID         STATUS       DONE/TOTAL  FAILED  TOKENS  CREATED    MODEL  ENDPOINT              METADATA",
       "batch_abc  in_progress  612/1,000   12      31.4k   1m00s ago  m      /v1/chat/completions  sweep=lr-3e-4, seed=7",
       `batch_2    completed    3/3         0       0       1m00s ago  m      /v1/chat/completions  note=${"x".repeat(34)}…`,
-      "batch_3    completed    3/3         0       0       1m00s ago  m      /v1/chat/completions  note=two\\nlines\\tand a tab"
+      "batch_3    completed    3/3         0       0       1m00s ago  m      /v1/chat/completions  note=two\\nlines\\tand a tab",
+      // Whole pairs, and how many more: a pair cut mid-key read as another.
+      "batch_4    completed    3/3         0       0       1m00s ago  m      /v1/chat/completions  sweep=lr-3e-4, seed=7, owner=ana, +2 more",
+      `batch_5    completed    3/3         0       0       1m00s ago  m      /v1/chat/completions  note=${"y".repeat(34)}…, +1 more`
     ])
   })
 

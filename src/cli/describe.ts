@@ -69,11 +69,24 @@ export const describeBatch = (b: Batch, now: number): ReadonlyArray<string> => {
 /** A table cell's text on one line: control characters written as JSON escapes (a `\n` in metadata split its row). */
 const oneLine = (text: string) => text.replace(/[\u0000-\u001f\u007f]/g, (c) => JSON.stringify(c).slice(1, -1))
 
-/** A batch's metadata as `list` shows it: `k=v, k2=v2`, cut at `METADATA_SHOWN` characters. */
+/**
+ * A batch's metadata as `list` shows it: `k=v, k2=v2`, whole pairs within `METADATA_SHOWN` characters and how many
+ * more there are (`sweep=lr-3, seed=7, +2 more`: a pair cut mid-key read as another key); a first pair longer than
+ * that, cut.
+ */
 const METADATA_SHOWN = 40
 const metadataText = (b: Batch): string => {
-  const text = oneLine(metadataPairs(b))
-  return text.length > METADATA_SHOWN ? `${text.slice(0, METADATA_SHOWN - 1)}…` : text
+  const pairs = Object.entries(b.metadata ?? {}).map(([k, v]) => oneLine(`${k}=${v}`))
+  const shown: Array<string> = []
+  let length = 0
+  for (const pair of pairs) {
+    length += (shown.length > 0 ? 2 : 0) + pair.length
+    if (length > METADATA_SHOWN) break
+    shown.push(pair)
+  }
+  if (shown.length === 0 && pairs.length > 0) shown.push(`${pairs[0]!.slice(0, METADATA_SHOWN - 1)}…`)
+  const more = pairs.length - shown.length
+  return [...shown, ...(more > 0 ? [`+${more} more`] : [])].join(", ")
 }
 
 /**
