@@ -1,6 +1,7 @@
 /**
  * The parts `makeServices` and `makeApp` take, as an embedding app's compiler sees them: a misspelled part is a type
- * error (it would otherwise be ignored, the live part used instead), and what a start fails with is typed.
+ * error (it would otherwise be ignored, the live part used instead), and what a start fails with is typed; the
+ * lines of an app on parts of its own say so (its upstreams, its storage).
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Layer, Logger, Redacted } from "effect"
@@ -22,6 +23,8 @@ import {
   scriptedAnswer
 } from "../src/index.js"
 import { vouchedFor } from "../src/inference/answers.js"
+import type OpenAI from "openai"
+import { chatLine, createBatch, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import { createScratchSchema, dropScratchSchema } from "./support/Postgres.js"
 
 const scripted = InferenceScripted(() => Effect.succeed(scriptedAnswer(200, {})), ["m"])
@@ -50,23 +53,45 @@ describe("the parts of makeServices and makeApp", () => {
       expect(listening.message).toContain("no upstream: the app's own Inference answers")
     }), 30_000)
 
-  it.live("on a storage part of the app's, the listening line names it as the app's: its kind, not the configuration's database", () =>
+  it.live("on a storage part of the app's, the lines name it as the app's: its kind, not the configuration's database", () =>
     Effect.gen(function*() {
-      const written: Array<any> = []
-      const logger = Logger.replace(Logger.defaultLogger, Logger.map(jsonLineLogger, (line) => void written.push(JSON.parse(line))))
       const dataDir = mkdtempSync(Path.join(tmpdir(), "parts-"))
       const { schema, url } = yield* createScratchSchema("storage_part")
       const storage = BlobStoreSql.pipe(Layer.provideMerge(layerPg(Redacted.make(url), {}, NodeIdLockLive)))
-      yield* Effect.scoped(Layer.build(makeApp({ inference: scripted, storage }).pipe(
-        Layer.provide(AppConfig.layerWith({ port: 0, dataDir })), // no DATABASE_URL: SQLite, as far as it says
-        Layer.provide(logger)
-      ))).pipe(Effect.ensuring(Effect.zip(
-        Effect.sync(() => rmSync(dataDir, { recursive: true, force: true })),
-        Effect.orDie(dropScratchSchema(schema))
-      )))
-      const listening = written.find((line) => line.event === "server.listening")
+      /** The app on that storage, with `inference`, for as long as `use` runs: what it logged. */
+      const run = <A>(inference: typeof scripted, use: (openai: OpenAI) => Effect.Effect<A>) =>
+        Effect.gen(function*() {
+          const written: Array<any> = []
+          const logger = Logger.replace(Logger.defaultLogger, Logger.map(jsonLineLogger, (line) => void written.push(JSON.parse(line))))
+          yield* Layer.build(makeApp({ inference, storage }).pipe(
+            // No DATABASE_URL: SQLite, as far as the configuration says. The same node each time.
+            Layer.provide(AppConfig.layerWith({ host: "127.0.0.1", port: 0, dataDir, nodeId: "parts-node" })),
+            Layer.provide(logger)
+          ))
+          yield* use(sdk(written.find((line) => line.event === "server.listening").address))
+          return written
+        }).pipe(Effect.scoped)
+      const unanswered = InferenceScripted(() => Effect.never, ["m"])
+      let id = ""
+      const first = yield* run(unanswered, (openai) =>
+        Effect.gen(function*() {
+          const file = yield* upload(openai, [chatLine("a", "hello", "m")])
+          id = (yield* createBatch(openai, file.id)).id
+          yield* waitFor(openai, id, (b) => b.status === "in_progress")
+        }))
+      const second = yield* run(scripted, (openai) => Effect.asVoid(waitFor(openai, id, terminal)))
+        .pipe(Effect.ensuring(Effect.zip(
+          Effect.sync(() => rmSync(dataDir, { recursive: true, force: true })),
+          Effect.orDie(dropScratchSchema(schema))
+        )))
+      const listening = first.find((line) => line.event === "server.listening")
       expect([listening.backend, listening.database]).toEqual(["postgresql", "PostgreSQL of the app's own storage"])
       expect(listening.message).toContain("(PostgreSQL of the app's own storage; ")
+      // Taken up at the next start as on PostgreSQL, where other nodes may run batches: not SQLite's one process.
+      expect(second.filter((line) => line.event === "batch.picked_up")).toEqual([expect.objectContaining({
+        batch_id: id,
+        message: "Batch taken up as this node started: unfinished, some of it held by no node (another node may run the rest)"
+      })])
     }), 30_000)
 
   it.live("an app's own Inference has its answers checked as the upstreams' are: one line of JSON, a request id", () =>

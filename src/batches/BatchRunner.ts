@@ -19,6 +19,7 @@
  * a fault.
  * A node with `maxConcurrentBatches` 0 does none of this (`handedOff`): the nodes that run batches pick its work up.
  */
+import * as SqlClient from "@effect/sql/SqlClient"
 import { Clock, Context, Duration, Effect, FiberMap, Layer, Option, Schedule } from "effect"
 import { AppConfig, runsBatches } from "../Config.js"
 import type { BatchId } from "../domain/Ids.js"
@@ -96,6 +97,14 @@ export const make = Effect.gen(function*() {
   const load = (id: BatchId) => store.get(id, "all").pipe(Effect.orDie)
 
   const driving = () => Array.from(fibers, ([id]) => id)
+  /**
+   * Whether other nodes may run batches on this database: PostgreSQL's, by the client's dialect when there is one
+   * (an embedding app's own `SqlClient` comes without `DATABASE_URL`).
+   */
+  const shared = Option.match(yield* Effect.serviceOption(SqlClient.SqlClient), {
+    onNone: () => Option.isSome(config.databaseUrl),
+    onSome: (sql) => sql.onDialectOrElse({ pg: () => true, orElse: () => false })
+  })
   const cap = yield* runValidatingCap(
     Math.max(16, 4 * config.maxConcurrentBatches),
     (project, room) => Effect.flatMap(nodeLease(config), (lease) => leases.claimable(lease.now, room, driving(), { project })),
@@ -270,7 +279,7 @@ export const make = Effect.gen(function*() {
    * so that the line is in the batch's trace (the heartbeat's is never exported).
    */
   const pickUp = (id: BatchId, atStart: boolean) =>
-    Effect.flatMap(FiberMap.has(fibers, id), (driving) => driving ? Effect.void : start(id, BatchLines.pickedUp(id, atStart, Option.isSome(config.databaseUrl))))
+    Effect.flatMap(FiberMap.has(fibers, id), (driving) => driving ? Effect.void : start(id, BatchLines.pickedUp(id, atStart, shared)))
 
   const restart = (id: BatchId) => Effect.zipRight(FiberMap.remove(fibers, id), start(id, undefined, { replace: true }))
 
