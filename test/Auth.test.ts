@@ -22,10 +22,11 @@ import { baseUrl, configFor, TestDatabase, TestDataDir, Upstream, TestHttpServer
 
 const sha256 = (key: string) => createHash("sha256").update(key, "utf8").digest("hex")
 
-/** The one answer to a missing or wrong key. */
-const UNAUTHORIZED = {
-  error: { message: "Incorrect API key provided.", type: "authentication_error", param: null, code: "invalid_api_key" }
-}
+/** The answer to a missing or wrong key: OpenAI's envelope, its message saying what was wrong. */
+const unauthorizedBody = (message: string) => ({ error: { message, type: "authentication_error", param: null, code: "invalid_api_key" } })
+const UNAUTHORIZED = unauthorizedBody("Incorrect API key provided.")
+const NO_KEY = "You didn't provide an API key: send it in an Authorization header using Bearer auth (Authorization: Bearer YOUR_KEY)."
+const NOT_BEARER = "The Authorization header holds no Bearer key: send Authorization: Bearer YOUR_KEY."
 
 const KEYS = {
   alpha1: "sk-alpha-1-7f3a9c",
@@ -100,30 +101,35 @@ const protectedRoutes: ReadonlyArray<readonly [string, string, (() => RequestIni
   ["GET", "/v1/no-such-route"]
 ]
 
-/** Authorization headers that must not get in: none, a wrong key, a valid key's prefix or extension, other schemes. */
-const badCredentials: ReadonlyArray<Record<string, string>> = [
-  {},
-  { authorization: "Bearer sk-wrong" },
-  { authorization: `Bearer ${KEYS.alpha1.slice(0, -1)}` },
-  { authorization: `Bearer ${KEYS.alpha1}x` },
-  { authorization: `Basic ${Buffer.from(`user:${KEYS.alpha1}`).toString("base64")}` },
-  { authorization: KEYS.alpha1 },
-  { authorization: "Bearer " },
-  { authorization: `Bearer sha256:${sha256(KEYS.alpha1)}` } // the digest is not the key
+/**
+ * Credentials that must not get in, with what the 401 says: none, a wrong key, a valid key's prefix or extension,
+ * other schemes, a valid key in another gateway's header.
+ */
+const badCredentials: ReadonlyArray<readonly [Record<string, string>, string]> = [
+  [{}, NO_KEY],
+  [{ authorization: "Bearer sk-wrong" }, UNAUTHORIZED.error.message],
+  [{ authorization: `Bearer ${KEYS.alpha1.slice(0, -1)}` }, UNAUTHORIZED.error.message],
+  [{ authorization: `Bearer ${KEYS.alpha1}x` }, UNAUTHORIZED.error.message],
+  [{ authorization: `Basic ${Buffer.from(`user:${KEYS.alpha1}`).toString("base64")}` }, NOT_BEARER],
+  [{ authorization: KEYS.alpha1 }, NOT_BEARER],
+  [{ authorization: "Bearer " }, NOT_BEARER],
+  [{ authorization: `Bearer sha256:${sha256(KEYS.alpha1)}` }, UNAUTHORIZED.error.message], // the digest is not the key
+  [{ "x-litellm-api-key": KEYS.alpha1 }, "This server reads the API key from the Authorization header (Authorization: Bearer YOUR_KEY), not from x-litellm-api-key."],
+  [{ "x-api-key": KEYS.alpha1 }, "This server reads the API key from the Authorization header (Authorization: Bearer YOUR_KEY), not from x-api-key."]
 ]
 
 layer(keyedApp, { excludeTestServices: true })("API keys over HTTP", (it) => {
-  it.effect("a missing or wrong key gets the exact 401 envelope on every protected route, with an x-request-id", () =>
+  it.effect("a missing or wrong key gets the 401 envelope on every protected route, saying what was wrong, with an x-request-id", () =>
     Effect.gen(function*() {
       const base = yield* baseUrl
       for (const [method, path, init] of protectedRoutes) {
-        for (const credentials of badCredentials) {
+        for (const [credentials, message] of badCredentials) {
           const extra = init?.() ?? {}
           const res = yield* Effect.promise(() =>
             fetch(`${base}${path}`, { ...extra, method, headers: { ...(extra.headers as Record<string, string>), ...credentials } })
           )
           const body = yield* Effect.promise(() => res.json())
-          expect({ method, path, status: res.status, body }).toEqual({ method, path, status: 401, body: UNAUTHORIZED })
+          expect({ method, path, status: res.status, body }).toEqual({ method, path, status: 401, body: unauthorizedBody(message) })
           expect(res.headers.get("x-request-id")).toMatch(/^req_/)
           expect(res.headers.get("access-control-allow-origin")).toBeNull()
         }

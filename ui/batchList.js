@@ -184,7 +184,10 @@ export function batchListView({ signal, refresh: refreshNow }, params) {
     Object.assign(left, filter, { shown, scrollY: window.scrollY })
   })
   // The address says the filter (replaced, not pushed: Back leaves the list, not a keystroke).
-  const address = () => history.replaceState(history.state, "", listHref(filter))
+  const address = () => {
+    const href = listHref(filter)
+    if (location.hash !== href && !(location.hash === "" && href === "#/")) history.replaceState(history.state, "", href)
+  }
   address()
   /** A new filter: read again from the top, a page's worth, as far down as the last search went. */
   const refilter = () => {

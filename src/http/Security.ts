@@ -132,8 +132,27 @@ const foreignOrigin = (origin: string) =>
     403
   )
 
-/** The 401 of a missing or unknown key, exactly as OpenAI answers it. */
-const unauthenticated = () => envelope(unauthorized(), 401, { "www-authenticate": "Bearer" })
+/** Headers other gateways and APIs take a key in (LiteLLM's, Azure's, Anthropic's): named when a key is there. */
+const OTHER_KEY_HEADERS = ["x-litellm-api-key", "api-key", "x-api-key"]
+
+/**
+ * What was wrong with the key a request sent (never the key): an unknown key gets OpenAI's words; a missing one,
+ * where to put it, a key in another gateway's header included (it read as a wrong key, and sent a migrating user to
+ * rotate keys).
+ */
+export const keyProblem = (headers: Readonly<Record<string, string | undefined>>): string => {
+  const authorization = headers.authorization ?? ""
+  if (bearerKey(authorization) !== "") return "Incorrect API key provided."
+  if (authorization.trim() !== "") return "The Authorization header holds no Bearer key: send Authorization: Bearer YOUR_KEY."
+  const elsewhere = OTHER_KEY_HEADERS.find((name) => headers[name] !== undefined)
+  return elsewhere === undefined
+    ? "You didn't provide an API key: send it in an Authorization header using Bearer auth (Authorization: Bearer YOUR_KEY)."
+    : `This server reads the API key from the Authorization header (Authorization: Bearer YOUR_KEY), not from ${elsewhere}.`
+}
+
+/** The 401 of a missing or unknown key, in OpenAI's envelope. */
+const unauthenticated = (headers: Readonly<Record<string, string | undefined>>) =>
+  envelope(unauthorized(keyProblem(headers)), 401, { "www-authenticate": "Bearer" })
 
 /** The approval of a listed origin's preflight: its method and headers, the SDKs' `x-stainless-*` included. */
 const preflight = (origin: string, request: HttpServerRequest.HttpServerRequest) => {
@@ -205,7 +224,7 @@ export const secure = (options: SecurityOptions) => {
         : isPublicPath(path) || options.publicPaths?.has(path) === true
         ? app
         : Effect.flatMap(auth.authenticate(bearerKey(headers.authorization)), (caller: Option.Option<Caller>) =>
-          Option.isSome(caller) ? serveTo(request, caller.value) : refuse(unauthenticated()))
+          Option.isSome(caller) ? serveTo(request, caller.value) : refuse(unauthenticated(headers)))
       return listed.size > 0 ? Effect.zipRight(corsHeaders(corsOrigin), served) : served
     })
   }
