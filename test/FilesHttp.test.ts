@@ -4,6 +4,7 @@ import { Effect } from "effect"
 import { createHash, randomBytes } from "node:crypto"
 import { request as httpRequest } from "node:http"
 import { gunzipSync } from "node:zlib"
+import OpenAI from "openai"
 import { request as undiciRequest } from "undici"
 import { baseUrl, localBlobs, TestDataDir, testApp } from "./support/TestApp.js"
 
@@ -246,6 +247,27 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
         "Invalid URL (GET /v1/openai/v1/files?limit=2) This server serves the OpenAI API under /v1, not llama-stack's /v1/openai/v1: end the client's base URL with /v1."
       )
       expect((yield* call("/batches")).json.error.message).toBe("Invalid URL (GET /batches) The API is under /v1: end the client's base URL with /v1.")
+    }))
+
+  it.effect("an upload to a path that is no route is its 404, with the hint, not a 415 for not being JSON; /v1/files/ is /v1/files", () =>
+    Effect.gen(function*() {
+      const posted = () => ({ method: "POST", body: form({ purpose: "batch" }, { name: "a.jsonl", bytes: Buffer.from('{"custom_id":"a"}\n') }) })
+      // The official client with a base URL without /v1, as a LiteLLM user's (http://host:4000) is.
+      const sdkWithoutV1 = new OpenAI({ baseURL: yield* baseUrl, apiKey: "sk-test", maxRetries: 0 })
+      const refused = yield* Effect.promise(() =>
+        sdkWithoutV1.files.create({ file: new File(['{"custom_id":"a"}\n'], "a.jsonl"), purpose: "batch" }).then(() => undefined, (e) => e))
+      expect(refused).toBeInstanceOf(OpenAI.NotFoundError)
+      expect(refused.error).toEqual({
+        message: "Invalid URL (POST /files) The API is under /v1: end the client's base URL with /v1.",
+        type: "invalid_request_error",
+        param: null,
+        code: "not_found"
+      })
+      expectEnvelope(yield* call("/v1//files", posted()), 404, { code: "not_found" })
+      // A known route still wants JSON: 415.
+      expectEnvelope(yield* call("/v1/batches", posted()), 415, { code: "unsupported_media_type" })
+      const slash = yield* call("/v1/files/", posted())
+      expect([slash.status, slash.json.object, slash.json.filename]).toEqual([200, "file", "a.jsonl"])
     }))
 
   it.effect("serves the OpenAPI document and a docs page", () =>

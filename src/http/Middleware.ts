@@ -9,7 +9,7 @@ import * as HttpApp from "@effect/platform/HttpApp"
 import * as HttpServerError from "@effect/platform/HttpServerError"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Cause, Effect, FiberRef, Option } from "effect"
-import { type ApiError, databaseUnavailable, insufficientStorage, invalidRequest, notFound, payloadTooLarge, serverError } from "../domain/Errors.js"
+import { type ApiError, databaseUnavailable, insufficientStorage, invalidRequest, payloadTooLarge, serverError } from "../domain/Errors.js"
 import { echo } from "../domain/Text.js"
 import { saidWithin } from "../observability/saidWithin.js"
 import { storageFault } from "../storage/Faults.js"
@@ -18,8 +18,7 @@ import type { MultipartInvalid } from "./Multipart.js"
 import { MAX_JSON_DEPTH } from "../domain/Json.js"
 import { BodyTooLarge, JsonTooDeep, tooLarge } from "./RequestBody.js"
 import { currentRequest, requestIdFrom } from "./RequestLog.js"
-import { routeHint } from "./routeHint.js"
-import { sentTarget } from "./sentTarget.js"
+import { invalidUrl } from "./routeHint.js"
 import { fromDecodeError } from "../domain/decodeErrors.js"
 
 /** A bad multipart body: a size limit is a 413, anything else a 400. */
@@ -55,10 +54,7 @@ const toApiError = (cause: Cause.Cause<unknown>): Option.Option<ApiError> => {
   if (Option.isSome(failure)) {
     const e = failure.value
     if (e instanceof HttpApiError.HttpApiDecodeError) return Option.some(fromDecodeError(e))
-    if (HttpServerError.isServerError(e) && e._tag === "RouteNotFound") {
-      const target = sentTarget(e.request)
-      return Option.some(notFound(`Invalid URL (${e.request.method} ${echo(target)})${routeHint(target)}`))
-    }
+    if (HttpServerError.isServerError(e) && e._tag === "RouteNotFound") return Option.some(invalidUrl(e.request))
     return Option.none()
   }
   const defect = Cause.dieOption(cause)

@@ -17,7 +17,8 @@ import { MAX_JSON_DEPTH, nestedDeeperThan } from "../domain/Json.js"
 import { answer, envelope } from "./EarlyAnswer.js"
 import { type Budget, busy, cutSlowBodies, type Holder, overShare, type Patience, type Taken } from "./holding.js"
 import { bodyStream } from "./nodeBody.js"
-import { requestTarget } from "./Routes.js"
+import { invalidUrl } from "./routeHint.js"
+import { requestTarget, routedPath, routeOf } from "./Routes.js"
 
 /**
  * The body does not fit in the node's budget of JSON bodies now (`held`: in its project's share of it, of which the
@@ -141,7 +142,7 @@ export const bounded = (
 /** The routes whose body is not JSON: multipart uploads of files and of upload parts, streamed and bounded by their handlers. */
 const isUpload = (request: HttpServerRequest.HttpServerRequest) => {
   if (request.method !== "POST") return false
-  const path = requestTarget(request).path
+  const path = routedPath(requestTarget(request).path)
   return path === "/v1/files" || /^\/v1\/uploads\/[^/]+\/parts$/.test(path)
 }
 
@@ -207,6 +208,9 @@ export const boundBodies = (
       !requestTarget(request).path.endsWith("/cancel")
     if (bodyless && !typedEmptyPost) return app
     if (!isJson(request.headers["content-type"])) {
+      // No such route: its 404, as a JSON body gets (an upload to `/files`, a base URL without `/v1`, had said
+      // "must be JSON").
+      if (routeOf(routedPath(requestTarget(request).path)) === undefined) return answer(request, envelope(invalidUrl(request), 404))
       return answer(request, envelope(
         invalidRequest("Request bodies must be JSON (Content-Type: application/json).", null, "unsupported_media_type"),
         415

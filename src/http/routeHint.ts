@@ -1,3 +1,8 @@
+import type * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import { notFound } from "../domain/Errors.js"
+import { echo } from "../domain/Text.js"
+import { sentTarget } from "./sentTarget.js"
+
 /**
  * What an unknown route's 404 adds to OpenAI's "Invalid URL (…)" when the path is the API's under another base URL:
  * llama-stack's `/v1/openai/v1` prefix (a client moved over with its base URL), or none at all (a base URL without
@@ -12,4 +17,10 @@ export const routeHint = (target: string): string => {
   }
   if (API_ROOTS.test(target)) return " The API is under /v1: end the client's base URL with /v1."
   return ""
+}
+
+/** The 404 of a route that does not exist, in OpenAI's words and with the hint above. */
+export const invalidUrl = (request: HttpServerRequest.HttpServerRequest) => {
+  const target = sentTarget(request)
+  return notFound(`Invalid URL (${request.method} ${echo(target)})${routeHint(target)}`)
 }
