@@ -50,6 +50,12 @@ describe("UpstreamSpec", () => {
     expect(Duration.toMillis(openai!.timeout)).toBe(Duration.toMillis(defaults.inferenceTimeout))
     // JSON is read the same way.
     expect(Either.getOrThrow(parseUpstreamsFile(JSON.stringify({ upstreams: [minimal] })))).toEqual([minimal])
+    // A LiteLLM config given as it is: said so, not "expected a list under upstreams".
+    const litellm = "model_list:\n  - model_name: gpt-4o\n    litellm_params:\n      model: openai/gpt-4o\n"
+    expect(Either.flip(parseUpstreamsFile(litellm))).toEqual(Either.right(
+      "a LiteLLM config (model_list) is not read here: the file lists `upstreams`, each with name, base_url and models " +
+        "(README, Upstreams; a provider's prefixed names, as aliases)"
+    ))
   })
 
   it("names the models an upstream never gets, as an earlier one names them too", () => {
@@ -98,6 +104,8 @@ describe("UpstreamSpec", () => {
     expect(problem([{ ...minimal, api_key_env: "${OPENAI_API_KEY}" }], { OPENAI_API_KEY: "sk" }))
       .toBe("upstream 'a': api_key_env takes the variable's name: OPENAI_API_KEY, not ${OPENAI_API_KEY}")
     expect(problem([{ ...minimal, api_key: "$OPENAI_API_KEY" }])).toContain("give api_key_env: OPENAI_API_KEY")
+    // ...or as a LiteLLM config does (it was sent as the bearer token "os.environ/OPENAI_API_KEY").
+    expect(problem([{ ...minimal, api_key: "os.environ/OPENAI_API_KEY" }])).toContain("give api_key_env: OPENAI_API_KEY")
     // Headers the client sets (a wrong Content-Length failed every call), and a second source of credentials.
     for (const name of ["Content-Length", "Host", "transfer-encoding", "Connection"]) {
       expect(problem([{ ...minimal, headers: { [name]: "5" } }])).toBe(

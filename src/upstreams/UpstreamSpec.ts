@@ -171,15 +171,20 @@ const CLIENT_HEADERS = new Set([
   "host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer",
   "proxy-connection", "expect"
 ])
-/** `${NAME}` or `$NAME`: a variable the file names as a shell would (it is not expanded). */
-const SHELL_VARIABLE = /^\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?$/
+/** A variable named as a shell would (`${NAME}`, `$NAME`) or a LiteLLM config (`os.environ/NAME`): not expanded. */
+const VARIABLE_REFERENCE = /^(?:\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?|os\.environ\/([A-Za-z_][A-Za-z0-9_]*))$/
+/** The variable `text` names that way, if it does. */
+const referencedVariable = (text: string | undefined) => {
+  const match = text === undefined ? null : VARIABLE_REFERENCE.exec(text)
+  return match === null ? undefined : match[1] ?? match[2]
+}
 
 /** What is wrong with an entry's key and headers as written (before any variable is read); undefined when nothing. */
 const credentialsProblem = (entry: UpstreamEntry): string | undefined => {
   if (entry.api_key !== undefined && entry.api_key_env !== undefined) return "give api_key or api_key_env, not both"
-  const named = entry.api_key_env === undefined ? undefined : SHELL_VARIABLE.exec(entry.api_key_env)?.[1]
+  const named = referencedVariable(entry.api_key_env)
   if (named !== undefined) return `api_key_env takes the variable's name: ${named}, not ${entry.api_key_env}`
-  const quoted = entry.api_key === undefined ? undefined : SHELL_VARIABLE.exec(entry.api_key)?.[1]
+  const quoted = referencedVariable(entry.api_key)
   if (quoted !== undefined) return `api_key is sent as written (the file's variables are not expanded): give api_key_env: ${quoted}`
   const names = Object.keys(entry.headers ?? {}).map((name) => name.toLowerCase())
   const clients = names.find((name) => CLIENT_HEADERS.has(name))

@@ -19,6 +19,12 @@ export const parseUpstreamsFile = (text: string): Either.Either<ReadonlyArray<un
     return Either.left(`not YAML or JSON: ${(error as Error).message.split("\n")[0]!.replace(/:\s*$/, "")}`)
   }
   const list = (document as { upstreams?: unknown } | null)?.upstreams
+  if (!Array.isArray(list) && Array.isArray((document as { model_list?: unknown } | null)?.model_list)) {
+    return Either.left(
+      "a LiteLLM config (model_list) is not read here: the file lists `upstreams`, each with name, base_url and models " +
+        "(README, Upstreams; a provider's prefixed names, as aliases)"
+    )
+  }
   if (!Array.isArray(list)) return Either.left("expected an object with a list under `upstreams`")
   // `x-…` keys hold what anchors point to (as in Docker Compose files).
   const unknown = Object.keys(document as object).filter((key) => key !== "upstreams" && !key.startsWith("x-"))
