@@ -248,11 +248,19 @@ export const runsBatches = (config: Pick<AppConfigShape, "maxConcurrentBatches">
 export const fileStorageOf = (config: Pick<AppConfigShape, "fileStorage" | "databaseUrl">): "local" | "sql" =>
   Option.getOrElse(config.fileStorage, () => (Option.isSome(config.databaseUrl) ? "sql" : "local"))
 
+/**
+ * `config`, once its upstreams (given in code, or `UPSTREAMS_FILE`'s) are checked: a mistake there is said before
+ * anything starts (a bad file had left a new data directory and database behind). Replayed answers use no upstream:
+ * none is checked.
+ */
+const upstreamsChecked = (config: AppConfigShape): Effect.Effect<AppConfigShape, ConfigError.ConfigError> =>
+  config.inferenceMode === "replay" ? Effect.succeed(config) : Effect.as(upstreamSpecs(config), config)
+
 export class AppConfig extends Context.Tag("AppConfig")<AppConfig, AppConfigShape>() {
   /** Reads the configuration from the environment. */
   static readonly layer: Layer.Layer<AppConfig, ConfigError.ConfigError> = Layer.effect(
     AppConfig,
-    appConfig
+    Effect.flatMap(appConfig, upstreamsChecked)
   )
   /**
    * A configuration given in code (tests, embedding): the defaults with `overrides` on top, `nodeId` derived from
@@ -283,11 +291,4 @@ export class AppConfig extends Context.Tag("AppConfig")<AppConfig, AppConfigShap
 
 /** The defaults with `overrides` on top, as `AppConfig.layerWith` describes. */
 const configWith = (overrides: Partial<AppConfigShape>): Effect.Effect<AppConfigShape, ConfigError.ConfigError> =>
-  Effect.flatMap(
-    validateConfig({ ...defaults, nodeId: defaultNodeId(overrides.port ?? defaults.port), ...overrides }),
-    // Replayed answers use no upstream: none is built, nor checked.
-    (config) =>
-      Option.isSome(config.upstreams) && config.inferenceMode !== "replay"
-        ? Effect.as(upstreamSpecs(config), config)
-        : Effect.succeed(config)
-  )
+  Effect.flatMap(validateConfig({ ...defaults, nodeId: defaultNodeId(overrides.port ?? defaults.port), ...overrides }), upstreamsChecked)

@@ -439,12 +439,14 @@ describe.concurrent("server process", () => {
           expect(output.trim().split("\n")).toHaveLength(1)
         })
         expect(existsSync(Path.join(dataDir, "batches.sqlite"))).toBe(false)
-        // A file read later in the start: its error alone too ("No API key configured" came before it).
+        // The upstreams file too, before anything is made: its error alone ("No API key configured" came before it),
+        // and no data directory left (a new database and a 16 MiB reserve were).
         const upstreams = await runServerToExit({ DATA_DIR: Path.join(dataDir, "other"), UPSTREAMS_FILE: Path.join(dataDir, "missing.yaml") })
         expect(upstreams.code).toBe(1)
-        // The lines but the new database's, made (and said) before these files are read.
+        expect(upstreams.output.trim().split("\n")).toEqual([expect.stringContaining("Invalid data at UPSTREAMS_FILE")])
+        expect(existsSync(Path.join(dataDir, "other"))).toBe(false)
+        // The lines but the new database's, made (and said) before the proxy is read.
         const saidAfterDatabase = (output: string) => output.trim().split("\n").filter((line) => !line.includes("database.created"))
-        expect(saidAfterDatabase(upstreams.output)).toEqual([expect.stringContaining("Invalid data at UPSTREAMS_FILE")])
         // A proxy undici cannot use: said as the others, not a stack trace, and its password not repeated.
         const proxy = await runServerToExit({ DATA_DIR: Path.join(dataDir, "proxy"), HTTPS_PROXY: "http://u:SECRET%ZZ@proxy.corp:3128" })
         expect(proxy.code).toBe(1)
