@@ -177,7 +177,7 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
       }
       expectEnvelope(yield* upload({ purpose: "batch", "expires_after[seconds]": "7200" }, jsonl), 400, { param: "expires_after.anchor", code: "missing_required_parameter" })
       // The expiry misspelled would be ignored, and the file never expire: refused instead.
-      for (const misspelled of [{ "expires_after.seconds": "3600", "expires_after.anchor": "created_at" }, { expires_after: "{\"anchor\":\"created_at\",\"seconds\":3600}" }, { "expire_after[seconds]": "3600", "expire_after[anchor]": "created_at" }]) {
+      for (const misspelled of [{ "expires_after.seconds": "3600", "expires_after.anchor": "created_at" }, { expires_after: "{\"anchor\":\"created_at\",\"seconds\":3600}" }, { "expire_after[seconds]": "3600", "expire_after[anchor]": "created_at" }, { expires_afer: "3600" }]) {
         expectEnvelope(yield* upload({ purpose: "batch", ...misspelled }, jsonl), 400, { param: Object.keys(misspelled)[0]!, code: "unknown_parameter" })
       }
       const purpose = yield* upload({ Purpose: "batch" }, jsonl)
@@ -187,7 +187,7 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
       expect((yield* call("/v1/files")).json.data.length).toBe(before)
       expect(localBlobs(path).staging).toEqual([])
       // Fields of a client's own, far from any of OpenAI's, are let through.
-      expect((yield* upload({ purpose: "batch", team: "nlp", source_system: "etl" }, jsonl)).status).toBe(200)
+      expect((yield* upload({ purpose: "batch", team: "nlp", source_system: "etl", expires_at: "x" }, jsonl)).status).toBe(200)
     }))
 
   it.effect("malformed multipart, a non-multipart body, bad query parameters and unknown routes get the envelope", () =>

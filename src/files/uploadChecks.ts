@@ -91,7 +91,9 @@ export const parseUploadForm = (
     return Either.left(invalidRequest(`The '${twice}' field was sent more than once; send it once.`, twice.replace(/\[(\w+)\]/, ".$1"), "invalid_value"))
   }
   for (const name of fields.keys()) {
-    const expiry = /^expires.?after/i.test(name) && !EXPIRY_FIELDS.includes(name)
+    // `expires_after` in any form, or misspelt before its brackets (`expires_afer`: a file kept for ever).
+    const expiry = !EXPIRY_FIELDS.includes(name) &&
+      (/^expires.?after/i.test(name) || meantName(name.replace(/\[.*$/, ""), ["expires_after"]) !== undefined)
     const meant = expiry ? undefined : meantName(name, FORM_FIELDS)
     if (!expiry && meant === undefined) continue
     return Either.left(invalidRequest(
