@@ -247,6 +247,12 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
         "Invalid URL (GET /v1/openai/v1/files?limit=2) This server serves the OpenAI API under /v1, not llama-stack's /v1/openai/v1: end the client's base URL with /v1."
       )
       expect((yield* call("/batches")).json.error.message).toBe("Invalid URL (GET /batches) The API is under /v1: end the client's base URL with /v1.")
+      // An inference call, as to a gateway that serves both: what this server is.
+      const chat = yield* call("/v1/chat/completions", { method: "POST", headers: { "content-type": "application/json" }, body: "{}" })
+      expectEnvelope(chat, 404, { code: "not_found" })
+      expect(chat.json.error.message).toBe(
+        "Invalid URL (POST /v1/chat/completions) This server runs batches of such requests (the Files and Batches APIs); send a single one to the upstream itself."
+      )
     }))
 
   it.effect("an upload to a path that is no route is its 404, with the hint, not a 415 for not being JSON; /v1/files/ is /v1/files", () =>
