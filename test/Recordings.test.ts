@@ -174,7 +174,7 @@ describe("replay without a network", () => {
       expect(failure.message).toContain("org/model")
       expect(failure.message).toContain(key.hash)
       // The file within the recordings directory, not the server's own path (the line goes to a project's error file).
-      expect(failure.message).toContain(`(looked for ${recordingPath("recordings", key)})`)
+      expect(failure.message).toContain(`(looked for ${recordingPath("", key)} in INFERENCE_RECORDINGS)`)
       expect(failure.message).not.toContain(dir)
       const inference = yield* Effect.provide(Inference, replay)
       expect(yield* inference.models).toEqual({ data: [], complete: false })

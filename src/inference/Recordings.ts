@@ -176,7 +176,7 @@ export const InferenceRecord = (
 const replayMiss = (key: RecordingKey) =>
   new UpstreamFailure({
     code: "replay_miss",
-    message: `No recording for ${key.endpoint}, model ${key.model ?? "(none)"}, hash ${key.hash} (looked for ${recordingPath("recordings", key)}).`
+    message: `No recording for ${key.endpoint}, model ${key.model ?? "(none)"}, hash ${key.hash} (looked for ${recordingPath("", key)} in INFERENCE_RECORDINGS).`
   })
 
 /**
