@@ -93,7 +93,8 @@ describe("batch endpoints", () => {
         expect(error.error).toMatchObject({ type: "invalid_request_error", param: "endpoint", code: "invalid_value" })
         expect(error.error.message).toBe(
           "Invalid value: '/v1/classify'. Supported values are: '/v1/chat/completions', '/v1/completions', " +
-            "'/v1/embeddings', '/v1/responses', '/v1/moderations', '/v1/images/generations', '/v1/rerank', '/v1/score'."
+            "'/v1/embeddings', '/v1/responses', '/v1/moderations', '/v1/images/generations', '/v1/rerank', '/v1/score' " +
+            "(the server's EXTRA_BATCH_ENDPOINTS adds others)."
         )
       }))
 

@@ -135,7 +135,9 @@ export const validateCreateBatch = (
     return {
       code: "invalid_value",
       param: "endpoint",
-      message: `Invalid value: '${echo(body.endpoint)}'. Supported values are: ${endpoints.map((e) => `'${e}'`).join(", ")}.`
+      // An API path of an upstream's own (vLLM's /v1/rerank): where the operator allows it, said to whoever asks.
+      message: `Invalid value: '${echo(body.endpoint)}'. Supported values are: ${endpoints.map((e) => `'${e}'`).join(", ")}` +
+        (endpoint.startsWith("/v1/") ? " (the server's EXTRA_BATCH_ENDPOINTS adds others)." : ".")
     }
   }
   if (body.completion_window !== "24h") {
