@@ -10,7 +10,7 @@ export default defineConfig({
     // Compiles `src/` once for the tests that start the server as a child process (test/support/CompiledCopy.ts).
     globalSetup: ["test/support/globalSetup.ts"],
     // Before each file: @effect/vitest's `it.effect` back (an earlier file's `layer(...)` replaces it; see below).
-    setupFiles: ["test/support/freshIt.ts", "test/support/cpuProbe.ts"],
+    setupFiles: ["test/support/freshIt.ts"],
     testTimeout: 60_000,
     hookTimeout: 60_000,
     pool: "forks",
