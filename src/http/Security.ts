@@ -140,7 +140,7 @@ const OTHER_KEY_HEADERS = ["x-litellm-api-key", "api-key", "x-api-key"]
  * where to put it, a key in another gateway's header included (it read as a wrong key, and sent a migrating user to
  * rotate keys).
  */
-export const keyProblem = (headers: Readonly<Record<string, string | undefined>>): string => {
+const keyProblem = (headers: Readonly<Record<string, string | undefined>>): string => {
   const authorization = headers.authorization ?? ""
   if (bearerKey(authorization) !== "") return "Incorrect API key provided."
   if (authorization.trim() !== "") return "The Authorization header holds no Bearer key: send Authorization: Bearer YOUR_KEY."

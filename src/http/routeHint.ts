@@ -12,7 +12,7 @@ import { sentTarget } from "./sentTarget.js"
 const API_ROOTS = /^\/(files|batches|uploads|models)(\/|\?|$)/
 const LLAMA_STACK_PREFIX = /^\/v1\/openai\/v1\//
 
-export const routeHint = (target: string): string => {
+const routeHint = (target: string): string => {
   // An inference call sent here as to the upstream (a gateway's one base URL serves both): what this server is.
   if ((StandardEndpoint.literals as ReadonlyArray<string>).includes(target.split("?")[0]!)) {
     return " This server runs batches of such requests (the Files and Batches APIs); send a single one to the upstream itself."
