@@ -133,16 +133,19 @@ describe("the dashboard", () => {
         await shot(page, "batch", "full")
 
         // The output, saved through the page (fetched with the key, saved as a Blob under its name), its
-        // progress shown meanwhile: bytes of the size the server gave.
+        // progress shown meanwhile (not read out: aria-hidden), bytes of the size the server gave; then said saved.
         const output = page.locator("button[data-file=output]")
-        await recordTexts(page, "button[data-file=output] + .said")
+        await recordTexts(page, "button[data-file=output] ~ .said[aria-hidden=true]")
         const [download] = await Promise.all([page.waitForEvent("download"), output.click()])
         expect(download.suggestedFilename()).toBe(`${id}_output.jsonl`)
         const saved = readFileSync((await download.path())!, "utf8").split("\n").filter((l) => l !== "").map((l) => JSON.parse(l))
         expect(saved.map((l) => l.custom_id).sort()).toEqual(lines.map((_, i) => `req-${i}`).sort())
         expect(saved.every((l) => l.response.status_code === 200 && l.error === null)).toBe(true)
         const size = (await page.locator("table.files tr", { has: output }).locator(".num").textContent())!
-        expect(await recordedTexts(page)).toContain(`Downloading… ${size} of ${size} (100%)`)
+        expect(await recordedTexts(page)).toContain(`${size} of ${size} (100%)`)
+        await poll(() => page.locator("button[data-file=output] + .said").textContent()).toBe(`Saved ${id}_output.jsonl.`)
+        // The button kept its focus (disabled while busy, it had dropped a keyboard user's to the page).
+        expect(await page.evaluate(() => document.activeElement?.getAttribute("data-file"))).toBe("output")
 
         // The list shows it done, at 100 %.
         await page.locator("nav a", { hasText: "Batches" }).click()

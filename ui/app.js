@@ -161,6 +161,7 @@ const askForKey = (/** @type {string} */ reason) =>
     const problem = byId("key-problem")
     byId("key-reason").textContent = reason
     input.value = ""
+    input.removeAttribute("aria-invalid")
     problem.hidden = true
     /** @param {string | null} key */
     const done = (key) => {
@@ -177,11 +178,18 @@ const askForKey = (/** @type {string} */ reason) =>
       if (KEY_PATTERN.test(key)) return done(key)
       problem.textContent = "An API key is printable ASCII (letters, digits, punctuation), without spaces."
       problem.hidden = false
+      input.setAttribute("aria-invalid", "true")
       input.select()
     }
     const cancelled = (/** @type {Event} */ event) => {
       event.preventDefault()
       done(null)
+      // Declined, the header's "Enter key" shows: the focus goes there, not to the page (where the dialog had none).
+      setTimeout(() => {
+        const button = byId("key-button")
+        const at = document.activeElement
+        if (!button.hidden && (at === null || at === document.body || dialog.contains(at))) button.focus()
+      })
     }
     form.addEventListener("submit", submitted)
     byId("key-cancel").addEventListener("click", cancelled)

@@ -14,7 +14,7 @@
  * than a page comes at the idle pace: a tab filtering for a rare match re-read 1,000 batches every 2 s.
  */
 import { json, query } from "./api.js"
-import { fill, h, headings, progressBar, setStatus } from "./dom.js"
+import { h, headings, isBusy, placeChildren, progressBar, setBusy, setStatus } from "./dom.js"
 import { ago, batchMatches, batchSubline, count, duration, endedAt, failedMayBeUnrun, runTime, tokens } from "./format.js"
 
 /** @typedef {import("./api.js").Batch} Batch */
@@ -32,8 +32,11 @@ const STATUSES = [["", "Any status"], ["validating", "Validating"], ["in_progres
   ["failures", "With failed requests"]]
 /** The wait after a keystroke in the filter before the list is read again. */
 const TYPING_MS = 250
-/** What the list showed when it was left (rows, scroll, filter), for the next time it opens: Back from a batch. */
-const left = { shown: PAGE, scrollY: 0, text: "", status: "", scan: SCAN_STEP }
+/**
+ * What the list showed when it was left (rows, scroll, filter, the batch opened from it), for the next time it opens:
+ * Back from a batch.
+ */
+const left = { shown: PAGE, scrollY: 0, text: "", status: "", scan: SCAN_STEP, opened: "" }
 
 /** @typedef {{ text: string, status: string, scan: number }} Filter */
 /** @param {Filter} filter */
@@ -120,8 +123,10 @@ const batchRow = () => {
   /** @param {Batch} b */
   const update = (b) => {
     const { total, completed, failed: failures } = b.request_counts
-    link.textContent = b.id
-    link.href = batchHref(b.id)
+    if (link.textContent !== b.id) {
+      link.textContent = b.id
+      link.href = batchHref(b.id)
+    }
     endpoint.textContent = batchSubline(b)
     setStatus(status, b.status)
     bar.update(b)
@@ -146,8 +151,14 @@ export function batchListView({ signal, refresh: refreshNow }, params) {
   const body = h("tbody")
   const none = h("p", { className: "empty", hidden: true },
     "No batches yet. ", h("a", { href: "#/files" }, "Upload a file"), " to start one.")
-  /** What the filter found, or did not, and how far it looked. */
-  const found = h("p", { className: "found", hidden: true, attrs: { role: "status" } })
+  /**
+   * What the filter found, or did not, and how far it looked. A live region always in the page, its words written
+   * only when they change: rewritten at each refresh, the same line was read out every 2 s.
+   */
+  const found = h("p", { className: "found", attrs: { role: "status" } })
+  const sayFound = (/** @type {string} */ text) => {
+    if (found.textContent !== text) found.textContent = text
+  }
   const more = h("button", { type: "button", className: "more", hidden: true }, "More")
   const filter = { text: left.text, status: left.status, scan: left.scan }
   const words = h("input", {
@@ -180,6 +191,14 @@ export function batchListView({ signal, refresh: refreshNow }, params) {
   let shown = left.shown
   /** Where to scroll once the rows are in, the first time. */
   let scrollTo = /** @type {number | null} */ (left.scrollY)
+  /** The row whose link takes the focus at the next render: the first one "More" added. */
+  let focusRow = /** @type {number | null} */ (null)
+  // The batch opened from the list: its row takes the focus when the list is back (Back left it on the heading,
+  // far above the rows the list scrolled back to).
+  body.addEventListener("click", (event) => {
+    const link = event.target instanceof Element ? event.target.closest("a") : null
+    if (link !== null) left.opened = link.textContent ?? ""
+  })
   signal.addEventListener("abort", () => {
     Object.assign(left, filter, { shown, scrollY: window.scrollY })
   })
@@ -195,8 +214,7 @@ export function batchListView({ signal, refresh: refreshNow }, params) {
     filter.status = status.value
     if (!signal.aborted) address()
     shown = PAGE
-    found.textContent = "Searching…"
-    found.hidden = false
+    sayFound("Searching…")
     refreshNow()
   }
   /** @type {ReturnType<typeof setTimeout> | undefined} */
@@ -226,25 +244,31 @@ export function batchListView({ signal, refresh: refreshNow }, params) {
     })
     for (const id of [...rows.keys()]) if (!seen.has(id)) rows.delete(id)
     running = batches.some((b) => endedAt(b) === null)
-    fill(body, ordered)
+    placeChildren(body, ordered)
     table.hidden = batches.length === 0
     const filtered = filtering(asked)
     none.hidden = batches.length > 0 || filtered
     const matched = batches.length === 0 ? "No batch" : `${count(batches.length)} ${batches.length === 1 ? "batch" : "batches"}`
     const verb = batches.length > 1 ? "match" : "matches"
     // How many match, once the whole list was read; how far it looked, when a search stopped short.
-    found.textContent = !filtered
+    sayFound(!filtered
       ? ""
       : searched !== null
       ? `${matched} among the newest ${count(searched)} ${verb} this filter.`
-      : hasMore ? "" : `${matched} ${verb} this filter.`
-    found.hidden = found.textContent === ""
+      : hasMore ? "" : `${matched} ${verb} this filter.`)
     searchOlder = searched !== null
     more.textContent = searchOlder ? "Search older" : "More"
     more.hidden = !hasMore
-    more.disabled = false
-    if (scrollTo !== null) window.scrollTo(0, scrollTo)
+    setBusy(more, false)
+    const restored = scrollTo !== null
+    if (scrollTo !== null) {
+      window.scrollTo(0, scrollTo)
+      const opened = batches.findIndex((b) => b.id === left.opened)
+      if (opened !== -1) focusRow = opened
+    }
     scrollTo = null
+    if (focusRow !== null) body.children[focusRow]?.querySelector("a")?.focus({ preventScroll: restored })
+    focusRow = null
   }
 
   const refresh = async () => {
@@ -258,9 +282,13 @@ export function batchListView({ signal, refresh: refreshNow }, params) {
 
   // Through the page's refresh, which waits for one under way: an older answer never lands after this one.
   more.addEventListener("click", () => {
+    if (isBusy(more)) return
     if (searchOlder) filter.scan += SCAN_STEP
-    else shown += PAGE
-    more.disabled = true
+    else {
+      focusRow = shown
+      shown += PAGE
+    }
+    setBusy(more, true)
     refreshNow()
   })
 

@@ -5,7 +5,7 @@
  * Refreshed until the batch ends.
  */
 import { ApiError, batchUrl, fileUrl, json, postJson } from "./api.js"
-import { downloadButton, fill, h, headings, messageOf, progressBar, say, setStatus, statusLine } from "./dom.js"
+import { downloadButton, fill, h, headings, isBusy, messageOf, placeChildren, progressBar, say, setBusy, setStatus, statusLine } from "./dom.js"
 import { bytes, count, dateTime, DOWN_REASONS, duration, endedAt, failedWords, nowSeconds, runTime, timeOfDay, tokens, visible } from "./format.js"
 
 /**
@@ -157,7 +157,8 @@ const fileRow = (b, label, id, kind, file) => {
 
 /** @param {string} batchId @param {import("./app.js").ViewContext} context */
 export function batchPageView(batchId, { signal, refresh: refreshNow }) {
-  const status = h("span")
+  // Read out as the batch moves (its end too), not only shown.
+  const status = h("span", { attrs: { role: "status", "aria-label": "Status" } })
   const cancel = h("button", { type: "button", className: "danger", hidden: true }, "Cancel batch")
   const cancelSaid = statusLine("span")
   const subtitle = h("p", { className: "sub" })
@@ -183,12 +184,12 @@ export function batchPageView(batchId, { signal, refresh: refreshNow }) {
     problems,
     metadata)
 
+  const heading = h("h1", {}, h("code", { className: "id" }, batchId))
   const el = h(
     "section",
     { className: "batch" },
     h("p", { className: "crumbs" }, h("a", { href: "#/" }, "← Batches")),
-    h("div", { className: "heading" },
-      h("h1", {}, h("code", { className: "id" }, batchId)), status, h("span", { className: "grow" }), cancelSaid, cancel),
+    h("div", { className: "heading" }, heading, status, h("span", { className: "grow" }), cancelSaid, cancel),
     state,
     shownBatch
   )
@@ -241,7 +242,7 @@ export function batchPageView(batchId, { signal, refresh: refreshNow }) {
       ["Output", b.output_file_id, "output"],
       ["Errors", b.error_file_id, "error"]
     ]
-    fill(files, kinds.map(([label, id, kind]) => {
+    placeChildren(files, kinds.map(([label, id, kind]) => {
       if (id === null) return fileRow(b, label, id, kind, undefined)
       const made = fileRows.get(id) ?? fileRow(b, label, id, kind, fileObjects.get(id))
       fileRows.set(id, made)
@@ -259,17 +260,19 @@ export function batchPageView(batchId, { signal, refresh: refreshNow }) {
   // lands after the cancel's.
   cancel.addEventListener("click", async () => {
     const question = `Cancel batch ${batchId}? Requests in flight are stopped; finished results are kept.`
-    if (current === null || !confirm(question)) return
-    cancel.disabled = true
+    if (current === null || isBusy(cancel) || !confirm(question)) return
+    setBusy(cancel, true)
     say(cancelSaid, "Cancelling…")
     try {
       await postJson(`${batchUrl(batchId)}/cancel`, {})
       say(cancelSaid, "")
+      // The button goes once the batch is cancelling: the focus to the heading (tabindex -1), not to the page.
+      if (cancel === document.activeElement) heading.focus()
       refreshNow()
     } catch (error) {
       say(cancelSaid, messageOf(error), true)
     } finally {
-      cancel.disabled = false
+      setBusy(cancel, false)
     }
   })
 

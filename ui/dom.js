@@ -60,6 +60,34 @@ export function fill(el, ...children) {
 }
 
 /**
+ * Puts `children` in `el` in that order, moving only what is out of place and removing what is not among them: a
+ * row that stays keeps its focus (a refresh that put every row back threw a keyboard user to the page's top).
+ * @param {Element} el
+ * @param {Element[]} children
+ */
+export function placeChildren(el, children) {
+  const wanted = new Set(children)
+  for (const child of [...el.children]) if (!wanted.has(child)) child.remove()
+  children.forEach((child, i) => {
+    if (el.children[i] !== child) el.insertBefore(child, el.children[i] ?? null)
+  })
+}
+
+/**
+ * Marks a button busy (its clicks to be ignored: `isBusy`) or not. Not `disabled`, which drops a keyboard user's
+ * focus to the page.
+ * @param {HTMLButtonElement} button
+ * @param {boolean} busy
+ */
+export function setBusy(button, busy) {
+  if (busy) button.setAttribute("aria-disabled", "true")
+  else button.removeAttribute("aria-disabled")
+}
+
+/** @param {HTMLButtonElement} button */
+export const isBusy = (button) => button.getAttribute("aria-disabled") === "true"
+
+/**
  * A progress bar (`role=progressbar`) of a batch's requests done: the succeeded part, then the failed part (drawn
  * neutral, not as failures, when it may hold requests a cancel or an expiry left unrun). `update` sets both widths,
  * the percentage and the spoken text.
@@ -84,8 +112,12 @@ export function progressBar() {
   return { el, update }
 }
 
-/** A table's header row. @param {string[]} names */
-export const headings = (names) => h("thead", {}, h("tr", {}, names.map((n) => h("th", { scope: "col" }, n))))
+/** A table's header row; a name in `[brackets]` is read out but not shown (a column of buttons). @param {string[]} names */
+export const headings = (names) =>
+  h("thead", {}, h("tr", {}, names.map((n) => {
+    const unseen = /^\[(.*)\]$/.exec(n)
+    return h("th", { scope: "col" }, unseen === null ? n : h("span", { className: "visually-hidden" }, unseen[1] ?? ""))
+  })))
 
 /** The batch statuses that have a style of their own. */
 const STATUSES = ["validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"]
@@ -96,7 +128,9 @@ const STATUSES = ["validating", "failed", "in_progress", "finalizing", "complete
  * @param {string} status
  */
 export function setStatus(el, status) {
-  el.textContent = status.replace("_", " ")
+  // Written only when it changes: a batch page's status is a live region, read out once per move.
+  const text = status.replace("_", " ")
+  if (el.textContent !== text) el.textContent = text
   el.className = `status ${STATUSES.includes(status) ? `s-${status}` : ""}`
 }
 
@@ -146,14 +180,20 @@ export function say(el, text, failed = false) {
  */
 export function downloadButton(fileId, name, props = {}) {
   const said = statusLine("span")
+  // How far it got, shown but not read out: a status line rewritten at every chunk was thousands of announcements.
+  const progress = h("span", { className: "said", attrs: { "aria-hidden": "true" } })
   // Named for its file: a list of buttons all called "Download" says nothing to a screen reader.
   const button = h("button", { type: "button", attrs: { "aria-label": `Download ${visible(name)}` }, ...props }, "Download")
   button.addEventListener("click", () => {
-    button.disabled = true
+    if (isBusy(button)) return
+    setBusy(button, true)
     say(said, "Downloading…")
-    download(fileId, name, (received, total) => say(said, `Downloading… ${transferred(received, total)}`))
-      .then(() => say(said, ""), (error) => say(said, messageOf(error), true))
-      .finally(() => (button.disabled = false))
+    download(fileId, name, (received, total) => (progress.textContent = transferred(received, total)))
+      .then(() => say(said, `Saved ${name}.`), (error) => say(said, messageOf(error), true))
+      .finally(() => {
+        progress.textContent = ""
+        setBusy(button, false)
+      })
   })
-  return h("span", { className: "download" }, button, said)
+  return h("span", { className: "download" }, button, said, progress)
 }

@@ -7,7 +7,7 @@
  * upload.
  */
 import { fileUrl, json, postForm, query } from "./api.js"
-import { downloadButton, fill, h, headings, messageOf, say, statusLine } from "./dom.js"
+import { downloadButton, h, headings, isBusy, messageOf, placeChildren, say, setBusy, statusLine } from "./dom.js"
 import { ago, bytes, visible } from "./format.js"
 import { localFirstLine, startForm } from "./startForm.js"
 
@@ -96,22 +96,27 @@ export function filesView({ signal, refresh: refreshNow }) {
   /** Rows by file id, made once: a refresh keeps a download's progress line. @type {Map<string, HTMLElement>} */
   const rows = new Map()
   let shown = PAGE
+  /** The row whose first button takes the focus at the next render. */
+  let focusRow = /** @type {number | null} */ (null)
 
-  const table = h("table", { className: "files-list" }, headings(["File", "Purpose", "Size", "Created", ""]), body)
+  const table = h("table", { className: "files-list" }, headings(["File", "Purpose", "Size", "Created", "[Actions]"]), body)
   /** @param {FileObject[]} files @param {boolean} hasMore */
   const render = (files, hasMore) => {
     const seen = new Set(files.map((f) => f.id))
     for (const id of [...rows.keys()]) if (!seen.has(id)) rows.delete(id)
-    fill(body, files.map((f) => {
+    placeChildren(body, files.map((f) => {
       const row = rows.get(f.id) ?? fileRow(f, { start: (file) => void start.open(file), remove })
       rows.set(f.id, row)
       return row
     }))
+    // The first row "More" added takes the focus (the button it was on may be gone).
+    if (focusRow !== null) body.children[focusRow]?.querySelector("button")?.focus()
+    focusRow = null
     table.hidden = files.length === 0
     empty.hidden = files.length > 0
     empty.textContent = purpose.value === "" ? "No files yet." : "No files of this purpose."
     more.hidden = !hasMore
-    more.disabled = false
+    setBusy(more, false)
   }
   // Reads as many files as are shown, from the top: new ones appear above, deleted ones go. Page after page: a page
   // ends sooner than its limit at 1 MiB (`has_more`).
@@ -141,14 +146,22 @@ export function filesView({ signal, refresh: refreshNow }) {
     try {
       await json(fileUrl(file.id), { method: "DELETE", signal })
       say(said, `Deleted ${file.filename}.`)
+      // Its row goes now, the focus to the next row's first button (or the one before), not to the page.
+      const row = rows.get(file.id)
+      const next = row?.nextElementSibling ?? row?.previousElementSibling
+      if (row?.contains(document.activeElement) === true) next?.querySelector("button")?.focus()
+      row?.remove()
+      rows.delete(file.id)
       refreshNow()
     } catch (error) {
       say(said, messageOf(error), true)
     }
   }
   more.addEventListener("click", () => {
+    if (isBusy(more)) return
+    focusRow = shown
     shown += PAGE
-    more.disabled = true
+    setBusy(more, true)
     refreshNow()
   })
 

@@ -7,7 +7,7 @@
 import { postJson } from "./api.js"
 import { batchHref } from "./batchList.js"
 import { firstLine } from "./content.js"
-import { fill, h, messageOf, say, statusLine } from "./dom.js"
+import { fill, h, isBusy, messageOf, say, setBusy, statusLine } from "./dom.js"
 
 /** @typedef {import("./api.js").FileObject} FileObject */
 
@@ -78,6 +78,12 @@ export const startForm = (signal) => {
   const said = statusLine("p")
   /** The file the form is open for (an older `open`'s read, answered late, finds another here and is dropped). */
   let fileId = ""
+  /** What had the focus when the form opened (a row's "Start batch"): it takes it back when the form closes. */
+  let opener = /** @type {Element | null} */ (null)
+  const close = () => {
+    el.hidden = true
+    if (opener instanceof HTMLElement && opener.isConnected) opener.focus()
+  }
   // Focused when the form opens: a keyboard or screen reader user is taken to it.
   const heading = h("h2", { tabIndex: -1 }, "Start a batch")
   const el = h(
@@ -92,12 +98,16 @@ export const startForm = (signal) => {
     metadata,
     h("div", { className: "actions" },
       submit,
-      h("button", { type: "button", className: "quiet", onclick: () => (el.hidden = true) }, "Close")),
+      h("button", { type: "button", className: "quiet", onclick: close }, "Close")),
     said
   )
+  el.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") close()
+  })
   el.addEventListener("submit", async (event) => {
     event.preventDefault()
-    submit.disabled = true
+    if (isBusy(submit)) return
+    setBusy(submit, true)
     say(said, "Starting…")
     try {
       const batch = await postJson("/v1/batches", {
@@ -110,7 +120,7 @@ export const startForm = (signal) => {
     } catch (error) {
       say(said, messageOf(error), true)
     } finally {
-      submit.disabled = false
+      setBusy(submit, false)
     }
   })
 
@@ -125,6 +135,7 @@ export const startForm = (signal) => {
   /** @param {FileObject} file @param {string} [line] its first line, when the page has it */
   const open = async (file, line) => {
     fileId = file.id
+    if (el.hidden) opener = document.activeElement
     fill(fileName, file.filename, h("span", { className: "sub" }, file.id))
     metadata.value = ""
     say(said, "")

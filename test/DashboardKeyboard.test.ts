@@ -1,0 +1,157 @@
+/**
+ * The dashboard for a keyboard and a screen reader, in headless Chromium (from an accessibility audit): a refresh
+ * leaves the focus where it was (it had put every row back, and the focus on the page's top every 2 s); "More" and
+ * Back from a batch put it on a row; a delete on the next row; the filter's line is read out when it changes, not
+ * at each refresh; the key dialog says why it asks, and a cancel leaves the focus on the header's "Enter key".
+ */
+import { describe, expect, layer } from "@effect/vitest"
+import { Effect, Layer, Redacted } from "effect"
+import OpenAI from "openai"
+import type { Page } from "playwright-core"
+import { chatLine, createBatch, terminal, upload, waitFor } from "./support/Batches.js"
+import { BrowserPage } from "./support/Chromium.js"
+import { DESKTOP, expectClean, inPage, KEY, openWithKey, poll, POLL_MS } from "./support/Dashboard.js"
+import { baseUrl, testAppWithUpstream } from "./support/TestApp.js"
+
+/** The browser's globals, in the functions `page.evaluate` runs in the page (this project's types are Node's). */
+declare const document: any
+declare const window: any
+
+const rows = (page: Page) => page.locator("table.batches tbody tr")
+/** The text of what has the focus, and its tag. */
+const focused = (page: Page) => page.evaluate(() => `${document.activeElement?.tagName} ${document.activeElement?.textContent ?? ""}`.trim())
+
+/** A batch as the list gives it, made up: `n` newest first, metadata `{ n }`; the newest runs. */
+const madeUp = (n: number) => ({
+  id: `batch_${String(n).padStart(6, "0")}`,
+  object: "batch",
+  endpoint: "/v1/chat/completions",
+  model: "sim-model",
+  errors: null,
+  input_file_id: "file-x",
+  completion_window: "24h",
+  status: n === 1 ? "in_progress" : "completed",
+  output_file_id: null,
+  error_file_id: null,
+  created_at: 1_790_000_000 - n,
+  in_progress_at: null,
+  expires_at: null,
+  finalizing_at: null,
+  completed_at: n === 1 ? null : 1_790_000_000 - n,
+  failed_at: null,
+  expired_at: null,
+  cancelling_at: null,
+  cancelled_at: null,
+  request_counts: { total: 10, completed: n === 1 ? 3 : 10, failed: 0 },
+  metadata: { n: String(n) }
+})
+
+describe("the dashboard for a keyboard and a screen reader", () => {
+  layer(Layer.merge(testAppWithUpstream({ apiKeys: [Redacted.make(KEY)] }), BrowserPage.layer(DESKTOP)), { excludeTestServices: true, timeout: 60_000 })(
+    "in headless Chromium",
+    (it) => {
+      it.effect("a refresh keeps the focus; More puts it on the first row added; the filter's line is written once", () =>
+        inPage(async (base, browser) => {
+          const { page } = browser
+          const all = Array.from({ length: 45 }, (_, i) => madeUp(i + 1))
+          let reads = 0
+          await page.route(/\/v1\/batches(\?.*)?$/, (route) => {
+            reads++
+            const url = new URL(route.request().url())
+            const after = url.searchParams.get("after")
+            const limit = Number(url.searchParams.get("limit") ?? 20)
+            const from = after === null ? 0 : all.findIndex((b) => b.id === after) + 1
+            const data = all.slice(from, from + limit)
+            return route.fulfill({
+              json: { object: "list", data, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null, has_more: from + limit < all.length }
+            })
+          })
+          await openWithKey(page, base)
+          await poll(() => rows(page).count()).toBe(20)
+          // On the third row's link, through two refreshes (a batch runs: every 2 s): still there.
+          await rows(page).nth(2).locator("a").focus()
+          const before = reads
+          await page.clock.fastForward(POLL_MS + 100)
+          await poll(() => reads).toBeGreaterThan(before)
+          await page.clock.fastForward(POLL_MS + 100)
+          await poll(() => reads).toBeGreaterThan(before + 1)
+          expect(await focused(page)).toBe("A batch_000003")
+
+          // "More" by the keyboard: the focus on the first of the rows it added.
+          await page.locator("button.more").focus()
+          await page.keyboard.press("Enter")
+          await poll(() => rows(page).count()).toBe(40)
+          await poll(() => focused(page)).toBe("A batch_000021")
+
+          // The filter's line, a live region: written when the words change, not at each refresh.
+          await page.locator("#batches-filter").fill("n=5")
+          await poll(() => page.locator("main p.found").textContent()).toBe("1 batch matches this filter.")
+          await page.locator("main p.found").evaluate((el) => {
+            window.foundChanges = 0
+            new window.MutationObserver(() => window.foundChanges++).observe(el, { childList: true, characterData: true, subtree: true })
+          })
+          const quiet = reads
+          await page.clock.fastForward(10_000)
+          await poll(() => reads).toBeGreaterThan(quiet)
+          await page.clock.fastForward(10_000)
+          await poll(() => reads).toBeGreaterThan(quiet + 1)
+          expect(await page.evaluate(() => window.foundChanges)).toBe(0)
+          await page.locator("#batches-filter").fill("")
+          await page.unroute(/\/v1\/batches(\?.*)?$/)
+          await expectClean(browser)
+        }))
+
+      it.effect("Back from a batch puts the focus on its row; a delete on the next row's button", () =>
+        Effect.gen(function*() {
+          const openai = new OpenAI({ baseURL: `${yield* baseUrl}/v1`, apiKey: KEY, maxRetries: 0 })
+          const file = yield* upload(openai, [chatLine("a", "hello")], "keyboard.jsonl")
+          const batches = []
+          for (let i = 0; i < 3; i++) batches.push(yield* createBatch(openai, file.id))
+          for (const b of batches) yield* waitFor(openai, b.id, terminal)
+          const second = batches[1]!.id // newest first: the second row too
+          yield* inPage(async (base, browser) => {
+            const { page } = browser
+            await openWithKey(page, base)
+            await poll(() => rows(page).count()).toBeGreaterThanOrEqual(3)
+            await page.getByRole("link", { name: second }).focus()
+            await page.keyboard.press("Enter")
+            await poll(() => page.locator(".heading .status").textContent()).toBe("completed")
+            await page.goBack()
+            await poll(() => focused(page)).toBe(`A ${second}`)
+
+            // Files: deleting one by the keyboard leaves the focus on the next row's first button.
+            await page.locator("nav a", { hasText: "Files" }).click()
+            const fileRows = page.locator("table.files-list tbody tr")
+            await poll(() => fileRows.count()).toBeGreaterThanOrEqual(2)
+            const names = await fileRows.locator("td.name > span").evaluateAll((spans) => spans.map((s: any) => s.firstChild.textContent))
+            const next = await fileRows.nth(1).locator("button").first().getAttribute("aria-label")
+            page.once("dialog", (d) => void d.accept())
+            await fileRows.first().getByRole("button", { name: `Delete ${names[0]}` }).focus()
+            await page.keyboard.press("Enter")
+            await poll(() => page.evaluate(() => document.activeElement?.getAttribute("aria-label"))).toBe(next)
+            await expectClean(browser)
+          })
+        }))
+
+      it.effect("the key dialog says why it asks; cancelled, the focus is on the header's Enter key", () =>
+        inPage(async (base, browser) => {
+          const { page } = browser
+          await page.goto(`${base}/ui/app.css`)
+          await page.evaluate(() => window.localStorage.removeItem("openai-batch.api-key"))
+          await page.goto(`${base}/ui`)
+          const dialog = page.locator("#key-dialog")
+          await poll(() => dialog.isVisible()).toBe(true)
+          expect(await dialog.getAttribute("aria-describedby")).toBe("key-reason")
+          expect(await page.locator("#key-reason").textContent()).not.toBe("")
+          // A key no header can carry: said, and the field marked invalid, with the words that say why.
+          await page.locator("#key-input").fill("sk with spaces")
+          await page.keyboard.press("Enter")
+          expect(await page.locator("#key-input").getAttribute("aria-invalid")).toBe("true")
+          expect(await page.locator("#key-input").getAttribute("aria-describedby")).toBe("key-problem")
+          await page.keyboard.press("Escape")
+          await poll(() => focused(page)).toBe("BUTTON Enter key")
+          await expectClean(browser)
+        }))
+    }
+  )
+})
