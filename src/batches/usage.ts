@@ -19,12 +19,17 @@ export const zeroUsage: TokenUsage = { input: 0, cached: 0, output: 0, reasoning
 const num = (v: unknown): number =>
   typeof v === "number" && Number.isFinite(v) && v > 0 ? Math.min(Math.floor(v), Number.MAX_SAFE_INTEGER) : 0
 
-/** Chat/completions/embeddings say `prompt_tokens`/`completion_tokens`; responses say `input_tokens`/`output_tokens`. */
+/**
+ * Chat/completions/embeddings say `prompt_tokens`/`completion_tokens`; responses say `input_tokens`/`output_tokens`;
+ * vLLM's rerank and score, only `total_tokens`: all of it read, so input (counted nowhere else, a chargeback from
+ * the metrics' input and output missed it).
+ */
 export const usageOf = (body: unknown): TokenUsage => {
   if (!isJsonObject(body) || !isJsonObject(body.usage)) return zeroUsage
   const u = body.usage
-  const input = num(u.input_tokens ?? u.prompt_tokens)
   const output = num(u.output_tokens ?? u.completion_tokens)
+  const totalOnly = u.input_tokens === undefined && u.prompt_tokens === undefined && u.total_tokens !== undefined
+  const input = totalOnly ? Math.max(0, num(u.total_tokens) - output) : num(u.input_tokens ?? u.prompt_tokens)
   const inputDetails = isJsonObject(u.input_tokens_details) ? u.input_tokens_details : isJsonObject(u.prompt_tokens_details) ? u.prompt_tokens_details : {}
   const outputDetails = isJsonObject(u.output_tokens_details) ? u.output_tokens_details : isJsonObject(u.completion_tokens_details) ? u.completion_tokens_details : {}
   return {
