@@ -157,6 +157,10 @@ describe("the logs of the server process", () => {
       total: 3,
       completed: 2,
       failed: 1,
+      input_tokens: batch.usage!.input_tokens,
+      cached_tokens: batch.usage!.input_tokens_details.cached_tokens,
+      output_tokens: batch.usage!.output_tokens,
+      reasoning_tokens: batch.usage!.output_tokens_details.reasoning_tokens,
       total_tokens: batch.usage!.total_tokens,
       duration_s: expect.any(Number),
       project: "projL" // a project's usage from its finished lines alone
