@@ -373,11 +373,18 @@ describe("the dashboard", () => {
         await poll(() => page.locator("#start-batch").textContent()).toContain(`${HOSTILE}.jsonl`)
         expect(await page.locator("main img").count()).toBe(0)
 
-        await page.setViewportSize(PHONE)
-        for (const [hash, ready] of [["#/", "table.batches"], ["#/files", "table.files-list"], [`#/batches/${id}`, ".problems"]]) {
-          await page.goto(`${base}/ui${hash}`)
-          await poll(() => page.locator(`${ready}:not([hidden])`).count()).toBe(1)
-          expect(await overflows(page), hash).toBe(false)
+        // A phone, and a desktop of 1440 px zoomed to 200 %.
+        for (const size of [{ width: 720, height: 800 }, PHONE]) {
+          await page.setViewportSize(size)
+          for (const [hash, ready] of [["#/", "table.batches"], ["#/files", "table.files-list"], [`#/batches/${id}`, ".problems"]]) {
+            await page.goto(`${base}/ui${hash}`)
+            await poll(() => page.locator(`${ready}:not([hidden])`).count()).toBe(1)
+            expect(await overflows(page), `${hash} at ${size.width} px`).toBe(false)
+          }
+          // Cards there too: the table's seven columns overflowed 720 px by 19 with a running batch's figures.
+          await page.goto(`${base}/ui#/`)
+          await poll(() => page.locator("table.batches tbody tr").count()).toBeGreaterThan(0)
+          expect(await page.locator("table.batches thead").isVisible(), `${size.width} px`).toBe(false)
         }
         await page.goto(`${base}/ui#/`)
         await poll(() => page.locator("table.batches tbody tr").count()).toBeGreaterThan(0)

@@ -1,8 +1,9 @@
 /**
  * The dashboard for a keyboard and a screen reader, in headless Chromium (from an accessibility audit): a refresh
  * leaves the focus where it was (it had put every row back, and the focus on the page's top every 2 s); "More" and
- * Back from a batch put it on a row; a delete on the next row; the filter's line is read out when it changes, not
- * at each refresh; the key dialog says why it asks, and a cancel leaves the focus on the header's "Enter key".
+ * Back from a batch put it on a row; a delete on the next row; the start form's Escape on the button that opened it,
+ * and a metadata mistake on its field; the filter's line is read out when it changes, not at each refresh; the key
+ * dialog says why it asks, and a cancel leaves the focus on the header's "Enter key".
  */
 import { describe, expect, layer } from "@effect/vitest"
 import { Effect, Layer, Redacted } from "effect"
@@ -101,7 +102,7 @@ describe("the dashboard for a keyboard and a screen reader", () => {
           await expectClean(browser)
         }))
 
-      it.effect("Back from a batch puts the focus on its row; a delete on the next row's button", () =>
+      it.effect("Back from a batch puts the focus on its row; a delete on the next row's button; the start form's problems and Escape", () =>
         Effect.gen(function*() {
           const openai = new OpenAI({ baseURL: `${yield* baseUrl}/v1`, apiKey: KEY, maxRetries: 0 })
           const file = yield* upload(openai, [chatLine("a", "hello")], "keyboard.jsonl")
@@ -129,6 +130,21 @@ describe("the dashboard for a keyboard and a screen reader", () => {
             await fileRows.first().getByRole("button", { name: `Delete ${names[0]}` }).focus()
             await page.keyboard.press("Enter")
             await poll(() => page.evaluate(() => document.activeElement?.getAttribute("aria-label"))).toBe(next)
+
+            // The start form: a metadata line that is no pair is said, its field marked and focused; Escape closes
+            // the form, and the focus is back on the button that opened it.
+            const startButton = page.getByRole("button", { name: "Start batch from keyboard.jsonl" })
+            await startButton.focus()
+            await page.keyboard.press("Enter")
+            await poll(() => page.locator("#batch-endpoint").isEnabled()).toBe(true)
+            await page.locator("#batch-metadata").fill("no pair here")
+            await page.locator("#start-batch button[type=submit]").click()
+            await poll(() => page.locator("#start-batch-said").textContent()).toContain("Metadata lines are key=value")
+            expect(await page.locator("#batch-metadata").getAttribute("aria-invalid")).toBe("true")
+            expect(await page.evaluate(() => document.activeElement?.id)).toBe("batch-metadata")
+            await page.keyboard.press("Escape")
+            expect(await page.locator("#start-batch").isVisible()).toBe(false)
+            expect(await page.evaluate(() => document.activeElement?.getAttribute("aria-label"))).toBe("Start batch from keyboard.jsonl")
             await expectClean(browser)
           })
         }))

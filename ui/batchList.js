@@ -258,6 +258,7 @@ export function batchListView({ signal, refresh: refreshNow }, params) {
       : hasMore ? "" : `${matched} ${verb} this filter.`)
     searchOlder = searched !== null
     more.textContent = searchOlder ? "Search older" : "More"
+    more.setAttribute("aria-label", searchOlder ? "Search older batches" : "More batches")
     more.hidden = !hasMore
     setBusy(more, false)
     const restored = scrollTo !== null

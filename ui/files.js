@@ -87,7 +87,7 @@ const PURPOSES = [["", "All purposes"], ["batch", "Batch inputs"], ["batch_outpu
 export function filesView({ signal, refresh: refreshNow }) {
   const start = startForm(signal)
   const body = h("tbody")
-  const more = h("button", { type: "button", className: "more", hidden: true }, "More")
+  const more = h("button", { type: "button", className: "more", hidden: true, attrs: { "aria-label": "More files" } }, "More")
   const empty = h("p", { className: "empty", hidden: true })
   const purpose = h("select", { id: "files-purpose", attrs: { "aria-label": "Files of purpose" } },
     PURPOSES.map(([value, label]) => h("option", { value }, label)))

@@ -73,9 +73,10 @@ export const startForm = (signal) => {
   const fileName = h("span", { className: "name" })
   const endpoint = h("select", { id: "batch-endpoint", name: "endpoint" }, ENDPOINTS.map((e) => h("option", { value: e }, e)))
   const metadata = h("textarea",
-    { id: "batch-metadata", name: "metadata", rows: 3, placeholder: "project=demo\nowner=me", spellcheck: false })
+    { id: "batch-metadata", name: "metadata", rows: 3, placeholder: "project=demo\nowner=me", spellcheck: false, attrs: { "aria-describedby": "start-batch-said" } })
   const submit = h("button", { type: "submit" }, "Start batch")
   const said = statusLine("p")
+  said.id = "start-batch-said"
   /** The file the form is open for (an older `open`'s read, answered late, finds another here and is dropped). */
   let fileId = ""
   /** What had the focus when the form opened (a row's "Start batch"): it takes it back when the form closes. */
@@ -109,13 +110,21 @@ export const startForm = (signal) => {
     if (isBusy(submit)) return
     setBusy(submit, true)
     say(said, "Starting…")
+    metadata.removeAttribute("aria-invalid")
+    /** @type {Record<string, string> | null} */
+    let pairs
     try {
-      const batch = await postJson("/v1/batches", {
-        input_file_id: fileId,
-        endpoint: endpoint.value,
-        completion_window: "24h",
-        metadata: parseMetadata(metadata.value)
-      })
+      pairs = parseMetadata(metadata.value)
+    } catch (error) {
+      // Said, and tied to the field it is about: the focus goes there to mend it.
+      say(said, messageOf(error), true)
+      metadata.setAttribute("aria-invalid", "true")
+      metadata.focus()
+      setBusy(submit, false)
+      return
+    }
+    try {
+      const batch = await postJson("/v1/batches", { input_file_id: fileId, endpoint: endpoint.value, completion_window: "24h", metadata: pairs })
       location.hash = batchHref(batch.id)
     } catch (error) {
       say(said, messageOf(error), true)
