@@ -187,6 +187,7 @@ describe("the dashboard", () => {
         await shown(page, () => rows.count()).toBe(before + 1)
         await poll(() => rows.first().textContent()).toContain(other.id)
         await poll(() => rows.first().locator(".status").textContent()).toBe("completed")
+        await poll(() => barFill(page, "table.batches .bar")).toBeCloseTo(1, 2) // its width moves in 0.4 s
         await shot(page, "batches", { height: 420 })
 
         // A hidden tab polls nothing, however long; shown again, it refreshes at once.

@@ -1,6 +1,7 @@
 /**
  * The dashboard for a keyboard and a screen reader, in headless Chromium (from an accessibility audit): a refresh
- * leaves the focus where it was (it had put every row back, and the focus on the page's top every 2 s); "More" and
+ * leaves the focus where it was (it had put every row back, and the focus on the page's top every 2 s), and can be
+ * paused; "More" and
  * Back from a batch put it on a row; a delete on the next row; the start form's Escape on the button that opened it,
  * and a metadata mistake on its field; the filter's line is read out when it changes, not at each refresh; the key
  * dialog says why it asks, and a cancel leaves the focus on the header's "Enter key".
@@ -77,6 +78,16 @@ describe("the dashboard for a keyboard and a screen reader", () => {
           await page.clock.fastForward(POLL_MS + 100)
           await poll(() => reads).toBeGreaterThan(before + 1)
           expect(await focused(page)).toBe("A batch_000003")
+          // Paused (WCAG 2.2.2), the list is read on no timer; resumed, at once.
+          const pause = page.getByRole("button", { name: "Pause updates" })
+          await pause.click()
+          expect(await page.locator("#pause-button").getAttribute("aria-pressed")).toBe("true")
+          const paused = reads
+          await page.clock.fastForward(3 * POLL_MS)
+          await new Promise((r) => setTimeout(r, 300))
+          expect(reads).toBe(paused)
+          await page.getByRole("button", { name: "Resume updates" }).click()
+          await poll(() => reads).toBeGreaterThan(paused)
 
           // "More" by the keyboard: the focus on the first of the rows it added.
           await page.locator("button.more").focus()

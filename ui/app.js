@@ -84,6 +84,8 @@ let running = null
 let again = false
 /** Whether a view was opened before (the page's first one takes no focus). */
 let routed = false
+/** Whether the person paused the refreshes (WCAG 2.2.2): a view is read when opened or asked to, not on a timer. */
+let paused = false
 
 /** Refreshes the open view now (or once the refresh under way ends), then schedules the next one. */
 const refresh = () => {
@@ -114,7 +116,7 @@ const refresh = () => {
   ).finally(() => {
     running = null
     if (refreshed !== view || again) refresh()
-    else if (live && !document.hidden) timer = setTimeout(refresh, nextDelay(refreshed.every ?? POLL_MS, failures, lastError))
+    else if (live && !document.hidden && !paused) timer = setTimeout(refresh, nextDelay(refreshed.every ?? POLL_MS, failures, lastError))
   })
 }
 
@@ -146,7 +148,7 @@ const route = () => {
 
 document.addEventListener("visibilitychange", () => {
   if (document.hidden) clearTimeout(timer)
-  else if (live) refresh()
+  else if (live && !paused) refresh()
 })
 
 /**
@@ -220,6 +222,16 @@ const keyButton = () => {
   onKeyChange(update)
   return update
 }
+
+// "Pause updates": no refresh on a timer until resumed (then one at once), for a reader who needs the page still.
+byId("pause-button").addEventListener("click", (event) => {
+  const button = /** @type {HTMLElement} */ (event.currentTarget)
+  paused = !paused
+  button.setAttribute("aria-pressed", String(paused))
+  button.textContent = paused ? "Resume updates" : "Pause updates"
+  if (paused) clearTimeout(timer)
+  else refresh()
+})
 
 // The skip link moves focus to the view without touching the hash (which routes).
 byId("skip").addEventListener("click", (event) => {
