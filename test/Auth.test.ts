@@ -244,6 +244,9 @@ layer(bareApi, { excludeTestServices: true })("ApiLive without the security midd
       for (const path of ["/v1/files", "/v1/batches"]) {
         const refused = yield* Effect.promise(() => fetch(`${base}${path}`, { headers: { authorization: "Bearer sk-nope" } }))
         expect({ status: refused.status, body: yield* Effect.promise(() => refused.json()) }).toEqual({ status: 401, body: UNAUTHORIZED })
+        // No key: said as `secure` says it.
+        const none = yield* Effect.promise(() => fetch(`${base}${path}`))
+        expect({ status: none.status, body: yield* Effect.promise(() => none.json()) }).toEqual({ status: 401, body: unauthorizedBody(NO_KEY) })
         const served = yield* Effect.promise(() => fetch(`${base}${path}`, { headers: { authorization: `Bearer ${KEYS.beta}` } }))
         expect(served.status).toBe(200)
         yield* Effect.promise(() => served.arrayBuffer())

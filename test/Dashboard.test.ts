@@ -407,8 +407,8 @@ describe("the dashboard", () => {
         await page.clock.fastForward(10_000)
         await poll(() => listReads.length).toBe(1)
         page.off("request", noted)
-        // `.` and `..` are no batch ids (the browser would ask for /v1/batches/, the list): the list is shown.
-        for (const dots of [".", "..", "%2e"]) {
+        // `.`, `..` and a blank are no batch ids (the browser would ask for /v1/batches/, the list): the list is shown.
+        for (const dots of [".", "..", "%2e", "%20"]) {
           await page.goto(`${base}/ui#/batches/${dots}`)
           await poll(() => page.locator("table.batches tbody tr").count()).toBeGreaterThan(0)
         }

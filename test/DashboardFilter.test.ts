@@ -103,6 +103,8 @@ describe("the batches list's filter", () => {
           expect(await page.locator("#batches-status").inputValue()).toBe("completed")
           // The address holds the filter: a link to it opens the search, in a page of its own (an unknown status: any).
           expect(new URL(page.url()).hash).toBe("#/?q=sweep%3Dneedle-7&status=completed")
+          // And the links back to the list (the header's would have made a second entry of that address).
+          expect(await page.locator("nav a[data-nav=batches]").getAttribute("href")).toBe("#/?q=sweep%3Dneedle-7&status=completed")
           await page.goto(`${base}/ui#/?q=needle-70&status=nonsense`)
           await page.reload()
           await poll(() => ids(page)).toEqual([longer.id])

@@ -130,6 +130,11 @@ describe("the dashboard for a keyboard and a screen reader", () => {
             await poll(() => page.locator(".heading .status").textContent()).toBe("completed")
             await page.goBack()
             await poll(() => focused(page)).toBe(`A ${second}`)
+            // Once: the list opened again some other way (the header's link) is on its heading.
+            await page.locator("nav a", { hasText: "Files" }).click()
+            await page.locator("nav a", { hasText: "Batches" }).click()
+            await poll(() => rows(page).count()).toBeGreaterThanOrEqual(3)
+            expect(await focused(page)).toBe("H1 Batches")
 
             // Files: deleting one by the keyboard leaves the focus on the next row's first button.
             await page.locator("nav a", { hasText: "Files" }).click()

@@ -109,7 +109,7 @@ describe("usageOf", () => {
     expect(usageOf({ usage: { input_tokens: 4, output_tokens: 6, output_tokens_details: { reasoning_tokens: 2 } } }))
       .toEqual({ input: 4, cached: 0, output: 6, reasoning: 2, total: 10 })
     expect(usageOf({ id: "no usage" })).toEqual(zeroUsage)
-    // A rerank's or score's (vLLM's) total alone: what it read, as input.
+    // A rerank's (vLLM's) total alone: what it read, as input.
     expect(usageOf({ usage: { total_tokens: 13 } })).toEqual({ input: 13, cached: 0, output: 0, reasoning: 0, total: 13 })
   })
 

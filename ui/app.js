@@ -21,7 +21,8 @@ const MAX_BACKOFF_MS = 60_000
 
 /**
  * @typedef {{ el: HTMLElement, refresh: () => Promise<boolean>, title: string, every?: number }} View
- * @typedef {{ signal: AbortSignal, refresh: () => void }} ViewContext what a view is given: its calls' signal, and
+ * @typedef {{ signal: AbortSignal, refresh: () => void, from: string }} ViewContext what a view is given: its calls'
+ *   signal, the hash of the view it follows (`from`), and
  *   a way to be refreshed now
  */
 
@@ -40,8 +41,8 @@ const viewFor = (hash, context) => {
     try {
       // Trimmed: no id holds a space, and one pasted with its neighbours' ("No batch  batch_1 " read as the id's).
       const id = decodeURIComponent(batch[1] ?? "").trim()
-      // `.` and `..` are no ids: a URL would resolve them to another path (`/v1/batches/.` is the list).
-      if (id !== "." && id !== "..") return batchPageView(id, context)
+      // ``, `.` and `..` are no ids: a URL would resolve them to another path (`/v1/batches/.` is the list).
+      if (id !== "" && id !== "." && id !== "..") return batchPageView(id, context)
     } catch {
       // a malformed escape: the list instead
     }
@@ -84,6 +85,8 @@ let running = null
 let again = false
 /** Whether a view was opened before (the page's first one takes no focus). */
 let routed = false
+/** The hash of the open view. */
+let routedHash = ""
 /** Whether the person paused the refreshes (WCAG 2.2.2): a view is read when opened or asked to, not on a timer. */
 let paused = false
 
@@ -123,7 +126,9 @@ const refresh = () => {
 const route = () => {
   leaving.abort()
   leaving = new AbortController()
-  view = viewFor(location.hash, { signal: leaving.signal, refresh })
+  const from = routedHash
+  routedHash = location.hash
+  view = viewFor(location.hash, { signal: leaving.signal, refresh, from })
   live = false
   failures = 0
   document.title = `${view.title} · openai-batch`

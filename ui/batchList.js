@@ -61,6 +61,9 @@ const listHref = (filter) => {
   return query === "" ? "#/" : `#/?${query}`
 }
 
+/** The list's address as it was left: its filter (the links back to it, so that they come back to what it showed). */
+export const listAddress = () => listHref(left)
+
 /** @param {string} id */
 export const batchHref = (id) => `#/batches/${encodeURIComponent(id)}`
 
@@ -142,12 +145,16 @@ const batchRow = () => {
 }
 
 /** @param {import("./app.js").ViewContext} context @param {URLSearchParams} params the address's query */
-export function batchListView({ signal, refresh: refreshNow }, params) {
+export function batchListView({ signal, refresh: refreshNow, from }, params) {
   const addressed = filterIn(params)
   // Another filter than the one the list was left with (a link to a search): its own rows, from the top.
   if (addressed !== null && (addressed.text !== left.text || addressed.status !== left.status)) {
-    Object.assign(left, addressed, { shown: PAGE, scrollY: 0, scan: SCAN_STEP })
+    Object.assign(left, addressed, { shown: PAGE, scrollY: 0, scan: SCAN_STEP, opened: "" })
   }
+  // Back (or "← Batches") from the batch opened from the list: its row takes the focus once the rows are in (Back
+  // left it on the heading, far above the rows the list scrolls back to). Only then, and only once.
+  const returnedFrom = left.opened !== "" && from === batchHref(left.opened) ? left.opened : ""
+  left.opened = ""
   const body = h("tbody")
   const none = h("p", { className: "empty", hidden: true },
     "No batches yet. ", h("a", { href: "#/files" }, "Upload a file"), " to start one.")
@@ -191,10 +198,10 @@ export function batchListView({ signal, refresh: refreshNow }, params) {
   let shown = left.shown
   /** Where to scroll once the rows are in, the first time. */
   let scrollTo = /** @type {number | null} */ (left.scrollY)
-  /** The row whose link takes the focus at the next render: the first one "More" added. */
+  /** What "More" asked for (rows shown, batches looked through), until a read answers it; busy till then. */
+  let moreAsked = /** @type {{ shown: number, scan: number } | null} */ (null)
+  /** The row whose link takes the focus once "More" is answered: the first one it added. */
   let focusRow = /** @type {number | null} */ (null)
-  // The batch opened from the list: its row takes the focus when the list is back (Back left it on the heading,
-  // far above the rows the list scrolled back to).
   body.addEventListener("click", (event) => {
     const link = event.target instanceof Element ? event.target.closest("a") : null
     if (link !== null) left.opened = link.textContent ?? ""
@@ -202,10 +209,12 @@ export function batchListView({ signal, refresh: refreshNow }, params) {
   signal.addEventListener("abort", () => {
     Object.assign(left, filter, { shown, scrollY: window.scrollY })
   })
-  // The address says the filter (replaced, not pushed: Back leaves the list, not a keystroke).
+  // The address says the filter (replaced, not pushed: Back leaves the list, not a keystroke), and so do the links
+  // to the list (a click on the header's "Batches" made a second entry of the same address, which Back then showed).
   const address = () => {
     const href = listHref(filter)
     if (location.hash !== href && !(location.hash === "" && href === "#/")) history.replaceState(history.state, "", href)
+    for (const link of document.querySelectorAll("a[data-list]")) link.setAttribute("href", href)
   }
   address()
   /** A new filter: read again from the top, a page's worth, as far down as the last search went. */
@@ -232,8 +241,11 @@ export function batchListView({ signal, refresh: refreshNow }, params) {
   /** Whether the last refresh read more than a page (a filter looking far down). */
   let readFar = false
 
-  /** @param {Batch[]} batches @param {boolean} hasMore @param {number | null} searched @param {Filter} asked */
-  const render = (batches, hasMore, searched, asked) => {
+  /**
+   * @param {Batch[]} batches @param {boolean} hasMore @param {number | null} searched
+   * @param {Filter} asked @param {number} wanted the rows the read was for
+   */
+  const render = (batches, hasMore, searched, asked, wanted) => {
     const seen = new Set()
     const ordered = batches.map((b) => {
       seen.add(b.id)
@@ -260,24 +272,31 @@ export function batchListView({ signal, refresh: refreshNow }, params) {
     more.textContent = searchOlder ? "Search older" : "More"
     more.setAttribute("aria-label", searchOlder ? "Search older batches" : "More batches")
     more.hidden = !hasMore
-    setBusy(more, false)
-    const restored = scrollTo !== null
+    // A read begun before "More" was pressed does not answer it (its rows are the old ones).
+    if (moreAsked === null || (wanted >= moreAsked.shown && asked.scan >= moreAsked.scan)) {
+      setBusy(more, false)
+      if (focusRow !== null) body.children[focusRow]?.querySelector("a")?.focus()
+      moreAsked = focusRow = null
+    }
     if (scrollTo !== null) {
       window.scrollTo(0, scrollTo)
-      const opened = batches.findIndex((b) => b.id === left.opened)
-      if (opened !== -1) focusRow = opened
+      // Unless the person has moved on meanwhile (into the filter, say).
+      const at = document.activeElement
+      const heading = el.querySelector("h1")
+      if (returnedFrom !== "" && (at === document.body || at === heading)) {
+        body.children[batches.findIndex((b) => b.id === returnedFrom)]?.querySelector("a")?.focus({ preventScroll: true })
+      }
     }
     scrollTo = null
-    if (focusRow !== null) body.children[focusRow]?.querySelector("a")?.focus({ preventScroll: restored })
-    focusRow = null
   }
 
   const refresh = async () => {
     // The filter as it was asked: one typed into during the read is the next refresh's.
     const asked = { ...filter }
-    const { batches, hasMore, searched, pages } = await readBatches(shown, asked, signal)
+    const wanted = shown
+    const { batches, hasMore, searched, pages } = await readBatches(wanted, asked, signal)
     readFar = pages > 1
-    render(batches, hasMore, searched, asked)
+    render(batches, hasMore, searched, asked, wanted)
     return true
   }
 
@@ -289,6 +308,7 @@ export function batchListView({ signal, refresh: refreshNow }, params) {
       focusRow = shown
       shown += PAGE
     }
+    moreAsked = { shown, scan: filter.scan }
     setBusy(more, true)
     refreshNow()
   })

@@ -5,6 +5,7 @@
  * Refreshed until the batch ends.
  */
 import { ApiError, batchUrl, fileUrl, json, postJson } from "./api.js"
+import { listAddress } from "./batchList.js"
 import { downloadButton, fill, h, headings, isBusy, messageOf, placeChildren, progressBar, say, setBusy, setStatus, statusLine } from "./dom.js"
 import { bytes, count, dateTime, DOWN_REASONS, duration, endedAt, failedWords, nowSeconds, runTime, timeOfDay, tokens, visible } from "./format.js"
 
@@ -188,7 +189,7 @@ export function batchPageView(batchId, { signal, refresh: refreshNow }) {
   const el = h(
     "section",
     { className: "batch" },
-    h("p", { className: "crumbs" }, h("a", { href: "#/" }, "← Batches")),
+    h("p", { className: "crumbs" }, h("a", { href: listAddress(), dataset: { list: "" } }, "← Batches")),
     h("div", { className: "heading" }, heading, status, h("span", { className: "grow" }), cancelSaid, cancel),
     state,
     shownBatch

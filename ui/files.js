@@ -96,12 +96,13 @@ export function filesView({ signal, refresh: refreshNow }) {
   /** Rows by file id, made once: a refresh keeps a download's progress line. @type {Map<string, HTMLElement>} */
   const rows = new Map()
   let shown = PAGE
-  /** The row whose first button takes the focus at the next render. */
+  /** The rows "More" asked for, until a read answers it (busy till then), and the first one it adds, to focus. */
+  let moreAsked = /** @type {number | null} */ (null)
   let focusRow = /** @type {number | null} */ (null)
 
   const table = h("table", { className: "files-list" }, headings(["File", "Purpose", "Size", "Created", "[Actions]"]), body)
-  /** @param {FileObject[]} files @param {boolean} hasMore */
-  const render = (files, hasMore) => {
+  /** @param {FileObject[]} files @param {boolean} hasMore @param {number} wanted the rows the read was for */
+  const render = (files, hasMore, wanted) => {
     const seen = new Set(files.map((f) => f.id))
     for (const id of [...rows.keys()]) if (!seen.has(id)) rows.delete(id)
     placeChildren(body, files.map((f) => {
@@ -109,14 +110,17 @@ export function filesView({ signal, refresh: refreshNow }) {
       rows.set(f.id, row)
       return row
     }))
-    // The first row "More" added takes the focus (the button it was on may be gone).
-    if (focusRow !== null) body.children[focusRow]?.querySelector("button")?.focus()
-    focusRow = null
+
     table.hidden = files.length === 0
     empty.hidden = files.length > 0
     empty.textContent = purpose.value === "" ? "No files yet." : "No files of this purpose."
     more.hidden = !hasMore
-    setBusy(more, false)
+    // A read begun before "More" was pressed does not answer it; the first row it added takes the focus.
+    if (moreAsked === null || wanted >= moreAsked) {
+      setBusy(more, false)
+      if (focusRow !== null) body.children[focusRow]?.querySelector("button")?.focus()
+      moreAsked = focusRow = null
+    }
   }
   // Reads as many files as are shown, from the top: new ones appear above, deleted ones go. Page after page: a page
   // ends sooner than its limit at 1 MiB (`has_more`).
@@ -126,14 +130,15 @@ export function filesView({ signal, refresh: refreshNow }) {
     /** @type {string | undefined} */
     let after
     let hasMore = true
-    while (hasMore && files.length < shown) {
+    const wanted = shown
+    while (hasMore && files.length < wanted) {
       /** @type {import("./api.js").Page<FileObject>} */
-      const page = await json(`/v1/files${query({ limit: Math.min(shown - files.length, MAX_PAGE), order: "desc", after, purpose: purpose.value || undefined })}`, { signal })
+      const page = await json(`/v1/files${query({ limit: Math.min(wanted - files.length, MAX_PAGE), order: "desc", after, purpose: purpose.value || undefined })}`, { signal })
       files.push(...page.data)
       hasMore = page.has_more && page.data.length > 0
       after = page.last_id ?? undefined
     }
-    render(files, hasMore)
+    render(files, hasMore, wanted)
     return true
   }
   purpose.addEventListener("change", refreshNow)
@@ -161,6 +166,7 @@ export function filesView({ signal, refresh: refreshNow }) {
     if (isBusy(more)) return
     focusRow = shown
     shown += PAGE
+    moreAsked = shown
     setBusy(more, true)
     refreshNow()
   })

@@ -21,8 +21,8 @@ const num = (v: unknown): number =>
 
 /**
  * Chat/completions/embeddings say `prompt_tokens`/`completion_tokens`; responses say `input_tokens`/`output_tokens`;
- * vLLM's rerank and score, only `total_tokens`: all of it read, so input (counted nowhere else, a chargeback from
- * the metrics' input and output missed it).
+ * vLLM's rerank, only `total_tokens`: all of it read, so input (counted nowhere else, a chargeback from the
+ * metrics' input and output missed it).
  */
 export const usageOf = (body: unknown): TokenUsage => {
   if (!isJsonObject(body) || !isJsonObject(body.usage)) return zeroUsage

@@ -70,9 +70,9 @@ export const describeBatch = (b: Batch, now: number): ReadonlyArray<string> => {
 const oneLine = (text: string) => text.replace(/[\u0000-\u001f\u007f]/g, (c) => JSON.stringify(c).slice(1, -1))
 
 /**
- * A batch's metadata as `list` shows it: `k=v, k2=v2`, whole pairs within `METADATA_SHOWN` characters and how many
- * more there are (`sweep=lr-3, seed=7, +2 more`: a pair cut mid-key read as another key); a first pair longer than
- * that, cut.
+ * A batch's metadata as `list` shows it: `k=v, k2=v2`, the whole pairs that fit in `METADATA_SHOWN` characters,
+ * then how many more there are (`sweep=lr-3, seed=7, +2 more`: a pair cut mid-key read as another key); a first
+ * pair longer than that, cut.
  */
 const METADATA_SHOWN = 40
 const metadataText = (b: Batch): string => {

@@ -31,7 +31,7 @@ import { makeDiskSpace } from "../storage/diskSpace.js"
 import { CONTENT_TYPE } from "../observability/metricsRegistry.js"
 import { envelope } from "./EarlyAnswer.js"
 import { METRICS_PATH, requestTarget, routeOf } from "./Routes.js"
-import { isLoopbackHost } from "./Security.js"
+import { headersOf, isLoopbackHost, keyProblem } from "./Security.js"
 
 /** The `route` label of a request no route matched. */
 export const UNMATCHED = "unmatched"
@@ -102,11 +102,13 @@ export const metricsRoute = HttpApiBuilder.Router.use((router) =>
     const served = Effect.map(scrape, (text) => HttpServerResponse.text(text, { contentType: CONTENT_TYPE }))
     yield* router.get(
       METRICS_PATH,
-      Effect.flatMap(Effect.serviceOption(CurrentCaller), (caller) => {
+      Effect.flatMap(Effect.all([Effect.serviceOption(CurrentCaller), Effect.serviceOption(HttpServerRequest.HttpServerRequest)]), ([caller, request]) => {
         if (!auth.required || Option.exists(caller, (c) => c.admin)) return served
         // `secure` has checked the key and provided the caller; served without it, no caller is no key.
         return Effect.succeed(
-          Option.isSome(caller) ? operatorsOnly() : envelope(unauthorized(), 401, { "www-authenticate": "Bearer" })
+          Option.isSome(caller)
+            ? operatorsOnly()
+            : envelope(unauthorized(keyProblem(headersOf(request))), 401, { "www-authenticate": "Bearer" })
         )
       })
     )

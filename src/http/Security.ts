@@ -140,7 +140,7 @@ const OTHER_KEY_HEADERS = ["x-litellm-api-key", "api-key", "x-api-key"]
  * where to put it, a key in another gateway's header included (it read as a wrong key, and sent a migrating user to
  * rotate keys).
  */
-const keyProblem = (headers: Readonly<Record<string, string | undefined>>): string => {
+export const keyProblem = (headers: Readonly<Record<string, string | undefined>>): string => {
   const authorization = headers.authorization ?? ""
   if (bearerKey(authorization) !== "") return "Incorrect API key provided."
   if (authorization.trim() !== "") return "The Authorization header holds no Bearer key: send Authorization: Bearer YOUR_KEY."
@@ -149,6 +149,10 @@ const keyProblem = (headers: Readonly<Record<string, string | undefined>>): stri
     ? "You didn't provide an API key: send it in an Authorization header using Bearer auth (Authorization: Bearer YOUR_KEY)."
     : `This server reads the API key from the Authorization header (Authorization: Bearer YOUR_KEY), not from ${elsewhere}.`
 }
+
+/** A request's headers, if there is one (none: read as no key). */
+export const headersOf = (request: Option.Option<HttpServerRequest.HttpServerRequest>) =>
+  Option.match(request, { onNone: () => ({}), onSome: (r) => r.headers })
 
 /** The 401 of a missing or unknown key, in OpenAI's envelope. */
 const unauthenticated = (headers: Readonly<Record<string, string | undefined>>) =>
@@ -259,10 +263,10 @@ export const AuthenticatedLive = Layer.effect(
   Effect.map(Auth, (auth) =>
     Authenticated.of({
       bearer: (token) =>
-        Effect.flatMap(Effect.serviceOption(CurrentCaller), (provided) =>
+        Effect.flatMap(Effect.all([Effect.serviceOption(CurrentCaller), Effect.serviceOption(HttpServerRequest.HttpServerRequest)]), ([provided, request]) =>
           Option.isSome(provided)
             ? Effect.succeed(provided.value)
             : Effect.flatMap(auth.authenticate(Redacted.value(token).trim()), (caller) =>
-              Option.isSome(caller) ? Effect.succeed(caller.value) : Effect.fail(unauthorized())))
+              Option.isSome(caller) ? Effect.succeed(caller.value) : Effect.fail(unauthorized(keyProblem(headersOf(request))))))
     }))
 )
