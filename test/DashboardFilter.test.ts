@@ -9,37 +9,12 @@ import { Effect, Layer } from "effect"
 import type { Page } from "playwright-core"
 import { chatLine, createBatch, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import { BrowserPage } from "./support/Chromium.js"
-import { DESKTOP, expectClean, inPage, poll, POLL_MS } from "./support/Dashboard.js"
+import { BATCH_LIST, DESKTOP, expectClean, inPage, madeUpBatch, poll, POLL_MS, serveBatches } from "./support/Dashboard.js"
 import { baseUrl, testAppWithUpstream } from "./support/TestApp.js"
 
 const rows = (page: Page) => page.locator("table.batches tbody tr")
 const ids = (page: Page) => page.locator("table.batches tbody td.id a").allTextContents()
 const found = (page: Page) => page.locator("main p.found")
-
-/** A batch as the list gives it, made up: `n` newest first, metadata `{ n }`. */
-const madeUp = (n: number) => ({
-  id: `batch_${String(n).padStart(6, "0")}`,
-  object: "batch",
-  endpoint: "/v1/chat/completions",
-  model: "sim-model",
-  errors: null,
-  input_file_id: "file-x",
-  completion_window: "24h",
-  status: "completed",
-  output_file_id: null,
-  error_file_id: null,
-  created_at: 1_790_000_000 - n,
-  in_progress_at: null,
-  expires_at: null,
-  finalizing_at: null,
-  completed_at: 1_790_000_000 - n,
-  failed_at: null,
-  expired_at: null,
-  cancelling_at: null,
-  cancelled_at: null,
-  request_counts: { total: 1, completed: 1, failed: 0 },
-  metadata: { n: String(n) } as Record<string, string>
-})
 
 describe("the batches list's filter", () => {
   layer(Layer.merge(testAppWithUpstream(), BrowserPage.layer(DESKTOP)), { excludeTestServices: true, timeout: 60_000 })("in headless Chromium", (it) => {
@@ -128,22 +103,12 @@ describe("the batches list's filter", () => {
       inPage(async (base, browser) => {
         const { page } = browser
         // 2,500 batches served by the page's own route, the match at the 1,700th: beyond a first search.
-        const all = Array.from({ length: 2500 }, (_, i) => madeUp(i + 1))
+        const all = Array.from({ length: 2500 }, (_, i) => madeUpBatch(i + 1))
         all[1699]!.metadata = { n: "1700", tag: "wanted" }
         // The newest matches too, and runs: a list showing it refreshes at the running pace (2 s)...
         Object.assign(all[0]!, { status: "in_progress", completed_at: null, metadata: { n: "1", tag: "wanted" } })
         const pages: Array<number> = []
-        await page.route(/\/v1\/batches(\?.*)?$/, (route) => {
-          const url = new URL(route.request().url())
-          const after = url.searchParams.get("after")
-          const limit = Number(url.searchParams.get("limit") ?? 20)
-          const from = after === null ? 0 : all.findIndex((b) => b.id === after) + 1
-          const data = all.slice(from, from + limit)
-          pages.push(limit)
-          return route.fulfill({
-            json: { object: "list", data, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null, has_more: from + limit < all.length }
-          })
-        })
+        await serveBatches(page, all, (limit) => pages.push(limit))
         await page.goto(`${base}/ui`)
         await poll(() => rows(page).count()).toBe(20)
         pages.length = 0
@@ -168,7 +133,7 @@ describe("the batches list's filter", () => {
         await poll(() => found(page).textContent()).toBe("1 batch among the newest 2,000 matches this filter.")
         expect(await ids(page)).toEqual(["batch_001700"])
         await page.locator("#batches-status").selectOption("")
-        await page.unroute(/\/v1\/batches(\?.*)?$/)
+        await page.unroute(BATCH_LIST)
         await page.locator("#batches-filter").fill("")
         await expectClean(browser)
       }), { timeout: 60_000 })

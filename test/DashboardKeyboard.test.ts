@@ -12,7 +12,7 @@ import OpenAI from "openai"
 import type { Page } from "playwright-core"
 import { chatLine, createBatch, terminal, upload, waitFor } from "./support/Batches.js"
 import { BrowserPage } from "./support/Chromium.js"
-import { DESKTOP, expectClean, inPage, KEY, openWithKey, poll, POLL_MS } from "./support/Dashboard.js"
+import { BATCH_LIST, DESKTOP, expectClean, inPage, KEY, madeUpBatch, openWithKey, poll, POLL_MS, serveBatches } from "./support/Dashboard.js"
 import { baseUrl, testAppWithUpstream } from "./support/TestApp.js"
 
 /** The browser's globals, in the functions `page.evaluate` runs in the page (this project's types are Node's). */
@@ -23,31 +23,6 @@ const rows = (page: Page) => page.locator("table.batches tbody tr")
 /** The text of what has the focus, and its tag. */
 const focused = (page: Page) => page.evaluate(() => `${document.activeElement?.tagName} ${document.activeElement?.textContent ?? ""}`.trim())
 
-/** A batch as the list gives it, made up: `n` newest first, metadata `{ n }`; the newest runs. */
-const madeUp = (n: number) => ({
-  id: `batch_${String(n).padStart(6, "0")}`,
-  object: "batch",
-  endpoint: "/v1/chat/completions",
-  model: "sim-model",
-  errors: null,
-  input_file_id: "file-x",
-  completion_window: "24h",
-  status: n === 1 ? "in_progress" : "completed",
-  output_file_id: null,
-  error_file_id: null,
-  created_at: 1_790_000_000 - n,
-  in_progress_at: null,
-  expires_at: null,
-  finalizing_at: null,
-  completed_at: n === 1 ? null : 1_790_000_000 - n,
-  failed_at: null,
-  expired_at: null,
-  cancelling_at: null,
-  cancelled_at: null,
-  request_counts: { total: 10, completed: n === 1 ? 3 : 10, failed: 0 },
-  metadata: { n: String(n) }
-})
-
 describe("the dashboard for a keyboard and a screen reader", () => {
   layer(Layer.merge(testAppWithUpstream({ apiKeys: [Redacted.make(KEY)] }), BrowserPage.layer(DESKTOP)), { excludeTestServices: true, timeout: 60_000 })(
     "in headless Chromium",
@@ -55,19 +30,11 @@ describe("the dashboard for a keyboard and a screen reader", () => {
       it.effect("a refresh keeps the focus; More puts it on the first row added; the filter's line is written once", () =>
         inPage(async (base, browser) => {
           const { page } = browser
-          const all = Array.from({ length: 45 }, (_, i) => madeUp(i + 1))
+          // 45 batches, the newest running: the list is read every 2 s.
+          const all = Array.from({ length: 45 }, (_, i) => madeUpBatch(i + 1))
+          Object.assign(all[0]!, { status: "in_progress", completed_at: null })
           let reads = 0
-          await page.route(/\/v1\/batches(\?.*)?$/, (route) => {
-            reads++
-            const url = new URL(route.request().url())
-            const after = url.searchParams.get("after")
-            const limit = Number(url.searchParams.get("limit") ?? 20)
-            const from = after === null ? 0 : all.findIndex((b) => b.id === after) + 1
-            const data = all.slice(from, from + limit)
-            return route.fulfill({
-              json: { object: "list", data, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null, has_more: from + limit < all.length }
-            })
-          })
+          await serveBatches(page, all, () => void reads++)
           await openWithKey(page, base)
           await poll(() => rows(page).count()).toBe(20)
           // On the third row's link, through two refreshes (a batch runs: every 2 s): still there.
@@ -109,7 +76,7 @@ describe("the dashboard for a keyboard and a screen reader", () => {
           await poll(() => reads).toBeGreaterThan(quiet + 1)
           expect(await page.evaluate(() => window.foundChanges)).toBe(0)
           await page.locator("#batches-filter").fill("")
-          await page.unroute(/\/v1\/batches(\?.*)?$/)
+          await page.unroute(BATCH_LIST)
           await expectClean(browser)
         }))
 

@@ -1,6 +1,7 @@
 /**
- * What the dashboard's browser tests share: the test server's key, window sizes, the page's intervals, and steps a
- * person takes (opening the page with a key kept, uploading through the form), on Playwright's clock.
+ * What the dashboard's browser tests share: the test server's key, window sizes, the page's intervals, steps a
+ * person takes (opening the page with a key kept, uploading through the form), on Playwright's clock, and a list of
+ * made-up batches served by the page's own route.
  */
 import { expect } from "@effect/vitest"
 import { Effect } from "effect"
@@ -66,3 +67,45 @@ export const noticeOf = (page: Page) => page.locator("#notice").textContent()
 
 /** Whether the page is wider than the window (a horizontal scrollbar). */
 export const overflows = (page: Page) => page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth)
+
+/** A batch as the list gives it, made up: `n` newest first, completed, metadata `{ n }`. */
+export const madeUpBatch = (n: number) => ({
+  id: `batch_${String(n).padStart(6, "0")}`,
+  object: "batch",
+  endpoint: "/v1/chat/completions",
+  model: "sim-model",
+  errors: null,
+  input_file_id: "file-x",
+  completion_window: "24h",
+  status: "completed",
+  output_file_id: null,
+  error_file_id: null,
+  created_at: 1_790_000_000 - n,
+  in_progress_at: null,
+  expires_at: null,
+  finalizing_at: null,
+  completed_at: 1_790_000_000 - n as number | null,
+  failed_at: null,
+  expired_at: null,
+  cancelling_at: null,
+  cancelled_at: null,
+  request_counts: { total: 1, completed: 1, failed: 0 },
+  metadata: { n: String(n) } as Record<string, string>
+})
+
+/** The list route's URLs, to unroute. */
+export const BATCH_LIST = /\/v1\/batches(\?.*)?$/
+
+/** The list route (`GET /v1/batches`) answered from `all`, paged as the API pages; `onRead` is told each page's limit. */
+export const serveBatches = (page: Page, all: ReadonlyArray<ReturnType<typeof madeUpBatch>>, onRead: (limit: number) => void = () => {}) =>
+  page.route(BATCH_LIST, (route) => {
+    const url = new URL(route.request().url())
+    const after = url.searchParams.get("after")
+    const limit = Number(url.searchParams.get("limit") ?? 20)
+    const from = after === null ? 0 : all.findIndex((b) => b.id === after) + 1
+    const data = all.slice(from, from + limit)
+    onRead(limit)
+    return route.fulfill({
+      json: { object: "list", data, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null, has_more: from + limit < all.length }
+    })
+  })
