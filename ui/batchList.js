@@ -223,6 +223,9 @@ export function batchListView({ signal, refresh: refreshNow, from }, params) {
     filter.status = status.value
     if (!signal.aborted) address()
     shown = PAGE
+    // A "More" under way asked for rows of the old filter: not waited for any longer.
+    moreAsked = focusRow = null
+    setBusy(more, false)
     sayFound("Searching…")
     refreshNow()
   }
