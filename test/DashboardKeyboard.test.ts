@@ -9,7 +9,7 @@
 import { describe, expect, layer } from "@effect/vitest"
 import { Effect, Layer, Redacted } from "effect"
 import OpenAI from "openai"
-import type { Page } from "playwright-core"
+import type { Page, Route } from "playwright-core"
 import { chatLine, createBatch, terminal, upload, waitFor } from "./support/Batches.js"
 import { BrowserPage } from "./support/Chromium.js"
 import { BATCH_LIST, DESKTOP, expectClean, inPage, KEY, madeUpBatch, openWithKey, poll, POLL_MS, serveBatches } from "./support/Dashboard.js"
@@ -35,7 +35,19 @@ describe("the dashboard for a keyboard and a screen reader", () => {
           Object.assign(all[0]!, { status: "in_progress", completed_at: null })
           let reads = 0
           await serveBatches(page, all, () => void reads++)
+          // Before the first answer, no table of headers alone (read as an empty list).
+          let answer: () => void = () => {}
+          const answered = new Promise<void>((resolve) => (answer = resolve))
+          const holding = async (route: Route) => {
+            await answered
+            return route.fallback()
+          }
+          await page.route(BATCH_LIST, holding)
           await openWithKey(page, base)
+          await poll(() => page.locator("h1").textContent()).toBe("Batches")
+          expect(await page.locator("table.batches").isVisible()).toBe(false)
+          answer()
+          await page.unroute(BATCH_LIST, holding)
           await poll(() => rows(page).count()).toBe(20)
           // On the third row's link, through two refreshes (a batch runs: every 2 s): still there.
           await rows(page).nth(2).locator("a").focus()
@@ -95,6 +107,8 @@ describe("the dashboard for a keyboard and a screen reader", () => {
             await page.getByRole("link", { name: second }).focus()
             await page.keyboard.press("Enter")
             await poll(() => page.locator(".heading .status").textContent()).toBe("completed")
+            // Its heading says what it is, not the id alone.
+            expect(await page.getByRole("heading", { level: 1 }).textContent()).toBe(`Batch ${second}`)
             await page.goBack()
             await poll(() => focused(page)).toBe(`A ${second}`)
             // Once: the list opened again some other way (the header's link) is on its heading.

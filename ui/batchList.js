@@ -177,9 +177,10 @@ export function batchListView({ signal, refresh: refreshNow, from }, params) {
   })
   const status = h("select", { id: "batches-status", attrs: { "aria-label": "Batches of status" } },
     STATUSES.map(([value, label]) => h("option", { value, selected: value === filter.status }, label)))
+  // Hidden until the first answer: a table of headers alone read as an empty list.
   const table = h(
     "table",
-    { className: "batches" },
+    { className: "batches", hidden: true },
     headings(["Batch", "Status", "Progress", "Failed", "Tokens", "Created", "Duration"]),
     body
   )

@@ -185,7 +185,8 @@ export function batchPageView(batchId, { signal, refresh: refreshNow }) {
     problems,
     metadata)
 
-  const heading = h("h1", {}, h("code", { className: "id" }, batchId))
+  // "Batch" read out before the id (the heading was the id alone).
+  const heading = h("h1", {}, h("span", { className: "visually-hidden" }, "Batch "), h("code", { className: "id" }, batchId))
   const el = h(
     "section",
     { className: "batch" },

@@ -100,7 +100,8 @@ export function filesView({ signal, refresh: refreshNow }) {
   let moreAsked = /** @type {number | null} */ (null)
   let focusRow = /** @type {number | null} */ (null)
 
-  const table = h("table", { className: "files-list" }, headings(["File", "Purpose", "Size", "Created", "[Actions]"]), body)
+  // Hidden until the first answer: a table of headers alone read as an empty list.
+  const table = h("table", { className: "files-list", hidden: true }, headings(["File", "Purpose", "Size", "Created", "[Actions]"]), body)
   /** @param {FileObject[]} files @param {boolean} hasMore @param {number} wanted the rows the read was for */
   const render = (files, hasMore, wanted) => {
     const seen = new Set(files.map((f) => f.id))
