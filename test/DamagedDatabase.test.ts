@@ -2,13 +2,14 @@
  * A restore gone wrong, at start: a SQLite file that is no database (a copy cut short, another file in its place)
  * stops the start with one line saying so, not a stack trace; a file beside an unfinished write of another program
  * that would cut it short (the `-journal` a backup copy stopped midway leaves) is not opened, so that SQLite does not
- * roll it back to an empty database the start would then call new; a journal that leaves it whole is no obstacle.
+ * roll it back to an empty database the start would then call new; a journal that leaves it whole is no obstacle, nor
+ * is one of another process's write under way.
  */
 import { describe, expect, it } from "@effect/vitest"
 import Database from "better-sqlite3"
 import { Effect } from "effect"
 import { randomBytes } from "node:crypto"
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import { freePort, runServerToExit, startServer } from "./support/ServerProcess.js"
@@ -90,6 +91,34 @@ describe("a damaged SQLite database at start", () => {
         const tables = await (await fetch(`${server.url}/v1/batches`)).json()
         expect(await server.stop()).toBe(0)
         expect(tables).toMatchObject({ object: "list", data: [] })
+        expect(errorLines(server.output())).toEqual([])
+      } finally {
+        rmSync(dataDir, { recursive: true, force: true })
+      }
+    }), { timeout: 40_000 })
+
+  // Two nodes started at once on a new file (an API-only node beside the one that runs batches): one saw the other's
+  // first write under way, a journal that empties the file, and refused to start (CI, once).
+  it.live("another process's write under way, whose journal would empty the file, is waited for, not refused", () =>
+    Effect.promise(async () => {
+      const dataDir = mkdtempSync(Path.join(tmpdir(), "live-write-"))
+      try {
+        const file = Path.join(dataDir, "batches.sqlite")
+        const writer = new Database(file)
+        writer.pragma("journal_mode = DELETE")
+        writer.pragma("cache_size = 1") // its pages spill into the file before the commit
+        writer.exec("BEGIN IMMEDIATE; CREATE TABLE t (x BLOB)")
+        for (let i = 0; i < 20; i++) writer.prepare("INSERT INTO t VALUES (?)").run(randomBytes(8192))
+        const header = readFileSync(`${file}-journal`).subarray(0, 28)
+        // A journal that would empty the file, as the refused start read it (the file's size by stat: a descriptor of
+        // it opened and closed here would drop the writer's locks, POSIX's).
+        expect(header.readUInt32BE(16) * header.readUInt32BE(24) < statSync(file).size).toBe(true)
+        const starting = startServer({ DATA_DIR: dataDir, LOG_FORMAT: "json" })
+        await new Promise((resolve) => setTimeout(resolve, 1000))
+        writer.exec("COMMIT")
+        writer.close()
+        const server = await starting
+        expect(await server.stop()).toBe(0)
         expect(errorLines(server.output())).toEqual([])
       } finally {
         rmSync(dataDir, { recursive: true, force: true })

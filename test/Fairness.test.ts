@@ -126,8 +126,10 @@ sideBySide("fairness within a slow slice", () => layer(slowSliceApp, { excludeTe
       const slow = yield* batchOf(a, 200, (i) => `[sleep:300] slow ${i}`)
       yield* waitFor(a, slow.id, (batch) => batch.request_counts!.completed > 0)
       const started = Date.now()
-      const small = yield* smallBatchCompletes(b, 3, 10_000)
-      expect(Date.now() - started).toBeLessThan(5000) // a turn, the requests in flight, and B's own
+      const small = yield* smallBatchCompletes(b, 3, 12_000)
+      // A turn, the requests in flight, and B's own: ~3 s alone, 6.2 s once with the whole suite on two cores; A's
+      // whole slice, had B waited for it, ~15 s.
+      expect(Date.now() - started).toBeLessThan(10_000)
       // B was validated as it came, not at its turn to run (timestamps in seconds).
       expect(small.in_progress_at! - small.created_at).toBeLessThanOrEqual(1)
 

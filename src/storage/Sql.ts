@@ -10,6 +10,7 @@ import * as Statement from "@effect/sql/Statement"
 import { SqlError } from "@effect/sql/SqlError"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
+import Database from "better-sqlite3"
 import { Clock, Duration, Effect, Layer, Option, Redacted } from "effect"
 import { closeSync, openSync, readSync, statSync } from "node:fs"
 import * as Path from "node:path"
@@ -93,10 +94,30 @@ const SqliteLive = (filename: string) =>
 const HOT_JOURNAL_MAGIC = Buffer.from("d9d505f920a163d7", "hex")
 
 /**
+ * Whether SQLite takes the journal beside `filename` for a write cut short: no process holds the database's write
+ * lock, so a read-only connection would have to roll it back, and says it cannot. A live process's write under way
+ * (another node making the database as this one starts: its first transaction empties a new file when undone) is
+ * not: its lock says so, and its journal goes with its commit. A busy database is such a live write.
+ */
+const leftByADeadWriter = (filename: string): boolean => {
+  let db: Database.Database | undefined
+  try {
+    db = new Database(filename, { readonly: true, fileMustExist: true, timeout: 0 })
+    db.prepare("SELECT count(*) FROM sqlite_master").get()
+    return false
+  } catch (error) {
+    return (error as { readonly code?: unknown }).code === "SQLITE_READONLY_ROLLBACK"
+  } finally {
+    db?.close()
+  }
+}
+
+/**
  * What a rollback journal beside `filename` would make of it, read before SQLite opens the file (which rolls a hot
  * journal back): the database's size once rolled back, by the journal's header (its size in pages before the write,
- * its page size), when that is smaller than the file. Undefined when there is no hot journal, or when undoing it
- * leaves the file's size (SQLite's own switch to WAL, cut short, is undone so: harmless).
+ * its page size), when that is smaller than the file and no live process is writing it. Undefined when there is no
+ * hot journal, or when undoing it leaves the file's size (SQLite's own switch to WAL, cut short, is undone so:
+ * harmless).
  */
 const shrinkingJournal = (filename: string): { readonly journal: string; readonly bytesAfter: number; readonly bytesNow: number } | undefined => {
   if (isInMemory(filename)) return undefined
@@ -111,7 +132,7 @@ const shrinkingJournal = (filename: string): { readonly journal: string; readonl
     }
     const bytesAfter = header.readUInt32BE(16) * header.readUInt32BE(24)
     const bytesNow = statSync(filename).size
-    return bytesAfter < bytesNow ? { journal, bytesAfter, bytesNow } : undefined
+    return bytesAfter < bytesNow && leftByADeadWriter(filename) ? { journal, bytesAfter, bytesNow } : undefined
   } catch {
     return undefined // no journal, or no database: nothing to undo
   }
