@@ -9,19 +9,18 @@ import { describe, expect, it } from "@effect/vitest"
 import Database from "better-sqlite3"
 import { Effect } from "effect"
 import { randomBytes } from "node:crypto"
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs"
-import { tmpdir } from "node:os"
+import { readFileSync, statSync, writeFileSync } from "node:fs"
 import * as Path from "node:path"
 import { freePort, runServerToExit, startServer } from "./support/ServerProcess.js"
+import { scratchDir } from "./support/TestApp.js"
 
 const errorLines = (output: string) =>
   output.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l)).filter((l) => l.level === "ERROR")
 
 describe("a damaged SQLite database at start", () => {
   it.live("a file that is no database: one line naming it and what to do, exit 1", () =>
-    Effect.promise(async () => {
-      const dataDir = mkdtempSync(Path.join(tmpdir(), "damaged-"))
-      try {
+    Effect.scoped(Effect.flatMap(scratchDir, (dataDir) =>
+      Effect.promise(async () => {
         const file = Path.join(dataDir, "batches.sqlite")
         writeFileSync(file, randomBytes(8192))
         const run = await runServerToExit({ DATA_DIR: dataDir, PORT: String(await freePort()), LOG_FORMAT: "json" }, 30_000)
@@ -31,10 +30,7 @@ describe("a damaged SQLite database at start", () => {
           message: `Cannot use the database (SQLite at ${file}; see DATA_DIR): its file is damaged (file is not a database): ` +
             `put a whole copy in its place (README, "Backup and restore")`
         })])
-      } finally {
-        rmSync(dataDir, { recursive: true, force: true })
-      }
-    }), { timeout: 40_000 })
+      }))), { timeout: 40_000 })
 
   /**
    * A rollback journal's header as SQLite writes it (magic, records, nonce, the database's size in pages before the
@@ -53,9 +49,8 @@ describe("a damaged SQLite database at start", () => {
   }
 
   it.live("a file beside another program's unfinished write that would empty it is not opened: nothing rolled back, one line", () =>
-    Effect.promise(async () => {
-      const dataDir = mkdtempSync(Path.join(tmpdir(), "hot-journal-"))
-      try {
+    Effect.scoped(Effect.flatMap(scratchDir, (dataDir) =>
+      Effect.promise(async () => {
         const file = Path.join(dataDir, "batches.sqlite")
         const db = new Database(file)
         db.exec("CREATE TABLE t (x BLOB)")
@@ -73,15 +68,11 @@ describe("a damaged SQLite database at start", () => {
             'was not opened. Put a whole copy in its place (README, "Backup and restore")'
         })])
         expect([readFileSync(file), readFileSync(journal)]).toEqual(before)
-      } finally {
-        rmSync(dataDir, { recursive: true, force: true })
-      }
-    }), { timeout: 40_000 })
+      }))), { timeout: 40_000 })
 
   it.live("a journal whose undoing leaves the file whole (SQLite's own switch to WAL, cut short) does not stop the start", () =>
-    Effect.promise(async () => {
-      const dataDir = mkdtempSync(Path.join(tmpdir(), "wal-switch-"))
-      try {
+    Effect.scoped(Effect.flatMap(scratchDir, (dataDir) =>
+      Effect.promise(async () => {
         const file = Path.join(dataDir, "batches.sqlite")
         const db = new Database(file)
         db.exec("CREATE TABLE t (x BLOB)")
@@ -92,17 +83,13 @@ describe("a damaged SQLite database at start", () => {
         expect(await server.stop()).toBe(0)
         expect(tables).toMatchObject({ object: "list", data: [] })
         expect(errorLines(server.output())).toEqual([])
-      } finally {
-        rmSync(dataDir, { recursive: true, force: true })
-      }
-    }), { timeout: 40_000 })
+      }))), { timeout: 40_000 })
 
   // Two nodes started at once on a new file (an API-only node beside the one that runs batches): one saw the other's
   // first write under way, a journal that empties the file, and refused to start (CI, once).
   it.live("another process's write under way, whose journal would empty the file, is waited for, not refused", () =>
-    Effect.promise(async () => {
-      const dataDir = mkdtempSync(Path.join(tmpdir(), "live-write-"))
-      try {
+    Effect.scoped(Effect.flatMap(scratchDir, (dataDir) =>
+      Effect.promise(async () => {
         const file = Path.join(dataDir, "batches.sqlite")
         const writer = new Database(file)
         writer.pragma("journal_mode = DELETE")
@@ -120,8 +107,5 @@ describe("a damaged SQLite database at start", () => {
         const server = await starting
         expect(await server.stop()).toBe(0)
         expect(errorLines(server.output())).toEqual([])
-      } finally {
-        rmSync(dataDir, { recursive: true, force: true })
-      }
-    }), { timeout: 40_000 })
+      }))), { timeout: 40_000 })
 })
