@@ -7,7 +7,7 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Duration, Effect, Exit, Fiber, Layer, Option, Redacted, Scope } from "effect"
+import { Context, Duration, Effect, Exit, Fiber, Layer, Redacted, Scope } from "effect"
 import { mkdtempSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
@@ -16,29 +16,11 @@ import { AppConfig } from "../src/Config.js"
 import { NodeIdInUse, NodeIdLockLive } from "../src/storage/NodeIdLock.js"
 import { layerPg } from "../src/storage/Sql.js"
 import { chatLine, createBatch, sdk, terminal, upload, waitFor } from "./support/Batches.js"
-import { testDatabaseUrl } from "./support/Postgres.js"
+import { forwardedSchema, freshSchemaUrl } from "./support/ForwardedPostgres.js"
 import { freePort, runServerToExit, startServer } from "./support/ServerProcess.js"
-import { startForwarder } from "./support/TcpForwarder.js"
-import { eventuallyEffect, TestDatabase } from "./support/TestApp.js"
+import { eventuallyEffect } from "./support/TestApp.js"
 
 const LINES = 400
-
-/** A fresh PostgreSQL schema's URL, for the test's scope. */
-const schemaUrl = Effect.map(Layer.build(TestDatabase.layer("postgres")), (context) =>
-  Option.getOrThrow(Context.get(context, TestDatabase).url))
-
-/** A fresh schema's URL through a TCP forwarder in front of PostgreSQL (for the test's scope), and the forwarder. */
-const forwardedSchema = Effect.gen(function*() {
-  const url = yield* schemaUrl
-  const target = new URL(testDatabaseUrl)
-  const forwarder = yield* Effect.acquireRelease(
-    Effect.promise(() => startForwarder({ host: target.hostname, port: Number(target.port || 5432) })),
-    (f) => Effect.promise(() => f.close())
-  )
-  const forwarded = new URL(Redacted.value(url))
-  forwarded.host = `127.0.0.1:${forwarder.port}`
-  return { direct: url, forwarded: Redacted.make(forwarded.toString()), forwarder }
-})
 
 /** A data directory of its own for the test's scope. */
 const scratchDir = Effect.acquireRelease(
@@ -110,7 +92,7 @@ const lockOf = (
 describe.concurrent("one process per NODE_ID on PostgreSQL", () => {
   it.live("a second server process under a running node's NODE_ID does not start, and takes none of its work", () =>
     Effect.gen(function*() {
-      const url = Redacted.value(yield* schemaUrl)
+      const url = Redacted.value(yield* freshSchemaUrl)
       const dataDir = yield* scratchDir
       const simulator = simulatorWith({ latencyMs: 100 })
       const sim = yield* simulator
@@ -213,7 +195,7 @@ describe.concurrent("one process per NODE_ID on PostgreSQL", () => {
 
   it.live("a holder silent for longer than LEASE_TTL is taken for gone: its session is ended and the id taken over", () =>
     Effect.gen(function*() {
-      const url = yield* schemaUrl
+      const url = yield* freshSchemaUrl
       // A process that took the id and then went quiet (its machine gone): its session stays, idle.
       const gone = yield* Effect.scoped(Effect.gen(function*() {
         const connection = yield* silentHolder("quiet")
@@ -233,7 +215,7 @@ describe.concurrent("one process per NODE_ID on PostgreSQL", () => {
 
   it.live("a live holder keeps its id past LEASE_TTL, and takes it again when its session is ended under it", () =>
     Effect.gen(function*() {
-      const url = yield* schemaUrl
+      const url = yield* freshSchemaUrl
       const sql = yield* Effect.provide(SqlClient.SqlClient, yield* Layer.build(layerPg(url)))
       yield* Layer.build(lockOf(url, "alive", { leaseTtl: Duration.seconds(1) }))
       const [pid] = yield* Effect.provideService(holders("alive"), SqlClient.SqlClient, sql)
@@ -249,7 +231,7 @@ describe.concurrent("one process per NODE_ID on PostgreSQL", () => {
 
   it.live("a silent holder with a live lease is not taken over: its node works (its heartbeat renews leases on other connections)", () =>
     Effect.gen(function*() {
-      const url = yield* schemaUrl
+      const url = yield* freshSchemaUrl
       const refused = yield* Effect.scoped(Effect.gen(function*() {
         yield* silentHolder("leased")
         yield* liveLease("leased", "batch_x")

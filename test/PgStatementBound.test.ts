@@ -1,18 +1,14 @@
 /**
  * `DATABASE_STATEMENT_TIMEOUT` on PostgreSQL (`storage/pgPool.ts`): a statement left unanswered past it fails and its
- * connection is dropped, while the pool goes on serving; migrations are exempt. (A network that stops carrying an
- * open connection: `Readiness.test.ts`.)
+ * connection is dropped, while the pool goes on serving; migrations are exempt; a session cut off within a
+ * transaction is ended by PostgreSQL itself. (A network that stops carrying an open connection: `Readiness.test.ts`.)
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Deferred, Duration, Effect, Fiber, Layer, Option, type Redacted } from "effect"
+import { Context, Deferred, Duration, Effect, Fiber, Layer, type Redacted } from "effect"
 import { storageFault } from "../src/storage/Faults.js"
 import { layerPg } from "../src/storage/Sql.js"
-import { TestDatabase } from "./support/TestApp.js"
-
-/** A fresh schema's URL. */
-const freshSchema = Effect.map(Layer.build(TestDatabase.layer("postgres")), (context) =>
-  Option.getOrThrow(Context.get(context, TestDatabase).url))
+import { forwardedSchema, freshSchemaUrl as freshSchema } from "./support/ForwardedPostgres.js"
 
 /** A client on `url`, migrated, its statements held to `statementTimeout`. */
 const clientOn = (url: Redacted.Redacted, statementTimeout: Duration.Duration) =>
@@ -69,5 +65,26 @@ describe("statements held to DATABASE_STATEMENT_TIMEOUT on PostgreSQL", () => {
       expect(storageFault(failure)).toBe("unavailable") // a batch waits and retries, as for a database that is down
       expect(waitingAfter).toBe(0)
       expect(yield* other<{ v: number }>`SELECT v FROM counter`).toEqual([{ v: 0 }]) // the timed-out update never committed
+    }).pipe(Effect.scoped), 30_000)
+
+  it.live("a session cut off within a transaction, that no one can end, is ended by PostgreSQL past it: its locks go with it", () =>
+    Effect.gen(function*() {
+      const { direct, forwarded, forwarder } = yield* forwardedSchema
+      const other = yield* clientOn(direct, Duration.seconds(10)) // its statements wait for the row's lock 10 s at most
+      yield* other`CREATE TABLE counter (v INTEGER NOT NULL)`
+      yield* other`INSERT INTO counter VALUES (0)`
+      const bounded = yield* clientOn(forwarded, Duration.seconds(1))
+      // The row updated, then the network stops carrying anything (new connections too, so the session cannot be
+      // ended from here), the next statement times out, and the network comes back without the client's close.
+      const cutOff = yield* Effect.flip(Effect.sandbox(bounded.withTransaction(Effect.gen(function*() {
+        yield* bounded`UPDATE counter SET v = 1`
+        forwarder.freeze()
+        yield* bounded`SELECT 1`
+      }))))
+      expect(storageFault(cutOff)).toBe("unavailable")
+      forwarder.restore()
+      // Another session gets the row in about the bound, not when TCP keepalive gives up hours later.
+      yield* other`UPDATE counter SET v = v + 10`
+      expect(yield* other<{ v: number }>`SELECT v FROM counter`).toEqual([{ v: 10 }]) // the cut-off update never committed
     }).pipe(Effect.scoped), 30_000)
 })

@@ -8,6 +8,9 @@
  * instead of lending it again, and the server process behind it is ended when the server can be reached (its
  * statement does not go on, nor commit). Migrations are exempt (one may rightly take long on a
  * large database): the bound is set once they are done. New connections are bounded by `connectionTimeoutMillis`.
+ * The server holds its end to the same bound (`idle_in_transaction_session_timeout`): a session cut off within a
+ * transaction, that no one could end, would otherwise keep its row locks until the server's TCP keepalive gives up
+ * (two hours by default), and every node's lease renewals and takeovers of those batches would wait on them.
  */
 import { SqlError } from "@effect/sql/SqlError"
 import { Duration, Effect, type Scope } from "effect"
@@ -19,6 +22,9 @@ export interface StatementBound {
 }
 
 type Callback = (error: Error | null, result: unknown) => void
+
+/** The `idle_in_transaction_session_timeout` each session was given, in milliseconds. */
+const idleBounds = new WeakMap<Pg.Client, number>()
 
 /**
  * A `pg` client whose statements (those given a callback, as @effect/sql-pg gives them) are held to `bound`. One
@@ -34,6 +40,11 @@ const boundedClient = (bound: StatementBound, endSession: (pid: number) => void)
     value: function(this: Pg.Client, ...args: Array<unknown>) {
       const callback = args[args.length - 1]
       const ms = bound.ms
+      // Set between transactions only: within one, a rollback would undo it. Sent ahead of the statement, on its turn.
+      if (ms > 0 && idleBounds.get(this) !== ms && this.getTransactionStatus() === "I") {
+        idleBounds.set(this, ms)
+        query.call(this, `SET idle_in_transaction_session_timeout = ${ms}`, () => {}) // a broken connection fails the next statement
+      }
       if (ms <= 0 || typeof callback !== "function") return query.apply(this, args)
       const timer = setTimeout(() => {
         // Closing the socket fails the statement, and the client with it (the pool then drops it).
