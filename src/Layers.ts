@@ -37,6 +37,7 @@ import { BlobStoreSql } from "./storage/BlobStoreSql.js"
 import { DiskReserveLive } from "./storage/DiskReserve.js"
 import { SchedulerLive } from "./Scheduler.js"
 import { sqlLiveWith } from "./storage/Sql.js"
+import { ClockSkewWatchLive } from "./storage/clockSkew.js"
 import { NodeIdLockLive } from "./storage/NodeIdLock.js"
 import { SqliteRunnerLockLive } from "./storage/SqliteRunnerLock.js"
 import { WebhooksLive } from "./webhooks/Webhooks.js"
@@ -129,7 +130,8 @@ const composeServices = (parts: ServiceParts) =>
       parts.inference === undefined ? InferenceFromConfig : withCheckedAnswers(parts.inference),
       // On an app's own storage, the configuration does not say where the database is: its lines say whose it is.
       parts.readiness ?? (parts.storage === undefined ? ReadinessLive : Layer.provide(ReadinessLive, Layer.succeed(StorageOfTheApp, true))),
-      WebhooksLive
+      WebhooksLive,
+      ClockSkewWatchLive
     )),
     // Before the services that free what a previous run held: on SQLite, only once no other process runs batches
     // (`StorageLive` takes it before migrating; an app's own storage, here).
