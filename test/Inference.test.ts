@@ -17,6 +17,7 @@ import {
   retryAfterMillis
 } from "../src/inference/Inference.js"
 import { BIGNUM_COMPACT, startSimulator } from "../scripts/simulator.js"
+import { askedWait } from "../src/inference/answers.js"
 import { manualHandBack } from "./support/HandBack.js"
 import { eventually } from "./support/TestApp.js"
 
@@ -133,6 +134,54 @@ describe("Inference", () => {
       expect(lines).toEqual([
         "Upstream default answered 429 with Retry-After: no call goes to it for 30s",
         "Upstream default answered 429 with Retry-After: no call goes to it for 1m (it asked 1m 30s: INFERENCE_RETRY_MAX_DELAY)"
+      ])
+    }).pipe(Effect.provide(Layer.provideMerge(layer, Logger.replace(Logger.defaultLogger, recorder))))
+  })
+
+  it.effect("a 429 with no Retry-After but a rate limit run out (OpenAI's x-ratelimit-*) pauses the upstream until it resets", () => {
+    const limited = {
+      status: 429,
+      headers: {
+        "x-ratelimit-remaining-requests": "59",
+        "x-ratelimit-reset-requests": "1s", // not the limit that ran out
+        "x-ratelimit-remaining-tokens": "0",
+        "x-ratelimit-reset-tokens": "20s"
+      }
+    }
+    const { calls, layer } = scripted([limited, limited, { status: 200 }], 3)
+    const lines: Array<string> = []
+    const recorder = Logger.make(({ message }) => {
+      const text = Array.isArray(message) ? message.join(" ") : String(message)
+      if (text.includes("no call goes to it")) lines.push(text)
+    })
+    return Effect.gen(function*() {
+      const fiber = yield* Effect.fork(send())
+      yield* TestClock.adjust("19 seconds") // the backoff alone would have sent it again at ~1 s, and failed at ~3 s
+      expect(calls.n).toBe(1)
+      yield* TestClock.adjust("1 second")
+      expect(calls.n).toBe(2)
+      yield* TestClock.adjust("20 seconds")
+      expect((yield* Fiber.join(fiber)).status).toBe(200)
+      expect(lines).toEqual(["Upstream default answered 429 with x-ratelimit-reset-tokens: no call goes to it for 20s"])
+    }).pipe(Effect.provide(Layer.provideMerge(layer, Logger.replace(Logger.defaultLogger, recorder))))
+  })
+
+  it.effect("a 429 to a call sent alone that asks for no wait is said once, with what the upstream said", () => {
+    const overloaded = { status: 429, body: `{"error":"Model is overloaded","error_type":"overloaded"}` }
+    const { layer } = scripted([overloaded, overloaded, overloaded], 3)
+    const lines: Array<string> = []
+    const recorder = Logger.make(({ logLevel, message }) => {
+      const text = Array.isArray(message) ? message.join(" ") : String(message)
+      if (text.includes("asking for no wait")) lines.push(`${logLevel.label} ${text}`)
+    })
+    return Effect.gen(function*() {
+      const fiber = yield* Effect.fork(send())
+      yield* TestClock.adjust("10 seconds")
+      expect((yield* Fiber.join(fiber)).status).toBe(429) // its attempts spent
+      expect(lines).toEqual([
+        "WARN Upstream default answered 429 to a call sent alone (its concurrency limit at its floor), asking for no " +
+        "wait (Model is overloaded): each such request is retried after its backoff, and fails once its " +
+        "INFERENCE_MAX_ATTEMPTS are spent."
       ])
     }).pipe(Effect.provide(Layer.provideMerge(layer, Logger.replace(Logger.defaultLogger, recorder))))
   })
@@ -582,5 +631,20 @@ describe("Inference", () => {
     expect(retryAfterMillis({}, 0)._tag).toBe("None")
     // Not a date HTTP writes, though Date.parse takes it for one (in the past: "no wait"): no wait said.
     for (const odd of ["next 2", "abc 12", "-5", "2026-01-01"]) expect(retryAfterMillis({ "retry-after": odd }, now)._tag).toBe("None")
+  })
+
+  it("reads when a rate limit that ran out resets, in OpenAI's durations or in seconds, Retry-After first", () => {
+    const wait = (headers: Record<string, string>) => Option.getOrUndefined(askedWait(headers, 0))
+    expect(wait({ "x-ratelimit-reset-requests": "6m0s" })).toEqual({ ms: 360_000, header: "x-ratelimit-reset-requests" })
+    expect(wait({ "x-ratelimit-reset-tokens": "1h2m3.5s" })?.ms).toBe(3_723_500)
+    expect(wait({ "x-ratelimit-reset-tokens": "20ms" })?.ms).toBe(20)
+    expect(wait({ "x-ratelimit-reset-tokens": "1s500ms" })?.ms).toBe(1500)
+    expect(wait({ "x-ratelimit-reset-tokens": "7.5" })?.ms).toBe(7500) // plain seconds
+    // The later of the limits run out; one with room left is not what refused the call.
+    expect(wait({ "x-ratelimit-reset-requests": "2s", "x-ratelimit-reset-tokens": "9s" })?.header).toBe("x-ratelimit-reset-tokens")
+    expect(wait({ "x-ratelimit-remaining-tokens": "100", "x-ratelimit-reset-tokens": "9s", "x-ratelimit-reset-requests": "2s" })?.ms).toBe(2000)
+    expect(wait({ "x-ratelimit-remaining-requests": "5", "x-ratelimit-reset-requests": "2s" })).toBeUndefined()
+    expect(wait({ "retry-after": "3", "x-ratelimit-reset-tokens": "9s" })).toEqual({ ms: 3000, header: "Retry-After" })
+    for (const odd of ["", "soon", "5m5m", "-1s", "1d"]) expect(wait({ "x-ratelimit-reset-tokens": odd })).toBeUndefined()
   })
 })

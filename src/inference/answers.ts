@@ -98,6 +98,52 @@ export const retryAfterMillis = (headers: Record<string, string | undefined>, no
   return Number.isNaN(date) ? Option.none() : Option.some(Math.max(0, date - now))
 }
 
+/**
+ * The error an answer's body gives, in any of the servers' shapes: OpenAI's `{"error":{"code","message"}}`, Ollama's
+ * and TGI's `{"error":"…"}`, vLLM's `{"message":…}`.
+ */
+export const upstreamErrorOf = (response: UpstreamResponse): { readonly code?: unknown; readonly message?: unknown } => {
+  const body = (response.json as { error?: unknown; message?: unknown } | null) ?? {}
+  return typeof body.error === "object" && body.error !== null
+    ? body.error as { code?: unknown; message?: unknown }
+    : { code: undefined, message: typeof body.error === "string" ? body.error : body.message }
+}
+
+/** OpenAI's `x-ratelimit-reset-*` durations (`20ms`, `1.5s`, `6m0s`, `1h2m3s`), or plain seconds, in milliseconds. */
+export const resetMillis = (value: string | undefined): number | undefined => {
+  if (value === undefined) return undefined
+  const text = value.trim()
+  if (/^\d+(\.\d+)?$/.test(text)) return Number(text) * 1000
+  const parts = /^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$/.exec(text)
+  if (parts === null || text === "") return undefined
+  const [, h = "0", m = "0", sec = "0", ms = "0"] = parts
+  return ((Number(h) * 60 + Number(m)) * 60 + Number(sec)) * 1000 + Number(ms)
+}
+
+/**
+ * How long an answer asks its caller to wait, and which header said so: `Retry-After` or `retry-after-ms`, else
+ * when a rate limit that ran out resets (OpenAI's `x-ratelimit-reset-requests` and `-tokens`, of the limits whose
+ * `x-ratelimit-remaining-*` is 0 or not given; the later): OpenAI's 429s may carry only those, and a wait of the
+ * retries' backoff (15 s in all) failed most lines of a batch against a limit per minute.
+ */
+export const askedWait = (
+  headers: Record<string, string | undefined>,
+  now: number
+): Option.Option<{ readonly ms: number; readonly header: string }> =>
+  Option.match(retryAfterMillis(headers, now), {
+    onSome: (ms) => Option.some({ ms, header: "Retry-After" }),
+    onNone: () => {
+      let latest: { ms: number; header: string } | undefined
+      for (const limit of ["requests", "tokens"]) {
+        if (Number(headers[`x-ratelimit-remaining-${limit}`] ?? 0) > 0) continue // not the limit that ran out
+        const header = `x-ratelimit-reset-${limit}`
+        const ms = resetMillis(headers[header])
+        if (ms !== undefined && ms >= (latest?.ms ?? 0)) latest = { ms, header }
+      }
+      return Option.fromNullable(latest)
+    }
+  })
+
 const isJsonWhitespace = (c: number) => c === 32 || c === 10 || c === 13 || c === 9
 
 /** What keeps a body from being one line of a JSONL file, for JSON's readers and for Python's `splitlines()`. */

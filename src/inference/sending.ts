@@ -12,7 +12,15 @@ import { type TracedCall, traceUpstreamCall, upstreamIdentity } from "../observa
 import { type Attempt, isRefusal } from "../upstreams/judge.js"
 import type { Upstream } from "../upstreams/Upstream.js"
 import { servesAnyModel, type UpstreamSpec } from "../upstreams/UpstreamSpec.js"
-import { type HandBack, HandedBack, retryAfterMillis, unlessHandedBack, UpstreamFailure, type UpstreamResponse } from "./answers.js"
+import {
+  askedWait,
+  type HandBack,
+  HandedBack,
+  unlessHandedBack,
+  UpstreamFailure,
+  upstreamErrorOf,
+  type UpstreamResponse
+} from "./answers.js"
 import { currentAnswerHold } from "./answerMemory.js"
 
 export interface SendOptions {
@@ -71,10 +79,7 @@ export interface AttemptsUsed {
  */
 const aboutTheModel = (response: UpstreamResponse) => {
   if (response.status !== 404) return false
-  const error = (response.json as { error?: unknown; message?: unknown } | null) ?? {}
-  const { code, message } = typeof error.error === "object" && error.error !== null
-    ? error.error as { code?: unknown; message?: unknown }
-    : { code: undefined, message: typeof error.error === "string" ? error.error : error.message }
+  const { code, message } = upstreamErrorOf(response)
   return code === "model_not_found" || (typeof message === "string" && /\bmodel\b/i.test(message))
 }
 
@@ -100,12 +105,12 @@ export const makeSend = ({ config, pickTraced, route }: SendingOptions) => {
   const baseDelay = Duration.toMillis(config.inferenceRetryBaseDelay)
   const maxDelay = Duration.toMillis(config.inferenceRetryMaxDelay)
 
-  /** How long to wait before attempt `n + 1`: `Retry-After` when the upstream said, else exponential with jitter. */
+  /** How long to wait before attempt `n + 1`: what the upstream asked (`askedWait`) when it did, else exponential with jitter. */
   const retryDelay = (result: Attempt, n: number) =>
     Effect.map(Random.nextRange(0.8, 1.2), (jitter) => {
       const backoff = Math.min(maxDelay, baseDelay * 2 ** (n - 1) * jitter)
       if (result._tag === "Failure") return backoff
-      return Math.min(maxDelay, Option.getOrElse(retryAfterMillis(result.headers, Date.now()), () => backoff))
+      return Math.min(maxDelay, Option.match(askedWait(result.headers, Date.now()), { onNone: () => backoff, onSome: (asked) => asked.ms }))
     })
 
   // Routed when run, not when built: the lists may be known only by then.

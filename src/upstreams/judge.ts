@@ -3,8 +3,9 @@
  * `Retry-After` pauses of its `Admission`, and its outages (`outage.ts`):
  *
  *   answer 2xx/4xx          final; a success grows the limit; resets the run of failures
- *   429                     overload: limit halved, `Retry-After` pauses the whole upstream (said at most once a
- *                           minute); sent again (see below)
+ *   429                     overload: limit halved, a wait asked for (`Retry-After`, or when a rate limit that ran
+ *                           out resets: `askedWait`) pauses the whole upstream (said at most once a minute); sent
+ *                           again (see below); at the floor with no wait asked, said (`judgeLines.ts`)
  *   503                     the same, and a failure in the run
  *   408, other 5xx          a failure in the run; retried (`INFERENCE_MAX_ATTEMPTS`)
  *   timeout                 overload and a failure in the run; retried
@@ -44,13 +45,13 @@
  * after its attempts.
  */
 import { type Clock, Deferred, Duration, Effect, Exit, FiberId, Option } from "effect"
-import { echo } from "../domain/Text.js"
-import { retryAfterMillis, UpstreamFailure, type UpstreamResponse } from "../inference/answers.js"
+import { askedWait, type UpstreamFailure, type UpstreamResponse } from "../inference/answers.js"
 import type { FailureKind } from "../inference/UpstreamHttpClient.js"
-import { ONCE_A_MINUTE_MS, saidWithin } from "../observability/saidWithin.js"
+import { saidWithin } from "../observability/saidWithin.js"
 import type { AdaptiveLimit } from "./adaptiveLimit.js"
 import type { Admission, Ticket } from "./Admission.js"
 import { makeBatchBlame } from "./batchBlame.js"
+import { makeJudgeLines, modelNotFound } from "./judgeLines.js"
 import { makeLimitLog } from "./limitLog.js"
 import type { DownKind, Outage } from "./outage.js"
 import type { UpstreamSpec } from "./UpstreamSpec.js"
@@ -153,6 +154,8 @@ export const makeJudge = (
     })
   /** The lines of `misconfigured` (by kind and endpoint), of pauses and of the floor, each said at most every `every` ms. */
   const due = saidWithin()
+  /** The endpoints that have answered a 2xx: a 404 there is no longer taken for a base URL without its `/v1`. */
+  const answeredWell = new Set<string>()
   // --- the adaptive limit ------------------------------------------------------------------------------------
   const limitLog = makeLimitLog({ name: spec.name, limit, clock, due, log })
   /**
@@ -234,53 +237,9 @@ export const makeJudge = (
         })
       )
     })
-  const say = (key: string, every: number, line: () => string, level: (line: string) => Effect.Effect<void> = Effect.logError) =>
-    due(key, clock.unsafeCurrentTimeMillis(), every) ? log(level(line())) : Effect.void
-  /** A `Retry-After` pauses the whole upstream; said at most once a minute (a spent quota answers every call so). */
-  const pauseFor = (status: number, headers: Record<string, string | undefined>) =>
-    Option.match(retryAfterMillis(headers, clock.unsafeCurrentTimeMillis()), {
-      onNone: () => Effect.void,
-      onSome: (asked) => {
-        const ms = Math.min(asked, Duration.toMillis(maxPause))
-        const capped = ms < asked ? ` (it asked ${Duration.format(Duration.millis(asked))}: INFERENCE_RETRY_MAX_DELAY)` : ""
-        return Effect.zipRight(
-          gate.pauseUntil(clock.unsafeCurrentTimeMillis() + ms),
-          say("retry-after", ONCE_A_MINUTE_MS, () =>
-            `Upstream ${spec.name} answered ${status} with Retry-After: no call goes to it for ` +
-            `${Duration.format(Duration.millis(ms))}${capped}`, Effect.logWarning)
-        )
-      }
-    })
+  const { misconfigured, pauseFor, refusedAtFloor } = makeJudgeLines({ clock, due, gate, log, maxPause, spec, urlFor }, answeredWell)
 
   // --- the verdict -------------------------------------------------------------------------------------------
-  /** A 404 that is the request's: OpenAI's answer to a model it does not have. */
-  const modelNotFound = (response: UpstreamResponse) =>
-    (response.json as { error?: { code?: unknown } })?.error?.code === "model_not_found"
-  const answeredWell = new Set<string>()
-  /**
-   * An answer that says the upstream is set up wrong: a 404 before any success on that endpoint (most likely a base
-   * URL without its `/v1`), said once; a 401 or 403 (its key, maybe revoked while batches run) and a redirect (not
-   * followed: its base URL is elsewhere), said at most once a minute.
-   */
-  const misconfigured = (endpoint: string, response: UpstreamResponse, headers: Record<string, string | undefined>) => {
-    const status = response.status
-    const target = `POST ${urlFor(endpoint)}`
-    if (status === 404) {
-      if (modelNotFound(response) || answeredWell.has(endpoint)) return Effect.void
-      return say(`404 ${endpoint}`, Infinity, () =>
-        `Upstream ${spec.name} answered 404 to ${target}: it does not serve that path. Check its base ` +
-        `URL (${spec.baseUrl}): it must include the API's version path, as in http://host:8000/v1.`)
-    }
-    if (status === 401 || status === 403) {
-      return say(`auth ${endpoint}`, ONCE_A_MINUTE_MS, () =>
-        `Upstream ${spec.name} answered ${status} to ${target}: it refuses the call's credentials. Check its api_key (or api_key_env) and headers.`)
-    }
-    const location = headers["location"]
-    return say(`redirect ${endpoint}`, ONCE_A_MINUTE_MS, () =>
-      `Upstream ${spec.name} answered ${status} to ${target}` +
-      `${location === undefined ? "" : `, pointing to ${echo(location, 200)}`}: redirects are not followed. Set its base URL to where it points.`)
-  }
-
   const judge = (endpoint: string, ticket: Ticket, n: number, attempt: Attempt, generation: number): Verdict | Effect.Effect<Judged> => {
     if (attempt._tag === "Failure") {
       switch (attempt.kind) {
@@ -302,6 +261,7 @@ export const makeJudge = (
       // Sent before a later overload signal: the overload that signal answered, not a new one.
       const stale = generation !== limit.generation
       const repeat = currentRun().has(ticket)
+      let alone = false // counted at the floor, no wait asked (`refusedAtFloor`)
       return pauseFor(status, headers).pipe(
         Effect.zipRight(overloaded(ticket, generation, `status ${status}`)),
         Effect.zipRight(status === 503 ? failed(ticket, n, "status 503") : Effect.succeed<Verdict>("retry")),
@@ -315,7 +275,10 @@ export const makeJudge = (
           // upstream down again); its next ones, a retry's and any 429 count: one to four requests refused for good,
           // or retries, would loop.
           if (outage.onTrial()) return status === 503 && n === 1 && !repeat ? "again" : "retry"
-          if (atFloor) return "retry"
+          if (atFloor) {
+            alone = Option.isNone(askedWait(headers, clock.unsafeCurrentTimeMillis()))
+            return "retry"
+          }
           if (stale || limit.current < before) return "again"
           const spared = overloadsSpared.get(ticket) ?? 0
           if (spared >= SPARED_OVERLOADS) return "retry"
@@ -323,7 +286,8 @@ export const makeJudge = (
           // Refused though the limit had room and stays as it is: the limit is above what the server takes
           // (this request halved it once already). Sent again at once, it finds the same calls there.
           return "again_after_a_call"
-        })
+        }),
+        Effect.tap(() => (alone ? refusedAtFloor(status, response) : Effect.void))
       )
     }
     if (status === 408 || status >= 500) return failed(ticket, n, `status ${status}`)

@@ -1,0 +1,83 @@
+/**
+ * What the judge (`judge.ts`) tells the operator about an upstream's answers, each line at most every so often: a
+ * wait it asked for (which pauses the whole upstream), a refusal at the concurrency floor asking for none, and an
+ * answer saying the upstream is set up wrong.
+ */
+import { Duration, Effect, Option } from "effect"
+import { echo } from "../domain/Text.js"
+import { askedWait, upstreamErrorOf, type UpstreamResponse } from "../inference/answers.js"
+import { ONCE_A_MINUTE_MS, type saidWithin } from "../observability/saidWithin.js"
+import type { JudgeOptions } from "./judge.js"
+
+/** A 404 that is the request's: OpenAI's answer to a model it does not have. */
+export const modelNotFound = (response: UpstreamResponse) =>
+  (response.json as { error?: { code?: unknown } })?.error?.code === "model_not_found"
+
+/** The judge's lines; `answeredWell`: the endpoints that have answered a 2xx (the judge's to fill). */
+export const makeJudgeLines = (
+  { clock, due, gate, log, maxPause, spec, urlFor }:
+    & Pick<JudgeOptions, "clock" | "gate" | "log" | "maxPause" | "spec" | "urlFor">
+    & { readonly due: ReturnType<typeof saidWithin> },
+  answeredWell: ReadonlySet<string>
+) => {
+  const say = (key: string, every: number, line: () => string, level: (line: string) => Effect.Effect<void> = Effect.logError) =>
+    due(key, clock.unsafeCurrentTimeMillis(), every) ? log(level(line())) : Effect.void
+  /**
+   * A wait asked for (`Retry-After`, or a rate limit's reset: `askedWait`) pauses the whole upstream; said at most
+   * once a minute (a spent quota answers every call so).
+   */
+  const pauseFor = (status: number, headers: Record<string, string | undefined>) =>
+    Option.match(askedWait(headers, clock.unsafeCurrentTimeMillis()), {
+      onNone: () => Effect.void,
+      onSome: (asked) => {
+        const ms = Math.min(asked.ms, Duration.toMillis(maxPause))
+        const capped = ms < asked.ms ? ` (it asked ${Duration.format(Duration.millis(asked.ms))}: INFERENCE_RETRY_MAX_DELAY)` : ""
+        return Effect.zipRight(
+          gate.pauseUntil(clock.unsafeCurrentTimeMillis() + ms),
+          say("retry-after", ONCE_A_MINUTE_MS, () =>
+            `Upstream ${spec.name} answered ${status} with ${asked.header}: no call goes to it for ` +
+            `${Duration.format(Duration.millis(ms))}${capped}`, Effect.logWarning)
+        )
+      }
+    })
+
+  /**
+   * A refusal at the floor that asks for no wait: its request's attempts are spent at their backoff's pace (a TGI's
+   * "Model is overloaded", a spent quota). Said at most once a minute, with what the upstream said: nothing had told
+   * the operator why lines failed.
+   */
+  const refusedAtFloor = (status: number, response: UpstreamResponse) =>
+    say("refused-at-floor", ONCE_A_MINUTE_MS, () => {
+      const { code, message } = upstreamErrorOf(response)
+      const said = [code, message].filter((part) => typeof part === "string" && part !== "").join(": ")
+      return `Upstream ${spec.name} answered ${status} to a call sent alone (its concurrency limit at its floor), ` +
+        `asking for no wait${said === "" ? "" : ` (${echo(said, 200)})`}: each such request is retried after its ` +
+        "backoff, and fails once its INFERENCE_MAX_ATTEMPTS are spent."
+    }, Effect.logWarning)
+
+  /**
+   * An answer that says the upstream is set up wrong: a 404 before any success on that endpoint (most likely a base
+   * URL without its `/v1`), said once; a 401 or 403 (its key, maybe revoked while batches run) and a redirect (not
+   * followed: its base URL is elsewhere), said at most once a minute.
+   */
+  const misconfigured = (endpoint: string, response: UpstreamResponse, headers: Record<string, string | undefined>) => {
+    const status = response.status
+    const target = `POST ${urlFor(endpoint)}`
+    if (status === 404) {
+      if (modelNotFound(response) || answeredWell.has(endpoint)) return Effect.void
+      return say(`404 ${endpoint}`, Infinity, () =>
+        `Upstream ${spec.name} answered 404 to ${target}: it does not serve that path. Check its base ` +
+        `URL (${spec.baseUrl}): it must include the API's version path, as in http://host:8000/v1.`)
+    }
+    if (status === 401 || status === 403) {
+      return say(`auth ${endpoint}`, ONCE_A_MINUTE_MS, () =>
+        `Upstream ${spec.name} answered ${status} to ${target}: it refuses the call's credentials. Check its api_key (or api_key_env) and headers.`)
+    }
+    const location = headers["location"]
+    return say(`redirect ${endpoint}`, ONCE_A_MINUTE_MS, () =>
+      `Upstream ${spec.name} answered ${status} to ${target}` +
+      `${location === undefined ? "" : `, pointing to ${echo(location, 200)}`}: redirects are not followed. Set its base URL to where it points.`)
+  }
+
+  return { misconfigured, pauseFor, refusedAtFloor }
+}
