@@ -186,6 +186,23 @@ describe("Inference", () => {
     }).pipe(Effect.provide(Layer.provideMerge(layer, Logger.replace(Logger.defaultLogger, recorder))))
   })
 
+  it.effect("an answer a line cannot keep (a captive portal's page) fails its line at once, said once a minute", () => {
+    const portal = { status: 200, body: "<html><body>Please log in to continue</body></html>", headers: { "content-type": "text/html" } }
+    const { calls, layer } = scripted([portal])
+    const lines: Array<string> = []
+    const recorder = Logger.make(({ logLevel, message }) => {
+      const text = Array.isArray(message) ? message.join(" ") : String(message)
+      if (text.includes("cannot keep")) lines.push(`${logLevel.label} ${text}`)
+    })
+    return Effect.gen(function*() {
+      const failures = yield* Effect.all([send(), send(), send()].map(Effect.flip))
+      expect(failures.map((f) => f._tag === "UpstreamFailure" && f.code)).toEqual(Array(3).fill("invalid_upstream_response"))
+      expect(calls.n).toBe(3) // not retried
+      expect(lines).toHaveLength(1)
+      expect(lines[0]).toMatch(/^WARN Upstream default gave an answer a line cannot keep \(invalid_upstream_response: .*Please log in.*\); such lines fail at once, not retried\.$/)
+    }).pipe(Effect.provide(Layer.provideMerge(layer, Logger.replace(Logger.defaultLogger, recorder))))
+  })
+
   it.effect("a 4xx is final: no retry, the upstream body kept", () => {
     const { calls, layer } = scripted([{ status: 400, body: `{"error":{"message":"bad"}}` }])
     return Effect.gen(function*() {

@@ -237,7 +237,7 @@ export const makeJudge = (
         })
       )
     })
-  const { misconfigured, pauseFor, refusedAtFloor } = makeJudgeLines({ clock, due, gate, log, maxPause, spec, urlFor }, answeredWell)
+  const { misconfigured, pauseFor, refusedAtFloor, unusable } = makeJudgeLines({ clock, due, gate, log, maxPause, spec, urlFor }, answeredWell)
 
   // --- the verdict -------------------------------------------------------------------------------------------
   const judge = (endpoint: string, ticket: Ticket, n: number, attempt: Attempt, generation: number): Verdict | Effect.Effect<Judged> => {
@@ -249,8 +249,8 @@ export const makeJudge = (
           return Effect.zipRight(overloaded(ticket, generation, "timeout"), failed(ticket, n, attempt.failure.message))
         case "transport":
           return failed(ticket, n, attempt.failure.message)
-        default:
-          return Effect.as(succeeded(ticket), "final") // an answer, unusable: not the upstream's health
+        default: // an answer, unusable: not the upstream's health
+          return Effect.as(Effect.zipRight(succeeded(ticket), unusable(attempt.failure)), "final")
       }
     }
     const { headers, response } = attempt

@@ -1,11 +1,11 @@
 /**
  * What the judge (`judge.ts`) tells the operator about an upstream's answers, each line at most every so often: a
- * wait it asked for (which pauses the whole upstream), a refusal at the concurrency floor asking for none, and an
- * answer saying the upstream is set up wrong.
+ * wait it asked for (which pauses the whole upstream), a refusal at the concurrency floor asking for none, an
+ * answer saying the upstream is set up wrong, and one a line cannot keep.
  */
 import { Duration, Effect, Option } from "effect"
 import { echo } from "../domain/Text.js"
-import { askedWait, upstreamErrorOf, type UpstreamResponse } from "../inference/answers.js"
+import { askedWait, type UpstreamFailure, upstreamErrorOf, type UpstreamResponse } from "../inference/answers.js"
 import { ONCE_A_MINUTE_MS, type saidWithin } from "../observability/saidWithin.js"
 import type { JudgeOptions } from "./judge.js"
 
@@ -79,5 +79,15 @@ export const makeJudgeLines = (
       `${location === undefined ? "" : `, pointing to ${echo(location, 200)}`}: redirects are not followed. Set its base URL to where it points.`)
   }
 
-  return { misconfigured, pauseFor, refusedAtFloor }
+  /**
+   * An answer its line cannot keep (a 2xx that is no JSON object: a captive portal's page, a proxy's gzip; one over
+   * `INFERENCE_MAX_RESPONSE_BYTES`): the line fails at once, not retried. Said at most once a minute: a batch's
+   * every line may fail so in seconds, and only its lines had said why.
+   */
+  const unusable = (failure: UpstreamFailure) =>
+    say("unusable", ONCE_A_MINUTE_MS, () =>
+      `Upstream ${spec.name} gave an answer a line cannot keep (${failure.code}: ${echo(failure.message, 300)}); ` +
+      "such lines fail at once, not retried.", Effect.logWarning)
+
+  return { misconfigured, pauseFor, refusedAtFloor, unusable }
 }
