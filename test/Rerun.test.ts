@@ -160,6 +160,8 @@ for (const backend of backends) describe(`rerun (${backend})`, () => {
         expect([empty.status, empty.error.param]).toEqual([400, "only"])
         const unknown = yield* failure(() => postRetry(openai, batch.id, { only: ["timeout"] }))
         expect([unknown.status, unknown.error.param]).toEqual([400, "only[0]"])
+        // Every value allowed, not the first alone as if it were the only one.
+        expect(unknown.error.message).toBe(`Invalid value for 'only[0]': Expected one of "error", "expired", "cancelled", actual "timeout"`)
       }))
 
     it.effect("nothing to rerun: a batch that failed validation, whose requests all succeeded, or whose input is gone", () =>

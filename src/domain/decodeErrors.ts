@@ -46,6 +46,20 @@ const actualType = (message: string): string | undefined => {
 const paramName = (path: ReadonlyArray<PropertyKey>) =>
   path.reduce<string>((name, key, i) => (typeof key === "number" ? `${name}[${key}]` : i === 0 ? String(key) : `${name}.${String(key)}`), "")
 
+/** A literal a schema's "Expected "x", actual …" message asks for, as written; undefined for other messages. */
+const expectedLiteral = (message: string): string | undefined =>
+  /^Expected ("(?:[^"\\]|\\.)*"|-?\d[\d.e+-]*|true|false|null), actual /.exec(message)?.[1]
+
+/**
+ * The literals the issues at `path` ask for, when each of them asks for one (a union of literals gives an issue per
+ * member: the first alone named one of the values allowed as if it were the only one).
+ */
+const literalsAt = (issues: HttpApiError.HttpApiDecodeError["issues"], path: ReadonlyArray<PropertyKey>) => {
+  const same = issues.filter((i) => i._tag === "Type" && i.path.length === path.length && i.path.every((k, n) => k === path[n]))
+  const literals = same.map((i) => expectedLiteral(i.message))
+  return literals.length > 1 && literals.every((l) => l !== undefined) ? literals as Array<string> : undefined
+}
+
 /** `HttpApiDecodeError` → 400 naming the first offending parameter. */
 export const fromDecodeError = (e: HttpApiError.HttpApiDecodeError): ApiError => {
   const issue = e.issues[0]
@@ -65,7 +79,11 @@ export const fromDecodeError = (e: HttpApiError.HttpApiDecodeError): ApiError =>
       : `Invalid type for '${param}': expected ${type}${got === undefined ? "" : `, but got ${got} instead`}.`
     return invalidRequest(message, param, "invalid_type")
   }
-  const message = param === null ? `Invalid request: ${issue.message}` : `Invalid value for '${param}': ${issue.message}`
+  const literals = literalsAt(e.issues, issue.path)
+  const said = literals === undefined
+    ? issue.message
+    : `Expected one of ${literals.join(", ")}, actual ${issue.message.slice(issue.message.indexOf(", actual ") + 9)}`
+  const message = param === null ? `Invalid request: ${said}` : `Invalid value for '${param}': ${said}`
   return invalidRequest(message, param, "invalid_value")
 }
 
