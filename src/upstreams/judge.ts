@@ -51,7 +51,7 @@ import { saidWithin } from "../observability/saidWithin.js"
 import type { AdaptiveLimit } from "./adaptiveLimit.js"
 import type { Admission, Ticket } from "./Admission.js"
 import { makeBatchBlame } from "./batchBlame.js"
-import { makeJudgeLines, modelNotFound } from "./judgeLines.js"
+import { makeJudgeLines, modelNotFound, statusSaying } from "./judgeLines.js"
 import { makeLimitLog } from "./limitLog.js"
 import type { DownKind, Outage } from "./outage.js"
 import type { UpstreamSpec } from "./UpstreamSpec.js"
@@ -264,7 +264,7 @@ export const makeJudge = (
       let alone = false // counted at the floor, no wait asked (`refusedAtFloor`)
       return pauseFor(status, headers).pipe(
         Effect.zipRight(overloaded(ticket, generation, `status ${status}`)),
-        Effect.zipRight(status === 503 ? failed(ticket, n, "status 503") : Effect.succeed<Verdict>("retry")),
+        Effect.zipRight(status === 503 ? failed(ticket, n, statusSaying(response)) : Effect.succeed<Verdict>("retry")),
         Effect.map((verdict): Judged => {
           // Sent again without counting: a call the outage resends once the upstream is back, the overload the
           // limit answers, or one of the request's few spared refusals (see the header). Any other refusal counts,
@@ -290,7 +290,7 @@ export const makeJudge = (
         Effect.tap(() => (alone ? refusedAtFloor(status, response) : Effect.void))
       )
     }
-    if (status === 408 || status >= 500) return failed(ticket, n, `status ${status}`)
+    if (status === 408 || status >= 500) return failed(ticket, n, statusSaying(response))
     if (status === 401 || status === 404 || status === 403 || (status >= 300 && status < 400)) {
       // Suspended: `misconfigured` marks its line as said when called.
       const final = Effect.suspend(() => Effect.as(Effect.zipRight(succeeded(ticket), misconfigured(endpoint, response, headers)), "final" as const))

@@ -13,6 +13,17 @@ import type { JudgeOptions } from "./judge.js"
 export const modelNotFound = (response: UpstreamResponse) =>
   (response.json as { error?: { code?: unknown } })?.error?.code === "model_not_found"
 
+/**
+ * An answer's status and what its body says, for the reason an upstream is down (`status 503: Loading model`: a
+ * model loading, not a server broken).
+ */
+export const statusSaying = (response: UpstreamResponse) => {
+  const { message } = upstreamErrorOf(response)
+  return typeof message === "string" && message.trim() !== ""
+    ? `status ${response.status}: ${echo(message.trim(), 120)}`
+    : `status ${response.status}`
+}
+
 /** The judge's lines; `answeredWell`: the endpoints that have answered a 2xx (the judge's to fill). */
 export const makeJudgeLines = (
   { clock, due, gate, log, maxPause, spec, urlFor }:
