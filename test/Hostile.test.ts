@@ -123,6 +123,13 @@ for (const backend of backends) {
             for (const bad of ["{", "not json", '{"input_file_id":', new Uint8Array([0x7b, 0x22, 0xff, 0x22, 0x7d])]) {
               expectEnvelope(yield* send(base, "POST", "/v1/batches", rawJson(bad)), 400, "invalid_body")
             }
+            // A parameter given twice: JSON.parse keeps the last, a proxy in front may have checked the first.
+            const { inputFileId } = yield* Hostile
+            const twice = yield* send(base, "POST", "/v1/batches", rawJson(
+              `{"input_file_id":"${inputFileId}","endpoint":"/v1/embeddings","endpoint":"/v1/chat/completions","completion_window":"24h"}`
+            ))
+            expectEnvelope(twice, 400, "invalid_body")
+            expect([twice.json.error.param, twice.json.error.message]).toEqual(["endpoint", "The request body gives 'endpoint' more than once: send each parameter once."])
             for (const type of ["application/x-www-form-urlencoded", "text/plain", "multipart/form-data; boundary=x"]) {
               const answer = yield* send(base, "POST", "/v1/batches", { headers: { "content-type": type }, body: "input_file_id=x" })
               expectEnvelope(answer, 415, "unsupported_media_type")

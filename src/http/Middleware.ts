@@ -16,7 +16,7 @@ import { storageFault } from "../storage/Faults.js"
 import { OpenAIApi } from "./Api.js"
 import type { MultipartInvalid } from "./Multipart.js"
 import { MAX_JSON_DEPTH } from "../domain/Json.js"
-import { BodyTooLarge, JsonTooDeep, tooLarge } from "./RequestBody.js"
+import { BodyTooLarge, JsonKeyRepeated, JsonTooDeep, tooLarge } from "./RequestBody.js"
 import { currentRequest, requestIdFrom } from "./RequestLog.js"
 import { invalidUrl } from "./routeHint.js"
 import { fromDecodeError } from "../domain/decodeErrors.js"
@@ -39,9 +39,13 @@ export const fromMultipartInvalid = (e: MultipartInvalid): ApiError => {
   }
 }
 
-/** A body that could not be read: too large (413), too deep or not JSON (400). */
+/** A body that could not be read: too large (413), too deep, not JSON or giving a parameter twice (400). */
 const fromRequestError = (e: HttpServerError.RequestError): ApiError => {
   if (e.cause instanceof BodyTooLarge) return tooLarge(e.cause.limit)
+  if (e.cause instanceof JsonKeyRepeated) {
+    const key = echo(e.cause.key, 64)
+    return invalidRequest(`The request body gives '${key}' more than once: send each parameter once.`, key, "invalid_body")
+  }
   const message = e.cause instanceof JsonTooDeep
     ? `The JSON body is nested more than ${MAX_JSON_DEPTH} levels deep.`
     : "We could not parse the body of your request. Send valid JSON in UTF-8 (or multipart/form-data for uploads)."

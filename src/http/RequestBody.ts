@@ -13,7 +13,8 @@ import * as UrlParams from "@effect/platform/UrlParams"
 import { Context, Data, Duration, Effect, Stream } from "effect"
 import { IncomingMessage } from "node:http"
 import { invalidRequest, payloadTooLarge } from "../domain/Errors.js"
-import { MAX_JSON_DEPTH, nestedDeeperThan } from "../domain/Json.js"
+import { jsonMembers, repeatedKey } from "../batches/jsonText.js"
+import { isJsonObject, MAX_JSON_DEPTH, nestedDeeperThan } from "../domain/Json.js"
 import { answer, envelope } from "./EarlyAnswer.js"
 import { type Budget, busy, cutSlowBodies, type Holder, overShare, type Patience, type Taken } from "./holding.js"
 import { bodyStream } from "./nodeBody.js"
@@ -39,6 +40,12 @@ const bodiesBusy = (held: number | undefined) =>
 export class BodyTooLarge extends Data.TaggedError("BodyTooLarge")<{ readonly limit: number }> {}
 /** The body is JSON nested deeper than `MAX_JSON_DEPTH`. */
 export class JsonTooDeep extends Data.TaggedError("JsonTooDeep")<{}> {}
+
+/**
+ * A JSON body giving a parameter twice: `JSON.parse` keeps the last, while a proxy or a firewall in front may have
+ * checked the first (as input lines, `lineValidation.ts`).
+ */
+export class JsonKeyRepeated extends Data.TaggedError("JsonKeyRepeated")<{ readonly key: string }> {}
 
 /**
  * The request body as a stream that, unlike `request.stream`, does not destroy the socket when we stop reading
@@ -128,7 +135,10 @@ export const bounded = (
   const json = Effect.flatMap(text, (t) =>
     nestedDeeperThan(t, MAX_JSON_DEPTH)
       ? Effect.fail(refuse(new JsonTooDeep()))
-      : Effect.try({ try: () => (t === "" ? null : JSON.parse(t)), catch: refuse }))
+      : Effect.flatMap(Effect.try({ try: () => (t === "" ? null : JSON.parse(t)), catch: refuse }), (parsed) => {
+        const repeated = isJsonObject(parsed) ? repeatedKey(jsonMembers(t)) : undefined
+        return repeated === undefined ? Effect.succeed(parsed) : Effect.fail(refuse(new JsonKeyRepeated({ key: repeated })))
+      }))
   const urlParamsBody = Effect.map(text, (t) => UrlParams.fromInput(new URLSearchParams(t)))
   const arrayBuffer = Effect.map(bytes, (b) => b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength) as ArrayBuffer)
   return Object.create(request, {
