@@ -285,6 +285,8 @@ for (const backend of backends) sideBySide(`batches (${backend})`, () => {
           const errors = yield* readLines(openai, done.error_file_id)
           expect(errors.map((l) => l.custom_id)).toEqual(Array.from({ length: 20 }, (_, i) => `slow-${i}`))
           expect(new Set(errors.map((l) => l.error.code))).toEqual(new Set(["batch_cancelled"]))
+          // Four of them were sent (their calls aborted): not completed, rather than "not executed".
+          expect(new Set(errors.map((l) => l.error.message))).toEqual(new Set(["This request was not completed before the batch was cancelled."]))
           expect(errors.every((l) => l.response === null)).toBe(true)
 
           yield* Effect.promise(() => new Promise((r) => setTimeout(r, 100)))

@@ -27,7 +27,8 @@ export const pendingError = {
   },
   cancelDone: {
     code: "batch_cancelled",
-    message: "This request was not executed because the batch was cancelled."
+    // Not "not executed": it may have been sent, even retried, before the cancel interrupted it.
+    message: "This request was not completed before the batch was cancelled."
   }
 } as const
 
