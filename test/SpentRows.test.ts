@@ -49,6 +49,40 @@ describe("rows of finished batches", () => {
           expect([kept.status, kept.request_counts]).toEqual(["completed", { total: 3, completed: 2, failed: 1 }])
         }))
 
+      it.effect("keep nothing of a file once it is gone: its results answer 404, its prompts or answers are cleared from the rows", () =>
+        Effect.gen(function*() {
+          const openai = yield* client
+          const input = yield* upload(openai, [chatLine("p1", "PROMPT-MARK one"), chatLine("p2", "PROMPT-MARK two [fail:400]")])
+          const done = yield* waitFor(openai, (yield* createBatch(openai, input.id)).id, terminal)
+          const resultsOf = (kind: "output" | "error") =>
+            Effect.promise(async () => {
+              const response = await openai.get(`/batches/${done.id}/results`, { query: { kind } }).asResponse()
+                .catch((e: { status: number; error: { message: string; param: string } }) => e)
+              return "error" in response ? { status: response.status, error: response.error } : { status: response.status }
+            })
+          expect(yield* resultsOf("output")).toEqual({ status: 200 })
+
+          // The input deleted: the prompts go from the rows at the next sweep; the answers stay readable.
+          yield* Effect.promise(() => openai.files.delete(input.id))
+          yield* eventuallyContents(done.id, { bodies: ["", ""], answers: 1, failures: 1 })
+          expect(yield* resultsOf("output")).toEqual({ status: 200 })
+
+          // The output deleted: its results are gone at once, and its answers from the rows at the next sweep.
+          yield* Effect.promise(() => openai.files.delete(done.output_file_id!))
+          expect(yield* resultsOf("output")).toEqual({
+            status: 404,
+            error: expect.objectContaining({
+              message: `The output file of batch ${done.id} (${done.output_file_id}) was deleted or has expired, and its results with it.`,
+              param: "kind"
+            })
+          })
+          expect(yield* resultsOf("error")).toEqual({ status: 200 })
+          yield* eventuallyContents(done.id, { bodies: ["", ""], answers: 0, failures: 1 })
+          expect(yield* rowsOf(done.id)).toEqual([2, 2, 1]) // the rows stay: their lines, statuses and codes
+          const kept = yield* Effect.promise(() => openai.batches.retrieve(done.id))
+          expect(kept.request_counts).toEqual({ total: 2, completed: 1, failed: 1 })
+        }))
+
       it.effect("of a batch still running are kept, whatever became of its input file", () =>
         Effect.gen(function*() {
           const openai = yield* client
@@ -74,4 +108,25 @@ const eventuallyRows = (id: string, expected: ReadonlyArray<number>) =>
       yield* Effect.sleep("100 millis")
     }
     expect(yield* rowsOf(id)).toEqual(expected)
+  })
+
+/** What the batch's rows hold of its files: the request bodies, and how many answers and failures' bodies are kept. */
+const contentsOf = (id: string) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    Effect.gen(function*() {
+      const bodies = yield* sql<{ body: string }>`SELECT body FROM batch_requests WHERE batch_id = ${id} ORDER BY line`
+      const [kept] = yield* sql<{ answers: number | string; failures: number | string }>`SELECT
+        (SELECT COUNT(*) FROM batch_results WHERE batch_id = ${id} AND status_code = 200 AND response IS NOT NULL) AS answers,
+        (SELECT COUNT(*) FROM batch_results WHERE batch_id = ${id} AND status_code <> 200 AND response IS NOT NULL) AS failures`
+      return { bodies: bodies.map((r) => r.body), answers: Number(kept!.answers), failures: Number(kept!.failures) }
+    })).pipe(Effect.orDie)
+
+/** Waits (up to 5 s) for the batch's rows to hold `expected` (`contentsOf`). */
+const eventuallyContents = (id: string, expected: Effect.Effect.Success<ReturnType<typeof contentsOf>>) =>
+  Effect.gen(function*() {
+    for (let i = 0; i < 50; i++) {
+      if (JSON.stringify(yield* contentsOf(id)) === JSON.stringify(expected)) return
+      yield* Effect.sleep("100 millis")
+    }
+    expect(yield* contentsOf(id)).toEqual(expected)
   })

@@ -4,10 +4,12 @@
  * their earlier runs left; deleted with the outcomes once nothing can read them (`sweepSpentRows`).
  */
 import type * as SqlClient from "@effect/sql/SqlClient"
+import type * as Statement from "@effect/sql/Statement"
 import { Effect } from "effect"
 import { terminalStatuses } from "../domain/Batches.js"
 import type { BatchId, BatchRequestId } from "../domain/Ids.js"
 import type { BatchStoreShape, RequestAttempts, RequestRow } from "./BatchStore.js"
+import { outcomeIs } from "./outcomes.js"
 import { type BatchSql, chunks, INSERT_GROUP } from "./sql.js"
 
 interface PendingColumns {
@@ -62,10 +64,41 @@ export const makeRequestRows = (
       sql`UPDATE batch_requests SET attempts = ${used}, retry_at = ${retryAt === undefined ? null : Math.ceil(retryAt)}
         WHERE batch_id = ${batchId} AND line = ${line}`, { discard: true }).pipe(sql.withTransaction, Effect.orDie)
 
+  /** Whether the file `column` of a batch `b` names was written and is gone (deleted, or expired and swept). */
+  const gone = (column: "input_file_id" | "output_file_id" | "error_file_id") =>
+    sql`(b.${sql(column)} IS NOT NULL AND NOT EXISTS (SELECT 1 FROM files f WHERE f.id = b.${sql(column)}))`
+  /**
+   * The parts of a finished batch's rows that a gone file held, each cleared once (`cleared_parts`): the request
+   * bodies once the input file is gone (a rerun, which needs it, is refused then), the answers once the output file
+   * is, the failures' bodies and messages once the error file is. The rows stay: a line's id, its outcome's status
+   * and code (what a rerun of the failures picks). Before, the answers of a deleted output file were still read
+   * through `GET /v1/batches/{id}/results`, and the prompts kept for as long as the output was.
+   */
+  const PARTS = [
+    { bit: 1, file: "input_file_id", clear: (ids: Statement.ArrayHelper) =>
+      sql`UPDATE batch_requests SET body = '' WHERE batch_id IN ${ids}` },
+    { bit: 2, file: "output_file_id", clear: (ids: Statement.ArrayHelper) =>
+      sql`UPDATE batch_results SET response = NULL WHERE batch_id IN ${ids} AND ${outcomeIs(sql, "succeeded")}` },
+    { bit: 4, file: "error_file_id", clear: (ids: Statement.ArrayHelper) =>
+      sql`UPDATE batch_results SET response = NULL, error_message = NULL WHERE batch_id IN ${ids} AND ${outcomeIs(sql, "failed")}` }
+  ] as const
+  const clearGoneParts = (group: Statement.Fragment) =>
+    Effect.forEach(PARTS, ({ bit, clear, file }) =>
+      Effect.gen(function*() {
+        const due = yield* sql<{ id: BatchId }>`SELECT b.id FROM (${group}) b
+          WHERE ${sql.in("b.status", terminalStatuses)} AND (b.cleared_parts & ${bit}) = 0 AND ${gone(file)}`
+        if (due.length === 0) return
+        const ids = sql.in(due.map((r) => r.id))
+        yield* sql.withTransaction(Effect.zipRight(
+          clear(ids),
+          sql`UPDATE batches SET cleared_parts = cleared_parts | ${bit} WHERE id IN ${ids}`
+        ))
+      }), { discard: true })
+
   // A group of batches looked at per sweep, in creation order: each sweep costs the same however many there are.
   const sweepSpentRows = (afterSeq: number) =>
     Effect.gen(function*() {
-      const group = sql`SELECT seq, id, status, input_file_id, output_file_id, error_file_id FROM batches
+      const group = sql`SELECT seq, id, status, input_file_id, output_file_id, error_file_id, cleared_parts FROM batches
         WHERE seq > ${afterSeq} ORDER BY seq LIMIT ${SPENT_GROUP}`
       const [{ last }] = yield* sql<{ last: number | string | null }>`SELECT MAX(seq) AS last FROM (${group}) g`
       const spent = yield* sql<{ id: BatchId }>`
@@ -78,6 +111,7 @@ export const makeRequestRows = (
           sql`DELETE FROM batch_slices WHERE batch_id = ${id}`
         ))
       }
+      yield* clearGoneParts(group)
       return { next: last === null ? 0 : Number(last), cleared: spent.length }
     }).pipe(Effect.orDie, Effect.withSpan("BatchStore.sweepSpentRows"))
 

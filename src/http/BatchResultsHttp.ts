@@ -5,6 +5,9 @@
  * `x-last-line` and where to go on from in `x-next-after`. A read that fails is an error status, never a 200 cut
  * short that a poller would take for the whole window.
  *
+ * Once the file of that kind is gone (deleted, or expired), its lines are too: a 404 says so (the sweep then clears
+ * what the rows held of them), rather than answers still read here after the user deleted their file.
+ *
  * A page stays in memory until its client has taken it all, so a client that reads slowly, or not at all, holds
  * it: sixty that never read took the server from 550 MB to 1.4 GB in 40 s with 30 MB answers, and more would have
  * ended the process. So a node holds at most `RESULT_PAGES_AT_ONCE` pages, from before their read until their
@@ -14,6 +17,8 @@
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { type Duration, Effect } from "effect"
 import type { BatchStoreShape } from "../batches/BatchStore.js"
+import { notFound } from "../domain/Errors.js"
+import type { FileStoreShape } from "../files/FileStore.js"
 import { type BatchResultsParams, DEFAULT_RESULT_LINES } from "../domain/BatchResults.js"
 import type { BatchId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
@@ -37,17 +42,23 @@ const pagesBusy = (pages: Budget, taken: Taken, holder: Holder | undefined) =>
  */
 export const batchResults = (
   store: BatchStoreShape,
+  files: FileStoreShape,
   pages: Budget,
   stallTimeout: Duration.Duration,
   holder: Effect.Effect<Holder | undefined>
 ) =>
 (id: BatchId, visibility: Visibility, query: BatchResultsParams) =>
   Effect.gen(function*() {
-    yield* store.get(id, visibility)
+    const { batch } = yield* store.get(id, visibility)
+    const kind = query.kind === "error" ? "failed" : "succeeded"
+    const fileId = kind === "succeeded" ? batch.output_file_id : batch.error_file_id
+    if (fileId != null && (yield* Effect.either(files.get(fileId, "all")))._tag === "Left") {
+      const which = kind === "succeeded" ? "output" : "error"
+      return yield* notFound(`The ${which} file of batch ${id} (${fileId}) was deleted or has expired, and its results with it.`, "kind")
+    }
     const by = yield* holder
     const taken = yield* holdUntilAnswered(pages, by)
     if (taken !== "taken") return pagesBusy(pages, taken, by)
-    const kind = query.kind === "error" ? "failed" : "succeeded"
     const window = yield* store.settledResults(id, kind, query.after ?? 0, query.limit ?? DEFAULT_RESULT_LINES)
     const body = yield* cutWhenStalled(stallTimeout, inPieces(window.bytes))
     return HttpServerResponse.stream(body, {

@@ -12,6 +12,7 @@ import { AppConfig } from "../Config.js"
 import type { CreateBatchBody } from "../domain/Batches.js"
 import { invalidRequest } from "../domain/Errors.js"
 import { visibilityOf } from "../domain/Projects.js"
+import { FileStore } from "../files/FileStore.js"
 import { OpenAIApi } from "./Api.js"
 import { batchResults } from "./BatchResultsHttp.js"
 import { Budget, holderOf } from "./holding.js"
@@ -24,7 +25,7 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
     const commands = yield* BatchCommands
     const config = yield* AppConfig
     const holder = holderOf(yield* Auth)
-    const results = batchResults(store, new Budget(config.resultPagesAtOnce), config.stallTimeout, holder)
+    const results = batchResults(store, yield* FileStore, new Budget(config.resultPagesAtOnce), config.stallTimeout, holder)
     const listed = listAnswer(new Budget(LARGE_PAGES_AT_ONCE), config.stallTimeout, holder)
 
     /** The body as sent, for inline requests (their JSON kept as written); the request holds it read. */

@@ -309,5 +309,11 @@ export const migrations = {
     // run that then finds no upstream serving it fails its lines with `model_not_found`, where a checked model that
     // lost its upstream waits for one (`batches/BatchRunner.ts`).
     yield* sql`ALTER TABLE batches ADD COLUMN model_unchecked INTEGER NOT NULL DEFAULT 0`
+  }),
+  "0015_batch_cleared_parts": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // What the sweep has cleared of a finished batch's rows once a file of it was gone (1: the request bodies, 2: the
+    // answers, 4: the failures' bodies; `batches/requestRows.ts`): each cleared once, not looked for at every sweep.
+    yield* sql`ALTER TABLE batches ADD COLUMN cleared_parts INTEGER NOT NULL DEFAULT 0`
   })
 } satisfies Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>>
