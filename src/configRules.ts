@@ -34,10 +34,14 @@ const optionalPositiveInt = (field: OptionalNumeric, variable: string): Rule => 
   expected: "a positive integer (or unset: no limit)",
   holds: (c) => !Option.exists(c[field], (n) => !Number.isSafeInteger(n) || n <= 0)
 })
-const positiveDuration = (field: Durations, variable: string): Rule => ({
+/** The longest a Node timer waits: one set longer fires at once (a statement timed out after 1 ms). */
+const LONGEST_TIMER = Duration.millis(2 ** 31 - 1)
+const positiveDuration = (field: Durations, variable: string, timed = false): Rule => ({
   variable,
-  expected: "a duration longer than zero",
-  holds: (c) => Duration.isDuration(c[field]) && Duration.greaterThan(c[field], Duration.zero)
+  expected: timed ? "a duration longer than zero, at most 24 days" : "a duration longer than zero",
+  holds: (c) =>
+    Duration.isDuration(c[field]) && Duration.greaterThan(c[field], Duration.zero) &&
+    (!timed || Duration.lessThanOrEqualTo(c[field], LONGEST_TIMER))
 })
 const nonEmpty = (field: "host" | "dataDir" | "nodeId", variable: string): Rule => ({
   variable,
@@ -161,7 +165,7 @@ const rules: ReadonlyArray<Rule> = [
   optionalPositiveInt("maxFileBytesPerProject", "MAX_FILE_BYTES_PER_PROJECT"),
   optionalPositiveInt("maxRequestsPerMinutePerProject", "MAX_REQUESTS_PER_MINUTE_PER_PROJECT"),
   positiveDuration("leaseTtl", "LEASE_TTL"),
-  positiveDuration("databaseStatementTimeout", "DATABASE_STATEMENT_TIMEOUT"),
+  positiveDuration("databaseStatementTimeout", "DATABASE_STATEMENT_TIMEOUT", true), // a Node timer (`pgPool.ts`)
   positiveDuration("heartbeatInterval", "HEARTBEAT_INTERVAL"),
   positiveDuration("fileSweepInterval", "FILE_SWEEP_INTERVAL"),
   {

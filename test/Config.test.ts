@@ -63,6 +63,8 @@ describe("configuration", () => {
         [{ inferenceMaxBufferedBytes: 0 }, { INFERENCE_MAX_BUFFERED_BYTES: "1.5" }, "INFERENCE_MAX_BUFFERED_BYTES"],
         [{ heartbeatInterval: Duration.seconds(20) }, { HEARTBEAT_INTERVAL: "20 seconds" }, "HEARTBEAT_INTERVAL"],
         [{ leaseTtl: Duration.zero }, { LEASE_TTL: "0 millis" }, "LEASE_TTL"],
+        // A Node timer set longer than 2^31-1 ms fires at once: every statement would time out after 1 ms.
+        [{ databaseStatementTimeout: Duration.days(30) }, { DATABASE_STATEMENT_TIMEOUT: "25 days" }, "DATABASE_STATEMENT_TIMEOUT"],
         [{ batchFilesExpireAfter: Option.some(Duration.millis(10)) }, { BATCH_FILES_EXPIRE_AFTER: "soon" }, "BATCH_FILES_EXPIRE_AFTER"],
         [{ upstreamsFile: Option.some("u.yaml"), upstreams: Option.some([{ name: "a", base_url: "http://127.0.0.1:1/v1", models: ["m"] }]) }, { UPSTREAMS_FILE: " " }, "UPSTREAMS_FILE"],
         [{ batchFilesExpireAfter: Option.some(Duration.infinity) }, { BATCH_FILES_EXPIRE_AFTER: "100000000000000 weeks" }, "BATCH_FILES_EXPIRE_AFTER"],
