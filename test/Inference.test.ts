@@ -17,7 +17,7 @@ import {
   retryAfterMillis
 } from "../src/inference/Inference.js"
 import { BIGNUM_COMPACT, startSimulator } from "../scripts/simulator.js"
-import { askedWait } from "../src/inference/answers.js"
+import { askedWait, resetMillis } from "../src/inference/answers.js"
 import { manualHandBack } from "./support/HandBack.js"
 import { eventually } from "./support/TestApp.js"
 
@@ -651,16 +651,25 @@ describe("Inference", () => {
   })
 
   it("reads when a rate limit that ran out resets, in OpenAI's durations or in seconds, Retry-After first", () => {
-    const wait = (headers: Record<string, string>) => Option.getOrUndefined(askedWait(headers, 0))
+    const wait = (headers: Record<string, string>, status = 429) => Option.getOrUndefined(askedWait(status, headers, 0))
     expect(wait({ "x-ratelimit-reset-requests": "6m0s" })).toEqual({ ms: 360_000, header: "x-ratelimit-reset-requests" })
     expect(wait({ "x-ratelimit-reset-tokens": "1h2m3.5s" })?.ms).toBe(3_723_500)
-    expect(wait({ "x-ratelimit-reset-tokens": "20ms" })?.ms).toBe(20)
+    expect(resetMillis("20ms")).toBe(20)
     expect(wait({ "x-ratelimit-reset-tokens": "1s500ms" })?.ms).toBe(1500)
     expect(wait({ "x-ratelimit-reset-tokens": "7.5" })?.ms).toBe(7500) // plain seconds
     // The later of the limits run out; one with room left is not what refused the call.
     expect(wait({ "x-ratelimit-reset-requests": "2s", "x-ratelimit-reset-tokens": "9s" })?.header).toBe("x-ratelimit-reset-tokens")
     expect(wait({ "x-ratelimit-remaining-tokens": "100", "x-ratelimit-reset-tokens": "9s", "x-ratelimit-reset-requests": "2s" })?.ms).toBe(2000)
     expect(wait({ "x-ratelimit-remaining-requests": "5", "x-ratelimit-reset-requests": "2s" })).toBeUndefined()
+    // None run out: the request was larger than what is left of the tokens (OpenAI's usual 429): the tokens' reset.
+    expect(wait({ "x-ratelimit-remaining-requests": "59", "x-ratelimit-reset-requests": "1s", "x-ratelimit-remaining-tokens": "1500", "x-ratelimit-reset-tokens": "1.95s" }))
+      .toEqual({ ms: 1950, header: "x-ratelimit-reset-tokens" })
+    // Sooner than a second: the backoff's own wait is longer. A day or more: no duration of a limit (an epoch time).
+    expect(wait({ "x-ratelimit-reset-tokens": "0s" })).toBeUndefined()
+    expect(wait({ "x-ratelimit-reset-tokens": "1733500000" })).toBeUndefined()
+    // Only a 429's: a 503 or a 500 of a server that sends them on every answer asks for no wait.
+    expect(wait({ "x-ratelimit-reset-tokens": "9s" }, 503)).toBeUndefined()
+    expect(wait({ "retry-after": "3" }, 503)).toEqual({ ms: 3000, header: "Retry-After" })
     expect(wait({ "retry-after": "3", "x-ratelimit-reset-tokens": "9s" })).toEqual({ ms: 3000, header: "Retry-After" })
     for (const odd of ["", "soon", "5m5m", "-1s", "1d"]) expect(wait({ "x-ratelimit-reset-tokens": odd })).toBeUndefined()
   })

@@ -51,13 +51,13 @@ const expectedLiteral = (message: string): string | undefined =>
   /^Expected ("(?:[^"\\]|\\.)*"|-?\d[\d.e+-]*|true|false|null), actual /.exec(message)?.[1]
 
 /**
- * The literals the issues at `path` ask for, when each of them asks for one (a union of literals gives an issue per
+ * The literals the issues at `path` ask for, when they ask for several (a union of literals gives an issue per
  * member: the first alone named one of the values allowed as if it were the only one).
  */
 const literalsAt = (issues: HttpApiError.HttpApiDecodeError["issues"], path: ReadonlyArray<PropertyKey>) => {
   const same = issues.filter((i) => i._tag === "Type" && i.path.length === path.length && i.path.every((k, n) => k === path[n]))
-  const literals = same.map((i) => expectedLiteral(i.message))
-  return literals.length > 1 && literals.every((l) => l !== undefined) ? literals as Array<string> : undefined
+  const literals = new Set(same.flatMap((i) => expectedLiteral(i.message) ?? []))
+  return literals.size > 1 ? [...literals] : undefined
 }
 
 /** `HttpApiDecodeError` → 400 naming the first offending parameter. */

@@ -109,36 +109,48 @@ export const upstreamErrorOf = (response: UpstreamResponse): { readonly code?: u
     : { code: undefined, message: typeof body.error === "string" ? body.error : body.message }
 }
 
+/** A day: a reset further off is no duration of a limit per minute or day (an epoch time, misread). */
+const DAY_MS = 86_400_000
+
 /** OpenAI's `x-ratelimit-reset-*` durations (`20ms`, `1.5s`, `6m0s`, `1h2m3s`), or plain seconds, in milliseconds. */
 export const resetMillis = (value: string | undefined): number | undefined => {
   if (value === undefined) return undefined
   const text = value.trim()
-  if (/^\d+(\.\d+)?$/.test(text)) return Number(text) * 1000
-  const parts = /^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$/.exec(text)
+  const parts = /^\d+(\.\d+)?$/.test(text)
+    ? [text, "0", "0", text, "0"]
+    : /^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$/.exec(text)
   if (parts === null || text === "") return undefined
   const [, h = "0", m = "0", sec = "0", ms = "0"] = parts
-  return ((Number(h) * 60 + Number(m)) * 60 + Number(sec)) * 1000 + Number(ms)
+  const total = ((Number(h) * 60 + Number(m)) * 60 + Number(sec)) * 1000 + Number(ms)
+  return total <= DAY_MS ? total : undefined
 }
 
+/** A reset sooner than this asks for no wait: the retries' backoff is longer (a `0s` had sent them all at once). */
+const SHORTEST_RESET_MS = 1000
+
 /**
- * How long an answer asks its caller to wait, and which header said so: `Retry-After` or `retry-after-ms`, else
- * when a rate limit that ran out resets (OpenAI's `x-ratelimit-reset-requests` and `-tokens`, of the limits whose
- * `x-ratelimit-remaining-*` is 0 or not given; the later): OpenAI's 429s may carry only those, and a wait of the
- * retries' backoff (15 s in all) failed most lines of a batch against a limit per minute.
+ * How long an answer asks its caller to wait, and which header said so: `Retry-After` or `retry-after-ms`; else, on
+ * a 429, when the rate limit that turned it away resets (OpenAI's `x-ratelimit-reset-requests` and `-tokens`): of
+ * the limits run out (`x-ratelimit-remaining-*` 0, or not given) the later; when none is, the tokens' (a request
+ * larger than what is left of a limit per minute: the usual 429 of OpenAI, whose remaining tokens are not 0).
+ * OpenAI's 429s may carry only those, and a wait of the retries' backoff (15 s in all) failed most lines of a
+ * batch against a limit per minute.
  */
 export const askedWait = (
+  status: number,
   headers: Record<string, string | undefined>,
   now: number
 ): Option.Option<{ readonly ms: number; readonly header: string }> =>
   Option.match(retryAfterMillis(headers, now), {
     onSome: (ms) => Option.some({ ms, header: "Retry-After" }),
     onNone: () => {
+      if (status !== 429) return Option.none()
+      const runOut = ["requests", "tokens"].filter((limit) => !(Number(headers[`x-ratelimit-remaining-${limit}`] ?? 0) > 0))
       let latest: { ms: number; header: string } | undefined
-      for (const limit of ["requests", "tokens"]) {
-        if (Number(headers[`x-ratelimit-remaining-${limit}`] ?? 0) > 0) continue // not the limit that ran out
+      for (const limit of runOut.length > 0 ? runOut : ["tokens"]) {
         const header = `x-ratelimit-reset-${limit}`
         const ms = resetMillis(headers[header])
-        if (ms !== undefined && ms >= (latest?.ms ?? 0)) latest = { ms, header }
+        if (ms !== undefined && ms >= SHORTEST_RESET_MS && ms >= (latest?.ms ?? 0)) latest = { ms, header }
       }
       return Option.fromNullable(latest)
     }

@@ -110,7 +110,7 @@ export const makeSend = ({ config, pickTraced, route }: SendingOptions) => {
     Effect.map(Random.nextRange(0.8, 1.2), (jitter) => {
       const backoff = Math.min(maxDelay, baseDelay * 2 ** (n - 1) * jitter)
       if (result._tag === "Failure") return backoff
-      return Math.min(maxDelay, Option.match(askedWait(result.headers, Date.now()), { onNone: () => backoff, onSome: (asked) => asked.ms }))
+      return Math.min(maxDelay, Option.match(askedWait(result.response.status, result.headers, Date.now()), { onNone: () => backoff, onSome: (asked) => asked.ms }))
     })
 
   // Routed when run, not when built: the lists may be known only by then.

@@ -276,7 +276,7 @@ export const makeJudge = (
           // or retries, would loop.
           if (outage.onTrial()) return status === 503 && n === 1 && !repeat ? "again" : "retry"
           if (atFloor) {
-            alone = Option.isNone(askedWait(headers, clock.unsafeCurrentTimeMillis()))
+            alone = Option.isNone(askedWait(status, headers, clock.unsafeCurrentTimeMillis()))
             return "retry"
           }
           if (stale || limit.current < before) return "again"

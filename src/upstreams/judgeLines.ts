@@ -38,7 +38,7 @@ export const makeJudgeLines = (
    * once a minute (a spent quota answers every call so).
    */
   const pauseFor = (status: number, headers: Record<string, string | undefined>) =>
-    Option.match(askedWait(headers, clock.unsafeCurrentTimeMillis()), {
+    Option.match(askedWait(status, headers, clock.unsafeCurrentTimeMillis()), {
       onNone: () => Effect.void,
       onSome: (asked) => {
         const ms = Math.min(asked.ms, Duration.toMillis(maxPause))
