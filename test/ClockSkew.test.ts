@@ -61,6 +61,13 @@ describe("a node's clock against PostgreSQL's", () => {
       expect(lines[2]!.message).toMatch(/^This node's clock is 3\.\d s behind PostgreSQL's\./)
     }).pipe(Effect.scoped), 30_000)
 
+  it.live("a test's clock (Effect's TestClock starts at 0) is not a machine's: nothing said", () =>
+    Effect.gen(function*() {
+      const lines = yield* watched({ ms: -Date.now() })
+      yield* Effect.sleep("1 second")
+      expect(lines).toEqual([])
+    }).pipe(Effect.scoped), 30_000)
+
   it.live("in sync, or off by less than the bound: nothing said", () =>
     Effect.gen(function*() {
       const lines = yield* watched({ ms: 1_000 })
