@@ -40,7 +40,8 @@ const boundedClient = (bound: StatementBound, endSession: (pid: number) => void)
     value: function(this: Pg.Client, ...args: Array<unknown>) {
       const callback = args[args.length - 1]
       const ms = bound.ms
-      // Set between transactions only: within one, a rollback would undo it. Sent ahead of the statement, on its turn.
+      // Set between transactions only: within one, a rollback would undo it. Sent ahead of the statement, on its turn;
+      // a statement, not a startup parameter, which PgBouncer refuses unless told to ignore it.
       if (ms > 0 && idleBounds.get(this) !== ms && this.getTransactionStatus() === "I") {
         idleBounds.set(this, ms)
         query.call(this, `SET idle_in_transaction_session_timeout = ${ms}`, () => {}) // a broken connection fails the next statement
