@@ -185,15 +185,15 @@ describe("tracing", () => {
   it.live("with OTEL_TRACES_SAMPLER=always_on every upstream call has a span with the GenAI attributes", () =>
     withTracedServer({ OTEL_EXPORTER_OTLP_PROTOCOL: "http/json", OTEL_TRACES_SAMPLER: "always_on" }, async ({ url, upstreamUrl, collector, stop }) => {
       const openai = client(url)
-      const prompts = [...Array.from({ length: 8 }, (_, i) => `hello ${i}`), "once more [flaky:500x1]", "refused [fail:400]"]
+      const prompts = [...Array.from({ length: 8 }, (_, i) => `hello ${i}`), "once more [flaky:500x1]", "refused [fail:400]", "portal [html]"]
       const batch = await runBatch(openai, prompts.map((p, i) => chatLine(`r${i}`, p)))
-      expect(batch.request_counts).toMatchObject({ total: 10, completed: 9, failed: 1 })
+      expect(batch.request_counts).toMatchObject({ total: 11, completed: 9, failed: 2 })
       const output = await lines(openai, batch.output_file_id)
       await stop()
       const spans = collector.spans()
       const run = one(spans, "BatchRunner.run", batch.id)
       const calls = named(spans, "chat sim-model")
-      expect(calls.length).toBe(10)
+      expect(calls.length).toBe(11)
       for (const call of calls) {
         expect(call).toMatchObject({ kind: CLIENT, parentSpanId: run.spanId })
         expect(call.attributes).toMatchObject({
@@ -218,6 +218,12 @@ describe("tracing", () => {
       const refused = calls.filter((c) => c.attributes["http.response.status_code"] === 400)
       expect(refused.length).toBe(1)
       expect(refused[0]).toMatchObject({ status: { code: ERROR }, attributes: { "error.type": "400" } })
+      // An answer that is no JSON object ends its span in error by its code alone: its text (the answer itself,
+      // often) is in no span.
+      const unusable = calls.filter((c) => c.attributes["error.type"] === "invalid_upstream_response")
+      expect(unusable.length).toBe(1)
+      expect(unusable[0]!.status.code).toBe(ERROR)
+      expect(JSON.stringify(spans)).not.toContain("Please sign in")
     }), 120_000)
 
   it.live("http/protobuf (the default protocol) posts application/x-protobuf to /v1/traces", () =>

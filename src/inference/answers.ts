@@ -36,6 +36,8 @@ export class UpstreamFailure extends Data.TaggedError("UpstreamFailure")<{
     | "model_not_found"
     | "replay_miss"
   readonly message: string
+  /** The message without the answer's text it quotes, for logs (its line in the error file has it all). */
+  readonly logged?: string
 }> {}
 
 /** The `send`s whose answers hold to `UpstreamResponse`'s contract already (the service's own, over upstreams). */
@@ -255,12 +257,14 @@ export const asJsonBody = (
   if (status >= 200 && status < 300) {
     const contentType = headers["content-type"]
     const type = contentType === undefined ? "" : ` (content-type ${excerpt(contentType, 100)})`
-    return new UpstreamFailure({
-      code: "invalid_upstream_response",
-      message: text.length === 0
-        ? `The upstream answered ${status}${type} with an empty body, not a JSON object.`
-        : `The upstream answered ${status}${type} with a body that is not a JSON object: ${excerpt(text)}`
-    })
+    if (text.length === 0) {
+      return new UpstreamFailure({
+        code: "invalid_upstream_response",
+        message: `The upstream answered ${status}${type} with an empty body, not a JSON object.`
+      })
+    }
+    const said = `The upstream answered ${status}${type} with a body of ${text.length} characters that is not a JSON object`
+    return new UpstreamFailure({ code: "invalid_upstream_response", message: `${said}: ${excerpt(text)}`, logged: `${said}.` })
   }
   return errorEnvelope(status, text.length > 0 ? text.slice(0, 4096) : `Upstream answered ${status} with an empty body.`)
 }

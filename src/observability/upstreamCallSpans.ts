@@ -137,6 +137,17 @@ class ErrorAnswer<A> extends Error {
   }
 }
 
+/**
+ * A failure, failed inside the span with its code alone: its message may quote the upstream's answer (an HTML page,
+ * a body that is no JSON object: the answer's text itself), and no prompt or answer goes in a span.
+ */
+class FailureInSpan<E> extends Error {
+  constructor(readonly failure: E, code: string) {
+    super(`The upstream call failed: ${code}`)
+    this.name = "UpstreamCallFailed"
+  }
+}
+
 /** A request handed back unsent (its batch's turn ended), passed out of the span as a success so that it ends OK. */
 class HandedBackInSpan<E> {
   constructor(readonly failure: E) {}
@@ -174,13 +185,14 @@ export const traceUpstreamCall = <
       retried: (attempt, reason) => span.event("retry", BigInt(Date.now()) * 1_000_000n, { attempt, reason })
     }
     return Effect.matchEffect(run(call), {
-      onFailure: (failure): Effect.Effect<A | HandedBackInSpan<E>, E | ErrorAnswer<A>> => {
+      onFailure: (failure): Effect.Effect<A | HandedBackInSpan<E>, FailureInSpan<E> | ErrorAnswer<A>> => {
         if (failure._tag === "HandedBack") {
           span.event("handed back", BigInt(Date.now()) * 1_000_000n)
           return Effect.succeed(new HandedBackInSpan(failure))
         }
-        span.attribute("error.type", failure.code ?? failure._tag)
-        return Effect.fail(failure)
+        const code = failure.code ?? failure._tag
+        span.attribute("error.type", code)
+        return Effect.fail(new FailureInSpan(failure, code))
       },
       onSuccess: (answer) => {
         answerAttributes(span, answer.status, answer.json)
@@ -191,6 +203,7 @@ export const traceUpstreamCall = <
     })
   }).pipe(
     Effect.catchIf((e): e is ErrorAnswer<A> => e instanceof ErrorAnswer, (e) => Effect.succeed(e.answer)),
+    Effect.catchIf((e): e is FailureInSpan<E> => e instanceof FailureInSpan, (e) => Effect.fail(e.failure)),
     Effect.flatMap((result) => (result instanceof HandedBackInSpan ? Effect.fail(result.failure) : Effect.succeed(result)))
   ) as Effect.Effect<A, E>
 }

@@ -93,11 +93,11 @@ export const makeJudgeLines = (
   /**
    * An answer its line cannot keep (a 2xx that is no JSON object: a captive portal's page, a proxy's gzip; one over
    * `INFERENCE_MAX_RESPONSE_BYTES`): the line fails at once, not retried. Said at most once a minute: a batch's
-   * every line may fail so in seconds, and only its lines had said why.
+   * every line may fail so in seconds, and only its lines had said why. Without the answer's text (`logged`).
    */
   const unusable = (failure: UpstreamFailure) =>
     say("unusable", ONCE_A_MINUTE_MS, () =>
-      `Upstream ${spec.name} gave an answer a line cannot keep (${failure.code}: ${echo(failure.message, 300)}); ` +
+      `Upstream ${spec.name} gave an answer a line cannot keep (${failure.code}: ${echo(failure.logged ?? failure.message, 300)}); ` +
       "such lines fail at once, not retried.", Effect.logWarning)
 
   return { misconfigured, pauseFor, refusedAtFloor, unusable }
