@@ -6,6 +6,7 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, layer } from "@effect/vitest"
 import { Duration, Effect, Layer } from "effect"
+import { readFileSync } from "node:fs"
 import { StorageLive } from "../src/Layers.js"
 import { chatLine, createBatch, terminal, upload, waitFor } from "./support/Batches.js"
 import { backends, testAppWithUpstream } from "./support/TestApp.js"
@@ -82,6 +83,22 @@ describe("rows of finished batches", () => {
           const kept = yield* Effect.promise(() => openai.batches.retrieve(done.id))
           expect(kept.request_counts).toEqual({ total: 2, completed: 1, failed: 1 })
         }))
+
+      if (backend === "sqlite") {
+        it.effect("once swept, leave nothing readable in the database file (its free pages zeroed)", () =>
+          Effect.gen(function*() {
+            const openai = yield* client
+            const marker = `PRIVATE-${Date.now()}`
+            const input = yield* upload(openai, Array.from({ length: 40 }, (_, i) => chatLine(`m${i}`, `${marker} ${i} ${"x".repeat(400)}`)))
+            const done = yield* waitFor(openai, (yield* createBatch(openai, input.id)).id, terminal)
+            for (const id of [input.id, done.output_file_id!]) yield* Effect.promise(() => openai.files.delete(id))
+            yield* eventuallyRows(done.id, [0, 0, 0])
+            const sql = yield* SqlClient.SqlClient
+            const [{ file }] = yield* Effect.orDie(sql<{ file: string }>`SELECT file FROM pragma_database_list WHERE name = 'main'`)
+            yield* Effect.orDie(sql`PRAGMA wal_checkpoint(TRUNCATE)`) // the pages as the file holds them
+            expect(readFileSync(file!).includes(marker)).toBe(false)
+          }))
+      }
 
       it.effect("of a batch still running are kept, whatever became of its input file", () =>
         Effect.gen(function*() {
