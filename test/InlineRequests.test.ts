@@ -37,7 +37,10 @@ for (const backend of backends) describe(`inline requests (${backend})`, () => {
       Effect.gen(function*() {
         const openai = sdk(yield* baseUrl)
         const requests = [chat("a", "first"), chat("b", "second [fail:400]"), chat("c", "third")]
-        const created = yield* createInline(openai, requests, { metadata: { via: "inline" } })
+        const created = yield* createInline(openai, requests, {
+          metadata: { via: "inline" },
+          output_expires_after: { anchor: "created_at", seconds: 7200 }
+        })
         expect(created).toMatchObject({ object: "batch", status: "validating", endpoint: "/v1/chat/completions", metadata: { via: "inline" } })
         expect(Object.keys(created)).not.toContain("requests")
 
@@ -46,6 +49,8 @@ for (const backend of backends) describe(`inline requests (${backend})`, () => {
         const text = yield* fileText(openai, created.input_file_id)
         expect(text).toBe(requests.map((r) => JSON.stringify(r)).join("\n") + "\n")
         expect(file.bytes).toBe(Buffer.byteLength(text))
+        // A copy of the prompts the server made: it expires with the batch's own files (it was kept for good).
+        expect(file.expires_at).toBe(file.created_at + 7200)
         const listed = yield* Effect.promise(() => openai.files.list({ purpose: "batch" }))
         expect(listed.data.map((f) => f.id)).toContain(created.input_file_id)
 

@@ -143,7 +143,9 @@ export const make = Effect.gen(function*() {
       const bytes = Buffer.from(jsonl)
       const { quota, room } = yield* roomOf(project)
       if (bytes.length > room) return yield* overQuota(quota, room, "requests")
-      const meta = { id: valid.inputFileId, filename: inlineFilename(batch), purpose: "batch", project }
+      // Expiring with the batch's own files when it says when: a copy of the prompts outlives neither.
+      const expiresAfterSeconds = valid.outputExpiresAfterSeconds ?? undefined
+      const meta = { id: valid.inputFileId, filename: inlineFilename(batch), purpose: "batch", project, expiresAfterSeconds }
       return yield* files.create(meta, Stream.make(bytes))
     })
 

@@ -23,6 +23,12 @@ export class FileNotFound extends Data.TaggedError("FileNotFound")<{ readonly id
 /** The `after` cursor of a list names no file. */
 export class UnknownCursor extends Data.TaggedError("UnknownCursor")<{ readonly after: FileId }> {}
 
+/** The soonest of expiries in seconds (`FileMetadata.expiresAfterSeconds`); undefined when none is given. */
+export const soonest = (...seconds: ReadonlyArray<number | undefined>): number | undefined => {
+  const given = seconds.filter((s): s is number => s !== undefined)
+  return given.length === 0 ? undefined : Math.min(...given)
+}
+
 export interface FileMetadata {
   readonly filename: string
   readonly purpose: string
