@@ -53,32 +53,42 @@ describe("rows of finished batches", () => {
       it.effect("keep nothing of a file once it is gone: its results answer 404, its prompts or answers are cleared from the rows", () =>
         Effect.gen(function*() {
           const openai = yield* client
-          const input = yield* upload(openai, [chatLine("p1", "PROMPT-MARK one"), chatLine("p2", "PROMPT-MARK two [fail:400]")])
-          const done = yield* waitFor(openai, (yield* createBatch(openai, input.id)).id, terminal)
-          const resultsOf = (kind: "output" | "error") =>
+          const batchOf = (tag: string) =>
+            Effect.gen(function*() {
+              const input = yield* upload(openai, [chatLine(`${tag}1`, "PROMPT-MARK one"), chatLine(`${tag}2`, "PROMPT-MARK two [fail:400]")])
+              return { input, done: yield* waitFor(openai, (yield* createBatch(openai, input.id)).id, terminal) }
+            })
+          const resultsOf = (id: string, kind: "output" | "error") =>
             Effect.promise(async () => {
-              const response = await openai.get(`/batches/${done.id}/results`, { query: { kind } }).asResponse()
+              const response = await openai.get(`/batches/${id}/results`, { query: { kind } }).asResponse()
                 .catch((e: { status: number; error: { message: string; param: string } }) => e)
               return "error" in response ? { status: response.status, error: response.error } : { status: response.status }
             })
-          expect(yield* resultsOf("output")).toEqual({ status: 200 })
-
-          // The input deleted: the prompts go from the rows at the next sweep; the answers stay readable.
-          yield* Effect.promise(() => openai.files.delete(input.id))
-          yield* eventuallyContents(done.id, { bodies: ["", ""], answers: 1, failures: 1 })
-          expect(yield* resultsOf("output")).toEqual({ status: 200 })
-
-          // The output deleted: its results are gone at once, and its answers from the rows at the next sweep.
-          yield* Effect.promise(() => openai.files.delete(done.output_file_id!))
-          expect(yield* resultsOf("output")).toEqual({
+          const gone = (id: string, which: "output" | "error", fileId: string) => ({
             status: 404,
             error: expect.objectContaining({
-              message: `The output file of batch ${done.id} (${done.output_file_id}) was deleted or has expired, and its results with it.`,
+              message: `The ${which} file of batch ${id} (${fileId}) was deleted or has expired, and its results with it.`,
               param: "kind"
             })
           })
-          expect(yield* resultsOf("error")).toEqual({ status: 200 })
-          yield* eventuallyContents(done.id, { bodies: ["", ""], answers: 0, failures: 1 })
+
+          // The input deleted: the prompts go from the rows at the next sweep; the answers and failures stay.
+          const first = yield* batchOf("p")
+          yield* Effect.promise(() => openai.files.delete(first.input.id))
+          yield* eventuallyContents(first.done.id, { bodies: ["", ""], answers: 1, failures: 1 })
+          expect(yield* resultsOf(first.done.id, "output")).toEqual({ status: 200 })
+
+          // The error file deleted, then the output (the input kept): each kind's results are gone at once, and what
+          // the rows held of them at the next sweep; the prompts stay for a rerun.
+          const { done } = yield* batchOf("q")
+          yield* Effect.promise(() => openai.files.delete(done.error_file_id!))
+          expect(yield* resultsOf(done.id, "error")).toEqual(gone(done.id, "error", done.error_file_id!))
+          expect(yield* resultsOf(done.id, "output")).toEqual({ status: 200 })
+          const prompts = [chatLine("q1", "PROMPT-MARK one"), chatLine("q2", "PROMPT-MARK two [fail:400]")].map((l) => JSON.stringify(JSON.parse(l).body))
+          yield* eventuallyContents(done.id, { bodies: prompts, answers: 1, failures: 0 })
+          yield* Effect.promise(() => openai.files.delete(done.output_file_id!))
+          expect(yield* resultsOf(done.id, "output")).toEqual(gone(done.id, "output", done.output_file_id!))
+          yield* eventuallyContents(done.id, { bodies: prompts, answers: 0, failures: 0 })
           expect(yield* rowsOf(done.id)).toEqual([2, 2, 1]) // the rows stay: their lines, statuses and codes
           const kept = yield* Effect.promise(() => openai.batches.retrieve(done.id))
           expect(kept.request_counts).toEqual({ total: 2, completed: 1, failed: 1 })
@@ -134,7 +144,8 @@ const contentsOf = (id: string) =>
       const bodies = yield* sql<{ body: string }>`SELECT body FROM batch_requests WHERE batch_id = ${id} ORDER BY line`
       const [kept] = yield* sql<{ answers: number | string; failures: number | string }>`SELECT
         (SELECT COUNT(*) FROM batch_results WHERE batch_id = ${id} AND status_code = 200 AND response IS NOT NULL) AS answers,
-        (SELECT COUNT(*) FROM batch_results WHERE batch_id = ${id} AND status_code <> 200 AND response IS NOT NULL) AS failures`
+        (SELECT COUNT(*) FROM batch_results WHERE batch_id = ${id} AND (status_code IS NULL OR status_code <> 200)
+          AND (response IS NOT NULL OR error_message IS NOT NULL)) AS failures`
       return { bodies: bodies.map((r) => r.body), answers: Number(kept!.answers), failures: Number(kept!.failures) }
     })).pipe(Effect.orDie)
 

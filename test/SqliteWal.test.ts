@@ -21,7 +21,7 @@ it.scoped("the WAL file is cut back to WAL_SIZE_LIMIT after a checkpoint", () =>
       expect(wal()).toBeGreaterThan(WAL_SIZE_LIMIT)
       // Checkpointed in full, the next write starts the log over and cuts it back.
       yield* sql`PRAGMA wal_checkpoint(PASSIVE)`
-      yield* sql`DELETE FROM burst`
+      yield* sql`INSERT INTO burst (data) VALUES (${Buffer.alloc(1)})` // not a delete: zeroing 72 MB (secure_delete) fills the log again
       expect(wal()).toBeLessThanOrEqual(WAL_SIZE_LIMIT)
     }).pipe(Effect.provide(layerSqlite(file)))
   }).pipe(Effect.provide(TestDataDir.Default)), 30_000)

@@ -73,7 +73,10 @@ const HELD_CHECK = Duration.millis(250)
  */
 const HELD_LONG_MS = 1000
 
-/** Groups of batches (`BatchStore.sweepSpentRows`) a sweep looks at, at most: a few milliseconds each. */
+/**
+ * Groups of batches (`BatchStore.sweepSpentRows`) a sweep looks at, at most: a few milliseconds each, more while
+ * what a gone file held is cleared from the rows (a bounded number of lines a group, in short statements).
+ */
 const SPENT_GROUPS = 10
 
 export const make = Effect.gen(function*() {

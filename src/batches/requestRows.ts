@@ -23,6 +23,9 @@ interface PendingColumns {
 
 /** Batches a sweep of spent rows looks at. */
 const SPENT_GROUP = 500
+/** Lines a statement clearing what a gone file held (`clearGoneParts`) goes over, and lines a sweep clears at most. */
+const CLEAR_LINES = 2000
+const CLEAR_BUDGET = 20_000
 
 const pendingRow = (r: PendingColumns): RequestRow => {
   const used = Number(r.attempts)
@@ -75,25 +78,37 @@ export const makeRequestRows = (
    * through `GET /v1/batches/{id}/results`, and the prompts kept for as long as the output was.
    */
   const PARTS = [
-    { bit: 1, file: "input_file_id", clear: (ids: Statement.ArrayHelper) =>
-      sql`UPDATE batch_requests SET body = '' WHERE batch_id IN ${ids}` },
-    { bit: 2, file: "output_file_id", clear: (ids: Statement.ArrayHelper) =>
-      sql`UPDATE batch_results SET response = NULL WHERE batch_id IN ${ids} AND ${outcomeIs(sql, "succeeded")}` },
-    { bit: 4, file: "error_file_id", clear: (ids: Statement.ArrayHelper) =>
-      sql`UPDATE batch_results SET response = NULL, error_message = NULL WHERE batch_id IN ${ids} AND ${outcomeIs(sql, "failed")}` }
+    { bit: 1, file: "input_file_id", clear: (lines: Statement.Fragment) => sql`UPDATE batch_requests SET body = '' WHERE ${lines}` },
+    { bit: 2, file: "output_file_id", clear: (lines: Statement.Fragment) =>
+      sql`UPDATE batch_results SET response = NULL WHERE ${lines} AND ${outcomeIs(sql, "succeeded")}` },
+    { bit: 4, file: "error_file_id", clear: (lines: Statement.Fragment) =>
+      sql`UPDATE batch_results SET response = NULL, error_message = NULL WHERE ${lines} AND ${outcomeIs(sql, "failed")}` }
   ] as const
+  /**
+   * `clearGoneParts` of the batches in `group`: a statement per `CLEAR_LINES` lines, and at most `CLEAR_BUDGET` lines
+   * a sweep (the rest at the next pass), so that no statement holds the database long. A first sweep after an upgrade
+   * may find every old batch's input gone: one statement over them all held SQLite's one writer for seconds, and
+   * PostgreSQL's statement timeout would have stopped the sweep there for good.
+   */
   const clearGoneParts = (group: Statement.Fragment) =>
-    Effect.forEach(PARTS, ({ bit, clear, file }) =>
-      Effect.gen(function*() {
-        const due = yield* sql<{ id: BatchId }>`SELECT b.id FROM (${group}) b
+    Effect.gen(function*() {
+      let budget = CLEAR_BUDGET
+      for (const { bit, clear, file } of PARTS) {
+        const due = yield* sql<{ id: BatchId; cleared_parts: number | string; last: number | string | null }>`
+          SELECT b.id, b.cleared_parts, (SELECT MAX(line) FROM batch_requests r WHERE r.batch_id = b.id) AS last
+          FROM (${group}) b
           WHERE ${sql.in("b.status", terminalStatuses)} AND (b.cleared_parts & ${bit}) = 0 AND ${gone(file)}`
-        if (due.length === 0) return
-        const ids = sql.in(due.map((r) => r.id))
-        yield* sql.withTransaction(Effect.zipRight(
-          clear(ids),
-          sql`UPDATE batches SET cleared_parts = cleared_parts | ${bit} WHERE id IN ${ids}`
-        ))
-      }), { discard: true })
+        for (const { cleared_parts, id, last } of due) {
+          if (budget <= 0) return
+          const lastLine = Number(last ?? 0)
+          for (let from = 0; from < lastLine; from += CLEAR_LINES) {
+            yield* clear(sql`batch_id = ${id} AND line > ${from} AND line <= ${from + CLEAR_LINES}`)
+          }
+          budget -= lastLine
+          yield* sql`UPDATE batches SET cleared_parts = ${Number(cleared_parts) | bit} WHERE id = ${id}`
+        }
+      }
+    })
 
   // A group of batches looked at per sweep, in creation order: each sweep costs the same however many there are.
   const sweepSpentRows = (afterSeq: number) =>
