@@ -78,7 +78,7 @@ for (const backend of backends) describe(`rerun (${backend})`, () => {
         // Blank lines shift the line numbers away from the request positions.
         const text = lines.map((l, i) => (i % 25 === 24 ? `${l}\n` : l)).join("\n") + "\n"
         const file = yield* Effect.promise(async () =>
-          openai.files.create({ file: new File([text], "hundred.jsonl"), purpose: "batch", expires_after: { anchor: "created_at", seconds: 7200 } }))
+          openai.files.create({ file: new File([text], "hundred.jsonl"), purpose: "batch", expires_after: { anchor: "created_at", seconds: 7 * 86400 } }))
         const original = yield* createBatch(openai, file.id, { metadata: { team: "search", run: "7" } })
         const done = yield* waitFor(openai, original.id, terminal)
         expect(done.status).toBe("completed")
@@ -101,7 +101,8 @@ for (const backend of backends) describe(`rerun (${backend})`, () => {
         expect(rerun.input_file_id).not.toBe(file.id)
         const input = yield* Effect.promise(() => openai.files.retrieve(rerun.input_file_id))
         expect(input).toMatchObject({ purpose: "batch", filename: `${rerun.id}_retry.jsonl` })
-        // A copy of the prompts: it expires with the file it copies, not later (it was kept for good).
+        // A copy of the prompts: it expires with the file it copies, not later (it was kept for good), though it
+        // outlives the rerun's window (24 h: the rerun must be able to run).
         expect(Math.abs(input.expires_at! - file.expires_at!)).toBeLessThanOrEqual(1)
         const failed = lines.filter((_, i) => failing(i))
         expect(failed).toHaveLength(30)

@@ -13,7 +13,8 @@ import { type ApiError, type Conflict, conflict, invalidRequest, type NotFound, 
 import { type BatchId, batchId, fileId } from "../domain/Ids.js"
 import { visibilityOf } from "../domain/Projects.js"
 import { echo } from "../domain/Text.js"
-import { FileStore } from "../files/FileStore.js"
+import { FileStore, soonest } from "../files/FileStore.js"
+import { nowSeconds } from "../storage/Sql.js"
 import * as BatchLines from "../observability/batchLines.js"
 import { inBackground } from "../Scheduler.js"
 import { DiskReserve, usingReserve } from "../storage/DiskReserve.js"
@@ -118,7 +119,7 @@ export const make = Effect.gen(function*() {
         endpoint: valid.endpoint,
         inputFileId: valid.inputFileId,
         completionWindow: valid.completionWindow,
-        expiresAfterSeconds: Math.max(1, Math.round(Duration.toSeconds(completionWindow))),
+        expiresAfterSeconds: windowSeconds,
         metadata: valid.metadata,
         outputExpiresAfterSeconds: valid.outputExpiresAfterSeconds,
         idempotencyKey: valid.idempotencyKey,
@@ -137,14 +138,27 @@ export const make = Effect.gen(function*() {
       onSome: (quota) => Effect.map(files.projectBytes(project), (used) => ({ quota, room: quota - used }))
     })
 
+  /** How long a batch may run, in seconds. */
+  const windowSeconds = Math.max(1, Math.round(Duration.toSeconds(completionWindow)))
+  /**
+   * How long a copy of prompts the server writes (an inline batch's input, a rerun's) is kept: while the batch may run
+   * and its own files after it (`output_expires_after`), and no longer than the file a rerun copies has left, but
+   * for the batch's window (it must outlive the run); undefined: the batch files' default. Such copies were kept
+   * for good, though the user's own file expired.
+   */
+  const copyLife = (outputExpiresAfterSeconds: number | null, sourceLeft?: number) =>
+    soonest(
+      outputExpiresAfterSeconds === null ? undefined : windowSeconds + outputExpiresAfterSeconds,
+      sourceLeft === undefined ? undefined : Math.max(sourceLeft, windowSeconds)
+    )
+
   /** Stores inline requests as the input file `valid.inputFileId` of batch `batch`. */
   const writeInline = (jsonl: string, valid: ValidCreateBatch, project: string) => (batch: BatchId) =>
     Effect.gen(function*() {
       const bytes = Buffer.from(jsonl)
       const { quota, room } = yield* roomOf(project)
       if (bytes.length > room) return yield* overQuota(quota, room, "requests")
-      // Expiring with the batch's own files when it says when: a copy of the prompts outlives neither.
-      const expiresAfterSeconds = valid.outputExpiresAfterSeconds ?? undefined
+      const expiresAfterSeconds = copyLife(valid.outputExpiresAfterSeconds)
       const meta = { id: valid.inputFileId, filename: inlineFilename(batch), purpose: "batch", project, expiresAfterSeconds }
       return yield* files.create(meta, Stream.make(bytes))
     })
@@ -208,7 +222,10 @@ export const make = Effect.gen(function*() {
       if (isProblem(valid)) return yield* invalidRequest(valid.message, valid.param, valid.code)
       // Asked first: once the input file is gone, the batch's request rows go too (`sweepSpentRows`).
       const inputFile = original.batch.input_file_id
-      if (Option.isNone(yield* Effect.option(files.get(inputFile, "all")))) return yield* conflict(inputFileGone(id, inputFile))
+      const source = yield* Effect.option(files.get(inputFile, "all"))
+      if (Option.isNone(source)) return yield* conflict(inputFileGone(id, inputFile))
+      const sourceExpiresAt = source.value.expires_at
+      const sourceLeft = sourceExpiresAt === null ? undefined : sourceExpiresAt - (yield* nowSeconds)
       if ((yield* rerun.count(id, kinds)) === 0) return yield* conflict(nothingToRerun(id, kinds))
       // A whole file written within the request: at the background's priority, so that it leaves the event loop
       // turns between its steps (on Effect's microtasks synchronous storage could hold the loop for long).
@@ -218,7 +235,8 @@ export const make = Effect.gen(function*() {
             id: valid.inputFileId,
             filename: rerunFilename(batch),
             project: caller.project,
-            maxBytes: room
+            maxBytes: room,
+            expiresAfterSeconds: copyLife(valid.outputExpiresAfterSeconds, sourceLeft)
           }).pipe(
             Effect.catchTags({
               InputFileGone: ({ id: file }) => conflict(inputFileGone(id, file)),

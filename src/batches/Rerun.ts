@@ -11,8 +11,7 @@ import { Chunk, Context, Data, Effect, Layer, Stream } from "effect"
 import { type Batch, RerunKind, terminalStatuses } from "../domain/Batches.js"
 import type { FileObject } from "../domain/Files.js"
 import type { BatchId, FileId } from "../domain/Ids.js"
-import { FileStore, soonest } from "../files/FileStore.js"
-import { nowSeconds } from "../storage/Sql.js"
+import { FileStore } from "../files/FileStore.js"
 import type { BatchRecord } from "./BatchStore.js"
 import { pendingError } from "./finishing.js"
 import { type JsonlLine, jsonlLines, MAX_LINE_BYTES } from "./lines.js"
@@ -88,6 +87,8 @@ export interface RerunTarget {
   readonly filename: string
   readonly project: string
   readonly maxBytes: number
+  /** When the copy expires (`FileMetadata`); none: the batch files' default. */
+  readonly expiresAfterSeconds?: number | undefined
 }
 
 export interface RerunShape {
@@ -181,10 +182,8 @@ export const make = Effect.gen(function*() {
           return Chunk.unsafeFromArray(out)
         })
       const lines = input.stream.pipe(jsonlLines(MAX_LINE_BYTES), Stream.mapChunksEffect(pick))
-      // A copy of the prompts outlives neither the file it copies nor the batch's own files (their expiries).
-      const left = input.file.expires_at === null ? undefined : Math.max(1, input.file.expires_at - (yield* nowSeconds))
-      const expiresAfterSeconds = soonest(left, original.outputExpiresAfterSeconds ?? undefined)
-      return yield* files.create({ id: target.id, filename: target.filename, purpose: "batch", project: target.project, expiresAfterSeconds }, lines)
+      const { expiresAfterSeconds, filename, project } = target
+      return yield* files.create({ id: target.id, filename, purpose: "batch", project, expiresAfterSeconds }, lines)
     }).pipe(Effect.withSpan("Rerun.writeInput", { attributes: { id: original.batch.id } }))
 
   return Rerun.of({ count, writeInput })
