@@ -51,13 +51,15 @@ const expectedLiteral = (message: string): string | undefined =>
   /^Expected ("(?:[^"\\]|\\.)*"|-?\d[\d.e+-]*|true|false|null), actual /.exec(message)?.[1]
 
 /**
- * The literals the issues at `path` ask for, when they ask for several (a union of literals gives an issue per
- * member: the first alone named one of the values allowed as if it were the only one).
+ * The literals the issues at `path` ask for, when they ask for several and nothing else (a union of literals gives
+ * an issue per member: the first alone named one of the values allowed as if it were the only one).
  */
 const literalsAt = (issues: HttpApiError.HttpApiDecodeError["issues"], path: ReadonlyArray<PropertyKey>) => {
-  const same = issues.filter((i) => i._tag === "Type" && i.path.length === path.length && i.path.every((k, n) => k === path[n]))
-  const literals = new Set(same.flatMap((i) => expectedLiteral(i.message) ?? []))
-  return literals.size > 1 ? [...literals] : undefined
+  const same = issues.filter((i) => i.path.length === path.length && i.path.every((k, n) => k === path[n]))
+  // An optional member's `Expected undefined` aside; any other kind of value allowed, and the list would be short of it.
+  const asked = same.filter((i) => !i.message.startsWith("Expected undefined,")).map((i) => i._tag === "Type" ? expectedLiteral(i.message) : undefined)
+  const literals = new Set(asked.filter((l): l is string => l !== undefined))
+  return literals.size > 1 && literals.size === new Set(asked).size ? [...literals] : undefined
 }
 
 /** `HttpApiDecodeError` → 400 naming the first offending parameter. */

@@ -14,10 +14,11 @@ import { AppConfig } from "../Config.js"
 const CHECK_EVERY = Duration.minutes(1)
 
 /**
- * A clock before this reads a test's time, not a machine's: Effect's `TestClock` starts at 0, and an app embedded in
- * a test on PostgreSQL warned of a node 56 years behind at each start.
+ * Effect's clock this far from the machine's is a test's (`TestClock` starts at 0), not the machine's: an app
+ * embedded in a test on PostgreSQL warned of a node 56 years behind at each start. (A machine's own clock, however
+ * wrong, is the one `Date.now()` reads too.)
  */
-const TEST_TIME_BEFORE = Date.UTC(2025, 0, 1)
+const TEST_CLOCK_AWAY_MS = 86_400_000
 
 /**
  * How far a node's clock, read `before` and `after` asking, is ahead of the database's answer `databaseMs` (behind
@@ -47,7 +48,7 @@ export const watchClockSkew = (every: Duration.Duration = CHECK_EVERY) =>
     let apart = false
     const check = Effect.gen(function*() {
       const before = yield* Clock.currentTimeMillis
-      if (before < TEST_TIME_BEFORE) return
+      if (Math.abs(before - Date.now()) > TEST_CLOCK_AWAY_MS) return
       const [row] = yield* sql<{ ms: number }>`SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::float8 AS ms`
       const { aheadMs, uncertaintyMs } = skewOf(before, Number(row!.ms), yield* Clock.currentTimeMillis)
       if (!apart && Math.abs(aheadMs) - uncertaintyMs > boundMs) {
