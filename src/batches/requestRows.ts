@@ -23,8 +23,9 @@ interface PendingColumns {
 
 /** Batches a sweep of spent rows looks at. */
 const SPENT_GROUP = 500
-/** Lines a statement clearing what a gone file held (`clearGoneParts`) goes over, and lines a sweep clears at most. */
+/** Lines a statement clearing what a gone file held (`clearGoneParts`) goes over. */
 const CLEAR_LINES = 2000
+/** Lines cleared of a group's batches at a sweep, about: no batch more is begun past them. */
 const CLEAR_BUDGET = 20_000
 
 const pendingRow = (r: PendingColumns): RequestRow => {
@@ -85,8 +86,8 @@ export const makeRequestRows = (
       sql`UPDATE batch_results SET response = NULL, error_message = NULL WHERE ${lines} AND ${outcomeIs(sql, "failed")}` }
   ] as const
   /**
-   * `clearGoneParts` of the batches in `group`: a statement per `CLEAR_LINES` lines, and at most `CLEAR_BUDGET` lines
-   * a sweep (the rest at the next pass), so that no statement holds the database long. A first sweep after an upgrade
+   * `clearGoneParts` of the batches in `group`: a statement per `CLEAR_LINES` lines, and batches no more once
+   * `CLEAR_BUDGET` lines are cleared (the rest at the next pass), so that no statement holds the database long. A first sweep after an upgrade
    * may find every old batch's input gone: one statement over them all held SQLite's one writer for seconds, and
    * PostgreSQL's statement timeout would have stopped the sweep there for good.
    */
