@@ -261,8 +261,9 @@ export const makeJudge = (
       // Sent before a later overload signal: the overload that signal answered, not a new one.
       const stale = generation !== limit.generation
       const repeat = currentRun().has(ticket)
+      const asked = askedWait(status, headers, clock.unsafeCurrentTimeMillis())
       let alone = false // counted at the floor, no wait asked (`refusedAtFloor`)
-      return pauseFor(status, headers).pipe(
+      return pauseFor(status, asked).pipe(
         Effect.zipRight(overloaded(ticket, generation, `status ${status}`)),
         Effect.zipRight(status === 503 ? failed(ticket, n, statusSaying(response)) : Effect.succeed<Verdict>("retry")),
         Effect.map((verdict): Judged => {
@@ -276,7 +277,7 @@ export const makeJudge = (
           // or retries, would loop.
           if (outage.onTrial()) return status === 503 && n === 1 && !repeat ? "again" : "retry"
           if (atFloor) {
-            alone = Option.isNone(askedWait(status, headers, clock.unsafeCurrentTimeMillis()))
+            alone = Option.isNone(asked)
             return "retry"
           }
           if (stale || limit.current < before) return "again"

@@ -5,7 +5,7 @@
  */
 import { Duration, Effect, Option } from "effect"
 import { echo } from "../domain/Text.js"
-import { askedWait, type UpstreamFailure, upstreamErrorOf, type UpstreamResponse } from "../inference/answers.js"
+import { type askedWait, type UpstreamFailure, upstreamErrorOf, type UpstreamResponse } from "../inference/answers.js"
 import { ONCE_A_MINUTE_MS, type saidWithin } from "../observability/saidWithin.js"
 import type { JudgeOptions } from "./judge.js"
 
@@ -37,8 +37,8 @@ export const makeJudgeLines = (
    * A wait asked for (`Retry-After`, or a rate limit's reset: `askedWait`) pauses the whole upstream; said at most
    * once a minute (a spent quota answers every call so).
    */
-  const pauseFor = (status: number, headers: Record<string, string | undefined>) =>
-    Option.match(askedWait(status, headers, clock.unsafeCurrentTimeMillis()), {
+  const pauseFor = (status: number, asked: ReturnType<typeof askedWait>) =>
+    Option.match(asked, {
       onNone: () => Effect.void,
       onSome: (asked) => {
         const ms = Math.min(asked.ms, Duration.toMillis(maxPause))
