@@ -73,6 +73,16 @@ const scripted = (script: ReadonlyArray<Scripted>, maxAttempts = 5, config: Para
   return { calls, layer }
 }
 
+/** The lines logged that hold `words` (as `LEVEL text` with `withLevel`), and the logger that records them. */
+const loggedHolding = (words: string, withLevel = false) => {
+  const lines: Array<string> = []
+  const recorder = Logger.make(({ logLevel, message }) => {
+    const text = Array.isArray(message) ? message.join(" ") : String(message)
+    if (text.includes(words)) lines.push(withLevel ? `${logLevel.label} ${text}` : text)
+  })
+  return { lines, logger: Logger.replace(Logger.defaultLogger, recorder) }
+}
+
 const send = (options?: { deadline?: number }) =>
   Effect.flatMap(Inference, (inference) => inference.send("/v1/chat/completions", `{"model":"m"}`, options))
 
@@ -118,11 +128,7 @@ describe("Inference", () => {
       { status: 429, headers: { "retry-after": "90" } },
       { status: 200 }
     ])
-    const lines: Array<string> = []
-    const recorder = Logger.make(({ message }) => {
-      const text = Array.isArray(message) ? message.join(" ") : String(message)
-      if (text.includes("Retry-After")) lines.push(text)
-    })
+    const { lines, logger } = loggedHolding("Retry-After")
     return Effect.gen(function*() {
       const fiber = yield* Effect.fork(send())
       yield* TestClock.adjust("30 seconds") // the second 429: a new pause, within the minute: not said
@@ -135,7 +141,7 @@ describe("Inference", () => {
         "Upstream default answered 429 with Retry-After: no call goes to it for 30s",
         "Upstream default answered 429 with Retry-After: no call goes to it for 1m (it asked 1m 30s: INFERENCE_RETRY_MAX_DELAY)"
       ])
-    }).pipe(Effect.provide(Layer.provideMerge(layer, Logger.replace(Logger.defaultLogger, recorder))))
+    }).pipe(Effect.provide(Layer.provideMerge(layer, logger)))
   })
 
   it.effect("a 429 with no Retry-After but a rate limit run out (OpenAI's x-ratelimit-*) pauses the upstream until it resets", () => {
@@ -149,11 +155,7 @@ describe("Inference", () => {
       }
     }
     const { calls, layer } = scripted([limited, limited, { status: 200 }], 3)
-    const lines: Array<string> = []
-    const recorder = Logger.make(({ message }) => {
-      const text = Array.isArray(message) ? message.join(" ") : String(message)
-      if (text.includes("no call goes to it")) lines.push(text)
-    })
+    const { lines, logger } = loggedHolding("no call goes to it")
     return Effect.gen(function*() {
       const fiber = yield* Effect.fork(send())
       yield* TestClock.adjust("19 seconds") // the backoff alone would have sent it again at ~1 s, and failed at ~3 s
@@ -163,17 +165,13 @@ describe("Inference", () => {
       yield* TestClock.adjust("20 seconds")
       expect((yield* Fiber.join(fiber)).status).toBe(200)
       expect(lines).toEqual(["Upstream default answered 429 with x-ratelimit-reset-tokens: no call goes to it for 20s"])
-    }).pipe(Effect.provide(Layer.provideMerge(layer, Logger.replace(Logger.defaultLogger, recorder))))
+    }).pipe(Effect.provide(Layer.provideMerge(layer, logger)))
   })
 
   it.effect("a 429 to a call sent alone that asks for no wait is said once, with what the upstream said", () => {
     const overloaded = { status: 429, body: `{"error":"Model is overloaded","error_type":"overloaded"}` }
     const { layer } = scripted([overloaded, overloaded, overloaded], 3)
-    const lines: Array<string> = []
-    const recorder = Logger.make(({ logLevel, message }) => {
-      const text = Array.isArray(message) ? message.join(" ") : String(message)
-      if (text.includes("asking for no wait")) lines.push(`${logLevel.label} ${text}`)
-    })
+    const { lines, logger } = loggedHolding("asking for no wait", true)
     return Effect.gen(function*() {
       const fiber = yield* Effect.fork(send())
       yield* TestClock.adjust("10 seconds")
@@ -183,17 +181,13 @@ describe("Inference", () => {
         "wait (Model is overloaded): each such request is retried after its backoff, and fails once its " +
         "INFERENCE_MAX_ATTEMPTS are spent."
       ])
-    }).pipe(Effect.provide(Layer.provideMerge(layer, Logger.replace(Logger.defaultLogger, recorder))))
+    }).pipe(Effect.provide(Layer.provideMerge(layer, logger)))
   })
 
   it.effect("an answer a line cannot keep (a captive portal's page) fails its line at once, said once a minute without its text", () => {
     const portal = { status: 200, body: "<html><body>Please log in to continue</body></html>", headers: { "content-type": "text/html" } }
     const { calls, layer } = scripted([portal])
-    const lines: Array<string> = []
-    const recorder = Logger.make(({ logLevel, message }) => {
-      const text = Array.isArray(message) ? message.join(" ") : String(message)
-      if (text.includes("cannot keep")) lines.push(`${logLevel.label} ${text}`)
-    })
+    const { lines, logger } = loggedHolding("cannot keep", true)
     return Effect.gen(function*() {
       const failures = yield* Effect.all([send(), send(), send()].map(Effect.flip))
       expect(failures.map((f) => f._tag === "UpstreamFailure" && f.code)).toEqual(Array(3).fill("invalid_upstream_response"))
@@ -202,7 +196,7 @@ describe("Inference", () => {
       // Without the answer's text (the answer itself, often): its line in the error file has it.
       expect(lines[0]).toBe(`WARN Upstream default gave an answer a line cannot keep (invalid_upstream_response: The upstream answered 200 (content-type text/html) with a body of ${portal.body.length} characters that is not a JSON object.); such lines fail at once, not retried.`)
       expect(failures[0]!.message).toContain("Please log in")
-    }).pipe(Effect.provide(Layer.provideMerge(layer, Logger.replace(Logger.defaultLogger, recorder))))
+    }).pipe(Effect.provide(Layer.provideMerge(layer, logger)))
   })
 
   it.effect("a 4xx is final: no retry, the upstream body kept", () => {
