@@ -24,7 +24,7 @@ const TEST_CLOCK_AWAY_MS = 86_400_000
  * How far a node's clock, read `before` and `after` asking, is ahead of the database's answer `databaseMs` (behind
  * when negative), give or take `uncertaintyMs` (half the round trip: the server read its clock somewhere in it).
  */
-export const skewOf = (before: number, databaseMs: number, after: number) => ({
+const skewOf = (before: number, databaseMs: number, after: number) => ({
   aheadMs: (before + after) / 2 - databaseMs,
   uncertaintyMs: (after - before) / 2
 })
@@ -32,7 +32,7 @@ export const skewOf = (before: number, databaseMs: number, after: number) => ({
 const seconds = (ms: number) => `${(Math.abs(ms) / 1000).toFixed(1)} s`
 
 /** The warning of a node `aheadMs` ahead of the database's clock (behind when negative). */
-export const skewLine = (aheadMs: number, leaseTtl: Duration.Duration) =>
+const skewLine = (aheadMs: number, leaseTtl: Duration.Duration) =>
   `This node's clock is ${seconds(aheadMs)} ${aheadMs > 0 ? "ahead of" : "behind"} PostgreSQL's. Nodes judge each ` +
   `other's leases (LEASE_TTL ${Duration.format(leaseTtl)}) by their own clocks: one ahead takes live work from the ` +
   "others (their requests sent twice), one behind leaves a dead node's work waiting. Keep every node's clock in " +
