@@ -10,7 +10,8 @@
  *
  * Overload and outages, set at run time on the `Simulator` (or as options): `capacity` answers 429
  * `rate_limit_exceeded` at once (no Retry-After) to a request arriving while more than `capacity` are in flight;
- * `failAll` answers every inference request at once with its status (and `Retry-After` when given); `stop()` closes
+ * `failAll` answers every inference request at once with its status (and `Retry-After`, the error's `code` and
+ * `message` when given); `stop()` closes
  * the socket and every connection (connection refused) and `start()` listens again on the same port.
  *
  * Options (`startSimulator`): port, latencyMs, models, retryAfterSeconds, maxRunning, capacity, apiKey, tls ({ key, cert }:
@@ -87,7 +88,7 @@ export interface Simulator {
   /** See `SimulatorOptions.capacity`. */
   capacity: number | undefined
   /** While set, every inference request is answered at once with this status (and `retry-after` when given). */
-  failAll: { status: number; retryAfter?: string } | undefined
+  failAll: { status: number; retryAfter?: string; code?: string; message?: string } | undefined
   /** See `SimulatorOptions.apiKey`; changing it revokes the key the clients send (or lets them in again). */
   apiKey: string | undefined
   /** The models served: changing it changes `GET /v1/models` and which requests get a 404 (a server restarted with another). */
@@ -196,9 +197,11 @@ export const startSimulator = async (options: SimulatorOptions = {}): Promise<Si
     if (refusal !== undefined) {
       stats.rejected++
       const status = refusal.status
-      const message = sim.failAll === undefined ? `Over capacity (${sim.capacity} requests in flight)` : `Injected outage ${status}`
+      const message = sim.failAll === undefined
+        ? `Over capacity (${sim.capacity} requests in flight)`
+        : refusal.message ?? `Injected outage ${status}`
       const headers: Record<string, string> = refusal.retryAfter === undefined ? {} : { "retry-after": refusal.retryAfter }
-      return send(status, errorBody(status, message, status === 429 ? "rate_limit_exceeded" : null), headers)
+      return send(status, errorBody(status, message, refusal.code ?? (status === 429 ? "rate_limit_exceeded" : null)), headers)
     }
     pretty = prompt.includes("[pretty]")
     bignum = prompt.includes("[bignum]")

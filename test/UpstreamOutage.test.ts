@@ -347,6 +347,36 @@ sideBySide("an upstream that revokes its key mid-batch", () => layer(
       expect(done.request_counts).toEqual({ total: 60, completed: 60, failed: 0 })
       expect(events("upstream.up")).toHaveLength(ups + 1)
     }), { timeout: 30_000 })
+
+  // OpenAI's 429 `insufficient_quota`: GET /models still answers 200, and every line failed after its attempts.
+  it.effect("an account whose quota is spent pauses its batch (no line failed) until its calls are taken again", () =>
+    Effect.gen(function*() {
+      const { keyed } = yield* Simulators
+      const logs = yield* LogLines
+      const openai = yield* client
+      const events = (event: string) => logs.filter((l) => l.event === event)
+      const [downs, ups] = [events("upstream.down").length, events("upstream.up").length]
+      const batch = yield* createModelBatch(60, "model-k", "q")
+      yield* waitFor(openai, batch.id, (b) => (b.request_counts?.completed ?? 0) >= 5)
+      keyed!.failAll = { status: 429, code: "insufficient_quota", message: "You exceeded your current quota, please check your plan and billing details." }
+      yield* eventually(() => expect(events("upstream.down")).toHaveLength(downs + 1), 10_000)
+      expect(events("upstream.down").at(-1)!.message).toMatch(
+        /^Upstream keyed is down \(its account may make no more calls: POST .*\/chat\/completions answered status 429: You exceeded your current quota, .*; add credit or raise its budget\)/
+      )
+      const calls = keyed!.stats.rejected
+      yield* sleep(1500) // five probe intervals, each trial's one call refused again: down throughout
+      const paused = yield* Effect.promise(() => openai.batches.retrieve(batch.id))
+      expect([paused.status, paused.request_counts?.failed]).toEqual(["in_progress", 0])
+      const [state, , reason] = (yield* upstreamStates).keyed
+      expect([state, reason]).toEqual([expect.stringMatching(/^(down|recovering)$/), "quota"])
+      expect(keyed!.stats.rejected - calls).toBeLessThanOrEqual(6) // a trial's call at most per probe interval
+      expect(events("upstream.up")).toHaveLength(ups)
+
+      keyed!.failAll = undefined
+      const done = yield* waitFor(openai, batch.id, terminal, 20_000)
+      expect(done.request_counts).toEqual({ total: 60, completed: 60, failed: 0 })
+      expect(events("upstream.up")).toHaveLength(ups + 1)
+    }), { timeout: 30_000 })
 }))
 
 // Its own app: the outages it makes would be counted by the tests beside it.

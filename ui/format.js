@@ -149,5 +149,6 @@ export const DOWN_REASONS = {
   unreachable: "no connection",
   failing: "its calls fail",
   key: "its key is refused",
-  path: "its base URL misses the version path"
+  path: "its base URL misses the version path",
+  quota: "its quota or budget is spent"
 }

@@ -24,7 +24,8 @@ export const DOWN_REASONS: Record<string, string> = {
   unreachable: "no connection",
   failing: "its calls fail",
   key: "its key is refused",
-  path: "its base URL misses the version path"
+  path: "its base URL misses the version path",
+  quota: "its quota or budget is spent"
 }
 
 /**
@@ -44,7 +45,8 @@ export const upstreamNote = (upstream: UpstreamSeen | undefined, saidDown: boole
 /** When a batch goes on after an outage that is the configuration's, not the server's going away. */
 const WAY_BACK: Record<string, string> = {
   path: "once this server is restarted with the upstream's base URL mended (…/v1).",
-  key: "once the upstream takes its key again (or this server is restarted with another)."
+  key: "once the upstream takes its key again (or this server is restarted with another).",
+  quota: "once the upstream's account may make calls again (credit added, or its budget reset)."
 }
 
 /** How long a running batch's counts may stand still, its upstream up, before the watch says why that may be. */

@@ -23,7 +23,7 @@ export const UpstreamObject = Schema.Struct({
   /** When the outage under way began (unix seconds); null when up or paused. */
   down_since: Schema.NullOr(Schema.Int),
   /** What kind of trouble: no connection, its calls failing (5xx, timeouts), its key refused, its base URL's path. */
-  down_reason: Schema.NullOr(Schema.Literal("unreachable", "failing", "key", "path")),
+  down_reason: Schema.NullOr(Schema.Literal("unreachable", "failing", "key", "path", "quota")),
   /** The models it serves for the caller (those of `GET /v1/models` it owns). */
   models: Schema.Array(Schema.String),
   /** Whether it also takes models it does not list (`"*"` in the upstreams file). */

@@ -19,6 +19,8 @@
  *                           answering 404 too and `GET /v1/models` a 2xx: the base URL lacks its `/v1`, down as above
  *                           (every line of a batch failed); else final, with a line once
  *   403, 3xx                final; a line says what to check
+ *   quota spent             (`quotaSpent`: a 402, or `insufficient_quota`, `budget_exceeded`) down, as an outage:
+ *                           no call succeeds until credit is added; its trials' calls refused so keep it down
  *
  * A run of `OUTAGE_AFTER` requests failing at their first attempt with no success between also takes it down: an
  * outage fails new requests too, while a request failing again (a retry) is its own trouble. The run's last failure
@@ -41,8 +43,8 @@
  * An overload answer is sent again without counting as an attempt when it is the overload the limit answers (it
  * halved the limit, or its call was sent before a later overload signal), and for `SPARED_OVERLOADS` more of each
  * request's refusals, each sent again once one of this node's calls has ended there (or after `SPARED_WAIT`). Any
- * other counts, with its backoff, and every one at the floor: a request refused for good (a spent quota) fails
- * after its attempts.
+ * other counts, with its backoff, and every one at the floor: a request refused for good (a lasting "Model is
+ * overloaded") fails after its attempts.
  */
 import { type Clock, Deferred, Duration, Effect, Exit, FiberId, Option } from "effect"
 import { askedWait, type UpstreamFailure, type UpstreamResponse } from "../inference/answers.js"
@@ -51,7 +53,7 @@ import { saidWithin } from "../observability/saidWithin.js"
 import type { AdaptiveLimit } from "./adaptiveLimit.js"
 import type { Admission, Ticket } from "./Admission.js"
 import { makeBatchBlame } from "./batchBlame.js"
-import { makeJudgeLines, modelNotFound, statusSaying } from "./judgeLines.js"
+import { makeJudgeLines, modelNotFound, quotaSpent, statusSaying } from "./judgeLines.js"
 import { makeLimitLog } from "./limitLog.js"
 import type { DownKind, Outage } from "./outage.js"
 import type { UpstreamSpec } from "./UpstreamSpec.js"
@@ -255,6 +257,15 @@ export const makeJudge = (
     }
     const { headers, response } = attempt
     const status = response.status
+    if (quotaSpent(response)) {
+      // Sent before it went down (for this or another reason), or on trial: down (again), the call kept.
+      if (outage.isDown()) return Effect.succeed("again" as const)
+      return Effect.as(
+        markDown(`its account may make no more calls: POST ${urlFor(endpoint)} answered ${statusSaying(response)}; ` +
+          "add credit or raise its budget", "quota"),
+        "again" as const
+      )
+    }
     if (isRefusal(attempt)) {
       const atFloor = limit.atFloor
       const before = limit.current

@@ -13,6 +13,23 @@ import type { JudgeOptions } from "./judge.js"
 export const modelNotFound = (response: UpstreamResponse) =>
   (response.json as { error?: { code?: unknown } })?.error?.code === "model_not_found"
 
+/** The error codes (or types) saying the upstream's account may make no more calls for now. */
+const SPENT = new Set(["insufficient_quota", "budget_exceeded"])
+
+/**
+ * An answer saying the upstream's account may make no more calls: OpenAI's `insufficient_quota` (a 429), LiteLLM's
+ * `budget_exceeded` (a key's or team's budget), a 402 (OpenRouter's or DeepSeek's credits run out). No call
+ * succeeds until credit is added or the budget resets: the upstream's outage, not its requests' trouble (each line
+ * failed after its attempts, a batch burnt in minutes).
+ */
+export const quotaSpent = (response: UpstreamResponse) => {
+  if (response.status === 402) return true
+  if (response.status < 400 || response.status >= 500) return false
+  const error = (response.json as { error?: { code?: unknown; type?: unknown } } | null)?.error
+  return typeof error === "object" && error !== null &&
+    [error.code, error.type].some((said) => typeof said === "string" && SPENT.has(said))
+}
+
 /**
  * An answer's status and what its body says, for the reason an upstream is down (`status 503: Loading model`: a
  * model loading, not a server broken).
@@ -54,7 +71,7 @@ export const makeJudgeLines = (
 
   /**
    * A refusal at the floor that asks for no wait: its request's attempts are spent at their backoff's pace (a TGI's
-   * "Model is overloaded", a spent quota). Said at most once a minute, with what the upstream said: nothing had told
+   * "Model is overloaded" that lasts). Said at most once a minute, with what the upstream said: nothing had told
    * the operator why lines failed.
    */
   const refusedAtFloor = (status: number, response: UpstreamResponse) =>
