@@ -10,14 +10,16 @@ import { Duration, Effect, Layer, Logger, LogLevel, Option, Redacted } from "eff
 import { statfs } from "node:fs/promises"
 import { request as httpRequest } from "node:http"
 import type OpenAI from "openai"
+import { BatchStore } from "../src/batches/BatchStore.js"
 import { AppConfig } from "../src/Config.js"
+import { BatchId } from "../src/domain/Ids.js"
 import { HttpLive } from "../src/http/Http.js"
 import { MetricsServerLive } from "../src/http/MetricsHttp.js"
 import { ServicesLive } from "../src/Layers.js"
 import { makeMetrics, MAX_MODELS } from "../src/observability/metricsRegistry.js"
-import { chatLine, createBatch, sdk, terminal, upload, waitFor } from "./support/Batches.js"
+import { chatLine, createBatch, responseOutcome, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import { freePort } from "./support/ServerProcess.js"
-import { backends, baseUrl, configFor, storages, testApp, testAppWithUpstream, TestDatabase, TestDataDir, TestHttpServer } from "./support/TestApp.js"
+import { backends, baseUrl, configFor, eventually, storages, testApp, testAppWithUpstream, TestDatabase, TestDataDir, TestHttpServer } from "./support/TestApp.js"
 
 // --- the text format ------------------------------------------------------------------------------------------
 
@@ -258,7 +260,7 @@ describe("metrics", () => {
   // On both databases: the active batches are counted there.
   for (const backend of backends) {
     const app = testAppWithUpstream({ maxConcurrentRequestsPerBatch: 1 }, {}, backend)
-    layer(app, { excludeTestServices: true })(`a cancelled batch (${backend})`, (it) => {
+    layer(app, { excludeTestServices: true })(`one request at a time (${backend})`, (it) => {
       it.effect("is active while it runs; its requests ended by the cancel are counted cancelled", () =>
         Effect.gen(function*() {
           const openai = yield* client
@@ -281,6 +283,26 @@ describe("metrics", () => {
           const cancelled = { status: "cancelled" }
           expect(sum(after, "batch_batches_finished_total", cancelled) - sum(before, "batch_batches_finished_total", cancelled)).toBe(1)
           expect(sum(after, "batch_batches_active")).toBe(0)
+        }))
+
+      // After a takeover, the node that froze may answer lines the other has answered since: its counts said
+      // 32 requests and their tokens more than the batch had (a window), as if they were billed twice.
+      it.effect("lines another node stored first (a takeover) are that node's: this node counts only what it stored", () =>
+        Effect.gen(function*() {
+          const openai = yield* client
+          const store = yield* BatchStore
+          const before = yield* scrape()
+          const file = yield* upload(openai, Array.from({ length: 4 }, (_, i) => chatLine(`r${i}`, `slow ${i} [sleep:600]`)))
+          const created = yield* createBatch(openai, file.id)
+          yield* waitFor(openai, created.id, (b) => b.status === "in_progress")
+          yield* eventually(() => scrape().pipe(Effect.map((now) => expect(sum(now, "batch_upstream_inflight", { upstream: "default" })).toBe(1))))
+          // Lines 1 to 3 answered meanwhile by "another node": line 1's call is out, the others wait their turn.
+          const elsewhere = [1, 2, 3].map((line) => responseOutcome(line, { customId: `r${line - 1}` }))
+          expect(yield* store.recordOutcomes(BatchId.make(created.id), elsewhere)).toEqual(new Set([1, 2, 3]))
+          const done = yield* waitFor(openai, created.id, terminal)
+          expect([done.status, done.request_counts]).toEqual(["completed", { total: 4, completed: 4, failed: 0 }])
+          const after = yield* scrape()
+          expect(outcomes(before, after, chat)).toEqual({ success: 1, upstream_error: 0, no_response: 0, cancelled: 0, expired: 0 })
         }))
     })
   }

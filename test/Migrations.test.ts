@@ -76,7 +76,7 @@ describe("migrations", () => {
           code: "batch_cancelled",
           message: "cancelled"
         })
-        expect(yield* store.recordOutcomes(old, [outcome(1, "a"), outcome(3, "c")])).toBe(1)
+        expect(yield* store.recordOutcomes(old, [outcome(1, "a"), outcome(3, "c")])).toEqual(new Set([3]))
         expect((yield* store.get(old, "all")).batch.request_counts).toEqual({ total: 3, completed: 1, failed: 2 })
       }).pipe(Effect.provide(clientFor(backend))))
   }

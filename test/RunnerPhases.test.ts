@@ -38,7 +38,7 @@ const scriptedStore = (groups: Array<Array<number>>, write: (n: number) => Effec
     recordOutcomes: (_id: BatchId, outcomes: ReadonlyArray<RequestOutcome>) =>
       Effect.suspend(() => {
         groups.push(outcomes.map((o) => o.line))
-        return Effect.as(write(groups.length), outcomes.length)
+        return Effect.as(write(groups.length), new Set(outcomes.map((o) => o.line)))
       })
   } as unknown as BatchStoreShape)
 

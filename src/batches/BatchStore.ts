@@ -208,9 +208,10 @@ export interface BatchStoreShape {
 
   /**
    * Stores outcomes together with what they add to the batch's counts and usage (a trigger does that within the
-   * same statement); requests that already had an outcome keep it. Returns how many were stored.
+   * same statement); requests that already had an outcome keep it (another node's, after a takeover). Returns the
+   * lines stored.
    */
-  readonly recordOutcomes: (batchId: BatchId, outcomes: ReadonlyArray<RequestOutcome>) => Effect.Effect<number>
+  readonly recordOutcomes: (batchId: BatchId, outcomes: ReadonlyArray<RequestOutcome>) => Effect.Effect<ReadonlySet<number>>
   /** Gives every request still pending the error `code`; returns how many. */
   readonly failPending: (batchId: BatchId, code: string, message: string) => Effect.Effect<number>
   /**

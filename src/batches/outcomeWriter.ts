@@ -27,8 +27,11 @@ export interface OutcomeWriterOptions {
    * some): gathering stops once that many are in.
    */
   readonly window: number
-  /** Runs after each group is stored, before its waiters resume (slice bookkeeping); its failure fails them. */
-  readonly afterWrite: (outcomes: ReadonlyArray<RequestOutcome>) => Effect.Effect<void>
+  /**
+   * Runs after each group is written, with the lines it stored (the others had an outcome already: another node's,
+   * after a takeover), before its waiters resume (slice bookkeeping); its failure fails them.
+   */
+  readonly afterWrite: (outcomes: ReadonlyArray<RequestOutcome>, stored: ReadonlySet<number>) => Effect.Effect<void>
 }
 
 /**
@@ -141,7 +144,7 @@ export const makeOutcomeWriter = (
       group = rest
       if (rest.outcomes.length > 0) arrived.unsafeOpen()
       return outlivingBlips(batches.recordOutcomes(batchId, writing.outcomes)).pipe(
-        Effect.zipRight(options.afterWrite(writing.outcomes)),
+        Effect.flatMap((stored) => options.afterWrite(writing.outcomes, stored)),
         Effect.exit,
         Effect.flatMap((exit) =>
           Effect.suspend(() => {

@@ -85,19 +85,22 @@ export const makeRunning = (local: LocalWork, slots: RequestSlots) =>
             Effect.catchAllCause((cause) => Effect.logWarning("could not keep the attempts of unanswered requests", cause))
           )
         )
-        // Outcomes are counted once stored (a group whose write failed is sent again, and counted then), each with a
-        // plain call: thousands of requests run a second.
+        // Outcomes are counted once stored, those this node stored only (a group whose write failed is sent again,
+        // and counted then; a line another node answered first, after a takeover, is that node's), each with a plain
+        // call: thousands of requests run a second.
         const tally = metrics.requests(batch.endpoint, batch.model, inference.upstreamName?.(batch.model, record.project) ?? "unknown")
         // The answer memory each request's answer holds (`inference/answerMemory.ts`) is given back once the answer
         // is stored; what a run's end leaves held (a call interrupted as it was answered), when the run ends.
         const holds = new Set<AnswerHold>()
         const heldBy = new Map<RequestOutcome, AnswerHold>()
         yield* Effect.addFinalizer(() => Effect.sync(() => holds.forEach((hold) => hold.release())))
-        const stored = (written: ReadonlyArray<RequestOutcome>) =>
+        const stored = (written: ReadonlyArray<RequestOutcome>, storedLines: ReadonlySet<number>) =>
           Effect.suspend(() => {
             for (const outcome of written) {
-              if (outcome._tag === "Response") tally.answered(outcome.statusCode, outcome.usage)
-              else tally.noResponse()
+              if (storedLines.has(outcome.line)) {
+                if (outcome._tag === "Response") tally.answered(outcome.statusCode, outcome.usage)
+                else tally.noResponse()
+              }
               const hold = heldBy.get(outcome)
               if (hold !== undefined) {
                 hold.release()

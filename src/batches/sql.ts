@@ -66,7 +66,8 @@ export const makeBatchSql = (sql: SqlClient.SqlClient) => {
    * SQLite: one INSERT per SQLITE_OUTCOMES_PER_INSERT outcomes (groups are cut to that size, so the statements
    * stay few and prepared), values bound: cheaper than having SQLite take them out of a JSON parameter (the runner
    * alone went from ~38k to ~47k requests/s). The trigger of migration 0006 adds what it stored to the batch's
-   * counts and usage within the same statement, so a single INSERT needs no transaction around it.
+   * counts and usage within the same statement, so a single INSERT needs no transaction around it. Gives the lines
+   * it stored.
    */
   const insertOutcomesSqlite = (batchId: BatchId, outcomes: ReadonlyArray<RequestOutcome>) => {
     const inserts = chunks(outcomes, SQLITE_OUTCOMES_PER_INSERT).map((group) => {
@@ -77,16 +78,17 @@ export const makeBatchSql = (sql: SqlClient.SqlClient) => {
         else params.push(batchId, o.line, o.customId, o.resultId, null, null, null, o.code, o.message)
         params.push(u.input, u.cached, u.output, u.reasoning, u.total)
       }
-      const text = insertText("batch_results", outcomeColumns, group.length, "ON CONFLICT DO NOTHING")
-      return Effect.map(sql.unsafe(text, params).raw, (result) => (result as { changes: number }).changes)
+      const text = insertText("batch_results", outcomeColumns, group.length, "ON CONFLICT DO NOTHING RETURNING line")
+      return sql.unsafe(text, params).values
     })
-    if (inserts.length === 1) return inserts[0]!
-    return sql.withTransaction(Effect.map(Effect.all(inserts), (stored) => stored.reduce((a, b) => a + b, 0)))
+    const lines = (stored: ReadonlyArray<ReadonlyArray<unknown>>) => new Set(stored.map((row) => Number(row[0])))
+    if (inserts.length === 1) return Effect.map(inserts[0]!, lines)
+    return sql.withTransaction(Effect.map(Effect.all(inserts), (stored) => lines(stored.flat())))
   }
 
   /**
    * Postgres: the group as one JSON parameter, inserted by a single statement (one round trip); the trigger of
-   * migration 0006 adds the rows it inserted to the batch's counts and usage.
+   * migration 0006 adds the rows it inserted to the batch's counts and usage. Gives the lines it stored.
    */
   const insertOutcomesPg = (batchId: BatchId, outcomes: ReadonlyArray<RequestOutcome>) => {
     // The usage fields are named as in `TokenUsage`: input, cached, output, reasoning, total.
@@ -96,17 +98,16 @@ export const makeBatchSql = (sql: SqlClient.SqlClient) => {
         ? { line: o.line, custom_id: o.customId, result_id: o.resultId, status_code: o.statusCode, response: o.body, request_id: o.requestId, ...usage }
         : { line: o.line, custom_id: o.customId, result_id: o.resultId, error_code: o.code, error_message: o.message, ...usage }
     }))
-    return sql<{ stored: number | string }>`
-      WITH inserted AS (
-        INSERT INTO batch_results (${sql.literal(outcomeColumns.join(", "))})
-        SELECT ${batchId}, line, custom_id, result_id, status_code, response, request_id, error_code, error_message,
-          input, cached, output, reasoning, total
-        FROM json_to_recordset(${rows}::json) AS v(line INTEGER, custom_id TEXT, result_id TEXT, status_code INTEGER,
-          response TEXT, request_id TEXT, error_code TEXT, error_message TEXT, input BIGINT, cached BIGINT,
-          output BIGINT, reasoning BIGINT, total BIGINT)
-        ON CONFLICT DO NOTHING RETURNING 1
-      )
-      SELECT COUNT(*) AS stored FROM inserted`.pipe(Effect.map((result) => Number(result[0]!.stored)))
+    return sql`
+      INSERT INTO batch_results (${sql.literal(outcomeColumns.join(", "))})
+      SELECT ${batchId}, line, custom_id, result_id, status_code, response, request_id, error_code, error_message,
+        input, cached, output, reasoning, total
+      FROM json_to_recordset(${rows}::json) AS v(line INTEGER, custom_id TEXT, result_id TEXT, status_code INTEGER,
+        response TEXT, request_id TEXT, error_code TEXT, error_message TEXT, input BIGINT, cached BIGINT,
+        output BIGINT, reasoning BIGINT, total BIGINT)
+      ON CONFLICT DO NOTHING RETURNING line`.values.pipe(
+      Effect.map((stored): ReadonlySet<number> => new Set(stored.map((row) => Number(row[0]))))
+    )
   }
 
   /**
