@@ -42,8 +42,11 @@ const FINAL_STATUSES = ["completed", "failed", "expired", "cancelled"] as const
 
 /** Upstream attempts: 5 ms (a local server) to 10 minutes (`INFERENCE_TIMEOUT`'s default). */
 const ATTEMPT_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600]
-/** Batch times, from their stored timestamps (whole seconds): a second to the 24 hours of a completion window. */
-const BATCH_BUCKETS = [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 43200, 86400]
+/**
+ * Batch times, from their stored timestamps (whole seconds): a second to the 24 hours of a completion window, and on
+ * to the 7 days the README suggests as `COMPLETION_WINDOW` for slow local servers.
+ */
+const BATCH_BUCKETS = [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 28800, 43200, 86400, 172800, 345600, 604800]
 const HTTP_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 
 /** Token counts of one model, added to by every tally of that model. */
