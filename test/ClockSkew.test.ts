@@ -55,7 +55,9 @@ describe("a node's clock against PostgreSQL's", () => {
       expect(lines).toHaveLength(1) // not at each check
       offset.ms = 0
       yield* eventuallyEffect(Effect.sync(() => expect(lines.map((l) => l.event)).toEqual(["node.clock_skew", "node.clock_in_sync"])), 5_000)
-      expect(lines[1]!.message).toMatch(/^This node's clock agrees with PostgreSQL's again \(0\.\d s apart\)\.$/)
+      // Apart by what the query's round trip hides (up to a second or so on a loaded machine), within the bound.
+      const apart = /^This node's clock agrees with PostgreSQL's again \((\d+\.\d) s apart\)\.$/.exec(lines[1]!.message)
+      expect(Number(apart?.[1])).toBeLessThan(2)
       offset.ms = -3_000
       yield* eventuallyEffect(Effect.sync(() => expect(lines).toHaveLength(3)), 5_000)
       expect(lines[2]!.message).toMatch(/^This node's clock is 3\.\d s behind PostgreSQL's\./)
