@@ -55,7 +55,12 @@ describe("rows of finished batches", () => {
           const openai = yield* client
           const batchOf = (tag: string) =>
             Effect.gen(function*() {
-              const input = yield* upload(openai, [chatLine(`${tag}1`, "PROMPT-MARK one"), chatLine(`${tag}2`, "PROMPT-MARK two [fail:400]")])
+              // An answer, a failure with the upstream's answer, and one without (an answer no line can keep: its message).
+              const input = yield* upload(openai, [
+                chatLine(`${tag}1`, "PROMPT-MARK one"),
+                chatLine(`${tag}2`, "PROMPT-MARK two [fail:400]"),
+                chatLine(`${tag}3`, "PROMPT-MARK three [html]")
+              ])
               return { input, done: yield* waitFor(openai, (yield* createBatch(openai, input.id)).id, terminal) }
             })
           const resultsOf = (id: string, kind: "output" | "error") =>
@@ -75,7 +80,7 @@ describe("rows of finished batches", () => {
           // The input deleted: the prompts go from the rows at the next sweep; the answers and failures stay.
           const first = yield* batchOf("p")
           yield* Effect.promise(() => openai.files.delete(first.input.id))
-          yield* eventuallyContents(first.done.id, { bodies: ["", ""], answers: 1, failures: 1 })
+          yield* eventuallyContents(first.done.id, { bodies: ["", "", ""], answers: 1, failures: 2 })
           expect(yield* resultsOf(first.done.id, "output")).toEqual({ status: 200 })
 
           // The error file deleted, then the output (the input kept): each kind's results are gone at once, and what
@@ -84,14 +89,15 @@ describe("rows of finished batches", () => {
           yield* Effect.promise(() => openai.files.delete(done.error_file_id!))
           expect(yield* resultsOf(done.id, "error")).toEqual(gone(done.id, "error", done.error_file_id!))
           expect(yield* resultsOf(done.id, "output")).toEqual({ status: 200 })
-          const prompts = [chatLine("q1", "PROMPT-MARK one"), chatLine("q2", "PROMPT-MARK two [fail:400]")].map((l) => JSON.stringify(JSON.parse(l).body))
+          const prompts = [chatLine("q1", "PROMPT-MARK one"), chatLine("q2", "PROMPT-MARK two [fail:400]"), chatLine("q3", "PROMPT-MARK three [html]")]
+            .map((l) => JSON.stringify(JSON.parse(l).body))
           yield* eventuallyContents(done.id, { bodies: prompts, answers: 1, failures: 0 })
           yield* Effect.promise(() => openai.files.delete(done.output_file_id!))
           expect(yield* resultsOf(done.id, "output")).toEqual(gone(done.id, "output", done.output_file_id!))
           yield* eventuallyContents(done.id, { bodies: prompts, answers: 0, failures: 0 })
-          expect(yield* rowsOf(done.id)).toEqual([2, 2, 1]) // the rows stay: their lines, statuses and codes
+          expect(yield* rowsOf(done.id)).toEqual([3, 3, 1]) // the rows stay: their lines, statuses and codes
           const kept = yield* Effect.promise(() => openai.batches.retrieve(done.id))
-          expect(kept.request_counts).toEqual({ total: 2, completed: 1, failed: 1 })
+          expect(kept.request_counts).toEqual({ total: 3, completed: 1, failed: 2 })
         }))
 
       if (backend === "sqlite") {
