@@ -72,6 +72,40 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       expect(Option.getOrThrow(claims.find(Option.isSome)!)).toMatchObject({ firstLine: expect.any(Number), lastLine: expect.any(Number) })
     }).pipe(Effect.provide(storeFor(backend))))
 
+  it.effect("a node that stalled past its validation's lease writes nothing once another node took the batch", () =>
+    Effect.gen(function*() {
+      const leases = yield* WorkLeases
+      const store = yield* BatchStore
+      const id = BatchId.make(`batch_${Math.random().toString(16).slice(2)}`)
+      yield* store.create(newChatBatch(id, FileId.make("file-x")))
+      expect(yield* leases.claimBatch(id, lease("a", 1_000, 5_000))).toBe(true)
+      expect(yield* leases.whileHolding(id, "a", "validating", store.insertRequests(id, requestRows(3)))).toEqual(Option.some(undefined))
+      // A's lease lapses; B validates the batch again and starts it.
+      expect(yield* leases.claimBatch(id, lease("b", 7_000))).toBe(true)
+      const rowsNow = Effect.map(store.pendingRequests(id, 0, 10, 10), (rows) => rows.length)
+      // A wakes up: its start over (a delete), its rows and its start of the run are refused.
+      expect(yield* leases.whileHolding(id, "a", "validating", store.deleteRequests(id))).toEqual(Option.none())
+      expect(yield* rowsNow).toBe(3)
+      expect(yield* store.startRunning(id, { model: "m", total: 3 }, [{ firstLine: 1, lastLine: 3 }], "a")).toBe(false)
+      expect(yield* store.startRunning(id, { model: "m", total: 3 }, [{ firstLine: 1, lastLine: 3 }], "b")).toBe(true)
+      // Running now: no validator's write, B's included, touches it.
+      expect(yield* leases.whileHolding(id, "b", "validating", store.deleteRequests(id))).toEqual(Option.none())
+      expect(yield* rowsNow).toBe(3)
+      expect((yield* store.get(id, "all")).batch.status).toBe("in_progress")
+    }).pipe(Effect.provide(storeFor(backend))))
+
+  it.effect("no slice is claimed once the batch left in_progress (a cancel): the slices given back stay unsent", () =>
+    Effect.gen(function*() {
+      const leases = yield* WorkLeases
+      const store = yield* BatchStore
+      const id = yield* runningBatch(20, 10)
+      expect(Option.isSome(yield* leases.claimSlice(id, lease("a")))).toBe(true)
+      expect(Option.isSome(yield* store.transition(id, "cancel"))).toBe(true)
+      yield* leases.releaseLeases({ owner: "a" }) // node A stops on the cancel, giving its slice back
+      expect(yield* leases.claimSlice(id, lease("b"))).toEqual(Option.none())
+      expect(yield* leases.claimNextSlice(id, lease("b", 100_000))).toEqual(Option.none())
+    }).pipe(Effect.provide(storeFor(backend))))
+
   it.effect("an expired slice lease is taken over; the old owner's renewal no longer holds it", () =>
     Effect.gen(function*() {
       const leases = yield* WorkLeases

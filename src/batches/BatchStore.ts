@@ -166,12 +166,14 @@ export interface BatchStoreShape {
   /**
    * Move `startRunning` (validating → in_progress), stamping `model`, `total` and whether the model went unchecked,
    * creating the batch's slices and freeing its batch-wide lease, in one transaction; false when the batch had left
-   * `validating` (a cancel came first).
+   * `validating` (a cancel came first), or, with `heldBy`, when that node no longer holds its batch-wide lease (it
+   * stalled past it: another node validates the batch now).
    */
   readonly startRunning: (
     id: BatchId,
     patch: { readonly model: string | null; readonly total: number; readonly modelUnchecked?: boolean },
-    slices: ReadonlyArray<SliceBounds>
+    slices: ReadonlyArray<SliceBounds>,
+    heldBy?: string
   ) => Effect.Effect<boolean>
   /**
    * Marks a slice done (every one of its requests has an outcome) and frees it; when it was the batch's last open

@@ -11,7 +11,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import * as SqlSchema from "@effect/sql/SqlSchema"
 import { Clock, Context, Duration, Effect, Layer, Option, Schema } from "effect"
 import type { AppConfigShape } from "../Config.js"
-import { activeStatuses } from "../domain/Batches.js"
+import { activeStatuses, type BatchStatus } from "../domain/Batches.js"
 import { BatchId } from "../domain/Ids.js"
 import type { SliceBounds } from "./BatchStore.js"
 import { makeBatchSql, SqlInt } from "./sql.js"
@@ -36,7 +36,18 @@ export interface HeldSlice {
 export interface WorkLeasesShape {
   /** Takes the batch-wide lease of an unfinished batch if it is free, expired or already `owner`'s. */
   readonly claimBatch: (id: BatchId, lease: Lease) => Effect.Effect<boolean>
-  /** Takes the first open slice of a running batch whose lease is free or expired. */
+  /**
+   * Runs `write` in one transaction with the check that `owner` still holds batch `id`'s batch-wide lease and that
+   * the batch is `status` (its row locked meanwhile on PostgreSQL: no other node takes it in between); none,
+   * writing nothing, when not. A node that stalled past its lease (a pause, a partition) and woke up had deleted
+   * the request rows of a batch another node was running by then.
+   */
+  readonly whileHolding: <A, R>(id: BatchId, owner: string, status: BatchStatus, write: Effect.Effect<A, never, R>) => Effect.Effect<Option.Option<A>, never, R>
+  /**
+   * Takes the first open slice of a running batch whose lease is free or expired; none once the batch left
+   * `in_progress` (a cancel's: the slices another node gave back as it stopped were taken up and their requests
+   * sent again).
+   */
   readonly claimSlice: (id: BatchId, lease: Lease, lapsedOnly?: boolean) => Effect.Effect<Option.Option<Slice>>
   /**
    * The next slice to read: one whose other node's lease ran out first (`tookOver`: its work taken over), else a
@@ -99,6 +110,13 @@ export const make = Effect.gen(function*() {
       Effect.withSpan("WorkLeases.claimBatch", { attributes: { id } })
     )
 
+  const whileHolding = <A, R>(id: BatchId, owner: string, status: BatchStatus, write: Effect.Effect<A, never, R>) =>
+    Effect.gen(function*() {
+      yield* dialect.lockBatchRow(id)
+      const held = yield* sql`SELECT id FROM batches WHERE id = ${id} AND lease_owner = ${owner} AND status = ${status}`
+      return held.length === 0 ? Option.none<A>() : Option.some(yield* write)
+    }).pipe(sql.withTransaction, Effect.orDie)
+
   /**
    * A slice another node held and did not renew (`owner` is cleared only when a slice is released or done); this
    * node's own, lapsed in a stall, is its renewal's to tell (`LocalWork.lostBatches`), not one to read again.
@@ -111,7 +129,7 @@ export const make = Effect.gen(function*() {
     execute: ({ id, lapsedOnly, ...lease }) =>
       sql`
         UPDATE batch_slices SET owner = ${lease.owner}, lease_until = ${lease.until}
-        WHERE batch_id = ${id} AND slice = (
+        WHERE batch_id = ${id} AND EXISTS (SELECT 1 FROM batches WHERE id = ${id} AND status = 'in_progress') AND slice = (
           SELECT slice FROM batch_slices WHERE batch_id = ${id} AND state = 'open'
             AND ${lapsedOnly ? lapsed(lease) : free(lease)}
           ORDER BY slice LIMIT 1 ${dialect.skipLocked}
@@ -204,6 +222,7 @@ export const make = Effect.gen(function*() {
 
   return WorkLeases.of({
     claimBatch,
+    whileHolding,
     claimSlice,
     claimNextSlice,
     lapsedSlices,

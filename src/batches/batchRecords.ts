@@ -205,10 +205,10 @@ export const makeBatchRecords = (
     )
   }
 
-  const startRunning: BatchRecords["startRunning"] = (id, patch, slices) =>
+  const startRunning: BatchRecords["startRunning"] = (id, patch, slices, heldBy) =>
     Effect.gen(function*() {
       const set = { model: patch.model, total: patch.total, model_unchecked: patch.modelUnchecked === true ? 1 : 0, lease_owner: null, lease_until: null }
-      const batch = yield* applyMove(id, "startRunning", set)
+      const batch = yield* applyMove(id, "startRunning", set, heldBy === undefined ? undefined : sql`lease_owner = ${heldBy}`)
       if (Option.isNone(batch)) return batch
       yield* Effect.forEach(
         chunks(slices.map((s, slice) => ({ batch_id: id, slice, first_line: s.firstLine, last_line: s.lastLine })), INSERT_GROUP),

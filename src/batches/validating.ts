@@ -1,9 +1,11 @@
 /**
  * The validating phase of a batch whose batch-wide lease this node holds: streams the input file through the
  * fold of `inputValidation.ts`, stores its request rows a page at a time, and moves the batch to `in_progress`
- * (with its slices) or `failed` (with every problem found, and no row left).
+ * (with its slices) or `failed` (with every problem found, and no row left). Each write checks, in its
+ * transaction, that the batch is still this node's to validate (`WorkLeases.whileHolding`): a node that stalled
+ * past its lease stops there, writing nothing.
  */
-import { type Cause, Chunk, Effect, Option, Stream } from "effect"
+import { type Cause, Chunk, Data, Effect, Option, Stream } from "effect"
 import { AppConfig } from "../Config.js"
 import type { BatchError } from "../domain/Batches.js"
 import { type BatchId, batchRequestId } from "../domain/Ids.js"
@@ -17,6 +19,10 @@ import { type BatchRecord, BatchStore } from "./BatchStore.js"
 import { afterPendingIo } from "./eventLoop.js"
 import * as Input from "./inputValidation.js"
 import { type JsonlLine, jsonlLines, MAX_LINE_BYTES } from "./lines.js"
+import { WorkLeases } from "./WorkLeases.js"
+
+/** The batch is no longer this node's to validate: another node took it over (after a stall), or it was cancelled. */
+class HandedOver extends Data.TaggedError("HandedOver") {}
 
 /** Request rows stored per statement. */
 const ROWS_PER_INSERT = 1000
@@ -44,9 +50,17 @@ export const makeValidating = Effect.gen(function*() {
   const files = yield* FileStore
   const inference = yield* Inference
   const config = yield* AppConfig
+  const leases = yield* WorkLeases
+
+  /** `write`, while the batch is this node's to validate; else `HandedOver`, writing nothing. */
+  const held = <A>(id: BatchId, write: Effect.Effect<A>) =>
+    Effect.flatMap(
+      leases.whileHolding(id, config.nodeId, "validating", write),
+      Option.match({ onNone: () => Effect.fail(new HandedOver()), onSome: Effect.succeed })
+    )
 
   const fail = (id: BatchId, errors: ReadonlyArray<BatchError>) =>
-    Effect.zipRight(store.deleteRequests(id), store.transition(id, "validationFailed", { errors })).pipe(
+    held(id, Effect.zipRight(store.deleteRequests(id), store.transition(id, "validationFailed", { errors }))).pipe(
       Effect.tap((moved) => (Option.isSome(moved) ? BatchLines.validationFailed(id, errors) : Effect.void))
     )
 
@@ -72,7 +86,7 @@ export const makeValidating = Effect.gen(function*() {
           line: null
         }])
       }
-      yield* store.deleteRequests(batch.id) // a validation cut short by a restart starts over
+      yield* held(batch.id, store.deleteRequests(batch.id)) // a validation cut short by a restart starts over
 
       let state = Input.initial({
         endpoint: batch.endpoint,
@@ -82,7 +96,7 @@ export const makeValidating = Effect.gen(function*() {
       })
       const storeRows = Effect.suspend(() => {
         const rows = Input.takeRows(state)
-        return rows.length === 0 ? Effect.void : store.insertRequests(batch.id, rows)
+        return rows.length === 0 ? Effect.void : held(batch.id, store.insertRequests(batch.id, rows))
       })
       // The lines are checked a step at a time, in one go (an effect per line cost more than the checks), and their
       // rows stored a page at a time (a statement per step cost a third more time); after each step the event loop
@@ -147,17 +161,18 @@ export const makeValidating = Effect.gen(function*() {
       }
       // Unchecked: not found in a list that may lack it (an upstream serving any model gave none yet).
       const modelUnchecked = list !== undefined && !list.complete && !list.data.some((m) => m.id === verdict.model)
-      if (yield* store.startRunning(batch.id, { model: verdict.model, total: verdict.total, modelUnchecked }, verdict.slices)) {
+      if (yield* store.startRunning(batch.id, { model: verdict.model, total: verdict.total, modelUnchecked }, verdict.slices, config.nodeId)) {
         yield* BatchLines.validated(batch.id, verdict.total, verdict.model, record.project)
       }
-    }).pipe(Effect.withSpan("BatchRunner.validate", { attributes: { "batch.id": record.batch.id } }))
+    }).pipe(
+      Effect.catchTag("HandedOver", () =>
+        Effect.logInfo(`Batch ${record.batch.id}: validation stopped, the batch no longer this node's to validate (taken over after a stall, or cancelled)`)),
+      Effect.withSpan("BatchRunner.validate", { attributes: { "batch.id": record.batch.id } })
+    )
 
   const giveBackSpace = (id: BatchId, cause: Cause.Cause<unknown>) =>
     isCapacityFault(cause)
-      ? store.get(id, "all").pipe(
-        Effect.flatMap(({ batch }) => batch.status === "validating" ? store.deleteRequests(id) : Effect.void),
-        Effect.catchAllCause(() => Effect.void)
-      )
+      ? leases.whileHolding(id, config.nodeId, "validating", store.deleteRequests(id)).pipe(Effect.catchAllCause(() => Effect.void))
       : Effect.void
 
   return { validate, giveBackSpace } satisfies Validating
