@@ -1,14 +1,14 @@
 /** FileStore against real SQLite and real PostgreSQL (a fresh schema), and real files in a scratch directory. */
 import { assert, describe, expect, it } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Chunk, Clock, Duration, Effect, Exit, Fiber, Layer, Option, Stream, TestClock } from "effect"
+import { Cause, Chunk, Clock, Duration, Effect, Exit, Fiber, Layer, Option, Stream, TestClock } from "effect"
 import { mkdirSync, readdirSync, readFileSync, utimesSync, writeFileSync } from "node:fs"
 import * as Path from "node:path"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { AppConfig } from "../src/Config.js"
 import { type FileId, FileId as FileIdSchema } from "../src/domain/Ids.js"
 import { StorageLive } from "../src/Layers.js"
-import { fileNameOfNodeId } from "../src/storage/BlobStore.js"
+import { fileNameOfNodeId, isMissingBlob } from "../src/storage/BlobStore.js"
 import { configFor, eventuallyEffect, storages, storedBlobs, TestDatabase, TestDataDir } from "./support/TestApp.js"
 
 const bytesOf = (text: string) => new TextEncoder().encode(text)
@@ -89,6 +89,28 @@ for (const { backend, fileStorage } of storages) describe(`FileStore (${backend}
       expect((yield* storedBlobs).blobs).not.toContain(created.id)
       expect((yield* Effect.flip(files.get(created.id, "all")))._tag).toBe("FileNotFound")
       expect((yield* Effect.flip(files.remove(created.id, "all")))._tag).toBe("FileNotFound")
+    }).pipe(Effect.provide(storeLayer)))
+
+  // SQL bytes are read a chunk at a time: a file deleted meanwhile read as a shorter one (a batch ran its first lines).
+  // Bytes on disk are read from the open file, which a delete leaves whole.
+  it.scoped("a file deleted while it is read: its read fails as bytes missing, or ends whole; never shorter", () =>
+    Effect.gen(function*() {
+      const files = yield* FileStore
+      const binary = new Uint8Array(1300 * 1024 + 7).map((_, i) => (i * 7919) % 256)
+      const created = yield* upload("read.bin", "user_data", binary)
+      const { stream } = yield* files.content(created.id, "all")
+      const pulled = yield* Stream.toPull(stream)
+      let read = Chunk.reduce(yield* pulled, 0, (n, bytes) => n + bytes.length)
+      yield* files.remove(created.id, "all")
+      const rest = yield* Effect.exit(Stream.runCollect(Stream.repeatEffectChunkOption(pulled)))
+      if (Exit.isSuccess(rest)) {
+        for (const bytes of rest.value) read += bytes.length
+        expect(read).toBe(binary.length)
+        expect(fileStorage).toBe("local")
+      } else {
+        expect(isMissingBlob(Cause.squash(rest.cause))).toBe(true)
+        expect(fileStorage).toBe("sql")
+      }
     }).pipe(Effect.provide(storeLayer)))
 
   it.scoped("a deleted or swept file's id stays an `after` cursor for a day: deleting each file of a page as it is listed reaches them all", () =>

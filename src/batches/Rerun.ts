@@ -7,11 +7,12 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { Fragment } from "@effect/sql/Statement"
-import { Chunk, Context, Data, Effect, Layer, Stream } from "effect"
+import { Chunk, Context, Data, Effect, Layer, Option, Stream } from "effect"
 import { type Batch, RerunKind, terminalStatuses } from "../domain/Batches.js"
 import type { FileObject } from "../domain/Files.js"
 import type { BatchId, FileId } from "../domain/Ids.js"
 import { FileStore } from "../files/FileStore.js"
+import { isMissingBlob } from "../storage/BlobStore.js"
 import type { BatchRecord } from "./BatchStore.js"
 import { pendingError } from "./finishing.js"
 import { type JsonlLine, jsonlLines, MAX_LINE_BYTES } from "./lines.js"
@@ -183,7 +184,10 @@ export const make = Effect.gen(function*() {
         })
       const lines = input.stream.pipe(jsonlLines(MAX_LINE_BYTES), Stream.mapChunksEffect(pick))
       const { expiresAfterSeconds, filename, project } = target
-      return yield* files.create({ id: target.id, filename, purpose: "batch", project, expiresAfterSeconds }, lines)
+      return yield* files.create({ id: target.id, filename, purpose: "batch", project, expiresAfterSeconds }, lines).pipe(
+        // Deleted as it was read: gone, not a shorter file (the rest of its lines left out of the rerun).
+        Effect.catchSomeDefect((fault) => isMissingBlob(fault) ? Option.some(new InputFileGone({ id: input_file_id })) : Option.none())
+      )
     }).pipe(Effect.withSpan("Rerun.writeInput", { attributes: { id: original.batch.id } }))
 
   return Rerun.of({ count, writeInput })

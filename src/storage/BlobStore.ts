@@ -54,12 +54,26 @@ export interface BlobStoreShape {
 export class BlobStore extends Context.Tag("BlobStore")<BlobStore, BlobStoreShape>() {}
 
 /**
- * Whether a read's fault is the local store's for bytes that are not there (a database restored beside older files,
- * a blob removed by hand); the SQL store's missing bytes are an empty stream.
+ * The SQL store's fault for bytes removed while they were read (their file deleted, or written again): what was read
+ * is not the whole of them. Without it, a file deleted as a batch validated it was read as a shorter file, and
+ * the batch ran its first lines only.
+ */
+export class BlobGoneWhileRead extends Error {
+  readonly _tag = "BlobGoneWhileRead"
+  constructor(key: string) {
+    super(`The bytes of ${key} were removed while they were read`)
+  }
+}
+
+/**
+ * Whether a read's fault is for bytes that are not there: the local store's (a database restored beside older
+ * files, a blob removed by hand), or the SQL store's for bytes removed while read (`BlobGoneWhileRead`); the SQL
+ * store's bytes missing from the start are an empty stream.
  */
 export const isMissingBlob = (fault: unknown) =>
-  fault instanceof Error && (fault as { _tag?: unknown })._tag === "SystemError" &&
-  (fault as { reason?: unknown }).reason === "NotFound"
+  fault instanceof BlobGoneWhileRead ||
+  (fault instanceof Error && (fault as { _tag?: unknown })._tag === "SystemError" &&
+    (fault as { reason?: unknown }).reason === "NotFound")
 
 /**
  * Bytes read at a time: each piece makes a round of the response stream's backpressure, so larger pieces stream

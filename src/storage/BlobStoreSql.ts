@@ -7,7 +7,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import { Chunk, Clock, Effect, Layer, Option, Stream } from "effect"
 import { randomUUID } from "node:crypto"
 import { AppConfig } from "../Config.js"
-import { BlobStore, ORPHAN_AGE_MS, STALE_STAGING_MS, type StagedBlob, type StagingWriter } from "./BlobStore.js"
+import { BlobGoneWhileRead, BlobStore, ORPHAN_AGE_MS, STALE_STAGING_MS, type StagedBlob, type StagingWriter } from "./BlobStore.js"
 import { sliceBytes } from "./sliceBytes.js"
 
 /** Bytes per stored chunk: the most an upload or a download holds in memory at a time. */
@@ -130,15 +130,24 @@ export const make = (nodeId: string) =>
         (rows) =>
           rows.length === 0 ? Effect.succeed(Stream.empty) : Effect.map(
             offset === 0 ? Effect.succeed({ after: -1, within: 0 }) : Effect.orDie(chunkOf(rows[0]!.token, offset)),
-            ({ after, within }) => fromChunk(rows[0]!.token, after, within)
+            ({ after, within }) => fromChunk(key, rows[0]!.token, after, within)
           )
       ))
 
-    /** The chunks of the blob under `token` after `first`, the first of them from byte `within` on. */
-    const fromChunk = (token: string, first: number, within: number): Stream.Stream<Uint8Array> => {
+    /**
+     * The chunks of the blob under `token` after `first`, the first of them from byte `within` on. Where they run
+     * out, the blob must still be there (its chunks go with its row, in one transaction): else they ran out because
+     * it was removed meanwhile, and the read fails (`BlobGoneWhileRead`) rather than end early.
+     */
+    const fromChunk = (key: string, token: string, first: number, within: number): Stream.Stream<Uint8Array> => {
+      const stillThere = sql`SELECT 1 FROM blobs WHERE token = ${token}`.pipe(
+        Effect.orDie,
+        Effect.flatMap((rows) => (rows.length > 0 ? Effect.void : Effect.die(new BlobGoneWhileRead(key))))
+      )
       const chunks = Stream.paginateChunkEffect(first, (after: number) =>
             chunkAfter(token, after).pipe(
               Effect.orDie,
+              Effect.tap((pieces) => (pieces.length === 0 ? stillThere : Effect.void)),
               Effect.map((pieces) => [
                 Chunk.unsafeFromArray(
                   pieces.map((c) => new Uint8Array(c.data.buffer, c.data.byteOffset, c.data.byteLength))
