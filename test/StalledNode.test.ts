@@ -4,23 +4,25 @@
  * deleting the batch's request rows, or failed the batch for an input deleted since, while another node ran it.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Logger, LogLevel, Stream } from "effect"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { Effect, Fiber, Layer, Logger, LogLevel, Option, Stream } from "effect"
 import { BatchStore, BatchStoreLive } from "../src/batches/BatchStore.js"
 import { makeValidating } from "../src/batches/validating.js"
 import { WorkLeases, WorkLeasesLive } from "../src/batches/WorkLeases.js"
-import { BatchId } from "../src/domain/Ids.js"
+import { makeFinishing } from "../src/batches/finishing.js"
+import { BatchId, derivedFileId, FileId } from "../src/domain/Ids.js"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { InferenceLive } from "../src/inference/Inference.js"
 import { MetricsTest } from "../src/observability/Metrics.js"
 import { StorageLive } from "../src/Layers.js"
-import { chatLine, newChatBatch, requestRows } from "./support/Batches.js"
+import { chatLine, newChatBatch, requestRows, responseOutcome } from "./support/Batches.js"
 import { backends, configFor, TestDatabase, TestDataDir, Upstream } from "./support/TestApp.js"
 
-/** The stores and the upstreams of node `stalled`, without its runner: the test plays its validation by hand. */
+/** The stores, SQL client and upstreams of node `stalled`, without its runner: the test plays its work by hand. */
 const services = (backend: "sqlite" | "postgres") =>
   Layer.unwrapEffect(Effect.map(Upstream, (sim) =>
     Layer.mergeAll(FileStoreLive, BatchStoreLive, WorkLeasesLive, InferenceLive).pipe(
-      Layer.provide(StorageLive),
+      Layer.provideMerge(StorageLive),
       Layer.provideMerge(configFor({ inferenceBaseUrl: sim.url, nodeId: "stalled" })),
       Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
     ))).pipe(Layer.provideMerge(Layer.mergeAll(Upstream.layer(), TestDataDir.Default, TestDatabase.layer(backend), MetricsTest)))
@@ -59,6 +61,58 @@ for (const backend of backends) {
         yield* validating.validate(record).pipe(Effect.provide(recorded))
         expect((yield* store.get(id, "all")).batch.status).toBe("validating")
         expect(yield* rows).toEqual(["c1", "c2"])
+      }).pipe(Effect.provide(services(backend))), 30_000)
+
+    it.live("writes none of a batch's files, nor its final move, once another node took its finishing over", () =>
+      Effect.gen(function*() {
+        const files = yield* FileStore
+        const store = yield* BatchStore
+        const leases = yield* WorkLeases
+        const sql = yield* SqlClient.SqlClient
+        const id = BatchId.make(`batch_finish_${backend}`)
+        yield* store.create(newChatBatch(id, FileId.make("file-in")))
+        yield* store.insertRequests(id, requestRows(4))
+        expect(yield* store.startRunning(id, { model: "m", total: 4 }, [{ firstLine: 1, lastLine: 4 }])).toBe(true)
+        yield* store.recordOutcomes(id, [responseOutcome(1), responseOutcome(2)])
+        // Another node still runs the slice as the batch is cancelled: the finishing waits for its lease to end.
+        const now = Date.now()
+        expect(Option.isSome(yield* leases.claimSlice(id, { owner: "other", now, until: now + 1_000 }))).toBe(true)
+        expect(Option.isSome(yield* store.transition(id, "cancel"))).toBe(true)
+        const finishing = yield* Effect.fork((yield* makeFinishing).finish(id, "cancelDone"))
+        yield* Effect.sleep("300 millis")
+        // Meanwhile this node stalls past its lease, and the other node takes the batch over.
+        yield* Effect.orDie(sql`UPDATE batches SET lease_owner = 'other', lease_until = ${now + 60_000} WHERE id = ${id}`)
+        expect(yield* Fiber.join(finishing)).toBe(true)
+        const { batch } = yield* store.get(id, "all")
+        expect([batch.status, batch.output_file_id, batch.request_counts]).toEqual(["cancelling", null, { total: 4, completed: 2, failed: 0 }])
+        expect(yield* Effect.either(files.get(derivedFileId(`${id}:succeeded`), "all"))).toMatchObject({ _tag: "Left" })
+      }).pipe(Effect.provide(services(backend))), 30_000)
+
+    it.live("a file it was writing as another node took the batch over is not published: a deleted output stays deleted", () =>
+      Effect.gen(function*() {
+        const files = yield* FileStore
+        const store = yield* BatchStore
+        const sql = yield* SqlClient.SqlClient
+        const id = BatchId.make(`batch_files_${backend}`)
+        yield* store.create(newChatBatch(id, FileId.make("file-in")))
+        yield* store.insertRequests(id, requestRows(2))
+        expect(yield* store.startRunning(id, { model: "m", total: 2 }, [{ firstLine: 1, lastLine: 2 }])).toBe(true)
+        yield* store.recordOutcomes(id, [responseOutcome(1), responseOutcome(2)])
+        expect(yield* store.completeSlice(id, 0)).toBe(true) // finalizing
+        // This node stalls while its output file is written; the other node takes the batch over meanwhile.
+        const stalling = FileStore.of({
+          ...files,
+          create: (meta, content, check) =>
+            Effect.zipRight(
+              Effect.orDie(sql`UPDATE batches SET lease_owner = 'other', lease_until = ${Date.now() + 60_000} WHERE id = ${id}`),
+              files.create(meta, content, check)
+            )
+        })
+        const finishing = yield* makeFinishing.pipe(Effect.provideService(FileStore, stalling))
+        expect(yield* finishing.finish(id, "complete")).toBe(true)
+        const { batch } = yield* store.get(id, "all")
+        expect([batch.status, batch.output_file_id]).toEqual(["finalizing", null])
+        expect(yield* Effect.either(files.get(derivedFileId(`${id}:succeeded`), "all"))).toMatchObject({ _tag: "Left" })
       }).pipe(Effect.provide(services(backend))), 30_000)
   })
 }

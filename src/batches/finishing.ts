@@ -2,9 +2,11 @@
  * Finishing a batch, on the one node that holds its batch-wide lease: once no node works on its slices any more,
  * the requests left pending get their `batch_expired` or `batch_cancelled` error, the output and error files are
  * written from the stored outcomes in line order (each only when it has lines), and the batch makes its final move
- * with the files' ids.
+ * with the files' ids. Each write checks that the batch is still as this node found it, under its lease
+ * (`WorkLeases.whileHolding`): a node that stalled past its lease wrote its files over those of the node that
+ * finished the batch meanwhile, and brought back an output file deleted since.
  */
-import { Duration, Effect, Option, Schedule, Stream } from "effect"
+import { Data, Duration, Effect, Option, Schedule, Stream } from "effect"
 import { AppConfig } from "../Config.js"
 import { type BatchId, derivedFileId } from "../domain/Ids.js"
 import { FileStore } from "../files/FileStore.js"
@@ -12,8 +14,12 @@ import { echo } from "../domain/Text.js"
 import * as BatchLines from "../observability/batchLines.js"
 import { Inference } from "../inference/Inference.js"
 import { Metrics } from "../observability/Metrics.js"
+import type { BatchStatus } from "../domain/Batches.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
 import { nodeLease, WorkLeases } from "./WorkLeases.js"
+
+/** The batch is no longer as this node found it, under its lease: taken over after a stall, or moved on (a cancel). */
+class MovedOn extends Data.TaggedError("MovedOn") {}
 
 /** Result rows read at a time while writing the files. */
 const PAGE = 1000
@@ -60,7 +66,14 @@ export const makeFinishing = Effect.gen(function*() {
         page.count === 0 ? Option.none() : Option.some(page.lastLine) // a page may stop early: bounded by bytes
       ]))
 
-  const writeResultFile = (record: BatchRecord, kind: "succeeded" | "failed") => {
+  /** `write`, while the batch is `status` under this node's lease; else `MovedOn`, writing nothing. */
+  const held = <A>(id: BatchId, status: BatchStatus, write: Effect.Effect<A>) =>
+    Effect.flatMap(
+      leases.whileHolding(id, config.nodeId, status, write),
+      Option.match({ onNone: () => Effect.fail(new MovedOn()), onSome: Effect.succeed })
+    )
+
+  const writeResultFile = (record: BatchRecord, status: BatchStatus, kind: "succeeded" | "failed") => {
     const id = record.batch.id
     return Effect.map(
       files.create({
@@ -69,7 +82,7 @@ export const makeFinishing = Effect.gen(function*() {
         purpose: "batch_output",
         project: record.project, // the batch's: its results belong to whoever may see the batch
         expiresAfterSeconds: record.outputExpiresAfterSeconds ?? undefined
-      }, resultStream(id, kind)),
+      }, resultStream(id, kind), held(id, status, Effect.void)),
       (file) => file.id
     )
   }
@@ -89,28 +102,35 @@ export const makeFinishing = Effect.gen(function*() {
       return ` Its upstream '${name}' was down${since}.`
     })
 
-  /** Writes the output and error files (each only when it has lines) and makes `move`. */
+  /**
+   * Writes the output and error files (each only when it has lines) and makes `move`; each write only while the
+   * batch is as found, under this node's lease (else nothing more: the next round finds what became of it).
+   */
   const writeFilesAndMove = (id: BatchId, move: FinalMove) =>
     Effect.gen(function*() {
       let record = yield* load(id)
+      const { status } = record.batch
       const pending = pendingError[move]
       if (record.batch.in_progress_at === null) {
         // Never got past validation: there are no requests to report.
-        yield* store.deleteRequests(id)
+        yield* held(id, status, store.deleteRequests(id))
       } else if (pending !== undefined) {
         const { endpoint, model } = record.batch
         const why = move === "expire" ? yield* upstreamTrouble(model, record.project) : ""
-        const ended = yield* store.failPending(id, pending.code, `${pending.message}${why}`)
+        const ended = yield* held(id, status, store.failPending(id, pending.code, `${pending.message}${why}`))
         metrics.requests(endpoint, model, inference.upstreamName?.(model, record.project) ?? "unknown")
           .ended(move === "expire" ? "expired" : "cancelled", ended)
         record = yield* load(id)
       }
       const counts = record.batch.request_counts
-      const outputFileId = counts.completed > 0 ? yield* writeResultFile(record, "succeeded") : null
-      const errorFileId = counts.failed > 0 ? yield* writeResultFile(record, "failed") : null
-      const moved = yield* store.transition(id, move, { outputFileId, errorFileId })
+      const outputFileId = counts.completed > 0 ? yield* writeResultFile(record, status, "succeeded") : null
+      const errorFileId = counts.failed > 0 ? yield* writeResultFile(record, status, "failed") : null
+      const moved = yield* held(id, status, store.transition(id, move, { outputFileId, errorFileId }))
       if (Option.isSome(moved)) yield* BatchLines.finished(moved.value, record.project)
-    }).pipe(Effect.withSpan("BatchRunner.finish", { attributes: { "batch.id": id, move } }))
+    }).pipe(
+      Effect.catchTag("MovedOn", () => Effect.logDebug(`Batch ${id}: not finished here, no longer as this node found it under its lease`)),
+      Effect.withSpan("BatchRunner.finish", { attributes: { "batch.id": id, move } })
+    )
 
   const finish = (id: BatchId, move: FinalMove) =>
     Effect.gen(function*() {

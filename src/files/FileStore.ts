@@ -61,8 +61,15 @@ export interface FileStoreShape {
   readonly openUpload: Effect.Effect<StagingWriter, never, Scope.Scope>
   /** Publishes staged bytes as a new file. */
   readonly commit: (staged: StagedBlob, meta: FileMetadata) => Effect.Effect<FileObject>
-  /** `openUpload` + `commit` in one step. */
-  readonly create: <E>(meta: FileMetadata, content: Stream.Stream<Uint8Array, E>) => Effect.Effect<FileObject, E>
+  /**
+   * `openUpload` + `commit` in one step; `check`, when given, runs once the bytes are staged, just before they are
+   * published: its failure makes no file (a batch's files written by a node that lost the batch meanwhile).
+   */
+  readonly create: <E, E2 = never>(
+    meta: FileMetadata,
+    content: Stream.Stream<Uint8Array, E>,
+    check?: Effect.Effect<void, E2>
+  ) => Effect.Effect<FileObject, E | E2>
   /** A file `visibility` does not see is `FileNotFound`, exactly as one that does not exist. */
   readonly get: (id: FileId, visibility: Visibility) => Effect.Effect<FileObject, FileNotFound>
   /** The files `visibility` sees; an `after` cursor it does not see is an `UnknownCursor`. */
@@ -189,8 +196,9 @@ export const make = Effect.gen(function*() {
       return toFileObject(row)
     }).pipe(Effect.uninterruptible, Effect.withSpan("FileStore.commit"))
 
-  const create = <E>(meta: FileMetadata, content: Stream.Stream<Uint8Array, E>) =>
-    Effect.scoped(Effect.flatMap(stageStream(blobs, content), (staged) => commit(staged, meta))).pipe(
+  const create = <E, E2 = never>(meta: FileMetadata, content: Stream.Stream<Uint8Array, E>, check?: Effect.Effect<void, E2>) =>
+    Effect.scoped(Effect.flatMap(stageStream(blobs, content), (staged) =>
+      check === undefined ? commit(staged, meta) : Effect.zipRight(check, commit(staged, meta)))).pipe(
       Effect.withSpan("FileStore.create")
     )
 
