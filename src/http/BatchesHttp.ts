@@ -34,10 +34,13 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
         ? Effect.succeed(undefined)
         : Effect.map(Effect.option(Effect.flatMap(HttpServerRequest.HttpServerRequest, (r) => r.text)), Option.getOrUndefined)
 
+    /** Whether the request says it is a client's retry: the OpenAI SDKs count their retries in this header. */
+    const resent = Effect.map(HttpServerRequest.HttpServerRequest, (r) => Number(r.headers["x-stainless-retry-count"] ?? 0) >= 1)
+
     return handlers
       // Uninterruptible: a client that hangs up mid-call loses no audit line (the change itself runs to its end anyway).
       .handle("create", ({ payload }) =>
-        Effect.flatMap(Effect.zip(CurrentCaller, bodyText(payload)), ([caller, text]) => commands.create(payload, caller, text)).pipe(
+        Effect.flatMap(Effect.all([CurrentCaller, bodyText(payload), resent]), ([caller, text, again]) => commands.create(payload, caller, text, again)).pipe(
           Effect.tap((batch) => audit("batch.create", batch.id))
         ), { uninterruptible: true })
       .handle("retrieve", ({ path }) =>
@@ -50,7 +53,7 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
           Effect.tap((batch) => audit("batch.cancel", batch.id))
         ), { uninterruptible: true })
       .handle("retry", ({ path, payload }) =>
-        Effect.flatMap(CurrentCaller, (caller) => commands.retry(path.batch_id, payload, caller)).pipe(
+        Effect.flatMap(Effect.zip(CurrentCaller, resent), ([caller, again]) => commands.retry(path.batch_id, payload, caller, again)).pipe(
           Effect.tap((batch) => audit("batch.retry", batch.id))
         ), { uninterruptible: true })
       .handle("results", ({ path, urlParams }) =>
