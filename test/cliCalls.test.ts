@@ -87,6 +87,21 @@ describe("the CLI's calls against a scripted server", () => {
       expect(server.count()).toBe(2) // not asked again: a 404 does not pass
     }))
 
+  // `submit --watch` ended at a connection reset on its first poll (exit 1, "reading batch …"), the batch made.
+  it.scopedLive("a watch of a batch just made rides out a failure of its very first poll", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer
+      const api = Layer.merge(batchApiLayer({ baseUrl: server.url, apiKey: undefined }), NodeContext.layer)
+      server.set((_req, res, nth) => (nth === 0 ? apiError(res, 503, "restarting") : json(res, 200, batch("completed"))))
+      const notes: Array<string> = []
+      const ended = yield* recorded(watch("batch_abc", { ...fastWatch, printed: batch("validating") }), notes).pipe(Effect.provide(api))
+      expect(ended.status).toBe("completed")
+      expect(notes.filter((l) => !l.startsWith("["))).toEqual([
+        "server unavailable (503 restarting); retrying for up to 20s…",
+        "reconnected"
+      ])
+    }))
+
   it.scopedLive("a watch whose batch does not move says its upstream is down (this server's GET /v1/upstreams), then back", () =>
     Effect.gen(function*() {
       const server = yield* scriptedServer

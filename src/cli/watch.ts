@@ -129,7 +129,9 @@ export const watch = (id: string, settings: WatchSettings) =>
     let samples: ReadonlyArray<Sample> = []
     const patience: Patience = { retryFor: settings.retryFor, tell: (line) => Effect.zipRight(display.settle, note(line)) }
     const afterGivingUp = `Batch ${id} is not affected: \`openai-batch watch ${id}\` picks it up again.`
-    let seen = false
+    // A batch just made (`printed`) exists: a first poll that fails is the network's, waited out as any later one's
+    // (a connection reset then ended `submit --watch` at once, as if the id were wrong).
+    let seen = settings.printed !== undefined
     // The batch's upstream is asked about when the batch did not move since the last poll, and until it is said
     // to be back once it was said to be down; never again from a server without the route.
     let lastDone = -1
