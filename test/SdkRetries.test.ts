@@ -6,10 +6,10 @@
 import { expect, layer } from "@effect/vitest"
 import { Effect } from "effect"
 import OpenAI from "openai"
-import { chatLine, createBatch, readLines, terminal, upload, waitFor } from "./support/Batches.js"
+import { chatLine, createBatch, readLines, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import { baseUrl, testAppWithUpstream } from "./support/TestApp.js"
 
-/** The SDK with its retries, over a fetch that loses the answer to the first call whose path ends with `lost`. */
+/** The SDK with its retries, over a fetch that loses the answer to the first change whose path ends with `lost`. */
 const losingFirstAnswer = (base: string, lost: string) => {
   const seen: Array<string | null> = []
   let dropped = false
@@ -20,7 +20,7 @@ const losingFirstAnswer = (base: string, lost: string) => {
     fetch: async (url, init) => {
       const response = await fetch(url, init)
       const path = new URL(String(url)).pathname
-      if (init?.method === "POST" && path.endsWith(lost)) {
+      if ((init?.method === "POST" || init?.method === "DELETE") && path.endsWith(lost)) {
         seen.push(new Headers(init.headers).get("x-stainless-retry-count"))
         if (!dropped) {
           dropped = true
@@ -51,6 +51,17 @@ layer(testAppWithUpstream(), { excludeTestServices: true })("an SDK's retry afte
       // The same create, made again by the client (no retry): a batch of its own.
       const again = yield* createBatch(openai, file.id)
       expect(again.id).not.toBe(batch.id)
+    }))
+
+  it.effect("of a file's delete says it is deleted (not a 404, as if the delete had failed); a delete made anew is a 404", () =>
+    Effect.gen(function*() {
+      const base = yield* baseUrl
+      const file = yield* upload(sdk(base), [chatLine("a", "one")])
+      const { openai, seen } = losingFirstAnswer(base, file.id)
+      expect(yield* Effect.promise(() => openai.files.delete(file.id))).toEqual({ id: file.id, object: "file", deleted: true })
+      expect(seen).toEqual(["0", "1"])
+      const again = yield* Effect.promise(() => openai.files.delete(file.id).then(() => 200, (e: { status: number }) => e.status))
+      expect(again).toBe(404)
     }))
 
   it.effect("of a rerun gets the rerun the first attempt made", () =>

@@ -89,6 +89,8 @@ export interface FileStoreShape {
     FileNotFound
   >
   readonly remove: (id: FileId, visibility: Visibility) => Effect.Effect<void, FileNotFound>
+  /** Whether a file `visibility` sees was deleted (or swept once expired) at `since` (unix seconds) or later. */
+  readonly removedSince: (id: FileId, visibility: Visibility, since: number) => Effect.Effect<boolean>
   /** Deletes every expired file (metadata and bytes); returns how many. */
   readonly sweepExpired: Effect.Effect<number>
 }
@@ -270,6 +272,12 @@ export const make = Effect.gen(function*() {
       if (Option.isSome(reserve)) yield* reserve.value.restoreSoon
     }).pipe(Effect.uninterruptible, Effect.withSpan("FileStore.remove", { attributes: { id } }))
 
+  const removedSince = (id: FileId, visibility: Visibility, since: number) =>
+    Effect.map(
+      Effect.orDie(sql`SELECT 1 FROM deleted_files WHERE id = ${id} AND deleted_at >= ${since} AND ${visible(visibility)}`),
+      (rows) => rows.length > 0
+    )
+
   const sweepExpired = Effect.gen(function*() {
     const now = yield* nowSeconds
     yield* sql`DELETE FROM deleted_files WHERE deleted_at <= ${now - DELETED_CURSOR_SECONDS}`
@@ -322,7 +330,7 @@ export const make = Effect.gen(function*() {
       )).pipe(Effect.annotateLogs({ event: "files.orphans", blobs: unknown }))
   }).pipe(Effect.orDie, Effect.withSpan("FileStore.settleOrphans"))
 
-  return { service: { openUpload: blobs.openStaging, commit, create, get, list, projectBytes, content, remove, sweepExpired }, settleOrphans }
+  return { service: { openUpload: blobs.openStaging, commit, create, get, list, projectBytes, content, remove, removedSince, sweepExpired }, settleOrphans }
 })
 
 /** Runs `sweep` now and then every `fileSweepInterval`, in a fiber that lives as long as the scope; failures are logged. */

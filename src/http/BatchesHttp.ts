@@ -15,6 +15,7 @@ import { visibilityOf } from "../domain/Projects.js"
 import { FileStore } from "../files/FileStore.js"
 import { OpenAIApi } from "./Api.js"
 import { batchResults } from "./BatchResultsHttp.js"
+import { resent } from "./clientRetries.js"
 import { Budget, holderOf } from "./holding.js"
 import { echo } from "../domain/Text.js"
 import { LARGE_PAGES_AT_ONCE, listAnswer, storedJson } from "./StoredResponse.js"
@@ -33,9 +34,6 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
       body.requests == null
         ? Effect.succeed(undefined)
         : Effect.map(Effect.option(Effect.flatMap(HttpServerRequest.HttpServerRequest, (r) => r.text)), Option.getOrUndefined)
-
-    /** Whether the request says it is a client's retry: the OpenAI SDKs count their retries in this header. */
-    const resent = Effect.map(HttpServerRequest.HttpServerRequest, (r) => Number(r.headers["x-stainless-retry-count"] ?? 0) >= 1)
 
     return handlers
       // Uninterruptible: a client that hangs up mid-call loses no audit line (the change itself runs to its end anyway).

@@ -7,14 +7,18 @@ import { audit, Auth, CurrentCaller } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
 import { invalidRequest, notFound, serverError } from "../domain/Errors.js"
 import { FileDeleted } from "../domain/Files.js"
-import { visibilityOf } from "../domain/Projects.js"
+import type { FileId } from "../domain/Ids.js"
+import { type Visibility, visibilityOf } from "../domain/Projects.js"
 import { FileCommands, fileTooLarge } from "../files/FileCommands.js"
-import { FileStore } from "../files/FileStore.js"
+import { FileStore, type FileStoreShape } from "../files/FileStore.js"
 import { wantedRange } from "../files/byteRange.js"
 import { isMissingBlob } from "../storage/BlobStore.js"
 import { sliceBytes } from "../storage/sliceBytes.js"
 import { parseUploadForm, uploadFilename } from "../files/uploadChecks.js"
+import { SDK_RETRY_WINDOW_SECONDS } from "../batches/BatchCommands.js"
+import { nowSeconds } from "../storage/Sql.js"
 import { OpenAIApi } from "./Api.js"
+import { resent } from "./clientRetries.js"
 import { envelope } from "./EarlyAnswer.js"
 import { readFileForm } from "./fileField.js"
 import { Budget, busy, cutWhenStalled, holdUntilAnswered, type Holder, holderOf, overShare, type Taken } from "./holding.js"
@@ -39,6 +43,14 @@ const contentPresent = (id: string, bytes: Stream.Stream<Uint8Array>) =>
       Effect.fail(serverError(`The content of file ${id} is missing from the server's storage.`))
     )
   })
+
+/**
+ * Whether a delete that found no file is a client's retry of the delete that removed it (`clientRetries.ts`): its
+ * answer was lost, and a 404 told the client the delete had failed.
+ */
+const deletedJustBefore = (files: FileStoreShape, id: FileId, visibility: Visibility) =>
+  Effect.flatMap(resent, (again) =>
+    again ? Effect.flatMap(nowSeconds, (now) => files.removedSince(id, visibility, now - SDK_RETRY_WINDOW_SECONDS)) : Effect.succeed(false))
 
 /** A `Range` past a file's end of `size` bytes: a 416 in the envelope, saying the size as RFC 9110 asks. */
 const rangeNotSatisfiable = (size: number) =>
@@ -147,9 +159,11 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
           Effect.catchTag("FileNotFound", ({ id }) => fileNotFound(id))
         ))
       .handle("delete", ({ path }) =>
-        Effect.flatMap(CurrentCaller, (caller) => files.remove(path.file_id, visibilityOf(caller))).pipe(
-          Effect.zipRight(audit("file.delete", path.file_id)),
-          Effect.as(new FileDeleted({ id: path.file_id, object: "file", deleted: true })),
-          Effect.catchTag("FileNotFound", ({ id }) => fileNotFound(id))
-        ))
+        Effect.flatMap(CurrentCaller, (caller) =>
+          files.remove(path.file_id, visibilityOf(caller)).pipe(
+            Effect.zipRight(audit("file.delete", path.file_id)),
+            Effect.as(new FileDeleted({ id: path.file_id, object: "file", deleted: true })),
+            Effect.catchTag("FileNotFound", ({ id }) => Effect.flatMap(deletedJustBefore(files, id, visibilityOf(caller)), (deleted) =>
+              deleted ? Effect.succeed(new FileDeleted({ id, object: "file", deleted: true })) : fileNotFound(id)))
+          )))
   }))
