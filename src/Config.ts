@@ -271,8 +271,10 @@ export class AppConfig extends Context.Tag("AppConfig")<AppConfig, AppConfigShap
     Layer.effect(AppConfig, configWith(overrides))
   /**
    * `layerWith` for a test: the data directory one of its own, made in the OS's temporary directory and removed with
-   * all it holds when the layer is released (the services built on it are released first), and no disk reserve in
-   * it unless given (nothing there outlives the test; a reserve is 16 MiB a test app left behind).
+   * all it holds when the layer is released (the services built on it are released first), no disk reserve in it
+   * unless given (nothing there outlives the test; a reserve is 16 MiB a test app left behind), and a node id of its
+   * own unless given (test apps on one PostgreSQL schema all took the port's, and the second waited 15 s to be
+   * refused as the same node).
    */
   static readonly layerTest = (
     overrides: Partial<Omit<AppConfigShape, "dataDir">> = {}
@@ -284,7 +286,7 @@ export class AppConfig extends Context.Tag("AppConfig")<AppConfig, AppConfigShap
           Effect.sync(() => mkdtempSync(Path.join(tmpdir(), "openai-batch-test-"))),
           (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
         ),
-        (dataDir) => configWith({ diskReserveBytes: 0, ...overrides, dataDir })
+        (dataDir) => configWith({ diskReserveBytes: 0, nodeId: `test-${Path.basename(dataDir).slice(-6)}`, ...overrides, dataDir })
       )
     )
 }

@@ -136,13 +136,16 @@ describe("configuration", () => {
       expect(yield* Effect.map(fromEnv({ HOST: "[::1]" }), Exit.map((c) => c.host))).toEqual(Exit.succeed("::1"))
     }))
 
-  it.effect("layerTest's data directory is its own, without a disk reserve, and gone once the layer is released", () =>
+  it.effect("layerTest's data directory and node id are its own, without a disk reserve, and gone once the layer is released", () =>
     Effect.gen(function*() {
       const scope = yield* Scope.make()
       const first = yield* Effect.provide(AppConfig, Layer.extendScope(AppConfig.layerTest({ maxConcurrentBatches: 3 }))).pipe(Scope.extend(scope))
       const second = yield* Effect.provide(AppConfig, AppConfig.layerTest())
       expect([first.maxConcurrentBatches, first.diskReserveBytes, existsSync(first.dataDir)]).toEqual([3, 0, true])
       expect(second.dataDir).not.toBe(first.dataDir)
+      // Two test apps on one PostgreSQL schema are two nodes, not one started twice; a node id given is kept.
+      expect(second.nodeId).not.toBe(first.nodeId)
+      expect((yield* Effect.provide(AppConfig, AppConfig.layerTest({ nodeId: "mine" }))).nodeId).toBe("mine")
       expect(existsSync(second.dataDir)).toBe(false)
       yield* Scope.close(scope, Exit.void)
       expect(existsSync(first.dataDir)).toBe(false)

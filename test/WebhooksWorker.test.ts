@@ -8,7 +8,7 @@ import { describe, expect, it, layer } from "@effect/vitest"
 import * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Context, Duration, Effect, Layer, Logger } from "effect"
+import { Cause, Context, Duration, Effect, Exit, Layer, Logger } from "effect"
 import type { AppConfigShape } from "../src/Config.js"
 import { eventId } from "../src/domain/Ids.js"
 import { Metrics, noopMetrics } from "../src/observability/Metrics.js"
@@ -209,5 +209,21 @@ layer(worker("sqlite", { maxConcurrentBatches: 0 }), { excludeTestServices: true
       yield* Effect.sleep(Duration.millis(500)) // 25 heartbeats
       expect(yield* rowOf(id)).toMatchObject({ status: "pending", turns: 0, attempts: 0, claimed_by: null })
       expect(sentFor(receiver, id)).toEqual([])
+    }))
+})
+
+// An app's test given a secret the configuration would refuse: its webhook was taken for none, nothing sent.
+describe("WebhookTargetsTest", () => {
+  it.effect("refuses a target the configuration would refuse, naming whose and why", () =>
+    Effect.gen(function*() {
+      const built = yield* Effect.exit(Layer.build(WebhookTargetsTest({
+        global: { url: "http://127.0.0.1:1/hook", secret: SECRET },
+        byProject: { research: { url: "http://127.0.0.1:1/hook", secret: "plain-secret" } }
+      })).pipe(Effect.scoped))
+      const said = Exit.match(built, { onFailure: Cause.pretty, onSuccess: () => "built" })
+      expect(said).toContain("WebhookTargetsTest: project research: a webhook secret must be whsec_ followed by base64")
+      expect(said).not.toContain("plain-secret")
+      const fine = yield* Effect.exit(Layer.build(WebhookTargetsTest({ global: { url: "http://127.0.0.1:1/hook", secret: SECRET } })).pipe(Effect.scoped))
+      expect(fine._tag).toBe("Success")
     }))
 })

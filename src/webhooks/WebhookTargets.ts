@@ -9,6 +9,7 @@
 import { Context, Effect, Layer, Option, Redacted } from "effect"
 import { Auth } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
+import { secretProblem, urlProblem } from "./signing.js"
 
 export interface WebhookTarget {
   readonly url: string
@@ -44,12 +45,22 @@ export const WebhookTargetsLive: Layer.Layer<WebhookTargets, never, AppConfig | 
   })
 )
 
-/** Fixed targets, for tests: `byProject`, else `global`. */
+/**
+ * Fixed targets, for tests: `byProject`, else `global`. A URL or secret the configuration would refuse (a secret
+ * not `whsec_<base64>`) fails the layer's build, saying which: such a webhook was taken for none, and nothing was sent.
+ */
 export const WebhookTargetsTest = (targets: {
   readonly global?: { readonly url: string; readonly secret: string }
   readonly byProject?: Readonly<Record<string, { readonly url: string; readonly secret: string }>>
-}): Layer.Layer<WebhookTargets> =>
-  Layer.succeed(WebhookTargets, {
+}): Layer.Layer<WebhookTargets> => {
+  const given = [
+    ...(targets.global === undefined ? [] : [["global", targets.global] as const]),
+    ...Object.entries(targets.byProject ?? {}).map(([project, target]) => [`project ${project}`, target] as const)
+  ]
+  const problems = given.flatMap(([whose, { secret, url }]) =>
+    [urlProblem(url), secretProblem(secret)].flatMap((problem) => (problem === undefined ? [] : [`${whose}: ${problem}`])))
+  if (problems.length > 0) return Layer.die(new Error(`WebhookTargetsTest: ${problems.join("; ")}`))
+  return Layer.succeed(WebhookTargets, {
     targetOf: (project) => {
       const own = targets.byProject?.[project]
       const target = own ?? targets.global
@@ -60,3 +71,4 @@ export const WebhookTargetsTest = (targets: {
       })))
     }
   })
+}
