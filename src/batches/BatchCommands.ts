@@ -31,11 +31,11 @@ export interface BatchCommandsShape {
   /**
    * `POST /v1/batches`: a batch in `caller`'s project, started on this node (on an API-only node, by the nodes that
    * run batches). `bodyText`, the body as sent, keeps inline requests' JSON as written (they are printed from `body`
-   * without it). `resent`: the request says it is a client's retry of one sent before (`SDK_RETRY_WINDOW_SECONDS`).
+   * without it).
    */
-  readonly create: (body: CreateBatchBody, caller: Caller, bodyText?: string, resent?: boolean) => Effect.Effect<Batch, CommandError>
+  readonly create: (body: CreateBatchBody, caller: Caller, bodyText?: string) => Effect.Effect<Batch, CommandError>
   /** `POST /v1/batches/{id}/retry` (extension): a new batch of batch `id`'s lines of the kinds `body.only` names. */
-  readonly retry: (id: BatchId, body: RetryBatchBody, caller: Caller, resent?: boolean) => Effect.Effect<Batch, CommandError>
+  readonly retry: (id: BatchId, body: RetryBatchBody, caller: Caller) => Effect.Effect<Batch, CommandError>
   /** `POST /v1/batches/{id}/cancel`: this node's work on it stops at once, other nodes' at their next heartbeat. */
   readonly cancel: (id: BatchId, caller: Caller) => Effect.Effect<Batch, NotFound | Conflict>
 }
@@ -65,14 +65,6 @@ const fingerprint = (valid: ValidCreateBatch, input: string = valid.inputFileId)
     valid.outputExpiresAfterSeconds === null ? null : { anchor: "created_at", seconds: valid.outputExpiresAfterSeconds }
   ])).digest("hex")
 
-/**
- * How long after a batch's creation a client's retry of the same request (`resent`: the OpenAI SDKs retry a create
- * whose answer was lost, saying so in `x-stainless-retry-count`, with no idempotency key) gets that batch instead of
- * a second one, which ran every request again. Retries after a lost connection come within seconds; a longer window
- * would take more of a project's own identical creates for retries.
- */
-export const SDK_RETRY_WINDOW_SECONDS = 120
-
 const inputFileGone = (id: BatchId, file: string) =>
   `Batch ${id}'s input file ${file} no longer exists (deleted or expired): its lines cannot be rerun.`
 
@@ -100,7 +92,6 @@ export const make = Effect.gen(function*() {
     caller: Caller,
     valid: ValidCreateBatch,
     requestHash: string,
-    resent: boolean,
     writeInput?: (batch: BatchId) => Effect.Effect<unknown, ApiError>
   ) =>
     Effect.gen(function*() {
@@ -108,10 +99,6 @@ export const make = Effect.gen(function*() {
       if (valid.idempotencyKey !== null) {
         const replay = yield* store.idempotentBatch(caller.project, valid.idempotencyKey)
         if (Option.isSome(replay)) return yield* sameRequest(replay.value, requestHash)
-      } else if (resent) {
-        const since = (yield* nowSeconds) - SDK_RETRY_WINDOW_SECONDS
-        const earlier = yield* store.recentBatchOf(caller.project, requestHash, since)
-        if (Option.isSome(earlier)) return earlier.value.batch
       }
       if (Option.isSome(maxActiveBatchesPerProject)) {
         const max = maxActiveBatchesPerProject.value
@@ -176,7 +163,7 @@ export const make = Effect.gen(function*() {
       return yield* files.create(meta, Stream.make(bytes))
     })
 
-  const create = (unchecked: CreateBatchBody, caller: Caller, bodyText?: string, resent = false) =>
+  const create = (unchecked: CreateBatchBody, caller: Caller, bodyText?: string) =>
     Effect.gen(function*() {
       const body = yield* checked(CreateBatchBody, unchecked)
       const input = inputOf(body)
@@ -186,7 +173,7 @@ export const make = Effect.gen(function*() {
       if (isProblem(valid)) return yield* invalidRequest(valid.message, valid.param, valid.code)
       if (input._tag === "Inline") {
         const jsonl = inlineJsonl(input.requests, bodyText)
-        return yield* insert(caller, valid, fingerprint(valid, inlineFingerprint(jsonl)), resent, writeInline(jsonl, valid, caller.project))
+        return yield* insert(caller, valid, fingerprint(valid, inlineFingerprint(jsonl)), writeInline(jsonl, valid, caller.project))
       }
       // The batch belongs to the caller's project (an operator's too) and reads only that project's files. A file
       // that does not exist, or is another project's, is not refused here: as OpenAI, the batch is created and
@@ -208,10 +195,10 @@ export const make = Effect.gen(function*() {
           "invalid_value"
         )
       }
-      return yield* insert(caller, valid, fingerprint(valid), resent)
+      return yield* insert(caller, valid, fingerprint(valid))
     }).pipe(Effect.uninterruptible, Effect.withSpan("Batches.create"))
 
-  const retry = (id: BatchId, unchecked: RetryBatchBody, caller: Caller, resent = false) =>
+  const retry = (id: BatchId, unchecked: RetryBatchBody, caller: Caller) =>
     Effect.gen(function*() {
       const body = yield* checked(RetryBatchBody, unchecked)
       const original = yield* store.get(id, visibilityOf(caller))
@@ -256,7 +243,7 @@ export const make = Effect.gen(function*() {
               InputTooLarge: () => overQuota(quota, room, null)
             })
           )))
-      return yield* insert(caller, valid, fingerprint(valid, `retry:${id}:${kinds.join(",")}`), resent, writeInput)
+      return yield* insert(caller, valid, fingerprint(valid, `retry:${id}:${kinds.join(",")}`), writeInput)
     }).pipe(
       Effect.catchTag("BatchNotFound", () => batchNotFound(id)),
       Effect.uninterruptible,

@@ -147,8 +147,6 @@ export interface BatchStoreShape {
   >
   /** The batch `project` created with idempotency key `key`, if any. */
   readonly idempotentBatch: (project: string, key: string) => Effect.Effect<Option.Option<BatchRecord>>
-  /** The latest batch `project` created by a request of `requestHash` at `since` (unix seconds) or later, if any. */
-  readonly recentBatchOf: (project: string, requestHash: string, since: number) => Effect.Effect<Option.Option<BatchRecord>>
   /** How many of `project`'s batches are not finished (not completed, failed, expired or cancelled). */
   readonly activeBatches: (project: string) => Effect.Effect<number>
   /** The requests of `project`'s batches past validation and not finished, but those of batch `except`. */

@@ -49,7 +49,7 @@ export const scopedIdempotencyKey = (project: string, key: string) => `${project
 
 type BatchRecords = Pick<
   BatchStoreShape,
-  "create" | "get" | "list" | "idempotentBatch" | "recentBatchOf" | "activeBatches" | "enqueuedRequests" | "statuses" | "transition" | "startRunning" | "completeSlice" | "activeByStatus"
+  "create" | "get" | "list" | "idempotentBatch" | "activeBatches" | "enqueuedRequests" | "statuses" | "transition" | "startRunning" | "completeSlice" | "activeByStatus"
 >
 
 /**
@@ -137,12 +137,6 @@ export const makeBatchRecords = (
   const idempotentBatch = (project: string, key: string) =>
     Effect.map(
       Effect.orDie(selectWhere(sql`idempotency_key = ${scopedIdempotencyKey(project, key)}`)),
-      (rows) => Option.fromNullable(rows[0])
-    )
-
-  const recentBatchOf = (project: string, requestHash: string, since: number) =>
-    Effect.map(
-      Effect.orDie(selectWhere(sql`project = ${project} AND request_hash = ${requestHash} AND created_at >= ${since} ORDER BY seq DESC LIMIT 1`)),
       (rows) => Option.fromNullable(rows[0])
     )
 
@@ -248,7 +242,6 @@ export const makeBatchRecords = (
     get,
     list,
     idempotentBatch,
-    recentBatchOf,
     activeBatches,
     enqueuedRequests,
     statuses,

@@ -15,7 +15,6 @@ import { visibilityOf } from "../domain/Projects.js"
 import { FileStore } from "../files/FileStore.js"
 import { OpenAIApi } from "./Api.js"
 import { batchResults } from "./BatchResultsHttp.js"
-import { resent } from "./clientRetries.js"
 import { Budget, holderOf } from "./holding.js"
 import { echo } from "../domain/Text.js"
 import { LARGE_PAGES_AT_ONCE, listAnswer, storedJson } from "./StoredResponse.js"
@@ -38,7 +37,7 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
     return handlers
       // Uninterruptible: a client that hangs up mid-call loses no audit line (the change itself runs to its end anyway).
       .handle("create", ({ payload }) =>
-        Effect.flatMap(Effect.all([CurrentCaller, bodyText(payload), resent]), ([caller, text, again]) => commands.create(payload, caller, text, again)).pipe(
+        Effect.flatMap(Effect.zip(CurrentCaller, bodyText(payload)), ([caller, text]) => commands.create(payload, caller, text)).pipe(
           Effect.tap((batch) => audit("batch.create", batch.id))
         ), { uninterruptible: true })
       .handle("retrieve", ({ path }) =>
@@ -51,7 +50,7 @@ export const BatchesHttpLive = HttpApiBuilder.group(OpenAIApi, "batches", (handl
           Effect.tap((batch) => audit("batch.cancel", batch.id))
         ), { uninterruptible: true })
       .handle("retry", ({ path, payload }) =>
-        Effect.flatMap(Effect.zip(CurrentCaller, resent), ([caller, again]) => commands.retry(path.batch_id, payload, caller, again)).pipe(
+        Effect.flatMap(CurrentCaller, (caller) => commands.retry(path.batch_id, payload, caller)).pipe(
           Effect.tap((batch) => audit("batch.retry", batch.id))
         ), { uninterruptible: true })
       .handle("results", ({ path, urlParams }) =>

@@ -315,11 +315,5 @@ export const migrations = {
     // What the sweep has cleared of a finished batch's rows once a file of it was gone (1: the request bodies, 2: the
     // answers, 4: the failures' bodies; `batches/requestRows.ts`): each cleared once, not looked for at every sweep.
     yield* sql`ALTER TABLE batches ADD COLUMN cleared_parts INTEGER NOT NULL DEFAULT 0`
-  }),
-  "0016_batch_request_hash": Effect.gen(function*() {
-    const sql = yield* SqlClient.SqlClient
-    // An SDK's retry of a create whose answer was lost finds the batch its first attempt made by its request
-    // (`batches/BatchCommands.ts`): without it, a scan of the project's batches at each such retry.
-    yield* sql`CREATE INDEX batches_project_request_hash ON batches (project, request_hash)`
   })
 } satisfies Record<string, Effect.Effect<void, unknown, SqlClient.SqlClient>>
