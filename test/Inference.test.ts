@@ -185,20 +185,21 @@ describe("Inference", () => {
     }).pipe(Effect.provide(Layer.provideMerge(layer, logger)))
   })
 
-  it("a spent quota is a 402, or a 4xx saying insufficient_quota or budget_exceeded; a rate limit or a 5xx is none", () => {
+  it("a spent quota is OpenAI's insufficient_quota; a rate limit, a 5xx, a 402 or a budget (maybe the request's own) is none", () => {
     const answer = (status: number, error: unknown) => ({ status, text: "", json: { error }, requestId: "" })
     expect([
-      answer(429, { message: "You exceeded your current quota", type: "insufficient_quota", code: "insufficient_quota" }), // OpenAI
-      answer(402, { message: "Insufficient credits", code: 402 }), // OpenRouter
-      answer(402, "Insufficient Balance"), // DeepSeek
-      answer(400, { message: "Budget has been exceeded!", type: "budget_exceeded", code: "400" }) // LiteLLM
-    ].map(quotaSpent)).toEqual([true, true, true, true])
+      answer(429, { message: "You exceeded your current quota", type: "insufficient_quota", code: "insufficient_quota" }),
+      answer(429, { message: "You exceeded your current quota", type: "insufficient_quota", code: null })
+    ].map(quotaSpent)).toEqual([true, true])
     expect([
       answer(429, { message: "Rate limit reached", type: "requests", code: "rate_limit_exceeded" }),
       answer(503, { code: "insufficient_quota" }),
       answer(400, { code: ["insufficient_quota"] }),
-      { status: 429, text: "", json: null, requestId: "" }
-    ].map(quotaSpent)).toEqual([false, false, false, false])
+      { status: 429, text: "", json: null, requestId: "" },
+      // OpenRouter's, which a smaller request passes; LiteLLM's, maybe the request's `user`'s.
+      answer(402, { message: "This request requires more credits, or fewer max_tokens.", code: 402 }),
+      answer(400, { message: "Budget has been exceeded!", type: "budget_exceeded", code: "400" })
+    ].map(quotaSpent)).toEqual([false, false, false, false, false, false])
   })
 
   it.effect("an answer a line cannot keep (a captive portal's page) fails its line at once, said once a minute without its text", () => {

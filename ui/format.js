@@ -150,5 +150,5 @@ export const DOWN_REASONS = {
   failing: "its calls fail",
   key: "its key is refused",
   path: "its base URL misses the version path",
-  quota: "its quota or budget is spent"
+  quota: "its quota is spent"
 }

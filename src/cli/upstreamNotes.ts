@@ -25,7 +25,7 @@ export const DOWN_REASONS: Record<string, string> = {
   failing: "its calls fail",
   key: "its key is refused",
   path: "its base URL misses the version path",
-  quota: "its quota or budget is spent"
+  quota: "its quota is spent"
 }
 
 /**
@@ -46,7 +46,7 @@ export const upstreamNote = (upstream: UpstreamSeen | undefined, saidDown: boole
 const WAY_BACK: Record<string, string> = {
   path: "once this server is restarted with the upstream's base URL mended (…/v1).",
   key: "once the upstream takes its key again (or this server is restarted with another).",
-  quota: "once the upstream's account may make calls again (credit added, or its budget reset)."
+  quota: "once the upstream's account may make calls again (credit added)."
 }
 
 /** How long a running batch's counts may stand still, its upstream up, before the watch says why that may be. */

@@ -19,8 +19,8 @@
  *                           answering 404 too and `GET /v1/models` a 2xx: the base URL lacks its `/v1`, down as above
  *                           (every line of a batch failed); else final, with a line once
  *   403, 3xx                final; a line says what to check
- *   quota spent             (`quotaSpent`: a 402, or `insufficient_quota`, `budget_exceeded`) down, as an outage:
- *                           no call succeeds until credit is added; its trials' calls refused so keep it down
+ *   quota spent             (`quotaSpent`: OpenAI's `insufficient_quota`) down, as an outage: no call succeeds
+ *                           until credit is added; its trials' calls refused so keep it down
  *
  * A run of `OUTAGE_AFTER` requests failing at their first attempt with no success between also takes it down: an
  * outage fails new requests too, while a request failing again (a retry) is its own trouble. The run's last failure
@@ -262,7 +262,7 @@ export const makeJudge = (
       if (outage.isDown()) return Effect.succeed("again" as const)
       return Effect.as(
         markDown(`its account may make no more calls: POST ${urlFor(endpoint)} answered ${statusSaying(response)}; ` +
-          "add credit or raise its budget", "quota"),
+          "add credit", "quota"),
         "again" as const
       )
     }

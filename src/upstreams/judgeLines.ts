@@ -13,21 +13,18 @@ import type { JudgeOptions } from "./judge.js"
 export const modelNotFound = (response: UpstreamResponse) =>
   (response.json as { error?: { code?: unknown } })?.error?.code === "model_not_found"
 
-/** The error codes (or types) saying the upstream's account may make no more calls for now. */
-const SPENT = new Set(["insufficient_quota", "budget_exceeded"])
-
 /**
- * An answer saying the upstream's account may make no more calls: OpenAI's `insufficient_quota` (a 429), LiteLLM's
- * `budget_exceeded` (a key's or team's budget), a 402 (OpenRouter's or DeepSeek's credits run out). No call
- * succeeds until credit is added or the budget resets: the upstream's outage, not its requests' trouble (each line
- * failed after its attempts, a batch burnt in minutes).
+ * An answer saying the upstream's account may make no more calls: OpenAI's `insufficient_quota` (a 429, its code or
+ * type). No call succeeds until credit is added: the upstream's outage, not its requests' trouble (each line failed
+ * after its attempts, a batch burnt in minutes). Not a 402 or LiteLLM's `budget_exceeded`: OpenRouter's 402 may be
+ * the request's own (`max_tokens` more than the credit left, where a smaller request passes), and a LiteLLM budget
+ * may be the request's `user`'s; taken for the account's, one project's large requests took the shared upstream
+ * down at each trial, and never ended.
  */
 export const quotaSpent = (response: UpstreamResponse) => {
-  if (response.status === 402) return true
   if (response.status < 400 || response.status >= 500) return false
   const error = (response.json as { error?: { code?: unknown; type?: unknown } } | null)?.error
-  return typeof error === "object" && error !== null &&
-    [error.code, error.type].some((said) => typeof said === "string" && SPENT.has(said))
+  return typeof error === "object" && error !== null && (error.code === "insufficient_quota" || error.type === "insufficient_quota")
 }
 
 /**

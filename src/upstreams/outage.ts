@@ -18,7 +18,7 @@ export const FAILING_PROBES_BEFORE_TRIAL = 3
 
 /**
  * What kind of trouble took an upstream down: unreachable (no connection), failing (its calls fail as an outage's
- * do: 5xx, timeouts), its key refused, its base URL missing the version path, its account's quota or budget spent.
+ * do: 5xx, timeouts), its key refused, its base URL missing the version path, its account's quota spent.
  * An outage that goes on for a kind not said yet in it says so (a server back with another key); the reasons'
  * texts vary within a kind.
  */
