@@ -92,6 +92,9 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       expect(yield* leases.whileHolding(id, "b", "validating", store.deleteRequests(id))).toEqual(Option.none())
       expect(yield* rowsNow).toBe(3)
       expect((yield* store.get(id, "all")).batch.status).toBe("in_progress")
+      // A move made under a lease the node no longer holds is refused as well.
+      expect(yield* store.transition(id, "cancel", {}, "a")).toEqual(Option.none())
+      expect(Option.isSome(yield* store.transition(id, "cancel"))).toBe(true)
     }).pipe(Effect.provide(storeFor(backend))))
 
   it.effect("no slice is claimed once the batch left in_progress (a cancel): the slices given back stay unsent", () =>

@@ -11,10 +11,11 @@ import OpenAI from "openai"
 import type { Batch } from "openai/resources/batches"
 import { AuthTest } from "../src/auth/Auth.js"
 import { BatchStore, BatchStoreLive } from "../src/batches/BatchStore.js"
-import { Rerun, RerunLive } from "../src/batches/Rerun.js"
+import { make as makeRerun, Rerun, RerunLive } from "../src/batches/Rerun.js"
 import { BatchId, BatchRequestId, fileId } from "../src/domain/Ids.js"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { StorageLive } from "../src/Layers.js"
+import { BlobGoneWhileRead } from "../src/storage/BlobStore.js"
 import { chatLine, createBatch, failure, newChatBatch, readLines, responseOutcome, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import {
   backends,
@@ -326,6 +327,20 @@ for (const backend of backends) {
         const before = yield* storedBlobs
         const tooLarge = yield* Effect.flip(rerun.writeInput(record, ["error"], { ...target, id: fileId(), maxBytes: 10_000 }))
         expect(tooLarge._tag).toBe("InputTooLarge")
+        expect(yield* storedBlobs).toEqual(before)
+
+        // Its input deleted as the copy read it (its bytes gone mid-read): gone, not a shorter copy.
+        const deletedMidRead = FileStore.of({
+          ...files,
+          content: (fileId, visibility) =>
+            Effect.map(files.content(fileId, visibility), (content) => ({
+              ...content,
+              stream: Stream.concat(Stream.take(content.stream, 1), Stream.die(new BlobGoneWhileRead(fileId)))
+            }))
+        })
+        const reading = yield* makeRerun.pipe(Effect.provideService(FileStore, deletedMidRead))
+        const gone = yield* Effect.flip(reading.writeInput(record, ["error"], { ...target, id: fileId() }))
+        expect(gone._tag).toBe("InputFileGone")
         expect(yield* storedBlobs).toEqual(before)
       }))
   })

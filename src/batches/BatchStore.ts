@@ -160,9 +160,10 @@ export interface BatchStoreShape {
 
   /**
    * Makes `move` if the batch is in one of its `from` statuses, stamping its column with the current time (a move
-   * to a final status also frees the batch-wide lease); `None` when it was not (someone else moved it first).
+   * to a final status also frees the batch-wide lease); `None` when it was not (someone else moved it first), or,
+   * with `heldBy`, when that node no longer holds the batch-wide lease (it stalled past it).
    */
-  readonly transition: (id: BatchId, move: PlainMove, patch?: TransitionPatch) => Effect.Effect<Option.Option<Batch>>
+  readonly transition: (id: BatchId, move: PlainMove, patch?: TransitionPatch, heldBy?: string) => Effect.Effect<Option.Option<Batch>>
   /**
    * Move `startRunning` (validating → in_progress), stamping `model`, `total` and whether the model went unchecked,
    * creating the batch's slices and freeing its batch-wide lease, in one transaction; false when the batch had left

@@ -7,7 +7,7 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { Fragment } from "@effect/sql/Statement"
-import { Chunk, Context, Data, Effect, Layer, Option, Stream } from "effect"
+import { Cause, Chunk, Context, Data, Effect, Layer, Stream } from "effect"
 import { type Batch, RerunKind, terminalStatuses } from "../domain/Batches.js"
 import type { FileObject } from "../domain/Files.js"
 import type { BatchId, FileId } from "../domain/Ids.js"
@@ -182,12 +182,13 @@ export const make = Effect.gen(function*() {
           }
           return Chunk.unsafeFromArray(out)
         })
-      const lines = input.stream.pipe(jsonlLines(MAX_LINE_BYTES), Stream.mapChunksEffect(pick))
+      // Deleted as it was read: gone, not a shorter file (the rest of its lines left out of the rerun). Its bytes'
+      // fault only: one of the copy's own storage stays a fault.
+      const read = input.stream.pipe(Stream.catchAllCause((cause) =>
+        isMissingBlob(Cause.squash(cause)) ? Stream.fail(new InputFileGone({ id: input_file_id })) : Stream.failCause(cause)))
+      const lines = read.pipe(jsonlLines(MAX_LINE_BYTES), Stream.mapChunksEffect(pick))
       const { expiresAfterSeconds, filename, project } = target
-      return yield* files.create({ id: target.id, filename, purpose: "batch", project, expiresAfterSeconds }, lines).pipe(
-        // Deleted as it was read: gone, not a shorter file (the rest of its lines left out of the rerun).
-        Effect.catchSomeDefect((fault) => isMissingBlob(fault) ? Option.some(new InputFileGone({ id: input_file_id })) : Option.none())
-      )
+      return yield* files.create({ id: target.id, filename, purpose: "batch", project, expiresAfterSeconds }, lines)
     }).pipe(Effect.withSpan("Rerun.writeInput", { attributes: { id: original.batch.id } }))
 
   return Rerun.of({ count, writeInput })

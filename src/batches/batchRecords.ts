@@ -190,12 +190,12 @@ export const makeBatchRecords = (
     return final ? sql.withTransaction(moveIt) : moveIt
   }
 
-  const transition = (id: BatchId, move: PlainMove, patch: TransitionPatch = {}) => {
+  const transition = (id: BatchId, move: PlainMove, patch: TransitionPatch = {}, heldBy?: string) => {
     const set: Record<string, unknown> = {}
     if (patch.errors !== undefined) set.errors = JSON.stringify(patch.errors)
     if (patch.outputFileId !== undefined) set.output_file_id = patch.outputFileId
     if (patch.errorFileId !== undefined) set.error_file_id = patch.errorFileId
-    return applyMove(id, move, set).pipe(
+    return applyMove(id, move, set, heldBy === undefined ? undefined : sql`lease_owner = ${heldBy}`).pipe(
       Effect.orDie,
       Effect.map((batch) => {
         if (Option.isSome(batch)) moved(batch.value)

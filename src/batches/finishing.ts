@@ -125,7 +125,9 @@ export const makeFinishing = Effect.gen(function*() {
       const counts = record.batch.request_counts
       const outputFileId = counts.completed > 0 ? yield* writeResultFile(record, status, "succeeded") : null
       const errorFileId = counts.failed > 0 ? yield* writeResultFile(record, status, "failed") : null
-      const moved = yield* held(id, status, store.transition(id, move, { outputFileId, errorFileId }))
+      // Its own compare-and-set, under the lease: not in a transaction of `held`'s, which would count the move in the
+      // metrics (`moved`) before it was committed.
+      const moved = yield* store.transition(id, move, { outputFileId, errorFileId }, config.nodeId)
       if (Option.isSome(moved)) yield* BatchLines.finished(moved.value, record.project)
     }).pipe(
       Effect.catchTag("MovedOn", () => Effect.logDebug(`Batch ${id}: not finished here, no longer as this node found it under its lease`)),

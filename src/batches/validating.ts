@@ -59,8 +59,10 @@ export const makeValidating = Effect.gen(function*() {
       Option.match({ onNone: () => Effect.fail(new HandedOver()), onSome: Effect.succeed })
     )
 
+  // The move its own compare-and-set under the lease, after the rows' delete: in `held`'s transaction, the metrics
+  // would count it (`moved`) before it was committed.
   const fail = (id: BatchId, errors: ReadonlyArray<BatchError>) =>
-    held(id, Effect.zipRight(store.deleteRequests(id), store.transition(id, "validationFailed", { errors }))).pipe(
+    Effect.zipRight(held(id, store.deleteRequests(id)), store.transition(id, "validationFailed", { errors }, config.nodeId)).pipe(
       Effect.tap((moved) => (Option.isSome(moved) ? BatchLines.validationFailed(id, errors) : Effect.void))
     )
 

@@ -4,7 +4,8 @@
  * asks whether to cancel the batch, elsewhere (nobody to answer), or at a SIGTERM, it stops watching and says how
  * to cancel. Once the
  * batch was seen, a poll that fails for a reason that may pass (the server restarting, the connection lost) is made
- * again for a while (`patience.ts`); a first poll that fails ends the watch at once (a wrong URL or id, most likely).
+ * again for a while (`patience.ts`), and so is the first poll of a batch the command has just made (`printed`);
+ * another's first poll that fails ends the watch at once (a wrong URL or id, most likely).
  */
 import * as Prompt from "@effect/cli/Prompt"
 import type { Batch } from "openai/resources/batches"
@@ -21,7 +22,10 @@ export interface WatchSettings extends Pick<Patience, "retryFor"> {
   readonly interval: Duration.Duration
   /** Seconds the counts may stand still, the upstream up, before the watch says why (`stallNote`; default 15). */
   readonly stallNoteAfter?: number | undefined
-  /** The batch's object as printed already (`submit --json`): not printed again unless it changed. */
+  /**
+   * The batch's object as printed already by the command that made it (`submit`, `retry`): not printed again unless
+   * it changed, and known to exist (its first poll's failure is ridden out).
+   */
   readonly printed?: Batch | undefined
 }
 

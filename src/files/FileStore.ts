@@ -4,6 +4,7 @@
  * deleted files in the list order for a day (`deleted_files`: their ids stay valid `after` cursors).
  */
 import * as SqlClient from "@effect/sql/SqlClient"
+import { SqlError } from "@effect/sql/SqlError"
 import type * as Statement from "@effect/sql/Statement"
 import { Clock, Context, Data, Duration, Effect, Layer, Option, Schedule, Scope, Stream } from "effect"
 import { logFailure } from "../observability/failureRuns.js"
@@ -62,8 +63,9 @@ export interface FileStoreShape {
   /** Publishes staged bytes as a new file. */
   readonly commit: (staged: StagedBlob, meta: FileMetadata) => Effect.Effect<FileObject>
   /**
-   * `openUpload` + `commit` in one step; `check`, when given, runs once the bytes are staged, just before they are
-   * published: its failure makes no file (a batch's files written by a node that lost the batch meanwhile).
+   * `openUpload` + `commit` in one step; `check`, when given, runs once the bytes are staged, in one transaction with
+   * their publishing and the file's row: its failure makes no file (a batch's files written by a node that lost the
+   * batch meanwhile; checked apart, a commit that waited past the lease made it all the same).
    */
   readonly create: <E, E2 = never>(
     meta: FileMetadata,
@@ -200,7 +202,12 @@ export const make = Effect.gen(function*() {
 
   const create = <E, E2 = never>(meta: FileMetadata, content: Stream.Stream<Uint8Array, E>, check?: Effect.Effect<void, E2>) =>
     Effect.scoped(Effect.flatMap(stageStream(blobs, content), (staged) =>
-      check === undefined ? commit(staged, meta) : Effect.zipRight(check, commit(staged, meta)))).pipe(
+      check === undefined
+        ? commit(staged, meta)
+        : Effect.zipRight(check, commit(staged, meta)).pipe(
+          sql.withTransaction,
+          Effect.catchIf((e): e is SqlError => e instanceof SqlError, Effect.die)
+        ))).pipe(
       Effect.withSpan("FileStore.create")
     )
 

@@ -5,7 +5,7 @@ import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Cause, Effect, Exit, Option, Stream } from "effect"
 import { audit, Auth, CurrentCaller } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
-import { invalidRequest, notFound, serverError } from "../domain/Errors.js"
+import { invalidRequest, type NotFound, notFound, type ServerError, serverError } from "../domain/Errors.js"
 import { FileDeleted } from "../domain/Files.js"
 import type { FileId } from "../domain/Ids.js"
 import { type Visibility, visibilityOf } from "../domain/Projects.js"
@@ -30,17 +30,19 @@ const fileNotFound = (id: string) => notFound(`No such File object: ${echo(id)}`
  * Fails unless the first bytes of `bytes` can be read: the headers, once sent, promise the whole file, and a file
  * whose bytes are gone (a database restored beside older files, a blob removed by hand) answered 200 and then cut
  * the connection, which clients take for a network fault and retry. Missing bytes are a 500 that says so, with an
- * error line; any other fault reading them is answered as such faults are (a database out of reach: 503). One
- * piece is read twice for it.
+ * error line, unless the file itself went meanwhile (deleted as it was asked for: a 404); any other fault reading
+ * them is answered as such faults are (a database out of reach: 503). One piece is read twice for it.
  */
-const contentPresent = (id: string, bytes: Stream.Stream<Uint8Array>) =>
+const contentPresent = (files: FileStoreShape, id: FileId, bytes: Stream.Stream<Uint8Array>) =>
   Effect.flatMap(Effect.exit(Stream.runHead(bytes)), (read) => {
     if (Exit.isSuccess(read) && Option.isSome(read.value)) return Effect.void
     if (Exit.isFailure(read) && !isMissingBlob(Cause.squash(read.cause))) return Effect.failCause(read.cause)
-    return Effect.zipRight(
+    const missing = Effect.zipRight(
       Effect.logError(`The bytes of file ${id} are missing from file storage: its content cannot be served`),
       Effect.fail(serverError(`The content of file ${id} is missing from the server's storage.`))
     )
+    return Effect.flatMap(Effect.either(files.get(id, "all")), (file): Effect.Effect<never, NotFound | ServerError> =>
+      file._tag === "Left" ? Effect.fail(fileNotFound(id)) : missing)
   })
 
 /**
@@ -141,7 +143,7 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
                     const part = wanted._tag === "Part" ? wanted : undefined
                     // Read from the range's first byte (the store skips those before it), up to its last.
                     const bytes = part === undefined ? stream : sliceBytes(streamFrom(part.start), 0, part.end - part.start)
-                    const present = file.bytes === 0 ? Effect.void : contentPresent(file.id, bytes)
+                    const present = file.bytes === 0 ? Effect.void : contentPresent(files, file.id, bytes)
                     return Effect.zipRight(present, cutWhenStalled(stallTimeout, bytes)).pipe(Effect.map((body) =>
                       HttpServerResponse.stream(body, {
                         status: part === undefined ? 200 : 206,
