@@ -96,8 +96,9 @@ export const makeRunning = (local: LocalWork, slots: RequestSlots) =>
         yield* Effect.addFinalizer(() => Effect.sync(() => holds.forEach((hold) => hold.release())))
         const stored = (written: ReadonlyArray<RequestOutcome>, storedLines: ReadonlySet<number>) =>
           Effect.suspend(() => {
+            const uncounted = new Set(storedLines) // each line once, as stored
             for (const outcome of written) {
-              if (storedLines.has(outcome.line)) {
+              if (uncounted.delete(outcome.line)) {
                 if (outcome._tag === "Response") tally.answered(outcome.statusCode, outcome.usage)
                 else tally.noResponse()
               }
