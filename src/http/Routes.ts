@@ -20,7 +20,9 @@ const OTHER_ROUTES = ["/docs", "/openapi.json", METRICS_PATH, ...DASHBOARD_ROUTE
  * The authority a request was addressed to, and its path as the router reads it. A target in absolute form
  * (`GET http://evil.example/v1/files`, as sent to proxies) names the authority itself, and then the `Host` header is
  * ignored (RFC 9112 §3.2.2); its path is what the router routes, read the router's way (no other normalisation,
- * so a path taken here for a public one is one the router serves as that public route).
+ * so a path taken here for a public one is one the router serves as that public route). A web `Request` handed to
+ * the app in process (`ApiApp` as a web handler) has no `Host` header (a web request may not set one): its URL,
+ * absolute, says the authority (every such request was a 421 on a server without keys).
  */
 export const requestTarget = (
   request: HttpServerRequest.HttpServerRequest
@@ -29,7 +31,9 @@ export const requestTarget = (
   const absolute = target.startsWith("/") ? null : ABSOLUTE_FORM.exec(target)
   return {
     // `OPTIONS *` (asterisk form) names no authority of its own either: its Host header is the one.
-    authority: target.startsWith("/") || target === "*" ? request.headers.host : absolute?.[1],
+    authority: target.startsWith("/") || target === "*"
+      ? request.headers.host ?? (request.originalUrl.startsWith("/") ? undefined : ABSOLUTE_FORM.exec(request.originalUrl)?.[1])
+      : absolute?.[1],
     path: (absolute === null ? target : target.replace(ABSOLUTE_FORM, "/")).split("?")[0]!
   }
 }
