@@ -284,6 +284,19 @@ sideBySide("a request refused for good on trial", () => layer(twoUpstreams({ inf
     }), { timeout: 30_000 })
 }))
 
+/** A 60-line batch on upstream `keyed`, 5 of its lines done; the upstream's down and up lines so far, to count from. */
+const runningOnKeyed = (tag: string) =>
+  Effect.gen(function*() {
+    const { keyed } = yield* Simulators
+    const logs = yield* LogLines
+    const openai = yield* client
+    const events = (event: string) => logs.filter((l) => l.event === event)
+    const [downs, ups] = [events("upstream.down").length, events("upstream.up").length]
+    const batch = yield* createModelBatch(60, "model-k", tag)
+    yield* waitFor(openai, batch.id, (b) => (b.request_counts?.completed ?? 0) >= 5)
+    return { keyed: keyed!, logs, openai, events, downs, ups, batch }
+  })
+
 sideBySide("an upstream that revokes its key mid-batch", () => layer(
   testAppWithUpstreams(
     { keyed: { models: ["model-k"], apiKey: "sk-right", latencyMs: 40 } },
@@ -316,17 +329,11 @@ sideBySide("an upstream that revokes its key mid-batch", () => layer(
 
   it.effect("an upstream down that comes back with another key says so: the outage's new reason is warned of, once", () =>
     Effect.gen(function*() {
-      const { keyed } = yield* Simulators
-      const logs = yield* LogLines
-      const openai = yield* client
-      const events = (event: string) => logs.filter((l) => l.event === event)
-      const [downs, ups] = [events("upstream.down").length, events("upstream.up").length]
-      const batch = yield* createModelBatch(60, "model-k", "r")
-      yield* waitFor(openai, batch.id, (b) => (b.request_counts?.completed ?? 0) >= 5)
-      yield* Effect.promise(() => keyed!.stop())
+      const { batch, downs, events, keyed, logs, openai, ups } = yield* runningOnKeyed("r")
+      yield* Effect.promise(() => keyed.stop())
       yield* eventually(() => expect(events("upstream.down")).toHaveLength(downs + 1), 10_000)
-      keyed!.apiKey = "sk-rotated"
-      yield* Effect.promise(() => keyed!.start())
+      keyed.apiKey = "sk-rotated"
+      yield* Effect.promise(() => keyed.start())
       yield* untilLogged(logs, "upstream.still_down")
       yield* sleep(1500) // five probe intervals: each trial refused again, said no more
       const still = events("upstream.still_down")
@@ -342,7 +349,7 @@ sideBySide("an upstream that revokes its key mid-batch", () => layer(
       const paused = yield* Effect.promise(() => openai.batches.retrieve(batch.id))
       expect([paused.status, paused.request_counts?.failed]).toEqual(["in_progress", 0])
 
-      keyed!.apiKey = "sk-right"
+      keyed.apiKey = "sk-right"
       const done = yield* waitFor(openai, batch.id, terminal, 20_000)
       expect(done.request_counts).toEqual({ total: 60, completed: 60, failed: 0 })
       expect(events("upstream.up")).toHaveLength(ups + 1)
@@ -351,28 +358,22 @@ sideBySide("an upstream that revokes its key mid-batch", () => layer(
   // OpenAI's 429 `insufficient_quota`: GET /models still answers 200, and every line failed after its attempts.
   it.effect("an account whose quota is spent pauses its batch (no line failed) until its calls are taken again", () =>
     Effect.gen(function*() {
-      const { keyed } = yield* Simulators
-      const logs = yield* LogLines
-      const openai = yield* client
-      const events = (event: string) => logs.filter((l) => l.event === event)
-      const [downs, ups] = [events("upstream.down").length, events("upstream.up").length]
-      const batch = yield* createModelBatch(60, "model-k", "q")
-      yield* waitFor(openai, batch.id, (b) => (b.request_counts?.completed ?? 0) >= 5)
-      keyed!.failAll = { status: 429, code: "insufficient_quota", message: "You exceeded your current quota, please check your plan and billing details." }
+      const { batch, downs, events, keyed, openai, ups } = yield* runningOnKeyed("q")
+      keyed.failAll = { status: 429, code: "insufficient_quota", message: "You exceeded your current quota, please check your plan and billing details." }
       yield* eventually(() => expect(events("upstream.down")).toHaveLength(downs + 1), 10_000)
       expect(events("upstream.down").at(-1)!.message).toMatch(
         /^Upstream keyed is down \(its account may make no more calls: POST .*\/chat\/completions answered status 429: You exceeded your current quota, .*; add credit\)/
       )
-      const calls = keyed!.stats.rejected
+      const calls = keyed.stats.rejected
       yield* sleep(1500) // five probe intervals, each trial's one call refused again: down throughout
       const paused = yield* Effect.promise(() => openai.batches.retrieve(batch.id))
       expect([paused.status, paused.request_counts?.failed]).toEqual(["in_progress", 0])
       const [state, , reason] = (yield* upstreamStates).keyed
       expect([state, reason]).toEqual([expect.stringMatching(/^(down|recovering)$/), "quota"])
-      expect(keyed!.stats.rejected - calls).toBeLessThanOrEqual(6) // a trial's call at most per probe interval
+      expect(keyed.stats.rejected - calls).toBeLessThanOrEqual(6) // a trial's call at most per probe interval
       expect(events("upstream.up")).toHaveLength(ups)
 
-      keyed!.failAll = undefined
+      keyed.failAll = undefined
       const done = yield* waitFor(openai, batch.id, terminal, 20_000)
       expect(done.request_counts).toEqual({ total: 60, completed: 60, failed: 0 })
       expect(events("upstream.up")).toHaveLength(ups + 1)
