@@ -16,7 +16,7 @@ import { InferenceLive } from "../src/inference/Inference.js"
 import { MetricsTest } from "../src/observability/Metrics.js"
 import { StorageLive } from "../src/Layers.js"
 import { chatLine, newChatBatch, requestRows, responseOutcome } from "./support/Batches.js"
-import { backends, configFor, TestDatabase, TestDataDir, Upstream } from "./support/TestApp.js"
+import { backends, configFor, storedBlobs, TestDatabase, TestDataDir, Upstream } from "./support/TestApp.js"
 
 /** The stores, SQL client and upstreams of node `stalled`, without its runner: the test plays its work by hand. */
 const services = (backend: "sqlite" | "postgres") =>
@@ -113,6 +113,7 @@ for (const backend of backends) {
         const { batch } = yield* store.get(id, "all")
         expect([batch.status, batch.output_file_id]).toEqual(["finalizing", null])
         expect(yield* Effect.either(files.get(derivedFileId(`${id}:succeeded`), "all"))).toMatchObject({ _tag: "Left" })
+        expect((yield* storedBlobs).staging).toEqual([]) // its bytes, staged and refused, not left behind
       }).pipe(Effect.provide(services(backend))), 30_000)
   })
 }

@@ -21,8 +21,8 @@ const OTHER_ROUTES = ["/docs", "/openapi.json", METRICS_PATH, ...DASHBOARD_ROUTE
  * (`GET http://evil.example/v1/files`, as sent to proxies) names the authority itself, and then the `Host` header is
  * ignored (RFC 9112 §3.2.2); its path is what the router routes, read the router's way (no other normalisation,
  * so a path taken here for a public one is one the router serves as that public route). A web `Request` handed to
- * the app in process (`ApiApp` as a web handler) has no `Host` header (a web request may not set one): its URL,
- * absolute, says the authority (every such request was a 421 on a server without keys).
+ * the app in process (`ApiApp` as a web handler) usually has no `Host` header (a browser's fetch may not set one):
+ * its URL, absolute, then says the authority (every such request was a 421 on a server without keys).
  */
 export const requestTarget = (
   request: HttpServerRequest.HttpServerRequest

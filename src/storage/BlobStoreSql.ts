@@ -38,10 +38,19 @@ export const make = (nodeId: string) =>
       WHERE owner = ${nodeId} OR created_at < ${now - STALE_STAGING_MS}`.pipe(Effect.orDie)
     yield* Effect.forEach(stale, (r) => dropToken(r.token), { discard: true })
 
+    /**
+     * Drops a staged token unless it was published (`publish` deletes its staging row in its transaction): bytes
+     * staged and then not published (a check that refused them, a quota, a transaction rolled back) stayed for a day.
+     */
+    const dropUnpublished = (token: string) =>
+      Effect.gen(function*() {
+        const staged = yield* sql`DELETE FROM blob_staging WHERE token = ${token} RETURNING token`
+        if (staged.length > 0) yield* sql`DELETE FROM blob_chunks WHERE token = ${token}`
+      }).pipe(sql.withTransaction, Effect.orDie)
+
     const openStaging = Effect.gen(function*() {
       const token = randomUUID()
-      let published = false
-      yield* Effect.addFinalizer(() => (published ? Effect.void : dropToken(token)))
+      yield* Effect.addFinalizer(() => dropUnpublished(token))
       yield* sql`INSERT INTO blob_staging ${
         sql.insert({ token, owner: nodeId, created_at: yield* Clock.currentTimeMillis })
       }`.pipe(Effect.orDie)
@@ -75,10 +84,7 @@ export const make = (nodeId: string) =>
         })
       return {
         write,
-        finish: Effect.map(flush, (): StagedBlob => {
-          published = true // from here on the token is `publish`'s to keep or the caller's to drop
-          return { token, bytes }
-        })
+        finish: Effect.map(flush, (): StagedBlob => ({ token, bytes }))
       } satisfies StagingWriter
     })
 
