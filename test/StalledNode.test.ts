@@ -27,6 +27,23 @@ const services = (backend: "sqlite" | "postgres") =>
       Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
     ))).pipe(Layer.provideMerge(Layer.mergeAll(Upstream.layer(), TestDataDir.Default, TestDatabase.layer(backend), MetricsTest)))
 
+/** A running batch of `lines` requests in one slice, its first two answered. */
+const runningBatch = (name: string, lines: number) =>
+  Effect.gen(function*() {
+    const store = yield* BatchStore
+    const id = BatchId.make(name)
+    yield* store.create(newChatBatch(id, FileId.make("file-in")))
+    yield* store.insertRequests(id, requestRows(lines))
+    expect(yield* store.startRunning(id, { model: "m", total: lines }, [{ firstLine: 1, lastLine: lines }])).toBe(true)
+    yield* store.recordOutcomes(id, [responseOutcome(1), responseOutcome(2)])
+    return id
+  })
+
+/** The other node takes batch `id`'s lease: this node stalled past its own. */
+const takenOver = (id: BatchId) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    Effect.orDie(sql`UPDATE batches SET lease_owner = 'other', lease_until = ${Date.now() + 60_000} WHERE id = ${id}`))
+
 for (const backend of backends) {
   describe(`a node woken after its lease passed to another (${backend})`, () => {
     it.live("writes nothing of its validation: the other node's rows stay, and the batch is not failed for an input gone since", () =>
@@ -68,20 +85,14 @@ for (const backend of backends) {
         const files = yield* FileStore
         const store = yield* BatchStore
         const leases = yield* WorkLeases
-        const sql = yield* SqlClient.SqlClient
-        const id = BatchId.make(`batch_finish_${backend}`)
-        yield* store.create(newChatBatch(id, FileId.make("file-in")))
-        yield* store.insertRequests(id, requestRows(4))
-        expect(yield* store.startRunning(id, { model: "m", total: 4 }, [{ firstLine: 1, lastLine: 4 }])).toBe(true)
-        yield* store.recordOutcomes(id, [responseOutcome(1), responseOutcome(2)])
+        const id = yield* runningBatch(`batch_finish_${backend}`, 4)
         // Another node still runs the slice as the batch is cancelled: the finishing waits for its lease to end.
         const now = Date.now()
         expect(Option.isSome(yield* leases.claimSlice(id, { owner: "other", now, until: now + 1_000 }))).toBe(true)
         expect(Option.isSome(yield* store.transition(id, "cancel"))).toBe(true)
         const finishing = yield* Effect.fork((yield* makeFinishing).finish(id, "cancelDone"))
         yield* Effect.sleep("300 millis")
-        // Meanwhile this node stalls past its lease, and the other node takes the batch over.
-        yield* Effect.orDie(sql`UPDATE batches SET lease_owner = 'other', lease_until = ${now + 60_000} WHERE id = ${id}`)
+        yield* takenOver(id) // meanwhile
         expect(yield* Fiber.join(finishing)).toBe(true)
         const { batch } = yield* store.get(id, "all")
         expect([batch.status, batch.output_file_id, batch.request_counts]).toEqual(["cancelling", null, { total: 4, completed: 2, failed: 0 }])
@@ -92,21 +103,13 @@ for (const backend of backends) {
       Effect.gen(function*() {
         const files = yield* FileStore
         const store = yield* BatchStore
-        const sql = yield* SqlClient.SqlClient
-        const id = BatchId.make(`batch_files_${backend}`)
-        yield* store.create(newChatBatch(id, FileId.make("file-in")))
-        yield* store.insertRequests(id, requestRows(2))
-        expect(yield* store.startRunning(id, { model: "m", total: 2 }, [{ firstLine: 1, lastLine: 2 }])).toBe(true)
-        yield* store.recordOutcomes(id, [responseOutcome(1), responseOutcome(2)])
+        const id = yield* runningBatch(`batch_files_${backend}`, 2)
         expect(yield* store.completeSlice(id, 0)).toBe(true) // finalizing
         // This node stalls while its output file is written; the other node takes the batch over meanwhile.
+        const takeOver = Effect.provideService(takenOver(id), SqlClient.SqlClient, yield* SqlClient.SqlClient)
         const stalling = FileStore.of({
           ...files,
-          create: (meta, content, check) =>
-            Effect.zipRight(
-              Effect.orDie(sql`UPDATE batches SET lease_owner = 'other', lease_until = ${Date.now() + 60_000} WHERE id = ${id}`),
-              files.create(meta, content, check)
-            )
+          create: (meta, content, check) => Effect.zipRight(takeOver, files.create(meta, content, check))
         })
         const finishing = yield* makeFinishing.pipe(Effect.provideService(FileStore, stalling))
         expect(yield* finishing.finish(id, "complete")).toBe(true)
