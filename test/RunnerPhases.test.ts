@@ -184,6 +184,25 @@ for (const backend of backends) describe(`pending rows (${backend})`, () => {
       expect((yield* store.get(id, "all")).batch.status).toBe("finalizing")
     }).pipe(Effect.scoped, Effect.provide(storesFor(backend))))
 
+  // A node woken after a stall sent the rows of its page in hand until its heartbeat restarted the run: a second
+  // window of requests another node had taken over, sent twice.
+  it.live("no row is handed out once the node's leases may have lapsed, until a renewal says they hold", () =>
+    Effect.gen(function*() {
+      const id = yield* runningBatch
+      const local = new LocalWork()
+      const rows = yield* makePendingRows(id, local)
+      expect(Option.getOrThrow(yield* rows.next).line).toBe(1) // a page in hand
+      expect(rows.takeNow()?.line).toBe(2)
+      local.renewed(Date.now() - 1) // the last renewal's leases ended a moment ago: a stall
+      expect(rows.takeNow()).toBeUndefined()
+      const waiting = yield* Effect.fork(rows.next)
+      yield* Effect.sleep("100 millis")
+      expect(waiting.unsafePoll()).toBeNull() // held, not sent
+      local.renewed(Date.now() + 10_000) // the heartbeat renewed them: still this node's
+      expect(Option.getOrThrow(yield* Fiber.join(waiting)).line).toBe(4)
+      expect(rows.takeNow()?.line).toBe(5)
+    }).pipe(Effect.scoped, Effect.provide(storesFor(backend))))
+
   it.live("a slice another node let lapse (it died) is taken up at the heartbeat's word, before the rest of the slice in hand", () =>
     Effect.gen(function*() {
       const store = yield* BatchStore

@@ -5,7 +5,7 @@
  * batches created on other nodes, free slices, leases of dead nodes that ran out). `LocalWork` is what
  * it checks: the batches and slices this node works on, as the phases tell it.
  */
-import { Effect, Schedule } from "effect"
+import { Deferred, Effect, Exit, FiberId, Schedule } from "effect"
 import { AppConfig } from "../Config.js"
 import { terminalStatuses } from "../domain/Batches.js"
 import type { BatchId } from "../domain/Ids.js"
@@ -21,6 +21,36 @@ export class LocalWork {
   private readonly slices = new Map<BatchId, Set<number>>()
   /** Batches this node drives with a slice another node let lapse (it died): to be taken up at once. */
   private readonly lapsed = new Set<BatchId>()
+  /** Until when this node's leases are known to hold (epoch ms): the last renewal's end; none before the first. */
+  private leasesUntil: number | undefined = undefined
+  /** Completed by the next renewal that goes through (then replaced). */
+  private renewal = Deferred.unsafeMake<void>(FiberId.none)
+
+  /**
+   * A renewal went through, and its leases hold until `until`; told after the batches whose slices it lost were
+   * stopped, so that their runs send nothing more.
+   */
+  renewed(until: number): void {
+    this.leasesUntil = until
+    const done = this.renewal
+    this.renewal = Deferred.unsafeMake<void>(FiberId.none)
+    Deferred.unsafeDone(done, Exit.void)
+  }
+
+  /**
+   * Whether this node's leases may have run out at `now`: it stalled past them (frozen, or its renewals failed), and
+   * another node may have taken its slices over. No new request is sent until a renewal says (cheap: asked before
+   * each row). A node woken after a stall sent the rows of the page in hand until its heartbeat restarted the run:
+   * a second window of requests sent twice.
+   */
+  leasesMayHaveLapsed(now: number): boolean {
+    return this.leasesUntil !== undefined && now > this.leasesUntil
+  }
+
+  /** Completes at the next renewal that goes through. */
+  get nextRenewal(): Effect.Effect<void> {
+    return Deferred.await(this.renewal)
+  }
 
   /** `effect`, with the batch counted as this node's work while it runs. */
   working<A, E, R>(id: BatchId, effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> {
@@ -107,13 +137,15 @@ export const beat = (local: LocalWork, actions: HeartbeatActions, atStart = fals
     const leases = yield* WorkLeases
     const config = yield* AppConfig
     const before = local.heldSlices()
-    const renewed = yield* Effect.flatMap(nodeLease(config), leases.renewLeases)
+    const renewal = yield* nodeLease(config)
+    const renewed = yield* leases.renewLeases(renewal)
     const lost = local.lostBatches(renewed, before)
     const statuses = yield* store.statuses(local.workingOn())
     // Cancelled (its work stops now), or ended by another node while this one still waited for it (its upstream
     // down here, its model served by no upstream of this node's): driven again, the batch's fiber ends.
     const ended = [...statuses].filter(([, status]) => status === "cancelling" || terminalStatuses.includes(status)).map(([id]) => id)
     yield* Effect.forEach(new Set([...lost, ...ended]), actions.restart, { discard: true })
+    local.renewed(renewal.until)
     const driving = actions.driving()
     const lease = yield* nodeLease(config)
     local.setLapsed(yield* leases.lapsedSlices(lease, driving))

@@ -55,6 +55,7 @@ export const makePendingRows = (
     const store = yield* BatchStore
     const leases = yield* WorkLeases
     const config = yield* AppConfig
+    const clock = yield* Effect.clock
     const mutex = yield* Effect.makeSemaphore(1)
     // Released when the run ends, after its last outcomes are stored (the outcome writer, built later, is closed
     // first): the slices left unfinished go back for any node to resume.
@@ -163,7 +164,7 @@ export const makePendingRows = (
       })
     )
     const takeNow = (): RequestRow | undefined => {
-      if (index >= page.length || local.hasLapsed(id)) return undefined
+      if (index >= page.length || local.hasLapsed(id) || local.leasesMayHaveLapsed(clock.unsafeCurrentTimeMillis())) return undefined
       if (turnEnd.now()) {
         exhausted = true
         page = []
@@ -176,6 +177,7 @@ export const makePendingRows = (
       const taken = takeNow()
       if (taken !== undefined) return Effect.succeed(Option.some(taken))
       if (exhausted) return Effect.succeed(Option.none())
+      if (local.leasesMayHaveLapsed(clock.unsafeCurrentTimeMillis())) return Effect.zipRight(local.nextRenewal, take)
       if (local.hasLapsed(id)) return Effect.zipRight(takeUpLapsed, take)
       return Effect.zipRight(current !== undefined && morePages ? fetchPage : nextSlice, take)
     })
