@@ -20,7 +20,7 @@ export {
 } from "./batches/BatchStore.js"
 export { Rerun, RerunLive, type RerunShape } from "./batches/Rerun.js"
 export { type Move, transitions } from "./batches/transitions.js"
-export { type Lease, WorkLeases, WorkLeasesLive, type WorkLeasesShape } from "./batches/WorkLeases.js"
+export { type Lease, LeaseLost, WorkLeases, WorkLeasesLive, type WorkLeasesShape } from "./batches/WorkLeases.js"
 export * as Batches from "./domain/Batches.js"
 export * as Errors from "./domain/Errors.js"
 export * as Files from "./domain/Files.js"

@@ -9,12 +9,18 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import * as SqlSchema from "@effect/sql/SqlSchema"
-import { Clock, Context, Duration, Effect, Layer, Option, Schema } from "effect"
+import { Clock, Context, Data, Duration, Effect, Layer, Option, Schema } from "effect"
 import type { AppConfigShape } from "../Config.js"
 import { activeStatuses, type BatchStatus } from "../domain/Batches.js"
 import { BatchId } from "../domain/Ids.js"
 import type { SliceBounds } from "./BatchStore.js"
 import { makeBatchSql, SqlInt } from "./sql.js"
+
+/**
+ * The batch is no longer as the node found it under its batch-wide lease: another node took it over (after a
+ * stall), or it moved on (a cancel).
+ */
+export class LeaseLost extends Data.TaggedError("LeaseLost") {}
 
 /** A node's claim: held by `owner` until `until`, taken at `now` (a lease with `until < now` is free). */
 export interface Lease {
@@ -43,6 +49,8 @@ export interface WorkLeasesShape {
    * the request rows of a batch another node was running by then.
    */
   readonly whileHolding: <A, R>(id: BatchId, owner: string, status: BatchStatus, write: Effect.Effect<A, never, R>) => Effect.Effect<Option.Option<A>, never, R>
+  /** `whileHolding`, failing with `LeaseLost` when not: a phase's writes stop at the first one refused. */
+  readonly holding: <A, R>(id: BatchId, owner: string, status: BatchStatus, write: Effect.Effect<A, never, R>) => Effect.Effect<A, LeaseLost, R>
   /**
    * Takes the first open slice of a running batch whose lease is free or expired; none once the batch left
    * `in_progress` (a cancel's: the slices another node gave back as it stopped were taken up and their requests
@@ -116,6 +124,9 @@ export const make = Effect.gen(function*() {
       const held = yield* sql`SELECT id FROM batches WHERE id = ${id} AND lease_owner = ${owner} AND status = ${status}`
       return held.length === 0 ? Option.none<A>() : Option.some(yield* write)
     }).pipe(sql.withTransaction, Effect.orDie)
+
+  const holding = <A, R>(id: BatchId, owner: string, status: BatchStatus, write: Effect.Effect<A, never, R>) =>
+    Effect.flatMap(whileHolding(id, owner, status, write), Option.match({ onNone: () => Effect.fail(new LeaseLost()), onSome: Effect.succeed }))
 
   /**
    * A slice another node held and did not renew (`owner` is cleared only when a slice is released or done); this
@@ -223,6 +234,7 @@ export const make = Effect.gen(function*() {
   return WorkLeases.of({
     claimBatch,
     whileHolding,
+    holding,
     claimSlice,
     claimNextSlice,
     lapsedSlices,

@@ -6,7 +6,7 @@
  * (`WorkLeases.whileHolding`): a node that stalled past its lease wrote its files over those of the node that
  * finished the batch meanwhile, and brought back an output file deleted since.
  */
-import { Data, Duration, Effect, Option, Schedule, Stream } from "effect"
+import { Duration, Effect, Option, Schedule, Stream } from "effect"
 import { AppConfig } from "../Config.js"
 import { type BatchId, derivedFileId } from "../domain/Ids.js"
 import { FileStore } from "../files/FileStore.js"
@@ -17,9 +17,6 @@ import { Metrics } from "../observability/Metrics.js"
 import type { BatchStatus } from "../domain/Batches.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
 import { nodeLease, WorkLeases } from "./WorkLeases.js"
-
-/** The batch is no longer as this node found it, under its lease: taken over after a stall, or moved on (a cancel). */
-class MovedOn extends Data.TaggedError("MovedOn") {}
 
 /** Result rows read at a time while writing the files. */
 const PAGE = 1000
@@ -66,12 +63,8 @@ export const makeFinishing = Effect.gen(function*() {
         page.count === 0 ? Option.none() : Option.some(page.lastLine) // a page may stop early: bounded by bytes
       ]))
 
-  /** `write`, while the batch is `status` under this node's lease; else `MovedOn`, writing nothing. */
-  const held = <A>(id: BatchId, status: BatchStatus, write: Effect.Effect<A>) =>
-    Effect.flatMap(
-      leases.whileHolding(id, config.nodeId, status, write),
-      Option.match({ onNone: () => Effect.fail(new MovedOn()), onSome: Effect.succeed })
-    )
+  /** `write`, while the batch is `status` under this node's lease; else `LeaseLost`, writing nothing. */
+  const held = <A>(id: BatchId, status: BatchStatus, write: Effect.Effect<A>) => leases.holding(id, config.nodeId, status, write)
 
   const writeResultFile = (record: BatchRecord, status: BatchStatus, kind: "succeeded" | "failed") => {
     const id = record.batch.id
@@ -130,7 +123,7 @@ export const makeFinishing = Effect.gen(function*() {
       const moved = yield* store.transition(id, move, { outputFileId, errorFileId }, config.nodeId)
       if (Option.isSome(moved)) yield* BatchLines.finished(moved.value, record.project)
     }).pipe(
-      Effect.catchTag("MovedOn", () => Effect.logDebug(`Batch ${id}: not finished here, no longer as this node found it under its lease`)),
+      Effect.catchTag("LeaseLost", () => Effect.logDebug(`Batch ${id}: not finished here, no longer as this node found it under its lease`)),
       Effect.withSpan("BatchRunner.finish", { attributes: { "batch.id": id, move } })
     )
 

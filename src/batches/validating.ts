@@ -5,7 +5,7 @@
  * transaction, that the batch is still this node's to validate (`WorkLeases.whileHolding`): a node that stalled
  * past its lease stops there, writing nothing.
  */
-import { type Cause, Chunk, Data, Effect, Option, Stream } from "effect"
+import { type Cause, Chunk, Effect, Option, Stream } from "effect"
 import { AppConfig } from "../Config.js"
 import type { BatchError } from "../domain/Batches.js"
 import { type BatchId, batchRequestId } from "../domain/Ids.js"
@@ -20,9 +20,6 @@ import { afterPendingIo } from "./eventLoop.js"
 import * as Input from "./inputValidation.js"
 import { type JsonlLine, jsonlLines, MAX_LINE_BYTES } from "./lines.js"
 import { WorkLeases } from "./WorkLeases.js"
-
-/** The batch is no longer this node's to validate: another node took it over (after a stall), or it was cancelled. */
-class HandedOver extends Data.TaggedError("HandedOver") {}
 
 /** Request rows stored per statement. */
 const ROWS_PER_INSERT = 1000
@@ -52,12 +49,8 @@ export const makeValidating = Effect.gen(function*() {
   const config = yield* AppConfig
   const leases = yield* WorkLeases
 
-  /** `write`, while the batch is this node's to validate; else `HandedOver`, writing nothing. */
-  const held = <A>(id: BatchId, write: Effect.Effect<A>) =>
-    Effect.flatMap(
-      leases.whileHolding(id, config.nodeId, "validating", write),
-      Option.match({ onNone: () => Effect.fail(new HandedOver()), onSome: Effect.succeed })
-    )
+  /** `write`, while the batch is this node's to validate; else `LeaseLost`, writing nothing. */
+  const held = <A>(id: BatchId, write: Effect.Effect<A>) => leases.holding(id, config.nodeId, "validating", write)
 
   // The move its own compare-and-set under the lease, after the rows' delete: in `held`'s transaction, the metrics
   // would count it (`moved`) before it was committed.
@@ -167,7 +160,7 @@ export const makeValidating = Effect.gen(function*() {
         yield* BatchLines.validated(batch.id, verdict.total, verdict.model, record.project)
       }
     }).pipe(
-      Effect.catchTag("HandedOver", () =>
+      Effect.catchTag("LeaseLost", () =>
         Effect.logInfo(`Batch ${record.batch.id}: validation stopped, the batch no longer this node's to validate (taken over after a stall, or cancelled)`)),
       Effect.withSpan("BatchRunner.validate", { attributes: { "batch.id": record.batch.id } })
     )
