@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { SqlClient } from "@effect/sql"
-import { Effect, Layer, Logger, Option } from "effect"
+import { Effect, Fiber, Layer, Logger, Option } from "effect"
 import { BatchStore, BatchStoreLive, type RequestOutcome, type ResultLines } from "../src/batches/BatchStore.js"
 import { beat, LocalWork } from "../src/batches/heartbeat.js"
 import { makePendingRows } from "../src/batches/pendingRows.js"
@@ -214,6 +214,28 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       expect(lines.map((l) => l.custom_id)).toEqual(["c1", "c2", "c3"])
       expect(yield* store.recordOutcomes(id, [ok(1, "late")])).toEqual(new Set())
       expect((yield* storedLines(store, id, "succeeded", 1))[0].response.body).toEqual({ text: "from a" })
+    }).pipe(Effect.provide(storeFor(backend))))
+
+  it.live("a late outcome write meeting a finishing that fails the pending requests under its lease: no deadlock, each line once", () =>
+    Effect.gen(function*() {
+      const leases = yield* WorkLeases
+      const store = yield* BatchStore
+      const id = yield* runningBatch(3, 3)
+      expect(Option.isSome(yield* store.transition(id, "cancel"))).toBe(true)
+      expect(yield* leases.claimBatch(id, lease("finisher"))).toBe(true)
+      // A stalled node's answer for line 2 arrives while the finisher holds the batch (PostgreSQL: its row locked)
+      // and before the finisher stores the pending requests' errors. Its insert once took line 2, then waited for the
+      // batch row to count it, while the finisher waited for line 2: PostgreSQL aborted one as a deadlock.
+      const late = yield* Effect.fork(Effect.zipRight(Effect.sleep("100 millis"), store.recordOutcomes(id, [ok(2, "late")])))
+      const failed = yield* leases.whileHolding(id, "finisher", "cancelling", Effect.zipRight(
+        Effect.sleep("400 millis"),
+        store.failPending(id, "batch_cancelled", "not completed")
+      ))
+      const stored = yield* Fiber.join(late)
+      // Either order is right (SQLite runs one write at a time); each line is stored and counted once.
+      expect(Option.getOrThrow(failed) + stored.size).toBe(3)
+      const { batch } = yield* store.get(id, "all")
+      expect(batch.request_counts).toEqual({ total: 3, completed: stored.size, failed: 3 - stored.size })
     }).pipe(Effect.provide(storeFor(backend))))
 
   it.effect("a group larger than one INSERT statement is stored whole", () =>

@@ -88,7 +88,10 @@ export const makeBatchSql = (sql: SqlClient.SqlClient) => {
 
   /**
    * Postgres: the group as one JSON parameter, inserted by a single statement (one round trip); the trigger of
-   * migration 0006 adds the rows it inserted to the batch's counts and usage. Gives the lines it stored.
+   * migration 0006 adds the rows it inserted to the batch's counts and usage. Gives the lines it stored. The batch
+   * row is locked before any line is inserted, the order a finishing takes them in (`WorkLeases.whileHolding`):
+   * inserted first, a stalled node's late lines waited for the row the finishing held, the finishing for those
+   * lines, and PostgreSQL aborted one as a deadlock. (The trigger's update locks that row anyway.)
    */
   const insertOutcomesPg = (batchId: BatchId, outcomes: ReadonlyArray<RequestOutcome>) => {
     // The usage fields are named as in `TokenUsage`: input, cached, output, reasoning, total.
@@ -99,10 +102,11 @@ export const makeBatchSql = (sql: SqlClient.SqlClient) => {
         : { line: o.line, custom_id: o.customId, result_id: o.resultId, error_code: o.code, error_message: o.message, ...usage }
     }))
     return sql`
+      WITH batch AS (SELECT id FROM batches WHERE id = ${batchId} FOR NO KEY UPDATE)
       INSERT INTO batch_results (${sql.literal(outcomeColumns.join(", "))})
-      SELECT ${batchId}, line, custom_id, result_id, status_code, response, request_id, error_code, error_message,
+      SELECT batch.id, line, custom_id, result_id, status_code, response, request_id, error_code, error_message,
         input, cached, output, reasoning, total
-      FROM json_to_recordset(${rows}::json) AS v(line INTEGER, custom_id TEXT, result_id TEXT, status_code INTEGER,
+      FROM batch, json_to_recordset(${rows}::json) AS v(line INTEGER, custom_id TEXT, result_id TEXT, status_code INTEGER,
         response TEXT, request_id TEXT, error_code TEXT, error_message TEXT, input BIGINT, cached BIGINT,
         output BIGINT, reasoning BIGINT, total BIGINT)
       ON CONFLICT DO NOTHING RETURNING line`.values.pipe(
