@@ -154,11 +154,14 @@ describe("the openai-batch command line", () => {
       // What the server refuses before reading a line, too: a name not .jsonl, an endpoint that is no /v1/ path.
       const noV1 = JSON.stringify({ custom_id: "x", method: "POST", url: "/chat/completions", body: { model: "sim-model", messages: [] } })
       const garbage = Array.from({ length: 3000 }, () => "{not json")
-      const [empty, named, unversioned, many] = await Promise.all([
+      // A first line that is no request does not name the endpoint: the first request does.
+      const embedding = JSON.stringify({ custom_id: "e", method: "POST", url: "/v1/embeddings", body: { model: "sim-model", input: "x" } })
+      const [empty, named, unversioned, many, brokenFirst] = await Promise.all([
         cli(["submit", inputFile("empty.jsonl", [])]),
         cli(["submit", inputFile("requests.json", [chatLine("a", "fine")])]),
         cli(["submit", inputFile("unversioned.jsonl", [noV1])]),
-        cli(["submit", inputFile("garbage.jsonl", garbage)])
+        cli(["submit", inputFile("garbage.jsonl", garbage)]),
+        cli(["submit", inputFile("broken-first.jsonl", ["{not json", embedding])])
       ])
       expect(empty.code).toBe(2)
       expect(empty.stderr).toContain("empty.jsonl: 1 problem (the server would refuse the file or fail the batch with the same); nothing was uploaded.")
@@ -168,6 +171,7 @@ describe("the openai-batch command line", () => {
       ]])
       // Every problem counted, those the list leaves out too.
       expect([many.code, many.stderr]).toEqual([2, expect.stringContaining("garbage.jsonl: 3,000 problems for /v1/chat/completions")])
+      expect([brokenFirst.code, brokenFirst.stderr]).toEqual([2, expect.stringContaining("broken-first.jsonl: 1 problem for /v1/embeddings")])
       expect((await openai.files.list()).data.map((f) => f.id)).toEqual([uploaded.id, ...filesBefore])
     }), 180_000)
 

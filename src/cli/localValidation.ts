@@ -53,21 +53,25 @@ const fileProblems = (path: string, endpoint: string): Array<BatchError> => [
 ]
 
 
-/** The `url` of the file's first request, when it names one: the endpoint a file is meant for. */
+/**
+ * The `url` of the file's first request, when one names it: the endpoint a file is meant for. A line that is no
+ * request (not JSON, no `url`) is passed over: a first line that did not parse set the endpoint to chat's, and every
+ * other line was then an `invalid_url` too.
+ */
 const firstUrl = (lines: Stream.Stream<JsonlLine, CliFailure>) =>
   lines.pipe(
-    Stream.filter((l) => l._tag !== "Line" || l.text.trim() !== ""),
-    Stream.runHead,
-    Effect.map(Option.flatMap((l) => {
-      if (l._tag !== "Line") return Option.none()
-      try {
-        const parsed: unknown = JSON.parse(l.text)
-        return isJsonObject(parsed) && typeof parsed.url === "string" ? Option.some(parsed.url) : Option.none()
-      } catch {
-        return Option.none()
-      }
-    }))
+    Stream.filterMap((l) => l._tag === "Line" ? requestUrl(l.text) : Option.none()),
+    Stream.runHead
   )
+
+const requestUrl = (text: string): Option.Option<string> => {
+  try {
+    const parsed: unknown = JSON.parse(text)
+    return isJsonObject(parsed) && typeof parsed.url === "string" ? Option.some(parsed.url) : Option.none()
+  } catch {
+    return Option.none()
+  }
+}
 
 /**
  * Checks `path` against `endpoint`, or, when none is given, against the `url` of its first request (else
