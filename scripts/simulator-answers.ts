@@ -21,8 +21,24 @@ const details = (prompt: string) => ({
   reasoning: Number(/\[reasoning:(\d+)\]/.exec(prompt)?.[1] ?? 0)
 })
 
-/** A few of OpenAI's moderation categories, all false, with low scores. */
-const CATEGORIES = ["harassment", "hate", "self-harm", "sexual", "violence"]
+/** OpenAI's moderation categories (omni-moderation), all false, with low scores. */
+const CATEGORIES = [
+  "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit", "illicit/violent", "self-harm",
+  "self-harm/intent", "self-harm/instructions", "sexual", "sexual/minors", "violence", "violence/graphic"
+]
+
+/** `n` of a request, as OpenAI takes it (1 when absent), at most `max`. */
+const countOf = (n: unknown, max: number) => Number.isInteger(n) && (n as number) > 0 ? Math.min(n as number, max) : 1
+
+/**
+ * An embeddings request's inputs as OpenAI counts them: a string, an array of strings, a token array (one input) or
+ * an array of token arrays.
+ */
+const embeddingInputs = (input: unknown): ReadonlyArray<unknown> =>
+  Array.isArray(input) && input.length > 0 && (typeof input[0] === "string" || Array.isArray(input[0])) ? input : [input]
+
+/** A vector as `encoding_format: "base64"` answers it: its float32 values, little-endian, in base64. */
+const base64Vector = (vector: ReadonlyArray<number>) => Buffer.from(new Float32Array(vector).buffer).toString("base64")
 
 /** A 1×1 transparent PNG, as `b64_json`. */
 const PIXEL_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
@@ -41,7 +57,12 @@ export const answer = (path: string, body: any, prompt: string) => {
         object: "chat.completion",
         created,
         model,
-        choices: [{ index: 0, message: { role: "assistant", content: reply }, finish_reason: "stop" }],
+        choices: Array.from({ length: countOf(body.n, 8) }, (_, index) => ({
+          index,
+          message: { role: "assistant", content: reply, refusal: null, annotations: [] },
+          logprobs: null,
+          finish_reason: "stop"
+        })),
         usage: {
           ...usage,
           total_tokens: usage.prompt_tokens + usage.completion_tokens,
@@ -55,11 +76,12 @@ export const answer = (path: string, body: any, prompt: string) => {
         object: "text_completion",
         created,
         model,
-        choices: [{ index: 0, text: reply, finish_reason: "stop" }],
+        choices: Array.from({ length: countOf(body.n, 8) }, (_, index) => ({ index, text: reply, logprobs: null, finish_reason: "stop" })),
         usage: { ...usage, total_tokens: usage.prompt_tokens + usage.completion_tokens }
       }
     case "/v1/embeddings": {
-      const inputs = Array.isArray(body.input) ? body.input : [body.input]
+      const vector = (dimensions: number) => Array.from({ length: dimensions }, (_, i) => ((prompt.length + i) % 10) / 10)
+      const inputs = embeddingInputs(body.input)
       // `dimensions` as OpenAI's API takes it (here up to 4,096): answers the size of a real model's; 8 without.
       const dimensions = Number.isInteger(body.dimensions) && body.dimensions > 0 ? Math.min(body.dimensions, 4096) : 8
       return {
@@ -68,7 +90,7 @@ export const answer = (path: string, body: any, prompt: string) => {
         data: inputs.map((_: unknown, index: number) => ({
           object: "embedding",
           index,
-          embedding: Array.from({ length: dimensions }, (_, i) => ((prompt.length + i) % 10) / 10)
+          embedding: body.encoding_format === "base64" ? base64Vector(vector(dimensions)) : vector(dimensions)
         })),
         usage: { prompt_tokens: usage.prompt_tokens, total_tokens: usage.prompt_tokens }
       }
@@ -81,12 +103,13 @@ export const answer = (path: string, body: any, prompt: string) => {
         results: inputs.map(() => ({
           flagged: false,
           categories: Object.fromEntries(CATEGORIES.map((c) => [c, false])),
-          category_scores: Object.fromEntries(CATEGORIES.map((c) => [c, 0.0001]))
+          category_scores: Object.fromEntries(CATEGORIES.map((c) => [c, 0.0001])),
+          category_applied_input_types: Object.fromEntries(CATEGORIES.map((c) => [c, ["text"]]))
         }))
       }
     }
     case "/v1/images/generations": {
-      const n = Number.isInteger(body.n) && body.n > 0 ? Math.min(body.n, 4) : 1
+      const n = countOf(body.n, 4)
       const output = 272 * n
       return {
         created,

@@ -167,4 +167,28 @@ describe("the upstream simulator", () => {
     expect(sim.stats.byModel.size).toBe(0)
     expect(sim.stats).toMatchObject({ requests: 0, rejected: 0, maxWaiting: 0 })
   })
+
+  it("answers as OpenAI does what a client decodes: n choices, base64 embeddings, a token array as one input", async () => {
+    const sim = await simulator()
+    const post = (path: string, body: object) =>
+      fetch(`${sim.url}${path}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) }).then(json)
+    const chatAnswer = await post("/chat/completions", { model: "sim-model", n: 2, messages: [{ role: "user", content: "hi" }] })
+    expect(chatAnswer.choices).toEqual([0, 1].map((index) => ({
+      index,
+      message: { role: "assistant", content: "echo: hi", refusal: null, annotations: [] },
+      logprobs: null,
+      finish_reason: "stop"
+    })))
+    const floats = await post("/embeddings", { model: "sim-model", input: "hello", dimensions: 4 })
+    const encoded = await post("/embeddings", { model: "sim-model", input: "hello", dimensions: 4, encoding_format: "base64" })
+    const bytes = Buffer.from(encoded.data[0].embedding, "base64")
+    const decoded = Array.from(new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4))
+    expect(decoded).toEqual(floats.data[0].embedding.map(Math.fround))
+    const tokenArray = await post("/embeddings", { model: "sim-model", input: [15339, 1917] })
+    const tokenArrays = await post("/embeddings", { model: "sim-model", input: [[15339], [1917]] })
+    expect([tokenArray.data.length, tokenArrays.data.length]).toEqual([1, 2])
+    const moderation = await post("/moderations", { input: "hi" })
+    expect(Object.keys(moderation.results[0].categories)).toHaveLength(13)
+    expect(moderation.results[0].category_applied_input_types.violence).toEqual(["text"])
+  })
 })
