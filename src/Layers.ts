@@ -26,6 +26,7 @@ import { closeWhenAnswered } from "./http/closeWhenAnswered.js"
 import { capConnections } from "./http/connectionCap.js"
 import { holdEarlyRequests } from "./http/holdEarlyRequests.js"
 import { lingerAfterEarlyAnswers } from "./http/lingerAfterEarlyAnswers.js"
+import { readTraceparentAsW3c } from "./http/traceContext.js"
 import { HttpLive } from "./http/Http.js"
 import { MetricsServerLive } from "./http/MetricsHttp.js"
 import { type Metrics, MetricsLive } from "./observability/Metrics.js"
@@ -210,6 +211,7 @@ export const makeNodeServer = (options: NodeServerOptions) => Layer.unwrapEffect
     connectionsCheckingInterval: headersTimeout === 0 ? 30_000 : Math.min(30_000, Math.max(250, Math.ceil(headersTimeout / 4)))
   })
   answerClientErrors(server)
+  readTraceparentAsW3c(server)
   // In this order: the held requests go to the first request listener attached after `holdEarlyRequests`'.
   lingerAfterEarlyAnswers(server)
   const closeAsAnswered = closeWhenAnswered(server)

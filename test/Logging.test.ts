@@ -12,6 +12,7 @@ import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Cause, Effect, Exit, Layer, Logger, LogLevel, Option } from "effect"
 import { defaults } from "../src/Config.js"
 import { addressUrl, listeningLine } from "../src/observability/Lifecycle.js"
+import Database from "better-sqlite3"
 import { mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { connect } from "node:net"
 import { tmpdir } from "node:os"
@@ -75,6 +76,27 @@ describe("the logs of the server process", () => {
       headers: { authorization: `Bearer ${API_KEY}`, "x-request-id": `bad id ${"x".repeat(200)}` }
     })
     oddIdAnswer = odd.headers.get("x-request-id")
+    // Trace contexts W3C says to ignore (upper-case hex, all-zero ids, version ff, version 00 with more), and a later
+    // version's, read as far as version 00 goes.
+    const traceparents = {
+      "tp-upper": `00-${CALLER_TRACE.toUpperCase()}-00f067aa0ba902b7-01`,
+      "tp-zero-trace": `00-${"0".repeat(32)}-00f067aa0ba902b7-01`,
+      "tp-zero-parent": `00-${CALLER_TRACE}-${"0".repeat(16)}-01`,
+      "tp-version-ff": `ff-${CALLER_TRACE}-00f067aa0ba902b7-01`,
+      "tp-00-longer": `00-${CALLER_TRACE}-00f067aa0ba902b7-01-extra`,
+      "tp-later": `01-${CALLER_TRACE}-00f067aa0ba902b7-01-what-comes-next`
+    }
+    for (const [id, traceparent] of Object.entries(traceparents)) {
+      const answer = await fetch(`${server.url}/v1/files`, { headers: { authorization: `Bearer ${API_KEY}`, "x-request-id": id, traceparent } })
+      expect(answer.status).toBe(200)
+    }
+    // A fault in an API route (its table gone for a moment): a 500, and the fault's own line.
+    const db = new Database(Path.join(dataDir, "batches.sqlite"))
+    db.exec("ALTER TABLE files RENAME TO files_away")
+    const faulted = await fetch(`${server.url}/v1/files`, { headers: { authorization: `Bearer ${API_KEY}`, "x-request-id": "faulted-1" } })
+    db.exec("ALTER TABLE files_away RENAME TO files")
+    db.close()
+    expect(faulted.status).toBe(500)
     // A client that gives up halfway through its body.
     const url = new URL(server.url)
     const quitter = connect(Number(url.port), url.hostname)
@@ -113,7 +135,7 @@ describe("the logs of the server process", () => {
       route: "/v1/batches",
       status: 499
     })
-    expect(lines.filter((l) => l.level === "ERROR")).toEqual([])
+    expect(lines.filter((l) => l.level === "ERROR" && l.request_id !== "faulted-1")).toEqual([])
   })
 
   it("say where the server listens, on which database, to which upstream, and when it shuts down", () => {
@@ -193,6 +215,14 @@ describe("the logs of the server process", () => {
     })])
     // Without tracing, a request that continues no trace has no span, hence no trace_id: its request_id finds it.
     expect(lines.find((l) => l.request_id === oddIdAnswer)!.trace_id).toBeUndefined()
+    // A fault in an API route: its request's line a warning, the fault's own line an error with its cause.
+    expect(lines.filter((l) => l.request_id === "faulted-1")).toEqual([
+      expect.objectContaining({ level: "ERROR", event: "http.fault", message: "Unhandled fault while serving a request", cause: expect.stringContaining("files") }),
+      expect.objectContaining({ level: "WARN", event: "http.request", status: 500, route: "/v1/files" })
+    ])
+    const traceOf = (requestId: string) => lines.find((l) => l.request_id === requestId)!.trace_id
+    expect(["tp-upper", "tp-zero-trace", "tp-zero-parent", "tp-version-ff", "tp-00-longer"].map(traceOf)).toEqual([undefined, undefined, undefined, undefined, undefined])
+    expect(traceOf("tp-later")).toBe(CALLER_TRACE)
     // Health probes (the test harness polled /v1/health until the server answered) are debug lines: not at info.
     expect(lines.filter((l) => l.path === "/v1/health")).toEqual([])
   })

@@ -8,6 +8,8 @@ import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import { describe, expect, it } from "@effect/vitest"
 import { ConfigProvider, Duration, Effect, Either, Exit, Layer, Logger, Option, Redacted } from "effect"
 import * as EffectTracer from "effect/Tracer"
+import * as OtelApi from "@opentelemetry/api"
+import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base"
 import { mkdtempSync, rmSync } from "node:fs"
 import * as Http from "node:http"
 import { tmpdir } from "node:os"
@@ -16,7 +18,7 @@ import OpenAI, { toFile } from "openai"
 import { startSimulator } from "../scripts/simulator.js"
 import { AppConfig } from "../src/Config.js"
 import { Inference, InferenceOverHttpClient } from "../src/inference/Inference.js"
-import { layerWith } from "../src/observability/Tracing.js"
+import { layerWith, serverSpanConventions } from "../src/observability/Tracing.js"
 import { DEFAULT_UPSTREAM_CALLS, parseHeaders, tracingSettings } from "../src/observability/tracingSettings.js"
 import { layerUpstreamCallTracing, makeFractionPicker } from "../src/observability/upstreamCallSpans.js"
 import { chatLine } from "./support/Batches.js"
@@ -100,7 +102,9 @@ describe("tracing", () => {
       OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
       OTEL_SERVICE_NAME: "batch-under-test",
       HEARTBEAT_INTERVAL: "100 millis",
-      NODE_ID: "node-traced"
+      NODE_ID: "node-traced",
+      // Values percent-encoded, one holding "=" (W3C baggage form, as OpenTelemetry's specification reads it).
+      OTEL_RESOURCE_ATTRIBUTES: "deployment.environment=prod%20eu,k8s.pod.name=batch=7"
     }
     return withTracedServer(env, async ({ url, collector, stop, stdout }) => {
       // The start says where spans go.
@@ -134,6 +138,7 @@ describe("tracing", () => {
       const create = one(spans.filter((s) => s.traceId === traceId), "POST /v1/batches")
       // The node's id tells the nodes' spans apart.
       expect(create).toMatchObject({ kind: SERVER, parentSpanId: parentId, service: "batch-under-test", instance: "node-traced" })
+      expect(create.resource).toMatchObject({ "deployment.environment": "prod eu", "k8s.pod.name": "batch=7", "telemetry.sdk.language": "nodejs" })
       expect(spans.filter((s) => ["GET /v1/health", "GET /v1/ready", "GET /metrics"].includes(s.name))).toEqual([])
       expect(create.attributes).toMatchObject({ "http.request.method": "POST", "http.route": "/v1/batches", "http.response.status_code": 200 })
       // Polls are named by their route, not their URL.
@@ -141,6 +146,8 @@ describe("tracing", () => {
       // A request refused before routing (421: a foreign Host) is named by the route it asked for, as logged.
       const refused = one(spans.filter((s) => s.traceId === refusedTrace), "GET /v1/files")
       expect(refused.attributes).toMatchObject({ "http.route": "/v1/files", "http.response.status_code": 421 })
+      // A server span's status is its answer's: below 500, unset (Effect's tracer said OK), as the HTTP conventions say.
+      expect([refused.status, create.status]).toEqual([{ code: 0 }, { code: 0 }])
       expect(spans.filter((s) => s.traceId === unsampledTrace)).toEqual([])
       // No key in any span (the client sends `Authorization: Bearer sk-test`; headers are recorded, that one redacted).
       expect(create.attributes["http.request.header.authorization"]).toBe("<redacted>")
@@ -330,7 +337,8 @@ describe("tracing settings", () => {
         serviceName: "effect-openai-batch",
         sampler: "parentbased_always_on",
         samplerArg: 1,
-        upstreamCalls: DEFAULT_UPSTREAM_CALLS
+        upstreamCalls: DEFAULT_UPSTREAM_CALLS,
+        resourceAttributes: {}
       })
       // The path is added to the base's path, not to its end: a query stays a query.
       const withQuery = yield* settings({ OTEL_EXPORTER_OTLP_ENDPOINT: "https://c.example/otlp/?token=abc" })
@@ -342,7 +350,7 @@ describe("tracing settings", () => {
         OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: "http/json",
         OTEL_EXPORTER_OTLP_HEADERS: "api-key=secret%20one,x-team=batch",
         OTEL_EXPORTER_OTLP_TRACES_HEADERS: "api-key=secret two",
-        OTEL_RESOURCE_ATTRIBUTES: "deployment.environment=prod,service.name=from-attributes,service.instance.id=pod-7",
+        OTEL_RESOURCE_ATTRIBUTES: "deployment.environment=prod%2Ceu,service.name=from-attributes,service.instance.id=pod-7,k8s.pod.name=a=b",
         OTEL_TRACES_SAMPLER: "parentbased_traceidratio",
         OTEL_TRACES_SAMPLER_ARG: "0.25"
       })))
@@ -352,6 +360,7 @@ describe("tracing settings", () => {
         headers: { "api-key": "secret two", "x-team": "batch" },
         serviceName: "from-attributes",
         instanceId: "pod-7",
+        resourceAttributes: { "deployment.environment": "prod,eu", "service.name": "from-attributes", "service.instance.id": "pod-7", "k8s.pod.name": "a=b" },
         sampler: "parentbased_traceidratio",
         samplerArg: 0.25,
         upstreamCalls: DEFAULT_UPSTREAM_CALLS
@@ -370,6 +379,14 @@ describe("tracing settings", () => {
       const failure = (env: Record<string, string>) =>
         Effect.map(settings({ OTEL_EXPORTER_OTLP_ENDPOINT: "http://c:4318", ...env }), (e) => (Either.isLeft(e) ? String(e.left) : "no error"))
       expect(yield* failure({ OTEL_EXPORTER_OTLP_ENDPOINT: "c:4318" })).toContain("OTEL_EXPORTER_OTLP_ENDPOINT")
+      // An endpoint may carry credentials: not repeated.
+      for (const name of ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]) {
+        const endpoint = yield* failure({ [name]: "ftp://user:PwSECRET@collector/?token=TOKSECRET" })
+        expect(endpoint).toContain(name)
+        expect(endpoint).not.toMatch(/PwSECRET|TOKSECRET/)
+      }
+      expect(yield* failure({ OTEL_RESOURCE_ATTRIBUTES: "deployment.environment" })).toContain("OTEL_RESOURCE_ATTRIBUTES")
+      expect(yield* failure({ OTEL_RESOURCE_ATTRIBUTES: "team=%E0%A4%A" })).toContain("OTEL_RESOURCE_ATTRIBUTES")
       expect(yield* failure({ OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: "grpc" })).toContain("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
       expect(yield* failure({ OTEL_TRACES_SAMPLER: "sometimes" })).toContain("OTEL_TRACES_SAMPLER")
       expect(yield* failure({ OTEL_TRACES_SAMPLER_ARG: "2" })).toContain("OTEL_TRACES_SAMPLER_ARG")
@@ -383,6 +400,30 @@ describe("tracing settings", () => {
       expect(yield* failure({ OTEL_EXPORTER_OTLP_HEADERS: "x-org=org-%E2%80%A6" })).toContain("OTEL_EXPORTER_OTLP_HEADERS")
       expect(parseHeaders("x-org=caf%C3%A9")).toEqual(Either.right({ "x-org": "café" }))
     }))
+
+  it("a server span's status is its answer's: an error for a 5xx (with error.type), unset below", () => {
+    const exporter = new InMemorySpanExporter()
+    const provider = new BasicTracerProvider({ spanProcessors: [serverSpanConventions(OtelApi), new SimpleSpanProcessor(exporter)] })
+    const tracer = provider.getTracer("test")
+    const answered = (status: number, failure?: string) => {
+      const span = tracer.startSpan("GET", { kind: OtelApi.SpanKind.SERVER, attributes: { "http.request.method": "GET", "url.path": "/v1/batches" } })
+      span.setAttribute("http.response.status_code", status)
+      // As Effect's tracer ends it: OK for any answer, an error with its message for a defect.
+      span.setStatus(failure === undefined ? { code: OtelApi.SpanStatusCode.OK } : { code: OtelApi.SpanStatusCode.ERROR, message: failure })
+      span.end()
+      const [ended] = exporter.getFinishedSpans().slice(-1)
+      return { name: ended!.name, status: ended!.status, errorType: ended!.attributes["error.type"] }
+    }
+    expect(answered(500)).toEqual({ name: "GET /v1/batches", status: { code: OtelApi.SpanStatusCode.ERROR }, errorType: "500" })
+    expect(answered(503, "the database is unavailable")).toEqual({
+      name: "GET /v1/batches",
+      status: { code: OtelApi.SpanStatusCode.ERROR, message: "the database is unavailable" },
+      errorType: "503"
+    })
+    expect(answered(404)).toEqual({ name: "GET /v1/batches", status: { code: OtelApi.SpanStatusCode.UNSET }, errorType: undefined })
+    expect(answered(499, "{ a dump of the answer }")).toMatchObject({ status: { code: OtelApi.SpanStatusCode.UNSET } })
+    expect(answered(200)).toMatchObject({ status: { code: OtelApi.SpanStatusCode.UNSET } })
+  })
 
   it("picks the given fraction of calls, evenly, the first one included", () => {
     expect(makeFractionPicker(0)).toBeUndefined()

@@ -92,7 +92,7 @@ export const ErrorEnvelopeLive = HttpApiBuilder.middleware(OpenAIApi, (app) => {
   const said = (error: ApiError, cause: Cause.Cause<unknown>) => {
     switch (error._tag) {
       case "ServerError":
-        return Effect.logError("Unhandled fault while serving a request", cause)
+        return Effect.annotateLogs(Effect.logError("Unhandled fault while serving a request", cause), "event", "http.fault")
       case "InsufficientStorage":
         return storageWarning(error._tag, cause, "Storage full: requests that write get a 507 until there is room")
       case "ServiceUnavailable":

@@ -136,6 +136,7 @@ export const makeSend = ({ config, pickTraced, route }: SendingOptions) => {
     const backingOff = options.backingOff ?? identity
     const { batch, model, project = "", deadline = Number.MAX_SAFE_INTEGER } = options
     const ticket = { project, batch, deadline, model, handBack }
+    const whyRetried = (result: Attempt) => result._tag === "Failure" ? result.failure.code : `status ${result.response.status}`
     const final = (result: Attempt) =>
       result._tag === "Failure" ? Effect.fail(result.failure) : Effect.succeed(result.response)
     /** After attempt `n` gave `result`: wait and try again, unless attempts or time (the deadline) are used up. */
@@ -146,7 +147,7 @@ export const makeSend = ({ config, pickTraced, route }: SendingOptions) => {
         const delay = yield* retryDelay(result, n)
         const now = yield* Clock.currentTimeMillis
         if (options.deadline !== undefined && now + delay > options.deadline) return yield* final(result)
-        traced?.retried(n, result._tag === "Failure" ? result.failure.code : `status ${result.response.status}`)
+        traced?.retried(n, whyRetried(result))
         const hold = yield* FiberRef.get(currentAnswerHold)
         hold?.release() // the answer let go is not held through the wait
         if (attempts !== undefined) attempts.retryAt = now + delay
@@ -156,13 +157,18 @@ export const makeSend = ({ config, pickTraced, route }: SendingOptions) => {
         return yield* loop(n + 1, traced)
       })
     }
+    /** Attempt `n` again: its failure was the outage's, not the request's (uncounted), and a traced call's span says so. */
+    const again = (result: Attempt, n: number, traced?: TracedCall) => {
+      traced?.retried(n, whyRetried(result))
+      return loop(n, traced)
+    }
     // The usual case, an answer that needs no retry, is kept to a few steps: thousands of calls run a second.
     const loop = (n: number, traced?: TracedCall): Effect.Effect<UpstreamResponse, UpstreamFailure | HandedBack> =>
       Effect.flatMap(upstream.attempt(endpoint, sent, ticket, n, traced?.traceparent), ([result, verdict]) =>
         verdict === "final"
           ? final(result)
           : verdict === "again"
-          ? (handBack?.wanted() ? Effect.fail(new HandedBack()) : loop(n, traced))
+          ? (handBack?.wanted() ? Effect.fail(new HandedBack()) : again(result, n, traced))
           : retry(result, n, traced))
     const first = Math.min(attempts?.used ?? 0, config.inferenceMaxAttempts - 1) + 1
     // A request handed back in its backoff waits out the rest of it before its next attempt.

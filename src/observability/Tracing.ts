@@ -95,11 +95,15 @@ export const layerWith = (settings: TracingSettings): Layer.Layer<never> =>
     }[settings.sampler]()
     const sampler = settings.sampler === "always_on" ? base : rulesSampler(api, sdk, base, settings.upstreamCalls)
 
-    const processors: readonly [SdkTrace.SpanProcessor, SdkTrace.SpanProcessor] = [routeNames(api), new sdk.BatchSpanProcessor(exporter)]
-    // Given here, an attribute replaces OTEL_RESOURCE_ATTRIBUTES's: `instanceId` is that one's when it sets one.
-    const resource = Resource.layerFromEnv({
-      "service.name": settings.serviceName,
-      ...(settings.instanceId === undefined ? {} : { "service.instance.id": settings.instanceId })
+    const processors: readonly [SdkTrace.SpanProcessor, SdkTrace.SpanProcessor] = [serverSpanConventions(api), new sdk.BatchSpanProcessor(exporter)]
+    // OTEL_RESOURCE_ATTRIBUTES as read by `tracingSettings` (the platform's reader took `a=b=c` for no pair and left
+    // values percent-encoded); `instanceId` is that one's when it sets one.
+    const resource = Resource.layer({
+      serviceName: settings.serviceName,
+      attributes: {
+        ...settings.resourceAttributes,
+        ...(settings.instanceId === undefined ? {} : { "service.instance.id": settings.instanceId })
+      }
     })
     const provider = NodeSdk.layerTracerProvider(processors, { sampler, shutdownTimeout: "5 seconds" }).pipe(
       Layer.provideMerge(resource)
@@ -214,9 +218,11 @@ const nativeContext: EffectTracer.Tracer["context"] = Effect.runSync(Effect.trac
 /**
  * Names server spans `{method} {route}` (or `{method}` when no route matches), as the HTTP conventions ask. A request
  * refused before the router saw it (401, 403, 421) gets the route its path asked for, as its log line and metrics do.
- * And the query's parameters named like credentials lose their values (`url.query`, `url.full`).
+ * The query's parameters named like credentials lose their values (`url.query`, `url.full`). And the span's status
+ * is its answer's, as the conventions say of a server: an error for a 5xx (with `error.type`), unset below (Effect's
+ * tracer said OK for any answer, a 500 included, and for a client gone a dump of the answer as the message).
  */
-const routeNames = (api: typeof OtelApi): SdkTrace.SpanProcessor => ({
+export const serverSpanConventions = (api: typeof OtelApi): SdkTrace.SpanProcessor => ({
   onStart: () => {},
   onEnding: (span) => {
     if (span.kind !== api.SpanKind.SERVER) return
@@ -228,6 +234,15 @@ const routeNames = (api: typeof OtelApi): SdkTrace.SpanProcessor => ({
         span.setAttribute("url.query", redacted)
         if (typeof full === "string") span.setAttribute("url.full", full.replace(`?${query}`, `?${redacted}`))
       }
+    }
+    const status = span.attributes["http.response.status_code"]
+    if (typeof status === "number") {
+      // Assigned (the SDK's span has it as a field; its type says read-only): `setStatus` keeps an OK once set.
+      const { message } = span.status
+      ;(span as { status: OtelApi.SpanStatus }).status = status < 500
+        ? { code: api.SpanStatusCode.UNSET }
+        : message === undefined ? { code: api.SpanStatusCode.ERROR } : { code: api.SpanStatusCode.ERROR, message }
+      if (status >= 500 && span.attributes["error.type"] === undefined) span.setAttribute("error.type", String(status))
     }
     const method = span.attributes["http.request.method"]
     if (typeof method !== "string") return

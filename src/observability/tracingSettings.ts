@@ -43,6 +43,8 @@ export interface TracingSettings {
    * sets one; else `TracingLive` gives the node's id (`NODE_ID`).
    */
   readonly instanceId?: string | undefined
+  /** The resource's other attributes (`OTEL_RESOURCE_ATTRIBUTES`: `key=value,…`, values percent-decoded). */
+  readonly resourceAttributes: Readonly<Record<string, string>>
 }
 
 /** The default service name (`OTEL_SERVICE_NAME`). */
@@ -64,11 +66,12 @@ const optional = <A>(name: string, parse: (text: string) => Either.Either<A, str
     })
   ))
 
+/** An endpoint may carry credentials (a user and password, a token in its query): no message repeats it. */
 const httpUrl = (text: string): Either.Either<string, string> => {
   const url = URL.canParse(text) ? new URL(text) : undefined
   return url !== undefined && (url.protocol === "http:" || url.protocol === "https:")
     ? Either.right(text)
-    : Either.left(`Expected an http:// or https:// URL, got '${text.slice(0, 64)}'`)
+    : Either.left(url === undefined ? "Expected an http:// or https:// URL, got no URL" : `Expected an http:// or https:// URL, got a ${url.protocol} one`)
 }
 
 /** The base endpoint's traces URL: `/v1/traces` added to its path (a query it carries, such as a token, stays a query). */
@@ -143,10 +146,30 @@ const callsFraction = (text: string): Either.Either<number, string> => {
   return Either.mapLeft(fraction(text), () => `Expected all, none or a number from 0 to 1, got '${text.slice(0, 64)}'`)
 }
 
-/** The attribute `name` in `OTEL_RESOURCE_ATTRIBUTES`, if set there. */
-const resourceAttribute = (attributes: string, name: string) =>
-  Option.fromNullable(attributes.split(",").map((pair) => pair.split("=")).find(([key]) => key?.trim() === name)?.[1]?.trim())
-    .pipe(Option.filter((value) => value !== ""))
+/**
+ * `key=value,…`, values percent-decoded (W3C baggage form, as OpenTelemetry's specification says): a value may hold
+ * `=` (`k8s.pod.name=a=b`) or an encoded `,` (`%2C`). A pair without `=` or a broken encoding refuses the whole value, as
+ * the specification asks, and the start says so.
+ */
+export const parseResourceAttributes = (text: string): Either.Either<Record<string, string>, string> => {
+  const attributes: Record<string, string> = {}
+  for (const entry of text.split(",")) {
+    if (entry.trim() === "") continue
+    const at = entry.indexOf("=")
+    const key = at < 0 ? "" : entry.slice(0, at).trim()
+    if (key === "") return Either.left("Expected key=value pairs separated by commas")
+    try {
+      attributes[key] = decodeURIComponent(entry.slice(at + 1).trim())
+    } catch {
+      return Either.left(`The value of '${key.slice(0, 64)}' has a broken percent-encoding`)
+    }
+  }
+  return Either.right(attributes)
+}
+
+/** The attribute `name` in `attributes`, unless empty. */
+const resourceAttribute = (attributes: Readonly<Record<string, string>>, name: string) =>
+  Option.fromNullable(attributes[name]).pipe(Option.filter((value) => value !== ""))
 
 /**
  * The traces' settings from the standard `OTEL_*` variables; `None` when tracing is off (no endpoint,
@@ -162,7 +185,7 @@ export const tracingSettings: Config.Config<Option.Option<TracingSettings>> = Co
   tracesHeaders: headers("OTEL_EXPORTER_OTLP_TRACES_HEADERS"),
   headers: headers("OTEL_EXPORTER_OTLP_HEADERS"),
   serviceName: optionalString("OTEL_SERVICE_NAME"),
-  resourceAttributes: Config.string("OTEL_RESOURCE_ATTRIBUTES").pipe(Config.withDefault("")),
+  resourceAttributes: Config.map(optional("OTEL_RESOURCE_ATTRIBUTES", parseResourceAttributes), Option.getOrElse(() => ({}))),
   sampler: Config.map(optional("OTEL_TRACES_SAMPLER", samplerOf), Option.getOrElse((): TracesSampler => "parentbased_always_on")),
   samplerArg: Config.map(optional("OTEL_TRACES_SAMPLER_ARG", fraction), Option.getOrElse(() => 1)),
   upstreamCalls: optional("TRACE_UPSTREAM_CALLS", callsFraction)
@@ -177,6 +200,7 @@ export const tracingSettings: Config.Config<Option.Option<TracingSettings>> = Co
     headers: Redacted.make({ ...c.headers, ...c.tracesHeaders }),
     serviceName: Option.getOrElse(Option.orElse(c.serviceName, () => resourceAttribute(c.resourceAttributes, "service.name")), () => DEFAULT_SERVICE_NAME),
     instanceId: Option.getOrUndefined(resourceAttribute(c.resourceAttributes, "service.instance.id")),
+    resourceAttributes: c.resourceAttributes,
     sampler: c.sampler,
     samplerArg: c.samplerArg,
     upstreamCalls: Option.getOrElse(c.upstreamCalls, () => (neverSampled ? 0 : c.sampler === "always_on" ? 1 : DEFAULT_UPSTREAM_CALLS))

@@ -16,6 +16,8 @@ export interface CollectedSpan {
   readonly service: string | undefined
   /** The resource's `service.instance.id`. */
   readonly instance: string | undefined
+  /** Every attribute of the resource. */
+  readonly resource: Record<string, unknown>
   readonly traceId: string
   readonly spanId: string
   readonly parentSpanId: string | undefined
@@ -69,6 +71,7 @@ export const spansOf = (json: any): Array<CollectedSpan> =>
       (ss.spans ?? []).map((s: any): CollectedSpan => ({
         service,
         instance,
+        resource,
         traceId: s.traceId,
         spanId: s.spanId,
         parentSpanId: s.parentSpanId || undefined,
