@@ -4,7 +4,9 @@ import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import { Deferred, Duration, Effect, Logger, TestClock } from "effect"
-import { makeLoadWatch } from "../src/upstreams/loadWatch.js"
+import { identity } from "effect/Function"
+import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
+import { makeLoadWatch, sameOrigin } from "../src/upstreams/loadWatch.js"
 
 describe("load watch", () => {
   it.live("calls sent while a reading is on its way still count once it arrives: the queue is never counted short", () =>
@@ -16,7 +18,7 @@ describe("load watch", () => {
           Effect.sync(() => readings++),
           Effect.as(Deferred.await(answer), HttpClientResponse.fromWeb(request, new Response("vllm:num_requests_waiting 1\n")))
         ))
-      const gauge = yield* makeLoadWatch({ upstream: "u", metricsUrl: "http://vllm/metrics", maxWaiting: 2, http, changed: () => {} })
+      const gauge = yield* makeLoadWatch({ upstream: "u", metricsUrl: "http://vllm/metrics", maxWaiting: 2, http, authorize: identity, changed: () => {} })
       yield* Effect.sleep("20 millis") // the first reading is asked for, not answered
       expect(readings).toBe(1)
       expect(gauge.full()).toBe(true) // nothing known yet: calls wait for the first reading
@@ -35,7 +37,7 @@ describe("load watch", () => {
       let delay = Duration.zero
       const http = HttpClient.make((request) =>
         Effect.as(Effect.sleep(delay), HttpClientResponse.fromWeb(request, new Response("vllm:num_requests_waiting 0\n"))))
-      const gauge = yield* makeLoadWatch({ upstream: "u", metricsUrl: "http://vllm/metrics", maxWaiting: 2, http, changed: () => {} })
+      const gauge = yield* makeLoadWatch({ upstream: "u", metricsUrl: "http://vllm/metrics", maxWaiting: 2, http, authorize: identity, changed: () => {} })
       yield* TestClock.adjust(Duration.millis(100)) // the first reading, at once: nothing waits
       gauge.sent() // long before the next reading: in it
       yield* TestClock.adjust(Duration.millis(800))
@@ -48,6 +50,28 @@ describe("load watch", () => {
       expect(gauge.full()).toBe(false) // the first is in the reading: not counted again
     }).pipe(Effect.scoped))
 
+  it.effect("a reading a loaded server answers late (1.5 s) is read, with the upstream's key when its server is the upstream's", () =>
+    Effect.gen(function*() {
+      const seen: Array<string | undefined> = []
+      const http = HttpClient.make((request) => {
+        seen.push(request.headers["authorization"])
+        return Effect.as(Effect.sleep(Duration.millis(1500)), HttpClientResponse.fromWeb(request, new Response("vllm:num_requests_waiting 5\n")))
+      })
+      const authorize = HttpClientRequest.bearerToken("sk-upstream")
+      const gauge = yield* makeLoadWatch({ upstream: "u", metricsUrl: "http://vllm/metrics", maxWaiting: 8, http, authorize, changed: () => {} })
+      yield* TestClock.adjust(Duration.millis(1600))
+      for (let i = 0; i < 2; i++) gauge.sent()
+      expect(gauge.full()).toBe(false) // 5 waiting + 2 sent < 8: read, though late
+      gauge.sent()
+      expect(gauge.full()).toBe(true)
+      // Slow every time: the readings go on holding (5 waiting + 3 sent since), with no fall back to sending unheld.
+      yield* TestClock.adjust(Duration.seconds(30))
+      for (let i = 0; i < 3; i++) gauge.sent()
+      expect(gauge.full()).toBe(true)
+      expect(new Set(seen)).toEqual(new Set(["Bearer sk-upstream"]))
+      expect([sameOrigin("http://vllm:8000/metrics", "http://vllm:8000/v1"), sameOrigin("http://vllm:8001/metrics", "http://vllm:8000/v1")]).toEqual([true, false])
+    }).pipe(Effect.scoped))
+
   it.effect("a reading that fails keeps the last one in use for 10 s, then calls go out unheld, with a warning", () =>
     Effect.gen(function*() {
       const lines: Array<string> = []
@@ -56,7 +80,7 @@ describe("load watch", () => {
         answering
           ? Effect.succeed(HttpClientResponse.fromWeb(request, new Response("vllm:num_requests_waiting 2\n")))
           : Effect.fail(new HttpClientError.RequestError({ request, reason: "Transport", description: "timed out" })))
-      const gauge = yield* makeLoadWatch({ upstream: "u", metricsUrl: "http://vllm/metrics", maxWaiting: 3, http, changed: () => {} }).pipe(
+      const gauge = yield* makeLoadWatch({ upstream: "u", metricsUrl: "http://vllm/metrics", maxWaiting: 3, http, authorize: identity, changed: () => {} }).pipe(
         Effect.provide(Logger.replace(Logger.defaultLogger, Logger.make(({ message }) => lines.push(String(message)))))
       )
       yield* TestClock.adjust(Duration.millis(1))
@@ -81,7 +105,7 @@ describe("load watch", () => {
       const lines: Array<string> = []
       const http = HttpClient.make((request) =>
         Effect.fail(new HttpClientError.RequestError({ request, reason: "Transport", description: "connect ECONNREFUSED" })))
-      const gauge = yield* makeLoadWatch({ upstream: "u", metricsUrl: "http://vllm:8000/metrics?token=SECRET9", maxWaiting: 2, http, changed: () => {} }).pipe(
+      const gauge = yield* makeLoadWatch({ upstream: "u", metricsUrl: "http://vllm:8000/metrics?token=SECRET9", maxWaiting: 2, http, authorize: identity, changed: () => {} }).pipe(
         Effect.provide(Logger.replace(Logger.defaultLogger, Logger.make(({ message }) => lines.push(String(message)))))
       )
       yield* TestClock.adjust(Duration.seconds(9))

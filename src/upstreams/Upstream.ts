@@ -8,6 +8,7 @@ import type * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import type * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import { Context, Deferred, Duration, Effect, Exit, FiberId, FiberRef, HashMap, List, LogLevel, Option, Redacted, type Scope, Tracer } from "effect"
+import { identity } from "effect/Function"
 import { BatchEndpoint } from "../domain/Batches.js"
 import { requestId } from "../domain/Ids.js"
 import { currentAnswerHold } from "../inference/answerMemory.js"
@@ -16,7 +17,7 @@ import { failureKind } from "../inference/UpstreamHttpClient.js"
 import { Admission, openGauge, type Ticket } from "./Admission.js"
 import { AdaptiveLimit } from "./adaptiveLimit.js"
 import { type Attempt, isRefusal, makeJudge, type Verdict } from "./judge.js"
-import { makeLoadWatch } from "./loadWatch.js"
+import { makeLoadWatch, sameOrigin } from "./loadWatch.js"
 import { type DownKind, makeOutage } from "./outage.js"
 import { Metrics } from "../observability/Metrics.js"
 import { startStallWatch } from "./stallWatch.js"
@@ -94,12 +95,6 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     const limit = new AdaptiveLimit(spec.minConcurrency, spec.maxConcurrency)
     let admission: Admission | undefined
     const pump = () => admission?.pump()
-    const gauge = yield* Option.match(spec.loadAware, {
-      onNone: () => Effect.succeed(openGauge),
-      onSome: ({ maxWaiting, metricsUrl }) => makeLoadWatch({ upstream: spec.name, metricsUrl, maxWaiting, http, changed: pump })
-    })
-    admission = new Admission(limit, clock, gauge)
-    const gate = admission
     const metrics = yield* Metrics
     const observeAttempt = metrics.attempts(spec.name)
     /**
@@ -121,6 +116,21 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
         }),
         spec.headers
       )
+    const gauge = yield* Option.match(spec.loadAware, {
+      onNone: () => Effect.succeed(openGauge),
+      onSome: ({ maxWaiting, metricsUrl }) =>
+        makeLoadWatch({
+          upstream: spec.name,
+          metricsUrl,
+          maxWaiting,
+          http,
+          // The key goes only where its calls go: to the base URL's own origin.
+          authorize: sameOrigin(metricsUrl, spec.baseUrl) ? authorized : identity,
+          changed: pump
+        })
+    })
+    admission = new Admission(limit, clock, gauge)
+    const gate = admission
     const urlFor = (endpoint: string) => `${spec.baseUrl}${endpoint.replace(/^\/v1/, "")}`
     // One request per endpoint, built at its first call: a call only adds its body.
     const templates = new Map<string, HttpClientRequest.HttpClientRequest>()

@@ -11,12 +11,18 @@
  * One metric is read from the text format with a regular expression: a Prometheus parser library would parse the
  * whole exposition (hundreds of series on vLLM) every second for that one number.
  */
-import * as HttpClient from "@effect/platform/HttpClient"
+import type * as HttpClient from "@effect/platform/HttpClient"
+import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import { Duration, Effect, type Scope } from "effect"
 import { withoutCredentials } from "../observability/urlText.js"
 import type { LoadGauge } from "./Admission.js"
 
 const POLL_INTERVAL = Duration.seconds(1)
+/**
+ * How long a reading may take: a server under load answers its metrics late too (at a 1 s bound, one answering in
+ * 1.5 s was never read, and after `KEEP_READING_FOR` its calls went out unheld, when it was most loaded).
+ */
+const POLL_TIMEOUT = Duration.seconds(5)
 /**
  * How long the last reading (or, at start, none) holds calls while the next ones fail: dropped at the first
  * failure, one reading a second late under load let every held call out at once (a test's queue, bounded at 2,
@@ -35,11 +41,17 @@ export const waitingRequests = (text: string): number | undefined => {
   return total
 }
 
+/** Whether two URLs share scheme, host and port: an upstream's key may go to its metrics only then. */
+export const sameOrigin = (a: string, b: string): boolean =>
+  URL.canParse(a) && URL.canParse(b) && new URL(a).origin === new URL(b).origin
+
 export const makeLoadWatch = (options: {
   readonly upstream: string
   readonly metricsUrl: string
   readonly maxWaiting: number
   readonly http: HttpClient.HttpClient
+  /** The upstream's key and headers, on a reading from its own server (a gateway in front may ask for them). */
+  readonly authorize: (request: HttpClientRequest.HttpClientRequest) => HttpClientRequest.HttpClientRequest
   /** Told after each reading (the admission may now let calls go). */
   readonly changed: () => void
 }): Effect.Effect<LoadGauge, never, Scope.Scope> =>
@@ -58,13 +70,14 @@ export const makeLoadWatch = (options: {
     /** No reading for `KEEP_READING_FOR`: calls go out unheld until one comes. */
     let failing = false
 
-    const readWaiting = (asked: number) => options.http.get(options.metricsUrl).pipe(
+    const request = options.authorize(HttpClientRequest.get(options.metricsUrl))
+    const readWaiting = (asked: number) => options.http.execute(request).pipe(
       Effect.flatMap((res): Effect.Effect<string, unknown> => (res.status === 200 ? res.text : Effect.fail(`status ${res.status}`))),
       Effect.flatMap((text) => {
         const waiting = waitingRequests(text)
         return waiting === undefined ? Effect.fail("no vllm:num_requests_waiting in the answer") : Effect.succeed(waiting)
       }),
-      Effect.timeout(POLL_INTERVAL),
+      Effect.timeout(POLL_TIMEOUT),
       Effect.matchEffect({
         onSuccess: (waiting) =>
           Effect.suspend(() => {
