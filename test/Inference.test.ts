@@ -659,6 +659,16 @@ describe("Inference", () => {
     expect(retryAfterMillis({ "retry-after-ms": "150" }, 0)).toEqual(expect.objectContaining({ value: 150 }))
     const now = Date.parse("2026-01-01T00:00:00Z")
     expect(retryAfterMillis({ "retry-after": "Thu, 01 Jan 2026 00:00:05 GMT" }, now)).toEqual(expect.objectContaining({ value: 5000 }))
+    // RFC 9110's other two forms, which a recipient must read too (asctime's is in GMT, though it says no zone).
+    expect(retryAfterMillis({ "retry-after": "Thursday, 01-Jan-26 00:00:07 GMT" }, now)).toEqual(expect.objectContaining({ value: 7000 }))
+    const zone = process.env.TZ
+    process.env.TZ = "America/New_York" // Node reads a new TZ at once: a server not on UTC
+    try {
+      expect(retryAfterMillis({ "retry-after": "Thu Jan  1 00:00:09 2026" }, now)).toEqual(expect.objectContaining({ value: 9000 }))
+    } finally {
+      if (zone === undefined) delete process.env.TZ
+      else process.env.TZ = zone
+    }
     expect(retryAfterMillis({}, 0)._tag).toBe("None")
     // Not a date HTTP writes, though Date.parse takes it for one (in the past: "no wait"): no wait said.
     for (const odd of ["next 2", "abc 12", "-5", "2026-01-01"]) expect(retryAfterMillis({ "retry-after": odd }, now)._tag).toBe("None")
@@ -667,6 +677,9 @@ describe("Inference", () => {
   it("reads when a rate limit that ran out resets, in OpenAI's durations or in seconds, Retry-After first", () => {
     const wait = (headers: Record<string, string>, status = 429) => Option.getOrUndefined(askedWait(status, headers, 0))
     expect(wait({ "x-ratelimit-reset-requests": "6m0s" })).toEqual({ ms: 360_000, header: "x-ratelimit-reset-requests" })
+    // The header said in the log line is the one read.
+    expect(wait({ "retry-after-ms": "2500", "retry-after": "3" })).toEqual({ ms: 2500, header: "retry-after-ms" })
+    expect(wait({ "retry-after": "3" })).toEqual({ ms: 3000, header: "Retry-After" })
     expect(wait({ "x-ratelimit-reset-tokens": "1h2m3.5s" })?.ms).toBe(3_723_500)
     expect(resetMillis("20ms")).toBe(20)
     expect(wait({ "x-ratelimit-reset-tokens": "1s500ms" })?.ms).toBe(1500)

@@ -85,20 +85,36 @@ export const unlessHandedBack = <A, E, R>(
     ? Effect.fail(new HandedBack())
     : Effect.raceFirst(wait, Effect.zipRight(handBack.await, Effect.fail(new HandedBack())))
 
-/** HTTP's date (IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`): `Date.parse` alone takes `"next 2"` for a date. */
-const HTTP_DATE = /^[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT$/
+/**
+ * HTTP's dates, in the three forms RFC 9110 says a recipient must read: IMF-fixdate (`Sun, 06 Nov 1994 08:49:37
+ * GMT`), RFC 850 (`Sunday, 06-Nov-94 08:49:37 GMT`) and asctime (`Sun Nov  6 08:49:37 1994`, in GMT though it says
+ * no zone). `Date.parse` alone takes `"next 2"` for a date, and an asctime date for local time.
+ */
+const IMF_OR_RFC850_DATE = /^(?:[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4}|[A-Z][a-z]{5,8}, \d{2}-[A-Z][a-z]{2}-\d{2}) \d{2}:\d{2}:\d{2} GMT$/
+const ASCTIME_DATE = /^[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2} \d{4}$/
 
-/** `Retry-After` (seconds or an HTTP date) or `retry-after-ms`, in milliseconds. */
-export const retryAfterMillis = (headers: Record<string, string | undefined>, now: number): Option.Option<number> => {
+/** An HTTP date in epoch milliseconds, or NaN. */
+const httpDate = (text: string): number =>
+  IMF_OR_RFC850_DATE.test(text) ? Date.parse(text) : ASCTIME_DATE.test(text) ? Date.parse(`${text} GMT`) : NaN
+
+/** The wait `Retry-After` (seconds or an HTTP date) or `retry-after-ms` asks for, in milliseconds, and which said it. */
+export const retryAfter = (
+  headers: Record<string, string | undefined>,
+  now: number
+): Option.Option<{ readonly ms: number; readonly header: string }> => {
   const ms = Number(headers["retry-after-ms"])
-  if (headers["retry-after-ms"] !== undefined && Number.isFinite(ms) && ms >= 0) return Option.some(ms)
-  const value = headers["retry-after"]
+  if (headers["retry-after-ms"] !== undefined && Number.isFinite(ms) && ms >= 0) return Option.some({ ms, header: "retry-after-ms" })
+  const value = headers["retry-after"]?.trim()
   if (value === undefined) return Option.none()
   const seconds = Number(value)
-  if (Number.isFinite(seconds) && seconds >= 0) return Option.some(seconds * 1000)
-  const date = HTTP_DATE.test(value.trim()) ? Date.parse(value) : NaN
-  return Number.isNaN(date) ? Option.none() : Option.some(Math.max(0, date - now))
+  if (value !== "" && Number.isFinite(seconds) && seconds >= 0) return Option.some({ ms: seconds * 1000, header: "Retry-After" })
+  const date = httpDate(value)
+  return Number.isNaN(date) ? Option.none() : Option.some({ ms: Math.max(0, date - now), header: "Retry-After" })
 }
+
+/** `Retry-After` (seconds or an HTTP date) or `retry-after-ms`, in milliseconds. */
+export const retryAfterMillis = (headers: Record<string, string | undefined>, now: number): Option.Option<number> =>
+  Option.map(retryAfter(headers, now), (asked) => asked.ms)
 
 /**
  * The error an answer's body gives, in any of the servers' shapes: OpenAI's `{"error":{"code","message"}}`, Ollama's
@@ -143,19 +159,16 @@ export const askedWait = (
   headers: Record<string, string | undefined>,
   now: number
 ): Option.Option<{ readonly ms: number; readonly header: string }> =>
-  Option.match(retryAfterMillis(headers, now), {
-    onSome: (ms) => Option.some({ ms, header: "Retry-After" }),
-    onNone: () => {
-      if (status !== 429) return Option.none()
-      const runOut = ["requests", "tokens"].filter((limit) => !(Number(headers[`x-ratelimit-remaining-${limit}`] ?? 0) > 0))
-      let latest: { ms: number; header: string } | undefined
-      for (const limit of runOut.length > 0 ? runOut : ["tokens"]) {
-        const header = `x-ratelimit-reset-${limit}`
-        const ms = resetMillis(headers[header])
-        if (ms !== undefined && ms >= SHORTEST_RESET_MS && ms >= (latest?.ms ?? 0)) latest = { ms, header }
-      }
-      return Option.fromNullable(latest)
+  Option.orElse(retryAfter(headers, now), () => {
+    if (status !== 429) return Option.none()
+    const runOut = ["requests", "tokens"].filter((limit) => !(Number(headers[`x-ratelimit-remaining-${limit}`] ?? 0) > 0))
+    let latest: { ms: number; header: string } | undefined
+    for (const limit of runOut.length > 0 ? runOut : ["tokens"]) {
+      const header = `x-ratelimit-reset-${limit}`
+      const ms = resetMillis(headers[header])
+      if (ms !== undefined && ms >= SHORTEST_RESET_MS && ms >= (latest?.ms ?? 0)) latest = { ms, header }
     }
+    return Option.fromNullable(latest)
   })
 
 const isJsonWhitespace = (c: number) => c === 32 || c === 10 || c === 13 || c === 9
