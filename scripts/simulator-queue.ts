@@ -70,11 +70,26 @@ export const makeQueue = (counters: QueueCounters, initialLimit: number | undefi
 const gauge = (name: string, help: string, model: string, value: number) =>
   [`# HELP ${name} ${help}`, `# TYPE ${name} gauge`, `${name}{model_name=${JSON.stringify(model)}} ${value}`]
 
-/** The Prometheus text (exposition format 0.0.4) of `GET /metrics`: vLLM's queue gauges for `model`. */
-export const metricsText = (model: string, counters: QueueCounters) =>
+/**
+ * The Prometheus text (exposition format 0.0.4) of `GET /metrics`: vLLM's queue gauges for `model`, and the
+ * simulator's own figures (what a trial run from the command line reads: the most requests in flight at once).
+ */
+export const metricsText = (
+  model: string,
+  counters: QueueCounters & { readonly requests: number; readonly rejected: number; readonly maxInFlight: number }
+) =>
   [
     ...gauge("vllm:num_requests_running", "Number of requests in model execution batches.", model, counters.running),
     ...gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.", model, counters.waiting),
+    "# HELP simulator_requests_total Inference requests received (every attempt), refused ones included.",
+    "# TYPE simulator_requests_total counter",
+    `simulator_requests_total ${counters.requests}`,
+    "# HELP simulator_rejected_total Inference requests refused (overload, failAll).",
+    "# TYPE simulator_rejected_total counter",
+    `simulator_rejected_total ${counters.rejected}`,
+    "# HELP simulator_max_in_flight The most inference requests in flight at once since the start or a reset.",
+    "# TYPE simulator_max_in_flight gauge",
+    `simulator_max_in_flight ${counters.maxInFlight}`,
     ""
   ].join("\n")
 

@@ -178,7 +178,7 @@ describe("Inference", () => {
       yield* TestClock.adjust("10 seconds")
       expect((yield* Fiber.join(fiber)).status).toBe(429) // its attempts spent
       expect(lines).toEqual([
-        "WARN Upstream default answered 429 to a call sent alone (its concurrency limit at its floor), asking for no " +
+        "WARN Upstream default answered 429 to a call sent alone (its concurrency limit at its floor, min_concurrency), asking for no " +
         "wait (Model is overloaded): each such request is retried after its backoff, and fails once its " +
         "INFERENCE_MAX_ATTEMPTS are spent."
       ])

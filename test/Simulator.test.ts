@@ -58,6 +58,9 @@ describe("the upstream simulator", () => {
     expect(responses.map((r) => r.status)).toEqual([200, 200, 200, 200, 200, 200])
     expect(sim.stats).toMatchObject({ requests: 6, waiting: 0, running: 0, maxWaiting: 4, maxInFlight: 6, rejected: 0 })
     expect(await fetch(sim.metricsUrl).then((r) => r.text())).toContain(`vllm:num_requests_waiting{model_name="sim-model"} 0\n`)
+    // The simulator's own figures, for a trial run from the command line.
+    const own = (await fetch(sim.metricsUrl).then((r) => r.text())).split("\n").filter((l) => l.startsWith("simulator_"))
+    expect(own).toEqual(["simulator_requests_total 6", "simulator_rejected_total 0", "simulator_max_in_flight 6"])
   })
 
   it("starts waiting requests in arrival order, drops abandoned ones and obeys a raised maxRunning at once", async () => {

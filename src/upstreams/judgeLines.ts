@@ -75,7 +75,8 @@ export const makeJudgeLines = (
     say("refused-at-floor", ONCE_A_MINUTE_MS, () => {
       const { code, message } = upstreamErrorOf(response)
       const said = [code, message].filter((part) => typeof part === "string" && part !== "").join(": ")
-      return `Upstream ${spec.name} answered ${status} to a call sent alone (its concurrency limit at its floor), ` +
+      const sent = spec.minConcurrency === 1 ? "a call sent alone" : `one of at most ${spec.minConcurrency} calls`
+      return `Upstream ${spec.name} answered ${status} to ${sent} (its concurrency limit at its floor, min_concurrency), ` +
         `asking for no wait${said === "" ? "" : ` (${echo(said, 200)})`}: each such request is retried after its ` +
         "backoff, and fails once its INFERENCE_MAX_ATTEMPTS are spent."
     }, Effect.logWarning)
