@@ -3,7 +3,8 @@
  * `/v1/completions`, `/v1/embeddings`, `/v1/responses`, `/v1/moderations`, `/v1/images/generations`, vLLM's
  * `/v1/rerank` and `/v1/score`, and `/v1/models`, with settable latency and failure injection,
  * a vLLM-like queue (at most `maxRunning` requests processed at once, the others wait) and vLLM's queue gauges at
- * `GET /metrics` (`vllm:num_requests_running`, `vllm:num_requests_waiting`, and its own `simulator_requests_total`, `simulator_rejected_total`, `simulator_max_in_flight`; Prometheus text format 0.0.4).
+ * `GET /metrics` (`vllm:num_requests_running`, `vllm:num_requests_waiting`; Prometheus text format 0.0.4), with its
+ * own `simulator_requests_total`, `simulator_rejected_total` and `simulator_max_in_flight`.
  *
  * Failures are injected by directives inside the prompt text (`DIRECTIVES` below, which `--help` prints). Unknown
  * models get a 404 `model_not_found`, like OpenAI; a moderation naming none is answered by the first model.
