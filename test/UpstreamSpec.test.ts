@@ -33,7 +33,8 @@ const minimal = { name: "a", base_url: "http://127.0.0.1:8000/v1", models: ["m"]
 
 describe("UpstreamSpec", () => {
   it("reads the YAML example, with defaults and the key from its variable", () => {
-    const entries = Either.getOrThrow(parseUpstreamsFile(YAML))
+    const { entries, problem: fileProblem } = Either.getOrThrow(parseUpstreamsFile(YAML))
+    expect(fileProblem).toBeUndefined()
     const [vllm, openai] = Either.getOrThrow(resolve(entries, { VLLM_KEY: "secret-1" }))
     expect(vllm).toMatchObject({
       name: "vllm-llama",
@@ -49,7 +50,7 @@ describe("UpstreamSpec", () => {
     expect(openai).toMatchObject({ models: ["*"], maxConcurrency: defaults.inferenceMaxConcurrency, loadAware: Option.none() })
     expect(Duration.toMillis(openai!.timeout)).toBe(Duration.toMillis(defaults.inferenceTimeout))
     // JSON is read the same way.
-    expect(Either.getOrThrow(parseUpstreamsFile(JSON.stringify({ upstreams: [minimal] })))).toEqual([minimal])
+    expect(Either.getOrThrow(parseUpstreamsFile(JSON.stringify({ upstreams: [minimal] }))).entries).toEqual([minimal])
     // A LiteLLM config given as it is: said so, not "expected a list under upstreams".
     const litellm = "model_list:\n  - model_name: gpt-4o\n    litellm_params:\n      model: openai/gpt-4o\n"
     expect(Either.flip(parseUpstreamsFile(litellm))).toEqual(Either.right(
@@ -151,14 +152,15 @@ describe("UpstreamSpec", () => {
     expect(problem([{ ...minimal, base_url: "http://host/v1/chat/completions/" }])).toContain("without an endpoint's path (/chat/completions")
     expect(Either.getLeft(parseUpstreamsFile("upstreams: [unclosed"))).toEqual(Option.some(expect.stringContaining("not YAML or JSON")))
     expect(Either.getLeft(parseUpstreamsFile("models: []"))).toEqual(Option.some(expect.stringContaining("under `upstreams`")))
+    expect(Either.getLeft(parseUpstreamsFile("upstream:\n  - name: a\n"))).toEqual(Option.some("expected an object with a list under `upstreams` (not 'upstream')"))
     // A misspelt or invented top-level key is not ignored (the upstreams it meant to tune would run untuned).
-    expect(Either.getLeft(parseUpstreamsFile("upstreams: []\ndefaults: {timeout: 5 minutes}\n")))
-      .toEqual(Option.some("unknown field 'defaults': the file holds `upstreams` (and x-… keys, for YAML anchors) only"))
+    expect(Either.map(parseUpstreamsFile("upstreams: []\ndefaults: {timeout: 5 minutes}\n"), (file) => file.problem))
+      .toEqual(Either.right("unknown field 'defaults': the file holds `upstreams` (and x-… keys, for YAML anchors) only"))
     // Shared settings written once: an x- key holds an anchor, merge keys take it in.
     const merged = parseUpstreamsFile(
       "x-defaults: &d {timeout: 5 minutes, max_concurrency: 8}\nupstreams:\n  - {<<: *d, name: a, base_url: http://h/v1, models: [m]}\n"
     )
-    expect(merged).toEqual(Either.right([{ timeout: "5 minutes", max_concurrency: 8, name: "a", base_url: "http://h/v1", models: ["m"] }]))
+    expect(merged).toEqual(Either.right({ entries: [{ timeout: "5 minutes", max_concurrency: 8, name: "a", base_url: "http://h/v1", models: ["m"] }], problem: undefined }))
     // The parser's message, without the code frame its colon announced.
     expect(Either.getLeft(parseUpstreamsFile("upstreams: [unclosed"))).toEqual(Option.some(expect.not.stringMatching(/:$/)))
     expect(problem([{ ...minimal, timeout: "30s" }])).toBe("no problem") // the short form, as Go and Kubernetes write it
@@ -184,6 +186,15 @@ describe("UpstreamSpec", () => {
       expect(ConfigError.isConfigError(error)).toBe(true)
       expect(String(error)).toContain("UPSTREAMS_FILE")
       expect(String(error)).toContain(bad)
+      // Every problem at once: the file's own, and each entry's (the first alone hid the others till the next start).
+      const several = Path.join(dir, "several.yaml")
+      writeFileSync(several, "extra: 1\nupstreams:\n" +
+        "  - {name: a, base_url: http://h/v1, models: [m], timeout: thirty seconds}\n" +
+        "  - {name: b, base_url: http://h/v1, models: [n], min_concurrency: 9, max_concurrency: 2}\n")
+      const all = String(yield* Effect.flip(upstreamSpecs({ ...defaults, upstreamsFile: Option.some(several) })))
+      expect(all).toContain("unknown field 'extra'")
+      expect(all).toContain("upstream 'a': timeout")
+      expect(all).toContain("upstream 'b': min_concurrency")
       const missing = yield* Effect.flip(upstreamSpecs({ ...defaults, upstreamsFile: Option.some(Path.join(dir, "none.yaml")) }))
       expect(String(missing)).toContain("cannot be read")
       const huge = Path.join(dir, "huge.yaml")

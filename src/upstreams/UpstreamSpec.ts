@@ -294,17 +294,20 @@ export const resolveEntries = (
     })
     return Either.left(`${problems.join("; ")}${unknownField ? `. An upstream's fields: ${fields.join(", ")}` : ""}`)
   }
+  // Every entry's problems at once (the first one's alone hid the others' till the next start).
   const specs: Array<UpstreamSpec> = []
+  const problems: Array<string> = []
+  const names = new Set<string>()
   for (const [i, entry] of decoded.right.upstreams.entries()) {
-    if (specs.some((s) => s.name === entry.name)) return Either.left(`two upstreams are named '${entry.name}'`)
+    if (names.has(entry.name)) problems.push(`two upstreams are named '${entry.name}'`)
+    names.add(entry.name)
     // Decoded into an object, that key is lost without a word (it sets the prototype).
     const aliases = (entries[i] as { aliases?: unknown }).aliases
     if (typeof aliases === "object" && aliases !== null && Object.hasOwn(aliases, "__proto__")) {
-      return Either.left(`upstream '${entry.name}': aliases: '__proto__' cannot be given as a model name`)
+      problems.push(`upstream '${entry.name}': aliases: '__proto__' cannot be given as a model name`)
+      continue
     }
-    const spec = resolveEntry(entry, defaults, env)
-    if (Either.isLeft(spec)) return Either.left(spec.left)
-    specs.push(spec.right)
+    Either.match(resolveEntry(entry, defaults, env), { onLeft: (problem) => problems.push(problem), onRight: (spec) => specs.push(spec) })
   }
-  return Either.right(specs)
+  return problems.length === 0 ? Either.right(specs) : Either.left(problems.join("; "))
 }

@@ -7,10 +7,14 @@ import { ConfigError, Effect, Either, Option } from "effect"
 import { readFile, stat } from "node:fs/promises"
 import { parse as parseYaml } from "yaml"
 import type { AppConfigShape } from "../Config.js"
+import { meantName } from "../domain/misspeltNames.js"
 import { resolveEntries, type UpstreamSpec } from "./UpstreamSpec.js"
 
-/** The text of an upstreams file (YAML, of which JSON is a subset) as its entries. */
-export const parseUpstreamsFile = (text: string): Either.Either<ReadonlyArray<unknown>, string> => {
+/**
+ * The text of an upstreams file (YAML, of which JSON is a subset) as its entries, and its top-level keys that are
+ * none of the file's (said with the entries' problems: a start that failed named only those, then the entries').
+ */
+export const parseUpstreamsFile = (text: string): Either.Either<UpstreamsFileContent, string> => {
   let document: unknown
   try {
     // Merge keys (`<<: *defaults`) as YAML 1.1 and most tools take them: an entry's shared settings written once.
@@ -25,15 +29,26 @@ export const parseUpstreamsFile = (text: string): Either.Either<ReadonlyArray<un
         "(README, Upstreams; a provider's prefixed names, as aliases)"
     )
   }
-  if (!Array.isArray(list)) return Either.left("expected an object with a list under `upstreams`")
+  if (!Array.isArray(list)) {
+    const keys = typeof document === "object" && document !== null ? Object.keys(document) : []
+    const meant = keys.find((key) => meantName(key, ["upstreams"]) !== undefined)
+    return Either.left(`expected an object with a list under \`upstreams\`${meant === undefined ? "" : ` (not '${meant.slice(0, 64)}')`}`)
+  }
   // `x-…` keys hold what anchors point to (as in Docker Compose files).
   const unknown = Object.keys(document as object).filter((key) => key !== "upstreams" && !key.startsWith("x-"))
-  return unknown.length === 0
-    ? Either.right(list)
-    : Either.left(
-      `unknown field ${unknown.map((key) => `'${key.slice(0, 64)}'`).join(", ")}: the file holds \`upstreams\` ` +
+  return Either.right({
+    entries: list,
+    problem: unknown.length === 0
+      ? undefined
+      : `unknown field ${unknown.map((key) => `'${key.slice(0, 64)}'`).join(", ")}: the file holds \`upstreams\` ` +
         "(and x-… keys, for YAML anchors) only"
-    )
+  })
+}
+
+export interface UpstreamsFileContent {
+  readonly entries: ReadonlyArray<unknown>
+  /** Its top-level keys that are none of the file's, said. */
+  readonly problem: string | undefined
 }
 
 /** The largest upstreams file read. */
@@ -74,6 +89,8 @@ export const upstreamSpecs = (config: AppConfigShape): Effect.Effect<ReadonlyArr
       catch: (error) => invalid(`cannot be read (${(error as Error).message})`)
     })
     if (text === undefined) return yield* Effect.fail(invalid(`larger than ${MAX_FILE_BYTES / 1024 / 1024} MiB: not a list of upstreams`))
-    const entries = yield* Either.mapLeft(parseUpstreamsFile(text), invalid)
-    return yield* Either.mapLeft(resolveEntries(entries, config), invalid)
+    const file = yield* Either.mapLeft(parseUpstreamsFile(text), invalid)
+    const specs = resolveEntries(file.entries, config)
+    if (file.problem === undefined) return yield* Either.mapLeft(specs, invalid)
+    return yield* Effect.fail(invalid([file.problem, ...(Either.isLeft(specs) ? [specs.left] : [])].join("; ")))
   })
