@@ -21,14 +21,14 @@ const upstreamOf = Effect.gen(function*() {
     probeInterval: PROBE
   })
   let requests = 0
-  /** A new request of `batch`, its first attempt answered `status`: its verdict. */
-  const send = (batch: string, status: number) =>
+  /** A new request of `batch` (of `project`), its first attempt answered `status`: its verdict. */
+  const send = (batch: string, status: number, project = "p") =>
     Effect.suspend(() => {
       answers.call = status
-      return Effect.map(upstream.attempt("/v1/chat/completions", "{}", { project: "p", batch, deadline: requests++ }, 1), ([, v]) => v)
+      return Effect.map(upstream.attempt("/v1/chat/completions", "{}", { project, batch, deadline: requests++ }, 1), ([, v]) => v)
     })
   /** `OUTAGE_AFTER` requests of `batch` failing at their first attempt: their verdicts. */
-  const run = (batch: string) => Effect.forEach(Array.from({ length: OUTAGE_AFTER }), () => send(batch, 500))
+  const run = (batch: string, project = "p") => Effect.forEach(Array.from({ length: OUTAGE_AFTER }), () => send(batch, 500, project))
   /** Batch A's run takes it down, the probe puts it on trial, and batch B's request brings it up. */
   const downByAUpByB = Effect.gen(function*() {
     expect((yield* run("A")).at(-1)).toBe("again")
@@ -53,6 +53,34 @@ describe("a batch whose requests fail on their own", () => {
       yield* TestClock.adjust(PROBE)
       expect(yield* send("A", 200)).toBe("final")
       expect(upstream.state().state).toBe("up")
+    }))
+
+  it.scoped("its project's next batches, while another project is served, make no outage either: one new failing batch a second held every project's", () =>
+    Effect.gen(function*() {
+      const { run, send, upstream } = yield* upstreamOf
+      // Project p's batch A takes it down, project q's request brings it up, A's next run makes A a suspect.
+      expect((yield* run("A")).at(-1)).toBe("again")
+      yield* TestClock.adjust(PROBE)
+      expect(yield* send("Q1", 200, "q")).toBe("final")
+      expect(yield* run("A")).toEqual(Array(OUTAGE_AFTER).fill("retry"))
+      // p's new batches fail on their own as A did: no outage, while q is served.
+      for (const batch of ["C", "D", "E"]) {
+        expect(yield* run(batch)).toEqual(Array(OUTAGE_AFTER).fill("retry"))
+        expect(upstream.state().state).toBe("up")
+        expect(yield* send("Q1", 200, "q")).toBe("final")
+      }
+      // Another project's run is an outage as before.
+      expect((yield* run("Q2", "q")).at(-1)).toBe("again")
+      expect(upstream.isDown()).toBe(true)
+    }))
+
+  it.scoped("a project of its own, with no other project served lately: its new batch's run is an outage as before", () =>
+    Effect.gen(function*() {
+      const { downByAUpByB, run, upstream } = yield* upstreamOf
+      yield* downByAUpByB // A and B both of project p
+      expect(yield* run("A")).toEqual(Array(OUTAGE_AFTER).fill("retry"))
+      expect((yield* run("C")).at(-1)).toBe("again")
+      expect(upstream.isDown()).toBe(true)
     }))
 
   it.scoped("its run still takes the upstream down when GET /models answers 5xx", () =>
