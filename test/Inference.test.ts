@@ -14,11 +14,13 @@ import {
   Inference,
   InferenceLive,
   InferenceOverHttpClient,
-  retryAfterMillis
+  retryAfterMillis,
+  type UpstreamFailure
 } from "../src/inference/Inference.js"
 import { BIGNUM_COMPACT, startSimulator } from "../scripts/simulator.js"
 import { askedWait, resetMillis } from "../src/inference/answers.js"
 import { quotaSpent } from "../src/upstreams/judgeLines.js"
+import { withoutAddresses } from "../src/upstreams/Upstream.js"
 import { manualHandBack } from "./support/HandBack.js"
 import { eventually } from "./support/TestApp.js"
 
@@ -358,6 +360,12 @@ describe("Inference", () => {
       const error = yield* Effect.flip(Fiber.join(fiber))
       expect(calls.n).toBe(2)
       expect(error).toMatchObject({ _tag: "UpstreamFailure", code: "upstream_unreachable" })
+      // Its line says what failed, not where the call went (the upstream's address is no project's to see); the
+      // server's log does.
+      expect(error.message).toBe("Upstream request failed: Transport: lost")
+      expect((error as UpstreamFailure).logged).toBe("Upstream request failed: Transport: lost (POST http://upstream.test/v1/chat/completions)")
+      expect(withoutAddresses("Transport: connect ECONNREFUSED 10.0.0.5:8000, vllm.internal", "http://vllm.internal:8000/v1"))
+        .toBe("Transport: connect ECONNREFUSED <address>, <upstream>")
     }).pipe(Effect.provide(layer))
   })
 

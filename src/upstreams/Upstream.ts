@@ -87,6 +87,17 @@ const LIST_TTL_MS = 30_000
 /** How often a 404 about a model may have the list asked again: once a second, however many calls it answered so. */
 const RELIST_AFTER_MS = 1_000
 
+/**
+ * A client error's message without where the call went: the request's method and URL it ends with, the upstream's
+ * host, and any IP address (a refused connection's `connect ECONNREFUSED 10.0.0.5:8000`).
+ */
+export const withoutAddresses = (message: string, baseUrl: string): string => {
+  const host = URL.canParse(baseUrl) ? new URL(baseUrl).hostname.replace(/^\[|\]$/g, "") : ""
+  const stripped = message.replace(/ \([A-Z]+ [a-z][a-z0-9+.-]*:\/\/[^)]*\)$/, "")
+  return (host === "" ? stripped : stripped.replaceAll(host, "<upstream>"))
+    .replace(/\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b/g, "<address>")
+}
+
 export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effect.Effect<Upstream, never, Scope.Scope> =>
   Effect.gen(function*() {
     const { http } = options
@@ -230,13 +241,17 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     // --- one attempt -------------------------------------------------------------------------------------------
     const noAnswer = (error: Parameters<typeof failureKind>[0]): Attempt => {
       const kind = failureKind(error)
-      const message = kind === "too_large"
-        ? `The upstream's answer is larger than ${options.maxResponseBytes} bytes (INFERENCE_MAX_RESPONSE_BYTES).`
-        : kind === "timeout"
-        ? `The upstream did not answer in full within ${Duration.format(spec.timeout)}.`
-        : `Upstream request failed: ${error.message}`
       const code = kind === "too_large" ? "upstream_response_too_large" : kind === "timeout" ? "upstream_timeout" : "upstream_unreachable"
-      return { _tag: "Failure", kind, failure: new UpstreamFailure({ code, message }) }
+      if (kind === "too_large" || kind === "timeout") {
+        const message = kind === "too_large"
+          ? `The upstream's answer is larger than ${options.maxResponseBytes} bytes (INFERENCE_MAX_RESPONSE_BYTES).`
+          : `The upstream did not answer in full within ${Duration.format(spec.timeout)}.`
+        return { _tag: "Failure", kind, failure: new UpstreamFailure({ code, message }) }
+      }
+      // The client's message names the URL (an upstream's address, a gateway's deployment ids): logged, not in the
+      // line a project reads.
+      const message = `Upstream request failed: ${withoutAddresses(error.message, spec.baseUrl)}`
+      return { _tag: "Failure", kind, failure: new UpstreamFailure({ code, message, logged: `Upstream request failed: ${error.message}` }) }
     }
     const answered = (res: HttpClientResponse.HttpClientResponse, text: string): Attempt => {
       const body = asJsonBody(res.status, text, res.headers)

@@ -244,13 +244,15 @@ export const makeJudge = (
   // --- the verdict -------------------------------------------------------------------------------------------
   const judge = (endpoint: string, ticket: Ticket, n: number, attempt: Attempt, generation: number): Verdict | Effect.Effect<Judged> => {
     if (attempt._tag === "Failure") {
+      // The server's log says where the call went; the line's message does not (`Upstream.ts`).
+      const reason = attempt.failure.logged ?? attempt.failure.message
       switch (attempt.kind) {
         case "connect":
-          return Effect.as(markDown(attempt.failure.message, "unreachable"), "again")
+          return Effect.as(markDown(reason, "unreachable"), "again")
         case "timeout":
-          return Effect.zipRight(overloaded(ticket, generation, "timeout"), failed(ticket, n, attempt.failure.message))
+          return Effect.zipRight(overloaded(ticket, generation, "timeout"), failed(ticket, n, reason))
         case "transport":
-          return failed(ticket, n, attempt.failure.message)
+          return failed(ticket, n, reason)
         default: // an answer, unusable: not the upstream's health
           return Effect.as(Effect.zipRight(succeeded(ticket), unusable(attempt.failure)), "final")
       }
