@@ -90,6 +90,8 @@ describe("the logs of the server process", () => {
       const answer = await fetch(`${server.url}/v1/files`, { headers: { authorization: `Bearer ${API_KEY}`, "x-request-id": id, traceparent } })
       expect(answer.status).toBe(200)
     }
+    // A key refused: its line names the client's address.
+    expect((await fetch(`${server.url}/v1/files`, { headers: { authorization: "Bearer sk-guess", "x-request-id": "guess-1" } })).status).toBe(401)
     // A fault in an API route (its table gone for a moment): a 500, and the fault's own line.
     const db = new Database(Path.join(dataDir, "batches.sqlite"))
     db.exec("ALTER TABLE files RENAME TO files_away")
@@ -220,6 +222,8 @@ describe("the logs of the server process", () => {
       expect.objectContaining({ level: "ERROR", event: "http.fault", message: "Unhandled fault while serving a request", cause: expect.stringContaining("files") }),
       expect.objectContaining({ level: "WARN", event: "http.request", status: 500, route: "/v1/files" })
     ])
+    expect(lines.find((l) => l.request_id === "guess-1")).toMatchObject({ status: 401, client_address: expect.stringMatching(/127\.0\.0\.1|::1/) })
+    expect(lines.find((l) => l.request_id === "create-req-1")!.client_address).toBeUndefined()
     const traceOf = (requestId: string) => lines.find((l) => l.request_id === requestId)!.trace_id
     expect(["tp-upper", "tp-zero-trace", "tp-zero-parent", "tp-version-ff", "tp-00-longer"].map(traceOf)).toEqual([undefined, undefined, undefined, undefined, undefined])
     expect(traceOf("tp-later")).toBe(CALLER_TRACE)

@@ -64,6 +64,8 @@ export interface RequestLine {
   readonly status: number
   readonly durationMs: number
   readonly project: string | undefined
+  /** Who sent a key refused (401, 403): an operator sees who is guessing keys. Other lines do without it. */
+  readonly clientAddress?: string | undefined
 }
 
 /** The message and fields of a request's line. */
@@ -76,7 +78,8 @@ const requestLine = (line: RequestLine) => ({
     path: line.path,
     status: line.status,
     duration_ms: line.durationMs,
-    ...(line.project === undefined ? {} : { project: line.project })
+    ...(line.project === undefined ? {} : { project: line.project }),
+    ...(line.clientAddress === undefined ? {} : { client_address: line.clientAddress })
   }
 })
 
@@ -116,7 +119,8 @@ const writeLine = <E>(
       path: echo(sentPath),
       status: response.status,
       durationMs: Math.round((performance.now() - started) * 10) / 10,
-      project: fiber.getFiberRef(currentRequest)?.project
+      project: fiber.getFiberRef(currentRequest)?.project,
+      clientAddress: status === 401 || status === 403 ? Option.getOrUndefined(request.remoteAddress) : undefined
     })
     return Effect.annotateLogs(Effect.logWithLevel(level, message, ...(fault === undefined ? [] : [fault])), fields)
   })
