@@ -562,6 +562,9 @@ describe("Inference", () => {
       const fiber = yield* Effect.fork(sendOnceReachable("model-s"))
       yield* TestClock.adjust("3 seconds")
       expect([posts, fiber.unsafePoll()]).toEqual([[], null]) // waiting for the first, not sent to the second
+      // And the list of models says so: the second lists the model, but its requests are the first's for now.
+      const inference = yield* Inference
+      expect((yield* inference.models).data).toEqual([{ id: "model-s", ownedBy: "first" }])
       firstDown = false
       yield* TestClock.adjust("1 second")
       yield* Fiber.join(fiber)

@@ -25,7 +25,7 @@ import { upstreamSpecs } from "../upstreams/upstreamsFile.js"
 import { admits, servesAnyModel, shadowedModels, type UpstreamSpec } from "../upstreams/UpstreamSpec.js"
 import { type HandedBack, type UpstreamFailure, type UpstreamResponse, vouchedFor } from "./answers.js"
 import { AnswerMemory } from "./answerMemory.js"
-import { makeRouteTable } from "./routeTable.js"
+import { makeRouteTable, notReachedYet } from "./routeTable.js"
 import { makeRouteWait, unroutedWarning } from "./routeWait.js"
 import { bounded } from "./boundedClient.js"
 import { makeSend, type SendOptions } from "./sending.js"
@@ -172,7 +172,10 @@ export const makeWith = (clientFor: (spec: UpstreamSpec) => HttpClient.HttpClien
         for (const id of [...u.spec.models.filter((m) => m !== "*"), ...Option.getOrElse(listed, () => [])]) {
           if (seen.has(id)) continue
           seen.add(id)
-          data.push({ id, ownedBy: u.spec.name })
+          // A `"*"` upstream earlier in the file, never reached yet, takes the model's requests until its list is
+          // known: named as theirs (the list named the later one, while every batch of the model went to it).
+          const routed = route(id, project)
+          data.push({ id, ownedBy: routed !== undefined && notReachedYet(routed) ? routed.spec.name : u.spec.name })
         }
       }
       return { data, complete }

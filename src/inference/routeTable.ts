@@ -15,7 +15,7 @@ const knownToServe = (upstream: Routable, model: string) =>
 const servesUnlisted = (upstream: Routable) => servesAnyModel(upstream.spec) && Option.isNone(upstream.listed())
 
 /** Whether `upstream` serves any model and has never answered its `GET /models` (down since start): it may serve any. */
-const notReachedYet = (upstream: Routable) => servesUnlisted(upstream) && !upstream.modelsAnswered()
+export const notReachedYet = (upstream: Routable) => servesUnlisted(upstream) && !upstream.modelsAnswered()
 
 /**
  * `route(model, project)`: the upstream serving `model` for `project`, among those open to it, in the file's order:
