@@ -2,9 +2,11 @@
  * An upstream that takes calls and answers none (a server wedged with its socket open): its calls wait for their
  * time limit (`INFERENCE_TIMEOUT`, 10 minutes by default) before anything else says so, and a batch's window full of
  * them looked idle, without a line. Said once per stall (`upstream.stalled`, `WARN`), once calls are out and none
- * ended for `stallAfter` (counted from the last end, or from the first call out after none was), and its end
- * (`upstream.stall_ended`: `answered`, `no_answer` for a timeout or a lost connection, `no_call_out` after a
- * cancel) at the next look; looked at every quarter of `stallAfter`, 10 s at most.
+ * was answered for `stallAfter` (counted from the last answer, or from the first call out after none was), and its
+ * end (`upstream.stall_ended`: `answered`, or `no_call_out` once none was out for `stallAfter`, after a cancel or the
+ * upstream taken down) at the next look; looked at every quarter of `stallAfter`, 10 s at most. A call that ends
+ * without an answer (its timeout, a lost connection) ends no stall: with a short timeout, each call made two lines,
+ * tried again and again.
  */
 import { type Clock, Duration, Effect, Schedule, type Scope } from "effect"
 
@@ -21,7 +23,7 @@ export interface StallWatchOptions {
   readonly log: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 }
 
-/** How the call that ended a stall ended: with an answer, or with none (its timeout, a lost connection). */
+/** How a call ended: with an answer, or with none (its timeout, a lost connection). */
 export type CallEnd = "answered" | "no_answer"
 
 export interface StallWatch {
@@ -34,31 +36,41 @@ export interface StallWatch {
 export const startStallWatch = ({ clock, inflight, log, name, timeout }: StallWatchOptions): Effect.Effect<StallWatch, never, Scope.Scope> =>
   Effect.gen(function*() {
     const after = stallAfter(timeout)
-    /** When the last call ended, or calls went out after none was (the silence's start). */
+    /** When the last call ended with an answer, or calls went out after none was (the silence's start). */
     let quietSince = clock.unsafeCurrentTimeMillis()
-    let lastEnd: CallEnd = "answered"
+    /** When the last call was answered. */
+    let answeredAt = Number.NEGATIVE_INFINITY
     /** When the stall said began, while one is said. */
     let stalledSince: number | undefined
+    /** Since when no call is out, while a stall is said (a retry's backoff between two calls is no end). */
+    let idleSince: number | undefined
+    /** The stall's end, at `now`: a call answered, or none out for `after` (a cancel, the upstream taken down). */
+    const endOf = (now: number): "answered" | "no_call_out" | undefined => {
+      if (answeredAt > stalledSince!) return "answered"
+      if (inflight() > 0) {
+        idleSince = undefined
+        return undefined
+      }
+      idleSince ??= now
+      return now - idleSince >= after ? "no_call_out" : undefined
+    }
     const check = Effect.suspend(() => {
       const now = clock.unsafeCurrentTimeMillis()
-      // Ended by a call's end, or by none being out any more (cancelled, interrupted).
-      const over = stalledSince === undefined ? undefined : quietSince > stalledSince ? lastEnd : inflight() === 0 ? "no_call_out" : undefined
-      if (over !== undefined) {
-        const silent = Math.round((quietSince - stalledSince!) / 1000)
-        const how = over === "answered"
-          ? `a call was answered, after ${silent} s without one ending`
-          : over === "no_answer"
-          ? `a call ended without an answer (its timeout, or its connection lost), after ${silent} s; the calls are tried again`
-          : "no call is out any more"
+      if (stalledSince !== undefined) {
+        const over = endOf(now)
+        if (over === undefined) return Effect.void
+        const silent = Math.round((answeredAt - stalledSince) / 1000)
+        const how = over === "answered" ? `a call was answered, after ${silent} s without one ending` : "no call is out any more"
         stalledSince = undefined
+        idleSince = undefined
         return log(Effect.annotateLogs(Effect.logInfo(`Upstream ${name}: ${how}`), { event: "upstream.stall_ended", reason: over }))
       }
-      if (stalledSince !== undefined || inflight() === 0 || now - quietSince < after) return Effect.void
+      if (inflight() === 0 || now - quietSince < after) return Effect.void
       stalledSince = quietSince
       const seconds = Math.round((now - quietSince) / 1000)
       return log(Effect.annotateLogs(
         Effect.logWarning(
-          `Upstream ${name}: ${inflight()} calls out and none ended for ${seconds} s; each waits up to ${Duration.format(timeout)} (its timeout: INFERENCE_TIMEOUT, or the upstream's own) before it is tried again`
+          `Upstream ${name}: ${inflight()} ${inflight() === 1 ? "call" : "calls"} out and none ended for ${seconds} s; each waits up to ${Duration.format(timeout)} (its timeout: INFERENCE_TIMEOUT, or the upstream's own) before it is tried again`
         ),
         { event: "upstream.stalled", inflight: inflight(), silent_s: seconds }
       ))
@@ -69,8 +81,9 @@ export const startStallWatch = ({ clock, inflight, log, name, timeout }: StallWa
         if (inflight() <= 1) quietSince = clock.unsafeCurrentTimeMillis()
       },
       ended: (how) => {
-        quietSince = clock.unsafeCurrentTimeMillis()
-        lastEnd = how
+        if (how !== "answered") return
+        answeredAt = clock.unsafeCurrentTimeMillis()
+        quietSince = answeredAt
       }
     }
   })
