@@ -33,7 +33,7 @@ layer(
       // Calls answered after 1.3 s: said stalled at 1 s, and its end when they are answered.
       expect((yield* waitFor(openai, (yield* batchOf(["s 1 [sleep:1300]", "s 2 [sleep:1300]"])).id, terminal)).status).toBe("completed")
       yield* eventually(() => expect(stalls()).toEqual([
-        ["upstream.stalled", "WARN", expect.stringMatching(/^Upstream wedged: 2 calls out and none ended for 1 s; each waits up to 2s /)],
+        ["upstream.stalled", "WARN", expect.stringMatching(/^Upstream wedged: 2 calls out and none answered for 1 s; each waits up to 2s /)],
         // In whole seconds: 1.3 s, or a little more on a loaded machine.
         ["upstream.stall_ended", "INFO", expect.stringMatching(/^Upstream wedged: a call was answered, after [12] s without one ending$/)]
       ]), 2000)
@@ -49,7 +49,7 @@ layer(
       expect(stalls().length).toBe(1)
       yield* Effect.promise(() => openai.batches.cancel(hung.id))
       yield* eventually(() => expect(stalls()).toEqual([
-        ["upstream.stalled", "WARN", expect.stringMatching(/^Upstream wedged: 2 calls out and none ended for 1 s;/)],
+        ["upstream.stalled", "WARN", expect.stringMatching(/^Upstream wedged: 2 calls out and none answered for 1 s;/)],
         ["upstream.stall_ended", "INFO", "Upstream wedged: no call is out any more"]
       ]), 3000)
     }), 30_000)

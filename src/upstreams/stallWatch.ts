@@ -70,7 +70,7 @@ export const startStallWatch = ({ clock, inflight, log, name, timeout }: StallWa
       const seconds = Math.round((now - quietSince) / 1000)
       return log(Effect.annotateLogs(
         Effect.logWarning(
-          `Upstream ${name}: ${inflight()} ${inflight() === 1 ? "call" : "calls"} out and none ended for ${seconds} s; each waits up to ${Duration.format(timeout)} (its timeout: INFERENCE_TIMEOUT, or the upstream's own) before it is tried again`
+          `Upstream ${name}: ${inflight()} ${inflight() === 1 ? "call" : "calls"} out and none answered for ${seconds} s; each waits up to ${Duration.format(timeout)} (its timeout: INFERENCE_TIMEOUT, or the upstream's own) before it is tried again`
         ),
         { event: "upstream.stalled", inflight: inflight(), silent_s: seconds }
       ))
