@@ -84,7 +84,9 @@ export const startFaultLine = (cause: Cause.Cause<unknown>) =>
     const fault = storageFault(cause)
     if (Option.isSome(failed) || fault === undefined) return failed
     const driver = rootMessage(Cause.squash(cause))
-    return Option.some(cannotUse(fault === "capacity" ? `its disk is full (${driver})` : `it does not answer (${driver})`))
+    return Option.some(cannotUse(
+      fault === "capacity" ? `its disk is full (${driver})` : fault === "refused" ? `it takes no write (${driver})` : `it does not answer (${driver})`
+    ))
   })
 
 /**

@@ -24,7 +24,7 @@ import { BatchId } from "../src/domain/Ids.js"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { InferenceLive } from "../src/inference/Inference.js"
 import { StorageLive } from "../src/Layers.js"
-import { isCapacityFault, storageFault, storageFaultOf } from "../src/storage/Faults.js"
+import { isCapacityFault, storageFault, storageFaultOf, storageState } from "../src/storage/Faults.js"
 import { chatLine, createBatch, newChatBatch, readLines, sdk, upload, waitFor } from "./support/Batches.js"
 import {
   backends,
@@ -172,6 +172,14 @@ describe("storage faults are classified", () => {
       expect(storageFaultOf(new SqlError({ cause: busy, message: "Failed to execute statement" }))).toBe("unavailable")
       expect(storageFaultOf(busy)).toBeUndefined()
     }
+  })
+
+  it("a read-only file system or permissions taken away are refused writes, waited out as the others", () => {
+    for (const code of ["EROFS", "EACCES", "EPERM"]) expect(storageFaultOf(Object.assign(new Error(code), { code }))).toBe("refused")
+    for (const code of ["SQLITE_READONLY", "SQLITE_READONLY_DBMOVED"]) {
+      expect(storageFaultOf(new SqlError({ cause: Object.assign(new Error("attempt to write a readonly database"), { code }), message: "x" }))).toBe("refused")
+    }
+    expect(storageState("refused")).toBe("not writable")
   })
 
   it("other faults are not storage faults; capacity wins in a cause that holds several", () => {
@@ -348,7 +356,7 @@ describe("a full SQLite database", () => {
  * The runner alone, on each backend, with a store whose request-row writes fail as told: a storage fault shaped
  * as each driver raises it (SQLite `SQLITE_FULL`, PostgreSQL `53100`), or another fault.
  */
-let fault: "none" | "full" | "other" = "none"
+let fault: "none" | "full" | "refused" | "other" = "none"
 const storeWithFaults = (backend: string) =>
   Layer.effect(
     BatchStore,
@@ -361,6 +369,8 @@ const storeWithFaults = (backend: string) =>
         insertRequests: (id, rows) =>
           fault === "full"
             ? Effect.die(new SqlError({ cause: driverError, message: "Failed to execute statement" }))
+            : fault === "refused" // as a file's write in a DATA_DIR made read-only raises it (BlobStore: a defect)
+            ? Effect.die(Object.assign(new Error("EACCES: permission denied, open '/data/files/staging/x'"), { code: "EACCES" }))
             : fault === "other"
             ? Effect.dieMessage("a bug")
             : live.insertRequests(id, rows)
@@ -393,10 +403,10 @@ for (const backend of backends) describe(`runner supervision (${backend})`, () =
     })
   const statusOf = (id: BatchId) => Effect.flatMap(BatchStore, (store) => Effect.orDie(store.get(id, "all")))
 
-  it.live("a storage fault keeps the batch validating for as long as it lasts; then it completes", () =>
+  it.live.each(["full", "refused"] as const)("a storage fault (%s) keeps the batch validating for as long as it lasts; then it completes", (kind) =>
     Effect.gen(function*() {
-      fault = "full"
-      const id = yield* submitBatch(BatchId.make("batch_storage_wait"), 10)
+      fault = kind
+      const id = yield* submitBatch(BatchId.make(`batch_storage_wait_${kind}`), 10)
       yield* Effect.sleep(Duration.millis(4 * OTHER_FAULT_BUDGET_MS))
       expect((yield* statusOf(id)).batch.status).toBe("validating")
       fault = "none"

@@ -9,7 +9,7 @@ import * as HttpApp from "@effect/platform/HttpApp"
 import * as HttpServerError from "@effect/platform/HttpServerError"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Cause, Effect, FiberRef, Option } from "effect"
-import { type ApiError, databaseUnavailable, insufficientStorage, invalidRequest, payloadTooLarge, serverError } from "../domain/Errors.js"
+import { type ApiError, databaseUnavailable, insufficientStorage, invalidRequest, payloadTooLarge, serverError, storageNotWritable } from "../domain/Errors.js"
 import { echo } from "../domain/Text.js"
 import { saidWithin } from "../observability/saidWithin.js"
 import { storageFault } from "../storage/Faults.js"
@@ -70,7 +70,13 @@ const toApiError = (cause: Cause.Cause<unknown>): Option.Option<ApiError> => {
     // or a 503 (with `Retry-After`, see `sdkHeaders`) tells the client to retry later.
     const storage = storageFault(cause)
     return Option.some(
-      storage === "capacity" ? insufficientStorage() : storage === "unavailable" ? databaseUnavailable() : serverError()
+      storage === "capacity"
+        ? insufficientStorage()
+        : storage === "unavailable"
+        ? databaseUnavailable()
+        : storage === "refused"
+        ? storageNotWritable()
+        : serverError()
     )
   }
   return Option.none() // interruption: nothing to answer
@@ -96,7 +102,9 @@ export const ErrorEnvelopeLive = HttpApiBuilder.middleware(OpenAIApi, (app) => {
       case "InsufficientStorage":
         return storageWarning(error._tag, cause, "Storage full: requests that write get a 507 until there is room")
       case "ServiceUnavailable":
-        return storageWarning(error._tag, cause, "The database is unavailable: requests get a 503 until it answers again")
+        return storageFault(cause) === "refused"
+          ? storageWarning("refused", cause, "Storage takes no write (read-only, or permissions): requests that write get a 503 until it does")
+          : storageWarning(error._tag, cause, "The database is unavailable: requests get a 503 until it answers again")
       default:
         return Effect.void
     }

@@ -9,6 +9,10 @@
  *   capacity     no space to write: SQLite `SQLITE_FULL` (also what a full disk under the database gives, and
  *                `SQLITE_IOERR_SHMSIZE`, a WAL index that could not grow), errno `ENOSPC` / `EDQUOT` (file
  *                bytes on a full disk or over quota), PostgreSQL SQLSTATE `53100` (disk_full).
+ *   refused      the storage takes no write for now: errno `EROFS` (a file system mounted read-only, as Linux
+ *                remounts one after errors), `EACCES` / `EPERM` (permissions taken away), SQLite `SQLITE_READONLY`
+ *                and its extended codes. Waited out as the others (an operator puts it right): a batch whose
+ *                output file met a read-only `DATA_DIR` failed for good, its results unreachable by the API.
  *   unavailable  the database cannot serve for now, only when met under an `SqlError`: PostgreSQL `53000`
  *                (insufficient_resources), `53200` (out_of_memory), `53300` (too_many_connections), `08000`,
  *                `08001`, `08003`, `08004`, `08006` (connection exceptions), `57014` (a statement timed out:
@@ -22,9 +26,10 @@
  */
 import { Cause } from "effect"
 
-export type StorageFault = "capacity" | "unavailable"
+export type StorageFault = "capacity" | "refused" | "unavailable"
 
 const capacityCodes = new Set(["SQLITE_FULL", "SQLITE_IOERR_SHMSIZE", "ENOSPC", "EDQUOT", "53100"])
+const refusedCodes = new Set(["EROFS", "EACCES", "EPERM", "SQLITE_READONLY"])
 
 /** Codes that mean "unavailable" only when they come from the SQL client (a socket error elsewhere is not one). */
 const unavailableSqlCodes = new Set([
@@ -75,7 +80,8 @@ const classify = (u: unknown, underSql: boolean, depth: number, seen: Set<unknow
   let found: StorageFault | undefined
   if (typeof code === "string") {
     if (capacityCodes.has(code)) return "capacity"
-    if (sql && (unavailableSqlCodes.has(code) || code.startsWith("SQLITE_BUSY_"))) found = "unavailable"
+    if (refusedCodes.has(code) || code.startsWith("SQLITE_READONLY_")) found = "refused"
+    else if (sql && (unavailableSqlCodes.has(code) || code.startsWith("SQLITE_BUSY_"))) found = "unavailable"
   }
   const message = field(u, "message")
   if (sql && found === undefined && typeof message === "string" && lostConnection.test(message)) found = "unavailable"
@@ -92,8 +98,8 @@ export const storageFaultOf = (error: unknown): StorageFault | undefined => clas
 
 /**
  * The storage fault among a cause's failures and defects: `capacity` if any of them is one (a full disk tends to
- * bring down other operations with it, whose errors say less), else `unavailable` if any is; none when no
- * failure or defect is a storage fault (interruptions alone included).
+ * bring down other operations with it, whose errors say less), else the first other one; none when no failure or
+ * defect is a storage fault (interruptions alone included).
  */
 export const storageFault = (cause: Cause.Cause<unknown>): StorageFault | undefined => {
   let found: StorageFault | undefined
@@ -114,8 +120,9 @@ export const rootMessage = (error: unknown): string => {
   return at instanceof Error ? at.message : String(at)
 }
 
-/** The state of the storage a fault says: `full` (capacity) or `unavailable`. */
-export const storageState = (fault: StorageFault): string => (fault === "capacity" ? "full" : "unavailable")
+/** The state of the storage a fault says: `full` (capacity), `not writable` (refused) or `unavailable`. */
+export const storageState = (fault: StorageFault): string =>
+  fault === "capacity" ? "full" : fault === "refused" ? "not writable" : "unavailable"
 
 /** What the storage fault in `cause` is, in a few words, with what the driver said: for a line of its own. */
 export const describeStorageFault = (fault: StorageFault, cause: Cause.Cause<unknown>): string =>
