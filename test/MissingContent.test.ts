@@ -5,10 +5,12 @@
  */
 import { describe, expect, layer } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Effect, LogLevel, Option } from "effect"
+import { Effect, Layer, LogLevel, Option, Stream } from "effect"
 import { rmSync } from "node:fs"
 import * as Path from "node:path"
 import { toFile } from "openai"
+import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
+import { BlobGoneWhileRead } from "../src/storage/BlobStore.js"
 import { SqlLive } from "../src/storage/Sql.js"
 import { chatLine, createBatch, sdk, terminal, waitFor } from "./support/Batches.js"
 import { baseUrl, storages, TestDataDir, testApp } from "./support/TestApp.js"
@@ -67,3 +69,38 @@ for (const { backend, fileStorage } of storages) {
     })
   })
 }
+
+/** The live store, but each file's bytes go after its first 64 KiB are read (its storage lost mid-download). */
+const BytesGoMidRead = Layer.effect(FileStore, Effect.map(FileStore, (live) =>
+  FileStore.of({
+    ...live,
+    content: (id, visibility) =>
+      Effect.map(live.content(id, visibility), (content) => ({
+        ...content,
+        stream: Stream.concat(Stream.take(content.stream, 1), Stream.die(new BlobGoneWhileRead(id)))
+      }))
+  }))).pipe(Layer.provide(FileStoreLive))
+
+layer(testApp({}, "sqlite", { logLevel: LogLevel.None, fileStore: BytesGoMidRead }), { excludeTestServices: true })(
+  "bytes that go while they are sent",
+  (it) => {
+    it.effect("cut the connection at once: the client is not left waiting for the rest until the connection times out", () =>
+      Effect.gen(function*() {
+        const base = yield* baseUrl
+        const openai = sdk(base)
+        const file = yield* Effect.promise(async () =>
+          openai.files.create({ file: await toFile(Buffer.alloc(1024 * 1024, "x"), "big.jsonl"), purpose: "user_data" }))
+        const started = Date.now()
+        const outcome = yield* Effect.promise(async () => {
+          const res = await fetch(`${base}/v1/files/${file.id}/content`)
+          const status = res.status
+          const read = await res.arrayBuffer().then((b) => `${b.byteLength} bytes`, (e: Error) => `cut: ${e.message}`)
+          return { status, read }
+        })
+        // Its head was sent (200, and its length): the body ends short, with an error, at once (it waited for the
+        // connection's keep-alive timeout, 65 s on a server of `npm start`, 5 s here).
+        expect(outcome).toEqual({ status: 200, read: expect.stringMatching(/^cut: /) })
+        expect(Date.now() - started).toBeLessThan(2000)
+      }))
+  }
+)

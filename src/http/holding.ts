@@ -146,6 +146,8 @@ const stalledCut = (destroy: () => void, line: string) =>
  * for the next once the last is written), the connection is closed and said in a warning line (the request's own
  * line says 200: its head was sent). An answer must come in pieces for a slow but steady reader to show progress.
  * A timer of its own, not the socket's timeout, which Node leaves in place for a request pipelined behind this one.
+ * And a body that fails once its head is sent (its storage gone mid-read) closes the connection at once: the
+ * platform ends the answer short, and its client waited for the rest until the keep-alive timeout (65 s).
  */
 export const cutWhenStalled = <E, R>(
   stall: Duration.Duration,
@@ -162,7 +164,11 @@ export const cutWhenStalled = <E, R>(
     return Stream.suspend(() => {
       const timer = setTimeout(cut, Duration.toMillis(stall))
       const rearm = Effect.sync(() => timer.refresh())
-      return body.pipe(Stream.tap(() => rearm), Stream.ensuring(Effect.sync(() => clearTimeout(timer))))
+      return body.pipe(
+        Stream.tap(() => rearm),
+        Stream.tapErrorCause(() => Effect.sync(() => node.headersSent && node.destroy())),
+        Stream.ensuring(Effect.sync(() => clearTimeout(timer)))
+      )
     })
   })
 

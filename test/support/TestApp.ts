@@ -96,6 +96,8 @@ export interface TestAppOptions {
   readonly logLevel?: LogLevel.LogLevel
   /** A `BatchStore` of the test's own (e.g. one whose reads fail); by default the live one. */
   readonly batchStore?: ServiceParts["batchStore"]
+  /** A `FileStore` of the test's own (e.g. one whose bytes go mid-read); by default the live one. */
+  readonly fileStore?: ServiceParts["fileStore"]
 }
 
 /**
@@ -123,7 +125,14 @@ export const testApp = (overrides: Partial<AppConfigShape> = {}, backend: Backen
   HttpLive.pipe(
     Layer.provide(options.auth ?? AuthLive),
     // Its services too, for the tests that look at them (the runner, the stores).
-    Layer.provideMerge(options.batchStore ? makeServices({ batchStore: options.batchStore }) : ServicesLive),
+    Layer.provideMerge(
+      options.batchStore || options.fileStore
+        ? makeServices({
+          ...(options.batchStore ? { batchStore: options.batchStore } : {}),
+          ...(options.fileStore ? { fileStore: options.fileStore } : {})
+        })
+        : ServicesLive
+    ),
     Layer.provideMerge(TestHttpServer),
     Layer.provideMerge(configFor(overrides)),
     Layer.provideMerge(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend))),
