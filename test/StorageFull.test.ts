@@ -172,6 +172,9 @@ describe("storage faults are classified", () => {
       expect(storageFaultOf(new SqlError({ cause: busy, message: "Failed to execute statement" }))).toBe("unavailable")
       expect(storageFaultOf(busy)).toBeUndefined()
     }
+    // What @effect/sql's cause keeps of a BEGIN IMMEDIATE that found the file locked: the ROLLBACK after it.
+    const rollback = Object.assign(new Error("cannot rollback - no transaction is active"), { code: "SQLITE_ERROR" })
+    expect(storageFaultOf(new SqlError({ cause: rollback, message: "Failed to execute statement" }))).toBe("unavailable")
   })
 
   it("a read-only file system or permissions taken away are refused writes, waited out as the others", () => {
