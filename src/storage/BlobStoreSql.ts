@@ -4,7 +4,7 @@
  * published by pointing its key at the token in one transaction.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Chunk, Clock, Effect, Layer, Option, Stream } from "effect"
+import { Chunk, Clock, Duration, Effect, Layer, Option, Schedule, Stream } from "effect"
 import { randomUUID } from "node:crypto"
 import { AppConfig } from "../Config.js"
 import { BlobGoneWhileRead, BlobStore, ORPHAN_AGE_MS, STALE_STAGING_MS, type StagedBlob, type StagingWriter } from "./BlobStore.js"
@@ -20,6 +20,12 @@ const CHUNK_BYTES = 512 * 1024
 const PG_READ_PIECE = 48 * 1024
 
 type ChunkRow = { readonly seq: number | string; readonly data: Uint8Array }
+
+/** Tries of a clean-up the database refused: doubling from a second, a minute apart at most, for an hour. */
+const UNTIL_THE_DATABASE_ANSWERS = Schedule.exponential(Duration.seconds(1)).pipe(
+  Schedule.union(Schedule.spaced(Duration.minutes(1))),
+  Schedule.upTo(Duration.hours(1))
+)
 
 export const make = (nodeId: string) =>
   Effect.gen(function*() {
@@ -38,15 +44,24 @@ export const make = (nodeId: string) =>
       WHERE owner = ${nodeId} OR created_at < ${now - STALE_STAGING_MS}`.pipe(Effect.orDie)
     yield* Effect.forEach(stale, (r) => dropToken(r.token), { discard: true })
 
-    /**
-     * Drops a staged token unless it was published (`publish` deletes its staging row in its transaction): bytes
-     * staged and then not published (a check that refused them, a quota, a transaction rolled back) stayed for a day.
-     */
-    const dropUnpublished = (token: string) =>
+    /** Drops a staged token unless it was published (`publish` deletes its staging row in its transaction). */
+    const dropIfUnpublished = (token: string) =>
       Effect.gen(function*() {
         const staged = yield* sql`DELETE FROM blob_staging WHERE token = ${token} RETURNING token`
         if (staged.length > 0) yield* sql`DELETE FROM blob_chunks WHERE token = ${token}`
-      }).pipe(sql.withTransaction, Effect.orDie)
+      }).pipe(sql.withTransaction)
+
+    /**
+     * `dropIfUnpublished` as a staging's scope closes: bytes staged and then not published (a check that refused
+     * them, a quota, a transaction rolled back) stayed for a day. Met by a database outage (the one that cut the
+     * upload, often), it is tried again in the background until the database answers: an upload cut by an outage
+     * kept its 42 MB staged until the node's next start.
+     */
+    const dropUnpublished = (token: string) => {
+      // Sandboxed: a transaction whose ROLLBACK meets the outage too is a defect of @effect/sql's.
+      const drop = Effect.sandbox(dropIfUnpublished(token))
+      return Effect.catchAll(drop, () => Effect.asVoid(Effect.forkDaemon(Effect.ignore(Effect.retry(drop, UNTIL_THE_DATABASE_ANSWERS)))))
+    }
 
     const openStaging = Effect.gen(function*() {
       const token = randomUUID()
