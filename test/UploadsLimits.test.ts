@@ -47,6 +47,13 @@ layer(StorageLive.pipe(Layer.provideMerge(limited)), { excludeTestServices: true
       expect(mime.error.message).toBe(
         "Invalid value: 'image/png'. Supported values are: 'text/jsonl', 'application/jsonl', 'application/x-ndjson', 'application/json', 'text/plain'."
       )
+      // A batch's type is read without regard to case or parameters, as media types are (RFC 2045).
+      for (const mime_type of ["text/jsonl; charset=utf-8", "TEXT/JSONL", "Application/X-NDJSON"]) {
+        const batch = yield* Effect.promise(() => a.uploads.create({ ...good, mime_type }))
+        expect(batch.status).toBe("pending")
+        yield* Effect.promise(() => a.uploads.cancel(batch.id))
+      }
+      expect((yield* failure(() => a.uploads.create({ ...good, mime_type: "text/jsonl; charset" }))).param).toBe("mime_type")
       // For another purpose than batch, any MIME type: OpenAI takes PDFs and images there.
       for (const mime_type of ["application/pdf", "image/png", "text/plain; charset=utf-8"]) {
         const other = yield* Effect.promise(() => a.uploads.create({ ...good, purpose: "user_data", filename: "a.pdf", mime_type }))

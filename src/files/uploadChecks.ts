@@ -163,7 +163,9 @@ export const parseCreateUpload = (
   if (!purposes.includes(body.purpose)) return Either.left(unsupportedValue(body.purpose, purposes, "purpose"))
   // Batch input is JSON lines; a file for another purpose may be anything a file upload takes (a PDF, an image…).
   const batchTypes: ReadonlyArray<string> = BatchUploadMimeType.literals
-  if (body.purpose === "batch" ? !batchTypes.includes(body.mime_type) : !isMimeType(body.mime_type)) {
+  // A media type is read without regard to case, and its parameters (`; charset=utf-8`) say nothing of its kind.
+  const kind = body.mime_type.split(";")[0]!.trim().toLowerCase()
+  if (body.purpose === "batch" ? !(isMimeType(body.mime_type) && batchTypes.includes(kind)) : !isMimeType(body.mime_type)) {
     return Either.left(
       body.purpose === "batch"
         ? unsupportedValue(body.mime_type, batchTypes, "mime_type")
