@@ -221,6 +221,8 @@ for (const backend of backends) sideBySide(`batches (${backend})`, () => {
         const finished = yield* failure(() => openai.batches.cancel(batch.id))
         expect(finished.status).toBe(409)
         expect(finished.message).toContain("Cannot cancel a batch with status 'completed'")
+        // OpenAI's recorded 409: its code null.
+        expect([finished.type, finished.param, finished.code]).toEqual(["invalid_request_error", null, null])
 
         const ids: Array<string> = []
         for (let i = 0; i < 3; i++) ids.push((yield* createBatch(openai, file.id)).id)

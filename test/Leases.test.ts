@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { SqlClient } from "@effect/sql"
-import { Effect, Fiber, Layer, Logger, Option } from "effect"
+import { Effect, Fiber, Layer, Logger, Option, TestClock } from "effect"
 import { BatchStore, BatchStoreLive, type RequestOutcome, type ResultLines } from "../src/batches/BatchStore.js"
 import { beat, LocalWork } from "../src/batches/heartbeat.js"
 import { makePendingRows } from "../src/batches/pendingRows.js"
@@ -95,6 +95,18 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       // A move made under a lease the node no longer holds is refused as well.
       expect(yield* store.transition(id, "cancel", {}, "a")).toEqual(Option.none())
       expect(Option.isSome(yield* store.transition(id, "cancel"))).toBe(true)
+    }).pipe(Effect.provide(storeFor(backend))))
+
+  it.effect("a batch past its expiry is not cancelled, its expiry ends it: cancelled as its expiry wrote its lines, it was 'cancelled' with every line batch_expired", () =>
+    Effect.gen(function*() {
+      const store = yield* BatchStore
+      const [id, other] = [yield* runningBatch(3, 3), yield* runningBatch(3, 3)]
+      // Before its expiry, a cancel moves it as ever.
+      expect(Option.getOrThrow(yield* store.transition(other, "cancel")).status).toBe("cancelling")
+      const { expires_at } = (yield* store.get(id, "all")).batch
+      yield* TestClock.setTime(expires_at * 1000 + 1000)
+      expect(yield* store.transition(id, "cancel")).toEqual(Option.none())
+      expect(Option.getOrThrow(yield* store.transition(id, "expire")).status).toBe("expired")
     }).pipe(Effect.provide(storeFor(backend))))
 
   it.effect("no slice is claimed once the batch left in_progress (a cancel): the slices given back stay unsent", () =>

@@ -195,7 +195,15 @@ export const makeBatchRecords = (
     if (patch.errors !== undefined) set.errors = JSON.stringify(patch.errors)
     if (patch.outputFileId !== undefined) set.output_file_id = patch.outputFileId
     if (patch.errorFileId !== undefined) set.error_file_id = patch.errorFileId
-    return applyMove(id, move, set, heldBy === undefined ? undefined : sql`lease_owner = ${heldBy}`).pipe(
+    return Effect.flatMap(nowSeconds, (now) => {
+      const conditions = [
+        ...(heldBy === undefined ? [] : [sql`lease_owner = ${heldBy}`]),
+        // A batch past its expiry, but finalizing, is the expiry's to end: cancelled as its expiry wrote its lines,
+        // it ended `cancelled` with every line `batch_expired`.
+        ...(move === "cancel" ? [sql`(status = 'finalizing' OR expires_at > ${now})`] : [])
+      ]
+      return applyMove(id, move, set, conditions.length === 0 ? undefined : sql.and(conditions))
+    }).pipe(
       Effect.orDie,
       Effect.map((batch) => {
         if (Option.isSome(batch)) moved(batch.value)

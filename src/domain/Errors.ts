@@ -88,8 +88,8 @@ export const notFound = (message: string, param: string | null = null) =>
 export const modelNotFound = (model: string) =>
   new NotFound(body(`The model '${model}' does not exist`, "invalid_request_error", "model", "model_not_found"))
 
-export const conflict = (message: string, param: string | null = null) =>
-  new Conflict(body(message, "invalid_request_error", param, "conflict"))
+export const conflict = (message: string, param: string | null = null, code: string | null = "conflict") =>
+  new Conflict(body(message, "invalid_request_error", param, code))
 
 export const payloadTooLarge = (message: string, param: string | null = null, code = "file_too_large") =>
   new PayloadTooLarge(body(message, "invalid_request_error", param, code))
