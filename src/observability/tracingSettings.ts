@@ -86,27 +86,39 @@ const protocolOf = (text: string): Either.Either<OtlpProtocol, string> =>
     ? Either.right(text)
     : Either.left(`Expected http/protobuf or http/json${text === "grpc" ? " (gRPC is not supported)" : ""}, got '${text.slice(0, 64)}'`)
 
-/** `name=value,…` (W3C baggage form: values percent-encoded), as the OTLP exporter specification says. */
-export const parseHeaders = (text: string): Either.Either<Record<string, string>, string> => {
-  const headers: Record<string, string> = {}
+/**
+ * `key=value,…` in W3C baggage form, values percent-decoded, as OpenTelemetry's variables are written (a value may
+ * hold `=`, or an encoded `,`): the pairs, or what is wrong (`item` names a key: `name`, or `key`).
+ */
+const baggagePairs = (text: string, item: { readonly key: string; readonly of: string }): Either.Either<Array<readonly [string, string]>, string> => {
+  const pairs: Array<readonly [string, string]> = []
   for (const entry of text.split(",")) {
     if (entry.trim() === "") continue
     const at = entry.indexOf("=")
-    const name = at < 0 ? "" : entry.slice(0, at).trim()
-    if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name)) return Either.left("Expected name=value pairs separated by commas")
-    let value: string
+    const key = at < 0 ? "" : entry.slice(0, at).trim()
+    if (key === "") return Either.left(`Expected ${item.key}=value pairs separated by commas`)
     try {
-      value = decodeURIComponent(entry.slice(at + 1).trim())
+      pairs.push([key, decodeURIComponent(entry.slice(at + 1).trim())])
     } catch {
-      return Either.left(`The value of header '${name}' has a broken percent-encoding`)
+      return Either.left(`The value of ${item.of}'${key.slice(0, 64)}' has a broken percent-encoding`)
     }
-    if (hasNonHeaderCharacter(value)) {
-      return Either.left(`The value of header '${name}' has a line break or another character a header cannot carry`)
-    }
-    headers[name.toLowerCase()] = value
   }
-  return Either.right(headers)
+  return Either.right(pairs)
 }
+
+/** `name=value,…` (W3C baggage form: values percent-encoded), as the OTLP exporter specification says. */
+export const parseHeaders = (text: string): Either.Either<Record<string, string>, string> =>
+  Either.flatMap(baggagePairs(text, { key: "name", of: "header " }), (pairs) => {
+    const headers: Record<string, string> = {}
+    for (const [name, value] of pairs) {
+      if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name)) return Either.left("Expected name=value pairs separated by commas")
+      if (hasNonHeaderCharacter(value)) {
+        return Either.left(`The value of header '${name}' has a line break or another character a header cannot carry`)
+      }
+      headers[name.toLowerCase()] = value
+    }
+    return Either.right(headers)
+  })
 
 /** Headers may hold a key: read as redacted, and no message repeats a value. */
 const headers = (name: string) =>
@@ -147,25 +159,12 @@ const callsFraction = (text: string): Either.Either<number, string> => {
 }
 
 /**
- * `key=value,…`, values percent-decoded (W3C baggage form, as OpenTelemetry's specification says): a value may hold
- * `=` (`k8s.pod.name=a=b`) or an encoded `,` (`%2C`). A pair without `=` or a broken encoding refuses the whole value, as
- * the specification asks, and the start says so.
+ * `OTEL_RESOURCE_ATTRIBUTES`: `key=value,…` (`baggagePairs`), as OpenTelemetry's specification reads it (the platform's
+ * reader took `k8s.pod.name=a=b` for no pair and left values encoded). A broken value refuses the whole, as the
+ * specification asks, and the start says so.
  */
-export const parseResourceAttributes = (text: string): Either.Either<Record<string, string>, string> => {
-  const attributes: Record<string, string> = {}
-  for (const entry of text.split(",")) {
-    if (entry.trim() === "") continue
-    const at = entry.indexOf("=")
-    const key = at < 0 ? "" : entry.slice(0, at).trim()
-    if (key === "") return Either.left("Expected key=value pairs separated by commas")
-    try {
-      attributes[key] = decodeURIComponent(entry.slice(at + 1).trim())
-    } catch {
-      return Either.left(`The value of '${key.slice(0, 64)}' has a broken percent-encoding`)
-    }
-  }
-  return Either.right(attributes)
-}
+export const parseResourceAttributes = (text: string): Either.Either<Record<string, string>, string> =>
+  Either.map(baggagePairs(text, { key: "key", of: "" }), (pairs) => Object.fromEntries(pairs))
 
 /** The attribute `name` in `attributes`, unless empty. */
 const resourceAttribute = (attributes: Readonly<Record<string, string>>, name: string) =>
