@@ -14,7 +14,9 @@ import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import { SqlError } from "@effect/sql/SqlError"
 import { describe, expect, it } from "@effect/vitest"
 import { Cause, Duration, Effect, Exit, Layer, Logger, LogLevel, Option, Stream } from "effect"
-import { existsSync } from "node:fs"
+import { existsSync, mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import * as Path from "node:path"
 import type { Batch } from "openai/resources/batches"
 import { BatchRunner, BatchRunnerLive } from "../src/batches/BatchRunner.js"
 import { FaultRetry } from "../src/batches/supervision.js"
@@ -24,6 +26,7 @@ import { BatchId } from "../src/domain/Ids.js"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { InferenceLive } from "../src/inference/Inference.js"
 import { StorageLive } from "../src/Layers.js"
+import { layerSqlite } from "../src/storage/Sql.js"
 import { isCapacityFault, storageFault, storageFaultOf, storageState } from "../src/storage/Faults.js"
 import { chatLine, createBatch, newChatBatch, readLines, sdk, upload, waitFor } from "./support/Batches.js"
 import {
@@ -138,6 +141,21 @@ describe("storage faults are classified", () => {
       expect(isCapacityFault(Cause.fail(error))).toBe(true)
     }).pipe(Effect.provide(SqliteClient.layer({ filename: ":memory:" }))))
 
+  it.effect("a full SQLite database within a transaction is a capacity fault too: the ROLLBACK SQLite had done already hid it", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`CREATE TABLE filler (b BLOB)`
+      const [{ page_count }] = yield* sql<{ page_count: number }>`PRAGMA page_count`
+      yield* sql.unsafe(`PRAGMA max_page_count = ${page_count + 20}`)
+      const exit = yield* Effect.exit(sql.withTransaction(
+        Effect.forEach(Array.from({ length: 100 }), () => sql`INSERT INTO filler VALUES (${new Uint8Array(4000)})`)
+      ))
+      expect(Exit.isFailure(exit) ? storageFault(exit.cause) : "no fault").toBe("capacity")
+    }).pipe(Effect.provide(Layer.unwrapScoped(Effect.map(
+      Effect.acquireRelease(Effect.sync(() => mkdtempSync(Path.join(tmpdir(), "full-tx-"))), (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))),
+      (dir) => layerSqlite(Path.join(dir, "batches.sqlite"))
+    )))))
+
   it.effect.skipIf(!existsSync("/dev/full"))("a real ENOSPC from a file write (the platform's SystemError) is a capacity fault", () =>
     Effect.gen(function*() {
       const fs = yield* FileSystem.FileSystem
@@ -172,9 +190,7 @@ describe("storage faults are classified", () => {
       expect(storageFaultOf(new SqlError({ cause: busy, message: "Failed to execute statement" }))).toBe("unavailable")
       expect(storageFaultOf(busy)).toBeUndefined()
     }
-    // What @effect/sql's cause keeps of a BEGIN IMMEDIATE that found the file locked: the ROLLBACK after it.
-    const rollback = Object.assign(new Error("cannot rollback - no transaction is active"), { code: "SQLITE_ERROR" })
-    expect(storageFaultOf(new SqlError({ cause: rollback, message: "Failed to execute statement" }))).toBe("unavailable")
+
   })
 
   it("a read-only file system or permissions taken away are refused writes, waited out as the others", () => {

@@ -56,13 +56,8 @@ const unavailableSqlCodes = new Set([
   "EAI_AGAIN"
 ])
 
-/**
- * pg's own errors for a lost connection carry no code. And SQLite's ROLLBACK after a `BEGIN IMMEDIATE` that found
- * the file locked past the busy timeout: @effect/sql rolls back a transaction whose BEGIN failed, and that failure
- * is all its cause keeps (a heartbeat so failed was an error with a stack, not the storage warning it is).
- */
-const lostConnection =
-  /^(Connection terminated|Client has encountered a connection error|timeout exceeded when trying to connect|Connection timed out|cannot rollback - no transaction is active)/
+/** pg's own errors for a lost connection carry no code. */
+const lostConnection = /^(Connection terminated|Client has encountered a connection error|timeout exceeded when trying to connect|Connection timed out)/
 
 const MAX_DEPTH = 16
 

@@ -22,6 +22,7 @@ import { migrations } from "./migrations.js"
 import { type DatabasePlace, runMigrations } from "./migrationsTable.js"
 import { makePool, type PoolOptions, type StatementBound } from "./pgPool.js"
 import { sqliteReadConnection } from "./ReadConnection.js"
+import { rootMessage } from "./Faults.js"
 
 /**
  * The advisory lock that serializes the migrations of the nodes on one schema: its key is the schema's (nodes on
@@ -75,6 +76,24 @@ const SqlitePragmas = Layer.effectDiscard(Effect.flatMap(SqlClient.SqlClient, (s
 export const WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 /**
+ * `connection`, whose ROLLBACK with no transaction left to undo succeeds: its BEGIN met another process's lock past
+ * the busy timeout, or SQLite undid the transaction itself (a full disk, an I/O error). @effect/sql makes a failed
+ * ROLLBACK a defect that replaces the transaction's own error: a full disk was a 503 "database unavailable" instead
+ * of a 507, and a lock held elsewhere an error with a stack instead of the storage warning it is.
+ */
+const rollbackWhenBegun = (connection: SqlConnection.Connection): SqlConnection.Connection => ({
+  ...connection,
+  executeUnprepared: (sql, params, transformRows) =>
+    sql === "ROLLBACK"
+      ? Effect.catchIf(
+        connection.executeUnprepared(sql, params, transformRows),
+        (error) => /no transaction is active/.test(rootMessage(error)),
+        () => Effect.succeed([])
+      )
+      : connection.executeUnprepared(sql, params, transformRows)
+})
+
+/**
  * @effect/sql-sqlite-node's connection, its transactions begun with `BEGIN IMMEDIATE`. Why: another process may
  * write to the same file (an API-only node beside one that runs the batches, `MAX_CONCURRENT_BATCHES=0`), and a
  * transaction begun with `BEGIN` takes the write lock only at its first write, which then fails at once with
@@ -89,7 +108,7 @@ const SqliteLive = (filename: string) =>
       SqlClient.make({
         // The connection once no transaction holds it, held for the statement (which runs synchronously anyway).
         acquirer: sqlite.reserve,
-        transactionAcquirer: sqlite.reserve,
+        transactionAcquirer: Effect.map(sqlite.reserve, rollbackWhenBegun),
         compiler: Statement.makeCompilerSqlite(),
         spanAttributes: [["db.system.name", "sqlite"]],
         beginTransaction: "BEGIN IMMEDIATE"
