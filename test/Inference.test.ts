@@ -20,7 +20,7 @@ import {
 import { BIGNUM_COMPACT, startSimulator } from "../scripts/simulator.js"
 import { askedWait, resetMillis } from "../src/inference/answers.js"
 import { quotaSpent } from "../src/upstreams/judgeLines.js"
-import { withoutAddresses } from "../src/upstreams/Upstream.js"
+import { transportFailureText } from "../src/upstreams/Upstream.js"
 import { manualHandBack } from "./support/HandBack.js"
 import { eventually } from "./support/TestApp.js"
 
@@ -362,10 +362,13 @@ describe("Inference", () => {
       expect(error).toMatchObject({ _tag: "UpstreamFailure", code: "upstream_unreachable" })
       // Its line says what failed, not where the call went (the upstream's address is no project's to see); the
       // server's log does.
-      expect(error.message).toBe("Upstream request failed: Transport: lost")
+      expect(error.message).toBe("Upstream request failed: the connection failed.")
       expect((error as UpstreamFailure).logged).toBe("Upstream request failed: Transport: lost (POST http://upstream.test/v1/chat/completions)")
-      expect(withoutAddresses("Transport: connect ECONNREFUSED 10.0.0.5:8000, vllm.internal", "http://vllm.internal:8000/v1"))
-        .toBe("Transport: connect ECONNREFUSED <address>, <upstream>")
+      // Fixed words for the code, whatever the client's text says (an address, a certificate's other hosts).
+      const undici = (code: string, message: string) => ({ cause: Object.assign(new Error(message), { code }) })
+      expect(transportFailureText(undici("UND_ERR_SOCKET", "other side closed (10.0.0.5:8000)"))).toBe("the upstream closed the connection (UND_ERR_SOCKET)")
+      expect(transportFailureText(undici("HPE_INVALID_CONSTANT", "Expected HTTP/ at vllm.internal"))).toBe("its answer was not valid HTTP (HPE_INVALID_CONSTANT)")
+      expect(transportFailureText(undici("fd00::5 said no", "x"))).toBe("the connection failed")
     }).pipe(Effect.provide(layer))
   })
 
