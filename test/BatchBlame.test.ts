@@ -69,8 +69,9 @@ describe("a batch whose requests fail on their own", () => {
         expect(upstream.state().state).toBe("up")
         expect(yield* send("Q1", 200, "q")).toBe("final")
       }
-      // Another project's run is an outage as before.
-      expect((yield* run("Q2", "q")).at(-1)).toBe("again")
+      // p's batch that succeeded is not suspect: its run (a real outage, as it worked) takes the upstream down.
+      expect(yield* send("F", 200)).toBe("final")
+      expect((yield* run("F")).at(-1)).toBe("again")
       expect(upstream.isDown()).toBe(true)
     }))
 

@@ -15,10 +15,12 @@
  * Suspicion ends with any outage (the upstream failing for everyone: its trial says the rest) and is kept for the
  * last `KEPT_SUSPECTS` batches only (an ended batch's id never comes again).
  *
- * A suspect's project is suspect too, while another project's requests are served: its new batches' failures join
- * no run either. Else a project sending a failing batch a second took the shared upstream down with each new one
- * (its first run), each outage clearing the suspicion of the ones before: another project's batch went 4× slower,
- * with 10–14 s without progress (a penetration test). A deployment of one project keeps the batch rule alone.
+ * A suspect's project is suspect too, while another project's requests are served: its batches that have had no
+ * success yet join no run either. Else a project sending a failing batch a second took the shared upstream down
+ * with each new one (its first run), each outage clearing the suspicion of the ones before: another project's batch
+ * went 4× slower, with 10–14 s without progress (a penetration test). Its batches that succeeded are not suspect:
+ * in a real outage their failures take the upstream down as before. A deployment of one project keeps the batch
+ * rule alone.
  */
 import type { Ticket } from "./Admission.js"
 
@@ -62,6 +64,8 @@ export const makeBatchBlame = (now: () => number): BatchBlame => {
   let othersServedAt = Number.NEGATIVE_INFINITY
   /** The projects of the suspects. */
   const suspectProjects = new Set<string>()
+  /** Batches a request of which succeeded (the latest `KEPT_SUSPECTS` × 4): no project's suspicion is theirs. */
+  const servedBatches = new Set<string>()
   /** When each project's requests, of batches not suspect, last succeeded (the latest `KEPT_SUSPECTS` projects). */
   const projectServedAt = new Map<string, number>()
   /** Whether a request of a project other than `project` succeeded lately. */
@@ -84,7 +88,7 @@ export const makeBatchBlame = (now: () => number): BatchBlame => {
     isSuspect: (ticket) =>
       now() - othersServedAt <= OTHERS_SERVED_WITHIN_MS &&
       ((ticket.batch !== undefined && suspects.has(ticket.batch)) ||
-        (suspectProjects.has(ticket.project) && servedAnotherThan(ticket.project))),
+        (suspectProjects.has(ticket.project) && !servedBatches.has(ticket.batch ?? "") && servedAnotherThan(ticket.project))),
     suspectFailed: (runLength) => {
       if (++suspectRun < runLength) return false
       suspectRun = 0
@@ -110,6 +114,10 @@ export const makeBatchBlame = (now: () => number): BatchBlame => {
     },
     succeeded: (ticket) => {
       suspectRun = 0
+      if (ticket.batch !== undefined && !servedBatches.has(ticket.batch)) {
+        servedBatches.add(ticket.batch)
+        if (servedBatches.size > KEPT_SUSPECTS * 4) servedBatches.delete(servedBatches.values().next().value!)
+      }
       if (ticket.batch === undefined || !suspects.has(ticket.batch)) {
         othersServedAt = now()
         projectServedAt.delete(ticket.project) // re-inserted last: the map keeps the latest projects
