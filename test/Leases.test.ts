@@ -97,16 +97,24 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       expect(Option.isSome(yield* store.transition(id, "cancel"))).toBe(true)
     }).pipe(Effect.provide(storeFor(backend))))
 
-  it.effect("a batch past its expiry is not cancelled, its expiry ends it: cancelled as its expiry wrote its lines, it was 'cancelled' with every line batch_expired", () =>
+  it.effect("a running batch a node is expiring (its batch-wide lease held) is not cancelled: cancelled as its expiry wrote its lines, it was 'cancelled' with every line batch_expired", () =>
     Effect.gen(function*() {
       const store = yield* BatchStore
-      const [id, other] = [yield* runningBatch(3, 3), yield* runningBatch(3, 3)]
-      // Before its expiry, a cancel moves it as ever.
-      expect(Option.getOrThrow(yield* store.transition(other, "cancel")).status).toBe("cancelling")
+      const leases = yield* WorkLeases
+      const [id, other, orphan] = [yield* runningBatch(3, 3), yield* runningBatch(3, 3), yield* runningBatch(3, 3)]
       const { expires_at } = (yield* store.get(id, "all")).batch
-      yield* TestClock.setTime(expires_at * 1000 + 1000)
+      const past = expires_at * 1000 + 1000
+      // Past its expiry, before any node took it to expire it: cancelled as ever (its own finishing writes its lines).
+      yield* TestClock.setTime(past)
+      expect(Option.getOrThrow(yield* store.transition(other, "cancel")).status).toBe("cancelling")
+      // A node took it to expire it: the expiry ends it, whatever the clocks say.
+      expect(yield* leases.claimBatch(id, lease("expirer", past))).toBe(true)
       expect(yield* store.transition(id, "cancel")).toEqual(Option.none())
       expect(Option.getOrThrow(yield* store.transition(id, "expire")).status).toBe("expired")
+      // A node that took it and died (its lease run out): cancelled as ever.
+      expect(yield* leases.claimBatch(orphan, lease("died", past, 5_000))).toBe(true)
+      yield* TestClock.setTime(past + 10_000)
+      expect(Option.getOrThrow(yield* store.transition(orphan, "cancel")).status).toBe("cancelling")
     }).pipe(Effect.provide(storeFor(backend))))
 
   it.effect("no slice is claimed once the batch left in_progress (a cancel): the slices given back stay unsent", () =>

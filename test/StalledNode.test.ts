@@ -99,6 +99,22 @@ for (const backend of backends) {
         expect(yield* Effect.either(files.get(derivedFileId(`${id}:succeeded`), "all"))).toMatchObject({ _tag: "Left" })
       }).pipe(Effect.provide(services(backend))), 30_000)
 
+    it.live("an expiry chosen before a cancel moved the batch writes none of its lines: the cancel's finishing does", () =>
+      Effect.gen(function*() {
+        const store = yield* BatchStore
+        const id = yield* runningBatch(`batch_expire_cancelled_${backend}`, 4)
+        // The runner chose to expire it (past its expires_at); a cancel came before it took the lease.
+        expect(Option.isSome(yield* store.transition(id, "cancel"))).toBe(true)
+        const finishing = yield* makeFinishing
+        expect(yield* finishing.finish(id, "expire")).toBe(true)
+        expect((yield* store.get(id, "all")).batch.request_counts).toEqual({ total: 4, completed: 2, failed: 0 })
+        expect(yield* finishing.finish(id, "cancelDone")).toBe(true)
+        const { batch } = yield* store.get(id, "all")
+        expect([batch.status, batch.request_counts]).toEqual(["cancelled", { total: 4, completed: 2, failed: 2 }])
+        const errors = yield* store.resultLines(id, "failed", 0, 10)
+        expect(new TextDecoder().decode(errors.bytes)).not.toContain("batch_expired")
+      }).pipe(Effect.provide(services(backend))), 30_000)
+
     it.live("a file it was writing as another node took the batch over is not published: a deleted output stays deleted", () =>
       Effect.gen(function*() {
         const files = yield* FileStore

@@ -259,10 +259,10 @@ export const make = Effect.gen(function*() {
       if (Option.isNone(moved)) {
         const now = (yield* store.get(id, visibility)).batch
         if (now.status === "cancelling" || now.status === "cancelled") return now
-        // As OpenAI's 409 (`code` null). One past its expiry is being expired (`transition` says why).
+        // As OpenAI's 409 (`code` null). One running still is being expired (`transition` says why).
         return yield* conflict(
-          now.status === "validating" || now.status === "in_progress"
-            ? `Cannot cancel a batch past its completion window (it expired at ${new Date(now.expires_at * 1000).toISOString()}): it ends 'expired'.`
+          now.status === "in_progress"
+            ? `Cannot cancel a batch being expired (its completion window ended at ${new Date(now.expires_at * 1000).toISOString()}): it ends 'expired'.`
             : `Cannot cancel a batch with status '${now.status}'.`,
           null,
           null

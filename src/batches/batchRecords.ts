@@ -6,7 +6,7 @@ import type * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import * as SqlSchema from "@effect/sql/SqlSchema"
 import type { Fragment } from "@effect/sql/Statement"
-import { Effect, Option, Schema } from "effect"
+import { Clock, Effect, Option, Schema } from "effect"
 import { type Batch, type BatchStatus, BatchStatus as BatchStatusSchema, terminalStatuses } from "../domain/Batches.js"
 import { BatchId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
@@ -195,12 +195,13 @@ export const makeBatchRecords = (
     if (patch.errors !== undefined) set.errors = JSON.stringify(patch.errors)
     if (patch.outputFileId !== undefined) set.output_file_id = patch.outputFileId
     if (patch.errorFileId !== undefined) set.error_file_id = patch.errorFileId
-    return Effect.flatMap(nowSeconds, (now) => {
+    return Effect.flatMap(Clock.currentTimeMillis, (now) => {
       const conditions = [
         ...(heldBy === undefined ? [] : [sql`lease_owner = ${heldBy}`]),
-        // A batch past its expiry, but finalizing, is the expiry's to end: cancelled as its expiry wrote its lines,
-        // it ended `cancelled` with every line `batch_expired`.
-        ...(move === "cancel" ? [sql`(status = 'finalizing' OR expires_at > ${now})`] : [])
+        // A running batch whose batch-wide lease a node holds is being expired (`finishing.ts`; no other work takes
+        // that lease while it runs): the expiry ends it. Cancelled as its expiry wrote its lines, it ended
+        // `cancelled` with every line `batch_expired`. A lease run out is a node gone: cancelled as ever.
+        ...(move === "cancel" ? [sql`(status <> 'in_progress' OR lease_owner IS NULL OR lease_until < ${now})`] : [])
       ]
       return applyMove(id, move, set, conditions.length === 0 ? undefined : sql.and(conditions))
     }).pipe(

@@ -16,6 +16,7 @@ import { Inference } from "../inference/Inference.js"
 import { Metrics } from "../observability/Metrics.js"
 import type { BatchStatus } from "../domain/Batches.js"
 import { type BatchRecord, BatchStore } from "./BatchStore.js"
+import { transitions } from "./transitions.js"
 import { nodeLease, WorkLeases } from "./WorkLeases.js"
 
 /** Result rows read at a time while writing the files. */
@@ -103,6 +104,11 @@ export const makeFinishing = Effect.gen(function*() {
     Effect.gen(function*() {
       let record = yield* load(id)
       const { status } = record.batch
+      // Moved on since the move was chosen (a cancel before this node took the lease for the expiry): its own
+      // finishing writes its lines, not this one (they were `batch_expired` in a batch `cancelled`).
+      if (!(transitions[move].from as ReadonlyArray<BatchStatus>).includes(status)) {
+        return yield* Effect.logDebug(`Batch ${id}: not finished as ${move} here, it is ${status} now`)
+      }
       const pending = pendingError[move]
       if (record.batch.in_progress_at === null) {
         // Never got past validation: there are no requests to report.
