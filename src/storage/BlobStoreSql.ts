@@ -4,10 +4,11 @@
  * published by pointing its key at the token in one transaction.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Chunk, Clock, Duration, Effect, Layer, Option, Schedule, Stream } from "effect"
+import { type Cause, Chunk, Clock, Duration, Effect, Layer, Option, Queue, Schedule, Stream } from "effect"
 import { randomUUID } from "node:crypto"
 import { AppConfig } from "../Config.js"
 import { BlobGoneWhileRead, BlobStore, ORPHAN_AGE_MS, STALE_STAGING_MS, type StagedBlob, type StagingWriter } from "./BlobStore.js"
+import { storageFault } from "./Faults.js"
 import { sliceBytes } from "./sliceBytes.js"
 
 /** Bytes per stored chunk: the most an upload or a download holds in memory at a time. */
@@ -20,6 +21,9 @@ const CHUNK_BYTES = 512 * 1024
 const PG_READ_PIECE = 48 * 1024
 
 type ChunkRow = { readonly seq: number | string; readonly data: Uint8Array }
+
+/** Whether a clean-up failed for the database being away (tried again), not for another reason. */
+const isUnavailable = (cause: Cause.Cause<unknown>) => storageFault(cause) === "unavailable"
 
 /** Tries of a clean-up the database refused: doubling from a second, a minute apart at most, for an hour. */
 const UNTIL_THE_DATABASE_ANSWERS = Schedule.exponential(Duration.seconds(1)).pipe(
@@ -51,17 +55,26 @@ export const make = (nodeId: string) =>
         if (staged.length > 0) yield* sql`DELETE FROM blob_chunks WHERE token = ${token}`
       }).pipe(sql.withTransaction)
 
+    /** `dropIfUnpublished`, any cause a failure: a ROLLBACK that meets the outage too is a defect of @effect/sql's. */
+    const dropStaged = (token: string) => Effect.sandbox(dropIfUnpublished(token))
+
+    /**
+     * Tokens whose clean-up met a database outage (the one that cut their upload, often), dropped one at a time by
+     * one fiber of the store's scope, each tried until the database answers (an hour at most, then said): an
+     * upload cut by an outage kept its 42 MB staged until the node's next start.
+     */
+    const undropped = yield* Queue.unbounded<string>()
+    yield* Effect.forkScoped(Effect.forever(Effect.flatMap(Queue.take(undropped), (token) =>
+      Effect.retry(dropStaged(token), { schedule: UNTIL_THE_DATABASE_ANSWERS, while: isUnavailable }).pipe(
+        Effect.catchAll((cause) =>
+          Effect.logWarning(`Staged bytes ${token} could not be dropped; the next start of this node drops them`, cause))
+      ))))
+
     /**
      * `dropIfUnpublished` as a staging's scope closes: bytes staged and then not published (a check that refused
-     * them, a quota, a transaction rolled back) stayed for a day. Met by a database outage (the one that cut the
-     * upload, often), it is tried again in the background until the database answers: an upload cut by an outage
-     * kept its 42 MB staged until the node's next start.
+     * them, a quota, a transaction rolled back) stayed for a day. Met by an outage, left to `undropped`.
      */
-    const dropUnpublished = (token: string) => {
-      // Sandboxed: a transaction whose ROLLBACK meets the outage too is a defect of @effect/sql's.
-      const drop = Effect.sandbox(dropIfUnpublished(token))
-      return Effect.catchAll(drop, () => Effect.asVoid(Effect.forkDaemon(Effect.ignore(Effect.retry(drop, UNTIL_THE_DATABASE_ANSWERS)))))
-    }
+    const dropUnpublished = (token: string) => Effect.catchAll(dropStaged(token), () => Queue.offer(undropped, token))
 
     const openStaging = Effect.gen(function*() {
       const token = randomUUID()
@@ -195,7 +208,7 @@ export const make = (nodeId: string) =>
   })
 
 /** SQL blobs in the application's database. */
-export const BlobStoreSql: Layer.Layer<BlobStore, never, SqlClient.SqlClient | AppConfig> = Layer.effect(
+export const BlobStoreSql: Layer.Layer<BlobStore, never, SqlClient.SqlClient | AppConfig> = Layer.scoped(
   BlobStore,
   Effect.flatMap(AppConfig, ({ nodeId }) => make(nodeId))
 )
