@@ -198,6 +198,9 @@ describe("storage faults are classified", () => {
     for (const code of ["SQLITE_READONLY", "SQLITE_READONLY_DBMOVED"]) {
       expect(storageFaultOf(new SqlError({ cause: Object.assign(new Error("attempt to write a readonly database"), { code }), message: "x" }))).toBe("refused")
     }
+    const pg = Object.assign(new Error("cannot execute INSERT in a read-only transaction"), { code: "25006" })
+    expect(storageFaultOf(new SqlError({ cause: pg, message: "Failed to execute statement" }))).toBe("refused") // a standby
+    expect(storageFaultOf(pg)).toBeUndefined()
     expect(storageState("refused")).toBe("not writable")
   })
 

@@ -118,7 +118,7 @@ export const databaseUnavailable = () =>
   new ServiceUnavailable(body("The server's database is unavailable for now; try again shortly.", "server_error", null, "database_unavailable"))
 
 export const storageNotWritable = () =>
-  new ServiceUnavailable(body("The server's storage takes no write for now; try again shortly.", "server_error", null, "storage_unavailable"))
+  new ServiceUnavailable(body("The server's storage refuses it for now (read-only, or permissions); try again shortly.", "server_error", null, "storage_unavailable"))
 
 export const insufficientStorage = (message = "The server is out of storage space; try again later.") =>
   new InsufficientStorage(body(message, "server_error", null, "insufficient_storage"))

@@ -103,7 +103,7 @@ export const ErrorEnvelopeLive = HttpApiBuilder.middleware(OpenAIApi, (app) => {
         return storageWarning(error._tag, cause, "Storage full: requests that write get a 507 until there is room")
       case "ServiceUnavailable":
         return storageFault(cause) === "refused"
-          ? storageWarning("refused", cause, "Storage takes no write (read-only, or permissions): requests that write get a 503 until it does")
+          ? storageWarning("refused", cause, "Storage refuses the server (read-only, or permissions): requests that meet it get a 503 until it is put right")
           : storageWarning(error._tag, cause, "The database is unavailable: requests get a 503 until it answers again")
       default:
         return Effect.void
