@@ -35,7 +35,7 @@ layer(
       yield* eventually(() => expect(stalls()).toEqual([
         ["upstream.stalled", "WARN", expect.stringMatching(/^Upstream wedged: 2 calls out and none answered for 1 s; each waits up to 2s /)],
         // In whole seconds: 1.3 s, or a little more on a loaded machine.
-        ["upstream.stall_ended", "INFO", expect.stringMatching(/^Upstream wedged: a call was answered, after [12] s without one answered$/)]
+        ["upstream.stall_ended", "INFO", expect.stringMatching(/^Upstream wedged: a call was answered, after [12] s without an answer$/)]
       ]), 2000)
       lines.length = 0
 

@@ -60,7 +60,7 @@ export const startStallWatch = ({ clock, inflight, log, name, timeout }: StallWa
         const over = endOf(now)
         if (over === undefined) return Effect.void
         const silent = Math.round((answeredAt - stalledSince) / 1000)
-        const how = over === "answered" ? `a call was answered, after ${silent} s without one answered` : "no call is out any more"
+        const how = over === "answered" ? `a call was answered, after ${silent} s without an answer` : "no call is out any more"
         stalledSince = undefined
         idleSince = undefined
         return log(Effect.annotateLogs(Effect.logInfo(`Upstream ${name}: ${how}`), { event: "upstream.stall_ended", reason: over }))
