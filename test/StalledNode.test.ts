@@ -106,7 +106,7 @@ for (const backend of backends) {
         // The runner chose to expire it (past its expires_at); a cancel came before it took the lease.
         expect(Option.isSome(yield* store.transition(id, "cancel"))).toBe(true)
         const finishing = yield* makeFinishing
-        expect(yield* finishing.finish(id, "expire")).toBe(true)
+        expect(yield* finishing.finish(id, "expire")).toBe(false) // not its to finish: its lease not taken
         expect((yield* store.get(id, "all")).batch.request_counts).toEqual({ total: 4, completed: 2, failed: 0 })
         expect(yield* finishing.finish(id, "cancelDone")).toBe(true)
         const { batch } = yield* store.get(id, "all")

@@ -147,10 +147,12 @@ describe("storage faults are classified", () => {
       yield* sql`CREATE TABLE filler (b BLOB)`
       const [{ page_count }] = yield* sql<{ page_count: number }>`PRAGMA page_count`
       yield* sql.unsafe(`PRAGMA max_page_count = ${page_count + 20}`)
-      const exit = yield* Effect.exit(sql.withTransaction(
-        Effect.forEach(Array.from({ length: 100 }), () => sql`INSERT INTO filler VALUES (${new Uint8Array(4000)})`)
-      ))
+      const fill = Effect.forEach(Array.from({ length: 100 }), () => sql`INSERT INTO filler VALUES (${new Uint8Array(4000)})`)
+      const exit = yield* Effect.exit(sql.withTransaction(fill))
       expect(Exit.isFailure(exit) ? storageFault(exit.cause) : "no fault").toBe("capacity")
+      // Within another (a savepoint: as a write under WorkLeases.whileHolding is).
+      const nested = yield* Effect.exit(sql.withTransaction(Effect.zipRight(sql`SELECT 1`, sql.withTransaction(fill))))
+      expect(Exit.isFailure(nested) ? storageFault(nested.cause) : "no fault").toBe("capacity")
     }).pipe(Effect.provide(Layer.unwrapScoped(Effect.map(
       Effect.acquireRelease(Effect.sync(() => mkdtempSync(Path.join(tmpdir(), "full-tx-"))), (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))),
       (dir) => layerSqlite(Path.join(dir, "batches.sqlite"))

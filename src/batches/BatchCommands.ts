@@ -262,7 +262,7 @@ export const make = Effect.gen(function*() {
         // As OpenAI's 409 (`code` null). One running still is being expired (`transition` says why).
         return yield* conflict(
           now.status === "in_progress"
-            ? `Cannot cancel a batch being expired (its completion window ended at ${new Date(now.expires_at * 1000).toISOString()}): it ends 'expired'.`
+            ? "Cannot cancel a batch whose expiry has begun: it ends 'expired'."
             : `Cannot cancel a batch with status '${now.status}'.`,
           null,
           null

@@ -171,7 +171,7 @@ export const make = Effect.gen(function*() {
         const id = record.batch.id
         const current = yield* load(id) // the wait for the permit may have been long
         if (current.batch.status !== "validating") return true
-        if (!(yield* Effect.flatMap(nodeLease(config), (lease) => leases.claimBatch(id, lease)))) return false
+        if (!(yield* Effect.flatMap(nodeLease(config), (lease) => leases.claimBatch(id, lease, ["validating"])))) return false
         yield* validating.validate(current).pipe(Effect.onError((cause) => validating.giveBackSpace(id, cause)))
         return true
       }))

@@ -40,8 +40,12 @@ export interface HeldSlice {
 }
 
 export interface WorkLeasesShape {
-  /** Takes the batch-wide lease of an unfinished batch if it is free, expired or already `owner`'s. */
-  readonly claimBatch: (id: BatchId, lease: Lease) => Effect.Effect<boolean>
+  /**
+   * Takes the batch-wide lease of an unfinished batch (one of `statuses`: the ones the work that takes it starts
+   * from) if it is free, expired or already `owner`'s. A validation's claim of a batch another node had just started
+   * running held its lease as long as it ran, and every cancel was refused as if the batch were expiring.
+   */
+  readonly claimBatch: (id: BatchId, lease: Lease, statuses?: ReadonlyArray<BatchStatus>) => Effect.Effect<boolean>
   /**
    * Runs `write` in one transaction with the check that `owner` still holds batch `id`'s batch-wide lease and that
    * the batch is `status` (its row locked meanwhile on PostgreSQL: no other node takes it in between); none,
@@ -105,11 +109,11 @@ export const make = Effect.gen(function*() {
   const dialect = makeBatchSql(sql)
   const free = (lease: Lease) => sql`(lease_until IS NULL OR lease_until < ${lease.now})`
 
-  const claimBatch = (id: BatchId, lease: Lease) =>
+  const claimBatch = (id: BatchId, lease: Lease, statuses: ReadonlyArray<BatchStatus> = activeStatuses) =>
     sql`
       UPDATE batches SET lease_owner = ${lease.owner}, lease_until = ${lease.until}
       WHERE id = (
-        SELECT id FROM batches WHERE id = ${id} AND ${sql.in("status", activeStatuses)}
+        SELECT id FROM batches WHERE id = ${id} AND ${sql.in("status", statuses)}
           AND (lease_owner = ${lease.owner} OR ${free(lease)})
         ${dialect.skipLocked}
       ) RETURNING id`.pipe(

@@ -135,7 +135,7 @@ export const makeFinishing = Effect.gen(function*() {
 
   const finish = (id: BatchId, move: FinalMove) =>
     Effect.gen(function*() {
-      if (!(yield* Effect.flatMap(nodeLease(config), (lease) => leases.claimBatch(id, lease)))) return false
+      if (!(yield* Effect.flatMap(nodeLease(config), (lease) => leases.claimBatch(id, lease, transitions[move].from)))) return false
       yield* Effect.flatMap(nodeLease(config), (lease) => leases.liveSlices(id, lease.now)).pipe(
         Effect.repeat({ until: (live) => live === 0, schedule: Schedule.spaced(Duration.millis(100)) })
       )

@@ -22,8 +22,8 @@ const PG_READ_PIECE = 48 * 1024
 
 type ChunkRow = { readonly seq: number | string; readonly data: Uint8Array }
 
-/** Whether a clean-up failed for the database being away (tried again), not for another reason. */
-const isUnavailable = (cause: Cause.Cause<unknown>) => storageFault(cause) === "unavailable"
+/** Whether a clean-up failed for the database being away or refusing (tried again), not for another reason. */
+const isStorageFault = (cause: Cause.Cause<unknown>) => storageFault(cause) !== undefined
 
 /** Tries of a clean-up the database refused: doubling from a second, a minute apart at most, for an hour. */
 const UNTIL_THE_DATABASE_ANSWERS = Schedule.exponential(Duration.seconds(1)).pipe(
@@ -64,8 +64,11 @@ export const make = (nodeId: string) =>
      * upload cut by an outage kept its 42 MB staged until the node's next start.
      */
     const undropped = yield* Queue.unbounded<string>()
+    yield* Effect.addFinalizer(() =>
+      Effect.flatMap(Queue.size(undropped), (left) =>
+        left === 0 ? Effect.void : Effect.logWarning(`${left} staged uploads' bytes not dropped yet; the next start of this node drops them`)))
     yield* Effect.forkScoped(Effect.forever(Effect.flatMap(Queue.take(undropped), (token) =>
-      Effect.retry(dropStaged(token), { schedule: UNTIL_THE_DATABASE_ANSWERS, while: isUnavailable }).pipe(
+      Effect.retry(dropStaged(token), { schedule: UNTIL_THE_DATABASE_ANSWERS, while: isStorageFault }).pipe(
         Effect.catchAll((cause) =>
           Effect.logWarning(`Staged bytes ${token} could not be dropped; the next start of this node drops them`, cause))
       ))))

@@ -76,21 +76,19 @@ const SqlitePragmas = Layer.effectDiscard(Effect.flatMap(SqlClient.SqlClient, (s
 export const WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 /**
- * `connection`, whose ROLLBACK with no transaction left to undo succeeds: its BEGIN met another process's lock past
- * the busy timeout, or SQLite undid the transaction itself (a full disk, an I/O error). @effect/sql makes a failed
- * ROLLBACK a defect that replaces the transaction's own error: a full disk was a 503 "database unavailable" instead
- * of a 507, and a lock held elsewhere an error with a stack instead of the storage warning it is.
+ * `connection`, whose ROLLBACK with nothing left to undo succeeds: its BEGIN met another process's lock past the
+ * busy timeout, or SQLite undid the transaction itself (a full disk, an I/O error), savepoints included. @effect/sql
+ * makes a failed ROLLBACK a defect that replaces the transaction's own error: a full disk (in a transaction, or in
+ * one within another) was a fault of no kind instead of a 507, and a lock held elsewhere an error with a stack
+ * instead of the storage warning it is.
  */
 const rollbackWhenBegun = (connection: SqlConnection.Connection): SqlConnection.Connection => ({
   ...connection,
-  executeUnprepared: (sql, params, transformRows) =>
-    sql === "ROLLBACK"
-      ? Effect.catchIf(
-        connection.executeUnprepared(sql, params, transformRows),
-        (error) => /no transaction is active/.test(rootMessage(error)),
-        () => Effect.succeed([])
-      )
-      : connection.executeUnprepared(sql, params, transformRows)
+  executeUnprepared: (sql, params, transformRows) => {
+    const undone = sql === "ROLLBACK" ? /no transaction is active/ : sql.startsWith("ROLLBACK TO SAVEPOINT ") ? /no such savepoint/ : undefined
+    const statement = connection.executeUnprepared(sql, params, transformRows)
+    return undone === undefined ? statement : Effect.catchIf(statement, (error) => undone.test(rootMessage(error)), () => Effect.succeed([]))
+  }
 })
 
 /**

@@ -64,7 +64,7 @@ export const makeBatchBlame = (now: () => number): BatchBlame => {
   let othersServedAt = Number.NEGATIVE_INFINITY
   /** The projects of the suspects. */
   const suspectProjects = new Set<string>()
-  /** Batches a request of which succeeded (the latest `KEPT_SUSPECTS` × 4): no project's suspicion is theirs. */
+  /** Batches a request of which succeeded (the `KEPT_SUSPECTS` × 4 served latest): no project's suspicion is theirs. */
   const servedBatches = new Set<string>()
   /** When each project's requests, of batches not suspect, last succeeded (the latest `KEPT_SUSPECTS` projects). */
   const projectServedAt = new Map<string, number>()
@@ -114,7 +114,8 @@ export const makeBatchBlame = (now: () => number): BatchBlame => {
     },
     succeeded: (ticket) => {
       suspectRun = 0
-      if (ticket.batch !== undefined && !servedBatches.has(ticket.batch)) {
+      if (ticket.batch !== undefined) {
+        servedBatches.delete(ticket.batch) // re-inserted last: the set keeps the batches served latest
         servedBatches.add(ticket.batch)
         if (servedBatches.size > KEPT_SUSPECTS * 4) servedBatches.delete(servedBatches.values().next().value!)
       }
