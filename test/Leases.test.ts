@@ -111,10 +111,14 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       expect(yield* leases.claimBatch(id, lease("expirer", past))).toBe(true)
       expect(yield* store.transition(id, "cancel")).toEqual(Option.none())
       expect(Option.getOrThrow(yield* store.transition(id, "expire")).status).toBe("expired")
-      // A node that took it and died (its lease run out): cancelled as ever.
+      // A node that took it and died (its lease run out) before writing anything: cancelled as ever.
       expect(yield* leases.claimBatch(orphan, lease("died", past, 5_000))).toBe(true)
       yield* TestClock.setTime(past + 10_000)
       expect(Option.getOrThrow(yield* store.transition(orphan, "cancel")).status).toBe("cancelling")
+      // One that wrote the expired lines and stopped (its lease given back) before the final move: the expiry's.
+      const stopped = yield* runningBatch(3, 3)
+      yield* store.failPending(stopped, "batch_expired", "expired")
+      expect(yield* store.transition(stopped, "cancel")).toEqual(Option.none())
     }).pipe(Effect.provide(storeFor(backend))))
 
   it.effect("no slice is claimed once the batch left in_progress (a cancel): the slices given back stay unsent", () =>

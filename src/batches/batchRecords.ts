@@ -199,9 +199,12 @@ export const makeBatchRecords = (
       const conditions = [
         ...(heldBy === undefined ? [] : [sql`lease_owner = ${heldBy}`]),
         // A running batch whose batch-wide lease a node holds is being expired (`finishing.ts`; no other work takes
-        // that lease while it runs): the expiry ends it. Cancelled as its expiry wrote its lines, it ended
-        // `cancelled` with every line `batch_expired`. A lease run out is a node gone: cancelled as ever.
-        ...(move === "cancel" ? [sql`(status <> 'in_progress' OR lease_owner IS NULL OR lease_until < ${now})`] : [])
+        // that lease while it runs), and one with `batch_expired` lines was (its node stopped or died before the
+        // final move): the expiry ends it. Cancelled, it ended `cancelled` with every line `batch_expired`.
+        ...(move === "cancel"
+          ? [sql`(status <> 'in_progress' OR ((lease_owner IS NULL OR lease_until < ${now}) AND NOT EXISTS (
+              SELECT 1 FROM batch_results o WHERE o.batch_id = batches.id AND o.error_code = 'batch_expired')))`]
+          : [])
       ]
       return applyMove(id, move, set, conditions.length === 0 ? undefined : sql.and(conditions))
     }).pipe(
