@@ -20,7 +20,7 @@ import {
 import { BIGNUM_COMPACT, startSimulator } from "../scripts/simulator.js"
 import { askedWait, resetMillis } from "../src/inference/answers.js"
 import { quotaSpent } from "../src/upstreams/judgeLines.js"
-import { transportFailureText } from "../src/upstreams/Upstream.js"
+import { transportFailureText } from "../src/upstreams/failureText.js"
 import { manualHandBack } from "./support/HandBack.js"
 import { eventually } from "./support/TestApp.js"
 
