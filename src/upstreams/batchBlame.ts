@@ -51,6 +51,13 @@ export interface BatchBlame {
   readonly succeeded: (ticket: Ticket) => void
 }
 
+/** `key` added to `set` as its latest (re-added when there), the oldest forgotten beyond `max`. */
+const addLatest = <K>(set: Set<K>, key: K, max: number) => {
+  set.delete(key)
+  set.add(key)
+  if (set.size > max) set.delete(set.values().next().value!)
+}
+
 /** `now`: milliseconds, for `OTHERS_SERVED_WITHIN_MS`. */
 export const makeBatchBlame = (now: () => number): BatchBlame => {
   /** The batch whose run took the upstream down last, until its own request succeeds or another outage comes. */
@@ -97,10 +104,8 @@ export const makeBatchBlame = (now: () => number): BatchBlame => {
     ownRun: (run) => {
       const batch = batchOf(run)
       if (batch === undefined || batch !== blamed || !servedOthers) return false
-      if (suspects.size >= KEPT_SUSPECTS) suspects.delete(suspects.values().next().value!)
-      suspects.add(batch)
-      if (suspectProjects.size >= KEPT_SUSPECTS) suspectProjects.delete(suspectProjects.values().next().value!)
-      suspectProjects.add(run.values().next().value!.project)
+      addLatest(suspects, batch, KEPT_SUSPECTS)
+      addLatest(suspectProjects, run.values().next().value!.project, KEPT_SUSPECTS)
       blamed = undefined
       return true
     },
@@ -114,11 +119,7 @@ export const makeBatchBlame = (now: () => number): BatchBlame => {
     },
     succeeded: (ticket) => {
       suspectRun = 0
-      if (ticket.batch !== undefined) {
-        servedBatches.delete(ticket.batch) // re-inserted last: the set keeps the batches served latest
-        servedBatches.add(ticket.batch)
-        if (servedBatches.size > KEPT_SUSPECTS * 4) servedBatches.delete(servedBatches.values().next().value!)
-      }
+      if (ticket.batch !== undefined) addLatest(servedBatches, ticket.batch, KEPT_SUSPECTS * 4)
       if (ticket.batch === undefined || !suspects.has(ticket.batch)) {
         othersServedAt = now()
         projectServedAt.delete(ticket.project) // re-inserted last: the map keeps the latest projects
