@@ -65,7 +65,8 @@ describe("the openai-batch command line", () => {
         return order.indexOf(match![1]!)
       })
       expect(statuses).toEqual([...statuses].sort((a, b) => a - b))
-      expect(progress[0]).toMatch(new RegExp(`^\\[0s\\] ${id} (validating|in_progress)`))
+      // The batch's age in its stamps' whole seconds: its creation's second may have ended before the first poll.
+      expect(progress[0]).toMatch(new RegExp(`^\\[[01]s\\] ${id} (validating|in_progress)`))
       expect(progress.at(-1)).toMatch(new RegExp(`^\\[\\d+s\\] ${id} completed 1,000/1,000 \\(100%\\), 20 failed, .*[\\d.]+k tokens$`))
       const outputPath = Path.join(out, `${id}_output.jsonl`)
       const errorPath = Path.join(out, `${id}_error.jsonl`)
@@ -75,6 +76,9 @@ describe("the openai-batch command line", () => {
         `errors: ${errorPath} (20 lines)`,
         "errors by reason: 20 × status 400"
       ])
+      // One clock, the batch's: its last line's age is the summary's run time ("[2s] … completed", "completed in 1s").
+      const ran = /completed in (?:under 1s|(\d+)s)/.exec(rest[progress.length]!)!
+      expect(progress.at(-1)).toMatch(new RegExp(`^\\[${ran[1] ?? "0"}s\\] `))
 
       const output = fileLines(outputPath)
       const errors = fileLines(errorPath)

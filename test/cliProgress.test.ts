@@ -174,6 +174,11 @@ describe("batches at rest", () => {
     const quick = { ...done, completed_at: done.created_at }
     expect(summaryLine(quick, T0 + 20)).toBe("batch_abc completed in under 1s: 988 succeeded, 12 failed, 31.4k tokens")
     expect(allSucceeded(cancelled)).toBe(false)
+    // A cancel's unrun lines are in `failed`, as OpenAI counts them: said so, not read as a run that failed.
+    const cut = batch({ status: "cancelled", cancelled_at: T0 + 4, request_counts: { total: 2000, completed: 32, failed: 1968 } })
+    expect(summaryLine(cut, T0 + 9)).toBe("batch_abc cancelled in 4s: 32 succeeded, 1,968 failed or not run, 31.4k tokens")
+    expect(describeBatch(cut, T0 + 9)).toContainEqual(expect.stringMatching(/^  requests +2,000: 32 completed, 1,968 failed or not run$/))
+    expect(listLines([cut], T0 + 60)[1]).toMatch(/^batch_abc {2}cancelled {2}2,000\/2,000 {2}1,968 or not run {2}/)
   })
 })
 

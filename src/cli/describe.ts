@@ -9,6 +9,16 @@ import { count, countsOf, duration, tokens } from "./progress.js"
 export const problemLine = (e: BatchError): string =>
   `${e.line == null ? "file" : `line ${e.line}`}: ${e.code ?? "error"}: ${e.message ?? ""}`
 
+/**
+ * What `request_counts.failed` counts: for a batch a cancel or its expiry ended, the lines it left unrun as well
+ * (`batch_cancelled`, `batch_expired`), as OpenAI's does: "2,000/2,000 done, 1,968 failed" read as a run that failed.
+ * A server that leaves them out of every count has them said apart ("6 not run").
+ */
+const failedWords = (b: Batch): string => {
+  const c = countsOf(b)
+  return (b.status === "cancelled" || b.status === "expired") && c.total > 0 && c.done === c.total ? "failed or not run" : "failed"
+}
+
 /** `5m ago`. */
 export const ago = (seconds: number, now: number): string => `${duration(now - seconds)} ago`
 
@@ -44,7 +54,7 @@ export const describeBatch = (b: Batch, now: number): ReadonlyArray<string> => {
     ["endpoint", b.endpoint],
     ["model", b.model ?? undefined],
     ["input file", b.input_file_id],
-    ["requests", c.total === 0 ? undefined : `${count(c.total)}: ${count(c.completed)} completed, ${count(c.failed)} failed`],
+    ["requests", c.total === 0 ? undefined : `${count(c.total)}: ${count(c.completed)} completed, ${count(c.failed)} ${failedWords(b)}`],
     [
       "tokens",
       usage && usage.total_tokens > 0
@@ -103,7 +113,7 @@ export const listLines = (batches: ReadonlyArray<Batch>, now: number): ReadonlyA
         b.id,
         b.status,
         `${count(c.done)}/${count(c.total)}`,
-        count(c.failed),
+        failedWords(b) === "failed" ? count(c.failed) : `${count(c.failed)} or not run`,
         tokens(b.usage?.total_tokens ?? 0),
         ago(b.created_at, now),
         oneLine(b.model ?? "-"),
@@ -123,7 +133,7 @@ export const listLines = (batches: ReadonlyArray<Batch>, now: number): ReadonlyA
 export const summaryLine = (b: Batch, now: number): string => {
   const c = countsOf(b)
   const ran = runTime(b, now)
-  return `${b.id} ${b.status} in ${ran < 1 ? "under 1s" : duration(ran)}: ${count(c.completed)} succeeded, ${count(c.failed)} failed` +
+  return `${b.id} ${b.status} in ${ran < 1 ? "under 1s" : duration(ran)}: ${count(c.completed)} succeeded, ${count(c.failed)} ${failedWords(b)}` +
     (c.total > c.done ? `, ${count(c.total - c.done)} not run` : "") + `, ${tokens(b.usage?.total_tokens ?? 0)} tokens`
 }
 

@@ -115,7 +115,7 @@ export const barLine = (batch: Batch, perSec: number | undefined, columns: numbe
   return line.length < columns ? line : line.slice(0, Math.max(0, columns - 2)) + "…"
 }
 
-/** A plain progress line (pipes, CI logs), `elapsed` seconds into the watch. */
+/** A plain progress line (pipes, CI logs), `elapsed` seconds since the batch was created. */
 export const plainLine = (batch: Batch, perSec: number | undefined, elapsed: number): string => {
   const c = countsOf(batch)
   const head = `[${duration(elapsed)}] ${batch.id} ${batch.status}`

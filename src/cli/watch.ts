@@ -15,6 +15,7 @@ import { CliFailure, STOP_SIGNAL_NAMES, STOP_SIGNALS, type StopSignal } from "./
 import { columns, interactive, type Mode, note, printJson, say, write } from "./output.js"
 import { type Patience, patiently } from "./patience.js"
 import { servingUpstream, stallNote, upstreamNote } from "./upstreamNotes.js"
+import { runTime } from "./describe.js"
 import { addSample, barLine, countsOf, isTerminal, plainLine, plainLineDue, type Printed, rate, type Sample } from "./progress.js"
 
 export interface WatchSettings extends Pick<Patience, "retryFor"> {
@@ -40,7 +41,7 @@ const CLEAR_LINE = "\r\x1b[2K"
 /** What a JSON watch compares to tell a change: its status and counts. */
 const jsonSeen = (batch: Batch) => `${batch.status} ${countsOf(batch).done}`
 
-const makeDisplay = (mode: Mode, started: number, printed: Batch | undefined): Display => {
+const makeDisplay = (mode: Mode, printed: Batch | undefined): Display => {
   switch (mode) {
     case "tty": {
       let drawn = false
@@ -60,7 +61,9 @@ const makeDisplay = (mode: Mode, started: number, printed: Batch | undefined): D
           Effect.suspend(() => {
             if (!plainLineDue(last, batch, now)) return Effect.void
             last = { status: batch.status, done: countsOf(batch).done, at: now }
-            return say(plainLine(batch, perSecond, (now - started) / 1000))
+            // The batch's own clock, in its stamps' whole seconds, as the summary's "completed in 4s" (the watch's
+            // began after the upload: "[2s] … completed" then "completed in 1s"); a server's clock ahead of ours: 0s.
+            return say(plainLine(batch, perSecond, Math.max(0, runTime(batch, Math.floor(now / 1000)))))
           }),
         settle: Effect.void
       }
@@ -128,8 +131,7 @@ export const watch = (id: string, settings: WatchSettings) =>
   Effect.scoped(Effect.gen(function*() {
     const api = yield* BatchApi
     const { queue } = yield* stopSignals
-    const started = Date.now()
-    const display = makeDisplay(settings.mode, started, settings.printed)
+    const display = makeDisplay(settings.mode, settings.printed)
     let samples: ReadonlyArray<Sample> = []
     const patience: Patience = { retryFor: settings.retryFor, tell: (line) => Effect.zipRight(display.settle, note(line)) }
     const afterGivingUp = `Batch ${id} is not affected: \`openai-batch watch ${id}\` picks it up again.`
