@@ -9,9 +9,10 @@ import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import type * as HttpApp from "@effect/platform/HttpApp"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import { Cause, Effect, Exit, Layer, Logger, LogLevel, Option } from "effect"
+import { Cause, Effect, Exit, Layer, Logger, LogLevel, Option, Redacted } from "effect"
 import { defaults } from "../src/Config.js"
 import { addressUrl, listeningLine } from "../src/observability/Lifecycle.js"
+import { postgresText } from "../src/observability/urlText.js"
 import Database from "better-sqlite3"
 import { mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { connect } from "node:net"
@@ -160,6 +161,12 @@ describe("the logs of the server process", () => {
       expect(listeningLine(everywhere, defaults, true, [], Option.none()).message)
         .toMatch(/: the SDKs' base URL is http:\/\/localhost:8321\/v1, the dashboard http:\/\/localhost:8321\/ui\/$/)
     }
+    // Nodes of several schemas on one PostgreSQL database told apart, never with the password.
+    const onSchema = listeningLine(server.url, { ...defaults, databaseUrl: Option.some(Redacted.make("postgres://u:pw@db:5432/app?options=-c%20search_path%3Dbatches%2Cpublic")) }, true, [], Option.none())
+    expect(onSchema.message).toContain("(PostgreSQL at db:5432/app, schema batches;")
+    expect(onSchema.message).not.toContain("pw")
+    expect(postgresText("postgres://db/app?options=--search_path%3D%22Jobs%22")).toBe("PostgreSQL at db/app, schema Jobs")
+    expect(postgresText("postgres://db/app?options=-c%20statement_timeout%3D5s")).toBe("PostgreSQL at db/app")
     const order = lines.map((l) => l.event).filter((e) => e?.startsWith("server."))
     expect(order).toEqual(["server.listening", "server.shutdown_started", "server.shutdown_finished"])
   })

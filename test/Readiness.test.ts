@@ -99,7 +99,7 @@ sideBySide("readiness on PostgreSQL", () => layer(proxiedApp(), { timeout: 60_00
       expect(down.body.status).toBe("not_ready")
       expect(down.body.reasons).toHaveLength(1)
       expect(down.body.reasons[0].code).toBe("database_unreachable")
-      expect(down.body.reasons[0].message).toMatch(new RegExp(`^PostgreSQL at 127\\.0\\.0\\.1:${forwarder.port}/\\w+ does not answer: .+`))
+      expect(down.body.reasons[0].message).toMatch(new RegExp(`^PostgreSQL at 127\\.0\\.0\\.1:${forwarder.port}/\\w+, schema \\w+ does not answer: .+`))
       expect(JSON.stringify(down.body)).not.toContain(PASSWORD)
       expect(yield* get("/v1/health")).toEqual({ status: 200, body: { status: "OK" } }) // alive all the same
       yield* Effect.sleep("2500 millis") // a few heartbeats fail meanwhile

@@ -20,8 +20,21 @@ export const withoutCredentials = (url: string) => {
   return url.replace(/^([a-z][\w+.-]*:\/\/)?.*@/i, "$1…@")
 }
 
-/** A PostgreSQL URL in words, never with its credentials: `PostgreSQL at host:5432/db` (`PostgreSQL` when it does not parse). */
+/**
+ * A PostgreSQL URL in words, never with its credentials: `PostgreSQL at host:5432/db`, and `, schema batches` when its
+ * `options` pick one (`-c search_path=batches,public`: nodes of several schemas on one database told apart);
+ * `PostgreSQL` when it does not parse.
+ */
 export const postgresText = (url: string) => {
   const parsed = URL.canParse(url) ? new URL(url) : undefined
-  return parsed === undefined ? "PostgreSQL" : `PostgreSQL at ${parsed.host}${parsed.pathname}`
+  if (parsed === undefined) return "PostgreSQL"
+  const schema = schemaOf(parsed.searchParams.get("options") ?? "")
+  return `PostgreSQL at ${parsed.host}${parsed.pathname}${schema === undefined ? "" : `, schema ${schema}`}`
+}
+
+/** The first schema of a libpq `options` value's `search_path` (`-c search_path=a,b` or `--search_path=a`): the tables'. */
+const schemaOf = (options: string): string | undefined => {
+  const path = /(?:^|\s)(?:-c\s*|--)search_path\s*=\s*(\S+)/.exec(options)?.[1]
+  const first = path?.split(",")[0]?.replace(/^"(.*)"$/, "$1")
+  return first === undefined || first === "" ? undefined : first
 }
