@@ -12,12 +12,18 @@ import {
   BatchStore,
   CurrentCaller,
   HttpLive,
+  InferenceScripted,
   makeNodeServer,
+  makeServices,
   PublicPaths,
-  ServerLifecycleLive,
-  ServicesLive
+  scriptedAnswer,
+  ServerLifecycleLive
 } from "effect-openai-batch"
 import { createServer } from "node:http"
+
+// The upstream is not this file's subject: a scripted one, so that nothing calls the default upstream's address
+// (127.0.0.1:8000), where a model server of the machine's may listen.
+const services = makeServices({ inference: InferenceScripted(() => Effect.succeed(scriptedAnswer(200, {}))) })
 
 const hello = HttpApiBuilder.Router.use((router) => router.get("/hello", HttpServerResponse.text("hello")))
 
@@ -34,7 +40,7 @@ it.live("the API and a route of the app's own on the app's Node server, behind t
     }))
     const context = yield* Layer.build(HttpLive.pipe(
       Layer.provide(hello),
-      Layer.provide(ServicesLive),
+      Layer.provide(services),
       Layer.provide(requestWhileStarting),
       Layer.provideMerge(makeNodeServer({ server, host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" })),
       Layer.provide(AppConfig.layerTest({ apiKeys: [Redacted.make("sk-app")] })),
@@ -61,7 +67,7 @@ it.live("the app's PublicPaths are served without a key, exactly those; a path o
       HttpLive.pipe(
         Layer.provide(pages),
         Layer.provide(Layer.succeed(PublicPaths, new Set(publicPaths))),
-        Layer.provide(ServicesLive),
+        Layer.provide(services),
         Layer.provideMerge(makeNodeServer({ host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" })),
         Layer.provide(AppConfig.layerTest({ apiKeys: [Redacted.make("sk-app")] })),
         Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
@@ -109,7 +115,7 @@ it.live("an HttpApi of the app's own, mounted on HttpLive's router: behind the k
         Layer.provide(AppConfig.layerTest({ apiKeys: [Redacted.make("sk-app:team")] })),
         Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
       ))
-    const context = yield* served(HttpLive.pipe(Layer.provide(mounted), Layer.provide(ServicesLive)))
+    const context = yield* served(HttpLive.pipe(Layer.provide(mounted), Layer.provide(services)))
     const url = HttpServer.formatAddress((yield* Effect.provide(HttpServer.HttpServer, context)).address)
     const me = yield* Effect.promise(() => fetch(`${url}/app/me`, { headers: { authorization: "Bearer sk-app" } }))
     expect([me.status, yield* Effect.promise(() => me.json())]).toEqual([200, { project: "team", batches: 0 }])
@@ -117,7 +123,7 @@ it.live("an HttpApi of the app's own, mounted on HttpLive's router: behind the k
 
     // Served beside HttpLive, a second app would answer every request too, without the key check: refused.
     const beside = HttpApiBuilder.serve().pipe(Layer.provide(HttpApiBuilder.api(AppApi).pipe(Layer.provide(accountLive))))
-    const refused = yield* Effect.exit(Effect.scoped(served(Layer.merge(HttpLive, beside).pipe(Layer.provide(ServicesLive)))))
+    const refused = yield* Effect.exit(Effect.scoped(served(Layer.merge(HttpLive, beside).pipe(Layer.provide(services)))))
     expect(String(refused)).toContain("This server already serves an app")
   }).pipe(Effect.scoped), 20_000)
 
@@ -130,7 +136,7 @@ it.live("ServerLifecycleLive on top: at shutdown /v1/ready turns 503 while the s
       // the server stops accepting.
       ServerLifecycleLive.pipe(
         Layer.provide(HttpLive),
-        Layer.provide(ServicesLive),
+        Layer.provide(services),
         Layer.provideMerge(makeNodeServer({ host: "127.0.0.1", port: 0, shutdownTimeout: "5 seconds" })),
         Layer.provide(AppConfig.layerTest({ shutdownDelay: Duration.seconds(1) })),
         Layer.provide(Logger.replace(Logger.defaultLogger, Logger.make(({ message }) => lines.push(String(message)))))
