@@ -374,6 +374,34 @@ describe("a full SQLite database", () => {
       expect(batch.status).toBe(200)
       expect(batch.json).toMatchObject({ object: "batch", metadata })
     }).pipe(Effect.provide(app({ fileStorage: Option.some("sql") }))), 30_000)
+
+  it.live("a database that refuses writes (read-only) gets a 503 storage_unavailable envelope, said once; writes work once it accepts them", () =>
+    Effect.gen(function*() {
+      const openai = yield* client
+      const url = yield* baseUrl
+      const file = yield* upload(openai, [chatLine("a", "hello")], "first.jsonl")
+      const create = () =>
+        Effect.promise(async () => {
+          const res = await fetch(`${url}/v1/batches`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: JSON.stringify({ input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h" })
+          })
+          return { status: res.status, retryAfter: res.headers.get("retry-after"), json: await res.json() as any }
+        })
+      // SQLITE_READONLY, as a database file made read-only or a DATA_DIR remounted so answers it.
+      yield* run("PRAGMA query_only = ON")
+      warnings.length = 0
+      for (let i = 0; i < 2; i++) {
+        const refused = yield* create()
+        expect([refused.status, refused.retryAfter, refused.json.error.code, refused.json.error.type]).toEqual([503, "5", "storage_unavailable", "server_error"])
+      }
+      expect(warnings.filter((w) => w.startsWith("Storage refuses the server (read-only, or permissions)"))).toHaveLength(1)
+      expect(warnings.filter((w) => w.startsWith("The database is unavailable"))).toEqual([])
+      expect((yield* Effect.promise(() => openai.batches.list())).data).toEqual([]) // reads work; nothing half-made
+      yield* run("PRAGMA query_only = OFF")
+      expect((yield* create()).status).toBe(200)
+    }).pipe(Effect.provide(app())), 30_000)
 })
 
 /**

@@ -102,7 +102,7 @@ export const ErrorEnvelopeLive = HttpApiBuilder.middleware(OpenAIApi, (app) => {
       case "InsufficientStorage":
         return storageWarning(error._tag, cause, "Storage full: requests that write get a 507 until there is room")
       case "ServiceUnavailable":
-        return storageFault(cause) === "refused"
+        return error.error.code === "storage_unavailable"
           ? storageWarning("refused", cause, "Storage refuses the server (read-only, or permissions): requests that meet it get a 503 until it is put right")
           : storageWarning(error._tag, cause, "The database is unavailable: requests get a 503 until it answers again")
       default:
