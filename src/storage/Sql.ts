@@ -23,6 +23,7 @@ import { type DatabasePlace, runMigrations } from "./migrationsTable.js"
 import { makePool, type PoolOptions, type StatementBound } from "./pgPool.js"
 import { sqliteReadConnection } from "./ReadConnection.js"
 import { rootMessage } from "./Faults.js"
+import { SQLITE_BUSY_TIMEOUT_MS, waitOutLocks } from "./sqliteLocks.js"
 
 /**
  * The advisory lock that serializes the migrations of the nodes on one schema: its key is the schema's (nodes on
@@ -96,21 +97,22 @@ const rollbackWhenBegun = (connection: SqlConnection.Connection): SqlConnection.
  * write to the same file (an API-only node beside one that runs the batches, `MAX_CONCURRENT_BATCHES=0`), and a
  * transaction begun with `BEGIN` takes the write lock only at its first write, which then fails at once with
  * `SQLITE_BUSY` if the other process wrote since the transaction's first read; `IMMEDIATE` takes the lock first,
- * waiting for the other's commit (better-sqlite3's busy timeout, 5 s). Within one process nothing changes: its one
+ * waiting for the other's commit (up to 5 s, from a timer: `sqliteLocks.ts`). Within one process nothing changes: its one
  * connection already runs one transaction at a time.
  */
 const SqliteLive = (filename: string) =>
   Layer.scoped(
     SqlClient.SqlClient,
     Effect.flatMap(Effect.zipRight(refuseHotJournal(filename), SqliteClient.make({ filename })), (sqlite) =>
-      SqlClient.make({
-        // The connection once no transaction holds it, held for the statement (which runs synchronously anyway).
-        acquirer: sqlite.reserve,
-        transactionAcquirer: Effect.map(sqlite.reserve, rollbackWhenBegun),
+      Effect.zipRight(sqlite.unsafe(`PRAGMA busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`), SqlClient.make({
+        // The connection once no transaction holds it, held for the statement (and its waits for another
+        // process's lock: `sqliteLocks.ts`).
+        acquirer: Effect.map(sqlite.reserve, waitOutLocks),
+        transactionAcquirer: Effect.map(sqlite.reserve, (connection) => rollbackWhenBegun(waitOutLocks(connection))),
         compiler: Statement.makeCompilerSqlite(),
         spanAttributes: [["db.system.name", "sqlite"]],
         beginTransaction: "BEGIN IMMEDIATE"
-      }))
+      })))
   ).pipe(Layer.provide(Reactivity.layer))
 
 /** A rollback journal's first bytes while it holds a write to undo (SQLite's file format, "The Rollback Journal"). */

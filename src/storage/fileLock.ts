@@ -10,6 +10,8 @@ import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import { Clock, Duration, Effect, Either, type Scope } from "effect"
 import type { AppConfigShape } from "../Config.js"
 import { sqliteFile } from "./ReadConnection.js"
+import { isBusy } from "./sqliteLocks.js"
+import { wallClock } from "./wallClock.js"
 
 /**
  * The file of the SQLite database `sql` is on, which other processes may open too; undefined on another database
@@ -22,24 +24,11 @@ export const sqliteFileOf = (sql: SqlClient.SqlClient): Effect.Effect<string | u
   })
 
 /**
- * The wall clock, for the waits and beats of these locks: they are about other processes and a database's sessions,
- * in real time, whatever clock the app runs on (a test's `TestClock` would stop them, or run them thousands of
- * times at one adjustment).
- */
-export const wallClock = Clock.make()
-
-/**
  * How long a process waits for a lock: as long as a predecessor's orderly stop takes (`SHUTDOWN_DELAY`, `SHUTDOWN_TIMEOUT`
  * and 5 s for the handlers it cut), its release held up by nothing.
  */
 export const patienceFor = (config: Pick<AppConfigShape, "shutdownDelay" | "shutdownTimeout">) =>
   Duration.sum(Duration.sum(config.shutdownDelay, config.shutdownTimeout), Duration.seconds(5))
-
-/** Whether `error` is SQLite's "database is locked" (SQLITE_BUSY or an extended code of it), at its cause. */
-const isBusy = (error: unknown) => {
-  const code = (error as { cause?: { code?: unknown } } | undefined)?.cause?.code
-  return typeof code === "string" && code.startsWith("SQLITE_BUSY")
-}
 
 /** How often a process waiting for a lock tries again. */
 export const LOCK_RETRY_EVERY = Duration.millis(250)

@@ -21,7 +21,8 @@ import type { SqlError } from "@effect/sql/SqlError"
 import { Cause, Clock, Duration, Effect, Either, ExecutionStrategy, Exit, Fiber, Option, Scope } from "effect"
 import type { AppConfigShape } from "../Config.js"
 import { makeFailureRun } from "../observability/failureRuns.js"
-import { LOCK_RETRY_EVERY, wallClock } from "./fileLock.js"
+import { LOCK_RETRY_EVERY } from "./fileLock.js"
+import { wallClock } from "./wallClock.js"
 
 /** The lock's keys: the schema's and the id's hashes (nodes of another schema on the database are others). */
 const KEYS = "hashtext(current_schema()), hashtext($1)"
