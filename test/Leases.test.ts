@@ -82,7 +82,7 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       expect(yield* leases.whileHolding(id, "a", "validating", store.insertRequests(id, requestRows(3)))).toEqual(Option.some(undefined))
       // A's lease lapses; B validates the batch again and starts it.
       expect(yield* leases.claimBatch(id, lease("b", 7_000))).toBe(true)
-      const rowsNow = Effect.map(store.pendingRequests(id, 0, 10, 10), (rows) => rows.length)
+      const rowsNow = Effect.map(store.pendingRequests(id, 0, 10, { rows: 10, bytes: 1e6 }), (page) => page.rows.length)
       // A wakes up: its start over (a delete), its rows and its start of the run are refused.
       expect(yield* leases.whileHolding(id, "a", "validating", store.deleteRequests(id))).toEqual(Option.none())
       expect(yield* rowsNow).toBe(3)
@@ -265,6 +265,30 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       expect(batch.request_counts).toEqual({ total: 3, completed: stored.size, failed: 3 - stored.size })
     }).pipe(Effect.provide(storeFor(backend))))
 
+  it.effect("a page of pending requests stops once its bodies hold its bytes (the first whatever its size), and says more follow", () =>
+    Effect.gen(function*() {
+      const store = yield* BatchStore
+      const id = BatchId.make(`batch_${Math.random().toString(16).slice(2)}`)
+      yield* store.create(newChatBatch(id, FileId.make("file-x")))
+      // Bodies of 1,000 bytes (é is two in UTF-8: bytes are counted, not characters), and one of 5,000 at line 4.
+      const body = (bytes: number) => JSON.stringify({ p: "é".repeat((bytes - 8) / 2) })
+      yield* store.insertRequests(id, requestRows(10).map((r) => ({ ...r, body: body(r.line === 4 ? 5_000 : 1_000) })))
+      expect([Buffer.byteLength(body(1_000)), body(1_000).length]).toEqual([1_000, 504])
+      expect(yield* store.startRunning(id, { model: "m", total: 10 }, [{ firstLine: 1, lastLine: 10 }])).toBe(true)
+      const page = (after: number, limit: { rows: number; bytes: number }) =>
+        Effect.map(store.pendingRequests(id, after, 10, limit), ({ more, rows }) => ({ lines: rows.map((r) => r.line), more }))
+      expect(yield* page(0, { rows: 100, bytes: 2_500 })).toEqual({ lines: [1, 2, 3], more: true })
+      expect(yield* page(3, { rows: 100, bytes: 2_500 })).toEqual({ lines: [4], more: true }) // larger than a page
+      expect(yield* page(4, { rows: 100, bytes: 2_500 })).toEqual({ lines: [5, 6, 7], more: true })
+      expect(yield* page(7, { rows: 100, bytes: 2_500 })).toEqual({ lines: [8, 9, 10], more: true })
+      expect(yield* page(10, { rows: 100, bytes: 2_500 })).toEqual({ lines: [], more: false })
+      expect(yield* page(4, { rows: 2, bytes: 1e6 })).toEqual({ lines: [5, 6], more: true })
+      expect(yield* page(4, { rows: 100, bytes: 1e6 })).toEqual({ lines: [5, 6, 7, 8, 9, 10], more: false })
+      // Lines with an outcome are left out, and count for nothing.
+      yield* store.recordOutcomes(id, [ok(5), ok(6)])
+      expect(yield* page(4, { rows: 100, bytes: 2_500 })).toEqual({ lines: [7, 8, 9], more: true })
+    }).pipe(Effect.provide(storeFor(backend))))
+
   it.effect("a group larger than one INSERT statement is stored whole", () =>
     Effect.gen(function*() {
       const store = yield* BatchStore
@@ -274,7 +298,7 @@ for (const backend of backends) describe(`leases (${backend})`, () => {
       expect((yield* store.get(id, "all")).batch.request_counts).toEqual({ total: 150, completed: 150, failed: 0 })
       const lines = yield* storedLines(store, id, "succeeded")
       expect(lines.map((l) => l.custom_id)).toEqual(Array.from({ length: 150 }, (_, i) => `c${i + 1}`))
-      expect(yield* store.pendingRequests(id, 0, 150, 1000)).toEqual([])
+      expect(yield* store.pendingRequests(id, 0, 150, { rows: 1000, bytes: 1e6 })).toEqual({ rows: [], more: false })
     }).pipe(Effect.provide(storeFor(backend))))
 
   it.effect("counts and usage: a 2xx answer completes, a non-2xx answer or an error fails and adds no usage", () =>

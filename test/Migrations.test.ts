@@ -65,8 +65,8 @@ describe("migrations", () => {
         ])
         const failed = yield* storedLines(store, old, "failed")
         expect(failed.map((l) => [l.custom_id, l.error.code, l.error.message])).toEqual([["b", "upstream_timeout", "too slow"]])
-        const pending = yield* store.pendingRequests(old, 0, 3, 10)
-        expect(pending).toEqual([{ line: 3, customId: "c", resultId: "r3", body: "{\"n\":3}" }])
+        const pending = yield* store.pendingRequests(old, 0, 3, { rows: 10, bytes: 1e6 })
+        expect(pending.rows).toEqual([{ line: 3, customId: "c", resultId: "r3", body: "{\"n\":3}" }])
         // The pending request still takes exactly one outcome; the stored ones take none.
         const outcome = (line: number, customId: string) => ({
           _tag: "Error" as const,

@@ -68,7 +68,7 @@ for (const backend of backends) {
 
         // Its validation from the start (a delete of the rows first, then its own), as it resumes after the stall.
         yield* validating.validate(record).pipe(Effect.provide(recorded))
-        const rows = Effect.map(store.pendingRequests(id, 0, 10, 10), (pending) => pending.map((r) => r.customId))
+        const rows = Effect.map(store.pendingRequests(id, 0, 10, { rows: 10, bytes: 1e6 }), (pending) => pending.rows.map((r) => r.customId))
         expect(yield* rows).toEqual(["c1", "c2"])
         expect((yield* store.get(id, "all")).batch.status).toBe("validating")
         expect(lines).toEqual([expect.stringMatching(new RegExp(`^Batch ${id}: validation stopped, the batch no longer this node's to validate`))])

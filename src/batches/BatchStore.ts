@@ -72,6 +72,18 @@ export interface RequestRow {
   readonly attempts?: RequestAttempts | undefined
 }
 
+/** How much a page of pending requests holds at most: rows, and bytes of their bodies (the first row whatever its size). */
+export interface PageLimit {
+  readonly rows: number
+  readonly bytes: number
+}
+
+/** A page of pending requests; `more`: others may follow in its range. */
+export interface PendingPage {
+  readonly rows: ReadonlyArray<RequestRow>
+  readonly more: boolean
+}
+
 /** The attempts a pending request has used, as its last run left them. */
 export interface RequestAttempts {
   readonly used: number
@@ -187,13 +199,16 @@ export interface BatchStoreShape {
   readonly insertRequests: (batchId: BatchId, rows: ReadonlyArray<RequestRow>) => Effect.Effect<void>
   /** Deletes a batch's request rows and outcomes (a validation that starts over, or one that failed). */
   readonly deleteRequests: (batchId: BatchId) => Effect.Effect<void>
-  /** Up to `limit` requests still without an outcome, in lines `afterLine < line <= lastLine`, in line order. */
+  /**
+   * Requests still without an outcome, in lines `afterLine < line <= lastLine`, in line order: up to `limit.rows`, and
+   * none more once their bodies hold `limit.bytes` (the first whatever its size).
+   */
   readonly pendingRequests: (
     batchId: BatchId,
     afterLine: number,
     lastLine: number,
-    limit: number
-  ) => Effect.Effect<ReadonlyArray<RequestRow>>
+    limit: PageLimit
+  ) => Effect.Effect<PendingPage>
   /**
    * Keeps, with each pending request, the attempts a run used on it without a final answer (handed back at its turn's
    * end, or the run ended), so that whichever node runs it next counts on and waits out its backoff.

@@ -53,8 +53,9 @@ export interface InputState {
   count: number
   /** Their embeddings inputs (`MAX_EMBEDDING_INPUTS` at most). */
   inputs: number
-  /** Rows not yet taken by `takeRows`. */
+  /** Rows not yet taken by `takeRows`, and the characters of their bodies. */
   rows: Array<RequestRow>
+  rowsCharacters: number
   readonly slices: Array<SliceBounds>
 }
 
@@ -68,6 +69,7 @@ export const initial = (rules: InputRules): InputState => ({
   count: 0,
   inputs: 0,
   rows: [],
+  rowsCharacters: 0,
   slices: []
 })
 
@@ -135,16 +137,19 @@ export const step = (state: InputState, item: JsonlLine): InputState => {
   if ((count - 1) % SLICE === 0) slices.push({ firstLine: item.line, lastLine: item.line })
   else slices[slices.length - 1] = { firstLine: slices[slices.length - 1]!.firstLine, lastLine: item.line }
   state.rows.push({ line: item.line, customId: result.customId, resultId: rules.resultId(), body: result.body })
+  state.rowsCharacters += result.body.length
   return state
 }
 
-/** How many rows `takeRows` would give. */
-export const rowsWaiting = (state: InputState): number => state.rows.length
+/** How many rows `takeRows` would give, and the characters of their bodies. */
+export const rowsWaiting = (state: InputState): { readonly rows: number; readonly characters: number } =>
+  ({ rows: state.rows.length, characters: state.rowsCharacters })
 
 /** The rows validated since the last call, to store; none once a problem was found (the batch will fail). */
 export const takeRows = (state: InputState): ReadonlyArray<RequestRow> => {
   const rows = state.rows
   state.rows = []
+  state.rowsCharacters = 0
   return state.errors.length > 0 ? [] : rows
 }
 

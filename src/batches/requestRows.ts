@@ -8,7 +8,7 @@ import type * as Statement from "@effect/sql/Statement"
 import { Effect } from "effect"
 import { terminalStatuses } from "../domain/Batches.js"
 import type { BatchId, BatchRequestId } from "../domain/Ids.js"
-import type { BatchStoreShape, RequestAttempts, RequestRow } from "./BatchStore.js"
+import type { BatchStoreShape, PageLimit, PendingPage, RequestAttempts, RequestRow } from "./BatchStore.js"
 import { outcomeIs } from "./outcomes.js"
 import { type BatchSql, chunks, INSERT_GROUP } from "./sql.js"
 
@@ -19,6 +19,8 @@ interface PendingColumns {
   readonly body: string
   readonly attempts: number | string
   readonly retry_at: number | string | null
+  /** The bytes of the bodies of the range's pending rows up to this one, this one's included. */
+  readonly upto: number | string
 }
 
 /** Batches a sweep of spent rows looks at. */
@@ -54,12 +56,25 @@ export const makeRequestRows = (
     )
   const deleteRequests = (batchId: BatchId) => deleteRows(batchId).pipe(sql.withTransaction, Effect.asVoid, Effect.orDie)
 
-  // On the hot path (a page per 1,000 requests run): mapped by hand, not decoded by a schema.
-  const pendingRequests = (batchId: BatchId, afterLine: number, lastLine: number, limit: number) =>
+  // On the hot path (a page per slice run): mapped by hand, not decoded by a schema. The bodies' sizes are summed in
+  // the database, so that a page of long lines is cut there: 500 lines of 150 KB images, read whole, held 76 MB.
+  const pendingRequests = (batchId: BatchId, afterLine: number, lastLine: number, limit: PageLimit) =>
     sql<PendingColumns>`
-      SELECT line, custom_id, result_id, body, attempts, retry_at FROM batch_requests r
-      WHERE batch_id = ${batchId} AND line > ${afterLine} AND line <= ${lastLine} AND ${dialect.isPending}
-      ORDER BY line LIMIT ${limit}`.pipe(Effect.map((rows) => rows.map(pendingRow)), Effect.orDie)
+      SELECT r.line, r.custom_id, r.result_id, r.body, r.attempts, r.retry_at, p.upto FROM (
+        SELECT line, octet_length(body) AS size, SUM(octet_length(body)) OVER (ORDER BY line) AS upto
+        FROM batch_requests r
+        WHERE batch_id = ${batchId} AND line > ${afterLine} AND line <= ${lastLine} AND ${dialect.isPending}
+        ORDER BY line LIMIT ${limit.rows}
+      ) p JOIN batch_requests r ON r.batch_id = ${batchId} AND r.line = p.line
+      WHERE p.upto - p.size < ${limit.bytes}
+      ORDER BY r.line`.pipe(
+      Effect.map((rows): PendingPage => ({
+        rows: rows.map(pendingRow),
+        // Cut by its count or its bytes (or just at its end: one more read, which finds none).
+        more: rows.length === limit.rows || (rows.length > 0 && Number(rows.at(-1)!.upto) >= limit.bytes)
+      })),
+      Effect.orDie
+    )
 
   // At most a window of requests, when a run ends: a statement each, in one transaction. `retry_at` is whole
   // milliseconds (a backoff's jitter is not: PostgreSQL's bigint refused it, and the transaction with it).

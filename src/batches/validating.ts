@@ -21,8 +21,12 @@ import * as Input from "./inputValidation.js"
 import { type JsonlLine, jsonlLines, MAX_LINE_BYTES } from "./lines.js"
 import { WorkLeases } from "./WorkLeases.js"
 
-/** Request rows stored per statement. */
+/**
+ * Request rows stored per statement: this many, or fewer once their bodies hold `CHARACTERS_PER_INSERT` (1,000 lines of
+ * 150 KB images waiting to be stored took a 160 MB heap past its limit, at every restart).
+ */
 const ROWS_PER_INSERT = 1000
+const CHARACTERS_PER_INSERT = 8 * 1024 * 1024
 /**
  * Input lines validated between two turns of the event loop (a few milliseconds of work): at most this many, and
  * none more once they hold `STEP_CHARACTERS` of text (long lines: a turn held 0.8 s by a file of 16 MiB lines).
@@ -105,7 +109,9 @@ export const makeValidating = Effect.gen(function*() {
           if (item._tag === "Line") characters += item.text.length
           state = Input.step(state, item)
         }
-        const stepped = Input.rowsWaiting(state) >= ROWS_PER_INSERT ? Effect.zipRight(storeRows, afterPendingIo) : afterPendingIo
+        const waiting = Input.rowsWaiting(state)
+        const full = waiting.rows >= ROWS_PER_INSERT || waiting.characters >= CHARACTERS_PER_INSERT
+        const stepped = full ? Effect.zipRight(storeRows, afterPendingIo) : afterPendingIo
         return at < items.length ? Effect.zipRight(stepped, Effect.suspend(() => checkFrom(items, at))) : stepped
       }
       let read = 0
