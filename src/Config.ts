@@ -6,12 +6,14 @@ import { Config, ConfigError, Context, Duration, Effect, Either, Layer, Option, 
 import { mkdtempSync, rmSync } from "node:fs"
 import { hostname, tmpdir } from "node:os"
 import * as Path from "node:path"
+import { getHeapStatistics } from "node:v8"
 import { commaList, exposedWithoutKeys, keysConfigured, validateConfig } from "./configRules.js"
 import type { AppConfigShape } from "./configShape.js"
 import { isServiceAddress } from "./configTypos.js"
 import { parseDuration } from "./durationText.js"
 import { OPENAI_MAX_REQUESTS_PER_BATCH } from "./domain/Batches.js"
 import { defaultMaxConnections } from "./http/connectionCap.js"
+import { defaultAnswerBudget } from "./inference/answerMemory.js"
 import { upstreamSpecs } from "./upstreams/upstreamsFile.js"
 
 export type { AppConfigShape } from "./configShape.js"
@@ -50,7 +52,7 @@ export const defaults: AppConfigShape = {
   inferenceApiKey: Option.none(),
   inferenceTimeout: Duration.minutes(10),
   inferenceMaxResponseBytes: 64 * 1024 * 1024,
-  inferenceMaxBufferedBytes: 512 * 1024 * 1024,
+  inferenceMaxBufferedBytes: defaultAnswerBudget(getHeapStatistics().heap_size_limit),
   inferenceMaxConcurrency: 256,
   inferenceMinConcurrency: 1,
   upstreamsFile: Option.none(),

@@ -8,10 +8,11 @@ import type * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Context, Duration, Effect, Fiber, Layer } from "effect"
+import { execFileSync } from "node:child_process"
 import * as http from "node:http"
 import type * as net from "node:net"
 import { AppConfig } from "../src/Config.js"
-import { AnswerHold, AnswerMemory, currentAnswerHold } from "../src/inference/answerMemory.js"
+import { AnswerHold, AnswerMemory, currentAnswerHold, defaultAnswerBudget } from "../src/inference/answerMemory.js"
 import { Inference, InferenceLive } from "../src/inference/Inference.js"
 import * as UpstreamHttpClient from "../src/inference/UpstreamHttpClient.js"
 import { chatLine, createBatch, readLines, terminal, upload, waitFor } from "./support/Batches.js"
@@ -22,6 +23,22 @@ const MiB = 1024 * 1024
 const sleep = (ms: number) => Effect.promise(() => new Promise((resolve) => setTimeout(resolve, ms)))
 
 describe("AnswerMemory", () => {
+  it("its budget, unless configured, is 512 MiB or a quarter of the heap's limit when that is less (a small container's)", () => {
+    expect(defaultAnswerBudget(4 * 1024 ** 3)).toBe(512 * 1024 ** 2)
+    expect(defaultAnswerBudget(160 * 1024 ** 2)).toBe(40 * 1024 ** 2)
+    // The node's own heap limit is what counts: a process started with a small heap gets a small budget.
+    const small = execFileSync(process.execPath, [
+      "--max-old-space-size=160",
+      "--import",
+      "tsx",
+      "--input-type=module",
+      "-e",
+      `const { defaults } = await import(${JSON.stringify(new URL("../src/Config.ts", import.meta.url).href)}); console.log(defaults.inferenceMaxBufferedBytes)`
+    ], { encoding: "utf8" })
+    expect(Number(small) / 1024 ** 2).toBeGreaterThan(39)
+    expect(Number(small) / 1024 ** 2).toBeLessThan(64) // V8 adds its young generation to the limit
+  })
+
   it("grants in order: a large reservation is not passed over by smaller ones behind it", () => {
     const memory = new AnswerMemory(10)
     const granted: Array<string> = []
