@@ -10,6 +10,7 @@ import { DURATION_EXAMPLES } from "./durationText.js"
 import { describeDatabase } from "./observability/Readiness.js"
 import { rootMessage, storageFault } from "./storage/Faults.js"
 import { NodeIdInUse } from "./storage/NodeIdLock.js"
+import { SessionPoolingRequired } from "./storage/pgSessions.js"
 import { BatchesRunElsewhere } from "./storage/SqliteRunnerLock.js"
 
 /** Why a socket could not listen, for the faults an operator fixes in the configuration (`port`: its variable). */
@@ -69,6 +70,7 @@ export const startFaultLine = (cause: Cause.Cause<unknown>) =>
     const failed = Option.flatMap(Cause.failureOption(cause), (error): Option.Option<string> => {
       if (error instanceof NodeIdInUse || error instanceof BatchesRunElsewhere) return Option.some(error.message)
       if (error instanceof Migrator.MigrationError && error.reason === "bad-state") return Option.some(cannotUse(error.message))
+      if (error instanceof SessionPoolingRequired) return Option.some(cannotUse(error.message))
       // A migration cut short by a full disk is said as the full disk it is (below).
       if (error instanceof Migrator.MigrationError && error.reason === "failed" && storageFault(cause) !== "capacity") {
         const driver = rootMessage(error.cause)

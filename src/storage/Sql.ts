@@ -23,6 +23,7 @@ import { type DatabasePlace, runMigrations } from "./migrationsTable.js"
 import { makePool, type PoolOptions, type StatementBound } from "./pgPool.js"
 import { sqliteReadConnection } from "./ReadConnection.js"
 import { rootMessage } from "./Faults.js"
+import { refuseSharedSessionsOf } from "./pgSessions.js"
 import { SQLITE_BUSY_TIMEOUT_MS, waitOutLocks } from "./sqliteLocks.js"
 
 /**
@@ -242,6 +243,9 @@ const PgLive = (options: PoolOptions, bound: StatementBound) =>
  */
 const PG_CONNECT_TIMEOUT = Duration.seconds(5)
 
+/** A start refused on a PostgreSQL whose sessions a pooler shares (`pgSessions.ts`). */
+const OwnSessionsRequired = Layer.effectDiscard(Effect.flatMap(SqlClient.SqlClient, refuseSharedSessionsOf))
+
 /**
  * Postgres at `url`, migrated (several nodes may start at once: they take turns through an advisory lock);
  * `maxConnections` bounds its pool (default 10; at least 3 with `NodeIdLockLive` before the migrations: the lock keeps
@@ -258,7 +262,10 @@ export const layerPg = <E = never, R = never>(
     bound.ms = Duration.toMillis(options.statementTimeout ?? defaults.databaseStatementTimeout)
   }))
   return boundOnceMigrated.pipe(
-    Layer.provideMerge(migrationsAt({ text: postgresText(Redacted.value(url)), setting: "DATABASE_URL" }).pipe(Layer.provide(beforeMigrating))),
+    Layer.provideMerge(migrationsAt({ text: postgresText(Redacted.value(url)), setting: "DATABASE_URL" }).pipe(
+      Layer.provide(beforeMigrating),
+      Layer.provide(OwnSessionsRequired) // before the locks, which a shared session would keep for others
+    )),
     Layer.provideMerge(PgLive({
       url: Redacted.value(url),
       applicationName: "effect-openai-batch",

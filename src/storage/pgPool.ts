@@ -27,6 +27,14 @@ type Callback = (error: Error | null, result: unknown) => void
 const idleBounds = new WeakMap<Pg.Client, number>()
 
 /**
+ * Each connection's server process, asked once it connects. Why: the `processID` the server announces is a pooler's
+ * own key behind PgBouncer, and `pg_terminate_backend` of it ended nothing (the statements a timeout gave up on went
+ * on waiting, five at once, each able to commit).
+ */
+const serverProcesses = new WeakMap<Pg.Client, number>()
+const askedProcess = new WeakSet<Pg.Client>()
+
+/**
  * A `pg` client whose statements (those given a callback, as @effect/sql-pg gives them) are held to `bound`. One
  * left unanswered fails with code `57014` (a statement timed out: the stores wait and retry, as for a database
  * that is down) and its connection is closed; `endSession` then ends its server process, through another
@@ -40,11 +48,22 @@ const boundedClient = (bound: StatementBound, endSession: (pid: number) => void)
     value: function(this: Pg.Client, ...args: Array<unknown>) {
       const callback = args[args.length - 1]
       const ms = bound.ms
-      // Set between transactions only: within one, a rollback would undo it. Sent ahead of the statement, on its turn;
-      // a statement, not a startup parameter, which PgBouncer refuses unless told to ignore it.
-      if (ms > 0 && idleBounds.get(this) !== ms && this.getTransactionStatus() === "I") {
-        idleBounds.set(this, ms)
-        query.call(this, `SET idle_in_transaction_session_timeout = ${ms}`, () => {}) // a broken connection fails the next statement
+      // Ahead of the statement, between transactions only, in one query (a second, queued behind the first, pg warns it
+      // will refuse): the connection's server process, asked once; the bound, set once (within a transaction, a
+      // rollback would undo it; a statement, not a startup parameter, which PgBouncer refuses unless told to ignore it).
+      const between = this.getTransactionStatus() === "I"
+      const askProcess = between && !askedProcess.has(this)
+      const setBound = between && ms > 0 && idleBounds.get(this) !== ms
+      if (askProcess || setBound) {
+        if (askProcess) askedProcess.add(this)
+        if (setBound) idleBounds.set(this, ms)
+        const ahead = [setBound ? `SET idle_in_transaction_session_timeout = ${ms}` : "", askProcess ? "SELECT pg_backend_pid() AS pid" : ""]
+        // A broken connection fails the next statement.
+        query.call(this, ahead.filter((q) => q !== "").join("; "), (error: Error | null, result?: unknown) => {
+          const last = (Array.isArray(result) ? result.at(-1) : result) as { rows?: Array<{ pid?: unknown }> } | undefined
+          const pid = last?.rows?.[0]?.pid
+          if (askProcess && error === null && typeof pid === "number") serverProcesses.set(this, pid)
+        })
       }
       if (ms <= 0 || typeof callback !== "function") return query.apply(this, args)
       const timer = setTimeout(() => {
@@ -58,7 +77,8 @@ const boundedClient = (bound: StatementBound, endSession: (pid: number) => void)
           { code: "57014" }
         )
         client.connection.stream.destroy(error)
-        if (client.processID !== undefined) endSession(client.processID)
+        const process = serverProcesses.get(this) ?? client.processID
+        if (process !== undefined) endSession(process)
       }, ms)
       args[args.length - 1] = ((error, result) => {
         clearTimeout(timer)
