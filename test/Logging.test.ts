@@ -167,6 +167,7 @@ describe("the logs of the server process", () => {
     expect(onSchema.message).not.toContain("pw")
     expect(postgresText("postgres://db/app?options=--search_path%3D%22Jobs%22")).toBe("PostgreSQL at db/app, schema Jobs")
     expect(postgresText("postgres://db/app?options=-c%20statement_timeout%3D5s")).toBe("PostgreSQL at db/app")
+    expect(postgresText("postgres://db/app?options=-c%20search_path%3D%22%24user%22%2Cpublic")).toBe("PostgreSQL at db/app")
     const order = lines.map((l) => l.event).filter((e) => e?.startsWith("server."))
     expect(order).toEqual(["server.listening", "server.shutdown_started", "server.shutdown_finished"])
   })

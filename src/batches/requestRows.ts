@@ -61,10 +61,12 @@ export const makeRequestRows = (
   const pendingRequests = (batchId: BatchId, afterLine: number, lastLine: number, limit: PageLimit) =>
     sql<PendingColumns>`
       SELECT r.line, r.custom_id, r.result_id, r.body, r.attempts, r.retry_at, p.upto FROM (
-        SELECT line, octet_length(body) AS size, SUM(octet_length(body)) OVER (ORDER BY line) AS upto
-        FROM batch_requests r
-        WHERE batch_id = ${batchId} AND line > ${afterLine} AND line <= ${lastLine} AND ${dialect.isPending}
-        ORDER BY line LIMIT ${limit.rows}
+        SELECT line, size, SUM(size) OVER (ORDER BY line) AS upto FROM (
+          -- The sizes alone, in a query of their own: beside a window, SQLite copied every body to sum them.
+          SELECT line, octet_length(body) AS size FROM batch_requests r
+          WHERE batch_id = ${batchId} AND line > ${afterLine} AND line <= ${lastLine} AND ${dialect.isPending}
+          ORDER BY line LIMIT ${limit.rows}
+        ) sizes
       ) p JOIN batch_requests r ON r.batch_id = ${batchId} AND r.line = p.line
       WHERE p.upto - p.size < ${limit.bytes}
       ORDER BY r.line`.pipe(

@@ -32,9 +32,12 @@ export const postgresText = (url: string) => {
   return `PostgreSQL at ${parsed.host}${parsed.pathname}${schema === undefined ? "" : `, schema ${schema}`}`
 }
 
-/** The first schema of a libpq `options` value's `search_path` (`-c search_path=a,b` or `--search_path=a`): the tables'. */
+/**
+ * The first schema of a libpq `options` value's `search_path` (`-c search_path=a,b` or `--search_path=a`): the tables',
+ * when it exists (PostgreSQL takes the next otherwise). `"$user"` (the user's own schema) is not named.
+ */
 const schemaOf = (options: string): string | undefined => {
   const path = /(?:^|\s)(?:-c\s*|--)search_path\s*=\s*(\S+)/.exec(options)?.[1]
   const first = path?.split(",")[0]?.replace(/^"(.*)"$/, "$1")
-  return first === undefined || first === "" ? undefined : first
+  return first === undefined || first === "" || first === "$user" ? undefined : first
 }

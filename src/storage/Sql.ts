@@ -24,7 +24,7 @@ import { makePool, type PoolOptions, type StatementBound } from "./pgPool.js"
 import { sqliteReadConnection } from "./ReadConnection.js"
 import { rootMessage } from "./Faults.js"
 import { refuseSharedSessionsOf } from "./pgSessions.js"
-import { SQLITE_BUSY_TIMEOUT_MS, waitOutLocks } from "./sqliteLocks.js"
+import { lockWaitingConnection, lockWaitingTransaction, SQLITE_BUSY_TIMEOUT_MS } from "./sqliteLocks.js"
 
 /**
  * The advisory lock that serializes the migrations of the nodes on one schema: its key is the schema's (nodes on
@@ -101,18 +101,20 @@ const rollbackWhenBegun = (connection: SqlConnection.Connection): SqlConnection.
  * waiting for the other's commit (up to 5 s, from a timer: `sqliteLocks.ts`). Within one process nothing changes: its one
  * connection already runs one transaction at a time.
  */
+const SQLITE_BEGIN = "BEGIN IMMEDIATE"
+
 const SqliteLive = (filename: string) =>
   Layer.scoped(
     SqlClient.SqlClient,
     Effect.flatMap(Effect.zipRight(refuseHotJournal(filename), SqliteClient.make({ filename })), (sqlite) =>
       Effect.zipRight(sqlite.unsafe(`PRAGMA busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`), SqlClient.make({
-        // The connection once no transaction holds it, held for the statement (and its waits for another
-        // process's lock: `sqliteLocks.ts`).
-        acquirer: Effect.map(sqlite.reserve, waitOutLocks),
-        transactionAcquirer: Effect.map(sqlite.reserve, (connection) => rollbackWhenBegun(waitOutLocks(connection))),
+        // The connection once no transaction holds it, held for the statement; let go while a statement or a
+        // transaction's begin waits for another process's lock (`sqliteLocks.ts`).
+        acquirer: Effect.succeed(lockWaitingConnection(sqlite.reserve)),
+        transactionAcquirer: Effect.map(lockWaitingTransaction(sqlite.reserve, SQLITE_BEGIN), rollbackWhenBegun),
         compiler: Statement.makeCompilerSqlite(),
         spanAttributes: [["db.system.name", "sqlite"]],
-        beginTransaction: "BEGIN IMMEDIATE"
+        beginTransaction: SQLITE_BEGIN
       })))
   ).pipe(Layer.provide(Reactivity.layer))
 
