@@ -27,7 +27,7 @@ type Callback = (error: Error | null, result: unknown) => void
 const idleBounds = new WeakMap<Pg.Client, number>()
 
 /**
- * Each connection's server process, asked once it connects. Why: the `processID` the server announces is a pooler's
+ * Each connection's server process, asked with its bound. Why: the `processID` the server announces is a pooler's
  * own key behind PgBouncer, and `pg_terminate_backend` of it ended nothing (the statements a timeout gave up on went
  * on waiting, five at once, each able to commit).
  */
@@ -48,18 +48,17 @@ const boundedClient = (bound: StatementBound, endSession: (pid: number) => void)
     value: function(this: Pg.Client, ...args: Array<unknown>) {
       const callback = args[args.length - 1]
       const ms = bound.ms
-      // Ahead of the statement, between transactions only, in one query (a second, queued behind the first, pg warns it
-      // will refuse): the connection's server process, asked once; the bound, set once (within a transaction, a
-      // rollback would undo it; a statement, not a startup parameter, which PgBouncer refuses unless told to ignore it).
-      const between = this.getTransactionStatus() === "I"
-      const askProcess = between && !askedProcess.has(this)
-      const setBound = between && ms > 0 && idleBounds.get(this) !== ms
-      if (askProcess || setBound) {
-        if (askProcess) askedProcess.add(this)
-        if (setBound) idleBounds.set(this, ms)
-        const ahead = [setBound ? `SET idle_in_transaction_session_timeout = ${ms}` : "", askProcess ? "SELECT pg_backend_pid() AS pid" : ""]
+      // Set between transactions only: within one, a rollback would undo it. Sent ahead of the statement, on its turn;
+      // a statement, not a startup parameter, which PgBouncer refuses unless told to ignore it. The connection's
+      // server process is asked in the same query, once: the statements it may have to end come after it (a second
+      // query ahead, one more queued, made pg warn that it will refuse that).
+      if (ms > 0 && idleBounds.get(this) !== ms && this.getTransactionStatus() === "I") {
+        idleBounds.set(this, ms)
+        const askProcess = !askedProcess.has(this)
+        askedProcess.add(this)
+        const ahead = `SET idle_in_transaction_session_timeout = ${ms}${askProcess ? "; SELECT pg_backend_pid() AS pid" : ""}`
         // A broken connection fails the next statement.
-        query.call(this, ahead.filter((q) => q !== "").join("; "), (error: Error | null, result?: unknown) => {
+        query.call(this, ahead, (error: Error | null, result?: unknown) => {
           const last = (Array.isArray(result) ? result.at(-1) : result) as { rows?: Array<{ pid?: unknown }> } | undefined
           const pid = last?.rows?.[0]?.pid
           if (askProcess && error === null && typeof pid === "number") serverProcesses.set(this, pid)
