@@ -107,7 +107,7 @@ const SqliteLive = (filename: string) =>
   Layer.scoped(
     SqlClient.SqlClient,
     Effect.flatMap(Effect.zipRight(refuseHotJournal(filename), SqliteClient.make({ filename })), (sqlite) =>
-      Effect.zipRight(sqlite.unsafe(`PRAGMA busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`), SqlClient.make({
+      Effect.zipRight(sqlite.unsafe(`PRAGMA busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`), Effect.map(SqlClient.make({
         // The connection once no transaction holds it, held for the statement; let go while a statement or a
         // transaction's begin waits for another process's lock (`sqliteLocks.ts`).
         acquirer: Effect.succeed(lockWaitingConnection(sqlite.reserve)),
@@ -115,7 +115,9 @@ const SqliteLive = (filename: string) =>
         compiler: Statement.makeCompilerSqlite(),
         spanAttributes: [["db.system.name", "sqlite"]],
         beginTransaction: SQLITE_BEGIN
-      })))
+      }), (client) =>
+        // `reserve` is the transaction acquirer by default: the connection lent with a transaction begun.
+        Object.assign(client, { reserve: sqlite.reserve }))))
   ).pipe(Layer.provide(Reactivity.layer))
 
 /** A rollback journal's first bytes while it holds a write to undo (SQLite's file format, "The Rollback Journal"). */

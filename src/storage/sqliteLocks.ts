@@ -7,7 +7,7 @@
  */
 import type * as SqlConnection from "@effect/sql/SqlConnection"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Duration, Effect, Either, ExecutionStrategy, Exit, Schedule, Scope, Stream } from "effect"
+import { Duration, Effect, ExecutionStrategy, Exit, Schedule, Scope, Stream } from "effect"
 import { wallClock } from "./wallClock.js"
 
 /**
@@ -68,11 +68,12 @@ export const lockWaitingTransaction = (reserve: Reserve, begin: string): Effect.
     waitingOutLocks(Effect.gen(function*() {
       const attempt = yield* Scope.fork(scope, ExecutionStrategy.sequential)
       const connection = yield* Scope.extend(reserve, attempt)
-      const begun = yield* Effect.either(connection.executeUnprepared(begin, [], undefined))
-      if (Either.isLeft(begun)) {
-        yield* Scope.close(attempt, Exit.void)
-        return yield* Effect.fail(begun.left)
-      }
+      // Let go however the begin ends but begun (a defect too, thrown as the statement is prepared: the client never
+      // closes an acquisition that failed).
+      yield* Effect.onExit(
+        Effect.suspend(() => connection.executeUnprepared(begin, [], undefined)),
+        (exit) => (Exit.isSuccess(exit) ? Effect.void : Scope.close(attempt, Exit.void))
+      )
       let beginSkipped = false
       return {
         ...connection,
