@@ -14,10 +14,12 @@ export const problemLine = (e: BatchError): string =>
  * (`batch_cancelled`, `batch_expired`), as OpenAI's does: "2,000/2,000 done, 1,968 failed" read as a run that failed.
  * A server that leaves them out of every count has them said apart ("6 not run").
  */
-const failedWords = (b: Batch): string => {
+const failedCountsUnrun = (b: Batch): boolean => {
   const c = countsOf(b)
-  return (b.status === "cancelled" || b.status === "expired") && c.total > 0 && c.done === c.total ? "failed or not run" : "failed"
+  return (b.status === "cancelled" || b.status === "expired") && c.total > 0 && c.done === c.total
 }
+
+const failedWords = (b: Batch): string => (failedCountsUnrun(b) ? "failed or not run" : "failed")
 
 /** `5m ago`. */
 export const ago = (seconds: number, now: number): string => `${duration(now - seconds)} ago`
@@ -113,7 +115,7 @@ export const listLines = (batches: ReadonlyArray<Batch>, now: number): ReadonlyA
         b.id,
         b.status,
         `${count(c.done)}/${count(c.total)}`,
-        failedWords(b) === "failed" ? count(c.failed) : `${count(c.failed)} or not run`,
+        failedCountsUnrun(b) ? `${count(c.failed)} or not run` : count(c.failed),
         tokens(b.usage?.total_tokens ?? 0),
         ago(b.created_at, now),
         oneLine(b.model ?? "-"),
