@@ -396,7 +396,10 @@ describe("a full SQLite database", () => {
         const refused = yield* create()
         expect([refused.status, refused.retryAfter, refused.json.error.code, refused.json.error.type]).toEqual([503, "5", "storage_unavailable", "server_error"])
       }
-      expect(warnings.filter((w) => w.startsWith("Storage refuses the server (read-only, or permissions)"))).toHaveLength(1)
+      // Once, with what SQLite said (not the wrapper's "Failed to execute statement").
+      expect(warnings.filter((w) => w.startsWith("Storage refuses the server (read-only, or permissions)"))).toEqual([
+        expect.stringContaining("(attempt to write a readonly database)")
+      ])
       expect(warnings.filter((w) => w.startsWith("The database is unavailable"))).toEqual([])
       expect((yield* Effect.promise(() => openai.batches.list())).data).toEqual([]) // reads work; nothing half-made
       yield* run("PRAGMA query_only = OFF")

@@ -12,7 +12,7 @@ import { Cause, Effect, FiberRef, Option } from "effect"
 import { type ApiError, databaseUnavailable, insufficientStorage, invalidRequest, payloadTooLarge, serverError, storageNotWritable } from "../domain/Errors.js"
 import { echo } from "../domain/Text.js"
 import { saidWithin } from "../observability/saidWithin.js"
-import { storageFault } from "../storage/Faults.js"
+import { rootMessage, storageFault } from "../storage/Faults.js"
 import { OpenAIApi } from "./Api.js"
 import type { MultipartInvalid } from "./Multipart.js"
 import { MAX_JSON_DEPTH } from "../domain/Json.js"
@@ -88,12 +88,14 @@ const STORAGE_SAID_EVERY_MS = 10_000
 /** API-wide middleware: runs before error encoding, so what it fails with is encoded as an envelope. */
 export const ErrorEnvelopeLive = HttpApiBuilder.middleware(OpenAIApi, (app) => {
   const due = saidWithin()
-  /** A storage fault's warning, at most every `STORAGE_SAID_EVERY_MS` for each kind, with its cause's message. */
+  /**
+   * A storage fault's warning, at most every `STORAGE_SAID_EVERY_MS` for each kind, with what the driver said (the
+   * wrapper's "Failed to execute statement" hid "database is locked").
+   */
   const storageWarning = (kind: string, cause: Cause.Cause<unknown>, line: string) =>
     Effect.clockWith((clock) => {
       if (!due(kind, clock.unsafeCurrentTimeMillis(), STORAGE_SAID_EVERY_MS)) return Effect.void
-      const reason = Cause.squash(cause)
-      return Effect.logWarning(`${line} (${echo(reason instanceof Error ? reason.message : String(reason), 300)})`)
+      return Effect.logWarning(`${line} (${echo(rootMessage(Cause.squash(cause)), 300)})`)
     })
   const said = (error: ApiError, cause: Cause.Cause<unknown>) => {
     switch (error._tag) {
