@@ -43,13 +43,14 @@ const PASSWORD = "pw-never-shown-7731"
 class ProxiedPostgres extends Context.Tag("test/ProxiedPostgres")<ProxiedPostgres, {
   readonly forwarder: TcpForwarder
   readonly url: string
+  readonly schema: string
   /** The same schema, not through the forwarder. */
   readonly direct: string
 }>() {
   static readonly layer = Layer.scoped(
     ProxiedPostgres,
     Effect.gen(function*() {
-      const { url } = yield* Effect.acquireRelease(
+      const { schema, url } = yield* Effect.acquireRelease(
         Effect.orDie(createScratchSchema("ready")),
         ({ schema }) => Effect.orDie(dropScratchSchema(schema))
       )
@@ -61,7 +62,9 @@ class ProxiedPostgres extends Context.Tag("test/ProxiedPostgres")<ProxiedPostgre
       const proxied = new URL(url)
       proxied.host = `127.0.0.1:${forwarder.port}`
       proxied.password = PASSWORD
-      return { forwarder, url: proxied.toString(), direct: url }
+      // A first schema that does not exist: PostgreSQL uses the next, which the node names (not the URL's first).
+      proxied.searchParams.set("options", `-c search_path=ready_absent,${schema}`)
+      return { forwarder, url: proxied.toString(), schema, direct: url }
     })
   )
 }
@@ -87,7 +90,7 @@ const proxiedApp = (overrides: Partial<AppConfigShape> = {}) => recorded(Layer.u
 sideBySide("readiness on PostgreSQL", () => layer(proxiedApp(), { timeout: 60_000, excludeTestServices: true })((it) => {
   it.effect("turns 503 while the database is unreachable, saying so without its password, and 200 once it is back", () =>
     Effect.gen(function*() {
-      const { forwarder } = yield* ProxiedPostgres
+      const { forwarder, schema } = yield* ProxiedPostgres
       const logged = yield* Logged
       expect(yield* get("/v1/ready")).toEqual({ status: 200, body: { status: "ready" } })
 
@@ -99,7 +102,7 @@ sideBySide("readiness on PostgreSQL", () => layer(proxiedApp(), { timeout: 60_00
       expect(down.body.status).toBe("not_ready")
       expect(down.body.reasons).toHaveLength(1)
       expect(down.body.reasons[0].code).toBe("database_unreachable")
-      expect(down.body.reasons[0].message).toMatch(new RegExp(`^PostgreSQL at 127\\.0\\.0\\.1:${forwarder.port}/\\w+, schema \\w+ does not answer: .+`))
+      expect(down.body.reasons[0].message).toMatch(new RegExp(`^PostgreSQL at 127\\.0\\.0\\.1:${forwarder.port}/\\w+, schema ${schema} does not answer: .+`))
       expect(JSON.stringify(down.body)).not.toContain(PASSWORD)
       expect(yield* get("/v1/health")).toEqual({ status: 200, body: { status: "OK" } }) // alive all the same
       yield* Effect.sleep("2500 millis") // a few heartbeats fail meanwhile

@@ -70,6 +70,20 @@ export const describeDatabase = (config: Pick<AppConfigShape, "databaseUrl" | "d
     onSome: (url) => postgresText(Redacted.value(url))
   })
 
+/**
+ * `describeDatabase`, with the PostgreSQL schema in use as the server says it (a pooler may drop the URL's `options`,
+ * and a user's default `search_path` picks one the URL does not name): the URL's words when it does not say.
+ */
+const describeConfigured = (sql: SqlClient.SqlClient, config: Pick<AppConfigShape, "databaseUrl" | "dataDir">) =>
+  Option.match(config.databaseUrl, {
+    onNone: () => Effect.succeed(describeDatabase(config)),
+    onSome: (url) =>
+      sql<{ readonly schema: string | null }>`SELECT current_schema() AS schema`.pipe(
+        Effect.map((rows) => postgresText(Redacted.value(url), rows[0]?.schema ?? undefined)),
+        Effect.orElseSucceed(() => describeDatabase(config))
+      )
+  })
+
 /** The parts of `DATABASE_URL` that must never reach a log or an answer: the URL itself and its password. */
 const databaseSecrets = (config: Pick<AppConfigShape, "databaseUrl">): ReadonlyArray<string> =>
   Option.match(config.databaseUrl, {
@@ -100,7 +114,7 @@ export const ReadinessLive: Layer.Layer<Readiness, never, SqlClient.SqlClient | 
     const sql = yield* SqlClient.SqlClient
     const config = yield* AppConfig
     const own = (yield* StorageOfTheApp) ? describeAppStorage(sql) : undefined
-    const database = own?.text ?? describeDatabase(config)
+    const database = own?.text ?? (yield* describeConfigured(sql, config))
     const secrets = databaseSecrets(config)
     const exposed = (yield* Auth).required
     const drained = yield* Ref.make(false)
@@ -137,7 +151,7 @@ export const ReadinessLive: Layer.Layer<Readiness, never, SqlClient.SqlClient | 
     return Readiness.of({
       check: Effect.flatMap(Ref.get(drained), (d) => (d ? Effect.fail(new NotReady({ reasons: [draining] })) : Effect.flatten(sharedCheck))),
       drain: Ref.set(drained, true),
-      database: own
+      database: own ?? (Option.isSome(config.databaseUrl) ? { text: database, backend: "postgresql" } : undefined)
     })
   })
 )

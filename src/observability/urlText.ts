@@ -21,14 +21,14 @@ export const withoutCredentials = (url: string) => {
 }
 
 /**
- * A PostgreSQL URL in words, never with its credentials: `PostgreSQL at host:5432/db`, and `, schema batches` when its
- * `options` pick one (`-c search_path=batches,public`: nodes of several schemas on one database told apart);
- * `PostgreSQL` when it does not parse.
+ * A PostgreSQL URL in words, never with its credentials: `PostgreSQL at host:5432/db`, and `, schema batches`: the
+ * schema in use (`inUse`, as the server said it) or else the one its `options` pick (`-c search_path=batches,public`):
+ * nodes of several schemas on one database told apart. `PostgreSQL` when it does not parse.
  */
-export const postgresText = (url: string) => {
+export const postgresText = (url: string, inUse?: string) => {
   const parsed = URL.canParse(url) ? new URL(url) : undefined
   if (parsed === undefined) return "PostgreSQL"
-  const schema = schemaOf(parsed.searchParams.get("options") ?? "")
+  const schema = inUse ?? schemaOf(parsed.searchParams.get("options") ?? "")
   return `PostgreSQL at ${parsed.host}${parsed.pathname}${schema === undefined ? "" : `, schema ${schema}`}`
 }
 
