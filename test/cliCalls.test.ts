@@ -144,6 +144,30 @@ describe("the CLI's calls against a scripted server", () => {
       expect(asked).toBe(1) // not asked again after its 404
     }))
 
+  it.scopedLive("a watch that said the upstream was down says it is back though the batch ended before the next poll", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer
+      const api = Layer.merge(batchApiLayer({ baseUrl: server.url, apiKey: undefined }), NodeContext.layer)
+      const running = batch("in_progress", { model: "m" })
+      const polls = [running, running, batch("completed", { model: "m" })]
+      const upstream = (state: string) => ({
+        object: "list",
+        data: [{ name: "vllm", state, down_since: null, down_reason: state === "down" ? "unreachable" : null, models: ["m"], serves_any_model: false }]
+      })
+      let polled = 0
+      let asked = 0
+      server.set((req, res) =>
+        req.url?.endsWith("/upstreams")
+          ? json(res, 200, upstream(asked++ === 0 ? "down" : "up"))
+          : json(res, 200, polls[Math.min(polled++, polls.length - 1)]))
+      const notes: Array<string> = []
+      expect((yield* recorded(watch("batch_abc", fastWatch), notes).pipe(Effect.provide(api))).status).toBe("completed")
+      expect(notes.filter((l) => l.startsWith("Upstream"))).toEqual([
+        "Upstream vllm is down (no connection): the batch waits for it, losing nothing, and goes on once it is back.",
+        "Upstream vllm is back."
+      ])
+    }))
+
   it("a down upstream's note says what brings the batch back: the server's return, or a configuration mended", () => {
     const down = (reason: string) =>
       upstreamNote({ name: "vllm", state: "down", down_since: null, down_reason: reason, models: ["m"], serves_any_model: false }, false, 0)

@@ -30,12 +30,12 @@ export const DOWN_REASONS: Record<string, string> = {
 
 /**
  * The line to say now of `upstream` (the batch's), after the watch said it was down (`saidDown`) or not; undefined
- * when there is nothing new. `now` in Unix seconds.
+ * when there is nothing new. `now` in Unix seconds; `ended` when the batch ended meanwhile (nothing goes on).
  */
-export const upstreamNote = (upstream: UpstreamSeen | undefined, saidDown: boolean, now: number): string | undefined => {
+export const upstreamNote = (upstream: UpstreamSeen | undefined, saidDown: boolean, now: number, ended = false): string | undefined => {
   const down = upstream?.state === "down"
   if (upstream === undefined || down === saidDown || (!down && upstream.state !== "up")) return undefined
-  if (!down) return `Upstream ${upstream.name} is back: the batch goes on.`
+  if (!down) return `Upstream ${upstream.name} is back${ended ? "." : ": the batch goes on."}`
   const since = upstream.down_since === null ? "" : ` since ${ago(upstream.down_since, now)}`
   const reason = upstream.down_reason === null ? "" : ` (${DOWN_REASONS[upstream.down_reason] ?? upstream.down_reason})`
   return `Upstream ${upstream.name} is down${since}${reason}: the batch waits for it, losing nothing, and goes on ` +

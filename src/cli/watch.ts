@@ -138,8 +138,9 @@ export const watch = (id: string, settings: WatchSettings) =>
     // A batch just made (`printed`) exists: a first poll that fails is the network's, waited out as any later one's
     // (a connection reset then ended `submit --watch` at once, as if the id were wrong).
     let seen = settings.printed !== undefined
-    // The batch's upstream is asked about when the batch did not move since the last poll, and until it is said
-    // to be back once it was said to be down; never again from a server without the route.
+    // The batch's upstream is asked about when the running batch did not move since the last poll, and until it is
+    // said to be back once it was said to be down (also when the batch ended since: its last poll may come after
+    // the upstream's return); never again from a server without the route.
     let lastDone = -1
     let saidDown = false
     let asking = true
@@ -152,17 +153,18 @@ export const watch = (id: string, settings: WatchSettings) =>
         const stalled = done === lastDone
         lastDone = done
         if (!stalled) [movedAt, saidStall] = [now, false]
-        if (!asking || batch.status !== "in_progress" || !batch.model || !(stalled || saidDown)) return
+        const running = batch.status === "in_progress"
+        if (!asking || !batch.model || !(saidDown || (running && stalled))) return
         const upstreams = yield* api.upstreams
         if (upstreams === "unsupported") asking = false
         if (typeof upstreams === "string") return
         const upstream = servingUpstream(upstreams, batch.model)
-        const line = upstreamNote(upstream, saidDown, now / 1000)
+        const line = upstreamNote(upstream, saidDown, now / 1000, isTerminal(batch.status))
         if (line !== undefined) {
           saidDown = !saidDown
           return yield* Effect.zipRight(display.settle, note(line))
         }
-        const stall = saidStall || upstream?.state !== "up" ? undefined : stallNote((now - movedAt) / 1000, settings.stallNoteAfter)
+        const stall = saidStall || !running || upstream?.state !== "up" ? undefined : stallNote((now - movedAt) / 1000, settings.stallNoteAfter)
         if (stall === undefined) return
         saidStall = true
         yield* Effect.zipRight(display.settle, note(stall))
