@@ -35,8 +35,17 @@ export const fromMultipartInvalid = (e: MultipartInvalid): ApiError => {
     case "MaxParts":
       return invalidRequest("The upload has too many parts.", null, "too_many_parts")
     default:
-      return invalidRequest(`The multipart/form-data body could not be parsed (${e.reason}).`, null, "invalid_multipart")
+      return invalidRequest(`The multipart/form-data body could not be parsed: ${MULTIPART_FAULTS[e.reason] ?? e.reason}.`, null, "invalid_multipart")
   }
+}
+
+/** What each of the parser's faults means for whoever wrote the body (a hand-made client: the SDKs make none). */
+const MULTIPART_FAULTS: Partial<Record<MultipartInvalid["reason"], string>> = {
+  InvalidBoundary: "the Content-Type's boundary parameter is missing or not a valid boundary",
+  BadHeaders: "a part's headers could not be read (each header line ends with CRLF, and an empty line ends them)",
+  InvalidDisposition: "a part's Content-Disposition is not form-data with a name",
+  EndNotReached: "it ended before its closing delimiter (--boundary--): cut short, or the boundary in the body is " +
+    "not the Content-Type's"
 }
 
 /** A body that could not be read: too large (413), too deep, not JSON or giving a parameter twice (400). */

@@ -184,9 +184,37 @@ export const parseFormData = <E>(
       if (!done) failure ??= new MultipartInvalid({ reason: "EndNotReached" })
       return take
     })
+    const dashes = heldDashes()
     return body.pipe(
-      Stream.mapEffect((chunk) => Effect.suspend(() => (step(() => parser.write(chunk)), take))),
-      Stream.concat(Stream.fromEffect(end)),
+      Stream.mapEffect((chunk) => Effect.suspend(() => (step(() => parser.write(dashes.cut(chunk))), take))),
+      Stream.concat(Stream.fromEffect(Effect.suspend(() => (step(() => parser.write(dashes.rest())), end)))),
       Stream.flattenIterables
     )
   })
+
+/** Longer than any delimiter's dashes: `--`, a boundary of at most 70 characters, the closing `--`. */
+const MOST_DASHES_HELD = 80
+const DASH = 45
+
+/**
+ * Why: multipasta tells the closing delimiter (`--boundary--`) by the two dashes after the boundary, looked for in
+ * the first piece it is given after it; a body split between those two dashes (a TCP segment's or a chunk's end,
+ * one upload in a few thousand) was refused as unfinished (`EndNotReached`, or `BadHeaders` with a CRLF after).
+ * So a piece never ends in a run of dashes: the run is held back and given with the next piece. A run longer than
+ * any delimiter's dashes is given as it is: with at least two dashes after any delimiter in it, the end is seen.
+ */
+export const heldDashes = () => {
+  let held: Uint8Array | undefined
+  return {
+    /** `chunk` after what was held, less its trailing run of dashes (held for the next). */
+    cut: (chunk: Uint8Array): Uint8Array => {
+      const piece = held === undefined ? chunk : Buffer.concat([held, chunk])
+      let run = 0
+      while (run < piece.length && run <= MOST_DASHES_HELD && piece[piece.length - 1 - run] === DASH) run++
+      held = run === 0 || run > MOST_DASHES_HELD ? undefined : piece.slice(piece.length - run)
+      return held === undefined ? piece : piece.subarray(0, piece.length - run)
+    },
+    /** What is held at the body's end. */
+    rest: (): Uint8Array => held ?? new Uint8Array(0)
+  }
+}
