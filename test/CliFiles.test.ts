@@ -6,6 +6,8 @@
 import { beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { spawnSync } from "node:child_process"
+import { createServer, request as httpRequest } from "node:http"
+import type { AddressInfo } from "node:net"
 import { mkdirSync, readdirSync, readFileSync, symlinkSync, utimesSync, writeFileSync } from "node:fs"
 import * as Path from "node:path"
 import type OpenAI from "openai"
@@ -79,6 +81,34 @@ describe("the openai-batch command line's files", () => {
       ])
       expect(fileLines(Path.join(out, `${batch.id}_error.jsonl`)).map((l) => l.custom_id)).toEqual(["failing"])
     }), 60_000)
+
+  it.live("calls go through HTTP_PROXY as curl's do (NO_PROXY exempting the host); a proxy variable it cannot use is refused", () =>
+    Effect.promise(async () => {
+      // A forward proxy: absolute-form requests passed on to where they name, each one noted.
+      const seen: Array<string> = []
+      const proxy = createServer((req, res) => {
+        seen.push(`${req.method} ${req.url}`)
+        const onward = httpRequest(req.url!, { method: req.method, headers: req.headers }, (answer) => {
+          res.writeHead(answer.statusCode!, answer.headers)
+          answer.pipe(res)
+        })
+        req.pipe(onward)
+      })
+      await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve))
+      try {
+        const at = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`
+        const through = { HTTP_PROXY: at, http_proxy: at, NO_PROXY: "", no_proxy: "" }
+        const listed = await cli(["list", "--json", "--limit", "1"], through)
+        expect([listed.code, listed.stderr]).toEqual([0, expect.any(String)])
+        expect(seen).toEqual([expect.stringMatching(/^GET http:\/\/127\.0\.0\.1:\d+\/v1\/batches\?limit=\d/)])
+        const exempt = await cli(["list", "--json", "--limit", "1"], { ...through, NO_PROXY: "127.0.0.1", no_proxy: "127.0.0.1" })
+        expect([exempt.code, seen.length]).toEqual([0, 1])
+        const bad = await cli(["list"], { ...through, HTTP_PROXY: "proxy.corp:3128", http_proxy: "proxy.corp:3128" })
+        expect([bad.code, bad.stderr]).toEqual([2, expect.stringContaining("Invalid data at http_proxy: \"Expected a URL starting with http://")])
+      } finally {
+        proxy.close()
+      }
+    }))
 
   it.live("status, list, download, cancel: their outputs and exit codes", () =>
     Effect.promise(async () => {

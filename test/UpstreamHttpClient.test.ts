@@ -10,6 +10,8 @@ import * as net from "node:net"
 import * as tls from "node:tls"
 import { Agent, type Dispatcher, EnvHttpProxyAgent } from "undici"
 import { defaults } from "../src/Config.js"
+import { connectionHint } from "../src/inference/connectionHints.js"
+import { proxiesOf, proxyProblem, unmatchedNoProxy } from "../src/inference/proxies.js"
 import * as UpstreamHttpClient from "../src/inference/UpstreamHttpClient.js"
 import { listeningLine } from "../src/observability/Lifecycle.js"
 import { freePort } from "./support/ServerProcess.js"
@@ -386,7 +388,7 @@ describe("UpstreamHttpClient", () => {
       const untrusting = yield* clientFor()
       expect(yield* failureOf(post(untrusting, server.url))).toEqual({
         kind: "connect",
-        message: expect.stringContaining("DEPTH_ZERO_SELF_SIGNED_CERT")
+        message: expect.stringMatching(/DEPTH_ZERO_SELF_SIGNED_CERT\); its TLS certificate is signed by a CA this server does not trust: for a private CA, start the server with NODE_EXTRA_CA_CERTS/)
       })
     }))
 
@@ -418,8 +420,44 @@ describe("UpstreamHttpClient", () => {
       const unauthorized = yield* clientFor({
         dispatcher: () => new EnvHttpProxyAgent({ httpProxy: auth.url, noProxy: "", proxyTunnel: false })
       })
-      expect(yield* failureOf(post(unauthorized, "http://upstream.test"))).toEqual({ kind: "connect", message: expect.stringContaining("407") })
+      expect(yield* failureOf(post(unauthorized, "http://upstream.test"))).toEqual({
+        kind: "connect",
+        message: expect.stringMatching(/407.*; the proxy refused its credentials: check the user and password in HTTPS_PROXY or HTTP_PROXY/)
+      })
     }))
+
+  it.scoped("a proxy that is down or refuses a tunnel is named as the proxy, not taken for the upstream", () =>
+    Effect.gen(function*() {
+      const port = yield* Effect.promise(freePort)
+      yield* proxyVariables({ HTTP_PROXY: `http://user:secret@127.0.0.1:${port}` })
+      const client = yield* clientFor()
+      for (const upstream of ["http://upstream.test", "https://upstream.test"]) {
+        const down = yield* failureOf(post(client, upstream))
+        expect(down).toEqual({ kind: "connect", message: expect.stringContaining(`ECONNREFUSED 127.0.0.1:${port} (ECONNREFUSED); that is the proxy (http://127.0.0.1:${port}, from HTTPS_PROXY or HTTP_PROXY), not the upstream`) })
+        expect(down.message).not.toContain("secret")
+      }
+      const proxy = yield* testProxy({ refuse: 403 })
+      yield* proxyVariables({ HTTPS_PROXY: proxy.url })
+      const refused = yield* failureOf(post(yield* clientFor(), "https://upstream.test"))
+      expect(refused.message).toContain(`(403) !== 200 when HTTP Tunneling (UND_ERR_ABORTED); the proxy at ${proxy.url.replace(/\/$/, "")} refused the connection (its answer, not the upstream's)`)
+    }))
+
+  it("connectionHint: a certificate an http: upstream's call meets is its proxy's; an unrelated refusal gets no hint", () => {
+    const proxies = { http: "https://proxy.corp:8443", https: "https://proxy.corp:8443", noProxy: "" }
+    const untrusted = Object.assign(new Error("unable to verify the first certificate"), { code: "UNABLE_TO_VERIFY_LEAF_SIGNATURE" })
+    expect(connectionHint(untrusted, "http://10.0.0.5:8000/v1/models", proxies)).toMatch(/^; the proxy's \(https:\/\/proxy\.corp:8443\) TLS certificate/)
+    expect(connectionHint(untrusted, "https://10.0.0.5/v1/models", proxies)).toMatch(/^; its TLS certificate/)
+    const refused = Object.assign(new Error("connect ECONNREFUSED 10.0.0.5:8000"), { code: "ECONNREFUSED", address: "10.0.0.5", port: 8000 })
+    expect(connectionHint(refused, "http://10.0.0.5:8000/v1/models", proxies)).toBe("")
+    expect(connectionHint(refused, "http://10.0.0.5:8000/v1/models", undefined)).toBe("")
+    // A proxy named by host: the refusal comes from the address it resolved to, at its port.
+    const atProxy = Object.assign(new Error("connect ECONNREFUSED 10.1.1.1:8443"), { code: "ECONNREFUSED", address: "10.1.1.1", port: 8443 })
+    expect(connectionHint(atProxy, "http://10.0.0.5:8000/v1/models", proxies)).toBe("; that is the proxy (https://proxy.corp:8443, from HTTPS_PROXY or HTTP_PROXY), not the upstream")
+    const unresolved = Object.assign(new Error("getaddrinfo ENOTFOUND proxy.corp"), { code: "ENOTFOUND", hostname: "proxy.corp" })
+    expect(connectionHint(unresolved, "http://10.0.0.5:8000/v1/models", proxies)).toMatch(/^; that is the proxy/)
+    expect(unmatchedNoProxy({ HTTP_PROXY: "http://p:1", NO_PROXY: "localhost, 10.0.0.0/8,.corp" })).toEqual(["10.0.0.0/8"])
+    expect(unmatchedNoProxy({ NO_PROXY: "10.0.0.0/8" })).toEqual([]) // no proxy: nothing to say
+  })
 
   it.scoped("without proxy variables the dispatcher is a plain Agent; a lower-case one counts too", () =>
     Effect.gen(function*() {
@@ -432,7 +470,6 @@ describe("UpstreamHttpClient", () => {
     }))
 
   it("the proxies are read as undici reads them, and the listening line names them without their credentials", () => {
-    const { proxiesOf } = UpstreamHttpClient
     expect(proxiesOf({})).toBeUndefined()
     expect(proxiesOf({ HTTP_PROXY: "" })).toBeUndefined()
     // https calls go through the http proxy when no other is set; the lower-case variable wins.
@@ -447,7 +484,6 @@ describe("UpstreamHttpClient", () => {
   })
 
   it("a proxy variable undici cannot use is a ConfigError naming it, without its value (it may hold a password)", () => {
-    const { proxyProblem } = UpstreamHttpClient
     const said = (env: Record<string, string>) => String(proxyProblem(env) ?? "")
     for (const ok of [{}, { HTTP_PROXY: "" }, { HTTP_PROXY: "http://proxy.corp:3128" }, { https_proxy: "https://u:p%25w@proxy:443/" }, { HTTPS_PROXY: "socks5://proxy.corp:1080" }]) {
       expect(proxyProblem(ok)).toBeUndefined()

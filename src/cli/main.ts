@@ -27,6 +27,7 @@ import { count } from "./progress.js"
 import { inputPath, STDIN_PATH } from "./inputFile.js"
 import { serve } from "./serve.js"
 import { retry, submit } from "./submit.js"
+import { proxyProblem } from "../inference/proxies.js"
 import {
   afterCreate,
   afterCreateOptions,
@@ -60,6 +61,9 @@ const withApi = <A, E, R>(own: ConnectionFlags, effect: Effect.Effect<A, E, R>) 
       return yield* new CliFailure({ exitCode: EXIT_INVALID, message: "--api-key is empty (if it was given a variable, is that variable set?); nothing was done." })
     }
     const apiKey = Option.orElse(flagKey, () => env.apiKey)
+    // Calls go through the proxy variables (`streamingFetch.ts`): one undici cannot use threw on the first call.
+    const proxy = proxyProblem(process.env)
+    if (proxy !== undefined) return yield* new CliFailure({ exitCode: EXIT_INVALID, message: `${String(proxy).replace(/^\(|\)$/g, "")}; nothing was done.` })
     return yield* Effect.provide(
       effect,
       batchApiLayer({ baseUrl: Option.getOrElse(baseUrl, () => DEFAULT_BASE_URL), apiKey: Option.getOrUndefined(apiKey) })

@@ -4,7 +4,8 @@
  * buffers — so a large input file would end up whole in memory. `request` lets each chunk go once it is sent.
  */
 import { Readable } from "node:stream"
-import { type Dispatcher, request } from "undici"
+import { type Dispatcher, EnvHttpProxyAgent, getGlobalDispatcher, request } from "undici"
+import { proxiesOf } from "../inference/proxies.js"
 
 /**
  * What bounds a call once connected (undici's connect timeout, 10 s, bounds the connecting): no progress for this
@@ -13,6 +14,14 @@ import { type Dispatcher, request } from "undici"
  * made explicit because they are all that bounds an upload, which has no overall timeout (`BatchApi.ts`).
  */
 const INACTIVITY_MS = 300_000
+
+/**
+ * Through `HTTPS_PROXY`/`HTTP_PROXY` (`NO_PROXY` exempting hosts), as curl and the Python client go, when one is
+ * set: a batch server reached from behind a corporate proxy. Else undici's global dispatcher, straight.
+ */
+let chosen: Dispatcher | undefined
+const dispatcher = () =>
+  (chosen ??= proxiesOf(process.env) === undefined ? getGlobalDispatcher() : new EnvHttpProxyAgent({ proxyTunnel: false }))
 
 const toBody = (body: RequestInit["body"]): string | Uint8Array | Readable | null => {
   if (body == null) return null
@@ -51,6 +60,7 @@ export const streamingFetch = async (input: string | URL | Request, init?: Reque
     body: toBody(init?.body),
     headersTimeout: INACTIVITY_MS,
     bodyTimeout: INACTIVITY_MS,
+    dispatcher: dispatcher(),
     ...(init?.signal ? { signal: init.signal } : {})
   })
   const headers = new Headers()

@@ -31,9 +31,10 @@ import * as HttpClientError from "@effect/platform/HttpClientError"
 import type * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import * as UrlParams from "@effect/platform/UrlParams"
-import { ConfigError, Effect, Either, Layer, Option, type Scope } from "effect"
+import { type ConfigError, Effect, Either, Layer, Option, type Scope } from "effect"
 import { Agent, type Dispatcher, EnvHttpProxyAgent } from "undici"
 import { currentAnswerHold } from "./answerMemory.js"
+import { proxiesOf, proxyProblem, unmatchedNoProxy } from "./proxies.js"
 import { Call, type ClientOptions, type Limits } from "./upstreamCall.js"
 
 /** The client's options, and how its errors tell what failed (each call is an `upstreamCall.ts` `Call`). */
@@ -82,7 +83,9 @@ export const make = (dispatcher: Dispatcher, options: ClientOptions): HttpClient
     inflight.add(call)
     if (timer === undefined) (timer = setInterval(sweep, period)).unref()
   }
-  const limits: Limits = { ...options, inflight, track }
+  // Named in a failed call's text when it may be the proxy's failure (`connectionHints.ts`).
+  const proxies = dispatcher instanceof EnvHttpProxyAgent ? proxiesOf(process.env) : undefined
+  const limits: Limits = { ...options, inflight, track, proxies }
 
   const targets = new Map<string, Target>()
   const target = (request: HttpClientRequest.HttpClientRequest): Target => {
@@ -121,61 +124,6 @@ export const make = (dispatcher: Dispatcher, options: ClientOptions): HttpClient
   )
 }
 
-/** The proxies upstream calls go through. */
-export interface Proxies {
-  readonly http: string | undefined
-  readonly https: string | undefined
-  readonly noProxy: string
-}
-
-type ProxyVariables = readonly [lower: string, upper: string]
-const HTTP_PROXY: ProxyVariables = ["http_proxy", "HTTP_PROXY"]
-const HTTPS_PROXY: ProxyVariables = ["https_proxy", "HTTPS_PROXY"]
-
-/** The variable of a pair undici reads, the lower-case one first (set empty, it hides the other), when not empty. */
-const proxyVariable = (env: Record<string, string | undefined>, [lower, upper]: ProxyVariables) => {
-  const name = env[lower] !== undefined ? lower : upper
-  const value = env[name]
-  return value ? { name, value } : undefined
-}
-
-/**
- * The proxies of `env` as undici's `EnvHttpProxyAgent` reads them (`https:` calls go through the `http:` proxy when
- * no other is set); undefined when there is none.
- */
-export const proxiesOf = (env: Record<string, string | undefined>): Proxies | undefined => {
-  const http = proxyVariable(env, HTTP_PROXY)?.value
-  const https = proxyVariable(env, HTTPS_PROXY)?.value ?? http
-  return http === undefined && https === undefined ? undefined : { http, https, noProxy: env.no_proxy ?? env.NO_PROXY ?? "" }
-}
-
-/** The proxies undici's `ProxyAgent` can use. */
-const PROXY_PROTOCOLS: ReadonlySet<string> = new Set(["http:", "https:", "socks5:", "socks:"])
-
-/**
- * What is wrong with the proxy variables of `env` as undici would read them, if anything: each one set must be an
- * `http:`, `https:` or `socks5:` URL (`socks:` too), its user name and password percent-encoded (undici threw on
- * either at the dispatcher's making: a stack trace for an answer). The value is not repeated: it may hold a password.
- */
-export const proxyProblem = (env: Record<string, string | undefined>): ConfigError.ConfigError | undefined => {
-  for (const variables of [HTTP_PROXY, HTTPS_PROXY]) {
-    const set = proxyVariable(env, variables)
-    if (set === undefined) continue
-    const { name, value } = set
-    const url = URL.canParse(value) ? new URL(value) : undefined
-    if (url === undefined || !PROXY_PROTOCOLS.has(url.protocol)) {
-      return ConfigError.InvalidData([name], "Expected a URL starting with http://, https:// or socks5:// (http://proxy.example:3128)")
-    }
-    try {
-      decodeURIComponent(url.username)
-      decodeURIComponent(url.password)
-    } catch {
-      return ConfigError.InvalidData([name], "Its user name or password is not percent-encoded (a % is written %25)")
-    }
-  }
-  return undefined
-}
-
 /**
  * The shared dispatcher, keep-alive (undici's defaults: idle connections kept 4 s, or as the server's `keep-alive`
  * says less 1 s): `EnvHttpProxyAgent` when a proxy variable is set, else `Agent`. Destroyed when the scope closes.
@@ -184,14 +132,19 @@ export const proxyProblem = (env: Record<string, string | undefined>): ConfigErr
 export const dispatcher: Effect.Effect<Dispatcher, ConfigError.ConfigError, Scope.Scope> = Effect.suspend(() => {
   const problem = proxyProblem(process.env)
   if (problem !== undefined) return Effect.fail(problem)
-  return Effect.acquireRelease(
+  const unmatched = unmatchedNoProxy(process.env)
+  const warned = unmatched.length === 0 ? Effect.void : Effect.logWarning(
+    `NO_PROXY gives ${unmatched.join(", ")}: address ranges are not matched (list the hosts, or their domain as ` +
+      ".example.internal): calls to those hosts go through the proxy"
+  )
+  return Effect.zipRight(warned, Effect.acquireRelease(
     Effect.sync((): Dispatcher =>
       proxiesOf(process.env) !== undefined
         ? new EnvHttpProxyAgent({ proxyTunnel: false }) // plain `http:` calls in absolute form, as curl sends them
         : new Agent()
     ),
     (dispatcher) => Effect.promise(() => dispatcher.destroy())
-  )
+  ))
 })
 
 /** `dispatcher` and `make`, as a layer. */

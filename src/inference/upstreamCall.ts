@@ -11,6 +11,8 @@ import { Effect } from "effect"
 import type { Dispatcher } from "undici"
 import { type AnswerHold, type AnswerMemory, FREE_BYTES } from "./answerMemory.js"
 import { BufferedResponse } from "./bufferedResponse.js"
+import { connectionHint } from "./connectionHints.js"
+import type { Proxies } from "./proxies.js"
 
 export interface ClientOptions {
   /** Time limit of one attempt: from sending the request to the last byte of the answer. */
@@ -90,7 +92,12 @@ type Resume = (effect: Effect.Effect<HttpClientResponse.HttpClientResponse, Http
  * What a call needs of its client: its options, and the calls in flight its sweep times out (`track` adds one and
  * starts the sweep).
  */
-export type Limits = ClientOptions & { readonly inflight: Set<Call>; readonly track: (call: Call) => void }
+export type Limits = ClientOptions & {
+  readonly inflight: Set<Call>
+  readonly track: (call: Call) => void
+  /** The proxies calls go through, if any. */
+  readonly proxies: Proxies | undefined
+}
 
 /**
  * One call: undici's handler, and the call's entry in its client's deadline sweep. Whatever comes after the call
@@ -231,7 +238,8 @@ export class Call implements Dispatcher.DispatchHandler {
 
   onError(error: Error) {
     const code = (error as { code?: unknown }).code
-    this.fail(kindOf(code, this.sent), typeof code === "string" ? `${error.message} (${code})` : error.message, error)
+    const hint = connectionHint(error, this.request.url, this.limits.proxies)
+    this.fail(kindOf(code, this.sent), `${error.message}${typeof code === "string" ? ` (${code})` : ""}${hint}`, error)
   }
 
   private tooLarge(): true {

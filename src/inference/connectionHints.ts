@@ -1,0 +1,65 @@
+/**
+ * What to do about a call that could not connect, where the client's words do not say it: a certificate signed by a
+ * private CA, and a proxy's failures, which undici words as the upstream's (a proxy that is down read as the
+ * upstream unreachable; its 407 said nothing of its password). Added to the failure's text in the server's log and
+ * the upstream's down line, never to a line's error. Pure.
+ */
+import type { Proxies } from "./proxies.js"
+
+/** Certificate checks that fail for a certificate whose CA is not among the trusted ones (Node's codes). */
+const UNTRUSTED_CERTIFICATE: ReadonlySet<string> = new Set([
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "UNABLE_TO_GET_ISSUER_CERT",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "CERT_UNTRUSTED"
+])
+
+/** A proxy's refusal as undici words it: `Proxy response (407) !== 200 when HTTP Tunneling`, `Proxy Authentication Required (407)`. */
+const PROXY_REFUSAL = /^Proxy\b.*\((\d{3})\)/
+
+/** The proxy a call to `url` would go through (`NO_PROXY` aside: undici's to read), as host and port. */
+const proxyOf = (url: string, proxies: Proxies) => {
+  const proxy = url.startsWith("https:") ? proxies.https : proxies.http
+  if (proxy === undefined || !URL.canParse(proxy)) return undefined
+  const at = new URL(proxy)
+  return { url: `${at.protocol}//${at.host}`, hostname: at.hostname.replace(/^\[|\]$/g, ""), port: at.port || (at.protocol === "https:" ? "443" : "80") }
+}
+
+/**
+ * `"; …"` to add to the text of `error`, a failed call to `url` (`proxies`: those set), or `""` when its words say
+ * enough. A proxy is named without its credentials.
+ */
+export const connectionHint = (error: Error, url: string, proxies: Proxies | undefined): string => {
+  const { code, address, hostname, port } = error as { code?: unknown; address?: unknown; hostname?: unknown; port?: unknown }
+  const proxy = proxies === undefined ? undefined : proxyOf(url, proxies)
+  const refusal = PROXY_REFUSAL.exec(error.message)
+  if (refusal !== null) {
+    return refusal[1] === "407"
+      ? "; the proxy refused its credentials: check the user and password in HTTPS_PROXY or HTTP_PROXY (percent-encoded)"
+      : `; the proxy${proxy === undefined ? "" : ` at ${proxy.url}`} refused the connection (its answer, not the upstream's)`
+  }
+  if (typeof code === "string" && UNTRUSTED_CERTIFICATE.has(code)) {
+    // An `http:` upstream has no certificate: the one refused is its `https:` proxy's.
+    const whose = url.startsWith("http:") && proxy !== undefined ? `the proxy's (${proxy.url})` : "its"
+    return `; ${whose} TLS certificate is signed by a CA this server does not trust: for a private CA, start the ` +
+      "server with NODE_EXTRA_CA_CERTS naming a PEM file of it"
+  }
+  if (proxy !== undefined && reachedProxy(url, proxy, address ?? hostname, port)) {
+    return `; that is the proxy (${proxy.url}, from HTTPS_PROXY or HTTP_PROXY), not the upstream`
+  }
+  return ""
+}
+
+/**
+ * Whether a connection that failed at `host` (an address, or a name that did not resolve) and `port` was the one to
+ * the proxy: its name, or (a name resolved to an address) its port where the upstream's is another.
+ */
+const reachedProxy = (url: string, proxy: NonNullable<ReturnType<typeof proxyOf>>, host: unknown, port: unknown) => {
+  const samePort = port === undefined || String(port) === proxy.port
+  if (host === proxy.hostname) return samePort
+  const upstream = URL.canParse(url) ? new URL(url) : undefined
+  const upstreamPort = upstream === undefined ? undefined : upstream.port || (upstream.protocol === "https:" ? "443" : "80")
+  return port !== undefined && samePort && upstreamPort !== proxy.port
+}
