@@ -4,7 +4,7 @@ import * as HttpClient from "@effect/platform/HttpClient"
 import type * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Fiber, Option } from "effect"
+import { Effect, Fiber, Logger, Option } from "effect"
 import { readFileSync } from "node:fs"
 import * as net from "node:net"
 import * as tls from "node:tls"
@@ -496,6 +496,16 @@ describe("UpstreamHttpClient", () => {
     // The variable undici reads is the one checked: an empty lower-case one hides the upper-case one, as there.
     expect(proxyProblem({ http_proxy: "", HTTP_PROXY: "nonsense" })).toBeUndefined()
   })
+
+  it.scoped("a NO_PROXY address range (which undici does not match) is warned of as the dispatcher is made", () =>
+    Effect.gen(function*() {
+      const said: Array<string> = []
+      const recorder = Logger.make(({ message }) => void said.push(String(message)))
+      yield* proxyVariables({ HTTP_PROXY: "http://127.0.0.1:9" })
+      process.env.NO_PROXY = "localhost,10.0.0.0/8"
+      yield* Effect.provide(UpstreamHttpClient.dispatcher, Logger.replace(Logger.defaultLogger, recorder))
+      expect(said).toEqual([expect.stringMatching(/^NO_PROXY gives 10\.0\.0\.0\/8: address ranges are not matched/)])
+    }))
 
   it.effect("the dispatcher is not made with a proxy variable undici cannot use", () =>
     Effect.gen(function*() {
