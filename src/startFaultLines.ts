@@ -10,7 +10,7 @@ import { DURATION_EXAMPLES } from "./durationText.js"
 import { describeDatabase } from "./observability/Readiness.js"
 import { rootMessage, storageFault } from "./storage/Faults.js"
 import { NodeIdInUse } from "./storage/NodeIdLock.js"
-import { SessionPoolingRequired } from "./storage/pgSessions.js"
+import { SessionPoolingRequired, Utf8DatabaseRequired } from "./storage/pgSessions.js"
 import { BatchesRunElsewhere } from "./storage/SqliteRunnerLock.js"
 
 /** Why a socket could not listen, for the faults an operator fixes in the configuration (`port`: its variable). */
@@ -44,7 +44,20 @@ export const listenFaultLine = (cause: Cause.Cause<unknown>): Option.Option<stri
 const OTHER_TABLES = "the schema holds tables of another app: give the service a database or schema of its own"
 
 /** What PostgreSQL's "no schema has been selected to create in" means at a first start. */
-const NO_SCHEMA = "the schemas of the user's search_path do not exist: create the one DATABASE_URL names first (CREATE SCHEMA)"
+const NO_SCHEMA = "the schemas of the user's search_path do not exist, or the role may not use them: create the one " +
+  "DATABASE_URL names first (CREATE SCHEMA), or GRANT USAGE, CREATE ON SCHEMA … TO the role"
+/** What a refused connection needs (the pool's size: `Sql.ts`). */
+const CONNECTIONS = "a node keeps up to 10 connections (4 at least to start): raise the role's or the database's " +
+  "CONNECTION LIMIT, or the server's max_connections"
+/** What a role refused a privilege needs (README, "Several nodes (PostgreSQL)": a least-privilege role). */
+const PRIVILEGES = "the role needs SELECT, INSERT, UPDATE and DELETE on the service's tables and USAGE on their " +
+  "sequences, and CREATE on the schema while migrations are pending (or run them once as the tables' owner)"
+/** What to add to PostgreSQL's words `driver` when they say what a DBA set (else nothing: SQLite's are plain). */
+const pgHint = (driver: string) =>
+  /no schema has been selected to create in/.test(driver) ? ` (${NO_SCHEMA})`
+  : /too many connections|remaining connection slots/.test(driver) ? `; ${CONNECTIONS}`
+  : /permission denied for|must be owner of/.test(driver) ? `; ${PRIVILEGES}`
+  : ""
 
 /** SQLite's words for a file that is no database, or a damaged one (`SQLITE_NOTADB`, `SQLITE_CORRUPT`). */
 const DAMAGED = /database disk image is malformed|file is not a database/
@@ -60,6 +73,7 @@ const damagedFile = (cause: Cause.Cause<unknown>): string | undefined =>
  */
 export const startFaultLine = (cause: Cause.Cause<unknown>) =>
   Effect.map(AppConfig, (config) => {
+    const withHint = (driver: string) => (Option.isSome(config.databaseUrl) ? pgHint(driver) : "")
     const cannotUse = (said: string) =>
       `Cannot use the database (${describeDatabase(config)}; see ${Option.isSome(config.databaseUrl) ? "DATABASE_URL" : "DATA_DIR"}): ${said}`
     // Said before anything else it failed: a truncated or half-copied file (a restore gone wrong) was a stack trace.
@@ -70,16 +84,16 @@ export const startFaultLine = (cause: Cause.Cause<unknown>) =>
     const failed = Option.flatMap(Cause.failureOption(cause), (error): Option.Option<string> => {
       if (error instanceof NodeIdInUse || error instanceof BatchesRunElsewhere) return Option.some(error.message)
       if (error instanceof Migrator.MigrationError && error.reason === "bad-state") return Option.some(cannotUse(error.message))
-      if (error instanceof SessionPoolingRequired) return Option.some(cannotUse(error.message))
+      if (error instanceof SessionPoolingRequired || error instanceof Utf8DatabaseRequired) return Option.some(cannotUse(error.message))
       // A migration cut short by a full disk is said as the full disk it is (below).
       if (error instanceof Migrator.MigrationError && error.reason === "failed" && storageFault(cause) !== "capacity") {
         const driver = rootMessage(error.cause)
-        return Option.some(cannotUse(`${error.message}: ${driver}${/already exists/.test(driver) ? ` (${OTHER_TABLES})` : ""}`))
+        return Option.some(cannotUse(`${error.message}: ${driver}${/already exists/.test(driver) ? ` (${OTHER_TABLES})` : withHint(driver)}`))
       }
       if ((error as { readonly _tag?: unknown })._tag !== "SqlError") return Option.none()
       const driver = rootMessage(error)
       const said = (error as Error).message === driver ? driver : `${(error as Error).message}: ${driver}`
-      return Option.some(cannotUse(/no schema has been selected to create in/.test(driver) ? `${said} (${NO_SCHEMA})` : said))
+      return Option.some(cannotUse(`${said}${withHint(driver)}`))
     })
     // A full disk under a new database fails its first statement (a defect, or a migration), and a database that
     // stops answering fails whichever comes first (a stack dump of the bundle said it): said as plainly.
@@ -87,7 +101,10 @@ export const startFaultLine = (cause: Cause.Cause<unknown>) =>
     if (Option.isSome(failed) || fault === undefined) return failed
     const driver = rootMessage(Cause.squash(cause))
     return Option.some(cannotUse(
-      fault === "capacity" ? `its disk is full (${driver})` : fault === "refused" ? `it takes no write (${driver})` : `it does not answer (${driver})`
+      fault === "capacity" ? `its disk is full (${driver})`
+      : fault === "refused" ? `it takes no write (${driver})${withHint(driver)}`
+      : /too many connections|remaining connection slots/.test(driver) ? `it refuses more connections (${driver}); ${CONNECTIONS}`
+      : `it does not answer (${driver})`
     ))
   })
 

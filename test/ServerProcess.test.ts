@@ -364,7 +364,7 @@ describe.concurrent("server process", () => {
           LOG_FORMAT: "json"
         })
         expect(noSchema.code).toBe(1)
-        expect(noSchema.output).toContain("no schema has been selected to create in (the schemas of the user's search_path do not exist: create the one DATABASE_URL names first (CREATE SCHEMA))")
+        expect(noSchema.output).toContain("no schema has been selected to create in (the schemas of the user's search_path do not exist, or the role may not use them: create the one DATABASE_URL names first (CREATE SCHEMA), or GRANT USAGE, CREATE ON SCHEMA … TO the role)")
 
         // A schema holding another app's table of a name the service uses: the migration, what the database said,
         // what to do (the migrator's defect, with no word of why, before).

@@ -2,7 +2,7 @@
 import { expect, it } from "@effect/vitest"
 import * as Migrator from "@effect/sql/Migrator"
 import { SqlError } from "@effect/sql/SqlError"
-import { Cause, Config, ConfigProvider, Duration, Effect, Option } from "effect"
+import { Cause, Config, ConfigProvider, Duration, Effect, Option, Redacted } from "effect"
 import { AppConfig, appConfig } from "../src/Config.js"
 import { configFaultLine, startFaultLine } from "../src/startFaultLines.js"
 
@@ -36,6 +36,24 @@ it.effect("a database that stops answering during the start, wherever it is met:
     )
     expect(yield* startFaultLine(Cause.die(new Error("a bug")))).toEqual(Option.none())
   }).pipe(Effect.provide(AppConfig.layerWith({ dataDir: "/srv" }))))
+
+it.effect("PostgreSQL refusing a connection or a privilege: what the role needs; SQLite's permission problems get no word of roles", () =>
+  Effect.gen(function*() {
+    const pgError = (message: string, code: string) =>
+      Cause.die(new SqlError({ message: "Failed to execute statement", cause: Object.assign(new Error(message), { code }) }))
+    const onPostgres = AppConfig.layerWith({ databaseUrl: Option.some(Redacted.make("postgres://app@db:5432/batches")) })
+    const crowded = yield* startFaultLine(pgError(`too many connections for role "app"`, "53300")).pipe(Effect.provide(onPostgres))
+    expect(Option.getOrThrow(crowded)).toBe(
+      "Cannot use the database (PostgreSQL at db:5432/batches; see DATABASE_URL): it refuses more connections (too many " +
+        `connections for role "app"); a node keeps up to 10 connections (4 at least to start): raise the role's or the ` +
+        "database's CONNECTION LIMIT, or the server's max_connections"
+    )
+    const denied = yield* startFaultLine(pgError("permission denied for table upload_parts", "42501")).pipe(Effect.provide(onPostgres))
+    expect(Option.getOrThrow(denied)).toMatch(/it takes no write \(permission denied for table upload_parts\); the role needs SELECT, INSERT, UPDATE and DELETE on the service's tables/)
+    const sqliteDenied = yield* startFaultLine(Cause.die(Object.assign(new Error("EACCES: permission denied, open '/srv/x'"), { code: "EACCES" })))
+      .pipe(Effect.provide(AppConfig.layerWith({ dataDir: "/srv" })))
+    expect(Option.getOrThrow(sqliteDenied)).toBe("Cannot use the database (SQLite at /srv/batches.sqlite; see DATA_DIR): it takes no write (EACCES: permission denied, open '/srv/x')")
+  }))
 
 it.effect("a duration is read in Effect's words or the short form; one refused says how one is written, one a rule refused does not", () =>
   Effect.gen(function*() {

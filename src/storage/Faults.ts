@@ -11,7 +11,8 @@
  *                bytes on a full disk or over quota), PostgreSQL SQLSTATE `53100` (disk_full).
  *   refused      the storage takes no write for now: errno `EROFS` (a file system mounted read-only, as Linux
  *                remounts one after errors), `EACCES` / `EPERM` (permissions taken away), SQLite `SQLITE_READONLY`
- *                and its extended codes, PostgreSQL `25006` under an `SqlError` (a standby after a failover). Waited out as the others (an operator puts it right): a batch whose
+ *                and its extended codes, PostgreSQL `25006` (a standby after a failover) and `42501` (a privilege
+ *                missing) under an `SqlError`. Waited out as the others (an operator puts it right): a batch whose
  *                output file met a read-only `DATA_DIR` failed for good, its results unreachable by the API.
  *   unavailable  the database cannot serve for now, only when met under an `SqlError`: PostgreSQL `53000`
  *                (insufficient_resources), `53200` (out_of_memory), `53300` (too_many_connections), `08000`,
@@ -30,8 +31,11 @@ export type StorageFault = "capacity" | "refused" | "unavailable"
 
 const capacityCodes = new Set(["SQLITE_FULL", "SQLITE_IOERR_SHMSIZE", "ENOSPC", "EDQUOT", "53100"])
 const refusedCodes = new Set(["EROFS", "EACCES", "EPERM", "SQLITE_READONLY"])
-/** PostgreSQL's read_only_sql_transaction: a server in recovery, a failover onto a standby. */
-const refusedSqlCodes = new Set(["25006"])
+/**
+ * PostgreSQL's read_only_sql_transaction (a server in recovery, a failover onto a standby) and
+ * insufficient_privilege (a grant taken away, or a table a later release added without `ALTER DEFAULT PRIVILEGES`).
+ */
+const refusedSqlCodes = new Set(["25006", "42501"])
 
 /** Codes that mean "unavailable" only when they come from the SQL client (a socket error elsewhere is not one). */
 const unavailableSqlCodes = new Set([

@@ -80,6 +80,19 @@ const refuseNewerSchema = (names: ReadonlyArray<string>) =>
     })
   })
 
+/**
+ * Whether every migration of `names` is recorded: then the migrator does not run. Why: it locks its table (ACCESS
+ * EXCLUSIVE) whatever it finds, so a start waited without a word for a backup's `pg_dump` to end, and a role's
+ * `lock_timeout` failed it; and the service's role needed to write that table though nothing was to be migrated.
+ */
+const allRecorded = (names: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    if (!(yield* tableExists(sql, MIGRATIONS_TABLE))) return false
+    const rows = yield* sql<{ latest: number | string | null }>`SELECT MAX(migration_id) AS latest FROM ${sql(MIGRATIONS_TABLE)}`
+    return Number(rows[0]?.latest ?? 0) >= Math.max(...names.map(migrationId))
+  })
+
 /** Where a database is, for the line that says it was made new: its place in words, and the setting that chose it. */
 export interface DatabasePlace {
   readonly text: string
@@ -102,6 +115,7 @@ export const runMigrations = (record: Record<string, Effect.Effect<void, unknown
     const sql = yield* SqlClient.SqlClient
     yield* sql.withTransaction(adoptSharedRecords(Object.keys(record)))
     yield* refuseNewerSchema(Object.keys(record))
+    if (yield* allRecorded(Object.keys(record))) return
     // A migration that fails is a defect of the migrator's: made the typed failure it is, for `catchTag` and the
     // start's one line (a schema with another app's `files` table).
     const applied = yield* Migrator.make({})({ loader: Migrator.fromRecord(record), table: MIGRATIONS_TABLE }).pipe(

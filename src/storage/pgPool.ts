@@ -56,7 +56,10 @@ const boundedClient = (bound: StatementBound, endSession: (pid: number) => void)
         idleBounds.set(this, ms)
         const askProcess = !askedProcess.has(this)
         askedProcess.add(this)
-        const ahead = `SET idle_in_transaction_session_timeout = ${ms}${askProcess ? "; SELECT pg_backend_pid() AS pid" : ""}`
+        // Read committed, whatever the role's or database's default: the service's transactions are written for it
+        // (under `serializable` they failed with "could not serialize access", each a batch's fault and retry).
+        const once = "; SET default_transaction_isolation = 'read committed'; SELECT pg_backend_pid() AS pid"
+        const ahead = `SET idle_in_transaction_session_timeout = ${ms}${askProcess ? once : ""}`
         // A broken connection fails the next statement.
         query.call(this, ahead, (error: Error | null, result?: unknown) => {
           const last = (Array.isArray(result) ? result.at(-1) : result) as { rows?: Array<{ pid?: unknown }> } | undefined

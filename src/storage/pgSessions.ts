@@ -1,4 +1,7 @@
 /**
+ * What a PostgreSQL must be for the service, checked at start before anything is done on it: sessions of its own,
+ * and UTF-8 (`Utf8DatabaseRequired`, below).
+ *
  * A PostgreSQL reached through a pooler that hands a server session to another client at each transaction's or
  * statement's end (PgBouncer's `pool_mode = transaction` or `statement`) is refused at start. Why: the service keeps
  * session state — advisory locks on its `NODE_ID` and on migrations — that such a pooler leaves on a shared session.
@@ -44,6 +47,27 @@ export const refuseSharedSessions = (
     }
   }))
 
-/** `refuseSharedSessions` on `sql`'s pool, when it is PostgreSQL's. */
-export const refuseSharedSessionsOf = (sql: SqlClient.SqlClient) =>
-  sql.onDialectOrElse({ pg: () => refuseSharedSessions(sql.reserve), orElse: () => Effect.void })
+/**
+ * A database whose encoding is not UTF-8 is refused at start. Why: it took every batch's requests and answers,
+ * then failed the batch at its end (the output's line separators, U+2028, have no LATIN1 form), and refused any
+ * file name or metadata outside its characters with a 500.
+ */
+export class Utf8DatabaseRequired extends Data.TaggedError("Utf8DatabaseRequired")<{ readonly encoding: string }> {
+  override get message() {
+    return `its encoding is ${this.encoding}, not UTF8: the service stores text in any language. Give it a database ` +
+      "made with CREATE DATABASE … ENCODING 'UTF8' TEMPLATE template0"
+  }
+}
+
+const refuseOtherEncodings = (sql: SqlClient.SqlClient) =>
+  Effect.flatMap(sql<{ server_encoding: string }>`SHOW server_encoding`, (rows) => {
+    const encoding = String(rows[0]?.server_encoding)
+    return encoding === "UTF8" ? Effect.void : Effect.fail(new Utf8DatabaseRequired({ encoding }))
+  })
+
+/** The checks of a PostgreSQL before anything is done on it: sessions of its own (`refuseSharedSessions`), UTF-8. */
+export const refuseUnfitPostgres = (sql: SqlClient.SqlClient) =>
+  sql.onDialectOrElse({
+    pg: () => Effect.zipRight(refuseSharedSessions(sql.reserve), refuseOtherEncodings(sql)),
+    orElse: () => Effect.void
+  })
