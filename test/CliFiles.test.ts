@@ -82,13 +82,19 @@ describe("the openai-batch command line's files", () => {
       expect(fileLines(Path.join(out, `${batch.id}_error.jsonl`)).map((l) => l.custom_id)).toEqual(["failing"])
     }), 60_000)
 
-  it.live("calls go through HTTP_PROXY as curl's do (NO_PROXY exempting the host); a proxy variable it cannot use is refused", () =>
+  it.live("calls go through HTTP_PROXY (NO_PROXY exempting a host, this machine's straight); the proxy's failures are said as its own", () =>
     Effect.promise(async () => {
-      // A forward proxy: absolute-form requests passed on to where they name, each one noted.
+      // A forward proxy for `batches.test`, which it alone knows: absolute-form requests passed on to the server,
+      // each one noted; `refuse` answers them itself.
       const seen: Array<string> = []
+      let refuse: number | undefined
+      const server = new URL(suite.server().url)
       const proxy = createServer((req, res) => {
         seen.push(`${req.method} ${req.url}`)
-        const onward = httpRequest(req.url!, { method: req.method, headers: req.headers }, (answer) => {
+        if (refuse !== undefined) return void res.writeHead(refuse, { "proxy-authenticate": "Basic" }).end()
+        const target = new URL(req.url!)
+        target.host = server.host
+        const onward = httpRequest(target, { method: req.method, headers: req.headers }, (answer) => {
           res.writeHead(answer.statusCode!, answer.headers)
           answer.pipe(res)
         })
@@ -98,16 +104,38 @@ describe("the openai-batch command line's files", () => {
       try {
         const at = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`
         const through = { HTTP_PROXY: at, http_proxy: at, NO_PROXY: "", no_proxy: "" }
-        const listed = await cli(["list", "--json", "--limit", "1"], through)
-        expect([listed.code, listed.stderr]).toEqual([0, expect.any(String)])
-        expect(seen).toEqual([expect.stringMatching(/^GET http:\/\/127\.0\.0\.1:\d+\/v1\/batches\?limit=\d/)])
-        const exempt = await cli(["list", "--json", "--limit", "1"], { ...through, NO_PROXY: "127.0.0.1", no_proxy: "127.0.0.1" })
-        expect([exempt.code, seen.length]).toEqual([0, 1])
+        const proxiedUrl = ["--base-url", `http://batches.test:${server.port}/v1`]
+        const listed = await cli(["list", "--json", "--limit", "1", ...proxiedUrl], through)
+        expect(listed.code, listed.stderr).toBe(0)
+        expect(seen).toEqual([expect.stringMatching(/^GET http:\/\/batches\.test:\d+\/v1\/batches\?limit=\d/)])
+        // This machine's server (the default base URL's kind) is reached straight: a proxy cannot reach it.
+        const local = await cli(["list", "--json", "--limit", "1"], through)
+        expect([local.code, seen.length]).toEqual([0, 1])
+        const exempt = await cli(["list", "--json", "--limit", "1", ...proxiedUrl], { ...through, NO_PROXY: "batches.test", no_proxy: "batches.test" })
+        expect(exempt.code).toBe(1) // straight to a name only the proxy knows
+        expect(seen.length).toBe(1)
+        // The proxy refusing its credentials mid-watch: said as the proxy's after the client's own three tries, not
+        // waited out for --retry-for as the server's outage would be.
+        const running = await slowBatch(2, 0)
+        const refused = await cli(["watch", running.id, "--interval", "0.2", "--retry-for", "60", ...proxiedUrl], through, (_child, stdout) => {
+          if (stdout !== "") refuse = 407
+        })
+        expect(refused.code).toBe(1)
+        expect(refused.stderr).not.toContain("retrying for up to")
+        expect(refused.stderr).toContain("; the proxy refused its credentials: check the user and password in HTTPS_PROXY or HTTP_PROXY")
+        await openai.batches.cancel(running.id)
         const bad = await cli(["list"], { ...through, HTTP_PROXY: "proxy.corp:3128", http_proxy: "proxy.corp:3128" })
         expect([bad.code, bad.stderr]).toEqual([2, expect.stringContaining("Invalid data at http_proxy: \"Expected a URL starting with http://")])
       } finally {
         proxy.close()
       }
+      // The proxy gone: said as the proxy, not as a server to start.
+      const at = `http://127.0.0.1:${(proxy.address() as AddressInfo | null)?.port ?? 9}`
+      const gone = await cli(["status", "batch_0123456789abcdef0123456789abcdef", "--base-url", "http://batches.test:1/v1"], {
+        HTTP_PROXY: at, http_proxy: at, NO_PROXY: "", no_proxy: ""
+      })
+      expect(gone.code).toBe(1)
+      expect(gone.stderr).toMatch(/cannot reach http:\/\/batches\.test:1\/v1 \(ECONNREFUSED\); that is the proxy \(http:\/\/127\.0\.0\.1:\d+, from HTTPS_PROXY or HTTP_PROXY\), not the upstream/)
     }))
 
   it.live("status, list, download, cancel: their outputs and exit codes", () =>

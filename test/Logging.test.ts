@@ -58,7 +58,12 @@ describe("the logs of the server process", () => {
       INFERENCE_BASE_URL: sim.url,
       INFERENCE_API_KEY: UPSTREAM_KEY,
       API_KEYS: `${API_KEY}:projL`,
-      NODE_ID: "logs-node-1"
+      NODE_ID: "logs-node-1",
+      // A proxy nothing goes through (the simulator is exempted), and a range undici does not match.
+      ...Object.fromEntries(["http_proxy", "HTTP_PROXY"].map((name) => [name, "http://127.0.0.1:9"])),
+      ...Object.fromEntries(["no_proxy", "NO_PROXY"].map((name) => [name, "127.0.0.1,localhost,10.0.0.0/8"])),
+      https_proxy: "",
+      HTTPS_PROXY: ""
     })
     const openai = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: API_KEY, maxRetries: 0 })
     const file = await Effect.runPromise(upload(openai, [
@@ -149,7 +154,13 @@ describe("the logs of the server process", () => {
       upstreams: [{ name: "default", base_url: sim.url, models: ["*"], max_concurrency: 256 }],
       api_keys: true,
       tracing: null,
+      proxy: { http: "http://127.0.0.1:9/", https: "http://127.0.0.1:9/", no_proxy: "127.0.0.1,localhost,10.0.0.0/8" },
       default_webhook: false
+    })])
+    // Said once (the upstreams' client and the webhooks' are made apart), after the line that names the proxy.
+    expect(lines.filter((l) => l.message.startsWith("NO_PROXY gives"))).toEqual([expect.objectContaining({
+      level: "WARN",
+      message: "NO_PROXY gives 10.0.0.0/8: address ranges are not matched (list the hosts, or their domain as .example.internal): calls to those hosts go through the proxy"
     })])
     expect(event("server.listening")[0]!.message).toContain("; API keys required")
     // Where to point an SDK and a browser; on every interface, this machine's address.

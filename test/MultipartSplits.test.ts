@@ -37,24 +37,30 @@ const cutAt = (body: Buffer, cuts: ReadonlyArray<number>) =>
   [...cuts, body.length].map((end, i) => body.subarray(i === 0 ? 0 : cuts[i - 1], end))
 
 describe("a multipart body cut anywhere", () => {
-  pure("is read whole: every cut, and every two cuts in its last 20 bytes (a boundary ending in dashes, an epilogue of dashes)", () => {
-    for (const boundary of ["----WebKitFormBoundary7MA4YWxk", "abc--"]) {
-      for (const epilogue of ["", "\r\n", "-\r\n"]) {
+  pure("is read whole: every cut, and every two cuts in its last 16 bytes (boundaries of dashes, an epilogue of dashes, text or a part)", () => {
+    const epilogues = ["", "\r\n", "-\r\n", "\r\n\r\n", "\r\nnot the form's\r\n"]
+    const whole = JSON.stringify({ fields: ["purpose=batch"], file: CONTENT })
+    const misread: Array<string> = []
+    for (const boundary of ["----WebKitFormBoundary7MA4YWxk", "abc--", "-".repeat(90)]) {
+      for (const epilogue of [...epilogues, `\r\n--${boundary}\r\nContent-Disposition: form-data; name="x"\r\n\r\ny`]) {
         const body = form(boundary, epilogue)
         const cuts: Array<ReadonlyArray<number>> = []
-        for (let i = 1; i < body.length; i++) cuts.push([i])
-        for (let i = body.length - 20; i < body.length; i++) for (let j = i + 1; j < body.length; j++) cuts.push([i, j])
+        // Every cut of the first body; of the others, those near the end, where the delimiters and epilogue are.
+        const from = boundary.startsWith("----W") && epilogue === "" ? 1 : body.length - 60
+        for (let i = from; i < body.length; i++) cuts.push([i])
+        for (let i = body.length - 16; i < body.length; i++) for (let j = i + 1; j < body.length; j++) cuts.push([i, j])
         for (const at of cuts) {
           const result = parsed(boundary, cutAt(body, at))
-          if (Either.isLeft(result)) expect.fail(`${JSON.stringify([boundary, epilogue, at])}: ${JSON.stringify(result.left)}`)
-          expect(result.right).toEqual({ fields: ["purpose=batch"], file: CONTENT })
+          const read = Either.isLeft(result) ? JSON.stringify(result.left) : JSON.stringify(result.right)
+          if (read !== whole) misread.push(`${JSON.stringify([boundary.slice(0, 12), epilogue, at])}: ${read}`)
         }
       }
     }
+    expect(misread.slice(0, 5)).toEqual([])
   })
 
   pure("a run of dashes longer than any delimiter's is passed on, not held back: the parser's memory stays bounded", () => {
-    const dashes = heldDashes()
+    const dashes = heldDashes(80)
     let given = 0
     for (let i = 0; i < 1000; i++) {
       given += dashes.cut(Buffer.alloc(1000, "-")).length

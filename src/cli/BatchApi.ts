@@ -11,10 +11,12 @@ import type { Batch, BatchCreateParams } from "openai/resources/batches"
 import type { FileObject } from "openai/resources/files"
 import { Context, Duration, Effect, Layer, Option } from "effect"
 import { retryAfterMillis } from "../inference/answers.js"
+import { connectionHint } from "../inference/connectionHints.js"
+import { proxiesOf } from "../inference/proxies.js"
 import { withoutCredentials } from "../observability/urlText.js"
 import { CliFailure, EXIT_FAILED } from "./failure.js"
 import { note } from "./output.js"
-import { streamingFetch } from "./streamingFetch.js"
+import { streamingFetch, throughProxy } from "./streamingFetch.js"
 import type { UpstreamSeen } from "./upstreamNotes.js"
 
 /** Where `npm start` serves (the server's default `HOST` and `PORT`). */
@@ -89,7 +91,7 @@ const transience = (error: unknown): string | undefined =>
   error instanceof APIConnectionTimeoutError
     ? "no answer in time"
     : error instanceof APIConnectionError
-    ? causeOf(error)
+    ? (PROXY_CREDENTIALS.test((error.cause as Error | undefined)?.message ?? "") ? undefined : causeOf(error))
     : error instanceof APIError && error.status !== undefined && (error.status === 408 || error.status === 429 || error.status >= 500)
     ? error.message.slice(0, 200)
     : undefined
@@ -107,6 +109,9 @@ const wrongRoute = (error: APIError) =>
  */
 const otherServers = (error: APIError) => error.status === 404 && error.code == null && !wrongRoute(error)
 
+/** A proxy refusing the credentials it was given: waiting does not mend them. */
+const PROXY_CREDENTIALS = /^Proxy\b.*\(407\)/
+
 /** What a failed call tells the user: the server's own message, or why it could not be reached. */
 const explain = (what: string, connection: Connection) => (error: unknown): CliFailure => {
   // A user and password in the URL are nobody's to read in a terminal or a CI log.
@@ -114,7 +119,7 @@ const explain = (what: string, connection: Connection) => (error: unknown): CliF
   const message = error instanceof APIConnectionTimeoutError
     ? `${what}: ${shown} did not answer in time`
     : error instanceof APIConnectionError
-    ? connectionLine(what, shown, error)
+    ? connectionLine(what, shown, connection.baseUrl, error)
     : error instanceof APIError
     ? `${what}: ${error.message}${error.code ? ` (${error.code})` : ""}` +
       (error.status === 401 && connection.apiKey === undefined ? "; give a key with --api-key or OPENAI_API_KEY" : "") +
@@ -173,9 +178,14 @@ const NOTHING_THERE = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTU
  * Why a call got no answer, with what to do: start a server only when nothing listens there. A server reached over
  * https that speaks http, and a connection lost half-way (an upload cut), were told to start a server.
  */
-const connectionLine = (what: string, shown: string, error: APIConnectionError): string => {
+const connectionLine = (what: string, shown: string, baseUrl: string, error: APIConnectionError): string => {
   const cause = causeOf(error)
   const code = (error.cause as { code?: string } | undefined)?.code ?? ""
+  // Through a proxy: said when the proxy is the one that failed (down, refusing), not the server.
+  const hint = error.cause instanceof Error && throughProxy(baseUrl)
+    ? connectionHint(error.cause, baseUrl, proxiesOf(process.env), Boolean(process.env.NODE_EXTRA_CA_CERTS))
+    : ""
+  if (hint !== "") return `${what}: cannot reach ${shown} (${cause})${hint}`
   if (NOTHING_THERE.has(code)) {
     return `${what}: cannot reach ${shown} (${cause}); start a server with \`openai-batch serve\`, ` +
       "or point --base-url (or OPENAI_BASE_URL) at one"

@@ -16,12 +16,31 @@ import { proxiesOf } from "../inference/proxies.js"
 const INACTIVITY_MS = 300_000
 
 /**
- * Through `HTTPS_PROXY`/`HTTP_PROXY` (`NO_PROXY` exempting hosts), as curl and the Python client go, when one is
- * set: a batch server reached from behind a corporate proxy. Else undici's global dispatcher, straight.
+ * Through `HTTPS_PROXY`/`HTTP_PROXY` (`NO_PROXY` exempting hosts), as the Python client goes, when one is set: a
+ * batch server reached from behind a corporate proxy (an `https:` one through `HTTP_PROXY` when `HTTPS_PROXY` is
+ * unset, as undici takes them). A server on this machine is reached straight, as Go's clients do: a proxy cannot
+ * reach the user's loopback (the default base URL's).
  */
-let chosen: Dispatcher | undefined
-const dispatcher = () =>
-  (chosen ??= proxiesOf(process.env) === undefined ? getGlobalDispatcher() : new EnvHttpProxyAgent({ proxyTunnel: false }))
+let proxied: Dispatcher | undefined
+export const throughProxy = (url: string): boolean => proxiesOf(process.env) !== undefined && !isLoopback(url)
+const dispatcherFor = (url: string): Dispatcher =>
+  throughProxy(url) ? (proxied ??= new EnvHttpProxyAgent({ proxyTunnel: false })) : getGlobalDispatcher()
+
+/** Whether `url` names this machine: `localhost`, an address of 127.0.0.0/8, or `::1`. */
+const isLoopback = (url: string) => {
+  const host = URL.canParse(url) ? new URL(url).hostname : ""
+  return host === "localhost" || host.endsWith(".localhost") || /^127(\.\d{1,3}){3}$/.test(host) || host === "[::1]"
+}
+
+/**
+ * A proxy's refusal, as undici throws it: named `AbortError` (for `Proxy response (407) !== 200 when HTTP
+ * Tunneling`), which the `openai` client takes for a timeout, and retried as one. Given back as a plain error with
+ * the same words and code: a connection error, said as the proxy's (`BatchApi.ts`).
+ */
+const proxyRefusal = (error: unknown): unknown =>
+  error instanceof Error && error.message.startsWith("Proxy ")
+    ? Object.assign(new Error(error.message, { cause: error }), { code: (error as { code?: unknown }).code })
+    : error
 
 const toBody = (body: RequestInit["body"]): string | Uint8Array | Readable | null => {
   if (body == null) return null
@@ -60,8 +79,10 @@ export const streamingFetch = async (input: string | URL | Request, init?: Reque
     body: toBody(init?.body),
     headersTimeout: INACTIVITY_MS,
     bodyTimeout: INACTIVITY_MS,
-    dispatcher: dispatcher(),
+    dispatcher: dispatcherFor(url),
     ...(init?.signal ? { signal: init.signal } : {})
+  }).catch((error: unknown) => {
+    throw proxyRefusal(error)
   })
   const headers = new Headers()
   for (const [name, value] of Object.entries(answer.headers)) {

@@ -43,7 +43,7 @@ export const fromMultipartInvalid = (e: MultipartInvalid): ApiError => {
 const MULTIPART_FAULTS: Partial<Record<MultipartInvalid["reason"], string>> = {
   InvalidBoundary: "the Content-Type's boundary parameter is missing or not a valid boundary",
   BadHeaders: "a part's headers could not be read (each header line ends with CRLF, and an empty line ends them)",
-  InvalidDisposition: "a part's Content-Disposition is not form-data with a name",
+  InvalidDisposition: "a part's Content-Disposition could not be read (form-data, a name, each parameter once)",
   EndNotReached: "it ended before its closing delimiter (--boundary--): cut short, or the boundary in the body is " +
     "not the Content-Type's"
 }

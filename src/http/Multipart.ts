@@ -143,15 +143,18 @@ export const parseFormData = <E>(
         return disposition.right.filename !== undefined
       },
       onField: (info, value) => {
+        if (done) return // a part in the epilogue: not the form's
         const disposition = dispositions.get(info) // none when `isFile` refused the part: the form fails
         if (disposition) events.push({ _tag: "Field", key: disposition.name, value: MP.decodeField(info, value) })
       },
       onFile: (info) => {
+        if (done) return () => {}
         const { filename, name } = dispositions.get(info)! // `isFile` found a filename
         events.push({ _tag: "FileStart", key: name, filename: filename! })
         return (chunk) => events.push(chunk === null ? { _tag: "FileEnd" } : { _tag: "FileChunk", bytes: chunk })
       },
       onError: (error) => {
+        if (done) return // the epilogue, after the closing delimiter: not the form's, and ignored
         failure ??= new MultipartInvalid(
           error._tag === "ReachedLimit" ? { reason: error._tag, limit: error.limit } : { reason: error._tag }
         )
@@ -184,16 +187,17 @@ export const parseFormData = <E>(
       if (!done) failure ??= new MultipartInvalid({ reason: "EndNotReached" })
       return take
     })
-    const dashes = heldDashes()
+    // Longer than any delimiter's dashes: the boundary is within the header (`--`, it, and the closing `--`).
+    const dashes = heldDashes(headers["content-type"]!.length + 4)
+    // What follows the closing delimiter (an epilogue) is not given to the parser, which read it as a part's headers.
+    const write = (piece: Uint8Array) => step(() => done || parser.write(piece))
     return body.pipe(
-      Stream.mapEffect((chunk) => Effect.suspend(() => (step(() => parser.write(dashes.cut(chunk))), take))),
-      Stream.concat(Stream.fromEffect(Effect.suspend(() => (step(() => parser.write(dashes.rest())), end)))),
+      Stream.mapEffect((chunk) => Effect.suspend(() => (write(dashes.cut(chunk)), take))),
+      Stream.concat(Stream.fromEffect(Effect.suspend(() => (write(dashes.rest()), end)))),
       Stream.flattenIterables
     )
   })
 
-/** Longer than any delimiter's dashes: `--`, a boundary of at most 70 characters, the closing `--`. */
-const MOST_DASHES_HELD = 80
 const DASH = 45
 
 /**
@@ -201,17 +205,18 @@ const DASH = 45
  * the first piece it is given after it; a body split between those two dashes (a TCP segment's or a chunk's end,
  * one upload in a few thousand) was refused as unfinished (`EndNotReached`, or `BadHeaders` with a CRLF after).
  * So a piece never ends in a run of dashes: the run is held back and given with the next piece. A run longer than
- * any delimiter's dashes is given as it is: with at least two dashes after any delimiter in it, the end is seen.
+ * `mostHeld` (more than any delimiter's dashes) is given as it is: with two dashes after any delimiter in it, the
+ * end is seen.
  */
-export const heldDashes = () => {
+export const heldDashes = (mostHeld: number) => {
   let held: Uint8Array | undefined
   return {
     /** `chunk` after what was held, less its trailing run of dashes (held for the next). */
     cut: (chunk: Uint8Array): Uint8Array => {
       const piece = held === undefined ? chunk : Buffer.concat([held, chunk])
       let run = 0
-      while (run < piece.length && run <= MOST_DASHES_HELD && piece[piece.length - 1 - run] === DASH) run++
-      held = run === 0 || run > MOST_DASHES_HELD ? undefined : piece.slice(piece.length - run)
+      while (run < piece.length && run <= mostHeld && piece[piece.length - 1 - run] === DASH) run++
+      held = run === 0 || run > mostHeld ? undefined : piece.slice(piece.length - run)
       return held === undefined ? piece : piece.subarray(0, piece.length - run)
     },
     /** What is held at the body's end. */

@@ -34,7 +34,7 @@ import * as UrlParams from "@effect/platform/UrlParams"
 import { type ConfigError, Effect, Either, Layer, Option, type Scope } from "effect"
 import { Agent, type Dispatcher, EnvHttpProxyAgent } from "undici"
 import { currentAnswerHold } from "./answerMemory.js"
-import { proxiesOf, proxyProblem, unmatchedNoProxy } from "./proxies.js"
+import { proxiesOf, proxyProblem } from "./proxies.js"
 import { Call, type ClientOptions, type Limits } from "./upstreamCall.js"
 
 /** The client's options, and how its errors tell what failed (each call is an `upstreamCall.ts` `Call`). */
@@ -132,19 +132,14 @@ export const make = (dispatcher: Dispatcher, options: ClientOptions): HttpClient
 export const dispatcher: Effect.Effect<Dispatcher, ConfigError.ConfigError, Scope.Scope> = Effect.suspend(() => {
   const problem = proxyProblem(process.env)
   if (problem !== undefined) return Effect.fail(problem)
-  const unmatched = unmatchedNoProxy(process.env)
-  const warned = unmatched.length === 0 ? Effect.void : Effect.logWarning(
-    `NO_PROXY gives ${unmatched.join(", ")}: address ranges are not matched (list the hosts, or their domain as ` +
-      ".example.internal): calls to those hosts go through the proxy"
-  )
-  return Effect.zipRight(warned, Effect.acquireRelease(
+  return Effect.acquireRelease(
     Effect.sync((): Dispatcher =>
       proxiesOf(process.env) !== undefined
         ? new EnvHttpProxyAgent({ proxyTunnel: false }) // plain `http:` calls in absolute form, as curl sends them
         : new Agent()
     ),
     (dispatcher) => Effect.promise(() => dispatcher.destroy())
-  ))
+  )
 })
 
 /** `dispatcher` and `make`, as a layer. */

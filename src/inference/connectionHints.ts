@@ -28,23 +28,31 @@ const proxyOf = (url: string, proxies: Proxies) => {
 }
 
 /**
- * `"; …"` to add to the text of `error`, a failed call to `url` (`proxies`: those set), or `""` when its words say
- * enough. A proxy is named without its credentials.
+ * `"; …"` to add to the text of `error`, a failed call to `url` (`proxies`: those set; `extraCaCerts`: whether
+ * `NODE_EXTRA_CA_CERTS` is set), or `""` when its words say enough. A proxy is named without its credentials.
  */
-export const connectionHint = (error: Error, url: string, proxies: Proxies | undefined): string => {
+export const connectionHint = (error: Error, url: string, proxies: Proxies | undefined, extraCaCerts = false): string => {
   const { code, address, hostname, port } = error as { code?: unknown; address?: unknown; hostname?: unknown; port?: unknown }
   const proxy = proxies === undefined ? undefined : proxyOf(url, proxies)
   const refusal = PROXY_REFUSAL.exec(error.message)
   if (refusal !== null) {
-    return refusal[1] === "407"
+    const status = Number(refusal[1])
+    const theProxy = `the proxy${proxy === undefined ? "" : ` at ${proxy.url}`}`
+    return status === 407
       ? "; the proxy refused its credentials: check the user and password in HTTPS_PROXY or HTTP_PROXY (percent-encoded)"
-      : `; the proxy${proxy === undefined ? "" : ` at ${proxy.url}`} refused the connection (its answer, not the upstream's)`
+      : status >= 500
+      ? `; ${theProxy} could not reach the upstream (its answer, ${status}): is the upstream up, and reachable from the proxy?`
+      : `; ${theProxy} refused the connection (its answer, ${status}, not the upstream's)`
   }
   if (typeof code === "string" && UNTRUSTED_CERTIFICATE.has(code)) {
-    // An `http:` upstream has no certificate: the one refused is its `https:` proxy's.
-    const whose = url.startsWith("http:") && proxy !== undefined ? `the proxy's (${proxy.url})` : "its"
-    return `; ${whose} TLS certificate is signed by a CA this server does not trust: for a private CA, start the ` +
-      "server with NODE_EXTRA_CA_CERTS naming a PEM file of it"
+    // An `http:` upstream has no certificate: the one refused is its `https:` proxy's; behind an `https:` proxy, an
+    // `https:` upstream's may be either (undici's error does not say which).
+    const proxied = proxy?.url.startsWith("https:") === true
+    const whose = !proxied ? "its" : url.startsWith("http:") ? `the proxy's (${proxy.url})` : `its or the proxy's (${proxy.url})`
+    const trust = extraCaCerts
+      ? "the file NODE_EXTRA_CA_CERTS names does not hold that CA (Node read it at start)"
+      : "for a private CA, start the server with NODE_EXTRA_CA_CERTS naming a PEM file of it"
+    return `; ${whose} TLS certificate is signed by a CA this server does not trust: ${trust}`
   }
   if (proxy !== undefined && reachedProxy(url, proxy, address ?? hostname, port)) {
     return `; that is the proxy (${proxy.url}, from HTTPS_PROXY or HTTP_PROXY), not the upstream`

@@ -238,7 +238,7 @@ export class Call implements Dispatcher.DispatchHandler {
 
   onError(error: Error) {
     const code = (error as { code?: unknown }).code
-    const hint = connectionHint(error, this.request.url, this.limits.proxies)
+    const hint = connectionHint(error, this.request.url, this.limits.proxies, Boolean(process.env.NODE_EXTRA_CA_CERTS))
     this.fail(kindOf(code, this.sent), `${error.message}${typeof code === "string" ? ` (${code})` : ""}${hint}`, error)
   }
 

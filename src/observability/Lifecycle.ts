@@ -8,7 +8,7 @@ import { Context, Duration, Effect, Layer, Option } from "effect"
 import { Auth } from "../auth/Auth.js"
 import { AppConfig, type AppConfigShape, runsBatches } from "../Config.js"
 import { DEFAULT_PROJECT } from "../domain/Projects.js"
-import { type Proxies, proxiesOf } from "../inference/proxies.js"
+import { type Proxies, proxiesOf, unmatchedNoProxy } from "../inference/proxies.js"
 import { Inference } from "../inference/Inference.js"
 import type { UpstreamSpec } from "../upstreams/UpstreamSpec.js"
 import { describeDatabase, Readiness, type ReadinessShape } from "./Readiness.js"
@@ -154,6 +154,13 @@ export const ServerLifecycleLive: Layer.Layer<
     const address = addressUrl(server.address)
     const { fields, message } = listeningLine(address, config, auth.required, upstreams, tracesUrl, proxiesOf(process.env), readiness.database)
     yield* Effect.annotateLogs(Effect.logInfo(message), fields)
+    const unmatched = unmatchedNoProxy(process.env)
+    if (unmatched.length > 0) {
+      yield* Effect.logWarning(
+        `NO_PROXY gives ${unmatched.join(", ")}: address ranges are not matched (list the hosts, or their domain as ` +
+          ".example.internal): calls to those hosts go through the proxy"
+      )
+    }
     const keyProjects = auth.required ? (yield* auth.summary).projectNames : []
     for (const { projects, upstream } of upstreamProjectsWithoutKey(upstreams ?? [], auth.required, keyProjects)) {
       yield* Effect.logWarning(
