@@ -38,6 +38,7 @@ import { makeValidating } from "./validating.js"
 import { makeSupervision } from "./supervision.js"
 import { unserved } from "./unservedModel.js"
 import { runValidatingCap } from "./validatingCap.js"
+import { untilClockReads } from "./untilClockReads.js"
 import { nodeLease, WorkLeases } from "./WorkLeases.js"
 
 export interface BatchRunnerShape {
@@ -241,7 +242,7 @@ export const make = Effect.gen(function*() {
             // The expiry ends the wait for a permit (or for the upstream) too; the next round then finishes the
             // batch as expired. Interrupted, its fibers end before the batch's leases are given back.
             const turn = (validatingNow ? validateThenRun(record) : run(record)).pipe(
-              Effect.raceFirst(Effect.as(Effect.sleep(Duration.millis(remaining)), true)),
+              Effect.raceFirst(Effect.as(untilClockReads(batch.expires_at * 1000), true)),
               childrenEndFirst
             )
             const progressed = yield* (validatingNow ? cap.counted(record.project, turn) : turn)
