@@ -225,7 +225,8 @@ describe.concurrent("server process", () => {
         await waitFor(() => stdout.includes('"event":"server.config_unknown"'), "the misspelt variable's warning", 5_000)
         const unknown = stdout.split("\n").filter((l) => l.includes('"event":"server.config_unknown"')).map((l) => JSON.parse(l))
         expect(unknown.map((l) => [l.variable, l.setting])).toContainEqual(["MAX_CONCURENT_BATCHES", "MAX_CONCURRENT_BATCHES"])
-        expect(stdout).toMatch(/"event":"server\.config_service_link"[^\n]*"variable":"METRICS_PORT"/)
+        // Said after the misspelt variables': its line may come in a later chunk of the pipe.
+        await waitFor(() => /"event":"server\.config_service_link"[^\n]*"variable":"METRICS_PORT"/.test(stdout), "the service link's warning", 5_000)
         // The files the built server reads beside its code: the dashboard's (`ui/`) and the docs page's script; and
         // the metrics, on the main port.
         for (const path of ["/ui", "/ui/app.js", "/docs", "/metrics"]) {

@@ -74,8 +74,9 @@ const startOn = async (env: Record<string, string>, listenPort: number): Promise
     stdout += d
   })
   child.stderr!.on("data", (d) => (output += d))
+  // "close", not "exit": the exit can come before the last of its output is read (a test then missed its last line).
   const exited = new Promise<number | string>((resolve) =>
-    child.once("exit", (code, signal) => resolve(code ?? signal ?? -1))
+    child.once("close", (code, signal) => resolve(code ?? signal ?? -1))
   )
   const url = `http://127.0.0.1:${listenPort}`
   const deadline = Date.now() + 30_000
