@@ -8,7 +8,7 @@ import { Cause, type ConfigError, Effect, Option } from "effect"
 import { AppConfig } from "./Config.js"
 import { DURATION_EXAMPLES } from "./durationText.js"
 import { describeDatabase } from "./observability/Readiness.js"
-import { rootMessage, storageFault } from "./storage/Faults.js"
+import { privilegeMissing, rootMessage, storageFault } from "./storage/Faults.js"
 import { NodeIdInUse } from "./storage/NodeIdLock.js"
 import { SessionPoolingRequired, Utf8DatabaseRequired } from "./storage/pgSessions.js"
 import { BatchesRunElsewhere } from "./storage/SqliteRunnerLock.js"
@@ -56,6 +56,8 @@ const PRIVILEGES = "the role needs SELECT, INSERT, UPDATE and DELETE on the serv
 const pgHint = (driver: string) =>
   /no schema has been selected to create in/.test(driver) ? ` (${NO_SCHEMA})`
   : /too many connections|remaining connection slots/.test(driver) ? `; ${CONNECTIONS}`
+  : /permission denied for database/.test(driver) ? "; the role needs CONNECT on it (GRANT CONNECT ON DATABASE … TO the role)"
+  : /permission denied for schema/.test(driver) ? "; the role needs USAGE on it (GRANT USAGE ON SCHEMA … TO the role)"
   : /permission denied for|must be owner of/.test(driver) ? `; ${PRIVILEGES}`
   : ""
 
@@ -98,8 +100,9 @@ export const startFaultLine = (cause: Cause.Cause<unknown>) =>
     // A full disk under a new database fails its first statement (a defect, or a migration), and a database that
     // stops answering fails whichever comes first (a stack dump of the bundle said it): said as plainly.
     const fault = storageFault(cause)
-    if (Option.isSome(failed) || fault === undefined) return failed
     const driver = rootMessage(Cause.squash(cause))
+    if (Option.isNone(failed) && privilegeMissing(cause)) return Option.some(cannotUse(`it takes no write (${driver})${withHint(driver)}`))
+    if (Option.isSome(failed) || fault === undefined) return failed
     return Option.some(cannotUse(
       fault === "capacity" ? `its disk is full (${driver})`
       : fault === "refused" ? `it takes no write (${driver})${withHint(driver)}`

@@ -135,7 +135,7 @@ describe("the openai-batch command line's files", () => {
         HTTP_PROXY: at, http_proxy: at, NO_PROXY: "", no_proxy: ""
       })
       expect(gone.code).toBe(1)
-      expect(gone.stderr).toMatch(/cannot reach http:\/\/batches\.test:1\/v1 \(ECONNREFUSED\); that is the proxy \(http:\/\/127\.0\.0\.1:\d+, from HTTPS_PROXY or HTTP_PROXY\), not the upstream/)
+      expect(gone.stderr).toMatch(/cannot reach http:\/\/batches\.test:1\/v1 \(ECONNREFUSED\); that is the proxy \(http:\/\/127\.0\.0\.1:\d+, from HTTPS_PROXY or HTTP_PROXY\), not the server/)
     }))
 
   it.live("status, list, download, cancel: their outputs and exit codes", () =>

@@ -42,7 +42,8 @@ describe("a multipart body cut anywhere", () => {
     const whole = JSON.stringify({ fields: ["purpose=batch"], file: CONTENT })
     const misread: Array<string> = []
     for (const boundary of ["----WebKitFormBoundary7MA4YWxk", "abc--", "-".repeat(90)]) {
-      for (const epilogue of [...epilogues, `\r\n--${boundary}\r\nContent-Disposition: form-data; name="x"\r\n\r\ny`]) {
+      const parts = [`\r\n--${boundary}\r\nContent-Disposition: form-data; name="x"\r\n\r\ny`, `\r\n--${boundary}\r\nContent-Type: text/plain\r\n\r\nx\r\n`]
+      for (const epilogue of [...epilogues, ...parts]) {
         const body = form(boundary, epilogue)
         const cuts: Array<ReadonlyArray<number>> = []
         // Every cut of the first body; of the others, those near the end, where the delimiters and epilogue are.

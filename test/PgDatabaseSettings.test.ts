@@ -2,7 +2,7 @@
  * A PostgreSQL set up by a strict DBA (a locked-down database trial): a database not in UTF-8 is refused at start
  * (it failed every batch at its end); a default of `serializable` does not reach the service's transactions (each
  * failed as a batch fault); a start with nothing to migrate does not wait for a backup's locks; a privilege taken
- * away is a storage fault (a 503, batches waiting), not a 500.
+ * away is a 503 for a request, not a 500, and said at start with what the role needs.
  */
 import * as Reactivity from "@effect/experimental/Reactivity"
 import * as SqlClient from "@effect/sql/SqlClient"
@@ -12,7 +12,7 @@ import { Cause, Context, Effect, Layer, Option, Redacted } from "effect"
 import { randomBytes } from "node:crypto"
 import { AppConfig } from "../src/Config.js"
 import { startFaultLine } from "../src/startFaultLines.js"
-import { storageFault } from "../src/storage/Faults.js"
+import { privilegeMissing, storageFault } from "../src/storage/Faults.js"
 import { MIGRATIONS_TABLE } from "../src/storage/migrationsTable.js"
 import { Utf8DatabaseRequired } from "../src/storage/pgSessions.js"
 import { layerPg } from "../src/storage/Sql.js"
@@ -54,6 +54,15 @@ describe("a PostgreSQL as a DBA set it up", () => {
     Effect.gen(function*() {
       const strict = yield* scratchDatabase("")
       yield* onDatabase(`ALTER DATABASE ${strict.name} SET default_transaction_isolation = 'serializable'`)
+      const beforeMigrating: Array<string> = []
+      // From the first statement on: the node's lock and the migrations too.
+      const before = yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql<{ transaction_isolation: string }>`SHOW transaction_isolation`).pipe(
+        Effect.provide(layerPg(Redacted.make(strict.url), {}, Layer.effectDiscard(Effect.flatMap(SqlClient.SqlClient, (sql) =>
+          Effect.flatMap(sql<{ transaction_isolation: string }>`SHOW transaction_isolation`, (rows) =>
+            Effect.sync(() => void beforeMigrating.push(rows[0]!.transaction_isolation))))))),
+        Effect.scoped
+      )
+      expect([beforeMigrating, before.map((row) => row.transaction_isolation)]).toEqual([["read committed"], ["read committed"]])
       const sql = yield* started(strict.url)
       const isolations = yield* Effect.all(
         Array.from({ length: 4 }, () => sql.withTransaction(sql<{ transaction_isolation: string }>`SHOW transaction_isolation`)),
@@ -77,7 +86,7 @@ describe("a PostgreSQL as a DBA set it up", () => {
       yield* connection.executeRaw("ROLLBACK", [])
     }).pipe(Effect.provide(Reactivity.layer)), 30_000)
 
-  it.scoped("a privilege taken away is a storage fault (refused: the request a 503, the batch waiting), said with what the role needs", () =>
+  it.scoped("a privilege taken away is told apart (the request a 503, not a storage fault a batch waits out), said with what the role needs", () =>
     Effect.gen(function*() {
       const { schema, url } = yield* createScratchSchema("settings")
       const role = `${schema}_app`
@@ -88,7 +97,7 @@ describe("a PostgreSQL as a DBA set it up", () => {
       asRole.username = role
       const sql = yield* started(asRole.toString()) // nothing to migrate: reading is enough to start
       const refused = yield* Effect.flip(sql`INSERT INTO files (id, bytes, created_at, filename, purpose) VALUES ('file-x', 1, 1, 'x', 'batch')`)
-      expect(storageFault(Cause.fail(refused))).toBe("refused")
+      expect([privilegeMissing(Cause.fail(refused)), storageFault(Cause.fail(refused))]).toEqual([true, undefined])
       const line = yield* startFaultLine(Cause.die(refused)).pipe(Effect.provide(AppConfig.layerWith({ databaseUrl: Option.some(Redacted.make(url)) })))
       expect(Option.getOrThrow(line)).toMatch(/it takes no write \(permission denied for table files\); the role needs SELECT, INSERT, UPDATE and DELETE/)
     }).pipe(Effect.provide(Reactivity.layer)), 30_000)

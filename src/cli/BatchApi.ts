@@ -183,7 +183,7 @@ const connectionLine = (what: string, shown: string, baseUrl: string, error: API
   const code = (error.cause as { code?: string } | undefined)?.code ?? ""
   // Through a proxy: said when the proxy is the one that failed (down, refusing), not the server.
   const hint = error.cause instanceof Error && throughProxy(baseUrl)
-    ? connectionHint(error.cause, baseUrl, proxiesOf(process.env), Boolean(process.env.NODE_EXTRA_CA_CERTS))
+    ? connectionHint(error.cause, baseUrl, proxiesOf(process.env), Boolean(process.env.NODE_EXTRA_CA_CERTS), "server")
     : ""
   if (hint !== "") return `${what}: cannot reach ${shown} (${cause})${hint}`
   if (NOTHING_THERE.has(code)) {

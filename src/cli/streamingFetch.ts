@@ -26,10 +26,11 @@ export const throughProxy = (url: string): boolean => proxiesOf(process.env) !==
 const dispatcherFor = (url: string): Dispatcher =>
   throughProxy(url) ? (proxied ??= new EnvHttpProxyAgent({ proxyTunnel: false })) : getGlobalDispatcher()
 
-/** Whether `url` names this machine: `localhost`, an address of 127.0.0.0/8, or `::1`. */
+/** Whether `url` names this machine: `localhost` (a subdomain of it too), an address of 127.0.0.0/8, or `::1`. */
 const isLoopback = (url: string) => {
-  const host = URL.canParse(url) ? new URL(url).hostname : ""
-  return host === "localhost" || host.endsWith(".localhost") || /^127(\.\d{1,3}){3}$/.test(host) || host === "[::1]"
+  const host = (URL.canParse(url) ? new URL(url).hostname : "").replace(/\.$/, "")
+  return host === "localhost" || host.endsWith(".localhost") || /^127(\.\d{1,3}){3}$/.test(host) || host === "[::1]" ||
+    /^\[::ffff:(127\.\d{1,3}\.\d{1,3}\.\d{1,3}|7f[0-9a-f]{2}:[0-9a-f]{1,4})\]$/.test(host)
 }
 
 /**

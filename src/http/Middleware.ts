@@ -12,7 +12,7 @@ import { Cause, Effect, FiberRef, Option } from "effect"
 import { type ApiError, databaseUnavailable, insufficientStorage, invalidRequest, payloadTooLarge, serverError, storageNotWritable } from "../domain/Errors.js"
 import { echo } from "../domain/Text.js"
 import { saidWithin } from "../observability/saidWithin.js"
-import { rootMessage, storageFault } from "../storage/Faults.js"
+import { privilegeMissing, rootMessage, storageFault } from "../storage/Faults.js"
 import { OpenAIApi } from "./Api.js"
 import type { MultipartInvalid } from "./Multipart.js"
 import { MAX_JSON_DEPTH } from "../domain/Json.js"
@@ -83,7 +83,7 @@ const toApiError = (cause: Cause.Cause<unknown>): Option.Option<ApiError> => {
         ? insufficientStorage()
         : storage === "unavailable"
         ? databaseUnavailable()
-        : storage === "refused"
+        : storage === "refused" || privilegeMissing(cause)
         ? storageNotWritable()
         : serverError()
     )

@@ -134,6 +134,7 @@ export const parseFormData = <E>(
       ...limits,
       // Any part with a filename is a file (no exception for JSON content types, unlike the platform default).
       isFile: (info) => {
+        if (done) return false // a part in the epilogue: not the form's (its headers not read)
         const disposition = partDisposition(info.headers["content-disposition"])
         if (Either.isLeft(disposition)) {
           failure ??= disposition.left

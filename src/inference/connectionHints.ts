@@ -29,9 +29,16 @@ const proxyOf = (url: string, proxies: Proxies) => {
 
 /**
  * `"; …"` to add to the text of `error`, a failed call to `url` (`proxies`: those set; `extraCaCerts`: whether
- * `NODE_EXTRA_CA_CERTS` is set), or `""` when its words say enough. A proxy is named without its credentials.
+ * `NODE_EXTRA_CA_CERTS` is set; `target`: what the call was for, an upstream or, for the CLI, the batch server), or
+ * `""` when its words say enough. A proxy is named without its credentials.
  */
-export const connectionHint = (error: Error, url: string, proxies: Proxies | undefined, extraCaCerts = false): string => {
+export const connectionHint = (
+  error: Error,
+  url: string,
+  proxies: Proxies | undefined,
+  extraCaCerts = false,
+  target: "upstream" | "server" = "upstream"
+): string => {
   const { code, address, hostname, port } = error as { code?: unknown; address?: unknown; hostname?: unknown; port?: unknown }
   const proxy = proxies === undefined ? undefined : proxyOf(url, proxies)
   const refusal = PROXY_REFUSAL.exec(error.message)
@@ -41,8 +48,8 @@ export const connectionHint = (error: Error, url: string, proxies: Proxies | und
     return status === 407
       ? "; the proxy refused its credentials: check the user and password in HTTPS_PROXY or HTTP_PROXY (percent-encoded)"
       : status >= 500
-      ? `; ${theProxy} could not reach the upstream (its answer, ${status}): is the upstream up, and reachable from the proxy?`
-      : `; ${theProxy} refused the connection (its answer, ${status}, not the upstream's)`
+      ? `; ${theProxy} could not reach the ${target} (its answer, ${status}): is the ${target} up, and reachable from the proxy?`
+      : `; ${theProxy} refused the connection (its answer, ${status}, not the ${target}'s)`
   }
   if (typeof code === "string" && UNTRUSTED_CERTIFICATE.has(code)) {
     // An `http:` upstream has no certificate: the one refused is its `https:` proxy's; behind an `https:` proxy, an
@@ -55,7 +62,7 @@ export const connectionHint = (error: Error, url: string, proxies: Proxies | und
     return `; ${whose} TLS certificate is signed by a CA this server does not trust: ${trust}`
   }
   if (proxy !== undefined && reachedProxy(url, proxy, address ?? hostname, port)) {
-    return `; that is the proxy (${proxy.url}, from HTTPS_PROXY or HTTP_PROXY), not the upstream`
+    return `; that is the proxy (${proxy.url}, from HTTPS_PROXY or HTTP_PROXY), not the ${target}`
   }
   return ""
 }

@@ -11,8 +11,7 @@
  *                bytes on a full disk or over quota), PostgreSQL SQLSTATE `53100` (disk_full).
  *   refused      the storage takes no write for now: errno `EROFS` (a file system mounted read-only, as Linux
  *                remounts one after errors), `EACCES` / `EPERM` (permissions taken away), SQLite `SQLITE_READONLY`
- *                and its extended codes, PostgreSQL `25006` (a standby after a failover) and `42501` (a privilege
- *                missing) under an `SqlError`. Waited out as the others (an operator puts it right): a batch whose
+ *                and its extended codes, PostgreSQL `25006` under an `SqlError` (a standby after a failover). Waited out as the others (an operator puts it right): a batch whose
  *                output file met a read-only `DATA_DIR` failed for good, its results unreachable by the API.
  *   unavailable  the database cannot serve for now, only when met under an `SqlError`: PostgreSQL `53000`
  *                (insufficient_resources), `53200` (out_of_memory), `53300` (too_many_connections), `08000`,
@@ -31,11 +30,8 @@ export type StorageFault = "capacity" | "refused" | "unavailable"
 
 const capacityCodes = new Set(["SQLITE_FULL", "SQLITE_IOERR_SHMSIZE", "ENOSPC", "EDQUOT", "53100"])
 const refusedCodes = new Set(["EROFS", "EACCES", "EPERM", "SQLITE_READONLY"])
-/**
- * PostgreSQL's read_only_sql_transaction (a server in recovery, a failover onto a standby) and
- * insufficient_privilege (a grant taken away, or a table a later release added without `ALTER DEFAULT PRIVILEGES`).
- */
-const refusedSqlCodes = new Set(["25006", "42501"])
+/** PostgreSQL's read_only_sql_transaction: a server in recovery, a failover onto a standby. */
+const refusedSqlCodes = new Set(["25006"])
 
 /** Codes that mean "unavailable" only when they come from the SQL client (a socket error elsewhere is not one). */
 const unavailableSqlCodes = new Set([
@@ -115,6 +111,22 @@ export const storageFault = (cause: Cause.Cause<unknown>): StorageFault | undefi
   }
   return found
 }
+
+/** Whether `u`, or an error along its `.cause` chain, is an `SqlError` or under one, with the code `code`. */
+const sqlCodeIn = (u: unknown, code: string, underSql: boolean, depth: number): boolean => {
+  if (typeof u !== "object" || u === null || depth > MAX_DEPTH) return false
+  const sql = underSql || field(u, "_tag") === "SqlError"
+  return (sql && field(u, "code") === code) || sqlCodeIn(field(u, "cause"), code, sql, depth + 1)
+}
+
+/**
+ * Whether the cause holds PostgreSQL's insufficient_privilege (`42501`): a grant taken away, or a table a later
+ * release added without `ALTER DEFAULT PRIVILEGES`. Not a storage fault a batch waits out: its reads still work, so
+ * each retry sent a window of requests upstream again before its writes were refused (every 30 s, for as long as
+ * it lasted). A request that meets it gets a 503 (`Middleware.ts`); a start says what the role needs.
+ */
+export const privilegeMissing = (cause: Cause.Cause<unknown>): boolean =>
+  [...Cause.failures(cause), ...Cause.defects(cause)].some((error) => sqlCodeIn(error, "42501", false, 0))
 
 /** Whether the cause holds a capacity fault: no space left to write (disk, quota or database full). */
 export const isCapacityFault = (cause: Cause.Cause<unknown>): boolean => storageFault(cause) === "capacity"

@@ -23,7 +23,7 @@ import { type DatabasePlace, runMigrations } from "./migrationsTable.js"
 import { makePool, type PoolOptions, type StatementBound } from "./pgPool.js"
 import { sqliteReadConnection } from "./ReadConnection.js"
 import { rootMessage } from "./Faults.js"
-import { refuseUnfitPostgres } from "./pgSessions.js"
+import { refuseOtherEncodings, refuseSharedSessionsOf } from "./pgSessions.js"
 import { lockWaitingConnection, lockWaitingTransaction, SQLITE_BUSY_TIMEOUT_MS } from "./sqliteLocks.js"
 
 /**
@@ -43,6 +43,7 @@ export const migrationsAt = (place?: DatabasePlace) => Layer.effectDiscard(Effec
   yield* sql.onDialectOrElse({
     pg: () =>
       Effect.scoped(Effect.gen(function*() {
+        yield* refuseOtherEncodings(sql)
         const connection = yield* sql.reserve
         yield* connection.executeRaw(`SELECT pg_advisory_lock(${MIGRATION_LOCK})`, [])
         yield* Effect.ensuring(
@@ -247,8 +248,8 @@ const PgLive = (options: PoolOptions, bound: StatementBound) =>
  */
 const PG_CONNECT_TIMEOUT = Duration.seconds(5)
 
-/** A start refused on a PostgreSQL whose sessions a pooler shares, or not in UTF-8 (`pgSessions.ts`). */
-const FitPostgresRequired = Layer.effectDiscard(Effect.flatMap(SqlClient.SqlClient, refuseUnfitPostgres))
+/** A start refused on a PostgreSQL whose sessions a pooler shares (`pgSessions.ts`). */
+const OwnSessionsRequired = Layer.effectDiscard(Effect.flatMap(SqlClient.SqlClient, refuseSharedSessionsOf))
 
 /**
  * Postgres at `url`, migrated (several nodes may start at once: they take turns through an advisory lock);
@@ -268,7 +269,7 @@ export const layerPg = <E = never, R = never>(
   return boundOnceMigrated.pipe(
     Layer.provideMerge(migrationsAt({ text: postgresText(Redacted.value(url)), setting: "DATABASE_URL" }).pipe(
       Layer.provide(beforeMigrating),
-      Layer.provide(FitPostgresRequired) // before the locks, which a shared session would keep for others
+      Layer.provide(OwnSessionsRequired) // before the locks, which a shared session would keep for others
     )),
     Layer.provideMerge(PgLive({
       url: Redacted.value(url),

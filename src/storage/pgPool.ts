@@ -52,19 +52,21 @@ const boundedClient = (bound: StatementBound, endSession: (pid: number) => void)
       // a statement, not a startup parameter, which PgBouncer refuses unless told to ignore it. The connection's
       // server process is asked in the same query, once: the statements it may have to end come after it (a second
       // query ahead, one more queued, made pg warn that it will refuse that).
-      if (ms > 0 && idleBounds.get(this) !== ms && this.getTransactionStatus() === "I") {
-        idleBounds.set(this, ms)
-        const askProcess = !askedProcess.has(this)
+      const first = !askedProcess.has(this)
+      const bounding = ms > 0 && idleBounds.get(this) !== ms
+      if ((first || bounding) && this.getTransactionStatus() === "I") {
+        if (bounding) idleBounds.set(this, ms)
         askedProcess.add(this)
-        // Read committed, whatever the role's or database's default: the service's transactions are written for it
-        // (under `serializable` they failed with "could not serialize access", each a batch's fault and retry).
-        const once = "; SET default_transaction_isolation = 'read committed'; SELECT pg_backend_pid() AS pid"
-        const ahead = `SET idle_in_transaction_session_timeout = ${ms}${askProcess ? once : ""}`
+        // Read committed, whatever the role's or database's default, from the first statement on (the migrations'
+        // and the node's lock's too): the service's transactions are written for it (under `serializable` they
+        // failed with "could not serialize access", each a batch's fault and retry).
+        const once = "SET default_transaction_isolation = 'read committed'; SELECT pg_backend_pid() AS pid"
+        const ahead = [bounding ? `SET idle_in_transaction_session_timeout = ${ms}` : "", first ? once : ""].filter((s) => s !== "").join("; ")
         // A broken connection fails the next statement.
         query.call(this, ahead, (error: Error | null, result?: unknown) => {
           const last = (Array.isArray(result) ? result.at(-1) : result) as { rows?: Array<{ pid?: unknown }> } | undefined
           const pid = last?.rows?.[0]?.pid
-          if (askProcess && error === null && typeof pid === "number") serverProcesses.set(this, pid)
+          if (first && error === null && typeof pid === "number") serverProcesses.set(this, pid)
         })
       }
       if (ms <= 0 || typeof callback !== "function") return query.apply(this, args)

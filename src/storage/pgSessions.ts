@@ -1,6 +1,7 @@
 /**
- * What a PostgreSQL must be for the service, checked at start before anything is done on it: sessions of its own,
- * and UTF-8 (`Utf8DatabaseRequired`, below).
+ * What a PostgreSQL must be for the service, checked at start: sessions of its own, before anything is done on it,
+ * and UTF-8 (`Utf8DatabaseRequired`, below), before the migrations (an app's own client migrated with
+ * `MigrationsLive` is checked too).
  *
  * A PostgreSQL reached through a pooler that hands a server session to another client at each transaction's or
  * statement's end (PgBouncer's `pool_mode = transaction` or `statement`) is refused at start. Why: the service keeps
@@ -59,15 +60,13 @@ export class Utf8DatabaseRequired extends Data.TaggedError("Utf8DatabaseRequired
   }
 }
 
-const refuseOtherEncodings = (sql: SqlClient.SqlClient) =>
+/** Fails with `Utf8DatabaseRequired` unless the database is in UTF-8 (run with the migrations: `Sql.ts`). */
+export const refuseOtherEncodings = (sql: SqlClient.SqlClient) =>
   Effect.flatMap(sql<{ server_encoding: string }>`SHOW server_encoding`, (rows) => {
     const encoding = String(rows[0]?.server_encoding)
     return encoding === "UTF8" ? Effect.void : Effect.fail(new Utf8DatabaseRequired({ encoding }))
   })
 
-/** The checks of a PostgreSQL before anything is done on it: sessions of its own (`refuseSharedSessions`), UTF-8. */
-export const refuseUnfitPostgres = (sql: SqlClient.SqlClient) =>
-  sql.onDialectOrElse({
-    pg: () => Effect.zipRight(refuseSharedSessions(sql.reserve), refuseOtherEncodings(sql)),
-    orElse: () => Effect.void
-  })
+/** `refuseSharedSessions` on `sql`'s pool, when it is PostgreSQL's. */
+export const refuseSharedSessionsOf = (sql: SqlClient.SqlClient) =>
+  sql.onDialectOrElse({ pg: () => refuseSharedSessions(sql.reserve), orElse: () => Effect.void })
