@@ -17,6 +17,7 @@ import { MIGRATIONS_TABLE } from "../src/storage/migrationsTable.js"
 import { Utf8DatabaseRequired } from "../src/storage/pgSessions.js"
 import { layerPg } from "../src/storage/Sql.js"
 import { createScratchSchema, dropScratchSchema, onDatabase, testDatabaseUrl } from "./support/Postgres.js"
+import { baseUrl, testApp } from "./support/TestApp.js"
 
 /** A database of its own made with `options` (dropped with the scope), and its URL. */
 const scratchDatabase = (options: string) =>
@@ -100,5 +101,17 @@ describe("a PostgreSQL as a DBA set it up", () => {
       expect([privilegeMissing(Cause.fail(refused)), storageFault(Cause.fail(refused))]).toEqual([true, undefined])
       const line = yield* startFaultLine(Cause.die(refused)).pipe(Effect.provide(AppConfig.layerWith({ databaseUrl: Option.some(Redacted.make(url)) })))
       expect(Option.getOrThrow(line)).toMatch(/it takes no write \(permission denied for table files\); the role needs SELECT, INSERT, UPDATE and DELETE/)
+
+      // A node of a role refused only that: an upload gets the 503 of storage that refuses the server, not a 500.
+      yield* onDatabase(`GRANT INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA ${schema} TO ${role}; ` +
+        `GRANT USAGE ON ALL SEQUENCES IN SCHEMA ${schema} TO ${role}; REVOKE INSERT ON ${schema}.files FROM ${role}`)
+      const app = yield* Layer.build(testApp({ databaseUrl: Option.some(Redacted.make(asRole.toString())) }, "postgres"))
+      const base = yield* Effect.provide(baseUrl, app)
+      const form = new FormData()
+      form.append("purpose", "batch")
+      form.append("file", new Blob(['{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{}}\n']), "a.jsonl")
+      const answer = yield* Effect.promise(() => fetch(`${base}/v1/files`, { method: "POST", body: form }))
+      expect(answer.status).toBe(503)
+      expect((yield* Effect.promise(() => answer.json() as Promise<{ error: { code: string } }>)).error.code).toBe("storage_unavailable")
     }).pipe(Effect.provide(Reactivity.layer)), 30_000)
 })
