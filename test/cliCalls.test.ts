@@ -62,6 +62,24 @@ const recorded = <A, E, R>(effect: Effect.Effect<A, E, R>, lines: Array<string>)
 
 const fastWatch = { mode: "plain", interval: Duration.millis(20), retryFor: Duration.seconds(20) } as const
 
+/**
+ * A fast watch of a server whose polls find the batch as `polls` has it, one after another (the last one from then on),
+ * and whose `GET /v1/upstreams` is answered by `upstreams` (told how often it was asked before): the watch's last
+ * batch, its notes, and how often the upstreams were asked.
+ */
+const watchedWith = (polls: ReadonlyArray<Batch>, upstreams: (res: ServerResponse, asked: number) => void) =>
+  Effect.gen(function*() {
+    const server = yield* scriptedServer
+    const api = Layer.merge(batchApiLayer({ baseUrl: server.url, apiKey: undefined }), NodeContext.layer)
+    let polled = 0
+    let asked = 0
+    server.set((req, res) =>
+      req.url?.endsWith("/upstreams") ? upstreams(res, asked++) : json(res, 200, polls[Math.min(polled++, polls.length - 1)]))
+    const notes: Array<string> = []
+    const ended = yield* recorded(watch("batch_abc", fastWatch), notes).pipe(Effect.provide(api))
+    return { ended, notes, asked: () => asked }
+  })
+
 describe("the CLI's calls against a scripted server", () => {
   it.scopedLive("a watch retries a poll answered 503 and says so once; a 404 (the batch is gone) ends it at once", () =>
     Effect.gen(function*() {
@@ -104,8 +122,6 @@ describe("the CLI's calls against a scripted server", () => {
 
   it.scopedLive("a watch whose batch does not move says its upstream is down (this server's GET /v1/upstreams), then back", () =>
     Effect.gen(function*() {
-      const server = yield* scriptedServer
-      const api = Layer.merge(batchApiLayer({ baseUrl: server.url, apiKey: undefined }), NodeContext.layer)
       const running = batch("in_progress", { model: "m" })
       const polls = [running, running, running, running, batch("completed", { model: "m" })]
       const downSince = Math.floor(Date.now() / 1000) - 125
@@ -116,53 +132,32 @@ describe("the CLI's calls against a scripted server", () => {
           { name: "vllm", state, down_since: state === "down" ? downSince : null, down_reason: state === "down" ? "unreachable" : null, models: ["m"], serves_any_model: false }
         ]
       })
-      let polled = 0
-      let asked = 0
-      server.set((req, res) =>
-        req.url?.endsWith("/upstreams")
-          ? json(res, 200, upstream(asked++ === 0 ? "down" : "up"))
-          : json(res, 200, polls[Math.min(polled++, polls.length - 1)]))
-      const notes: Array<string> = []
-      expect((yield* recorded(watch("batch_abc", fastWatch), notes).pipe(Effect.provide(api))).status).toBe("completed")
-      expect(notes.filter((l) => l.startsWith("Upstream"))).toEqual([
+      const seen = yield* watchedWith(polls, (res, asked) => json(res, 200, upstream(asked === 0 ? "down" : "up")))
+      expect(seen.ended.status).toBe("completed")
+      expect(seen.notes.filter((l) => l.startsWith("Upstream"))).toEqual([
         expect.stringMatching(/^Upstream vllm is down since 2m0[5-7]s ago \(no connection\): the batch waits for it, losing nothing, and goes on once it is back\.$/),
         "Upstream vllm is back: the batch goes on."
       ])
       // Asked only while the batch did not move (and once more, to see it back): polls 2, 3 and 4.
-      expect(asked).toBe(3)
+      expect(seen.asked()).toBe(3)
 
       // Another server (OpenAI's) has no such route: nothing is said, and the watch goes on.
-      polled = 0
-      asked = 0
-      server.set((req, res) =>
-        req.url?.endsWith("/upstreams")
-          ? (asked++, apiError(res, 404, "Invalid URL (GET /v1/upstreams)"))
-          : json(res, 200, polls[Math.min(polled++, polls.length - 1)]))
-      const quiet: Array<string> = []
-      expect((yield* recorded(watch("batch_abc", fastWatch), quiet).pipe(Effect.provide(api))).status).toBe("completed")
-      expect(quiet.filter((l) => !l.startsWith("["))).toEqual([])
-      expect(asked).toBe(1) // not asked again after its 404
+      const quiet = yield* watchedWith(polls, (res) => apiError(res, 404, "Invalid URL (GET /v1/upstreams)"))
+      expect(quiet.ended.status).toBe("completed")
+      expect(quiet.notes.filter((l) => !l.startsWith("["))).toEqual([])
+      expect(quiet.asked()).toBe(1) // not asked again after its 404
     }))
 
   it.scopedLive("a watch that said the upstream was down says it is back though the batch ended before the next poll", () =>
     Effect.gen(function*() {
-      const server = yield* scriptedServer
-      const api = Layer.merge(batchApiLayer({ baseUrl: server.url, apiKey: undefined }), NodeContext.layer)
       const running = batch("in_progress", { model: "m" })
-      const polls = [running, running, batch("completed", { model: "m" })]
       const upstream = (state: string) => ({
         object: "list",
         data: [{ name: "vllm", state, down_since: null, down_reason: state === "down" ? "unreachable" : null, models: ["m"], serves_any_model: false }]
       })
-      let polled = 0
-      let asked = 0
-      server.set((req, res) =>
-        req.url?.endsWith("/upstreams")
-          ? json(res, 200, upstream(asked++ === 0 ? "down" : "up"))
-          : json(res, 200, polls[Math.min(polled++, polls.length - 1)]))
-      const notes: Array<string> = []
-      expect((yield* recorded(watch("batch_abc", fastWatch), notes).pipe(Effect.provide(api))).status).toBe("completed")
-      expect(notes.filter((l) => l.startsWith("Upstream"))).toEqual([
+      const seen = yield* watchedWith([running, running, batch("completed", { model: "m" })], (res, asked) =>
+        json(res, 200, upstream(asked === 0 ? "down" : "up")))
+      expect(seen.notes.filter((l) => l.startsWith("Upstream"))).toEqual([
         "Upstream vllm is down (no connection): the batch waits for it, losing nothing, and goes on once it is back.",
         "Upstream vllm is back."
       ])
