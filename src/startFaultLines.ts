@@ -46,6 +46,8 @@ const OTHER_TABLES = "the schema holds tables of another app: give the service a
 /** What PostgreSQL's "no schema has been selected to create in" means at a first start. */
 const NO_SCHEMA = "the schemas of the user's search_path do not exist, or the role may not use them: create the one " +
   "DATABASE_URL names first (CREATE SCHEMA), or GRANT USAGE, CREATE ON SCHEMA … TO the role"
+/** PostgreSQL's words for a connection refused for their number (a role's, a database's or the server's limit). */
+const TOO_MANY_CONNECTIONS = /too many connections|remaining connection slots/
 /** What a refused connection needs (the pool's size: `Sql.ts`). */
 const CONNECTIONS = "a node keeps up to 10 connections (4 at least to start): raise the role's or the database's " +
   "CONNECTION LIMIT, or the server's max_connections"
@@ -55,7 +57,7 @@ const PRIVILEGES = "the role needs SELECT, INSERT, UPDATE and DELETE on the serv
 /** What to add to PostgreSQL's words `driver` when they say what a DBA set (else nothing: SQLite's are plain). */
 const pgHint = (driver: string) =>
   /no schema has been selected to create in/.test(driver) ? ` (${NO_SCHEMA})`
-  : /too many connections|remaining connection slots/.test(driver) ? `; ${CONNECTIONS}`
+  : TOO_MANY_CONNECTIONS.test(driver) ? `; ${CONNECTIONS}`
   : /permission denied for database/.test(driver) ? "; the role needs CONNECT on it (GRANT CONNECT ON DATABASE … TO the role)"
   : /permission denied for schema/.test(driver) ? "; the role needs USAGE on it (GRANT USAGE ON SCHEMA … TO the role)"
   : /permission denied for|must be owner of/.test(driver) ? `; ${PRIVILEGES}`
@@ -106,7 +108,7 @@ export const startFaultLine = (cause: Cause.Cause<unknown>) =>
     return Option.some(cannotUse(
       fault === "capacity" ? `its disk is full (${driver})`
       : fault === "refused" ? `it takes no write (${driver})${withHint(driver)}`
-      : /too many connections|remaining connection slots/.test(driver) ? `it refuses more connections (${driver}); ${CONNECTIONS}`
+      : TOO_MANY_CONNECTIONS.test(driver) ? `it refuses more connections (${driver}); ${CONNECTIONS}`
       : `it does not answer (${driver})`
     ))
   })

@@ -11,7 +11,7 @@ import type { Batch, BatchCreateParams } from "openai/resources/batches"
 import type { FileObject } from "openai/resources/files"
 import { Context, Duration, Effect, Layer, Option } from "effect"
 import { retryAfterMillis } from "../inference/answers.js"
-import { connectionHint } from "../inference/connectionHints.js"
+import { connectionHint, proxyRefusalStatus } from "../inference/connectionHints.js"
 import { proxiesOf } from "../inference/proxies.js"
 import { withoutCredentials } from "../observability/urlText.js"
 import { CliFailure, EXIT_FAILED } from "./failure.js"
@@ -91,7 +91,8 @@ const transience = (error: unknown): string | undefined =>
   error instanceof APIConnectionTimeoutError
     ? "no answer in time"
     : error instanceof APIConnectionError
-    ? (PROXY_CREDENTIALS.test((error.cause as Error | undefined)?.message ?? "") ? undefined : causeOf(error))
+    // A proxy refusing the credentials it was given: waiting does not mend them.
+    ? (proxyRefusalStatus((error.cause as Error | undefined)?.message ?? "") === 407 ? undefined : causeOf(error))
     : error instanceof APIError && error.status !== undefined && (error.status === 408 || error.status === 429 || error.status >= 500)
     ? error.message.slice(0, 200)
     : undefined
@@ -108,9 +109,6 @@ const wrongRoute = (error: APIError) =>
  * address given for this one (an `OPENAI_BASE_URL` set for vLLM or LiteLLM): "404 Unknown route GET /v1/batches".
  */
 const otherServers = (error: APIError) => error.status === 404 && error.code == null && !wrongRoute(error)
-
-/** A proxy refusing the credentials it was given: waiting does not mend them. */
-const PROXY_CREDENTIALS = /^Proxy\b.*\(407\)/
 
 /** What a failed call tells the user: the server's own message, or why it could not be reached. */
 const explain = (what: string, connection: Connection) => (error: unknown): CliFailure => {

@@ -19,6 +19,12 @@ const UNTRUSTED_CERTIFICATE: ReadonlySet<string> = new Set([
 /** A proxy's refusal as undici words it: `Proxy response (407) !== 200 when HTTP Tunneling`, `Proxy Authentication Required (407)`. */
 const PROXY_REFUSAL = /^Proxy\b.*\((\d{3})\)/
 
+/** The status of a proxy's refusal an error's `message` words, if it is one. */
+export const proxyRefusalStatus = (message: string): number | undefined => {
+  const refusal = PROXY_REFUSAL.exec(message)
+  return refusal === null ? undefined : Number(refusal[1])
+}
+
 /** The proxy a call to `url` would go through (`NO_PROXY` aside: undici's to read), as host and port. */
 const proxyOf = (url: string, proxies: Proxies) => {
   const proxy = url.startsWith("https:") ? proxies.https : proxies.http
@@ -41,9 +47,8 @@ export const connectionHint = (
 ): string => {
   const { code, address, hostname, port } = error as { code?: unknown; address?: unknown; hostname?: unknown; port?: unknown }
   const proxy = proxies === undefined ? undefined : proxyOf(url, proxies)
-  const refusal = PROXY_REFUSAL.exec(error.message)
-  if (refusal !== null) {
-    const status = Number(refusal[1])
+  const status = proxyRefusalStatus(error.message)
+  if (status !== undefined) {
     const theProxy = `the proxy${proxy === undefined ? "" : ` at ${proxy.url}`}`
     return status === 407
       ? "; the proxy refused its credentials: check the user and password in HTTPS_PROXY or HTTP_PROXY (percent-encoded)"
