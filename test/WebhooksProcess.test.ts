@@ -6,7 +6,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Layer, Option, Redacted } from "effect"
 import { startSimulator } from "../scripts/simulator.js"
 import { sdk } from "./support/Batches.js"
-import { freePort, runServerToExit, type ServerProcess, startServer } from "./support/ServerProcess.js"
+import { runServerToExit, type ServerProcess, startServer, unusedPort } from "./support/ServerProcess.js"
 import { backends, eventually, scratchDir, TestDatabase } from "./support/TestApp.js"
 import { webhookReceiver } from "./support/WebhookReceiver.js"
 import { deliveryWhen, finishedBatch, receivedFor, SECRET, sleep, unwrap } from "./support/Webhooks.js"
@@ -38,7 +38,7 @@ describe.concurrent("server processes", () => {
     it.live(`${backend}: SIGKILL after the final status, before the delivery: delivered once after the restart`, () =>
       Effect.gen(function*() {
         const sim = yield* simulator
-        const port = yield* Effect.promise(freePort) // nobody listens there yet: every attempt fails
+        const port = yield* Effect.promise(unusedPort) // nobody listens there yet: every attempt fails
         const env = serverEnv(port, {
           DATA_DIR: yield* scratchDir,
           NODE_ID: "webhook-node",

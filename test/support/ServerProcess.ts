@@ -21,6 +21,23 @@ export const freePort = (): Promise<number> =>
     })
   })
 
+/**
+ * A port nobody listens on, for a test that needs one to stay so a while (a receiver started later): below the
+ * kernel's ephemeral range (32768 up), where `freePort` and every `listen(0)` of the run's other processes draw theirs
+ * (one of them took a `freePort` port meant to stay silent, and answered 404).
+ */
+export const unusedPort = async (): Promise<number> => {
+  for (;;) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000)
+    const free = await new Promise<boolean>((resolve) => {
+      const probe = createServer()
+      probe.once("error", () => resolve(false))
+      probe.listen(port, "127.0.0.1", () => probe.close(() => resolve(true)))
+    })
+    if (free) return port
+  }
+}
+
 export interface ServerProcess {
   readonly url: string
   readonly child: ChildProcess
