@@ -54,13 +54,13 @@ const nodes = (backend: Backend = "sqlite") => Effect.gen(function*() {
         HEARTBEAT_INTERVAL: "200 millis",
         UPSTREAM_PROBE_INTERVAL: "300 millis"
       }
-      const port = yield* Effect.promise(freePort)
-      let server = yield* Effect.promise(() => startServer(env, port))
+      // On any free port (another port if one is taken before it listens: a fresh-clone CI run lost that race once).
+      let server = yield* Effect.promise(() => startServer(env))
       yield* Effect.addFinalizer(() => Effect.promise(() => server.stop("SIGKILL")))
-      /** Kills the node (SIGKILL) and starts it again, the same node (`NODE_ID`). */
+      /** Kills the node (SIGKILL) and starts it again, the same node (`NODE_ID`), on a free port (`server()` has it). */
       const restart = Effect.promise(async () => {
         await server.stop("SIGKILL")
-        server = await startServer(env, port)
+        server = await startServer(env)
       })
       return { sim, server: () => server, restart }
     })
