@@ -38,7 +38,7 @@ import { BlobStoreSql } from "./storage/BlobStoreSql.js"
 import { DiskReserveLive } from "./storage/DiskReserve.js"
 import { SchedulerLive } from "./Scheduler.js"
 import { sqlLiveWith } from "./storage/Sql.js"
-import { ClockSkewWatchLive } from "./storage/clockSkew.js"
+import { DatabaseClockLive } from "./storage/databaseClock.js"
 import { NodeIdLockLive } from "./storage/NodeIdLock.js"
 import { SqliteRunnerLockLive } from "./storage/SqliteRunnerLock.js"
 import { WebhooksLive } from "./webhooks/Webhooks.js"
@@ -131,9 +131,10 @@ const composeServices = (parts: ServiceParts) =>
       parts.inference === undefined ? InferenceFromConfig : withCheckedAnswers(parts.inference),
       // On an app's own storage, the configuration does not say where the database is: its lines say whose it is.
       parts.readiness ?? (parts.storage === undefined ? ReadinessLive : Layer.provide(ReadinessLive, Layer.succeed(StorageOfTheApp, true))),
-      WebhooksLive,
-      ClockSkewWatchLive
+      WebhooksLive
     )),
+    // Everything above reads PostgreSQL's time, where nodes share their leases and stored times (SQLite: the machine's).
+    Layer.provide(DatabaseClockLive),
     // Before the services that free what a previous run held: on SQLite, only once no other process runs batches
     // (`StorageLive` takes it before migrating; an app's own storage, here).
     Layer.provide(parts.storage === undefined ? StorageLive : Layer.provideMerge(SqliteRunnerLockLive, parts.storage)),

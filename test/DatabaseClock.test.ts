@@ -1,79 +1,116 @@
 /**
- * A node's clock compared with PostgreSQL's (`storage/clockSkew.ts`): a node whose clock is more than a quarter of
- * `LEASE_TTL` ahead of or behind the server's says so, once, and says when they agree again; one in sync says
- * nothing. The node's clock is skewed here by an Effect `Clock` of the test's own.
+ * A node's time on PostgreSQL (`storage/databaseClock.ts`): Effect's `Clock` reads the server's time whatever the
+ * machine's clock says, a step of the machine's clock moves nothing, a suspended machine's time is caught up within
+ * a second or so; a machine's clock more than a second from the server's is said, once, and said again when they
+ * agree. The machine's clock is played here by an Effect `Clock` of the test's own (the server runs on this
+ * machine: its clock is `Date.now()`'s).
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
 import { Clock, Context, Duration, Effect, Layer, Logger } from "effect"
-import { AppConfig } from "../src/Config.js"
-import { watchClockSkew } from "../src/storage/clockSkew.js"
-import { layerPg } from "../src/storage/Sql.js"
+import { shareDatabaseClock } from "../src/storage/databaseClock.js"
+import { layerPg, layerSqlite } from "../src/storage/Sql.js"
 import { freshSchemaUrl } from "./support/ForwardedPostgres.js"
 import { eventuallyEffect } from "./support/TestApp.js"
 
-/** A clock `offset.ms` ahead of the machine's (behind when negative), sleeping as the machine's does. */
-const skewedClock = (offset: { ms: number }): Clock.Clock => {
+/**
+ * A machine whose clock is `skew.wallMs` ahead of the real one (behind when negative) and whose monotonic clock
+ * `skew.monotonicMs` ahead (a machine suspended for a while: it stood still), sleeping as this one does.
+ */
+const machineClock = (skew: { wallMs: number; monotonicMs: number }): Clock.Clock => {
   const real = Clock.make()
-  const now = () => Date.now() + offset.ms
+  const wall = () => Date.now() + skew.wallMs
+  const monotonic = () => real.unsafeCurrentTimeNanos() + BigInt(skew.monotonicMs) * 1_000_000n
   return {
     [Clock.ClockTypeId]: Clock.ClockTypeId,
-    unsafeCurrentTimeMillis: now,
-    currentTimeMillis: Effect.sync(now),
-    unsafeCurrentTimeNanos: () => BigInt(now()) * 1_000_000n,
-    currentTimeNanos: Effect.sync(() => BigInt(now()) * 1_000_000n),
+    unsafeCurrentTimeMillis: wall,
+    currentTimeMillis: Effect.sync(wall),
+    unsafeCurrentTimeNanos: monotonic,
+    currentTimeNanos: Effect.sync(monotonic),
     sleep: (duration) => real.sleep(duration)
   }
 }
 
-/** Runs the check every 100 ms on a fresh PostgreSQL schema, the node's clock `offset` off, for the test's scope; its lines. */
-const watched = (offset: { ms: number }) =>
+interface Line {
+  readonly level: string
+  readonly message: string
+  readonly event: unknown
+}
+
+/**
+ * The database's clock shared, for the test's scope, on `machine` (watched every 100 ms, measured every `measureEvery`)
+ * over a fresh PostgreSQL schema (or `sql`); its lines, and how far the time it reads is from the real one.
+ */
+const shared = (machine: Clock.Clock, measureEvery = Duration.minutes(1), sql?: SqlClient.SqlClient) =>
   Effect.gen(function*() {
-    const sql = Context.get(yield* Layer.build(layerPg(yield* freshSchemaUrl)), SqlClient.SqlClient)
-    const lines: Array<{ level: string; message: string; event: unknown }> = []
+    const client = sql ?? Context.get(yield* Layer.build(layerPg(yield* freshSchemaUrl)), SqlClient.SqlClient)
+    const lines: Array<Line> = []
     const recorder = Logger.make(({ annotations, logLevel, message }) =>
       void lines.push({ level: logLevel.label, message: String(message), event: Object.fromEntries(annotations).event })
     )
-    yield* watchClockSkew(Duration.millis(100)).pipe(
-      Effect.withClock(skewedClock(offset)),
-      Effect.provideService(SqlClient.SqlClient, sql),
-      Effect.provide(AppConfig.layerWith({ leaseTtl: Duration.seconds(8) })),
+    const clock = yield* shareDatabaseClock(measureEvery, Duration.millis(100)).pipe(
+      Effect.zipRight(Effect.clock),
+      Effect.withClock(machine),
+      Effect.provideService(SqlClient.SqlClient, client),
       Effect.provide(Logger.replace(Logger.defaultLogger, recorder))
     )
-    return lines
+    return { lines, awayMs: () => clock.unsafeCurrentTimeMillis() - Date.now() }
   })
 
-describe("a node's clock against PostgreSQL's", () => {
-  it.live("ahead by more than a quarter of LEASE_TTL: said once, and again when it agrees again; then behind", () =>
+describe("a node's time on PostgreSQL", () => {
+  it.live("is the server's on a machine 60 s ahead, said once; a step of the machine's clock moves nothing; said again when they agree", () =>
     Effect.gen(function*() {
-      const offset = { ms: 5_000 } // LEASE_TTL 8 s: 2 s is the bound
-      const lines = yield* watched(offset)
-      yield* eventuallyEffect(Effect.sync(() => expect(lines.map((l) => l.event)).toEqual(["node.clock_skew"])), 5_000)
+      const skew = { wallMs: 60_000, monotonicMs: 0 }
+      const { awayMs, lines } = yield* shared(machineClock(skew))
+      expect(Math.abs(awayMs())).toBeLessThan(250)
+      expect(lines.map((l) => l.event)).toEqual(["node.clock_skew"])
       expect(lines[0]!.level).toBe("WARN")
-      expect(lines[0]!.message).toMatch(/^This node's clock is 5\.\d s ahead of PostgreSQL's\. Nodes judge each other's leases \(LEASE_TTL 8s\)/)
-      yield* Effect.sleep("500 millis")
-      expect(lines).toHaveLength(1) // not at each check
-      offset.ms = 0
+      expect(lines[0]!.message).toMatch(/^This node's clock is (59\.\d|60\.\d) s ahead of PostgreSQL's\. The node reads PostgreSQL's time \(measured every minute\) for its leases, the times it stores and its log lines/)
+      yield* Effect.sleep("300 millis")
+      expect(lines).toHaveLength(1) // not at each look
+
+      // Stepped back to the right time (NTP): the time read does not move, not even before the next measurement.
+      skew.wallMs = 0
+      expect(Math.abs(awayMs())).toBeLessThan(250)
       yield* eventuallyEffect(Effect.sync(() => expect(lines.map((l) => l.event)).toEqual(["node.clock_skew", "node.clock_in_sync"])), 5_000)
-      // Apart by what the query's round trip hides (up to a second or so on a loaded machine), within the bound.
-      const apart = /^This node's clock agrees with PostgreSQL's again \((\d+\.\d) s apart\)\.$/.exec(lines[1]!.message)
-      expect(Number(apart?.[1])).toBeLessThan(2)
-      offset.ms = -3_000
+      expect(lines[1]!.message).toMatch(/^This node's clock agrees with PostgreSQL's again \(0\.\d s apart\)\.$/)
+      // Then 3 s behind.
+      skew.wallMs = -3_000
+      expect(Math.abs(awayMs())).toBeLessThan(250)
       yield* eventuallyEffect(Effect.sync(() => expect(lines).toHaveLength(3)), 5_000)
-      expect(lines[2]!.message).toMatch(/^This node's clock is 3\.\d s behind PostgreSQL's\./)
+      expect(lines[2]!.message).toMatch(/^This node's clock is (2\.9|3\.\d) s behind PostgreSQL's\./)
+      expect(Math.abs(awayMs())).toBeLessThan(250)
     }).pipe(Effect.scoped), 30_000)
 
-  it.live("a test's clock (Effect's TestClock starts at 0) is not a machine's: nothing said", () =>
+  it.live("of a machine suspended for 20 s (its monotonic clock stood still) is caught up at the next look, before the minute's measurement", () =>
     Effect.gen(function*() {
-      const lines = yield* watched({ ms: -Date.now() })
-      yield* Effect.sleep("1 second")
+      const skew = { wallMs: 0, monotonicMs: 0 }
+      const { awayMs, lines } = yield* shared(machineClock(skew))
+      expect(Math.abs(awayMs())).toBeLessThan(250)
+      skew.monotonicMs = -20_000
+      yield* eventuallyEffect(Effect.sync(() => expect(Math.abs(awayMs())).toBeLessThan(250)), 3_000)
       expect(lines).toEqual([])
     }).pipe(Effect.scoped), 30_000)
 
-  it.live("in sync, or off by less than the bound: nothing said", () =>
+  it.live("follows the server's clock as it is measured again (every minute; 200 ms here)", () =>
     Effect.gen(function*() {
-      const lines = yield* watched({ ms: 1_000 })
-      yield* Effect.sleep("1 second")
-      expect(lines).toEqual([])
+      // The server's clock cannot be moved here: a machine whose monotonic clock runs off (5 s) plays the same.
+      const skew = { wallMs: 0, monotonicMs: 0 }
+      const { awayMs } = yield* shared(machineClock(skew), Duration.millis(200))
+      skew.wallMs = 5_000
+      skew.monotonicMs = 5_000 // the two together: no step to see, only the measurement corrects it
+      expect(awayMs()).toBeGreaterThan(4_000)
+      yield* eventuallyEffect(Effect.sync(() => expect(Math.abs(awayMs())).toBeLessThan(250)), 3_000)
+    }).pipe(Effect.scoped), 30_000)
+
+  it.live("is left alone under a test's clock (Effect's TestClock starts at 0), and on SQLite: nothing said", () =>
+    Effect.gen(function*() {
+      const test = yield* shared(machineClock({ wallMs: -Date.now(), monotonicMs: 0 }))
+      expect(test.awayMs()).toBeLessThan(-1_000_000)
+      const sqlite = Context.get(yield* Layer.build(layerSqlite(":memory:")), SqlClient.SqlClient)
+      const onSqlite = yield* shared(machineClock({ wallMs: 60_000, monotonicMs: 0 }), undefined, sqlite)
+      expect(onSqlite.awayMs()).toBeGreaterThan(59_000)
+      yield* Effect.sleep("300 millis")
+      expect([...test.lines, ...onSqlite.lines]).toEqual([])
     }).pipe(Effect.scoped), 30_000)
 })

@@ -1,71 +1,108 @@
 /**
- * Leases (of batches, slices, upload completions and webhook deliveries) are written and judged by each node's own
- * clock. On PostgreSQL, where nodes on several machines share them, a node whose clock runs ahead takes live work
- * from the others (its requests sent twice), and one behind leaves a dead node's work waiting. So a node compares
- * its clock with PostgreSQL's, at the start and every minute, and says when they are more than a quarter of
- * `LEASE_TTL` apart (two nodes each within that of the server are within half of it of each other), and when they
- * agree again. On SQLite every node runs on the file's machine, on one clock.
+ * On PostgreSQL, nodes on several machines write and judge shared times: leases (of batches, slices, upload
+ * completions, webhook deliveries), a file's or a batch's `created_at` and `expires_at`. Read from each machine's own
+ * clock, a node 60 s ahead took every slice the others held (their requests sent twice), one behind lost its own
+ * slices, and one that died an hour ahead left its work for that hour. So a node reads Effect's `Clock` from
+ * PostgreSQL's: it measures the server's clock at the start and every minute and reads the time as the last
+ * measurement plus the monotonic time since, which a step of the machine's clock (NTP's, an operator's) does not
+ * move; it measures again within a second when the machine's clock and the monotonic one part (a step, or a machine
+ * suspended: its monotonic clock stood still). Its log lines' timestamps follow (Effect's logger reads the fiber's
+ * clock): the nodes' lines interleave by one time. It says when its own clock is more than a second from the
+ * server's (the machine's other programs and its files' times on disk go by it). On SQLite every node runs on the
+ * file's machine, on one clock: nothing changes.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Clock, Duration, Effect, Layer, Schedule } from "effect"
-import { AppConfig } from "../Config.js"
 
-/** How often a node compares its clock with the database's. */
-const CHECK_EVERY = Duration.minutes(1)
+/** How often a node measures PostgreSQL's clock. */
+const MEASURE_EVERY = Duration.minutes(1)
+/** How often it looks whether the machine's clock and the monotonic one parted (no query: two clock reads). */
+const WATCH_EVERY = Duration.seconds(1)
+/** The machine's clock moved this far against the monotonic one since the last measurement: stepped or suspended. */
+const PARTED_MS = 1_000
+/**
+ * A measurement replaces the one in use only when this much farther from it than half its round trip (the
+ * server read its clock somewhere in it): within that, a new one would only make the time wobble.
+ */
+const REANCHOR_MS = 50
+/** The machine's clock this far from the server's is said (a warning), and said again once within half of it. */
+const APART_MS = 1_000
 
 /**
- * Effect's clock this far from the machine's is a test's (`TestClock` starts at 0), not the machine's: an app
- * embedded in a test on PostgreSQL warned of a node 56 years behind at each start. (A machine's own clock, however
- * wrong, is the one `Date.now()` reads too.)
+ * Effect's clock this far from the machine's is a test's (`TestClock` starts at 0), not the machine's: it is left
+ * alone (an app embedded in a test on PostgreSQL had warned of a node 56 years behind at each start).
  */
 const TEST_CLOCK_AWAY_MS = 86_400_000
 
-/**
- * How far a node's clock, read `before` and `after` asking, is ahead of the database's answer `databaseMs` (behind
- * when negative), give or take `uncertaintyMs` (half the round trip: the server read its clock somewhere in it).
- */
-const skewOf = (before: number, databaseMs: number, after: number) => ({
-  aheadMs: (before + after) / 2 - databaseMs,
-  uncertaintyMs: (after - before) / 2
-})
-
 const seconds = (ms: number) => `${(Math.abs(ms) / 1000).toFixed(1)} s`
 
-/** The warning of a node `aheadMs` ahead of the database's clock (behind when negative). */
-const skewLine = (aheadMs: number, leaseTtl: Duration.Duration) =>
-  `This node's clock is ${seconds(aheadMs)} ${aheadMs > 0 ? "ahead of" : "behind"} PostgreSQL's. Nodes judge each ` +
-  `other's leases (LEASE_TTL ${Duration.format(leaseTtl)}) by their own clocks: one ahead takes live work from the ` +
-  "others (their requests sent twice), one behind leaves a dead node's work waiting. Keep every node's clock in " +
-  "sync (NTP)."
+/** The warning of a machine's clock `aheadMs` ahead of the database's (behind when negative). */
+const apartLine = (aheadMs: number) =>
+  `This node's clock is ${seconds(aheadMs)} ${aheadMs > 0 ? "ahead of" : "behind"} PostgreSQL's. The node reads ` +
+  "PostgreSQL's time (measured every minute) for its leases, the times it stores and its log lines; the machine's " +
+  "other programs and its files' times on disk go by its own: keep every node's clock in sync (NTP)."
 
-/** Compares this node's clock with PostgreSQL's every `every`, for as long as the scope lasts (nothing on SQLite). */
-export const watchClockSkew = (every: Duration.Duration = CHECK_EVERY) =>
+/**
+ * For as long as the scope lasts, Effect's `Clock.currentTimeMillis` reads PostgreSQL's time on the fibers of what
+ * is built after it (its nanoseconds, for durations and spans, and its sleeps stay the machine's); the machine's
+ * clock compared with it, and said when apart. Nothing on SQLite, nor under a test's clock.
+ */
+export const shareDatabaseClock = (measureEvery: Duration.Duration = MEASURE_EVERY, watchEvery: Duration.Duration = WATCH_EVERY) =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
     if (!sql.onDialectOrElse({ pg: () => true, orElse: () => false })) return
-    const { leaseTtl } = yield* AppConfig
-    const boundMs = Duration.toMillis(leaseTtl) / 4
+    const machine = yield* Effect.clock
+    if (Math.abs(machine.unsafeCurrentTimeMillis() - Date.now()) > TEST_CLOCK_AWAY_MS) return
+    const monotonicMs = () => Number(machine.unsafeCurrentTimeNanos() / 1_000_000n)
+    const wallLessMonotonic = () => machine.unsafeCurrentTimeMillis() - monotonicMs()
+
+    // The time is the monotonic time plus `offsetMs`: the machine's clock's until the first measurement.
+    let offsetMs = wallLessMonotonic()
+    let partedFrom = offsetMs
+    let measuredAt = monotonicMs()
     let apart = false
-    const check = Effect.gen(function*() {
-      const before = yield* Clock.currentTimeMillis
-      if (Math.abs(before - Date.now()) > TEST_CLOCK_AWAY_MS) return
+    const now = () => Math.floor(monotonicMs() + offsetMs)
+
+    const measure = Effect.gen(function*() {
+      measuredAt = monotonicMs()
+      const before = monotonicMs()
       const [row] = yield* sql<{ ms: number }>`SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::float8 AS ms`
-      const { aheadMs, uncertaintyMs } = skewOf(before, Number(row!.ms), yield* Clock.currentTimeMillis)
-      if (!apart && Math.abs(aheadMs) - uncertaintyMs > boundMs) {
+      const after = monotonicMs()
+      const halfTripMs = (after - before) / 2
+      const measured = Number(row!.ms) - (before + after) / 2
+      if (Math.abs(measured - offsetMs) > halfTripMs + REANCHOR_MS) offsetMs = measured
+      partedFrom = wallLessMonotonic()
+      const aheadMs = partedFrom - measured
+      if (!apart && Math.abs(aheadMs) - halfTripMs > APART_MS) {
         apart = true
-        yield* Effect.logWarning(skewLine(aheadMs, leaseTtl)).pipe(
+        yield* Effect.logWarning(apartLine(aheadMs)).pipe(
           Effect.annotateLogs({ event: "node.clock_skew", ahead_ms: Math.round(aheadMs) })
         )
-      } else if (apart && Math.abs(aheadMs) + uncertaintyMs <= boundMs / 2) { // well within: no line at each wobble
+      } else if (apart && Math.abs(aheadMs) + halfTripMs <= APART_MS / 2) { // well within: no line at each wobble
         apart = false
         yield* Effect.logInfo(`This node's clock agrees with PostgreSQL's again (${seconds(aheadMs)} apart).`).pipe(
           Effect.annotateLogs({ event: "node.clock_in_sync", ahead_ms: Math.round(aheadMs) })
         )
       }
     })
-    // A check that fails is skipped: the heartbeat says when the database does not answer.
-    yield* check.pipe(Effect.ignore, Effect.repeat(Schedule.spaced(every)), Effect.forkScoped)
+    // A measurement that fails is skipped (the time goes on from the last): the heartbeat says when the database
+    // does not answer.
+    yield* Effect.ignore(measure)
+    const due = () =>
+      monotonicMs() - measuredAt >= Duration.toMillis(measureEvery) || Math.abs(wallLessMonotonic() - partedFrom) > PARTED_MS
+    yield* Effect.suspend(() => due() ? Effect.ignore(measure) : Effect.void).pipe(
+      Effect.repeat(Schedule.spaced(watchEvery)),
+      Effect.forkScoped
+    )
+    yield* Effect.withClockScoped<Clock.Clock>({
+      [Clock.ClockTypeId]: Clock.ClockTypeId,
+      unsafeCurrentTimeMillis: now,
+      currentTimeMillis: Effect.sync(now),
+      unsafeCurrentTimeNanos: () => machine.unsafeCurrentTimeNanos(),
+      currentTimeNanos: machine.currentTimeNanos,
+      sleep: (duration) => machine.sleep(duration)
+    })
   })
 
-/** `watchClockSkew` every minute, with the app. */
-export const ClockSkewWatchLive = Layer.scopedDiscard(watchClockSkew())
+/** `shareDatabaseClock`, for the services built after it. */
+export const DatabaseClockLive = Layer.scopedDiscard(shareDatabaseClock())

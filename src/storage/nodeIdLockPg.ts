@@ -39,9 +39,13 @@ const HOLDER = `SELECT l.pid, host(a.client_addr) AS client, EXTRACT(EPOCH FROM 
   WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
     AND (l.classid, l.objid) = (SELECT k[1]::oid, k[2]::oid FROM (SELECT ARRAY[${KEYS}] AS k) keys)`
-/** Whether the node under an id holds a live lease (`batches/WorkLeases.ts`: epoch milliseconds). */
-const LIVE_LEASES = `SELECT (EXISTS (SELECT 1 FROM batches WHERE lease_owner = $1 AND lease_until > $2)
-  OR EXISTS (SELECT 1 FROM batch_slices WHERE owner = $1 AND lease_until > $2)) AS live`
+/**
+ * Whether the node under an id holds a live lease (`batches/WorkLeases.ts`: epoch milliseconds of PostgreSQL's
+ * clock, which nodes write them by: `databaseClock.ts`, not yet installed this early in a start).
+ */
+const LIVE_LEASES = `SELECT (EXISTS (SELECT 1 FROM batches WHERE lease_owner = $1 AND lease_until > now_ms)
+  OR EXISTS (SELECT 1 FROM batch_slices WHERE owner = $1 AND lease_until > now_ms)) AS live
+  FROM (SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::float8 AS now_ms) clock`
 
 /** How long a lock's release may take when its connection is let go (a stalled server: not for ever). */
 const UNLOCK_LIMIT = Duration.seconds(1)
@@ -137,7 +141,7 @@ export const holdOnPostgres = <E>(
         // Asked before the migrations (`BeforeMigrating` in `Sql.ts`): on a new database the tables are not there yet,
         // and a holder that cannot be told idle is waited for as a live one.
         const leases = yield* Effect.orElseSucceed(
-          Effect.map(sql.unsafe<{ live: boolean }>(LIVE_LEASES, [nodeId, yield* Clock.currentTimeMillis]), ([row]) => row?.live === true),
+          Effect.map(sql.unsafe<{ live: boolean }>(LIVE_LEASES, [nodeId]), ([row]) => row?.live === true),
           () => true
         )
         if (leases) return { _tag: "HeldBy", holder }
