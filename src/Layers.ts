@@ -23,6 +23,7 @@ import { awaitHandlers } from "./http/awaitHandlers.js"
 import { oneAppPerServer } from "./http/oneAppPerServer.js"
 import { answerClientErrors } from "./http/clientErrors.js"
 import { closeWhenAnswered } from "./http/closeWhenAnswered.js"
+import { continueWhenRead } from "./http/continueWhenRead.js"
 import { capConnections } from "./http/connectionCap.js"
 import { holdEarlyRequests } from "./http/holdEarlyRequests.js"
 import { lingerAfterEarlyAnswers } from "./http/lingerAfterEarlyAnswers.js"
@@ -213,6 +214,7 @@ export const makeNodeServer = (options: NodeServerOptions) => Layer.unwrapEffect
   })
   answerClientErrors(server)
   readTraceparentAsW3c(server)
+  continueWhenRead(server)
   // In this order: the held requests go to the first request listener attached after `holdEarlyRequests`'.
   lingerAfterEarlyAnswers(server)
   const closeAsAnswered = closeWhenAnswered(server)

@@ -1,0 +1,90 @@
+/**
+ * A client that sends `Expect: 100-continue` (curl's uploads over 1 MB) sends its body only once the server reads
+ * it: an upload refused before that (no key: 401; a Content-Length over MAX_UPLOAD_BYTES: 413) is answered without a
+ * `100 Continue`, so its body is never sent; one accepted is told to go on and stored. Before, Node answered 100 to
+ * every such request as it arrived, and a refused upload was sent whole first.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
+import { mkdtempSync, rmSync } from "node:fs"
+import { request } from "node:http"
+import { tmpdir } from "node:os"
+import * as Path from "node:path"
+import { type ServerProcess, startServer } from "./support/ServerProcess.js"
+
+const KEY = "sk-continue"
+const BOUNDARY = "continue-boundary"
+
+/** A multipart upload of `bytes` bytes of JSONL. */
+const uploadBody = (bytes: number) => {
+  const line = JSON.stringify({ custom_id: "x", method: "POST", url: "/v1/chat/completions", body: { model: "m", messages: [] } }) + "\n"
+  const content = line.repeat(Math.ceil(bytes / line.length))
+  return Buffer.from(
+    `--${BOUNDARY}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n` +
+      `--${BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="in.jsonl"\r\nContent-Type: application/jsonl\r\n\r\n` +
+      `${content}\r\n--${BOUNDARY}--\r\n`
+  )
+}
+
+/**
+ * `POST /v1/files` with `Expect: 100-continue` and `headers`, its body sent only when the server says to go on:
+ * whether it did, and the answer.
+ */
+const expectingContinue = (url: string, body: Buffer, headers: Record<string, string>) =>
+  new Promise<{ continued: boolean; status: number; json: any }>((resolve, reject) => {
+    let continued = false
+    const req = request(`${url}/v1/files`, {
+      method: "POST",
+      headers: {
+        expect: "100-continue",
+        "content-type": `multipart/form-data; boundary=${BOUNDARY}`,
+        "content-length": String(body.length),
+        ...headers
+      }
+    })
+    req.on("continue", () => {
+      continued = true
+      req.end(body)
+    })
+    req.on("response", (res) => {
+      const chunks: Array<Buffer> = []
+      res.on("data", (c: Buffer) => chunks.push(c))
+      res.on("end", () => {
+        resolve({ continued, status: res.statusCode!, json: JSON.parse(Buffer.concat(chunks).toString()) })
+        req.destroy() // a body never sent: nothing more to say on this connection
+      })
+    })
+    req.on("error", reject)
+    req.flushHeaders()
+  })
+
+describe("an upload sent with Expect: 100-continue", () => {
+  let server: ServerProcess
+  let dir: string
+  beforeAll(async () => {
+    dir = mkdtempSync(Path.join(tmpdir(), "batch-continue-"))
+    server = await startServer({ DATA_DIR: dir, API_KEYS: `${KEY}:projA`, MAX_UPLOAD_BYTES: String(2 * 1024 * 1024) })
+  })
+  afterAll(async () => {
+    await server?.stop()
+    rmSync(dir, { recursive: true, force: true })
+  })
+
+  it("without a key is refused 401 before its body is sent", async () => {
+    const answer = await expectingContinue(server.url, uploadBody(1024 * 1024), {})
+    expect(answer).toMatchObject({ continued: false, status: 401 })
+    expect(answer.json.error.code).toBe("invalid_api_key")
+  })
+
+  it("over MAX_UPLOAD_BYTES by its Content-Length is refused 413 before its body is sent", async () => {
+    const answer = await expectingContinue(server.url, uploadBody(3 * 1024 * 1024), { authorization: `Bearer ${KEY}` })
+    expect(answer).toMatchObject({ continued: false, status: 413 })
+  })
+
+  it("with a key and within the bound is told to go on, and stored", async () => {
+    const body = uploadBody(1024 * 1024)
+    const answer = await expectingContinue(server.url, body, { authorization: `Bearer ${KEY}` })
+    expect(answer).toMatchObject({ continued: true, status: 200 })
+    expect(answer.json).toMatchObject({ object: "file", purpose: "batch", filename: "in.jsonl" })
+    expect(answer.json.bytes).toBeGreaterThan(1024 * 1024 - 1)
+  })
+})
