@@ -1,9 +1,10 @@
 /**
  * A node's time on PostgreSQL (`storage/databaseClock.ts`): Effect's `Clock` reads the server's time whatever the
- * machine's clock says, a step of the machine's clock moves nothing, a suspended machine's time is caught up within
- * a second or so; a machine's clock more than a second from the server's is said, once, and said again when they
- * agree. The machine's clock is played here by an Effect `Clock` of the test's own (the server runs on this
- * machine: its clock is `Date.now()`'s).
+ * machine's clock says, a step of the machine's clock moves nothing, a suspended machine's time (or one whose
+ * monotonic clock leapt) is caught up within a second or so, and a measurement every minute keeps it on the
+ * server's; a machine's clock more than a second from the server's is said, once, and said again when they agree.
+ * The machine's clock is played here by an Effect `Clock` of the test's own (the server runs on this machine: its
+ * clock is `Date.now()`'s).
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
@@ -92,14 +93,25 @@ describe("a node's time on PostgreSQL", () => {
       expect(lines).toEqual([])
     }).pipe(Effect.scoped), 30_000)
 
+  it.live("of a machine whose clocks both leap 30 s (libfaketime steps the monotonic one too) is caught up at the next look", () =>
+    Effect.gen(function*() {
+      const skew = { wallMs: 0, monotonicMs: 0 }
+      const { awayMs } = yield* shared(machineClock(skew))
+      skew.wallMs = 30_000
+      skew.monotonicMs = 30_000
+      expect(awayMs()).toBeGreaterThan(29_000) // until the next look, 100 ms on
+      yield* eventuallyEffect(Effect.sync(() => expect(Math.abs(awayMs())).toBeLessThan(250)), 3_000)
+    }).pipe(Effect.scoped), 30_000)
+
   it.live("follows the server's clock as it is measured again (every minute; 200 ms here)", () =>
     Effect.gen(function*() {
-      // The server's clock cannot be moved here: a machine whose monotonic clock runs off (5 s) plays the same.
+      // The server's clock cannot be moved here: a machine whose clocks both run 600 ms ahead, too little to be seen
+      // as a step, plays the same.
       const skew = { wallMs: 0, monotonicMs: 0 }
       const { awayMs } = yield* shared(machineClock(skew), Duration.millis(200))
-      skew.wallMs = 5_000
-      skew.monotonicMs = 5_000 // the two together: no step to see, only the measurement corrects it
-      expect(awayMs()).toBeGreaterThan(4_000)
+      skew.wallMs = 600
+      skew.monotonicMs = 600
+      expect(awayMs()).toBeGreaterThan(500)
       yield* eventuallyEffect(Effect.sync(() => expect(Math.abs(awayMs())).toBeLessThan(250)), 3_000)
     }).pipe(Effect.scoped), 30_000)
 

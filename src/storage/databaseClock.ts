@@ -6,25 +6,32 @@
  * PostgreSQL's: it measures the server's clock at the start and every minute and reads the time as the last
  * measurement plus the monotonic time since, which a step of the machine's clock (NTP's, an operator's) does not
  * move; it measures again within a second when the machine's clock and the monotonic one part (a step, or a machine
- * suspended: its monotonic clock stood still). Its log lines' timestamps follow (Effect's logger reads the fiber's
- * clock): the nodes' lines interleave by one time. It says when its own clock is more than a second from the
+ * suspended: its monotonic clock stood still) or the monotonic clock itself leaps (libfaketime steps both: until then
+ * the time is off by the step). A new measurement moves the time at once, forward or back (by more than 50 ms only).
+ * Its log lines' timestamps follow (Effect's logger reads the fiber's clock; a start's lines before the migrations'
+ * end excepted): the nodes' lines interleave by one time. It says when its own clock is more than a second from the
  * server's (the machine's other programs and its files' times on disk go by it). On SQLite every node runs on the
  * file's machine, on one clock: nothing changes.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Clock, Duration, Effect, Layer, Schedule } from "effect"
+import { Clock, Duration, Effect, Layer } from "effect"
 
 /** How often a node measures PostgreSQL's clock. */
 const MEASURE_EVERY = Duration.minutes(1)
-/** How often it looks whether the machine's clock and the monotonic one parted (no query: two clock reads). */
+/** How often it looks whether the machine's clock and the monotonic one parted or leapt (no query: two clock reads). */
 const WATCH_EVERY = Duration.seconds(1)
-/** The machine's clock moved this far against the monotonic one since the last measurement: stepped or suspended. */
+/**
+ * The machine's clock moved this far against the monotonic one since the last measurement (stepped, or suspended), or
+ * the monotonic one this far more or less than a look's interval between two looks (stepped, or the process stalled).
+ */
 const PARTED_MS = 1_000
 /**
  * A measurement replaces the one in use only when this much farther from it than half its round trip (the
  * server read its clock somewhere in it): within that, a new one would only make the time wobble.
  */
 const REANCHOR_MS = 50
+/** A measurement that failed is tried again this long after. */
+const RETRY_AFTER_MS = 5_000
 /** The machine's clock this far from the server's is said (a warning), and said again once within half of it. */
 const APART_MS = 1_000
 
@@ -59,12 +66,10 @@ export const shareDatabaseClock = (measureEvery: Duration.Duration = MEASURE_EVE
     // The time is the monotonic time plus `offsetMs`: the machine's clock's until the first measurement.
     let offsetMs = wallLessMonotonic()
     let partedFrom = offsetMs
-    let measuredAt = monotonicMs()
     let apart = false
     const now = () => Math.floor(monotonicMs() + offsetMs)
 
     const measure = Effect.gen(function*() {
-      measuredAt = monotonicMs()
       const before = monotonicMs()
       const [row] = yield* sql<{ ms: number }>`SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::float8 AS ms`
       const after = monotonicMs()
@@ -85,15 +90,29 @@ export const shareDatabaseClock = (measureEvery: Duration.Duration = MEASURE_EVE
         )
       }
     })
-    // A measurement that fails is skipped (the time goes on from the last): the heartbeat says when the database
-    // does not answer.
-    yield* Effect.ignore(measure)
-    const due = () =>
-      monotonicMs() - measuredAt >= Duration.toMillis(measureEvery) || Math.abs(wallLessMonotonic() - partedFrom) > PARTED_MS
-    yield* Effect.suspend(() => due() ? Effect.ignore(measure) : Effect.void).pipe(
-      Effect.repeat(Schedule.spaced(watchEvery)),
-      Effect.forkScoped
-    )
+
+    // When the next measurement is due, and none before `notBefore` (a failed one is tried again a few seconds on:
+    // the heartbeat says when the database does not answer, and the time goes on from the last measurement meanwhile).
+    const measureEveryMs = Duration.toMillis(measureEvery)
+    const watchEveryMs = Duration.toMillis(watchEvery)
+    let dueAt = 0
+    let notBefore = 0
+    const measureNow = (at: number) =>
+      Effect.matchEffect(measure, {
+        onFailure: () => Effect.sync(() => void (notBefore = at + RETRY_AFTER_MS)),
+        onSuccess: () => Effect.sync(() => void (dueAt = at + measureEveryMs))
+      })
+    yield* measureNow(monotonicMs())
+    let lastLook = monotonicMs()
+    const look = Effect.suspend(() => {
+      const at = monotonicMs()
+      // The machine's clock moved against the monotonic one (a step, a suspended machine), or the monotonic clock
+      // itself leapt or went back between two looks (libfaketime steps both): measure at once.
+      const stepped = Math.abs(wallLessMonotonic() - partedFrom) > PARTED_MS || Math.abs(at - lastLook - watchEveryMs) > PARTED_MS
+      lastLook = at
+      if (stepped) dueAt = Math.min(dueAt, at)
+      return at >= dueAt && at >= notBefore ? measureNow(at) : Effect.void
+    })
     yield* Effect.withClockScoped<Clock.Clock>({
       [Clock.ClockTypeId]: Clock.ClockTypeId,
       unsafeCurrentTimeMillis: now,
@@ -102,6 +121,8 @@ export const shareDatabaseClock = (measureEvery: Duration.Duration = MEASURE_EVE
       currentTimeNanos: machine.currentTimeNanos,
       sleep: (duration) => machine.sleep(duration)
     })
+    // Forked under the shared clock: its lines carry PostgreSQL's time as the others do.
+    yield* Effect.delay(look, watchEvery).pipe(Effect.forever, Effect.forkScoped)
   })
 
 /** `shareDatabaseClock`, for the services built after it. */
