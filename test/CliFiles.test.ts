@@ -124,6 +124,12 @@ describe("the openai-batch command line's files", () => {
         expect(refused.stderr).not.toContain("retrying for up to")
         expect(refused.stderr).toContain("; the proxy refused its credentials: check the user and password in HTTPS_PROXY or HTTP_PROXY")
         await openai.batches.cancel(running.id)
+        // The proxy answering 502 itself (it could not reach the server): not read as the server's answer.
+        refuse = 502
+        const unreached = await cli(["list", "--limit", "1", ...proxiedUrl], through)
+        expect(unreached.code).toBe(1)
+        expect(unreached.stderr).toMatch(/502 status code \(no body\); that answer is not the server's \(its own errors name a code\): a proxy or load balancer in front \(the proxy http:\/\/127\.0\.0\.1:\d+, from HTTP_PROXY\) could not reach it/)
+        refuse = undefined
         const bad = await cli(["list"], { ...through, HTTP_PROXY: "proxy.corp:3128", http_proxy: "proxy.corp:3128" })
         expect([bad.code, bad.stderr]).toEqual([2, expect.stringContaining("Invalid data at http_proxy: \"Expected a URL starting with http://")])
       } finally {

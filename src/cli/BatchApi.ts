@@ -11,7 +11,7 @@ import type { Batch, BatchCreateParams } from "openai/resources/batches"
 import type { FileObject } from "openai/resources/files"
 import { Context, Duration, Effect, Layer, Option } from "effect"
 import { retryAfterMillis } from "../inference/answers.js"
-import { connectionHint, proxyRefusalStatus } from "../inference/connectionHints.js"
+import { connectionHint, proxyRefusalStatus, proxyShown } from "../inference/connectionHints.js"
 import { proxiesOf } from "../inference/proxies.js"
 import { withoutCredentials } from "../observability/urlText.js"
 import { CliFailure, EXIT_FAILED } from "./failure.js"
@@ -110,6 +110,24 @@ const wrongRoute = (error: APIError) =>
  */
 const otherServers = (error: APIError) => error.status === 404 && error.code == null && !wrongRoute(error)
 
+/**
+ * A 502, 503 or 504 without an error code: not this server's (its own name one), but a proxy's or a load
+ * balancer's in front of it that could not reach it. Through `HTTP_PROXY`, an `http:` base URL's calls are answered by
+ * the proxy alone (it forwards them whole): its 502 read as the server's.
+ */
+const notTheServers = (error: APIError) =>
+  error.status !== undefined && error.status >= 502 && error.status <= 504 && error.code == null
+
+/**
+ * ` (the proxy http://…, from HTTP_PROXY)` for an `http:` base URL the CLI calls through a proxy, else nothing (an
+ * `https:` one's calls go through a tunnel: what answers in it is past the proxy).
+ */
+const proxyNamed = (baseUrl: string) => {
+  const proxies = baseUrl.startsWith("http:") && throughProxy(baseUrl) ? proxiesOf(process.env) : undefined
+  const proxy = proxies === undefined ? undefined : proxyShown(baseUrl, proxies)
+  return proxy === undefined ? "" : ` (the proxy ${proxy}, from HTTP_PROXY)`
+}
+
 /** What a failed call tells the user: the server's own message, or why it could not be reached. */
 const explain = (what: string, connection: Connection) => (error: unknown): CliFailure => {
   // A user and password in the URL are nobody's to read in a terminal or a CI log.
@@ -122,7 +140,8 @@ const explain = (what: string, connection: Connection) => (error: unknown): CliF
     ? `${what}: ${error.message}${error.code ? ` (${error.code})` : ""}` +
       (error.status === 401 && connection.apiKey === undefined ? "; give a key with --api-key or OPENAI_API_KEY" : "") +
       (wrongRoute(error) && !/\/v1\/?$/.test(connection.baseUrl) ? `; the base URL is the API's, /v1 included (${shown.replace(/\/$/, "").replace(/\/v\d+$/, "")}/v1?)` : "") +
-      (otherServers(error) ? `; ${shown} has no Batches API: is it this server's address (--base-url, else OPENAI_BASE_URL)?` : "")
+      (otherServers(error) ? `; ${shown} has no Batches API: is it this server's address (--base-url, else OPENAI_BASE_URL)?` : "") +
+      (notTheServers(error) ? `; that answer is not the server's (its own errors name a code): a proxy or load balancer in front${proxyNamed(connection.baseUrl)} could not reach it` : "")
     : `${what}: ${error instanceof Error ? error.message : String(error)}`
   const transient = transience(error)
   const answered = error instanceof APIError && error.status !== undefined

@@ -33,6 +33,9 @@ const proxyOf = (url: string, proxies: Proxies) => {
   return { url: `${at.protocol}//${at.host}`, hostname: at.hostname.replace(/^\[|\]$/g, ""), port: at.port || (at.protocol === "https:" ? "443" : "80") }
 }
 
+/** The proxy a call to `url` goes to, without its credentials (`NO_PROXY` not read: undici's own matching). */
+export const proxyShown = (url: string, proxies: Proxies): string | undefined => proxyOf(url, proxies)?.url
+
 /**
  * `"; …"` to add to the text of `error`, a failed call to `url` (`proxies`: those set; `extraCaCerts`: whether
  * `NODE_EXTRA_CA_CERTS` is set; `target`: what the call was for, an upstream or, for the CLI, the batch server), or
