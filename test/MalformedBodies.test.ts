@@ -118,6 +118,7 @@ describe("malformed bodies", () => {
         // An empty multipart body failed (a 500) or waited for ever for its boundary; an empty form was read as `{}`.
         for (const path of ["/v1/batches", "/v1/uploads", "/v1/uploads/upload_abc/complete", "/v1/batches/batch_abc/retry"]) {
           for (const type of types) {
+            if (path.endsWith("/retry") && type === "application/x-www-form-urlencoded") continue // below
             expectEnvelope(yield* send("POST", path, { "content-type": type, "content-length": "0" }, ""), 415, { param: null, code: "unsupported_media_type" })
           }
         }
@@ -127,6 +128,9 @@ describe("malformed bodies", () => {
         expectEnvelope(yield* send("POST", "/v1/batches", {}, ""), 400, { param: null, code: "invalid_type" })
         const cancel = yield* send("POST", "/v1/batches/batch_abc/cancel", { "content-type": "application/x-www-form-urlencoded", "content-length": "0" }, "")
         expect([cancel.status, cancel.json.error.code]).toEqual([404, "not_found"])
+        // Nor does a rerun's empty form (`curl -X POST …/retry -d ''`): its body may be left out.
+        const retry = yield* send("POST", "/v1/batches/batch_abc/retry", { "content-type": "application/x-www-form-urlencoded", "content-length": "0" }, "")
+        expect([retry.status, retry.json.error.code]).toEqual([404, "not_found"])
       }))
 
     const notAnObject: ReadonlyArray<readonly [string, string]> = [

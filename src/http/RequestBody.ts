@@ -165,6 +165,10 @@ const encoded = (request: HttpServerRequest.HttpServerRequest) => {
   return coding !== undefined && coding !== "" && coding !== "identity"
 }
 
+/** A route that reads no body (a cancel), or an empty form where its body may be left out (a rerun). */
+const emptyBodyAllowed = (path: string, contentType: string) =>
+  /\/cancel\/?$/.test(path) || (/\/retry\/?$/.test(path) && /^application\/x-www-form-urlencoded\s*(;|$)/i.test(contentType))
+
 const isJson = (contentType: string | undefined) =>
   contentType === undefined || /^application\/json\s*(;|$)/i.test(contentType)
 
@@ -212,10 +216,10 @@ export const boundBodies = (
         ))
     }
     // An empty POST body still picks the route's decoder by its type: an empty multipart one failed (a 500) or
-    // waited for ever for its boundary, and an empty form was read as `{}`. Not on the routes that read no body
-    // (`curl -X POST …/cancel -d ''` sends an empty form).
+    // waited for ever for its boundary, and an empty form was read as `{}`. Not on a cancel, which reads no body, nor
+    // an empty form on a rerun, whose body may be left out and whose `{}` is its defaults: `curl -X POST … -d ''`.
     const typedEmptyPost = bodyless && request.method === "POST" && request.headers["content-type"] !== undefined &&
-      !requestTarget(request).path.endsWith("/cancel")
+      !emptyBodyAllowed(requestTarget(request).path, request.headers["content-type"])
     if (bodyless && !typedEmptyPost) return app
     if (!isJson(request.headers["content-type"])) {
       // No such route: its 404, as a JSON body gets (an upload to `/files`, a base URL without `/v1`, had said
