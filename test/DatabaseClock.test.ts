@@ -115,6 +115,21 @@ describe("a node's time on PostgreSQL", () => {
       yield* eventuallyEffect(Effect.sync(() => expect(Math.abs(awayMs())).toBeLessThan(250)), 3_000)
     }).pipe(Effect.scoped), 30_000)
 
+  it.live("measured slowly (1.5 s a query: a loaded database) is measured on time, not again at each look", () =>
+    Effect.gen(function*() {
+      const direct = Context.get(yield* Layer.build(layerPg(yield* freshSchemaUrl)), SqlClient.SqlClient)
+      let queries = 0
+      // Each statement made through the client answers 1.5 s late (its other members are the client's own).
+      const slow = new Proxy(direct, {
+        apply: (target, self, args) => (queries++, Effect.delay(Reflect.apply(target, self, args), "1500 millis"))
+      })
+      yield* shared(machineClock({ wallMs: 0, monotonicMs: 0 }), Duration.seconds(5), slow)
+      yield* Effect.sleep("11 seconds")
+      // At the start, then at 5 s and 10 s (once each look after a slow one saw a leap: every 1.6 s from 5 s on).
+      expect(queries).toBeGreaterThanOrEqual(2)
+      expect(queries).toBeLessThanOrEqual(4)
+    }).pipe(Effect.scoped), 30_000)
+
   it.live("is left alone under a test's clock (Effect's TestClock starts at 0), and on SQLite: nothing said", () =>
     Effect.gen(function*() {
       const test = yield* shared(machineClock({ wallMs: -Date.now(), monotonicMs: 0 }))

@@ -1,12 +1,13 @@
 /**
  * A client that sends `Expect: 100-continue` (curl's uploads over 1 MB) sends its body only once the server reads
  * it: an upload refused before that (no key: 401; a Content-Length over MAX_UPLOAD_BYTES: 413) is answered without a
- * `100 Continue`, so its body is never sent; one accepted is told to go on and stored. Before, Node answered 100 to
- * every such request as it arrived, and a refused upload was sent whole first.
+ * `100 Continue`, so its body is never sent; one accepted is told to go on and stored; one without a body keeps its
+ * connection (Node closes one whose 100 was never sent). Before, Node answered 100 to every such request as it
+ * arrived, and a refused upload was sent whole first.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { mkdtempSync, rmSync } from "node:fs"
-import { request } from "node:http"
+import { Agent, request } from "node:http"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import { type ServerProcess, startServer } from "./support/ServerProcess.js"
@@ -78,6 +79,27 @@ describe("an upload sent with Expect: 100-continue", () => {
   it("over MAX_UPLOAD_BYTES by its Content-Length is refused 413 before its body is sent", async () => {
     const answer = await expectingContinue(server.url, uploadBody(3 * 1024 * 1024), { authorization: `Bearer ${KEY}` })
     expect(answer).toMatchObject({ continued: false, status: 413 })
+  })
+
+  it("without a body (a GET, a cancel) keeps its connection open: a second request goes on the same one", async () => {
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 })
+    try {
+      const ask = (method: string, path: string) =>
+        new Promise<{ status: number; connection: string | undefined; reused: boolean }>((resolve, reject) => {
+          const req = request(`${server.url}${path}`, { method, agent, headers: { expect: "100-continue", authorization: `Bearer ${KEY}`, "content-length": "0" } })
+          req.on("response", (res) => {
+            res.resume()
+            res.on("end", () => resolve({ status: res.statusCode!, connection: res.headers.connection, reused: req.reusedSocket }))
+          })
+          req.on("error", reject)
+          req.end()
+        })
+      expect(await ask("GET", "/v1/health")).toEqual({ status: 200, connection: "keep-alive", reused: false })
+      expect(await ask("POST", "/v1/batches/batch_missing/cancel")).toEqual({ status: 404, connection: "keep-alive", reused: true })
+      expect(await ask("GET", "/v1/files")).toEqual({ status: 200, connection: "keep-alive", reused: true })
+    } finally {
+      agent.destroy()
+    }
   })
 
   it("with a key and within the bound is told to go on, and stored", async () => {

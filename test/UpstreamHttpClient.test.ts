@@ -11,7 +11,7 @@ import * as tls from "node:tls"
 import { Agent, type Dispatcher, EnvHttpProxyAgent } from "undici"
 import { defaults } from "../src/Config.js"
 import { connectionHint } from "../src/inference/connectionHints.js"
-import { proxiesOf, proxyProblem, unmatchedNoProxy } from "../src/inference/proxies.js"
+import { proxiedCall, proxiesOf, proxyProblem, unmatchedNoProxy } from "../src/inference/proxies.js"
 import * as UpstreamHttpClient from "../src/inference/UpstreamHttpClient.js"
 import { listeningLine } from "../src/observability/Lifecycle.js"
 import { freePort } from "./support/ServerProcess.js"
@@ -475,6 +475,29 @@ describe("UpstreamHttpClient", () => {
     expect(connectionHint(unresolved, "http://10.0.0.5:8000/v1/models", proxies)).toMatch(/^; that is the proxy/)
     expect(unmatchedNoProxy({ HTTP_PROXY: "http://p:1", NO_PROXY: "localhost, 10.0.0.0/8,.corp" })).toEqual(["10.0.0.0/8"])
     expect(unmatchedNoProxy({ NO_PROXY: "10.0.0.0/8" })).toEqual([]) // no proxy: nothing to say
+    // A call NO_PROXY sends straight names no proxy, whatever failed.
+    expect(connectionHint(atProxy, "http://10.0.0.5:8000/v1/models", { ...proxies, noProxy: "10.0.0.5" })).toBe("")
+  })
+
+  it("proxiedCall reads NO_PROXY as undici's EnvHttpProxyAgent does: a host and its subdomains, an optional port, * for none", () => {
+    const cases: ReadonlyArray<readonly [string, string, boolean]> = [
+      ["http://gpu.corp:8000/v1", "", true],
+      ["http://gpu.corp:8000/v1", "gpu.corp", false],
+      ["http://a.gpu.corp/v1", "gpu.corp", false], // a subdomain
+      ["http://notgpu.corp/v1", "gpu.corp", true], // not one
+      ["http://a.gpu.corp/v1", "*.gpu.corp", false],
+      ["http://a.gpu.corp/v1", ".gpu.corp", false],
+      ["http://GPU.Corp:8000/v1", "gpu.CORP", false],
+      ["http://gpu.corp:8000/v1", "gpu.corp:8000", false],
+      ["http://gpu.corp:8001/v1", "gpu.corp:8000", true],
+      ["http://gpu.corp/v1", "gpu.corp:80", false], // the scheme's port
+      ["https://gpu.corp/v1", "gpu.corp:443", false],
+      ["http://10.0.0.5/v1", "10.0.0.0/8", true], // a range: undici's rule matches none (warned of at start)
+      ["http://[::1]:8000/v1", "[::1]", false],
+      ["http://anything/v1", "*", false],
+      ["http://anything/v1", "localhost, other.corp\tgpu", true]
+    ]
+    for (const [url, noProxy, proxied] of cases) expect([url, noProxy, proxiedCall(new URL(url), noProxy)]).toEqual([url, noProxy, proxied])
   })
 
   it.scoped("without proxy variables the dispatcher is a plain Agent; a lower-case one counts too", () =>

@@ -8,6 +8,10 @@ import type { IncomingMessage, Server, ServerResponse } from "node:http"
 
 export const continueWhenRead = (server: Server): void => {
   server.on("checkContinue", (request: IncomingMessage, response: ServerResponse) => {
+    // A request without a body has nothing to hold back: told at once, its connection stays open (Node closes one
+    // whose 100 was never sent).
+    const bodyless = request.headers["transfer-encoding"] === undefined && Number(request.headers["content-length"] ?? 0) === 0
+    if (bodyless) response.writeContinue()
     // A reader of the body listens to 'data' or 'readable'; 'newListener' fires as one starts (before its listener is
     // added). Once an answer is under way, the body is only drained (`lingerAfterEarlyAnswers`): no 100 after it.
     const onListener = (event: string | symbol) => {
@@ -15,7 +19,7 @@ export const continueWhenRead = (server: Server): void => {
       request.off("newListener", onListener)
       if (!response.headersSent && !response.writableEnded) response.writeContinue()
     }
-    request.on("newListener", onListener)
+    if (!bodyless) request.on("newListener", onListener)
     // The request goes on to the 'request' listeners as any other (Node emits only this event for it).
     server.emit("request", request, response)
   })

@@ -4,7 +4,7 @@
  * upstream unreachable; its 407 said nothing of its password). Added to the failure's text in the server's log and
  * the upstream's down line, never to a line's error. Pure.
  */
-import type { Proxies } from "./proxies.js"
+import { type Proxies, proxiedCall } from "./proxies.js"
 
 /** Certificate checks that fail for a certificate whose CA is not among the trusted ones (Node's codes). */
 const UNTRUSTED_CERTIFICATE: ReadonlySet<string> = new Set([
@@ -25,15 +25,15 @@ export const proxyRefusalStatus = (message: string): number | undefined => {
   return refusal === null ? undefined : Number(refusal[1])
 }
 
-/** The proxy a call to `url` would go through (`NO_PROXY` aside: undici's to read), as host and port. */
+/** The proxy a call to `url` goes through, as host and port; none when `NO_PROXY` sends it straight. */
 const proxyOf = (url: string, proxies: Proxies) => {
   const proxy = url.startsWith("https:") ? proxies.https : proxies.http
-  if (proxy === undefined || !URL.canParse(proxy)) return undefined
+  if (proxy === undefined || !URL.canParse(proxy) || !URL.canParse(url) || !proxiedCall(new URL(url), proxies.noProxy)) return undefined
   const at = new URL(proxy)
   return { url: `${at.protocol}//${at.host}`, hostname: at.hostname.replace(/^\[|\]$/g, ""), port: at.port || (at.protocol === "https:" ? "443" : "80") }
 }
 
-/** The proxy a call to `url` goes to, without its credentials (`NO_PROXY` not read: undici's own matching). */
+/** The proxy a call to `url` goes to (none where `NO_PROXY` sends it straight), without its credentials. */
 export const proxyShown = (url: string, proxies: Proxies): string | undefined => proxyOf(url, proxies)?.url
 
 /**

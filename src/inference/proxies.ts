@@ -68,3 +68,20 @@ export const unmatchedNoProxy = (env: Record<string, string | undefined>): Reado
   const proxies = proxiesOf(env)
   return proxies === undefined ? [] : proxies.noProxy.split(/[,\s]+/).filter((entry) => entry.includes("/"))
 }
+
+/**
+ * Whether undici's `EnvHttpProxyAgent` sends a call to `url` through its proxy, by its reading of `noProxy` (each
+ * entry a host and its subdomains, `.host` and `*.host` alike, with an optional `:port`; `*` alone: no call), so that
+ * a hint names a proxy only for the calls that went to it. undici's rule, which it does not export.
+ */
+export const proxiedCall = (url: URL, noProxy: string): boolean => {
+  if (noProxy === "*") return false
+  const hostname = url.host.replace(/:\d*$/, "").toLowerCase()
+  const port = Number.parseInt(url.port, 10) || (url.protocol === "https:" ? 443 : url.protocol === "http:" ? 80 : 0)
+  return !noProxy.split(/[,\s]/).filter((entry) => entry !== "").some((entry) => {
+    const parsed = /^(.+):(\d+)$/.exec(entry)
+    const host = (parsed ? parsed[1]! : entry).replace(/^\*?\./, "").toLowerCase()
+    if (parsed && Number.parseInt(parsed[2]!, 10) !== port) return false
+    return hostname === host || hostname.endsWith(`.${host}`)
+  })
+}

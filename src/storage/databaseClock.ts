@@ -103,16 +103,16 @@ export const shareDatabaseClock = (measureEvery: Duration.Duration = MEASURE_EVE
         onSuccess: () => Effect.sync(() => void (dueAt = at + measureEveryMs))
       })
     yield* measureNow(monotonicMs())
+    // When the last look ended: the next one's sleep alone lies between (a slow measurement is not a leap).
     let lastLook = monotonicMs()
     const look = Effect.suspend(() => {
       const at = monotonicMs()
       // The machine's clock moved against the monotonic one (a step, a suspended machine), or the monotonic clock
-      // itself leapt or went back between two looks (libfaketime steps both): measure at once.
+      // itself leapt or went back over a look's sleep (libfaketime steps both): measure at once.
       const stepped = Math.abs(wallLessMonotonic() - partedFrom) > PARTED_MS || Math.abs(at - lastLook - watchEveryMs) > PARTED_MS
-      lastLook = at
       if (stepped) dueAt = Math.min(dueAt, at)
       return at >= dueAt && at >= notBefore ? measureNow(at) : Effect.void
-    })
+    }).pipe(Effect.ensuring(Effect.sync(() => void (lastLook = monotonicMs()))))
     yield* Effect.withClockScoped<Clock.Clock>({
       [Clock.ClockTypeId]: Clock.ClockTypeId,
       unsafeCurrentTimeMillis: now,
