@@ -1,6 +1,7 @@
 /**
- * A restore gone wrong, at start: a SQLite file that is no database (a copy cut short, another file in its place)
- * stops the start with one line saying so, not a stack trace; a file beside an unfinished write of another program
+ * A restore gone wrong, at start: a SQLite file that is no database (a copy cut short, another file in its place),
+ * or one with a damaged page (a copy taken while the server wrote), stops the start with one line saying so, not a
+ * stack trace, and before the start's orphan check could set real files' bytes aside; a file beside an unfinished write of another program
  * that would cut it short (the `-journal` a backup copy stopped midway leaves) is not opened, so that SQLite does not
  * roll it back to an empty database the start would then call new; a journal that leaves it whole is no obstacle, nor
  * is one of another process's write under way.
@@ -12,7 +13,7 @@ import { randomBytes } from "node:crypto"
 import { readFileSync, statSync, writeFileSync } from "node:fs"
 import * as Path from "node:path"
 import { freePort, runServerToExit, startServer } from "./support/ServerProcess.js"
-import { scratchDir } from "./support/TestApp.js"
+import { filesUnder, scratchDir } from "./support/TestApp.js"
 
 const errorLines = (output: string) =>
   output.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l)).filter((l) => l.level === "ERROR")
@@ -31,6 +32,42 @@ describe("a damaged SQLite database at start", () => {
             `put a whole copy in its place (README, "Backup and restore")`
         })])
       }))), { timeout: 40_000 })
+
+  it.live("a file whose header opens but one of its pages is damaged (a copy taken while the server wrote): refused at start, its blobs left alone", () =>
+    Effect.scoped(Effect.flatMap(scratchDir, (dataDir) =>
+      Effect.promise(async () => {
+        const env = { DATA_DIR: dataDir, LOG_FORMAT: "json" }
+        // The server's database and a stored file, then a table of the copy's own whose pages fill its middle.
+        const server = await startServer(env)
+        const form = new FormData()
+        form.append("purpose", "batch")
+        form.append("file", new Blob(['{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{}}\n']), "in.jsonl")
+        expect((await fetch(`${server.url}/v1/files`, { method: "POST", body: form })).status).toBe(200)
+        expect(await server.stop()).toBe(0)
+        const file = Path.join(dataDir, "batches.sqlite")
+        const db = new Database(file)
+        db.exec("CREATE TABLE filler (x BLOB)")
+        const insert = db.prepare("INSERT INTO filler VALUES (?)")
+        for (let i = 0; i < 400; i++) insert.run(randomBytes(3000))
+        const pageSize = Number(db.pragma("page_size", { simple: true }))
+        db.close()
+        // One page in the middle zeroed: a b-tree page of that table, which no statement of a start reads.
+        const bytes = readFileSync(file)
+        const page = Math.floor(bytes.length / pageSize / 2)
+        bytes.fill(0, page * pageSize, (page + 1) * pageSize)
+        writeFileSync(file, bytes)
+        const blobsBefore = filesUnder(Path.join(dataDir, "files"))
+
+        const run = await runServerToExit({ ...env, PORT: String(await freePort()) }, 30_000)
+        expect(run.code).toBe(1)
+        expect(errorLines(run.output)).toEqual([expect.objectContaining({
+          event: "server.start_failed",
+          message: expect.stringMatching(
+            new RegExp(`^Cannot use the database \\(SQLite at ${file.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}; see DATA_DIR\\): its file is damaged \\(database disk image is malformed.*\\): put a whole copy in its place`)
+          )
+        })])
+        expect(filesUnder(Path.join(dataDir, "files"))).toEqual(blobsBefore)
+      }))), { timeout: 60_000 })
 
   /**
    * A rollback journal's header as SQLite writes it (magic, records, nonce, the database's size in pages before the
