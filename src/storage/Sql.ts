@@ -129,13 +129,24 @@ const SqliteLive = (filename: string) =>
  * indexes with their tables, took seven times as long).
  */
 const refuseDamagedPages = (sqlite: SqlClient.SqlClient) =>
-  Effect.flatMap(sqlite.unsafe<Record<string, unknown>>("PRAGMA quick_check(5)"), (rows) => {
+  Effect.flatMap(Effect.timed(sqlite.unsafe<Record<string, unknown>>("PRAGMA quick_check(5)")), ([took, rows]) => {
     const problems = rows.map((row) => String(Object.values(row)[0])).filter((said) => said !== "ok")
-    return problems.length === 0 ? Effect.void : Effect.fail(new SqlError({
-      // SQLite's words for damage (what `startFaultLines.ts` reads), then what the check found.
-      message: `database disk image is malformed (PRAGMA quick_check: ${problems.join("; ").slice(0, 500)})`
-    }))
+    if (problems.length > 0) {
+      return Effect.fail(new SqlError({
+        // SQLite's words for damage (what `startFaultLines.ts` reads), then what the check found.
+        message: `database disk image is malformed (PRAGMA quick_check: ${problems.join("; ").slice(0, 500)})`
+      }))
+    }
+    // A start that sat silent for a large file's check says what it did.
+    return Duration.greaterThan(took, QUICK_CHECK_SAID_AFTER)
+      ? Effect.logInfo(`Checked the database file's pages (PRAGMA quick_check) in ${(Duration.toMillis(took) / 1000).toFixed(1)} s.`).pipe(
+        Effect.annotateLogs({ event: "database.checked" })
+      )
+      : Effect.void
   })
+
+/** A check at start longer than this is said. */
+const QUICK_CHECK_SAID_AFTER = Duration.seconds(2)
 
 /** A rollback journal's first bytes while it holds a write to undo (SQLite's file format, "The Rollback Journal"). */
 const HOT_JOURNAL_MAGIC = Buffer.from("d9d505f920a163d7", "hex")
