@@ -2,7 +2,7 @@
  * A request sent with `Expect: 100-continue` (curl's uploads over 1 MB, .NET's and Java's clients) is told to go on
  * when the app first reads its body, not as it arrives (Node's default): one the app refuses before reading (401
  * without a key, 413 over the size bound, 429, 503 while draining) gets its final answer alone, and its client does
- * not send a body nobody reads (a refused 1 GB upload was sent whole first).
+ * not send a body nobody reads (a refused upload was sent whole first).
  */
 import type { IncomingMessage, Server, ServerResponse } from "node:http"
 
