@@ -66,7 +66,6 @@ export const requestBody = (request: HttpServerRequest.HttpServerRequest): Strea
     return source instanceof IncomingMessage && Duration.isFinite(patience.stall) ? cutSlowBodies(source, patience, body) : body
   }))
 
-
 /**
  * How long a request body may go without a byte while it is read (`STALL_TIMEOUT`), and the slowest it may come on
  * average (`MIN_BODY_RATE`), in the serving layer's context (`HttpLive`); no limit where it is not. They stand for Node's own limit on a
