@@ -8,7 +8,7 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Context, Duration, Effect, Layer, Logger } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Logger, TestClock } from "effect"
 import { shareDatabaseClock } from "../src/storage/databaseClock.js"
 import { layerPg, layerSqlite } from "../src/storage/Sql.js"
 import { freshSchemaUrl } from "./support/ForwardedPostgres.js"
@@ -128,6 +128,16 @@ describe("a node's time on PostgreSQL", () => {
       // At the start, then at 5 s and 10 s (once each look after a slow one saw a leap: every 1.6 s from 5 s on).
       expect(queries).toBeGreaterThanOrEqual(2)
       expect(queries).toBeLessThanOrEqual(4)
+    }).pipe(Effect.scoped), 30_000)
+
+  it.effect("is left alone under Effect's TestClock set to the machine's time: TestClock.adjust still moves it", () =>
+    Effect.gen(function*() {
+      const now = Date.now()
+      yield* TestClock.setTime(now)
+      const sql = Context.get(yield* Layer.build(layerPg(yield* freshSchemaUrl)), SqlClient.SqlClient)
+      yield* shareDatabaseClock(Duration.minutes(1), Duration.millis(100)).pipe(Effect.provideService(SqlClient.SqlClient, sql))
+      yield* TestClock.adjust("10 minutes")
+      expect(yield* Clock.currentTimeMillis).toBe(now + 600_000)
     }).pipe(Effect.scoped), 30_000)
 
   it.live("is left alone under a test's clock (Effect's TestClock starts at 0), and on SQLite: nothing said", () =>

@@ -41,6 +41,15 @@ const APART_MS = 1_000
  */
 const TEST_CLOCK_AWAY_MS = 86_400_000
 
+/**
+ * A test's clock: Effect's `TestClock` (which its `adjust` and `setTime` tell, wherever it was set: a test that set it
+ * to now found `TestClock.adjust` failing, the shared clock in its place), or one a day or more from the machine's.
+ */
+const isTestClock = (clock: Clock.Clock): boolean =>
+  typeof (clock as { readonly adjust?: unknown }).adjust === "function" ||
+  typeof (clock as { readonly setTime?: unknown }).setTime === "function" ||
+  Math.abs(clock.unsafeCurrentTimeMillis() - Date.now()) > TEST_CLOCK_AWAY_MS
+
 const seconds = (ms: number) => `${(Math.abs(ms) / 1000).toFixed(1)} s`
 
 /** The warning of a machine's clock `aheadMs` ahead of the database's (behind when negative). */
@@ -59,7 +68,7 @@ export const shareDatabaseClock = (measureEvery: Duration.Duration = MEASURE_EVE
     const sql = yield* SqlClient.SqlClient
     if (!sql.onDialectOrElse({ pg: () => true, orElse: () => false })) return
     const machine = yield* Effect.clock
-    if (Math.abs(machine.unsafeCurrentTimeMillis() - Date.now()) > TEST_CLOCK_AWAY_MS) return
+    if (isTestClock(machine)) return
     const monotonicMs = () => Number(machine.unsafeCurrentTimeNanos() / 1_000_000n)
     const wallLessMonotonic = () => machine.unsafeCurrentTimeMillis() - monotonicMs()
 
