@@ -23,6 +23,7 @@ import { type DatabasePlace, runMigrations } from "./migrationsTable.js"
 import { makePool, type PoolOptions, type StatementBound } from "./pgPool.js"
 import { sqliteReadConnection } from "./ReadConnection.js"
 import { rootMessage } from "./Faults.js"
+import { refuseDamagedPages } from "./sqliteCheck.js"
 import { refuseOtherEncodings, refuseSharedSessionsOf } from "./pgSessions.js"
 import { lockWaitingConnection, lockWaitingTransaction, SQLITE_BUSY_TIMEOUT_MS } from "./sqliteLocks.js"
 
@@ -108,7 +109,7 @@ const SqliteLive = (filename: string) =>
   Layer.scoped(
     SqlClient.SqlClient,
     Effect.flatMap(Effect.zipRight(refuseHotJournal(filename), SqliteClient.make({ filename })), (sqlite) =>
-      Effect.zipRight(sqlite.unsafe(`PRAGMA busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`).pipe(Effect.zipRight(refuseDamagedPages(sqlite))), Effect.map(SqlClient.make({
+      Effect.zipRight(sqlite.unsafe(`PRAGMA busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`).pipe(Effect.zipRight(refuseDamagedPages(sqlite, filename))), Effect.map(SqlClient.make({
         // The connection once no transaction holds it, held for the statement; let go while a statement or a
         // transaction's begin waits for another process's lock (`sqliteLocks.ts`).
         acquirer: Effect.succeed(lockWaitingConnection(sqlite.reserve)),
@@ -120,33 +121,6 @@ const SqliteLive = (filename: string) =>
         // `reserve` is the transaction acquirer by default: the connection lent with a transaction begun.
         Object.assign(client, { reserve: sqlite.reserve }))))
   ).pipe(Layer.provide(Reactivity.layer))
-
-/**
- * Fails when `PRAGMA quick_check` finds pages of the file damaged, as a copy taken while the server wrote may have
- * them (its pages from different moments: one such copy in 25 in a trial). Opened as it was, that copy started,
- * answered 500 wherever a read met a damaged page, and its start's orphan check set real files' bytes aside as bytes
- * no row names. The check reads every page once: half a second for 400 MB (`integrity_check`, which also compares
- * indexes with their tables, took seven times as long).
- */
-const refuseDamagedPages = (sqlite: SqlClient.SqlClient) =>
-  Effect.flatMap(Effect.timed(sqlite.unsafe<Record<string, unknown>>("PRAGMA quick_check(5)")), ([took, rows]) => {
-    const problems = rows.map((row) => String(Object.values(row)[0])).filter((said) => said !== "ok")
-    if (problems.length > 0) {
-      return Effect.fail(new SqlError({
-        // SQLite's words for damage (what `startFaultLines.ts` reads), then what the check found.
-        message: `database disk image is malformed (PRAGMA quick_check: ${problems.join("; ").slice(0, 500)})`
-      }))
-    }
-    // A start that sat silent for a large file's check says what it did.
-    return Duration.greaterThan(took, QUICK_CHECK_SAID_AFTER)
-      ? Effect.logInfo(`Checked the database file's pages (PRAGMA quick_check) in ${(Duration.toMillis(took) / 1000).toFixed(1)} s.`).pipe(
-        Effect.annotateLogs({ event: "database.checked" })
-      )
-      : Effect.void
-  })
-
-/** A check at start longer than this is said. */
-const QUICK_CHECK_SAID_AFTER = Duration.seconds(2)
 
 /** A rollback journal's first bytes while it holds a write to undo (SQLite's file format, "The Rollback Journal"). */
 const HOT_JOURNAL_MAGIC = Buffer.from("d9d505f920a163d7", "hex")
