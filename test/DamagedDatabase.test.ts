@@ -68,6 +68,42 @@ describe("a damaged SQLite database at start", () => {
         })])
       }))), { timeout: 60_000 })
 
+  /** Two pages past the end of the SQLite file, counted in its header's size: used by no table, index or free list. */
+  const leakTwoPages = (file: string) => {
+    const bytes = readFileSync(file)
+    const grown = Buffer.concat([bytes, Buffer.alloc(2 * bytes.readUInt16BE(16))])
+    grown.writeUInt32BE(bytes.readUInt32BE(28) + 2, 28)
+    writeFileSync(file, grown)
+  }
+
+  it.live("leaked pages and indexes of another moment (a torn copy's): refused, though quick_check alone sees only the leak", () =>
+    Effect.scoped(Effect.flatMap(scratchDir, (dataDir) =>
+      Effect.promise(async () => {
+        const env = { DATA_DIR: dataDir, LOG_FORMAT: "json" }
+        expect(await (await startServer(env)).stop()).toBe(0)
+        // Two indexes whose entries are each other's: every row missing from both, which only integrity_check reads.
+        const file = Path.join(dataDir, "batches.sqlite")
+        const db = new Database(file)
+        db.exec("CREATE TABLE pairs (a TEXT, b TEXT); CREATE INDEX pairs_a ON pairs(a); CREATE INDEX pairs_b ON pairs(b)")
+        const insert = db.prepare("INSERT INTO pairs VALUES (?, ?)")
+        for (let i = 0; i < 50; i++) insert.run(`a${i}`, `b${49 - i}`)
+        const roots = new Map(db.prepare("SELECT name, rootpage FROM sqlite_master WHERE name IN ('pairs_a', 'pairs_b')").all()
+          .map((row) => [(row as { name: string }).name, (row as { rootpage: number }).rootpage]))
+        db.unsafeMode(true)
+        db.pragma("writable_schema = ON")
+        db.prepare("UPDATE sqlite_master SET rootpage = ? WHERE name = 'pairs_a'").run(roots.get("pairs_b"))
+        db.prepare("UPDATE sqlite_master SET rootpage = ? WHERE name = 'pairs_b'").run(roots.get("pairs_a"))
+        db.close()
+        leakTwoPages(file)
+
+        const run = await runServerToExit({ ...env, PORT: String(await freePort()) }, 30_000)
+        expect(run.code).toBe(1)
+        expect(errorLines(run.output)).toEqual([expect.objectContaining({
+          event: "server.start_failed",
+          message: expect.stringContaining("its file is damaged (database disk image is malformed (SQLite's check: row 1 missing from index pairs_")
+        })])
+      }))), { timeout: 60_000 })
+
   it.live("a file with pages that belong to nothing (leaked by such a copy, its data whole) starts, and says how to give them back", () =>
     Effect.scoped(Effect.flatMap(scratchDir, (dataDir) =>
       Effect.promise(async () => {
@@ -78,13 +114,7 @@ describe("a damaged SQLite database at start", () => {
         form.append("file", new Blob(['{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{}}\n']), "in.jsonl")
         const stored = (await (await fetch(`${first.url}/v1/files`, { method: "POST", body: form })).json()) as { id: string; bytes: number }
         expect(await first.stop()).toBe(0)
-        // Two pages past the end, counted in the header's size: used by no table, index or free list.
-        const file = Path.join(dataDir, "batches.sqlite")
-        const bytes = readFileSync(file)
-        const pageSize = bytes.readUInt16BE(16)
-        const grown = Buffer.concat([bytes, Buffer.alloc(2 * pageSize)])
-        grown.writeUInt32BE(bytes.readUInt32BE(28) + 2, 28)
-        writeFileSync(file, grown)
+        leakTwoPages(Path.join(dataDir, "batches.sqlite"))
 
         const server = await startServer(env)
         try {
