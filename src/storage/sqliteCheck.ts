@@ -2,8 +2,8 @@
  * The SQLite file's pages checked at start (`PRAGMA quick_check`): a copy taken while a server wrote may have pages
  * from different moments (one such `cp` in 25 in a trial, 9 in 40 in another, under four large batches). Opened as
  * it was, such a copy started, answered 500 wherever a read met a damaged page, and its start's orphan check set
- * real files' bytes aside as bytes no row names. Pages that only belong to nothing (leaked by such a copy, the data
- * whole) are said, not refused: `VACUUM` gives them back.
+ * real files' bytes aside as bytes no row names. Pages that only belong to nothing (leaked by such a copy), the file
+ * otherwise whole by a full `integrity_check`, are said, not refused: `VACUUM` gives them back.
  */
 import type * as SqlClient from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
