@@ -19,6 +19,19 @@ import { scratchDir } from "./support/TestApp.js"
 const errorLines = (output: string) =>
   output.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l)).filter((l) => l.level === "ERROR")
 
+/** A server on `env` stores a small file and stops: the file's id and size. */
+const storedByAServer = async (env: Record<string, string>) => {
+  const server = await startServer(env)
+  const form = new FormData()
+  form.append("purpose", "batch")
+  form.append("file", new Blob(['{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{}}\n']), "in.jsonl")
+  const answer = await fetch(`${server.url}/v1/files`, { method: "POST", body: form })
+  expect(answer.status).toBe(200)
+  const stored = (await answer.json()) as { id: string; bytes: number }
+  expect(await server.stop()).toBe(0)
+  return stored
+}
+
 describe("a damaged SQLite database at start", () => {
   it.live("a file that is no database: one line naming it and what to do, exit 1", () =>
     Effect.scoped(Effect.flatMap(scratchDir, (dataDir) =>
@@ -39,12 +52,7 @@ describe("a damaged SQLite database at start", () => {
       Effect.promise(async () => {
         const env = { DATA_DIR: dataDir, LOG_FORMAT: "json" }
         // The server's database and a stored file, then a table of the copy's own whose pages fill its middle.
-        const server = await startServer(env)
-        const form = new FormData()
-        form.append("purpose", "batch")
-        form.append("file", new Blob(['{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{}}\n']), "in.jsonl")
-        expect((await fetch(`${server.url}/v1/files`, { method: "POST", body: form })).status).toBe(200)
-        expect(await server.stop()).toBe(0)
+        await storedByAServer(env)
         const file = Path.join(dataDir, "batches.sqlite")
         const db = new Database(file)
         db.exec("CREATE TABLE filler (x BLOB)")
@@ -108,12 +116,7 @@ describe("a damaged SQLite database at start", () => {
     Effect.scoped(Effect.flatMap(scratchDir, (dataDir) =>
       Effect.promise(async () => {
         const env = { DATA_DIR: dataDir, LOG_FORMAT: "json" }
-        const first = await startServer(env)
-        const form = new FormData()
-        form.append("purpose", "batch")
-        form.append("file", new Blob(['{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{}}\n']), "in.jsonl")
-        const stored = (await (await fetch(`${first.url}/v1/files`, { method: "POST", body: form })).json()) as { id: string; bytes: number }
-        expect(await first.stop()).toBe(0)
+        const stored = await storedByAServer(env)
         leakTwoPages(Path.join(dataDir, "batches.sqlite"))
 
         const server = await startServer(env)
