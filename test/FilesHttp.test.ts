@@ -255,7 +255,7 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
       )
     }))
 
-  it.effect("an upload to a path that is no route is its 404, with the hint, not a 415 for not being JSON; /v1/files/ is /v1/files", () =>
+  it.effect("an upload to a path that is no route (for POST) is its 404, with the hint, not a 415 for not being JSON; /v1/files/ is /v1/files", () =>
     Effect.gen(function*() {
       const posted = () => ({ method: "POST", body: form({ purpose: "batch" }, { name: "a.jsonl", bytes: Buffer.from('{"custom_id":"a"}\n') }) })
       // The official client with a base URL without /v1, as a LiteLLM user's (http://host:4000) is.
@@ -270,6 +270,8 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
         code: "not_found"
       })
       expectEnvelope(yield* call("/v1//files", posted()), 404, { code: "not_found" })
+      // A form posted to a file's path, a route for GET and DELETE only, is no route either (it was a 415).
+      expectEnvelope(yield* call("/v1/files/file-abc", posted()), 404, { code: "not_found" })
       // A known route still wants JSON: 415.
       expectEnvelope(yield* call("/v1/batches", posted()), 415, { code: "unsupported_media_type" })
       const slash = yield* call("/v1/files/", posted())

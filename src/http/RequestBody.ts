@@ -19,7 +19,7 @@ import { answer, envelope } from "./EarlyAnswer.js"
 import { type Budget, busy, cutSlowBodies, type Holder, overShare, type Patience, type Taken } from "./holding.js"
 import { bodyStream } from "./nodeBody.js"
 import { invalidUrl } from "./routeHint.js"
-import { requestTarget, routedPath, routeOf } from "./Routes.js"
+import { requestTarget, routedPath, routeFor } from "./Routes.js"
 
 /**
  * The body does not fit in the node's budget of JSON bodies now (`held`: in its project's share of it, of which the
@@ -221,9 +221,12 @@ export const boundBodies = (
       !emptyBodyAllowed(requestTarget(request).path, request.headers["content-type"])
     if (bodyless && !typedEmptyPost) return app
     if (!isJson(request.headers["content-type"])) {
-      // No such route: its 404, as a JSON body gets (an upload to `/files`, a base URL without `/v1`, had said
-      // "must be JSON").
-      if (routeOf(routedPath(requestTarget(request).path)) === undefined) return answer(request, envelope(invalidUrl(request), 404))
+      // No route for the method there: its 404, as a JSON body gets (an upload to `/files`, a base URL without `/v1`,
+      // a form posted to `/v1/files/file-abc`, had said "must be JSON"). A JSON body goes on to the router, which may
+      // hold an app's own routes.
+      if (routeFor(request.method, routedPath(requestTarget(request).path)) === undefined) {
+        return answer(request, envelope(invalidUrl(request), 404))
+      }
       return answer(request, envelope(
         invalidRequest("Request bodies must be JSON (Content-Type: application/json).", null, "unsupported_media_type"),
         415

@@ -15,7 +15,6 @@ export const METRICS_PATH = "/metrics"
 /** Routes served beside the `HttpApi`'s endpoints (`Http.ts`). */
 const OTHER_ROUTES = ["/docs", "/openapi.json", METRICS_PATH, ...DASHBOARD_ROUTES]
 
-
 /**
  * The authority a request was addressed to, and its path as the router reads it. A target in absolute form
  * (`GET http://evil.example/v1/files`, as sent to proxies) names the authority itself, and then the `Host` header is
@@ -79,4 +78,23 @@ export const routeOf = (path: string): string | undefined => {
     apiRouteOf = makeRouteMatcher(patterns)
   }
   return apiRouteOf(path)
+}
+
+let routesByMethod: ReadonlyMap<string, (path: string) => string | undefined> | undefined
+
+/**
+ * The route pattern a request with `method` to a path matches, undefined when no route takes that method there (the
+ * router's 404: `POST /v1/files/file-abc` has none, though `GET` and `DELETE` do). The routes beside the API's
+ * are `GET`s; a `HEAD` is routed as its `GET`.
+ */
+export const routeFor = (method: string, path: string): string | undefined => {
+  if (routesByMethod === undefined) {
+    const patterns = new Map<string, Array<string>>([["GET", [...OTHER_ROUTES]]])
+    HttpApi.reflect(OpenAIApi, {
+      onGroup: () => {},
+      onEndpoint: ({ endpoint }) => void patterns.set(endpoint.method, [...(patterns.get(endpoint.method) ?? []), endpoint.path])
+    })
+    routesByMethod = new Map([...patterns].map(([routed, paths]) => [routed, makeRouteMatcher(paths)]))
+  }
+  return routesByMethod.get(method === "HEAD" ? "GET" : method)?.(path)
 }
