@@ -59,7 +59,7 @@ const shared = (machine: Clock.Clock, measureEvery = Duration.minutes(1), sql?: 
   })
 
 describe("a node's time on PostgreSQL", () => {
-  it.live("is the server's on a machine 60 s ahead, said once; a step of the machine's clock moves nothing; said again when they agree", () =>
+  it.live("is the server's on a machine 60 s ahead, said once (again at another offset); a step of the machine's clock moves nothing; said when they agree", () =>
     Effect.gen(function*() {
       const skew = { wallMs: 60_000, monotonicMs: 0 }
       const { awayMs, lines } = yield* shared(machineClock(skew))
@@ -69,17 +69,21 @@ describe("a node's time on PostgreSQL", () => {
       expect(lines[0]!.message).toMatch(/^This node's clock is (59\.\d|60\.\d) s ahead of PostgreSQL's\. The node reads PostgreSQL's time \(measured every minute\) for its leases, the times it stores and its log lines/)
       yield* Effect.sleep("300 millis")
       expect(lines).toHaveLength(1) // not at each look
+      // Stepped to another offset, still apart: said again, with the new one.
+      skew.wallMs = 30_000
+      yield* eventuallyEffect(Effect.sync(() => expect(lines.map((l) => l.event)).toEqual(["node.clock_skew", "node.clock_skew"])), 5_000)
+      expect(lines[1]!.message).toMatch(/^This node's clock is (29\.\d|30\.\d) s ahead of PostgreSQL's\./)
 
       // Stepped back to the right time (NTP): the time read does not move, not even before the next measurement.
       skew.wallMs = 0
       expect(Math.abs(awayMs())).toBeLessThan(250)
-      yield* eventuallyEffect(Effect.sync(() => expect(lines.map((l) => l.event)).toEqual(["node.clock_skew", "node.clock_in_sync"])), 5_000)
-      expect(lines[1]!.message).toMatch(/^This node's clock agrees with PostgreSQL's again \(0\.\d s apart\)\.$/)
+      yield* eventuallyEffect(Effect.sync(() => expect(lines.map((l) => l.event)).toEqual(["node.clock_skew", "node.clock_skew", "node.clock_in_sync"])), 5_000)
+      expect(lines[2]!.message).toMatch(/^This node's clock agrees with PostgreSQL's again \(0\.\d s apart\)\.$/)
       // Then 3 s behind.
       skew.wallMs = -3_000
       expect(Math.abs(awayMs())).toBeLessThan(250)
-      yield* eventuallyEffect(Effect.sync(() => expect(lines).toHaveLength(3)), 5_000)
-      expect(lines[2]!.message).toMatch(/^This node's clock is (2\.9|3\.\d) s behind PostgreSQL's\./)
+      yield* eventuallyEffect(Effect.sync(() => expect(lines).toHaveLength(4)), 5_000)
+      expect(lines[3]!.message).toMatch(/^This node's clock is (2\.9|3\.\d) s behind PostgreSQL's\./)
       expect(Math.abs(awayMs())).toBeLessThan(250)
     }).pipe(Effect.scoped), 30_000)
 

@@ -471,6 +471,20 @@ describe("Inference", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  it.effect("a stored retry time further off than a backoff's longest (a node whose clock leapt stored it) is waited no longer than that", () => {
+    const { calls, layer } = scripted([{ status: 200, body: `{"id":"x"}` }], 5)
+    return Effect.gen(function*() {
+      const inference = yield* Inference
+      const attempts: AttemptsUsed = { used: 1, retryAt: (yield* Clock.currentTimeMillis) + 600_000 }
+      const fiber = yield* Effect.fork(inference.send("/v1/chat/completions", `{"model":"m"}`, { attempts }))
+      yield* TestClock.adjust("59 seconds")
+      expect(calls.n).toBe(0)
+      yield* TestClock.adjust("1 second") // INFERENCE_RETRY_MAX_DELAY: 60 s here
+      expect((yield* Fiber.join(fiber)).status).toBe(200)
+      expect(calls.n).toBe(1)
+    }).pipe(Effect.provide(layer))
+  })
+
   it.effect("a request waiting for a permit at its upstream is handed back when asked; the others go on", () => {
     const { calls, layer } = scripted([{ status: 200, body: `{"id":"x"}`, afterMs: 1000 }])
     return Effect.gen(function*() {

@@ -171,14 +171,18 @@ export const makeSend = ({ config, pickTraced, route }: SendingOptions) => {
           ? (handBack?.wanted() ? Effect.fail(new HandedBack()) : again(result, n, traced))
           : retry(result, n, traced))
     const first = Math.min(attempts?.used ?? 0, config.inferenceMaxAttempts - 1) + 1
-    // A request handed back in its backoff waits out the rest of it before its next attempt.
+    // A request handed back in its backoff waits out the rest of it before its next attempt: at most a backoff's
+    // longest, whatever time was stored (a node whose clock leapt stored one 10 minutes on, and held its batch so).
     const start = (traced?: TracedCall) =>
       attempts?.retryAt === undefined
         ? loop(first, traced)
         : Effect.flatMap(Clock.currentTimeMillis, (now) =>
           now >= attempts.retryAt!
             ? loop(first, traced)
-            : Effect.zipRight(backingOff(unlessHandedBack(Effect.sleep(Duration.millis(attempts.retryAt! - now)), handBack), true), loop(first, traced)))
+            : Effect.zipRight(
+              backingOff(unlessHandedBack(Effect.sleep(Duration.millis(Math.min(attempts.retryAt! - now, maxDelay))), handBack), true),
+              loop(first, traced)
+            ))
     /**
      * A 404 about the model from a `"*"` upstream: its list is asked again (`relisted`). Still listing the model,
      * the 404 is the request's; else the request goes where the model is routed now, or, routed nowhere, stays

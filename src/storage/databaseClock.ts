@@ -8,8 +8,8 @@
  * move; it measures again within a second when the machine's clock and the monotonic one part (a step, or a machine
  * suspended: its monotonic clock stood still) or the monotonic clock itself leaps (libfaketime steps both: until then
  * the time is off by the step). A new measurement moves the time at once, forward or back (by more than 50 ms only).
- * Its log lines' timestamps follow (Effect's logger reads the fiber's clock; a start's lines before the migrations'
- * end excepted): the nodes' lines interleave by one time. It says when its own clock is more than a second from the
+ * Its log lines' timestamps follow (Effect's logger reads the fiber's clock; but for a start's lines before the
+ * migrations' end, and those of fibers on real time, `wallClock.ts`): the nodes' lines interleave by one time. It says when its own clock is more than a second from the
  * server's (the machine's other programs and its files' times on disk go by it). On SQLite every node runs on the
  * file's machine, on one clock: nothing changes.
  */
@@ -75,7 +75,8 @@ export const shareDatabaseClock = (measureEvery: Duration.Duration = MEASURE_EVE
     // The time is the monotonic time plus `offsetMs`: the machine's clock's until the first measurement.
     let offsetMs = wallLessMonotonic()
     let partedFrom = offsetMs
-    let apart = false
+    // How far ahead the machine's clock was said to be, while it is said to be apart.
+    let saidAheadMs: number | undefined
     const now = () => Math.floor(monotonicMs() + offsetMs)
 
     const measure = Effect.gen(function*() {
@@ -87,13 +88,15 @@ export const shareDatabaseClock = (measureEvery: Duration.Duration = MEASURE_EVE
       if (Math.abs(measured - offsetMs) > halfTripMs + REANCHOR_MS) offsetMs = measured
       partedFrom = wallLessMonotonic()
       const aheadMs = partedFrom - measured
-      if (!apart && Math.abs(aheadMs) - halfTripMs > APART_MS) {
-        apart = true
+      // Said when apart, and again when apart by another second (a clock stepped again: the line said showed the old).
+      const away = (from: number) => Math.abs(aheadMs - from) - halfTripMs > APART_MS
+      if (saidAheadMs === undefined ? away(0) : away(saidAheadMs) && away(0)) {
+        saidAheadMs = aheadMs
         yield* Effect.logWarning(apartLine(aheadMs)).pipe(
           Effect.annotateLogs({ event: "node.clock_skew", ahead_ms: Math.round(aheadMs) })
         )
-      } else if (apart && Math.abs(aheadMs) + halfTripMs <= APART_MS / 2) { // well within: no line at each wobble
-        apart = false
+      } else if (saidAheadMs !== undefined && Math.abs(aheadMs) + halfTripMs <= APART_MS / 2) { // well within: no line at each wobble
+        saidAheadMs = undefined
         yield* Effect.logInfo(`This node's clock agrees with PostgreSQL's again (${seconds(aheadMs)} apart).`).pipe(
           Effect.annotateLogs({ event: "node.clock_in_sync", ahead_ms: Math.round(aheadMs) })
         )
@@ -111,7 +114,6 @@ export const shareDatabaseClock = (measureEvery: Duration.Duration = MEASURE_EVE
         onFailure: () => Effect.sync(() => void (notBefore = at + RETRY_AFTER_MS)),
         onSuccess: () => Effect.sync(() => void (dueAt = at + measureEveryMs))
       })
-    yield* measureNow(monotonicMs())
     // When the last look ended: the next one's sleep alone lies between (a slow measurement is not a leap).
     let lastLook = monotonicMs()
     const look = Effect.suspend(() => {
@@ -130,7 +132,10 @@ export const shareDatabaseClock = (measureEvery: Duration.Duration = MEASURE_EVE
       currentTimeNanos: machine.currentTimeNanos,
       sleep: (duration) => machine.sleep(duration)
     })
-    // Forked under the shared clock: its lines carry PostgreSQL's time as the others do.
+    // Measured under the shared clock (the time read till then is the machine's): its lines carry PostgreSQL's time
+    // as the others do, the first warning too.
+    yield* measureNow(monotonicMs())
+    lastLook = monotonicMs()
     yield* Effect.delay(look, watchEvery).pipe(Effect.forever, Effect.forkScoped)
   })
 
