@@ -9,9 +9,9 @@
  * suspended: its monotonic clock stood still) or the monotonic clock itself leaps (libfaketime steps both: until then
  * the time is off by the step). A new measurement moves the time at once, forward or back (by more than 50 ms only).
  * Its log lines' timestamps follow (Effect's logger reads the fiber's clock; but for a start's lines before the
- * migrations' end, and those of fibers on real time, `wallClock.ts`): the nodes' lines interleave by one time. It says when its own clock is more than a second from the
- * server's (the machine's other programs and its files' times on disk go by it). On SQLite every node runs on the
- * file's machine, on one clock: nothing changes.
+ * migrations' end, and those of fibers on real time, `wallClock.ts`): the nodes' lines interleave by one time. It
+ * says when its own clock is more than a second from the server's (the machine's other programs and its files' times
+ * on disk go by it). On SQLite every node runs on the file's machine, on one clock: nothing changes.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Clock, Duration, Effect, Layer } from "effect"
