@@ -442,10 +442,12 @@ describe("key configuration", () => {
       expect(Exit.isSuccess(yield* check(AuthTest(), { host: "127.0.0.1" }))).toBe(true)
 
       // The services check it first: no database is made, no batch work starts.
-      const dataDir = Path.join(mkdtempSync(Path.join(tmpdir(), "auth-host-")), "data")
+      const parent = mkdtempSync(Path.join(tmpdir(), "auth-host-"))
+      const dataDir = Path.join(parent, "data")
       const services = ServicesLive.pipe(Layer.provide(AppConfig.layerWith({ host: "0.0.0.0", dataDir })))
       expect(failure(yield* Effect.exit(Layer.build(services)))).toContain("Invalid data at HOST")
       expect(existsSync(dataDir)).toBe(false)
+      rmSync(parent, { recursive: true, force: true })
     }))
 
   it.scoped("an app's own server bound beyond loopback needs keys too, whatever HOST says: HttpLive does not start on it without them", () =>

@@ -247,12 +247,13 @@ describe("tracing", () => {
 
   it.live("a wrong OTEL_* value stops the start, naming the variable", () =>
     Effect.promise(async () => {
+      const dataDir = mkdtempSync(Path.join(tmpdir(), "batch-trace-"))
       const { code, output } = await runServerToExit({
-        DATA_DIR: mkdtempSync(Path.join(tmpdir(), "batch-trace-")),
+        DATA_DIR: dataDir,
         PORT: "0",
         OTEL_EXPORTER_OTLP_ENDPOINT: "http://127.0.0.1:4318",
         OTEL_EXPORTER_OTLP_PROTOCOL: "grpc"
-      }, 30_000)
+      }, 30_000).finally(() => rmSync(dataDir, { recursive: true, force: true }))
       expect(code).toBe(1)
       expect(output).toContain("Invalid configuration")
       expect(output).toContain("OTEL_EXPORTER_OTLP_PROTOCOL")
