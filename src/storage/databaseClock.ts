@@ -16,6 +16,9 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Clock, Duration, Effect, Layer } from "effect"
 
+/** PostgreSQL's time in epoch milliseconds, as SQL: the clock leases are written and judged by. */
+export const PG_NOW_MS = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::float8"
+
 /** How often a node measures PostgreSQL's clock. */
 const MEASURE_EVERY = Duration.minutes(1)
 /** How often it looks whether the machine's clock and the monotonic one parted or leapt (no query: two clock reads). */
@@ -81,7 +84,7 @@ export const shareDatabaseClock = (measureEvery: Duration.Duration = MEASURE_EVE
 
     const measure = Effect.gen(function*() {
       const before = monotonicMs()
-      const [row] = yield* sql<{ ms: number }>`SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::float8 AS ms`
+      const [row] = yield* sql<{ ms: number }>`SELECT ${sql.literal(PG_NOW_MS)} AS ms`
       const after = monotonicMs()
       const halfTripMs = (after - before) / 2
       const measured = Number(row!.ms) - (before + after) / 2

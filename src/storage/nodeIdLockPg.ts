@@ -22,6 +22,7 @@ import { Cause, Clock, Duration, Effect, Either, ExecutionStrategy, Exit, Fiber,
 import type { AppConfigShape } from "../Config.js"
 import { makeFailureRun } from "../observability/failureRuns.js"
 import { LOCK_RETRY_EVERY } from "./fileLock.js"
+import { PG_NOW_MS } from "./databaseClock.js"
 import { wallClock } from "./wallClock.js"
 
 /** The lock's keys: the schema's and the id's hashes (nodes of another schema on the database are others). */
@@ -45,7 +46,7 @@ const HOLDER = `SELECT l.pid, host(a.client_addr) AS client, EXTRACT(EPOCH FROM 
  */
 const LIVE_LEASES = `SELECT (EXISTS (SELECT 1 FROM batches WHERE lease_owner = $1 AND lease_until > now_ms)
   OR EXISTS (SELECT 1 FROM batch_slices WHERE owner = $1 AND lease_until > now_ms)) AS live
-  FROM (SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::float8 AS now_ms) clock`
+  FROM (SELECT ${PG_NOW_MS} AS now_ms) clock`
 
 /** How long a lock's release may take when its connection is let go (a stalled server: not for ever). */
 const UNLOCK_LIMIT = Duration.seconds(1)
