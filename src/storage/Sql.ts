@@ -108,8 +108,14 @@ const SQLITE_BEGIN = "BEGIN IMMEDIATE"
 const SqliteLive = (filename: string) =>
   Layer.scoped(
     SqlClient.SqlClient,
-    Effect.flatMap(Effect.zipRight(refuseHotJournal(filename), SqliteClient.make({ filename })), (sqlite) =>
-      Effect.zipRight(sqlite.unsafe(`PRAGMA busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`).pipe(Effect.zipRight(refuseDamagedPages(sqlite, filename))), Effect.map(SqlClient.make({
+    // Opened in the file's own journal mode and switched to WAL once checked: a refused file is left as it was (a
+    // copy in rollback-journal mode had its header switched before the check refused it). Both under SQLite's own
+    // busy wait (5 s, better-sqlite3's), which another process's first write as the file is made may need.
+    Effect.flatMap(Effect.zipRight(refuseHotJournal(filename), SqliteClient.make({ filename, disableWAL: true })), (sqlite) =>
+      Effect.zipRight(refuseDamagedPages(sqlite, filename).pipe(
+        Effect.zipRight(sqlite.unsafe("PRAGMA journal_mode = WAL")),
+        Effect.zipRight(sqlite.unsafe(`PRAGMA busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`))
+      ), Effect.map(SqlClient.make({
         // The connection once no transaction holds it, held for the statement; let go while a statement or a
         // transaction's begin waits for another process's lock (`sqliteLocks.ts`).
         acquirer: Effect.succeed(lockWaitingConnection(sqlite.reserve)),
