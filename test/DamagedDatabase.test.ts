@@ -13,24 +13,11 @@ import { Effect } from "effect"
 import { randomBytes } from "node:crypto"
 import { readFileSync, statSync, writeFileSync } from "node:fs"
 import * as Path from "node:path"
-import { freePort, runServerToExit, startServer } from "./support/ServerProcess.js"
+import { freePort, runServerToExit, startServer, storedByAServer } from "./support/ServerProcess.js"
 import { scratchDir } from "./support/TestApp.js"
 
 const errorLines = (output: string) =>
   output.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l)).filter((l) => l.level === "ERROR")
-
-/** A server on `env` stores a small file and stops: the file's id and size. */
-const storedByAServer = async (env: Record<string, string>) => {
-  const server = await startServer(env)
-  const form = new FormData()
-  form.append("purpose", "batch")
-  form.append("file", new Blob(['{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{}}\n']), "in.jsonl")
-  const answer = await fetch(`${server.url}/v1/files`, { method: "POST", body: form })
-  expect(answer.status).toBe(200)
-  const stored = (await answer.json()) as { id: string; bytes: number }
-  expect(await server.stop()).toBe(0)
-  return stored
-}
 
 describe("a damaged SQLite database at start", () => {
   it.live("a file that is no database: one line naming it and what to do, exit 1", () =>
@@ -119,7 +106,7 @@ describe("a damaged SQLite database at start", () => {
     Effect.scoped(Effect.flatMap(scratchDir, (dataDir) =>
       Effect.promise(async () => {
         const env = { DATA_DIR: dataDir, LOG_FORMAT: "json" }
-        const stored = await storedByAServer(env)
+        const [stored] = await storedByAServer(env)
         leakTwoPages(Path.join(dataDir, "batches.sqlite"))
 
         const server = await startServer(env)

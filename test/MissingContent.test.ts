@@ -1,19 +1,23 @@
 /**
  * A file whose bytes are gone from storage (a database restored beside older files, a blob removed by hand) is
  * answered with an error before any header, on every storage: it answered 200 and then cut the connection. A batch
- * over such an input file fails its validation saying so: its retries ended in a bare `internal_error`.
+ * over such an input file fails its validation saying so: its retries ended in a bare `internal_error`. A start
+ * says the files listed without their bytes (a database restored newer than its files' copy), once, by id.
  */
-import { describe, expect, layer } from "@effect/vitest"
+import { describe, expect, it, layer } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Effect, Layer, LogLevel, Option, Stream } from "effect"
+import Database from "better-sqlite3"
 import { rmSync } from "node:fs"
 import * as Path from "node:path"
 import { toFile } from "openai"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
+import { missingBytesLine } from "../src/files/missingBytes.js"
 import { BlobGoneWhileRead } from "../src/storage/BlobStore.js"
 import { SqlLive } from "../src/storage/Sql.js"
 import { chatLine, createBatch, sdk, terminal, waitFor } from "./support/Batches.js"
-import { baseUrl, storages, TestDataDir, testApp } from "./support/TestApp.js"
+import { startServer, storedByAServer } from "./support/ServerProcess.js"
+import { baseUrl, scratchDir, storages, TestDataDir, testApp } from "./support/TestApp.js"
 
 for (const { backend, fileStorage } of storages) {
   describe(`missing file content (${backend}, ${fileStorage} bytes)`, () => {
@@ -104,3 +108,28 @@ layer(testApp({}, "sqlite", { logLevel: LogLevel.None, fileStore: BytesGoMidRead
       }))
   }
 )
+
+describe("a start beside a files' copy older than the database", () => {
+  it.live("names the files listed without their bytes, once, and serves the others", () =>
+    Effect.scoped(Effect.flatMap(scratchDir, (dataDir) =>
+      Effect.promise(async () => {
+        const env = { DATA_DIR: dataDir, LOG_FORMAT: "json" }
+        const [kept, lost] = await storedByAServer(env, 2)
+        // Restored: the rows of a while ago (files of the last minute are not looked at), one file's bytes not there.
+        const db = new Database(Path.join(dataDir, "batches.sqlite"))
+        db.prepare("UPDATE files SET created_at = created_at - 120").run()
+        db.close()
+        const blobs = Path.join(dataDir, "files", "blobs")
+        rmSync(Path.join(blobs, encodeURIComponent(lost!.id)))
+
+        const server = await startServer(env)
+        try {
+          const said = server.stdout().split("\n").filter((l) => l.includes('"event":"files.missing_bytes"')).map((l) => JSON.parse(l))
+          expect(said).toEqual([expect.objectContaining({ level: "WARN", files: 1, message: missingBytesLine(1, [lost!.id], blobs) })])
+          const content = await fetch(`${server.url}/v1/files/${kept!.id}/content`)
+          expect([content.status, (await content.text()).length]).toEqual([200, kept!.bytes])
+        } finally {
+          await server.stop()
+        }
+      }))), { timeout: 60_000 })
+})

@@ -17,6 +17,7 @@ import { BlobStore, type StagedBlob, stageStream, type StagingWriter } from "../
 import { DiskReserve, usingReserve } from "../storage/DiskReserve.js"
 import { nowSeconds, visibleTo } from "../storage/Sql.js"
 import { readValuesOf, rowsInPage, sharedPerRows } from "../storage/ReadConnection.js"
+import { sayMissingBytes } from "./missingBytes.js"
 import { claimLapsedSql } from "./uploadRows.js"
 import { trusted } from "../domain/List.js"
 
@@ -359,6 +360,7 @@ export const FileStoreLive: Layer.Layer<FileStore, never, SqlClient.SqlClient | 
     Effect.gen(function*() {
       const { service, settleOrphans } = yield* make
       yield* settleOrphans
+      yield* sayMissingBytes(yield* SqlClient.SqlClient, yield* BlobStore)
       yield* sweepEvery(service.sweepExpired, "File expiry sweep failed")
       return FileStore.of(service)
     })

@@ -49,6 +49,11 @@ export interface BlobStoreShape {
    * files for good. Without it (bytes in the database, restored with their rows), they are removed.
    */
   readonly setAside?: { readonly dir: string; readonly move: (key: string) => Effect.Effect<void> }
+  /**
+   * Every published key, however young, in a store kept apart from the database (files on disk): a database
+   * restored newer than its files' copy lists files whose bytes are not there (`missingBytes.ts`).
+   */
+  readonly published?: { readonly dir: string; readonly keys: Effect.Effect<ReadonlySet<string>> }
 }
 
 export class BlobStore extends Context.Tag("BlobStore")<BlobStore, BlobStoreShape>() {}
@@ -174,6 +179,11 @@ export const makeLocal = (root: string, nodeId = "node") =>
 
     const remove = (key: string) => removeQuietly(blobPath(key)).pipe(Effect.orDie)
 
+    const published = {
+      dir: blobs,
+      keys: Effect.map(fs.readDirectory(blobs), (names) => new Set(names.map(decodeURIComponent))).pipe(Effect.orDie)
+    }
+
     const keys = Effect.gen(function*() {
       const names = yield* fs.readDirectory(blobs)
       const isOld = (name: string) => olderThan(Path.join(blobs, name), ORPHAN_AGE_MS)
@@ -190,7 +200,7 @@ export const makeLocal = (root: string, nodeId = "node") =>
         )
     }
 
-    return BlobStore.of({ openStaging, publish, read, remove, keys, setAside })
+    return BlobStore.of({ openStaging, publish, read, remove, keys, setAside, published })
   })
 
 /** Local-disk blobs under `DATA_DIR/files`. */
