@@ -66,6 +66,21 @@ describe("the openai-batch command line's files", () => {
       expect([directory.code, directory.stderr]).toEqual([2, `${scratch} is not a regular file (for the standard input, give -); nothing was done.\n`])
     }), 60_000)
 
+  it.live("a file's name reaches the server as it is (a backslash too); one with a control character is refused before its upload", () =>
+    Effect.promise(async () => {
+      const line = chatLine("named", "one") + "\n"
+      const slashed = Path.join(scratch, "back\\slash 報告.jsonl")
+      const escape = Path.join(scratch, "esc\u001b[31mred.jsonl")
+      writeFileSync(slashed, line)
+      writeFileSync(escape, line)
+      const [kept, refused] = await Promise.all([cli(["submit", slashed]), cli(["submit", escape])])
+      expect(kept.code, kept.stderr).toBe(0)
+      const batch = await openai.batches.retrieve(linesOf(kept.stdout)[0]!)
+      expect((await openai.files.retrieve(batch.input_file_id)).filename).toBe("back\\slash 報告.jsonl")
+      expect([refused.code, refused.stdout]).toEqual([2, ""])
+      expect(refused.stderr).toContain("The file name must not contain control characters. Rename it; nothing was uploaded.")
+    }), 60_000)
+
   it.live("a download whose output file the server no longer has still writes the error file, says so, and exits 1", () =>
     Effect.promise(async () => {
       const made = await sdkBatch([chatLine("kept", "fine"), chatLine("failing", "no [fail:400]")])

@@ -73,8 +73,9 @@ describe("partDisposition", () => {
     expect(named(`form-data;name = "file" ;filename = "a b.jsonl"`)).toEqual({ name: "file", filename: "a b.jsonl" })
   })
 
-  pure("undoes the escapes of quoted names: WHATWG %22 %0D %0A, quoted-pairs before special characters only", () => {
+  pure("undoes the escapes of quoted names: WHATWG %22 %0D %0A, the openai SDK's %5C, quoted-pairs before special characters only", () => {
     expect(named(`form-data; name="file"; filename="a%22b.jsonl"`).filename).toBe(`a"b.jsonl`)
+    expect(named(`form-data; name="file"; filename="a%5Cb.jsonl"`).filename).toBe("a\\b.jsonl")
     expect(named(`form-data; name="file"; filename="a%0D%0Ab.jsonl"`).filename).toBe("a\r\nb.jsonl")
     expect(named(`form-data; name="file"; filename="a\\"b.jsonl"`).filename).toBe(`a"b.jsonl`)
     expect(named(`form-data; name="file"; filename="a\\\\b.jsonl"`).filename).toBe("a\\b.jsonl")

@@ -7,6 +7,8 @@ import * as FileSystem from "@effect/platform/FileSystem"
 import type { Batch, BatchCreateParams } from "openai/resources/batches"
 import type { FileObject } from "openai/resources/files"
 import { Cause, Effect, Either, Option } from "effect"
+import * as Path from "node:path"
+import { uploadFilename } from "../files/uploadChecks.js"
 import { BatchApi, type RerunKind } from "./BatchApi.js"
 import { problemLine } from "./describe.js"
 import { CliFailure, EXIT_INVALID } from "./failure.js"
@@ -60,6 +62,12 @@ export const submit = (options: SubmitOptions) =>
   Effect.gen(function*() {
     const api = yield* BatchApi
     const shown = options.shownAs ?? options.file
+    // The server's check of the name sent (the openai client sends control characters raw: the server could not
+    // read the part's headers, and said only that).
+    const name = uploadFilename(Path.basename(options.file))
+    if (Either.isLeft(name)) {
+      return yield* new CliFailure({ exitCode: EXIT_INVALID, message: `${shown}: ${name.left.error.message} Rename it; nothing was uploaded.` })
+    }
     const check = yield* checkFile(options.file, options.endpoint, options.maxRequests)
     if (check.problems.length > 0) {
       for (const problem of check.problems) yield* options.mode === "json" ? printJson(problem) : say(problemLine(problem))

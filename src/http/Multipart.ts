@@ -56,11 +56,11 @@ const dispositionParameter = /;[ \t]*(?:([!#$%&'*+.^\w`|~-]+)[ \t]*=[ \t]*(?:"((
  * The text of a quoted parameter. Two conventions meet here: RFC 7230 quoted-pairs (`\"` from curl before 7.81 or
  * with `--form-escape`, `\\` from Python's httpx) and the WHATWG form encoding (`"` as `%22`, CR as `%0D`, LF as
  * `%0A`, from browsers, undici, the openai SDK and curl since 7.81), which the Fetch standard's multipart parser
- * decodes back. As in Go's `mime` package, a backslash escapes only a special character: browsers send Windows paths
+ * decodes back; the openai SDK's streamed files (`toFile` of a stream, the CLI's uploads) escape `\` too, as `%5C`. As in Go's `mime` package, a backslash escapes only a special character: browsers send Windows paths
  * (`C:\dir\f.jsonl`) unescaped, and `baseName` needs their separators.
  */
 const unquote = (text: string): string =>
-  text.replace(/\\([()<>@,;:\\"/[\]?=])|%(0A|0D|22)/g, (_, escaped: string | undefined, hex: string) =>
+  text.replace(/\\([()<>@,;:\\"/[\]?=])|%(0A|0D|22|5C)/g, (_, escaped: string | undefined, hex: string) =>
     escaped ?? String.fromCharCode(parseInt(hex, 16)))
 
 /** The parameters of a `Content-Disposition`, names lower-cased; `undefined` when it is malformed or repeats one. */
