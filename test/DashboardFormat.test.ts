@@ -26,6 +26,8 @@ describe("the dashboard's figures", () => {
       .toBe("/v1/chat/completions · llama3 · sweep=lr-3e-4, seed=7")
     expect(format.batchSubline({ endpoint: "/v1/chat/completions", model: "m", metadata: { note: `${"x".repeat(70)}\u202E` } }))
       .toBe(`/v1/chat/completions · m · note=${"x".repeat(54)}…`)
+    expect(format.batchSubline({ endpoint: "/v1/chat/completions", model: "m", metadata: { note: `${"x".repeat(53)}${"😀".repeat(8)}` } }))
+      .toBe(`/v1/chat/completions · m · note=${"x".repeat(53)}…`) // the emoji the cut would split left out whole
     expect(format.batchSubline({ endpoint: "/v1/chat/completions", metadata: { name: "txt.\u202Eexe" } })).toBe("/v1/chat/completions · name=txt.⟨U+202E⟩exe")
   })
 

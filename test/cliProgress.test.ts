@@ -162,6 +162,16 @@ describe("batches at rest", () => {
       "batch_4    completed    3/3         0       0       1m00s ago  m      /v1/chat/completions  sweep=lr-3e-4, seed=7, owner=ana, +2 more",
       `batch_5    completed    3/3         0       0       1m00s ago  m      /v1/chat/completions  note=${"y".repeat(34)}…, +1 more`
     ])
+    // Aligned as a terminal draws them: a CJK model name's characters take two columns each; an emoji is not cut in half.
+    const wide = listLines([
+      batch({ model: "通义千问", metadata: { emoji: "😀".repeat(40) } }),
+      batch({ ...done, model: "qwen" })
+    ], T0 + 60)
+    expect(wide).toEqual([
+      "ID         STATUS       DONE/TOTAL  FAILED  TOKENS  CREATED    MODEL     ENDPOINT              METADATA",
+      `batch_abc  in_progress  612/1,000   12      31.4k   1m00s ago  通义千问  /v1/chat/completions  emoji=${"😀".repeat(16)}…`,
+      "batch_2    completed    3/3         0       0       1m00s ago  qwen      /v1/chat/completions"
+    ])
   })
 
   it("sums a finished batch up, and counts it a success only when every request succeeded", () => {

@@ -75,6 +75,12 @@ describe("input validation fold", () => {
     expect(Input.verdict(fold(lines([deepest])))._tag).toBe("Valid")
   })
 
+  it("a long custom_id repeated is echoed cut before a character it would split: an emoji whole or not at all", () => {
+    const id = `${"a".repeat(63)}${"😀".repeat(3)}`
+    const verdict = Input.verdict(fold(lines([request(id), request(id)]), 100))
+    expect(verdict._tag === "Invalid" && verdict.errors[0]!.message).toBe(`The custom_id '${"a".repeat(63)}…' is used more than once in this file.`)
+  })
+
   it("a custom_id repeated after a line that failed otherwise is a duplicate too, and a failing repeat gets both", () => {
     const streaming = request("b").replace(`"messages":[]`, `"messages":[],"stream":true`)
     const noMethod = request("a").replace(`"method":"POST",`, "")

@@ -58,7 +58,13 @@ describe("upload progress", () => {
       const cut = yield* Effect.fork(withUploadProgress("a/long/path/to/requests.jsonl", 3e6, clockedUpload(3e6), { ...narrow.sink, columns: () => 30 }))
       yield* TestClock.adjust("3 seconds")
       yield* Fiber.join(cut)
-      expect(narrow.written[0]).toBe("\r\x1b[2Kuploading a/long/path/to/requ") // 29 columns
+      expect(narrow.written[0]).toBe("\r\x1b[2Kuploading a/long/path/to/req…") // 29 columns
+      // In columns, not characters: a CJK name's characters take two each, and none is cut in half.
+      const wide = recording(true)
+      const cjk = yield* Effect.fork(withUploadProgress("評価データセット.jsonl", 3e6, clockedUpload(3e6), { ...wide.sink, columns: () => 30 }))
+      yield* TestClock.adjust("3 seconds")
+      yield* Fiber.join(cjk)
+      expect(wide.written[0]).toBe("\r\x1b[2Kuploading 評価データセット.j…") // 10 + 16 + 2 + 1: 29 columns (40 characters' worth)
     }))
 
   it.effect("on a terminal: a note written during the upload (a busy server's) comes on a line of its own", () =>

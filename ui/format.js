@@ -28,7 +28,8 @@ const METADATA_SHOWN = 60
  */
 export const batchSubline = (b) => {
   const pairs = Object.entries(b.metadata ?? {}).map(([k, v]) => `${k}=${v}`).join(", ")
-  const metadata = pairs.length > METADATA_SHOWN ? `${pairs.slice(0, METADATA_SHOWN - 1)}…` : pairs
+  // Cut before a character the cut would split (an emoji's surrogate pair, drawn as `�` when cut in half).
+  const metadata = pairs.length > METADATA_SHOWN ? `${pairs.slice(0, METADATA_SHOWN - 1).replace(/[\uD800-\uDBFF]$/, "")}…` : pairs
   return visible([b.endpoint, b.model ?? "", metadata].filter((part) => part !== "").join(" · "))
 }
 

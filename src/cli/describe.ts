@@ -3,6 +3,8 @@
  * summary a watch ends with. Pure; times are Unix seconds, as on the wire.
  */
 import type { Batch, BatchError } from "openai/resources/batches"
+import { columnsOf, cutToColumns, padToColumns } from "./columns.js"
+import { visible } from "./output.js"
 import { count, countsOf, duration, tokens } from "./progress.js"
 
 /** `line 3: invalid_json_line: This line is not parseable as valid JSON.` (`file:` for a problem of no line). */
@@ -82,7 +84,7 @@ export const describeBatch = (b: Batch, now: number): ReadonlyArray<string> => {
 const oneLine = (text: string) => text.replace(/[\u0000-\u001f\u007f]/g, (c) => JSON.stringify(c).slice(1, -1))
 
 /**
- * A batch's metadata as `list` shows it: `k=v, k2=v2`, the whole pairs that fit in `METADATA_SHOWN` characters,
+ * A batch's metadata as `list` shows it: `k=v, k2=v2`, the whole pairs that fit in `METADATA_SHOWN` columns,
  * then how many more there are (`sweep=lr-3, seed=7, +2 more`: a pair cut mid-key read as another key); a first
  * pair longer than that, cut.
  */
@@ -92,11 +94,11 @@ const metadataText = (b: Batch): string => {
   const shown: Array<string> = []
   let length = 0
   for (const pair of pairs) {
-    length += (shown.length > 0 ? 2 : 0) + pair.length
+    length += (shown.length > 0 ? 2 : 0) + columnsOf(visible(pair))
     if (length > METADATA_SHOWN) break
     shown.push(pair)
   }
-  if (shown.length === 0 && pairs.length > 0) shown.push(`${pairs[0]!.slice(0, METADATA_SHOWN - 1)}…`)
+  if (shown.length === 0 && pairs.length > 0) shown.push(cutToColumns(pairs[0]!, METADATA_SHOWN))
   const more = pairs.length - shown.length
   return [...shown, ...(more > 0 ? [`+${more} more`] : [])].join(", ")
 }
@@ -124,8 +126,10 @@ export const listLines = (batches: ReadonlyArray<Batch>, now: number): ReadonlyA
       ]
     })
   ]
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)))
-  return rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join("  ").trimEnd())
+  // In columns, as the terminal draws them (controls as `say` shows them, `⟨U+202E⟩`).
+  const shown = rows.map((r) => r.map(visible))
+  const widths = shown[0]!.map((_, i) => Math.max(...shown.map((r) => columnsOf(r[i]!))))
+  return shown.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : padToColumns(cell, widths[i]!))).join("  ").trimEnd())
 }
 
 /**

@@ -6,6 +6,7 @@
  * server has, held in the connection's buffers.
  */
 import { Duration, Effect, Fiber } from "effect"
+import { cutToColumns } from "./columns.js"
 import { duration, etaSeconds, PLAIN_EVERY_MS } from "./progress.js"
 
 /** `0.4 MB`, `12.3 MB`, `1,204.5 MB`: decimal megabytes, as file sizes are shown. */
@@ -60,7 +61,7 @@ export const withUploadProgress = <A, E, R>(
         const line = uploadLine(name, sent, total, (now - started) / 1000)
         if (sink.tty) {
           drawn = true
-          sink.write(CLEAR_LINE + line.slice(0, Math.max(0, sink.columns() - 1)))
+          sink.write(CLEAR_LINE + cutToColumns(line, Math.max(0, sink.columns() - 1)))
         } else sink.write(`${line}\n`)
       }))
     const clear = Effect.sync(() => {

@@ -22,8 +22,12 @@ export const StorableString = Schema.String.pipe(
 /** The most characters of a client's value that an error message repeats. */
 export const MAX_ECHO = 64
 
-/** `s` as an error message repeats it: at most `max` (`MAX_ECHO`) characters, never a broken surrogate pair. */
+/**
+ * `s` as an error message repeats it: at most `max` (`MAX_ECHO`) characters, never a broken surrogate pair (a pair
+ * the cut would split is left out whole: cut in half, an emoji was drawn as `�`).
+ */
 export const echo = (s: string, max = MAX_ECHO): string => {
   if (s.length <= max) return s.toWellFormed()
-  return `${s.slice(0, max).toWellFormed()}…`
+  const splitsPair = /[\uD800-\uDBFF]/.test(s[max - 1]!) && /[\uDC00-\uDFFF]/.test(s[max]!)
+  return `${s.slice(0, splitsPair ? max - 1 : max).toWellFormed()}…`
 }
