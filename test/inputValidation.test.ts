@@ -75,6 +75,16 @@ describe("input validation fold", () => {
     expect(Input.verdict(fold(lines([deepest])))._tag).toBe("Valid")
   })
 
+  it("a UTF-16 file is said once, as such: what to do with it, not a problem a line", () => {
+    const verdict = Input.verdict(fold([{ _tag: "Utf16", line: 1 }]))
+    expect(verdict._tag === "Invalid" && verdict.errors).toEqual([{
+      code: "invalid_json_line",
+      message: "The file is UTF-16 text (it begins with UTF-16's byte order mark): save it as UTF-8, as JSONL is.",
+      param: null,
+      line: 1
+    }])
+  })
+
   it("a long custom_id repeated is echoed cut before a character it would split: an emoji whole or not at all", () => {
     const id = `${"a".repeat(63)}${"😀".repeat(3)}`
     const verdict = Input.verdict(fold(lines([request(id), request(id)]), 100))

@@ -34,6 +34,24 @@ describe("jsonlLines", () => {
       ])
     }))
 
+  it.effect("says a UTF-16 file (Notepad's \"Unicode\") once, by its byte order mark, and reads no further", () =>
+    Effect.gen(function*() {
+      const text = '{"custom_id":"a"}\r\n{"custom_id":"b"}\r\n'
+      const littleEndian = Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from(text, "utf16le")])
+      const bigEndian = Buffer.from(littleEndian).swap16()
+      let pulled = 0
+      const counted = Stream.fromIterable([littleEndian.subarray(0, 1), littleEndian.subarray(1, 40), littleEndian.subarray(40)]).pipe(
+        Stream.tap(() => Effect.sync(() => pulled++)),
+        jsonlLines(1024),
+        Stream.runCollect
+      )
+      expect(Chunk.toReadonlyArray(yield* counted)).toEqual([{ _tag: "Utf16", line: 1 }])
+      expect(pulled).toBe(2) // the chunk after the first line's end was not read
+      expect(yield* split([bigEndian])).toEqual([{ _tag: "Utf16", line: 1 }])
+      // Bytes that are not UTF-8 on a later line are that line's own fault, whatever they begin with.
+      expect(yield* split(["ok\n", Uint8Array.from([0xff, 0xfe, 0x41, 0x0a])])).toEqual([{ _tag: "Line", line: 1, text: "ok" }, { _tag: "NotUtf8", line: 2 }])
+    }))
+
   it.effect("reports an over-long line without buffering it, and goes on", () =>
     Effect.gen(function*() {
       const lines = yield* split(["ok\n", "x".repeat(20), "x".repeat(20), "\nafter\n"], 30)

@@ -110,6 +110,14 @@ export const step = (state: InputState, item: JsonlLine): InputState => {
   if (item._tag === "TooLong") {
     return report(state, { code: "invalid_request", message: `This line is longer than ${rules.maxLineBytes} bytes.`, param: null, line: item.line })
   }
+  if (item._tag === "Utf16") {
+    return report(state, {
+      code: "invalid_json_line",
+      message: "The file is UTF-16 text (it begins with UTF-16's byte order mark): save it as UTF-8, as JSONL is.",
+      param: null,
+      line: item.line
+    })
+  }
   if (item._tag === "NotUtf8") {
     return report(state, { code: "invalid_json_line", message: "This line is not valid UTF-8 text.", param: null, line: item.line })
   }

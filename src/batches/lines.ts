@@ -9,11 +9,17 @@ export type JsonlLine =
   | { readonly _tag: "Line"; readonly line: number; readonly text: string }
   | { readonly _tag: "TooLong"; readonly line: number }
   | { readonly _tag: "NotUtf8"; readonly line: number }
+  /** The file begins with UTF-16's byte order mark ("Unicode" in Windows' Notepad): the last item, nothing after it read. */
+  | { readonly _tag: "Utf16"; readonly line: number }
 
 const NEWLINE = 10
 
 /** The longest input line read; a longer one is reported (`invalid_request`), not buffered. */
 export const MAX_LINE_BYTES = 16 * 1024 * 1024
+
+/** Whether `bytes` begin with UTF-16's byte order mark, little- or big-endian. */
+const isUtf16Start = (bytes: Uint8Array) =>
+  bytes.length >= 2 && ((bytes[0] === 0xff && bytes[1] === 0xfe) || (bytes[0] === 0xfe && bytes[1] === 0xff))
 
 export const jsonlLines = (maxLineBytes: number) => <E>(bytes: Stream.Stream<Uint8Array, E>): Stream.Stream<JsonlLine, E> =>
   Stream.suspend(() => {
@@ -29,8 +35,10 @@ export const jsonlLines = (maxLineBytes: number) => <E>(bytes: Stream.Stream<Uin
       if (tooLong) {
         out.push({ _tag: "TooLong", line })
       } else {
-        const text = decoded(parts.length === 1 ? parts[0]! : Buffer.concat(parts))
-        out.push(text === undefined ? { _tag: "NotUtf8", line } : { _tag: "Line", line, text })
+        const bytes = parts.length === 1 ? parts[0]! : Buffer.concat(parts)
+        const text = decoded(bytes)
+        if (text === undefined && first && isUtf16Start(bytes)) out.push({ _tag: "Utf16", line: 1 })
+        else out.push(text === undefined ? { _tag: "NotUtf8", line } : { _tag: "Line", line, text })
       }
       first = false
       parts = []
@@ -76,6 +84,7 @@ export const jsonlLines = (maxLineBytes: number) => <E>(bytes: Stream.Stream<Uin
     }
     return bytes.pipe(
       Stream.mapConcatChunk((chunk) => Chunk.unsafeFromArray(split(chunk))),
-      Stream.concat(Stream.suspend(() => Stream.fromIterable(rest())))
+      Stream.concat(Stream.suspend(() => Stream.fromIterable(rest()))),
+      Stream.takeUntil((item) => item._tag === "Utf16")
     )
   })
