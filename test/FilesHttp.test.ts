@@ -96,6 +96,8 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
       expect(content.buffer.length).toBe(bytes.length)
       expect(Buffer.compare(content.buffer, bytes)).toBe(0)
       expect(content.headers.get("accept-ranges")).toBe("bytes")
+      // Saved under its name by `curl -OJ`, and by a browser, not as `content`.
+      expect(content.headers.get("content-disposition")).toBe('attachment; filename="big.bin"')
       expect([resumed.status, resumed.headers.get("content-range"), resumed.headers.get("content-length")])
         .toEqual([206, `bytes ${30 * 1024 * 1024}-${bytes.length - 1}/${bytes.length}`, String(20 * 1024 * 1024)])
       expect(Buffer.compare(resumed.buffer, bytes.subarray(30 * 1024 * 1024))).toBe(0)
@@ -130,6 +132,19 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
       expect(res.json.expires_at).toBe(res.json.created_at + 3600)
       const content = yield* call(`/v1/files/${res.json.id}/content`)
       expect(sha256(content.buffer)).toBe(sha256(payload))
+    }))
+
+  it.effect("a download names its file: ASCII for curl -OJ, the exact name in filename* where it differs", () =>
+    Effect.gen(function*() {
+      const named = (name: string) =>
+        Effect.flatMap(upload({ purpose: "user_data" }, { name, bytes: Buffer.from("x") }), (created) =>
+          Effect.map(call(`/v1/files/${created.json.id}/content`), (content) => content.headers.get("content-disposition")))
+      expect(yield* named("報告 (v2).jsonl")).toBe(
+        `attachment; filename="__ (v2).jsonl"; filename*=UTF-8''%E5%A0%B1%E5%91%8A%20%28v2%29.jsonl`
+      )
+      expect(yield* named('q"u\\ote café.jsonl')).toBe(
+        `attachment; filename="q_u_ote caf_.jsonl"; filename*=UTF-8''q%22u%5Cote%20caf%C3%A9.jsonl`
+      )
     }))
 
   it.effect("lists with purpose, limit, order and after, always with has_more and first/last ids", () =>

@@ -11,6 +11,7 @@ import type { FileId } from "../domain/Ids.js"
 import { type Visibility, visibilityOf } from "../domain/Projects.js"
 import { FileCommands, fileTooLarge } from "../files/FileCommands.js"
 import { FileStore, type FileStoreShape } from "../files/FileStore.js"
+import { attachment } from "../files/attachment.js"
 import { wantedRange } from "../files/byteRange.js"
 import { isMissingBlob } from "../storage/BlobStore.js"
 import { sliceBytes } from "../storage/sliceBytes.js"
@@ -151,6 +152,7 @@ export const FilesHttpLive = HttpApiBuilder.group(OpenAIApi, "files", (handlers)
                         contentLength: part === undefined ? file.bytes : part.end - part.start + 1,
                         headers: {
                           "accept-ranges": "bytes",
+                          "content-disposition": attachment(file.filename),
                           ...(part === undefined ? {} : { "content-range": `bytes ${part.start}-${part.end}/${file.bytes}` })
                         }
                       })))
