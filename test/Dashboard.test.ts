@@ -421,6 +421,9 @@ describe("the dashboard", () => {
         expect(await page.evaluate(() => localStorage.getItem("openai-batch.api-key"))).toBeNull()
         expect(await page.locator("table.batches tbody tr").count()).toBe(0)
         await shown(page, () => page.locator("#key-dialog").isVisible()).toBe(true)
+        // Declined, the focus is on the header's "Enter key" (not on the view's heading the browser gave it back to).
+        await page.keyboard.press("Escape")
+        await poll(() => page.evaluate(() => `${document.activeElement?.tagName} ${document.activeElement?.textContent}`)).toBe("BUTTON Enter key")
         await expectClean(browser)
         await page.setViewportSize(DESKTOP)
       }))
@@ -431,6 +434,7 @@ describe("the dashboard", () => {
         const noted = (r: { url: () => string }) => void (!r.url().startsWith(`${base}/`) && !r.url().startsWith("data:") && elsewhere.push(r.url()))
         page.on("request", noted)
         await page.goto(`${base}/docs`)
+        expect(await page.locator("html").getAttribute("lang")).toBe("en") // a screen reader reads it as English
         await poll(() => page.getByRole("heading", { name: "OpenAI-compatible Files and Batches" }).isVisible()).toBe(true)
         await poll(() => page.getByText("Liveness check").first().isVisible()).toBe(true)
         // An operation opened from the sidebar: its parameters and answers drawn.

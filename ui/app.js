@@ -190,12 +190,14 @@ const askForKey = (/** @type {string} */ reason) =>
     }
     const cancelled = (/** @type {Event} */ event) => {
       event.preventDefault()
+      // Declined, the header's "Enter key" shows: the focus goes there, not to the page (where the dialog had none)
+      // nor back to the view's heading (the browser's pick after a "Forget key" had routed there).
+      const hadFocus = dialog.contains(document.activeElement)
       done(null)
-      // Declined, the header's "Enter key" shows: the focus goes there, not to the page (where the dialog had none).
       setTimeout(() => {
         const button = byId("key-button")
         const at = document.activeElement
-        if (!button.hidden && (at === null || at === document.body || dialog.contains(at))) button.focus()
+        if (!button.hidden && (hadFocus || at === null || at === document.body)) button.focus()
       })
     }
     form.addEventListener("submit", submitted)
@@ -229,10 +231,10 @@ const keyButton = () => {
 }
 
 // "Pause updates": no refresh on a timer until resumed (then one at once), for a reader who needs the page still.
+// Its label says what a press does; no `aria-pressed` beside it ("Resume updates, pressed" read as resuming on).
 byId("pause-button").addEventListener("click", (event) => {
   const button = /** @type {HTMLElement} */ (event.currentTarget)
   paused = !paused
-  button.setAttribute("aria-pressed", String(paused))
   button.textContent = paused ? "Resume updates" : "Pause updates"
   if (paused) clearTimeout(timer)
   else refresh()

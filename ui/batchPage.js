@@ -216,13 +216,27 @@ export function batchPageView(batchId, { signal, refresh: refreshNow }) {
     }
   }
 
-  /** Says `text` instead of the batch (which no longer shows, nor its button). @param {string} text */
+  /**
+   * Says `text` instead of the batch (which no longer shows, nor its button); said again only when it changes (a
+   * status region: a read failing every second was read out every second).
+   * @param {string} text
+   */
   const instead = (text) => {
-    fill(state, text)
+    if (state.hidden || state.textContent !== visible(text)) fill(state, text)
+    leaveFocusOn(cancel)
     state.hidden = false
     shownBatch.hidden = true
     status.hidden = true
     cancel.hidden = true
+  }
+
+  /**
+   * Moves the focus from `button`, about to be hidden, to the heading (tabindex -1), not to the page: a refresh that
+   * answered before the cancel hid the button first, and the focus fell to the page's top.
+   * @param {HTMLElement} button
+   */
+  const leaveFocusOn = (button) => {
+    if (button === document.activeElement) heading.focus()
   }
 
   /** @param {Batch} b */
@@ -232,6 +246,7 @@ export function batchPageView(batchId, { signal, refresh: refreshNow }) {
     shownBatch.hidden = false
     status.hidden = false
     setStatus(status, b.status)
+    if (!CANCELLABLE.includes(b.status)) leaveFocusOn(cancel)
     cancel.hidden = !CANCELLABLE.includes(b.status)
     subtitle.textContent = visible([b.endpoint, b.model].filter(Boolean).join(" · "))
     bar.update(b)
@@ -268,8 +283,7 @@ export function batchPageView(batchId, { signal, refresh: refreshNow }) {
     try {
       await postJson(`${batchUrl(batchId)}/cancel`, {})
       say(cancelSaid, "")
-      // The button goes once the batch is cancelling: the focus to the heading (tabindex -1), not to the page.
-      if (cancel === document.activeElement) heading.focus()
+      leaveFocusOn(cancel) // it goes once the batch is cancelling
       refreshNow()
     } catch (error) {
       say(cancelSaid, messageOf(error), true)

@@ -61,13 +61,24 @@ export function fill(el, ...children) {
 
 /**
  * Puts `children` in `el` in that order, moving only what is out of place and removing what is not among them: a
- * row that stays keeps its focus (a refresh that put every row back threw a keyboard user to the page's top).
+ * row that stays keeps its focus (a refresh that put every row back threw a keyboard user to the page's top); the
+ * focus in a row that goes (its file deleted, its batch filtered out, elsewhere) moves to the next row that stays,
+ * else the one before.
  * @param {Element} el
  * @param {Element[]} children
  */
 export function placeChildren(el, children) {
   const wanted = new Set(children)
-  for (const child of [...el.children]) if (!wanted.has(child)) child.remove()
+  const current = [...el.children]
+  const focused = current.findIndex((child) => !wanted.has(child) && child.contains(document.activeElement))
+  if (focused !== -1) {
+    /** @param {Element} child */
+    const staying = (child) => wanted.has(child)
+    const next = current.slice(focused + 1).find(staying) ?? current.slice(0, focused).reverse().find(staying)
+    const target = next?.querySelector("a, button")
+    if (target instanceof HTMLElement) target.focus()
+  }
+  for (const child of current) if (!wanted.has(child)) child.remove()
   children.forEach((child, i) => {
     if (el.children[i] !== child) el.insertBefore(child, el.children[i] ?? null)
   })

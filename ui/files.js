@@ -27,7 +27,7 @@ const uploadForm = (uploaded) => {
     "form",
     { className: "card", id: "upload" },
     h("h2", {}, "Upload a JSONL file"),
-    h("label", { htmlFor: "upload-file" }, "One request a line (purpose: batch)"),
+    h("label", { htmlFor: "upload-file" }, "JSONL file: one request a line (purpose: batch)"),
     input,
     h("div", { className: "actions" }, submit),
     said
@@ -35,11 +35,11 @@ const uploadForm = (uploaded) => {
   el.addEventListener("submit", async (event) => {
     event.preventDefault()
     const file = input.files?.[0]
-    if (file === undefined) return
+    if (file === undefined || isBusy(submit)) return
     const form = new FormData()
     form.append("purpose", "batch")
     form.append("file", file, file.name)
-    submit.disabled = true
+    setBusy(submit, true)
     say(said, `Uploading ${file.name} (${bytes(file.size)})…`)
     try {
       /** @type {FileObject} */
@@ -50,7 +50,7 @@ const uploadForm = (uploaded) => {
     } catch (error) {
       say(said, messageOf(error), true)
     } finally {
-      submit.disabled = false
+      setBusy(submit, false)
     }
   })
   return el

@@ -57,7 +57,7 @@ const page = (spec: OpenApi.OpenAPISpec, script: string) => {
     JSON.stringify(JSON.stringify(CONFIGURATION))
   }`
   const html = `<!doctype html>
-<html>
+<html lang="en">
   <head>
     <meta charset="utf-8" />
     <title>${spec.info.title.replace(/&/g, "&amp;").replace(/</g, "&lt;")}</title>
