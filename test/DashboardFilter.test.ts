@@ -56,6 +56,10 @@ describe("the batches list's filter", () => {
           await poll(() => ids(page)).toEqual([longer.id])
           await page.locator("#batches-filter").fill("no-such-model")
           await poll(() => ids(page)).toEqual([unserved.id])
+          // More than a page matches: said so, with what shows the rest (it was said with nothing).
+          await page.locator("#batches-filter").fill("hay")
+          await poll(() => found(page).textContent()).toBe("20 or more batches match this filter: More shows more.")
+          expect(await rows(page).count()).toBe(20)
           // Nothing matches: said, and not as "no batches yet".
           await page.locator("#batches-filter").fill("needle-8")
           await poll(() => found(page).textContent()).toBe("No batch matches this filter.")

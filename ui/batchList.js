@@ -271,7 +271,7 @@ export function batchListView({ signal, refresh: refreshNow, from }, params) {
       ? ""
       : searched !== null
       ? `${matched} among the newest ${count(searched)} ${verb} this filter.`
-      : hasMore ? "" : `${matched} ${verb} this filter.`)
+      : hasMore ? `${count(batches.length)} or more batches match this filter: More shows more.` : `${matched} ${verb} this filter.`)
     searchOlder = searched !== null
     more.textContent = searchOlder ? "Search older" : "More"
     more.setAttribute("aria-label", searchOlder ? "Search older batches" : "More batches")
