@@ -165,6 +165,20 @@ for (const backend of backends) {
         expect(yield* rowOf(id)).toMatchObject({ status: "pending", attempts: 0, claimed_by: "another-node" })
       }))
 
+    it.scoped("a redirect is no delivery: not followed, tried again (a receiver moved to https lost every event)", () =>
+      Effect.gen(function*() {
+        const { byProject, receiver } = yield* Hook
+        byProject.moved = { url: `${receiver.url}/old`, secret: SECRET }
+        yield* answering(receiver, (_, request) =>
+          request.path === "/hook/old" ? { status: 307, headers: { location: `${receiver.url}/new` } } : { status: 200 })
+        const id = yield* insertEvent({ project: "moved", createdAt: nowS() })
+        const row = yield* eventuallyEffect(Effect.tap(rowOf(id), (r) => Effect.sync(() => expect(r!.attempts).toBeGreaterThanOrEqual(2))), 5_000)
+        expect(row).toMatchObject({ status: "pending", last_status_code: 307 })
+        expect(linesOf(id, "webhook.retry")[0]).toMatchObject({ level: "WARN", annotations: { status_code: 307 } })
+        expect(receiver.received.filter((r) => r.path === "/hook/new")).toEqual([])
+        delete byProject.moved
+      }))
+
     it.effect("delivered and failed rows are deleted 30 days after their event; younger ones stay", () =>
       Effect.gen(function*() {
         const old = yield* Effect.all([
@@ -197,6 +211,22 @@ describe("what a failed connection is told as", () => {
     expect(told).toBe("connection failed: Transport, TypeError")
     expect(noAnswer("hunter2")).toBe("connection failed: unknown error")
   })
+})
+
+layer(worker("sqlite", { webhookRetryMaxDelay: Duration.hours(1) }), { excludeTestServices: true, timeout: 30_000 })("the webhook worker's last attempt", (it) => {
+  it.scoped("comes at WEBHOOK_RETRY_FOR after the event, not a whole backoff past it; then the delivery is failed", () =>
+    Effect.gen(function*() {
+      const { byProject, receiver } = yield* Hook
+      byProject.ending = { url: receiver.url, secret: SECRET }
+      yield* answering(receiver, () => ({ status: 503 }))
+      // 20 turns before: the next wait would be the longest, an hour; the event's 72 hours end in 3–4 s.
+      const createdAt = nowS() - 72 * 3600 + 4
+      const id = yield* insertEvent({ project: "ending", createdAt, attempts: 20, lastStatusCode: 503 })
+      yield* eventuallyEffect(Effect.tap(rowOf(id), (r) => Effect.sync(() => expect(r!.attempts).toBe(21))), 5_000)
+      expect((yield* rowOf(id))!.next_attempt_ms).toBeLessThanOrEqual((createdAt + 72 * 3600) * 1000)
+      yield* eventuallyEffect(Effect.tap(rowOf(id), (r) => Effect.sync(() => expect(r!.status).toBe("failed"))), 10_000)
+      expect(sentFor(receiver, id)).toHaveLength(2) // the turn at once, and the one at the deadline
+    }))
 })
 
 layer(worker("sqlite", { maxConcurrentBatches: 0 }), { excludeTestServices: true, timeout: 30_000 })("the webhook worker of an API-only node", (it) => {

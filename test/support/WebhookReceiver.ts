@@ -4,6 +4,8 @@ import { createServer, type IncomingHttpHeaders } from "node:http"
 import type { AddressInfo } from "node:net"
 
 export interface Received {
+  /** The request's path (and query). */
+  readonly path: string
   readonly headers: Record<string, string>
   readonly body: string
   /** When the request had arrived whole (epoch ms). */
@@ -11,11 +13,12 @@ export interface Received {
 }
 
 /**
- * How to answer the `n`-th request (from 1): a status, a body, how long to wait before answering; `stall`: send
+ * How to answer the `n`-th request (from 1): a status, headers, a body, how long to wait before answering; `stall`: send
  * the status and the body, then never end the answer (until the receiver closes).
  */
 export type Answer = (n: number, request: Received) => {
   readonly status: number
+  readonly headers?: Record<string, string>
   readonly body?: string
   readonly delayMs?: number
   readonly stall?: boolean
@@ -46,11 +49,11 @@ export const webhookReceiver = (port = 0, answer: Answer = ok) =>
         const chunks: Array<Buffer> = []
         req.on("data", (chunk: Buffer) => chunks.push(chunk))
         req.on("end", () => {
-          const request = { headers: flat(req.headers), body: Buffer.concat(chunks).toString("utf8"), at: Date.now() }
+          const request = { path: req.url ?? "", headers: flat(req.headers), body: Buffer.concat(chunks).toString("utf8"), at: Date.now() }
           received.push(request)
-          const { body = "", delayMs = 0, stall = false, status } = receiver.answer(received.length, request)
+          const { body = "", delayMs = 0, stall = false, status, headers = {} } = receiver.answer(received.length, request)
           setTimeout(() => {
-            res.writeHead(status, { "content-type": "text/plain" })
+            res.writeHead(status, { "content-type": "text/plain", ...headers })
             if (!stall) return void res.end(body)
             res.flushHeaders()
             if (body !== "") res.write(body)
