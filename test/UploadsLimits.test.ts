@@ -5,6 +5,7 @@
  * part more); a part is one `data` file of at most 64 MB, checked while it streams.
  */
 import { expect, layer } from "@effect/vitest"
+import * as SqlClient from "@effect/sql/SqlClient"
 import { Effect, Layer, Option } from "effect"
 import { toFile } from "openai"
 import { StorageLive } from "../src/Layers.js"
@@ -97,6 +98,21 @@ layer(StorageLive.pipe(Layer.provideMerge(limited)), { excludeTestServices: true
       yield* sendPart(a, upload.id, Buffer.from("b")) // sent again: 2 bytes held
       expect((yield* failure(() => sendPartPromise(a, upload.id, Buffer.from("c")))).status).toBe(400)
       expect((yield* partBlobs).staging).toEqual([])
+    }))
+
+  it.effect("an upload takes 10,000 parts, no more, even sent side by side at the last one", () =>
+    Effect.gen(function*() {
+      const { a } = yield* clients
+      const upload = yield* createUpload(a, 100)
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`UPDATE uploads SET parts_count = 9999 WHERE id = ${upload.id}`
+      // Both pass the check before their bytes are read; the count's update lets one in.
+      const sent = yield* Effect.promise(() => Promise.all([0, 1].map((i) =>
+        sendPartPromise(a, upload.id, Buffer.from(String(i))).then(() => undefined, (e) => e as { status: number; message: string }))))
+      const refused = sent.filter((e) => e !== undefined)
+      expect(refused).toHaveLength(1)
+      expect([refused[0]!.status, refused[0]!.message]).toEqual([400, `400 Upload ${upload.id} already has 10000 parts, the most an upload may have.`])
+      expect(Number((yield* sql<{ n: number }>`SELECT parts_count AS n FROM uploads WHERE id = ${upload.id}`)[0]!.n)).toBe(10_000)
     }))
 })
 
