@@ -142,6 +142,7 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
       expect(yield* named("報告 (v2).jsonl")).toBe(
         `attachment; filename="__ (v2).jsonl"; filename*=UTF-8''%E5%A0%B1%E5%91%8A%20%28v2%29.jsonl`
       )
+      expect(yield* named("100%E2%82%AC.jsonl")).toBe(`attachment; filename="100_E2_82_AC.jsonl"; filename*=UTF-8''100%25E2%2582%25AC.jsonl`)
       expect(yield* named('q"u\\ote café.jsonl')).toBe(
         `attachment; filename="q_u_ote caf_.jsonl"; filename*=UTF-8''q%22u%5Cote%20caf%C3%A9.jsonl`
       )

@@ -169,6 +169,7 @@ for (const backend of backends) {
       Effect.gen(function*() {
         const { byProject, receiver } = yield* Hook
         byProject.moved = { url: `${receiver.url}/old`, secret: SECRET }
+        yield* Effect.addFinalizer(() => Effect.sync(() => void delete byProject.moved))
         yield* answering(receiver, (_, request) =>
           request.path === "/hook/old" ? { status: 307, headers: { location: `${receiver.url}/new` } } : { status: 200 })
         const id = yield* insertEvent({ project: "moved", createdAt: nowS() })
@@ -176,7 +177,6 @@ for (const backend of backends) {
         expect(row).toMatchObject({ status: "pending", last_status_code: 307 })
         expect(linesOf(id, "webhook.retry")[0]).toMatchObject({ level: "WARN", annotations: { status_code: 307 } })
         expect(receiver.received.filter((r) => r.path === "/hook/new")).toEqual([])
-        delete byProject.moved
       }))
 
     it.effect("delivered and failed rows are deleted 30 days after their event; younger ones stay", () =>

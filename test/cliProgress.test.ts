@@ -172,6 +172,9 @@ describe("batches at rest", () => {
       `batch_abc  in_progress  612/1,000   12      31.4k   1m00s ago  通义千问  /v1/chat/completions  emoji=${"😀".repeat(16)}…`,
       "batch_2    completed    3/3         0       0       1m00s ago  qwen      /v1/chat/completions"
     ])
+    // Controls cut as shown (`⟨U+202E⟩`, 8 columns each): the cell stays within its 40 columns.
+    const bidi = listLines([batch({ model: "m", metadata: { k: "\u202E".repeat(30) } })], T0 + 60)
+    expect(bidi[1]).toMatch(/ k=(⟨U\+202E⟩){4}⟨U\+20…$/)
   })
 
   it("sums a finished batch up, and counts it a success only when every request succeeded", () => {

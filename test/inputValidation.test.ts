@@ -81,7 +81,7 @@ describe("input validation fold", () => {
       code: "invalid_json_line",
       message: "The file is UTF-16 text (it begins with UTF-16's byte order mark): save it as UTF-8, as JSONL is.",
       param: null,
-      line: 1
+      line: null
     }])
   })
 

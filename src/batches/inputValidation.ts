@@ -115,7 +115,7 @@ export const step = (state: InputState, item: JsonlLine): InputState => {
       code: "invalid_json_line",
       message: "The file is UTF-16 text (it begins with UTF-16's byte order mark): save it as UTF-8, as JSONL is.",
       param: null,
-      line: item.line
+      line: null // the whole file's
     })
   }
   if (item._tag === "NotUtf8") {

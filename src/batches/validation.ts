@@ -83,7 +83,7 @@ export const checkedMetadata = (given: unknown): Problem | { readonly metadata: 
       return {
         code: "invalid_value",
         param: "metadata",
-        message: `Invalid 'metadata': key '${key.slice(0, 20).toWellFormed()}…' is longer than ${MAX_METADATA_KEY} characters.`
+        message: `Invalid 'metadata': key '${echo(key, 20)}' is longer than ${MAX_METADATA_KEY} characters.`
       }
     }
     const keyProblem = key === "__proto__" ? "must not be '__proto__'" : unstorableReason(key)

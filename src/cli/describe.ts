@@ -98,7 +98,7 @@ const metadataText = (b: Batch): string => {
     if (length > METADATA_SHOWN) break
     shown.push(pair)
   }
-  if (shown.length === 0 && pairs.length > 0) shown.push(cutToColumns(pairs[0]!, METADATA_SHOWN))
+  if (shown.length === 0 && pairs.length > 0) shown.push(cutToColumns(visible(pairs[0]!), METADATA_SHOWN))
   const more = pairs.length - shown.length
   return [...shown, ...(more > 0 ? [`+${more} more`] : [])].join(", ")
 }

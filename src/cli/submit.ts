@@ -71,8 +71,8 @@ export const submit = (options: SubmitOptions) =>
     const check = yield* checkFile(options.file, options.endpoint, options.maxRequests)
     if (check.problems.length > 0) {
       for (const problem of check.problems) yield* options.mode === "json" ? printJson(problem) : say(problemLine(problem))
-      // An empty file was checked against no endpoint: naming the default one would say it was.
-      const against = check.problems.every((p) => p.code === "empty_file") ? "" : ` for ${check.endpoint}`
+      // A file's own problems (empty, UTF-16) were checked against no endpoint: naming the default one would say it was.
+      const against = check.problems.every((p) => p.line == null) ? "" : ` for ${check.endpoint}`
       return yield* new CliFailure({
         exitCode: EXIT_INVALID,
         message: `${shown}: ${count(check.found)} ${plural("problem", check.found)}${against} ` +

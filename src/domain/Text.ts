@@ -23,11 +23,14 @@ export const StorableString = Schema.String.pipe(
 export const MAX_ECHO = 64
 
 /**
- * `s` as an error message repeats it: at most `max` (`MAX_ECHO`) characters, never a broken surrogate pair (a pair
- * the cut would split is left out whole: cut in half, an emoji was drawn as `�`).
+ * The first `max` UTF-16 units of `s`, one fewer where the cut would split a surrogate pair (cut in half, an emoji
+ * was drawn as `�`).
  */
-export const echo = (s: string, max = MAX_ECHO): string => {
-  if (s.length <= max) return s.toWellFormed()
-  const splitsPair = /[\uD800-\uDBFF]/.test(s[max - 1]!) && /[\uDC00-\uDFFF]/.test(s[max]!)
-  return `${s.slice(0, splitsPair ? max - 1 : max).toWellFormed()}…`
+export const cutBefore = (s: string, max: number): string => {
+  const splitsPair = /[\uD800-\uDBFF]/.test(s[max - 1] ?? "") && /[\uDC00-\uDFFF]/.test(s[max] ?? "")
+  return s.slice(0, splitsPair ? max - 1 : max)
 }
+
+/** `s` as an error message repeats it: at most `max` (`MAX_ECHO`) characters, never a broken surrogate pair. */
+export const echo = (s: string, max = MAX_ECHO): string =>
+  s.length <= max ? s.toWellFormed() : `${cutBefore(s, max).toWellFormed()}…`

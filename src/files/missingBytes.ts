@@ -19,8 +19,9 @@ const NAMED = 20
 /** The warning of `count` files without bytes, `named` the first of them, the bytes looked for in `dir`. */
 export const missingBytesLine = (count: number, named: ReadonlyArray<string>, dir: string) =>
   `${count} file(s) listed in the database have no bytes in ${dir} (${named.join(", ")}${count > named.length ? ", …" : ""}): ` +
-  "a database restored newer than its files' copy, or the files' copy taken before the database's. Their downloads " +
-  'fail until the bytes are put back (README, "Backup and restore"); delete the files that are no longer needed.'
+  "a database restored newer than its files' copy, the files' copy taken before the database's, or FILE_STORAGE " +
+  'changed since they were stored. Their downloads fail until the bytes are put back (README, "Backup and ' +
+  'restore"); delete the files that are no longer needed.'
 
 /** Says the files listed in `sql` whose bytes `blobs` does not hold (a store kept apart from the database only). */
 export const sayMissingBytes = (sql: SqlClient.SqlClient, blobs: BlobStoreShape) =>
@@ -48,4 +49,8 @@ export const sayMissingBytes = (sql: SqlClient.SqlClient, blobs: BlobStoreShape)
     if (count > 0) {
       yield* Effect.logWarning(missingBytesLine(count, named, dir)).pipe(Effect.annotateLogs({ event: "files.missing_bytes", files: count }))
     }
-  }).pipe(Effect.orDie, Effect.withSpan("FileStore.sayMissingBytes"))
+  }).pipe(
+    // A check that only warns does not stop the start (a database that answers no query stops it soon enough).
+    Effect.catchAllCause((cause) => Effect.logWarning("The start's check of the files' bytes failed", cause)),
+    Effect.withSpan("FileStore.sayMissingBytes")
+  )

@@ -4,6 +4,7 @@
  */
 import { Data, Effect, Option } from "effect"
 import { escapeLineSeparators, isJsonObject, MAX_JSON_DEPTH, nestedDeeperThan } from "../domain/Json.js"
+import { cutBefore } from "../domain/Text.js"
 
 export interface UpstreamResponse {
   readonly status: number
@@ -224,8 +225,7 @@ export const compactJson = (text: string): string => {
 const excerpt = (text: string, max = 200): string => {
   const flat = text.slice(0, max * 4).replace(/[\s\u0000-\u001f\u007f]+/g, " ").trim()
   if (flat.length <= max && text.length <= max * 4) return flat
-  const code = flat.charCodeAt(max - 1)
-  return `${flat.slice(0, code >= 0xd800 && code <= 0xdbff ? max - 1 : max)}…`
+  return `${cutBefore(flat, max)}…`
 }
 
 /** `text` parsed, when it is a JSON object (not an array); else undefined. */

@@ -108,6 +108,15 @@ export const fileNameOfNodeId = (nodeId: string) => {
   return encoded.length <= 100 ? encoded : `sha256-${createHash("sha256").update(nodeId).digest("hex")}`
 }
 
+/** The key a blob's file name encodes (`encodeURIComponent`); none for a name no key makes (a stray `100%.txt`). */
+const keyOfName = (name: string): ReadonlyArray<string> => {
+  try {
+    return [decodeURIComponent(name)]
+  } catch {
+    return []
+  }
+}
+
 /**
  * Blobs as files under `root/blobs`, staged in `root/staging/<node id>` (same file system, so publishing is a
  * `rename`). Each node sharing `root` stages in a directory of its own (an API-only node beside the one that runs
@@ -181,14 +190,14 @@ export const makeLocal = (root: string, nodeId = "node") =>
 
     const published = {
       dir: blobs,
-      keys: Effect.map(fs.readDirectory(blobs), (names) => new Set(names.map(decodeURIComponent))).pipe(Effect.orDie)
+      keys: Effect.map(fs.readDirectory(blobs), (names) => new Set(names.flatMap(keyOfName))).pipe(Effect.orDie)
     }
 
     const keys = Effect.gen(function*() {
       const names = yield* fs.readDirectory(blobs)
       const isOld = (name: string) => olderThan(Path.join(blobs, name), ORPHAN_AGE_MS)
       const old = yield* Effect.filter(names, isOld, { concurrency: 16 })
-      return old.map(decodeURIComponent)
+      return old.flatMap(keyOfName)
     }).pipe(Effect.orDie)
 
     const setAside = {
