@@ -8,7 +8,7 @@ import { describe, expect, it, layer } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Effect, Layer, LogLevel, Option, Stream } from "effect"
 import Database from "better-sqlite3"
-import { rmSync } from "node:fs"
+import { rmSync, utimesSync, writeFileSync } from "node:fs"
 import * as Path from "node:path"
 import { toFile } from "openai"
 import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
@@ -121,6 +121,9 @@ describe("a start beside a files' copy older than the database", () => {
         db.close()
         const blobs = Path.join(dataDir, "files", "blobs")
         rmSync(Path.join(blobs, encodeURIComponent(lost!.id)))
+        // A stray file whose name is no key's (stopped the start: its name could not be decoded), an hour old.
+        writeFileSync(Path.join(blobs, "100%.txt"), "x")
+        utimesSync(Path.join(blobs, "100%.txt"), new Date(Date.now() - 3_600_000), new Date(Date.now() - 3_600_000))
 
         const server = await startServer(env)
         try {
