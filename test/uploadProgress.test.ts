@@ -34,7 +34,8 @@ describe("upload progress", () => {
   it("says the share, the size, the rate and the time left", () => {
     expect(uploadLine("requests.jsonl", 90e6, 200e6, 10)).toBe("uploading requests.jsonl: 45% of 200.0 MB, 9.0 MB/s, 12s left")
     expect(uploadLine("r.jsonl", 0, 1_204_500_000, 0)).toBe("uploading r.jsonl: 0% of 1,204.5 MB")
-    expect(uploadLine("r.jsonl", 5e6, 5e6, 2)).toBe("uploading r.jsonl: 100% of 5.0 MB, 2.5 MB/s, 0s left")
+    // All read: the rest is in the connection's (or a proxy's) buffers, the server's answer what is waited for.
+    expect(uploadLine("r.jsonl", 5e6, 5e6, 2)).toBe("uploading r.jsonl: all 5.0 MB sent, waiting for the server…")
     expect(megabytes(400_000)).toBe("0.4 MB")
   })
 
@@ -65,6 +66,12 @@ describe("upload progress", () => {
       yield* TestClock.adjust("3 seconds")
       yield* Fiber.join(cjk)
       expect(wide.written[0]).toBe("\r\x1b[2Kuploading 評価データセット.j…") // 10 + 16 + 2 + 1: 29 columns (40 characters' worth)
+      // A name's controls drawn, not sent to the terminal (a right-to-left override reversed the line).
+      const bidi = recording(true)
+      const shown = yield* Effect.fork(withUploadProgress("txt\u202Elnosj.exe", 3e6, clockedUpload(3e6), bidi.sink))
+      yield* TestClock.adjust("3 seconds")
+      yield* Fiber.join(shown)
+      expect(bidi.written[0]).toMatch(/^\r\x1b\[2Kuploading txt⟨U\+202E⟩lnosj\.exe: /)
     }))
 
   it.effect("on a terminal: a note written during the upload (a busy server's) comes on a line of its own", () =>

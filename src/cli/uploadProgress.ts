@@ -7,14 +7,20 @@
  */
 import { Duration, Effect, Fiber } from "effect"
 import { cutToColumns } from "./columns.js"
+import { visible } from "./output.js"
 import { duration, etaSeconds, PLAIN_EVERY_MS } from "./progress.js"
 
 /** `0.4 MB`, `12.3 MB`, `1,204.5 MB`: decimal megabytes, as file sizes are shown. */
 export const megabytes = (bytes: number): string =>
   `${(bytes / 1e6).toFixed(1).replace(/\B(?=(\d{3})+(?!\d))/g, ",")} MB`
 
-/** The line for `sent` of `total` bytes, `seconds` after the upload began. */
+/**
+ * The line for `sent` of `total` bytes, `seconds` after the upload began. Once every byte is read, what is left is in
+ * the connection's buffers (and a proxy's, which may hold all of it): the server's answer is what is waited for
+ * ("100%, 0s left" stood for half a minute behind a slow proxy).
+ */
 export const uploadLine = (name: string, sent: number, total: number, seconds: number): string => {
+  if (sent >= total && total > 0) return `uploading ${name}: all ${megabytes(total)} sent, waiting for the server…`
   const perSecond = seconds > 0 ? sent / seconds : undefined
   const left = etaSeconds(total - sent, perSecond)
   const percent = total > 0 ? Math.min(100, Math.floor((sent / total) * 100)) : 100
@@ -58,7 +64,8 @@ export const withUploadProgress = <A, E, R>(
     const every = sink.tty ? TTY_EVERY : PLAIN_EVERY
     const show = Effect.flatMap(Effect.clockWith((clock) => clock.currentTimeMillis), (now) =>
       Effect.sync(() => {
-        const line = uploadLine(name, sent, total, (now - started) / 1000)
+        // The file's name as every line shows it: its controls drawn (`⟨U+202E⟩`), not sent to the terminal.
+        const line = visible(uploadLine(name, sent, total, (now - started) / 1000))
         if (sink.tty) {
           drawn = true
           sink.write(CLEAR_LINE + cutToColumns(line, Math.max(0, sink.columns() - 1)))
