@@ -29,7 +29,8 @@ export const sayMissingBytes = (sql: SqlClient.SqlClient, blobs: BlobStoreShape)
     if (blobs.published === undefined) return
     const { dir, keys } = blobs.published
     // The directory first, then the rows: a row is written after its bytes are published, and removed before
-    // them, so a row read now whose bytes the listing lacks had none when it was read (but a young one's).
+    // them, so a row read after the listing whose bytes it lacks had none then, unless the row is younger than
+    // YOUNG_SECONDS (its bytes may have been published after the listing, its `created_at` read before).
     const before = (yield* nowSeconds) - YOUNG_SECONDS
     const present = yield* keys
     const named: Array<string> = []
