@@ -56,7 +56,8 @@ const dispositionParameter = /;[ \t]*(?:([!#$%&'*+.^\w`|~-]+)[ \t]*=[ \t]*(?:"((
  * The text of a quoted parameter. Two conventions meet here: RFC 7230 quoted-pairs (`\"` from curl before 7.81 or
  * with `--form-escape`, `\\` from Python's httpx) and the WHATWG form encoding (`"` as `%22`, CR as `%0D`, LF as
  * `%0A`, from browsers, undici, the openai SDK and curl since 7.81), which the Fetch standard's multipart parser
- * decodes back; the openai SDK's streamed files (`toFile` of a stream, the CLI's uploads) escape `\` too, as `%5C`. As in Go's `mime` package, a backslash escapes only a special character: browsers send Windows paths
+ * decodes back; the openai SDK's streamed files (`toFile` of a stream, the CLI's uploads) escape `\` too, as `%5C`.
+ * As in Go's `mime` package, a backslash escapes only a special character: browsers send Windows paths
  * (`C:\dir\f.jsonl`) unescaped, and `baseName` needs their separators.
  */
 const unquote = (text: string): string =>
