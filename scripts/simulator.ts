@@ -222,6 +222,11 @@ export const startSimulator = async (options: SimulatorOptions = {}): Promise<Si
       if (prompt.includes("[html]")) return write(200, HTML_PAGE, { "content-type": "text/html; charset=utf-8" })
       const deep = /\[deep:(\d+)\]/.exec(prompt)
       if (deep) return write(200, `{"deep":${"[".repeat(Number(deep[1]))}${"]".repeat(Number(deep[1]))}}`, { "content-type": "application/json" })
+      if (prompt.includes("[latin1]")) {
+        const latin1 = Buffer.from(JSON.stringify(answer(path, body, prompt)), "latin1")
+        res.writeHead(200, { "content-type": "application/json; charset=iso-8859-1", "content-length": latin1.length })
+        return res.end(latin1)
+      }
       if (prompt.includes("[gzip]")) {
         const gzipped = gzipSync(JSON.stringify(answer(path, body, prompt)))
         res.writeHead(200, { "content-type": "application/json", "content-encoding": "gzip", "content-length": gzipped.length })
@@ -337,6 +342,7 @@ const DIRECTIVES = `  [fail:400]      answer 400 with an OpenAI error body (any 
                   (numbers JSON.stringify cannot write; a string with escapes and inner spaces)
   [html]          answer 200 with an HTML page (content-type: text/html) instead of JSON
   [gzip]          answer 200 with the JSON gzipped (content-encoding: gzip), whatever the request accepts
+  [latin1]        answer 200 with the JSON in ISO-8859-1 (content-type: application/json; charset=iso-8859-1)
   [deep:100]      answer 200 with a JSON object whose "deep" member nests 100 arrays
   [trickle:100]   send the answer's head at once, then its body one byte every 100 ms
   [big:40]        pad the answer's content so that the body is about 40 MiB (fractions work: [big:0.01])

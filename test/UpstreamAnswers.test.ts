@@ -1,6 +1,6 @@
 /**
  * What the upstream answers, end to end (the official `openai` client → the server → the simulator): a
- * pretty-printed answer with a number `JSON.stringify` cannot write, a 200 that is not JSON, a gzipped one, one
+ * pretty-printed answer with a number `JSON.stringify` cannot write, one in ISO-8859-1 said so, a 200 that is not JSON, a gzipped one, one
  * nested too deep, an answer over `INFERENCE_MAX_RESPONSE_BYTES` and one that trickles past `INFERENCE_TIMEOUT`.
  */
 import { describe, expect, it, layer } from "@effect/vitest"
@@ -26,6 +26,7 @@ describe("upstream answers", () => {
         const sim = yield* Upstream
         const prompts = {
           plain: "plain",
+          latin1: "Grüße [latin1]", // in ISO-8859-1, and said so in its content-type
           pretty: "pretty [pretty] [bignum]",
           html: "html [html]",
           gzip: "gzip [gzip]", // compressed though it was asked for none
@@ -40,12 +41,14 @@ describe("upstream answers", () => {
         // Two attempts of about a second each for the trickling answer, far from the 20 s it would take.
         expect(Date.now() - started).toBeLessThan(8000)
         expect(done.status).toBe("completed")
-        expect(done.request_counts).toEqual({ total: 7, completed: 2, failed: 5 })
+        expect(done.request_counts).toEqual({ total: 8, completed: 3, failed: 5 })
 
         // The output file's text holds the pretty answer on one line, its numbers exactly as the upstream wrote them.
         const outputText = yield* Effect.promise(async () => (await openai.files.content(done.output_file_id!)).text())
         const outputLines = outputText.split("\n").filter((line) => line !== "")
-        expect(outputLines.length).toBe(2)
+        expect(outputLines.length).toBe(3)
+        const latin1Line = JSON.parse(outputLines.find((line) => line.includes(`"custom_id":"latin1"`))!)
+        expect(latin1Line.response.body.choices[0].message.content).toBe(`echo: ${prompts.latin1}`)
         const prettyLine = outputLines.find((line) => line.includes(`"custom_id":"pretty"`))!
         expect(prettyLine).toContain(`"body":{${BIGNUM_COMPACT},"id":"chatcmpl-`)
         expect(prettyLine).not.toContain("e+29")

@@ -11,7 +11,22 @@ import * as HttpIncomingMessage from "@effect/platform/HttpIncomingMessage"
 import * as UrlParams from "@effect/platform/UrlParams"
 import { Effect, Inspectable, Option, Stream } from "effect"
 
-const decoder = new TextDecoder()
+const utf8 = new TextDecoder()
+
+/**
+ * The decoder of a body whose `content-type` names `charset` (JSON is UTF-8, but a server may say it wrote another:
+ * read so, its letters were replacement characters in an output line counted a success); UTF-8 when it names none,
+ * or one unknown here.
+ */
+const decoderFor = (contentType: string | undefined): InstanceType<typeof TextDecoder> => {
+  const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(contentType ?? "")?.[1]
+  if (charset === undefined || /^utf-?8$/i.test(charset)) return utf8
+  try {
+    return new TextDecoder(charset)
+  } catch {
+    return utf8
+  }
+}
 
 /**
  * A response whose body has been read whole. Its bytes are dropped once decoded (`text`, `json`): the text is kept
@@ -30,7 +45,7 @@ export class BufferedResponse extends Inspectable.Class implements HttpClientRes
   /** The body as text, decoded once; the bytes are let go then. */
   private textNow(): string {
     if (this.decoded === undefined) {
-      this.decoded = decoder.decode(this.bytes)
+      this.decoded = decoderFor(this.headers["content-type"]).decode(this.bytes)
       this.bytes = undefined
     }
     return this.decoded
