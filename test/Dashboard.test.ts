@@ -20,7 +20,7 @@ import type { Page } from "playwright-core"
 import { chatLine, createBatch, upload } from "./support/Batches.js"
 import { BrowserPage, violations } from "./support/Chromium.js"
 import {
-  DESKTOP, expectClean, file, FILES_POLL_MS, inPage, KEY, listLoaded, noticeOf, openWithKey, overflows, PHONE, poll, POLL_MS, shown,
+  axeFinds, DESKTOP, expectClean, file, FILES_POLL_MS, inPage, KEY, listLoaded, noticeOf, openWithKey, overflows, PHONE, poll, POLL_MS, shown,
   uploadThroughPage
 } from "./support/Dashboard.js"
 import { testAppWithUpstream } from "./support/TestApp.js"
@@ -444,6 +444,12 @@ describe("the dashboard", () => {
         await poll(() => page.getByText("Path Parameters").first().isVisible()).toBe(true)
         page.off("request", noted)
         expect(elsewhere).toEqual([])
+        // Text at WCAG AA's contrast in both schemes (Scalar's own greys and method colours were 3.3–4.4:1).
+        expect(await axeFinds(page, ["color-contrast", "html-has-lang"])).toEqual({})
+        await page.emulateMedia({ colorScheme: "dark" })
+        await poll(() => page.locator(".dark-mode").count()).toBeGreaterThan(0)
+        expect(await axeFinds(page, ["color-contrast"])).toEqual({})
+        await page.emulateMedia({ colorScheme: "light" })
         expect(problems).toEqual([])
         // Scalar probes for `new Function` (and copes without it): the one thing the policy refuses.
         expect((await violations(page)).filter((v) => v !== "script-src eval")).toEqual([])

@@ -5,6 +5,8 @@
  */
 import { expect } from "@effect/vitest"
 import { Effect } from "effect"
+import { readFileSync } from "node:fs"
+import { createRequire } from "node:module"
 import type { Page } from "playwright-core"
 import { BrowserPage, violations } from "./Chromium.js"
 import { baseUrl } from "./TestApp.js"
@@ -109,3 +111,23 @@ export const serveBatches = (page: Page, all: ReadonlyArray<ReturnType<typeof ma
       json: { object: "list", data, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null, has_more: from + limit < all.length }
     })
   })
+
+/** axe-core's script, read once: evaluated in a page (a page's CSP does not stop what the test runs there). */
+let axeSource: string | undefined
+
+/**
+ * What axe-core finds on `page` for `rules` (`color-contrast`, `html-has-lang`…): each violation's rule, and for a
+ * contrast one its colours and ratio, counted. Empty when none.
+ */
+export const axeFinds = async (page: Page, rules: ReadonlyArray<string>): Promise<Record<string, number>> => {
+  axeSource ??= readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8")
+  await page.evaluate(axeSource)
+  const found: Array<string> = await page.evaluate(async (runOnly) => {
+    const result = await (window as any).axe.run(document, { runOnly })
+    return result.violations.flatMap((v: any) => v.nodes.map((n: any) => {
+      const data = n.any[0]?.data
+      return data?.contrastRatio === undefined ? v.id : `${v.id}: ${data.fgColor} on ${data.bgColor} (${data.contrastRatio}:1)`
+    }))
+  }, [...rules])
+  return found.reduce<Record<string, number>>((counts, what) => ({ ...counts, [what]: (counts[what] ?? 0) + 1 }), {})
+}
