@@ -28,8 +28,12 @@ const MAX_BACKOFF_MS = 60_000
 
 const byId = (/** @type {string} */ id) => /** @type {HTMLElement} */ (document.getElementById(id))
 
+/** What a batch id may be in an address (the server's are `batch_` and 32 hex digits). */
+const ID_PATTERN = /^[A-Za-z0-9_-]{1,200}$/
+
 /**
- * The view the location's hash names: `#/` (`#/?q=…&status=…`: the list's filter), `#/files`, `#/batches/ID`.
+ * The view the location's hash names: `#/` (`#/?q=…&status=…`: the list's filter), `#/files`, `#/batches/ID` (the list
+ * for an id that cannot be one).
  * @param {string} hash @param {ViewContext} context @returns {View}
  */
 const viewFor = (hash, context) => {
@@ -41,8 +45,9 @@ const viewFor = (hash, context) => {
     try {
       // Trimmed: no id holds a space, and one pasted with its neighbours' ("No batch  batch_1 " read as the id's).
       const id = decodeURIComponent(batch[1] ?? "").trim()
-      // ``, `.` and `..` are no ids: a URL would resolve them to another path (`/v1/batches/.` is the list).
-      if (id !== "" && id !== "." && id !== "..") return batchPageView(id, context)
+      // Only what an id can be: letters, digits, `_` and `-` (not `.` or `..`, which a URL would resolve to another
+      // path). A link's other text was shown as the page's heading ("Batch Your session expired, paste your key…").
+      if (ID_PATTERN.test(id)) return batchPageView(id, context)
     } catch {
       // a malformed escape: the list instead
     }
