@@ -30,6 +30,7 @@ const expectSecurityHeaders = (res: RawAnswer) => {
   expect(res.headers["content-security-policy"]).toBe(CSP)
   expect(res.headers["x-content-type-options"]).toBe("nosniff")
   expect(res.headers["referrer-policy"]).toBe("no-referrer")
+  expect(res.headers["x-frame-options"]).toBe("DENY")
 }
 
 describe("the /ui route", () => {

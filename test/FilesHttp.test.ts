@@ -303,7 +303,7 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
       expect(Object.keys(spec.json.paths)).not.toContain("/v1/models/*")
       expect(spec.json.paths["/v1/models/{model}"].get.parameters.map((p: { name: string }) => p.name)).toEqual(["model"])
       const docs = yield* call("/docs")
-      expect(docs.status).toBe(200)
+      expect([docs.status, docs.headers.get("x-frame-options")]).toEqual([200, "DENY"])
       const html = new TextDecoder().decode(docs.buffer)
       expect(html).toContain("<html")
       // The spec is embedded and Scalar's script is served inline (the page works without internet access).

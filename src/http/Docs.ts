@@ -125,6 +125,7 @@ export const docsRoute = (path: `/${string}`) =>
           headers: {
             "content-security-policy": csp,
             "x-content-type-options": "nosniff",
+            "x-frame-options": "DENY", // frame-ancestors' older form
             "referrer-policy": "no-referrer",
             vary: "accept-encoding",
             ...(gzip ? { "content-encoding": "gzip" } : {})

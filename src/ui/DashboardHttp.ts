@@ -71,6 +71,8 @@ export const DASHBOARD_HEADERS: Readonly<Record<string, string>> = {
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; " +
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
   "x-content-type-options": "nosniff",
+  // frame-ancestors' older form, for a browser that predates it.
+  "x-frame-options": "DENY",
   "referrer-policy": "no-referrer",
   "cache-control": "no-cache"
 }
