@@ -222,10 +222,11 @@ export const startSimulator = async (options: SimulatorOptions = {}): Promise<Si
       if (prompt.includes("[html]")) return write(200, HTML_PAGE, { "content-type": "text/html; charset=utf-8" })
       const deep = /\[deep:(\d+)\]/.exec(prompt)
       if (deep) return write(200, `{"deep":${"[".repeat(Number(deep[1]))}${"]".repeat(Number(deep[1]))}}`, { "content-type": "application/json" })
-      if (prompt.includes("[latin1]")) {
-        const latin1 = Buffer.from(JSON.stringify(answer(path, body, prompt)), "latin1")
-        res.writeHead(200, { "content-type": "application/json; charset=iso-8859-1", "content-length": latin1.length })
-        return res.end(latin1)
+      if (prompt.includes("[latin1]") || prompt.includes("[utf8-as-latin1]")) {
+        const text = JSON.stringify(answer(path, body, prompt))
+        const bytes = Buffer.from(text, prompt.includes("[latin1]") ? "latin1" : "utf8")
+        res.writeHead(200, { "content-type": "application/json; charset=iso-8859-1", "content-length": bytes.length })
+        return res.end(bytes)
       }
       if (prompt.includes("[gzip]")) {
         const gzipped = gzipSync(JSON.stringify(answer(path, body, prompt)))
@@ -343,6 +344,7 @@ const DIRECTIVES = `  [fail:400]      answer 400 with an OpenAI error body (any 
   [html]          answer 200 with an HTML page (content-type: text/html) instead of JSON
   [gzip]          answer 200 with the JSON gzipped (content-encoding: gzip), whatever the request accepts
   [latin1]        answer 200 with the JSON in ISO-8859-1 (content-type: application/json; charset=iso-8859-1)
+  [utf8-as-latin1] answer 200 with the JSON in UTF-8, labelled as [latin1] is
   [deep:100]      answer 200 with a JSON object whose "deep" member nests 100 arrays
   [trickle:100]   send the answer's head at once, then its body one byte every 100 ms
   [big:40]        pad the answer's content so that the body is about 40 MiB (fractions work: [big:0.01])

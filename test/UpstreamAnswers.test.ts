@@ -27,6 +27,7 @@ describe("upstream answers", () => {
         const prompts = {
           plain: "plain",
           latin1: "Grüße [latin1]", // in ISO-8859-1, and said so in its content-type
+          mislabelled: "Grüße, 東京 [utf8-as-latin1]", // in UTF-8, though labelled ISO-8859-1: read as UTF-8
           pretty: "pretty [pretty] [bignum]",
           html: "html [html]",
           gzip: "gzip [gzip]", // compressed though it was asked for none
@@ -41,14 +42,16 @@ describe("upstream answers", () => {
         // Two attempts of about a second each for the trickling answer, far from the 20 s it would take.
         expect(Date.now() - started).toBeLessThan(8000)
         expect(done.status).toBe("completed")
-        expect(done.request_counts).toEqual({ total: 8, completed: 3, failed: 5 })
+        expect(done.request_counts).toEqual({ total: 9, completed: 4, failed: 5 })
 
         // The output file's text holds the pretty answer on one line, its numbers exactly as the upstream wrote them.
         const outputText = yield* Effect.promise(async () => (await openai.files.content(done.output_file_id!)).text())
         const outputLines = outputText.split("\n").filter((line) => line !== "")
-        expect(outputLines.length).toBe(3)
-        const latin1Line = JSON.parse(outputLines.find((line) => line.includes(`"custom_id":"latin1"`))!)
-        expect(latin1Line.response.body.choices[0].message.content).toBe(`echo: ${prompts.latin1}`)
+        expect(outputLines.length).toBe(4)
+        for (const id of ["latin1", "mislabelled"] as const) {
+          const line = JSON.parse(outputLines.find((l) => l.includes(`"custom_id":"${id}"`))!)
+          expect(line.response.body.choices[0].message.content).toBe(`echo: ${prompts[id]}`)
+        }
         const prettyLine = outputLines.find((line) => line.includes(`"custom_id":"pretty"`))!
         expect(prettyLine).toContain(`"body":{${BIGNUM_COMPACT},"id":"chatcmpl-`)
         expect(prettyLine).not.toContain("e+29")

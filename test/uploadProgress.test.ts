@@ -35,7 +35,8 @@ describe("upload progress", () => {
     expect(uploadLine("requests.jsonl", 90e6, 200e6, 10)).toBe("uploading requests.jsonl: 45% of 200.0 MB, 9.0 MB/s, 12s left")
     expect(uploadLine("r.jsonl", 0, 1_204_500_000, 0)).toBe("uploading r.jsonl: 0% of 1,204.5 MB")
     // All read: the rest is in the connection's (or a proxy's) buffers, the server's answer what is waited for.
-    expect(uploadLine("r.jsonl", 5e6, 5e6, 2)).toBe("uploading r.jsonl: all 5.0 MB sent, waiting for the server…")
+    expect(uploadLine("r.jsonl", 5e6, 5e6, 2)).toBe("uploading r.jsonl: all 5.0 MB sent, waiting for the server (0s)")
+    expect(uploadLine("r.jsonl", 5e6, 5e6, 32, 30)).toBe("uploading r.jsonl: all 5.0 MB sent, waiting for the server (30s)")
     expect(megabytes(400_000)).toBe("0.4 MB")
   })
 
@@ -110,6 +111,17 @@ describe("upload progress", () => {
       yield* TestClock.adjust("3 seconds")
       yield* Fiber.join(done)
       expect(quick.written).toEqual([])
+
+      // Every byte read at once, then the server's answer 12 s away (a proxy holding them): the time waited, counting.
+      const held = recording(false)
+      const answered = yield* Effect.fork(withUploadProgress("h.jsonl", 5e6, (onRead) =>
+        Effect.zipRight(Effect.sync(() => onRead(5e6)), Effect.as(Effect.sleep("12 seconds"), "file-up")), held.sink))
+      yield* TestClock.adjust("12 seconds")
+      yield* Fiber.join(answered)
+      expect(held.written).toEqual([
+        "uploading h.jsonl: all 5.0 MB sent, waiting for the server (0s)\n",
+        "uploading h.jsonl: all 5.0 MB sent, waiting for the server (5s)\n"
+      ])
     }))
 
   it.scopedLive("counts the bytes a real upload reads, as the server takes them", () =>

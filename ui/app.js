@@ -28,8 +28,8 @@ const MAX_BACKOFF_MS = 60_000
 
 const byId = (/** @type {string} */ id) => /** @type {HTMLElement} */ (document.getElementById(id))
 
-/** What a batch id may be in an address (the server's are `batch_` and 32 hex digits). */
-const ID_PATTERN = /^[A-Za-z0-9_-]{1,200}$/
+/** What a batch id may be in an address (the server's are `batch_` and 32 hex digits): no words a link could say. */
+const ID_PATTERN = /^batch_[A-Za-z0-9]{1,64}$/
 
 /**
  * The view the location's hash names: `#/` (`#/?q=…&status=…`: the list's filter), `#/files`, `#/batches/ID` (the list
@@ -45,8 +45,8 @@ const viewFor = (hash, context) => {
     try {
       // Trimmed: no id holds a space, and one pasted with its neighbours' ("No batch  batch_1 " read as the id's).
       const id = decodeURIComponent(batch[1] ?? "").trim()
-      // Only what an id can be: letters, digits, `_` and `-` (not `.` or `..`, which a URL would resolve to another
-      // path). A link's other text was shown as the page's heading ("Batch Your session expired, paste your key…").
+      // Only what an id can be (not `.` or `..` either, which a URL would resolve to another path): a link's other
+      // text was shown as the page's heading ("Batch Your session expired, paste your key…").
       if (ID_PATTERN.test(id)) return batchPageView(id, context)
     } catch {
       // a malformed escape: the list instead

@@ -16,11 +16,11 @@ export const megabytes = (bytes: number): string =>
 
 /**
  * The line for `sent` of `total` bytes, `seconds` after the upload began. Once every byte is read, what is left is in
- * the connection's buffers (and a proxy's, which may hold all of it): the server's answer is what is waited for
- * ("100%, 0s left" stood for half a minute behind a slow proxy).
+ * the connection's buffers (and a proxy's, which may hold all of it): the server's answer is what is waited for,
+ * `waited` seconds so far ("100%, 0s left" stood for half a minute behind a slow proxy).
  */
-export const uploadLine = (name: string, sent: number, total: number, seconds: number): string => {
-  if (sent >= total && total > 0) return `uploading ${name}: all ${megabytes(total)} sent, waiting for the server…`
+export const uploadLine = (name: string, sent: number, total: number, seconds: number, waited = 0): string => {
+  if (sent >= total && total > 0) return `uploading ${name}: all ${megabytes(total)} sent, waiting for the server (${duration(waited)})`
   const perSecond = seconds > 0 ? sent / seconds : undefined
   const left = etaSeconds(total - sent, perSecond)
   const percent = total > 0 ? Math.min(100, Math.floor((sent / total) * 100)) : 100
@@ -60,12 +60,15 @@ export const withUploadProgress = <A, E, R>(
   Effect.gen(function*() {
     let sent = 0
     let drawn = false
+    /** When a line first saw every byte read. */
+    let allReadAt: number | undefined
     const started = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
     const every = sink.tty ? TTY_EVERY : PLAIN_EVERY
     const show = Effect.flatMap(Effect.clockWith((clock) => clock.currentTimeMillis), (now) =>
       Effect.sync(() => {
         // The file's name as every line shows it: its controls drawn (`⟨U+202E⟩`), not sent to the terminal.
-        const line = visible(uploadLine(name, sent, total, (now - started) / 1000))
+        if (sent >= total) allReadAt ??= now
+        const line = visible(uploadLine(name, sent, total, (now - started) / 1000, (now - (allReadAt ?? now)) / 1000))
         if (sink.tty) {
           drawn = true
           sink.write(CLEAR_LINE + cutToColumns(line, Math.max(0, sink.columns() - 1)))

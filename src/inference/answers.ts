@@ -225,7 +225,7 @@ export const compactJson = (text: string): string => {
 const excerpt = (text: string, max = 200): string => {
   const flat = text.slice(0, max * 4).replace(/[\s\u0000-\u001f\u007f]+/g, " ").trim()
   if (flat.length <= max && text.length <= max * 4) return flat
-  return `${cutBefore(flat, max)}…`
+  return `${cutBefore(flat, max).toWellFormed()}…` // well formed: the slice above may have split a pair
 }
 
 /** `text` parsed, when it is a JSON object (not an array); else undefined. */

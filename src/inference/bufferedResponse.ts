@@ -12,26 +12,42 @@ import * as UrlParams from "@effect/platform/UrlParams"
 import { Effect, Inspectable, Option, Stream } from "effect"
 
 const utf8 = new TextDecoder()
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true })
 
 /**
- * The decoder of a body whose `content-type` names `charset` (JSON is UTF-8, but a server may say it wrote another:
- * read so, its letters were replacement characters in an output line counted a success); UTF-8 when it names none,
- * or one unknown here.
+ * The decoder of the charset a `content-type` names, when it is not UTF-8 and is known here; else undefined.
  */
-const decoderFor = (contentType: string | undefined): InstanceType<typeof TextDecoder> => {
+const declaredDecoder = (contentType: string | undefined): InstanceType<typeof TextDecoder> | undefined => {
   const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(contentType ?? "")?.[1]
-  if (charset === undefined || /^utf-?8$/i.test(charset)) return utf8
+  if (charset === undefined || /^utf-?8$/i.test(charset)) return undefined
   try {
     return new TextDecoder(charset)
   } catch {
-    return utf8
+    return undefined
+  }
+}
+
+/**
+ * A body as text. JSON is UTF-8 (RFC 8259), and bytes that are UTF-8 are read so whatever the label says (a server
+ * that labels its UTF-8 `charset=iso-8859-1` would be garbled); bytes that are not, in the charset the
+ * `content-type` names (Latin-1 read as UTF-8 gave replacement characters in an output line counted a success), and
+ * UTF-16 when named (its ASCII is valid UTF-8 too). Else UTF-8 with replacement characters.
+ */
+const decodedBody = (bytes: Uint8Array | undefined, contentType: string | undefined): string => {
+  const declared = declaredDecoder(contentType)
+  if (declared === undefined) return utf8.decode(bytes)
+  if (declared.encoding.startsWith("utf-16")) return declared.decode(bytes)
+  try {
+    return strictUtf8.decode(bytes)
+  } catch {
+    return declared.decode(bytes)
   }
 }
 
 /**
  * A response whose body has been read whole. Its bytes are dropped once decoded (`text`, `json`): the text is kept
  * instead, so a large answer is not held twice while it is parsed; the bytes asked for after that (`arrayBuffer`,
- * `stream`) are the text encoded again.
+ * `stream`) are the text encoded again, in UTF-8 (whatever charset the answer was in).
  */
 export class BufferedResponse extends Inspectable.Class implements HttpClientResponse.HttpClientResponse {
   readonly [HttpClientResponse.TypeId]: HttpClientResponse.TypeId = HttpClientResponse.TypeId
@@ -45,7 +61,7 @@ export class BufferedResponse extends Inspectable.Class implements HttpClientRes
   /** The body as text, decoded once; the bytes are let go then. */
   private textNow(): string {
     if (this.decoded === undefined) {
-      this.decoded = decoderFor(this.headers["content-type"]).decode(this.bytes)
+      this.decoded = decodedBody(this.bytes, this.headers["content-type"])
       this.bytes = undefined
     }
     return this.decoded
