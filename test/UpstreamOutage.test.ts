@@ -44,9 +44,9 @@ const upAgainAfter = <A, E, R>(test: Effect.Effect<A, E, R | Simulators>) =>
   Effect.ensuring(test, Effect.flatMap(Simulators, ({ main }) => Effect.promise(() => main!.start())))
 
 /** Until the app has logged a line of `event` (at most 10 s: the assertions after it say what was missed). */
-const untilLogged = (logs: ReadonlyArray<{ readonly event?: unknown }>, event: string, within = 10_000) =>
+const untilLogged = (logs: ReadonlyArray<{ readonly event?: unknown }>, event: string) =>
   Effect.promise(async () => {
-    const deadline = Date.now() + within
+    const deadline = Date.now() + 10_000
     while (!logs.some((l) => l.event === event) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
   })
 
@@ -301,7 +301,9 @@ sideBySide("an upstream that revokes its key mid-batch", () => layer(
   testAppWithUpstreams(
     { keyed: { models: ["model-k"], apiKey: "sk-right", latencyMs: 40 } },
     ({ keyed }) => [{ name: "keyed", base_url: keyed!.url, models: ["model-k"], api_key: "sk-right" }],
-    { maxConcurrentBatches: 1, maxConcurrentRequestsPerBatch: 4, upstreamProbeInterval: Duration.millis(300), ...outlasted }
+    // 500 ms: a trial no call comes to for five intervals is taken for up (`idleTrial`); in 1.5 s (300 ms), under the
+    // whole suite on two cores, the paused batch's calls once came too late, and the key's refusal was a new outage.
+    { maxConcurrentBatches: 1, maxConcurrentRequestsPerBatch: 4, upstreamProbeInterval: Duration.millis(500), ...outlasted }
   ),
   { excludeTestServices: true }
 )((it) => {
@@ -316,7 +318,7 @@ sideBySide("an upstream that revokes its key mid-batch", () => layer(
       keyed!.apiKey = "sk-rotated"
       yield* untilLogged(logs, "upstream.down")
       expect(logs.find((l) => l.event === "upstream.down")!.message).toMatch(/refuses its key: POST .* and GET \/models answer 401; check its key \(from api_key\)/)
-      yield* sleep(1500) // five probe intervals, each answered 401: down throughout, no trial
+      yield* sleep(2500) // five probe intervals, each answered 401: down throughout, no trial
       const paused = yield* Effect.promise(() => openai.batches.retrieve(batch.id))
       expect([paused.status, paused.request_counts?.failed]).toEqual(["in_progress", 0])
       expect(logs.filter((l) => l.event === "upstream.up")).toHaveLength(0)
@@ -336,9 +338,8 @@ sideBySide("an upstream that revokes its key mid-batch", () => layer(
       yield* eventually(() => expect(events("upstream.down")).toHaveLength(downs + 1), 10_000)
       keyed.apiKey = "sk-rotated"
       yield* Effect.promise(() => keyed.start())
-      // Within a few probe intervals alone; 10 s did not do once under the whole suite on two cores.
-      yield* untilLogged(logs, "upstream.still_down", 20_000)
-      yield* sleep(1500) // five probe intervals: each trial refused again, said no more
+      yield* untilLogged(logs, "upstream.still_down")
+      yield* sleep(2500) // five probe intervals: each trial refused again, said no more
       const still = events("upstream.still_down")
       expect(still.map((l) => l.message)).toEqual([
         expect.stringMatching(/^Upstream keyed is still down, for another reason \(it refuses its key: .*check its key \(from api_key\)\)/)
@@ -369,7 +370,7 @@ sideBySide("an upstream that revokes its key mid-batch", () => layer(
         /^Upstream keyed is down \(its account may make no more calls: POST .*\/chat\/completions answered status 429: You exceeded your current quota, .*; add credit\)/
       )
       const calls = keyed.stats.rejected
-      yield* sleep(1500) // five probe intervals, each trial's one call refused again: down throughout
+      yield* sleep(2500) // five probe intervals, each trial's one call refused again: down throughout
       const paused = yield* Effect.promise(() => openai.batches.retrieve(batch.id))
       expect([paused.status, paused.request_counts?.failed]).toEqual(["in_progress", 0])
       const [state, , reason] = (yield* upstreamStates).keyed
