@@ -1,12 +1,12 @@
 /** The upstreams file: YAML and JSON, defaults, keys from the environment, and clear errors for mistakes. */
 import { describe, expect, it } from "@effect/vitest"
 import { ConfigError, Duration, Effect, Either, Option, Redacted } from "effect"
-import { mkdtempSync, writeFileSync } from "node:fs"
-import { tmpdir } from "node:os"
+import { writeFileSync } from "node:fs"
 import * as Path from "node:path"
 import { defaults } from "../src/Config.js"
 import { parseUpstreamsFile, upstreamSpecs } from "../src/upstreams/upstreamsFile.js"
 import { resolveEntries, shadowedModels } from "../src/upstreams/UpstreamSpec.js"
+import { scratchDir } from "./support/TestApp.js"
 
 const YAML = `
 upstreams:
@@ -173,9 +173,9 @@ describe("UpstreamSpec", () => {
     expect(problem([])).toBe("upstreams: an empty list (at least one is needed)")
   })
 
-  it.effect("UPSTREAMS_FILE is read at start; a problem is a ConfigError naming the variable and the file", () =>
+  it.scoped("UPSTREAMS_FILE is read at start; a problem is a ConfigError naming the variable and the file", () =>
     Effect.gen(function*() {
-      const dir = mkdtempSync(Path.join(tmpdir(), "upstreams-"))
+      const dir = yield* scratchDir // removed at the end (each run left one behind)
       const good = Path.join(dir, "good.yaml")
       writeFileSync(good, YAML.replace("api_key_env: VLLM_KEY", "api_key: k"))
       const specs = yield* upstreamSpecs({ ...defaults, upstreamsFile: Option.some(good) })
