@@ -4,6 +4,7 @@
  * loop (`watch.ts`) feeds it the polled Batch objects and the time.
  */
 import type { Batch } from "openai/resources/batches"
+import { cutToColumns } from "./columns.js"
 
 export type BatchStatus = Batch["status"]
 
@@ -104,7 +105,7 @@ const figures = (batch: Batch, perSec: number | undefined): Array<string> => {
 /** The counts, once the batch knows its total (not while it validates). */
 const countsText = (c: Counts) => `${count(c.done)}/${count(c.total)} (${percent(c)}%)`
 
-/** The live line on a terminal, at most `columns - 1` characters (so the cursor never wraps). */
+/** The live line on a terminal, in at most `columns - 1` columns (so the cursor never wraps). */
 export const barLine = (batch: Batch, perSec: number | undefined, columns: number): string => {
   const c = countsOf(batch)
   const head = `${batch.status.padEnd(11)} `
@@ -112,7 +113,7 @@ export const barLine = (batch: Batch, perSec: number | undefined, columns: numbe
   const room = columns - 1 - head.length - tail.length - 2
   const width = Math.min(40, room)
   const line = width >= 10 && c.total > 0 ? `${head}[${bar(c.done / c.total, width)}]${tail}` : `${head}${tail.trimStart()}`
-  return line.length < columns ? line : line.slice(0, Math.max(0, columns - 2)) + "…"
+  return cutToColumns(line, Math.max(0, columns - 1))
 }
 
 /** A plain progress line (pipes, CI logs), `elapsed` seconds since the batch was created. */
