@@ -6,7 +6,7 @@
  * function.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Option } from "effect"
+import { Effect, Layer, Option, TestClock } from "effect"
 import { readdirSync, readFileSync } from "node:fs"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
@@ -93,8 +93,8 @@ describe("transition table", () => {
         if (set!.replace(/=\s*\$\{[^}]*\}/g, "").includes("${")) dynamicSets.push(`${Path.relative(root, file)}: ${set}`)
       }
     }
-    // The move function's `sql.update(changes)`, and nothing else that could set any column.
-    expect(dynamicSets).toEqual(["src/batches/batchRecords.ts: ${sql.update(changes)}"])
+    // The move function's `sql.update(changes)` and its stamp column, and nothing else that could set any column.
+    expect(dynamicSets).toEqual(["src/batches/batchRecords.ts: ${sql.update(changes)}, ${sql(stamp)} = ${notBeforeEarlierStamps(yield* nowSeconds)}"])
   })
 })
 
@@ -128,4 +128,20 @@ for (const backend of backends) describe(`transition table (${backend})`, () => 
         }
       }
     }).pipe(Effect.provide(storeFor(backend))), 60_000)
+
+  it.effect("a move's time is never before the batch's earlier ones, though the clock stepped back", () =>
+    Effect.gen(function*() {
+      const store = yield* BatchStore
+      const created = 1_800_000_000
+      yield* TestClock.setTime(created * 1000)
+      const id = yield* validatingBatch(2)
+      const at = (seconds: number, move: Move) => Effect.zipRight(TestClock.setTime(seconds * 1000), apply(id, move))
+      expect(yield* at(created - 3600, "startRunning")).toBe(true)
+      expect(yield* at(created + 10, "lastSliceDone")).toBe(true)
+      expect(yield* at(created - 100, "cancel")).toBe(true)
+      expect(yield* at(created + 5, "cancelDone")).toBe(true)
+      const { batch } = yield* store.get(id, "all")
+      expect([batch.created_at, batch.in_progress_at, batch.finalizing_at, batch.cancelling_at, batch.cancelled_at])
+        .toEqual([created, created, created + 10, created + 10, created + 10])
+    }).pipe(Effect.provide(storeFor(backend))))
 })

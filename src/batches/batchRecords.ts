@@ -170,21 +170,32 @@ export const makeBatchRecords = (
    * lease and, in the same transaction, writes what `finalMoved` writes (its event). The batch as moved, or `None`
    * when it was not in a `from` status (or `condition` did not hold).
    */
+  /**
+   * A move's time, never before the batch's earlier ones: the machine's clock stepped back (NTP, an operator) would
+   * otherwise stamp a batch `in_progress` before it was created (PostgreSQL's `GREATEST` skips NULLs, SQLite's `MAX`
+   * does not).
+   */
+  const notBeforeEarlierStamps = (now: number) =>
+    sql.onDialectOrElse({
+      pg: () => sql`GREATEST(${now}, created_at, in_progress_at, finalizing_at, cancelling_at)`,
+      orElse: () =>
+        sql`MAX(${now}, created_at, COALESCE(in_progress_at, 0), COALESCE(finalizing_at, 0), COALESCE(cancelling_at, 0))`
+    })
+
   const applyMove = (id: BatchId, move: Move, set: Record<string, unknown>, condition: Fragment = sql`1 = 1`) => {
     const { from, stamp, to } = transitions[move]
     const final = terminalStatuses.includes(to)
     const moveIt = Effect.gen(function*() {
-      const at = yield* nowSeconds
-      const changes: Record<string, unknown> = { ...set, status: to, [stamp]: at }
+      const changes: Record<string, unknown> = { ...set, status: to }
       if (final) {
         changes.lease_owner = null
         changes.lease_until = null
       }
       const rows = yield* sql`
-        UPDATE batches SET ${sql.update(changes)}
+        UPDATE batches SET ${sql.update(changes)}, ${sql(stamp)} = ${notBeforeEarlierStamps(yield* nowSeconds)}
         WHERE id = ${id} AND ${sql.in("status", from)} AND ${condition} RETURNING ${columns}`.values
       const record = Option.fromNullable((yield* decodeRecords(rows))[0])
-      if (final && Option.isSome(record)) yield* finalMoved(record.value.batch, record.value.project, at)
+      if (final && Option.isSome(record)) yield* finalMoved(record.value.batch, record.value.project, record.value.batch[stamp]!)
       return Option.map(record, (r) => r.batch)
     })
     return final ? sql.withTransaction(moveIt) : moveIt
