@@ -41,14 +41,14 @@ describe("the openai-batch command line", () => {
    */
   const alongside = { timeout: 180_000, concurrent: true }
 
-  it.live("submit --watch of 1,000 lines, some failing, off a terminal: plain progress lines, both files, exit 1", () =>
+  it.live("submit --watch of 1,000 lines, some failing, off a terminal: plain progress lines, both files, exit 3", () =>
     Effect.promise(async () => {
       const failing = new Set(Array.from({ length: 20 }, (_, k) => `req-${k * 50 + 49}`))
       const file = inputFile("thousand.jsonl", Array.from({ length: 1000 }, (_, i) =>
         chatLine(`req-${i}`, failing.has(`req-${i}`) ? `refuse ${i} [fail:400]` : `hello ${i}`)))
       const out = Path.join(scratch, "out-1000")
       const run = await cli(["submit", file, "--watch", "--out", out, "--interval", "0.2"])
-      expect(run.code, run.stderr).toBe(1)
+      expect(run.code, run.stderr).toBe(3) // ended, some requests failed: results to read, not a call to make again
       expect(run.stderr).toContain("1,000 requests for /v1/chat/completions, no problems found")
       expect(run.stdout).not.toMatch(/\x1b\[/) // no terminal escapes in a pipe
 
@@ -198,7 +198,7 @@ describe("the openai-batch command line", () => {
         // Results that could not be written are found out before the batch is made, not once it has run.
         cli(["submit", file, "--watch", "--out", Path.join(file, "out")])
       ])
-      expect([badOut.code, badOut.stderr]).toEqual([2, expect.stringContaining(`cannot write the results to ${Path.join(file, "out")} (--out): ENOTDIR; nothing was done.`)])
+      expect([badOut.code, badOut.stderr]).toEqual([2, expect.stringContaining(`cannot write the results to ${Path.join(file, "out")} (--out): a part of its path is a file, not a directory; nothing was done.`)])
       // A command line the server would refuse, or would read wrong, is refused before anything is sent (exit 2).
       expect([noKey.code, noKey.stderr]).toEqual([2, expect.stringContaining("--metadata takes KEY=VALUE, with a key before the '=': got '=x'")])
       expect([noValue.code, noValue.stderr]).toEqual([2, expect.stringContaining("got 'novalue'")])
@@ -238,7 +238,7 @@ describe("the openai-batch command line", () => {
       ])
       expect([watchProcOut.code, watchProcOut.stderr]).toEqual([2, expect.stringContaining("(--out): ENOENT; nothing was done.")])
       // A watch's results that could not be written are found out before it waits for the batch.
-      expect([watchBadOut.code, watchBadOut.stderr]).toEqual([2, expect.stringContaining("(--out): ENOTDIR; nothing was done.")])
+      expect([watchBadOut.code, watchBadOut.stderr]).toEqual([2, expect.stringContaining("(--out): a part of its path is a file, not a directory; nothing was done.")])
       expect([emptyUrl.code, emptyUrl.stderr]).toEqual([2, expect.stringContaining("--base-url must be an http:// or https:// URL, /v1 included (got '')")])
       expect([emptyKey.code, emptyKey.stderr]).toEqual([2, "--api-key is empty (if it was given a variable, is that variable set?); nothing was done.\n"])
       expect([ftpUrl.code, ftpUrl.stderr]).toEqual([2, expect.stringContaining("OPENAI_BASE_URL must be an http:// or https:// URL")])
@@ -287,7 +287,7 @@ describe("the openai-batch command line", () => {
       const out = Path.join(scratch, "out-retry")
       const keyed = ["retry", failingBatchId!, "--only", "error", "--idempotency-key", "ci-job-42"]
       const run = await cli([...keyed, "--watch", "--out", out, "--interval", "0.2"])
-      expect(run.code, run.stderr).toBe(1) // the same 20 fail again
+      expect(run.code, run.stderr).toBe(3) // the same 20 fail again
       const [id] = linesOf(run.stdout)
       expect(id).not.toBe(failingBatchId)
       expect((await openai.batches.retrieve(id!)).metadata).toMatchObject({ retry_of: failingBatchId })

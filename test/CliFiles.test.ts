@@ -5,14 +5,15 @@
  */
 import { beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import { spawnSync } from "node:child_process"
+import { execFileSync, spawn, spawnSync } from "node:child_process"
 import { createServer, request as httpRequest } from "node:http"
 import type { AddressInfo } from "node:net"
-import { mkdirSync, readdirSync, readFileSync, symlinkSync, utimesSync, writeFileSync } from "node:fs"
+import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, symlinkSync, utimesSync, writeFileSync } from "node:fs"
+import { writeFile } from "node:fs/promises"
 import * as Path from "node:path"
 import type OpenAI from "openai"
 import { chatLine, terminal, waitFor } from "./support/Batches.js"
-import { cliSuite, fileLines, linesOf } from "./support/CliSuite.js"
+import { cliSuite, fileLines, KEY, linesOf } from "./support/CliSuite.js"
 
 describe("the openai-batch command line's files", () => {
   const suite = cliSuite()
@@ -63,7 +64,17 @@ describe("the openai-batch command line's files", () => {
       expect(fileLines(Path.join(out, `${id}_output.jsonl`)).map((l) => l.custom_id).sort()).toEqual(["piped-1", "piped-2"])
       const [missing, directory] = await Promise.all([cli(["submit", Path.join(scratch, "nope.jsonl")]), cli(["submit", scratch])])
       expect([missing.code, missing.stderr]).toEqual([2, `${Path.join(scratch, "nope.jsonl")}: no such file; nothing was done.\n`])
-      expect([directory.code, directory.stderr]).toEqual([2, `${scratch} is not a regular file (for the standard input, give -); nothing was done.\n`])
+      expect([directory.code, directory.stderr]).toEqual([2, `${scratch} is not a regular file or a pipe (for the standard input, give -); nothing was done.\n`])
+      // A pipe named on the command line (a script's `<(generate)`, a named pipe) is read as the standard input is.
+      const fifo = Path.join(scratch, "requests-fifo")
+      execFileSync("mkfifo", [fifo])
+      const writer = writeFile(fifo, lines)
+      const piped = await cli(["submit", fifo])
+      await writer
+      expect(piped.code, piped.stderr).toBe(0)
+      expect(piped.stderr).toContain(`${fifo}: 2 requests for /v1/chat/completions, no problems found; uploading…`)
+      const pipedBatch = await openai.batches.retrieve(linesOf(piped.stdout)[0]!)
+      expect((await openai.files.retrieve(pipedBatch.input_file_id)).filename).toBe("pipe.jsonl")
     }), 60_000)
 
   it.live("a file's name reaches the server as it is (a backslash too); one with a control character is refused before its upload", () =>
@@ -159,6 +170,46 @@ describe("the openai-batch command line's files", () => {
       expect(gone.stderr).toMatch(/cannot reach http:\/\/batches\.test:1\/v1 \(ECONNREFUSED\); that is the proxy \(http:\/\/127\.0\.0\.1:\d+, from HTTPS_PROXY or HTTP_PROXY\), not the server/)
     }))
 
+  it.live("stdout on a full disk is said in one line (exit 1), stderr on one changes nothing; bounds a script can trip on", () =>
+    Effect.promise(async () => {
+      /** `openai-batch …args` with stdout or stderr on /dev/full (ENOSPC on every write), the other piped. */
+      const toFullDisk = (stream: "stdout" | "stderr", args: ReadonlyArray<string>) =>
+        new Promise<{ code: number | null; said: string }>((resolve) => {
+          const full = openSync("/dev/full", "w")
+          const child = spawn(process.execPath, [suite.main(), ...args], {
+            cwd: scratch,
+            env: { ...process.env, OPENAI_BASE_URL: `${suite.server().url}/v1`, OPENAI_API_KEY: KEY },
+            stdio: ["ignore", stream === "stdout" ? full : "pipe", stream === "stderr" ? full : "pipe"]
+          })
+          closeSync(full)
+          let said = ""
+          ;(stream === "stdout" ? child.stderr! : child.stdout!).on("data", (d) => (said += d))
+          child.once("close", (code) => resolve({ code, said }))
+        })
+      const file = suite.inputFile("full-disk.jsonl", [chatLine("full-1", "one")])
+      const [lostOut, lostNotes, bigInterval, tinyInterval, wizard, outIsFile] = await Promise.all([
+        toFullDisk("stdout", ["submit", file]),
+        toFullDisk("stderr", ["submit", file]),
+        cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--interval", "Infinity"]),
+        cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--interval", "0.0001"]),
+        cli(["--wizard"]),
+        cli(["download", "batch_0123456789abcdef0123456789abcdef", "--out", file])
+      ])
+      // The batch is made, its id lost with stdout: said on stderr, where the create's note names it, not a stack trace.
+      expect(lostOut.code).toBe(1)
+      const made = /created (batch_\w+)/.exec(lostOut.said)?.[1]
+      expect(made, lostOut.said).toBeDefined()
+      expect(linesOf(lostOut.said).at(-1)).toBe(
+        "openai-batch: cannot write to the standard output (ENOSPC: no space left on device, write); what it was given is lost."
+      )
+      // Only notes lost: the batch made, its id printed, exit 0 (exit 1 would have a script make it again).
+      expect(lostNotes.code).toBe(0)
+      expect(linesOf(lostNotes.said)).toEqual([expect.stringMatching(/^batch_\w+$/)])
+      for (const run of [bigInterval, tinyInterval]) expect([run.code, run.stderr]).toEqual([2, expect.stringContaining("--interval must be from 0.1 to 3600 seconds")])
+      expect([wizard.code, wizard.stdout, wizard.stderr]).toEqual([2, "", "openai-batch: --wizard asks its questions on a terminal, and there is none here; nothing was done.\n"])
+      expect([outIsFile.code, outIsFile.stderr]).toEqual([2, `cannot write the results to ${file} (--out): it is a file, not a directory; nothing was done.\n`])
+    }))
+
   it.live("status, list, download, cancel: their outputs and exit codes", () =>
     Effect.promise(async () => {
       const rejected = await sdkBatch(["{not json"]).then((b) => Effect.runPromise(waitFor(openai, b.id, terminal)))
@@ -211,7 +262,7 @@ describe("the openai-batch command line's files", () => {
       expect(noKey.stderr).toContain("give a key with --api-key or OPENAI_API_KEY")
       // A batch that failed validation has no file to save: exit 1 in JSON too, with what the server found.
       expect(rejected.status).toBe("failed")
-      expect([noFiles.code, noFiles.stderr]).toEqual([1, expect.stringContaining(`${rejected.id} is failed and has no output or error file.`)])
+      expect([noFiles.code, noFiles.stderr]).toEqual([1, expect.stringContaining(`${rejected.id} has no output or error file (it ended failed).`)])
       expect(JSON.parse(noFiles.stdout)).toMatchObject({
         id: rejected.id, status: "failed", output_path: null, error_path: null, errors: [expect.objectContaining({ code: "invalid_json_line", line: 1 })]
       })

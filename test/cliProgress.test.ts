@@ -84,7 +84,7 @@ describe("progress lines", () => {
     expect(plainLine(batch(), 48.2, 12.3)).toBe("[12s] batch_abc in_progress 612/1,000 (61%), 12 failed, 48.2/s, ETA 8s, 31.4k tokens")
     // A cancel counts what it stops as failed at once: no rate then.
     const cancelled = batch({ status: "cancelled", request_counts: { total: 1000, completed: 612, failed: 388 } })
-    expect(plainLine(cancelled, 900, 13)).toBe("[13s] batch_abc cancelled 1,000/1,000 (100%), 388 failed, 31.4k tokens")
+    expect(plainLine(cancelled, 900, 13)).toBe("[13s] batch_abc cancelled 1,000/1,000 (100%), 388 failed or not run, 31.4k tokens")
     expect(plainLine(batch({ status: "validating", request_counts: { total: 0, completed: 0, failed: 0 } }), undefined, 0))
       .toBe("[0s] batch_abc validating")
     const b = batch()

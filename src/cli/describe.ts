@@ -5,23 +5,11 @@
 import type { Batch, BatchError } from "openai/resources/batches"
 import { columnsOf, cutToColumns, padToColumns } from "./columns.js"
 import { visible } from "./output.js"
-import { count, countsOf, duration, tokens } from "./progress.js"
+import { count, countsOf, duration, failedCountsUnrun, failedWords, tokens } from "./progress.js"
 
 /** `line 3: invalid_json_line: This line is not parseable as valid JSON.` (`file:` for a problem of no line). */
 export const problemLine = (e: BatchError): string =>
   `${e.line == null ? "file" : `line ${e.line}`}: ${e.code ?? "error"}: ${e.message ?? ""}`
-
-/**
- * What `request_counts.failed` counts: for a batch a cancel or its expiry ended, the lines it left unrun as well
- * (`batch_cancelled`, `batch_expired`), as OpenAI's does: "2,000/2,000 done, 1,968 failed" read as a run that failed.
- * A server that leaves them out of every count has them said apart ("6 not run").
- */
-const failedCountsUnrun = (b: Batch): boolean => {
-  const c = countsOf(b)
-  return (b.status === "cancelled" || b.status === "expired") && c.total > 0 && c.done === c.total
-}
-
-const failedWords = (b: Batch): string => (failedCountsUnrun(b) ? "failed or not run" : "failed")
 
 /** `5m ago`. */
 export const ago = (seconds: number, now: number): string => `${duration(now - seconds)} ago`

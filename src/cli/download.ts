@@ -15,7 +15,7 @@ import { makeDirectories } from "../storage/makeDirectories.js"
 import { BatchApi } from "./BatchApi.js"
 import { problemLine } from "./describe.js"
 import { type ErrorReasons, makeErrorReasons, reasonsLine } from "./errorReasons.js"
-import { CliFailure, EXIT_FAILED, EXIT_INVALID, failed } from "./failure.js"
+import { CliFailure, EXIT_FAILED, EXIT_INVALID, failed, systemErrorText, unwritableDirectory } from "./failure.js"
 import { type Mode, note, printJson, sayAll } from "./output.js"
 import { type Patience, patiently } from "./patience.js"
 import { count, isTerminal, plural } from "./progress.js"
@@ -71,14 +71,14 @@ const save = (fileId: string, path: string, again: boolean, kind: "output" | "er
     const counted: Counted = { lines: 0, last: NEWLINE, reasons: kind === "error" ? makeErrorReasons() : undefined }
     if (resumed) {
       yield* Stream.runForEach(fs.stream(partial), (chunk) => Effect.sync(() => countLines(counted, chunk))).pipe(
-        Effect.mapError((e) => failed(`reading ${partial}: ${e.message}`))
+        Effect.mapError((e) => failed(`reading ${partial}: ${systemErrorText(e)}`))
       )
     }
     yield* Stream.fromReadableStream(() => body, cut(fileId)).pipe(
       Stream.tap((chunk) => Effect.sync(() => countLines(counted, chunk))),
       Stream.run(fs.sink(partial, { flag: resumed ? "a" : "w" })),
       Effect.zipRight(fs.rename(partial, path)),
-      Effect.mapError((e) => (e._tag === "CliFailure" ? e : failed(`writing ${path}: ${e.message}`)))
+      Effect.mapError((e) => (e._tag === "CliFailure" ? e : failed(`writing ${path}: ${systemErrorText(e)}`)))
     )
     const lines = counted.last === NEWLINE ? counted.lines : counted.lines + 1
     return { path, lines, ...(counted.reasons === undefined ? {} : { reasons: counted.reasons.counts() }) } satisfies Saved
@@ -143,7 +143,7 @@ export const checkOut = (dir: string) =>
     catch: (e) =>
       new CliFailure({
         exitCode: EXIT_INVALID,
-        message: `cannot write the results to ${dir} (--out): ${(e as NodeJS.ErrnoException).code ?? String(e)}; nothing was done.`
+        message: `cannot write the results to ${dir} (--out): ${unwritableDirectory(e)}; nothing was done.`
       })
   })
 
@@ -163,7 +163,7 @@ export const saveResults = (batch: Batch, dir: string, patience: Patience) =>
     if (batch.output_file_id || batch.error_file_id) {
       yield* Effect.tryPromise({
         try: () => makeDirectories(dir),
-        catch: (e) => failed(`creating ${dir}: ${(e as Error).message}`)
+        catch: (e) => failed(`cannot write the results to ${dir}: ${unwritableDirectory(e)}`)
       })
     }
     // A try cut half-way keeps its partial file for the next; the last one's failure removes it.
@@ -217,6 +217,7 @@ export const savedJson = (saved: SavedResults) => ({
 /** The `download` command: a finished batch's files into `dir` (a batch still running has none yet: exit 1). */
 export const download = (id: string, dir: string, mode: Mode, patience: Pick<Patience, "retryFor">) =>
   Effect.gen(function*() {
+    yield* checkOut(dir)
     const batch = yield* (yield* BatchApi).retrieve(id)
     if (!isTerminal(batch.status)) {
       return yield* failed(`${batch.id} is ${batch.status}: its files are written when it ends (\`openai-batch watch ${batch.id}\` waits for that).`)
@@ -237,6 +238,6 @@ export const download = (id: string, dir: string, mode: Mode, patience: Pick<Pat
       if (none) yield* sayAll((batch.errors?.data ?? []).map(problemLine))
     }
     // Exit 1 in both modes: a script learns that nothing, or not everything, was saved.
-    if (none) return yield* failed(`${batch.id} is ${batch.status} and has no output or error file.`)
+    if (none) return yield* failed(`${batch.id} has no output or error file (it ended ${batch.status}).`)
     if (saved.gone.length > 0) return yield* new CliFailure({ exitCode: EXIT_FAILED })
   })

@@ -4,10 +4,15 @@
  */
 import { Data } from "effect"
 
-/** 1: the server refused or failed, or a batch did not succeed in full. */
+/** 1: the server refused, could not be reached or failed, or results could not be written. */
 export const EXIT_FAILED = 1
 /** 2: nothing was done: the input file or the command line is wrong. */
 export const EXIT_INVALID = 2
+/**
+ * 3: the watched batch ended, its files written, but not every request succeeded (some failed, or it ended `failed`,
+ * `expired` or `cancelled`): results to look at, not a call to make again, which 1 says.
+ */
+export const EXIT_NOT_ALL_SUCCEEDED = 3
 /** 130: stopped by Ctrl-C (128 + SIGINT), as shells report it. */
 export const EXIT_INTERRUPTED = 130
 /** 143: stopped by SIGTERM (128 + 15), as a CI runner or `timeout` stops a job: handled as a Ctrl-C off a terminal. */
@@ -38,3 +43,30 @@ export class CliFailure extends Data.TaggedError("CliFailure")<{
 }> {}
 
 export const failed = (message: string) => new CliFailure({ exitCode: EXIT_FAILED, message })
+
+/**
+ * A file system error in words: `ENOSPC: no space left on device, write`, not the platform's
+ * `Unknown: FileSystem.writeAll (20): …` (its reason, module and method, which say nothing to a user).
+ */
+export const systemErrorText = (error: { readonly _tag?: string; readonly message: string; readonly description?: string | undefined }): string =>
+  error._tag === "SystemError" && error.description !== undefined ? error.description : error.message
+
+/** Why a directory cannot take the results, in words (a code alone, `EEXIST`, read as a crash). */
+export const unwritableDirectory = (error: unknown): string => {
+  const code = (error as NodeJS.ErrnoException).code
+  switch (code) {
+    case "EEXIST":
+      return "it is a file, not a directory"
+    case "ENOTDIR":
+      return "a part of its path is a file, not a directory"
+    case "EACCES":
+    case "EPERM":
+      return "permission denied"
+    case "EROFS":
+      return "a read-only file system"
+    case "ENOSPC":
+      return "no space left on the device"
+    default:
+      return code ?? String(error)
+  }
+}

@@ -34,10 +34,18 @@ export const out = Options.text("out").pipe(
   Options.withDescription("Where <batch_id>_output.jsonl and <batch_id>_error.jsonl are written (made if missing)"),
   Options.withDefault(".")
 )
+/** The shortest and the longest `--interval`, in seconds. */
+const MIN_INTERVAL = 0.1
+const MAX_INTERVAL = 3600
+
 export const interval = Options.float("interval").pipe(
   Options.withPseudoName("SECONDS"),
   Options.withDescription("Seconds between two polls of the batch while watching"),
-  Options.filterMap((s) => (s > 0 ? Option.some(Duration.millis(s * 1000)) : Option.none()), "--interval must be above 0"),
+  // Bounded both ways: `Infinity` never polled again, `0.0001` polled as fast as the server answered.
+  Options.filterMap(
+    (s) => (s >= MIN_INTERVAL && s <= MAX_INTERVAL ? Option.some(Duration.millis(s * 1000)) : Option.none()),
+    `--interval must be from ${MIN_INTERVAL} to ${MAX_INTERVAL} seconds`
+  ),
   Options.withDefault(Duration.seconds(1))
 )
 export const retryFor = Options.float("retry-for").pipe(
@@ -46,7 +54,10 @@ export const retryFor = Options.float("retry-for").pipe(
     "While watching or downloading, how long to keep retrying when the server cannot be reached or answers 408, 429 " +
       `or 5xx, before giving up (0: never retry; default ${Duration.toSeconds(DEFAULT_RETRY_FOR)})`
   ),
-  Options.filterMap((s) => (s >= 0 ? Option.some(Duration.millis(s * 1000)) : Option.none()), "--retry-for must be 0 or more"),
+  Options.filterMap(
+    (s) => (s >= 0 && Number.isFinite(s) ? Option.some(Duration.millis(s * 1000)) : Option.none()),
+    "--retry-for must be a number of seconds, 0 or more"
+  ),
   Options.withDefault(DEFAULT_RETRY_FOR)
 )
 const watchFlag = Options.boolean("watch").pipe(

@@ -1,12 +1,12 @@
 /**
  * What `submit --watch`, `watch` and `retry --watch` do once a batch exists: watch it to its end, save its output
- * and error files, say how it went, and exit 0 only when every request succeeded. Each command checks first that
+ * and error files, say how it went, and exit 0 only when every request succeeded (3 when some did not). Each command checks first that
  * `--out` can be written (`checkOut`), before it makes a batch or waits for one.
  */
 import { Effect } from "effect"
 import { allSucceeded, problemLine, summaryLine } from "./describe.js"
 import { savedJson, savedLines, saveResults } from "./download.js"
-import { CliFailure, EXIT_FAILED } from "./failure.js"
+import { CliFailure, EXIT_FAILED, EXIT_NOT_ALL_SUCCEEDED } from "./failure.js"
 import { note, printJson, say, sayAll } from "./output.js"
 import { watch, type WatchSettings } from "./watch.js"
 
@@ -33,5 +33,7 @@ export const follow = (id: string, settings: FollowSettings) =>
       yield* say(summaryLine(batch, Date.now() / 1000))
       yield* sayAll([...(batch.errors?.data ?? []).map(problemLine), ...savedLines(saved)])
     }
-    if (!allSucceeded(batch) || saved.gone.length > 0) return yield* new CliFailure({ exitCode: EXIT_FAILED })
+    // A file the server no longer has is results lost (1); requests that did not succeed are results to read (3).
+    if (saved.gone.length > 0) return yield* new CliFailure({ exitCode: EXIT_FAILED })
+    if (!allSucceeded(batch)) return yield* new CliFailure({ exitCode: EXIT_NOT_ALL_SUCCEEDED })
   })

@@ -1,9 +1,10 @@
 #!/usr/bin/env node
 /**
  * `openai-batch`: the command line (`@effect/cli`) over any OpenAI-compatible Files + Batches API. This file wires
- * the commands to their modules and maps how a command ended to the exit code: 0 done (a watched batch: every
- * request succeeded), 1 a refusal or failure (of the server, or of requests of a watched batch), 2 nothing done (the
- * input file or the command line is wrong), 130 stopped by Ctrl-C.
+ * the commands to their modules and maps how a command ended to the exit code (`failure.ts`): 0 done (a watched
+ * batch: every request succeeded), 1 a refusal or failure (of the server, or of writing the results), 2 nothing done
+ * (the input file or the command line is wrong), 3 a watched batch whose requests did not all succeed, 130/143
+ * stopped by Ctrl-C/SIGTERM, 141 the reader of stdout gone.
  */
 import * as Args from "@effect/cli/Args"
 import * as Command from "@effect/cli/Command"
@@ -94,7 +95,7 @@ const submitCommand = Command.make(
     Effect.scoped(Effect.flatMap(inputPath(o.file), (file) =>
       withApi(o, submit({
         file,
-        shownAs: o.file === STDIN_PATH ? "the standard input" : undefined,
+        shownAs: o.file === STDIN_PATH ? "the standard input" : o.file,
         endpoint: o.endpoint,
         metadata: o.metadata,
         maxRequests: o.maxRequests,
@@ -239,10 +240,23 @@ const exitCode = (exit: Exit.Exit<void, unknown>): number => {
 
 // A reader that closed the pipe early (`openai-batch list | head -1`) ends the command quietly, with the code of a
 // tool ended by SIGPIPE (128 + 13): never 0, which would say a watched batch succeeded in full.
+// Any other failure to write it (a full disk, `> /dev/full`) is said on stderr in one line, exit 1: it threw, a stack
+// trace after the batch was made (its id is on stderr too: `submit`'s note).
 process.stdout.on("error", (error: NodeJS.ErrnoException) => {
-  if (error.code !== "EPIPE") throw error
-  process.exit(141)
+  if (error.code === "EPIPE") process.exit(141)
+  console.error(`openai-batch: cannot write to the standard output (${error.message}); what it was given is lost.`)
+  process.exit(EXIT_FAILED)
 })
+// Notes that cannot be written (stderr on a full disk) are lost, and change nothing: a submit that made its batch
+// exited 1 for them, and a script would make it again.
+process.stderr.on("error", () => {})
+
+// @effect/cli's `--wizard` asks its questions on a terminal: without one it waited for ever, drawing escape codes
+// into a pipe (a cron job hung).
+if (process.argv.includes("--wizard") && !(process.stdin.isTTY && process.stdout.isTTY)) {
+  console.error("openai-batch: --wizard asks its questions on a terminal, and there is none here; nothing was done.")
+  process.exit(EXIT_INVALID)
+}
 
 // Holds the process open while the program runs (a wait on a signal alone would not).
 const keepAlive = setInterval(() => {}, 2 ** 31 - 1)

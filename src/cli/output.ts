@@ -7,8 +7,14 @@ import { Console, Effect } from "effect"
 /** An SGR escape sequence: the colours and bold of @effect/cli's help and command-line errors. */
 const SGR = /\x1b\[[0-9;]*m/g
 
-/** Whether `stream` shows colours: a terminal, unless `NO_COLOR` is set (no-color.org). */
-const showsColours = (stream: NodeJS.WriteStream) => stream.isTTY === true && !process.env.NO_COLOR
+/**
+ * Whether `stream` is a terminal that draws escape sequences: not a pipe, nor `TERM=dumb` (Emacs' shell, some CI
+ * consoles), which printed the live bar's and the colours' codes as text.
+ */
+export const drawsInPlace = (stream: NodeJS.WriteStream): boolean => stream.isTTY === true && process.env.TERM !== "dumb"
+
+/** Whether `stream` shows colours: a terminal that draws them, unless `NO_COLOR` is set (no-color.org). */
+const showsColours = (stream: NodeJS.WriteStream) => drawsInPlace(stream) && !process.env.NO_COLOR
 
 const withoutColoursOn = (stream: NodeJS.WriteStream) => (args: ReadonlyArray<unknown>) =>
   showsColours(stream) ? args : args.map((arg) => (typeof arg === "string" ? arg.replace(SGR, "") : arg))
@@ -37,7 +43,7 @@ export const colourWhereShown = <A, E, R>(effect: Effect.Effect<A, E, R>): Effec
 /** `tty`: a live bar redrawn in place; `plain`: progress lines (pipes, CI logs); `json`: one JSON object a line. */
 export type Mode = "tty" | "plain" | "json"
 
-export const modeOf = (json: boolean): Mode => (json ? "json" : process.stdout.isTTY ? "tty" : "plain")
+export const modeOf = (json: boolean): Mode => (json ? "json" : drawsInPlace(process.stdout) ? "tty" : "plain")
 
 /** Ctrl-C may ask a question only when someone can answer it, and not inside a stream of JSON objects. */
 export const interactive = (mode: Mode): boolean => mode !== "json" && process.stdin.isTTY === true && process.stdout.isTTY === true

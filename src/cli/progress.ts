@@ -78,6 +78,18 @@ const trim = (s: string) => s.replace(/\.0+$/, "")
 /** `48.2/s`, `1,250/s`, `0.3/s`. */
 export const perSecond = (r: number): string => (r >= 100 ? `${count(r)}/s` : `${r.toFixed(1)}/s`)
 
+/**
+ * What `request_counts.failed` counts: for a batch a cancel or its expiry ended, the lines it left unrun as well
+ * (`batch_cancelled`, `batch_expired`), as OpenAI's does: "2,000/2,000 done, 1,968 failed" read as a run that failed.
+ * A server that leaves them out of every count has them said apart ("6 not run").
+ */
+export const failedCountsUnrun = (b: Batch): boolean => {
+  const c = countsOf(b)
+  return (b.status === "cancelled" || b.status === "expired") && c.total > 0 && c.done === c.total
+}
+
+export const failedWords = (b: Batch): string => (failedCountsUnrun(b) ? "failed or not run" : "failed")
+
 /** A bar of `width` cells, `fraction` of them full (clamped to 0–1). */
 export const bar = (fraction: number, width: number): string => {
   const full = Math.round(Math.min(1, Math.max(0, fraction)) * width)
@@ -92,7 +104,7 @@ const percent = (c: Counts) => (c.total === 0 ? 0 : Math.floor((c.done / c.total
  */
 const figures = (batch: Batch, perSec: number | undefined): Array<string> => {
   const c = countsOf(batch)
-  const parts = [`${count(c.failed)} failed`]
+  const parts = [`${count(c.failed)} ${failedWords(batch)}`]
   if (batch.status === "in_progress") {
     if (perSec !== undefined) parts.push(perSecond(perSec))
     const eta = etaSeconds(c.total - c.done, perSec)

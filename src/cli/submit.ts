@@ -86,7 +86,10 @@ export const submit = (options: SubmitOptions) =>
       Effect.map((info) => Number(info.size)),
       Effect.mapError((e) => new CliFailure({ exitCode: EXIT_INVALID, message: `cannot read ${shown}: ${e.message}` }))
     )
-    const file = yield* withUploadProgress(shown, bytes, (onRead) => api.upload(options.file, shown, onRead))
+    const file = yield* withUploadProgress(shown, bytes, (onRead) => api.upload(options.file, shown, onRead)).pipe(
+      // Stopped (Ctrl-C, SIGTERM) before the server's answer: said, as a stopped create is (`discard`).
+      Effect.onInterrupt(() => note(`the upload of ${shown} was stopped before the server answered: no batch was created`))
+    )
     const batch = yield* api.create({
       input_file_id: file.id,
       // Any path the server accepts (its EXTRA_BATCH_ENDPOINTS too), not only the client's list.

@@ -7,7 +7,7 @@
  */
 import { Duration, Effect, Fiber } from "effect"
 import { cutToColumns } from "./columns.js"
-import { visible } from "./output.js"
+import { drawsInPlace, visible } from "./output.js"
 import { duration, etaSeconds, PLAIN_EVERY_MS } from "./progress.js"
 
 /** `0.4 MB`, `12.3 MB`, `1,204.5 MB`: decimal megabytes, as file sizes are shown. */
@@ -37,7 +37,7 @@ export interface ProgressSink {
 }
 
 export const stderrSink: ProgressSink = {
-  tty: process.stderr.isTTY === true,
+  tty: drawsInPlace(process.stderr),
   columns: () => process.stderr.columns || 80,
   write: (text) => void process.stderr.write(text)
 }
