@@ -12,7 +12,7 @@
  * Overload and outages, set at run time on the `Simulator` (or as options): `capacity` answers 429
  * `rate_limit_exceeded` at once (no Retry-After) to a request arriving while more than `capacity` are in flight;
  * `failAll` answers every inference request at once with its status (and `Retry-After`, the error's `code` and
- * `message` when given); `stop()` closes
+ * `message` when given); `gone` answers every request 404 in plain text (a route removed); `stop()` closes
  * the socket and every connection (connection refused) and `start()` listens again on the same port.
  *
  * Options (`startSimulator`): port, latencyMs, models, retryAfterSeconds, maxRunning, capacity, apiKey, tls ({ key, cert }:
@@ -90,6 +90,11 @@ export interface Simulator {
   capacity: number | undefined
   /** While set, every inference request is answered at once with this status (and `retry-after` when given). */
   failAll: { status: number; retryAfter?: string; code?: string; message?: string } | undefined
+  /**
+   * While set, every request (`GET /v1/models` too) is answered 404 with a plain-text body: what a proxy or an
+   * ingress answers once the route to the server is gone, or another server now at its address.
+   */
+  gone: boolean
   /** See `SimulatorOptions.apiKey`; changing it revokes the key the clients send (or lets them in again). */
   apiKey: string | undefined
   /** The models served: changing it changes `GET /v1/models` and which requests get a 404 (a server restarted with another). */
@@ -167,6 +172,7 @@ export const startSimulator = async (options: SimulatorOptions = {}): Promise<Si
       res.on("close", () => clearInterval(timer))
     }
     const path = (req.url ?? "").split("?")[0]!
+    if (sim.gone) return write(404, "404 page not found", { "content-type": "text/plain" })
     if (sim.apiKey !== undefined && path.startsWith("/v1/") && req.headers.authorization !== `Bearer ${sim.apiKey}`) {
       return send(401, { error: { message: "Incorrect API key provided.", type: "invalid_request_error", param: null, code: "invalid_api_key" } })
     }
@@ -310,6 +316,7 @@ export const startSimulator = async (options: SimulatorOptions = {}): Promise<Si
     },
     capacity: options.capacity,
     failAll: undefined,
+    gone: false,
     apiKey: options.apiKey,
     models,
     reset: () => {

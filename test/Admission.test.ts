@@ -63,6 +63,36 @@ describe("Admission", () => {
       expect(order).toEqual(["b-1", "a-early", "b-2", "a-middle", "a-late"])
     }))
 
+  it.effect("on trial, the one call goes to a request that did not fail there before, whatever its deadline; up again, the usual order", () =>
+    Effect.gen(function*() {
+      const admission = yield* make(4)
+      admission.setTrial(true)
+      yield* admission.acquire({ project: "a", deadline: 0 })
+      const order: Array<string> = []
+      const wait = (deadline: number, failedBefore: boolean, name: string) =>
+        Effect.fork(Effect.map(admission.acquire({ project: "a", deadline }, failedBefore), () => order.push(name)))
+      const fibers = [
+        yield* wait(100, true, "hung-1"),
+        yield* wait(100, true, "hung-2"),
+        yield* wait(500, false, "fresh-1"),
+        yield* wait(500, false, "fresh-2"),
+        yield* wait(100, true, "hung-3")
+      ]
+      yield* Effect.yieldNow()
+      admission.release() // the trial's call failed: the next goes to a request not yet seen failing
+      yield* Effect.yieldNow()
+      expect(order).toEqual(["fresh-1"])
+      admission.release()
+      yield* Effect.yieldNow()
+      expect(order).toEqual(["fresh-1", "fresh-2"])
+      admission.release() // none left that did not fail: the earliest deadline
+      yield* Effect.yieldNow()
+      expect(order).toEqual(["fresh-1", "fresh-2", "hung-1"])
+      admission.setTrial(false) // up: the limit's room, in the usual order
+      yield* Fiber.joinAll(fibers)
+      expect(order).toEqual(["fresh-1", "fresh-2", "hung-1", "hung-2", "hung-3"])
+    }))
+
   it.effect("an interrupted waiter leaves the queue; one granted meanwhile gives its permit back", () =>
     Effect.gen(function*() {
       const admission = yield* make(1)

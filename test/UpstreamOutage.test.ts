@@ -43,11 +43,14 @@ const twoUpstreams = (overrides = {}) =>
 const upAgainAfter = <A, E, R>(test: Effect.Effect<A, E, R | Simulators>) =>
   Effect.ensuring(test, Effect.flatMap(Simulators, ({ main }) => Effect.promise(() => main!.start())))
 
-/** Until the app has logged a line of `event` (at most 10 s: the assertions after it say what was missed). */
-const untilLogged = (logs: ReadonlyArray<{ readonly event?: unknown }>, event: string) =>
+/**
+ * Until the app has logged a line of `event`, from line `from` on (at most 10 s: the assertions after it say what was
+ * missed).
+ */
+const untilLogged = (logs: ReadonlyArray<{ readonly event?: unknown }>, event: string, from = 0) =>
   Effect.promise(async () => {
     const deadline = Date.now() + 10_000
-    while (!logs.some((l) => l.event === event) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+    while (!logs.slice(from).some((l) => l.event === event) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
   })
 
 /** `batch_upstream_up` by upstream, as `/metrics` gives it. */
@@ -138,6 +141,30 @@ sideBySide("an upstream down at the create, and requests that fail alone", () =>
       const done = yield* waitFor(openai, batch.id, terminal, 20_000)
       expect(done.request_counts).toEqual({ total: 50, completed: 50, failed: 0 })
     }).pipe(upAgainAfter), { timeout: 30_000 })
+
+  it.effect("a route removed (calls and GET /models answered 404, where they answered before) pauses the batch, on trial too; back, it completes", () =>
+    Effect.gen(function*() {
+      const { main } = yield* Simulators
+      const logs = yield* LogLines
+      const openai = yield* client
+      const before = logs.length
+      const since = () => logs.slice(before)
+      const batch = yield* createModelBatch(400, "model-a", "g")
+      yield* waitFor(openai, batch.id, (b) => (b.request_counts?.completed ?? 0) >= 20)
+      main!.gone = true
+      yield* untilLogged(logs, "upstream.down", before)
+      expect(since().filter((l) => l.event === "upstream.down").map((l) => l.message)).toEqual([
+        expect.stringMatching(/^Upstream main is down \(POST \S+\/chat\/completions and GET \/models answer 404, where they answered before/)
+      ])
+      // Five probe intervals: each probe answered 404 (a trial), each trial's one call too (down again, no line failed).
+      yield* sleep(1500)
+      const paused = yield* Effect.promise(() => openai.batches.retrieve(batch.id))
+      expect([paused.status, paused.request_counts?.failed]).toEqual(["in_progress", 0])
+      expect(since().filter((l) => l.event === "upstream.up")).toHaveLength(0)
+      main!.gone = false
+      const done = yield* waitFor(openai, batch.id, terminal, 20_000)
+      expect(done.request_counts).toEqual({ total: 400, completed: 400, failed: 0 })
+    }).pipe(Effect.ensuring(Effect.flatMap(Simulators, ({ main }) => Effect.sync(() => void (main!.gone = false)))), upAgainAfter), { timeout: 40_000 })
 
   it.effect("a request that keeps getting a 500 alone fails after its attempts; the upstream is never taken down", () =>
     Effect.gen(function*() {

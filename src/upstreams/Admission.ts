@@ -39,6 +39,8 @@ export const openGauge: LoadGauge = { full: () => false, sent: () => {}, finishe
 interface Waiter {
   readonly deadline: number
   readonly granted: Deferred.Deferred<number>
+  /** Its request's calls failed there before (`acquire`). */
+  readonly failedBefore: boolean
 }
 
 export class Admission {
@@ -89,17 +91,29 @@ export class Admission {
     return index
   }
 
-  /** Grants a permit to the first waiter of the next project in the round that has one. */
+  /**
+   * Grants a permit to the first waiter of the next project in the round that has one; on trial, to the first whose
+   * request did not fail there before, if any: a trial's one call at a time went to a batch's requests that hang
+   * (each until its timeout), and every other batch waited behind them for minutes.
+   */
   private serveNext(): void {
+    if (this.trial && this.serveFirst((waiter) => !waiter.failedBefore)) return
+    this.serveFirst(() => true)
+  }
+
+  private serveFirst(eligible: (waiter: Waiter) => boolean): boolean {
     for (let step = 1; step <= this.ring.length; step++) {
       const index = (this.lastServed + step) % this.ring.length
-      const waiter = this.queues.get(this.ring[index]!)!.shift()
-      if (waiter === undefined) continue
+      const queue = this.queues.get(this.ring[index]!)!
+      const at = queue.findIndex(eligible)
+      if (at === -1) continue
+      const waiter = queue.splice(at, 1)[0]!
       this.waiting--
       this.lastServed = index
       Deferred.unsafeDone(waiter.granted, Effect.succeed(this.grant()))
-      return
+      return true
     }
+    return false
   }
 
   /** Hands permits to waiters, in turn, while the upstream is open. */
@@ -134,8 +148,9 @@ export class Admission {
    * A wait that ends otherwise (interrupted, handed back) leaves the queue, and gives back the permit granted in the
    * same instant: the clean-up reads the queue, not the wait's result, which an interruption may have dropped (a
    * permit lost that way was lost for good, and, on trial after an outage, kept the upstream down for good).
+   * `failedBefore`: the request's calls failed there before (served after the others on trial).
    */
-  acquire(ticket: Ticket): Effect.Effect<number, HandedBack> {
+  acquire(ticket: Ticket, failedBefore = false): Effect.Effect<number, HandedBack> {
     // Queued and given its clean-up in one uninterruptible step, whoever calls it.
     return Effect.uninterruptible(Effect.suspend(() => {
       const now = this.tryAcquire(ticket)
@@ -143,7 +158,7 @@ export class Admission {
       const handBack = ticket.handBack
       if (handBack?.wanted() === true) return Effect.fail(new HandedBack())
       const granted = Deferred.unsafeMake<number>(FiberId.none)
-      const waiter: Waiter = { deadline: ticket.deadline, granted }
+      const waiter: Waiter = { deadline: ticket.deadline, granted, failedBefore }
       this.indexOf(ticket.project)
       const queue = this.queues.get(ticket.project)!
       let at = queue.length // usually the last: a batch's calls share one deadline

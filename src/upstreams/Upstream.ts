@@ -153,6 +153,8 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     let listed = Option.none<ReadonlyArray<string>>()
     let listedAt = 0
     let modelsAnswered = false
+    /** Whether `GET /models` ever answered a 2xx: a 404 there since says the server is not the one it was. */
+    let modelsAnsweredWell = false
     /** Settled when the `refreshListed` under way has its answer; when that began (an answer may never come). */
     let asking: Deferred.Deferred<void> | undefined
     let askedAt = 0
@@ -167,6 +169,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       Effect.map(res.text, (text) => {
         listedAt = clock.unsafeCurrentTimeMillis() // asked: not again before LIST_TTL_MS, list or not
         modelsAnswered = true
+        if (res.status >= 200 && res.status < 300) modelsAnsweredWell = true
         if (res.status === 200) {
           try {
             const data = JSON.parse(text)?.data
@@ -218,6 +221,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       urlFor,
       log,
       modelsStatus,
+      modelsAnsweredWell: () => modelsAnsweredWell,
       versionPathMissing
     })
     const stalls = yield* startStallWatch({ name: spec.name, inflight: () => gate.inflight, timeout: spec.timeout, clock, log })
@@ -256,6 +260,12 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       released()
     }
     const releaseOnInterrupt = () => Effect.sync(() => giveBack())
+    /** The requests whose calls here failed as an outage's do: a trial's one call goes to another first (`Admission`). */
+    const failedHere = new WeakSet<Ticket>()
+    const failedAsOutagesDo = (result: Attempt) =>
+      result._tag === "Failure"
+        ? result.kind !== "answer" && result.kind !== "too_large"
+        : result.response.status === 408 || result.response.status >= 500
     const attempt = (endpoint: BatchEndpoint, body: string, ticket: Ticket, n: number, traceparent?: string) => {
       const template = traceparent === undefined ? templateFor(endpoint) : HttpClientRequest.setHeader(templateFor(endpoint), "traceparent", traceparent)
       const request = HttpClientRequest.setBody(template, HttpBody.raw(body))
@@ -271,12 +281,13 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       return Effect.uninterruptibleMask((restore) => {
         const granted = gate.tryAcquire(ticket) // the usual case: a permit at once, no effect to wait on
         // Not under `restore`: the wait is interruptible inside, and the permit must reach this fiber uninterruptibly.
-        const permit = granted === undefined ? gate.acquire(ticket) : Effect.succeed(granted)
+        const permit = granted === undefined ? gate.acquire(ticket, failedHere.has(ticket)) : Effect.succeed(granted)
         return Effect.flatMap(permit, (generation) => {
           const sent = performance.now()
           stalls.sent()
           return Effect.flatMap(Effect.onInterrupt(restore(call), releaseOnInterrupt), (result) => {
             observeAttempt(ticket.model, (performance.now() - sent) / 1000)
+            if (failedAsOutagesDo(result)) failedHere.add(ticket)
             stalls.ended(result._tag === "Failure" && result.kind !== "answer" && result.kind !== "too_large" ? "no_answer" : "answered")
             const verdict = judge(endpoint, ticket, n, result, generation)
             if (typeof verdict === "string") {

@@ -17,7 +17,10 @@
  *                           a first attempt, unsaid (a key put right as the call went out)
  *   404                     before any success on that endpoint, not OpenAI's `model_not_found`, `GET /models`
  *                           answering 404 too and `GET /v1/models` a 2xx: the base URL lacks its `/v1`, down as above
- *                           (every line of a batch failed); else final, with a line once
+ *                           (every line of a batch failed); after successes there, not `model_not_found`, and
+ *                           `GET /models`, which answered a 2xx before, answering 404 too: the server there is no
+ *                           longer the one it was (a route removed, an address moved), down as above (a server
+ *                           back from an outage so failed the rest of a batch in 2 s); else final, with a line once
  *   403, 3xx                final; a line says what to check
  *   quota spent             (`quotaSpent`: OpenAI's `insufficient_quota`) down, as an outage: no call succeeds
  *                           until credit is added; its trials' calls refused so keep it down
@@ -95,6 +98,8 @@ export interface JudgeOptions {
   readonly urlFor: (endpoint: string) => string
   /** The status `GET /models` answers now, if any (one call at a time, its answer shared by those who asked meanwhile). */
   readonly modelsStatus: Effect.Effect<number | undefined>
+  /** Whether `GET /models` ever answered a 2xx. */
+  readonly modelsAnsweredWell: () => boolean
   /** Whether its base URL lacks the API's version path (`GET /models` 404, `GET /v1/models` 2xx). */
   readonly versionPathMissing: Effect.Effect<boolean>
   /** Runs a log line in the upstream's own context. */
@@ -114,7 +119,7 @@ export interface Judge {
 }
 
 export const makeJudge = (
-  { clock, gate, limit, log, maxPause, modelsStatus, outage, probeInterval, spec, urlFor, versionPathMissing }: JudgeOptions
+  { clock, gate, limit, log, maxPause, modelsAnsweredWell, modelsStatus, outage, probeInterval, spec, urlFor, versionPathMissing }: JudgeOptions
 ): Judge => {
   /** The requests (their tickets) failing at their first attempt since the last success: the run (`currentRun`). */
   const failingInRow = new Set<Ticket>()
@@ -308,8 +313,10 @@ export const makeJudge = (
     if (status === 401 || status === 404 || status === 403 || (status >= 300 && status < 400)) {
       // Suspended: `misconfigured` marks its line as said when called.
       const final = Effect.suspend(() => Effect.as(Effect.zipRight(succeeded(ticket), misconfigured(endpoint, response, headers)), "final" as const))
-      const misrouted = status === 404 && !answeredWell.has(endpoint) && !modelNotFound(response)
-      if (status !== 401 && !misrouted) return final
+      const notFound = status === 404 && !modelNotFound(response)
+      const misrouted = notFound && !answeredWell.has(endpoint)
+      const gone = notFound && !misrouted && modelsAnsweredWell()
+      if (status !== 401 && !misrouted && !gone) return final
       if (outage.isDown()) return Effect.succeed("again" as const) // sent before it went down, for that reason or another
       // The upstream set up wrong, not the request: down, as in an outage, so that its batches lose nothing (a key
       // revoked mid-batch failed every line at full speed, a base URL without `/v1` every line of a batch).
@@ -321,6 +328,13 @@ export const makeJudge = (
             // GET /models takes the key: one that lists and may not call, or one put right as the call went out (its
             // line failed with the 401 of a key already fixed): a first attempt is tried once more, after its backoff.
             : n === 1 ? Effect.as(succeeded(ticket), "retry" as const) : final)
+      }
+      if (gone) {
+        return Effect.flatMap(modelsStatus, (answered): Effect.Effect<Verdict> =>
+          answered === 404
+            ? down(`POST ${urlFor(endpoint)} and GET /models answer 404, where they answered before: the server at ` +
+              `${spec.baseUrl} is not the one that served them (a route removed, an address moved?)`, "failing")
+            : final)
       }
       return Effect.flatMap(versionPathMissing, (missing): Effect.Effect<Verdict> =>
         missing
