@@ -105,6 +105,21 @@ const redactedList = (text: Option.Option<Redacted.Redacted>): ReadonlyArray<Red
   Option.match(text, { onNone: () => [], onSome: (t) => commaList(Redacted.value(t)).map((entry) => Redacted.make(entry)) })
 
 /** A duration setting, in Effect's words or the short form (`durationText.ts`); refused as `Config.duration` refuses. */
+/**
+ * An integer written in decimal digits (a sign allowed): Effect's `Config.integer` reads with `Number`, which takes
+ * an empty value for 0 (`PORT=` from a template that rendered nothing listened on a random port; `MAX_CONCURRENT_BATCHES=`
+ * ran no batch), `0x50` for 80 and `1e3` for 1000. Past 2^53, an integer is no longer exact: refused as well.
+ */
+const integerSetting = (name: string): Config.Config<number> =>
+  Config.string(name).pipe(Config.mapOrFail((text) => {
+    const value = /^\s*[-+]?\d+\s*$/.test(text) ? Number(text) : NaN
+    return Number.isSafeInteger(value)
+      ? Either.right(value)
+      : Either.left(ConfigError.InvalidData([], Number.isNaN(value)
+        ? `Expected an integer (decimal digits) but received ${JSON.stringify(text)}`
+        : `Expected an integer of at most ${Number.MAX_SAFE_INTEGER} but received ${text.trim()}`))
+  }))
+
 const durationSetting = (name: string): Config.Config<Duration.Duration> =>
   Config.string(name).pipe(Config.mapOrFail((text) =>
     Either.fromOption(parseDuration(text), () => ConfigError.InvalidData([], `Expected a duration but received ${JSON.stringify(text)}`))
@@ -126,16 +141,16 @@ const portUnlessServiceLink = (name: string): Config.Config<Option.Option<number
 
 /** The `Config` description of `AppConfigShape`, read from the environment (or any ConfigProvider). */
 export const appConfig: Config.Config<AppConfigShape> = Config.all({
-  port: Config.integer("PORT").pipe(Config.withDefault(defaults.port)),
+  port: integerSetting("PORT").pipe(Config.withDefault(defaults.port)),
   // An IPv6 address as URLs write it (`[::1]`), which Node cannot listen on: the address itself.
   host: Config.string("HOST").pipe(Config.map((host) => host.replace(/^\[(.*)\]$/, "$1")), Config.withDefault(defaults.host)),
   metricsPort: portUnlessServiceLink("METRICS_PORT"),
   dataDir: Config.string("DATA_DIR").pipe(Config.withDefault(defaults.dataDir)),
-  maxUploadBytes: Config.integer("MAX_UPLOAD_BYTES").pipe(Config.withDefault(defaults.maxUploadBytes)),
-  maxJsonBodyBytes: Config.integer("MAX_JSON_BODY_BYTES").pipe(Config.withDefault(defaults.maxJsonBodyBytes)),
-  maxJsonBodiesBytes: Config.integer("MAX_JSON_BODIES_BYTES").pipe(Config.withDefault(defaults.maxJsonBodiesBytes)),
-  maxUploadsAtOnce: Config.integer("MAX_UPLOADS_AT_ONCE").pipe(Config.withDefault(defaults.maxUploadsAtOnce)),
-  maxConnections: Config.integer("MAX_CONNECTIONS").pipe(Config.withDefault(defaults.maxConnections)),
+  maxUploadBytes: integerSetting("MAX_UPLOAD_BYTES").pipe(Config.withDefault(defaults.maxUploadBytes)),
+  maxJsonBodyBytes: integerSetting("MAX_JSON_BODY_BYTES").pipe(Config.withDefault(defaults.maxJsonBodyBytes)),
+  maxJsonBodiesBytes: integerSetting("MAX_JSON_BODIES_BYTES").pipe(Config.withDefault(defaults.maxJsonBodiesBytes)),
+  maxUploadsAtOnce: integerSetting("MAX_UPLOADS_AT_ONCE").pipe(Config.withDefault(defaults.maxUploadsAtOnce)),
+  maxConnections: integerSetting("MAX_CONNECTIONS").pipe(Config.withDefault(defaults.maxConnections)),
   databaseUrl: Config.option(Config.redacted("DATABASE_URL")),
   databaseStatementTimeout: durationSetting("DATABASE_STATEMENT_TIMEOUT").pipe(
     Config.withDefault(defaults.databaseStatementTimeout)
@@ -148,11 +163,11 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   batchFilesExpireAfter: Config.option(durationSetting("BATCH_FILES_EXPIRE_AFTER")),
   shutdownTimeout: durationSetting("SHUTDOWN_TIMEOUT").pipe(Config.withDefault(defaults.shutdownTimeout)),
   shutdownDelay: durationSetting("SHUTDOWN_DELAY").pipe(Config.withDefault(defaults.shutdownDelay)),
-  resultPagesAtOnce: Config.integer("RESULT_PAGES_AT_ONCE").pipe(Config.withDefault(defaults.resultPagesAtOnce)),
+  resultPagesAtOnce: integerSetting("RESULT_PAGES_AT_ONCE").pipe(Config.withDefault(defaults.resultPagesAtOnce)),
   stallTimeout: durationSetting("STALL_TIMEOUT").pipe(Config.withDefault(defaults.stallTimeout)),
-  minBodyRate: Config.integer("MIN_BODY_RATE").pipe(Config.withDefault(defaults.minBodyRate)),
-  diskReserveBytes: Config.integer("DISK_RESERVE_BYTES").pipe(Config.withDefault(defaults.diskReserveBytes)),
-  maxDownloadsAtOnce: Config.integer("MAX_DOWNLOADS_AT_ONCE").pipe(Config.withDefault(defaults.maxDownloadsAtOnce)),
+  minBodyRate: integerSetting("MIN_BODY_RATE").pipe(Config.withDefault(defaults.minBodyRate)),
+  diskReserveBytes: integerSetting("DISK_RESERVE_BYTES").pipe(Config.withDefault(defaults.diskReserveBytes)),
+  maxDownloadsAtOnce: integerSetting("MAX_DOWNLOADS_AT_ONCE").pipe(Config.withDefault(defaults.maxDownloadsAtOnce)),
   logFormat: Config.literal("json", "pretty")("LOG_FORMAT").pipe(Config.withDefault(defaults.logFormat)),
   // In any case, and `warn` for `warning` (its lines print as `WARN`; other tools name it so): the rules check the rest.
   logLevel: Config.string("LOG_LEVEL").pipe(
@@ -165,17 +180,17 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   inferenceBaseUrl: Config.option(Config.string("INFERENCE_BASE_URL").pipe(Config.map((url) => url.replace(/\/+$/, "")))),
   inferenceApiKey: Config.option(Config.redacted("INFERENCE_API_KEY")),
   inferenceTimeout: durationSetting("INFERENCE_TIMEOUT").pipe(Config.withDefault(defaults.inferenceTimeout)),
-  inferenceMaxResponseBytes: Config.integer("INFERENCE_MAX_RESPONSE_BYTES").pipe(
+  inferenceMaxResponseBytes: integerSetting("INFERENCE_MAX_RESPONSE_BYTES").pipe(
     Config.withDefault(defaults.inferenceMaxResponseBytes)
   ),
-  inferenceMaxBufferedBytes: Config.integer("INFERENCE_MAX_BUFFERED_BYTES").pipe(
+  inferenceMaxBufferedBytes: integerSetting("INFERENCE_MAX_BUFFERED_BYTES").pipe(
     Config.withDefault(defaults.inferenceMaxBufferedBytes)
   ),
-  inferenceMaxAttempts: Config.integer("INFERENCE_MAX_ATTEMPTS").pipe(Config.withDefault(defaults.inferenceMaxAttempts)),
-  inferenceMaxConcurrency: Config.integer("INFERENCE_MAX_CONCURRENCY").pipe(
+  inferenceMaxAttempts: integerSetting("INFERENCE_MAX_ATTEMPTS").pipe(Config.withDefault(defaults.inferenceMaxAttempts)),
+  inferenceMaxConcurrency: integerSetting("INFERENCE_MAX_CONCURRENCY").pipe(
     Config.withDefault(defaults.inferenceMaxConcurrency)
   ),
-  inferenceMinConcurrency: Config.integer("INFERENCE_MIN_CONCURRENCY").pipe(
+  inferenceMinConcurrency: integerSetting("INFERENCE_MIN_CONCURRENCY").pipe(
     Config.withDefault(defaults.inferenceMinConcurrency)
   ),
   upstreamsFile: Config.option(Config.string("UPSTREAMS_FILE")),
@@ -192,16 +207,16 @@ export const appConfig: Config.Config<AppConfigShape> = Config.all({
   inferenceRetryMaxDelay: durationSetting("INFERENCE_RETRY_MAX_DELAY").pipe(
     Config.withDefault(defaults.inferenceRetryMaxDelay)
   ),
-  maxConcurrentBatches: Config.integer("MAX_CONCURRENT_BATCHES").pipe(Config.withDefault(defaults.maxConcurrentBatches)),
-  maxConcurrentRequestsPerBatch: Config.integer("MAX_CONCURRENT_REQUESTS_PER_BATCH").pipe(
+  maxConcurrentBatches: integerSetting("MAX_CONCURRENT_BATCHES").pipe(Config.withDefault(defaults.maxConcurrentBatches)),
+  maxConcurrentRequestsPerBatch: integerSetting("MAX_CONCURRENT_REQUESTS_PER_BATCH").pipe(
     Config.withDefault(defaults.maxConcurrentRequestsPerBatch)
   ),
-  maxRequestsPerBatch: Config.integer("MAX_REQUESTS_PER_BATCH").pipe(Config.withDefault(defaults.maxRequestsPerBatch)),
-  maxBatchInputBytes: Config.integer("MAX_BATCH_INPUT_BYTES").pipe(Config.withDefault(defaults.maxBatchInputBytes)),
-  maxActiveBatchesPerProject: Config.option(Config.integer("MAX_ACTIVE_BATCHES_PER_PROJECT")),
-  maxEnqueuedRequestsPerProject: Config.option(Config.integer("MAX_ENQUEUED_REQUESTS_PER_PROJECT")),
-  maxFileBytesPerProject: Config.option(Config.integer("MAX_FILE_BYTES_PER_PROJECT")),
-  maxRequestsPerMinutePerProject: Config.option(Config.integer("MAX_REQUESTS_PER_MINUTE_PER_PROJECT")),
+  maxRequestsPerBatch: integerSetting("MAX_REQUESTS_PER_BATCH").pipe(Config.withDefault(defaults.maxRequestsPerBatch)),
+  maxBatchInputBytes: integerSetting("MAX_BATCH_INPUT_BYTES").pipe(Config.withDefault(defaults.maxBatchInputBytes)),
+  maxActiveBatchesPerProject: Config.option(integerSetting("MAX_ACTIVE_BATCHES_PER_PROJECT")),
+  maxEnqueuedRequestsPerProject: Config.option(integerSetting("MAX_ENQUEUED_REQUESTS_PER_PROJECT")),
+  maxFileBytesPerProject: Config.option(integerSetting("MAX_FILE_BYTES_PER_PROJECT")),
+  maxRequestsPerMinutePerProject: Config.option(integerSetting("MAX_REQUESTS_PER_MINUTE_PER_PROJECT")),
   completionWindow: durationSetting("COMPLETION_WINDOW").pipe(Config.withDefault(defaults.completionWindow)),
   apiKeys: Config.option(Config.redacted("API_KEYS")),
   adminApiKeys: Config.option(Config.redacted("ADMIN_API_KEYS")),

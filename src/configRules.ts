@@ -43,6 +43,12 @@ const positiveDuration = (field: Durations, variable: string, timed = false): Ru
     Duration.isDuration(c[field]) && Duration.greaterThan(c[field], Duration.zero) &&
     (!timed || Duration.lessThanOrEqualTo(c[field], LONGEST_TIMER))
 })
+/** A duration a Node timer waits, 0 allowed (saying what it does). */
+const timerDuration = (field: Durations, variable: string, zero: string): Rule => ({
+  variable,
+  expected: `a duration of at most 24 days (0 seconds: ${zero})`,
+  holds: (c) => Duration.isDuration(c[field]) && Duration.lessThanOrEqualTo(c[field], LONGEST_TIMER)
+})
 const nonEmpty = (field: "host" | "dataDir" | "nodeId", variable: string): Rule => ({
   variable,
   expected: "a non-empty string",
@@ -178,7 +184,7 @@ const rules: ReadonlyArray<Rule> = [
   positiveDuration("inferenceTimeout", "INFERENCE_TIMEOUT"),
   positiveDuration("completionWindow", "COMPLETION_WINDOW"),
   positiveDuration("upstreamProbeInterval", "UPSTREAM_PROBE_INTERVAL"),
-  positiveDuration("stallTimeout", "STALL_TIMEOUT"),
+  positiveDuration("stallTimeout", "STALL_TIMEOUT", true), // a Node timer (`http/holding.ts`)
   countFromZero("minBodyRate", "MIN_BODY_RATE", "no rate: a body is cut only once it stops coming"),
   countFromZero("diskReserveBytes", "DISK_RESERVE_BYTES", "no space kept back for deletes on a full disk"),
   {
@@ -186,7 +192,8 @@ const rules: ReadonlyArray<Rule> = [
     expected: "an integer no larger than INFERENCE_MAX_CONCURRENCY",
     holds: (c) => c.inferenceMinConcurrency <= c.inferenceMaxConcurrency
   },
-  { variable: "SHUTDOWN_DELAY", expected: "a duration (0 seconds: stop accepting at once)", holds: (c) => Duration.isDuration(c.shutdownDelay) },
+  timerDuration("shutdownTimeout", "SHUTDOWN_TIMEOUT", "close them at once"), // a Node timer (`Layers.ts`)
+  timerDuration("shutdownDelay", "SHUTDOWN_DELAY", "stop accepting at once"),
   { variable: "LOG_FORMAT", expected: "json or pretty", holds: (c) => c.logFormat === "json" || c.logFormat === "pretty" },
   {
     variable: "LOG_LEVEL",

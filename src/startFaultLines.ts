@@ -66,9 +66,12 @@ const pgHint = (driver: string) =>
 /** SQLite's words for a file that is no database, or a damaged one (`SQLITE_NOTADB`, `SQLITE_CORRUPT`). */
 const DAMAGED = /database disk image is malformed|file is not a database/
 
-/** The driver's message of a failure or defect of `cause` saying its SQLite file is damaged, if one does. */
-const damagedFile = (cause: Cause.Cause<unknown>): string | undefined =>
-  [...Cause.failures(cause), ...Cause.defects(cause)].map(rootMessage).find((message) => DAMAGED.test(message))
+/** SQLite's words for a file it cannot open or make (`SQLITE_CANTOPEN`: a `DATA_DIR` this user cannot write to). */
+const CANNOT_OPEN = /unable to open database file/
+
+/** The driver's message of a failure or defect of `cause` that `words` match, if one does. */
+const driverSaying = (cause: Cause.Cause<unknown>, words: RegExp): string | undefined =>
+  [...Cause.failures(cause), ...Cause.defects(cause)].map(rootMessage).find((message) => words.test(message))
 
 /**
  * A start that failed for a reason said in one line: another process under the node's id or running the batches of
@@ -81,9 +84,15 @@ export const startFaultLine = (cause: Cause.Cause<unknown>) =>
     const cannotUse = (said: string) =>
       `Cannot use the database (${describeDatabase(config)}; see ${Option.isSome(config.databaseUrl) ? "DATABASE_URL" : "DATA_DIR"}): ${said}`
     // Said before anything else it failed: a truncated or half-copied file (a restore gone wrong) was a stack trace.
-    const damaged = damagedFile(cause)
+    const damaged = driverSaying(cause, DAMAGED)
     if (damaged !== undefined) {
       return Option.some(cannotUse(`its file is damaged (${damaged}): put a whole copy in its place (README, "Backup and restore")`))
+    }
+    // A DATA_DIR that is there but not this user's to write (a container's user, a volume mounted read-only) was a
+    // stack trace: the file, its `-wal` and `-shm` are made there.
+    const unopened = driverSaying(cause, CANNOT_OPEN)
+    if (unopened !== undefined) {
+      return Option.some(cannotUse(`its file cannot be opened or made (${unopened}): DATA_DIR must be a directory this user can write to`))
     }
     const failed = Option.flatMap(Cause.failureOption(cause), (error): Option.Option<string> => {
       if (error instanceof NodeIdInUse || error instanceof BatchesRunElsewhere) return Option.some(error.message)

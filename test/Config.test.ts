@@ -79,6 +79,10 @@ describe("configuration", () => {
         [{ logFormat: "xml" as "json" }, { LOG_FORMAT: "xml" }, "LOG_FORMAT"],
         [{ logLevel: "verbose" as "info" }, { LOG_LEVEL: "verbose" }, "LOG_LEVEL"],
         [{ shutdownDelay: 5 as unknown as Duration.Duration }, { SHUTDOWN_DELAY: "soon" }, "SHUTDOWN_DELAY"],
+        // Node timers too: set past 24.8 days, they fired after 1 ms (every upload cut after 64 KiB, a drain at once).
+        [{ stallTimeout: Duration.days(100) }, { STALL_TIMEOUT: "100 days" }, "STALL_TIMEOUT"],
+        [{ shutdownTimeout: Duration.days(25) }, { SHUTDOWN_TIMEOUT: "25d" }, "SHUTDOWN_TIMEOUT"],
+        [{ shutdownDelay: Duration.days(100) }, { SHUTDOWN_DELAY: "100 days" }, "SHUTDOWN_DELAY"],
         [{ maxConnections: 0 }, { MAX_CONNECTIONS: "0" }, "MAX_CONNECTIONS"],
         // No database named: the driver took the user's name, and the node ran on its own (empty) database.
         [{ databaseUrl: Option.some(Redacted.make("postgres://postgres@127.0.0.1:5432/")) }, { DATABASE_URL: "postgresql://db:5432" }, "DATABASE_URL"],
@@ -112,6 +116,20 @@ describe("configuration", () => {
       expect([file.upstreamsFile, file.inferenceBaseUrl]).toEqual([Option.some("upstreams.yaml"), "http://127.0.0.1:8000/v1"])
       const shortcut = yield* Effect.withConfigProvider(appConfig, ConfigProvider.fromMap(new Map([["INFERENCE_BASE_URL", "http://x:1/v1/"]])))
       expect(shortcut.inferenceBaseUrl).toBe("http://x:1/v1")
+    }))
+
+  it.effect("an integer is written in decimal digits: empty, hexadecimal, exponent or past 2^53 is refused, naming the variable", () =>
+    Effect.gen(function*() {
+      // An empty value (a template that rendered nothing) read as 0: PORT= listened on a random port.
+      for (const [variable, value] of [["PORT", ""], ["MAX_CONCURRENT_BATCHES", " "], ["DISK_RESERVE_BYTES", ""], ["PORT", "0x50"], ["MAX_UPLOAD_BYTES", "1e3"]]) {
+        const said = failure(yield* fromEnv({ [variable!]: value! }))
+        expect(said).toContain(variable)
+        expect(said).toContain(`Expected an integer (decimal digits) but received ${JSON.stringify(value)}`)
+      }
+      expect(failure(yield* fromEnv({ MAX_UPLOAD_BYTES: "99999999999999999999999" }))).toContain("Expected an integer of at most 9007199254740991")
+      const read = yield* fromEnv({ PORT: " 8080 ", MAX_CONCURRENT_BATCHES: "0", SHUTDOWN_TIMEOUT: "0 seconds", SHUTDOWN_DELAY: "24 days" })
+      expect(Exit.map(read, (c) => [c.port, c.maxConcurrentBatches, Duration.toMillis(c.shutdownTimeout), Duration.toDays(c.shutdownDelay)]))
+        .toEqual(Exit.succeed([8080, 0, 0, 24]))
     }))
 
   it.effect("LOG_LEVEL is read in any case, warn standing for warning", () =>

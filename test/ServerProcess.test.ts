@@ -344,6 +344,20 @@ describe.concurrent("server process", () => {
         )
         expect(run.output).not.toContain("s3cret")
 
+        // A SQLite file that cannot be opened or made (a DATA_DIR this user may not write to; here, a directory in the
+        // file's place, which root cannot open either): one line, not the driver's stack trace.
+        const sqliteDir = Path.join(dataDir, "unopenable")
+        mkdirSync(Path.join(sqliteDir, "batches.sqlite"), { recursive: true })
+        const unopenable = await runServerToExit({ DATA_DIR: sqliteDir, PORT: String(await freePort()), LOG_FORMAT: "json" })
+        expect(unopenable.code).toBe(1)
+        expect(unopenable.output.split("\n").filter((l) => l.includes('"level":"ERROR"')).map((l) => JSON.parse(l))).toEqual([
+          expect.objectContaining({
+            event: "server.start_failed",
+            message: `Cannot use the database (SQLite at ${Path.join(sqliteDir, "batches.sqlite")}; see DATA_DIR): its file cannot be ` +
+              "opened or made (unable to open database file): DATA_DIR must be a directory this user can write to"
+          })
+        ])
+
         // TLS the server does not offer, asked with sslmode=require: node-postgres' process warning about the mode is
         // a log line of the format too, not Node's plain text on stderr (every line of the output parses).
         const tls = await runServerToExit({
