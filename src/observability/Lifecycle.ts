@@ -23,20 +23,25 @@ const upstreamText = (spec: Pick<UpstreamSpec, "name" | "baseUrl" | "models" | "
   `${spec.name} at ${spec.baseUrl} (${spec.models.join(", ")}${spec.projects === undefined ? "" : `; for ${spec.projects.join(", ")}`})`
 
 /**
- * The listening line: where, on which database, to which upstreams (each also logs its state once probed), and
- * what is on: keys (`keysRequired`: whether the keys in use ask for one), tracing (`tracesUrl`: where spans go, or
- * `None`), the proxies of upstream calls (without their credentials), the default webhook (whether set: its URL may
- * hold a token).
+ * The server's address as a URL: an IPv6 one in brackets (the platform's `formatAddress` printed `http://::1:8321`).
+ * `HOST=::` listens on IPv6 and IPv4 alike, which the platform's address calls `0.0.0.0`: said as `[::]`, as `host`.
  */
-/** The server's address as a URL: an IPv6 one in brackets (the platform's `formatAddress` printed `http://::1:8321`). */
-export const addressUrl = (address: HttpServer.Address): string =>
-  address._tag === "TcpAddress" && address.hostname.includes(":")
+export const addressUrl = (address: HttpServer.Address, host?: string): string =>
+  address._tag === "TcpAddress" && address.hostname === "0.0.0.0" && host === "::"
+    ? `http://[::]:${address.port}`
+    : address._tag === "TcpAddress" && address.hostname.includes(":")
     ? `http://[${address.hostname}]:${address.port}`
     : HttpServer.formatAddress(address)
 
 /** An address to give a client: on every interface (`0.0.0.0`, `::`, printed `http://:::8321`), this machine's. */
 const reachable = (address: string) => address.replace(/^http:\/\/(0\.0\.0\.0|::|\[::\]):(\d+)$/, "http://localhost:$2")
 
+/**
+ * The listening line: where, on which database, to which upstreams (each also logs its state once probed), and
+ * what is on: keys (`keysRequired`: whether the keys in use ask for one), tracing (`tracesUrl`: where spans go, or
+ * `None`), the proxies of upstream calls (without their credentials), the default webhook (whether set: its URL may
+ * hold a token).
+ */
 export const listeningLine = (
   address: string,
   config: Pick<
@@ -151,7 +156,7 @@ export const ServerLifecycleLive: Layer.Layer<
     // Those of the `Inference` in use: an app may have given its own, which sends to none of the configured ones.
     const { upstreams } = yield* Inference
     const tracesUrl = Option.map(yield* Effect.orElseSucceed(tracingSettings, () => Option.none()), (t) => t.url)
-    const address = addressUrl(server.address)
+    const address = addressUrl(server.address, config.host)
     const { fields, message } = listeningLine(address, config, auth.required, upstreams, tracesUrl, proxiesOf(process.env), readiness.database)
     yield* Effect.annotateLogs(Effect.logInfo(message), fields)
     const unmatched = unmatchedNoProxy(process.env)
