@@ -105,13 +105,21 @@ const rollbackWhenBegun = (connection: SqlConnection.Connection): SqlConnection.
  */
 const SQLITE_BEGIN = "BEGIN IMMEDIATE"
 
+/**
+ * The prepared statements' cache: never expired, only its least used evicted past 200. Effect's `Cache` leaves a
+ * key behind each time it finds an entry expired, and trims them only once it holds more than its capacity: with
+ * the client's default 10-minute expiry and fewer than 200 statements, each statement in use left keys holding its
+ * SQL text every 10 minutes, for as long as the process ran (a soak trial's heap snapshots).
+ */
+export const STATEMENT_CACHE = { prepareCacheSize: 200, prepareCacheTTL: Duration.infinity } as const
+
 const SqliteLive = (filename: string) =>
   Layer.scoped(
     SqlClient.SqlClient,
     // Opened in the file's own journal mode and switched to WAL once checked: a refused file is left as it was (a
     // copy in rollback-journal mode had its header switched before the check refused it). Both under SQLite's own
     // busy wait (5 s, better-sqlite3's), which another process's first write as the file is made may need.
-    Effect.flatMap(Effect.zipRight(refuseHotJournal(filename), SqliteClient.make({ filename, disableWAL: true })), (sqlite) =>
+    Effect.flatMap(Effect.zipRight(refuseHotJournal(filename), SqliteClient.make({ filename, disableWAL: true, ...STATEMENT_CACHE })), (sqlite) =>
       Effect.zipRight(refuseDamagedPages(sqlite, filename).pipe(
         Effect.zipRight(sqlite.unsafe("PRAGMA journal_mode = WAL")),
         Effect.zipRight(sqlite.unsafe(`PRAGMA busy_timeout = ${SQLITE_BUSY_TIMEOUT_MS}`))
