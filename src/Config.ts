@@ -104,7 +104,6 @@ export const nodeIdOfEnvironment = (env: Record<string, string | undefined> = pr
 const redactedList = (text: Option.Option<Redacted.Redacted>): ReadonlyArray<Redacted.Redacted> =>
   Option.match(text, { onNone: () => [], onSome: (t) => commaList(Redacted.value(t)).map((entry) => Redacted.make(entry)) })
 
-/** A duration setting, in Effect's words or the short form (`durationText.ts`); refused as `Config.duration` refuses. */
 /**
  * An integer written in decimal digits (a sign allowed): Effect's `Config.integer` reads with `Number`, which takes
  * an empty value for 0 (`PORT=` from a template that rendered nothing listened on a random port; `MAX_CONCURRENT_BATCHES=`
@@ -114,12 +113,13 @@ const integerSetting = (name: string): Config.Config<number> =>
   Config.string(name).pipe(Config.mapOrFail((text) => {
     const value = /^\s*[-+]?\d+\s*$/.test(text) ? Number(text) : NaN
     return Number.isSafeInteger(value)
-      ? Either.right(value)
+      ? Either.right(value === 0 ? 0 : value) // -0 is 0
       : Either.left(ConfigError.InvalidData([], Number.isNaN(value)
         ? `Expected an integer (decimal digits) but received ${JSON.stringify(text)}`
         : `Expected an integer of at most ${Number.MAX_SAFE_INTEGER} but received ${text.trim()}`))
   }))
 
+/** A duration setting, in Effect's words or the short form (`durationText.ts`); refused as `Config.duration` refuses. */
 const durationSetting = (name: string): Config.Config<Duration.Duration> =>
   Config.string(name).pipe(Config.mapOrFail((text) =>
     Either.fromOption(parseDuration(text), () => ConfigError.InvalidData([], `Expected a duration but received ${JSON.stringify(text)}`))

@@ -92,7 +92,7 @@ export const startFaultLine = (cause: Cause.Cause<unknown>) =>
     // stack trace: the file, its `-wal` and `-shm` are made there.
     const unopened = driverSaying(cause, CANNOT_OPEN)
     if (unopened !== undefined) {
-      return Option.some(cannotUse(`its file cannot be opened or made (${unopened}): DATA_DIR must be a directory this user can write to`))
+      return Option.some(cannotUse(`its file cannot be opened or made (${unopened}): is DATA_DIR a directory this user can write to, its batches.sqlite a file?`))
     }
     const failed = Option.flatMap(Cause.failureOption(cause), (error): Option.Option<string> => {
       if (error instanceof NodeIdInUse || error instanceof BatchesRunElsewhere) return Option.some(error.message)

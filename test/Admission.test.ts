@@ -63,34 +63,36 @@ describe("Admission", () => {
       expect(order).toEqual(["b-1", "a-early", "b-2", "a-middle", "a-late"])
     }))
 
-  it.effect("on trial, the one call goes to a request that did not fail there before, whatever its deadline; up again, the usual order", () =>
+  it.effect("on trial, the one call goes to each batch in turn, whatever their deadlines; up again, the usual order", () =>
     Effect.gen(function*() {
-      const admission = yield* make(4)
+      const admission = yield* make(8)
       admission.setTrial(true)
-      yield* admission.acquire({ project: "a", deadline: 0 })
+      yield* admission.acquire({ project: "a", batch: "hanging", deadline: 0 })
       const order: Array<string> = []
-      const wait = (deadline: number, failedBefore: boolean, name: string) =>
-        Effect.fork(Effect.map(admission.acquire({ project: "a", deadline }, failedBefore), () => order.push(name)))
+      const wait = (batch: string, deadline: number, name: string) =>
+        Effect.fork(Effect.map(admission.acquire({ project: "a", batch, deadline }), () => order.push(name)))
       const fibers = [
-        yield* wait(100, true, "hung-1"),
-        yield* wait(100, true, "hung-2"),
-        yield* wait(500, false, "fresh-1"),
-        yield* wait(500, false, "fresh-2"),
-        yield* wait(100, true, "hung-3")
+        yield* wait("hanging", 100, "hanging-1"),
+        yield* wait("hanging", 100, "hanging-2"),
+        yield* wait("hanging", 100, "hanging-3"),
+        yield* wait("later", 500, "later-1"),
+        yield* wait("later", 500, "later-2"),
+        yield* wait("latest", 900, "latest-1")
       ]
       yield* Effect.yieldNow()
-      admission.release() // the trial's call failed: the next goes to a request not yet seen failing
-      yield* Effect.yieldNow()
-      expect(order).toEqual(["fresh-1"])
-      admission.release()
-      yield* Effect.yieldNow()
-      expect(order).toEqual(["fresh-1", "fresh-2"])
-      admission.release() // none left that did not fail: the earliest deadline
-      yield* Effect.yieldNow()
-      expect(order).toEqual(["fresh-1", "fresh-2", "hung-1"])
+      const nextCall = Effect.zipRight(Effect.sync(() => admission.release()), Effect.yieldNow())
+      // The hanging batch had the first call: the next goes to a batch that had none, the earliest deadline first.
+      yield* nextCall
+      expect(order).toEqual(["later-1"])
+      yield* nextCall
+      expect(order).toEqual(["later-1", "latest-1"])
+      yield* nextCall // each has had one: the one whose turn is longest past
+      expect(order).toEqual(["later-1", "latest-1", "hanging-1"])
+      yield* nextCall
+      expect(order).toEqual(["later-1", "latest-1", "hanging-1", "later-2"])
       admission.setTrial(false) // up: the limit's room, in the usual order
       yield* Fiber.joinAll(fibers)
-      expect(order).toEqual(["fresh-1", "fresh-2", "hung-1", "hung-2", "hung-3"])
+      expect(order).toEqual(["later-1", "latest-1", "hanging-1", "later-2", "hanging-2", "hanging-3"])
     }))
 
   it.effect("an interrupted waiter leaves the queue; one granted meanwhile gives its permit back", () =>

@@ -172,28 +172,35 @@ describe("the openai-batch command line's files", () => {
 
   it.live("stdout on a full disk is said in one line (exit 1), stderr on one changes nothing; bounds a script can trip on", () =>
     Effect.promise(async () => {
-      /** `openai-batch …args` with stdout or stderr on /dev/full (ENOSPC on every write), the other piped. */
-      const toFullDisk = (stream: "stdout" | "stderr", args: ReadonlyArray<string>) =>
+      /**
+       * `openai-batch …args` with stdout or stderr on /dev/full (ENOSPC on every write), the other piped, `input` its
+       * standard input, its temporary files in `tmp`.
+       */
+      const toFullDisk = (stream: "stdout" | "stderr", args: ReadonlyArray<string>, tmp: string, input: string) =>
         new Promise<{ code: number | null; said: string }>((resolve) => {
           const full = openSync("/dev/full", "w")
           const child = spawn(process.execPath, [suite.main(), ...args], {
             cwd: scratch,
-            env: { ...process.env, OPENAI_BASE_URL: `${suite.server().url}/v1`, OPENAI_API_KEY: KEY },
-            stdio: ["ignore", stream === "stdout" ? full : "pipe", stream === "stderr" ? full : "pipe"]
+            env: { ...process.env, OPENAI_BASE_URL: `${suite.server().url}/v1`, OPENAI_API_KEY: KEY, TMPDIR: tmp },
+            stdio: ["pipe", stream === "stdout" ? full : "pipe", stream === "stderr" ? full : "pipe"]
           })
           closeSync(full)
+          child.stdin!.end(input)
           let said = ""
           ;(stream === "stdout" ? child.stderr! : child.stdout!).on("data", (d) => (said += d))
           child.once("close", (code) => resolve({ code, said }))
         })
       const file = suite.inputFile("full-disk.jsonl", [chatLine("full-1", "one")])
+      const [tmpOut, tmpNotes] = [Path.join(scratch, "tmp-out"), Path.join(scratch, "tmp-notes")]
+      for (const dir of [tmpOut, tmpNotes]) mkdirSync(dir)
+      const input = readFileSync(file, "utf8")
       const [lostOut, lostNotes, bigInterval, tinyInterval, wizard, outIsFile] = await Promise.all([
-        toFullDisk("stdout", ["submit", file]),
-        toFullDisk("stderr", ["submit", file]),
+        toFullDisk("stdout", ["submit", "-"], tmpOut, input),
+        toFullDisk("stderr", ["submit", "-"], tmpNotes, input),
         cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--interval", "Infinity"]),
         cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--interval", "0.0001"]),
         cli(["--wizard"]),
-        cli(["download", "batch_0123456789abcdef0123456789abcdef", "--out", file])
+        cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--out", file])
       ])
       // The batch is made, its id lost with stdout: said on stderr, where the create's note names it, not a stack trace.
       expect(lostOut.code).toBe(1)
@@ -205,6 +212,8 @@ describe("the openai-batch command line's files", () => {
       // Only notes lost: the batch made, its id printed, exit 0 (exit 1 would have a script make it again).
       expect(lostNotes.code).toBe(0)
       expect(linesOf(lostNotes.said)).toEqual([expect.stringMatching(/^batch_\w+$/)])
+      // The standard input's spooled copy removed either way: the command was interrupted, not exited.
+      expect([readdirSync(tmpOut), readdirSync(tmpNotes)]).toEqual([[], []])
       for (const run of [bigInterval, tinyInterval]) expect([run.code, run.stderr]).toEqual([2, expect.stringContaining("--interval must be from 0.1 to 3600 seconds")])
       expect([wizard.code, wizard.stdout, wizard.stderr]).toEqual([2, "", "openai-batch: --wizard asks its questions on a terminal, and there is none here; nothing was done.\n"])
       expect([outIsFile.code, outIsFile.stderr]).toEqual([2, `cannot write the results to ${file} (--out): it is a file, not a directory; nothing was done.\n`])

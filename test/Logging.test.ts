@@ -170,6 +170,7 @@ describe("the logs of the server process", () => {
     expect(addressUrl({ _tag: "TcpAddress", hostname: "127.0.0.1", port: 8321 })).toBe("http://127.0.0.1:8321")
     // HOST=:: listens on both families, which the platform's address calls 0.0.0.0.
     expect(addressUrl({ _tag: "TcpAddress", hostname: "0.0.0.0", port: 8321 }, "::")).toBe("http://[::]:8321")
+    expect(addressUrl({ _tag: "TcpAddress", hostname: "0.0.0.0", port: 8321 }, "::0")).toBe("http://[::]:8321")
     expect(addressUrl({ _tag: "TcpAddress", hostname: "0.0.0.0", port: 8321 }, "0.0.0.0")).toBe("http://0.0.0.0:8321")
     for (const everywhere of ["http://0.0.0.0:8321", addressUrl({ _tag: "TcpAddress", hostname: "::", port: 8321 })]) {
       expect(listeningLine(everywhere, defaults, true, [], Option.none()).message)

@@ -152,7 +152,7 @@ describe.concurrent("server process", () => {
       let server: ServerProcess | undefined
       try {
         // The terminal's SIGINT and the one npm passes on: the upload under way still completes, and all ends cleanly.
-        server = await startServer({ DATA_DIR: dataDir, SHUTDOWN_TIMEOUT: "5 seconds", LOG_FORMAT: "json" })
+        server = await startServer({ DATA_DIR: dataDir, SHUTDOWN_TIMEOUT: "10 seconds", LOG_FORMAT: "json" })
         const finishing = stalledUpload(server.url, randomBytes(256 * 1024))
         await waitFor(() => stagingFiles(dataDir).length === 1, "the upload to start")
         const stopping = server
@@ -165,8 +165,9 @@ describe.concurrent("server process", () => {
         const answered = Date.now()
         expect(await finishing.response).toBe(200)
         expect(await exit).toBe(0)
-        // Once answered, its keep-alive connection was closed: the shutdown did not wait out SHUTDOWN_TIMEOUT for it.
-        expect(Date.now() - answered).toBeLessThan(3_000)
+        // Once answered, its keep-alive connection was closed: the shutdown did not wait out SHUTDOWN_TIMEOUT for it
+        // (the rest of the stop took 3.1 s once, under a loaded machine).
+        expect(Date.now() - answered).toBeLessThan(6_000)
         expect(stopping.stdout()).toContain('"event":"server.shutdown_finished"')
         expect(stopping.stdout()).not.toContain("server.stopped_at_once")
 
@@ -354,7 +355,7 @@ describe.concurrent("server process", () => {
           expect.objectContaining({
             event: "server.start_failed",
             message: `Cannot use the database (SQLite at ${Path.join(sqliteDir, "batches.sqlite")}; see DATA_DIR): its file cannot be ` +
-              "opened or made (unable to open database file): DATA_DIR must be a directory this user can write to"
+              "opened or made (unable to open database file): is DATA_DIR a directory this user can write to, its batches.sqlite a file?"
           })
         ])
 

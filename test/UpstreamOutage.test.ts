@@ -473,3 +473,23 @@ sideBySide("a run's last failure, held for the calls still out", () => layer(two
       expect((yield* waitFor(openai, batch.id, terminal, 10_000)).status).toBe("cancelled")
     }), { timeout: 30_000 })
 }))
+
+sideBySide("requests that hang, on trial", () =>
+  layer(twoUpstreams({ maxConcurrentBatches: 2, inferenceTimeout: Duration.seconds(1) }), { excludeTestServices: true })((it) => {
+    it.effect("the trial's one call goes to each batch in turn: another batch runs, the one whose requests hang waits its turns", () =>
+      Effect.gen(function*() {
+        const logs = yield* LogLines
+        const openai = yield* client
+        // Requests that never answer: timed out together, they take the upstream down.
+        const hangs = Array.from({ length: 8 }, (_, i) => chatLine(`hang-${i}`, `[hang] ${i}`, "model-a"))
+        const hanging = yield* createBatch(openai, (yield* upload(openai, hangs)).id)
+        yield* untilLogged(logs, "upstream.down")
+        // By deadline alone, every trial call went to the hanging requests, one timeout after another.
+        const quick = yield* createModelBatch(20, "model-a", "q")
+        const done = yield* waitFor(openai, quick.id, terminal, 8_000)
+        expect(done.request_counts).toEqual({ total: 20, completed: 20, failed: 0 })
+        expect((yield* Effect.promise(() => openai.batches.retrieve(hanging.id))).status).toBe("in_progress")
+        yield* Effect.promise(() => openai.batches.cancel(hanging.id))
+        expect((yield* waitFor(openai, hanging.id, terminal, 10_000)).status).toBe("cancelled")
+      }), { timeout: 40_000 })
+  }))

@@ -165,12 +165,6 @@ export const makeBatchRecords = (
       : statusesOf(ids).pipe(Effect.map((rows) => new Map(rows.map((r) => [r.id, r.status]))), Effect.orDie)
 
   /**
-   * The one place a batch's status changes: `move`'s compare-and-set (only from its `from` statuses, and only
-   * where `condition` holds too), its timestamp column, and `set`; a move to a final status frees the batch-wide
-   * lease and, in the same transaction, writes what `finalMoved` writes (its event). The batch as moved, or `None`
-   * when it was not in a `from` status (or `condition` did not hold).
-   */
-  /**
    * A move's time, never before the batch's earlier ones: the machine's clock stepped back (NTP, an operator) would
    * otherwise stamp a batch `in_progress` before it was created (PostgreSQL's `GREATEST` skips NULLs, SQLite's `MAX`
    * does not).
@@ -182,6 +176,12 @@ export const makeBatchRecords = (
         sql`MAX(${now}, created_at, COALESCE(in_progress_at, 0), COALESCE(finalizing_at, 0), COALESCE(cancelling_at, 0))`
     })
 
+  /**
+   * The one place a batch's status changes: `move`'s compare-and-set (only from its `from` statuses, and only
+   * where `condition` holds too), its timestamp column, and `set`; a move to a final status frees the batch-wide
+   * lease and, in the same transaction, writes what `finalMoved` writes (its event). The batch as moved, or `None`
+   * when it was not in a `from` status (or `condition` did not hold).
+   */
   const applyMove = (id: BatchId, move: Move, set: Record<string, unknown>, condition: Fragment = sql`1 = 1`) => {
     const { from, stamp, to } = transitions[move]
     const final = terminalStatuses.includes(to)

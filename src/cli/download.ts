@@ -217,11 +217,12 @@ export const savedJson = (saved: SavedResults) => ({
 /** The `download` command: a finished batch's files into `dir` (a batch still running has none yet: exit 1). */
 export const download = (id: string, dir: string, mode: Mode, patience: Pick<Patience, "retryFor">) =>
   Effect.gen(function*() {
-    yield* checkOut(dir)
     const batch = yield* (yield* BatchApi).retrieve(id)
     if (!isTerminal(batch.status)) {
       return yield* failed(`${batch.id} is ${batch.status}: its files are written when it ends (\`openai-batch watch ${batch.id}\` waits for that).`)
     }
+    // Made only now, for a batch that has files to write (an unknown id left an empty directory behind).
+    yield* checkOut(dir)
     const saved = yield* saveResults(batch, dir, { ...patience, tell: note })
     const none = !saved.output && !saved.error && saved.gone.length === 0
     if (mode === "json") {

@@ -241,11 +241,15 @@ const exitCode = (exit: Exit.Exit<void, unknown>): number => {
 // A reader that closed the pipe early (`openai-batch list | head -1`) ends the command quietly, with the code of a
 // tool ended by SIGPIPE (128 + 13): never 0, which would say a watched batch succeeded in full.
 // Any other failure to write it (a full disk, `> /dev/full`) is said on stderr in one line, exit 1: it threw, a stack
-// trace after the batch was made (its id is on stderr too: `submit`'s note).
+// trace after the batch was made (its id is on stderr too: `submit`'s note). Either way the command is interrupted,
+// so that what it holds is let go (a spooled standard input, a half-written download), 5 s at most.
+let stdoutLost: number | undefined
 process.stdout.on("error", (error: NodeJS.ErrnoException) => {
-  if (error.code === "EPIPE") process.exit(141)
-  console.error(`openai-batch: cannot write to the standard output (${error.message}); what it was given is lost.`)
-  process.exit(EXIT_FAILED)
+  if (stdoutLost !== undefined) return
+  stdoutLost = error.code === "EPIPE" ? 141 : EXIT_FAILED
+  if (error.code !== "EPIPE") console.error(`openai-batch: cannot write to the standard output (${error.message}); what it was given is lost.`)
+  fiber.unsafeInterruptAsFork(fiber.id())
+  setTimeout(() => process.exit(stdoutLost), 5_000).unref()
 })
 // Notes that cannot be written (stderr on a full disk) are lost, and change nothing: a submit that made its batch
 // exited 1 for them, and a script would make it again.
@@ -277,5 +281,5 @@ for (const [signal, handler] of stopHandlers) process.on(signal, handler)
 fiber.addObserver((exit) => {
   clearInterval(keepAlive)
   for (const [signal, handler] of stopHandlers) process.off(signal, handler)
-  process.exitCode = exitCode(exit)
+  process.exitCode = stdoutLost ?? exitCode(exit)
 })

@@ -88,7 +88,8 @@ export const submit = (options: SubmitOptions) =>
     )
     const file = yield* withUploadProgress(shown, bytes, (onRead) => api.upload(options.file, shown, onRead)).pipe(
       // Stopped (Ctrl-C, SIGTERM) before the server's answer: said, as a stopped create is (`discard`).
-      Effect.onInterrupt(() => note(`the upload of ${shown} was stopped before the server answered: no batch was created`))
+      Effect.onInterrupt(() =>
+        note(`the upload of ${shown} was stopped before the server answered: no batch was created (the server may have kept the file)`))
     )
     const batch = yield* api.create({
       input_file_id: file.id,

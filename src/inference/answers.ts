@@ -128,6 +128,16 @@ export const upstreamErrorOf = (response: UpstreamResponse): { readonly code?: u
     : { code: undefined, message: typeof body.error === "string" ? body.error : body.message }
 }
 
+/**
+ * A 404 whose error speaks of the model: OpenAI's `model_not_found`, vLLM's "The model `m` does not exist.", Ollama's
+ * "model \"m\" not found"; not a path the server lacks (vLLM's `{"detail":"Not Found"}`).
+ */
+export const aboutTheModel = (response: UpstreamResponse) => {
+  if (response.status !== 404) return false
+  const { code, message } = upstreamErrorOf(response)
+  return code === "model_not_found" || (typeof message === "string" && /\bmodel\b/i.test(message))
+}
+
 /** A day: a reset further off is no duration of a limit per minute or day (an epoch time, misread). */
 const DAY_MS = 86_400_000
 

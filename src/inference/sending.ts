@@ -12,15 +12,7 @@ import { type TracedCall, traceUpstreamCall, upstreamIdentity } from "../observa
 import { type Attempt, isRefusal } from "../upstreams/judge.js"
 import type { Upstream } from "../upstreams/Upstream.js"
 import { servesAnyModel, type UpstreamSpec } from "../upstreams/UpstreamSpec.js"
-import {
-  askedWait,
-  type HandBack,
-  HandedBack,
-  unlessHandedBack,
-  UpstreamFailure,
-  upstreamErrorOf,
-  type UpstreamResponse
-} from "./answers.js"
+import { aboutTheModel, askedWait, type HandBack, HandedBack, unlessHandedBack, UpstreamFailure, type UpstreamResponse } from "./answers.js"
 import { currentAnswerHold } from "./answerMemory.js"
 
 export interface SendOptions {
@@ -71,16 +63,6 @@ export interface AttemptsUsed {
   used: number
   /** Epoch milliseconds before which the next attempt is not sent: a backoff a hand-back cut short. */
   retryAt?: number
-}
-
-/**
- * A 404 whose error speaks of the model: OpenAI's `model_not_found`, vLLM's "The model `m` does not exist.", Ollama's
- * "model \"m\" not found"; not a path the server lacks (vLLM's `{"detail":"Not Found"}`).
- */
-const aboutTheModel = (response: UpstreamResponse) => {
-  if (response.status !== 404) return false
-  const { code, message } = upstreamErrorOf(response)
-  return code === "model_not_found" || (typeof message === "string" && /\bmodel\b/i.test(message))
 }
 
 /** `body` as `spec`'s upstream takes it: its model renamed where the upstream knows it by another (`aliases`). */

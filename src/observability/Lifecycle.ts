@@ -3,6 +3,7 @@
  * HTTP app), so released first: on SIGINT/SIGTERM, readiness turns 503 before the server stops accepting, and
  * `SHUTDOWN_DELAY` (when set) keeps the node serving meanwhile, for a load balancer to see it go.
  */
+import { isIPv6 } from "node:net"
 import * as HttpServer from "@effect/platform/HttpServer"
 import { Context, Duration, Effect, Layer, Option } from "effect"
 import { Auth } from "../auth/Auth.js"
@@ -24,10 +25,10 @@ const upstreamText = (spec: Pick<UpstreamSpec, "name" | "baseUrl" | "models" | "
 
 /**
  * The server's address as a URL: an IPv6 one in brackets (the platform's `formatAddress` printed `http://::1:8321`).
- * `HOST=::` listens on IPv6 and IPv4 alike, which the platform's address calls `0.0.0.0`: said as `[::]`, as `host`.
+ * `HOST=::` (or `::0`…) listens on IPv6 and IPv4 alike, which the platform's address calls `0.0.0.0`: said as `[::]`.
  */
 export const addressUrl = (address: HttpServer.Address, host?: string): string =>
-  address._tag === "TcpAddress" && address.hostname === "0.0.0.0" && host === "::"
+  address._tag === "TcpAddress" && address.hostname === "0.0.0.0" && host !== undefined && isIPv6(host) && /^[0:]+$/.test(host)
     ? `http://[::]:${address.port}`
     : address._tag === "TcpAddress" && address.hostname.includes(":")
     ? `http://[${address.hostname}]:${address.port}`

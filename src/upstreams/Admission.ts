@@ -3,7 +3,7 @@
  * (one at a time while on trial after an outage), not paused by a `Retry-After`, under its adaptive limit (`adaptiveLimit.ts`) and, with load-aware dispatch, while
  * the server's waiting queue has room (`LoadGauge`). Calls that must wait are served in turn by project
  * (round-robin, as the batch permits of `batches/fairPermits.ts`) and, within a project, earliest deadline
- * (the batch's `expires_at`) first.
+ * (the batch's `expires_at`) first; on trial after an outage, its one call at a time goes to each batch in turn.
  *
  * The usual case — nobody waiting, room under the limit — takes the permit synchronously: thousands of calls a
  * second pass here.
@@ -38,9 +38,8 @@ export const openGauge: LoadGauge = { full: () => false, sent: () => {}, finishe
 
 interface Waiter {
   readonly deadline: number
+  readonly batch: string | undefined
   readonly granted: Deferred.Deferred<number>
-  /** Its request's calls failed there before (`acquire`). */
-  readonly failedBefore: boolean
 }
 
 export class Admission {
@@ -59,6 +58,9 @@ export class Admission {
   private readonly queues = new Map<string, Array<Waiter>>()
   private lastServed = -1
   private waiting = 0
+  /** On trial, when each batch was last given the call (a count of the trial's calls), to serve each in turn. */
+  private trialTurns = new Map<string | undefined, number>()
+  private trialCalls = 0
   /** Those waiting for a call in flight to end (`callEnded`). */
   private endWaiters: Array<Deferred.Deferred<void>> = []
 
@@ -91,29 +93,42 @@ export class Admission {
     return index
   }
 
-  /**
-   * Grants a permit to the first waiter of the next project in the round that has one; on trial, to the first whose
-   * request did not fail there before, if any: a trial's one call at a time went to a batch's requests that hang
-   * (each until its timeout), and every other batch waited behind them for minutes.
-   */
+  /** Grants a permit to the first waiter of the next project in the round that has one (on trial, `serveTrial`). */
   private serveNext(): void {
-    if (this.trial && this.serveFirst((waiter) => !waiter.failedBefore)) return
-    this.serveFirst(() => true)
-  }
-
-  private serveFirst(eligible: (waiter: Waiter) => boolean): boolean {
+    if (this.trial) return this.serveTrial()
     for (let step = 1; step <= this.ring.length; step++) {
       const index = (this.lastServed + step) % this.ring.length
-      const queue = this.queues.get(this.ring[index]!)!
-      const at = queue.findIndex(eligible)
-      if (at === -1) continue
-      const waiter = queue.splice(at, 1)[0]!
+      const waiter = this.queues.get(this.ring[index]!)!.shift()
+      if (waiter === undefined) continue
       this.waiting--
       this.lastServed = index
       Deferred.unsafeDone(waiter.granted, Effect.succeed(this.grant()))
-      return true
+      return
     }
-    return false
+  }
+
+  /**
+   * On trial, the one call goes to the batch that had it least recently (never first), its first waiter; in the
+   * round's order among equals. By deadline alone, a batch whose requests hang held it, one timeout after another,
+   * and every other batch waited behind it for minutes.
+   */
+  private serveTrial(): void {
+    let best: { readonly project: number; readonly at: number; readonly turn: number } | undefined
+    for (let step = 1; step <= this.ring.length && best?.turn !== -1; step++) {
+      const project = (this.lastServed + step) % this.ring.length
+      const queue = this.queues.get(this.ring[project]!)!
+      for (let at = 0; at < queue.length; at++) {
+        const turn = this.trialTurns.get(queue[at]!.batch) ?? -1
+        if (best === undefined || turn < best.turn) best = { project, at, turn }
+        if (turn === -1) break
+      }
+    }
+    if (best === undefined) return
+    const waiter = this.queues.get(this.ring[best.project]!)!.splice(best.at, 1)[0]!
+    this.waiting--
+    this.lastServed = best.project
+    this.trialTurns.set(waiter.batch, ++this.trialCalls)
+    Deferred.unsafeDone(waiter.granted, Effect.succeed(this.grant()))
   }
 
   /** Hands permits to waiters, in turn, while the upstream is open. */
@@ -138,6 +153,7 @@ export class Admission {
   tryAcquire(ticket: Ticket): number | undefined {
     if (this.waiting > 0 || !this.open()) return undefined
     this.lastServed = this.indexOf(ticket.project)
+    if (this.trial) this.trialTurns.set(ticket.batch, ++this.trialCalls)
     return this.grant()
   }
 
@@ -148,9 +164,8 @@ export class Admission {
    * A wait that ends otherwise (interrupted, handed back) leaves the queue, and gives back the permit granted in the
    * same instant: the clean-up reads the queue, not the wait's result, which an interruption may have dropped (a
    * permit lost that way was lost for good, and, on trial after an outage, kept the upstream down for good).
-   * `failedBefore`: the request's calls failed there before (served after the others on trial).
    */
-  acquire(ticket: Ticket, failedBefore = false): Effect.Effect<number, HandedBack> {
+  acquire(ticket: Ticket): Effect.Effect<number, HandedBack> {
     // Queued and given its clean-up in one uninterruptible step, whoever calls it.
     return Effect.uninterruptible(Effect.suspend(() => {
       const now = this.tryAcquire(ticket)
@@ -158,7 +173,7 @@ export class Admission {
       const handBack = ticket.handBack
       if (handBack?.wanted() === true) return Effect.fail(new HandedBack())
       const granted = Deferred.unsafeMake<number>(FiberId.none)
-      const waiter: Waiter = { deadline: ticket.deadline, granted, failedBefore }
+      const waiter: Waiter = { deadline: ticket.deadline, batch: ticket.batch, granted }
       this.indexOf(ticket.project)
       const queue = this.queues.get(ticket.project)!
       let at = queue.length // usually the last: a batch's calls share one deadline
@@ -230,6 +245,9 @@ export class Admission {
 
   setTrial(trial: boolean): void {
     this.trial = trial
-    if (!trial) this.pump()
+    if (!trial) {
+      this.trialTurns = new Map()
+      this.pump()
+    }
   }
 }

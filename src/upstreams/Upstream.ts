@@ -260,12 +260,6 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       released()
     }
     const releaseOnInterrupt = () => Effect.sync(() => giveBack())
-    /** The requests whose calls here failed as an outage's do: a trial's one call goes to another first (`Admission`). */
-    const failedHere = new WeakSet<Ticket>()
-    const failedAsOutagesDo = (result: Attempt) =>
-      result._tag === "Failure"
-        ? result.kind !== "answer" && result.kind !== "too_large"
-        : result.response.status === 408 || result.response.status >= 500
     const attempt = (endpoint: BatchEndpoint, body: string, ticket: Ticket, n: number, traceparent?: string) => {
       const template = traceparent === undefined ? templateFor(endpoint) : HttpClientRequest.setHeader(templateFor(endpoint), "traceparent", traceparent)
       const request = HttpClientRequest.setBody(template, HttpBody.raw(body))
@@ -281,13 +275,12 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       return Effect.uninterruptibleMask((restore) => {
         const granted = gate.tryAcquire(ticket) // the usual case: a permit at once, no effect to wait on
         // Not under `restore`: the wait is interruptible inside, and the permit must reach this fiber uninterruptibly.
-        const permit = granted === undefined ? gate.acquire(ticket, failedHere.has(ticket)) : Effect.succeed(granted)
+        const permit = granted === undefined ? gate.acquire(ticket) : Effect.succeed(granted)
         return Effect.flatMap(permit, (generation) => {
           const sent = performance.now()
           stalls.sent()
           return Effect.flatMap(Effect.onInterrupt(restore(call), releaseOnInterrupt), (result) => {
             observeAttempt(ticket.model, (performance.now() - sent) / 1000)
-            if (failedAsOutagesDo(result)) failedHere.add(ticket)
             stalls.ended(result._tag === "Failure" && result.kind !== "answer" && result.kind !== "too_large" ? "no_answer" : "answered")
             const verdict = judge(endpoint, ticket, n, result, generation)
             if (typeof verdict === "string") {

@@ -17,7 +17,7 @@
  *                           a first attempt, unsaid (a key put right as the call went out)
  *   404                     before any success on that endpoint, not OpenAI's `model_not_found`, `GET /models`
  *                           answering 404 too and `GET /v1/models` a 2xx: the base URL lacks its `/v1`, down as above
- *                           (every line of a batch failed); after successes there, not `model_not_found`, and
+ *                           (every line of a batch failed); after successes there, not about the model, and
  *                           `GET /models`, which answered a 2xx before, answering 404 too: the server there is no
  *                           longer the one it was (a route removed, an address moved), down as above (a server
  *                           back from an outage so failed the rest of a batch in 2 s); else final, with a line once
@@ -50,7 +50,7 @@
  * overloaded") fails after its attempts.
  */
 import { type Clock, Deferred, Duration, Effect, Exit, FiberId, Option } from "effect"
-import { askedWait, type UpstreamFailure, type UpstreamResponse } from "../inference/answers.js"
+import { aboutTheModel, askedWait, type UpstreamFailure, type UpstreamResponse } from "../inference/answers.js"
 import type { FailureKind } from "../inference/UpstreamHttpClient.js"
 import { saidWithin } from "../observability/saidWithin.js"
 import type { AdaptiveLimit } from "./adaptiveLimit.js"
@@ -313,9 +313,9 @@ export const makeJudge = (
     if (status === 401 || status === 404 || status === 403 || (status >= 300 && status < 400)) {
       // Suspended: `misconfigured` marks its line as said when called.
       const final = Effect.suspend(() => Effect.as(Effect.zipRight(succeeded(ticket), misconfigured(endpoint, response, headers)), "final" as const))
-      const notFound = status === 404 && !modelNotFound(response)
-      const misrouted = notFound && !answeredWell.has(endpoint)
-      const gone = notFound && !misrouted && modelsAnsweredWell()
+      const misrouted = status === 404 && !answeredWell.has(endpoint) && !modelNotFound(response)
+      // Not one about the model (vLLM's, Ollama's words): those are the requests', and each asked GET /models.
+      const gone = status === 404 && answeredWell.has(endpoint) && !aboutTheModel(response) && modelsAnsweredWell()
       if (status !== 401 && !misrouted && !gone) return final
       if (outage.isDown()) return Effect.succeed("again" as const) // sent before it went down, for that reason or another
       // The upstream set up wrong, not the request: down, as in an outage, so that its batches lose nothing (a key
