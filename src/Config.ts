@@ -116,7 +116,7 @@ const integerSetting = (name: string): Config.Config<number> =>
       ? Either.right(value === 0 ? 0 : value) // -0 is 0
       : Either.left(ConfigError.InvalidData([], Number.isNaN(value)
         ? `Expected an integer (decimal digits) but received ${JSON.stringify(text)}`
-        : `Expected an integer of at most ${Number.MAX_SAFE_INTEGER} but received ${text.trim()}`))
+        : `Expected an integer within ±${Number.MAX_SAFE_INTEGER} but received ${text.trim()}`))
   }))
 
 /** A duration setting, in Effect's words or the short form (`durationText.ts`); refused as `Config.duration` refuses. */

@@ -95,6 +95,34 @@ describe("Admission", () => {
       expect(order).toEqual(["later-1", "latest-1", "hanging-1", "later-2", "hanging-2", "hanging-3"])
     }))
 
+  it.effect("the turns last the outage: trials that fail (down again, on trial again) still go to each batch in turn", () =>
+    Effect.gen(function*() {
+      const admission = yield* make(8)
+      const order: Array<string> = []
+      /** A request of `batch` waiting for its call; one that hangs waits again once given it (its retry). */
+      const request = (batch: string, deadline: number): Effect.Effect<void> =>
+        Effect.flatMap(Effect.orDie(admission.acquire({ project: "a", batch, deadline })), () => {
+          order.push(batch)
+          return batch === "fine" ? Effect.void : request(batch, deadline)
+        })
+      admission.setDown(true)
+      yield* Effect.fork(request("hanging-0", 100))
+      yield* Effect.fork(request("hanging-1", 101))
+      yield* Effect.fork(request("fine", 900))
+      yield* Effect.yieldNow()
+      // Each trial's one call fails and takes the upstream down again (a blind trial's does, at once).
+      for (let trial = 0; trial < 4; trial++) {
+        admission.setTrial(true)
+        admission.setDown(false)
+        yield* Effect.yieldNow()
+        admission.setDown(true)
+        admission.setTrial(false)
+        admission.release()
+        yield* Effect.yieldNow()
+      }
+      expect(order).toEqual(["hanging-0", "hanging-1", "fine", "hanging-0"])
+    }))
+
   it.effect("an interrupted waiter leaves the queue; one granted meanwhile gives its permit back", () =>
     Effect.gen(function*() {
       const admission = yield* make(1)

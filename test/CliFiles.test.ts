@@ -194,9 +194,10 @@ describe("the openai-batch command line's files", () => {
       const [tmpOut, tmpNotes] = [Path.join(scratch, "tmp-out"), Path.join(scratch, "tmp-notes")]
       for (const dir of [tmpOut, tmpNotes]) mkdirSync(dir)
       const input = readFileSync(file, "utf8")
-      const [lostOut, lostNotes, bigInterval, tinyInterval, wizard, outIsFile] = await Promise.all([
+      const [lostOut, lostNotes, lostLast, bigInterval, tinyInterval, wizard, outIsFile] = await Promise.all([
         toFullDisk("stdout", ["submit", "-"], tmpOut, input),
         toFullDisk("stderr", ["submit", "-"], tmpNotes, input),
+        toFullDisk("stdout", ["list"], tmpNotes, ""), // its last write: the error comes once the command has ended
         cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--interval", "Infinity"]),
         cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--interval", "0.0001"]),
         cli(["--wizard"]),
@@ -212,6 +213,7 @@ describe("the openai-batch command line's files", () => {
       // Only notes lost: the batch made, its id printed, exit 0 (exit 1 would have a script make it again).
       expect(lostNotes.code).toBe(0)
       expect(linesOf(lostNotes.said)).toEqual([expect.stringMatching(/^batch_\w+$/)])
+      expect([lostLast.code, linesOf(lostLast.said).at(-1)]).toEqual([1, expect.stringContaining("cannot write to the standard output (ENOSPC")])
       // The standard input's spooled copy removed either way: the command was interrupted, not exited.
       expect([readdirSync(tmpOut), readdirSync(tmpNotes)]).toEqual([[], []])
       for (const run of [bigInterval, tinyInterval]) expect([run.code, run.stderr]).toEqual([2, expect.stringContaining("--interval must be from 0.1 to 3600 seconds")])

@@ -164,6 +164,16 @@ sideBySide("an upstream down at the create, and requests that fail alone", () =>
       main!.gone = false
       const done = yield* waitFor(openai, batch.id, terminal, 20_000)
       expect(done.request_counts).toEqual({ total: 400, completed: 400, failed: 0 })
+
+      // A 404 not about the model while GET /models answers: the request's own, tried once more (a route put back as
+      // its call went out would have failed its line), then failed with it; the upstream stays up.
+      const prompt = `[fail:404] its own ${Date.now()}`
+      const own = yield* createBatch(openai, (yield* upload(openai, [chatLine("own-404", prompt, "model-a")])).id)
+      const ended = yield* waitFor(openai, own.id, terminal, 20_000)
+      expect(ended.request_counts).toEqual({ total: 1, completed: 0, failed: 1 })
+      expect((yield* readLines(openai, ended.error_file_id))[0].response.status_code).toBe(404)
+      expect(main!.stats.byPrompt.get(prompt)).toBe(2)
+      expect(since().filter((l) => l.event === "upstream.down")).toHaveLength(1)
     }).pipe(Effect.ensuring(Effect.flatMap(Simulators, ({ main }) => Effect.sync(() => void (main!.gone = false)))), upAgainAfter), { timeout: 40_000 })
 
   it.effect("a request that keeps getting a 500 alone fails after its attempts; the upstream is never taken down", () =>

@@ -221,8 +221,8 @@ export const download = (id: string, dir: string, mode: Mode, patience: Pick<Pat
     if (!isTerminal(batch.status)) {
       return yield* failed(`${batch.id} is ${batch.status}: its files are written when it ends (\`openai-batch watch ${batch.id}\` waits for that).`)
     }
-    // Made only now, for a batch that has files to write (an unknown id left an empty directory behind).
-    yield* checkOut(dir)
+    // Made only for a batch that has files to write (an unknown id left an empty directory behind).
+    if (batch.output_file_id || batch.error_file_id) yield* checkOut(dir)
     const saved = yield* saveResults(batch, dir, { ...patience, tell: note })
     const none = !saved.output && !saved.error && saved.gone.length === 0
     if (mode === "json") {

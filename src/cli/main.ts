@@ -247,6 +247,8 @@ let stdoutLost: number | undefined
 process.stdout.on("error", (error: NodeJS.ErrnoException) => {
   if (stdoutLost !== undefined) return
   stdoutLost = error.code === "EPIPE" ? 141 : EXIT_FAILED
+  // The error comes a tick after the write: after the command's last one, it has ended already (with 0).
+  process.exitCode = stdoutLost
   if (error.code !== "EPIPE") console.error(`openai-batch: cannot write to the standard output (${error.message}); what it was given is lost.`)
   fiber.unsafeInterruptAsFork(fiber.id())
   setTimeout(() => process.exit(stdoutLost), 5_000).unref()

@@ -58,7 +58,7 @@ export class Admission {
   private readonly queues = new Map<string, Array<Waiter>>()
   private lastServed = -1
   private waiting = 0
-  /** On trial, when each batch was last given the call (a count of the trial's calls), to serve each in turn. */
+  /** On trial, when each batch was last given the call (a count of the outage's trial calls), to serve each in turn. */
   private trialTurns = new Map<string | undefined, number>()
   private trialCalls = 0
   /** Those waiting for a call in flight to end (`callEnded`). */
@@ -245,9 +245,10 @@ export class Admission {
 
   setTrial(trial: boolean): void {
     this.trial = trial
-    if (!trial) {
-      this.trialTurns = new Map()
-      this.pump()
-    }
+    if (trial) return
+    // The turns last the outage (a failed trial ends down, and the next one goes on from them): forgotten at each,
+    // every blind trial's one call went to the same batch, the earliest deadline's.
+    if (!this.down) this.trialTurns = new Map()
+    this.pump()
   }
 }

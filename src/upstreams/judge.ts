@@ -20,7 +20,9 @@
  *                           (every line of a batch failed); after successes there, not about the model, and
  *                           `GET /models`, which answered a 2xx before, answering 404 too: the server there is no
  *                           longer the one it was (a route removed, an address moved), down as above (a server
- *                           back from an outage so failed the rest of a batch in 2 s); else final, with a line once
+ *                           back from an outage so failed the rest of a batch in 2 s), and with it answering, a
+ *                           first attempt tried once more (a route put back as the call went out); else final, with
+ *                           a line once
  *   403, 3xx                final; a line says what to check
  *   quota spent             (`quotaSpent`: OpenAI's `insufficient_quota`) down, as an outage: no call succeeds
  *                           until credit is added; its trials' calls refused so keep it down
@@ -334,7 +336,9 @@ export const makeJudge = (
           answered === 404
             ? down(`POST ${urlFor(endpoint)} and GET /models answer 404, where they answered before: the server at ` +
               `${spec.baseUrl} is not the one that served them (a route removed, an address moved?)`, "failing")
-            : final)
+            // GET /models answers: the request's own 404, or a route put back as the call went out (its line failed
+            // with the 404 of a route already back): a first attempt is tried once more, after its backoff.
+            : n === 1 ? Effect.as(succeeded(ticket), "retry" as const) : final)
       }
       return Effect.flatMap(versionPathMissing, (missing): Effect.Effect<Verdict> =>
         missing
