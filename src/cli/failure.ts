@@ -9,8 +9,8 @@ export const EXIT_FAILED = 1
 /** 2: nothing was done: the input file or the command line is wrong. */
 export const EXIT_INVALID = 2
 /**
- * 3: the watched batch ended, its files written, but not every request succeeded (some failed, or it ended `failed`,
- * `expired` or `cancelled`): results to look at, not a call to make again, which 1 says.
+ * 3: the watched batch ended, the files it has written, but not every request succeeded (some failed, or it ended
+ * `failed`, `expired` or `cancelled`): results to look at, not a call to make again, which 1 says.
  */
 export const EXIT_NOT_ALL_SUCCEEDED = 3
 /** 130: stopped by Ctrl-C (128 + SIGINT), as shells report it. */

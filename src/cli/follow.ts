@@ -1,7 +1,7 @@
 /**
  * What `submit --watch`, `watch` and `retry --watch` do once a batch exists: watch it to its end, save its output
- * and error files, say how it went, and exit 0 only when every request succeeded (3 when some did not). Each command checks first that
- * `--out` can be written (`checkOut`), before it makes a batch or waits for one.
+ * and error files, say how it went, and exit 0 only when every request succeeded (3 when some did not). Each command
+ * checks first that `--out` can be written (`checkOut`), before it makes a batch or waits for one.
  */
 import { Effect } from "effect"
 import { allSucceeded, problemLine, summaryLine } from "./describe.js"
