@@ -316,7 +316,8 @@ export const makeJudge = (
       // Suspended: `misconfigured` marks its line as said when called.
       const final = Effect.suspend(() => Effect.as(Effect.zipRight(succeeded(ticket), misconfigured(endpoint, response, headers)), "final" as const))
       const misrouted = status === 404 && !answeredWell.has(endpoint) && !modelNotFound(response)
-      // Not one about the model (vLLM's, Ollama's words): those are the requests', and each asked GET /models.
+      // Not one about the model (vLLM's, Ollama's words), which is its request's: a typo'd model's 404s asked
+      // GET /models again and again.
       const gone = status === 404 && answeredWell.has(endpoint) && !aboutTheModel(response) && modelsAnsweredWell()
       if (status !== 401 && !misrouted && !gone) return final
       if (outage.isDown()) return Effect.succeed("again" as const) // sent before it went down, for that reason or another
