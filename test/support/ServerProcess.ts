@@ -97,13 +97,16 @@ const startOn = async (env: Record<string, string>, listenPort: number): Promise
   )
   const url = `http://127.0.0.1:${listenPort}`
   const deadline = Date.now() + 30_000
+  // Its own listening line too: another test's server that took the port between `freePort` and this one's listen
+  // answered the health check, and the test ran against that server's files.
+  const listening = new RegExp(`Listening on http://\\S+:${listenPort} `)
   for (;;) {
     if (child.exitCode !== null || child.signalCode !== null) {
       const Failure = output.includes("EADDRINUSE") ? PortTaken : Error
       throw new Failure(`server exited before it was ready:\n${output}`)
     }
     try {
-      if ((await fetch(`${url}/v1/health`, { signal: AbortSignal.timeout(2000) })).ok) break
+      if (listening.test(output) && (await fetch(`${url}/v1/health`, { signal: AbortSignal.timeout(2000) })).ok) break
     } catch {
       // not listening yet
     }
