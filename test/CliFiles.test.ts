@@ -8,7 +8,7 @@ import { Effect } from "effect"
 import { execFileSync, spawn, spawnSync } from "node:child_process"
 import { createServer, request as httpRequest } from "node:http"
 import type { AddressInfo } from "node:net"
-import { closeSync, mkdirSync, openSync, readdirSync, readFileSync, symlinkSync, utimesSync, writeFileSync } from "node:fs"
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, symlinkSync, utimesSync, writeFileSync } from "node:fs"
 import { writeFile } from "node:fs/promises"
 import * as Path from "node:path"
 import type OpenAI from "openai"
@@ -194,15 +194,19 @@ describe("the openai-batch command line's files", () => {
       const [tmpOut, tmpNotes] = [Path.join(scratch, "tmp-out"), Path.join(scratch, "tmp-notes")]
       for (const dir of [tmpOut, tmpNotes]) mkdirSync(dir)
       const input = readFileSync(file, "utf8")
-      const [lostOut, lostNotes, lostLast, bigInterval, tinyInterval, wizard, outIsFile] = await Promise.all([
+      const neverMade = Path.join(scratch, "never-made")
+      const [lostOut, lostNotes, lostLast, bigInterval, tinyInterval, wizard, outIsFile, unknownBatch] = await Promise.all([
         toFullDisk("stdout", ["submit", "-"], tmpOut, input),
         toFullDisk("stderr", ["submit", "-"], tmpNotes, input),
         toFullDisk("stdout", ["list"], tmpNotes, ""), // its last write: the error comes once the command has ended
         cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--interval", "Infinity"]),
         cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--interval", "0.0001"]),
         cli(["--wizard"]),
-        cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--out", file])
+        cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--out", file]),
+        cli(["download", "batch_0123456789abcdef0123456789abcdef", "--out", neverMade])
       ])
+      // A batch with no files to write (here, none at all) makes no --out directory.
+      expect([unknownBatch.code, existsSync(neverMade)]).toEqual([1, false])
       // The batch is made, its id lost with stdout: said on stderr, where the create's note names it, not a stack trace.
       expect(lostOut.code).toBe(1)
       const made = /created (batch_\w+)/.exec(lostOut.said)?.[1]

@@ -3,6 +3,7 @@ import { describe, expect, it } from "@effect/vitest"
 import type { Batch } from "openai/resources/batches"
 import { allSucceeded, describeBatch, listLines, problemLine, summaryLine } from "../src/cli/describe.js"
 import { savedLines } from "../src/cli/download.js"
+import { drawsInPlace } from "../src/cli/output.js"
 import {
   addSample,
   bar,
@@ -70,6 +71,19 @@ describe("progress figures", () => {
 })
 
 describe("progress lines", () => {
+  it("are drawn in place only on a terminal that draws escape sequences: not a pipe, nor TERM=dumb", () => {
+    const term = process.env.TERM
+    try {
+      process.env.TERM = "xterm-256color"
+      expect([drawsInPlace({ isTTY: true } as NodeJS.WriteStream), drawsInPlace({ isTTY: false } as NodeJS.WriteStream)]).toEqual([true, false])
+      process.env.TERM = "dumb"
+      expect(drawsInPlace({ isTTY: true } as NodeJS.WriteStream)).toBe(false)
+    } finally {
+      if (term === undefined) delete process.env.TERM
+      else process.env.TERM = term
+    }
+  })
+
   it("draws the live bar within the terminal's width", () => {
     const line = barLine(batch(), 48.2, 120)
     expect(line).toBe(`in_progress [${"█".repeat(24)}${"░".repeat(16)}] 612/1,000 (61%)  12 failed  48.2/s  ETA 8s  31.4k tokens`)
