@@ -421,22 +421,38 @@ describe("the node server", () => {
 
     /**
      * `clients` requests to `app` (on a node server, inside `servedInTurn`) from clients that take none of their answer
-     * and hang up after `hangUpMs`: how many of the requests' handlings (the answer's sending included) have ended
-     * `waitMs` later.
+     * and hang up `hangUpMs` after every request has reached its handling: how many of the handlings (the answer's
+     * sending included) have ended by `waitMs` later. Hanging up at a fixed time after connecting, a client whose
+     * request the server had not read yet on a loaded machine had no handling to end (8 of 10 once in CI).
      */
     const hungUp = (app: HttpApp.Default, clients: number, hangUpMs: number, waitMs: number) =>
       Effect.gen(function*() {
+        let started = 0
         let ended = 0
-        const served = HttpServer.serve(app, HttpMiddleware.make((inner) => Effect.ensuring(servedInTurn(inner), Effect.sync(() => void ended++))))
+        const counted = HttpMiddleware.make((inner) =>
+          Effect.suspend(() => {
+            started++
+            return Effect.ensuring(servedInTurn(inner), Effect.sync(() => void ended++))
+          })
+        )
+        const served = HttpServer.serve(app, counted)
         const context = yield* Layer.build(served.pipe(Layer.provideMerge(makeNodeServer({ host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" }))))
         const port = Number(new URL(yield* Effect.provide(baseUrl, context)).port)
-        for (let i = 0; i < clients; i++) {
+        const sockets = Array.from({ length: clients }, () => {
           const socket = connect(port, "127.0.0.1").pause()
           socket.on("error", () => {})
           socket.write(`GET / HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`)
-          setTimeout(() => socket.destroy(), hangUpMs)
-        }
-        yield* Effect.sleep(Duration.millis(waitMs))
+          return socket
+        })
+        const until = (done: () => boolean, ms: number) =>
+          Effect.promise(async () => {
+            const deadline = Date.now() + ms
+            while (!done() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10))
+          })
+        yield* until(() => started === clients, 5_000)
+        yield* Effect.sleep(Duration.millis(hangUpMs))
+        for (const socket of sockets) socket.destroy()
+        yield* until(() => ended === clients, waitMs)
         return ended
       })
 
