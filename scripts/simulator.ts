@@ -220,8 +220,10 @@ export const startSimulator = async (options: SimulatorOptions = {}): Promise<Si
       }
       const fail = /\[fail:(\d{3})\]/.exec(prompt)
       if (fail) return send(Number(fail[1]), errorBody(Number(fail[1]), `Injected failure ${fail[1]}`))
-      const flaky = /\[flaky:(\d{3})x(\d+)\]/.exec(prompt)
-      if (flaky && seen <= Number(flaky[2])) {
+      let flakyUpTo = 0 // several in a row: each after the ones before
+      for (const flaky of prompt.matchAll(/\[flaky:(\d{3})x(\d+)\]/g)) {
+        flakyUpTo += Number(flaky[2])
+        if (seen > flakyUpTo) continue
         const status = Number(flaky[1])
         return send(status, errorBody(status, `Injected transient ${status}`), status === 429 ? { "retry-after": String(retryAfter) } : {})
       }
@@ -342,7 +344,8 @@ export const startSimulator = async (options: SimulatorOptions = {}): Promise<Si
 /** The failures a prompt's text asks for (the last message's content, `prompt` or `input`). */
 const DIRECTIVES = `  [fail:400]      answer 400 with an OpenAI error body (any status works: [fail:404], [fail:503]…)
   [flaky:429x2]   answer 429 (with Retry-After: 0.05) to the first 2 attempts of this prompt, then succeed
-  [flaky:500x1]   the same with 500
+  [flaky:500x1]   the same with 500; several in a row take turns ([flaky:500x1][flaky:401x1]: 500, then 401, then
+                  an answer)
   [sleep:250]     answer after 250 ms
   [hang]          never answer (until the client gives up; with --max-running, it holds its slot until then)
   [pretty]        answer with indented, multi-line JSON

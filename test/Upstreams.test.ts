@@ -174,16 +174,21 @@ sideBySide("a request refused for good", () => layer(
   }
 
   // A 401 while GET /models takes the key: a key that lists and may not call fails its line after one more call; a
-  // key put right as the call went out (its one 401 failed the line) succeeds at the next.
+  // key put right as the call went out (its one 401 failed the line) succeeds at the next, at any attempt (a call
+  // cut as its server stopped, then the key fixed as its retry went out).
   it.effect("a 401 to a call, the list answered: tried once more, then its line's answer", () =>
     Effect.gen(function*() {
       const { refusing } = yield* Simulators
       const openai = yield* client
       refusing!.reset()
-      const lines = [chatLine("for-good", "[fail:401] always", "sim-model"), chatLine("key-fixed", "[flaky:401x1] once", "sim-model")]
+      const lines = [
+        chatLine("for-good", "[fail:401] always", "sim-model"),
+        chatLine("key-fixed", "[flaky:401x1] once", "sim-model"),
+        chatLine("key-fixed-at-retry", "[flaky:500x1][flaky:401x1] at its second attempt", "sim-model")
+      ]
       const done = yield* waitFor(openai, (yield* createBatch(openai, (yield* upload(openai, lines)).id)).id, terminal, 20_000)
-      expect(done.request_counts).toEqual({ total: 2, completed: 1, failed: 1 })
-      const [error] = yield* readLines(openai, done.error_file_id)
+      const [error, ...others] = yield* readLines(openai, done.error_file_id)
+      expect(done.request_counts, JSON.stringify(others)).toEqual({ total: 3, completed: 2, failed: 1 })
       expect(error).toMatchObject({ custom_id: "for-good", response: { status_code: 401 } })
       expect(refusing!.stats.byPrompt.get("[fail:401] always")).toBe(2)
     }), { timeout: 30_000 })

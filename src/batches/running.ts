@@ -43,13 +43,16 @@ interface Worker extends Place {
   readonly backingOff: <A, E>(wait: Effect.Effect<A, E>, overloaded: boolean) => Effect.Effect<A, E>
 }
 
-const errorOutcome = (row: RequestRow, e: UpstreamFailure): RequestOutcome => ({
+/** Failures retried before they fail their line: it says how many times (a timeout's line read as one slow call). */
+const retriedCodes = new Set(["upstream_timeout", "upstream_unreachable"])
+
+const errorOutcome = (row: RequestRow, e: UpstreamFailure, attempts: number): RequestOutcome => ({
   _tag: "Error",
   line: row.line,
   customId: row.customId,
   resultId: row.resultId,
   code: e.code,
-  message: e.message
+  message: attempts > 1 && retriedCodes.has(e.code) ? `${e.message} Tried ${attempts} times.` : e.message
 })
 
 export interface Running {
@@ -151,7 +154,7 @@ export const makeRunning = (local: LocalWork, slots: RequestSlots) =>
             onSuccess: (res) => answered(responseOutcome(row, res)),
             onFailure: (e) => {
               hold.release() // an answer refused (not JSON…): not kept
-              if (e._tag === "UpstreamFailure") return answered(errorOutcome(row, e))
+              if (e._tag === "UpstreamFailure") return answered(errorOutcome(row, e, used.used))
               // Handed back (at the turn's end, or its model served by no upstream any more): no outcome, the line
               // stays pending (its slice is left unfinished).
               return previous
