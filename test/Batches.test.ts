@@ -207,6 +207,18 @@ for (const backend of backends) sideBySide(`batches (${backend})`, () => {
         expect(conflict.status).toBe(409)
         expect(conflict.param).toBe("idempotency_key")
         expect(conflict.headers.get("x-should-retry")).toBe("false")
+
+        // Uploaded again (a script that uploads and creates as one step, run twice): the same bytes are the same
+        // input, the batch made the first time is given; other bytes, even of the same size, are a 409.
+        const sameAgain = yield* upload(openai, [chatLine("a", "idem")])
+        expect((yield* createBatch(openai, sameAgain.id, params)).id).toBe(first.id)
+        const otherBytes = yield* upload(openai, [chatLine("a", "mdei")])
+        expect(otherBytes.bytes).toBe(file.bytes)
+        const differs = yield* failure(() => openai.batches.create({ input_file_id: otherBytes.id, endpoint: "/v1/chat/completions", completion_window: "24h", ...params }))
+        expect([differs.status, differs.param]).toEqual([409, "idempotency_key"])
+        // … as is the same file with other parameters.
+        const otherParams = yield* failure(() => openai.batches.create({ input_file_id: sameAgain.id, endpoint: "/v1/chat/completions", completion_window: "24h", idempotency_key: "key-1", metadata: { a: "2" } } as any))
+        expect(otherParams.status).toBe(409)
       }))
 
     it.effect("retrieve and cancel of unknown batches are 404s; cancelling a finished batch is a 409; lists page newest first", () =>

@@ -281,7 +281,7 @@ describe("the openai-batch command line", () => {
       await Promise.all([stop("SIGINT"), stop("SIGTERM")])
     }), alongside)
 
-  it.live("retry reruns the failed requests as a new batch; with an idempotency key, once", () =>
+  it.live("retry reruns the failed requests as a new batch; it and submit, with an idempotency key, once", () =>
     Effect.promise(async () => {
       expect(failingBatchId).toBeDefined()
       const out = Path.join(scratch, "out-retry")
@@ -297,6 +297,24 @@ describe("the openai-batch command line", () => {
       expect([again.code, linesOf(again.stdout)]).toEqual([0, [id]])
       expect(linesOf(unkeyed.stdout)[0]).not.toBe(id)
       await Effect.runPromise(waitFor(openai, linesOf(unkeyed.stdout)[0]!, terminal))
+
+      // A submit with a key, run twice: the file goes up again, and the batch made the first time is given (the
+      // server compared the bytes); the second upload is deleted. An empty key (an unset variable) is refused.
+      const input = inputFile("keyed.jsonl", [chatLine("k1", "keyed 1"), chatLine("k2", "keyed 2")])
+      const submitted = ["submit", input, "--idempotency-key", "ci-submit-7"]
+      const first = await cli(submitted)
+      const second = await cli(submitted)
+      expect([first.code, second.code], second.stderr).toEqual([0, 0])
+      expect(linesOf(second.stdout)).toEqual(linesOf(first.stdout))
+      const batch = await openai.batches.retrieve(linesOf(first.stdout)[0]!)
+      expect(second.stderr).toContain(`${batch.id} was created before with this idempotency key, from ${batch.input_file_id}; `)
+      expect(second.stderr).toMatch(/file-\w+, uploaded again, is deleted/)
+      const uploads = []
+      for await (const file of openai.files.list()) if (file.filename === "keyed.jsonl") uploads.push(file.id)
+      expect(uploads).toEqual([batch.input_file_id])
+      await Effect.runPromise(waitFor(openai, batch.id, terminal))
+      const empty = await cli(["submit", input, "--idempotency-key", ""])
+      expect([empty.code, empty.stderr.trim()]).toEqual([2, "--idempotency-key is empty (if it was given a variable, is that variable set?)"])
     }), 180_000)
 
   it.live("a watch rides out a lost server (said once, then reconnected; files and exit 0), and gives up after --retry-for", () =>

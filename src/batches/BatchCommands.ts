@@ -14,6 +14,7 @@ import { type BatchId, batchId, fileId } from "../domain/Ids.js"
 import { visibilityOf } from "../domain/Projects.js"
 import { echo } from "../domain/Text.js"
 import { FileStore, soonest } from "../files/FileStore.js"
+import { sameBytes } from "../files/sameBytes.js"
 import { nowSeconds } from "../storage/Sql.js"
 import * as BatchLines from "../observability/batchLines.js"
 import { inBackground } from "../Scheduler.js"
@@ -65,6 +66,9 @@ const fingerprint = (valid: ValidCreateBatch, input: string = valid.inputFileId)
     valid.outputExpiresAfterSeconds === null ? null : { anchor: "created_at", seconds: valid.outputExpiresAfterSeconds }
   ])).digest("hex")
 
+/** Whether an earlier batch's request was the same one, by more than its fingerprint (`sameBytesAs`). */
+type SameInput = (record: BatchRecord) => Effect.Effect<boolean>
+
 const inputFileGone = (id: BatchId, file: string) =>
   `Batch ${id}'s input file ${file} no longer exists (deleted or expired): its lines cannot be rerun.`
 
@@ -77,11 +81,29 @@ export const make = Effect.gen(function*() {
   const rerun = yield* Rerun
   const { completionWindow, extraBatchEndpoints, maxActiveBatchesPerProject, maxFileBytesPerProject } = yield* AppConfig
 
-  /** The 409 of an idempotency key used before, unless `record` was made by the same request. */
-  const sameRequest = (record: BatchRecord, requestHash: string) =>
-    record.requestHash === requestHash
-      ? Effect.succeed(record.batch)
-      : conflict("This idempotency_key was already used to create a batch with different parameters.", "idempotency_key")
+  /**
+   * The 409 of an idempotency key used before, unless `record` was made by the same request, or by one that
+   * `sameInput` tells the same (its input file another upload of the same bytes).
+   */
+  const sameRequest = (record: BatchRecord, requestHash: string, sameInput?: SameInput) =>
+    Effect.flatMap(
+      record.requestHash === requestHash ? Effect.succeed(true) : sameInput?.(record) ?? Effect.succeed(false),
+      (same) =>
+        same
+          ? Effect.succeed(record.batch)
+          : conflict("This idempotency_key was already used to create a batch with different parameters.", "idempotency_key")
+    )
+
+  /**
+   * Whether `record` was made by the request `valid` describes but for its input file, which another upload of the
+   * same bytes: a script that uploads and creates as one step (`openai-batch submit --idempotency-key`), run again,
+   * gets the batch made the first time (a CI job run twice made two). Read only then: both files, to compare digests.
+   */
+  const sameBytesAs = (valid: ValidCreateBatch, project: string): SameInput => (record) => {
+    const earlier = record.batch.input_file_id
+    if (earlier === valid.inputFileId || fingerprint(valid, earlier) !== record.requestHash) return Effect.succeed(false)
+    return inBackground(sameBytes(files, [earlier, valid.inputFileId], { project }))
+  }
 
   /**
    * Creates the batch `valid` describes and hands it to this node's runner; with an idempotency key its project used
@@ -92,13 +114,16 @@ export const make = Effect.gen(function*() {
     caller: Caller,
     valid: ValidCreateBatch,
     requestHash: string,
-    writeInput?: (batch: BatchId) => Effect.Effect<unknown, ApiError>
+    { sameInput, writeInput }: {
+      readonly writeInput?: (batch: BatchId) => Effect.Effect<unknown, ApiError>
+      readonly sameInput?: SameInput
+    } = {}
   ) =>
     Effect.gen(function*() {
       // The quota is for new batches: a retry with an idempotency key already used gets its batch (or a 409).
       if (valid.idempotencyKey !== null) {
         const replay = yield* store.idempotentBatch(caller.project, valid.idempotencyKey)
-        if (Option.isSome(replay)) return yield* sameRequest(replay.value, requestHash)
+        if (Option.isSome(replay)) return yield* sameRequest(replay.value, requestHash, sameInput)
       }
       if (Option.isSome(maxActiveBatchesPerProject)) {
         const max = maxActiveBatchesPerProject.value
@@ -125,7 +150,7 @@ export const make = Effect.gen(function*() {
         idempotencyKey: valid.idempotencyKey,
         requestHash
       }).pipe(Effect.onError(() => dropInput))
-      if (!created) return yield* Effect.zipRight(dropInput, sameRequest(record, requestHash)) // a create with the key won
+      if (!created) return yield* Effect.zipRight(dropInput, sameRequest(record, requestHash, sameInput)) // a create with the key won
       yield* BatchLines.created(record.batch, record.project)
       yield* runner.submit(record.batch.id)
       return record.batch
@@ -173,7 +198,7 @@ export const make = Effect.gen(function*() {
       if (isProblem(valid)) return yield* invalidRequest(valid.message, valid.param, valid.code)
       if (input._tag === "Inline") {
         const jsonl = inlineJsonl(input.requests, bodyText)
-        return yield* insert(caller, valid, fingerprint(valid, inlineFingerprint(jsonl)), writeInline(jsonl, valid, caller.project))
+        return yield* insert(caller, valid, fingerprint(valid, inlineFingerprint(jsonl)), { writeInput: writeInline(jsonl, valid, caller.project) })
       }
       // The batch belongs to the caller's project (an operator's too) and reads only that project's files. A file
       // that does not exist, or is another project's, is not refused here: as OpenAI, the batch is created and
@@ -195,7 +220,7 @@ export const make = Effect.gen(function*() {
           "invalid_value"
         )
       }
-      return yield* insert(caller, valid, fingerprint(valid))
+      return yield* insert(caller, valid, fingerprint(valid), { sameInput: sameBytesAs(valid, caller.project) })
     }).pipe(Effect.uninterruptible, Effect.withSpan("Batches.create"))
 
   const retry = (id: BatchId, unchecked: RetryBatchBody, caller: Caller) =>
@@ -243,7 +268,7 @@ export const make = Effect.gen(function*() {
               InputTooLarge: () => overQuota(quota, room, null)
             })
           )))
-      return yield* insert(caller, valid, fingerprint(valid, `retry:${id}:${kinds.join(",")}`), writeInput)
+      return yield* insert(caller, valid, fingerprint(valid, `retry:${id}:${kinds.join(",")}`), { writeInput })
     }).pipe(
       Effect.catchTag("BatchNotFound", () => batchNotFound(id)),
       Effect.uninterruptible,

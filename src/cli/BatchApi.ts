@@ -50,7 +50,11 @@ export interface BatchApiShape {
    * refusal has it sent again).
    */
   readonly upload: (path: string, shownAs?: string, onRead?: (bytes: number) => void) => Effect.Effect<FileObject, CliFailure>
-  readonly create: (params: BatchCreateParams) => Effect.Effect<Batch, CliFailure>
+  /**
+   * With an `idempotency_key` (an extension of this server), a create whose answer was lost is asked again: the
+   * server answers it with the batch made the first time.
+   */
+  readonly create: (params: BatchCreateParams & { readonly idempotency_key?: string }) => Effect.Effect<Batch, CliFailure>
   readonly retrieve: (id: string) => Effect.Effect<Batch, CliFailure>
   /** `retrieve` tried once: for a watch, which has its own policy of trying again (`patience.ts`). */
   readonly poll: (id: string) => Effect.Effect<Batch, CliFailure>
@@ -175,6 +179,8 @@ const busyWait = (status: number | undefined, headers: Headers | undefined): num
 
 /** How many times a call the client does not repeat (an upload, a create, a rerun) is made again after a 429 or 503. */
 const BUSY_RETRIES = 3
+/** The client's own retries (a lost answer, a 5xx) of a create or rerun with an idempotency key: safe to repeat. */
+const KEYED_RETRIES = 2
 
 /**
  * `effect`, made again (up to `BUSY_RETRIES` times, after the wait the server asked for, said on stderr) while the
@@ -247,8 +253,10 @@ export const make = (connection: Connection): BatchApiShape => {
           { file: toStreamingFile(counted(createReadStream(path), onRead), Path.basename(path)), purpose: "batch" },
           { signal, maxRetries: 0, timeout: NO_OVERALL_TIMEOUT_MS }
         ))),
-    // Not repeated by the client: a create whose answer was lost would make a second batch.
-    create: (params) => unlessBusy(call("creating the batch", (signal) => client.batches.create(params, { signal, maxRetries: 0 }))),
+    // Not repeated by the client without a key: a create whose answer was lost would make a second batch.
+    create: (params) =>
+      unlessBusy(call("creating the batch", (signal) =>
+        client.batches.create(params, { signal, maxRetries: params.idempotency_key === undefined ? 0 : KEYED_RETRIES }))),
     retrieve: (id) => call(`reading batch ${id}`, (signal) => client.batches.retrieve(id, { signal })),
     poll: (id) => call(`reading batch ${id}`, (signal) => client.batches.retrieve(id, { signal, maxRetries: 0 })),
     // Page after page up to `limit`: a page ends sooner than its `limit` when its batches are large (`has_more`).
@@ -273,7 +281,7 @@ export const make = (connection: Connection): BatchApiShape => {
             ? { body: { ...(only.length > 0 ? { only } : {}), ...(idempotencyKey === undefined ? {} : { idempotency_key: idempotencyKey }) } }
             : {}),
           signal,
-          maxRetries: 0
+          maxRetries: idempotencyKey === undefined ? 0 : KEYED_RETRIES
         }))),
     content: (fileId, from = 0) =>
       call(`downloading file ${fileId}`, async (signal) => {

@@ -71,6 +71,21 @@ const withApi = <A, E, R>(own: ConnectionFlags, effect: Effect.Effect<A, E, R>) 
     )
   })
 
+/** `--idempotency-key`: `what` is made once for the key (a server extension). */
+const idempotencyKeyOption = (what: string) =>
+  Options.text("idempotency-key").pipe(
+    Options.withPseudoName("KEY"),
+    Options.withDescription(
+      `Makes ${what} once for this key: the same command again (a CI job run twice) gives ${what} made before`
+    ),
+    // An unset variable's "" would make every run share one key: each would get the first one's batch.
+    Options.filterMap(
+      (key) => (key.trim() === "" ? Option.none() : Option.some(key)),
+      "--idempotency-key is empty (if it was given a variable, is that variable set?)"
+    ),
+    Options.optional
+  )
+
 const submitCommand = Command.make(
   "submit",
   {
@@ -83,6 +98,7 @@ const submitCommand = Command.make(
       Options.optional
     ),
     metadata: metadataOption("A metadata pair key=value (repeatable)"),
+    idempotencyKey: idempotencyKeyOption("the batch"),
     maxRequests: Options.integer("max-requests").pipe(
       Options.withPseudoName("N"),
       Options.withDescription(`The most requests the server takes in a batch: its MAX_REQUESTS_PER_BATCH (default ${DEFAULT_MAX_REQUESTS}, OpenAI's)`),
@@ -99,6 +115,7 @@ const submitCommand = Command.make(
         endpoint: o.endpoint,
         metadata: o.metadata,
         maxRequests: o.maxRequests,
+        idempotencyKey: Option.getOrUndefined(o.idempotencyKey),
         ...afterCreate(o)
       }))))
 ).pipe(Command.withDescription("Check a JSONL file of requests, upload it and create its batch; --watch follows it to its end"))
@@ -178,13 +195,7 @@ const retryCommand = Command.make(
       Options.repeated,
       Options.optional
     ),
-    idempotencyKey: Options.text("idempotency-key").pipe(
-      Options.withPseudoName("KEY"),
-      Options.withDescription(
-        "Makes the rerun once for this key: the same command again (a CI job run twice) gives the rerun made before"
-      ),
-      Options.optional
-    ),
+    idempotencyKey: idempotencyKeyOption("the rerun"),
     ...afterCreateOptions
   },
   (o) =>

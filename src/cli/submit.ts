@@ -38,6 +38,8 @@ export interface SubmitOptions extends AfterCreate {
   readonly metadata: Readonly<Record<string, string>>
   /** The most requests the server takes in a batch (its `MAX_REQUESTS_PER_BATCH`). */
   readonly maxRequests: number
+  /** Makes the batch once for this key: run again, the submit gives the batch made the first time. */
+  readonly idempotencyKey?: string | undefined
 }
 
 /**
@@ -96,9 +98,18 @@ export const submit = (options: SubmitOptions) =>
       // Any path the server accepts (its EXTRA_BATCH_ENDPOINTS too), not only the client's list.
       endpoint: check.endpoint as BatchCreateParams["endpoint"],
       completion_window: "24h",
-      ...(Object.keys(options.metadata).length > 0 ? { metadata: options.metadata } : {})
+      ...(Object.keys(options.metadata).length > 0 ? { metadata: options.metadata } : {}),
+      ...(options.idempotencyKey === undefined ? {} : { idempotency_key: options.idempotencyKey })
     }).pipe(Effect.onError(discard(file)))
-    yield* note(`uploaded ${file.id} (${count(file.bytes)} bytes), created ${batch.id}`)
+    // Made before with the key, from an earlier upload of the same bytes (the server compared them): this one is
+    // not needed.
+    yield* batch.input_file_id === file.id
+      ? note(`uploaded ${file.id} (${count(file.bytes)} bytes), created ${batch.id}`)
+      : Effect.flatMap(Effect.either(api.deleteFile(file.id)), (deleted) =>
+        note(
+          `${batch.id} was created before with this idempotency key, from ${batch.input_file_id}; ` +
+            (Either.isRight(deleted) ? `${file.id}, uploaded again, is deleted` : `${file.id}, uploaded again, is left: ${deleted.left.message ?? "its delete failed"}`)
+        ))
     yield* created(batch, options)
   })
 
