@@ -286,10 +286,13 @@ const rules: ReadonlyArray<Rule> = [
   positiveDuration("webhookRetryFor", "WEBHOOK_RETRY_FOR")
 ]
 
-/** The configuration when every rule holds, else the first broken one, naming its variable. */
+/**
+ * The configuration when every rule holds, else every broken one, naming its variable: a deployment fixed one
+ * variable at a time, a restart each, when only the first was said.
+ */
 export const validateConfig = (config: AppConfigShape): Either.Either<AppConfigShape, ConfigError.ConfigError> => {
-  const broken = rules.find((rule) => !rule.holds(config))
-  return broken === undefined
+  const broken = rules.filter((rule) => !rule.holds(config))
+  return broken.length === 0
     ? Either.right(config)
-    : Either.left(ConfigError.InvalidData([broken.variable], `Expected ${broken.expected}`))
+    : Either.left(broken.map((rule) => ConfigError.InvalidData([rule.variable], `Expected ${rule.expected}`)).reduce(ConfigError.And))
 }

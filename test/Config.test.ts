@@ -95,6 +95,16 @@ describe("configuration", () => {
       }
     }))
 
+  it.effect("every variable refused is named at once, not only the first", () =>
+    Effect.gen(function*() {
+      // Values out of bounds together…
+      const said = failure(yield* fromEnv({ MAX_CONCURRENT_BATCHES: "-1", LOG_LEVEL: "loud", SHUTDOWN_DELAY: "100 days" }))
+      for (const variable of ["MAX_CONCURRENT_BATCHES", "LOG_LEVEL", "SHUTDOWN_DELAY"]) expect(said).toContain(`at ${variable}:`)
+      // … and values that cannot be read together (those first: the bounds are checked on what was read).
+      const unread = failure(yield* fromEnv({ PORT: "x", MAX_CONNECTIONS: "many", LOG_LEVEL: "loud" }))
+      for (const variable of ["PORT", "MAX_CONNECTIONS"]) expect(unread).toContain(`at ${variable}:`)
+    }))
+
   it.effect("layerWith checks its upstreams as an upstreams file's are checked at start, not once the services start", () =>
     Effect.gen(function*() {
       const said = failure(yield* fromCode({ upstreams: Option.some([{ name: "a", base_url: "ftp://x/v1", models: ["m"] }]) }))
