@@ -49,6 +49,8 @@ export interface SimulatorOptions {
   readonly tls?: { readonly key: string; readonly cert: string }
   /** Keep the body text of every inference request received, in `stats.bodies` (tests of what is forwarded). */
   readonly keepBodies?: boolean
+  /** `false`: no `GET /v1/models` route (a 404, as for any unknown route), as some servers and gateways have none. */
+  readonly listsModels?: boolean
 }
 
 export interface SimulatorStats {
@@ -176,7 +178,7 @@ export const startSimulator = async (options: SimulatorOptions = {}): Promise<Si
     if (sim.apiKey !== undefined && path.startsWith("/v1/") && req.headers.authorization !== `Bearer ${sim.apiKey}`) {
       return send(401, { error: { message: "Incorrect API key provided.", type: "invalid_request_error", param: null, code: "invalid_api_key" } })
     }
-    if (req.method === "GET" && path === "/v1/models") {
+    if (req.method === "GET" && path === "/v1/models" && options.listsModels !== false) {
       stats.modelLists++
       return send(200, { object: "list", data: [...models].map((id) => ({ id, object: "model", owned_by: "simulator" })) })
     }

@@ -190,15 +190,32 @@ describe("the openai-batch command line's files", () => {
           ;(stream === "stdout" ? child.stderr! : child.stdout!).on("data", (d) => (said += d))
           child.once("close", (code) => resolve({ code, said }))
         })
+      /** `openai-batch …args` whose reader closed its stdout's pipe before it wrote (`openai-batch list | head -0`). */
+      const toClosedPipe = (args: ReadonlyArray<string>) =>
+        new Promise<{ code: number | null; stderr: string }>((resolve) => {
+          const child = spawn(process.execPath, [suite.main(), ...args], {
+            cwd: scratch,
+            env: { ...process.env, OPENAI_BASE_URL: `${suite.server().url}/v1`, OPENAI_API_KEY: KEY },
+            stdio: ["ignore", "pipe", "pipe"]
+          })
+          child.stdout!.destroy()
+          let stderr = ""
+          child.stderr!.on("data", (d) => (stderr += d))
+          child.once("close", (code) => resolve({ code, stderr }))
+        })
       const file = suite.inputFile("full-disk.jsonl", [chatLine("full-1", "one")])
-      const [tmpOut, tmpNotes] = [Path.join(scratch, "tmp-out"), Path.join(scratch, "tmp-notes")]
-      for (const dir of [tmpOut, tmpNotes]) mkdirSync(dir)
+      const [tmpOut, tmpNotes, tmpWatch] = [Path.join(scratch, "tmp-out"), Path.join(scratch, "tmp-notes"), Path.join(scratch, "tmp-watch")]
+      for (const dir of [tmpOut, tmpNotes, tmpWatch]) mkdirSync(dir)
       const input = readFileSync(file, "utf8")
       const neverMade = Path.join(scratch, "never-made")
-      const [lostOut, lostNotes, lostLast, bigInterval, tinyInterval, wizard, outIsFile, unknownBatch] = await Promise.all([
+      const [lostOut, lostNotes, lostLast, lostWatching, closedPipe, bigInterval, tinyInterval, wizard, outIsFile, unknownBatch] = await Promise.all([
         toFullDisk("stdout", ["submit", "-"], tmpOut, input),
         toFullDisk("stderr", ["submit", "-"], tmpNotes, input),
         toFullDisk("stdout", ["list"], tmpNotes, ""), // its last write: the error comes once the command has ended
+        // Its id lost as it starts to watch a batch of 20 s: interrupted then, not watching on (then cut at 5 s,
+        // without its finalizers: its spooled input left).
+        toFullDisk("stdout", ["submit", "-", "--watch", "--interval", "0.2"], tmpWatch, chatLine("slow-1", "[sleep:20000] slow") + "\n"),
+        toClosedPipe(["list"]),
         cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--interval", "Infinity"]),
         cli(["watch", "batch_0123456789abcdef0123456789abcdef", "--interval", "0.0001"]),
         cli(["--wizard"]),
@@ -219,7 +236,13 @@ describe("the openai-batch command line's files", () => {
       expect(linesOf(lostNotes.said)).toEqual([expect.stringMatching(/^batch_\w+$/)])
       expect([lostLast.code, linesOf(lostLast.said).at(-1)]).toEqual([1, expect.stringContaining("cannot write to the standard output (ENOSPC")])
       // The standard input's spooled copy removed either way: the command was interrupted, not exited.
-      expect([readdirSync(tmpOut), readdirSync(tmpNotes)]).toEqual([[], []])
+      expect([readdirSync(tmpOut), readdirSync(tmpNotes), readdirSync(tmpWatch)]).toEqual([[], [], []])
+      expect(lostWatching.code).toBe(1)
+      const slow = /created (batch_\w+)/.exec(lostWatching.said)![1]!
+      expect(["validating", "in_progress"]).toContain((await openai.batches.retrieve(slow)).status) // the watch stopped, not the batch
+      await openai.batches.cancel(slow)
+      // A reader gone (SIGPIPE's code, as a shell's tools): quietly.
+      expect([closedPipe.code, closedPipe.stderr]).toEqual([141, ""])
       for (const run of [bigInterval, tinyInterval]) expect([run.code, run.stderr]).toEqual([2, expect.stringContaining("--interval must be from 0.1 to 3600 seconds")])
       expect([wizard.code, wizard.stdout, wizard.stderr]).toEqual([2, "", "openai-batch: --wizard asks its questions on a terminal, and there is none here; nothing was done.\n"])
       expect([outIsFile.code, outIsFile.stderr]).toEqual([2, `cannot write the results to ${file} (--out): it is a file, not a directory; nothing was done.\n`])

@@ -194,6 +194,30 @@ sideBySide("a request refused for good", () => layer(
     }), { timeout: 30_000 })
 }))
 
+sideBySide("a server without a GET /models route", () => layer(
+  testAppWithUpstreams(
+    { unlisted: { models: ["model-u"], listsModels: false, latencyMs: 5 } },
+    ({ unlisted }) => [{ name: "unlisted", base_url: unlisted!.url, models: ["model-u"] }]
+  ),
+  { excludeTestServices: true }
+)((it) => {
+  // Its GET /models answered 404 from the start: a 404 to a call after successes is the request's own, not a route
+  // removed (which takes the upstream down only where GET /models answered a 2xx before).
+  it.effect("a 404 to a call after successes fails its line; the upstream is not taken down", () =>
+    Effect.gen(function*() {
+      const { unlisted } = yield* Simulators
+      const logs = yield* LogLines
+      const openai = yield* client
+      const first = yield* createModelBatch(3, "model-u", "ok")
+      expect((yield* waitFor(openai, first.id, terminal)).request_counts).toEqual({ total: 3, completed: 3, failed: 0 })
+      const prompt = "[fail:404] no such route"
+      const done = yield* waitFor(openai, (yield* createBatch(openai, (yield* upload(openai, [chatLine("own-404", prompt, "model-u")])).id)).id, terminal, 20_000)
+      expect(done.request_counts).toEqual({ total: 1, completed: 0, failed: 1 })
+      expect(unlisted!.stats.byPrompt.get(prompt)).toBe(1)
+      expect(logged(logs, /Upstream unlisted is down/)).toEqual([])
+    }), { timeout: 30_000 })
+}))
+
 sideBySide("an upstream that holds its calls", () => layer(
   testAppWithUpstreams(
     {
