@@ -123,6 +123,42 @@ describe("Admission", () => {
       expect(order).toEqual(["hanging-0", "hanging-1", "fine", "hanging-0"])
     }))
 
+  it.effect("up again, the turns are forgotten: the next outage's first trial call goes by deadline again", () =>
+    Effect.gen(function*() {
+      const admission = yield* make(8)
+      const order: Array<string> = []
+      const wait = (batch: string, deadline: number, name: string) =>
+        Effect.fork(Effect.map(admission.acquire({ project: "a", batch, deadline }), () => order.push(name)))
+      admission.setDown(true)
+      for (const name of ["a1", "a2", "a3"]) yield* wait("a", 100, name)
+      for (const name of ["b1", "b2"]) yield* wait("b", 200, name)
+      yield* Effect.yieldNow()
+      /** A trial: its one call, ended failed (down again) or not (up). */
+      const trial = (fails: boolean) =>
+        Effect.gen(function*() {
+          admission.setTrial(true)
+          admission.setDown(false)
+          yield* Effect.yieldNow()
+          if (fails) admission.setDown(true)
+          admission.setTrial(false)
+          admission.release()
+          yield* Effect.yieldNow()
+        })
+      yield* trial(true)
+      yield* trial(true)
+      yield* trial(false) // b had the last call but one: up with a's
+      expect(order.slice(0, 3)).toEqual(["a1", "b1", "a2"])
+      expect(order).toHaveLength(5) // up: the others at once
+      for (let i = 0; i < 2; i++) admission.release()
+      // The next outage: a's turn was the later, but that outage is over; the earliest deadline goes first again.
+      admission.setDown(true)
+      yield* wait("b", 200, "b3")
+      yield* wait("a", 100, "a4")
+      yield* Effect.yieldNow()
+      yield* trial(true)
+      expect(order.slice(5)).toEqual(["a4"])
+    }))
+
   it.effect("an interrupted waiter leaves the queue; one granted meanwhile gives its permit back", () =>
     Effect.gen(function*() {
       const admission = yield* make(1)

@@ -137,9 +137,9 @@ describe("configuration", () => {
         expect(said).toContain(`Expected an integer (decimal digits) but received ${JSON.stringify(value)}`)
       }
       expect(failure(yield* fromEnv({ MAX_UPLOAD_BYTES: "99999999999999999999999" }))).toContain("Expected an integer within ±9007199254740991")
-      const read = yield* fromEnv({ PORT: " 8080 ", MAX_CONCURRENT_BATCHES: "-0", SHUTDOWN_TIMEOUT: "0 seconds", SHUTDOWN_DELAY: "24 days" })
-      expect(Exit.map(read, (c) => [c.port, Object.is(c.maxConcurrentBatches, 0), Duration.toMillis(c.shutdownTimeout), Duration.toDays(c.shutdownDelay)]))
-        .toEqual(Exit.succeed([8080, true, 0, 24]))
+      const read = yield* fromEnv({ PORT: " 8080 ", MAX_CONCURRENT_BATCHES: "-0", SHUTDOWN_TIMEOUT: "0 seconds", SHUTDOWN_DELAY: "24 days", MAX_CONNECTIONS: "+500" })
+      expect(Exit.map(read, (c) => [c.port, Object.is(c.maxConcurrentBatches, 0), Duration.toMillis(c.shutdownTimeout), Duration.toDays(c.shutdownDelay), c.maxConnections]))
+        .toEqual(Exit.succeed([8080, true, 0, 24, 500]))
     }))
 
   it.effect("LOG_LEVEL is read in any case, warn standing for warning", () =>

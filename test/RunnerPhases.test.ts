@@ -10,10 +10,11 @@ import { beat, LocalWork, startHeartbeat } from "../src/batches/heartbeat.js"
 import { GROUP_CHARS, makeOutcomeWriter } from "../src/batches/outcomeWriter.js"
 import { makePendingRows } from "../src/batches/pendingRows.js"
 import { RequestSlots } from "../src/batches/requestSlots.js"
-import { makeRunning } from "../src/batches/running.js"
+import { failureMessage, makeRunning } from "../src/batches/running.js"
 import { WorkLeases, WorkLeasesLive } from "../src/batches/WorkLeases.js"
 import { BatchId, BatchRequestId } from "../src/domain/Ids.js"
 import { AnswerMemory, currentAnswerHold } from "../src/inference/answerMemory.js"
+import { UpstreamFailure } from "../src/inference/answers.js"
 import { type AttemptsUsed, HandedBack, InferenceScripted } from "../src/inference/Inference.js"
 import { SqlLive } from "../src/storage/Sql.js"
 import { responseOutcome, validatingBatch } from "./support/Batches.js"
@@ -283,6 +284,16 @@ const writingAfter = (store: BatchStoreShape, gate: Deferred.Deferred<void>) =>
 const okAnswer = { status: 200, text: "{}", json: {}, requestId: "req_1" }
 
 describe("running", () => {
+  it("an error line says how many times a timeout or a lost connection was tried, when more than once", () => {
+    const timeout = new UpstreamFailure({ code: "upstream_timeout", message: "The upstream did not answer in full within 10m." })
+    const lost = new UpstreamFailure({ code: "upstream_unreachable", message: "Upstream request failed: the connection failed." })
+    const unusable = new UpstreamFailure({ code: "invalid_upstream_response", message: "The upstream answered 200 with HTML." })
+    expect(failureMessage(timeout, 3)).toBe("The upstream did not answer in full within 10m. Tried 3 times.")
+    expect(failureMessage(lost, 2)).toBe("Upstream request failed: the connection failed. Tried 2 times.")
+    expect(failureMessage(lost, 1)).toBe("Upstream request failed: the connection failed.") // INFERENCE_MAX_ATTEMPTS=1
+    expect(failureMessage(unusable, 2)).toBe("The upstream answered 200 with HTML.") // not retried: a handed-back line's count
+  })
+
   it.live("a worker sends its next request while its outcome is stored, and holds no more than that one unstored", () =>
     Effect.gen(function*() {
       const store = yield* BatchStore

@@ -1,11 +1,16 @@
 /**
  * The SQLite client's prepared statements' cache (`STATEMENT_CACHE` in `src/storage/Sql.ts`) stays the size of the
  * statements in use, however long the process runs: Effect's `Cache`, whose keys it holds, is made here with the
- * same settings, and its list of keys counted (its inner state: what grew).
+ * same settings, and its list of keys counted (its inner state: what grew); and the client is made with them.
  */
-import { expect, it } from "@effect/vitest"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { expect, it, vi } from "@effect/vitest"
+import Database from "better-sqlite3"
 import { Cache, Duration, Effect, TestClock } from "effect"
-import { STATEMENT_CACHE } from "../src/storage/Sql.js"
+import { mkdtempSync, rmSync } from "node:fs"
+import { tmpdir } from "node:os"
+import * as Path from "node:path"
+import { layerSqlite, STATEMENT_CACHE } from "../src/storage/Sql.js"
 
 /** The keys in the cache's access list, stale ones included. */
 const keysListed = (cache: unknown): number => {
@@ -38,4 +43,24 @@ it.effect("the same statements used for hours keep as many keys after ten hours 
     // What the setting is for: with the client's default, stale keys for each statement every 10 minutes.
     const [defaultHour, defaultTenHours] = yield* hoursOfTheSameStatements(Duration.minutes(10))
     expect(defaultTenHours! - defaultHour!).toBeGreaterThanOrEqual(20 * 49)
+  }))
+
+it.effect("the server's SQLite client is made with it: a statement used again an hour later is not prepared again", () =>
+  Effect.gen(function*() {
+    const dir = mkdtempSync(Path.join(tmpdir(), "batch-statements-"))
+    const prepare = vi.spyOn(Database.prototype, "prepare")
+    const prepared = yield* Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql.unsafe("SELECT 42 AS answer")
+      yield* TestClock.adjust(Duration.hours(1))
+      yield* sql.unsafe("SELECT 42 AS answer")
+      return prepare.mock.calls.filter(([text]) => text === "SELECT 42 AS answer").length
+    }).pipe(
+      Effect.provide(layerSqlite(Path.join(dir, "batches.sqlite"))),
+      Effect.ensuring(Effect.sync(() => {
+        prepare.mockRestore()
+        rmSync(dir, { recursive: true, force: true })
+      }))
+    )
+    expect(prepared).toBe(1)
   }))

@@ -143,5 +143,15 @@ for (const backend of backends) describe(`transition table (${backend})`, () => 
       const { batch } = yield* store.get(id, "all")
       expect([batch.created_at, batch.in_progress_at, batch.finalizing_at, batch.cancelling_at, batch.cancelled_at])
         .toEqual([created, created, created + 10, created + 10, created + 10])
+      // The cancel's own time too: its end stamped at it, not before, though the clock went back after it.
+      const other = yield* validatingBatch(2)
+      yield* TestClock.setTime(created * 1000)
+      expect(yield* apply(other, "startRunning")).toBe(true)
+      yield* TestClock.setTime((created + 50) * 1000)
+      expect(yield* apply(other, "cancel")).toBe(true)
+      yield* TestClock.setTime((created + 20) * 1000)
+      expect(yield* apply(other, "cancelDone")).toBe(true)
+      const cancelled = (yield* store.get(other, "all")).batch
+      expect([cancelled.cancelling_at, cancelled.cancelled_at]).toEqual([created + 50, created + 50])
     }).pipe(Effect.provide(storeFor(backend))))
 })

@@ -194,10 +194,14 @@ sideBySide("a request refused for good", () => layer(
     }), { timeout: 30_000 })
 }))
 
-sideBySide("a server without a GET /models route", () => layer(
+sideBySide("404s that are a request's own", () => layer(
   testAppWithUpstreams(
-    { unlisted: { models: ["model-u"], listsModels: false, latencyMs: 5 } },
-    ({ unlisted }) => [{ name: "unlisted", base_url: unlisted!.url, models: ["model-u"] }]
+    { unlisted: { models: ["model-u"], listsModels: false, latencyMs: 5 }, listed: { models: ["model-l"], latencyMs: 5 } },
+    ({ listed, unlisted }) => [
+      { name: "unlisted", base_url: unlisted!.url, models: ["model-u"] },
+      // Routed a model it no longer serves (its 404 says so, as vLLM's and Ollama's do).
+      { name: "listed", base_url: listed!.url, models: ["model-l", "model-retired"] }
+    ]
   ),
   { excludeTestServices: true }
 )((it) => {
@@ -215,6 +219,22 @@ sideBySide("a server without a GET /models route", () => layer(
       expect(done.request_counts).toEqual({ total: 1, completed: 0, failed: 1 })
       expect(unlisted!.stats.byPrompt.get(prompt)).toBe(1)
       expect(logged(logs, /Upstream unlisted is down/)).toEqual([])
+    }), { timeout: 30_000 })
+
+  // A 404 that speaks of the model is its request's: no GET /models asked, no call more (a typo'd model's 3,000
+  // lines asked GET /models 67 times).
+  it.effect("a 404 about the model after successes fails its line at once, asking nothing more", () =>
+    Effect.gen(function*() {
+      const { listed } = yield* Simulators
+      const openai = yield* client
+      const first = yield* createModelBatch(3, "model-l", "fine")
+      expect((yield* waitFor(openai, first.id, terminal)).request_counts).toEqual({ total: 3, completed: 3, failed: 0 })
+      const lists = listed!.stats.modelLists
+      const prompt = "a retired model"
+      const done = yield* waitFor(openai, (yield* createBatch(openai, (yield* upload(openai, [chatLine("retired", prompt, "model-retired")])).id)).id, terminal, 20_000)
+      expect(done.request_counts).toEqual({ total: 1, completed: 0, failed: 1 })
+      expect((yield* readLines(openai, done.error_file_id))[0].response.body.error.code).toBe("model_not_found")
+      expect([listed!.stats.byPrompt.get(prompt), listed!.stats.modelLists]).toEqual([1, lists])
     }), { timeout: 30_000 })
 }))
 

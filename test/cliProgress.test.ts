@@ -3,7 +3,7 @@ import { describe, expect, it } from "@effect/vitest"
 import type { Batch } from "openai/resources/batches"
 import { allSucceeded, describeBatch, listLines, problemLine, summaryLine } from "../src/cli/describe.js"
 import { savedLines } from "../src/cli/download.js"
-import { drawsInPlace } from "../src/cli/output.js"
+import { drawsInPlace, modeOf } from "../src/cli/output.js"
 import {
   addSample,
   bar,
@@ -73,14 +73,19 @@ describe("progress figures", () => {
 describe("progress lines", () => {
   it("are drawn in place only on a terminal that draws escape sequences: not a pipe, nor TERM=dumb", () => {
     const term = process.env.TERM
+    const tty = process.stdout.isTTY
     try {
       process.env.TERM = "xterm-256color"
       expect([drawsInPlace({ isTTY: true } as NodeJS.WriteStream), drawsInPlace({ isTTY: false } as NodeJS.WriteStream)]).toEqual([true, false])
+      process.stdout.isTTY = true
+      expect([modeOf(false), modeOf(true)]).toEqual(["tty", "json"]) // what the commands go by
       process.env.TERM = "dumb"
       expect(drawsInPlace({ isTTY: true } as NodeJS.WriteStream)).toBe(false)
+      expect(modeOf(false)).toBe("plain")
     } finally {
       if (term === undefined) delete process.env.TERM
       else process.env.TERM = term
+      process.stdout.isTTY = tty
     }
   })
 

@@ -46,13 +46,17 @@ interface Worker extends Place {
 /** Failures retried before they fail their line: it says how many times (a timeout's line read as one slow call). */
 const retriedCodes = new Set(["upstream_timeout", "upstream_unreachable"])
 
+/** The error line's message of a request that failed with `e` after `attempts` attempts. */
+export const failureMessage = (e: UpstreamFailure, attempts: number): string =>
+  attempts > 1 && retriedCodes.has(e.code) ? `${e.message} Tried ${attempts} times.` : e.message
+
 const errorOutcome = (row: RequestRow, e: UpstreamFailure, attempts: number): RequestOutcome => ({
   _tag: "Error",
   line: row.line,
   customId: row.customId,
   resultId: row.resultId,
   code: e.code,
-  message: attempts > 1 && retriedCodes.has(e.code) ? `${e.message} Tried ${attempts} times.` : e.message
+  message: failureMessage(e, attempts)
 })
 
 export interface Running {
