@@ -155,3 +155,66 @@ describe("a node's time on PostgreSQL", () => {
       expect([...test.lines, ...onSqlite.lines]).toEqual([])
     }).pipe(Effect.scoped), 30_000)
 })
+
+/**
+ * A machine whose clocks and sleeps are Effect's TestClock (set near the real time first), under another name:
+ * `shareDatabaseClock` leaves a clock it knows for a test's alone, this one it runs on, `TestClock.adjust` moving it.
+ */
+const testDrivenMachine = Effect.map(TestClock.testClock(), (test): Clock.Clock => ({
+  [Clock.ClockTypeId]: Clock.ClockTypeId,
+  unsafeCurrentTimeMillis: () => test.unsafeCurrentTimeMillis(),
+  currentTimeMillis: Effect.sync(() => test.unsafeCurrentTimeMillis()),
+  unsafeCurrentTimeNanos: () => test.unsafeCurrentTimeNanos(),
+  currentTimeNanos: Effect.sync(() => test.unsafeCurrentTimeNanos()),
+  sleep: (duration) => test.sleep(duration)
+}))
+
+/** A PostgreSQL client whose every query answers `answer()` (counted in `queries`). */
+const stubPg = (answer: () => Effect.Effect<ReadonlyArray<unknown>, Error>) => {
+  const stub = { queries: 0, sql: undefined as unknown as SqlClient.SqlClient }
+  stub.sql = Object.assign((..._: ReadonlyArray<unknown>) => (stub.queries++, answer()), {
+    onDialectOrElse: (cases: { readonly pg: () => unknown }) => cases.pg(),
+    literal: (text: string) => text
+  }) as unknown as SqlClient.SqlClient
+  return stub
+}
+
+describe("a node's time on PostgreSQL, on TestClock", () => {
+  it.effect("after a failed measurement is not measured again before 5 s (one query per 5 s while the database is down)", () =>
+    Effect.gen(function*() {
+      // A database that does not answer is not asked again at every look (each 100 ms here): a load of failing
+      // queries on a struggling server, and a line of errors each.
+      yield* TestClock.setTime(Date.now())
+      const down = stubPg(() => Effect.fail(new Error("connection refused")))
+      yield* shareDatabaseClock(Duration.minutes(1), Duration.millis(100)).pipe(
+        Effect.withClock(yield* testDrivenMachine),
+        Effect.provideService(SqlClient.SqlClient, down.sql)
+      )
+      for (let i = 0; i < 120; i++) yield* TestClock.adjust("100 millis") // 12 s
+      // At the start, then at 5 s and 10 s.
+      expect(down.queries).toBe(3)
+    }).pipe(Effect.scoped))
+
+  it.effect("measured with a round trip's jitter (±40 ms) reads a time that never goes back", () =>
+    Effect.gen(function*() {
+      // A measurement within 50 ms of the one in use is not taken: each would move the time by its jitter, back as
+      // often as forward (a lease judged expired, then not; log lines out of order).
+      yield* TestClock.setTime(Date.now())
+      const machine = yield* testDrivenMachine
+      let n = 0
+      const jittery = stubPg(() => Effect.sync(() => [{ ms: machine.unsafeCurrentTimeMillis() + (n++ % 2 === 0 ? 40 : -40) }]))
+      const clock = yield* shareDatabaseClock(Duration.millis(10), Duration.millis(10)).pipe(
+        Effect.zipRight(Effect.clock),
+        Effect.withClock(machine),
+        Effect.provideService(SqlClient.SqlClient, jittery.sql)
+      )
+      const readings = [clock.unsafeCurrentTimeMillis()]
+      for (let i = 0; i < 50; i++) {
+        yield* TestClock.adjust("10 millis")
+        readings.push(clock.unsafeCurrentTimeMillis())
+      }
+      expect(jittery.queries).toBeGreaterThan(20) // measured again and again
+      const backwards = readings.flatMap((r, i) => (i > 0 && r < readings[i - 1]! ? [`${readings[i - 1]} -> ${r}`] : []))
+      expect(backwards).toEqual([])
+    }).pipe(Effect.scoped))
+})

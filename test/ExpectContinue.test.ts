@@ -7,9 +7,11 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { mkdtempSync, rmSync } from "node:fs"
-import { Agent, request } from "node:http"
+import { Agent, createServer, request } from "node:http"
+import { type AddressInfo, connect } from "node:net"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
+import { continueWhenRead } from "../src/http/continueWhenRead.js"
 import { type ServerProcess, startServer } from "./support/ServerProcess.js"
 
 const KEY = "sk-continue"
@@ -108,5 +110,41 @@ describe("an upload sent with Expect: 100-continue", () => {
     expect(answer).toMatchObject({ continued: true, status: 200 })
     expect(answer.json).toMatchObject({ object: "file", purpose: "batch", filename: "in.jsonl" })
     expect(answer.json.bytes).toBeGreaterThan(1024 * 1024 - 1)
+  })
+})
+
+describe("continueWhenRead", () => {
+  it("writes no 100 Continue once the answer has begun, when the body is read only after that", async () => {
+    // A 100 written after the final answer's head is garbage inside that answer (the client reads it as body bytes).
+    // Through the real server the late reader is `lingerAfterEarlyAnswers`, which starts once Node has let go of the
+    // socket; a handler that answers first and reads after is the case the guard is for.
+    const server = createServer()
+    continueWhenRead(server)
+    server.on("request", (req, res) => {
+      res.writeHead(200, { "content-type": "text/plain" })
+      res.flushHeaders()
+      const chunks: Array<Buffer> = []
+      req.on("data", (c: Buffer) => chunks.push(c))
+      req.on("end", () => res.end(`got ${Buffer.concat(chunks).toString()}`))
+    })
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+    try {
+      const wire = await new Promise<string>((resolve, reject) => {
+        const socket = connect((server.address() as AddressInfo).port, "127.0.0.1")
+        let got = ""
+        socket.on("data", (c: Buffer) => {
+          if (got === "") socket.write("hello") // the body, once the answer has begun
+          got += c.toString("latin1")
+          if (got.includes("got hello")) socket.end()
+        })
+        socket.on("close", () => resolve(got))
+        socket.on("error", reject)
+        socket.write("POST /x HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n")
+      })
+      expect(wire.match(/HTTP\/1\.1 \d{3}/g)).toEqual(["HTTP/1.1 200"])
+      expect(wire).toContain("got hello")
+    } finally {
+      await new Promise((resolve) => server.close(resolve))
+    }
   })
 })
