@@ -46,6 +46,10 @@ export const SchedulerLive: Layer.Layer<never> = Layer.setScheduler(serverSchedu
 export const requestsFirst = <A, E, R>(layer: Layer.Layer<A, E, R>): Layer.Layer<A, E, R> =>
   Layer.locally(layer, FiberRef.currentSchedulingPriority, REQUEST_PRIORITY)
 
-/** `effect` at `BACKGROUND_PRIORITY`: for work a request forks and does not wait for (a batch, an upload's assembly). */
+/**
+ * `effect` at `BACKGROUND_PRIORITY`: for work a request forks and does not wait for (a batch, an upload's assembly),
+ * and for long work a request waits for that other requests should pass (a rerun's input, an idempotent create's
+ * comparison of two files).
+ */
 export const inBackground: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R> = Effect
   .withSchedulingPriority(BACKGROUND_PRIORITY)

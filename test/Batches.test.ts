@@ -219,6 +219,17 @@ for (const backend of backends) sideBySide(`batches (${backend})`, () => {
         // … as is the same file with other parameters.
         const otherParams = yield* failure(() => openai.batches.create({ input_file_id: sameAgain.id, endpoint: "/v1/chat/completions", completion_window: "24h", idempotency_key: "key-1", metadata: { a: "2" } } as any))
         expect(otherParams.status).toBe(409)
+        // Two such creates at once (a job and its retry): one batch.
+        const [one, two] = [yield* upload(openai, [chatLine("b", "twice")]), yield* upload(openai, [chatLine("b", "twice")])]
+        const keyed = { idempotency_key: "key-2" } as any
+        const both = yield* Effect.all([createBatch(openai, one.id, keyed), createBatch(openai, two.id, keyed)], { concurrency: 2 })
+        expect(both[1].id).toBe(both[0].id)
+        // The first one's input file gone, the bytes cannot be compared: a 409 that says so.
+        yield* Effect.promise(() => openai.files.delete(both[0].input_file_id))
+        const three = yield* upload(openai, [chatLine("b", "twice")])
+        const gone = yield* failure(() => openai.batches.create({ input_file_id: three.id, endpoint: "/v1/chat/completions", completion_window: "24h", ...keyed }))
+        expect([gone.status, gone.param]).toEqual([409, "idempotency_key"])
+        expect(gone.message).toContain(`batch ${both[0].id} from file ${both[0].input_file_id}, which can no longer be read`)
       }))
 
     it.effect("retrieve and cancel of unknown batches are 404s; cancelling a finished batch is a 409; lists page newest first", () =>

@@ -14,7 +14,7 @@ import { type BatchId, batchId, fileId } from "../domain/Ids.js"
 import { visibilityOf } from "../domain/Projects.js"
 import { echo } from "../domain/Text.js"
 import { FileStore, soonest } from "../files/FileStore.js"
-import { sameBytes } from "../files/sameBytes.js"
+import { type Comparison, sameBytes } from "../files/sameBytes.js"
 import { nowSeconds } from "../storage/Sql.js"
 import * as BatchLines from "../observability/batchLines.js"
 import { inBackground } from "../Scheduler.js"
@@ -67,7 +67,7 @@ const fingerprint = (valid: ValidCreateBatch, input: string = valid.inputFileId)
   ])).digest("hex")
 
 /** Whether an earlier batch's request was the same one, by more than its fingerprint (`sameBytesAs`). */
-type SameInput = (record: BatchRecord) => Effect.Effect<boolean>
+type SameInput = (record: BatchRecord) => Effect.Effect<Comparison>
 
 const inputFileGone = (id: BatchId, file: string) =>
   `Batch ${id}'s input file ${file} no longer exists (deleted or expired): its lines cannot be rerun.`
@@ -87,22 +87,29 @@ export const make = Effect.gen(function*() {
    */
   const sameRequest = (record: BatchRecord, requestHash: string, sameInput?: SameInput) =>
     Effect.flatMap(
-      record.requestHash === requestHash ? Effect.succeed(true) : sameInput?.(record) ?? Effect.succeed(false),
-      (same) =>
-        same
+      record.requestHash === requestHash ? Effect.succeed("same" as const) : sameInput?.(record) ?? Effect.succeed("other" as const),
+      (input) =>
+        input === "same"
           ? Effect.succeed(record.batch)
+          : input === "gone"
+          ? conflict(
+            `This idempotency_key was already used to create batch ${record.batch.id} from file ${record.batch.input_file_id}, ` +
+              "which can no longer be read (deleted or expired): its bytes cannot be compared with this input file's.",
+            "idempotency_key"
+          )
           : conflict("This idempotency_key was already used to create a batch with different parameters.", "idempotency_key")
     )
 
   /**
    * Whether `record` was made by the request `valid` describes but for its input file, which another upload of the
    * same bytes: a script that uploads and creates as one step (`openai-batch submit --idempotency-key`), run again,
-   * gets the batch made the first time (a CI job run twice made two). Read only then: both files, to compare digests.
+   * gets the batch made the first time (a CI job run twice made two). Read only then: both files, to compare digests
+   * (at the background's priority: other requests go on meanwhile; interruptible: a client gone stops it).
    */
   const sameBytesAs = (valid: ValidCreateBatch, project: string): SameInput => (record) => {
     const earlier = record.batch.input_file_id
-    if (earlier === valid.inputFileId || fingerprint(valid, earlier) !== record.requestHash) return Effect.succeed(false)
-    return inBackground(sameBytes(files, [earlier, valid.inputFileId], { project }))
+    if (earlier === valid.inputFileId || fingerprint(valid, earlier) !== record.requestHash) return Effect.succeed("other")
+    return Effect.interruptible(inBackground(sameBytes(files, [earlier, valid.inputFileId], { project })))
   }
 
   /**

@@ -1,6 +1,6 @@
 /**
  * Whether two stored files hold the same bytes (an idempotent create's check that an input file is another upload
- * of the one its key was first used with): their sizes first, then a digest of each, streamed.
+ * of the one its key was first used with): their sizes first, then a digest of each, streamed side by side.
  */
 import { Effect, Stream } from "effect"
 import { createHash } from "node:crypto"
@@ -8,23 +8,38 @@ import type { FileId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
 import type { FileStoreShape } from "./FileStore.js"
 
-const digestOf = (stream: Stream.Stream<Uint8Array>) =>
+/** `same` or `other` bytes; `gone` when either cannot be read whole (deleted, expired, its bytes missing). */
+export type Comparison = "same" | "other" | "gone"
+
+/** The digest of `stream`, or undefined when it held other than `size` bytes (a blob missing or cut short). */
+const digestOf = (stream: Stream.Stream<Uint8Array>, size: number) =>
   Effect.suspend(() => {
     const hash = createHash("sha256")
-    return Effect.map(Stream.runForEach(stream, (chunk) => Effect.sync(() => hash.update(chunk))), () => hash.digest("hex"))
+    let read = 0
+    return Effect.map(
+      Stream.runForEach(stream, (chunk) =>
+        Effect.sync(() => {
+          hash.update(chunk)
+          read += chunk.length
+        })),
+      () => (read === size ? hash.digest("hex") : undefined)
+    )
   })
 
-/** False when either is gone or not `visibility`'s. */
 export const sameBytes = (
   files: Pick<FileStoreShape, "content">,
   [a, b]: readonly [FileId, FileId],
   visibility: Visibility
-): Effect.Effect<boolean> =>
+): Effect.Effect<Comparison> =>
   Effect.all([files.content(a, visibility), files.content(b, visibility)]).pipe(
-    Effect.flatMap(([x, y]) =>
-      Number(x.file.bytes) !== Number(y.file.bytes)
-        ? Effect.succeed(false)
-        : Effect.zipWith(digestOf(x.stream), digestOf(y.stream), (dx, dy) => dx === dy)
-    ),
-    Effect.catchTag("FileNotFound", () => Effect.succeed(false))
+    Effect.flatMap(([x, y]): Effect.Effect<Comparison> => {
+      const size = Number(x.file.bytes)
+      if (size !== Number(y.file.bytes)) return Effect.succeed("other")
+      return Effect.map(
+        Effect.all([digestOf(x.stream, size), digestOf(y.stream, size)], { concurrency: 2 }),
+        ([dx, dy]) => (dx === undefined || dy === undefined ? "gone" : dx === dy ? "same" : "other")
+      )
+    }),
+    // Deleted as it was read, or its bytes missing on disk: it cannot be compared.
+    Effect.catchAllCause(() => Effect.succeed("gone" as const))
   )

@@ -14,15 +14,15 @@
  *   401                     when `GET /models` answers 401 too, the key is refused: down, as an outage (a key revoked
  *                           mid-batch failed every line at full speed; its trials' calls refused so keep it down);
  *                           else a refusal of that request, or model: final, with a line, after one more call (once
- *                           per request, unsaid: a key put right as the call went out)
+ *                           per request, uncounted, unsaid: a key put right as the call went out)
  *   404                     before any success on that endpoint, not OpenAI's `model_not_found`, `GET /models`
  *                           answering 404 too and `GET /v1/models` a 2xx: the base URL lacks its `/v1`, down as above
  *                           (every line of a batch failed); after successes there, not about the model, and
  *                           `GET /models`, which answered a 2xx before, answering 404 too: the server there is no
  *                           longer the one it was (a route removed, an address moved), down as above (a server
  *                           back from an outage so failed the rest of a batch in 2 s), and with it answering, the
- *                           request tried once more, once (a route put back as the call went out); else final, with
- *                           a line once
+ *                           request sent once more, uncounted (a route put back as the call went out); else final,
+ *                           with a line once
  *   403, 3xx                final; a line says what to check
  *   quota spent             (`quotaSpent`: OpenAI's `insufficient_quota`) down, as an outage: no call succeeds
  *                           until credit is added; its trials' calls refused so keep it down
@@ -175,15 +175,19 @@ export const makeJudge = (
   /** Each request's refusals sent again without counting beyond those the limit answered (`SPARED_OVERLOADS`). */
   const overloadsSpared = new WeakMap<Ticket, number>()
   /**
-   * The requests tried once more after a 401 or a 404 that `GET /models` did not confirm (`onceMore`): once each,
-   * at any attempt (a request whose call was cut when its server stopped met the key put right at its second).
+   * The requests sent once more after a 401 or a 404 that `GET /models` did not confirm (`onceMore`): once each (a
+   * request handed back and sent again is a new one), at any attempt, the last too (a request whose call was cut when
+   * its server stopped met the key put right at its second).
    */
   const triedOnceMore = new WeakSet<Ticket>()
-  /** A refusal `GET /models` does not confirm: a request not yet tried once more so is tried again, else `final`. */
+  /**
+   * A refusal `GET /models` does not confirm: a request not yet sent once more so is sent again at once, uncounted
+   * (`GET /models` answering, the key or route is right now), else `final`.
+   */
   const onceMore = (ticket: Ticket, final: Effect.Effect<Verdict>): Effect.Effect<Verdict> => {
     if (triedOnceMore.has(ticket)) return final
     triedOnceMore.add(ticket)
-    return Effect.as(succeeded(ticket), "retry" as const)
+    return Effect.as(succeeded(ticket), "again" as const)
   }
   const overloaded = (ticket: Ticket, generation: number, why: string) =>
     Effect.suspend(() => {
@@ -340,7 +344,7 @@ export const makeJudge = (
           answered === 401
             ? down(`it refuses its key: POST ${urlFor(endpoint)} and GET /models answer 401; check its key (from ${spec.keyFrom ?? "its entry"})`, "key")
             // GET /models takes the key: one that lists and may not call, or one put right as the call went out (its
-            // line failed with the 401 of a key already fixed): the request is tried once more, after its backoff.
+            // line failed with the 401 of a key already fixed): the request is sent once more.
             : onceMore(ticket, final))
       }
       if (gone) {
@@ -349,7 +353,7 @@ export const makeJudge = (
             ? down(`POST ${urlFor(endpoint)} and GET /models answer 404, where they answered before: the server at ` +
               `${spec.baseUrl} is not the one that served them (a route removed, an address moved?)`, "failing")
             // GET /models answers: the request's own 404, or a route put back as the call went out (its line failed
-            // with the 404 of a route already back): the request is tried once more, after its backoff.
+            // with the 404 of a route already back): the request is sent once more.
             : onceMore(ticket, final))
       }
       return Effect.flatMap(versionPathMissing, (missing): Effect.Effect<Verdict> =>
