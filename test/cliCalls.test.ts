@@ -6,7 +6,7 @@
  */
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import { describe, expect, it } from "@effect/vitest"
-import { Console, Duration, Effect, Exit, Layer } from "effect"
+import { Console, Duration, Effect, Exit, Layer, Option } from "effect"
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http"
 import type { AddressInfo } from "node:net"
@@ -15,6 +15,7 @@ import * as Path from "node:path"
 import type { Batch } from "openai/resources/batches"
 import { layer as batchApiLayer, make as makeBatchApi } from "../src/cli/BatchApi.js"
 import { saveResults } from "../src/cli/download.js"
+import { submit } from "../src/cli/submit.js"
 import { note, printJson, say } from "../src/cli/output.js"
 import { upstreamNote } from "../src/cli/upstreamNotes.js"
 import { watch } from "../src/cli/watch.js"
@@ -261,6 +262,54 @@ describe("the CLI's calls against a scripted server", () => {
       expect(server.count()).toBe(5)
     }))
 
+  it.scopedLive("a submit's create without an answer, or with a 5xx, keeps the upload (a batch may exist); with a key, it is asked again", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer
+      const dir = mkdtempSync(Path.join(tmpdir(), "cli-calls-"))
+      yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(dir, { recursive: true, force: true })))
+      const input = Path.join(dir, "input.jsonl")
+      writeFileSync(input, `{"custom_id":"a","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"hi"}]}}\n`)
+      const api = Layer.merge(batchApiLayer({ baseUrl: server.url, apiKey: undefined }), NodeContext.layer)
+      const file = { id: "file-in", object: "file", bytes: 10, created_at: 1, filename: "input.jsonl", purpose: "batch", status: "processed" }
+      const calls: Array<string> = []
+      /** Answers the upload, then each create as `creates` says: no answer (the connection cut), a status, or the batch. */
+      const answering = (creates: ReadonlyArray<"cut" | number>) => {
+        let created = 0
+        server.set((req, res) => {
+          calls.push(`${req.method} ${req.url}`)
+          req.resume()
+          req.on("end", () => {
+            if (req.url === "/v1/files") return json(res, 200, file)
+            if (req.method !== "POST") return json(res, 200, { id: "file-in", object: "file", deleted: true })
+            const next = creates[Math.min(created++, creates.length - 1)]!
+            if (next === "cut") return void res.socket?.destroy()
+            if (next === 200) return json(res, 200, batch("validating"))
+            apiError(res, next, "Bad gateway")
+          })
+        })
+      }
+      const submitted = (key?: string) =>
+        submit({ file: input, endpoint: Option.none(), metadata: {}, maxRequests: 100, idempotencyKey: key, watch: false, mode: "plain", interval: Duration.seconds(1), retryFor: Duration.zero, out: dir })
+      // A gateway's 502 while the server restarts: the first call may have made the batch; its input is kept.
+      answering([502])
+      const notes: Array<string> = []
+      const failure = yield* Effect.flip(recorded(submitted(), notes).pipe(Effect.provide(api)))
+      expect(failure.message).toContain("502")
+      expect(notes.at(-1)).toBe("no clear answer to the create: a batch may exist for file-in (kept); `openai-batch list` shows it")
+      expect(calls).toEqual(["POST /v1/files", "POST /v1/batches"]) // no DELETE
+      // With a key: asked again after no answer and after a 502, and the batch it gives kept.
+      calls.length = 0
+      answering(["cut", 502, 200])
+      const keyedNotes: Array<string> = []
+      yield* recorded(submitted("ci-7"), keyedNotes).pipe(Effect.provide(api))
+      expect(calls).toEqual(["POST /v1/files", "POST /v1/batches", "POST /v1/batches", "POST /v1/batches"])
+      expect(keyedNotes.filter((n) => n.includes("asking again"))).toEqual([
+        expect.stringMatching(/^creating the batch: .*; asking again in 1s \(the idempotency key makes it safe\)…$/),
+        expect.stringMatching(/^creating the batch: 502 .*; asking again in 2s \(the idempotency key makes it safe\)…$/)
+      ])
+      expect(keyedNotes.at(-1)).toBe("batch_abc")
+    }))
+
   it.scopedLive("a base URL without /v1 that gets the server's unknown-route 404 or 415 is told to add it; a missing batch is not", () =>
     Effect.gen(function*() {
       const server = yield* scriptedServer
@@ -333,6 +382,16 @@ describe("the CLI's calls against a scripted server", () => {
       expect(resumed.output).toEqual({ path: target, lines: 2000 })
       expect(readFileSync(target, "utf8")).toBe(body)
       expect(readdirSync(dir)).toEqual(["batch_abc_output.jsonl"])
+
+      // The file's whole size, for the download's progress line: from the range's answer, or the whole one's length.
+      const api = makeBatchApi({ baseUrl: server.url, apiKey: undefined })
+      const rest = yield* api.content("file-out", 100)
+      expect([rest.resumed, rest.size]).toEqual([true, body.length])
+      yield* Effect.promise(() => rest.body.cancel())
+      server.set(cutting(0))
+      const whole = yield* api.content("file-out")
+      expect([whole.resumed, whole.size]).toEqual([false, body.length])
+      yield* Effect.promise(() => whole.body.cancel())
     }))
 
   it.scopedLive("a server that is not this one: a batch id that is a path writes nothing; its text cannot drive the terminal", () =>

@@ -51,8 +51,8 @@ export interface BatchApiShape {
    */
   readonly upload: (path: string, shownAs?: string, onRead?: (bytes: number) => void) => Effect.Effect<FileObject, CliFailure>
   /**
-   * With an `idempotency_key` (an extension of this server), a create whose answer was lost is asked again: the
-   * server answers it with the batch made the first time.
+   * With an `idempotency_key` (an extension of this server), a create whose answer was lost (or a 5xx) is asked
+   * again (`unlessLost`): the server answers it with the batch made the first time.
    */
   readonly create: (params: BatchCreateParams & { readonly idempotency_key?: string }) => Effect.Effect<Batch, CliFailure>
   readonly retrieve: (id: string) => Effect.Effect<Batch, CliFailure>
@@ -74,12 +74,13 @@ export interface BatchApiShape {
   readonly retry: (id: string, only: ReadonlyArray<RerunKind>, idempotencyKey?: string) => Effect.Effect<Batch, CliFailure>
   /**
    * A file's bytes, as they arrive, from byte `from` on when the server answers a `Range` (`resumed`), else from
-   * the start; tried once (saving a file has its own policy of trying again).
+   * the start, and the file's whole size when the server says it; tried once (saving a file has its own policy of
+   * trying again).
    */
   readonly content: (
     fileId: string,
     from?: number
-  ) => Effect.Effect<{ readonly body: ReadableStream<Uint8Array>; readonly resumed: boolean }, CliFailure>
+  ) => Effect.Effect<{ readonly body: ReadableStream<Uint8Array>; readonly resumed: boolean; readonly size: number | undefined }, CliFailure>
   readonly deleteFile: (fileId: string) => Effect.Effect<void, CliFailure>
   /**
    * This server's `GET /v1/upstreams` (an extension), tried once: `unsupported` from a server without it (a 404),
@@ -179,13 +180,13 @@ const busyWait = (status: number | undefined, headers: Headers | undefined): num
 
 /** How many times a call the client does not repeat (an upload, a create, a rerun) is made again after a 429 or 503. */
 const BUSY_RETRIES = 3
-/** The client's own retries (a lost answer, a 5xx) of a create or rerun with an idempotency key: safe to repeat. */
+/** How many times a create or rerun with an idempotency key is made again after no answer, or a 5xx. */
 const KEYED_RETRIES = 2
 
 /**
  * `effect`, made again (up to `BUSY_RETRIES` times, after the wait the server asked for, said on stderr) while the
  * server answers that it is busy: a 429 or a 503 is a refusal before anything was done, so a second upload or
- * create cannot make a second file or batch (a lost answer could, and is not repeated).
+ * create cannot make a second file or batch (a lost answer could: see `unlessLost`).
  */
 const unlessBusy = <A>(effect: Effect.Effect<A, CliFailure>, triesLeft = BUSY_RETRIES): Effect.Effect<A, CliFailure> =>
   Effect.catchIf(effect, (e) => e.busyForMs !== undefined && triesLeft > 0, (e) =>
@@ -193,6 +194,22 @@ const unlessBusy = <A>(effect: Effect.Effect<A, CliFailure>, triesLeft = BUSY_RE
       Effect.zipRight(Effect.sleep(Duration.millis(e.busyForMs!))),
       Effect.zipRight(unlessBusy(effect, triesLeft - 1))
     ))
+
+/**
+ * A create or rerun with an idempotency key (`keyed`), made again (up to `KEYED_RETRIES` times, 1 s then 2 s later,
+ * said on stderr) after no answer or a 5xx: the server answers it with what the first made, if it made anything.
+ * Without a key such a call is made once (a second could make a second batch), as by the client (`maxRetries: 0`).
+ */
+const unlessLost = <A>(effect: Effect.Effect<A, CliFailure>, keyed: boolean, tried = 0): Effect.Effect<A, CliFailure> =>
+  !keyed ? effect : Effect.catchIf(
+    effect,
+    (e) => tried < KEYED_RETRIES && e.busyForMs === undefined && (e.answered !== true || (e.status ?? 0) >= 500),
+    (e) =>
+      note(`${e.message}; asking again in ${2 ** tried}s (the idempotency key makes it safe)…`).pipe(
+        Effect.zipRight(Effect.sleep(Duration.seconds(2 ** tried))),
+        Effect.zipRight(unlessLost(effect, keyed, tried + 1))
+      )
+  )
 
 /** Causes that say nothing listens there (or no such host): a server to start, or another address. */
 const NOTHING_THERE = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "ETIMEDOUT", "UND_ERR_CONNECT_TIMEOUT"])
@@ -253,10 +270,11 @@ export const make = (connection: Connection): BatchApiShape => {
           { file: toStreamingFile(counted(createReadStream(path), onRead), Path.basename(path)), purpose: "batch" },
           { signal, maxRetries: 0, timeout: NO_OVERALL_TIMEOUT_MS }
         ))),
-    // Not repeated by the client without a key: a create whose answer was lost would make a second batch.
     create: (params) =>
-      unlessBusy(call("creating the batch", (signal) =>
-        client.batches.create(params, { signal, maxRetries: params.idempotency_key === undefined ? 0 : KEYED_RETRIES }))),
+      unlessBusy(unlessLost(
+        call("creating the batch", (signal) => client.batches.create(params, { signal, maxRetries: 0 })),
+        params.idempotency_key !== undefined
+      )),
     retrieve: (id) => call(`reading batch ${id}`, (signal) => client.batches.retrieve(id, { signal })),
     poll: (id) => call(`reading batch ${id}`, (signal) => client.batches.retrieve(id, { signal, maxRetries: 0 })),
     // Page after page up to `limit`: a page ends sooner than its `limit` when its batches are large (`has_more`).
@@ -275,22 +293,27 @@ export const make = (connection: Connection): BatchApiShape => {
       }),
     cancel: (id) => call(`cancelling batch ${id}`, (signal) => client.batches.cancel(id, { signal })),
     retry: (id, only, idempotencyKey) =>
-      unlessBusy(call(`rerunning batch ${id}`, (signal) =>
-        client.post<Batch>(`/batches/${encodeURIComponent(id)}/retry`, {
-          ...(only.length > 0 || idempotencyKey !== undefined
-            ? { body: { ...(only.length > 0 ? { only } : {}), ...(idempotencyKey === undefined ? {} : { idempotency_key: idempotencyKey }) } }
-            : {}),
-          signal,
-          maxRetries: idempotencyKey === undefined ? 0 : KEYED_RETRIES
-        }))),
+      unlessBusy(unlessLost(
+        call(`rerunning batch ${id}`, (signal) =>
+          client.post<Batch>(`/batches/${encodeURIComponent(id)}/retry`, {
+            ...(only.length > 0 || idempotencyKey !== undefined
+              ? { body: { ...(only.length > 0 ? { only } : {}), ...(idempotencyKey === undefined ? {} : { idempotency_key: idempotencyKey }) } }
+              : {}),
+            signal,
+            maxRetries: 0
+          })),
+        idempotencyKey !== undefined
+      )),
     content: (fileId, from = 0) =>
       call(`downloading file ${fileId}`, async (signal) => {
-        const range = from > 0 ? { headers: { range: `bytes=${from}-` } } : {}
-        const response = await client.files.content(fileId, { signal, maxRetries: 0, ...range })
+        const asked = from > 0 ? { headers: { range: `bytes=${from}-` } } : {}
+        const response = await client.files.content(fileId, { signal, maxRetries: 0, ...asked })
         if (response.body === null) throw new Error("the answer has no body")
         // The part asked for, or (a server without ranges: a 200) the whole file.
-        const resumed = from > 0 && response.status === 206 && (response.headers.get("content-range") ?? "").startsWith(`bytes ${from}-`)
-        return { body: response.body, resumed }
+        const range = response.headers.get("content-range") ?? ""
+        const resumed = from > 0 && response.status === 206 && range.startsWith(`bytes ${from}-`)
+        const size = Number(resumed ? /\/(\d+)$/.exec(range)?.[1] : response.headers.get("content-length") ?? undefined)
+        return { body: response.body, resumed, size: Number.isSafeInteger(size) ? size : undefined }
       }),
     deleteFile: (fileId) => call(`deleting file ${fileId}`, (signal) => client.files.delete(fileId, { signal })).pipe(Effect.asVoid),
     upstreams: Effect.tryPromise((signal) => client.get<{ data: ReadonlyArray<UpstreamSeen> }>("/upstreams", { signal, maxRetries: 0 })).pipe(

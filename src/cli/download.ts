@@ -19,6 +19,7 @@ import { CliFailure, EXIT_FAILED, EXIT_INVALID, failed, systemErrorText, unwrita
 import { type Mode, note, printJson, sayAll } from "./output.js"
 import { type Patience, patiently } from "./patience.js"
 import { count, isTerminal, plural } from "./progress.js"
+import { withDownloadProgress } from "./transferProgress.js"
 
 export interface Saved {
   readonly path: string
@@ -67,19 +68,27 @@ const save = (fileId: string, path: string, again: boolean, kind: "output" | "er
     const partial = partialOf(path)
     // What was written, not what was received: a piece on its way to the file as the connection was cut is not in it.
     const onDisk = again ? yield* fs.stat(partial).pipe(Effect.map((info) => Number(info.size)), Effect.orElseSucceed(() => 0)) : 0
-    const { body, resumed } = yield* api.content(fileId, onDisk)
+    const { body, resumed, size } = yield* api.content(fileId, onDisk)
     const counted: Counted = { lines: 0, last: NEWLINE, reasons: kind === "error" ? makeErrorReasons() : undefined }
     if (resumed) {
       yield* Stream.runForEach(fs.stream(partial), (chunk) => Effect.sync(() => countLines(counted, chunk))).pipe(
         Effect.mapError((e) => failed(`reading ${partial}: ${systemErrorText(e)}`))
       )
     }
-    yield* Stream.fromReadableStream(() => body, cut(fileId)).pipe(
-      Stream.tap((chunk) => Effect.sync(() => countLines(counted, chunk))),
-      Stream.run(fs.sink(partial, { flag: resumed ? "a" : "w" })),
-      Effect.zipRight(fs.rename(partial, path)),
-      Effect.mapError((e) => (e._tag === "CliFailure" ? e : failed(`writing ${path}: ${systemErrorText(e)}`)))
-    )
+    const from = resumed ? onDisk : 0
+    let received = from
+    yield* withDownloadProgress(Path.basename(path), size, from, (onReceived) =>
+      Stream.fromReadableStream(() => body, cut(fileId)).pipe(
+        Stream.tap((chunk) =>
+          Effect.sync(() => {
+            countLines(counted, chunk)
+            onReceived((received += chunk.length))
+          })
+        ),
+        Stream.run(fs.sink(partial, { flag: resumed ? "a" : "w" })),
+        Effect.zipRight(fs.rename(partial, path)),
+        Effect.mapError((e) => (e._tag === "CliFailure" ? e : failed(`writing ${path}: ${systemErrorText(e)}`)))
+      ))
     const lines = counted.last === NEWLINE ? counted.lines : counted.lines + 1
     return { path, lines, ...(counted.reasons === undefined ? {} : { reasons: counted.reasons.counts() }) } satisfies Saved
   })

@@ -71,6 +71,9 @@ const withApi = <A, E, R>(own: ConnectionFlags, effect: Effect.Effect<A, E, R>) 
     )
   })
 
+/** The longest idempotency key the server takes, in characters. */
+const MAX_IDEMPOTENCY_KEY = 256
+
 /** `--idempotency-key`: `what` is made once for the key (a server extension). */
 const idempotencyKeyOption = (what: string) =>
   Options.text("idempotency-key").pipe(
@@ -82,6 +85,11 @@ const idempotencyKeyOption = (what: string) =>
     Options.filterMap(
       (key) => (key.trim() === "" ? Option.none() : Option.some(key)),
       "--idempotency-key is empty (if it was given a variable, is that variable set?)"
+    ),
+    // The server's bound, checked before the upload it would come after.
+    Options.filterMap(
+      (key) => ([...key].length > MAX_IDEMPOTENCY_KEY ? Option.none() : Option.some(key)),
+      `--idempotency-key is longer than ${MAX_IDEMPOTENCY_KEY} characters`
     ),
     Options.optional
   )

@@ -17,7 +17,7 @@ import { follow, type FollowSettings } from "./follow.js"
 import { checkFile } from "./localValidation.js"
 import { note, printJson, say } from "./output.js"
 import { count, plural } from "./progress.js"
-import { withUploadProgress } from "./uploadProgress.js"
+import { withUploadProgress } from "./transferProgress.js"
 
 export interface AfterCreate extends FollowSettings {
   readonly watch: boolean
@@ -43,13 +43,14 @@ export interface SubmitOptions extends AfterCreate {
 }
 
 /**
- * After a failed create: deletes the upload when the server refused the batch (best effort: the refusal is what the
- * user hears of). When no answer came (the connection lost, a timeout, Ctrl-C), the batch may exist and need its
- * input: the file stays, and the user is told which it is.
+ * After a failed create: deletes the upload when the server refused the batch (a 4xx; best effort: the refusal is
+ * what the user hears of). When no answer came (the connection lost, a timeout, Ctrl-C), or a 5xx (a gateway's 502
+ * while the server restarts, or the last of a keyed create's tries after an answer was lost: the first may have made
+ * the batch), the batch may exist and need its input: the file stays, and the user is told which it is.
  */
 const discard = (file: FileObject) => (failure: Cause.Cause<CliFailure>) =>
   Option.match(Cause.failureOption(failure), {
-    onSome: (e) => e.answered === true,
+    onSome: (e) => e.answered === true && (e.status === undefined || e.status < 500),
     onNone: () => false
   })
     ? Effect.flatMap(BatchApi, (api) => Effect.either(api.deleteFile(file.id))).pipe(
@@ -58,7 +59,7 @@ const discard = (file: FileObject) => (failure: Cause.Cause<CliFailure>) =>
         onRight: () => note(`the batch was not created: ${file.id} (uploaded for it) is deleted`)
       }))
     )
-    : note(`no answer to the create: a batch may exist for ${file.id} (kept); \`openai-batch list\` shows it`)
+    : note(`no clear answer to the create: a batch may exist for ${file.id} (kept); \`openai-batch list\` shows it`)
 
 export const submit = (options: SubmitOptions) =>
   Effect.gen(function*() {

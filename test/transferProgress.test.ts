@@ -1,5 +1,5 @@
 /**
- * `submit`'s upload progress: the line (share, size, rate, time left), when it is drawn (a terminal four times a
+ * `submit`'s upload progress (and a download's, made the same way): the line (share, size, rate, time left), when it is drawn (a terminal four times a
  * second, redrawn in place and cleared at the end; a pipe every 5 s; a quick upload never), and the bytes counted as
  * a real upload reads them, through a server that takes its time.
  */
@@ -11,7 +11,7 @@ import type { AddressInfo } from "node:net"
 import { tmpdir } from "node:os"
 import * as Path from "node:path"
 import { make as makeBatchApi } from "../src/cli/BatchApi.js"
-import { megabytes, type ProgressSink, uploadLine, withUploadProgress } from "../src/cli/uploadProgress.js"
+import { downloadLine, megabytes, type ProgressSink, uploadLine, withDownloadProgress, withUploadProgress } from "../src/cli/transferProgress.js"
 
 /** A sink recording what is written to it. */
 const recording = (tty: boolean) => {
@@ -121,6 +121,22 @@ describe("upload progress", () => {
       expect(held.written).toEqual([
         "uploading h.jsonl: all 5.0 MB sent, waiting for the server (0s)\n",
         "uploading h.jsonl: all 5.0 MB sent, waiting for the server (5s)\n"
+      ])
+    }))
+
+  it.effect("a download's: its share when the server says the size (from where a partial file left off), else the bytes so far", () =>
+    Effect.gen(function*() {
+      expect(downloadLine("b_output.jsonl", 90e6, 200e6, 10)).toBe("downloading b_output.jsonl: 45% of 200.0 MB, 9.0 MB/s, 12s left")
+      // Going on from 50 MB on disk: the rate is this download's own.
+      expect(downloadLine("b_output.jsonl", 90e6, 200e6, 10, 50e6)).toBe("downloading b_output.jsonl: 45% of 200.0 MB, 4.0 MB/s, 28s left")
+      expect(downloadLine("b_error.jsonl", 12e6, undefined, 4)).toBe("downloading b_error.jsonl: 12.0 MB, 3.0 MB/s")
+      const { sink, written } = recording(false)
+      const download = yield* Effect.fork(withDownloadProgress("b_output.jsonl", 12e6, 0, clockedUpload(12e6), sink))
+      yield* TestClock.adjust("12 seconds")
+      yield* Fiber.join(download)
+      expect(written).toEqual([
+        "downloading b_output.jsonl: 41% of 12.0 MB, 1.0 MB/s, 7s left\n",
+        "downloading b_output.jsonl: 83% of 12.0 MB, 1.0 MB/s, 2s left\n"
       ])
     }))
 
