@@ -278,11 +278,12 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
         const permit = granted === undefined ? gate.acquire(ticket) : Effect.succeed(granted)
         return Effect.flatMap(permit, (generation) => {
           const sent = performance.now()
+          const sentOnTrial = outage.onTrial()
           stalls.sent()
           return Effect.flatMap(Effect.onInterrupt(restore(call), releaseOnInterrupt), (result) => {
             observeAttempt(ticket.model, (performance.now() - sent) / 1000)
             stalls.ended(result._tag === "Failure" && result.kind !== "answer" && result.kind !== "too_large" ? "no_answer" : "answered")
-            const verdict = judge(endpoint, ticket, n, result, generation)
+            const verdict = judge(endpoint, ticket, n, result, generation, sentOnTrial)
             if (typeof verdict === "string") {
               giveBack()
               return Effect.succeed([result, verdict] as const)

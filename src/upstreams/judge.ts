@@ -41,9 +41,10 @@
  * While it is down no call goes out: the batches using it pause (their calls wait; none is failed, and only the
  * failures before the outage was noticed count as attempts) and a probe (`GET /models`, every
  * `UPSTREAM_PROBE_INTERVAL`) puts it on trial as soon as the server answers anything but a 5xx (or a few 5xx in a
- * row: a blind trial): one call at a time, up again at the first success, down again when the trial's failures make
- * a run as above, or at any failure on a blind trial (whose failures count for nothing: a proxy in front of a server
- * that is down answers 502 to everything) (`outage.ts`). A retry's failure does not join the run there either: the
+ * row: a blind trial): one call at a time, up again at the first success of a call sent on trial (one sent before,
+ * answered late, says nothing of the server now), down again when the trial's failures make a run as above, or at
+ * any failure on a blind trial (whose failures count for nothing: a proxy in front of a server that is down answers
+ * 502 to everything) (`outage.ts`). A retry's failure does not join the run there either: the
  * requests that always fail lead the queue once it is back, and took it down again and again.
  * An overload answer is sent again without counting as an attempt when it is the overload the limit answers (it
  * halved the limit, or its call was sent before a later overload signal), and for `SPARED_OVERLOADS` more of each
@@ -113,7 +114,14 @@ export interface Judge {
    * The verdict on attempt number `n` (1 for the first; counted attempts only) of `ticket`'s request: at once for the
    * usual answer (thousands a second), an effect when there is more to do.
    */
-  readonly judge: (endpoint: string, ticket: Ticket, n: number, attempt: Attempt, generation: number) => Verdict | Effect.Effect<Judged>
+  readonly judge: (
+    endpoint: string,
+    ticket: Ticket,
+    n: number,
+    attempt: Attempt,
+    generation: number,
+    sentOnTrial: boolean
+  ) => Verdict | Effect.Effect<Judged>
   /** Takes the upstream down; the run of failures ends with it (on trial, a new one starts). */
   readonly markDown: (reason: string, kind: DownKind, by?: string) => Effect.Effect<void>
   /** A call's permit was given back: held verdicts are reached once every call out is one of them. */
@@ -184,10 +192,10 @@ export const makeJudge = (
    * A refusal `GET /models` does not confirm: a request not yet sent once more so is sent again at once, uncounted
    * (`GET /models` answering, the key or route is right now), else `final`.
    */
-  const onceMore = (ticket: Ticket, final: Effect.Effect<Verdict>): Effect.Effect<Verdict> => {
+  const onceMore = (ticket: Ticket, sentOnTrial: boolean, final: Effect.Effect<Verdict>): Effect.Effect<Verdict> => {
     if (triedOnceMore.has(ticket)) return final
     triedOnceMore.add(ticket)
-    return Effect.as(succeeded(ticket), "again" as const)
+    return Effect.as(succeeded(ticket, sentOnTrial), "again" as const)
   }
   const overloaded = (ticket: Ticket, generation: number, why: string) =>
     Effect.suspend(() => {
@@ -200,17 +208,21 @@ export const makeJudge = (
       decreasedBy.add(ticket)
       return limitLog.decreased(before, why)
     })
-  /** A success: the run of failures ends, the limit may grow; a log line when it is to be said. */
-  const succeededNow = (ticket: Ticket): Effect.Effect<void> | undefined => {
+  /**
+   * A success: the run of failures ends, the limit may grow; a log line when it is to be said. It ends a trial only
+   * if its call was sent on trial: one sent before the outage and answered late (a loaded machine, a slow answer)
+   * said nothing of the server now, and brought a server answering 503 to every call up.
+   */
+  const succeededNow = (ticket: Ticket, sentOnTrial: boolean): Effect.Effect<void> | undefined => {
     if (failingInRow.size > 0) failingInRow.clear()
     blame.succeeded(ticket)
     successes++
     if (holding > 0) decide()
-    const upAgain = outage.succeeded()
+    const upAgain = sentOnTrial ? outage.succeeded() : undefined
     if (upAgain !== undefined) return upAgain
     return limit.succeeded(gate.inflight) ? limitLog.raised() : undefined
   }
-  const succeeded = (ticket: Ticket) => Effect.suspend(() => succeededNow(ticket) ?? Effect.void)
+  const succeeded = (ticket: Ticket, sentOnTrial: boolean) => Effect.suspend(() => succeededNow(ticket, sentOnTrial) ?? Effect.void)
   /**
    * A failure of `ticket`'s request that an outage's calls give too (a 5xx, a 408, a timeout, a lost connection), at
    * its attempt `n`: `again` when the upstream is (now) down, else `retry` (see the header).
@@ -264,7 +276,14 @@ export const makeJudge = (
   const { misconfigured, pauseFor, refusedAtFloor, unusable } = makeJudgeLines({ clock, due, gate, log, maxPause, spec, urlFor }, answeredWell)
 
   // --- the verdict -------------------------------------------------------------------------------------------
-  const judge = (endpoint: string, ticket: Ticket, n: number, attempt: Attempt, generation: number): Verdict | Effect.Effect<Judged> => {
+  const judge = (
+    endpoint: string,
+    ticket: Ticket,
+    n: number,
+    attempt: Attempt,
+    generation: number,
+    sentOnTrial: boolean
+  ): Verdict | Effect.Effect<Judged> => {
     if (attempt._tag === "Failure") {
       // The server's log says where the call went; the line's message does not (`Upstream.ts`).
       const reason = attempt.failure.logged ?? attempt.failure.message
@@ -276,7 +295,7 @@ export const makeJudge = (
         case "transport":
           return failed(ticket, n, reason)
         default: // an answer, unusable: not the upstream's health
-          return Effect.as(Effect.zipRight(succeeded(ticket), unusable(attempt.failure)), "final")
+          return Effect.as(Effect.zipRight(succeeded(ticket, sentOnTrial), unusable(attempt.failure)), "final")
       }
     }
     const { headers, response } = attempt
@@ -329,7 +348,7 @@ export const makeJudge = (
     if (status === 408 || status >= 500) return failed(ticket, n, statusSaying(response))
     if (status === 401 || status === 404 || status === 403 || (status >= 300 && status < 400)) {
       // Suspended: `misconfigured` marks its line as said when called.
-      const final = Effect.suspend(() => Effect.as(Effect.zipRight(succeeded(ticket), misconfigured(endpoint, response, headers)), "final" as const))
+      const final = Effect.suspend(() => Effect.as(Effect.zipRight(succeeded(ticket, sentOnTrial), misconfigured(endpoint, response, headers)), "final" as const))
       const misrouted = status === 404 && !answeredWell.has(endpoint) && !modelNotFound(response)
       // Not one about the model (vLLM's, Ollama's words), which is its request's: a typo'd model's 404s asked
       // GET /models again and again.
@@ -345,7 +364,7 @@ export const makeJudge = (
             ? down(`it refuses its key: POST ${urlFor(endpoint)} and GET /models answer 401; check its key (from ${spec.keyFrom ?? "its entry"})`, "key")
             // GET /models takes the key: one that lists and may not call, or one put right as the call went out (its
             // line failed with the 401 of a key already fixed): the request is sent once more.
-            : onceMore(ticket, final))
+            : onceMore(ticket, sentOnTrial, final))
       }
       if (gone) {
         return Effect.flatMap(modelsStatus, (answered): Effect.Effect<Verdict> =>
@@ -354,7 +373,7 @@ export const makeJudge = (
               `${spec.baseUrl} is not the one that served them (a route removed, an address moved?)`, "failing")
             // GET /models answers: the request's own 404, or a route put back as the call went out (its line failed
             // with the 404 of a route already back): the request is sent once more.
-            : onceMore(ticket, final))
+            : onceMore(ticket, sentOnTrial, final))
       }
       return Effect.flatMap(versionPathMissing, (missing): Effect.Effect<Verdict> =>
         missing
@@ -363,7 +382,7 @@ export const makeJudge = (
           : final)
     }
     if (status < 300 && !answeredWell.has(endpoint)) answeredWell.add(endpoint)
-    const said = succeededNow(ticket)
+    const said = succeededNow(ticket, sentOnTrial)
     return said === undefined ? "final" : Effect.as(said, "final")
   }
 
