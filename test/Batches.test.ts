@@ -230,6 +230,9 @@ for (const backend of backends) sideBySide(`batches (${backend})`, () => {
         const gone = yield* failure(() => openai.batches.create({ input_file_id: three.id, endpoint: "/v1/chat/completions", completion_window: "24h", ...keyed }))
         expect([gone.status, gone.param]).toEqual([409, "idempotency_key"])
         expect(gone.message).toContain(`batch ${both[0].id} from file ${both[0].input_file_id}, which can no longer be read`)
+        // A new input file that cannot be read is this request's difference, not the first one's file gone.
+        const unknown = yield* failure(() => openai.batches.create({ input_file_id: "file-nope", endpoint: "/v1/chat/completions", completion_window: "24h", idempotency_key: "key-1", metadata: { a: "1" } } as any))
+        expect([unknown.status, unknown.message]).toEqual([409, "409 This idempotency_key was already used to create a batch with different parameters."])
       }))
 
     it.effect("retrieve and cancel of unknown batches are 404s; cancelling a finished batch is a 409; lists page newest first", () =>

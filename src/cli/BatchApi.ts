@@ -197,15 +197,16 @@ const unlessBusy = <A>(effect: Effect.Effect<A, CliFailure>, triesLeft = BUSY_RE
 
 /**
  * A create or rerun with an idempotency key (`keyed`), made again (up to `KEYED_RETRIES` times, 1 s then 2 s later,
- * said on stderr) after no answer or a 5xx: the server answers it with what the first made, if it made anything.
- * Without a key such a call is made once (a second could make a second batch), as by the client (`maxRetries: 0`).
+ * said on stderr) after a failure that may pass (no answer, a refused connection, a 408 or a 5xx; a busy answer is
+ * `unlessBusy`'s): the server answers it with what the first made, if it made anything. Without a key such a call
+ * is made once (a second could make a second batch), as by the client (`maxRetries: 0`).
  */
 const unlessLost = <A>(effect: Effect.Effect<A, CliFailure>, keyed: boolean, tried = 0): Effect.Effect<A, CliFailure> =>
   !keyed ? effect : Effect.catchIf(
     effect,
-    (e) => tried < KEYED_RETRIES && e.busyForMs === undefined && (e.answered !== true || (e.status ?? 0) >= 500),
+    (e) => tried < KEYED_RETRIES && e.transient !== undefined && e.busyForMs === undefined,
     (e) =>
-      note(`${e.message}; asking again in ${2 ** tried}s (the idempotency key makes it safe)…`).pipe(
+      note(`${e.message.split(";")[0]}; asking again in ${2 ** tried}s (the idempotency key makes it safe)…`).pipe(
         Effect.zipRight(Effect.sleep(Duration.seconds(2 ** tried))),
         Effect.zipRight(unlessLost(effect, keyed, tried + 1))
       )

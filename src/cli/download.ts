@@ -77,7 +77,8 @@ const save = (fileId: string, path: string, again: boolean, kind: "output" | "er
     }
     const from = resumed ? onDisk : 0
     let received = from
-    yield* withDownloadProgress(Path.basename(path), size, from, (onReceived) =>
+    // Named by its kind: the file's name (its batch id's 32 characters) left no room for the rate on 80 columns.
+    yield* withDownloadProgress(`the ${kind} file`, size, from, (onReceived) =>
       Stream.fromReadableStream(() => body, cut(fileId)).pipe(
         Stream.tap((chunk) =>
           Effect.sync(() => {

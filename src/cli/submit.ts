@@ -48,7 +48,7 @@ export interface SubmitOptions extends AfterCreate {
  * while the server restarts, or the last of a keyed create's tries after an answer was lost: the first may have made
  * the batch), the batch may exist and need its input: the file stays, and the user is told which it is.
  */
-const discard = (file: FileObject) => (failure: Cause.Cause<CliFailure>) =>
+const discard = (file: FileObject, keyed: boolean) => (failure: Cause.Cause<CliFailure>) =>
   Option.match(Cause.failureOption(failure), {
     onSome: (e) => e.answered === true && (e.status === undefined || e.status < 500),
     onNone: () => false
@@ -59,7 +59,10 @@ const discard = (file: FileObject) => (failure: Cause.Cause<CliFailure>) =>
         onRight: () => note(`the batch was not created: ${file.id} (uploaded for it) is deleted`)
       }))
     )
-    : note(`no clear answer to the create: a batch may exist for ${file.id} (kept); \`openai-batch list\` shows it`)
+    : note(
+      `no clear answer to the create: a batch may exist for ${file.id} (kept); ` +
+        (keyed ? "the same command again gives it, or makes it: the key makes that safe" : "`openai-batch list` shows it")
+    )
 
 export const submit = (options: SubmitOptions) =>
   Effect.gen(function*() {
@@ -101,7 +104,7 @@ export const submit = (options: SubmitOptions) =>
       completion_window: "24h",
       ...(Object.keys(options.metadata).length > 0 ? { metadata: options.metadata } : {}),
       ...(options.idempotencyKey === undefined ? {} : { idempotency_key: options.idempotencyKey })
-    }).pipe(Effect.onError(discard(file)))
+    }).pipe(Effect.onError(discard(file, options.idempotencyKey !== undefined)))
     // Made before with the key, from an earlier upload of the same bytes (the server compared them): this one is
     // not needed.
     yield* batch.input_file_id === file.id

@@ -228,6 +228,8 @@ export const makeJudge = (
    * its attempt `n`: `again` when the upstream is (now) down, else `retry` (see the header).
    */
   const failed = (ticket: Ticket, n: number, reason: string): Effect.Effect<Verdict> =>
+    // On trial now, whenever its call was sent: a call sent before that fails late takes the upstream down again a
+    // probe interval sooner than the trial's own would (a success sent before ends no trial: `succeededNow`).
     Effect.suspend(() => {
       if (outage.isDown()) return Effect.succeed("again" as const)
       // A trial the probe did not vouch for: its failure is the outage's (down again, the same outage; not counted).
