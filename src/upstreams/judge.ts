@@ -111,8 +111,9 @@ export interface JudgeOptions {
 
 export interface Judge {
   /**
-   * The verdict on attempt number `n` (1 for the first; counted attempts only) of `ticket`'s request: at once for the
-   * usual answer (thousands a second), an effect when there is more to do.
+   * The verdict on attempt number `n` (1 for the first; counted attempts only) of `ticket`'s request, its call sent
+   * under the limit's `generation`, on trial or not (`sentOnTrial`): at once for the usual answer (thousands a
+   * second), an effect when there is more to do.
    */
   readonly judge: (
     endpoint: string,
@@ -278,14 +279,7 @@ export const makeJudge = (
   const { misconfigured, pauseFor, refusedAtFloor, unusable } = makeJudgeLines({ clock, due, gate, log, maxPause, spec, urlFor }, answeredWell)
 
   // --- the verdict -------------------------------------------------------------------------------------------
-  const judge = (
-    endpoint: string,
-    ticket: Ticket,
-    n: number,
-    attempt: Attempt,
-    generation: number,
-    sentOnTrial: boolean
-  ): Verdict | Effect.Effect<Judged> => {
+  const judge: Judge["judge"] = (endpoint, ticket, n, attempt, generation, sentOnTrial) => {
     if (attempt._tag === "Failure") {
       // The server's log says where the call went; the line's message does not (`Upstream.ts`).
       const reason = attempt.failure.logged ?? attempt.failure.message
