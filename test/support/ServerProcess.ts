@@ -65,6 +65,22 @@ export const serverArgs = () => {
 class PortTaken extends Error {}
 
 /**
+ * Server processes started and not yet ended: killed when the test process exits. A test that timed out did not
+ * always run its finalizers, and its server ran on for the rest of the run (and after it), taking a core's share.
+ */
+const running = new Set<ChildProcess>()
+process.once("exit", () => {
+  for (const child of running) child.kill("SIGKILL")
+})
+
+/** `child`, killed with the test process if it still runs then (`running`). */
+const tracked = (child: ChildProcess): ChildProcess => {
+  running.add(child)
+  child.once("exit", () => running.delete(child))
+  return child
+}
+
+/**
  * Runs the server (`serverArgs`) with `env` on top of ours; resolves once `/v1/health` answers. Without a `port`, on
  * a free one, and on another if a process running beside the tests took it before the server listened.
  */
@@ -79,11 +95,11 @@ export const startServer = async (env: Record<string, string>, port?: number): P
 }
 
 const startOn = async (env: Record<string, string>, listenPort: number): Promise<ServerProcess> => {
-  const child = spawn(process.execPath, serverArgs(), {
+  const child = tracked(spawn(process.execPath, serverArgs(), {
     cwd: root,
     env: { ...process.env, HOST: "127.0.0.1", PORT: String(listenPort), ...env },
     stdio: ["ignore", "pipe", "pipe"]
-  })
+  }))
   let output = ""
   let stdout = ""
   child.stdout!.on("data", (d) => {
@@ -154,11 +170,11 @@ export const runServerToExit = (
   timeoutMs?: number
 ): Promise<{ code: number | null; output: string }> =>
   new Promise((resolve) => {
-    const child = spawn(process.execPath, serverArgs(), {
+    const child = tracked(spawn(process.execPath, serverArgs(), {
       cwd: root,
       env: { ...process.env, ...env },
       stdio: ["ignore", "pipe", "pipe"]
-    })
+    }))
     let output = ""
     child.stdout!.on("data", (d) => (output += d))
     child.stderr!.on("data", (d) => (output += d))
