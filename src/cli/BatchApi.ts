@@ -51,8 +51,8 @@ export interface BatchApiShape {
    */
   readonly upload: (path: string, shownAs?: string, onRead?: (bytes: number) => void) => Effect.Effect<FileObject, CliFailure>
   /**
-   * With an `idempotency_key` (an extension of this server), a create whose answer was lost (or a 5xx) is asked
-   * again (`unlessLost`): the server answers it with the batch made the first time.
+   * With an `idempotency_key` (an extension of this server), a create that failed in a way that may pass (no answer,
+   * a 5xx) is asked again (`unlessLost`): the server answers it with the batch made the first time, if any.
    */
   readonly create: (params: BatchCreateParams & { readonly idempotency_key?: string }) => Effect.Effect<Batch, CliFailure>
   readonly retrieve: (id: string) => Effect.Effect<Batch, CliFailure>
@@ -180,7 +180,7 @@ const busyWait = (status: number | undefined, headers: Headers | undefined): num
 
 /** How many times a call the client does not repeat (an upload, a create, a rerun) is made again after a 429 or 503. */
 const BUSY_RETRIES = 3
-/** How many times a create or rerun with an idempotency key is made again after no answer, or a 5xx. */
+/** How many times a create or rerun with an idempotency key is made again after a failure that may pass (`unlessLost`). */
 const KEYED_RETRIES = 2
 
 /**
