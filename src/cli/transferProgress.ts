@@ -21,10 +21,14 @@ export const megabytes = (bytes: number): string =>
  */
 export const uploadLine = (name: string, sent: number, total: number, seconds: number, waited = 0): string => {
   if (sent >= total && total > 0) return `uploading ${name}: all ${megabytes(total)} sent, waiting for the server (${duration(waited)})`
-  const perSecond = seconds > 0 ? sent / seconds : undefined
-  const left = etaSeconds(total - sent, perSecond)
-  const percent = total > 0 ? Math.min(100, Math.floor((sent / total) * 100)) : 100
-  return `uploading ${name}: ${percent}% of ${megabytes(total)}` +
+  return `uploading ${name}: ${shareLine(sent, total, seconds > 0 ? sent / seconds : undefined)}`
+}
+
+/** `45% of 200.0 MB, 9.0 MB/s, 12s left`: `moved` of `total` bytes at `perSecond` (the rate and time left when known). */
+const shareLine = (moved: number, total: number, perSecond: number | undefined): string => {
+  const left = etaSeconds(total - moved, perSecond)
+  const percent = total > 0 ? Math.min(100, Math.floor((moved / total) * 100)) : 100
+  return `${percent}% of ${megabytes(total)}` +
     (perSecond === undefined ? "" : `, ${megabytes(perSecond)}/s`) +
     (left === undefined ? "" : `, ${duration(left)} left`)
 }
@@ -35,11 +39,8 @@ export const uploadLine = (name: string, sent: number, total: number, seconds: n
  */
 export const downloadLine = (name: string, received: number, total: number | undefined, seconds: number, from = 0): string => {
   const perSecond = seconds > 0 ? (received - from) / seconds : undefined
-  const rate = perSecond === undefined ? "" : `, ${megabytes(perSecond)}/s`
-  if (total === undefined) return `downloading ${name}: ${megabytes(received)}${rate}`
-  const left = etaSeconds(total - received, perSecond)
-  const percent = total > 0 ? Math.min(100, Math.floor((received / total) * 100)) : 100
-  return `downloading ${name}: ${percent}% of ${megabytes(total)}${rate}` + (left === undefined ? "" : `, ${duration(left)} left`)
+  if (total !== undefined) return `downloading ${name}: ${shareLine(received, total, perSecond)}`
+  return `downloading ${name}: ${megabytes(received)}` + (perSecond === undefined ? "" : `, ${megabytes(perSecond)}/s`)
 }
 
 export interface ProgressSink {
