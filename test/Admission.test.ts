@@ -3,7 +3,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Cause, Clock, Duration, Effect, Exit, Fiber, Option, TestClock } from "effect"
 import { HandedBack } from "../src/inference/answers.js"
 import { AdaptiveLimit } from "../src/upstreams/adaptiveLimit.js"
-import { Admission, type LoadGauge } from "../src/upstreams/Admission.js"
+import { Admission, type LoadGauge, type Permit } from "../src/upstreams/Admission.js"
 import { manualHandBack } from "./support/HandBack.js"
 
 describe("AdaptiveLimit", () => {
@@ -35,6 +35,8 @@ describe("AdaptiveLimit", () => {
 })
 
 describe("Admission", () => {
+  /** A call's permit given back: the admission counts them, not which (its load gauge counts nothing here). */
+  const anyPermit: Permit = { generation: 0, call: { written: () => {}, finished: () => {} } }
   const make = (ceiling: number, gauge?: LoadGauge) =>
     Effect.map(Effect.clock, (clock: Clock.Clock) => new Admission(new AdaptiveLimit(1, ceiling), clock, gauge))
 
@@ -55,7 +57,7 @@ describe("Admission", () => {
       yield* Effect.yieldNow()
       expect(order).toEqual([])
       for (let i = 0; i < fibers.length; i++) {
-        admission.release()
+        admission.release(anyPermit)
         yield* Effect.yieldNow()
       }
       yield* Fiber.joinAll(fibers)
@@ -80,7 +82,7 @@ describe("Admission", () => {
         yield* wait("latest", 900, "latest-1")
       ]
       yield* Effect.yieldNow()
-      const nextCall = Effect.zipRight(Effect.sync(() => admission.release()), Effect.yieldNow())
+      const nextCall = Effect.zipRight(Effect.sync(() => admission.release(anyPermit)), Effect.yieldNow())
       // The hanging batch had the first call: the next goes to a batch that had none, the earliest deadline first.
       yield* nextCall
       expect(order).toEqual(["later-1"])
@@ -117,7 +119,7 @@ describe("Admission", () => {
         yield* Effect.yieldNow()
         admission.setDown(true)
         admission.setTrial(false)
-        admission.release()
+        admission.release(anyPermit)
         yield* Effect.yieldNow()
       }
       expect(order).toEqual(["hanging-0", "hanging-1", "fine", "hanging-0"])
@@ -141,7 +143,7 @@ describe("Admission", () => {
           yield* Effect.yieldNow()
           if (fails) admission.setDown(true)
           admission.setTrial(false)
-          admission.release()
+          admission.release(anyPermit)
           yield* Effect.yieldNow()
         })
       yield* trial(true)
@@ -149,7 +151,7 @@ describe("Admission", () => {
       yield* trial(false) // b had the last call but one: up with a's
       expect(order.slice(0, 3)).toEqual(["a1", "b1", "a2"])
       expect(order).toHaveLength(5) // up: the others at once
-      for (let i = 0; i < 2; i++) admission.release()
+      for (let i = 0; i < 2; i++) admission.release(anyPermit)
       // The next outage: a's turn was the later, but that outage is over; the earliest deadline goes first again.
       admission.setDown(true)
       yield* wait("b", 200, "b3")
@@ -166,7 +168,7 @@ describe("Admission", () => {
       const waiter = yield* Effect.fork(admission.acquire({ project: "a", deadline: 0 }))
       yield* Effect.yieldNow()
       yield* Fiber.interrupt(waiter)
-      admission.release()
+      admission.release(anyPermit)
       expect(admission.inflight).toBe(0)
       yield* admission.acquire({ project: "b", deadline: 0 })
       expect(admission.inflight).toBe(1)
@@ -185,11 +187,11 @@ describe("Admission", () => {
       yield* Effect.yieldNow()
       yield* Fiber.interrupt(interrupted)
       const done = (fiber: Fiber.RuntimeFiber<void>) => Effect.map(Effect.zipRight(Effect.yieldNow(), Fiber.poll(fiber)), Option.isSome)
-      admission.release(false) // a refused call: no room made at the server
+      admission.release(anyPermit, false) // a refused call: no room made at the server
       expect([yield* done(first), yield* done(second), yield* done(third)]).toEqual([false, false, false])
-      admission.release() // room for one: the oldest still waiting
+      admission.release(anyPermit) // room for one: the oldest still waiting
       expect([yield* done(first), yield* done(second), yield* done(third)]).toEqual([true, false, false])
-      admission.release(false) // the last call out, refused: nothing else would wake them
+      admission.release(anyPermit, false) // the last call out, refused: nothing else would wake them
       expect([yield* done(second), yield* done(third)]).toEqual([true, true])
     }))
 
@@ -234,7 +236,7 @@ describe("Admission", () => {
   it.effect("a full load gauge holds calls until it says there is room", () =>
     Effect.gen(function*() {
       let full = true
-      const admission = yield* make(8, { full: () => full, sent: () => {}, finished: () => {} })
+      const admission = yield* make(8, { full: () => full, sent: () => anyPermit.call })
       const held = yield* Effect.fork(admission.acquire({ project: "a", deadline: 0 }))
       yield* Effect.yieldNow()
       expect(held.unsafePoll()).toBeNull()
@@ -252,9 +254,9 @@ describe("Admission", () => {
         const waiting = yield* Effect.fork(admission.acquire({ project: "b", deadline: 0, handBack }))
         yield* Effect.repeatN(Effect.yieldNow(), 10) // both sides of its wait are waiting
         yield* Effect.sync(() => {
-          if (order === "granted, then handed back") admission.release()
+          if (order === "granted, then handed back") admission.release(anyPermit)
           want()
-          if (order === "handed back, then granted") admission.release() // the holder's answer came at that instant
+          if (order === "handed back, then granted") admission.release(anyPermit) // the holder's answer came at that instant
         })
         const exit = yield* Fiber.await(waiting)
         // Either the call got the permit (and goes to the upstream with it), or it was handed back holding none.

@@ -31,12 +31,13 @@ describe("an upstream's outage", () => {
   it.scoped("on trial, one call goes out; when the trial fails, none of the waiting calls do", () =>
     Effect.gen(function*() {
       const { gate, outage } = yield* onTrial
-      expect(gate.tryAcquire(ticket)).toBeDefined()
+      const permit = gate.tryAcquire(ticket)
+      expect(permit).toBeDefined()
       const waiting = yield* Effect.forEach(Array.from({ length: 30 }), () => Effect.fork(gate.acquire(ticket)))
       yield* Effect.yieldNow()
       expect(gate.inflight).toBe(1)
       yield* outage.markDown("status 503", "failing")
-      gate.release()
+      gate.release(permit!)
       expect([outage.isDown(), gate.inflight]).toEqual([true, 0])
       // The next probe's trial lets one of them out, and no more.
       yield* TestClock.adjust(PROBE)
@@ -106,12 +107,10 @@ describe("an upstream's outage", () => {
       expect([outage.isDown(), outage.onTrial()]).toEqual([false, false])
 
       const other = yield* onTrial
-      expect(other.gate.tryAcquire(ticket)).toBeDefined()
-      other.gate.release() // a call that neither succeeded nor failed an outage
+      other.gate.release(other.gate.tryAcquire(ticket)!) // a call that neither succeeded nor failed an outage
       yield* TestClock.adjust(Duration.times(PROBE, IDLE_TRIAL_PROBES))
       expect(other.outage.onTrial()).toBe(true)
-      expect(other.gate.tryAcquire(ticket)).toBeDefined() // another, in the next intervals
-      other.gate.release()
+      other.gate.release(other.gate.tryAcquire(ticket)!) // another, in the next intervals
       yield* TestClock.adjust(Duration.times(PROBE, IDLE_TRIAL_PROBES))
       expect(other.outage.onTrial()).toBe(true)
       // The last batch's calls are over (failed, too few in a row for an outage): up, its gauge with it.
@@ -120,14 +119,15 @@ describe("an upstream's outage", () => {
 
       // A trial call still at it when the intervals end (a long generation), or one waiting, is no idle trial.
       const slow = yield* onTrial
-      expect(slow.gate.tryAcquire(ticket)).toBeDefined()
+      const first = slow.gate.tryAcquire(ticket)
+      expect(first).toBeDefined()
       const waiting = yield* Effect.fork(slow.gate.acquire(ticket))
       yield* TestClock.adjust(Duration.times(PROBE, 3 * IDLE_TRIAL_PROBES))
       expect(slow.outage.onTrial()).toBe(true)
       yield* Fiber.interrupt(waiting)
       yield* TestClock.adjust(Duration.times(PROBE, IDLE_TRIAL_PROBES))
       expect(slow.outage.onTrial()).toBe(true) // the first call is still in flight
-      slow.gate.release()
+      slow.gate.release(first!)
       yield* TestClock.adjust(Duration.times(PROBE, 2 * IDLE_TRIAL_PROBES))
       expect(slow.outage.onTrial()).toBe(false)
     }))
@@ -179,9 +179,9 @@ describe("an upstream whose trial ends with no call", () => {
       expect(upstream.isDown()).toBe(false)
       yield* TestClock.adjust(Duration.times(PROBE, 2 * IDLE_TRIAL_PROBES + 1))
       const ticket = { project: "p", deadline: 0 }
-      expect([upstream.admission.tryAcquire(ticket), upstream.admission.tryAcquire(ticket)]).toEqual([0, 0].map(() => expect.anything()))
-      upstream.admission.release()
-      upstream.admission.release()
+      const permits = [upstream.admission.tryAcquire(ticket), upstream.admission.tryAcquire(ticket)]
+      expect(permits).toEqual([0, 0].map(() => expect.anything()))
+      for (const permit of permits) upstream.admission.release(permit!)
       // One more request failing is the first of a new run, not the fifth of the trial's: it is retried, and the
       // upstream stays up.
       expect((yield* failing)[1]).toBe("retry")

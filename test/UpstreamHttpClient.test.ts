@@ -159,6 +159,34 @@ describe("UpstreamHttpClient", () => {
       expect(server.connections()).toBeLessThanOrEqual(SEQUENTIAL_CONNECTIONS) // kept alive
     }))
 
+  it.scoped("tells the caller once its request is written, before its answer, directly or through a proxy; never when refused", () =>
+    Effect.gen(function*() {
+      const written: Array<string> = []
+      let answer: (() => void) | undefined
+      const server = yield* scriptedServer((_, socket) => {
+        written.push(`server has it (${written.length} told)`)
+        answer = () => ok(0, socket)
+      })
+      const told = (name: string) => Effect.locally(UpstreamHttpClient.currentRequestWritten, () => written.push(name))
+      const proxy = yield* testProxy()
+      for (const dispatcher of [() => new Agent(), () => new EnvHttpProxyAgent({ httpProxy: proxy.url, noProxy: "", proxyTunnel: false })]) {
+        written.length = 0
+        const client = yield* clientFor({ dispatcher })
+        const call = yield* Effect.fork(told("written")(bodyOf(client, server.url)))
+        expect(yield* waitUntil(() => answer !== undefined)).toBe(true)
+        expect(written).toEqual(["written", "server has it (1 told)"]) // told as it was written, before any answer
+        answer!()
+        answer = undefined
+        expect(yield* Fiber.join(call)).toBe("ok")
+        expect(written).toHaveLength(2) // once
+      }
+      expect(proxy.requests).toHaveLength(1)
+      const client = yield* clientFor()
+      written.length = 0
+      yield* Effect.flip(told("written")(post(client, `http://127.0.0.1:${yield* Effect.promise(freePort)}`)))
+      expect(written).toEqual([])
+    }))
+
   it.scoped("reads chunked answers (extensions, trailers) after skipping informational ones; repeated headers joined", () =>
     Effect.gen(function*() {
       const body = Buffer.from(json)

@@ -5,9 +5,9 @@
  * Why `dispatch` and not `NodeHttpClient.layerUndici` (or undici's `request()`): those add per call an
  * `AbortController`, a body `Readable` and promises, and the platform a span, a `FinalizationRegistry` entry and a
  * cached body effect. Here a call is one `Effect.async` and one small handler object, in undici's classic
- * `onConnect`/`onHeaders`/`onData`/`onComplete`/`onError` form, which it runs without the wrapper it puts around
- * the newer `onRequestStart`… form. Measured (2 shared cores, the simulator in another process, 50,000 POSTs at
- * concurrency 32, alternating runs; calls/s and this process's CPU per call): at no latency this client
+ * `onConnect`/`onRequestSent`/`onHeaders`/`onData`/`onComplete`/`onError` form, which it runs without the wrapper
+ * it puts around the newer `onRequestStart`… form. Measured (2 shared cores, the simulator in another process,
+ * 50,000 POSTs at concurrency 32, alternating runs; calls/s and this process's CPU per call): at no latency this client
  * 6.6–7.8k/s (122–148 µs), `request()` without Effect 6.3–6.6k/s (146–155 µs), `layerUndici` 2.2–2.6k/s
  * (417–498 µs), the hand-written HTTP/1.1 client it replaced 7.3–8.6k/s (88–106 µs); at 20 ms latency all are
  * bound by it (1.3–1.46k/s), at 177–208 µs per call here, 109–134 for the old client.
@@ -35,10 +35,13 @@ import { type ConfigError, Effect, Either, Layer, Option, type Scope } from "eff
 import { Agent, type Dispatcher, EnvHttpProxyAgent } from "undici"
 import { currentAnswerHold } from "./answerMemory.js"
 import { proxiesOf, proxyProblem } from "./proxies.js"
-import { Call, type ClientOptions, type Limits } from "./upstreamCall.js"
+import { Call, type ClientOptions, currentRequestWritten, type Limits } from "./upstreamCall.js"
 
-/** The client's options, and how its errors tell what failed (each call is an `upstreamCall.ts` `Call`). */
-export { type ClientOptions, type FailureKind, failureKind } from "./upstreamCall.js"
+/**
+ * The client's options, how its errors tell what failed, and how a caller learns its request is written (each call
+ * is an `upstreamCall.ts` `Call`).
+ */
+export { type ClientOptions, currentRequestWritten, type FailureKind, failureKind } from "./upstreamCall.js"
 
 /** The body as undici takes it; `undefined` for one this client does not send (a stream, form data). */
 const requestBody = (body: HttpClientRequest.HttpClientRequest["body"]): string | Uint8Array | null | undefined =>
@@ -109,7 +112,7 @@ export const make = (dispatcher: Dispatcher, options: ClientOptions): HttpClient
       }
       return Effect.withFiberRuntime<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>((fiber) =>
         Effect.async<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>((resume) => {
-          const call = new Call(limits, request, resume, fiber.getFiberRef(currentAnswerHold))
+          const call = new Call(limits, request, resume, fiber.getFiberRef(currentAnswerHold), fiber.getFiberRef(currentRequestWritten))
           const { origin, path } = url.right
           const headers = headerList(request.headers)
           try { // no idle timeouts (0): the sweep's deadline bounds the whole attempt instead

@@ -7,7 +7,7 @@ import * as Headers from "@effect/platform/Headers"
 import * as HttpClientError from "@effect/platform/HttpClientError"
 import type * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import type * as HttpClientResponse from "@effect/platform/HttpClientResponse"
-import { Effect } from "effect"
+import { Effect, FiberRef } from "effect"
 import type { Dispatcher } from "undici"
 import { type AnswerHold, type AnswerMemory, FREE_BYTES } from "./answerMemory.js"
 import { BufferedResponse } from "./bufferedResponse.js"
@@ -86,6 +86,12 @@ const EMPTY = Buffer.alloc(0)
 /** Bodies announcing more bytes than this are copied into one buffer of that size as they arrive. */
 const PREALLOCATE_BYTES = 64 * 1024
 
+/**
+ * Told when the current fiber's call has its request written to the connection (undici's `onRequestSent`), if set:
+ * the load-aware dispatch counts a call on top of a reading of the server's queue until then (`loadWatch.ts`).
+ */
+export const currentRequestWritten: FiberRef.FiberRef<(() => void) | undefined> = FiberRef.unsafeMake<(() => void) | undefined>(undefined)
+
 type Resume = (effect: Effect.Effect<HttpClientResponse.HttpClientResponse, HttpClientError.HttpClientError>) => void
 
 /**
@@ -125,7 +131,7 @@ export class Call implements Dispatcher.DispatchHandler {
   private resumeReading: (() => void) | undefined
 
   constructor(readonly limits: Limits, readonly request: HttpClientRequest.HttpClientRequest, readonly resume: Resume,
-    private readonly hold: AnswerHold | undefined) {
+    private readonly hold: AnswerHold | undefined, private readonly written: (() => void) | undefined) {
     hold?.release() // the request's earlier attempt: its answer is let go
     this.deadline = performance.now() + limits.timeoutMs
     limits.track(this)
@@ -137,6 +143,10 @@ export class Call implements Dispatcher.DispatchHandler {
     if (this.done) throw new Error("The call was settled before it was sent")
     this.sent = true
     this.abortRequest = abort
+  }
+
+  onRequestSent() {
+    this.written?.()
   }
 
   onHeaders(status: number, raw: Array<Buffer>, resume: () => void): boolean {

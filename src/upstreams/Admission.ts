@@ -30,16 +30,29 @@ export interface Ticket {
 export interface LoadGauge {
   /** Whether the server's queue is full: hold new calls. */
   readonly full: () => boolean
-  readonly sent: () => void
+  /** A call is let go (its permit granted): counted at once, before the next is let go. */
+  readonly sent: () => SentCall
+}
+
+/** A call the gauge counts, told when its request is written (the first time counts) and when it ends (once). */
+export interface SentCall {
+  readonly written: () => void
   readonly finished: () => void
 }
 
-export const openGauge: LoadGauge = { full: () => false, sent: () => {}, finished: () => {} }
+const uncounted: SentCall = { written: () => {}, finished: () => {} }
+export const openGauge: LoadGauge = { full: () => false, sent: () => uncounted }
+
+/** A call's right to go to the upstream: the limit's generation when granted, and its place in the load gauge. */
+export interface Permit {
+  readonly generation: number
+  readonly call: SentCall
+}
 
 interface Waiter {
   readonly deadline: number
   readonly batch: string | undefined
-  readonly granted: Deferred.Deferred<number>
+  readonly granted: Deferred.Deferred<Permit>
 }
 
 export class Admission {
@@ -75,11 +88,10 @@ export class Admission {
       this.clock.unsafeCurrentTimeMillis() >= this.pausedUntil
   }
 
-  private grant(): number {
+  private grant(): Permit {
     this.inflight++
     this.granted++
-    this.gauge.sent()
-    return this.limit.generation
+    return { generation: this.limit.generation, call: this.gauge.sent() }
   }
 
   /** `project`'s place in the round (taking the next one the first time). */
@@ -149,8 +161,8 @@ export class Admission {
     return this.waiting
   }
 
-  /** A permit now if one is free and nobody waits: the limit's generation (give it back with `release`). */
-  tryAcquire(ticket: Ticket): number | undefined {
+  /** A permit now if one is free and nobody waits (give it back with `release`). */
+  tryAcquire(ticket: Ticket): Permit | undefined {
     if (this.waiting > 0 || !this.open()) return undefined
     this.lastServed = this.indexOf(ticket.project)
     if (this.trial) this.trialTurns.set(ticket.batch, ++this.trialCalls)
@@ -158,21 +170,21 @@ export class Admission {
   }
 
   /**
-   * Waits for a permit in `ticket`'s turn; the limit's generation when granted (give it back with `release`), or
-   * `HandedBack` as soon as the ticket's `handBack` wants the request back. Only the wait is interruptible: call it
-   * uninterruptibly (as `Upstream.attempt` does), so that a permit granted is the caller's the moment the wait ends.
-   * A wait that ends otherwise (interrupted, handed back) leaves the queue, and gives back the permit granted in the
-   * same instant: the clean-up reads the queue, not the wait's result, which an interruption may have dropped (a
-   * permit lost that way was lost for good, and, on trial after an outage, kept the upstream down for good).
+   * Waits for a permit in `ticket`'s turn (give it back with `release`), or `HandedBack` as soon as the ticket's
+   * `handBack` wants the request back. Only the wait is interruptible: call it uninterruptibly (as `Upstream.attempt`
+   * does), so that a permit granted is the caller's the moment the wait ends. A wait that ends otherwise
+   * (interrupted, handed back) leaves the queue, and gives back the permit granted in the same instant: the clean-up
+   * reads the queue, not the wait's result, which an interruption may have dropped (a permit lost that way was lost
+   * for good, and, on trial after an outage, kept the upstream down for good).
    */
-  acquire(ticket: Ticket): Effect.Effect<number, HandedBack> {
+  acquire(ticket: Ticket): Effect.Effect<Permit, HandedBack> {
     // Queued and given its clean-up in one uninterruptible step, whoever calls it.
     return Effect.uninterruptible(Effect.suspend(() => {
       const now = this.tryAcquire(ticket)
       if (now !== undefined) return Effect.succeed(now)
       const handBack = ticket.handBack
       if (handBack?.wanted() === true) return Effect.fail(new HandedBack())
-      const granted = Deferred.unsafeMake<number>(FiberId.none)
+      const granted = Deferred.unsafeMake<Permit>(FiberId.none)
       const waiter: Waiter = { deadline: ticket.deadline, batch: ticket.batch, granted }
       this.indexOf(ticket.project)
       const queue = this.queues.get(ticket.project)!
@@ -181,11 +193,13 @@ export class Admission {
       queue.splice(at, 0, waiter)
       this.waiting++
       this.pump()
-      const leave = Effect.sync(() => {
+      const leave = Effect.suspend(() => {
         const index = queue.indexOf(waiter)
-        if (index === -1) return this.release() // granted meanwhile
+        // Granted meanwhile: the permit is in `granted` (done, so read at once), given back unused.
+        if (index === -1) return Effect.flatMap(Deferred.await(granted), (permit) => Effect.sync(() => this.release(permit)))
         queue.splice(index, 1)
         this.waiting--
+        return Effect.void
       })
       const wait = handBack === undefined
         ? Deferred.await(granted)
@@ -195,9 +209,9 @@ export class Admission {
   }
 
   /** Gives a permit back; `freedRoom` false for a call the server refused (it leaves no room there for another). */
-  release(freedRoom = true): void {
+  release(permit: Permit, freedRoom = true): void {
     this.inflight--
-    this.gauge.finished()
+    permit.call.finished()
     if (this.waiting > 0) this.pump()
     if (this.endWaiters.length === 0 || (!freedRoom && this.inflight > 0)) return
     // One waiter per call ended: room for one at the server. All once none is out: nothing else would wake them.

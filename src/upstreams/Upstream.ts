@@ -13,8 +13,8 @@ import { BatchEndpoint } from "../domain/Batches.js"
 import { requestId } from "../domain/Ids.js"
 import { currentAnswerHold } from "../inference/answerMemory.js"
 import { asJsonBody, type HandedBack, unlessHandedBack, UpstreamFailure } from "../inference/answers.js"
-import { failureKind } from "../inference/UpstreamHttpClient.js"
-import { Admission, openGauge, type Ticket } from "./Admission.js"
+import { currentRequestWritten, failureKind } from "../inference/UpstreamHttpClient.js"
+import { Admission, openGauge, type Permit, type Ticket } from "./Admission.js"
 import { AdaptiveLimit } from "./adaptiveLimit.js"
 import { type Attempt, isRefusal, makeJudge, type Verdict } from "./judge.js"
 import { transportFailureText } from "./failureText.js"
@@ -255,11 +255,10 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
     }
 
     /** A permit given back (`freedRoom` false for a refused call), told to the judge (a held run may be reached). */
-    const giveBack = (freedRoom = true) => {
-      gate.release(freedRoom)
+    const giveBack = (permit: Permit, freedRoom = true) => {
+      gate.release(permit, freedRoom)
       released()
     }
-    const releaseOnInterrupt = () => Effect.sync(() => giveBack())
     const attempt = (endpoint: BatchEndpoint, body: string, ticket: Ticket, n: number, traceparent?: string) => {
       const template = traceparent === undefined ? templateFor(endpoint) : HttpClientRequest.setHeader(templateFor(endpoint), "traceparent", traceparent)
       const request = HttpClientRequest.setBody(template, HttpBody.raw(body))
@@ -276,20 +275,22 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
         const granted = gate.tryAcquire(ticket) // the usual case: a permit at once, no effect to wait on
         // Not under `restore`: the wait is interruptible inside, and the permit must reach this fiber uninterruptibly.
         const permit = granted === undefined ? gate.acquire(ticket) : Effect.succeed(granted)
-        return Effect.flatMap(permit, (generation) => {
+        return Effect.flatMap(permit, (permit) => {
           const sent = performance.now()
           const sentOnTrial = outage.onTrial()
           stalls.sent()
-          return Effect.flatMap(Effect.onInterrupt(restore(call), releaseOnInterrupt), (result) => {
+          // Only the load-aware dispatch's calls say when they are written (`loadWatch.ts`): a hot path's ops spared.
+          const counted = Option.isSome(spec.loadAware) ? Effect.locally(call, currentRequestWritten, permit.call.written) : call
+          return Effect.flatMap(Effect.onInterrupt(restore(counted), () => Effect.sync(() => giveBack(permit))), (result) => {
             observeAttempt(ticket.model, (performance.now() - sent) / 1000)
             stalls.ended(result._tag === "Failure" && result.kind !== "answer" && result.kind !== "too_large" ? "no_answer" : "answered")
-            const verdict = judge(endpoint, ticket, n, result, generation, sentOnTrial)
+            const verdict = judge(endpoint, ticket, n, result, permit.generation, sentOnTrial)
             if (typeof verdict === "string") {
-              giveBack()
+              giveBack(permit)
               return Effect.succeed([result, verdict] as const)
             }
             // Released even if the verdict dies (an embedder's logger that throws): a lost permit is lost for good.
-            const judged = Effect.ensuring(verdict, Effect.sync(() => giveBack(!isRefusal(result))))
+            const judged = Effect.ensuring(verdict, Effect.sync(() => giveBack(permit, !isRefusal(result))))
             return Effect.flatMap(judged, (v) => {
               if (v !== "again_after_a_call") return Effect.succeed([result, v] as const)
               // At most SPARED_WAIT: this node's calls say nothing of other clients' at the server.

@@ -1,9 +1,10 @@
 /**
  * Load-aware dispatch for vLLM-style servers: reads `vllm:num_requests_waiting` from the server's Prometheus
  * endpoint every second, and says the server is full (`Admission` then holds new calls) while its waiting queue,
- * as last read plus the calls sent since minus those finished since, reaches `maxWaiting`. Counting the calls in
- * between keeps the queue bounded between two readings, however fast calls go out; a finished call frees a place
- * that a waiting request or a new call takes. So batch work never floods an interactive server's queue. Calls wait
+ * as last read plus the calls that may not be in that reading minus those finished since, reaches `maxWaiting`.
+ * Counting the calls in between keeps the queue bounded between two readings, however fast calls go out; a finished
+ * call frees a place that a waiting request or a new call takes. So batch work never floods an interactive server's
+ * queue. Calls wait
  * for the first reading; a reading that fails (late: a server under load answers its metrics slowly too) leaves the
  * last one in use, with the calls counted since. Without one for `KEEP_READING_FOR`, calls go out without load
  * awareness, with a warning, until one is read.
@@ -15,7 +16,8 @@ import type * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import { Duration, Effect, type Scope } from "effect"
 import { withoutCredentials } from "../observability/urlText.js"
-import type { LoadGauge } from "./Admission.js"
+import { currentRequestWritten } from "../inference/UpstreamHttpClient.js"
+import type { LoadGauge, SentCall } from "./Admission.js"
 
 const POLL_INTERVAL = Duration.seconds(1)
 /**
@@ -41,6 +43,11 @@ export const waitingRequests = (text: string): number | undefined => {
   return total
 }
 
+/** A call counted on top of the readings: when its request was written (epoch ms on the Effect clock), once it is. */
+interface Counted {
+  writtenAt: number | undefined
+}
+
 /** Whether two URLs share scheme, host and port: an upstream's key may go to its metrics only then. */
 export const sameOrigin = (a: string, b: string): boolean =>
   URL.canParse(a) && URL.canParse(b) && new URL(a).origin === new URL(b).origin
@@ -62,70 +69,87 @@ export const makeLoadWatch = (options: {
     /** When it was read, or the watch started (epoch ms on the Effect clock). */
     let readAt = clock.unsafeCurrentTimeMillis()
     /**
-     * When each call still counted went out (epoch ms, oldest first): those sent since the last reading, and before
-     * it by less than its round trip. One a call; bounded by the calls of `KEEP_READING_FOR`, then none is kept.
+     * The calls that may not be in the last reading: sent since, or written less than its round trip before it, or
+     * not written yet. One a call; bounded by the calls of `KEEP_READING_FOR` and those in flight, then none is kept.
      */
-    let sentAt: Array<number> = []
+    let counted: Array<Counted> = []
     let finished = 0
     /** No reading for `KEEP_READING_FOR`: calls go out unheld until one comes. */
     let failing = false
 
     const request = options.authorize(HttpClientRequest.get(options.metricsUrl))
-    const readWaiting = (asked: number) => options.http.execute(request).pipe(
-      Effect.flatMap((res): Effect.Effect<string, unknown> => (res.status === 200 ? res.text : Effect.fail(`status ${res.status}`))),
-      Effect.flatMap((text) => {
-        const waiting = waitingRequests(text)
-        return waiting === undefined ? Effect.fail("no vllm:num_requests_waiting in the answer") : Effect.succeed(waiting)
-      }),
-      Effect.timeout(POLL_TIMEOUT),
-      Effect.matchEffect({
-        onSuccess: (waiting) =>
-          Effect.suspend(() => {
-            read = waiting
-            readAt = clock.unsafeCurrentTimeMillis()
-            forgetSentBefore(asked - (readAt - asked))
-            finished = 0
-            const recovered = failing
-            failing = false
-            options.changed()
-            return recovered ? Effect.logInfo(`Upstream ${options.upstream}: load metrics readable again`) : Effect.void
-          }),
-        onFailure: (error: unknown) =>
-          Effect.suspend(() => {
-            if (failing || clock.unsafeCurrentTimeMillis() - readAt < Duration.toMillis(KEEP_READING_FOR)) return Effect.void
-            read = undefined
-            failing = true
-            sentAt = []
-            options.changed()
-            // Its query may hold a token (as in a listening line, it is left out), the client's error repeats it.
-            const shown = withoutCredentials(options.metricsUrl)
-            const reason = String(error).replaceAll(options.metricsUrl, shown)
-            return Effect.logWarning(
-              `Upstream ${options.upstream}: cannot read ${shown} (${reason}); sending without load awareness until it answers`
-            )
-          })
-      })
-    )
-    // A reading is the server's queue at some moment during the poll: the calls sent during the poll stay counted
-    // (some may be in the reading already: counted twice, the safe side), and so do those sent less than its round
-    // trip before it (on their way still, behind the reading: forgotten, they overfilled a loaded server's queue,
-    // 4 where 2 was the bound); the calls finished before it are forgotten (subtracting them again could count the
-    // queue short, and overfill it).
-    const forgetSentBefore = (time: number) => {
-      let kept = 0
-      while (kept < sentAt.length && sentAt[kept]! < time) kept++
-      if (kept > 0) sentAt = sentAt.slice(kept)
+    const readWaiting = (started: number) => {
+      /**
+       * When the reading was asked: its request written (`currentRequestWritten`), not the poll's start (under load,
+       * its own wait to go out widened the reading's window, and every call in it was counted as maybe not in it);
+       * the poll's start with a client that does not say.
+       */
+      let asked = started
+      const written = () => {
+        asked = clock.unsafeCurrentTimeMillis()
+      }
+      return Effect.locally(options.http.execute(request), currentRequestWritten, written).pipe(
+        Effect.flatMap((res): Effect.Effect<string, unknown> => (res.status === 200 ? res.text : Effect.fail(`status ${res.status}`))),
+        Effect.flatMap((text) => {
+          const waiting = waitingRequests(text)
+          return waiting === undefined ? Effect.fail("no vllm:num_requests_waiting in the answer") : Effect.succeed(waiting)
+        }),
+        Effect.timeout(POLL_TIMEOUT),
+        Effect.matchEffect({
+          onSuccess: (waiting) =>
+            Effect.suspend(() => {
+              read = waiting
+              readAt = clock.unsafeCurrentTimeMillis()
+              forgetWrittenBefore(asked - (readAt - asked))
+              finished = 0
+              const recovered = failing
+              failing = false
+              options.changed()
+              return recovered ? Effect.logInfo(`Upstream ${options.upstream}: load metrics readable again`) : Effect.void
+            }),
+          onFailure: (error: unknown) =>
+            Effect.suspend(() => {
+              if (failing || clock.unsafeCurrentTimeMillis() - readAt < Duration.toMillis(KEEP_READING_FOR)) return Effect.void
+              read = undefined
+              failing = true
+              counted = []
+              options.changed()
+              // Its query may hold a token (as in a listening line, it is left out), the client's error repeats it.
+              const shown = withoutCredentials(options.metricsUrl)
+              const reason = String(error).replaceAll(options.metricsUrl, shown)
+              return Effect.logWarning(
+                `Upstream ${options.upstream}: cannot read ${shown} (${reason}); sending without load awareness until it answers`
+              )
+            })
+        })
+      )
+    }
+    // A reading is the server's queue at some moment between its request's writing and its answer: the calls written
+    // in between stay counted (some may be in the reading already: counted twice, the safe side), and so do those
+    // written less than that round trip before it, and those not written yet, whenever let go (on their way still,
+    // behind the reading: forgotten, they overfilled a loaded server's queue, 4 where 2 was the bound, under a loaded
+    // suite). The calls finished before it are forgotten (subtracting them again could count the queue short, and
+    // overfill it).
+    const forgetWrittenBefore = (time: number) => {
+      counted = counted.filter((call) => call.writtenAt === undefined || call.writtenAt >= time)
     }
     const poll = Effect.suspend(() => readWaiting(clock.unsafeCurrentTimeMillis()))
     yield* Effect.forkScoped(Effect.forever(Effect.zipRight(poll, Effect.sleep(POLL_INTERVAL))))
 
     return {
-      full: () => !failing && (read === undefined || read + sentAt.length - finished >= options.maxWaiting),
-      sent: () => {
-        if (!failing) sentAt.push(clock.unsafeCurrentTimeMillis())
-      },
-      finished: () => {
-        finished++
+      full: () => !failing && (read === undefined || read + counted.length - finished >= options.maxWaiting),
+      sent: (): SentCall => {
+        const call: Counted = { writtenAt: undefined }
+        if (!failing) counted.push(call)
+        return {
+          written: () => {
+            call.writtenAt ??= clock.unsafeCurrentTimeMillis()
+          },
+          finished: () => {
+            call.writtenAt ??= -Infinity // ended unwritten (refused, handed back): forgotten at the next reading
+            finished++
+          }
+        }
       }
     }
   })
