@@ -297,6 +297,29 @@ describe("Inference", () => {
     }).pipe(Effect.provide(layer))
   })
 
+  it.effect("an app's own client's calls count for load-aware dispatch from when they are handed to it, not until they end", () => {
+    // A server whose queue stays empty, each call running for an hour: a call never said written was counted on top
+    // of every reading until its end, and no more than max_waiting calls ever went out.
+    let posts = 0
+    const client = HttpClient.make((request, url) => {
+      if (request.method === "GET") {
+        const body = url.pathname === "/metrics" ? "vllm:num_requests_waiting 0\n" : `{"data":[{"id":"m"}]}`
+        return Effect.succeed(HttpClientResponse.fromWeb(request, new Response(body, { status: 200 })))
+      }
+      posts++
+      return Effect.as(Effect.sleep("1 hour"), HttpClientResponse.fromWeb(request, new Response(`{"ok":true}`)))
+    })
+    const layer = overClient(client, {
+      upstreams: Option.some([{ name: "vllm", base_url: "http://vllm.test/v1", models: ["*"], metrics_url: "http://vllm.test/metrics", max_waiting: 1 }])
+    })
+    return Effect.gen(function*() {
+      const sending = yield* Effect.forEach(Array.from({ length: 3 }), () => Effect.fork(send()))
+      yield* TestClock.adjust("3500 millis") // readings at 0, 1, 2 and 3 s
+      expect(posts).toBe(3) // one more after each reading: the one before is in it
+      yield* Effect.forEach(sending, Fiber.interrupt)
+    }).pipe(Effect.provide(layer))
+  })
+
   it.effect("an app's own client is held to INFERENCE_MAX_RESPONSE_BYTES, whether the answer announces its size or not", () =>
     Effect.gen(function*() {
       const body = JSON.stringify({ text: "x".repeat(20_000) })

@@ -8,9 +8,9 @@ import * as HttpClient from "@effect/platform/HttpClient"
 import type * as HttpClientError from "@effect/platform/HttpClientError"
 import type * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import type * as HttpClientResponse from "@effect/platform/HttpClientResponse"
-import { Duration, Effect, Stream } from "effect"
+import { Duration, Effect, FiberRef, Stream } from "effect"
 import { BufferedResponse } from "./bufferedResponse.js"
-import { callFailure } from "./upstreamCall.js"
+import { callFailure, currentRequestWritten } from "./upstreamCall.js"
 
 export interface Bounds {
   /** Time limit of one attempt: from sending the request to the last byte of the answer. */
@@ -41,11 +41,21 @@ const readWhole = (
     )
   })
 
-/** `http` with each call held to `bounds`; its failures carry the kind `failureKind` reads. */
+/**
+ * `http` with each call held to `bounds`; its failures carry the kind `failureKind` reads. A call is said written
+ * (`currentRequestWritten`) as it is handed to `http`, which cannot say when it writes it: without that, the
+ * load-aware dispatch counted every call until its end on top of each reading, and held an upstream to `max_waiting`
+ * calls in flight, its queue empty.
+ */
 export const bounded = (http: HttpClient.HttpClient, bounds: Bounds): HttpClient.HttpClient =>
   HttpClient.makeWith<never, never, HttpClientError.HttpClientError, never>(
     Effect.flatMap((request) =>
-      Effect.flatMap(http.execute(request), (response) => readWhole(request, response, bounds.maxBodyBytes)).pipe(
+      FiberRef.get(currentRequestWritten).pipe(
+        Effect.flatMap((written) => {
+          written?.()
+          return http.execute(request)
+        }),
+        Effect.flatMap((response) => readWhole(request, response, bounds.maxBodyBytes)),
         Effect.timeoutFail({
           duration: Duration.millis(bounds.timeoutMs),
           onTimeout: () => callFailure(request, "timeout", `The upstream did not answer in full within ${bounds.timeoutMs} ms`)

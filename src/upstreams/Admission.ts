@@ -34,7 +34,7 @@ export interface LoadGauge {
   readonly sent: () => SentCall
 }
 
-/** A call the gauge counts, told when its request is written (the first time counts) and when it ends (once). */
+/** A call the gauge counts, told when its request is written (the last time counts) and when it ends (once). */
 export interface SentCall {
   readonly written: () => void
   readonly finished: () => void

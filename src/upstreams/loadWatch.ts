@@ -4,10 +4,9 @@
  * as last read plus the calls that may not be in that reading minus those finished since, reaches `maxWaiting`.
  * Counting the calls in between keeps the queue bounded between two readings, however fast calls go out; a finished
  * call frees a place that a waiting request or a new call takes. So batch work never floods an interactive server's
- * queue. Calls wait
- * for the first reading; a reading that fails (late: a server under load answers its metrics slowly too) leaves the
- * last one in use, with the calls counted since. Without one for `KEEP_READING_FOR`, calls go out without load
- * awareness, with a warning, until one is read.
+ * queue. Calls wait for the first reading; a reading that fails (late: a server under load answers its metrics slowly
+ * too) leaves the last one in use, with the calls counted since. Without one for `KEEP_READING_FOR`, calls go out
+ * without load awareness, with a warning, until one is read.
  *
  * One metric is read from the text format with a regular expression: a Prometheus parser library would parse the
  * whole exposition (hundreds of series on vLLM) every second for that one number.
@@ -80,13 +79,15 @@ export const makeLoadWatch = (options: {
     const request = options.authorize(HttpClientRequest.get(options.metricsUrl))
     const readWaiting = (started: number) => {
       /**
-       * When the reading was asked: its request written (`currentRequestWritten`), not the poll's start (under load,
-       * its own wait to go out widened the reading's window, and every call in it was counted as maybe not in it);
-       * the poll's start with a client that does not say.
+       * When the reading was asked: its request written (`currentRequestWritten`; the first time, the cautious side),
+       * not the poll's start (under load, its own wait to go out widened the reading's window, and every call in it
+       * was counted as maybe not in it); the poll's start with a client that does not say.
        */
       let asked = started
+      let told = false
       const written = () => {
-        asked = clock.unsafeCurrentTimeMillis()
+        if (!told) asked = clock.unsafeCurrentTimeMillis()
+        told = true
       }
       return Effect.locally(options.http.execute(request), currentRequestWritten, written).pipe(
         Effect.flatMap((res): Effect.Effect<string, unknown> => (res.status === 200 ? res.text : Effect.fail(`status ${res.status}`))),
@@ -143,7 +144,7 @@ export const makeLoadWatch = (options: {
         if (!failing) counted.push(call)
         return {
           written: () => {
-            call.writtenAt ??= clock.unsafeCurrentTimeMillis()
+            call.writtenAt = clock.unsafeCurrentTimeMillis() // the last time: the cautious side
           },
           finished: () => {
             call.writtenAt ??= -Infinity // ended unwritten (refused, handed back): forgotten at the next reading
