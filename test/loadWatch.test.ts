@@ -105,6 +105,26 @@ describe("load watch", () => {
       expect(gauge.full()).toBe(false)
     }).pipe(Effect.scoped))
 
+  it.effect("a reading's window ends when its answer comes, not once this node gets round to reading it", () =>
+    Effect.gen(function*() {
+      // Answered 20 ms after it is written, its text read 300 ms later (a loaded node's lag after the answer).
+      const http = HttpClient.make((request) =>
+        Effect.gen(function*() {
+          const written = yield* FiberRef.get(currentRequestWritten)
+          written?.()
+          yield* Effect.sleep(Duration.millis(20))
+          const response = HttpClientResponse.fromWeb(request, new Response("vllm:num_requests_waiting 0\n"))
+          return Object.create(response, { text: { get: () => Effect.delay(response.text, Duration.millis(300)) } })
+        }))
+      const gauge = yield* makeLoadWatch({ upstream: "u", metricsUrl: "http://vllm/metrics", maxWaiting: 1, http, authorize: identity, changed: () => {} })
+      yield* TestClock.adjust(Duration.millis(1200)) // the first reading: asked at 0, answered at 20, read at 320
+      const call = gauge.sent()
+      call.written() // at 1,200 ms: 120 ms before the next reading's request (at 1,320), answered in 20
+      yield* TestClock.adjust(Duration.millis(500)) // read at 1,640 ms: 0 waiting
+      // Counted as maybe not in the reading, a window to 1,640 (320 ms) would hold the next call.
+      expect(gauge.full()).toBe(false)
+    }).pipe(Effect.scoped))
+
   it.effect("a reading a loaded server answers late (1.5 s) is read, with the upstream's key when its server is the upstream's", () =>
     Effect.gen(function*() {
       const seen: Array<string | undefined> = []

@@ -89,7 +89,12 @@ export const makeLoadWatch = (options: {
         if (!told) asked = clock.unsafeCurrentTimeMillis()
         told = true
       }
-      return Effect.locally(options.http.execute(request), currentRequestWritten, written).pipe(
+      /** When the answer came: the reading was taken before (measured later, a loaded node's lag widened the window). */
+      let answered = started
+      const execute = Effect.tap(options.http.execute(request), () => {
+        answered = clock.unsafeCurrentTimeMillis()
+      })
+      return Effect.locally(execute, currentRequestWritten, written).pipe(
         Effect.flatMap((res): Effect.Effect<string, unknown> => (res.status === 200 ? res.text : Effect.fail(`status ${res.status}`))),
         Effect.flatMap((text) => {
           const waiting = waitingRequests(text)
@@ -100,7 +105,7 @@ export const makeLoadWatch = (options: {
           onSuccess: (waiting) =>
             Effect.suspend(() => {
               read = waiting
-              readAt = clock.unsafeCurrentTimeMillis()
+              readAt = answered
               forgetWrittenBefore(asked - (readAt - asked))
               finished = 0
               const recovered = failing
