@@ -9,6 +9,15 @@ import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import { currentRequestWritten } from "../src/inference/UpstreamHttpClient.js"
 import { makeLoadWatch, sameOrigin } from "../src/upstreams/loadWatch.js"
 
+/** A watch on `http` (its readings' answers), with no key and no one told of its readings. */
+const watch = (http: HttpClient.HttpClient, maxWaiting: number) =>
+  makeLoadWatch({ upstream: "u", metricsUrl: "http://vllm/metrics", maxWaiting, http, authorize: identity, changed: () => {} })
+
+/** Readings of `waiting` each answered after `delay()` (the delay a test sets as it goes). */
+const answeringAfter = (waiting: number, delay: () => Duration.Duration) =>
+  HttpClient.make((request) =>
+    Effect.as(Effect.sleep(delay()), HttpClientResponse.fromWeb(request, new Response(`vllm:num_requests_waiting ${waiting}\n`))))
+
 describe("load watch", () => {
   it.live("calls sent while a reading is on its way still count once it arrives: the queue is never counted short", () =>
     Effect.gen(function*() {
@@ -19,7 +28,7 @@ describe("load watch", () => {
           Effect.sync(() => readings++),
           Effect.as(Deferred.await(answer), HttpClientResponse.fromWeb(request, new Response("vllm:num_requests_waiting 1\n")))
         ))
-      const gauge = yield* makeLoadWatch({ upstream: "u", metricsUrl: "http://vllm/metrics", maxWaiting: 2, http, authorize: identity, changed: () => {} })
+      const gauge = yield* watch(http, 2)
       yield* Effect.sleep("20 millis") // the first reading is asked for, not answered
       expect(readings).toBe(1)
       expect(gauge.full()).toBe(true) // nothing known yet: calls wait for the first reading
@@ -36,9 +45,8 @@ describe("load watch", () => {
   it.effect("calls sent less than a reading's round trip before it still count: they may reach the server after it", () =>
     Effect.gen(function*() {
       let delay = Duration.zero
-      const http = HttpClient.make((request) =>
-        Effect.as(Effect.sleep(delay), HttpClientResponse.fromWeb(request, new Response("vllm:num_requests_waiting 0\n"))))
-      const gauge = yield* makeLoadWatch({ upstream: "u", metricsUrl: "http://vllm/metrics", maxWaiting: 2, http, authorize: identity, changed: () => {} })
+      const http = answeringAfter(0, () => delay)
+      const gauge = yield* watch(http, 2)
       yield* TestClock.adjust(Duration.millis(100)) // the first reading, at once: nothing waits
       const first = gauge.sent() // long before the next reading: in it
       first.written()
@@ -55,9 +63,8 @@ describe("load watch", () => {
   it.effect("a call let go long before a reading but written after it was asked still counts; one that ended unwritten does not", () =>
     Effect.gen(function*() {
       let delay = Duration.zero
-      const http = HttpClient.make((request) =>
-        Effect.as(Effect.sleep(delay), HttpClientResponse.fromWeb(request, new Response("vllm:num_requests_waiting 0\n"))))
-      const gauge = yield* makeLoadWatch({ upstream: "u", metricsUrl: "http://vllm/metrics", maxWaiting: 2, http, authorize: identity, changed: () => {} })
+      const http = answeringAfter(0, () => delay)
+      const gauge = yield* watch(http, 2)
       yield* TestClock.adjust(Duration.millis(100)) // the first reading, at once: nothing waits
       const early = gauge.sent()
       early.written() // written at once: in the next reading
@@ -94,7 +101,7 @@ describe("load watch", () => {
           yield* Effect.sleep(Duration.millis(20))
           return HttpClientResponse.fromWeb(request, new Response("vllm:num_requests_waiting 0\n"))
         }))
-      const gauge = yield* makeLoadWatch({ upstream: "u", metricsUrl: "http://vllm/metrics", maxWaiting: 1, http, authorize: identity, changed: () => {} })
+      const gauge = yield* watch(http, 1)
       yield* TestClock.adjust(Duration.millis(100)) // the first reading (asked at 0, read at 20)
       lag = Duration.millis(300)
       yield* TestClock.adjust(Duration.millis(1000)) // the next asked at 1,020 ms, written at 1,320
@@ -116,7 +123,7 @@ describe("load watch", () => {
           const response = HttpClientResponse.fromWeb(request, new Response("vllm:num_requests_waiting 0\n"))
           return Object.create(response, { text: { get: () => Effect.delay(response.text, Duration.millis(300)) } })
         }))
-      const gauge = yield* makeLoadWatch({ upstream: "u", metricsUrl: "http://vllm/metrics", maxWaiting: 1, http, authorize: identity, changed: () => {} })
+      const gauge = yield* watch(http, 1)
       yield* TestClock.adjust(Duration.millis(1200)) // the first reading: asked at 0, answered at 20, read at 320
       const call = gauge.sent()
       call.written() // at 1,200 ms: 120 ms before the next reading's request (at 1,320), answered in 20
