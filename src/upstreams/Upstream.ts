@@ -254,6 +254,8 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       return { _tag: "Response", response, headers: res.headers }
     }
 
+    /** Only the load-aware dispatch's calls say when they are written (`loadWatch.ts`): a hot path's ops spared. */
+    const loadAware = Option.isSome(spec.loadAware)
     /** A permit given back (`freedRoom` false for a refused call), told to the judge (a held run may be reached). */
     const giveBack = (permit: Permit, freedRoom = true) => {
       gate.release(permit, freedRoom)
@@ -279,8 +281,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
           const sent = performance.now()
           const sentOnTrial = outage.onTrial()
           stalls.sent()
-          // Only the load-aware dispatch's calls say when they are written (`loadWatch.ts`): a hot path's ops spared.
-          const counted = Option.isSome(spec.loadAware) ? Effect.locally(call, currentRequestWritten, permit.call.written) : call
+          const counted = loadAware ? Effect.locally(call, currentRequestWritten, permit.call.written) : call
           return Effect.flatMap(Effect.onInterrupt(restore(counted), () => Effect.sync(() => giveBack(permit))), (result) => {
             observeAttempt(ticket.model, (performance.now() - sent) / 1000)
             stalls.ended(result._tag === "Failure" && result.kind !== "answer" && result.kind !== "too_large" ? "no_answer" : "answered")
