@@ -276,8 +276,8 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       return Effect.uninterruptibleMask((restore) => {
         const granted = gate.tryAcquire(ticket) // the usual case: a permit at once, no effect to wait on
         // Not under `restore`: the wait is interruptible inside, and the permit must reach this fiber uninterruptibly.
-        const permit = granted === undefined ? gate.acquire(ticket) : Effect.succeed(granted)
-        return Effect.flatMap(permit, (permit) => {
+        const permitted = granted === undefined ? gate.acquire(ticket) : Effect.succeed(granted)
+        return Effect.flatMap(permitted, (permit) => {
           const sent = performance.now()
           const sentOnTrial = outage.onTrial()
           stalls.sent()
