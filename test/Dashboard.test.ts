@@ -20,7 +20,7 @@ import type { Page } from "playwright-core"
 import { chatLine, createBatch, upload } from "./support/Batches.js"
 import { BrowserPage, violations } from "./support/Chromium.js"
 import {
-  axeFinds, DESKTOP, expectClean, file, FILES_POLL_MS, inPage, KEY, listLoaded, noticeOf, openWithKey, overflows, PHONE, poll, POLL_MS, shown,
+  axeFinds, DESKTOP, expectClean, file, FILES_POLL_MS, IDLE_LIST_MS, inPage, KEY, listLoaded, noticeOf, openWithKey, overflows, PHONE, poll, POLL_MS, shown,
   uploadThroughPage
 } from "./support/Dashboard.js"
 import { testAppWithUpstream } from "./support/TestApp.js"
@@ -283,9 +283,9 @@ describe("the dashboard", () => {
         await poll(() => listLoaded(page)).toBe(true)
         const lists = `${base}/v1/batches?*`
         let asked = 0
-        // The server takes the calls and never answers.
+        // The server takes the calls and never answers. (The list's batches may all have ended: its slowest pace.)
         await page.route(lists, () => void asked++)
-        await page.clock.fastForward(POLL_MS)
+        await page.clock.fastForward(IDLE_LIST_MS)
         await poll(() => asked).toBe(1)
         // Left, the view's call is dropped: the files page loads at once.
         await page.locator("nav a", { hasText: "Files" }).click()
@@ -309,7 +309,7 @@ describe("the dashboard", () => {
             json: { error: { message: "Overloaded, try later.", type: "server_error", param: null, code: null } }
           })
         })
-        await page.clock.fastForward(POLL_MS)
+        await page.clock.fastForward(IDLE_LIST_MS)
         await poll(() => noticeOf(page)).toBe("Overloaded, try later.")
         await page.clock.fastForward(19_000)
         await page.waitForTimeout(200)
@@ -329,7 +329,7 @@ describe("the dashboard", () => {
             json: { error: { message: "Please try again in 265ms.", type: "requests", param: null, code: "rate_limit_exceeded" } }
           })
         })
-        await page.clock.fastForward(10_000)
+        await page.clock.fastForward(IDLE_LIST_MS)
         await poll(() => noticeOf(page)).toBe("Please try again in 265ms.")
         await page.clock.fastForward(300)
         await poll(() => asked).toBe(2)
@@ -404,7 +404,7 @@ describe("the dashboard", () => {
         await page.clock.fastForward(POLL_MS + 100)
         await page.clock.fastForward(POLL_MS + 100)
         expect(listReads).toEqual([])
-        await page.clock.fastForward(10_000)
+        await page.clock.fastForward(IDLE_LIST_MS)
         await poll(() => listReads.length).toBe(1)
         page.off("request", noted)
         // `.`, `..` and a blank are no batch ids (the browser would ask for /v1/batches/, the list): the list is shown.

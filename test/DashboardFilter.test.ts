@@ -9,7 +9,7 @@ import { Effect, Layer } from "effect"
 import type { Page } from "playwright-core"
 import { chatLine, createBatch, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import { BrowserPage } from "./support/Chromium.js"
-import { BATCH_LIST, DESKTOP, expectClean, inPage, madeUpBatch, poll, POLL_MS, serveBatches } from "./support/Dashboard.js"
+import { BATCH_LIST, DESKTOP, expectClean, IDLE_LIST_MS, inPage, madeUpBatch, poll, POLL_MS, serveBatches } from "./support/Dashboard.js"
 import { baseUrl, testAppWithUpstream } from "./support/TestApp.js"
 
 const rows = (page: Page) => page.locator("table.batches tbody tr")
@@ -125,7 +125,7 @@ describe("the batches list's filter", () => {
         await page.clock.fastForward(POLL_MS + 100)
         await new Promise((r) => setTimeout(r, 300))
         expect(pages).toEqual([])
-        await page.clock.fastForward(10_000)
+        await page.clock.fastForward(IDLE_LIST_MS)
         await poll(() => pages.length).toBe(10)
         const more = page.locator("button.more")
         expect(await more.textContent()).toBe("Search older")

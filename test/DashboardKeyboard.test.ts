@@ -12,7 +12,9 @@ import OpenAI from "openai"
 import type { Page, Route } from "playwright-core"
 import { chatLine, createBatch, terminal, upload, waitFor } from "./support/Batches.js"
 import { BrowserPage } from "./support/Chromium.js"
-import { BATCH_LIST, DESKTOP, expectClean, inPage, KEY, madeUpBatch, openWithKey, poll, POLL_MS, serveBatches } from "./support/Dashboard.js"
+import {
+  BATCH_LIST, DESKTOP, expectClean, FILES_POLL_MS, IDLE_LIST_MS, inPage, KEY, madeUpBatch, openWithKey, poll, POLL_MS, serveBatches, shown
+} from "./support/Dashboard.js"
 import { baseUrl, testAppWithUpstream } from "./support/TestApp.js"
 
 /** The browser's globals, in the functions `page.evaluate` runs in the page (this project's types are Node's). */
@@ -82,9 +84,9 @@ describe("the dashboard for a keyboard and a screen reader", () => {
             new window.MutationObserver(() => window.foundChanges++).observe(el, { childList: true, characterData: true, subtree: true })
           })
           const quiet = reads
-          await page.clock.fastForward(10_000)
+          await page.clock.fastForward(IDLE_LIST_MS)
           await poll(() => reads).toBeGreaterThan(quiet)
-          await page.clock.fastForward(10_000)
+          await page.clock.fastForward(IDLE_LIST_MS)
           await poll(() => reads).toBeGreaterThan(quiet + 1)
           expect(await page.evaluate(() => window.foundChanges)).toBe(0)
           await page.locator("#batches-filter").fill("")
@@ -133,7 +135,7 @@ describe("the dashboard for a keyboard and a screen reader", () => {
             const after = await fileRows.nth(1).locator("button").first().getAttribute("aria-label")
             expect(await label()).toBe(await fileRows.first().locator("button").first().getAttribute("aria-label"))
             await openai.files.delete(elsewhere!)
-            await poll(() => label()).toBe(after)
+            await shown(page, label, FILES_POLL_MS).toBe(after)
             // An upload the server refuses leaves the focus on its button (a disabled one dropped it to the page).
             await page.route("**/v1/files", (route) =>
               route.request().method() === "POST"

@@ -17,9 +17,10 @@ declare const document: any, window: any, localStorage: any
 export const KEY = "sk-dashboard-5e3a9c0d"
 export const DESKTOP = { width: 1200, height: 760 }
 export const PHONE = { width: 390, height: 844 }
-/** The page's refresh intervals (`ui/app.js`, `ui/files.js`). */
+/** The page's refresh intervals (`ui/app.js`, `ui/files.js`), and the batch list's once no batch shown can change (`ui/batchList.js`). */
 export const POLL_MS = 2000
 export const FILES_POLL_MS = 5000
+export const IDLE_LIST_MS = 10_000
 
 /** A test's steps in the shared page, given the test server's base URL. */
 export const inPage = (steps: (base: string, browser: BrowserPage["Type"]) => Promise<void>) =>
