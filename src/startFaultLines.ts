@@ -94,12 +94,15 @@ export const startFaultLine = (cause: Cause.Cause<unknown>) =>
     if (unopened !== undefined) {
       return Option.some(cannotUse(`its file cannot be opened or made (${unopened}): is DATA_DIR a directory this user can write to, its batches.sqlite a file?`))
     }
+    const fault = storageFault(cause)
     const failed = Option.flatMap(Cause.failureOption(cause), (error): Option.Option<string> => {
       if (error instanceof NodeIdInUse || error instanceof BatchesRunElsewhere) return Option.some(error.message)
       if (error instanceof Migrator.MigrationError && error.reason === "bad-state") return Option.some(cannotUse(error.message))
       if (error instanceof SessionPoolingRequired || error instanceof Utf8DatabaseRequired) return Option.some(cannotUse(error.message))
-      // A migration cut short by a full disk is said as the full disk it is (below).
-      if (error instanceof Migrator.MigrationError && error.reason === "failed" && storageFault(cause) !== "capacity") {
+      // A migration, or a first statement, cut short by a full disk is said as the full disk it is (below): an existing
+      // file's first statement on a full disk says "disk I/O error" (SQLite's shared-memory index could not grow).
+      if (fault === "capacity") return Option.none()
+      if (error instanceof Migrator.MigrationError && error.reason === "failed") {
         const driver = rootMessage(error.cause)
         return Option.some(cannotUse(`${error.message}: ${driver}${/already exists/.test(driver) ? ` (${OTHER_TABLES})` : withHint(driver)}`))
       }
@@ -110,7 +113,6 @@ export const startFaultLine = (cause: Cause.Cause<unknown>) =>
     })
     // A full disk under a new database fails its first statement (a defect, or a migration), and a database that
     // stops answering fails whichever comes first (a stack dump of the bundle said it): said as plainly.
-    const fault = storageFault(cause)
     const driver = rootMessage(Cause.squash(cause))
     if (Option.isNone(failed) && privilegeMissing(cause)) return Option.some(cannotUse(`it takes no write (${driver})${withHint(driver)}`))
     if (Option.isSome(failed) || fault === undefined) return failed

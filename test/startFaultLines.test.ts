@@ -13,7 +13,7 @@ const migrationFailed = (driver: Error) =>
     cause: new SqlError({ message: "Failed to execute statement", cause: driver })
   }))
 
-it.effect("a migration that failed: the migration, what the database said, and what to do when it met another app's table", () =>
+it.effect("a migration that failed: the migration, what the database said, and what to do when it met another app's table; a full disk said as such", () =>
   Effect.gen(function*() {
     const clash = yield* startFaultLine(migrationFailed(new Error(`relation "files" already exists`)))
     expect(Option.getOrThrow(clash)).toBe(
@@ -24,6 +24,14 @@ it.effect("a migration that failed: the migration, what the database said, and w
     const full = yield* startFaultLine(migrationFailed(Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" })))
     expect(Option.getOrThrow(full)).toBe(
       "Cannot use the database (SQLite at /srv/batches.sqlite; see DATA_DIR): its disk is full (database or disk is full)"
+    )
+    // An existing file on a full disk: its first statement fails as SQLite's shared-memory index cannot grow.
+    const noRoom = yield* startFaultLine(Cause.fail(new SqlError({
+      message: "Failed to prepare statement ",
+      cause: Object.assign(new Error("disk I/O error"), { code: "SQLITE_IOERR_SHMSIZE" })
+    })))
+    expect(Option.getOrThrow(noRoom)).toBe(
+      "Cannot use the database (SQLite at /srv/batches.sqlite; see DATA_DIR): its disk is full (disk I/O error)"
     )
   }).pipe(Effect.provide(AppConfig.layerWith({ dataDir: "/srv" }))))
 
