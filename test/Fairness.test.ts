@@ -9,7 +9,7 @@ import { AuthTest } from "../src/auth/Auth.js"
 import { BatchRunner, TurnLength } from "../src/batches/BatchRunner.js"
 import { chatLine, createBatch, readLines, terminal, upload, waitFor } from "./support/Batches.js"
 import { sideBySide } from "./support/SideBySide.js"
-import { baseUrl, testAppWithUpstream } from "./support/TestApp.js"
+import { baseUrl, testAppWithUpstream, Upstream } from "./support/TestApp.js"
 
 const client = (apiKey: string) =>
   Effect.map(baseUrl, (base) => new OpenAI({ baseURL: `${base}/v1`, apiKey, maxRetries: 0 }))
@@ -136,23 +136,30 @@ sideBySide("fairness within a slow slice", () => layer(slowSliceApp, { excludeTe
       // B was validated as it came, not at its turn to run (~6 s later; timestamps in seconds).
       expect(small.in_progress_at! - small.created_at).toBeLessThanOrEqual(3)
 
-      // A takes its turn again where it stopped: every line once.
-      const finished = yield* waitFor(a, slow.id, terminal, 60_000)
-      expect(finished.request_counts).toEqual({ total: 200, completed: 200, failed: 0 })
-      const lines = yield* readLines(a, finished.output_file_id)
-      expect(new Set(lines.map((line) => line.custom_id)).size).toBe(200)
+      // A takes its turn again where it stopped (it goes on after B), no line sent twice; cancelled then.
+      const atB = (yield* Effect.promise(() => a.batches.retrieve(slow.id))).request_counts!.completed
+      yield* waitFor(a, slow.id, (batch) => batch.request_counts!.completed >= atB + 8, 30_000)
+      yield* Effect.promise(() => a.batches.cancel(slow.id))
+      const finished = yield* waitFor(a, slow.id, terminal, 20_000)
+      expect(finished.status).toBe("cancelled")
+      const ids = [...(yield* readLines(a, finished.output_file_id)), ...(yield* readLines(a, finished.error_file_id))].map((l) => l.custom_id)
+      expect([ids.length, new Set(ids).size]).toEqual([200, 200])
+      const sim = yield* Upstream
+      expect([...sim.stats.byPrompt.entries()].filter(([p, n]) => p.includes("slow") && n !== 1)).toEqual([])
     }), { timeout: 100_000 })
 }))
 
 /**
- * A turn of 0.5 s, two attempts a request and a backoff of 24–36 s (30 s, jittered): project A's requests refused
- * with 429 spend their turn waiting for their retry.
+ * A turn of 0.5 s, two attempts a request and a retry's backoff of `backoff` (jittered by a fifth): project A's
+ * requests refused with 429 spend their turn waiting for their retry.
  */
-const refusedApp = twoProjects({ inferenceMaxAttempts: 2, inferenceRetryBaseDelay: Duration.seconds(30) }).pipe(
-  Layer.provide(Layer.succeed(TurnLength, Duration.millis(500)))
-)
+const refusedApp = (backoff: Duration.Duration) =>
+  twoProjects({ inferenceMaxAttempts: 2, inferenceRetryBaseDelay: backoff }).pipe(
+    Layer.provide(Layer.succeed(TurnLength, Duration.millis(500)))
+  )
 
-sideBySide("fairness through a 429 storm", () => layer(refusedApp, { excludeTestServices: true })((it) => {
+// A backoff of 24–36 s: B's wait tells a permit held through it from one handed back.
+sideBySide("fairness through a 429 storm", () => layer(refusedApp(Duration.seconds(30)), { excludeTestServices: true })((it) => {
   it.effect("project A's requests waiting out a 429's backoff are handed back at the turn's end: B does not wait for their retries", () =>
     Effect.gen(function*() {
       const a = yield* client("key-a")
@@ -167,7 +174,21 @@ sideBySide("fairness through a 429 storm", () => layer(refusedApp, { excludeTest
       const meanwhile = yield* Effect.promise(() => a.batches.retrieve(refused.id))
       expect(meanwhile.request_counts).toEqual({ total: 4, completed: 0, failed: 0 }) // handed back, not failed
 
-      // The lines handed back are sent again at A's next turn, after the rest of their backoff: each ends once, refused.
+      // What becomes of them then (sent again, after their backoff): the next suite's, on a shorter backoff.
+      yield* Effect.promise(() => a.batches.cancel(refused.id))
+      expect((yield* waitFor(a, refused.id, terminal)).status).toBe("cancelled")
+    }), { timeout: 100_000 })
+}))
+
+// A backoff of 4–6 s: the lines handed back come round again within the test.
+sideBySide("fairness through a 429 storm, the lines handed back", () => layer(refusedApp(Duration.seconds(5)), { excludeTestServices: true })((it) => {
+  it.effect("project A's lines handed back are sent again at its next turn, after the rest of their backoff: each ends once, refused", () =>
+    Effect.gen(function*() {
+      const a = yield* client("key-a")
+      const b = yield* client("key-b")
+      const refused = yield* batchOf(a, 4, (i) => `[fail:429] refused ${i}`)
+      yield* waitFor(a, refused.id, (batch) => batch.status === "in_progress")
+      yield* smallBatchCompletes(b, 3, 22_000)
       const finished = yield* waitFor(a, refused.id, terminal, 60_000)
       expect(finished.request_counts).toEqual({ total: 4, completed: 0, failed: 4 })
       const lines = yield* readLines(a, finished.error_file_id)
