@@ -68,36 +68,45 @@ const clients = Effect.map(baseUrl, (base) => {
   return { a: client(KEYS.a), b: client(KEYS.b), admin: client(KEYS.admin) }
 })
 
+/**
+ * Each of `batches` (ended) sent `receiver` one event of its final status, which the official client's
+ * `webhooks.unwrap` verifies, with no tracing headers; and no second one later.
+ */
+const oneEventEach = (receiver: Receiver, batches: ReadonlyArray<OpenAI.Batch>) =>
+  Effect.gen(function*() {
+    const ones = batches.map(() => 1)
+    yield* eventually(() => expect(batches.map((batch) => receivedFor(receiver, batch.id).length)).toEqual(ones), 10_000)
+    for (const batch of batches) {
+      const [received] = receivedFor(receiver, batch.id)
+      const event = yield* unwrap(received!)
+      const stamp = batch.completed_at ?? batch.failed_at ?? batch.cancelled_at ?? batch.expired_at
+      expect(event).toEqual({ id: received!.headers["webhook-id"], object: "event", type: `batch.${batch.status}`, created_at: stamp, data: { id: batch.id } })
+      expect(event.id).toMatch(/^evt_[0-9a-f]{32}$/)
+      expect(received!.headers["content-type"]).toBe("application/json")
+      // As OpenAI's: no trace context (the server's spans are its own business).
+      expect(Object.keys(received!.headers).filter((name) => /^(traceparent|tracestate|b3|x-b3-.*)$/.test(name))).toEqual([])
+      // What unwrap refuses: another secret, a changed body.
+      expect(yield* rejects(received!, OWN_SECRET)).toBe(true)
+      expect(yield* rejects({ ...received!, body: received!.body.replace(batch.id, "batch_other") }, SECRET)).toBe(true)
+    }
+    yield* sleep(200)
+    expect(batches.map((batch) => receivedFor(receiver, batch.id).length)).toEqual(ones)
+  })
+
 for (const backend of backends) {
   sideBySide(`${backend}: webhooks`, () => layer(app(backend), { excludeTestServices: true, timeout: 60_000 })((it) => {
     it.effect("each final status sends one event, which the official client's webhooks.unwrap verifies; no tracing headers", () =>
       Effect.gen(function*() {
         const { global } = yield* Receivers
         const { b } = yield* clients
+        // (An expired batch's: the suite of expiries below.)
         const batches = yield* Effect.all([
           finishedBatch(b, ["hello"]),
           finishedBatch(b, [], { raw: "this line is not JSON" }),
-          finishedBatch(b, ["slow [sleep:5000]"], { cancel: true }),
-          finishedBatch(b, ["too slow [sleep:20000]"])
+          finishedBatch(b, ["slow [sleep:5000]"], { cancel: true })
         ], { concurrency: "unbounded" })
-        expect(batches.map((batch) => batch.status)).toEqual(["completed", "failed", "cancelled", "expired"])
-
-        yield* eventually(() => expect(batches.map((batch) => receivedFor(global, batch.id).length)).toEqual([1, 1, 1, 1]), 10_000)
-        for (const batch of batches) {
-          const [received] = receivedFor(global, batch.id)
-          const event = yield* unwrap(received!)
-          const stamp = batch.completed_at ?? batch.failed_at ?? batch.cancelled_at ?? batch.expired_at
-          expect(event).toEqual({ id: received!.headers["webhook-id"], object: "event", type: `batch.${batch.status}`, created_at: stamp, data: { id: batch.id } })
-          expect(event.id).toMatch(/^evt_[0-9a-f]{32}$/)
-          expect(received!.headers["content-type"]).toBe("application/json")
-          // As OpenAI's: no trace context (the server's spans are its own business).
-          expect(Object.keys(received!.headers).filter((name) => /^(traceparent|tracestate|b3|x-b3-.*)$/.test(name))).toEqual([])
-          // What unwrap refuses: another secret, a changed body.
-          expect(yield* rejects(received!, OWN_SECRET)).toBe(true)
-          expect(yield* rejects({ ...received!, body: received!.body.replace(batch.id, "batch_other") }, SECRET)).toBe(true)
-        }
-        yield* sleep(200)
-        expect(batches.map((batch) => receivedFor(global, batch.id).length)).toEqual([1, 1, 1, 1])
+        expect(batches.map((batch) => batch.status)).toEqual(["completed", "failed", "cancelled"])
+        yield* oneEventEach(global, batches)
       }))
 
     it.scoped("a receiver failing 3 times gets the 4th attempt, same webhook-id, each signed anew, waits growing; the list and metrics show it", () =>
@@ -217,6 +226,21 @@ for (const backend of backends) {
         const unauthorized = yield* Effect.promise(() =>
           new OpenAI({ baseURL: a.baseURL, apiKey: "sk-nobody", maxRetries: 0 }).get("/webhook_deliveries").then(() => undefined, (e) => e))
         expect(unauthorized).toMatchObject({ status: 401 })
+      }))
+  }))
+}
+
+// An app of its own whose batches expire after 2 s: the suite above keeps 9 s for its quick batches on a busy machine.
+for (const backend of backends) {
+  const expiring = app(backend, { completionWindow: Duration.seconds(2) })
+  sideBySide(`${backend}: webhooks of expired batches`, () => layer(expiring, { excludeTestServices: true, timeout: 60_000 })((it) => {
+    it.effect("an expired batch sends one event too", () =>
+      Effect.gen(function*() {
+        const { global } = yield* Receivers
+        const { b } = yield* clients
+        const batch = yield* finishedBatch(b, ["too slow [sleep:20000]"])
+        expect(batch.status).toBe("expired")
+        yield* oneEventEach(global, [batch])
       }))
   }))
 }
