@@ -13,8 +13,8 @@ import { Effect } from "effect"
 import { randomBytes } from "node:crypto"
 import { readFileSync, statSync, writeFileSync } from "node:fs"
 import * as Path from "node:path"
-import { freePort, runServerToExit, startServer, storedByAServer } from "./support/ServerProcess.js"
-import { scratchDir } from "./support/TestApp.js"
+import { freePort, runServerToExit, startServer } from "./support/ServerProcess.js"
+import { scratchDir, storedByAnApp } from "./support/TestApp.js"
 
 const errorLines = (output: string) =>
   output.split("\n").filter((l) => l.startsWith("{")).map((l) => JSON.parse(l)).filter((l) => l.level === "ERROR")
@@ -39,7 +39,7 @@ describe("a damaged SQLite database at start", () => {
       Effect.promise(async () => {
         const env = { DATA_DIR: dataDir, LOG_FORMAT: "json" }
         // The server's database and a stored file, then a table of the copy's own whose pages fill its middle.
-        await storedByAServer(env)
+        await storedByAnApp(dataDir)
         const file = Path.join(dataDir, "batches.sqlite")
         const db = new Database(file)
         db.exec("CREATE TABLE filler (x BLOB)")
@@ -78,7 +78,7 @@ describe("a damaged SQLite database at start", () => {
     Effect.scoped(Effect.flatMap(scratchDir, (dataDir) =>
       Effect.promise(async () => {
         const env = { DATA_DIR: dataDir, LOG_FORMAT: "json" }
-        expect(await (await startServer(env)).stop()).toBe(0)
+        await storedByAnApp(dataDir, 0)
         // Two indexes whose entries are each other's: every row missing from both, which only integrity_check reads.
         const file = Path.join(dataDir, "batches.sqlite")
         const db = new Database(file)
@@ -106,7 +106,7 @@ describe("a damaged SQLite database at start", () => {
     Effect.scoped(Effect.flatMap(scratchDir, (dataDir) =>
       Effect.promise(async () => {
         const env = { DATA_DIR: dataDir, LOG_FORMAT: "json" }
-        const [stored] = await storedByAServer(env)
+        const [stored] = await storedByAnApp(dataDir)
         leakTwoPages(Path.join(dataDir, "batches.sqlite"))
 
         const server = await startServer(env)

@@ -17,8 +17,8 @@ import { missingBytesLine, sayMissingBytes } from "../src/files/missingBytes.js"
 import { BlobGoneWhileRead, type BlobStoreShape } from "../src/storage/BlobStore.js"
 import { SqlLive } from "../src/storage/Sql.js"
 import { chatLine, createBatch, sdk, terminal, waitFor } from "./support/Batches.js"
-import { startServer, storedByAServer } from "./support/ServerProcess.js"
-import { baseUrl, scratchDir, storages, TestDataDir, testApp } from "./support/TestApp.js"
+import { startServer } from "./support/ServerProcess.js"
+import { baseUrl, scratchDir, storages, storedByAnApp, TestDataDir, testApp } from "./support/TestApp.js"
 
 for (const { backend, fileStorage } of storages) {
   describe(`missing file content (${backend}, ${fileStorage} bytes)`, () => {
@@ -115,7 +115,7 @@ describe("a start beside a files' copy older than the database", () => {
     Effect.scoped(Effect.flatMap(scratchDir, (dataDir) =>
       Effect.promise(async () => {
         const env = { DATA_DIR: dataDir, LOG_FORMAT: "json" }
-        const [kept, lost] = await storedByAServer(env, 2)
+        const [kept, lost] = await storedByAnApp(dataDir, 2)
         // Restored: the rows of a while ago (files of the last minute are not looked at), one file's bytes not there.
         const db = new Database(Path.join(dataDir, "batches.sqlite"))
         db.prepare("UPDATE files SET created_at = created_at - 120").run()

@@ -144,23 +144,6 @@ const startOn = async (env: Record<string, string>, listenPort: number): Promise
   }
 }
 
-/** A server on `env` stores `count` small files and stops: their ids and sizes. */
-export const storedByAServer = async (env: Record<string, string>, count = 1) => {
-  const server = await startServer(env)
-  const stored: Array<{ id: string; bytes: number }> = []
-  for (let i = 0; i < count; i++) {
-    const form = new FormData()
-    form.append("purpose", "batch")
-    form.append("file", new Blob([`{"custom_id":"${i}","method":"POST","url":"/v1/chat/completions","body":{}}\n`]), "in.jsonl")
-    const answer = await fetch(`${server.url}/v1/files`, { method: "POST", body: form })
-    if (answer.status !== 200) throw new Error(`upload answered ${answer.status}: ${await answer.text()}`)
-    stored.push((await answer.json()) as { id: string; bytes: number })
-  }
-  const code = await server.stop()
-  if (code !== 0) throw new Error(`the server exited with ${code}:\n${server.output()}`)
-  return stored
-}
-
 /**
  * Runs the server to completion (for start-up failures): exit code and output. With `timeoutMs`, a server still
  * running then (one that started when it should have refused) is killed, and its code is null.

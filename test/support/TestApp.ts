@@ -167,6 +167,27 @@ export const baseUrl = Effect.map(HttpServer.HttpServer, (server) => {
   return `http://127.0.0.1:${address.port}`
 })
 
+/**
+ * The app on `dataDir` (its SQLite file and local files, as a server process there makes them) stores `count` small
+ * files and closes: their ids and sizes. For tests of what a server process does on such a directory next.
+ */
+export const storedByAnApp = (dataDir: string, count = 1) =>
+  Effect.runPromise(Effect.scoped(Effect.gen(function*() {
+    const base = yield* Effect.provide(baseUrl, yield* Layer.build(testApp({ dataDir })))
+    return yield* Effect.promise(async () => {
+      const stored: Array<{ id: string; bytes: number }> = []
+      for (let i = 0; i < count; i++) {
+        const form = new FormData()
+        form.append("purpose", "batch")
+        form.append("file", new Blob([`{"custom_id":"${i}","method":"POST","url":"/v1/chat/completions","body":{}}\n`]), "in.jsonl")
+        const answer = await fetch(`${base}/v1/files`, { method: "POST", body: form })
+        if (answer.status !== 200) throw new Error(`upload answered ${answer.status}: ${await answer.text()}`)
+        stored.push((await answer.json()) as { id: string; bytes: number })
+      }
+      return stored
+    })
+  })))
+
 /** Retries `check` (with real time) until it passes or `timeoutMs` is over; for effects of background fibers. */
 export const eventually = <A>(check: () => A, timeoutMs = 2000): Effect.Effect<A> =>
   Effect.promise(async () => {
