@@ -20,8 +20,11 @@ import { chatLine, createBatch, readLines, sdk, terminal, upload, waitFor } from
 import { freePort, runServerToExit, STALLED_UPLOAD_END, stalledUpload, startServer } from "./support/ServerProcess.js"
 import { type Backend, backends, eventually, eventuallyEffect, filesUnder, TestDatabase } from "./support/TestApp.js"
 
+/** A batch's lines: long enough for a cancel or a restart to land while it runs. */
 const LINES = 600
-const batchLines = (tag: string) => Array.from({ length: LINES }, (_, i) => chatLine(`${tag}-${i}`, `${tag} prompt ${i}`))
+/** The lines of the six batches run side by side (each a slice of its own, still written while the others are). */
+const SIX_LINES = 200
+const batchLines = (tag: string, lines = LINES) => Array.from({ length: lines }, (_, i) => chatLine(`${tag}-${i}`, `${tag} prompt ${i}`))
 
 const tempDir = Effect.acquireRelease(
   Effect.sync(() => mkdtempSync(Path.join(tmpdir(), "batch-api-only-"))),
@@ -106,23 +109,23 @@ describe.concurrent("an API-only node beside a node that runs the batches", () =
       // Uploads and batches created through the API node while the other node writes their outcomes to the file.
       const ids: Array<string> = []
       for (let i = 0; i < 6; i++) {
-        const file = yield* upload(openai, batchLines(`b${i}`))
+        const file = yield* upload(openai, batchLines(`b${i}`, SIX_LINES))
         ids.push((yield* createBatch(openai, file.id)).id)
       }
       const done = yield* Effect.forEach(ids, (id) => waitFor(openai, id, terminal, 60_000), { concurrency: 6 })
       for (const [i, batch] of done.entries()) {
         expect(batch.status).toBe("completed")
-        expect(batch.request_counts).toEqual({ total: LINES, completed: LINES, failed: 0 })
+        expect(batch.request_counts).toEqual({ total: SIX_LINES, completed: SIX_LINES, failed: 0 })
         const output = yield* readLines(openai, batch.output_file_id)
-        expect(output.map((l) => l.custom_id)).toEqual(Array.from({ length: LINES }, (_, j) => `b${i}-${j}`))
+        expect(output.map((l) => l.custom_id)).toEqual(Array.from({ length: SIX_LINES }, (_, j) => `b${i}-${j}`))
       }
       expect(api.sim.stats.requests).toBe(0)
-      expect(worker.sim.stats.requests).toBeGreaterThanOrEqual(6 * LINES)
+      expect(worker.sim.stats.requests).toBeGreaterThanOrEqual(6 * SIX_LINES)
 
       // A cancel sent to the API node stops the other node's work on the batch, which ends cancelled.
       worker.sim.latencyMs = 50
       const running = yield* createBatch(openai, (yield* upload(openai, batchLines("cancel"))).id)
-      yield* eventually(() => expect(worker.sim.stats.requests).toBeGreaterThan(6 * LINES + 20), 10_000)
+      yield* eventually(() => expect(worker.sim.stats.requests).toBeGreaterThan(6 * SIX_LINES + 20), 10_000)
       yield* Effect.promise(() => openai.batches.cancel(running.id))
       const cancelled = yield* waitFor(openai, running.id, terminal, 10_000)
       expect(cancelled.status).toBe("cancelled")
