@@ -8,7 +8,7 @@ import { Cause, type ConfigError, Effect, Option } from "effect"
 import { AppConfig } from "./Config.js"
 import { DURATION_EXAMPLES } from "./durationText.js"
 import { describeDatabase } from "./observability/Readiness.js"
-import { privilegeMissing, rootMessage, storageFault } from "./storage/Faults.js"
+import { faultWords, privilegeMissing, rootMessage, storageFault } from "./storage/Faults.js"
 import { NodeIdInUse } from "./storage/NodeIdLock.js"
 import { SessionPoolingRequired, Utf8DatabaseRequired } from "./storage/pgSessions.js"
 import { BatchesRunElsewhere } from "./storage/SqliteRunnerLock.js"
@@ -111,9 +111,9 @@ export const startFaultLine = (cause: Cause.Cause<unknown>) =>
       const said = (error as Error).message === driver ? driver : `${(error as Error).message}: ${driver}`
       return Option.some(cannotUse(`${said}${withHint(driver)}`))
     })
-    // A full disk under a new database fails its first statement (a defect, or a migration), and a database that
-    // stops answering fails whichever comes first (a stack dump of the bundle said it): said as plainly.
-    const driver = rootMessage(Cause.squash(cause))
+    // A full disk fails a new database's first statement (a defect, or a migration) or an existing one's, and a
+    // database that stops answering fails whichever comes first (a stack dump of the bundle said it): said as plainly.
+    const driver = faultWords(fault, cause)
     if (Option.isNone(failed) && privilegeMissing(cause)) return Option.some(cannotUse(`it takes no write (${driver})${withHint(driver)}`))
     if (Option.isSome(failed) || fault === undefined) return failed
     return Option.some(cannotUse(

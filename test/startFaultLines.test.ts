@@ -13,7 +13,7 @@ const migrationFailed = (driver: Error) =>
     cause: new SqlError({ message: "Failed to execute statement", cause: driver })
   }))
 
-it.effect("a migration that failed: the migration, what the database said, and what to do when it met another app's table; a full disk said as such", () =>
+it.effect("a migration that failed: the migration, what the database said, and what to do when it met another app's table", () =>
   Effect.gen(function*() {
     const clash = yield* startFaultLine(migrationFailed(new Error(`relation "files" already exists`)))
     expect(Option.getOrThrow(clash)).toBe(
@@ -25,6 +25,10 @@ it.effect("a migration that failed: the migration, what the database said, and w
     expect(Option.getOrThrow(full)).toBe(
       "Cannot use the database (SQLite at /srv/batches.sqlite; see DATA_DIR): its disk is full (database or disk is full)"
     )
+  }).pipe(Effect.provide(AppConfig.layerWith({ dataDir: "/srv" }))))
+
+it.effect("a full disk under an existing file, or beside another failure: said as the full disk, in its own words", () =>
+  Effect.gen(function*() {
     // An existing file on a full disk: its first statement fails as SQLite's shared-memory index cannot grow.
     const noRoom = yield* startFaultLine(Cause.fail(new SqlError({
       message: "Failed to prepare statement ",
@@ -32,6 +36,14 @@ it.effect("a migration that failed: the migration, what the database said, and w
     })))
     expect(Option.getOrThrow(noRoom)).toBe(
       "Cannot use the database (SQLite at /srv/batches.sqlite; see DATA_DIR): its disk is full (disk I/O error)"
+    )
+    // A statement that failed for another reason beside it: the full disk's words, not the other's.
+    const beside = yield* startFaultLine(Cause.parallel(
+      Cause.fail(new SqlError({ message: "Failed to execute statement", cause: new Error("database is locked") })),
+      Cause.die(Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" }))
+    ))
+    expect(Option.getOrThrow(beside)).toBe(
+      "Cannot use the database (SQLite at /srv/batches.sqlite; see DATA_DIR): its disk is full (ENOSPC: no space left on device, write)"
     )
   }).pipe(Effect.provide(AppConfig.layerWith({ dataDir: "/srv" }))))
 

@@ -12,7 +12,7 @@ import { Cause, Effect, FiberRef, Option } from "effect"
 import { type ApiError, databaseUnavailable, insufficientStorage, invalidRequest, payloadTooLarge, serverError, storageNotWritable } from "../domain/Errors.js"
 import { echo } from "../domain/Text.js"
 import { saidWithin } from "../observability/saidWithin.js"
-import { privilegeMissing, rootMessage, storageFault } from "../storage/Faults.js"
+import { faultWords, privilegeMissing, storageFault } from "../storage/Faults.js"
 import { OpenAIApi } from "./Api.js"
 import type { MultipartInvalid } from "./Multipart.js"
 import { MAX_JSON_DEPTH } from "../domain/Json.js"
@@ -104,7 +104,7 @@ export const ErrorEnvelopeLive = HttpApiBuilder.middleware(OpenAIApi, (app) => {
   const storageWarning = (kind: string, cause: Cause.Cause<unknown>, line: string) =>
     Effect.clockWith((clock) => {
       if (!due(kind, clock.unsafeCurrentTimeMillis(), STORAGE_SAID_EVERY_MS)) return Effect.void
-      return Effect.logWarning(`${line} (${echo(rootMessage(Cause.squash(cause)), 300)})`)
+      return Effect.logWarning(`${line} (${echo(faultWords(storageFault(cause), cause), 300)})`)
     })
   const said = (error: ApiError, cause: Cause.Cause<unknown>) => {
     switch (error._tag) {
