@@ -22,7 +22,7 @@ import { type Backend, backends, eventually, eventuallyEffect, filesUnder, TestD
 
 /** A batch's lines: long enough for a cancel or a restart to land while it runs. */
 const LINES = 600
-/** The lines of the six batches run side by side (each a slice of its own, still written while the others are). */
+/** The lines of each of the six batches made through the API node and run by the other. */
 const SIX_LINES = 200
 const batchLines = (tag: string, lines = LINES) => Array.from({ length: lines }, (_, i) => chatLine(`${tag}-${i}`, `${tag} prompt ${i}`))
 

@@ -38,7 +38,7 @@ describe("a damaged SQLite database at start", () => {
     Effect.scoped(Effect.flatMap(scratchDir, (dataDir) =>
       Effect.promise(async () => {
         const env = { DATA_DIR: dataDir, LOG_FORMAT: "json" }
-        // The server's database and a stored file, then a table of the copy's own whose pages fill its middle.
+        // The app's database and a stored file, then a table of the copy's own whose pages fill its middle.
         await storedByAnApp(dataDir)
         const file = Path.join(dataDir, "batches.sqlite")
         const db = new Database(file)

@@ -67,11 +67,14 @@ describe("a batch's page", () => {
             /^Upstream main has been down since \d\d:\d\d UTC\S* \((no connection|its calls fail)\): this batch waits for it and loses nothing; it goes on when it is back\.$/
           )
           expect(await statusOf(page)).toBe("in progress")
-          // Back, and quicker: the ~800 lines left are no part of what the page says.
-          main!.latencyMs = 5
           await main!.start()
           await shown(page, () => waiting.isVisible()).toBe(false)
+          // Said no more while the batch still runs (~800 lines left at 50 ms, 8 at a time: seconds)...
+          expect(await statusOf(page)).toBe("in progress")
+          // ...whose lines left are no part of what the page says: answered quicker.
+          main!.latencyMs = 5
           await shown(page, () => statusOf(page)).toBe("completed")
+          main!.latencyMs = 50
           expect(await page.locator(".counts").textContent()).toBe("1,000 of 1,000 done (100%): 1,000 succeeded, 0 failed")
           // Asked at the batch's refreshes while it ran, and no more once it ended.
           const asked = calls.n

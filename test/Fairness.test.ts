@@ -193,6 +193,10 @@ sideBySide("fairness through a 429 storm, the lines handed back", () => layer(re
       const { a, refused } = yield* refusedBesideB
       const finished = yield* waitFor(a, refused.id, terminal, 60_000)
       expect(finished.request_counts).toEqual({ total: 4, completed: 0, failed: 4 })
+      // Sent again: each at least twice (a 429 is also taken for the upstream's overload, and tried again for it).
+      const sends = [...(yield* Upstream).stats.byPrompt].filter(([prompt]) => prompt.includes("refused")).map(([, n]) => n)
+      expect(sends).toHaveLength(4)
+      expect(Math.min(...sends)).toBeGreaterThanOrEqual(2)
       const lines = yield* readLines(a, finished.error_file_id)
       expect(lines.map((line) => [line.custom_id, line.response?.status_code]).sort()).toEqual(
         [0, 1, 2, 3].map((i) => [`line-${i}`, 429])

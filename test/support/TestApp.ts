@@ -168,8 +168,8 @@ export const baseUrl = Effect.map(HttpServer.HttpServer, (server) => {
 })
 
 /**
- * The app on `dataDir` (its SQLite file and local files, as a server process there makes them) stores `count` small
- * files and closes: their ids and sizes. For tests of what a server process does on such a directory next.
+ * The app on `dataDir` (its SQLite file and local files, as a server process makes them; its disk reserve smaller)
+ * stores `count` small files and closes: their ids and sizes. For tests of what a server process does on it next.
  */
 export const storedByAnApp = (dataDir: string, count = 1) =>
   Effect.runPromise(Effect.scoped(Effect.gen(function*() {
