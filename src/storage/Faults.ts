@@ -146,11 +146,10 @@ export const storageState = (fault: StorageFault): string =>
  * What the driver said in the error of `cause` that is `fault` (a full disk brings other operations down with it,
  * whose errors say less); the first error's words when none is.
  */
-export const faultWords = (fault: StorageFault | undefined, cause: Cause.Cause<unknown>): string =>
-  rootMessage(
-    [...Cause.failures(cause), ...Cause.defects(cause)].find((error) => fault !== undefined && storageFaultOf(error) === fault) ??
-      Cause.squash(cause)
-  )
+export const faultWords = (fault: StorageFault | undefined, cause: Cause.Cause<unknown>): string => {
+  const faulty = fault === undefined ? undefined : [...Cause.failures(cause), ...Cause.defects(cause)].find((error) => storageFaultOf(error) === fault)
+  return rootMessage(faulty ?? Cause.squash(cause))
+}
 
 /** What the storage fault in `cause` is, in a few words, with what the driver said: for a line of its own. */
 export const describeStorageFault = (fault: StorageFault, cause: Cause.Cause<unknown>): string =>

@@ -14,6 +14,7 @@ import { makeServices, type ServiceParts, ServicesLive } from "../../src/Layers.
 import { SchedulerLive } from "../../src/Scheduler.js"
 import { createScratchSchema, dropScratchSchema } from "./Postgres.js"
 import { type Simulator, type SimulatorOptions, startSimulator } from "../../scripts/simulator.js"
+import { chatLine, sdk, upload } from "./Batches.js"
 
 /** A fresh directory, removed when the scope closes. */
 export const scratchDir = Effect.acquireRelease(
@@ -173,19 +174,8 @@ export const baseUrl = Effect.map(HttpServer.HttpServer, (server) => {
  */
 export const storedByAnApp = (dataDir: string, count = 1) =>
   Effect.runPromise(Effect.scoped(Effect.gen(function*() {
-    const base = yield* Effect.provide(baseUrl, yield* Layer.build(testApp({ dataDir })))
-    return yield* Effect.promise(async () => {
-      const stored: Array<{ id: string; bytes: number }> = []
-      for (let i = 0; i < count; i++) {
-        const form = new FormData()
-        form.append("purpose", "batch")
-        form.append("file", new Blob([`{"custom_id":"${i}","method":"POST","url":"/v1/chat/completions","body":{}}\n`]), "in.jsonl")
-        const answer = await fetch(`${base}/v1/files`, { method: "POST", body: form })
-        if (answer.status !== 200) throw new Error(`upload answered ${answer.status}: ${await answer.text()}`)
-        stored.push((await answer.json()) as { id: string; bytes: number })
-      }
-      return stored
-    })
+    const openai = sdk(yield* Effect.provide(baseUrl, yield* Layer.build(testApp({ dataDir }))))
+    return yield* Effect.forEach(Array.from({ length: count }, (_, i) => i), (i) => upload(openai, [chatLine(`${i}`, "hello")]))
   })))
 
 /** Retries `check` (with real time) until it passes or `timeoutMs` is over; for effects of background fibers. */
