@@ -196,7 +196,11 @@ for (const backend of backends) {
         expect((yield* unwrap(receivedFor(own, ofA.id)[0]!, OWN_SECRET)).data.id).toBe(ofA.id)
         expect(yield* rejects(receivedFor(own, ofA.id)[0]!, SECRET)).toBe(true)
 
-        yield* deliveryWhen(b, ofB.id, (d) => d.status === "delivered")
+        // A receiver has the call before the worker stores its answer: wait for both rows to say so.
+        yield* Effect.all([
+          deliveryWhen(a, ofA.id, (d) => d.status === "delivered"),
+          deliveryWhen(b, ofB.id, (d) => d.status === "delivered")
+        ])
         const listA = yield* deliveries(a, { limit: 100 })
         const listB = yield* deliveries(b, { limit: 100 })
         const listAll = yield* deliveries(admin, { limit: 100 })
