@@ -95,5 +95,18 @@ for (const backend of backends) describe(`usage (${backend})`, () => {
           total_tokens: inputs
         })
       }))
+
+    it.effect("an upstream's absurd counts (10^20 tokens a line) count nothing, and never keep a batch's outcomes from being stored", () =>
+      Effect.gen(function*() {
+        const openai = yield* client
+        // 1,100 such lines summed overflowed PostgreSQL's BIGINT in the batch's totals (each read as 2^53 - 1).
+        const prompts = Array.from({ length: 1_100 }, (_, i) => `line ${i} [cached:100000000000000000000] [reasoning:100000000000000000000]`)
+        const { done, output } = yield* runBatch(openai, "/v1/chat/completions", prompts)
+        expect(output[0].response.body.usage.prompt_tokens_details.cached_tokens).toBe(1e20)
+        expect(done.request_counts).toEqual({ total: 1_100, completed: 1_100, failed: 0 })
+        expect(done.usage?.input_tokens_details).toEqual({ cached_tokens: 0 })
+        expect(done.usage?.output_tokens_details).toEqual({ reasoning_tokens: 0 })
+        expect(done.usage?.input_tokens).toBe(total(output.map((l) => l.response.body.usage.prompt_tokens)))
+      }))
   })
 })

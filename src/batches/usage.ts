@@ -15,9 +15,16 @@ export interface TokenUsage {
 
 export const zeroUsage: TokenUsage = { input: 0, cached: 0, output: 0, reasoning: 0, total: 0 }
 
-/** A token count as a whole, non-negative number (an upstream's odd value must not fail storing the outcome). */
+/**
+ * The most tokens one answer may count: more is no model's (a context of 2^31 tokens), and bounds a batch's sums,
+ * which the database keeps as 64-bit integers (1,025 answers at 2^53 - 1 each overflowed PostgreSQL's BIGINT, and the
+ * batch stopped, its outcomes refused).
+ */
+const MAX_TOKENS_PER_ANSWER = 2 ** 31 - 1
+
+/** A token count as a whole, non-negative number, 0 when it is none (an upstream's odd value must not fail storing the outcome). */
 const num = (v: unknown): number =>
-  typeof v === "number" && Number.isFinite(v) && v > 0 ? Math.min(Math.floor(v), Number.MAX_SAFE_INTEGER) : 0
+  typeof v === "number" && Number.isFinite(v) && v > 0 && v <= MAX_TOKENS_PER_ANSWER ? Math.floor(v) : 0
 
 /**
  * Chat/completions/embeddings say `prompt_tokens`/`completion_tokens`; responses say `input_tokens`/`output_tokens`;
