@@ -65,7 +65,7 @@ export const answerClientErrors = (server: Server): void => {
   // is closed once answered (ended alone, it stayed half open for as long as its client kept its side).
   if (server.listenerCount("connect") === 0) {
     server.on("connect", (_request: IncomingMessage, socket: Duplex) => {
-      refuseOn(socket, refusal(405, "Method Not Allowed", "method_not_allowed", "CONNECT is not supported: this server is not a proxy.", { allow: "GET, HEAD, POST, DELETE, OPTIONS" }))
+      refuseOn(socket, refusal(405, "Method Not Allowed", "method_not_allowed", "CONNECT is not supported: this server is not a proxy.", { allow: "GET, HEAD, POST, DELETE" }))
     })
   }
 }
@@ -96,6 +96,7 @@ export const answerDirectly = (
  *   has no body, is turned off. An HTTP/1.0 one needs none (health checks such as HAProxy's send none). Node keeps
  *   the first of several `Host` headers: which one a proxy routed by is not known;
  * - more than one `Authorization`: Node keeps the first, a proxy that checked the key may have read the last;
+ * - more than one `Content-Type`: the same, for a firewall that judged the body by the last;
  * - a `Transfer-Encoding` other than `chunked` (`gzip, chunked`): Node takes the chunks apart and leaves the rest
  *   undone, so the body read would not be the one sent.
  */
@@ -133,6 +134,7 @@ const ambiguity = (request: IncomingMessage): string | undefined => {
   const raw = request.rawHeaders
   if (countNamed(raw, "host") > 1) return "The request has more than one Host header."
   if (countNamed(raw, "authorization") > 1) return "The request has more than one Authorization header."
+  if (countNamed(raw, "content-type") > 1) return "The request has more than one Content-Type header."
   const coding = request.headers["transfer-encoding"]
   if (coding !== undefined && coding.trim().toLowerCase() !== "chunked") {
     return `The request's Transfer-Encoding '${coding.slice(0, 64)}' is not supported: send the body as it is, chunked or with a Content-Length.`
