@@ -296,7 +296,7 @@ describe("the openai-batch command line's files", () => {
       expect(unknown.code).toBe(1)
       expect(unknown.stderr).toMatch(/404/)
       expect(noKey.code).toBe(1)
-      expect(noKey.stderr).toContain("401")
+      expect(noKey.stderr).toContain("401 You didn't provide an API key:") // no key sent, not a wrong one
       expect(noKey.stderr).toContain("give a key with --api-key or OPENAI_API_KEY")
       // A batch that failed validation has no file to save: exit 1 in JSON too, with what the server found.
       expect(rejected.status).toBe("failed")

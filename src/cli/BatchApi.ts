@@ -255,7 +255,10 @@ async function* counted(source: AsyncIterable<Uint8Array>, onRead: (bytes: numbe
 export const make = (connection: Connection): BatchApiShape => {
   const client = new OpenAI({
     baseURL: connection.baseUrl,
+    // Without a key, no Authorization header (the SDK wants a key all the same): a server then says none was given,
+    // not that "none" is wrong.
     apiKey: connection.apiKey ?? "none",
+    ...(connection.apiKey === undefined ? { defaultHeaders: { Authorization: null } } : {}),
     fetch: streamingFetch,
     ...(connection.timeout ? { timeout: Duration.toMillis(connection.timeout) } : {})
   })
