@@ -147,6 +147,30 @@ describe("Inference", () => {
     }).pipe(Effect.provide(Layer.provideMerge(layer, logger)))
   })
 
+  it.effect("an absurd wait asked (retry-after-ms 1e308, Retry-After 1e300) is a pause at the cap; the call goes on, its permit given back", () => {
+    const { calls, layer } = scripted([
+      { status: 503, headers: { "retry-after-ms": "1e308" } },
+      { status: 429, headers: { "retry-after": "1e300" } },
+      { status: 200 }
+    ])
+    const { lines, logger } = loggedHolding("no call goes to it")
+    return Effect.gen(function*() {
+      const fiber = yield* Effect.fork(send())
+      yield* TestClock.adjust("60 seconds")
+      expect(calls.n).toBe(2)
+      yield* TestClock.adjust("60 seconds")
+      expect((yield* Fiber.join(fiber)).status).toBe(200)
+      // The upstream's one permit is free: the next call goes out at once (a lost one held every call after it).
+      const next = yield* Effect.fork(send())
+      yield* TestClock.adjust("1 second")
+      expect((yield* Fiber.join(next)).status).toBe(200)
+      expect(lines).toEqual([
+        "Upstream default answered 503 with retry-after-ms: no call goes to it for 1m (it asked 365d: INFERENCE_RETRY_MAX_DELAY)",
+        "Upstream default answered 429 with Retry-After: no call goes to it for 1m (it asked 365d: INFERENCE_RETRY_MAX_DELAY)"
+      ])
+    }).pipe(Effect.provide(Layer.provideMerge(layer, logger)))
+  })
+
   it.effect("a 429 with no Retry-After but a rate limit run out (OpenAI's x-ratelimit-*) pauses the upstream until it resets", () => {
     const limited = {
       status: 429,

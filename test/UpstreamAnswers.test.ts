@@ -104,4 +104,13 @@ describe("an upstream answer that cannot be read", () => {
     expect(wrapped.text).not.toMatch(/[\u0085\u2028\u2029]/)
     expect(JSON.parse(wrapped.text).error.message).toBe("Bad\u2028gateway\u0085x\u2029")
   })
+
+  it("a body that is no JSON is cut at 4,096 characters, never in an emoji: no half of a pair, which jq refuses", () => {
+    const cut = asJsonBody(500, `${"x".repeat(4095)}😀tail`, {}) as { text: string }
+    expect(cut.text).not.toMatch(/\\ud83d/)
+    expect(JSON.parse(cut.text).error.message).toBe("x".repeat(4095))
+    // One the upstream sent broken is said with U+FFFD in its place.
+    const broken = asJsonBody(500, "half \ud83d of it", {}) as { text: string }
+    expect(JSON.parse(broken.text).error.message).toBe("half \ufffd of it")
+  })
 })

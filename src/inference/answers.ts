@@ -98,19 +98,26 @@ const ASCTIME_DATE = /^[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2} \d{
 const httpDate = (text: string): number =>
   IMF_OR_RFC850_DATE.test(text) ? Date.parse(text) : ASCTIME_DATE.test(text) ? Date.parse(`${text} GMT`) : NaN
 
+/**
+ * The longest wait read from an answer: a year. Every caller waits far less (`INFERENCE_RETRY_MAX_DELAY`), but says
+ * what was asked: a `retry-after-ms` of 1e308 could not be said (a RangeError), which failed its batch.
+ */
+const LONGEST_ASKED_MS = 365 * 86_400_000
+
 /** The wait `Retry-After` (seconds or an HTTP date) or `retry-after-ms` asks for, in milliseconds, and which said it. */
 export const retryAfter = (
   headers: Record<string, string | undefined>,
   now: number
 ): Option.Option<{ readonly ms: number; readonly header: string }> => {
+  const asked = (ms: number, header: string) => Option.some({ ms: Math.min(ms, LONGEST_ASKED_MS), header })
   const ms = Number(headers["retry-after-ms"])
-  if (headers["retry-after-ms"] !== undefined && Number.isFinite(ms) && ms >= 0) return Option.some({ ms, header: "retry-after-ms" })
+  if (headers["retry-after-ms"] !== undefined && Number.isFinite(ms) && ms >= 0) return asked(ms, "retry-after-ms")
   const value = headers["retry-after"]?.trim()
   if (value === undefined) return Option.none()
   const seconds = Number(value)
-  if (value !== "" && Number.isFinite(seconds) && seconds >= 0) return Option.some({ ms: seconds * 1000, header: "Retry-After" })
+  if (value !== "" && Number.isFinite(seconds) && seconds >= 0) return asked(seconds * 1000, "Retry-After")
   const date = httpDate(value)
-  return Number.isNaN(date) ? Option.none() : Option.some({ ms: Math.max(0, date - now), header: "Retry-After" })
+  return Number.isNaN(date) ? Option.none() : asked(Math.max(0, date - now), "Retry-After")
 }
 
 /** `Retry-After` (seconds or an HTTP date) or `retry-after-ms`, in milliseconds. */
@@ -289,7 +296,9 @@ export const asJsonBody = (
     const said = `The upstream answered ${status}${type} with a body of ${text.length} characters that is not a JSON object`
     return new UpstreamFailure({ code: "invalid_upstream_response", message: `${said}: ${excerpt(text)}`, logged: `${said}.` })
   }
-  return errorEnvelope(status, text.length > 0 ? text.slice(0, 4096) : `Upstream answered ${status} with an empty body.`)
+  // Whole characters only (the cut never splits a pair, a lone half is U+FFFD): JSON's strict readers (jq) refuse a
+  // lone surrogate's escape.
+  return errorEnvelope(status, text.length > 0 ? cutBefore(text, 4096).toWellFormed() : `Upstream answered ${status} with an empty body.`)
 }
 
 /** A non-2xx answer whose body is not a JSON object, as an OpenAI error envelope with `message`. */

@@ -285,7 +285,14 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
           return Effect.flatMap(Effect.onInterrupt(restore(counted), () => Effect.sync(() => giveBack(permit))), (result) => {
             observeAttempt(ticket.model, (performance.now() - sent) / 1000)
             stalls.ended(result._tag === "Failure" && result.kind !== "answer" && result.kind !== "too_large" ? "no_answer" : "answered")
-            const verdict = judge(endpoint, ticket, n, result, permit.generation, sentOnTrial)
+            // Released even if the verdict cannot be made (a bug of ours that throws): a lost permit is lost for good.
+            let verdict: ReturnType<typeof judge>
+            try {
+              verdict = judge(endpoint, ticket, n, result, permit.generation, sentOnTrial)
+            } catch (defect) {
+              giveBack(permit)
+              return Effect.die(defect)
+            }
             if (typeof verdict === "string") {
               giveBack(permit)
               return Effect.succeed([result, verdict] as const)
