@@ -3,7 +3,7 @@ import * as HttpClient from "@effect/platform/HttpClient"
 import * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Duration, Effect, Either, Fiber, Layer, Logger, Option, TestClock } from "effect"
+import { Clock, Duration, Effect, Either, Exit, Fiber, Layer, Logger, Option, TestClock } from "effect"
 import { AppConfig } from "../src/Config.js"
 import type { UpstreamEntry } from "../src/upstreams/UpstreamSpec.js"
 import {
@@ -23,6 +23,7 @@ import { quotaSpent } from "../src/upstreams/judgeLines.js"
 import { transportFailureText } from "../src/upstreams/failureText.js"
 import { manualHandBack } from "./support/HandBack.js"
 import { eventually } from "./support/TestApp.js"
+import { Metrics, noopMetrics } from "../src/observability/Metrics.js"
 
 /** An answer, or no answer: the connection refused (never sent) or lost after sending. */
 type Scripted = { status: number; headers?: Record<string, string>; body?: string; afterMs?: number } | "refused" | "lost"
@@ -147,7 +148,7 @@ describe("Inference", () => {
     }).pipe(Effect.provide(Layer.provideMerge(layer, logger)))
   })
 
-  it.effect("an absurd wait asked (retry-after-ms 1e308, Retry-After 1e300) is a pause at the cap; the call goes on, its permit given back", () => {
+  it.effect("an absurd wait asked (retry-after-ms 1e308, Retry-After 1e300) is a pause at the cap; the call goes on, and the next", () => {
     const { calls, layer } = scripted([
       { status: 503, headers: { "retry-after-ms": "1e308" } },
       { status: 429, headers: { "retry-after": "1e300" } },
@@ -169,6 +170,24 @@ describe("Inference", () => {
         "Upstream default answered 429 with Retry-After: no call goes to it for 1m (it asked 365d: INFERENCE_RETRY_MAX_DELAY)"
       ])
     }).pipe(Effect.provide(Layer.provideMerge(layer, logger)))
+  })
+
+  it.effect("an embedder's metrics that throw as an attempt is told lose no permit: that call fails, the next goes out", () => {
+    const { calls, layer } = scripted([{ status: 200 }])
+    let throws = 1
+    const throwing = Layer.succeed(Metrics, {
+      ...noopMetrics,
+      attempts: () => () => {
+        if (throws-- > 0) throw new Error("the embedder's metrics")
+      }
+    })
+    return Effect.gen(function*() {
+      expect(Exit.isFailure(yield* Effect.exit(send()))).toBe(true)
+      const next = yield* Effect.fork(send())
+      yield* TestClock.adjust("1 second")
+      expect((yield* Fiber.join(next)).status).toBe(200)
+      expect(calls.n).toBe(2)
+    }).pipe(Effect.provide(layer.pipe(Layer.provide(throwing))))
   })
 
   it.effect("a 429 with no Retry-After but a rate limit run out (OpenAI's x-ratelimit-*) pauses the upstream until it resets", () => {

@@ -72,5 +72,7 @@ describe("route table", () => {
       "No upstream serves the model 'm' any more: its batch waits until one does (name it in UPSTREAMS_FILE and " +
         "restart), is cancelled or expires"
     )
+    // A long name is cut at 64 characters, never inside an emoji (a lone half is an escape jq refuses).
+    expect(unroutedWarning(`${"m".repeat(63)}😀tail`, [named!], "team")).toMatch(new RegExp(`^No upstream serves the model 'm{63}…' any more`))
   })
 })

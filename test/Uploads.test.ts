@@ -25,17 +25,17 @@ import { auth, clients, createUpload, md5, partBlobs, sendPart, sendPartPromise,
 const UNKNOWN_UPLOAD = "upload_000000000000000000000000"
 
 /**
- * The bytes under the live storage, each read starting a second late (an assembly that takes its time); `reads.started`
+ * The bytes under the live storage, each read starting `late` (an assembly that takes its time); `reads.started`
  * counts the reads begun.
  */
-const slowPartReads = (reads: { started: number }) => Layer.effect(
+const slowPartReads = (reads: { started: number }, late: Duration.DurationInput = "1 second") => Layer.effect(
   BlobStore,
   Effect.map(BlobStore, (blobs) =>
     BlobStore.of({
       ...blobs,
       read: (id) => {
-        const late = Effect.zipRight(Effect.sync(() => reads.started++), Effect.sleep("1 second"))
-        return Stream.concat(Stream.drain(Stream.fromEffect(late)), blobs.read(id))
+        const waited = Effect.zipRight(Effect.sync(() => reads.started++), Effect.sleep(late))
+        return Stream.concat(Stream.drain(Stream.fromEffect(waited)), blobs.read(id))
       }
     }))
 )
@@ -357,8 +357,8 @@ describe("uploads", () => {
         const claim = sql(`SELECT status, completing_until FROM uploads WHERE id = '${upload.id}'`).pipe(
           Effect.map((rows) => ({ status: (rows as Array<any>)[0]!.status, until: Number((rows as Array<any>)[0]!.completing_until) })))
         const first = yield* eventuallyEffect(Effect.tap(claim, (c) => Effect.sync(() => expect(c.status).toBe("completing"))), 2_000)
-        // Past the 300 ms a claim lasts unrenewed, the assembly still reading its part (a second): renewed meanwhile.
-        // (Seen renewed, not compared with the clock: a loaded machine once stalled the heartbeat past 300 ms.)
+        // Past the 300 ms a claim lasts unrenewed, the assembly still reading its part (2 s): renewed meanwhile. Seen
+        // renewed, not compared with the clock: a loaded machine once stalled the heartbeat past 300 ms.
         yield* eventuallyEffect(Effect.tap(claim, (c) => Effect.sync(() => {
           expect(c.until).toBeGreaterThan(first.until + 300)
           expect(c.status).toBe("completing")
@@ -376,7 +376,7 @@ describe("uploads", () => {
         const waiting = yield* Effect.fork(uploads.complete(other.id, { project: "p" }, otherParts.map((p) => p.id), undefined))
         yield* Effect.sleep("200 millis")
         yield* sql(`UPDATE uploads SET completing_owner = 'taker', completing_until = ${Date.now() + 60_000} WHERE id = '${other.id}'`)
-        yield* Effect.sleep("1500 millis") // its second part would be read by now (the first took a second)
+        yield* Effect.sleep("2500 millis") // its second part would be read by now (the first took 2 s)
         expect(reads.started - readsBefore).toBe(1)
         expect(yield* sql(`SELECT status, completing_owner FROM uploads WHERE id = '${other.id}'`)).toEqual([
           { status: "completing", completing_owner: "taker" }
@@ -386,7 +386,7 @@ describe("uploads", () => {
       }).pipe(
         Effect.provide(UploadsLive.pipe(
           Layer.provideMerge(FileStoreLive),
-          Layer.provideMerge(slowPartReads(reads).pipe(Layer.provideMerge(StorageLive))),
+          Layer.provideMerge(slowPartReads(reads, "2 seconds").pipe(Layer.provideMerge(StorageLive))),
           Layer.provideMerge(configFor({
             fileStorage: Option.some(fileStorage),
             leaseTtl: Duration.millis(300),

@@ -115,7 +115,7 @@ describe("usageOf", () => {
 
   it("turns fractional, negative, absurd or non-numeric counts into whole non-negative numbers", () => {
     expect(usageOf({ usage: { prompt_tokens: 1.7, completion_tokens: -3, total_tokens: 1e300, prompt_tokens_details: { cached_tokens: "2" } } }))
-      .toEqual({ input: 1, cached: 0, output: 0, reasoning: 0, total: 0 })
+      .toEqual({ input: 1, cached: 0, output: 0, reasoning: 0, total: 1 }) // a total that is none: input + output
     // Up to 2^31 - 1 a count is taken; past it, no answer has that many tokens.
     expect(usageOf({ usage: { prompt_tokens: 2 ** 31 - 1, completion_tokens: 2 ** 31 } }))
       .toEqual({ input: 2 ** 31 - 1, cached: 0, output: 0, reasoning: 0, total: 2 ** 31 - 1 })

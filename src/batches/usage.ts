@@ -22,9 +22,11 @@ export const zeroUsage: TokenUsage = { input: 0, cached: 0, output: 0, reasoning
  */
 const MAX_TOKENS_PER_ANSWER = 2 ** 31 - 1
 
-/** A token count as a whole, non-negative number, 0 when it is none (an upstream's odd value must not fail storing the outcome). */
-const num = (v: unknown): number =>
-  typeof v === "number" && Number.isFinite(v) && v > 0 && v <= MAX_TOKENS_PER_ANSWER ? Math.floor(v) : 0
+/** Whether `v` is a token count: a number from 0 to `MAX_TOKENS_PER_ANSWER`. */
+const isCount = (v: unknown): v is number => typeof v === "number" && v >= 0 && v <= MAX_TOKENS_PER_ANSWER
+
+/** A token count as a whole number, 0 when it is none (an upstream's odd value must not fail storing the outcome). */
+const num = (v: unknown): number => (isCount(v) ? Math.floor(v) : 0)
 
 /**
  * Chat/completions/embeddings say `prompt_tokens`/`completion_tokens`; responses say `input_tokens`/`output_tokens`;
@@ -44,6 +46,6 @@ export const usageOf = (body: unknown): TokenUsage => {
     cached: num(inputDetails.cached_tokens),
     output,
     reasoning: num(outputDetails.reasoning_tokens),
-    total: u.total_tokens === undefined ? input + output : num(u.total_tokens)
+    total: isCount(u.total_tokens) ? Math.floor(u.total_tokens) : input + output
   }
 }

@@ -5,6 +5,7 @@
  * (no call goes to them to notice a restart), whatever the number of waiters.
  */
 import { Deferred, Duration, Effect, Exit, FiberId, type Scope } from "effect"
+import { echo } from "../domain/Text.js"
 import type { Upstream } from "../upstreams/Upstream.js"
 import { admits, servesAnyModel, type UpstreamSpec } from "../upstreams/UpstreamSpec.js"
 
@@ -17,7 +18,7 @@ export const unroutedWarning = (model: string | null, specs: ReadonlyArray<Upstr
   const ways = anyModel
     ? `name it in UPSTREAMS_FILE and restart, or have a "*" upstream serve it: their lists are asked each probe interval`
     : "name it in UPSTREAMS_FILE and restart"
-  return `No upstream serves the model '${String(model).slice(0, 64)}' any more: its batch waits until one does ` +
+  return `No upstream serves the model '${echo(String(model), 64)}' any more: its batch waits until one does ` +
     `(${ways}), is cancelled or expires`
 }
 

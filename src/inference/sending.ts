@@ -8,6 +8,7 @@ import { Clock, Duration, Effect, FiberRef, identity, Option, Random } from "eff
 import { withMemberValue } from "../batches/jsonText.js"
 import type { AppConfigShape } from "../Config.js"
 import type { BatchEndpoint } from "../domain/Batches.js"
+import { echo } from "../domain/Text.js"
 import { type TracedCall, traceUpstreamCall, upstreamIdentity } from "../observability/upstreamCallSpans.js"
 import { type Attempt, isRefusal } from "../upstreams/judge.js"
 import type { Upstream } from "../upstreams/Upstream.js"
@@ -110,7 +111,7 @@ export const makeSend = ({ config, pickTraced, route }: SendingOptions) => {
         : ""
       return Effect.fail(new UpstreamFailure({
         code: "model_not_found",
-        message: `No upstream serves the model '${String(options.model).slice(0, 64)}'.${unchecked}`
+        message: `No upstream serves the model '${echo(String(options.model), 64)}'.${unchecked}`
       }))
     }
     const { attempts, handBack } = options

@@ -283,11 +283,12 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
           stalls.sent()
           const counted = loadAware ? Effect.locally(call, currentRequestWritten, permit.call.written) : call
           return Effect.flatMap(Effect.onInterrupt(restore(counted), () => Effect.sync(() => giveBack(permit))), (result) => {
-            observeAttempt(ticket.model, (performance.now() - sent) / 1000)
-            stalls.ended(result._tag === "Failure" && result.kind !== "answer" && result.kind !== "too_large" ? "no_answer" : "answered")
-            // Released even if the verdict cannot be made (a bug of ours that throws): a lost permit is lost for good.
+            // Released even if what is told of the call throws (an embedder's metrics) or the verdict cannot be made (a
+            // bug of ours): a lost permit is lost for good.
             let verdict: ReturnType<typeof judge>
             try {
+              observeAttempt(ticket.model, (performance.now() - sent) / 1000)
+              stalls.ended(result._tag === "Failure" && result.kind !== "answer" && result.kind !== "too_large" ? "no_answer" : "answered")
               verdict = judge(endpoint, ticket, n, result, permit.generation, sentOnTrial)
             } catch (defect) {
               giveBack(permit)
