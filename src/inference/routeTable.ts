@@ -6,10 +6,21 @@ import { admits, servesAnyModel, type UpstreamSpec } from "../upstreams/Upstream
 /** What routing reads of an upstream. */
 export type Routable = Pick<Upstream, "spec" | "listed" | "modelsAnswered">
 
+/**
+ * Each list's ids as a set, made once a list: a list is looked up for every model it names (`GET /v1/models`), and
+ * scanning it each time held the event loop for seconds (9 s for a list of 60,000, every 30 s).
+ */
+const listSets = new WeakMap<ReadonlyArray<string>, ReadonlySet<string>>()
+const lists = (ids: ReadonlyArray<string>, model: string) => {
+  let set = listSets.get(ids)
+  if (set === undefined) listSets.set(ids, (set = new Set(ids)))
+  return set.has(model)
+}
+
 /** Whether `upstream` is known to serve `model`: it names it, or serves `"*"` and its list has it. */
 const knownToServe = (upstream: Routable, model: string) =>
   upstream.spec.models.includes(model) ||
-  (servesAnyModel(upstream.spec) && Option.exists(upstream.listed(), (ids) => ids.includes(model)))
+  (servesAnyModel(upstream.spec) && Option.exists(upstream.listed(), (ids) => lists(ids, model)))
 
 /** Whether `upstream` serves any model and gives no list to go by (not reached yet, or it answers without one). */
 const servesUnlisted = (upstream: Routable) => servesAnyModel(upstream.spec) && Option.isNone(upstream.listed())
