@@ -7,7 +7,7 @@ import { Deferred, Duration, Effect, FiberRef, Logger, TestClock } from "effect"
 import { identity } from "effect/Function"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import { currentRequestWritten } from "../src/inference/UpstreamHttpClient.js"
-import { makeLoadWatch, sameOrigin } from "../src/upstreams/loadWatch.js"
+import { makeLoadWatch, sameOrigin, waitingRequests } from "../src/upstreams/loadWatch.js"
 
 /** A watch on `http` (its readings' answers), with no key and no one told of its readings. */
 const watch = (http: HttpClient.HttpClient, maxWaiting: number) =>
@@ -198,4 +198,10 @@ describe("load watch", () => {
       expect(lines).toEqual([expect.stringContaining("Upstream u: cannot read http://vllm:8000/metrics (")])
       expect(lines.join("\n")).not.toContain("SECRET9")
     }).pipe(Effect.scoped))
+
+  it("reads the waiting count summed over its series; a series that is no count is not read, and none at all is no reading", () => {
+    expect(waitingRequests('vllm:num_requests_waiting{model_name="a"} 2\nvllm:num_requests_waiting{model_name="b"} 3\n')).toBe(5)
+    expect(waitingRequests("vllm:num_requests_waiting -1e308\nvllm:num_requests_waiting{model_name=\"b\"} 3\n")).toBe(3)
+    for (const odd of ["-1", "-1e308", "NaN", "1e999"]) expect(waitingRequests(`vllm:num_requests_waiting ${odd}\n`)).toBeUndefined()
+  })
 })

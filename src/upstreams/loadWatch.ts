@@ -32,12 +32,15 @@ const POLL_TIMEOUT = Duration.seconds(5)
 const KEEP_READING_FOR = Duration.seconds(10)
 const METRIC = /^vllm:num_requests_waiting(?:\{[^}]*\})?\s+([0-9.eE+-]+)/gm
 
-/** The sum of `vllm:num_requests_waiting` over its series (one per model), if the text has it. */
+/**
+ * The sum of `vllm:num_requests_waiting` over its series (one per model), if the text has it. A series that is no
+ * count (negative, NaN, infinite) is not read: a reading of -1e308 let every call out unheld, without a word.
+ */
 export const waitingRequests = (text: string): number | undefined => {
   let total: number | undefined
   for (const match of text.matchAll(METRIC)) {
     const value = Number(match[1])
-    if (Number.isFinite(value)) total = (total ?? 0) + value
+    if (Number.isFinite(value) && value >= 0) total = (total ?? 0) + value
   }
   return total
 }
