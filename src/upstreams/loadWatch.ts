@@ -101,7 +101,7 @@ export const makeLoadWatch = (options: {
         Effect.flatMap((res): Effect.Effect<string, unknown> => (res.status === 200 ? res.text : Effect.fail(`status ${res.status}`))),
         Effect.flatMap((text) => {
           const waiting = waitingRequests(text)
-          return waiting === undefined ? Effect.fail("no vllm:num_requests_waiting in the answer") : Effect.succeed(waiting)
+          return waiting === undefined ? Effect.fail("no count of vllm:num_requests_waiting in the answer") : Effect.succeed(waiting)
         }),
         Effect.timeout(POLL_TIMEOUT),
         Effect.matchEffect({
