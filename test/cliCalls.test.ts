@@ -221,6 +221,23 @@ describe("the CLI's calls against a scripted server", () => {
       expect(warnings).toEqual([])
     }))
 
+  it.scopedLive("a server whose answers are no batch (a page, null, a list that never moves on) is said so in a line, never read as one", () =>
+    Effect.gen(function*() {
+      const server = yield* scriptedServer
+      const api = makeBatchApi({ baseUrl: server.url, apiKey: undefined })
+      server.set((_req, res) => res.writeHead(200, { "content-type": "text/html" }).end("<html>a proxy's page</html>"))
+      expect((yield* Effect.flip(api.retrieve("batch_abc"))).message).toBe(`reading batch batch_abc: the server's answer is not a batch: <html>a proxy's page</html>`)
+      expect((yield* Effect.flip(api.cancel("batch_abc"))).message).toMatch(/^cancelling batch batch_abc: the server's answer is not a batch: /)
+      server.set((_req, res) => json(res, 200, null))
+      expect((yield* Effect.flip(api.poll("batch_abc"))).message).toBe("reading batch batch_abc: the server's answer is not a batch: null")
+      // The same page again and again: a filtered list asked for it 1,200 times a second, for ever.
+      server.set((_req, res) =>
+        json(res, 200, { object: "list", data: [batch("failed", { id: "batch_same" })], first_id: "batch_same", last_id: "batch_same", has_more: true }))
+      const endless = yield* Effect.flip(api.list(20, { keep: (b) => b.status === "completed" }))
+      expect(endless.message).toBe("listing batches: the server listed batch_same twice: its pages do not move on")
+      expect(server.count()).toBe(2)
+    }))
+
   it.scopedLive("an upload or a create answered 429 or 503 (nothing done) is made again after the wait asked for, and said; a 500 is not", () =>
     Effect.gen(function*() {
       const server = yield* scriptedServer

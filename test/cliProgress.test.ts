@@ -155,6 +155,11 @@ describe("batches at rest", () => {
       errors: { object: "list", data: [{ code: "invalid_url", message: "The URL provided for this request does not match the batch endpoint.", line: 2, param: "url" }] }
     }), T0 + 5)
     expect(failed.slice(-2)).toEqual(["  problems:", "    line 2: invalid_url: The URL provided for this request does not match the batch endpoint."])
+    // A server's nonsense is shown as no count and as the number it gave, never thrown on (a RangeError before).
+    const odd = describeBatch(batch({ created_at: 1e300, request_counts: { total: 1e308, completed: "5", failed: -3 } as never }), T0)
+    expect(odd.some((line) => line.startsWith("  requests"))).toBe(false) // no count given: none shown
+    expect(odd.join("\n")).not.toMatch(/NaN|undefined|5-3/)
+    expect(odd.find((line) => line.startsWith("  created"))).toMatch(/^ {2}created {5}1e\+300 /)
   })
 
   it("lists batches in aligned columns, with their model, and their metadata when one has some", () => {

@@ -14,6 +14,7 @@ import { retryAfterMillis } from "../inference/answers.js"
 import { connectionHint, proxyRefusalStatus, proxyShown } from "../inference/connectionHints.js"
 import { proxiesOf } from "../inference/proxies.js"
 import { withoutCredentials } from "../observability/urlText.js"
+import { asBatch, asFile } from "./answerShapes.js"
 import { CliFailure, EXIT_FAILED } from "./failure.js"
 import { note } from "./output.js"
 import { streamingFetch, throughProxy } from "./streamingFetch.js"
@@ -273,29 +274,34 @@ export const make = (connection: Connection): BatchApiShape => {
           // Opened at each attempt: a stream cannot be sent twice, so the client does not retry it.
           { file: toStreamingFile(counted(createReadStream(path), onRead), Path.basename(path)), purpose: "batch" },
           { signal, maxRetries: 0, timeout: NO_OVERALL_TIMEOUT_MS }
-        ))),
+        ).then(asFile))),
     create: (params) =>
       unlessBusy(unlessLost(
-        call("creating the batch", (signal) => client.batches.create(params, { signal, maxRetries: 0 })),
+        call("creating the batch", (signal) => client.batches.create(params, { signal, maxRetries: 0 }).then(asBatch)),
         params.idempotency_key !== undefined
       )),
-    retrieve: (id) => call(`reading batch ${id}`, (signal) => client.batches.retrieve(id, { signal })),
-    poll: (id) => call(`reading batch ${id}`, (signal) => client.batches.retrieve(id, { signal, maxRetries: 0 })),
+    retrieve: (id) => call(`reading batch ${id}`, (signal) => client.batches.retrieve(id, { signal }).then(asBatch)),
+    poll: (id) => call(`reading batch ${id}`, (signal) => client.batches.retrieve(id, { signal, maxRetries: 0 }).then(asBatch)),
     // Page after page up to `limit`: a page ends sooner than its `limit` when its batches are large (`has_more`).
     list: (limit, { after, keep } = {}) =>
       call("listing batches", async (signal) => {
         // The client adds an abort listener to it per page and keeps them: past 10 pages Node warned of a leak.
         setMaxListeners(0, signal)
         const batches: Array<Batch> = []
-        // Filtered, a page holds fewer than it reads: whole pages then.
+        // Filtered, a page holds fewer than it reads: whole pages then. A batch listed twice is a server whose pages
+        // do not move on (the same `last_id` again and again): a filtered list asked for it 1,200 times a second.
+        const seen = new Set<string>()
         const page = { limit: keep === undefined ? Math.min(limit, 100) : 100, ...(after === undefined ? {} : { after }) }
-        for await (const batch of client.batches.list(page, { signal })) {
+        for await (const listed of client.batches.list(page, { signal })) {
+          const batch = asBatch(listed)
+          if (seen.has(batch.id)) throw new Error(`the server listed ${batch.id} twice: its pages do not move on`)
+          seen.add(batch.id)
           if (keep === undefined || keep(batch)) batches.push(batch)
           if (batches.length >= limit) break
         }
         return batches
       }),
-    cancel: (id) => call(`cancelling batch ${id}`, (signal) => client.batches.cancel(id, { signal })),
+    cancel: (id) => call(`cancelling batch ${id}`, (signal) => client.batches.cancel(id, { signal }).then(asBatch)),
     retry: (id, only, idempotencyKey) =>
       unlessBusy(unlessLost(
         call(`rerunning batch ${id}`, (signal) =>
@@ -305,7 +311,7 @@ export const make = (connection: Connection): BatchApiShape => {
               : {}),
             signal,
             maxRetries: 0
-          })),
+          }).then(asBatch)),
         idempotencyKey !== undefined
       )),
     content: (fileId, from = 0) =>

@@ -33,7 +33,11 @@ const phases = (b: Batch, now: number): string => {
   return marks.map(([name, at], i) => `${name} ${duration((marks[i + 1]?.[1] ?? end) - at)}`).join(", ")
 }
 
-const date = (seconds: number) => new Date(seconds * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC")
+/** `seconds` since the epoch as a UTC date; as given when no date has it (a server's nonsense must not throw). */
+const date = (seconds: number) => {
+  const at = new Date(seconds * 1000)
+  return Number.isNaN(at.getTime()) ? String(seconds) : at.toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC")
+}
 
 /** A batch's metadata as `k=v, k2=v2` (empty when it has none). */
 const metadataPairs = (b: Batch): string => Object.entries(b.metadata ?? {}).map(([k, v]) => `${k}=${v}`).join(", ")

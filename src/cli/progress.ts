@@ -19,8 +19,12 @@ export interface Counts {
   readonly done: number
 }
 
+/** A count as a server gave it, when it is one; else 0 (a string or a negative one was shown as `5-3` or `NaN`). */
+const countGiven = (value: unknown): number => (typeof value === "number" && Number.isSafeInteger(value) && value >= 0 ? value : 0)
+
 export const countsOf = (batch: Batch): Counts => {
-  const { total = 0, completed = 0, failed = 0 } = batch.request_counts ?? {}
+  const counts = batch.request_counts
+  const [total, completed, failed] = [countGiven(counts?.total), countGiven(counts?.completed), countGiven(counts?.failed)]
   return { total, completed, failed, done: completed + failed }
 }
 
