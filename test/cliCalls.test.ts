@@ -234,8 +234,14 @@ describe("the CLI's calls against a scripted server", () => {
       server.set((_req, res) =>
         json(res, 200, { object: "list", data: [batch("failed", { id: "batch_same" })], first_id: "batch_same", last_id: "batch_same", has_more: true }))
       const endless = yield* Effect.flip(api.list(20, { keep: (b) => b.status === "completed" }))
-      expect(endless.message).toBe("listing batches: the server listed batch_same twice: its pages do not move on")
+      expect(endless.message).toBe("listing batches: the server's next page lists no batch not listed before: its pages do not move on")
       expect(server.count()).toBe(2)
+      // A page that is no list: it said "No batches." (an empty list), exit 0.
+      server.set((_req, res) => res.writeHead(200, { "content-type": "text/html" }).end("<html>a proxy's page</html>"))
+      expect((yield* Effect.flip(api.list(20))).message).toBe("listing batches: the server's answer is not a list: <html>a proxy's page</html>")
+      // Upstreams that are no upstreams are left out (a watch read their models, and died on a null).
+      server.set((_req, res) => json(res, 200, { data: [null, { name: "u", models: ["m"], state: "up" }, { name: "v" }] }))
+      expect(yield* api.upstreams).toEqual([{ name: "u", models: ["m"], state: "up" }])
     }))
 
   it.scopedLive("an upload or a create answered 429 or 503 (nothing done) is made again after the wait asked for, and said; a 500 is not", () =>

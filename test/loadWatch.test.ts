@@ -202,6 +202,7 @@ describe("load watch", () => {
   it("reads the waiting count summed over its series; a series that is no count is not read, and none at all is no reading", () => {
     expect(waitingRequests('vllm:num_requests_waiting{model_name="a"} 2\nvllm:num_requests_waiting{model_name="b"} 3\n')).toBe(5)
     expect(waitingRequests("vllm:num_requests_waiting -1e308\nvllm:num_requests_waiting{model_name=\"b\"} 3\n")).toBe(3)
-    for (const odd of ["-1", "-1e308", "NaN", "1e999"]) expect(waitingRequests(`vllm:num_requests_waiting ${odd}\n`)).toBeUndefined()
+    for (const odd of ["-1", "-1e308", "1e999"]) expect(waitingRequests(`vllm:num_requests_waiting ${odd}\n`)).toBeUndefined()
+    expect(waitingRequests('vllm:num_requests_waiting{model_name="a"} 1e308\nvllm:num_requests_waiting{model_name="b"} 1e308\n')).toBeUndefined()
   })
 })

@@ -14,7 +14,7 @@ import { retryAfterMillis } from "../inference/answers.js"
 import { connectionHint, proxyRefusalStatus, proxyShown } from "../inference/connectionHints.js"
 import { proxiesOf } from "../inference/proxies.js"
 import { withoutCredentials } from "../observability/urlText.js"
-import { asBatch, asFile } from "./answerShapes.js"
+import { asBatch, asFile, asListPage, upstreamsSeen } from "./answerShapes.js"
 import { CliFailure, EXIT_FAILED } from "./failure.js"
 import { note } from "./output.js"
 import { streamingFetch, throughProxy } from "./streamingFetch.js"
@@ -288,18 +288,24 @@ export const make = (connection: Connection): BatchApiShape => {
         // The client adds an abort listener to it per page and keeps them: past 10 pages Node warned of a leak.
         setMaxListeners(0, signal)
         const batches: Array<Batch> = []
-        // Filtered, a page holds fewer than it reads: whole pages then. A batch listed twice is a server whose pages
-        // do not move on (the same `last_id` again and again): a filtered list asked for it 1,200 times a second.
+        // Filtered, a page holds fewer than it reads: whole pages then. A page that adds no batch not listed before
+        // is a server whose pages do not move on (the same `last_id` again and again): a filtered list asked for it
+        // 1,200 times a second. A batch listed again (a cursor that takes ties in) is skipped.
         const seen = new Set<string>()
-        const page = { limit: keep === undefined ? Math.min(limit, 100) : 100, ...(after === undefined ? {} : { after }) }
-        for await (const listed of client.batches.list(page, { signal })) {
-          const batch = asBatch(listed)
-          if (seen.has(batch.id)) throw new Error(`the server listed ${batch.id} twice: its pages do not move on`)
-          seen.add(batch.id)
-          if (keep === undefined || keep(batch)) batches.push(batch)
-          if (batches.length >= limit) break
+        const first = { limit: keep === undefined ? Math.min(limit, 100) : 100, ...(after === undefined ? {} : { after }) }
+        for (let page = await client.batches.list(first, { signal }); ; page = await page.getNextPage()) {
+          asListPage((page as unknown as { readonly body: unknown }).body) // the SDK reads any answer as a page
+          const before = seen.size
+          for (const listed of page.data) {
+            const batch = asBatch(listed)
+            if (seen.has(batch.id)) continue
+            seen.add(batch.id)
+            if (keep === undefined || keep(batch)) batches.push(batch)
+            if (batches.length >= limit) return batches
+          }
+          if (!page.hasNextPage()) return batches
+          if (seen.size === before) throw new Error(`the server's next page lists no batch not listed before: its pages do not move on`)
         }
-        return batches
       }),
     cancel: (id) => call(`cancelling batch ${id}`, (signal) => client.batches.cancel(id, { signal }).then(asBatch)),
     retry: (id, only, idempotencyKey) =>
@@ -327,7 +333,7 @@ export const make = (connection: Connection): BatchApiShape => {
       }),
     deleteFile: (fileId) => call(`deleting file ${fileId}`, (signal) => client.files.delete(fileId, { signal })).pipe(Effect.asVoid),
     upstreams: Effect.tryPromise((signal) => client.get<{ data: ReadonlyArray<UpstreamSeen> }>("/upstreams", { signal, maxRetries: 0 })).pipe(
-      Effect.map((list) => (Array.isArray(list?.data) ? list.data : "unsupported" as const)),
+      Effect.map((list) => (Array.isArray(list?.data) ? upstreamsSeen(list.data) : "unsupported" as const)),
       Effect.catchAll((e) => Effect.succeed(e.error instanceof APIError && e.error.status === 404 ? "unsupported" as const : "unavailable" as const))
     )
   }

@@ -6,6 +6,7 @@
 import type { Batch } from "openai/resources/batches"
 import type { FileObject } from "openai/resources/files"
 import { echo } from "../domain/Text.js"
+import type { UpstreamSeen } from "./upstreamNotes.js"
 
 /** At most 80 characters of an answer that is not what was asked for. */
 const shown = (answer: unknown): string => echo(typeof answer === "string" ? answer : JSON.stringify(answer) ?? String(answer), 80)
@@ -24,3 +25,16 @@ export const asFile = (answer: unknown): FileObject => {
   if (hasStringId(answer)) return answer as FileObject
   throw new Error(`the server's answer is not a file: ${shown(answer)}`)
 }
+
+/** `body` as a page of a list: an object whose `data` is an array (a page of HTML was read as an empty list). */
+export const asListPage = (body: unknown): void => {
+  if (typeof body !== "object" || body === null || !Array.isArray((body as { data?: unknown }).data)) {
+    throw new Error(`the server's answer is not a list: ${shown(body)}`)
+  }
+}
+
+/** The entries of `GET /v1/upstreams` that are upstreams as the CLI reads them (a name, a list of models). */
+export const upstreamsSeen = (data: ReadonlyArray<unknown>): ReadonlyArray<UpstreamSeen> =>
+  data.filter((u): u is UpstreamSeen =>
+    typeof u === "object" && u !== null && typeof (u as { name?: unknown }).name === "string" &&
+    Array.isArray((u as { models?: unknown }).models))

@@ -42,7 +42,7 @@ export const waitingRequests = (text: string): number | undefined => {
     const value = Number(match[1])
     if (Number.isFinite(value) && value >= 0) total = (total ?? 0) + value
   }
-  return total
+  return total !== undefined && Number.isFinite(total) ? total : undefined // two series of 1e308 sum to Infinity
 }
 
 /** A call counted on top of the readings: when its request was written (epoch ms on the Effect clock), once it is. */
