@@ -436,6 +436,10 @@ describe("the CLI's calls against a scripted server", () => {
       const lines: Array<string> = []
       yield* recorded(Effect.zipRight(say("k\u001b]0;PWNED\u0007\u001b[2J: v"), note("Q1\u202elnosj.exe\ttab")), lines)
       expect(lines).toEqual(["k⟨U+001B⟩]0;PWNED⟨U+0007⟩⟨U+001B⟩[2J: v", "Q1⟨U+202E⟩lnosj.exe\ttab"])
+      // A line is one line: a newline in a server's id cannot forge another.
+      const forged: Array<string> = []
+      yield* recorded(Effect.zipRight(say("batch_a\nbatch_b: completed"), note("x\ny")), forged)
+      expect(forged).toEqual(["batch_a⟨U+000A⟩batch_b: completed", "x⟨U+000A⟩y"])
       // In JSON too: it escapes C0 itself, not C1 nor the bidirectional controls.
       const json: Array<string> = []
       yield* recorded(printJson({ k: "\u009b2J\u202e\u001b" }), json)

@@ -56,9 +56,12 @@ export const interactive = (mode: Mode): boolean => mode !== "json" && process.s
 export const visible = (text: string): string => text.replace(CONTROLS, (c) => `⟨U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}⟩`)
 const CONTROLS = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g
 
-export const say = (line: string) => Console.log(visible(line))
+/** `line` as one line: its newlines drawn too (a server's batch id holding one forged a line of `status` or `list`). */
+const oneLineOf = (line: string) => visible(line).replaceAll("\n", "⟨U+000A⟩")
+
+export const say = (line: string) => Console.log(oneLineOf(line))
 export const sayAll = (lines: ReadonlyArray<string>) => Effect.forEach(lines, say, { discard: true })
-export const note = (line: string) => Console.error(visible(line))
+export const note = (line: string) => Console.error(oneLineOf(line))
 /** One JSON object a line; the controls JSON leaves as they are (C1, DEL, bidirectional) escaped as `\u202e`. */
 export const printJson = (value: unknown) =>
   Console.log(JSON.stringify(value).replace(JSON_UNESCAPED_CONTROLS, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`))
