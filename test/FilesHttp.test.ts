@@ -112,7 +112,7 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
       expect(retrieved.headers.get("content-type")).toBe("application/json")
       expect(retrieved.headers.get("x-request-id")).toMatch(/^req_[0-9a-f]{32}$/)
       expect(deleted.json).toEqual({ id: created.json.id, object: "file", deleted: true })
-      expectEnvelope(gone, 404, { param: "file_id", code: "not_found" })
+      expectEnvelope(gone, 404, { param: "id", code: "not_found" })
     }))
 
   it.effect("a chunked upload without Content-Length, fields after the file, keeps every byte", () =>
@@ -171,7 +171,7 @@ layer(testApp(), { excludeTestServices: true })("Files API over HTTP", (it) => {
     Effect.gen(function*() {
       for (const [path, method] of [["/v1/files/file-missing", "GET"], ["/v1/files/file-missing/content", "GET"], ["/v1/files/file-missing", "DELETE"]] as const) {
         const res = yield* call(path, { method })
-        expectEnvelope(res, 404, { param: "file_id", code: "not_found" })
+        expectEnvelope(res, 404, { param: "id", code: "not_found" })
         expect(res.json.error.message).toBe("No such File object: file-missing")
       }
     }))

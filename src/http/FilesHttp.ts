@@ -25,7 +25,8 @@ import { Budget, busy, cutWhenStalled, holdUntilAnswered, type Holder, holderOf,
 import { echo } from "../domain/Text.js"
 import { LARGE_PAGES_AT_ONCE, listAnswer, storedJson } from "./StoredResponse.js"
 
-const fileNotFound = (id: string) => notFound(`No such File object: ${echo(id)}`, "file_id")
+// `param: "id"`, as OpenAI names it (observed); the code is the contract's `not_found`.
+const fileNotFound = (id: string) => notFound(`No such File object: ${echo(id)}`, "id")
 
 /**
  * Fails unless the first bytes of `bytes` can be read: the headers, once sent, promise the whole file, and a file
