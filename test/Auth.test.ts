@@ -6,6 +6,7 @@
  */
 import { describe, expect, it, layer } from "@effect/vitest"
 import { ConfigProvider, Context, Effect, Exit, HashMap, Layer, Logger, LogLevel, Option, Redacted } from "effect"
+import { execFileSync } from "node:child_process"
 import { createHash } from "node:crypto"
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -358,6 +359,21 @@ describe("the keys file", () => {
       expect(String(yield* Effect.flip(auth.reload))).toContain("ENOENT")
       expect(Option.isSome(yield* caller("sk-file-h"))).toBe(true)
     }))
+
+  it.effect("a named pipe, a device or a file over 16 MiB as the keys file stops the start at once, saying so", () =>
+    Effect.gen(function*() {
+      const dir = scratch()
+      yield* Effect.addFinalizer(() => Effect.sync(() => rmSync(dir, { recursive: true, force: true })))
+      const fifo = Path.join(dir, "keys.fifo")
+      execFileSync("mkfifo", [fifo]) // nothing writes to it: the start waited for ever, deaf to SIGTERM
+      const large = Path.join(dir, "keys.txt")
+      writeFileSync(large, `sk-big:projA\n${"#".repeat(16 * 1024 * 1024)}\n`)
+      for (const [path, said] of [[fifo, "is not a regular file"], ["/dev/zero", "is not a regular file"], [large, "is larger than 16 MiB: not a keys file"]]) {
+        const exit = yield* Effect.exit(Effect.scoped(Layer.build(fileAuth(path))))
+        expect(Exit.isFailure(exit) ? String(exit.cause) : "started").toContain(`API_KEYS_FILE`)
+        expect(Exit.isFailure(exit) ? String(exit.cause) : "started").toContain(`${path} ${said}`)
+      }
+    }).pipe(Effect.scoped))
 
   it.effect("a bad file at start fails the layer with a ConfigError naming API_KEYS_FILE and the line", () =>
     Effect.gen(function*() {

@@ -195,7 +195,7 @@ describe("replay without a network", () => {
       const other = chatBody("unreadable")
       mkdirSync(recordingPath(dir, recordingKey(CHAT, other)))
       const unreadable = yield* Effect.flip(send(CHAT, other)).pipe(Effect.provide(InferenceReplay(dir)))
-      expect(unreadable.message).toBe(`The recording ${recordingPath("recordings", recordingKey(CHAT, other))} is unusable: cannot be read (EISDIR).`)
+      expect(unreadable.message).toBe(`The recording ${recordingPath("recordings", recordingKey(CHAT, other))} is unusable: is not a regular file (a pipe, a device or a directory).`)
       const tooLarge = yield* Effect.flip(send(CHAT, body)).pipe(Effect.provide(InferenceReplay(dir, { maxFileBytes: 4 })))
       expect(tooLarge.code).toBe("upstream_response_too_large")
       const exit = yield* Effect.exit(Effect.provide(Inference, InferenceReplay(Path.join(dir, "typo"))))

@@ -200,6 +200,8 @@ describe("UpstreamSpec", () => {
       const huge = Path.join(dir, "huge.yaml")
       writeFileSync(huge, `# ${"x".repeat(1024 * 1024)}\nupstreams: []\n`)
       expect(String(yield* Effect.flip(upstreamSpecs({ ...defaults, upstreamsFile: Option.some(huge) })))).toContain("larger than 1 MiB")
+      // A device says it has 0 bytes and never ends: read whole, /dev/urandom took 1.2 GB.
+      expect(String(yield* Effect.flip(upstreamSpecs({ ...defaults, upstreamsFile: Option.some("/dev/urandom") })))).toContain("is not a regular file")
       // Without a file: the shortcut, one upstream serving every model.
       const [shortcut] = yield* upstreamSpecs(defaults)
       expect(shortcut).toMatchObject({ name: "default", baseUrl: defaults.inferenceBaseUrl, models: ["*"] })

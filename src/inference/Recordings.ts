@@ -11,6 +11,7 @@ import { ConfigError, Effect, Layer, Option } from "effect"
 import { randomBytes } from "node:crypto"
 import * as fs from "node:fs/promises"
 import * as Path from "node:path"
+import { readBounded, unreadable } from "../boundedRead.js"
 import { makeDirectories } from "../storage/makeDirectories.js"
 import { AppConfig } from "../Config.js"
 import { Inference, InferenceLive, type InferenceShape, type ModelList, UpstreamFailure, type UpstreamResponse } from "./Inference.js"
@@ -47,28 +48,6 @@ const writeAtomically = async (path: string, text: string): Promise<void> => {
   } catch (error) {
     await fs.rm(temp, { force: true })
     throw error
-  }
-}
-
-type Read =
-  | { readonly _tag: "Missing" }
-  | { readonly _tag: "TooLarge"; readonly size: number }
-  | { readonly _tag: "Failed"; readonly message: string }
-  | { readonly _tag: "Read"; readonly text: string }
-
-/** The file at `path` if it is at most `maxBytes`; never rejects. */
-const readBounded = async (path: string, maxBytes: number): Promise<Read> => {
-  let handle: fs.FileHandle | undefined
-  try {
-    handle = await fs.open(path, "r")
-    const { size } = await handle.stat()
-    if (size > maxBytes) return { _tag: "TooLarge", size }
-    return { _tag: "Read", text: await handle.readFile("utf8") }
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code
-    return code === "ENOENT" || code === "ENOTDIR" ? { _tag: "Missing" } : { _tag: "Failed", message: typeof code === "string" ? `cannot be read (${code})` : "cannot be read" }
-  } finally {
-    await handle?.close()
   }
 }
 
@@ -221,8 +200,9 @@ export const InferenceReplay = (
                     code: "upstream_response_too_large",
                     message: `The recording ${shown} is ${read.size} bytes, more than the ${maxBytes} read for one answer.`
                   }))
+                case "NotAFile":
                 case "Failed":
-                  return Effect.fail(invalid(shown, read.message))
+                  return Effect.fail(invalid(shown, unreadable(read, maxBytes, "a recording")))
                 case "Read": {
                   const answer = answerFromRecording(read.text)
                   return "problem" in answer ? Effect.fail(invalid(shown, answer.problem)) : Effect.succeed(answer)

@@ -4,7 +4,7 @@
  * `UpstreamSpec.ts`.
  */
 import { ConfigError, Effect, Either, Option } from "effect"
-import { readFile, stat } from "node:fs/promises"
+import { readBounded, unreadable } from "../boundedRead.js"
 import { parse as parseYaml } from "yaml"
 import type { AppConfigShape } from "../Config.js"
 import { meantName } from "../domain/misspeltNames.js"
@@ -83,13 +83,10 @@ export const upstreamSpecs = (config: AppConfigShape): Effect.Effect<ReadonlyArr
     if (Option.isNone(config.upstreamsFile)) return [shortcut(config)]
     const path = config.upstreamsFile.value
     const invalid = (problem: string) => ConfigError.InvalidData(["UPSTREAMS_FILE"], `${path}: ${problem}`)
-    const text = yield* Effect.tryPromise({
-      // Its size first: a list of upstreams is a few kilobytes, and a wrong path (a model's weights) was read whole.
-      try: async () => ((await stat(path)).size > MAX_FILE_BYTES ? undefined : await readFile(path, "utf8")),
-      catch: (error) => invalid(`cannot be read (${(error as Error).message})`)
-    })
-    if (text === undefined) return yield* Effect.fail(invalid(`larger than ${MAX_FILE_BYTES / 1024 / 1024} MiB: not a list of upstreams`))
-    const file = yield* Either.mapLeft(parseUpstreamsFile(text), invalid)
+    // Bounded: a list of upstreams is a few kilobytes, and a wrong path (a model's weights) was read whole.
+    const read = yield* Effect.promise(() => readBounded(path, MAX_FILE_BYTES))
+    if (read._tag !== "Read") return yield* Effect.fail(invalid(unreadable(read, MAX_FILE_BYTES, "a list of upstreams")))
+    const file = yield* Either.mapLeft(parseUpstreamsFile(read.text), invalid)
     const specs = resolveEntries(file.entries, config)
     if (file.problem === undefined) return yield* Either.mapLeft(specs, invalid)
     return yield* Effect.fail(invalid([file.problem, ...(Either.isLeft(specs) ? [specs.left] : [])].join("; ")))
