@@ -15,7 +15,7 @@ import { Metrics, noopMetrics } from "../src/observability/Metrics.js"
 import { SqlLive } from "../src/storage/Sql.js"
 import { noAnswer } from "../src/webhooks/posting.js"
 import { eventBody } from "../src/webhooks/signing.js"
-import { retryWait, WebhooksLive } from "../src/webhooks/Webhooks.js"
+import { DeliveryPolicy, type DeliveryPolicyShape, projectShare, retryWait, WebhooksLive, withinShares } from "../src/webhooks/Webhooks.js"
 import { WebhookTargetsTest } from "../src/webhooks/WebhookTargets.js"
 import { backends, configFor, eventually, eventuallyEffect, TestDatabase, TestDataDir } from "./support/TestApp.js"
 import { answering, type Receiver, webhookReceiver } from "./support/WebhookReceiver.js"
@@ -34,12 +34,13 @@ class Hook extends Context.Tag("test/Hook")<Hook, {
   readonly byProject: Record<string, { readonly url: string; readonly secret: string }>
 }>() {}
 
-const worker = (backend: "sqlite" | "postgres", overrides: Partial<AppConfigShape> = {}) =>
+const worker = (backend: "sqlite" | "postgres", overrides: Partial<AppConfigShape> = {}, policy?: DeliveryPolicyShape) =>
   Layer.unwrapScoped(Effect.gen(function*() {
     const receiver = yield* webhookReceiver()
     const byProject: Record<string, { readonly url: string; readonly secret: string }> = {}
     return WebhooksLive.pipe(
       Layer.provide(WebhookTargetsTest({ byProject })),
+      Layer.provide(policy === undefined ? Layer.empty : Layer.succeed(DeliveryPolicy, policy)),
       Layer.provide(Layer.succeed(Metrics, { ...noopMetrics, webhookDelivery: (outcome) => void counted.push(outcome) })),
       Layer.provideMerge(SqlLive),
       Layer.provideMerge(configFor({
@@ -198,6 +199,40 @@ for (const backend of backends) {
       }))
   })
 }
+
+for (const backend of backends) {
+  // Four attempts at once (a share of one a project), each waiting 20 s for its answer.
+  layer(worker(backend, {}, { timeout: Duration.seconds(20), concurrency: 4 }), { excludeTestServices: true, timeout: 30_000 })(
+    `${backend}: the webhook worker, shared between projects`,
+    (it) => {
+      it.scoped("a project whose receiver never answers holds three of four attempts at most: another project's event goes out at once", () =>
+        Effect.gen(function*() {
+          const { byProject, receiver } = yield* Hook
+          byProject.hanging = { url: `${receiver.url}/hang`, secret: SECRET }
+          byProject.prompt = { url: `${receiver.url}/ok`, secret: SECRET }
+          yield* answering(receiver, (_, request) => ({ status: 200, delayMs: request.path === "/hook/hang" ? 25_000 : 0 }))
+          const hung = () => receiver.received.filter((r) => r.path === "/hook/hang").length
+          yield* Effect.forEach(Array.from({ length: 12 }), () => insertEvent({ project: "hanging", createdAt: nowS() }))
+          // Its share, then the room no other project needs, but one attempt's.
+          yield* eventually(() => expect(hung()).toBe(3), 5_000)
+          const prompt = yield* insertEvent({ project: "prompt", createdAt: nowS() })
+          // Before any of the hanging attempts ends (20 s): it waited for them.
+          yield* eventuallyEffect(Effect.tap(rowOf(prompt), (r) => Effect.sync(() => expect(r).toMatchObject({ status: "delivered", attempts: 1 }))), 10_000)
+          expect(hung()).toBe(3)
+        }))
+    }
+  )
+}
+
+describe("a project's share of a node's webhook attempts", () => {
+  it("is a quarter of them, one at least; what is due beyond it waits, in order", () => {
+    expect([1, 4, 16, 17].map(projectShare)).toEqual([1, 1, 4, 5])
+    const due = ["a", "a", "b", "a", "c", "b"].map((project, i) => ({ project, i }))
+    const { kept, beyond } = withinShares(due, new Map([["a", 1]]), 2)
+    expect(kept.map((d) => d.i)).toEqual([0, 2, 4, 5])
+    expect(beyond.map((d) => d.i)).toEqual([1, 3])
+  })
+})
 
 describe("the wait before a delivery's next turn", () => {
   it("doubles from the base delay up to the longest, then spreads below it: events failing together come back apart", () => {

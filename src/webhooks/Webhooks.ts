@@ -58,6 +58,32 @@ const KEEP_SETTLED = Duration.days(30)
 export const retryWait = (turns: number, baseMs: number, maxMs: number, jitter: number): number =>
   Math.min(baseMs * 2 ** Math.min(turns, 40), maxMs) * jitter
 
+/**
+ * The attempts a project may have in flight on a node while other projects' events are due: a quarter of the
+ * node's, so that a project whose receiver hangs leaves the rest to the others.
+ */
+export const projectShare = (concurrency: number): number => Math.max(1, Math.ceil(concurrency / 4))
+
+/** `due`, in order, split into what fits each project's `share` beside its attempts `inFlight`, and the rest. */
+export const withinShares = <D extends { readonly project: string }>(
+  due: ReadonlyArray<D>,
+  inFlight: ReadonlyMap<string, number>,
+  share: number
+): { readonly kept: ReadonlyArray<D>; readonly beyond: ReadonlyArray<D> } => {
+  const counts = new Map(inFlight)
+  const kept: Array<D> = []
+  const beyond: Array<D> = []
+  for (const delivery of due) {
+    const count = counts.get(delivery.project) ?? 0
+    if (count >= share) beyond.push(delivery)
+    else {
+      kept.push(delivery)
+      counts.set(delivery.project, count + 1)
+    }
+  }
+  return { kept, beyond }
+}
+
 /** A delivery's log line: `event` to select it by, the batch and event ids, the attempts made. */
 const line = (delivery: ClaimedDelivery, event: string, fields: Record<string, unknown>) =>
   Effect.annotateLogs({ event, batch_id: delivery.batchId, event_id: delivery.id, type: delivery.type, ...fields })
@@ -155,11 +181,35 @@ export const make = Effect.gen(function*() {
       yield* conclude(delivery, claim, settlement, `to ${shown} failed (attempt ${attempts}: ${error})`, fields)
     }).pipe(Effect.withSpan("Webhooks.attempt", { attributes: { "webhook.event_id": delivery.id, "batch.id": delivery.batchId } }))
 
-  // Attempts running on this node (the claim loop below is their only starter, the attempts their only finishers).
+  // Attempts running on this node, in all and by project (the claim loop below is their only starter, the attempts
+  // their only finishers).
   let inFlight = 0
+  const inFlightOf = new Map<string, number>()
+  const share = projectShare(policy.concurrency)
+  const start = (running: FiberSet.FiberSet, delivery: ClaimedDelivery, claim: DeliveryClaim) => {
+    inFlight++
+    inFlightOf.set(delivery.project, (inFlightOf.get(delivery.project) ?? 0) + 1)
+    return FiberSet.run(running, attempt(delivery, claim).pipe(
+      Effect.catchAllCause((cause) => Effect.logError("Webhook attempt failed", cause)),
+      Effect.ensuring(Effect.sync(() => {
+        inFlight--
+        const left = inFlightOf.get(delivery.project)! - 1
+        if (left === 0) inFlightOf.delete(delivery.project)
+        else inFlightOf.set(delivery.project, left)
+      }))
+    ))
+  }
+  // A root span of its own (it runs every heartbeat on every node): `Tracing.ts` leaves it untraced.
+  const claimDue = (claim: DeliveryClaim, limit: number, excluding?: ReadonlyArray<string>) =>
+    Effect.withSpan(deliveries.claimDue(claim, limit, excluding), "Webhooks.claimDue")
+
   /**
    * Claims what is due, up to the attempts this node has room for, and starts each in `running`; true when it had
-   * room for more than it found (nothing else due now).
+   * room for more than it found (nothing else due now). Projects at their share are left out while others' events
+   * are due (the rows of one beyond its share, in a claim that filled the room, are let go again, and the next round
+   * leaves it out): a project whose receiver never answers held every attempt for its time limit, round after round,
+   * and another project's event waited 73 s behind 94 of them. The room no other project's event needs goes to those,
+   * but for a share kept free for the next event of another.
    */
   const claimRound = (running: FiberSet.FiberSet) =>
     Effect.gen(function*() {
@@ -167,16 +217,19 @@ export const make = Effect.gen(function*() {
       if (room <= 0) return true
       const now = yield* Clock.currentTimeMillis
       const claim: DeliveryClaim = { owner: config.nodeId, now, until: now + claimMs }
-      // A root span of its own (it runs every heartbeat on every node): `Tracing.ts` leaves it untraced.
-      const due = yield* Effect.withSpan(deliveries.claimDue(claim, room), "Webhooks.claimDue")
-      for (const delivery of due) {
-        inFlight++
-        yield* FiberSet.run(running, attempt(delivery, claim).pipe(
-          Effect.catchAllCause((cause) => Effect.logError("Webhook attempt failed", cause)),
-          Effect.ensuring(Effect.sync(() => inFlight--))
-        ))
+      const atShare = [...inFlightOf].filter(([, n]) => n >= share).map(([project]) => project)
+      const due = yield* claimDue(claim, room, atShare)
+      if (due.length === room) {
+        const { kept, beyond } = withinShares(due, inFlightOf, share)
+        yield* deliveries.release(beyond.map((d) => d.id), claim)
+        for (const delivery of kept) yield* start(running, delivery, claim)
+        return false
       }
-      return due.length < room
+      // Every other project's due event is in hand: the room left goes to the projects at their share, a share kept.
+      const spare = room - due.length - share
+      const more = atShare.length === 0 || spare <= 0 ? [] : yield* claimDue(claim, spare)
+      for (const delivery of [...due, ...more]) yield* start(running, delivery, claim)
+      return due.length + more.length < room - (atShare.length === 0 ? 0 : share)
     })
 
   // Not on an API-only node: on SQLite, the node that runs batches frees every claim when it starts (see

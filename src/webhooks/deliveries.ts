@@ -166,14 +166,18 @@ export const makeDeliveries = (sql: SqlClient.SqlClient) => {
   const decodeClaimed = Schema.decodeUnknown(Schema.Array(ClaimedRow))
   const decodeDeliveries = Schema.decodeUnknown(Schema.Array(DeliveryRow))
 
-  /** Up to `limit` pending rows due at `claim.now` and claimed by nobody (or by a claim that ran out), now `claim`'s. */
-  const claimDue = (claim: DeliveryClaim, limit: number) =>
+  /**
+   * Up to `limit` pending rows due at `claim.now`, of projects other than `excluding`, and claimed by nobody (or by a
+   * claim that ran out), now `claim`'s.
+   */
+  const claimDue = (claim: DeliveryClaim, limit: number, excluding: ReadonlyArray<string> = []) =>
     sql`
       UPDATE webhook_deliveries SET claimed_by = ${claim.owner}, claimed_until = ${claim.until}
       WHERE id IN (
         SELECT id FROM webhook_deliveries
         WHERE status = 'pending' AND next_attempt_ms <= ${claim.now}
           AND (claimed_until IS NULL OR claimed_until < ${claim.now})
+          AND ${excluding.length === 0 ? sql`1 = 1` : sql`NOT ${sql.in("project", excluding)}`}
         ORDER BY next_attempt_ms LIMIT ${limit} ${dialect.skipLocked}
       ) RETURNING id, type, batch_id, project, body, attempts, turns, created_at, last_status_code, last_error`.pipe(
       Effect.flatMap(decodeClaimed),
@@ -193,6 +197,12 @@ export const makeDeliveries = (sql: SqlClient.SqlClient) => {
       ),
       Effect.orDie
     )
+
+  /** Frees rows `claim` took and will not attempt (a project's beyond its share), for any node's next round. */
+  const release = (ids: ReadonlyArray<string>, claim: DeliveryClaim) =>
+    ids.length === 0 ? Effect.void : sql`
+      UPDATE webhook_deliveries SET claimed_by = NULL, claimed_until = NULL
+      WHERE ${sql.in("id", ids)} AND claimed_by = ${claim.owner} AND claimed_until = ${claim.until}`.pipe(Effect.asVoid, Effect.orDie)
 
   /** Stores a turn's result and frees the row, if `claim` still holds it (false when another node took it over). */
   const settle = (id: string, claim: DeliveryClaim, settlement: Settlement) =>
@@ -236,5 +246,5 @@ export const makeDeliveries = (sql: SqlClient.SqlClient) => {
   const removeSettled = (before: number) =>
     sql`DELETE FROM webhook_deliveries WHERE status <> 'pending' AND created_at < ${before}`.pipe(Effect.asVoid, Effect.orDie)
 
-  return { claimDue, settle, releaseAfterRestart, list, removeSettled }
+  return { claimDue, release, settle, releaseAfterRestart, list, removeSettled }
 }
