@@ -1,13 +1,15 @@
 /**
  * What the upstream answers, end to end (the official `openai` client → the server → the simulator): a
  * pretty-printed answer with a number `JSON.stringify` cannot write, one in ISO-8859-1 said so, a 200 that is not JSON, a gzipped one, one
- * nested too deep, an answer over `INFERENCE_MAX_RESPONSE_BYTES` and one that trickles past `INFERENCE_TIMEOUT`.
+ * nested too deep, an answer over `INFERENCE_MAX_RESPONSE_BYTES` and one that trickles past `INFERENCE_TIMEOUT`; and an
+ * answer that quotes the upstream's key back.
  */
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Duration, Effect } from "effect"
 import { BIGNUM_COMPACT } from "../scripts/simulator.js"
 import { asJsonBody, UpstreamFailure } from "../src/inference/answers.js"
 import { chatLine, createBatch, readLines, sdk, terminal, upload, waitFor } from "./support/Batches.js"
+import { scriptedUpstream } from "./support/ScriptedUpstream.js"
 import { baseUrl, testAppWithUpstream, Upstream } from "./support/TestApp.js"
 
 const config = {
@@ -113,4 +115,25 @@ describe("an upstream answer that cannot be read", () => {
     const broken = asJsonBody(500, "half \ud83d of it", {}) as { text: string }
     expect(JSON.parse(broken.text).error.message).toBe("half \ufffd of it")
   })
+})
+
+describe("an upstream answer that quotes a credential", () => {
+  it.scoped("an upstream that quotes its key back (a gateway's 'Received API Key = sk-…'): the key and credential headers are REDACTED in the answer kept", () =>
+    Effect.gen(function*() {
+      const KEY = "sk-upstream-S3CRET-0123456789"
+      const upstream = yield* scriptedUpstream({
+        apiKey: KEY,
+        headers: { "X-Api-Key": "hdr-S3CRET-4567", "Proxy-Authorization": "Basic cHJveHk6UzNDUkVU", "X-Trace": "1" },
+        answer: (request) =>
+          new Response(JSON.stringify({ error: { message: `Received API Key = ${KEY}; headers: ${JSON.stringify(request.headers)}` } }), { status: 401 }),
+        maxConcurrency: 2,
+        probeInterval: Duration.seconds(60)
+      })
+      const [attempt] = yield* upstream.attempt("/v1/chat/completions", "{}", { project: "p", deadline: 0 }, 1)
+      expect(attempt._tag).toBe("Response")
+      const text = attempt._tag === "Response" ? attempt.response.text : ""
+      expect(text).not.toMatch(/S3CRET|cHJveHk6UzNDUkVU/)
+      expect(JSON.parse(text).error.message).toContain("Received API Key = REDACTED")
+      expect(JSON.parse(text).error.message).toContain(`"x-trace":"1"`) // a short value is no secret to look for
+    }))
 })

@@ -20,3 +20,28 @@ const safeDecode = (text: string) => {
     return text
   }
 }
+
+/** Secrets shorter than this are not looked for in text: a header's `1` or `yes` would be replaced everywhere. */
+const MIN_SECRET_LENGTH = 8
+
+/**
+ * The credentials an upstream's calls carry: its key, and the values of its headers named like a credential's (a
+ * scheme's token alone too: `Bearer sk-…` is echoed as `sk-…`), longest first.
+ */
+export const upstreamSecrets = (apiKey: string | undefined, headers: Readonly<Record<string, string>>): ReadonlyArray<string> => {
+  const values = Object.entries(headers).filter(([name]) => CREDENTIAL_NAME.test(name)).map(([, value]) => value.trim())
+  const tokens = values.map((value) => value.split(/\s+/).at(-1) ?? "")
+  const secrets = [...(apiKey === undefined ? [] : [apiKey]), ...values, ...tokens].filter((s) => s.length >= MIN_SECRET_LENGTH)
+  return [...new Set(secrets)].sort((a, b) => b.length - a.length)
+}
+
+/**
+ * `text` with each of `secrets` in it replaced by `REDACTED`: a gateway may quote the key it was sent in its error
+ * ("Received API Key = sk-…"), which went to the project's error file and the logs. (`REDACTED` needs no escape in a
+ * JSON string: the text stays the JSON it was.)
+ */
+export const withoutSecrets = (text: string, secrets: ReadonlyArray<string>): string => {
+  let out = text
+  for (const secret of secrets) if (out.includes(secret)) out = out.replaceAll(secret, "REDACTED")
+  return out
+}

@@ -21,6 +21,7 @@ import { transportFailureText } from "./failureText.js"
 import { makeLoadWatch, sameOrigin } from "./loadWatch.js"
 import { type DownKind, makeOutage } from "./outage.js"
 import { Metrics } from "../observability/Metrics.js"
+import { upstreamSecrets, withoutSecrets } from "../observability/redaction.js"
 import { startStallWatch } from "./stallWatch.js"
 import { startUpReport } from "./startUpReport.js"
 import type { UpstreamSpec } from "./UpstreamSpec.js"
@@ -109,6 +110,8 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
         Effect.locallyWith(FiberRef.currentContext, Context.omit(Tracer.ParentSpan))
       )
 
+    // What its answers must not quote back into a project's lines or the logs.
+    const secrets = upstreamSecrets(Option.getOrUndefined(Option.map(spec.apiKey, Redacted.value)), spec.headers)
     const authorized = (request: HttpClientRequest.HttpClientRequest) =>
       HttpClientRequest.setHeaders(
         Option.match(spec.apiKey, {
@@ -248,7 +251,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       return { _tag: "Failure", kind, failure: new UpstreamFailure({ code, message, logged: `Upstream request failed: ${error.message}` }) }
     }
     const answered = (res: HttpClientResponse.HttpClientResponse, text: string): Attempt => {
-      const body = asJsonBody(res.status, text, res.headers)
+      const body = asJsonBody(res.status, withoutSecrets(text, secrets), res.headers)
       if (body instanceof UpstreamFailure) return { _tag: "Failure", kind: "answer", failure: body }
       const response = { status: res.status, text: body.text, json: body.json, requestId: res.headers["x-request-id"] ?? requestId() }
       return { _tag: "Response", response, headers: res.headers }

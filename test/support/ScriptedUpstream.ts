@@ -6,7 +6,7 @@
 import * as HttpClient from "@effect/platform/HttpClient"
 import type * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import * as HttpClientResponse from "@effect/platform/HttpClientResponse"
-import { Duration, Effect, Option } from "effect"
+import { Duration, Effect, Option, Redacted } from "effect"
 import { makeUpstream } from "../../src/upstreams/Upstream.js"
 
 export const scriptedUpstream = (options: {
@@ -14,17 +14,19 @@ export const scriptedUpstream = (options: {
   readonly maxConcurrency: number
   readonly probeInterval: Duration.Duration
   readonly models?: () => Response
+  readonly apiKey?: string
+  readonly headers?: Record<string, string>
 }) =>
   Effect.tap(
     makeUpstream({
       name: "u",
       baseUrl: "http://upstream.test/v1",
-      apiKey: Option.none(),
+      apiKey: Option.map(Option.fromNullable(options.apiKey), Redacted.make),
       models: ["m"],
       maxConcurrency: options.maxConcurrency,
       minConcurrency: 1,
       timeout: Duration.seconds(10),
-      headers: {},
+      headers: options.headers ?? {},
       loadAware: Option.none()
     }, {
       http: HttpClient.make((request) =>
