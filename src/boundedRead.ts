@@ -7,9 +7,9 @@ import { constants } from "node:fs"
 import * as fs from "node:fs/promises"
 
 export type BoundedRead =
-  | { readonly _tag: "Missing" }
+  | { readonly _tag: "Missing"; readonly code: string }
   | { readonly _tag: "NotAFile" }
-  | { readonly _tag: "TooLarge"; readonly size: number }
+  | { readonly _tag: "TooLarge" }
   | { readonly _tag: "Failed"; readonly message: string }
   | { readonly _tag: "Read"; readonly text: string }
 
@@ -19,26 +19,31 @@ const CHUNK_BYTES = 64 * 1024
 export const readBounded = async (path: string, maxBytes: number): Promise<BoundedRead> => {
   let handle: fs.FileHandle | undefined
   try {
-    // Non-blocking: opening a named pipe returns at once (a plain open waits for its writer), then it is refused.
-    handle = await fs.open(path, constants.O_RDONLY | constants.O_NONBLOCK)
-    const stat = await handle.stat()
+    // A pipe or a device is refused before it is opened (opening some does something: a tape rewinds). Opened
+    // non-blocking all the same, should one be put there meanwhile (a plain open of a pipe waits for its writer);
+    // a regular file that refuses that (a lease held on it) is opened plainly.
+    if (!(await fs.stat(path)).isFile()) return { _tag: "NotAFile" }
+    const opened = await fs.open(path, constants.O_RDONLY | constants.O_NONBLOCK).catch((error: NodeJS.ErrnoException) =>
+      error.code === "EAGAIN" || error.code === "EWOULDBLOCK" ? fs.open(path, "r") : Promise.reject(error))
+    handle = opened
+    const stat = await opened.stat()
     if (!stat.isFile()) return { _tag: "NotAFile" }
-    if (stat.size > maxBytes) return { _tag: "TooLarge", size: stat.size }
+    if (stat.size > maxBytes) return { _tag: "TooLarge" }
     // Read up to one byte past the bound, whatever the size said: a file growing meanwhile is still cut there.
     const chunks: Array<Buffer> = []
     let total = 0
     while (total <= maxBytes) {
-      const { buffer, bytesRead } = await handle.read(Buffer.alloc(Math.min(CHUNK_BYTES, maxBytes + 1 - total)), 0, undefined, null)
+      const { buffer, bytesRead } = await opened.read(Buffer.alloc(Math.min(CHUNK_BYTES, maxBytes + 1 - total)), 0, undefined, null)
       if (bytesRead === 0) break
       chunks.push(buffer.subarray(0, bytesRead))
       total += bytesRead
     }
-    if (total > maxBytes) return { _tag: "TooLarge", size: total }
+    if (total > maxBytes) return { _tag: "TooLarge" }
     return { _tag: "Read", text: Buffer.concat(chunks, total).toString("utf8") }
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code
     return code === "ENOENT" || code === "ENOTDIR"
-      ? { _tag: "Missing" }
+      ? { _tag: "Missing", code }
       : { _tag: "Failed", message: typeof code === "string" ? `cannot be read (${code})` : "cannot be read" }
   } finally {
     await handle?.close()
@@ -49,7 +54,7 @@ export const readBounded = async (path: string, maxBytes: number): Promise<Bound
 export const unreadable = (read: Exclude<BoundedRead, { _tag: "Read" }>, maxBytes: number, what: string): string => {
   switch (read._tag) {
     case "Missing":
-      return "cannot be read (ENOENT)"
+      return `cannot be read (${read.code})`
     case "NotAFile":
       return "is not a regular file (a pipe, a device or a directory)"
     case "TooLarge":

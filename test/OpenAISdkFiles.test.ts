@@ -63,7 +63,7 @@ layer(testApp(), { excludeTestServices: true })("openai SDK: files", (it) => {
       const error = yield* Effect.promise(() => openai.files.retrieve(streamed.id).then(() => undefined, (e) => e))
       expect(error).toBeInstanceOf(NotFoundError)
       expect(error.status).toBe(404)
-      expect(error.error).toMatchObject({ type: "invalid_request_error", param: "file_id", code: "not_found" })
+      expect(error.error).toMatchObject({ type: "invalid_request_error", param: "id", code: "not_found" })
       expect(error.requestID).toMatch(/^req_/)
 
       // List and delete: each next page is asked for after a file already deleted.

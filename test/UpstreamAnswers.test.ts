@@ -118,22 +118,34 @@ describe("an upstream answer that cannot be read", () => {
 })
 
 describe("an upstream answer that quotes a credential", () => {
-  it.scoped("an upstream that quotes its key back (a gateway's 'Received API Key = sk-…'): the key and credential headers are REDACTED in the answer kept", () =>
+  it.scoped("an upstream that quotes its key back (a gateway's 'Received API Key = sk-…'): the key and credential headers are REDACTED in an error kept, escaped as JSON too", () =>
     Effect.gen(function*() {
-      const KEY = "sk-upstream-S3CRET-0123456789"
+      const KEY = "sk-upstream/S3CRET+0123456789"
       const upstream = yield* scriptedUpstream({
         apiKey: KEY,
-        headers: { "X-Api-Key": "hdr-S3CRET-4567", "Proxy-Authorization": "Basic cHJveHk6UzNDUkVU", "X-Trace": "1" },
-        answer: (request) =>
-          new Response(JSON.stringify({ error: { message: `Received API Key = ${KEY}; headers: ${JSON.stringify(request.headers)}` } }), { status: 401 }),
+        headers: { "X-Api-Key": "hdr-S3CRET-4567", "Proxy-Authorization": "Basic cHJveHk6UzNDUkVU", "X-Portkey-Provider": "anthropic-claude", "X-Trace": "1" },
+        answer: (request) => {
+          const body = request.body._tag === "Raw" ? String(request.body.body) : ""
+          const quoted = `Received API Key = ${KEY}; headers: ${JSON.stringify(request.headers)}`
+          return body === "ok"
+            ? new Response(JSON.stringify({ id: "c", choices: [{ message: { content: `you sent ${KEY} via anthropic-claude` } }] }))
+            // As PHP writes JSON: `/` as `\/`. The key so escaped is found too.
+            : new Response(`{"error":{"message":${JSON.stringify(quoted).replaceAll("/", "\\/")}}}`, { status: 401 })
+        },
         maxConcurrency: 2,
         probeInterval: Duration.seconds(60)
       })
-      const [attempt] = yield* upstream.attempt("/v1/chat/completions", "{}", { project: "p", deadline: 0 }, 1)
-      expect(attempt._tag).toBe("Response")
-      const text = attempt._tag === "Response" ? attempt.response.text : ""
-      expect(text).not.toMatch(/S3CRET|cHJveHk6UzNDUkVU/)
-      expect(JSON.parse(text).error.message).toContain("Received API Key = REDACTED")
-      expect(JSON.parse(text).error.message).toContain(`"x-trace":"1"`) // a short value is no secret to look for
+      const textOf = (body: string) =>
+        Effect.map(upstream.attempt("/v1/chat/completions", body, { project: "p", deadline: 0 }, 1), ([attempt]) =>
+          attempt._tag === "Response" ? attempt.response.text : attempt.failure.message)
+      const refused = yield* textOf("{}")
+      expect(refused).not.toMatch(/S3CRET|cHJveHk6UzNDUkVU/)
+      const message: string = JSON.parse(refused).error.message
+      expect(message).toContain("Received API Key = REDACTED;")
+      // Neither a short value nor a header that is no credential's (Portkey's provider: "key" in its name).
+      expect(message).toContain(`"x-trace":"1"`)
+      expect(message).toContain(`"x-portkey-provider":"anthropic-claude"`)
+      // A completion is kept as it came, whatever it says.
+      expect(JSON.parse(yield* textOf("ok")).choices[0].message.content).toBe(`you sent ${KEY} via anthropic-claude`)
     }))
 })

@@ -8,7 +8,7 @@ import { describe, expect, it, layer } from "@effect/vitest"
 import * as HttpClientError from "@effect/platform/HttpClientError"
 import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Cause, Context, Duration, Effect, Exit, Layer, Logger } from "effect"
+import { Cause, Context, Duration, Effect, Exit, Layer, Logger, Tracer } from "effect"
 import type { AppConfigShape } from "../src/Config.js"
 import { eventId } from "../src/domain/Ids.js"
 import { Metrics, noopMetrics } from "../src/observability/Metrics.js"
@@ -19,7 +19,7 @@ import { DeliveryPolicy, type DeliveryPolicyShape, projectShare, retryWait, Webh
 import { WebhookTargetsTest } from "../src/webhooks/WebhookTargets.js"
 import { backends, configFor, eventually, eventuallyEffect, TestDatabase, TestDataDir } from "./support/TestApp.js"
 import { answering, type Receiver, webhookReceiver } from "./support/WebhookReceiver.js"
-import { SECRET } from "./support/Webhooks.js"
+import { SECRET, sleep } from "./support/Webhooks.js"
 
 /** Every line the worker logs (info and up), and every delivery it counts. */
 const logged: Array<{ readonly level: string; readonly message: string; readonly annotations: Record<string, unknown> }> = []
@@ -34,7 +34,7 @@ class Hook extends Context.Tag("test/Hook")<Hook, {
   readonly byProject: Record<string, { readonly url: string; readonly secret: string }>
 }>() {}
 
-const worker = (backend: "sqlite" | "postgres", overrides: Partial<AppConfigShape> = {}, policy?: DeliveryPolicyShape) =>
+const worker = (backend: "sqlite" | "postgres", overrides: Partial<AppConfigShape> = {}, policy?: DeliveryPolicyShape, extra: Layer.Layer<never> = Layer.empty) =>
   Layer.unwrapScoped(Effect.gen(function*() {
     const receiver = yield* webhookReceiver()
     const byProject: Record<string, { readonly url: string; readonly secret: string }> = {}
@@ -52,6 +52,7 @@ const worker = (backend: "sqlite" | "postgres", overrides: Partial<AppConfigShap
       })),
       Layer.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend))),
       Layer.provide(Logger.replace(Logger.defaultLogger, recorder)),
+      Layer.provide(extra),
       Layer.merge(Layer.succeed(Hook, { receiver, byProject }))
     )
   }))
@@ -200,9 +201,20 @@ for (const backend of backends) {
   })
 }
 
+/** The worker's claim rounds so far, each a `Webhooks.claimDue` span (of the worker below). */
+let claimRounds = 0
+const countingClaimRounds = Layer.unwrapEffect(Effect.map(Effect.tracer, (tracer) =>
+  Layer.setTracer(Tracer.make({
+    span: (name, ...rest) => {
+      if (name === "Webhooks.claimDue") claimRounds++
+      return tracer.span(name, ...rest)
+    },
+    context: (f, fiber) => tracer.context(f, fiber)
+  }))))
+
 for (const backend of backends) {
   // Four attempts at once (a share of one a project), each waiting 20 s for its answer.
-  layer(worker(backend, {}, { timeout: Duration.seconds(20), concurrency: 4 }), { excludeTestServices: true, timeout: 30_000 })(
+  layer(worker(backend, {}, { timeout: Duration.seconds(20), concurrency: 4 }, countingClaimRounds), { excludeTestServices: true, timeout: 30_000 })(
     `${backend}: the webhook worker, shared between projects`,
     (it) => {
       it.scoped("a project whose receiver never answers holds three of four attempts at most: another project's event goes out at once", () =>
@@ -219,6 +231,10 @@ for (const backend of backends) {
           // Before any of the hanging attempts ends (20 s): it waited for them.
           yield* eventuallyEffect(Effect.tap(rowOf(prompt), (r) => Effect.sync(() => expect(r).toMatchObject({ status: "delivered", attempts: 1 }))), 10_000)
           expect(hung()).toBe(3)
+          // With nothing it may start, the worker looks once a heartbeat (20 ms): it looked 12,000 times in 2 s.
+          const before = claimRounds
+          yield* sleep(1_000)
+          expect(claimRounds - before).toBeLessThan(150)
         }))
     }
   )

@@ -4,9 +4,8 @@
  * no key is needed and every request is the `localCaller` (the server then serves loopback only, see
  * `http/Security.ts`).
  *
- * Keys are held only as SHA-256 digests and compared with `timingSafeEqual` against every known digest, so neither
- * the comparison nor the lookup stops early on a partial match. No key is ever logged or put in an error message:
- * logs name a key by `keyHash`, the first 12 hex digits of its SHA-256.
+ * Keys are held only as SHA-256 digests, and a request's key is looked up by its digest (see `lookup`). No key is
+ * ever logged or put in an error message: logs name a key by `keyHash`, the first 12 hex digits of its SHA-256.
  *
  * A keys file holds one entry a line: `KEY`, `KEY:PROJECT`, `sha256:<64 lowercase hex>[:PROJECT]` (the SHA-256 of
  * the key's UTF-8 bytes, so that no secret sits on disk) or `admin:<KEY or sha256:hex>` (an operator key); blank
@@ -182,8 +181,9 @@ const tableOf = (
 
 /**
  * The caller of the key whose SHA-256 is `digest`, looked up by that digest. What the lookup's time may tell is how
- * close the digest of a guess came to a key's, which says nothing of the key; every entry compared in turn cost
- * 170 ms a request with 800,000 keys.
+ * close the digest of a guess came to a key's: no way to a key (but to guess a weak one offline, which a weak key
+ * allows anyway), and the logs name keys by 12 hex digits of it. Every entry compared in turn cost 170 ms a request
+ * with 800,000 keys.
  */
 const lookup = (table: KeyTable, digest: Buffer): Option.Option<Caller> =>
   Option.fromNullable(table.callers.get(digest.toString("hex")))

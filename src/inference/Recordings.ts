@@ -198,7 +198,7 @@ export const InferenceReplay = (
                 case "TooLarge":
                   return Effect.fail(new UpstreamFailure({
                     code: "upstream_response_too_large",
-                    message: `The recording ${shown} is ${read.size} bytes, more than the ${maxBytes} read for one answer.`
+                    message: `The recording ${shown} is larger than the ${maxBytes} bytes read for one answer.`
                   }))
                 case "NotAFile":
                 case "Failed":

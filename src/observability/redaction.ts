@@ -21,18 +21,24 @@ const safeDecode = (text: string) => {
   }
 }
 
-/** Secrets shorter than this are not looked for in text: a header's `1` or `yes` would be replaced everywhere. */
+/** Header names whose values are an upstream's credentials (`Authorization`, `X-Api-Key`, `X-Auth-Token`…). */
+const CREDENTIAL_HEADER = /^(proxy-)?authorization$|(^|-)(api-?key|key|token|secret|password)$/i
+
+/** Secrets shorter than this are not looked for in text (a header value such as `internal` would be everywhere). */
 const MIN_SECRET_LENGTH = 8
 
 /**
- * The credentials an upstream's calls carry: its key, and the values of its headers named like a credential's (a
- * scheme's token alone too: `Bearer sk-…` is echoed as `sk-…`), longest first.
+ * The credentials an upstream's calls carry: its key, and the values of its credential headers (a scheme's token
+ * alone too: `Bearer sk-…` is echoed as `sk-…`), each also as JSON writes it in a string (`/` as `\/` too, as some
+ * servers write it), longest first.
  */
 export const upstreamSecrets = (apiKey: string | undefined, headers: Readonly<Record<string, string>>): ReadonlyArray<string> => {
-  const values = Object.entries(headers).filter(([name]) => CREDENTIAL_NAME.test(name)).map(([, value]) => value.trim())
+  const values = Object.entries(headers).filter(([name]) => CREDENTIAL_HEADER.test(name)).map(([, value]) => value.trim())
   const tokens = values.map((value) => value.split(/\s+/).at(-1) ?? "")
-  const secrets = [...(apiKey === undefined ? [] : [apiKey]), ...values, ...tokens].filter((s) => s.length >= MIN_SECRET_LENGTH)
-  return [...new Set(secrets)].sort((a, b) => b.length - a.length)
+  const plain = [...(apiKey === undefined ? [] : [apiKey]), ...values, ...tokens].filter((s) => s.length >= MIN_SECRET_LENGTH)
+  const escaped = plain.map((s) => JSON.stringify(s).slice(1, -1))
+  const secrets = new Set([...plain, ...escaped, ...escaped.map((s) => s.replaceAll("/", "\\/"))])
+  return [...secrets].sort((a, b) => b.length - a.length)
 }
 
 /**

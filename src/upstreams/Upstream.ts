@@ -251,7 +251,9 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       return { _tag: "Failure", kind, failure: new UpstreamFailure({ code, message, logged: `Upstream request failed: ${error.message}` }) }
     }
     const answered = (res: HttpClientResponse.HttpClientResponse, text: string): Attempt => {
-      const body = asJsonBody(res.status, withoutSecrets(text, secrets), res.headers)
+      // An error's text only: a completion that says what a header says (a model's name) is kept as it came.
+      const kept = res.status >= 200 && res.status < 300 ? text : withoutSecrets(text, secrets)
+      const body = asJsonBody(res.status, kept, res.headers)
       if (body instanceof UpstreamFailure) return { _tag: "Failure", kind: "answer", failure: body }
       const response = { status: res.status, text: body.text, json: body.json, requestId: res.headers["x-request-id"] ?? requestId() }
       return { _tag: "Response", response, headers: res.headers }

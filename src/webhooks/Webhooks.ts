@@ -204,12 +204,13 @@ export const make = Effect.gen(function*() {
     Effect.withSpan(deliveries.claimDue(claim, limit, excluding), "Webhooks.claimDue")
 
   /**
-   * Claims what is due, up to the attempts this node has room for, and starts each in `running`; true when it had
-   * room for more than it found (nothing else due now). Projects at their share are left out while others' events
-   * are due (the rows of one beyond its share, in a claim that filled the room, are let go again, and the next round
-   * leaves it out): a project whose receiver never answers held every attempt for its time limit, round after round,
-   * and another project's event waited 73 s behind 94 of them. The room no other project's event needs goes to those,
-   * but for a share kept free for the next event of another.
+   * Claims what is due, up to the attempts this node has room for, and starts each in `running`; true when nothing
+   * more is to be started now (the loop then waits a heartbeat). A project's attempts stay within its share while
+   * others' events are due: projects at their share are left out of the claim, and a claim's rows beyond a project's
+   * share are let go again (when the claim filled the room, another project's may wait past its end: the next round,
+   * at once, leaves those projects out). Once every other project's due event is in hand, the room beyond a share
+   * kept free for the next one goes to the rows beyond shares. A project whose receiver never answered held every
+   * attempt for its time limit, round after round, and another project's event waited 73 s behind 94 of them.
    */
   const claimRound = (running: FiberSet.FiberSet) =>
     Effect.gen(function*() {
@@ -219,17 +220,20 @@ export const make = Effect.gen(function*() {
       const claim: DeliveryClaim = { owner: config.nodeId, now, until: now + claimMs }
       const atShare = [...inFlightOf].filter(([, n]) => n >= share).map(([project]) => project)
       const due = yield* claimDue(claim, room, atShare)
+      const { kept, beyond } = withinShares(due, inFlightOf, share)
+      for (const delivery of kept) yield* start(running, delivery, claim)
       if (due.length === room) {
-        const { kept, beyond } = withinShares(due, inFlightOf, share)
         yield* deliveries.release(beyond.map((d) => d.id), claim)
-        for (const delivery of kept) yield* start(running, delivery, claim)
         return false
       }
-      // Every other project's due event is in hand: the room left goes to the projects at their share, a share kept.
-      const spare = room - due.length - share
-      const more = atShare.length === 0 || spare <= 0 ? [] : yield* claimDue(claim, spare)
-      for (const delivery of [...due, ...more]) yield* start(running, delivery, claim)
-      return due.length + more.length < room - (atShare.length === 0 ? 0 : share)
+      const spare = Math.max(0, room - kept.length - share)
+      const extra = beyond.slice(0, spare)
+      for (const delivery of extra) yield* start(running, delivery, claim)
+      yield* deliveries.release(beyond.slice(extra.length).map((d) => d.id), claim)
+      const left = spare - extra.length
+      const more = atShare.length === 0 || left === 0 ? [] : yield* claimDue(claim, left)
+      for (const delivery of more) yield* start(running, delivery, claim)
+      return true
     })
 
   // Not on an API-only node: on SQLite, the node that runs batches frees every claim when it starts (see
