@@ -51,7 +51,7 @@ export { InferenceFromConfig, InferenceRecord, InferenceReplay, type RecordingsO
 export { DEFAULT_MAX_RECORDING_BYTES, recordingKey, type RecordingKey, recordingPath } from "./inference/recordingFormat.js"
 export { ApiApp, ApiAppLive, ApiLive, HttpLive } from "./http/Http.js"
 export { requestIdFrom, requestLog } from "./http/RequestLog.js"
-export { ServerLifecycleLive } from "./observability/Lifecycle.js"
+export { ApiMountPath, ServerLifecycleLive } from "./observability/Lifecycle.js"
 export { jsonLineLogger, jsonLineLoggerOf, loggerLayer, LoggingLive } from "./observability/Logging.js"
 export { httpMetrics, MetricsListenFailed, metricsRoute, MetricsServerLive } from "./http/MetricsHttp.js"
 export { Metrics, MetricsLive, MetricsNone, type MetricsShape, MetricsTest } from "./observability/Metrics.js"
@@ -93,6 +93,7 @@ export { ReadConnection, type ReadConnectionShape, type ReadValues, sqliteReadCo
 export { layerPg, layerSqlite, MigrationsLive, SqlLive } from "./storage/Sql.js"
 export { NodeIdInUse, NodeIdLockLive, NodeIdTakenOver, OnNodeIdTakenOver } from "./storage/NodeIdLock.js"
 export { BatchesRunElsewhere, SqliteRunnerLockLive } from "./storage/SqliteRunnerLock.js"
+export { SessionPoolingRequired, Utf8DatabaseRequired } from "./storage/pgSessions.js"
 export { DeliveryPolicy, Webhooks, WebhooksLive, type WebhooksShape } from "./webhooks/Webhooks.js"
 export {
   type WebhookTarget,

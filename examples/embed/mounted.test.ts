@@ -5,7 +5,17 @@
 import { HttpRouter, HttpServer, HttpServerResponse } from "@effect/platform"
 import { expect, it, layer } from "@effect/vitest"
 import { Effect, Layer, Logger, LogLevel } from "effect"
-import { ApiApp, ApiAppLive, AppConfig, InferenceScripted, makeNodeServer, makeServices, scriptedAnswer } from "effect-openai-batch"
+import {
+  ApiApp,
+  ApiAppLive,
+  ApiMountPath,
+  AppConfig,
+  InferenceScripted,
+  makeNodeServer,
+  makeServices,
+  scriptedAnswer,
+  ServerLifecycleLive
+} from "effect-openai-batch"
 import { request } from "node:http"
 import OpenAI from "openai"
 
@@ -102,4 +112,20 @@ it.live("does not start on a server listening beyond loopback without keys, as H
       Effect.catchAll((error) => Effect.succeed(String(error)))
     )
     expect(refused).toContain("The server listens on 0.0.0.0, not a loopback address")
+  }))
+
+it.live("with ServerLifecycleLive and ApiMountPath, the listening and shutdown lines name the mounted addresses", () =>
+  Effect.gen(function*() {
+    const lines: Array<string> = []
+    yield* Effect.scoped(Layer.build(ServerLifecycleLive.pipe(
+      Layer.provide(served),
+      Layer.provide(ApiAppLive),
+      Layer.provide(makeServices({ inference: fakeUpstream })),
+      Layer.provideMerge(makeNodeServer({ host: "127.0.0.1", port: 0, shutdownTimeout: "1 second" })),
+      Layer.provide(AppConfig.layerTest()),
+      Layer.provide(Layer.succeed(ApiMountPath, "/openai")), // where `served` mounts it
+      Layer.provide(Logger.replace(Logger.defaultLogger, Logger.make(({ message }) => lines.push(String(message)))))
+    )))
+    expect(lines).toContainEqual(expect.stringMatching(/the SDKs' base URL is http:\/\/127\.0\.0\.1:\d+\/openai\/v1, the dashboard http:\/\/127\.0\.0\.1:\d+\/openai\/ui\/$/))
+    expect(lines).toContainEqual(expect.stringContaining("Shutting down: /openai/v1/ready answers 503"))
   }))

@@ -59,7 +59,8 @@ export const listeningLine = (
   upstreams: ReadonlyArray<Pick<UpstreamSpec, "name" | "baseUrl" | "models" | "maxConcurrency" | "loadAware" | "projects">> | undefined,
   tracesUrl: Option.Option<string>,
   proxies?: Proxies,
-  storage: ReadinessShape["database"] = undefined
+  storage: ReadinessShape["database"] = undefined,
+  mountPath = ""
 ) => {
   const database = storage?.text ?? describeDatabase(config)
   const inference = config.inferenceMode === "replay"
@@ -82,8 +83,8 @@ export const listeningLine = (
   ].flat()
   return {
     // Where to point an SDK and a browser, said once: a newcomer opened the bare address and got a 404.
-    message: `Listening on ${address} (${[database, inference, ...notes].join("; ")}): the SDKs' base URL is ${reachable(address)}/v1, ` +
-      `the dashboard ${reachable(address)}/ui/`,
+    message: `Listening on ${address} (${[database, inference, ...notes].join("; ")}): the SDKs' base URL is ` +
+      `${reachable(address)}${mountPath}/v1, the dashboard ${reachable(address)}${mountPath}/ui/`,
     fields: {
       event: "server.listening",
       address,
@@ -112,12 +113,20 @@ export const listeningLine = (
 }
 
 /** What happens once a shutdown starts, in the order it happens. */
-const shutdownLine = (config: Pick<AppConfigShape, "shutdownDelay" | "shutdownTimeout">) => {
+const shutdownLine = (config: Pick<AppConfigShape, "shutdownDelay" | "shutdownTimeout">, mountPath: string) => {
   const delay = Duration.greaterThan(config.shutdownDelay, Duration.zero)
     ? `still serving for ${Duration.format(config.shutdownDelay)}, then no new connection`
     : "no new connection"
-  return `Shutting down: /v1/ready answers 503; ${delay}; open requests get ${Duration.format(config.shutdownTimeout)} to finish`
+  return `Shutting down: ${mountPath}/v1/ready answers 503; ${delay}; open requests get ${Duration.format(config.shutdownTimeout)} to finish`
 }
+
+/**
+ * Where an app mounted the API on a router of its own (`HttpRouter.mountApp("/openai", api)`: `"/openai"`), for the
+ * lines that name its addresses; the root unless the app says so (the mount is its router's, unseen here).
+ */
+export class ApiMountPath extends Context.Reference<ApiMountPath>()("ApiMountPath", {
+  defaultValue: (): string => ""
+}) {}
 
 /**
  * How long open requests get at shutdown on the server in use, when it says (`makeNodeServer`'s option, which an
@@ -158,7 +167,8 @@ export const ServerLifecycleLive: Layer.Layer<
     const { upstreams } = yield* Inference
     const tracesUrl = Option.map(yield* Effect.orElseSucceed(tracingSettings, () => Option.none()), (t) => t.url)
     const address = addressUrl(server.address, config.host)
-    const { fields, message } = listeningLine(address, config, auth.required, upstreams, tracesUrl, proxiesOf(process.env), readiness.database)
+    const mountPath = yield* ApiMountPath
+    const { fields, message } = listeningLine(address, config, auth.required, upstreams, tracesUrl, proxiesOf(process.env), readiness.database, mountPath)
     yield* Effect.annotateLogs(Effect.logInfo(message), fields)
     const unmatched = unmatchedNoProxy(process.env)
     if (unmatched.length > 0) {
@@ -179,7 +189,7 @@ export const ServerLifecycleLive: Layer.Layer<
     yield* Effect.addFinalizer(() =>
       Effect.gen(function*() {
         yield* readiness.drain
-        yield* Effect.annotateLogs(Effect.logInfo(shutdownLine({ ...config, shutdownTimeout })), "event", "server.shutdown_started")
+        yield* Effect.annotateLogs(Effect.logInfo(shutdownLine({ ...config, shutdownTimeout }, mountPath)), "event", "server.shutdown_started")
         if (Duration.greaterThan(config.shutdownDelay, Duration.zero)) yield* Effect.sleep(config.shutdownDelay)
       })
     )
