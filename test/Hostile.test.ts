@@ -301,6 +301,11 @@ for (const backend of backends) {
               expectEnvelope(answer, answer.status)
             }
             expect((yield* send(base, "GET", "/v1/files?purpose=batch")).json.data.length).toBe(before)
+            // A boundary that names none is no boundary (it was said as a missing file).
+            for (const type of ['multipart/form-data; boundary=""', "multipart/form-data; boundary=", "multipart/form-data; boundary=;"]) {
+              const answer = yield* send(base, "POST", "/v1/files", { headers: { "content-type": type }, body: "--\r\n" })
+              expect([answer.status, answer.json.error.message], type).toEqual([400, "The body must be multipart/form-data with a boundary."])
+            }
             // A request line in absolute form (as sent to proxies) is routed by its path: an upload is an upload.
             const absolute = yield* send(base, "POST", `${base}/v1/files`, {
               headers: { "content-type": "multipart/form-data; boundary=b" },

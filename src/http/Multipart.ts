@@ -29,9 +29,9 @@ export interface FormLimits {
   readonly maxTotalSize: number
 }
 
-/** `multipart/form-data` with a boundary parameter. */
+/** `multipart/form-data` with a boundary parameter that names one (`boundary=""` read as a form without its file). */
 export const isMultipartFormData = (contentType: string | undefined): boolean =>
-  contentType !== undefined && /^multipart\/form-data\s*;(.*;)?\s*boundary=/i.test(contentType)
+  contentType !== undefined && /^multipart\/form-data\s*;(.*;)?\s*boundary=(?:"[^"]|[^\s;"])/i.test(contentType)
 
 /** What a form needs of a part's `Content-Disposition`: the field name and, for a file, its name as sent. */
 export interface Disposition {
