@@ -122,6 +122,29 @@ describe("upload progress", () => {
         "uploading h.jsonl: all 5.0 MB sent, waiting for the server (0s)\n",
         "uploading h.jsonl: all 5.0 MB sent, waiting for the server (5s)\n"
       ])
+  
+
+      // A 429 with a Retry-After of 30 s: its note is the last word until the next attempt reads the file again.
+      const busy = recording(false)
+      const console = yield* Effect.console
+      const retried = yield* Effect.fork(withUploadProgress("b.jsonl", 5e6, (onRead) =>
+        Effect.gen(function*() {
+          onRead(5e6)
+          yield* Effect.sleep("1 second")
+          yield* Console.error("the server is busy; trying again in 30s…")
+          yield* Effect.sleep("30 seconds")
+          onRead(5e6) // the file opened again, read at once
+          yield* Effect.sleep("6 seconds")
+          return "file-up"
+        }), busy.sink).pipe(
+          Effect.withConsole({ ...console, error: (...args) => Effect.sync(() => void busy.written.push(`note: ${args.join(" ")}\n`)) })
+        ))
+      yield* TestClock.adjust("37 seconds")
+      yield* Fiber.join(retried)
+      expect(busy.written).toEqual([
+        "note: the server is busy; trying again in 30s…\n",
+        "uploading b.jsonl: all 5.0 MB sent, waiting for the server (0s)\n" // 35 s in: the second attempt's wait
+      ])
     }))
 
   it.effect("a download's: its share when the server says the size (from where a partial file left off), else the bytes so far", () =>

@@ -75,12 +75,17 @@ const withProgress = <A, E, R>(
   Effect.gen(function*() {
     let moved = 0
     let drawn = false
-    /** When a line first saw every byte moved. */
+    /** When a line first saw every byte moved (since the attempt's start). */
     let allMovedAt: number | undefined
+    /** Bytes told so far; at a note, the count then: no line until the transfer moves again (a busy wait's). */
+    let told = 0
+    let quietUntil: number | undefined
     const started = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
     const every = sink.tty ? TTY_EVERY : PLAIN_EVERY
     const show = Effect.flatMap(Effect.clockWith((clock) => clock.currentTimeMillis), (now) =>
       Effect.sync(() => {
+        if (quietUntil === told) return
+        quietUntil = undefined
         // The file's name as every line shows it: its controls drawn (`⟨U+202E⟩`), not sent to the terminal.
         if (total !== undefined && moved >= total) allMovedAt ??= now
         const line = visible(lineOf(moved, (now - started) / 1000, (now - (allMovedAt ?? now)) / 1000))
@@ -94,11 +99,20 @@ const withProgress = <A, E, R>(
       drawn = false
     })
     const ticker = yield* Effect.fork(Effect.forever(Effect.delay(show, every)))
+    // A note (a busy server's "trying again in 30s…") is the last word until the next attempt moves bytes: it said
+    // "all 0.0 MB sent, waiting for the server" while it waited out the server's Retry-After.
+    const quiet = Effect.sync(() => {
+      quietUntil = told
+      allMovedAt = undefined
+    })
     return yield* Effect.consoleWith((console) =>
-      Effect.withConsole(transfer((bytes) => void (moved = bytes)), {
-        ...console,
-        error: (...args) => Effect.zipRight(clear, console.error(...args))
-      })
+      Effect.withConsole(
+        transfer((bytes) => {
+          moved = bytes
+          told++
+        }),
+        { ...console, error: (...args) => Effect.zipRight(Effect.zipRight(clear, quiet), console.error(...args)) }
+      )
     ).pipe(Effect.ensuring(Effect.zipRight(Fiber.interrupt(ticker), clear)))
   })
 
