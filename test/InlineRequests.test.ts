@@ -18,7 +18,8 @@ const settings = {
   inferenceRetryBaseDelay: Duration.millis(10),
   inferenceMaxAttempts: 2,
   maxJsonBodyBytes: MAX_JSON_BODY_BYTES,
-  maxFileBytesPerProject: Option.some(64 * 1024)
+  maxFileBytesPerProject: Option.some(64 * 1024),
+  maxRequestsPerBatch: 1000
 }
 
 const chat = (customId: string, prompt: string) => JSON.parse(chatLine(customId, prompt))
@@ -142,7 +143,16 @@ for (const backend of backends) describe(`inline requests (${backend})`, () => {
         expect(empty.error.param).toBe("requests")
         const notArray = yield* failure(() => postInline(openai, { a: 1 }))
         expect(notArray.status).toBe(400)
-        expect(notArray.error.param).toBe("requests")
+        expect(notArray.error).toMatchObject({ param: "requests", message: "Invalid type for 'requests': expected an array, but got an object instead." })
+        // More than a batch may hold (MAX_REQUESTS_PER_BATCH), however small: refused before their lines are made
+        // (500,000 tiny ones in a 1 MiB body held the event loop half a second).
+        const many = yield* failure(() => postInline(openai, Array.from({ length: 1001 }, () => 0)))
+        expect([many.status, many.error]).toEqual([400, {
+          message: "'requests' holds 1001 requests; a batch may hold 1000 at most.",
+          type: "invalid_request_error",
+          param: "requests",
+          code: "too_many_tasks"
+        }])
         // A bad create parameter is checked before anything is stored.
         const before = (yield* Effect.promise(() => openai.files.list())).data.length
         const badWindow = yield* failure(() => postInline(openai, [chat("a", "a")], { completion_window: "1h" }))

@@ -79,7 +79,7 @@ export const make = Effect.gen(function*() {
   // Part of the storage when it keeps one (SQLite's default storage): a cancel goes through on a full disk.
   const reserve = yield* Effect.serviceOption(DiskReserve)
   const rerun = yield* Rerun
-  const { completionWindow, extraBatchEndpoints, maxActiveBatchesPerProject, maxFileBytesPerProject } = yield* AppConfig
+  const { completionWindow, extraBatchEndpoints, maxActiveBatchesPerProject, maxFileBytesPerProject, maxRequestsPerBatch } = yield* AppConfig
 
   /**
    * The 409 of an idempotency key used before, unless `record` was made by the same request, or by one that
@@ -198,7 +198,7 @@ export const make = Effect.gen(function*() {
   const create = (unchecked: CreateBatchBody, caller: Caller, bodyText?: string) =>
     Effect.gen(function*() {
       const body = yield* checked(CreateBatchBody, unchecked)
-      const input = inputOf(body)
+      const input = inputOf(body, maxRequestsPerBatch)
       if ("code" in input) return yield* invalidRequest(input.message, input.param, input.code)
       const inputFileId = input._tag === "File" ? input.id : fileId()
       const valid = validateCreateBatch({ ...body, input_file_id: inputFileId }, extraBatchEndpoints)

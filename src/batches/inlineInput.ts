@@ -21,9 +21,10 @@ export type BatchInput =
 
 /**
  * Exactly one of `input_file_id` and `requests` (the schema, `CreateBatchBody`, already refused a body with
- * neither, with OpenAI's error for a missing `input_file_id`).
+ * neither, with OpenAI's error for a missing `input_file_id`), and no more requests than a batch may hold
+ * (`maxRequests`), refused before their lines are made: a 1 MiB body holds 500,000 tiny ones.
  */
-export const inputOf = (body: CreateBatchBody): BatchInput | Problem => {
+export const inputOf = (body: CreateBatchBody, maxRequests: number): BatchInput | Problem => {
   const requests = body.requests ?? []
   if (body.input_file_id !== undefined) {
     return body.requests == null ? { _tag: "File", id: body.input_file_id } : {
@@ -34,6 +35,13 @@ export const inputOf = (body: CreateBatchBody): BatchInput | Problem => {
   }
   if (requests.length === 0) {
     return { code: "invalid_value", param: "requests", message: "'requests' must hold at least one request." }
+  }
+  if (requests.length > maxRequests) {
+    return {
+      code: "too_many_tasks",
+      param: "requests",
+      message: `'requests' holds ${requests.length} requests; a batch may hold ${maxRequests} at most.`
+    }
   }
   return { _tag: "Inline", requests }
 }

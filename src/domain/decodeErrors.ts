@@ -15,7 +15,7 @@ const expectedType = (message: string): string | undefined => {
   const primitive = /^Expected (string|number|boolean)\b/.exec(message)
   if (primitive !== null) return `a ${primitive[1]}`
   if (message.startsWith("Expected {")) return "an object"
-  if (message.startsWith("Expected ReadonlyArray")) return "an array"
+  if (message.startsWith("Expected ReadonlyArray") || message.startsWith("Expected an array")) return "an array"
   return undefined
 }
 
