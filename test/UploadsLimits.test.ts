@@ -2,7 +2,8 @@
  * The bounds of the Uploads API, on SQLite (they are checked before anything is stored, or in SQL both backends
  * share): each bad create parameter is a 400 naming it; a project's quota counts a pending upload's bytes, or its
  * parts' when more, and refuses a part beyond it; parts hold at most the upload's bytes as much again (at most one
- * part more); a part is one `data` file of at most 64 MB, checked while it streams.
+ * part more); a part is one `data` file of at most 64 MB, checked while it streams; parts sent side by side count each
+ * other against the quota (on both backends).
  */
 import { expect, layer } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
@@ -11,8 +12,8 @@ import { toFile } from "openai"
 import { StorageLive } from "../src/Layers.js"
 import { failure } from "./support/Batches.js"
 import { rawRequest } from "./support/RawHttp.js"
-import { baseUrl, testApp } from "./support/TestApp.js"
-import { auth, clients, createUpload, KEYS, partBlobs, sendPart, sendPartPromise } from "./support/Uploads.js"
+import { backends, baseUrl, testApp } from "./support/TestApp.js"
+import { auth, clients, createUpload, KEYS, partBlobs, sendPart, sendPartPromise, sql } from "./support/Uploads.js"
 
 const MiB = 1024 * 1024
 
@@ -163,3 +164,25 @@ layer(StorageLive.pipe(Layer.provideMerge(testApp({}, "sqlite", { auth }))), { e
       expect(yield* partBlobs).toEqual({ parts: [], staging: [] })
     }), { timeout: 60_000 })
 })
+
+for (const backend of backends) {
+  layer(StorageLive.pipe(Layer.provideMerge(testApp({ maxFileBytesPerProject: Option.some(400_000) }, backend, { auth }))), { excludeTestServices: true })(
+    `${backend}: parts sent side by side`,
+    (it) => {
+      it.effect("count each other against the project's quota: 12 parts of 40,000 bytes at once into 4 uploads of 60,000 take it to 400,000, no further", () =>
+        Effect.gen(function*() {
+          const { a } = yield* clients
+          const uploads = yield* Effect.forEach([0, 1, 2, 3], () => createUpload(a, 60_000)) // 240,000 counted
+          // Each checked against the quota before its body came: all 12 passed, and took the project to 480,000.
+          const sent = yield* Effect.promise(() => Promise.all(uploads.flatMap((upload) => Array.from({ length: 3 }, () =>
+            sendPartPromise(a, upload.id, Buffer.alloc(40_000)).then(() => 200, (e) => (e as { status: number }).status)))))
+          expect(sent.filter((status) => status !== 200 && status !== 413)).toEqual([])
+          const held = yield* sql(`SELECT SUM(CASE WHEN parts_bytes > bytes THEN parts_bytes ELSE bytes END) AS n FROM uploads WHERE project = 'projA'`)
+          const charged = Number((held as Array<{ n: number | string }>)[0]!.n)
+          expect(charged).toBeLessThanOrEqual(400_000)
+          expect(charged).toBeGreaterThanOrEqual(360_000) // refused only when beyond: each part of 40,000 that fitted went in
+          expect((yield* partBlobs).parts).toHaveLength(sent.filter((status) => status === 200).length) // the refused ones' bytes gone
+        }))
+    }
+  )
+}

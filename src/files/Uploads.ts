@@ -26,6 +26,8 @@ import { claimLapsedSql, shownStatus, toUpload, UploadClosed, UploadNotFound, ty
 export { UploadClosed, UploadNotFound } from "./uploadRows.js"
 /** A part the upload has no room for (too many parts, or bytes far beyond the upload's). */
 export class PartRefused extends Data.TaggedError("PartRefused")<{ readonly message: string }> {}
+/** A part that would take its project past `quota` (`MAX_FILE_BYTES_PER_PROJECT`), `room` bytes being left. */
+export class PartOverQuota extends Data.TaggedError("PartOverQuota")<{ readonly quota: number; readonly room: number }> {}
 
 export interface NewUpload {
   readonly project: string
@@ -68,7 +70,7 @@ export interface UploadsShape {
   readonly openPart: Effect.Effect<PartWriter, never, Scope.Scope>
   readonly addPart: (id: UploadId, visibility: Visibility, part: StagedPart) => Effect.Effect<
     UploadPart,
-    UploadNotFound | UploadClosed | PartRefused
+    UploadNotFound | UploadClosed | PartRefused | PartOverQuota
   >
   /**
    * Assembles the named parts, in order, into a File (checked against `md5` when given); the parts are then deleted.
@@ -195,22 +197,43 @@ export const make = Effect.gen(function*() {
     return { write: writer.write, finish } satisfies PartWriter
   })
 
+  /**
+   * On PostgreSQL, the project's parts that grow its charge take turns until their transactions end, so that each
+   * counts the others (parts of different uploads lock different rows). SQLite's write transactions already do.
+   */
+  const quotaTurn = (project: string) =>
+    sql.onDialectOrElse({
+      pg: () => sql`SELECT pg_advisory_xact_lock(hashtextextended(${`effect-openai-batch upload quota ${project} `} || current_schema(), 0))`,
+      orElse: () => Effect.void
+    })
+
   const addPart = (id: UploadId, visibility: Visibility, part: StagedPart) =>
     Effect.gen(function*() {
       const now = yield* nowSeconds
       // The bounds of `partRoom` again, in an update of the upload's row: on Postgres it locks the row, so parts
       // arriving in parallel (and a complete or cancel, which update it too) take turns, each seeing the others.
       const added = yield* Effect.gen(function*() {
-        const counted = yield* sql<{ id: UploadId }>`
+        const counted = yield* sql<{ project: string; bytes: number | string; parts_bytes: number | string }>`
           UPDATE uploads SET parts_bytes = parts_bytes + ${part.bytes}, parts_count = parts_count + 1
           WHERE id = ${id} AND status = 'pending' AND expires_at > ${now} AND ${visible(visibility)}
             AND parts_count < ${MAX_PARTS_PER_UPLOAD}
             AND parts_bytes + ${part.bytes} <= bytes + bytes AND parts_bytes + ${part.bytes} <= bytes + ${MAX_PART_BYTES}
-          RETURNING id`
+          RETURNING project, bytes, parts_bytes`
         if (counted.length === 0) return false
         yield* sql`INSERT INTO upload_parts ${sql.insert({ id: part.id, upload_id: id, bytes: part.bytes, created_at: now })}`
+        // The project's quota again, with this part counted (in this transaction), when the part grew what the
+        // upload is charged (its parts past its `bytes`): `partRoom`'s figure was read before the part's body, and
+        // 20 parts sent at once, each within it, took a project to twice its quota.
+        const { bytes, parts_bytes, project } = counted[0]!
+        const grown = Number(parts_bytes) - Math.max(Number(bytes), Number(parts_bytes) - part.bytes)
+        if (Option.isSome(maxFileBytesPerProject) && grown > 0) {
+          const quota = maxFileBytesPerProject.value
+          yield* quotaTurn(project)
+          const used = yield* files.projectBytes(project)
+          if (used > quota) return yield* new PartOverQuota({ quota, room: quota - (used - grown) })
+        }
         return true
-      }).pipe(sql.withTransaction, Effect.orDie)
+      }).pipe(sql.withTransaction, Effect.catchTag("SqlError", Effect.die))
       if (!added) {
         yield* partRoom(id, visibility)
         return yield* new PartRefused({ message: `Upload ${id} has no room for a part of ${part.bytes} bytes.` })

@@ -96,7 +96,8 @@ export const UploadsHttpLive = HttpApiBuilder.group(OpenAIApi, "uploads", (handl
           Effect.catchTags({
             UploadNotFound: ({ id }) => uploadNotFound(id),
             UploadClosed: closed("add a part to"),
-            PartRefused: ({ message }) => invalidRequest(message, "data", "invalid_value")
+            PartRefused: ({ message }) => invalidRequest(message, "data", "invalid_value"),
+            PartOverQuota: ({ quota, room }) => overQuota(quota, room, "data")
           }),
           Effect.withSpan("Uploads.http.addPart")
         ))
