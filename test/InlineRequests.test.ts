@@ -3,11 +3,10 @@
  * official `openai` client (and raw HTTP for a body the client cannot write). The requests become an ordinary input
  * file (listed, downloadable), validated as a file is (line = position + 1); the body is bounded by
  * `MAX_JSON_BODY_BYTES` and the file by the project's storage quota; exactly one of `input_file_id` and `requests`.
- * On SQLite and PostgreSQL. The input file is kept an hour until its batch's row is written.
+ * On SQLite and PostgreSQL.
  */
 import { describe, expect, layer } from "@effect/vitest"
-import { Deferred, Duration, Effect, Fiber, Layer, Option } from "effect"
-import { BatchStore, make as makeBatchStore } from "../src/batches/BatchStore.js"
+import { Duration, Effect, Option } from "effect"
 import type OpenAI from "openai"
 import { chatLine, failure, readLines, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import { rawRequest } from "./support/RawHttp.js"
@@ -196,33 +195,4 @@ for (const backend of backends) describe(`inline requests (${backend})`, () => {
         expect(yield* inlineFiles).toBe(before + 1)
       }))
   })
-})
-
-/** Batch creates wait at this gate, their input file written: as a process killed between the two would leave it. */
-let gate = Effect.runSync(Deferred.make<void>())
-const createsWaitAtGate = Layer.effect(BatchStore, Effect.map(makeBatchStore, (store) => ({
-  ...store,
-  create: (batch: Parameters<typeof store.create>[0]) => Effect.zipRight(Deferred.await(gate), store.create(batch))
-})))
-
-layer(testAppWithUpstream({}, {}, "sqlite", { batchStore: createsWaitAtGate }), { excludeTestServices: true })("inline requests, the input file before its batch", (it) => {
-  it.effect("is kept an hour until the batch's row says otherwise: a crash between the two leaves no file for good", () =>
-    Effect.gen(function*() {
-      const openai = sdk(yield* baseUrl)
-      gate = yield* Deferred.make<void>()
-      const creating = yield* Effect.fork(createInline(openai, [chat("a", "a")]))
-      const written = yield* Effect.promise(async () => {
-        for (;;) {
-          const [file] = (await openai.files.list()).data.filter((f) => f.filename.endsWith("_inline.jsonl"))
-          if (file !== undefined) return file
-          await new Promise((resolve) => setTimeout(resolve, 20))
-        }
-      })
-      expect(written.expires_at! - written.created_at).toBe(3600) // were the process killed now, swept in an hour
-      yield* Deferred.succeed(gate, undefined)
-      const batch = yield* Fiber.join(creating)
-      expect(batch.input_file_id).toBe(written.id)
-      // The batch made, the file is kept as the batch files' default says: here, until deleted.
-      expect((yield* Effect.promise(() => openai.files.retrieve(written.id))).expires_at).toBeNull()
-    }))
 })

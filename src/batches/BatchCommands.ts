@@ -13,8 +13,7 @@ import { type ApiError, type Conflict, conflict, invalidRequest, type NotFound, 
 import { type BatchId, batchId, fileId } from "../domain/Ids.js"
 import { visibilityOf } from "../domain/Projects.js"
 import { echo } from "../domain/Text.js"
-import type { FileObject } from "../domain/Files.js"
-import { expirySeconds, FileStore, soonest } from "../files/FileStore.js"
+import { FileStore, soonest } from "../files/FileStore.js"
 import { type Comparison, sameBytes } from "../files/sameBytes.js"
 import { nowSeconds } from "../storage/Sql.js"
 import * as BatchLines from "../observability/batchLines.js"
@@ -70,15 +69,6 @@ const fingerprint = (valid: ValidCreateBatch, input: string = valid.inputFileId)
 /** Whether an earlier batch's request was the same one, by more than its fingerprint (`sameBytesAs`). */
 type SameInput = (record: BatchRecord) => Effect.Effect<Comparison>
 
-/** An input file's expiry once its batch exists (unix seconds; null: none). */
-type InputExpiry = number | null
-
-/**
- * How long an input file the server writes is kept until its batch's row says otherwise (`NewBatch.inputFileExpiresAt`):
- * a process killed between the two left such a file listed for good, naming a batch that never was.
- */
-const PROVISIONAL_INPUT_SECONDS = 3600
-
 const inputFileGone = (id: BatchId, file: string) =>
   `Batch ${id}'s input file ${file} no longer exists (deleted or expired): its lines cannot be rerun.`
 
@@ -89,8 +79,7 @@ export const make = Effect.gen(function*() {
   // Part of the storage when it keeps one (SQLite's default storage): a cancel goes through on a full disk.
   const reserve = yield* Effect.serviceOption(DiskReserve)
   const rerun = yield* Rerun
-  const { batchFilesExpireAfter, completionWindow, extraBatchEndpoints, maxActiveBatchesPerProject, maxFileBytesPerProject, maxRequestsPerBatch } =
-    yield* AppConfig
+  const { completionWindow, extraBatchEndpoints, maxActiveBatchesPerProject, maxFileBytesPerProject, maxRequestsPerBatch } = yield* AppConfig
 
   /**
    * The 409 of an idempotency key used before, unless `record` was made by the same request, or by one that
@@ -126,16 +115,14 @@ export const make = Effect.gen(function*() {
   /**
    * Creates the batch `valid` describes and hands it to this node's runner; with an idempotency key its project used
    * before, gives the batch made then (`requestHash` tells the same request from another). `writeInput` writes the
-   * input file (`valid.inputFileId`) of inline requests or a rerun once a batch is to be made, kept for an hour
-   * (`PROVISIONAL_INPUT_SECONDS`) until the batch's row, in its transaction, gives it the expiry `writeInput` says;
-   * it is removed if no batch is made.
+   * input file (`valid.inputFileId`) of inline requests or a rerun once a batch is to be made; it is removed if none is.
    */
   const insert = (
     caller: Caller,
     valid: ValidCreateBatch,
     requestHash: string,
     { sameInput, writeInput }: {
-      readonly writeInput?: (batch: BatchId) => Effect.Effect<InputExpiry, ApiError>
+      readonly writeInput?: (batch: BatchId) => Effect.Effect<unknown, ApiError>
       readonly sameInput?: SameInput
     } = {}
   ) =>
@@ -156,7 +143,7 @@ export const make = Effect.gen(function*() {
         }
       }
       const id = batchId()
-      const inputFileExpiresAt = writeInput === undefined ? undefined : yield* writeInput(id)
+      if (writeInput !== undefined) yield* writeInput(id)
       const dropInput = writeInput === undefined ? Effect.void : Effect.ignore(files.remove(valid.inputFileId, "all"))
       const { created, record } = yield* store.create({
         id,
@@ -168,8 +155,7 @@ export const make = Effect.gen(function*() {
         metadata: valid.metadata,
         outputExpiresAfterSeconds: valid.outputExpiresAfterSeconds,
         idempotencyKey: valid.idempotencyKey,
-        requestHash,
-        ...(inputFileExpiresAt === undefined ? {} : { inputFileExpiresAt })
+        requestHash
       }).pipe(Effect.onError(() => dropInput))
       if (!created) return yield* Effect.zipRight(dropInput, sameRequest(record, requestHash, sameInput)) // a create with the key won
       yield* BatchLines.created(record.batch, record.project)
@@ -198,24 +184,15 @@ export const make = Effect.gen(function*() {
       sourceLeft === undefined ? undefined : Math.max(sourceLeft, windowSeconds)
     )
 
-  /**
-   * The expiry an input file the server writes is to have once its batch exists (`NewBatch.inputFileExpiresAt`):
-   * `life` seconds after `file`'s creation, else the batch files' default.
-   */
-  const expiryOnceMade = (file: FileObject, life: number | undefined): InputExpiry => {
-    const seconds = expirySeconds({ purpose: "batch", expiresAfterSeconds: life }, batchFilesExpireAfter)
-    return seconds === undefined ? null : file.created_at + seconds
-  }
-
-  /** Stores inline requests as the input file `valid.inputFileId` of batch `batch` (provisionally: see `insert`). */
+  /** Stores inline requests as the input file `valid.inputFileId` of batch `batch`. */
   const writeInline = (jsonl: string, valid: ValidCreateBatch, project: string) => (batch: BatchId) =>
     Effect.gen(function*() {
       const bytes = Buffer.from(jsonl)
       const { quota, room } = yield* roomOf(project)
       if (bytes.length > room) return yield* overQuota(quota, room, "requests")
-      const meta = { id: valid.inputFileId, filename: inlineFilename(batch), purpose: "batch", project, expiresAfterSeconds: PROVISIONAL_INPUT_SECONDS }
-      const file = yield* files.create(meta, Stream.make(bytes))
-      return expiryOnceMade(file, copyLife(valid.outputExpiresAfterSeconds))
+      const expiresAfterSeconds = copyLife(valid.outputExpiresAfterSeconds)
+      const meta = { id: valid.inputFileId, filename: inlineFilename(batch), purpose: "batch", project, expiresAfterSeconds }
+      return yield* files.create(meta, Stream.make(bytes))
     })
 
   const create = (unchecked: CreateBatchBody, caller: Caller, bodyText?: string) =>
@@ -291,9 +268,8 @@ export const make = Effect.gen(function*() {
             filename: rerunFilename(batch),
             project: caller.project,
             maxBytes: room,
-            expiresAfterSeconds: PROVISIONAL_INPUT_SECONDS
+            expiresAfterSeconds: copyLife(valid.outputExpiresAfterSeconds, sourceLeft)
           }).pipe(
-            Effect.map((file) => expiryOnceMade(file, copyLife(valid.outputExpiresAfterSeconds, sourceLeft))),
             Effect.catchTags({
               InputFileGone: ({ id: file }) => conflict(inputFileGone(id, file)),
               InputTooLarge: () => overQuota(quota, room, null)

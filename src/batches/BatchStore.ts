@@ -46,12 +46,6 @@ export interface NewBatch {
   readonly idempotencyKey: string | null
   /** Fingerprint of the create parameters, to tell an idempotent retry from a conflicting reuse of the key. */
   readonly requestHash: string | null
-  /**
-   * For an input file the server wrote for the batch (inline requests, a rerun's): its expiry (unix seconds; null:
-   * none), set in the batch's own transaction. The file is written first with a provisional one, so that a process
-   * killed between the two leaves no file for good (one named after a batch that never was).
-   */
-  readonly inputFileExpiresAt?: number | null | undefined
 }
 
 /** What the runner needs to know of a batch beyond its wire shape. */

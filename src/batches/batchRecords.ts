@@ -106,15 +106,8 @@ export const makeBatchRecords = (
       } else {
         yield* sql`INSERT INTO batches ${sql.insert(row)}`
       }
-      if (batch.inputFileExpiresAt !== undefined) {
-        yield* sql`UPDATE files SET expires_at = ${batch.inputFileExpiresAt} WHERE id = ${batch.inputFileId}`
-      }
       return { record: (yield* selectWhere(sql`id = ${batch.id}`))[0]!, created: true }
-    }).pipe(
-      (create) => batch.inputFileExpiresAt === undefined ? create : sql.withTransaction(create),
-      Effect.orDie,
-      Effect.withSpan("BatchStore.create")
-    )
+    }).pipe(Effect.orDie, Effect.withSpan("BatchStore.create"))
 
   /** The `seq` of a batch the caller may see (a list cursor), as a number: Postgres gives a BIGINT as text. */
   const seqOf = (id: BatchId, visibility: Visibility) =>

@@ -155,18 +155,6 @@ const DELETED_CURSOR_SECONDS = 24 * 3600
 /** The purposes of the files `BATCH_FILES_EXPIRE_AFTER` is about: batch inputs, and a batch's output and error files. */
 const BATCH_PURPOSES: ReadonlySet<string> = new Set(["batch", "batch_output"])
 
-/**
- * Seconds after creation at which a file expires (undefined: never): its creator's word, else for a batch file the
- * default (`BATCH_FILES_EXPIRE_AFTER`).
- */
-export const expirySeconds = (
-  meta: Pick<FileMetadata, "expiresAfterSeconds" | "purpose">,
-  batchFilesExpireAfter: Option.Option<Duration.Duration>
-): number | undefined =>
-  meta.expiresAfterSeconds ?? (BATCH_PURPOSES.has(meta.purpose)
-    ? Option.getOrUndefined(Option.map(batchFilesExpireAfter, (d) => Math.round(Duration.toSeconds(d))))
-    : undefined)
-
 export const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   const blobs = yield* BlobStore
@@ -174,7 +162,11 @@ export const make = Effect.gen(function*() {
   const reserve = yield* Effect.serviceOption(DiskReserve)
   const readValues = yield* readValuesOf(sql)
   const { batchFilesExpireAfter } = yield* AppConfig
-  const expiresAfter = (meta: FileMetadata) => expirySeconds(meta, batchFilesExpireAfter)
+  /** Seconds after creation at which a file expires: its creator's word, else the batch files' default. */
+  const expiresAfter = (meta: FileMetadata) =>
+    meta.expiresAfterSeconds ?? (BATCH_PURPOSES.has(meta.purpose)
+      ? Option.getOrUndefined(Option.map(batchFilesExpireAfter, (d) => Math.round(Duration.toSeconds(d))))
+      : undefined)
 
   const columns = sql.literal(FILE_COLUMNS)
   const live = (now: number) => sql`(expires_at IS NULL OR expires_at > ${now})`
