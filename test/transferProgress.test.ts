@@ -122,7 +122,6 @@ describe("upload progress", () => {
         "uploading h.jsonl: all 5.0 MB sent, waiting for the server (0s)\n",
         "uploading h.jsonl: all 5.0 MB sent, waiting for the server (5s)\n"
       ])
-  
 
       // A 429 with a Retry-After of 30 s: its note is the last word until the next attempt reads the file again.
       const busy = recording(false)

@@ -64,7 +64,7 @@ const PLAIN_EVERY = Duration.millis(PLAIN_EVERY_MS)
  * Runs `transfer`, given the callback it tells the bytes moved so far, with its progress shown on `sink` meanwhile
  * (`lineOf` the bytes, the seconds since the start, and since every byte of `total` had moved); the live line is
  * cleared once it ends, however it ends, and before each note `transfer` writes (a busy server's "trying again in
- * 2s…" was written on the end of it), drawn again at the next turn.
+ * 2s…" was written on the end of it), drawn again once the transfer moves again.
  */
 const withProgress = <A, E, R>(
   total: number | undefined,
@@ -77,7 +77,7 @@ const withProgress = <A, E, R>(
     let drawn = false
     /** When a line first saw every byte moved (since the attempt's start). */
     let allMovedAt: number | undefined
-    /** Bytes told so far; at a note, the count then: no line until the transfer moves again (a busy wait's). */
+    /** How many times the transfer told its bytes; at a note, that count: no line until it tells again (a busy wait's). */
     let told = 0
     let quietUntil: number | undefined
     const started = yield* Effect.clockWith((clock) => clock.currentTimeMillis)

@@ -29,7 +29,7 @@ export interface FormLimits {
   readonly maxTotalSize: number
 }
 
-/** `multipart/form-data` with a boundary parameter that names one (`boundary=""` read as a form without its file). */
+/** `multipart/form-data` with a boundary parameter that names one: `boundary=""` is none (it was said as a missing file). */
 export const isMultipartFormData = (contentType: string | undefined): boolean =>
   contentType !== undefined && /^multipart\/form-data\s*;(.*;)?\s*boundary=(?:"[^"]|[^\s;"])/i.test(contentType)
 
