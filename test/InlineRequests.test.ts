@@ -6,8 +6,9 @@
  * On SQLite and PostgreSQL.
  */
 import { describe, expect, layer } from "@effect/vitest"
-import { Duration, Effect, Option } from "effect"
+import { Deferred, Duration, Effect, Fiber, Layer, Option, Queue } from "effect"
 import type OpenAI from "openai"
+import { BatchStore, make as makeBatchStore } from "../src/batches/BatchStore.js"
 import { chatLine, failure, readLines, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import { rawRequest } from "./support/RawHttp.js"
 import { backends, baseUrl, testAppWithUpstream, Upstream } from "./support/TestApp.js"
@@ -196,3 +197,51 @@ for (const backend of backends) describe(`inline requests (${backend})`, () => {
       }))
   })
 })
+
+/** Batch creates stop at `gate` (each tells `arrivals`): as a process killed there would. */
+const arrivals = Effect.runSync(Queue.unbounded<void>())
+let gate = Effect.runSync(Deferred.make<void>())
+const createsWaitAtGate = Layer.effect(BatchStore, Effect.map(makeBatchStore, (store) => ({
+  ...store,
+  create: (batch: Parameters<typeof store.create>[0]) =>
+    Effect.zipRight(Effect.zipRight(Queue.offer(arrivals, undefined), Deferred.await(gate)), store.create(batch))
+})))
+
+const inlineFilesOf = (openai: OpenAI) =>
+  Effect.promise(async () => (await openai.files.list()).data.filter((f) => f.filename.endsWith("_inline.jsonl")).map((f) => f.id))
+
+// On PostgreSQL, whose other connections read on while a create's transaction waits (SQLite's one connection waits).
+layer(testAppWithUpstream(settings, {}, "postgres", { batchStore: createsWaitAtGate }), { excludeTestServices: true })(
+  "inline requests, the input file and its batch",
+  (it) => {
+    it.effect("are committed together: a process killed before the batch's row is written leaves no file", () =>
+      Effect.gen(function*() {
+        const openai = sdk(yield* baseUrl)
+        gate = yield* Deferred.make<void>()
+        const creating = yield* Effect.fork(createInline(openai, [chat("a", "a")]))
+        yield* Queue.take(arrivals)
+        const before = yield* inlineFilesOf(openai)
+        yield* Deferred.succeed(gate, undefined)
+        const batch = yield* Fiber.join(creating)
+        expect(before).toEqual([]) // were the process killed then, nothing would be left
+        expect(yield* inlineFilesOf(openai)).toEqual([batch.input_file_id])
+      }))
+
+    it.effect("two creates with one idempotency key at once make one batch and keep one input file", () =>
+      Effect.gen(function*() {
+        const openai = sdk(yield* baseUrl)
+        gate = yield* Deferred.make<void>()
+        const before = yield* inlineFilesOf(openai)
+        const creates = yield* Effect.fork(Effect.all(
+          [0, 1].map(() => createInline(openai, [chat("a", "a")], { idempotency_key: "both-at-once" })),
+          { concurrency: "unbounded" }
+        ))
+        yield* Effect.zipRight(Queue.take(arrivals), Queue.take(arrivals)) // both past the key's look-up
+        yield* Deferred.succeed(gate, undefined)
+        const [first, second] = yield* Fiber.join(creates)
+        expect(second!.id).toBe(first!.id)
+        const made = (yield* inlineFilesOf(openai)).filter((id) => !before.includes(id))
+        expect(made).toEqual([first!.input_file_id])
+      }))
+  }
+)

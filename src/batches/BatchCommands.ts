@@ -3,7 +3,7 @@
  * (`retry`) and cancel, each run to its end once begun (a caller that gives up leaves no batch half made). `http/BatchesHttp.ts` answers with it, and an embedding app calls it directly; its failures
  * are the API's errors (`domain/Errors.ts`), the same statuses, codes and messages. Reads are `BatchStore`'s.
  */
-import { Context, Duration, Effect, Layer, Option, Schema, Stream } from "effect"
+import { Context, Data, Duration, Effect, Layer, Option, Schema, Stream } from "effect"
 import { createHash } from "node:crypto"
 import type { Caller } from "../auth/Auth.js"
 import { AppConfig } from "../Config.js"
@@ -20,7 +20,7 @@ import * as BatchLines from "../observability/batchLines.js"
 import { inBackground } from "../Scheduler.js"
 import { DiskReserve, usingReserve } from "../storage/DiskReserve.js"
 import { BatchRunner } from "./BatchRunner.js"
-import { type BatchRecord, BatchStore } from "./BatchStore.js"
+import { type BatchRecord, BatchStore, type NewBatch } from "./BatchStore.js"
 import { inlineFilename, inlineFingerprint, inlineJsonl, inputOf } from "./inlineInput.js"
 import { ALL_KINDS, chosenKinds, nothingToRerun, refusal, Rerun, rerunFilename, rerunMetadata } from "./Rerun.js"
 import { isProblem, validateCreateBatch, type ValidCreateBatch } from "./validation.js"
@@ -69,6 +69,9 @@ const fingerprint = (valid: ValidCreateBatch, input: string = valid.inputFileId)
 /** Whether an earlier batch's request was the same one, by more than its fingerprint (`sameBytesAs`). */
 type SameInput = (record: BatchRecord) => Effect.Effect<Comparison>
 
+/** A create with the same idempotency key made its batch first: the input file written for this one is not kept. */
+class KeyTaken extends Data.TaggedError("KeyTaken")<{ readonly record: BatchRecord }> {}
+
 const inputFileGone = (id: BatchId, file: string) =>
   `Batch ${id}'s input file ${file} no longer exists (deleted or expired): its lines cannot be rerun.`
 
@@ -115,14 +118,17 @@ export const make = Effect.gen(function*() {
   /**
    * Creates the batch `valid` describes and hands it to this node's runner; with an idempotency key its project used
    * before, gives the batch made then (`requestHash` tells the same request from another). `writeInput` writes the
-   * input file (`valid.inputFileId`) of inline requests or a rerun once a batch is to be made; it is removed if none is.
+   * input file (`valid.inputFileId`) of inline requests or a rerun once a batch is to be made, with `insertBatch` as
+   * its `FileStore.create` check: the batch's row and the file's commit together (with the built-in stores, which
+   * share a database), so that a process killed in between leaves neither; written one after the other, it left the
+   * file listed for good, naming a batch that never was.
    */
   const insert = (
     caller: Caller,
     valid: ValidCreateBatch,
     requestHash: string,
     { sameInput, writeInput }: {
-      readonly writeInput?: (batch: BatchId) => Effect.Effect<unknown, ApiError>
+      readonly writeInput?: (batch: BatchId, insertBatch: Effect.Effect<void, KeyTaken>) => Effect.Effect<unknown, ApiError | KeyTaken>
       readonly sameInput?: SameInput
     } = {}
   ) =>
@@ -143,9 +149,7 @@ export const make = Effect.gen(function*() {
         }
       }
       const id = batchId()
-      if (writeInput !== undefined) yield* writeInput(id)
-      const dropInput = writeInput === undefined ? Effect.void : Effect.ignore(files.remove(valid.inputFileId, "all"))
-      const { created, record } = yield* store.create({
+      const newBatch: NewBatch = {
         id,
         project: caller.project,
         endpoint: valid.endpoint,
@@ -156,8 +160,24 @@ export const make = Effect.gen(function*() {
         outputExpiresAfterSeconds: valid.outputExpiresAfterSeconds,
         idempotencyKey: valid.idempotencyKey,
         requestHash
-      }).pipe(Effect.onError(() => dropInput))
-      if (!created) return yield* Effect.zipRight(dropInput, sameRequest(record, requestHash, sameInput)) // a create with the key won
+      }
+      let record: BatchRecord
+      if (writeInput === undefined) {
+        const made = yield* store.create(newBatch)
+        if (!made.created) return yield* sameRequest(made.record, requestHash, sameInput) // a create with the key won
+        record = made.record
+      } else {
+        const made: { record?: BatchRecord } = {}
+        const insertBatch = Effect.flatMap(store.create(newBatch), (result) =>
+          result.created ? Effect.sync(() => void (made.record = result.record)) : new KeyTaken({ record: result.record }))
+        const taken = yield* writeInput(id, insertBatch).pipe(
+          Effect.as(undefined),
+          Effect.catchTag("KeyTaken", (e) => Effect.succeed(e.record))
+        )
+        if (taken !== undefined) return yield* sameRequest(taken, requestHash, sameInput)
+        if (made.record === undefined) return yield* Effect.dieMessage("FileStore.create wrote a file without running its check")
+        record = made.record
+      }
       yield* BatchLines.created(record.batch, record.project)
       yield* runner.submit(record.batch.id)
       return record.batch
@@ -185,14 +205,14 @@ export const make = Effect.gen(function*() {
     )
 
   /** Stores inline requests as the input file `valid.inputFileId` of batch `batch`. */
-  const writeInline = (jsonl: string, valid: ValidCreateBatch, project: string) => (batch: BatchId) =>
+  const writeInline = (jsonl: string, valid: ValidCreateBatch, project: string) => (batch: BatchId, insertBatch: Effect.Effect<void, KeyTaken>) =>
     Effect.gen(function*() {
       const bytes = Buffer.from(jsonl)
       const { quota, room } = yield* roomOf(project)
       if (bytes.length > room) return yield* overQuota(quota, room, "requests")
       const expiresAfterSeconds = copyLife(valid.outputExpiresAfterSeconds)
       const meta = { id: valid.inputFileId, filename: inlineFilename(batch), purpose: "batch", project, expiresAfterSeconds }
-      return yield* files.create(meta, Stream.make(bytes))
+      return yield* files.create(meta, Stream.make(bytes), insertBatch)
     })
 
   const create = (unchecked: CreateBatchBody, caller: Caller, bodyText?: string) =>
@@ -261,7 +281,7 @@ export const make = Effect.gen(function*() {
       if ((yield* rerun.count(id, kinds)) === 0) return yield* conflict(nothingToRerun(id, kinds))
       // A whole file written within the request: at the background's priority, so that it leaves the event loop
       // turns between its steps (on Effect's microtasks synchronous storage could hold the loop for long).
-      const writeInput = (batch: BatchId) =>
+      const writeInput = (batch: BatchId, insertBatch: Effect.Effect<void, KeyTaken>) =>
         inBackground(Effect.flatMap(roomOf(caller.project), ({ quota, room }) =>
           rerun.writeInput(original, kinds, {
             id: valid.inputFileId,
@@ -269,7 +289,7 @@ export const make = Effect.gen(function*() {
             project: caller.project,
             maxBytes: room,
             expiresAfterSeconds: copyLife(valid.outputExpiresAfterSeconds, sourceLeft)
-          }).pipe(
+          }, insertBatch).pipe(
             Effect.catchTags({
               InputFileGone: ({ id: file }) => conflict(inputFileGone(id, file)),
               InputTooLarge: () => overQuota(quota, room, null)

@@ -98,13 +98,14 @@ export interface RerunShape {
   /**
    * A new input file (purpose `batch`) of the input lines of `original`'s requests that ended as one of `kinds`,
    * in their order, each as its validation read it (the line's bytes without a byte order mark or a CR before
-   * the newline).
+   * the newline). `check` is the file's `FileStore.create` check.
    */
-  readonly writeInput: (
+  readonly writeInput: <E = never>(
     original: BatchRecord,
     kinds: ReadonlyArray<RerunKind>,
-    target: RerunTarget
-  ) => Effect.Effect<FileObject, InputFileGone | InputTooLarge>
+    target: RerunTarget,
+    check?: Effect.Effect<void, E>
+  ) => Effect.Effect<FileObject, InputFileGone | InputTooLarge | E>
 }
 
 export class Rerun extends Context.Tag("Rerun")<Rerun, RerunShape>() {}
@@ -149,7 +150,7 @@ export const make = Effect.gen(function*() {
       Effect.orDie
     )
 
-  const writeInput = (original: BatchRecord, kinds: ReadonlyArray<RerunKind>, target: RerunTarget) =>
+  const writeInput = <E = never>(original: BatchRecord, kinds: ReadonlyArray<RerunKind>, target: RerunTarget, check?: Effect.Effect<void, E>) =>
     Effect.gen(function*() {
       const { id, input_file_id } = original.batch
       const input = yield* files.content(input_file_id, { project: original.project }).pipe(
@@ -188,7 +189,7 @@ export const make = Effect.gen(function*() {
         isMissingBlob(Cause.squash(cause)) ? Stream.fail(new InputFileGone({ id: input_file_id })) : Stream.failCause(cause)))
       const lines = read.pipe(jsonlLines(MAX_LINE_BYTES), Stream.mapChunksEffect(pick))
       const { expiresAfterSeconds, filename, project } = target
-      return yield* files.create({ id: target.id, filename, purpose: "batch", project, expiresAfterSeconds }, lines)
+      return yield* files.create({ id: target.id, filename, purpose: "batch", project, expiresAfterSeconds }, lines, check)
     }).pipe(Effect.withSpan("Rerun.writeInput", { attributes: { id: original.batch.id } }))
 
   return Rerun.of({ count, writeInput })
