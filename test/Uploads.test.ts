@@ -8,7 +8,7 @@
  * each checked against the others. Bounds and bad parameters: `UploadsLimits.test.ts`; faults: `UploadsFaults.test.ts`.
  */
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Duration, Effect, Exit, Fiber, Layer, Option, Stream } from "effect"
+import { Deferred, Duration, Effect, Exit, Fiber, Layer, Option, Stream } from "effect"
 import { createReadStream, writeFileSync } from "node:fs"
 import * as Path from "node:path"
 import { AppConfig } from "../src/Config.js"
@@ -395,6 +395,60 @@ describe("uploads", () => {
         )),
         Effect.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))
       ))
+
+    it.live(`${backend}, ${fileStorage} file bytes: a completion whose parts went with the node that took it over answers that node's upload`, () =>
+      Effect.gen(function*() {
+        // Each part's read waits for `resume` (the node stalled past LEASE_TTL), telling `reading` it began.
+        const reading = yield* Deferred.make<void>()
+        const resume = yield* Deferred.make<void>()
+        const stalledReads = Layer.effect(
+          BlobStore,
+          Effect.map(BlobStore, (blobs) =>
+            BlobStore.of({
+              ...blobs,
+              read: (id, offset) =>
+                Stream.concat(
+                  Stream.drain(Stream.fromEffect(Effect.zipRight(Deferred.succeed(reading, undefined), Deferred.await(resume)))),
+                  blobs.read(id, offset)
+                )
+            }))
+        )
+        yield* Effect.gen(function*() {
+          const uploads = yield* Uploads
+          const files = yield* FileStore
+          const blobs = yield* BlobStore
+          const bytes = Buffer.from("first half|second half\n")
+          const upload = yield* uploads.create({ project: "p", bytes: bytes.length, filename: "f.jsonl", purpose: "batch", mimeType: "text/jsonl" })
+          const parts: Array<string> = []
+          for (const piece of [bytes.subarray(0, 11), bytes.subarray(11)]) {
+            const part = yield* Effect.scoped(Effect.flatMap(stagePart(piece), (staged) => uploads.addPart(upload.id, { project: "p" }, staged)))
+            parts.push(part.id)
+          }
+          const completing = yield* Effect.fork(uploads.complete(upload.id, { project: "p" }, parts, md5(bytes)))
+          yield* Deferred.await(reading)
+          // Meanwhile another node took the lapsed claim over, completed the upload and discarded its parts.
+          const file = yield* files.create({ filename: "f.jsonl", purpose: "batch", project: "p" }, Stream.make(new Uint8Array(bytes)))
+          yield* sql(`UPDATE uploads SET status = 'completed', file_id = '${file.id}', completing_owner = NULL,
+            completing_until = NULL WHERE id = '${upload.id}'`)
+          yield* sql(`DELETE FROM upload_parts WHERE upload_id = '${upload.id}'`)
+          yield* Effect.forEach(parts, (part) => blobs.remove(part), { discard: true })
+          // The node resumes: its read fails before a renewal (an hour away) tells it the claim is lost.
+          yield* Deferred.succeed(resume, undefined)
+          const completed = yield* Fiber.join(completing)
+          expect(completed.status).toBe("completed")
+          expect(completed.file?.id).toBe(file.id)
+          const listed = yield* files.list({ visibility: { project: "p" }, limit: 100, order: "desc" })
+          expect(listed.data.map((f) => f.id)).toEqual([file.id])
+        }).pipe(Effect.provide(UploadsLive.pipe(
+          Layer.provideMerge(FileStoreLive),
+          Layer.provideMerge(stalledReads.pipe(Layer.provideMerge(StorageLive))),
+          Layer.provideMerge(configFor({
+            fileStorage: Option.some(fileStorage),
+            leaseTtl: Duration.hours(2),
+            heartbeatInterval: Duration.hours(1)
+          }))
+        )))
+      }).pipe(Effect.provide(Layer.merge(TestDataDir.Default, TestDatabase.layer(backend)))))
 
     it.live(`${backend}, ${fileStorage} file bytes: a node never takes over its own completion, though its claim lapsed`, () =>
       Effect.gen(function*() {

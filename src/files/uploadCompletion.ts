@@ -6,11 +6,12 @@
  * ms), which the node renews every `HEARTBEAT_INTERVAL` by `LEASE_TTL` while the assembly runs (`renewClaims`). A
  * claim left by a node that died lapses, and the next complete, on any node, takes the upload over; only the
  * claim's holder marks the upload completed or gives it back, pending. A node never takes over its own run; one
- * whose claim another node took (it stalled past its lease) stops its assembly at the next renewal.
+ * whose claim another node took (it stalled past its lease) stops its assembly at the next renewal, and an assembly
+ * that fails before (that node discarded the parts) ends as taken over all the same.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { Fragment } from "@effect/sql/Statement"
-import { Clock, Deferred, Duration, Effect, Exit, type Scope } from "effect"
+import { Cause, Clock, Deferred, Duration, Effect, Exit, type Scope } from "effect"
 import { AppConfig } from "../Config.js"
 import type { UploadId } from "../domain/Ids.js"
 import type { Visibility } from "../domain/Projects.js"
@@ -73,11 +74,19 @@ export const makeCompletion = ({ columns, discardParts, read, visible }: UploadR
         const takenOver = Effect.zipRight(Deferred.await(lost), Effect.fail(new CompletionTakenOver({ id: row.id })))
         yield* Effect.raceFirst(assembly(row, partIds, md5), takenOver).pipe(
           Effect.interruptible, // forked from the claim's uninterruptible region: the node stopping still stops it
+          Effect.exit,
           // A failure, or the node stopping, gives the upload back, pending, to complete again (unless its claim
-          // lapsed and another node took it over: then it is that node's).
-          Effect.onExit((exit) =>
-            Exit.isSuccess(exit) ? Effect.void : sql`UPDATE uploads SET status = 'pending', completing_owner = NULL,
-              completing_until = NULL WHERE id = ${row.id} AND status = 'completing' AND completing_owner = ${nodeId}`.pipe(Effect.orDie)),
+          // lapsed and another node took it over: then it is that node's). A failure once the claim is gone (that
+          // node may have discarded the parts read here, before a renewal stopped this assembly) is taken over: the
+          // completes waiting read the outcome from the row (`awaitOutcome`).
+          Effect.flatMap((exit) =>
+            Exit.isSuccess(exit) ? exit : sql`UPDATE uploads SET status = 'pending', completing_owner = NULL,
+              completing_until = NULL WHERE id = ${row.id} AND status = 'completing' AND completing_owner = ${nodeId}
+              RETURNING id`.pipe(
+              Effect.orDie,
+              Effect.flatMap((held) =>
+                held.length === 0 && !Cause.isInterruptedOnly(exit.cause) ? Effect.fail(new CompletionTakenOver({ id: row.id })) : exit)
+            )),
           // The upload is completed whatever happens now: parts left by a failure here go with the sweep.
           Effect.tap(() => discardCompletedParts(row.id)),
           Effect.map((file) => toUpload({ ...row, status: "completed", file_id: file.id }, now, file)),
