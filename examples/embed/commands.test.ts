@@ -69,7 +69,7 @@ describe("batches without HTTP", () => {
         const bytes = (n: number) => Stream.make(new Uint8Array(n).fill(10))
         const refusal = (request: Parameters<typeof files.upload>[0], n = 10) =>
           Effect.map(Effect.flip(files.upload(request, bytes(n), localCaller)), (e) => [e._tag, e.error.param, e.error.code])
-        expect(yield* refusal({ filename: "input.txt", purpose: "batch" })).toEqual(["InvalidRequest", "file", "invalid_file_format"])
+        expect(yield* refusal({ filename: "input.txt", purpose: "batch" })).toEqual(["InvalidRequest", null, null])
         expect(yield* refusal({ filename: "input.jsonl", purpose: "nonsense" })).toEqual(["InvalidRequest", "purpose", "invalid_value"])
         expect(yield* refusal({ filename: "", purpose: "batch" })).toEqual(["InvalidRequest", "file", "invalid_value"])
         expect(yield* refusal({ filename: "a.jsonl", purpose: "batch", expires_after: { anchor: "created_at", seconds: 60 } }))

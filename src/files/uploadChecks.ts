@@ -61,11 +61,12 @@ export const unsupportedValue = (value: string, supported: ReadonlyArray<string>
     "invalid_value"
   )
 
-/** OpenAI's refusal of a file for the Batch API whose name is not `.jsonl` (naming `param`); undefined when fine. */
-export const batchFormatRefusal = (purpose: string, filename: string, param: string): ApiError | undefined =>
-  purpose === "batch" && !isBatchInputName(filename)
-    ? invalidRequest(BATCH_FORMAT_MESSAGE, param, "invalid_file_format")
-    : undefined
+/**
+ * OpenAI's refusal of a file for the Batch API whose name is not `.jsonl`, undefined when fine: as OpenAI answers
+ * it, with neither `param` nor `code`.
+ */
+export const batchFormatRefusal = (purpose: string, filename: string): ApiError | undefined =>
+  purpose === "batch" && !isBatchInputName(filename) ? invalidRequest(BATCH_FORMAT_MESSAGE, null, null) : undefined
 
 /** What an upload's form gives of a file's metadata (the project is the caller's). */
 export type UploadFields = Omit<FileMetadata, "project" | "id">
@@ -115,7 +116,7 @@ export const parseUploadForm = (
     return Either.left(invalidRequest("Missing required parameter: 'purpose'.", "purpose", "missing_required_parameter"))
   }
   if (!purposes.includes(purpose)) return Either.left(unsupportedValue(purpose, purposes, "purpose"))
-  const refusal = batchFormatRefusal(purpose, filename, "file")
+  const refusal = batchFormatRefusal(purpose, filename)
   if (refusal !== undefined) return Either.left(refusal)
   const anchor = fields.get("expires_after[anchor]")
   const seconds = fields.get("expires_after[seconds]")
@@ -172,7 +173,7 @@ export const parseCreateUpload = (
         : invalidRequest(`Invalid 'mime_type': '${echo(body.mime_type)}' is not a MIME type (type/subtype).`, "mime_type", "invalid_value")
     )
   }
-  const format = batchFormatRefusal(body.purpose, filename.right, "filename")
+  const format = batchFormatRefusal(body.purpose, filename.right)
   if (format !== undefined) return Either.left(format)
   const upload = { bytes: body.bytes, filename: filename.right, purpose: body.purpose, mimeType: body.mime_type }
   if (body.expires_after == null) return Either.right(upload)
