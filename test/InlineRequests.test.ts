@@ -6,9 +6,10 @@
  * On SQLite and PostgreSQL.
  */
 import { describe, expect, layer } from "@effect/vitest"
-import { Deferred, Duration, Effect, Fiber, Layer, Option, Queue } from "effect"
+import { Deferred, Duration, Effect, Fiber, Layer, LogLevel, Option, Queue } from "effect"
 import type OpenAI from "openai"
 import { BatchStore, make as makeBatchStore } from "../src/batches/BatchStore.js"
+import { FileStore, FileStoreLive } from "../src/files/FileStore.js"
 import { chatLine, failure, readLines, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import { rawRequest } from "./support/RawHttp.js"
 import { backends, baseUrl, testAppWithUpstream, Upstream } from "./support/TestApp.js"
@@ -198,50 +199,92 @@ for (const backend of backends) describe(`inline requests (${backend})`, () => {
   })
 })
 
-/** Batch creates stop at `gate` (each tells `arrivals`): as a process killed there would. */
-const arrivals = Effect.runSync(Queue.unbounded<void>())
-let gate = Effect.runSync(Deferred.make<void>())
-const createsWaitAtGate = Layer.effect(BatchStore, Effect.map(makeBatchStore, (store) => ({
+/**
+ * Where batch creates stop: `before` their row's insert and `after` it (in its transaction, for inline requests),
+ * each arrival told on the queue of its gate; a gate made open lets them by.
+ */
+interface Gates {
+  readonly before: { readonly open: Deferred.Deferred<void>; readonly arrivals: Queue.Queue<void> }
+  readonly after: { readonly open: Deferred.Deferred<void>; readonly arrivals: Queue.Queue<void> }
+}
+const gateOf = (open: boolean) =>
+  Effect.gen(function*() {
+    const gate = { open: yield* Deferred.make<void>(), arrivals: yield* Queue.unbounded<void>() }
+    if (open) yield* Deferred.succeed(gate.open, undefined)
+    return gate
+  })
+let gates: Gates
+const setGates = (before: "open" | "closed", after: "open" | "closed") =>
+  Effect.map(Effect.all({ before: gateOf(before === "open"), after: gateOf(after === "open") }), (made) => void (gates = made))
+const pass = (gate: Gates["before"]) => Effect.zipRight(Queue.offer(gate.arrivals, undefined), Deferred.await(gate.open))
+const createsStopAtGates = Layer.effect(BatchStore, Effect.map(makeBatchStore, (store) => ({
   ...store,
   create: (batch: Parameters<typeof store.create>[0]) =>
-    Effect.zipRight(Effect.zipRight(Queue.offer(arrivals, undefined), Deferred.await(gate)), store.create(batch))
+    Effect.zipRight(pass(gates.before), Effect.tap(store.create(batch), () => pass(gates.after)))
 })))
 
 const inlineFilesOf = (openai: OpenAI) =>
   Effect.promise(async () => (await openai.files.list()).data.filter((f) => f.filename.endsWith("_inline.jsonl")).map((f) => f.id))
 
 // On PostgreSQL, whose other connections read on while a create's transaction waits (SQLite's one connection waits).
-layer(testAppWithUpstream(settings, {}, "postgres", { batchStore: createsWaitAtGate }), { excludeTestServices: true })(
+layer(testAppWithUpstream(settings, {}, "postgres", { batchStore: createsStopAtGates }), { excludeTestServices: true })(
   "inline requests, the input file and its batch",
   (it) => {
-    it.effect("are committed together: a process killed before the batch's row is written leaves no file", () =>
+    it.effect("are committed together: a process killed after either is written leaves neither", () =>
       Effect.gen(function*() {
         const openai = sdk(yield* baseUrl)
-        gate = yield* Deferred.make<void>()
+        yield* setGates("open", "closed")
+        const batchesBefore = (yield* Effect.promise(() => openai.batches.list())).data.length
         const creating = yield* Effect.fork(createInline(openai, [chat("a", "a")]))
-        yield* Queue.take(arrivals)
-        const before = yield* inlineFilesOf(openai)
-        yield* Deferred.succeed(gate, undefined)
+        yield* Queue.take(gates.after.arrivals) // the batch's row inserted, not yet committed
+        const meanwhile = {
+          files: yield* inlineFilesOf(openai),
+          batches: (yield* Effect.promise(() => openai.batches.list())).data.length - batchesBefore
+        }
+        yield* Deferred.succeed(gates.after.open, undefined)
         const batch = yield* Fiber.join(creating)
-        expect(before).toEqual([]) // were the process killed then, nothing would be left
+        expect(meanwhile).toEqual({ files: [], batches: 0 }) // were the process killed then, nothing would be left
         expect(yield* inlineFilesOf(openai)).toEqual([batch.input_file_id])
       }))
 
     it.effect("two creates with one idempotency key at once make one batch and keep one input file", () =>
       Effect.gen(function*() {
         const openai = sdk(yield* baseUrl)
-        gate = yield* Deferred.make<void>()
+        yield* setGates("closed", "open")
         const before = yield* inlineFilesOf(openai)
         const creates = yield* Effect.fork(Effect.all(
           [0, 1].map(() => createInline(openai, [chat("a", "a")], { idempotency_key: "both-at-once" })),
           { concurrency: "unbounded" }
         ))
-        yield* Effect.zipRight(Queue.take(arrivals), Queue.take(arrivals)) // both past the key's look-up
-        yield* Deferred.succeed(gate, undefined)
+        yield* Effect.zipRight(Queue.take(gates.before.arrivals), Queue.take(gates.before.arrivals)) // both past the key's look-up
+        yield* Deferred.succeed(gates.before.open, undefined)
         const [first, second] = yield* Fiber.join(creates)
         expect(second!.id).toBe(first!.id)
         const made = (yield* inlineFilesOf(openai)).filter((id) => !before.includes(id))
         expect(made).toEqual([first!.input_file_id])
+      }))
+  }
+)
+
+/** An app's own `FileStore` that runs no check (TypeScript lets a `create` drop the parameter). */
+const ChecklessFileStore = Layer.effect(FileStore, Effect.map(FileStore, (live) =>
+  FileStore.of({
+    ...live,
+    create: (meta, content) => live.create(meta, content)
+  }))).pipe(Layer.provide(FileStoreLive))
+
+layer(testAppWithUpstream(settings, {}, "sqlite", { fileStore: ChecklessFileStore, logLevel: LogLevel.Error }), { excludeTestServices: true })(
+  "inline requests with an app's own FileStore that runs no check",
+  (it) => {
+    it.effect("still make their batch and its one input file; a refused key keeps none", () =>
+      Effect.gen(function*() {
+        const openai = sdk(yield* baseUrl)
+        const first = yield* createInline(openai, [chat("a", "a")], { idempotency_key: "k" })
+        const again = yield* createInline(openai, [chat("a", "a")], { idempotency_key: "k" })
+        expect(again.id).toBe(first.id)
+        expect(yield* inlineFilesOf(openai)).toEqual([first.input_file_id])
+        const done = yield* waitFor(openai, first.id, terminal)
+        expect([done.status, done.request_counts?.completed]).toEqual(["completed", 1])
       }))
   }
 )

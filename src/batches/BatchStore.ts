@@ -143,7 +143,8 @@ export interface BatchStoreShape {
 
   /**
    * Inserts a batch; with an idempotency key its project already used, returns the existing one instead
-   * (`created: false`).
+   * (`created: false`). For inline requests and reruns it runs as `FileStore.create`'s check, in the transaction that
+   * writes the batch's input file (`BatchCommands`): a store of another database loses only that atomicity.
    */
   readonly create: (batch: NewBatch) => Effect.Effect<{ readonly record: BatchRecord; readonly created: boolean }>
   /** A batch `visibility` does not see is `BatchNotFound`, exactly as one that does not exist. */

@@ -67,7 +67,8 @@ export interface FileStoreShape {
    * `openUpload` + `commit` in one step; `check`, when given, runs once the bytes are staged, in one transaction with
    * their publishing and the file's row: its failure makes no file (a batch's files written by a node that lost the
    * batch meanwhile; checked apart, a commit that waited past the lease made it all the same). A check may write
-   * too: a server-written input file and its batch's row commit together (`BatchCommands`).
+   * too: a server-written input file and its batch's row commit together (`BatchCommands`, which inserts the batch
+   * after the file when a store runs no check).
    */
   readonly create: <E, E2 = never>(
     meta: FileMetadata,

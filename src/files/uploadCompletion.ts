@@ -84,8 +84,14 @@ export const makeCompletion = ({ columns, discardParts, read, visible }: UploadR
               completing_until = NULL WHERE id = ${row.id} AND status = 'completing' AND completing_owner = ${nodeId}
               RETURNING id`.pipe(
               Effect.orDie,
+              Effect.catchAllCause((cause) => Effect.failCause(Cause.sequential(exit.cause, cause))),
               Effect.flatMap((held) =>
-                held.length === 0 && !Cause.isInterruptedOnly(exit.cause) ? Effect.fail(new CompletionTakenOver({ id: row.id })) : exit)
+                held.length === 0 && !Cause.isInterruptedOnly(exit.cause)
+                  ? Effect.zipRight(
+                    Effect.logDebug(`Upload ${row.id}'s assembly failed after its claim was taken over`, exit.cause),
+                    Effect.fail(new CompletionTakenOver({ id: row.id }))
+                  )
+                  : exit)
             )),
           // The upload is completed whatever happens now: parts left by a failure here go with the sweep.
           Effect.tap(() => discardCompletedParts(row.id)),
