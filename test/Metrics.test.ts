@@ -400,6 +400,10 @@ describe("metrics", () => {
         const main = yield* get(`${yield* baseUrl}/metrics`, { authorization: `Bearer ${KEYS.admin}` })
         expect(main.status).toBe(404)
         expect((yield* get(`${yield* baseUrl}/metrics`)).status).toBe(401)
+        // Counted as a path no route serves there, not as the metrics route.
+        const counted = parsePrometheus((yield* get(yield* metricsPortUrl("/metrics"))).text)
+        expect(sum(counted, "batch_http_requests_total", { route: "/metrics" })).toBe(0)
+        expect(sum(counted, "batch_http_requests_total", { route: "unmatched", status: "404" })).toBe(1)
       }))
   })
 

@@ -59,9 +59,9 @@ const refuseExposedServer = (server: HttpServer.HttpServer) =>
  * `CORS_ORIGINS` says.
  */
 const wrappedApp = Effect.gen(function*() {
-  const { maxJsonBodiesBytes, maxJsonBodyBytes, maxUploadsAtOnce } = yield* AppConfig
+  const { maxJsonBodiesBytes, maxJsonBodyBytes, maxUploadsAtOnce, metricsPort } = yield* AppConfig
   const secure = yield* securityMiddleware
-  const measured = httpMetrics(yield* Metrics)
+  const measured = httpMetrics(yield* Metrics, Option.isNone(metricsPort))
   // A project's share of the JSON bodies, and what it may take of their reserve, hold one whole body.
   const jsonBodies = new Budget(maxJsonBodiesBytes, maxJsonBodyBytes)
   const holder = holderOf(yield* Auth)

@@ -39,15 +39,17 @@ export const UNMATCHED = "unmatched"
 /**
  * Server middleware: counts each request (`batch_http_requests_total`) and its time until the response is ready
  * (`batch_http_request_duration_seconds`), labelled with the route its path matches (`routeOf`), else `unmatched`:
- * never a raw path, so label values stay bounded.
+ * never a raw path, so label values stay bounded. `/metrics` is a route only where it is served (`servesMetrics`:
+ * not on the main port when `METRICS_PORT` is set).
  */
-export const httpMetrics = (metrics: MetricsShape) => {
+export const httpMetrics = (metrics: MetricsShape, servesMetrics = true) => {
   return <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<E, R> =>
     Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
       const started = performance.now()
       return Effect.onExit(app, (exit) =>
         Effect.sync(() => {
-          const route = routeOf(requestTarget(request).path) ?? UNMATCHED
+          const matched = routeOf(requestTarget(request).path)
+          const route = matched === undefined || (matched === METRICS_PATH && !servesMetrics) ? UNMATCHED : matched
           const status = HttpServerError.exitResponse(exit).status
           metrics.httpRequest(request.method, route, status, (performance.now() - started) / 1000)
         }))

@@ -46,7 +46,9 @@ export const noteProject = (project: string): Effect.Effect<void> =>
 
 /**
  * Polled every few seconds (probes of load balancers and orchestrators, Prometheus scrapes): their lines are debug.
- * Only as probes ask (GET, HEAD): another method there is not a probe, and its line stays at info.
+ * Only as probes ask (GET, HEAD): another method there is not a probe, and its line stays at info; so is a probe
+ * refused its key (401, 403: a scraper's key wrong, or someone trying keys) or sent where nothing answers it (404:
+ * a scrape of the main port once `METRICS_PORT` serves the metrics).
  */
 const POLLED: ReadonlySet<string> = new Set(["/v1/health", "/v1/ready", "/metrics"])
 const isProbe = (method: string, path: string) => (method === "GET" || method === "HEAD") && POLLED.has(routedPath(path))
@@ -107,7 +109,7 @@ const writeLine = <E>(
     const status = response.status
     const level = fault !== undefined
       ? LogLevel.Error
-      : isProbe(request.method, path)
+      : isProbe(request.method, path) && status !== 401 && status !== 403 && status !== 404
       ? LogLevel.Debug
       : status >= 500 && status !== 503 && status !== 507
       ? LogLevel.Warning
