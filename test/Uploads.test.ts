@@ -257,18 +257,25 @@ describe("uploads", () => {
           yield* writer.write(piece)
           return yield* writer.finish
         }))
+    /** The bytes of the tests below, in two parts. */
+    const bytes = Buffer.from("first half|second half\n")
+    /** An upload of `bytes` in project `p` and its two parts' ids, added. */
+    const uploadInTwoParts = Effect.gen(function*() {
+      const uploads = yield* Uploads
+      const upload = yield* uploads.create({ project: "p", bytes: bytes.length, filename: "f.jsonl", purpose: "batch", mimeType: "text/jsonl" })
+      const parts: Array<string> = []
+      for (const piece of [bytes.subarray(0, 11), bytes.subarray(11)]) {
+        const part = yield* Effect.scoped(Effect.flatMap(stagePart(piece), (staged) => uploads.addPart(upload.id, { project: "p" }, staged)))
+        parts.push(part.id)
+      }
+      return { upload, parts }
+    })
 
     it.effect(`${backend}, ${fileStorage} file bytes: a restart keeps an upload, its parts, and gives back a completion cut short (not another node's)`, () =>
       Effect.gen(function*() {
-        const bytes = Buffer.from("first half|second half\n")
         const { id, others, parts } = yield* Effect.gen(function*() {
           const uploads = yield* Uploads
-          const upload = yield* uploads.create({ project: "p", bytes: bytes.length, filename: "f.jsonl", purpose: "batch", mimeType: "text/jsonl" })
-          const parts = []
-          for (const piece of [bytes.subarray(0, 11), bytes.subarray(11)]) {
-            const part = yield* Effect.scoped(Effect.flatMap(stagePart(piece), (staged) => uploads.addPart(upload.id, { project: "p" }, staged)))
-            parts.push(part.id)
-          }
+          const { parts, upload } = yield* uploadInTwoParts
           // A crash in the middle of a complete leaves its claim behind.
           const { nodeId } = yield* AppConfig
           yield* sql(`UPDATE uploads SET status = 'completing', completing_owner = '${nodeId}' WHERE id = '${upload.id}'`)
@@ -291,16 +298,7 @@ describe("uploads", () => {
     it.live(`${backend}, ${fileStorage} file bytes: a completion left by a node that died is taken over by the next complete; a live one is waited for`, () =>
       Effect.gen(function*() {
         const uploads = yield* Uploads
-        const bytes = Buffer.from("first half|second half\n")
-        const withParts = Effect.gen(function*() {
-          const upload = yield* uploads.create({ project: "p", bytes: bytes.length, filename: "f.jsonl", purpose: "batch", mimeType: "text/jsonl" })
-          const parts: Array<string> = []
-          for (const piece of [bytes.subarray(0, 11), bytes.subarray(11)]) {
-            const part = yield* Effect.scoped(Effect.flatMap(stagePart(piece), (staged) => uploads.addPart(upload.id, { project: "p" }, staged)))
-            parts.push(part.id)
-          }
-          return { id: upload.id, parts }
-        })
+        const withParts = Effect.map(uploadInTwoParts, ({ parts, upload }) => ({ id: upload.id, parts }))
         /** A complete of `parts` claimed by `owner` until `until` (epoch ms), as that node's complete leaves it. */
         const claimedBy = (id: string, parts: ReadonlyArray<string>, owner: string, until: number) =>
           sql(`UPDATE uploads SET status = 'completing', completing_owner = '${owner}', completing_until = ${until},
@@ -417,13 +415,7 @@ describe("uploads", () => {
           const uploads = yield* Uploads
           const files = yield* FileStore
           const blobs = yield* BlobStore
-          const bytes = Buffer.from("first half|second half\n")
-          const upload = yield* uploads.create({ project: "p", bytes: bytes.length, filename: "f.jsonl", purpose: "batch", mimeType: "text/jsonl" })
-          const parts: Array<string> = []
-          for (const piece of [bytes.subarray(0, 11), bytes.subarray(11)]) {
-            const part = yield* Effect.scoped(Effect.flatMap(stagePart(piece), (staged) => uploads.addPart(upload.id, { project: "p" }, staged)))
-            parts.push(part.id)
-          }
+          const { parts, upload } = yield* uploadInTwoParts
           const completing = yield* Effect.fork(uploads.complete(upload.id, { project: "p" }, parts, md5(bytes)))
           yield* Deferred.await(reading)
           // Meanwhile another node took the lapsed claim over, completed the upload and discarded its parts.
@@ -453,13 +445,7 @@ describe("uploads", () => {
     it.live(`${backend}, ${fileStorage} file bytes: a node never takes over its own completion, though its claim lapsed`, () =>
       Effect.gen(function*() {
         const uploads = yield* Uploads
-        const bytes = Buffer.from("first half|second half\n")
-        const upload = yield* uploads.create({ project: "p", bytes: bytes.length, filename: "f.jsonl", purpose: "batch", mimeType: "text/jsonl" })
-        const parts: Array<string> = []
-        for (const piece of [bytes.subarray(0, 11), bytes.subarray(11)]) {
-          const part = yield* Effect.scoped(Effect.flatMap(stagePart(piece), (staged) => uploads.addPart(upload.id, { project: "p" }, staged)))
-          parts.push(part.id)
-        }
+        const { parts, upload } = yield* uploadInTwoParts
         const completing = yield* Effect.fork(uploads.complete(upload.id, { project: "p" }, parts, md5(bytes)))
         // Its claim lapses while its parts are read (a second each), as when the node stalls past LEASE_TTL.
         yield* Effect.sleep("300 millis")
