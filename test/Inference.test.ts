@@ -62,7 +62,10 @@ const scripted = (script: ReadonlyArray<Scripted>, maxAttempts = 5, config: Para
       const cause = Object.assign(new Error(answer), { kind: answer === "refused" ? "connect" : "transport" })
       return Effect.fail(new HttpClientError.RequestError({ request, reason: "Transport", description: answer, cause }))
     }
-    const response = HttpClientResponse.fromWeb(request, new Response(answer.body ?? `{"ok":true}`, { status: answer.status, headers: answer.headers ?? {} }))
+    const web = new Response(answer.body ?? `{"ok":true}`, { status: Math.min(answer.status, 599), headers: answer.headers ?? {} })
+    // A status past HTTP's, as undici gives one (a web Response refuses to be made with it).
+    if (answer.status > 599) Object.defineProperty(web, "status", { value: answer.status })
+    const response = HttpClientResponse.fromWeb(request, web)
     return Effect.delay(Effect.succeed(response), Duration.millis(answer.afterMs ?? 0))
   })
   const layer = overClient(client, {
@@ -375,6 +378,20 @@ describe("Inference", () => {
       }
       const { layer } = scripted([{ status: 200, body: body.slice(0, 9_990) + `"}` }], 1, { inferenceMaxResponseBytes: 10_000 })
       expect((yield* send().pipe(Effect.provide(layer))).status).toBe(200)
+    }))
+
+  it.effect("a status past HTTP's (600, 999) is invalid_upstream_response, not retried, its body not kept", () =>
+    Effect.gen(function*() {
+      for (const status of [600, 999]) {
+        const { calls, layer } = scripted([{ status, body: `{"error":{"message":"odd"}}` }, { status: 200 }])
+        const error = yield* Effect.flip(send()).pipe(Effect.provide(layer))
+        expect(calls.n).toBe(1)
+        expect(error).toMatchObject({
+          _tag: "UpstreamFailure",
+          code: "invalid_upstream_response",
+          message: `The upstream answered with status ${status}, which HTTP does not have (100–599).`
+        })
+      }
     }))
 
   it.effect("a 2xx answer that is not a JSON object is invalid_upstream_response, not retried", () =>

@@ -6,6 +6,7 @@
 import { expect, layer } from "@effect/vitest"
 import { Duration, Effect } from "effect"
 import { NotFoundError } from "openai"
+import { MAX_LISTED_MODELS } from "../src/upstreams/Upstream.js"
 import { chatLine, createBatch, readLines, terminal, upload, waitFor } from "./support/Batches.js"
 import { sideBySide } from "./support/SideBySide.js"
 import { baseUrl, eventually } from "./support/TestApp.js"
@@ -359,6 +360,30 @@ sideBySide("a batch whose model its upstream stops serving", () => layer(
       expect(new Set(output.map((l) => l.custom_id)).size).toBe(300)
       expect(w!.stats.byModel.get("model-a")).toBeGreaterThan(0)
     }), { timeout: 30_000 })
+}))
+
+sideBySide("an upstream that lists more models than are kept", () => layer(
+  testAppWithUpstreams(
+    { many: { models: Array.from({ length: MAX_LISTED_MODELS + 3 }, (_, i) => `m-${i}`), latencyMs: 5 } },
+    ({ many }) => [{ name: "many", base_url: many!.url, models: ["*"] }]
+  ),
+  { excludeTestServices: true }
+)((it) => {
+  it.effect("has its first MAX_LISTED_MODELS kept, routed and listed, and the rest refused, said once", () =>
+    Effect.gen(function*() {
+      const openai = yield* client
+      for (let i = 0; i < 2; i++) {
+        const listed = yield* Effect.promise(() => openai.models.list())
+        expect([listed.data.length, listed.data.at(-1)?.id]).toEqual([MAX_LISTED_MODELS, `m-${MAX_LISTED_MODELS - 1}`])
+      }
+      const kept = yield* createModelBatch(2, `m-${MAX_LISTED_MODELS - 1}`, "kept")
+      expect((yield* waitFor(openai, kept.id, terminal)).status).toBe("completed")
+      const beyond = yield* createModelBatch(2, `m-${MAX_LISTED_MODELS}`, "beyond")
+      expect((yield* waitFor(openai, beyond.id, terminal)).errors?.data?.[0]?.code).toBe("model_not_found")
+      expect(logged(yield* LogLines, /models at GET \/models/)).toEqual([
+        `Upstream many lists ${MAX_LISTED_MODELS + 3} models at GET /models: the first ${MAX_LISTED_MODELS} are kept`
+      ])
+    }))
 }))
 
 sideBySide("a batch whose model no upstream serves any more, until it expires", () => layer(

@@ -86,6 +86,11 @@ export interface UpstreamOptions {
 }
 
 const LIST_TTL_MS = 30_000
+/**
+ * The most models kept of one upstream's list (its first): `GET /v1/models` and every route lookup go over them, and
+ * a list of 200,000 (26 MB, under the answer bound) held 40 listings' `/v1/health` 26 s and took 700 MB.
+ */
+export const MAX_LISTED_MODELS = 10_000
 /** How often a 404 about a model may have the list asked again: once a second, however many calls it answered so. */
 const RELIST_AFTER_MS = 1_000
 
@@ -168,8 +173,9 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
         Effect.flatMap(read),
         Effect.timeout(Duration.min(spec.timeout, Duration.seconds(10)))
       ))
+    let warnedTooMany = false
     const askModels = probeGet("/models", (res) =>
-      Effect.map(res.text, (text) => {
+      Effect.flatMap(res.text, (text) => {
         listedAt = clock.unsafeCurrentTimeMillis() // asked: not again before LIST_TTL_MS, list or not
         modelsAnswered = true
         if (res.status >= 200 && res.status < 300) modelsAnsweredWell = true
@@ -177,14 +183,24 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
           try {
             const data = JSON.parse(text)?.data
             if (Array.isArray(data)) {
-              listed = Option.some(data.flatMap((m) => (typeof m?.id === "string" ? [m.id as string] : [])))
+              const ids = data.flatMap((m) => (typeof m?.id === "string" ? [m.id as string] : []))
+              listed = Option.some(ids.length > MAX_LISTED_MODELS ? ids.slice(0, MAX_LISTED_MODELS) : ids)
               options.listChanged()
+              if (ids.length > MAX_LISTED_MODELS && !warnedTooMany) {
+                warnedTooMany = true
+                return Effect.as(
+                  log(Effect.logWarning(
+                    `Upstream ${spec.name} lists ${ids.length} models at GET /models: the first ${MAX_LISTED_MODELS} are kept`
+                  )),
+                  res.status
+                )
+              }
             }
           } catch {
             // not a model list: nothing learned
           }
         }
-        return res.status
+        return Effect.succeed(res.status)
       })).pipe(Effect.exit)
 
     // --- up and down -------------------------------------------------------------------------------------------
@@ -251,6 +267,11 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       return { _tag: "Failure", kind, failure: new UpstreamFailure({ code, message, logged: `Upstream request failed: ${error.message}` }) }
     }
     const answered = (res: HttpClientResponse.HttpClientResponse, text: string): Attempt => {
+      // Past HTTP's statuses (600, 999): no answer to keep, as an app's own inference's is not (`checkedAnswers.ts`).
+      if (res.status > 599) {
+        const message = `The upstream answered with status ${res.status}, which HTTP does not have (100–599).`
+        return { _tag: "Failure", kind: "answer", failure: new UpstreamFailure({ code: "invalid_upstream_response", message }) }
+      }
       // An error's text only: a completion that says what a header says (a model's name) is kept as it came.
       const kept = res.status >= 200 && res.status < 300 ? text : withoutSecrets(text, secrets)
       const body = asJsonBody(res.status, kept, res.headers)
