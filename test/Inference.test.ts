@@ -380,12 +380,16 @@ describe("Inference", () => {
       expect((yield* send().pipe(Effect.provide(layer))).status).toBe(200)
     }))
 
-  it.effect("a status past HTTP's (600, 999) is invalid_upstream_response, not retried, its body not kept", () =>
+  it.effect("a status past HTTP's (600, 999) is retried as a 5xx, and then invalid_upstream_response, its body not kept", () =>
     Effect.gen(function*() {
       for (const status of [600, 999]) {
-        const { calls, layer } = scripted([{ status, body: `{"error":{"message":"odd"}}` }, { status: 200 }])
-        const error = yield* Effect.flip(send()).pipe(Effect.provide(layer))
-        expect(calls.n).toBe(1)
+        const { calls, layer } = scripted([{ status, body: `{"error":{"message":"odd"}}` }], 2)
+        const error = yield* Effect.gen(function*() {
+          const fiber = yield* Effect.fork(Effect.flip(send()))
+          yield* TestClock.adjust("1 minute") // the retry's backoff
+          return yield* Fiber.join(fiber)
+        }).pipe(Effect.provide(layer))
+        expect(calls.n).toBe(2)
         expect(error).toMatchObject({
           _tag: "UpstreamFailure",
           code: "invalid_upstream_response",

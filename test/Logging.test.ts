@@ -466,9 +466,9 @@ describe("a request's line", () => {
         expect((yield* serve("/v1/health", notFound, LogLevel.Info, method)).written)
           .toMatchObject([{ level: "INFO", method, path: "/v1/health", status: 404 }])
       }
-      // A probe refused its key (a scraper's key wrong, someone trying keys), or sent where no metrics are served
-      // (the main port once METRICS_PORT is set): info, seen at the default level.
-      for (const status of [401, 403, 404]) {
+      // A probe refused (a scraper's key wrong, someone trying keys, a name not served), or sent where no metrics are
+      // served (the main port once METRICS_PORT is set): info, seen at the default level.
+      for (const status of [401, 403, 404, 421]) {
         expect((yield* serve("/metrics", Effect.succeed(HttpServerResponse.empty({ status })), LogLevel.Info)).written)
           .toMatchObject([{ level: "INFO", path: "/metrics", status }])
       }

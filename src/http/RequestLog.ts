@@ -47,10 +47,12 @@ export const noteProject = (project: string): Effect.Effect<void> =>
 /**
  * Polled every few seconds (probes of load balancers and orchestrators, Prometheus scrapes): their lines are debug.
  * Only as probes ask (GET, HEAD): another method there is not a probe, and its line stays at info; so is a probe
- * refused its key (401, 403: a scraper's key wrong, or someone trying keys) or sent where nothing answers it (404:
- * a scrape of the main port once `METRICS_PORT` serves the metrics).
+ * refused (401, 403: a scraper's key wrong, or someone trying keys; 421: a name this server does not serve) or sent
+ * where nothing answers it (404: a scrape of the main port once `METRICS_PORT` serves the metrics).
  */
 const POLLED: ReadonlySet<string> = new Set(["/v1/health", "/v1/ready", "/metrics"])
+/** A probe's statuses logged at info all the same. */
+const SAID_OF_PROBES: ReadonlySet<number> = new Set([401, 403, 404, 421])
 const isProbe = (method: string, path: string) => (method === "GET" || method === "HEAD") && POLLED.has(routedPath(path))
 
 /** A probe's or a scrape's request (`POLLED`), as the server reads its target. */
@@ -109,7 +111,7 @@ const writeLine = <E>(
     const status = response.status
     const level = fault !== undefined
       ? LogLevel.Error
-      : isProbe(request.method, path) && status !== 401 && status !== 403 && status !== 404
+      : isProbe(request.method, path) && !SAID_OF_PROBES.has(status)
       ? LogLevel.Debug
       : status >= 500 && status !== 503 && status !== 507
       ? LogLevel.Warning

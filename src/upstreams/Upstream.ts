@@ -173,6 +173,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
         Effect.flatMap(read),
         Effect.timeout(Duration.min(spec.timeout, Duration.seconds(10)))
       ))
+    /** Whether the list's cut was said (again once a list fits). */
     let warnedTooMany = false
     const askModels = probeGet("/models", (res) =>
       Effect.flatMap(res.text, (text) => {
@@ -184,6 +185,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
             const data = JSON.parse(text)?.data
             if (Array.isArray(data)) {
               const ids = data.flatMap((m) => (typeof m?.id === "string" ? [m.id as string] : []))
+              if (ids.length <= MAX_LISTED_MODELS) warnedTooMany = false
               listed = Option.some(ids.length > MAX_LISTED_MODELS ? ids.slice(0, MAX_LISTED_MODELS) : ids)
               options.listChanged()
               if (ids.length > MAX_LISTED_MODELS && !warnedTooMany) {
@@ -267,10 +269,11 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
       return { _tag: "Failure", kind, failure: new UpstreamFailure({ code, message, logged: `Upstream request failed: ${error.message}` }) }
     }
     const answered = (res: HttpClientResponse.HttpClientResponse, text: string): Attempt => {
-      // Past HTTP's statuses (600, 999): no answer to keep, as an app's own inference's is not (`checkedAnswers.ts`).
+      // Past HTTP's statuses (600, 999): no answer to keep, as an app's own inference's is not (`checkedAnswers.ts`),
+      // but the upstream's health judged as by a 5xx (retried; an outage when every call answers so).
       if (res.status > 599) {
         const message = `The upstream answered with status ${res.status}, which HTTP does not have (100–599).`
-        return { _tag: "Failure", kind: "answer", failure: new UpstreamFailure({ code: "invalid_upstream_response", message }) }
+        return { _tag: "Failure", kind: "status", failure: new UpstreamFailure({ code: "invalid_upstream_response", message }) }
       }
       // An error's text only: a completion that says what a header says (a model's name) is kept as it came.
       const kept = res.status >= 200 && res.status < 300 ? text : withoutSecrets(text, secrets)
@@ -314,7 +317,7 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
             let verdict: ReturnType<typeof judge>
             try {
               observeAttempt(ticket.model, (performance.now() - sent) / 1000)
-              stalls.ended(result._tag === "Failure" && result.kind !== "answer" && result.kind !== "too_large" ? "no_answer" : "answered")
+              stalls.ended(result._tag === "Failure" && result.kind !== "answer" && result.kind !== "status" && result.kind !== "too_large" ? "no_answer" : "answered")
               verdict = judge(endpoint, ticket, n, result, permit.generation, sentOnTrial)
             } catch (defect) {
               giveBack(permit)

@@ -73,10 +73,13 @@ export const OUTAGE_AFTER = 5
  */
 const SPARED_OVERLOADS = 3
 
-/** What one attempt gave: an answer (with the headers a retry reads), or no usable answer. */
+/**
+ * What one attempt gave: an answer (with the headers a retry reads), or no usable answer (`answer`: an answer no
+ * line can keep; `status`: one with a status past HTTP's, judged as a 5xx).
+ */
 export type Attempt =
   | { readonly _tag: "Response"; readonly response: UpstreamResponse; readonly headers: Record<string, string | undefined> }
-  | { readonly _tag: "Failure"; readonly failure: UpstreamFailure; readonly kind: FailureKind | "answer" }
+  | { readonly _tag: "Failure"; readonly failure: UpstreamFailure; readonly kind: FailureKind | "answer" | "status" }
 
 /** A 429 or 503: the server turned the call away. */
 export const isRefusal = (attempt: Attempt) =>
@@ -289,6 +292,7 @@ export const makeJudge = (
         case "timeout":
           return Effect.zipRight(overloaded(ticket, generation, "timeout"), failed(ticket, n, reason))
         case "transport":
+        case "status":
           return failed(ticket, n, reason)
         default: // an answer, unusable: not the upstream's health
           return Effect.as(Effect.zipRight(succeeded(ticket, sentOnTrial), unusable(attempt.failure)), "final")
