@@ -6,7 +6,7 @@
 import { expect, layer } from "@effect/vitest"
 import { Duration, Effect } from "effect"
 import { NotFoundError } from "openai"
-import { MAX_LISTED_MODELS } from "../src/upstreams/Upstream.js"
+import { MAX_LISTED_MODELS } from "../src/upstreams/modelList.js"
 import { chatLine, createBatch, readLines, terminal, upload, waitFor } from "./support/Batches.js"
 import { sideBySide } from "./support/SideBySide.js"
 import { baseUrl, eventually } from "./support/TestApp.js"

@@ -22,6 +22,7 @@ import { makeLoadWatch, sameOrigin } from "./loadWatch.js"
 import { type DownKind, makeOutage } from "./outage.js"
 import { Metrics } from "../observability/Metrics.js"
 import { upstreamSecrets, withoutSecrets } from "../observability/redaction.js"
+import { listedModels, MAX_LISTED_MODELS } from "./modelList.js"
 import { startStallWatch } from "./stallWatch.js"
 import { startUpReport } from "./startUpReport.js"
 import type { UpstreamSpec } from "./UpstreamSpec.js"
@@ -86,11 +87,6 @@ export interface UpstreamOptions {
 }
 
 const LIST_TTL_MS = 30_000
-/**
- * The most models kept of one upstream's list (its first): `GET /v1/models` and every route lookup go over them, and
- * a list of 200,000 (26 MB, under the answer bound) held 40 listings' `/v1/health` 26 s and took 700 MB.
- */
-export const MAX_LISTED_MODELS = 10_000
 /** How often a 404 about a model may have the list asked again: once a second, however many calls it answered so. */
 const RELIST_AFTER_MS = 1_000
 
@@ -180,29 +176,18 @@ export const makeUpstream = (spec: UpstreamSpec, options: UpstreamOptions): Effe
         listedAt = clock.unsafeCurrentTimeMillis() // asked: not again before LIST_TTL_MS, list or not
         modelsAnswered = true
         if (res.status >= 200 && res.status < 300) modelsAnsweredWell = true
-        if (res.status === 200) {
-          try {
-            const data = JSON.parse(text)?.data
-            if (Array.isArray(data)) {
-              const ids = data.flatMap((m) => (typeof m?.id === "string" ? [m.id as string] : []))
-              if (ids.length <= MAX_LISTED_MODELS) warnedTooMany = false
-              listed = Option.some(ids.length > MAX_LISTED_MODELS ? ids.slice(0, MAX_LISTED_MODELS) : ids)
-              options.listChanged()
-              if (ids.length > MAX_LISTED_MODELS && !warnedTooMany) {
-                warnedTooMany = true
-                return Effect.as(
-                  log(Effect.logWarning(
-                    `Upstream ${spec.name} lists ${ids.length} models at GET /models: the first ${MAX_LISTED_MODELS} are kept`
-                  )),
-                  res.status
-                )
-              }
-            }
-          } catch {
-            // not a model list: nothing learned
-          }
-        }
-        return Effect.succeed(res.status)
+        const models = res.status === 200 ? listedModels(text) : undefined // else nothing learned
+        if (models === undefined) return Effect.succeed(res.status)
+        listed = Option.some(models.ids)
+        options.listChanged()
+        const cut = models.total > MAX_LISTED_MODELS
+        const say = cut && !warnedTooMany
+        warnedTooMany = cut
+        return say
+          ? Effect.as(log(Effect.logWarning(
+            `Upstream ${spec.name} lists ${models.total} models at GET /models: the first ${MAX_LISTED_MODELS} are kept`
+          )), res.status)
+          : Effect.succeed(res.status)
       })).pipe(Effect.exit)
 
     // --- up and down -------------------------------------------------------------------------------------------
