@@ -7,7 +7,7 @@
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Duration, Effect } from "effect"
 import { BIGNUM_COMPACT } from "../scripts/simulator.js"
-import { asJsonBody, UpstreamFailure } from "../src/inference/answers.js"
+import { asJsonBody, MAX_ERROR_BODY_CHARS, UpstreamFailure } from "../src/inference/answers.js"
 import { chatLine, createBatch, readLines, sdk, terminal, upload, waitFor } from "./support/Batches.js"
 import { scriptedUpstream } from "./support/ScriptedUpstream.js"
 import { baseUrl, testAppWithUpstream, Upstream } from "./support/TestApp.js"
@@ -99,6 +99,21 @@ describe("an upstream answer that cannot be read", () => {
       json: { error: { message: "Upstream answered 429 with JSON nested more than 64 levels deep.", type: "upstream_error" } }
     })
     expect(asJsonBody(200, `{"ok":true}`, { "content-encoding": "identity" })).toMatchObject({ json: { ok: true } })
+  })
+
+  it(`an error answer over MAX_ERROR_BODY_CHARS, an object too, is said in an envelope quoting its start`, () => {
+    const message = "e".repeat(MAX_ERROR_BODY_CHARS)
+    const body = JSON.stringify({ error: { message } })
+    const said = asJsonBody(400, body, {}) as { text: string; json: any }
+    expect(said.text.length).toBeLessThan(4096 + 200)
+    expect(said.json.error.message).toBe(
+      `Upstream answered 400 with a body of ${body.length} characters, more than an error line keeps (${MAX_ERROR_BODY_CHARS}): ` +
+        `${body.slice(0, 4096)}.`
+    )
+    // One under the bound is kept as it came; a 2xx is not bounded so (its size is INFERENCE_MAX_RESPONSE_BYTES').
+    const under = JSON.stringify({ error: { message: message.slice(0, MAX_ERROR_BODY_CHARS - 100) } })
+    expect((asJsonBody(400, under, {}) as { text: string }).text).toBe(under)
+    expect((asJsonBody(200, body, {}) as { text: string }).text).toBe(body)
   })
 
   it("a body that is no JSON, wrapped in an envelope, keeps NEL, U+2028 and U+2029 as escapes: its line stays one", () => {

@@ -256,6 +256,12 @@ const parseObject = (text: string): object | undefined => {
 }
 
 /**
+ * The most characters of a non-2xx answer's body kept as it came: one past it is said in an error envelope, its first
+ * 4,096 characters quoted (10 answers of a 30 MB error object made a 314 MB error file).
+ */
+export const MAX_ERROR_BODY_CHARS = 64 * 1024
+
+/**
  * The upstream's body as one line of JSON text holding an object (it is embedded as is in a JSONL line, so a
  * pretty-printed body is compacted, and NEL, U+2028 and U+2029 escaped, only when it has one of them: the usual
  * body is used as it came).
@@ -271,20 +277,23 @@ export const asJsonBody = (
   // of `[[[…]]]` held the event loop 6.6 s, as an input line did). Neither is read: a 2xx is then unusable, another
   // status keeps its status (a retry, a `Retry-After`, an outage go by it) with what was wrong as its message.
   const encoding = headers["content-encoding"]
+  const ok = status >= 200 && status < 300
   const unreadable = encoding !== undefined && encoding.trim().toLowerCase() !== "identity"
     ? `a body encoded as ${excerpt(encoding, 100)} (content-encoding), which is not decoded here: it was asked for none`
+    : !ok && text.length > MAX_ERROR_BODY_CHARS
+    ? `a body of ${text.length} characters, more than an error line keeps (${MAX_ERROR_BODY_CHARS}): ${cutBefore(text, 4096).toWellFormed()}`
     : nestedDeeperThan(text, MAX_JSON_DEPTH)
     ? `JSON nested more than ${MAX_JSON_DEPTH} levels deep`
     : undefined
   if (unreadable !== undefined) {
-    if (status >= 200 && status < 300) {
+    if (ok) {
       return new UpstreamFailure({ code: "invalid_upstream_response", message: `The upstream answered ${status} with ${unreadable}.` })
     }
     return errorEnvelope(status, `Upstream answered ${status} with ${unreadable}.`)
   }
   const parsed = parseObject(text)
   if (parsed !== undefined) return { text: BREAKS.test(text) ? escapeLineSeparators(compactJson(text)) : text, json: parsed }
-  if (status >= 200 && status < 300) {
+  if (ok) {
     const contentType = headers["content-type"]
     const type = contentType === undefined ? "" : ` (content-type ${excerpt(contentType, 100)})`
     if (text.length === 0) {
