@@ -161,30 +161,25 @@ export const make = Effect.gen(function*() {
         idempotencyKey: valid.idempotencyKey,
         requestHash
       }
-      let record: BatchRecord
-      if (writeInput === undefined) {
-        const made = yield* store.create(newBatch)
-        if (!made.created) return yield* sameRequest(made.record, requestHash, sameInput) // a create with the key won
-        record = made.record
-      } else {
-        const made: { record?: BatchRecord } = {}
-        const insertBatch = Effect.flatMap(store.create(newBatch), (result) =>
-          result.created ? Effect.sync(() => void (made.record = result.record)) : new KeyTaken({ record: result.record }))
-        const taken = yield* writeInput(id, insertBatch).pipe(
-          Effect.as(undefined),
-          Effect.catchTag("KeyTaken", (e) => Effect.succeed(e.record))
-        )
-        if (taken !== undefined) return yield* sameRequest(taken, requestHash, sameInput)
-        if (made.record === undefined) {
+      /** The batch's row; `KeyTaken` when a create with the key made its own first (`dropInput` then runs). */
+      const insertRow = (dropInput: Effect.Effect<void> = Effect.void) =>
+        Effect.flatMap(Effect.onError(store.create(newBatch), () => dropInput), (made) =>
+          made.created ? Effect.succeed(made.record) : Effect.zipRight(dropInput, new KeyTaken({ record: made.record })))
+      const withInput = (write: NonNullable<typeof writeInput>) =>
+        Effect.gen(function*() {
+          const made: { record?: BatchRecord } = {}
+          yield* write(id, Effect.map(insertRow(), (record) => void (made.record = record)))
+          if (made.record !== undefined) return made.record
           // An app's own FileStore that runs no check: the batch's row after its file, removed if no batch is made.
           yield* Effect.logWarning("FileStore.create ran no check: a batch's row is written after its input file's")
-          const dropInput = Effect.ignore(files.remove(valid.inputFileId, "all"))
-          const late = yield* store.create(newBatch).pipe(Effect.onError(() => dropInput))
-          if (!late.created) return yield* Effect.zipRight(dropInput, sameRequest(late.record, requestHash, sameInput))
-          made.record = late.record
-        }
-        record = made.record
-      }
+          return yield* insertRow(Effect.ignore(files.remove(valid.inputFileId, "all")))
+        })
+      const inserted = yield* (writeInput === undefined ? insertRow() : withInput(writeInput)).pipe(
+        Effect.map((record) => ({ record })),
+        Effect.catchTag("KeyTaken", ({ record }) => Effect.succeed({ taken: record }))
+      )
+      if ("taken" in inserted) return yield* sameRequest(inserted.taken, requestHash, sameInput) // a create with the key won
+      const { record } = inserted
       yield* BatchLines.created(record.batch, record.project)
       yield* runner.submit(record.batch.id)
       return record.batch

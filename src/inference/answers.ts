@@ -257,9 +257,14 @@ const parseObject = (text: string): object | undefined => {
 
 /**
  * The most characters of a non-2xx answer's body kept as it came: one past it is said in an error envelope, its first
- * 4,096 characters quoted (10 answers of a 30 MB error object made a 314 MB error file).
+ * `QUOTED_CHARS` quoted (10 answers of a 30 MB error object made a 314 MB error file).
  */
 export const MAX_ERROR_BODY_CHARS = 64 * 1024
+/**
+ * How much of an error body an envelope quotes (one that is no JSON object, or is too large), in whole characters
+ * (the cut never splits a pair, a lone half is U+FFFD): JSON's strict readers (jq) refuse a lone surrogate's escape.
+ */
+const quoted = (text: string) => cutBefore(text, 4096).toWellFormed()
 
 /**
  * The upstream's body as one line of JSON text holding an object (it is embedded as is in a JSONL line, so a
@@ -281,7 +286,7 @@ export const asJsonBody = (
   const unreadable = encoding !== undefined && encoding.trim().toLowerCase() !== "identity"
     ? `a body encoded as ${excerpt(encoding, 100)} (content-encoding), which is not decoded here: it was asked for none`
     : !ok && text.length > MAX_ERROR_BODY_CHARS
-    ? `a body of ${text.length} characters, more than an error line keeps (${MAX_ERROR_BODY_CHARS}): ${cutBefore(text, 4096).toWellFormed()}`
+    ? `a body of ${text.length} characters, more than an error line keeps (${MAX_ERROR_BODY_CHARS}): ${quoted(text)}`
     : nestedDeeperThan(text, MAX_JSON_DEPTH)
     ? `JSON nested more than ${MAX_JSON_DEPTH} levels deep`
     : undefined
@@ -305,9 +310,7 @@ export const asJsonBody = (
     const said = `The upstream answered ${status}${type} with a body of ${text.length} characters that is not a JSON object`
     return new UpstreamFailure({ code: "invalid_upstream_response", message: `${said}: ${excerpt(text)}`, logged: `${said}.` })
   }
-  // Whole characters only (the cut never splits a pair, a lone half is U+FFFD): JSON's strict readers (jq) refuse a
-  // lone surrogate's escape.
-  return errorEnvelope(status, text.length > 0 ? cutBefore(text, 4096).toWellFormed() : `Upstream answered ${status} with an empty body.`)
+  return errorEnvelope(status, text.length > 0 ? quoted(text) : `Upstream answered ${status} with an empty body.`)
 }
 
 /** A non-2xx answer whose body is not a JSON object, as an OpenAI error envelope with `message`. */
